@@ -1,0 +1,56 @@
+# Set-up is part of every target: on a fresh machine `make demo` and
+# `make test` are each one command.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.covey-installed
+DEV_STAMP := $(VENV)/.covey-dev-installed
+FLOWER_VENV := .venv-flower
+
+.PHONY: demo test lint typecheck bench bench-flower clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP) $(DEV_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/covey demo
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(FLOWER_VENV) build dist .mypy_cache .pytest_cache .ruff_cache
+
+# Benchmarks. `bench` compares covey with a plain NumPy loop; `bench-flower`
+# adds Flower, installed in its own venv (flwr pins its own Ray).
+FLOWER_STAMP := $(FLOWER_VENV)/.flwr-installed
+BENCH_ARGS ?=
+
+$(FLOWER_STAMP):
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOWER_VENV)/bin/python -m pip install --quiet 'flwr[simulation]==1.42.0' numpy scikit-learn
+	touch $(FLOWER_STAMP)
+
+bench-flower: $(STAMP) $(FLOWER_STAMP)
+	$(BIN)/python benchmarks/vs_flower.py --systems covey,plain,flower \
+		--flower-python $(FLOWER_VENV)/bin/python $(BENCH_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/vs_flower.py --systems covey,plain $(BENCH_ARGS)

@@ -1,0 +1,65 @@
+"""covey: federated learning and federated analytics for Python.
+
+Move the computation to the data: a server holds a global model, sends it to
+clients, each client trains on data that never leaves it, and the server
+combines what comes back.
+
+Example:
+    >>> import numpy as np, covey
+    >>> class Client(covey.Client):
+    ...     def fit(self, weights, config):
+    ...         return covey.FitResult(delta={"w": np.ones(2)}, num_examples=5)
+    >>> result = covey.simulate(lambda cid: Client(), num_clients=10, rounds=3,
+    ...                         strategy=covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+    ...                         initial_weights={"w": np.zeros(2)})
+    >>> result.weights["w"].tolist()
+    [3.0, 3.0]
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from covey import aggregate, data, transport
+from covey._client import Client, register_task, run_task, task_kinds
+from covey._codec import CodecError, decode, encode
+from covey._history import Failure, History, RoundRecord
+from covey._loop import FederationError, RoundLoop
+from covey._messages import EvaluateResult, FitResult, Reply, Task
+from covey._strategy import FedAvg, Strategy, weighted_metrics
+from covey._weights import Weights, WeightsError, WeightsSpec
+from covey.sim import SimulationResult, simulate
+
+try:
+    __version__ = version("covey")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Client",
+    "CodecError",
+    "EvaluateResult",
+    "Failure",
+    "FedAvg",
+    "FederationError",
+    "FitResult",
+    "History",
+    "Reply",
+    "RoundLoop",
+    "RoundRecord",
+    "SimulationResult",
+    "Strategy",
+    "Task",
+    "Weights",
+    "WeightsError",
+    "WeightsSpec",
+    "__version__",
+    "aggregate",
+    "data",
+    "decode",
+    "encode",
+    "register_task",
+    "run_task",
+    "simulate",
+    "task_kinds",
+    "transport",
+    "weighted_metrics",
+]

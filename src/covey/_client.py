@@ -1,0 +1,147 @@
+"""The client side: the :class:`Client` base class and the runtime that turns a Task into a Reply.
+
+The runtime knows nothing of transports. Each task kind maps to a handler
+``(client, task) -> result``; a transport (in-memory, process pool, network)
+calls :func:`run_task` wherever the client lives.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from covey._messages import Config, EvaluateResult, FitResult, Reply, Task
+from covey._weights import Weights
+
+
+class Client:
+    """A participant in a federation: it trains and evaluates on data that never leaves it.
+
+    Subclass it and implement :meth:`fit` (and :meth:`evaluate` for federated
+    evaluation). The same subclass runs in :func:`covey.simulate` and in a
+    deployed federation; nothing in it knows which.
+
+    The ``weights`` a client receives are read-only arrays shared with the
+    server (no copy is made): copy them before changing them in place.
+
+    Example:
+        >>> import numpy as np
+        >>> import covey
+        >>> class Shift(covey.Client):
+        ...     def fit(self, weights, config):
+        ...         return covey.FitResult(delta={"w": np.ones(2)}, num_examples=10)
+        >>> Shift().fit({"w": np.zeros(2)}, {"round": 1}).num_examples
+        10
+    """
+
+    def fit(self, weights: Weights, config: Config) -> FitResult:
+        """Train on local data starting from ``weights``.
+
+        Args:
+            weights: The global model (read-only arrays).
+            config: ``{"round": r, ...}`` plus what the strategy sends this round.
+
+        Returns:
+            New weights or a delta, the number of examples, and metrics.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement fit()")
+
+    def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
+        """Evaluate ``weights`` on local data.
+
+        Args:
+            weights: The global model (read-only arrays).
+            config: ``{"round": r, ...}`` plus what the strategy sends this round.
+
+        Returns:
+            The loss, the number of examples and metrics.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+
+    def properties(self) -> dict[str, Any]:
+        """Facts about this client that the server may use to select it (none by default)."""
+        return {}
+
+
+TaskHandler = Callable[[Any, Task], Any]
+"""A function ``(client, task) -> result`` that performs one kind of task."""
+
+
+def _config(task: Task) -> Config:
+    config = dict(task.config)
+    config["round"] = task.round
+    return config
+
+
+def _fit(client: Any, task: Task) -> FitResult:
+    if task.weights is None:
+        raise ValueError("a fit task carries no weights")
+    result = client.fit(task.weights, _config(task))
+    if not isinstance(result, FitResult):
+        raise TypeError(
+            f"{type(client).__name__}.fit() returned {type(result).__name__}, "
+            "expected covey.FitResult"
+        )
+    return result
+
+
+def _evaluate(client: Any, task: Task) -> EvaluateResult:
+    if task.weights is None:
+        raise ValueError("an evaluate task carries no weights")
+    result = client.evaluate(task.weights, _config(task))
+    if not isinstance(result, EvaluateResult):
+        raise TypeError(
+            f"{type(client).__name__}.evaluate() returned {type(result).__name__}, "
+            "expected covey.EvaluateResult"
+        )
+    return result
+
+
+def _properties(client: Any, task: Task) -> dict[str, Any]:
+    props = client.properties()
+    if not isinstance(props, dict):
+        raise TypeError(
+            f"{type(client).__name__}.properties() returned {type(props).__name__}, expected dict"
+        )
+    return props
+
+
+_HANDLERS: dict[str, TaskHandler] = {
+    "fit": _fit,
+    "evaluate": _evaluate,
+    "properties": _properties,
+}
+
+
+def register_task(kind: str, handler: TaskHandler) -> None:
+    """Teach every client runtime a new kind of task.
+
+    Args:
+        kind: The task kind, e.g. ``"analyze"``; built-in kinds cannot be replaced.
+        handler: ``(client, task) -> result``; what it returns becomes ``Reply.result``.
+    """
+    if kind in ("fit", "evaluate", "properties"):
+        raise ValueError(f"task kind {kind!r} is built in and cannot be replaced")
+    if not kind or not isinstance(kind, str):
+        raise ValueError(f"task kind must be a non-empty string, got {kind!r}")
+    _HANDLERS[kind] = handler
+
+
+def task_kinds() -> tuple[str, ...]:
+    """The task kinds this runtime can perform."""
+    return tuple(_HANDLERS)
+
+
+def run_task(client: Any, cid: int, task: Task) -> Reply:
+    """Perform ``task`` on ``client`` and return its :class:`Reply`; never raises.
+
+    An exception inside the client becomes ``Reply.error`` with the traceback.
+    """
+    handler = _HANDLERS.get(task.kind)
+    if handler is None:
+        return Reply(cid, task.kind, error=f"unknown task kind {task.kind!r}")
+    try:
+        return Reply(cid, task.kind, result=handler(client, task))
+    except Exception:
+        return Reply(cid, task.kind, error=traceback.format_exc())

@@ -1,0 +1,199 @@
+"""Weights <-> bytes: a small header, then the raw array buffers.
+
+Layout (all integers little-endian)::
+
+    offset 0   8 bytes   magic b"COVEYW\\x00\\x01" (format version 1)
+    offset 8   u32       header length H (bytes of JSON)
+    offset 12  u32       CRC-32 of the header
+    offset 16  u64       payload length P
+    offset 24  u32       CRC-32 of the payload
+    offset 28  u32       reserved (0)
+    offset 32  H bytes   UTF-8 JSON: [[name, dtype, shape, offset, nbytes], ...]
+    ...        padding to a multiple of 64
+    payload    P bytes   each array's C-order buffer, 64-byte aligned
+
+Decoding makes no copy: arrays are read-only ``np.frombuffer`` views of the
+input buffer. Every length is checked before it is used and both CRCs are
+verified, so a truncated or corrupt message gives a :class:`CodecError`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+from covey._weights import Array, Weights, WeightsSpec
+
+MAGIC = b"COVEYW\x00\x01"
+_PREFIX = struct.Struct("<8sIIQII")
+_ALIGN = 64
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid encoding of weights (truncated, corrupt, unknown)."""
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class _Plan:
+    """Where each array goes in the encoding; computed once per weights."""
+
+    __slots__ = ("arrays", "header", "payload_len", "payload_start", "total")
+
+    def __init__(self, weights: Weights) -> None:
+        spec = WeightsSpec.of(weights)
+        entries: list[list[Any]] = []
+        arrays: list[tuple[Array, int]] = []
+        offset = 0
+        for name, shape, dtype in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+            array = weights[name]
+            nbytes = int(array.nbytes)
+            entries.append([name, dtype.newbyteorder("<").str, list(shape), offset, nbytes])
+            arrays.append((array, offset))
+            offset = _aligned(offset + nbytes)
+        self.header = json.dumps(entries, separators=(",", ":")).encode()
+        self.payload_start = _aligned(_PREFIX.size + len(self.header))
+        self.payload_len = offset
+        self.total = self.payload_start + offset
+        self.arrays = arrays
+
+
+def encoded_size(weights: Weights) -> int:
+    """Number of bytes :func:`encode` produces for ``weights``."""
+    return _Plan(weights).total
+
+
+def encode_into(weights: Weights, buffer: memoryview | bytearray) -> int:
+    """Encode ``weights`` into ``buffer`` (at least :func:`encoded_size` bytes).
+
+    Lets a sender write straight into shared memory or a preallocated frame.
+
+    Returns:
+        The number of bytes written.
+    """
+    plan = _Plan(weights)
+    out = memoryview(buffer).cast("B")
+    if len(out) < plan.total:
+        raise ValueError(f"buffer holds {len(out)} bytes, encoding needs {plan.total}")
+    payload = out[plan.payload_start : plan.total]
+    dest = np.frombuffer(payload, dtype=np.uint8)
+    dest[:] = 0  # padding is deterministic, so equal weights give equal bytes
+    for array, offset in plan.arrays:
+        src = np.ascontiguousarray(array)
+        if src.dtype.byteorder == ">":
+            src = src.astype(src.dtype.newbyteorder("<"))
+        dest[offset : offset + src.nbytes] = src.reshape(-1).view(np.uint8)
+    header_end = _PREFIX.size + len(plan.header)
+    out[_PREFIX.size : header_end] = plan.header
+    out[header_end : plan.payload_start] = bytes(plan.payload_start - header_end)
+    _PREFIX.pack_into(
+        out,
+        0,
+        MAGIC,
+        len(plan.header),
+        zlib.crc32(plan.header),
+        plan.payload_len,
+        zlib.crc32(payload),
+        0,
+    )
+    return plan.total
+
+
+def encode(weights: Weights) -> bytearray:
+    """Encode ``weights`` to bytes.
+
+    Example:
+        >>> import numpy as np
+        >>> blob = encode({"w": np.arange(3.0)})
+        >>> decode(blob)["w"].tolist()
+        [0.0, 1.0, 2.0]
+    """
+    buffer = bytearray(encoded_size(weights))
+    encode_into(weights, buffer)
+    return buffer
+
+
+def decode(data: bytes | bytearray | memoryview, *, verify: bool = True) -> dict[str, Array]:
+    """Decode bytes made by :func:`encode` into read-only arrays, without copying.
+
+    Args:
+        data: The encoded bytes; arrays keep a reference to this buffer.
+        verify: Check the payload CRC (the header CRC is always checked).
+
+    Returns:
+        Names mapped to read-only arrays that view ``data``.
+
+    Raises:
+        CodecError: if the bytes are truncated, corrupt or not an encoding.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < _PREFIX.size:
+        raise CodecError(
+            f"truncated: {len(view)} bytes is shorter than the {_PREFIX.size}-byte prefix"
+        )
+    magic, header_len, header_crc, payload_len, payload_crc, _ = _PREFIX.unpack_from(view, 0)
+    if magic != MAGIC:
+        if magic[:6] == MAGIC[:6]:
+            raise CodecError(f"unsupported format version {magic[6:]!r}")
+        raise CodecError("not covey-encoded weights (bad magic bytes)")
+    if header_len > MAX_HEADER_BYTES:
+        raise CodecError(f"header length {header_len} exceeds the limit of {MAX_HEADER_BYTES}")
+    header_end = _PREFIX.size + header_len
+    payload_start = _aligned(header_end)
+    if len(view) < payload_start + payload_len:
+        raise CodecError(
+            f"truncated: expected {payload_start + payload_len} bytes, got {len(view)}"
+        )
+    if len(view) > payload_start + payload_len:
+        raise CodecError(
+            f"{len(view) - payload_start - payload_len} unexpected trailing bytes after the payload"
+        )
+    header = view[_PREFIX.size : header_end]
+    if zlib.crc32(header) != header_crc:
+        raise CodecError("corrupt header (checksum mismatch)")
+    payload = view[payload_start : payload_start + payload_len]
+    if verify and zlib.crc32(payload) != payload_crc:
+        raise CodecError("corrupt payload (checksum mismatch)")
+    try:
+        entries = json.loads(bytes(header))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CodecError(f"corrupt header: {exc}") from None
+    return _arrays(entries, payload)
+
+
+def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
+    if not isinstance(entries, list):
+        raise CodecError("corrupt header: expected a list of arrays")
+    out: dict[str, Array] = {}
+    for entry in entries:
+        try:
+            name, dtype_str, shape, offset, nbytes = entry
+            dtype = np.dtype(dtype_str)
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError) as exc:
+            raise CodecError(f"corrupt header entry {entry!r}: {exc}") from None
+        if not isinstance(name, str) or name in out:
+            raise CodecError(f"corrupt header: bad or repeated array name {name!r}")
+        if dtype.kind not in "biuf" or any(d < 0 for d in shape):
+            raise CodecError(f"corrupt header: array {name!r} has dtype {dtype} shape {shape}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if (
+            not isinstance(offset, int)
+            or not isinstance(nbytes, int)
+            or nbytes != count * dtype.itemsize
+            or offset < 0
+            or offset + nbytes > len(payload)
+        ):
+            raise CodecError(f"corrupt header: array {name!r} lies outside the payload")
+        array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+        if array.flags.writeable:
+            array.flags.writeable = False
+        out[name] = array
+    return out

@@ -1,0 +1,141 @@
+"""What happened in a run, round by round: metrics, participants, failures, timings."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from covey._messages import Metrics
+
+Source = Literal["central", "evaluate", "fit"]
+
+
+@dataclass
+class Failure:
+    """A client that did not contribute: it raised, sent something invalid, or never replied.
+
+    Args:
+        cid: The client's id.
+        stage: The task kind (``"fit"``, ``"evaluate"``, ...).
+        error: One line saying what went wrong.
+        traceback: The full error text, when the client raised.
+    """
+
+    cid: int
+    stage: str
+    error: str
+    traceback: str = ""
+
+
+@dataclass
+class RoundRecord:
+    """One round. Round 0 holds only the central evaluation of the initial model."""
+
+    round: int
+    fit_participants: list[int] = field(default_factory=list)
+    fit_failures: list[Failure] = field(default_factory=list)
+    fit_metrics: Metrics = field(default_factory=dict)
+    fit_examples: int = 0
+    aggregated: bool = False
+    aggregate_info: dict[str, Any] = field(default_factory=dict)
+    evaluate_participants: list[int] = field(default_factory=list)
+    evaluate_failures: list[Failure] = field(default_factory=list)
+    evaluate_loss: float | None = None
+    evaluate_metrics: Metrics = field(default_factory=dict)
+    evaluate_examples: int = 0
+    central_loss: float | None = None
+    central_metrics: Metrics = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[Failure]:
+        """Every failure of the round, fit and evaluate."""
+        return [*self.fit_failures, *self.evaluate_failures]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalars
+        return _jsonable(value.item())
+    return value
+
+
+@dataclass
+class History:
+    """The record of a run: one :class:`RoundRecord` per round, starting at round 0."""
+
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+    def __getitem__(self, round: int) -> RoundRecord:
+        for record in self.rounds:
+            if record.round == round:
+                return record
+        raise KeyError(f"no round {round} in this history")
+
+    def metric(self, name: str, source: Source = "central") -> list[tuple[int, float]]:
+        """``(round, value)`` of one metric; ``name="loss"`` gives the loss.
+
+        Args:
+            name: The metric, e.g. ``"accuracy"``, or ``"loss"``.
+            source: ``"central"`` (server-side evaluation), ``"evaluate"``
+                (federated evaluation) or ``"fit"`` (clients' training metrics).
+        """
+        out: list[tuple[int, float]] = []
+        for r in self.rounds:
+            if source == "central":
+                value: Any = r.central_loss if name == "loss" else r.central_metrics.get(name)
+            elif source == "evaluate":
+                value = r.evaluate_loss if name == "loss" else r.evaluate_metrics.get(name)
+            else:
+                value = r.fit_metrics.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out.append((r.round, float(value)))
+        return out
+
+    def failures(self) -> list[tuple[int, Failure]]:
+        """``(round, failure)`` for every failure of the run."""
+        return [(r.round, f) for r in self.rounds for f in r.failures]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"rounds": [_jsonable(asdict(r)) for r in self.rounds]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The history as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_json` to ``path`` atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Rebuild a history from :meth:`to_dict` output."""
+        rounds = []
+        for raw in data["rounds"]:
+            raw = dict(raw)
+            raw["fit_failures"] = [Failure(**f) for f in raw.get("fit_failures", [])]
+            raw["evaluate_failures"] = [Failure(**f) for f in raw.get("evaluate_failures", [])]
+            rounds.append(RoundRecord(**raw))
+        return cls(rounds)
+
+    @classmethod
+    def from_json(cls, text: str) -> History:
+        """Rebuild a history from :meth:`to_json` output."""
+        return cls.from_dict(json.loads(text))

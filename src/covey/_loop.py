@@ -1,0 +1,330 @@
+"""The round loop: steps 0-5 of federated learning, over any transport.
+
+step 0 the initial global weights; step 1 sample clients and send them the
+model; step 2-3 clients train and reply; step 4 aggregate; step 5 repeat.
+Evaluation runs centrally (``evaluate_fn`` on the server) and federated
+(evaluate tasks on a sample of clients). The loop never imports a network
+library: it talks to clients only through a :class:`~covey.transport.Transport`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from covey._history import Failure, History, RoundRecord
+from covey._messages import EvaluateResult, FitResult, Metrics, Reply, Task
+from covey._strategy import Strategy
+from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze
+from covey.aggregate import Aggregate, Begin, Contribution, End
+from covey.transport._base import Transport
+
+logger = logging.getLogger("covey")
+
+EvaluateFn = Callable[[int, Weights], "tuple[float, Metrics] | None"]
+RoundCallback = Callable[[RoundRecord], None]
+
+
+class FederationError(RuntimeError):
+    """The run cannot go on: e.g. too few clients replied in a round.
+
+    Attributes:
+        history: What happened up to the error.
+        weights: The global weights of the last completed round.
+    """
+
+    def __init__(self, message: str, history: History, weights: Weights) -> None:
+        super().__init__(message)
+        self.history = history
+        self.weights = weights
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Reply]:
+    """Re-order ``replies`` by client id, releasing each as soon as all lower ids are in.
+
+    Replies for ids not in ``cids`` and repeated replies are dropped. Holds only
+    the replies that arrived early, so with in-order arrival memory stays O(1)
+    replies. Ids that never replied are simply absent from the output.
+    """
+    order = {cid: i for i, cid in enumerate(cids)}
+    held: dict[int, Reply] = {}
+    seen: set[int] = set()
+    nxt = 0
+    for reply in replies:
+        idx = order.get(reply.cid)
+        if idx is None or reply.cid in seen:
+            logger.warning("dropping an unexpected reply from client %s", reply.cid)
+            continue
+        seen.add(reply.cid)
+        if idx != nxt:
+            held[idx] = reply
+            continue
+        yield reply
+        nxt += 1
+        while nxt in held:
+            yield held.pop(nxt)
+            nxt += 1
+    for idx in sorted(held):
+        yield held[idx]
+
+
+class RoundLoop:
+    """Runs rounds of a strategy over a transport and keeps the global model and history.
+
+    Args:
+        strategy: What to do each round.
+        transport: How to reach the clients.
+        initial_weights: The global model before round 1 (step 0).
+        evaluate_fn: ``(round, weights) -> (loss, metrics)`` run on the server at
+            round 0 and after every round, or None.
+        seed: Seeds client sampling; the same seed samples the same clients.
+        round_timeout: Seconds a round's clients have to reply (None: no limit).
+        on_round: Called with each finished :class:`RoundRecord` (progress, logging).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        transport: Transport,
+        initial_weights: Weights,
+        *,
+        evaluate_fn: EvaluateFn | None = None,
+        seed: int = 0,
+        round_timeout: float | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.transport = transport
+        self.spec = WeightsSpec.of(initial_weights)
+        self.spec.check(initial_weights, what="initial weights")
+        self.weights: dict[str, Array] = freeze(initial_weights)
+        self.evaluate_fn = evaluate_fn
+        self.seed = seed
+        self.round_timeout = round_timeout
+        self.on_round = on_round
+        self.history = History()
+        self.agg_state: Any = strategy.aggregator.init(self.weights)
+
+    # -- the whole run ---------------------------------------------------------------
+
+    def run(self, rounds: int, *, start: int = 1) -> History:
+        """Run rounds ``start..rounds`` (round 0's central evaluation first if start is 1)."""
+        if start == 1:
+            record = RoundRecord(round=0)
+            self._central(record)
+            self._finish(record)
+        for rnd in range(start, rounds + 1):
+            self.run_round(rnd)
+        return self.history
+
+    def run_round(self, rnd: int) -> RoundRecord:
+        """Run one round: fit, aggregate, evaluate; return its record."""
+        record = RoundRecord(round=rnd)
+        t0 = time.perf_counter()
+        self._fit(rnd, record)
+        t1 = time.perf_counter()
+        record.durations["fit"] = t1 - t0
+        self._federated_evaluate(rnd, record)
+        t2 = time.perf_counter()
+        record.durations["evaluate"] = t2 - t1
+        self._central(record)
+        record.durations["central"] = time.perf_counter() - t2
+        record.durations["total"] = time.perf_counter() - t0
+        self._finish(record)
+        return record
+
+    def _finish(self, record: RoundRecord) -> None:
+        self.history.rounds.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _fail(self, message: str) -> FederationError:
+        return FederationError(message, self.history, self.weights)
+
+    # -- steps 1-4: fit and aggregate ---------------------------------------------------
+
+    def _available(self, rnd: int) -> Sequence[int]:
+        available = self.transport.clients()
+        if len(available) < self.strategy.min_available_clients:
+            raise self._fail(
+                f"round {rnd}: {len(available)} clients available, fewer than "
+                f"min_available_clients={self.strategy.min_available_clients}"
+            )
+        return available
+
+    def _fit(self, rnd: int, record: RoundRecord) -> None:
+        strategy = self.strategy
+        available = self._available(rnd)
+        count = strategy.num_fit(len(available))
+        if count > len(available):
+            raise self._fail(
+                f"round {rnd}: the strategy wants {count} clients to train but only "
+                f"{len(available)} are available (min_fit_clients={strategy.min_fit_clients})"
+            )
+        cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
+        task = Task("fit", rnd, strategy.fit_config(rnd), self.weights)
+        update = strategy.aggregator.update
+        state, _ = update(self.agg_state, Begin(rnd, self.weights))
+        metrics: list[tuple[int, Metrics]] = []
+        replies = self.transport.exchange(dict.fromkeys(cids, task), timeout=self.round_timeout)
+        answered: set[int] = set()
+        for reply in in_cid_order(replies, cids):
+            answered.add(reply.cid)
+            contribution = self._contribution(reply, record)
+            if contribution is None:
+                continue
+            state, _ = update(state, contribution)
+            record.fit_participants.append(reply.cid)
+            record.fit_examples += contribution.num_examples
+            metrics.append((contribution.num_examples, contribution.metrics))
+        for cid in cids:
+            if cid not in answered:
+                self._record_failure(record.fit_failures, Failure(cid, "fit", "no reply in time"))
+        needed = strategy.min_fit_clients if strategy.accept_failures else len(cids)
+        needed = min(needed, len(cids))
+        ok = len(record.fit_participants)
+        if ok < needed or (not strategy.accept_failures and record.fit_failures):
+            self.history.rounds.append(record)
+            why = (
+                f"fewer than min_fit_clients={needed}"
+                if strategy.accept_failures
+                else "and accept_failures=False"
+            )
+            raise self._fail(
+                f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; failures: "
+                + "; ".join(f"client {f.cid}: {f.error}" for f in record.fit_failures[:5])
+                + (" ..." if len(record.fit_failures) > 5 else "")
+            )
+        record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
+        try:
+            state, out = update(state, End(rnd))
+        except Exception as exc:
+            logger.error(
+                "round %d: aggregation failed, the global model is unchanged: %s", rnd, exc
+            )
+            record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
+            return
+        self.agg_state = state
+        aggregate = next((e for e in out if isinstance(e, Aggregate)), None)
+        if aggregate is None:
+            return
+        record.aggregate_info.update(aggregate.info)
+        try:
+            new = aggregate.apply(self.weights)
+            self.spec.check(new, what=f"round {rnd}'s aggregate")
+        except (WeightsError, ValueError, TypeError) as exc:
+            logger.error(
+                "round %d: refusing the aggregate, the global model is unchanged: %s", rnd, exc
+            )
+            record.aggregate_info["error"] = str(exc)
+            return
+        self.weights = freeze(new)
+        record.aggregated = True
+
+    def _contribution(self, reply: Reply, record: RoundRecord) -> Contribution | None:
+        cid = reply.cid
+        if not reply.ok:
+            assert reply.error is not None
+            self._record_failure(
+                record.fit_failures, Failure(cid, "fit", _first_line(reply.error), reply.error)
+            )
+            return None
+        result = reply.result
+        if not isinstance(result, FitResult):
+            self._record_failure(
+                record.fit_failures,
+                Failure(cid, "fit", f"reply is {type(result).__name__}, expected FitResult"),
+            )
+            return None
+        try:
+            if result.weights is not None:
+                self.spec.check(result.weights, what=f"client {cid}'s weights")
+            else:
+                self.spec.check(result.delta, what=f"client {cid}'s delta")
+        except WeightsError as exc:
+            self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
+            return None
+        return Contribution(cid, result.num_examples, result.weights, result.delta, result.metrics)
+
+    @staticmethod
+    def _record_failure(failures: list[Failure], failure: Failure) -> None:
+        failures.append(failure)
+        logger.warning("client %d failed in %s: %s", failure.cid, failure.stage, failure.error)
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
+        strategy = self.strategy
+        available = self.transport.clients()
+        count = strategy.num_evaluate(len(available))
+        if count == 0:
+            return
+        if count > len(available):
+            logger.warning(
+                "round %d: skipping federated evaluation: %d clients wanted, %d available",
+                rnd,
+                count,
+                len(available),
+            )
+            return
+        cids = strategy.sample(available, count, rnd, self.seed, purpose=1)
+        task = Task("evaluate", rnd, strategy.evaluate_config(rnd), self.weights)
+        results: list[tuple[int, Metrics]] = []
+        loss_sum = 0.0
+        answered: set[int] = set()
+        replies = self.transport.exchange(dict.fromkeys(cids, task), timeout=self.round_timeout)
+        for reply in in_cid_order(replies, cids):
+            answered.add(reply.cid)
+            res = reply.result
+            if not reply.ok:
+                err = reply.error or ""
+                self._record_failure(
+                    record.evaluate_failures, Failure(reply.cid, "evaluate", _first_line(err), err)
+                )
+            elif not isinstance(res, EvaluateResult) or not math.isfinite(res.loss):
+                what = (
+                    "a non-finite loss" if isinstance(res, EvaluateResult) else type(res).__name__
+                )
+                self._record_failure(
+                    record.evaluate_failures,
+                    Failure(reply.cid, "evaluate", f"reply is {what}, expected EvaluateResult"),
+                )
+            else:
+                record.evaluate_participants.append(reply.cid)
+                record.evaluate_examples += res.num_examples
+                loss_sum += res.num_examples * res.loss
+                results.append((res.num_examples, res.metrics))
+        for cid in cids:
+            if cid not in answered:
+                self._record_failure(
+                    record.evaluate_failures, Failure(cid, "evaluate", "no reply in time")
+                )
+        if len(record.evaluate_participants) < min(strategy.min_evaluate_clients, len(cids)):
+            logger.warning(
+                "round %d: only %d clients evaluated, fewer than min_evaluate_clients=%d",
+                rnd,
+                len(record.evaluate_participants),
+                strategy.min_evaluate_clients,
+            )
+            return
+        if record.evaluate_examples > 0:
+            record.evaluate_loss = loss_sum / record.evaluate_examples
+            record.evaluate_metrics = strategy.evaluate_metrics(results)
+
+    def _central(self, record: RoundRecord) -> None:
+        if self.evaluate_fn is None:
+            return
+        out = self.evaluate_fn(record.round, self.weights)
+        if out is None:
+            return
+        loss, metrics = out
+        record.central_loss = float(loss)
+        record.central_metrics = dict(metrics)

@@ -1,0 +1,122 @@
+"""Typed records that travel between the round loop and clients.
+
+The loop and its clients speak only in :class:`Task` and :class:`Reply`. The
+``kind`` of a task is an open string: ``"fit"`` and ``"evaluate"`` are built in,
+and other protocols (analytics queries, the stages of secure aggregation) add
+their own kinds by registering a handler with :func:`covey.register_task`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from covey._weights import Weights
+
+Scalar = bool | int | float | str | bytes
+Metrics = dict[str, Scalar]
+Config = dict[str, Any]
+
+
+def _check_count(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative int, got {value!r}")
+
+
+def _check_metrics(value: object, what: str) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict of names to scalars, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FitResult:
+    """What a client's ``fit`` returns: new weights or an update, and its data size.
+
+    Give exactly one of ``weights`` (the full model after local training) or
+    ``delta`` (local weights minus the weights received).
+
+    Args:
+        weights: The full local model after training.
+        delta: The update: local weights minus the global weights received.
+        num_examples: Number of training examples used; FedAvg weighs by it.
+        metrics: Scalars to report, e.g. ``{"train_loss": 0.3}``.
+    """
+
+    weights: Weights | None = None
+    delta: Weights | None = None
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.weights is None) == (self.delta is None):
+            raise ValueError("FitResult needs exactly one of weights= or delta=")
+        _check_count(self.num_examples, "FitResult.num_examples")
+        _check_metrics(self.metrics, "FitResult.metrics")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluateResult:
+    """What a client's ``evaluate`` returns.
+
+    Args:
+        loss: The loss of the received model on local data.
+        num_examples: Number of examples evaluated; federated metrics weigh by it.
+        metrics: Other scalars, e.g. ``{"accuracy": 0.91}``.
+    """
+
+    loss: float
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, bool) or not isinstance(self.loss, int | float):
+            try:
+                object.__setattr__(self, "loss", float(self.loss))
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"EvaluateResult.loss must be a number, got {type(self.loss).__name__}"
+                ) from None
+        _check_count(self.num_examples, "EvaluateResult.num_examples")
+        _check_metrics(self.metrics, "EvaluateResult.metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One request from the server to a client.
+
+    Args:
+        kind: What to do: ``"fit"``, ``"evaluate"`` or a registered kind.
+        round: The round number, 1-based (0 for work outside rounds).
+        config: Settings for this task; the client sees them with ``"round"`` added.
+        weights: The global weights, shared read-only by every task of a round.
+        payload: Kind-specific data (a query, a protocol stage's message).
+    """
+
+    kind: str
+    round: int
+    config: Mapping[str, Any] = field(default_factory=dict)
+    weights: Weights | None = None
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A client's answer to a :class:`Task`: a result, or the error it raised.
+
+    Args:
+        cid: The client's id.
+        kind: The kind of the task answered.
+        result: The handler's result (e.g. a :class:`FitResult`) when it succeeded.
+        error: The error text with traceback when it failed.
+    """
+
+    cid: int
+    kind: str
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the client succeeded."""
+        return self.error is None

@@ -1,0 +1,207 @@
+"""Strategies: who takes part, what they are told, and how their replies combine.
+
+A :class:`Strategy` is data: sampling fractions and minimums, per-round config
+functions, how metrics are combined, and an aggregation :class:`~covey.aggregate.Step`.
+Named presets such as :func:`FedAvg` are short functions that fill one in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from covey._messages import Config, Metrics
+from covey.aggregate import Step, chain, weighted_mean
+
+ConfigFn = Callable[[int], Config]
+MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
+Selector = Callable[[Sequence[int], int, np.random.Generator], Sequence[int]]
+
+
+def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
+    """Average numeric metrics over clients, weighted by their number of examples.
+
+    Args:
+        results: ``(num_examples, metrics)`` for each client.
+
+    Returns:
+        For each numeric metric, ``sum_k n_k m_k / sum_k n_k`` over the clients
+        that reported it; non-numeric metrics are left out.
+
+    Example:
+        >>> weighted_metrics([(10, {"acc": 1.0}), (30, {"acc": 0.0})])
+        {'acc': 0.25}
+    """
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for n, metrics in results:
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                continue
+            sums[key] = sums.get(key, 0.0) + n * float(value)
+            counts[key] = counts.get(key, 0) + n
+    return {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
+
+
+def _no_config(round: int) -> Config:
+    return {}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How the server runs each round.
+
+    Args:
+        aggregator: The aggregation step (see :mod:`covey.aggregate`).
+        fraction_fit: Fraction of available clients sampled to train each round.
+        min_fit_clients: Least number of clients sampled to train, and the least
+            number of successful replies a round needs when failures are accepted.
+        fraction_evaluate: Fraction of available clients sampled for federated
+            evaluation (0 turns it off).
+        min_evaluate_clients: Least number sampled for, and replying to, evaluation.
+        min_available_clients: Clients that must be connected before a round starts.
+        on_fit_config: ``round -> dict`` sent to clients with each fit task.
+        on_evaluate_config: ``round -> dict`` sent with each evaluate task.
+        accept_failures: Go on with the clients that replied when some fail (if at
+            least ``min_fit_clients`` replied); if False, any failure stops the run.
+        fit_metrics: Combines the clients' fit metrics (default: weighted by examples).
+        evaluate_metrics: Combines the clients' evaluation metrics.
+        selector: Optional ``(available, round, rng) -> cids`` replacing uniform sampling.
+        name: A label for logs and history.
+    """
+
+    aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
+    fraction_fit: float = 1.0
+    min_fit_clients: int = 2
+    fraction_evaluate: float = 1.0
+    min_evaluate_clients: int = 2
+    min_available_clients: int = 2
+    on_fit_config: ConfigFn = _no_config
+    on_evaluate_config: ConfigFn = _no_config
+    accept_failures: bool = True
+    fit_metrics: MetricsFn = weighted_metrics
+    evaluate_metrics: MetricsFn = weighted_metrics
+    selector: Selector | None = None
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        for attr in ("fraction_fit", "fraction_evaluate"):
+            value = getattr(self, attr)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{attr} must be in [0, 1], got {value}")
+        for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
+        if self.fraction_fit == 0.0 and self.min_fit_clients == 0:
+            raise ValueError("fraction_fit=0 and min_fit_clients=0 would train no client")
+        if not isinstance(self.aggregator, Step):
+            raise TypeError(
+                f"aggregator must be a covey.aggregate.Step, got {type(self.aggregator).__name__}"
+            )
+
+    def num_fit(self, available: int) -> int:
+        """How many clients to sample for training among ``available``."""
+        return max(math.floor(available * self.fraction_fit), self.min_fit_clients)
+
+    def num_evaluate(self, available: int) -> int:
+        """How many clients to sample for evaluation (0 if evaluation is off)."""
+        if self.fraction_evaluate == 0.0:
+            return 0
+        return max(math.floor(available * self.fraction_evaluate), self.min_evaluate_clients)
+
+    def sample(
+        self, available: Sequence[int], count: int, round: int, seed: int, purpose: int
+    ) -> list[int]:
+        """Choose ``count`` client ids, reproducibly from ``(seed, round, purpose)``.
+
+        Returns:
+            Sorted client ids.
+        """
+        if count > len(available):
+            raise ValueError(
+                f"round {round} needs {count} clients but only {len(available)} are available"
+            )
+        rng = np.random.default_rng([seed, round, purpose])
+        if self.selector is not None:
+            chosen = sorted(int(c) for c in self.selector(available, round, rng))
+            unknown = set(chosen) - set(available)
+            if unknown:
+                raise ValueError(f"selector chose clients that are not available: {unknown}")
+            return chosen
+        if count == len(available):
+            return sorted(int(c) for c in available)
+        picks = rng.choice(len(available), size=count, replace=False)
+        pool = np.asarray(available)
+        return sorted(int(c) for c in pool[picks])
+
+    def fit_config(self, round: int) -> Config:
+        """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``)."""
+        return _checked_config(self.on_fit_config(round), "on_fit_config")
+
+    def evaluate_config(self, round: int) -> Config:
+        """The config sent with evaluate tasks in ``round``."""
+        return _checked_config(self.on_evaluate_config(round), "on_evaluate_config")
+
+
+def _checked_config(value: Any, what: str) -> Config:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must return a dict, got {type(value).__name__}")
+    return dict(value)
+
+
+def FedAvg(
+    *,
+    fraction_fit: float = 1.0,
+    min_fit_clients: int = 2,
+    fraction_evaluate: float = 1.0,
+    min_evaluate_clients: int = 2,
+    min_available_clients: int = 2,
+    on_fit_config: ConfigFn = _no_config,
+    on_evaluate_config: ConfigFn = _no_config,
+    accept_failures: bool = True,
+    fit_metrics: MetricsFn = weighted_metrics,
+    evaluate_metrics: MetricsFn = weighted_metrics,
+) -> Strategy:
+    """Federated Averaging: the global model becomes the example-weighted mean of client models.
+
+    Args:
+        fraction_fit: Fraction of available clients sampled to train each round.
+        min_fit_clients: Least number of clients sampled and of successful replies.
+        fraction_evaluate: Fraction sampled for federated evaluation (0 turns it off).
+        min_evaluate_clients: Least number sampled for evaluation.
+        min_available_clients: Clients that must be connected before a round starts.
+        on_fit_config: ``round -> dict`` sent with fit tasks (e.g. learning rate, epochs).
+        on_evaluate_config: ``round -> dict`` sent with evaluate tasks.
+        accept_failures: Continue with the replies received when some clients fail.
+        fit_metrics: Combines clients' fit metrics.
+        evaluate_metrics: Combines clients' evaluation metrics.
+
+    Returns:
+        A :class:`Strategy` whose aggregator is ``chain(weighted_mean())``.
+
+    Example:
+        >>> strategy = FedAvg(fraction_fit=0.1, on_fit_config=lambda r: {"lr": 0.1})
+
+    References:
+        McMahan et al., "Communication-Efficient Learning of Deep Networks from
+        Decentralized Data", AISTATS 2017.
+    """
+    return Strategy(
+        aggregator=chain(weighted_mean()),
+        fraction_fit=fraction_fit,
+        min_fit_clients=min_fit_clients,
+        fraction_evaluate=fraction_evaluate,
+        min_evaluate_clients=min_evaluate_clients,
+        min_available_clients=min_available_clients,
+        on_fit_config=on_fit_config,
+        on_evaluate_config=on_evaluate_config,
+        accept_failures=accept_failures,
+        fit_metrics=fit_metrics,
+        evaluate_metrics=evaluate_metrics,
+        name="FedAvg",
+    )

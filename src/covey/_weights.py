@@ -1,0 +1,176 @@
+"""Named NumPy arrays: the model state that moves between server and clients.
+
+A model's weights are a mapping from names to arrays, like a torch ``state_dict``.
+This module validates weights against the global model's layout and does the
+little arithmetic the round loop needs. It does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[Any]
+Weights = Mapping[str, Array]
+"""A model's state: names mapped to NumPy arrays."""
+
+
+class WeightsError(ValueError):
+    """Weights that do not match the global model (names, shapes, dtypes, values)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsSpec:
+    """The layout of a model: its array names, shapes and dtypes, in order.
+
+    Args:
+        names: Array names, in the model's order.
+        shapes: Shape of each array.
+        dtypes: Dtype of each array.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype[np.generic], ...]
+
+    @classmethod
+    def of(cls, weights: Weights) -> WeightsSpec:
+        """The spec of ``weights``, checking that they can be a model at all."""
+        if not isinstance(weights, Mapping):
+            raise WeightsError(
+                f"weights must be a mapping of names to NumPy arrays, got {type(weights).__name__}"
+            )
+        if not weights:
+            raise WeightsError("weights are empty: a model needs at least one array")
+        names: list[str] = []
+        shapes: list[tuple[int, ...]] = []
+        dtypes: list[np.dtype[np.generic]] = []
+        for name, value in weights.items():
+            if not isinstance(name, str) or not name:
+                raise WeightsError(f"weight names must be non-empty strings, got {name!r}")
+            if not isinstance(value, np.ndarray):
+                raise WeightsError(
+                    f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
+                )
+            if value.dtype.kind not in "biuf":
+                raise WeightsError(
+                    f"weight {name!r} has dtype {value.dtype}; only bool, integer and "
+                    "floating-point arrays are supported"
+                )
+            names.append(name)
+            shapes.append(tuple(int(d) for d in value.shape))
+            dtypes.append(value.dtype)
+        return cls(tuple(names), tuple(shapes), tuple(dtypes))
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of the arrays in bytes."""
+        return sum(
+            int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            for shape, dtype in zip(self.shapes, self.dtypes, strict=True)
+        )
+
+    def describe(self) -> str:
+        """A one-line human description, e.g. ``W: float64[64, 10], b: float64[10]``."""
+        return ", ".join(
+            f"{n}: {d.name}[{', '.join(map(str, s))}]"
+            for n, s, d in zip(self.names, self.shapes, self.dtypes, strict=True)
+        )
+
+    def check(self, weights: object, *, what: str = "weights", finite: bool = True) -> None:
+        """Raise :class:`WeightsError` unless ``weights`` match this spec exactly.
+
+        Args:
+            weights: The mapping to check.
+            what: How to name the weights in the error (e.g. ``"client 7's delta"``).
+            finite: Also require every floating-point value to be finite.
+        """
+        if not isinstance(weights, Mapping):
+            raise WeightsError(
+                f"{what} must be a mapping of names to NumPy arrays, got {type(weights).__name__}"
+            )
+        if len(weights) != len(self.names) or any(n not in weights for n in self.names):
+            missing = [n for n in self.names if n not in weights]
+            extra = [str(n) for n in weights if n not in self.names]
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if extra:
+                parts.append(f"unexpected {extra}")
+            raise WeightsError(f"{what} do not match the model: {'; '.join(parts)}")
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+            value = weights[name]
+            if not isinstance(value, np.ndarray):
+                raise WeightsError(
+                    f"{what}: {name!r} must be a NumPy array, got {type(value).__name__}"
+                )
+            if value.shape != shape:
+                raise WeightsError(f"{what}: {name!r} has shape {value.shape}, expected {shape}")
+            if value.dtype != dtype:
+                raise WeightsError(f"{what}: {name!r} has dtype {value.dtype}, expected {dtype}")
+        if finite:
+            for name, dtype in zip(self.names, self.dtypes, strict=True):
+                if dtype.kind == "f" and not _all_finite(weights[name]):
+                    arr = weights[name]
+                    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                    raise WeightsError(
+                        f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)"
+                    )
+
+
+def _all_finite(array: Array) -> bool:
+    # A sum is one vectorized pass and is finite iff every element is finite,
+    # except for overflow of huge finite values, which isfinite then settles.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(array, dtype=np.float64) if array.dtype.itemsize < 8 else np.sum(array)
+    if np.isfinite(total):
+        return True
+    return bool(np.isfinite(array).all())
+
+
+def freeze(weights: Weights) -> dict[str, Array]:
+    """Read-only views of ``weights``: clients get the global model by reference.
+
+    Returns:
+        A new dict whose arrays share memory with ``weights`` but cannot be written.
+    """
+    out: dict[str, Array] = {}
+    for name, value in weights.items():
+        view = value.view()
+        view.flags.writeable = False
+        out[name] = view
+    return out
+
+
+def copy(weights: Weights) -> dict[str, Array]:
+    """A deep copy of ``weights`` (writable, C-contiguous)."""
+    return {name: np.array(value, copy=True, order="C") for name, value in weights.items()}
+
+
+def add(weights: Weights, delta: Weights) -> dict[str, Array]:
+    """``weights + delta`` per array, keeping each array's dtype."""
+    return {
+        name: np.add(value, delta[name], dtype=value.dtype, casting="same_kind")
+        for name, value in weights.items()
+    }
+
+
+def subtract(weights: Weights, other: Weights) -> dict[str, Array]:
+    """``weights - other`` per array, keeping each array's dtype."""
+    return {
+        name: np.subtract(value, other[name], dtype=value.dtype, casting="same_kind")
+        for name, value in weights.items()
+    }
+
+
+def global_norm(weights: Weights) -> float:
+    """The L2 norm of all arrays taken together."""
+    total = 0.0
+    for value in weights.values():
+        flat = value.reshape(-1)
+        total += float(np.dot(flat, flat)) if flat.dtype.kind == "f" else float(np.sum(flat**2))
+    return float(np.sqrt(total))

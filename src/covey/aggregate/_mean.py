@@ -1,0 +1,155 @@
+"""Streaming means: ``weighted_mean`` (FedAvg's rule) and ``mean``.
+
+Memory is O(model), not O(model x clients): each contribution is folded into
+one accumulator as it arrives. The round loop feeds contributions in client-id
+order, so the floating-point sum, and hence the result, never depends on the
+order in which replies arrived.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from covey._weights import Array, Weights
+from covey.aggregate._base import (
+    Aggregate,
+    AggregationError,
+    Begin,
+    Contribution,
+    End,
+    Event,
+    State,
+    Step,
+)
+
+
+class _MeanState(NamedTuple):
+    params: Weights | None = None
+    acc_weights: dict[str, Array] | None = None  # sum of n_k * w_k over weight senders
+    acc_delta: dict[str, Array] | None = None  # sum of n_k * d_k over delta senders
+    scratch: dict[str, Array] | None = None  # reused buffer for n_k * x_k
+    examples_weights: float = 0.0
+    total: float = 0.0
+    clients: int = 0
+    examples: int = 0
+
+
+def _fold(
+    acc: dict[str, Array] | None,
+    scratch: dict[str, Array] | None,
+    values: Weights,
+    factor: float,
+) -> tuple[dict[str, Array], dict[str, Array] | None]:
+    if acc is None:
+        # The first contribution initializes the accumulator: 0 + n*x == n*x exactly.
+        acc = {}
+        for name, x in values.items():
+            dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+            acc[name] = np.multiply(x, factor, dtype=dtype) if factor != 1.0 else x.astype(dtype)
+        return acc, scratch
+    if factor == 1.0:
+        for name, x in values.items():
+            np.add(acc[name], x, out=acc[name], casting="unsafe")
+        return acc, scratch
+    if scratch is None:
+        scratch = {name: np.empty_like(a) for name, a in acc.items()}
+    for name, x in values.items():
+        buf = scratch[name]
+        np.multiply(x, factor, out=buf, casting="unsafe")
+        np.add(acc[name], buf, out=acc[name])
+    return acc, scratch
+
+
+def _finish(acc: dict[str, Array], total: float, params: Weights) -> dict[str, Array]:
+    out: dict[str, Array] = {}
+    for name, a in acc.items():
+        np.divide(a, total, out=a)
+        target = params[name].dtype
+        out[name] = a if a.dtype == target else np.rint(a).astype(target)
+    return out
+
+
+def _mean_step(weighted: bool) -> Step:
+    def init(params: Weights) -> State:
+        return _MeanState()
+
+    def update(state: _MeanState, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            if state.params is None:
+                raise AggregationError("a Contribution arrived before Begin")
+            n = float(event.num_examples) if weighted else 1.0
+            if n == 0.0:
+                return state._replace(clients=state.clients + 1), ()
+            if event.weights is not None:
+                acc, scratch = _fold(state.acc_weights, state.scratch, event.weights, n)
+                return state._replace(
+                    acc_weights=acc,
+                    scratch=scratch,
+                    examples_weights=state.examples_weights + n,
+                    total=state.total + n,
+                    clients=state.clients + 1,
+                    examples=state.examples + event.num_examples,
+                ), ()
+            assert event.delta is not None
+            acc, scratch = _fold(state.acc_delta, state.scratch, event.delta, n)
+            return state._replace(
+                acc_delta=acc,
+                scratch=scratch,
+                total=state.total + n,
+                clients=state.clients + 1,
+                examples=state.examples + event.num_examples,
+            ), ()
+        if isinstance(event, Begin):
+            return _MeanState(params=event.params), ()
+        if isinstance(event, End):
+            if state.clients == 0 or state.params is None:
+                return _MeanState(), ()
+            if state.total == 0.0:
+                raise AggregationError(
+                    f"round {event.round}: all {state.clients} contributions have "
+                    "num_examples=0, so their weighted mean is undefined"
+                )
+            params = state.params
+            agg: Aggregate
+            if state.acc_delta is None:
+                assert state.acc_weights is not None
+                agg = Aggregate(
+                    event.round,
+                    state.clients,
+                    state.examples,
+                    weights=_finish(state.acc_weights, state.total, params),
+                )
+            else:
+                acc = state.acc_delta
+                if state.acc_weights is not None:
+                    # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
+                    for name, a in acc.items():
+                        np.add(a, state.acc_weights[name], out=a)
+                        np.subtract(a, np.multiply(params[name], state.examples_weights), out=a)
+                delta = {name: np.divide(a, state.total, out=a) for name, a in acc.items()}
+                agg = Aggregate(event.round, state.clients, state.examples, delta=delta)
+            return _MeanState(), (agg,)
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def weighted_mean() -> Step:
+    """Average the contributions weighted by their number of examples (FedAvg).
+
+    With client k sending weights ``w_k`` trained on ``n_k`` examples, the new
+    global weights are ``sum_k n_k w_k / sum_k n_k``; deltas are averaged the
+    same way and added to the global weights.
+
+    References:
+        McMahan et al., "Communication-Efficient Learning of Deep Networks from
+        Decentralized Data", AISTATS 2017.
+    """
+    return _mean_step(weighted=True)
+
+
+def mean() -> Step:
+    """Average the contributions with equal weight, whatever their number of examples."""
+    return _mean_step(weighted=False)

@@ -1,0 +1,15 @@
+"""Federated datasets: partitioners that split data across clients, and bundled datasets.
+
+Partitioners return one ``int64`` index array per client::
+
+    from covey.data import dirichlet, load_digits
+
+    data = load_digits(seed=0)
+    parts = dirichlet(data.y_train, num_clients=10, alpha=0.5, seed=0)
+    x0, y0 = data.client(parts[0])
+"""
+
+from covey.data._datasets import Dataset, load_breast_cancer, load_digits
+from covey.data._partition import dirichlet, iid, natural, shards
+
+__all__ = ["Dataset", "dirichlet", "iid", "load_breast_cancer", "load_digits", "natural", "shards"]

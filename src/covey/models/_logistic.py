@@ -1,0 +1,137 @@
+"""Multinomial logistic regression in NumPy, trained by minibatch SGD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from covey._client import Client
+from covey._messages import Config, EvaluateResult, FitResult
+from covey._weights import Array, Weights
+
+FloatArray = NDArray[Any]
+IntArray = NDArray[Any]
+
+
+def logistic_init(num_features: int, num_classes: int, dtype: Any = np.float64) -> dict[str, Array]:
+    """Zero weights ``{"W": (features, classes), "b": (classes,)}``."""
+    return {
+        "W": np.zeros((num_features, num_classes), dtype=dtype),
+        "b": np.zeros(num_classes, dtype=dtype),
+    }
+
+
+def _softmax(logits: FloatArray) -> FloatArray:
+    z: FloatArray = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def logistic_sgd_epoch(
+    weights: Weights,
+    x: FloatArray,
+    y: IntArray,
+    *,
+    lr: float,
+    batch_size: int,
+    order: IntArray,
+) -> dict[str, Array]:
+    """One epoch of minibatch SGD on the mean softmax cross-entropy.
+
+    Args:
+        weights: ``{"W", "b"}``; not modified.
+        x: Features, shape ``(n, features)``.
+        y: Integer labels, shape ``(n,)``.
+        lr: Learning rate.
+        batch_size: Examples per step; the last batch may be smaller.
+        order: The order in which to visit the examples (a permutation of ``n``).
+
+    Returns:
+        The new weights (fresh arrays).
+    """
+    W = np.array(weights["W"], dtype=np.float64 if weights["W"].dtype.kind != "f" else None)
+    b = np.array(weights["b"], dtype=W.dtype)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        xb = x[idx]
+        p = _softmax(xb @ W + b)
+        p[np.arange(len(idx)), y[idx]] -= 1.0
+        p /= len(idx)
+        W -= lr * (xb.T @ p)
+        b -= lr * p.sum(axis=0)
+    return {"W": W, "b": b}
+
+
+def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``weights`` on ``(x, y)``."""
+    if len(y) == 0:
+        return 0.0, 0.0
+    logits = x @ weights["W"] + weights["b"]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(y)), y].mean())
+    accuracy = float((logits.argmax(axis=1) == y).mean())
+    return loss, accuracy
+
+
+class LogisticClient(Client):
+    """A client that trains logistic regression on its local data with minibatch SGD.
+
+    The visiting order of each epoch is drawn from ``default_rng([seed, cid, round, epoch])``.
+    The config may override ``lr``, ``epochs`` and ``batch_size`` per round.
+
+    Args:
+        cid: The client's id (seeds its shuffling).
+        x: Local training features.
+        y: Local training labels.
+        x_val: Local validation features for :meth:`evaluate` (default: training data).
+        y_val: Local validation labels.
+        lr: Learning rate.
+        epochs: Local epochs per round.
+        batch_size: Minibatch size.
+        seed: Seed of the shuffling.
+    """
+
+    def __init__(
+        self,
+        cid: int,
+        x: FloatArray,
+        y: IntArray,
+        x_val: FloatArray | None = None,
+        y_val: IntArray | None = None,
+        *,
+        lr: float = 0.1,
+        epochs: int = 1,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self.cid = cid
+        self.x, self.y = x, y
+        self.x_val = x if x_val is None else x_val
+        self.y_val = y if y_val is None else y_val
+        self.lr, self.epochs, self.batch_size, self.seed = lr, epochs, batch_size, seed
+
+    def fit(self, weights: Weights, config: Config) -> FitResult:
+        """Train for ``epochs`` epochs and return the new weights."""
+        lr = float(config.get("lr", self.lr))
+        epochs = int(config.get("epochs", self.epochs))
+        batch_size = int(config.get("batch_size", self.batch_size))
+        new: Weights = weights
+        for epoch in range(epochs):
+            rng = np.random.default_rng([self.seed, self.cid, int(config["round"]), epoch])
+            order = rng.permutation(len(self.y))
+            new = logistic_sgd_epoch(new, self.x, self.y, lr=lr, batch_size=batch_size, order=order)
+        loss, acc = logistic_evaluate(new, self.x, self.y)
+        return FitResult(
+            weights=dict(new),
+            num_examples=len(self.y),
+            metrics={"train_loss": loss, "train_accuracy": acc},
+        )
+
+    def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
+        """Loss and accuracy on the local validation data."""
+        loss, acc = logistic_evaluate(weights, self.x_val, self.y_val)
+        return EvaluateResult(loss=loss, num_examples=len(self.y_val), metrics={"accuracy": acc})

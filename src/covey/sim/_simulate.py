@@ -1,0 +1,199 @@
+"""``covey.simulate``: run a federation of simulated clients on one machine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from covey._client import run_task
+from covey._history import History, RoundRecord
+from covey._loop import EvaluateFn, RoundCallback, RoundLoop
+from covey._messages import Reply, Task
+from covey._strategy import FedAvg, Strategy
+from covey._weights import Array, Weights, WeightsError, copy
+from covey.sim._process import ProcessTransport
+from covey.transport._base import Transport
+from covey.transport._memory import MemoryTransport
+
+ClientFn = Callable[[int], Any]
+Backend = Literal["inline", "process"]
+
+
+@dataclass
+class SimulationResult:
+    """The outcome of :func:`simulate`.
+
+    Attributes:
+        weights: The final global weights (writable copies).
+        history: What happened, round by round.
+        seconds: Wall time of the whole simulation.
+    """
+
+    weights: dict[str, Array]
+    history: History
+    seconds: float
+
+
+def inline_transport(client_fn: ClientFn, num_clients: int) -> MemoryTransport:
+    """A transport running every client in this process, sequentially, without serialization.
+
+    Each client is built by ``client_fn`` the first time it is needed and reused
+    in later rounds, as the process backend does.
+    """
+    clients: dict[int, Any] = {}
+
+    def handler(cid: int, task: Task) -> Reply:
+        client = clients.get(cid)
+        if client is None:
+            client = clients[cid] = client_fn(cid)
+        return run_task(client, cid, task)
+
+    return MemoryTransport(range(num_clients), handler)
+
+
+def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+    task_id = progress.add_task("rounds", total=rounds, status="")
+    progress.start()
+
+    def on_round(record: RoundRecord) -> None:
+        parts = []
+        if record.central_loss is not None:
+            parts.append(f"loss {record.central_loss:.4f}")
+        for key, value in record.central_metrics.items():
+            if isinstance(value, float):
+                parts.append(f"{key} {value:.4f}")
+        if record.failures:
+            parts.append(f"[yellow]{len(record.failures)} failed")
+        progress.update(task_id, completed=record.round, status="  ".join(parts))
+
+    return on_round, progress.stop
+
+
+def simulate(
+    client_fn: ClientFn,
+    num_clients: int,
+    rounds: int,
+    strategy: Strategy | None = None,
+    initial_weights: Weights | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    *,
+    backend: Backend = "inline",
+    seed: int = 0,
+    num_workers: int | None = None,
+    round_timeout: float | None = None,
+    progress: bool = False,
+    on_round: RoundCallback | None = None,
+    run_dir: str | Path | None = None,
+) -> SimulationResult:
+    """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
+
+    Args:
+        client_fn: ``cid -> Client`` for ``cid`` in ``0 .. num_clients - 1``;
+            each client is built once and reused across rounds.
+        num_clients: How many clients the federation has.
+        rounds: How many rounds to run.
+        strategy: What to do each round (default: :func:`covey.FedAvg`).
+        initial_weights: The global model before round 1 (step 0).
+        evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server, run at
+            round 0 and after every round.
+        backend: ``"inline"`` (sequential, in this process, arrays passed by
+            reference) or ``"process"`` (a pool of worker processes; same results).
+        seed: Seeds client sampling.
+        num_workers: Worker processes for the process backend.
+        round_timeout: Seconds clients have to reply in a round.
+        progress: Draw a progress bar, updated once per round.
+        on_round: Called with each round's record as it finishes.
+        run_dir: If given, ``history.json`` is written there after every round.
+
+    Returns:
+        The final weights and the history.
+
+    Raises:
+        covey.FederationError: if a round cannot complete (too few clients replied);
+            the error carries the history and weights so far.
+
+    Example:
+        >>> import numpy as np, covey
+        >>> class Half(covey.Client):
+        ...     def fit(self, weights, config):
+        ...         return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+        >>> result = covey.simulate(lambda cid: Half(), num_clients=4, rounds=2,
+        ...                         initial_weights={"w": np.ones(3)})
+        >>> result.weights["w"].tolist()
+        [0.25, 0.25, 0.25]
+    """
+    start = time.perf_counter()
+    if initial_weights is None:
+        raise WeightsError("simulate() needs initial_weights: the global model at step 0")
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    strategy = strategy if strategy is not None else FedAvg()
+    if strategy.num_fit(num_clients) > num_clients:
+        raise ValueError(
+            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
+            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
+        )
+    if strategy.min_available_clients > num_clients:
+        raise ValueError(
+            f"min_available_clients={strategy.min_available_clients} exceeds "
+            f"num_clients={num_clients}"
+        )
+    transport: Transport
+    if backend == "inline":
+        transport = inline_transport(client_fn, num_clients)
+    elif backend == "process":
+        transport = ProcessTransport(client_fn, num_clients, num_workers=num_workers)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose 'inline' or 'process'")
+
+    callbacks: list[RoundCallback] = []
+    stop_progress: Callable[[], None] | None = None
+    if progress:
+        cb, stop_progress = _progress_callback(rounds)
+        callbacks.append(cb)
+    if on_round is not None:
+        callbacks.append(on_round)
+    history_path = None
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        history_path = Path(run_dir) / "history.json"
+
+    loop: RoundLoop
+
+    def round_done(record: RoundRecord) -> None:
+        if history_path is not None:
+            loop.history.save(history_path)
+        for callback in callbacks:
+            callback(record)
+
+    try:
+        loop = RoundLoop(
+            strategy,
+            transport,
+            initial_weights,
+            evaluate_fn=evaluate_fn,
+            seed=seed,
+            round_timeout=round_timeout,
+            on_round=round_done,
+        )
+        loop.run(rounds)
+    finally:
+        if stop_progress is not None:
+            stop_progress()
+        transport.close()
+    return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)

@@ -1,0 +1,475 @@
+"""Tests for covey.data: partitioners and bundled datasets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import covey.data
+from covey.data import (
+    Dataset,
+    dirichlet,
+    iid,
+    load_breast_cancer,
+    load_digits,
+    natural,
+    shards,
+)
+
+Partition = list[npt.NDArray[np.int64]]
+
+# A label vector shaped like a small real dataset: 10 unbalanced classes, 1000 examples.
+LABELS = np.random.default_rng(1234).choice(10, size=1000, p=np.linspace(1, 2, 10) / 15.0)
+
+
+def assert_partition(parts: Partition, n: int, num_clients: int) -> None:
+    """Check ``parts`` is ``num_clients`` int64 arrays using every index < n exactly once."""
+    assert isinstance(parts, list)
+    assert len(parts) == num_clients
+    for part in parts:
+        assert isinstance(part, np.ndarray)
+        assert part.dtype == np.int64
+        assert part.ndim == 1
+    combined = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    np.testing.assert_array_equal(np.sort(combined), np.arange(n))
+
+
+def same(a: Partition, b: Partition) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+PARTITIONERS: dict[str, Callable[[int], Partition]] = {
+    "iid": lambda seed: iid(LABELS, 10, seed=seed),
+    "dirichlet": lambda seed: dirichlet(LABELS, 10, 0.5, seed=seed),
+    "shards": lambda seed: shards(LABELS, 10, 2, seed=seed),
+}
+
+
+# --------------------------------------------------------------------------- partitioners
+
+
+def test_public_api() -> None:
+    assert covey.data.__all__ == [
+        "Dataset",
+        "dirichlet",
+        "iid",
+        "load_breast_cancer",
+        "load_digits",
+        "natural",
+        "shards",
+    ]
+    for name in covey.data.__all__:
+        assert getattr(covey.data, name).__doc__
+
+
+@pytest.mark.parametrize("name", sorted(PARTITIONERS))
+def test_partitioners_use_every_index_once(name: str) -> None:
+    assert_partition(PARTITIONERS[name](0), len(LABELS), 10)
+
+
+@pytest.mark.parametrize("name", sorted(PARTITIONERS))
+def test_partitioners_are_deterministic_per_seed(name: str) -> None:
+    make = PARTITIONERS[name]
+    assert same(make(0), make(0))
+    assert same(make(7), make(7))
+    assert not same(make(0), make(1))
+
+
+@pytest.mark.parametrize("name", sorted(PARTITIONERS))
+def test_partitioners_return_sorted_indices(name: str) -> None:
+    for part in PARTITIONERS[name](3):
+        assert np.all(np.diff(part) > 0)
+
+
+def test_iid_sizes_are_near_equal() -> None:
+    parts = iid(1003, 10, seed=5)
+    assert_partition(parts, 1003, 10)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_iid_accepts_int_or_labels() -> None:
+    assert same(iid(len(LABELS), 4, seed=2), iid(LABELS, 4, seed=2))
+    assert same(iid(np.int32(50), 4, seed=2), iid(50, 4, seed=2))
+
+
+def test_iid_without_shuffle_is_array_split() -> None:
+    expected = np.array_split(np.arange(23), 5)
+    assert same(iid(23, 5, shuffle=False), expected)
+    assert same(iid(np.zeros(23), 5, shuffle=False, seed=9), expected)
+
+
+def test_iid_more_clients_than_examples_gives_empty_clients() -> None:
+    parts = iid(3, 5, seed=0)
+    assert_partition(parts, 3, 5)
+    assert sorted(len(p) for p in parts) == [0, 0, 1, 1, 1]
+
+
+def classes_for_90_percent(labels: npt.NDArray[np.int_], parts: Partition) -> float:
+    """Mean over clients of the fewest classes that together hold 90% of a client's data."""
+    needed = []
+    for part in parts:
+        counts = np.sort(np.bincount(labels[part]))[::-1]
+        share = np.cumsum(counts) / counts.sum()
+        needed.append(int(np.searchsorted(share, 0.9 - 1e-12)) + 1)
+    return float(np.mean(needed))
+
+
+def test_dirichlet_small_alpha_is_more_skewed() -> None:
+    skewed = [classes_for_90_percent(LABELS, dirichlet(LABELS, 10, 0.1, seed=s)) for s in range(3)]
+    balanced = [
+        classes_for_90_percent(LABELS, dirichlet(LABELS, 10, 100.0, seed=s)) for s in range(3)
+    ]
+    assert np.mean(skewed) < 4.0
+    assert np.mean(balanced) >= 8.0
+    assert max(skewed) < min(balanced)
+
+
+def test_dirichlet_large_alpha_is_near_iid() -> None:
+    parts = dirichlet(LABELS, 5, 1e4, seed=0)
+    sizes = np.array([len(p) for p in parts])
+    assert np.all(np.abs(sizes - len(LABELS) / 5) < 0.05 * len(LABELS) / 5)
+
+
+@pytest.mark.parametrize("min_size", [0, 1, 20, 60])
+def test_dirichlet_honors_min_size(min_size: int) -> None:
+    parts = dirichlet(LABELS, 10, 0.3, seed=0, min_size=min_size, max_retries=1000)
+    assert_partition(parts, len(LABELS), 10)
+    assert min(len(p) for p in parts) >= min_size
+
+
+def test_dirichlet_min_size_forces_redraws() -> None:
+    first_draw = dirichlet(LABELS, 10, 0.3, seed=0, min_size=0)
+    assert min(len(p) for p in first_draw) < 60  # so min_size=60 above needed a redraw
+
+
+def test_dirichlet_accepts_non_integer_labels() -> None:
+    labels = np.array(["cat", "dog", "cat", "bird", "dog", "cat"] * 5)
+    parts = dirichlet(labels, 3, 1.0, seed=0)
+    assert_partition(parts, len(labels), 3)
+
+
+def test_dirichlet_single_client_gets_everything() -> None:
+    (part,) = dirichlet(LABELS, 1, 0.1, seed=0)
+    np.testing.assert_array_equal(part, np.arange(len(LABELS)))
+
+
+def contiguous_label_runs(labels: npt.NDArray[np.int_], part: npt.NDArray[np.int64]) -> int:
+    """Number of maximal runs of adjacent classes (in sorted class order) in a client's labels."""
+    ranks = np.unique(np.searchsorted(np.unique(labels), labels[part]))
+    return int(1 + np.count_nonzero(np.diff(ranks) > 1)) if len(ranks) else 0
+
+
+@pytest.mark.parametrize("shards_per_client", [1, 2, 3])
+def test_shards_clients_hold_few_label_runs(shards_per_client: int) -> None:
+    parts = shards(LABELS, 50, shards_per_client, seed=0)
+    assert_partition(parts, len(LABELS), 50)
+    for part in parts:
+        assert len(np.unique(LABELS[part])) <= 2 * shards_per_client
+        assert contiguous_label_runs(LABELS, part) <= shards_per_client
+
+
+def test_shards_sizes_are_near_equal() -> None:
+    parts = shards(LABELS, 30, 3, seed=1)
+    shard_size = len(LABELS) / 90
+    for part in parts:
+        assert 3 * np.floor(shard_size) <= len(part) <= 3 * np.ceil(shard_size)
+
+
+def test_shards_with_aligned_classes_give_pure_shards() -> None:
+    # 10 classes x 20 examples, 100 shards of 2: every shard holds a single class.
+    labels = np.repeat(np.arange(10), 20)
+    parts = shards(labels, 50, 2, seed=3)
+    assert_partition(parts, len(labels), 50)
+    for part in parts:
+        assert len(part) == 4
+        counts = np.bincount(labels[part])
+        assert np.count_nonzero(counts) <= 2
+        assert np.all(counts % 2 == 0)  # whole shards of one class each
+
+
+def test_shards_on_digits_like_fedavg() -> None:
+    data = load_digits(seed=0)
+    parts = shards(data.y_train, 100, 2, seed=0)
+    assert_partition(parts, len(data.y_train), 100)
+    num_classes = [len(np.unique(data.y_train[p])) for p in parts]
+    assert max(num_classes) <= 4
+    assert np.mean(num_classes) <= 2.5
+
+
+def test_natural_groups_by_id_in_sorted_order() -> None:
+    ids = np.array([30, 10, 30, 20, 10, 30])
+    parts = natural(ids)
+    assert_partition(parts, len(ids), 3)
+    assert [p.tolist() for p in parts] == [[1, 4], [3], [0, 2, 5]]
+
+
+def test_natural_accepts_strings_and_lists() -> None:
+    parts = natural(["bob", "alice", "bob"])
+    assert [p.tolist() for p in parts] == [[1], [0, 2]]
+    assert natural([]) == []
+
+
+# ----------------------------------------------------------------------- input validation
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: iid(10, 0), ValueError, r"num_clients must be >= 1, got 0"),
+        (lambda: iid(-1, 2), ValueError, r"n_or_labels must be >= 0"),
+        (lambda: iid(10, 2.5), TypeError, r"num_clients must be an integer"),  # type: ignore
+        (lambda: iid(10, True), TypeError, r"num_clients must be an integer, got bool"),
+        (lambda: iid(np.zeros((4, 2)), 2), ValueError, r"n_or_labels must be a 1-D array"),
+        (lambda: dirichlet(LABELS, 0, 1.0), ValueError, r"num_clients must be >= 1"),
+        (lambda: dirichlet(LABELS, 5, 0.0), ValueError, r"alpha must be a finite number > 0"),
+        (lambda: dirichlet(LABELS, 5, -1.0), ValueError, r"alpha must be a finite number > 0"),
+        (lambda: dirichlet(LABELS, 5, np.nan), ValueError, r"alpha must be a finite number"),
+        (lambda: dirichlet(LABELS, 5, np.inf), ValueError, r"alpha must be a finite number"),
+        (lambda: dirichlet(LABELS, 5, "x"), TypeError, r"alpha must be a number"),  # type: ignore
+        (lambda: dirichlet(LABELS, 5, 1.0, min_size=-1), ValueError, r"min_size must be >= 0"),
+        (lambda: dirichlet(LABELS, 5, 1.0, max_retries=0), ValueError, r"max_retries must be"),
+        (lambda: dirichlet([[0, 1]], 1, 1.0), ValueError, r"labels must be a 1-D array"),
+        (
+            lambda: dirichlet([0, 1, 1], 4, 1.0),
+            ValueError,
+            r"num_clients=4 clients at least min_size=1 examples: labels has only 3",
+        ),
+        (
+            lambda: dirichlet(LABELS, 50, 0.01, max_retries=3),
+            ValueError,
+            r"num_clients=50 .*min_size=1 .*max_retries=3 .*alpha=0.01",
+        ),
+        (lambda: shards(LABELS, 0), ValueError, r"num_clients must be >= 1"),
+        (lambda: shards(LABELS, 5, 0), ValueError, r"shards_per_client must be >= 1"),
+        (lambda: shards(np.zeros((3, 3)), 2), ValueError, r"labels must be a 1-D array"),
+        (
+            lambda: shards(np.arange(10), 6, 2),
+            ValueError,
+            r"6 \* 2 = 12 shards is more than the 10 examples",
+        ),
+        (lambda: natural(np.zeros((2, 2))), ValueError, r"ids must be a 1-D array"),
+    ],
+)
+def test_bad_input_raises_clear_errors(
+    call: Callable[[], object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------- property tests
+
+labels_strategy = st.lists(st.integers(0, 5), min_size=0, max_size=120).map(np.array)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 200),
+    num_clients=st.integers(1, 30),
+    seed=st.integers(0, 2**32),
+    shuffle=st.booleans(),
+)
+def test_iid_property(n: int, num_clients: int, seed: int, shuffle: bool) -> None:
+    parts = iid(n, num_clients, seed=seed, shuffle=shuffle)
+    assert_partition(parts, n, num_clients)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    labels=labels_strategy,
+    num_clients=st.integers(1, 12),
+    alpha=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**32),
+)
+def test_dirichlet_property(
+    labels: npt.NDArray[np.int_], num_clients: int, alpha: float, seed: int
+) -> None:
+    parts = dirichlet(labels, num_clients, alpha, seed=seed, min_size=0)
+    assert_partition(parts, len(labels), num_clients)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    labels=labels_strategy,
+    num_clients=st.integers(1, 6),
+    min_size=st.integers(0, 5),
+    seed=st.integers(0, 2**32),
+)
+def test_dirichlet_min_size_property(
+    labels: npt.NDArray[np.int_], num_clients: int, min_size: int, seed: int
+) -> None:
+    if num_clients * min_size > len(labels):
+        with pytest.raises(ValueError, match="min_size"):
+            dirichlet(labels, num_clients, 1.0, seed=seed, min_size=min_size)
+        return
+    assume(num_clients * min_size <= len(labels) // 4)  # feasible with high probability
+    parts = dirichlet(labels, num_clients, 1.0, seed=seed, min_size=min_size, max_retries=1000)
+    assert_partition(parts, len(labels), num_clients)
+    assert min(len(p) for p in parts) >= min_size
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    labels=labels_strategy,
+    num_clients=st.integers(1, 20),
+    shards_per_client=st.integers(1, 4),
+    seed=st.integers(0, 2**32),
+)
+def test_shards_property(
+    labels: npt.NDArray[np.int_], num_clients: int, shards_per_client: int, seed: int
+) -> None:
+    if num_clients * shards_per_client > len(labels):
+        with pytest.raises(ValueError, match="shards is more than"):
+            shards(labels, num_clients, shards_per_client, seed=seed)
+        return
+    parts = shards(labels, num_clients, shards_per_client, seed=seed)
+    assert_partition(parts, len(labels), num_clients)
+    for part in parts:
+        assert contiguous_label_runs(labels, part) <= shards_per_client
+
+
+# ------------------------------------------------------------------------------- datasets
+
+
+def sorted_rows(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return x[np.lexsort(x.T[::-1])]
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def cancer() -> Dataset:
+    return load_breast_cancer()
+
+
+def test_load_digits(digits: Dataset) -> None:
+    assert digits.name == "digits"
+    assert digits.num_classes == 10
+    assert digits.num_features == 64
+    assert digits.x_train.shape == (1438, 64)
+    assert digits.x_test.shape == (359, 64)
+    assert digits.y_train.shape == (1438,)
+    assert digits.y_test.shape == (359,)
+    assert digits.x_train.dtype == np.float64
+    assert digits.x_test.dtype == np.float64
+    assert digits.y_train.dtype == np.int64
+    assert digits.y_test.dtype == np.int64
+    for x in (digits.x_train, digits.x_test):
+        assert x.min() == 0.0
+        assert x.max() == 1.0
+    assert set(np.unique(digits.y_train)) == set(range(10))
+    assert set(np.unique(digits.y_test)) == set(range(10))
+    assert digits.feature_names is not None
+    assert len(digits.feature_names) == 64
+
+
+def test_load_breast_cancer(cancer: Dataset) -> None:
+    assert cancer.name == "breast_cancer"
+    assert cancer.num_classes == 2
+    # Stratified: round(0.2 * 212) + round(0.2 * 357) = 42 + 71 test examples.
+    assert cancer.x_train.shape == (456, 30)
+    assert cancer.x_test.shape == (113, 30)
+    assert cancer.x_train.dtype == np.float64
+    assert cancer.y_train.dtype == np.int64
+    assert set(np.unique(cancer.y_train)) == {0, 1}
+    assert cancer.feature_names is not None
+    assert cancer.feature_names[0] == "mean radius"
+    np.testing.assert_allclose(cancer.x_train.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(cancer.x_train.std(axis=0), 1.0, atol=1e-9)
+
+
+def test_breast_cancer_standardizes_with_train_statistics(cancer: Dataset) -> None:
+    raw = load_breast_cancer(standardize=False)
+    np.testing.assert_array_equal(raw.y_train, cancer.y_train)
+    mean, std = raw.x_train.mean(axis=0), raw.x_train.std(axis=0)
+    np.testing.assert_allclose(cancer.x_test, (raw.x_test - mean) / std)
+    assert raw.x_train.min() >= 0.0  # raw measurements are non-negative
+
+
+def test_train_and_test_partition_the_original_data(digits: Dataset) -> None:
+    from sklearn import datasets
+
+    original = datasets.load_digits()
+    combined_x = np.concatenate([digits.x_train, digits.x_test])
+    np.testing.assert_array_equal(sorted_rows(combined_x), sorted_rows(original.data / 16.0))
+    combined_y = np.concatenate([digits.y_train, digits.y_test])
+    np.testing.assert_array_equal(np.bincount(combined_y), np.bincount(original.target))
+
+    raw = load_breast_cancer(standardize=False)
+    cancer_original = datasets.load_breast_cancer()
+    np.testing.assert_array_equal(
+        sorted_rows(np.concatenate([raw.x_train, raw.x_test])), sorted_rows(cancer_original.data)
+    )
+    # No row of the test set appears in the training set (breast cancer has no duplicates).
+    train_rows = {row.tobytes() for row in raw.x_train}
+    assert not any(row.tobytes() in train_rows for row in raw.x_test)
+
+
+def test_split_is_stratified(digits: Dataset) -> None:
+    train = np.bincount(digits.y_train) / len(digits.y_train)
+    test = np.bincount(digits.y_test) / len(digits.y_test)
+    np.testing.assert_allclose(train, test, atol=0.01)
+
+
+@pytest.mark.parametrize("loader", [load_digits, load_breast_cancer])
+def test_loaders_are_seeded(loader: Callable[..., Dataset]) -> None:
+    a, b, c = loader(seed=3), loader(seed=3), loader(seed=4)
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.y_train, c.y_train)
+
+
+def test_test_fraction() -> None:
+    data = load_breast_cancer(test_fraction=0.5, seed=1)
+    assert abs(len(data.y_test) - 569 / 2) <= 2
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="test_fraction must be strictly between 0 and 1"):
+            load_digits(test_fraction=bad)
+
+
+def test_dataset_client(digits: Dataset) -> None:
+    parts = iid(digits.y_train, 5, seed=0)
+    x, y = digits.client(parts[2])
+    np.testing.assert_array_equal(x, digits.x_train[parts[2]])
+    np.testing.assert_array_equal(y, digits.y_train[parts[2]])
+    assert x.flags.writeable
+    x_list, y_list = digits.client([0, 1])
+    assert x_list.shape == (2, 64)
+    assert y_list.shape == (2,)
+    x_empty, _ = digits.client([])
+    assert x_empty.shape == (0, 64)
+
+
+def test_dataset_is_frozen_and_read_only(digits: Dataset) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        digits.name = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="read-only"):
+        digits.x_train[0, 0] = 5.0
+
+
+def test_dataset_leaves_caller_arrays_writable() -> None:
+    x = np.zeros((4, 2))
+    y = np.zeros(4, dtype=np.int64)
+    data = Dataset(x, y, x, y, num_classes=1, feature_names=None, name="toy")
+    assert x.flags.writeable
+    assert not data.x_train.flags.writeable
+
+
+def test_dataset_validates_shapes() -> None:
+    x2, y1 = np.zeros((1, 1)), np.zeros(1, dtype=np.int64)
+    with pytest.raises(ValueError, match="train set needs 2-D features"):
+        Dataset(np.zeros(4), np.zeros(4, dtype=np.int64), x2, y1, 1, None, "")
+    with pytest.raises(ValueError, match=r"test set .* shapes \(2, 1\) and \(3,\)"):
+        Dataset(x2, y1, np.zeros((2, 1)), np.zeros(3, dtype=np.int64), 1, None, "")
