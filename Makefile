@@ -49,8 +49,8 @@ $(FLOWER_STAMP):
 	touch $(FLOWER_STAMP)
 
 bench-flower: $(STAMP) $(FLOWER_STAMP)
-	$(BIN)/python benchmarks/vs_flower.py --systems covey,plain,flower \
+	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,plain,flower \
 		--flower-python $(FLOWER_VENV)/bin/python $(BENCH_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/vs_flower.py --systems covey,plain $(BENCH_ARGS)
+	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,plain $(BENCH_ARGS)

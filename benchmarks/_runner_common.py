@@ -58,7 +58,7 @@ def blas_info() -> list[dict[str, Any]]:
         from threadpoolctl import threadpool_info
     except ImportError:  # pragma: no cover - sklearn brings it
         return []
-    keep = ("internal_api", "version", "architecture", "num_threads", "threading_layer")
+    keep = ("internal_api", "version", "architecture", "num_threads", "filepath")
     return [{k: info.get(k) for k in keep} for info in threadpool_info()]
 
 

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large-rounds", type=int, default=3)
     p.add_argument(
         "--systems",
-        default="covey,plain,flower",
+        default="covey,covey-process,plain,flower",
         help=f"comma-separated subset of {','.join(SYSTEMS)}",
     )
     p.add_argument(
@@ -386,7 +386,11 @@ def machine_info(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for r in runs:
         rep = r.get("report")
         if rep and r["system"] not in envs:
-            blas = [b for b in rep.get("blas", []) if b.get("internal_api") == "openblas"]
+            blas = [
+                b
+                for b in rep.get("blas", [])
+                if b.get("internal_api") == "openblas" and "numpy" in str(b.get("filepath"))
+            ]
             envs[r["system"]] = {
                 "python": rep["python"],
                 "numpy": rep["numpy"],

@@ -1,0 +1,5 @@
+"""``python -m covey`` runs the command line."""
+
+from covey.cli import main
+
+main()
