@@ -7,6 +7,7 @@ little arithmetic the round loop needs. It does no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,13 +90,39 @@ class WeightsSpec:
             what: How to name the weights in the error (e.g. ``"client 7's delta"``).
             finite: Also require every floating-point value to be finite.
         """
+        # Fast path first: this runs for every reply of every round.
+        try:
+            if len(weights) != len(self.names):  # type: ignore[arg-type]
+                raise _Mismatch
+            for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+                value = weights[name]  # type: ignore[index]
+                if (
+                    value.shape != shape
+                    or value.dtype != dtype
+                    or not isinstance(value, np.ndarray)
+                ):
+                    raise _Mismatch
+        except (_Mismatch, KeyError, AttributeError, TypeError):
+            self._explain(weights, what)
+        if finite:
+            checked: Weights = weights  # type: ignore[assignment]
+            with np.errstate(over="ignore", invalid="ignore"):
+                for name, dtype in zip(self.names, self.dtypes, strict=True):
+                    if dtype.kind == "f" and not _all_finite(checked[name]):
+                        arr = checked[name]
+                        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                        raise WeightsError(
+                            f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)"
+                        )
+
+    def _explain(self, weights: object, what: str) -> None:
         if not isinstance(weights, Mapping):
             raise WeightsError(
                 f"{what} must be a mapping of names to NumPy arrays, got {type(weights).__name__}"
             )
-        if len(weights) != len(self.names) or any(n not in weights for n in self.names):
-            missing = [n for n in self.names if n not in weights]
-            extra = [str(n) for n in weights if n not in self.names]
+        missing = [n for n in self.names if n not in weights]
+        extra = [str(n) for n in weights if n not in self.names]
+        if missing or extra:
             parts = []
             if missing:
                 parts.append(f"missing {missing}")
@@ -112,23 +139,21 @@ class WeightsSpec:
                 raise WeightsError(f"{what}: {name!r} has shape {value.shape}, expected {shape}")
             if value.dtype != dtype:
                 raise WeightsError(f"{what}: {name!r} has dtype {value.dtype}, expected {dtype}")
-        if finite:
-            for name, dtype in zip(self.names, self.dtypes, strict=True):
-                if dtype.kind == "f" and not _all_finite(weights[name]):
-                    arr = weights[name]
-                    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-                    raise WeightsError(
-                        f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)"
-                    )
+        raise WeightsError(f"{what} do not match the model")  # pragma: no cover
+
+
+class _Mismatch(Exception):
+    pass
 
 
 def _all_finite(array: Array) -> bool:
-    # A sum is one vectorized pass and is finite iff every element is finite,
-    # except for overflow of huge finite values, which isfinite then settles.
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.sum(array, dtype=np.float64) if array.dtype.itemsize < 8 else np.sum(array)
-    if np.isfinite(total):
-        return True
+    # Called under errstate(over="ignore"). A sum of squares is one allocation-free
+    # BLAS pass and is finite iff every element is, unless huge finite values
+    # overflow it, which the exact check then settles.
+    if array.dtype.itemsize >= 4:
+        flat = array.reshape(-1)
+        if math.isfinite(flat.dot(flat)):
+            return True
     return bool(np.isfinite(array).all())
 
 
