@@ -20,6 +20,7 @@ from covey._messages import EvaluateResult, FitResult, Metrics, Reply, Task
 from covey._strategy import Strategy
 from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze
 from covey.aggregate import Aggregate, Begin, Contribution, End
+from covey.aggregate._base import broadcast_extras
 from covey.transport._base import Transport
 
 logger = logging.getLogger("covey")
@@ -87,6 +88,8 @@ class RoundLoop:
             round 0 and after every round, or None.
         seed: Seeds client sampling; the same seed samples the same clients.
         round_timeout: Seconds a round's clients have to reply (None: no limit).
+        wait_timeout: Seconds to wait for ``min_available_clients`` to connect
+            before a round, on transports where clients come and go.
         on_round: Called with each finished :class:`RoundRecord` (progress, logging).
     """
 
@@ -99,6 +102,7 @@ class RoundLoop:
         evaluate_fn: EvaluateFn | None = None,
         seed: int = 0,
         round_timeout: float | None = None,
+        wait_timeout: float | None = None,
         on_round: RoundCallback | None = None,
     ) -> None:
         self.strategy = strategy
@@ -109,9 +113,11 @@ class RoundLoop:
         self.evaluate_fn = evaluate_fn
         self.seed = seed
         self.round_timeout = round_timeout
+        self.wait_timeout = wait_timeout
         self.on_round = on_round
         self.history = History()
         self.agg_state: Any = strategy.aggregator.init(self.weights)
+        self.properties: dict[int, dict[str, Any]] = {}
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -151,18 +157,42 @@ class RoundLoop:
 
     # -- steps 1-4: fit and aggregate ---------------------------------------------------
 
-    def _available(self, rnd: int) -> Sequence[int]:
-        available = self.transport.clients()
-        if len(available) < self.strategy.min_available_clients:
+    def _available(self, rnd: int, wanted: int) -> Sequence[int]:
+        wait = getattr(self.transport, "wait_for_clients", None)
+        if wait is not None and not wait(wanted, self.wait_timeout):
             raise self._fail(
-                f"round {rnd}: {len(available)} clients available, fewer than "
-                f"min_available_clients={self.strategy.min_available_clients}"
+                f"round {rnd}: only {len(self.transport.clients())} of the {wanted} clients "
+                f"needed (min_available_clients, min_fit_clients) connected within "
+                f"{self.wait_timeout} s"
+            )
+        available = self.transport.clients()
+        if len(available) < wanted:
+            raise self._fail(
+                f"round {rnd}: {len(available)} clients available, fewer than the {wanted} "
+                "needed (min_available_clients, min_fit_clients)"
             )
         return available
 
+    def _eligible(self, rnd: int, available: Sequence[int]) -> list[int]:
+        """The available clients that pass ``strategy.where``, asking new ones for properties."""
+        if self.strategy.where is None:
+            return list(available)
+        unknown = [cid for cid in available if cid not in self.properties]
+        if unknown:
+            ask = dict.fromkeys(unknown, Task("properties", rnd))
+            for reply in self.transport.exchange(ask, timeout=self.round_timeout):
+                if reply.ok and isinstance(reply.result, dict):
+                    self.properties[reply.cid] = reply.result
+                else:
+                    logger.warning("client %d did not report its properties", reply.cid)
+        return self.strategy.eligible(available, self.properties)
+
     def _fit(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
-        available = self._available(rnd)
+        available = self._available(
+            rnd, max(strategy.min_available_clients, strategy.min_fit_clients)
+        )
+        available = self._eligible(rnd, available)
         count = strategy.num_fit(len(available))
         if count > len(available):
             raise self._fail(
@@ -170,9 +200,9 @@ class RoundLoop:
                 f"{len(available)} are available (min_fit_clients={strategy.min_fit_clients})"
             )
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
-        task = Task("fit", rnd, strategy.fit_config(rnd), self.weights)
         update = strategy.aggregator.update
-        state, _ = update(self.agg_state, Begin(rnd, self.weights))
+        state, out = update(self.agg_state, Begin(rnd, self.weights))
+        task = Task("fit", rnd, strategy.fit_config(rnd), self.weights, broadcast_extras(out))
         metrics: list[tuple[int, Metrics]] = []
         replies = self.transport.exchange(dict.fromkeys(cids, task), timeout=self.round_timeout)
         answered: set[int] = set()
@@ -249,10 +279,19 @@ class RoundLoop:
                 self.spec.check(result.weights, what=f"client {cid}'s weights")
             else:
                 self.spec.check(result.delta, what=f"client {cid}'s delta")
+            for name, extra in result.extras.items():
+                self.spec.check(extra, what=f"client {cid}'s extra {name!r}")
         except WeightsError as exc:
             self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
             return None
-        return Contribution(cid, result.num_examples, result.weights, result.delta, result.metrics)
+        return Contribution(
+            cid,
+            result.num_examples,
+            result.weights,
+            result.delta,
+            result.metrics,
+            extras=result.extras,
+        )
 
     @staticmethod
     def _record_failure(failures: list[Failure], failure: Failure) -> None:
@@ -263,7 +302,7 @@ class RoundLoop:
 
     def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
-        available = self.transport.clients()
+        available = self._eligible(rnd, self.transport.clients())
         count = strategy.num_evaluate(len(available))
         if count == 0:
             return

@@ -131,6 +131,18 @@ def demo(
     console.print(f"run folder: {run_dir} (history.json{', plot.png' if plot else ''})")
 
 
+def _mount() -> None:
+    from covey.deploy._cli import client_command, server_command
+    from covey.deploy._cli_certs import certs_app
+
+    app.command("server")(server_command)
+    app.command("client")(client_command)
+    app.add_typer(certs_app, name="certs", help="Make and manage the federation's certificates.")
+
+
+_mount()
+
+
 def main() -> None:
     """Entry point of the ``covey`` command."""
     app()

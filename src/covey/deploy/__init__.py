@@ -1,0 +1,19 @@
+"""Deployment: a real federation over gRPC with mutual TLS, resumable server state."""
+
+from covey.deploy._client import client_tls, connect, tls_from_certs
+from covey.deploy._server import ServerApp, ServeResult, serve, tls_from_dir
+from covey.transport._grpc_client import ClientTLS, ConnectResult
+from covey.transport._grpc_server import ServerTLS
+
+__all__ = [
+    "ClientTLS",
+    "ConnectResult",
+    "ServeResult",
+    "ServerApp",
+    "ServerTLS",
+    "client_tls",
+    "connect",
+    "serve",
+    "tls_from_certs",
+    "tls_from_dir",
+]

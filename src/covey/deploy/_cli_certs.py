@@ -1,0 +1,225 @@
+"""``covey certs``: create and manage the certificates of a deployed federation."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from covey.deploy import _certs
+
+__all__ = ["certs_app"]
+
+certs_app = typer.Typer(
+    name="certs",
+    help="Create and manage the mTLS certificates of a deployed federation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+_T = TypeVar("_T")
+
+
+class _KeyType(enum.StrEnum):
+    ec = "ec"
+    rsa = "rsa"
+    ed25519 = "ed25519"
+
+
+# Consoles are made per command, not at import, so that they follow the
+# current stdout/stderr and terminal width (e.g. under a test runner).
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code=1)
+
+
+def _call(function: Callable[[], _T]) -> _T:
+    """Run an API call, turning its expected errors into a red message and exit code 1."""
+    try:
+        return function()
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:
+        _fail(str(error))
+    except PermissionError as error:  # pragma: no cover - depends on the machine
+        _fail(f"permission denied: {error}")
+
+
+def _client_id(value: str) -> str:
+    try:
+        return _certs.validate_client_id(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _federation_dir(directory: Path) -> Path:
+    if not directory.exists():
+        raise typer.BadParameter(f"{directory} does not exist", param_hint="'--dir'")
+    if not directory.is_dir():
+        raise typer.BadParameter(f"{directory} is not a directory", param_hint="'--dir'")
+    if not (directory / _certs.CA_CERT).is_file():
+        _fail(
+            f"{directory} holds no federation CA ({_certs.CA_CERT} is missing); "
+            f"create one with: covey certs init --dir {directory}"
+        )
+    return directory
+
+
+_DirOption = Annotated[
+    Path,
+    typer.Option("--dir", "-d", help="The federation directory.", show_default=False),
+]
+
+
+@certs_app.command("init")
+def init(
+    directory: _DirOption,
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--host",
+            help="DNS name or IP address of the server (repeatable). "
+            "Default: localhost and 127.0.0.1.",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Common name of the CA.")] = "covey federation",
+    days: Annotated[int, typer.Option(min=1, help="CA validity, in days.")] = 3650,
+    server_days: Annotated[
+        int, typer.Option(min=1, help="Server certificate validity, in days.")
+    ] = 825,
+    key_type: Annotated[
+        _KeyType,
+        typer.Option(help="Key kind; gRPC supports ec and rsa only."),
+    ] = _KeyType.ec,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing federation CA.")
+    ] = False,
+) -> None:
+    """Create a federation: a CA, a server certificate and an empty revocation list."""
+    hosts = tuple(host) if host else ("localhost", "127.0.0.1")
+    try:
+        _certs.parse_hosts(hosts)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--host'") from None
+    try:
+        paths = _certs.init_federation(
+            directory,
+            hosts=hosts,
+            name=name,
+            days=days,
+            server_days=server_days,
+            key_type=key_type.value,
+            overwrite=overwrite,
+        )
+    except (FileExistsError, NotADirectoryError, ValueError) as error:
+        _fail(str(error))
+
+    out = _out()
+    out.print(f"[bold green]Federation created[/] in {escape(str(paths.directory))}")
+    for path, what in (
+        (paths.ca_cert, "CA certificate: give it to the server and every client"),
+        (paths.ca_key, "CA private key (0600)"),
+        (paths.server_cert, "server certificate, for: " + ", ".join(map(str, hosts))),
+        (paths.server_key, "server private key (0600)"),
+        (paths.revoked, "revocation list (empty)"),
+        (paths.clients_dir, "client certificates go here"),
+    ):
+        out.print(f"  wrote {escape(str(path))}  [dim]{escape(what)}[/]")
+    out.print(
+        f"[bold yellow]warning:[/] keep {escape(str(paths.ca_key))} secret, ideally offline: "
+        "whoever has it can issue certificates that the server accepts."
+    )
+    out.print(f"Next: covey certs issue CLIENT_ID --dir {escape(str(paths.directory))}")
+
+
+@certs_app.command("issue")
+def issue(
+    client_id: Annotated[
+        str,
+        typer.Argument(
+            callback=_client_id,
+            metavar="CLIENT_ID",
+            help="The client id (1-64 characters of A-Z a-z 0-9 . _ -); "
+            "it becomes the certificate's common name.",
+            show_default=False,
+        ),
+    ],
+    directory: _DirOption,
+    days: Annotated[int, typer.Option(min=1, help="Validity, in days.")] = 825,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace (and revoke) an existing, non-revoked certificate."
+        ),
+    ] = False,
+) -> None:
+    """Issue a client certificate signed by the federation CA."""
+    root = _federation_dir(directory)
+    paths = _call(lambda: _certs.issue_client(root, client_id, days=days, overwrite=overwrite))
+    out = _out()
+    out.print(f"[bold green]Issued[/] a certificate for client {escape(client_id)!r}")
+    out.print(f"  wrote {escape(str(paths.cert))}  [dim]client certificate[/]")
+    out.print(f"  wrote {escape(str(paths.key))}  [dim]client private key (0600)[/]")
+    out.print(
+        f"Give the client these two files and {escape(str(paths.ca))}, over a secure channel."
+    )
+
+
+@certs_app.command("revoke")
+def revoke(
+    client_id: Annotated[
+        str,
+        typer.Argument(
+            callback=_client_id,
+            metavar="CLIENT_ID",
+            help="The client id to revoke.",
+            show_default=False,
+        ),
+    ],
+    directory: _DirOption,
+) -> None:
+    """Revoke a client's certificate (adds its serial to revoked.json)."""
+    root = _federation_dir(directory)
+    serial = _call(lambda: _certs.revoke(root, client_id))
+    _out().print(
+        f"[bold green]Revoked[/] client {escape(client_id)!r} (serial {serial:x}); "
+        f"{escape(str(root / _certs.REVOKED))} updated."
+    )
+
+
+@certs_app.command("list")
+def list_(directory: _DirOption) -> None:
+    """List the issued client certificates."""
+    root = _federation_dir(directory)
+    clients = _call(lambda: _certs.list_clients(root))
+    out = _out()
+    if not clients:
+        out.print(f"No client certificates in {escape(str(root / _certs.CLIENTS_DIRNAME))}.")
+        return
+    table = Table(title="Client certificates", box=box.SIMPLE_HEAD, header_style="bold")
+    table.add_column("CN", overflow="fold", min_width=8)
+    table.add_column("serial (hex)", overflow="fold", min_width=16)
+    table.add_column("expires", no_wrap=True)
+    table.add_column("revoked", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for client in clients:
+        status_style = "green" if client.status == "valid" else "red"
+        table.add_row(
+            escape(client.common_name or client.client_id),
+            f"{client.serial:x}" if client.serial is not None else "-",
+            client.not_after.strftime("%Y-%m-%d") if client.not_after else "-",
+            "[red]yes[/]" if client.revoked else "no",
+            f"[{status_style}]{escape(client.status)}[/]",
+        )
+    out.print(table)

@@ -1,0 +1,226 @@
+"""``covey.serve``: run the server of a real federation over gRPC, resumable after a crash."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import pickle
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from covey._history import History, RoundRecord
+from covey._loop import EvaluateFn, RoundCallback, RoundLoop
+from covey._strategy import Strategy
+from covey._weights import Array, Weights, WeightsSpec, copy
+from covey.transport._grpc_server import GrpcServerTransport, ServerTLS
+
+logger = logging.getLogger("covey")
+
+
+@dataclass
+class ServerApp:
+    """Everything the server side of a federation needs; what ``covey server --app`` loads.
+
+    Args:
+        strategy: What to do each round.
+        initial_weights: The global model at step 0 (or a function returning it).
+        rounds: How many rounds to run (the CLI's ``--rounds`` overrides it).
+        evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
+        seed: Seeds client sampling.
+    """
+
+    strategy: Strategy
+    initial_weights: Weights | Callable[[], Weights]
+    rounds: int = 3
+    evaluate_fn: EvaluateFn | None = None
+    seed: int = 0
+
+    def weights(self) -> Weights:
+        """The initial weights (calling ``initial_weights`` if it is a function)."""
+        w = self.initial_weights
+        return w() if callable(w) else w
+
+
+@dataclass
+class ServeResult:
+    """How a served run ended: final weights, history and where its state lives."""
+
+    weights: dict[str, Array]
+    history: History
+    run_dir: Path | None
+
+
+def tls_from_dir(directory: str | Path) -> ServerTLS:
+    """Load the server's TLS material from a federation folder made by ``covey certs init``."""
+    from covey.deploy._certs import is_revoked, load_revoked
+
+    d = Path(directory)
+    missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{d} is not a federation folder (missing {', '.join(missing)}); "
+            "create one with `covey certs init --dir DIR`"
+        )
+
+    def revoked(pem: bytes) -> bool:
+        return is_revoked(pem, load_revoked(d))
+
+    return ServerTLS(
+        ca=(d / "ca.pem").read_bytes(),
+        cert=(d / "server.pem").read_bytes(),
+        key=(d / "server.key").read_bytes(),
+        is_revoked=revoked,
+    )
+
+
+def serve(
+    strategy: Strategy,
+    rounds: int,
+    initial_weights: Weights | None,
+    address: str = "127.0.0.1:9092",
+    *,
+    evaluate_fn: EvaluateFn | None = None,
+    tls: ServerTLS | None = None,
+    certs: str | Path | None = None,
+    insecure: bool = False,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    round_timeout: float | None = None,
+    wait_timeout: float | None = 300.0,
+    heartbeat: float = 5.0,
+    max_clients: int = 1000,
+    on_round: RoundCallback | None = None,
+    on_listen: Callable[[int], None] | None = None,
+) -> ServeResult:
+    """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
+
+    Args:
+        strategy: What to do each round.
+        rounds: The last round to run.
+        initial_weights: The global model at step 0 (ignored when resuming).
+        address: ``host:port`` to listen on; port 0 picks a free port (see ``on_listen``).
+        evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
+        tls: TLS material; or give ``certs``, a folder made by ``covey certs init``.
+        certs: The federation folder holding ``ca.pem``, ``server.pem``, ``server.key``.
+        insecure: Serve without TLS (local experiments only; a warning is logged).
+        run_dir: Where the run's state lives (SQLite + safetensors per round);
+            None keeps nothing on disk.
+        resume: Continue the run in ``run_dir`` from its last completed round.
+        seed: Seeds client sampling.
+        round_timeout: Seconds clients have to reply in a round; late replies are discarded.
+        wait_timeout: Seconds to wait for enough clients before a round.
+        heartbeat: Seconds between heartbeats; silent clients are dropped after three.
+        max_clients: Most clients connected at once.
+        on_round: Called with each finished round's record.
+        on_listen: Called with the bound port once the server listens.
+
+    Returns:
+        The final weights and history.
+
+    Raises:
+        covey.FederationError: if a round cannot complete (e.g. too few clients).
+    """
+    if certs is not None:
+        if tls is not None:
+            raise ValueError("give tls= or certs=, not both")
+        tls = tls_from_dir(certs)
+    if tls is None and not insecure:
+        raise ValueError(
+            "serve() needs TLS (certs=DIR from `covey certs init`, or tls=ServerTLS(...)) "
+            "or insecure=True for a local experiment"
+        )
+    if tls is not None and insecure:
+        raise ValueError("give TLS material or insecure=True, not both")
+    if insecure:
+        logger.warning(
+            "serving WITHOUT TLS: anyone who can reach %s can join and see the model", address
+        )
+    from covey._store import RunStore
+
+    store: RunStore | None = None
+    start = 1
+    state: Any = None
+    history: History | None = None
+    weights: Weights
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume=True needs run_dir")
+        store = RunStore.open(run_dir)
+        last, weights, _, blob = store.load_latest_valid()
+        store.discard_after(last)  # rounds whose files did not survive are redone
+        start = last + 1
+        history = store.history()
+        history.rounds = [r for r in history.rounds if r.round <= last]
+        state = pickle.loads(blob) if blob else None
+        logger.info("resuming the run in %s after round %d", run_dir, last)
+    else:
+        if initial_weights is None:
+            raise ValueError("serve() needs initial_weights (unless resuming)")
+        weights = initial_weights
+        if run_dir is not None:
+            spec = WeightsSpec.of(weights)
+            store = RunStore.create(
+                run_dir,
+                config={
+                    "rounds": rounds,
+                    "seed": seed,
+                    "strategy": strategy.name,
+                    "model": spec.describe(),
+                    "address": address,
+                    "started": _dt.datetime.now(_dt.UTC).isoformat(),
+                },
+            )
+    transport = GrpcServerTransport(
+        address,
+        tls=tls,
+        client_id=store.client_id if store is not None else None,
+        on_event=store.log_event if store is not None else None,
+        heartbeat=heartbeat,
+        max_clients=max_clients,
+    )
+    if on_listen is not None:
+        on_listen(transport.port)
+    logger.info("covey server listening on port %d", transport.port)
+    loop: RoundLoop
+
+    def round_done(record: RoundRecord) -> None:
+        if store is not None:
+            store.save_round(
+                record.round,
+                loop.weights,
+                asdict(record),
+                pickle.dumps(loop.agg_state, protocol=5),
+            )
+        if on_round is not None:
+            on_round(record)
+
+    try:
+        loop = RoundLoop(
+            strategy,
+            transport,
+            weights,
+            evaluate_fn=evaluate_fn,
+            seed=seed,
+            round_timeout=round_timeout,
+            wait_timeout=wait_timeout,
+            on_round=round_done,
+        )
+        if history is not None:
+            loop.history = history
+        if state is not None:
+            loop.agg_state = state
+        loop.run(rounds, start=start)
+        if store is not None:
+            store.set_status("finished")
+    except BaseException:
+        if store is not None:
+            store.set_status("failed")
+        raise
+    finally:
+        transport.close()
+        if store is not None:
+            store.close()
+    return ServeResult(copy(loop.weights), loop.history, Path(run_dir) if run_dir else None)

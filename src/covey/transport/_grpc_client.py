@@ -1,0 +1,304 @@
+"""The client side of the gRPC transport: dial out, receive tasks, reply, reconnect.
+
+A client opens one long-lived stream to the server (so sites behind NAT and
+firewalls work), performs each task it is pushed with the client runtime and
+streams the reply back in chunks. When the connection drops it reconnects with
+exponential backoff and jitter, until the server says goodbye.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from covey import _codec
+from covey._client import run_task, task_kinds
+from covey._messages import Reply, Task
+from covey.transport import _wire
+from covey.transport._grpc_server import CHUNK_BYTES, METHOD, grpc_options
+from covey.transport.proto import covey_pb2 as pb
+
+logger = logging.getLogger("covey")
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """The client's TLS material.
+
+    Args:
+        ca: PEM of the federation CA (verifies the server).
+        cert: PEM of this client's certificate (its identity is the certificate's name).
+        key: PEM of this client's private key.
+        server_name: Expected name in the server certificate, if not the host dialled.
+    """
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+
+
+@dataclass
+class ConnectResult:
+    """How a client's participation ended.
+
+    Attributes:
+        reason: The server's goodbye message.
+        tasks: How many tasks this client performed.
+        sessions: How many times it connected.
+        cid: The id the server gave it.
+    """
+
+    reason: str = ""
+    tasks: int = 0
+    sessions: int = 0
+    cid: int | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+class _Goodbye(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_END = object()
+_WAKE = object()  # re-read the heartbeat interval
+
+
+def _reply_messages(task_id: int, reply: Reply) -> Iterator[pb.ClientMessage]:
+    blob: memoryview | None = None
+    if reply.ok:
+        try:
+            result_json, arrays = _wire.result_to_wire(reply.result)
+            blob = None if arrays is None else memoryview(_codec.encode(arrays))
+        except Exception as exc:
+            reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
+    if not reply.ok:
+        yield pb.ClientMessage(
+            reply=pb.ReplyHeader(task_id=task_id, kind=reply.kind, error=reply.error or "failed")
+        )
+        return
+    size = 0 if blob is None else len(blob)
+    yield pb.ClientMessage(
+        reply=pb.ReplyHeader(
+            task_id=task_id, kind=reply.kind, result=result_json, weights_size=size
+        )
+    )
+    if blob is not None:
+        for offset in range(0, size, CHUNK_BYTES):
+            yield pb.ClientMessage(
+                chunk=pb.Chunk(task_id=task_id, data=bytes(blob[offset : offset + CHUNK_BYTES]))
+            )
+
+
+class _Session:
+    """One connection: a request generator fed by a queue, and the response loop."""
+
+    def __init__(
+        self, client: Any, name: str, properties: dict[str, Any], heartbeat: float
+    ) -> None:
+        self.client = client
+        self.outbound: queue.Queue[Any] = queue.Queue()
+        self.heartbeat = heartbeat
+        self.last_heard = time.monotonic()
+        self.hello = pb.Hello(
+            version=_version(),
+            name=name,
+            properties=_wire.dumps(properties),
+            kinds=list(task_kinds()),
+        )
+        self.call: Any = None
+        self.welcomed = False
+
+    def requests(self) -> Iterator[pb.ClientMessage]:
+        yield pb.ClientMessage(hello=self.hello)
+        while True:
+            try:
+                # Beat twice per interval so one late beat never looks like a death.
+                item = self.outbound.get(timeout=self.heartbeat / 2)
+            except queue.Empty:
+                if time.monotonic() - self.last_heard > 3 * self.heartbeat and self.call:
+                    logger.warning(
+                        "no word from the server for %.0f s; reconnecting", 3 * self.heartbeat
+                    )
+                    self.call.cancel()
+                    return
+                yield pb.ClientMessage(heartbeat=pb.Heartbeat())
+                continue
+            if item is _END:
+                return
+            if item is _WAKE:
+                continue
+            yield from item
+
+    def run(self, channel: grpc.Channel, result: ConnectResult) -> None:
+        join = channel.stream_stream(
+            METHOD,
+            request_serializer=pb.ClientMessage.SerializeToString,
+            response_deserializer=pb.ServerMessage.FromString,
+        )
+        self.call = join(self.requests())
+        cid = -1
+        download: list[Any] | None = None  # [header, buffer, filled]
+        try:
+            for message in self.call:
+                self.last_heard = time.monotonic()
+                body = message.WhichOneof("body")
+                if body == "welcome":
+                    self.welcomed = True
+                    cid = int(message.welcome.cid)
+                    result.cid = cid
+                    if message.welcome.heartbeat_interval > 0:
+                        self.heartbeat = message.welcome.heartbeat_interval
+                        self.outbound.put(_WAKE)
+                    logger.info("connected as %s (id %d)", message.welcome.name, cid)
+                elif body == "task":
+                    header = message.task
+                    if header.weights_size == 0:
+                        self._perform(cid, header, None, result)
+                    else:
+                        download = [header, bytearray(header.weights_size), 0]
+                elif body == "chunk":
+                    if download is None or message.chunk.task_id != download[0].task_id:
+                        raise ConnectionError("the server sent a chunk for no task")
+                    data = message.chunk.data
+                    end = download[2] + len(data)
+                    if end > len(download[1]):
+                        raise ConnectionError("the server sent more bytes than announced")
+                    download[1][download[2] : end] = data
+                    download[2] = end
+                    if end == len(download[1]):
+                        header, buffer, _ = download
+                        download = None
+                        self._perform(cid, header, buffer, result)
+                elif body == "goodbye":
+                    raise _Goodbye(message.goodbye.reason)
+        finally:
+            self.outbound.put(_END)
+
+    def _perform(
+        self, cid: int, header: pb.TaskHeader, buffer: bytearray | None, result: ConnectResult
+    ) -> None:
+        try:
+            weights = None if buffer is None else _codec.decode(buffer)
+            task = Task(
+                header.kind,
+                int(header.round),
+                _wire.loads(header.config) or {},
+                weights,
+                _wire.loads(header.payload),
+            )
+        except (_codec.CodecError, _wire.WireError) as exc:
+            reply = Reply(cid, header.kind, error=f"cannot decode the task: {exc}")
+        else:
+            reply = run_task(self.client, cid, task)
+        if not reply.ok:
+            logger.warning(
+                "task %s of round %d failed: %s",
+                header.kind,
+                header.round,
+                (reply.error or "").strip().splitlines()[-1:],
+            )
+        result.tasks += 1
+        result.kinds[header.kind] = result.kinds.get(header.kind, 0) + 1
+        self.outbound.put(_reply_messages(header.task_id, reply))
+
+
+def _version() -> str:
+    from covey import __version__
+
+    return __version__
+
+
+def connect(
+    client: Any,
+    address: str,
+    *,
+    tls: ClientTLS | None = None,
+    insecure: bool = False,
+    name: str = "",
+    properties: dict[str, Any] | None = None,
+    max_attempts: int | None = None,
+    backoff: float = 0.5,
+    max_backoff: float = 30.0,
+    heartbeat: float = 5.0,
+    stop: threading.Event | None = None,
+) -> ConnectResult:
+    """Join the federation at ``address`` and serve tasks until the server says goodbye.
+
+    Args:
+        client: A :class:`covey.Client` (the same object that runs in simulation).
+        address: The server's ``host:port``.
+        tls: Certificates for mutual TLS (the default for real deployments).
+        insecure: Connect without TLS; only for local experiments.
+        name: The client's name on an insecure server (with TLS the certificate names it).
+        properties: Facts the server may select clients by (merged over ``client.properties()``).
+        max_attempts: Give up after this many failed connection attempts in a row
+            (None: keep trying).
+        backoff: First reconnection delay in seconds; doubles each failure, with jitter.
+        max_backoff: Longest reconnection delay.
+        heartbeat: Seconds between heartbeats until the server sets its own interval.
+        stop: Set this event to leave.
+
+    Returns:
+        How the participation ended.
+
+    Raises:
+        ConnectionError: after ``max_attempts`` failed attempts in a row.
+    """
+    if tls is None and not insecure:
+        raise ValueError("connect() needs tls=ClientTLS(...) or insecure=True")
+    if tls is not None and insecure:
+        raise ValueError("give tls= or insecure=True, not both")
+    props = dict(client.properties()) if hasattr(client, "properties") else {}
+    props.update(properties or {})
+    stop = stop or threading.Event()
+    result = ConnectResult()
+    failures = 0
+    rng = random.Random()
+    options = grpc_options()
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    while not stop.is_set():
+        if tls is None:
+            channel = grpc.insecure_channel(address, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
+            )
+            channel = grpc.secure_channel(address, creds, options=options)
+        session = _Session(client, name, props, heartbeat)
+        result.sessions += 1
+        error: str
+        try:
+            session.run(channel, result)
+            error = "the server closed the stream"
+        except _Goodbye as bye:
+            result.reason = bye.reason
+            logger.info("the server said goodbye: %s", bye.reason)
+            return result
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            error = f"{code}: {exc.details() if hasattr(exc, 'details') else exc}"
+        except ConnectionError as exc:
+            error = str(exc)
+        finally:
+            channel.close()
+        failures = 1 if session.welcomed else failures + 1
+        if max_attempts is not None and failures >= max_attempts:
+            raise ConnectionError(
+                f"could not stay connected to {address} after {failures} attempt(s): {error}"
+            )
+        delay = min(max_backoff, backoff * 2 ** min(failures - 1, 16)) * rng.uniform(0.5, 1.0)
+        logger.warning("connection to %s lost (%s); retrying in %.1f s", address, error, delay)
+        stop.wait(delay)
+    return result

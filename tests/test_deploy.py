@@ -1,0 +1,376 @@
+"""A real federation: a server and client processes over mTLS on 127.0.0.1.
+
+Every test starts its own `covey server` and `covey client` processes on a
+free port, and kills whatever it started when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+import covey
+from covey._store import RunStore
+from covey.deploy._certs import init_federation, issue_client
+
+APPS = Path(__file__).parent / "apps"
+sys.path.insert(0, str(APPS))
+import digits_app  # noqa: E402
+
+pytestmark = pytest.mark.slow
+N = digits_app.NUM_CLIENTS
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Federation:
+    """Starts and tracks server and client processes; kills them all at the end."""
+
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.tmp = tmp
+        self.certs = tmp / "certs"
+        init_federation(self.certs, hosts=("localhost", "127.0.0.1"))
+        self.run_dir = tmp / "run"
+        self.markers = tmp / "markers"
+        self.markers.mkdir()
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(APPS), self.env.get("PYTHONPATH", "")])
+        self.env["COVEY_TEST_MARKERS"] = str(self.markers)
+        self.env.update(env)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.port = 0
+        self.clients: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        out = open(self.tmp / log, "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "covey", *args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp,
+        )
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def server(self, *extra: str, resume: bool = False) -> subprocess.Popen[bytes]:
+        port_file = self.tmp / "port"
+        port_file.unlink(missing_ok=True)
+        address = f"127.0.0.1:{self.port}"
+        args = [
+            "server",
+            "--app",
+            "digits_app:server_app",
+            "--certs",
+            str(self.certs),
+            "--address",
+            address,
+            "--port-file",
+            str(port_file),
+            "--heartbeat",
+            "1",
+            "--wait-timeout",
+            "90",
+            "-v",
+        ]
+        args += ["--resume", str(self.run_dir)] if resume else ["--run-dir", str(self.run_dir)]
+        proc = self._spawn([*args, *extra], "server.log")
+        _wait_for(lambda: port_file.exists() or proc.poll() is not None, 60, "the server")
+        assert proc.poll() is None, self.log("server.log")
+        self.port = int(port_file.read_text())
+        return proc
+
+    def client(self, k: int, name: str | None = None) -> subprocess.Popen[bytes]:
+        name = name or f"client-{k}"
+        if not (self.certs / "clients" / f"{name}.pem").exists():
+            issue_client(self.certs, name)
+        proc = self._spawn(
+            [
+                "client",
+                "--app",
+                "digits_app:client_fn",
+                "--cid",
+                str(k),
+                "--server",
+                f"127.0.0.1:{self.port}",
+                "--certs",
+                str(self.certs),
+                "--name",
+                name,
+                "-v",
+            ],
+            f"client-{k}.log",
+        )
+        self.clients[k] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.tmp / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> int:
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"process did not finish in {timeout} s\n" + self.log("server.log")[-4000:]
+            ) from None
+
+    def result(self) -> tuple[dict[str, Any], covey.History]:
+        with RunStore.open(self.run_dir) as store:
+            _, weights, _, _ = store.load_latest_valid()
+            return dict(weights), store.history()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Any]:
+    made: list[Federation] = []
+
+    def make(**env: str) -> Federation:
+        fed = Federation(tmp_path, **env)
+        made.append(fed)
+        return fed
+
+    yield make
+    for fed in made:
+        fed.close()
+
+
+def _simulated(rounds: int) -> dict[str, Any]:
+    result = covey.simulate(
+        digits_app.client_fn,
+        N,
+        rounds,
+        digits_app.strategy(),
+        digits_app.initial(),
+        backend="inline",
+    )
+    return result.weights
+
+
+def _assert_close(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-12) -> None:
+    assert set(a) == set(b)
+    for name in a:
+        assert np.max(np.abs(np.asarray(a[name]) - np.asarray(b[name]))) <= tol, name
+
+
+def test_mtls_federation_equals_simulation(federation: Any) -> None:
+    fed = federation()
+    server = fed.server()
+    clients = [fed.client(k) for k in range(N)]
+    assert fed.wait(server) == 0, fed.log("server.log")
+    for k, proc in enumerate(clients):
+        assert fed.wait(proc, 30) == 0, fed.log(f"client-{k}.log")
+    weights, history = fed.result()
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3, 4, 5]
+    assert all(len(r.fit_participants) == N for r in history.rounds[1:])
+    _assert_close(weights, _simulated(5))
+    assert history.rounds[-1].central_metrics["accuracy"] > 0.8
+
+
+def test_clients_killed_mid_round_are_survived(federation: Any) -> None:
+    fed = federation(
+        COVEY_TEST_SLOW_ROUND="3",
+        COVEY_TEST_MIN_FIT="6",
+        COVEY_TEST_MIN_AVAILABLE="6",
+        COVEY_TEST_ROUNDS="4",
+    )
+    server = fed.server("--round-timeout", "60")
+    for k in range(N):
+        fed.client(k)
+    victims = (2, 5)
+    _wait_for(lambda: all((fed.markers / f"fit-r3-k{k}").exists() for k in victims), 90, "round 3")
+    for k in victims:
+        fed.clients[k].send_signal(signal.SIGKILL)
+    assert fed.wait(server) == 0, fed.log("server.log")
+    weights, history = fed.result()
+    round3 = history[3]
+    failed = {f.cid for f in round3.fit_failures}
+    with RunStore.open(fed.run_dir) as store:
+        ids = store.clients()
+    assert failed == {ids[f"client-{k}"] for k in victims}
+    assert len(round3.fit_participants) == N - 2
+    assert round3.aggregated
+    assert all("disconnected" in f.error for f in round3.fit_failures)
+    assert len(history[4].fit_participants) == N - 2
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_clients_without_a_valid_certificate_are_refused(federation: Any, tmp_path: Path) -> None:
+    fed = federation(COVEY_TEST_MIN_FIT="2", COVEY_TEST_MIN_AVAILABLE="2", COVEY_TEST_ROUNDS="2")
+    server = fed.server()
+    # A client with no certificate at all, and one whose certificate another CA issued.
+    other = init_federation(tmp_path / "other", hosts=("127.0.0.1",))
+    intruder = issue_client(tmp_path / "other", "intruder")
+    stray = [
+        fed._spawn(
+            [
+                "client",
+                "--app",
+                "digits_app:client_fn",
+                "--cid",
+                "7",
+                "--server",
+                f"127.0.0.1:{fed.port}",
+                "--ca",
+                str(fed.certs / "ca.pem"),
+                "--max-attempts",
+                "2",
+            ],
+            "nocert.log",
+        ),
+        fed._spawn(
+            [
+                "client",
+                "--app",
+                "digits_app:client_fn",
+                "--cid",
+                "6",
+                "--server",
+                f"127.0.0.1:{fed.port}",
+                "--ca",
+                str(fed.certs / "ca.pem"),
+                "--cert",
+                str(intruder.cert),
+                "--key",
+                str(intruder.key),
+                "--max-attempts",
+                "2",
+            ],
+            "othercert.log",
+        ),
+    ]
+    del other
+    for proc in stray:
+        assert fed.wait(proc, 60) == 1
+    good = [fed.client(k) for k in range(2)]
+    assert fed.wait(server) == 0, fed.log("server.log")
+    for proc in good:
+        assert fed.wait(proc, 30) == 0
+    assert not list(fed.markers.glob("fit-*-k6"))
+    assert not list(fed.markers.glob("fit-*-k7"))
+    _, history = fed.result()
+    assert all(len(r.fit_participants) == 2 for r in history.rounds[1:])
+    with RunStore.open(fed.run_dir) as store:
+        assert set(store.clients()) == {"client-0", "client-1"}
+
+
+def _tls_socket(fed: Federation, name: str) -> ssl.SSLSocket:
+    paths = issue_client(fed.certs, name)
+    ctx = ssl.create_default_context(cafile=str(fed.certs / "ca.pem"))
+    ctx.load_cert_chain(str(paths.cert), str(paths.key))
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", fed.port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_garbage_on_the_server_port_is_survived(federation: Any) -> None:
+    fed = federation(
+        COVEY_TEST_MIN_FIT="2",
+        COVEY_TEST_MIN_AVAILABLE="2",
+        COVEY_TEST_ROUNDS="3",
+        COVEY_TEST_SLOW_ROUND="2",
+        COVEY_TEST_SLOW_SECONDS="2",
+    )
+    server = fed.server()
+    clients = [fed.client(k) for k in range(2)]
+    _wait_for(lambda: (fed.markers / "fit-r2-k0").exists(), 90, "round 2")
+    # 1. random bytes on the raw TCP port
+    rng = np.random.default_rng(0)
+    with socket.create_connection(("127.0.0.1", fed.port), timeout=10) as sock:
+        sock.sendall(rng.bytes(4096))
+    # 2. a truncated HTTP/2 frame after a valid TLS handshake with a valid certificate
+    with _tls_socket(fed, "prober") as tls:
+        tls.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x10\x00\x04\x00\x00\x00\x00\x00\x00"
+        )
+    # 3. malformed protobuf and an oversized message through a real gRPC channel
+    paths = issue_client(fed.certs, "fuzzer")
+    creds = grpc.ssl_channel_credentials(
+        (fed.certs / "ca.pem").read_bytes(), paths.key.read_bytes(), paths.cert.read_bytes()
+    )
+    with grpc.secure_channel(
+        f"127.0.0.1:{fed.port}", creds, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        join = channel.stream_stream("/covey.v1.Federation/Join")
+        for payload in (b"\xff\x13garbage", b"\x0a" + b"\x00" * (20 << 20)):
+            with pytest.raises(grpc.RpcError):
+                for _ in join(iter([payload]), timeout=10):
+                    pass
+    assert server.poll() is None
+    assert fed.wait(server) == 0, fed.log("server.log")
+    for proc in clients:
+        assert fed.wait(proc, 30) == 0
+    _, history = fed.result()
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3]
+    assert all(r.fit_participants for r in history.rounds[1:])
+
+
+def test_a_restarted_client_rejoins(federation: Any) -> None:
+    fed = federation(
+        COVEY_TEST_SLOW_ROUND="2",
+        COVEY_TEST_MIN_FIT="3",
+        COVEY_TEST_MIN_AVAILABLE="4",
+        COVEY_TEST_ROUNDS="4",
+    )
+    server = fed.server("--round-timeout", "60")
+    for k in range(4):
+        fed.client(k)
+    _wait_for(lambda: (fed.markers / "fit-r2-k3").exists(), 90, "round 2")
+    fed.clients[3].send_signal(signal.SIGKILL)
+    fed.clients[3].wait(10)
+    fed.client(3)
+    assert fed.wait(server) == 0, fed.log("server.log")
+    _, history = fed.result()
+    with RunStore.open(fed.run_dir) as store:
+        cid = store.clients()["client-3"]
+        events = [e[2] for e in store.events("client-3")]
+    assert {f.cid for f in history[2].fit_failures} == {cid}
+    assert cid in history[3].fit_participants
+    assert cid in history[4].fit_participants
+    assert events.count("join") + events.count("rejoin") >= 2
+
+
+def test_server_killed_and_resumed_gives_the_same_weights(federation: Any) -> None:
+    fed = federation()
+    server = fed.server()
+    for k in range(N):
+        fed.client(k)
+    _wait_for(
+        lambda: (fed.run_dir / "weights" / "round-00002.safetensors").exists(), 120, "round 2"
+    )
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    resumed = fed.server(resume=True)
+    assert fed.wait(resumed) == 0, fed.log("server.log")
+    for k, proc in fed.clients.items():
+        assert fed.wait(proc, 60) == 0, fed.log(f"client-{k}.log")
+    weights, history = fed.result()
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3, 4, 5]
+    _assert_close(weights, _simulated(5))
