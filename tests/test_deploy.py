@@ -374,3 +374,86 @@ def test_server_killed_and_resumed_gives_the_same_weights(federation: Any) -> No
     weights, history = fed.result()
     assert [r.round for r in history.rounds] == [0, 1, 2, 3, 4, 5]
     _assert_close(weights, _simulated(5))
+
+
+def test_a_300_mb_model_travels_in_bounded_memory(federation: Any) -> None:
+    fed = federation(COVEY_TEST_MB="300")
+    fed_args = ["--app", "big_app:server_app"]
+    server = fed.server(*fed_args)
+    clients = [
+        fed._spawn(
+            [
+                "client",
+                "--app",
+                "big_app:client_fn",
+                "--cid",
+                str(k),
+                "--server",
+                f"127.0.0.1:{fed.port}",
+                "--certs",
+                str(fed.certs),
+                "--name",
+                f"big-{k}",
+            ],
+            f"client-{k}.log",
+        )
+        for k in range(2)
+        if issue_client(fed.certs, f"big-{k}")
+    ]
+    assert fed.wait(server, 300) == 0, fed.log("server.log")
+    for proc in clients:
+        assert fed.wait(proc, 60) == 0
+    weights, history = fed.result()
+    assert weights["w"].nbytes == 300 * 2**20
+    assert np.all(weights["w"] == 2.0)
+    assert history.rounds[-1].central_metrics["mean"] == 2.0
+    model = 300 * 2**20
+    peak = int((fed.markers / "server-peak").read_text())
+    # The global model, its encoding, one upload buffer per client and the
+    # accumulator: a fixed number of copies, whatever the model's size.
+    assert peak < 7 * model, f"server peaked at {peak / model:.1f} model copies"
+
+
+def test_settings_from_a_toml_file_and_insecure_mode(federation: Any, tmp_path: Path) -> None:
+    import threading
+
+    from covey.deploy import connect
+
+    fed = federation(COVEY_TEST_MIN_FIT="2", COVEY_TEST_MIN_AVAILABLE="2")
+    port_file = tmp_path / "toml-port"
+    config = tmp_path / "server.toml"
+    config.write_text(
+        "[server]\n"
+        'app = "digits_app:server_app"\n'
+        'address = "127.0.0.1:0"\n'
+        "insecure = true\n"
+        "rounds = 2\n"
+        f'run_dir = "{tmp_path / "toml-run"}"\n'
+    )
+    server = fed._spawn(
+        ["server", "--config", str(config), "--port-file", str(port_file)], "toml.log"
+    )
+    _wait_for(lambda: port_file.exists() or server.poll() is not None, 60, "the server")
+    port = int(port_file.read_text())
+    threads = [
+        threading.Thread(
+            target=connect,
+            args=(digits_app.client_fn(k), f"127.0.0.1:{port}"),
+            kwargs={"insecure": True, "name": f"plain-{k}"},
+        )
+        for k in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert fed.wait(server) == 0, fed.log("toml.log")
+    assert "WITHOUT TLS" in fed.log("toml.log")
+    with RunStore.open(tmp_path / "toml-run") as store:
+        assert store.last_round() == 2
+        assert set(store.clients()) == {"plain-0", "plain-1"}
+
+
+def test_serving_without_tls_or_insecure_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs TLS"):
+        covey.deploy.serve(covey.FedAvg(), 1, digits_app.initial(), "127.0.0.1:0")

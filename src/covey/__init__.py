@@ -18,7 +18,7 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from covey import aggregate, data, transport
+from covey import aggregate, data, deploy, transport
 from covey._client import Client, register_task, run_task, task_kinds
 from covey._codec import CodecError, decode, encode
 from covey._history import Failure, History, RoundRecord
@@ -26,6 +26,7 @@ from covey._loop import FederationError, RoundLoop
 from covey._messages import EvaluateResult, FitResult, Reply, Task
 from covey._strategy import FedAvg, Strategy, weighted_metrics
 from covey._weights import Weights, WeightsError, WeightsSpec
+from covey.deploy import ServerApp, connect, serve
 from covey.sim import SimulationResult, simulate
 
 try:
@@ -45,6 +46,7 @@ __all__ = [
     "Reply",
     "RoundLoop",
     "RoundRecord",
+    "ServerApp",
     "SimulationResult",
     "Strategy",
     "Task",
@@ -53,11 +55,14 @@ __all__ = [
     "WeightsSpec",
     "__version__",
     "aggregate",
+    "connect",
     "data",
     "decode",
+    "deploy",
     "encode",
     "register_task",
     "run_task",
+    "serve",
     "simulate",
     "task_kinds",
     "transport",
