@@ -197,15 +197,16 @@ def test_mtls_federation_equals_simulation(federation: Any) -> None:
 def test_clients_killed_mid_round_are_survived(federation: Any) -> None:
     fed = federation(
         COVEY_TEST_SLOW_ROUND="3",
-        COVEY_TEST_MIN_FIT="6",
+        COVEY_TEST_MIN_FIT="4",
         COVEY_TEST_MIN_AVAILABLE="6",
         COVEY_TEST_ROUNDS="4",
     )
     server = fed.server("--round-timeout", "60")
     for k in range(N):
         fed.client(k)
-    victims = (2, 5)
-    _wait_for(lambda: all((fed.markers / f"fit-r3-k{k}").exists() for k in victims), 90, "round 3")
+    # Clients join at their own pace; kill two of those training in round 3.
+    _wait_for(lambda: len(list(fed.markers.glob("fit-r3-k*"))) >= 4, 90, "round 3")
+    victims = sorted(int(p.name.rsplit("k", 1)[1]) for p in fed.markers.glob("fit-r3-k*"))[:2]
     for k in victims:
         fed.clients[k].send_signal(signal.SIGKILL)
     assert fed.wait(server) == 0, fed.log("server.log")
@@ -215,10 +216,11 @@ def test_clients_killed_mid_round_are_survived(federation: Any) -> None:
     with RunStore.open(fed.run_dir) as store:
         ids = store.clients()
     assert failed == {ids[f"client-{k}"] for k in victims}
-    assert len(round3.fit_participants) == N - 2
     assert round3.aggregated
+    assert len(round3.fit_participants) >= 2
     assert all("disconnected" in f.error for f in round3.fit_failures)
-    assert len(history[4].fit_participants) == N - 2
+    assert history[4].aggregated
+    assert not failed & set(history[4].fit_participants)
     assert all(np.isfinite(w).all() for w in weights.values())
 
 
@@ -358,7 +360,8 @@ def test_a_restarted_client_rejoins(federation: Any) -> None:
 
 
 def test_server_killed_and_resumed_gives_the_same_weights(federation: Any) -> None:
-    fed = federation()
+    # Round 3 lingers, so the kill lands mid-run, after round 2 is saved.
+    fed = federation(COVEY_TEST_SLOW_ROUND="3", COVEY_TEST_SLOW_SECONDS="2")
     server = fed.server()
     for k in range(N):
         fed.client(k)
@@ -367,6 +370,10 @@ def test_server_killed_and_resumed_gives_the_same_weights(federation: Any) -> No
     )
     server.send_signal(signal.SIGKILL)
     server.wait(10)
+    with RunStore.open(fed.run_dir) as store:
+        killed_after = store.last_round()
+    assert killed_after is not None
+    assert 2 <= killed_after < 5
     resumed = fed.server(resume=True)
     assert fed.wait(resumed) == 0, fed.log("server.log")
     for k, proc in fed.clients.items():

@@ -225,6 +225,7 @@ class GrpcServerTransport:
             conn.outbound.put(("goodbye", reason))
             conn.outbound.put(_CLOSE)
         self._server.stop(grace=5.0).wait(10.0)
+        self._on_event = None  # whoever records events may be gone after close
 
     # -- internals ---------------------------------------------------------------------
 
@@ -241,11 +242,13 @@ class GrpcServerTransport:
         return blob
 
     def _event(self, name: str, event: str, detail: str = "") -> None:
-        if self._on_event is not None:
+        record = self._on_event
+        if record is not None:
             try:
-                self._on_event(name, event, detail)
+                record(name, event, detail)
             except Exception:
-                logger.exception("recording fleet event %s for %s failed", event, name)
+                if not self._closed:
+                    logger.exception("recording fleet event %s for %s failed", event, name)
 
     def _identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> str | None:
         if self._tls is None:
