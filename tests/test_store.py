@@ -510,7 +510,7 @@ def test_sigkill_during_saves_leaves_a_loadable_run(run_dir: Path) -> None:
         store.save_round(r + 1, weights_for(r + 1), None, keep_last=4)
         assert_identical(store.load_round(r + 1)[0], weights_for(r + 1))
     names = sorted(p.name for p in (run_dir / "weights").iterdir())
-    assert names == [weights_file_name(i) for i in range(r - 2, r + 2)]
+    assert names == [weights_file_name(i) for i in range(r - 2, r + 2)], (r, last, names)
 
 
 # -- clients and events ----------------------------------------------------------------

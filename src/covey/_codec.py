@@ -20,6 +20,7 @@ verified, so a truncated or corrupt message gives a :class:`CodecError`.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from typing import Any
@@ -138,11 +139,13 @@ def decode(data: bytes | bytearray | memoryview, *, verify: bool = True) -> dict
         raise CodecError(
             f"truncated: {len(view)} bytes is shorter than the {_PREFIX.size}-byte prefix"
         )
-    magic, header_len, header_crc, payload_len, payload_crc, _ = _PREFIX.unpack_from(view, 0)
+    magic, header_len, header_crc, payload_len, payload_crc, reserved = _PREFIX.unpack_from(view, 0)
     if magic != MAGIC:
         if magic[:6] == MAGIC[:6]:
             raise CodecError(f"unsupported format version {magic[6:]!r}")
         raise CodecError("not covey-encoded weights (bad magic bytes)")
+    if reserved != 0:
+        raise CodecError(f"corrupt prefix: reserved field is {reserved}, expected 0")
     if header_len > MAX_HEADER_BYTES:
         raise CodecError(f"header length {header_len} exceeds the limit of {MAX_HEADER_BYTES}")
     header_end = _PREFIX.size + header_len
@@ -158,6 +161,8 @@ def decode(data: bytes | bytearray | memoryview, *, verify: bool = True) -> dict
     header = view[_PREFIX.size : header_end]
     if zlib.crc32(header) != header_crc:
         raise CodecError("corrupt header (checksum mismatch)")
+    if any(view[header_end:payload_start]):
+        raise CodecError("corrupt header padding (non-zero bytes)")
     payload = view[payload_start : payload_start + payload_len]
     if verify and zlib.crc32(payload) != payload_crc:
         raise CodecError("corrupt payload (checksum mismatch)")
@@ -183,7 +188,7 @@ def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
             raise CodecError(f"corrupt header: bad or repeated array name {name!r}")
         if dtype.kind not in "biuf" or any(d < 0 for d in shape):
             raise CodecError(f"corrupt header: array {name!r} has dtype {dtype} shape {shape}")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # exact: a huge shape must not wrap around
         if (
             not isinstance(offset, int)
             or not isinstance(nbytes, int)
@@ -192,7 +197,10 @@ def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
             or offset + nbytes > len(payload)
         ):
             raise CodecError(f"corrupt header: array {name!r} lies outside the payload")
-        array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+        try:
+            array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+        except ValueError as exc:  # e.g. too many dimensions for NumPy
+            raise CodecError(f"corrupt header: array {name!r}: {exc}") from None
         if array.flags.writeable:
             array.flags.writeable = False
         out[name] = array

@@ -178,8 +178,9 @@ def copy(weights: Weights) -> dict[str, Array]:
 
 def add(weights: Weights, delta: Weights) -> dict[str, Array]:
     """``weights + delta`` per array, keeping each array's dtype."""
+    # asarray: a ufunc returns a scalar, not an array, for 0-d inputs.
     return {
-        name: np.add(value, delta[name], dtype=value.dtype, casting="same_kind")
+        name: np.asarray(np.add(value, delta[name], dtype=value.dtype, casting="same_kind"))
         for name, value in weights.items()
     }
 
@@ -187,7 +188,7 @@ def add(weights: Weights, delta: Weights) -> dict[str, Array]:
 def subtract(weights: Weights, other: Weights) -> dict[str, Array]:
     """``weights - other`` per array, keeping each array's dtype."""
     return {
-        name: np.subtract(value, other[name], dtype=value.dtype, casting="same_kind")
+        name: np.asarray(np.subtract(value, other[name], dtype=value.dtype, casting="same_kind"))
         for name, value in weights.items()
     }
 

@@ -265,7 +265,14 @@ class ProcessTransport:
                 try:
                     reply_seq, reply = _recv_reply(conn)
                 except (EOFError, OSError):
-                    code = self._workers[w].process.exitcode
+                    # Its pipe closed, so the worker is exiting: reap it now, so that its
+                    # exit code is known and the next exchange sees it dead and replaces it.
+                    process = self._workers[w].process
+                    process.join(5.0)
+                    if process.is_alive():
+                        process.kill()
+                        process.join(5.0)
+                    code = process.exitcode
                     for cid in sorted(pending[w]):
                         yield Reply(
                             cid,

@@ -1,0 +1,377 @@
+"""covey.aggregate: the weighted mean against hand-computed math, and step composition."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from covey.aggregate import (
+    Aggregate,
+    AggregationError,
+    Begin,
+    Contribution,
+    End,
+    Event,
+    Step,
+    chain,
+    mean,
+    run_round,
+    weighted_mean,
+)
+
+Form = Literal["weights", "delta", "mixed"]
+Arrays = dict[str, np.ndarray]
+
+
+def make_round(
+    rng: np.random.Generator, dtype: Any, form: Form, num_clients: int | None = None
+) -> tuple[Arrays, list[Contribution]]:
+    """Random global params and contributions (weights, deltas or both kinds)."""
+    shapes = [tuple(rng.integers(1, 5, size=rng.integers(0, 3))) for _ in range(rng.integers(1, 4))]
+    params = {f"p{i}": np.asarray(rng.normal(size=s), dtype=dtype) for i, s in enumerate(shapes)}
+    k = int(rng.integers(1, 7)) if num_clients is None else num_clients
+    contributions = []
+    for cid in range(k):
+        local = {name: np.asarray(rng.normal(size=p.shape), dtype) for name, p in params.items()}
+        n = int(rng.integers(1, 1000))
+        as_delta = form == "delta" or (form == "mixed" and cid % 2 == 1)
+        if as_delta:
+            delta = {name: np.asarray(local[name] - params[name], dtype) for name in params}
+            contributions.append(Contribution(cid, n, delta=delta, metrics={"i": cid}))
+        else:
+            contributions.append(Contribution(cid, n, weights=local))
+    return params, contributions
+
+
+def hand_weighted_mean(params: Arrays, contributions: list[Contribution], weighted: bool = True):
+    """sum_k n_k w_k / sum_k n_k in float64, with w_k = params + delta_k for delta senders."""
+    total = sum(c.num_examples if weighted else 1 for c in contributions)
+    out = {}
+    for name, p in params.items():
+        acc = np.zeros(p.shape, dtype=np.float64)
+        for c in contributions:
+            n = c.num_examples if weighted else 1
+            if c.weights is not None:
+                w = c.weights[name].astype(np.float64)
+            else:
+                assert c.delta is not None
+                w = p.astype(np.float64) + c.delta[name].astype(np.float64)
+            acc += n * w
+        out[name] = acc / total
+    return out
+
+
+def snapshot(params: Arrays, contributions: list[Contribution]) -> list[bytes]:
+    blobs = [a.tobytes() for a in params.values()]
+    for c in contributions:
+        for part in (c.weights, c.delta):
+            if part is not None:
+                blobs.extend(a.tobytes() for a in part.values())
+    return blobs
+
+
+def read_only(params: Arrays, contributions: list[Contribution]) -> None:
+    arrays = list(params.values())
+    for c in contributions:
+        for part in (c.weights, c.delta):
+            if part is not None:
+                arrays.extend(part.values())
+    for a in arrays:
+        a.flags.writeable = False
+
+
+def aggregate_round(
+    step: Step, params: Arrays, contributions: list[Contribution], round: int = 1
+) -> Aggregate:
+    _, agg = run_round(step, step.init(params), round, params, contributions)
+    assert agg is not None
+    return agg
+
+
+TOL = {np.float32: {"rtol": 2e-5, "atol": 2e-5}, np.float64: {"rtol": 1e-12, "atol": 1e-12}}
+
+
+@settings(max_examples=60)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    form=st.sampled_from(["weights", "delta", "mixed"]),
+)
+def test_weighted_mean_matches_hand_computation(seed: int, dtype: Any, form: Form) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions = make_round(rng, dtype, form)
+    before = snapshot(params, contributions)
+    read_only(params, contributions)  # any in-place write to an input would raise
+    agg = aggregate_round(weighted_mean(), params, contributions)
+    new = agg.apply(params)
+    expected = hand_weighted_mean(params, contributions)
+    assert list(new) == list(params)
+    for name in params:
+        assert new[name].dtype == dtype
+        assert new[name].shape == params[name].shape
+        np.testing.assert_allclose(new[name], expected[name], **TOL[dtype])
+        for c in contributions:
+            for part in (c.weights, c.delta):
+                if part is not None:
+                    assert not np.shares_memory(new[name], part[name])
+        assert not np.shares_memory(new[name], params[name])
+    assert snapshot(params, contributions) == before
+    assert agg.num_clients == len(contributions)
+    assert agg.num_examples == sum(c.num_examples for c in contributions)
+    assert agg.round == 1
+    # weights-only rounds give full weights; any delta gives a delta.
+    if all(c.delta is None for c in contributions):
+        assert agg.weights is not None
+        assert agg.delta is None
+    else:
+        assert agg.delta is not None
+        assert agg.weights is None
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), form=st.sampled_from(["weights", "delta", "mixed"]))
+def test_mean_ignores_num_examples(seed: int, form: Form) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions = make_round(rng, np.float64, form)
+    # Zero examples still count as one client in an unweighted mean.
+    contributions[0] = Contribution(
+        0, 0, weights=contributions[0].weights, delta=contributions[0].delta
+    )
+    new = aggregate_round(mean(), params, contributions).apply(params)
+    expected = hand_weighted_mean(params, contributions, weighted=False)
+    for name in params:
+        np.testing.assert_allclose(new[name], expected[name], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), form=st.sampled_from(["weights", "delta", "mixed"]))
+def test_result_does_not_depend_on_feed_order_beyond_rounding(seed: int, form: Form) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions = make_round(rng, np.float64, form, num_clients=5)
+    reference = aggregate_round(weighted_mean(), params, contributions).apply(params)
+    shuffled = [contributions[i] for i in rng.permutation(len(contributions))]
+    other = aggregate_round(weighted_mean(), params, shuffled).apply(params)
+    for name in params:
+        np.testing.assert_allclose(other[name], reference[name], rtol=1e-12, atol=1e-12)
+
+
+def test_zero_example_contributions_are_counted_but_carry_no_weight() -> None:
+    params = {"w": np.zeros(2)}
+    contributions = [
+        Contribution(0, 3, weights={"w": np.array([1.0, 1.0])}),
+        Contribution(1, 0, weights={"w": np.array([100.0, 100.0])}),
+        Contribution(2, 1, weights={"w": np.array([5.0, -3.0])}),
+    ]
+    agg = aggregate_round(weighted_mean(), params, contributions)
+    assert agg.apply(params)["w"].tolist() == [2.0, 0.0]
+    assert agg.num_clients == 3
+    assert agg.num_examples == 4
+
+
+def test_small_example_by_hand() -> None:
+    params = {"w": np.array([1.0, 2.0])}
+    contributions = [
+        Contribution(0, 1, weights={"w": np.array([3.0, 2.0])}),  # w = [3, 2]
+        Contribution(1, 3, delta={"w": np.array([1.0, -2.0])}),  # w = [2, 0]
+    ]
+    new = aggregate_round(weighted_mean(), params, contributions).apply(params)
+    assert new["w"].tolist() == [(3.0 + 3 * 2.0) / 4, (2.0 + 0.0) / 4]
+
+
+def test_empty_round_emits_no_aggregate() -> None:
+    step = weighted_mean()
+    params = {"w": np.zeros(3)}
+    state = step.init(params)
+    state, out = step.update(state, Begin(1, params))
+    assert out == ()
+    state, out = step.update(state, End(1))
+    assert out == ()
+    _, agg = run_round(step, state, 2, params, [])
+    assert agg is None
+
+
+def test_all_zero_examples_raise_aggregation_error() -> None:
+    params = {"w": np.zeros(2)}
+    contributions = [
+        Contribution(0, 0, weights={"w": np.ones(2)}),
+        Contribution(1, 0, delta={"w": np.ones(2)}),
+    ]
+    step = weighted_mean()
+    with pytest.raises(AggregationError, match=r"round 4: all 2 contributions have num_examples=0"):
+        run_round(step, step.init(params), 4, params, contributions)
+
+
+def test_contribution_before_begin_raises() -> None:
+    step = weighted_mean()
+    with pytest.raises(AggregationError, match="before Begin"):
+        step.update(step.init({"w": np.zeros(1)}), Contribution(0, 1, weights={"w": np.ones(1)}))
+
+
+def test_state_is_reused_safely_across_rounds() -> None:
+    step = weighted_mean()
+    params = {"w": np.zeros(3)}
+    state = step.init(params)
+    state, first = run_round(
+        step,
+        state,
+        1,
+        params,
+        [
+            Contribution(0, 1, weights={"w": np.full(3, 2.0)}),
+            Contribution(1, 1, weights={"w": np.full(3, 4.0)}),
+        ],
+    )
+    assert first is not None
+    first_values = first.apply(params)["w"].copy()
+    state, second = run_round(
+        step, state, 2, params, [Contribution(0, 1, delta={"w": np.full(3, -1.0)})]
+    )
+    assert second is not None
+    assert first.apply(params)["w"].tolist() == first_values.tolist() == [3.0, 3.0, 3.0]
+    assert second.apply(params)["w"].tolist() == [-1.0, -1.0, -1.0]
+
+
+def test_integer_arrays_are_rounded_back_to_their_dtype() -> None:
+    params = {"w": np.zeros(2), "n": np.array([10, 20], dtype=np.int64)}
+    by_weights = [
+        Contribution(0, 1, weights={"w": np.ones(2), "n": np.array([11, 21])}),
+        Contribution(1, 3, weights={"w": np.ones(2), "n": np.array([13, 23])}),
+    ]
+    new = aggregate_round(weighted_mean(), params, by_weights).apply(params)
+    assert new["n"].dtype == np.int64
+    assert new["n"].tolist() == [12, 22]  # rint(12.5) == 12, rint(22.5) == 22
+    by_delta = [
+        Contribution(0, 1, delta={"w": np.ones(2), "n": np.array([1, 2])}),
+        Contribution(1, 3, delta={"w": np.ones(2), "n": np.array([3, 3])}),
+    ]
+    new = aggregate_round(weighted_mean(), params, by_delta).apply(params)
+    assert new["n"].dtype == np.int64
+    assert new["n"].tolist() == [10 + 2, 20 + 3]  # mean deltas 2.5 and 2.75, rounded
+    assert new["w"].tolist() == [1.0, 1.0]
+
+
+# -- chain ---------------------------------------------------------------------------------
+
+
+def scale_deltas(factor: float) -> Step:
+    """A per-client step: every contribution becomes a delta scaled by ``factor``."""
+
+    def init(params: Any) -> Any:
+        return None
+
+    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        if isinstance(event, Begin):
+            return event.params, (event,)
+        if isinstance(event, Contribution):
+            delta = {k: v * factor for k, v in event.as_delta(state).items()}
+            return state, (Contribution(event.cid, event.num_examples, delta=delta),)
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def server_lr(lr: float) -> Step:
+    """A server-side step: scales the aggregate's update by ``lr``."""
+
+    def init(params: Any) -> Any:
+        return None
+
+    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        if isinstance(event, Begin):
+            return event.params, (event,)
+        if isinstance(event, Aggregate):
+            delta = {k: lr * v for k, v in event.as_delta(state).items()}
+            return state, (
+                Aggregate(event.round, event.num_clients, event.num_examples, delta=delta),
+            )
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def duplicate() -> Step:
+    """Emits every contribution twice (with distinct ids): exercises multi-event flow."""
+
+    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            twin = Contribution(
+                event.cid + 1000, event.num_examples, weights=event.weights, delta=event.delta
+            )
+            return state + 1, (event, twin)
+        return state, (event,)
+
+    return Step(lambda params: 0, update)
+
+
+def test_chain_of_one_is_the_step() -> None:
+    step = weighted_mean()
+    assert chain(step) is step
+
+
+def test_chain_refuses_nothing_and_non_steps() -> None:
+    with pytest.raises(ValueError, match="at least one step"):
+        chain()
+    with pytest.raises(TypeError, match="argument 1 is function"):
+        chain(weighted_mean(), lambda s, e: (s, (e,)))  # type: ignore[arg-type]
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), form=st.sampled_from(["weights", "delta", "mixed"]))
+def test_chain_with_per_client_and_server_steps_matches_hand_math(seed: int, form: Form) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions = make_round(rng, np.float64, form)
+    before = snapshot(params, contributions)
+    read_only(params, contributions)
+    step = chain(scale_deltas(2.0), weighted_mean(), server_lr(0.25))
+    new = aggregate_round(step, params, contributions).apply(params)
+    plain = hand_weighted_mean(params, contributions)
+    for name, p in params.items():
+        # params + 0.25 * (sum n_k * 2 d_k / sum n_k) = params + 0.5 * (mean - params)
+        expected = p + 0.25 * 2.0 * (plain[name] - p)
+        np.testing.assert_allclose(new[name], expected, rtol=1e-12, atol=1e-12)
+    assert snapshot(params, contributions) == before
+
+
+def test_chain_passes_every_emitted_event_on_and_threads_state() -> None:
+    params = {"w": np.zeros(2)}
+    contributions = [
+        Contribution(0, 1, weights={"w": np.array([1.0, 2.0])}),
+        Contribution(1, 3, weights={"w": np.array([5.0, 6.0])}),
+    ]
+    step = chain(duplicate(), weighted_mean())
+    state = step.init(params)
+    assert state[0] == 0
+    state, agg = run_round(step, state, 1, params, contributions)
+    assert agg is not None
+    assert agg.num_clients == 4
+    assert agg.num_examples == 8
+    assert agg.apply(params)["w"].tolist() == [4.0, 5.0]
+    state, _ = run_round(step, state, 2, params, contributions)
+    assert state[0] == 4  # the duplicate step's state survived two rounds
+
+
+def test_run_round_returns_the_last_aggregate_and_new_state() -> None:
+    params = {"w": np.ones(2)}
+    step = weighted_mean()
+    state, agg = run_round(
+        step, step.init(params), 9, params, [Contribution(5, 2, delta={"w": np.ones(2)})]
+    )
+    assert agg is not None
+    assert agg.round == 9
+    assert agg.apply(params)["w"].tolist() == [2.0, 2.0]
+    assert agg.as_delta(params)["w"].tolist() == [1.0, 1.0]
+    assert state is not None
+
+
+def test_contribution_conversions() -> None:
+    params = {"w": np.array([1.0, 1.0])}
+    by_weights = Contribution(0, 1, weights={"w": np.array([3.0, 0.0])})
+    by_delta = Contribution(1, 1, delta={"w": np.array([2.0, -1.0])})
+    assert by_weights.as_delta(params)["w"].tolist() == [2.0, -1.0]
+    assert by_delta.as_weights(params)["w"].tolist() == [3.0, 0.0]
+    assert by_weights.as_weights(params)["w"] is by_weights.weights["w"]  # type: ignore[index]
+    assert by_delta.as_delta(params)["w"] is by_delta.delta["w"]  # type: ignore[index]
