@@ -18,12 +18,30 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from covey import aggregate, data, deploy, transport
+from covey import aggregate, data, deploy, fedprox, scaffold, transport
+from covey._async import AsyncLoop
+from covey._asynctransport import AsyncTransport, SimulatedAsyncTransport, ThreadedAsyncTransport
 from covey._client import Client, register_task, run_task, task_kinds
 from covey._codec import CodecError, decode, encode
 from covey._history import Failure, History, RoundRecord
 from covey._loop import FederationError, RoundLoop
 from covey._messages import EvaluateResult, FitResult, Reply, Task
+from covey._presets import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvgM,
+    FedBuff,
+    FedMedian,
+    FedProx,
+    FedRFA,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+    Scaffold,
+)
 from covey._strategy import FedAvg, Strategy, weighted_metrics
 from covey._weights import Weights, WeightsError, WeightsSpec
 from covey.deploy import ServerApp, connect, serve
@@ -35,21 +53,39 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "AsyncLoop",
+    "AsyncTransport",
+    "Bulyan",
     "Client",
     "CodecError",
     "EvaluateResult",
     "Failure",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
+    "FedBuff",
+    "FedMedian",
+    "FedProx",
+    "FedRFA",
+    "FedTrimmedAvg",
+    "FedYogi",
     "FederationError",
     "FitResult",
     "History",
+    "Krum",
+    "MultiKrum",
+    "QFedAvg",
     "Reply",
     "RoundLoop",
     "RoundRecord",
+    "Scaffold",
     "ServerApp",
+    "SimulatedAsyncTransport",
     "SimulationResult",
     "Strategy",
     "Task",
+    "ThreadedAsyncTransport",
     "Weights",
     "WeightsError",
     "WeightsSpec",
@@ -60,8 +96,10 @@ __all__ = [
     "decode",
     "deploy",
     "encode",
+    "fedprox",
     "register_task",
     "run_task",
+    "scaffold",
     "serve",
     "simulate",
     "task_kinds",

@@ -40,7 +40,9 @@ class Client:
 
         Args:
             weights: The global model (read-only arrays).
-            config: ``{"round": r, ...}`` plus what the strategy sends this round.
+            config: ``{"round": r, ...}`` plus what the strategy sends this round,
+                and ``"extras"`` when an aggregation step broadcasts arrays to
+                clients (e.g. SCAFFOLD's control variate, see :mod:`covey.scaffold`).
 
         Returns:
             New weights or a delta, the number of examples, and metrics.
@@ -71,6 +73,8 @@ TaskHandler = Callable[[Any, Task], Any]
 def _config(task: Task) -> Config:
     config = dict(task.config)
     config["round"] = task.round
+    if task.kind == "fit" and task.payload is not None:
+        config["extras"] = task.payload
     return config
 
 

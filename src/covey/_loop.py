@@ -118,6 +118,8 @@ class RoundLoop:
         self.history = History()
         self.agg_state: Any = strategy.aggregator.init(self.weights)
         self.properties: dict[int, dict[str, Any]] = {}
+        self._unreported: dict[int, int] = {}
+        self._said_no_evaluate = False
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -177,13 +179,18 @@ class RoundLoop:
         """The available clients that pass ``strategy.where``, asking new ones for properties."""
         if self.strategy.where is None:
             return list(available)
-        unknown = [cid for cid in available if cid not in self.properties]
+        unknown = [
+            cid
+            for cid in available
+            if cid not in self.properties and self._unreported.get(cid) != rnd
+        ]
         if unknown:
             ask = dict.fromkeys(unknown, Task("properties", rnd))
             for reply in self.transport.exchange(ask, timeout=self.round_timeout):
                 if reply.ok and isinstance(reply.result, dict):
                     self.properties[reply.cid] = reply.result
-                else:
+                else:  # asked again next round
+                    self._unreported[reply.cid] = rnd
                     logger.warning("client %d did not report its properties", reply.cid)
         return self.strategy.eligible(available, self.properties)
 
@@ -198,6 +205,7 @@ class RoundLoop:
             raise self._fail(
                 f"round {rnd}: the strategy wants {count} clients to train but only "
                 f"{len(available)} are available (min_fit_clients={strategy.min_fit_clients})"
+                + (" counting clients that pass where=" if strategy.where is not None else "")
             )
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
         update = strategy.aggregator.update
@@ -211,7 +219,14 @@ class RoundLoop:
             contribution = self._contribution(reply, record)
             if contribution is None:
                 continue
-            state, _ = update(state, contribution)
+            try:
+                state, _ = update(state, contribution)
+            except Exception as exc:
+                self.history.rounds.append(record)
+                raise self._fail(
+                    f"round {rnd}: the aggregation step failed on client {reply.cid}'s "
+                    f"update: {type(exc).__name__}: {exc}"
+                ) from exc
             record.fit_participants.append(reply.cid)
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))
@@ -293,9 +308,17 @@ class RoundLoop:
             extras=result.extras,
         )
 
-    @staticmethod
-    def _record_failure(failures: list[Failure], failure: Failure) -> None:
+    def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
         failures.append(failure)
+        if failure.error.endswith("does not implement evaluate()"):
+            # A common set-up, not an incident: say it once, not every round.
+            if not self._said_no_evaluate:
+                self._said_no_evaluate = True
+                logger.warning(
+                    "clients do not implement evaluate(); set fraction_evaluate=0 to turn "
+                    "off federated evaluation"
+                )
+            return
         logger.warning("client %d failed in %s: %s", failure.cid, failure.stage, failure.error)
 
     # -- evaluation ---------------------------------------------------------------------

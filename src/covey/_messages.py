@@ -41,18 +41,26 @@ class FitResult:
         delta: The update: local weights minus the global weights received.
         num_examples: Number of training examples used; FedAvg weighs by it.
         metrics: Scalars to report, e.g. ``{"train_loss": 0.3}``.
+        extras: Other model-shaped arrays to send, by name, for aggregation steps
+            that need them (e.g. SCAFFOLD's ``"scaffold_delta_c"``); the server
+            checks each against the model's layout like the update itself.
     """
 
     weights: Weights | None = None
     delta: Weights | None = None
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    extras: Mapping[str, Weights] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.weights is None) == (self.delta is None):
             raise ValueError("FitResult needs exactly one of weights= or delta=")
         _check_count(self.num_examples, "FitResult.num_examples")
         _check_metrics(self.metrics, "FitResult.metrics")
+        if not isinstance(self.extras, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Mapping) for k, v in self.extras.items()
+        ):
+            raise TypeError("FitResult.extras must be a dict of names to weights mappings")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +98,10 @@ class Task:
         round: The round number, 1-based (0 for work outside rounds).
         config: Settings for this task; the client sees them with ``"round"`` added.
         weights: The global weights, shared read-only by every task of a round.
-        payload: Kind-specific data (a query, a protocol stage's message).
+        payload: Kind-specific data (a query, a protocol stage's message). For
+            ``"fit"`` it is None or a dict of model-shaped arrays that aggregation
+            steps broadcast (e.g. SCAFFOLD's control variate); the client sees it
+            as ``config["extras"]``.
     """
 
     kind: str

@@ -8,9 +8,9 @@ Named presets such as :func:`FedAvg` are short functions that fill one in.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from covey.aggregate import Step, chain, weighted_mean
 ConfigFn = Callable[[int], Config]
 MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
 Selector = Callable[[Sequence[int], int, np.random.Generator], Sequence[int]]
+"""``(candidates, round, rng) -> chosen cids``: a custom client selection."""
+Where = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
+"""Which clients may take part: required property values, or a predicate on properties."""
 
 
 def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
@@ -70,7 +73,20 @@ class Strategy:
             least ``min_fit_clients`` replied); if False, any failure stops the run.
         fit_metrics: Combines the clients' fit metrics (default: weighted by examples).
         evaluate_metrics: Combines the clients' evaluation metrics.
-        selector: Optional ``(available, round, rng) -> cids`` replacing uniform sampling.
+        selector: Optional ``(candidates, round, rng) -> cids`` replacing uniform
+            sampling; ``candidates`` are the available clients that pass ``where``,
+            and ``rng`` is seeded from ``(seed, round, purpose)``.
+        where: Which clients may be selected, from the properties they report
+            (:meth:`covey.Client.properties`): a dict of required values such as
+            ``{"site": "hospital", "has_gpu": True}``, or a predicate
+            ``properties -> bool``. Applies to training and federated evaluation;
+            fractions and minimums count the clients that pass. None: every client.
+        buffer_size: Run asynchronously (FedBuff): keep ``num_fit`` clients
+            training at all times and update the global model every
+            ``buffer_size`` replies, never waiting for the slowest client. None:
+            synchronous rounds. See :func:`covey.FedBuff`.
+        max_staleness: In asynchronous mode, drop updates computed from a model
+            more than this many updates old (None: keep all).
         name: A label for logs and history.
     """
 
@@ -86,6 +102,9 @@ class Strategy:
     fit_metrics: MetricsFn = weighted_metrics
     evaluate_metrics: MetricsFn = weighted_metrics
     selector: Selector | None = None
+    where: Where | None = None
+    buffer_size: int | None = None
+    max_staleness: int | None = None
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -103,6 +122,59 @@ class Strategy:
             raise TypeError(
                 f"aggregator must be a covey.aggregate.Step, got {type(self.aggregator).__name__}"
             )
+        if self.where is not None and not isinstance(self.where, Mapping | Callable):
+            raise TypeError(
+                f"where must be a dict of property values or a predicate, got {self.where!r}"
+            )
+        for attr, least in (("buffer_size", 1), ("max_staleness", 0)):
+            value = getattr(self, attr)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < least
+            ):
+                raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
+        if self.buffer_size is not None and self.fraction_evaluate > 0.0:
+            raise ValueError(
+                "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "
+                "fraction_evaluate=0 and judge the model with a central evaluate_fn"
+            )
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the strategy runs asynchronously (FedBuff), i.e. ``buffer_size`` is set."""
+        return self.buffer_size is not None
+
+    def eligible(
+        self, available: Sequence[int], properties: Mapping[int, Mapping[str, Any]]
+    ) -> list[int]:
+        """The clients of ``available`` that pass :attr:`where`, in the order given.
+
+        Args:
+            available: Connected client ids.
+            properties: The properties each client reported; a client missing here
+                (it has not reported, or failed to) is not eligible while ``where`` is set,
+                nor is one for which the predicate raises KeyError, TypeError or ValueError.
+
+        Returns:
+            The eligible ids (all of ``available`` when ``where`` is None).
+        """
+        where = self.where
+        if where is None:
+            return list(available)
+        out: list[int] = []
+        for cid in available:
+            props = properties.get(cid)
+            if props is None:
+                continue
+            if isinstance(where, Mapping):
+                ok = all(key in props and props[key] == value for key, value in where.items())
+            else:
+                try:
+                    ok = bool(where(props))
+                except (KeyError, TypeError, ValueError):  # e.g. a property it lacks
+                    ok = False
+            if ok:
+                out.append(cid)
+        return out
 
     def num_fit(self, available: int) -> int:
         """How many clients to sample for training among ``available``."""
@@ -154,32 +226,40 @@ def _checked_config(value: Any, what: str) -> Config:
     return dict(value)
 
 
-def FedAvg(
-    *,
-    fraction_fit: float = 1.0,
-    min_fit_clients: int = 2,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_clients: int = 2,
-    min_available_clients: int = 2,
-    on_fit_config: ConfigFn = _no_config,
-    on_evaluate_config: ConfigFn = _no_config,
-    accept_failures: bool = True,
-    fit_metrics: MetricsFn = weighted_metrics,
-    evaluate_metrics: MetricsFn = weighted_metrics,
-) -> Strategy:
+class StrategyOptions(TypedDict, total=False):
+    """The keyword options every preset accepts; see :class:`Strategy` for each."""
+
+    fraction_fit: float
+    min_fit_clients: int
+    fraction_evaluate: float
+    min_evaluate_clients: int
+    min_available_clients: int
+    on_fit_config: ConfigFn
+    on_evaluate_config: ConfigFn
+    accept_failures: bool
+    fit_metrics: MetricsFn
+    evaluate_metrics: MetricsFn
+    selector: Selector | None
+    where: Where | None
+
+
+def preset(name: str, aggregator: Step, options: StrategyOptions) -> Strategy:
+    """A :class:`Strategy` named ``name`` with ``aggregator`` and the user's ``options``."""
+    unknown = set(options) - set(StrategyOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"{name}() got unexpected keyword arguments: {sorted(unknown)}")
+    return Strategy(aggregator=aggregator, name=name, **options)
+
+
+def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
     """Federated Averaging: the global model becomes the example-weighted mean of client models.
 
     Args:
-        fraction_fit: Fraction of available clients sampled to train each round.
-        min_fit_clients: Least number of clients sampled and of successful replies.
-        fraction_evaluate: Fraction sampled for federated evaluation (0 turns it off).
-        min_evaluate_clients: Least number sampled for evaluation.
-        min_available_clients: Clients that must be connected before a round starts.
-        on_fit_config: ``round -> dict`` sent with fit tasks (e.g. learning rate, epochs).
-        on_evaluate_config: ``round -> dict`` sent with evaluate tasks.
-        accept_failures: Continue with the replies received when some clients fail.
-        fit_metrics: Combines clients' fit metrics.
-        evaluate_metrics: Combines clients' evaluation metrics.
+        **options: Sampling, selection, config and metrics options of :class:`Strategy`:
+            ``fraction_fit``, ``min_fit_clients``, ``fraction_evaluate``,
+            ``min_evaluate_clients``, ``min_available_clients``, ``on_fit_config``,
+            ``on_evaluate_config``, ``accept_failures``, ``fit_metrics``,
+            ``evaluate_metrics``, ``selector`` and ``where``.
 
     Returns:
         A :class:`Strategy` whose aggregator is ``chain(weighted_mean())``.
@@ -191,17 +271,4 @@ def FedAvg(
         McMahan et al., "Communication-Efficient Learning of Deep Networks from
         Decentralized Data", AISTATS 2017.
     """
-    return Strategy(
-        aggregator=chain(weighted_mean()),
-        fraction_fit=fraction_fit,
-        min_fit_clients=min_fit_clients,
-        fraction_evaluate=fraction_evaluate,
-        min_evaluate_clients=min_evaluate_clients,
-        min_available_clients=min_available_clients,
-        on_fit_config=on_fit_config,
-        on_evaluate_config=on_evaluate_config,
-        accept_failures=accept_failures,
-        fit_metrics=fit_metrics,
-        evaluate_metrics=evaluate_metrics,
-        name="FedAvg",
-    )
+    return preset("FedAvg", chain(weighted_mean()), options)

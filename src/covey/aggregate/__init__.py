@@ -1,9 +1,18 @@
-"""Aggregation as composable pure steps: ``chain(clip_norm(1.0), weighted_mean(), ...)``."""
+"""Aggregation as composable pure steps: ``chain(clip_norm(1.0), weighted_mean(), ...)``.
+
+Reducers combine a round's contributions into one ``Aggregate``: ``weighted_mean``
+(FedAvg), ``mean``, ``median``, ``trimmed_mean``, ``krum``, ``multi_krum``,
+``bulyan``, ``geometric_median`` and ``qfedavg``. Per-client steps come before a
+reducer: ``clip_norm``, ``skip_nonfinite``, ``staleness_weight`` and ``scaffold``.
+Server optimizers come after it: ``server_sgd``, ``server_adam``, ``server_yogi``
+and ``server_adagrad``.
+"""
 
 from covey.aggregate._base import (
     Aggregate,
     AggregationError,
     Begin,
+    Broadcast,
     Contribution,
     End,
     Event,
@@ -11,18 +20,46 @@ from covey.aggregate._base import (
     chain,
     run_round,
 )
+from covey.aggregate._clip import (
+    clip_norm,
+    polynomial_staleness,
+    skip_nonfinite,
+    staleness_weight,
+)
+from covey.aggregate._krum import bulyan, krum, multi_krum
 from covey.aggregate._mean import mean, weighted_mean
+from covey.aggregate._opt import server_adagrad, server_adam, server_sgd, server_yogi
+from covey.aggregate._qfedavg import qfedavg
+from covey.aggregate._robust import geometric_median, median, trimmed_mean
+from covey.aggregate._scaffold import scaffold
 
 __all__ = [
     "Aggregate",
     "AggregationError",
     "Begin",
+    "Broadcast",
     "Contribution",
     "End",
     "Event",
     "Step",
+    "bulyan",
     "chain",
+    "clip_norm",
+    "geometric_median",
+    "krum",
     "mean",
+    "median",
+    "multi_krum",
+    "polynomial_staleness",
+    "qfedavg",
     "run_round",
+    "scaffold",
+    "server_adagrad",
+    "server_adam",
+    "server_sgd",
+    "server_yogi",
+    "skip_nonfinite",
+    "staleness_weight",
+    "trimmed_mean",
     "weighted_mean",
 ]

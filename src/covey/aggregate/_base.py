@@ -11,6 +11,14 @@ emit one :class:`Aggregate` at ``End``; server-side steps (noise, server
 optimizers) rewrite the ``Aggregate``. :func:`chain` composes steps into a step
 of the same type, so any sensible combination is one ``chain(...)``.
 
+Every step passes on the events it does not know, and :func:`chain` gives
+``Begin`` to every step, even past a reducer that consumes it (server-side
+steps need the round's global weights). Steps report what they did through ``End.info`` (per-
+client steps, before the reducer) or ``Aggregate.info`` (after it); a reducer
+copies ``End.info`` into its ``Aggregate``. A step that needs clients to receive
+something with their fit task (SCAFFOLD's control variate) emits a
+:class:`Broadcast` when it sees ``Begin``.
+
 State is returned, never kept on an object. For speed, a reducer may reuse the
 array buffers of the state it is given: treat a state passed to ``update`` as
 consumed and continue only with the state it returns.
@@ -18,7 +26,7 @@ consumed and continue only with the state it returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -50,6 +58,10 @@ class Contribution:
         weights: The client's full local weights, if it sent weights.
         delta: The client's update (local minus global), if it sent a delta.
         metrics: The client's reported metrics.
+        staleness: How many global updates happened between the model the client
+            trained from and now (0 in synchronous rounds; FedBuff weighs by it).
+        extras: Model-shaped arrays the client sent besides its update, by name
+            (e.g. SCAFFOLD's ``"scaffold_delta_c"``).
     """
 
     cid: int
@@ -57,6 +69,8 @@ class Contribution:
     weights: Weights | None = None
     delta: Weights | None = None
     metrics: Metrics = field(default_factory=dict)
+    staleness: int = 0
+    extras: Mapping[str, Weights] = field(default_factory=dict)
 
     def as_delta(self, params: Weights) -> Weights:
         """The update relative to ``params`` (computed if the client sent weights)."""
@@ -75,9 +89,33 @@ class Contribution:
 
 @dataclass(frozen=True, slots=True)
 class End:
-    """A round's contributions are all in."""
+    """A round's contributions are all in.
+
+    Args:
+        round: The round.
+        info: What per-client steps report (e.g. who was clipped); reducers copy
+            it into the :class:`Aggregate` they emit.
+    """
 
     round: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Arrays a step wants every client of the round to receive with its fit task.
+
+    A step emits it in answer to ``Begin``; the round loop sends the merged
+    ``extras`` of all broadcasts as the fit task's payload, and the client runtime
+    hands them to ``Client.fit`` as ``config["extras"]``.
+
+    Args:
+        round: The round.
+        extras: Model-shaped arrays by name (e.g. ``{"scaffold_c": c}``).
+    """
+
+    round: int
+    extras: Mapping[str, Weights]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +153,7 @@ class Aggregate:
         return add(params, self.delta)
 
 
-Event = Begin | Contribution | End | Aggregate
+Event = Begin | Contribution | End | Aggregate | Broadcast
 State = Any
 Init = Callable[[Weights], State]
 Update = Callable[[State, Event], tuple[State, tuple[Event, ...]]]
@@ -157,7 +195,29 @@ def chain(*steps: Step) -> Step:
     def init(params: Weights) -> State:
         return tuple(step.init(params) for step in fixed)
 
+    def begin(state: State, event: Begin) -> tuple[State, tuple[Event, ...]]:
+        # Begin reaches every step, even past a reducer that consumes it, so that
+        # server-side steps know the round's global weights. What steps emit besides
+        # Begin (a Broadcast) flows on to the steps after them.
+        states = list(state)
+        current = event
+        extra: list[Event] = []
+        for i, step in enumerate(fixed):
+            states[i], emitted = step.update(states[i], current)
+            upstream, extra = extra, []
+            for e in emitted:
+                if isinstance(e, Begin):
+                    current = e
+                else:
+                    extra.append(e)
+            for e in upstream:
+                states[i], more = step.update(states[i], e)
+                extra.extend(more)
+        return tuple(states), (current, *extra)
+
     def update(state: State, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Begin):
+            return begin(state, event)
         states = list(state)
         events: tuple[Event, ...] = (event,)
         for i, step in enumerate(fixed):
@@ -196,6 +256,16 @@ def run_round(
             if isinstance(e, Aggregate):
                 result = e
     return state, result
+
+
+def broadcast_extras(events: tuple[Event, ...]) -> dict[str, Weights] | None:
+    """The merged ``extras`` of every :class:`Broadcast` in ``events`` (None if there is none)."""
+    merged: dict[str, Weights] | None = None
+    for event in events:
+        if isinstance(event, Broadcast):
+            merged = {} if merged is None else merged
+            merged.update(event.extras)
+    return merged
 
 
 def is_float(array: Array) -> bool:

@@ -47,7 +47,10 @@ def _fold(
         acc = {}
         for name, x in values.items():
             dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-            acc[name] = np.multiply(x, factor, dtype=dtype) if factor != 1.0 else x.astype(dtype)
+            # A fresh array (a ufunc would turn a 0-d input into a scalar).
+            acc[name] = np.array(x, dtype=dtype)
+            if factor != 1.0:
+                np.multiply(acc[name], factor, out=acc[name])
         return acc, scratch
     if factor == 1.0:
         for name, x in values.items():
@@ -67,7 +70,7 @@ def _finish(acc: dict[str, Array], total: float, params: Weights) -> dict[str, A
     for name, a in acc.items():
         np.divide(a, total, out=a)
         target = params[name].dtype
-        out[name] = a if a.dtype == target else np.rint(a).astype(target)
+        out[name] = a if a.dtype == target else np.rint(a, out=a).astype(target)
     return out
 
 
@@ -120,6 +123,7 @@ def _mean_step(weighted: bool) -> Step:
                     state.clients,
                     state.examples,
                     weights=_finish(state.acc_weights, state.total, params),
+                    info=dict(event.info),
                 )
             else:
                 acc = state.acc_delta
@@ -128,8 +132,11 @@ def _mean_step(weighted: bool) -> Step:
                     for name, a in acc.items():
                         np.add(a, state.acc_weights[name], out=a)
                         np.subtract(a, np.multiply(params[name], state.examples_weights), out=a)
-                delta = {name: np.divide(a, state.total, out=a) for name, a in acc.items()}
-                agg = Aggregate(event.round, state.clients, state.examples, delta=delta)
+                # Non-float arrays get a rounded delta of their own dtype, so apply() works.
+                delta = _finish(acc, state.total, params)
+                agg = Aggregate(
+                    event.round, state.clients, state.examples, delta=delta, info=dict(event.info)
+                )
             return _MeanState(), (agg,)
         return state, (event,)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from covey._async import AsyncLoop
+from covey._asynctransport import Durations, SimulatedAsyncTransport
 from covey._client import run_task
 from covey._history import History, RoundRecord
 from covey._loop import EvaluateFn, RoundCallback, RoundLoop
@@ -97,6 +99,7 @@ def simulate(
     progress: bool = False,
     on_round: RoundCallback | None = None,
     run_dir: str | Path | None = None,
+    client_durations: Durations | None = None,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -117,6 +120,10 @@ def simulate(
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes.
         run_dir: If given, ``history.json`` is written there after every round.
+        client_durations: For an asynchronous strategy (:func:`covey.FedBuff`): the
+            simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
+            per client (default 1.0). Time is virtual: nothing sleeps. In that mode
+            ``rounds`` counts global updates and ``round_timeout`` bounds each task.
 
     Returns:
         The final weights and the history.
@@ -173,7 +180,7 @@ def simulate(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         history_path = Path(run_dir) / "history.json"
 
-    loop: RoundLoop
+    loop: RoundLoop | AsyncLoop
 
     def round_done(record: RoundRecord) -> None:
         if history_path is not None:
@@ -182,15 +189,29 @@ def simulate(
             callback(record)
 
     try:
-        loop = RoundLoop(
-            strategy,
-            transport,
-            initial_weights,
-            evaluate_fn=evaluate_fn,
-            seed=seed,
-            round_timeout=round_timeout,
-            on_round=round_done,
-        )
+        if strategy.asynchronous:
+            workers = transport.num_workers if isinstance(transport, ProcessTransport) else 0
+            loop = AsyncLoop(
+                strategy,
+                SimulatedAsyncTransport(
+                    transport, durations=client_durations, seed=seed, prefetch=2 * workers
+                ),
+                initial_weights,
+                evaluate_fn=evaluate_fn,
+                seed=seed,
+                task_timeout=round_timeout,
+                on_round=round_done,
+            )
+        else:
+            loop = RoundLoop(
+                strategy,
+                transport,
+                initial_weights,
+                evaluate_fn=evaluate_fn,
+                seed=seed,
+                round_timeout=round_timeout,
+                on_round=round_done,
+            )
         loop.run(rounds)
     finally:
         if stop_progress is not None:

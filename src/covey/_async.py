@@ -1,0 +1,334 @@
+"""Asynchronous federated learning (FedBuff): never wait for the slowest client.
+
+The server keeps ``num_fit`` clients training at all times. Each reply's update
+is folded into the aggregation chain as it arrives, tagged with its staleness
+(how many global updates happened since the client's model was sent); every
+``buffer_size`` replies the chain's ``End`` produces a global update, and the
+clients whose reply was used become free for new tasks. Nothing waits for a round.
+
+The loop talks to clients through an :class:`~covey.AsyncTransport`: ``submit``
+a task to one client, then take replies one at a time with ``next_reply`` (see
+:mod:`covey._asynctransport` for the simulated and threaded implementations).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from covey._asynctransport import AsyncTransport
+from covey._history import Failure, History, RoundRecord
+from covey._loop import EvaluateFn, FederationError, RoundCallback
+from covey._messages import Config, FitResult, Metrics, Reply, Task
+from covey._strategy import Strategy
+from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
+from covey.aggregate import Aggregate, Begin, Contribution, End
+from covey.aggregate._base import broadcast_extras
+
+logger = logging.getLogger("covey")
+
+
+@dataclass
+class _Flight:
+    kind: str
+    version: int
+    weights: Weights
+
+
+class AsyncLoop:
+    """Runs a FedBuff-style asynchronous strategy over an :class:`AsyncTransport`.
+
+    Concurrency is ``strategy.num_fit(eligible)``: whenever fewer fit tasks are in
+    flight, idle eligible clients are sampled (seeded) and sent the current model.
+    A client whose update waits in the buffer gets no new task until the buffer is
+    applied, so a buffer never holds two updates of one client (and with
+    ``buffer_size`` equal to the number of clients the run is FedAvg's). One
+    :class:`~covey.RoundRecord` is written per global update, its round being the
+    update's number; ``aggregate_info`` holds the updates' ``staleness`` and the
+    transport's ``clock``.
+
+    Args:
+        strategy: An asynchronous strategy (``buffer_size`` set), e.g. :func:`covey.FedBuff`.
+        transport: How to reach the clients.
+        initial_weights: The global model before the first update.
+        evaluate_fn: ``(update, weights) -> (loss, metrics)``, run at 0 and after each update.
+        seed: Seeds the choice of clients.
+        task_timeout: Seconds (on the transport's clock) a client has for one task.
+        idle_timeout: Seconds to wait for any reply before giving up (None: no limit).
+        on_round: Called with each update's record.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        transport: AsyncTransport,
+        initial_weights: Weights,
+        *,
+        evaluate_fn: EvaluateFn | None = None,
+        seed: int = 0,
+        task_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        if strategy.buffer_size is None:
+            raise ValueError(
+                "AsyncLoop needs an asynchronous strategy (buffer_size set), e.g. covey.FedBuff()"
+            )
+        self.strategy = strategy
+        self.buffer_size: int = strategy.buffer_size
+        self.transport = transport
+        self.spec = WeightsSpec.of(initial_weights)
+        self.spec.check(initial_weights, what="initial weights")
+        self.weights: dict[str, Array] = freeze(initial_weights)
+        self.evaluate_fn = evaluate_fn
+        self.seed = seed
+        self.task_timeout = task_timeout
+        self.idle_timeout = idle_timeout
+        self.on_round = on_round
+        self.history = History()
+        self.agg_state: Any = strategy.aggregator.init(self.weights)
+        self.properties: dict[int, dict[str, Any]] = {}
+        self._no_properties: set[int] = set()
+        self._flights: dict[int, _Flight] = {}
+        self._buffered: set[int] = set()
+        self._rng = np.random.default_rng([seed, 2])
+        self._payload: dict[str, Weights] | None = None
+        self._config: tuple[int, Config] | None = None
+        self._eligible = 0
+
+    def _fail(self, message: str) -> FederationError:
+        return FederationError(message, self.history, self.weights)
+
+    def _finish(self, record: RoundRecord) -> None:
+        self.history.rounds.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _central(self, record: RoundRecord) -> None:
+        if self.evaluate_fn is None:
+            return
+        out = self.evaluate_fn(record.round, self.weights)
+        if out is not None:
+            record.central_loss = float(out[0])
+            record.central_metrics = dict(out[1])
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self, updates: int) -> History:
+        """Run until ``updates`` global updates have been applied; return the history."""
+        record = RoundRecord(round=0)
+        self._central(record)
+        self._finish(record)
+        self._wait_for_clients()
+        version = 0
+        try:
+            while version < updates:
+                version = self._one_update(version)
+        finally:
+            for cid in list(self._flights):
+                self.transport.cancel(cid)
+            self._flights.clear()
+            self._buffered.clear()
+        return self.history
+
+    def _wait_for_clients(self) -> None:
+        wanted = self.strategy.min_available_clients
+        wait = getattr(self.transport, "wait_for_clients", None)
+        if wait is not None and not wait(wanted, self.idle_timeout):
+            raise self._fail(f"fewer than min_available_clients={wanted} clients connected")
+        if len(self.transport.clients()) < wanted:
+            raise self._fail(
+                f"{len(self.transport.clients())} clients available, fewer than "
+                f"min_available_clients={wanted}"
+            )
+
+    def _one_update(self, version: int) -> int:
+        """Collect ``buffer_size`` updates on top of global update ``version``, apply them."""
+        strategy = self.strategy
+        rnd = version + 1
+        record = RoundRecord(round=rnd)
+        t0 = time.perf_counter()
+        update = strategy.aggregator.update
+        state, out = update(self.agg_state, Begin(rnd, self.weights))
+        self._payload = broadcast_extras(out)
+        self._no_properties.clear()  # clients that did not report are asked again
+        metrics: list[tuple[int, Metrics]] = []
+        staleness: list[int] = []
+        dropped: list[int] = []
+        failures_in_a_row = 0
+        while len(self._buffered) < self.buffer_size:
+            self._dispatch(version)
+            if not self._flights:
+                raise self._fail(
+                    f"update {rnd}: no client can be given a task: {self._eligible} eligible, "
+                    f"{len(self._buffered)} waiting in the buffer of buffer_size="
+                    f"{self.buffer_size} (the buffer needs that many distinct clients)"
+                )
+            reply = self.transport.next_reply(self.idle_timeout)
+            if reply is None:
+                raise self._fail(f"update {rnd}: no reply within {self.idle_timeout} s")
+            flight = self._flights.pop(reply.cid, None)
+            if flight is None or flight.kind != reply.kind:
+                logger.warning("dropping an unexpected reply from client %s", reply.cid)
+                continue
+            if reply.kind == "properties":
+                self._store_properties(reply)
+                continue
+            tau = version - flight.version
+            contribution = self._contribution(reply, flight, tau, record)
+            if contribution is None:
+                failures_in_a_row += 1
+                if not strategy.accept_failures:
+                    self.history.rounds.append(record)
+                    raise self._fail(
+                        f"update {rnd}: client {reply.cid} failed and accept_failures=False: "
+                        + record.fit_failures[-1].error
+                    )
+                if failures_in_a_row > 2 * max(self._eligible, 1) + 10:
+                    self.history.rounds.append(record)
+                    raise self._fail(
+                        f"update {rnd}: {failures_in_a_row} replies in a row failed; last: "
+                        + record.fit_failures[-1].error
+                    )
+                continue
+            if strategy.max_staleness is not None and tau > strategy.max_staleness:
+                dropped.append(reply.cid)
+                continue
+            failures_in_a_row = 0
+            state, _ = update(state, contribution)
+            self._buffered.add(reply.cid)
+            record.fit_participants.append(reply.cid)
+            record.fit_examples += contribution.num_examples
+            metrics.append((contribution.num_examples, contribution.metrics))
+            staleness.append(tau)
+        record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
+        record.aggregate_info["staleness"] = staleness
+        if dropped:
+            record.aggregate_info["too_stale"] = dropped
+        self._apply(state, rnd, record)
+        self._buffered.clear()
+        record.aggregate_info["clock"] = self.transport.now()
+        t1 = time.perf_counter()
+        record.durations["fit"] = t1 - t0
+        self._central(record)
+        record.durations["central"] = time.perf_counter() - t1
+        record.durations["total"] = time.perf_counter() - t0
+        self._finish(record)
+        return rnd
+
+    def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
+        try:
+            state, out = self.strategy.aggregator.update(state, End(rnd))
+        except Exception as exc:
+            logger.error("update %d: aggregation failed, the model is unchanged: %s", rnd, exc)
+            record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
+            return
+        self.agg_state = state
+        aggregate = next((e for e in out if isinstance(e, Aggregate)), None)
+        if aggregate is None:
+            return
+        record.aggregate_info.update(aggregate.info)
+        try:
+            new = aggregate.apply(self.weights)
+            self.spec.check(new, what=f"update {rnd}'s aggregate")
+        except (WeightsError, ValueError, TypeError) as exc:
+            logger.error("update %d: refusing the aggregate, the model is unchanged: %s", rnd, exc)
+            record.aggregate_info["error"] = str(exc)
+            return
+        self.weights = freeze(new)
+        record.aggregated = True
+
+    # -- who trains next ----------------------------------------------------------------
+
+    def _dispatch(self, version: int) -> None:
+        strategy = self.strategy
+        available = self.transport.clients()
+        if strategy.where is not None:
+            for cid in available:
+                if (
+                    cid not in self.properties
+                    and cid not in self._no_properties
+                    and cid not in self._flights
+                ):
+                    self._flights[cid] = _Flight("properties", version, self.weights)
+                    self.transport.submit(cid, Task("properties", version + 1))
+        eligible = strategy.eligible(available, self.properties)
+        self._eligible = len(eligible)
+        busy = sum(1 for f in self._flights.values() if f.kind == "fit")
+        free = strategy.num_fit(len(eligible)) - busy
+        if free <= 0:
+            return
+        idle = sorted(c for c in eligible if c not in self._flights and c not in self._buffered)
+        if not idle:
+            return
+        rnd = version + 1
+        if strategy.selector is not None:
+            picked = [int(c) for c in strategy.selector(idle, rnd, self._rng)]
+            unknown = set(picked) - set(idle)
+            if unknown:
+                raise ValueError(f"selector chose clients that are not idle: {sorted(unknown)}")
+            chosen = sorted(picked[:free])
+        elif free >= len(idle):
+            chosen = idle
+        else:
+            chosen = sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
+        if self._config is None or self._config[0] != rnd:
+            self._config = (rnd, strategy.fit_config(rnd))
+        task = Task("fit", rnd, self._config[1], self.weights, self._payload)
+        for cid in chosen:
+            self._flights[cid] = _Flight("fit", version, self.weights)
+            self.transport.submit(cid, task, timeout=self.task_timeout)
+
+    def _store_properties(self, reply: Reply) -> None:
+        if reply.ok and isinstance(reply.result, dict):
+            self.properties[reply.cid] = reply.result
+        else:
+            self._no_properties.add(reply.cid)
+            logger.warning("client %d did not report its properties", reply.cid)
+
+    def _contribution(
+        self, reply: Reply, flight: _Flight, staleness: int, record: RoundRecord
+    ) -> Contribution | None:
+        cid = reply.cid
+        result = reply.result
+        error: str | None = None
+        detail = ""
+        if not reply.ok:
+            detail = reply.error or ""
+            lines = [line for line in detail.strip().splitlines() if line.strip()]
+            error = lines[-1].strip() if lines else detail
+        elif not isinstance(result, FitResult):
+            error = f"reply is {type(result).__name__}, expected FitResult"
+        else:
+            try:
+                if result.weights is not None:
+                    self.spec.check(result.weights, what=f"client {cid}'s weights")
+                else:
+                    self.spec.check(result.delta, what=f"client {cid}'s delta")
+                for name, extra in result.extras.items():
+                    self.spec.check(extra, what=f"client {cid}'s extra {name!r}")
+            except WeightsError as exc:
+                error = str(exc)
+        if error is not None or not isinstance(result, FitResult):
+            failure = Failure(cid, "fit", error or "invalid reply", detail)
+            record.fit_failures.append(failure)
+            logger.warning("client %d failed in fit: %s", cid, failure.error)
+            return None
+        weights, delta = result.weights, result.delta
+        if weights is not None and staleness > 0:
+            # The client trained from an older model: its update is relative to that one.
+            delta = subtract(weights, flight.weights)
+            weights = None
+        return Contribution(
+            cid,
+            result.num_examples,
+            weights,
+            delta,
+            result.metrics,
+            staleness=staleness,
+            extras=result.extras,
+        )

@@ -1,0 +1,265 @@
+"""Asynchronous transports: submit one task at a time, take replies as they come.
+
+:class:`AsyncTransport` is the seam the FedBuff loop (:class:`covey.AsyncLoop`)
+drives. :class:`SimulatedAsyncTransport` runs clients through any synchronous
+transport on a virtual clock with simulated per-client speeds (no real waiting);
+:class:`ThreadedAsyncTransport` drives any thread-safe synchronous transport
+(a network transport) with one worker thread per task in flight.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from covey._messages import Reply, Task
+from covey.transport._base import Transport
+
+Durations = Callable[[int, np.random.Generator], float] | Sequence[float]
+"""Simulated seconds a fit task takes: ``(cid, rng) -> seconds``, or one fixed value per client."""
+
+
+@runtime_checkable
+class AsyncTransport(Protocol):
+    """Carries single tasks to clients and hands back their replies one at a time.
+
+    The asynchronous loop keeps at most one task in flight per client. A
+    transport must deliver exactly one :class:`Reply` for every submitted task
+    that is not cancelled: the client's answer, or a ``Reply`` with ``error`` if
+    the client failed, disconnected, or did not answer within the task's
+    ``timeout`` (measured on the transport's own clock, :meth:`now`).
+    """
+
+    def clients(self) -> Sequence[int]:
+        """The ids of the clients connected now."""
+        ...
+
+    def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
+        """Send ``task`` to client ``cid`` without waiting for its reply."""
+        ...
+
+    def next_reply(self, timeout: float | None = None) -> Reply | None:
+        """The next reply to arrive; None if none arrives within ``timeout`` seconds
+        or if no task is in flight."""
+        ...
+
+    def cancel(self, cid: int) -> None:
+        """Forget ``cid``'s task in flight: its reply, if any comes, is not delivered."""
+        ...
+
+    def now(self) -> float:
+        """Seconds on the transport's clock (virtual in simulation)."""
+        ...
+
+    def close(self) -> None:
+        """Release every resource."""
+        ...
+
+
+@dataclass
+class _Pending:
+    task: Task
+    finish: float
+    seq: int
+    timed_out: bool
+    reply: Reply | None = None
+
+
+class SimulatedAsyncTransport:
+    """Asynchronous clients on a virtual clock, run through a synchronous transport.
+
+    A fit task submitted at virtual time ``t`` to client ``cid`` completes at
+    ``t + duration(cid)``; ``next_reply`` jumps the clock to the next completion
+    (no real waiting). Other task kinds take no virtual time. Clients run through
+    ``transport.exchange`` (inline, or a process pool computing ``prefetch``
+    tasks at once); a client's result does not depend on when it runs, so the
+    run is reproducible and the same on every backend.
+
+    Args:
+        transport: Where the clients run (e.g. :func:`covey.sim.inline_transport`).
+        durations: ``(cid, rng) -> seconds`` drawn per task, or a fixed duration per
+            client; default 1.0 s for every task.
+        seed: Seeds the ``rng`` passed to ``durations``.
+        prefetch: Tasks to compute per exchange (more lets a process pool work in parallel).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        durations: Durations | None = None,
+        seed: int = 0,
+        prefetch: int = 1,
+    ) -> None:
+        self._transport = transport
+        self._durations = durations
+        self._rng = np.random.default_rng([seed, 3])
+        self._prefetch = max(1, int(prefetch))
+        self._now = 0.0
+        self._seq = itertools.count()
+        self._heap: list[tuple[float, int, int]] = []
+        self._pending: dict[int, _Pending] = {}
+
+    def clients(self) -> Sequence[int]:
+        """The clients of the wrapped transport."""
+        return self._transport.clients()
+
+    def now(self) -> float:
+        """The virtual clock, in seconds."""
+        return self._now
+
+    def _duration(self, cid: int) -> float:
+        if self._durations is None:
+            return 1.0
+        if callable(self._durations):
+            value = float(self._durations(cid, self._rng))
+        else:
+            value = float(self._durations[cid])
+        if not value >= 0.0 or value == float("inf"):
+            raise ValueError(f"client {cid}'s simulated duration is {value}, expected >= 0")
+        return value
+
+    def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
+        """Schedule ``task``'s completion on the virtual clock."""
+        if cid in self._pending:
+            raise ValueError(f"client {cid} already has a task in flight")
+        duration = self._duration(cid) if task.kind == "fit" else 0.0
+        timed_out = timeout is not None and duration > timeout
+        finish = self._now + (timeout if timed_out and timeout is not None else duration)
+        seq = next(self._seq)
+        self._pending[cid] = _Pending(task, finish, seq, timed_out)
+        heapq.heappush(self._heap, (finish, seq, cid))
+
+    def next_reply(self, timeout: float | None = None) -> Reply | None:
+        """Advance the virtual clock to the next completion and return its reply."""
+        while self._heap:
+            finish, seq, cid = self._heap[0]
+            pending = self._pending.get(cid)
+            if pending is None or pending.seq != seq:
+                heapq.heappop(self._heap)  # cancelled
+                continue
+            if timeout is not None and finish - self._now > timeout:
+                self._now += timeout
+                return None
+            heapq.heappop(self._heap)
+            self._now = max(self._now, finish)
+            if pending.timed_out:
+                del self._pending[cid]
+                return Reply(cid, pending.task.kind, error="no reply in time")
+            if pending.reply is None:
+                self._compute(cid)
+            del self._pending[cid]
+            assert pending.reply is not None
+            return pending.reply
+        return None
+
+    def _compute(self, first: int) -> None:
+        batch = [first]
+        if self._prefetch > 1:
+            waiting = sorted(
+                (p.finish, p.seq, c)
+                for c, p in self._pending.items()
+                if c != first and p.reply is None and not p.timed_out
+            )
+            batch += [c for _, _, c in waiting[: self._prefetch - 1]]
+        tasks = {cid: self._pending[cid].task for cid in batch}
+        try:
+            for reply in self._transport.exchange(tasks):
+                if reply.cid in tasks:
+                    self._pending[reply.cid].reply = reply
+        except Exception:
+            error = traceback.format_exc()
+            for cid in batch:
+                self._pending[cid].reply = Reply(cid, tasks[cid].kind, error=error)
+        for cid in batch:
+            if self._pending[cid].reply is None:
+                self._pending[cid].reply = Reply(cid, tasks[cid].kind, error="no reply")
+
+    def cancel(self, cid: int) -> None:
+        """Drop ``cid``'s task in flight."""
+        self._pending.pop(cid, None)
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self._pending.clear()
+        self._heap.clear()
+        self._transport.close()
+
+
+class ThreadedAsyncTransport:
+    """Drives any thread-safe synchronous transport asynchronously, one thread per task in flight.
+
+    Each ``submit`` runs ``transport.exchange({cid: task}, timeout=timeout)`` on a
+    worker thread; replies reach :meth:`next_reply` through a queue as they come.
+    A network transport whose ``exchange`` may be called from several threads at
+    once runs FedBuff this way without implementing :class:`AsyncTransport` itself.
+
+    Args:
+        transport: The synchronous transport (its ``exchange`` must be thread-safe).
+        max_workers: Most tasks running at once (at least the strategy's concurrency).
+    """
+
+    def __init__(self, transport: Transport, *, max_workers: int = 32) -> None:
+        self._transport = transport
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="covey-async")
+        self._replies: queue.Queue[tuple[int, int, Reply]] = queue.Queue()
+        self._inflight: dict[int, int] = {}
+        self._tokens = itertools.count()
+        self._start = time.monotonic()
+
+    def clients(self) -> Sequence[int]:
+        """The clients of the wrapped transport."""
+        return self._transport.clients()
+
+    def now(self) -> float:
+        """Seconds since this transport was made."""
+        return time.monotonic() - self._start
+
+    def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
+        """Start ``task`` on a worker thread."""
+        if cid in self._inflight:
+            raise ValueError(f"client {cid} already has a task in flight")
+        token = next(self._tokens)
+        self._inflight[cid] = token
+        self._pool.submit(self._run, cid, token, task, timeout)
+
+    def _run(self, cid: int, token: int, task: Task, timeout: float | None) -> None:
+        try:
+            replies = [r for r in self._transport.exchange({cid: task}, timeout=timeout)]
+            reply = replies[0] if replies else Reply(cid, task.kind, error="no reply in time")
+        except Exception:
+            reply = Reply(cid, task.kind, error=traceback.format_exc())
+        self._replies.put((cid, token, reply))
+
+    def next_reply(self, timeout: float | None = None) -> Reply | None:
+        """Block until a reply arrives (None after ``timeout`` s or if nothing is in flight)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._inflight:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                cid, token, reply = self._replies.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            if self._inflight.get(cid) == token:
+                del self._inflight[cid]
+                return reply
+        return None
+
+    def cancel(self, cid: int) -> None:
+        """Forget ``cid``'s task; its thread finishes but the reply is dropped."""
+        self._inflight.pop(cid, None)
+
+    def close(self) -> None:
+        """Close the wrapped transport (ending any exchange in progress), then the threads."""
+        self._inflight.clear()
+        self._transport.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)

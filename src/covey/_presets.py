@@ -1,0 +1,290 @@
+"""Named strategies: each is a short function that builds an aggregation chain.
+
+Every preset takes its algorithm's parameters plus the :class:`~covey.Strategy`
+options (sampling, selection, config, metrics) as keywords, and returns a
+:class:`~covey.Strategy`. Anything a preset does not offer is one
+``Strategy(aggregator=chain(...))`` away: the presets are only the common chains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Unpack
+
+from covey._messages import Config
+from covey._strategy import Strategy, StrategyOptions, _no_config, preset
+from covey.aggregate import (
+    Step,
+    bulyan,
+    chain,
+    geometric_median,
+    krum,
+    mean,
+    median,
+    multi_krum,
+    qfedavg,
+    scaffold,
+    server_adagrad,
+    server_adam,
+    server_sgd,
+    server_yogi,
+    staleness_weight,
+    trimmed_mean,
+    weighted_mean,
+)
+from covey.aggregate._clip import polynomial_staleness
+
+
+def FedAvgM(
+    *, server_lr: float = 1.0, server_momentum: float = 0.9, **options: Unpack[StrategyOptions]
+) -> Strategy:
+    """FedAvg with server momentum: ``chain(weighted_mean(), server_sgd(lr, momentum))``.
+
+    Args:
+        server_lr: The server learning rate.
+        server_momentum: The server momentum.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    References:
+        Hsu, Qi and Brown, "Measuring the Effects of Non-Identical Data
+        Distribution for Federated Visual Classification", 2019.
+    """
+    return preset(
+        "FedAvgM", chain(weighted_mean(), server_sgd(server_lr, server_momentum)), options
+    )
+
+
+def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strategy:
+    """FedProx: FedAvg whose clients add ``mu/2 ||w - w_global||^2`` to their local loss.
+
+    The server side is FedAvg; ``proximal_mu`` is sent in every fit config (merged
+    into ``on_fit_config``'s), and clients apply it with :mod:`covey.fedprox`.
+    ``proximal_mu=0`` is exactly FedAvg.
+
+    Args:
+        proximal_mu: The proximal term's weight ``mu >= 0``.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    References:
+        Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
+    """
+    mu = float(proximal_mu)
+    if not mu >= 0.0 or mu == float("inf"):
+        raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}")
+    user = options.pop("on_fit_config", _no_config)
+
+    def on_fit_config(round: int) -> Config:
+        config = dict(user(round))
+        config["proximal_mu"] = mu
+        return config
+
+    options["on_fit_config"] = on_fit_config
+    return preset("FedProx", chain(weighted_mean()), options)
+
+
+def FedAdam(
+    *,
+    eta: float = 1e-2,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+    **options: Unpack[StrategyOptions],
+) -> Strategy:
+    """FedAdam: ``chain(weighted_mean(), server_adam(eta, beta1, beta2, tau))``.
+
+    References:
+        Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
+    """
+    return preset("FedAdam", chain(weighted_mean(), server_adam(eta, beta1, beta2, tau)), options)
+
+
+def FedYogi(
+    *,
+    eta: float = 1e-2,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+    **options: Unpack[StrategyOptions],
+) -> Strategy:
+    """FedYogi: ``chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau))``.
+
+    References:
+        Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
+    """
+    return preset("FedYogi", chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau)), options)
+
+
+def FedAdagrad(
+    *,
+    eta: float = 1e-1,
+    beta1: float = 0.0,
+    tau: float = 1e-3,
+    **options: Unpack[StrategyOptions],
+) -> Strategy:
+    """FedAdagrad: ``chain(weighted_mean(), server_adagrad(eta, beta1, tau))``.
+
+    References:
+        Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
+    """
+    return preset("FedAdagrad", chain(weighted_mean(), server_adagrad(eta, beta1, tau)), options)
+
+
+def FedMedian(**options: Unpack[StrategyOptions]) -> Strategy:
+    """The coordinate-wise median of the updates: ``chain(median())``.
+
+    References:
+        Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
+        Statistical Rates", ICML 2018.
+    """
+    return preset("FedMedian", chain(median()), options)
+
+
+def FedTrimmedAvg(*, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> Strategy:
+    """The coordinate-wise ``beta``-trimmed mean of the updates: ``chain(trimmed_mean(beta))``.
+
+    References:
+        Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
+        Statistical Rates", ICML 2018.
+    """
+    return preset("FedTrimmedAvg", chain(trimmed_mean(beta)), options)
+
+
+def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
+    """Keep the update with the best Krum score, tolerating ``f`` Byzantine clients.
+
+    References:
+        Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
+        Gradient Descent", NeurIPS 2017.
+    """
+    return preset("Krum", chain(krum(f)), options)
+
+
+def MultiKrum(*, f: int, m: int | None = None, **options: Unpack[StrategyOptions]) -> Strategy:
+    """Average the ``m`` updates with the best Krum scores (default ``m = n - f``).
+
+    References:
+        Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
+        Gradient Descent", NeurIPS 2017.
+    """
+    return preset("MultiKrum", chain(multi_krum(f, m)), options)
+
+
+def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
+    """Bulyan over Krum, tolerating ``f`` Byzantine clients (needs ``n >= 4f + 3``).
+
+    References:
+        El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed
+        Learning in Byzantium", ICML 2018.
+    """
+    return preset("Bulyan", chain(bulyan(f)), options)
+
+
+def FedRFA(
+    *, max_iter: int = 100, tol: float = 1e-6, eps: float = 1e-5, **options: Unpack[StrategyOptions]
+) -> Strategy:
+    """Robust Federated Aggregation: the weighted geometric median of the updates.
+
+    References:
+        Pillutla, Kakade and Harchaoui, "Robust Aggregation for Federated
+        Learning", IEEE Transactions on Signal Processing 70, 2022.
+    """
+    step = geometric_median(max_iter=max_iter, tol=tol, eps=eps)
+    return preset("FedRFA", chain(step), options)
+
+
+def QFedAvg(
+    *,
+    q: float = 0.2,
+    client_lr: float = 0.1,
+    loss_key: str = "loss",
+    **options: Unpack[StrategyOptions],
+) -> Strategy:
+    """q-FedAvg: fair aggregation; clients report their pre-training loss as ``loss_key``.
+
+    Args:
+        q: The fairness parameter (0 is FedSGD-like averaging).
+        client_lr: The clients' learning rate (``L = 1/client_lr``).
+        loss_key: The fit metric with the client's loss at the received weights.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    References:
+        Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation in Federated
+        Learning", ICLR 2020.
+    """
+    return preset("QFedAvg", chain(qfedavg(q, client_lr, loss_key=loss_key)), options)
+
+
+def Scaffold(
+    *, num_clients: int, server_lr: float = 1.0, **options: Unpack[StrategyOptions]
+) -> Strategy:
+    """SCAFFOLD: control variates correct client drift on heterogeneous data.
+
+    The aggregator is ``chain(scaffold(num_clients), mean(), server_sgd(server_lr))``;
+    clients use :class:`covey.scaffold.ControlVariate` to correct their local
+    gradients and report their control-variate change.
+
+    Args:
+        num_clients: ``N``, the number of clients in the federation.
+        server_lr: The global step size ``eta_g``.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    References:
+        Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for
+        Federated Learning", ICML 2020.
+    """
+    steps: list[Step] = [scaffold(num_clients), mean()]
+    if server_lr != 1.0:
+        steps.append(server_sgd(server_lr))
+    return preset("Scaffold", chain(*steps), options)
+
+
+def FedBuff(
+    *,
+    buffer_size: int = 10,
+    concurrency: int | None = None,
+    server_lr: float = 1.0,
+    staleness: Callable[[int], float] | None = None,
+    max_staleness: int | None = None,
+    weighted: bool = True,
+    **options: Unpack[StrategyOptions],
+) -> Strategy:
+    """FedBuff: asynchronous training that updates the model every ``buffer_size`` replies.
+
+    The server keeps ``concurrency`` clients training at all times (by default
+    ``num_fit`` of the eligible clients: ``fraction_fit`` and ``min_fit_clients``).
+    Each reply's update, computed from a model ``tau`` updates old, is scaled by
+    ``s(tau) = 1/sqrt(1 + tau)``; every ``buffer_size`` replies the buffered updates
+    are averaged (weighted by examples unless ``weighted`` is False) and applied
+    with ``server_lr``. The aggregator is
+    ``chain(staleness_weight(s), weighted_mean(), server_sgd(server_lr))``.
+    Federated evaluation is off (``fraction_evaluate=0``): evaluate centrally.
+
+    Args:
+        buffer_size: ``K``, the replies per global update.
+        concurrency: Clients training at once (sets ``min_fit_clients`` with
+            ``fraction_fit=0``); None keeps the sampling options.
+        server_lr: The server learning rate ``eta_g``.
+        staleness: ``tau -> factor`` (default ``(1 + tau) ** -0.5``).
+        max_staleness: Drop updates staler than this (None: keep all).
+        weighted: Average the buffer weighted by examples (True) or equally (the paper).
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    References:
+        Nguyen et al., "Federated Learning with Buffered Asynchronous
+        Aggregation", AISTATS 2022.
+    """
+    if concurrency is not None:
+        if "fraction_fit" in options or "min_fit_clients" in options:
+            raise TypeError("FedBuff(): give concurrency or fraction_fit/min_fit_clients, not both")
+        options["fraction_fit"] = 0.0
+        options["min_fit_clients"] = concurrency
+    options.setdefault("fraction_evaluate", 0.0)
+    steps: list[Step] = [
+        staleness_weight(polynomial_staleness(0.5) if staleness is None else staleness),
+        weighted_mean() if weighted else mean(),
+    ]
+    if server_lr != 1.0:
+        steps.append(server_sgd(server_lr))
+    strategy = preset("FedBuff", chain(*steps), options)
+    return replace(strategy, buffer_size=buffer_size, max_staleness=max_staleness)

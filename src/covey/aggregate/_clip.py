@@ -1,0 +1,161 @@
+"""Per-client steps: they rewrite or drop each ``Contribution`` before the reducer sees it.
+
+``clip_norm`` bounds each update's L2 norm, ``skip_nonfinite`` drops updates
+holding NaN or Inf, and ``staleness_weight`` scales asynchronous updates down by
+their staleness. Each records the clients it acted on in ``End.info``, which the
+reducer copies into the round's ``Aggregate.info``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from typing import NamedTuple
+
+from covey._weights import Weights
+from covey.aggregate._base import Begin, Contribution, End, Event, State, Step
+from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm
+
+Rewrite = Callable[[Contribution, Weights], "tuple[Contribution | None, bool]"]
+"""``(contribution, params) -> (new contribution or None to drop it, whether to record it)``."""
+
+
+class _PerClientState(NamedTuple):
+    params: Weights | None = None
+    noted: list[int] | None = None  # reused within a round: state passed in is consumed
+
+
+def per_client(name: str, key: str, rewrite: Rewrite) -> Step:
+    """A step that rewrites each contribution and lists the clients it acted on.
+
+    Args:
+        name: The step's name, for error messages.
+        key: The ``End.info`` key under which the recorded client ids are listed.
+        rewrite: ``(contribution, params) -> (contribution or None, record)``.
+
+    Returns:
+        A per-client step.
+    """
+
+    def init(params: Weights) -> State:
+        return _PerClientState()
+
+    def update(state: _PerClientState, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            params = needs_params(state.params, name)
+            new, record = rewrite(event, params)
+            if record:
+                assert state.noted is not None
+                state.noted.append(event.cid)
+            return state, (() if new is None else (new,))
+        if isinstance(event, Begin):
+            return _PerClientState(event.params, []), (event,)
+        if isinstance(event, End):
+            info = {**event.info, key: list(state.noted or ())}
+            return _PerClientState(), (End(event.round, info),)
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def clip_norm(max_norm: float) -> Step:
+    """Scale each client's update down so that its L2 norm is at most ``max_norm``.
+
+    The update ``d = w_k - w`` (all arrays together) becomes
+    ``d * min(1, max_norm / ||d||)``; an update already within the bound passes
+    unchanged (as weights, if the client sent weights).
+
+    Args:
+        max_norm: The bound on each update's global L2 norm.
+
+    Returns:
+        A per-client step; ``info["clipped"]`` lists the clients whose update was scaled.
+
+    References:
+        McMahan et al., "Learning Differentially Private Recurrent Language
+        Models", ICLR 2018 (per-update clipping); Sun et al., "Can You Really
+        Backdoor Federated Learning?", 2019 (norm bounding as a defence).
+    """
+    bound = check_positive(max_norm, "clip_norm max_norm")
+
+    def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
+        delta = event.as_delta(params)
+        norm = math.sqrt(sq_norm(delta))
+        if norm <= bound:
+            return event, False
+        return replace(event, weights=None, delta=scaled(delta, bound / norm)), True
+
+    return per_client("clip_norm()", "clipped", rewrite)
+
+
+def skip_nonfinite() -> Step:
+    """Drop every contribution whose update or extras hold a NaN or an infinity.
+
+    Returns:
+        A per-client step; ``info["nonfinite"]`` lists the dropped clients.
+
+    References:
+        Micikevicius et al., "Mixed Precision Training", ICLR 2018 (updates with
+        Inf/NaN are skipped rather than applied).
+    """
+
+    def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
+        values = event.weights if event.weights is not None else event.delta
+        assert values is not None
+        ok = finite(values) and all(finite(extra) for extra in event.extras.values())
+        return (event, False) if ok else (None, True)
+
+    return per_client("skip_nonfinite()", "nonfinite", rewrite)
+
+
+def polynomial_staleness(exponent: float = 0.5) -> Callable[[int], float]:
+    """The staleness discount ``tau -> (1 + tau) ** -exponent``.
+
+    Args:
+        exponent: ``a >= 0``; 0.5 gives FedBuff's ``1/sqrt(1 + tau)``, 0 no discount.
+
+    Returns:
+        A function from a staleness (int) to a factor in ``(0, 1]``.
+
+    References:
+        Xie, Koyejo and Gupta, "Asynchronous Federated Optimization", 2019.
+    """
+    power = check_positive(exponent, "staleness exponent", allow_zero=True)
+
+    def weight(staleness: int) -> float:
+        return float((1.0 + staleness) ** -power)
+
+    return weight
+
+
+def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
+    """Scale each asynchronous update by a decreasing function of its staleness.
+
+    A contribution computed from a model ``tau`` global updates old has its
+    update multiplied by ``s(tau)``; the default ``s(tau) = 1/sqrt(1 + tau)`` is
+    FedBuff's. Fresh updates (``s = 1``) pass unchanged.
+
+    Args:
+        fn: ``staleness -> factor`` (default :func:`polynomial_staleness` with 0.5).
+
+    Returns:
+        A per-client step; ``info["stale"]`` lists the clients whose update was scaled.
+
+    References:
+        Nguyen et al., "Federated Learning with Buffered Asynchronous
+        Aggregation", AISTATS 2022; Xie, Koyejo and Gupta, "Asynchronous
+        Federated Optimization", 2019 (staleness functions).
+    """
+    weigh = polynomial_staleness(0.5) if fn is None else fn
+
+    def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
+        factor = float(weigh(event.staleness))
+        if not math.isfinite(factor) or factor < 0:
+            raise ValueError(f"staleness function gave {factor!r} for staleness {event.staleness}")
+        if factor == 1.0:
+            return event, False
+        delta = event.as_delta(params)
+        return replace(event, weights=None, delta=scaled(delta, factor)), True
+
+    return per_client("staleness_weight()", "stale", rewrite)

@@ -1,0 +1,165 @@
+"""Distance-based robust rules: Krum, Multi-Krum and Bulyan.
+
+Each client's update gets a score, the sum of squared distances to its
+``n - f - 2`` nearest neighbours; updates far from the crowd score high. Krum
+keeps the lowest-scoring update, Multi-Krum averages the ``m`` lowest, and
+Bulyan selects ``n - 2f`` updates by repeated Krum and then takes a trimmed,
+median-centred mean of each coordinate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covey.aggregate._base import AggregationError, Step
+from covey.aggregate._flat import Vector, check_count
+from covey.aggregate._robust import Combined, Matrix, buffered
+
+
+def pairwise_sq_distances(updates: Matrix) -> Matrix:
+    """Squared Euclidean distances between the rows of ``updates`` (an ``(n, n)`` matrix)."""
+    norms = np.einsum("ij,ij->i", updates, updates)
+    gram = updates @ updates.T
+    dist = norms[:, None] + norms[None, :] - 2.0 * gram
+    dist = 0.5 * (dist + dist.T)
+    np.maximum(dist, 0.0, out=dist)
+    np.fill_diagonal(dist, 0.0)
+    out: Matrix = dist
+    return out
+
+
+def krum_scores(dist: Matrix, neighbours: int) -> Vector:
+    """Each row's sum of squared distances to its ``neighbours`` nearest other rows."""
+    n = len(dist)
+    if n == 1:
+        return np.zeros(1)
+    k = max(1, min(neighbours, n - 1))
+    others = dist + np.diag(np.full(n, np.inf))
+    nearest = np.partition(others, k - 1, axis=1)[:, :k]
+    scores: Vector = np.sort(nearest, axis=1).sum(axis=1)
+    return scores
+
+
+def _require(n: int, needed: int, rule: str, f: int) -> None:
+    if n < needed:
+        raise AggregationError(
+            f"{rule} with f={f} needs at least {needed} contributions, got {n}; "
+            "the global model is left unchanged this round"
+        )
+
+
+def krum(f: int) -> Step:
+    """Keep the one update closest to its ``n - f - 2`` nearest neighbours (Krum).
+
+    With ``n`` updates ``x_i``, the score of ``i`` is ``sum ||x_i - x_j||^2`` over
+    the ``n - f - 2`` updates ``j != i`` nearest to it; the update with the lowest
+    score becomes the round's update. It needs ``n >= 2f + 3``.
+
+    Args:
+        f: The number of Byzantine clients to tolerate.
+
+    Returns:
+        A reducer step; ``Aggregate.info["selected"]`` is the chosen client id.
+
+    References:
+        Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
+        Gradient Descent", NeurIPS 2017.
+    """
+    byzantine = check_count(f, "krum f")
+
+    def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
+        n = len(updates)
+        _require(n, 2 * byzantine + 3, "krum", byzantine)
+        scores = krum_scores(pairwise_sq_distances(updates), n - byzantine - 2)
+        best = int(np.argmin(scores))
+        return updates[best].copy(), {"selected": [cids[best]]}
+
+    return buffered("krum()", combine)
+
+
+def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
+    """Average the ``m`` updates with the lowest Krum scores (Multi-Krum).
+
+    Args:
+        f: The number of Byzantine clients to tolerate (needs ``n >= 2f + 3``).
+        m: How many updates to average (default ``n - f``; ``m = 1`` is Krum).
+        weighted: Average the selected updates weighted by their number of examples
+            instead of equally.
+
+    Returns:
+        A reducer step; ``Aggregate.info["selected"]`` lists the chosen client ids.
+
+    References:
+        Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
+        Gradient Descent", NeurIPS 2017.
+    """
+    byzantine = check_count(f, "multi_krum f")
+    keep = None if m is None else check_count(m, "multi_krum m", minimum=1)
+
+    def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
+        n = len(updates)
+        _require(n, 2 * byzantine + 3, "multi_krum", byzantine)
+        count = n - byzantine if keep is None else min(keep, n)
+        scores = krum_scores(pairwise_sq_distances(updates), n - byzantine - 2)
+        chosen = np.argsort(scores, kind="stable")[:count]
+        info = {"selected": sorted(cids[i] for i in chosen)}
+        if weighted:
+            w = examples[chosen]
+            if w.sum() == 0.0:
+                raise AggregationError("multi_krum: the selected updates have num_examples=0")
+            return (w @ updates[chosen]) / w.sum(), info
+        return updates[chosen].mean(axis=0), info
+
+    return buffered("multi_krum()", combine)
+
+
+def bulyan(f: int) -> Step:
+    """Select ``n - 2f`` updates by repeated Krum, then average each coordinate around its median.
+
+    Selection: Krum is applied to the remaining updates and its choice moved to
+    the selection set, ``theta = n - 2f`` times (with at least one neighbour when
+    few remain). Aggregation: for every coordinate, the ``beta = theta - 2f``
+    selected values closest to the selection's median are averaged. It needs
+    ``n >= 4f + 3``.
+
+    Args:
+        f: The number of Byzantine clients to tolerate.
+
+    Returns:
+        A reducer step; ``Aggregate.info["selected"]`` lists the selected client ids.
+
+    References:
+        El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed
+        Learning in Byzantium", ICML 2018.
+    """
+    byzantine = check_count(f, "bulyan f")
+
+    def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
+        n = len(updates)
+        _require(n, 4 * byzantine + 3, "bulyan", byzantine)
+        selected = bulyan_select(pairwise_sq_distances(updates), byzantine)
+        info = {"selected": sorted(cids[i] for i in selected)}
+        return bulyan_coordinates(updates[selected], byzantine), info
+
+    return buffered("bulyan()", combine)
+
+
+def bulyan_select(dist: Matrix, f: int) -> list[int]:
+    """Indices of the ``n - 2f`` updates Bulyan's repeated Krum selects, in selection order."""
+    n = len(dist)
+    remaining = list(range(n))
+    selected: list[int] = []
+    for _ in range(n - 2 * f):
+        sub = dist[np.ix_(remaining, remaining)]
+        scores = krum_scores(sub, len(remaining) - f - 2)
+        selected.append(remaining.pop(int(np.argmin(scores))))
+    return selected
+
+
+def bulyan_coordinates(chosen: Matrix, f: int) -> Vector:
+    """Per coordinate, the mean of the ``len(chosen) - 2f`` values closest to the median."""
+    beta = len(chosen) - 2 * f
+    centre = np.median(chosen, axis=0)
+    order = np.argsort(np.abs(chosen - centre), axis=0, kind="stable")[:beta]
+    combined: Vector = np.take_along_axis(chosen, order, axis=0).mean(axis=0)
+    return combined

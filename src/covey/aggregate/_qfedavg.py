@@ -1,0 +1,108 @@
+"""q-FedAvg: a fair reducer that gives clients with a higher loss more say."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from covey._weights import Array, Weights
+from covey.aggregate._base import (
+    Aggregate,
+    AggregationError,
+    Begin,
+    Contribution,
+    End,
+    Event,
+    State,
+    Step,
+)
+from covey.aggregate._flat import check_positive, needs_params, sq_norm
+
+
+class _QState(NamedTuple):
+    params: Weights | None = None
+    acc: dict[str, Array] | None = None  # sum_k F_k^q L d_k, float64
+    h: float = 0.0
+    clients: int = 0
+    examples: int = 0
+
+
+def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: float = 1e-10) -> Step:
+    """q-FedAvg: weigh each update by the client's loss to the power ``q``.
+
+    Client ``k`` reports ``F_k``, its loss on its training data at the global
+    weights it received (before training), in ``metrics[loss_key]``. With
+    ``L = 1/lr`` (``lr`` the clients' learning rate), ``Dw_k = L (w - w_k)``,
+    ``D_k = F_k^q Dw_k`` and ``h_k = q F_k^(q-1) ||Dw_k||^2 + L F_k^q``, the new
+    global weights are ``w - sum_k D_k / sum_k h_k``. ``q = 0`` is FedSGD-like
+    averaging; larger ``q`` gives more uniform accuracy across clients. It folds
+    each update in as it arrives (memory O(model)); ``eps`` is added to every loss.
+
+    Args:
+        q: The fairness parameter, ``>= 0``.
+        lr: The clients' local learning rate (sets the Lipschitz estimate ``L = 1/lr``).
+        loss_key: The metric holding the client's pre-training loss.
+        eps: Added to each loss so that ``F^(q-1)`` stays finite.
+
+    Returns:
+        A reducer step.
+
+    References:
+        Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation in Federated
+        Learning", ICLR 2020 (Algorithm 2).
+    """
+    fairness = check_positive(q, "qfedavg q", allow_zero=True)
+    lipschitz = 1.0 / check_positive(lr, "qfedavg lr")
+    smooth = check_positive(eps, "qfedavg eps", allow_zero=True)
+
+    def init(params: Weights) -> State:
+        return _QState()
+
+    def update(state: _QState, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            params = needs_params(state.params, "qfedavg()")
+            raw = event.metrics.get(loss_key)
+            if isinstance(raw, bool) or not isinstance(raw, int | float | np.number):
+                raise AggregationError(
+                    f"qfedavg: client {event.cid} reported no numeric {loss_key!r} metric; "
+                    "q-FedAvg clients must report their loss at the received weights"
+                )
+            loss = float(raw)
+            if not math.isfinite(loss) or loss < 0:
+                raise AggregationError(f"qfedavg: client {event.cid} reported {loss_key}={loss}")
+            delta = event.as_delta(params)
+            fq = (loss + smooth) ** fairness
+            h = fairness * (loss + smooth) ** (fairness - 1.0) * lipschitz**2 * sq_norm(delta)
+            h += lipschitz * fq
+            acc = state.acc
+            if acc is None:
+                acc = {k: np.zeros(v.shape, np.float64) for k, v in params.items()}
+            for k, d in delta.items():
+                acc[k] += (fq * lipschitz) * d
+            return state._replace(
+                acc=acc,
+                h=state.h + h,
+                clients=state.clients + 1,
+                examples=state.examples + event.num_examples,
+            ), ()
+        if isinstance(event, Begin):
+            return _QState(params=event.params), (event,)
+        if isinstance(event, End):
+            if state.acc is None or state.params is None:
+                return _QState(), ()
+            if not state.h > 0.0 or not math.isfinite(state.h):
+                raise AggregationError(f"qfedavg: the normalizer sum h_k is {state.h}")
+            out: dict[str, Array] = {}
+            for k, a in state.acc.items():
+                dtype = state.params[k].dtype
+                value = a / state.h
+                out[k] = value.astype(dtype) if dtype.kind == "f" else np.rint(value).astype(dtype)
+            agg = Aggregate(
+                event.round, state.clients, state.examples, delta=out, info=dict(event.info)
+            )
+            return _QState(), (agg,)
+        return state, (event,)
+
+    return Step(init, update)

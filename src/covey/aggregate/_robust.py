@@ -1,0 +1,214 @@
+"""Robust reducers that see every update at once: median, trimmed mean, geometric median.
+
+A robust rule needs the whole round's updates together (the median of a stream
+cannot be folded into O(model) memory), so these reducers buffer each client's
+update as one flat float64 vector and combine them at ``End``. They work on
+updates (deltas), whether a client sent weights or a delta, and emit an
+``Aggregate`` with a delta in the model's own dtypes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from covey._weights import Weights
+from covey.aggregate._base import (
+    Aggregate,
+    AggregationError,
+    Begin,
+    Contribution,
+    End,
+    Event,
+    State,
+    Step,
+)
+from covey.aggregate._flat import (
+    Vector,
+    check_count,
+    check_positive,
+    flatten,
+    needs_params,
+    unflatten,
+)
+
+Matrix = NDArray[np.float64]
+Combined = tuple[Vector, dict[str, Any]]
+Combine = Callable[[Matrix, Vector, list[int]], Combined]
+"""``(updates (n, d), num_examples (n,), cids) -> (combined update (d,), info)``."""
+
+
+class _BufferState(NamedTuple):
+    params: Weights | None = None
+    rows: list[Vector] | None = None
+    cids: list[int] | None = None
+    examples: list[int] | None = None
+
+
+def buffered(name: str, combine: Combine) -> Step:
+    """A reducer that buffers the round's updates and combines them at ``End``.
+
+    Args:
+        name: The rule's name, for error messages.
+        combine: ``(updates, num_examples, cids) -> (update, info)`` on flat float64
+            vectors, one row per contribution in client-id order (so that results,
+            and the breaking of ties, do not depend on the order of arrival).
+
+    Returns:
+        A step that emits one ``Aggregate`` (a delta) per non-empty round.
+    """
+
+    def init(params: Weights) -> State:
+        return _BufferState()
+
+    def update(state: _BufferState, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            params = needs_params(state.params, name)
+            assert state.rows is not None
+            assert state.cids is not None
+            assert state.examples is not None
+            state.rows.append(flatten(event.as_delta(params), params))
+            state.cids.append(event.cid)
+            state.examples.append(event.num_examples)
+            return state, ()
+        if isinstance(event, Begin):
+            return _BufferState(event.params, [], [], []), (event,)
+        if isinstance(event, End):
+            if not state.rows or state.params is None:
+                return _BufferState(), ()
+            assert state.cids is not None
+            assert state.examples is not None
+            # Client-id order makes the result independent of arrival order, ties included.
+            order = sorted(range(len(state.cids)), key=state.cids.__getitem__)
+            updates = np.stack([state.rows[i] for i in order])
+            examples = np.asarray([state.examples[i] for i in order], dtype=np.float64)
+            vector, info = combine(updates, examples, [state.cids[i] for i in order])
+            aggregate = Aggregate(
+                event.round,
+                len(state.rows),
+                int(sum(state.examples)),
+                delta=unflatten(vector, state.params),
+                info={**event.info, **info},
+            )
+            return _BufferState(), (aggregate,)
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def median() -> Step:
+    """Coordinate-wise median of the clients' updates (FedMedian).
+
+    Each coordinate of the new update is the median of that coordinate over the
+    round's updates (the mean of the two middle values for an even count). It
+    tolerates up to half of the clients sending arbitrary values.
+
+    Returns:
+        A reducer step.
+
+    References:
+        Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
+        Statistical Rates", ICML 2018.
+    """
+
+    def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
+        return np.median(updates, axis=0), {}
+
+    return buffered("median()", combine)
+
+
+def trimmed_mean(beta: float = 0.2) -> Step:
+    """Coordinate-wise trimmed mean: drop the ``beta`` largest and smallest, average the rest.
+
+    For ``n`` updates, ``k = floor(beta * n)`` values are cut from each end of every
+    coordinate and the remaining ``n - 2k`` are averaged.
+
+    Args:
+        beta: Fraction cut from each end, in ``[0, 0.5)``; 0 gives the plain mean.
+
+    Returns:
+        A reducer step; ``Aggregate.info["trimmed"]`` is ``k``.
+
+    References:
+        Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
+        Statistical Rates", ICML 2018.
+    """
+    cut = check_positive(beta, "trimmed_mean beta", allow_zero=True)
+    if cut >= 0.5:
+        raise ValueError(f"trimmed_mean beta must be in [0, 0.5), got {beta!r}")
+
+    def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
+        n = len(updates)
+        k = int(np.floor(cut * n))
+        if k == 0:
+            return updates.mean(axis=0), {"trimmed": 0}
+        ordered = np.sort(updates, axis=0)
+        return ordered[k : n - k].mean(axis=0), {"trimmed": k}
+
+    return buffered("trimmed_mean()", combine)
+
+
+def geometric_median(
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    eps: float = 1e-5,
+    weighted: bool = True,
+) -> Step:
+    """The geometric median of the updates by the smoothed Weiszfeld algorithm (RFA).
+
+    Minimizes ``sum_k a_k ||v - x_k||`` with ``a_k`` proportional to the number of
+    examples (or equal, if ``weighted`` is False). Starting from the weighted mean,
+    each iteration sets ``b_k = a_k / max(eps, ||v - x_k||)`` and
+    ``v = sum_k b_k x_k / sum_k b_k``, until the objective improves by less than
+    ``tol`` times its value or ``max_iter`` iterations have run.
+
+    Args:
+        max_iter: Most Weiszfeld iterations.
+        tol: Relative improvement of the objective below which to stop.
+        eps: Smoothing: distances below it count as ``eps`` (no division by zero).
+        weighted: Weigh clients by their number of examples.
+
+    Returns:
+        A reducer step; ``Aggregate.info["iterations"]`` is the iterations run.
+
+    References:
+        Pillutla, Kakade and Harchaoui, "Robust Aggregation for Federated
+        Learning", IEEE Transactions on Signal Processing 70, 2022.
+    """
+    iterations = check_count(max_iter, "geometric_median max_iter", minimum=1)
+    rel_tol = check_positive(tol, "geometric_median tol", allow_zero=True)
+    smooth = check_positive(eps, "geometric_median eps")
+
+    def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
+        weights = examples if weighted else np.ones(len(updates))
+        total = float(weights.sum())
+        if total == 0.0:
+            raise AggregationError(
+                f"geometric_median: all {len(updates)} contributions have num_examples=0"
+            )
+        alpha = weights / total
+        median, done = weiszfeld(updates, alpha, iterations, rel_tol, smooth)
+        return median, {"iterations": done}
+
+    return buffered("geometric_median()", combine)
+
+
+def weiszfeld(
+    points: Matrix, alpha: Vector, max_iter: int, tol: float, eps: float
+) -> tuple[Vector, int]:
+    """Smoothed Weiszfeld iterations from the weighted mean; returns the point and iterations."""
+    median: Vector = alpha @ points
+    objective = float(alpha @ np.linalg.norm(points - median, axis=1))
+    done = 0
+    for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+        distances = np.linalg.norm(points - median, axis=1)
+        beta = alpha / np.maximum(eps, distances)
+        median = (beta @ points) / beta.sum()
+        previous, objective = objective, float(alpha @ np.linalg.norm(points - median, axis=1))
+        if abs(previous - objective) <= tol * objective:
+            break
+    return median, done

@@ -1,0 +1,97 @@
+"""SCAFFOLD's server side: the global control variate, broadcast and updated every round."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from covey._weights import Array, Weights, freeze
+from covey.aggregate._base import (
+    AggregationError,
+    Begin,
+    Broadcast,
+    Contribution,
+    End,
+    Event,
+    State,
+    Step,
+)
+from covey.aggregate._flat import check_count
+
+SERVER_CONTROL = "scaffold_c"
+"""The name under which the server control variate ``c`` reaches clients (``config["extras"]``)."""
+CLIENT_DELTA = "scaffold_delta_c"
+"""The name of the extra in which a client sends ``c_i+ - c_i``."""
+
+
+class _ScaffoldState(NamedTuple):
+    c: dict[str, Array]
+    acc: dict[str, Array] | None = None
+    clients: int = 0
+    missing: tuple[int, ...] = ()
+
+
+def scaffold(num_clients: int) -> Step:
+    """SCAFFOLD's server control variate ``c``: sent to clients, updated from their ``Delta c_i``.
+
+    At ``Begin`` it broadcasts ``c`` (``config["extras"]["scaffold_c"]`` on the
+    client). Each contribution must carry ``extras["scaffold_delta_c"]``, the
+    change ``c_i+ - c_i`` of the client's own control variate (one that does not
+    is left out and listed in ``info["scaffold_missing"]``; if none does, the
+    round fails with an AggregationError); it passes on unchanged to the reducer
+    that follows, which averages the model updates
+    (``chain(scaffold(N), mean(), server_sgd(lr=eta_g))``). At ``End``,
+    ``c = c + (1/N) sum_{i in S} Delta c_i``, that is ``|S|/N`` times the mean.
+
+    Args:
+        num_clients: ``N``, the number of clients in the federation.
+
+    Returns:
+        A per-client step that keeps ``c`` in its state; ``info["scaffold_clients"]``
+        counts the control-variate updates folded in.
+
+    References:
+        Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for
+        Federated Learning", ICML 2020 (Algorithm 1).
+    """
+    total = check_count(num_clients, "scaffold num_clients", minimum=1)
+
+    def init(params: Weights) -> State:
+        return _ScaffoldState(freeze({k: np.zeros(v.shape, v.dtype) for k, v in params.items()}))
+
+    def update(state: _ScaffoldState, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            dc = event.extras.get(CLIENT_DELTA)
+            if dc is None:  # not a SCAFFOLD client: its update is left out
+                return state._replace(missing=(*state.missing, event.cid)), ()
+            acc = state.acc
+            if acc is None:
+                acc = {k: np.zeros(v.shape, np.float64) for k, v in state.c.items()}
+            for k, a in acc.items():
+                if state.c[k].dtype.kind == "f":
+                    a += dc[k]
+            return state._replace(acc=acc, clients=state.clients + 1), (event,)
+        if isinstance(event, Begin):
+            fresh = _ScaffoldState(state.c)
+            return fresh, (event, Broadcast(event.round, {SERVER_CONTROL: state.c}))
+        if isinstance(event, End):
+            info = {**event.info, "scaffold_clients": state.clients}
+            if state.missing:
+                info["scaffold_missing"] = list(state.missing)
+                if state.acc is None:
+                    raise AggregationError(
+                        f"scaffold: no client sent the {CLIENT_DELTA!r} extra (clients "
+                        f"{list(state.missing)[:5]}...); SCAFFOLD clients must report their "
+                        "control-variate change with covey.scaffold.ControlVariate"
+                    )
+            if state.acc is None:
+                return _ScaffoldState(state.c), (End(event.round, info),)
+            c = {
+                k: (v + state.acc[k] / total).astype(v.dtype) if v.dtype.kind == "f" else v
+                for k, v in state.c.items()
+            }
+            return _ScaffoldState(freeze(c)), (End(event.round, info),)
+        return state, (event,)
+
+    return Step(init, update)

@@ -1,0 +1,205 @@
+"""SCAFFOLD on the client: a control variate ``c_i`` that corrects local gradients for drift.
+
+The :func:`covey.Scaffold` strategy broadcasts the server control variate ``c``
+with every fit task. A client keeps its own ``c_i`` across rounds: in memory
+(a simulation builds each client once per client id and keeps it for the whole
+run) and, given a ``path``, on its own disk, so a deployed client that restarts
+resumes with it. Each local step uses the corrected gradient
+``g(y) + c - c_i``; afterwards (option II of the paper)
+``c_i+ = c_i - c + (x - y) / (K lr)`` for ``K`` local steps of learning rate
+``lr``, and the client sends ``y - x`` with ``Delta c_i = c_i+ - c_i``::
+
+    class MyClient(covey.Client):
+        def __init__(self, cid):
+            self.control = scaffold.ControlVariate()   # or ControlVariate(path=...)
+
+        def fit(self, weights, config):
+            correction = self.control.correction(weights, config)   # c - c_i
+            w = {k: v.copy() for k, v in weights.items()}
+            for step in range(K):
+                g = loss_grad(w, next_batch())
+                w = {k: w[k] - lr * (g[k] + correction[k]) for k in w}
+            return self.control.fit_result(w, num_examples=n, steps=K, lr=lr)
+
+References:
+    Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated
+    Learning", ICML 2020 (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covey._codec import decode, encode
+from covey._messages import Config, FitResult, Metrics
+from covey._torchutil import as_tensors, named_parameters, torch_module
+from covey._weights import Array, Weights, WeightsError, WeightsSpec
+from covey.aggregate._scaffold import CLIENT_DELTA, SERVER_CONTROL
+
+__all__ = [  # noqa: RUF022 - plainly sorted, as the export-list test expects
+    "CLIENT_DELTA",
+    "ControlVariate",
+    "SERVER_CONTROL",
+    "torch_add_correction",
+    "torch_tensors",
+]
+
+
+class ControlVariate:
+    """One client's SCAFFOLD control variate ``c_i``, kept across rounds.
+
+    Args:
+        path: A file in which ``c_i`` is kept between runs of a deployed client
+            (written atomically after every round); None keeps it in memory only.
+
+    Attributes:
+        value: The current ``c_i`` (None before the first round).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self.value: dict[str, Array] | None = None
+        self._round: tuple[Weights, Weights] | None = None
+        if self.path is not None and self.path.exists():
+            self.value = {k: np.array(v) for k, v in decode(self.path.read_bytes()).items()}
+
+    def correction(self, weights: Weights, config: Config) -> dict[str, Array]:
+        """``c - c_i``: add it to every local gradient of this round.
+
+        Args:
+            weights: The global weights ``x`` the client received.
+            config: The fit config; its ``"extras"`` carry the server's ``c``.
+
+        Returns:
+            One array per name (zeros for non-float arrays).
+
+        Raises:
+            ValueError: if the server sent no control variate (not a SCAFFOLD strategy).
+        """
+        extras = config.get("extras") or {}
+        c = extras.get(SERVER_CONTROL) if isinstance(extras, Mapping) else None
+        if c is None:
+            raise ValueError(
+                f"the fit config carries no {SERVER_CONTROL!r} extra: the server must run "
+                "a SCAFFOLD strategy (covey.Scaffold)"
+            )
+        spec = WeightsSpec.of(weights)
+        spec.check(c, what="the server control variate")
+        if self.value is None:
+            self.value = {k: np.zeros(v.shape, v.dtype) for k, v in weights.items()}
+        else:
+            try:
+                spec.check(self.value, what="the stored client control variate")
+            except WeightsError as exc:
+                where = f" (delete {self.path} to start over)" if self.path else ""
+                raise WeightsError(f"{exc}{where}") from None
+        self._round = (weights, c)
+        return {
+            k: (c[k] - self.value[k]) if w.dtype.kind == "f" else np.zeros_like(w)
+            for k, w in weights.items()
+        }
+
+    def fit_result(
+        self,
+        new_weights: Weights,
+        *,
+        num_examples: int,
+        steps: int,
+        lr: float,
+        metrics: Metrics | None = None,
+        full_gradient: Weights | None = None,
+    ) -> FitResult:
+        """Update ``c_i`` from this round's training and build the reply.
+
+        Args:
+            new_weights: The local weights ``y`` after training.
+            num_examples: Examples trained on.
+            steps: ``K``, the local steps taken.
+            lr: The local learning rate.
+            metrics: Metrics to report.
+            full_gradient: If given, option I: ``c_i+`` is this gradient of the local
+                loss at the global weights; otherwise option II from ``(x - y)/(K lr)``.
+
+        Returns:
+            A :class:`~covey.FitResult` with ``delta = y - x`` and the extra
+            ``"scaffold_delta_c"``.
+        """
+        if self._round is None or self.value is None:
+            raise RuntimeError("call correction(weights, config) before fit_result()")
+        if steps < 1 or not lr > 0:
+            raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
+        x, c = self._round
+        old = self.value
+        new: dict[str, Array] = {}
+        delta: dict[str, Array] = {}
+        change: dict[str, Array] = {}
+        for k, xk in x.items():
+            y = np.asarray(new_weights[k])
+            delta[k] = np.subtract(y, xk, dtype=xk.dtype, casting="same_kind")
+            if xk.dtype.kind != "f":
+                new[k] = old[k]
+                change[k] = np.zeros_like(xk)
+                continue
+            if full_gradient is not None:
+                new[k] = np.asarray(full_gradient[k], dtype=xk.dtype).copy()
+            else:
+                new[k] = (old[k] - c[k] + (xk - y) / (steps * lr)).astype(xk.dtype)
+            change[k] = new[k] - old[k]
+        self.value = new
+        self._round = None
+        self._save()
+        return FitResult(
+            delta=delta,
+            num_examples=num_examples,
+            metrics=dict(metrics or {}),
+            extras={CLIENT_DELTA: change},
+        )
+
+    def _save(self) -> None:
+        if self.path is None or self.value is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(encode(self.value))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def torch_tensors(values: Mapping[str, Any], module: Any) -> dict[str, Any]:
+    """``values`` (e.g. the round's correction) as tensors shaped for ``module``'s parameters.
+
+    Convert once per round and pass the result to :func:`torch_add_correction` at
+    every step, instead of copying NumPy arrays at every step.
+    """
+    return as_tensors(values, named_parameters(module))
+
+
+def torch_add_correction(module: Any, correction: Mapping[str, Any]) -> None:
+    """Add SCAFFOLD's ``c - c_i`` to every parameter's ``.grad`` (after ``backward()``).
+
+    Args:
+        module: The ``torch.nn.Module`` being trained (parameters named as in the weights).
+        correction: :meth:`ControlVariate.correction`'s result, better converted once
+            per round with :func:`torch_tensors` (NumPy arrays are copied every call).
+    """
+    torch = torch_module()
+    params = named_parameters(module)
+    values = as_tensors(correction, params)
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.grad is None:
+                p.grad = values[name].clone()
+            else:
+                p.grad.add_(values[name])

@@ -1,0 +1,251 @@
+"""Shared test suites and fakes: :func:`check_aggregator` is what every aggregation step passes.
+
+Example:
+    >>> from covey.aggregate import chain, clip_norm, median, weighted_mean
+    >>> from covey.testing import check_aggregator
+    >>> check_aggregator(median)
+    >>> check_aggregator(lambda: chain(clip_norm(1.0), weighted_mean()))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from covey._weights import Array, Weights, WeightsSpec, freeze
+from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
+from covey.aggregate._scaffold import CLIENT_DELTA
+
+__all__ = ["check_aggregator", "random_contributions", "random_params"]
+
+ContributionsFn = Callable[[Weights, int, np.random.Generator], list[Contribution]]
+"""``(params, round, rng) -> contributions`` for one round."""
+
+
+def random_params(rng: np.random.Generator, *, with_int: bool = True) -> dict[str, Array]:
+    """A small model: a float64 matrix, a float32 vector and (optionally) an int64 counter."""
+    params: dict[str, Array] = {
+        "w": rng.normal(size=(3, 4)),
+        "b": rng.normal(size=4).astype(np.float32),
+    }
+    if with_int:
+        params["count"] = rng.integers(0, 100, size=2)
+    return params
+
+
+def random_contributions(
+    params: Weights, num_clients: int, rng: np.random.Generator, *, form: str = "mixed"
+) -> list[Contribution]:
+    """Random contributions in client-id order, sending weights, deltas or both kinds.
+
+    Each has 1..100 examples, a positive ``"loss"`` metric and a
+    ``"scaffold_delta_c"`` extra, so that every built-in step can consume it.
+    """
+    out: list[Contribution] = []
+    for cid in range(num_clients):
+        delta = {k: _random_like(v, rng) for k, v in params.items()}
+        extras = {CLIENT_DELTA: {k: _random_like(v, rng) for k, v in params.items()}}
+        n = int(rng.integers(1, 101))
+        metrics: dict[str, Any] = {"loss": float(rng.uniform(0.1, 3.0))}
+        if form == "delta" or (form == "mixed" and cid % 2 == 1):
+            out.append(Contribution(cid, n, delta=delta, metrics=metrics, extras=extras))
+            continue
+        weights = {k: np.add(v, delta[k], dtype=v.dtype) for k, v in params.items()}
+        out.append(Contribution(cid, n, weights=weights, metrics=metrics, extras=extras))
+    return out
+
+
+def _random_like(value: Array, rng: np.random.Generator) -> Array:
+    if value.dtype.kind == "f":
+        return rng.normal(scale=0.5, size=value.shape).astype(value.dtype)
+    return rng.integers(-3, 4, size=value.shape).astype(value.dtype)
+
+
+class _Probe:
+    """An event no step knows: every step must pass it on."""
+
+
+def check_aggregator(
+    make_step: Callable[[], Step],
+    *,
+    num_clients: int = 9,
+    rounds: int = 3,
+    seed: int = 0,
+    order_invariant: bool = True,
+    contributions: ContributionsFn | None = None,
+    with_int: bool = True,
+) -> None:
+    """Run the checks every aggregation step must pass; raise AssertionError on the first failure.
+
+    The step (usually a chain ending in a reducer, or a reducer alone) runs
+    ``rounds`` rounds of random contributions, with an empty round in between.
+    It must:
+
+    - never change its inputs: the global weights and every contribution are
+      read-only arrays and are compared bit for bit afterwards;
+    - give identical outputs when run again from a fresh ``init`` on the same inputs;
+    - give the same result (to rounding) whatever the order of the contributions,
+      unless ``order_invariant`` is False;
+    - produce an ``Aggregate`` per non-empty round whose result has the model's
+      names, shapes and dtypes, and leave earlier aggregates unchanged later;
+    - handle an empty round (``Begin`` then ``End``) without error or aggregate;
+    - pass on events it does not know.
+
+    Args:
+        make_step: Builds a fresh step, e.g. ``median`` or ``lambda: krum(f=1)``.
+        num_clients: Contributions per round.
+        rounds: Non-empty rounds to run.
+        seed: Seeds the inputs.
+        order_invariant: Whether shuffling the contributions must not change the result.
+        contributions: ``(params, round, rng) -> contributions``; default
+            :func:`random_contributions` (mixed weights and deltas).
+        with_int: Include an integer array in the model.
+    """
+    rng = np.random.default_rng(seed)
+    params = freeze(random_params(rng, with_int=with_int))
+    make = contributions or (lambda p, r, g: random_contributions(p, num_clients, g))
+    plan: list[list[Contribution]] = []
+    for rnd in range(rounds):
+        plan.append(_frozen(make(params, rnd, rng)))
+        if rnd == 0:
+            plan.append([])  # an empty round after the first
+    before = _snapshot(params, plan)
+
+    emitted: list[tuple[Aggregate, dict[str, Array]]] = []
+    first = _run(make_step, params, plan, emitted)
+    again = _run(make_step, params, plan)
+    _assert_inputs_unchanged(before, params, plan)
+    spec = WeightsSpec.of(params)
+    for rnd, (a, b) in enumerate(zip(first, again, strict=True)):
+        if not plan[rnd]:
+            assert a is None, f"round {rnd}: an empty round produced an Aggregate"
+            continue
+        assert a is not None, (
+            f"round {rnd}: no Aggregate; check a per-client step chained with a reducer"
+        )
+        assert b is not None
+        spec.check(a.apply(params), what=f"round {rnd}'s result", finite=True)
+        _assert_same(a, b, exact=True, what=f"round {rnd}, run again from init")
+        assert a.num_clients <= len(plan[rnd]), f"round {rnd}: num_clients > contributions"
+    for agg, values in emitted:  # later rounds and runs must not write into earlier results
+        current = agg.weights if agg.weights is not None else agg.delta
+        assert current is not None
+        for name, value in values.items():
+            assert np.array_equal(current[name], value, equal_nan=True), (
+                f"round {agg.round}'s aggregate changed after it was emitted"
+            )
+    if order_invariant:
+        shuffled = [list(rng.permutation(np.array(c, dtype=object))) for c in plan]
+        for rnd, (a, b) in enumerate(zip(first, _run(make_step, params, shuffled), strict=True)):
+            if a is not None:
+                assert b is not None
+                _assert_same(a, b, exact=False, what=f"round {rnd}, contributions shuffled")
+    _assert_passes_unknown_events(make_step(), params, plan[0])
+
+
+def _frozen(contributions: Sequence[Contribution]) -> list[Contribution]:
+    out = []
+    for c in contributions:
+        out.append(
+            Contribution(
+                c.cid,
+                c.num_examples,
+                None if c.weights is None else freeze(c.weights),
+                None if c.delta is None else freeze(c.delta),
+                c.metrics,
+                c.staleness,
+                {k: freeze(v) for k, v in c.extras.items()},
+            )
+        )
+    return out
+
+
+def _arrays(params: Weights, plan: list[list[Contribution]]) -> list[Array]:
+    arrays = list(params.values())
+    for contributions in plan:
+        for c in contributions:
+            for values in (c.weights, c.delta, *c.extras.values()):
+                if values is not None:
+                    arrays.extend(values.values())
+    return arrays
+
+
+def _snapshot(params: Weights, plan: list[list[Contribution]]) -> list[Array]:
+    return [np.array(a, copy=True) for a in _arrays(params, plan)]
+
+
+def _assert_inputs_unchanged(
+    before: list[Array], params: Weights, plan: list[list[Contribution]]
+) -> None:
+    for old, new in zip(before, _arrays(params, plan), strict=True):
+        assert old.dtype == new.dtype
+        assert np.array_equal(old, new, equal_nan=True), "the step changed one of its inputs"
+
+
+def _run(
+    make_step: Callable[[], Step],
+    params: Weights,
+    plan: list[list[Contribution]],
+    emitted: list[tuple[Aggregate, dict[str, Array]]] | None = None,
+) -> list[Aggregate | None]:
+    step = make_step()
+    assert isinstance(step, Step), f"make_step() returned {type(step).__name__}, not a Step"
+    state = step.init(params)
+    results: list[Aggregate | None] = []
+    for rnd, contributions in enumerate(plan, start=1):
+        found: Aggregate | None = None
+        events_in: list[Event] = [Begin(rnd, params), *contributions, End(rnd)]
+        for event in events_in:
+            out: Any = step.update(state, event)
+            assert isinstance(out, tuple), "update must return (state, events)"
+            assert len(out) == 2, "update must return (state, events)"
+            state, events = out
+            assert isinstance(events, tuple), "update must return its events as a tuple"
+            for e in events:
+                if isinstance(e, Aggregate):
+                    assert found is None, f"round {rnd}: more than one Aggregate"
+                    found = e
+                    values = e.weights if e.weights is not None else e.delta
+                    assert values is not None, f"round {rnd}: an Aggregate with neither field"
+                    if emitted is not None:
+                        emitted.append((e, {k: np.array(v, copy=True) for k, v in values.items()}))
+        results.append(found)
+    return results
+
+
+def _assert_same(a: Aggregate, b: Aggregate, *, exact: bool, what: str) -> None:
+    assert (a.num_clients, a.num_examples) == (b.num_clients, b.num_examples), what
+    va = a.weights if a.weights is not None else a.delta
+    vb = b.weights if b.weights is not None else b.delta
+    assert va is not None, what
+    assert vb is not None, what
+    assert set(va) == set(vb), what
+    for name in va:
+        x, y = np.asarray(va[name]), np.asarray(vb[name])
+        assert x.dtype == y.dtype, f"{what}: {name!r} differs in dtype"
+        assert x.shape == y.shape, f"{what}: {name!r} differs in shape"
+        if exact:
+            assert np.array_equal(x, y, equal_nan=True), f"{what}: {name!r} differs"
+            continue
+        if x.dtype.kind != "f":
+            assert np.abs(x.astype(np.int64) - y.astype(np.int64)).max(initial=0) <= 1, what
+            continue
+        tol = 1e-4 if x.dtype.itemsize < 8 else 1e-9
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol, err_msg=f"{what}: {name!r}")
+    if exact:
+        assert a.info == b.info, f"{what}: info differs"
+
+
+def _assert_passes_unknown_events(
+    step: Step, params: Weights, contributions: list[Contribution]
+) -> None:
+    state = step.init(params)
+    state, _ = step.update(state, Begin(1, params))
+    probe: Any = _Probe()
+    state, out = step.update(state, probe)
+    assert any(e is probe for e in out), "the step did not pass on an event it does not know"
+    for c in contributions:
+        state, _ = step.update(state, c)
+    step.update(state, End(1))

@@ -1,0 +1,304 @@
+"""Robust reducers against plain NumPy references of their formulas, on random inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+from covey.aggregate import (
+    AggregationError,
+    Contribution,
+    bulyan,
+    geometric_median,
+    krum,
+    median,
+    multi_krum,
+    run_round,
+    trimmed_mean,
+)
+from covey.aggregate._base import Step
+from covey.aggregate._krum import krum_scores, pairwise_sq_distances
+from covey.testing import check_aggregator
+
+Arrays = dict[str, np.ndarray]
+
+
+def make_round(
+    rng: np.random.Generator, n: int, dtype: Any = np.float64
+) -> tuple[Arrays, list[Contribution], np.ndarray]:
+    """Params, contributions (mixed weights/deltas) and the (n, d) matrix of their deltas."""
+    params = {"W": rng.normal(size=(4, 3)).astype(dtype), "b": rng.normal(size=3).astype(dtype)}
+    rows = []
+    contributions = []
+    for cid in range(n):
+        delta = {k: rng.normal(size=v.shape).astype(dtype) for k, v in params.items()}
+        if cid % 3 == 0:
+            weights = {k: (params[k] + delta[k]).astype(dtype) for k in params}
+            contributions.append(Contribution(cid, int(rng.integers(1, 50)), weights=weights))
+            delta = {k: weights[k] - params[k] for k in params}
+        else:
+            contributions.append(Contribution(cid, int(rng.integers(1, 50)), delta=delta))
+        rows.append(np.concatenate([delta[k].ravel() for k in params]).astype(np.float64))
+    return params, contributions, np.stack(rows)
+
+
+def result(step: Step, params: Arrays, contributions: list[Contribution]) -> np.ndarray:
+    """The aggregate's update as one flat float64 vector."""
+    _, agg = run_round(step, step.init(params), 1, params, contributions)
+    assert agg is not None
+    delta = agg.as_delta(params)
+    for name, value in params.items():
+        assert delta[name].dtype == value.dtype
+        assert delta[name].shape == value.shape
+    return np.concatenate([delta[k].ravel() for k in params]).astype(np.float64)
+
+
+def krum_score_reference(x: np.ndarray, f: int) -> np.ndarray:
+    """Blanchard et al.: sum of squared distances to the n - f - 2 nearest other updates."""
+    n = len(x)
+    scores = np.empty(n)
+    for i in range(n):
+        d = sorted(float(np.sum((x[i] - x[j]) ** 2)) for j in range(n) if j != i)
+        scores[i] = sum(d[: n - f - 2])
+    return scores
+
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=25)
+@given(seed=seeds, n=st.integers(1, 12))
+def test_median_is_the_coordinatewise_median(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions, x = make_round(rng, n)
+    np.testing.assert_allclose(result(median(), params, contributions), np.median(x, axis=0))
+
+
+@settings(max_examples=25)
+@given(seed=seeds, n=st.integers(1, 15), beta=st.sampled_from([0.0, 0.1, 0.2, 0.3, 0.45]))
+def test_trimmed_mean_drops_beta_from_each_end(seed: int, n: int, beta: float) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions, x = make_round(rng, n)
+    k = int(np.floor(beta * n))
+    expected = np.array([np.mean(sorted(col)[k : n - k]) for col in x.T])
+    np.testing.assert_allclose(result(trimmed_mean(beta), params, contributions), expected)
+
+
+@settings(max_examples=25)
+@given(seed=seeds, f=st.integers(0, 3), extra=st.integers(0, 5))
+def test_krum_scores_and_distances_match_the_reference(seed: int, f: int, extra: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2 * f + 3 + extra, 7)) * rng.uniform(0.1, 10.0)
+    dist = pairwise_sq_distances(x)
+    brute = np.array([[np.sum((a - b) ** 2) for b in x] for a in x])
+    np.testing.assert_allclose(dist, brute, rtol=1e-9, atol=1e-9 * brute.max())
+    np.testing.assert_allclose(
+        krum_scores(dist, len(x) - f - 2), krum_score_reference(x, f), rtol=1e-9
+    )
+
+
+@settings(max_examples=25)
+@given(seed=seeds, f=st.integers(0, 3), extra=st.integers(0, 5))
+def test_krum_keeps_the_update_with_the_lowest_reference_score(
+    seed: int, f: int, extra: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    n = 2 * f + 3 + extra
+    params, contributions, x = make_round(rng, n)
+    best = int(np.argmin(krum_score_reference(x, f)))
+    np.testing.assert_allclose(result(krum(f), params, contributions), x[best], atol=1e-12)
+    _, agg = run_round(krum(f), krum(f).init(params), 1, params, contributions)
+    assert agg is not None
+    assert agg.info["selected"] == [best]
+    assert agg.num_clients == n
+
+
+@settings(max_examples=25)
+@given(seed=seeds, f=st.integers(0, 3), extra=st.integers(0, 5), m=st.integers(1, 4))
+def test_multi_krum_averages_the_m_best_scores(seed: int, f: int, extra: int, m: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 2 * f + 3 + extra
+    params, contributions, x = make_round(rng, n)
+    chosen = np.argsort(krum_score_reference(x, f), kind="stable")[:m]
+    np.testing.assert_allclose(
+        result(multi_krum(f, m), params, contributions), x[chosen].mean(axis=0), atol=1e-12
+    )
+    default = np.argsort(krum_score_reference(x, f), kind="stable")[: n - f]
+    np.testing.assert_allclose(
+        result(multi_krum(f), params, contributions), x[default].mean(axis=0), atol=1e-12
+    )
+    n_k = np.array([c.num_examples for c in contributions], dtype=float)[chosen]
+    np.testing.assert_allclose(
+        result(multi_krum(f, m, weighted=True), params, contributions),
+        (n_k @ x[chosen]) / n_k.sum(),
+        atol=1e-12,
+    )
+
+
+def bulyan_reference(x: np.ndarray, f: int) -> np.ndarray:
+    """El Mhamdi et al.: theta = n - 2f by repeated Krum, then beta = theta - 2f near the median."""
+    remaining = list(range(len(x)))
+    selected = []
+    for _ in range(len(x) - 2 * f):
+        sub = x[remaining]
+        k = max(1, len(remaining) - f - 2)
+        scores = []
+        for i in range(len(sub)):
+            d = sorted(float(np.sum((sub[i] - sub[j]) ** 2)) for j in range(len(sub)) if j != i)
+            scores.append(sum(d[:k]))
+        selected.append(remaining.pop(int(np.argmin(scores))))
+    chosen = x[selected]
+    beta = len(chosen) - 2 * f
+    out = np.empty(x.shape[1])
+    for j in range(x.shape[1]):
+        col = chosen[:, j]
+        med = np.median(col)
+        closest = sorted(range(len(col)), key=lambda i: (abs(col[i] - med), i))[:beta]
+        out[j] = np.mean(col[closest])
+    return out
+
+
+@settings(max_examples=20)
+@given(seed=seeds, f=st.integers(0, 2), extra=st.integers(0, 4))
+def test_bulyan_matches_the_reference(seed: int, f: int, extra: int) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions, x = make_round(rng, 4 * f + 3 + extra)
+    np.testing.assert_allclose(
+        result(bulyan(f), params, contributions), bulyan_reference(x, f), atol=1e-12
+    )
+
+
+def weiszfeld_reference(x: np.ndarray, a: np.ndarray, iters: int, tol: float, eps: float):
+    """Pillutla et al.'s smoothed Weiszfeld, written out."""
+    v = (a[:, None] * x).sum(0)
+    obj = sum(a[i] * np.linalg.norm(x[i] - v) for i in range(len(x)))
+    for _ in range(iters):
+        b = np.array([a[i] / max(eps, np.linalg.norm(x[i] - v)) for i in range(len(x))])
+        v = (b[:, None] * x).sum(0) / b.sum()
+        prev, obj = obj, sum(a[i] * np.linalg.norm(x[i] - v) for i in range(len(x)))
+        if abs(prev - obj) <= tol * obj:
+            break
+    return v
+
+
+@settings(max_examples=20)
+@given(seed=seeds, n=st.integers(1, 10), weighted=st.booleans())
+def test_geometric_median_is_smoothed_weiszfeld(seed: int, n: int, weighted: bool) -> None:
+    rng = np.random.default_rng(seed)
+    params, contributions, x = make_round(rng, n)
+    a = np.array([c.num_examples if weighted else 1 for c in contributions], dtype=float)
+    expected = weiszfeld_reference(x, a / a.sum(), 100, 1e-6, 1e-5)
+    got = result(geometric_median(weighted=weighted), params, contributions)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_geometric_median_minimizes_the_sum_of_distances() -> None:
+    rng = np.random.default_rng(3)
+    params, contributions, x = make_round(rng, 9)
+    a = np.array([c.num_examples for c in contributions], dtype=float)
+
+    def objective(v: np.ndarray) -> float:
+        return float(a @ np.linalg.norm(x - v, axis=1))
+
+    got = result(geometric_median(tol=1e-12, max_iter=1000, eps=1e-12), params, contributions)
+    best = minimize(objective, x.mean(0), method="Powell", options={"xtol": 1e-10, "ftol": 1e-12})
+    assert objective(got) <= best.fun * (1 + 1e-7)
+    assert objective(got) < objective((a @ x) / a.sum())
+
+
+def test_float32_models_keep_their_dtype() -> None:
+    rng = np.random.default_rng(0)
+    params, contributions, x = make_round(rng, 7, np.float32)
+    for step in (median(), trimmed_mean(0.2), krum(1), bulyan(1), geometric_median()):
+        got = result(step, params, contributions)
+        assert got.dtype == np.float64  # flattened for comparison only
+    np.testing.assert_allclose(result(median(), params, contributions), np.median(x, 0), rtol=1e-6)
+
+
+def test_integer_arrays_are_rounded_to_their_dtype() -> None:
+    params = {"w": np.zeros(2), "n": np.array([10, 20])}
+    contributions = [
+        Contribution(i, 1, delta={"w": np.full(2, float(i)), "n": np.array([i, 2 * i])})
+        for i in range(4)
+    ]
+    _, agg = run_round(median(), median().init(params), 1, params, contributions)
+    assert agg is not None
+    new = agg.apply(params)
+    assert new["n"].dtype == np.int64
+    assert new["n"].tolist() == [10 + 2, 20 + 3]  # medians 1.5 and 3.0, rounded half to even
+    assert new["w"].tolist() == [1.5, 1.5]
+
+
+def test_robust_rules_ignore_a_minority_of_huge_updates() -> None:
+    params = {"w": np.zeros(3)}
+    honest = [Contribution(i, 10, delta={"w": np.full(3, 1.0 + 0.01 * i)}) for i in range(8)]
+    evil = [Contribution(100 + i, 10, delta={"w": np.full(3, -1e6)}) for i in range(2)]
+    for step in (median(), trimmed_mean(0.25), krum(2), multi_krum(2), bulyan(1)):
+        got = result(step, params, honest + evil)
+        assert np.all(np.abs(got - 1.0) < 0.1), step
+    assert np.all(np.abs(result(geometric_median(), params, honest + evil) - 1.0) < 0.1)
+
+
+@pytest.mark.parametrize(
+    ("step", "n", "message"),
+    [
+        (krum(2), 6, "krum with f=2 needs at least 7"),
+        (multi_krum(1, 2), 4, "multi_krum with f=1 needs at least 5"),
+        (bulyan(1), 6, "bulyan with f=1 needs at least 7"),
+    ],
+)
+def test_too_few_contributions_raise(step: Step, n: int, message: str) -> None:
+    rng = np.random.default_rng(0)
+    params, contributions, _ = make_round(rng, n)
+    with pytest.raises(AggregationError, match=message):
+        run_round(step, step.init(params), 1, params, contributions)
+
+
+def test_invalid_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="beta"):
+        trimmed_mean(0.5)
+    with pytest.raises(ValueError, match="beta"):
+        trimmed_mean(-0.1)
+    with pytest.raises(ValueError, match="krum f"):
+        krum(-1)
+    with pytest.raises(ValueError, match="multi_krum m"):
+        multi_krum(1, 0)
+    with pytest.raises(ValueError, match="max_iter"):
+        geometric_median(max_iter=0)
+
+
+def test_geometric_median_with_no_examples_raises() -> None:
+    params = {"w": np.zeros(2)}
+    contributions = [Contribution(i, 0, delta={"w": np.ones(2)}) for i in range(3)]
+    with pytest.raises(AggregationError, match="num_examples=0"):
+        run_round(geometric_median(), geometric_median().init(params), 1, params, contributions)
+    step = geometric_median(weighted=False)
+    _, agg = run_round(step, step.init(params), 1, params, contributions)
+    assert agg is not None
+
+
+def test_a_contribution_before_begin_is_an_error() -> None:
+    step = median()
+    with pytest.raises(AggregationError, match="before the round's Begin"):
+        step.update(step.init({"w": np.zeros(1)}), Contribution(0, 1, delta={"w": np.ones(1)}))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        median,
+        lambda: trimmed_mean(0.2),
+        lambda: krum(2),
+        lambda: multi_krum(2),
+        lambda: multi_krum(1, 3, weighted=True),
+        lambda: bulyan(1),
+        geometric_median,
+    ],
+)
+def test_robust_reducers_pass_check_aggregator(make: Any) -> None:
+    check_aggregator(make)

@@ -1,0 +1,127 @@
+"""FedProx: the proximal helpers against their formulas, and mu=0 is exactly FedAvg."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import covey
+from covey import fedprox
+from covey.data import dirichlet, load_digits
+from covey.models import logistic_evaluate, logistic_init
+
+DATA = load_digits(seed=0)
+PARTS = dirichlet(DATA.y_train, 10, alpha=0.3, seed=1)
+
+
+def logistic_grad(w: covey.Weights, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Gradient of the mean softmax cross-entropy."""
+    logits = x @ w["W"] + w["b"]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    p /= len(y)
+    return {"W": x.T @ p, "b": p.sum(axis=0)}
+
+
+class ProxClient(covey.Client):
+    """Local SGD; with ``prox`` it adds FedProx's proximal gradient with the server's mu."""
+
+    def __init__(self, cid: int, prox: bool) -> None:
+        self.cid, self.prox = cid, prox
+        self.x, self.y = DATA.client(PARTS[cid])
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        mu = fedprox.proximal_mu(config) if self.prox else 0.0
+        w = {k: np.array(v) for k, v in weights.items()}
+        rng = np.random.default_rng([self.cid, config["round"]])
+        for _ in range(3):
+            order = rng.permutation(len(self.y))
+            for start in range(0, len(order), 16):
+                idx = order[start : start + 16]
+                g = logistic_grad(w, self.x[idx], self.y[idx])
+                if self.prox:
+                    g = fedprox.proximal_grad(g, w, weights, mu)
+                w = {k: w[k] - 0.3 * g[k] for k in w}
+        drift = float(np.sqrt(sum(np.sum((w[k] - weights[k]) ** 2) for k in w)))
+        return covey.FitResult(weights=w, num_examples=len(self.y), metrics={"drift": drift})
+
+
+def run(strategy: covey.Strategy, prox: bool) -> covey.SimulationResult:
+    return covey.simulate(lambda cid: ProxClient(cid, prox), 10, 4, strategy, logistic_init(64, 10))
+
+
+def test_fedprox_with_mu_zero_is_fedavg_exactly() -> None:
+    fedavg = run(covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0), prox=False)
+    fedprox0 = run(covey.FedProx(proximal_mu=0.0, fraction_fit=0.5, fraction_evaluate=0.0), True)
+    for name in fedavg.weights:
+        np.testing.assert_array_equal(fedprox0.weights[name], fedavg.weights[name])
+
+
+def test_a_positive_mu_keeps_local_models_near_the_global_one() -> None:
+    free = run(covey.FedProx(proximal_mu=0.0, fraction_evaluate=0.0), True)
+    held = run(covey.FedProx(proximal_mu=1.0, fraction_evaluate=0.0), True)
+    drift_free = [v for _, v in free.history.metric("drift", source="fit")]
+    drift_held = [v for _, v in held.history.metric("drift", source="fit")]
+    assert all(h < f for h, f in zip(drift_held, drift_free, strict=True))
+    accuracy = logistic_evaluate(held.weights, DATA.x_test, DATA.y_test)[1]
+    assert accuracy > 0.6
+
+
+def random_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "W": rng.normal(size=(3, 2)),
+        "b": rng.normal(size=2).astype(np.float32),
+        "n": np.arange(2),
+    }
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), mu=st.sampled_from([0.0, 0.01, 1.0, 10.0]))
+def test_proximal_grad_and_term_match_their_formulas(seed: int, mu: float) -> None:
+    rng = np.random.default_rng(seed)
+    w, w0, g = random_weights(rng), random_weights(rng), random_weights(rng)
+    out = fedprox.proximal_grad(g, w, w0, mu)
+    for k in ("W", "b"):
+        np.testing.assert_allclose(out[k], g[k] + mu * (w[k] - w0[k]), rtol=1e-6)
+        assert out[k].dtype == g[k].dtype
+    np.testing.assert_array_equal(out["n"], g["n"])  # integer arrays have no gradient
+    expected = 0.5 * mu * sum(np.sum((w[k] - w0[k]).astype(np.float64) ** 2) for k in ("W", "b"))
+    assert fedprox.proximal_term(w, w0, mu) == pytest.approx(expected, rel=1e-6)
+
+
+def test_proximal_grad_is_the_terms_derivative() -> None:
+    rng = np.random.default_rng(0)
+    w, w0 = random_weights(rng), random_weights(rng)
+    zero = {k: np.zeros_like(v) for k, v in w.items()}
+    grad = fedprox.proximal_grad(zero, w, w0, 0.7)
+    eps = 1e-6
+    bumped = {k: v.copy() for k, v in w.items()}
+    bumped["W"][1, 0] += eps
+    numeric = (fedprox.proximal_term(bumped, w0, 0.7) - fedprox.proximal_term(w, w0, 0.7)) / eps
+    assert numeric == pytest.approx(grad["W"][1, 0], rel=1e-4)
+
+
+def test_mu_comes_from_the_config() -> None:
+    assert fedprox.proximal_mu({"round": 1, "proximal_mu": 0.5}) == 0.5
+    assert fedprox.proximal_mu({"round": 1}) == 0.0
+    assert fedprox.proximal_mu({"round": 1}, default=0.1) == 0.1
+    with pytest.raises(ValueError, match="proximal_mu"):
+        fedprox.proximal_mu({"proximal_mu": -1})
+    assert fedprox.MU_KEY == "proximal_mu"
+
+
+def test_the_torch_helpers_need_torch_only_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"torch==2\.13\.0"):
+        fedprox.torch_snapshot(object())
+    from covey import scaffold
+
+    with pytest.raises(ImportError, match="pip install"):
+        scaffold.torch_add_correction(object(), {})

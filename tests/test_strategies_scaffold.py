@@ -1,0 +1,181 @@
+"""SCAFFOLD: the client's control variate, its persistence, and drift correction that pays off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import scaffold
+from covey.data import load_digits, shards
+from covey.models import logistic_evaluate, logistic_init
+
+DATA = load_digits(seed=0)
+NUM_CLIENTS = 20
+PARTS = shards(DATA.y_train, NUM_CLIENTS, shards_per_client=1, seed=0)  # one label per client
+EPOCHS, LR, BATCH = 20, 0.1, 16
+
+
+def logistic_grad(w: covey.Weights, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    logits = x @ w["W"] + w["b"]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    p /= len(y)
+    return {"W": x.T @ p, "b": p.sum(axis=0)}
+
+
+class SkewedClient(covey.Client):
+    """Many local SGD steps on one label; with SCAFFOLD each gradient gets ``c - c_i`` added."""
+
+    def __init__(self, cid: int, use_scaffold: bool) -> None:
+        self.cid, self.use_scaffold = cid, use_scaffold
+        self.x, self.y = DATA.client(PARTS[cid])
+        self.control = scaffold.ControlVariate()
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        correction = self.control.correction(weights, config) if self.use_scaffold else None
+        w = {k: np.array(v) for k, v in weights.items()}
+        steps = 0
+        for epoch in range(EPOCHS):
+            order = np.random.default_rng([self.cid, config["round"], epoch]).permutation(
+                len(self.y)
+            )
+            for start in range(0, len(order), BATCH):
+                idx = order[start : start + BATCH]
+                g = logistic_grad(w, self.x[idx], self.y[idx])
+                for k in w:
+                    w[k] -= LR * (g[k] + (correction[k] if correction is not None else 0.0))
+                steps += 1
+        if self.use_scaffold:
+            return self.control.fit_result(w, num_examples=len(self.y), steps=steps, lr=LR)
+        return covey.FitResult(weights=w, num_examples=len(self.y))
+
+
+def accuracy(weights: covey.Weights) -> float:
+    return logistic_evaluate(weights, DATA.x_test, DATA.y_test)[1]
+
+
+def run(use_scaffold: bool, rounds: int = 8, **kwargs: Any) -> covey.SimulationResult:
+    strategy = (
+        covey.Scaffold(num_clients=NUM_CLIENTS, fraction_evaluate=0.0)
+        if use_scaffold
+        else covey.FedAvg(fraction_evaluate=0.0)
+    )
+    return covey.simulate(
+        lambda cid: SkewedClient(cid, use_scaffold),
+        NUM_CLIENTS,
+        rounds,
+        strategy,
+        logistic_init(64, 10),
+        **kwargs,
+    )
+
+
+def test_scaffold_beats_fedavg_on_a_label_skewed_split() -> None:
+    fedavg = accuracy(run(False).weights)
+    with_scaffold = accuracy(run(True).weights)
+    assert with_scaffold > fedavg + 0.05, (with_scaffold, fedavg)
+
+
+def test_client_state_is_kept_per_client_in_the_process_backend_too() -> None:
+    inline = run(True, rounds=3)
+    process = run(True, rounds=3, backend="process", num_workers=2)
+    for name in inline.weights:
+        np.testing.assert_array_equal(inline.weights[name], process.weights[name])
+
+
+def make_round(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    x = {"W": rng.normal(size=(3, 2)), "b": rng.normal(size=2), "n": np.arange(2)}
+    c = {"W": rng.normal(size=(3, 2)), "b": rng.normal(size=2), "n": np.zeros(2, dtype=int)}
+    return x, c
+
+
+def test_control_variate_follows_option_two() -> None:
+    rng = np.random.default_rng(0)
+    control = scaffold.ControlVariate()
+    c_i = {"W": np.zeros((3, 2)), "b": np.zeros(2)}
+    for _ in range(3):
+        x, c = make_round(rng)
+        correction = control.correction(x, {"round": 1, "extras": {"scaffold_c": c}})
+        for k in ("W", "b"):
+            np.testing.assert_allclose(correction[k], c[k] - c_i[k])
+        np.testing.assert_array_equal(correction["n"], [0, 0])
+        y = {k: (v + rng.normal(size=v.shape)) if v.dtype.kind == "f" else v for k, v in x.items()}
+        result = control.fit_result(y, num_examples=7, steps=5, lr=0.1, metrics={"a": 1.0})
+        assert result.num_examples == 7
+        assert result.metrics == {"a": 1.0}
+        assert result.delta is not None
+        dc = result.extras["scaffold_delta_c"]
+        for k in ("W", "b"):
+            new = c_i[k] - c[k] + (x[k] - y[k]) / (5 * 0.1)
+            np.testing.assert_allclose(result.delta[k], y[k] - x[k])
+            np.testing.assert_allclose(dc[k], new - c_i[k], atol=1e-12)
+            c_i[k] = new
+        np.testing.assert_array_equal(dc["n"], [0, 0])
+        assert control.value is not None
+        np.testing.assert_allclose(control.value["W"], c_i["W"], atol=1e-12)
+
+
+def test_option_one_uses_the_given_gradient() -> None:
+    rng = np.random.default_rng(1)
+    x, c = make_round(rng)
+    control = scaffold.ControlVariate()
+    control.correction(x, {"extras": {"scaffold_c": c}})
+    grad = {k: np.full(v.shape, 2.0) for k, v in x.items()}
+    result = control.fit_result(x, num_examples=1, steps=1, lr=1.0, full_gradient=grad)
+    np.testing.assert_allclose(result.extras["scaffold_delta_c"]["W"], np.full((3, 2), 2.0))
+
+
+def test_a_deployed_client_keeps_its_control_variate_on_disk(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    path = tmp_path / "state" / "scaffold.bin"
+    x, c = make_round(rng)
+    first = scaffold.ControlVariate(path)
+    first.correction(x, {"extras": {"scaffold_c": c}})
+    y = {k: v + 1 if v.dtype.kind == "f" else v for k, v in x.items()}
+    first.fit_result(y, num_examples=1, steps=2, lr=0.5)
+    assert path.exists()
+    assert [p.name for p in path.parent.iterdir()] == ["scaffold.bin"]  # no temporary left
+    restarted = scaffold.ControlVariate(path)
+    assert first.value is not None
+    assert restarted.value is not None
+    for k in first.value:
+        np.testing.assert_array_equal(restarted.value[k], first.value[k])
+    other = {"W": np.zeros((4, 2)), "b": np.zeros(2), "n": np.arange(2)}
+    with pytest.raises(covey.WeightsError, match="delete"):
+        restarted.correction(other, {"extras": {"scaffold_c": other}})
+
+
+def test_helpful_errors() -> None:
+    control = scaffold.ControlVariate()
+    x, c = make_round(np.random.default_rng(3))
+    with pytest.raises(ValueError, match=r"covey\.Scaffold"):
+        control.correction(x, {"round": 1})
+    with pytest.raises(RuntimeError, match="before fit_result"):
+        control.fit_result(x, num_examples=1, steps=1, lr=0.1)
+    control.correction(x, {"extras": {"scaffold_c": c}})
+    with pytest.raises(ValueError, match="steps must be"):
+        control.fit_result(x, num_examples=1, steps=0, lr=0.1)
+
+
+def test_a_client_without_the_control_update_fails_the_round_safely() -> None:
+    class Plain(covey.Client):
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            assert "scaffold_c" in config["extras"]
+            return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
+
+    result = covey.simulate(
+        lambda cid: Plain(),
+        3,
+        1,
+        covey.Scaffold(num_clients=3, fraction_evaluate=0.0),
+        {"w": np.zeros(1)},
+    )
+    record = result.history[1]
+    assert not record.aggregated
+    assert "scaffold_delta_c" in record.aggregate_info["error"]
+    np.testing.assert_array_equal(result.weights["w"], [0.0])

@@ -1,0 +1,137 @@
+"""Client selection: uniform sampling, selection by reported properties, custom selectors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import covey
+
+SITES = ["hospital", "bank", "hospital", "phone", "hospital", "bank", "hospital", "phone"]
+
+
+class Site(covey.Client):
+    """Reports its site and whether it has a GPU; counts how often it was asked."""
+
+    asked: ClassVar[dict[int, int]] = {}
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        Site.asked[self.cid] = Site.asked.get(self.cid, 0) + 1
+        if SITES[self.cid] == "phone":
+            raise RuntimeError("phones do not say")
+        return {"site": SITES[self.cid], "has_gpu": self.cid % 4 == 0}
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
+
+    def evaluate(self, weights: covey.Weights, config: dict[str, Any]) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=0.0, num_examples=1)
+
+
+def run(strategy: covey.Strategy, rounds: int = 3, seed: int = 0) -> covey.History:
+    Site.asked = {}
+    return covey.simulate(Site, len(SITES), rounds, strategy, {"w": np.zeros(1)}, seed=seed).history
+
+
+def test_selection_by_required_property_values() -> None:
+    history = run(covey.FedAvg(where={"site": "hospital", "has_gpu": True}, min_fit_clients=1))
+    for record in history.rounds[1:]:
+        assert record.fit_participants == [0, 4]
+        assert record.evaluate_participants == [0, 4]
+    # Reported properties are remembered; clients that failed are asked again next round.
+    assert Site.asked == {0: 1, 1: 1, 2: 1, 3: 3, 4: 1, 5: 1, 6: 1, 7: 3}
+
+
+def test_selection_by_a_predicate_with_fractions_of_the_eligible() -> None:
+    def hospital(props: Any) -> bool:
+        return bool(props["site"] == "hospital")
+
+    history = run(
+        covey.FedAvg(where=hospital, fraction_fit=0.5, min_fit_clients=1, fraction_evaluate=0.0),
+        rounds=6,
+    )
+    chosen = [record.fit_participants for record in history.rounds[1:]]
+    assert all(len(c) == 2 and set(c) <= {0, 2, 4, 6} for c in chosen)
+    assert len({tuple(c) for c in chosen}) > 1  # sampled anew each round
+
+
+def test_clients_that_do_not_report_are_not_selected(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        history = run(covey.FedAvg(where=lambda props: True, fraction_evaluate=0.0), rounds=2)
+    for record in history.rounds[1:]:
+        assert record.fit_participants == [0, 1, 2, 4, 5, 6]
+    assert any("did not report its properties" in r.getMessage() for r in caplog.records)
+
+
+def test_too_few_eligible_clients_is_a_clear_error() -> None:
+    with pytest.raises(covey.FederationError, match="counting clients that pass where="):
+        run(covey.FedAvg(where={"site": "bank"}, min_fit_clients=3))
+
+
+def test_uniform_sampling_is_seeded_and_reproducible() -> None:
+    strategy = covey.FedAvg(fraction_fit=0.25, min_fit_clients=2, fraction_evaluate=0.0)
+    first = [r.fit_participants for r in run(strategy, rounds=5, seed=1).rounds[1:]]
+    again = [r.fit_participants for r in run(strategy, rounds=5, seed=1).rounds[1:]]
+    other = [r.fit_participants for r in run(strategy, rounds=5, seed=2).rounds[1:]]
+    assert first == again
+    assert first != other
+    assert all(len(c) == 2 for c in first)
+
+
+def test_a_custom_selector_sees_the_eligible_candidates_and_a_seeded_rng() -> None:
+    calls: list[tuple[list[int], int, float]] = []
+
+    def lowest_two(candidates: Sequence[int], rnd: int, rng: np.random.Generator) -> list[int]:
+        calls.append((list(candidates), rnd, float(rng.random())))
+        return sorted(candidates)[:2]
+
+    strategy = covey.FedAvg(
+        where={"site": "hospital"}, selector=lowest_two, min_fit_clients=1, fraction_evaluate=0.0
+    )
+    history = run(strategy, rounds=2)
+    assert [r.fit_participants for r in history.rounds[1:]] == [[0, 2], [0, 2]]
+    assert [c[:2] for c in calls] == [([0, 2, 4, 6], 1), ([0, 2, 4, 6], 2)]
+    replay: list[tuple[list[int], int, float]] = list(calls)
+    calls.clear()
+    run(strategy, rounds=2)
+    assert calls == replay  # the rng is seeded from (seed, round)
+
+
+def test_a_selector_choosing_unavailable_clients_is_refused() -> None:
+    strategy = covey.FedAvg(selector=lambda c, r, g: [99], fraction_evaluate=0.0)
+    with pytest.raises(ValueError, match="not available"):
+        run(strategy, rounds=1)
+
+
+def test_asynchronous_mode_selects_by_properties_too() -> None:
+    Site.asked = {}
+    result = covey.simulate(
+        Site,
+        len(SITES),
+        4,
+        covey.FedBuff(buffer_size=2, concurrency=3, where={"site": "hospital"}),
+        {"w": np.zeros(1)},
+    )
+    participants = {c for r in result.history.rounds for c in r.fit_participants}
+    assert participants <= {0, 2, 4, 6}
+    assert len(participants) >= 3
+    assert all(Site.asked[cid] == 1 for cid in range(len(SITES)) if SITES[cid] != "phone")
+    assert Site.asked[3] >= 2  # asked again in later updates
+
+
+def test_eligible_and_validation() -> None:
+    props = {0: {"a": 1}, 1: {"a": 2}, 3: {"b": 1}}
+    assert covey.Strategy(where={"a": 1}).eligible([0, 1, 2, 3], props) == [0]
+    assert covey.Strategy(where=lambda p: "a" in p).eligible([3, 1, 0], props) == [1, 0]
+    assert covey.Strategy().eligible([2, 0], {}) == [2, 0]
+    big = covey.Strategy(where=lambda p: p["ram_gb"] >= 16)
+    assert big.eligible([0, 1], {0: {"ram_gb": 32}, 1: {"site": "x"}}) == [0]
+    with pytest.raises(TypeError, match="where must be"):
+        covey.Strategy(where=["site"])  # type: ignore[arg-type]
