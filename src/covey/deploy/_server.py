@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from covey._async import AsyncLoop
 from covey._history import History, RoundRecord
 from covey._loop import EvaluateFn, RoundCallback, RoundLoop
 from covey._strategy import Strategy
@@ -184,7 +185,7 @@ def serve(
     if on_listen is not None:
         on_listen(transport.port)
     logger.info("covey server listening on port %d", transport.port)
-    loop: RoundLoop
+    loop: RoundLoop | AsyncLoop
 
     def round_done(record: RoundRecord) -> None:
         if store is not None:
@@ -198,21 +199,36 @@ def serve(
             on_round(record)
 
     try:
-        loop = RoundLoop(
-            strategy,
-            transport,
-            weights,
-            evaluate_fn=evaluate_fn,
-            seed=seed,
-            round_timeout=round_timeout,
-            wait_timeout=wait_timeout,
-            on_round=round_done,
-        )
-        if history is not None:
-            loop.history = history
-        if state is not None:
-            loop.agg_state = state
-        loop.run(rounds, start=start)
+        if strategy.asynchronous:
+            if resume:
+                raise ValueError("resuming an asynchronous (FedBuff) run is not supported yet")
+            loop = AsyncLoop(
+                strategy,
+                transport,
+                weights,
+                evaluate_fn=evaluate_fn,
+                seed=seed,
+                task_timeout=round_timeout,
+                idle_timeout=wait_timeout,
+                on_round=round_done,
+            )
+            loop.run(rounds)
+        else:
+            loop = RoundLoop(
+                strategy,
+                transport,
+                weights,
+                evaluate_fn=evaluate_fn,
+                seed=seed,
+                round_timeout=round_timeout,
+                wait_timeout=wait_timeout,
+                on_round=round_done,
+            )
+            if history is not None:
+                loop.history = history
+            if state is not None:
+                loop.agg_state = state
+            loop.run(rounds, start=start)
         if store is not None:
             store.set_status("finished")
     except BaseException:

@@ -23,7 +23,7 @@ from covey import _codec
 from covey._client import run_task, task_kinds
 from covey._messages import Reply, Task
 from covey.transport import _wire
-from covey.transport._grpc_server import CHUNK_BYTES, METHOD, grpc_options
+from covey.transport._grpc_server import METHOD, chunks, grpc_options, split_blobs
 from covey.transport.proto import covey_pb2 as pb
 
 logger = logging.getLogger("covey")
@@ -76,10 +76,14 @@ _WAKE = object()  # re-read the heartbeat interval
 
 def _reply_messages(task_id: int, reply: Reply) -> Iterator[pb.ClientMessage]:
     blob: memoryview | None = None
+    extras: memoryview | None = None
     if reply.ok:
         try:
             result_json, arrays = _wire.result_to_wire(reply.result)
             blob = None if arrays is None else memoryview(_codec.encode(arrays))
+            more = getattr(reply.result, "extras", None)
+            if more:
+                extras = memoryview(_codec.encode(_wire.flatten_extras(more)))
         except Exception as exc:
             reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
     if not reply.ok:
@@ -87,17 +91,17 @@ def _reply_messages(task_id: int, reply: Reply) -> Iterator[pb.ClientMessage]:
             reply=pb.ReplyHeader(task_id=task_id, kind=reply.kind, error=reply.error or "failed")
         )
         return
-    size = 0 if blob is None else len(blob)
     yield pb.ClientMessage(
         reply=pb.ReplyHeader(
-            task_id=task_id, kind=reply.kind, result=result_json, weights_size=size
+            task_id=task_id,
+            kind=reply.kind,
+            result=result_json,
+            weights_size=0 if blob is None else len(blob),
+            extras_size=0 if extras is None else len(extras),
         )
     )
-    if blob is not None:
-        for offset in range(0, size, CHUNK_BYTES):
-            yield pb.ClientMessage(
-                chunk=pb.Chunk(task_id=task_id, data=bytes(blob[offset : offset + CHUNK_BYTES]))
-            )
+    for piece in chunks(blob, extras):
+        yield pb.ClientMessage(chunk=pb.Chunk(task_id=task_id, data=piece))
 
 
 class _Session:
@@ -163,10 +167,11 @@ class _Session:
                     logger.info("connected as %s (id %d)", message.welcome.name, cid)
                 elif body == "task":
                     header = message.task
-                    if header.weights_size == 0:
+                    size = header.weights_size + header.extras_size
+                    if size == 0:
                         self._perform(cid, header, None, result)
                     else:
-                        download = [header, bytearray(header.weights_size), 0]
+                        download = [header, bytearray(size), 0]
                 elif body == "chunk":
                     if download is None or message.chunk.task_id != download[0].task_id:
                         raise ConnectionError("the server sent a chunk for no task")
@@ -189,13 +194,13 @@ class _Session:
         self, cid: int, header: pb.TaskHeader, buffer: bytearray | None, result: ConnectResult
     ) -> None:
         try:
-            weights = None if buffer is None else _codec.decode(buffer)
+            weights, extras = split_blobs(buffer, header.weights_size, header.extras_size)
             task = Task(
                 header.kind,
                 int(header.round),
                 _wire.loads(header.config) or {},
                 weights,
-                _wire.loads(header.payload),
+                extras if extras is not None else _wire.loads(header.payload),
             )
         except (_codec.CodecError, _wire.WireError) as exc:
             reply = Reply(cid, header.kind, error=f"cannot decode the task: {exc}")

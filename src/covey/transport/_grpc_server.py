@@ -75,7 +75,7 @@ class _Conn:
         self.cid = cid
         self.context = context
         self.outbound: queue.Queue[Any] = queue.Queue()
-        self.pending: dict[int, tuple[int, str]] = {}  # task_id -> (exchange seq, kind)
+        self.pending: dict[int, tuple[_Sink, str]] = {}  # task_id -> (where to, kind)
         self.alive = True
         self.last_seen = time.monotonic()
         self.lock = threading.Lock()
@@ -85,6 +85,16 @@ class _Conn:
 
 
 _CLOSE = object()
+
+
+class _Sink:
+    """Where the replies to one exchange (or to the asynchronous loop) go."""
+
+    __slots__ = ("open", "replies")
+
+    def __init__(self) -> None:
+        self.replies: queue.Queue[Reply] = queue.Queue()
+        self.open = True
 
 
 class GrpcServerTransport:
@@ -119,9 +129,11 @@ class GrpcServerTransport:
         self._fleet_changed = threading.Condition(self._lock)
         self._fleet: dict[int, _Conn] = {}
         self._task_ids = itertools.count(1)
-        self._seq = 0
-        self._current: tuple[int, queue.Queue[Reply]] | None = None
+        self._async = _Sink()
+        # cid -> (task_id, kind, deadline) of tasks submitted asynchronously
+        self._inflight: dict[int, tuple[int, str, float | None]] = {}
         self._broadcast: tuple[Weights | None, memoryview | None] = (None, None)
+        self._extras: tuple[Any, memoryview | None] = (None, None)
         self._max_reply = 64 * 1024 * 1024
         self._closed = False
         self._server = grpc.server(
@@ -174,11 +186,8 @@ class GrpcServerTransport:
     ) -> Iterator[Reply]:
         """Push each task down its client's stream; yield replies as they arrive."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        replies: queue.Queue[Reply] = queue.Queue()
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            self._current = (seq, replies)
+        sink = _Sink()
+        replies = sink.replies
         try:
             expecting = set(tasks)
             for cid in sorted(tasks):
@@ -190,8 +199,8 @@ class GrpcServerTransport:
                         replies.put(Reply(cid, task.kind, error="client is not connected"))
                         continue
                     task_id = next(self._task_ids)
-                    conn.pending[task_id] = (seq, task.kind)
-                conn.outbound.put(("task", task_id, task, blob))
+                    conn.pending[task_id] = (sink, task.kind)
+                conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
             while expecting:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -211,8 +220,70 @@ class GrpcServerTransport:
                     sorted(expecting)[:10],
                 )
         finally:
+            sink.open = False
+
+    # -- AsyncTransport: one task at a time, for asynchronous (FedBuff) runs -----------
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        return time.monotonic()
+
+    def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
+        """Push ``task`` to client ``cid`` now; its reply comes from :meth:`next_reply`."""
+        blob = self._encode(task.weights)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            conn = self._fleet.get(cid)
+            if conn is None or not conn.alive:
+                self._async.replies.put(Reply(cid, task.kind, error="client is not connected"))
+                self._inflight[cid] = (0, task.kind, None)
+                return
+            task_id = next(self._task_ids)
+            conn.pending[task_id] = (self._async, task.kind)
+            self._inflight[cid] = (task_id, task.kind, deadline)
+        conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
+
+    def next_reply(self, timeout: float | None = None) -> Reply | None:
+        """The next reply to a submitted task, a time-out error, or None after ``timeout``."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
             with self._lock:
-                self._current = None
+                if not self._inflight and self._async.replies.empty():
+                    return None
+                deadlines = [d for _, _, d in self._inflight.values() if d is not None]
+            now = time.monotonic()
+            expired = [
+                cid for cid, (_, _, d) in list(self._inflight.items()) if d is not None and d <= now
+            ]
+            if expired:
+                cid = expired[0]
+                _, kind, _ = self._inflight[cid]
+                self.cancel(cid)
+                return Reply(cid, kind, error="no reply in time")
+            wake = min([*deadlines, *([end] if end is not None else [])], default=None)
+            try:
+                reply = self._async.replies.get(
+                    timeout=None if wake is None else max(0.0, wake - now)
+                )
+            except queue.Empty:
+                if end is not None and time.monotonic() >= end:
+                    return None
+                continue
+            with self._lock:
+                entry = self._inflight.get(reply.cid)
+                if entry is None or entry[1] != reply.kind:
+                    continue  # cancelled meanwhile
+                del self._inflight[reply.cid]
+            return reply
+
+    def cancel(self, cid: int) -> None:
+        """Forget ``cid``'s submitted task: a reply that still comes is dropped."""
+        with self._lock:
+            entry = self._inflight.pop(cid, None)
+            conn = self._fleet.get(cid)
+        if entry is not None and conn is not None:
+            with conn.lock:
+                conn.pending.pop(entry[0], None)
 
     def close(self, reason: str = "the run is over") -> None:
         """Say goodbye to every client and stop the server."""
@@ -239,6 +310,18 @@ class GrpcServerTransport:
         self._broadcast = (weights, blob)
         # A reply carries at most one model's worth of arrays (plus slack for names).
         self._max_reply = 2 * len(blob) + 1024 * 1024
+        return blob
+
+    def _encode_extras(self, task: Task) -> memoryview | None:
+        # Arrays an aggregation step broadcasts with fit tasks (e.g. SCAFFOLD's control
+        # variate) travel as a second encoded blob after the weights.
+        if task.kind != "fit" or not _wire.is_extras(task.payload):
+            return None
+        cached, blob = self._extras
+        if cached is task.payload and blob is not None:
+            return blob
+        blob = memoryview(_codec.encode(_wire.flatten_extras(task.payload)))
+        self._extras = (task.payload, blob)
         return blob
 
     def _event(self, name: str, event: str, detail: str = "") -> None:
@@ -314,30 +397,25 @@ class GrpcServerTransport:
             if item[0] == "goodbye":
                 yield pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1]))
                 continue
-            _, task_id, task, blob = item
+            _, task_id, task, blob, extras = item
             with conn.lock:
                 if task_id not in conn.pending:
                     continue  # cancelled before it was sent
-            size = 0 if blob is None else len(blob)
             yield pb.ServerMessage(
                 task=pb.TaskHeader(
                     task_id=task_id,
                     kind=task.kind,
                     round=task.round,
                     config=_wire.dumps(dict(task.config)),
-                    payload=_wire.dumps(task.payload),
-                    weights_size=size,
+                    payload=b"" if extras is not None else _wire.dumps(task.payload),
+                    weights_size=0 if blob is None else len(blob),
+                    extras_size=0 if extras is None else len(extras),
                 )
             )
-            if blob is not None:
-                for offset in range(0, size, CHUNK_BYTES):
-                    if conn.closed():
-                        return
-                    yield pb.ServerMessage(
-                        chunk=pb.Chunk(
-                            task_id=task_id, data=bytes(blob[offset : offset + CHUNK_BYTES])
-                        )
-                    )
+            for piece in chunks(blob, extras):
+                if conn.closed():
+                    return
+                yield pb.ServerMessage(chunk=pb.Chunk(task_id=task_id, data=piece))
 
     def _read(self, conn: _Conn, requests: Iterator[pb.ClientMessage]) -> None:
         upload: list[Any] | None = None  # [header, buffer, filled]
@@ -351,15 +429,15 @@ class GrpcServerTransport:
                     if upload is not None:
                         raise _ProtocolError("a new reply started before the last one finished")
                     header = message.reply
-                    if header.weights_size > self._max_reply:
+                    size = header.weights_size + header.extras_size
+                    if size > self._max_reply:
                         raise _ProtocolError(
-                            f"reply of {header.weights_size} bytes exceeds the limit "
-                            f"of {self._max_reply}"
+                            f"reply of {size} bytes exceeds the limit of {self._max_reply}"
                         )
-                    if header.weights_size == 0:
+                    if size == 0:
                         self._deliver(conn, header, None)
                     else:
-                        upload = [header, bytearray(header.weights_size), 0]
+                        upload = [header, bytearray(size), 0]
                 elif body == "chunk":
                     if upload is None or message.chunk.task_id != upload[0].task_id:
                         raise _ProtocolError("a chunk arrived for no reply in progress")
@@ -389,22 +467,21 @@ class GrpcServerTransport:
         if entry is None:
             logger.warning("client %s replied to unknown task %d", conn.name, header.task_id)
             return
-        seq, kind = entry
+        sink, kind = entry
         if header.error:
             reply = Reply(conn.cid, kind, error=header.error)
         else:
             try:
-                weights = None if buffer is None else _codec.decode(buffer)
-                reply = Reply(conn.cid, kind, result=_wire.result_from_wire(header.result, weights))
+                weights, extras = split_blobs(buffer, header.weights_size, header.extras_size)
+                result = _wire.result_from_wire(header.result, weights, extras)
+                reply = Reply(conn.cid, kind, result=result)
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
                 reply = Reply(conn.cid, kind, error=f"malformed reply: {exc}")
-        self._route(seq, reply, conn.name)
+        self._route(sink, reply, conn.name)
 
-    def _route(self, seq: int, reply: Reply, name: str) -> None:
-        with self._lock:
-            current = self._current
-        if current is not None and current[0] == seq:
-            current[1].put(reply)
+    def _route(self, sink: _Sink, reply: Reply, name: str) -> None:
+        if sink.open:
+            sink.replies.put(reply)
         else:
             logger.warning(
                 "discarding a late %s reply from client %s (its round is over)", reply.kind, name
@@ -422,8 +499,8 @@ class GrpcServerTransport:
         with conn.lock:
             pending = list(conn.pending.items())
             conn.pending.clear()
-        for _, (seq, kind) in pending:
-            self._route(seq, Reply(conn.cid, kind, error=f"client {why}"), conn.name)
+        for _, (sink, kind) in pending:
+            self._route(sink, Reply(conn.cid, kind, error=f"client {why}"), conn.name)
         conn.outbound.put(_CLOSE)
         with contextlib.suppress(Exception):
             conn.context.cancel()
@@ -433,3 +510,28 @@ class GrpcServerTransport:
 
 class _ProtocolError(Exception):
     pass
+
+
+def chunks(*blobs: memoryview | None) -> Iterator[bytes]:
+    """The bytes of ``blobs``, in order, in pieces of at most :data:`CHUNK_BYTES`."""
+    for blob in blobs:
+        if blob is None:
+            continue
+        for offset in range(0, len(blob), CHUNK_BYTES):
+            yield bytes(blob[offset : offset + CHUNK_BYTES])
+
+
+def split_blobs(
+    buffer: bytearray | None, weights_size: int, extras_size: int
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
+    """Decode the weights and the extra arrays received back to back in ``buffer``."""
+    if buffer is None:
+        return None, None
+    view = memoryview(buffer)
+    weights = _codec.decode(view[:weights_size]) if weights_size else None
+    extras = (
+        _wire.unflatten_extras(_codec.decode(view[weights_size : weights_size + extras_size]))
+        if extras_size
+        else None
+    )
+    return weights, extras

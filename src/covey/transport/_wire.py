@@ -70,6 +70,43 @@ def loads(data: bytes) -> Any:
         raise WireError(f"malformed JSON in message: {exc}") from None
 
 
+def flatten_extras(extras: Mapping[str, Weights]) -> dict[str, Any]:
+    """Named weights mappings as one flat mapping (for the codec), keys ``[extra, name]``."""
+    return {
+        json.dumps([extra, name]): array
+        for extra, weights in extras.items()
+        for name, array in weights.items()
+    }
+
+
+def unflatten_extras(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Undo :func:`flatten_extras`; raises :class:`WireError` on keys it did not make."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, array in flat.items():
+        try:
+            extra, name = json.loads(key)
+        except (ValueError, TypeError):
+            raise WireError(f"malformed extra array name {key!r}") from None
+        if not isinstance(extra, str) or not isinstance(name, str):
+            raise WireError(f"malformed extra array name {key!r}")
+        out.setdefault(extra, {})[name] = array
+    return out
+
+
+def is_extras(value: Any) -> bool:
+    """Whether ``value`` is a non-empty mapping of names to weights (arrays by name)."""
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(
+            isinstance(k, str)
+            and isinstance(v, Mapping)
+            and all(isinstance(a, np.ndarray) for a in v.values())
+            for k, v in value.items()
+        )
+    )
+
+
 def result_to_wire(result: Any) -> tuple[bytes, Weights | None]:
     """Split a task's result into JSON bytes and optional weights to send as chunks."""
     if isinstance(result, FitResult):
@@ -93,7 +130,9 @@ def result_to_wire(result: Any) -> tuple[bytes, Weights | None]:
     return dumps({"type": "value", "value": result}), None
 
 
-def result_from_wire(data: bytes, weights: Weights | None) -> Any:
+def result_from_wire(
+    data: bytes, weights: Weights | None, extras: Mapping[str, Weights] | None = None
+) -> Any:
     """Rebuild a result from :func:`result_to_wire`'s output; raises :class:`WireError`."""
     head = loads(data)
     if not isinstance(head, dict) or "type" not in head:
@@ -105,11 +144,17 @@ def result_from_wire(data: bytes, weights: Weights | None) -> Any:
                 raise WireError("a fit result came without weights")
             if head["form"] == "weights":
                 return FitResult(
-                    weights=weights, num_examples=head["num_examples"], metrics=head["metrics"]
+                    weights=weights,
+                    num_examples=head["num_examples"],
+                    metrics=head["metrics"],
+                    extras=dict(extras or {}),
                 )
             if head["form"] == "delta":
                 return FitResult(
-                    delta=weights, num_examples=head["num_examples"], metrics=head["metrics"]
+                    delta=weights,
+                    num_examples=head["num_examples"],
+                    metrics=head["metrics"],
+                    extras=dict(extras or {}),
                 )
             raise WireError(f"unknown fit result form {head['form']!r}")
         if kind == "evaluate":

@@ -31,34 +31,38 @@ class Welcome(_message.Message):
     def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size")
+    __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size", "extras_size")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_SIZE_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     kind: str
     round: int
     config: bytes
     payload: bytes
     weights_size: int
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., round: _Optional[int] = ..., config: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., weights_size: _Optional[int] = ...) -> None: ...
+    extras_size: int
+    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., round: _Optional[int] = ..., config: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ...) -> None: ...
 
 class ReplyHeader(_message.Message):
-    __slots__ = ("task_id", "kind", "error", "result", "weights_size")
+    __slots__ = ("task_id", "kind", "error", "result", "weights_size", "extras_size")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_SIZE_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     kind: str
     error: str
     result: bytes
     weights_size: int
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[bytes] = ..., weights_size: _Optional[int] = ...) -> None: ...
+    extras_size: int
+    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("task_id", "data")

@@ -1,0 +1,101 @@
+"""Strategies that need more than one array or asynchrony, run over the real gRPC transport.
+
+Server and clients run in this process (threads) on 127.0.0.1, without TLS:
+the transport, not the certificates, is under test here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.deploy import connect, serve
+from covey.models import logistic_init
+
+from test_strategies_scaffold import NUM_CLIENTS, SkewedClient  # noqa: I001
+
+pytestmark = pytest.mark.slow
+
+
+def _federate(
+    strategy: covey.Strategy, rounds: int, make_client: Callable[[int], Any], clients: int
+) -> covey.deploy.ServeResult:
+    port: list[int] = []
+    listening = threading.Event()
+    result: list[Any] = []
+
+    def server() -> None:
+        result.append(
+            serve(
+                strategy,
+                rounds,
+                logistic_init(64, 10),
+                "127.0.0.1:0",
+                insecure=True,
+                wait_timeout=60,
+                round_timeout=60,
+                on_listen=lambda p: (port.append(p), listening.set()),
+            )
+        )
+
+    threads = [threading.Thread(target=server)]
+    threads[0].start()
+    assert listening.wait(30)
+    for k in range(clients):
+        t = threading.Thread(
+            target=connect,
+            args=(make_client(k), f"127.0.0.1:{port[0]}"),
+            kwargs={"insecure": True, "name": f"site-{k:02d}"},
+        )
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive()
+    return result[0]
+
+
+def test_scaffold_over_grpc_equals_simulation() -> None:
+    rounds = 3
+    deployed = _federate(
+        covey.Scaffold(
+            num_clients=NUM_CLIENTS, fraction_evaluate=0.0, min_available_clients=NUM_CLIENTS
+        ),
+        rounds,
+        lambda k: SkewedClient(k, True),
+        NUM_CLIENTS,
+    )
+    simulated = covey.simulate(
+        lambda cid: SkewedClient(cid, True),
+        NUM_CLIENTS,
+        rounds,
+        covey.Scaffold(num_clients=NUM_CLIENTS, fraction_evaluate=0.0),
+        logistic_init(64, 10),
+    )
+    for name in simulated.weights:
+        np.testing.assert_allclose(deployed.weights[name], simulated.weights[name], atol=1e-12)
+
+
+def test_fedbuff_over_grpc_with_a_full_buffer_equals_fedavg() -> None:
+    clients, updates = 6, 3
+    deployed = _federate(
+        covey.FedBuff(buffer_size=clients, concurrency=clients, min_available_clients=clients),
+        updates,
+        lambda k: SkewedClient(k, False),
+        clients,
+    )
+    fedavg = covey.simulate(
+        lambda cid: SkewedClient(cid, False),
+        clients,
+        updates,
+        covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=clients),
+        logistic_init(64, 10),
+    )
+    assert [r.round for r in deployed.history.rounds] == list(range(updates + 1))
+    for name in fedavg.weights:
+        np.testing.assert_allclose(deployed.weights[name], fedavg.weights[name], atol=1e-12)
