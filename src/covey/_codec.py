@@ -107,6 +107,103 @@ def encode_into(weights: Weights, buffer: memoryview | bytearray) -> int:
     return plan.total
 
 
+def _little_endian_bytes(array: Array) -> memoryview:
+    src = np.ascontiguousarray(array)
+    if src.dtype.byteorder == ">":
+        src = src.astype(src.dtype.newbyteorder("<"))
+    flat: Any = src.reshape(-1).view(np.uint8)
+    return memoryview(flat)
+
+
+class Encoded:
+    """An encoding of weights as a list of segments that view the arrays, not copies.
+
+    The bytes are those :func:`encode` would produce, in order; a sender streams
+    the segments (e.g. in chunks) without ever building one contiguous buffer,
+    so encoding a model costs no model-sized copy.
+
+    Attributes:
+        segments: The pieces, in order: the prefix and header, then each array's
+            bytes and its padding.
+        nbytes: Their total length.
+    """
+
+    __slots__ = ("nbytes", "segments")
+
+    def __init__(self, weights: Weights) -> None:
+        plan = _Plan(weights)
+        payload: list[memoryview | bytes] = []
+        crc = 0
+        position = 0
+        for array, offset in plan.arrays:
+            if offset > position:
+                pad = bytes(offset - position)
+                payload.append(pad)
+                crc = zlib.crc32(pad, crc)
+            data = _little_endian_bytes(array)
+            payload.append(data)
+            crc = zlib.crc32(data, crc)
+            position = offset + len(data)
+        if plan.payload_len > position:
+            pad = bytes(plan.payload_len - position)
+            payload.append(pad)
+            crc = zlib.crc32(pad, crc)
+        head = bytearray(plan.payload_start)
+        head[_PREFIX.size : _PREFIX.size + len(plan.header)] = plan.header
+        _PREFIX.pack_into(
+            head, 0, MAGIC, len(plan.header), zlib.crc32(plan.header), plan.payload_len, crc, 0
+        )
+        self.segments: list[memoryview | bytes] = [bytes(head), *payload]
+        self.nbytes = plan.total
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def tobytes(self) -> bytes:
+        """The whole encoding as one bytes object (a copy)."""
+        return b"".join(self.segments)
+
+
+class StreamCheck:
+    """Verifies the payload checksum of one encoding while its bytes stream past.
+
+    A receiver that writes incoming chunks straight to disk feeds each chunk to
+    :meth:`update` and, at the end, decodes with ``verify=False`` if :meth:`ok`:
+    the payload is checked without reading it back.
+    """
+
+    __slots__ = ("_crc", "_end", "_expected", "_head", "_pos", "_start")
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._start: int | None = None
+        self._end = 0
+        self._expected = 0
+        self._crc = 0
+        self._pos = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Account for the next bytes of the encoding."""
+        view = memoryview(data).cast("B")
+        if self._start is None:
+            self._head += view[: max(0, _PREFIX.size - len(self._head))]
+            if len(self._head) >= _PREFIX.size:
+                _, header_len, _, payload_len, payload_crc, _ = _PREFIX.unpack_from(self._head, 0)
+                self._start = _aligned(_PREFIX.size + header_len)
+                self._end = self._start + payload_len
+                self._expected = payload_crc
+        if self._start is not None:
+            lo = max(self._pos, self._start)
+            hi = min(self._pos + len(view), self._end)
+            if hi > lo:
+                self._crc = zlib.crc32(view[lo - self._pos : hi - self._pos], self._crc)
+        self._pos += len(view)
+
+    def ok(self) -> bool:
+        """Whether the whole payload went past and its checksum matched."""
+        return self._start is not None and self._pos >= self._end and self._crc == self._expected
+
+
 def encode(weights: Weights) -> bytearray:
     """Encode ``weights`` to bytes.
 

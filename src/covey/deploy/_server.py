@@ -113,7 +113,7 @@ def serve(
         seed: Seeds client sampling.
         round_timeout: Seconds clients have to reply in a round; late replies are discarded.
         wait_timeout: Seconds to wait for enough clients before a round.
-        heartbeat: Seconds between heartbeats; silent clients are dropped after three.
+        heartbeat: Seconds between heartbeats; silent clients are dropped after six.
         max_clients: Most clients connected at once.
         on_round: Called with each finished round's record.
         on_listen: Called with the bound port once the server listens.

@@ -70,20 +70,22 @@ class _Goodbye(Exception):
         self.reason = reason
 
 
+SILENCE = 6  # heartbeat intervals of silence after which the peer is taken for gone
+
 _END = object()
 _WAKE = object()  # re-read the heartbeat interval
 
 
 def _reply_messages(task_id: int, reply: Reply) -> Iterator[pb.ClientMessage]:
-    blob: memoryview | None = None
-    extras: memoryview | None = None
+    blob: _codec.Encoded | None = None
+    extras: _codec.Encoded | None = None
     if reply.ok:
         try:
             result_json, arrays = _wire.result_to_wire(reply.result)
-            blob = None if arrays is None else memoryview(_codec.encode(arrays))
+            blob = None if arrays is None else _codec.Encoded(arrays)
             more = getattr(reply.result, "extras", None)
             if more:
-                extras = memoryview(_codec.encode(_wire.flatten_extras(more)))
+                extras = _codec.Encoded(_wire.flatten_extras(more))
         except Exception as exc:
             reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
     if not reply.ok:
@@ -122,6 +124,9 @@ class _Session:
         )
         self.call: Any = None
         self.welcomed = False
+        # Tasks run on their own thread, so the stream keeps being read (and the
+        # server's heartbeats heard) during a long fit.
+        self.tasks: queue.Queue[Any] = queue.Queue()
 
     def requests(self) -> Iterator[pb.ClientMessage]:
         yield pb.ClientMessage(hello=self.hello)
@@ -130,9 +135,10 @@ class _Session:
                 # Beat twice per interval so one late beat never looks like a death.
                 item = self.outbound.get(timeout=self.heartbeat / 2)
             except queue.Empty:
-                if time.monotonic() - self.last_heard > 3 * self.heartbeat and self.call:
+                if time.monotonic() - self.last_heard > SILENCE * self.heartbeat and self.call:
                     logger.warning(
-                        "no word from the server for %.0f s; reconnecting", 3 * self.heartbeat
+                        "no word from the server for %.0f s; reconnecting",
+                        SILENCE * self.heartbeat,
                     )
                     self.call.cancel()
                     return
@@ -151,6 +157,8 @@ class _Session:
             response_deserializer=pb.ServerMessage.FromString,
         )
         self.call = join(self.requests())
+        worker = threading.Thread(target=self._work, args=(result,), name="covey-task", daemon=True)
+        worker.start()
         cid = -1
         download: list[Any] | None = None  # [header, buffer, filled]
         try:
@@ -169,7 +177,7 @@ class _Session:
                     header = message.task
                     size = header.weights_size + header.extras_size
                     if size == 0:
-                        self._perform(cid, header, None, result)
+                        self.tasks.put((cid, header, None))
                     else:
                         download = [header, bytearray(size), 0]
                 elif body == "chunk":
@@ -184,11 +192,20 @@ class _Session:
                     if end == len(download[1]):
                         header, buffer, _ = download
                         download = None
-                        self._perform(cid, header, buffer, result)
+                        self.tasks.put((cid, header, buffer))
                 elif body == "goodbye":
                     raise _Goodbye(message.goodbye.reason)
         finally:
+            self.tasks.put(_END)
             self.outbound.put(_END)
+
+    def _work(self, result: ConnectResult) -> None:
+        while True:
+            item = self.tasks.get()
+            if item is _END:
+                return
+            cid, header, buffer = item
+            self._perform(cid, header, buffer, result)
 
     def _perform(
         self, cid: int, header: pb.TaskHeader, buffer: bytearray | None, result: ConnectResult

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +34,7 @@ from covey.transport.proto import covey_pb2 as pb
 logger = logging.getLogger("covey")
 
 CHUNK_BYTES = 2 * 1024 * 1024
+SILENCE = 6  # heartbeat intervals of silence after which a client is taken for gone
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVICE = "covey.v1.Federation"
 METHOD = f"/{SERVICE}/Join"
@@ -106,7 +109,7 @@ class GrpcServerTransport:
         client_id: ``name -> int``: the stable id of a client name (e.g. a run
             store's registry); default: ids in order of first connection.
         on_event: ``(name, event, detail)`` for fleet events (join, leave, ...).
-        heartbeat: Seconds between heartbeats; a client silent for three is dropped.
+        heartbeat: Seconds between heartbeats; a client silent for six is dropped.
         max_clients: Most clients connected at once.
     """
 
@@ -132,8 +135,8 @@ class GrpcServerTransport:
         self._async = _Sink()
         # cid -> (task_id, kind, deadline) of tasks submitted asynchronously
         self._inflight: dict[int, tuple[int, str, float | None]] = {}
-        self._broadcast: tuple[Weights | None, memoryview | None] = (None, None)
-        self._extras: tuple[Any, memoryview | None] = (None, None)
+        self._broadcast: tuple[Weights | None, _codec.Encoded | None] = (None, None)
+        self._extras: tuple[Any, _codec.Encoded | None] = (None, None)
         self._max_reply = 64 * 1024 * 1024
         self._closed = False
         self._server = grpc.server(
@@ -300,19 +303,19 @@ class GrpcServerTransport:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _encode(self, weights: Weights | None) -> memoryview | None:
+    def _encode(self, weights: Weights | None) -> _codec.Encoded | None:
         if weights is None:
             return None
         cached, blob = self._broadcast
         if cached is weights and blob is not None:
             return blob
-        blob = memoryview(_codec.encode(weights))
+        blob = _codec.Encoded(weights)
         self._broadcast = (weights, blob)
         # A reply carries at most one model's worth of arrays (plus slack for names).
         self._max_reply = 2 * len(blob) + 1024 * 1024
         return blob
 
-    def _encode_extras(self, task: Task) -> memoryview | None:
+    def _encode_extras(self, task: Task) -> _codec.Encoded | None:
         # Arrays an aggregation step broadcasts with fit tasks (e.g. SCAFFOLD's control
         # variate) travel as a second encoded blob after the weights.
         if task.kind != "fit" or not _wire.is_extras(task.payload):
@@ -320,7 +323,7 @@ class GrpcServerTransport:
         cached, blob = self._extras
         if cached is task.payload and blob is not None:
             return blob
-        blob = memoryview(_codec.encode(_wire.flatten_extras(task.payload)))
+        blob = _codec.Encoded(_wire.flatten_extras(task.payload))
         self._extras = (task.payload, blob)
         return blob
 
@@ -387,7 +390,7 @@ class GrpcServerTransport:
             try:
                 item = conn.outbound.get(timeout=self._heartbeat)
             except queue.Empty:
-                if time.monotonic() - conn.last_seen > 3 * self._heartbeat:
+                if time.monotonic() - conn.last_seen > SILENCE * self._heartbeat:
                     self._drop(conn, "timed out (no heartbeat)")
                     return
                 yield pb.ServerMessage(heartbeat=pb.Heartbeat())
@@ -418,7 +421,8 @@ class GrpcServerTransport:
                 yield pb.ServerMessage(chunk=pb.Chunk(task_id=task_id, data=piece))
 
     def _read(self, conn: _Conn, requests: Iterator[pb.ClientMessage]) -> None:
-        upload: list[Any] | None = None  # [header, buffer, filled]
+        upload: Upload | None = None
+        upload_header = pb.ReplyHeader()
         try:
             for message in requests:
                 conn.last_seen = time.monotonic()
@@ -437,18 +441,17 @@ class GrpcServerTransport:
                     if size == 0:
                         self._deliver(conn, header, None)
                     else:
-                        upload = [header, bytearray(size), 0]
+                        upload = Upload(
+                            header.weights_size, header.extras_size, spill=size >= SPILL_BYTES
+                        )
+                        upload_header = header
                 elif body == "chunk":
-                    if upload is None or message.chunk.task_id != upload[0].task_id:
+                    if upload is None or message.chunk.task_id != upload_header.task_id:
                         raise _ProtocolError("a chunk arrived for no reply in progress")
-                    data = message.chunk.data
-                    end = upload[2] + len(data)
-                    if end > len(upload[1]):
+                    if not upload.write(message.chunk.data):
                         raise _ProtocolError("a reply sent more bytes than it announced")
-                    upload[1][upload[2] : end] = data
-                    upload[2] = end
-                    if end == len(upload[1]):
-                        self._deliver(conn, upload[0], upload[1])
+                    if upload.complete:
+                        self._deliver(conn, upload_header, upload)
                         upload = None
                 else:
                     raise _ProtocolError(f"unexpected {body} message")
@@ -459,9 +462,11 @@ class GrpcServerTransport:
             pass
         except Exception:
             logger.exception("reading from client %s failed", conn.name)
+        if upload is not None:
+            upload.discard()
         self._drop(conn, "disconnected")
 
-    def _deliver(self, conn: _Conn, header: pb.ReplyHeader, buffer: bytearray | None) -> None:
+    def _deliver(self, conn: _Conn, header: pb.ReplyHeader, upload: Upload | None) -> None:
         with conn.lock:
             entry = conn.pending.pop(header.task_id, None)
         if entry is None:
@@ -472,7 +477,7 @@ class GrpcServerTransport:
             reply = Reply(conn.cid, kind, error=header.error)
         else:
             try:
-                weights, extras = split_blobs(buffer, header.weights_size, header.extras_size)
+                weights, extras = (None, None) if upload is None else upload.decode()
                 result = _wire.result_from_wire(header.result, weights, extras)
                 reply = Reply(conn.cid, kind, result=result)
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
@@ -512,25 +517,116 @@ class _ProtocolError(Exception):
     pass
 
 
-def chunks(*blobs: memoryview | None) -> Iterator[bytes]:
-    """The bytes of ``blobs``, in order, in pieces of at most :data:`CHUNK_BYTES`."""
+def chunks(*blobs: _codec.Encoded | None) -> Iterator[bytes]:
+    """The bytes of ``blobs``, back to back, in pieces of :data:`CHUNK_BYTES` (the last shorter).
+
+    Each piece is built from views of the arrays as it is needed, so only one
+    chunk is ever copied at a time.
+    """
+    pending = bytearray()
     for blob in blobs:
         if blob is None:
             continue
-        for offset in range(0, len(blob), CHUNK_BYTES):
-            yield bytes(blob[offset : offset + CHUNK_BYTES])
+        for segment in blob.segments:
+            view = memoryview(segment).cast("B")
+            while len(view):
+                if not pending and len(view) >= CHUNK_BYTES:
+                    yield bytes(view[:CHUNK_BYTES])
+                    view = view[CHUNK_BYTES:]
+                    continue
+                take = min(CHUNK_BYTES - len(pending), len(view))
+                pending += view[:take]
+                view = view[take:]
+                if len(pending) == CHUNK_BYTES:
+                    yield bytes(pending)
+                    pending.clear()
+    if pending:
+        yield bytes(pending)
+
+
+SPILL_BYTES = 16 * 1024 * 1024
+
+
+class Upload:
+    """Receives the weights and extra arrays of one message, chunk by chunk.
+
+    Large messages go straight to an unlinked temporary file and are mapped when
+    complete, so replies waiting for their turn in the aggregation occupy the
+    page cache rather than the process's memory. Checksums are verified as the
+    bytes arrive, so nothing is read back before it is used.
+    """
+
+    def __init__(self, weights_size: int, extras_size: int, *, spill: bool) -> None:
+        self.sizes = (weights_size, extras_size)
+        self.size = weights_size + extras_size
+        self.filled = 0
+        self.checks = (_codec.StreamCheck(), _codec.StreamCheck())
+        self.file: Any = (
+            tempfile.TemporaryFile(prefix="covey-upload-")  # noqa: SIM115 - closed by decode/discard
+            if spill
+            else None
+        )
+        self.buffer = None if spill else bytearray(self.size)
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.size
+
+    def write(self, data: bytes) -> bool:
+        """Append ``data``; False if it runs past the announced size."""
+        end = self.filled + len(data)
+        if end > self.size:
+            return False
+        split = self.sizes[0]
+        view = memoryview(data)
+        if self.filled < split:
+            self.checks[0].update(view[: split - self.filled])
+        if end > split:
+            self.checks[1].update(view[max(0, split - self.filled) :])
+        if self.buffer is not None:
+            self.buffer[self.filled : end] = data
+        else:
+            self.file.write(data)
+        self.filled = end
+        return True
+
+    def decode(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
+        """The decoded weights and extras (views of the received bytes)."""
+        if self.buffer is not None:
+            view = memoryview(self.buffer)
+        else:
+            self.file.flush()
+            mapped = mmap.mmap(self.file.fileno(), self.size, access=mmap.ACCESS_READ)
+            self.file.close()
+            view = memoryview(mapped)
+        for size, check in zip(self.sizes, self.checks, strict=True):
+            if size and not check.ok():
+                raise _codec.CodecError("corrupt payload (checksum mismatch)")
+        return split_blobs(view, *self.sizes, verify=False)
+
+    def discard(self) -> None:
+        """Release the buffer or file of an unfinished message."""
+        if self.file is not None:
+            self.file.close()
+        self.buffer = None
 
 
 def split_blobs(
-    buffer: bytearray | None, weights_size: int, extras_size: int
+    buffer: bytearray | memoryview | None,
+    weights_size: int,
+    extras_size: int,
+    *,
+    verify: bool = True,
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
     """Decode the weights and the extra arrays received back to back in ``buffer``."""
     if buffer is None:
         return None, None
     view = memoryview(buffer)
-    weights = _codec.decode(view[:weights_size]) if weights_size else None
+    weights = _codec.decode(view[:weights_size], verify=verify) if weights_size else None
     extras = (
-        _wire.unflatten_extras(_codec.decode(view[weights_size : weights_size + extras_size]))
+        _wire.unflatten_extras(
+            _codec.decode(view[weights_size : weights_size + extras_size], verify=verify)
+        )
         if extras_size
         else None
     )
