@@ -16,8 +16,7 @@ import pytest
 import covey
 from covey.deploy import connect, serve
 from covey.models import logistic_init
-
-from test_strategies_scaffold import NUM_CLIENTS, SkewedClient  # noqa: I001
+from test_strategies_scaffold import NUM_CLIENTS, SkewedClient
 
 pytestmark = pytest.mark.slow
 

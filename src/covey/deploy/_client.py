@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any
 
-from covey.transport._grpc_client import ClientTLS, ConnectResult
-from covey.transport._grpc_client import connect as _connect
+from covey.transport._grpc_client import ClientTLS, connect
+
+__all__ = ["client_tls", "connect", "tls_from_certs"]
 
 
 def client_tls(
@@ -37,51 +36,3 @@ def tls_from_certs(directory: str | Path, client_id: str) -> ClientTLS:
                 f"`covey certs issue {client_id} --dir {d}`"
             )
     return client_tls(d / "ca.pem", cert, key)
-
-
-def connect(
-    client: Any,
-    address: str,
-    *,
-    tls: ClientTLS | None = None,
-    insecure: bool = False,
-    name: str = "",
-    properties: dict[str, Any] | None = None,
-    max_attempts: int | None = None,
-    backoff: float = 0.5,
-    max_backoff: float = 30.0,
-    stop: threading.Event | None = None,
-) -> ConnectResult:
-    """Join the federation at ``address`` with ``client`` and work until the server says goodbye.
-
-    The client is the same :class:`covey.Client` object that runs in
-    :func:`covey.simulate`. It dials out (so it works behind NAT and firewalls),
-    and reconnects with exponential backoff and jitter when the connection drops.
-
-    Args:
-        client: The client.
-        address: The server's ``host:port``.
-        tls: Mutual-TLS material (see :func:`client_tls`, :func:`tls_from_certs`).
-        insecure: Connect without TLS (local experiments only).
-        name: The client's name on an insecure server; with TLS its certificate names it.
-        properties: Facts the server may select clients by.
-        max_attempts: Give up after this many failed attempts in a row (None: never).
-        backoff: First reconnection delay in seconds (doubles, with jitter).
-        max_backoff: Longest reconnection delay.
-        stop: Set this event to leave.
-
-    Returns:
-        How participation ended (the server's goodbye, tasks performed, sessions).
-    """
-    return _connect(
-        client,
-        address,
-        tls=tls,
-        insecure=insecure,
-        name=name,
-        properties=properties,
-        max_attempts=max_attempts,
-        backoff=backoff,
-        max_backoff=max_backoff,
-        stop=stop,
-    )

@@ -198,6 +198,7 @@ class _Session:
         finally:
             self.tasks.put(_END)
             self.outbound.put(_END)
+            self.call.cancel()  # ends gRPC's threads for this call now, not at exit
 
     def _work(self, result: ConnectResult) -> None:
         while True:
@@ -256,6 +257,10 @@ def connect(
     stop: threading.Event | None = None,
 ) -> ConnectResult:
     """Join the federation at ``address`` and serve tasks until the server says goodbye.
+
+    The client is the same :class:`covey.Client` object that runs in
+    :func:`covey.simulate`. It dials out (so it works behind NAT and firewalls)
+    and reconnects with exponential backoff and jitter when the connection drops.
 
     Args:
         client: A :class:`covey.Client` (the same object that runs in simulation).
