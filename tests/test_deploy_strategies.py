@@ -98,3 +98,60 @@ def test_fedbuff_over_grpc_with_a_full_buffer_equals_fedavg() -> None:
     assert [r.round for r in deployed.history.rounds] == list(range(updates + 1))
     for name in fedavg.weights:
         np.testing.assert_allclose(deployed.weights[name], fedavg.weights[name], atol=1e-12)
+
+
+def test_a_revoked_client_is_refused_and_the_run_goes_on(tmp_path: Any) -> None:
+    from covey._store import RunStore
+    from covey.deploy import tls_from_certs
+    from covey.deploy._certs import init_federation, issue_client, revoke
+
+    certs = tmp_path / "fed"
+    init_federation(certs, hosts=("127.0.0.1",))
+    for name in ("good-0", "good-1", "revoked"):
+        issue_client(certs, name)
+    revoke(certs, "revoked")
+    port: list[int] = []
+    listening = threading.Event()
+    result: list[Any] = []
+    server = threading.Thread(
+        target=lambda: result.append(
+            serve(
+                covey.FedAvg(fraction_evaluate=0.0),
+                2,
+                logistic_init(64, 10),
+                "127.0.0.1:0",
+                certs=certs,
+                run_dir=tmp_path / "run",
+                wait_timeout=60,
+                on_listen=lambda p: (port.append(p), listening.set()),
+            )
+        )
+    )
+    server.start()
+    assert listening.wait(30)
+    address = f"127.0.0.1:{port[0]}"
+    with pytest.raises(ConnectionError):
+        connect(
+            SkewedClient(0, False),
+            address,
+            tls=tls_from_certs(certs, "revoked"),
+            max_attempts=2,
+            backoff=0.05,
+        )
+    good = [
+        threading.Thread(
+            target=connect,
+            args=(SkewedClient(k, False), address),
+            kwargs={"tls": tls_from_certs(certs, f"good-{k}")},
+        )
+        for k in range(2)
+    ]
+    for t in good:
+        t.start()
+    for t in [*good, server]:
+        t.join(120)
+        assert not t.is_alive()
+    assert [r.round for r in result[0].history.rounds] == [0, 1, 2]
+    with RunStore.open(tmp_path / "run") as store:
+        assert set(store.clients()) == {"good-0", "good-1"}
+        assert [e[2] for e in store.events("revoked")] == ["refused", "refused"]
