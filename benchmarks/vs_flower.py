@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -88,6 +89,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs per system and configuration")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     p.add_argument("--interval", type=float, default=0.05, help="memory sampling period (s)")
+    p.add_argument(
+        "--sampler-duty",
+        type=float,
+        default=0.10,
+        help="max share of one core the PSS reads may take (stretches their period)",
+    )
+    p.add_argument(
+        "--idle-below",
+        type=float,
+        default=0.25,
+        help="before each run, wait until the machine is busy below this share of all CPUs",
+    )
+    p.add_argument(
+        "--idle-max-wait", type=float, default=120.0, help="give up waiting after this (s)"
+    )
     p.add_argument("--out-dir", type=Path, default=HERE / "results")
     p.add_argument(
         "--keep-weights", action="store_true", help="keep the .npz files of final weights"
@@ -104,6 +120,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- one run -------------------------------------------------------------------
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs that was busy over the next ``seconds`` (0..1)."""
+    b0, t0 = _cpu_times()
+    time.sleep(seconds)
+    b1, t1 = _cpu_times()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_until_idle(threshold: float, max_wait: float) -> tuple[float, float]:
+    """Wait (up to ``max_wait`` s) until the machine is busy below ``threshold``.
+
+    Returns ``(busy share last measured, seconds waited)``.
+    """
+    t0 = time.monotonic()
+    busy = machine_busy()
+    while busy >= threshold and time.monotonic() - t0 < max_wait:
+        busy = machine_busy(2.0)
+    return busy, time.monotonic() - t0
 
 
 def runner_command(
@@ -160,18 +205,30 @@ def run_one(
     out["command"] = shlex.join(cmd)
     log_path = run_dir / f"{tag}.log"
     env = {**os.environ, **RUNNER_ENV}
+    busy_before, waited = wait_until_idle(args.idle_below, args.idle_max_wait)
+    out["busy_before"] = busy_before
+    out["waited_for_idle_seconds"] = waited
+    load_before = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, total0 = _cpu_times()
     with log_path.open("wb") as log:
         t0 = time.time()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            out["error"] = f"could not start {cmd[0]}: {exc}"
+            return out
+        sampler = pt.TreeSampler(
+            root_sid=proc.pid, interval=args.interval, max_duty=args.sampler_duty
         )
-        sampler = pt.TreeSampler(root_sid=proc.pid, interval=args.interval)
         sampler.start()
         try:
             rc: int | None = proc.wait(timeout=args.timeout)
@@ -190,13 +247,35 @@ def run_one(
         sampler.stop()
         leftovers = pt.kill_tree(proc.pid)
         pt.reap_zombies()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy1, total1 = _cpu_times()
+    # CPU of the whole tree. Counted two ways: from the kernel's accounting of reaped
+    # children (exact, unless some process in the tree does not wait for its own
+    # children, e.g. by ignoring SIGCHLD, whose CPU then goes uncounted), and as the
+    # sum of each process's utime+stime at its last sample (misses at most one
+    # sampling period per process). The larger is reported.
+    cpu_rusage = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    cpu_seconds = max(cpu_rusage, sampler.cpu_seconds_seen)
+    hz = os.sysconf("SC_CLK_TCK")
+    others = (busy1 - busy0) / hz - cpu_seconds - sampler.sample_seconds
     out.update(
+        cpu_seconds=cpu_seconds,
+        cpu_seconds_rusage=cpu_rusage,
+        cpu_seconds_sampled=sampler.cpu_seconds_seen,
+        # What the rest of the machine used meanwhile, as a share of all its CPUs.
+        others_cpu_share=max(0.0, others / max(1e-9, (total1 - total0) / hz)),
+        loadavg_before=load_before,
+        loadavg_after=os.getloadavg()[0],
         wall_seconds=t1 - t0,
         children_gone_seconds=t_gone - t1,
         leftover_processes=leftovers,
         returncode=rc,
         log=str(log_path),
         peak_pss_mb=sampler.peak_kb / 1024,
+        peak_pss_exact_mb=sampler.peak_exact_kb / 1024,
+        exact_samples=sampler.exact_ticks,
+        mean_exact_interval_s=(t1 - t0) / max(1, sampler.exact_ticks),
+        sampler_cpu_share=sampler.sample_seconds / max(1e-9, t_gone - t0),
         peak_breakdown_mb=[
             {"pid": pid, "name": name, "pss_mb": kb / 1024}
             for pid, name, kb in sampler.peak_breakdown[:12]
@@ -281,6 +360,11 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 wall_seconds=_median([r["wall_seconds"] for r in ok]),
                 wall_seconds_all=[r["wall_seconds"] for r in ok],
                 sim_seconds=_median([r["sim_seconds"] for r in ok]),
+                cpu_seconds=_median([r["cpu_seconds"] for r in ok]),
+                loadavg_before=max(r["loadavg_before"] for r in ok),
+                busy_before=max(r["busy_before"] for r in ok),
+                others_cpu_share=max(r["others_cpu_share"] for r in ok),
+                sampler_cpu_share=max(r["sampler_cpu_share"] for r in ok),
                 startup_seconds=_median([r["startup_seconds"] for r in ok]),
                 peak_pss_mb=_median([r["peak_pss_mb"] for r in ok]),
                 peak_pss_mb_all=[r["peak_pss_mb"] for r in ok],
@@ -349,6 +433,8 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "wall_flower_over_covey": ratio("flower", "covey", "wall_seconds"),
                 "sim_covey_over_plain": ratio("covey", "plain", "sim_seconds"),
                 "sim_flower_over_covey": ratio("flower", "covey", "sim_seconds"),
+                "cpu_covey_over_plain": ratio("covey", "plain", "cpu_seconds"),
+                "cpu_flower_over_covey": ratio("flower", "covey", "cpu_seconds"),
                 "mem_covey_over_plain": ratio("covey", "plain", "peak_pss_mb"),
                 "mem_flower_over_covey": ratio("flower", "covey", "peak_pss_mb"),
             }
@@ -414,24 +500,26 @@ def _f(value: Any, fmt: str = "{:.2f}") -> str:
 
 def digits_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| N | system | wall s | of which setup s | simulate s | peak PSS MB | procs "
-        "| final acc | max abs diff vs covey | vs plain |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | system | wall s | of which setup s | simulate s | CPU s | peak PSS MB | procs "
+        "| final acc | max abs diff vs covey | vs plain | other load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["workload"] != "digits":
             continue
         if not r.get("ok_runs"):
             err = "; ".join(r["errors"])[:300].replace("|", "/")
-            lines.append(f"| {r['n_clients']} | {r['system']} | FAILED: {err} |||||||||")
+            lines.append(f"| {r['n_clients']} | {r['system']} | FAILED: {err} |||||||||||")
             continue
         lines.append(
             f"| {r['n_clients']} | {r['system']} | {_f(r['wall_seconds'])} "
             f"| {_f(r['startup_seconds'])} | {_f(r['sim_seconds'], '{:.3f}')} "
+            f"| {_f(r['cpu_seconds'])} "
             f"| {_f(r['peak_pss_mb'], '{:.0f}')} | {r['max_processes']} "
             f"| {_f(r['final_accuracy'], '{:.4f}')} "
             f"| {_f(r.get('max_abs_diff_vs_covey'), '{:.1e}')} "
-            f"| {_f(r.get('max_abs_diff_vs_plain'), '{:.1e}')} |"
+            f"| {_f(r.get('max_abs_diff_vs_plain'), '{:.1e}')} "
+            f"| {_f(100 * r['others_cpu_share'], '{:.0f}')} % |"
         )
     return lines
 
@@ -439,14 +527,16 @@ def digits_table(rows: list[dict[str, Any]]) -> list[str]:
 def ratio_table(rat: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| workload | N | wall covey/plain | wall flwr/covey | simulate covey/plain "
-        "| simulate flwr/covey | peak mem covey/plain | peak mem flwr/covey |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| simulate flwr/covey | CPU covey/plain | CPU flwr/covey | peak mem covey/plain "
+        "| peak mem flwr/covey |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rat:
         lines.append(
             f"| {r['workload']} | {r['n_clients']} | {_f(r['wall_covey_over_plain'])} "
             f"| {_f(r['wall_flower_over_covey'])} | {_f(r['sim_covey_over_plain'])} "
-            f"| {_f(r['sim_flower_over_covey'])} | {_f(r['mem_covey_over_plain'])} "
+            f"| {_f(r['sim_flower_over_covey'])} | {_f(r['cpu_covey_over_plain'])} "
+            f"| {_f(r['cpu_flower_over_covey'])} | {_f(r['mem_covey_over_plain'])} "
             f"| {_f(r['mem_flower_over_covey'])} |"
         )
     return lines
@@ -454,28 +544,29 @@ def ratio_table(rat: list[dict[str, Any]]) -> list[str]:
 
 def large_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| system | wall s | simulate s | per-round s | peak PSS MB | baseline MB "
+        "| system | wall s | simulate s | CPU s | per-round s | peak PSS MB | baseline MB "
         "| above baseline (model copies) | per-round peak MB | max abs diff vs covey "
-        "| vs plain |",
-        "|---|---:|---:|---|---:|---:|---:|---|---:|---:|",
+        "| vs plain | other load |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         if r["workload"] != "large":
             continue
         if not r.get("ok_runs"):
             err = "; ".join(r["errors"])[:300].replace("|", "/")
-            lines.append(f"| {r['system']} | FAILED: {err} |||||||||")
+            lines.append(f"| {r['system']} | FAILED: {err} |||||||||||")
             continue
         per_round = ", ".join(_f(x) for x in r["round_seconds"])
         per_round_mem = ", ".join(_f(x, "{:.0f}") for x in r["round_peak_pss_mb"])
         lines.append(
             f"| {r['system']} | {_f(r['wall_seconds'])} | {_f(r['sim_seconds'])} "
-            f"| {per_round} | {_f(r['peak_pss_mb'], '{:.0f}')} "
+            f"| {_f(r['cpu_seconds'])} | {per_round} | {_f(r['peak_pss_mb'], '{:.0f}')} "
             f"| {_f(r['baseline_pss_mb'], '{:.0f}')} "
             f"| {_f(r['above_baseline_mb'], '{:.0f}')} MB "
             f"({_f(r['above_baseline_model_copies'], '{:.1f}')}) "
             f"| {per_round_mem} | {_f(r.get('max_abs_diff_vs_covey'), '{:.1e}')} "
-            f"| {_f(r.get('max_abs_diff_vs_plain'), '{:.1e}')} |"
+            f"| {_f(r.get('max_abs_diff_vs_plain'), '{:.1e}')} "
+            f"| {_f(100 * r['others_cpu_share'], '{:.0f}')} % |"
         )
     return lines
 
@@ -577,7 +668,11 @@ def main(argv: list[str] | None = None) -> int:
                 if r["ok"]:
                     print(
                         f"    wall {r['wall_seconds']:.2f}s  simulate {r['sim_seconds']:.3f}s  "
-                        f"peak {r['peak_pss_mb']:.0f} MB  acc {r['final_accuracy']:.4f}",
+                        f"cpu {r['cpu_seconds']:.2f}s  peak {r['peak_pss_mb']:.0f} MB  "
+                        f"acc {r['final_accuracy']:.4f}  (busy before "
+                        f"{100 * r['busy_before']:.0f}%, waited "
+                        f"{r['waited_for_idle_seconds']:.0f}s, other load "
+                        f"{100 * r['others_cpu_share']:.0f}%)",
                         flush=True,
                     )
                 else:
