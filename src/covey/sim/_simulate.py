@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,6 +189,9 @@ def simulate(
         for callback in callbacks:
             callback(record)
 
+    # Everything alive now (imported libraries, the user's data) outlives the run:
+    # keep the collector from scanning it again and again while rounds allocate.
+    gc.freeze()
     try:
         if strategy.asynchronous:
             workers = transport.num_workers if isinstance(transport, ProcessTransport) else 0
@@ -214,6 +218,7 @@ def simulate(
             )
         loop.run(rounds)
     finally:
+        gc.unfreeze()
         if stop_progress is not None:
             stop_progress()
         transport.close()
