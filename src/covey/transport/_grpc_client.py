@@ -23,7 +23,8 @@ from covey import _codec
 from covey._client import run_task, task_kinds
 from covey._messages import Reply, Task
 from covey.transport import _wire
-from covey.transport._grpc_server import METHOD, chunks, grpc_options, split_blobs
+from covey.transport._grpc_server import METHOD, grpc_options
+from covey.transport._stream import chunks, split_blobs
 from covey.transport.proto import covey_pb2 as pb
 
 logger = logging.getLogger("covey")

@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import mmap
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,11 +27,11 @@ from covey import _codec
 from covey._messages import Reply, Task
 from covey._weights import Weights
 from covey.transport import _wire
+from covey.transport._stream import SPILL_BYTES, Upload, chunks
 from covey.transport.proto import covey_pb2 as pb
 
 logger = logging.getLogger("covey")
 
-CHUNK_BYTES = 2 * 1024 * 1024
 SILENCE = 6  # heartbeat intervals of silence after which a client is taken for gone
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVICE = "covey.v1.Federation"
@@ -515,119 +513,3 @@ class GrpcServerTransport:
 
 class _ProtocolError(Exception):
     pass
-
-
-def chunks(*blobs: _codec.Encoded | None) -> Iterator[bytes]:
-    """The bytes of ``blobs``, back to back, in pieces of :data:`CHUNK_BYTES` (the last shorter).
-
-    Each piece is built from views of the arrays as it is needed, so only one
-    chunk is ever copied at a time.
-    """
-    pending = bytearray()
-    for blob in blobs:
-        if blob is None:
-            continue
-        for segment in blob.segments:
-            view = memoryview(segment).cast("B")
-            while len(view):
-                if not pending and len(view) >= CHUNK_BYTES:
-                    yield bytes(view[:CHUNK_BYTES])
-                    view = view[CHUNK_BYTES:]
-                    continue
-                take = min(CHUNK_BYTES - len(pending), len(view))
-                pending += view[:take]
-                view = view[take:]
-                if len(pending) == CHUNK_BYTES:
-                    yield bytes(pending)
-                    pending.clear()
-    if pending:
-        yield bytes(pending)
-
-
-SPILL_BYTES = 16 * 1024 * 1024
-
-
-class Upload:
-    """Receives the weights and extra arrays of one message, chunk by chunk.
-
-    Large messages go straight to an unlinked temporary file and are mapped when
-    complete, so replies waiting for their turn in the aggregation occupy the
-    page cache rather than the process's memory. Checksums are verified as the
-    bytes arrive, so nothing is read back before it is used.
-    """
-
-    def __init__(self, weights_size: int, extras_size: int, *, spill: bool) -> None:
-        self.sizes = (weights_size, extras_size)
-        self.size = weights_size + extras_size
-        self.filled = 0
-        self.checks = (_codec.StreamCheck(), _codec.StreamCheck())
-        self.file: Any = (
-            tempfile.TemporaryFile(prefix="covey-upload-")  # noqa: SIM115 - closed by decode/discard
-            if spill
-            else None
-        )
-        self.buffer = None if spill else bytearray(self.size)
-
-    @property
-    def complete(self) -> bool:
-        return self.filled == self.size
-
-    def write(self, data: bytes) -> bool:
-        """Append ``data``; False if it runs past the announced size."""
-        end = self.filled + len(data)
-        if end > self.size:
-            return False
-        split = self.sizes[0]
-        view = memoryview(data)
-        if self.filled < split:
-            self.checks[0].update(view[: split - self.filled])
-        if end > split:
-            self.checks[1].update(view[max(0, split - self.filled) :])
-        if self.buffer is not None:
-            self.buffer[self.filled : end] = data
-        else:
-            self.file.write(data)
-        self.filled = end
-        return True
-
-    def decode(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
-        """The decoded weights and extras (views of the received bytes)."""
-        if self.buffer is not None:
-            view = memoryview(self.buffer)
-        else:
-            self.file.flush()
-            mapped = mmap.mmap(self.file.fileno(), self.size, access=mmap.ACCESS_READ)
-            self.file.close()
-            view = memoryview(mapped)
-        for size, check in zip(self.sizes, self.checks, strict=True):
-            if size and not check.ok():
-                raise _codec.CodecError("corrupt payload (checksum mismatch)")
-        return split_blobs(view, *self.sizes, verify=False)
-
-    def discard(self) -> None:
-        """Release the buffer or file of an unfinished message."""
-        if self.file is not None:
-            self.file.close()
-        self.buffer = None
-
-
-def split_blobs(
-    buffer: bytearray | memoryview | None,
-    weights_size: int,
-    extras_size: int,
-    *,
-    verify: bool = True,
-) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
-    """Decode the weights and the extra arrays received back to back in ``buffer``."""
-    if buffer is None:
-        return None, None
-    view = memoryview(buffer)
-    weights = _codec.decode(view[:weights_size], verify=verify) if weights_size else None
-    extras = (
-        _wire.unflatten_extras(
-            _codec.decode(view[weights_size : weights_size + extras_size], verify=verify)
-        )
-        if extras_size
-        else None
-    )
-    return weights, extras
