@@ -16,17 +16,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from covey._asynctransport import AsyncTransport
-from covey._history import Failure, History, RoundRecord
-from covey._loop import EvaluateFn, FederationError, RoundCallback
-from covey._messages import Config, FitResult, Metrics, Reply, Task
+from covey._history import History, RoundRecord
+from covey._messages import Config, Metrics, Task
+from covey._rounds import EvaluateFn, RoundCallback, _LoopBase
 from covey._strategy import Strategy
-from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
-from covey.aggregate import Aggregate, Begin, Contribution, End
+from covey._weights import Weights
+from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
 
 logger = logging.getLogger("covey")
@@ -39,7 +38,7 @@ class _Flight:
     weights: Weights
 
 
-class AsyncLoop:
+class AsyncLoop(_LoopBase):
     """Runs a FedBuff-style asynchronous strategy over an :class:`AsyncTransport`.
 
     Concurrency is ``strategy.num_fit(eligible)``: whenever fewer fit tasks are in
@@ -62,6 +61,9 @@ class AsyncLoop:
         on_round: Called with each update's record.
     """
 
+    _step = "update"
+    _model = "the model"
+
     def __init__(
         self,
         strategy: Strategy,
@@ -78,43 +80,19 @@ class AsyncLoop:
             raise ValueError(
                 "AsyncLoop needs an asynchronous strategy (buffer_size set), e.g. covey.FedBuff()"
             )
-        self.strategy = strategy
+        super().__init__(
+            strategy, initial_weights, evaluate_fn=evaluate_fn, seed=seed, on_round=on_round
+        )
         self.buffer_size: int = strategy.buffer_size
         self.transport = transport
-        self.spec = WeightsSpec.of(initial_weights)
-        self.spec.check(initial_weights, what="initial weights")
-        self.weights: dict[str, Array] = freeze(initial_weights)
-        self.evaluate_fn = evaluate_fn
-        self.seed = seed
         self.task_timeout = task_timeout
         self.idle_timeout = idle_timeout
-        self.on_round = on_round
-        self.history = History()
-        self.agg_state: Any = strategy.aggregator.init(self.weights)
-        self.properties: dict[int, dict[str, Any]] = {}
-        self._no_properties: set[int] = set()
         self._flights: dict[int, _Flight] = {}
         self._buffered: set[int] = set()
         self._rng = np.random.default_rng([seed, 2])
         self._payload: dict[str, Weights] | None = None
         self._config: tuple[int, Config] | None = None
         self._eligible = 0
-
-    def _fail(self, message: str) -> FederationError:
-        return FederationError(message, self.history, self.weights)
-
-    def _finish(self, record: RoundRecord) -> None:
-        self.history.rounds.append(record)
-        if self.on_round is not None:
-            self.on_round(record)
-
-    def _central(self, record: RoundRecord) -> None:
-        if self.evaluate_fn is None:
-            return
-        out = self.evaluate_fn(record.round, self.weights)
-        if out is not None:
-            record.central_loss = float(out[0])
-            record.central_metrics = dict(out[1])
 
     # -- the run ------------------------------------------------------------------------
 
@@ -155,7 +133,6 @@ class AsyncLoop:
         update = strategy.aggregator.update
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         self._payload = broadcast_extras(out)
-        self._no_properties.clear()  # clients that did not report are asked again
         metrics: list[tuple[int, Metrics]] = []
         staleness: list[int] = []
         dropped: list[int] = []
@@ -176,10 +153,10 @@ class AsyncLoop:
                 logger.warning("dropping an unexpected reply from client %s", reply.cid)
                 continue
             if reply.kind == "properties":
-                self._store_properties(reply)
+                self._store_properties(reply, rnd)
                 continue
             tau = version - flight.version
-            contribution = self._contribution(reply, flight, tau, record)
+            contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
             if contribution is None:
                 failures_in_a_row += 1
                 if not strategy.accept_failures:
@@ -220,42 +197,17 @@ class AsyncLoop:
         self._finish(record)
         return rnd
 
-    def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
-        try:
-            state, out = self.strategy.aggregator.update(state, End(rnd))
-        except Exception as exc:
-            logger.error("update %d: aggregation failed, the model is unchanged: %s", rnd, exc)
-            record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
-            return
-        self.agg_state = state
-        aggregate = next((e for e in out if isinstance(e, Aggregate)), None)
-        if aggregate is None:
-            return
-        record.aggregate_info.update(aggregate.info)
-        try:
-            new = aggregate.apply(self.weights)
-            self.spec.check(new, what=f"update {rnd}'s aggregate")
-        except (WeightsError, ValueError, TypeError) as exc:
-            logger.error("update %d: refusing the aggregate, the model is unchanged: %s", rnd, exc)
-            record.aggregate_info["error"] = str(exc)
-            return
-        self.weights = freeze(new)
-        record.aggregated = True
-
     # -- who trains next ----------------------------------------------------------------
 
     def _dispatch(self, version: int) -> None:
         strategy = self.strategy
+        rnd = version + 1
         available = self.transport.clients()
         if strategy.where is not None:
-            for cid in available:
-                if (
-                    cid not in self.properties
-                    and cid not in self._no_properties
-                    and cid not in self._flights
-                ):
+            for cid in self._unasked(available, rnd):
+                if cid not in self._flights:
                     self._flights[cid] = _Flight("properties", version, self.weights)
-                    self.transport.submit(cid, Task("properties", version + 1))
+                    self.transport.submit(cid, Task("properties", rnd))
         eligible = strategy.eligible(available, self.properties)
         self._eligible = len(eligible)
         busy = sum(1 for f in self._flights.values() if f.kind == "fit")
@@ -265,7 +217,6 @@ class AsyncLoop:
         idle = sorted(c for c in eligible if c not in self._flights and c not in self._buffered)
         if not idle:
             return
-        rnd = version + 1
         if strategy.selector is not None:
             picked = [int(c) for c in strategy.selector(idle, rnd, self._rng)]
             unknown = set(picked) - set(idle)
@@ -282,53 +233,3 @@ class AsyncLoop:
         for cid in chosen:
             self._flights[cid] = _Flight("fit", version, self.weights)
             self.transport.submit(cid, task, timeout=self.task_timeout)
-
-    def _store_properties(self, reply: Reply) -> None:
-        if reply.ok and isinstance(reply.result, dict):
-            self.properties[reply.cid] = reply.result
-        else:
-            self._no_properties.add(reply.cid)
-            logger.warning("client %d did not report its properties", reply.cid)
-
-    def _contribution(
-        self, reply: Reply, flight: _Flight, staleness: int, record: RoundRecord
-    ) -> Contribution | None:
-        cid = reply.cid
-        result = reply.result
-        error: str | None = None
-        detail = ""
-        if not reply.ok:
-            detail = reply.error or ""
-            lines = [line for line in detail.strip().splitlines() if line.strip()]
-            error = lines[-1].strip() if lines else detail
-        elif not isinstance(result, FitResult):
-            error = f"reply is {type(result).__name__}, expected FitResult"
-        else:
-            try:
-                if result.weights is not None:
-                    self.spec.check(result.weights, what=f"client {cid}'s weights")
-                else:
-                    self.spec.check(result.delta, what=f"client {cid}'s delta")
-                for name, extra in result.extras.items():
-                    self.spec.check(extra, what=f"client {cid}'s extra {name!r}")
-            except WeightsError as exc:
-                error = str(exc)
-        if error is not None or not isinstance(result, FitResult):
-            failure = Failure(cid, "fit", error or "invalid reply", detail)
-            record.fit_failures.append(failure)
-            logger.warning("client %d failed in fit: %s", cid, failure.error)
-            return None
-        weights, delta = result.weights, result.delta
-        if weights is not None and staleness > 0:
-            # The client trained from an older model: its update is relative to that one.
-            delta = subtract(weights, flight.weights)
-            weights = None
-        return Contribution(
-            cid,
-            result.num_examples,
-            weights,
-            delta,
-            result.metrics,
-            staleness=staleness,
-            extras=result.extras,
-        )

@@ -12,40 +12,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 from covey._history import Failure, History, RoundRecord
-from covey._messages import EvaluateResult, FitResult, Metrics, Reply, Task
+from covey._messages import EvaluateResult, Metrics, Reply, Task
+from covey._rounds import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
 from covey._strategy import Strategy
-from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze
-from covey.aggregate import Aggregate, Begin, Contribution, End
+from covey._weights import Weights
+from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
 from covey.transport._base import Transport
 
+__all__ = ["EvaluateFn", "FederationError", "RoundCallback", "RoundLoop", "in_cid_order"]
+
 logger = logging.getLogger("covey")
-
-EvaluateFn = Callable[[int, Weights], "tuple[float, Metrics] | None"]
-RoundCallback = Callable[[RoundRecord], None]
-
-
-class FederationError(RuntimeError):
-    """The run cannot go on: e.g. too few clients replied in a round.
-
-    Attributes:
-        history: What happened up to the error.
-        weights: The global weights of the last completed round.
-    """
-
-    def __init__(self, message: str, history: History, weights: Weights) -> None:
-        super().__init__(message)
-        self.history = history
-        self.weights = weights
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
 
 
 def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Reply]:
@@ -77,7 +57,7 @@ def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Repl
         yield held[idx]
 
 
-class RoundLoop:
+class RoundLoop(_LoopBase):
     """Runs rounds of a strategy over a transport and keeps the global model and history.
 
     Args:
@@ -105,21 +85,12 @@ class RoundLoop:
         wait_timeout: float | None = None,
         on_round: RoundCallback | None = None,
     ) -> None:
-        self.strategy = strategy
+        super().__init__(
+            strategy, initial_weights, evaluate_fn=evaluate_fn, seed=seed, on_round=on_round
+        )
         self.transport = transport
-        self.spec = WeightsSpec.of(initial_weights)
-        self.spec.check(initial_weights, what="initial weights")
-        self.weights: dict[str, Array] = freeze(initial_weights)
-        self.evaluate_fn = evaluate_fn
-        self.seed = seed
         self.round_timeout = round_timeout
         self.wait_timeout = wait_timeout
-        self.on_round = on_round
-        self.history = History()
-        self.agg_state: Any = strategy.aggregator.init(self.weights)
-        self.properties: dict[int, dict[str, Any]] = {}
-        self._unreported: dict[int, int] = {}
-        self._said_no_evaluate = False
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -149,14 +120,6 @@ class RoundLoop:
         self._finish(record)
         return record
 
-    def _finish(self, record: RoundRecord) -> None:
-        self.history.rounds.append(record)
-        if self.on_round is not None:
-            self.on_round(record)
-
-    def _fail(self, message: str) -> FederationError:
-        return FederationError(message, self.history, self.weights)
-
     # -- steps 1-4: fit and aggregate ---------------------------------------------------
 
     def _available(self, rnd: int, wanted: int) -> Sequence[int]:
@@ -179,19 +142,11 @@ class RoundLoop:
         """The available clients that pass ``strategy.where``, asking new ones for properties."""
         if self.strategy.where is None:
             return list(available)
-        unknown = [
-            cid
-            for cid in available
-            if cid not in self.properties and self._unreported.get(cid) != rnd
-        ]
+        unknown = self._unasked(available, rnd)
         if unknown:
             ask = dict.fromkeys(unknown, Task("properties", rnd))
             for reply in self.transport.exchange(ask, timeout=self.round_timeout):
-                if reply.ok and isinstance(reply.result, dict):
-                    self.properties[reply.cid] = reply.result
-                else:  # asked again next round
-                    self._unreported[reply.cid] = rnd
-                    logger.warning("client %d did not report its properties", reply.cid)
+                self._store_properties(reply, rnd)
         return self.strategy.eligible(available, self.properties)
 
     def _fit(self, rnd: int, record: RoundRecord) -> None:
@@ -249,77 +204,7 @@ class RoundLoop:
                 + (" ..." if len(record.fit_failures) > 5 else "")
             )
         record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
-        try:
-            state, out = update(state, End(rnd))
-        except Exception as exc:
-            logger.error(
-                "round %d: aggregation failed, the global model is unchanged: %s", rnd, exc
-            )
-            record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
-            return
-        self.agg_state = state
-        aggregate = next((e for e in out if isinstance(e, Aggregate)), None)
-        if aggregate is None:
-            return
-        record.aggregate_info.update(aggregate.info)
-        try:
-            new = aggregate.apply(self.weights)
-            self.spec.check(new, what=f"round {rnd}'s aggregate")
-        except (WeightsError, ValueError, TypeError) as exc:
-            logger.error(
-                "round %d: refusing the aggregate, the global model is unchanged: %s", rnd, exc
-            )
-            record.aggregate_info["error"] = str(exc)
-            return
-        self.weights = freeze(new)
-        record.aggregated = True
-
-    def _contribution(self, reply: Reply, record: RoundRecord) -> Contribution | None:
-        cid = reply.cid
-        if not reply.ok:
-            assert reply.error is not None
-            self._record_failure(
-                record.fit_failures, Failure(cid, "fit", _first_line(reply.error), reply.error)
-            )
-            return None
-        result = reply.result
-        if not isinstance(result, FitResult):
-            self._record_failure(
-                record.fit_failures,
-                Failure(cid, "fit", f"reply is {type(result).__name__}, expected FitResult"),
-            )
-            return None
-        try:
-            if result.weights is not None:
-                self.spec.check(result.weights, what=f"client {cid}'s weights")
-            else:
-                self.spec.check(result.delta, what=f"client {cid}'s delta")
-            for name, extra in result.extras.items():
-                self.spec.check(extra, what=f"client {cid}'s extra {name!r}")
-        except WeightsError as exc:
-            self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
-            return None
-        return Contribution(
-            cid,
-            result.num_examples,
-            result.weights,
-            result.delta,
-            result.metrics,
-            extras=result.extras,
-        )
-
-    def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
-        failures.append(failure)
-        if failure.error.endswith("does not implement evaluate()"):
-            # A common set-up, not an incident: say it once, not every round.
-            if not self._said_no_evaluate:
-                self._said_no_evaluate = True
-                logger.warning(
-                    "clients do not implement evaluate(); set fraction_evaluate=0 to turn "
-                    "off federated evaluation"
-                )
-            return
-        logger.warning("client %d failed in %s: %s", failure.cid, failure.stage, failure.error)
+        self._apply(state, rnd, record)
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -380,13 +265,3 @@ class RoundLoop:
         if record.evaluate_examples > 0:
             record.evaluate_loss = loss_sum / record.evaluate_examples
             record.evaluate_metrics = strategy.evaluate_metrics(results)
-
-    def _central(self, record: RoundRecord) -> None:
-        if self.evaluate_fn is None:
-            return
-        out = self.evaluate_fn(record.round, self.weights)
-        if out is None:
-            return
-        loss, metrics = out
-        record.central_loss = float(loss)
-        record.central_metrics = dict(metrics)

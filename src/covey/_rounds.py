@@ -1,0 +1,217 @@
+"""What the synchronous and the asynchronous loop share.
+
+Both :class:`~covey.RoundLoop` and :class:`~covey.AsyncLoop` keep a global model,
+its :class:`~covey.History` and the aggregation chain's state; both turn a client's
+fit reply into a :class:`~covey.aggregate.Contribution` or a recorded failure,
+apply the chain's :class:`~covey.aggregate.Aggregate` at ``End``, run the central
+evaluation and remember the properties clients report. :class:`_LoopBase` does
+these once; the loops differ only in how they reach clients and when they aggregate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from covey._history import Failure, History, RoundRecord
+from covey._messages import FitResult, Metrics, Reply
+from covey._strategy import Strategy
+from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
+from covey.aggregate import Aggregate, Contribution, End
+
+logger = logging.getLogger("covey")
+
+EvaluateFn = Callable[[int, Weights], "tuple[float, Metrics] | None"]
+RoundCallback = Callable[[RoundRecord], None]
+
+
+class FederationError(RuntimeError):
+    """The run cannot go on: e.g. too few clients replied in a round.
+
+    Attributes:
+        history: What happened up to the error.
+        weights: The global weights of the last completed round.
+    """
+
+    def __init__(self, message: str, history: History, weights: Weights) -> None:
+        super().__init__(message)
+        self.history = history
+        self.weights = weights
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+class _LoopBase:
+    """The state and the reply handling common to the round loop and the asynchronous loop.
+
+    Args:
+        strategy: What to do each round (or update).
+        initial_weights: The global model before the first round.
+        evaluate_fn: ``(round, weights) -> (loss, metrics)`` run on the server, or None.
+        seed: Seeds the choice of clients.
+        on_round: Called with each finished :class:`RoundRecord`.
+    """
+
+    #: What one step of the loop is called in its messages, and what its model is.
+    _step = "round"
+    _model = "the global model"
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        initial_weights: Weights,
+        *,
+        evaluate_fn: EvaluateFn | None,
+        seed: int,
+        on_round: RoundCallback | None,
+    ) -> None:
+        self.strategy = strategy
+        self.spec = WeightsSpec.of(initial_weights)
+        self.spec.check(initial_weights, what="initial weights")
+        self.weights: dict[str, Array] = freeze(initial_weights)
+        self.evaluate_fn = evaluate_fn
+        self.seed = seed
+        self.on_round = on_round
+        self.history = History()
+        self.agg_state: Any = strategy.aggregator.init(self.weights)
+        self.properties: dict[int, dict[str, Any]] = {}
+        self._unreported: dict[int, int] = {}  # client -> the round it did not report in
+        self._said_no_evaluate = False
+
+    def _fail(self, message: str) -> FederationError:
+        return FederationError(message, self.history, self.weights)
+
+    def _finish(self, record: RoundRecord) -> None:
+        self.history.rounds.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _central(self, record: RoundRecord) -> None:
+        if self.evaluate_fn is None:
+            return
+        out = self.evaluate_fn(record.round, self.weights)
+        if out is None:
+            return
+        loss, metrics = out
+        record.central_loss = float(loss)
+        record.central_metrics = dict(metrics)
+
+    # -- client properties ----------------------------------------------------------------
+
+    def _unasked(self, available: Sequence[int], rnd: int) -> list[int]:
+        """The clients of ``available`` whose properties are unknown and still to ask in ``rnd``."""
+        return [
+            cid
+            for cid in available
+            if cid not in self.properties and self._unreported.get(cid) != rnd
+        ]
+
+    def _store_properties(self, reply: Reply, rnd: int) -> None:
+        if reply.ok and isinstance(reply.result, dict):
+            self.properties[reply.cid] = reply.result
+        else:  # asked again next round
+            self._unreported[reply.cid] = rnd
+            logger.warning("client %d did not report its properties", reply.cid)
+
+    # -- fit replies and the aggregate ------------------------------------------------------
+
+    def _contribution(
+        self,
+        reply: Reply,
+        record: RoundRecord,
+        *,
+        staleness: int = 0,
+        sent: Weights | None = None,
+    ) -> Contribution | None:
+        """A fit reply as a contribution, or None with the failure recorded.
+
+        ``staleness`` counts the global updates since the client was sent ``sent``,
+        the model it trained from.
+        """
+        cid = reply.cid
+        if not reply.ok:
+            assert reply.error is not None
+            self._record_failure(
+                record.fit_failures, Failure(cid, "fit", _first_line(reply.error), reply.error)
+            )
+            return None
+        result = reply.result
+        if not isinstance(result, FitResult):
+            self._record_failure(
+                record.fit_failures,
+                Failure(cid, "fit", f"reply is {type(result).__name__}, expected FitResult"),
+            )
+            return None
+        try:
+            if result.weights is not None:
+                self.spec.check(result.weights, what=f"client {cid}'s weights")
+            else:
+                self.spec.check(result.delta, what=f"client {cid}'s delta")
+            for name, extra in result.extras.items():
+                self.spec.check(extra, what=f"client {cid}'s extra {name!r}")
+        except WeightsError as exc:
+            self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
+            return None
+        weights, delta = result.weights, result.delta
+        if weights is not None and staleness > 0:
+            # The client trained from an older model: its update is relative to that one.
+            assert sent is not None
+            delta = subtract(weights, sent)
+            weights = None
+        return Contribution(
+            cid,
+            result.num_examples,
+            weights,
+            delta,
+            result.metrics,
+            staleness=staleness,
+            extras=result.extras,
+        )
+
+    def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
+        failures.append(failure)
+        if failure.error.endswith("does not implement evaluate()"):
+            # A common set-up, not an incident: say it once, not every round.
+            if not self._said_no_evaluate:
+                self._said_no_evaluate = True
+                logger.warning(
+                    "clients do not implement evaluate(); set fraction_evaluate=0 to turn "
+                    "off federated evaluation"
+                )
+            return
+        logger.warning("client %d failed in %s: %s", failure.cid, failure.stage, failure.error)
+
+    def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
+        """End the aggregation chain for ``rnd`` and apply its aggregate to the global model."""
+        try:
+            state, out = self.strategy.aggregator.update(state, End(rnd))
+        except Exception as exc:
+            logger.error(
+                "%s %d: aggregation failed, %s is unchanged: %s", self._step, rnd, self._model, exc
+            )
+            record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
+            return
+        self.agg_state = state
+        aggregate = next((e for e in out if isinstance(e, Aggregate)), None)
+        if aggregate is None:
+            return
+        record.aggregate_info.update(aggregate.info)
+        try:
+            new = aggregate.apply(self.weights)
+            self.spec.check(new, what=f"{self._step} {rnd}'s aggregate")
+        except (WeightsError, ValueError, TypeError) as exc:
+            logger.error(
+                "%s %d: refusing the aggregate, %s is unchanged: %s",
+                self._step,
+                rnd,
+                self._model,
+                exc,
+            )
+            record.aggregate_info["error"] = str(exc)
+            return
+        self.weights = freeze(new)
+        record.aggregated = True
