@@ -308,3 +308,19 @@ def test_oversized_header_length_is_refused_before_use() -> None:
     struct.pack_into("<I", blob, 8, 0xFFFFFFFF)
     with pytest.raises(covey.CodecError, match="header length"):
         covey.decode(blob)
+
+
+def test_a_header_with_a_fractional_shape_is_refused() -> None:
+    blob = bytes(covey.encode({"w": np.zeros(4)}))
+    prefix = struct.Struct("<8sIIQII")
+    magic, header_len, _, payload_len, payload_crc, reserved = prefix.unpack_from(blob)
+    header = json.loads(blob[prefix.size : prefix.size + header_len])
+    header[0][2] = [2.5]
+    new_header = json.dumps(header, separators=(",", ":")).encode().ljust(header_len)[:header_len]
+    forged = bytearray(blob)
+    forged[prefix.size : prefix.size + header_len] = new_header
+    prefix.pack_into(
+        forged, 0, magic, header_len, zlib.crc32(new_header), payload_len, payload_crc, reserved
+    )
+    with pytest.raises(covey.CodecError, match="not a list of integers"):
+        covey.decode(forged)

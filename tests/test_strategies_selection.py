@@ -135,3 +135,9 @@ def test_eligible_and_validation() -> None:
     assert big.eligible([0, 1], {0: {"ram_gb": 32}, 1: {"site": "x"}}) == [0]
     with pytest.raises(TypeError, match="where must be"):
         covey.Strategy(where=["site"])  # type: ignore[arg-type]
+
+
+def test_a_selector_that_repeats_a_client_is_refused() -> None:
+    strategy = covey.Strategy(selector=lambda available, rnd, rng: [available[0], available[0]])
+    with pytest.raises(ValueError, match="more than once"):
+        strategy.sample([0, 1, 2], 2, 1, 0, purpose=0)

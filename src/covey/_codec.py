@@ -278,7 +278,11 @@ def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
         try:
             name, dtype_str, shape, offset, nbytes = entry
             dtype = np.dtype(dtype_str)
-            shape = tuple(int(d) for d in shape)
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in shape
+            ):
+                raise TypeError(f"shape {shape!r} is not a list of integers")
+            shape = tuple(shape)
         except (TypeError, ValueError) as exc:
             raise CodecError(f"corrupt header entry {entry!r}: {exc}") from None
         if not isinstance(name, str) or name in out:

@@ -201,6 +201,8 @@ class Strategy:
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None:
             chosen = sorted(int(c) for c in self.selector(available, round, rng))
+            if len(set(chosen)) != len(chosen):
+                raise ValueError(f"selector chose some clients more than once: {chosen}")
             unknown = set(chosen) - set(available)
             if unknown:
                 raise ValueError(f"selector chose clients that are not available: {unknown}")
