@@ -314,13 +314,22 @@ def test_a_header_with_a_fractional_shape_is_refused() -> None:
     blob = bytes(covey.encode({"w": np.zeros(4)}))
     prefix = struct.Struct("<8sIIQII")
     magic, header_len, _, payload_len, payload_crc, reserved = prefix.unpack_from(blob)
+    payload = blob[-payload_len:]
     header = json.loads(blob[prefix.size : prefix.size + header_len])
-    header[0][2] = [2.5]
-    new_header = json.dumps(header, separators=(",", ":")).encode().ljust(header_len)[:header_len]
-    forged = bytearray(blob)
-    forged[prefix.size : prefix.size + header_len] = new_header
+    header[0][2] = [4.0]  # the right size, as a float
+    new_header = json.dumps(header, separators=(",", ":")).encode()
+    start = (prefix.size + len(new_header) + 63) // 64 * 64
+    forged = bytearray(start) + payload
+    forged[prefix.size : prefix.size + len(new_header)] = new_header
     prefix.pack_into(
-        forged, 0, magic, header_len, zlib.crc32(new_header), payload_len, payload_crc, reserved
+        forged,
+        0,
+        magic,
+        len(new_header),
+        zlib.crc32(new_header),
+        payload_len,
+        payload_crc,
+        reserved,
     )
     with pytest.raises(covey.CodecError, match="not a list of integers"):
         covey.decode(forged)
