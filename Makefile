@@ -54,3 +54,11 @@ bench-flower: $(STAMP) $(FLOWER_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,plain $(BENCH_ARGS)
+
+# Deployed federations: covey server/client processes vs Flower's SuperLink and
+# SuperNodes (from the same .venv-flower) vs raw loopback sockets. Takes tens of
+# minutes; results go to benchmarks/results/. Extra flags: DEPLOY_ARGS="--n 10 --no-huge".
+DEPLOY_ARGS ?=
+.PHONY: bench-deploy
+bench-deploy: $(STAMP) $(FLOWER_STAMP)
+	$(BIN)/python benchmarks/deploy_vs_flower.py --flower-bin $(FLOWER_VENV)/bin $(DEPLOY_ARGS)
