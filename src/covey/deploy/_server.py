@@ -14,7 +14,7 @@ from covey._async import AsyncLoop
 from covey._history import History, RoundRecord
 from covey._loop import EvaluateFn, RoundCallback, RoundLoop
 from covey._strategy import Strategy
-from covey._weights import Array, Weights, WeightsSpec, copy
+from covey._weights import Array, Weights, WeightsSpec
 from covey.transport._grpc_server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
@@ -46,7 +46,7 @@ class ServerApp:
 
 @dataclass
 class ServeResult:
-    """How a served run ended: final weights, history and where its state lives."""
+    """How a served run ended: final weights (read-only arrays), history, where its state lives."""
 
     weights: dict[str, Array]
     history: History
@@ -212,6 +212,7 @@ def serve(
                 idle_timeout=wait_timeout,
                 on_round=round_done,
             )
+            del weights, initial_weights
             loop.run(rounds)
         else:
             loop = RoundLoop(
@@ -228,6 +229,9 @@ def serve(
                 loop.history = history
             if state is not None:
                 loop.agg_state = state
+            # The loop owns the model now; holding the initial one here would keep
+            # a model-sized copy alive for the whole run.
+            del weights, initial_weights
             loop.run(rounds, start=start)
         if store is not None:
             store.set_status("finished")
@@ -239,4 +243,4 @@ def serve(
         transport.close()
         if store is not None:
             store.close()
-    return ServeResult(copy(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+    return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)

@@ -222,6 +222,9 @@ class GrpcServerTransport:
                 )
         finally:
             sink.open = False
+            # The next exchange carries a new model: do not keep this one alive.
+            self._broadcast = (None, None)
+            self._extras = (None, None)
 
     # -- AsyncTransport: one task at a time, for asynchronous (FedBuff) runs -----------
 
