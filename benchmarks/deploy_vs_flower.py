@@ -69,13 +69,7 @@ SYSTEMS = ("covey", "covey-tls", "covey-sim", "flower", "sockets")
 PARTS = ("digits", "big", "huge")
 MB = 1e6
 COVEY_BIN = Path(sys.executable).parent
-QUIET_ENV = {
-    # Nothing is sent off this machine: no telemetry, update checks or usage stats.
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "PYTHONUNBUFFERED": "1",
-}
+QUIET_ENV = vf.RUNNER_ENV
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -862,10 +856,7 @@ def derive(out: dict[str, Any], data: dict[str, Any], t_stop: float) -> None:
 # --- report ------------------------------------------------------------------------
 
 
-def _f(value: Any, fmt: str = "{:.2f}") -> str:
-    if value is None:
-        return "–"
-    return fmt.format(value)
+_f = vf._f
 
 
 def _status(r: dict[str, Any]) -> str:

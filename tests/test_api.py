@@ -117,6 +117,7 @@ EXPECTED = {
     "covey.models": [
         "LogisticClient",
         "logistic_evaluate",
+        "logistic_grad",
         "logistic_init",
         "logistic_sgd_epoch",
     ],

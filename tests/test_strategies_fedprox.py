@@ -12,20 +12,10 @@ from hypothesis import strategies as st
 import covey
 from covey import fedprox
 from covey.data import dirichlet, load_digits
-from covey.models import logistic_evaluate, logistic_init
+from covey.models import logistic_evaluate, logistic_grad, logistic_init
 
 DATA = load_digits(seed=0)
 PARTS = dirichlet(DATA.y_train, 10, alpha=0.3, seed=1)
-
-
-def logistic_grad(w: covey.Weights, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Gradient of the mean softmax cross-entropy."""
-    logits = x @ w["W"] + w["b"]
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0
-    p /= len(y)
-    return {"W": x.T @ p, "b": p.sum(axis=0)}
 
 
 class ProxClient(covey.Client):

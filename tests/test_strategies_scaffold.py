@@ -11,21 +11,12 @@ import pytest
 import covey
 from covey import scaffold
 from covey.data import load_digits, shards
-from covey.models import logistic_evaluate, logistic_init
+from covey.models import logistic_evaluate, logistic_grad, logistic_init
 
 DATA = load_digits(seed=0)
 NUM_CLIENTS = 20
 PARTS = shards(DATA.y_train, NUM_CLIENTS, shards_per_client=1, seed=0)  # one label per client
 EPOCHS, LR, BATCH = 20, 0.1, 16
-
-
-def logistic_grad(w: covey.Weights, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    logits = x @ w["W"] + w["b"]
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1.0
-    p /= len(y)
-    return {"W": x.T @ p, "b": p.sum(axis=0)}
 
 
 class SkewedClient(covey.Client):

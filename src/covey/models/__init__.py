@@ -3,8 +3,15 @@
 from covey.models._logistic import (
     LogisticClient,
     logistic_evaluate,
+    logistic_grad,
     logistic_init,
     logistic_sgd_epoch,
 )
 
-__all__ = ["LogisticClient", "logistic_evaluate", "logistic_init", "logistic_sgd_epoch"]
+__all__ = [
+    "LogisticClient",
+    "logistic_evaluate",
+    "logistic_grad",
+    "logistic_init",
+    "logistic_sgd_epoch",
+]

@@ -56,13 +56,18 @@ def logistic_sgd_epoch(
     b = np.array(weights["b"], dtype=W.dtype)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        xb = x[idx]
-        p = _softmax(xb @ W + b)
-        p[np.arange(len(idx)), y[idx]] -= 1.0
-        p /= len(idx)
-        W -= lr * (xb.T @ p)
-        b -= lr * p.sum(axis=0)
+        grad = logistic_grad({"W": W, "b": b}, x[idx], y[idx])
+        W -= lr * grad["W"]
+        b -= lr * grad["b"]
     return {"W": W, "b": b}
+
+
+def logistic_grad(weights: Weights, x: FloatArray, y: IntArray) -> dict[str, Array]:
+    """Gradient of the mean softmax cross-entropy of ``weights`` on the batch ``(x, y)``."""
+    p = _softmax(x @ weights["W"] + weights["b"])
+    p[np.arange(len(y)), y] -= 1.0
+    p /= len(y)
+    return {"W": x.T @ p, "b": p.sum(axis=0)}
 
 
 def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[float, float]:
