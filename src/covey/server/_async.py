@@ -8,7 +8,7 @@ clients whose reply was used become free for new tasks. Nothing waits for a roun
 
 The loop talks to clients through an :class:`~covey.AsyncTransport`: ``submit``
 a task to one client, then take replies one at a time with ``next_reply`` (see
-:mod:`covey._asynctransport` for the simulated and threaded implementations).
+:mod:`covey.transport._async` for the simulated and threaded implementations).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covey._asynctransport import AsyncTransport
-from covey._history import History, RoundRecord
-from covey._messages import Config, Metrics, Task
-from covey._rounds import EvaluateFn, RoundCallback, _LoopBase
-from covey._strategy import Strategy
-from covey._weights import Weights
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
+from covey.core._history import History, RoundRecord
+from covey.core._messages import Config, Metrics, Task
+from covey.core._weights import Weights
+from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
+from covey.strategies._strategy import Strategy
+from covey.transport._async import AsyncTransport
 
 logger = logging.getLogger("covey")
 

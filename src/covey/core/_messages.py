@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from covey._weights import Weights
+from covey.core._weights import Weights
 
 Scalar = bool | int | float | str | bytes
 Metrics = dict[str, Scalar]

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from covey._history import Failure, History, RoundRecord
-from covey._messages import FitResult, Metrics, Reply
-from covey._strategy import Strategy
-from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
 from covey.aggregate import Aggregate, Contribution, End
+from covey.core._history import Failure, History, RoundRecord
+from covey.core._messages import FitResult, Metrics, Reply
+from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
+from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
 
