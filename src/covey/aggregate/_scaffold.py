@@ -83,7 +83,7 @@ def scaffold(num_clients: int) -> Step:
                     raise AggregationError(
                         f"scaffold: no client sent the {CLIENT_DELTA!r} extra (clients "
                         f"{list(state.missing)[:5]}...); SCAFFOLD clients must report their "
-                        "control-variate change with covey.clients._scaffold.ControlVariate"
+                        "control-variate change with covey.clients.ControlVariate"
                     )
             if state.acc is None:
                 return _ScaffoldState(state.c), (End(event.round, info),)

@@ -42,7 +42,8 @@ class Client:
             weights: The global model (read-only arrays).
             config: ``{"round": r, ...}`` plus what the strategy sends this round,
                 and ``"extras"`` when an aggregation step broadcasts arrays to
-                clients (e.g. SCAFFOLD's control variate, see :mod:`covey.clients._scaffold`).
+                clients (e.g. SCAFFOLD's control variate, see
+                :class:`covey.clients.ControlVariate`).
 
         Returns:
             New weights or a delta, the number of examples, and metrics.

@@ -1,6 +1,6 @@
 """What the synchronous and the asynchronous loop share.
 
-Both :class:`~covey.RoundLoop` and :class:`~covey.AsyncLoop` keep a global model,
+Both :class:`~covey.server.RoundLoop` and :class:`~covey.server.AsyncLoop` keep a global model,
 its :class:`~covey.History` and the aggregation chain's state; both turn a client's
 fit reply into a :class:`~covey.aggregate.Contribution` or a recorded failure,
 apply the chain's :class:`~covey.aggregate.Aggregate` at ``End``, run the central

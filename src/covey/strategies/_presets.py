@@ -82,7 +82,8 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
     """FedProx: FedAvg whose clients add ``mu/2 ||w - w_global||^2`` to their local loss.
 
     The server side is FedAvg; ``proximal_mu`` is sent in every fit config (merged
-    into ``on_fit_config``'s), and clients apply it with :mod:`covey.clients._fedprox`.
+    into ``on_fit_config``'s), and clients apply it with
+    :func:`covey.clients.proximal_grad` or the torch helpers beside it.
     ``proximal_mu=0`` is exactly FedAvg.
 
     Args:
@@ -244,7 +245,7 @@ def Scaffold(
     """SCAFFOLD: control variates correct client drift on heterogeneous data.
 
     The aggregator is ``chain(scaffold(num_clients), mean(), server_sgd(server_lr))``;
-    clients use :class:`covey.clients._scaffold.ControlVariate` to correct their local
+    clients use :class:`covey.clients.ControlVariate` to correct their local
     gradients and report their control-variate change.
 
     Args:

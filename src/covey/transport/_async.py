@@ -1,6 +1,6 @@
 """Asynchronous transports: submit one task at a time, take replies as they come.
 
-:class:`AsyncTransport` is the seam the FedBuff loop (:class:`covey.AsyncLoop`)
+:class:`AsyncTransport` is the seam the FedBuff loop (:class:`covey.server.AsyncLoop`)
 drives. :class:`SimulatedAsyncTransport` runs clients through any synchronous
 transport on a virtual clock with simulated per-client speeds (no real waiting).
 """
