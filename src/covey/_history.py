@@ -32,7 +32,11 @@ class Failure:
 
 @dataclass
 class RoundRecord:
-    """One round. Round 0 holds only the central evaluation of the initial model."""
+    """One round. Round 0 holds only the central evaluation of the initial model.
+
+    ``privacy`` is the budget spent so far, ``{"epsilon": ..., "delta": ...}``,
+    in a differentially private run (None otherwise).
+    """
 
     round: int
     fit_participants: list[int] = field(default_factory=list)
@@ -49,6 +53,7 @@ class RoundRecord:
     central_loss: float | None = None
     central_metrics: Metrics = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, float] | None = None
 
     @property
     def failures(self) -> list[Failure]:
@@ -72,9 +77,14 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass
 class History:
-    """The record of a run: one :class:`RoundRecord` per round, starting at round 0."""
+    """The record of a run: one :class:`RoundRecord` per round, starting at round 0.
+
+    ``stopped_reason`` says why a run ended before its last round (e.g. its
+    privacy budget), None when it ran every round.
+    """
 
     rounds: list[RoundRecord] = field(default_factory=list)
+    stopped_reason: str | None = None
 
     def __len__(self) -> int:
         return len(self.rounds)
@@ -111,7 +121,10 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"rounds": [_jsonable(asdict(r)) for r in self.rounds]}
+        return {
+            "rounds": [_jsonable(asdict(r)) for r in self.rounds],
+            "stopped_reason": self.stopped_reason,
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         """The history as JSON text."""
@@ -133,7 +146,7 @@ class History:
             raw["fit_failures"] = [Failure(**f) for f in raw.get("fit_failures", [])]
             raw["evaluate_failures"] = [Failure(**f) for f in raw.get("evaluate_failures", [])]
             rounds.append(RoundRecord(**raw))
-        return cls(rounds)
+        return cls(rounds, data.get("stopped_reason"))
 
     @classmethod
     def from_json(cls, text: str) -> History:
