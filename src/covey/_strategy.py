@@ -14,6 +14,7 @@ from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
+from covey._hooks import RunHook
 from covey._messages import Config, Metrics
 from covey.aggregate import Step, chain, weighted_mean
 
@@ -88,6 +89,9 @@ class Strategy:
         max_staleness: In asynchronous mode, drop updates computed from a model
             more than this many updates old (None: keep all).
         name: A label for logs and history.
+        hooks: Run hooks (:class:`covey._hooks.RunHook`) the round loop calls at the
+            start, around each round and at the end; e.g. the privacy accountant
+            that :func:`covey.privacy.central` adds.
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -106,6 +110,7 @@ class Strategy:
     buffer_size: int | None = None
     max_staleness: int | None = None
     name: str = "custom"
+    hooks: tuple[RunHook, ...] = ()
 
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
@@ -132,6 +137,8 @@ class Strategy:
                 isinstance(value, bool) or not isinstance(value, int) or value < least
             ):
                 raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
+        if self.hooks and self.buffer_size is not None:
+            raise ValueError("run hooks (e.g. privacy accounting) need synchronous rounds")
         if self.buffer_size is not None and self.fraction_evaluate > 0.0:
             raise ValueError(
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "

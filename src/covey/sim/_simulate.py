@@ -215,6 +215,7 @@ def simulate(
                 seed=seed,
                 round_timeout=round_timeout,
                 on_round=round_done,
+                simulated=True,
             )
         loop.run(rounds)
     finally:
