@@ -1,0 +1,283 @@
+"""The DP aggregation step: clip each update, sum, add noise, divide by the expected count.
+
+:func:`dp_step` wraps a strategy's aggregator ``inner``. It takes every
+contribution of a round itself, so no reducer ever sees an individual update:
+each update is clipped to the L2 norm ``clip`` (or checked, when clients clip),
+the clipped updates are summed in float64, Gaussian noise is added to the sum,
+and the noisy sum divided by the expected number of clients is handed to
+``inner`` as the round's one contribution. Whatever ``inner`` does after its
+reducer (FedAdam's server optimizer, momentum) then runs on the private mean.
+
+The noise per round is independent (DP-FedAvg) or the increment of a
+tree-aggregation prefix sum (DP-FTRL); adaptive clipping moves ``clip`` after
+every round from a noisy count of the updates that were not clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import dp_accounting as dpa
+import numpy as np
+
+from covey._weights import Array, Weights
+from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
+from covey.aggregate._base import State
+from covey.privacy import _noise
+from covey.privacy._accounting import Accountant, Ledger, round_event
+
+Clipping = Literal["server", "client"]
+"""Where updates are clipped: by the server (default) or by each client before upload."""
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Adaptive clipping: the clip follows a quantile of the update norms.
+
+    After each round ``clip <- clip * exp(-learning_rate * (b - target_quantile))``,
+    where ``b`` is the noisy fraction of updates whose norm was at most ``clip``.
+
+    Args:
+        target_quantile: The quantile of update norms the clip should track.
+        learning_rate: The geometric step size.
+        count_stddev: The noise on the count of unclipped updates; None gives
+            ``0.05 * expected_clients``. Its privacy cost is taken from the update
+            noise, so the pair costs exactly one Gaussian with ``noise_multiplier``.
+
+    References:
+        Andrew, Thakkar, McMahan and Ramaswamy, "Differentially Private Learning
+        with Adaptive Clipping", NeurIPS 2021.
+    """
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_stddev: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_quantile < 1.0:
+            raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.count_stddev is not None and not self.count_stddev > 0:
+            raise ValueError(f"count_stddev must be > 0, got {self.count_stddev}")
+
+    def split(self, noise_multiplier: float, expected: float) -> tuple[float, float]:
+        """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``."""
+        sigma_b = self.count_stddev if self.count_stddev is not None else 0.05 * expected
+        if noise_multiplier >= 2.0 * sigma_b:
+            raise ValueError(
+                f"adaptive clipping needs noise_multiplier < 2 * count_stddev "
+                f"({noise_multiplier} >= {2.0 * sigma_b}): raise count_stddev or sample "
+                "more clients per round"
+            )
+        return (noise_multiplier**-2 - (2.0 * sigma_b) ** -2) ** -0.5, sigma_b
+
+
+@dataclass
+class Shared:
+    """What the selector, the step and the run hook share within one server.
+
+    ``seed`` is the noise seed of the run (None: fresh CSPRNG seeds), set by the
+    hook when the run starts; ``population`` is how many clients the Poisson
+    selector sampled from in each round.
+    """
+
+    seed: int | None = None
+    started: bool = False
+    population: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """The parameters of a DP aggregation, fixed for the whole run."""
+
+    name: str
+    noise_multiplier: float
+    clip: float
+    delta: float
+    clipping: Clipping = "server"
+    sampling_rate: float | None = None  # None: no sampling (DP-FTRL)
+    expected_clients: float | None = None
+    adaptive: AdaptiveClipping | None = None
+    tree_rounds: int | None = None  # DP-FTRL: rounds per tree (restarts after)
+    accountant: Accountant = "rdp"
+    target_epsilon: float | None = None
+
+    def ledger(self, rounds: int) -> Ledger:
+        """The ledger after ``rounds`` rounds of this mechanism."""
+        ledger = Ledger(accountant=self.accountant)
+        if rounds == 0:
+            return ledger
+        if self.tree_rounds is None:
+            assert self.sampling_rate is not None
+            return ledger.add(round_event(self.noise_multiplier, self.sampling_rate), rounds)
+        full, part = divmod(rounds, self.tree_rounds)
+        tree = dpa.SingleEpochTreeAggregationDpEvent
+        if full:
+            ledger = ledger.add(tree(self.noise_multiplier, self.tree_rounds), full)
+        if part:
+            ledger = ledger.add(tree(self.noise_multiplier, part))
+        return ledger
+
+
+class DPState(NamedTuple):
+    """The DP step's state: the wrapped step's, the rounds accounted, the clip, the round's sum."""
+
+    inner: Any
+    rounds: int = 0
+    clip: float = 0.0
+    params: Weights | None = None
+    acc: dict[str, Array] | None = None
+    contributed: int = 0
+    unclipped: int = 0
+    clipped: tuple[int, ...] = ()
+    seen: frozenset[int] = frozenset()  # DP-FTRL: who contributed to the current tree
+    tree_seed: int | None = None
+
+
+def _sq_norm(values: Weights) -> float:
+    return float(sum(np.vdot(v, v).real for v in values.values()))
+
+
+def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
+    """Wrap ``inner`` so that it only ever sees the clipped, noised mean of a round.
+
+    Args:
+        inner: The strategy's aggregator (its reducer sees one contribution a round).
+        mech: The mechanism's parameters.
+        shared: The run's noise seed and sampled population (see :class:`Shared`).
+
+    Returns:
+        A step whose state is a :class:`DPState`.
+    """
+
+    def init(params: Weights) -> State:
+        _noise.check_float(params, mech.name)
+        return DPState(inner.init(params), clip=mech.clip)
+
+    def contribute(state: DPState, event: Contribution) -> DPState:
+        assert state.params is not None
+        assert state.acc is not None
+        if mech.tree_rounds is not None and event.cid in state.seen:
+            return state._replace(clipped=(*state.clipped, -1 - event.cid))
+        delta = event.as_delta(state.params)
+        norm = math.sqrt(_sq_norm(delta))
+        scale = 1.0 if norm <= state.clip else state.clip / norm
+        for name, value in delta.items():
+            state.acc[name] += value * scale if scale != 1.0 else value
+        return state._replace(
+            contributed=state.contributed + 1,
+            unclipped=state.unclipped + (norm <= state.clip),
+            clipped=state.clipped if scale == 1.0 else (*state.clipped, event.cid),
+            seen=state.seen | {event.cid} if mech.tree_rounds is not None else state.seen,
+        )
+
+    def expected(rnd: int) -> float:
+        if mech.expected_clients is not None:
+            return mech.expected_clients
+        assert mech.sampling_rate is not None
+        population = shared.population.get(rnd)
+        if population is None:
+            raise RuntimeError(
+                f"{mech.name}: round {rnd} was not sampled by the Poisson selector; "
+                "keep the selector central() installs"
+            )
+        return max(mech.sampling_rate * population, 1.0)
+
+    def noise(state: DPState, rnd: int, std: float) -> dict[str, Array]:
+        assert state.acc is not None
+        if mech.tree_rounds is None:
+            rng = _noise.generator(shared.seed, _noise.UPDATE_NOISE, rnd)
+            return _noise.gaussian(rng, state.acc, std)
+        assert state.tree_seed is not None
+        tree, step = divmod(state.rounds, mech.tree_rounds)
+        now = _noise.tree_noise(state.tree_seed, tree, step + 1, state.acc, std)
+        before = _noise.tree_noise(state.tree_seed, tree, step, state.acc, std)
+        assert now is not None
+        if before is not None:
+            for name, value in before.items():
+                now[name] -= value
+        return now
+
+    def end(state: DPState, event: End) -> tuple[State, tuple[Event, ...]]:
+        assert state.params is not None
+        assert state.acc is not None
+        m = expected(event.round)
+        z, clip = mech.noise_multiplier, state.clip
+        new_clip, noisy_fraction = clip, None
+        if mech.adaptive is not None:
+            z, sigma_b = mech.adaptive.split(mech.noise_multiplier, m)
+            rng = _noise.generator(shared.seed, _noise.COUNT_NOISE, event.round)
+            shifted = state.unclipped - 0.5 * state.contributed + float(rng.normal(0.0, sigma_b))
+            noisy_fraction = shifted / m + 0.5
+            a = mech.adaptive
+            new_clip = clip * math.exp(-a.learning_rate * (noisy_fraction - a.target_quantile))
+        std = z * clip
+        mean: dict[str, Array] = {}
+        for name, value in noise(state, event.round, std).items():
+            total = state.acc[name] + value
+            mean[name] = (total / m).astype(state.params[name].dtype, copy=False)
+        rounds = state.rounds + 1
+        info: dict[str, Any] = {
+            "mechanism": mech.name,
+            "clip": clip,
+            "noise_std": std,
+            "expected_clients": m,
+            "clients": state.contributed,
+            "clipped": [c for c in state.clipped if c >= 0],
+            "rounds": rounds,
+            "ledger": mech.ledger(rounds).to_json(),
+        }
+        if mech.tree_rounds is not None:
+            info["repeated"] = [-1 - c for c in state.clipped if c < 0]
+        if noisy_fraction is not None:
+            info["unclipped_fraction"] = noisy_fraction
+            info["next_clip"] = new_clip
+        inner_state, _ = inner.update(state.inner, Contribution(0, 1, delta=mean))
+        inner_state, out = inner.update(inner_state, End(event.round, dict(event.info)))
+        events = tuple(
+            Aggregate(
+                e.round,
+                state.contributed,
+                e.num_examples,
+                e.weights,
+                e.delta,
+                {**e.info, "dp": info},
+            )
+            if isinstance(e, Aggregate)
+            else e
+            for e in out
+        )
+        seen = state.seen
+        if mech.tree_rounds is not None and rounds % mech.tree_rounds == 0:
+            seen = frozenset()  # a new tree: each client may contribute once more
+        new = DPState(inner_state, rounds, new_clip, seen=seen, tree_seed=state.tree_seed)
+        return new, events
+
+    def update(state: DPState, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            if state.acc is None:
+                raise RuntimeError(f"{mech.name} got a contribution before Begin")
+            return contribute(state, event), ()
+        if isinstance(event, Begin):
+            inner_state, out = inner.update(state.inner, event)
+            acc = {
+                name: np.zeros(np.shape(v), dtype=np.float64) for name, v in event.params.items()
+            }
+            fresh = state._replace(
+                inner=inner_state,
+                params=event.params,
+                acc=acc,
+                contributed=0,
+                unclipped=0,
+                clipped=(),
+            )
+            return fresh, out
+        if isinstance(event, End):
+            return end(state, event)
+        inner_state, out = inner.update(state.inner, event)
+        return state._replace(inner=inner_state), out
+
+    return Step(init, update)
