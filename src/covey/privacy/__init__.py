@@ -10,14 +10,20 @@ See ``docs/privacy.md``.
 
 from covey.privacy._accounting import Ledger, calibrate, epsilon, event_from_json, event_to_json
 from covey.privacy._central import PrivacyHook, central, poisson_selector
+from covey.privacy._ftrl import dp_ftrl
+from covey.privacy._local import ClipUpdates, LocalDP, analytic_gaussian_sigma
 from covey.privacy._step import AdaptiveClipping
 
 __all__ = [
     "AdaptiveClipping",
+    "ClipUpdates",
     "Ledger",
+    "LocalDP",
     "PrivacyHook",
+    "analytic_gaussian_sigma",
     "calibrate",
     "central",
+    "dp_ftrl",
     "epsilon",
     "event_from_json",
     "event_to_json",

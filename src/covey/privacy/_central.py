@@ -193,7 +193,7 @@ def central(
         delta: The delta of the guarantee (below 1 / number of clients).
         target_epsilon: Stop the run before the first round that would exceed it.
         clipping: ``"server"`` (default: clients need no change) or ``"client"``:
-            clients clip before upload (see :func:`covey.privacy.clip_updates`)
+            clients clip before upload (see :class:`covey.privacy.ClipUpdates`)
             using ``config["dp_clip"]``; the server still checks the norms.
         adaptive: True or an :class:`AdaptiveClipping` to learn the clip.
         accountant: ``"rdp"`` (default) or ``"pld"``.

@@ -177,14 +177,17 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
     def expected(rnd: int) -> float:
         if mech.expected_clients is not None:
             return mech.expected_clients
-        assert mech.sampling_rate is not None
+        rate = mech.sampling_rate
+        if rate is None:  # DP-FTRL: each client once per tree of tree_rounds rounds
+            assert mech.tree_rounds is not None
+            rate = 1.0 / mech.tree_rounds
         population = shared.population.get(rnd)
         if population is None:
             raise RuntimeError(
-                f"{mech.name}: round {rnd} was not sampled by the Poisson selector; "
-                "keep the selector central() installs"
+                f"{mech.name}: round {rnd} was not sampled by the selector it installs; "
+                "keep it, or give expected_clients"
             )
-        return max(mech.sampling_rate * population, 1.0)
+        return max(rate * population, 1.0)
 
     def noise(state: DPState, rnd: int, std: float) -> dict[str, Array]:
         assert state.acc is not None
