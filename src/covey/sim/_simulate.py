@@ -218,6 +218,8 @@ def simulate(
                 simulated=True,
             )
         loop.run(rounds)
+        if history_path is not None and loop.history.stopped_reason is not None:
+            loop.history.save(history_path)  # with why the run stopped early
     finally:
         gc.unfreeze()
         if stop_progress is not None:
