@@ -9,6 +9,7 @@ composition of its events: nothing here computes a privacy loss by hand.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ def event_to_json(event: dpa.DpEvent) -> dict[str, Any]:
     return out
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
     """Rebuild an event from :func:`event_to_json` output, accepting known event types only."""
     if _depth > _MAX_DEPTH:
@@ -66,12 +71,19 @@ def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
     kwargs: dict[str, Any] = {}
     for attribute in cls.__attrs_attrs__:
         if attribute.name not in data:
-            raise ValueError(f"{data['type']} event lacks {attribute.name!r}")
+            raise ValueError(f"privacy ledger event {data['type']} lacks {attribute.name!r}")
         value = data[attribute.name]
         if isinstance(value, dict):
             value = event_from_json(value, _depth + 1)
         elif isinstance(value, list):
             value = [event_from_json(v, _depth + 1) if isinstance(v, dict) else v for v in value]
+            if not all(isinstance(v, dpa.DpEvent) or _number(v) for v in value):
+                raise ValueError(f"privacy ledger event {data['type']}: bad {attribute.name!r}")
+        elif not _number(value):
+            raise ValueError(
+                f"privacy ledger event {data['type']}: {attribute.name!r} must be a number, "
+                f"got {value!r}"
+            )
         kwargs[attribute.name] = value
     return cls(**kwargs)
 
@@ -108,7 +120,15 @@ def epsilon_of(event: dpa.DpEvent, delta: float, accountant: Accountant = "rdp")
     _check_delta(delta)
     acc = _tree_accountant() if _uses_tree(event) else _make_accountant(accountant)
     acc.compose(event)
-    return float(acc.get_epsilon(delta))
+    # dp-accounting logs (through absl) each RDP order it drops as numerically
+    # unstable; the epsilon is still its own, so keep the log quiet while it works.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return float(acc.get_epsilon(delta))
+    finally:
+        absl.setLevel(level)
 
 
 def round_event(noise_multiplier: float, sampling_rate: float) -> dpa.DpEvent:

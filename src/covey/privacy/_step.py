@@ -133,6 +133,7 @@ class DPState(NamedTuple):
     contributed: int = 0
     unclipped: int = 0
     clipped: tuple[int, ...] = ()
+    nonfinite: tuple[int, ...] = ()
     seen: frozenset[int] = frozenset()  # DP-FTRL: who contributed to the current tree
     tree_seed: int | None = None
 
@@ -164,13 +165,18 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             return state._replace(clipped=(*state.clipped, -1 - event.cid))
         delta = event.as_delta(state.params)
         norm = math.sqrt(_sq_norm(delta))
+        if not math.isfinite(norm):  # NaN or Inf: clipping cannot bound it, so drop it
+            return state._replace(nonfinite=(*state.nonfinite, event.cid))
         scale = 1.0 if norm <= state.clip else state.clip / norm
         for name, value in delta.items():
             state.acc[name] += value * scale if scale != 1.0 else value
         return state._replace(
             contributed=state.contributed + 1,
             unclipped=state.unclipped + (norm <= state.clip),
-            clipped=state.clipped if scale == 1.0 else (*state.clipped, event.cid),
+            # Rounding can leave a client-clipped update an ulp over: scaled, not noted.
+            clipped=(
+                state.clipped if norm <= state.clip * (1 + 1e-9) else (*state.clipped, event.cid)
+            ),
             seen=state.seen | {event.cid} if mech.tree_rounds is not None else state.seen,
         )
 
@@ -230,6 +236,7 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             "expected_clients": m,
             "clients": state.contributed,
             "clipped": [c for c in state.clipped if c >= 0],
+            "nonfinite": list(state.nonfinite),
             "rounds": rounds,
             "ledger": mech.ledger(rounds).to_json(),
         }
@@ -276,6 +283,7 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
                 contributed=0,
                 unclipped=0,
                 clipped=(),
+                nonfinite=(),
             )
             return fresh, out
         if isinstance(event, End):
