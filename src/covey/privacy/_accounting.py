@@ -119,13 +119,13 @@ def epsilon_of(event: dpa.DpEvent, delta: float, accountant: Accountant = "rdp")
     """
     _check_delta(delta)
     acc = _tree_accountant() if _uses_tree(event) else _make_accountant(accountant)
-    acc.compose(event)
     # dp-accounting logs (through absl) each RDP order it drops as numerically
     # unstable; the epsilon is still its own, so keep the log quiet while it works.
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
     try:
+        acc.compose(event)
         return float(acc.get_epsilon(delta))
     finally:
         absl.setLevel(level)
