@@ -271,7 +271,7 @@ def test_resume_restores_the_ledger_from_the_history() -> None:
     fresh = dp.aggregator.init(_params())
     state = hook.start(fresh, None, history)
     assert state.rounds == 3
-    hook.after_round(covey.RoundRecord(round=4), state)
+    hook.after_round(covey.core.RoundRecord(round=4), state)
     other = privacy.central(_strategy(fraction_fit=0.5), noise_multiplier=2.0, clip=1.0, delta=1e-5)
     with pytest.raises(ValueError, match="other privacy parameters"):
         other.hooks[-1].start(other.aggregator.init(_params()), None, history)

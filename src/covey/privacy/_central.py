@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from covey._history import History, RoundRecord
-from covey._messages import Config
-from covey._strategy import Strategy
+from covey.core._history import History, RoundRecord
+from covey.core._messages import Config
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
+from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import dp_accounting as dpa
 
-from covey._torchutil import torch_module
+from covey.clients._torch import torch_module
 from covey.privacy._accounting import Accountant, Ledger, round_event
 
 logger = logging.getLogger("covey")

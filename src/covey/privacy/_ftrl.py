@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from covey._strategy import Strategy
 from covey.privacy._central import PrivacyHook, _check
 from covey.privacy._step import Mechanism, Shared, dp_step
+from covey.strategies._strategy import Strategy
 
 
 def round_robin(tree_rounds: int, shared: Shared) -> Any:

@@ -16,9 +16,9 @@ import dp_accounting as dpa
 import numpy as np
 from scipy import optimize, special
 
-from covey._client import Client
-from covey._messages import Config, EvaluateResult, FitResult
-from covey._weights import Array, Weights, subtract
+from covey.clients._client import Client
+from covey.core._messages import Config, EvaluateResult, FitResult
+from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger
 

@@ -12,7 +12,7 @@ import secrets
 
 import numpy as np
 
-from covey._weights import Array, Weights
+from covey.core._weights import Array, Weights
 
 # Purposes, mixed into the seed so that independent noises never share a stream.
 UPDATE_NOISE = 1

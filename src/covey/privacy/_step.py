@@ -22,9 +22,9 @@ from typing import Any, Literal, NamedTuple
 import dp_accounting as dpa
 import numpy as np
 
-from covey._weights import Array, Weights
 from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
 from covey.aggregate._base import State
+from covey.core._weights import Array, Weights
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, round_event
 

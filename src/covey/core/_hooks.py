@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from covey._history import History, RoundRecord
+from covey.core._history import History, RoundRecord
 
 
 @runtime_checkable
