@@ -89,7 +89,7 @@ class Strategy:
         max_staleness: In asynchronous mode, drop updates computed from a model
             more than this many updates old (None: keep all).
         name: A label for logs and history.
-        hooks: Run hooks (:class:`covey._hooks.RunHook`) the round loop calls at the
+        hooks: Run hooks (:class:`covey.core._hooks.RunHook`) the round loop calls at the
             start, around each round and at the end; e.g. the privacy accountant
             that :func:`covey.privacy.central` adds.
     """
