@@ -288,3 +288,11 @@ def test_the_dp_step_itself_drops_nonfinite_updates() -> None:
     assert out is not None
     assert out.info["dp"]["nonfinite"] == [1]
     assert np.all(np.isfinite(out.apply(params)["w"]))
+
+
+def test_adaptive_clipping_with_too_few_clients_fails_before_training() -> None:
+    dp = privacy.central(
+        _strategy(fraction_fit=0.5), noise_multiplier=3.0, clip=1.0, delta=1e-5, adaptive=True
+    )
+    with pytest.raises(ValueError, match="count_stddev"):
+        covey.simulate(_zeros, 10, 1, dp, _params())

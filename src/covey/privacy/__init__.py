@@ -16,9 +16,9 @@ from covey.privacy._local import ClipUpdates, LocalDP, analytic_gaussian_sigma
 from covey.privacy._step import AdaptiveClipping
 
 __all__ = [
+    "DPSGD",
     "AdaptiveClipping",
     "ClipUpdates",
-    "DPSGD",
     "Ledger",
     "LocalDP",
     "PrivacyHook",

@@ -9,14 +9,19 @@ composition of its events: nothing here computes a privacy loss by hand.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import dp_accounting as dpa
+import numpy as np
 from dp_accounting import pld, rdp
+from dp_accounting.rdp import rdp_privacy_accountant
 
 Accountant = Literal["rdp", "pld"]
 """Which ``dp-accounting`` accountant: Renyi DP (default) or privacy loss distributions."""
@@ -88,6 +93,32 @@ def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
     return cls(**kwargs)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep dp-accounting's absl log quiet while it works.
+
+    It logs each RDP order it drops as numerically unstable; the epsilon is still
+    its own, and a run would otherwise print dozens of lines per round.
+    """
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+@functools.lru_cache(maxsize=64)
+def _rdp_curve(event_json: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(orders, rdp)`` of one event as dp-accounting's RDP accountant computes it."""
+    event = event_from_json(json.loads(event_json))
+    acc = _tree_accountant() if _uses_tree(event) else rdp.RdpAccountant()
+    with _quiet():
+        acc.compose(event)
+    return tuple(acc._orders), tuple(acc._rdp)
+
+
 def _make_accountant(accountant: Accountant) -> dpa.PrivacyAccountant:
     if accountant == "rdp":
         return rdp.RdpAccountant()
@@ -119,16 +150,9 @@ def epsilon_of(event: dpa.DpEvent, delta: float, accountant: Accountant = "rdp")
     """
     _check_delta(delta)
     acc = _tree_accountant() if _uses_tree(event) else _make_accountant(accountant)
-    # dp-accounting logs (through absl) each RDP order it drops as numerically
-    # unstable; the epsilon is still its own, so keep the log quiet while it works.
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
+    with _quiet():
         acc.compose(event)
         return float(acc.get_epsilon(delta))
-    finally:
-        absl.setLevel(level)
 
 
 def round_event(noise_multiplier: float, sampling_rate: float) -> dpa.DpEvent:
@@ -228,8 +252,8 @@ def calibrate(
     # epsilon reached is not yet within 1% below the target.
     z = reached = math.nan
     for tol in (1e-4, 1e-6):
-        z = float(
-            dpa.calibrate_dp_mechanism(
+        with _quiet():
+            z = dpa.calibrate_dp_mechanism(
                 make,
                 event,
                 target_epsilon,
@@ -237,7 +261,7 @@ def calibrate(
                 bracket_interval=dpa.LowerEndpointAndGuess(0.3, 1.0),
                 tol=tol,
             )
-        )
+        z = float(z)
         reached = epsilon(z, sampling_rate, rounds, delta, accountant)
         if 0.99 * target_epsilon <= reached <= target_epsilon:
             return z
@@ -277,7 +301,23 @@ class Ledger:
         """The epsilon spent so far at ``delta`` (0 for an empty ledger)."""
         if not self.entries:
             return 0.0
-        return epsilon_of(self.event(), delta, self.accountant)
+        if self.accountant == "pld" and not _uses_tree(self.event()):
+            return epsilon_of(self.event(), delta, "pld")
+        # RDP composes by adding each event's RDP curve times its count, as the
+        # accountant does for a SelfComposedDpEvent; each distinct event's curve
+        # is computed by dp-accounting once and kept, so a run's per-round epsilon
+        # costs a sum and a conversion, not a new RDP computation every round.
+        _check_delta(delta)
+        orders: tuple[float, ...] = ()
+        total = None
+        for data, n in self.entries:
+            orders, curve = _rdp_curve(json.dumps(data, sort_keys=True))
+            term = np.asarray(curve) * n
+            total = term if total is None else total + term
+        assert total is not None
+        with _quiet():
+            eps, _ = rdp_privacy_accountant.compute_epsilon(orders, total, delta)
+        return float(eps)
 
     @property
     def rounds(self) -> int:

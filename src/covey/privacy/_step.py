@@ -272,6 +272,8 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
                 raise RuntimeError(f"{mech.name} got a contribution before Begin")
             return contribute(state, event), ()
         if isinstance(event, Begin):
+            if mech.adaptive is not None:  # refuse now, not after the clients trained
+                mech.adaptive.split(mech.noise_multiplier, expected(event.round))
             inner_state, out = inner.update(state.inner, event)
             acc = {
                 name: np.zeros(np.shape(v), dtype=np.float64) for name, v in event.params.items()
