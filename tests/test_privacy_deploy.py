@@ -55,7 +55,9 @@ class _Joins(logging.Handler):
                 self.changed.notify_all()
 
 
-def _deployed() -> covey.deploy.ServeResult:
+def _deployed(
+    rounds: int = ROUNDS, run_dir: Path | None = None, resume: bool = False
+) -> covey.deploy.ServeResult:
     port: list[int] = []
     listening = threading.Event()
     result: list[Any] = []
@@ -69,10 +71,12 @@ def _deployed() -> covey.deploy.ServeResult:
         result.append(
             serve(
                 _strategy(),
-                ROUNDS,
+                rounds,
                 digits_app.initial(),
                 "127.0.0.1:0",
                 insecure=True,
+                run_dir=run_dir,
+                resume=resume,
                 wait_timeout=60,
                 round_timeout=60,
                 on_listen=lambda p: (port.append(p), listening.set()),
@@ -127,3 +131,22 @@ def test_dp_over_grpc_with_a_seed_equals_the_simulation() -> None:
         digits_app.initial(),
     )
     assert not np.allclose(noise_free.weights["W"], simulated.weights["W"])
+
+
+def test_a_resumed_dp_run_continues_its_ledger(tmp_path: Path) -> None:
+    first = _deployed(rounds=2, run_dir=tmp_path / "run")
+    assert first.history[2].privacy is not None
+    resumed = _deployed(rounds=4, run_dir=tmp_path / "run", resume=True)
+    simulated = covey.simulate(
+        lambda cid: digits_app.DigitsClient(cid, CLIENTS),
+        CLIENTS,
+        4,
+        _strategy(),
+        digits_app.initial(),
+    )
+    assert resumed.history[4].aggregate_info["dp"]["rounds"] == 4
+    for rnd in (3, 4):
+        assert resumed.history[rnd].privacy == simulated.history[rnd].privacy
+        assert resumed.history[rnd].privacy["epsilon"] > first.history[2].privacy["epsilon"]
+    for name in simulated.weights:
+        np.testing.assert_allclose(resumed.weights[name], simulated.weights[name], atol=1e-12)
