@@ -130,6 +130,7 @@ class DPState(NamedTuple):
     clip: float = 0.0
     params: Weights | None = None
     acc: dict[str, Array] | None = None
+    scratch: dict[str, Array] | None = None  # reused within a round for scaled updates
     contributed: int = 0
     unclipped: int = 0
     clipped: tuple[int, ...] = ()
@@ -142,26 +143,22 @@ def _sq_norm(values: Weights) -> float:
     return float(sum(np.vdot(v, v).real for v in values.values()))
 
 
-def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
-    """Wrap ``inner`` so that it only ever sees the clipped, noised mean of a round.
+@dataclass(frozen=True)
+class _DPAggregation:
+    """The DP step's functions; it holds only configuration, never a round's state."""
 
-    Args:
-        inner: The strategy's aggregator (its reducer sees one contribution a round).
-        mech: The mechanism's parameters.
-        shared: The run's noise seed and sampled population (see :class:`Shared`).
+    inner: Step
+    mech: Mechanism
+    shared: Shared
 
-    Returns:
-        A step whose state is a :class:`DPState`.
-    """
+    def init(self, params: Weights) -> State:
+        _noise.check_float(params, self.mech.name)
+        return DPState(self.inner.init(params), clip=self.mech.clip)
 
-    def init(params: Weights) -> State:
-        _noise.check_float(params, mech.name)
-        return DPState(inner.init(params), clip=mech.clip)
-
-    def contribute(state: DPState, event: Contribution) -> DPState:
+    def _contribute(self, state: DPState, event: Contribution) -> DPState:
         assert state.params is not None
         assert state.acc is not None
-        if mech.tree_rounds is not None and event.cid in state.seen:
+        if self.mech.tree_rounds is not None and event.cid in state.seen:
             return state._replace(clipped=(*state.clipped, -1 - event.cid))
         delta = event.as_delta(state.params)
         norm = math.sqrt(_sq_norm(delta))
@@ -169,7 +166,13 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             return state._replace(nonfinite=(*state.nonfinite, event.cid))
         scale = 1.0 if norm <= state.clip else state.clip / norm
         for name, value in delta.items():
-            state.acc[name] += value * scale if scale != 1.0 else value
+            if scale == 1.0:
+                np.add(state.acc[name], value, out=state.acc[name])
+            else:
+                assert state.scratch is not None
+                tmp = state.scratch[name]
+                np.multiply(value, scale, out=tmp)
+                np.add(state.acc[name], tmp, out=state.acc[name])
         return state._replace(
             contributed=state.contributed + 1,
             unclipped=state.unclipped + (norm <= state.clip),
@@ -177,31 +180,31 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             clipped=(
                 state.clipped if norm <= state.clip * (1 + 1e-9) else (*state.clipped, event.cid)
             ),
-            seen=state.seen | {event.cid} if mech.tree_rounds is not None else state.seen,
+            seen=state.seen | {event.cid} if self.mech.tree_rounds is not None else state.seen,
         )
 
-    def expected(rnd: int) -> float:
-        if mech.expected_clients is not None:
-            return mech.expected_clients
-        rate = mech.sampling_rate
+    def _expected(self, rnd: int) -> float:
+        if self.mech.expected_clients is not None:
+            return self.mech.expected_clients
+        rate = self.mech.sampling_rate
         if rate is None:  # DP-FTRL: each client once per tree of tree_rounds rounds
-            assert mech.tree_rounds is not None
-            rate = 1.0 / mech.tree_rounds
-        population = shared.population.get(rnd)
+            assert self.mech.tree_rounds is not None
+            rate = 1.0 / self.mech.tree_rounds
+        population = self.shared.population.get(rnd)
         if population is None:
             raise RuntimeError(
-                f"{mech.name}: round {rnd} was not sampled by the selector it installs; "
+                f"{self.mech.name}: round {rnd} was not sampled by the selector it installs; "
                 "keep it, or give expected_clients"
             )
         return max(rate * population, 1.0)
 
-    def noise(state: DPState, rnd: int, std: float) -> dict[str, Array]:
+    def _noise(self, state: DPState, rnd: int, std: float) -> dict[str, Array]:
         assert state.acc is not None
-        if mech.tree_rounds is None:
-            rng = _noise.generator(shared.seed, _noise.UPDATE_NOISE, rnd)
+        if self.mech.tree_rounds is None:
+            rng = _noise.generator(self.shared.seed, _noise.UPDATE_NOISE, rnd)
             return _noise.gaussian(rng, state.acc, std)
         assert state.tree_seed is not None
-        tree, step = divmod(state.rounds, mech.tree_rounds)
+        tree, step = divmod(state.rounds, self.mech.tree_rounds)
         now = _noise.tree_noise(state.tree_seed, tree, step + 1, state.acc, std)
         before = _noise.tree_noise(state.tree_seed, tree, step, state.acc, std)
         assert now is not None
@@ -210,27 +213,28 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
                 now[name] -= value
         return now
 
-    def end(state: DPState, event: End) -> tuple[State, tuple[Event, ...]]:
+    def _end(self, state: DPState, event: End) -> tuple[State, tuple[Event, ...]]:
         assert state.params is not None
         assert state.acc is not None
-        m = expected(event.round)
-        z, clip = mech.noise_multiplier, state.clip
+        m = self._expected(event.round)
+        z, clip = self.mech.noise_multiplier, state.clip
         new_clip, noisy_fraction = clip, None
-        if mech.adaptive is not None:
-            z, sigma_b = mech.adaptive.split(mech.noise_multiplier, m)
-            rng = _noise.generator(shared.seed, _noise.COUNT_NOISE, event.round)
+        if self.mech.adaptive is not None:
+            z, sigma_b = self.mech.adaptive.split(self.mech.noise_multiplier, m)
+            rng = _noise.generator(self.shared.seed, _noise.COUNT_NOISE, event.round)
             shifted = state.unclipped - 0.5 * state.contributed + float(rng.normal(0.0, sigma_b))
             noisy_fraction = shifted / m + 0.5
-            a = mech.adaptive
+            a = self.mech.adaptive
             new_clip = clip * math.exp(-a.learning_rate * (noisy_fraction - a.target_quantile))
         std = z * clip
         mean: dict[str, Array] = {}
-        for name, value in noise(state, event.round, std).items():
-            total = state.acc[name] + value
-            mean[name] = (total / m).astype(state.params[name].dtype, copy=False)
+        for name, noise in self._noise(state, event.round, std).items():
+            np.add(noise, state.acc[name], out=noise)  # in place: no model-sized temporaries
+            np.multiply(noise, 1.0 / m, out=noise)
+            mean[name] = noise.astype(state.params[name].dtype, copy=False)
         rounds = state.rounds + 1
         info: dict[str, Any] = {
-            "mechanism": mech.name,
+            "mechanism": self.mech.name,
             "clip": clip,
             "noise_std": std,
             "expected_clients": m,
@@ -238,15 +242,15 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             "clipped": [c for c in state.clipped if c >= 0],
             "nonfinite": list(state.nonfinite),
             "rounds": rounds,
-            "ledger": mech.ledger(rounds).to_json(),
+            "ledger": self.mech.ledger(rounds).to_json(),
         }
-        if mech.tree_rounds is not None:
+        if self.mech.tree_rounds is not None:
             info["repeated"] = [-1 - c for c in state.clipped if c < 0]
         if noisy_fraction is not None:
             info["unclipped_fraction"] = noisy_fraction
             info["next_clip"] = new_clip
-        inner_state, _ = inner.update(state.inner, Contribution(0, 1, delta=mean))
-        inner_state, out = inner.update(inner_state, End(event.round, dict(event.info)))
+        inner_state, _ = self.inner.update(state.inner, Contribution(0, 1, delta=mean))
+        inner_state, out = self.inner.update(inner_state, End(event.round, dict(event.info)))
         events = tuple(
             Aggregate(
                 e.round,
@@ -261,20 +265,20 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             for e in out
         )
         seen = state.seen
-        if mech.tree_rounds is not None and rounds % mech.tree_rounds == 0:
+        if self.mech.tree_rounds is not None and rounds % self.mech.tree_rounds == 0:
             seen = frozenset()  # a new tree: each client may contribute once more
         new = DPState(inner_state, rounds, new_clip, seen=seen, tree_seed=state.tree_seed)
         return new, events
 
-    def update(state: DPState, event: Event) -> tuple[State, tuple[Event, ...]]:
+    def update(self, state: DPState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
             if state.acc is None:
-                raise RuntimeError(f"{mech.name} got a contribution before Begin")
-            return contribute(state, event), ()
+                raise RuntimeError(f"{self.mech.name} got a contribution before Begin")
+            return self._contribute(state, event), ()
         if isinstance(event, Begin):
-            if mech.adaptive is not None:  # refuse now, not after the clients trained
-                mech.adaptive.split(mech.noise_multiplier, expected(event.round))
-            inner_state, out = inner.update(state.inner, event)
+            if self.mech.adaptive is not None:  # refuse now, not after the clients trained
+                self.mech.adaptive.split(self.mech.noise_multiplier, self._expected(event.round))
+            inner_state, out = self.inner.update(state.inner, event)
             acc = {
                 name: np.zeros(np.shape(v), dtype=np.float64) for name, v in event.params.items()
             }
@@ -282,6 +286,7 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
                 inner=inner_state,
                 params=event.params,
                 acc=acc,
+                scratch={name: np.empty_like(a) for name, a in acc.items()},
                 contributed=0,
                 unclipped=0,
                 clipped=(),
@@ -289,8 +294,21 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
             )
             return fresh, out
         if isinstance(event, End):
-            return end(state, event)
-        inner_state, out = inner.update(state.inner, event)
+            return self._end(state, event)
+        inner_state, out = self.inner.update(state.inner, event)
         return state._replace(inner=inner_state), out
 
-    return Step(init, update)
+
+def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
+    """Wrap ``inner`` so that it only ever sees the clipped, noised mean of a round.
+
+    Args:
+        inner: The strategy's aggregator (its reducer sees one contribution a round).
+        mech: The mechanism's parameters.
+        shared: The run's noise seed and sampled population (see :class:`Shared`).
+
+    Returns:
+        A step whose state is a :class:`DPState`.
+    """
+    agg = _DPAggregation(inner, mech, shared)
+    return Step(agg.init, agg.update)
