@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ class _Joins(logging.Handler):
                 self.changed.notify_all()
 
 
+def _joined(joins: _Joins, k: int) -> bool:
+    return joins.count > k
+
+
 def _deployed(
     rounds: int = ROUNDS, run_dir: Path | None = None, resume: bool = False
 ) -> covey.deploy.ServeResult:
@@ -66,6 +71,10 @@ def _deployed(
     old_level = log.level
     log.setLevel(logging.INFO)
     log.addHandler(joins)
+
+    def on_listen(p: int) -> None:
+        port.append(p)
+        listening.set()
 
     def server() -> None:
         result.append(
@@ -79,7 +88,7 @@ def _deployed(
                 resume=resume,
                 wait_timeout=60,
                 round_timeout=60,
-                on_listen=lambda p: (port.append(p), listening.set()),
+                on_listen=on_listen,
             )
         )
 
@@ -96,14 +105,15 @@ def _deployed(
             t.start()
             threads.append(t)
             with joins.changed:  # client k is given id k
-                assert joins.changed.wait_for(lambda k=k: joins.count > k, timeout=30)
+                assert joins.changed.wait_for(partial(_joined, joins, k), timeout=30)
         for t in threads:
             t.join(120)
             assert not t.is_alive()
     finally:
         log.removeHandler(joins)
         log.setLevel(old_level)
-    return result[0]  # type: ignore[no-any-return]
+    served: covey.deploy.ServeResult = result[0]
+    return served
 
 
 def test_dp_over_grpc_with_a_seed_equals_the_simulation() -> None:
@@ -146,7 +156,11 @@ def test_a_resumed_dp_run_continues_its_ledger(tmp_path: Path) -> None:
     )
     assert resumed.history[4].aggregate_info["dp"]["rounds"] == 4
     for rnd in (3, 4):
-        assert resumed.history[rnd].privacy == simulated.history[rnd].privacy
-        assert resumed.history[rnd].privacy["epsilon"] > first.history[2].privacy["epsilon"]
+        spent = resumed.history[rnd].privacy
+        before = first.history[2].privacy
+        assert spent == simulated.history[rnd].privacy
+        assert spent is not None
+        assert before is not None
+        assert spent["epsilon"] > before["epsilon"]
     for name in simulated.weights:
         np.testing.assert_allclose(resumed.weights[name], simulated.weights[name], atol=1e-12)

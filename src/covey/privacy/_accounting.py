@@ -314,7 +314,8 @@ class Ledger:
             orders, curve = _rdp_curve(json.dumps(data, sort_keys=True))
             term = np.asarray(curve) * n
             total = term if total is None else total + term
-        assert total is not None
+        if total is None:
+            raise RuntimeError("unreachable: a non-empty ledger has a first entry")
         with _quiet():
             eps, _ = rdp_privacy_accountant.compute_epsilon(orders, total, delta)
         return float(eps)

@@ -75,7 +75,8 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
 def _update(result: FitResult, weights: Weights) -> dict[str, Array]:
     if result.delta is not None:
         return {name: np.asarray(v) for name, v in result.delta.items()}
-    assert result.weights is not None
+    if result.weights is None:
+        raise TypeError("a FitResult has weights or a delta")
     return subtract(result.weights, weights)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import dp_accounting as dpa
 import numpy as np
@@ -27,6 +27,8 @@ from covey.aggregate._base import State
 from covey.core._weights import Array, Weights
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, round_event
+
+_T = TypeVar("_T")
 
 Clipping = Literal["server", "client"]
 """Where updates are clipped: by the server (default) or by each client before upload."""
@@ -111,8 +113,8 @@ class Mechanism:
         if rounds == 0:
             return ledger
         if self.tree_rounds is None:
-            assert self.sampling_rate is not None
-            return ledger.add(round_event(self.noise_multiplier, self.sampling_rate), rounds)
+            rate = _present(self.sampling_rate, "the sampling rate")
+            return ledger.add(round_event(self.noise_multiplier, rate), rounds)
         full, part = divmod(rounds, self.tree_rounds)
         tree = dpa.SingleEpochTreeAggregationDpEvent
         if full:
@@ -139,6 +141,13 @@ class DPState(NamedTuple):
     tree_seed: int | None = None
 
 
+def _present(value: _T | None, what: str) -> _T:
+    """``value``, or a RuntimeError naming what is missing (a broken invariant)."""
+    if value is None:
+        raise RuntimeError(f"DP step: {what} is missing (was the round begun?)")
+    return value
+
+
 def _sq_norm(values: Weights) -> float:
     return float(sum(np.vdot(v, v).real for v in values.values()))
 
@@ -156,23 +165,22 @@ class _DPAggregation:
         return DPState(self.inner.init(params), clip=self.mech.clip)
 
     def _contribute(self, state: DPState, event: Contribution) -> DPState:
-        assert state.params is not None
-        assert state.acc is not None
+        params = _present(state.params, "the round's weights")
+        acc = _present(state.acc, "the round's sum")
         if self.mech.tree_rounds is not None and event.cid in state.seen:
             return state._replace(clipped=(*state.clipped, -1 - event.cid))
-        delta = event.as_delta(state.params)
+        delta = event.as_delta(params)
         norm = math.sqrt(_sq_norm(delta))
         if not math.isfinite(norm):  # NaN or Inf: clipping cannot bound it, so drop it
             return state._replace(nonfinite=(*state.nonfinite, event.cid))
         scale = 1.0 if norm <= state.clip else state.clip / norm
         for name, value in delta.items():
             if scale == 1.0:
-                np.add(state.acc[name], value, out=state.acc[name])
+                np.add(acc[name], value, out=acc[name])
             else:
-                assert state.scratch is not None
-                tmp = state.scratch[name]
+                tmp = _present(state.scratch, "the round's buffer")[name]
                 np.multiply(value, scale, out=tmp)
-                np.add(state.acc[name], tmp, out=state.acc[name])
+                np.add(acc[name], tmp, out=acc[name])
         return state._replace(
             contributed=state.contributed + 1,
             unclipped=state.unclipped + (norm <= state.clip),
@@ -188,8 +196,7 @@ class _DPAggregation:
             return self.mech.expected_clients
         rate = self.mech.sampling_rate
         if rate is None:  # DP-FTRL: each client once per tree of tree_rounds rounds
-            assert self.mech.tree_rounds is not None
-            rate = 1.0 / self.mech.tree_rounds
+            rate = 1.0 / _present(self.mech.tree_rounds, "tree_rounds")
         population = self.shared.population.get(rnd)
         if population is None:
             raise RuntimeError(
@@ -199,23 +206,22 @@ class _DPAggregation:
         return max(rate * population, 1.0)
 
     def _noise(self, state: DPState, rnd: int, std: float) -> dict[str, Array]:
-        assert state.acc is not None
+        acc = _present(state.acc, "the round's sum")
         if self.mech.tree_rounds is None:
             rng = _noise.generator(self.shared.seed, _noise.UPDATE_NOISE, rnd)
-            return _noise.gaussian(rng, state.acc, std)
-        assert state.tree_seed is not None
+            return _noise.gaussian(rng, acc, std)
+        seed = _present(state.tree_seed, "the tree's noise seed")
         tree, step = divmod(state.rounds, self.mech.tree_rounds)
-        now = _noise.tree_noise(state.tree_seed, tree, step + 1, state.acc, std)
-        before = _noise.tree_noise(state.tree_seed, tree, step, state.acc, std)
-        assert now is not None
+        now = _present(_noise.tree_noise(seed, tree, step + 1, acc, std), "the tree noise")
+        before = _noise.tree_noise(seed, tree, step, acc, std)
         if before is not None:
             for name, value in before.items():
                 now[name] -= value
         return now
 
     def _end(self, state: DPState, event: End) -> tuple[State, tuple[Event, ...]]:
-        assert state.params is not None
-        assert state.acc is not None
+        params = _present(state.params, "the round's weights")
+        acc = _present(state.acc, "the round's sum")
         m = self._expected(event.round)
         z, clip = self.mech.noise_multiplier, state.clip
         new_clip, noisy_fraction = clip, None
@@ -229,9 +235,9 @@ class _DPAggregation:
         std = z * clip
         mean: dict[str, Array] = {}
         for name, noise in self._noise(state, event.round, std).items():
-            np.add(noise, state.acc[name], out=noise)  # in place: no model-sized temporaries
+            np.add(noise, acc[name], out=noise)  # in place: no model-sized temporaries
             np.multiply(noise, 1.0 / m, out=noise)
-            mean[name] = noise.astype(state.params[name].dtype, copy=False)
+            mean[name] = noise.astype(params[name].dtype, copy=False)
         rounds = state.rounds + 1
         info: dict[str, Any] = {
             "mechanism": self.mech.name,
