@@ -296,3 +296,17 @@ def test_adaptive_clipping_with_too_few_clients_fails_before_training() -> None:
     )
     with pytest.raises(ValueError, match="count_stddev"):
         covey.simulate(_zeros, 10, 1, dp, _params())
+
+
+def test_the_dp_settings_are_recorded_in_the_history_config() -> None:
+    dp = privacy.central(
+        _strategy(fraction_fit=0.5), noise_multiplier=1.1, clip=0.3, delta=1e-5, noise_seed=4
+    )
+    history = covey.simulate(_zeros, 4, 1, dp, _params()).history
+    again = covey.History.from_json(history.to_json())
+    settings = again.config["strategy"]["hyperparameters"]["dp"]
+    assert settings["noise_multiplier"] == 1.1
+    assert settings["clip"] == 0.3
+    assert settings["sampling_rate"] == 0.5
+    assert settings["noise_seed"] == "given"  # the seed itself is not written down
+    assert again.config["strategy"]["name"] == "DP-FedAvg"

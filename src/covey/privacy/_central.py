@@ -260,4 +260,20 @@ def central(
         else strategy.on_fit_config,
         hooks=(*strategy.hooks, hook),
         name=f"DP-{strategy.name}",
+        hyperparameters={
+            **strategy.hyperparameters,
+            "dp": {
+                "mechanism": "DP-FedAvg",
+                "noise_multiplier": float(noise_multiplier),
+                "clip": float(clip),
+                "delta": float(delta),
+                "target_epsilon": target_epsilon,
+                "clipping": clipping,
+                "adaptive": None if adapt is None else vars(adapt),
+                "accountant": accountant,
+                "sampling": "poisson",
+                "sampling_rate": rate,
+                "noise_seed": "given" if noise_seed is not None else None,
+            },
+        },
     )

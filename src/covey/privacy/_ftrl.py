@@ -107,4 +107,16 @@ def dp_ftrl(
         min_fit_clients=0,
         hooks=(*strategy.hooks, hook),
         name=f"DP-FTRL-{strategy.name}",
+        hyperparameters={
+            **strategy.hyperparameters,
+            "dp": {
+                "mechanism": "DP-FTRL",
+                "noise_multiplier": float(noise_multiplier),
+                "clip": float(clip),
+                "delta": float(delta),
+                "tree_rounds": tree_rounds,
+                "target_epsilon": target_epsilon,
+                "noise_seed": "given" if noise_seed is not None else None,
+            },
+        },
     )
