@@ -273,6 +273,7 @@ class _DPAggregation:
         seen = state.seen
         if self.mech.tree_rounds is not None and rounds % self.mech.tree_rounds == 0:
             seen = frozenset()  # a new tree: each client may contribute once more
+        self.shared.population.pop(event.round, None)  # only the round in flight is needed
         new = DPState(inner_state, rounds, new_clip, seen=seen, tree_seed=state.tree_seed)
         return new, events
 
