@@ -310,3 +310,17 @@ def test_the_dp_settings_are_recorded_in_the_history_config() -> None:
     assert settings["sampling_rate"] == 0.5
     assert settings["noise_seed"] == "given"  # the seed itself is not written down
     assert again.config["strategy"]["name"] == "DP-FedAvg"
+
+
+@pytest.mark.slow
+def test_a_run_accounted_with_pld() -> None:
+    dp = privacy.central(
+        _strategy(fraction_fit=0.5), noise_multiplier=1.0, clip=1.0, delta=1e-5, accountant="pld"
+    )
+    history = covey.simulate(_zeros, 6, 2, dp, _params()).history
+    spent = history[2].privacy
+    assert spent is not None
+    assert spent["epsilon"] == pytest.approx(
+        privacy.epsilon(1.0, 0.5, 2, 1e-5, accountant="pld"), rel=1e-9
+    )
+    assert spent["epsilon"] < privacy.epsilon(1.0, 0.5, 2, 1e-5)  # tighter than RDP

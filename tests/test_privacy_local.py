@@ -139,3 +139,25 @@ def test_dp_ftrl_ignores_a_second_contribution_in_one_tree() -> None:
     assert second is not None
     assert second.info["dp"]["repeated"] == [0]
     assert second.info["dp"]["clients"] == 0
+
+
+def test_dp_ftrl_stops_before_its_budget() -> None:
+    z = 2.0
+    eps = [
+        privacy.Ledger().add(dpa.SingleEpochTreeAggregationDpEvent(z, t)).epsilon(1e-5)
+        for t in (3, 4)
+    ]
+    dp = privacy.dp_ftrl(
+        covey.FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=z,
+        clip=1.0,
+        delta=1e-5,
+        tree_rounds=10,
+        target_epsilon=(eps[0] + eps[1]) / 2,  # tree epsilon steps up at powers of 2
+    )
+    history = covey.simulate(
+        lambda cid: Fixed({"w": np.zeros(4)}), 20, 6, dp, {"w": np.zeros(4)}
+    ).history
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3]
+    assert history.stopped_reason is not None
+    assert "round 4" in history.stopped_reason
