@@ -189,7 +189,7 @@ def test_central_composes_with_fedadam_like_the_math_by_hand() -> None:
 def test_central_composes_with_a_robust_reducer_and_drops_nonfinite_updates() -> None:
     updates = {0: np.ones(DIM), 1: np.full(DIM, np.nan), 2: -np.ones(DIM)}
     robust = covey.Strategy(
-        aggregator=chain(trimmed_mean(0.0), server_adam(eta=0.05)),
+        aggregator=chain(trimmed_mean(0.2), server_adam(eta=0.05)),
         fraction_fit=1.0,
         min_fit_clients=0,
         fraction_evaluate=0.0,
@@ -201,6 +201,16 @@ def test_central_composes_with_a_robust_reducer_and_drops_nonfinite_updates() ->
     assert info["dp"]["clients"] == 2
     assert np.all(np.isfinite(result.weights["w"]))
     assert result.history[2].privacy is not None
+    # The reducer runs on the private mean: the same run with a plain mean is the same model.
+    plain = covey.Strategy(
+        aggregator=chain(covey.aggregate.mean(), server_adam(eta=0.05)),
+        fraction_fit=1.0,
+        min_fit_clients=0,
+        fraction_evaluate=0.0,
+    )
+    same = privacy.central(plain, noise_multiplier=0.5, clip=1.0, delta=1e-5, noise_seed=2)
+    again = covey.simulate(lambda cid: Fixed({"w": updates[cid]}), 3, 2, same, _params())
+    np.testing.assert_allclose(again.weights["w"], result.weights["w"], rtol=1e-12)
 
 
 def test_same_seed_same_model_and_no_seed_deployed_differs() -> None:
