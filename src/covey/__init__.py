@@ -24,7 +24,19 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from covey import aggregate, clients, core, data, deploy, models, server, sim, strategies, transport
+from covey import (
+    aggregate,
+    clients,
+    core,
+    data,
+    deploy,
+    models,
+    privacy,
+    server,
+    sim,
+    strategies,
+    transport,
+)
 from covey.aggregate import AggregationError
 from covey.clients import Client
 from covey.core import CodecError, EvaluateResult, FitResult, History, Weights, WeightsError
@@ -90,6 +102,7 @@ __all__ = [
     "data",
     "deploy",
     "models",
+    "privacy",
     "serve",
     "server",
     "sim",

@@ -71,6 +71,8 @@ class RoundLoop(_LoopBase):
         wait_timeout: Seconds to wait for ``min_available_clients`` to connect
             before a round, on transports where clients come and go.
         on_round: Called with each finished :class:`RoundRecord` (progress, logging).
+        simulated: Whether the clients are simulated: the strategy's run hooks then
+            get ``seed`` as the run's seed (None when deployed).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class RoundLoop(_LoopBase):
         round_timeout: float | None = None,
         wait_timeout: float | None = None,
         on_round: RoundCallback | None = None,
+        simulated: bool = False,
     ) -> None:
         super().__init__(
             strategy, initial_weights, evaluate_fn=evaluate_fn, seed=seed, on_round=on_round
@@ -91,17 +94,34 @@ class RoundLoop(_LoopBase):
         self.transport = transport
         self.round_timeout = round_timeout
         self.wait_timeout = wait_timeout
+        self.simulated = simulated
 
     # -- the whole run ---------------------------------------------------------------
 
     def run(self, rounds: int, *, start: int = 1) -> History:
-        """Run rounds ``start..rounds`` (round 0's central evaluation first if start is 1)."""
+        """Run rounds ``start..rounds`` (round 0's central evaluation first if start is 1).
+
+        A run hook of the strategy may stop the run before a round: the rounds done
+        are kept and ``history.stopped_reason`` says why.
+        """
+        hooks = self.strategy.hooks
+        for hook in hooks:
+            self.agg_state = hook.start(
+                self.agg_state, self.seed if self.simulated else None, self.history
+            )
         if start == 1:
             record = RoundRecord(round=0)
             self._central(record)
             self._finish(record)
         for rnd in range(start, rounds + 1):
+            reason = next((r for h in hooks if (r := h.before_round(rnd, self.agg_state))), None)
+            if reason is not None:
+                logger.info("stopping before round %d: %s", rnd, reason)
+                self.history.stopped_reason = reason
+                break
             self.run_round(rnd)
+        for hook in hooks:
+            hook.finish(self.history, self.agg_state)
         return self.history
 
     def run_round(self, rnd: int) -> RoundRecord:
@@ -117,6 +137,8 @@ class RoundLoop(_LoopBase):
         self._central(record)
         record.durations["central"] = time.perf_counter() - t2
         record.durations["total"] = time.perf_counter() - t0
+        for hook in self.strategy.hooks:
+            hook.after_round(record, self.agg_state)
         self._finish(record)
         return record
 

@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from covey.aggregate import Step, chain, weighted_mean
+from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
 from covey.strategies._fold import fold
@@ -92,6 +93,9 @@ class Strategy:
         name: A label for logs and history (the preset's name, e.g. ``"FedAdam"``).
         hyperparameters: The algorithm's own settings as the preset received them
             (e.g. ``{"eta": 0.01, ...}``), recorded in the history by :meth:`describe`.
+        hooks: Run hooks (:class:`covey.core._hooks.RunHook`) the round loop calls at the
+            start, around each round and at the end; e.g. the privacy accountant
+            that :func:`covey.privacy.central` adds.
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -111,6 +115,7 @@ class Strategy:
     max_staleness: int | None = None
     name: str = "custom"
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    hooks: tuple[RunHook, ...] = ()
 
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
@@ -137,6 +142,8 @@ class Strategy:
                 isinstance(value, bool) or not isinstance(value, int) or value < least
             ):
                 raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
+        if self.hooks and self.buffer_size is not None:
+            raise ValueError("run hooks (e.g. privacy accounting) need synchronous rounds")
         if self.buffer_size is not None and self.fraction_evaluate > 0.0:
             raise ValueError(
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "
