@@ -57,6 +57,7 @@ from covey.secagg._params import (
     plan,
 )
 from covey.secagg._ring import RangeError, ring_bits
+from covey.secagg._secure import secure
 
 __all__ = [
     "GraphPlan",
@@ -75,5 +76,6 @@ __all__ = [
     "register_input",
     "register_task_input",
     "ring_bits",
+    "secure",
     "secure_sum",
 ]

@@ -170,7 +170,10 @@ def _mask(client: Any, task: Task) -> dict[str, Any]:
         raise RangeError(f"an input value is outside [-{inner}, {inner}]")
     noise = p.get("noise")
     if noise is not None:
-        values = values + Noise(noise["mechanism"], float(noise["sigma"])).sample(values.size)
+        entries = min(int(noise.get("entries", values.size)), values.size)
+        draws = Noise(noise["mechanism"], float(noise["sigma"])).sample(entries)
+        values = values.copy()
+        values[:entries] += draws
     sealed = _int_keys(p.get("shares"), "the shares")
     state, packed = cs.mask(state, sealed, values)
     _STATES[id(client)] = state
@@ -249,6 +252,7 @@ def secure_sum(
     weights: Weights | None = None,
     config: Mapping[str, Any] | None = None,
     noise: Noise | None = None,
+    noise_entries: int | None = None,
     complete: bool | None = None,
     signed: bool = False,
 ) -> SecureSumResult:
@@ -275,6 +279,7 @@ def secure_sum(
         weights: Model weights sent with the masked-input task (for federated learning).
         config: Config sent with the masked-input task.
         noise: Distributed DP noise each client adds before masking.
+        noise_entries: Add the noise to the first this many entries only (default: all).
         complete: Force the complete graph (True, SecAgg) or a sparse one (False).
         signed: Require clients to sign their keys (they need a ``secagg_identity``).
 

@@ -22,7 +22,7 @@ class RangeError(ValueError):
 
 
 def ring_bits(n: int, bound: int) -> int:
-    """The least ring width whose signed range holds any sum of ``n`` entries in ``[-bound, bound]``.
+    """The least ring width whose signed range holds a sum of ``n`` entries in ``[-bound, bound]``.
 
     Raises:
         RangeError: If that needs more than :data:`MAX_BITS` bits.
