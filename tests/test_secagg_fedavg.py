@@ -138,7 +138,7 @@ def test_process_backend_gives_the_same_model() -> None:
 
 
 def test_distributed_noise_has_the_stated_scale_after_unmasking() -> None:
-    from covey._client import run_task
+    from covey.clients._client import run_task
     from covey.secagg import register_input, secure_sum
     from covey.transport._memory import MemoryTransport
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import pytest
 
-from covey._client import run_task
-from covey._messages import Reply, Task
+from covey.clients._client import run_task
+from covey.core._messages import Reply, Task
 from covey.secagg import (
     SecAggAbort,
     ThreatModel,

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from covey._client import register_task
-from covey._messages import Reply, Task
-from covey._weights import Weights
+from covey.clients._client import register_task
+from covey.core._messages import Reply, Task
+from covey.core._weights import Weights
 from covey.secagg import _client_stages as cs
 from covey.secagg import _server_stages as ss
 from covey.secagg._dp import Noise

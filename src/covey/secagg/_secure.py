@@ -20,14 +20,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from covey._messages import FitResult, Task
-from covey._strategy import FitOutcome, Strategy
-from covey._weights import Weights
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
+from covey.core._messages import FitResult, Task
+from covey.core._weights import Weights
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, register_task_input, secure_sum
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
+from covey.strategies._strategy import FitOutcome, Strategy
 
 FIT_INPUT = "covey.secagg.fit"
 Reducer = Literal["auto", "weighted_mean", "mean"]
