@@ -38,7 +38,7 @@ References:
     (Poly)Logarithmic Overhead", CCS 2020.
 """
 
-from covey.secagg._client_stages import Identity, ProtocolAbort
+from covey.secagg._client_stages import Identity, ProtocolAbort, identities
 from covey.secagg._crypto import new_signing_key
 from covey.secagg._dp import Noise
 from covey.secagg._driver import (
@@ -71,6 +71,7 @@ __all__ = [
     "complete_threshold",
     "forget",
     "harary_parameters",
+    "identities",
     "new_signing_key",
     "plan",
     "register_input",

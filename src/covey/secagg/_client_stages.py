@@ -46,17 +46,35 @@ class ProtocolAbort(RuntimeError):
 class Identity:
     """A client's long-term Ed25519 identity and the identities it trusts.
 
-    With an identity, a client signs its round keys and refuses a neighbour's
-    keys unless they carry a valid signature by the key ``peers`` lists for it,
-    so a server cannot pose as a client (the malicious-server key advertisement).
+    With an identity, a client signs its round keys under its name and refuses a
+    neighbour's keys unless they carry a valid signature by the key ``peers``
+    lists for the name the neighbour claims, so a server can neither pose as a
+    client nor fill a neighbourhood with clients of its own making (the
+    malicious-server key advertisement). The directory of ``peers`` is
+    distributed with the federation's enrollment, like the CA certificate.
 
     Args:
-        signing_key: The raw 32-byte Ed25519 private key.
-        peers: Each client id's raw Ed25519 public key.
+        name: This client's name (e.g. its certificate's common name).
+        signing_key: Its raw 32-byte Ed25519 private key.
+        peers: Each client name's raw 32-byte Ed25519 public key.
     """
 
+    name: str
     signing_key: bytes
-    peers: Mapping[int, bytes] = field(default_factory=dict)
+    peers: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def identities(names: list[str]) -> dict[str, Identity]:
+    """Fresh identities for ``names``, each trusting all of them (for tests and local runs).
+
+    Example:
+        >>> ids = identities(["site-a", "site-b"])
+        >>> sorted(ids["site-a"].peers)
+        ['site-a', 'site-b']
+    """
+    keys = {name: _crypto.new_signing_key() for name in names}
+    directory = {name: pk for name, (_, pk) in keys.items()}
+    return {name: Identity(name, sk, directory) for name, (sk, _) in keys.items()}
 
 
 @dataclass(frozen=True)
@@ -102,9 +120,12 @@ def _pair(u: int, v: int) -> bytes:
     return struct.pack("<qq", u, v)
 
 
-def key_message(session: bytes, cid: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    """The bytes a client signs to bind its round keys to its identity and the session."""
-    return b"covey-secagg/keys" + session + struct.pack("<q", cid) + c_pk + s_pk
+def key_message(session: bytes, cid: int, name: str, c_pk: bytes, s_pk: bytes) -> bytes:
+    """The bytes a client signs to bind its round keys to its name, its id and the session."""
+    label = name.encode()
+    return (
+        b"covey-secagg/keys" + session + struct.pack("<qI", cid, len(label)) + label + c_pk + s_pk
+    )
 
 
 def check_setup(setup: Setup) -> None:
@@ -131,7 +152,8 @@ def advertise(setup: Setup, identity: Identity | None) -> tuple[ClientState, dic
     s_sk, s_pk = _crypto.new_keypair()
     reply: dict[str, Any] = {"c_pk": c_pk, "s_pk": s_pk}
     if identity is not None:
-        message = key_message(setup.session, setup.cid, c_pk, s_pk)
+        message = key_message(setup.session, setup.cid, identity.name, c_pk, s_pk)
+        reply["name"] = identity.name
         reply["sig"] = _crypto.sign(identity.signing_key, message)
     return ClientState(setup, "advertised", c_sk, s_sk), reply
 
@@ -152,6 +174,7 @@ def share(
         )
     parsed: dict[int, tuple[bytes, bytes]] = {}
     seen: set[bytes] = set()
+    names: set[str] = set() if identity is None else {identity.name}
     for v, entry in keys.items():
         c_pk, s_pk = entry.get("c_pk"), entry.get("s_pk")
         if not (isinstance(c_pk, bytes) and isinstance(s_pk, bytes)):
@@ -160,14 +183,7 @@ def share(
             raise ProtocolAbort(f"neighbour {v}'s keys are malformed or repeated")
         seen.update((c_pk, s_pk))
         if identity is not None:
-            trusted = identity.peers.get(v)
-            sig = entry.get("sig")
-            if trusted is None or not isinstance(sig, bytes):
-                raise ProtocolAbort(f"neighbour {v} has no trusted identity or no signature")
-            try:
-                _crypto.verify(trusted, sig, key_message(setup.session, v, c_pk, s_pk))
-            except _crypto.CryptoError:
-                raise ProtocolAbort(f"neighbour {v}'s keys are not signed by it") from None
+            _check_signed(identity, setup.session, v, entry, names)
         parsed[v] = (c_pk, s_pk)
     b = os.urandom(SECRET_BYTES)
     holders = [setup.x, *(setup.neighbors[v] for v in sorted(parsed))]
@@ -183,6 +199,25 @@ def share(
         state, stage="shared", b=b, keys=parsed, own=(s_shares[setup.x], b_shares[setup.x])
     )
     return new, {"shares": sealed}
+
+
+def _check_signed(
+    identity: Identity, session: bytes, v: int, entry: Mapping[str, Any], names: set[str]
+) -> None:
+    """Refuse neighbour ``v``'s keys unless a trusted, not yet seen name signed them."""
+    name, sig = entry.get("name"), entry.get("sig")
+    if not isinstance(name, str) or not isinstance(sig, bytes):
+        raise ProtocolAbort(f"neighbour {v}'s keys are not signed")
+    trusted = identity.peers.get(name)
+    if trusted is None:
+        raise ProtocolAbort(f"neighbour {v} claims the unknown identity {name!r}")
+    if name in names:
+        raise ProtocolAbort(f"identity {name!r} appears twice among the neighbours")
+    names.add(name)
+    try:
+        _crypto.verify(trusted, sig, key_message(session, v, name, entry["c_pk"], entry["s_pk"]))
+    except _crypto.CryptoError:
+        raise ProtocolAbort(f"neighbour {v}'s keys are not signed by {name!r}") from None
 
 
 def mask(

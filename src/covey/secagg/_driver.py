@@ -308,7 +308,10 @@ def secure_sum(
         }
         replies = _exchange(transport, tasks, timeout, failures)
         if signed:
-            replies = {u: r for u, r in replies.items() if isinstance(r, Mapping) and "sig" in r}
+            for u, r in replies.items():
+                if not (isinstance(r, Mapping) and "sig" in r and "name" in r):
+                    failures.setdefault(u, "keys not signed")
+            replies = {u: r for u, r in replies.items() if u not in failures}
         state, keys = ss.collect_keys(state, _mappings(replies))
         seconds["advertise"] = time.perf_counter() - t0
 

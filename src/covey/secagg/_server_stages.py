@@ -93,7 +93,7 @@ def setup(
 
 def collect_keys(
     state: ServerState, replies: Mapping[int, Mapping[str, Any]]
-) -> tuple[ServerState, dict[int, dict[int, dict[str, bytes]]]]:
+) -> tuple[ServerState, dict[int, dict[int, dict[str, Any]]]]:
     """Stage 1: keep the well-formed key advertisements; send each client its neighbours' keys."""
     for u in state.cids:
         msg = replies.get(u)
@@ -101,23 +101,27 @@ def collect_keys(
             state.left.setdefault(u, "no key advertisement")
             continue
         c_pk, s_pk = msg.get("c_pk"), msg.get("s_pk")
-        sig = msg.get("sig")
+        sig, name = msg.get("sig"), msg.get("name")
         if not (isinstance(c_pk, bytes) and isinstance(s_pk, bytes)) or (
-            len(c_pk) != 32 or len(s_pk) != 32 or (sig is not None and not isinstance(sig, bytes))
+            len(c_pk) != 32
+            or len(s_pk) != 32
+            or (sig is not None and not (isinstance(sig, bytes) and len(sig) == 64))
+            or (name is not None and not (isinstance(name, str) and len(name) <= 256))
         ):
             state.left[u] = "malformed key advertisement"
             continue
         state.keys[u] = (c_pk, s_pk)
     _need(state, len(state.keys), "advertised keys")
-    out: dict[int, dict[int, dict[str, bytes]]] = {}
+    out: dict[int, dict[int, dict[str, Any]]] = {}
     for u in state.keys:
-        entry: dict[int, dict[str, bytes]] = {}
+        entry: dict[int, dict[str, Any]] = {}
         for v in state.neighbors[u]:
             if v in state.keys:
                 msg = replies[v]
                 entry[v] = {"c_pk": state.keys[v][0], "s_pk": state.keys[v][1]}
                 if isinstance(msg.get("sig"), bytes):
                     entry[v]["sig"] = msg["sig"]
+                    entry[v]["name"] = msg["name"]
         out[u] = entry
     return replace(state, stage="keys"), out
 
