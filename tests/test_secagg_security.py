@@ -1,4 +1,4 @@
-"""What the server sees: uniform masked vectors, no decodable plaintext, checked lists, signed keys."""
+"""What the server sees: uniform masked vectors, no plaintext, checked lists, signed keys."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 
 from covey.clients._client import run_task
 from covey.core._messages import Reply, Task
-from covey.secagg import ProtocolAbort, SecAggAbort, identities, register_input, secure_sum
+from covey.secagg import ProtocolAbort, SecAggAbort, _ring, identities, register_input, secure_sum
 from covey.secagg import _client_stages as cs
-from covey.secagg import _ring
 from covey.transport._memory import MemoryTransport
 from covey.transport.grpc._wire import result_to_wire
 
@@ -122,7 +121,8 @@ def test_client_refuses_lists_that_would_reveal_both_secrets() -> None:
     with pytest.raises(ProtocolAbort, match="disagree"):
         cs.unmask(state, [state.setup.cid, *others[1:]], [])  # one neighbour left out
     done, reply = cs.unmask(state, [state.setup.cid, *others], [])
-    assert set(reply["b"]) == {str(c) for c in [state.setup.cid, *others]} and not reply["s"]
+    assert set(reply["b"]) == {str(c) for c in [state.setup.cid, *others]}
+    assert not reply["s"]
     with pytest.raises(ProtocolAbort, match="stage done"):
         cs.unmask(done, [state.setup.cid, *others], [])
 
@@ -166,7 +166,8 @@ def test_tampered_share_is_refused() -> None:
 
     spy.tamper = flip
     result = _run(spy, complete=True)
-    assert 0 in result.dropped and "authentication" in result.dropped[0]
+    assert 0 in result.dropped
+    assert "authentication" in result.dropped[0]
 
 
 def test_signed_keys_work_and_a_forged_key_is_refused() -> None:
@@ -193,7 +194,8 @@ def test_signed_keys_work_and_a_forged_key_is_refused() -> None:
 
     spy.tamper = forge
     result = _run(spy, complete=True, signed=True)
-    assert 0 in result.excluded and "not signed by 'site-1'" in result.excluded[0]
+    assert 0 in result.excluded
+    assert "not signed by 'site-1'" in result.excluded[0]
 
 
 def test_unsigned_client_is_refused_when_signatures_are_required() -> None:
