@@ -77,7 +77,7 @@ class ThreatModel:
 
 
 def _log_pmf(x: int, total: int, marked: int, drawn: int) -> float:
-    """log P[X = x] for X ~ Hypergeometric(total, marked, drawn); -inf off the support."""
+    """The log of P[X = x] for X ~ Hypergeometric(total, marked, drawn); -inf off the support."""
     if x < max(0, drawn - (total - marked)) or x > min(drawn, marked):
         return -math.inf
     return _log_comb(marked, x) + _log_comb(total - marked, drawn - x) - _log_comb(total, drawn)

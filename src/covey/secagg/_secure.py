@@ -59,11 +59,12 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
     for name, _, _ in _layout(task.weights):
         if result.delta is not None:
             delta = np.asarray(result.delta[name], dtype=np.float64)
-        else:
-            assert result.weights is not None
+        elif result.weights is not None:
             delta = np.asarray(result.weights[name], np.float64) - np.asarray(
                 task.weights[name], np.float64
             )
+        else:
+            raise ValueError("a fit result carries neither weights nor a delta")
         parts.append(quantize(delta.ravel(), clip, bits) * weight)
     tail = [n]
     for name, bound in spec["metrics"].items():
@@ -112,7 +113,8 @@ def _probe(strategy: Strategy) -> str | None:
         plain = np.mean(deltas, axis=0)
         one_w = run([Contribution(0, sum(counts), delta={"w": weighted})])
         one_m = run([Contribution(0, sum(counts), delta={"w": plain})])
-    except Exception:  # a step that cannot run on a made-up round is not a mean
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
+        # A step that cannot run on a made-up round of three clients is not a mean.
         return None
     if many is None:
         return None
@@ -145,7 +147,8 @@ class _Secure:
         self, transport: Any, cids: Sequence[int], task: Task, timeout: float | None
     ) -> FitOutcome:
         weights = task.weights
-        assert weights is not None
+        if weights is None:
+            raise ValueError("a fit task carries no weights")
         layout = _layout(weights)
         model = sum(size for _, _, size in layout)
         spec = {
