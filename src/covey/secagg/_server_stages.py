@@ -252,12 +252,8 @@ def _strip_dropped(
         raise ProtocolAbort(f"client {u}'s reconstructed mask key does not match its public key")
     for v in sorted(_holders(state, u) & alive):
         seed = _crypto.agree(s_sk, state.keys[v][1], state.session, b"mask")
-        stream = _crypto.expand(seed, state.length, total.dtype)
         # v added +PRG(s_uv) if v < u, else -PRG(s_uv): remove the same.
-        if v < u:
-            total -= stream
-        else:
-            total += stream
+        _crypto.add_stream(total, seed, -1 if v < u else +1)
 
 
 def finish(
@@ -278,7 +274,7 @@ def finish(
                 f"only {len(b_shares[u])} shares of client {u}'s self mask came back"
             )
         b = _shamir.combine(b_shares[u], t, SECRET_BYTES)
-        total -= _crypto.expand(_crypto.agree_seed(b, state.session), state.length, total.dtype)
+        _crypto.add_stream(total, _crypto.agree_seed(b, state.session), -1)
     for u in dropped:
         if len(s_shares[u]) < t:
             raise ProtocolAbort(
