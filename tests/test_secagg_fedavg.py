@@ -159,3 +159,17 @@ def test_distributed_noise_has_the_stated_scale_after_unmasking() -> None:
         # 8 clients, sigma 3 each: total deviation 3 * sqrt(8) = 8.49.
         assert np.std(res.total) == pytest.approx(3.0 * np.sqrt(8), rel=0.05)
         assert abs(np.mean(res.total)) < 0.3
+
+
+def test_distributed_noise_in_secure_fedavg_is_reported_and_applied() -> None:
+    sigma = 50.0
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0), noise=Noise("skellam", sigma))
+    out = _run(strategy, n=12, rounds=1)
+    plain = _run(covey.FedAvg(fraction_evaluate=0.0), n=12, rounds=1)
+    record = out.history.rounds[-1]
+    std = record.aggregate_info["secagg_noise_std"]
+    assert std == pytest.approx(sigma * np.sqrt(12) / (scale(CLIP, BITS) * record.fit_examples))
+    diff = np.concatenate([(out.weights[k] - plain.weights[k]).ravel() for k in ("w", "b")]).astype(
+        np.float64
+    )
+    assert 0.3 * std < np.std(diff) < 3 * std

@@ -338,7 +338,11 @@ def secure_sum(
             "input_bound": bound,
             "noise": None
             if noise is None
-            else {"mechanism": noise.mechanism, "sigma": noise.sigma},
+            else {
+                "mechanism": noise.mechanism,
+                "sigma": noise.sigma,
+                "entries": length if noise_entries is None else noise_entries,
+            },
         }
         tasks = {
             v: Task(

@@ -198,6 +198,11 @@ class _Secure:
                 failures=failures, info=info, error="the survivors trained on no examples"
             )
         unit = scale(self.clip_range, self.bits)
+        if self.noise is not None:
+            # The mean's noise: sqrt(survivors) draws of sigma quantized units, unscaled.
+            info["secagg_noise_std"] = (
+                self.noise.sigma * math.sqrt(len(res.survivors)) / (unit * denominator)
+            )
         mean = total[:model].astype(np.float64) / (unit * denominator)
         delta: dict[str, np.ndarray] = {}
         offset = 0
