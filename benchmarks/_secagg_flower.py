@@ -152,7 +152,7 @@ def main() -> None:
     final = parameters_to_ndarrays(params)[0]
     alive = [u for nid, u in updates.items() if nid not in drop]
     expected = sum(v.astype(np.float64) * k for v, k in alive) / sum(k for _, k in alive)
-    later = rows[1:] or rows
+    later = rows[1:] or rows  # with one round, that round
     out = {k: float(np.mean([r[k] for r in later])) for k in rows[0]}
     out["num_shares"] = shares
     out["max_abs_error"] = float(np.max(np.abs(final - expected)))

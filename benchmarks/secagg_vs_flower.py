@@ -187,6 +187,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flower-python", default=None)
+    parser.add_argument(
+        "--flower-rounds", type=int, default=None, help="rounds for Flower (default --rounds)"
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "secagg.jsonl"))
     args = parser.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +202,12 @@ def main() -> None:
             for system in systems:
                 if system == "flower-secaggplus":
                     result = run_flower(
-                        args.flower_python, clients, size, dropout, graph, args.rounds
+                        args.flower_python,
+                        clients,
+                        size,
+                        dropout,
+                        graph,
+                        args.flower_rounds or args.rounds,
                     )
                 else:
                     mode = system.removeprefix("covey-")
