@@ -173,3 +173,24 @@ def test_distributed_noise_in_secure_fedavg_is_reported_and_applied() -> None:
         np.float64
     )
     assert 0.3 * std < np.std(diff) < 3 * std
+
+
+def test_clients_failing_after_key_sharing_are_recovered_in_secure_fedavg() -> None:
+    class Flaky(Toy):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            if self.cid in (2, 5):
+                raise RuntimeError("battery died")
+            return super().fit(weights, config)
+
+    class Healthy(Toy):
+        def __init__(self, cid: int) -> None:
+            super().__init__([c for c in range(10) if c not in (2, 5)][cid])
+
+    safe = covey.simulate(
+        Flaky, 10, 1, _secure(covey.FedAvg(fraction_evaluate=0.0)), _init(), seed=0
+    )
+    plain = covey.simulate(Healthy, 8, 1, covey.FedAvg(fraction_evaluate=0.0), _init(), seed=0)
+    record = safe.history.rounds[-1]
+    assert record.aggregate_info["secagg_dropped"] == [2, 5]
+    assert sorted(f.cid for f in record.fit_failures) == [2, 5]
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 / scale(CLIP, BITS))
