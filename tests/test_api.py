@@ -87,6 +87,8 @@ EXPECTED = {
     "covey.clients": [
         "CLIENT_DELTA",
         "Client",
+        "ClientFn",
+        "ClientLike",
         "ControlVariate",
         "MU_KEY",
         "SERVER_CONTROL",
@@ -152,10 +154,13 @@ EXPECTED = {
         "AsyncLoop",
         "EvaluateFn",
         "FederationError",
+        "Loop",
         "RoundCallback",
         "RoundLoop",
         "RunStore",
         "in_cid_order",
+        "open_loop",
+        "run_config",
     ],
     "covey.sim": [
         "ProcessTransport",

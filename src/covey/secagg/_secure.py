@@ -322,4 +322,21 @@ def secure(
             UserWarning,
             stacklevel=2,
         )
-    return replace(strategy, fit_round=fit, name=f"Secure{strategy.name}")
+    settings = {
+        "clip_range": fit.clip_range,
+        "bits": fit.bits,
+        "max_examples": max_examples,
+        "mean": kind,
+        "corrupt_rate": fit.threat.corrupt_rate,
+        "dropout_rate": fit.threat.dropout_rate,
+        "adversary": fit.threat.adversary,
+        "signed": signed,
+        "metrics": dict(metric_bounds),
+        "noise": None if noise is None else {"mechanism": noise.mechanism, "sigma": noise.sigma},
+    }
+    return replace(
+        strategy,
+        fit_round=fit,
+        name=f"Secure{strategy.name}",
+        hyperparameters={**strategy.hyperparameters, "secagg": settings},
+    )
