@@ -25,6 +25,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -155,6 +156,54 @@ def run_covey(
     return out
 
 
+def run_grpc(clients: int, size: int, rounds: int, mode: str) -> dict[str, Any]:
+    """Plain or secure FedAvg over the real gRPC transport (loopback, no TLS, client threads)."""
+    from covey.deploy import connect, serve
+
+    strategy = covey.FedAvg(
+        fraction_evaluate=0.0, min_fit_clients=clients, min_available_clients=clients
+    )
+    if mode == "secure":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            strategy = secure(strategy, clip_range=1.0, bits=16, max_examples=500)
+    port: list[int] = []
+    listening = threading.Event()
+    result: list[Any] = []
+
+    def server() -> None:
+        result.append(
+            serve(
+                strategy,
+                rounds,
+                {"w": np.zeros(size, np.float32)},
+                "127.0.0.1:0",
+                insecure=True,
+                wait_timeout=120,
+                round_timeout=600,
+                on_listen=lambda p: (port.append(p), listening.set()),
+            )
+        )
+
+    threads = [threading.Thread(target=server)]
+    threads[0].start()
+    if not listening.wait(60):
+        raise RuntimeError("the server did not start")
+    for k in range(clients):
+        t = threading.Thread(
+            target=connect,
+            args=(Update(k, size), f"127.0.0.1:{port[0]}"),
+            kwargs={"insecure": True, "name": f"site-{k:03d}"},
+        )
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(1800)
+    fits = [r.durations["fit"] for r in result[0].history.rounds[1:]]
+    later = fits[1:] or fits
+    return {"fit_wall": float(np.mean(later)), "rounds": len(fits)}
+
+
 def run_flower(
     python: str, clients: int, size: int, dropout: float, graph: str, rounds: int
 ) -> dict[str, Any] | None:
@@ -191,7 +240,21 @@ def main() -> None:
         "--flower-rounds", type=int, default=None, help="rounds for Flower (default --rounds)"
     )
     parser.add_argument("--out", default=str(HERE / "results" / "secagg.jsonl"))
+    parser.add_argument(
+        "--grpc", type=int, default=0, help="also time N clients over gRPC (plain and secure)"
+    )
     args = parser.parse_args()
+    if args.grpc:
+        for mode in ("plain", "secure"):
+            row = {
+                "case": f"grpc-n{args.grpc}",
+                "system": f"covey-{mode}-grpc",
+                "clients": args.grpc,
+                "params": 100_000,
+                "result": run_grpc(args.grpc, 100_000, args.rounds, mode),
+            }
+            print(json.dumps(row), flush=True)
+        return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     systems = ["covey-plain", "covey-secure"] + (
         ["flower-secaggplus"] if args.flower_python else []
