@@ -24,7 +24,8 @@ from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights
 from covey.secagg._dp import Noise
-from covey.secagg._driver import SecAggAbort, register_task_input, secure_sum
+from covey.secagg._driver import SecAggAbort, secure_sum
+from covey.secagg._handlers import register_task_input
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
 from covey.strategies._strategy import FitOutcome, Strategy
