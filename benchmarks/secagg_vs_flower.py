@@ -262,7 +262,7 @@ def main() -> None:
     with open(args.out, "a") as out:
         for name in args.cases:
             clients, size, dropout, graph = CASES[name]
-            for system in systems:
+            for system in systems:  # each row is flushed as soon as it is measured
                 if system == "flower-secaggplus":
                     result = run_flower(
                         args.flower_python,
