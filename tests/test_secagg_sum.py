@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from covey.clients._client import run_task
 from covey.core._messages import Reply, Task
@@ -194,3 +196,34 @@ def test_unknown_input_kind_fails_every_client_and_aborts() -> None:
         secure_sum(
             Dropping(sites, {}), list(sites), round=1, input_kind="no.such", length=3, bound=1
         )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(3, 45),
+    data=st.data(),
+)
+def test_any_dropout_pattern_gives_the_exact_sum_or_a_clean_abort(
+    n: int, data: st.DataObject
+) -> None:
+    sites = _sites(n, length=8)
+    stages = ["secagg.advertise", "secagg.share", "secagg.mask", "secagg.unmask"]
+    drop: dict[str, set[int]] = {s: set() for s in stages}
+    for cid in data.draw(st.lists(st.sampled_from(range(n)), max_size=n, unique=True)):
+        drop[data.draw(st.sampled_from(stages))].add(cid)
+    try:
+        result = secure_sum(
+            Dropping(sites, drop),
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=8,
+            bound=1000,
+            threat=ThreatModel(0.05, 0.3),
+            complete=data.draw(st.sampled_from([None, True])),
+        )
+    except SecAggAbort:
+        return
+    gone_early = drop["secagg.advertise"] | drop["secagg.share"]
+    assert set(result.survivors) == set(range(n)) - gone_early - drop["secagg.mask"]
+    np.testing.assert_array_equal(result.total, _plain(sites, result.survivors))
