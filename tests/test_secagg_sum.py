@@ -227,3 +227,29 @@ def test_any_dropout_pattern_gives_the_exact_sum_or_a_clean_abort(
     gone_early = drop["secagg.advertise"] | drop["secagg.share"]
     assert set(result.survivors) == set(range(n)) - gone_early - drop["secagg.mask"]
     np.testing.assert_array_equal(result.total, _plain(sites, result.survivors))
+
+
+def test_too_few_clients_for_the_threat_model_abort_before_anything_is_sent() -> None:
+    sites = _sites(2)
+    transport = Dropping(sites, {})
+    with pytest.raises(SecAggAbort) as info:
+        secure_sum(
+            transport,
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=50,
+            bound=1000,
+            threat=ThreatModel(0.05, 0.15),
+        )
+    assert info.value.stage == "setup"
+    with pytest.raises(SecAggAbort, match="62"):
+        secure_sum(
+            transport,
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=50,
+            bound=2**61,
+            threat=ThreatModel(0.0, 0.0),
+        )

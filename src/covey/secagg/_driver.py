@@ -34,7 +34,9 @@ class SecAggAbort(RuntimeError):
 
     Attributes:
         reason: Why, e.g. too few survivors to unmask a dropped client.
-        stage: The stage that stopped: ``advertise``, ``share``, ``mask`` or ``unmask``.
+        stage: The stage that stopped: ``setup`` (nothing was sent: too few clients
+            for the threat model, or a sum too wide for the ring), ``advertise``,
+            ``share``, ``mask`` or ``unmask``.
         dropped: Clients that dropped out or were excluded, with why.
     """
 
@@ -165,9 +167,12 @@ def secure_sum(
     cid_list = sorted(int(c) for c in cids)
     if length < 0 or bound < 0:
         raise ValueError(f"length and bound must be >= 0, got {length}, {bound}")
-    graph = plan(len(cid_list), threat, complete=complete)
     total_bound = bound + (noise.tail_bound if noise is not None else 0)
-    bits = ring_bits(len(cid_list), total_bound)
+    try:
+        graph = plan(len(cid_list), threat, complete=complete)
+        bits = ring_bits(len(cid_list), total_bound)
+    except ValueError as exc:  # too few clients for the threat model, or too wide a sum
+        raise SecAggAbort(str(exc), "setup", {}) from None
     state, setups = ss.setup(cid_list, graph, length, total_bound, bits, seed)
     failures: dict[int, str] = {}
     seconds: dict[str, float] = {}
