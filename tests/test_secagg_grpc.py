@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,6 @@ def test_three_secure_rounds_over_grpc_equal_plain_fedavg(tmp_path: Path) -> Non
     for name in plain:
         assert weights[name].dtype == plain[name].dtype
         np.testing.assert_allclose(weights[name], plain[name], atol=3 * step * 10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert history.rounds[-1].central_metrics["accuracy"] > 0.8
+    accuracy = history.rounds[-1].central_metrics["accuracy"]
+    assert isinstance(accuracy, float)
+    assert accuracy > 0.8

@@ -64,7 +64,7 @@ def test_quantization_is_unbiased_and_within_one_step() -> None:
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
 def test_in_place_masks_equal_the_expanded_keystream(dtype: type) -> None:
     seed = os.urandom(32)
-    acc = np.arange(1000, dtype=dtype)
+    acc: np.ndarray = np.arange(1000, dtype=dtype)
     _crypto.add_stream(acc, seed, +1)
     expected = np.arange(1000, dtype=dtype) + _crypto.expand(seed, 1000, dtype)
     np.testing.assert_array_equal(acc, expected)

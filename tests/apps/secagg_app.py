@@ -46,5 +46,5 @@ def client_fn(cid: int) -> Any:
         table = json.load(f)
     name = f"client-{cid}"
     peers = {n: bytes.fromhex(v["pk"]) for n, v in table.items()}
-    client.secagg_identity = Identity(name, bytes.fromhex(table[name]["sk"]), peers)  # type: ignore[attr-defined]
+    client.secagg_identity = Identity(name, bytes.fromhex(table[name]["sk"]), peers)
     return client
