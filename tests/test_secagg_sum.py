@@ -253,3 +253,24 @@ def test_too_few_clients_for_the_threat_model_abort_before_anything_is_sent() ->
             bound=2**61,
             threat=ThreatModel(0.0, 0.0),
         )
+
+
+def test_the_default_threat_model_survives_fifteen_percent_dropping() -> None:
+    from covey.secagg._secure import DEFAULT_THREAT
+
+    for n, seed in ((20, 0), (60, 1), (100, 2)):
+        sites = _sites(n, length=8)
+        gone = set(np.random.default_rng(seed).choice(n, size=int(0.15 * n), replace=False))
+        result = secure_sum(
+            Dropping(sites, {"secagg.mask": {int(c) for c in gone}}),
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=8,
+            bound=1000,
+            threat=DEFAULT_THREAT,
+            seed=seed,
+        )
+        assert result.plan.complete is (n <= 30)
+        assert set(result.dropped) == gone
+        np.testing.assert_array_equal(result.total, _plain(sites, result.survivors))
