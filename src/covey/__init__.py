@@ -8,7 +8,8 @@ The names here are what a user writes in a script. Everything else lives in
 its layer: :mod:`covey.core` (weights, codec, messages, history),
 :mod:`covey.aggregate` (aggregation steps), :mod:`covey.strategies`,
 :mod:`covey.clients` (the task runtime and client helpers), :mod:`covey.transport`,
-:mod:`covey.server` (round loops, run store), :mod:`covey.sim` and :mod:`covey.deploy`.
+:mod:`covey.server` (round loops, run store), :mod:`covey.sim`, :mod:`covey.deploy` and
+:mod:`covey.secagg` (secure aggregation; importing covey registers its task kinds).
 
 Example:
     >>> import numpy as np, covey
@@ -32,6 +33,7 @@ from covey import (
     deploy,
     models,
     privacy,
+    secagg,
     server,
     sim,
     strategies,
@@ -103,6 +105,7 @@ __all__ = [
     "deploy",
     "models",
     "privacy",
+    "secagg",
     "serve",
     "server",
     "sim",
