@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from covey._client import Client
-from covey._messages import Config, EvaluateResult, FitResult, Metrics
-from covey._weights import Weights
+from covey.clients import Client
+from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core._weights import Weights
 from covey.sklearn._params import get_params, prime, set_params
 
 __all__ = ["SklearnClient", "evaluate_model"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from covey._weights import Array, Weights, WeightsError
+from covey.core._weights import Array, Weights, WeightsError
 
 __all__ = ["get_params", "initial_params", "is_mlp", "prime", "set_params"]
 

@@ -14,7 +14,7 @@ Example::
     initial = to_weights(model, copy=True)   # the global model before round 1
 """
 
-from covey._torchutil import torch_module
+from covey.clients._torch import torch_module
 from covey.torch._client import TorchClient, evaluate_model
 from covey.torch._weights import load_weights, to_state_dict, to_weights
 

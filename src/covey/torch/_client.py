@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from covey import fedprox
-from covey._client import Client
-from covey._messages import Config, EvaluateResult, FitResult, Metrics
-from covey._torchutil import torch_module
-from covey._weights import Array, Weights, subtract
+from covey.clients import Client, proximal_mu, torch_add_proximal_grad, torch_snapshot
+from covey.clients._torch import torch_module
+from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core._weights import Array, Weights, subtract
 from covey.torch._weights import load_weights, to_weights
 
 __all__ = ["TorchClient", "evaluate_model"]
@@ -81,7 +80,7 @@ class TorchClient(Client):
     over ``train_loader`` with a fresh optimizer, and returns the update
     (local minus global weights, parameters and buffers alike). When the
     strategy is :func:`covey.FedProx`, the proximal term's gradient
-    ``mu (w - w_global)`` is added to every step (see :mod:`covey.fedprox`).
+    ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
     ``evaluate`` returns the mean loss over ``test_loader`` and, when the
     model's outputs are class scores ``(batch, classes)`` and the targets are
     class indices, the ``"accuracy"``.
@@ -156,8 +155,8 @@ class TorchClient(Client):
         """
         torch = torch_module()
         load_weights(self.model, weights)
-        mu = fedprox.proximal_mu(config)
-        anchor = fedprox.torch_snapshot(self.model) if mu > 0 else None
+        mu = proximal_mu(config)
+        anchor = torch_snapshot(self.model) if mu > 0 else None
         optimizer = self.optimizer_fn(self.model.parameters())
         self.model.train()
         total, seen = 0.0, 0
@@ -169,7 +168,7 @@ class TorchClient(Client):
                 loss = self.loss_fn(self.model(x), y)
                 loss.backward()
                 if anchor is not None:
-                    fedprox.torch_add_proximal_grad(self.model, anchor, mu)
+                    torch_add_proximal_grad(self.model, anchor, mu)
                 optimizer.step()
                 total += float(loss.detach()) * len(y)
                 seen += len(y)

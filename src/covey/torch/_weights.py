@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from covey._torchutil import torch_module
-from covey._weights import Array, Weights, WeightsError
+from covey.clients._torch import torch_module
+from covey.core._weights import Array, Weights, WeightsError
 
 __all__ = ["load_weights", "to_state_dict", "to_weights"]
 
