@@ -130,6 +130,7 @@ def test_federation_learns_for_every_model_kind(kind: str) -> None:
     assert accuracy[-1][1] > 0.75
 
 
+@pytest.mark.slow
 def test_breast_cancer_example() -> None:
     sys.path.insert(0, str(EXAMPLES))
     try:
@@ -140,3 +141,17 @@ def test_breast_cancer_example() -> None:
         scores = example.federate(make, rounds=5)
         assert len(scores) == 1 + example.HOSPITALS
         assert scores["federated"] > 0.85, scores
+
+
+def test_exports() -> None:
+    import covey.sklearn
+
+    assert sorted(covey.sklearn.__all__) == [
+        "SklearnClient",
+        "evaluate_model",
+        "get_params",
+        "initial_params",
+        "is_mlp",
+        "prime",
+        "set_params",
+    ]

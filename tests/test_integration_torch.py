@@ -220,3 +220,15 @@ def test_cnn_example_learns_non_iid_digits() -> None:
     accuracy = torch_digits.compare(num_clients=8, rounds=8, mu=0.1)
     assert set(accuracy) == {"FedAvg", "FedProx(mu=0.1)"}
     assert all(a > 0.7 for a in accuracy.values()), accuracy
+
+
+def test_exports() -> None:
+    import covey.torch
+
+    assert sorted(covey.torch.__all__) == [
+        "TorchClient",
+        "evaluate_model",
+        "load_weights",
+        "to_state_dict",
+        "to_weights",
+    ]

@@ -187,3 +187,26 @@ def test_federated_boosters_beat_every_client_alone() -> None:
     assert loss < min(a[0] for a in alone), scores
     assert accuracy > max(a[1] for a in alone), scores
     assert scores["cyclic"][1] > 0.8
+
+
+def test_exports() -> None:
+    import covey.xgboost
+
+    assert sorted(covey.xgboost.__all__) == [
+        "MODEL",
+        "SIZE",
+        "XGBoostBagging",
+        "XGBoostClient",
+        "XGBoostCyclic",
+        "bagging",
+        "booster_from_weights",
+        "cyclic",
+        "empty_booster",
+        "evaluate_booster",
+        "from_weights",
+        "initial_model",
+        "merge_trees",
+        "num_trees",
+        "round_robin",
+        "to_weights",
+    ]
