@@ -30,6 +30,7 @@ lint: $(DEV_STAMP)
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --config-file tests/mypy.ini
 
 # The documentation site; --strict turns a broken link or reference into a failure.
 docs: $(DEV_STAMP)
