@@ -57,7 +57,8 @@ def federate(make: Callable[[], Any], rounds: int = 10, seed: int = 0) -> dict[s
     )
     scores = {"federated": result.history.metric("accuracy")[-1][1]}
     for cid in range(HOSPITALS):
-        alone, weights = hospital(cid), start
+        alone = hospital(cid)
+        weights: covey.Weights = start
         for r in range(1, rounds + 1):
             fitted = alone.fit(weights, {"round": r})
             assert fitted.weights is not None

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import covey
 from covey.data import dirichlet, load_digits
+from covey.sim import SimulationResult
 from covey.torch import TorchClient, evaluate_model, load_weights, to_weights
 
 
@@ -49,7 +50,7 @@ def run(
     alpha: float = 0.3,
     seed: int = 0,
     device: str = "cpu",
-) -> covey.SimulationResult:
+) -> SimulationResult:
     """Train the CNN federated over ``num_clients`` label-skewed (Dirichlet ``alpha``) clients."""
     torch.manual_seed(seed)
     data = load_digits(seed=seed)

@@ -10,6 +10,7 @@ import pytest
 
 import covey
 from covey import WeightsError
+from covey.sim import SimulationResult
 from covey.strategies import Strategy
 
 xgb = pytest.importorskip("xgboost")
@@ -151,7 +152,7 @@ def test_cyclic_step_refuses_several_clients_in_a_round() -> None:
     assert from_weights(result.weights) == from_weights(start)
 
 
-def _one_round(capacity: int) -> covey.SimulationResult:
+def _one_round(capacity: int) -> SimulationResult:
     return covey.simulate(
         _client,
         num_clients=2,
