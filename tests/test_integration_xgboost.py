@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 import covey
 from covey import WeightsError
+from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End
 from covey.sim import SimulationResult
 from covey.strategies import Strategy
 
@@ -19,6 +21,7 @@ from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
     XGBoostCyclic,
+    bagging,
     cyclic,
     empty_booster,
     from_weights,
@@ -103,7 +106,7 @@ def test_a_model_that_does_not_extend_the_global_one_is_refused() -> None:
     with pytest.raises(WeightsError, match="fewer than the global model's 3"):
         merge_trees(base, [(shorter, 1.0)])
     other = empty_booster({**BINARY, "objective": "binary:logistic"}, 5)
-    with pytest.raises(WeightsError, match="other features or classes"):
+    with pytest.raises(WeightsError, match="other features, classes or targets"):
         merge_trees(base, [(other, 1.0)])
 
 
@@ -211,3 +214,65 @@ def test_exports() -> None:
         "round_robin",
         "to_weights",
     ]
+
+
+def test_a_tampered_tree_is_refused_by_the_merge() -> None:
+    base = empty_booster(BINARY, 4)
+    client = json.loads(_boost(base, BINARY, seed=0, rounds=1))
+    tree = client["learner"]["gradient_booster"]["model"]["trees"][0]
+    tree["left_children"] = [5, -1, -1]  # points past the tree's nodes
+    start = to_weights(base, 1 << 16)
+    step = bagging()
+    state = step.init(start)
+    state, _ = step.update(state, Begin(1, start))
+    forged = to_weights(json.dumps(client).encode(), 1 << 16)
+    state, _ = step.update(state, Contribution(0, 10, weights=forged))
+    with pytest.raises(AggregationError, match="links to node 5, not a new node"):
+        step.update(state, End(1))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("split_indices", [7, 0, 0], "feature outside 0..3"),
+        ("split_conditions", [0.0, float("nan"), 1.0], "finite numbers"),
+        ("parents", [2147483647, 0, 1], "node 2's parent is not 0"),
+        ("base_weights", [0.0, 1.0], "one value per node"),
+        ("right_children", [1, -1, -1], "not a new node"),
+    ],
+)
+def test_malformed_trees_are_named(field: str, value: list[float], message: str) -> None:
+    base = empty_booster(BINARY, 4)
+    client = json.loads(_boost(base, BINARY, seed=0, rounds=1))
+    tree = client["learner"]["gradient_booster"]["model"]["trees"][0]
+    assert tree["left_children"] == [1, -1, -1]
+    tree[field] = value
+    with pytest.raises(WeightsError, match=message):
+        merge_trees(base, [(json.dumps(client).encode(), 1.0)])
+
+
+def test_cyclic_keeps_the_servers_copy_of_the_old_trees() -> None:
+    start = initial_model(BINARY, 4, capacity=1 << 16)
+    base = _boost(from_weights(start), BINARY, seed=0, rounds=1)
+    honest = _boost(base, BINARY, seed=1, rounds=1)
+    doc = json.loads(honest)
+    old = doc["learner"]["gradient_booster"]["model"]["trees"][0]
+    old["split_conditions"] = [c * 100 for c in old["split_conditions"]]
+    params = to_weights(base, 1 << 16)
+    step = cyclic()
+    state = step.init(params)
+    state, _ = step.update(state, Begin(2, params))
+    tampered = to_weights(json.dumps(doc).encode(), 1 << 16)
+    state, _ = step.update(state, Contribution(0, 10, weights=tampered))
+    _, out = step.update(state, End(2))
+    aggregate = out[0]
+    assert isinstance(aggregate, Aggregate)
+    new = aggregate.weights
+    assert new is not None
+    x = _data(5)[0]
+    np.testing.assert_allclose(_margin(from_weights(new), x), _margin(honest, x), rtol=1e-6)
+
+
+def test_deeply_nested_json_is_a_clear_error() -> None:
+    with pytest.raises(WeightsError, match="not an XGBoost JSON model"):
+        merge_trees(b"[" * 100_000 + b"]" * 100_000, [])

@@ -94,7 +94,7 @@ def parse(model: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(model)
         trees = doc["learner"]["gradient_booster"]["model"]["trees"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise WeightsError(f"not an XGBoost JSON model of a tree booster: {exc}") from None
     if not isinstance(trees, list):
         raise WeightsError("not an XGBoost JSON model: 'trees' is not a list")
@@ -106,10 +106,19 @@ def num_trees(model: bytes) -> int:
     return len(parse(model)["learner"]["gradient_booster"]["model"]["trees"])
 
 
+def load_booster(model: bytes) -> Any:
+    """An ``xgboost.Booster`` from JSON bytes; a model XGBoost refuses raises WeightsError."""
+    xgb = xgboost_module()
+    try:
+        return xgb.Booster(model_file=bytearray(model))
+    except xgb.core.XGBoostError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"XGBoost cannot load the model: {first}") from None
+
+
 def booster_from_weights(weights: Weights) -> Any:
     """An ``xgboost.Booster`` loaded from ``weights`` (for prediction or more training)."""
-    xgb = xgboost_module()
-    return xgb.Booster(model_file=bytearray(from_weights(weights)))
+    return load_booster(from_weights(weights))
 
 
 def empty_booster(params: dict[str, Any], num_features: int) -> bytes:

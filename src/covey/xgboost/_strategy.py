@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -13,7 +14,8 @@ from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, En
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._strategy import StrategyOptions, preset
-from covey.xgboost._model import MODEL, from_weights, parse, to_weights
+from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
+from covey.xgboost._validate import check_tree
 
 __all__ = ["XGBoostBagging", "XGBoostCyclic", "bagging", "cyclic", "merge_trees", "round_robin"]
 
@@ -50,8 +52,9 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
         The merged booster as XGBoost JSON bytes.
 
     Raises:
-        WeightsError: A model is not XGBoost JSON, or a client's model does not
-            extend ``base`` (fewer trees, other features or classes).
+        WeightsError: A model is not XGBoost JSON, a client's model does not
+            extend ``base`` (fewer trees, other features or classes), or one of
+            its new trees is malformed (see ``covey.xgboost._validate``).
     """
     doc = parse(base)
     merged = _model(doc)
@@ -59,32 +62,56 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
     indptr: list[int] = list(merged["iteration_indptr"])
     known = len(merged["trees"])
     for i, (model, factor) in enumerate(clients):
-        client = parse(model)
-        theirs = _model(client)
-        if client["learner"]["learner_model_param"].get("num_feature") != params.get(
-            "num_feature"
-        ) or client["learner"]["learner_model_param"].get("num_class") != params.get("num_class"):
-            raise WeightsError(f"client model {i} has other features or classes than the global")
+        trees, info, ends = _new_trees(parse(model), params, known, f"client model {i}")
         start = len(merged["trees"])
-        if len(theirs["trees"]) < known:
-            raise WeightsError(
-                f"client model {i} has {len(theirs['trees'])} trees, fewer than the global "
-                f"model's {known}: it does not extend it"
-            )
-        their_ptr = list(theirs["iteration_indptr"])
-        first_new_iter = their_ptr.index(known) if known in their_ptr else None
-        if first_new_iter is None:
-            raise WeightsError(f"client model {i}: its iterations do not start after the global's")
-        for tree in theirs["trees"][known:]:
+        for tree in trees:
             new = _scale_leaves(tree, factor)
             new["id"] = len(merged["trees"])
             merged["trees"].append(new)
-        merged["tree_info"].extend(theirs["tree_info"][known:])
-        for end in their_ptr[first_new_iter + 1 :]:
-            indptr.append(start + end - known)
+        merged["tree_info"].extend(info)
+        indptr.extend(start + end for end in ends)
     merged["iteration_indptr"] = indptr
     merged["gbtree_model_param"]["num_trees"] = str(len(merged["trees"]))
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _new_trees(
+    client: dict[str, Any], params: dict[str, Any], known: int, what: str
+) -> tuple[list[Any], list[int], list[int]]:
+    """A client model's trees past the first ``known``, checked, with their groups and iterations.
+
+    Returns:
+        The new trees, their ``tree_info`` (output group of each) and the end of
+        each new boosting iteration, counted from the first new tree.
+    """
+    theirs = client["learner"]["learner_model_param"]
+    if any(theirs.get(k) != params.get(k) for k in ("num_feature", "num_class", "num_target")):
+        raise WeightsError(f"{what} has other features, classes or targets than the global")
+    model = _model(client)
+    trees, info, ptr = model["trees"], model.get("tree_info"), model.get("iteration_indptr")
+    if len(trees) < known:
+        raise WeightsError(
+            f"{what} has {len(trees)} trees, fewer than the global model's {known}: "
+            "it does not extend it"
+        )
+    groups = max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
+    if not isinstance(info, list) or len(info) != len(trees):
+        raise WeightsError(f"{what}: tree_info does not hold one group per tree")
+    if any(not isinstance(g, int) or not 0 <= g < groups for g in info):
+        raise WeightsError(f"{what}: tree_info names an output group outside 0..{groups - 1}")
+    if (
+        not isinstance(ptr, list)
+        or not all(isinstance(p, int) for p in ptr)
+        or known not in ptr
+        or ptr[-1] != len(trees)
+        or any(b < a for a, b in itertools.pairwise(ptr))
+    ):
+        raise WeightsError(f"{what}: its iterations do not continue the global model's")
+    num_feature = int(params["num_feature"])
+    for t, tree in enumerate(trees[known:], start=known):
+        check_tree(tree, num_feature, f"{what}'s tree {t}")
+    ends = [end - known for end in ptr[ptr.index(known) + 1 :]]
+    return trees[known:], info[known:], ends
 
 
 class _BagState(NamedTuple):
@@ -135,6 +162,7 @@ def bagging(*, weighted: bool = True) -> Step:
             capacity = int(np.asarray(state.params[MODEL]).size)
             try:
                 merged = merge_trees(from_weights(state.params), factors)
+                load_booster(merged)  # XGBoost itself must accept what clients sent
                 new = to_weights(merged, capacity)
             except (WeightsError, ValueError) as exc:
                 raise AggregationError(str(exc)) from exc
@@ -151,7 +179,8 @@ def cyclic() -> Step:
     """An aggregation step for cyclic training: the one client's model becomes the global one.
 
     Each round one client (see :func:`round_robin`) boosts the global model on
-    its data; its booster, checked to extend the global one, is the new model.
+    its data; the new model is the global one plus the client's new trees,
+    checked (the old trees are the server's own, whatever the client sent).
 
     Returns:
         A reducer step; a round with more than one contribution is an error.
@@ -179,13 +208,19 @@ def cyclic() -> Step:
                     f"cyclic training takes one client per round, got {len(got)}: use "
                     "XGBoostCyclic() or a selector that picks one client"
                 )
-            weights = got[0].as_weights(params)
+            capacity = int(np.asarray(params[MODEL]).size)
             try:
-                merge_trees(from_weights(params), [(from_weights(weights), 1.0)])
-            except WeightsError as exc:
+                # The global model's own trees come from the server's copy, the new ones
+                # from the client, checked: the same booster an honest client sent.
+                model = merge_trees(
+                    from_weights(params), [(from_weights(got[0].as_weights(params)), 1.0)]
+                )
+                load_booster(model)
+                weights = to_weights(model, capacity)
+            except (WeightsError, ValueError) as exc:
                 raise AggregationError(str(exc)) from exc
             out = Aggregate(
-                event.round, 1, got[0].num_examples, weights=dict(weights), info=dict(event.info)
+                event.round, 1, got[0].num_examples, weights=weights, info=dict(event.info)
             )
             return (None, ()), (out,)
         return state, (event,)
