@@ -2,16 +2,19 @@
 
 ``mkdocs build --strict`` (``make docs``, run by ``make test``) catches broken
 links and references; these tests catch what it cannot: a public subpackage
-with no page in the API reference, and an exported name with no docstring.
+with no page in the API reference (the docs' hook generates one for a layer
+without a hand-written page), and an exported name with no docstring.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -19,6 +22,7 @@ import covey
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference"
+HOOK = ROOT / "docs" / "hooks" / "reference_pages.py"
 # Optional libraries: their subpackages are documented, but imported only if installed.
 OPTIONAL = {"torch": "torch", "xgboost": "xgboost"}
 
@@ -32,13 +36,23 @@ def subpackages() -> list[str]:
     )
 
 
+def _hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reference_pages", HOOK)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_every_public_subpackage_has_a_reference_page() -> None:
-    pages = {p.stem for p in REFERENCE.glob("*.md")}
-    missing = [name for name in subpackages() if name not in pages]
-    assert not missing, (
-        f"no API reference page for {missing}: add docs/reference/NAME.md holding "
-        "'# covey.NAME' and '::: covey.NAME', and a line in mkdocs.yml's nav"
-    )
+    hook = _hook()
+    assert hook.subpackages() == subpackages()
+    written = {p.stem for p in REFERENCE.glob("*.md")}
+    generated = set(hook.missing_pages())
+    assert set(subpackages()) <= written | generated
+    for name in generated:  # a layer that has no hand-written page yet gets this one
+        assert f"::: covey.{name}" in hook.page(name)
 
 
 def test_every_reference_page_is_in_the_nav_and_names_its_module() -> None:
