@@ -276,3 +276,11 @@ def test_cyclic_keeps_the_servers_copy_of_the_old_trees() -> None:
 def test_deeply_nested_json_is_a_clear_error() -> None:
     with pytest.raises(WeightsError, match="not an XGBoost JSON model"):
         merge_trees(b"[" * 100_000 + b"]" * 100_000, [])
+
+
+def test_a_client_refuses_a_malformed_global_model() -> None:
+    doc = json.loads(_boost(empty_booster(BINARY, 4), BINARY, seed=0, rounds=1))
+    doc["learner"]["gradient_booster"]["model"]["trees"][0]["left_children"][0] = 50
+    weights = to_weights(json.dumps(doc).encode(), 1 << 16)
+    with pytest.raises(WeightsError, match="the model's tree 0: node 0 links to node 50"):
+        _client(0).fit(weights, {"round": 1})

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from covey.core._weights import Array, Weights, WeightsError
+from covey.xgboost._validate import new_trees
 
 __all__ = [
     "MODEL",
@@ -117,8 +118,15 @@ def load_booster(model: bytes) -> Any:
 
 
 def booster_from_weights(weights: Weights) -> Any:
-    """An ``xgboost.Booster`` loaded from ``weights`` (for prediction or more training)."""
-    return load_booster(from_weights(weights))
+    """An ``xgboost.Booster`` loaded from ``weights`` (for prediction or more training).
+
+    Every tree is checked first (see ``covey.xgboost._validate``): XGBoost
+    trusts the JSON it loads, and a malformed tree would crash the process.
+    """
+    model = from_weights(weights)
+    doc = parse(model)
+    new_trees(doc, doc["learner"]["learner_model_param"], 0, "the model")
+    return load_booster(model)
 
 
 def empty_booster(params: dict[str, Any], num_features: int) -> bytes:

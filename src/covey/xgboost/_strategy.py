@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -15,7 +14,7 @@ from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._strategy import StrategyOptions, preset
 from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
-from covey.xgboost._validate import check_tree
+from covey.xgboost._validate import new_trees
 
 __all__ = ["XGBoostBagging", "XGBoostCyclic", "bagging", "cyclic", "merge_trees", "round_robin"]
 
@@ -62,7 +61,7 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
     indptr: list[int] = list(merged["iteration_indptr"])
     known = len(merged["trees"])
     for i, (model, factor) in enumerate(clients):
-        trees, info, ends = _new_trees(parse(model), params, known, f"client model {i}")
+        trees, info, ends = new_trees(parse(model), params, known, f"client model {i}")
         start = len(merged["trees"])
         for tree in trees:
             new = _scale_leaves(tree, factor)
@@ -73,45 +72,6 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
     merged["iteration_indptr"] = indptr
     merged["gbtree_model_param"]["num_trees"] = str(len(merged["trees"]))
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def _new_trees(
-    client: dict[str, Any], params: dict[str, Any], known: int, what: str
-) -> tuple[list[Any], list[int], list[int]]:
-    """A client model's trees past the first ``known``, checked, with their groups and iterations.
-
-    Returns:
-        The new trees, their ``tree_info`` (output group of each) and the end of
-        each new boosting iteration, counted from the first new tree.
-    """
-    theirs = client["learner"]["learner_model_param"]
-    if any(theirs.get(k) != params.get(k) for k in ("num_feature", "num_class", "num_target")):
-        raise WeightsError(f"{what} has other features, classes or targets than the global")
-    model = _model(client)
-    trees, info, ptr = model["trees"], model.get("tree_info"), model.get("iteration_indptr")
-    if len(trees) < known:
-        raise WeightsError(
-            f"{what} has {len(trees)} trees, fewer than the global model's {known}: "
-            "it does not extend it"
-        )
-    groups = max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
-    if not isinstance(info, list) or len(info) != len(trees):
-        raise WeightsError(f"{what}: tree_info does not hold one group per tree")
-    if any(not isinstance(g, int) or not 0 <= g < groups for g in info):
-        raise WeightsError(f"{what}: tree_info names an output group outside 0..{groups - 1}")
-    if (
-        not isinstance(ptr, list)
-        or not all(isinstance(p, int) for p in ptr)
-        or known not in ptr
-        or ptr[-1] != len(trees)
-        or any(b < a for a, b in itertools.pairwise(ptr))
-    ):
-        raise WeightsError(f"{what}: its iterations do not continue the global model's")
-    num_feature = int(params["num_feature"])
-    for t, tree in enumerate(trees[known:], start=known):
-        check_tree(tree, num_feature, f"{what}'s tree {t}")
-    ends = [end - known for end in ptr[ptr.index(known) + 1 :]]
-    return trees[known:], info[known:], ends
 
 
 class _BagState(NamedTuple):

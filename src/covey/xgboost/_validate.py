@@ -9,13 +9,14 @@ this integration does not merge).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from covey.core._weights import WeightsError
 
-__all__ = ["check_tree"]
+__all__ = ["check_tree", "new_trees"]
 
 _ROOT_PARENT = 2147483647  # XGBoost's marker for "no parent"
 _NODE_ARRAYS = (
@@ -107,3 +108,42 @@ def check_tree(tree: Any, num_feature: int, what: str) -> None:
     if any(tree.get(key) for key in _CATEGORY_ARRAYS) or any(tree.get("split_type") or []):
         raise WeightsError(f"{what}: categorical splits are not supported")
     _check_links(left, right, parents, what)
+
+
+def new_trees(
+    client: dict[str, Any], params: dict[str, Any], known: int, what: str
+) -> tuple[list[Any], list[int], list[int]]:
+    """A client model's trees past the first ``known``, checked, with their groups and iterations.
+
+    Returns:
+        The new trees, their ``tree_info`` (output group of each) and the end of
+        each new boosting iteration, counted from the first new tree.
+    """
+    theirs = client["learner"]["learner_model_param"]
+    if any(theirs.get(k) != params.get(k) for k in ("num_feature", "num_class", "num_target")):
+        raise WeightsError(f"{what} has other features, classes or targets than the global")
+    model = client["learner"]["gradient_booster"]["model"]
+    trees, info, ptr = model["trees"], model.get("tree_info"), model.get("iteration_indptr")
+    if len(trees) < known:
+        raise WeightsError(
+            f"{what} has {len(trees)} trees, fewer than the global model's {known}: "
+            "it does not extend it"
+        )
+    groups = max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
+    if not isinstance(info, list) or len(info) != len(trees):
+        raise WeightsError(f"{what}: tree_info does not hold one group per tree")
+    if any(not isinstance(g, int) or not 0 <= g < groups for g in info):
+        raise WeightsError(f"{what}: tree_info names an output group outside 0..{groups - 1}")
+    if (
+        not isinstance(ptr, list)
+        or not all(isinstance(p, int) for p in ptr)
+        or known not in ptr
+        or ptr[-1] != len(trees)
+        or any(b < a for a, b in itertools.pairwise(ptr))
+    ):
+        raise WeightsError(f"{what}: its iterations do not continue the global model's")
+    num_feature = int(params["num_feature"])
+    for t, tree in enumerate(trees[known:], start=known):
+        check_tree(tree, num_feature, f"{what}'s tree {t}")
+    ends = [end - known for end in ptr[ptr.index(known) + 1 :]]
+    return trees[known:], info[known:], ends
