@@ -115,6 +115,13 @@ def test_client_with_a_missing_class_keeps_the_global_layout() -> None:
     assert 0.0 <= float(evaluated.metrics["accuracy"]) <= 1.0
 
 
+def test_logistic_regression_says_when_a_client_lacks_a_class() -> None:
+    x, y = _data(2)
+    client = SklearnClient(LogisticRegression(max_iter=5), x, y, [0, 1, 2])
+    with pytest.raises(ValueError, match=r"hold \[0, 1\] of the federation's classes"):
+        client.fit(initial_params(LogisticRegression(), 3, [0, 1, 2]), {"round": 1})
+
+
 @pytest.mark.parametrize("kind", MAKERS)
 def test_federation_learns_for_every_model_kind(kind: str) -> None:
     parts = [_data(2, n=40, seed=s) for s in range(3)]

@@ -59,7 +59,9 @@ class SklearnClient(Client):
     returns the new parameters. ``evaluate`` gives the log loss (or error
     rate) and accuracy on the test data.
 
-    The fit config may override ``"epochs"`` per round.
+    The fit config may override ``"epochs"`` per round. A model without
+    ``partial_fit`` (``LogisticRegression``) needs every class in each
+    client's training data; with ``partial_fit`` a client may lack some.
 
     Args:
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
@@ -138,6 +140,7 @@ class SklearnClient(Client):
                 for _ in range(int(epochs)):
                     self.model.partial_fit(self.x_train, self.y_train)
             else:
+                self._check_every_class()
                 self.model.fit(self.x_train, self.y_train)
         accuracy = float(np.mean(self.model.predict(self.x_train) == self.y_train))
         return FitResult(
@@ -145,6 +148,16 @@ class SklearnClient(Client):
             num_examples=len(self.y_train),
             metrics={"train_accuracy": accuracy},
         )
+
+    def _check_every_class(self) -> None:
+        local = sorted(np.unique(self.y_train).tolist())
+        if local != sorted(self.classes):
+            raise ValueError(
+                f"{type(self.model).__name__} has no partial_fit and retrains on the local "
+                f"labels alone, which hold {local} of the federation's classes {self.classes}: "
+                "use a model with partial_fit, e.g. SGDClassifier(loss='log_loss'), for "
+                "clients that lack a class"
+            )
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """The loss and accuracy of ``weights`` on the local test data.
