@@ -8,8 +8,6 @@ order in which replies arrived.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from covey.aggregate._base import (
@@ -25,15 +23,32 @@ from covey.aggregate._base import (
 from covey.core._weights import Array, Weights
 
 
-class _MeanState(NamedTuple):
-    params: Weights | None = None
-    acc_weights: dict[str, Array] | None = None  # sum of n_k * w_k over weight senders
-    acc_delta: dict[str, Array] | None = None  # sum of n_k * d_k over delta senders
-    scratch: dict[str, Array] | None = None  # reused buffer for n_k * x_k
-    examples_weights: float = 0.0
-    total: float = 0.0
-    clients: int = 0
-    examples: int = 0
+class _MeanState:
+    """The running sums of one round; updated in place (a state passed on is consumed)."""
+
+    __slots__ = (
+        "acc_delta",
+        "acc_weights",
+        "clients",
+        "examples",
+        "examples_weights",
+        "params",
+        "scratch",
+        "total",
+    )
+
+    def __init__(self, params: Weights | None = None) -> None:
+        self.params = params
+        self.acc_weights: dict[str, Array] | None = None  # sum of n_k * w_k over weight senders
+        self.acc_delta: dict[str, Array] | None = None  # sum of n_k * d_k over delta senders
+        self.scratch: dict[str, Array] | None = None  # reused buffer for n_k * x_k
+        self.examples_weights = 0.0
+        self.total = 0.0
+        self.clients = 0
+        self.examples = 0
+
+    def __repr__(self) -> str:
+        return f"_MeanState(clients={self.clients}, examples={self.examples})"
 
 
 def _fold(
@@ -58,10 +73,13 @@ def _fold(
         return acc, scratch
     if scratch is None:
         scratch = {name: np.empty_like(a) for name, a in acc.items()}
+    multiply, add = np.multiply, np.add
     for name, x in values.items():
         buf = scratch[name]
-        np.multiply(x, factor, out=buf, casting="unsafe")
-        np.add(acc[name], buf, out=acc[name])
+        total = acc[name]
+        # Positional outputs: the same ufuncs, without parsing keywords on every call.
+        multiply(x, factor, buf)
+        add(total, buf, total)
     return acc, scratch
 
 
@@ -82,7 +100,7 @@ def _mean_step(weighted: bool) -> Step:
         if isinstance(event, Contribution):
             return _mean_contribution(state, event, weighted)
         if isinstance(event, Begin):
-            return _MeanState(params=event.params), ()
+            return _MeanState(event.params), ()
         if isinstance(event, End):
             return _mean_end(state, event)
         return state, (event,)
@@ -97,28 +115,19 @@ def _mean_contribution(
     if state.params is None:
         raise AggregationError("a Contribution arrived before Begin")
     n = float(event.num_examples) if weighted else 1.0
+    state.clients += 1
     if n == 0.0:
-        return state._replace(clients=state.clients + 1), ()
+        return state, ()
+    state.total += n
+    state.examples += event.num_examples
     if event.weights is not None:
-        acc, scratch = _fold(state.acc_weights, state.scratch, event.weights, n)
-        return state._replace(
-            acc_weights=acc,
-            scratch=scratch,
-            examples_weights=state.examples_weights + n,
-            total=state.total + n,
-            clients=state.clients + 1,
-            examples=state.examples + event.num_examples,
-        ), ()
+        state.acc_weights, state.scratch = _fold(state.acc_weights, state.scratch, event.weights, n)
+        state.examples_weights += n
+        return state, ()
     if event.delta is None:  # an invariant of this module, not an input check
         raise RuntimeError("internal error: event.delta is unset")
-    acc, scratch = _fold(state.acc_delta, state.scratch, event.delta, n)
-    return state._replace(
-        acc_delta=acc,
-        scratch=scratch,
-        total=state.total + n,
-        clients=state.clients + 1,
-        examples=state.examples + event.num_examples,
-    ), ()
+    state.acc_delta, state.scratch = _fold(state.acc_delta, state.scratch, event.delta, n)
+    return state, ()
 
 
 def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:

@@ -55,15 +55,21 @@ class FitResult:
     extras: Mapping[str, Weights] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.weights is None) == (self.delta is None):
+        weights, delta = self.weights, self.delta
+        if (weights is None) == (delta is None):
             raise ValueError("FitResult needs exactly one of weights= or delta=")
-        _check_count(self.num_examples, "FitResult.num_examples")
-        _check_metrics(self.metrics, "FitResult.metrics")
-        for attr in ("weights", "delta"):
-            value = getattr(self, attr)
-            if value is not None:
-                object.__setattr__(self, attr, _arrays(value, f"FitResult.{attr}"))
-        if not self.extras and isinstance(self.extras, Mapping):
+        n = self.num_examples
+        if type(n) is not int or n < 0:
+            _check_count(n, "FitResult.num_examples")
+        if type(self.metrics) is not dict:
+            _check_metrics(self.metrics, "FitResult.metrics")
+        if weights is not None:
+            if not _all_arrays(weights):
+                object.__setattr__(self, "weights", _arrays(weights, "FitResult.weights"))
+        elif not _all_arrays(delta):
+            object.__setattr__(self, "delta", _arrays(delta, "FitResult.delta"))
+        extras = self.extras
+        if not extras and (type(extras) is dict or isinstance(extras, Mapping)):
             return
         if not isinstance(self.extras, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Mapping) for k, v in self.extras.items()
@@ -72,6 +78,16 @@ class FitResult:
         if self.extras:
             extras = {k: _arrays(v, f"FitResult.extras[{k!r}]") for k, v in self.extras.items()}
             object.__setattr__(self, "extras", extras)
+
+
+def _all_arrays(weights: object) -> bool:
+    """Whether ``weights`` is a dict whose every value is a NumPy array (the usual case)."""
+    if type(weights) is not dict:
+        return False
+    for value in weights.values():  # noqa: SIM110 - a loop: no generator object per call
+        if type(value) is not np.ndarray:
+            return False
+    return True
 
 
 def _arrays(weights: object, what: str) -> Weights:

@@ -90,10 +90,30 @@ class WeightsSpec:
             what: How to name the weights in the error (e.g. ``"client 7's delta"``).
             finite: Also require every floating-point value to be finite.
         """
-        # Fast path first: this runs for every reply of every round.
+        if self.conforms(weights, finite=finite):
+            return
+        self._explain(weights, what)
+        checked: Weights = weights  # type: ignore[assignment]
+        for name in self._float_names():
+            if not _all_finite(checked[name]):
+                arr = checked[name]
+                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                raise WeightsError(f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)")
+        raise WeightsError(f"{what} do not match the model")  # pragma: no cover
+
+    def conforms(self, weights: object, *, finite: bool = True) -> bool:
+        """Whether ``weights`` match this spec exactly (and are finite); never raises.
+
+        The fast path of :meth:`check`, for the round loop's hot path: call
+        :meth:`check` for the error message only when this says False.
+
+        Args:
+            weights: The mapping to test.
+            finite: Also require every floating-point value to be finite.
+        """
         try:
             if len(weights) != len(self.names):  # type: ignore[arg-type]
-                raise _Mismatch
+                return False
             for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
                 value = weights[name]  # type: ignore[index]
                 if (
@@ -101,18 +121,15 @@ class WeightsSpec:
                     or (value.dtype is not dtype and value.dtype != dtype)
                     or not isinstance(value, np.ndarray)
                 ):
-                    raise _Mismatch
-        except (_Mismatch, KeyError, AttributeError, TypeError):
-            self._explain(weights, what)
-        if finite:
-            checked: Weights = weights  # type: ignore[assignment]
-            for name, dtype in zip(self.names, self.dtypes, strict=True):
-                if dtype.kind == "f" and not _all_finite(checked[name]):
-                    arr = checked[name]
-                    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-                    raise WeightsError(
-                        f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)"
-                    )
+                    return False
+                if finite and dtype.kind == "f" and not _all_finite(value):
+                    return False
+        except (KeyError, AttributeError, TypeError):
+            return False
+        return True
+
+    def _float_names(self) -> list[str]:
+        return [n for n, d in zip(self.names, self.dtypes, strict=True) if d.kind == "f"]
 
     def _explain(self, weights: object, what: str) -> None:
         if not isinstance(weights, Mapping):
@@ -138,28 +155,20 @@ class WeightsSpec:
                 raise WeightsError(f"{what}: {name!r} has shape {value.shape}, expected {shape}")
             if value.dtype != dtype:
                 raise WeightsError(f"{what}: {name!r} has dtype {value.dtype}, expected {dtype}")
-        raise WeightsError(f"{what} do not match the model")  # pragma: no cover
+        # The layout matches: what remains wrong is a non-finite value.
 
 
-class _Mismatch(Exception):
-    pass
-
-
-_SMALL = 1 << 16
-"""Arrays up to this many values are checked by ``isfinite`` (a small temporary)."""
+# np.vdot without its array-function dispatch (a Python frame per call); the
+# plain function where NumPy does not expose the implementation.
+_vdot: Any = getattr(np.vdot, "_implementation", np.vdot)
 
 
 def _all_finite(array: Array) -> bool:
-    if array.size <= _SMALL:
-        # One ufunc and one reduction: the fewest instructions for a small array.
-        return bool(np.isfinite(array).all())
-    # A sum of squares is one allocation-free BLAS pass and is finite iff every
-    # value is, unless huge finite values overflow it, which the exact check
-    # then settles; the floating-point error state is set once for the pass.
-    flat = array.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if math.isfinite(flat.dot(flat)):
-            return True
+    # The sum of squares (vdot: one C call, no temporary, and it sets no
+    # floating-point error flag, so no overflow warning) is finite iff every
+    # value is, unless huge finite values overflow it: the exact check settles that.
+    if math.isfinite(_vdot(array, array)):
+        return True
     return bool(np.isfinite(array).all())
 
 

@@ -40,13 +40,17 @@ def contribution(
         covey.WeightsError: if the weights, delta or an extra does not match ``spec``
             or holds a non-finite value.
     """
-    if result.weights is not None:
-        spec.check(result.weights, what=f"client {cid}'s weights")
-    else:
-        spec.check(result.delta, what=f"client {cid}'s delta")
-    for name, extra in result.extras.items():
-        spec.check(extra, what=f"client {cid}'s extra {name!r}")
     weights, delta = result.weights, result.delta
+    # conforms() first: the message of check() is built only for a bad update.
+    if weights is not None:
+        if not spec.conforms(weights):
+            spec.check(weights, what=f"client {cid}'s weights")
+    elif not spec.conforms(delta):
+        spec.check(delta, what=f"client {cid}'s delta")
+    extras = result.extras
+    if extras:
+        for name, extra in extras.items():
+            spec.check(extra, what=f"client {cid}'s extra {name!r}")
     if weights is not None and staleness > 0:
         # The client trained from an older model: its update is relative to that one.
         if sent is None:
@@ -60,7 +64,7 @@ def contribution(
         delta,
         result.metrics,
         staleness=staleness,
-        extras=result.extras,
+        extras=extras,
     )
 
 
