@@ -210,8 +210,8 @@ class Strategy:
         if count == len(available):
             return sorted(int(c) for c in available)
         picks = rng.choice(len(available), size=count, replace=False)
-        pool = np.asarray(available)
-        return sorted(int(c) for c in pool[picks])
+        # Index the sequence itself: O(count), where np.asarray(range(N)) would be O(N).
+        return sorted(int(available[int(i)]) for i in picks)
 
     def fit_config(self, round: int) -> Config:
         """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``)."""
