@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,12 +18,13 @@ from covey._loop import EvaluateFn, RoundCallback, RoundLoop
 from covey._messages import Reply, Task
 from covey._strategy import FedAvg, Strategy
 from covey._weights import Array, Weights, WeightsError, copy
+from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._process import ProcessTransport
 from covey.transport._base import Transport
 from covey.transport._memory import MemoryTransport
 
 ClientFn = Callable[[int], Any]
-Backend = Literal["inline", "process"]
+Backend = Literal["inline", "process", "ray"]
 
 
 @dataclass
@@ -40,21 +42,64 @@ class SimulationResult:
     seconds: float
 
 
-def inline_transport(client_fn: ClientFn, num_clients: int) -> MemoryTransport:
+def inline_transport(
+    client_fn: ClientFn, num_clients: int, client_cache: int | None = None
+) -> MemoryTransport:
     """A transport running every client in this process, sequentially, without serialization.
 
     Each client is built by ``client_fn`` the first time it is needed and reused
-    in later rounds, as the process backend does.
+    in later rounds, as the process backend does; with ``client_cache`` set, only
+    that many recently used clients stay built (0: a client is built per task).
     """
-    clients: dict[int, Any] = {}
+    clients: OrderedDict[int, Any] = OrderedDict()
 
     def handler(cid: int, task: Task) -> Reply:
         client = clients.get(cid)
         if client is None:
-            client = clients[cid] = client_fn(cid)
+            client = client_fn(cid)
+            if client_cache != 0:
+                clients[cid] = client
+                if client_cache is not None and len(clients) > client_cache:
+                    clients.popitem(last=False)
+        elif client_cache is not None:
+            clients.move_to_end(cid)
         return run_task(client, cid, task)
 
     return MemoryTransport(range(num_clients), handler)
+
+
+def _backend(
+    backend: str,
+    client_fn: ClientFn,
+    num_clients: int,
+    *,
+    num_workers: int | None,
+    client_cache: int | None,
+    client_resources: Mapping[str, Any] | None,
+    client_group: Callable[[int], str] | None,
+    ray_address: str | None,
+) -> Transport:
+    if backend != "ray" and (client_resources, client_group, ray_address) != (None, None, None):
+        raise ValueError(
+            "client_resources, client_group and ray_address apply to backend='ray' only"
+        )
+    if backend == "inline":
+        return inline_transport(client_fn, num_clients, client_cache)
+    if backend == "process":
+        return ProcessTransport(client_fn, num_clients, num_workers=num_workers)
+    if backend == "ray":
+        from covey.sim._ray import RayTransport
+
+        return RayTransport(
+            client_fn,
+            num_clients,
+            client_resources=client_resources,
+            client_group=client_group,
+            address=ray_address,
+            num_actors=num_workers,
+            client_cache=client_cache,
+        )
+    raise ValueError(f"unknown backend {backend!r}; choose 'inline', 'process' or 'ray'")
 
 
 def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
@@ -101,6 +146,12 @@ def simulate(
     on_round: RoundCallback | None = None,
     run_dir: str | Path | None = None,
     client_durations: Durations | None = None,
+    availability: Availability | None = None,
+    round_deadline: float | None = None,
+    client_cache: int | None = None,
+    client_resources: Mapping[str, Any] | None = None,
+    client_group: Callable[[int], str] | None = None,
+    ray_address: str | None = None,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -114,9 +165,11 @@ def simulate(
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server, run at
             round 0 and after every round.
         backend: ``"inline"`` (sequential, in this process, arrays passed by
-            reference) or ``"process"`` (a pool of worker processes; same results).
+            reference), ``"process"`` (a pool of worker processes) or ``"ray"``
+            (long-lived Ray actors, local or on a cluster); all give the same bits.
         seed: Seeds client sampling.
-        num_workers: Worker processes for the process backend.
+        num_workers: Worker processes for the process backend; most actors per
+            client group for the Ray backend.
         round_timeout: Seconds clients have to reply in a round.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes.
@@ -125,6 +178,20 @@ def simulate(
             simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
             per client (default 1.0). Time is virtual: nothing sleeps. In that mode
             ``rounds`` counts global updates and ``round_timeout`` bounds each task.
+            With a synchronous strategy and ``round_deadline``, the same durations
+            make the clients slower than the deadline stragglers.
+        availability: A client is online with this probability each round, or
+            ``(cid, round) -> bool``, or a boolean trace ``trace[cid, t]``; offline
+            clients that are sampled drop out (see :class:`covey.sim.ClientClock`).
+        round_deadline: Simulated seconds a synchronous round's fit may take:
+            clients whose ``client_durations`` exceed it are stragglers, not used.
+        client_cache: Most clients kept built (per actor with Ray); None keeps every
+            client built, 0 builds a client for each task. Bound it for federations
+            of many clients: memory then does not grow with ``num_clients``.
+        client_resources: Ray: what one client needs, e.g. ``{"num_cpus": 1,
+            "num_gpus": 0.25}``, or one such mapping per group with ``client_group``.
+        client_group: Ray: ``cid -> group name`` when resources differ per group.
+        ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
 
     Returns:
         The final weights and the history.
@@ -161,13 +228,21 @@ def simulate(
             f"min_available_clients={strategy.min_available_clients} exceeds "
             f"num_clients={num_clients}"
         )
-    transport: Transport
-    if backend == "inline":
-        transport = inline_transport(client_fn, num_clients)
-    elif backend == "process":
-        transport = ProcessTransport(client_fn, num_clients, num_workers=num_workers)
-    else:
-        raise ValueError(f"unknown backend {backend!r}; choose 'inline' or 'process'")
+    transport = _backend(
+        backend,
+        client_fn,
+        num_clients,
+        num_workers=num_workers,
+        client_cache=client_cache,
+        client_resources=client_resources,
+        client_group=client_group,
+        ray_address=ray_address,
+    )
+    clock: ClientClock | None = None
+    if availability is not None or (round_deadline is not None and not strategy.asynchronous):
+        clock = ClientClock(client_durations, availability, seed=seed)
+    if clock is not None and not strategy.asynchronous:
+        transport = ClockedTransport(transport, clock, deadline=round_deadline)
 
     callbacks: list[RoundCallback] = []
     stop_progress: Callable[[], None] | None = None
@@ -194,11 +269,14 @@ def simulate(
     gc.freeze()
     try:
         if strategy.asynchronous:
-            workers = transport.num_workers if isinstance(transport, ProcessTransport) else 0
+            workers = int(getattr(transport, "num_workers", 0))
             loop = AsyncLoop(
                 strategy,
                 SimulatedAsyncTransport(
-                    transport, durations=client_durations, seed=seed, prefetch=2 * workers
+                    transport,
+                    durations=clock if clock is not None else client_durations,
+                    seed=seed,
+                    prefetch=2 * workers,
                 ),
                 initial_weights,
                 evaluate_fn=evaluate_fn,
