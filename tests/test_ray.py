@@ -279,3 +279,37 @@ def test_100000_clients_at_one_percent_for_three_rounds(cluster: LocalRayCluster
     assert [len(r.fit_participants) for r in on_ray.history.rounds[1:]] == [1000] * 3
     inline = covey.simulate(Seeded, 100_000, 3, **kw)
     identical(inline.weights, on_ray.weights)
+
+
+class Stuck(covey.Client):
+    """Client 2 hangs in round 1 (far past the round's deadline); every other fit is instant."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 2 and config["round"] == 1:
+            time.sleep(300)
+        return FitResult(weights=dict(weights), num_examples=1)
+
+
+def test_a_hung_client_times_out_and_later_rounds_are_not_held_up(
+    cluster: LocalRayCluster,
+) -> None:
+    result = covey.simulate(
+        Stuck,
+        8,
+        2,
+        covey.FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=2),
+        {"w": np.zeros(2)},
+        backend="ray",
+        ray_address=cluster.address,
+        client_resources={"num_cpus": 1},
+        round_timeout=4.0,
+    )
+    r1, r2 = result.history.rounds[1:]
+    late = {f.cid: f.error for f in r1.fit_failures}
+    assert late == {2: "no reply in time"} or (2 in late and set(late) <= {2, 6})
+    assert r1.aggregated
+    # The stuck actor was replaced: round 2 is complete.
+    assert r2.fit_participants == list(range(8))

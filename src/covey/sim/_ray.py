@@ -298,7 +298,6 @@ class RayTransport:
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
         """Send each actor its clients' tasks in chunks; yield replies as chunks complete."""
-        ray = self._ray
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
         homes: dict[tuple[str, int, int], list[_Item]] = {}
@@ -324,9 +323,30 @@ class RayTransport:
         try:
             yield from self._collect(pending, held, tasks, deadline)
         finally:
-            for ref in pending:  # timed out or abandoned: do not run what has not started
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref)
+            self._abandon(pending)
+
+    def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]]) -> None:
+        """Stop the actors still busy with this exchange (past its deadline): a client
+        stuck in ``fit`` must not hold up later rounds. They are replaced next exchange."""
+        busy = sorted({(g, i) for g, i, _ in pending.values()})
+        for g, i in busy:
+            actor = self._actors[g][i]
+            if actor is None:
+                continue
+            late = sorted(
+                c for gg, ii, cids in pending.values() if (gg, ii) == (g, i) for c in cids
+            )
+            logger.warning(
+                "Ray actor %s%d missed the deadline with %d clients unanswered (%s); "
+                "stopping it, a new one takes its clients",
+                f"{g}/" if g else "",
+                i,
+                len(late),
+                ", ".join(map(str, late[:10])) + (" ..." if len(late) > 10 else ""),
+            )
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            self._actors[g][i] = None
 
     def _collect(
         self,
