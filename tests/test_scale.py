@@ -11,6 +11,7 @@ import pytest
 
 import covey
 from covey import FitResult
+from covey.core import Task
 from covey.sim import ClientClock, ClockedTransport, inline_transport
 from covey.sim._clock import uniform
 
@@ -60,7 +61,7 @@ def test_client_cache_bounds_the_clients_kept_built() -> None:
         return Seeded(cid)
 
     transport = inline_transport(client_fn, 10, client_cache=2)
-    task = covey.Task("fit", 1, {}, init())
+    task = Task("fit", 1, {}, init())
     for cids in ([0, 1], [0, 1], [2], [0], [1]):
         list(transport.exchange(dict.fromkeys(cids, task)))
     # 0 and 1 stay built; 2 evicts 0 (the least recently used), 1 was evicted by 0.
@@ -129,7 +130,7 @@ def test_the_virtual_clock_advances_by_the_slowest_on_time_client() -> None:
     durations = [1.0, 2.0, 9.0, 0.5]
     clock = ClientClock(durations)
     transport = ClockedTransport(inline_transport(Seeded, 4), clock, deadline=5.0)
-    task = covey.Task("fit", 1, {}, init())
+    task = Task("fit", 1, {}, init())
     replies = {r.cid: r for r in transport.exchange(dict.fromkeys([0, 1, 3], task))}
     assert all(r.ok for r in replies.values())
     assert transport.now == 2.0

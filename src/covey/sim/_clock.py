@@ -22,11 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from covey._messages import Reply, Task
+from covey.core._messages import Reply, Task
+from covey.transport._async import Durations
 from covey.transport._base import Transport
-
-Durations = Callable[[int, np.random.Generator], float] | Sequence[float]
-"""Simulated seconds a fit task takes: ``(cid, rng) -> seconds``, or one fixed value per client."""
 
 Availability = float | Callable[[int, int], bool] | np.ndarray
 """Who is online: a probability per round, ``(cid, round) -> bool``, or a trace
