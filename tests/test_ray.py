@@ -121,6 +121,14 @@ def digits_run(data: Dataset, backend: str, log_dir: Path | None = None, **kw: A
     )
 
 
+def test_without_an_address_a_local_ray_is_started_and_shut_down(digits: Dataset) -> None:
+    assert not ray.is_initialized()
+    inline = digits_run(digits, "inline")
+    local = digits_run(digits, "ray", client_resources={"num_cpus": 0.5})
+    identical(inline.weights, local.weights)
+    assert not ray.is_initialized()
+
+
 def test_digits_on_two_nodes_is_bit_identical_to_inline(
     cluster: LocalRayCluster, digits: Dataset, tmp_path: Path
 ) -> None:

@@ -169,9 +169,12 @@ class RayTransport:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
         self._owns_ray = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-            if address is not None:
-                kwargs["address"] = address
+            # "local" starts a new Ray: None would join any Ray already running here.
+            kwargs: dict[str, Any] = {
+                "address": address if address is not None else "local",
+                "include_dashboard": False,
+                "log_to_driver": True,
+            }
             kwargs.update(init_args or {})
             ray.init(**kwargs)
             self._owns_ray = True
