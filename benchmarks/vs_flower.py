@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 import _proctree as pt  # noqa: E402
 import _workload as wl  # noqa: E402
 
-SYSTEMS = ("covey", "covey-process", "plain", "flower")
+SYSTEMS = ("covey", "covey-process", "covey-ray", "plain", "flower")
 MB = 1024 * 1024
 RUNNER_ENV = {
     # Nothing is sent off this machine: no telemetry, update checks or usage stats.
@@ -67,6 +67,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--n", type=int, nargs="+", default=[10, 100, 1000], help="client counts")
     p.add_argument("--rounds", type=int, default=10, help="rounds of the digits workload")
+    p.add_argument(
+        "--big-n",
+        type=int,
+        default=10_000,
+        help="from this N on, the digits workload runs --big-rounds rounds",
+    )
+    p.add_argument("--big-rounds", type=int, default=3, help="rounds at N >= --big-n")
+    p.add_argument(
+        "--covey-only-n",
+        type=int,
+        nargs="*",
+        default=[],
+        help="client counts run by the covey systems only (e.g. 100000)",
+    )
     p.add_argument(
         "--large",
         action=argparse.BooleanOptionalAction,
@@ -372,6 +386,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 final_accuracy=ok[0]["final_accuracy"],
                 final_accuracy_all=[r["final_accuracy"] for r in ok],
                 round_seconds=ok[0]["round_seconds"],
+                # Rounds after the first: the first includes starting workers and clients.
+                round_median=_median(
+                    [_median(r["round_seconds"][1:] or r["round_seconds"]) or 0.0 for r in ok]
+                ),
                 round_peak_pss_mb=ok[0]["round_peak_pss_mb"],
                 baseline_pss_mb=ok[0].get("baseline_pss_mb"),
                 above_baseline_mb=ok[0].get("above_baseline_mb"),
@@ -437,6 +455,10 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "cpu_flower_over_covey": ratio("flower", "covey", "cpu_seconds"),
                 "mem_covey_over_plain": ratio("covey", "plain", "peak_pss_mb"),
                 "mem_flower_over_covey": ratio("flower", "covey", "peak_pss_mb"),
+                "round_flower_over_covey_ray": ratio("flower", "covey-ray", "round_median"),
+                "sim_flower_over_covey_ray": ratio("flower", "covey-ray", "sim_seconds"),
+                "wall_flower_over_covey_ray": ratio("flower", "covey-ray", "wall_seconds"),
+                "mem_covey_ray_over_flower": ratio("covey-ray", "flower", "peak_pss_mb"),
             }
         )
     return out
@@ -542,6 +564,39 @@ def ratio_table(rat: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ray_table(rows: list[dict[str, Any]], rat: list[dict[str, Any]]) -> list[str]:
+    """Per-round time (median of rounds 2..R) and memory of every system, with Flower's ratios."""
+    lines = [
+        "| N | R | system | wall s | simulate s | round s (median, rounds 2..R) | round 1 s "
+        "| peak PSS MB | procs |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["workload"] != "digits" or not r.get("ok_runs"):
+            continue
+        lines.append(
+            f"| {r['n_clients']} | {len(r['round_seconds'])} | {r['system']} "
+            f"| {_f(r['wall_seconds'])} | {_f(r['sim_seconds'])} "
+            f"| {_f(r['round_median'], '{:.3f}')} | {_f(r['round_seconds'][0], '{:.2f}')} "
+            f"| {_f(r['peak_pss_mb'], '{:.0f}')} | {r['max_processes']} |"
+        )
+    lines += [
+        "",
+        "| N | per round flwr/covey-ray | simulate flwr/covey-ray | wall flwr/covey-ray "
+        "| peak mem covey-ray/flwr |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rat:
+        if r["workload"] == "digits":
+            lines.append(
+                f"| {r['n_clients']} | {_f(r['round_flower_over_covey_ray'], '{:.1f}')} "
+                f"| {_f(r['sim_flower_over_covey_ray'], '{:.1f}')} "
+                f"| {_f(r['wall_flower_over_covey_ray'], '{:.1f}')} "
+                f"| {_f(r['mem_covey_ray_over_flower'])} |"
+            )
+    return lines
+
+
 def large_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| system | wall s | simulate s | CPU s | per-round s | peak PSS MB | baseline MB "
@@ -622,12 +677,15 @@ def markdown(
     ]
     if any(r["workload"] == "digits" for r in rows):
         parts += [
-            f"#### Digits, logistic regression, R = {args.rounds}",
+            f"#### Digits, logistic regression, R = {args.rounds} "
+            f"({args.big_rounds} from N = {args.big_n:,})",
             "",
             *digits_table(rows),
             "",
         ]
     parts += ["#### Ratios", "", *ratio_table(rat), ""]
+    if any(r["system"] == "covey-ray" for r in rows):
+        parts += ["#### Ray backends: covey vs Flower", "", *ray_table(rows, rat), ""]
     if any(r["workload"] == "large" for r in rows):
         parts += [
             f"#### Large model: 10,000,000 float32 (40 MB), N = {args.large_n}, "
@@ -651,7 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     command = shlex.join([exe, "benchmarks/vs_flower.py", *(argv or sys.argv[1:])])
 
-    plan: list[tuple[str, int, int]] = [("digits", n, args.rounds) for n in args.n]
+    plan: list[tuple[str, int, int]] = [
+        ("digits", n, args.big_rounds if n >= args.big_n else args.rounds)
+        for n in [*args.n, *args.covey_only_n]
+    ]
     if args.large:
         plan.append(("large", args.large_n, args.large_rounds))
     runs: list[dict[str, Any]] = []
@@ -659,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     for workload, n, rounds in plan:
         for rep in range(args.repeat):
             for system in args.systems:
+                if n in args.covey_only_n and not system.startswith("covey"):
+                    continue
                 print(
                     f"[{time.time() - t_all:7.1f}s] {workload} N={n} {system} #{rep} ...",
                     flush=True,
