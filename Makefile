@@ -49,7 +49,7 @@ $(FLOWER_STAMP):
 	touch $(FLOWER_STAMP)
 
 bench-flower: $(STAMP) $(FLOWER_STAMP)
-	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,plain,flower \
+	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,covey-ray,plain,flower \
 		--flower-python $(FLOWER_VENV)/bin/python $(BENCH_ARGS)
 
 bench: $(STAMP)
