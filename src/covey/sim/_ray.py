@@ -19,7 +19,7 @@ import math
 import os
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,8 +36,11 @@ ClientFn = Callable[[int], Any]
 Resources = Mapping[str, float]
 _Item = tuple[int, str, int, Mapping[str, Any], Any]
 
-#: Most clients an actor runs per call: replies come back at least this often.
+#: Clients an actor runs per call: replies come back at least this often. A large
+#: round uses larger chunks (up to MAX_CHUNK), about CHUNKS_PER_ACTOR calls per actor.
 CHUNK = 16
+MAX_CHUNK = 256
+CHUNKS_PER_ACTOR = 32
 _RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
@@ -319,8 +322,9 @@ class RayTransport:
             encoded = refs[token]
             actor = self._actors[g][i]
             held.setdefault((g, i), []).extend(c for c, *_ in items)
-            for start in range(0, len(items), CHUNK):
-                chunk = items[start : start + CHUNK]
+            size = min(MAX_CHUNK, max(CHUNK, -(-len(items) // CHUNKS_PER_ACTOR)))
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
                 ref = actor.run.remote(token, encoded, chunk)
                 pending[ref] = (g, i, [c for c, *_ in chunk])
         try:
@@ -359,12 +363,22 @@ class RayTransport:
         deadline: float | None,
     ) -> Iterator[Reply]:
         ray = self._ray
-        while pending:
+        # An actor runs its calls in order: wait only on each actor's oldest call,
+        # so one wait costs O(actors), not O(calls in flight).
+        queues: dict[tuple[str, int], deque[Any]] = {}
+        for ref, (g, i, _) in pending.items():
+            queues.setdefault((g, i), deque()).append(ref)
+        while queues:
+            heads = {q[0]: key for key, q in queues.items()}
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
+            ready, _ = ray.wait(list(heads), num_returns=1, timeout=remaining)
             if not ready:
                 return  # deadline: the loop records the missing clients
             for ref in ready:
+                key = heads[ref]
+                queues[key].popleft()
+                if not queues[key]:
+                    del queues[key]
                 g, i, cids = pending.pop(ref)
                 try:
                     replies = ray.get(ref, timeout=max(1.0, remaining or 60.0))
