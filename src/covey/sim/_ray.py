@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import run_task
+from covey.clients._client import ClientFn, run_task
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 
 logger = logging.getLogger("covey")
 
-ClientFn = Callable[[int], Any]
 Resources = Mapping[str, float]
 _Item = tuple[int, str, int, Mapping[str, Any], Any]
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from covey.clients._client import run_task
+from covey.clients._client import ClientFn, run_task
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
-from covey.server._async import AsyncLoop
-from covey.server._sync import EvaluateFn, RoundCallback, RoundLoop
+from covey.server._base import EvaluateFn, RoundCallback
+from covey.server._factory import Loop, open_loop, run_config
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._process import ProcessTransport
 from covey.strategies._presets import FedAvg
@@ -24,7 +24,6 @@ from covey.transport._async import Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
 from covey.transport._memory import MemoryTransport
 
-ClientFn = Callable[[int], Any]
 Backend = Literal["inline", "process", "ray"]
 
 
@@ -135,8 +134,8 @@ def simulate(
     client_fn: ClientFn,
     num_clients: int,
     rounds: int,
-    strategy: Strategy | None = None,
-    initial_weights: Weights | None = None,
+    strategy: Strategy | None,
+    initial_weights: Weights,
     evaluate_fn: EvaluateFn | None = None,
     *,
     backend: Backend = "inline",
@@ -161,7 +160,7 @@ def simulate(
             each client is built once and reused across rounds.
         num_clients: How many clients the federation has.
         rounds: How many rounds to run.
-        strategy: What to do each round (default: :func:`covey.FedAvg`).
+        strategy: What to do each round; None means :func:`covey.FedAvg` with its defaults.
         initial_weights: The global model before round 1 (step 0).
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server, run at
             round 0 and after every round.
@@ -207,7 +206,7 @@ def simulate(
         ...     def fit(self, weights, config):
         ...         return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
         >>> result = covey.simulate(lambda cid: Half(), num_clients=4, rounds=2,
-        ...                         initial_weights={"w": np.ones(3)})
+        ...                         strategy=covey.FedAvg(), initial_weights={"w": np.ones(3)})
         >>> result.weights["w"].tolist()
         [0.25, 0.25, 0.25]
     """
@@ -257,7 +256,7 @@ def simulate(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         history_path = Path(run_dir) / "history.json"
 
-    loop: RoundLoop | AsyncLoop
+    loop: Loop
 
     def round_done(record: RoundRecord) -> None:
         if history_path is not None:
@@ -269,32 +268,27 @@ def simulate(
     # keep the collector from scanning it again and again while rounds allocate.
     gc.freeze()
     try:
+        loop_transport: Transport | SimulatedAsyncTransport = transport
         if strategy.asynchronous:
             workers = int(getattr(transport, "num_workers", 0))
-            loop = AsyncLoop(
-                strategy,
-                SimulatedAsyncTransport(
-                    transport,
-                    durations=clock if clock is not None else client_durations,
-                    seed=seed,
-                    prefetch=2 * workers,
-                ),
-                initial_weights,
-                evaluate_fn=evaluate_fn,
-                seed=seed,
-                task_timeout=round_timeout,
-                on_round=round_done,
-            )
-        else:
-            loop = RoundLoop(
-                strategy,
+            loop_transport = SimulatedAsyncTransport(
                 transport,
-                initial_weights,
-                evaluate_fn=evaluate_fn,
+                durations=clock if clock is not None else client_durations,
                 seed=seed,
-                round_timeout=round_timeout,
-                on_round=round_done,
+                prefetch=2 * workers,
             )
+        loop = open_loop(
+            strategy,
+            loop_transport,
+            initial_weights,
+            evaluate_fn=evaluate_fn,
+            seed=seed,
+            round_timeout=round_timeout,
+            on_round=round_done,
+        )
+        loop.history.config = run_config(
+            strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
+        )
         loop.run(rounds)
     finally:
         gc.unfreeze()
