@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -75,8 +76,11 @@ class LocalRayCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="cvr", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Its own token: the default one in ~/.ray is shared with every Ray of this user.
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.env = {
             **os.environ,
+            **self.auth,
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": os.pathsep.join(
                 [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -161,10 +165,27 @@ class LocalRayCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalRayCluster:
-        return self.start()
+        """Start the cluster; this process (a driver) gets its token until exit."""
+        self._saved = {k: os.environ.get(k) for k in self.auth}
+        os.environ.update(self.auth)
+        try:
+            return self.start()
+        except BaseException:
+            self._restore()
+            raise
+
+    def _restore(self) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._restore()
 
 
 def wait_gone(cluster: LocalRayCluster, seconds: float = 10.0) -> bool:

@@ -7,6 +7,7 @@ started (never ``ray stop``, which would stop every Ray of this user).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -19,19 +20,29 @@ from typing import Any
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray")
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("the Ray backend needs ray (covey[ray])", allow_module_level=True)
 
-import covey  # noqa: E402
-from _raycluster import LocalRayCluster  # noqa: E402
-from covey import FitResult  # noqa: E402
-from covey.data import Dataset, iid, load_digits  # noqa: E402
-from covey.models import LogisticClient, logistic_evaluate, logistic_init  # noqa: E402
+import covey
+from _raycluster import LocalRayCluster
+from covey import FitResult
+from covey.data import Dataset, iid, load_digits
+from covey.models import LogisticClient, logistic_evaluate, logistic_init
 
 pytestmark = pytest.mark.slow
 
-# Clients defined here are shipped to the actors by value: the cluster's workers
-# cannot import this test module.
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+def ray_module() -> Any:
+    """Ray, imported only once the cluster's token is in the environment (Ray reads it at import).
+
+    Clients defined here are shipped to the actors by value: the cluster's workers
+    cannot import this test module.
+    """
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return ray
+
 
 Arrays = dict[str, np.ndarray]
 
@@ -39,6 +50,7 @@ Arrays = dict[str, np.ndarray]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
     with LocalRayCluster(head_cpus=2, worker_cpus=2, worker_resources={"accel": 1}) as c:
+        ray_module()
         yield c
 
 
@@ -68,6 +80,8 @@ class Logged(covey.Client):
         if self.sleep:
             time.sleep(self.sleep)
         result = self.inner.fit(weights, config)
+        import ray
+
         node = ray.get_runtime_context().get_node_id()
         row = {"cid": self.cid, "start": start, "end": time.time(), "pid": os.getpid()}
         row["node"] = node
@@ -121,14 +135,6 @@ def digits_run(data: Dataset, backend: str, log_dir: Path | None = None, **kw: A
     )
 
 
-def test_without_an_address_a_local_ray_is_started_and_shut_down(digits: Dataset) -> None:
-    assert not ray.is_initialized()
-    inline = digits_run(digits, "inline")
-    local = digits_run(digits, "ray", client_resources={"num_cpus": 0.5})
-    identical(inline.weights, local.weights)
-    assert not ray.is_initialized()
-
-
 def test_digits_on_two_nodes_is_bit_identical_to_inline(
     cluster: LocalRayCluster, digits: Dataset, tmp_path: Path
 ) -> None:
@@ -154,7 +160,7 @@ def test_digits_on_two_nodes_is_bit_identical_to_inline(
     for r in rows:
         homes.setdefault(r["cid"], set()).add(r["pid"])
     assert all(len(pids) == 1 for pids in homes.values())
-    assert not ray.is_initialized(), "the driver left the cluster after the run"
+    assert not ray_module().is_initialized(), "the driver left the cluster after the run"
 
 
 def test_resources_per_client_group_are_respected(
@@ -321,3 +327,12 @@ def test_a_hung_client_times_out_and_later_rounds_are_not_held_up(
     assert r1.aggregated
     # The stuck actor was replaced: round 2 is complete.
     assert r2.fit_participants == list(range(8))
+
+
+def test_without_an_address_a_local_ray_is_started_and_shut_down(digits: Dataset) -> None:
+    ray = ray_module()
+    assert not ray.is_initialized()
+    inline = digits_run(digits, "inline")
+    local = digits_run(digits, "ray", client_resources={"num_cpus": 0.5})
+    identical(inline.weights, local.weights)
+    assert not ray.is_initialized()
