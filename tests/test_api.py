@@ -163,6 +163,7 @@ EXPECTED = {
     ],
     "covey.sim": [
         "ClientClock",
+        "ClientState",
         "ClockedTransport",
         "ProcessTransport",
         "RayTransport",

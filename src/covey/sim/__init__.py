@@ -4,9 +4,11 @@ from covey.sim._clock import ClientClock, ClockedTransport
 from covey.sim._process import ProcessTransport
 from covey.sim._ray import RayTransport
 from covey.sim._simulate import SimulationResult, inline_transport, simulate
+from covey.sim._state import ClientState
 
 __all__ = [
     "ClientClock",
+    "ClientState",
     "ClockedTransport",
     "ProcessTransport",
     "RayTransport",
