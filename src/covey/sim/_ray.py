@@ -9,6 +9,9 @@ always runs in the same actor, which builds it with ``client_fn`` where it runs
 put in the object store; every actor maps them read-only without copying. An
 actor runs its clients in small chunks, so replies stream back and the round
 loop folds them in client-id order as they come.
+
+The weights go out in covey's codec; tasks, clients and replies travel in Ray's
+own serialization, so a Ray cluster must be trusted like the machine it runs on.
 """
 
 from __future__ import annotations
@@ -139,8 +142,8 @@ class RayTransport:
         client_resources: What one client needs, e.g. ``{"num_cpus": 1, "num_gpus": 0.5}``
             (custom resource names allowed); or, with ``client_group``, one such
             mapping per group name. Default ``{"num_cpus": 1}``.
-        client_group: ``cid -> group name`` when resources differ per group; the
-            cluster is shared equally among the groups.
+        client_group: ``cid -> group name`` when resources differ per group; each
+            resource is shared equally among the groups that need it.
         address: A running cluster to join (``"127.0.0.1:6379"``, ``"auto"``); None
             starts a local Ray for this run and stops it at :meth:`close`.
         num_actors: Most actors per group (default: as many as the resources allow).
@@ -332,8 +335,11 @@ class RayTransport:
             self._abandon(pending)
 
     def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]]) -> None:
-        """Stop the actors still busy with this exchange (past its deadline): a client
-        stuck in ``fit`` must not hold up later rounds. They are replaced next exchange."""
+        """Stop the actors still busy with this exchange once it is over (its deadline passed).
+
+        A client stuck in ``fit`` must not hold up later rounds: its actor is
+        replaced at the next exchange and its clients are rebuilt there.
+        """
         busy = sorted({(g, i) for g, i, _ in pending.values()})
         for g, i in busy:
             actor = self._actors[g][i]

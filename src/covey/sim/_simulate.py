@@ -130,6 +130,26 @@ def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
     return on_round, progress.stop
 
 
+def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strategy:
+    """The strategy to run (FedAvg by default), once the arguments of simulate() are valid."""
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    strategy = strategy if strategy is not None else FedAvg()
+    if strategy.num_fit(num_clients) > num_clients:
+        raise ValueError(
+            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
+            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
+        )
+    if strategy.min_available_clients > num_clients:
+        raise ValueError(
+            f"min_available_clients={strategy.min_available_clients} exceeds "
+            f"num_clients={num_clients}"
+        )
+    return strategy
+
+
 def simulate(
     client_fn: ClientFn,
     num_clients: int,
@@ -213,21 +233,7 @@ def simulate(
     start = time.perf_counter()
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
-    strategy = strategy if strategy is not None else FedAvg()
-    if strategy.num_fit(num_clients) > num_clients:
-        raise ValueError(
-            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
-            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
-        )
-    if strategy.min_available_clients > num_clients:
-        raise ValueError(
-            f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}"
-        )
+    strategy = _checked(strategy, num_clients, rounds)
     transport = _backend(
         backend,
         client_fn,
