@@ -57,7 +57,7 @@ class ServeResult:
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
     """Load the server's TLS material from a federation folder made by ``covey certs init``."""
-    from covey.deploy._certs import is_revoked, load_revoked
+    from covey.deploy.certs import is_revoked, load_revoked
 
     d = Path(directory)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
@@ -218,7 +218,8 @@ class _Run:
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""
         weights, self.weights = self.weights, None
-        assert weights is not None
+        if weights is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: weights is unset")
         return weights
 
 

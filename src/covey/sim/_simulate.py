@@ -130,6 +130,19 @@ def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
     return on_round, progress.stop
 
 
+def _clock(
+    strategy: Strategy,
+    durations: Durations | None,
+    availability: Availability | None,
+    deadline: float | None,
+    seed: int,
+) -> ClientClock | None:
+    """The client model of a run with simulated availability or stragglers, else None."""
+    if availability is None and (deadline is None or strategy.asynchronous):
+        return None
+    return ClientClock(durations, availability, seed=seed)
+
+
 def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strategy:
     """The strategy to run (FedAvg by default), once the arguments of simulate() are valid."""
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
@@ -244,9 +257,7 @@ def simulate(
         client_group=client_group,
         ray_address=ray_address,
     )
-    clock: ClientClock | None = None
-    if availability is not None or (round_deadline is not None and not strategy.asynchronous):
-        clock = ClientClock(client_durations, availability, seed=seed)
+    clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     if clock is not None and not strategy.asynchronous:
         transport = ClockedTransport(transport, clock, deadline=round_deadline)
 
@@ -291,11 +302,14 @@ def simulate(
             seed=seed,
             round_timeout=round_timeout,
             on_round=round_done,
+            simulated=True,
         )
         loop.history.config = run_config(
             strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
         )
         loop.run(rounds)
+        if history_path is not None and loop.history.stopped_reason is not None:
+            loop.history.save(history_path)  # with why the run stopped early
     finally:
         gc.unfreeze()
         if stop_progress is not None:
