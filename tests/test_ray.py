@@ -329,6 +329,24 @@ def test_a_hung_client_times_out_and_later_rounds_are_not_held_up(
     assert r2.fit_participants == list(range(8))
 
 
+def test_fedbuff_with_stragglers_and_dropouts_is_bit_identical_to_inline(
+    cluster: LocalRayCluster,
+) -> None:
+    kw: dict[str, Any] = {
+        "strategy": covey.FedBuff(buffer_size=4, concurrency=8),
+        "initial_weights": {"W": np.zeros((8, 3)), "b": np.zeros(3)},
+        "client_durations": lambda cid, rng: (1 + cid % 4) * rng.uniform(0.5, 1.5),
+        "availability": 0.8,
+        "seed": 4,
+    }
+    inline = covey.simulate(Seeded, 40, 5, **kw)
+    on_ray = covey.simulate(Seeded, 40, 5, backend="ray", ray_address=cluster.address, **kw)
+    identical(inline.weights, on_ray.weights)
+    offline = [f.cid for r in on_ray.history.rounds for f in r.fit_failures]
+    assert offline == [f.cid for r in inline.history.rounds for f in r.fit_failures]
+    assert offline
+
+
 def test_without_an_address_a_local_ray_is_started_and_shut_down(digits: Dataset) -> None:
     ray = ray_module()
     assert not ray.is_initialized()
