@@ -1,0 +1,34 @@
+"""Federated analytics: SQL over tables that never leave their sites.
+
+An analyst asks in SQL; each :class:`Site` checks the query against its own
+:class:`Policy`, answers its part in DuckDB as vectors of sums, and the server
+combines only those sums (through secure aggregation when asked), with
+differential-privacy noise added by the sites themselves.
+
+Example:
+    >>> import pandas as pd
+    >>> from covey.analytics import Policy, Site, query
+    >>> policy = Policy(bounds={"age": (0, 120)}, domains={"sex": ["F", "M"]}, min_group_size=1)
+    >>> frame = pd.DataFrame({"sex": ["F", "M", "F"], "age": [30.0, 50.0, 40.0]})
+    >>> df = query([Site({"p": frame}, policy)], "SELECT sex, AVG(age) FROM p GROUP BY sex",
+    ...            secure=False)
+    >>> df["AVG(age)"].tolist()
+    [35.0, 50.0]
+"""
+
+from covey.analytics._exchange import FederationQueryError
+from covey.analytics._policy import Policy, PolicyError
+from covey.analytics._query import query
+from covey.analytics._site import TASK_KIND, Site
+from covey.analytics._sql import QueryError, plan
+
+__all__ = [
+    "TASK_KIND",
+    "FederationQueryError",
+    "Policy",
+    "PolicyError",
+    "QueryError",
+    "Site",
+    "plan",
+    "query",
+]

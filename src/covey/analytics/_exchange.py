@@ -1,0 +1,169 @@
+"""The server's side of a query: ask the sites, check their answers, sum them.
+
+Sites are reached through any :class:`~covey.transport.Transport`: Site
+objects in this process (simulation) or a gRPC server that sites joined.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from covey._client import run_task
+from covey._messages import Task
+from covey.analytics._compute import shape
+from covey.analytics._policy import PolicyError
+from covey.analytics._site import TASK_KIND, Site
+from covey.transport import MemoryTransport, Transport
+
+MAX_SITE_REPLY_CELLS = 50_000_000
+
+
+class FederationQueryError(RuntimeError):
+    """Sites failed or answered inconsistently while a query ran."""
+
+
+def transport_for(sites_or_server: Any) -> tuple[Transport, bool]:
+    """A transport to the sites and whether this function made it (so must close it)."""
+    if isinstance(sites_or_server, Site):
+        sites_or_server = [sites_or_server]
+    if isinstance(sites_or_server, Sequence) and not isinstance(sites_or_server, str):
+        sites = list(sites_or_server)
+        if not sites or not all(isinstance(s, Site) for s in sites):
+            raise TypeError("query() takes a list of covey.analytics.Site or a transport")
+
+        def handler(cid: int, task: Task) -> Any:
+            return run_task(sites[cid], cid, task)
+
+        return MemoryTransport(list(range(len(sites))), handler), True
+    if isinstance(sites_or_server, Transport):
+        return sites_or_server, False
+    raise TypeError(
+        f"query() takes a list of covey.analytics.Site or a transport, "
+        f"got {type(sites_or_server).__name__}"
+    )
+
+
+@dataclass
+class StageResult:
+    """The sum over sites of one stage's vectors, and what the sites reported."""
+
+    vectors: list[np.ndarray]
+    per_site: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    clipped: dict[str, int] = field(default_factory=dict)
+    outside_domain: int = 0
+    withheld_groups: int = 0
+    cached: int = 0
+    spent: dict[str, float] = field(default_factory=dict)
+
+
+class Federation:
+    """The sites of one query: who answers, their declarations, and the stages run.
+
+    Args:
+        transport: How the sites are reached.
+        timeout: Seconds to wait for the sites at each stage.
+    """
+
+    def __init__(self, transport: Transport, timeout: float | None = None) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.cids: list[int] = sorted(transport.clients())
+        self.names: dict[int, str] = {}
+        self.refused: dict[str, str] = {}
+        self._rounds = itertools.count(1)
+
+    def _exchange(self, payload: Mapping[str, Any], cids: Sequence[int]) -> dict[int, Any]:
+        r = next(self._rounds)
+        tasks = {cid: Task(TASK_KIND, r, payload=dict(payload)) for cid in cids}
+        out: dict[int, Any] = {}
+        for reply in self.transport.exchange(tasks, timeout=self.timeout):
+            if reply.cid not in tasks or reply.cid in out:
+                continue
+            if reply.error is not None:
+                last = reply.error.strip().splitlines()[-1] if reply.error.strip() else "error"
+                out[reply.cid] = {"refused": f"the site failed: {last}"}
+            elif not isinstance(reply.result, Mapping):
+                out[reply.cid] = {"refused": "the site sent a malformed answer"}
+            else:
+                out[reply.cid] = reply.result
+        return out
+
+    def describe(self, request: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+        """Ask every site whether it answers ``request`` and what it declares."""
+        if not self.cids:
+            raise FederationQueryError("no site is connected")
+        answers = self._exchange({**request, "op": "describe"}, self.cids)
+        ok: dict[int, dict[str, Any]] = {}
+        for cid in self.cids:
+            got = answers.get(cid, {"refused": "the site did not answer in time"})
+            name = str(got.get("site", f"site-{cid}"))
+            self.names[cid] = name if name not in self.names.values() else f"{name}#{cid}"
+            if "refused" in got:
+                self.refused[self.names[cid]] = str(got["refused"])
+            else:
+                ok[cid] = dict(got)
+        if not ok:
+            reasons = "; ".join(f"{n}: {r}" for n, r in self.refused.items())
+            raise PolicyError(f"no site answers this query ({reasons})")
+        self.cids = sorted(ok)
+        return ok
+
+    def stage(
+        self, request: Mapping[str, Any], groups: int, *, keep_per_site: bool = False
+    ) -> StageResult:
+        """Run one stage on every answering site and sum the vectors (in site order)."""
+        shapes = [shape(s, groups) for s in request["stats"]]
+        answers = self._exchange({**request, "op": "answer"}, self.cids)
+        result = StageResult([np.zeros(s) for s in shapes])
+        for cid in self.cids:
+            got = answers.get(cid)
+            name = self.names[cid]
+            if got is None or "refused" in got:
+                why = "no answer in time" if got is None else got["refused"]
+                raise FederationQueryError(f"{name} stopped answering mid-query: {why}")
+            vectors = self._check(got, shapes, name)
+            scale = request.get("fixed_point")
+            for i, (acc, v, stat) in enumerate(
+                zip(result.vectors, vectors, request["stats"], strict=True)
+            ):
+                if stat["op"] in ("min", "max"):
+                    continue
+                result.vectors[i] = acc + (v / float(scale) if scale is not None else v)
+            if keep_per_site:
+                result.per_site[cid] = vectors
+            for col, n in dict(got.get("clipped", {})).items():
+                result.clipped[str(col)] = result.clipped.get(str(col), 0) + int(n)
+            result.outside_domain += int(got.get("outside_domain", 0))
+            result.withheld_groups += int(got.get("withheld_groups", 0))
+            result.cached += bool(got.get("cached"))
+            result.spent[name] = float(got.get("spent", 0.0))
+        return result
+
+    @staticmethod
+    def _check(
+        got: Mapping[str, Any], shapes: list[tuple[int, ...]], name: str
+    ) -> list[np.ndarray]:
+        raw = got.get("vectors")
+        if not isinstance(raw, list) or len(raw) != len(shapes):
+            raise FederationQueryError(
+                f"{name} answered {type(raw).__name__}, not {len(shapes)} vectors"
+            )
+        out = []
+        for v, s in zip(raw, shapes, strict=True):
+            arr = np.asarray(v)
+            if (
+                arr.dtype.kind not in "iuf"
+                or arr.size != int(np.prod(s))
+                or arr.size > MAX_SITE_REPLY_CELLS
+            ):
+                raise FederationQueryError(
+                    f"{name} answered a vector of {arr.size} {arr.dtype} values where "
+                    f"{int(np.prod(s))} numbers were expected"
+                )
+            out.append(arr.astype(np.float64).reshape(s))
+        return out
