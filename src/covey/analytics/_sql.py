@@ -218,7 +218,7 @@ def _fname(node: Any) -> str:
         return str(node.name).upper()
     if isinstance(node, exp.Func):
         return str(type(node).sql_name()).upper()
-    return node.key.upper()
+    return str(node.key).upper()
 
 
 def _aggregate(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
