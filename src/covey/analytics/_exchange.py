@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from covey._client import run_task
-from covey._messages import Task
+from covey.clients import run_task
+from covey.core import Task
 from covey.analytics._compute import shape
 from covey.analytics._policy import PolicyError
 from covey.analytics._site import TASK_KIND, Site

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from covey._client import Client, register_task
-from covey._messages import Task
+from covey.clients import Client, register_task
+from covey.core import Task
 from covey.analytics import _dp
 from covey.analytics._compute import compute
 from covey.analytics._policy import Policy, PolicyError
