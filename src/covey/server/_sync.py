@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
@@ -20,7 +21,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
-from covey.strategies._strategy import Strategy
+from covey.strategies._strategy import FitOutcome, Strategy
 from covey.transport._base import Transport
 
 __all__ = ["EvaluateFn", "FederationError", "RoundCallback", "RoundLoop", "in_cid_order"]
@@ -166,6 +167,10 @@ class RoundLoop(_LoopBase):
         update = strategy.aggregator.update
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         task = Task("fit", rnd, strategy.fit_config(rnd), self.weights, broadcast_extras(out))
+        if strategy.fit_round is not None:
+            outcome = strategy.fit_round(self.transport, cids, task, self.round_timeout)
+            self._fit_outcome(rnd, record, state, outcome, len(cids))
+            return
         metrics: list[tuple[int, Metrics]] = []
         replies = self.transport.exchange(dict.fromkeys(cids, task), timeout=self.round_timeout)
         answered: set[int] = set()
@@ -204,6 +209,29 @@ class RoundLoop(_LoopBase):
                 + (" ..." if len(record.fit_failures) > 5 else "")
             )
         record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
+        self._apply(state, rnd, record)
+
+    def _fit_outcome(
+        self, rnd: int, record: RoundRecord, state: Any, outcome: FitOutcome, sampled: int
+    ) -> None:
+        """Aggregate what a custom fit exchange (``strategy.fit_round``) returned."""
+        record.aggregate_info.update(outcome.info)
+        for cid, why in outcome.failures:
+            self._record_failure(record.fit_failures, Failure(cid, "fit", why))
+        needed = min(self.strategy.min_fit_clients, sampled)
+        error = outcome.error
+        if error is None and len(outcome.participants) < needed:
+            error = f"{len(outcome.participants)} clients took part, fewer than {needed}"
+        if error is not None:
+            record.aggregate_info.setdefault("error", error)
+            self.history.rounds.append(record)
+            raise self._fail(f"round {rnd}: {error}")
+        update = self.strategy.aggregator.update
+        for contribution in outcome.contributions:
+            state, _ = update(state, contribution)
+        record.fit_participants.extend(outcome.participants)
+        record.fit_examples += outcome.num_examples
+        record.fit_metrics = dict(outcome.metrics)
         self._apply(state, rnd, record)
 
     # -- evaluation ---------------------------------------------------------------------

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
-from covey.aggregate import Step, chain, weighted_mean
+from covey.aggregate import Contribution, Step, chain, weighted_mean
 from covey.core._messages import Config, Metrics
 
 ConfigFn = Callable[[int], Config]
@@ -48,6 +49,33 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
             sums[key] = sums.get(key, 0.0) + n * float(value)
             counts[key] = counts.get(key, 0) + n
     return {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
+
+
+class FitOutcome(NamedTuple):
+    """What a custom fit exchange (:attr:`Strategy.fit_round`) hands back to the round loop.
+
+    Args:
+        contributions: Fed to the aggregator in order (e.g. one secure sum).
+        participants: The clients whose updates are in the contributions.
+        num_examples: Their total number of examples.
+        metrics: The round's combined fit metrics.
+        failures: ``(cid, why)`` for each client that failed.
+        info: What to record in the round's ``aggregate_info``.
+        error: Why the round must stop (the run then stops with this reason).
+    """
+
+    contributions: tuple[Contribution, ...] = ()
+    participants: tuple[int, ...] = ()
+    num_examples: int = 0
+    metrics: Mapping[str, Any] = MappingProxyType({})
+    failures: tuple[tuple[int, str], ...] = ()
+    info: Mapping[str, Any] = MappingProxyType({})
+    error: str | None = None
+
+
+FitRound = Callable[[Any, Sequence[int], Any, "float | None"], FitOutcome]
+"""``(transport, cids, fit_task, timeout) -> FitOutcome``: a fit exchange other than one task
+per client (secure aggregation: :func:`covey.secagg.secure`)."""
 
 
 def _no_config(round: int) -> Config:
@@ -88,6 +116,10 @@ class Strategy:
         max_staleness: In asynchronous mode, drop updates computed from a model
             more than this many updates old (None: keep all).
         name: A label for logs and history.
+        fit_round: Replaces the fit exchange of each synchronous round: given the
+            transport, the sampled clients, the fit task and the timeout, it talks to
+            the clients and returns a :class:`FitOutcome` (set by
+            :func:`covey.secagg.secure`; None: one fit task per client).
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -106,6 +138,7 @@ class Strategy:
     buffer_size: int | None = None
     max_staleness: int | None = None
     name: str = "custom"
+    fit_round: FitRound | None = None
 
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
