@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients import run_task
-from covey.core import Task
+from covey import secagg
 from covey.analytics._compute import shape
 from covey.analytics._policy import PolicyError
-from covey.analytics._site import TASK_KIND, Site
+from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, clip_columns
+from covey.clients import run_task
+from covey.core import Task
 from covey.transport import MemoryTransport, Transport
 
 MAX_SITE_REPLY_CELLS = 50_000_000
@@ -118,6 +119,8 @@ class Federation:
     ) -> StageResult:
         """Run one stage on every answering site and sum the vectors (in site order)."""
         shapes = [shape(s, groups) for s in request["stats"]]
+        if request.get("secure"):
+            return self._secure_stage(request, shapes)
         answers = self._exchange({**request, "op": "answer"}, self.cids)
         result = StageResult([np.zeros(s) for s in shapes])
         for cid in self.cids:
@@ -127,13 +130,11 @@ class Federation:
                 why = "no answer in time" if got is None else got["refused"]
                 raise FederationQueryError(f"{name} stopped answering mid-query: {why}")
             vectors = self._check(got, shapes, name)
-            scale = request.get("fixed_point")
             for i, (acc, v, stat) in enumerate(
                 zip(result.vectors, vectors, request["stats"], strict=True)
             ):
-                if stat["op"] in ("min", "max"):
-                    continue
-                result.vectors[i] = acc + (v / float(scale) if scale is not None else v)
+                if stat["op"] not in ("min", "max"):
+                    result.vectors[i] = acc + v
             if keep_per_site:
                 result.per_site[cid] = vectors
             for col, n in dict(got.get("clipped", {})).items():
@@ -142,6 +143,48 @@ class Federation:
             result.withheld_groups += int(got.get("withheld_groups", 0))
             result.cached += bool(got.get("cached"))
             result.spent[name] = float(got.get("spent", 0.0))
+        return result
+
+    def _secure_stage(
+        self, request: Mapping[str, Any], shapes: list[tuple[int, ...]]
+    ) -> StageResult:
+        """One stage through secure aggregation: only the sum of the sites' vectors is seen."""
+        if len(self.cids) < 2:
+            raise FederationQueryError(
+                "secure aggregation needs at least two answering sites; pass secure=False"
+            )
+        stats = request["stats"]
+        sizes = [int(np.prod(s)) for s in shapes]
+        tail = len(clip_columns(stats)) + 2
+        try:
+            out = secagg.secure_sum(
+                self.transport,
+                self.cids,
+                round=next(self._rounds),
+                input_kind=SECURE_INPUT,
+                payload=dict(request, op="answer"),
+                length=sum(sizes) + tail,
+                bound=int(request["bound"]),
+                timeout=self.timeout,
+            )
+        except secagg.SecAggAbort as exc:
+            raise FederationQueryError(f"secure aggregation stopped: {exc}") from None
+        if out.dropped or out.excluded:
+            gone = {**out.dropped, **out.excluded}
+            names = ", ".join(f"{self.names.get(c, c)} ({why})" for c, why in gone.items())
+            raise FederationQueryError(f"sites left during secure aggregation: {names}")
+        total = np.asarray(out.total, dtype=np.float64)
+        result = StageResult([])
+        start = 0
+        for stat, size, dims in zip(stats, sizes, shapes, strict=True):
+            part = total[start : start + size] / float(stat.get("scale", 1.0))
+            result.vectors.append(part.reshape(dims))
+            start += size
+        for col in clip_columns(stats):
+            result.clipped[col] = int(total[start])
+            start += 1
+        result.outside_domain = int(total[start])
+        result.withheld_groups = int(total[start + 1])
         return result
 
     @staticmethod

@@ -35,6 +35,8 @@ from covey.analytics._sql import Aggregate, Plan, QueryError, plan
 from covey.analytics._stats import Quantiles, TopK, check_rounds, merge_declarations, survival
 
 DISTINCT_BUCKETS = 1 << 16
+ROW_CAP = 1 << 31
+"""The most rows a site may hold in one group under secure aggregation."""
 
 
 class _Query:
@@ -60,6 +62,11 @@ class _Query:
             "stats": stats,
             "dp": None,
         }
+        if self.opt["secure"]:
+            n = len(self.fed.cids)
+            req["bound"] = secure_bound(n)
+            for s in stats:
+                s["scale"] = fixed_point_scale(s, self.decl["bounds"], n)
         if self.multiplier is not None:
             mech = self.opt["mechanism"]
             for s in stats:
@@ -290,6 +297,31 @@ class _Query:
         return df
 
 
+def secure_bound(sites: int) -> int:
+    """The bound on every entry of a site's secure answer, so the sum of ``sites`` fits 61 bits."""
+    return (1 << 61) // (2 * max(sites, 1))
+
+
+def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) -> float:
+    """The power of two a statistic is multiplied by before rounding (1 for counts).
+
+    Chosen so ``ROW_CAP`` rows of the largest value allowed by the bounds stay
+    within :func:`secure_bound`.
+    """
+    op = stat["op"]
+    if op not in ("sum", "sq"):
+        return 1.0
+    low, high = bounds[stat["col"]]
+    top = max(abs(low), abs(high)) if op == "sum" else (high - low) ** 2
+    room = secure_bound(sites) / (ROW_CAP * max(top, 1e-300))
+    if room < 1:
+        raise QueryError(
+            f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
+            f"{ROW_CAP} rows per site"
+        )
+    return float(2 ** min(math.floor(math.log2(room)), 60))
+
+
 def first_stat_low(q: _Query, a: Aggregate) -> float:
     """The low end of an aggregate column's merged bounds."""
     return float(q.decl["bounds"][a.column][0])
@@ -340,8 +372,8 @@ def query(
         raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
     if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
         raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
-    if secure:
-        _require_secagg()
+    if secure and any(a.func in ("min", "max") for a in p.aggregates):
+        raise QueryError("MIN and MAX are never answered under secure aggregation")
     transport, owned = transport_for(sites_or_server)
     try:
         fed = Federation(transport, timeout)
@@ -359,16 +391,6 @@ def query(
     finally:
         if owned:
             transport.close()
-
-
-def _require_secagg() -> None:
-    try:
-        from covey import secagg  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        raise QueryError(
-            "secure aggregation is not available in this build of covey (covey.secagg is "
-            "missing); pass secure=False to sum the sites' answers in the clear"
-        ) from None
 
 
 __all__: Sequence[str] = ["query"]

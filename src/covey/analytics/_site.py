@@ -17,15 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients import Client, register_task
-from covey.core import Task
+from covey import secagg
 from covey.analytics import _dp
 from covey.analytics._compute import compute
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._sql import QueryError, plan
 from covey.analytics._tables import columns, load_tables
+from covey.clients import Client, register_task
+from covey.core import Task
 
 TASK_KIND = "analyze"
+SECURE_INPUT = "covey.analytics.answer"
 MAX_CACHE = 256
 
 
@@ -56,6 +58,31 @@ def sensitivity(
             return 0.0
         return float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
     raise PolicyError(f"no differentially private answer for {op!r}")
+
+
+def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) -> np.ndarray:
+    """``values * scale`` rounded to int64, checked against the request's bound."""
+    bound = int(request.get("bound", 0))
+    ints = np.rint(values * scale)
+    if ints.size and float(np.max(np.abs(ints))) > bound:
+        raise PolicyError(
+            f"an answer exceeds the secure-aggregation bound {bound}: the site holds more "
+            "rows than the bound allows"
+        )
+    return ints.astype(np.int64)
+
+
+def clip_columns(stats: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns whose clipped values a stage counts, in a fixed order."""
+    return sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
+
+
+def flatten(answer: Mapping[str, Any], stats: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """One int64 vector of an answer: the statistics, clipped counts, outside and withheld."""
+    tail = [int(answer["clipped"].get(c, 0)) for c in clip_columns(stats)]
+    tail += [int(answer["outside_domain"]), int(answer["withheld_groups"])]
+    parts = [np.asarray(v, dtype=np.int64) for v in answer["vectors"]]
+    return np.concatenate([*parts, np.asarray(tail, dtype=np.int64)])
 
 
 class Site(Client):
@@ -145,11 +172,10 @@ class Site(Client):
         spent = self._ledger.spent
         if dp is not None:
             spent = self._noise(dp, stats, bounds, vectors)
-        scale = request.get("fixed_point")
         out: list[Any] = []
         for s, v in zip(stats, vectors, strict=True):
-            if scale is not None and s["op"] not in ("min", "max"):
-                out.append(np.rint(v.ravel() * float(scale)).astype(np.int64))
+            if request.get("secure") and s["op"] not in ("min", "max"):
+                out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), request))
             else:
                 out.append(v.ravel())
         answer = {
@@ -206,4 +232,14 @@ def _analyze(client: Any, task: Task) -> dict[str, Any]:
         return {"site": client.name, "refused": str(exc)}
 
 
+def _secure_input(client: Any, payload: Any) -> np.ndarray:
+    if not isinstance(client, Site):
+        raise TypeError(f"{type(client).__name__} is not a covey.analytics.Site")
+    if not isinstance(payload, Mapping) or not payload.get("secure"):
+        raise ValueError("a secure analytics input needs a secure answer request")
+    answer = client.answer(payload)
+    return flatten(answer, payload["stats"])
+
+
 register_task(TASK_KIND, _analyze)
+secagg.register_input(SECURE_INPUT, _secure_input)
