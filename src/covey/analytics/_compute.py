@@ -60,7 +60,11 @@ def _group_index(
 
 def _clip(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
     low, high = (float(b) for b in bounds[col])
-    return f"LEAST(GREATEST(CAST({quote(col)} AS DOUBLE), {low!r}), {high!r})"
+    # GREATEST and LEAST skip NULLs, so a NULL must stay NULL explicitly
+    value = f"CAST({quote(col)} AS DOUBLE)"
+    return (
+        f"CASE WHEN {value} IS NULL THEN NULL ELSE LEAST(GREATEST({value}, {low!r}), {high!r}) END"
+    )
 
 
 def _outside(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
@@ -88,18 +92,25 @@ class _Stage:
         )
 
     def rows(
-        self, select: str, extra: Sequence[Any] = (), group: str = "__g"
+        self, select: str, extra: Sequence[Any] = (), group: str = "__g", *, outside: bool = False
     ) -> list[tuple[Any, ...]]:
         n = len(self.params)
         select, group = (
             text.replace("$X", f"${n + 1}").replace("$Y", f"${n + 2}") for text in (select, group)
         )
-        sql = f"SELECT {group}, {select} FROM ({self.base}) WHERE __g IS NOT NULL GROUP BY ALL"
+        where = "" if outside else "WHERE __g IS NOT NULL"
+        sql = f"SELECT {group}, {select} FROM ({self.base}) {where} GROUP BY ALL"
         return self.con.execute(sql, [*self.params, *extra]).fetchall()
 
     def simple(
-        self, stats: Sequence[Mapping[str, Any]]
-    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        self, stats: Sequence[Mapping[str, Any]], clip_cols: Sequence[str]
+    ) -> tuple[np.ndarray, list[np.ndarray | None], dict[str, int], int]:
+        """Counts, sums, non-null counts, min and max per group in one query.
+
+        Returns:
+            Rows per group, a vector per simple statistic (None for the others),
+            clipped values per column, and rows outside the domain.
+        """
         exprs: list[str] = ["COUNT(*)"]
         slots: list[int | None] = []
         for s in stats:
@@ -114,9 +125,15 @@ class _Stage:
                 slots.append(None)
                 continue
             slots.append(len(exprs) - 1)
+        first_clip = len(exprs)
+        exprs += [_outside(c, self.bounds) for c in clip_cols]
         table = np.zeros((self.groups, len(exprs)))
         table[:, 1:] = np.nan if any(s["op"] in ("min", "max") for s in stats) else 0.0
-        for row in self.rows(", ".join(exprs)):
+        outside = 0
+        for row in self.rows(", ".join(exprs), outside=True):
+            if row[0] is None:
+                outside = int(row[1])
+                continue
             table[int(row[0])] = [np.nan if v is None else float(v) for v in row[1:]]
         out: list[np.ndarray | None] = []
         for s, slot in zip(stats, slots, strict=True):
@@ -127,7 +144,8 @@ class _Stage:
             if s["op"] not in ("min", "max"):
                 column = np.nan_to_num(column)
             out.append(column)
-        return table[:, 0], out
+        clipped = {c: int(np.nansum(table[:, first_clip + i])) for i, c in enumerate(clip_cols)}
+        return table[:, 0], out, clipped, outside
 
     def squares(self, col: str, center: Sequence[float]) -> np.ndarray:
         out = np.zeros(self.groups)
@@ -245,16 +263,12 @@ def compute(
         shape(s, groups)
     cond = f"WHERE {where}" if where else ""
     base = f"SELECT ({gexpr}) AS __g, * FROM {quote(table)} {cond}"
-    outside_sql = f"SELECT COUNT(*) FROM ({base}) WHERE __g IS NULL"
-    outside = int(con.execute(outside_sql, params).fetchone()[0])  # type: ignore[index]
     stage = _Stage(con, base, params, groups, bounds)
-    counts, simple = stage.simple(stats)
+    clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
+    counts, simple, clipped, outside = stage.simple(stats, clip_cols)
     vectors: list[np.ndarray] = []
-    clip_cols: set[str] = set()
     for s, done in zip(stats, simple, strict=True):
         op, col = s["op"], str(s.get("col"))
-        if op in ("sum", "sq", "bins", "km"):
-            clip_cols.add(col)
         if done is not None:
             vectors.append(done)
         elif op == "count":
@@ -271,8 +285,4 @@ def compute(
             vectors.append(
                 stage.survival(col, s["event"], float(s["low"]), float(s["step"]), int(s["points"]))
             )
-    clipped = {}
-    for col in sorted(clip_cols):
-        sql = f"SELECT {_outside(col, bounds)} FROM ({base}) WHERE __g IS NOT NULL"
-        clipped[col] = int(con.execute(sql, params).fetchone()[0])  # type: ignore[index]
     return Computed(counts, vectors, clipped, outside)

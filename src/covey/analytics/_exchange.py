@@ -22,6 +22,9 @@ from covey.core import Task
 from covey.transport import MemoryTransport, Transport
 
 MAX_SITE_REPLY_CELLS = 50_000_000
+DEFAULT_THREAT = secagg.ThreatModel(corrupt_rate=0.05, dropout_rate=0.0)
+COMPLETE_UP_TO = 20
+"""Up to this many sites, secure aggregation pairs every site with every other (SecAgg)."""
 
 
 class FederationQueryError(RuntimeError):
@@ -68,11 +71,19 @@ class Federation:
     Args:
         transport: How the sites are reached.
         timeout: Seconds to wait for the sites at each stage.
+        threat: What secure aggregation withstands (default: 5% of sites colluding
+            with the server, no dropout: a site that leaves stops the query).
     """
 
-    def __init__(self, transport: Transport, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        timeout: float | None = None,
+        threat: secagg.ThreatModel | None = None,
+    ) -> None:
         self.transport = transport
         self.timeout = timeout
+        self.threat = threat or DEFAULT_THREAT
         self.cids: list[int] = sorted(transport.clients())
         self.names: dict[int, str] = {}
         self.refused: dict[str, str] = {}
@@ -166,6 +177,8 @@ class Federation:
                 length=sum(sizes) + tail,
                 bound=int(request["bound"]),
                 timeout=self.timeout,
+                threat=self.threat,
+                complete=len(self.cids) <= COMPLETE_UP_TO or None,
             )
         except secagg.SecAggAbort as exc:
             raise FederationQueryError(f"secure aggregation stopped: {exc}") from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -219,7 +220,8 @@ class _Query:
             stacked = np.stack(
                 [site[index[(a.func, a.column)]] for site in first.per_site.values()]
             )
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-empty group
                 return np.nanmin(stacked, axis=0) if a.func == "min" else np.nanmax(stacked, axis=0)
         if a.func == "histogram":
             counts = v[index[("hist", a.name)]]
@@ -248,7 +250,7 @@ class _Query:
         s = v[index[("sum", a.column)]]
         with np.errstate(all="ignore"):
             if a.func == "sum":
-                return s
+                return np.where(n > 0, s, np.nan)
             if a.func == "avg":
                 return np.where(n > 0, s / n, np.nan)
             c = centers[str(a.column)]
@@ -337,6 +339,7 @@ def query(
     mechanism: str = "laplace",
     precision: float | None = None,
     timeout: float | None = None,
+    threat: Any = None,
 ) -> pd.DataFrame:
     """Answer ``sql`` over the sites' tables; only sums of the sites' answers are combined.
 
@@ -352,6 +355,7 @@ def query(
         mechanism: ``"laplace"`` or ``"gaussian"``.
         precision: Absolute precision of quantiles (default: a millionth of the bounds' range).
         timeout: Seconds to wait for the sites at each stage.
+        threat: A :class:`covey.secagg.ThreatModel` for secure aggregation.
 
     Returns:
         A DataFrame: group keys, then one column per aggregate named by its SQL
@@ -376,7 +380,7 @@ def query(
         raise QueryError("MIN and MAX are never answered under secure aggregation")
     transport, owned = transport_for(sites_or_server)
     try:
-        fed = Federation(transport, timeout)
+        fed = Federation(transport, timeout, threat)
         request = {"sql": sql, "secure": secure, "dp": None if epsilon is None else {}}
         declarations = fed.describe(request)
         decl = merge_declarations(p, [declarations[c] for c in fed.cids])

@@ -111,6 +111,7 @@ class Site(Client):
         self.policy = policy
         self._con = load_tables(tables)
         self._tables = set(tables)
+        self._columns = {t: columns(self._con, t) for t in tables}
         self._ledger = _dp.Ledger(
             policy.epsilon if policy else None, policy.delta if policy else 1e-6
         )
@@ -133,7 +134,7 @@ class Site(Client):
         p = plan(str(request["sql"]))
         if p.table not in self._tables:
             raise PolicyError(f"this site has no table {p.table!r}")
-        known = columns(self._con, p.table)
+        known = self._columns[p.table]
         for col in sorted(p.columns()):
             if col not in known:
                 raise PolicyError(f"table {p.table!r} has no column {col!r} at this site")

@@ -44,9 +44,16 @@ def _sqlite(con: duckdb.DuckDBPyConnection, name: str, source: str) -> None:
         frame = pd.read_sql_query(f"SELECT * FROM {quote(name)}", db)
     finally:
         db.close()
+    _copy(con, name, frame)
+
+
+def _copy(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> None:
+    """Copy a DataFrame into a DuckDB table (columnar storage, no pandas scan per query)."""
     con.register(f"__src_{name}", frame)
-    con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {quote('__src_' + name)}")
-    con.unregister(f"__src_{name}")
+    try:
+        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {quote('__src_' + name)}")
+    finally:
+        con.unregister(f"__src_{name}")
 
 
 def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
@@ -66,7 +73,7 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     for name, source in tables.items():
         quote(name)
         if isinstance(source, pd.DataFrame):
-            con.register(name, source)
+            _copy(con, name, source)
         elif isinstance(source, str) and source.startswith(SQLITE_PREFIX):
             _sqlite(con, name, source)
         elif isinstance(source, str | Path):
@@ -83,7 +90,7 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
                     f"table {name!r}: {path} is neither .parquet nor .csv "
                     "(use sqlite:///path for a SQLite database)"
                 )
-            con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM {reader}")
+            con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {reader}")
         else:
             raise TypeError(
                 f"table {name!r}: expected a DataFrame, a .parquet/.csv path or "
