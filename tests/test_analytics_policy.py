@@ -177,8 +177,8 @@ def test_a_missing_sqlite_table_or_file_is_a_clear_error(tmp_path: Path) -> None
         Site({"patients": f"sqlite:///{db}"}, POLICY)
     with pytest.raises(FileNotFoundError, match="no SQLite database"):
         Site({"patients": f"sqlite:///{tmp_path / 'none.db'}"}, POLICY)
-    with pytest.raises(ValueError, match="neither .parquet nor .csv"):
-        (tmp_path / "x.json").write_text("{}")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"neither \.parquet nor \.csv"):
         Site({"patients": tmp_path / "x.json"}, POLICY)
     with pytest.raises(ValueError, match="not a valid table"):
         Site({"bad name": _frame(3)}, POLICY)
