@@ -16,11 +16,28 @@ Example:
     [35.0, 50.0]
 """
 
-from covey.analytics._exchange import FederationQueryError
-from covey.analytics._policy import Policy, PolicyError
-from covey.analytics._query import query
-from covey.analytics._site import TASK_KIND, Site
-from covey.analytics._sql import QueryError, plan
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when first used
+    from covey.analytics._exchange import FederationQueryError
+    from covey.analytics._policy import Policy, PolicyError
+    from covey.analytics._query import query
+    from covey.analytics._site import TASK_KIND, Site
+    from covey.analytics._sql import QueryError, plan
+
+_WHERE = {
+    "FederationQueryError": "_exchange",
+    "Policy": "_policy",
+    "PolicyError": "_policy",
+    "query": "_query",
+    "TASK_KIND": "_site",
+    "Site": "_site",
+    "QueryError": "_sql",
+    "plan": "_sql",
+}
 
 __all__ = [
     "TASK_KIND",
@@ -32,3 +49,12 @@ __all__ = [
     "plan",
     "query",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'covey.analytics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"covey.analytics.{module}"), name)
+    globals()[name] = value
+    return value
