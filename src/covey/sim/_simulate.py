@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from covey.clients._client import run_task
+from covey.clients._client import ClientFn, run_task
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
-from covey.server._async import AsyncLoop
-from covey.server._sync import EvaluateFn, RoundCallback, RoundLoop
+from covey.server._base import EvaluateFn, RoundCallback
+from covey.server._factory import Loop, open_loop, run_config
 from covey.sim._process import ProcessTransport
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
@@ -22,7 +22,6 @@ from covey.transport._async import Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
 from covey.transport._memory import MemoryTransport
 
-ClientFn = Callable[[int], Any]
 Backend = Literal["inline", "process"]
 
 
@@ -90,8 +89,8 @@ def simulate(
     client_fn: ClientFn,
     num_clients: int,
     rounds: int,
-    strategy: Strategy | None = None,
-    initial_weights: Weights | None = None,
+    strategy: Strategy | None,
+    initial_weights: Weights,
     evaluate_fn: EvaluateFn | None = None,
     *,
     backend: Backend = "inline",
@@ -110,7 +109,7 @@ def simulate(
             each client is built once and reused across rounds.
         num_clients: How many clients the federation has.
         rounds: How many rounds to run.
-        strategy: What to do each round (default: :func:`covey.FedAvg`).
+        strategy: What to do each round; None means :func:`covey.FedAvg` with its defaults.
         initial_weights: The global model before round 1 (step 0).
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server, run at
             round 0 and after every round.
@@ -140,36 +139,16 @@ def simulate(
         ...     def fit(self, weights, config):
         ...         return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
         >>> result = covey.simulate(lambda cid: Half(), num_clients=4, rounds=2,
-        ...                         initial_weights={"w": np.ones(3)})
+        ...                         strategy=covey.FedAvg(), initial_weights={"w": np.ones(3)})
         >>> result.weights["w"].tolist()
         [0.25, 0.25, 0.25]
     """
     start = time.perf_counter()
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     strategy = strategy if strategy is not None else FedAvg()
-    if strategy.num_fit(num_clients) > num_clients:
-        raise ValueError(
-            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
-            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
-        )
-    if strategy.min_available_clients > num_clients:
-        raise ValueError(
-            f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}"
-        )
-    transport: Transport
-    if backend == "inline":
-        transport = inline_transport(client_fn, num_clients)
-    elif backend == "process":
-        transport = ProcessTransport(client_fn, num_clients, num_workers=num_workers)
-    else:
-        raise ValueError(f"unknown backend {backend!r}; choose 'inline' or 'process'")
-
+    _check_sizes(strategy, num_clients, rounds)
+    transport = _transport(backend, client_fn, num_clients, num_workers)
     callbacks: list[RoundCallback] = []
     stop_progress: Callable[[], None] | None = None
     if progress:
@@ -182,7 +161,7 @@ def simulate(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         history_path = Path(run_dir) / "history.json"
 
-    loop: RoundLoop | AsyncLoop
+    loop: Loop
 
     def round_done(record: RoundRecord) -> None:
         if history_path is not None:
@@ -194,29 +173,24 @@ def simulate(
     # keep the collector from scanning it again and again while rounds allocate.
     gc.freeze()
     try:
+        loop_transport: Transport | SimulatedAsyncTransport = transport
         if strategy.asynchronous:
             workers = transport.num_workers if isinstance(transport, ProcessTransport) else 0
-            loop = AsyncLoop(
-                strategy,
-                SimulatedAsyncTransport(
-                    transport, durations=client_durations, seed=seed, prefetch=2 * workers
-                ),
-                initial_weights,
-                evaluate_fn=evaluate_fn,
-                seed=seed,
-                task_timeout=round_timeout,
-                on_round=round_done,
+            loop_transport = SimulatedAsyncTransport(
+                transport, durations=client_durations, seed=seed, prefetch=2 * workers
             )
-        else:
-            loop = RoundLoop(
-                strategy,
-                transport,
-                initial_weights,
-                evaluate_fn=evaluate_fn,
-                seed=seed,
-                round_timeout=round_timeout,
-                on_round=round_done,
-            )
+        loop = open_loop(
+            strategy,
+            loop_transport,
+            initial_weights,
+            evaluate_fn=evaluate_fn,
+            seed=seed,
+            round_timeout=round_timeout,
+            on_round=round_done,
+        )
+        loop.history.config = run_config(
+            strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
+        )
         loop.run(rounds)
     finally:
         gc.unfreeze()
@@ -224,3 +198,32 @@ def simulate(
             stop_progress()
         transport.close()
     return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)
+
+
+def _check_sizes(strategy: Strategy, num_clients: int, rounds: int) -> None:
+    """Refuse a federation size or round count the strategy cannot run."""
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    if strategy.num_fit(num_clients) > num_clients:
+        raise ValueError(
+            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
+            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
+        )
+    if strategy.min_available_clients > num_clients:
+        raise ValueError(
+            f"min_available_clients={strategy.min_available_clients} exceeds "
+            f"num_clients={num_clients}"
+        )
+
+
+def _transport(
+    backend: str, client_fn: ClientFn, num_clients: int, num_workers: int | None
+) -> Transport:
+    """The transport that runs the clients for ``backend``."""
+    if backend == "inline":
+        return inline_transport(client_fn, num_clients)
+    if backend == "process":
+        return ProcessTransport(client_fn, num_clients, num_workers=num_workers)
+    raise ValueError(f"unknown backend {backend!r}; choose 'inline' or 'process'")
