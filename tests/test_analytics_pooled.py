@@ -82,7 +82,7 @@ def queries(draw: Any) -> str:
     aggs = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=5, unique=True))
     group = draw(st.sampled_from([[], ["g"], ["h"], ["g", "h"]]))
     where = draw(st.sampled_from(WHERES))
-    sql = f"SELECT {', '.join([*group, *aggs])} FROM t"
+    sql = f"SELECT {', '.join([*group, *aggs])} FROM t"  # noqa: S608
     if where is not None:
         a = draw(st.integers(0, 10))
         sql += " WHERE " + where.format(v=draw(st.integers(-40, 40)), a=a, b=a + 3)
@@ -111,7 +111,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, keys: list[str], key: tuple[
     where = sql.split(" WHERE ", 1)[1].split(" GROUP BY ")[0] if " WHERE " in sql else "TRUE"
     for k, v in zip(keys, key, strict=True):
         where += f" AND {k} = " + (f"'{v}'" if isinstance(v, str) else str(int(v)))
-    found = con.execute(f"SELECT COUNT(*) FROM t WHERE {where}").fetchone()
+    found = con.execute(f"SELECT COUNT(*) FROM t WHERE {where}").fetchone()  # noqa: S608
     assert found is not None
     return int(found[0])
 

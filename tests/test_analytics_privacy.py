@@ -53,7 +53,7 @@ def test_dp_error_over_many_runs_matches_the_mechanism_and_is_charged(mechanism:
     errors = []
     for i in range(runs):
         # a fresh WHERE each run, so no answer comes from the sites' caches
-        sql = f"SELECT sex, COUNT(*), SUM(age) FROM p WHERE age >= -{i + 1} GROUP BY sex"
+        sql = f"SELECT sex, COUNT(*), SUM(age) FROM p WHERE age >= -{i + 1} GROUP BY sex"  # noqa: S608
         noisy = query(sites, sql, secure=False, epsilon=1.0, mechanism=mechanism)
         errors.append(
             noisy[["COUNT(*)", "SUM(age)"]].to_numpy() - exact[["COUNT(*)", "SUM(age)"]].to_numpy()
@@ -148,8 +148,8 @@ def test_under_secure_aggregation_the_server_never_holds_a_single_site_answer() 
     # what each site would have sent in the clear
     own = []
     for site in _sites(3):
-        counts = site._con.execute("SELECT COUNT(*) FROM p GROUP BY sex ORDER BY sex").fetchall()
-        own.append({int(c[0]) for c in counts})
+        rows = site._con.execute("SELECT COUNT(*) FROM p GROUP BY sex ORDER BY sex").fetchall()
+        own.append({int(c[0]) for c in rows})
     assert spy.seen, "the spy saw nothing"
     for reply in spy.seen:
         assert reply.ok, reply.error
@@ -157,5 +157,5 @@ def test_under_secure_aggregation_the_server_never_holds_a_single_site_answer() 
         for arr in _arrays(reply.result):
             if arr.dtype.kind in "iu" and arr.size >= 2:
                 values = {int(v) for v in arr.ravel()[:2]}
-                for counts in own:
-                    assert values != counts, "a site's counts reached the server unmasked"
+                for site_counts in own:
+                    assert values != site_counts, "a site's counts reached the server unmasked"

@@ -3,6 +3,11 @@
 Every statistic is a vector over the groups of a declared domain (zero for an
 empty group), so its shape depends on the query alone. Numeric columns are
 clipped to the site's declared bounds first, and the clipped values counted.
+
+The SQL text is built only from names checked by :func:`quote`, numbers the
+site formats itself, and a WHERE condition the site parsed and checked against
+a whitelist of operators; values that come with a request (domains, centers,
+bin edges) travel as query parameters.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class _Stage:
             text.replace("$X", f"${n + 1}").replace("$Y", f"${n + 2}") for text in (select, group)
         )
         where = "" if outside else "WHERE __g IS NOT NULL"
-        sql = f"SELECT {group}, {select} FROM ({self.base}) {where} GROUP BY ALL"
+        sql = f"SELECT {group}, {select} FROM ({self.base}) {where} GROUP BY ALL"  # noqa: S608
         return self.con.execute(sql, [*self.params, *extra]).fetchall()
 
     def simple(
@@ -202,7 +207,7 @@ class _Stage:
         ev = f"LEAST(GREATEST(CAST({quote(event)} AS DOUBLE), 0), 1)"
         sql = f"SUM({ev}), COUNT(*)"
         where = f"{quote(col)} IS NOT NULL AND {quote(event)} IS NOT NULL"
-        base, self.base = self.base, f"SELECT * FROM ({self.base}) WHERE {where}"
+        base, self.base = self.base, f"SELECT * FROM ({self.base}) WHERE {where}"  # noqa: S608
         try:
             for g, b, d, n in self.rows(sql, group=f"__g, {k}"):
                 out[int(g), 0, int(b)] += float(d or 0)
@@ -262,7 +267,7 @@ def compute(
     for s in stats:
         shape(s, groups)
     cond = f"WHERE {where}" if where else ""
-    base = f"SELECT ({gexpr}) AS __g, * FROM {quote(table)} {cond}"
+    base = f"SELECT ({gexpr}) AS __g, * FROM {quote(table)} {cond}"  # noqa: S608
     stage = _Stage(con, base, params, groups, bounds)
     clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
     counts, simple, clipped, outside = stage.simple(stats, clip_cols)

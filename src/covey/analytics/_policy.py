@@ -21,6 +21,18 @@ class PolicyError(PermissionError):
     """A site refuses a query: its policy does not allow it."""
 
 
+def _check_domain(col: str, values: Any) -> None:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"domains[{col!r}] must be a list of values, got {values!r}")
+    if not 1 <= len(values) <= MAX_DOMAIN or len(set(values)) != len(values):
+        raise ValueError(
+            f"domains[{col!r}] must hold 1 to {MAX_DOMAIN} distinct values, got {values!r}"
+        )
+    for v in values:
+        if isinstance(v, float) or not isinstance(v, str | int):
+            raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
+
+
 @dataclass(frozen=True)
 class Policy:
     """What a site answers, enforced at the site before any data is read.
@@ -72,15 +84,7 @@ class Policy:
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
                 raise ValueError(f"bounds[{col!r}] must be finite with low < high, got {bound!r}")
         for col, values in self.domains.items():
-            if isinstance(values, str) or not isinstance(values, Sequence):
-                raise TypeError(f"domains[{col!r}] must be a list of values, got {values!r}")
-            if not 1 <= len(values) <= MAX_DOMAIN or len(set(values)) != len(values):
-                raise ValueError(
-                    f"domains[{col!r}] must hold 1 to {MAX_DOMAIN} distinct values, got {values!r}"
-                )
-            for v in values:
-                if isinstance(v, float) or not isinstance(v, str | int):
-                    raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
+            _check_domain(col, values)
         if self.epsilon is not None and not self.epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {self.epsilon}")
         if not 0 < self.delta < 1:

