@@ -224,8 +224,10 @@ class _Query:
                 warnings.simplefilter("ignore", RuntimeWarning)  # an all-empty group
                 return np.nanmin(stacked, axis=0) if a.func == "min" else np.nanmax(stacked, axis=0)
         if a.func == "histogram":
-            counts = v[index[("hist", a.name)]]
-            return [row[1:-1] for row in counts]
+            counts = v[index[("hist", a.name)]][:, 1:-1]
+            # a bin is a group too: fewer records than the minimum are not shown
+            small = counts < self.decl["min_group_size"]
+            return list(np.where(small, np.nan, counts))
         if a.func == "approx_distinct":
             buckets = v[index[("distinct", a.column)]]
             zero = np.sum(buckets < 0.5, axis=1)
