@@ -49,7 +49,7 @@ def test_noise_shares_sum_to_the_mechanism() -> None:
 def test_dp_error_over_many_runs_matches_the_mechanism_and_is_charged(mechanism: str) -> None:
     sites = _sites(3)
     exact = query(sites, "SELECT sex, COUNT(*), SUM(age) FROM p GROUP BY sex", secure=False)
-    runs = 60
+    runs = 40
     errors = []
     for i in range(runs):
         # a fresh WHERE each run, so no answer comes from the sites' caches
@@ -64,11 +64,11 @@ def test_dp_error_over_many_runs_matches_the_mechanism_and_is_charged(mechanism:
     assert privacy["epsilon"] == pytest.approx(1.0, rel=1e-3)
     err = np.asarray(errors)
     # per-unit noise: a count moves by 1 per record, a sum by the bound (100)
-    scale = np.std(err[:, :, 0]), np.std(err[:, :, 1]) / 100.0
+    units = np.concatenate([err[:, :, 0].ravel(), err[:, :, 1].ravel() / 100.0])
     expected = multiplier * (np.sqrt(2) if mechanism == "laplace" else 1.0)
-    for s in scale:
-        assert s == pytest.approx(expected, rel=0.25)
-    assert abs(np.mean(err[:, :, 0])) < 4 * expected / np.sqrt(2 * runs)
+    # 4 * runs draws: the standard error of their spread is under 9%, so 30% is > 3 of them
+    assert np.sqrt(np.mean(units**2)) == pytest.approx(expected, rel=0.3)
+    assert abs(np.mean(units)) < 4 * expected / np.sqrt(units.size)
     # every site charged the query's epsilon once per run
     for site in sites:
         assert site.epsilon_spent == pytest.approx(

@@ -163,17 +163,26 @@ class _Stage:
         self, col: str, low: Sequence[float], width: Sequence[float], nbins: int
     ) -> np.ndarray:
         out = np.zeros((self.groups, nbins + 2))
-        v, lo, w = _clip(col, self.bounds), "($X)[__g + 1]", "($Y)[__g + 1]"
-        bucket = (
-            f"CASE WHEN {v} < {lo} THEN 0 WHEN {v} > {lo} + {w} * {nbins} THEN {nbins + 1} "
-            f"ELSE LEAST(CAST(FLOOR(({v} - {lo}) / {w}) AS BIGINT), {nbins - 1}) + 1 END"
+        n = len(self.params)
+        # the clipped value and the group's interval computed once per row
+        inner = (
+            f"SELECT __g, {_clip(col, self.bounds)} AS __v, (${n + 1})[__g + 1] AS __lo, "  # noqa: S608
+            f"(${n + 2})[__g + 1] AS __w FROM ({self.base}) "
+            f"WHERE __g IS NOT NULL AND {quote(col)} IS NOT NULL"
         )
-        sql = f"COUNT(*) FILTER (WHERE {quote(col)} IS NOT NULL)"
-        for g, b, n in self.rows(
-            sql, [list(map(float, low)), list(map(float, width))], f"__g, {bucket}"
-        ):
-            if b is not None:
-                out[int(g), int(b)] += float(n)
+        bucket = (
+            f"CASE WHEN __v < __lo THEN 0 WHEN __v > __lo + __w * {nbins} THEN {nbins + 1} "
+            f"ELSE LEAST(CAST(FLOOR((__v - __lo) / __w) AS BIGINT), {nbins - 1}) + 1 END"
+        )
+        base, self.base = self.base, inner
+        try:
+            rows = self.rows(
+                "COUNT(*)", [list(map(float, low)), list(map(float, width))], f"__g, {bucket}"
+            )
+        finally:
+            self.base = base
+        for g, b, count in rows:
+            out[int(g), int(b)] += float(count)
         return out
 
     def distinct(self, col: str, m: int) -> np.ndarray:
