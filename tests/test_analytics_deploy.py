@@ -17,7 +17,7 @@ import pytest
 
 from covey.analytics import Policy, Site, query
 from covey.deploy import tls_from_dir
-from covey.deploy._certs import init_federation, issue_client
+from covey.deploy.certs import init_federation, issue_client
 from covey.transport.grpc import GrpcServerTransport
 
 SQL = (
