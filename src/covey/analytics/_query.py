@@ -33,7 +33,14 @@ from covey.analytics._compute import TOPK_MAX_BYTES
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._site import sensitivity
 from covey.analytics._sql import Aggregate, Plan, QueryError, plan
-from covey.analytics._stats import Quantiles, TopK, check_rounds, merge_declarations, survival
+from covey.analytics._stats import (
+    BISECT_BINS,
+    Quantiles,
+    TopK,
+    check_rounds,
+    merge_declarations,
+    survival,
+)
 
 DISTINCT_BUCKETS = 1 << 16
 ROW_CAP = 1 << 31
@@ -100,8 +107,21 @@ class _Query:
         bounds = self.decl["bounds"]
         for a in self.plan.aggregates:
             col = a.column
-            if a.func in ("count_col", "quantile_cont", "quantile_disc"):
+            if a.func == "count_col":
                 need(("count_col", col), {"op": "count_col", "col": col})
+            elif a.func in ("quantile_cont", "quantile_disc"):
+                need(("count_col", col), {"op": "count_col", "col": col})
+                low, high = bounds[col]
+                need(
+                    ("qbins", col),
+                    {
+                        "op": "bins",
+                        "col": col,
+                        "low": [float(low)] * self.groups,
+                        "width": [(high - low) / BISECT_BINS] * self.groups,
+                        "bins": BISECT_BINS,
+                    },
+                )
             elif a.func in ("sum", "avg", "var_samp", "var_pop", "stddev_samp", "stddev_pop"):
                 need(("count_col", col), {"op": "count_col", "col": col})
                 need(("sum", col), {"op": "sum", "col": col})
@@ -150,7 +170,8 @@ class _Query:
             )
         for a in self.plan.aggregates:
             if a.func.startswith("quantile"):
-                total += self.bisect_rounds(a) * (2 if a.func == "quantile_cont" else 1)
+                # the first round is part of the first stage
+                total += (self.bisect_rounds(a) - 1) * (2 if a.func == "quantile_cont" else 1)
             elif a.func == "top_k":
                 total += TOPK_MAX_BYTES + 1
         return total

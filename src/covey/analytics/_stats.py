@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from covey.analytics._exchange import StageResult
     from covey.analytics._query import _Query
 
-BISECT_BINS = 64
+BISECT_BINS = 1024
 MAX_PREFIXES = 64
 
 
@@ -70,7 +70,7 @@ class Quantiles:
     """
 
     def __init__(self, q: _Query, first: StageResult, index: dict[tuple[Any, ...], int]) -> None:
-        self.q = q
+        self.q, self.first, self.index = q, first, index
         self.targets: list[tuple[Aggregate, np.ndarray]] = []
         self.weights: dict[str, tuple[int, np.ndarray]] = {}
         self.counts: dict[str, np.ndarray] = {}
@@ -97,8 +97,11 @@ class Quantiles:
         for a, _ in self.targets:
             low, high = self.q.decl["bounds"][a.column]
             state.append((np.full(groups, float(low)), np.full(groups, float(high))))
+        # the first round's bins (over the whole bounds) came with the first stage
+        for i, (a, _) in enumerate(self.targets):
+            self._narrow(i, state, self.first.vectors[self.index[("qbins", a.column)]])
         rounds = [self.q.bisect_rounds(a) for a, _ in self.targets]
-        for r in range(max(rounds, default=0)):
+        for r in range(1, max(rounds, default=0)):
             active = [i for i, n in enumerate(rounds) if r < n]
             stats = [
                 {
@@ -112,13 +115,19 @@ class Quantiles:
             ]
             result = self.q.run(stats)
             for i, counts in zip(active, result.vectors, strict=True):
-                low, high = state[i]
-                width = (high - low) / BISECT_BINS
-                cum = counts[:, :1] + np.cumsum(counts[:, 1:-1], axis=1)
-                over = cum > self.targets[i][1][:, None]
-                j = np.where(over.any(axis=1), np.argmax(over, axis=1), BISECT_BINS - 1)
-                state[i] = (low + j * width, low + (j + 1) * width)
+                self._narrow(i, state, counts)
         return state
+
+    def _narrow(
+        self, i: int, state: list[tuple[np.ndarray, np.ndarray]], counts: np.ndarray
+    ) -> None:
+        """Shrink target ``i``'s intervals to the bin holding its order statistic."""
+        low, high = state[i]
+        width = (high - low) / BISECT_BINS
+        cum = counts[:, :1] + np.cumsum(counts[:, 1:-1], axis=1)
+        over = cum > self.targets[i][1][:, None]
+        j = np.where(over.any(axis=1), np.argmax(over, axis=1), BISECT_BINS - 1)
+        state[i] = (low + j * width, low + (j + 1) * width)
 
     def value(self, a: Aggregate) -> np.ndarray:
         """The quantile of ``a`` per group (NaN for an empty group)."""
