@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import FederationQueryError, Policy, PolicyError, Site, _dp, query
+from covey.analytics import Analyst, FederationQueryError, Policy, PolicyError, Site, _dp, query
 from covey.analytics._site import sensitivity
 from covey.clients import run_task
 from covey.core import Reply, Task
@@ -159,3 +159,17 @@ def test_under_secure_aggregation_the_server_never_holds_a_single_site_answer() 
                 values = {int(v) for v in arr.ravel()[:2]}
                 for site_counts in own:
                     assert values != site_counts, "a site's counts reached the server unmasked"
+
+
+def test_an_analyst_budget_spans_queries_and_a_repeat_is_charged_once() -> None:
+    sites = _sites(2)
+    analyst = Analyst(epsilon=1.5)
+    sql = "SELECT sex, COUNT(*) FROM p GROUP BY sex"
+    first = query(sites, sql, secure=False, epsilon=1.0, analyst=analyst)
+    assert analyst.spent == pytest.approx(1.0, rel=1e-3)
+    assert first.attrs["privacy"]["analyst_spent"] == pytest.approx(1.0, rel=1e-3)
+    query(sites, sql, secure=False, epsilon=1.0, analyst=analyst)
+    assert analyst.spent == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(PermissionError, match="privacy budget is spent"):
+        query(sites, "SELECT SUM(age) FROM p", secure=False, epsilon=1.0, analyst=analyst)
+    assert analyst.spent == pytest.approx(1.0, rel=1e-3)

@@ -22,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when first used
+    from covey.analytics._dp import Analyst
     from covey.analytics._exchange import FederationQueryError
     from covey.analytics._policy import Policy, PolicyError
     from covey.analytics._query import query
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when
     from covey.analytics._sql import QueryError, plan
 
 _WHERE = {
+    "Analyst": "_dp",
     "FederationQueryError": "_exchange",
     "Policy": "_policy",
     "PolicyError": "_policy",
@@ -41,6 +43,7 @@ _WHERE = {
 
 __all__ = [
     "TASK_KIND",
+    "Analyst",
     "FederationQueryError",
     "Policy",
     "PolicyError",

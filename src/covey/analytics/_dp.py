@@ -140,3 +140,38 @@ class Ledger:
                 )
             self._events.append(dp_event)
             return after
+
+
+class Analyst:
+    """An analyst's own privacy budget across queries, checked before a query runs.
+
+    Sites guard their own budgets; this one bounds what a single analyst may
+    spend over all sites (for example, per study). A repeated query (same SQL
+    and noise settings) is charged once: the sites answer it from their caches.
+
+    Args:
+        epsilon: The analyst's total budget (None: no limit, just accounted).
+        delta: The delta the epsilon is accounted at.
+
+    Example:
+        >>> analyst = Analyst(epsilon=3.0)
+        >>> analyst.spent
+        0.0
+    """
+
+    def __init__(self, epsilon: float | None = None, delta: float = 1e-6) -> None:
+        self.ledger = Ledger(epsilon, delta)
+        self._charged: set[str] = set()
+
+    @property
+    def spent(self) -> float:
+        """The epsilon this analyst has spent."""
+        return self.ledger.spent
+
+    def charge(self, key: str, dp_event: Any) -> float:
+        """Charge a query's event once per ``key``; raise PermissionError over the budget."""
+        if key in self._charged:
+            return self.ledger.spent
+        spent = self.ledger.charge(dp_event)
+        self._charged.add(key)
+        return spent

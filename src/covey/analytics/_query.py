@@ -193,6 +193,11 @@ class _Query:
             self.multiplier = _dp.calibrate(
                 self.opt["mechanism"], float(self.opt["epsilon"]), self.opt["delta"], self.releases
             )
+            analyst = self.opt.get("analyst")
+            if analyst is not None:
+                key = repr((self.plan.sql, self.opt["epsilon"], self.opt["mechanism"]))
+                ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
+                analyst.charge(key, ev)
         first = self.run(
             stats, per_site=any(a.func in ("min", "max") for a in self.plan.aggregates)
         )
@@ -306,6 +311,7 @@ class _Query:
                 "noise_multiplier": self.multiplier,
                 "releases": self.releases,
                 "site_spent": dict(self.spent),
+                "analyst_spent": None if self.opt["analyst"] is None else self.opt["analyst"].spent,
             }
         df.attrs.update(
             {
@@ -363,6 +369,7 @@ def query(
     precision: float | None = None,
     timeout: float | None = None,
     threat: Any = None,
+    analyst: _dp.Analyst | None = None,
 ) -> pd.DataFrame:
     """Answer ``sql`` over the sites' tables; only sums of the sites' answers are combined.
 
@@ -379,6 +386,7 @@ def query(
         precision: Absolute precision of quantiles (default: a millionth of the bounds' range).
         timeout: Seconds to wait for the sites at each stage.
         threat: A :class:`covey.secagg.ThreatModel` for secure aggregation.
+        analyst: An :class:`Analyst` whose budget this query is charged to (DP only).
 
     Returns:
         A DataFrame: group keys, then one column per aggregate named by its SQL
@@ -413,6 +421,7 @@ def query(
             "delta": delta,
             "mechanism": mechanism,
             "precision": precision,
+            "analyst": analyst,
         }
         return _Query(fed, p, decl, options).execute()
     finally:
