@@ -252,3 +252,23 @@ def test_kaplan_meier_equals_the_product_limit_estimate_on_the_pooled_data() -> 
         if at_risk:
             survival *= 1 - events / at_risk
         assert s == pytest.approx(survival, rel=1e-12)
+
+
+def test_bins_from_the_sorted_memo_equal_the_sql_bins() -> None:
+    from covey.analytics._compute import compute
+    from covey.analytics._tables import load_tables
+
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame(
+        {"g": rng.choice(list("abc"), 2000), "x": rng.uniform(-50, 50, 2000).round(1)}
+    )
+    frame.loc[::17, "x"] = np.nan
+    con = load_tables({"t": frame})
+    for _ in range(5):
+        low = rng.uniform(-60, 0, 3).tolist()
+        width = rng.uniform(0.01, 10, 3).tolist()
+        stat = {"op": "bins", "col": "x", "low": low, "width": width, "bins": 16}
+        args = (con, "t", "x > -45", ["g"], {"g": ["a", "b", "c"]}, {"x": BOUNDS}, [stat])
+        memo: dict[str, Any] = {}
+        np.testing.assert_array_equal(compute(*args).vectors[0], compute(*args, memo).vectors[0])
+        assert memo

@@ -77,6 +77,33 @@ def _outside(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
     return f"COUNT(*) FILTER (WHERE {quote(col)} < {low!r} OR {quote(col)} > {high!r})"
 
 
+MEMO_COLUMNS = 4
+
+
+class SortedValues:
+    """One column's clipped, non-null values sorted within each group (for bisection)."""
+
+    def __init__(self, groups: np.ndarray, values: np.ndarray, n_groups: int) -> None:
+        order = np.lexsort((values, groups))
+        self.values = values[order]
+        self.offsets = np.searchsorted(groups[order], np.arange(n_groups + 1))
+
+    def bins(self, low: Sequence[float], width: Sequence[float], nbins: int) -> np.ndarray:
+        """Counts below, in each of ``nbins`` bins from ``low`` by ``width``, and above."""
+        out = np.zeros((len(self.offsets) - 1, nbins + 2))
+        for g in range(len(self.offsets) - 1):
+            vals = self.values[self.offsets[g] : self.offsets[g + 1]]
+            lo, w = float(low[g]), float(width[g])
+            start = int(np.searchsorted(vals, lo, side="left"))
+            stop = int(np.searchsorted(vals, lo + w * nbins, side="right"))
+            inside = vals[start:stop]
+            # the same bucket formula as the SQL path: floor((v - lo) / w), last bin closed
+            idx = np.minimum(np.floor((inside - lo) / w).astype(np.int64), nbins - 1)
+            out[g, 1:-1] = np.bincount(idx, minlength=nbins)[:nbins]
+            out[g, 0], out[g, -1] = start, len(vals) - stop
+        return out
+
+
 class _Stage:
     """The DuckDB queries of one stage over ``base`` (a filtered view with ``__g``)."""
 
@@ -185,6 +212,17 @@ class _Stage:
             out[int(g), int(b)] += float(count)
         return out
 
+    def sorted_values(self, col: str) -> SortedValues:
+        """Fetch the group index and clipped value of every row where ``col`` is not NULL."""
+        sql = (
+            f"SELECT __g, {_clip(col, self.bounds)} AS __v FROM ({self.base}) "  # noqa: S608
+            f"WHERE __g IS NOT NULL AND {quote(col)} IS NOT NULL"
+        )
+        got = self.con.execute(sql, self.params).fetchnumpy()
+        groups = np.asarray(got["__g"], dtype=np.int64)
+        values = np.asarray(got["__v"], dtype=np.float64)
+        return SortedValues(groups, values, self.groups)
+
     def distinct(self, col: str, m: int) -> np.ndarray:
         out = np.zeros((self.groups, m))
         bucket = f"CAST(md5_number(CAST({quote(col)} AS VARCHAR)) % {int(m)} AS BIGINT)"
@@ -226,6 +264,22 @@ class _Stage:
         return out
 
 
+def _other(stage: _Stage, s: Mapping[str, Any]) -> np.ndarray:
+    """The statistics that need a query of their own."""
+    op, col = s["op"], str(s.get("col"))
+    if op == "sq":
+        return stage.squares(col, s["center"])
+    if op == "bins":
+        return stage.bins(col, s["low"], s["width"], int(s["bins"]))
+    if op == "distinct":
+        return stage.distinct(col, int(s["m"]))
+    if op == "prefix":
+        return stage.prefixes(col, s["prefixes"], int(s["depth"]))
+    if op == "km":
+        return stage.survival(col, s["event"], float(s["low"]), float(s["step"]), int(s["points"]))
+    raise ValueError(f"unknown statistic {op!r}")
+
+
 def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
     """The shape of a statistic's vector (checked against caps before computing)."""
     op = stat["op"]
@@ -254,6 +308,7 @@ def compute(
     domains: Mapping[str, Sequence[Any]],
     bounds: Mapping[str, Sequence[float]],
     stats: Sequence[Mapping[str, Any]],
+    memo: dict[str, SortedValues] | None = None,
 ) -> Computed:
     """Compute ``stats`` over the rows of ``table`` that satisfy ``where``, per group.
 
@@ -265,6 +320,8 @@ def compute(
         domains: ``{column: values}`` fixing the groups (their product, row-major).
         bounds: The site's own ``{column: (low, high)}``; values are clipped to them.
         stats: The statistics requested, each a dict with ``"op"`` (see :func:`shape`).
+        memo: Where a query's sorted column is kept between its stages, so the
+            bisection rounds of a quantile scan the table once (None: no memo).
 
     Returns:
         The count of rows per group, a vector per statistic, clipped counts per
@@ -281,22 +338,19 @@ def compute(
     clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
     counts, simple, clipped, outside = stage.simple(stats, clip_cols)
     vectors: list[np.ndarray] = []
+    memo_key = repr((table, where, tuple(group_by), sorted(domains.items())))
     for s, done in zip(stats, simple, strict=True):
-        op, col = s["op"], str(s.get("col"))
         if done is not None:
             vectors.append(done)
-        elif op == "count":
+        elif s["op"] == "count":
             vectors.append(counts.copy())
-        elif op == "sq":
-            vectors.append(stage.squares(col, s["center"]))
-        elif op == "bins":
-            vectors.append(stage.bins(col, s["low"], s["width"], int(s["bins"])))
-        elif op == "distinct":
-            vectors.append(stage.distinct(col, int(s["m"])))
-        elif op == "prefix":
-            vectors.append(stage.prefixes(col, s["prefixes"], int(s["depth"])))
-        elif op == "km":
-            vectors.append(
-                stage.survival(col, s["event"], float(s["low"]), float(s["step"]), int(s["points"]))
-            )
+        elif s["op"] == "bins" and memo is not None:
+            key = memo_key + repr(s["col"])
+            if key not in memo:
+                while len(memo) >= MEMO_COLUMNS:
+                    memo.pop(next(iter(memo)))
+                memo[key] = stage.sorted_values(str(s["col"]))
+            vectors.append(memo[key].bins(s["low"], s["width"], int(s["bins"])))
+        else:
+            vectors.append(_other(stage, s))
     return Computed(counts, vectors, clipped, outside)

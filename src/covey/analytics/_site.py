@@ -19,7 +19,7 @@ import numpy as np
 
 from covey import secagg
 from covey.analytics import _dp
-from covey.analytics._compute import compute
+from covey.analytics._compute import SortedValues, compute
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._sql import QueryError, plan
 from covey.analytics._tables import columns, load_tables
@@ -116,6 +116,7 @@ class Site(Client):
             policy.epsilon if policy else None, policy.delta if policy else 1e-6
         )
         self._cache: dict[str, dict[str, Any]] = {}
+        self._sorted: dict[str, SortedValues] = {}
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(secrets.randbits(128))
 
@@ -164,7 +165,7 @@ class Site(Client):
                 if col is not None and col not in p.columns():
                     raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
-        got = compute(self._con, p.table, p.where, p.group_by, domains, bounds, stats)
+        got = compute(self._con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted)
         small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
         vectors = [v.copy() for v in got.vectors]
         for v in vectors:
