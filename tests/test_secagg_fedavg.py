@@ -159,3 +159,38 @@ def test_distributed_noise_has_the_stated_scale_after_unmasking() -> None:
         # 8 clients, sigma 3 each: total deviation 3 * sqrt(8) = 8.49.
         assert np.std(res.total) == pytest.approx(3.0 * np.sqrt(8), rel=0.05)
         assert abs(np.mean(res.total)) < 0.3
+
+
+def test_distributed_noise_in_secure_fedavg_is_reported_and_applied() -> None:
+    sigma = 50.0
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0), noise=Noise("skellam", sigma))
+    out = _run(strategy, n=12, rounds=1)
+    plain = _run(covey.FedAvg(fraction_evaluate=0.0), n=12, rounds=1)
+    record = out.history.rounds[-1]
+    std = record.aggregate_info["secagg_noise_std"]
+    assert std == pytest.approx(sigma * np.sqrt(12) / (scale(CLIP, BITS) * record.fit_examples))
+    diff = np.concatenate([(out.weights[k] - plain.weights[k]).ravel() for k in ("w", "b")]).astype(
+        np.float64
+    )
+    assert 0.3 * std < np.std(diff) < 3 * std
+
+
+def test_clients_failing_after_key_sharing_are_recovered_in_secure_fedavg() -> None:
+    class Flaky(Toy):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            if self.cid in (2, 5):
+                raise RuntimeError("battery died")
+            return super().fit(weights, config)
+
+    class Healthy(Toy):
+        def __init__(self, cid: int) -> None:
+            super().__init__([c for c in range(10) if c not in (2, 5)][cid])
+
+    safe = covey.simulate(
+        Flaky, 10, 1, _secure(covey.FedAvg(fraction_evaluate=0.0)), _init(), seed=0
+    )
+    plain = covey.simulate(Healthy, 8, 1, covey.FedAvg(fraction_evaluate=0.0), _init(), seed=0)
+    record = safe.history.rounds[-1]
+    assert record.aggregate_info["secagg_dropped"] == [2, 5]
+    assert sorted(f.cid for f in record.fit_failures) == [2, 5]
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 / scale(CLIP, BITS))

@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from covey.clients._client import run_task
 from covey.core._messages import Reply, Task
@@ -194,3 +196,81 @@ def test_unknown_input_kind_fails_every_client_and_aborts() -> None:
         secure_sum(
             Dropping(sites, {}), list(sites), round=1, input_kind="no.such", length=3, bound=1
         )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(3, 45),
+    data=st.data(),
+)
+def test_any_dropout_pattern_gives_the_exact_sum_or_a_clean_abort(
+    n: int, data: st.DataObject
+) -> None:
+    sites = _sites(n, length=8)
+    stages = ["secagg.advertise", "secagg.share", "secagg.mask", "secagg.unmask"]
+    drop: dict[str, set[int]] = {s: set() for s in stages}
+    for cid in data.draw(st.lists(st.sampled_from(range(n)), max_size=n, unique=True)):
+        drop[data.draw(st.sampled_from(stages))].add(cid)
+    try:
+        result = secure_sum(
+            Dropping(sites, drop),
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=8,
+            bound=1000,
+            threat=ThreatModel(0.05, 0.3),
+            complete=data.draw(st.sampled_from([None, True])),
+        )
+    except SecAggAbort:
+        return
+    gone_early = drop["secagg.advertise"] | drop["secagg.share"]
+    assert set(result.survivors) == set(range(n)) - gone_early - drop["secagg.mask"]
+    np.testing.assert_array_equal(result.total, _plain(sites, result.survivors))
+
+
+def test_too_few_clients_for_the_threat_model_abort_before_anything_is_sent() -> None:
+    sites = _sites(2)
+    transport = Dropping(sites, {})
+    with pytest.raises(SecAggAbort) as info:
+        secure_sum(
+            transport,
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=50,
+            bound=1000,
+            threat=ThreatModel(0.05, 0.15),
+        )
+    assert info.value.stage == "setup"
+    with pytest.raises(SecAggAbort, match="62"):
+        secure_sum(
+            transport,
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=50,
+            bound=2**61,
+            threat=ThreatModel(0.0, 0.0),
+        )
+
+
+def test_the_default_threat_model_survives_fifteen_percent_dropping() -> None:
+    from covey.secagg._secure import DEFAULT_THREAT
+
+    for n, seed in ((20, 0), (60, 1), (100, 2)):
+        sites = _sites(n, length=8)
+        gone = set(np.random.default_rng(seed).choice(n, size=int(0.15 * n), replace=False))
+        result = secure_sum(
+            Dropping(sites, {"secagg.mask": {int(c) for c in gone}}),
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=8,
+            bound=1000,
+            threat=DEFAULT_THREAT,
+            seed=seed,
+        )
+        assert result.plan.complete is (n <= 30)
+        assert set(result.dropped) == gone
+        np.testing.assert_array_equal(result.total, _plain(sites, result.survivors))

@@ -41,14 +41,8 @@ References:
 from covey.secagg._client_stages import Identity, ProtocolAbort, identities
 from covey.secagg._crypto import new_signing_key
 from covey.secagg._dp import Noise
-from covey.secagg._driver import (
-    SecAggAbort,
-    SecureSumResult,
-    forget,
-    register_input,
-    register_task_input,
-    secure_sum,
-)
+from covey.secagg._driver import SecAggAbort, SecureSumResult, secure_sum
+from covey.secagg._handlers import forget, register_input, register_task_input
 from covey.secagg._params import (
     GraphPlan,
     ThreatModel,

@@ -250,20 +250,11 @@ def mask(
         y = _ring.to_ring(values, setup.bits, setup.bound)
     except _ring.RangeError as exc:
         raise ProtocolAbort(f"input out of range: {exc}") from None
-    dtype = y.dtype
-    y += _crypto.expand(_self_seed(state.b, setup.session), setup.length, dtype)
+    _crypto.add_stream(y, _crypto.agree_seed(state.b, setup.session), +1)
     for v in sorted(held):
         seed = _crypto.agree(state.s_sk, state.keys[v][1], setup.session, b"mask")
-        stream = _crypto.expand(seed, setup.length, dtype)
-        if setup.cid < v:
-            y += stream
-        else:
-            y -= stream
+        _crypto.add_stream(y, seed, +1 if setup.cid < v else -1)
     return replace(state, stage="masked", held=held), _ring.pack(y, setup.bits)
-
-
-def _self_seed(b: bytes, session: bytes) -> bytes:
-    return _crypto.agree_seed(b, session)
 
 
 def unmask(

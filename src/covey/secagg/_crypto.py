@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -127,3 +128,33 @@ def expand(seed: bytes, count: int, dtype: np.dtype[np.unsignedinteger] | type) 
 def agree_seed(secret: bytes, session: bytes) -> bytes:
     """The self-mask seed: the secret ``b`` run through HKDF with the session as salt."""
     return HKDF(hashes.SHA256(), KEY_BYTES, salt=session, info=b"covey-secagg/self").derive(secret)
+
+
+_buffers = threading.local()
+
+
+def _scratch(nbytes: int) -> tuple[bytes, bytearray]:
+    """Per-thread zero input and output buffers for keystreams of ``nbytes`` bytes."""
+    cached = getattr(_buffers, "pair", None)
+    if cached is None or len(cached[0]) != nbytes:
+        cached = (bytes(nbytes), bytearray(nbytes + 15))
+        _buffers.pair = cached
+    return cached
+
+
+def add_stream(acc: np.ndarray, seed: bytes, sign: int) -> None:
+    """``acc += sign * PRG(seed)`` in place (wrapping), with no keystream allocated per call.
+
+    Same stream as :func:`expand`; ``acc`` is a 1-D ``uint32`` or ``uint64`` array.
+    """
+    if len(seed) != KEY_BYTES:
+        raise CryptoError(f"a mask seed has {KEY_BYTES} bytes, got {len(seed)}")
+    nbytes = acc.size * acc.dtype.itemsize
+    zeros, out = _scratch(nbytes)
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    encryptor.update_into(zeros, out)
+    stream = np.frombuffer(out, dtype=acc.dtype.newbyteorder("<"), count=acc.size)
+    if sign > 0:
+        np.add(acc, stream, out=acc, casting="unsafe")
+    else:
+        np.subtract(acc, stream, out=acc, casting="unsafe")

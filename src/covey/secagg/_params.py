@@ -77,7 +77,7 @@ class ThreatModel:
 
 
 def _log_pmf(x: int, total: int, marked: int, drawn: int) -> float:
-    """log P[X = x] for X ~ Hypergeometric(total, marked, drawn); -inf off the support."""
+    """The log of P[X = x] for X ~ Hypergeometric(total, marked, drawn); -inf off the support."""
     if x < max(0, drawn - (total - marked)) or x > min(drawn, marked):
         return -math.inf
     return _log_comb(marked, x) + _log_comb(total - marked, drawn - x) - _log_comb(total, drawn)
@@ -225,8 +225,17 @@ class GraphPlan:
     complete: bool
 
 
+SMALL = 30
+"""Up to this many clients the complete graph is the default: its cost is negligible
+there, and it survives any dropout pattern the threshold allows, where a sparse
+graph can lose a client whose few neighbours all dropped."""
+
+
 def plan(n: int, threat: ThreatModel | None = None, *, complete: bool | None = None) -> GraphPlan:
-    """Choose the graph for ``n`` clients: SecAgg+ when it is sparser, else the complete graph.
+    """Choose the graph for ``n`` clients: complete up to :data:`SMALL` clients, else SecAgg+.
+
+    A sparse (Harary) graph is used when one is secure for the threat model;
+    otherwise the complete graph (plain SecAgg).
 
     Args:
         n: Clients in the round (>= 2).
@@ -239,6 +248,8 @@ def plan(n: int, threat: ThreatModel | None = None, *, complete: bool | None = N
     threat = threat or ThreatModel()
     if n < 2:
         raise ValueError(f"secure aggregation needs at least 2 clients, got {n}")
+    if complete is None and n <= SMALL:
+        complete = True
     if complete is not True:
         try:
             k, t = harary_parameters(n, threat)

@@ -61,8 +61,8 @@ def to_ring(values: np.ndarray, bits: int, bound: int) -> np.ndarray:
         bad = int(np.argmax(np.abs(values.astype(np.int64)) > bound))
         # The value itself stays out of the message: errors travel to the server.
         raise RangeError(f"the input value at index {bad} is outside [-{bound}, {bound}]")
-    out = values.astype(np.int64).astype(np.uint64) & np.uint64((1 << bits) - 1)
-    return out.astype(word(bits))
+    # Two's complement wraps modulo the word; the ring keeps the low ``bits`` bits.
+    return values.astype(word(bits), casting="unsafe")
 
 
 def from_ring(elements: np.ndarray, bits: int) -> np.ndarray:
@@ -152,13 +152,14 @@ def quantize(values: np.ndarray, clip: float, bits: int) -> np.ndarray:
             f"the value at index {bad} is outside the clipping range [-{clip}, {clip}]: "
             "raise clip_range or clip the update yourself"
         )
-    scaled = x * scale(clip, bits)
-    low = np.floor(scaled)
     rng = np.random.default_rng(np.frombuffer(os.urandom(16), dtype=np.uint64))
-    up = rng.random(x.shape) < (scaled - low)
-    q = low.astype(np.int64) + up
+    # floor(s + U) with U uniform in [0, 1) rounds s up with probability frac(s).
+    scaled = rng.random(x.shape)
+    scaled += x * scale(clip, bits)
+    np.floor(scaled, out=scaled)
     top = (1 << (bits - 1)) - 1
-    return np.clip(q, -top, top)  # only float rounding at exactly +-clip can step past
+    np.clip(scaled, -top, top, out=scaled)  # only float rounding at exactly +-clip can step past
+    return scaled.astype(np.int64)
 
 
 def scale(clip: float, bits: int) -> float:

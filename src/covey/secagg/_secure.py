@@ -24,7 +24,8 @@ from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights
 from covey.secagg._dp import Noise
-from covey.secagg._driver import SecAggAbort, register_task_input, secure_sum
+from covey.secagg._driver import SecAggAbort, secure_sum
+from covey.secagg._handlers import register_task_input
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
 from covey.strategies._strategy import FitOutcome, Strategy
@@ -59,11 +60,12 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
     for name, _, _ in _layout(task.weights):
         if result.delta is not None:
             delta = np.asarray(result.delta[name], dtype=np.float64)
-        else:
-            assert result.weights is not None
+        elif result.weights is not None:
             delta = np.asarray(result.weights[name], np.float64) - np.asarray(
                 task.weights[name], np.float64
             )
+        else:
+            raise ValueError("a fit result carries neither weights nor a delta")
         parts.append(quantize(delta.ravel(), clip, bits) * weight)
     tail = [n]
     for name, bound in spec["metrics"].items():
@@ -112,7 +114,8 @@ def _probe(strategy: Strategy) -> str | None:
         plain = np.mean(deltas, axis=0)
         one_w = run([Contribution(0, sum(counts), delta={"w": weighted})])
         one_m = run([Contribution(0, sum(counts), delta={"w": plain})])
-    except Exception:  # a step that cannot run on a made-up round is not a mean
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
+        # A step that cannot run on a made-up round of three clients is not a mean.
         return None
     if many is None:
         return None
@@ -145,7 +148,8 @@ class _Secure:
         self, transport: Any, cids: Sequence[int], task: Task, timeout: float | None
     ) -> FitOutcome:
         weights = task.weights
-        assert weights is not None
+        if weights is None:
+            raise ValueError("a fit task carries no weights")
         layout = _layout(weights)
         model = sum(size for _, _, size in layout)
         spec = {
@@ -195,6 +199,11 @@ class _Secure:
                 failures=failures, info=info, error="the survivors trained on no examples"
             )
         unit = scale(self.clip_range, self.bits)
+        if self.noise is not None:
+            # The mean's noise: sqrt(survivors) draws of sigma quantized units, unscaled.
+            info["secagg_noise_std"] = (
+                self.noise.sigma * math.sqrt(len(res.survivors)) / (unit * denominator)
+            )
         mean = total[:model].astype(np.float64) / (unit * denominator)
         delta: dict[str, np.ndarray] = {}
         offset = 0
@@ -314,4 +323,21 @@ def secure(
             UserWarning,
             stacklevel=2,
         )
-    return replace(strategy, fit_round=fit, name=f"Secure{strategy.name}")
+    settings = {
+        "clip_range": fit.clip_range,
+        "bits": fit.bits,
+        "max_examples": max_examples,
+        "mean": kind,
+        "corrupt_rate": fit.threat.corrupt_rate,
+        "dropout_rate": fit.threat.dropout_rate,
+        "adversary": fit.threat.adversary,
+        "signed": signed,
+        "metrics": dict(metric_bounds),
+        "noise": None if noise is None else {"mechanism": noise.mechanism, "sigma": noise.sigma},
+    }
+    return replace(
+        strategy,
+        fit_round=fit,
+        name=f"Secure{strategy.name}",
+        hyperparameters={**strategy.hyperparameters, "secagg": settings},
+    )

@@ -215,6 +215,47 @@ def _holders(state: ServerState, u: int) -> set[int]:
     return {v for v in state.routed.get(u, set()) if u in state.routed.get(v, set())}
 
 
+def _collect(
+    state: ServerState,
+    alive: list[int],
+    dropped: list[int],
+    replies: Mapping[int, Mapping[str, Any]],
+) -> tuple[dict[int, dict[int, bytes]], dict[int, dict[int, bytes]]]:
+    """The revealed shares by owner: of the survivors' seeds ``b`` and the dropouts' mask keys."""
+    b_shares: dict[int, dict[int, bytes]] = {u: {} for u in alive}
+    s_shares: dict[int, dict[int, bytes]] = {u: {} for u in dropped}
+    for v, msg in replies.items():
+        if v not in alive or not isinstance(msg, Mapping):
+            continue
+        for kind, table in (("b", b_shares), ("s", s_shares)):
+            got = msg.get(kind)
+            if isinstance(got, Mapping):
+                _take(table, got, state.xs[v])
+    return b_shares, s_shares
+
+
+def _take(table: dict[int, dict[int, bytes]], got: Mapping[Any, Any], x: int) -> None:
+    for key, share in got.items():
+        try:
+            u = int(key)
+        except (TypeError, ValueError):
+            continue
+        if u in table and isinstance(share, bytes) and len(share) == SHARE_BYTES:
+            table[u][x] = share
+
+
+def _strip_dropped(
+    state: ServerState, total: np.ndarray, u: int, s_sk: bytes, alive: set[int]
+) -> None:
+    """Remove dropped client ``u``'s pairwise masks from the survivors' sum."""
+    if _crypto.public_of(s_sk) != state.keys[u][1]:
+        raise ProtocolAbort(f"client {u}'s reconstructed mask key does not match its public key")
+    for v in sorted(_holders(state, u) & alive):
+        seed = _crypto.agree(s_sk, state.keys[v][1], state.session, b"mask")
+        # v added +PRG(s_uv) if v < u, else -PRG(s_uv): remove the same.
+        _crypto.add_stream(total, seed, -1 if v < u else +1)
+
+
 def finish(
     state: ServerState,
     alive: list[int],
@@ -223,50 +264,21 @@ def finish(
 ) -> np.ndarray:
     """Stage 4: reconstruct the secrets, strip every mask, return the exact signed sum."""
     t = state.plan.threshold
-    b_shares: dict[int, dict[int, bytes]] = {u: {} for u in alive}
-    s_shares: dict[int, dict[int, bytes]] = {u: {} for u in dropped}
-    for v, msg in replies.items():
-        if v not in alive or not isinstance(msg, Mapping):
-            continue
-        for kind, table in (("b", b_shares), ("s", s_shares)):
-            got = msg.get(kind)
-            if not isinstance(got, Mapping):
-                continue
-            for key, share in got.items():
-                try:
-                    u = int(key)
-                except (TypeError, ValueError):
-                    continue
-                if u in table and isinstance(share, bytes) and len(share) == SHARE_BYTES:
-                    table[u][state.xs[v]] = share
     if state.total is None:
         raise ProtocolAbort("no masked input to unmask")
+    b_shares, s_shares = _collect(state, alive, dropped, replies)
     total = state.total
-    dtype = total.dtype
     for u in alive:
         if len(b_shares[u]) < t:
             raise ProtocolAbort(
                 f"only {len(b_shares[u])} shares of client {u}'s self mask came back"
             )
         b = _shamir.combine(b_shares[u], t, SECRET_BYTES)
-        total -= _crypto.expand(_crypto.agree_seed(b, state.session), state.length, dtype)
-    alive_set = set(alive)
+        _crypto.add_stream(total, _crypto.agree_seed(b, state.session), -1)
     for u in dropped:
         if len(s_shares[u]) < t:
             raise ProtocolAbort(
                 f"only {len(s_shares[u])} shares of client {u}'s mask key came back"
             )
-        s_sk = _shamir.combine(s_shares[u], t, SECRET_BYTES)
-        if _crypto.public_of(s_sk) != state.keys[u][1]:
-            raise ProtocolAbort(
-                f"client {u}'s reconstructed mask key does not match its public key"
-            )
-        for v in sorted(_holders(state, u) & alive_set):
-            seed = _crypto.agree(s_sk, state.keys[v][1], state.session, b"mask")
-            stream = _crypto.expand(seed, state.length, dtype)
-            # v added +PRG(s_uv) if v < u, else -PRG(s_uv): remove the same.
-            if v < u:
-                total -= stream
-            else:
-                total += stream
+        _strip_dropped(state, total, u, _shamir.combine(s_shares[u], t, SECRET_BYTES), set(alive))
     return _ring.from_ring(total, state.bits)

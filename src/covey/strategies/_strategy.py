@@ -118,12 +118,12 @@ class Strategy:
         max_staleness: In asynchronous mode, drop updates computed from a model
             more than this many updates old (None: keep all).
         name: A label for logs and history (the preset's name, e.g. ``"FedAdam"``).
+        hyperparameters: The algorithm's own settings as the preset received them
+            (e.g. ``{"eta": 0.01, ...}``), recorded in the history by :meth:`describe`.
         fit_round: Replaces the fit exchange of each synchronous round: given the
             transport, the sampled clients, the fit task and the timeout, it talks to
             the clients and returns a :class:`FitOutcome` (set by
             :func:`covey.secagg.secure`; None: one fit task per client).
-        hyperparameters: The algorithm's own settings as the preset received them
-            (e.g. ``{"eta": 0.01, ...}``), recorded in the history by :meth:`describe`.
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -142,8 +142,8 @@ class Strategy:
     buffer_size: int | None = None
     max_staleness: int | None = None
     name: str = "custom"
-    fit_round: FitRound | None = None
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    fit_round: FitRound | None = None
 
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
