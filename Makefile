@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch,xgboost,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,xgboost,docs,analytics]'
 	touch $(STAMP) $(DEV_STAMP)
 
 demo: $(STAMP)
