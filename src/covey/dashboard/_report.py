@@ -47,9 +47,9 @@ def _figures(run: Run) -> list[Any]:
     rounds = run.rounds
     layout: dict[str, Any] = {
         "height": 320,
-        "margin": {"l": 55, "r": 15, "t": 40, "b": 40},
+        "margin": {"l": 55, "r": 15, "t": 40, "b": 75},
         "xaxis": {"title": {"text": "round"}},
-        "legend": {"orientation": "h", "y": -0.25},
+        "legend": {"orientation": "h", "y": -0.32},
     }
 
     def lines(title: str, keys: list[tuple[tuple[str, str], str]]) -> Any:

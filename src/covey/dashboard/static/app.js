@@ -91,8 +91,8 @@ function bytesOf(record) {
 // ---- charts ----
 
 const LAYOUT = {
-  margin: { l: 55, r: 15, t: 34, b: 40 },
-  legend: { orientation: "h", y: -0.2 },
+  margin: { l: 55, r: 15, t: 34, b: 75 },
+  legend: { orientation: "h", y: -0.32 },
   xaxis: { title: { text: "round" }, rangemode: "tozero" },
   paper_bgcolor: "#fff",
   plot_bgcolor: "#fff",
@@ -101,8 +101,8 @@ const LAYOUT = {
 function plot(id, title, traces, extra = {}) {
   const element = document.getElementById(id);
   if (!element) return;
-  Plotly.react(element, traces, { ...LAYOUT, title: { text: title, font: { size: 14 } }, ...extra },
-    { displaylogo: false, responsive: true });
+  Plotly.react(element, traces, { ...LAYOUT, title: { text: title, font: { size: 14 }, x: 0.01, xanchor: "left" }, ...extra },
+    { displaylogo: false, responsive: true, displayModeBar: "hover" });
 }
 
 function line(rounds, s) {
