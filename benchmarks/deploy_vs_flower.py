@@ -485,7 +485,7 @@ def run_covey(run: Run, sampler: DeploySampler, times: Path, deadline: float) ->
     out: dict[str, Any] = {"t0": t0, "t_end": t_end, "status": status, "rc": rc}
     out["client_rcs"] = sorted({str(c.poll()) for c in clients})
     with contextlib.suppress(Exception):
-        from covey._store import RunStore
+        from covey.server._store import RunStore
 
         with RunStore.open(run_dir) as store:
             out["durations"] = [r.durations for r in store.history().rounds if r.round > 0]

@@ -12,13 +12,11 @@ import covey
 
 EXPECTED = {
     "covey": [
-        "AsyncLoop",
-        "AsyncTransport",
+        "AggregationError",
         "Bulyan",
         "Client",
         "CodecError",
         "EvaluateResult",
-        "Failure",
         "FedAdagrad",
         "FedAdam",
         "FedAvg",
@@ -35,35 +33,25 @@ EXPECTED = {
         "Krum",
         "MultiKrum",
         "QFedAvg",
-        "Reply",
-        "RoundLoop",
-        "RoundRecord",
         "Scaffold",
         "ServerApp",
-        "SimulatedAsyncTransport",
-        "SimulationResult",
         "Strategy",
-        "Task",
-        "ThreadedAsyncTransport",
         "Weights",
         "WeightsError",
-        "WeightsSpec",
         "__version__",
         "aggregate",
+        "clients",
         "connect",
+        "core",
         "data",
-        "decode",
         "deploy",
-        "encode",
-        "fedprox",
-        "register_task",
-        "run_task",
-        "scaffold",
+        "models",
         "serve",
+        "server",
+        "sim",
         "simulate",
-        "task_kinds",
+        "strategies",
         "transport",
-        "weighted_metrics",
     ],
     "covey.aggregate": [
         "Aggregate",
@@ -95,6 +83,42 @@ EXPECTED = {
         "trimmed_mean",
         "weighted_mean",
     ],
+    "covey.clients": [
+        "CLIENT_DELTA",
+        "Client",
+        "ControlVariate",
+        "MU_KEY",
+        "SERVER_CONTROL",
+        "TaskHandler",
+        "proximal_grad",
+        "proximal_mu",
+        "proximal_term",
+        "register_task",
+        "run_task",
+        "task_kinds",
+        "torch_add_correction",
+        "torch_add_proximal_grad",
+        "torch_proximal_term",
+        "torch_snapshot",
+        "torch_tensors",
+    ],
+    "covey.core": [
+        "CodecError",
+        "Config",
+        "EvaluateResult",
+        "Failure",
+        "FitResult",
+        "History",
+        "Metrics",
+        "Reply",
+        "RoundRecord",
+        "Task",
+        "Weights",
+        "WeightsError",
+        "WeightsSpec",
+        "decode",
+        "encode",
+    ],
     "covey.data": [
         "Dataset",
         "dirichlet",
@@ -104,15 +128,17 @@ EXPECTED = {
         "natural",
         "shards",
     ],
-    "covey.sim": [
-        "ProcessTransport",
-        "SimulationResult",
-        "inline_transport",
-        "simulate",
-    ],
-    "covey.transport": [
-        "MemoryTransport",
-        "Transport",
+    "covey.deploy": [
+        "ClientTLS",
+        "ConnectResult",
+        "ServeResult",
+        "ServerApp",
+        "ServerTLS",
+        "client_tls",
+        "connect",
+        "serve",
+        "tls_from_certs",
+        "tls_from_dir",
     ],
     "covey.models": [
         "LogisticClient",
@@ -121,23 +147,66 @@ EXPECTED = {
         "logistic_init",
         "logistic_sgd_epoch",
     ],
-    "covey.fedprox": [
-        "MU_KEY",
-        "proximal_grad",
-        "proximal_mu",
-        "proximal_term",
-        "torch_add_proximal_grad",
-        "torch_proximal_term",
-        "torch_snapshot",
+    "covey.server": [
+        "AsyncLoop",
+        "EvaluateFn",
+        "FederationError",
+        "RoundCallback",
+        "RoundLoop",
+        "RunStore",
+        "in_cid_order",
     ],
-    "covey.scaffold": [
-        "CLIENT_DELTA",
-        "ControlVariate",
-        "SERVER_CONTROL",
-        "torch_add_correction",
-        "torch_tensors",
+    "covey.sim": [
+        "ProcessTransport",
+        "SimulationResult",
+        "inline_transport",
+        "simulate",
     ],
-    "covey.testing": ["check_aggregator", "random_contributions", "random_params"],
+    "covey.strategies": [
+        "Bulyan",
+        "ConfigFn",
+        "FedAdagrad",
+        "FedAdam",
+        "FedAvg",
+        "FedAvgM",
+        "FedBuff",
+        "FedMedian",
+        "FedProx",
+        "FedRFA",
+        "FedTrimmedAvg",
+        "FedYogi",
+        "Krum",
+        "MetricsFn",
+        "MultiKrum",
+        "QFedAvg",
+        "Scaffold",
+        "Selector",
+        "Strategy",
+        "StrategyOptions",
+        "Where",
+        "weighted_metrics",
+    ],
+    "covey.testing": [
+        "ThreadedAsyncTransport",
+        "check_aggregator",
+        "random_contributions",
+        "random_params",
+    ],
+    "covey.transport": [
+        "AsyncTransport",
+        "Durations",
+        "MemoryTransport",
+        "SimulatedAsyncTransport",
+        "Transport",
+    ],
+    "covey.transport.grpc": [
+        "ClientTLS",
+        "ConnectResult",
+        "GrpcServerTransport",
+        "ServerTLS",
+        "WireError",
+        "connect",
+    ],
 }
 
 
@@ -146,10 +215,10 @@ def _module(name: str) -> ModuleType:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_all_is_exactly_the_expected_sorted_list(name: str) -> None:
+def test_all_is_exactly_the_expected_list(name: str) -> None:
     module = _module(name)
-    assert list(module.__all__) == EXPECTED[name]
-    assert EXPECTED[name] == sorted(EXPECTED[name])
+    assert sorted(module.__all__) == sorted(EXPECTED[name])
+    assert len(set(module.__all__)) == len(module.__all__)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -176,10 +245,28 @@ def test_reexports_are_the_same_objects() -> None:
     import covey.sim
 
     assert covey.simulate is covey.sim.simulate
-    assert covey.SimulationResult is covey.sim.SimulationResult
+    assert covey.sim.SimulationResult is covey.sim.SimulationResult
     assert covey.aggregate is _module("covey.aggregate")
     assert covey.data is _module("covey.data")
     assert covey.transport is _module("covey.transport")
+    assert covey.Strategy is covey.strategies.Strategy
+    assert covey.Client is covey.clients.Client
+    assert covey.History is covey.core.History
+
+
+def test_no_public_name_differs_from_another_only_by_case() -> None:
+    for name in EXPECTED:
+        module = _module(name)
+        public = [attr for attr in dir(module) if not attr.startswith("_")]
+        seen: dict[str, str] = {}
+        for attr in public:
+            other = seen.setdefault(attr.lower(), attr)
+            assert other == attr, f"{name}.{attr} and {name}.{other} differ only by case"
+
+
+def test_the_top_level_holds_no_plumbing() -> None:
+    for plumbing in ("Task", "Reply", "run_task", "encode", "RoundLoop", "AsyncLoop"):
+        assert not hasattr(covey, plumbing), f"covey.{plumbing} belongs in its layer"
 
 
 def test_errors_have_useful_bases() -> None:

@@ -1,4 +1,4 @@
-"""covey.encode / covey.decode: exact round trips, zero copy, and corruption always detected."""
+"""covey.core.encode and decode: exact round trips, zero copy, and corruption always detected."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import covey
-from covey._codec import MAGIC, encode_into, encoded_size
+from covey.core._codec import MAGIC, encode_into, encoded_size
 
 PREFIX = struct.Struct("<8sIIQII")
 BASE_DTYPES = [
@@ -96,19 +96,19 @@ def craft(entries: object, payload: bytes, *, header: bytes | None = None) -> by
 @settings(max_examples=150)
 @given(weights_strategy)
 def test_round_trip_is_bit_identical(weights: dict[str, np.ndarray]) -> None:
-    blob = covey.encode(weights)
+    blob = covey.core.encode(weights)
     assert len(blob) == encoded_size(weights)
-    assert_bit_identical(covey.decode(blob), weights)
-    assert_bit_identical(covey.decode(bytes(blob)), weights)
-    assert_bit_identical(covey.decode(memoryview(blob)), weights)
+    assert_bit_identical(covey.core.decode(blob), weights)
+    assert_bit_identical(covey.core.decode(bytes(blob)), weights)
+    assert_bit_identical(covey.core.decode(memoryview(blob)), weights)
 
 
 @settings(max_examples=100)
 @given(weights_strategy)
 def test_decoded_arrays_are_read_only_views_of_the_input(weights: dict[str, np.ndarray]) -> None:
-    blob = covey.encode(weights)
+    blob = covey.core.encode(weights)
     buffer = np.frombuffer(blob, dtype=np.uint8)
-    for name, array in covey.decode(blob).items():
+    for name, array in covey.core.decode(blob).items():
         assert not array.flags.writeable, name
         if array.size:
             assert np.shares_memory(array, buffer), f"{name} was copied"
@@ -117,29 +117,29 @@ def test_decoded_arrays_are_read_only_views_of_the_input(weights: dict[str, np.n
 
 
 def test_decoded_arrays_follow_the_buffer_they_view() -> None:
-    blob = covey.encode({"x": np.zeros(4)})
-    decoded = covey.decode(blob, verify=False)
+    blob = covey.core.encode({"x": np.zeros(4)})
+    decoded = covey.core.decode(blob, verify=False)
     payload_start = len(blob) - 64
     blob[payload_start : payload_start + 8] = np.float64(2.5).tobytes()
     assert decoded["x"][0] == 2.5  # a view, not a copy
 
 
 def test_payload_is_64_byte_aligned() -> None:
-    blob = covey.encode({"a": np.ones(3, np.int8), "b": np.ones(5), "c": np.ones(2, np.int16)})
+    blob = covey.core.encode({"a": np.ones(3, np.int8), "b": np.ones(5), "c": np.ones(2, np.int16)})
     assert len(blob) % 64 == 0
     start = np.frombuffer(blob, np.uint8).ctypes.data
-    for name, array in covey.decode(blob).items():
+    for name, array in covey.core.decode(blob).items():
         assert (array.ctypes.data - start) % 64 == 0, name
 
 
 @settings(max_examples=60)
 @given(weights_strategy)
 def test_encode_is_deterministic(weights: dict[str, np.ndarray]) -> None:
-    blob = covey.encode(weights)
-    assert covey.encode(weights) == blob
+    blob = covey.core.encode(weights)
+    assert covey.core.encode(weights) == blob
     # Equal weights in another layout or byte order encode to the same bytes.
     same = {k: np.array(v, dtype=_le(v.dtype), order="C") for k, v in weights.items()}
-    assert covey.encode(same) == blob
+    assert covey.core.encode(same) == blob
     # encode_into a dirty, larger buffer writes the same bytes and reports their number.
     dirty = bytearray(b"\xaa" * (len(blob) + 100))
     assert encode_into(weights, dirty) == len(blob)
@@ -148,10 +148,10 @@ def test_encode_is_deterministic(weights: dict[str, np.ndarray]) -> None:
 
 
 def test_equal_values_different_dtype_encode_differently() -> None:
-    a = covey.encode({"w": np.arange(3, dtype=np.float32)})
-    b = covey.encode({"w": np.arange(3, dtype=np.float64)})
+    a = covey.core.encode({"w": np.arange(3, dtype=np.float32)})
+    b = covey.core.encode({"w": np.arange(3, dtype=np.float64)})
     assert a != b
-    assert covey.decode(b)["w"].dtype == np.float64
+    assert covey.core.decode(b)["w"].dtype == np.float64
 
 
 def test_encode_into_a_too_small_buffer_raises() -> None:
@@ -165,42 +165,42 @@ def test_encode_into_a_too_small_buffer_raises() -> None:
 
 def test_encode_refuses_invalid_weights() -> None:
     with pytest.raises(covey.WeightsError, match="empty"):
-        covey.encode({})
+        covey.core.encode({})
     with pytest.raises(covey.WeightsError, match=r"'s'.*dtype"):
-        covey.encode({"s": np.array(["text"])})
+        covey.core.encode({"s": np.array(["text"])})
     with pytest.raises(covey.WeightsError, match="'x' must be a NumPy array"):
-        covey.encode({"x": [1.0, 2.0]})  # type: ignore[dict-item]
+        covey.core.encode({"x": [1.0, 2.0]})  # type: ignore[dict-item]
 
 
 # -- corruption ----------------------------------------------------------------------------
 
 
 def test_every_truncation_raises_codec_error() -> None:
-    blob = bytes(covey.encode(small_weights()))
+    blob = bytes(covey.core.encode(small_weights()))
     for n in range(len(blob)):
         with pytest.raises(covey.CodecError):
-            covey.decode(blob[:n])
+            covey.core.decode(blob[:n])
 
 
 def test_trailing_bytes_are_rejected() -> None:
-    blob = covey.encode(small_weights())
+    blob = covey.core.encode(small_weights())
     for extra in (b"\x00", b"\x00" * 64, b"junk"):
         with pytest.raises(covey.CodecError, match="trailing"):
-            covey.decode(bytes(blob) + extra)
+            covey.core.decode(bytes(blob) + extra)
 
 
 @pytest.mark.parametrize("mask", [0x01, 0x80, 0xFF])
 def test_every_single_byte_flip_raises_codec_error(mask: int) -> None:
-    blob = covey.encode(small_weights())
+    blob = covey.core.encode(small_weights())
     for i in range(len(blob)):
         corrupt = bytearray(blob)
         corrupt[i] ^= mask
         with pytest.raises(covey.CodecError):
-            covey.decode(corrupt, verify=True)
+            covey.core.decode(corrupt, verify=True)
 
 
 def test_header_flips_are_detected_without_payload_verification() -> None:
-    blob = covey.encode(small_weights())
+    blob = covey.core.encode(small_weights())
     header_len = PREFIX.unpack_from(blob, 0)[1]
     payload_start = (PREFIX.size + header_len + 63) // 64 * 64
     payload_crc = range(24, 28)
@@ -210,13 +210,13 @@ def test_header_flips_are_detected_without_payload_verification() -> None:
         corrupt = bytearray(blob)
         corrupt[i] ^= 0x10
         with pytest.raises(covey.CodecError):
-            covey.decode(corrupt, verify=False)
+            covey.core.decode(corrupt, verify=False)
     # A payload flip is only caught by the payload checksum.
     corrupt = bytearray(blob)
     corrupt[payload_start] ^= 0x10
-    covey.decode(corrupt, verify=False)
+    covey.core.decode(corrupt, verify=False)
     with pytest.raises(covey.CodecError, match="corrupt payload"):
-        covey.decode(corrupt)
+        covey.core.decode(corrupt)
 
 
 @settings(max_examples=100)
@@ -224,36 +224,36 @@ def test_header_flips_are_detected_without_payload_verification() -> None:
 def test_random_single_byte_corruption_raises_codec_error(
     weights: dict[str, np.ndarray], data: st.DataObject
 ) -> None:
-    blob = covey.encode(weights)
+    blob = covey.core.encode(weights)
     i = data.draw(st.integers(0, len(blob) - 1))
     mask = data.draw(st.integers(1, 255))
     blob[i] ^= mask
     with pytest.raises(covey.CodecError):
-        covey.decode(blob)
+        covey.core.decode(blob)
 
 
 @settings(max_examples=200)
 @given(st.binary(max_size=300))
 def test_random_bytes_raise_codec_error(data: bytes) -> None:
     with pytest.raises(covey.CodecError):
-        covey.decode(data)
+        covey.core.decode(data)
 
 
 @settings(max_examples=200)
 @given(st.binary(max_size=300))
 def test_random_bytes_after_the_magic_raise_codec_error(data: bytes) -> None:
     with pytest.raises(covey.CodecError):
-        covey.decode(MAGIC + data)
+        covey.core.decode(MAGIC + data)
 
 
 def test_bad_magic_and_unknown_version() -> None:
-    blob = bytes(covey.encode(small_weights()))
+    blob = bytes(covey.core.encode(small_weights()))
     with pytest.raises(covey.CodecError, match="bad magic"):
-        covey.decode(b"NOTCOVEY" + blob[8:])
+        covey.core.decode(b"NOTCOVEY" + blob[8:])
     with pytest.raises(covey.CodecError, match="unsupported format version"):
-        covey.decode(MAGIC[:6] + b"\x00\x02" + blob[8:])
+        covey.core.decode(MAGIC[:6] + b"\x00\x02" + blob[8:])
     with pytest.raises(covey.CodecError, match="truncated"):
-        covey.decode(b"")
+        covey.core.decode(b"")
 
 
 @pytest.mark.parametrize(
@@ -286,32 +286,32 @@ def test_bad_magic_and_unknown_version() -> None:
 )
 def test_checksummed_but_invalid_headers_raise_codec_error(entries: object, match: str) -> None:
     with pytest.raises(covey.CodecError, match=match):
-        covey.decode(craft(entries, bytes(16)))
+        covey.core.decode(craft(entries, bytes(16)))
 
 
 def test_checksummed_non_json_header_raises_codec_error() -> None:
     with pytest.raises(covey.CodecError, match="corrupt header"):
-        covey.decode(craft(None, bytes(16), header=b"\xff\xfe not json"))
+        covey.core.decode(craft(None, bytes(16), header=b"\xff\xfe not json"))
     with pytest.raises(covey.CodecError, match="corrupt header"):
-        covey.decode(craft(None, bytes(16), header=b"[[1, 2"))
+        covey.core.decode(craft(None, bytes(16), header=b"[[1, 2"))
 
 
 def test_crafted_valid_header_decodes() -> None:
     # The helper itself is right: a well-formed crafted message decodes.
     payload = np.array([1.5, -2.0]).tobytes()
-    decoded = covey.decode(craft([["a", "<f8", [2], 0, 16]], payload))
+    decoded = covey.core.decode(craft([["a", "<f8", [2], 0, 16]], payload))
     assert decoded["a"].tolist() == [1.5, -2.0]
 
 
 def test_oversized_header_length_is_refused_before_use() -> None:
-    blob = bytearray(covey.encode(small_weights()))
+    blob = bytearray(covey.core.encode(small_weights()))
     struct.pack_into("<I", blob, 8, 0xFFFFFFFF)
     with pytest.raises(covey.CodecError, match="header length"):
-        covey.decode(blob)
+        covey.core.decode(blob)
 
 
 def test_a_header_with_a_fractional_shape_is_refused() -> None:
-    blob = bytes(covey.encode({"w": np.zeros(4)}))
+    blob = bytes(covey.core.encode({"w": np.zeros(4)}))
     prefix = struct.Struct("<8sIIQII")
     magic, header_len, _, payload_len, payload_crc, reserved = prefix.unpack_from(blob)
     payload = blob[-payload_len:]
@@ -332,4 +332,4 @@ def test_a_header_with_a_fractional_shape_is_refused() -> None:
         reserved,
     )
     with pytest.raises(covey.CodecError, match="not a list of integers"):
-        covey.decode(forged)
+        covey.core.decode(forged)

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import covey
-from covey._store import RunStore
 from covey.deploy._certs import init_federation, issue_client
+from covey.server._store import RunStore
 
 APPS = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS))

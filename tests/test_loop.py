@@ -12,9 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import covey
-import covey._client as client_module
-from covey import EvaluateResult, FederationError, FitResult, Reply, RoundLoop, Task
-from covey._loop import in_cid_order
+import covey.clients._client as client_module
+from covey import EvaluateResult, FederationError, FitResult
 from covey.aggregate import (
     Aggregate,
     Begin,
@@ -25,6 +24,9 @@ from covey.aggregate import (
     run_round,
     weighted_mean,
 )
+from covey.core import Reply, Task
+from covey.server import RoundLoop
+from covey.server._sync import in_cid_order
 from covey.sim import ProcessTransport, inline_transport
 from covey.transport import MemoryTransport, Transport
 
@@ -178,7 +180,7 @@ def test_without_reordering_the_arrival_order_would_leak_into_the_result(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The same run with in_cid_order disabled is not bit-identical: the check above has teeth.
-    import covey._loop as loop_module
+    import covey.server._sync as loop_module
 
     inline = covey.simulate(lambda cid: WildClient(cid), 10, 4, strategy(), initial(), seed=2)
     monkeypatch.setattr(loop_module, "in_cid_order", lambda replies, cids: iter(replies))
@@ -416,21 +418,21 @@ def test_run_task_turns_exceptions_and_unknown_kinds_into_errors() -> None:
         def fit(self, weights: Any, config: Any) -> FitResult:
             raise KeyError("missing shard")
 
-    reply = covey.run_task(Broken(), 4, Task("fit", 1, {}, {"w": np.zeros(1)}))
+    reply = covey.clients.run_task(Broken(), 4, Task("fit", 1, {}, {"w": np.zeros(1)}))
     assert not reply.ok
     assert reply.cid == 4
     assert reply.kind == "fit"
     assert reply.error is not None
     assert "KeyError: 'missing shard'" in reply.error
-    unknown = covey.run_task(Broken(), 4, Task("dance", 1))
+    unknown = covey.clients.run_task(Broken(), 4, Task("dance", 1))
     assert unknown.error == "unknown task kind 'dance'"
-    no_weights = covey.run_task(Broken(), 4, Task("fit", 1))
+    no_weights = covey.clients.run_task(Broken(), 4, Task("fit", 1))
     assert no_weights.error is not None
     assert "carries no weights" in no_weights.error
-    base = covey.run_task(covey.Client(), 0, Task("evaluate", 1, {}, {"w": np.zeros(1)}))
+    base = covey.clients.run_task(covey.Client(), 0, Task("evaluate", 1, {}, {"w": np.zeros(1)}))
     assert base.error is not None
     assert "Client does not implement evaluate()" in base.error
-    props = covey.run_task(covey.Client(), 0, Task("properties", 0))
+    props = covey.clients.run_task(covey.Client(), 0, Task("properties", 0))
     assert props.ok
     assert props.result == {}
 
@@ -441,21 +443,23 @@ def test_registered_task_kinds_run_everywhere(monkeypatch: pytest.MonkeyPatch) -
     def count(client: Any, task: Task) -> int:
         return int(client.size) * int(task.payload)
 
-    covey.register_task("count", count)
-    assert "count" in covey.task_kinds()
+    covey.clients.register_task("count", count)
+    assert "count" in covey.clients.task_kinds()
 
     class Sized(covey.Client):
         size = 7
 
-    transport = MemoryTransport([0, 1], lambda cid, task: covey.run_task(Sized(), cid, task))
+    transport = MemoryTransport(
+        [0, 1], lambda cid, task: covey.clients.run_task(Sized(), cid, task)
+    )
     replies = list(
         transport.exchange({1: Task("count", 0, payload=3), 0: Task("count", 0, payload=2)})
     )
     assert [(r.cid, r.result) for r in replies] == [(0, 14), (1, 21)]
     with pytest.raises(ValueError, match="built in"):
-        covey.register_task("fit", count)
+        covey.clients.register_task("fit", count)
     with pytest.raises(ValueError, match="non-empty string"):
-        covey.register_task("", count)
+        covey.clients.register_task("", count)
 
 
 def test_memory_transport_turns_handler_exceptions_into_errors() -> None:

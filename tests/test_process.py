@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import covey
-from covey import FitResult, Reply, Task
+from covey import FitResult
+from covey.core import Reply, Task
 from covey.data import Dataset, iid, load_digits
 from covey.models import LogisticClient, logistic_evaluate, logistic_init
 from covey.sim import ProcessTransport
@@ -245,7 +246,7 @@ def test_no_shared_memory_files_are_left_after_a_failed_run(shm_files: list[str]
 def test_process_transport_directly(shm_files: list[str]) -> None:
     with ProcessTransport(lambda cid: Exploding(cid, "raise"), 5, num_workers=9) as transport:
         assert transport.num_workers == 5  # never more workers than clients
-        weights = covey._weights.freeze({"w": np.arange(3.0)})
+        weights = covey.core._weights.freeze({"w": np.arange(3.0)})
         tasks = {cid: Task("fit", 1, {}, weights) for cid in (4, 0, 2)}
         tasks[1] = Task("properties", 0)
         replies = sorted(transport.exchange(tasks), key=lambda r: r.cid)
@@ -258,7 +259,11 @@ def test_process_transport_directly(shm_files: list[str]) -> None:
         # The same weights object is published once; a new one gets a new file.
         list(transport.exchange({0: Task("fit", 1, {}, weights)}))
         assert len(shm_files) == 1
-        list(transport.exchange({0: Task("fit", 1, {}, covey._weights.freeze({"w": np.ones(3)}))}))
+        list(
+            transport.exchange(
+                {0: Task("fit", 1, {}, covey.core._weights.freeze({"w": np.ones(3)}))}
+            )
+        )
         assert len(shm_files) == 2
         assert not os.path.exists(shm_files[0])  # the stale file is gone already
     with pytest.raises(ValueError, match="num_workers must be at least 1"):

@@ -596,7 +596,7 @@ def test_central_evaluation_may_return_none() -> None:
 # -- history ----------------------------------------------------------------------------------
 
 
-def run_with_everything(tmp_path: Any | None = None) -> covey.SimulationResult:
+def run_with_everything(tmp_path: Any | None = None) -> covey.sim.SimulationResult:
     def client_fn(cid: int) -> covey.Client:
         return FlakyClient(cid, {2}) if cid == 1 else EvalClient(cid)
 
@@ -628,7 +628,7 @@ def test_history_json_round_trip() -> None:
 
 
 def test_history_lookup_and_json_of_unusual_values() -> None:
-    history = History([covey.RoundRecord(round=0, central_loss=float("inf"))])
+    history = History([covey.core.RoundRecord(round=0, central_loss=float("inf"))])
     history.rounds[0].central_metrics = {
         "blob": b"\x01\xff",
         "n": np.int64(3),

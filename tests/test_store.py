@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import covey
-from covey import Failure, History, RoundRecord
-from covey._store import RunStore, weights_file_name
+from covey import History
+from covey.core import Failure, RoundRecord
+from covey.server._store import RunStore, weights_file_name
 
 # Shared with the subprocess of the crash test: weights are a function of the round.
 WEIGHTS_FOR = '''
@@ -220,7 +221,7 @@ def test_weights_are_bit_identical_after_load(run_dir: Path) -> None:
     assert loaded["nan_payload"].view(np.uint32)[0] == 0x7FC00123
     for value in loaded.values():
         assert value.flags.writeable
-    assert covey.WeightsSpec.of(loaded).names == tuple(weights)
+    assert covey.core.WeightsSpec.of(loaded).names == tuple(weights)
 
 
 @settings(max_examples=10)
@@ -453,7 +454,7 @@ CHILD = (
     WEIGHTS_FOR
     + """
 import sys
-from covey._store import RunStore
+from covey.server._store import RunStore
 
 store = RunStore.create(sys.argv[1], config={"crash": True})
 r = 0

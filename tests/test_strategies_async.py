@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 import covey
-from covey import AsyncLoop, Reply, SimulatedAsyncTransport, Task, ThreadedAsyncTransport
+from covey.core import Reply, Task
 from covey.data import dirichlet, load_digits
 from covey.models import LogisticClient, logistic_init
+from covey.server import AsyncLoop
 from covey.sim import inline_transport
-from covey.transport import MemoryTransport
+from covey.testing import ThreadedAsyncTransport
+from covey.transport import MemoryTransport, SimulatedAsyncTransport
 
 DATA = load_digits(seed=0)
 PARTS = dirichlet(DATA.y_train, 10, alpha=0.5, seed=0)
@@ -186,7 +188,7 @@ def test_fedbuff_with_buffer_equal_to_clients_and_no_staleness_is_fedavg() -> No
         np.testing.assert_allclose(uneven.weights[name], fedavg.weights[name], atol=1e-13)
 
 
-def two_clients_run(**strategy: Any) -> covey.SimulationResult:
+def two_clients_run(**strategy: Any) -> covey.sim.SimulationResult:
     """Client 0 takes 1 s, client 1 takes 3 s; each update is one reply (K=1)."""
     as_weights = strategy.pop("as_weights", False)
     return covey.simulate(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import covey
-from covey import fedprox
+from covey import clients
 from covey.data import dirichlet, load_digits
 from covey.models import logistic_evaluate, logistic_grad, logistic_init
 
@@ -26,7 +26,7 @@ class ProxClient(covey.Client):
         self.x, self.y = DATA.client(PARTS[cid])
 
     def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
-        mu = fedprox.proximal_mu(config) if self.prox else 0.0
+        mu = clients.proximal_mu(config) if self.prox else 0.0
         w = {k: np.array(v) for k, v in weights.items()}
         rng = np.random.default_rng([self.cid, config["round"]])
         for _ in range(3):
@@ -35,13 +35,13 @@ class ProxClient(covey.Client):
                 idx = order[start : start + 16]
                 g = logistic_grad(w, self.x[idx], self.y[idx])
                 if self.prox:
-                    g = fedprox.proximal_grad(g, w, weights, mu)
+                    g = clients.proximal_grad(g, w, weights, mu)
                 w = {k: w[k] - 0.3 * g[k] for k in w}
         drift = float(np.sqrt(sum(np.sum((w[k] - weights[k]) ** 2) for k in w)))
         return covey.FitResult(weights=w, num_examples=len(self.y), metrics={"drift": drift})
 
 
-def run(strategy: covey.Strategy, prox: bool) -> covey.SimulationResult:
+def run(strategy: covey.Strategy, prox: bool) -> covey.sim.SimulationResult:
     return covey.simulate(lambda cid: ProxClient(cid, prox), 10, 4, strategy, logistic_init(64, 10))
 
 
@@ -75,34 +75,34 @@ def random_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
 def test_proximal_grad_and_term_match_their_formulas(seed: int, mu: float) -> None:
     rng = np.random.default_rng(seed)
     w, w0, g = random_weights(rng), random_weights(rng), random_weights(rng)
-    out = fedprox.proximal_grad(g, w, w0, mu)
+    out = clients.proximal_grad(g, w, w0, mu)
     for k in ("W", "b"):
         np.testing.assert_allclose(out[k], g[k] + mu * (w[k] - w0[k]), rtol=1e-6)
         assert out[k].dtype == g[k].dtype
     np.testing.assert_array_equal(out["n"], g["n"])  # integer arrays have no gradient
     expected = 0.5 * mu * sum(np.sum((w[k] - w0[k]).astype(np.float64) ** 2) for k in ("W", "b"))
-    assert fedprox.proximal_term(w, w0, mu) == pytest.approx(expected, rel=1e-6)
+    assert clients.proximal_term(w, w0, mu) == pytest.approx(expected, rel=1e-6)
 
 
 def test_proximal_grad_is_the_terms_derivative() -> None:
     rng = np.random.default_rng(0)
     w, w0 = random_weights(rng), random_weights(rng)
     zero = {k: np.zeros_like(v) for k, v in w.items()}
-    grad = fedprox.proximal_grad(zero, w, w0, 0.7)
+    grad = clients.proximal_grad(zero, w, w0, 0.7)
     eps = 1e-6
     bumped = {k: v.copy() for k, v in w.items()}
     bumped["W"][1, 0] += eps
-    numeric = (fedprox.proximal_term(bumped, w0, 0.7) - fedprox.proximal_term(w, w0, 0.7)) / eps
+    numeric = (clients.proximal_term(bumped, w0, 0.7) - clients.proximal_term(w, w0, 0.7)) / eps
     assert numeric == pytest.approx(grad["W"][1, 0], rel=1e-4)
 
 
 def test_mu_comes_from_the_config() -> None:
-    assert fedprox.proximal_mu({"round": 1, "proximal_mu": 0.5}) == 0.5
-    assert fedprox.proximal_mu({"round": 1}) == 0.0
-    assert fedprox.proximal_mu({"round": 1}, default=0.1) == 0.1
+    assert clients.proximal_mu({"round": 1, "proximal_mu": 0.5}) == 0.5
+    assert clients.proximal_mu({"round": 1}) == 0.0
+    assert clients.proximal_mu({"round": 1}, default=0.1) == 0.1
     with pytest.raises(ValueError, match="proximal_mu"):
-        fedprox.proximal_mu({"proximal_mu": -1})
-    assert fedprox.MU_KEY == "proximal_mu"
+        clients.proximal_mu({"proximal_mu": -1})
+    assert clients.MU_KEY == "proximal_mu"
 
 
 def test_the_torch_helpers_need_torch_only_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,8 +110,6 @@ def test_the_torch_helpers_need_torch_only_when_called(monkeypatch: pytest.Monke
 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match=r"torch==2\.13\.0"):
-        fedprox.torch_snapshot(object())
-    from covey import scaffold
-
+        clients.torch_snapshot(object())
     with pytest.raises(ImportError, match="pip install"):
-        scaffold.torch_add_correction(object(), {})
+        clients.torch_add_correction(object(), {})

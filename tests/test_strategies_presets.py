@@ -126,8 +126,8 @@ def test_fedavg_keeps_its_signature_and_chain() -> None:
         on_fit_config=lambda r: {"epochs": 1},
         on_evaluate_config=lambda r: {},
         accept_failures=False,
-        fit_metrics=covey.weighted_metrics,
-        evaluate_metrics=covey.weighted_metrics,
+        fit_metrics=covey.strategies.weighted_metrics,
+        evaluate_metrics=covey.strategies.weighted_metrics,
     )
     assert strategy.name == "FedAvg"
     assert strategy.fit_config(1) == {"epochs": 1}

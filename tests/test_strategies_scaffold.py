@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import covey
-from covey import scaffold
+from covey import clients
 from covey.data import load_digits, shards
 from covey.models import logistic_evaluate, logistic_grad, logistic_init
 
@@ -25,7 +25,7 @@ class SkewedClient(covey.Client):
     def __init__(self, cid: int, use_scaffold: bool) -> None:
         self.cid, self.use_scaffold = cid, use_scaffold
         self.x, self.y = DATA.client(PARTS[cid])
-        self.control = scaffold.ControlVariate()
+        self.control = clients.ControlVariate()
 
     def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
         correction = self.control.correction(weights, config) if self.use_scaffold else None
@@ -50,7 +50,7 @@ def accuracy(weights: covey.Weights) -> float:
     return logistic_evaluate(weights, DATA.x_test, DATA.y_test)[1]
 
 
-def run(use_scaffold: bool, rounds: int = 8, **kwargs: Any) -> covey.SimulationResult:
+def run(use_scaffold: bool, rounds: int = 8, **kwargs: Any) -> covey.sim.SimulationResult:
     strategy = (
         covey.Scaffold(num_clients=NUM_CLIENTS, fraction_evaluate=0.0)
         if use_scaffold
@@ -87,7 +87,7 @@ def make_round(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[st
 
 def test_control_variate_follows_option_two() -> None:
     rng = np.random.default_rng(0)
-    control = scaffold.ControlVariate()
+    control = clients.ControlVariate()
     c_i = {"W": np.zeros((3, 2)), "b": np.zeros(2)}
     for _ in range(3):
         x, c = make_round(rng)
@@ -114,7 +114,7 @@ def test_control_variate_follows_option_two() -> None:
 def test_option_one_uses_the_given_gradient() -> None:
     rng = np.random.default_rng(1)
     x, c = make_round(rng)
-    control = scaffold.ControlVariate()
+    control = clients.ControlVariate()
     control.correction(x, {"extras": {"scaffold_c": c}})
     grad = {k: np.full(v.shape, 2.0) for k, v in x.items()}
     result = control.fit_result(x, num_examples=1, steps=1, lr=1.0, full_gradient=grad)
@@ -125,13 +125,13 @@ def test_a_deployed_client_keeps_its_control_variate_on_disk(tmp_path: Path) -> 
     rng = np.random.default_rng(2)
     path = tmp_path / "state" / "scaffold.bin"
     x, c = make_round(rng)
-    first = scaffold.ControlVariate(path)
+    first = clients.ControlVariate(path)
     first.correction(x, {"extras": {"scaffold_c": c}})
     y = {k: v + 1 if v.dtype.kind == "f" else v for k, v in x.items()}
     first.fit_result(y, num_examples=1, steps=2, lr=0.5)
     assert path.exists()
     assert [p.name for p in path.parent.iterdir()] == ["scaffold.bin"]  # no temporary left
-    restarted = scaffold.ControlVariate(path)
+    restarted = clients.ControlVariate(path)
     assert first.value is not None
     assert restarted.value is not None
     for k in first.value:
@@ -142,7 +142,7 @@ def test_a_deployed_client_keeps_its_control_variate_on_disk(tmp_path: Path) -> 
 
 
 def test_helpful_errors() -> None:
-    control = scaffold.ControlVariate()
+    control = clients.ControlVariate()
     x, c = make_round(np.random.default_rng(3))
     with pytest.raises(ValueError, match=r"covey\.Scaffold"):
         control.correction(x, {"round": 1})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import covey
-from covey import fedprox, scaffold
+from covey import clients
 from covey.data import iid, load_digits
 
 torch = pytest.importorskip("torch")
@@ -32,20 +32,20 @@ def test_proximal_term_and_gradient_match_the_numpy_helpers() -> None:
     net = model()
     anchor = read_only({k: v.detach().numpy() + 0.5 for k, v in net.named_parameters()})
     weights = {k: v.detach().numpy().copy() for k, v in net.named_parameters()}
-    term = fedprox.torch_proximal_term(net, anchor, 0.3)
+    term = clients.torch_proximal_term(net, anchor, 0.3)
     value = float(term.detach())
-    assert value == pytest.approx(fedprox.proximal_term(weights, anchor, 0.3), rel=1e-5)
+    assert value == pytest.approx(clients.proximal_term(weights, anchor, 0.3), rel=1e-5)
     term.backward()
     autograd = {k: p.grad.clone() for k, p in net.named_parameters()}
     zero = {k: np.zeros_like(v) for k, v in weights.items()}
-    expected = fedprox.proximal_grad(zero, weights, anchor, 0.3)
+    expected = clients.proximal_grad(zero, weights, anchor, 0.3)
     for k, g in autograd.items():
         np.testing.assert_allclose(g.numpy(), expected[k], rtol=1e-5, atol=1e-6)
     net.zero_grad(set_to_none=True)
-    fedprox.torch_add_proximal_grad(net, fedprox.torch_snapshot(net), 0.3)  # at the anchor: 0
+    clients.torch_add_proximal_grad(net, clients.torch_snapshot(net), 0.3)  # at the anchor: 0
     assert all(float(p.grad.abs().max()) == 0.0 for p in net.parameters())
-    fedprox.torch_add_proximal_grad(net, anchor, 0.3)
-    fedprox.torch_add_proximal_grad(net, anchor, 0.0)  # mu = 0 adds nothing
+    clients.torch_add_proximal_grad(net, anchor, 0.3)
+    clients.torch_add_proximal_grad(net, anchor, 0.0)  # mu = 0 adds nothing
     for k, p in net.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), expected[k], rtol=1e-5, atol=1e-6)
 
@@ -53,9 +53,9 @@ def test_proximal_term_and_gradient_match_the_numpy_helpers() -> None:
 def test_scaffold_correction_is_added_to_the_gradients() -> None:
     net = model()
     correction = {k: np.full(tuple(p.shape), 0.25, np.float32) for k, p in net.named_parameters()}
-    scaffold.torch_add_correction(net, correction)  # no grad yet: the correction is the grad
-    tensors = scaffold.torch_tensors(correction, net)
-    scaffold.torch_add_correction(net, tensors)
+    clients.torch_add_correction(net, correction)  # no grad yet: the correction is the grad
+    tensors = clients.torch_tensors(correction, net)
+    clients.torch_add_correction(net, tensors)
     for p in net.parameters():
         np.testing.assert_allclose(p.grad.numpy(), 0.5)
 
@@ -68,16 +68,16 @@ class TorchClient(covey.Client):
         x, y = DATA.client(PARTS[cid])
         self.x, self.y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
         self.net = model()
-        self.control = scaffold.ControlVariate()
+        self.control = clients.ControlVariate()
 
     def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
         state = {k: torch.tensor(v) for k, v in weights.items()}
         self.net.load_state_dict(state)
-        anchor = fedprox.torch_snapshot(self.net)
-        mu = fedprox.proximal_mu(config)
+        anchor = clients.torch_snapshot(self.net)
+        mu = clients.proximal_mu(config)
         correction = None
         if self.algorithm == "scaffold":
-            correction = scaffold.torch_tensors(self.control.correction(weights, config), self.net)
+            correction = clients.torch_tensors(self.control.correction(weights, config), self.net)
         optimizer = torch.optim.SGD(self.net.parameters(), lr=0.1)
         steps = 0
         for start in range(0, len(self.y), 32):
@@ -85,10 +85,10 @@ class TorchClient(covey.Client):
             out = self.net(self.x[start : start + 32])
             loss = torch.nn.functional.cross_entropy(out, self.y[start : start + 32])
             if self.algorithm == "fedprox":
-                loss = loss + fedprox.torch_proximal_term(self.net, anchor, mu)
+                loss = loss + clients.torch_proximal_term(self.net, anchor, mu)
             loss.backward()
             if correction is not None:
-                scaffold.torch_add_correction(self.net, correction)
+                clients.torch_add_correction(self.net, correction)
             optimizer.step()
             steps += 1
         new = {k: v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
@@ -101,7 +101,7 @@ def initial() -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model().state_dict().items()}
 
 
-def run(strategy: covey.Strategy, algorithm: str) -> covey.SimulationResult:
+def run(strategy: covey.Strategy, algorithm: str) -> covey.sim.SimulationResult:
     return covey.simulate(lambda cid: TorchClient(cid, algorithm), 4, 2, strategy, initial())
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covey import CodecError, encode
-from covey._codec import Encoded
-from covey.transport._stream import CHUNK_BYTES, Upload, chunks
-from covey.transport._wire import flatten_extras
+from covey import CodecError
+from covey.core import encode
+from covey.core._codec import Encoded
+from covey.transport.grpc._stream import CHUNK_BYTES, Upload, chunks
+from covey.transport.grpc._wire import flatten_extras
 
 
 def _weights(seed: int, size: int) -> dict[str, np.ndarray]:

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from covey import WeightsError, WeightsSpec
-from covey._weights import add, copy, freeze, global_norm, subtract
+from covey import WeightsError
+from covey.core import WeightsSpec
+from covey.core._weights import add, copy, freeze, global_norm, subtract
 
 
 def model() -> dict[str, np.ndarray]:

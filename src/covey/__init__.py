@@ -4,6 +4,12 @@ Move the computation to the data: a server holds a global model, sends it to
 clients, each client trains on data that never leaves it, and the server
 combines what comes back.
 
+The names here are what a user writes in a script. Everything else lives in
+its layer: :mod:`covey.core` (weights, codec, messages, history),
+:mod:`covey.aggregate` (aggregation steps), :mod:`covey.strategies`,
+:mod:`covey.clients` (the task runtime and client helpers), :mod:`covey.transport`,
+:mod:`covey.server` (round loops, run store), :mod:`covey.sim` and :mod:`covey.deploy`.
+
 Example:
     >>> import numpy as np, covey
     >>> class Client(covey.Client):
@@ -18,18 +24,18 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from covey import aggregate, data, deploy, fedprox, scaffold, transport
-from covey._async import AsyncLoop
-from covey._asynctransport import AsyncTransport, SimulatedAsyncTransport, ThreadedAsyncTransport
-from covey._client import Client, register_task, run_task, task_kinds
-from covey._codec import CodecError, decode, encode
-from covey._history import Failure, History, RoundRecord
-from covey._loop import FederationError, RoundLoop
-from covey._messages import EvaluateResult, FitResult, Reply, Task
-from covey._presets import (
+from covey import aggregate, clients, core, data, deploy, models, server, sim, strategies, transport
+from covey.aggregate import AggregationError
+from covey.clients import Client
+from covey.core import CodecError, EvaluateResult, FitResult, History, Weights, WeightsError
+from covey.deploy import ServerApp, connect, serve
+from covey.server import FederationError
+from covey.sim import simulate
+from covey.strategies import (
     Bulyan,
     FedAdagrad,
     FedAdam,
+    FedAvg,
     FedAvgM,
     FedBuff,
     FedMedian,
@@ -41,11 +47,8 @@ from covey._presets import (
     MultiKrum,
     QFedAvg,
     Scaffold,
+    Strategy,
 )
-from covey._strategy import FedAvg, Strategy, weighted_metrics
-from covey._weights import Weights, WeightsError, WeightsSpec
-from covey.deploy import ServerApp, connect, serve
-from covey.sim import SimulationResult, simulate
 
 try:
     __version__ = version("covey")
@@ -53,13 +56,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
-    "AsyncLoop",
-    "AsyncTransport",
+    "AggregationError",
     "Bulyan",
     "Client",
     "CodecError",
     "EvaluateResult",
-    "Failure",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
@@ -76,33 +77,23 @@ __all__ = [
     "Krum",
     "MultiKrum",
     "QFedAvg",
-    "Reply",
-    "RoundLoop",
-    "RoundRecord",
     "Scaffold",
     "ServerApp",
-    "SimulatedAsyncTransport",
-    "SimulationResult",
     "Strategy",
-    "Task",
-    "ThreadedAsyncTransport",
     "Weights",
     "WeightsError",
-    "WeightsSpec",
     "__version__",
     "aggregate",
+    "clients",
     "connect",
+    "core",
     "data",
-    "decode",
     "deploy",
-    "encode",
-    "fedprox",
-    "register_task",
-    "run_task",
-    "scaffold",
+    "models",
     "serve",
+    "server",
+    "sim",
     "simulate",
-    "task_kinds",
+    "strategies",
     "transport",
-    "weighted_metrics",
 ]

@@ -9,16 +9,28 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+import queue
+import time
+import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from covey._weights import Array, Weights, WeightsSpec, freeze
 from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
 from covey.aggregate._scaffold import CLIENT_DELTA
+from covey.core._messages import Reply, Task
+from covey.core._weights import Array, Weights, WeightsSpec, freeze
+from covey.transport._base import Transport
 
-__all__ = ["check_aggregator", "random_contributions", "random_params"]
+__all__ = [
+    "ThreadedAsyncTransport",
+    "check_aggregator",
+    "random_contributions",
+    "random_params",
+]
 
 ContributionsFn = Callable[[Weights, int, np.random.Generator], list[Contribution]]
 """``(params, round, rng) -> contributions`` for one round."""
@@ -249,3 +261,73 @@ def _assert_passes_unknown_events(
     for c in contributions:
         state, _ = step.update(state, c)
     step.update(state, End(1))
+
+
+class ThreadedAsyncTransport:
+    """Drives any thread-safe synchronous transport asynchronously, one thread per task in flight.
+
+    Each ``submit`` runs ``transport.exchange({cid: task}, timeout=timeout)`` on a
+    worker thread; replies reach :meth:`next_reply` through a queue as they come.
+    A network transport whose ``exchange`` may be called from several threads at
+    once runs FedBuff this way without implementing :class:`AsyncTransport` itself.
+
+    Args:
+        transport: The synchronous transport (its ``exchange`` must be thread-safe).
+        max_workers: Most tasks running at once (at least the strategy's concurrency).
+    """
+
+    def __init__(self, transport: Transport, *, max_workers: int = 32) -> None:
+        self._transport = transport
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="covey-async")
+        self._replies: queue.Queue[tuple[int, int, Reply]] = queue.Queue()
+        self._inflight: dict[int, int] = {}
+        self._tokens = itertools.count()
+        self._start = time.monotonic()
+
+    def clients(self) -> Sequence[int]:
+        """The clients of the wrapped transport."""
+        return self._transport.clients()
+
+    def now(self) -> float:
+        """Seconds since this transport was made."""
+        return time.monotonic() - self._start
+
+    def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
+        """Start ``task`` on a worker thread."""
+        if cid in self._inflight:
+            raise ValueError(f"client {cid} already has a task in flight")
+        token = next(self._tokens)
+        self._inflight[cid] = token
+        self._pool.submit(self._run, cid, token, task, timeout)
+
+    def _run(self, cid: int, token: int, task: Task, timeout: float | None) -> None:
+        try:
+            replies = [r for r in self._transport.exchange({cid: task}, timeout=timeout)]
+            reply = replies[0] if replies else Reply(cid, task.kind, error="no reply in time")
+        except Exception:
+            reply = Reply(cid, task.kind, error=traceback.format_exc())
+        self._replies.put((cid, token, reply))
+
+    def next_reply(self, timeout: float | None = None) -> Reply | None:
+        """Block until a reply arrives (None after ``timeout`` s or if nothing is in flight)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._inflight:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                cid, token, reply = self._replies.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            if self._inflight.get(cid) == token:
+                del self._inflight[cid]
+                return reply
+        return None
+
+    def cancel(self, cid: int) -> None:
+        """Forget ``cid``'s task; its thread finishes but the reply is dropped."""
+        self._inflight.pop(cid, None)
+
+    def close(self) -> None:
+        """Close the wrapped transport (ending any exchange in progress), then the threads."""
+        self._inflight.clear()
+        self._transport.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from covey._messages import Metrics
-from covey._weights import Array, Weights, add, subtract
+from covey.core._messages import Metrics
+from covey.core._weights import Array, Weights, add, subtract
 
 
 class AggregationError(ValueError):

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
-from covey._weights import Weights
 from covey.aggregate._base import Begin, Contribution, End, Event, State, Step
 from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm
+from covey.core._weights import Weights
 
 Rewrite = Callable[[Contribution, Weights], "tuple[Contribution | None, bool]"]
 """``(contribution, params) -> (new contribution or None to drop it, whether to record it)``."""

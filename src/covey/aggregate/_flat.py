@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from covey._weights import Array, Weights
 from covey.aggregate._base import AggregationError
+from covey.core._weights import Array, Weights
 
 Vector = NDArray[np.float64]
 

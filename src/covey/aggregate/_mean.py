@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from covey._weights import Array, Weights
 from covey.aggregate._base import (
     Aggregate,
     AggregationError,
@@ -23,6 +22,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
+from covey.core._weights import Array, Weights
 
 
 class _MeanState(NamedTuple):

@@ -15,9 +15,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from covey._weights import Array, Weights
 from covey.aggregate._base import Aggregate, Begin, Event, State, Step
 from covey.aggregate._flat import check_positive, needs_params
+from covey.core._weights import Array, Weights
 
 Rule = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
 """``(delta, m, v) -> (step, new m, new v)`` for one float array."""

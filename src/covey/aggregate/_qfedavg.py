@@ -7,7 +7,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from covey._weights import Array, Weights
 from covey.aggregate._base import (
     Aggregate,
     AggregationError,
@@ -19,6 +18,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._flat import check_positive, needs_params, sq_norm
+from covey.core._weights import Array, Weights
 
 
 class _QState(NamedTuple):

@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from covey._weights import Weights
 from covey.aggregate._base import (
     Aggregate,
     AggregationError,
@@ -34,6 +33,7 @@ from covey.aggregate._flat import (
     needs_params,
     unflatten,
 )
+from covey.core._weights import Weights
 
 Matrix = NDArray[np.float64]
 Combined = tuple[Vector, dict[str, Any]]

@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from covey._weights import Array, Weights, freeze
 from covey.aggregate._base import (
     AggregationError,
     Begin,
@@ -18,6 +17,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._flat import check_count
+from covey.core._weights import Array, Weights, freeze
 
 SERVER_CONTROL = "scaffold_c"
 """The name under which the server control variate ``c`` reaches clients (``config["extras"]``)."""
@@ -83,7 +83,7 @@ def scaffold(num_clients: int) -> Step:
                     raise AggregationError(
                         f"scaffold: no client sent the {CLIENT_DELTA!r} extra (clients "
                         f"{list(state.missing)[:5]}...); SCAFFOLD clients must report their "
-                        "control-variate change with covey.scaffold.ControlVariate"
+                        "control-variate change with covey.clients.ControlVariate"
                     )
             if state.acc is None:
                 return _ScaffoldState(state.c), (End(event.round, info),)

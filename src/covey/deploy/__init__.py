@@ -2,8 +2,8 @@
 
 from covey.deploy._client import client_tls, connect, tls_from_certs
 from covey.deploy._server import ServerApp, ServeResult, serve, tls_from_dir
-from covey.transport._grpc_client import ClientTLS, ConnectResult
-from covey.transport._grpc_server import ServerTLS
+from covey.transport.grpc._client import ClientTLS, ConnectResult
+from covey.transport.grpc._server import ServerTLS
 
 __all__ = [
     "ClientTLS",

@@ -128,7 +128,7 @@ def server_command(
             tmp.write_text(str(port))
             tmp.replace(port_file)
 
-    def on_round(record: covey.RoundRecord) -> None:
+    def on_round(record: covey.core.RoundRecord) -> None:
         acc = record.central_metrics.get("accuracy")
         parts = [f"round {record.round}"]
         if record.round:

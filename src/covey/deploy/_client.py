@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from covey.transport._grpc_client import ClientTLS, connect
+from covey.transport.grpc._client import ClientTLS, connect
 
 __all__ = ["client_tls", "connect", "tls_from_certs"]
 

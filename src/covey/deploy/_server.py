@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from covey._async import AsyncLoop
-from covey._history import History, RoundRecord
-from covey._loop import EvaluateFn, RoundCallback, RoundLoop
-from covey._strategy import Strategy
-from covey._weights import Array, Weights, WeightsSpec
-from covey.transport._grpc_server import GrpcServerTransport, ServerTLS
+from covey.core._history import History, RoundRecord
+from covey.core._weights import Array, Weights, WeightsSpec
+from covey.server._async import AsyncLoop
+from covey.server._sync import EvaluateFn, RoundCallback, RoundLoop
+from covey.strategies._strategy import Strategy
+from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
 
@@ -139,7 +139,7 @@ def serve(
         logger.warning(
             "serving WITHOUT TLS: anyone who can reach %s can join and see the model", address
         )
-    from covey._store import RunStore
+    from covey.server._store import RunStore
 
     store: RunStore | None = None
     start = 1

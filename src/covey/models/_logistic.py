@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from covey._client import Client
-from covey._messages import Config, EvaluateResult, FitResult
-from covey._weights import Array, Weights
+from covey.clients._client import Client
+from covey.core._messages import Config, EvaluateResult, FitResult
+from covey.core._weights import Array, Weights
 
 FloatArray = NDArray[Any]
 IntArray = NDArray[Any]

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from covey import _codec
-from covey._client import run_task
-from covey._messages import Reply, Task
-from covey._weights import Weights
+from covey.clients._client import run_task
+from covey.core import _codec
+from covey.core._messages import Reply, Task
+from covey.core._weights import Weights
 
 logger = logging.getLogger("covey")
 

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from covey._async import AsyncLoop
-from covey._asynctransport import Durations, SimulatedAsyncTransport
-from covey._client import run_task
-from covey._history import History, RoundRecord
-from covey._loop import EvaluateFn, RoundCallback, RoundLoop
-from covey._messages import Reply, Task
-from covey._strategy import FedAvg, Strategy
-from covey._weights import Array, Weights, WeightsError, copy
+from covey.clients._client import run_task
+from covey.core._history import History, RoundRecord
+from covey.core._messages import Reply, Task
+from covey.core._weights import Array, Weights, WeightsError, copy
+from covey.server._async import AsyncLoop
+from covey.server._sync import EvaluateFn, RoundCallback, RoundLoop
 from covey.sim._process import ProcessTransport
+from covey.strategies._presets import FedAvg
+from covey.strategies._strategy import Strategy
+from covey.transport._async import Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
 from covey.transport._memory import MemoryTransport
 

@@ -1,6 +1,20 @@
-"""Transports: the seam between the round loop and wherever clients live."""
+"""Transports: the seam between the round loop and wherever clients live.
 
+:class:`Transport` (one exchange of tasks and replies per call) is what the
+synchronous loop drives; :class:`AsyncTransport` (submit one task, take replies
+as they come) is what the FedBuff loop drives. :class:`MemoryTransport` runs
+clients in this process; :class:`SimulatedAsyncTransport` adds a virtual clock
+with simulated client speeds. The gRPC transports are in :mod:`covey.transport.grpc`.
+"""
+
+from covey.transport._async import AsyncTransport, Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
 from covey.transport._memory import MemoryTransport
 
-__all__ = ["MemoryTransport", "Transport"]
+__all__ = [
+    "AsyncTransport",
+    "Durations",
+    "MemoryTransport",
+    "SimulatedAsyncTransport",
+    "Transport",
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from covey._messages import Reply, Task
+from covey.core._messages import Reply, Task
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from covey._messages import Reply, Task
+from covey.core._messages import Reply, Task
 
 Handler = Callable[[int, Task], Reply]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict
 
 import numpy as np
 
-from covey._messages import Config, Metrics
 from covey.aggregate import Step, chain, weighted_mean
+from covey.core._messages import Config, Metrics
 
 ConfigFn = Callable[[int], Config]
 MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
@@ -251,26 +251,3 @@ def preset(name: str, aggregator: Step, options: StrategyOptions) -> Strategy:
     if unknown:
         raise TypeError(f"{name}() got unexpected keyword arguments: {sorted(unknown)}")
     return Strategy(aggregator=aggregator, name=name, **options)
-
-
-def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
-    """Federated Averaging: the global model becomes the example-weighted mean of client models.
-
-    Args:
-        **options: Sampling, selection, config and metrics options of :class:`Strategy`:
-            ``fraction_fit``, ``min_fit_clients``, ``fraction_evaluate``,
-            ``min_evaluate_clients``, ``min_available_clients``, ``on_fit_config``,
-            ``on_evaluate_config``, ``accept_failures``, ``fit_metrics``,
-            ``evaluate_metrics``, ``selector`` and ``where``.
-
-    Returns:
-        A :class:`Strategy` whose aggregator is ``chain(weighted_mean())``.
-
-    Example:
-        >>> strategy = FedAvg(fraction_fit=0.1, on_fit_config=lambda r: {"lr": 0.1})
-
-    References:
-        McMahan et al., "Communication-Efficient Learning of Deep Networks from
-        Decentralized Data", AISTATS 2017.
-    """
-    return preset("FedAvg", chain(weighted_mean()), options)

@@ -12,8 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from covey import _codec
-from covey.transport import _wire
+from covey.core import _codec
+from covey.transport.grpc import _wire
 
 CHUNK_BYTES = 2 * 1024 * 1024
 

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Unpack
 
-from covey._messages import Config
-from covey._strategy import Strategy, StrategyOptions, _no_config, preset
 from covey.aggregate import (
     Step,
     bulyan,
@@ -34,6 +32,31 @@ from covey.aggregate import (
     weighted_mean,
 )
 from covey.aggregate._clip import polynomial_staleness
+from covey.core._messages import Config
+from covey.strategies._strategy import Strategy, StrategyOptions, _no_config, preset
+
+
+def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
+    """Federated Averaging: the global model becomes the example-weighted mean of client models.
+
+    Args:
+        **options: Sampling, selection, config and metrics options of :class:`Strategy`:
+            ``fraction_fit``, ``min_fit_clients``, ``fraction_evaluate``,
+            ``min_evaluate_clients``, ``min_available_clients``, ``on_fit_config``,
+            ``on_evaluate_config``, ``accept_failures``, ``fit_metrics``,
+            ``evaluate_metrics``, ``selector`` and ``where``.
+
+    Returns:
+        A :class:`Strategy` whose aggregator is ``chain(weighted_mean())``.
+
+    Example:
+        >>> strategy = FedAvg(fraction_fit=0.1, on_fit_config=lambda r: {"lr": 0.1})
+
+    References:
+        McMahan et al., "Communication-Efficient Learning of Deep Networks from
+        Decentralized Data", AISTATS 2017.
+    """
+    return preset("FedAvg", chain(weighted_mean()), options)
 
 
 def FedAvgM(
@@ -59,7 +82,8 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
     """FedProx: FedAvg whose clients add ``mu/2 ||w - w_global||^2`` to their local loss.
 
     The server side is FedAvg; ``proximal_mu`` is sent in every fit config (merged
-    into ``on_fit_config``'s), and clients apply it with :mod:`covey.fedprox`.
+    into ``on_fit_config``'s), and clients apply it with
+    :func:`covey.clients.proximal_grad` or the torch helpers beside it.
     ``proximal_mu=0`` is exactly FedAvg.
 
     Args:
@@ -221,7 +245,7 @@ def Scaffold(
     """SCAFFOLD: control variates correct client drift on heterogeneous data.
 
     The aggregator is ``chain(scaffold(num_clients), mean(), server_sgd(server_lr))``;
-    clients use :class:`covey.scaffold.ControlVariate` to correct their local
+    clients use :class:`covey.clients.ControlVariate` to correct their local
     gradients and report their control-variate change.
 
     Args:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from covey._messages import EvaluateResult, FitResult
-from covey._weights import Weights
+from covey.core._messages import EvaluateResult, FitResult
+from covey.core._weights import Weights
 
 
 class WireError(ValueError):

@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from covey._history import History
-from covey._loop import RoundCallback
-from covey._messages import Metrics
-from covey._strategy import FedAvg
-from covey._weights import Weights
+from covey.core._history import History
+from covey.core._messages import Metrics
+from covey.core._weights import Weights
 from covey.data import dirichlet, load_digits
 from covey.models import LogisticClient, logistic_evaluate, logistic_init
+from covey.server._sync import RoundCallback
 from covey.sim import SimulationResult, simulate
+from covey.strategies._presets import FedAvg
 
 
 @dataclass(frozen=True)

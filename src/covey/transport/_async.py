@@ -1,27 +1,22 @@
 """Asynchronous transports: submit one task at a time, take replies as they come.
 
-:class:`AsyncTransport` is the seam the FedBuff loop (:class:`covey.AsyncLoop`)
+:class:`AsyncTransport` is the seam the FedBuff loop (:class:`covey.server.AsyncLoop`)
 drives. :class:`SimulatedAsyncTransport` runs clients through any synchronous
-transport on a virtual clock with simulated per-client speeds (no real waiting);
-:class:`ThreadedAsyncTransport` drives any thread-safe synchronous transport
-(a network transport) with one worker thread per task in flight.
+transport on a virtual clock with simulated per-client speeds (no real waiting).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import queue
-import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from covey._messages import Reply, Task
+from covey.core._messages import Reply, Task
 from covey.transport._base import Transport
 
 Durations = Callable[[int, np.random.Generator], float] | Sequence[float]
@@ -193,73 +188,3 @@ class SimulatedAsyncTransport:
         self._pending.clear()
         self._heap.clear()
         self._transport.close()
-
-
-class ThreadedAsyncTransport:
-    """Drives any thread-safe synchronous transport asynchronously, one thread per task in flight.
-
-    Each ``submit`` runs ``transport.exchange({cid: task}, timeout=timeout)`` on a
-    worker thread; replies reach :meth:`next_reply` through a queue as they come.
-    A network transport whose ``exchange`` may be called from several threads at
-    once runs FedBuff this way without implementing :class:`AsyncTransport` itself.
-
-    Args:
-        transport: The synchronous transport (its ``exchange`` must be thread-safe).
-        max_workers: Most tasks running at once (at least the strategy's concurrency).
-    """
-
-    def __init__(self, transport: Transport, *, max_workers: int = 32) -> None:
-        self._transport = transport
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="covey-async")
-        self._replies: queue.Queue[tuple[int, int, Reply]] = queue.Queue()
-        self._inflight: dict[int, int] = {}
-        self._tokens = itertools.count()
-        self._start = time.monotonic()
-
-    def clients(self) -> Sequence[int]:
-        """The clients of the wrapped transport."""
-        return self._transport.clients()
-
-    def now(self) -> float:
-        """Seconds since this transport was made."""
-        return time.monotonic() - self._start
-
-    def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
-        """Start ``task`` on a worker thread."""
-        if cid in self._inflight:
-            raise ValueError(f"client {cid} already has a task in flight")
-        token = next(self._tokens)
-        self._inflight[cid] = token
-        self._pool.submit(self._run, cid, token, task, timeout)
-
-    def _run(self, cid: int, token: int, task: Task, timeout: float | None) -> None:
-        try:
-            replies = [r for r in self._transport.exchange({cid: task}, timeout=timeout)]
-            reply = replies[0] if replies else Reply(cid, task.kind, error="no reply in time")
-        except Exception:
-            reply = Reply(cid, task.kind, error=traceback.format_exc())
-        self._replies.put((cid, token, reply))
-
-    def next_reply(self, timeout: float | None = None) -> Reply | None:
-        """Block until a reply arrives (None after ``timeout`` s or if nothing is in flight)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._inflight:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                cid, token, reply = self._replies.get(timeout=remaining)
-            except queue.Empty:
-                return None
-            if self._inflight.get(cid) == token:
-                del self._inflight[cid]
-                return reply
-        return None
-
-    def cancel(self, cid: int) -> None:
-        """Forget ``cid``'s task; its thread finishes but the reply is dropped."""
-        self._inflight.pop(cid, None)
-
-    def close(self) -> None:
-        """Close the wrapped transport (ending any exchange in progress), then the threads."""
-        self._inflight.clear()
-        self._transport.close()
-        self._pool.shutdown(wait=True, cancel_futures=True)

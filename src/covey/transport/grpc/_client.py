@@ -19,13 +19,13 @@ from typing import Any
 
 import grpc
 
-from covey import _codec
-from covey._client import run_task, task_kinds
-from covey._messages import Reply, Task
-from covey.transport import _wire
-from covey.transport._grpc_server import METHOD, grpc_options
-from covey.transport._stream import chunks, split_blobs
-from covey.transport.proto import covey_pb2 as pb
+from covey.clients._client import run_task, task_kinds
+from covey.core import _codec
+from covey.core._messages import Reply, Task
+from covey.transport.grpc import _wire
+from covey.transport.grpc._server import METHOD, grpc_options
+from covey.transport.grpc._stream import chunks, split_blobs
+from covey.transport.grpc.proto import covey_pb2 as pb
 
 logger = logging.getLogger("covey")
 

@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from covey._codec import decode, encode
-from covey._messages import Config, FitResult, Metrics
-from covey._torchutil import as_tensors, named_parameters, torch_module
-from covey._weights import Array, Weights, WeightsError, WeightsSpec
 from covey.aggregate._scaffold import CLIENT_DELTA, SERVER_CONTROL
+from covey.clients._torch import as_tensors, named_parameters, torch_module
+from covey.core._codec import decode, encode
+from covey.core._messages import Config, FitResult, Metrics
+from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
 __all__ = [  # noqa: RUF022 - plainly sorted, as the export-list test expects
     "CLIENT_DELTA",

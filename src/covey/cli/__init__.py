@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 import covey
-from covey._history import History
+from covey.core._history import History
 
 app = typer.Typer(
     name="covey",
@@ -91,7 +91,7 @@ def demo(
     plot: Annotated[bool, typer.Option(help="Write plot.png.")] = True,
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
-    from covey._demo import DemoConfig, plot_history, run_demo
+    from covey.cli._demo import DemoConfig, plot_history, run_demo
 
     if backend not in ("inline", "process"):
         raise typer.BadParameter("choose inline or process", param_hint="--backend")

@@ -14,13 +14,13 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
-from covey._history import Failure, History, RoundRecord
-from covey._messages import EvaluateResult, Metrics, Reply, Task
-from covey._rounds import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
-from covey._strategy import Strategy
-from covey._weights import Weights
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
+from covey.core._history import Failure, History, RoundRecord
+from covey.core._messages import EvaluateResult, Metrics, Reply, Task
+from covey.core._weights import Weights
+from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.strategies._strategy import Strategy
 from covey.transport._base import Transport
 
 __all__ = ["EvaluateFn", "FederationError", "RoundCallback", "RoundLoop", "in_cid_order"]

@@ -23,12 +23,12 @@ from typing import Any
 
 import grpc
 
-from covey import _codec
-from covey._messages import Reply, Task
-from covey._weights import Weights
-from covey.transport import _wire
-from covey.transport._stream import SPILL_BYTES, Upload, chunks
-from covey.transport.proto import covey_pb2 as pb
+from covey.core import _codec
+from covey.core._messages import Reply, Task
+from covey.core._weights import Weights
+from covey.transport.grpc import _wire
+from covey.transport.grpc._stream import SPILL_BYTES, Upload, chunks
+from covey.transport.grpc.proto import covey_pb2 as pb
 
 logger = logging.getLogger("covey")
 

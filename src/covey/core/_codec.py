@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from covey._weights import Array, Weights, WeightsSpec
+from covey.core._weights import Array, Weights, WeightsSpec
 
 MAGIC = b"COVEYW\x00\x01"
 _PREFIX = struct.Struct("<8sIIQII")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from covey._messages import Metrics
+from covey.core._messages import Metrics
 
 Source = Literal["central", "evaluate", "fit"]
 

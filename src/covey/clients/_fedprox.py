@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from covey._messages import Config
-from covey._torchutil import as_tensors, named_parameters, snapshot, torch_module
-from covey._weights import Array, Weights
+from covey.clients._torch import as_tensors, named_parameters, snapshot, torch_module
+from covey.core._messages import Config
+from covey.core._weights import Array, Weights
 
 __all__ = [
     "MU_KEY",

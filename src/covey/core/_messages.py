@@ -3,7 +3,7 @@
 The loop and its clients speak only in :class:`Task` and :class:`Reply`. The
 ``kind`` of a task is an open string: ``"fit"`` and ``"evaluate"`` are built in,
 and other protocols (analytics queries, the stages of secure aggregation) add
-their own kinds by registering a handler with :func:`covey.register_task`.
+their own kinds by registering a handler with :func:`covey.clients.register_task`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from covey._weights import Weights
+from covey.core._weights import Weights
 
 Scalar = bool | int | float | str | bytes
 Metrics = dict[str, Scalar]

@@ -1,6 +1,6 @@
 """What the synchronous and the asynchronous loop share.
 
-Both :class:`~covey.RoundLoop` and :class:`~covey.AsyncLoop` keep a global model,
+Both :class:`~covey.server.RoundLoop` and :class:`~covey.server.AsyncLoop` keep a global model,
 its :class:`~covey.History` and the aggregation chain's state; both turn a client's
 fit reply into a :class:`~covey.aggregate.Contribution` or a recorded failure,
 apply the chain's :class:`~covey.aggregate.Aggregate` at ``End``, run the central
@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from covey._history import Failure, History, RoundRecord
-from covey._messages import FitResult, Metrics, Reply
-from covey._strategy import Strategy
-from covey._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
 from covey.aggregate import Aggregate, Contribution, End
+from covey.core._history import Failure, History, RoundRecord
+from covey.core._messages import FitResult, Metrics, Reply
+from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
+from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
 

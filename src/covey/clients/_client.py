@@ -11,8 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from covey._messages import Config, EvaluateResult, FitResult, Reply, Task
-from covey._weights import Weights
+from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
+from covey.core._weights import Weights
 
 
 class Client:
@@ -42,7 +42,8 @@ class Client:
             weights: The global model (read-only arrays).
             config: ``{"round": r, ...}`` plus what the strategy sends this round,
                 and ``"extras"`` when an aggregation step broadcasts arrays to
-                clients (e.g. SCAFFOLD's control variate, see :mod:`covey.scaffold`).
+                clients (e.g. SCAFFOLD's control variate, see
+                :class:`covey.clients.ControlVariate`).
 
         Returns:
             New weights or a delta, the number of examples, and metrics.

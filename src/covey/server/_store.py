@@ -44,8 +44,8 @@ from typing import Any, Final, Literal, Self
 import numpy as np
 import safetensors.numpy
 
-from covey._history import History, RoundRecord, _jsonable
-from covey._weights import Array, Weights, WeightsSpec
+from covey.core._history import History, RoundRecord, _jsonable
+from covey.core._weights import Array, Weights, WeightsSpec
 
 logger = logging.getLogger("covey")
 

@@ -6,9 +6,9 @@ is folded into the aggregation chain as it arrives, tagged with its staleness
 ``buffer_size`` replies the chain's ``End`` produces a global update, and the
 clients whose reply was used become free for new tasks. Nothing waits for a round.
 
-The loop talks to clients through an :class:`~covey.AsyncTransport`: ``submit``
+The loop talks to clients through an :class:`~covey.transport.AsyncTransport`: ``submit``
 a task to one client, then take replies one at a time with ``next_reply`` (see
-:mod:`covey._asynctransport` for the simulated and threaded implementations).
+:mod:`covey.transport._async` for the simulated and threaded implementations).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covey._asynctransport import AsyncTransport
-from covey._history import History, RoundRecord
-from covey._messages import Config, Metrics, Task
-from covey._rounds import EvaluateFn, RoundCallback, _LoopBase
-from covey._strategy import Strategy
-from covey._weights import Weights
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
+from covey.core._history import History, RoundRecord
+from covey.core._messages import Config, Metrics, Task
+from covey.core._weights import Weights
+from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
+from covey.strategies._strategy import Strategy
+from covey.transport._async import AsyncTransport
 
 logger = logging.getLogger("covey")
 
@@ -46,7 +46,7 @@ class AsyncLoop(_LoopBase):
     A client whose update waits in the buffer gets no new task until the buffer is
     applied, so a buffer never holds two updates of one client (and with
     ``buffer_size`` equal to the number of clients the run is FedAvg's). One
-    :class:`~covey.RoundRecord` is written per global update, its round being the
+    :class:`~covey.core.RoundRecord` is written per global update, its round being the
     update's number; ``aggregate_info`` holds the updates' ``staleness`` and the
     transport's ``clock``.
 

@@ -1,0 +1,23 @@
+"""The server side: the round loops and the run store.
+
+:class:`RoundLoop` runs synchronous rounds over a :class:`~covey.transport.Transport`;
+:class:`AsyncLoop` runs FedBuff over an :class:`~covey.transport.AsyncTransport`.
+Both share one base (state, evaluation, contribution checks, aggregation,
+failure records). :class:`RunStore` keeps a deployed run's state on disk so a
+server restart resumes it.
+"""
+
+from covey.server._async import AsyncLoop
+from covey.server._base import EvaluateFn, FederationError, RoundCallback
+from covey.server._store import RunStore
+from covey.server._sync import RoundLoop, in_cid_order
+
+__all__ = [
+    "AsyncLoop",
+    "EvaluateFn",
+    "FederationError",
+    "RoundCallback",
+    "RoundLoop",
+    "RunStore",
+    "in_cid_order",
+]

@@ -1,0 +1,57 @@
+"""Strategies: which clients take part, what they are told, and how their replies combine.
+
+A :class:`Strategy` is data plus one aggregation step; the presets (FedAvg,
+FedProx, FedAdam, Krum, ...) are short functions that fill one in.
+"""
+
+from covey.strategies._presets import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedBuff,
+    FedMedian,
+    FedProx,
+    FedRFA,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+    Scaffold,
+)
+from covey.strategies._strategy import (
+    ConfigFn,
+    MetricsFn,
+    Selector,
+    Strategy,
+    StrategyOptions,
+    Where,
+    weighted_metrics,
+)
+
+__all__ = [
+    "Bulyan",
+    "ConfigFn",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedBuff",
+    "FedMedian",
+    "FedProx",
+    "FedRFA",
+    "FedTrimmedAvg",
+    "FedYogi",
+    "Krum",
+    "MetricsFn",
+    "MultiKrum",
+    "QFedAvg",
+    "Scaffold",
+    "Selector",
+    "Strategy",
+    "StrategyOptions",
+    "Where",
+    "weighted_metrics",
+]
