@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 pytest.importorskip("starlette", reason="the dashboard extra is needed")
 
 import covey
-from covey._history import RoundRecord
-from covey._store import RunStore
 from covey.cli import app
+from covey.core import Failure, RoundRecord
 from covey.dashboard import DashboardServer, RunReadError, discover_runs, read_run
 from covey.dashboard import _runs as runs_module
+from covey.server import RunStore
 
 
 class Half(covey.Client):
@@ -178,7 +178,7 @@ def test_deployed_run_is_read_read_only_with_its_clients(tmp_path: Path) -> None
         for name in ids:
             store.log_event(name, "join", "ipv4:127.0.0.1:5000")
         store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, central_loss=2.0))
-        failure = covey.Failure(cid=ids["site-c"], stage="fit", error="timed out after 5 s")
+        failure = Failure(cid=ids["site-c"], stage="fit", error="timed out after 5 s")
         record = RoundRecord(
             round=1,
             fit_participants=[ids["site-a"], ids["site-b"]],

@@ -21,8 +21,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from covey._demo import DemoConfig, run_demo
-from covey._history import RoundRecord
+from covey.cli._demo import DemoConfig, run_demo
+from covey.core import RoundRecord
 from covey.dashboard import DashboardServer, write_report
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import covey
-from covey._history import RoundRecord
+from covey.core import Failure, RoundRecord
 from covey.trackers import round_scalars
 
 
@@ -54,7 +54,7 @@ def test_round_scalars_flatten_every_number() -> None:
     record = RoundRecord(
         round=2,
         fit_participants=[0, 1, 2],
-        fit_failures=[covey.Failure(cid=3, stage="fit", error="boom")],
+        fit_failures=[Failure(cid=3, stage="fit", error="boom")],
         fit_metrics={"train_loss": 0.5, "note": "text", "flag": True},
         evaluate_loss=0.75,
         evaluate_metrics={"accuracy": 0.8},

@@ -11,7 +11,7 @@ from typing import Any, Self
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from covey._history import RoundRecord
+from covey.core import RoundRecord
 from covey.trackers._scalars import round_scalars
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
@@ -47,7 +47,7 @@ class MLflowLogger:
 
     Example:
         >>> import tempfile
-        >>> from covey._history import RoundRecord
+        >>> from covey.core import RoundRecord
         >>> with MLflowLogger(tempfile.mkdtemp(), run_name="demo") as log:
         ...     log(RoundRecord(round=1, central_loss=0.25))
     """

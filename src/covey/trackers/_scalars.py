@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from covey._history import RoundRecord
+from covey.core import RoundRecord
 
 
 def _add(out: dict[str, float], tag: str, value: Any) -> None:
@@ -31,7 +31,7 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
         ``{tag: value}``; metrics that are not finite numbers are left out.
 
     Example:
-        >>> from covey._history import RoundRecord
+        >>> from covey.core import RoundRecord
         >>> round_scalars(RoundRecord(round=1, central_loss=0.5, fit_participants=[0, 1]))
         {'central/loss': 0.5, 'clients/fit': 2.0, 'clients/evaluate': 0.0, 'clients/failures': 0.0}
     """

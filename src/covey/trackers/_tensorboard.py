@@ -16,7 +16,7 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from covey._history import RoundRecord
+from covey.core import RoundRecord
 from covey.trackers._scalars import round_scalars
 
 
@@ -29,7 +29,7 @@ class TensorBoardLogger:
 
     Example:
         >>> import tempfile
-        >>> from covey._history import RoundRecord
+        >>> from covey.core import RoundRecord
         >>> with TensorBoardLogger(tempfile.mkdtemp()) as log:
         ...     log(RoundRecord(round=1, central_loss=0.25))
     """
