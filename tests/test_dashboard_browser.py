@@ -6,6 +6,7 @@ to also copy them there (the docs' images come from such a run).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("selenium", reason="the dev extra installs selenium")
@@ -21,6 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+import covey
 from covey.cli._demo import DemoConfig, run_demo
 from covey.core import RoundRecord
 from covey.dashboard import DashboardServer, write_report
@@ -140,7 +143,9 @@ def test_live_run_in_browser(browser: Any, tmp_path: Path) -> None:
 
             browser.get(server.url + "#/")
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2)
+            browser.set_window_size(1100, 330)
             _screenshot(browser, tmp_path, "dashboard-runs.png")
+            browser.set_window_size(1400, 700)
             for box in browser.find_elements(By.CSS_SELECTOR, "#runs input[type=checkbox]"):
                 box.click()
             browser.find_element(By.ID, "compare").click()
@@ -176,3 +181,111 @@ def test_report_in_browser(browser: Any, tmp_path: Path) -> None:
     assert loss[0] == [p[0] for p in points]
     assert loss[1] == pytest.approx([p[1] for p in points], rel=1e-12)
     _screenshot(browser, tmp_path, "report.png")
+
+
+class Half(covey.Client):
+    """Halves the weights; fails its fit in round 2 when told to."""
+
+    def __init__(self, fail_in_round: int | None = None) -> None:
+        self.fail_in_round = fail_in_round
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        if config.get("round") == self.fail_in_round:
+            raise OSError("disk full on the site")
+        return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        loss = float(np.abs(weights["w"]).sum())
+        return covey.EvaluateResult(loss=loss, num_examples=1, metrics={"accuracy": 1 / (1 + loss)})
+
+
+def test_deployed_run_in_browser(browser: Any, tmp_path: Path) -> None:
+    """A real gRPC federation: its clients connected while it runs, failures with reasons."""
+    from covey.deploy import connect, serve
+
+    runs = tmp_path / "runs"
+    listening, reached, go_on = threading.Event(), threading.Event(), threading.Event()
+    port: list[int] = []
+
+    def gate(record: RoundRecord) -> None:
+        if record.round == 2:
+            reached.set()
+            go_on.wait(120)
+
+    def run_server() -> None:
+        serve(
+            covey.FedAvg(fraction_fit=1.0, min_fit_clients=2, min_available_clients=3),
+            3,
+            {"w": np.ones(3)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=runs / "hospitals",
+            on_listen=lambda p: (port.append(p), listening.set()),
+            on_round=gate,
+            wait_timeout=60,
+        )
+
+    server = threading.Thread(target=run_server, daemon=True)
+    server.start()
+    clients = []
+    try:
+        assert listening.wait(60)
+        for name, fail in (("st-mary", None), ("city-general", None), ("north-clinic", 2)):
+            client = threading.Thread(
+                target=connect,
+                args=(Half(fail), f"127.0.0.1:{port[0]}"),
+                kwargs={"insecure": True, "name": name, "max_attempts": 20},
+                daemon=True,
+            )
+            client.start()
+            clients.append(client)
+        assert reached.wait(60), "the federation did not reach round 2"
+        with DashboardServer(runs, poll=0.1) as dashboard:
+            browser.get(dashboard.url + "#/run/hospitals")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda d: d.find_elements(By.ID, "round-2"))
+            rows = browser.find_elements(By.CSS_SELECTOR, "#clients tbody tr")
+            assert {
+                r.get_attribute("data-client"): bool(r.find_elements(By.CSS_SELECTOR, ".dot.on"))
+                for r in rows
+            } == {
+                "st-mary": True,
+                "city-general": True,
+                "north-clinic": True,
+            }
+            failures = browser.find_element(By.ID, "round-2").text
+            assert "north-clinic (fit)" in failures
+            assert "disk full on the site" in failures
+            assert "st-mary" in browser.find_element(By.ID, "round-1").text
+            browser.set_window_size(1400, 1500)  # down to the clients table
+            _screenshot(browser, tmp_path, "dashboard-deployed.png")
+            go_on.set()
+            server.join(120)
+            wait.until(lambda d: d.find_element(By.ID, "status").text == "finished")
+            wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#clients .dot.on"))
+            assert browser.find_elements(By.ID, "round-3")
+    finally:
+        go_on.set()
+        server.join(120)
+        for client in clients:
+            client.join(60)
+
+
+def test_privacy_budget_is_plotted(browser: Any, tmp_path: Path) -> None:
+    """Rounds that carry a privacy record get a privacy chart with their epsilons."""
+    run_demo(DemoConfig(clients=10, rounds=3), run_dir=tmp_path / "runs" / "dp", progress=False)
+    path = tmp_path / "runs" / "dp" / "history.json"
+    data = json.loads(path.read_text())
+    for r in data["rounds"]:
+        r["privacy"] = {"epsilon": 0.4 * r["round"], "delta": 1e-5, "noise_multiplier": 1.1}
+    path.write_text(json.dumps(data))
+    with DashboardServer(tmp_path / "runs") as dashboard:
+        browser.get(dashboard.url + "#/run/dp")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: _traces(d, "chart-privacy"))
+        x, y = _traces(browser, "chart-privacy")["epsilon"]
+        assert x == [0, 1, 2, 3]
+        assert y == pytest.approx([0.0, 0.4, 0.8, 1.2])
+        assert "epsilon=0.8000" in browser.find_element(By.ID, "round-2").text
+        browser.execute_script("document.getElementById('chart-privacy').scrollIntoView()")
+        _screenshot(browser, tmp_path, "dashboard-privacy.png")

@@ -21,7 +21,8 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .fail { color: #c62828; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 12px; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+.grid > div { width: 640px; }
 """
 
 _SOURCES = (("central", "test"), ("evaluate", "federated"), ("fit", "train"))
@@ -37,7 +38,8 @@ def _series(rounds: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
             metrics = r.get(f"{source}_metrics")
             for name in metrics if isinstance(metrics, dict) else {}:
                 if metric_value(r, source, name) is not None:
-                    found[(source, name)] = f"{label} {name}"
+                    shown = name.removeprefix("train_") if source == "fit" else name
+                    found[(source, name)] = f"{label} {shown}"
     return found
 
 
@@ -47,6 +49,7 @@ def _figures(run: Run) -> list[Any]:
     rounds = run.rounds
     layout: dict[str, Any] = {
         "height": 320,
+        "template": "plotly_white",
         "margin": {"l": 55, "r": 15, "t": 40, "b": 75},
         "xaxis": {"title": {"text": "round"}},
         "legend": {"orientation": "h", "y": -0.32},
@@ -137,10 +140,12 @@ def _round_rows(run: Run) -> str:
 def render_report(run: Run) -> str:
     """The HTML text of a run's report (plots, facts, one table row per round)."""
     figures = _figures(run)
-    plots = "\n".join(
-        f'<div id="figure-{i}">{f.to_html(full_html=False, include_plotlyjs=False)}</div>'
-        for i, f in enumerate(figures)
-    )
+    config = {"displaylogo": False, "responsive": True}
+    html_parts = [
+        f.to_html(full_html=False, include_plotlyjs=False, default_width="640px", config=config)
+        for f in figures
+    ]
+    plots = "\n".join(f'<div id="figure-{i}">{part}</div>' for i, part in enumerate(html_parts))
     best = best_metric(run.rounds)
     best_text = f"{best['name']} {best['value']:.4f} (round {best['round']})" if best else "–"
     started = run.meta.get("started") or run.meta.get("created_at") or "–"
