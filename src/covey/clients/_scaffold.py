@@ -29,7 +29,6 @@ References:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import numpy as np
 from covey.aggregate._scaffold import CLIENT_DELTA, SERVER_CONTROL
 from covey.clients._torch import as_tensors, named_parameters, torch_module
 from covey.core._codec import decode, encode
+from covey.core._files import atomic_write
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
@@ -165,16 +165,7 @@ class ControlVariate:
         if self.path is None or self.value is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encode(self.value))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, bytes(encode(self.value)))
 
 
 def torch_tensors(values: Mapping[str, Any], module: Any) -> dict[str, Any]:

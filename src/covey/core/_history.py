@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from covey.core._files import atomic_write
 from covey.core._messages import Metrics
 
 Source = Literal["central", "evaluate", "fit"]
@@ -119,10 +120,7 @@ class History:
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`to_json` to ``path`` atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        atomic_write(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:

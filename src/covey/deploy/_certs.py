@@ -31,7 +31,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from covey.core._files import atomic_write
 
 __all__ = [
     "CLIENTS_DIRNAME",
@@ -274,11 +275,11 @@ def init_federation(
             clients_dir=clients,
         )
         # Keys first: a crash part-way leaves no certificate without its key.
-        _write_atomic(paths.ca_key, _key_pem(ca_key), _KEY_MODE)
-        _write_atomic(paths.server_key, _key_pem(server_key), _KEY_MODE)
-        _write_atomic(paths.server_cert, _cert_pem(server_cert), _CERT_MODE)
+        atomic_write(paths.ca_key, _key_pem(ca_key), mode=_KEY_MODE)
+        atomic_write(paths.server_key, _key_pem(server_key), mode=_KEY_MODE)
+        atomic_write(paths.server_cert, _cert_pem(server_cert), mode=_CERT_MODE)
         _write_revoked(root, [])
-        _write_atomic(paths.ca_cert, _cert_pem(ca_cert), _CERT_MODE)
+        atomic_write(paths.ca_cert, _cert_pem(ca_cert), mode=_CERT_MODE)
     return paths
 
 
@@ -356,8 +357,8 @@ def issue_client(
         )
         if old_serial is not None:
             _add_revoked(root, old_serial, client_id)
-        _write_atomic(paths.key, _key_pem(key), _KEY_MODE)
-        _write_atomic(paths.cert, _cert_pem(cert), _CERT_MODE)
+        atomic_write(paths.key, _key_pem(key), mode=_KEY_MODE)
+        atomic_write(paths.cert, _cert_pem(cert), mode=_CERT_MODE)
     return paths
 
 
@@ -808,7 +809,7 @@ def _read_revoked(root: Path) -> list[dict[str, Any]]:
 
 def _write_revoked(root: Path, entries: list[dict[str, Any]]) -> None:
     data = (json.dumps(entries, indent=2) + "\n").encode("utf-8")
-    _write_atomic(root / REVOKED, data, _CERT_MODE)
+    atomic_write(root / REVOKED, data, mode=_CERT_MODE)
 
 
 def _add_revoked(root: Path, serial: int, common_name: str | None) -> None:
@@ -840,39 +841,6 @@ def _common_name_of_serial(root: Path, serial: int) -> str | None:
 # --------------------------------------------------------------------------- #
 # Files
 # --------------------------------------------------------------------------- #
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, the new file having ``mode`` from creation."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if hasattr(os, "fchmod"):
-                # The umask may have removed bits (e.g. 0644 -> 0640); set the
-                # exact mode on the still empty file, before any data is in it.
-                os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -90,6 +90,7 @@ def server_command(
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     import covey
+    from covey.core._files import atomic_write
     from covey.deploy._server import ServerApp, serve
 
     _logging(verbose)
@@ -124,9 +125,7 @@ def server_command(
     def listening(port: int) -> None:
         console.print(f"covey server listening on port {port} (run folder {run})")
         if port_file is not None:
-            tmp = port_file.with_name(port_file.name + ".tmp")
-            tmp.write_text(str(port))
-            tmp.replace(port_file)
+            atomic_write(port_file, str(port))
 
     def on_round(record: covey.core.RoundRecord) -> None:
         acc = record.central_metrics.get("accuracy")

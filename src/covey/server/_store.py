@@ -44,6 +44,7 @@ from typing import Any, Final, Literal, Self
 import numpy as np
 import safetensors.numpy
 
+from covey.core._files import TMP_SUFFIX, atomic_write, fsync_dir
 from covey.core._history import History, RoundRecord, _jsonable
 from covey.core._weights import Array, Weights, WeightsSpec
 
@@ -59,7 +60,6 @@ DB_NAME: Final = "run.sqlite"
 WEIGHTS_DIR: Final = "weights"
 _FORMAT: Final = "covey-run"
 _STATUSES: Final = ("running", "finished", "failed")
-_TMP_SUFFIX: Final = ".tmp"
 _ROUND_FILE = re.compile(r"round-(\d+)\.safetensors")
 _CHUNK: Final = 1 << 20
 
@@ -167,7 +167,7 @@ class RunStore:
 
         # Build the database under a temporary name and link it into place, so a
         # crash during create never leaves a half-made run.sqlite behind.
-        fd, tmp_name = tempfile.mkstemp(dir=path, prefix=f".{DB_NAME}.", suffix=_TMP_SUFFIX)
+        fd, tmp_name = tempfile.mkstemp(dir=path, prefix=f".{DB_NAME}.", suffix=TMP_SUFFIX)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -201,7 +201,7 @@ class RunStore:
                 if db_path.exists():
                     raise FileExistsError(f"a covey run already exists in {path}") from None
                 os.replace(tmp, db_path)
-            _fsync_dir(path)
+            fsync_dir(path)
         finally:
             tmp.unlink(missing_ok=True)
         return cls.open(path)
@@ -569,23 +569,15 @@ class RunStore:
         # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
         arrays = {name: np.require(weights[name], requirements="C") for name in spec.names}
         metadata = {"covey_round": str(round), "covey_names": json.dumps(list(spec.names))}
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self._weights_dir, prefix=f".{final.name}.", suffix=_TMP_SUFFIX
-        )
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        sha = hashlib.sha256()
+
+        def write(tmp: Path) -> None:
             safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
-            sha = hashlib.sha256()
-            with open(tmp, "r+b") as f:  # writable: Windows cannot fsync a read-only handle
+            with open(tmp, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     sha.update(chunk)
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self._weights_dir)
+
+        atomic_write(final, write)
         return sha.hexdigest()
 
     def _read_weights(self, round: int, path: Path, digest: str) -> dict[str, Array]:
@@ -642,7 +634,7 @@ class RunStore:
             ).fetchall()
         referenced = {name for (name,) in rows}
         for path in self._weights_dir.iterdir():
-            stale_tmp = path.name.startswith(".") and path.name.endswith(_TMP_SUFFIX)
+            stale_tmp = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
             orphan = _ROUND_FILE.fullmatch(path.name) and path.name not in referenced
             if stale_tmp or orphan:
                 path.unlink(missing_ok=True)
@@ -704,14 +696,3 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
 def _fsync_file(path: Path) -> None:
     with open(path, "r+b") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (POSIX; Windows has no directory handles)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,77 @@
+"""The one way covey writes a file: atomically, durably, with its mode set from creation.
+
+A reader (or a process that restarts after a crash) sees either the old file or
+the complete new one, never a torn write: the data goes to a temporary file in
+the same folder, is flushed to disk, and is renamed over the target; the folder
+is then synced so the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+Writer = Callable[[Path], None]
+"""Writes a file's whole content at the path it is given (e.g. ``safetensors`` ``save_file``)."""
+
+TMP_SUFFIX = ".tmp"
+"""Temporary files end with this; a sweep after a crash may delete any such leftovers."""
+
+
+def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    Args:
+        path: The file to write; its folder must exist.
+        data: The bytes, the text (written as UTF-8), or a function that writes the
+            content to the temporary path it is given.
+        mode: The permission bits of the new file, set before any data is in it
+            (``0o600`` for secrets; the umask does not apply).
+
+    Raises:
+        OSError: if the file cannot be written; the old file, if any, is untouched
+            and no temporary file is left behind.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "note.txt"
+        >>> atomic_write(target, "hello")
+        >>> target.read_text()
+        'hello'
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        with os.fdopen(fd, "r+b") as handle:  # writable and readable: Windows fsync needs it
+            if hasattr(os, "fchmod"):
+                # The umask may have removed bits; set the exact mode while the file is empty.
+                os.fchmod(handle.fileno(), mode)
+            if callable(data):
+                data(tmp)
+            else:
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+                handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make renames in ``directory`` durable (POSIX; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
