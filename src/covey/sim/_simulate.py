@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from covey.clients._client import run_task
+from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
@@ -91,9 +92,7 @@ def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
 def _write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
     """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
     if path is not None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(meta, indent=2))
 
 
 def simulate(
