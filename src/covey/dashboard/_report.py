@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from covey.core._files import atomic_write
 from covey.dashboard._app import plotly_js
 from covey.dashboard._runs import Run, RunReadError, best_metric, is_run, metric_value, read_run
 
@@ -198,7 +199,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     name = run_dir.resolve().name
     run = read_run(name, run_dir)
     path = Path(out) if out is not None else Path(f"{name}-report.html")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(run), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, render_report(run))
     return path
