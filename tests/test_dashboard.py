@@ -250,3 +250,35 @@ def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path) -> None:
     done = CliRunner().invoke(app, ["dashboard", str(tmp_path / "nope")])
     assert done.exit_code != 0
     assert "RUNS_DIR" in done.output
+
+
+def test_report_of_a_deployed_run_names_its_clients(tmp_path: Path) -> None:
+    from covey.dashboard import write_report
+
+    run = tmp_path / "fed"
+    with RunStore.create(run, config={"rounds": 1, "strategy": "FedAdam"}) as store:
+        a, b = store.client_id("site-a"), store.client_id("site-b")
+        store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, central_loss=2.0))
+        failure = Failure(cid=b, stage="fit", error="ValueError: <bad> & late")
+        record = RoundRecord(round=1, fit_participants=[a], fit_failures=[failure])
+        store.save_round(1, {"w": np.ones(2)}, record)
+        store.set_status("finished")
+    text = write_report(run, tmp_path / "fed.html").read_text()
+    assert "FedAdam" in text
+    assert "1: site-a" in text
+    assert "site-b (fit): ValueError: &lt;bad&gt; &amp; late" in text  # escaped
+    assert 'id="round-1"' in text
+
+
+def test_a_database_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    (tmp_path / "x").mkdir()
+    with sqlite3.connect(tmp_path / "x" / "run.sqlite") as conn:
+        conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    conn.close()
+    with pytest.raises(RunReadError, match="not a readable covey run database: no such table"):
+        read_run("x", tmp_path / "x")
+    (tmp_path / "x" / "run.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(RunReadError, match="run database"):
+        read_run("x", tmp_path / "x")

@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from covey.dashboard._runs import (
     Run,
     RunReadError,
+    Signature,
     detail,
     discover_runs,
     read_run,
@@ -74,6 +75,27 @@ def _static_dir() -> Path:
     return Path(str(resources.files("covey.dashboard") / "static"))
 
 
+class RunCache:
+    """Runs read from disk, kept until their files change (so many open pages cost one read)."""
+
+    def __init__(self) -> None:
+        """An empty cache."""
+        self._lock = threading.Lock()
+        self._runs: dict[Path, tuple[Signature, Run]] = {}
+
+    def read(self, run_id: str, path: Path) -> Run:
+        """The run in ``path``, read again only if its files changed since the last read."""
+        sig = signature(path)
+        with self._lock:
+            hit = self._runs.get(path)
+        if hit is not None and hit[0] == sig and hit[1].id == run_id:
+            return hit[1]
+        run = read_run(run_id, path)
+        with self._lock:
+            self._runs[path] = (sig, run)
+        return run
+
+
 def _find(root: Path, request: Request) -> tuple[str, Path]:
     run_id = request.query_params.get("id", "")
     for found_id, path in discover_runs(root):
@@ -97,7 +119,7 @@ def _delta(old: Run, new: Run) -> dict[str, Any] | None:
 
 
 async def _events(
-    run_id: str, path: Path, poll: float, closing: threading.Event
+    run_id: str, path: Path, poll: float, closing: threading.Event, cache: RunCache
 ) -> AsyncIterator[str]:
     """Server-sent events of one run: ``run`` (all of it), then ``update`` per change."""
     last_sig = None
@@ -108,7 +130,7 @@ async def _events(
         if sig != last_sig:
             last_sig = sig
             try:
-                run = await run_in_threadpool(read_run, run_id, path)
+                run = await run_in_threadpool(cache.read, run_id, path)
             except RunReadError as exc:
                 yield f"event: error\ndata: {_json({'error': str(exc)})}\n\n"
             else:
@@ -149,6 +171,7 @@ def create_app(
     root = Path(runs_dir)
     static = _static_dir()
     closing = closing if closing is not None else threading.Event()
+    cache = RunCache()
 
     async def index(request: Request) -> Response:
         return FileResponse(static / "index.html", media_type="text/html")
@@ -161,7 +184,7 @@ def create_app(
             rows = []
             for run_id, path in discover_runs(root):
                 try:
-                    rows.append(summary(read_run(run_id, path)))
+                    rows.append(summary(cache.read(run_id, path)))
                 except RunReadError as exc:
                     rows.append({"id": run_id, "status": "unreadable", "error": str(exc)})
             return rows
@@ -172,7 +195,7 @@ def create_app(
     async def one_run(request: Request) -> Response:
         run_id, path = _find(root, request)
         try:
-            run = await run_in_threadpool(read_run, run_id, path)
+            run = await run_in_threadpool(cache.read, run_id, path)
         except RunReadError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return Response(_json(detail(run)), media_type="application/json")
@@ -182,7 +205,9 @@ def create_app(
 
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(
-            _events(run_id, path, poll, closing), media_type="text/event-stream", headers=headers
+            _events(run_id, path, poll, closing, cache),
+            media_type="text/event-stream",
+            headers=headers,
         )
 
     return Starlette(

@@ -35,6 +35,8 @@ MAX_JSON_BYTES: Final = 256 << 20
 MAX_DEPTH: Final = 3
 """How deep below the runs folder runs are looked for."""
 MAX_RUNS: Final = 10_000
+MAX_EVENTS: Final = 100_000
+"""The newest fleet events read from a deployed run's store (older ones are not shown)."""
 
 
 class RunReadError(ValueError):
@@ -168,29 +170,32 @@ def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
 def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
     with _read_only(db) as conn:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("format") != "covey-run":
-            raise RunReadError(f"{db} is not a covey run database")
-        config_text, created, updated, status = conn.execute(
+        row = conn.execute(
             "SELECT config, created_at, updated_at, status FROM run WHERE id = 1"
         ).fetchone()
+        if meta.get("format") != "covey-run" or row is None:
+            raise RunReadError(f"{db} is not a covey run database")
+        records = []
         if want_rounds:
-            rows = conn.execute(
+            records = conn.execute(
                 "SELECT record FROM rounds WHERE record IS NOT NULL ORDER BY round"
             ).fetchall()
-            run.rounds = check_rounds([json.loads(text) for (text,) in rows], str(db))
-        run.clients = {
-            int(cid): str(name)
-            for name, cid in conn.execute("SELECT name, id FROM clients ORDER BY id")
-        }
-        run.events = [
-            (float(t), str(c), str(e), str(d))
-            for t, c, e, d in conn.execute(
-                "SELECT time, client, event, detail FROM events ORDER BY seq"
-            )
-        ]
-    config = json.loads(config_text)
-    run.meta.update(config if isinstance(config, dict) else {})
-    run.meta.update(status=status, created_at=float(created), updated_at=float(updated))
+        clients = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
+        events = conn.execute(
+            "SELECT time, client, event, detail FROM events ORDER BY seq DESC LIMIT ?",
+            (MAX_EVENTS,),
+        ).fetchall()
+    config_text, created, updated, status = row
+    try:
+        if want_rounds:
+            run.rounds = check_rounds([json.loads(text) for (text,) in records], str(db))
+        config = json.loads(config_text)
+        run.clients = {int(cid): str(name) for name, cid in clients}
+        run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
+        run.meta.update(config if isinstance(config, dict) else {})
+        run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
 
 
 def read_run(run_id: str, path: Path) -> Run:
