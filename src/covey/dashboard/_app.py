@@ -60,7 +60,10 @@ def clean(value: Any) -> Any:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
+    try:  # run files are read with NaN/Infinity mapped to None, so this is the usual path
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
 
 
 def plotly_js() -> Path:

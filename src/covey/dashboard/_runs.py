@@ -126,13 +126,18 @@ def signature(path: Path) -> Signature:
     return Signature(tuple(parts))
 
 
+def _no_constant(name: str) -> None:
+    """``NaN`` and ``Infinity`` in a run's JSON become None (browsers reject them)."""
+    return None
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file written by a run, refusing files over :data:`MAX_JSON_BYTES`."""
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
-        return json.loads(path.read_bytes())
+        return json.loads(path.read_bytes(), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunReadError(f"cannot read {path}: {exc}") from exc
 
@@ -188,8 +193,9 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
     config_text, created, updated, status = row
     try:
         if want_rounds:
-            run.rounds = check_rounds([json.loads(text) for (text,) in records], str(db))
-        config = json.loads(config_text)
+            rows = [json.loads(text, parse_constant=_no_constant) for (text,) in records]
+            run.rounds = check_rounds(rows, str(db))
+        config = json.loads(config_text, parse_constant=_no_constant)
         run.clients = {int(cid): str(name) for name, cid in clients}
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
         run.meta.update(config if isinstance(config, dict) else {})
