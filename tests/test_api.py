@@ -86,6 +86,8 @@ EXPECTED = {
     "covey.clients": [
         "CLIENT_DELTA",
         "Client",
+        "ClientFn",
+        "ClientLike",
         "ControlVariate",
         "MU_KEY",
         "SERVER_CONTROL",
@@ -151,10 +153,13 @@ EXPECTED = {
         "AsyncLoop",
         "EvaluateFn",
         "FederationError",
+        "Loop",
         "RoundCallback",
         "RoundLoop",
         "RunStore",
         "in_cid_order",
+        "open_loop",
+        "run_config",
     ],
     "covey.sim": [
         "ProcessTransport",

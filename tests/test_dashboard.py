@@ -44,6 +44,7 @@ def _simulate(run_dir: Path, rounds: int = 3, **kwargs: Any) -> covey.Simulation
         lambda cid: Half(),
         num_clients=4,
         rounds=rounds,
+        strategy=covey.FedAvg(),
         initial_weights={"w": np.ones(3)},
         evaluate_fn=central,
         run_dir=run_dir,

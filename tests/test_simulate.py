@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -230,20 +231,20 @@ def test_custom_selector_chooses_the_clients() -> None:
 
 
 def test_simulate_argument_validation() -> None:
+    with pytest.raises(TypeError, match="initial_weights"):
+        covey.simulate(lambda cid: RandomClient(cid), 3, 1, None)  # type: ignore[call-arg]
     with pytest.raises(covey.WeightsError, match="initial_weights"):
-        covey.simulate(lambda cid: RandomClient(cid), 3, 1)
+        covey.simulate(lambda cid: RandomClient(cid), 3, 1, None, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_clients must be a positive int"):
-        covey.simulate(lambda cid: RandomClient(cid), 0, 1, initial_weights=initial())
+        covey.simulate(lambda cid: RandomClient(cid), 0, 1, None, initial())
     with pytest.raises(ValueError, match="rounds must be a non-negative int"):
-        covey.simulate(lambda cid: RandomClient(cid), 3, -1, initial_weights=initial())
+        covey.simulate(lambda cid: RandomClient(cid), 3, -1, None, initial())
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
-        covey.simulate(
-            lambda cid: RandomClient(cid), 3, 1, initial_weights=initial(), backend="gpu"
-        )  # type: ignore[arg-type]
+        covey.simulate(lambda cid: RandomClient(cid), 3, 1, None, initial(), backend="gpu")  # type: ignore[arg-type]
     bad = initial()
     bad["W"] = np.full((3, 2), np.nan)
     with pytest.raises(covey.WeightsError, match="initial weights: 'W' has 6 non-finite"):
-        covey.simulate(lambda cid: RandomClient(cid), 3, 1, initial_weights=bad)
+        covey.simulate(lambda cid: RandomClient(cid), 3, 1, None, bad)
 
 
 def test_zero_rounds_evaluates_the_initial_model_only() -> None:
@@ -467,7 +468,7 @@ BROKEN_REPLIES: dict[str, tuple[Callable[[Arrays], Any], str]] = {
     ),
     "not an array": (
         lambda w: _with(w, b=[0.0, 0.0]),
-        "client 2's weights: 'b' must be a NumPy array, got list",
+        "TypeError: FitResult.weights['b'] is list, expected a NumPy array",
     ),
     "bad delta": (
         lambda w: FitResult(delta=_with(w, W=np.zeros(6)), num_examples=3),
@@ -634,11 +635,47 @@ def test_history_lookup_and_json_of_unusual_values() -> None:
         "n": np.int64(3),
         "x": np.float32(0.5),
     }
-    data = json.loads(history.to_json())
-    assert data["rounds"][0]["central_loss"] == "inf"
-    assert data["rounds"][0]["central_metrics"] == {"blob": "01ff", "n": 3, "x": 0.5}
+    history.rounds[0].fit_metrics = {"nan": float("nan"), "minus": float("-inf")}
+    text = history.to_json()
+    data = json.loads(text)  # strict JSON: no bare NaN or Infinity
+    assert data["rounds"][0]["central_loss"] == {"__float__": "inf"}
+    assert data["rounds"][0]["central_metrics"] == {"blob": {"__bytes__": "01ff"}, "n": 3, "x": 0.5}
+    back = History.from_json(text)
+    assert back.rounds[0].central_loss == float("inf")
+    assert back.rounds[0].central_metrics == {"blob": b"\x01\xff", "n": 3, "x": 0.5}
+    assert math.isnan(back.rounds[0].fit_metrics["nan"])
+    assert back.rounds[0].fit_metrics["minus"] == float("-inf")
+    assert back.to_json() == text
     with pytest.raises(KeyError, match="no round 5"):
         history[5]
+    with pytest.raises(
+        ValueError, match=r"unknown metric source 'server'.*'central', 'evaluate', 'fit'"
+    ):
+        history.metric("loss", "server")  # type: ignore[arg-type]
+
+
+def test_history_json_records_how_to_reproduce_the_run(tmp_path: Any) -> None:
+    strategy = covey.FedAdam(eta=0.05, fraction_fit=0.5, fraction_evaluate=0.0)
+    result = covey.simulate(
+        lambda cid: RandomClient(cid), 6, 2, strategy, initial(), seed=7, run_dir=tmp_path
+    )
+    config = json.loads((tmp_path / "history.json").read_text())["config"]
+    assert config["strategy"]["name"] == "FedAdam"
+    assert config["strategy"]["hyperparameters"] == {
+        "eta": 0.05,
+        "beta1": 0.9,
+        "beta2": 0.99,
+        "tau": 0.001,
+    }
+    assert config["strategy"]["options"]["fraction_fit"] == 0.5
+    assert config["seed"] == 7
+    assert config["num_clients"] == 6
+    assert config["rounds"] == 2
+    assert config["backend"] == "inline"
+    assert config["covey_version"] == covey.__version__
+    again = History.from_json((tmp_path / "history.json").read_text())
+    assert again == result.history
+    assert again.stopped_reason is None
 
 
 def test_run_dir_gets_history_json(tmp_path: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -323,7 +324,9 @@ def test_records_are_checked_when_saved(run_dir: Path) -> None:
         assert store.last_round() is None
         store.save_round(0, small(0), {"central_loss": float("nan")})  # round filled in
         assert store.history().rounds[0].round == 0
-        assert store.history().metric("loss") == []  # NaN stored as History stores it
+        [(round0, loss)] = store.history().metric("loss")  # NaN kept exactly, as History keeps it
+        assert round0 == 0
+        assert math.isnan(loss)
 
 
 def test_keep_last_prunes_old_weights_but_keeps_rows(run_dir: Path) -> None:

@@ -36,6 +36,7 @@ def _run(on_round: Any, rounds: int = 4) -> covey.History:
         lambda cid: Half(),
         num_clients=3,
         rounds=rounds,
+        strategy=covey.FedAvg(),
         initial_weights={"w": np.ones(3)},
         evaluate_fn=central,
         on_round=on_round,

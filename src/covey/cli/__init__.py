@@ -40,34 +40,36 @@ def _root(
     """covey: federated learning and federated analytics."""
 
 
+#: The table's metric columns, as ``History.metric(name, source)`` names them.
+ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fit", "train_loss"),
+    ("evaluate", "loss"),
+    ("evaluate", "accuracy"),
+    ("central", "loss"),
+    ("central", "accuracy"),
+)
+
+
 def _round_table(history: History) -> Table:
     table = Table(title="Rounds", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in (
-        "round",
-        "clients",
-        "failed",
-        "train\nloss",
-        "federated\nloss",
-        "federated\naccuracy",
-        "test\nloss",
-        "test\naccuracy",
-    ):
+    for column in ("round", "clients", "failed"):
         table.add_column(column, justify="right", no_wrap=True)
-
-    def fmt(value: object) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else "-"
-
+    for source, name in ROUND_COLUMNS:
+        table.add_column(f"{source}\n{name}", justify="right", no_wrap=True)
+    values = {
+        (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
+        for source, name in ROUND_COLUMNS
+    }
     for r in history.rounds:
-        table.add_row(
+        cells = [
             str(r.round),
             str(len(r.fit_participants)) if r.round else "-",
             str(len(r.failures)) if r.round else "-",
-            fmt(r.fit_metrics.get("train_loss")),
-            fmt(r.evaluate_loss),
-            fmt(r.evaluate_metrics.get("accuracy")),
-            fmt(r.central_loss),
-            fmt(r.central_metrics.get("accuracy")),
-        )
+        ]
+        for key in ROUND_COLUMNS:
+            found = values[key].get(r.round)
+            cells.append("-" if found is None else f"{found:.4f}")
+        table.add_row(*cells)
     return table
 
 

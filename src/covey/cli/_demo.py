@@ -99,8 +99,8 @@ def plot_history(history: History, path: Path, title: str = "") -> None:
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for source, label, style in (
-        ("central", "server test set", "-o"),
-        ("evaluate", "federated", "--s"),
+        ("central", "central (server test set)", "-o"),
+        ("evaluate", "evaluate (federated)", "--s"),
     ):
         acc = history.metric("accuracy", source)  # type: ignore[arg-type]
         loss = history.metric("loss", source)  # type: ignore[arg-type]

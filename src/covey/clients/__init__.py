@@ -6,7 +6,15 @@ wherever the client lives, so the same client runs in simulation and deployed.
 The FedProx and SCAFFOLD helpers are the client halves of those strategies.
 """
 
-from covey.clients._client import Client, TaskHandler, register_task, run_task, task_kinds
+from covey.clients._client import (
+    Client,
+    ClientFn,
+    ClientLike,
+    TaskHandler,
+    register_task,
+    run_task,
+    task_kinds,
+)
 from covey.clients._fedprox import (
     MU_KEY,
     proximal_grad,
@@ -29,6 +37,8 @@ __all__ = [
     "MU_KEY",
     "SERVER_CONTROL",
     "Client",
+    "ClientFn",
+    "ClientLike",
     "ControlVariate",
     "TaskHandler",
     "proximal_grad",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
@@ -66,6 +66,19 @@ class Client:
         """Facts about this client that the server may use to select it (none by default)."""
         return {}
 
+
+@runtime_checkable
+class ClientLike(Protocol):
+    """What covey needs of a client object: a ``fit`` method (``evaluate`` and
+    ``properties`` are used when present). Subclassing :class:`Client` gives all three."""
+
+    def fit(self, weights: Weights, config: Config) -> FitResult:
+        """Train on local data starting from ``weights``."""
+        ...
+
+
+ClientFn = Callable[[int], ClientLike]
+"""``cid -> client``: builds the client with id ``cid`` (in simulation, where its data is)."""
 
 TaskHandler = Callable[[Any, Task], Any]
 """A function ``(client, task) -> result`` that performs one kind of task."""

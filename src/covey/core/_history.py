@@ -57,25 +57,52 @@ class RoundRecord:
         return [*self.fit_failures, *self.evaluate_failures]
 
 
+SOURCES: tuple[Source, ...] = ("central", "evaluate", "fit")
+
+
 def _jsonable(value: Any) -> Any:
+    """``value`` as JSON-ready data; NaN, infinities and bytes become tagged objects."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, bytes):
-        return value.hex()
+        return {"__bytes__": value.hex()}
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return {"__float__": str(value)}
     if hasattr(value, "item") and callable(value.item):  # NumPy scalars
         return _jsonable(value.item())
     return value
 
 
+def _from_jsonable(value: Any) -> Any:
+    """Undo :func:`_jsonable`'s tags."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "__bytes__" in value:
+            return bytes.fromhex(value["__bytes__"])
+        if len(value) == 1 and "__float__" in value:
+            return float(value["__float__"])
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
+
+
 @dataclass
 class History:
-    """The record of a run: one :class:`RoundRecord` per round, starting at round 0."""
+    """The record of a run: one :class:`RoundRecord` per round, starting at round 0.
+
+    Attributes:
+        rounds: The rounds in order.
+        config: How the run was set up (strategy and hyperparameters, seed, clients,
+            rounds, backend, covey version): enough to reproduce it.
+        stopped_reason: Why the run ended before its last round (e.g. a privacy
+            budget), or None when it ran every round.
+    """
 
     rounds: list[RoundRecord] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    stopped_reason: str | None = None
 
     def __len__(self) -> int:
         return len(self.rounds)
@@ -93,7 +120,12 @@ class History:
             name: The metric, e.g. ``"accuracy"``, or ``"loss"``.
             source: ``"central"`` (server-side evaluation), ``"evaluate"``
                 (federated evaluation) or ``"fit"`` (clients' training metrics).
+
+        Raises:
+            ValueError: if ``source`` is not one of those three.
         """
+        if source not in SOURCES:
+            raise ValueError(f"unknown metric source {source!r}; choose one of {list(SOURCES)}")
         out: list[tuple[int, float]] = []
         for r in self.rounds:
             if source == "central":
@@ -112,7 +144,11 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"rounds": [_jsonable(asdict(r)) for r in self.rounds]}
+        return {
+            "config": _jsonable(self.config),
+            "stopped_reason": self.stopped_reason,
+            "rounds": [_jsonable(asdict(r)) for r in self.rounds],
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         """The history as JSON text."""
@@ -126,12 +162,15 @@ class History:
     def from_dict(cls, data: dict[str, Any]) -> History:
         """Rebuild a history from :meth:`to_dict` output."""
         rounds = []
-        for raw in data["rounds"]:
-            raw = dict(raw)
+        for raw in _from_jsonable(data["rounds"]):
             raw["fit_failures"] = [Failure(**f) for f in raw.get("fit_failures", [])]
             raw["evaluate_failures"] = [Failure(**f) for f in raw.get("evaluate_failures", [])]
             rounds.append(RoundRecord(**raw))
-        return cls(rounds)
+        return cls(
+            rounds,
+            config=_from_jsonable(data.get("config", {})),
+            stopped_reason=data.get("stopped_reason"),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> History:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from covey.core._weights import Weights
 
 Scalar = bool | int | float | str | bytes
@@ -57,10 +59,44 @@ class FitResult:
             raise ValueError("FitResult needs exactly one of weights= or delta=")
         _check_count(self.num_examples, "FitResult.num_examples")
         _check_metrics(self.metrics, "FitResult.metrics")
+        for attr in ("weights", "delta"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, _arrays(value, f"FitResult.{attr}"))
         if not isinstance(self.extras, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Mapping) for k, v in self.extras.items()
         ):
             raise TypeError("FitResult.extras must be a dict of names to weights mappings")
+        if self.extras:
+            extras = {k: _arrays(v, f"FitResult.extras[{k!r}]") for k, v in self.extras.items()}
+            object.__setattr__(self, "extras", extras)
+
+
+def _arrays(weights: object, what: str) -> Weights:
+    """``weights`` with NumPy scalars as 0-d arrays; any value that is not an array refused."""
+    if not isinstance(weights, Mapping):
+        raise TypeError(
+            f"{what} must be a dict of names to NumPy arrays, got {type(weights).__name__}"
+        )
+    scalars = False
+    for name, value in weights.items():
+        if isinstance(value, np.ndarray):
+            continue
+        if isinstance(value, np.generic):
+            scalars = True
+            continue
+        hint = (
+            " (convert tensors with .detach().cpu().numpy())"
+            if hasattr(value, "detach")
+            else " (wrap it with np.asarray)"
+        )
+        raise TypeError(f"{what}[{name!r}] is {type(value).__name__}, expected a NumPy array{hint}")
+    if not scalars:
+        return weights
+    return {
+        name: np.asarray(value) if isinstance(value, np.generic) else value
+        for name, value in weights.items()
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,15 @@ from typing import Any
 
 from covey.core._files import atomic_write
 from covey.dashboard._app import plotly_js
-from covey.dashboard._runs import Run, RunReadError, best_metric, is_run, metric_value, read_run
+from covey.dashboard._runs import (
+    Run,
+    RunReadError,
+    best_metric,
+    is_run,
+    metric_value,
+    read_run,
+    strategy_name,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #1d2330; }
@@ -153,11 +161,13 @@ def render_report(run: Run) -> str:
     facts = {
         "kind": run.kind,
         "status": run.status,
-        "strategy": run.meta.get("strategy", "?"),
+        "strategy": strategy_name(run.meta),
         "rounds": max((r["round"] for r in run.rounds), default="–"),
         "best": best_text,
         "started": started,
     }
+    if run.meta.get("stopped_reason"):
+        facts["stopped early"] = run.meta["stopped_reason"]
     facts_html = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in facts.items()

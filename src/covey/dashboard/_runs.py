@@ -218,6 +218,10 @@ def read_run(run_id: str, path: Path) -> Run:
         if not isinstance(data, dict):
             raise RunReadError(f"{history} must hold a JSON object")
         run.rounds = check_rounds(data.get("rounds"), str(history))
+        if isinstance(data.get("config"), dict):
+            run.meta.update(data["config"])
+        if isinstance(data.get("stopped_reason"), str):
+            run.meta["stopped_reason"] = data["stopped_reason"]
     meta_file = path / META
     if meta_file.is_file():
         meta = read_json(meta_file)
@@ -269,6 +273,14 @@ def metric_value(record: dict[str, Any], source: str, name: str) -> float | None
     return _number(metrics.get(name)) if isinstance(metrics, dict) else None
 
 
+def strategy_name(meta: dict[str, Any]) -> str:
+    """The strategy's name: a string, or the ``name`` of a described strategy."""
+    value = meta.get("strategy")
+    if isinstance(value, dict):
+        value = value.get("name")
+    return value if isinstance(value, str) else "?"
+
+
 def summary(run: Run) -> dict[str, Any]:
     """The run's row in the list of runs (JSON-ready)."""
     done = max((r["round"] for r in run.rounds), default=None)
@@ -277,7 +289,7 @@ def summary(run: Run) -> dict[str, Any]:
         "id": run.id,
         "kind": run.kind,
         "status": run.status,
-        "strategy": run.meta.get("strategy", "?"),
+        "strategy": strategy_name(run.meta),
         "rounds_done": done,
         "rounds_planned": run.meta.get("rounds"),
         "best": best_metric(run.rounds),

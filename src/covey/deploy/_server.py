@@ -12,8 +12,10 @@ from typing import Any
 
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
-from covey.server._async import AsyncLoop
-from covey.server._sync import EvaluateFn, RoundCallback, RoundLoop
+from covey.server._base import EvaluateFn, RoundCallback
+from covey.server._factory import open_loop, run_config
+from covey.server._store import RunStore
+from covey.server._sync import RoundLoop
 from covey.strategies._strategy import Strategy
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
@@ -124,6 +126,66 @@ def serve(
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
+    tls = _server_tls(tls, certs, insecure, address)
+    run = _open_run(strategy, rounds, initial_weights, address, run_dir, resume, seed)
+    transport = GrpcServerTransport(
+        address,
+        tls=tls,
+        client_id=run.store.client_id if run.store is not None else None,
+        on_event=run.store.log_event if run.store is not None else None,
+        heartbeat=heartbeat,
+        max_clients=max_clients,
+    )
+    if on_listen is not None:
+        on_listen(transport.port)
+    logger.info("covey server listening on port %d", transport.port)
+
+    def round_done(record: RoundRecord) -> None:
+        if run.store is not None:
+            state = pickle.dumps(loop.agg_state, protocol=5)
+            run.store.save_round(record.round, loop.weights, asdict(record), state)
+        if on_round is not None:
+            on_round(record)
+
+    try:
+        if strategy.asynchronous and resume:
+            raise ValueError("resuming an asynchronous (FedBuff) run is not supported yet")
+        loop = open_loop(
+            strategy,
+            transport,
+            run.take_weights(),  # the loop owns the model now: keep no second copy here
+            evaluate_fn=evaluate_fn,
+            seed=seed,
+            round_timeout=round_timeout,
+            wait_timeout=wait_timeout,
+            on_round=round_done,
+            history=run.history,
+            agg_state=run.agg_state,
+        )
+        del initial_weights
+        if run.history is None:
+            loop.history.config = run.config
+        if isinstance(loop, RoundLoop):
+            loop.run(rounds, start=run.start)
+        else:
+            loop.run(rounds)
+        if run.store is not None:
+            run.store.set_status("finished")
+    except BaseException:
+        if run.store is not None:
+            run.store.set_status("failed")
+        raise
+    finally:
+        transport.close()
+        if run.store is not None:
+            run.store.close()
+    return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+
+
+def _server_tls(
+    tls: ServerTLS | None, certs: str | Path | None, insecure: bool, address: str
+) -> ServerTLS | None:
+    """The TLS material ``serve`` was given, checked for consistency."""
     if certs is not None:
         if tls is not None:
             raise ValueError("give tls= or certs=, not both")
@@ -139,108 +201,59 @@ def serve(
         logger.warning(
             "serving WITHOUT TLS: anyone who can reach %s can join and see the model", address
         )
-    from covey.server._store import RunStore
+    return tls
 
-    store: RunStore | None = None
-    start = 1
-    state: Any = None
+
+@dataclass
+class _Run:
+    """A served run as opened: its store (if any) and where its loop starts."""
+
+    store: RunStore | None
+    weights: Weights | None
+    config: dict[str, Any]
+    start: int = 1
     history: History | None = None
-    weights: Weights
+    agg_state: Any = None
+
+    def take_weights(self) -> Weights:
+        """The starting weights, forgotten here so only the loop holds them."""
+        weights, self.weights = self.weights, None
+        assert weights is not None
+        return weights
+
+
+def _open_run(
+    strategy: Strategy,
+    rounds: int,
+    initial_weights: Weights | None,
+    address: str,
+    run_dir: str | Path | None,
+    resume: bool,
+    seed: int,
+) -> _Run:
+    """Create the run's store, or reopen it to resume after its last complete round."""
     if resume:
         if run_dir is None:
             raise ValueError("resume=True needs run_dir")
-        store = RunStore.open(run_dir)
-        last, weights, _, blob = store.load_latest_valid()
-        store.discard_after(last)  # rounds whose files did not survive are redone
-        start = last + 1
-        history = store.history()
+        opened = RunStore.open(run_dir)
+        last, weights, _, blob = opened.load_latest_valid()
+        opened.discard_after(last)  # rounds whose files did not survive are redone
+        history = opened.history()
         history.rounds = [r for r in history.rounds if r.round <= last]
+        history.config = opened.config
         state = pickle.loads(blob) if blob else None
         logger.info("resuming the run in %s after round %d", run_dir, last)
-    else:
-        if initial_weights is None:
-            raise ValueError("serve() needs initial_weights (unless resuming)")
-        weights = initial_weights
-        if run_dir is not None:
-            spec = WeightsSpec.of(weights)
-            store = RunStore.create(
-                run_dir,
-                config={
-                    "rounds": rounds,
-                    "seed": seed,
-                    "strategy": strategy.name,
-                    "model": spec.describe(),
-                    "address": address,
-                    "started": _dt.datetime.now(_dt.UTC).isoformat(),
-                },
-            )
-    transport = GrpcServerTransport(
-        address,
-        tls=tls,
-        client_id=store.client_id if store is not None else None,
-        on_event=store.log_event if store is not None else None,
-        heartbeat=heartbeat,
-        max_clients=max_clients,
+        return _Run(opened, weights, history.config, last + 1, history, state)
+    if initial_weights is None:
+        raise ValueError("serve() needs initial_weights (unless resuming)")
+    config = run_config(
+        strategy,
+        rounds=rounds,
+        seed=seed,
+        backend="grpc",
+        model=WeightsSpec.of(initial_weights).describe(),
+        address=address,
+        started=_dt.datetime.now(_dt.UTC).isoformat(),
     )
-    if on_listen is not None:
-        on_listen(transport.port)
-    logger.info("covey server listening on port %d", transport.port)
-    loop: RoundLoop | AsyncLoop
-
-    def round_done(record: RoundRecord) -> None:
-        if store is not None:
-            store.save_round(
-                record.round,
-                loop.weights,
-                asdict(record),
-                pickle.dumps(loop.agg_state, protocol=5),
-            )
-        if on_round is not None:
-            on_round(record)
-
-    try:
-        if strategy.asynchronous:
-            if resume:
-                raise ValueError("resuming an asynchronous (FedBuff) run is not supported yet")
-            loop = AsyncLoop(
-                strategy,
-                transport,
-                weights,
-                evaluate_fn=evaluate_fn,
-                seed=seed,
-                task_timeout=round_timeout,
-                idle_timeout=wait_timeout,
-                on_round=round_done,
-            )
-            del weights, initial_weights
-            loop.run(rounds)
-        else:
-            loop = RoundLoop(
-                strategy,
-                transport,
-                weights,
-                evaluate_fn=evaluate_fn,
-                seed=seed,
-                round_timeout=round_timeout,
-                wait_timeout=wait_timeout,
-                on_round=round_done,
-            )
-            if history is not None:
-                loop.history = history
-            if state is not None:
-                loop.agg_state = state
-            # The loop owns the model now; holding the initial one here would keep
-            # a model-sized copy alive for the whole run.
-            del weights, initial_weights
-            loop.run(rounds, start=start)
-        if store is not None:
-            store.set_status("finished")
-    except BaseException:
-        if store is not None:
-            store.set_status("failed")
-        raise
-    finally:
-        transport.close()
-        if store is not None:
-            store.close()
-    return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+    store = RunStore.create(run_dir, config=config) if run_dir is not None else None
+    return _Run(store, initial_weights, config)

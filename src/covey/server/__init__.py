@@ -9,6 +9,7 @@ server restart resumes it.
 
 from covey.server._async import AsyncLoop
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
+from covey.server._factory import Loop, open_loop, run_config
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop, in_cid_order
 
@@ -16,8 +17,11 @@ __all__ = [
     "AsyncLoop",
     "EvaluateFn",
     "FederationError",
+    "Loop",
     "RoundCallback",
     "RoundLoop",
     "RunStore",
     "in_cid_order",
+    "open_loop",
+    "run_config",
 ]

@@ -14,10 +14,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from covey.aggregate import Aggregate, Contribution, End
+from covey.aggregate import Contribution, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Metrics, Reply
-from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, subtract
+from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze
+from covey.strategies._fold import contribution, find_aggregate
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
@@ -147,30 +148,10 @@ class _LoopBase:
             )
             return None
         try:
-            if result.weights is not None:
-                self.spec.check(result.weights, what=f"client {cid}'s weights")
-            else:
-                self.spec.check(result.delta, what=f"client {cid}'s delta")
-            for name, extra in result.extras.items():
-                self.spec.check(extra, what=f"client {cid}'s extra {name!r}")
+            return contribution(cid, result, self.spec, staleness=staleness, sent=sent)
         except WeightsError as exc:
             self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
             return None
-        weights, delta = result.weights, result.delta
-        if weights is not None and staleness > 0:
-            # The client trained from an older model: its update is relative to that one.
-            assert sent is not None
-            delta = subtract(weights, sent)
-            weights = None
-        return Contribution(
-            cid,
-            result.num_examples,
-            weights,
-            delta,
-            result.metrics,
-            staleness=staleness,
-            extras=result.extras,
-        )
 
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
         failures.append(failure)
@@ -196,7 +177,7 @@ class _LoopBase:
             record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
             return
         self.agg_state = state
-        aggregate = next((e for e in out if isinstance(e, Aggregate)), None)
+        aggregate = find_aggregate(out)
         if aggregate is None:
             return
         record.aggregate_info.update(aggregate.info)

@@ -20,18 +20,17 @@ import tempfile
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from covey.clients._client import run_task
+from covey.clients._client import ClientFn, run_task
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 
 logger = logging.getLogger("covey")
 
-ClientFn = Callable[[int], Any]
 _TaskItem = tuple[int, str, int, Mapping[str, Any], Any]
 
 

@@ -33,7 +33,7 @@ from covey.aggregate import (
 )
 from covey.aggregate._clip import polynomial_staleness
 from covey.core._messages import Config
-from covey.strategies._strategy import Strategy, StrategyOptions, _no_config, preset
+from covey.strategies._strategy import Strategy, StrategyOptions, _name_of, _no_config, preset
 
 
 def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
@@ -73,9 +73,8 @@ def FedAvgM(
         Hsu, Qi and Brown, "Measuring the Effects of Non-Identical Data
         Distribution for Federated Visual Classification", 2019.
     """
-    return preset(
-        "FedAvgM", chain(weighted_mean(), server_sgd(server_lr, server_momentum)), options
-    )
+    step = chain(weighted_mean(), server_sgd(server_lr, server_momentum))
+    return preset("FedAvgM", step, options, server_lr=server_lr, server_momentum=server_momentum)
 
 
 def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strategy:
@@ -104,7 +103,7 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
         return config
 
     options["on_fit_config"] = on_fit_config
-    return preset("FedProx", chain(weighted_mean()), options)
+    return preset("FedProx", chain(weighted_mean()), options, proximal_mu=mu)
 
 
 def FedAdam(
@@ -120,7 +119,8 @@ def FedAdam(
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
-    return preset("FedAdam", chain(weighted_mean(), server_adam(eta, beta1, beta2, tau)), options)
+    step = chain(weighted_mean(), server_adam(eta, beta1, beta2, tau))
+    return preset("FedAdam", step, options, eta=eta, beta1=beta1, beta2=beta2, tau=tau)
 
 
 def FedYogi(
@@ -136,7 +136,8 @@ def FedYogi(
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
-    return preset("FedYogi", chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau)), options)
+    step = chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau))
+    return preset("FedYogi", step, options, eta=eta, beta1=beta1, beta2=beta2, tau=tau)
 
 
 def FedAdagrad(
@@ -151,7 +152,8 @@ def FedAdagrad(
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
-    return preset("FedAdagrad", chain(weighted_mean(), server_adagrad(eta, beta1, tau)), options)
+    step = chain(weighted_mean(), server_adagrad(eta, beta1, tau))
+    return preset("FedAdagrad", step, options, eta=eta, beta1=beta1, tau=tau)
 
 
 def FedMedian(**options: Unpack[StrategyOptions]) -> Strategy:
@@ -171,7 +173,7 @@ def FedTrimmedAvg(*, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> S
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
         Statistical Rates", ICML 2018.
     """
-    return preset("FedTrimmedAvg", chain(trimmed_mean(beta)), options)
+    return preset("FedTrimmedAvg", chain(trimmed_mean(beta)), options, beta=beta)
 
 
 def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
@@ -181,7 +183,7 @@ def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
         Gradient Descent", NeurIPS 2017.
     """
-    return preset("Krum", chain(krum(f)), options)
+    return preset("Krum", chain(krum(f)), options, f=f)
 
 
 def MultiKrum(*, f: int, m: int | None = None, **options: Unpack[StrategyOptions]) -> Strategy:
@@ -191,7 +193,7 @@ def MultiKrum(*, f: int, m: int | None = None, **options: Unpack[StrategyOptions
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
         Gradient Descent", NeurIPS 2017.
     """
-    return preset("MultiKrum", chain(multi_krum(f, m)), options)
+    return preset("MultiKrum", chain(multi_krum(f, m)), options, f=f, m=m)
 
 
 def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
@@ -201,7 +203,7 @@ def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
         El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed
         Learning in Byzantium", ICML 2018.
     """
-    return preset("Bulyan", chain(bulyan(f)), options)
+    return preset("Bulyan", chain(bulyan(f)), options, f=f)
 
 
 def FedRFA(
@@ -214,7 +216,7 @@ def FedRFA(
         Learning", IEEE Transactions on Signal Processing 70, 2022.
     """
     step = geometric_median(max_iter=max_iter, tol=tol, eps=eps)
-    return preset("FedRFA", chain(step), options)
+    return preset("FedRFA", chain(step), options, max_iter=max_iter, tol=tol, eps=eps)
 
 
 def QFedAvg(
@@ -236,7 +238,8 @@ def QFedAvg(
         Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation in Federated
         Learning", ICLR 2020.
     """
-    return preset("QFedAvg", chain(qfedavg(q, client_lr, loss_key=loss_key)), options)
+    step = chain(qfedavg(q, client_lr, loss_key=loss_key))
+    return preset("QFedAvg", step, options, q=q, client_lr=client_lr, loss_key=loss_key)
 
 
 def Scaffold(
@@ -260,7 +263,7 @@ def Scaffold(
     steps: list[Step] = [scaffold(num_clients), mean()]
     if server_lr != 1.0:
         steps.append(server_sgd(server_lr))
-    return preset("Scaffold", chain(*steps), options)
+    return preset("Scaffold", chain(*steps), options, num_clients=num_clients, server_lr=server_lr)
 
 
 def FedBuff(
@@ -310,5 +313,12 @@ def FedBuff(
     ]
     if server_lr != 1.0:
         steps.append(server_sgd(server_lr))
-    strategy = preset("FedBuff", chain(*steps), options)
+    strategy = preset(
+        "FedBuff",
+        chain(*steps),
+        options,
+        server_lr=server_lr,
+        staleness="1/sqrt(1+tau)" if staleness is None else _name_of(staleness),
+        weighted=weighted,
+    )
     return replace(strategy, buffer_size=buffer_size, max_staleness=max_staleness)

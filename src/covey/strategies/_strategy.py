@@ -15,7 +15,9 @@ from typing import Any, TypedDict
 import numpy as np
 
 from covey.aggregate import Step, chain, weighted_mean
-from covey.core._messages import Config, Metrics
+from covey.core._messages import Config, FitResult, Metrics
+from covey.core._weights import Array, Weights
+from covey.strategies._fold import fold
 
 ConfigFn = Callable[[int], Config]
 MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
@@ -87,7 +89,9 @@ class Strategy:
             synchronous rounds. See :func:`covey.FedBuff`.
         max_staleness: In asynchronous mode, drop updates computed from a model
             more than this many updates old (None: keep all).
-        name: A label for logs and history.
+        name: A label for logs and history (the preset's name, e.g. ``"FedAdam"``).
+        hyperparameters: The algorithm's own settings as the preset received them
+            (e.g. ``{"eta": 0.01, ...}``), recorded in the history by :meth:`describe`.
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -106,6 +110,7 @@ class Strategy:
     buffer_size: int | None = None
     max_staleness: int | None = None
     name: str = "custom"
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
@@ -213,6 +218,77 @@ class Strategy:
         pool = np.asarray(available)
         return sorted(int(c) for c in pool[picks])
 
+    def describe(self) -> dict[str, Any]:
+        """The strategy's name, hyperparameters and options, as JSON-ready values.
+
+        Functions (config functions, a custom ``selector`` or ``where`` predicate)
+        are given by name. :meth:`covey.History.to_json` records this, so a
+        ``history.json`` says which strategy ran and how.
+
+        Example:
+            >>> import covey
+            >>> covey.FedAdam(eta=0.05).describe()["hyperparameters"]["eta"]
+            0.05
+        """
+        options: dict[str, Any] = {
+            "fraction_fit": self.fraction_fit,
+            "min_fit_clients": self.min_fit_clients,
+            "fraction_evaluate": self.fraction_evaluate,
+            "min_evaluate_clients": self.min_evaluate_clients,
+            "min_available_clients": self.min_available_clients,
+            "accept_failures": self.accept_failures,
+        }
+        if self.asynchronous:
+            options["buffer_size"] = self.buffer_size
+            options["max_staleness"] = self.max_staleness
+        for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
+            fn = getattr(self, attr)
+            if fn not in (_no_config, weighted_metrics):
+                options[attr] = _name_of(fn)
+        if self.selector is not None:
+            options["selector"] = _name_of(self.selector)
+        if self.where is not None:
+            options["where"] = (
+                dict(self.where) if isinstance(self.where, Mapping) else _name_of(self.where)
+            )
+        return {
+            "name": self.name,
+            "hyperparameters": dict(self.hyperparameters),
+            "options": options,
+        }
+
+    def aggregate(
+        self, global_weights: Weights, results: Sequence[FitResult], round: int = 1
+    ) -> dict[str, Array]:
+        """Combine ``results`` into new global weights, outside any loop.
+
+        Runs this strategy's aggregation step over one round exactly as
+        :func:`covey.simulate` and :func:`covey.serve` do (the results taken as
+        clients ``0, 1, ...`` in order), for notebooks, tests and loops of your own.
+        Stateful steps (server optimizers) start fresh on each call.
+
+        Args:
+            global_weights: The model the clients trained from.
+            results: The clients' :class:`~covey.FitResult` objects.
+            round: The round number the steps see.
+
+        Returns:
+            The new global weights (read-only arrays; copy them to change them).
+
+        Raises:
+            covey.WeightsError: if a result does not match ``global_weights``.
+            covey.AggregationError: if the results cannot be combined.
+
+        Example:
+            >>> import numpy as np, covey
+            >>> results = [covey.FitResult(weights={"w": np.array([1.0])}, num_examples=1),
+            ...            covey.FitResult(weights={"w": np.array([4.0])}, num_examples=2)]
+            >>> covey.FedAvg().aggregate({"w": np.zeros(1)}, results)["w"].tolist()
+            [3.0]
+        """
+        new, _ = fold(self.aggregator, global_weights, results, round)
+        return new
+
     def fit_config(self, round: int) -> Config:
         """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``)."""
         return _checked_config(self.on_fit_config(round), "on_fit_config")
@@ -245,9 +321,18 @@ class StrategyOptions(TypedDict, total=False):
     where: Where | None
 
 
-def preset(name: str, aggregator: Step, options: StrategyOptions) -> Strategy:
-    """A :class:`Strategy` named ``name`` with ``aggregator`` and the user's ``options``."""
+def preset(
+    name: str, aggregator: Step, options: StrategyOptions, **hyperparameters: Any
+) -> Strategy:
+    """A :class:`Strategy` named ``name`` with ``aggregator``, the user's ``options``.
+
+    ``hyperparameters`` are the preset's own arguments, kept for :meth:`Strategy.describe`.
+    """
     unknown = set(options) - set(StrategyOptions.__annotations__)
     if unknown:
         raise TypeError(f"{name}() got unexpected keyword arguments: {sorted(unknown)}")
-    return Strategy(aggregator=aggregator, name=name, **options)
+    return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)
+
+
+def _name_of(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)

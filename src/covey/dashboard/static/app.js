@@ -189,7 +189,8 @@ function facts(run) {
     <span><b>status</b><span class="status-${esc(run.status)}" id="status">${esc(run.status)}</span></span>
     <span><b>kind</b>${esc(run.kind)}</span><span><b>strategy</b>${esc(run.strategy)}</span>
     <span><b>rounds</b><span id="rounds-done">${esc(run.rounds_done ?? "–")}</span> / ${esc(run.rounds_planned ?? "?")}</span>
-    <span><b>best</b>${best}</span><span><b>started</b>${when(run.started)}</span></div>`;
+    <span><b>best</b>${best}</span><span><b>started</b>${when(run.started)}</span>
+    ${run.meta && run.meta.stopped_reason ? `<span><b>stopped early</b>${esc(run.meta.stopped_reason)}</span>` : ""}</div>`;
 }
 
 function renderRun(run) {

@@ -1,0 +1,111 @@
+"""How client results become aggregation events, and how a round's events fold into new weights.
+
+The round loops and :meth:`covey.Strategy.aggregate` share these functions, so a
+round run by hand over a list of :class:`~covey.FitResult` goes through exactly
+the steps a round of :func:`covey.simulate` or :func:`covey.serve` uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
+from covey.core._messages import FitResult
+from covey.core._weights import Array, Weights, WeightsSpec, freeze, subtract
+
+
+def contribution(
+    cid: int,
+    result: FitResult,
+    spec: WeightsSpec,
+    *,
+    staleness: int = 0,
+    sent: Weights | None = None,
+) -> Contribution:
+    """Check one client's fit result against the model's spec and make it a contribution.
+
+    Args:
+        cid: The client's id.
+        result: What the client returned.
+        spec: Names, shapes and dtypes of the global model.
+        staleness: Global updates since the client was sent ``sent`` (asynchronous mode).
+        sent: The model the client trained from, when ``staleness > 0``.
+
+    Returns:
+        The contribution (full weights from a stale client become a delta relative
+        to the model it trained from).
+
+    Raises:
+        covey.WeightsError: if the weights, delta or an extra does not match ``spec``
+            or holds a non-finite value.
+    """
+    if result.weights is not None:
+        spec.check(result.weights, what=f"client {cid}'s weights")
+    else:
+        spec.check(result.delta, what=f"client {cid}'s delta")
+    for name, extra in result.extras.items():
+        spec.check(extra, what=f"client {cid}'s extra {name!r}")
+    weights, delta = result.weights, result.delta
+    if weights is not None and staleness > 0:
+        # The client trained from an older model: its update is relative to that one.
+        if sent is None:
+            raise ValueError("a stale contribution needs the model the client trained from")
+        delta = subtract(weights, sent)
+        weights = None
+    return Contribution(
+        cid,
+        result.num_examples,
+        weights,
+        delta,
+        result.metrics,
+        staleness=staleness,
+        extras=result.extras,
+    )
+
+
+def find_aggregate(events: Iterable[Event]) -> Aggregate | None:
+    """The :class:`~covey.aggregate.Aggregate` among a step's output events, if any."""
+    return next((e for e in events if isinstance(e, Aggregate)), None)
+
+
+def fold(
+    aggregator: Step,
+    global_weights: Weights,
+    results: Iterable[FitResult],
+    round: int = 1,
+    state: Any = None,
+) -> tuple[dict[str, Array], Any]:
+    """Run one round of ``aggregator`` over ``results`` outside any loop.
+
+    Args:
+        aggregator: The aggregation step (a strategy's ``aggregator``).
+        global_weights: The model the clients trained from.
+        results: The clients' fit results, taken as clients ``0, 1, ...`` in order.
+        round: The round number the steps see.
+        state: The aggregator's state from an earlier call (None: a fresh ``init``).
+
+    Returns:
+        The new global weights (read-only arrays) and the aggregator's new state.
+
+    Raises:
+        TypeError: if a result is not a :class:`~covey.FitResult`.
+        covey.WeightsError: if a result does not match the model.
+        covey.AggregationError: if the step gives no aggregate or an invalid one.
+    """
+    spec = WeightsSpec.of(global_weights)
+    spec.check(global_weights, what="global weights")
+    params = freeze(global_weights)
+    state = aggregator.init(params) if state is None else state
+    state, _ = aggregator.update(state, Begin(round, params))
+    for cid, result in enumerate(results):
+        if not isinstance(result, FitResult):
+            raise TypeError(f"result {cid} is {type(result).__name__}, expected covey.FitResult")
+        state, _ = aggregator.update(state, contribution(cid, result, spec))
+    state, out = aggregator.update(state, End(round))
+    aggregate = find_aggregate(out)
+    if aggregate is None:
+        raise AggregationError(f"round {round}: the aggregation step produced no aggregate")
+    new = aggregate.apply(params)
+    spec.check(new, what=f"round {round}'s aggregate")
+    return freeze(new), state

@@ -1,0 +1,130 @@
+"""Strategy.aggregate and describe, and what a FitResult accepts when it is built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.core import Config, Weights
+
+
+def _model() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "W": rng.normal(size=(4, 3)),
+        "b": rng.normal(size=3).astype(np.float32),
+        "scale": np.array(1.5),
+    }
+
+
+def _result(cid: int, weights: Weights) -> covey.FitResult:
+    rng = np.random.default_rng(100 + cid)
+    new = {k: (v + rng.normal(size=v.shape)).astype(v.dtype) for k, v in weights.items()}
+    if cid % 2:
+        return covey.FitResult(weights=new, num_examples=10 + cid)
+    delta = {k: new[k] - weights[k] for k in weights}
+    return covey.FitResult(delta=delta, num_examples=10 + cid, metrics={"loss": 0.1 * cid})
+
+
+class FixedClient(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Weights, config: Config) -> covey.FitResult:
+        return _result(self.cid, weights)
+
+
+STRATEGIES: dict[str, Any] = {
+    "FedAvg": lambda: covey.FedAvg(fraction_evaluate=0.0),
+    "FedAdam": lambda: covey.FedAdam(eta=0.05, fraction_evaluate=0.0),
+    "FedMedian": lambda: covey.FedMedian(fraction_evaluate=0.0),
+    "FedTrimmedAvg": lambda: covey.FedTrimmedAvg(beta=0.2, fraction_evaluate=0.0),
+    "Krum": lambda: covey.Krum(f=1, fraction_evaluate=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_aggregate_equals_the_same_round_run_through_simulate(name: str) -> None:
+    initial = _model()
+    strategy = STRATEGIES[name]()
+    simulated = covey.simulate(lambda cid: FixedClient(cid), 6, 1, strategy, initial)
+    by_hand = strategy.aggregate(initial, [_result(cid, initial) for cid in range(6)])
+    assert set(by_hand) == set(simulated.weights)
+    for key, value in by_hand.items():
+        assert value.dtype == simulated.weights[key].dtype
+        assert value.shape == simulated.weights[key].shape
+        np.testing.assert_array_equal(value, simulated.weights[key])
+
+
+def test_aggregate_refuses_what_a_round_refuses() -> None:
+    initial = _model()
+    wrong_shape = covey.FitResult(
+        delta={"W": np.zeros((2, 2)), "b": np.zeros(3, np.float32), "scale": np.array(0.0)},
+        num_examples=3,
+    )
+    with pytest.raises(covey.WeightsError, match=r"client 0's delta: 'W' has shape \(2, 2\)"):
+        covey.FedAvg().aggregate(initial, [wrong_shape])
+    with pytest.raises(TypeError, match=r"result 0 is dict, expected covey\.FitResult"):
+        covey.FedAvg().aggregate(initial, [{"W": 1}])  # type: ignore[list-item]
+    empty = covey.FitResult(delta={k: np.zeros_like(v) for k, v in initial.items()}, num_examples=0)
+    with pytest.raises(covey.AggregationError):
+        covey.FedAvg().aggregate(initial, [empty])
+
+
+def test_describe_gives_the_hyperparameters_back() -> None:
+    described = covey.FedProx(proximal_mu=0.3, fraction_fit=0.2).describe()
+    assert described["name"] == "FedProx"
+    assert described["hyperparameters"] == {"proximal_mu": 0.3}
+    assert described["options"]["fraction_fit"] == 0.2
+    assert "on_fit_config" in described["options"]  # FedProx sends mu through it
+    assert covey.Krum(f=2).describe()["hyperparameters"] == {"f": 2}
+    custom = covey.Strategy(where={"site": "hospital"}).describe()
+    assert custom["name"] == "custom"
+    assert custom["options"]["where"] == {"site": "hospital"}
+
+
+def test_a_numpy_scalar_is_accepted_as_a_0d_array() -> None:
+    weights = {"w": np.ones(2), "t": np.add(np.array(1.0), np.array(2.0))}
+    assert isinstance(weights["t"], np.float64)  # what np.add gives for 0-d arrays
+    result = covey.FitResult(weights=weights, num_examples=1)
+    assert isinstance(result.weights["t"], np.ndarray)
+    assert result.weights["t"].shape == ()
+    assert float(result.weights["t"]) == 3.0
+    assert result.weights["w"] is weights["w"]  # arrays are not copied
+
+    class ScalarClient(covey.Client):
+        def fit(self, weights: Weights, config: Config) -> covey.FitResult:
+            return covey.FitResult(
+                weights={"t": np.add(weights["t"], np.array(1.0))}, num_examples=1
+            )
+
+    out = covey.simulate(
+        lambda cid: ScalarClient(),
+        2,
+        2,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"t": np.array(0.0)},
+    )
+    assert float(out.weights["t"]) == 2.0
+    assert not out.history.failures()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([1.0, 2.0], r"FitResult.weights\['w'\] is list, expected a NumPy array"),
+        (1.0, r"FitResult.weights\['w'\] is float, expected a NumPy array"),
+        ("abc", r"FitResult.weights\['w'\] is str, expected a NumPy array"),
+        (None, r"FitResult.weights\['w'\] is NoneType, expected a NumPy array"),
+    ],
+)
+def test_a_wrong_type_is_refused_when_the_result_is_built(value: object, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        covey.FitResult(weights={"w": value}, num_examples=1)  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=message.replace("weights", "delta")):
+        covey.FitResult(delta={"w": value}, num_examples=1)  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="must be a dict of names to NumPy arrays, got list"):
+        covey.FitResult(weights=[np.ones(2)], num_examples=1)  # type: ignore[arg-type]
