@@ -154,12 +154,13 @@ function clientName(run, cid) {
 function roundRow(run, r) {
   const names = (ids) => (ids || []).map((c) => esc(clientName(run, c))).join(", ");
   const failures = [...(r.fit_failures || []), ...(r.evaluate_failures || [])]
-    .map((f) => `<div class="fail">${esc(clientName(run, f.cid))} (${esc(f.stage)}): ${esc(f.error)}</div>`)
+    .map((f) => `<div class="fail" title="${esc(f.traceback)}">${esc(clientName(run, f.cid))} (${esc(f.stage)}): ${esc(f.error)}</div>`)
     .join("");
   const d = r.durations || {};
   const b = Object.entries(bytesOf(r)).map(([k, v]) => `${esc(k)} ${bytes(v)}`).join("<br>");
   const p = privacyOf(r);
-  const priv = p ? Object.entries(p).map(([k, v]) => `${esc(k)}=${esc(typeof v === "number" ? v.toPrecision(4) : v)}`).join("<br>") : "–";
+  const shown = (v) => (typeof v === "number" ? v.toPrecision(4) : typeof v === "object" ? JSON.stringify(v) : v);
+  const priv = p ? Object.entries(p).map(([k, v]) => `${esc(k)}=${esc(shown(v))}`).join("<br>") : "–";
   return `<tr id="round-${r.round}" data-round="${r.round}">
     <td class="num">${r.round}</td>
     <td class="num">${num(r.central_loss)}</td><td class="num">${num(metric(r, "central", "accuracy"))}</td>
