@@ -87,7 +87,7 @@ def _reply_messages(task_id: int, reply: Reply) -> Iterator[pb.ClientMessage]:
             more = getattr(reply.result, "extras", None)
             if more:
                 extras = _codec.Encoded(_wire.flatten_extras(more))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an unsendable result is reported, not fatal
             reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
     if not reply.ok:
         yield pb.ClientMessage(
@@ -292,7 +292,7 @@ def connect(
     stop = stop or threading.Event()
     result = ConnectResult()
     failures = 0
-    rng = random.Random()
+    rng = random.Random()  # noqa: S311 - jitter for reconnect back-off, not a secret
     options = grpc_options()
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
