@@ -71,8 +71,11 @@ for alpha in (0.1, 1.0):  # strong and mild label skew: compare them in the dash
             if args.serve:
                 time.sleep(0.3)  # slow enough to watch the rounds arrive
 
+        def client_fn(cid: int, parts: list[np.ndarray] = parts) -> DigitsClient:
+            return DigitsClient(*data.client(parts[cid]))
+
         result = covey.simulate(
-            client_fn=lambda cid, parts=parts: DigitsClient(*data.client(parts[cid])),
+            client_fn=client_fn,
             num_clients=50,
             rounds=args.rounds,
             strategy=covey.FedAvg(fraction_fit=0.2, fraction_evaluate=0.1),

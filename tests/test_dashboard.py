@@ -22,6 +22,7 @@ from covey.core import Failure, RoundRecord
 from covey.dashboard import DashboardServer, RunReadError, discover_runs, read_run
 from covey.dashboard import _runs as runs_module
 from covey.server import RunStore
+from covey.sim import SimulationResult
 
 
 class Half(covey.Client):
@@ -35,7 +36,7 @@ class Half(covey.Client):
         return covey.EvaluateResult(loss=loss, num_examples=1, metrics={"accuracy": 1 / (1 + loss)})
 
 
-def _simulate(run_dir: Path, rounds: int = 3, **kwargs: Any) -> covey.SimulationResult:
+def _simulate(run_dir: Path, rounds: int = 3, **kwargs: Any) -> SimulationResult:
     def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
         loss = float(np.abs(weights["w"]).sum())
         return loss, {"accuracy": 1 / (1 + loss)}
@@ -53,7 +54,7 @@ def _simulate(run_dir: Path, rounds: int = 3, **kwargs: Any) -> covey.Simulation
 
 
 def _get(url: str, context: ssl.SSLContext | None = None) -> Any:
-    with urllib.request.urlopen(url, timeout=30, context=context) as response:
+    with urllib.request.urlopen(url, timeout=30, context=context) as response:  # noqa: S310 (our server)
         return json.loads(response.read())
 
 
@@ -141,7 +142,7 @@ def test_event_stream_sends_each_new_round(tmp_path: Path) -> None:
         assert reached.wait(60)
         with (
             DashboardServer(tmp_path, poll=0.05) as server,
-            urllib.request.urlopen(server.url + "api/stream?id=live", timeout=30) as stream,
+            urllib.request.urlopen(server.url + "api/stream?id=live", timeout=30) as stream,  # noqa: S310
         ):
             kind, first = _next_event(stream)
             assert kind == "run"

@@ -212,6 +212,10 @@ def test_deployed_run_in_browser(browser: Any, tmp_path: Path) -> None:
             reached.set()
             go_on.wait(120)
 
+    def on_listen(bound: int) -> None:
+        port.append(bound)
+        listening.set()
+
     def run_server() -> None:
         serve(
             covey.FedAvg(fraction_fit=1.0, min_fit_clients=2, min_available_clients=3),
@@ -220,7 +224,7 @@ def test_deployed_run_in_browser(browser: Any, tmp_path: Path) -> None:
             "127.0.0.1:0",
             insecure=True,
             run_dir=runs / "hospitals",
-            on_listen=lambda p: (port.append(p), listening.set()),
+            on_listen=on_listen,
             on_round=gate,
             wait_timeout=60,
         )
