@@ -57,7 +57,7 @@ class ServeResult:
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
     """Load the server's TLS material from a federation folder made by ``covey certs init``."""
-    from covey.deploy._certs import is_revoked, load_revoked
+    from covey.deploy.certs import is_revoked, load_revoked
 
     d = Path(directory)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]

@@ -23,7 +23,7 @@ from covey.clients._client import run_task, task_kinds
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.transport.grpc import _wire
-from covey.transport.grpc._server import METHOD, grpc_options
+from covey.transport.grpc._service import METHOD, grpc_options
 from covey.transport.grpc._stream import chunks, split_blobs
 from covey.transport.grpc.proto import covey_pb2 as pb
 
