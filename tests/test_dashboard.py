@@ -215,7 +215,7 @@ def test_deployed_run_is_read_read_only_with_its_clients(tmp_path: Path) -> None
 
 
 def test_tls_with_the_federation_certificates(tmp_path: Path) -> None:
-    from covey.deploy._certs import init_federation, issue_client
+    from covey.deploy.certs import init_federation, issue_client
 
     certs = tmp_path / "fed"
     init_federation(certs)
