@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("selenium", reason="the dev extra installs selenium")
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -61,9 +62,9 @@ def _screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
     return path
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    """A headless Chromium with a fresh profile, quit (with its driver) at the end."""
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium with a fresh profile, shared by this module's tests, then quit."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = shutil.which("chromedriver")
     if chromium is None or driver_bin is None:
@@ -72,13 +73,29 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = chromium
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_bin))
     driver.set_page_load_timeout(60)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Any:
+    """The shared Chromium on a blank page at the screenshots' window size."""
+    chromium.get("about:blank")
+    chromium.set_window_size(1400, 1100)
+    return chromium
+
+
+def _wait(driver: Any) -> WebDriverWait[Any]:
+    """Wait up to a minute; the page redraws parts of itself, so stale elements are retried."""
+    return WebDriverWait(
+        driver, 60, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    )
 
 
 def _traces(driver: Any, chart: str, index: int = -1) -> dict[str, tuple[list[Any], list[Any]]]:
@@ -111,7 +128,7 @@ def test_live_run_in_browser(browser: Any, tmp_path: Path) -> None:
         assert reached.wait(120), "the simulation did not reach round 3"
         with DashboardServer(runs, poll=0.1) as server:
             browser.get(server.url + "#/run/live")
-            wait = WebDriverWait(browser, 60)
+            wait = _wait(browser)
             wait.until(lambda d: d.find_elements(By.ID, "round-3"))
             assert not browser.find_elements(By.ID, "round-4")
             assert browser.find_element(By.ID, "status").text == "running"
@@ -171,7 +188,7 @@ def test_report_in_browser(browser: Any, tmp_path: Path) -> None:
     )
     path = write_report(tmp_path / "r", tmp_path / "report.html")
     browser.get(path.as_uri())
-    WebDriverWait(browser, 60).until(
+    _wait(browser).until(
         lambda d: d.execute_script("return document.querySelectorAll('.main-svg').length > 0")
     )
     rows = browser.find_elements(By.CSS_SELECTOR, "#rounds tbody tr")
@@ -246,7 +263,7 @@ def test_deployed_run_in_browser(browser: Any, tmp_path: Path) -> None:
         assert reached.wait(60), "the federation did not reach round 2"
         with DashboardServer(runs, poll=0.1) as dashboard:
             browser.get(dashboard.url + "#/run/hospitals")
-            wait = WebDriverWait(browser, 60)
+            wait = _wait(browser)
             wait.until(lambda d: d.find_elements(By.ID, "round-2"))
             rows = browser.find_elements(By.CSS_SELECTOR, "#clients tbody tr")
             assert {
@@ -285,7 +302,7 @@ def test_privacy_budget_is_plotted(browser: Any, tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with DashboardServer(tmp_path / "runs") as dashboard:
         browser.get(dashboard.url + "#/run/dp")
-        wait = WebDriverWait(browser, 60)
+        wait = _wait(browser)
         wait.until(lambda d: _traces(d, "chart-privacy"))
         x, y = _traces(browser, "chart-privacy")["epsilon"]
         assert x == [0, 1, 2, 3]
