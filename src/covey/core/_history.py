@@ -36,7 +36,9 @@ class RoundRecord:
     """One round. Round 0 holds only the central evaluation of the initial model.
 
     ``privacy`` is the budget spent so far, ``{"epsilon": ..., "delta": ...}``,
-    in a differentially private run (None otherwise).
+    in a differentially private run (None otherwise). ``bytes_sent`` and
+    ``bytes_received`` count the array bytes the server sent to and received
+    from clients in the round, when the run counts them (None otherwise).
     """
 
     round: int
@@ -55,6 +57,8 @@ class RoundRecord:
     central_metrics: Metrics = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, float] | None = None
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
 
     @property
     def failures(self) -> list[Failure]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from covey.clients._client import ClientFn, run_task
+from covey.compress import CompressedTransport, Scheme, scheme_named
 from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
@@ -180,6 +181,30 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     return strategy
 
 
+def _compressing(
+    transport: Transport, compression: Scheme | str | None, seed: int
+) -> CompressedTransport | None:
+    """``transport`` wrapped to carry compressed updates and count bytes, if asked."""
+    if compression is None:
+        return None
+    scheme = scheme_named(compression) if isinstance(compression, str) else compression
+    return CompressedTransport(transport, scheme, seed=seed)
+
+
+def _count_bytes(
+    counter: CompressedTransport | None,
+    record: RoundRecord | None,
+    config: dict[str, Any] | None = None,
+) -> None:
+    """Move the bytes counted since the last round into ``record``; name the scheme."""
+    if counter is None:
+        return
+    if record is not None:
+        record.bytes_sent, record.bytes_received = counter.take_counts()
+    if config is not None and counter.scheme is not None:
+        config["compression"] = counter.scheme.name
+
+
 def _write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
     """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
     if path is not None:
@@ -208,6 +233,7 @@ def simulate(
     client_resources: Mapping[str, Any] | None = None,
     client_group: Callable[[int], str] | None = None,
     ray_address: str | None = None,
+    compression: Scheme | str | None = None,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -249,6 +275,9 @@ def simulate(
             "num_gpus": 0.25}``, or one such mapping per group with ``client_group``.
         client_group: Ray: ``cid -> group name`` when resources differ per group.
         ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
+        compression: Clients send their updates compressed with this scheme (see
+            :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object); the
+            history then records the bytes of each round, both ways.
 
     Returns:
         The final weights and the history.
@@ -284,6 +313,8 @@ def simulate(
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     if clock is not None and not strategy.asynchronous:
         transport = ClockedTransport(transport, clock, deadline=round_deadline)
+    counter = _compressing(transport, compression, seed)
+    transport = counter if counter is not None else transport
 
     callbacks, stop_progress = _callbacks(rounds, progress, on_round)
     history_path = meta_path = None
@@ -305,6 +336,7 @@ def simulate(
     loop: Loop
 
     def round_done(record: RoundRecord) -> None:
+        _count_bytes(counter, record)
         if history_path is not None:
             loop.history.save(history_path)
         for callback in callbacks:
@@ -336,6 +368,7 @@ def simulate(
         loop.history.config = run_config(
             strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
         )
+        _count_bytes(counter, None, loop.history.config)
         loop.run(rounds)
         if history_path is not None and loop.history.stopped_reason is not None:
             loop.history.save(history_path)  # with why the run stopped early

@@ -1,0 +1,365 @@
+"""Update compression schemes: how a client's update becomes fewer bytes, and back.
+
+A scheme encodes one update (a mapping of names to arrays, the client's delta)
+into an :class:`Encoded` of small arrays, and decodes it given the model's
+layout. Only floating-point arrays are compressed; integer and boolean arrays
+travel as they are. Every scheme here is stateless except :class:`TopK`, whose
+error feedback (what it did not send) is kept by the caller on the client and
+passed back in with the next update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
+
+Parts = dict[str, dict[str, Array]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One client's encoded update: per weight name, the arrays that travel.
+
+    Args:
+        scheme: The name of the scheme that encoded it.
+        parts: For each weight name, named arrays (codes, indices, scales...).
+        num_examples: The client's number of examples.
+        metrics: The client's reported metrics.
+        extras: Model-shaped arrays sent besides the update, uncompressed.
+    """
+
+    scheme: str
+    parts: Parts
+    num_examples: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extras: Mapping[str, Weights] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of array data this update puts on the wire (extras included)."""
+        total = sum(a.nbytes for arrays in self.parts.values() for a in arrays.values())
+        return total + sum(a.nbytes for w in self.extras.values() for a in w.values())
+
+
+class Scheme(Protocol):
+    """What a compression scheme provides."""
+
+    name: str
+
+    def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
+        """Encode ``delta`` (float arrays compressed, others raw)."""
+        ...
+
+    def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
+        """Rebuild the update from ``parts``, checked against the model's ``spec``."""
+        ...
+
+
+def _part(parts: Parts, name: str, key: str, size: int, dtype: np.dtype[Any]) -> Array:
+    """``parts[name][key]`` as a flat array of ``size`` values of ``dtype``, or a clear error."""
+    try:
+        arr = parts[name][key]
+    except (KeyError, TypeError):
+        raise WeightsError(f"encoded update: {name!r} has no {key!r}") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.size != size:
+        raise WeightsError(
+            f"encoded update: {name!r}/{key!r} must be {size} values of {dtype}, got "
+            f"{getattr(arr, 'size', '?')} of {getattr(arr, 'dtype', type(arr).__name__)}"
+        )
+    return arr.reshape(-1)
+
+
+def _decode_layout(parts: Parts, spec: WeightsSpec) -> None:
+    if not isinstance(parts, dict) or set(parts) != set(spec.names):
+        raise WeightsError("encoded update: its names do not match the model")
+
+
+def _raw(x: Array) -> dict[str, Array]:
+    return {"raw": np.ascontiguousarray(x).reshape(-1)}
+
+
+def _decode_raw(parts: Parts, name: str, shape: tuple[int, ...], dtype: Any) -> Array:
+    size = math.prod(shape)
+    return _part(parts, name, "raw", size, dtype).reshape(shape).copy()
+
+
+@dataclass(frozen=True)
+class Identity:
+    """No compression: the update as it is (the baseline of byte counts)."""
+
+    name: str = "none"
+
+    def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
+        """Every array raw."""
+        return {n: _raw(x) for n, x in delta.items()}
+
+    def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
+        """Every array back in its shape."""
+        _decode_layout(parts, spec)
+        return {
+            n: _decode_raw(parts, n, s, d)
+            for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
+        }
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Floating-point arrays cast to 16 bits: ``"float16"`` or ``"bfloat16"``.
+
+    bfloat16 keeps float32's exponent range with 8 bits of mantissa (rounded to
+    nearest even); float16 has more mantissa but overflows above 65504 (such an
+    update then fails the server's finiteness check).
+
+    Args:
+        dtype: ``"float16"`` or ``"bfloat16"``.
+    """
+
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"Cast dtype must be 'float16' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def name(self) -> str:
+        """The scheme's name: the target dtype."""
+        return self.dtype
+
+    def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
+        """Each float array to 16 bits."""
+        out: Parts = {}
+        for n, x in delta.items():
+            if x.dtype.kind != "f":
+                out[n] = _raw(x)
+            elif self.dtype == "float16":
+                out[n] = {"f16": x.astype(np.float16).reshape(-1)}
+            else:
+                out[n] = {"bf16": _to_bf16(x)}
+        return out
+
+    def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
+        """Each array back to its own dtype."""
+        _decode_layout(parts, spec)
+        out: dict[str, Array] = {}
+        for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+            size = math.prod(s)
+            if d.kind != "f":
+                out[n] = _decode_raw(parts, n, s, d)
+            elif self.dtype == "float16":
+                out[n] = _part(parts, n, "f16", size, np.dtype(np.float16)).astype(d).reshape(s)
+            else:
+                bits = _part(parts, n, "bf16", size, np.dtype(np.uint16))
+                out[n] = _from_bf16(bits).astype(d).reshape(s)
+        return out
+
+
+def _to_bf16(x: Array) -> Array:
+    """The upper 16 bits of float32, rounded to nearest even."""
+    u = np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
+    rounded = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def _from_bf16(bits: Array) -> Array:
+    wide: Array = bits.astype(np.uint32) << np.uint32(16)
+    out: Array = wide.view(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """Uniform quantization to ``bits`` bits per value with stochastic rounding.
+
+    Each float array is mapped onto ``2**bits`` levels between its minimum and
+    maximum; a value between two levels is rounded up with probability equal
+    to its distance from the lower one, so the decoded update is unbiased:
+    ``E[decode(encode(x))] = x``. 4-bit codes are packed two per byte.
+
+    Args:
+        bits: 8 or 4.
+
+    References:
+        Alistarh et al., "QSGD: Communication-Efficient SGD via Gradient
+        Quantization and Encoding", NeurIPS 2017; Suresh et al., "Distributed
+        Mean Estimation with Limited Communication", ICML 2017.
+    """
+
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"Quantize bits must be 4 or 8, got {self.bits!r}")
+
+    @property
+    def name(self) -> str:
+        """The scheme's name, e.g. ``"q8"``."""
+        return f"q{self.bits}"
+
+    def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
+        """Codes, minimum and step of each float array."""
+        levels = (1 << self.bits) - 1
+        out: Parts = {}
+        for n, x in delta.items():
+            if x.dtype.kind != "f":
+                out[n] = _raw(x)
+                continue
+            flat = np.asarray(x, dtype=np.float64).reshape(-1)
+            lo = float(flat.min()) if flat.size else 0.0
+            hi = float(flat.max()) if flat.size else 0.0
+            step = (hi - lo) / levels if hi > lo else 0.0
+            t = (flat - lo) / step if step > 0.0 else np.zeros_like(flat)
+            codes = np.floor(t + rng.random(flat.size))
+            np.clip(codes, 0, levels, out=codes)
+            q = codes.astype(np.uint8)
+            if self.bits == 4:
+                q = _pack4(q)
+            out[n] = {"codes": q, "lo": np.array([lo]), "step": np.array([step])}
+        return out
+
+    def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
+        """``lo + code * step`` per value, in each array's dtype."""
+        _decode_layout(parts, spec)
+        out: dict[str, Array] = {}
+        f64 = np.dtype(np.float64)
+        for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+            size = math.prod(s)
+            if d.kind != "f":
+                out[n] = _decode_raw(parts, n, s, d)
+                continue
+            packed = (size + 1) // 2 if self.bits == 4 else size
+            codes = _part(parts, n, "codes", packed, np.dtype(np.uint8))
+            if self.bits == 4:
+                codes = _unpack4(codes, size)
+            lo = float(_part(parts, n, "lo", 1, f64)[0])
+            step = float(_part(parts, n, "step", 1, f64)[0])
+            out[n] = (lo + codes.astype(np.float64) * step).astype(d).reshape(s)
+        return out
+
+
+def _pack4(q: Array) -> Array:
+    if q.size % 2:
+        q = np.concatenate([q, np.zeros(1, dtype=np.uint8)])
+    packed: Array = (q[0::2] | (q[1::2] << np.uint8(4))).astype(np.uint8)
+    return packed
+
+
+def _unpack4(packed: Array, size: int) -> Array:
+    out = np.empty(packed.size * 2, dtype=np.uint8)
+    out[0::2] = packed & np.uint8(0x0F)
+    out[1::2] = packed >> np.uint8(4)
+    return out[:size]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Top-k sparsification: only the largest ``fraction`` of each float array's values.
+
+    Sends the indices (uint32) and values of the ``ceil(fraction * size)``
+    entries of largest magnitude. With error feedback, what was not sent is
+    added to the client's next update (:func:`topk_with_feedback`), so nothing
+    is lost, only delayed.
+
+    Args:
+        fraction: The share of values sent, in (0, 1].
+
+    References:
+        Stich, Cordonnier and Jaggi, "Sparsified SGD with Memory", NeurIPS 2018;
+        Lin et al., "Deep Gradient Compression", ICLR 2018.
+    """
+
+    fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"TopK fraction must be in (0, 1], got {self.fraction!r}")
+
+    @property
+    def name(self) -> str:
+        """The scheme's name, e.g. ``"top0.01"``."""
+        return f"top{self.fraction:g}"
+
+    def k(self, size: int) -> int:
+        """How many of ``size`` values are sent."""
+        return min(size, max(1, math.ceil(self.fraction * size))) if size else 0
+
+    def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
+        """Indices and values of the largest entries of each float array."""
+        out: Parts = {}
+        for n, x in delta.items():
+            if x.dtype.kind != "f":
+                out[n] = _raw(x)
+                continue
+            flat = np.ascontiguousarray(x).reshape(-1)
+            k = self.k(flat.size)
+            idx = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]
+            idx = np.sort(idx).astype(np.uint32)
+            out[n] = {"index": idx, "value": flat[idx].copy()}
+        return out
+
+    def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
+        """A dense array, zero where nothing was sent."""
+        _decode_layout(parts, spec)
+        out: dict[str, Array] = {}
+        for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+            size = math.prod(s)
+            if d.kind != "f":
+                out[n] = _decode_raw(parts, n, s, d)
+                continue
+            k = self.k(size)
+            idx = _part(parts, n, "index", k, np.dtype(np.uint32))
+            if k and int(idx.max()) >= size:
+                raise WeightsError(f"encoded update: {n!r} has an index out of range")
+            dense = np.zeros(size, dtype=d)
+            dense[idx] = _part(parts, n, "value", k, d)
+            out[n] = dense.reshape(s)
+        return out
+
+
+def topk_with_feedback(
+    scheme: TopK, delta: Weights, residual: Weights | None, spec: WeightsSpec
+) -> tuple[Parts, dict[str, Array]]:
+    """Encode ``delta + residual`` with top-k and return the new residual (what was dropped).
+
+    Args:
+        scheme: The top-k scheme.
+        delta: This round's update.
+        residual: What earlier rounds did not send (None at first).
+        spec: The model's layout.
+
+    Returns:
+        The encoded parts and ``delta + residual - decode(parts)``.
+    """
+    corrected = {
+        n: (x + residual[n] if residual is not None and x.dtype.kind == "f" else x)
+        for n, x in delta.items()
+    }
+    parts = scheme.encode(corrected, np.random.default_rng(0))
+    sent = scheme.decode(parts, spec)
+    new_residual = {n: np.subtract(corrected[n], sent[n]) for n in corrected}
+    return parts, new_residual
+
+
+SCHEMES: dict[str, Any] = {
+    "none": Identity,
+    "float16": lambda: Cast("float16"),
+    "bfloat16": lambda: Cast("bfloat16"),
+    "q8": lambda: Quantize(8),
+    "q4": lambda: Quantize(4),
+    "topk": TopK,
+}
+
+
+def scheme_named(name: str) -> Scheme:
+    """The scheme for a short name: none, float16, bfloat16, q8, q4 or topk (1%)."""
+    try:
+        factory = SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"unknown compression {name!r}; choose one of {sorted(SCHEMES)}") from None
+    scheme: Scheme = factory()
+    return scheme

@@ -1,0 +1,225 @@
+"""Update compression: round trips, unbiasedness, error feedback and convergence.
+
+Each scheme round-trips its encoding, stochastic quantization is unbiased,
+top-k's error feedback keeps what it drops, and compressed FedAvg still learns
+the digits within a stated margin of the uncompressed run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import covey
+from covey.compress import Cast, Encoded, Identity, Quantize, TopK, scheme_named, topk_with_feedback
+from covey.core import WeightsSpec
+from covey.models import logistic_sgd_epoch
+
+RNG = np.random.default_rng(0)
+MODEL: dict[str, np.ndarray] = {
+    "W": RNG.standard_normal((13, 7)),
+    "b": RNG.standard_normal(7).astype(np.float32),
+    "steps": np.arange(3, dtype=np.int64),
+}
+SPEC = WeightsSpec.of(MODEL)
+
+
+@pytest.mark.parametrize("name", ["none", "float16", "bfloat16", "q8", "q4", "topk"])
+def test_every_scheme_round_trips_its_encoding(name: str) -> None:
+    scheme = scheme_named(name)
+    parts = scheme.encode(MODEL, np.random.default_rng(1))
+    out = scheme.decode(parts, SPEC)
+    assert SPEC.conforms(out)
+    np.testing.assert_array_equal(out["steps"], MODEL["steps"])  # integers travel raw
+    for key in ("W", "b"):
+        x, y = np.asarray(MODEL[key], np.float64), np.asarray(out[key], np.float64)
+        scale = np.abs(x).max()
+        if name == "none":
+            np.testing.assert_array_equal(y, x)
+        elif name == "float16":
+            assert np.abs(y - x).max() <= scale * 2.0**-11
+        elif name == "bfloat16":
+            assert np.abs(y - x).max() <= scale * 2.0**-8
+        elif name in ("q8", "q4"):
+            levels = 255 if name == "q8" else 15
+            assert np.abs(y - x).max() <= (x.max() - x.min()) / levels + 1e-12
+        else:
+            sent = np.flatnonzero(y.reshape(-1))
+            assert sent.size == TopK().k(x.size)
+            np.testing.assert_array_equal(y.reshape(-1)[sent], x.reshape(-1)[sent])
+            # what it sent are the largest magnitudes
+            assert np.abs(x).reshape(-1)[sent].min() >= np.delete(np.abs(x).reshape(-1), sent).max()
+
+
+def test_exactly_representable_values_survive_the_casts() -> None:
+    w = {"w": np.array([0.5, -2.0, 1.25, 0.0, 1024.0])}
+    spec = WeightsSpec.of(w)
+    for scheme in (Cast("float16"), Cast("bfloat16"), Identity(), TopK(1.0)):
+        out = scheme.decode(scheme.encode(w, np.random.default_rng(0)), spec)
+        np.testing.assert_array_equal(out["w"], w["w"])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_stochastic_quantization_is_unbiased(bits: int) -> None:
+    x = {"w": np.random.default_rng(3).standard_normal(64)}
+    spec = WeightsSpec.of(x)
+    scheme = Quantize(bits)
+    trials = 3000
+    total = np.zeros(64)
+    for seed in range(trials):
+        total += scheme.decode(scheme.encode(x, np.random.default_rng(seed)), spec)["w"]
+    mean = total / trials
+    step = (x["w"].max() - x["w"].min()) / ((1 << bits) - 1)
+    # Each decoded value is x plus a zero-mean error in [-step, step] (std <= step / 2):
+    # the mean of 3000 trials is within 5 standard errors of x.
+    bound = 5 * (step / 2) / np.sqrt(trials)
+    assert np.abs(mean - x["w"]).max() < bound
+    # Nearest rounding would be biased by up to step / 2: the test can tell the two apart.
+    assert bound < step / 4
+
+
+def test_error_feedback_accumulates_what_topk_drops() -> None:
+    rng = np.random.default_rng(5)
+    scheme = TopK(0.1)
+    spec = WeightsSpec.of({"w": np.zeros(50)})
+    residual: dict[str, np.ndarray] | None = None
+    sent_total = np.zeros(50)
+    delta_total = np.zeros(50)
+    for _ in range(6):
+        delta = {"w": rng.standard_normal(50)}
+        corrected = delta["w"] + (residual["w"] if residual is not None else 0.0)
+        parts, new_residual = topk_with_feedback(scheme, delta, residual, spec)
+        sent = scheme.decode(parts, spec)["w"]
+        # the new residual is exactly what this round did not send
+        np.testing.assert_array_equal(new_residual["w"], corrected - sent)
+        assert np.count_nonzero(sent) == scheme.k(50)
+        residual = new_residual
+        sent_total += sent
+        delta_total += delta["w"]
+    # nothing is lost: what was sent plus what is still held is every update
+    assert residual is not None
+    np.testing.assert_allclose(sent_total + residual["w"], delta_total, atol=1e-12)
+
+
+def test_decode_refuses_malformed_encodings() -> None:
+    w = {"w": np.zeros(10)}
+    spec = WeightsSpec.of(w)
+    parts = TopK(0.2).encode({"w": np.arange(10.0)}, np.random.default_rng(0))
+    parts["w"]["index"] = np.array([3, 99], dtype=np.uint32)
+    with pytest.raises(covey.WeightsError, match="out of range"):
+        TopK(0.2).decode(parts, spec)
+    q = Quantize(8).encode(w, np.random.default_rng(0))
+    q["w"]["codes"] = q["w"]["codes"][:5]
+    with pytest.raises(covey.WeightsError, match="codes"):
+        Quantize(8).decode(q, spec)
+    with pytest.raises(covey.WeightsError, match="names"):
+        Quantize(8).decode({"v": q["w"]}, spec)
+
+
+# -- in a run ---------------------------------------------------------------------------
+
+N = 10
+ROUNDS = 10
+
+
+class DigitsClient(covey.Client):
+    def __init__(self, k: int, x: np.ndarray, y: np.ndarray) -> None:
+        self.k, self.x, self.y = k, x, y
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        order = np.random.default_rng(self.k + config["round"]).permutation(len(self.y))
+        new = logistic_sgd_epoch(weights, self.x, self.y, lr=0.1, batch_size=32, order=order)
+        return covey.FitResult(weights=new, num_examples=len(self.y))
+
+
+def _run(compression: Any) -> covey.History:
+    bunch = load_digits()
+    x = np.asarray(bunch.data, dtype=np.float64) / 16.0
+    y = np.asarray(bunch.target, dtype=np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))
+    x, y = x[perm], y[perm]
+    parts = np.array_split(np.arange(1437), N)
+
+    def evaluate(rnd: int, w: Any) -> tuple[float, dict[str, float]]:
+        logits = x[1437:] @ w["W"] + w["b"]
+        return 0.0, {"accuracy": float(np.mean(logits.argmax(axis=1) == y[1437:]))}
+
+    result = covey.simulate(
+        lambda k: DigitsClient(k, x[parts[k]], y[parts[k]]),
+        N,
+        ROUNDS,
+        covey.FedAvg(fraction_fit=1.0, min_fit_clients=N, fraction_evaluate=0.0),
+        {"W": np.zeros((64, 10)), "b": np.zeros(10)},
+        evaluate,
+        compression=compression,
+    )
+    return result.history
+
+
+@pytest.fixture(scope="module")
+def baseline() -> float:
+    return _run(None).rounds[-1].central_metrics["accuracy"]  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("compression", "margin"),
+    [("float16", 0.02), ("bfloat16", 0.02), ("q8", 0.02), ("q4", 0.03), (TopK(0.1), 0.05)],
+)
+def test_compressed_fedavg_converges_on_digits(
+    baseline: float, compression: Any, margin: float
+) -> None:
+    history = _run(compression)
+    accuracy = float(history.rounds[-1].central_metrics["accuracy"])
+    assert baseline > 0.85
+    assert accuracy >= baseline - margin
+    model_bytes = (64 * 10 + 10) * 8
+    fit = history.rounds[1]
+    assert fit.bytes_sent == N * model_bytes  # the broadcast is not compressed
+    assert fit.bytes_received is not None
+    assert 0 < fit.bytes_received < N * model_bytes / 3
+
+
+def test_history_records_bytes_both_ways_and_keeps_them_in_json() -> None:
+    history = _run("none")
+    model_bytes = (64 * 10 + 10) * 8
+    for record in history.rounds[1:]:
+        assert record.bytes_sent == N * model_bytes
+        assert record.bytes_received == N * model_bytes
+    again = covey.History.from_json(json.dumps(history.to_dict()))
+    assert again.rounds[2].bytes_received == N * model_bytes
+    assert history.config["compression"] == "none"
+
+
+class BadEncoder(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.full(4, np.inf)}, num_examples=1)
+
+
+def test_a_non_finite_compressed_update_is_a_recorded_failure() -> None:
+    result = covey.simulate(
+        lambda cid: BadEncoder() if cid == 0 else _Good(),
+        3,
+        1,
+        covey.FedAvg(min_fit_clients=2, fraction_evaluate=0.0),
+        {"w": np.zeros(4)},
+        compression="float16",
+    )
+    record = result.history.rounds[1]
+    assert [f.cid for f in record.fit_failures] == [0]
+    assert "non-finite" in record.fit_failures[0].error
+    np.testing.assert_allclose(result.weights["w"], 1.0)
+
+
+class _Good(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.ones(4)}, num_examples=1)
+
+
+def test_encoded_counts_its_bytes() -> None:
+    enc = Encoded("q8", {"w": {"codes": np.zeros(10, np.uint8), "lo": np.zeros(1)}}, 3)
+    assert enc.nbytes == 18
