@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import pickle
@@ -14,6 +15,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import open_loop, run_config
+from covey.server._saver import BackgroundSaver
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
 from covey.strategies._strategy import Strategy
@@ -140,10 +142,13 @@ def serve(
         on_listen(transport.port)
     logger.info("covey server listening on port %d", transport.port)
 
+    # Round r is written while round r + 1 trains (one save in flight at most).
+    saver = BackgroundSaver(run.store) if run.store is not None else None
+
     def round_done(record: RoundRecord) -> None:
-        if run.store is not None:
+        if saver is not None:
             state = pickle.dumps(loop.agg_state, protocol=5)
-            run.store.save_round(record.round, loop.weights, asdict(record), state)
+            saver.submit(record.round, loop.weights, asdict(record), state)
         if on_round is not None:
             on_round(record)
 
@@ -169,10 +174,13 @@ def serve(
             loop.run(rounds, start=run.start)
         else:
             loop.run(rounds)
-        if run.store is not None:
+        if saver is not None and run.store is not None:
+            saver.flush()
             run.store.set_status("finished")
     except BaseException:
-        if run.store is not None:
+        if saver is not None and run.store is not None:
+            with contextlib.suppress(Exception):
+                saver.flush()  # keep the last round whose save had started
             run.store.set_status("failed")
         raise
     finally:
