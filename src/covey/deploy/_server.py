@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import pickle
+import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,11 +13,12 @@ from typing import Any
 
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
-from covey.server._base import EvaluateFn, RoundCallback
+from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import open_loop, run_config
+from covey.server._state import dump_state, load_state
 from covey.server._store import RunStore
-from covey.server._sync import RoundLoop
 from covey.strategies._strategy import Strategy
+from covey.transport.grpc._address import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
@@ -82,7 +84,7 @@ def serve(
     strategy: Strategy,
     rounds: int,
     initial_weights: Weights | None,
-    address: str = "127.0.0.1:9092",
+    address: str | None = None,
     *,
     evaluate_fn: EvaluateFn | None = None,
     tls: ServerTLS | None = None,
@@ -105,6 +107,7 @@ def serve(
         rounds: The last round to run.
         initial_weights: The global model at step 0 (ignored when resuming).
         address: ``host:port`` to listen on; port 0 picks a free port (see ``on_listen``).
+            Default: the address stored in the run when resuming, else ``127.0.0.1:9092``.
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
         tls: TLS material; or give ``certs``, a folder made by ``covey certs init``.
         certs: The federation folder holding ``ca.pem``, ``server.pem``, ``server.key``.
@@ -126,60 +129,114 @@ def serve(
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs run_dir")
+    opened = RunStore.open(run_dir) if resume and run_dir is not None else None
+    if address is None:
+        address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
+    check_address(address, listen=True)
     tls = _server_tls(tls, certs, insecure, address)
-    run = _open_run(strategy, rounds, initial_weights, address, run_dir, resume, seed)
-    transport = GrpcServerTransport(
-        address,
-        tls=tls,
-        client_id=run.store.client_id if run.store is not None else None,
-        on_event=run.store.log_event if run.store is not None else None,
-        heartbeat=heartbeat,
-        max_clients=max_clients,
-    )
+    late = _LateStore(opened)
+    try:
+        # Listen first: an address that cannot be bound leaves no run folder behind.
+        transport = GrpcServerTransport(
+            address,
+            tls=tls,
+            client_id=late.client_id if run_dir is not None else None,
+            on_event=late.log_event if run_dir is not None else None,
+            heartbeat=heartbeat,
+            max_clients=max_clients,
+        )
+    except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
+        if opened is not None:
+            opened.close()
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    except BaseException:
+        if opened is not None:
+            opened.close()
+        raise
+    try:
+        run = _open_run(strategy, rounds, initial_weights, address, run_dir, opened, seed)
+    except BaseException:
+        transport.close()
+        raise
+    late.ready(run.store)
     if on_listen is not None:
         on_listen(transport.port)
     logger.info("covey server listening on port %d", transport.port)
 
     def round_done(record: RoundRecord) -> None:
         if run.store is not None:
-            state = pickle.dumps(loop.agg_state, protocol=5)
+            state = dump_state(loop.agg_state)
             run.store.save_round(record.round, loop.weights, asdict(record), state)
         if on_round is not None:
             on_round(record)
 
     try:
-        if strategy.asynchronous and resume:
-            raise ValueError("resuming an asynchronous (FedBuff) run is not supported yet")
+        start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         loop = open_loop(
             strategy,
             transport,
-            run.take_weights(),  # the loop owns the model now: keep no second copy here
+            start_weights,
             evaluate_fn=evaluate_fn,
             seed=seed,
             round_timeout=round_timeout,
             wait_timeout=wait_timeout,
             on_round=round_done,
             history=run.history,
-            agg_state=run.agg_state,
+            agg_state=None
+            if run.state is None
+            else load_state(run.state, strategy.aggregator.init(start_weights)),
         )
-        del initial_weights
+        del initial_weights, start_weights
         if run.history is None:
             loop.history.config = run.config
-        if isinstance(loop, RoundLoop):
-            loop.run(rounds, start=run.start)
-        else:
-            loop.run(rounds)
+        loop.run(rounds, start=run.start)
         if run.store is not None:
             run.store.set_status("finished")
-    except BaseException:
+    except BaseException as exc:
         if run.store is not None:
             run.store.set_status("failed")
+            run.store.log_event("server", "stopped", _describe(exc))
         raise
     finally:
         transport.close()
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+
+
+def _describe(exc: BaseException) -> str:
+    """The reason a run stopped, with the traceback of an unexpected error."""
+    if isinstance(exc, FederationError) and exc.history.stopped_reason:
+        return exc.history.stopped_reason
+    return "".join(traceback.format_exception(exc))
+
+
+class _LateStore:
+    """The run store as the transport sees it: it exists only once the port is bound."""
+
+    def __init__(self, store: RunStore | None) -> None:
+        self._store = store
+        self._ready = threading.Event()
+        if store is not None:
+            self._ready.set()
+
+    def ready(self, store: RunStore | None) -> None:
+        self._store = store
+        self._ready.set()
+
+    def _wait(self) -> RunStore:
+        self._ready.wait(30.0)
+        if self._store is None:
+            raise RuntimeError("the run store is not open")
+        return self._store
+
+    def client_id(self, name: str) -> int:
+        return self._wait().client_id(name)
+
+    def log_event(self, client: str, event: str, detail: str = "") -> None:
+        self._wait().log_event(client, event, detail)
 
 
 def _server_tls(
@@ -213,7 +270,7 @@ class _Run:
     config: dict[str, Any]
     start: int = 1
     history: History | None = None
-    agg_state: Any = None
+    state: bytes | None = None
 
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""
@@ -228,22 +285,18 @@ def _open_run(
     initial_weights: Weights | None,
     address: str,
     run_dir: str | Path | None,
-    resume: bool,
+    opened: RunStore | None,
     seed: int,
 ) -> _Run:
-    """Create the run's store, or reopen it to resume after its last complete round."""
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs run_dir")
-        opened = RunStore.open(run_dir)
+    """Create the run's store, or take the reopened one to resume after its last round."""
+    if opened is not None:
         last, weights, _, blob = opened.load_latest_valid()
         opened.discard_after(last)  # rounds whose files did not survive are redone
         history = opened.history()
         history.rounds = [r for r in history.rounds if r.round <= last]
         history.config = opened.config
-        state = pickle.loads(blob) if blob else None
         logger.info("resuming the run in %s after round %d", run_dir, last)
-        return _Run(opened, weights, history.config, last + 1, history, state)
+        return _Run(opened, weights, history.config, last + 1, history, blob)
     if initial_weights is None:
         raise ValueError("serve() needs initial_weights (unless resuming)")
     config = run_config(
