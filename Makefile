@@ -30,6 +30,7 @@ lint: $(DEV_STAMP)
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --config-file tests/mypy.ini
 
 test: lint typecheck
 	$(BIN)/python -m pytest

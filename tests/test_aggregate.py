@@ -113,7 +113,7 @@ def test_weighted_mean_matches_hand_computation(seed: int, dtype: Any, form: For
     for name in params:
         assert new[name].dtype == dtype
         assert new[name].shape == params[name].shape
-        np.testing.assert_allclose(new[name], expected[name], **TOL[dtype])
+        np.testing.assert_allclose(new[name], expected[name], **TOL[dtype])  # type: ignore[call-overload]
         for c in contributions:
             for part in (c.weights, c.delta):
                 if part is not None:

@@ -46,10 +46,12 @@ def rounds_of(rng: np.random.Generator, params: Arrays, rounds: int, n: int):
 
 
 def fedavg_delta(params: Arrays, contributions: list[Contribution]) -> Arrays:
-    """sum n_k (w_k - x) / sum n_k in float64."""
+    """Compute sum n_k (w_k - x) / sum n_k in float64."""
     total = sum(c.num_examples for c in contributions)
     return {
-        k: sum(c.num_examples * c.as_delta(params)[k].astype(np.float64) for c in contributions)
+        k: np.asarray(
+            sum(c.num_examples * c.as_delta(params)[k].astype(np.float64) for c in contributions)
+        )
         / total
         for k in params
     }

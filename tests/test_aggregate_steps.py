@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -54,7 +55,7 @@ def contributions_of(rng: np.random.Generator, n: int, scale: float = 1.0):
     return params, out
 
 
-def flat(values: Arrays) -> np.ndarray:
+def flat(values: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([np.ravel(v) for v in values.values()])
 
 
@@ -79,7 +80,7 @@ def test_clip_norm_then_mean_matches_hand_math(seed: int, bound: float) -> None:
     for c in contributions:
         d = c.as_delta(params)
         norm = np.linalg.norm(flat(d))
-        factor = min(1.0, bound / norm)
+        factor = min(1.0, float(bound / norm))
         if factor < 1.0:
             clipped.append(c.cid)
         for k in expected:

@@ -49,9 +49,9 @@ def test_demo_runs_and_writes_history_and_plot(tmp_path: Path, backend: str) -> 
     history = covey.History.from_json((run_dir / "history.json").read_text())
     assert [r.round for r in history.rounds] == [0, 1, 2, 3]
     assert all(len(r.fit_participants) == 10 for r in history.rounds[1:])
-    accuracy = history.rounds[-1].central_metrics["accuracy"]
+    accuracy = float(history.rounds[-1].central_metrics["accuracy"])
     assert f"{accuracy:.4f}" in out.stdout
-    assert accuracy > history.rounds[0].central_metrics["accuracy"]
+    assert accuracy > float(history.rounds[0].central_metrics["accuracy"])
     assert (run_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.loads((run_dir / "history.json").read_text())
 

@@ -28,6 +28,10 @@ def _federate(
     listening = threading.Event()
     result: list[Any] = []
 
+    def on_listen(p: int) -> None:
+        port.append(p)
+        listening.set()
+
     def server() -> None:
         result.append(
             serve(
@@ -38,7 +42,7 @@ def _federate(
                 insecure=True,
                 wait_timeout=60,
                 round_timeout=60,
-                on_listen=lambda p: (port.append(p), listening.set()),
+                on_listen=on_listen,
             )
         )
 
@@ -113,6 +117,11 @@ def test_a_revoked_client_is_refused_and_the_run_goes_on(tmp_path: Any) -> None:
     port: list[int] = []
     listening = threading.Event()
     result: list[Any] = []
+
+    def on_listen(p: int) -> None:
+        port.append(p)
+        listening.set()
+
     server = threading.Thread(
         target=lambda: result.append(
             serve(
@@ -123,7 +132,7 @@ def test_a_revoked_client_is_refused_and_the_run_goes_on(tmp_path: Any) -> None:
                 certs=certs,
                 run_dir=tmp_path / "run",
                 wait_timeout=60,
-                on_listen=lambda p: (port.append(p), listening.set()),
+                on_listen=on_listen,
             )
         )
     )

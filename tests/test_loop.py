@@ -57,7 +57,9 @@ class WildClient(covey.Client):
         local = wild(self.cid, config["round"], weights)
         form = "delta" if self.cid % 3 == 0 else "weights"
         n = 1 + self.cid % 4
-        return FitResult(**{form: local}, num_examples=n)
+        if form == "delta":
+            return FitResult(delta=local, num_examples=n)
+        return FitResult(weights=local, num_examples=n)
 
 
 class ReorderingTransport:
@@ -263,11 +265,16 @@ def test_too_few_available_clients_raise_federation_error() -> None:
 
 def test_run_can_resume_from_a_later_round() -> None:
     seen: list[int] = []
+
+    def evaluate(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        seen.append(rnd)
+        return 0.0, {}
+
     loop = RoundLoop(
         strategy(fraction_fit=1.0),
         ScriptedTransport(range(3), fit_reply),
         initial(),
-        evaluate_fn=lambda rnd, w: seen.append(rnd) or (0.0, {}),
+        evaluate_fn=evaluate,
     )
     loop.run(3, start=2)
     assert [r.round for r in loop.history.rounds] == [2, 3]

@@ -43,7 +43,7 @@ class RandomClient(covey.Client):
     def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
         arrays, n = draw(self.cid, config["round"], weights)
         form = self.form if self.form != "mixed" else ("delta" if self.cid % 2 else "weights")
-        metrics = {"loss": float(self.cid), "tag": "x"}
+        metrics: covey.core.Metrics = {"loss": float(self.cid), "tag": "x"}
         if form == "delta":
             return FitResult(delta=arrays, num_examples=n, metrics=metrics)
         return FitResult(weights=arrays, num_examples=n, metrics=metrics)
@@ -425,7 +425,7 @@ class BadClient(RandomClient):
         assert good.weights is not None
         broken = self.mutate(dict(good.weights))
         if isinstance(broken, Raw):
-            return broken.value  # type: ignore[no-any-return]
+            return broken.value  # type: ignore[return-value]
         if isinstance(broken, FitResult):
             return broken
         return FitResult(weights=broken, num_examples=good.num_examples)
@@ -632,8 +632,8 @@ def test_history_lookup_and_json_of_unusual_values() -> None:
     history = History([covey.core.RoundRecord(round=0, central_loss=float("inf"))])
     history.rounds[0].central_metrics = {
         "blob": b"\x01\xff",
-        "n": np.int64(3),
-        "x": np.float32(0.5),
+        "n": np.int64(3),  # type: ignore[dict-item]  # clients may report NumPy scalars
+        "x": np.float32(0.5),  # type: ignore[dict-item]
     }
     history.rounds[0].fit_metrics = {"nan": float("nan"), "minus": float("-inf")}
     text = history.to_json()
@@ -643,7 +643,7 @@ def test_history_lookup_and_json_of_unusual_values() -> None:
     back = History.from_json(text)
     assert back.rounds[0].central_loss == float("inf")
     assert back.rounds[0].central_metrics == {"blob": b"\x01\xff", "n": 3, "x": 0.5}
-    assert math.isnan(back.rounds[0].fit_metrics["nan"])
+    assert math.isnan(float(back.rounds[0].fit_metrics["nan"]))
     assert back.rounds[0].fit_metrics["minus"] == float("-inf")
     assert back.to_json() == text
     with pytest.raises(KeyError, match="no round 5"):

@@ -196,7 +196,7 @@ def test_closed_store_refuses_calls(run_dir: Path) -> None:
 
 
 def test_weights_are_bit_identical_after_load(run_dir: Path) -> None:
-    weights = {
+    weights: dict[str, np.ndarray] = {
         "z_first": np.array([np.nan, -0.0, np.inf, -np.inf, 1e-45, 3.4e38], dtype=np.float32),
         "f64": np.array([[np.pi, -np.e], [5e-324, np.nan]], dtype=np.float64),
         "f16": np.array([1.5, -2.25, 65504.0], dtype=np.float16),
@@ -550,7 +550,7 @@ def test_events_and_client_ids_from_many_threads(run_dir: Path) -> None:
                     store.log_event(f"client-{t}", "join" if i == 0 else "rejoin", f"{t}:{i}")
                     name = f"c{(i + t) % names_n}"
                     ids[t][name] = store.client_id(name)
-            except BaseException as exc:  # pragma: no cover - reported below
+            except BaseException as exc:  # noqa: BLE001 - a thread's error is reported below
                 errors.append(exc)
 
         threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_n)]

@@ -90,6 +90,7 @@ def test_a_numpy_scalar_is_accepted_as_a_0d_array() -> None:
     weights = {"w": np.ones(2), "t": np.add(np.array(1.0), np.array(2.0))}
     assert isinstance(weights["t"], np.float64)  # what np.add gives for 0-d arrays
     result = covey.FitResult(weights=weights, num_examples=1)
+    assert result.weights is not None
     assert isinstance(result.weights["t"], np.ndarray)
     assert result.weights["t"].shape == ()
     assert float(result.weights["t"]) == 3.0

@@ -37,7 +37,10 @@ def test_segments_equal_the_contiguous_encoding(size: int) -> None:
 @pytest.mark.parametrize("spill", [False, True])
 def test_upload_reassembles_weights_and_extras(spill: bool) -> None:
     weights = _weights(1, CHUNK_BYTES // 2 + 3)
-    extras = {"control": {"w": np.arange(5.0)}, "other": {"x": np.ones((2, 2), np.float32)}}
+    extras: dict[str, dict[str, np.ndarray]] = {
+        "control": {"w": np.arange(5.0)},
+        "other": {"x": np.ones((2, 2), np.float32)},
+    }
     first, second = Encoded(weights), Encoded(flatten_extras(extras))
     upload = Upload(len(first), len(second), spill=spill)
     for piece in chunks(first, second):

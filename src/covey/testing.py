@@ -277,6 +277,7 @@ class ThreadedAsyncTransport:
     """
 
     def __init__(self, transport: Transport, *, max_workers: int = 32) -> None:
+        """Wrap ``transport``, running at most ``max_workers`` tasks at once."""
         self._transport = transport
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="covey-async")
         self._replies: queue.Queue[tuple[int, int, Reply]] = queue.Queue()
@@ -304,7 +305,7 @@ class ThreadedAsyncTransport:
         try:
             replies = [r for r in self._transport.exchange({cid: task}, timeout=timeout)]
             reply = replies[0] if replies else Reply(cid, task.kind, error="no reply in time")
-        except Exception:
+        except Exception:  # noqa: BLE001 - a failed exchange is that client's error
             reply = Reply(cid, task.kind, error=traceback.format_exc())
         self._replies.put((cid, token, reply))
 

@@ -76,14 +76,16 @@ class Contribution:
         """The update relative to ``params`` (computed if the client sent weights)."""
         if self.delta is not None:
             return self.delta
-        assert self.weights is not None
+        if self.weights is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: self.weights is unset")
         return subtract(self.weights, params)
 
     def as_weights(self, params: Weights) -> Weights:
         """The client's full weights (computed if the client sent a delta)."""
         if self.weights is not None:
             return self.weights
-        assert self.delta is not None
+        if self.delta is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: self.delta is unset")
         return add(params, self.delta)
 
 
@@ -142,14 +144,16 @@ class Aggregate:
         """The update relative to ``params``."""
         if self.delta is not None:
             return self.delta
-        assert self.weights is not None
+        if self.weights is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: self.weights is unset")
         return subtract(self.weights, params)
 
     def apply(self, params: Weights) -> dict[str, Array]:
         """The new global weights: ``weights`` or ``params + delta``."""
         if self.weights is not None:
             return dict(self.weights)
-        assert self.delta is not None
+        if self.delta is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: self.delta is unset")
         return add(params, self.delta)
 
 
@@ -195,45 +199,57 @@ def chain(*steps: Step) -> Step:
     def init(params: Weights) -> State:
         return tuple(step.init(params) for step in fixed)
 
-    def begin(state: State, event: Begin) -> tuple[State, tuple[Event, ...]]:
-        # Begin reaches every step, even past a reducer that consumes it, so that
-        # server-side steps know the round's global weights. What steps emit besides
-        # Begin (a Broadcast) flows on to the steps after them.
-        states = list(state)
-        current = event
-        extra: list[Event] = []
-        for i, step in enumerate(fixed):
-            states[i], emitted = step.update(states[i], current)
-            upstream, extra = extra, []
-            for e in emitted:
-                if isinstance(e, Begin):
-                    current = e
-                else:
-                    extra.append(e)
-            for e in upstream:
-                states[i], more = step.update(states[i], e)
-                extra.extend(more)
-        return tuple(states), (current, *extra)
-
     def update(state: State, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Begin):
-            return begin(state, event)
-        states = list(state)
-        events: tuple[Event, ...] = (event,)
-        for i, step in enumerate(fixed):
-            if len(events) == 1:
-                states[i], events = step.update(states[i], events[0])
-            else:
-                out: list[Event] = []
-                for e in events:
-                    states[i], emitted = step.update(states[i], e)
-                    out.extend(emitted)
-                events = tuple(out)
-            if not events:
-                break
-        return tuple(states), events
+            return _chain_begin(fixed, state, event)
+        return _chain_event(fixed, state, event)
 
     return Step(init, update)
+
+
+def _chain_begin(
+    steps: tuple[Step, ...], state: State, event: Begin
+) -> tuple[State, tuple[Event, ...]]:
+    """Pass ``Begin`` through every step of a chain, even past a reducer that consumes it.
+
+    Server-side steps need the round's global weights. What steps emit besides
+    Begin (a Broadcast) flows on to the steps after them.
+    """
+    states = list(state)
+    current = event
+    extra: list[Event] = []
+    for i, step in enumerate(steps):
+        states[i], emitted = step.update(states[i], current)
+        upstream, extra = extra, []
+        for e in emitted:
+            if isinstance(e, Begin):
+                current = e
+            else:
+                extra.append(e)
+        for e in upstream:
+            states[i], more = step.update(states[i], e)
+            extra.extend(more)
+    return tuple(states), (current, *extra)
+
+
+def _chain_event(
+    steps: tuple[Step, ...], state: State, event: Event
+) -> tuple[State, tuple[Event, ...]]:
+    """Pass any other event down a chain: each step's output feeds the next."""
+    states = list(state)
+    events: tuple[Event, ...] = (event,)
+    for i, step in enumerate(steps):
+        if len(events) == 1:
+            states[i], events = step.update(states[i], events[0])
+        else:
+            out: list[Event] = []
+            for e in events:
+                states[i], emitted = step.update(states[i], e)
+                out.extend(emitted)
+            events = tuple(out)
+        if not events:
+            break
+    return tuple(states), events
 
 
 def run_round(

@@ -46,7 +46,8 @@ def per_client(name: str, key: str, rewrite: Rewrite) -> Step:
             params = needs_params(state.params, name)
             new, record = rewrite(event, params)
             if record:
-                assert state.noted is not None
+                if state.noted is None:  # an invariant of this module, not an input check
+                    raise RuntimeError("internal error: state.noted is unset")
                 state.noted.append(event.cid)
             return state, (() if new is None else (new,))
         if isinstance(event, Begin):
@@ -102,7 +103,8 @@ def skip_nonfinite() -> Step:
 
     def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
         values = event.weights if event.weights is not None else event.delta
-        assert values is not None
+        if values is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: values is unset")
         ok = finite(values) and all(finite(extra) for extra in event.extras.values())
         return (event, False) if ok else (None, True)
 

@@ -80,67 +80,81 @@ def _mean_step(weighted: bool) -> Step:
 
     def update(state: _MeanState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
-            if state.params is None:
-                raise AggregationError("a Contribution arrived before Begin")
-            n = float(event.num_examples) if weighted else 1.0
-            if n == 0.0:
-                return state._replace(clients=state.clients + 1), ()
-            if event.weights is not None:
-                acc, scratch = _fold(state.acc_weights, state.scratch, event.weights, n)
-                return state._replace(
-                    acc_weights=acc,
-                    scratch=scratch,
-                    examples_weights=state.examples_weights + n,
-                    total=state.total + n,
-                    clients=state.clients + 1,
-                    examples=state.examples + event.num_examples,
-                ), ()
-            assert event.delta is not None
-            acc, scratch = _fold(state.acc_delta, state.scratch, event.delta, n)
-            return state._replace(
-                acc_delta=acc,
-                scratch=scratch,
-                total=state.total + n,
-                clients=state.clients + 1,
-                examples=state.examples + event.num_examples,
-            ), ()
+            return _mean_contribution(state, event, weighted)
         if isinstance(event, Begin):
             return _MeanState(params=event.params), ()
         if isinstance(event, End):
-            if state.clients == 0 or state.params is None:
-                return _MeanState(), ()
-            if state.total == 0.0:
-                raise AggregationError(
-                    f"round {event.round}: all {state.clients} contributions have "
-                    "num_examples=0, so their weighted mean is undefined"
-                )
-            params = state.params
-            agg: Aggregate
-            if state.acc_delta is None:
-                assert state.acc_weights is not None
-                agg = Aggregate(
-                    event.round,
-                    state.clients,
-                    state.examples,
-                    weights=_finish(state.acc_weights, state.total, params),
-                    info=dict(event.info),
-                )
-            else:
-                acc = state.acc_delta
-                if state.acc_weights is not None:
-                    # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
-                    for name, a in acc.items():
-                        np.add(a, state.acc_weights[name], out=a)
-                        np.subtract(a, np.multiply(params[name], state.examples_weights), out=a)
-                # Non-float arrays get a rounded delta of their own dtype, so apply() works.
-                delta = _finish(acc, state.total, params)
-                agg = Aggregate(
-                    event.round, state.clients, state.examples, delta=delta, info=dict(event.info)
-                )
-            return _MeanState(), (agg,)
+            return _mean_end(state, event)
         return state, (event,)
 
     return Step(init, update)
+
+
+def _mean_contribution(
+    state: _MeanState, event: Contribution, weighted: bool
+) -> tuple[State, tuple[Event, ...]]:
+    """Fold one contribution into the running sums."""
+    if state.params is None:
+        raise AggregationError("a Contribution arrived before Begin")
+    n = float(event.num_examples) if weighted else 1.0
+    if n == 0.0:
+        return state._replace(clients=state.clients + 1), ()
+    if event.weights is not None:
+        acc, scratch = _fold(state.acc_weights, state.scratch, event.weights, n)
+        return state._replace(
+            acc_weights=acc,
+            scratch=scratch,
+            examples_weights=state.examples_weights + n,
+            total=state.total + n,
+            clients=state.clients + 1,
+            examples=state.examples + event.num_examples,
+        ), ()
+    if event.delta is None:  # an invariant of this module, not an input check
+        raise RuntimeError("internal error: event.delta is unset")
+    acc, scratch = _fold(state.acc_delta, state.scratch, event.delta, n)
+    return state._replace(
+        acc_delta=acc,
+        scratch=scratch,
+        total=state.total + n,
+        clients=state.clients + 1,
+        examples=state.examples + event.num_examples,
+    ), ()
+
+
+def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
+    """Divide the sums at the round's end and emit the aggregate."""
+    if state.clients == 0 or state.params is None:
+        return _MeanState(), ()
+    if state.total == 0.0:
+        raise AggregationError(
+            f"round {event.round}: all {state.clients} contributions have "
+            "num_examples=0, so their weighted mean is undefined"
+        )
+    params = state.params
+    agg: Aggregate
+    if state.acc_delta is None:
+        if state.acc_weights is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: state.acc_weights is unset")
+        agg = Aggregate(
+            event.round,
+            state.clients,
+            state.examples,
+            weights=_finish(state.acc_weights, state.total, params),
+            info=dict(event.info),
+        )
+    else:
+        acc = state.acc_delta
+        if state.acc_weights is not None:
+            # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
+            for name, a in acc.items():
+                np.add(a, state.acc_weights[name], out=a)
+                np.subtract(a, np.multiply(params[name], state.examples_weights), out=a)
+        # Non-float arrays get a rounded delta of their own dtype, so apply() works.
+        delta = _finish(acc, state.total, params)
+        agg = Aggregate(
+            event.round, state.clients, state.examples, delta=delta, info=dict(event.info)
+        )
+    return _MeanState(), (agg,)
 
 
 def weighted_mean() -> Step:

@@ -63,15 +63,7 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
     def update(state: _QState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
             params = needs_params(state.params, "qfedavg()")
-            raw = event.metrics.get(loss_key)
-            if isinstance(raw, bool) or not isinstance(raw, int | float | np.number):
-                raise AggregationError(
-                    f"qfedavg: client {event.cid} reported no numeric {loss_key!r} metric; "
-                    "q-FedAvg clients must report their loss at the received weights"
-                )
-            loss = float(raw)
-            if not math.isfinite(loss) or loss < 0:
-                raise AggregationError(f"qfedavg: client {event.cid} reported {loss_key}={loss}")
+            loss = _client_loss(event, loss_key)
             delta = event.as_delta(params)
             fq = (loss + smooth) ** fairness
             h = fairness * (loss + smooth) ** (fairness - 1.0) * lipschitz**2 * sq_norm(delta)
@@ -106,3 +98,17 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
         return state, (event,)
 
     return Step(init, update)
+
+
+def _client_loss(event: Contribution, loss_key: str) -> float:
+    """The pre-training loss a q-FedAvg client reported, checked."""
+    raw = event.metrics.get(loss_key)
+    if isinstance(raw, bool) or not isinstance(raw, int | float | np.number):
+        raise AggregationError(
+            f"qfedavg: client {event.cid} reported no numeric {loss_key!r} metric; "
+            "q-FedAvg clients must report their loss at the received weights"
+        )
+    loss = float(raw)
+    if not math.isfinite(loss) or loss < 0:
+        raise AggregationError(f"qfedavg: client {event.cid} reported {loss_key}={loss}")
+    return loss

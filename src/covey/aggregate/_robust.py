@@ -67,9 +67,12 @@ def buffered(name: str, combine: Combine) -> Step:
     def update(state: _BufferState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
             params = needs_params(state.params, name)
-            assert state.rows is not None
-            assert state.cids is not None
-            assert state.examples is not None
+            if state.rows is None:  # an invariant of this module, not an input check
+                raise RuntimeError("internal error: state.rows is unset")
+            if state.cids is None:  # an invariant of this module, not an input check
+                raise RuntimeError("internal error: state.cids is unset")
+            if state.examples is None:  # an invariant of this module, not an input check
+                raise RuntimeError("internal error: state.examples is unset")
             state.rows.append(flatten(event.as_delta(params), params))
             state.cids.append(event.cid)
             state.examples.append(event.num_examples)
@@ -79,8 +82,10 @@ def buffered(name: str, combine: Combine) -> Step:
         if isinstance(event, End):
             if not state.rows or state.params is None:
                 return _BufferState(), ()
-            assert state.cids is not None
-            assert state.examples is not None
+            if state.cids is None:  # an invariant of this module, not an input check
+                raise RuntimeError("internal error: state.cids is unset")
+            if state.examples is None:  # an invariant of this module, not an input check
+                raise RuntimeError("internal error: state.examples is unset")
             # Client-id order makes the result independent of arrival order, ties included.
             order = sorted(range(len(state.cids)), key=state.cids.__getitem__)
             updates = np.stack([state.rows[i] for i in order])

@@ -62,16 +62,7 @@ def scaffold(num_clients: int) -> Step:
 
     def update(state: _ScaffoldState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
-            dc = event.extras.get(CLIENT_DELTA)
-            if dc is None:  # not a SCAFFOLD client: its update is left out
-                return state._replace(missing=(*state.missing, event.cid)), ()
-            acc = state.acc
-            if acc is None:
-                acc = {k: np.zeros(v.shape, np.float64) for k, v in state.c.items()}
-            for k, a in acc.items():
-                if state.c[k].dtype.kind == "f":
-                    a += dc[k]
-            return state._replace(acc=acc, clients=state.clients + 1), (event,)
+            return _fold_control(state, event)
         if isinstance(event, Begin):
             fresh = _ScaffoldState(state.c)
             return fresh, (event, Broadcast(event.round, {SERVER_CONTROL: state.c}))
@@ -95,3 +86,17 @@ def scaffold(num_clients: int) -> Step:
         return state, (event,)
 
     return Step(init, update)
+
+
+def _fold_control(state: _ScaffoldState, event: Contribution) -> tuple[State, tuple[Event, ...]]:
+    """Add a client's control-variate change to the running sum (or note it missing)."""
+    dc = event.extras.get(CLIENT_DELTA)
+    if dc is None:  # not a SCAFFOLD client: its update is left out
+        return state._replace(missing=(*state.missing, event.cid)), ()
+    acc = state.acc
+    if acc is None:
+        acc = {k: np.zeros(v.shape, np.float64) for k, v in state.c.items()}
+    for k, a in acc.items():
+        if state.c[k].dtype.kind == "f":
+            a += dc[k]
+    return state._replace(acc=acc, clients=state.clients + 1), (event,)

@@ -69,8 +69,11 @@ class Client:
 
 @runtime_checkable
 class ClientLike(Protocol):
-    """What covey needs of a client object: a ``fit`` method (``evaluate`` and
-    ``properties`` are used when present). Subclassing :class:`Client` gives all three."""
+    """What covey needs of a client object: a ``fit`` method.
+
+    ``evaluate`` and ``properties`` are used when present; subclassing
+    :class:`Client` gives all three.
+    """
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Train on local data starting from ``weights``."""
@@ -161,5 +164,5 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
         return Reply(cid, task.kind, error=f"unknown task kind {task.kind!r}")
     try:
         return Reply(cid, task.kind, result=handler(client, task))
-    except Exception:
+    except Exception:  # noqa: BLE001 - any error in the client's code becomes its reply's error
         return Reply(cid, task.kind, error=traceback.format_exc())

@@ -1,8 +1,8 @@
-"""Weights <-> bytes: a small header, then the raw array buffers.
+r"""Weights <-> bytes: a small header, then the raw array buffers.
 
 Layout (all integers little-endian)::
 
-    offset 0   8 bytes   magic b"COVEYW\\x00\\x01" (format version 1)
+    offset 0   8 bytes   magic b"COVEYW\x00\x01" (format version 1)
     offset 8   u32       header length H (bytes of JSON)
     offset 12  u32       CRC-32 of the header
     offset 16  u64       payload length P

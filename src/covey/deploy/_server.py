@@ -275,7 +275,8 @@ class _Run:
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""
         weights, self.weights = self.weights, None
-        assert weights is not None
+        if weights is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: weights is unset")
         return weights
 
 

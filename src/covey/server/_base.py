@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
-from covey.core._messages import FitResult, Metrics, Reply
+from covey.core._messages import FitResult, Metrics, Reply, Scalar
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze
 from covey.strategies._fold import contribution, find_aggregate
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
 
-EvaluateFn = Callable[[int, Weights], "tuple[float, Metrics] | None"]
+EvaluateFn = Callable[[int, Weights], "tuple[float, Mapping[str, Scalar]] | None"]
 RoundCallback = Callable[[RoundRecord], None]
 
 
@@ -136,7 +136,8 @@ class _LoopBase:
         """
         cid = reply.cid
         if not reply.ok:
-            assert reply.error is not None
+            if reply.error is None:  # an invariant of this module, not an input check
+                raise RuntimeError("internal error: reply.error is unset")
             self._record_failure(
                 record.fit_failures, Failure(cid, "fit", _first_line(reply.error), reply.error)
             )

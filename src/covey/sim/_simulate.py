@@ -146,29 +146,9 @@ def simulate(
     start = time.perf_counter()
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     strategy = strategy if strategy is not None else FedAvg()
-    if strategy.num_fit(num_clients) > num_clients:
-        raise ValueError(
-            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
-            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
-        )
-    if strategy.min_available_clients > num_clients:
-        raise ValueError(
-            f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}"
-        )
-    transport: Transport
-    if backend == "inline":
-        transport = inline_transport(client_fn, num_clients)
-    elif backend == "process":
-        transport = ProcessTransport(client_fn, num_clients, num_workers=num_workers)
-    else:
-        raise ValueError(f"unknown backend {backend!r}; choose 'inline' or 'process'")
-
+    _check_sizes(strategy, num_clients, rounds)
+    transport = _transport(backend, client_fn, num_clients, num_workers)
     callbacks: list[RoundCallback] = []
     stop_progress: Callable[[], None] | None = None
     if progress:
@@ -218,3 +198,32 @@ def simulate(
             stop_progress()
         transport.close()
     return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)
+
+
+def _check_sizes(strategy: Strategy, num_clients: int, rounds: int) -> None:
+    """Refuse a federation size or round count the strategy cannot run."""
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    if strategy.num_fit(num_clients) > num_clients:
+        raise ValueError(
+            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
+            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
+        )
+    if strategy.min_available_clients > num_clients:
+        raise ValueError(
+            f"min_available_clients={strategy.min_available_clients} exceeds "
+            f"num_clients={num_clients}"
+        )
+
+
+def _transport(
+    backend: str, client_fn: ClientFn, num_clients: int, num_workers: int | None
+) -> Transport:
+    """The transport that runs the clients for ``backend``."""
+    if backend == "inline":
+        return inline_transport(client_fn, num_clients)
+    if backend == "process":
+        return ProcessTransport(client_fn, num_clients, num_workers=num_workers)
+    raise ValueError(f"unknown backend {backend!r}; choose 'inline' or 'process'")

@@ -43,8 +43,12 @@ class AsyncTransport(Protocol):
         ...
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
-        """The next reply to arrive; None if none arrives within ``timeout`` seconds
-        or if no task is in flight."""
+        """The next reply to arrive.
+
+        Returns:
+            The reply, or None if none arrives within ``timeout`` seconds or if no
+            task is in flight.
+        """
         ...
 
     def cancel(self, cid: int) -> None:
@@ -153,7 +157,8 @@ class SimulatedAsyncTransport:
             if pending.reply is None:
                 self._compute(cid)
             del self._pending[cid]
-            assert pending.reply is not None
+            if pending.reply is None:  # an invariant of this module, not an input check
+                raise RuntimeError("internal error: pending.reply is unset")
             return pending.reply
         return None
 
@@ -171,7 +176,7 @@ class SimulatedAsyncTransport:
             for reply in self._transport.exchange(tasks):
                 if reply.cid in tasks:
                     self._pending[reply.cid].reply = reply
-        except Exception:
+        except Exception:  # noqa: BLE001 - a broken transport fails the batch's tasks, not the run
             error = traceback.format_exc()
             for cid in batch:
                 self._pending[cid].reply = Reply(cid, tasks[cid].kind, error=error)

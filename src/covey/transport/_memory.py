@@ -48,7 +48,7 @@ class MemoryTransport:
             task = tasks[cid]
             try:
                 reply = self._handler(cid, task)
-            except Exception:
+            except Exception:  # noqa: BLE001 - the handler's error is that client's reply
                 reply = Reply(cid, task.kind, error=traceback.format_exc())
             yield reply
 

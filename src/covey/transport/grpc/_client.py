@@ -90,7 +90,7 @@ def _reply_messages(task_id: int, reply: Reply) -> Iterator[pb.ClientMessage]:
             more = getattr(reply.result, "extras", None)
             if more:
                 extras = _codec.Encoded(_wire.flatten_extras(more))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an unsendable result is reported, not fatal
             reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
     if not reply.ok:
         yield pb.ClientMessage(

@@ -1,0 +1,1 @@
+"""The protocol buffers of the gRPC transport (generated from ``covey.proto``)."""
