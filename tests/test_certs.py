@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
-from covey.deploy._certs import (
+from covey.deploy.certs import (
     ClientPaths,
     FederationPaths,
     identity_from_cert,

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import covey
-from covey.deploy._certs import init_federation, issue_client
+from covey.deploy.certs import init_federation, issue_client
 from covey.server._store import RunStore
 
 APPS = Path(__file__).parent / "apps"

@@ -106,7 +106,7 @@ def test_fedbuff_over_grpc_with_a_full_buffer_equals_fedavg() -> None:
 
 def test_a_revoked_client_is_refused_and_the_run_goes_on(tmp_path: Any) -> None:
     from covey.deploy import tls_from_certs
-    from covey.deploy._certs import init_federation, issue_client, revoke
+    from covey.deploy.certs import init_federation, issue_client, revoke
     from covey.server._store import RunStore
 
     certs = tmp_path / "fed"

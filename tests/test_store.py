@@ -24,7 +24,8 @@ from hypothesis.extra import numpy as hnp
 import covey
 from covey import History
 from covey.core import Failure, RoundRecord
-from covey.server._store import RunStore, weights_file_name
+from covey.server._roundfiles import weights_file_name
+from covey.server._store import RunStore
 
 # Shared with the subprocess of the crash test: weights are a function of the round.
 WEIGHTS_FOR = '''

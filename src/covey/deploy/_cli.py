@@ -67,6 +67,32 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("covey").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _run_folder(resume_dir: Path | None, run_dir: Path | None) -> Path:
+    """The run's folder: the one resumed, the one given, or a new one under ``runs/``."""
+    if resume_dir is not None:
+        return Path(resume_dir)
+    if run_dir is not None:
+        return Path(run_dir)
+    import datetime as _dt
+
+    return Path("runs") / f"server-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _server_app(app_spec: str) -> Any:
+    """The ServerApp ``app_spec`` names (an app, or a function returning one)."""
+    from covey.deploy._server import ServerApp
+
+    obj = load_object(app_spec)
+    server_app = obj if isinstance(obj, ServerApp) else obj() if callable(obj) else obj
+    if not isinstance(server_app, ServerApp):
+        raise typer.BadParameter(
+            f"{app_spec} is {type(server_app).__name__}, expected a covey.deploy.ServerApp "
+            "or a function returning one",
+            param_hint="--app",
+        )
+    return server_app
+
+
 def server_command(
     app: Annotated[str | None, typer.Option(help="The ServerApp to run, as MODULE:OBJECT.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these settings.")] = None,
@@ -96,29 +122,16 @@ def server_command(
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     import covey
     from covey.core._files import atomic_write
-    from covey.deploy._server import ServerApp, serve
+    from covey.deploy._server import serve
 
     _logging(verbose)
     s = _settings(config, "server")
     app_spec = _pick(app, s, "app", None)
     if app_spec is None:
         raise typer.BadParameter("give --app MODULE:OBJECT (or app = ... in --config)")
-    obj = load_object(app_spec)
-    server_app = obj if isinstance(obj, ServerApp) else obj() if callable(obj) else obj
-    if not isinstance(server_app, ServerApp):
-        raise typer.BadParameter(
-            f"{app_spec} is {type(server_app).__name__}, expected a covey.deploy.ServerApp "
-            "or a function returning one",
-            param_hint="--app",
-        )
+    server_app = _server_app(app_spec)
     resume_dir = _pick(resume, s, "resume", None)
-    run = _pick(run_dir, s, "run_dir", None)
-    if resume_dir is not None:
-        run = resume_dir
-    elif run is None:
-        import datetime as _dt
-
-        run = Path("runs") / f"server-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run = _run_folder(resume_dir, _pick(run_dir, s, "run_dir", None))
     certs_dir = _pick(certs, s, "certs", None)
     insecure = insecure or bool(s.get("insecure", False))
     if insecure:

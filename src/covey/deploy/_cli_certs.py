@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from covey.deploy import _certs
+from covey.deploy import certs as _certs
 
 __all__ = ["certs_app"]
 

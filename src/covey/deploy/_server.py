@@ -14,7 +14,7 @@ from typing import Any
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
-from covey.server._factory import open_loop, run_config
+from covey.server._factory import Loop, open_loop, run_config
 from covey.server._state import dump_state, load_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
@@ -59,7 +59,7 @@ class ServeResult:
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
     """Load the server's TLS material from a federation folder made by ``covey certs init``."""
-    from covey.deploy._certs import is_revoked, load_revoked
+    from covey.deploy.certs import is_revoked, load_revoked
 
     d = Path(directory)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
@@ -129,32 +129,14 @@ def serve(
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
-    if resume and run_dir is None:
-        raise ValueError("resume=True needs run_dir")
-    opened = RunStore.open(run_dir) if resume and run_dir is not None else None
+    opened = _reopen(run_dir, resume)
     if address is None:
         address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
     check_address(address, listen=True)
     tls = _server_tls(tls, certs, insecure, address)
     late = _LateStore(opened)
-    try:
-        # Listen first: an address that cannot be bound leaves no run folder behind.
-        transport = GrpcServerTransport(
-            address,
-            tls=tls,
-            client_id=late.client_id if run_dir is not None else None,
-            on_event=late.log_event if run_dir is not None else None,
-            heartbeat=heartbeat,
-            max_clients=max_clients,
-        )
-    except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
-        if opened is not None:
-            opened.close()
-        raise OSError(f"cannot listen on {address}: {exc}") from None
-    except BaseException:
-        if opened is not None:
-            opened.close()
-        raise
+    # Listen first: an address that cannot be bound leaves no run folder behind.
+    transport = _listen(address, tls, late, run_dir is not None, heartbeat, max_clients)
     try:
         run = _open_run(strategy, rounds, initial_weights, address, run_dir, opened, seed)
     except BaseException:
@@ -164,14 +146,6 @@ def serve(
     if on_listen is not None:
         on_listen(transport.port)
     logger.info("covey server listening on port %d", transport.port)
-
-    def round_done(record: RoundRecord) -> None:
-        if run.store is not None:
-            state = dump_state(loop.agg_state)
-            run.store.save_round(record.round, loop.weights, asdict(record), state)
-        if on_round is not None:
-            on_round(record)
-
     try:
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         loop = open_loop(
@@ -182,28 +156,61 @@ def serve(
             seed=seed,
             round_timeout=round_timeout,
             wait_timeout=wait_timeout,
-            on_round=round_done,
+            on_round=run.saver(on_round),
             history=run.history,
             agg_state=None
             if run.state is None
             else load_state(run.state, strategy.aggregator.init(start_weights)),
         )
+        run.loop = loop
         del initial_weights, start_weights
         if run.history is None:
             loop.history.config = run.config
         loop.run(rounds, start=run.start)
-        if run.store is not None:
-            run.store.set_status("finished")
+        run.end(None)
     except BaseException as exc:
-        if run.store is not None:
-            run.store.set_status("failed")
-            run.store.log_event("server", "stopped", _describe(exc))
+        run.end(exc)
         raise
     finally:
         transport.close()
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+
+
+def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
+    """The store of the run to resume, or None for a new run."""
+    if not resume:
+        return None
+    if run_dir is None:
+        raise ValueError("resume=True needs run_dir")
+    return RunStore.open(run_dir)
+
+
+def _listen(
+    address: str,
+    tls: ServerTLS | None,
+    late: _LateStore,
+    keep: bool,
+    heartbeat: float,
+    max_clients: int,
+) -> GrpcServerTransport:
+    """The transport listening on ``address``; OSError naming the address if it cannot."""
+    try:
+        return GrpcServerTransport(
+            address,
+            tls=tls,
+            client_id=late.client_id if keep else None,
+            on_event=late.log_event if keep else None,
+            heartbeat=heartbeat,
+            max_clients=max_clients,
+        )
+    except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
+        late.close()
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    except BaseException:
+        late.close()
+        raise
 
 
 def _describe(exc: BaseException) -> str:
@@ -238,6 +245,10 @@ class _LateStore:
     def log_event(self, client: str, event: str, detail: str = "") -> None:
         self._wait().log_event(client, event, detail)
 
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
 
 def _server_tls(
     tls: ServerTLS | None, certs: str | Path | None, insecure: bool, address: str
@@ -271,6 +282,29 @@ class _Run:
     start: int = 1
     history: History | None = None
     state: bytes | None = None
+    loop: Loop | None = None
+
+    def saver(self, on_round: RoundCallback | None) -> RoundCallback:
+        """The loop's round callback: save the round (model, record, state), then ``on_round``."""
+
+        def round_done(record: RoundRecord) -> None:
+            if self.store is not None and self.loop is not None:
+                state = dump_state(self.loop.agg_state)
+                self.store.save_round(record.round, self.loop.weights, asdict(record), state)
+            if on_round is not None:
+                on_round(record)
+
+        return round_done
+
+    def end(self, exc: BaseException | None) -> None:
+        """Mark the run finished, or failed with the reason it stopped."""
+        if self.store is None:
+            return
+        if exc is None:
+            self.store.set_status("finished")
+            return
+        self.store.set_status("failed")
+        self.store.log_event("server", "stopped", _describe(exc))
 
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
-from covey.core._messages import FitResult, Metrics, Reply, Scalar
+from covey.core._messages import FitResult, Reply, Scalar
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze
 from covey.strategies._fold import contribution, find_aggregate
 from covey.strategies._strategy import Strategy

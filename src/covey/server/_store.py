@@ -24,81 +24,37 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
-import sqlite3
-import struct
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Self
 
 import numpy as np
-import safetensors.numpy
 
-from covey.core._files import TMP_SUFFIX, atomic_write, fsync_dir
-from covey.core._history import History, RoundRecord, _jsonable
+from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
+from covey.server._roundfiles import (
+    WEIGHTS_DIR,
+    read_weights,
+    record_json,
+    sweep,
+    weights_file_name,
+    write_weights,
+)
+from covey.server._rundb import DB_NAME, RunDB
+from covey.server._runrecords import RunRecords, Status
+
+__all__ = ["RunStore", "Status"]
 
 logger = logging.getLogger("covey")
 
-Status = Literal["running", "finished", "failed"]
-"""The state of a run: still going, done, or stopped by an error."""
 
-SCHEMA_VERSION: Final = 1
-"""The version of the SQLite schema this module reads and writes."""
-
-DB_NAME: Final = "run.sqlite"
-WEIGHTS_DIR: Final = "weights"
-_FORMAT: Final = "covey-run"
-_STATUSES: Final = ("running", "finished", "failed")
-_ROUND_FILE = re.compile(r"round-(\d+)\.safetensors")
-_CHUNK: Final = 1 << 20
-
-_SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS run ("
-    " id INTEGER PRIMARY KEY CHECK (id = 1),"
-    " config TEXT NOT NULL,"
-    " created_at REAL NOT NULL,"
-    " covey_version TEXT NOT NULL,"
-    " status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),"
-    " updated_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS rounds ("
-    " round INTEGER PRIMARY KEY CHECK (round >= 0),"
-    " weights_file TEXT,"  # NULL once pruned (keep_last)
-    " sha256 TEXT,"
-    " record TEXT,"
-    " server_state BLOB,"
-    " completed_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS clients ("
-    " name TEXT PRIMARY KEY,"
-    " id INTEGER NOT NULL UNIQUE,"
-    " first_seen REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS events ("
-    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " time REAL NOT NULL,"
-    " client TEXT NOT NULL,"
-    " event TEXT NOT NULL,"
-    " detail TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq)",
-)
-
-
-def weights_file_name(round: int) -> str:
-    """The file name of a round's weights inside ``RUN_DIR/weights``."""
-    return f"round-{round:05d}.safetensors"
-
-
-class RunStore:
+class RunStore(RunRecords):
     """The durable state of one federated run: settings, rounds, clients, events.
 
     Make one with :meth:`create` (a new run) or :meth:`open` (resume an existing
@@ -115,16 +71,14 @@ class RunStore:
             ...  # continue with round + 1
     """
 
-    def __init__(self, run_dir: Path, connection: sqlite3.Connection, config_text: str) -> None:
+    def __init__(self, run_dir: Path, db: RunDB, config_text: str) -> None:
         """Use :meth:`create` or :meth:`open`."""
         self._run_dir = run_dir
         self._weights_dir = run_dir / WEIGHTS_DIR
-        self._conn: sqlite3.Connection | None = connection
+        super().__init__(db)
         self._config_text = config_text
-        self._lock = threading.Lock()  # guards the connection
         self._save_lock = threading.Lock()  # one save_round / discard_after at a time
         self._swept = False
-        self._client_ids: dict[str, int] = {}
 
     # -- opening and closing -------------------------------------------------------
 
@@ -165,45 +119,9 @@ class RunStore:
             )
         weights_dir.mkdir(parents=True, exist_ok=True)
 
-        # Build the database under a temporary name and link it into place, so a
-        # crash during create never leaves a half-made run.sqlite behind.
-        fd, tmp_name = tempfile.mkstemp(dir=path, prefix=f".{DB_NAME}.", suffix=TMP_SUFFIX)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                now = time.time()
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("format", _FORMAT), ("schema_version", str(SCHEMA_VERSION))],
-                )
-                conn.execute(
-                    "INSERT INTO run (id, config, created_at, covey_version, status, updated_at)"
-                    " VALUES (1, ?, ?, ?, 'running', ?)",
-                    (config_text, now, __version__, now),
-                )
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            _fsync_file(tmp)
-            try:
-                os.link(tmp, db_path)  # fails if another process created a run meanwhile
-            except FileExistsError:
-                raise FileExistsError(
-                    f"a covey run already exists in {path}; resume it with RunStore.open "
-                    "or choose another directory"
-                ) from None
-            except OSError:  # no hard links on this file system
-                if db_path.exists():
-                    raise FileExistsError(f"a covey run already exists in {path}") from None
-                os.replace(tmp, db_path)
-            fsync_dir(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Built under a temporary name and linked into place, so a crash during
+        # create never leaves a half-made run.sqlite behind.
+        RunDB.create(path, config_text, __version__)
         return cls.open(path)
 
     @classmethod
@@ -223,32 +141,17 @@ class RunStore:
         db_path = path / DB_NAME
         if not db_path.is_file():
             raise FileNotFoundError(f"no covey run in {path}: it has no {DB_NAME}")
-        # mode=rw: never create a database here.
-        uri = db_path.resolve().as_uri() + "?mode=rw"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        try:
-            config_text = _check_run_db(conn, db_path)
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(path, conn, config_text)
+        db, config_text = RunDB.open(path)
+        return cls(path, db, config_text)
 
     def close(self) -> None:
         """Close the database. Closing twice is harmless."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._db.close()
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._conn is None
+        return self._db.closed
 
     def __enter__(self) -> Self:
         return self
@@ -277,31 +180,6 @@ class RunStore:
         """The settings given to :meth:`create` (a fresh copy on every access)."""
         value: dict[str, Any] = json.loads(self._config_text)
         return value
-
-    @property
-    def status(self) -> Status:
-        """``"running"``, ``"finished"`` or ``"failed"``."""
-        with self._reading() as conn:
-            row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
-        status: Status = row[0]
-        return status
-
-    def set_status(self, status: Status) -> None:
-        """Record the run as ``"running"``, ``"finished"`` or ``"failed"``."""
-        if status not in _STATUSES:
-            raise ValueError(f"status must be one of {', '.join(_STATUSES)}; got {status!r}")
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE run SET status = ?, updated_at = ? WHERE id = 1", (status, time.time())
-            )
-
-    def info(self) -> dict[str, Any]:
-        """``created_at``, ``updated_at`` (Unix time), ``covey_version`` and ``status``."""
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT created_at, updated_at, covey_version, status FROM run WHERE id = 1"
-            ).fetchone()
-        return dict(zip(("created_at", "updated_at", "covey_version", "status"), row, strict=True))
 
     # -- rounds --------------------------------------------------------------------
 
@@ -342,7 +220,7 @@ class RunStore:
         ):
             raise ValueError(f"keep_last must be a positive integer or None, got {keep_last!r}")
         spec = WeightsSpec.of(weights)
-        record_text = None if record is None else _record_json(round, record)
+        record_text = None if record is None else record_json(round, record)
         if server_state is not None:
             if not isinstance(server_state, bytes | bytearray | memoryview):
                 raise TypeError(
@@ -362,8 +240,8 @@ class RunStore:
             final = self._weights_dir / name
             committed = False
             try:
-                digest = self._write_weights(round, weights, spec, final)
-                with self._transaction() as conn:
+                digest = write_weights(final, round, weights, spec)
+                with self._db.transaction() as conn:
                     conn.execute(
                         "INSERT INTO rounds"
                         " (round, weights_file, sha256, record, server_state, completed_at)"
@@ -379,13 +257,13 @@ class RunStore:
 
     def last_round(self) -> int | None:
         """The newest saved round, or None if no round was saved."""
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             row = conn.execute("SELECT MAX(round) FROM rounds").fetchone()
         return None if row[0] is None else int(row[0])
 
     def rounds(self) -> list[int]:
         """Every saved round, oldest first (including rounds whose weights were pruned)."""
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             rows = conn.execute("SELECT round FROM rounds ORDER BY round").fetchall()
         return [int(r[0]) for r in rows]
 
@@ -404,7 +282,7 @@ class RunStore:
             KeyError: ``round`` was never saved.
             ValueError: the round's weights file is missing, corrupt, or was pruned.
         """
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             row = conn.execute(
                 "SELECT weights_file, sha256, record, server_state FROM rounds WHERE round = ?",
                 (int(round),),
@@ -414,7 +292,7 @@ class RunStore:
         name, digest, record_text, state = row
         if name is None:
             raise ValueError(f"the weights of round {round} were pruned (keep_last)")
-        weights = self._read_weights(round, self._weights_dir / name, digest)
+        weights = read_weights(round, self._weights_dir / name, digest)
         record: dict[str, Any] | None = None if record_text is None else json.loads(record_text)
         return weights, record, None if state is None else bytes(state)
 
@@ -456,7 +334,7 @@ class RunStore:
         """
         floor = -1 if round is None else int(round)
         with self._save_lock:
-            with self._transaction() as conn:
+            with self._db.transaction() as conn:
                 rows = conn.execute(
                     "SELECT round, weights_file FROM rounds WHERE round > ? ORDER BY round",
                     (floor,),
@@ -469,141 +347,16 @@ class RunStore:
 
     def history(self) -> History:
         """The run's :class:`History`, rebuilt from the saved round records."""
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             rows = conn.execute(
                 "SELECT record FROM rounds WHERE record IS NOT NULL ORDER BY round"
             ).fetchall()
         return History.from_dict({"rounds": [json.loads(text) for (text,) in rows]})
 
-    # -- clients and fleet events --------------------------------------------------
-
-    def client_id(self, name: str) -> int:
-        """The stable integer id of client ``name``: 0, 1, 2, ... in order of first sight.
-
-        The id is stored, so it stays the same across server restarts.
-        """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"client name must be a non-empty string, got {name!r}")
-        known = self._client_ids.get(name)
-        if known is not None:
-            return known
-        with self._transaction() as conn:
-            row = conn.execute("SELECT id FROM clients WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                row = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM clients").fetchone()
-                conn.execute(
-                    "INSERT INTO clients (name, id, first_seen) VALUES (?, ?, ?)",
-                    (name, row[0], time.time()),
-                )
-        cid = int(row[0])
-        self._client_ids[name] = cid
-        return cid
-
-    def clients(self) -> dict[str, int]:
-        """Every known client name and its id, in id order."""
-        with self._reading() as conn:
-            rows = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
-        return {str(name): int(cid) for name, cid in rows}
-
-    def log_event(self, client: str, event: str, detail: str = "") -> None:
-        """Record a fleet event, e.g. ``"join"``, ``"leave"``, ``"timeout"``, ``"refused"``.
-
-        Args:
-            client: The client's name.
-            event: What happened.
-            detail: Free text, e.g. the peer address or the error.
-        """
-        if not isinstance(event, str) or not event:
-            raise ValueError(f"event must be a non-empty string, got {event!r}")
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO events (time, client, event, detail) VALUES (?, ?, ?, ?)",
-                (time.time(), str(client), event, str(detail)),
-            )
-
-    def events(self, client: str | None = None) -> list[tuple[float, str, str, str]]:
-        """Logged events as ``(unix_time, client, event, detail)``, oldest first.
-
-        Args:
-            client: Only this client's events; all events if None.
-        """
-        with self._reading() as conn:
-            if client is None:
-                rows = conn.execute(
-                    "SELECT time, client, event, detail FROM events ORDER BY seq"
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT time, client, event, detail FROM events WHERE client = ? ORDER BY seq",
-                    (client,),
-                ).fetchall()
-        return [(float(t), str(c), str(e), str(d)) for t, c, e, d in rows]
-
     # -- internals -----------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise ValueError(f"the RunStore of {self._run_dir} is closed")
-        return self._conn
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-    def _write_weights(self, round: int, weights: Weights, spec: WeightsSpec, final: Path) -> str:
-        """Write ``final`` via a synced temporary file; return the file's SHA-256."""
-        # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
-        arrays = {name: np.require(weights[name], requirements="C") for name in spec.names}
-        metadata = {"covey_round": str(round), "covey_names": json.dumps(list(spec.names))}
-        sha = hashlib.sha256()
-
-        def write(tmp: Path) -> None:
-            safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
-            with open(tmp, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    sha.update(chunk)
-
-        atomic_write(final, write)
-        return sha.hexdigest()
-
-    def _read_weights(self, round: int, path: Path, digest: str) -> dict[str, Array]:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ValueError(f"weights file {path} of round {round} is missing") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != digest:
-            raise ValueError(
-                f"weights file {path} of round {round} is corrupt: its SHA-256 is "
-                f"{actual}, expected {digest}"
-            )
-        try:
-            metadata = _safetensors_metadata(data)
-            arrays = safetensors.numpy.load(data)
-            names: list[str] = json.loads(metadata["covey_names"])
-            stored_round = int(metadata["covey_round"])
-        except Exception as exc:
-            raise ValueError(f"weights file {path} of round {round} is unreadable: {exc}") from exc
-        if stored_round != round or sorted(names) != sorted(arrays):
-            raise ValueError(f"weights file {path} does not hold the weights of round {round}")
-        return {name: arrays[name] for name in names}
-
     def _prune(self, keep_last: int) -> None:
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             rows = conn.execute(
                 "SELECT round, weights_file FROM rounds WHERE weights_file IS NOT NULL"
                 " ORDER BY round DESC LIMIT -1 OFFSET ?",
@@ -627,72 +380,9 @@ class RunStore:
         """
         if self._swept:
             return
-        self._weights_dir.mkdir(exist_ok=True)
-        with self._reading() as conn:
+        with self._db.reading() as conn:
             rows = conn.execute(
                 "SELECT weights_file FROM rounds WHERE weights_file IS NOT NULL"
             ).fetchall()
-        referenced = {name for (name,) in rows}
-        for path in self._weights_dir.iterdir():
-            stale_tmp = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
-            orphan = _ROUND_FILE.fullmatch(path.name) and path.name not in referenced
-            if stale_tmp or orphan:
-                path.unlink(missing_ok=True)
+        sweep(self._weights_dir, {name for (name,) in rows})
         self._swept = True
-
-
-def _record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:
-    """The JSON text of a round record, checked to rebuild into a :class:`RoundRecord`."""
-    if isinstance(record, RoundRecord):
-        raw: dict[str, Any] = asdict(record)
-    elif isinstance(record, Mapping):
-        raw = dict(record)
-    else:
-        raise TypeError(
-            f"record must be a RoundRecord, a dict or None, got {type(record).__name__}"
-        )
-    raw.setdefault("round", round)
-    if raw["round"] != round:
-        raise ValueError(f"record of round {raw['round']} saved as round {round}")
-    data = _jsonable(raw)
-    try:
-        History.from_dict({"rounds": [data]})
-    except (TypeError, KeyError) as exc:
-        raise ValueError(f"record of round {round} is not a RoundRecord dict: {exc}") from exc
-    try:
-        return json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"record of round {round} is not JSON-serializable: {exc}") from exc
-
-
-def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
-    """Check that ``conn`` is a covey run database this version can read; return its config."""
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
-    if meta.get("format") != _FORMAT or row is None:
-        raise ValueError(f"{db_path} is not a covey run database")
-    version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
-        raise ValueError(
-            f"{db_path} has schema version {version}, but this covey reads only version "
-            f"{SCHEMA_VERSION}; use the covey version that wrote the run"
-        )
-    config_text: str = row[0]
-    return config_text
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file: an 8-byte little-endian header
-    length, then the JSON header."""
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    metadata: dict[str, str] = header.get("__metadata__") or {}
-    return metadata
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "r+b") as f:
-        os.fsync(f.fileno())

@@ -26,7 +26,7 @@ from covey.transport.grpc import _wire
 from covey.transport.grpc._address import check_address
 from covey.transport.grpc._guard import MAX_TASK_BYTES, TaskLimits, WithProperties
 from covey.transport.grpc._refusal import Refused, RetryBudget, permanent_cause
-from covey.transport.grpc._server import METHOD, grpc_options
+from covey.transport.grpc._service import METHOD, grpc_options
 from covey.transport.grpc._stream import chunks, split_blobs
 from covey.transport.grpc.proto import covey_pb2 as pb
 

@@ -101,7 +101,7 @@ class RetryBudget:
     max_attempts: int | None = None
     failures: int = 0
     since: float | None = None
-    rng: random.Random = field(default_factory=random.Random)  # noqa: S311 - jitter, not a secret
+    rng: random.Random = field(default_factory=random.Random)
 
     def success(self) -> None:
         """A session got through: the next failure starts a new budget."""

@@ -1,0 +1,182 @@
+"""Creating a federation: its certificate authority, server certificate and revocation list."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from covey.core._files import atomic_write
+from covey.deploy.certs._common import (
+    BACKDATE,
+    CA_CERT,
+    CA_KEY,
+    CERT_MODE,
+    CLIENTS_DIRNAME,
+    DIR_MODE,
+    KEY_MODE,
+    REVOKED,
+    SERVER_CERT,
+    SERVER_KEY,
+    KeyType,
+    PrivateKey,
+    cert_to_pem,
+    check_days,
+    generate_key,
+    key_to_pem,
+    key_usage,
+    locked,
+    sign,
+    utc_now,
+)
+from covey.deploy.certs._issue import parse_hosts, server_certificate
+from covey.deploy.certs._revocation import write_revoked
+
+__all__ = ["FederationPaths", "init_federation"]
+
+_RSA_BITS = (2048, 3072, 4096)
+
+
+@dataclass(frozen=True)
+class FederationPaths:
+    """The files :func:`init_federation` wrote.
+
+    Attributes:
+        directory: The federation directory.
+        ca_cert: The CA certificate (PEM), to give to every server and client.
+        ca_key: The CA private key (PEM, PKCS#8); keep it offline and secret.
+        server_cert: The server certificate (PEM), signed by the CA.
+        server_key: The server private key (PEM, PKCS#8).
+        revoked: The revocation list (JSON).
+        clients_dir: The folder client certificates are issued into.
+    """
+
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    revoked: Path
+    clients_dir: Path
+
+
+def init_federation(
+    directory: str | os.PathLike[str],
+    *,
+    hosts: Iterable[str] = ("localhost", "127.0.0.1"),
+    name: str = "covey federation",
+    days: int = 3650,
+    server_days: int = 825,
+    key_type: KeyType = "ec",
+    rsa_bits: int = 3072,
+    overwrite: bool = False,
+) -> FederationPaths:
+    """Create a federation directory: a CA, a server certificate, an empty revocation list.
+
+    The directory (and its parents) is created if needed; a new directory gets
+    mode 0700 because it holds private keys.  With ``overwrite=True`` an
+    existing federation is replaced: the CA and server certificate are new, the
+    revocation list is emptied, and client certificates issued by the old CA no
+    longer verify (``list_clients`` reports them as ``"foreign CA"``).
+
+    Args:
+        directory: The federation directory.
+        hosts: DNS names and IP addresses the server is reached at; they go in
+            the server certificate's SubjectAlternativeName, and a client must
+            connect with one of them.  A single string is one host.
+        name: Common name of the CA.
+        days: Validity of the CA certificate, in days.
+        server_days: Validity of the server certificate, in days (capped at
+            the CA's).
+        key_type: ``"ec"`` (ECDSA P-256, default), ``"rsa"`` or ``"ed25519"``.
+            Client keys are later made of the same kind as the CA key.  gRPC
+            supports only ``"ec"`` and ``"rsa"``.
+        rsa_bits: RSA key size (2048, 3072 or 4096) when ``key_type="rsa"``.
+        overwrite: Replace an existing federation (one with a ``ca.key``).
+
+    Returns:
+        The paths of the files written.
+
+    Raises:
+        FileExistsError: ``ca.key`` already exists and ``overwrite`` is false.
+        ValueError: A bad host, name, validity, key type or RSA size.
+    """
+    root = Path(directory)
+    host_list = parse_hosts(hosts)
+    _check_options(name, days, server_days, key_type, rsa_bits)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} exists and is not a directory")
+    root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    with locked(root):
+        if (root / CA_KEY).exists() and not overwrite:
+            raise FileExistsError(
+                f"{root / CA_KEY} already exists: {root} already holds a federation CA. "
+                "Pass overwrite=True (--overwrite) to replace it; every client "
+                "certificate issued by the old CA will stop working."
+            )
+        clients = root / CLIENTS_DIRNAME
+        clients.mkdir(mode=DIR_MODE, exist_ok=True)
+
+        now = utc_now()
+        ca_key = generate_key(key_type, rsa_bits)
+        ca_cert = _ca_certificate(ca_key, name, days, now)
+        server_key = generate_key(key_type, rsa_bits)
+        server_cert = server_certificate(server_key, host_list, ca_cert, ca_key, server_days, now)
+
+        paths = FederationPaths(
+            directory=root,
+            ca_cert=root / CA_CERT,
+            ca_key=root / CA_KEY,
+            server_cert=root / SERVER_CERT,
+            server_key=root / SERVER_KEY,
+            revoked=root / REVOKED,
+            clients_dir=clients,
+        )
+        # Keys first: a crash part-way leaves no certificate without its key.
+        atomic_write(paths.ca_key, key_to_pem(ca_key), mode=KEY_MODE)
+        atomic_write(paths.server_key, key_to_pem(server_key), mode=KEY_MODE)
+        atomic_write(paths.server_cert, cert_to_pem(server_cert), mode=CERT_MODE)
+        write_revoked(root, [])
+        atomic_write(paths.ca_cert, cert_to_pem(ca_cert), mode=CERT_MODE)
+    return paths
+
+
+def _check_options(name: str, days: int, server_days: int, key_type: str, rsa_bits: int) -> None:
+    """Reject a bad CA name, validity, key type or RSA size before anything is written."""
+    if not name.strip():
+        raise ValueError("the CA name must not be empty")
+    check_days(days, "days")
+    check_days(server_days, "server_days")
+    if key_type not in ("ec", "rsa", "ed25519"):
+        raise ValueError(f"key_type must be 'ec', 'rsa' or 'ed25519', not {key_type!r}")
+    if key_type == "rsa" and rsa_bits not in _RSA_BITS:
+        raise ValueError(f"rsa_bits must be one of {_RSA_BITS}, not {rsa_bits!r}")
+
+
+def _ca_certificate(
+    ca_key: PrivateKey, name: str, days: int, now: _dt.datetime
+) -> x509.Certificate:
+    """The self-signed CA certificate: a CA of path length 0 that signs certificates."""
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    return sign(
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            key_usage(key_cert_sign=True, crl_sign=True),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False),
+        ca_key,
+    )

@@ -1,0 +1,177 @@
+"""The revocation list: revoke a client certificate, read the list, check a certificate."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from covey.core._files import atomic_write
+from covey.deploy.certs._common import (
+    CERT_MODE,
+    CLIENTS_DIRNAME,
+    REVOKED,
+    existing_federation,
+    load_cert,
+    locked,
+    subject_common_name,
+    utc_now,
+    validate_client_id,
+)
+
+__all__ = ["add_revoked", "is_revoked", "load_revoked", "revoke", "write_revoked"]
+
+
+def revoke(directory: str | os.PathLike[str], client_id_or_serial: str | int) -> int:
+    """Revoke a client certificate: add its serial (and common name) to ``revoked.json``.
+
+    Revoking twice is harmless.  The certificate files are left in place (so
+    ``list_clients`` can still show them); the id can be issued again.
+
+    Args:
+        directory: The federation directory.
+        client_id_or_serial: A client id (a ``str``; its current certificate
+            in ``clients/`` is revoked) or a certificate serial number (an
+            ``int``, for a certificate whose file is gone).
+
+    Returns:
+        The revoked serial number.
+
+    Raises:
+        FileNotFoundError: The directory, its CA, or the client's certificate
+            is missing.
+        ValueError: A bad client id, or a serial that is not positive.
+        TypeError: ``client_id_or_serial`` is neither a ``str`` nor an ``int``.
+    """
+    root = existing_federation(directory)
+    with locked(root):
+        if isinstance(client_id_or_serial, bool):
+            raise TypeError("expected a client id (str) or a serial number (int), not a bool")
+        if isinstance(client_id_or_serial, int):
+            serial = client_id_or_serial
+            if serial <= 0:
+                raise ValueError(f"a certificate serial is positive, not {serial}")
+            common_name = _common_name_of_serial(root, serial)
+        elif isinstance(client_id_or_serial, str):
+            client_id = client_id_or_serial
+            validate_client_id(client_id)
+            cert_path = root / CLIENTS_DIRNAME / f"{client_id}.pem"
+            if not cert_path.is_file():
+                raise FileNotFoundError(
+                    f"no certificate for client {client_id!r} in {root / CLIENTS_DIRNAME}"
+                )
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            serial = cert.serial_number
+            common_name = subject_common_name(cert)
+        else:
+            raise TypeError(
+                f"expected a client id (str) or a serial number (int), not {client_id_or_serial!r}"
+            )
+        add_revoked(root, serial, common_name)
+    return serial
+
+
+def load_revoked(directory: str | os.PathLike[str]) -> frozenset[int]:
+    """Read the serial numbers in a federation's ``revoked.json``.
+
+    A missing or malformed file is an error rather than "nothing revoked", so
+    that a damaged directory never silently lets revoked clients back in.
+
+    Args:
+        directory: The federation directory.
+
+    Returns:
+        The revoked serial numbers.
+
+    Raises:
+        FileNotFoundError: ``revoked.json`` is missing.
+        ValueError: ``revoked.json`` is malformed.
+    """
+    return frozenset(int(entry["serial"], 16) for entry in _read_revoked(Path(directory)))
+
+
+def is_revoked(
+    cert_pem: bytes,
+    directory_or_revoked: str | os.PathLike[str] | Collection[int],
+) -> bool:
+    """Tell whether a certificate has been revoked.
+
+    Args:
+        cert_pem: The certificate, PEM or DER (e.g. gRPC's
+            ``context.auth_context()["x509_pem_cert"][0]``).
+        directory_or_revoked: A federation directory (its ``revoked.json`` is
+            read on every call, so revocations apply at once) or a collection
+            of revoked serials as :func:`load_revoked` returns.
+
+    Returns:
+        Whether the certificate's serial number is revoked.
+
+    Raises:
+        ValueError: The certificate cannot be parsed.
+    """
+    if isinstance(directory_or_revoked, (str, os.PathLike)):
+        revoked: Collection[int] = load_revoked(directory_or_revoked)
+    else:
+        revoked = directory_or_revoked
+    return load_cert(cert_pem).serial_number in revoked
+
+
+def _read_revoked(root: Path) -> list[dict[str, Any]]:
+    """Read and check the revocation list, serials as hex strings."""
+    path = root / REVOKED
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"revocation list {path} is missing") from None
+    try:
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise TypeError("not a list")
+        cleaned: list[dict[str, Any]] = []
+        for entry in entries:
+            serial = entry["serial"]
+            number = serial if isinstance(serial, int) else int(str(serial), 16)
+            if isinstance(number, bool) or number <= 0:
+                raise ValueError("bad serial")
+            cleaned.append({**entry, "serial": f"0x{number:x}"})
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"malformed revocation list {path}: {error}") from None
+    return cleaned
+
+
+def write_revoked(root: Path, entries: list[dict[str, Any]]) -> None:
+    """Write the revocation list atomically."""
+    data = (json.dumps(entries, indent=2) + "\n").encode("utf-8")
+    atomic_write(root / REVOKED, data, mode=CERT_MODE)
+
+
+def add_revoked(root: Path, serial: int, common_name: str | None) -> None:
+    """Add a serial to the revocation list (one already there is left alone)."""
+    entries = _read_revoked(root)
+    if any(int(entry["serial"], 16) == serial for entry in entries):
+        return
+    entries.append(
+        {
+            "serial": f"0x{serial:x}",
+            "common_name": common_name,
+            "revoked_at": utc_now().isoformat(),
+        }
+    )
+    write_revoked(root, entries)
+
+
+def _common_name_of_serial(root: Path, serial: int) -> str | None:
+    """The common name of the client certificate with this serial, if any."""
+    clients = root / CLIENTS_DIRNAME
+    for path in sorted(clients.glob("*.pem")) if clients.is_dir() else []:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if cert.serial_number == serial:
+            return subject_common_name(cert)
+    return None

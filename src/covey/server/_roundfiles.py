@@ -1,0 +1,162 @@
+"""The files of a run store: one safetensors file of global weights per round.
+
+A round's weights are written to a temporary file in ``RUN_DIR/weights``,
+flushed to disk and renamed to their final name; their SHA-256 is recorded
+with the round's row and checked on every read. :func:`sweep` removes what a
+crashed save left behind. The round records stored beside them are checked
+here too (:func:`record_json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Collection, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import safetensors.numpy
+
+from covey.core._files import TMP_SUFFIX, atomic_write
+from covey.core._history import History, RoundRecord, _jsonable
+from covey.core._weights import Array, Weights, WeightsSpec
+
+__all__ = [
+    "WEIGHTS_DIR",
+    "read_weights",
+    "record_json",
+    "sweep",
+    "weights_file_name",
+    "write_weights",
+]
+
+WEIGHTS_DIR: Final = "weights"
+_ROUND_FILE = re.compile(r"round-(\d+)\.safetensors")
+_CHUNK: Final = 1 << 20
+
+
+def weights_file_name(round: int) -> str:
+    """The file name of a round's weights inside ``RUN_DIR/weights``."""
+    return f"round-{round:05d}.safetensors"
+
+
+def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) -> str:
+    """Write ``final`` via a synced temporary file; return the file's SHA-256.
+
+    Args:
+        final: The weights file to write.
+        round: The round the weights are of (stored in the file's metadata).
+        weights: The arrays.
+        spec: Their layout; the names are stored in this order.
+
+    Returns:
+        The hex SHA-256 of the file written.
+    """
+    # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    arrays = {name: np.require(weights[name], requirements="C") for name in spec.names}
+    metadata = {"covey_round": str(round), "covey_names": json.dumps(list(spec.names))}
+    sha = hashlib.sha256()
+
+    def write(tmp: Path) -> None:
+        safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                sha.update(chunk)
+
+    atomic_write(final, write)
+    return sha.hexdigest()
+
+
+def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
+    """Read a round's weights file, checked against its recorded SHA-256.
+
+    Args:
+        round: The round the file must hold.
+        path: The weights file.
+        digest: The hex SHA-256 recorded when it was saved.
+
+    Returns:
+        The arrays (writable), in the order they were saved in.
+
+    Raises:
+        ValueError: The file is missing, corrupt, unreadable or of another round.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"weights file {path} of round {round} is missing") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise ValueError(
+            f"weights file {path} of round {round} is corrupt: its SHA-256 is "
+            f"{actual}, expected {digest}"
+        )
+    try:
+        metadata = _safetensors_metadata(data)
+        arrays = safetensors.numpy.load(data)
+        names: list[str] = json.loads(metadata["covey_names"])
+        stored_round = int(metadata["covey_round"])
+    except Exception as exc:
+        raise ValueError(f"weights file {path} of round {round} is unreadable: {exc}") from exc
+    if stored_round != round or sorted(names) != sorted(arrays):
+        raise ValueError(f"weights file {path} does not hold the weights of round {round}")
+    return {name: arrays[name] for name in names}
+
+
+def sweep(weights_dir: Path, referenced: Collection[str]) -> None:
+    """Delete the temporary files and the round files no round row names.
+
+    Args:
+        weights_dir: The run's weights folder (made if missing).
+        referenced: The names of the weights files the database refers to.
+    """
+    weights_dir.mkdir(exist_ok=True)
+    for path in weights_dir.iterdir():
+        stale_tmp = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+        orphan = _ROUND_FILE.fullmatch(path.name) and path.name not in referenced
+        if stale_tmp or orphan:
+            path.unlink(missing_ok=True)
+
+
+def record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:
+    """The JSON text of a round record, checked to rebuild into a :class:`RoundRecord`.
+
+    Raises:
+        TypeError: ``record`` is neither a :class:`RoundRecord` nor a mapping.
+        ValueError: It is of another round, not a round record, or not JSON.
+    """
+    if isinstance(record, RoundRecord):
+        raw: dict[str, Any] = asdict(record)
+    elif isinstance(record, Mapping):
+        raw = dict(record)
+    else:
+        raise TypeError(
+            f"record must be a RoundRecord, a dict or None, got {type(record).__name__}"
+        )
+    raw.setdefault("round", round)
+    if raw["round"] != round:
+        raise ValueError(f"record of round {raw['round']} saved as round {round}")
+    data = _jsonable(raw)
+    try:
+        History.from_dict({"rounds": [data]})
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"record of round {round} is not a RoundRecord dict: {exc}") from exc
+    try:
+        return json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"record of round {round} is not JSON-serializable: {exc}") from exc
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file.
+
+    The file starts with an 8-byte little-endian header length, then the JSON header.
+    """
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    metadata: dict[str, str] = header.get("__metadata__") or {}
+    return metadata

@@ -1,0 +1,215 @@
+"""The SQLite layer of a run store: the schema, making and opening ``run.sqlite``.
+
+SQLite runs in WAL mode with ``synchronous=FULL``, so a committed transaction
+survives a power cut. A new database is built under a temporary name and
+linked into place, so a crash while creating a run never leaves a half-made
+``run.sqlite`` behind. :class:`RunDB` holds the one connection of an open
+store behind a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from covey.core._files import TMP_SUFFIX, fsync_dir
+
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "RunDB"]
+
+SCHEMA_VERSION: Final = 1
+"""The version of the SQLite schema this module reads and writes."""
+
+DB_NAME: Final = "run.sqlite"
+_FORMAT: Final = "covey-run"
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS run ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " config TEXT NOT NULL,"
+    " created_at REAL NOT NULL,"
+    " covey_version TEXT NOT NULL,"
+    " status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),"
+    " updated_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rounds ("
+    " round INTEGER PRIMARY KEY CHECK (round >= 0),"
+    " weights_file TEXT,"  # NULL once pruned (keep_last)
+    " sha256 TEXT,"
+    " record TEXT,"
+    " server_state BLOB,"
+    " completed_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS clients ("
+    " name TEXT PRIMARY KEY,"
+    " id INTEGER NOT NULL UNIQUE,"
+    " first_seen REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS events ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " time REAL NOT NULL,"
+    " client TEXT NOT NULL,"
+    " event TEXT NOT NULL,"
+    " detail TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq)",
+)
+
+
+class RunDB:
+    """The SQLite database of one run, one connection shared by every thread under a lock.
+
+    Make the file with :meth:`create`, open it with :meth:`open`.
+
+    Args:
+        run_dir: The run directory (for error messages).
+        connection: The open connection (autocommit mode, usable from any thread).
+    """
+
+    def __init__(self, run_dir: Path, connection: sqlite3.Connection) -> None:
+        """Use :meth:`open`."""
+        self._run_dir = run_dir
+        self._conn: sqlite3.Connection | None = connection
+        self._lock = threading.Lock()  # guards the connection
+
+    @staticmethod
+    def create(path: Path, config_text: str, version: str) -> None:
+        """Make ``path/run.sqlite`` for a new run with status ``"running"``.
+
+        Args:
+            path: The run directory (it exists).
+            config_text: The run's settings, as JSON text.
+            version: The covey version that creates the run.
+
+        Raises:
+            FileExistsError: ``path`` already holds a run (perhaps made meanwhile
+                by another process).
+        """
+        db_path = path / DB_NAME
+        fd, tmp_name = tempfile.mkstemp(dir=path, prefix=f".{DB_NAME}.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                now = time.time()
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("format", _FORMAT), ("schema_version", str(SCHEMA_VERSION))],
+                )
+                conn.execute(
+                    "INSERT INTO run (id, config, created_at, covey_version, status, updated_at)"
+                    " VALUES (1, ?, ?, ?, 'running', ?)",
+                    (config_text, now, version, now),
+                )
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            _fsync_file(tmp)
+            try:
+                os.link(tmp, db_path)  # fails if another process created a run meanwhile
+            except FileExistsError:
+                raise FileExistsError(
+                    f"a covey run already exists in {path}; resume it with RunStore.open "
+                    "or choose another directory"
+                ) from None
+            except OSError:  # no hard links on this file system
+                if db_path.exists():
+                    raise FileExistsError(f"a covey run already exists in {path}") from None
+                os.replace(tmp, db_path)
+            fsync_dir(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def open(cls, path: Path) -> tuple[RunDB, str]:
+        """Open ``path/run.sqlite`` (which must exist); return it and the run's config text.
+
+        Raises:
+            ValueError: The file is not a covey run database, or its schema
+                version is unknown.
+        """
+        db_path = path / DB_NAME
+        # mode=rw: never create a database here.
+        uri = db_path.resolve().as_uri() + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            config_text = _check_run_db(conn, db_path)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, conn), config_text
+
+    def close(self) -> None:
+        """Close the connection. Closing twice is harmless."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._conn is None
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """Hold the connection for reading."""
+        with self._lock:
+            yield self._db()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Hold the connection in one write transaction, committed unless the block raises."""
+        with self._lock:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _db(self) -> sqlite3.Connection:
+        """The open connection."""
+        if self._conn is None:
+            raise ValueError(f"the RunStore of {self._run_dir} is closed")
+        return self._conn
+
+
+def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
+    """Check that ``conn`` is a covey run database this version can read; return its config."""
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
+    if meta.get("format") != _FORMAT or row is None:
+        raise ValueError(f"{db_path} is not a covey run database")
+    version = meta.get("schema_version")
+    if version != str(SCHEMA_VERSION):
+        raise ValueError(
+            f"{db_path} has schema version {version}, but this covey reads only version "
+            f"{SCHEMA_VERSION}; use the covey version that wrote the run"
+        )
+    config_text: str = row[0]
+    return config_text
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush a file's contents to disk."""
+    with open(path, "r+b") as f:
+        os.fsync(f.fileno())

@@ -1,0 +1,125 @@
+"""The records of a run beside its rounds: its status, its clients and their fleet events.
+
+These live in the ``run``, ``clients`` and ``events`` tables of ``run.sqlite``;
+:class:`~covey.server.RunStore` inherits them from :class:`RunRecords`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final, Literal
+
+from covey.server._rundb import RunDB
+
+__all__ = ["RunRecords", "Status"]
+
+Status = Literal["running", "finished", "failed"]
+"""The state of a run: still going, done, or stopped by an error."""
+
+_STATUSES: Final = ("running", "finished", "failed")
+
+
+class RunRecords:
+    """A run's status and info, its clients' stable ids, and the fleet event log.
+
+    Every method is safe to call from several threads at once.
+
+    Args:
+        db: The run's open database.
+    """
+
+    def __init__(self, db: RunDB) -> None:
+        """Records kept in ``db``."""
+        self._db = db
+        self._client_ids: dict[str, int] = {}
+
+    # -- the run -------------------------------------------------------------------
+
+    @property
+    def status(self) -> Status:
+        """``"running"``, ``"finished"`` or ``"failed"``."""
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
+        status: Status = row[0]
+        return status
+
+    def set_status(self, status: Status) -> None:
+        """Record the run as ``"running"``, ``"finished"`` or ``"failed"``."""
+        if status not in _STATUSES:
+            raise ValueError(f"status must be one of {', '.join(_STATUSES)}; got {status!r}")
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE run SET status = ?, updated_at = ? WHERE id = 1", (status, time.time())
+            )
+
+    def info(self) -> dict[str, Any]:
+        """``created_at``, ``updated_at`` (Unix time), ``covey_version`` and ``status``."""
+        with self._db.reading() as conn:
+            row = conn.execute(
+                "SELECT created_at, updated_at, covey_version, status FROM run WHERE id = 1"
+            ).fetchone()
+        return dict(zip(("created_at", "updated_at", "covey_version", "status"), row, strict=True))
+
+    # -- clients and fleet events --------------------------------------------------
+
+    def client_id(self, name: str) -> int:
+        """The stable integer id of client ``name``: 0, 1, 2, ... in order of first sight.
+
+        The id is stored, so it stays the same across server restarts.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"client name must be a non-empty string, got {name!r}")
+        known = self._client_ids.get(name)
+        if known is not None:
+            return known
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT id FROM clients WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                row = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM clients").fetchone()
+                conn.execute(
+                    "INSERT INTO clients (name, id, first_seen) VALUES (?, ?, ?)",
+                    (name, row[0], time.time()),
+                )
+        cid = int(row[0])
+        self._client_ids[name] = cid
+        return cid
+
+    def clients(self) -> dict[str, int]:
+        """Every known client name and its id, in id order."""
+        with self._db.reading() as conn:
+            rows = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
+        return {str(name): int(cid) for name, cid in rows}
+
+    def log_event(self, client: str, event: str, detail: str = "") -> None:
+        """Record a fleet event, e.g. ``"join"``, ``"leave"``, ``"timeout"``, ``"refused"``.
+
+        Args:
+            client: The client's name.
+            event: What happened.
+            detail: Free text, e.g. the peer address or the error.
+        """
+        if not isinstance(event, str) or not event:
+            raise ValueError(f"event must be a non-empty string, got {event!r}")
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO events (time, client, event, detail) VALUES (?, ?, ?, ?)",
+                (time.time(), str(client), event, str(detail)),
+            )
+
+    def events(self, client: str | None = None) -> list[tuple[float, str, str, str]]:
+        """Logged events as ``(unix_time, client, event, detail)``, oldest first.
+
+        Args:
+            client: Only this client's events; all events if None.
+        """
+        with self._db.reading() as conn:
+            if client is None:
+                rows = conn.execute(
+                    "SELECT time, client, event, detail FROM events ORDER BY seq"
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT time, client, event, detail FROM events WHERE client = ? ORDER BY seq",
+                    (client,),
+                ).fetchall()
+        return [(float(t), str(c), str(e), str(d)) for t, c, e, d in rows]

@@ -1,0 +1,174 @@
+"""The connection registry of the gRPC server: who is connected, under which id.
+
+Each connected client is one :class:`Connection` (its stream's outbound queue,
+the tasks it owes a reply to, whether it is still alive). The
+:class:`Registry` maps client ids to live connections, gives each client name
+its stable id, routes replies to whoever waits for them, and reports fleet
+events (join, rejoin, leave, refused, late-reply, protocol-error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from covey.core._messages import Reply
+
+__all__ = ["CLOSE", "Connection", "Registry", "ShuttingDownError", "Sink"]
+
+logger = logging.getLogger("covey")
+
+CLOSE = object()
+"""Put on a connection's outbound queue to end its response stream."""
+
+
+class Sink:
+    """Where the replies to one exchange (or to the asynchronous loop) go."""
+
+    __slots__ = ("open", "replies")
+
+    def __init__(self) -> None:
+        """An open sink with an empty reply queue."""
+        self.replies: queue.Queue[Reply] = queue.Queue()
+        self.open = True
+
+
+class Connection:
+    """One connected client.
+
+    Args:
+        name: The client's name (its certificate's common name under TLS).
+        cid: The client's stable id.
+        context: The gRPC context of its stream.
+    """
+
+    def __init__(self, name: str, cid: int, context: grpc.ServicerContext) -> None:
+        """A live connection with nothing queued and no task pending."""
+        self.name = name
+        self.cid = cid
+        self.context = context
+        self.outbound: queue.Queue[Any] = queue.Queue()
+        self.pending: dict[int, tuple[Sink, str]] = {}  # task_id -> (where to, kind)
+        self.alive = True
+        self.last_seen = time.monotonic()
+        self.lock = threading.Lock()
+
+    def closed(self) -> bool:
+        """Whether the connection has been dropped."""
+        return not self.alive
+
+
+class ShuttingDownError(Exception):
+    """A client tried to join a registry that is closed."""
+
+
+class Registry:
+    """The clients connected now, by id, and the fleet events they cause.
+
+    ``lock`` guards ``fleet`` (and whatever the transport keeps beside it);
+    ``changed`` is notified whenever a client joins or leaves.
+
+    Args:
+        client_id: ``name -> int``: the stable id of a client name; default:
+            ids in order of first connection.
+        on_event: ``(name, event, detail)`` for fleet events.
+    """
+
+    def __init__(
+        self,
+        client_id: Callable[[str], int] | None = None,
+        on_event: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        """An empty, open registry."""
+        ids: dict[str, int] = {}
+        self.client_id = client_id or (lambda name: ids.setdefault(name, len(ids)))
+        self.on_event = on_event
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.fleet: dict[int, Connection] = {}
+        self.closed = False
+
+    def clients(self) -> list[int]:
+        """Ids of the clients connected now, sorted."""
+        with self.lock:
+            return sorted(cid for cid, c in self.fleet.items() if c.alive)
+
+    def wait_for(self, count: int, timeout: float | None) -> bool:
+        """Block until ``count`` clients are connected or ``timeout`` passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.changed:
+            while sum(c.alive for c in self.fleet.values()) < count:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.changed.wait(remaining)
+            return True
+
+    def add(self, conn: Connection) -> Connection | None:
+        """Register a new connection; return the one it replaces (then drop that one).
+
+        Raises:
+            ShuttingDownError: The registry is closed.
+        """
+        with self.changed:
+            if self.closed:
+                raise ShuttingDownError("the server is shutting down")
+            old = self.fleet.get(conn.cid)
+            self.fleet[conn.cid] = conn
+            self.changed.notify_all()
+        return old
+
+    def close(self) -> list[Connection] | None:
+        """Mark the registry closed; return the connections then, or None if it was closed."""
+        with self.lock:
+            if self.closed:
+                return None
+            self.closed = True
+            return list(self.fleet.values())
+
+    def drop(self, conn: Connection, why: str) -> None:
+        """Take a connection out: fail the tasks it owes, end its stream, report it left."""
+        with self.changed:
+            if not conn.alive:
+                return
+            conn.alive = False
+            if self.fleet.get(conn.cid) is conn:
+                del self.fleet[conn.cid]
+            self.changed.notify_all()
+        with conn.lock:
+            pending = list(conn.pending.items())
+            conn.pending.clear()
+        for _, (sink, kind) in pending:
+            self.route(sink, Reply(conn.cid, kind, error=f"client {why}"), conn.name)
+        conn.outbound.put(CLOSE)
+        with contextlib.suppress(Exception):
+            conn.context.cancel()
+        self.event(conn.name, "leave", why)
+        logger.info("client %s (%d) left: %s", conn.name, conn.cid, why)
+
+    def route(self, sink: Sink, reply: Reply, name: str) -> None:
+        """Hand a reply to its sink, or discard it (and say so) if the sink is closed."""
+        if sink.open:
+            sink.replies.put(reply)
+        else:
+            logger.warning(
+                "discarding a late %s reply from client %s (its round is over)", reply.kind, name
+            )
+            self.event(name, "late-reply", reply.kind)
+
+    def event(self, name: str, event: str, detail: str = "") -> None:
+        """Report a fleet event; a failing recorder is logged, never raised."""
+        record = self.on_event
+        if record is not None:
+            try:
+                record(name, event, detail)
+            except Exception:
+                if not self.closed:
+                    logger.exception("recording fleet event %s for %s failed", event, name)
