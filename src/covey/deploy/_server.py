@@ -13,6 +13,7 @@ from typing import Any
 
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
+from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._state import dump_state, load_state
@@ -59,8 +60,6 @@ class ServeResult:
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
     """Load the server's TLS material from a federation folder made by ``covey certs init``."""
-    from covey.deploy.certs import is_revoked, load_revoked
-
     d = Path(directory)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
     if missing:
@@ -69,14 +68,11 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
             "create one with `covey certs init --dir DIR`"
         )
 
-    def revoked(pem: bytes) -> bool:
-        return is_revoked(pem, load_revoked(d))
-
     return ServerTLS(
         ca=(d / "ca.pem").read_bytes(),
         cert=(d / "server.pem").read_bytes(),
         key=(d / "server.key").read_bytes(),
-        is_revoked=revoked,
+        is_revoked=RevocationList(d),
     )
 
 

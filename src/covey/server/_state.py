@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.numpy
 
 __all__ = ["StateError", "dump_state", "load_state"]
@@ -151,7 +152,14 @@ def load_state(data: bytes, template: Any) -> Any:
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(bytes(data[8 : 8 + header_len]))
         meta = json.loads(header["__metadata__"][_KEY])
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+    except (
+        safetensors.SafetensorError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise StateError(f"not a stored aggregation state: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise StateError("not a stored aggregation state (unknown format)")

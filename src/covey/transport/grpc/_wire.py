@@ -119,7 +119,7 @@ class _Reader:
         return {k: self.value(v, depth + 1) for k, v in value.items()}
 
     def array(self, data: Any, dtype_text: Any, depth: int) -> np.ndarray[Any, Any]:
-        if not isinstance(dtype_text, str) or len(dtype_text) > 8:
+        if not isinstance(dtype_text, str) or len(dtype_text) > 32:
             raise WireError(f"an array's dtype must be a short string, not {dtype_text!r:.40}")
         try:
             dtype = np.dtype(dtype_text)
