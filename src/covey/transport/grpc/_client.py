@@ -25,7 +25,14 @@ from covey.core._weights import WeightsSpec
 from covey.transport.grpc import _wire
 from covey.transport.grpc._address import check_address
 from covey.transport.grpc._guard import MAX_TASK_BYTES, TaskLimits, WithProperties
-from covey.transport.grpc._refusal import Refused, RetryBudget, permanent_cause
+from covey.transport.grpc._refusal import (
+    HANDSHAKE_STRIKES,
+    Refused,
+    RetryBudget,
+    handshake_closed,
+    handshake_refusal,
+    permanent_cause,
+)
 from covey.transport.grpc._service import METHOD, grpc_options
 from covey.transport.grpc._stream import chunks, split_blobs
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -353,6 +360,7 @@ def connect(
     options = grpc_options()
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
+    strikes = 0  # TLS handshakes the server closed in a row
     while not stop.is_set():
         session = _Session(client, name, props, heartbeat, limits)
         result.sessions += 1
@@ -363,6 +371,9 @@ def connect(
             break
         if session.welcomed:
             budget.success()
+        strikes = strikes + 1 if tls is not None and error.startswith(_CLOSED) else 0
+        if strikes >= HANDSHAKE_STRIKES:
+            raise Refused(handshake_refusal(strikes))
         delay = budget.next_delay()
         if delay is None:
             raise ConnectionError(
@@ -371,6 +382,9 @@ def connect(
         logger.warning("connection to %s lost (%s); retrying in %.1f s", address, error, delay)
         stop.wait(delay)
     return result
+
+
+_CLOSED = "handshake closed: "
 
 
 def _channel(address: str, tls: ClientTLS | None, options: list[tuple[str, Any]]) -> grpc.Channel:
@@ -401,7 +415,8 @@ def _session(
         if cause is not None:
             raise Refused(cause) from None
         code = exc.code() if hasattr(exc, "code") else None
-        return f"{code}: {exc.details() if hasattr(exc, 'details') else exc}"
+        text = f"{code}: {exc.details() if hasattr(exc, 'details') else exc}"
+        return _CLOSED + text if handshake_closed(exc) else text
     except ConnectionError as exc:
         return str(exc)
     finally:

@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 
 import grpc
 
-__all__ = ["Refused", "RetryBudget", "compatible", "permanent_cause", "version_refusal"]
+__all__ = [
+    "HANDSHAKE_STRIKES",
+    "Refused",
+    "RetryBudget",
+    "compatible",
+    "handshake_closed",
+    "permanent_cause",
+    "version_refusal",
+]
+
+#: TLS handshakes the server closed in a row before a client takes it as a refusal.
+HANDSHAKE_STRIKES = 3
 
 #: The status codes a server uses for a refusal that retrying cannot change.
 _PERMANENT = {
@@ -82,6 +93,30 @@ def permanent_cause(exc: grpc.RpcError) -> str | None:
             f"certificate from another federation, or a wrong CA?): {details}"
         )
     return None
+
+
+def handshake_closed(exc: grpc.RpcError) -> bool:
+    """Whether the server closed the connection during the TLS handshake.
+
+    That is how a server refuses a client certificate it does not trust (or a
+    missing one); a server that is down refuses the connection instead.
+    """
+    code = exc.code() if hasattr(exc, "code") else None
+    details = str(exc.details() if hasattr(exc, "details") else exc) or ""
+    return (
+        code == grpc.StatusCode.UNAVAILABLE
+        and "failed to connect" in details
+        and "Socket closed" in details
+    )
+
+
+def handshake_refusal(strikes: int) -> str:
+    """The cause given when the server closed ``strikes`` TLS handshakes in a row."""
+    return (
+        f"certificate not trusted: the server closed the TLS handshake {strikes} times in a "
+        "row; its CA does not accept this client's certificate (issued by another "
+        "federation?) or the client presented none"
+    )
 
 
 @dataclass
