@@ -87,7 +87,9 @@ def test_client_addresses_are_checked(
     args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(APPS))
-    result = CliRunner().invoke(app, ["client", "--app", "tiny_app:client_fn", "--insecure", *args])
+    result = CliRunner().invoke(
+        app, ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure", *args]
+    )
     assert result.exit_code == 1
     assert message in result.output
 
