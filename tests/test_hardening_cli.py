@@ -45,7 +45,7 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate(10)
+        out, _ = proc.communicate(timeout=10)
         raise AssertionError(f"covey client did not exit by itself:\n{out[-3000:]}") from None
     return proc.returncode, out
 
