@@ -8,6 +8,7 @@ import struct
 import zlib
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -23,7 +24,12 @@ from covey.transport._memory import MemoryTransport
 from covey.transport.grpc import _wire
 from covey.transport.grpc._address import AddressError, check_address
 from covey.transport.grpc._guard import TaskLimits
-from covey.transport.grpc._refusal import RetryBudget, compatible, version_refusal
+from covey.transport.grpc._refusal import (
+    RetryBudget,
+    compatible,
+    permanent_cause,
+    version_refusal,
+)
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 # -- 1. hostile arrays in JSON messages ----------------------------------------------------
@@ -237,3 +243,35 @@ def test_retries_stop_after_the_budget() -> None:
     assert budget.next_delay() is None
     budget = RetryBudget(backoff=1.0, max_backoff=4.0, retry_for=None)
     assert all(0.0 < (budget.next_delay() or 0) <= 4.0 for _ in range(40))
+
+
+class _Status(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "cause"),
+    [
+        (grpc.StatusCode.PERMISSION_DENIED, "certificate revoked", "certificate revoked"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "the run is over (server closing)", "run is over"),
+        (grpc.StatusCode.UNAVAILABLE, "Tls handshake failed: CERTIFICATE_VERIFY_FAILED", "trusted"),
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect: Connection refused", None),
+        (grpc.StatusCode.CANCELLED, "Cancelled", None),
+    ],
+)
+def test_permanent_refusals_are_told_from_outages(
+    code: grpc.StatusCode, details: str, cause: str | None
+) -> None:
+    found = permanent_cause(_Status(code, details))
+    if cause is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert cause in found
