@@ -64,7 +64,7 @@ def send(args: argparse.Namespace) -> None:
             conn.sendall(LENGTH.pack(len(payload)))
             conn.sendall(payload)
             drain(conn, len(payload), memoryview(bytearray(SCRATCH)))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - a thread's error is raised after join
             errors.append(exc)
 
     for rnd in range(1, args.rounds + 1):

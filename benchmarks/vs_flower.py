@@ -30,17 +30,13 @@ import datetime as dt
 import itertools
 import json
 import os
-import platform
 import resource
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -48,19 +44,16 @@ sys.path.insert(0, str(HERE))
 
 import _proctree as pt  # noqa: E402
 import _workload as wl  # noqa: E402
+from _machine import RUNNER_ENV, cpu_times, wait_until_idle  # noqa: E402
+from _mdtable import write_results  # noqa: E402
+from _vs_flower_report import machine_info, markdown, ratios, summarize  # noqa: E402
 
 SYSTEMS = ("covey", "covey-process", "plain", "flower")
 MB = 1024 * 1024
-RUNNER_ENV = {
-    # Nothing is sent off this machine: no telemetry, update checks or usage stats.
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "PYTHONUNBUFFERED": "1",
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,38 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --- one run -------------------------------------------------------------------
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])
-    return total - idle, total
-
-
-def machine_busy(seconds: float = 1.0) -> float:
-    """Share of all CPUs that was busy over the next ``seconds`` (0..1)."""
-    b0, t0 = _cpu_times()
-    time.sleep(seconds)
-    b1, t1 = _cpu_times()
-    return (b1 - b0) / max(1, t1 - t0)
-
-
-def wait_until_idle(threshold: float, max_wait: float) -> tuple[float, float]:
-    """Wait (up to ``max_wait`` s) until the machine is busy below ``threshold``.
-
-    Returns ``(busy share last measured, seconds waited)``.
-    """
-    t0 = time.monotonic()
-    busy = machine_busy()
-    while busy >= threshold and time.monotonic() - t0 < max_wait:
-        busy = machine_busy(2.0)
-    return busy, time.monotonic() - t0
-
-
 def runner_command(
     system: str, args: argparse.Namespace, workload: str, n: int, rounds: int
 ) -> list[str] | str:
@@ -186,6 +147,7 @@ def run_one(
     args: argparse.Namespace,
     run_dir: Path,
 ) -> dict[str, Any]:
+    """Run one system once in a fresh interpreter, measured from outside."""
     tag = f"{workload}-n{n}-{system}-rep{rep}"
     out: dict[str, Any] = {
         "system": system,
@@ -210,7 +172,7 @@ def run_one(
     out["waited_for_idle_seconds"] = waited
     load_before = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy0, total0 = _cpu_times()
+    busy0, total0 = cpu_times()
     with log_path.open("wb") as log:
         t0 = time.time()
         try:
@@ -248,7 +210,7 @@ def run_one(
         leftovers = pt.kill_tree(proc.pid)
         pt.reap_zombies()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy1, total1 = _cpu_times()
+    busy1, total1 = cpu_times()
     # CPU of the whole tree. Counted two ways: from the kernel's accounting of reaped
     # children (exact, unless some process in the tree does not wait for its own
     # children, e.g. by ignoring SIGCHLD, whose CPU then goes uncounted), and as the
@@ -314,332 +276,8 @@ def run_one(
     return out
 
 
-def max_abs_diff(path_a: str, path_b: str) -> float:
-    with np.load(path_a) as a, np.load(path_b) as b:
-        if sorted(a.files) != sorted(b.files):
-            return float("nan")
-        worst = 0.0
-        for k in a.files:
-            x, y = a[k], b[k]
-            if x.shape != y.shape:
-                return float("nan")
-            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y))))
-        return worst
-
-
-# --- summary -------------------------------------------------------------------
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (workload, N, system): medians over repeats, diffs vs covey."""
-    keys: list[tuple[str, int, str]] = []
-    for r in runs:
-        key = (r["workload"], r["n_clients"], r["system"])
-        if key not in keys:
-            keys.append(key)
-    rows = []
-    for workload, n, system in keys:
-        group = [
-            r for r in runs if (r["workload"], r["n_clients"], r["system"]) == (workload, n, system)
-        ]
-        ok = [r for r in group if r["ok"]]
-        row: dict[str, Any] = {
-            "workload": workload,
-            "n_clients": n,
-            "system": system,
-            "runs": len(group),
-            "ok_runs": len(ok),
-            "errors": [r["error"] for r in group if not r["ok"]],
-        }
-        if ok:
-            row.update(
-                wall_seconds=_median([r["wall_seconds"] for r in ok]),
-                wall_seconds_all=[r["wall_seconds"] for r in ok],
-                sim_seconds=_median([r["sim_seconds"] for r in ok]),
-                cpu_seconds=_median([r["cpu_seconds"] for r in ok]),
-                loadavg_before=max(r["loadavg_before"] for r in ok),
-                busy_before=max(r["busy_before"] for r in ok),
-                others_cpu_share=max(r["others_cpu_share"] for r in ok),
-                sampler_cpu_share=max(r["sampler_cpu_share"] for r in ok),
-                startup_seconds=_median([r["startup_seconds"] for r in ok]),
-                peak_pss_mb=_median([r["peak_pss_mb"] for r in ok]),
-                peak_pss_mb_all=[r["peak_pss_mb"] for r in ok],
-                max_processes=max(r["max_processes"] for r in ok),
-                final_accuracy=ok[0]["final_accuracy"],
-                final_accuracy_all=[r["final_accuracy"] for r in ok],
-                round_seconds=ok[0]["round_seconds"],
-                round_peak_pss_mb=ok[0]["round_peak_pss_mb"],
-                baseline_pss_mb=ok[0].get("baseline_pss_mb"),
-                above_baseline_mb=ok[0].get("above_baseline_mb"),
-                above_baseline_model_copies=ok[0].get("above_baseline_model_copies"),
-                weights_path=ok[0]["weights_path"],
-            )
-        rows.append(row)
-    for row in rows:
-        ref = next(
-            (
-                r
-                for r in rows
-                if r["system"] == "covey"
-                and (r["workload"], r["n_clients"]) == (row["workload"], row["n_clients"])
-                and r.get("weights_path")
-            ),
-            None,
-        )
-        if ref is not None and row.get("weights_path"):
-            row["max_abs_diff_vs_covey"] = max_abs_diff(ref["weights_path"], row["weights_path"])
-        plain = next(
-            (
-                r
-                for r in rows
-                if r["system"] == "plain"
-                and (r["workload"], r["n_clients"]) == (row["workload"], row["n_clients"])
-                and r.get("weights_path")
-            ),
-            None,
-        )
-        if plain is not None and row.get("weights_path"):
-            row["max_abs_diff_vs_plain"] = max_abs_diff(plain["weights_path"], row["weights_path"])
-    return rows
-
-
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    configs = []
-    for r in rows:
-        if (r["workload"], r["n_clients"]) not in configs:
-            configs.append((r["workload"], r["n_clients"]))
-    for workload, n in configs:
-        by = {
-            r["system"]: r
-            for r in rows
-            if (r["workload"], r["n_clients"]) == (workload, n) and r.get("ok_runs")
-        }
-
-        def ratio(a: str, b: str, key: str, by: dict[str, dict[str, Any]] = by) -> float | None:
-            if a in by and b in by and by[b].get(key):
-                return float(by[a][key] / by[b][key])
-            return None
-
-        out.append(
-            {
-                "workload": workload,
-                "n_clients": n,
-                "wall_covey_over_plain": ratio("covey", "plain", "wall_seconds"),
-                "wall_flower_over_covey": ratio("flower", "covey", "wall_seconds"),
-                "sim_covey_over_plain": ratio("covey", "plain", "sim_seconds"),
-                "sim_flower_over_covey": ratio("flower", "covey", "sim_seconds"),
-                "cpu_covey_over_plain": ratio("covey", "plain", "cpu_seconds"),
-                "cpu_flower_over_covey": ratio("flower", "covey", "cpu_seconds"),
-                "mem_covey_over_plain": ratio("covey", "plain", "peak_pss_mb"),
-                "mem_flower_over_covey": ratio("flower", "covey", "peak_pss_mb"),
-            }
-        )
-    return out
-
-
-# --- machine -------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "nproc": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model(),
-        "kernel": platform.release(),
-        "mem_total_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
-        "orchestrator_python": platform.python_version(),
-        "orchestrator_numpy": np.__version__,
-        "pss_available": all(r.get("pss_fallbacks", 0) == 0 for r in runs),
-    }
-    envs: dict[str, dict[str, Any]] = {}
-    for r in runs:
-        rep = r.get("report")
-        if rep and r["system"] not in envs:
-            blas = [
-                b
-                for b in rep.get("blas", [])
-                if b.get("internal_api") == "openblas" and "numpy" in str(b.get("filepath"))
-            ]
-            envs[r["system"]] = {
-                "python": rep["python"],
-                "numpy": rep["numpy"],
-                "versions": rep["versions"],
-                "blas": blas[:1],
-            }
-    info["runners"] = envs
-    return info
-
-
-# --- output --------------------------------------------------------------------
-
-
-def _f(value: Any, fmt: str = "{:.2f}") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float) and np.isnan(value):
-        return "nan"
-    return fmt.format(value)
-
-
-def digits_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| N | system | wall s | of which setup s | simulate s | CPU s | peak PSS MB | procs "
-        "| final acc | max abs diff vs covey | vs plain | other load |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        if r["workload"] != "digits":
-            continue
-        if not r.get("ok_runs"):
-            err = "; ".join(r["errors"])[:300].replace("|", "/")
-            lines.append(f"| {r['n_clients']} | {r['system']} | FAILED: {err} |||||||||||")
-            continue
-        lines.append(
-            f"| {r['n_clients']} | {r['system']} | {_f(r['wall_seconds'])} "
-            f"| {_f(r['startup_seconds'])} | {_f(r['sim_seconds'], '{:.3f}')} "
-            f"| {_f(r['cpu_seconds'])} "
-            f"| {_f(r['peak_pss_mb'], '{:.0f}')} | {r['max_processes']} "
-            f"| {_f(r['final_accuracy'], '{:.4f}')} "
-            f"| {_f(r.get('max_abs_diff_vs_covey'), '{:.1e}')} "
-            f"| {_f(r.get('max_abs_diff_vs_plain'), '{:.1e}')} "
-            f"| {_f(100 * r['others_cpu_share'], '{:.0f}')} % |"
-        )
-    return lines
-
-
-def ratio_table(rat: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| workload | N | wall covey/plain | wall flwr/covey | simulate covey/plain "
-        "| simulate flwr/covey | CPU covey/plain | CPU flwr/covey | peak mem covey/plain "
-        "| peak mem flwr/covey |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rat:
-        lines.append(
-            f"| {r['workload']} | {r['n_clients']} | {_f(r['wall_covey_over_plain'])} "
-            f"| {_f(r['wall_flower_over_covey'])} | {_f(r['sim_covey_over_plain'])} "
-            f"| {_f(r['sim_flower_over_covey'])} | {_f(r['cpu_covey_over_plain'])} "
-            f"| {_f(r['cpu_flower_over_covey'])} | {_f(r['mem_covey_over_plain'])} "
-            f"| {_f(r['mem_flower_over_covey'])} |"
-        )
-    return lines
-
-
-def large_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| system | wall s | simulate s | CPU s | per-round s | peak PSS MB | baseline MB "
-        "| above baseline (model copies) | per-round peak MB | max abs diff vs covey "
-        "| vs plain | other load |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|",
-    ]
-    for r in rows:
-        if r["workload"] != "large":
-            continue
-        if not r.get("ok_runs"):
-            err = "; ".join(r["errors"])[:300].replace("|", "/")
-            lines.append(f"| {r['system']} | FAILED: {err} |||||||||||")
-            continue
-        per_round = ", ".join(_f(x) for x in r["round_seconds"])
-        per_round_mem = ", ".join(_f(x, "{:.0f}") for x in r["round_peak_pss_mb"])
-        lines.append(
-            f"| {r['system']} | {_f(r['wall_seconds'])} | {_f(r['sim_seconds'])} "
-            f"| {_f(r['cpu_seconds'])} | {per_round} | {_f(r['peak_pss_mb'], '{:.0f}')} "
-            f"| {_f(r['baseline_pss_mb'], '{:.0f}')} "
-            f"| {_f(r['above_baseline_mb'], '{:.0f}')} MB "
-            f"({_f(r['above_baseline_model_copies'], '{:.1f}')}) "
-            f"| {per_round_mem} | {_f(r.get('max_abs_diff_vs_covey'), '{:.1e}')} "
-            f"| {_f(r.get('max_abs_diff_vs_plain'), '{:.1e}')} "
-            f"| {_f(100 * r['others_cpu_share'], '{:.0f}')} % |"
-        )
-    return lines
-
-
-def machine_lines(info: dict[str, Any]) -> list[str]:
-    lines = [
-        f"- CPU: {info['cpu_model']}, nproc {info['nproc']}, "
-        f"{info['mem_total_gb']:.0f} GiB RAM, Linux {info['kernel']}",
-        f"- OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE'] or '(unset)'}, "
-        f"OPENBLAS_L2_SIZE={info['OPENBLAS_L2_SIZE'] or '(unset)'} "
-        "(inherited unchanged by every runner)",
-    ]
-    for system, env in info["runners"].items():
-        versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        blas = env["blas"][0] if env["blas"] else {}
-        blas_s = (
-            f", OpenBLAS {blas.get('version')} ({blas.get('architecture')}, "
-            f"{blas.get('num_threads')} threads)"
-            if blas
-            else ""
-        )
-        lines.append(
-            f"- {system}: Python {env['python']}, NumPy {env['numpy']}"
-            + (f", {versions}" if versions else "")
-            + blas_s
-        )
-    if not info["pss_available"]:
-        lines.append("- PSS was not readable for some processes; RSS was used for those")
-    return lines
-
-
-def markdown(
-    command: str,
-    args: argparse.Namespace,
-    info: dict[str, Any],
-    rows: list[dict[str, Any]],
-    rat: list[dict[str, Any]],
-    stamp: str,
-) -> str:
-    parts = [
-        f"### Run of {stamp}",
-        "",
-        "Command:",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
-        "Machine:",
-        "",
-        *machine_lines(info),
-        "",
-    ]
-    if any(r["workload"] == "digits" for r in rows):
-        parts += [
-            f"#### Digits, logistic regression, R = {args.rounds}",
-            "",
-            *digits_table(rows),
-            "",
-        ]
-    parts += ["#### Ratios", "", *ratio_table(rat), ""]
-    if any(r["workload"] == "large" for r in rows):
-        parts += [
-            f"#### Large model: 10,000,000 float32 (40 MB), N = {args.large_n}, "
-            f"R = {args.large_rounds}",
-            "",
-            *large_table(rows),
-            "",
-        ]
-    return "\n".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run every system on every configuration, print the report and write the results."""
     args = parse_args(argv)
     if not pt.become_subreaper():
         print("warning: could not become a child subreaper; daemonized processes may escape")
@@ -695,10 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": rat,
         "runs": runs,
     }
-    json_path = args.out_dir / f"vs_flower-{stamp}.json"
-    json_path.write_text(json.dumps(result, indent=2, default=str))
-    md_path = args.out_dir / f"vs_flower-{stamp}.md"
-    md_path.write_text(md + "\n")
+    json_path, md_path = write_results(args.out_dir, "vs_flower", stamp, result, md)
     if not args.keep_weights:
         for r in runs:
             if r.get("weights_path"):

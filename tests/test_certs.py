@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
+from covey.deploy._cli_certs import certs_app
 from covey.deploy.certs import (
     ClientPaths,
     FederationPaths,
@@ -30,7 +31,6 @@ from covey.deploy.certs import (
     revoke,
     verify_chain,
 )
-from covey.deploy._cli_certs import certs_app
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 

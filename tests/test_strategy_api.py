@@ -129,3 +129,18 @@ def test_a_wrong_type_is_refused_when_the_result_is_built(value: object, message
         covey.FitResult(delta={"w": value}, num_examples=1)  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="must be a dict of names to NumPy arrays, got list"):
         covey.FitResult(weights=[np.ones(2)], num_examples=1)  # type: ignore[arg-type]
+
+
+def test_writing_into_the_shared_weights_says_they_are_shared_and_how_to_copy() -> None:
+    class InPlace(covey.Client):
+        def fit(self, weights: Weights, config: Config) -> covey.FitResult:
+            weights["w"] += 1.0  # the common mistake: the arrays are read-only
+            return covey.FitResult(weights=weights, num_examples=1)
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1, min_available_clients=1)
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(lambda cid: InPlace(), 1, 1, strategy, {"w": np.zeros(2)})
+    [(_, failure)] = info.value.history.failures()
+    assert failure.error.startswith("covey: the weights a client receives are shared read-only")
+    assert "array.copy()" in failure.error
+    assert "read-only" in failure.traceback  # numpy's own message is kept above the hint

@@ -164,5 +164,20 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
         return Reply(cid, task.kind, error=f"unknown task kind {task.kind!r}")
     try:
         return Reply(cid, task.kind, result=handler(client, task))
-    except Exception:  # noqa: BLE001 - any error in the client's code becomes its reply's error
-        return Reply(cid, task.kind, error=traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - any error in the client's code becomes its reply's
+        return Reply(cid, task.kind, error=traceback.format_exc() + _hint(exc))
+
+
+READ_ONLY_HINT = (
+    "covey: the weights a client receives are shared read-only arrays (no copy is "
+    "made for each client); copy before changing them in place: "
+    "w = {name: array.copy() for name, array in weights.items()}"
+)
+
+
+def _hint(exc: BaseException) -> str:
+    """A last line saying what to do, for the mistakes clients commonly make."""
+    text = str(exc)
+    if isinstance(exc, ValueError) and "read-only" in text:
+        return READ_ONLY_HINT + "\n"
+    return ""
