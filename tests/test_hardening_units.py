@@ -22,8 +22,7 @@ from covey.server._base import FederationError
 from covey.server._state import StateError, dump_state, load_state
 from covey.transport._memory import MemoryTransport
 from covey.transport.grpc import _wire
-from covey.transport.grpc._address import AddressError, check_address
-from covey.transport.grpc._guard import TaskLimits
+from covey.transport.grpc._checks import AddressError, TaskLimits, check_address
 from covey.transport.grpc._refusal import (
     RetryBudget,
     compatible,
