@@ -134,11 +134,14 @@ def demo(
 
 
 def _mount() -> None:
+    from covey.analytics._cli import query_command, site_command
     from covey.deploy._cli import client_command, server_command
     from covey.deploy._cli_certs import certs_app
 
     app.command("server")(server_command)
     app.command("client")(client_command)
+    app.command("site")(site_command)
+    app.command("query")(query_command)
     app.add_typer(certs_app, name="certs", help="Make and manage the federation's certificates.")
 
 

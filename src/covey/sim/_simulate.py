@@ -187,11 +187,14 @@ def simulate(
             seed=seed,
             round_timeout=round_timeout,
             on_round=round_done,
+            simulated=True,
         )
         loop.history.config = run_config(
             strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
         )
         loop.run(rounds)
+        if history_path is not None and loop.history.stopped_reason is not None:
+            loop.history.save(history_path)  # with why the run stopped early
     finally:
         gc.unfreeze()
         if stop_progress is not None:
