@@ -105,6 +105,16 @@ def test_secure_central_dp_stops_before_exceeding_target_epsilon() -> None:
     assert "privacy budget" in (result.history.stopped_reason or "")
 
 
+def test_secure_central_dp_on_the_process_backend_gives_the_same_model() -> None:
+    inline = covey.simulate(Fixed, 6, 1, _secure(_central()), _params(), seed=0)
+    spawned = covey.simulate(
+        Fixed, 6, 1, _secure(_central()), _params(), seed=0, backend="process", num_workers=2
+    )
+    # The server's noise follows the noise seed; the clients' rounding differs.
+    np.testing.assert_allclose(spawned.weights["w"], inline.weights["w"], atol=2 * UNIT)
+    assert spawned.history[1].privacy == inline.history[1].privacy
+
+
 def test_a_client_update_larger_than_the_clip_is_clipped_before_masking() -> None:
     direction = np.ones(DIM) / math.sqrt(DIM)
 
@@ -173,7 +183,26 @@ def test_distributed_dp_is_accounted_per_round_with_noise_of_the_stated_scale(
     # a round; after `rounds` rounds the model holds `rounds` independent such draws.
     per_round = sigma * math.sqrt(n) / n * UNIT
     assert result.history[1].aggregate_info["secagg_noise_std"] == pytest.approx(per_round)
-    assert np.std(result.weights["w"]) == pytest.approx(per_round * math.sqrt(rounds), rel=0.06)
+    assert np.std(result.weights["w"]) == pytest.approx(per_round * math.sqrt(rounds), rel=0.08)
+    printed = strategy.hooks[-1].printed  # type: ignore[attr-defined]
+    assert "distributed DP under secure aggregation" in printed
+    assert f"({result.history[rounds].privacy['epsilon']:.4g}, 1e-05)" in printed  # type: ignore[index]
+
+
+def test_distributed_dp_resumes_with_the_ledger_of_the_history() -> None:
+    n, sigma = 6, 3000.0
+    strategy = _secure(_fedavg(min_fit_clients=n), noise=_distributed("gaussian", sigma))
+    first = covey.simulate(_zeros, n, 2, strategy, _params(), seed=0)
+    hook = strategy.hooks[-1]
+    history = covey.History.from_json(first.history.to_json())  # as saved with the run
+    hook.start(None, None, history)
+    record = covey.core.RoundRecord(round=3, fit_participants=list(range(n)))
+    hook.after_round(record, None)
+    z = sigma * math.sqrt(n - 1) * UNIT
+    assert record.privacy == {
+        "epsilon": pytest.approx(privacy.epsilon(z, 1.0, 3, 1e-5), rel=1e-9),
+        "delta": 1e-5,
+    }
 
 
 def test_distributed_dp_stops_before_exceeding_target_epsilon() -> None:

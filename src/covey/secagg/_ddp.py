@@ -83,11 +83,8 @@ class DistributedAccounting:
             ),
             None,
         )
-        self.ledger = (
-            Ledger(accountant=self.noise.accountant)
-            if last is None
-            else Ledger.from_json(last["ledger"])
-        )
+        entries = () if last is None else Ledger.from_json(last["ledger"]).entries
+        self.ledger = Ledger(entries, self.noise.accountant)  # what was spent stays spent
         return state
 
     def before_round(self, round: int, state: Any) -> str | None:
@@ -124,7 +121,7 @@ class DistributedAccounting:
         self.printed = statement(
             mechanism=f"distributed DP under secure aggregation ({name}, sigma="
             f"{self.noise.sigma:g} per client, clip={self.noise.clip:g})",
-            unit="one client (all of its data)",
+            unit="one client's update (zero-out: replaced by zeros)",
             sampling="none claimed",
             epsilon=self.ledger.epsilon(self.delta),
             delta=self.delta,
