@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch,xgboost,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,xgboost,docs,analytics,dashboard,tensorboard,mlflow]'
 	touch $(STAMP) $(DEV_STAMP)
+
+# The dashboard's browser tests drive headless Chromium; install it once if missing.
+.PHONY: chromium
+chromium:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/covey demo
@@ -36,7 +43,7 @@ typecheck: $(DEV_STAMP)
 docs: $(DEV_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint typecheck docs
+test: lint typecheck docs chromium
 	$(BIN)/python -m pytest
 
 clean:

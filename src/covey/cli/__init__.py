@@ -134,12 +134,21 @@ def demo(
 
 
 def _mount() -> None:
+    from covey.analytics._cli import query_command, site_command
+    from covey.dashboard._cli import dashboard_command
+    from covey.dashboard._cli_report import report_command
     from covey.deploy._cli import client_command, server_command
     from covey.deploy._cli_certs import certs_app
 
     app.command("server")(server_command)
     app.command("client")(client_command)
+    app.command("site")(site_command)
+    app.command("query")(query_command)
     app.add_typer(certs_app, name="certs", help="Make and manage the federation's certificates.")
+    app.command("dashboard")(dashboard_command)
+    runs_app = typer.Typer(no_args_is_help=True, help="Look at recorded runs.")
+    runs_app.command("report")(report_command)
+    app.add_typer(runs_app, name="runs", help="Look at recorded runs.")
 
 
 _mount()
