@@ -150,7 +150,7 @@ def test_server_side_clipping_and_dp_ftrl_are_refused_under_secure_aggregation()
 
 def test_a_clip_below_the_rounding_error_is_refused_before_anyone_trains() -> None:
     dp = _secure(_central(clip=1e-3))  # sqrt(2000) units of 1/32767 is about 1.4e-3
-    with pytest.raises(Exception, match="below the rounding error"):
+    with pytest.raises(ValueError, match="below the rounding error"):
         covey.simulate(Fixed, 4, 1, dp, _params(), seed=0)
 
 

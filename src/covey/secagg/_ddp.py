@@ -27,14 +27,43 @@ import math
 from typing import Any, NamedTuple
 
 import dp_accounting as dpa
+import numpy as np
 
 from covey.core._history import History, RoundRecord
 from covey.privacy import Ledger, PrivacyHook
 from covey.privacy._accounting import statement
 from covey.secagg._dp import Noise
+from covey.secagg._ring import scale
 from covey.strategies._strategy import Strategy
 
 INFO_KEY = "distributed_dp"
+
+
+def client_clip(l2_clip: float, size: int, clip_range: float, bits: int) -> float:
+    """The L2 bound a client clips to so that its update stays within ``l2_clip`` once rounded.
+
+    Rounding moves each value by less than one quantization unit, so the rounded
+    update's norm exceeds the float one by less than ``sqrt(size)`` units.
+    """
+    bound = l2_clip - math.sqrt(size) / scale(clip_range, bits)
+    if not bound > 0:
+        raise ValueError(
+            f"the DP clip {l2_clip:g} is below the rounding error of {size} values quantized "
+            f"with {bits} bits over [-{clip_range:g}, {clip_range:g}]: raise bits or the clip"
+        )
+    return bound
+
+
+def clip_update(
+    deltas: list[np.ndarray], l2_clip: float, clip_range: float, bits: int
+) -> list[np.ndarray]:
+    """Scale the update down so that, rounded, its L2 norm is at most ``l2_clip``."""
+    size = sum(d.size for d in deltas)
+    bound = client_clip(l2_clip, size, clip_range, bits)
+    norm = math.sqrt(sum(float(np.vdot(d, d)) for d in deltas))
+    if not math.isfinite(norm) or norm <= bound:
+        return deltas  # a non-finite value fails in quantize, loudly
+    return [d * (bound / norm) for d in deltas]
 
 
 class DistributedAccounting:

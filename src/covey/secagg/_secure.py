@@ -8,6 +8,11 @@ count and its declared numeric metrics, and the vector goes through SecAgg+
 hands the aggregation chain one contribution: the (weighted) mean update. So
 every server-side step (server momentum, Adam, central DP noise) runs on the
 unmasked mean, while steps that need each client's update are refused.
+
+Under central DP (``secure(covey.privacy.central(strategy, clipping="client"))``)
+each client clips its update before masking and the DP step gets the unmasked
+*sum* to noise; with accounted distributed noise (``Noise(..., clip=, delta=)``)
+each client clips and noises it. See :mod:`covey.secagg._ddp`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights
 from covey.privacy import ClippedSum
-from covey.secagg._ddp import dp_plan
+from covey.secagg._ddp import client_clip, clip_update, dp_plan
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._handlers import register_task_input
@@ -70,7 +75,7 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
             raise ValueError("a fit result carries neither weights nor a delta")
         deltas.append(delta.ravel())
     if spec.get("l2_clip") is not None:
-        deltas = _l2_clip(deltas, float(spec["l2_clip"]), clip, bits)
+        deltas = clip_update(deltas, float(spec["l2_clip"]), clip, bits)
     parts = [quantize(delta, clip, bits) * weight for delta in deltas]
     tail = [n]
     for name, bound in spec["metrics"].items():
@@ -84,33 +89,6 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
 
 
 register_task_input(FIT_INPUT, _fit_input)
-
-
-def _client_clip(l2_clip: float, size: int, clip_range: float, bits: int) -> float:
-    """The L2 bound a client clips to so that its update stays within ``l2_clip`` once rounded.
-
-    Rounding moves each value by less than one quantization unit, so the rounded
-    update's norm exceeds the float one by less than ``sqrt(size)`` units.
-    """
-    bound = l2_clip - math.sqrt(size) / scale(clip_range, bits)
-    if not bound > 0:
-        raise ValueError(
-            f"the DP clip {l2_clip:g} is below the rounding error of {size} values quantized "
-            f"with {bits} bits over [-{clip_range:g}, {clip_range:g}]: raise bits or the clip"
-        )
-    return bound
-
-
-def _l2_clip(
-    deltas: list[np.ndarray], l2_clip: float, clip_range: float, bits: int
-) -> list[np.ndarray]:
-    """Scale the update down so that, rounded, its L2 norm is at most ``l2_clip``."""
-    size = sum(d.size for d in deltas)
-    bound = _client_clip(l2_clip, size, clip_range, bits)
-    norm = math.sqrt(sum(float(np.vdot(d, d)) for d in deltas))
-    if not math.isfinite(norm) or norm <= bound:
-        return deltas  # a non-finite value fails in quantize, loudly
-    return [d * (bound / norm) for d in deltas]
 
 
 def _probe(strategy: Strategy) -> str | None:
@@ -195,7 +173,7 @@ class _Secure:
             "l2_clip": self.l2_clip,
         }
         if self.l2_clip is not None:  # refuse before anyone trains
-            _client_clip(self.l2_clip, model, self.clip_range, self.bits)
+            client_clip(self.l2_clip, model, self.clip_range, self.bits)
         try:
             res = secure_sum(
                 transport,
@@ -259,7 +237,7 @@ class _Secure:
             if count > 0:
                 metrics[name] = float(value) / (scale(bound, self.bits) * float(count))
         if self.l2_clip is not None:
-            info["secagg_client_clip"] = _client_clip(
+            info["secagg_client_clip"] = client_clip(
                 self.l2_clip, model, self.clip_range, self.bits
             )
         contribution = (
@@ -287,7 +265,9 @@ def secure(
 
     Args:
         strategy: A strategy whose aggregator is a (weighted) mean followed by
-            server-side steps, e.g. FedAvg, FedAvgM, FedAdam, FedYogi, FedProx.
+            server-side steps, e.g. FedAvg, FedAvgM, FedAdam, FedYogi, FedProx; or
+            one made by ``covey.privacy.central(..., clipping="client")``, whose DP
+            step then noises the unmasked sum of the client-clipped updates.
         clip_range: Each value of a client's update (delta, or weights minus the
             global weights) must lie in ``[-clip_range, clip_range]``; a value outside
             fails that client loudly (it is never clipped or wrapped silently).
@@ -316,7 +296,8 @@ def secure(
 
     Raises:
         ValueError: For a strategy that needs individual updates (median, Krum, ...),
-            an asynchronous one, or a ring that cannot hold the sum.
+            an asynchronous one, a ring that cannot hold the sum, or DP that needs
+            individual updates (server-side clipping, DP-FTRL).
 
     Example:
         >>> import covey
