@@ -6,8 +6,8 @@ bits, pre-scaled by its example count for weighted FedAvg), appends its example
 count and its declared numeric metrics, and the vector goes through SecAgg+
 (:func:`~covey.secagg.secure_sum`). The server gets the sum, divides, and
 hands the aggregation chain one contribution: the (weighted) mean update. So
-every server-side step (server momentum, Adam, central DP noise) runs on the
-unmasked mean, while steps that need each client's update are refused.
+every server-side step (server momentum, Adam) runs on the unmasked mean,
+while steps that need each client's update are refused.
 
 Under central DP (``secure(covey.privacy.central(strategy, clipping="client"))``)
 each client clips its update before masking and the DP step gets the unmasked
@@ -314,8 +314,7 @@ def secure(
         raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
-    scale(clip_range, bits)  # validates bits
-    dp = dp_plan(strategy, noise, scale(clip_range, bits))
+    dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
     kind: str | None
     if dp.summed:  # central DP: its step, not a mean, takes the sum
         kind = "sum"
