@@ -63,7 +63,8 @@ def clip_update(
     norm = math.sqrt(sum(float(np.vdot(d, d)) for d in deltas))
     if not math.isfinite(norm) or norm <= bound:
         return deltas  # a non-finite value fails in quantize, loudly
-    return [d * (bound / norm) for d in deltas]
+    factor = bound / norm * (1.0 - 1e-12)  # float rounding must not step past the bound
+    return [d * factor for d in deltas]
 
 
 class DistributedAccounting:
@@ -71,10 +72,12 @@ class DistributedAccounting:
 
     A round whose sum holds the noise of ``k`` clients is one Gaussian mechanism
     of noise multiplier ``sigma * sqrt(k - 1) / sensitivity``: only the noise of
-    the ``k - 1`` other clients is counted when protecting one of them (its own
-    may be missing from the neighbouring federation). No sampling amplification
-    is claimed. Before a round, the run stops if even the fewest clients a round
-    may complete with (``min_clients``) would take epsilon past the target.
+    the ``k - 1`` other clients is counted when protecting one of them, which is
+    conservative under the zero-out relation it is stated for (the protected
+    client takes part with its update replaced by zeros; see ``docs/secagg.md``).
+    No sampling amplification is claimed. Before a round, the run stops if even
+    the fewest clients a round may complete with (``min_clients``) would take
+    epsilon past the target.
 
     Args:
         noise: The clients' noise, with its ``clip`` and ``delta``.
