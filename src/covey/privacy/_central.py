@@ -194,7 +194,9 @@ def central(
         target_epsilon: Stop the run before the first round that would exceed it.
         clipping: ``"server"`` (default: clients need no change) or ``"client"``:
             clients clip before upload (see :class:`covey.privacy.ClipUpdates`)
-            using ``config["dp_clip"]``; the server still checks the norms.
+            using ``config["dp_clip"]``; the server still checks the norms. Under
+            secure aggregation (``covey.secagg.secure`` around this strategy; the
+            other nesting is refused) it must be ``"client"``.
         adaptive: True or an :class:`AdaptiveClipping` to learn the clip.
         accountant: ``"rdp"`` (default) or ``"pld"``.
         noise_seed: Seeds the noise and the sampling (for tests). Without it they
