@@ -180,7 +180,11 @@ EXPECTED = {
         "run_config",
     ],
     "covey.sim": [
+        "ClientClock",
+        "ClientState",
+        "ClockedTransport",
         "ProcessTransport",
+        "RayTransport",
         "SimulationResult",
         "inline_transport",
         "simulate",
@@ -244,11 +248,14 @@ EXPECTED = {
         "secure_sum",
     ],
     "covey.transport.grpc": [
+        "AddressError",
         "ClientTLS",
         "ConnectResult",
         "GrpcServerTransport",
+        "Refused",
         "ServerTLS",
         "WireError",
+        "WireLimits",
         "connect",
     ],
 }

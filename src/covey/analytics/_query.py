@@ -41,6 +41,7 @@ from covey.analytics._stats import (
     merge_declarations,
     survival,
 )
+from covey.privacy import Ledger
 
 DISTINCT_BUCKETS = 1 << 16
 ROW_CAP = 1 << 31
@@ -197,7 +198,7 @@ class _Query:
             if analyst is not None:
                 key = repr((self.plan.sql, self.opt["epsilon"], self.opt["mechanism"]))
                 ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
-                analyst.charge(key, ev)
+                analyst.charge_query(key, ev)
         first = self.run(
             stats, per_site=any(a.func in ("min", "max") for a in self.plan.aggregates)
         )
@@ -305,7 +306,7 @@ class _Query:
         if self.multiplier is not None:
             ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
             privacy = {
-                "epsilon": _dp.epsilon_of([ev], self.opt["delta"]),
+                "epsilon": Ledger().add(ev).epsilon(self.opt["delta"]),
                 "delta": self.opt["delta"],
                 "mechanism": self.opt["mechanism"],
                 "noise_multiplier": self.multiplier,
