@@ -248,11 +248,14 @@ EXPECTED = {
         "secure_sum",
     ],
     "covey.transport.grpc": [
+        "AddressError",
         "ClientTLS",
         "ConnectResult",
         "GrpcServerTransport",
+        "Refused",
         "ServerTLS",
         "WireError",
+        "WireLimits",
         "connect",
     ],
 }

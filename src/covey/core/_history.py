@@ -56,7 +56,7 @@ class RoundRecord:
     central_loss: float | None = None
     central_metrics: Metrics = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
-    privacy: dict[str, float] | None = None
+    privacy: dict[str, Any] | None = None
     bytes_sent: int | None = None
     bytes_received: int | None = None
 

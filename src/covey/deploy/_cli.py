@@ -67,10 +67,41 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("covey").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _run_folder(resume_dir: Path | None, run_dir: Path | None) -> Path:
+    """The run's folder: the one resumed, the one given, or a new one under ``runs/``."""
+    if resume_dir is not None:
+        return Path(resume_dir)
+    if run_dir is not None:
+        return Path(run_dir)
+    import datetime as _dt
+
+    return Path("runs") / f"server-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _server_app(app_spec: str) -> Any:
+    """The ServerApp ``app_spec`` names (an app, or a function returning one)."""
+    from covey.deploy._server import ServerApp
+
+    obj = load_object(app_spec)
+    server_app = obj if isinstance(obj, ServerApp) else obj() if callable(obj) else obj
+    if not isinstance(server_app, ServerApp):
+        raise typer.BadParameter(
+            f"{app_spec} is {type(server_app).__name__}, expected a covey.deploy.ServerApp "
+            "or a function returning one",
+            param_hint="--app",
+        )
+    return server_app
+
+
 def server_command(
     app: Annotated[str | None, typer.Option(help="The ServerApp to run, as MODULE:OBJECT.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these settings.")] = None,
-    address: Annotated[str | None, typer.Option(help="host:port to listen on.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port to listen on (resume: the run's address; else 127.0.0.1:9092)."
+        ),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="Rounds to run (overrides the app).")] = None,
     certs: Annotated[
         Path | None, typer.Option(help="Federation folder from `covey certs init`.")
@@ -91,29 +122,16 @@ def server_command(
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     import covey
     from covey.core._files import atomic_write
-    from covey.deploy._server import ServerApp, serve
+    from covey.deploy._server import serve
 
     _logging(verbose)
     s = _settings(config, "server")
     app_spec = _pick(app, s, "app", None)
     if app_spec is None:
         raise typer.BadParameter("give --app MODULE:OBJECT (or app = ... in --config)")
-    obj = load_object(app_spec)
-    server_app = obj if isinstance(obj, ServerApp) else obj() if callable(obj) else obj
-    if not isinstance(server_app, ServerApp):
-        raise typer.BadParameter(
-            f"{app_spec} is {type(server_app).__name__}, expected a covey.deploy.ServerApp "
-            "or a function returning one",
-            param_hint="--app",
-        )
+    server_app = _server_app(app_spec)
     resume_dir = _pick(resume, s, "resume", None)
-    run = _pick(run_dir, s, "run_dir", None)
-    if resume_dir is not None:
-        run = resume_dir
-    elif run is None:
-        import datetime as _dt
-
-        run = Path("runs") / f"server-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run = _run_folder(resume_dir, _pick(run_dir, s, "run_dir", None))
     certs_dir = _pick(certs, s, "certs", None)
     insecure = insecure or bool(s.get("insecure", False))
     if insecure:
@@ -145,7 +163,7 @@ def server_command(
             server_app.strategy,
             n_rounds,
             None if resume_dir is not None else server_app.weights(),
-            _pick(address, s, "address", "127.0.0.1:9092"),
+            _pick(address, s, "address", None),
             evaluate_fn=server_app.evaluate_fn,
             certs=certs_dir,
             insecure=insecure,
@@ -158,7 +176,13 @@ def server_command(
             on_round=on_round,
             on_listen=listening,
         )
-    except (covey.FederationError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except FileExistsError:
+        console.print(
+            f"[red]error:[/] a run already exists in {run}; resume it with "
+            f"`covey server --app {app_spec} --resume {run}` or pick another --run-dir"
+        )
+        raise typer.Exit(1) from None
+    except (covey.FederationError, ValueError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"[green]run finished[/] after round {result.history.rounds[-1].round}")
@@ -184,10 +208,15 @@ def client_command(
     max_attempts: Annotated[
         int | None, typer.Option(help="Give up after this many failed attempts.")
     ] = None,
+    retry_for: Annotated[
+        float | None,
+        typer.Option(help="Seconds of failed attempts in a row before giving up (default 600)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import client_tls, connect, tls_from_certs
+    from covey.transport.grpc._refusal import Refused
 
     _logging(verbose)
     s = _settings(config, "client")
@@ -229,16 +258,15 @@ def client_command(
             insecure=insecure,
             name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
             max_attempts=_pick(max_attempts, s, "max_attempts", None),
+            retry_for=_pick(retry_for, s, "retry_for", 600.0),
         )
-    except (ConnectionError, FileNotFoundError) as exc:
+    except Refused as exc:
+        console.print(f"[red]refused:[/] {exc.cause}")
+        raise typer.Exit(2) from None
+    except (ConnectionError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(
         f"done: {result.tasks} task(s) in {result.sessions} session(s); "
         f"server said: {result.reason}"
     )
-    # gRPC's call objects can deadlock in their finalizers while the interpreter
-    # tears down its threads; the work is done, so leave without the teardown.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
