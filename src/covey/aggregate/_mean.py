@@ -8,6 +8,8 @@ order in which replies arrived.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from covey.aggregate._base import (
@@ -23,32 +25,15 @@ from covey.aggregate._base import (
 from covey.core._weights import Array, Weights
 
 
-class _MeanState:
-    """The running sums of one round; updated in place (a state passed on is consumed)."""
-
-    __slots__ = (
-        "acc_delta",
-        "acc_weights",
-        "clients",
-        "examples",
-        "examples_weights",
-        "params",
-        "scratch",
-        "total",
-    )
-
-    def __init__(self, params: Weights | None = None) -> None:
-        self.params = params
-        self.acc_weights: dict[str, Array] | None = None  # sum of n_k * w_k over weight senders
-        self.acc_delta: dict[str, Array] | None = None  # sum of n_k * d_k over delta senders
-        self.scratch: dict[str, Array] | None = None  # reused buffer for n_k * x_k
-        self.examples_weights = 0.0
-        self.total = 0.0
-        self.clients = 0
-        self.examples = 0
-
-    def __repr__(self) -> str:
-        return f"_MeanState(clients={self.clients}, examples={self.examples})"
+class _MeanState(NamedTuple):
+    params: Weights | None = None
+    acc_weights: dict[str, Array] | None = None  # sum of n_k * w_k over weight senders
+    acc_delta: dict[str, Array] | None = None  # sum of n_k * d_k over delta senders
+    scratch: dict[str, Array] | None = None  # reused buffer for n_k * x_k
+    examples_weights: float = 0.0
+    total: float = 0.0
+    clients: int = 0
+    examples: int = 0
 
 
 def _fold(
@@ -100,7 +85,7 @@ def _mean_step(weighted: bool) -> Step:
         if isinstance(event, Contribution):
             return _mean_contribution(state, event, weighted)
         if isinstance(event, Begin):
-            return _MeanState(event.params), ()
+            return _MeanState(params=event.params), ()
         if isinstance(event, End):
             return _mean_end(state, event)
         return state, (event,)
@@ -115,19 +100,20 @@ def _mean_contribution(
     if state.params is None:
         raise AggregationError("a Contribution arrived before Begin")
     n = float(event.num_examples) if weighted else 1.0
-    state.clients += 1
+    params, acc_w, acc_d, scratch, ex_w, total, clients, examples = state
     if n == 0.0:
-        return state, ()
-    state.total += n
-    state.examples += event.num_examples
+        return _MeanState(params, acc_w, acc_d, scratch, ex_w, total, clients + 1, examples), ()
+    # A new tuple built positionally: NamedTuple._replace costs several calls per client.
     if event.weights is not None:
-        state.acc_weights, state.scratch = _fold(state.acc_weights, state.scratch, event.weights, n)
-        state.examples_weights += n
-        return state, ()
-    if event.delta is None:  # an invariant of this module, not an input check
+        acc_w, scratch = _fold(acc_w, scratch, event.weights, n)
+        ex_w += n
+    elif event.delta is not None:
+        acc_d, scratch = _fold(acc_d, scratch, event.delta, n)
+    else:  # an invariant of this module, not an input check
         raise RuntimeError("internal error: event.delta is unset")
-    state.acc_delta, state.scratch = _fold(state.acc_delta, state.scratch, event.delta, n)
-    return state, ()
+    return _MeanState(
+        params, acc_w, acc_d, scratch, ex_w, total + n, clients + 1, examples + event.num_examples
+    ), ()
 
 
 def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
