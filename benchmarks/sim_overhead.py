@@ -18,6 +18,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import shutil
@@ -30,6 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNNERS = {"covey": HERE / "run_covey.py", "plain": HERE / "run_plain.py"}
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+# One BLAS thread: idle BLAS threads spin, and spinning adds a load-dependent
+# number of instructions that would make the counts vary from run to run.
+ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _command(system: str, n: int, rounds: int, tmp: Path) -> list[str]:
@@ -56,7 +60,7 @@ def instructions(system: str, n: int, rounds: int, tmp: Path) -> int:
         raise SystemExit("valgrind is not installed; use --no-callgrind --cpu")
     cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     out = subprocess.run(
-        cmd + _command(system, n, rounds, tmp), capture_output=True, text=True, check=True
+        cmd + _command(system, n, rounds, tmp), capture_output=True, text=True, check=True, env=ENV
     )
     match = COLLECTED.search(out.stderr)
     if match is None:
@@ -67,7 +71,7 @@ def instructions(system: str, n: int, rounds: int, tmp: Path) -> int:
 def cpu_seconds(system: str, n: int, rounds: int, tmp: Path) -> float:
     """CPU seconds (user + system) of one run of the runner, children included."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(_command(system, n, rounds, tmp), check=True, capture_output=True)
+    subprocess.run(_command(system, n, rounds, tmp), check=True, capture_output=True, env=ENV)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
