@@ -33,7 +33,13 @@ RUNNERS = {"covey": HERE / "run_covey.py", "plain": HERE / "run_plain.py"}
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 # One BLAS thread: idle BLAS threads spin, and spinning adds a load-dependent
 # number of instructions that would make the counts vary from run to run.
-ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "PYTHONHASHSEED": "0",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def _command(system: str, n: int, rounds: int, tmp: Path) -> list[str]:
