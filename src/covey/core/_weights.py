@@ -122,7 +122,13 @@ class WeightsSpec:
                     or not isinstance(value, np.ndarray)
                 ):
                     return False
-                if finite and dtype.kind == "f" and not _all_finite(value):
+                # vdot inline (no frame per array): see _all_finite for why it is exact.
+                if (
+                    finite
+                    and dtype.kind == "f"
+                    and not _isfinite(_vdot(value, value))
+                    and not _all_finite(value)
+                ):
                     return False
         except (KeyError, AttributeError, TypeError):
             return False
@@ -161,6 +167,7 @@ class WeightsSpec:
 # np.vdot without its array-function dispatch (a Python frame per call); the
 # plain function where NumPy does not expose the implementation.
 _vdot: Any = getattr(np.vdot, "_implementation", np.vdot)
+_isfinite = math.isfinite
 
 
 def _all_finite(array: Array) -> bool:
