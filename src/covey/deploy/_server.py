@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import threading
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from covey.aggregate import Contribution, Step
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._revoked import RevocationList
@@ -147,7 +149,7 @@ def serve(
     try:
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         loop = open_loop(
-            strategy,
+            run.flushing(strategy),
             transport,
             start_weights,
             evaluate_fn=evaluate_fn,
@@ -297,6 +299,22 @@ class _Run:
                 on_round(record)
 
         return round_done
+
+    def flushing(self, strategy: Strategy) -> Strategy:
+        """``strategy`` whose aggregation first waits for the save in flight.
+
+        The previous round's checkpoint is written while clients train; it is
+        awaited when the first reply is folded, so the model it holds is freed
+        before the round's accumulator and replies take memory.
+        """
+        inner = strategy.aggregator
+
+        def update(state: Any, event: Any) -> Any:
+            if self.background is not None and isinstance(event, Contribution):
+                self.background.flush()
+            return inner.update(state, event)
+
+        return dataclasses.replace(strategy, aggregator=Step(inner.init, update))
 
     def end(self, exc: BaseException | None) -> None:
         """Mark the run finished, or failed with the reason it stopped."""
