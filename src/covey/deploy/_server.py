@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import pickle
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import open_loop, run_config
+from covey.server._outputs import write_outputs
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
 from covey.strategies._strategy import Strategy
@@ -97,6 +99,9 @@ def serve(
     max_clients: int = 1000,
     on_round: RoundCallback | None = None,
     on_listen: Callable[[int], None] | None = None,
+    on_event: Callable[[str, str, str], None] | None = None,
+    client_names: dict[int, str] | None = None,
+    plot: bool = True,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
 
@@ -119,6 +124,13 @@ def serve(
         max_clients: Most clients connected at once.
         on_round: Called with each finished round's record.
         on_listen: Called with the bound port once the server listens.
+        on_event: Called with ``(client name, event, detail)`` for fleet events
+            (``"join"``, ``"leave"``, ``"refused"``, ...).
+        client_names: A dict this function keeps filled with each client id's
+            name as clients join (e.g. for a console); the history of the run
+            holds the same map in ``History.clients``.
+        plot: Also draw ``plot.png`` in ``run_dir`` after each round (next to
+            ``history.json``, which is always written there).
 
     Returns:
         The final weights and history.
@@ -128,11 +140,12 @@ def serve(
     """
     tls = _server_tls(tls, certs, insecure, address)
     run = _open_run(strategy, rounds, initial_weights, address, run_dir, resume, seed)
+    names = _ClientNames(run.store, client_names, on_event)
     transport = GrpcServerTransport(
         address,
         tls=tls,
-        client_id=run.store.client_id if run.store is not None else None,
-        on_event=run.store.log_event if run.store is not None else None,
+        client_id=names.client_id,
+        on_event=names.event,
         heartbeat=heartbeat,
         max_clients=max_clients,
     )
@@ -141,9 +154,12 @@ def serve(
     logger.info("covey server listening on port %d", transport.port)
 
     def round_done(record: RoundRecord) -> None:
+        names.name_failures(record)
+        loop.history.clients = dict(names.names)
         if run.store is not None:
             state = pickle.dumps(loop.agg_state, protocol=5)
             run.store.save_round(record.round, loop.weights, asdict(record), state)
+            write_outputs(run.store.run_dir, loop.history, plot=plot)
         if on_round is not None:
             on_round(record)
 
@@ -202,6 +218,46 @@ def _server_tls(
             "serving WITHOUT TLS: anyone who can reach %s can join and see the model", address
         )
     return tls
+
+
+class _ClientNames:
+    """Each client id's chosen name: ids stay internal, names go into history and logs."""
+
+    def __init__(
+        self,
+        store: RunStore | None,
+        shared: dict[int, str] | None,
+        on_event: Callable[[str, str, str], None] | None,
+    ) -> None:
+        self.store = store
+        self.names = shared if shared is not None else {}
+        if store is not None:  # a resumed run knows its clients already
+            self.names.update({cid: name for name, cid in store.clients().items()})
+        self.on_event = on_event
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def client_id(self, name: str) -> int:
+        """The stable id of client ``name``, remembering the name."""
+        with self._lock:
+            if self.store is not None:
+                cid = self.store.client_id(name)
+            else:
+                cid = self._ids.setdefault(name, len(self._ids))
+            self.names[cid] = name
+        return cid
+
+    def event(self, name: str, event: str, detail: str) -> None:
+        """Record a fleet event in the store and pass it on."""
+        if self.store is not None:
+            self.store.log_event(name, event, detail)
+        if self.on_event is not None:
+            self.on_event(name, event, detail)
+
+    def name_failures(self, record: RoundRecord) -> None:
+        """Put each failed client's name on its failure."""
+        for failure in record.failures:
+            failure.name = failure.name or self.names.get(failure.cid, "")
 
 
 @dataclass
