@@ -205,11 +205,14 @@ EXPECTED = {
         "Transport",
     ],
     "covey.transport.grpc": [
+        "AddressError",
         "ClientTLS",
         "ConnectResult",
         "GrpcServerTransport",
+        "Refused",
         "ServerTLS",
         "WireError",
+        "WireLimits",
         "connect",
     ],
 }

@@ -265,8 +265,8 @@ def decode(data: bytes | bytearray | memoryview, *, verify: bool = True) -> dict
         raise CodecError("corrupt payload (checksum mismatch)")
     try:
         entries = json.loads(bytes(header))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"corrupt header: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CodecError(f"corrupt header: {type(exc).__name__}: {exc}") from None
     return _arrays(entries, payload)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +44,7 @@ CLIENT_KEYS = {
     "key",
     "insecure",
     "max_attempts",
+    "retry_for",
     "verbose",
 }
 """The settings a ``--config`` file may give ``covey client`` (its flags)."""
@@ -175,7 +174,15 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             client_names=names,
             plot=bool(s.get("plot", True)) if flags["plot"] is None else flags["plot"],
         )
-    except (covey.FederationError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except FileExistsError:
+        _forget(run, flags)
+        console.print(
+            f"[red]error:[/] a run already exists in {run}; resume it with "
+            f"`covey server --resume {run}` or pick another --run-dir"
+        )
+        raise typer.Exit(1) from None
+    except (covey.FederationError, ValueError, OSError) as exc:
+        _forget(run, flags)
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     shown.line(
@@ -184,10 +191,21 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     )
 
 
+def _forget(run: Path, flags: dict[str, Any]) -> None:
+    """Remove the run folder made for this run if the run never started in it."""
+    if flags.get("made_run_dir") and run.is_dir() and not any(run.iterdir()):
+        run.rmdir()
+
+
 def server_command(
     app: Annotated[str | None, typer.Option(help="The ServerApp to run, as MODULE:OBJECT.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these settings.")] = None,
-    address: Annotated[str | None, typer.Option(help="host:port to listen on.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port to listen on (resume: the run's address; else 127.0.0.1:9092)."
+        ),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="Rounds to run (overrides the app).")] = None,
     certs: Annotated[
         Path | None, typer.Option(help="Federation folder from `covey certs init`.")
@@ -215,11 +233,13 @@ def server_command(
     insecure = insecure or bool(s.get("insecure", False))
     certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
     resume_dir = _path(_pick(resume, s, "resume", None))
+    given = _path(_pick(run_dir, s, "run_dir", None))
     flags = {
-        "run": _run_folder(_path(_pick(run_dir, s, "run_dir", None)), resume_dir),
+        "run": _run_folder(given, resume_dir),
+        "made_run_dir": given is None and resume_dir is None,
         "resuming": resume_dir is not None,
         "port_file": _path(_pick(port_file, s, "port_file", None)),
-        "address": _pick(address, s, "address", "127.0.0.1:9092"),
+        "address": _pick(address, s, "address", None),
         "certs": certs_dir,
         "insecure": insecure,
         "rounds": rounds,
@@ -297,10 +317,15 @@ def client_command(
     max_attempts: Annotated[
         int | None, typer.Option(help="Give up after this many failed attempts.")
     ] = None,
+    retry_for: Annotated[
+        float | None,
+        typer.Option(help="Seconds of failed attempts in a row before giving up (default 600)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import connect
+    from covey.transport.grpc._refusal import Refused
 
     s = read_settings(config, "client", CLIENT_KEYS)
     _logging(verbose or bool(s.get("verbose", False)))
@@ -324,16 +349,15 @@ def client_command(
             insecure=insecure,
             name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
             max_attempts=_pick(max_attempts, s, "max_attempts", None),
+            retry_for=_pick(retry_for, s, "retry_for", 600.0),
         )
-    except (ConnectionError, FileNotFoundError) as exc:
+    except Refused as exc:
+        console.print(f"[red]refused:[/] {exc.cause}")
+        raise typer.Exit(2) from None
+    except (ConnectionError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(
         f"done: {result.tasks} task(s) in {result.sessions} session(s); "
         f"server said: {result.reason}"
     )
-    # gRPC's call objects can deadlock in their finalizers while the interpreter
-    # tears down its threads; the work is done, so leave without the teardown.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

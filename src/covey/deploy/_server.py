@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import pickle
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,12 +13,15 @@ from typing import Any
 
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
-from covey.server._base import EvaluateFn, RoundCallback
-from covey.server._factory import open_loop, run_config
+from covey.deploy._names import ClientNames
+from covey.deploy._revoked import RevocationList
+from covey.server._base import EvaluateFn, FederationError, RoundCallback
+from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import write_outputs
+from covey.server._state import dump_state, load_state
 from covey.server._store import RunStore
-from covey.server._sync import RoundLoop
 from covey.strategies._strategy import Strategy
+from covey.transport.grpc._address import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
@@ -59,8 +62,6 @@ class ServeResult:
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
     """Load the server's TLS material from a federation folder made by ``covey certs init``."""
-    from covey.deploy.certs import is_revoked, load_revoked
-
     d = Path(directory)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
     if missing:
@@ -69,14 +70,11 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
             "create one with `covey certs init --dir DIR`"
         )
 
-    def revoked(pem: bytes) -> bool:
-        return is_revoked(pem, load_revoked(d))
-
     return ServerTLS(
         ca=(d / "ca.pem").read_bytes(),
         cert=(d / "server.pem").read_bytes(),
         key=(d / "server.key").read_bytes(),
-        is_revoked=revoked,
+        is_revoked=RevocationList(d),
     )
 
 
@@ -84,7 +82,7 @@ def serve(
     strategy: Strategy,
     rounds: int,
     initial_weights: Weights | None,
-    address: str = "127.0.0.1:9092",
+    address: str | None = None,
     *,
     evaluate_fn: EvaluateFn | None = None,
     tls: ServerTLS | None = None,
@@ -110,6 +108,7 @@ def serve(
         rounds: The last round to run.
         initial_weights: The global model at step 0 (ignored when resuming).
         address: ``host:port`` to listen on; port 0 picks a free port (see ``on_listen``).
+            Default: the address stored in the run when resuming, else ``127.0.0.1:9092``.
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
         tls: TLS material; or give ``certs``, a folder made by ``covey certs init``.
         certs: The federation folder holding ``ca.pem``, ``server.pem``, ``server.key``.
@@ -138,64 +137,128 @@ def serve(
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
+    opened = _reopen(run_dir, resume)
+    if address is None:
+        address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
+    check_address(address, listen=True)
     tls = _server_tls(tls, certs, insecure, address)
-    run = _open_run(strategy, rounds, initial_weights, address, run_dir, resume, seed)
-    names = _ClientNames(run.store, client_names, on_event)
-    transport = GrpcServerTransport(
-        address,
-        tls=tls,
-        client_id=names.client_id,
-        on_event=names.event,
-        heartbeat=heartbeat,
-        max_clients=max_clients,
-    )
+    late = _LateStore(opened)
+    names = ClientNames(late if run_dir is not None else None, client_names, on_event)
+    if opened is not None:  # a resumed run knows its clients already
+        names.names.update({cid: name for name, cid in opened.clients().items()})
+    # Listen first: an address that cannot be bound leaves no run folder behind.
+    transport = _listen(address, tls, late, names, heartbeat, max_clients)
+    try:
+        run = _open_run(strategy, rounds, initial_weights, address, run_dir, opened, seed)
+    except BaseException:
+        transport.close()
+        raise
+    late.ready(run.store)
     if on_listen is not None:
         on_listen(transport.port)
     logger.info("covey server listening on port %d", transport.port)
-
-    def round_done(record: RoundRecord) -> None:
-        names.name_failures(record)
-        loop.history.clients = dict(names.names)
-        if run.store is not None:
-            state = pickle.dumps(loop.agg_state, protocol=5)
-            run.store.save_round(record.round, loop.weights, asdict(record), state)
-            write_outputs(run.store.run_dir, loop.history, plot=plot)
-        if on_round is not None:
-            on_round(record)
-
     try:
-        if strategy.asynchronous and resume:
-            raise ValueError("resuming an asynchronous (FedBuff) run is not supported yet")
+        start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         loop = open_loop(
             strategy,
             transport,
-            run.take_weights(),  # the loop owns the model now: keep no second copy here
+            start_weights,
             evaluate_fn=evaluate_fn,
             seed=seed,
             round_timeout=round_timeout,
             wait_timeout=wait_timeout,
-            on_round=round_done,
+            on_round=run.saver(on_round, names, plot),
             history=run.history,
-            agg_state=run.agg_state,
+            agg_state=None
+            if run.state is None
+            else load_state(run.state, strategy.aggregator.init(start_weights)),
         )
-        del initial_weights
+        run.loop = loop
+        del initial_weights, start_weights
         if run.history is None:
             loop.history.config = run.config
-        if isinstance(loop, RoundLoop):
-            loop.run(rounds, start=run.start)
-        else:
-            loop.run(rounds)
-        if run.store is not None:
-            run.store.set_status("finished")
-    except BaseException:
-        if run.store is not None:
-            run.store.set_status("failed")
+        loop.run(rounds, start=run.start)
+        run.end(None)
+    except BaseException as exc:
+        run.end(exc)
         raise
     finally:
         transport.close()
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+
+
+def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
+    """The store of the run to resume, or None for a new run."""
+    if not resume:
+        return None
+    if run_dir is None:
+        raise ValueError("resume=True needs run_dir")
+    return RunStore.open(run_dir)
+
+
+def _listen(
+    address: str,
+    tls: ServerTLS | None,
+    late: _LateStore,
+    names: ClientNames,
+    heartbeat: float,
+    max_clients: int,
+) -> GrpcServerTransport:
+    """The transport listening on ``address``; OSError naming the address if it cannot."""
+    try:
+        return GrpcServerTransport(
+            address,
+            tls=tls,
+            client_id=names.client_id,
+            on_event=names.event,
+            heartbeat=heartbeat,
+            max_clients=max_clients,
+        )
+    except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
+        late.close()
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    except BaseException:
+        late.close()
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    """The reason a run stopped, with the traceback of an unexpected error."""
+    if isinstance(exc, FederationError) and exc.history.stopped_reason:
+        return exc.history.stopped_reason
+    return "".join(traceback.format_exception(exc))
+
+
+class _LateStore:
+    """The run store as the transport sees it: it exists only once the port is bound."""
+
+    def __init__(self, store: RunStore | None) -> None:
+        self._store = store
+        self._ready = threading.Event()
+        if store is not None:
+            self._ready.set()
+
+    def ready(self, store: RunStore | None) -> None:
+        self._store = store
+        self._ready.set()
+
+    def _wait(self) -> RunStore:
+        self._ready.wait(30.0)
+        if self._store is None:
+            raise RuntimeError("the run store is not open")
+        return self._store
+
+    def client_id(self, name: str) -> int:
+        return self._wait().client_id(name)
+
+    def log_event(self, client: str, event: str, detail: str = "") -> None:
+        self._wait().log_event(client, event, detail)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _server_tls(
@@ -220,46 +283,6 @@ def _server_tls(
     return tls
 
 
-class _ClientNames:
-    """Each client id's chosen name: ids stay internal, names go into history and logs."""
-
-    def __init__(
-        self,
-        store: RunStore | None,
-        shared: dict[int, str] | None,
-        on_event: Callable[[str, str, str], None] | None,
-    ) -> None:
-        self.store = store
-        self.names = shared if shared is not None else {}
-        if store is not None:  # a resumed run knows its clients already
-            self.names.update({cid: name for name, cid in store.clients().items()})
-        self.on_event = on_event
-        self._ids: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def client_id(self, name: str) -> int:
-        """The stable id of client ``name``, remembering the name."""
-        with self._lock:
-            if self.store is not None:
-                cid = self.store.client_id(name)
-            else:
-                cid = self._ids.setdefault(name, len(self._ids))
-            self.names[cid] = name
-        return cid
-
-    def event(self, name: str, event: str, detail: str) -> None:
-        """Record a fleet event in the store and pass it on."""
-        if self.store is not None:
-            self.store.log_event(name, event, detail)
-        if self.on_event is not None:
-            self.on_event(name, event, detail)
-
-    def name_failures(self, record: RoundRecord) -> None:
-        """Put each failed client's name on its failure."""
-        for failure in record.failures:
-            failure.name = failure.name or self.names.get(failure.cid, "")
-
-
 @dataclass
 class _Run:
     """A served run as opened: its store (if any) and where its loop starts."""
@@ -269,7 +292,40 @@ class _Run:
     config: dict[str, Any]
     start: int = 1
     history: History | None = None
-    agg_state: Any = None
+    state: bytes | None = None
+    loop: Loop | None = None
+
+    def saver(
+        self, on_round: RoundCallback | None, names: ClientNames, plot: bool
+    ) -> RoundCallback:
+        """The loop's round callback: save the round and its outputs, then ``on_round``.
+
+        Saved are the model, the record and the state in the store, and
+        ``history.json`` and ``plot.png`` next to them, each written atomically.
+        """
+
+        def round_done(record: RoundRecord) -> None:
+            names.name_failures(record)
+            if self.loop is not None:
+                self.loop.history.clients = dict(names.names)
+            if self.store is not None and self.loop is not None:
+                state = dump_state(self.loop.agg_state)
+                self.store.save_round(record.round, self.loop.weights, asdict(record), state)
+                write_outputs(self.store.run_dir, self.loop.history, plot=plot)
+            if on_round is not None:
+                on_round(record)
+
+        return round_done
+
+    def end(self, exc: BaseException | None) -> None:
+        """Mark the run finished, or failed with the reason it stopped."""
+        if self.store is None:
+            return
+        if exc is None:
+            self.store.set_status("finished")
+            return
+        self.store.set_status("failed")
+        self.store.log_event("server", "stopped", _describe(exc))
 
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""
@@ -285,22 +341,18 @@ def _open_run(
     initial_weights: Weights | None,
     address: str,
     run_dir: str | Path | None,
-    resume: bool,
+    opened: RunStore | None,
     seed: int,
 ) -> _Run:
-    """Create the run's store, or reopen it to resume after its last complete round."""
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs run_dir")
-        opened = RunStore.open(run_dir)
+    """Create the run's store, or take the reopened one to resume after its last round."""
+    if opened is not None:
         last, weights, _, blob = opened.load_latest_valid()
         opened.discard_after(last)  # rounds whose files did not survive are redone
         history = opened.history()
         history.rounds = [r for r in history.rounds if r.round <= last]
         history.config = opened.config
-        state = pickle.loads(blob) if blob else None
         logger.info("resuming the run in %s after round %d", run_dir, last)
-        return _Run(opened, weights, history.config, last + 1, history, state)
+        return _Run(opened, weights, history.config, last + 1, history, blob)
     if initial_weights is None:
         raise ValueError("serve() needs initial_weights (unless resuming)")
     config = run_config(

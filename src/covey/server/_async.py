@@ -96,13 +96,18 @@ class AsyncLoop(_LoopBase):
 
     # -- the run ------------------------------------------------------------------------
 
-    def run(self, updates: int) -> History:
-        """Run until ``updates`` global updates have been applied; return the history."""
-        record = RoundRecord(round=0)
-        self._central(record)
-        self._finish(record)
+    def run(self, updates: int, *, start: int = 1) -> History:
+        """Run until ``updates`` global updates have been applied; return the history.
+
+        ``start`` is the first update to run: a resumed run passes the one after
+        its last saved update (and has its model, history and state restored).
+        """
+        if start <= 1:
+            record = RoundRecord(round=0)
+            self._central(record)
+            self._finish(record)
         self._wait_for_clients()
-        version = 0
+        version = max(0, start - 1)
         try:
             while version < updates:
                 version = self._one_update(version)

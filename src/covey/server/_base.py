@@ -11,10 +11,11 @@ these once; the loops differ only in how they reach clients and when they aggreg
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from covey.aggregate import Contribution, End
+from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze
@@ -168,15 +169,23 @@ class _LoopBase:
         logger.warning("client %d failed in %s: %s", failure.cid, failure.stage, failure.error)
 
     def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
-        """End the aggregation chain for ``rnd`` and apply its aggregate to the global model."""
+        """End the aggregation chain for ``rnd`` and apply its aggregate to the global model.
+
+        An :class:`~covey.aggregate.AggregationError` (the step refusing this round's
+        updates) or an aggregate that does not fit the model is recorded and the
+        model stays unchanged; anything else is a defect and stops the run, its
+        traceback kept in the history.
+        """
         try:
             state, out = self.strategy.aggregator.update(state, End(rnd))
-        except Exception as exc:
+        except AggregationError as exc:
             logger.error(
                 "%s %d: aggregation failed, %s is unchanged: %s", self._step, rnd, self._model, exc
             )
             record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
             return
+        except Exception as exc:
+            raise self._stop(rnd, record, "aggregation", exc) from exc
         self.agg_state = state
         aggregate = find_aggregate(out)
         if aggregate is None:
@@ -185,7 +194,7 @@ class _LoopBase:
         try:
             new = aggregate.apply(self.weights)
             self.spec.check(new, what=f"{self._step} {rnd}'s aggregate")
-        except (WeightsError, ValueError, TypeError) as exc:
+        except WeightsError as exc:
             logger.error(
                 "%s %d: refusing the aggregate, %s is unchanged: %s",
                 self._step,
@@ -195,5 +204,17 @@ class _LoopBase:
             )
             record.aggregate_info["error"] = str(exc)
             return
+        except Exception as exc:
+            raise self._stop(rnd, record, "applying the aggregate", exc) from exc
         self.weights = freeze(new)
         record.aggregated = True
+
+    def _stop(self, rnd: int, record: RoundRecord, what: str, exc: Exception) -> FederationError:
+        """Record an unexpected error at the end of ``rnd`` in the history; the error to raise."""
+        text = "".join(traceback.format_exception(exc))
+        record.aggregate_info["error"] = f"{type(exc).__name__}: {exc}"
+        record.aggregate_info["traceback"] = text
+        self.history.rounds.append(record)
+        self.history.stopped_reason = f"{self._step} {rnd}: {what} raised\n{text}"
+        logger.error("%s %d: %s raised; stopping the run\n%s", self._step, rnd, what, text)
+        return self._fail(f"{self._step} {rnd}: {what} raised {type(exc).__name__}: {exc}")

@@ -59,6 +59,9 @@ class Connection:
         self.alive = True
         self.last_seen = time.monotonic()
         self.lock = threading.Lock()
+        self.certificate: bytes | None = None  # its client certificate (PEM) under TLS
+        self.kinds: frozenset[str] = frozenset()  # task kinds it said it performs
+        self.peer = ""
 
     def closed(self) -> bool:
         """Whether the connection has been dropped."""

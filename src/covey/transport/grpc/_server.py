@@ -18,10 +18,11 @@ from typing import Any
 
 from covey.core import _codec
 from covey.core._messages import Reply, Task
-from covey.core._weights import Weights
+from covey.core._weights import Weights, WeightsSpec
 from covey.transport.grpc import _wire
 from covey.transport.grpc._registry import CLOSE, Registry, Sink
 from covey.transport.grpc._service import FederationService, ServerTLS, start_server
+from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
 
 __all__ = ["GrpcServerTransport", "ServerTLS"]
 
@@ -39,6 +40,7 @@ class GrpcServerTransport:
         on_event: ``(name, event, detail)`` for fleet events (join, leave, ...).
         heartbeat: Seconds between heartbeats; a client silent for six is dropped.
         max_clients: Most clients connected at once.
+        max_inflight: Most bytes of replies being received at once, over all clients.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class GrpcServerTransport:
         on_event: Callable[[str, str, str], None] | None = None,
         heartbeat: float = 5.0,
         max_clients: int = 1000,
+        max_inflight: int = MAX_INFLIGHT_BYTES,
     ) -> None:
         """Start listening on ``address``; clients may connect at once."""
         self._registry = Registry(client_id, on_event)
@@ -61,7 +64,7 @@ class GrpcServerTransport:
         self._inflight: dict[int, tuple[int, str, float | None]] = {}
         self._broadcast: tuple[Weights | None, _codec.Encoded | None] = (None, None)
         self._extras: tuple[Any, _codec.Encoded | None] = (None, None)
-        self._service = FederationService(self._registry, tls, heartbeat)
+        self._service = FederationService(self._registry, tls, heartbeat, max_inflight)
         self._server, self.port = start_server(address, tls, self._service, max_clients)
 
     # -- Transport ---------------------------------------------------------------------
@@ -205,6 +208,7 @@ class GrpcServerTransport:
         self._broadcast = (weights, blob)
         # A reply carries at most one model's worth of arrays (plus slack for names).
         self._service.max_reply = 2 * len(blob) + 1024 * 1024
+        self._service.wire_limits = _wire.WireLimits.for_spec(WeightsSpec.of(weights))
         return blob
 
     def _encode_extras(self, task: Task) -> _codec.Encoded | None:

@@ -22,13 +22,21 @@ import grpc
 from covey.core import _codec
 from covey.core._messages import Reply
 from covey.transport.grpc import _wire
+from covey.transport.grpc._admission import Admission, Refusal
 from covey.transport.grpc._registry import (
     CLOSE,
     Connection,
     Registry,
     ShuttingDownError,
 )
-from covey.transport.grpc._stream import SPILL_BYTES, Upload, chunks
+from covey.transport.grpc._stream import (
+    MAX_INFLIGHT_BYTES,
+    SPILL_BYTES,
+    Skipped,
+    Upload,
+    UploadBudget,
+    chunks,
+)
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
@@ -140,11 +148,21 @@ class FederationService:
             of them is dropped.
     """
 
-    def __init__(self, registry: Registry, tls: ServerTLS | None, heartbeat: float) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        tls: ServerTLS | None,
+        heartbeat: float,
+        max_inflight: int = MAX_INFLIGHT_BYTES,
+    ) -> None:
         """A service for ``registry``; replies are capped at 64 MiB until a model is sent."""
         self.registry = registry
         self.tls = tls
         self.heartbeat = heartbeat
+        self.admission = Admission(registry, tls)
+        self.budget = UploadBudget(max_inflight)
+        # Caps on the JSON of replies; the transport sets them from the model's spec.
+        self.wire_limits = _wire.WireLimits()
         # A reply carries at most one model's worth of arrays; the transport
         # raises this once it knows the model's size.
         self.max_reply = 64 * 1024 * 1024
@@ -159,17 +177,16 @@ class FederationService:
             return
         if first.WhichOneof("body") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
-        name = self._identify(context, first.hello)
-        if name is None:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "client identity refused")
-            return
+        name, certificate = self.admission.admit(context, first.hello)
         cid = self.registry.client_id(name)
         conn = Connection(name, cid, context)
+        conn.certificate = certificate
+        conn.kinds = frozenset(first.hello.kinds)
+        conn.peer = context.peer()
         try:
             old = self.registry.add(conn)
-        except ShuttingDownError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            return
+        except ShuttingDownError:
+            self.admission.run_over(context, name)
         if old is not None:
             self.registry.drop(old, "replaced by a new connection")
         self.registry.event(name, "join" if old is None else "rejoin", context.peer())
@@ -183,21 +200,6 @@ class FederationService:
             welcome=pb.Welcome(cid=cid, name=name, heartbeat_interval=self.heartbeat)
         )
         yield from self._send(conn)
-
-    def _identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> str | None:
-        """The client's name (its certificate's common name under TLS), or None if refused."""
-        if self.tls is None:
-            return hello.name or context.peer()
-        auth = context.auth_context()
-        names = auth.get("x509_common_name") or []
-        if not names:
-            return None
-        name = str(names[0].decode(errors="replace"))
-        pems = auth.get("x509_pem_cert") or []
-        if self.tls.is_revoked is not None and pems and self.tls.is_revoked(pems[0]):
-            self.registry.event(name, "refused", "certificate revoked")
-            return None
-        return name
 
     def _send(self, conn: Connection) -> Iterator[pb.ServerMessage]:
         """The response stream: heartbeats, goodbyes, task headers and their chunks."""
@@ -219,6 +221,9 @@ class FederationService:
             with conn.lock:
                 if task_id not in conn.pending:
                     continue  # cancelled before it was sent
+            if conn.kinds and task.kind not in conn.kinds:
+                self._unable(conn, task_id, task.kind)
+                continue
             yield pb.ServerMessage(
                 task=pb.TaskHeader(
                     task_id=task_id,
@@ -237,56 +242,103 @@ class FederationService:
 
     def _read(self, conn: Connection, requests: Iterator[pb.ClientMessage]) -> None:
         """Read one client's messages until its stream ends, then drop it."""
-        upload: Upload | None = None
+        upload: Upload | Skipped | None = None
         upload_header = pb.ReplyHeader()
         try:
             for message in requests:
                 conn.last_seen = time.monotonic()
                 upload, upload_header = self._take(conn, message, upload, upload_header)
         except _ProtocolError as exc:
-            logger.warning("client %s broke the protocol: %s; closing its stream", conn.name, exc)
-            self.registry.event(conn.name, "protocol-error", str(exc))
+            logger.warning(
+                "client %s (%s) broke the protocol: %s; closing its stream",
+                conn.name,
+                conn.peer,
+                exc,
+            )
+            self.registry.event(conn.name, "protocol-error", f"{exc} (peer {conn.peer})")
+        except Refusal as exc:
+            logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
+            self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
+            self.registry.drop(conn, str(exc))
         except grpc.RpcError:
             pass
         except Exception:
             logger.exception("reading from client %s failed", conn.name)
         if upload is not None:
-            upload.discard()
+            self._release(upload)
         self.registry.drop(conn, "disconnected")
 
     def _take(
         self,
         conn: Connection,
         message: pb.ClientMessage,
-        upload: Upload | None,
+        upload: Upload | Skipped | None,
         upload_header: pb.ReplyHeader,
-    ) -> tuple[Upload | None, pb.ReplyHeader]:
+    ) -> tuple[Upload | Skipped | None, pb.ReplyHeader]:
         """Handle one client message; return the reply upload in progress and its header."""
         body = message.WhichOneof("body")
+        if body != "chunk":
+            self.admission.check(conn)  # a certificate revoked since it joined
         if body == "heartbeat":
             return upload, upload_header
         if body == "reply":
             if upload is not None:
                 raise _ProtocolError("a new reply started before the last one finished")
             header = message.reply
-            size = header.weights_size + header.extras_size
-            if size > self.max_reply:
-                raise _ProtocolError(f"reply of {size} bytes exceeds the limit of {self.max_reply}")
-            if size == 0:
-                self._deliver(conn, header, None)
-                return None, upload_header
-            spill = size >= SPILL_BYTES
-            return Upload(header.weights_size, header.extras_size, spill=spill), header
+            return self._start(conn, header), header
         if body == "chunk":
             if upload is None or message.chunk.task_id != upload_header.task_id:
                 raise _ProtocolError("a chunk arrived for no reply in progress")
             if not upload.write(message.chunk.data):
                 raise _ProtocolError("a reply sent more bytes than it announced")
-            if upload.complete:
+            if not upload.complete:
+                return upload, upload_header
+            self._release(upload)
+            if isinstance(upload, Upload):
                 self._deliver(conn, upload_header, upload)
-                return None, upload_header
-            return upload, upload_header
+            return None, upload_header
         raise _ProtocolError(f"unexpected {body} message")
+
+    def _start(self, conn: Connection, header: pb.ReplyHeader) -> Upload | Skipped | None:
+        """Where a reply's bytes go: checked against the pending task and the limits first."""
+        size = header.weights_size + header.extras_size
+        if size > self.max_reply:
+            raise _ProtocolError(f"reply of {size} bytes exceeds the limit of {self.max_reply}")
+        with conn.lock:
+            expected = header.task_id in conn.pending
+        if not expected:
+            logger.warning(
+                "client %s replied to task %d, which is not pending; skipping its %d bytes",
+                conn.name,
+                header.task_id,
+                size,
+            )
+            return Skipped(size) if size else None
+        if size == 0:
+            self._deliver(conn, header, None)
+            return None
+        if not self.budget.reserve(size):
+            raise _ProtocolError(
+                f"a reply of {size} bytes would put uploads in progress over the server's "
+                f"limit of {self.budget.total} bytes"
+            )
+        return Upload(header.weights_size, header.extras_size, spill=size >= SPILL_BYTES)
+
+    def _release(self, upload: Upload | Skipped) -> None:
+        """Give back the reservation of an upload that completed or was abandoned."""
+        if isinstance(upload, Upload):
+            self.budget.release(upload.size)
+            if not upload.complete:
+                upload.discard()
+
+    def _unable(self, conn: Connection, task_id: int, kind: str) -> None:
+        """Answer for a client a task of a kind it did not say it performs."""
+        with conn.lock:
+            entry = conn.pending.pop(task_id, None)
+        if entry is not None:
+            error = f"client {conn.name} does not perform {kind!r} tasks (it performs: "
+            error += ", ".join(sorted(conn.kinds)) + ")"
+            self.registry.route(entry[0], Reply(conn.cid, kind, error=error), conn.name)
 
     def _deliver(self, conn: Connection, header: pb.ReplyHeader, upload: Upload | None) -> None:
         """Turn a complete reply into a :class:`Reply` for whoever waits for it."""
@@ -301,8 +353,12 @@ class FederationService:
         else:
             try:
                 weights, extras = (None, None) if upload is None else upload.decode()
-                result = _wire.result_from_wire(header.result, weights, extras)
+                result = _wire.result_from_wire(header.result, weights, extras, self.wire_limits)
                 reply = Reply(conn.cid, kind, result=result)
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
-                reply = Reply(conn.cid, kind, error=f"malformed reply: {exc}")
+                # A message that breaks the format or its limits: the round learns the
+                # client failed, and the client is dropped.
+                error = f"malformed reply: {exc}"
+                self.registry.route(sink, Reply(conn.cid, kind, error=error), conn.name)
+                raise _ProtocolError(f"refused a malformed {kind} reply: {exc}") from None
         self.registry.route(sink, reply, conn.name)

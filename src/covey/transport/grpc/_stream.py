@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,3 +133,52 @@ def split_blobs(
         else None
     )
     return weights, extras
+
+
+class Skipped:
+    """The bytes of a reply nobody asked for: counted against its announced size, not kept."""
+
+    def __init__(self, size: int) -> None:
+        """Skip ``size`` announced bytes."""
+        self.size = size
+        self.filled = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every announced byte has arrived."""
+        return self.filled == self.size
+
+    def write(self, data: bytes) -> bool:
+        """Count ``data``; False if it runs past the announced size."""
+        self.filled += len(data)
+        return self.filled <= self.size
+
+
+MAX_INFLIGHT_BYTES = 16 * 1024**3
+
+
+class UploadBudget:
+    """The bytes of replies being received at once, over all connections, kept under a cap.
+
+    Args:
+        total: Most bytes reserved at once.
+    """
+
+    def __init__(self, total: int) -> None:
+        """An empty budget of ``total`` bytes."""
+        self.total = total
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        """Reserve ``size`` bytes; False (nothing reserved) if the cap would be passed."""
+        with self._lock:
+            if self.used + size > self.total:
+                return False
+            self.used += size
+            return True
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` reserved bytes."""
+        with self._lock:
+            self.used = max(0, self.used - size)

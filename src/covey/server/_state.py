@@ -1,0 +1,171 @@
+"""The aggregation state of a run as bytes that hold only data: safetensors arrays plus JSON.
+
+A resumed run reads these bytes back from its run folder, so they must never
+execute anything: arrays go into a safetensors file and everything else (the
+shape of the state: tuples, lists, mappings, numbers, strings) into a JSON tree
+stored in that file's metadata. The named tuples aggregation steps keep their
+state in are rebuilt only from types found in a *template* state built by the
+strategy itself, never from a name read from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+__all__ = ["StateError", "dump_state", "load_state"]
+
+_KEY = "covey-state"
+_FORMAT = 1
+
+
+class StateError(ValueError):
+    """A state that cannot be stored, or stored bytes that are not a valid state."""
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray[Any, Any]] = {}
+
+    def tree(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool | str | int):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"__float__": repr(value)}
+        if isinstance(value, np.generic):
+            return {"__scalar__": self.array(np.asarray(value))}
+        if isinstance(value, np.ndarray):
+            return {"__array__": self.array(value)}
+        if isinstance(value, tuple) and hasattr(value, "_fields"):
+            return {"__tuple__": _type_name(type(value)), "items": [self.tree(v) for v in value]}
+        if isinstance(value, tuple):
+            return {"__tuple__": None, "items": [self.tree(v) for v in value]}
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        if isinstance(value, Mapping):
+            return {"__dict__": [[self.tree(k), self.tree(v)] for k, v in value.items()]}
+        raise StateError(f"cannot store a {type(value).__name__} in a run's aggregation state")
+
+    def array(self, array: np.ndarray[Any, Any]) -> str:
+        if array.dtype.kind not in "biuf":
+            raise StateError(f"cannot store a {array.dtype} array in a run's aggregation state")
+        key = str(len(self.arrays))
+        self.arrays[key] = np.ascontiguousarray(array)
+        return key
+
+
+def dump_state(state: Any) -> bytes:
+    """The bytes of an aggregation state: a safetensors file with the tree in its metadata.
+
+    Args:
+        state: Tuples, named tuples, lists, mappings, NumPy arrays and scalars, numbers,
+            strings and None, nested.
+
+    Returns:
+        Bytes :func:`load_state` turns back into an equal state.
+
+    Raises:
+        StateError: if the state holds anything else.
+    """
+    writer = _Writer()
+    tree = writer.tree(state)
+    meta = {_KEY: json.dumps({"format": _FORMAT, "tree": tree}, allow_nan=False)}
+    return bytes(safetensors.numpy.save(writer.arrays, metadata=meta))
+
+
+def _named_tuples(template: Any, found: dict[str, type]) -> dict[str, type]:
+    if isinstance(template, tuple):
+        if hasattr(template, "_fields"):
+            found[_type_name(type(template))] = type(template)
+        for item in template:
+            _named_tuples(item, found)
+    elif isinstance(template, list):
+        for item in template:
+            _named_tuples(item, found)
+    elif isinstance(template, Mapping):
+        for item in template.values():
+            _named_tuples(item, found)
+    return found
+
+
+class _Reader:
+    def __init__(self, arrays: Mapping[str, np.ndarray[Any, Any]], types: dict[str, type]) -> None:
+        self.arrays = arrays
+        self.types = types
+
+    def tree(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "__float__" in value:
+            return float(value["__float__"])
+        if "__array__" in value:
+            return self.array(value["__array__"])
+        if "__scalar__" in value:
+            return self.array(value["__scalar__"])[()]
+        if "__dict__" in value:
+            return {self.tree(k): self.tree(v) for k, v in value["__dict__"]}
+        if "__tuple__" in value:
+            items = [self.tree(v) for v in value["items"]]
+            name = value["__tuple__"]
+            if name is None:
+                return tuple(items)
+            cls = self.types.get(name)
+            if cls is None:
+                raise StateError(f"the stored state holds a {name} this strategy does not use")
+            return cls(*items)
+        raise StateError(f"unknown entry in a stored state: {sorted(value)[:3]}")
+
+    def array(self, key: Any) -> np.ndarray[Any, Any]:
+        if key not in self.arrays:
+            raise StateError(f"the stored state refers to a missing array {key!r}")
+        return self.arrays[key]
+
+
+def load_state(data: bytes, template: Any) -> Any:
+    """The aggregation state :func:`dump_state` stored.
+
+    Args:
+        data: The stored bytes.
+        template: A state built by the same strategy (``aggregator.init(weights)``);
+            only the named tuple types it contains can be rebuilt.
+
+    Returns:
+        The state.
+
+    Raises:
+        StateError: if ``data`` is not a stored state or does not fit the strategy.
+    """
+    try:
+        arrays = safetensors.numpy.load(bytes(data))
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+        meta = json.loads(header["__metadata__"][_KEY])
+    except (
+        safetensors.SafetensorError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
+        raise StateError(f"not a stored aggregation state: {type(exc).__name__}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise StateError("not a stored aggregation state (unknown format)")
+    try:
+        return _Reader(arrays, _named_tuples(template, {})).tree(meta["tree"])
+    except StateError:
+        raise
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise StateError(f"corrupt stored aggregation state: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,106 @@
+"""Who may join and stay: identity, certificate, revocation and version checks on a stream.
+
+A refusal is logged with the peer's address, recorded as a ``refused`` event
+of the run, and sent to the client as a status it will not retry
+(``PERMISSION_DENIED`` for identities, ``FAILED_PRECONDITION`` for versions and
+a run that is over). A certificate revoked while its client is connected is
+noticed at the client's next message (heartbeats included), and the
+connection dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from covey.transport.grpc._refusal import compatible, version_refusal
+from covey.transport.grpc._registry import Connection, Registry
+from covey.transport.grpc.proto import covey_pb2 as pb
+
+__all__ = ["Admission", "Refusal"]
+
+logger = logging.getLogger("covey")
+
+
+class Refusal(Exception):
+    """A connected client is no longer accepted (e.g. its certificate was revoked)."""
+
+
+def _version() -> str:
+    from covey import __version__
+
+    return __version__
+
+
+class Admission:
+    """The checks a client's stream passes before and while it takes part.
+
+    Args:
+        registry: Where refusals are recorded as events.
+        tls: The server's TLS material (its ``is_revoked``), or None when insecure.
+    """
+
+    def __init__(self, registry: Registry, tls: object | None) -> None:
+        """Checks for ``registry``'s clients under ``tls`` (None: no identity checks)."""
+        self.registry = registry
+        self.tls = tls
+        self.version = _version()
+
+    def refuse(
+        self, context: grpc.ServicerContext, name: str, code: grpc.StatusCode, why: str
+    ) -> NoReturn:
+        """Log and record the refusal of ``name``, then end its stream with ``code``."""
+        peer = context.peer()
+        logger.warning("refused %s from %s: %s", name or "a client", peer, why)
+        self.registry.event(name or peer, "refused", f"{why} (peer {peer})")
+        context.abort(code, why)
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def admit(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, bytes | None]:
+        """The client's name and certificate, or a refusal that ends the stream."""
+        name, certificate = self._identify(context, hello)
+        if not compatible(hello.version, self.version):
+            self.refuse(
+                context,
+                name,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                version_refusal(hello.version, self.version),
+            )
+        return name, certificate
+
+    def _identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, bytes | None]:
+        if self.tls is None:
+            return hello.name or context.peer(), None
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        names = auth.get("x509_common_name") or []
+        if not pems or not names:
+            self.refuse(
+                context,
+                hello.name,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "no client certificate (this server requires mutual TLS)",
+            )
+        name = str(names[0].decode(errors="replace"))
+        certificate = bytes(pems[0])
+        if self.revoked(certificate):
+            self.refuse(context, name, grpc.StatusCode.PERMISSION_DENIED, "certificate revoked")
+        return name, certificate
+
+    def revoked(self, certificate: bytes | None) -> bool:
+        """Whether ``certificate`` is on the federation's revocation list now."""
+        check = getattr(self.tls, "is_revoked", None)
+        return certificate is not None and check is not None and bool(check(certificate))
+
+    def check(self, conn: Connection) -> None:
+        """Raise :class:`Refusal` if ``conn``'s certificate has been revoked since it joined."""
+        if self.revoked(conn.certificate):
+            raise Refusal("certificate revoked")
+
+    def run_over(self, context: grpc.ServicerContext, name: str) -> NoReturn:
+        """Refuse a client that arrives when the run is over."""
+        self.refuse(
+            context, name, grpc.StatusCode.FAILED_PRECONDITION, "the run is over (server closing)"
+        )

@@ -1,0 +1,160 @@
+"""Which failures a client retries and which end it: refusals, versions, retry budgets.
+
+A server refuses a client for good when its certificate is not trusted or is
+revoked, its covey version cannot speak to the server's, or the run is over.
+Retrying those only hides the cause behind "connection lost"; the client stops
+at once with a message naming the cause. Everything else (a server restarting, a
+network outage) is retried with exponential backoff for a bounded time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+__all__ = [
+    "HANDSHAKE_STRIKES",
+    "Refused",
+    "RetryBudget",
+    "compatible",
+    "handshake_closed",
+    "permanent_cause",
+    "version_refusal",
+]
+
+#: TLS handshakes the server closed in a row before a client takes it as a refusal.
+HANDSHAKE_STRIKES = 3
+
+#: The status codes a server uses for a refusal that retrying cannot change.
+_PERMANENT = {
+    grpc.StatusCode.PERMISSION_DENIED: "the server refused this client",
+    grpc.StatusCode.UNAUTHENTICATED: "the server refused this client's identity",
+    grpc.StatusCode.FAILED_PRECONDITION: "the server cannot take this client",
+}
+
+#: What gRPC's details say when the TLS handshake fails: certificates, not the network.
+_TLS_MARKERS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "Handshake failed",
+    "handshake failed",
+    "SSL_ERROR_SSL",
+    "TLSV1_ALERT",
+    "tlsv1 alert",
+    "certificate",
+)
+
+
+class Refused(ConnectionError):
+    """The server refused this client for good; retrying would not help.
+
+    Attributes:
+        cause: What the refusal was about, in words for an operator.
+    """
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+def compatible(client: str, server: str) -> bool:
+    """Whether a client of version ``client`` may join a server of version ``server``.
+
+    Releases with the same major and minor number speak the same protocol.
+
+    Example:
+        >>> compatible("0.1.3", "0.1.0"), compatible("0.2.0", "0.1.0")
+        (True, False)
+    """
+    return client.split(".")[:2] == server.split(".")[:2] and bool(client)
+
+
+def version_refusal(client: str, server: str) -> str:
+    """The message a server gives a client whose version it cannot serve."""
+    return (
+        f"incompatible covey versions: this server runs covey {server}, the client runs "
+        f"covey {client or '(unknown)'}; install covey {'.'.join(server.split('.')[:2])}.x "
+        "on the client"
+    )
+
+
+def permanent_cause(exc: grpc.RpcError) -> str | None:
+    """The cause of a refusal retrying cannot change, or None for a transient error."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = str(exc.details() if hasattr(exc, "details") else exc) or ""
+    if code in _PERMANENT:
+        return f"{_PERMANENT[code]}: {details}" if details else _PERMANENT[code]
+    if code == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TLS_MARKERS):
+        return (
+            "certificate not trusted: the TLS handshake with the server failed (a "
+            f"certificate from another federation, or a wrong CA?): {details}"
+        )
+    return None
+
+
+def handshake_closed(exc: grpc.RpcError) -> bool:
+    """Whether the server closed the connection during the TLS handshake.
+
+    That is how a server refuses a client certificate it does not trust (or a
+    missing one); a server that is down refuses the connection instead.
+    """
+    code = exc.code() if hasattr(exc, "code") else None
+    details = str(exc.details() if hasattr(exc, "details") else exc) or ""
+    return (
+        code == grpc.StatusCode.UNAVAILABLE
+        and "failed to connect" in details
+        and "Socket closed" in details
+    )
+
+
+def handshake_refusal(strikes: int) -> str:
+    """The cause given when the server closed ``strikes`` TLS handshakes in a row."""
+    return (
+        f"certificate not trusted: the server closed the TLS handshake {strikes} times in a "
+        "row; its CA does not accept this client's certificate (issued by another "
+        "federation?) or the client presented none"
+    )
+
+
+@dataclass
+class RetryBudget:
+    """Exponential backoff with jitter, for at most ``retry_for`` seconds of failures in a row.
+
+    Args:
+        backoff: First delay in seconds; it doubles on each failure, with jitter.
+        max_backoff: Longest delay.
+        retry_for: Seconds of failed attempts in a row before giving up (None: forever).
+        max_attempts: Failed attempts in a row before giving up (None: no count limit).
+    """
+
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    retry_for: float | None = 600.0
+    max_attempts: int | None = None
+    failures: int = 0
+    since: float | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def success(self) -> None:
+        """A session got through: the next failure starts a new budget."""
+        self.failures = 0
+        self.since = None
+
+    def next_delay(self) -> float | None:
+        """Record a failure; the delay before the next attempt, or None to give up."""
+        now = time.monotonic()
+        self.failures += 1
+        if self.since is None:
+            self.since = now
+        if self.max_attempts is not None and self.failures >= self.max_attempts:
+            return None
+        if self.retry_for is not None and now - self.since >= self.retry_for:
+            return None
+        delay = min(self.max_backoff, self.backoff * 2.0 ** min(self.failures - 1, 16))
+        delay *= float(self.rng.uniform(0.5, 1.0))
+        if self.retry_for is not None:
+            delay = min(delay, max(0.0, self.since + self.retry_for - now))
+        return delay

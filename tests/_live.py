@@ -1,0 +1,153 @@
+"""Helpers for tests of a live federation in this process: a served run and connected clients."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+import covey
+from covey.deploy._server import ServeResult, serve
+from covey.transport.grpc._client import ConnectResult, connect
+from covey.transport.grpc._service import METHOD
+from covey.transport.grpc.proto import covey_pb2 as pb
+
+
+class Fit(covey.Client):
+    """Adds one to every weight, after ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        time.sleep(self.delay)
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def initial() -> dict[str, Any]:
+    return {"w": np.zeros(8)}
+
+
+class Served:
+    """``serve(...)`` on a thread; ``port`` once it listens, ``result`` or ``error`` at the end."""
+
+    def __init__(self, strategy: covey.Strategy, rounds: int, **kwargs: Any) -> None:
+        self.listening = threading.Event()
+        self.port = 0
+        self.result: ServeResult | None = None
+        self.error: BaseException | None = None
+        kwargs.setdefault("insecure", "certs" not in kwargs)
+        kwargs.setdefault("heartbeat", 0.5)
+        kwargs.setdefault("wait_timeout", 30.0)
+        weights = kwargs.pop("initial_weights", None if kwargs.get("resume") else initial())
+
+        def listening(port: int) -> None:
+            self.port = port
+            self.listening.set()
+
+        def run() -> None:
+            try:
+                self.result = serve(strategy, rounds, weights, on_listen=listening, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                self.error = exc
+            finally:
+                self.listening.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert self.listening.wait(30), "the server did not start"
+
+    def join(self, timeout: float = 60) -> ServeResult:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the run did not finish in time"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class Joined:
+    """``connect(...)`` on a thread; ``result`` or ``error`` at the end."""
+
+    def __init__(self, port: int, client: Any = None, **kwargs: Any) -> None:
+        self.result: ConnectResult | None = None
+        self.error: BaseException | None = None
+        kwargs.setdefault("insecure", "tls" not in kwargs)
+        kwargs.setdefault("backoff", 0.1)
+        kwargs.setdefault("retry_for", 30.0)
+
+        def run() -> None:
+            try:
+                self.result = connect(client or Fit(), f"127.0.0.1:{port}", **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 60) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the client did not finish in time"
+
+
+class Raw:
+    """A hand-driven client stream: send any message, read what the server sends."""
+
+    def __init__(self, port: int, hello: pb.Hello | None = None) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.out: queue.Queue[pb.ClientMessage | None] = queue.Queue()
+        version = covey.__version__
+        self.send(hello=hello or pb.Hello(version=version, name="raw", kinds=["fit"]))
+        join = self.channel.stream_stream(
+            METHOD,
+            request_serializer=pb.ClientMessage.SerializeToString,
+            response_deserializer=pb.ServerMessage.FromString,
+        )
+        self.call = join(self._requests())
+
+    def _requests(self) -> Iterator[pb.ClientMessage]:
+        while True:
+            message = self.out.get()
+            if message is None:
+                return
+            yield message
+
+    def send(self, **body: Any) -> None:
+        self.out.put(pb.ClientMessage(**body))
+
+    def messages(self) -> Iterator[pb.ServerMessage]:
+        return iter(self.call)
+
+    def next_task(self) -> pb.TaskHeader:
+        for message in self.call:
+            if message.WhichOneof("body") == "task":
+                return message.task
+        raise AssertionError("the stream ended before a task came")
+
+    def ended(self, timeout: float = 10) -> grpc.StatusCode | None:
+        """Wait (bounded) for the server to end the stream; its status code."""
+        box: list[Any] = []
+
+        def drain() -> None:
+            try:
+                for _ in self.call:
+                    pass
+                box.append(None)
+            except grpc.RpcError as exc:
+                box.append(exc.code())
+
+        thread = threading.Thread(target=drain, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        assert box, "the server did not end the stream"
+        return box[0]
+
+    def close(self) -> None:
+        self.out.put(None)
+        self.call.cancel()
+        self.channel.close()

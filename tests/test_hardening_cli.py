@@ -1,0 +1,115 @@
+"""`covey client` and `covey server`: clean exits, clear refusals, checked addresses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.deploy.certs import init_federation, issue_client, revoke
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Served
+
+APPS = Path(__file__).parent / "apps"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _client(port: int, k: int, *extra: str) -> subprocess.Popen[str]:
+    args = ["client", "--app", "tiny_app:client_fn", "--cid", str(k)]
+    args += ["--server", f"127.0.0.1:{port}", *extra]
+    return subprocess.Popen(
+        [sys.executable, "-m", "covey", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
+    """Wait for ``proc`` to exit by itself; kill it (and fail) if it does not."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+        raise AssertionError(f"covey client did not exit by itself:\n{out[-3000:]}") from None
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+def test_the_client_command_exits_by_itself_every_time() -> None:
+    strategy = covey.FedAvg(min_available_clients=4, min_fit_clients=4, fraction_evaluate=0.0)
+    for _ in range(3):  # 12 runs of the command
+        served = Served(strategy, 2, initial_weights={"w": np.zeros(8)})
+        procs = [_client(served.port, k, "--insecure", "--name", f"c{k}") for k in range(4)]
+        served.join(90)
+        for proc in procs:
+            code, out = _finish(proc)
+            assert code == 0, out
+            assert "done: 2 task(s)" in out
+
+
+def test_a_revoked_client_exits_at_once_naming_the_cause(tmp_path: Path) -> None:
+    fed = tmp_path / "fed"
+    init_federation(fed)
+    issue_client(fed, "gone")
+    revoke(fed, "gone")
+    served = Served(covey.FedAvg(), 1, certs=fed, wait_timeout=5)
+    code, out = _finish(_client(served.port, 0, "--certs", str(fed), "--name", "gone"))
+    assert code == 2, out
+    assert "revoked" in out
+    with pytest.raises(covey.FederationError, match="only 0 of the 2 clients"):
+        served.join(30)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--server", "localhost"], "no port"),
+        (["--server", "127.0.0.1:99999"], "between 1 and 65535"),
+    ],
+)
+def test_client_addresses_are_checked(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(APPS))
+    result = CliRunner().invoke(
+        app, ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure", *args]
+    )
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [("127.0.0.1:99999", "between 0 and 65535"), (":9092", "not a host")],
+)
+def test_a_bad_server_address_leaves_no_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str, message: str
+) -> None:
+    monkeypatch.syspath_prepend(str(APPS))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("server", "--app", "tiny_app:server_app", "--insecure"),
+            *("--address", address, "--run-dir", str(run)),
+        ],
+    )
+    assert result.exit_code == 1
+    assert message in result.output
+    assert not run.exists()
