@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from covey.cli._template import FILES
+from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
 
 __all__ = ["ProjectSettings", "new_command", "read_project", "run_command"]
@@ -66,7 +67,7 @@ def new_command(
     for path, text in FILES.items():
         target = root / string.Template(path).substitute(pkg=pkg)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(string.Template(text).substitute(name=name, pkg=pkg), encoding="utf-8")
+        atomic_write(target, string.Template(text).substitute(name=name, pkg=pkg))
     console.print(f"[green]created[/] {root}: {len(FILES)} files")
     console.print(f"next: cd {root} && covey run && pytest")
 
