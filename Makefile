@@ -7,7 +7,7 @@ STAMP := $(VENV)/.covey-installed
 DEV_STAMP := $(VENV)/.covey-dev-installed
 FLOWER_VENV := .venv-flower
 
-.PHONY: demo test lint typecheck bench bench-flower clean
+.PHONY: demo test lint typecheck docs bench bench-flower clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,xgboost,docs,analytics,dashboard,tensorboard,mlflow]'
 	touch $(STAMP) $(DEV_STAMP)
+
+# The dashboard's browser tests drive headless Chromium; install it once if missing.
+.PHONY: chromium
+chromium:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/covey demo
@@ -32,11 +39,15 @@ typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy --config-file tests/mypy.ini
 
-test: lint typecheck
+# The documentation site; --strict turns a broken link or reference into a failure.
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint typecheck docs chromium
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(FLOWER_VENV) build dist .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOWER_VENV) build dist site .mypy_cache .pytest_cache .ruff_cache
 
 # Benchmarks. `bench` compares covey with a plain NumPy loop; `bench-flower`
 # adds Flower, installed in its own venv (flwr pins its own Ray).

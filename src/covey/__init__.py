@@ -8,7 +8,8 @@ The names here are what a user writes in a script. Everything else lives in
 its layer: :mod:`covey.core` (weights, codec, messages, history),
 :mod:`covey.aggregate` (aggregation steps), :mod:`covey.strategies`,
 :mod:`covey.clients` (the task runtime and client helpers), :mod:`covey.transport`,
-:mod:`covey.server` (round loops, run store), :mod:`covey.sim` and :mod:`covey.deploy`.
+:mod:`covey.server` (round loops, run store), :mod:`covey.sim`, :mod:`covey.deploy` and
+:mod:`covey.secagg` (secure aggregation; importing covey registers its task kinds).
 
 Example:
     >>> import numpy as np, covey
@@ -24,7 +25,20 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from covey import aggregate, clients, core, data, deploy, models, server, sim, strategies, transport
+from covey import (
+    aggregate,
+    clients,
+    core,
+    data,
+    deploy,
+    models,
+    privacy,
+    secagg,
+    server,
+    sim,
+    strategies,
+    transport,
+)
 from covey.aggregate import AggregationError
 from covey.clients import Client
 from covey.core import CodecError, EvaluateResult, FitResult, History, Weights, WeightsError
@@ -90,6 +104,8 @@ __all__ = [
     "data",
     "deploy",
     "models",
+    "privacy",
+    "secagg",
     "serve",
     "server",
     "sim",

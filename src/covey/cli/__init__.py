@@ -112,8 +112,11 @@ def demo(
 
 
 def _mount() -> None:
+    from covey.analytics._cli import query_command, site_command
     from covey.cli._project import new_command, run_command
     from covey.cli._runs import runs_app
+    from covey.dashboard._cli import dashboard_command
+    from covey.dashboard._cli_report import report_command
     from covey.deploy._cli import client_command, server_command
     from covey.deploy._cli_certs import certs_app
 
@@ -121,7 +124,11 @@ def _mount() -> None:
     app.command("client")(client_command)
     app.command("new")(new_command)
     app.command("run")(run_command)
+    app.command("site")(site_command)
+    app.command("query")(query_command)
     app.add_typer(certs_app, name="certs", help="Make and manage the federation's certificates.")
+    app.command("dashboard")(dashboard_command)
+    runs_app.command("report")(report_command)
     app.add_typer(runs_app, name="runs")
 
 

@@ -41,7 +41,11 @@ class Failure:
 
 @dataclass
 class RoundRecord:
-    """One round. Round 0 holds only the central evaluation of the initial model."""
+    """One round. Round 0 holds only the central evaluation of the initial model.
+
+    ``privacy`` is the budget spent so far, ``{"epsilon": ..., "delta": ...}``,
+    in a differentially private run (None otherwise).
+    """
 
     round: int
     fit_participants: list[int] = field(default_factory=list)
@@ -58,6 +62,7 @@ class RoundRecord:
     central_loss: float | None = None
     central_metrics: Metrics = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, float] | None = None
 
     @property
     def failures(self) -> list[Failure]:

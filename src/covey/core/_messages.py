@@ -63,6 +63,8 @@ class FitResult:
             value = getattr(self, attr)
             if value is not None:
                 object.__setattr__(self, attr, _arrays(value, f"FitResult.{attr}"))
+        if not self.extras and isinstance(self.extras, Mapping):
+            return
         if not isinstance(self.extras, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Mapping) for k, v in self.extras.items()
         ):
@@ -78,6 +80,11 @@ def _arrays(weights: object, what: str) -> Weights:
         raise TypeError(
             f"{what} must be a dict of names to NumPy arrays, got {type(weights).__name__}"
         )
+    for value in weights.values():  # the usual case, checked fast: every value an array
+        if type(value) is not np.ndarray:
+            break
+    else:
+        return weights
     scalars = False
     for name, value in weights.items():
         if isinstance(value, np.ndarray):

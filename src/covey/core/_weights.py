@@ -98,7 +98,7 @@ class WeightsSpec:
                 value = weights[name]  # type: ignore[index]
                 if (
                     value.shape != shape
-                    or value.dtype != dtype
+                    or (value.dtype is not dtype and value.dtype != dtype)
                     or not isinstance(value, np.ndarray)
                 ):
                     raise _Mismatch
@@ -106,14 +106,13 @@ class WeightsSpec:
             self._explain(weights, what)
         if finite:
             checked: Weights = weights  # type: ignore[assignment]
-            with np.errstate(over="ignore", invalid="ignore"):
-                for name, dtype in zip(self.names, self.dtypes, strict=True):
-                    if dtype.kind == "f" and not _all_finite(checked[name]):
-                        arr = checked[name]
-                        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-                        raise WeightsError(
-                            f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)"
-                        )
+            for name, dtype in zip(self.names, self.dtypes, strict=True):
+                if dtype.kind == "f" and not _all_finite(checked[name]):
+                    arr = checked[name]
+                    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                    raise WeightsError(
+                        f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)"
+                    )
 
     def _explain(self, weights: object, what: str) -> None:
         if not isinstance(weights, Mapping):
@@ -146,12 +145,19 @@ class _Mismatch(Exception):
     pass
 
 
+_SMALL = 1 << 16
+"""Arrays up to this many values are checked by ``isfinite`` (a small temporary)."""
+
+
 def _all_finite(array: Array) -> bool:
-    # Called under errstate(over="ignore"). A sum of squares is one allocation-free
-    # BLAS pass and is finite iff every element is, unless huge finite values
-    # overflow it, which the exact check then settles.
-    if array.dtype.itemsize >= 4:
-        flat = array.reshape(-1)
+    if array.size <= _SMALL:
+        # One ufunc and one reduction: the fewest instructions for a small array.
+        return bool(np.isfinite(array).all())
+    # A sum of squares is one allocation-free BLAS pass and is finite iff every
+    # value is, unless huge finite values overflow it, which the exact check
+    # then settles; the floating-point error state is set once for the pass.
+    flat = array.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
         if math.isfinite(flat.dot(flat)):
             return True
     return bool(np.isfinite(array).all())

@@ -79,6 +79,7 @@ def open_loop(
     on_round: RoundCallback | None = None,
     history: History | None = None,
     agg_state: Any = None,
+    simulated: bool = False,
 ) -> Loop:
     """Build the loop ``strategy`` needs over ``transport``.
 
@@ -94,6 +95,8 @@ def open_loop(
         on_round: Called with each finished record.
         history: The history so far, when resuming a run.
         agg_state: The aggregation state so far, when resuming a run.
+        simulated: Whether the clients are simulated (the strategy's run hooks then
+            get the run's seed).
 
     Returns:
         A :class:`~covey.server.RoundLoop` or an :class:`~covey.server.AsyncLoop`.
@@ -130,6 +133,7 @@ def open_loop(
             round_timeout=round_timeout,
             wait_timeout=wait_timeout,
             on_round=on_round,
+            simulated=simulated,
         )
     if history is not None:
         loop.history = history

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
@@ -20,7 +21,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
-from covey.strategies._strategy import Strategy
+from covey.strategies._strategy import FitOutcome, Strategy
 from covey.transport._base import Transport
 
 __all__ = ["EvaluateFn", "FederationError", "RoundCallback", "RoundLoop", "in_cid_order"]
@@ -71,6 +72,8 @@ class RoundLoop(_LoopBase):
         wait_timeout: Seconds to wait for ``min_available_clients`` to connect
             before a round, on transports where clients come and go.
         on_round: Called with each finished :class:`RoundRecord` (progress, logging).
+        simulated: Whether the clients are simulated: the strategy's run hooks then
+            get ``seed`` as the run's seed (None when deployed).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class RoundLoop(_LoopBase):
         round_timeout: float | None = None,
         wait_timeout: float | None = None,
         on_round: RoundCallback | None = None,
+        simulated: bool = False,
     ) -> None:
         super().__init__(
             strategy, initial_weights, evaluate_fn=evaluate_fn, seed=seed, on_round=on_round
@@ -91,17 +95,34 @@ class RoundLoop(_LoopBase):
         self.transport = transport
         self.round_timeout = round_timeout
         self.wait_timeout = wait_timeout
+        self.simulated = simulated
 
     # -- the whole run ---------------------------------------------------------------
 
     def run(self, rounds: int, *, start: int = 1) -> History:
-        """Run rounds ``start..rounds`` (round 0's central evaluation first if start is 1)."""
+        """Run rounds ``start..rounds`` (round 0's central evaluation first if start is 1).
+
+        A run hook of the strategy may stop the run before a round: the rounds done
+        are kept and ``history.stopped_reason`` says why.
+        """
+        hooks = self.strategy.hooks
+        for hook in hooks:
+            self.agg_state = hook.start(
+                self.agg_state, self.seed if self.simulated else None, self.history
+            )
         if start == 1:
             record = RoundRecord(round=0)
             self._central(record)
             self._finish(record)
         for rnd in range(start, rounds + 1):
+            reason = next((r for h in hooks if (r := h.before_round(rnd, self.agg_state))), None)
+            if reason is not None:
+                logger.info("stopping before round %d: %s", rnd, reason)
+                self.history.stopped_reason = reason
+                break
             self.run_round(rnd)
+        for hook in hooks:
+            hook.finish(self.history, self.agg_state)
         return self.history
 
     def run_round(self, rnd: int) -> RoundRecord:
@@ -117,6 +138,8 @@ class RoundLoop(_LoopBase):
         self._central(record)
         record.durations["central"] = time.perf_counter() - t2
         record.durations["total"] = time.perf_counter() - t0
+        for hook in self.strategy.hooks:
+            hook.after_round(record, self.agg_state)
         self._finish(record)
         return record
 
@@ -166,6 +189,10 @@ class RoundLoop(_LoopBase):
         update = strategy.aggregator.update
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         task = Task("fit", rnd, strategy.fit_config(rnd), self.weights, broadcast_extras(out))
+        if strategy.fit_round is not None:
+            outcome = strategy.fit_round(self.transport, cids, task, self.round_timeout)
+            self._fit_outcome(rnd, record, state, outcome, len(cids))
+            return
         metrics: list[tuple[int, Metrics]] = []
         replies = self.transport.exchange(dict.fromkeys(cids, task), timeout=self.round_timeout)
         answered: set[int] = set()
@@ -204,6 +231,29 @@ class RoundLoop(_LoopBase):
                 + (" ..." if len(record.fit_failures) > 5 else "")
             )
         record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
+        self._apply(state, rnd, record)
+
+    def _fit_outcome(
+        self, rnd: int, record: RoundRecord, state: Any, outcome: FitOutcome, sampled: int
+    ) -> None:
+        """Aggregate what a custom fit exchange (``strategy.fit_round``) returned."""
+        record.aggregate_info.update(outcome.info)
+        for cid, why in outcome.failures:
+            self._record_failure(record.fit_failures, Failure(cid, "fit", why))
+        needed = min(self.strategy.min_fit_clients, sampled)
+        error = outcome.error
+        if error is None and len(outcome.participants) < needed:
+            error = f"{len(outcome.participants)} clients took part, fewer than {needed}"
+        if error is not None:
+            record.aggregate_info.setdefault("error", error)
+            self.history.rounds.append(record)
+            raise self._fail(f"round {rnd}: {error}")
+        update = self.strategy.aggregator.update
+        for contribution in outcome.contributions:
+            state, _ = update(state, contribution)
+        record.fit_participants.extend(outcome.participants)
+        record.fit_examples += outcome.num_examples
+        record.fit_metrics = dict(outcome.metrics)
         self._apply(state, rnd, record)
 
     # -- evaluation ---------------------------------------------------------------------

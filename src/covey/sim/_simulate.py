@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import gc
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from covey.clients._client import ClientFn, run_task
+from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
@@ -85,6 +88,12 @@ def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
     return on_round, progress.stop
 
 
+def _write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
+    """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
+    if path is not None:
+        atomic_write(path, json.dumps(meta, indent=2))
+
+
 def simulate(
     client_fn: ClientFn,
     num_clients: int,
@@ -120,7 +129,8 @@ def simulate(
         round_timeout: Seconds clients have to reply in a round.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes.
-        run_dir: If given, ``history.json`` is written there after every round.
+        run_dir: If given, ``history.json`` is written there after every round, and
+            ``run.json`` (strategy, rounds, start time, status) at start and end.
         client_durations: For an asynchronous strategy (:func:`covey.FedBuff`): the
             simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
             per client (default 1.0). Time is virtual: nothing sleeps. In that mode
@@ -156,10 +166,21 @@ def simulate(
         callbacks.append(cb)
     if on_round is not None:
         callbacks.append(on_round)
-    history_path = None
+    history_path = meta_path = None
+    meta: dict[str, Any] = {
+        "kind": "simulated",
+        "strategy": strategy.name,
+        "rounds": rounds,
+        "num_clients": num_clients,
+        "backend": backend,
+        "started": _dt.datetime.now(_dt.UTC).isoformat(),
+        "status": "running",
+    }
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         history_path = Path(run_dir) / "history.json"
+        meta_path = Path(run_dir) / "run.json"
+        _write_run_meta(meta_path, meta)
 
     loop: Loop
 
@@ -187,13 +208,22 @@ def simulate(
             seed=seed,
             round_timeout=round_timeout,
             on_round=round_done,
+            simulated=True,
         )
         loop.history.config = run_config(
             strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
         )
         loop.run(rounds)
+        if history_path is not None and loop.history.stopped_reason is not None:
+            loop.history.save(history_path)  # with why the run stopped early
+        meta["status"] = "finished"
+    except BaseException:
+        meta["status"] = "failed"
+        raise
     finally:
         gc.unfreeze()
+        meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
+        _write_run_meta(meta_path, meta)
         if stop_progress is not None:
             stop_progress()
         transport.close()

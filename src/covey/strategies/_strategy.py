@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
-from covey.aggregate import Step, chain, weighted_mean
+from covey.aggregate import Contribution, Step, chain, weighted_mean
+from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
 from covey.strategies._fold import fold
@@ -50,6 +52,33 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
             sums[key] = sums.get(key, 0.0) + n * float(value)
             counts[key] = counts.get(key, 0) + n
     return {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
+
+
+class FitOutcome(NamedTuple):
+    """What a custom fit exchange (:attr:`Strategy.fit_round`) hands back to the round loop.
+
+    Args:
+        contributions: Fed to the aggregator in order (e.g. one secure sum).
+        participants: The clients whose updates are in the contributions.
+        num_examples: Their total number of examples.
+        metrics: The round's combined fit metrics.
+        failures: ``(cid, why)`` for each client that failed.
+        info: What to record in the round's ``aggregate_info``.
+        error: Why the round must stop (the run then stops with this reason).
+    """
+
+    contributions: tuple[Contribution, ...] = ()
+    participants: tuple[int, ...] = ()
+    num_examples: int = 0
+    metrics: Mapping[str, Any] = MappingProxyType({})
+    failures: tuple[tuple[int, str], ...] = ()
+    info: Mapping[str, Any] = MappingProxyType({})
+    error: str | None = None
+
+
+FitRound = Callable[[Any, Sequence[int], Any, "float | None"], FitOutcome]
+"""``(transport, cids, fit_task, timeout) -> FitOutcome``: a fit exchange other than one task
+per client (secure aggregation: :func:`covey.secagg.secure`)."""
 
 
 def _no_config(round: int) -> Config:
@@ -92,6 +121,13 @@ class Strategy:
         name: A label for logs and history (the preset's name, e.g. ``"FedAdam"``).
         hyperparameters: The algorithm's own settings as the preset received them
             (e.g. ``{"eta": 0.01, ...}``), recorded in the history by :meth:`describe`.
+        hooks: Run hooks (:class:`covey.core._hooks.RunHook`) the round loop calls at the
+            start, around each round and at the end; e.g. the privacy accountant
+            that :func:`covey.privacy.central` adds.
+        fit_round: Replaces the fit exchange of each synchronous round: given the
+            transport, the sampled clients, the fit task and the timeout, it talks to
+            the clients and returns a :class:`FitOutcome` (set by
+            :func:`covey.secagg.secure`; None: one fit task per client).
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -111,6 +147,8 @@ class Strategy:
     max_staleness: int | None = None
     name: str = "custom"
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    hooks: tuple[RunHook, ...] = ()
+    fit_round: FitRound | None = None
 
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
@@ -137,6 +175,8 @@ class Strategy:
                 isinstance(value, bool) or not isinstance(value, int) or value < least
             ):
                 raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
+        if self.hooks and self.buffer_size is not None:
+            raise ValueError("run hooks (e.g. privacy accounting) need synchronous rounds")
         if self.buffer_size is not None and self.fraction_evaluate > 0.0:
             raise ValueError(
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "

@@ -242,6 +242,11 @@ def result_to_wire(result: Any) -> tuple[bytes, Weights | None]:
             "metrics": result.metrics,
         }
         return dumps(head), None
+    if isinstance(result, Mapping) and any(isinstance(v, np.ndarray) for v in result.values()):
+        # Large arrays in a dict result (e.g. a masked vector) travel as chunks, not JSON.
+        arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
+        rest = {k: v for k, v in result.items() if k not in arrays}
+        return dumps({"type": "value", "value": rest, "arrays": sorted(arrays)}), arrays
     return dumps({"type": "value", "value": result}), None
 
 
@@ -280,7 +285,13 @@ def result_from_wire(
                 loss=head["loss"], num_examples=head["num_examples"], metrics=head["metrics"]
             )
         if kind == "value":
-            return head.get("value")
+            names = head.get("arrays")
+            if names is None:
+                return head.get("value")
+            value = head.get("value")
+            if not isinstance(value, dict) or weights is None or sorted(weights) != names:
+                raise WireError("a value result's arrays do not match its header")
+            return {**value, **weights}
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, WireError):
             raise

@@ -1,0 +1,198 @@
+"""``covey site`` and ``covey query``: federated analytics from the command line.
+
+``covey query`` is the server side of one query: it listens, waits for the
+sites to join, asks the query and prints the answer. ``covey site`` runs next
+to the data, joins whichever query server is up, answers under its policy, and
+joins again for the next query.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def load_policy(path: Path | None) -> Any:
+    """A :class:`~covey.analytics.Policy` from the ``[policy]`` table of a TOML file (or None).
+
+    Example file::
+
+        [policy]
+        columns = ["sex", "condition", "age"]
+        min_group_size = 10
+        epsilon = 5.0
+        bounds = { age = [0, 120] }
+        domains = { sex = ["F", "M"] }
+    """
+    from covey.analytics._policy import Policy
+
+    if path is None:
+        return None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--policy") from None
+    table = data.get("policy", data)
+    known = {"tables", "columns", "bounds", "domains", "min_group_size", "epsilon", "min_max"}
+    unknown = sorted(set(table) - known - {"delta"})
+    if unknown:
+        raise typer.BadParameter(f"unknown policy settings {unknown}", param_hint="--policy")
+    try:
+        bounds = {c: (float(b[0]), float(b[1])) for c, b in table.get("bounds", {}).items()}
+        return Policy(**{**table, "bounds": bounds})
+    except (TypeError, ValueError, IndexError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--policy") from None
+
+
+def _tables(specs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise typer.BadParameter(f"expected NAME=SOURCE, got {spec!r}", param_hint="--table")
+        out[name] = source
+    return out
+
+
+def site_command(
+    table: Annotated[
+        list[str],
+        typer.Option(help="NAME=SOURCE: a .parquet/.csv path or sqlite:///path.db (repeatable)."),
+    ],
+    server: Annotated[str, typer.Option(help="The query server's host:port.")],
+    policy: Annotated[
+        Path | None, typer.Option(help="TOML file with the site's [policy]; none: answer nothing.")
+    ] = None,
+    certs: Annotated[
+        Path | None, typer.Option(help="Federation folder holding ca.pem and clients/NAME.*")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The site's id (its certificate name).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
+    once: Annotated[bool, typer.Option(help="Leave after the first query server ends.")] = False,
+) -> None:
+    """Serve analytics queries over local tables, answering under the site's policy."""
+    from covey.analytics._site import Site
+    from covey.deploy import connect, tls_from_certs
+
+    the_policy = load_policy(policy)
+    if the_policy is None:
+        errors.print("[yellow]warning:[/] no --policy given: this site refuses every query")
+    try:
+        site = Site(_tables(table), the_policy, name=name or "site")
+        tls = None
+        if certs is not None:
+            if name is None:
+                raise typer.BadParameter("--certs needs --name (the site's certificate name)")
+            tls = tls_from_certs(certs, name)
+        elif not insecure:
+            raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
+        while True:
+            result = connect(site, server, tls=tls, insecure=insecure, name=name or "")
+            errors.print(f"answered {result.tasks} task(s); server said: {result.reason}")
+            if once:
+                break
+    except (ConnectionError, FileNotFoundError, ValueError, TypeError) as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # leave without gRPC's finalizers (see `covey client`)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        shown = ", ".join(_cell(v) for v in value[:8])
+        return f"[{shown}{', ...' if len(value) > 8 else ''}]"
+    return str(value)
+
+
+def result_table(df: Any, title: str) -> Table:
+    """A rich table of a query's answer, with its attributes as the caption."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold")
+    for col in df.columns:
+        table.add_column(str(col), justify="right")
+    for _, row in df.iterrows():
+        table.add_row(*(_cell(row[c]) for c in df.columns))
+    attrs = df.attrs
+    notes = [f"sites: {', '.join(attrs.get('sites', []))}"]
+    if attrs.get("suppressed"):
+        notes.append(f"suppressed (under {attrs['min_group_size']}): {attrs['suppressed']}")
+    if attrs.get("refused"):
+        notes.append(f"refused: {attrs['refused']}")
+    if attrs.get("privacy"):
+        p = attrs["privacy"]
+        notes.append(
+            f"privacy: epsilon {p['epsilon']:.4g} (delta {p['delta']:g}, {p['mechanism']})"
+        )
+    table.caption = "; ".join(notes)
+    return table
+
+
+def query_command(
+    sql: Annotated[str, typer.Argument(help="The SELECT to answer.")],
+    server: Annotated[str, typer.Option(help="host:port this query server listens on.")],
+    sites: Annotated[int, typer.Option(min=1, help="Wait for this many sites.")] = 1,
+    certs: Annotated[
+        Path | None, typer.Option(help="Federation folder from `covey certs init`.")
+    ] = None,
+    insecure: Annotated[bool, typer.Option(help="Serve without TLS (local tests only).")] = False,
+    secure: Annotated[bool, typer.Option(help="Sum answers by secure aggregation.")] = True,
+    epsilon: Annotated[float | None, typer.Option(help="DP budget of this query.")] = None,
+    mechanism: Annotated[str, typer.Option(help="laplace or gaussian.")] = "laplace",
+    wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the sites.")] = 300.0,
+    timeout: Annotated[float, typer.Option(help="Seconds per stage.")] = 120.0,
+    port_file: Annotated[Path | None, typer.Option(help="Write the bound port here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the answer as JSON.")
+    ] = None,
+) -> None:
+    """Listen for sites, answer one SQL query over their tables, print the result."""
+    from covey.analytics._query import query
+    from covey.deploy import tls_from_dir
+    from covey.transport.grpc import GrpcServerTransport
+
+    if certs is None and not insecure:
+        raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
+    try:
+        tls = tls_from_dir(certs) if certs is not None else None
+    except FileNotFoundError as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    transport = GrpcServerTransport(server, tls=tls)
+    code = 0
+    try:
+        if port_file is not None:
+            tmp = port_file.with_name(port_file.name + ".tmp")
+            tmp.write_text(str(transport.port))
+            tmp.replace(port_file)
+        errors.print(f"waiting for {sites} site(s) on port {transport.port}")
+        if not transport.wait_for_clients(sites, wait_timeout):
+            raise TimeoutError(f"only {len(transport.clients())} of {sites} sites joined")
+        df = query(
+            transport, sql, secure=secure, epsilon=epsilon, mechanism=mechanism, timeout=timeout
+        )
+        console.print(result_table(df, sql))
+        if json_out is not None:
+            json_out.write_text(df.to_json(orient="split", default_handler=str))
+    except (ValueError, PermissionError, RuntimeError, TimeoutError) as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        code = 1
+    finally:
+        transport.close("the query is answered")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

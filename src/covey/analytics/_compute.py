@@ -1,0 +1,356 @@
+"""What a site computes in DuckDB: fixed-shape vectors of sums over its own rows.
+
+Every statistic is a vector over the groups of a declared domain (zero for an
+empty group), so its shape depends on the query alone. Numeric columns are
+clipped to the site's declared bounds first, and the clipped values counted.
+
+The SQL text is built only from names checked by :func:`quote`, numbers the
+site formats itself, and a WHERE condition the site parsed and checked against
+a whitelist of operators; values that come with a request (domains, centers,
+bin edges) travel as query parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from covey.analytics._tables import quote
+
+MAX_GROUPS = 100_000
+MAX_CELLS = 20_000_000
+TOPK_MAX_BYTES = 32
+END = 256  # the trie's end-of-value symbol
+
+
+@dataclass
+class Computed:
+    """A site's raw answer to one stage, before suppression and noise."""
+
+    group_counts: np.ndarray
+    vectors: list[np.ndarray]
+    clipped: dict[str, int]
+    outside_domain: int
+
+
+def _key(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _group_index(
+    group_by: Sequence[str], domains: Mapping[str, Sequence[Any]]
+) -> tuple[str, list[Any], int]:
+    """A DuckDB expression of each row's group index (NULL outside the domain), its parameters."""
+    if not group_by:
+        return "0", [], 1
+    terms: list[str] = []
+    params: list[Any] = []
+    stride = 1
+    for col in reversed(group_by):
+        values = [_key(v) for v in domains[col]]
+        params.insert(0, values)
+        terms.append(f"(list_position(${{p}}, CAST({quote(col)} AS VARCHAR)) - 1) * {stride}")
+        stride *= len(values)
+    # parameters are numbered in group_by order
+    exprs = [t.replace("${p}", f"${len(group_by) - i}") for i, t in enumerate(terms)]
+    return " + ".join(exprs), params, stride
+
+
+def _clip(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
+    low, high = (float(b) for b in bounds[col])
+    # GREATEST and LEAST skip NULLs, so a NULL must stay NULL explicitly
+    value = f"CAST({quote(col)} AS DOUBLE)"
+    return (
+        f"CASE WHEN {value} IS NULL THEN NULL ELSE LEAST(GREATEST({value}, {low!r}), {high!r}) END"
+    )
+
+
+def _outside(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
+    low, high = (float(b) for b in bounds[col])
+    return f"COUNT(*) FILTER (WHERE {quote(col)} < {low!r} OR {quote(col)} > {high!r})"
+
+
+MEMO_COLUMNS = 4
+
+
+class SortedValues:
+    """One column's clipped, non-null values sorted within each group (for bisection)."""
+
+    def __init__(self, groups: np.ndarray, values: np.ndarray, n_groups: int) -> None:
+        order = np.lexsort((values, groups))
+        self.values = values[order]
+        self.offsets = np.searchsorted(groups[order], np.arange(n_groups + 1))
+
+    def bins(self, low: Sequence[float], width: Sequence[float], nbins: int) -> np.ndarray:
+        """Counts below, in each of ``nbins`` bins from ``low`` by ``width``, and above."""
+        out = np.zeros((len(self.offsets) - 1, nbins + 2))
+        for g in range(len(self.offsets) - 1):
+            vals = self.values[self.offsets[g] : self.offsets[g + 1]]
+            lo, w = float(low[g]), float(width[g])
+            start = int(np.searchsorted(vals, lo, side="left"))
+            stop = int(np.searchsorted(vals, lo + w * nbins, side="right"))
+            inside = vals[start:stop]
+            # the same bucket formula as the SQL path: floor((v - lo) / w), last bin closed
+            idx = np.minimum(np.floor((inside - lo) / w).astype(np.int64), nbins - 1)
+            out[g, 1:-1] = np.bincount(idx, minlength=nbins)[:nbins]
+            out[g, 0], out[g, -1] = start, len(vals) - stop
+        return out
+
+
+class _Stage:
+    """The DuckDB queries of one stage over ``base`` (a filtered view with ``__g``)."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        base: str,
+        params: list[Any],
+        groups: int,
+        bounds: Mapping[str, Sequence[float]],
+    ) -> None:
+        self.con, self.base, self.params, self.groups, self.bounds = (
+            con,
+            base,
+            params,
+            groups,
+            bounds,
+        )
+
+    def rows(
+        self, select: str, extra: Sequence[Any] = (), group: str = "__g", *, outside: bool = False
+    ) -> list[tuple[Any, ...]]:
+        n = len(self.params)
+        select, group = (
+            text.replace("$X", f"${n + 1}").replace("$Y", f"${n + 2}") for text in (select, group)
+        )
+        where = "" if outside else "WHERE __g IS NOT NULL"
+        sql = f"SELECT {group}, {select} FROM ({self.base}) {where} GROUP BY ALL"  # noqa: S608
+        return self.con.execute(sql, [*self.params, *extra]).fetchall()
+
+    def simple(
+        self, stats: Sequence[Mapping[str, Any]], clip_cols: Sequence[str]
+    ) -> tuple[np.ndarray, list[np.ndarray | None], dict[str, int], int]:
+        """Counts, sums, non-null counts, min and max per group in one query.
+
+        Returns:
+            Rows per group, a vector per simple statistic (None for the others),
+            clipped values per column, and rows outside the domain.
+        """
+        exprs: list[str] = ["COUNT(*)"]
+        slots: list[int | None] = []
+        for s in stats:
+            op, col = s["op"], str(s.get("col"))
+            if op == "count_col":
+                exprs.append(f"COUNT({quote(col)})")
+            elif op == "sum":
+                exprs.append(f"COALESCE(SUM({_clip(col, self.bounds)}), 0)")
+            elif op in ("min", "max"):
+                exprs.append(f"{op.upper()}(CAST({quote(col)} AS DOUBLE))")
+            else:
+                slots.append(None)
+                continue
+            slots.append(len(exprs) - 1)
+        first_clip = len(exprs)
+        exprs += [_outside(c, self.bounds) for c in clip_cols]
+        table = np.zeros((self.groups, len(exprs)))
+        table[:, 1:] = np.nan if any(s["op"] in ("min", "max") for s in stats) else 0.0
+        outside = 0
+        for row in self.rows(", ".join(exprs), outside=True):
+            if row[0] is None:
+                outside = int(row[1])
+                continue
+            table[int(row[0])] = [np.nan if v is None else float(v) for v in row[1:]]
+        out: list[np.ndarray | None] = []
+        for s, slot in zip(stats, slots, strict=True):
+            if slot is None:
+                out.append(None)
+                continue
+            column = table[:, slot].copy()
+            if s["op"] not in ("min", "max"):
+                column = np.nan_to_num(column)
+            out.append(column)
+        clipped = {c: int(np.nansum(table[:, first_clip + i])) for i, c in enumerate(clip_cols)}
+        return table[:, 0], out, clipped, outside
+
+    def squares(self, col: str, center: Sequence[float]) -> np.ndarray:
+        out = np.zeros(self.groups)
+        expr = f"COALESCE(SUM(POW({_clip(col, self.bounds)} - ($X)[__g + 1], 2)), 0)"
+        for g, value in self.rows(expr, [list(map(float, center))]):
+            out[int(g)] = float(value)
+        return out
+
+    def bins(
+        self, col: str, low: Sequence[float], width: Sequence[float], nbins: int
+    ) -> np.ndarray:
+        out = np.zeros((self.groups, nbins + 2))
+        n = len(self.params)
+        # the clipped value and the group's interval computed once per row
+        inner = (
+            f"SELECT __g, {_clip(col, self.bounds)} AS __v, (${n + 1})[__g + 1] AS __lo, "  # noqa: S608
+            f"(${n + 2})[__g + 1] AS __w FROM ({self.base}) "
+            f"WHERE __g IS NOT NULL AND {quote(col)} IS NOT NULL"
+        )
+        bucket = (
+            f"CASE WHEN __v < __lo THEN 0 WHEN __v > __lo + __w * {nbins} THEN {nbins + 1} "
+            f"ELSE LEAST(CAST(FLOOR((__v - __lo) / __w) AS BIGINT), {nbins - 1}) + 1 END"
+        )
+        base, self.base = self.base, inner
+        try:
+            rows = self.rows(
+                "COUNT(*)", [list(map(float, low)), list(map(float, width))], f"__g, {bucket}"
+            )
+        finally:
+            self.base = base
+        for g, b, count in rows:
+            out[int(g), int(b)] += float(count)
+        return out
+
+    def sorted_values(self, col: str) -> SortedValues:
+        """Fetch the group index and clipped value of every row where ``col`` is not NULL."""
+        sql = (
+            f"SELECT __g, {_clip(col, self.bounds)} AS __v FROM ({self.base}) "  # noqa: S608
+            f"WHERE __g IS NOT NULL AND {quote(col)} IS NOT NULL"
+        )
+        got = self.con.execute(sql, self.params).fetchnumpy()
+        groups = np.asarray(got["__g"], dtype=np.int64)
+        values = np.asarray(got["__v"], dtype=np.float64)
+        return SortedValues(groups, values, self.groups)
+
+    def distinct(self, col: str, m: int) -> np.ndarray:
+        out = np.zeros((self.groups, m))
+        bucket = f"CAST(md5_number(CAST({quote(col)} AS VARCHAR)) % {int(m)} AS BIGINT)"
+        sql = f"COUNT(*) FILTER (WHERE {quote(col)} IS NOT NULL)"
+        for g, b, n in self.rows(sql, group=f"__g, {bucket}"):
+            if b is not None and n:
+                out[int(g), int(b)] = 1.0
+        return out
+
+    def prefixes(self, col: str, prefixes: Sequence[Sequence[str]], depth: int) -> np.ndarray:
+        index = [{bytes.fromhex(p): i for i, p in enumerate(ps)} for ps in prefixes]
+        width = max((len(ps) for ps in prefixes), default=0)
+        out = np.zeros((self.groups, width, END + 1))
+        sql = "COUNT(*)"
+        for g, value, n in self.rows(sql, group=f"__g, CAST({quote(col)} AS VARCHAR)"):
+            if value is None:
+                continue
+            raw = str(value).encode()[:TOPK_MAX_BYTES]
+            slot = index[int(g)].get(raw[:depth]) if len(raw) >= depth else None
+            if slot is not None:
+                nxt = raw[depth] if len(raw) > depth else END
+                out[int(g), slot, nxt] += float(n)
+        return out
+
+    def survival(self, col: str, event: str, low: float, step: float, points: int) -> np.ndarray:
+        out = np.zeros((self.groups, 2, points + 1))
+        t = _clip(col, self.bounds)
+        k = f"LEAST(GREATEST(CAST(CEIL(({t} - {low!r}) / {step!r}) AS BIGINT), 0), {points})"
+        ev = f"LEAST(GREATEST(CAST({quote(event)} AS DOUBLE), 0), 1)"
+        sql = f"SUM({ev}), COUNT(*)"
+        where = f"{quote(col)} IS NOT NULL AND {quote(event)} IS NOT NULL"
+        base, self.base = self.base, f"SELECT * FROM ({self.base}) WHERE {where}"  # noqa: S608
+        try:
+            for g, b, d, n in self.rows(sql, group=f"__g, {k}"):
+                out[int(g), 0, int(b)] += float(d or 0)
+                out[int(g), 1, int(b)] += float(n)
+        finally:
+            self.base = base
+        return out
+
+
+def _other(stage: _Stage, s: Mapping[str, Any]) -> np.ndarray:
+    """The statistics that need a query of their own."""
+    op, col = s["op"], str(s.get("col"))
+    if op == "sq":
+        return stage.squares(col, s["center"])
+    if op == "bins":
+        return stage.bins(col, s["low"], s["width"], int(s["bins"]))
+    if op == "distinct":
+        return stage.distinct(col, int(s["m"]))
+    if op == "prefix":
+        return stage.prefixes(col, s["prefixes"], int(s["depth"]))
+    if op == "km":
+        return stage.survival(col, s["event"], float(s["low"]), float(s["step"]), int(s["points"]))
+    raise ValueError(f"unknown statistic {op!r}")
+
+
+def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
+    """The shape of a statistic's vector (checked against caps before computing)."""
+    op = stat["op"]
+    if op in ("count", "count_col", "sum", "sq", "min", "max"):
+        dims: tuple[int, ...] = (groups,)
+    elif op == "bins":
+        dims = (groups, int(stat["bins"]) + 2)
+    elif op == "distinct":
+        dims = (groups, int(stat["m"]))
+    elif op == "prefix":
+        dims = (groups, max((len(p) for p in stat["prefixes"]), default=0), END + 1)
+    elif op == "km":
+        dims = (groups, 2, int(stat["points"]) + 1)
+    else:
+        raise ValueError(f"unknown statistic {op!r}")
+    if math.prod(dims) > MAX_CELLS:
+        raise ValueError(f"the statistic {op} would have {math.prod(dims)} cells; cap {MAX_CELLS}")
+    return dims
+
+
+def compute(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    where: str | None,
+    group_by: Sequence[str],
+    domains: Mapping[str, Sequence[Any]],
+    bounds: Mapping[str, Sequence[float]],
+    stats: Sequence[Mapping[str, Any]],
+    memo: dict[str, SortedValues] | None = None,
+) -> Computed:
+    """Compute ``stats`` over the rows of ``table`` that satisfy ``where``, per group.
+
+    Args:
+        con: The site's DuckDB connection.
+        table: The table (a checked name).
+        where: A DuckDB condition already checked by the site (or None).
+        group_by: Group columns; each has a domain in ``domains``.
+        domains: ``{column: values}`` fixing the groups (their product, row-major).
+        bounds: The site's own ``{column: (low, high)}``; values are clipped to them.
+        stats: The statistics requested, each a dict with ``"op"`` (see :func:`shape`).
+        memo: Where a query's sorted column is kept between its stages, so the
+            bisection rounds of a quantile scan the table once (None: no memo).
+
+    Returns:
+        The count of rows per group, a vector per statistic, clipped counts per
+        column, and the number of rows outside the domain.
+    """
+    gexpr, params, groups = _group_index(group_by, domains)
+    if groups > MAX_GROUPS:
+        raise ValueError(f"the query has {groups} groups; the cap is {MAX_GROUPS}")
+    for s in stats:
+        shape(s, groups)
+    cond = f"WHERE {where}" if where else ""
+    base = f"SELECT ({gexpr}) AS __g, * FROM {quote(table)} {cond}"  # noqa: S608
+    stage = _Stage(con, base, params, groups, bounds)
+    clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
+    counts, simple, clipped, outside = stage.simple(stats, clip_cols)
+    vectors: list[np.ndarray] = []
+    memo_key = repr((table, where, tuple(group_by), sorted(domains.items())))
+    for s, done in zip(stats, simple, strict=True):
+        if done is not None:
+            vectors.append(done)
+        elif s["op"] == "count":
+            vectors.append(counts.copy())
+        elif s["op"] == "bins" and memo is not None:
+            key = memo_key + repr(s["col"])
+            if key not in memo:
+                while len(memo) >= MEMO_COLUMNS:
+                    memo.pop(next(iter(memo)))
+                memo[key] = stage.sorted_values(str(s["col"]))
+            vectors.append(memo[key].bins(s["low"], s["width"], int(s["bins"])))
+        else:
+            vectors.append(_other(stage, s))
+    return Computed(counts, vectors, clipped, outside)

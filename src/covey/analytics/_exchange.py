@@ -1,0 +1,225 @@
+"""The server's side of a query: ask the sites, check their answers, sum them.
+
+Sites are reached through any :class:`~covey.transport.Transport`: Site
+objects in this process (simulation) or a gRPC server that sites joined.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from covey import secagg
+from covey.analytics._compute import shape
+from covey.analytics._policy import PolicyError
+from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, clip_columns
+from covey.clients import run_task
+from covey.core import Task
+from covey.transport import MemoryTransport, Transport
+
+MAX_SITE_REPLY_CELLS = 50_000_000
+DEFAULT_THREAT = secagg.ThreatModel(corrupt_rate=0.05, dropout_rate=0.0)
+COMPLETE_UP_TO = 20
+"""Up to this many sites, secure aggregation pairs every site with every other (SecAgg)."""
+
+
+class FederationQueryError(RuntimeError):
+    """Sites failed or answered inconsistently while a query ran."""
+
+
+def transport_for(sites_or_server: Any) -> tuple[Transport, bool]:
+    """A transport to the sites and whether this function made it (so must close it)."""
+    if isinstance(sites_or_server, Site):
+        sites_or_server = [sites_or_server]
+    if isinstance(sites_or_server, Sequence) and not isinstance(sites_or_server, str):
+        sites = list(sites_or_server)
+        if not sites or not all(isinstance(s, Site) for s in sites):
+            raise TypeError("query() takes a list of covey.analytics.Site or a transport")
+
+        def handler(cid: int, task: Task) -> Any:
+            return run_task(sites[cid], cid, task)
+
+        return MemoryTransport(list(range(len(sites))), handler), True
+    if isinstance(sites_or_server, Transport):
+        return sites_or_server, False
+    raise TypeError(
+        f"query() takes a list of covey.analytics.Site or a transport, "
+        f"got {type(sites_or_server).__name__}"
+    )
+
+
+@dataclass
+class StageResult:
+    """The sum over sites of one stage's vectors, and what the sites reported."""
+
+    vectors: list[np.ndarray]
+    per_site: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    clipped: dict[str, int] = field(default_factory=dict)
+    outside_domain: int = 0
+    withheld_groups: int = 0
+    cached: int = 0
+    spent: dict[str, float] = field(default_factory=dict)
+
+
+class Federation:
+    """The sites of one query: who answers, their declarations, and the stages run.
+
+    Args:
+        transport: How the sites are reached.
+        timeout: Seconds to wait for the sites at each stage.
+        threat: What secure aggregation withstands (default: 5% of sites colluding
+            with the server, no dropout: a site that leaves stops the query).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        timeout: float | None = None,
+        threat: secagg.ThreatModel | None = None,
+    ) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.threat = threat or DEFAULT_THREAT
+        self.cids: list[int] = sorted(transport.clients())
+        self.names: dict[int, str] = {}
+        self.refused: dict[str, str] = {}
+        self._rounds = itertools.count(1)
+
+    def _exchange(self, payload: Mapping[str, Any], cids: Sequence[int]) -> dict[int, Any]:
+        r = next(self._rounds)
+        tasks = {cid: Task(TASK_KIND, r, payload=dict(payload)) for cid in cids}
+        out: dict[int, Any] = {}
+        for reply in self.transport.exchange(tasks, timeout=self.timeout):
+            if reply.cid not in tasks or reply.cid in out:
+                continue
+            if reply.error is not None:
+                last = reply.error.strip().splitlines()[-1] if reply.error.strip() else "error"
+                out[reply.cid] = {"refused": f"the site failed: {last}"}
+            elif not isinstance(reply.result, Mapping):
+                out[reply.cid] = {"refused": "the site sent a malformed answer"}
+            else:
+                out[reply.cid] = reply.result
+        return out
+
+    def describe(self, request: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+        """Ask every site whether it answers ``request`` and what it declares."""
+        if not self.cids:
+            raise FederationQueryError("no site is connected")
+        answers = self._exchange({**request, "op": "describe"}, self.cids)
+        ok: dict[int, dict[str, Any]] = {}
+        for cid in self.cids:
+            got = answers.get(cid, {"refused": "the site did not answer in time"})
+            name = str(got.get("site", f"site-{cid}"))
+            self.names[cid] = name if name not in self.names.values() else f"{name}#{cid}"
+            if "refused" in got:
+                self.refused[self.names[cid]] = str(got["refused"])
+            else:
+                ok[cid] = dict(got)
+        if not ok:
+            reasons = "; ".join(f"{n}: {r}" for n, r in self.refused.items())
+            raise PolicyError(f"no site answers this query ({reasons})")
+        self.cids = sorted(ok)
+        return ok
+
+    def stage(
+        self, request: Mapping[str, Any], groups: int, *, keep_per_site: bool = False
+    ) -> StageResult:
+        """Run one stage on every answering site and sum the vectors (in site order)."""
+        shapes = [shape(s, groups) for s in request["stats"]]
+        if request.get("secure"):
+            return self._secure_stage(request, shapes)
+        answers = self._exchange({**request, "op": "answer"}, self.cids)
+        result = StageResult([np.zeros(s) for s in shapes])
+        for cid in self.cids:
+            got = answers.get(cid)
+            name = self.names[cid]
+            if got is None or "refused" in got:
+                why = "no answer in time" if got is None else got["refused"]
+                raise FederationQueryError(f"{name} stopped answering mid-query: {why}")
+            vectors = self._check(got, shapes, name)
+            for i, (acc, v, stat) in enumerate(
+                zip(result.vectors, vectors, request["stats"], strict=True)
+            ):
+                if stat["op"] not in ("min", "max"):
+                    result.vectors[i] = acc + v
+            if keep_per_site:
+                result.per_site[cid] = vectors
+            for col, n in dict(got.get("clipped", {})).items():
+                result.clipped[str(col)] = result.clipped.get(str(col), 0) + int(n)
+            result.outside_domain += int(got.get("outside_domain", 0))
+            result.withheld_groups += int(got.get("withheld_groups", 0))
+            result.cached += bool(got.get("cached"))
+            result.spent[name] = float(got.get("spent", 0.0))
+        return result
+
+    def _secure_stage(
+        self, request: Mapping[str, Any], shapes: list[tuple[int, ...]]
+    ) -> StageResult:
+        """One stage through secure aggregation: only the sum of the sites' vectors is seen."""
+        if len(self.cids) < 2:
+            raise FederationQueryError(
+                "secure aggregation needs at least two answering sites; pass secure=False"
+            )
+        stats = request["stats"]
+        sizes = [int(np.prod(s)) for s in shapes]
+        tail = len(clip_columns(stats)) + 2
+        try:
+            out = secagg.secure_sum(
+                self.transport,
+                self.cids,
+                round=next(self._rounds),
+                input_kind=SECURE_INPUT,
+                payload=dict(request, op="answer"),
+                length=sum(sizes) + tail,
+                bound=int(request["bound"]),
+                timeout=self.timeout,
+                threat=self.threat,
+                complete=len(self.cids) <= COMPLETE_UP_TO or None,
+            )
+        except secagg.SecAggAbort as exc:
+            raise FederationQueryError(f"secure aggregation stopped: {exc}") from None
+        if out.dropped or out.excluded:
+            gone = {**out.dropped, **out.excluded}
+            names = ", ".join(f"{self.names.get(c, c)} ({why})" for c, why in gone.items())
+            raise FederationQueryError(f"sites left during secure aggregation: {names}")
+        total = np.asarray(out.total, dtype=np.float64)
+        result = StageResult([])
+        start = 0
+        for stat, size, dims in zip(stats, sizes, shapes, strict=True):
+            part = total[start : start + size] / float(stat.get("scale", 1.0))
+            result.vectors.append(part.reshape(dims))
+            start += size
+        for col in clip_columns(stats):
+            result.clipped[col] = int(total[start])
+            start += 1
+        result.outside_domain = int(total[start])
+        result.withheld_groups = int(total[start + 1])
+        return result
+
+    @staticmethod
+    def _check(
+        got: Mapping[str, Any], shapes: list[tuple[int, ...]], name: str
+    ) -> list[np.ndarray]:
+        raw = got.get("vectors")
+        if not isinstance(raw, list) or len(raw) != len(shapes):
+            raise FederationQueryError(
+                f"{name} answered {type(raw).__name__}, not {len(shapes)} vectors"
+            )
+        out = []
+        for v, s in zip(raw, shapes, strict=True):
+            arr = np.asarray(v)
+            if (
+                arr.dtype.kind not in "iuf"
+                or arr.size != int(np.prod(s))
+                or arr.size > MAX_SITE_REPLY_CELLS
+            ):
+                raise FederationQueryError(
+                    f"{name} answered a vector of {arr.size} {arr.dtype} values where "
+                    f"{int(np.prod(s))} numbers were expected"
+                )
+            out.append(arr.astype(np.float64).reshape(s))
+        return out

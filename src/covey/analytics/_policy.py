@@ -1,0 +1,144 @@
+"""A site's policy: which tables and columns it answers about, and how.
+
+The policy is the site's, not the analyst's: the site checks every query
+against it before touching its data, and what it does not allow is refused
+with a reason the analyst sees. A site without a policy answers nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from covey.analytics._sql import Plan
+
+MAX_DOMAIN = 1000
+
+
+class PolicyError(PermissionError):
+    """A site refuses a query: its policy does not allow it."""
+
+
+def _check_domain(col: str, values: Any) -> None:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"domains[{col!r}] must be a list of values, got {values!r}")
+    if not 1 <= len(values) <= MAX_DOMAIN or len(set(values)) != len(values):
+        raise ValueError(
+            f"domains[{col!r}] must hold 1 to {MAX_DOMAIN} distinct values, got {values!r}"
+        )
+    for v in values:
+        if isinstance(v, float) or not isinstance(v, str | int):
+            raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a site answers, enforced at the site before any data is read.
+
+    Args:
+        tables: Tables the site answers about (None: every table it exposes).
+        columns: Columns it answers about, in any table (None: every column).
+        bounds: ``{column: (low, high)}`` for each numeric column that may be summed,
+            averaged, or binned. Values outside are clipped to the bounds (and the
+            answer counts them). Sums, means, variances and quantiles of a column
+            without bounds are refused: the bounds fix the sensitivity of DP noise.
+        domains: ``{column: [values]}`` for each column that may be grouped by:
+            every group in the domain is answered (zero when empty), so the shape
+            of an answer reveals nothing.
+        min_group_size: No answer for a group with fewer records (after WHERE),
+            checked on this site's own answer and again on the total.
+        epsilon: The DP budget this site spends in total (None: no limit, and
+            queries without DP are answered). With a budget, only DP queries are
+            answered, until it is spent.
+        min_max: Columns whose MIN and MAX may be revealed (never under secure
+            aggregation, where no single site's answer is visible).
+        delta: The delta of the site's (epsilon, delta) budget, for Gaussian noise.
+
+    Example:
+        >>> p = Policy(bounds={"age": (0, 120)}, domains={"sex": ["F", "M"]})
+        >>> p.min_group_size
+        10
+    """
+
+    tables: Sequence[str] | None = None
+    columns: Sequence[str] | None = None
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    domains: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    min_group_size: int = 10
+    epsilon: float | None = None
+    min_max: Sequence[str] = ()
+    delta: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int):
+            raise TypeError(f"min_group_size must be an int, got {self.min_group_size!r}")
+        if self.min_group_size < 1:
+            raise ValueError(f"min_group_size must be at least 1, got {self.min_group_size}")
+        for col, bound in self.bounds.items():
+            try:
+                low, high = (float(b) for b in bound)
+            except (TypeError, ValueError):
+                raise ValueError(f"bounds[{col!r}] must be (low, high), got {bound!r}") from None
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"bounds[{col!r}] must be finite with low < high, got {bound!r}")
+        for col, values in self.domains.items():
+            _check_domain(col, values)
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ValueError(f"epsilon must be positive, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+    def describe(self) -> dict[str, Any]:
+        """What the site declares publicly: bounds, domains, minimum group size, budget."""
+        return {
+            "bounds": {c: [float(b[0]), float(b[1])] for c, b in self.bounds.items()},
+            "domains": {c: list(v) for c, v in self.domains.items()},
+            "min_group_size": self.min_group_size,
+            "epsilon": self.epsilon,
+            "min_max": list(self.min_max),
+        }
+
+    def check(self, plan: Plan, *, secure: bool, dp: bool) -> None:
+        """Raise :class:`PolicyError` with the reason if this site does not answer ``plan``."""
+        if self.tables is not None and plan.table not in self.tables:
+            raise PolicyError(f"table {plan.table!r} is not open to queries at this site")
+        if self.columns is not None:
+            for col in sorted(plan.columns()):
+                if col not in self.columns:
+                    raise PolicyError(f"column {col!r} is not open to queries at this site")
+        for col in plan.group_by:
+            if col not in self.domains:
+                raise PolicyError(
+                    f"GROUP BY {col}: the site declares no domain for {col!r}, so its groups "
+                    "would reveal which values exist"
+                )
+        for agg in plan.aggregates:
+            self._check_aggregate(agg.func, agg.column, agg.args, agg.name, secure)
+        if self.epsilon is not None and not dp:
+            raise PolicyError(
+                f"this site answers only with differential privacy (budget epsilon="
+                f"{self.epsilon}); give epsilon="
+            )
+
+    def _check_aggregate(
+        self, func: str, column: str | None, args: tuple[Any, ...], name: str, secure: bool
+    ) -> None:
+        if func in ("min", "max"):
+            if secure:
+                raise PolicyError(
+                    f"{name}: MIN and MAX are never answered under secure aggregation"
+                )
+            if column not in self.min_max:
+                raise PolicyError(f"{name}: the site does not reveal the MIN or MAX of {column!r}")
+        needs_bounds = func not in ("count", "count_col", "approx_distinct", "top_k", "min", "max")
+        if needs_bounds and column not in self.bounds:
+            raise PolicyError(
+                f"{name}: the site declares no bounds for {column!r}; sums, means, variances, "
+                "histograms and quantiles need them"
+            )
+        if func == "kaplan_meier" and str(args[0]) not in self.bounds:
+            raise PolicyError(
+                f"{name}: the site declares no bounds for the event column {args[0]!r}"
+            )

@@ -1,0 +1,432 @@
+"""``covey.analytics.query``: SQL in, a DataFrame out, the data never leaving the sites.
+
+The query is rewritten into stages of sums: counts, sums and non-null counts
+first (AVG = SUM / COUNT); a second stage of squared deviations from the
+global mean for VAR/STDDEV (a two-pass, numerically stable variance);
+quantiles by iterative bisection over secure histograms, to a stated
+precision; heavy hitters by growing a prefix trie, one byte per stage.
+
+References:
+    Chan, Golub, LeVeque, "Algorithms for Computing the Sample Variance:
+    Analysis and Recommendations", The American Statistician 1983.
+    Zhu, Kairouz, McMahan, Sun, Li, "Federated Heavy Hitters Discovery with
+    Differential Privacy", AISTATS 2020 (the trie protocol).
+    Whang, Vander-Zanden, Taylor, "A Linear-Time Probabilistic Counting
+    Algorithm for Database Applications", TODS 1990 (linear counting).
+    Kaplan, Meier, "Nonparametric Estimation from Incomplete Observations",
+    JASA 1958.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from covey.analytics import _dp
+from covey.analytics._compute import TOPK_MAX_BYTES
+from covey.analytics._exchange import Federation, StageResult, transport_for
+from covey.analytics._site import sensitivity
+from covey.analytics._sql import Aggregate, Plan, QueryError, plan
+from covey.analytics._stats import (
+    BISECT_BINS,
+    Quantiles,
+    TopK,
+    check_rounds,
+    merge_declarations,
+    survival,
+)
+
+DISTINCT_BUCKETS = 1 << 16
+ROW_CAP = 1 << 31
+"""The most rows a site may hold in one group under secure aggregation."""
+
+
+class _Query:
+    """One query's state across its stages."""
+
+    def __init__(
+        self, fed: Federation, p: Plan, decl: dict[str, Any], options: dict[str, Any]
+    ) -> None:
+        self.fed, self.plan, self.decl, self.opt = fed, p, decl, options
+        self.groups = int(np.prod([len(decl["domains"][c]) for c in p.group_by] or [1]))
+        self.multiplier: float | None = None
+        self.releases = 0
+        self.meta: dict[str, Any] = {"clipped": {}, "outside_domain": 0, "withheld_groups": 0}
+        self.spent: dict[str, float] = {}
+
+    # -- stages --------------------------------------------------------------------------
+
+    def request(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
+        req: dict[str, Any] = {
+            "sql": self.plan.sql,
+            "secure": self.opt["secure"],
+            "domains": {c: self.decl["domains"][c] for c in self.plan.group_by},
+            "stats": stats,
+            "dp": None,
+        }
+        if self.opt["secure"]:
+            n = len(self.fed.cids)
+            req["bound"] = secure_bound(n)
+            for s in stats:
+                s["scale"] = fixed_point_scale(s, self.decl["bounds"], n)
+        if self.multiplier is not None:
+            mech = self.opt["mechanism"]
+            for s in stats:
+                s["sensitivity"] = sensitivity(s, self.decl["bounds"], mech)
+            req["dp"] = {
+                "mechanism": mech,
+                "multiplier": self.multiplier,
+                "shares": len(self.fed.cids),
+            }
+        return req
+
+    def run(self, stats: list[dict[str, Any]], per_site: bool = False) -> StageResult:
+        result = self.fed.stage(self.request(stats), self.groups, keep_per_site=per_site)
+        for col, n in result.clipped.items():
+            self.meta["clipped"][col] = max(self.meta["clipped"].get(col, 0), n)
+        self.meta["outside_domain"] = max(self.meta["outside_domain"], result.outside_domain)
+        self.meta["withheld_groups"] = max(self.meta["withheld_groups"], result.withheld_groups)
+        self.spent.update(result.spent)
+        return result
+
+    def first_stats(self) -> tuple[list[dict[str, Any]], dict[tuple[Any, ...], int]]:
+        stats: list[dict[str, Any]] = [{"op": "count"}]
+        index: dict[tuple[Any, ...], int] = {("count",): 0}
+
+        def need(key: tuple[Any, ...], stat: dict[str, Any]) -> None:
+            if key not in index:
+                index[key] = len(stats)
+                stats.append(stat)
+
+        bounds = self.decl["bounds"]
+        for a in self.plan.aggregates:
+            col = a.column
+            if a.func == "count_col":
+                need(("count_col", col), {"op": "count_col", "col": col})
+            elif a.func in ("quantile_cont", "quantile_disc"):
+                need(("count_col", col), {"op": "count_col", "col": col})
+                low, high = bounds[col]
+                need(
+                    ("qbins", col),
+                    {
+                        "op": "bins",
+                        "col": col,
+                        "low": [float(low)] * self.groups,
+                        "width": [(high - low) / BISECT_BINS] * self.groups,
+                        "bins": BISECT_BINS,
+                    },
+                )
+            elif a.func in ("sum", "avg", "var_samp", "var_pop", "stddev_samp", "stddev_pop"):
+                need(("count_col", col), {"op": "count_col", "col": col})
+                need(("sum", col), {"op": "sum", "col": col})
+            elif a.func in ("min", "max"):
+                need((a.func, col), {"op": a.func, "col": col})
+            elif a.func == "histogram":
+                low, high, nbins = a.args
+                width = (float(high) - float(low)) / int(nbins)
+                need(
+                    ("hist", a.name),
+                    {
+                        "op": "bins",
+                        "col": col,
+                        "low": [float(low)] * self.groups,
+                        "width": [width] * self.groups,
+                        "bins": int(nbins),
+                    },
+                )
+            elif a.func == "approx_distinct":
+                need(("distinct", col), {"op": "distinct", "col": col, "m": DISTINCT_BUCKETS})
+            elif a.func == "kaplan_meier":
+                low, high = bounds[col]
+                points = math.ceil((high - low) / float(a.args[1]))
+                if points > 10_000:
+                    raise QueryError(
+                        f"{a.name}: the time step gives {points} points; at most 10000"
+                    )
+                need(
+                    ("km", a.name),
+                    {
+                        "op": "km",
+                        "col": col,
+                        "event": a.args[0],
+                        "low": low,
+                        "step": float(a.args[1]),
+                        "points": points,
+                    },
+                )
+        return stats, index
+
+    def planned_releases(self, first: int) -> int:
+        total = first
+        if any(a.func.startswith(("var", "stddev")) for a in self.plan.aggregates):
+            total += len(
+                {a.column for a in self.plan.aggregates if a.func.startswith(("var", "stddev"))}
+            )
+        for a in self.plan.aggregates:
+            if a.func.startswith("quantile"):
+                # the first round is part of the first stage
+                total += (self.bisect_rounds(a) - 1) * (2 if a.func == "quantile_cont" else 1)
+            elif a.func == "top_k":
+                total += TOPK_MAX_BYTES + 1
+        return total
+
+    def bisect_rounds(self, a: Aggregate) -> int:
+        return check_rounds(self.decl["bounds"][a.column], self.precision(a))
+
+    def precision(self, a: Aggregate) -> float:
+        low, high = self.decl["bounds"][a.column]
+        given = self.opt["precision"]
+        return float(given) if given is not None else (high - low) * 1e-6
+
+    # -- the query ------------------------------------------------------------------------
+
+    def execute(self) -> pd.DataFrame:
+        stats, index = self.first_stats()
+        if self.opt["epsilon"] is not None:
+            self.releases = self.planned_releases(len(stats))
+            self.multiplier = _dp.calibrate(
+                self.opt["mechanism"], float(self.opt["epsilon"]), self.opt["delta"], self.releases
+            )
+            analyst = self.opt.get("analyst")
+            if analyst is not None:
+                key = repr((self.plan.sql, self.opt["epsilon"], self.opt["mechanism"]))
+                ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
+                analyst.charge(key, ev)
+        first = self.run(
+            stats, per_site=any(a.func in ("min", "max") for a in self.plan.aggregates)
+        )
+        count = first.vectors[0]
+        suppressed = count < self.decl["min_group_size"]
+        columns: dict[str, Any] = {}
+        attrs_precision: dict[str, Any] = {}
+        centers: dict[str, np.ndarray] = {}
+        for a in self.plan.aggregates:
+            if a.func.startswith(("var", "stddev")) and a.column not in centers:
+                n, s = (
+                    first.vectors[index[("count_col", a.column)]],
+                    first.vectors[index[("sum", a.column)]],
+                )
+                centers[str(a.column)] = np.where(n > 0, s / np.maximum(n, 1), 0.0)
+        squares: dict[str, np.ndarray] = {}
+        if centers:
+            sq_stats = [{"op": "sq", "col": c, "center": centers[c].tolist()} for c in centers]
+            second = self.run(sq_stats)
+            squares = dict(zip(centers, second.vectors, strict=True))
+        quantiles = Quantiles(self, first, index)
+        topk = TopK(self)
+        for a in self.plan.aggregates:
+            columns[a.name] = self.value(
+                a, first, index, centers, squares, quantiles, topk, attrs_precision
+            )
+        return self.frame(columns, suppressed, attrs_precision)
+
+    def value(
+        self,
+        a: Aggregate,
+        first: StageResult,
+        index: dict[tuple[Any, ...], int],
+        centers: dict[str, np.ndarray],
+        squares: dict[str, np.ndarray],
+        quantiles: Quantiles,
+        topk: TopK,
+        precision: dict[str, Any],
+    ) -> Any:
+        v = first.vectors
+        if a.func == "count":
+            return v[0]
+        if a.func == "count_col":
+            return v[index[("count_col", a.column)]]
+        if a.func in ("min", "max"):
+            stacked = np.stack(
+                [site[index[(a.func, a.column)]] for site in first.per_site.values()]
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-empty group
+                return np.nanmin(stacked, axis=0) if a.func == "min" else np.nanmax(stacked, axis=0)
+        if a.func == "histogram":
+            counts = v[index[("hist", a.name)]][:, 1:-1]
+            # a bin is a group too: fewer records than the minimum are not shown
+            small = counts < self.decl["min_group_size"]
+            return list(np.where(small, np.nan, counts))
+        if a.func == "approx_distinct":
+            buckets = v[index[("distinct", a.column)]]
+            zero = np.sum(buckets < 0.5, axis=1)
+            m = buckets.shape[1]
+            est = np.where(zero > 0, -m * np.log(np.maximum(zero, 1) / m), np.inf)
+            t = est / m
+            precision[a.name] = np.sqrt(m * (np.exp(t) - t - 1)) / np.maximum(est, 1)
+            return est
+        if a.func == "kaplan_meier":
+            curve = v[index[("km", a.name)]]
+            low, step = float(first_stat_low(self, a)), float(a.args[1])
+            precision[a.name] = {"times": [low + k * step for k in range(curve.shape[2])]}
+            return [survival(row[0], row[1]) for row in curve]
+        if a.func.startswith("quantile"):
+            precision[a.name] = quantiles.width(a) / 2
+            return quantiles.value(a)
+        if a.func == "top_k":
+            values, top_counts = topk.run(a)
+            precision[a.name] = {"counts": top_counts}
+            return values
+        n = v[index[("count_col", a.column)]]
+        s = v[index[("sum", a.column)]]
+        with np.errstate(all="ignore"):
+            if a.func == "sum":
+                return np.where(n > 0, s, np.nan)
+            if a.func == "avg":
+                return np.where(n > 0, s / n, np.nan)
+            c = centers[str(a.column)]
+            m2 = squares[str(a.column)] - (s - n * c) ** 2 / n
+            ddof = 1 if a.func.endswith("samp") else 0
+            var = np.where(n > ddof, np.maximum(m2, 0.0) / (n - ddof), np.nan)
+            return np.sqrt(var) if a.func.startswith("stddev") else var
+
+    def frame(
+        self, columns: dict[str, Any], suppressed: np.ndarray, precision: dict[str, Any]
+    ) -> pd.DataFrame:
+        keys = list(itertools.product(*(self.decl["domains"][c] for c in self.plan.group_by)))
+        data: dict[str, Any] = {}
+        for i, col in enumerate(self.plan.group_by):
+            data[col] = [k[i] for k in keys]
+        for name, values in columns.items():
+            cells = list(values) if not isinstance(values, np.ndarray) else values.astype(float)
+            if isinstance(cells, np.ndarray):
+                data[name] = np.where(suppressed, np.nan, cells)
+            else:
+                data[name] = [np.nan if s else c for c, s in zip(cells, suppressed, strict=True)]
+        df = pd.DataFrame(data)
+        privacy = None
+        if self.multiplier is not None:
+            ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
+            privacy = {
+                "epsilon": _dp.epsilon_of([ev], self.opt["delta"]),
+                "delta": self.opt["delta"],
+                "mechanism": self.opt["mechanism"],
+                "noise_multiplier": self.multiplier,
+                "releases": self.releases,
+                "site_spent": dict(self.spent),
+                "analyst_spent": None if self.opt["analyst"] is None else self.opt["analyst"].spent,
+            }
+        df.attrs.update(
+            {
+                "sites": [self.fed.names[c] for c in self.fed.cids],
+                "refused": dict(self.fed.refused),
+                "suppressed": [k for k, s in zip(keys, suppressed, strict=True) if s],
+                "min_group_size": self.decl["min_group_size"],
+                "precision": precision,
+                "privacy": privacy,
+                "secure": self.opt["secure"],
+                **self.meta,
+            }
+        )
+        return df
+
+
+def secure_bound(sites: int) -> int:
+    """The bound on every entry of a site's secure answer, so the sum of ``sites`` fits 61 bits."""
+    return (1 << 61) // (2 * max(sites, 1))
+
+
+def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) -> float:
+    """The power of two a statistic is multiplied by before rounding (1 for counts).
+
+    Chosen so ``ROW_CAP`` rows of the largest value allowed by the bounds stay
+    within :func:`secure_bound`.
+    """
+    op = stat["op"]
+    if op not in ("sum", "sq"):
+        return 1.0
+    low, high = bounds[stat["col"]]
+    top = max(abs(low), abs(high)) if op == "sum" else (high - low) ** 2
+    room = secure_bound(sites) / (ROW_CAP * max(top, 1e-300))
+    if room < 1:
+        raise QueryError(
+            f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
+            f"{ROW_CAP} rows per site"
+        )
+    return float(2 ** min(math.floor(math.log2(room)), 60))
+
+
+def first_stat_low(q: _Query, a: Aggregate) -> float:
+    """The low end of an aggregate column's merged bounds."""
+    return float(q.decl["bounds"][a.column][0])
+
+
+def query(
+    sites_or_server: Any,
+    sql: str,
+    *,
+    secure: bool = True,
+    epsilon: float | None = None,
+    delta: float = 1e-6,
+    mechanism: str = "laplace",
+    precision: float | None = None,
+    timeout: float | None = None,
+    threat: Any = None,
+    analyst: _dp.Analyst | None = None,
+) -> pd.DataFrame:
+    """Answer ``sql`` over the sites' tables; only sums of the sites' answers are combined.
+
+    Args:
+        sites_or_server: A list of :class:`Site` (simulation) or a transport whose
+            clients are sites (e.g. a gRPC server the sites joined).
+        sql: One SELECT over one table: aggregates, WHERE, GROUP BY on declared domains.
+        secure: Sum the sites' answers through secure aggregation, so no single
+            site's answer is ever seen.
+        epsilon: The DP budget of this query (None: no noise). Each site adds its
+            share of the noise and charges its own budget.
+        delta: The delta the epsilon is accounted at.
+        mechanism: ``"laplace"`` or ``"gaussian"``.
+        precision: Absolute precision of quantiles (default: a millionth of the bounds' range).
+        timeout: Seconds to wait for the sites at each stage.
+        threat: A :class:`covey.secagg.ThreatModel` for secure aggregation.
+        analyst: An :class:`Analyst` whose budget this query is charged to (DP only).
+
+    Returns:
+        A DataFrame: group keys, then one column per aggregate named by its SQL
+        text; a suppressed group's values are NaN. ``df.attrs`` holds the sites
+        that answered, refusals, the suppressed groups, the precision of
+        approximate answers, clipped counts and the privacy cost.
+
+    Example:
+        >>> import pandas as pd
+        >>> from covey.analytics import Policy, Site, query
+        >>> policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
+        >>> sites = [Site({"p": pd.DataFrame({"age": [30.0, 40.0]})}, policy) for _ in range(2)]
+        >>> query(sites, "SELECT AVG(age), COUNT(*) FROM p", secure=False).iloc[0].tolist()
+        [35.0, 4.0]
+    """
+    p = plan(sql)
+    if mechanism not in _dp.MECHANISMS:
+        raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
+    if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
+        raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
+    if secure and any(a.func in ("min", "max") for a in p.aggregates):
+        raise QueryError("MIN and MAX are never answered under secure aggregation")
+    transport, owned = transport_for(sites_or_server)
+    try:
+        fed = Federation(transport, timeout, threat)
+        request = {"sql": sql, "secure": secure, "dp": None if epsilon is None else {}}
+        declarations = fed.describe(request)
+        decl = merge_declarations(p, [declarations[c] for c in fed.cids])
+        options = {
+            "secure": secure,
+            "epsilon": epsilon,
+            "delta": delta,
+            "mechanism": mechanism,
+            "precision": precision,
+            "analyst": analyst,
+        }
+        return _Query(fed, p, decl, options).execute()
+    finally:
+        if owned:
+            transport.close()
+
+
+__all__: Sequence[str] = ["query"]

@@ -1,0 +1,247 @@
+"""A site: a covey client that answers analytics queries over its own tables.
+
+The site parses every query itself, checks it against its :class:`Policy`,
+computes its part in DuckDB, withholds groups smaller than its minimum, adds
+its share of DP noise (charged to its own budget) and answers with vectors
+of sums. A repeated request is answered from a cache and charged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from covey import secagg
+from covey.analytics import _dp
+from covey.analytics._compute import SortedValues, compute
+from covey.analytics._policy import Policy, PolicyError
+from covey.analytics._sql import QueryError, plan
+from covey.analytics._tables import columns, load_tables
+from covey.clients import Client, register_task
+from covey.core import Task
+
+TASK_KIND = "analyze"
+SECURE_INPUT = "covey.analytics.answer"
+MAX_CACHE = 256
+
+
+def sensitivity(
+    stat: Mapping[str, Any], bounds: Mapping[str, Sequence[float]], mechanism: str
+) -> float:
+    """How much one record added or removed can change ``stat``'s vector (L1 or L2 norm).
+
+    Args:
+        stat: A statistic request (see :func:`covey.analytics._compute.shape`).
+        bounds: ``{column: (low, high)}`` the values are clipped to.
+        mechanism: ``"laplace"`` (L1 norm) or ``"gaussian"`` (L2 norm).
+
+    Returns:
+        The sensitivity.
+    """
+    op = stat["op"]
+    if op in ("count", "count_col", "bins", "distinct", "prefix"):
+        return 1.0
+    if op == "km":
+        return 2.0 if mechanism == "laplace" else float(np.sqrt(2.0))
+    low, high = (float(b) for b in bounds[stat["col"]])
+    if op == "sum":
+        return max(abs(low), abs(high))
+    if op == "sq":
+        centers = np.asarray(stat["center"], dtype=float)
+        if centers.size == 0:
+            return 0.0
+        return float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
+    raise PolicyError(f"no differentially private answer for {op!r}")
+
+
+def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) -> np.ndarray:
+    """``values * scale`` rounded to int64, checked against the request's bound."""
+    bound = int(request.get("bound", 0))
+    ints = np.rint(values * scale)
+    if ints.size and float(np.max(np.abs(ints))) > bound:
+        raise PolicyError(
+            f"an answer exceeds the secure-aggregation bound {bound}: the site holds more "
+            "rows than the bound allows"
+        )
+    return ints.astype(np.int64)
+
+
+def clip_columns(stats: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns whose clipped values a stage counts, in a fixed order."""
+    return sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
+
+
+def flatten(answer: Mapping[str, Any], stats: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """One int64 vector of an answer: the statistics, clipped counts, outside and withheld."""
+    tail = [int(answer["clipped"].get(c, 0)) for c in clip_columns(stats)]
+    tail += [int(answer["outside_domain"]), int(answer["withheld_groups"])]
+    parts = [np.asarray(v, dtype=np.int64) for v in answer["vectors"]]
+    return np.concatenate([*parts, np.asarray(tail, dtype=np.int64)])
+
+
+class Site(Client):
+    """A site that answers SQL analytics over its own tables, under its own policy.
+
+    Args:
+        tables: ``{name: source}``; a source is a pandas DataFrame, a path to a
+            ``.parquet`` or ``.csv`` file, or ``"sqlite:///path/to.db"`` (the table of
+            the same name in that SQLite database).
+        policy: What the site answers; without one it answers nothing.
+        name: How the site calls itself in answers.
+
+    Example:
+        >>> import pandas as pd
+        >>> site = Site({"t": pd.DataFrame({"x": [1.0, 2.0]})}, Policy(min_group_size=1))
+        >>> site.properties()["analytics"]
+        True
+    """
+
+    def __init__(
+        self, tables: Mapping[str, Any], policy: Policy | None = None, *, name: str = "site"
+    ) -> None:
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a covey.analytics.Policy, got {type(policy).__name__}")
+        self.name = name
+        self.policy = policy
+        self._con = load_tables(tables)
+        self._tables = set(tables)
+        self._columns = {t: columns(self._con, t) for t in tables}
+        self._ledger = _dp.Ledger(
+            policy.epsilon if policy else None, policy.delta if policy else 1e-6
+        )
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._sorted: dict[str, SortedValues] = {}
+        self._lock = threading.Lock()
+        self._rng = np.random.default_rng(secrets.randbits(128))
+
+    def properties(self) -> dict[str, Any]:
+        """Marks this client as an analytics site."""
+        return {"analytics": True}
+
+    @property
+    def epsilon_spent(self) -> float:
+        """The DP budget this site has spent."""
+        return self._ledger.spent
+
+    def _check(self, request: Mapping[str, Any]) -> tuple[Policy, Any]:
+        if self.policy is None:
+            raise PolicyError("this site has no policy, so it answers nothing")
+        p = plan(str(request["sql"]))
+        if p.table not in self._tables:
+            raise PolicyError(f"this site has no table {p.table!r}")
+        known = self._columns[p.table]
+        for col in sorted(p.columns()):
+            if col not in known:
+                raise PolicyError(f"table {p.table!r} has no column {col!r} at this site")
+        dp = request.get("dp")
+        self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
+        return self.policy, p
+
+    def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a query and declare what the server needs to plan it (bounds, domains)."""
+        policy, _ = self._check(request)
+        return {"site": self.name, **policy.describe(), "spent": self._ledger.spent}
+
+    def answer(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer one stage of a query: vectors of sums, suppressed and noised per policy."""
+        policy, p = self._check(request)
+        key = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+        with self._lock:
+            if key in self._cache:
+                return {**self._cache[key], "cached": True}
+        domains = request.get("domains", {})
+        for col in p.group_by:
+            if col not in domains:
+                raise PolicyError(f"the request gives no domain for GROUP BY {col}")
+        stats: list[dict[str, Any]] = list(request["stats"])
+        for s in stats:
+            for col in (s.get("col"), s.get("event")):
+                if col is not None and col not in p.columns():
+                    raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
+        bounds = {c: tuple(b) for c, b in policy.bounds.items()}
+        got = compute(self._con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted)
+        small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
+        vectors = [v.copy() for v in got.vectors]
+        for v in vectors:
+            v[small] = 0.0
+        dp = request.get("dp")
+        spent = self._ledger.spent
+        if dp is not None:
+            spent = self._noise(dp, stats, bounds, vectors)
+        out: list[Any] = []
+        for s, v in zip(stats, vectors, strict=True):
+            if request.get("secure") and s["op"] not in ("min", "max"):
+                out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), request))
+            else:
+                out.append(v.ravel())
+        answer = {
+            "site": self.name,
+            "vectors": out,
+            "clipped": got.clipped,
+            "outside_domain": got.outside_domain,
+            "withheld_groups": int(small.sum()),
+            "spent": spent,
+        }
+        with self._lock:
+            if len(self._cache) >= MAX_CACHE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = answer
+        return {**answer, "cached": False}
+
+    def _noise(
+        self,
+        dp: Mapping[str, Any],
+        stats: Sequence[Mapping[str, Any]],
+        bounds: Mapping[str, Sequence[float]],
+        vectors: list[np.ndarray],
+    ) -> float:
+        mechanism, multiplier = str(dp["mechanism"]), float(dp["multiplier"])
+        shares = int(dp["shares"])
+        if multiplier <= 0 or not 1 <= shares <= 100_000:
+            raise PolicyError(f"bad noise request: multiplier {multiplier}, {shares} shares")
+        for s in stats:
+            mine = sensitivity(s, bounds, mechanism)
+            declared = float(s.get("sensitivity", -1.0))
+            if declared < mine * (1 - 1e-12):
+                raise PolicyError(
+                    f"the noise for {s['op']} assumes sensitivity {declared}, below this "
+                    f"site's {mine}"
+                )
+        spent = self._ledger.charge(_dp.event(mechanism, multiplier, len(stats)))
+        for s, v in zip(stats, vectors, strict=True):
+            scale = multiplier * float(s["sensitivity"])
+            v += _dp.noise_share(mechanism, scale, shares, v.size, self._rng).reshape(v.shape)
+        return spent
+
+
+def _analyze(client: Any, task: Task) -> dict[str, Any]:
+    if not isinstance(client, Site):
+        raise TypeError(f"{type(client).__name__} is not a covey.analytics.Site")
+    request = task.payload
+    if not isinstance(request, Mapping) or request.get("op") not in ("describe", "answer"):
+        raise ValueError("an analyze task carries {'op': 'describe' | 'answer', ...}")
+    try:
+        if request["op"] == "describe":
+            return client.describe(request)
+        return client.answer(request)
+    except (PolicyError, QueryError, PermissionError) as exc:
+        return {"site": client.name, "refused": str(exc)}
+
+
+def _secure_input(client: Any, payload: Any) -> np.ndarray:
+    if not isinstance(client, Site):
+        raise TypeError(f"{type(client).__name__} is not a covey.analytics.Site")
+    if not isinstance(payload, Mapping) or not payload.get("secure"):
+        raise ValueError("a secure analytics input needs a secure answer request")
+    answer = client.answer(payload)
+    return flatten(answer, payload["stats"])
+
+
+register_task(TASK_KIND, _analyze)
+secagg.register_input(SECURE_INPUT, _secure_input)

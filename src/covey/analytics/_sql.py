@@ -1,0 +1,424 @@
+"""Parse an analyst's SQL with sqlglot and check it against what federated analytics can answer.
+
+The result is a :class:`Plan`: one table, an optional WHERE condition, GROUP BY
+columns and a list of :class:`Aggregate` items, each of which the server later
+rewrites into sums the sites compute. Anything else is refused with a
+:class:`QueryError` naming the clause and where it starts in the SQL text.
+Sites parse the same SQL themselves with :func:`plan`, so they never run a
+condition they have not checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Token, Tokenizer, TokenType  # type: ignore[attr-defined]
+
+DIALECT = "duckdb"
+MAX_SQL = 20_000
+
+
+class QueryError(ValueError):
+    """A query that federated analytics refuses: malformed, unsupported, or forbidden."""
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One aggregate of the SELECT list.
+
+    Args:
+        name: The output column name: its SQL text as written, or its alias.
+        func: The kind: ``count``, ``count_col``, ``sum``, ``avg``, ``var_samp``,
+            ``var_pop``, ``stddev_samp``, ``stddev_pop``, ``min``, ``max``,
+            ``quantile_cont``, ``quantile_disc``, ``histogram``, ``approx_distinct``,
+            ``top_k`` or ``kaplan_meier``.
+        column: The column aggregated (None for ``COUNT(*)``).
+        args: Literal arguments: the quantile; ``(low, high, bins)`` of a histogram;
+            ``(k,)`` of top-k; ``(event_column, step)`` of Kaplan-Meier.
+    """
+
+    name: str
+    func: str
+    column: str | None
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A checked query: what to aggregate, over which rows, grouped by what.
+
+    Args:
+        sql: The SQL text as given.
+        table: The one table queried.
+        where: The WHERE condition regenerated as DuckDB SQL (None for all rows).
+        where_columns: Columns the condition reads.
+        group_by: GROUP BY columns, in order.
+        aggregates: The aggregates, in SELECT order.
+    """
+
+    sql: str
+    table: str
+    where: str | None
+    where_columns: tuple[str, ...]
+    group_by: tuple[str, ...]
+    aggregates: tuple[Aggregate, ...]
+
+    def columns(self) -> set[str]:
+        """Every column the query reads."""
+        cols = set(self.where_columns) | set(self.group_by)
+        for a in self.aggregates:
+            if a.column is not None:
+                cols.add(a.column)
+            if a.func == "kaplan_meier":
+                cols.add(str(a.args[0]))
+        return cols
+
+
+_SIMPLE: dict[type[exp.Expression], str] = {
+    exp.Sum: "sum",
+    exp.Avg: "avg",
+    exp.Variance: "var_samp",
+    exp.VariancePop: "var_pop",
+    exp.Stddev: "stddev_samp",
+    exp.StddevSamp: "stddev_samp",
+    exp.StddevPop: "stddev_pop",
+    exp.Min: "min",
+    exp.Max: "max",
+    exp.Median: "median",
+    exp.ApproxDistinct: "approx_distinct",
+}
+_WHERE_NODES = (
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.Paren,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.Between,
+    exp.In,
+    exp.Is,
+    exp.Like,
+    exp.ILike,
+    exp.Column,
+    exp.Identifier,
+    exp.Literal,
+    exp.Null,
+    exp.Boolean,
+    exp.Neg,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Tuple,
+)
+_REFUSED_CLAUSES = {
+    "joins": ("JOIN", "joins across tables or sites are not supported"),
+    "order": ("ORDER BY", "ORDER BY is not supported: answers are aggregates, not rows"),
+    "limit": ("LIMIT", "LIMIT is not supported: answers are aggregates, not rows"),
+    "offset": ("OFFSET", "OFFSET is not supported"),
+    "having": ("HAVING", "HAVING is not supported; filter the returned DataFrame instead"),
+    "with_": ("WITH", "WITH (common table expressions) is not supported"),
+    "with": ("WITH", "WITH (common table expressions) is not supported"),
+    "qualify": ("QUALIFY", "QUALIFY is not supported"),
+    "windows": ("WINDOW", "WINDOW is not supported"),
+    "distinct": ("DISTINCT", "SELECT DISTINCT returns rows and is not supported"),
+    "laterals": ("LATERAL", "LATERAL is not supported"),
+    "pivots": ("PIVOT", "PIVOT is not supported"),
+    "sample": ("SAMPLE", "SAMPLE is not supported"),
+}
+
+
+class _Locator:
+    """Finds where a keyword or name first appears in the SQL text (line and column)."""
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+        try:
+            self.tokens: list[Token] = Tokenizer(dialect=DIALECT).tokenize(sql)
+        except TokenError:
+            self.tokens = []
+
+    def where(self, text: str) -> str:
+        """``" at line L, column C"`` of the first token starting with ``text``, or ''."""
+        word = text.upper()
+        for tok in self.tokens:
+            if tok.text.upper() == word or tok.text.upper().startswith(word + " "):
+                return self.at(tok.start)
+        pos = self.sql.upper().find(word)
+        return self.at(pos) if pos >= 0 else ""
+
+    def nth(self, text: str, n: int) -> str:
+        """Like :meth:`where` for the ``n``-th occurrence (1-based)."""
+        hits = [t for t in self.tokens if t.text.upper() == text.upper()]
+        return self.at(hits[n - 1].start) if len(hits) >= n else ""
+
+    def at(self, offset: int) -> str:
+        """``" at line L, column C"`` of a character offset."""
+        line = self.sql.count("\n", 0, offset) + 1
+        col = offset - (self.sql.rfind("\n", 0, offset) + 1) + 1
+        return f" at line {line}, column {col}"
+
+    def select_texts(self) -> list[str]:
+        """The text of each SELECT item as written (top-level commas split them)."""
+        items: list[list[Token]] = [[]]
+        depth, started = 0, False
+        for tok in self.tokens:
+            if tok.token_type == TokenType.SELECT and not started:
+                started = True
+                continue
+            if not started:
+                continue
+            if depth == 0 and tok.token_type == TokenType.FROM:
+                break
+            if tok.token_type == TokenType.L_PAREN:
+                depth += 1
+            elif tok.token_type == TokenType.R_PAREN:
+                depth -= 1
+            if depth == 0 and tok.token_type == TokenType.COMMA:
+                items.append([])
+                continue
+            items[-1].append(tok)
+        return [self.sql[t[0].start : t[-1].end + 1] if t else "" for t in items]
+
+
+def _literal(node: exp.Expression | None, what: str, loc: _Locator) -> float | int | str:
+    value = node
+    negative = False
+    if isinstance(value, exp.Neg):
+        negative, value = True, value.this
+    if not isinstance(value, exp.Literal):
+        shown = node.sql(DIALECT) if node is not None else "nothing"
+        raise QueryError(f"{what} must be a literal number, got {shown}{loc.where(what)}")
+    if value.is_string:
+        return str(value.this)
+    number = float(value.this) if any(c in value.this for c in ".eE") else int(value.this)
+    return -number if negative else number
+
+
+def _column(node: exp.Expression | None, func: str, loc: _Locator) -> str:
+    if isinstance(node, exp.Column) and not node.table:
+        return str(node.name)
+    shown = node.sql(DIALECT) if node is not None else "nothing"
+    raise QueryError(
+        f"{func} takes a column name, not the expression {shown}{loc.where(func)}; "
+        "sites aggregate columns only"
+    )
+
+
+def _fname(node: Any) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).upper()
+    if isinstance(node, exp.Func):
+        return str(type(node).sql_name()).upper()
+    return str(node.key).upper()
+
+
+def _count(node: exp.Count, name: str, loc: _Locator) -> Aggregate:
+    arg = node.this
+    if isinstance(arg, exp.Distinct):
+        raise QueryError(
+            f"COUNT(DISTINCT ...){loc.where('COUNT')} is not decomposable into sums; "
+            "use APPROX_COUNT_DISTINCT"
+        )
+    if isinstance(arg, exp.Star):
+        return Aggregate(name, "count", None)
+    return Aggregate(name, "count_col", _column(arg, "COUNT", loc))
+
+
+def _quantile(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
+    fname = _fname(node)
+    col = _column(node.this, fname, loc)
+    q = _literal(node.args.get("expression") or node.args.get("quantile"), fname, loc)
+    if isinstance(q, str) or not 0.0 <= q <= 1.0:
+        raise QueryError(f"the quantile of {name} must be a number in [0, 1], got {q!r}")
+    kind = "quantile_cont" if isinstance(node, exp.PercentileCont) else "quantile_disc"
+    return Aggregate(name, kind, col, (float(q),))
+
+
+def _top_k(node: exp.ApproxTopK, name: str, loc: _Locator) -> Aggregate:
+    col = _column(node.this, "APPROX_TOP_K", loc)
+    k = _literal(node.expression, "APPROX_TOP_K", loc)
+    if not isinstance(k, int) or not 1 <= k <= 100:
+        raise QueryError(f"APPROX_TOP_K needs k in 1..100, got {k!r}")
+    return Aggregate(name, "top_k", col, (k,))
+
+
+def _histogram(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
+    args = node.expressions
+    if len(args) != 4:
+        raise QueryError(
+            f"HISTOGRAM(column, low, high, bins) takes 4 arguments{loc.where('HISTOGRAM')}"
+        )
+    low, high, bins = (_literal(a, "HISTOGRAM", loc) for a in args[1:])
+    if isinstance(low, str) or isinstance(high, str) or not low < high:
+        raise QueryError(f"HISTOGRAM needs low < high, got {low!r}, {high!r}")
+    if not isinstance(bins, int) or not 1 <= bins <= 10_000:
+        raise QueryError(f"HISTOGRAM needs 1 to 10000 bins, got {bins!r}")
+    return Aggregate(name, "histogram", _column(args[0], "HISTOGRAM", loc), (low, high, bins))
+
+
+def _kaplan_meier(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
+    args = node.expressions
+    if len(args) != 3:
+        raise QueryError(
+            f"KAPLAN_MEIER(time, event, step) takes 3 arguments{loc.where('KAPLAN_MEIER')}"
+        )
+    step = _literal(args[2], "KAPLAN_MEIER", loc)
+    if isinstance(step, str) or step <= 0:
+        raise QueryError(f"KAPLAN_MEIER needs a positive time step, got {step!r}")
+    time = _column(args[0], "KAPLAN_MEIER", loc)
+    return Aggregate(name, "kaplan_meier", time, (_column(args[1], "KAPLAN_MEIER", loc), step))
+
+
+def _aggregate(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
+    fname = _fname(node)
+    if isinstance(node, exp.Count):
+        return _count(node, name, loc)
+    for cls, func in _SIMPLE.items():
+        if isinstance(node, cls) and type(node).__name__ == cls.__name__:
+            col = _column(node.this, fname, loc)
+            if func == "median":
+                return Aggregate(name, "quantile_cont", col, (0.5,))
+            return Aggregate(name, func, col)
+    if isinstance(node, exp.PercentileCont | exp.PercentileDisc | exp.Quantile):
+        return _quantile(node, name, loc)
+    if isinstance(node, exp.ApproxTopK):
+        return _top_k(node, name, loc)
+    if isinstance(node, exp.Anonymous) and fname == "HISTOGRAM":
+        return _histogram(node, name, loc)
+    if isinstance(node, exp.Anonymous) and fname == "KAPLAN_MEIER":
+        return _kaplan_meier(node, name, loc)
+    if isinstance(node, exp.Window):
+        raise QueryError(f"window functions (OVER){loc.where('OVER')} are not supported")
+    raise QueryError(
+        f"the function {fname}{loc.where(fname)} is not supported in federated analytics; "
+        "supported: COUNT, SUM, AVG, VAR_SAMP/VAR_POP/VARIANCE, STDDEV_SAMP/STDDEV_POP/STDDEV, "
+        "MIN, MAX, MEDIAN, QUANTILE_CONT, QUANTILE_DISC, HISTOGRAM, APPROX_COUNT_DISTINCT, "
+        "APPROX_TOP_K, KAPLAN_MEIER"
+    )
+
+
+def _check_where(where: exp.Expression, loc: _Locator) -> tuple[str, tuple[str, ...]]:
+    columns: list[str] = []
+    for node in where.walk():
+        if isinstance(node, exp.Select | exp.Subquery):
+            raise QueryError(f"subqueries in WHERE{loc.nth('SELECT', 2)} are not supported")
+        if not isinstance(node, _WHERE_NODES):
+            label = node.key.upper()
+            if isinstance(node, exp.Func):
+                label = _fname(node)
+            raise QueryError(
+                f"{label}{loc.where(label)} is not allowed in WHERE; use comparisons "
+                "(=, <>, <, <=, >, >=), BETWEEN, IN, LIKE, IS [NOT] NULL, AND, OR, NOT "
+                "and + - * / on columns and literals"
+            )
+        if isinstance(node, exp.Column):
+            if node.table:
+                raise QueryError(f"qualified column {node.sql(DIALECT)} is not supported")
+            columns.append(str(node.name))
+    return where.sql(DIALECT), tuple(dict.fromkeys(columns))
+
+
+def _parse(sql: str, loc: _Locator) -> exp.Select:
+    if not isinstance(sql, str) or not sql.strip():
+        raise QueryError("the query is empty")
+    if len(sql) > MAX_SQL:
+        raise QueryError(f"the query is {len(sql)} characters long; the limit is {MAX_SQL}")
+    try:
+        trees = sqlglot.parse(sql, read=DIALECT)
+    except (ParseError, TokenError) as exc:
+        errors = getattr(exc, "errors", None) or []
+        if errors:
+            first = errors[0]
+            raise QueryError(
+                f"malformed SQL at line {first.get('line')}, column {first.get('col')}: "
+                f"{first.get('description')}"
+            ) from None
+        raise QueryError(f"malformed SQL: {exc}") from None
+    trees = [t for t in trees if t is not None]
+    if len(trees) != 1:
+        raise QueryError(f"give exactly one SQL statement, got {len(trees)}")
+    tree = trees[0]
+    if isinstance(tree, exp.Union | exp.Intersect | exp.Except):
+        word = tree.key.upper()
+        raise QueryError(f"{word}{loc.where(word)} is not supported")
+    if not isinstance(tree, exp.Select):
+        raise QueryError(
+            f"only SELECT statements are answered; this is not one: {sql.strip()[:60]!r}"
+        )
+    return tree
+
+
+def _table(tree: exp.Select, loc: _Locator) -> str:
+    source = tree.args.get("from_") or tree.args.get("from")
+    if source is None:
+        raise QueryError("the query has no FROM clause")
+    table = source.this
+    if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier):
+        raise QueryError(f"FROM{loc.where('FROM')} must name one table, not a subquery")
+    if table.args.get("db") or table.args.get("catalog"):
+        raise QueryError(f"FROM{loc.where('FROM')} must name a table without a schema")
+    return str(table.name)
+
+
+def plan(sql: str) -> Plan:
+    """Parse and check ``sql``; raise :class:`QueryError` naming what is not supported.
+
+    Args:
+        sql: One SELECT statement over one table.
+
+    Returns:
+        The checked :class:`Plan`.
+
+    Example:
+        >>> p = plan("SELECT sex, AVG(age) FROM patients WHERE age > 18 GROUP BY sex")
+        >>> p.table, p.group_by, p.aggregates[0].func
+        ('patients', ('sex',), 'avg')
+    """
+    loc = _Locator(sql)
+    tree = _parse(sql, loc)
+    for key, (word, why) in _REFUSED_CLAUSES.items():
+        if key in tree.args and tree.args.get(key):
+            raise QueryError(f"{word}{loc.where(word.split()[0])}: {why}")
+    table = _table(tree, loc)
+    group_by: list[str] = []
+    group = tree.args.get("group")
+    if group is not None:
+        for node in group.expressions:
+            if not isinstance(node, exp.Column) or node.table:
+                raise QueryError(
+                    f"GROUP BY{loc.where('GROUP')} takes column names, got {node.sql(DIALECT)}"
+                )
+            group_by.append(str(node.name))
+    where = tree.args.get("where")
+    where_sql, where_cols = _check_where(where.this, loc) if where is not None else (None, ())
+    texts = loc.select_texts()
+    aggregates: list[Aggregate] = []
+    for i, item in enumerate(tree.expressions):
+        node, alias = (item.this, item.alias) if isinstance(item, exp.Alias) else (item, None)
+        if isinstance(node, exp.Star):
+            raise QueryError(f"SELECT *{loc.where('*')} is row-level output and is not supported")
+        if isinstance(node, exp.Column):
+            if node.name not in group_by:
+                raise QueryError(
+                    f"the column {node.name}{loc.where(node.name)} is neither aggregated nor in "
+                    "GROUP BY; row-level output is not supported"
+                )
+            continue
+        text = texts[i] if i < len(texts) and texts[i] else node.sql(DIALECT)
+        name = str(alias) if alias else text.strip()
+        aggregates.append(_aggregate(node, name, loc))
+    if not aggregates:
+        raise QueryError("the query has no aggregate; row-level output is not supported")
+    names = [a.name for a in aggregates]
+    if len(set(names)) != len(names):
+        raise QueryError(f"two aggregates share a name: {names}; give them aliases")
+    return Plan(sql, table, where_sql, where_cols, tuple(group_by), tuple(aggregates))

@@ -1,0 +1,206 @@
+"""Multi-stage statistics on the server: quantile bisection, the heavy-hitter trie, survival.
+
+Each works only on sums of the sites' answers: histogram counts over a
+shrinking interval (quantiles), counts of the next byte after each kept
+prefix (heavy hitters), and per-time-point event and exit counts (survival).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covey.analytics._compute import END, TOPK_MAX_BYTES
+from covey.analytics._sql import Aggregate, Plan, QueryError
+
+if TYPE_CHECKING:
+    from covey.analytics._exchange import StageResult
+    from covey.analytics._query import _Query
+
+BISECT_BINS = 1024
+MAX_PREFIXES = 64
+
+
+def merge_declarations(p: Plan, decls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the sites' declarations: union of domains and bounds, the largest minimum size.
+
+    Args:
+        p: The query's plan.
+        decls: What each answering site declared (its policy's public part).
+
+    Returns:
+        ``{"domains", "bounds", "min_group_size"}`` used to plan the stages.
+    """
+    domains: dict[str, list[Any]] = {}
+    for col in p.group_by:
+        merged: list[Any] = []
+        for d in decls:
+            for v in d.get("domains", {}).get(col, []):
+                if v not in merged:
+                    merged.append(v)
+        domains[col] = merged
+    bounds: dict[str, tuple[float, float]] = {}
+    for d in decls:
+        for col, (low, high) in d.get("bounds", {}).items():
+            old = bounds.get(col, (float(low), float(high)))
+            bounds[col] = (min(old[0], float(low)), max(old[1], float(high)))
+    k = max(int(d.get("min_group_size", 1)) for d in decls)
+    return {"domains": domains, "bounds": bounds, "min_group_size": k}
+
+
+def survival(events: np.ndarray, exits: np.ndarray) -> list[float]:
+    """The Kaplan-Meier curve at each time point from per-point event and exit counts."""
+    total = float(np.sum(exits))
+    at_risk = total - np.concatenate([[0.0], np.cumsum(exits)[:-1]])
+    with np.errstate(all="ignore"):
+        factor = np.where(at_risk > 0, 1.0 - events / at_risk, 1.0)
+    curve = np.clip(np.cumprod(np.clip(factor, 0.0, 1.0)), 0.0, 1.0)
+    return [float(v) for v in curve]
+
+
+class Quantiles:
+    """Quantiles of every quantile aggregate by bisection on histogram counts.
+
+    Each stage asks, per group, for the counts in ``BISECT_BINS`` equal bins of
+    the current interval (plus below and above); the interval shrinks to the
+    bin that holds the wanted order statistic, until it is narrower than the
+    precision.
+    """
+
+    def __init__(self, q: _Query, first: StageResult, index: dict[tuple[Any, ...], int]) -> None:
+        self.q, self.first, self.index = q, first, index
+        self.targets: list[tuple[Aggregate, np.ndarray]] = []
+        self.weights: dict[str, tuple[int, np.ndarray]] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        for a in q.plan.aggregates:
+            if not a.func.startswith("quantile"):
+                continue
+            n = np.maximum(np.rint(first.vectors[index[("count_col", a.column)]]), 0)
+            self.counts[a.name] = n
+            quant = float(a.args[0])
+            if a.func == "quantile_cont":
+                pos = quant * np.maximum(n - 1, 0)
+                lo = np.floor(pos)
+                self.weights[a.name] = (len(self.targets), pos - lo)
+                self.targets += [(a, lo), (a, np.ceil(pos))]
+            else:
+                rank = np.maximum(np.ceil(quant * n) - 1, 0)
+                self.weights[a.name] = (len(self.targets), np.zeros_like(n))
+                self.targets.append((a, rank))
+        self.found: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _run(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        groups = self.q.groups
+        state = []
+        for a, _ in self.targets:
+            low, high = self.q.decl["bounds"][a.column]
+            state.append((np.full(groups, float(low)), np.full(groups, float(high))))
+        # the first round's bins (over the whole bounds) came with the first stage
+        for i, (a, _) in enumerate(self.targets):
+            self._narrow(i, state, self.first.vectors[self.index[("qbins", a.column)]])
+        rounds = [self.q.bisect_rounds(a) for a, _ in self.targets]
+        for r in range(1, max(rounds, default=0)):
+            active = [i for i, n in enumerate(rounds) if r < n]
+            stats = [
+                {
+                    "op": "bins",
+                    "col": self.targets[i][0].column,
+                    "low": state[i][0].tolist(),
+                    "width": ((state[i][1] - state[i][0]) / BISECT_BINS).tolist(),
+                    "bins": BISECT_BINS,
+                }
+                for i in active
+            ]
+            result = self.q.run(stats)
+            for i, counts in zip(active, result.vectors, strict=True):
+                self._narrow(i, state, counts)
+        return state
+
+    def _narrow(
+        self, i: int, state: list[tuple[np.ndarray, np.ndarray]], counts: np.ndarray
+    ) -> None:
+        """Shrink target ``i``'s intervals to the bin holding its order statistic."""
+        low, high = state[i]
+        width = (high - low) / BISECT_BINS
+        cum = counts[:, :1] + np.cumsum(counts[:, 1:-1], axis=1)
+        over = cum > self.targets[i][1][:, None]
+        j = np.where(over.any(axis=1), np.argmax(over, axis=1), BISECT_BINS - 1)
+        state[i] = (low + j * width, low + (j + 1) * width)
+
+    def value(self, a: Aggregate) -> np.ndarray:
+        """The quantile of ``a`` per group (NaN for an empty group)."""
+        if self.found is None:
+            self.found = self._run()
+        start, frac = self.weights[a.name]
+        mids = [(lo + hi) / 2 for lo, hi in self.found]
+        if a.func == "quantile_cont":
+            out = mids[start] + frac * (mids[start + 1] - mids[start])
+        else:
+            out = mids[start]
+        return np.where(self.counts[a.name] > 0, out, np.nan)
+
+    def width(self, a: Aggregate) -> float:
+        """The width of the final interval of ``a`` (the answer is within half of it)."""
+        if self.found is None:
+            self.found = self._run()
+        start, _ = self.weights[a.name]
+        lo, hi = self.found[start]
+        return float(np.max(hi - lo))
+
+
+class TopK:
+    """The most frequent values of a column by growing a prefix trie one byte per stage.
+
+    A prefix (or a finished value) is kept only if at least the minimum group
+    size of records share it, so a rare value is never revealed.
+    """
+
+    def __init__(self, q: _Query) -> None:
+        self.q = q
+
+    def run(self, a: Aggregate) -> tuple[list[list[str]], list[list[int]]]:
+        """The top ``k`` values per group, most frequent first, and their counts."""
+        k = int(a.args[0])
+        threshold = max(1, int(self.q.decl["min_group_size"]))
+        groups = self.q.groups
+        live: list[list[bytes]] = [[b""] for _ in range(groups)]
+        done: list[dict[bytes, float]] = [{} for _ in range(groups)]
+        for depth in range(TOPK_MAX_BYTES + 1):
+            if not any(live):
+                break
+            stat = {
+                "op": "prefix",
+                "col": a.column,
+                "prefixes": [[p.hex() for p in ps] for ps in live],
+                "depth": depth,
+            }
+            counts = self.q.run([stat]).vectors[0]
+            nxt: list[list[bytes]] = []
+            for g in range(groups):
+                grown: list[tuple[float, bytes]] = []
+                for i, prefix in enumerate(live[g]):
+                    for sym in np.nonzero(counts[g, i] >= threshold)[0]:
+                        n = float(counts[g, i, sym])
+                        if sym == END or depth == TOPK_MAX_BYTES:
+                            done[g][prefix] = n
+                        else:
+                            grown.append((n, prefix + bytes([int(sym)])))
+                grown.sort(key=lambda t: (-t[0], t[1]))
+                nxt.append([p for _, p in grown[:MAX_PREFIXES]])
+            live = nxt
+        values, counts_out = [], []
+        for g in range(groups):
+            best = sorted(done[g].items(), key=lambda t: (-t[1], t[0]))[:k]
+            values.append([v.decode("utf-8", errors="replace") for v, _ in best])
+            counts_out.append([round(n) for _, n in best])
+        return values, counts_out
+
+
+def check_rounds(bounds: tuple[float, float], precision: float) -> int:
+    """Bisection stages needed to narrow ``bounds`` to ``precision``."""
+    low, high = bounds
+    if not precision > 0:
+        raise QueryError(f"the quantile precision must be positive, got {precision}")
+    return max(1, math.ceil(math.log((high - low) / precision) / math.log(BISECT_BINS)))

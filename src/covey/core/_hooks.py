@@ -1,0 +1,40 @@
+"""Run hooks: what a strategy may ask of the round loop besides aggregation.
+
+A hook sees the aggregation chain's state at fixed points of a run and may
+adjust it at the start, stop the run cleanly before a round, add to each round's
+record, and speak once at the end. The loop knows nothing of what a hook does;
+differential privacy (:mod:`covey.privacy`) uses one to account its budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from covey.core._history import History, RoundRecord
+
+
+@runtime_checkable
+class RunHook(Protocol):
+    """Called by the round loop at the start, around each round, and at the end of a run."""
+
+    def start(self, state: Any, seed: int | None, history: History) -> Any:
+        """Return the aggregation state to run with.
+
+        Args:
+            state: The aggregation chain's state (fresh, or restored on resume).
+            seed: The run's seed in simulation; None in a deployed run.
+            history: The history so far (empty unless the run resumes).
+        """
+        ...
+
+    def before_round(self, round: int, state: Any) -> str | None:
+        """A reason to stop the run before ``round``, or None to run it."""
+        ...
+
+    def after_round(self, record: RoundRecord, state: Any) -> None:
+        """Add to the record of a finished round (``state`` is the state after it)."""
+        ...
+
+    def finish(self, history: History, state: Any) -> None:
+        """The run is over (all rounds done, or stopped before one)."""
+        ...

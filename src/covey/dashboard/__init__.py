@@ -1,0 +1,58 @@
+"""A live, read-only dashboard of federated runs, and static HTML reports.
+
+Serve it with ``covey dashboard RUNS_DIR`` (needs the ``dashboard`` extra:
+``pip install 'covey[dashboard]'``), or from Python::
+
+    from covey.dashboard import DashboardServer
+    with DashboardServer("runs", port=8765) as server:
+        print(server.url)
+
+``covey runs report RUN`` (or :func:`write_report`) writes one self-contained
+HTML file with the plots embedded.
+
+The names below are imported on first use, so ``import covey.dashboard`` works
+without the extra installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from covey.dashboard._app import create_app
+    from covey.dashboard._report import render_report, write_report
+    from covey.dashboard._runs import Run, RunReadError, discover_runs, read_run
+    from covey.dashboard._server import DashboardServer, serve_dashboard
+
+_WHERE = {
+    "create_app": "_app",
+    "render_report": "_report",
+    "write_report": "_report",
+    "Run": "_runs",
+    "RunReadError": "_runs",
+    "discover_runs": "_runs",
+    "read_run": "_runs",
+    "DashboardServer": "_server",
+    "serve_dashboard": "_server",
+}
+
+__all__ = [
+    "DashboardServer",
+    "Run",
+    "RunReadError",
+    "create_app",
+    "discover_runs",
+    "read_run",
+    "render_report",
+    "serve_dashboard",
+    "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names lazily (the web stack is an optional extra)."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'covey.dashboard' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"covey.dashboard.{module}"), name)

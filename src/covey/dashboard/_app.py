@@ -1,0 +1,225 @@
+"""The dashboard web app: a read-only Starlette app over a runs folder.
+
+Routes (all ``GET``; the app has no route that changes anything):
+
+* ``/`` the page; ``/static/...`` its script and style; ``/vendor/plotly.min.js``
+  the chart library, served from the installed ``plotly`` package;
+* ``/api/runs`` the list of runs;
+* ``/api/run?id=RUN`` one run: settings, rounds, clients;
+* ``/api/stream?id=RUN`` server-sent events: the whole run first (``run``), then
+  each change (``update``: new rounds, status, clients) as it lands on disk.
+
+The runs are files written by other processes (a simulation, a server), so
+changes are found by checking the files' sizes and modification times every
+``poll`` seconds; a file is read again only when it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from covey.dashboard._runs import (
+    Run,
+    RunReadError,
+    Signature,
+    detail,
+    discover_runs,
+    read_run,
+    signature,
+    summary,
+)
+
+KEEPALIVE: Final = 15.0
+"""Seconds between keep-alive comments on an idle event stream."""
+
+
+def clean(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None, so browsers can parse the JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    try:  # run files are read with NaN/Infinity mapped to None, so this is the usual path
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
+
+
+def plotly_js() -> Path:
+    """The path of ``plotly.min.js`` inside the installed ``plotly`` package."""
+    path = Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall the 'plotly' package")
+    return path
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("covey.dashboard") / "static"))
+
+
+class RunCache:
+    """Runs read from disk, kept until their files change (so many open pages cost one read)."""
+
+    def __init__(self) -> None:
+        """An empty cache."""
+        self._lock = threading.Lock()
+        self._runs: dict[Path, tuple[Signature, Run]] = {}
+
+    def read(self, run_id: str, path: Path) -> Run:
+        """The run in ``path``, read again only if its files changed since the last read."""
+        sig = signature(path)
+        with self._lock:
+            hit = self._runs.get(path)
+        if hit is not None and hit[0] == sig and hit[1].id == run_id:
+            return hit[1]
+        run = read_run(run_id, path)
+        with self._lock:
+            self._runs[path] = (sig, run)
+        return run
+
+
+def _find(root: Path, request: Request) -> tuple[str, Path]:
+    run_id = request.query_params.get("id", "")
+    for found_id, path in discover_runs(root):
+        if found_id == run_id:
+            return found_id, path
+    raise HTTPException(404, f"no run {run_id!r} in {root}")
+
+
+def _delta(old: Run, new: Run) -> dict[str, Any] | None:
+    """What changed from ``old`` to ``new``, or None if the page must be redrawn whole."""
+    known = [r["round"] for r in old.rounds]
+    if [r["round"] for r in new.rounds[: len(known)]] != known:
+        return None
+    return {
+        "summary": summary(new),
+        "meta": new.meta,
+        "new_rounds": new.rounds[len(known) :],
+        "client_names": {str(k): v for k, v in new.clients.items()},
+        "clients": detail(new)["clients"],
+    }
+
+
+async def _events(
+    run_id: str, path: Path, poll: float, closing: threading.Event, cache: RunCache
+) -> AsyncIterator[str]:
+    """Server-sent events of one run: ``run`` (all of it), then ``update`` per change."""
+    last_sig = None
+    last: Run | None = None
+    idle = 0.0
+    while not closing.is_set():
+        sig = await run_in_threadpool(signature, path)
+        if sig != last_sig:
+            last_sig = sig
+            try:
+                run = await run_in_threadpool(cache.read, run_id, path)
+            except RunReadError as exc:
+                yield f"event: error\ndata: {_json({'error': str(exc)})}\n\n"
+            else:
+                message = _message(last, run)
+                if message:
+                    yield message
+                last = run
+            idle = 0.0
+        elif idle >= KEEPALIVE:
+            yield ": keep-alive\n\n"
+            idle = 0.0
+        await asyncio.sleep(poll)
+        idle += poll
+
+
+def _message(old: Run | None, new: Run) -> str:
+    """The event telling the page how ``old`` became ``new`` ("" if nothing it shows changed)."""
+    if old is None or (change := _delta(old, new)) is None:
+        return f"event: run\ndata: {_json(detail(new))}\n\n"
+    if change["new_rounds"] or change["summary"] != summary(old) or new.events != old.events:
+        return f"event: update\ndata: {_json(change)}\n\n"
+    return ""
+
+
+def create_app(
+    runs_dir: str | Path, *, poll: float = 0.5, closing: threading.Event | None = None
+) -> Starlette:
+    """The dashboard app over ``runs_dir``.
+
+    Args:
+        runs_dir: A folder of runs, or one run folder.
+        poll: Seconds between checks of a watched run's files.
+        closing: Set when the server shuts down; open event streams then end.
+
+    Returns:
+        An ASGI app; serve it with :class:`covey.dashboard.DashboardServer` or uvicorn.
+    """
+    root = Path(runs_dir)
+    static = _static_dir()
+    closing = closing if closing is not None else threading.Event()
+    cache = RunCache()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(static / "index.html", media_type="text/html")
+
+    async def vendor_plotly(request: Request) -> Response:
+        return FileResponse(plotly_js(), media_type="text/javascript")
+
+    async def runs(request: Request) -> Response:
+        def read_all() -> list[dict[str, Any]]:
+            rows = []
+            for run_id, path in discover_runs(root):
+                try:
+                    rows.append(summary(cache.read(run_id, path)))
+                except RunReadError as exc:
+                    rows.append({"id": run_id, "status": "unreadable", "error": str(exc)})
+            return rows
+
+        rows = await run_in_threadpool(read_all)
+        return Response(_json({"root": str(root), "runs": rows}), media_type="application/json")
+
+    async def one_run(request: Request) -> Response:
+        run_id, path = _find(root, request)
+        try:
+            run = await run_in_threadpool(cache.read, run_id, path)
+        except RunReadError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return Response(_json(detail(run)), media_type="application/json")
+
+    async def stream(request: Request) -> Response:
+        run_id, path = _find(root, request)
+
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(
+            _events(run_id, path, poll, closing, cache),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/vendor/plotly.min.js", vendor_plotly),
+            Route("/api/runs", runs),
+            Route("/api/run", one_run),
+            Route("/api/stream", stream),
+            Mount("/static", StaticFiles(directory=static), name="static"),
+        ]
+    )

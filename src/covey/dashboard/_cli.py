@@ -1,0 +1,45 @@
+"""``covey dashboard``: serve the live dashboard of a runs folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def dashboard_command(
+    runs_dir: Annotated[
+        Path, typer.Argument(help="A folder of runs (or one run folder).", file_okay=False)
+    ] = Path("runs"),
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (default: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
+    certs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Federation folder (covey certs init): serve HTTPS and require a client "
+            "certificate signed by its CA.",
+            file_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve a read-only web page of the runs in RUNS_DIR: live rounds, clients, comparisons."""
+    try:
+        from covey.dashboard._server import serve_dashboard
+    except ImportError as exc:
+        typer.echo(
+            f"the dashboard needs its extra: pip install 'covey[dashboard]' ({exc})", err=True
+        )
+        raise typer.Exit(1) from None
+    if not runs_dir.is_dir():
+        raise typer.BadParameter(f"{runs_dir} is not a folder", param_hint="RUNS_DIR")
+    if host not in ("127.0.0.1", "localhost", "::1") and certs is None:
+        typer.echo(
+            f"warning: serving on {host} without --certs: anyone who can reach it sees the runs",
+            err=True,
+        )
+    scheme = "https" if certs is not None else "http"
+    typer.echo(f"covey dashboard of {runs_dir} on {scheme}://{host}:{port}/ (Ctrl-C stops)")
+    serve_dashboard(runs_dir, host, port, certs=certs)

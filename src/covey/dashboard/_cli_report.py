@@ -1,0 +1,32 @@
+"""``covey runs report RUN``: one self-contained HTML file of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def report_command(
+    run: Annotated[Path, typer.Argument(help="The run folder.", file_okay=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The HTML file to write (default: ./RUN-report.html)."),
+    ] = None,
+) -> None:
+    """Write one HTML file with the run's plots and every round, readable offline."""
+    try:
+        from covey.dashboard._report import write_report
+        from covey.dashboard._runs import RunReadError
+    except ImportError as exc:
+        typer.echo(
+            f"reports need the dashboard extra: pip install 'covey[dashboard]' ({exc})", err=True
+        )
+        raise typer.Exit(1) from None
+    try:
+        path = write_report(run, out)
+    except RunReadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"report written to {path}")

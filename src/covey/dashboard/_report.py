@@ -1,0 +1,213 @@
+"""A run as one self-contained HTML file: facts, plots and every round, nothing fetched.
+
+The chart library (``plotly.min.js`` from the installed ``plotly`` package) is
+written into the file, so it opens offline, from a mail attachment or from a
+paper's supplementary material.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from pathlib import Path
+from typing import Any
+
+from covey.core._files import atomic_write
+from covey.dashboard._app import plotly_js
+from covey.dashboard._runs import (
+    Run,
+    RunReadError,
+    best_metric,
+    is_run,
+    metric_value,
+    read_run,
+    strategy_name,
+)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #1d2330; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.fail { color: #c62828; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+.grid > div { width: 640px; }
+"""
+
+_SOURCES = (("central", "test"), ("evaluate", "federated"), ("fit", "train"))
+
+
+def _series(rounds: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Every plottable ``(source, metric)`` of the rounds and its label, loss first."""
+    found: dict[tuple[str, str], str] = {}
+    for r in rounds:
+        for source, label in _SOURCES:
+            if source != "fit" and metric_value(r, source, "loss") is not None:
+                found[(source, "loss")] = f"{label} loss"
+            metrics = r.get(f"{source}_metrics")
+            for name in metrics if isinstance(metrics, dict) else {}:
+                if metric_value(r, source, name) is not None:
+                    shown = name.removeprefix("train_") if source == "fit" else name
+                    found[(source, name)] = f"{label} {shown}"
+    return found
+
+
+def _figures(run: Run) -> list[Any]:
+    import plotly.graph_objects as go
+
+    rounds = run.rounds
+    layout: dict[str, Any] = {
+        "height": 320,
+        "template": "plotly_white",
+        "margin": {"l": 55, "r": 15, "t": 40, "b": 75},
+        "xaxis": {"title": {"text": "round"}},
+        "legend": {"orientation": "h", "y": -0.32},
+    }
+
+    def lines(title: str, keys: list[tuple[tuple[str, str], str]]) -> Any:
+        fig = go.Figure(layout={**layout, "title": {"text": title}})
+        for (source, name), label in keys:
+            pts = [
+                (r["round"], v) for r in rounds if (v := metric_value(r, source, name)) is not None
+            ]
+            fig.add_scatter(
+                x=[p[0] for p in pts], y=[p[1] for p in pts], name=label, mode="lines+markers"
+            )
+        return fig
+
+    series = list(_series(rounds).items())
+    is_loss = [s for s in series if s[0][1] in ("loss", "train_loss")]
+    figures = [lines("Loss", is_loss), lines("Metrics", [s for s in series if s not in is_loss])]
+    fit = [r for r in rounds if r["round"] > 0]
+    x = [r["round"] for r in fit]
+    clients = go.Figure(
+        layout={**layout, "title": {"text": "Clients per round"}, "barmode": "group"}
+    )
+    clients.add_bar(x=x, y=[len(r.get("fit_participants") or []) for r in fit], name="fit")
+    clients.add_bar(
+        x=x, y=[len(r.get("evaluate_participants") or []) for r in fit], name="evaluate"
+    )
+    clients.add_bar(
+        x=x,
+        y=[len(r.get("fit_failures") or []) + len(r.get("evaluate_failures") or []) for r in fit],
+        name="failed",
+        marker_color="#c62828",
+    )
+    figures.append(clients)
+    private = [r for r in rounds if isinstance(r.get("privacy"), dict)]
+    if private:
+        budget = go.Figure(layout={**layout, "title": {"text": "Privacy budget spent"}})
+        keys = sorted({k for r in private for k in r["privacy"] if "epsilon" in k})
+        for key in keys:
+            budget.add_scatter(
+                x=[r["round"] for r in private],
+                y=[r["privacy"].get(key) for r in private],
+                name=key,
+                mode="lines+markers",
+            )
+        figures.append(budget)
+    return figures
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("–" if value is None else str(value))
+
+
+def _round_rows(run: Run) -> str:
+    def name(cid: Any) -> str:
+        return html.escape(
+            run.clients.get(cid, f"client {cid}") if isinstance(cid, int) else str(cid)
+        )
+
+    rows = []
+    for r in run.rounds:
+        failures = [*(r.get("fit_failures") or []), *(r.get("evaluate_failures") or [])]
+        why = "".join(
+            f'<div class="fail">{name(f.get("cid"))} ({html.escape(str(f.get("stage")))}): '
+            f"{html.escape(str(f.get('error')))}</div>"
+            for f in failures
+            if isinstance(f, dict)
+        )
+        durations = r.get("durations")
+        durations = durations if isinstance(durations, dict) else {}
+        privacy = r.get("privacy")
+        privacy = privacy if isinstance(privacy, dict) else {}
+        who = ", ".join(name(c) for c in r.get("fit_participants") or [])
+        rows.append(
+            f'<tr id="round-{r["round"]}"><td class="num">{r["round"]}</td>'
+            f'<td class="num">{_cell(metric_value(r, "central", "loss"))}</td>'
+            f'<td class="num">{_cell(metric_value(r, "central", "accuracy"))}</td>'
+            f'<td class="num">{_cell(metric_value(r, "evaluate", "loss"))}</td>'
+            f'<td class="num">{_cell(metric_value(r, "evaluate", "accuracy"))}</td>'
+            f"<td>{len(r.get('fit_participants') or [])}: {who}</td><td>{why or '–'}</td>"
+            f'<td class="num">{_cell(durations.get("total"))}</td>'
+            f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in privacy.items())) or '–'}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+def render_report(run: Run) -> str:
+    """The HTML text of a run's report (plots, facts, one table row per round)."""
+    figures = _figures(run)
+    config = {"displaylogo": False, "responsive": True}
+    html_parts = [
+        f.to_html(full_html=False, include_plotlyjs=False, default_width="640px", config=config)
+        for f in figures
+    ]
+    plots = "\n".join(f'<div id="figure-{i}">{part}</div>' for i, part in enumerate(html_parts))
+    best = best_metric(run.rounds)
+    best_text = f"{best['name']} {best['value']:.4f} (round {best['round']})" if best else "–"
+    started = run.meta.get("started") or run.meta.get("created_at") or "–"
+    facts = {
+        "kind": run.kind,
+        "status": run.status,
+        "strategy": strategy_name(run.meta),
+        "rounds": max((r["round"] for r in run.rounds), default="–"),
+        "best": best_text,
+        "started": started,
+    }
+    if run.meta.get("stopped_reason"):
+        facts["stopped early"] = run.meta["stopped_reason"]
+    facts_html = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in facts.items()
+    )
+    made = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title = html.escape(f"covey run {run.id}")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>{_STYLE}</style>
+<script>{plotly_js().read_text(encoding="utf-8")}</script></head>
+<body><h1>{title}</h1><p>Report written {made} by covey.</p>
+<table id="facts">{facts_html}</table>
+<div class="grid">{plots}</div>
+<h2>Rounds</h2>
+<table id="rounds"><thead><tr><th>round</th><th>test loss</th><th>test acc.</th><th>fed. loss</th>
+<th>fed. acc.</th><th>fit clients</th><th>failures (reason)</th><th>seconds</th><th>privacy</th>
+</tr></thead><tbody>
+{_round_rows(run)}
+</tbody></table></body></html>
+"""
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of the run in ``run_dir`` to ``out`` (default ``./RUN-report.html``).
+
+    Args:
+        run_dir: A run folder (``history.json`` and/or ``run.sqlite``).
+        out: The HTML file to write.
+
+    Returns:
+        The path written.
+
+    Raises:
+        covey.dashboard.RunReadError: if the run's files cannot be read.
+    """
+    run_dir = Path(run_dir)
+    if not is_run(run_dir):
+        raise RunReadError(f"{run_dir} is not a run folder (no history.json or run.sqlite)")
+    name = run_dir.resolve().name
+    run = read_run(name, run_dir)
+    path = Path(out) if out is not None else Path(f"{name}-report.html")
+    atomic_write(path, render_report(run))
+    return path

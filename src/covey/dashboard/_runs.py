@@ -1,0 +1,362 @@
+"""Find runs in a folder and read them without ever writing to them.
+
+A run is a folder holding ``history.json`` (written by :func:`covey.simulate`
+and by deployed servers) and/or ``run.sqlite`` (the store of a deployed server).
+``run.json`` beside ``history.json`` says what a simulation ran and whether it
+is done. The SQLite store is opened read-only (a ``mode=ro`` URI), so watching a
+live server never takes a write lock.
+
+Round records are kept as the JSON dicts found on disk, not rebuilt into
+:class:`covey.RoundRecord`: fields added by newer versions (e.g. ``privacy``)
+pass through to the page untouched.
+
+Example:
+    >>> import tempfile
+    >>> discover_runs(tempfile.mkdtemp())
+    []
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+HISTORY: Final = "history.json"
+META: Final = "run.json"
+STORE: Final = "run.sqlite"
+MAX_JSON_BYTES: Final = 256 << 20
+"""The largest ``history.json`` or ``run.json`` read (bigger files are refused)."""
+MAX_DEPTH: Final = 3
+"""How deep below the runs folder runs are looked for."""
+MAX_RUNS: Final = 10_000
+MAX_EVENTS: Final = 100_000
+"""The newest fleet events read from a deployed run's store (older ones are not shown)."""
+
+
+class RunReadError(ValueError):
+    """A run folder whose files cannot be read (too big, not JSON, not a covey run)."""
+
+
+@dataclass
+class Signature:
+    """What changes on disk when a run gets a new round: sizes and modification times."""
+
+    parts: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass
+class Run:
+    """One run folder and what was read from it.
+
+    Attributes:
+        id: The run's path relative to the runs folder (``/``-separated).
+        path: The run folder.
+        kind: ``"simulated"`` or ``"deployed"``.
+        meta: Settings: strategy, planned rounds, start time, status, ...
+        rounds: One JSON dict per round, in round order.
+        clients: Client names by id (deployed runs only).
+        events: Fleet events ``(unix_time, client, event, detail)`` (deployed runs only).
+    """
+
+    id: str
+    path: Path
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    clients: dict[int, str] = field(default_factory=dict)
+    events: list[tuple[float, str, str, str]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``"running"``, ``"finished"``, ``"failed"`` or ``"unknown"``."""
+        value = self.meta.get("status")
+        return value if isinstance(value, str) else "unknown"
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a run folder."""
+    return (path / HISTORY).is_file() or (path / STORE).is_file()
+
+
+def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
+    """``(id, folder)`` of every run in ``root`` (or ``root`` itself if it is a run).
+
+    Args:
+        root: The runs folder.
+
+    Returns:
+        The runs sorted by id; a run's folders are not searched for more runs.
+    """
+    root = Path(root)
+    if is_run(root):
+        return [(root.resolve().name or "run", root)]
+    found: list[tuple[str, Path]] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+        except OSError:
+            return
+        for child in children:
+            if len(found) >= MAX_RUNS:
+                return
+            if is_run(child):
+                found.append((child.relative_to(root).as_posix(), child))
+            elif depth < MAX_DEPTH:
+                walk(child, depth + 1)
+
+    if root.is_dir():
+        walk(root, 1)
+    return found
+
+
+def signature(path: Path) -> Signature:
+    """Sizes and modification times of a run's files (changes when a round lands)."""
+    parts = []
+    for name in (HISTORY, META, STORE, STORE + "-wal"):
+        with contextlib.suppress(OSError):
+            st = (path / name).stat()
+            parts.append((name, st.st_size, st.st_mtime_ns))
+    return Signature(tuple(parts))
+
+
+def _no_constant(name: str) -> None:
+    """``NaN`` and ``Infinity`` in a run's JSON become None (browsers reject them)."""
+    return None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file written by a run, refusing files over :data:`MAX_JSON_BYTES`."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
+        return json.loads(path.read_bytes(), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunReadError(f"cannot read {path}: {exc}") from exc
+
+
+def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
+    """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys."""
+    if not isinstance(raw, list):
+        raise RunReadError(f"{where}: 'rounds' must be a list, got {type(raw).__name__}")
+    rounds: dict[int, dict[str, Any]] = {}
+    for item in raw:
+        if not isinstance(item, dict):
+            raise RunReadError(f"{where}: a round must be an object, got {type(item).__name__}")
+        number = item.get("round")
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise RunReadError(f"{where}: a round has no valid 'round' number: {number!r}")
+        rounds[number] = item
+    return [rounds[k] for k in sorted(rounds)]
+
+
+@contextlib.contextmanager
+def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
+    uri = db.resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise RunReadError(f"cannot open {db} read-only: {exc}") from exc
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        raise RunReadError(f"{db} is not a readable covey run database: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
+    with _read_only(db) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        row = conn.execute(
+            "SELECT config, created_at, updated_at, status FROM run WHERE id = 1"
+        ).fetchone()
+        if meta.get("format") != "covey-run" or row is None:
+            raise RunReadError(f"{db} is not a covey run database")
+        records = []
+        if want_rounds:
+            records = conn.execute(
+                "SELECT record FROM rounds WHERE record IS NOT NULL ORDER BY round"
+            ).fetchall()
+        clients = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
+        events = conn.execute(
+            "SELECT time, client, event, detail FROM events ORDER BY seq DESC LIMIT ?",
+            (MAX_EVENTS,),
+        ).fetchall()
+    config_text, created, updated, status = row
+    try:
+        if want_rounds:
+            rows = [json.loads(text, parse_constant=_no_constant) for (text,) in records]
+            run.rounds = check_rounds(rows, str(db))
+        config = json.loads(config_text, parse_constant=_no_constant)
+        run.clients = {int(cid): str(name) for name, cid in clients}
+        run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
+        run.meta.update(config if isinstance(config, dict) else {})
+        run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
+
+
+def read_run(run_id: str, path: Path) -> Run:
+    """Read one run folder: its settings, rounds and (deployed) clients and events.
+
+    Raises:
+        RunReadError: if a file is too big, not JSON, or not a covey run.
+    """
+    db = path / STORE
+    run = Run(run_id, path, "deployed" if db.is_file() else "simulated")
+    history = path / HISTORY
+    if history.is_file():
+        data = read_json(history)
+        if not isinstance(data, dict):
+            raise RunReadError(f"{history} must hold a JSON object")
+        run.rounds = check_rounds(data.get("rounds"), str(history))
+        if isinstance(data.get("config"), dict):
+            run.meta.update(data["config"])
+        if isinstance(data.get("stopped_reason"), str):
+            run.meta["stopped_reason"] = data["stopped_reason"]
+    meta_file = path / META
+    if meta_file.is_file():
+        meta = read_json(meta_file)
+        if isinstance(meta, dict):
+            run.meta.update(meta)
+    if db.is_file():
+        _read_store(run, db, want_rounds=not history.is_file())
+    if not run.meta.get("updated_at"):
+        with contextlib.suppress(OSError):
+            run.meta["updated_at"] = history.stat().st_mtime
+    return run
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's best value: highest accuracy, else lowest loss (central before federated)."""
+    for source, name, better in (
+        ("central", "accuracy", max),
+        ("evaluate", "accuracy", max),
+        ("central", "loss", min),
+        ("evaluate", "loss", min),
+    ):
+        points = [
+            (v, r["round"]) for r in rounds if (v := metric_value(r, source, name)) is not None
+        ]
+        if points:
+            value, at = better(points, key=lambda p: p[0])
+            label = "test" if source == "central" else "federated"
+            return {"name": f"{label} {name}", "value": value, "round": at}
+    return None
+
+
+def metric_value(record: dict[str, Any], source: str, name: str) -> float | None:
+    """One metric of a round dict; ``name="loss"`` is the loss.
+
+    Args:
+        record: A round as stored in ``history.json``.
+        source: ``"central"``, ``"evaluate"`` or ``"fit"``.
+        name: The metric.
+    """
+    if name == "loss" and source in ("central", "evaluate"):
+        return _number(record.get(f"{source}_loss"))
+    metrics = record.get(f"{source}_metrics")
+    return _number(metrics.get(name)) if isinstance(metrics, dict) else None
+
+
+def strategy_name(meta: dict[str, Any]) -> str:
+    """The strategy's name: a string, or the ``name`` of a described strategy."""
+    value = meta.get("strategy")
+    if isinstance(value, dict):
+        value = value.get("name")
+    return value if isinstance(value, str) else "?"
+
+
+def summary(run: Run) -> dict[str, Any]:
+    """The run's row in the list of runs (JSON-ready)."""
+    done = max((r["round"] for r in run.rounds), default=None)
+    started = run.meta.get("started") or run.meta.get("created_at")
+    return {
+        "id": run.id,
+        "kind": run.kind,
+        "status": run.status,
+        "strategy": strategy_name(run.meta),
+        "rounds_done": done,
+        "rounds_planned": run.meta.get("rounds"),
+        "best": best_metric(run.rounds),
+        "started": started,
+        "updated": run.meta.get("updated_at"),
+    }
+
+
+_CONNECT: Final = frozenset({"join", "rejoin"})
+_DISCONNECT: Final = frozenset({"leave", "refused"})
+
+
+def clients_table(run: Run) -> list[dict[str, Any]]:
+    """The clients of a deployed run: connected or not, last seen, rounds taken part in.
+
+    A client is connected after a ``join``/``rejoin`` event until a ``leave``;
+    once the server stopped (status not ``"running"``) nobody is connected.
+    """
+    by_name: dict[str, dict[str, Any]] = {}
+    for cid, name in sorted(run.clients.items()):
+        by_name[name] = {
+            "id": cid,
+            "name": name,
+            "connected": False,
+            "last_seen": None,
+            "last_event": None,
+            "fit_rounds": [],
+            "evaluate_rounds": [],
+        }
+    for when, name, event, detail in run.events:
+        row = by_name.setdefault(
+            name,
+            {
+                "id": None,
+                "name": name,
+                "connected": False,
+                "fit_rounds": [],
+                "evaluate_rounds": [],
+            },
+        )
+        row["last_seen"] = when
+        row["last_event"] = f"{event}: {detail}" if detail else event
+        if event in _CONNECT:
+            row["connected"] = True
+        elif event in _DISCONNECT:
+            row["connected"] = False
+    by_id = {row["id"]: row for row in by_name.values() if row["id"] is not None}
+    for record in run.rounds:
+        for key, column in (
+            ("fit_participants", "fit_rounds"),
+            ("evaluate_participants", "evaluate_rounds"),
+        ):
+            for cid in record.get(key) or []:
+                if cid in by_id:
+                    by_id[cid][column].append(record["round"])
+    if run.status != "running":
+        for row in by_name.values():
+            row["connected"] = False
+    return list(by_name.values())
+
+
+def detail(run: Run) -> dict[str, Any]:
+    """Everything the page shows of one run (JSON-ready)."""
+    return {
+        **summary(run),
+        "meta": run.meta,
+        "rounds": run.rounds,
+        "client_names": {str(cid): name for cid, name in run.clients.items()},
+        "clients": clients_table(run) if run.kind == "deployed" else [],
+    }

@@ -1,0 +1,176 @@
+"""Serve the dashboard with uvicorn: in the foreground (the CLI) or on a thread (tests)."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+import uvicorn
+
+from covey.dashboard._app import create_app
+
+DEFAULT_PORT = 8765
+
+
+def tls_options(certs: str | Path) -> dict[str, Any]:
+    """The uvicorn TLS settings from a federation folder made by ``covey certs init``.
+
+    The page is served over HTTPS with the federation's server certificate, and
+    only browsers presenting a client certificate signed by the federation CA
+    get in.
+
+    Args:
+        certs: The folder holding ``ca.pem``, ``server.pem`` and ``server.key``.
+    """
+    d = Path(certs)
+    missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{d} is not a federation folder (missing {', '.join(missing)}); "
+            "create one with `covey certs init --dir DIR`"
+        )
+    return {
+        "ssl_certfile": str(d / "server.pem"),
+        "ssl_keyfile": str(d / "server.key"),
+        "ssl_ca_certs": str(d / "ca.pem"),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that ends the page's event streams first when asked to stop."""
+
+    def __init__(self, config: uvicorn.Config, closing: threading.Event) -> None:
+        super().__init__(config)
+        self.closing = closing
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.closing.set()
+        super().handle_exit(sig, frame)
+
+
+def _server(
+    runs_dir: str | Path, host: str, port: int, certs: str | Path | None, poll: float
+) -> _Server:
+    closing = threading.Event()
+    config = uvicorn.Config(
+        create_app(runs_dir, poll=poll, closing=closing),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        **(tls_options(certs) if certs is not None else {}),
+    )
+    return _Server(config, closing)
+
+
+def serve_dashboard(
+    runs_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    certs: str | Path | None = None,
+    poll: float = 0.5,
+) -> None:
+    """Serve the dashboard until interrupted (Ctrl-C).
+
+    Args:
+        runs_dir: A folder of runs, or one run folder.
+        host: The address to listen on (only this machine by default).
+        port: The port to listen on.
+        certs: A federation folder: serve HTTPS and ask browsers for a client
+            certificate signed by its CA.
+        poll: Seconds between checks of a watched run's files.
+    """
+    _server(runs_dir, host, port, certs, poll).run()
+
+
+class DashboardServer:
+    """The dashboard served on a background thread; use as a context manager.
+
+    Example:
+        >>> import tempfile
+        >>> with DashboardServer(tempfile.mkdtemp(), port=0) as server:
+        ...     server.url.startswith("http://127.0.0.1:")
+        True
+    """
+
+    def __init__(
+        self,
+        runs_dir: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        certs: str | Path | None = None,
+        poll: float = 0.5,
+    ) -> None:
+        """Prepare the server; :meth:`start` (or ``with``) starts it.
+
+        Args:
+            runs_dir: A folder of runs, or one run folder.
+            host: The address to listen on.
+            port: The port; 0 picks a free one (see :attr:`port`).
+            certs: A federation folder for HTTPS with client certificates.
+            poll: Seconds between checks of a watched run's files.
+        """
+        self._scheme = "https" if certs is not None else "http"
+        self._host = host
+        self._server = _server(runs_dir, host, port, certs, poll)
+        self._thread = threading.Thread(
+            target=self._server.run, name="covey-dashboard", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        servers = getattr(self._server, "servers", [])
+        if not servers:
+            raise RuntimeError("the dashboard is not listening yet")
+        return int(servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The page's address, e.g. ``http://127.0.0.1:8765/``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{self._scheme}://{host}:{self.port}/"
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Start serving and wait until the socket listens.
+
+        Raises:
+            RuntimeError: if the server did not start within ``timeout`` seconds.
+        """
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                break
+            self._thread.join(0.02)
+        if not self._server.started:
+            self.stop()
+            raise RuntimeError("the dashboard did not start (is the port in use?)")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        self._server.closing.set()
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(10.0)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

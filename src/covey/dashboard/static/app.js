@@ -1,0 +1,297 @@
+// covey dashboard: a read-only view of the runs in a folder.
+// Views (by URL hash): #/ the runs, #/run/ID one run live, #/compare/ID,ID,... runs overlaid.
+"use strict";
+
+const main = document.getElementById("main");
+const live = document.getElementById("live");
+let stream = null;
+let listTimer = null;
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => (
+    { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function num(value, digits = 4) {
+  return typeof value === "number" ? value.toFixed(digits) : "–";
+}
+
+function when(value) {
+  if (value === null || value === undefined || value === "") return "–";
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return isNaN(date) ? esc(value) : date.toLocaleString();
+}
+
+function seconds(value) {
+  return typeof value === "number" ? value.toFixed(3) + " s" : "–";
+}
+
+function bytes(value) {
+  if (typeof value !== "number") return "–";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (value >= 1000 && i < units.length - 1) { value /= 1000; i += 1; }
+  return value.toFixed(i ? 1 : 0) + " " + units[i];
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(url + ": HTTP " + response.status);
+  return response.json();
+}
+
+// ---- metrics of a round record (as written in history.json) ----
+
+function metric(record, source, name) {
+  let value;
+  if (name === "loss" && source !== "fit") value = record[source + "_loss"];
+  else value = (record[source + "_metrics"] || {})[name];
+  return typeof value === "number" ? value : null;
+}
+
+const SOURCES = [["central", "test"], ["evaluate", "federated"], ["fit", "train"]];
+
+// Every plottable series of a run: [{key, source, name, label}], loss first.
+function seriesOf(rounds) {
+  const seen = new Map();
+  for (const r of rounds) {
+    for (const [source, label] of SOURCES) {
+      if (source !== "fit" && typeof r[source + "_loss"] === "number") {
+        seen.set(source + ":loss", { source, name: "loss", label: label + " loss" });
+      }
+      for (const [name, value] of Object.entries(r[source + "_metrics"] || {})) {
+        if (typeof value === "number") {
+          const shown = source === "fit" && name.startsWith("train_") ? name.slice(6) : name;
+          seen.set(source + ":" + name, { source, name, label: label + " " + shown });
+        }
+      }
+    }
+  }
+  return [...seen.entries()].map(([key, s]) => ({ key, ...s }));
+}
+
+function privacyOf(record) {
+  const p = record.privacy;
+  return p && typeof p === "object" ? p : null;
+}
+
+function bytesOf(record) {
+  const out = {};
+  for (const [key, value] of Object.entries(record)) {
+    if (key.includes("bytes") && typeof value === "number") out[key] = value;
+  }
+  if (record.bytes && typeof record.bytes === "object") {
+    for (const [key, value] of Object.entries(record.bytes)) {
+      if (typeof value === "number") out["bytes " + key] = value;
+    }
+  }
+  return out;
+}
+
+// ---- charts ----
+
+const LAYOUT = {
+  margin: { l: 55, r: 15, t: 34, b: 75 },
+  legend: { orientation: "h", y: -0.32 },
+  xaxis: { title: { text: "round" }, rangemode: "tozero" },
+  paper_bgcolor: "#fff",
+  plot_bgcolor: "#fff",
+};
+
+function plot(id, title, traces, extra = {}) {
+  const element = document.getElementById(id);
+  if (!element) return;
+  Plotly.react(element, traces, { ...LAYOUT, title: { text: title, font: { size: 14 }, x: 0.01, xanchor: "left" }, ...extra },
+    { displaylogo: false, responsive: true, displayModeBar: "hover" });
+}
+
+function line(rounds, s) {
+  const x = [], y = [];
+  for (const r of rounds) {
+    const v = metric(r, s.source, s.name);
+    if (v !== null) { x.push(r.round); y.push(v); }
+  }
+  return { x, y, name: s.label, mode: "lines+markers", type: "scatter" };
+}
+
+function drawRunCharts(run) {
+  const rounds = run.rounds;
+  const all = seriesOf(rounds);
+  const losses = all.filter((s) => s.name === "loss" || s.name === "train_loss");
+  const others = all.filter((s) => !(s.name === "loss" || s.name === "train_loss"));
+  plot("chart-loss", "Loss", losses.map((s) => line(rounds, s)));
+  plot("chart-metrics", "Metrics", others.map((s) => line(rounds, s)));
+  const fitRounds = rounds.filter((r) => r.round > 0);
+  const x = fitRounds.map((r) => r.round);
+  plot("chart-clients", "Clients per round", [
+    { x, y: fitRounds.map((r) => (r.fit_participants || []).length), name: "fit", type: "bar" },
+    { x, y: fitRounds.map((r) => (r.evaluate_participants || []).length), name: "evaluate", type: "bar" },
+    { x, y: fitRounds.map((r) => (r.fit_failures || []).length + (r.evaluate_failures || []).length),
+      name: "failed", type: "bar", marker: { color: "#c62828" } },
+  ], { barmode: "group" });
+  plot("chart-durations", "Round duration (s)", ["fit", "evaluate", "central", "total"].map((k) => ({
+    x, y: fitRounds.map((r) => (r.durations || {})[k] ?? null), name: k, mode: "lines+markers",
+  })));
+  const privacy = rounds.filter((r) => privacyOf(r));
+  if (privacy.length) {
+    document.getElementById("chart-privacy").style.display = "";
+    const keys = new Set();
+    for (const r of privacy) {
+      for (const [k, v] of Object.entries(privacyOf(r))) if (typeof v === "number" && k.includes("epsilon")) keys.add(k);
+    }
+    plot("chart-privacy", "Privacy budget spent", [...keys].map((k) => ({
+      x: privacy.map((r) => r.round), y: privacy.map((r) => privacyOf(r)[k]), name: k, mode: "lines+markers",
+    })));
+  }
+}
+
+// ---- one run ----
+
+function clientName(run, cid) {
+  return run.client_names[String(cid)] ?? "client " + cid;
+}
+
+function roundRow(run, r) {
+  const names = (ids) => (ids || []).map((c) => esc(clientName(run, c))).join(", ");
+  const failures = [...(r.fit_failures || []), ...(r.evaluate_failures || [])]
+    .map((f) => `<div class="fail" title="${esc(f.traceback)}">${esc(clientName(run, f.cid))} (${esc(f.stage)}): ${esc(f.error)}</div>`)
+    .join("");
+  const d = r.durations || {};
+  const b = Object.entries(bytesOf(r)).map(([k, v]) => `${esc(k)} ${bytes(v)}`).join("<br>");
+  const p = privacyOf(r);
+  const shown = (v) => (typeof v === "number" ? v.toPrecision(4) : typeof v === "object" ? JSON.stringify(v) : v);
+  const priv = p ? Object.entries(p).map(([k, v]) => `${esc(k)}=${esc(shown(v))}`).join("<br>") : "–";
+  return `<tr id="round-${r.round}" data-round="${r.round}">
+    <td class="num">${r.round}</td>
+    <td class="num">${num(r.central_loss)}</td><td class="num">${num(metric(r, "central", "accuracy"))}</td>
+    <td class="num">${num(r.evaluate_loss)}</td><td class="num">${num(metric(r, "evaluate", "accuracy"))}</td>
+    <td title="${names(r.fit_participants)}">${(r.fit_participants || []).length}
+      <div class="small">${names(r.fit_participants)}</div></td>
+    <td>${failures || "–"}</td>
+    <td class="num">${seconds(d.fit)}<br><span class="small">total ${seconds(d.total)}</span></td>
+    <td class="num">${b || "–"}</td><td>${priv}</td></tr>`;
+}
+
+function clientsTable(run) {
+  if (run.kind !== "deployed") return "";
+  const rows = run.clients.map((c) => `<tr data-client="${esc(c.name)}">
+    <td><span class="dot ${c.connected ? "on" : ""}"></span>${c.connected ? "connected" : "not connected"}</td>
+    <td>${esc(c.name)}</td><td class="num">${esc(c.id ?? "–")}</td><td>${when(c.last_seen)}</td>
+    <td>${esc(c.last_event ?? "–")}</td>
+    <td class="num">${c.fit_rounds.length}</td><td class="small">${esc(c.fit_rounds.join(", "))}</td></tr>`).join("");
+  return `<h2>Clients</h2><div class="scroll"><table id="clients"><thead><tr><th>state</th><th>name</th>
+    <th>id</th><th>last seen</th><th>last event</th><th>fit rounds</th><th>which</th></tr></thead>
+    <tbody>${rows}</tbody></table></div>`;
+}
+
+function facts(run) {
+  const best = run.best ? `${esc(run.best.name)} ${num(run.best.value)} (round ${run.best.round})` : "–";
+  return `<div class="facts" id="facts">
+    <span><b>status</b><span class="status-${esc(run.status)}" id="status">${esc(run.status)}</span></span>
+    <span><b>kind</b>${esc(run.kind)}</span><span><b>strategy</b>${esc(run.strategy)}</span>
+    <span><b>rounds</b><span id="rounds-done">${esc(run.rounds_done ?? "–")}</span> / ${esc(run.rounds_planned ?? "?")}</span>
+    <span><b>best</b>${best}</span><span><b>started</b>${when(run.started)}</span>
+    ${run.meta && run.meta.stopped_reason ? `<span><b>stopped early</b>${esc(run.meta.stopped_reason)}</span>` : ""}</div>`;
+}
+
+function renderRun(run) {
+  main.innerHTML = `<h1>Run <code>${esc(run.id)}</code></h1><div id="facts-box">${facts(run)}</div>
+    <div class="charts"><div class="chart" id="chart-loss"></div><div class="chart" id="chart-metrics"></div>
+    <div class="chart" id="chart-clients"></div><div class="chart" id="chart-durations"></div>
+    <div class="chart" id="chart-privacy" style="display: none"></div></div>
+    <h2>Rounds</h2><div class="scroll"><table id="rounds"><thead><tr><th>round</th><th>test loss</th>
+    <th>test acc.</th><th>fed. loss</th><th>fed. acc.</th><th>clients</th><th>failures (reason)</th>
+    <th>duration</th><th>bytes</th><th>privacy</th></tr></thead><tbody>
+    ${run.rounds.map((r) => roundRow(run, r)).join("")}</tbody></table></div>
+    <div id="clients-box">${clientsTable(run)}</div>`;
+  drawRunCharts(run);
+}
+
+function showRun(id) {
+  let run = null;
+  main.innerHTML = "<p>Loading…</p>";
+  stream = new EventSource("api/stream?id=" + encodeURIComponent(id));
+  stream.addEventListener("run", (e) => { run = JSON.parse(e.data); renderRun(run); });
+  stream.addEventListener("update", (e) => {
+    const change = JSON.parse(e.data);
+    Object.assign(run, change.summary, { meta: change.meta, clients: change.clients,
+      client_names: change.client_names });
+    run.rounds.push(...change.new_rounds);
+    document.getElementById("facts-box").innerHTML = facts(run);
+    const body = document.querySelector("#rounds tbody");
+    for (const r of change.new_rounds) body.insertAdjacentHTML("beforeend", roundRow(run, r));
+    document.getElementById("clients-box").innerHTML = clientsTable(run);
+    drawRunCharts(run);
+  });
+  stream.addEventListener("error", (e) => {
+    if (e.data) main.insertAdjacentHTML("afterbegin", `<p class="fail">${esc(JSON.parse(e.data).error)}</p>`);
+  });
+  stream.onopen = () => { live.textContent = "● live"; };
+}
+
+// ---- the list of runs ----
+
+async function showList() {
+  const data = await getJSON("api/runs");
+  const rows = data.runs.map((r) => `<tr data-run-id="${esc(r.id)}">
+    <td><input type="checkbox" value="${esc(r.id)}"></td>
+    <td><a href="#/run/${encodeURIComponent(r.id)}">${esc(r.id)}</a></td>
+    <td class="status-${esc(r.status)}" title="${esc(r.error ?? "")}">${esc(r.status)}</td>
+    <td>${esc(r.kind ?? "–")}</td><td>${esc(r.strategy ?? "–")}</td>
+    <td class="num">${esc(r.rounds_done ?? "–")} / ${esc(r.rounds_planned ?? "?")}</td>
+    <td>${r.best ? esc(r.best.name) + " " + num(r.best.value) : "–"}</td>
+    <td>${when(r.started)}</td></tr>`).join("");
+  main.innerHTML = `<h1>Runs in <code>${esc(data.root)}</code></h1>
+    <table id="runs"><thead><tr><th></th><th>run</th><th>status</th><th>kind</th><th>strategy</th>
+    <th>rounds</th><th>best</th><th>started</th></tr></thead><tbody>${rows}</tbody></table>
+    <p><button id="compare">Compare selected runs</button></p>`;
+  document.getElementById("compare").onclick = () => {
+    const ids = [...document.querySelectorAll("#runs input:checked")].map((i) => encodeURIComponent(i.value));
+    if (ids.length) location.hash = "#/compare/" + ids.join(",");
+  };
+}
+
+// ---- runs overlaid ----
+
+async function showCompare(ids) {
+  const runs = await Promise.all(ids.map((id) => getJSON("api/run?id=" + encodeURIComponent(id))));
+  const series = new Map();
+  for (const run of runs) for (const s of seriesOf(run.rounds)) series.set(s.key, s);
+  const options = [...series.values()].map((s) => `<option value="${esc(s.key)}">${esc(s.label)}</option>`).join("");
+  main.innerHTML = `<h1>Compare ${runs.length} runs</h1><p>metric <select id="compare-metric">${options}</select></p>
+    <div class="chart" id="chart-compare" style="height: 420px"></div>`;
+  const select = document.getElementById("compare-metric");
+  const preferred = ["central:accuracy", "evaluate:accuracy", "central:loss"].find((k) => series.has(k));
+  if (preferred) select.value = preferred;
+  const draw = () => {
+    const s = series.get(select.value);
+    if (!s) return;
+    plot("chart-compare", s.label, runs.map((run) => ({ ...line(run.rounds, s), name: run.id })));
+  };
+  select.onchange = draw;
+  draw();
+}
+
+// ---- routing ----
+
+async function route() {
+  if (stream) { stream.close(); stream = null; }
+  if (listTimer) { clearInterval(listTimer); listTimer = null; }
+  live.textContent = "";
+  const hash = location.hash || "#/";
+  try {
+    if (hash.startsWith("#/run/")) {
+      showRun(decodeURIComponent(hash.slice(6)));
+    } else if (hash.startsWith("#/compare/")) {
+      await showCompare(hash.slice(10).split(",").filter(Boolean).map(decodeURIComponent));
+    } else {
+      await showList();
+      listTimer = setInterval(() => { if (!document.querySelector("#runs input:checked")) showList(); }, 5000);
+    }
+  } catch (error) {
+    main.innerHTML = `<p class="fail">${esc(error.message)}</p>`;
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,279 @@
+"""Central DP: ``covey.privacy.central(strategy, ...)`` returns the DP-FedAvg version of a strategy.
+
+Clients are sampled by Poisson sampling, each update is clipped, the sum gets
+Gaussian noise, and the budget is accounted by ``dp-accounting`` round by round
+(:class:`PrivacyHook`), stopping the run before a round would exceed
+``target_epsilon``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from covey.core._history import History, RoundRecord
+from covey.core._messages import Config
+from covey.privacy import _noise
+from covey.privacy._accounting import Accountant, Ledger, statement
+from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
+from covey.strategies._strategy import Strategy
+
+logger = logging.getLogger("covey")
+
+_SAMPLING = 5  # purpose of the Poisson sampling stream
+
+
+class PrivacyHook:
+    """Accounts a DP strategy's budget in the round loop (a :class:`covey._hooks.RunHook`).
+
+    At the start it fixes the noise seed (explicit, else the run's seed in
+    simulation, else fresh CSPRNG seeds) and, on resume, restores the rounds
+    accounted and the clip from the history; before each round it stops the run
+    if the round would take epsilon past ``target_epsilon``; after each round it
+    records ``{"epsilon", "delta"}``; at the end it prints the privacy statement.
+    """
+
+    def __init__(
+        self, mech: Mechanism, shared: Shared, noise_seed: int | None, unit: str, sampling: str
+    ) -> None:
+        self.mech = mech
+        self.shared = shared
+        self.noise_seed = noise_seed
+        self.unit = unit
+        self.sampling = sampling
+        self._cache: dict[int, float] = {}
+        self.printed: str | None = None
+
+    def epsilon(self, rounds: int) -> float:
+        """The epsilon spent after ``rounds`` rounds (cached)."""
+        if rounds not in self._cache:
+            self._cache[rounds] = self.mech.ledger(rounds).epsilon(self.mech.delta)
+        return self._cache[rounds]
+
+    def start(self, state: Any, seed: int | None, history: History) -> Any:
+        """Fix the noise seed; on resume restore the accounted rounds and the clip."""
+        self.shared.seed = self.noise_seed if self.noise_seed is not None else seed
+        self.shared.started = True
+        dp = _dp_state(state)
+        tree_seed = dp.tree_seed
+        if self.mech.tree_rounds is not None and tree_seed is None:
+            tree_seed = _noise.new_seed() if self.shared.seed is None else self.shared.seed
+        last = next(
+            (r.aggregate_info["dp"] for r in reversed(history.rounds) if "dp" in r.aggregate_info),
+            None,
+        )
+        if last is None:
+            return dp._replace(tree_seed=tree_seed)
+        rounds = int(last["rounds"])
+        if Ledger.from_json(last["ledger"]) != self.mech.ledger(rounds):
+            raise ValueError(
+                "the run being resumed was accounted with other privacy parameters: "
+                f"its ledger is {last['ledger']}"
+            )
+        clip = float(last.get("next_clip", last["clip"]))
+        logger.info("privacy: resuming after %d accounted rounds", rounds)
+        return dp._replace(rounds=rounds, clip=clip, tree_seed=tree_seed)
+
+    def before_round(self, round: int, state: Any) -> str | None:
+        """Stop if this round would take epsilon past the target."""
+        target = self.mech.target_epsilon
+        if target is None:
+            return None
+        rounds = _dp_state(state).rounds
+        after = self.epsilon(rounds + 1)
+        if after <= target:
+            return None
+        return (
+            f"privacy budget: round {round} would spend epsilon {after:.4g} > target_epsilon "
+            f"{target:g} (delta={self.mech.delta:g}); spent so far {self.epsilon(rounds):.4g}"
+        )
+
+    def after_round(self, record: RoundRecord, state: Any) -> None:
+        """Record the budget spent so far."""
+        record.privacy = {
+            "epsilon": self.epsilon(_dp_state(state).rounds),
+            "delta": self.mech.delta,
+        }
+
+    def finish(self, history: History, state: Any) -> None:
+        """Print the privacy statement."""
+        rounds = _dp_state(state).rounds
+        self.printed = statement(
+            mechanism=self.mech.name,
+            unit=self.unit,
+            sampling=self.sampling,
+            epsilon=self.epsilon(rounds),
+            delta=self.mech.delta,
+            accountant=self.mech.accountant,
+            rounds=rounds,
+            extra=[f"stopped:     {history.stopped_reason}"] if history.stopped_reason else [],
+        )
+        print(self.printed)
+
+
+def _dp_state(state: Any) -> DPState:
+    if not isinstance(state, DPState):
+        raise TypeError(
+            "the privacy hook expects the strategy's aggregator to be the DP step it was "
+            f"built with, found a {type(state).__name__} state"
+        )
+    return state
+
+
+def poisson_selector(rate: float, shared: Shared) -> Any:
+    """A selector taking each candidate independently with probability ``rate``.
+
+    The draw is seeded like the noise (the run's noise seed, or fresh CSPRNG
+    seeds), so which clients took part is as hard to predict as the noise.
+
+    References:
+        Zhu and Wang, "Poisson Subsampled Renyi Differential Privacy", ICML 2019.
+    """
+
+    def select(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
+        shared.population[round] = len(candidates)
+        draw = _noise.generator(shared.seed, _SAMPLING, round).random(len(candidates))
+        return [int(c) for c, u in zip(candidates, draw, strict=True) if u < rate]
+
+    return select
+
+
+def _with_clip(strategy: Strategy, clip: float) -> Any:
+    user = strategy.on_fit_config
+
+    def on_fit_config(round: int) -> Config:
+        config = dict(user(round))
+        config["dp_clip"] = clip
+        return config
+
+    return on_fit_config
+
+
+def _check(noise_multiplier: float, clip: float, delta: float) -> None:
+    if not noise_multiplier > 0 or not np.isfinite(noise_multiplier):
+        raise ValueError(f"noise_multiplier must be a positive number, got {noise_multiplier!r}")
+    if not clip > 0 or not np.isfinite(clip):
+        raise ValueError(f"clip must be a positive number, got {clip!r}")
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+
+
+def central(
+    strategy: Strategy,
+    *,
+    noise_multiplier: float,
+    clip: float,
+    delta: float,
+    target_epsilon: float | None = None,
+    clipping: Clipping = "server",
+    adaptive: AdaptiveClipping | bool | None = None,
+    accountant: Accountant = "rdp",
+    noise_seed: int | None = None,
+    expected_clients: float | None = None,
+) -> Strategy:
+    """User-level DP-FedAvg: the same strategy with Poisson sampling, clipping and noise.
+
+    Each available client takes part in a round independently with probability
+    ``strategy.fraction_fit``; each update is clipped to L2 norm ``clip``; the sum
+    of clipped updates gets Gaussian noise of standard deviation
+    ``noise_multiplier * clip`` and is divided by the expected number of clients
+    (``fraction_fit`` times the clients available). Every client counts once,
+    whatever its number of examples. The strategy's aggregator then runs on this
+    private mean (so a server optimizer such as FedAdam's applies to it).
+
+    Args:
+        strategy: Any synchronous strategy.
+        noise_multiplier: ``z``, the noise's standard deviation over the clip (see
+            :func:`covey.privacy.calibrate`).
+        clip: The L2 bound on each update (the initial one with adaptive clipping).
+        delta: The delta of the guarantee (below 1 / number of clients).
+        target_epsilon: Stop the run before the first round that would exceed it.
+        clipping: ``"server"`` (default: clients need no change) or ``"client"``:
+            clients clip before upload (see :class:`covey.privacy.ClipUpdates`)
+            using ``config["dp_clip"]``; the server still checks the norms.
+        adaptive: True or an :class:`AdaptiveClipping` to learn the clip.
+        accountant: ``"rdp"`` (default) or ``"pld"``.
+        noise_seed: Seeds the noise and the sampling (for tests). Without it they
+            follow the run's seed in simulation and fresh CSPRNG seeds when deployed.
+        expected_clients: Override the divisor (default ``fraction_fit`` times the
+            clients available).
+
+    Returns:
+        A :class:`~covey.Strategy` named ``"DP-<name>"``.
+
+    Example:
+        >>> import covey
+        >>> dp = central(covey.FedAvg(fraction_fit=0.1), noise_multiplier=1.0, clip=0.5,
+        ...              delta=1e-5, target_epsilon=8.0)
+
+    References:
+        McMahan, Ramage, Talwar and Zhang, "Learning Differentially Private
+        Recurrent Language Models", ICLR 2018; Andrew et al., "Differentially
+        Private Learning with Adaptive Clipping", NeurIPS 2021.
+    """
+    _check(noise_multiplier, clip, delta)
+    if strategy.asynchronous:
+        raise ValueError("central DP needs synchronous rounds (no buffer_size)")
+    if strategy.selector is not None:
+        raise ValueError("central DP samples clients itself (Poisson); drop the selector")
+    if clipping not in ("server", "client"):
+        raise ValueError(f"clipping must be 'server' or 'client', got {clipping!r}")
+    adapt = AdaptiveClipping() if adaptive is True else adaptive or None
+    if adapt is not None and clipping == "client":
+        raise ValueError("adaptive clipping needs clipping='server' (the clip changes each round)")
+    rate = strategy.fraction_fit
+    if not rate > 0.0:
+        raise ValueError("central DP needs fraction_fit > 0 (the Poisson sampling rate)")
+    if target_epsilon is not None and not target_epsilon > 0:
+        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
+    name = "DP-FedAvg" + (" with adaptive clipping" if adapt else "")
+    mech = Mechanism(
+        name=f"{name} (Gaussian, z={noise_multiplier:g}, clip={clip:g}, {clipping}-side)",
+        noise_multiplier=float(noise_multiplier),
+        clip=float(clip),
+        delta=float(delta),
+        clipping=clipping,
+        sampling_rate=rate,
+        expected_clients=expected_clients,
+        adaptive=adapt,
+        accountant=accountant,
+        target_epsilon=target_epsilon,
+    )
+    shared = Shared()
+    hook = PrivacyHook(
+        mech,
+        shared,
+        noise_seed,
+        unit="one client (all of its data)",
+        sampling=f"Poisson, q={rate:g}" if rate < 1.0 else "every client, every round",
+    )
+    return replace(
+        strategy,
+        aggregator=dp_step(strategy.aggregator, mech, shared),
+        selector=poisson_selector(rate, shared),
+        on_fit_config=_with_clip(strategy, clip)
+        if clipping == "client"
+        else strategy.on_fit_config,
+        hooks=(*strategy.hooks, hook),
+        name=f"DP-{strategy.name}",
+        hyperparameters={
+            **strategy.hyperparameters,
+            "dp": {
+                "mechanism": "DP-FedAvg",
+                "noise_multiplier": float(noise_multiplier),
+                "clip": float(clip),
+                "delta": float(delta),
+                "target_epsilon": target_epsilon,
+                "clipping": clipping,
+                "adaptive": None if adapt is None else vars(adapt),
+                "accountant": accountant,
+                "sampling": "poisson",
+                "sampling_rate": rate,
+                "noise_seed": "given" if noise_seed is not None else None,
+            },
+        },
+    )

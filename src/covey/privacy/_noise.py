@@ -1,0 +1,98 @@
+"""Gaussian noise for DP: seeded reproducibly, or from the operating system's CSPRNG.
+
+A generator is made per use from ``(seed, purpose, ...)``: with a seed the noise
+is the same in every run and on every transport; without one it comes from
+128 bits of :mod:`secrets`, so nobody (not the server's operator either) can
+predict or remove it. Noise is drawn in float64.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from covey.core._weights import Array, Weights
+
+# Purposes, mixed into the seed so that independent noises never share a stream.
+UPDATE_NOISE = 1
+COUNT_NOISE = 2
+TREE_NOISE = 3
+LOCAL_NOISE = 4
+
+
+def new_seed() -> int:
+    """A fresh 128-bit seed from the operating system's CSPRNG."""
+    return secrets.randbits(128)
+
+
+def generator(seed: int | None, *keys: int) -> np.random.Generator:
+    """A generator for ``keys`` (purpose, round, ...): seeded, or cryptographically fresh.
+
+    Args:
+        seed: A non-negative int for reproducible noise, or None for a fresh
+            128-bit seed from :mod:`secrets`.
+        *keys: Non-negative ints that tell uses of one seed apart.
+    """
+    base = new_seed() if seed is None else seed
+    return np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence([base, *keys])))
+
+
+def check_float(params: Weights, what: str) -> None:
+    """Refuse to noise a model holding a non-floating-point array."""
+    bad = [name for name, v in params.items() if np.asarray(v).dtype.kind != "f"]
+    if bad:
+        raise TypeError(
+            f"{what} cannot add noise to non-floating-point arrays {bad}: noising them "
+            "would round the noise away; keep integer state out of the model"
+        )
+
+
+def gaussian(rng: np.random.Generator, like: Weights, std: float) -> dict[str, Array]:
+    """Independent N(0, std^2) noise in float64, one array per array of ``like``."""
+    return {name: rng.normal(0.0, std, size=np.shape(v)) for name, v in like.items()}
+
+
+def tree_nodes(step: int) -> list[tuple[int, int]]:
+    """The nodes ``(level, index)`` of a binary tree whose sum is the prefix ``1..step``.
+
+    Node ``(l, k)`` covers steps ``k * 2**l + 1 .. (k + 1) * 2**l``.
+
+    Example:
+        >>> tree_nodes(6)
+        [(2, 0), (1, 2)]
+
+    References:
+        Dwork, Naor, Pitassi and Rothblum, "Differential Privacy under Continual
+        Observation", STOC 2010; Chan, Shi and Song, "Private and Continual Release
+        of Statistics", ICALP 2010.
+    """
+    nodes: list[tuple[int, int]] = []
+    start = 0
+    for level in range(max(step.bit_length() - 1, 0), -1, -1):
+        if step & (1 << level):
+            nodes.append((level, start >> level))
+            start += 1 << level
+    return nodes
+
+
+def tree_noise(
+    seed: int, tree: int, step: int, like: Weights, std: float
+) -> dict[str, Array] | None:
+    """The tree-aggregation noise on the prefix sum of steps ``1..step`` of tree ``tree``.
+
+    Each node's noise is drawn from ``(seed, tree, level, index)``, so it is the
+    same every time it is asked for: nothing model-sized is kept between rounds.
+
+    Returns:
+        The summed noise, or None for step 0 (the empty prefix).
+    """
+    total: dict[str, Array] | None = None
+    for level, index in tree_nodes(step):
+        noise = gaussian(generator(seed, TREE_NOISE, tree, level, index), like, std)
+        if total is None:
+            total = noise
+        else:
+            for name, value in noise.items():
+                total[name] += value
+    return total

@@ -1,0 +1,321 @@
+"""The DP aggregation step: clip each update, sum, add noise, divide by the expected count.
+
+:func:`dp_step` wraps a strategy's aggregator ``inner``. It takes every
+contribution of a round itself, so no reducer ever sees an individual update:
+each update is clipped to the L2 norm ``clip`` (or checked, when clients clip),
+the clipped updates are summed in float64, Gaussian noise is added to the sum,
+and the noisy sum divided by the expected number of clients is handed to
+``inner`` as the round's one contribution. Whatever ``inner`` does after its
+reducer (FedAdam's server optimizer, momentum) then runs on the private mean.
+
+The noise per round is independent (DP-FedAvg) or the increment of a
+tree-aggregation prefix sum (DP-FTRL); adaptive clipping moves ``clip`` after
+every round from a noisy count of the updates that were not clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, TypeVar
+
+import dp_accounting as dpa
+import numpy as np
+
+from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
+from covey.aggregate._base import State
+from covey.core._weights import Array, Weights
+from covey.privacy import _noise
+from covey.privacy._accounting import Accountant, Ledger, round_event
+
+_T = TypeVar("_T")
+
+Clipping = Literal["server", "client"]
+"""Where updates are clipped: by the server (default) or by each client before upload."""
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Adaptive clipping: the clip follows a quantile of the update norms.
+
+    After each round ``clip <- clip * exp(-learning_rate * (b - target_quantile))``,
+    where ``b`` is the noisy fraction of updates whose norm was at most ``clip``.
+
+    Args:
+        target_quantile: The quantile of update norms the clip should track.
+        learning_rate: The geometric step size.
+        count_stddev: The noise on the count of unclipped updates; None gives
+            ``0.05 * expected_clients``. Its privacy cost is taken from the update
+            noise, so the pair costs exactly one Gaussian with ``noise_multiplier``.
+
+    References:
+        Andrew, Thakkar, McMahan and Ramaswamy, "Differentially Private Learning
+        with Adaptive Clipping", NeurIPS 2021.
+    """
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_stddev: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_quantile < 1.0:
+            raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.count_stddev is not None and not self.count_stddev > 0:
+            raise ValueError(f"count_stddev must be > 0, got {self.count_stddev}")
+
+    def split(self, noise_multiplier: float, expected: float) -> tuple[float, float]:
+        """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``."""
+        sigma_b = self.count_stddev if self.count_stddev is not None else 0.05 * expected
+        if noise_multiplier >= 2.0 * sigma_b:
+            raise ValueError(
+                f"adaptive clipping needs noise_multiplier < 2 * count_stddev "
+                f"({noise_multiplier} >= {2.0 * sigma_b}): raise count_stddev or sample "
+                "more clients per round"
+            )
+        return (noise_multiplier**-2 - (2.0 * sigma_b) ** -2) ** -0.5, sigma_b
+
+
+@dataclass
+class Shared:
+    """What the selector, the step and the run hook share within one server.
+
+    ``seed`` is the noise seed of the run (None: fresh CSPRNG seeds), set by the
+    hook when the run starts; ``population`` is how many clients the Poisson
+    selector sampled from in each round.
+    """
+
+    seed: int | None = None
+    started: bool = False
+    population: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """The parameters of a DP aggregation, fixed for the whole run."""
+
+    name: str
+    noise_multiplier: float
+    clip: float
+    delta: float
+    clipping: Clipping = "server"
+    sampling_rate: float | None = None  # None: no sampling (DP-FTRL)
+    expected_clients: float | None = None
+    adaptive: AdaptiveClipping | None = None
+    tree_rounds: int | None = None  # DP-FTRL: rounds per tree (restarts after)
+    accountant: Accountant = "rdp"
+    target_epsilon: float | None = None
+
+    def ledger(self, rounds: int) -> Ledger:
+        """The ledger after ``rounds`` rounds of this mechanism."""
+        ledger = Ledger(accountant=self.accountant)
+        if rounds == 0:
+            return ledger
+        if self.tree_rounds is None:
+            rate = _present(self.sampling_rate, "the sampling rate")
+            return ledger.add(round_event(self.noise_multiplier, rate), rounds)
+        full, part = divmod(rounds, self.tree_rounds)
+        tree = dpa.SingleEpochTreeAggregationDpEvent
+        if full:
+            ledger = ledger.add(tree(self.noise_multiplier, self.tree_rounds), full)
+        if part:
+            ledger = ledger.add(tree(self.noise_multiplier, part))
+        return ledger
+
+
+class DPState(NamedTuple):
+    """The DP step's state: the wrapped step's, the rounds accounted, the clip, the round's sum."""
+
+    inner: Any
+    rounds: int = 0
+    clip: float = 0.0
+    params: Weights | None = None
+    acc: dict[str, Array] | None = None
+    scratch: dict[str, Array] | None = None  # reused within a round for scaled updates
+    contributed: int = 0
+    unclipped: int = 0
+    clipped: tuple[int, ...] = ()
+    nonfinite: tuple[int, ...] = ()
+    seen: frozenset[int] = frozenset()  # DP-FTRL: who contributed to the current tree
+    tree_seed: int | None = None
+
+
+def _present(value: _T | None, what: str) -> _T:
+    """``value``, or a RuntimeError naming what is missing (a broken invariant)."""
+    if value is None:
+        raise RuntimeError(f"DP step: {what} is missing (was the round begun?)")
+    return value
+
+
+def _sq_norm(values: Weights) -> float:
+    return float(sum(np.vdot(v, v).real for v in values.values()))
+
+
+@dataclass(frozen=True)
+class _DPAggregation:
+    """The DP step's functions; it holds only configuration, never a round's state."""
+
+    inner: Step
+    mech: Mechanism
+    shared: Shared
+
+    def init(self, params: Weights) -> State:
+        _noise.check_float(params, self.mech.name)
+        return DPState(self.inner.init(params), clip=self.mech.clip)
+
+    def _contribute(self, state: DPState, event: Contribution) -> DPState:
+        params = _present(state.params, "the round's weights")
+        acc = _present(state.acc, "the round's sum")
+        if self.mech.tree_rounds is not None and event.cid in state.seen:
+            return state._replace(clipped=(*state.clipped, -1 - event.cid))
+        delta = event.as_delta(params)
+        norm = math.sqrt(_sq_norm(delta))
+        if not math.isfinite(norm):  # NaN or Inf: clipping cannot bound it, so drop it
+            return state._replace(nonfinite=(*state.nonfinite, event.cid))
+        scale = 1.0 if norm <= state.clip else state.clip / norm
+        for name, value in delta.items():
+            if scale == 1.0:
+                np.add(acc[name], value, out=acc[name])
+            else:
+                tmp = _present(state.scratch, "the round's buffer")[name]
+                np.multiply(value, scale, out=tmp)
+                np.add(acc[name], tmp, out=acc[name])
+        return state._replace(
+            contributed=state.contributed + 1,
+            unclipped=state.unclipped + (norm <= state.clip),
+            # Rounding can leave a client-clipped update an ulp over: scaled, not noted.
+            clipped=(
+                state.clipped if norm <= state.clip * (1 + 1e-9) else (*state.clipped, event.cid)
+            ),
+            seen=state.seen | {event.cid} if self.mech.tree_rounds is not None else state.seen,
+        )
+
+    def _expected(self, rnd: int) -> float:
+        if self.mech.expected_clients is not None:
+            return self.mech.expected_clients
+        rate = self.mech.sampling_rate
+        if rate is None:  # DP-FTRL: each client once per tree of tree_rounds rounds
+            rate = 1.0 / _present(self.mech.tree_rounds, "tree_rounds")
+        population = self.shared.population.get(rnd)
+        if population is None:
+            raise RuntimeError(
+                f"{self.mech.name}: round {rnd} was not sampled by the selector it installs; "
+                "keep it, or give expected_clients"
+            )
+        return max(rate * population, 1.0)
+
+    def _noise(self, state: DPState, rnd: int, std: float) -> dict[str, Array]:
+        acc = _present(state.acc, "the round's sum")
+        if self.mech.tree_rounds is None:
+            rng = _noise.generator(self.shared.seed, _noise.UPDATE_NOISE, rnd)
+            return _noise.gaussian(rng, acc, std)
+        seed = _present(state.tree_seed, "the tree's noise seed")
+        tree, step = divmod(state.rounds, self.mech.tree_rounds)
+        now = _present(_noise.tree_noise(seed, tree, step + 1, acc, std), "the tree noise")
+        before = _noise.tree_noise(seed, tree, step, acc, std)
+        if before is not None:
+            for name, value in before.items():
+                now[name] -= value
+        return now
+
+    def _end(self, state: DPState, event: End) -> tuple[State, tuple[Event, ...]]:
+        params = _present(state.params, "the round's weights")
+        acc = _present(state.acc, "the round's sum")
+        m = self._expected(event.round)
+        z, clip = self.mech.noise_multiplier, state.clip
+        new_clip, noisy_fraction = clip, None
+        if self.mech.adaptive is not None:
+            z, sigma_b = self.mech.adaptive.split(self.mech.noise_multiplier, m)
+            rng = _noise.generator(self.shared.seed, _noise.COUNT_NOISE, event.round)
+            shifted = state.unclipped - 0.5 * state.contributed + float(rng.normal(0.0, sigma_b))
+            noisy_fraction = shifted / m + 0.5
+            a = self.mech.adaptive
+            new_clip = clip * math.exp(-a.learning_rate * (noisy_fraction - a.target_quantile))
+        std = z * clip
+        mean: dict[str, Array] = {}
+        for name, noise in self._noise(state, event.round, std).items():
+            np.add(noise, acc[name], out=noise)  # in place: no model-sized temporaries
+            np.multiply(noise, 1.0 / m, out=noise)
+            mean[name] = noise.astype(params[name].dtype, copy=False)
+        rounds = state.rounds + 1
+        info: dict[str, Any] = {
+            "mechanism": self.mech.name,
+            "clip": clip,
+            "noise_std": std,
+            "expected_clients": m,
+            "clients": state.contributed,
+            "clipped": [c for c in state.clipped if c >= 0],
+            "nonfinite": list(state.nonfinite),
+            "rounds": rounds,
+            "ledger": self.mech.ledger(rounds).to_json(),
+        }
+        if self.mech.tree_rounds is not None:
+            info["repeated"] = [-1 - c for c in state.clipped if c < 0]
+        if noisy_fraction is not None:
+            info["unclipped_fraction"] = noisy_fraction
+            info["next_clip"] = new_clip
+        inner_state, _ = self.inner.update(state.inner, Contribution(0, 1, delta=mean))
+        inner_state, out = self.inner.update(inner_state, End(event.round, dict(event.info)))
+        events = tuple(
+            Aggregate(
+                e.round,
+                state.contributed,
+                e.num_examples,
+                e.weights,
+                e.delta,
+                {**e.info, "dp": info},
+            )
+            if isinstance(e, Aggregate)
+            else e
+            for e in out
+        )
+        seen = state.seen
+        if self.mech.tree_rounds is not None and rounds % self.mech.tree_rounds == 0:
+            seen = frozenset()  # a new tree: each client may contribute once more
+        self.shared.population.pop(event.round, None)  # only the round in flight is needed
+        new = DPState(inner_state, rounds, new_clip, seen=seen, tree_seed=state.tree_seed)
+        return new, events
+
+    def update(self, state: DPState, event: Event) -> tuple[State, tuple[Event, ...]]:
+        if isinstance(event, Contribution):
+            if state.acc is None:
+                raise RuntimeError(f"{self.mech.name} got a contribution before Begin")
+            return self._contribute(state, event), ()
+        if isinstance(event, Begin):
+            if self.mech.adaptive is not None:  # refuse now, not after the clients trained
+                self.mech.adaptive.split(self.mech.noise_multiplier, self._expected(event.round))
+            inner_state, out = self.inner.update(state.inner, event)
+            acc = {
+                name: np.zeros(np.shape(v), dtype=np.float64) for name, v in event.params.items()
+            }
+            fresh = state._replace(
+                inner=inner_state,
+                params=event.params,
+                acc=acc,
+                scratch={name: np.empty_like(a) for name, a in acc.items()},
+                contributed=0,
+                unclipped=0,
+                clipped=(),
+                nonfinite=(),
+            )
+            return fresh, out
+        if isinstance(event, End):
+            return self._end(state, event)
+        inner_state, out = self.inner.update(state.inner, event)
+        return state._replace(inner=inner_state), out
+
+
+def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
+    """Wrap ``inner`` so that it only ever sees the clipped, noised mean of a round.
+
+    Args:
+        inner: The strategy's aggregator (its reducer sees one contribution a round).
+        mech: The mechanism's parameters.
+        shared: The run's noise seed and sampled population (see :class:`Shared`).
+
+    Returns:
+        A step whose state is a :class:`DPState`.
+    """
+    agg = _DPAggregation(inner, mech, shared)
+    return Step(agg.init, agg.update)

@@ -1,0 +1,290 @@
+"""The client's side of SecAgg+, as pure functions ``(state, message) -> (state, reply)``.
+
+Four stages, each answering one message of the server:
+
+1. ``advertise``: make two X25519 key pairs (one for the channel to each
+   neighbour, one for the pairwise masks); sign them if the client has an identity.
+2. ``share``: check the neighbours' keys (and signatures), draw the self-mask
+   seed ``b``, Shamir-share ``b`` and the mask private key among itself and its
+   neighbours, and seal each neighbour's shares with AES-GCM.
+3. ``mask``: open the shares sent to it, then send ``y = x + PRG(b) +
+   sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)`` (mod ``2^w``) over the
+   neighbours that shared keys, bit-packed.
+4. ``unmask``: check the server's lists (disjoint, consistent with what it saw,
+   never both secrets of one peer) and reveal, for each neighbour, the share of
+   ``b`` if the server says it survived or of its mask key if it dropped.
+
+Nothing here does I/O; the state is an immutable record the caller keeps.
+
+References:
+    Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
+    Learning", CCS 2017; Bell et al., "Secure Single-Server Aggregation with
+    (Poly)Logarithmic Overhead", CCS 2020.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from covey.secagg import _crypto, _ring, _shamir
+
+SECRET_BYTES = 32
+SHARE_BYTES = 4 * -(-SECRET_BYTES * 8 // _shamir.LIMB_BITS)
+
+
+class ProtocolAbort(RuntimeError):
+    """A party refuses to go on: the reason says which check failed."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A client's long-term Ed25519 identity and the identities it trusts.
+
+    With an identity, a client signs its round keys under its name and refuses a
+    neighbour's keys unless they carry a valid signature by the key ``peers``
+    lists for the name the neighbour claims, so a server can neither pose as a
+    client nor fill a neighbourhood with clients of its own making (the
+    malicious-server key advertisement). The directory of ``peers`` is
+    distributed with the federation's enrollment, like the CA certificate.
+
+    Args:
+        name: This client's name (e.g. its certificate's common name).
+        signing_key: Its raw 32-byte Ed25519 private key.
+        peers: Each client name's raw 32-byte Ed25519 public key.
+    """
+
+    name: str
+    signing_key: bytes
+    peers: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def identities(names: list[str]) -> dict[str, Identity]:
+    """Fresh identities for ``names``, each trusting all of them (for tests and local runs).
+
+    Example:
+        >>> ids = identities(["site-a", "site-b"])
+        >>> sorted(ids["site-a"].peers)
+        ['site-a', 'site-b']
+    """
+    keys = {name: _crypto.new_signing_key() for name in names}
+    directory = {name: pk for name, (_, pk) in keys.items()}
+    return {name: Identity(name, sk, directory) for name, (sk, _) in keys.items()}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the server announces to one client for a round.
+
+    Args:
+        session: 32 random bytes naming the round's run of the protocol.
+        cid: The receiving client.
+        x: The receiving client's Shamir evaluation point.
+        neighbors: Each neighbour's id and evaluation point.
+        threshold: Shares that reconstruct a secret.
+        length: Entries of the input vector.
+        bits: Width of the ring ``Z_{2^bits}``.
+        bound: Entries must lie in ``[-bound, bound]``.
+    """
+
+    session: bytes
+    cid: int
+    x: int
+    neighbors: Mapping[int, int]
+    threshold: int
+    length: int
+    bits: int
+    bound: int
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """One client's secrets and view during one run of the protocol."""
+
+    setup: Setup
+    stage: str
+    c_sk: bytes
+    s_sk: bytes
+    b: bytes = b""
+    keys: Mapping[int, tuple[bytes, bytes]] = field(default_factory=dict)  # v -> (c_pk, s_pk)
+    held: Mapping[int, tuple[bytes, bytes]] = field(default_factory=dict)  # u -> (s, b) shares
+    own: tuple[bytes, bytes] = (b"", b"")
+
+
+def _pair(u: int, v: int) -> bytes:
+    return struct.pack("<qq", u, v)
+
+
+def key_message(session: bytes, cid: int, name: str, c_pk: bytes, s_pk: bytes) -> bytes:
+    """The bytes a client signs to bind its round keys to its name, its id and the session."""
+    label = name.encode()
+    return (
+        b"covey-secagg/keys" + session + struct.pack("<qI", cid, len(label)) + label + c_pk + s_pk
+    )
+
+
+def check_setup(setup: Setup) -> None:
+    """Refuse a setup no honest server would send."""
+    if len(setup.session) != 32:
+        raise ProtocolAbort("the session id must be 32 bytes")
+    points = [setup.x, *setup.neighbors.values()]
+    if len(set(points)) != len(points) or not all(0 < p < _shamir.PRIME for p in points):
+        raise ProtocolAbort("the Shamir evaluation points are not distinct and non-zero")
+    if setup.cid in setup.neighbors:
+        raise ProtocolAbort("a client cannot be its own neighbour")
+    if not 2 <= setup.threshold <= len(setup.neighbors) + 1:
+        raise ProtocolAbort(
+            f"threshold {setup.threshold} is not in [2, {len(setup.neighbors) + 1}]"
+        )
+    if not 2 <= setup.bits <= _ring.MAX_BITS or setup.length < 0 or setup.bound < 0:
+        raise ProtocolAbort("bad vector parameters (bits, length or bound)")
+
+
+def advertise(setup: Setup, identity: Identity | None) -> tuple[ClientState, dict[str, Any]]:
+    """Stage 1: fresh key pairs, signed when the client has an identity."""
+    check_setup(setup)
+    c_sk, c_pk = _crypto.new_keypair()
+    s_sk, s_pk = _crypto.new_keypair()
+    reply: dict[str, Any] = {"c_pk": c_pk, "s_pk": s_pk}
+    if identity is not None:
+        message = key_message(setup.session, setup.cid, identity.name, c_pk, s_pk)
+        reply["name"] = identity.name
+        reply["sig"] = _crypto.sign(identity.signing_key, message)
+    return ClientState(setup, "advertised", c_sk, s_sk), reply
+
+
+def share(
+    state: ClientState, keys: Mapping[int, Mapping[str, bytes]], identity: Identity | None
+) -> tuple[ClientState, dict[str, Any]]:
+    """Stage 2: check the neighbours' keys, share ``b`` and the mask key, seal the shares."""
+    if state.stage != "advertised":
+        raise ProtocolAbort(f"share-keys request in stage {state.stage}")
+    setup = state.setup
+    unknown = set(keys) - set(setup.neighbors)
+    if unknown:
+        raise ProtocolAbort(f"the server sent keys of clients that are not neighbours: {unknown}")
+    if len(keys) + 1 < setup.threshold:
+        raise ProtocolAbort(
+            f"only {len(keys)} neighbours advertised keys; {setup.threshold - 1} are needed"
+        )
+    parsed: dict[int, tuple[bytes, bytes]] = {}
+    seen: set[bytes] = set()
+    names: set[str] = set() if identity is None else {identity.name}
+    for v, entry in keys.items():
+        c_pk, s_pk = entry.get("c_pk"), entry.get("s_pk")
+        if not (isinstance(c_pk, bytes) and isinstance(s_pk, bytes)):
+            raise ProtocolAbort(f"neighbour {v}'s keys are missing")
+        if len(c_pk) != 32 or len(s_pk) != 32 or c_pk in seen or s_pk in seen:
+            raise ProtocolAbort(f"neighbour {v}'s keys are malformed or repeated")
+        seen.update((c_pk, s_pk))
+        if identity is not None:
+            _check_signed(identity, setup.session, v, entry, names)
+        parsed[v] = (c_pk, s_pk)
+    b = os.urandom(SECRET_BYTES)
+    holders = [setup.x, *(setup.neighbors[v] for v in sorted(parsed))]
+    s_shares = _shamir.split(state.s_sk, setup.threshold, holders)
+    b_shares = _shamir.split(b, setup.threshold, holders)
+    sealed: dict[str, bytes] = {}
+    for v in sorted(parsed):
+        key = _crypto.agree(state.c_sk, parsed[v][0], setup.session, b"channel")
+        xv = setup.neighbors[v]
+        plaintext = s_shares[xv] + b_shares[xv]
+        sealed[str(v)] = _crypto.seal(key, plaintext, setup.session + _pair(setup.cid, v))
+    new = replace(
+        state, stage="shared", b=b, keys=parsed, own=(s_shares[setup.x], b_shares[setup.x])
+    )
+    return new, {"shares": sealed}
+
+
+def _check_signed(
+    identity: Identity, session: bytes, v: int, entry: Mapping[str, Any], names: set[str]
+) -> None:
+    """Refuse neighbour ``v``'s keys unless a trusted, not yet seen name signed them."""
+    name, sig = entry.get("name"), entry.get("sig")
+    if not isinstance(name, str) or not isinstance(sig, bytes):
+        raise ProtocolAbort(f"neighbour {v}'s keys are not signed")
+    trusted = identity.peers.get(name)
+    if trusted is None:
+        raise ProtocolAbort(f"neighbour {v} claims the unknown identity {name!r}")
+    if name in names:
+        raise ProtocolAbort(f"identity {name!r} appears twice among the neighbours")
+    names.add(name)
+    try:
+        _crypto.verify(trusted, sig, key_message(session, v, name, entry["c_pk"], entry["s_pk"]))
+    except _crypto.CryptoError:
+        raise ProtocolAbort(f"neighbour {v}'s keys are not signed by {name!r}") from None
+
+
+def mask(
+    state: ClientState, sealed: Mapping[int, bytes], values: np.ndarray
+) -> tuple[ClientState, bytes]:
+    """Stage 3: open the shares sent to this client and return its masked, packed input."""
+    if state.stage != "shared":
+        raise ProtocolAbort(f"masked-input request in stage {state.stage}")
+    setup = state.setup
+    held: dict[int, tuple[bytes, bytes]] = {}
+    for u, blob in sealed.items():
+        if u not in state.keys:
+            raise ProtocolAbort(f"shares from client {u}, whose keys this client never received")
+        key = _crypto.agree(state.c_sk, state.keys[u][0], setup.session, b"channel")
+        try:
+            plain = _crypto.unseal(key, blob, setup.session + _pair(u, setup.cid))
+        except _crypto.CryptoError:
+            raise ProtocolAbort(f"the shares from client {u} fail authentication") from None
+        if len(plain) != 2 * SHARE_BYTES:
+            raise ProtocolAbort(f"the shares from client {u} have the wrong size")
+        held[u] = (plain[:SHARE_BYTES], plain[SHARE_BYTES:])
+    if len(held) + 1 < setup.threshold:
+        raise ProtocolAbort(
+            f"only {len(held)} neighbours sent shares; {setup.threshold - 1} are needed"
+        )
+    values = np.asarray(values)
+    if values.shape != (setup.length,):
+        raise ProtocolAbort(f"the input has shape {values.shape}, expected ({setup.length},)")
+    try:
+        y = _ring.to_ring(values, setup.bits, setup.bound)
+    except _ring.RangeError as exc:
+        raise ProtocolAbort(f"input out of range: {exc}") from None
+    _crypto.add_stream(y, _crypto.agree_seed(state.b, setup.session), +1)
+    for v in sorted(held):
+        seed = _crypto.agree(state.s_sk, state.keys[v][1], setup.session, b"mask")
+        _crypto.add_stream(y, seed, +1 if setup.cid < v else -1)
+    return replace(state, stage="masked", held=held), _ring.pack(y, setup.bits)
+
+
+def unmask(
+    state: ClientState, alive: list[int], dropped: list[int]
+) -> tuple[ClientState, dict[str, dict[str, bytes]]]:
+    """Stage 4: check the server's lists, then reveal one share per neighbour (never both)."""
+    if state.stage != "masked":
+        raise ProtocolAbort(f"unmasking request in stage {state.stage}")
+    setup = state.setup
+    alive_set, dropped_set = set(alive), set(dropped)
+    if len(alive_set) != len(alive) or len(dropped_set) != len(dropped):
+        raise ProtocolAbort("the server's survivor or dropout list repeats a client")
+    if alive_set & dropped_set:
+        raise ProtocolAbort(
+            f"the server lists clients {sorted(alive_set & dropped_set)} as both alive and dropped"
+        )
+    if setup.cid not in alive_set:
+        raise ProtocolAbort("the server lists this client as dropped")
+    if len(alive_set) < setup.threshold:
+        raise ProtocolAbort(
+            f"only {len(alive_set)} survivors, fewer than the threshold {setup.threshold}"
+        )
+    mine = set(state.held)
+    listed = (alive_set | dropped_set) & set(setup.neighbors)
+    if listed != mine:
+        raise ProtocolAbort(
+            "the server's lists disagree with the neighbours that shared keys with this client"
+        )
+    reveal_b = {str(setup.cid): state.own[1]}
+    reveal_b.update({str(u): state.held[u][1] for u in sorted(mine & alive_set)})
+    reveal_s = {str(u): state.held[u][0] for u in sorted(mine & dropped_set)}
+    done = replace(state, stage="done", c_sk=b"", s_sk=b"", b=b"", held={}, own=(b"", b""))
+    return done, {"b": reveal_b, "s": reveal_s}

@@ -1,0 +1,270 @@
+"""Running SecAgg+ from the server over any transport: :func:`secure_sum`.
+
+The protocol stages (:mod:`._client_stages`, :mod:`._server_stages`) are pure;
+this module carries their messages as the four task kinds the client handlers
+(:mod:`._handlers`) answer, through :meth:`Transport.exchange`, and turns
+failures into dropouts or a :class:`SecAggAbort`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from covey.core._messages import Task
+from covey.core._weights import Weights
+from covey.secagg import _client_stages as cs
+from covey.secagg import _server_stages as ss
+from covey.secagg._dp import Noise
+from covey.secagg._handlers import KINDS
+from covey.secagg._params import GraphPlan, ThreatModel, plan
+from covey.secagg._ring import ring_bits
+from covey.transport._base import Transport
+
+logger = logging.getLogger("covey")
+
+
+class SecAggAbort(RuntimeError):
+    """A run of secure aggregation stopped before revealing a sum.
+
+    Attributes:
+        reason: Why, e.g. too few survivors to unmask a dropped client.
+        stage: The stage that stopped: ``setup`` (nothing was sent: too few clients
+            for the threat model, or a sum too wide for the ring), ``advertise``,
+            ``share``, ``mask`` or ``unmask``.
+        dropped: Clients that dropped out or were excluded, with why.
+    """
+
+    def __init__(self, reason: str, stage: str, dropped: Mapping[int, str]) -> None:
+        super().__init__(f"secure aggregation aborted in stage {stage}: {reason}")
+        self.reason = reason
+        self.stage = stage
+        self.dropped = dict(dropped)
+
+
+@dataclass(frozen=True)
+class SecureSumResult:
+    """The outcome of :func:`secure_sum`.
+
+    Attributes:
+        total: The exact integer sum (int64) of the survivors' vectors.
+        survivors: Clients whose vectors are in ``total``, sorted.
+        dropped: Clients that left after sharing keys (recovered), with why.
+        excluded: Clients that left before sharing keys (not in the sum), with why.
+        plan: The graph's degree and threshold.
+        bits: The ring's width.
+        seconds: Wall time of each stage.
+    """
+
+    total: np.ndarray
+    survivors: list[int]
+    dropped: dict[int, str]
+    excluded: dict[int, str]
+    plan: GraphPlan
+    bits: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- the server side ---------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _exchange(
+    transport: Transport,
+    tasks: Mapping[int, Task],
+    timeout: float | None,
+    out: dict[int, str],
+) -> dict[int, Any]:
+    """Send the tasks; return the successful results, recording each failure in ``out``."""
+    results: dict[int, Any] = {}
+    for reply in transport.exchange(tasks, timeout=timeout):
+        if reply.cid not in tasks or reply.cid in results:
+            continue
+        if reply.ok:
+            results[reply.cid] = reply.result
+        else:
+            out.setdefault(reply.cid, _first_line(reply.error or "failed"))
+    for cid in tasks:
+        if cid not in results:
+            out.setdefault(cid, "no reply in time")
+    return results
+
+
+def _setup_payload(s: cs.Setup) -> dict[str, Any]:
+    return {
+        "session": s.session,
+        "cid": s.cid,
+        "x": s.x,
+        "neighbors": {str(v): x for v, x in s.neighbors.items()},
+        "threshold": s.threshold,
+        "length": s.length,
+        "bits": s.bits,
+        "bound": s.bound,
+    }
+
+
+def secure_sum(
+    transport: Transport,
+    cids: Sequence[int],
+    *,
+    round: int,
+    input_kind: str,
+    payload: Any = None,
+    length: int,
+    bound: int,
+    threat: ThreatModel | None = None,
+    timeout: float | None = None,
+    seed: int | None = None,
+    weights: Weights | None = None,
+    config: Mapping[str, Any] | None = None,
+    noise: Noise | None = None,
+    noise_entries: int | None = None,
+    complete: bool | None = None,
+    signed: bool = False,
+) -> SecureSumResult:
+    """Add up a vector computed on each client so the server learns only the sum.
+
+    Runs SecAgg+ (SecAgg when the graph must be complete) over ``transport``:
+    four exchanges with the clients, which tolerate clients dropping out after
+    they shared keys, up to what the threat model allows.
+
+    Args:
+        transport: Any :class:`~covey.transport.Transport`.
+        cids: The clients taking part (at least 2).
+        round: The round number the tasks carry.
+        input_kind: The name an input function was registered under
+            (:func:`register_input`), on every client.
+        payload: What the input function receives (JSON data, bytes, small arrays).
+        length: Entries of each client's vector.
+        bound: Each entry lies in ``[-bound, bound]``; the ring is chosen so the
+            sum of ``len(cids)`` such vectors (plus noise) never wraps.
+        threat: The threat model that fixes the graph's degree and threshold
+            (default: 5% corrupt clients, 5% dropout, curious server).
+        timeout: Seconds each of the four exchanges may take.
+        seed: Seeds the graph's permutation (tests only: it must be unpredictable).
+        weights: Model weights sent with the masked-input task (for federated learning).
+        config: Config sent with the masked-input task.
+        noise: Distributed DP noise each client adds before masking.
+        noise_entries: Add the noise to the first this many entries only (default: all).
+        complete: Force the complete graph (True, SecAgg) or a sparse one (False).
+        signed: Require clients to sign their keys (they need a ``secagg_identity``).
+
+    Returns:
+        A :class:`SecureSumResult`; ``total`` is exact (no wrap-around).
+
+    Raises:
+        SecAggAbort: When too few clients remain to finish without revealing anything.
+    """
+    cid_list = sorted(int(c) for c in cids)
+    if length < 0 or bound < 0:
+        raise ValueError(f"length and bound must be >= 0, got {length}, {bound}")
+    total_bound = bound + (noise.tail_bound if noise is not None else 0)
+    try:
+        graph = plan(len(cid_list), threat, complete=complete)
+        bits = ring_bits(len(cid_list), total_bound)
+    except ValueError as exc:  # too few clients for the threat model, or too wide a sum
+        raise SecAggAbort(str(exc), "setup", {}) from None
+    state, setups = ss.setup(cid_list, graph, length, total_bound, bits, seed)
+    failures: dict[int, str] = {}
+    seconds: dict[str, float] = {}
+    session = state.session
+    stage = "advertise"
+    try:
+        t0 = time.perf_counter()
+        tasks = {
+            u: Task(KINDS[0], round, {}, None, {**_setup_payload(s), "signed": signed})
+            for u, s in setups.items()
+        }
+        replies = _exchange(transport, tasks, timeout, failures)
+        if signed:
+            for u, r in replies.items():
+                if not (isinstance(r, Mapping) and "sig" in r and "name" in r):
+                    failures.setdefault(u, "keys not signed")
+            replies = {u: r for u, r in replies.items() if u not in failures}
+        state, keys = ss.collect_keys(state, _mappings(replies))
+        seconds["advertise"] = time.perf_counter() - t0
+
+        stage, t0 = "share", time.perf_counter()
+        tasks = {
+            u: Task(
+                KINDS[1],
+                round,
+                {},
+                None,
+                {"session": session, "keys": {str(v): k for v, k in keys[u].items()}},
+            )
+            for u in keys
+        }
+        replies = _exchange(transport, tasks, timeout, failures)
+        state, inbox = ss.route_shares(state, _mappings(replies))
+        seconds["share"] = time.perf_counter() - t0
+
+        stage, t0 = "mask", time.perf_counter()
+        common = {
+            "session": session,
+            "input_kind": input_kind,
+            "input": payload,
+            "input_bound": bound,
+            "noise": None
+            if noise is None
+            else {
+                "mechanism": noise.mechanism,
+                "sigma": noise.sigma,
+                "entries": length if noise_entries is None else noise_entries,
+            },
+        }
+        tasks = {
+            v: Task(
+                KINDS[2],
+                round,
+                dict(config or {}),
+                weights,
+                {**common, "shares": {str(u): b for u, b in inbox[v].items()}},
+            )
+            for v in inbox
+        }
+        for reply in transport.exchange(tasks, timeout=timeout):
+            if reply.cid not in tasks:
+                continue
+            if not reply.ok:
+                state.dropped.setdefault(reply.cid, _first_line(reply.error or "failed"))
+                continue
+            res = reply.result
+            masked = res.get("masked") if isinstance(res, Mapping) else None
+            state = ss.add_masked(state, reply.cid, masked)
+        state, alive, dropped = ss.request_unmask(state)
+        seconds["mask"] = time.perf_counter() - t0
+
+        stage, t0 = "unmask", time.perf_counter()
+        request = {"session": session, "alive": alive, "dropped": dropped}
+        tasks = {v: Task(KINDS[3], round, {}, None, request) for v in alive}
+        replies = _exchange(transport, tasks, timeout, {})
+        total = ss.finish(state, alive, dropped, _mappings(replies))
+        seconds["unmask"] = time.perf_counter() - t0
+    except cs.ProtocolAbort as exc:
+        why = dict(failures)
+        why.update(state.left)
+        why.update(state.dropped)
+        raise SecAggAbort(str(exc), stage, why) from None
+    excluded = {u: failures.get(u, why) for u, why in state.left.items()}
+    for u in cid_list:
+        if u not in state.routed and u not in excluded:
+            excluded[u] = failures.get(u, "left before sharing keys")
+    dropped_why = {u: state.dropped.get(u, "no masked input") for u in dropped}
+    return SecureSumResult(total, alive, dropped_why, excluded, graph, bits, seconds)
+
+
+def _mappings(replies: Mapping[int, Any]) -> dict[int, Mapping[str, Any]]:
+    return {u: r for u, r in replies.items() if isinstance(r, Mapping)}
+
+
+__all__ = ["SecAggAbort", "SecureSumResult", "secure_sum"]

@@ -1,0 +1,152 @@
+"""The client side of secure aggregation: task handlers, input functions, per-run state.
+
+Importing this module teaches every client runtime the four task kinds of
+SecAgg+ (``secagg.advertise``, ``secagg.share``, ``secagg.mask``,
+``secagg.unmask``). Each handler decodes the server's message, calls the pure
+stage function of :mod:`._client_stages` and keeps the client's state for the
+next stage (in the process where the client lives, one run per client,
+dropped when the run ends, fails or a new one starts). What a client sums is
+computed by an *input function* registered under a name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from covey.clients._client import register_task
+from covey.core._messages import Task
+from covey.secagg import _client_stages as cs
+from covey.secagg._dp import Noise
+from covey.secagg._ring import RangeError
+
+InputFn = Callable[[Any, Any], np.ndarray]
+"""``(client, payload) -> 1-D int64 vector`` with entries in ``[-bound, bound]``."""
+TaskInputFn = Callable[[Any, Task, Any], np.ndarray]
+
+KINDS = ("secagg.advertise", "secagg.share", "secagg.mask", "secagg.unmask")
+_INPUTS: dict[str, TaskInputFn] = {}
+_STATES: dict[int, cs.ClientState] = {}  # id(client) -> its state in the current run
+
+
+def register_input(kind: str, fn: InputFn) -> None:
+    """Name a client-side computation whose result :func:`secure_sum` can add up.
+
+    Args:
+        kind: The name the server passes as ``input_kind``.
+        fn: ``(client, payload) -> np.ndarray``: a 1-D integer vector of the length
+            and within the bound the server asks for; computed on the client, it
+            never leaves it unmasked.
+
+    Example:
+        >>> import numpy as np
+        >>> register_input("doc.count", lambda client, payload: np.array([1], dtype=np.int64))
+    """
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"an input kind must be a non-empty string, got {kind!r}")
+    _INPUTS[kind] = lambda client, task, payload: fn(client, payload)
+
+
+def register_task_input(kind: str, fn: TaskInputFn) -> None:
+    """Like :func:`register_input`, for inputs that need the task (its weights and config)."""
+    _INPUTS[kind] = fn
+
+
+def forget(client: Any) -> None:
+    """Drop any protocol state kept for ``client`` (its secrets with it)."""
+    _STATES.pop(id(client), None)
+
+
+# -- the client side ---------------------------------------------------------------------
+
+
+def _int_keys(table: Any, what: str) -> dict[int, Any]:
+    if not isinstance(table, Mapping):
+        raise cs.ProtocolAbort(f"{what} is not a mapping")
+    try:
+        return {int(k): v for k, v in table.items()}
+    except (TypeError, ValueError):
+        raise cs.ProtocolAbort(f"{what} has a key that is not a client id") from None
+
+
+def _state(client: Any, payload: Mapping[str, Any]) -> cs.ClientState:
+    state = _STATES.get(id(client))
+    if state is None or state.setup.session != payload.get("session"):
+        raise cs.ProtocolAbort("no secure-aggregation run in progress with this session")
+    return state
+
+
+def _advertise(client: Any, task: Task) -> dict[str, Any]:
+    p = task.payload
+    _STATES.pop(id(client), None)
+    setup = cs.Setup(
+        session=p["session"],
+        cid=int(p["cid"]),
+        x=int(p["x"]),
+        neighbors=_int_keys(p["neighbors"], "the neighbour list"),
+        threshold=int(p["threshold"]),
+        length=int(p["length"]),
+        bits=int(p["bits"]),
+        bound=int(p["bound"]),
+    )
+    identity = getattr(client, "secagg_identity", None)
+    if p.get("signed") and identity is None:
+        raise cs.ProtocolAbort("the server requires signed keys but this client has no identity")
+    state, reply = cs.advertise(setup, identity)
+    _STATES[id(client)] = state
+    return reply
+
+
+def _share(client: Any, task: Task) -> dict[str, Any]:
+    state = _state(client, task.payload)
+    keys = _int_keys(task.payload.get("keys"), "the neighbour keys")
+    try:
+        state, reply = cs.share(state, keys, getattr(client, "secagg_identity", None))
+    except cs.ProtocolAbort:
+        _STATES.pop(id(client), None)
+        raise
+    _STATES[id(client)] = state
+    return reply
+
+
+def _mask(client: Any, task: Task) -> dict[str, Any]:
+    p = task.payload
+    state = _state(client, p)
+    _STATES.pop(id(client), None)  # back only if this stage succeeds
+    fn = _INPUTS.get(str(p.get("input_kind")))
+    if fn is None:
+        raise cs.ProtocolAbort(f"no secure-sum input registered as {p.get('input_kind')!r}")
+    values = np.asarray(fn(client, task, p.get("input")))
+    if values.dtype.kind not in "iu" or values.ndim != 1:
+        raise RangeError(f"an input function must return a 1-D integer vector, got {values.dtype}")
+    values = values.astype(np.int64)
+    inner = int(p.get("input_bound", state.setup.bound))
+    if values.size and int(np.abs(values).max()) > inner:
+        raise RangeError(f"an input value is outside [-{inner}, {inner}]")
+    noise = p.get("noise")
+    if noise is not None:
+        entries = min(int(noise.get("entries", values.size)), values.size)
+        draws = Noise(noise["mechanism"], float(noise["sigma"])).sample(entries)
+        values = values.copy()
+        values[:entries] += draws
+    sealed = _int_keys(p.get("shares"), "the shares")
+    state, packed = cs.mask(state, sealed, values)
+    _STATES[id(client)] = state
+    return {"masked": np.frombuffer(packed, dtype=np.uint8)}
+
+
+def _unmask(client: Any, task: Task) -> dict[str, Any]:
+    p = task.payload
+    state = _state(client, p)
+    _STATES.pop(id(client), None)  # a run reveals at most once
+    alive, dropped = p.get("alive"), p.get("dropped")
+    if not isinstance(alive, list) or not isinstance(dropped, list):
+        raise cs.ProtocolAbort("the unmasking request has no survivor and dropout lists")
+    _, reply = cs.unmask(state, [int(c) for c in alive], [int(c) for c in dropped])
+    return reply
+
+
+for _kind, _handler in zip(KINDS, (_advertise, _share, _mask, _unmask), strict=True):
+    register_task(_kind, _handler)

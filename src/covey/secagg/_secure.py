@@ -1,0 +1,343 @@
+"""``secure(strategy)``: federated learning whose server sees only the sum of the updates.
+
+Each sampled client trains as usual; instead of sending its update it turns
+it into integers (fixed point over ``[-clip_range, clip_range]`` with ``bits``
+bits, pre-scaled by its example count for weighted FedAvg), appends its example
+count and its declared numeric metrics, and the vector goes through SecAgg+
+(:func:`~covey.secagg.secure_sum`). The server gets the sum, divides, and
+hands the aggregation chain one contribution: the (weighted) mean update. So
+every server-side step (server momentum, Adam, central DP noise) runs on the
+unmasked mean, while steps that need each client's update are refused.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from covey.aggregate import Begin, Broadcast, Contribution, run_round
+from covey.core._messages import FitResult, Task
+from covey.core._weights import Weights
+from covey.secagg._dp import Noise
+from covey.secagg._driver import SecAggAbort, secure_sum
+from covey.secagg._handlers import register_task_input
+from covey.secagg._params import ThreatModel
+from covey.secagg._ring import RangeError, quantize, ring_bits, scale
+from covey.strategies._strategy import FitOutcome, Strategy
+
+FIT_INPUT = "covey.secagg.fit"
+Reducer = Literal["auto", "weighted_mean", "mean"]
+_INDIVIDUAL = {"FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "FedRFA", "QFedAvg"}
+DEFAULT_THREAT = ThreatModel(corrupt_rate=0.05, dropout_rate=0.15)
+
+
+def _layout(weights: Weights) -> list[tuple[str, tuple[int, ...], int]]:
+    return [(name, weights[name].shape, int(weights[name].size)) for name in sorted(weights)]
+
+
+def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
+    """The client's side of a secure fit: train, quantize, pre-scale, append count and metrics."""
+    if task.weights is None:
+        raise ValueError("a secure fit task carries no weights")
+    config = dict(task.config)
+    config["round"] = task.round
+    result = client.fit(task.weights, config)
+    if not isinstance(result, FitResult):
+        raise TypeError(f"{type(client).__name__}.fit() returned {type(result).__name__}")
+    n = result.num_examples
+    if n > int(spec["max_examples"]):
+        raise RangeError(
+            f"num_examples={n} exceeds max_examples={spec['max_examples']} of secure aggregation"
+        )
+    weight = n if spec["weighted"] else 1
+    clip, bits = float(spec["clip"]), int(spec["bits"])
+    parts: list[np.ndarray] = []
+    for name, _, _ in _layout(task.weights):
+        if result.delta is not None:
+            delta = np.asarray(result.delta[name], dtype=np.float64)
+        elif result.weights is not None:
+            delta = np.asarray(result.weights[name], np.float64) - np.asarray(
+                task.weights[name], np.float64
+            )
+        else:
+            raise ValueError("a fit result carries neither weights nor a delta")
+        parts.append(quantize(delta.ravel(), clip, bits) * weight)
+    tail = [n]
+    for name, bound in spec["metrics"].items():
+        value = result.metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            tail += [0, 0]
+            continue
+        tail += [int(quantize(np.array([float(value)]), float(bound), bits)[0]) * n, n]
+    parts.append(np.asarray(tail, dtype=np.int64))
+    return np.concatenate(parts)
+
+
+register_task_input(FIT_INPUT, _fit_input)
+
+
+def _probe(strategy: Strategy) -> str | None:
+    """Which mean the aggregator computes ("weighted_mean", "mean"), or None if it is neither.
+
+    Runs the chain on a made-up round of three contributions and compares the
+    result with the chain fed their weighted or plain mean as one contribution.
+    """
+    rng = np.random.default_rng(7)
+    params = {"w": rng.normal(size=6)}
+    deltas = [rng.normal(size=6) * s for s in (0.1, 1.0, 30.0)]
+    counts = [3, 7, 19]
+    step = strategy.aggregator
+
+    def run(contributions: list[Contribution]) -> np.ndarray | None:
+        state = step.init(params)
+        state, out = step.update(state, Begin(1, params))
+        if any(isinstance(e, Broadcast) for e in out):
+            return None
+        _, agg = run_round(step, step.init(params), 1, params, contributions)
+        return None if agg is None else np.asarray(agg.apply(params)["w"])
+
+    try:
+        many = run(
+            [
+                Contribution(i, n, delta={"w": d})
+                for i, (n, d) in enumerate(zip(counts, deltas, strict=True))
+            ]
+        )
+        weighted = np.sum([n * d for n, d in zip(counts, deltas, strict=True)], axis=0) / sum(
+            counts
+        )
+        plain = np.mean(deltas, axis=0)
+        one_w = run([Contribution(0, sum(counts), delta={"w": weighted})])
+        one_m = run([Contribution(0, sum(counts), delta={"w": plain})])
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
+        # A step that cannot run on a made-up round of three clients is not a mean.
+        return None
+    if many is None:
+        return None
+    if one_w is not None and np.allclose(many, one_w, rtol=1e-9, atol=1e-12):
+        return "weighted_mean"
+    if one_m is not None and np.allclose(many, one_m, rtol=1e-9, atol=1e-12):
+        return "mean"
+    return None
+
+
+@dataclass(frozen=True)
+class _Secure:
+    """The fit exchange of a secure strategy (a callable stored in ``Strategy.fit_round``)."""
+
+    clip_range: float
+    bits: int
+    max_examples: int
+    weighted: bool
+    threat: ThreatModel
+    metrics: Mapping[str, float]
+    noise: Noise | None
+    complete: bool | None
+    signed: bool
+
+    def bound(self) -> int:
+        top = (1 << (self.bits - 1)) - 1
+        return max(top * (self.max_examples if self.weighted else 1), self.max_examples)
+
+    def __call__(
+        self, transport: Any, cids: Sequence[int], task: Task, timeout: float | None
+    ) -> FitOutcome:
+        weights = task.weights
+        if weights is None:
+            raise ValueError("a fit task carries no weights")
+        layout = _layout(weights)
+        model = sum(size for _, _, size in layout)
+        spec = {
+            "clip": self.clip_range,
+            "bits": self.bits,
+            "max_examples": self.max_examples,
+            "weighted": self.weighted,
+            "metrics": dict(self.metrics),
+        }
+        try:
+            res = secure_sum(
+                transport,
+                cids,
+                round=task.round,
+                input_kind=FIT_INPUT,
+                payload=spec,
+                length=model + 1 + 2 * len(self.metrics),
+                bound=self.bound(),
+                threat=self.threat,
+                timeout=timeout,
+                weights=weights,
+                config=task.config,
+                noise=self.noise,
+                noise_entries=model,
+                complete=self.complete,
+                signed=self.signed,
+            )
+        except SecAggAbort as exc:
+            return FitOutcome(
+                failures=tuple(exc.dropped.items()),
+                info={"secagg_abort": exc.reason, "secagg_stage": exc.stage},
+                error=str(exc),
+            )
+        total = res.total
+        examples = int(total[model])
+        denominator = examples if self.weighted else len(res.survivors)
+        info: dict[str, Any] = {
+            "secagg_degree": res.plan.degree,
+            "secagg_threshold": res.plan.threshold,
+            "secagg_ring_bits": res.bits,
+            "secagg_dropped": sorted(res.dropped),
+            "secagg_seconds": dict(res.seconds),
+        }
+        failures = tuple((c, w) for c, w in {**res.excluded, **res.dropped}.items())
+        if denominator <= 0:
+            return FitOutcome(
+                failures=failures, info=info, error="the survivors trained on no examples"
+            )
+        unit = scale(self.clip_range, self.bits)
+        if self.noise is not None:
+            # The mean's noise: sqrt(survivors) draws of sigma quantized units, unscaled.
+            info["secagg_noise_std"] = (
+                self.noise.sigma * math.sqrt(len(res.survivors)) / (unit * denominator)
+            )
+        mean = total[:model].astype(np.float64) / (unit * denominator)
+        delta: dict[str, np.ndarray] = {}
+        offset = 0
+        for name, shape, size in layout:
+            part = mean[offset : offset + size].reshape(shape)
+            dtype = weights[name].dtype
+            # The reducer rounds a delta whose dtype differs from the layer's (integer
+            # layers); float layers get their own dtype so the model keeps it.
+            delta[name] = part.astype(dtype) if dtype.kind == "f" else part
+            offset += size
+        metrics: dict[str, float] = {}
+        for i, (name, bound) in enumerate(self.metrics.items()):
+            value, count = total[model + 1 + 2 * i], total[model + 2 + 2 * i]
+            if count > 0:
+                metrics[name] = float(value) / (scale(bound, self.bits) * float(count))
+        contribution = Contribution(-1, examples, delta=delta)
+        return FitOutcome((contribution,), tuple(res.survivors), examples, metrics, failures, info)
+
+
+def secure(
+    strategy: Strategy,
+    *,
+    clip_range: float,
+    bits: int = 16,
+    max_examples: int = 100_000,
+    threat: ThreatModel | None = None,
+    metrics: Mapping[str, float] | None = None,
+    noise: Noise | None = None,
+    complete: bool | None = None,
+    signed: bool = False,
+    reducer: Reducer = "auto",
+) -> Strategy:
+    """The same strategy with its fit rounds run through secure aggregation (SecAgg+).
+
+    Args:
+        strategy: A strategy whose aggregator is a (weighted) mean followed by
+            server-side steps, e.g. FedAvg, FedAvgM, FedAdam, FedYogi, FedProx.
+        clip_range: Each value of a client's update (delta, or weights minus the
+            global weights) must lie in ``[-clip_range, clip_range]``; a value outside
+            fails that client loudly (it is never clipped or wrapped silently).
+        bits: Fixed-point bits per value over that range (unbiased rounding; error
+            below ``clip_range / (2^(bits-1) - 1)`` per value and client).
+        max_examples: The largest example count a client may report (weighted
+            FedAvg pre-scales by it); a larger one fails that client loudly.
+        threat: Fixes the graph's degree and threshold (default: 5% corrupt clients,
+            15% dropout, curious server).
+        metrics: Numeric fit metrics to aggregate securely, each with the bound of
+            its absolute value: their example-weighted means are reported. Other
+            metrics are not sent.
+        noise: Distributed DP: integer noise (in quantized units of the pre-scaled
+            update) each client adds before masking.
+        complete: Force the complete graph (plain SecAgg) or a sparse one.
+        signed: Clients sign their keys with their ``secagg_identity`` (Ed25519),
+            as a deployment with mTLS identities should; without it the protocol
+            protects against an honest-but-curious server only.
+        reducer: ``"auto"`` recognizes the aggregator's mean by running it on a
+            made-up round; name it when a server-side step is random (central DP noise).
+
+    Returns:
+        A :class:`~covey.Strategy` for the same loop, transports and presets.
+
+    Raises:
+        ValueError: For a strategy that needs individual updates (median, Krum, ...),
+            an asynchronous one, or a ring that cannot hold the sum.
+
+    Example:
+        >>> import covey
+        >>> strategy = secure(covey.FedAvg(), clip_range=1.0, bits=16)
+
+    References:
+        Bonawitz et al., CCS 2017; Bell et al., CCS 2020.
+    """
+    if strategy.asynchronous:
+        raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
+    if strategy.fit_round is not None:
+        raise ValueError("the strategy already runs a custom fit exchange")
+    kind: str | None
+    if strategy.name in _INDIVIDUAL:
+        kind = None
+    elif reducer == "auto":
+        kind = _probe(strategy)
+    else:
+        kind = reducer
+    if kind is None:
+        raise ValueError(
+            f"strategy {strategy.name!r} needs individual updates (like median, trimmed mean, "
+            "Krum, Bulyan, RFA, q-FedAvg, SCAFFOLD or per-client clipping), which secure "
+            "aggregation hides from the server; only a (weighted) mean followed by server-side "
+            "steps can be secured (name it with reducer= if a server-side step is random)"
+        )
+    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
+        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    scale(clip_range, bits)  # validates bits
+    metric_bounds = {str(k): float(v) for k, v in (metrics or {}).items()}
+    for name, bound in metric_bounds.items():
+        if not bound > 0 or not math.isfinite(bound):
+            raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound}")
+    fit = _Secure(
+        float(clip_range),
+        int(bits),
+        max_examples,
+        kind == "weighted_mean",
+        threat or DEFAULT_THREAT,
+        metric_bounds,
+        noise,
+        complete,
+        signed,
+    )
+    # Fail now, not in round 1, when even a modest federation would overflow the ring.
+    ring_bits(1000, fit.bound() + (noise.tail_bound if noise else 0))
+    if not signed:
+        warnings.warn(
+            "secure aggregation without signed keys protects against an honest-but-curious "
+            "server only; pass signed=True with client identities in deployment",
+            UserWarning,
+            stacklevel=2,
+        )
+    settings = {
+        "clip_range": fit.clip_range,
+        "bits": fit.bits,
+        "max_examples": max_examples,
+        "mean": kind,
+        "corrupt_rate": fit.threat.corrupt_rate,
+        "dropout_rate": fit.threat.dropout_rate,
+        "adversary": fit.threat.adversary,
+        "signed": signed,
+        "metrics": dict(metric_bounds),
+        "noise": None if noise is None else {"mechanism": noise.mechanism, "sigma": noise.sigma},
+    }
+    return replace(
+        strategy,
+        fit_round=fit,
+        name=f"Secure{strategy.name}",
+        hyperparameters={**strategy.hyperparameters, "secagg": settings},
+    )

@@ -1,0 +1,284 @@
+"""The server's side of SecAgg+, as pure functions of its state and the clients' replies.
+
+The server never learns a client's input: it routes sealed shares, adds up
+masked vectors, and, once the survivors are known, reconstructs the self-mask
+seeds of the survivors and the mask keys of the clients that dropped after
+sharing keys, so it can strip every mask from the sum. A stage's state is
+consumed by the next call (the running sum is updated in place for speed).
+
+References:
+    Bonawitz et al., CCS 2017; Bell et al., CCS 2020.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from covey.secagg import _crypto, _ring, _shamir
+from covey.secagg._client_stages import SECRET_BYTES, SHARE_BYTES, ProtocolAbort, Setup
+from covey.secagg._params import GraphPlan
+
+MAX_SEALED = 12 + 2 * SHARE_BYTES + 16  # nonce + two shares + tag
+
+
+@dataclass
+class ServerState:
+    """The server's view of one run of the protocol."""
+
+    session: bytes
+    plan: GraphPlan
+    cids: list[int]
+    neighbors: dict[int, list[int]]
+    xs: dict[int, int]
+    length: int
+    bits: int
+    bound: int
+    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # u -> (c_pk, s_pk)
+    routed: dict[int, set[int]] = field(default_factory=dict)  # u -> v that got u's shares
+    masked: list[int] = field(default_factory=list)
+    total: np.ndarray | None = None
+    dropped: dict[int, str] = field(default_factory=dict)  # cid -> why, after key sharing
+    left: dict[int, str] = field(default_factory=dict)  # cid -> why, before key sharing
+    stage: str = "setup"
+
+
+def harary_neighbors(
+    cids: list[int], degree: int, rng: np.random.Generator
+) -> dict[int, list[int]]:
+    """A (degree, n)-Harary graph on a random permutation of ``cids``.
+
+    Clients sit on a ring in random order, each linked to the ``degree / 2``
+    clients before and after it; ``degree >= n - 1`` gives the complete graph.
+    """
+    n = len(cids)
+    if degree >= n - 1:
+        return {u: [v for v in cids if v != u] for u in cids}
+    order = [cids[i] for i in rng.permutation(n)]
+    half = degree // 2
+    out: dict[int, list[int]] = {}
+    for i, u in enumerate(order):
+        out[u] = sorted(order[(i + d) % n] for d in range(-half, half + 1) if d != 0)
+    return out
+
+
+def setup(
+    cids: list[int], plan: GraphPlan, length: int, bound: int, bits: int, seed: int | None = None
+) -> tuple[ServerState, dict[int, Setup]]:
+    """Stage 0: choose the session, the graph and each client's evaluation point."""
+    if len(set(cids)) != len(cids):
+        raise ValueError("a client appears twice in the round")
+    if plan.n != len(cids):
+        raise ValueError(f"the plan is for {plan.n} clients, the round has {len(cids)}")
+    cids = sorted(cids)
+    # The permutation must be unpredictable to clients; a seed is for reproducible tests.
+    entropy = seed if seed is not None else int.from_bytes(os.urandom(16), "little")
+    rng = np.random.default_rng(entropy)
+    neighbors = harary_neighbors(cids, plan.degree, rng)
+    xs = {u: i + 1 for i, u in enumerate(cids)}
+    session = os.urandom(32)
+    state = ServerState(session, plan, cids, neighbors, xs, length, bits, bound)
+    setups = {
+        u: Setup(
+            session, u, xs[u], {v: xs[v] for v in neighbors[u]}, plan.threshold, length, bits, bound
+        )
+        for u in cids
+    }
+    return state, setups
+
+
+def collect_keys(
+    state: ServerState, replies: Mapping[int, Mapping[str, Any]]
+) -> tuple[ServerState, dict[int, dict[int, dict[str, Any]]]]:
+    """Stage 1: keep the well-formed key advertisements; send each client its neighbours' keys."""
+    for u in state.cids:
+        msg = replies.get(u)
+        if msg is None:
+            state.left.setdefault(u, "no key advertisement")
+            continue
+        c_pk, s_pk = msg.get("c_pk"), msg.get("s_pk")
+        sig, name = msg.get("sig"), msg.get("name")
+        if not (isinstance(c_pk, bytes) and isinstance(s_pk, bytes)) or (
+            len(c_pk) != 32
+            or len(s_pk) != 32
+            or (sig is not None and not (isinstance(sig, bytes) and len(sig) == 64))
+            or (name is not None and not (isinstance(name, str) and len(name) <= 256))
+        ):
+            state.left[u] = "malformed key advertisement"
+            continue
+        state.keys[u] = (c_pk, s_pk)
+    _need(state, len(state.keys), "advertised keys")
+    out: dict[int, dict[int, dict[str, Any]]] = {}
+    for u in state.keys:
+        entry: dict[int, dict[str, Any]] = {}
+        for v in state.neighbors[u]:
+            if v in state.keys:
+                msg = replies[v]
+                entry[v] = {"c_pk": state.keys[v][0], "s_pk": state.keys[v][1]}
+                if isinstance(msg.get("sig"), bytes):
+                    entry[v]["sig"] = msg["sig"]
+                    entry[v]["name"] = msg["name"]
+        out[u] = entry
+    return replace(state, stage="keys"), out
+
+
+def _need(state: ServerState, count: int, what: str) -> None:
+    if count < state.plan.threshold:
+        raise ProtocolAbort(
+            f"only {count} clients {what}, fewer than the threshold {state.plan.threshold}"
+        )
+
+
+def route_shares(
+    state: ServerState, replies: Mapping[int, Mapping[str, Any]]
+) -> tuple[ServerState, dict[int, dict[int, bytes]]]:
+    """Stage 2: forward each sealed share to its addressee; the senders are the key-sharers."""
+    inbox: dict[int, dict[int, bytes]] = {}
+    for u in state.keys:
+        msg = replies.get(u)
+        sealed = None if msg is None else msg.get("shares")
+        if not isinstance(sealed, Mapping):
+            state.left.setdefault(u, "no key shares")
+            continue
+        allowed = {v for v in state.neighbors[u] if v in state.keys}
+        try:
+            parsed = {int(v): blob for v, blob in sealed.items()}
+        except (TypeError, ValueError):
+            parsed = {}
+        if set(parsed) != allowed or not all(
+            isinstance(b, bytes) and len(b) == MAX_SEALED for b in parsed.values()
+        ):
+            state.left[u] = "malformed key shares"
+            continue
+        state.routed[u] = set(parsed)
+        for v, blob in parsed.items():
+            inbox.setdefault(v, {})[u] = blob
+    sharers = set(state.routed)
+    _need(state, len(sharers), "shared keys")
+    out = {v: {u: b for u, b in inbox.get(v, {}).items()} for v in sorted(sharers)}
+    return replace(state, stage="shares"), out
+
+
+def add_masked(state: ServerState, cid: int, packed: Any) -> ServerState:
+    """Stage 3, one reply: fold a client's masked vector into the running sum."""
+    if cid not in state.routed or cid in state.masked:
+        state.dropped[cid] = "an unexpected masked input"
+        return state
+    if not isinstance(packed, bytes | bytearray | memoryview | np.ndarray):
+        state.dropped[cid] = "a masked input that is not bytes"
+        return state
+    try:
+        y = _ring.unpack(bytes(packed), state.bits, state.length)
+    except _ring.RangeError as exc:
+        state.dropped[cid] = f"a malformed masked input: {exc}"
+        return state
+    if state.total is None:
+        state.total = y
+    else:
+        state.total += y
+    state.masked.append(cid)
+    return state
+
+
+def request_unmask(state: ServerState) -> tuple[ServerState, list[int], list[int]]:
+    """Stage 3, end: the survivors and the dropouts, after checking each can be unmasked."""
+    alive = sorted(state.masked)
+    dropped = sorted(set(state.routed) - set(alive))
+    for u in dropped:
+        state.dropped.setdefault(u, "no masked input")
+    _need(state, len(alive), "sent masked inputs")
+    alive_set = set(alive)
+    t = state.plan.threshold
+    for u in alive:
+        holders = (_holders(state, u) | {u}) & alive_set
+        if len(holders) < t:
+            raise ProtocolAbort(
+                f"client {u}'s self mask has {len(holders)} surviving share holders, fewer "
+                f"than the threshold {t}"
+            )
+    for u in dropped:
+        holders = _holders(state, u) & alive_set
+        if len(holders) < t:
+            raise ProtocolAbort(
+                f"dropped client {u}'s mask key has {len(holders)} surviving share holders, "
+                f"fewer than the threshold {t}"
+            )
+    return replace(state, stage="unmask"), alive, dropped
+
+
+def _holders(state: ServerState, u: int) -> set[int]:
+    """Clients holding shares of ``u``'s secrets: those ``u`` sent shares to and that sent back."""
+    return {v for v in state.routed.get(u, set()) if u in state.routed.get(v, set())}
+
+
+def _collect(
+    state: ServerState,
+    alive: list[int],
+    dropped: list[int],
+    replies: Mapping[int, Mapping[str, Any]],
+) -> tuple[dict[int, dict[int, bytes]], dict[int, dict[int, bytes]]]:
+    """The revealed shares by owner: of the survivors' seeds ``b`` and the dropouts' mask keys."""
+    b_shares: dict[int, dict[int, bytes]] = {u: {} for u in alive}
+    s_shares: dict[int, dict[int, bytes]] = {u: {} for u in dropped}
+    for v, msg in replies.items():
+        if v not in alive or not isinstance(msg, Mapping):
+            continue
+        for kind, table in (("b", b_shares), ("s", s_shares)):
+            got = msg.get(kind)
+            if isinstance(got, Mapping):
+                _take(table, got, state.xs[v])
+    return b_shares, s_shares
+
+
+def _take(table: dict[int, dict[int, bytes]], got: Mapping[Any, Any], x: int) -> None:
+    for key, share in got.items():
+        try:
+            u = int(key)
+        except (TypeError, ValueError):
+            continue
+        if u in table and isinstance(share, bytes) and len(share) == SHARE_BYTES:
+            table[u][x] = share
+
+
+def _strip_dropped(
+    state: ServerState, total: np.ndarray, u: int, s_sk: bytes, alive: set[int]
+) -> None:
+    """Remove dropped client ``u``'s pairwise masks from the survivors' sum."""
+    if _crypto.public_of(s_sk) != state.keys[u][1]:
+        raise ProtocolAbort(f"client {u}'s reconstructed mask key does not match its public key")
+    for v in sorted(_holders(state, u) & alive):
+        seed = _crypto.agree(s_sk, state.keys[v][1], state.session, b"mask")
+        # v added +PRG(s_uv) if v < u, else -PRG(s_uv): remove the same.
+        _crypto.add_stream(total, seed, -1 if v < u else +1)
+
+
+def finish(
+    state: ServerState,
+    alive: list[int],
+    dropped: list[int],
+    replies: Mapping[int, Mapping[str, Any]],
+) -> np.ndarray:
+    """Stage 4: reconstruct the secrets, strip every mask, return the exact signed sum."""
+    t = state.plan.threshold
+    if state.total is None:
+        raise ProtocolAbort("no masked input to unmask")
+    b_shares, s_shares = _collect(state, alive, dropped, replies)
+    total = state.total
+    for u in alive:
+        if len(b_shares[u]) < t:
+            raise ProtocolAbort(
+                f"only {len(b_shares[u])} shares of client {u}'s self mask came back"
+            )
+        b = _shamir.combine(b_shares[u], t, SECRET_BYTES)
+        _crypto.add_stream(total, _crypto.agree_seed(b, state.session), -1)
+    for u in dropped:
+        if len(s_shares[u]) < t:
+            raise ProtocolAbort(
+                f"only {len(s_shares[u])} shares of client {u}'s mask key came back"
+            )
+        _strip_dropped(state, total, u, _shamir.combine(s_shares[u], t, SECRET_BYTES), set(alive))
+    return _ring.from_ring(total, state.bits)

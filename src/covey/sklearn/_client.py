@@ -1,0 +1,174 @@
+"""A ready :class:`covey.Client` for scikit-learn linear models and MLPs."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from covey.clients import Client
+from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core._weights import Weights
+from covey.sklearn._params import get_params, prime, set_params
+
+__all__ = ["SklearnClient", "evaluate_model"]
+
+
+def evaluate_model(
+    model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]
+) -> tuple[float, Metrics]:
+    """The loss and accuracy of a fitted classifier on ``x, y``.
+
+    The loss is the log loss when the model gives probabilities
+    (``predict_proba``), else the error rate ``1 - accuracy``.
+
+    Args:
+        model: A fitted (or primed and set) classifier.
+        x: Features.
+        y: Labels.
+        classes: Every class label, so that the log loss is defined when ``y``
+            lacks some of them.
+
+    Returns:
+        ``(loss, {"accuracy": ...})``.
+    """
+    from sklearn.metrics import accuracy_score, log_loss
+
+    y_arr = np.asarray(y)
+    accuracy = float(accuracy_score(y_arr, model.predict(x)))
+    if hasattr(model, "predict_proba"):
+        try:
+            proba = model.predict_proba(x)
+        except AttributeError:  # e.g. SGDClassifier(loss="hinge") has no probabilities
+            proba = None
+        if proba is not None:
+            return float(log_loss(y_arr, proba, labels=list(classes))), {"accuracy": accuracy}
+    return 1.0 - accuracy, {"accuracy": accuracy}
+
+
+class SklearnClient(Client):
+    """Federate a scikit-learn classifier (``SGDClassifier``, ``LogisticRegression``, an MLP).
+
+    ``fit`` sets the global parameters into the model and trains locally:
+    ``epochs`` calls of ``partial_fit`` (one pass each) for models that have
+    it, else one ``fit`` warm-started from the global parameters (its
+    ``max_iter`` bounds the local work; ``warm_start`` is switched on). It
+    returns the new parameters. ``evaluate`` gives the log loss (or error
+    rate) and accuracy on the test data.
+
+    The fit config may override ``"epochs"`` per round. A model without
+    ``partial_fit`` (``LogisticRegression``) needs every class in each
+    client's training data; with ``partial_fit`` a client may lack some.
+
+    Args:
+        model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
+        x_train: Local training features.
+        y_train: Local training labels.
+        classes: Every class label of the federation (a client may lack some).
+        x_test: Local test features (None: evaluate on the training data).
+        y_test: Local test labels.
+        epochs: ``partial_fit`` passes per round.
+
+    Example:
+        >>> import numpy as np
+        >>> from sklearn.linear_model import SGDClassifier
+        >>> from covey.sklearn import SklearnClient, initial_params
+        >>> x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+        >>> client = SklearnClient(SGDClassifier(random_state=0), x, y, classes=[0, 1])
+        >>> start = initial_params(SGDClassifier(), 3, [0, 1])
+        >>> client.fit(start, {"round": 1}).num_examples
+        20
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        x_train: npt.ArrayLike,
+        y_train: npt.ArrayLike,
+        classes: Sequence[Any],
+        x_test: npt.ArrayLike | None = None,
+        y_test: npt.ArrayLike | None = None,
+        *,
+        epochs: int = 1,
+    ) -> None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        self.model = model
+        self.x_train, self.y_train = np.asarray(x_train), np.asarray(y_train)
+        if len(self.x_train) == 0 or len(self.x_train) != len(self.y_train):
+            raise ValueError(
+                f"x_train and y_train need the same non-zero length, got "
+                f"{len(self.x_train)} and {len(self.y_train)}"
+            )
+        self.classes = list(classes)
+        if x_test is None or y_test is None:
+            self.x_test, self.y_test = self.x_train, self.y_train
+        else:
+            self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
+        self.epochs = epochs
+        if not hasattr(model, "partial_fit"):
+            model.set_params(warm_start=True)
+
+    def _load(self, weights: Weights) -> None:
+        prime(self.model, self.x_train, self.y_train, self.classes)
+        set_params(self.model, weights)
+
+    def fit(self, weights: Weights, config: Config) -> FitResult:
+        """Train locally from ``weights`` and return the new parameters.
+
+        Args:
+            weights: The global parameters (read-only arrays).
+            config: The round's config; ``"epochs"`` is read from it.
+
+        Returns:
+            The local parameters, the number of training examples and
+            ``{"train_accuracy": ...}``.
+        """
+        epochs = config.get("epochs", self.epochs)
+        if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
+            raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
+        self._load(weights)
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            # A few local iterations per round are intended, not a failure to converge.
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            if hasattr(self.model, "partial_fit"):
+                for _ in range(int(epochs)):
+                    self.model.partial_fit(self.x_train, self.y_train)
+            else:
+                self._check_every_class()
+                self.model.fit(self.x_train, self.y_train)
+        accuracy = float(np.mean(self.model.predict(self.x_train) == self.y_train))
+        return FitResult(
+            weights=get_params(self.model),
+            num_examples=len(self.y_train),
+            metrics={"train_accuracy": accuracy},
+        )
+
+    def _check_every_class(self) -> None:
+        local = sorted(np.unique(self.y_train).tolist())
+        if local != sorted(self.classes):
+            raise ValueError(
+                f"{type(self.model).__name__} has no partial_fit and retrains on the local "
+                f"labels alone, which hold {local} of the federation's classes {self.classes}: "
+                "use a model with partial_fit, e.g. SGDClassifier(loss='log_loss'), for "
+                "clients that lack a class"
+            )
+
+    def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
+        """The loss and accuracy of ``weights`` on the local test data.
+
+        Args:
+            weights: The global parameters (read-only arrays).
+            config: The round's config (unused).
+
+        Returns:
+            The log loss (or error rate), the number of examples and the accuracy.
+        """
+        self._load(weights)
+        loss, metrics = evaluate_model(self.model, self.x_test, self.y_test, self.classes)
+        return EvaluateResult(loss=loss, num_examples=len(self.y_test), metrics=metrics)

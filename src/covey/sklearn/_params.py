@@ -1,0 +1,173 @@
+"""Get, set and initialize the parameters of scikit-learn linear models and MLPs as Weights."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from covey.core._weights import Array, Weights, WeightsError
+
+__all__ = ["get_params", "initial_params", "is_mlp", "prime", "set_params"]
+
+
+def is_mlp(model: Any) -> bool:
+    """Whether ``model`` is a multi-layer perceptron (``coefs_`` and ``intercepts_`` lists)."""
+    return hasattr(model, "hidden_layer_sizes")
+
+
+def _layers(model: Any) -> list[int]:
+    sizes = model.hidden_layer_sizes
+    return [int(s) for s in (sizes if hasattr(sizes, "__iter__") else [sizes])]
+
+
+def _outputs(classes: Sequence[Any]) -> int:
+    if len(classes) < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {list(classes)}")
+    return 1 if len(classes) == 2 else len(classes)
+
+
+def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
+    """The learned parameters of a fitted model as named arrays.
+
+    Linear models (``SGDClassifier``, ``LogisticRegression``, ``Perceptron``, ...)
+    give ``{"coef": coef_, "intercept": intercept_}``; an ``MLPClassifier`` gives
+    ``{"coefs.0": ..., "intercepts.0": ..., "coefs.1": ...}``, one pair per layer.
+
+    Args:
+        model: A fitted estimator.
+        copy: Return arrays the model does not share (it may change its own in
+            place when it trains on); ``False`` returns the model's arrays.
+
+    Returns:
+        Named ``float`` arrays.
+
+    Example:
+        >>> from sklearn.linear_model import SGDClassifier
+        >>> from covey.sklearn import get_params
+        >>> model = SGDClassifier().fit([[0.0, 1.0], [1.0, 0.0]], [0, 1])
+        >>> {k: v.shape for k, v in get_params(model).items()}
+        {'coef': (1, 2), 'intercept': (1,)}
+    """
+    if is_mlp(model):
+        if not hasattr(model, "coefs_"):
+            raise ValueError(f"{type(model).__name__} is not fitted yet: call prime() or fit()")
+        out = {f"coefs.{i}": c for i, c in enumerate(model.coefs_)}
+        out.update({f"intercepts.{i}": b for i, b in enumerate(model.intercepts_)})
+    else:
+        if not hasattr(model, "coef_"):
+            raise ValueError(f"{type(model).__name__} is not fitted yet: call prime() or fit()")
+        out = {"coef": model.coef_, "intercept": np.atleast_1d(model.intercept_)}
+    return {k: np.array(v, copy=True) if copy else np.asarray(v) for k, v in out.items()}
+
+
+def set_params(model: Any, weights: Weights) -> None:
+    """Copy ``weights`` into a model's parameters (the model must be fitted or primed).
+
+    The arrays are copied (the weights a client receives are read-only and
+    scikit-learn updates its parameters in place).
+
+    Args:
+        model: The estimator, with parameters of the same names and shapes.
+        weights: Named arrays as :func:`get_params` gives them.
+
+    Raises:
+        WeightsError: A name is missing or unexpected, or a shape differs.
+    """
+    current = get_params(model, copy=False)
+    missing = [n for n in current if n not in weights]
+    extra = [str(n) for n in weights if n not in current]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + (
+            [f"unexpected {extra}"] if extra else []
+        )
+        raise WeightsError(f"weights do not match {type(model).__name__}: {'; '.join(parts)}")
+    for name, value in current.items():
+        if np.shape(weights[name]) != value.shape:
+            raise WeightsError(
+                f"weight {name!r} has shape {np.shape(weights[name])}, "
+                f"{type(model).__name__}'s is {value.shape}"
+            )
+    new = {k: np.array(weights[k], dtype=np.float64, copy=True) for k in current}
+    if is_mlp(model):
+        model.coefs_ = [new[f"coefs.{i}"] for i in range(len(model.coefs_))]
+        model.intercepts_ = [new[f"intercepts.{i}"] for i in range(len(model.intercepts_))]
+    else:
+        model.coef_ = new["coef"]
+        model.intercept_ = new["intercept"]
+
+
+def initial_params(
+    model: Any, num_features: int, classes: Sequence[Any], *, seed: int = 0
+) -> dict[str, Array]:
+    """Starting global parameters for ``model``, without any data.
+
+    Linear models start at zero. An MLP starts from scikit-learn's own scheme
+    (Glorot uniform, bound ``sqrt(6 / (fan_in + fan_out))``, times ``sqrt(2)``
+    for the logistic activation), drawn from ``seed``.
+
+    Args:
+        model: The (unfitted) estimator, for its architecture.
+        num_features: Input features.
+        classes: Every class label of the federation.
+        seed: Seeds the MLP's initialization.
+
+    Returns:
+        Named arrays with the shapes :func:`get_params` gives after fitting.
+
+    References:
+        Glorot and Bengio, "Understanding the difficulty of training deep
+        feedforward neural networks", AISTATS 2010.
+    """
+    outputs = _outputs(classes)
+    if not is_mlp(model):
+        return {
+            "coef": np.zeros((outputs, num_features)),
+            "intercept": np.zeros(outputs),
+        }
+    rng = np.random.default_rng(seed)
+    units = [num_features, *_layers(model), outputs]
+    factor = 2.0 if model.activation == "logistic" else 6.0
+    out: dict[str, Array] = {}
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(units)):
+        bound = float(np.sqrt(factor / (fan_in + fan_out)))
+        out[f"coefs.{i}"] = rng.uniform(-bound, bound, (fan_in, fan_out))
+        out[f"intercepts.{i}"] = rng.uniform(-bound, bound, fan_out)
+    return {
+        **{k: v for k, v in out.items() if k.startswith("coefs")},
+        **{k: v for k, v in out.items() if k.startswith("intercepts")},
+    }
+
+
+def prime(model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]) -> None:
+    """Give an unfitted model its structure (classes, layers) so parameters can be set.
+
+    Models with ``partial_fit`` take one pass over ``x, y``, with every class
+    named; others (``LogisticRegression``) get ``classes_``, ``coef_`` and
+    ``intercept_`` of zeros. Either way :func:`set_params` then overwrites
+    what was learned. A model already fitted is left alone.
+
+    Args:
+        model: The estimator.
+        x: Local features (only their shape matters for the result).
+        y: Local labels.
+        classes: Every class label of the federation, so that a client that
+            lacks some of them still has the global model's shape.
+    """
+    fitted = hasattr(model, "coefs_") if is_mlp(model) else hasattr(model, "coef_")
+    if fitted:
+        return
+    x_arr = np.asarray(x)
+    if hasattr(model, "partial_fit"):
+        model.partial_fit(x_arr, np.asarray(y), classes=np.asarray(classes))
+        return
+    outputs = _outputs(classes)
+    model.classes_ = np.asarray(classes)
+    model.coef_ = np.zeros((outputs, x_arr.shape[1]))
+    model.intercept_ = np.zeros(outputs)
+    model.n_features_in_ = x_arr.shape[1]
+    if not set(np.unique(np.asarray(y)).tolist()) <= set(model.classes_.tolist()):
+        raise WeightsError("local labels include classes outside `classes`")

@@ -1,0 +1,201 @@
+"""A ready :class:`covey.Client` for any PyTorch model: fit and evaluate written once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from covey.clients import Client, proximal_mu, torch_add_proximal_grad, torch_snapshot
+from covey.clients._torch import torch_module
+from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core._weights import Array, Weights, subtract
+from covey.torch._weights import load_weights, to_weights
+
+__all__ = ["TorchClient", "evaluate_model"]
+
+OptimizerFn = Callable[[Iterable[Any]], Any]
+"""``parameters -> torch.optim.Optimizer``, called at the start of every fit."""
+
+
+def _move(batch: Any, device: Any) -> Any:
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    if isinstance(batch, list | tuple):
+        return type(batch)(_move(b, device) for b in batch)
+    return batch
+
+
+def _split(batch: Any) -> tuple[Any, Any]:
+    if not isinstance(batch, list | tuple) or len(batch) != 2:
+        raise TypeError(
+            "each batch of the data loader must be a pair (inputs, targets), got "
+            f"{type(batch).__name__}"
+        )
+    return batch[0], batch[1]
+
+
+def evaluate_model(
+    model: Any, loss_fn: Callable[[Any, Any], Any], loader: Iterable[Any], device: Any = "cpu"
+) -> tuple[float, int, Metrics]:
+    """The mean loss of ``model`` over ``loader`` (and its accuracy for classifiers).
+
+    Use it for a central ``evaluate_fn`` on the server as well as in clients.
+
+    Args:
+        model: The ``torch.nn.Module``, already on ``device``.
+        loss_fn: ``(outputs, targets) -> scalar tensor``, the mean over a batch.
+        loader: Batches ``(inputs, targets)``.
+        device: Where to move each batch.
+
+    Returns:
+        ``(mean loss, number of examples, metrics)``; metrics hold ``"accuracy"``
+        when the outputs are class scores ``(batch, classes)`` and the targets
+        class indices.
+    """
+    torch = torch_module()
+    model.eval()
+    total, correct, seen = 0.0, 0, 0
+    classify = True
+    with torch.no_grad():
+        for batch in loader:
+            x, y = _move(_split(batch), device)
+            out = model(x)
+            total += float(loss_fn(out, y)) * len(y)
+            seen += len(y)
+            classify = classify and out.ndim == 2 and y.ndim == 1 and not y.is_floating_point()
+            if classify:
+                correct += int((out.argmax(dim=1) == y).sum())
+    if seen == 0:
+        raise ValueError("the data loader gave no examples to evaluate")
+    metrics: Metrics = {"accuracy": correct / seen} if classify else {}
+    return total / seen, seen, metrics
+
+
+class TorchClient(Client):
+    """Train and evaluate a ``torch.nn.Module`` on local data loaders.
+
+    ``fit`` loads the global weights into the model, trains ``epochs`` passes
+    over ``train_loader`` with a fresh optimizer, and returns the update
+    (local minus global weights, parameters and buffers alike). When the
+    strategy is :func:`covey.FedProx`, the proximal term's gradient
+    ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
+    ``evaluate`` returns the mean loss over ``test_loader`` and, when the
+    model's outputs are class scores ``(batch, classes)`` and the targets are
+    class indices, the ``"accuracy"``.
+
+    The fit config may override ``"epochs"`` (an int) per round.
+
+    Args:
+        model: The model; its layout defines the weights (``state_dict`` order).
+        loss_fn: ``(outputs, targets) -> scalar tensor``, e.g.
+            ``torch.nn.CrossEntropyLoss()``; the mean over a batch.
+        optimizer_fn: ``parameters -> optimizer``, e.g.
+            ``lambda p: torch.optim.SGD(p, lr=0.05)``.
+        train_loader: Batches ``(inputs, targets)`` to train on (any iterable,
+            usually a ``torch.utils.data.DataLoader``).
+        test_loader: Batches to evaluate on (None: evaluate on ``train_loader``).
+        epochs: Passes over ``train_loader`` per fit.
+        device: Where to train, e.g. ``"cpu"`` or ``"cuda:0"``; the model is moved there.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from covey.torch import TorchClient, to_weights
+        >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> model = torch.nn.Linear(4, 3)
+        >>> client = TorchClient(model, torch.nn.CrossEntropyLoss(),
+        ...                      lambda p: torch.optim.SGD(p, lr=0.1),
+        ...                      DataLoader(data, batch_size=8))
+        >>> result = client.fit(to_weights(model, copy=True), {"round": 1})
+        >>> result.num_examples
+        32
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        loss_fn: Callable[[Any, Any], Any],
+        optimizer_fn: OptimizerFn,
+        train_loader: Iterable[Any],
+        test_loader: Iterable[Any] | None = None,
+        *,
+        epochs: int = 1,
+        device: Any = "cpu",
+    ) -> None:
+        torch = torch_module()
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.optimizer_fn = optimizer_fn
+        self.train_loader = train_loader
+        self.test_loader = test_loader if test_loader is not None else train_loader
+        self.epochs = epochs
+
+    def _epochs(self, config: Config) -> int:
+        epochs = config.get("epochs", self.epochs)
+        if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
+            raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
+        return int(epochs)
+
+    def fit(self, weights: Weights, config: Config) -> FitResult:
+        """Train from ``weights`` on ``train_loader`` and return the update.
+
+        Args:
+            weights: The global model (read-only arrays).
+            config: The round's config; ``"epochs"`` and FedProx's ``"proximal_mu"``
+                are read from it.
+
+        Returns:
+            The delta (local minus global), the examples seen per epoch and
+            ``{"train_loss": mean loss of the last epoch}``.
+        """
+        torch = torch_module()
+        load_weights(self.model, weights)
+        mu = proximal_mu(config)
+        anchor = torch_snapshot(self.model) if mu > 0 else None
+        optimizer = self.optimizer_fn(self.model.parameters())
+        self.model.train()
+        total, seen = 0.0, 0
+        for _ in range(self._epochs(config)):
+            total, seen = 0.0, 0
+            for batch in self.train_loader:
+                x, y = _move(_split(batch), self.device)
+                optimizer.zero_grad()
+                loss = self.loss_fn(self.model(x), y)
+                loss.backward()
+                if anchor is not None:
+                    torch_add_proximal_grad(self.model, anchor, mu)
+                optimizer.step()
+                total += float(loss.detach()) * len(y)
+                seen += len(y)
+        if seen == 0:
+            raise ValueError("train_loader gave no examples")
+        with torch.no_grad():
+            local = to_weights(self.model)
+            delta = subtract(local, weights)
+        return FitResult(delta=delta, num_examples=seen, metrics={"train_loss": total / seen})
+
+    def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
+        """The loss (and accuracy for classifiers) of ``weights`` on ``test_loader``.
+
+        Args:
+            weights: The global model (read-only arrays).
+            config: The round's config (unused).
+
+        Returns:
+            The mean loss, the number of examples and ``{"accuracy": ...}`` when
+            the outputs are class scores.
+        """
+        load_weights(self.model, weights)
+        loss, seen, metrics = evaluate_model(
+            self.model, self.loss_fn, self.test_loader, self.device
+        )
+        return EvaluateResult(loss=loss, num_examples=seen, metrics=metrics)
+
+    def initial_weights(self) -> dict[str, Array]:
+        """The model's current weights as owned copies: a starting global model."""
+        return to_weights(self.model, copy=True)

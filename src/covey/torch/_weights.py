@@ -1,0 +1,133 @@
+"""PyTorch ``state_dict`` <-> :class:`covey.Weights`, copying only where memory cannot be shared."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from covey.clients._torch import torch_module
+from covey.core._weights import Array, Weights, WeightsError
+
+__all__ = ["load_weights", "to_state_dict", "to_weights"]
+
+
+def _state(source: Any) -> Mapping[str, Any]:
+    """The state dict of a module, or ``source`` itself when it is already a mapping."""
+    if isinstance(source, Mapping):
+        return source
+    state_dict = getattr(source, "state_dict", None)
+    if state_dict is None:
+        raise TypeError(f"expected a torch.nn.Module or a state_dict, got {type(source).__name__}")
+    return state_dict()  # type: ignore[no-any-return]
+
+
+def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
+    """A module's ``state_dict`` (parameters and buffers) as named NumPy arrays.
+
+    Tensors on the CPU are shared, not copied: the arrays are views of the
+    tensors' memory (read-only, so the model is not changed through them by
+    accident). Tensors on another device, and ``bfloat16`` tensors (NumPy has
+    no such dtype), are copied (the latter as ``float32``).
+
+    Args:
+        source: A ``torch.nn.Module`` or a ``state_dict``.
+        copy: Return arrays that own their memory (e.g. to keep them while the
+            model trains on).
+
+    Returns:
+        ``{name: array}`` in the ``state_dict``'s order.
+
+    Example:
+        >>> import torch
+        >>> from covey.torch import to_weights
+        >>> w = to_weights(torch.nn.Linear(3, 2))
+        >>> {k: v.shape for k, v in w.items()}
+        {'weight': (2, 3), 'bias': (2,)}
+    """
+    torch = torch_module()
+    out: dict[str, Array] = {}
+    for name, tensor in _state(source).items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state_dict entry {name!r} is {type(tensor).__name__}, not a tensor")
+        t = tensor.detach()
+        shared = True
+        if t.dtype == torch.bfloat16:
+            t, shared = t.to(torch.float32), False
+        if t.device.type != "cpu":
+            t, shared = t.cpu(), False
+        array = t.numpy()
+        if copy and shared:
+            array = np.array(array, copy=True)
+        elif shared:
+            array = array.view()
+            array.setflags(write=False)
+        out[name] = array
+    return out
+
+
+def _check_names(weights: Weights, names: list[str]) -> None:
+    missing = [n for n in names if n not in weights]
+    extra = [str(n) for n in weights if n not in names]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + (
+            [f"unexpected {extra}"] if extra else []
+        )
+        raise WeightsError(f"weights do not match the model's state_dict: {'; '.join(parts)}")
+
+
+def to_state_dict(weights: Weights) -> dict[str, Any]:
+    """Named NumPy arrays as CPU tensors that share the arrays' memory (no copy).
+
+    The arrays a client receives are read-only and shared with the server:
+    treat these tensors as read-only too (``module.load_state_dict`` copies
+    them into the module's own tensors, which is what it is meant for).
+
+    Args:
+        weights: Named NumPy arrays, e.g. the global model a client received.
+
+    Returns:
+        ``{name: torch.Tensor}``.
+    """
+    torch = torch_module()
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        # Read-only arrays are fine here: the tensors are only read from.
+        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+        for name, array in weights.items():
+            a = np.asarray(array)
+            if not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a)
+            out[name] = torch.from_numpy(a)
+    return out
+
+
+def load_weights(module: Any, weights: Weights) -> None:
+    """Copy ``weights`` into ``module``'s parameters and buffers, in place, once.
+
+    Each array is copied straight into the module's existing tensor (on any
+    device), with no intermediate copy; the optimizer's references to the
+    parameters stay valid.
+
+    Args:
+        module: The ``torch.nn.Module`` to update.
+        weights: One array per ``state_dict`` entry, with matching shapes.
+
+    Raises:
+        WeightsError: A name is missing or unexpected, or a shape differs.
+    """
+    torch = torch_module()
+    state = module.state_dict(keep_vars=True)
+    _check_names(weights, list(state))
+    sources = to_state_dict(weights)
+    with torch.no_grad():
+        for name, target in state.items():
+            src = sources[name]
+            if tuple(src.shape) != tuple(target.shape):
+                raise WeightsError(
+                    f"weight {name!r} has shape {tuple(src.shape)}, the model's is "
+                    f"{tuple(target.shape)}"
+                )
+            target.copy_(src)

@@ -1,0 +1,99 @@
+"""Log each round to MLflow: one MLflow run per federated run, one step per round."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from covey.core import RoundRecord
+from covey.trackers._scalars import round_scalars
+
+_MAX_PARAMS = 100  # MLflow's limit per log_batch call
+
+
+def _tracking_uri(store: str | Path) -> str:
+    """A tracking URI: a folder becomes a local file store (``file:`` URI)."""
+    text = str(store)
+    if "://" in text or text.startswith("file:"):
+        uri = text
+    else:
+        Path(text).mkdir(parents=True, exist_ok=True)
+        uri = Path(text).resolve().as_uri()
+    if uri.startswith("file:"):
+        # MLflow 3 keeps the file store in maintenance mode behind this documented
+        # opt-in; a local folder is what this logger is for.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return uri
+
+
+class MLflowLogger:
+    """A round callback logging every round's numbers as MLflow metrics (step = round).
+
+    Args:
+        store: A folder for a local MLflow file store (``mlflow ui --backend-store-uri
+            DIR`` shows it), or any MLflow tracking URI.
+        experiment: The experiment's name (created if missing).
+        run_name: The MLflow run's name.
+        params: Settings to record with the run (strategy, clients, ...).
+
+    Attributes:
+        run_id: The MLflow run's id.
+
+    Example:
+        >>> import tempfile
+        >>> from covey.core import RoundRecord
+        >>> with MLflowLogger(tempfile.mkdtemp(), run_name="demo") as log:
+        ...     log(RoundRecord(round=1, central_loss=0.25))
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        *,
+        experiment: str = "covey",
+        run_name: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Create (or reuse) the experiment and start a run in it."""
+        self.client = MlflowClient(tracking_uri=_tracking_uri(store))
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = (
+            found.experiment_id if found is not None else self.client.create_experiment(experiment)
+        )
+        self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        items = [Param(str(k), str(v)) for k, v in (params or {}).items()]
+        for i in range(0, len(items), _MAX_PARAMS):
+            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
+        self._closed = False
+
+    def __call__(self, record: RoundRecord) -> None:
+        """Log the round's scalars at step ``record.round``."""
+        stamp = int(time.time() * 1000)
+        metrics = [
+            Metric(tag, value, stamp, record.round) for tag, value in round_scalars(record).items()
+        ]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the MLflow run (``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``)."""
+        if not self._closed:
+            self.client.set_terminated(self.run_id, status=status)
+            self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close("FINISHED" if exc_type is None else "FAILED")

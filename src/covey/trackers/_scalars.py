@@ -1,0 +1,57 @@
+"""The numbers of one round, flattened into ``tag -> value`` for trackers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from covey.core import RoundRecord
+
+
+def _add(out: dict[str, float], tag: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if math.isfinite(value):
+        out[tag] = float(value)
+
+
+def round_scalars(record: RoundRecord) -> dict[str, float]:
+    """Every finite number of a round, by tag.
+
+    Tags: ``central/loss`` and ``central/<metric>`` (server-side evaluation),
+    ``federated/loss`` and ``federated/<metric>`` (clients' evaluation),
+    ``fit/<metric>`` (clients' training metrics), ``clients/fit``,
+    ``clients/evaluate``, ``clients/failures``, ``time/<stage>`` (seconds) and
+    ``privacy/<key>`` (e.g. ``privacy/epsilon``) when the round has a privacy record.
+
+    Args:
+        record: The round, as given to an ``on_round`` callback.
+
+    Returns:
+        ``{tag: value}``; metrics that are not finite numbers are left out.
+
+    Example:
+        >>> from covey.core import RoundRecord
+        >>> round_scalars(RoundRecord(round=1, central_loss=0.5, fit_participants=[0, 1]))
+        {'central/loss': 0.5, 'clients/fit': 2.0, 'clients/evaluate': 0.0, 'clients/failures': 0.0}
+    """
+    out: dict[str, float] = {}
+    _add(out, "central/loss", record.central_loss)
+    for name, value in record.central_metrics.items():
+        _add(out, f"central/{name}", value)
+    _add(out, "federated/loss", record.evaluate_loss)
+    for name, value in record.evaluate_metrics.items():
+        _add(out, f"federated/{name}", value)
+    for name, value in record.fit_metrics.items():
+        _add(out, f"fit/{name}", value)
+    if record.round > 0:
+        _add(out, "clients/fit", len(record.fit_participants))
+        _add(out, "clients/evaluate", len(record.evaluate_participants))
+        _add(out, "clients/failures", len(record.failures))
+    for stage, seconds in record.durations.items():
+        _add(out, f"time/{stage}", seconds)
+    privacy = getattr(record, "privacy", None)
+    if isinstance(privacy, dict):
+        for key, value in privacy.items():
+            _add(out, f"privacy/{key}", value)
+    return out

@@ -1,0 +1,67 @@
+"""Log each round to TensorBoard event files, with the writer of the ``tensorboard`` package.
+
+No TensorFlow or PyTorch needed: events are written by
+``tensorboard.summary.writer.EventFileWriter`` as ``simple_value`` scalars, which
+TensorBoard's scalar dashboard and its ``EventAccumulator`` read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from covey.core import RoundRecord
+from covey.trackers._scalars import round_scalars
+
+
+class TensorBoardLogger:
+    """A round callback writing every round's numbers to a TensorBoard log folder.
+
+    Args:
+        logdir: The folder (made if missing); view with ``tensorboard --logdir``.
+        prefix: Put before every tag, e.g. ``"digits/"``.
+
+    Example:
+        >>> import tempfile
+        >>> from covey.core import RoundRecord
+        >>> with TensorBoardLogger(tempfile.mkdtemp()) as log:
+        ...     log(RoundRecord(round=1, central_loss=0.25))
+    """
+
+    def __init__(self, logdir: str | Path, *, prefix: str = "") -> None:
+        """Open an event file in ``logdir``."""
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._prefix = prefix
+        self._writer = EventFileWriter(str(self.logdir))
+
+    def __call__(self, record: RoundRecord) -> None:
+        """Write the round's scalars at step ``record.round``, then flush."""
+        values = [
+            Summary.Value(tag=self._prefix + tag, simple_value=value)
+            for tag, value in round_scalars(record).items()
+        ]
+        event = Event(wall_time=time.time(), step=record.round, summary=Summary(value=values))
+        self._writer.add_event(event)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self._writer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

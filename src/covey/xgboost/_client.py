@@ -1,0 +1,167 @@
+"""A ready :class:`covey.Client` that boosts the global XGBoost model on local data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from covey.clients import Client
+from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core._weights import Array, Weights
+from covey.xgboost._model import (
+    MODEL,
+    booster_from_weights,
+    empty_booster,
+    to_weights,
+    xgboost_module,
+)
+
+__all__ = ["XGBoostClient", "evaluate_booster", "initial_model"]
+
+
+def initial_model(
+    params: dict[str, Any], num_features: int, *, capacity: int = 1 << 20
+) -> dict[str, Array]:
+    """The starting global model: a booster with no trees, as weights of ``capacity`` bytes.
+
+    Args:
+        params: XGBoost parameters; ``base_score`` must be set (see
+            :func:`covey.xgboost.empty_booster`).
+        num_features: Input features.
+        capacity: The largest model, in bytes of XGBoost JSON, the federation
+            can hold; every round's model is sent in a buffer of this size.
+
+    Returns:
+        Weights for ``covey.simulate(initial_weights=...)`` or a ``ServerApp``.
+    """
+    return to_weights(empty_booster(params, num_features), capacity)
+
+
+def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, Metrics]:
+    """The loss of a booster on ``x, y``, and its accuracy for classifiers.
+
+    Binary objectives (``binary:logistic``) give the log loss and the accuracy
+    at 0.5; ``multi:softprob`` the multi-class log loss and the accuracy;
+    other objectives the mean squared error.
+
+    Args:
+        booster: An ``xgboost.Booster``, or weights holding one.
+        x: Features.
+        y: Labels or targets.
+
+    Returns:
+        ``(loss, metrics)``.
+    """
+    xgb = xgboost_module()
+    if isinstance(booster, dict):
+        booster = booster_from_weights(booster)
+    y_arr = np.asarray(y)
+    pred = np.asarray(booster.predict(xgb.DMatrix(np.asarray(x))), dtype=np.float64)
+    eps = 1e-12
+    if pred.ndim == 2:  # class probabilities
+        p = np.clip(pred[np.arange(len(y_arr)), y_arr.astype(np.int64)], eps, 1.0)
+        accuracy = float(np.mean(pred.argmax(axis=1) == y_arr))
+        return float(-np.mean(np.log(p))), {"accuracy": accuracy}
+    if _objective(booster).startswith("binary:"):
+        p = np.clip(pred, eps, 1.0 - eps)
+        loss = -np.mean(y_arr * np.log(p) + (1.0 - y_arr) * np.log(1.0 - p))
+        return float(loss), {"accuracy": float(np.mean((pred > 0.5) == (y_arr > 0.5)))}
+    return float(np.mean((pred - y_arr) ** 2)), {}
+
+
+def _objective(booster: Any) -> str:
+    config = json.loads(booster.save_config())
+    return str(config["learner"]["objective"]["name"])
+
+
+class XGBoostClient(Client):
+    """Grow trees on local data from the global booster: the client of bagging and cyclic training.
+
+    ``fit`` loads the global booster, adds ``local_rounds`` boosting rounds on
+    ``x_train, y_train`` and sends the whole booster back (the server keeps the
+    trees it added). ``evaluate`` reports :func:`evaluate_booster` on the test data.
+
+    The fit config may override ``"local_rounds"`` per round.
+
+    Args:
+        x_train: Local training features.
+        y_train: Local labels or targets.
+        params: XGBoost parameters (``objective``, ``max_depth``, ``eta``, ...).
+        x_test: Local test features (None: evaluate on the training data).
+        y_test: Local test labels.
+        local_rounds: Boosting rounds per fit.
+
+    Example:
+        >>> import numpy as np
+        >>> from covey.xgboost import XGBoostClient, initial_model, num_trees, from_weights
+        >>> x = np.random.default_rng(0).normal(size=(50, 3)); y = (x[:, 0] > 0) * 1.0
+        >>> params = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2}
+        >>> client = XGBoostClient(x, y, params, local_rounds=2)
+        >>> result = client.fit(initial_model(params, 3, capacity=1 << 16), {"round": 1})
+        >>> num_trees(from_weights(result.weights))
+        2
+    """
+
+    def __init__(
+        self,
+        x_train: npt.ArrayLike,
+        y_train: npt.ArrayLike,
+        params: dict[str, Any],
+        x_test: npt.ArrayLike | None = None,
+        y_test: npt.ArrayLike | None = None,
+        *,
+        local_rounds: int = 1,
+    ) -> None:
+        xgb = xgboost_module()
+        if isinstance(local_rounds, bool) or not isinstance(local_rounds, int) or local_rounds < 1:
+            raise ValueError(f"local_rounds must be an int >= 1, got {local_rounds!r}")
+        self.params = dict(params)
+        self.train = xgb.DMatrix(np.asarray(x_train), label=np.asarray(y_train))
+        self.num_examples = int(self.train.num_row())
+        if self.num_examples == 0:
+            raise ValueError("x_train holds no examples")
+        if x_test is None or y_test is None:
+            self.x_test, self.y_test = np.asarray(x_train), np.asarray(y_train)
+        else:
+            self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
+        self.local_rounds = local_rounds
+
+    def fit(self, weights: Weights, config: Config) -> FitResult:
+        """Boost the global model ``local_rounds`` rounds on local data.
+
+        Args:
+            weights: The global booster (see :func:`covey.xgboost.to_weights`).
+            config: The round's config; ``"local_rounds"`` is read from it.
+
+        Returns:
+            The whole booster as weights of the same capacity, and the number of
+            training examples.
+        """
+        xgb = xgboost_module()
+        rounds = config.get("local_rounds", self.local_rounds)
+        if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
+            raise ValueError(f"config 'local_rounds' must be an int >= 1, got {rounds!r}")
+        booster = xgb.train(
+            self.params,
+            self.train,
+            num_boost_round=int(rounds),
+            xgb_model=booster_from_weights(weights),
+        )
+        model = to_weights(booster.save_raw("json"), int(np.asarray(weights[MODEL]).size))
+        return FitResult(weights=model, num_examples=self.num_examples)
+
+    def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
+        """The loss (and accuracy) of the global booster on the local test data.
+
+        Args:
+            weights: The global booster.
+            config: The round's config (unused).
+
+        Returns:
+            The loss, the number of examples and the metrics of :func:`evaluate_booster`.
+        """
+        loss, metrics = evaluate_booster(booster_from_weights(weights), self.x_test, self.y_test)
+        return EvaluateResult(loss=loss, num_examples=len(self.y_test), metrics=metrics)

@@ -1,0 +1,154 @@
+"""An XGBoost booster as covey Weights: its JSON model bytes in a fixed-capacity byte array.
+
+A federation's weights keep one layout from round to round, while a booster
+grows with every tree. So the model travels as ``{"model": uint8[capacity],
+"size": int64[1]}``: XGBoost's own JSON serialization (never pickle) in the
+first ``size`` bytes of a buffer whose capacity is fixed when the federation
+starts. Every size is checked against that capacity before anything is read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import numpy as np
+
+from covey.core._weights import Array, Weights, WeightsError
+from covey.xgboost._validate import new_trees
+
+__all__ = [
+    "MODEL",
+    "SIZE",
+    "booster_from_weights",
+    "empty_booster",
+    "from_weights",
+    "num_trees",
+    "to_weights",
+    "xgboost_module",
+]
+
+MODEL = "model"
+"""The weights entry holding the model bytes."""
+SIZE = "size"
+"""The weights entry holding how many bytes of ``MODEL`` are used."""
+
+
+def xgboost_module() -> Any:
+    """The ``xgboost`` module, or an ImportError saying how to install it."""
+    try:
+        return importlib.import_module("xgboost")
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("covey.xgboost needs XGBoost: pip install 'covey[xgboost]'") from exc
+
+
+def to_weights(model: bytes | bytearray | memoryview, capacity: int) -> dict[str, Array]:
+    """Model bytes (XGBoost JSON) as weights of a fixed ``capacity``.
+
+    Args:
+        model: The serialized booster, e.g. ``booster.save_raw("json")``.
+        capacity: The byte capacity every model of the federation shares.
+
+    Returns:
+        ``{"model": uint8[capacity], "size": int64[1]}``.
+
+    Raises:
+        ValueError: The model is larger than ``capacity``.
+    """
+    data = memoryview(model).cast("B")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+    if data.nbytes > capacity:
+        raise ValueError(
+            f"the booster takes {data.nbytes} bytes, more than the federation's capacity of "
+            f"{capacity}: start it with a larger capacity (initial_model(..., capacity=...)) "
+            "or grow fewer or shallower trees"
+        )
+    buffer = np.zeros(capacity, dtype=np.uint8)
+    buffer[: data.nbytes] = np.frombuffer(data, dtype=np.uint8)
+    return {MODEL: buffer, SIZE: np.array([data.nbytes], dtype=np.int64)}
+
+
+def from_weights(weights: Weights) -> bytes:
+    """The model bytes inside ``weights``, checked against the buffer's capacity.
+
+    Raises:
+        WeightsError: The entries are missing, of the wrong kind, or ``size`` is
+            out of range.
+    """
+    if MODEL not in weights or SIZE not in weights:
+        raise WeightsError(f"XGBoost weights need {MODEL!r} and {SIZE!r} entries")
+    buffer, size = np.asarray(weights[MODEL]), np.asarray(weights[SIZE])
+    if buffer.dtype != np.uint8 or buffer.ndim != 1:
+        raise WeightsError(f"{MODEL!r} must be a 1-D uint8 array, got {buffer.dtype}{buffer.shape}")
+    if size.shape != (1,) or size.dtype.kind not in "iu":
+        raise WeightsError(f"{SIZE!r} must be one integer, got {size.dtype}{size.shape}")
+    n = int(size[0])
+    if not 0 <= n <= buffer.size:
+        raise WeightsError(f"{SIZE!r} is {n}, outside the model buffer's 0..{buffer.size} bytes")
+    return buffer[:n].tobytes()
+
+
+def parse(model: bytes) -> dict[str, Any]:
+    """The JSON document of a serialized booster, with a clear error if it is not one."""
+    try:
+        doc = json.loads(model)
+        trees = doc["learner"]["gradient_booster"]["model"]["trees"]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise WeightsError(f"not an XGBoost JSON model of a tree booster: {exc}") from None
+    if not isinstance(trees, list):
+        raise WeightsError("not an XGBoost JSON model: 'trees' is not a list")
+    return doc  # type: ignore[no-any-return]
+
+
+def num_trees(model: bytes) -> int:
+    """How many trees a serialized booster holds."""
+    return len(parse(model)["learner"]["gradient_booster"]["model"]["trees"])
+
+
+def load_booster(model: bytes) -> Any:
+    """An ``xgboost.Booster`` from JSON bytes; a model XGBoost refuses raises WeightsError."""
+    xgb = xgboost_module()
+    try:
+        return xgb.Booster(model_file=bytearray(model))
+    except xgb.core.XGBoostError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"XGBoost cannot load the model: {first}") from None
+
+
+def booster_from_weights(weights: Weights) -> Any:
+    """An ``xgboost.Booster`` loaded from ``weights`` (for prediction or more training).
+
+    Every tree is checked first (see ``covey.xgboost._validate``): XGBoost
+    trusts the JSON it loads, and a malformed tree would crash the process.
+    """
+    model = from_weights(weights)
+    doc = parse(model)
+    new_trees(doc, doc["learner"]["learner_model_param"], 0, "the model")
+    return load_booster(model)
+
+
+def empty_booster(params: dict[str, Any], num_features: int) -> bytes:
+    """A booster with no trees: the starting global model, made without any data.
+
+    ``params`` must set ``base_score`` (the prediction before any tree) so that
+    every client boosts from the same start; XGBoost would otherwise estimate
+    it from each client's own data.
+
+    Args:
+        params: XGBoost training parameters (objective, num_class, base_score, ...).
+        num_features: Input features.
+
+    Returns:
+        The JSON bytes of the booster.
+    """
+    if "base_score" not in params:
+        raise ValueError(
+            "set params['base_score'] (e.g. 0.5 for binary:logistic): every client must "
+            "boost from the same starting prediction"
+        )
+    xgb = xgboost_module()
+    x = np.zeros((1, num_features), dtype=np.float32)
+    booster = xgb.train(dict(params), xgb.DMatrix(x, label=np.zeros(1)), num_boost_round=0)
+    return bytes(booster.save_raw("json"))

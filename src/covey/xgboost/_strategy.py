@@ -1,0 +1,239 @@
+"""The server side of federated XGBoost: merge clients' trees (bagging) or take turns (cyclic)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
+from covey.core._weights import Weights, WeightsError
+from covey.strategies import Strategy
+from covey.strategies._strategy import StrategyOptions, preset
+from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
+from covey.xgboost._validate import new_trees
+
+__all__ = ["XGBoostBagging", "XGBoostCyclic", "bagging", "cyclic", "merge_trees", "round_robin"]
+
+
+def _model(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["learner"]["gradient_booster"]["model"]  # type: ignore[no-any-return]
+
+
+def _scale_leaves(tree: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of ``tree`` whose leaf values are multiplied by ``factor``."""
+    out = copy.deepcopy(tree)
+    left = out["left_children"]
+    for key in ("split_conditions", "base_weights"):
+        values = out[key]
+        for node, child in enumerate(left):
+            if child == -1:
+                values[node] = float(values[node]) * factor
+    return out
+
+
+def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
+    """One booster: ``base`` plus each client's trees grown past ``base``, leaves scaled.
+
+    Each client boosted the same ``base`` on its own data; the trees it added
+    beyond ``base``'s are appended, their leaf values multiplied by the
+    client's factor (its share of the examples, for an example-weighted mean
+    of the clients' boosting steps; 1.0 to simply add every client's trees).
+
+    Args:
+        base: The global booster the clients started from (XGBoost JSON).
+        clients: ``(client booster JSON, factor)`` per client, in client-id order.
+
+    Returns:
+        The merged booster as XGBoost JSON bytes.
+
+    Raises:
+        WeightsError: A model is not XGBoost JSON, a client's model does not
+            extend ``base`` (fewer trees, other features or classes), or one of
+            its new trees is malformed (see ``covey.xgboost._validate``).
+    """
+    doc = parse(base)
+    merged = _model(doc)
+    params = doc["learner"]["learner_model_param"]
+    indptr: list[int] = list(merged["iteration_indptr"])
+    known = len(merged["trees"])
+    for i, (model, factor) in enumerate(clients):
+        trees, info, ends = new_trees(parse(model), params, known, f"client model {i}")
+        start = len(merged["trees"])
+        for tree in trees:
+            new = _scale_leaves(tree, factor)
+            new["id"] = len(merged["trees"])
+            merged["trees"].append(new)
+        merged["tree_info"].extend(info)
+        indptr.extend(start + end for end in ends)
+    merged["iteration_indptr"] = indptr
+    merged["gbtree_model_param"]["num_trees"] = str(len(merged["trees"]))
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class _BagState(NamedTuple):
+    params: Weights | None = None
+    models: tuple[tuple[int, bytes], ...] = ()
+
+
+def bagging(*, weighted: bool = True) -> Step:
+    """An aggregation step that merges the trees each client grew into one booster.
+
+    Every client boosts the global model on its own data and sends the result;
+    the new global model is the old one plus every client's new trees, each
+    client's leaves scaled by its share of the round's examples (``weighted``)
+    or by ``1 / clients``, so the round's step is the mean of the clients'
+    boosting steps.
+
+    Args:
+        weighted: Weigh clients by their number of examples (else equally).
+
+    Returns:
+        A reducer step emitting the merged model as the round's aggregate.
+
+    References:
+        Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016;
+        Breiman, "Bagging Predictors", Machine Learning 24, 1996.
+    """
+
+    def init(params: Weights) -> _BagState:
+        return _BagState()
+
+    def update(state: _BagState, event: Event) -> tuple[_BagState, tuple[Event, ...]]:
+        if isinstance(event, Begin):
+            return _BagState(event.params), ()
+        if isinstance(event, Contribution):
+            if state.params is None:
+                raise AggregationError("a contribution arrived before the round began")
+            model = from_weights(event.as_weights(state.params))
+            return state._replace(models=(*state.models, (event.num_examples, model))), ()
+        if isinstance(event, End):
+            if state.params is None or not state.models:
+                return _BagState(), ()
+            total = sum(n for n, _ in state.models)
+            if weighted and total <= 0:
+                raise AggregationError("every contribution has zero examples")
+            factors = [
+                (m, n / total if weighted else 1.0 / len(state.models)) for n, m in state.models
+            ]
+            capacity = int(np.asarray(state.params[MODEL]).size)
+            try:
+                merged = merge_trees(from_weights(state.params), factors)
+                load_booster(merged)  # XGBoost itself must accept what clients sent
+                new = to_weights(merged, capacity)
+            except (WeightsError, ValueError) as exc:
+                raise AggregationError(str(exc)) from exc
+            out = Aggregate(
+                event.round, len(state.models), total, weights=new, info=dict(event.info)
+            )
+            return _BagState(), (out,)
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def cyclic() -> Step:
+    """An aggregation step for cyclic training: the one client's model becomes the global one.
+
+    Each round one client (see :func:`round_robin`) boosts the global model on
+    its data; the new model is the global one plus the client's new trees,
+    checked (the old trees are the server's own, whatever the client sent).
+
+    Returns:
+        A reducer step; a round with more than one contribution is an error.
+
+    References:
+        Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
+    """
+
+    def init(params: Weights) -> tuple[Weights | None, tuple[Contribution, ...]]:
+        return None, ()
+
+    def update(
+        state: tuple[Weights | None, tuple[Contribution, ...]], event: Event
+    ) -> tuple[tuple[Weights | None, tuple[Contribution, ...]], tuple[Event, ...]]:
+        params, got = state
+        if isinstance(event, Begin):
+            return (event.params, ()), ()
+        if isinstance(event, Contribution):
+            return (params, (*got, event)), ()
+        if isinstance(event, End):
+            if not got or params is None:
+                return (None, ()), ()
+            if len(got) > 1:
+                raise AggregationError(
+                    f"cyclic training takes one client per round, got {len(got)}: use "
+                    "XGBoostCyclic() or a selector that picks one client"
+                )
+            capacity = int(np.asarray(params[MODEL]).size)
+            try:
+                # The global model's own trees come from the server's copy, the new ones
+                # from the client, checked: the same booster an honest client sent.
+                model = merge_trees(
+                    from_weights(params), [(from_weights(got[0].as_weights(params)), 1.0)]
+                )
+                load_booster(model)
+                weights = to_weights(model, capacity)
+            except (WeightsError, ValueError) as exc:
+                raise AggregationError(str(exc)) from exc
+            out = Aggregate(
+                event.round, 1, got[0].num_examples, weights=weights, info=dict(event.info)
+            )
+            return (None, ()), (out,)
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
+    """A selector that picks one client per round, in turn: round 1 the first, and so on."""
+    ordered = sorted(int(c) for c in candidates)
+    return [ordered[(round - 1) % len(ordered)]]
+
+
+def XGBoostBagging(*, weighted: bool = True, **options: Any) -> Strategy:
+    """Federated gradient-boosted trees by bagging: every client's new trees join one booster.
+
+    Args:
+        weighted: Weigh each client's trees by its share of the examples.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
+    Returns:
+        A strategy with the :func:`bagging` step.
+
+    References:
+        Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
+    """
+    checked: StrategyOptions = options  # type: ignore[assignment]
+    return preset("XGBoostBagging", bagging(weighted=weighted), checked)
+
+
+def XGBoostCyclic(**options: Any) -> Strategy:
+    """Federated gradient-boosted trees by cyclic training: clients boost the model in turn.
+
+    One client per round, chosen by :func:`round_robin`; federated evaluation
+    samples as the options say.
+
+    Args:
+        **options: :class:`~covey.Strategy` options except ``selector``,
+            ``fraction_fit`` and ``min_fit_clients``, which cyclic training fixes.
+
+    Returns:
+        A strategy with the :func:`cyclic` step.
+
+    References:
+        Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
+    """
+    fixed = {"selector", "fraction_fit", "min_fit_clients"} & set(options)
+    if fixed:
+        raise TypeError(f"XGBoostCyclic() fixes {sorted(fixed)}: one client per round, in turn")
+    checked: StrategyOptions = {
+        **options,  # type: ignore[typeddict-item]
+        "selector": round_robin,
+        "fraction_fit": 0.0,
+        "min_fit_clients": 1,
+    }
+    return preset("XGBoostCyclic", cyclic(), checked)

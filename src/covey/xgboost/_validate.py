@@ -1,0 +1,149 @@
+"""Check a tree a client sent before XGBoost sees it: XGBoost trusts the JSON it loads.
+
+A tree whose child indices point past its nodes loads without complaint and
+crashes the process at prediction time, so every tree from a client is
+checked here: array lengths, a single root, each node reached exactly once,
+feature indices in range, finite values, and no categorical splits (which
+this integration does not merge).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from covey.core._weights import WeightsError
+
+__all__ = ["check_tree", "new_trees"]
+
+_ROOT_PARENT = 2147483647  # XGBoost's marker for "no parent"
+_NODE_ARRAYS = (
+    "left_children",
+    "right_children",
+    "parents",
+    "split_indices",
+    "split_conditions",
+    "default_left",
+    "base_weights",
+    "loss_changes",
+    "sum_hessian",
+)
+_CATEGORY_ARRAYS = ("categories", "categories_nodes", "categories_segments", "categories_sizes")
+
+
+def _ints(values: Any, what: str) -> list[int]:
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise WeightsError(f"{what} must be a list of integers")
+    return values
+
+
+def _finite(values: Any, what: str) -> None:
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    ):
+        raise WeightsError(f"{what} must be a list of finite numbers")
+
+
+def _check_links(
+    left: Sequence[int], right: Sequence[int], parents: Sequence[int], what: str
+) -> None:
+    n = len(left)
+    if parents[0] != _ROOT_PARENT:
+        raise WeightsError(f"{what}: node 0 is not a root")
+    seen = [False] * n
+    seen[0] = True
+    stack = [0]
+    while stack:
+        node = stack.pop()
+        lo, hi = left[node], right[node]
+        if (lo == -1) != (hi == -1):
+            raise WeightsError(f"{what}: node {node} has one child")
+        if lo == -1:
+            continue
+        for child in (lo, hi):
+            if not 0 < child < n or seen[child]:
+                raise WeightsError(f"{what}: node {node} links to node {child}, not a new node")
+            if parents[child] != node:
+                raise WeightsError(f"{what}: node {child}'s parent is not {node}")
+            seen[child] = True
+            stack.append(child)
+    if not all(seen):
+        raise WeightsError(f"{what}: {seen.count(False)} node(s) cannot be reached from the root")
+
+
+def check_tree(tree: Any, num_feature: int, what: str) -> None:
+    """Raise WeightsError unless ``tree`` is a well-formed numeric XGBoost tree.
+
+    Args:
+        tree: One entry of the model's ``trees`` list.
+        num_feature: The model's number of input features.
+        what: How to name the tree in errors, e.g. ``"client 3's tree 7"``.
+    """
+    if not isinstance(tree, dict):
+        raise WeightsError(f"{what} is not a JSON object")
+    try:
+        param = tree["tree_param"]
+        n = int(param["num_nodes"])
+        leaf_size = int(param.get("size_leaf_vector", "1"))
+        arrays = {key: tree[key] for key in _NODE_ARRAYS}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{what} lacks a field or has a malformed one: {exc}") from None
+    if n < 1 or leaf_size > 1:
+        raise WeightsError(f"{what}: {n} nodes with leaf vectors of {leaf_size}: not supported")
+    for key, values in arrays.items():
+        if not isinstance(values, list) or len(values) != n:
+            raise WeightsError(f"{what}: {key!r} does not hold one value per node ({n})")
+    left = _ints(arrays["left_children"], f"{what}: left_children")
+    right = _ints(arrays["right_children"], f"{what}: right_children")
+    parents = _ints(arrays["parents"], f"{what}: parents")
+    features = _ints(arrays["split_indices"], f"{what}: split_indices")
+    for key in ("split_conditions", "base_weights", "loss_changes", "sum_hessian"):
+        _finite(arrays[key], f"{what}: {key}")
+    if any(not 0 <= f < num_feature for f in features):
+        raise WeightsError(f"{what}: a split uses a feature outside 0..{num_feature - 1}")
+    if any(tree.get(key) for key in _CATEGORY_ARRAYS) or any(tree.get("split_type") or []):
+        raise WeightsError(f"{what}: categorical splits are not supported")
+    _check_links(left, right, parents, what)
+
+
+def new_trees(
+    client: dict[str, Any], params: dict[str, Any], known: int, what: str
+) -> tuple[list[Any], list[int], list[int]]:
+    """A client model's trees past the first ``known``, checked, with their groups and iterations.
+
+    Returns:
+        The new trees, their ``tree_info`` (output group of each) and the end of
+        each new boosting iteration, counted from the first new tree.
+    """
+    theirs = client["learner"]["learner_model_param"]
+    if any(theirs.get(k) != params.get(k) for k in ("num_feature", "num_class", "num_target")):
+        raise WeightsError(f"{what} has other features, classes or targets than the global")
+    model = client["learner"]["gradient_booster"]["model"]
+    trees, info, ptr = model["trees"], model.get("tree_info"), model.get("iteration_indptr")
+    if len(trees) < known:
+        raise WeightsError(
+            f"{what} has {len(trees)} trees, fewer than the global model's {known}: "
+            "it does not extend it"
+        )
+    groups = max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
+    if not isinstance(info, list) or len(info) != len(trees):
+        raise WeightsError(f"{what}: tree_info does not hold one group per tree")
+    if any(not isinstance(g, int) or not 0 <= g < groups for g in info):
+        raise WeightsError(f"{what}: tree_info names an output group outside 0..{groups - 1}")
+    if (
+        not isinstance(ptr, list)
+        or not all(isinstance(p, int) for p in ptr)
+        or known not in ptr
+        or ptr[-1] != len(trees)
+        or any(b < a for a, b in itertools.pairwise(ptr))
+    ):
+        raise WeightsError(f"{what}: its iterations do not continue the global model's")
+    num_feature = int(params["num_feature"])
+    for t, tree in enumerate(trees[known:], start=known):
+        check_tree(tree, num_feature, f"{what}'s tree {t}")
+    ends = [end - known for end in ptr[ptr.index(known) + 1 :]]
+    return trees[known:], info[known:], ends

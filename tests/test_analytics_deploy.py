@@ -1,0 +1,154 @@
+"""A deployed query: three `covey site` processes over gRPC with mutual TLS equal the simulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covey.analytics import Policy, Site, query
+from covey.deploy import tls_from_dir
+from covey.deploy.certs import init_federation, issue_client
+from covey.transport.grpc import GrpcServerTransport
+
+SQL = (
+    "SELECT sex, COUNT(*), AVG(age), STDDEV_SAMP(age), MEDIAN(age) "
+    "FROM patients WHERE age > 20 GROUP BY sex"
+)
+POLICY_TOML = """
+[policy]
+columns = ["sex", "age"]
+min_group_size = 5
+bounds = { age = [0, 120] }
+domains = { sex = ["F", "M", "X"] }
+"""
+
+
+def _frames() -> list[pd.DataFrame]:
+    rng = np.random.default_rng(21)
+    return [
+        pd.DataFrame(
+            {
+                "sex": rng.choice(["F", "M"], n),
+                "age": rng.normal(55, 15, n).round(1),
+                "id": np.arange(n),
+            }
+        )
+        for n in (120, 200, 80)
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def site_processes(tmp_path: Path) -> Iterator[tuple[Path, int, list[subprocess.Popen[bytes]]]]:
+    certs = tmp_path / "certs"
+    init_federation(certs, hosts=("localhost", "127.0.0.1"))
+    frames = _frames()
+    frames[0].to_parquet(tmp_path / "patients.parquet")
+    frames[1].to_csv(tmp_path / "patients.csv", index=False)
+    with sqlite3.connect(tmp_path / "h.db") as con:
+        frames[2].to_sql("patients", con, index=False)
+    sources = [
+        str(tmp_path / "patients.parquet"),
+        str(tmp_path / "patients.csv"),
+        f"sqlite:///{tmp_path / 'h.db'}",
+    ]
+    (tmp_path / "policy.toml").write_text(POLICY_TOML)
+    port = _free_port()
+    procs = []
+    for i, source in enumerate(sources):
+        issue_client(certs, f"site-{i}")
+        log = open(tmp_path / f"site-{i}.log", "wb")  # noqa: SIM115 - closed with the process
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "covey", "site",
+                    "--table", f"patients={source}",
+                    "--policy", str(tmp_path / "policy.toml"),
+                    "--server", f"127.0.0.1:{port}",
+                    "--certs", str(certs),
+                    "--name", f"site-{i}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env=dict(os.environ),
+            )
+        )  # fmt: skip
+        log.close()
+    try:
+        yield tmp_path, port, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_deployed_query_with_three_site_processes_equals_the_simulated_one(
+    site_processes: tuple[Path, int, list[subprocess.Popen[bytes]]],
+) -> None:
+    tmp, port, procs = site_processes
+    policy = Policy(
+        columns=["sex", "age"],
+        min_group_size=5,
+        bounds={"age": (0, 120)},
+        domains={"sex": ["F", "M", "X"]},
+    )
+    simulated = query(
+        [Site({"patients": f}, policy, name=f"site-{i}") for i, f in enumerate(_frames())],
+        SQL,
+        secure=True,
+    )
+    transport = GrpcServerTransport(f"127.0.0.1:{port}", tls=tls_from_dir(tmp / "certs"))
+    try:
+        assert transport.wait_for_clients(3, 120), [
+            (tmp / f"site-{i}.log").read_text(errors="replace") for i in range(3)
+        ]
+        deployed = query(transport, SQL, secure=True, timeout=60)
+    finally:
+        transport.close("the query is answered")
+    pd.testing.assert_frame_equal(deployed, simulated, rtol=1e-12)
+    assert sorted(deployed.attrs["sites"]) == ["site-0", "site-1", "site-2"]
+    assert deployed.attrs["suppressed"] == [("X",)]
+
+    # the sites join again: now the analyst asks from the command line
+    out = tmp / "answer.json"
+    cli = subprocess.run(
+        [
+            sys.executable, "-m", "covey", "query", SQL,
+            "--server", f"127.0.0.1:{port}",
+            "--sites", "3",
+            "--certs", str(tmp / "certs"),
+            "--wait-timeout", "120",
+            "--json", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "AVG(age)" in cli.stdout
+    answer = json.loads(out.read_text())
+    got = pd.DataFrame(answer["data"], columns=answer["columns"])
+    np.testing.assert_allclose(
+        got["AVG(age)"].astype(float), simulated["AVG(age)"], rtol=1e-12, equal_nan=True
+    )
+    for p in procs:
+        assert p.poll() is None  # a site stays for the next query until it is stopped

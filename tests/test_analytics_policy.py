@@ -1,0 +1,195 @@
+"""Refusals with clear reasons, site policies, minimum group size, and the sources a site reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covey.analytics import Policy, PolicyError, QueryError, Site, plan, query
+
+
+def _frame(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "sex": rng.choice(["F", "M"], n),
+            "condition": rng.choice(["diabetes", "asthma"], n),
+            "age": rng.uniform(20, 90, n).round(1),
+            "ssn": rng.integers(10**8, 10**9, n),
+        }
+    )
+
+
+POLICY = Policy(
+    columns=["sex", "condition", "age"],
+    bounds={"age": (0, 120)},
+    domains={"sex": ["F", "M"], "condition": ["diabetes", "asthma"]},
+    min_group_size=10,
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "words"),
+    [
+        ("SELECT age FROM patients", ["age", "line 1, column 8", "row-level"]),
+        ("SELECT * FROM patients", ["SELECT *", "row-level"]),
+        (
+            "SELECT COUNT(*) FROM patients p JOIN visits v ON p.id = v.id",
+            ["JOIN", "line 1, column 33", "joins"],
+        ),
+        ("SELECT COUNT(*) FROM patients\nORDER BY 1", ["ORDER BY", "line 2, column 1"]),
+        ("SELECT COUNT(*) FROM patients LIMIT 5", ["LIMIT", "column 31"]),
+        ("SELECT sex, COUNT(*) FROM patients GROUP BY sex HAVING COUNT(*) > 3", ["HAVING"]),
+        ("SELECT COUNT(DISTINCT age) FROM patients", ["COUNT(DISTINCT", "APPROX_COUNT_DISTINCT"]),
+        ("SELECT SUM(age + 1) FROM patients", ["SUM", "age + 1", "column"]),
+        ("SELECT COUNT(*) FROM patients WHERE abs(age) > 3", ["ABS", "WHERE", "column 37"]),
+        ("SELECT COUNT(*) FROM patients WHERE age IN (SELECT 1)", ["subqueries", "column 45"]),
+        ("SELECT STRING_AGG(sex) FROM patients", ["not supported"]),
+        ("SELECT COUNT(*) FROM (SELECT * FROM patients)", ["FROM", "subquery"]),
+        ("SELECT COUNT(*) FROM patients; DROP TABLE patients", ["one SQL statement"]),
+        ("SELECT SUM(age) OVER () FROM patients", ["OVER"]),
+        ("SELECT COUNT(*) FROM a UNION SELECT COUNT(*) FROM b", ["UNION"]),
+        ("DELETE FROM patients", ["only SELECT"]),
+    ],
+)
+def test_unsupported_sql_is_refused_naming_the_clause_and_where(sql: str, words: list[str]) -> None:
+    with pytest.raises(QueryError) as info:
+        plan(sql)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELEC COUNT(*) FROM patients", "SELECT COUNT(* FROM patients", "SELECT 'open FROM t", ""],
+)
+def test_malformed_sql_gets_a_clear_error(sql: str) -> None:
+    with pytest.raises(QueryError, match=r"malformed SQL|only SELECT|empty"):
+        plan(sql)
+
+
+def test_aggregates_are_named_by_their_sql_text_or_alias() -> None:
+    p = plan("SELECT sex, AVG(age_at_diagnosis), count(*) AS n FROM patients GROUP BY sex")
+    assert [a.name for a in p.aggregates] == ["AVG(age_at_diagnosis)", "n"]
+
+
+def test_a_forbidden_column_is_refused_with_the_reason() -> None:
+    sites = [Site({"patients": _frame(50, s)}, POLICY, name=f"h{s}") for s in range(2)]
+    with pytest.raises(PolicyError, match=r"column 'ssn' is not open"):
+        query(sites, "SELECT COUNT(*) FROM patients WHERE ssn > 3", secure=False)
+    with pytest.raises(PolicyError, match=r"no bounds for 'ssn'|column 'ssn'"):
+        query(sites, "SELECT AVG(ssn) FROM patients", secure=False)
+
+
+def test_min_max_only_where_allowed_and_never_secure() -> None:
+    sites = [Site({"patients": _frame(50, s)}, POLICY) for s in range(2)]
+    with pytest.raises(PolicyError, match="does not reveal the MIN or MAX"):
+        query(sites, "SELECT MIN(age) FROM patients", secure=False)
+    with pytest.raises(QueryError, match="never answered under secure aggregation"):
+        query(sites, "SELECT MAX(age) FROM patients", secure=True)
+
+
+def test_a_site_without_a_policy_answers_nothing() -> None:
+    open_site = Site({"patients": _frame(50)}, POLICY, name="open")
+    closed = Site({"patients": _frame(50, 1)}, None, name="closed")
+    df = query([open_site, closed], "SELECT COUNT(*) FROM patients", secure=False)
+    assert df.attrs["sites"] == ["open"]
+    assert "no policy" in df.attrs["refused"]["closed"]
+    with pytest.raises(PolicyError, match="no site answers"):
+        query([closed], "SELECT COUNT(*) FROM patients", secure=False)
+
+
+def test_group_by_needs_a_declared_domain() -> None:
+    site = Site({"patients": _frame(50)}, Policy(bounds={"age": (0, 120)}))
+    with pytest.raises(PolicyError, match="declares no domain for 'sex'"):
+        query([site], "SELECT sex, COUNT(*) FROM patients GROUP BY sex", secure=False)
+
+
+def test_a_group_under_the_minimum_size_is_suppressed() -> None:
+    frame = pd.DataFrame(
+        {"sex": ["F"] * 30 + ["M"] * 4, "condition": "asthma", "age": 50.0, "ssn": 1}
+    )
+    sites = [Site({"patients": frame}, POLICY, name=f"h{i}") for i in range(2)]
+    df = query(sites, "SELECT sex, COUNT(*), AVG(age) FROM patients GROUP BY sex", secure=False)
+    assert df["COUNT(*)"].tolist()[0] == 60
+    assert df[df["sex"] == "M"][["COUNT(*)", "AVG(age)"]].isna().all(axis=None)
+    assert df.attrs["suppressed"] == [("M",)]
+    # each site withheld its 4 men before answering: the total never saw them
+    assert df.attrs["withheld_groups"] == 2
+
+
+def test_the_total_is_checked_again_after_the_sites() -> None:
+    # each site has 6 men: under the site minimum (5 here) they pass, the total minimum is 10...
+    frame = pd.DataFrame({"sex": ["F"] * 20 + ["M"] * 6, "condition": "asthma", "age": 40.0})
+    lenient = Policy(bounds={"age": (0, 120)}, domains={"sex": ["F", "M"]}, min_group_size=5)
+    strict = Policy(bounds={"age": (0, 120)}, domains={"sex": ["F", "M"]}, min_group_size=20)
+    df = query(
+        [Site({"patients": frame}, lenient), Site({"patients": frame}, strict)],
+        "SELECT sex, COUNT(*) FROM patients GROUP BY sex",
+        secure=False,
+    )
+    # the strict site withholds its men (6 < 20); the total (6) is under the largest minimum
+    assert df.attrs["min_group_size"] == 20
+    assert df["COUNT(*)"].tolist()[0] == 40
+    assert np.isnan(df["COUNT(*)"].tolist()[1])
+
+
+def test_values_outside_the_bounds_are_clipped_and_counted() -> None:
+    frame = pd.DataFrame({"age": [10.0] * 10 + [200.0, -5.0]})
+    site = Site({"p": frame}, Policy(bounds={"age": (0, 100)}, min_group_size=1))
+    df = query([site], "SELECT SUM(age) FROM p", secure=False)
+    assert df["SUM(age)"].iloc[0] == 200.0
+    assert df.attrs["clipped"] == {"age": 2}
+
+
+def test_a_site_with_a_sqlite_database_parquet_and_csv_answers(tmp_path: Path) -> None:
+    frames = [_frame(40, s) for s in range(3)]
+    db = tmp_path / "hospital.db"
+    with sqlite3.connect(db) as con:
+        frames[0].to_sql("patients", con, index=False)
+    frames[1].to_parquet(tmp_path / "patients.parquet")
+    frames[2].to_csv(tmp_path / "patients.csv", index=False)
+    policy = Policy(bounds={"age": (0, 120)}, domains={"sex": ["F", "M"]}, min_group_size=1)
+    sites = [
+        Site({"patients": f"sqlite:///{db}"}, policy, name="sqlite"),
+        Site({"patients": tmp_path / "patients.parquet"}, policy, name="parquet"),
+        Site({"patients": str(tmp_path / "patients.csv")}, policy, name="csv"),
+    ]
+    sql = "SELECT sex, COUNT(*), SUM(age) FROM patients GROUP BY sex"
+    df = query(sites, sql, secure=False)
+    pooled = pd.concat(frames)
+    for _, row in df.iterrows():
+        part = pooled[pooled["sex"] == row["sex"]]
+        assert row["COUNT(*)"] == len(part)
+        assert row["SUM(age)"] == pytest.approx(part["age"].sum(), rel=1e-12)
+    assert df.attrs["sites"] == ["sqlite", "parquet", "csv"]
+
+
+def test_a_missing_sqlite_table_or_file_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE other (x INTEGER)")
+    with pytest.raises(ValueError, match="has no table 'patients'"):
+        Site({"patients": f"sqlite:///{db}"}, POLICY)
+    with pytest.raises(FileNotFoundError, match="no SQLite database"):
+        Site({"patients": f"sqlite:///{tmp_path / 'none.db'}"}, POLICY)
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"neither \.parquet nor \.csv"):
+        Site({"patients": tmp_path / "x.json"}, POLICY)
+    with pytest.raises(ValueError, match="not a valid table"):
+        Site({"bad name": _frame(3)}, POLICY)
+
+
+def test_policy_checks_its_own_settings() -> None:
+    with pytest.raises(ValueError, match="low < high"):
+        Policy(bounds={"age": (5, 1)})
+    with pytest.raises(ValueError, match="distinct values"):
+        Policy(domains={"sex": ["F", "F"]})
+    with pytest.raises(ValueError, match="at least 1"):
+        Policy(min_group_size=0)
+    with pytest.raises(ValueError, match="epsilon must be positive"):
+        Policy(epsilon=0)

@@ -1,0 +1,286 @@
+"""The dashboard's reading of runs, its HTTP API and event stream, TLS, ``covey runs report``."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("starlette", reason="the dashboard extra is needed")
+
+import covey
+from covey.cli import app
+from covey.core import Failure, RoundRecord
+from covey.dashboard import DashboardServer, RunReadError, discover_runs, read_run
+from covey.dashboard import _runs as runs_module
+from covey.server import RunStore
+from covey.sim import SimulationResult
+
+
+class Half(covey.Client):
+    """Halves the weights; reports a loss that shrinks with them."""
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        loss = float(np.abs(weights["w"]).sum())
+        return covey.EvaluateResult(loss=loss, num_examples=1, metrics={"accuracy": 1 / (1 + loss)})
+
+
+def _simulate(run_dir: Path, rounds: int = 3, **kwargs: Any) -> SimulationResult:
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        loss = float(np.abs(weights["w"]).sum())
+        return loss, {"accuracy": 1 / (1 + loss)}
+
+    return covey.simulate(
+        lambda cid: Half(),
+        num_clients=4,
+        rounds=rounds,
+        strategy=covey.FedAvg(),
+        initial_weights={"w": np.ones(3)},
+        evaluate_fn=central,
+        run_dir=run_dir,
+        **kwargs,
+    )
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> Any:
+    with urllib.request.urlopen(url, timeout=30, context=context) as response:  # noqa: S310 (our server)
+        return json.loads(response.read())
+
+
+def test_runs_are_found_and_summarized(tmp_path: Path) -> None:
+    _simulate(tmp_path / "a")
+    _simulate(tmp_path / "group" / "b", rounds=2)
+    (tmp_path / "empty").mkdir()
+    assert discover_runs(tmp_path) == [("a", tmp_path / "a"), ("group/b", tmp_path / "group" / "b")]
+    assert discover_runs(tmp_path / "a") == [("a", tmp_path / "a")]
+    with DashboardServer(tmp_path) as server:
+        rows = {r["id"]: r for r in _get(server.url + "api/runs")["runs"]}
+        run = _get(server.url + "api/run?id=group/b")
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            _get(server.url + "api/run?id=../a")
+    a = rows["a"]
+    assert (a["kind"], a["status"], a["strategy"]) == ("simulated", "finished", "FedAvg")
+    assert (a["rounds_done"], a["rounds_planned"]) == (3, 3)
+    assert a["best"] == {"name": "test accuracy", "value": pytest.approx(1 / 1.375), "round": 3}
+    history = covey.History.from_json((tmp_path / "group" / "b" / "history.json").read_text())
+    assert run["rounds"] == history.to_dict()["rounds"]
+
+
+def test_unreadable_runs_are_named_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "history.json").write_text("{not json")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "history.json").write_text('{"rounds": [{"round": -1}]}')
+    _simulate(tmp_path / "big")
+    monkeypatch.setattr(runs_module, "MAX_JSON_BYTES", 100)
+    with pytest.raises(RunReadError, match="over the 100-byte cap"):
+        read_run("big", tmp_path / "big")
+    with pytest.raises(RunReadError, match="no valid 'round' number"):
+        read_run("odd", tmp_path / "odd")
+    with DashboardServer(tmp_path) as server:
+        rows = {r["id"]: r for r in _get(server.url + "api/runs")["runs"]}
+        assert {r["status"] for r in rows.values()} == {"unreadable"}
+        assert "cannot read" in rows["bad"]["error"]
+        with pytest.raises(urllib.error.HTTPError, match="422"):
+            _get(server.url + "api/run?id=bad")
+
+
+def test_new_fields_and_non_finite_values_reach_the_page(tmp_path: Path) -> None:
+    run = tmp_path / "dp"
+    _simulate(run, rounds=2)
+    data = json.loads((run / "history.json").read_text())
+    for r in data["rounds"]:
+        r["privacy"] = {"epsilon": 0.5 * r["round"], "delta": 1e-5}
+    data["rounds"][1]["central_loss"] = float("nan")
+    (run / "history.json").write_text(json.dumps(data))
+    with DashboardServer(tmp_path) as server:
+        got = _get(server.url + "api/run?id=dp")
+    assert [r["privacy"]["epsilon"] for r in got["rounds"]] == [0.0, 0.5, 1.0]
+    assert got["rounds"][1]["central_loss"] is None
+
+
+def _next_event(stream: Any) -> tuple[str, Any]:
+    kind, data = "", None
+    for raw in stream:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = json.loads(line[6:])
+        elif not line and kind:
+            return kind, data
+    raise AssertionError("the event stream ended")
+
+
+def test_event_stream_sends_each_new_round(tmp_path: Path) -> None:
+    reached = threading.Event()
+    go_on = threading.Event()
+
+    def gate(record: RoundRecord) -> None:
+        if record.round == 1:
+            reached.set()
+            assert go_on.wait(60)
+
+    sim = threading.Thread(
+        target=_simulate, args=(tmp_path / "live",), kwargs={"rounds": 3, "on_round": gate}
+    )
+    sim.start()
+    try:
+        assert reached.wait(60)
+        with (
+            DashboardServer(tmp_path, poll=0.05) as server,
+            urllib.request.urlopen(server.url + "api/stream?id=live", timeout=30) as stream,  # noqa: S310
+        ):
+            kind, first = _next_event(stream)
+            assert kind == "run"
+            assert [r["round"] for r in first["rounds"]] == [0, 1]
+            assert first["status"] == "running"
+            go_on.set()
+            seen, status = [0, 1], "running"
+            while seen[-1] < 3 or status != "finished":
+                kind, change = _next_event(stream)
+                assert kind == "update"
+                seen += [r["round"] for r in change["new_rounds"]]
+                status = change["summary"]["status"]
+            assert seen == [0, 1, 2, 3]
+    finally:
+        go_on.set()
+        sim.join(60)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    # run.sqlite-shm is SQLite's shared-memory index of the WAL, where every
+    # reader (read-only ones too) marks what it reads; the data is in the others.
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.endswith("-shm")
+    }
+
+
+def test_deployed_run_is_read_read_only_with_its_clients(tmp_path: Path) -> None:
+    """A deployed run with clients that came and went, read while the server holds its store."""
+    run = tmp_path / "fed"
+    store = RunStore.create(run, config={"rounds": 2, "strategy": "FedAvg"})
+    try:
+        ids = {name: store.client_id(name) for name in ("site-a", "site-b", "site-c")}
+        for name in ids:
+            store.log_event(name, "join", "ipv4:127.0.0.1:5000")
+        store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, central_loss=2.0))
+        failure = Failure(cid=ids["site-c"], stage="fit", error="timed out after 5 s")
+        record = RoundRecord(
+            round=1,
+            fit_participants=[ids["site-a"], ids["site-b"]],
+            fit_failures=[failure],
+            central_loss=1.0,
+        )
+        store.save_round(1, {"w": np.ones(2)}, record)
+        store.log_event("site-c", "leave", "heartbeat lost")
+        with DashboardServer(tmp_path) as server:
+            before = _files(run)
+            live = _get(server.url + "api/run?id=fed")
+            _get(server.url + "api/runs")
+            assert _files(run) == before  # nothing written, not even by SQLite
+            store.set_status("finished")
+            done = _get(server.url + "api/run?id=fed")
+    finally:
+        store.close()
+    assert (live["kind"], live["status"], live["rounds_done"]) == ("deployed", "running", 1)
+    clients = {c["name"]: c for c in live["clients"]}
+    assert {n: c["connected"] for n, c in clients.items()} == {
+        "site-a": True,
+        "site-b": True,
+        "site-c": False,
+    }
+    assert clients["site-a"]["fit_rounds"] == [1]
+    assert clients["site-c"]["fit_rounds"] == []
+    assert clients["site-c"]["last_event"] == "leave: heartbeat lost"
+    assert live["client_names"] == {str(v): k for k, v in ids.items()}
+    assert live["rounds"][1]["fit_failures"][0]["error"] == "timed out after 5 s"
+    assert done["status"] == "finished"
+    assert not any(c["connected"] for c in done["clients"])
+
+
+def test_tls_with_the_federation_certificates(tmp_path: Path) -> None:
+    from covey.deploy.certs import init_federation, issue_client
+
+    certs = tmp_path / "fed"
+    init_federation(certs)
+    issued = issue_client(certs, "analyst")
+    _simulate(tmp_path / "runs" / "a", rounds=1)
+    with DashboardServer(tmp_path / "runs", certs=certs) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        context.load_cert_chain(str(issued.cert), str(issued.key))
+        assert [r["id"] for r in _get(server.url + "api/runs", context)["runs"]] == ["a"]
+        anonymous = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            _get(server.url + "api/runs", anonymous)
+        with pytest.raises((ssl.SSLError, urllib.error.URLError)):
+            _get(server.url + "api/runs", ssl.create_default_context())
+
+
+def test_runs_report_command(tmp_path: Path) -> None:
+    result = _simulate(tmp_path / "r", rounds=4)
+    out = tmp_path / "report.html"
+    done = CliRunner().invoke(app, ["runs", "report", str(tmp_path / "r"), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    text = out.read_text()
+    assert "Plotly" in text
+    assert "<script src=" not in text  # the library is inside
+    for r in result.history.rounds:
+        assert f'id="round-{r.round}"' in text
+    missing = CliRunner().invoke(app, ["runs", "report", str(tmp_path)])
+    assert missing.exit_code == 1
+    assert "not a run folder" in missing.output
+
+
+def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path) -> None:
+    done = CliRunner().invoke(app, ["dashboard", str(tmp_path / "nope")])
+    assert done.exit_code != 0
+    assert "RUNS_DIR" in done.output
+
+
+def test_report_of_a_deployed_run_names_its_clients(tmp_path: Path) -> None:
+    from covey.dashboard import write_report
+
+    run = tmp_path / "fed"
+    with RunStore.create(run, config={"rounds": 1, "strategy": "FedAdam"}) as store:
+        a, b = store.client_id("site-a"), store.client_id("site-b")
+        store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, central_loss=2.0))
+        failure = Failure(cid=b, stage="fit", error="ValueError: <bad> & late")
+        record = RoundRecord(round=1, fit_participants=[a], fit_failures=[failure])
+        store.save_round(1, {"w": np.ones(2)}, record)
+        store.set_status("finished")
+    text = write_report(run, tmp_path / "fed.html").read_text()
+    assert "FedAdam" in text
+    assert "1: site-a" in text
+    assert "site-b (fit): ValueError: &lt;bad&gt; &amp; late" in text  # escaped
+    assert 'id="round-1"' in text
+
+
+def test_a_database_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    (tmp_path / "x").mkdir()
+    with sqlite3.connect(tmp_path / "x" / "run.sqlite") as conn:
+        conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    conn.close()
+    with pytest.raises(RunReadError, match="not a readable covey run database: no such table"):
+        read_run("x", tmp_path / "x")
+    (tmp_path / "x" / "run.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(RunReadError, match="run database"):
+        read_run("x", tmp_path / "x")

@@ -1,0 +1,312 @@
+"""The dashboard and the HTML report in a real headless Chromium, driven by Selenium.
+
+Screenshots are saved under the test's tmp folder; set ``COVEY_SCREENSHOTS=DIR``
+to also copy them there (the docs' images come from such a run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("selenium", reason="the dev extra installs selenium")
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+import covey
+from covey.cli._demo import DemoConfig, run_demo
+from covey.core import RoundRecord
+from covey.dashboard import DashboardServer, write_report
+
+pytestmark = pytest.mark.slow
+
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1100",
+)
+
+# The traces of one plotly chart as plain lists.
+TRACES_JS = """
+const el = document.getElementById(arguments[0])
+  || document.querySelectorAll('.plotly-graph-div')[arguments[1]];
+return (el && el.data ? el.data : [])
+  .map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}));
+"""
+
+
+def _screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path)), f"could not save {path}"
+    assert path.stat().st_size > 10_000
+    copy_to = os.environ.get("COVEY_SCREENSHOTS")
+    if copy_to:
+        Path(copy_to).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(copy_to) / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium with a fresh profile, shared by this module's tests, then quit."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if chromium is None or driver_bin is None:
+        pytest.fail("Chromium and chromedriver are needed: `make test` installs them (apt)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_bin))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Any:
+    """The shared Chromium on a blank page at the screenshots' window size."""
+    chromium.get("about:blank")
+    chromium.set_window_size(1400, 1100)
+    return chromium
+
+
+def _wait(driver: Any) -> WebDriverWait[Any]:
+    """Wait up to a minute; the page redraws parts of itself, so stale elements are retried."""
+    return WebDriverWait(
+        driver, 60, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    )
+
+
+def _traces(driver: Any, chart: str, index: int = -1) -> dict[str, tuple[list[Any], list[Any]]]:
+    return {t["name"]: (t["x"], t["y"]) for t in driver.execute_script(TRACES_JS, chart, index)}
+
+
+def test_live_run_in_browser(browser: Any, tmp_path: Path) -> None:
+    """A running simulation: new rounds appear without reload; plotted values match."""
+    runs = tmp_path / "runs"
+    rounds = 6
+    reached = threading.Event()
+    go_on = threading.Event()
+
+    def gate(record: RoundRecord) -> None:
+        if record.round == 3:  # history.json already holds round 3 here
+            reached.set()
+            go_on.wait(120)
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        config = DemoConfig(clients=20, rounds=rounds, fraction=0.3, seed=3)
+        result["live"] = run_demo(config, run_dir=runs / "live", progress=False, on_round=gate)
+
+    # A finished run beside the live one, for the comparison view.
+    run_demo(DemoConfig(clients=20, rounds=4, alpha=5.0), run_dir=runs / "calm", progress=False)
+    sim = threading.Thread(target=run, daemon=True)
+    sim.start()
+    try:
+        assert reached.wait(120), "the simulation did not reach round 3"
+        with DashboardServer(runs, poll=0.1) as server:
+            browser.get(server.url + "#/run/live")
+            wait = _wait(browser)
+            wait.until(lambda d: d.find_elements(By.ID, "round-3"))
+            assert not browser.find_elements(By.ID, "round-4")
+            assert browser.find_element(By.ID, "status").text == "running"
+            browser.execute_script("window.__sameDocument = 'yes';")
+
+            go_on.set()
+            wait.until(lambda d: d.find_elements(By.ID, f"round-{rounds}"))
+            sim.join(120)
+            wait.until(lambda d: d.find_element(By.ID, "status").text == "finished")
+            # Still the same document: the rounds came over the event stream, not a reload.
+            assert browser.execute_script("return window.__sameDocument;") == "yes"
+
+            history = result["live"].history
+            rows = browser.find_elements(By.CSS_SELECTOR, "#rounds tbody tr")
+            assert [int(r.get_attribute("data-round")) for r in rows] == list(range(rounds + 1))
+            expected = {
+                ("chart-loss", "test loss"): history.metric("loss", "central"),
+                ("chart-loss", "federated loss"): history.metric("loss", "evaluate"),
+                ("chart-metrics", "test accuracy"): history.metric("accuracy", "central"),
+                ("chart-metrics", "federated accuracy"): history.metric("accuracy", "evaluate"),
+            }
+            for (chart, name), points in expected.items():
+                x, y = _traces(browser, chart)[name]
+                assert x == [p[0] for p in points], name
+                assert y == pytest.approx([p[1] for p in points], rel=1e-12), name
+            clients = _traces(browser, "chart-clients")
+            assert clients["fit"][1] == [len(r.fit_participants) for r in history.rounds[1:]]
+            _screenshot(browser, tmp_path, "dashboard-run.png")
+
+            browser.get(server.url + "#/")
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2)
+            browser.set_window_size(1100, 330)
+            _screenshot(browser, tmp_path, "dashboard-runs.png")
+            browser.set_window_size(1400, 700)
+            for box in browser.find_elements(By.CSS_SELECTOR, "#runs input[type=checkbox]"):
+                box.click()
+            browser.find_element(By.ID, "compare").click()
+            wait.until(lambda d: len(_traces(d, "chart-compare")) == 2)
+            Select(browser.find_element(By.ID, "compare-metric")).select_by_visible_text(
+                "test loss"
+            )
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#chart-compare .gtitle"))
+            overlaid = _traces(browser, "chart-compare")
+            assert overlaid["live"][1] == pytest.approx([v for _, v in history.metric("loss")])
+            assert len(overlaid["calm"][0]) == 5
+            _screenshot(browser, tmp_path, "dashboard-compare.png")
+    finally:
+        go_on.set()
+        sim.join(120)
+
+
+def test_report_in_browser(browser: Any, tmp_path: Path) -> None:
+    """The static report opens from disk, offline, with every round in its table and plots."""
+    rounds = 7
+    result = run_demo(
+        DemoConfig(clients=10, rounds=rounds, fraction=0.5), run_dir=tmp_path / "r", progress=False
+    )
+    path = write_report(tmp_path / "r", tmp_path / "report.html")
+    browser.get(path.as_uri())
+    _wait(browser).until(
+        lambda d: d.execute_script("return document.querySelectorAll('.main-svg').length > 0")
+    )
+    rows = browser.find_elements(By.CSS_SELECTOR, "#rounds tbody tr")
+    assert [r.get_attribute("id") for r in rows] == [f"round-{i}" for i in range(rounds + 1)]
+    loss = _traces(browser, "", 0)["test loss"]
+    points = result.history.metric("loss", "central")
+    assert loss[0] == [p[0] for p in points]
+    assert loss[1] == pytest.approx([p[1] for p in points], rel=1e-12)
+    _screenshot(browser, tmp_path, "report.png")
+
+
+class Half(covey.Client):
+    """Halves the weights; fails its fit in round 2 when told to."""
+
+    def __init__(self, fail_in_round: int | None = None) -> None:
+        self.fail_in_round = fail_in_round
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        if config.get("round") == self.fail_in_round:
+            raise OSError("disk full on the site")
+        return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        loss = float(np.abs(weights["w"]).sum())
+        return covey.EvaluateResult(loss=loss, num_examples=1, metrics={"accuracy": 1 / (1 + loss)})
+
+
+def test_deployed_run_in_browser(browser: Any, tmp_path: Path) -> None:
+    """A real gRPC federation: its clients connected while it runs, failures with reasons."""
+    from covey.deploy import connect, serve
+
+    runs = tmp_path / "runs"
+    listening, reached, go_on = threading.Event(), threading.Event(), threading.Event()
+    port: list[int] = []
+
+    def gate(record: RoundRecord) -> None:
+        if record.round == 2:
+            reached.set()
+            go_on.wait(120)
+
+    def on_listen(bound: int) -> None:
+        port.append(bound)
+        listening.set()
+
+    def run_server() -> None:
+        serve(
+            covey.FedAvg(fraction_fit=1.0, min_fit_clients=2, min_available_clients=3),
+            3,
+            {"w": np.ones(3)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=runs / "hospitals",
+            on_listen=on_listen,
+            on_round=gate,
+            wait_timeout=60,
+        )
+
+    server = threading.Thread(target=run_server, daemon=True)
+    server.start()
+    clients = []
+    try:
+        assert listening.wait(60)
+        for name, fail in (("st-mary", None), ("city-general", None), ("north-clinic", 2)):
+            client = threading.Thread(
+                target=connect,
+                args=(Half(fail), f"127.0.0.1:{port[0]}"),
+                kwargs={"insecure": True, "name": name, "max_attempts": 20},
+                daemon=True,
+            )
+            client.start()
+            clients.append(client)
+        assert reached.wait(60), "the federation did not reach round 2"
+        with DashboardServer(runs, poll=0.1) as dashboard:
+            browser.get(dashboard.url + "#/run/hospitals")
+            wait = _wait(browser)
+            wait.until(lambda d: d.find_elements(By.ID, "round-2"))
+            rows = browser.find_elements(By.CSS_SELECTOR, "#clients tbody tr")
+            assert {
+                r.get_attribute("data-client"): bool(r.find_elements(By.CSS_SELECTOR, ".dot.on"))
+                for r in rows
+            } == {
+                "st-mary": True,
+                "city-general": True,
+                "north-clinic": True,
+            }
+            failures = browser.find_element(By.ID, "round-2").text
+            assert "north-clinic (fit)" in failures
+            assert "disk full on the site" in failures
+            assert "st-mary" in browser.find_element(By.ID, "round-1").text
+            browser.set_window_size(1400, 1500)  # down to the clients table
+            _screenshot(browser, tmp_path, "dashboard-deployed.png")
+            go_on.set()
+            server.join(120)
+            wait.until(lambda d: d.find_element(By.ID, "status").text == "finished")
+            wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#clients .dot.on"))
+            assert browser.find_elements(By.ID, "round-3")
+    finally:
+        go_on.set()
+        server.join(120)
+        for client in clients:
+            client.join(60)
+
+
+def test_privacy_budget_is_plotted(browser: Any, tmp_path: Path) -> None:
+    """Rounds that carry a privacy record get a privacy chart with their epsilons."""
+    run_demo(DemoConfig(clients=10, rounds=3), run_dir=tmp_path / "runs" / "dp", progress=False)
+    path = tmp_path / "runs" / "dp" / "history.json"
+    data = json.loads(path.read_text())
+    for r in data["rounds"]:
+        r["privacy"] = {"epsilon": 0.4 * r["round"], "delta": 1e-5, "noise_multiplier": 1.1}
+    path.write_text(json.dumps(data))
+    with DashboardServer(tmp_path / "runs") as dashboard:
+        browser.get(dashboard.url + "#/run/dp")
+        wait = _wait(browser)
+        wait.until(lambda d: _traces(d, "chart-privacy"))
+        x, y = _traces(browser, "chart-privacy")["epsilon"]
+        assert x == [0, 1, 2, 3]
+        assert y == pytest.approx([0.0, 0.4, 0.8, 1.2])
+        assert "epsilon=0.8000" in browser.find_element(By.ID, "round-2").text
+        browser.execute_script("document.getElementById('chart-privacy').scrollIntoView()")
+        _screenshot(browser, tmp_path, "dashboard-privacy.png")

@@ -1,0 +1,234 @@
+"""covey.torch: state_dict <-> Weights without needless copies, TorchClient, the CNN example."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import covey
+from covey import WeightsError
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from covey.torch import (  # noqa: E402
+    TorchClient,
+    evaluate_model,
+    load_weights,
+    to_state_dict,
+    to_weights,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: the models are tiny and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _loader(n: int = 40, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def test_to_weights_shares_cpu_memory_read_only() -> None:
+    net = _net()
+    weights = to_weights(net)
+    assert list(weights) == list(net.state_dict())  # buffers included, state_dict order
+    assert "1.running_mean" in weights
+    assert weights["1.num_batches_tracked"].dtype == np.int64
+    param = net.state_dict()["0.weight"]
+    assert np.shares_memory(weights["0.weight"], param.numpy())
+    assert not weights["0.weight"].flags.writeable
+    with torch.no_grad():
+        param.add_(1.0)
+    np.testing.assert_array_equal(weights["0.weight"], param.numpy())
+
+
+def test_to_weights_copy_owns_its_memory() -> None:
+    net = _net()
+    weights = to_weights(net, copy=True)
+    assert not np.shares_memory(weights["0.weight"], net.state_dict()["0.weight"].numpy())
+    assert weights["0.weight"].flags.writeable
+
+
+def test_bfloat16_becomes_float32() -> None:
+    net = nn.Linear(2, 2).to(torch.bfloat16)
+    weights = to_weights(net)
+    assert weights["weight"].dtype == np.float32
+
+
+def test_to_state_dict_shares_read_only_arrays_without_warning() -> None:
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    array.setflags(write=False)
+    tensors = to_state_dict({"w": array})
+    assert np.shares_memory(tensors["w"].numpy(), array)
+
+
+def test_load_weights_copies_in_place_and_keeps_parameter_identity() -> None:
+    net, other = _net(), _net()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(2.0)
+    before = [id(p) for p in net.parameters()]
+    source = to_weights(other, copy=True)
+    load_weights(net, source)
+    assert [id(p) for p in net.parameters()] == before
+    for name, value in to_weights(net).items():
+        np.testing.assert_array_equal(value, source[name])
+    assert not np.shares_memory(to_weights(net)["0.weight"], source["0.weight"])
+
+
+def test_load_weights_names_what_does_not_match() -> None:
+    net = _net()
+    weights = to_weights(net, copy=True)
+    del weights["0.bias"]
+    with pytest.raises(WeightsError, match=r"missing \['0.bias'\]"):
+        load_weights(net, weights)
+    weights = to_weights(net, copy=True)
+    weights["0.bias"] = np.zeros(9, dtype=np.float32)
+    with pytest.raises(WeightsError, match=r"'0.bias' has shape \(9,\)"):
+        load_weights(net, weights)
+
+
+def _hand_fit(weights: covey.Weights, mu: float) -> dict[str, np.ndarray]:
+    """The same training as TorchClient.fit, written out by hand."""
+    net = _net()
+    net.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})
+    anchor = {k: p.detach().clone() for k, p in net.named_parameters()}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net.train()
+    for _ in range(2):
+        for x, y in _loader():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss = loss + 0.5 * mu * sum(
+                ((p - anchor[k]) ** 2).sum() for k, p in net.named_parameters()
+            )
+            loss.backward()
+            opt.step()
+    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5])
+def test_torch_client_fit_is_the_hand_written_loop(mu: float) -> None:
+    initial = to_weights(_net(), copy=True)
+    client = TorchClient(
+        _net(), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), _loader(), epochs=2
+    )
+    config: dict[str, object] = {"round": 1}
+    if mu:
+        config["proximal_mu"] = mu
+    result = client.fit(initial, config)
+    assert result.delta is not None
+    assert result.num_examples == 40
+    assert float(result.metrics["train_loss"]) > 0
+    expected = _hand_fit(initial, mu)
+    for name, delta in result.delta.items():
+        np.testing.assert_allclose(initial[name] + delta, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_fedprox_keeps_the_update_closer_to_the_global_model() -> None:
+    initial = to_weights(_net(), copy=True)
+
+    def norm(mu: float) -> float:
+        client = TorchClient(
+            _net(), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), _loader()
+        )
+        delta = client.fit(initial, {"round": 1, "proximal_mu": mu, "epochs": 3}).delta
+        assert delta is not None
+        params = dict(_net().named_parameters())
+        return float(sum(np.sum(delta[k].astype(np.float64) ** 2) for k in params))
+
+    assert norm(5.0) < 0.8 * norm(0.0)
+
+
+def test_torch_client_evaluate_reports_loss_and_accuracy() -> None:
+    net = _net()
+    client = TorchClient(
+        _net(), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), _loader(), _loader(24)
+    )
+    result = client.evaluate(to_weights(net, copy=True), {"round": 1})
+    assert result.num_examples == 24
+    net.eval()
+    x, y = next(iter(DataLoader(_loader(24).dataset, batch_size=24)))
+    with torch.no_grad():
+        out = net(x)
+    assert result.loss == pytest.approx(float(nn.functional.cross_entropy(out, y)), rel=1e-5)
+    assert result.metrics["accuracy"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
+
+
+def test_regression_outputs_have_no_accuracy() -> None:
+    x = torch.randn(10, 3)
+    loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=5)
+    loss, n, metrics = evaluate_model(nn.Linear(3, 1), nn.MSELoss(), loader)
+    assert n == 10
+    assert loss > 0
+    assert metrics == {}
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
+        TorchClient(_net(), nn.CrossEntropyLoss(), torch.optim.SGD, _loader(), epochs=0)
+    client = TorchClient(_net(), nn.CrossEntropyLoss(), torch.optim.SGD, [])
+    with pytest.raises(ValueError, match="config 'epochs'"):
+        client.fit(to_weights(_net(), copy=True), {"round": 1, "epochs": "2"})
+
+
+def test_simulated_federation_with_torch_clients() -> None:
+    def client_fn(cid: int) -> TorchClient:
+        return TorchClient(
+            _net(), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), _loader(seed=cid)
+        )
+
+    result = covey.simulate(
+        client_fn,
+        num_clients=3,
+        rounds=3,
+        strategy=covey.FedAvg(),
+        initial_weights=to_weights(_net(), copy=True),
+    )
+    losses = [loss for _, loss in result.history.metric("loss", source="evaluate")]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_cnn_example_learns_non_iid_digits() -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import torch_digits
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    accuracy = torch_digits.compare(num_clients=8, rounds=8, mu=0.1)
+    assert set(accuracy) == {"FedAvg", "FedProx(mu=0.1)"}
+    assert all(a > 0.7 for a in accuracy.values()), accuracy
+
+
+def test_exports() -> None:
+    import covey.torch
+
+    assert sorted(covey.torch.__all__) == [
+        "TorchClient",
+        "evaluate_model",
+        "load_weights",
+        "to_state_dict",
+        "to_weights",
+    ]

@@ -1,0 +1,128 @@
+"""Privacy accounting: equal to dp-accounting; calibrate inverts it; the ledger is JSON."""
+
+from __future__ import annotations
+
+import json
+
+import dp_accounting as dpa
+import pytest
+from dp_accounting import pld, rdp
+
+from covey import privacy
+from covey.privacy import Ledger, analytic_gaussian_sigma
+
+CASES = [
+    (1.0, 0.01, 1000, 1e-5),
+    (1.1, 0.1, 100, 1e-5),
+    (0.8, 1.0, 10, 1e-5),
+    (2.0, 0.05, 500, 1e-6),
+]
+
+
+def _reference(z: float, q: float, rounds: int, delta: float, accountant: str) -> float:
+    gaussian = dpa.GaussianDpEvent(z)
+    single = gaussian if q == 1.0 else dpa.PoissonSampledDpEvent(q, gaussian)
+    acc = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    acc.compose(dpa.SelfComposedDpEvent(single, rounds))
+    return float(acc.get_epsilon(delta))
+
+
+@pytest.mark.parametrize(("z", "q", "rounds", "delta"), CASES)
+def test_epsilon_equals_dp_accounting_rdp(z: float, q: float, rounds: int, delta: float) -> None:
+    assert privacy.epsilon(z, q, rounds, delta) == pytest.approx(
+        _reference(z, q, rounds, delta, "rdp"), rel=1e-9
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("z", "q", "rounds", "delta"), CASES)
+def test_epsilon_equals_dp_accounting_pld(z: float, q: float, rounds: int, delta: float) -> None:
+    ours = privacy.epsilon(z, q, rounds, delta, accountant="pld")
+    assert ours == pytest.approx(_reference(z, q, rounds, delta, "pld"), rel=1e-9)
+    assert ours <= privacy.epsilon(z, q, rounds, delta)  # PLD is the tighter bound
+
+
+def test_known_values() -> None:
+    # Figures published with dp-accounting 0.6.0 for these settings.
+    assert privacy.epsilon(1.0, 0.01, 1000, 1e-5) == pytest.approx(2.101, abs=1e-3)
+    assert privacy.epsilon(1.0, 0.1, 100, 1e-5) == pytest.approx(7.904, abs=1e-3)
+    assert privacy.epsilon(1.0, 1.0, 100, 1e-5) == pytest.approx(96.12, abs=1e-2)
+    assert privacy.epsilon(1.0, 0.1, 0, 1e-5) == 0.0
+
+
+def test_calibrate_rdp_inverts_epsilon() -> None:
+    z = privacy.calibrate(3.0, 1e-5, 0.01, 1000)
+    assert z == pytest.approx(0.8646, abs=2e-4)
+    assert 0.99 * 3.0 <= privacy.epsilon(z, 0.01, 1000, 1e-5) <= 3.0
+    for target, q, rounds in ((1.0, 0.1, 30), (8.0, 0.1, 30), (3.0, 1.0, 5)):
+        z = privacy.calibrate(target, 1e-5, q, rounds)
+        assert 0.99 * target <= privacy.epsilon(z, q, rounds, 1e-5) <= target
+
+
+@pytest.mark.slow
+def test_calibrate_pld() -> None:
+    z = privacy.calibrate(3.0, 1e-5, 0.01, 1000, accountant="pld")
+    assert z == pytest.approx(0.8136, abs=2e-4)
+    assert 0.99 * 3.0 <= privacy.epsilon(z, 0.01, 1000, 1e-5, accountant="pld") <= 3.0
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((0.0, 0.1, 10, 1e-5), "noise_multiplier"),
+        ((1.0, 0.0, 10, 1e-5), "sampling_rate"),
+        ((1.0, 1.5, 10, 1e-5), "sampling_rate"),
+        ((1.0, 0.1, -1, 1e-5), "rounds"),
+        ((1.0, 0.1, 10, 0.0), "delta"),
+    ],
+)
+def test_bad_arguments_are_refused(args: tuple[float, float, int, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        privacy.epsilon(*args)
+
+
+def test_ledger_is_json_and_composes_like_dp_accounting() -> None:
+    sampled = dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.2))
+    ledger = Ledger().add(sampled).add(sampled, 9).add(dpa.GaussianDpEvent(5.0))
+    assert ledger.entries[0][1] == 10  # equal events in a row share one entry
+    assert ledger.rounds == 11
+    text = json.dumps(ledger.to_json())
+    again = Ledger.from_json(json.loads(text))
+    assert again == ledger
+    acc = rdp.RdpAccountant()
+    acc.compose(sampled, 10)
+    acc.compose(dpa.GaussianDpEvent(5.0))
+    assert again.epsilon(1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert Ledger().epsilon(1e-5) == 0.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"accountant": "rdp", "entries": [[{"type": "os.system", "x": 1}, 1]]},
+        {"accountant": "rdp", "entries": [[{"type": "GaussianDpEvent"}, 1]]},
+        {"accountant": "rdp", "entries": [[{"type": "GaussianDpEvent", "noise_multiplier": 1}, 0]]},
+        {"accountant": "magic", "entries": []},
+        {"accountant": "rdp", "entries": "nope"},
+    ],
+)
+def test_ledger_from_json_refuses_bad_input(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="ledger"):
+        Ledger.from_json(bad)
+
+
+def test_tree_aggregation_is_accounted_by_dp_accounting() -> None:
+    ledger = Ledger().add(dpa.SingleEpochTreeAggregationDpEvent(1.0, 1000))
+    acc = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_SPECIAL)
+    acc.compose(dpa.SingleEpochTreeAggregationDpEvent(1.0, 1000))
+    assert ledger.epsilon(1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert ledger.epsilon(1e-5) == pytest.approx(19.05, abs=0.01)
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.0, 3.0, 8.0, 10.0, 20.0, 50.0])
+def test_analytic_gaussian_keeps_its_promise_at_every_epsilon(eps: float) -> None:
+    sigma = analytic_gaussian_sigma(eps, 1e-5, sensitivity=2.0)
+    delivered = dpa.get_epsilon_gaussian(sigma / 2.0, 1e-5)
+    assert 0.999 * eps <= delivered <= eps
+    # The classic bound would promise too much at large epsilon; this one never does.
+    assert sigma == pytest.approx(2.0 * dpa.get_sigma_gaussian(eps, 1e-5), rel=1e-6)

@@ -1,0 +1,37 @@
+"""DP-SGD through Opacus: the hospitals example trains better than chance and reports epsilon."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("opacus")
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+import privacy_hospitals  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_hospitals_train_better_than_chance_and_report_epsilon() -> None:
+    accuracy, spent = privacy_hospitals.run(rounds=3, noise_multiplier=1.0)
+    y = privacy_hospitals.Y_TEST
+    majority = max(np.mean(y), 1 - np.mean(y))
+    assert accuracy > majority + 0.1
+    assert len(spent) == privacy_hospitals.HOSPITALS
+    assert all(0.0 < eps < 20.0 for eps in spent)
+
+
+def test_client_ledger_agrees_with_opacus_and_grows_per_round() -> None:
+    hospital = privacy_hospitals.Hospital(0, noise_multiplier=1.2)
+    weights = privacy_hospitals.weights_of(privacy_hospitals.make_model())
+    first = hospital.fit(weights, {"round": 1}).metrics["epsilon"]
+    second = hospital.fit(weights, {"round": 2}).metrics["epsilon"]
+    assert 0.0 < first < second
+    # Opacus reads the same steps with its own RDP code (another RDP-to-DP conversion).
+    assert hospital.dp.opacus_epsilon() == pytest.approx(second, rel=0.25)
+    assert hospital.dp.ledger.rounds == 2 * len(hospital.dp.data_loader)

@@ -1,0 +1,163 @@
+"""Local DP and DP-FTRL: calibrated noise on the site, tree noise, their accounting."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from dp_accounting import rdp
+
+import covey
+from covey import privacy
+from covey.privacy import _noise
+
+
+class Fixed(covey.Client):
+    def __init__(self, update: dict[str, np.ndarray]) -> None:
+        self.update = update
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta=self.update, num_examples=5, metrics={"loss": 1.0})
+
+
+def test_local_dp_clips_adds_calibrated_noise_and_accounts() -> None:
+    dim = 20000
+    client = privacy.LocalDP(
+        Fixed({"w": np.full(dim, 3.0)}), epsilon=2.0, delta=1e-5, clip=1.5, seed=4
+    )
+    assert client.sensitivity == 3.0  # derived from the clip, never a separate knob
+    sigma = privacy.analytic_gaussian_sigma(2.0, 1e-5, 3.0)
+    assert client.sigma == sigma
+    result = client.fit({"w": np.zeros(dim)}, {"round": 1})
+    assert result.delta is not None
+    sent = result.delta["w"]
+    clipped = np.full(dim, 1.5 / math.sqrt(dim))
+    assert np.std(sent - clipped) == pytest.approx(sigma, rel=0.03)
+    assert np.mean(sent - clipped) == pytest.approx(0.0, abs=5 * sigma / math.sqrt(dim))
+    # One upload costs its (epsilon, delta): the PLD ledger reads it back almost exactly.
+    assert result.metrics["dp_epsilon"] == pytest.approx(2.0, rel=0.01)
+    assert result.metrics["loss"] == 1.0
+    second = client.fit({"w": np.zeros(dim)}, {"round": 2})
+    spent_first, spent_second = result.metrics["dp_epsilon"], second.metrics["dp_epsilon"]
+    assert isinstance(spent_first, float)
+    assert isinstance(spent_second, float)
+    assert spent_second > spent_first  # composed per client
+    assert client.ledger.rounds == 2
+
+
+def test_local_dp_refuses_integer_arrays() -> None:
+    client = privacy.LocalDP(
+        Fixed({"w": np.zeros(3), "count": np.ones(2, dtype=np.int64)}),
+        epsilon=1.0,
+        delta=1e-5,
+        clip=1.0,
+    )
+    with pytest.raises(TypeError, match="non-floating-point"):
+        client.fit({"w": np.zeros(3), "count": np.zeros(2, dtype=np.int64)}, {"round": 1})
+
+
+def test_local_dp_without_a_seed_is_never_the_same() -> None:
+    make = lambda: privacy.LocalDP(Fixed({"w": np.zeros(8)}), epsilon=1.0, delta=1e-5, clip=1.0)  # noqa: E731
+    a = make().fit({"w": np.zeros(8)}, {"round": 1}).delta
+    b = make().fit({"w": np.zeros(8)}, {"round": 1}).delta
+    assert a is not None
+    assert b is not None
+    assert not np.array_equal(a["w"], b["w"])
+
+
+def test_tree_nodes_cover_the_prefix() -> None:
+    for step in range(1, 40):
+        nodes = _noise.tree_nodes(step)
+        covered = [i for level, k in nodes for i in range(k * 2**level + 1, (k + 1) * 2**level + 1)]
+        assert covered == list(range(1, step + 1))
+        assert len(nodes) == bin(step).count("1")
+
+
+def test_tree_noise_on_a_prefix_has_popcount_nodes_of_variance() -> None:
+    like = {"w": np.zeros(20000)}
+    for step in (1, 3, 7, 8):
+        noise = _noise.tree_noise(17, 0, step, like, 0.5)
+        assert noise is not None
+        assert np.var(noise["w"]) == pytest.approx(0.25 * bin(step).count("1"), rel=0.05)
+    assert _noise.tree_noise(17, 0, 0, like, 0.5) is None
+    again = _noise.tree_noise(17, 0, 7, like, 0.5)
+    assert again is not None
+    np.testing.assert_array_equal(again["w"], _noise.tree_noise(17, 0, 7, like, 0.5)["w"])  # type: ignore[index]
+
+
+def test_dp_ftrl_model_carries_the_prefix_noise_and_is_accounted() -> None:
+    n, tree_rounds, rounds, z, clip = 8, 4, 6, 0.7, 1.0
+    dp = privacy.dp_ftrl(
+        covey.FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=z,
+        clip=clip,
+        delta=1e-5,
+        tree_rounds=tree_rounds,
+        noise_seed=5,
+    )
+    result = covey.simulate(
+        lambda cid: Fixed({"w": np.zeros(50)}), n, rounds, dp, {"w": np.zeros(50)}
+    )
+    history = result.history
+    # Each round takes every 4th client: each client once per tree.
+    assert history[1].fit_participants == [0, 4]
+    assert history[2].fit_participants == [1, 5]
+    m = n / tree_rounds
+    # Zero updates: the model is the sum over trees of each tree's last prefix noise / m.
+    tree0 = _noise.tree_noise(5, 0, 4, {"w": np.zeros(50)}, z * clip)
+    tree1 = _noise.tree_noise(5, 1, 2, {"w": np.zeros(50)}, z * clip)
+    assert tree0 is not None
+    assert tree1 is not None
+    np.testing.assert_allclose(result.weights["w"], (tree0["w"] + tree1["w"]) / m, rtol=1e-10)
+    acc = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_SPECIAL)
+    acc.compose(dpa.SelfComposedDpEvent(dpa.SingleEpochTreeAggregationDpEvent(z, 4), 1))
+    acc.compose(dpa.SingleEpochTreeAggregationDpEvent(z, 2))
+    assert history[6].privacy is not None
+    assert history[6].privacy["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_dp_ftrl_ignores_a_second_contribution_in_one_tree() -> None:
+    dp = privacy.dp_ftrl(
+        covey.FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        tree_rounds=3,
+        expected_clients=1.0,
+    )
+    from covey.aggregate import Contribution, run_round
+
+    params = {"w": np.zeros(2)}
+    state = dp.hooks[0].start(dp.aggregator.init(params), 0, covey.History())
+    one = Contribution(0, 1, delta={"w": np.ones(2)})
+    state, first = run_round(dp.aggregator, state, 1, params, [one])
+    state, second = run_round(dp.aggregator, state, 2, params, [one])
+    assert first is not None
+    assert second is not None
+    assert second.info["dp"]["repeated"] == [0]
+    assert second.info["dp"]["clients"] == 0
+
+
+def test_dp_ftrl_stops_before_its_budget() -> None:
+    z = 2.0
+    eps = [
+        privacy.Ledger().add(dpa.SingleEpochTreeAggregationDpEvent(z, t)).epsilon(1e-5)
+        for t in (3, 4)
+    ]
+    dp = privacy.dp_ftrl(
+        covey.FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=z,
+        clip=1.0,
+        delta=1e-5,
+        tree_rounds=10,
+        target_epsilon=(eps[0] + eps[1]) / 2,  # tree epsilon steps up at powers of 2
+    )
+    history = covey.simulate(
+        lambda cid: Fixed({"w": np.zeros(4)}), 20, 6, dp, {"w": np.zeros(4)}
+    ).history
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3]
+    assert history.stopped_reason is not None
+    assert "round 4" in history.stopped_reason

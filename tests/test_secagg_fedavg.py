@@ -1,0 +1,196 @@
+"""secure(strategy): the same model as the plain strategy within the quantization error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.secagg import Noise, ThreatModel, secure
+from covey.secagg._ring import scale
+
+CLIP, BITS = 1.0, 16
+
+
+class Toy(covey.Client):
+    def __init__(self, cid: int) -> None:
+        rng = np.random.default_rng(cid)
+        self.step = rng.uniform(-0.5, 0.5, size=(3, 4)).astype(np.float32)
+        self.bias = rng.uniform(-0.5, 0.5, size=4).astype(np.float32)
+        self.n = int(rng.integers(1, 50))
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        new = {"w": weights["w"] + self.step * 0.5, "b": weights["b"] + self.bias * 0.5}
+        return covey.FitResult(
+            weights=new, num_examples=self.n, metrics={"loss": float(self.cid), "tag": "x"}
+        )
+
+
+def _init() -> dict[str, np.ndarray]:
+    return {"w": np.zeros((3, 4), np.float32), "b": np.ones(4, np.float32)}
+
+
+def _run(strategy: covey.Strategy, n: int = 20, rounds: int = 2, **kw: Any) -> Any:
+    return covey.simulate(Toy, n, rounds, strategy, _init(), seed=0, **kw)
+
+
+def _secure(strategy: covey.Strategy, **kw: Any) -> covey.Strategy:
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        return secure(strategy, clip_range=CLIP, bits=BITS, **kw)
+
+
+def test_secure_fedavg_matches_plain_fedavg_with_20_clients() -> None:
+    plain = _run(covey.FedAvg(fraction_evaluate=0.0))
+    safe = _run(_secure(covey.FedAvg(fraction_evaluate=0.0), metrics={"loss": 100.0}))
+    tol = 2 * 2 / scale(CLIP, BITS)  # two rounds, error below one unit per value each
+    for name in ("w", "b"):
+        assert safe.weights[name].dtype == np.float32
+        np.testing.assert_allclose(safe.weights[name], plain.weights[name], atol=tol)
+    last = safe.history.rounds[-1]
+    assert sorted(last.fit_participants) == list(range(20))
+    assert last.fit_examples == plain.history.rounds[-1].fit_examples
+    assert last.fit_metrics["loss"] == pytest.approx(
+        plain.history.rounds[-1].fit_metrics["loss"], abs=1e-2
+    )
+    assert "tag" not in last.fit_metrics
+    assert last.aggregate_info["secagg_ring_bits"] >= 16
+
+
+def test_server_side_steps_run_on_the_unmasked_mean() -> None:
+    plain = _run(covey.FedAdam(eta=0.1, fraction_evaluate=0.0))
+    safe = _run(_secure(covey.FedAdam(eta=0.1, fraction_evaluate=0.0)))
+    for name in ("w", "b"):
+        np.testing.assert_allclose(safe.weights[name], plain.weights[name], atol=1e-2)
+    plain = _run(covey.FedAvgM(fraction_evaluate=0.0))
+    safe = _run(_secure(covey.FedAvgM(fraction_evaluate=0.0)))
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=1e-3)
+
+
+def test_unweighted_mean_is_recognized() -> None:
+    strategy = covey.Strategy(
+        aggregator=covey.aggregate.chain(covey.aggregate.mean()), fraction_evaluate=0.0
+    )
+    plain = _run(strategy, rounds=1)
+    safe = _run(_secure(strategy), rounds=1)
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        covey.FedMedian,
+        lambda **kw: covey.FedTrimmedAvg(beta=0.2, **kw),
+        lambda **kw: covey.Krum(f=1, **kw),
+    ],
+)
+def test_reducers_that_need_individual_updates_are_refused(make: Any) -> None:
+    with pytest.raises(ValueError, match="needs individual updates"):
+        secure(make(), clip_range=1.0)
+
+
+def test_custom_median_chain_is_refused_by_the_probe() -> None:
+    strategy = covey.Strategy(aggregator=covey.aggregate.chain(covey.aggregate.median()))
+    with pytest.raises(ValueError, match="needs individual updates"):
+        secure(strategy, clip_range=1.0)
+
+
+def test_value_outside_the_clip_range_fails_that_client_loudly() -> None:
+    class Big(Toy):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            res = super().fit(weights, config)
+            if self.cid == 3:
+                assert res.weights is not None
+                return covey.FitResult(
+                    weights={"w": res.weights["w"] + 5.0, "b": res.weights["b"]},
+                    num_examples=self.n,
+                )
+            return res
+
+    out = covey.simulate(Big, 10, 1, _secure(covey.FedAvg(fraction_evaluate=0.0)), _init(), seed=0)
+    record = out.history.rounds[-1]
+    assert 3 not in record.fit_participants
+    failure = next(f for f in record.fit_failures if f.cid == 3)
+    assert "clipping range" in failure.error
+
+
+def test_abort_stops_the_run_with_the_reason_recorded() -> None:
+    class Flaky(Toy):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            if self.cid < 7:
+                raise RuntimeError("gone")
+            return super().fit(weights, config)
+
+    strategy = _secure(
+        covey.FedAvg(fraction_evaluate=0.0), threat=ThreatModel(0.3, 0.3), complete=True
+    )
+    with pytest.raises(covey.FederationError, match="aborted"):
+        covey.simulate(Flaky, 10, 1, strategy, _init(), seed=0)
+
+
+def test_process_backend_gives_the_same_model() -> None:
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    a = _run(strategy, n=6, rounds=1, backend="process", num_workers=2)
+    b = _run(covey.FedAvg(fraction_evaluate=0.0), n=6, rounds=1)
+    np.testing.assert_allclose(a.weights["w"], b.weights["w"], atol=2 / scale(CLIP, BITS))
+
+
+def test_distributed_noise_has_the_stated_scale_after_unmasking() -> None:
+    from covey.clients._client import run_task
+    from covey.secagg import register_input, secure_sum
+    from covey.transport._memory import MemoryTransport
+
+    register_input("test.zeros", lambda client, payload: np.zeros(20_000, dtype=np.int64))
+    clients = {c: object() for c in range(8)}
+    transport = MemoryTransport(list(clients), lambda cid, t: run_task(clients[cid], cid, t))
+    for mechanism in ("skellam", "gaussian"):
+        res = secure_sum(
+            transport,
+            list(clients),
+            round=1,
+            input_kind="test.zeros",
+            length=20_000,
+            bound=10,
+            noise=Noise(mechanism, 3.0),
+            complete=True,
+        )
+        # 8 clients, sigma 3 each: total deviation 3 * sqrt(8) = 8.49.
+        assert np.std(res.total) == pytest.approx(3.0 * np.sqrt(8), rel=0.05)
+        assert abs(np.mean(res.total)) < 0.3
+
+
+def test_distributed_noise_in_secure_fedavg_is_reported_and_applied() -> None:
+    sigma = 50.0
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0), noise=Noise("skellam", sigma))
+    out = _run(strategy, n=12, rounds=1)
+    plain = _run(covey.FedAvg(fraction_evaluate=0.0), n=12, rounds=1)
+    record = out.history.rounds[-1]
+    std = record.aggregate_info["secagg_noise_std"]
+    assert std == pytest.approx(sigma * np.sqrt(12) / (scale(CLIP, BITS) * record.fit_examples))
+    diff = np.concatenate([(out.weights[k] - plain.weights[k]).ravel() for k in ("w", "b")]).astype(
+        np.float64
+    )
+    assert 0.3 * std < np.std(diff) < 3 * std
+
+
+def test_clients_failing_after_key_sharing_are_recovered_in_secure_fedavg() -> None:
+    class Flaky(Toy):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            if self.cid in (2, 5):
+                raise RuntimeError("battery died")
+            return super().fit(weights, config)
+
+    class Healthy(Toy):
+        def __init__(self, cid: int) -> None:
+            super().__init__([c for c in range(10) if c not in (2, 5)][cid])
+
+    safe = covey.simulate(
+        Flaky, 10, 1, _secure(covey.FedAvg(fraction_evaluate=0.0)), _init(), seed=0
+    )
+    plain = covey.simulate(Healthy, 8, 1, covey.FedAvg(fraction_evaluate=0.0), _init(), seed=0)
+    record = safe.history.rounds[-1]
+    assert record.aggregate_info["secagg_dropped"] == [2, 5]
+    assert sorted(f.cid for f in record.fit_failures) == [2, 5]
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 / scale(CLIP, BITS))

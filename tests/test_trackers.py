@@ -1,0 +1,141 @@
+"""The tracker callbacks, read back with TensorBoard's and MLflow's own readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.core import Failure, RoundRecord
+from covey.trackers import round_scalars
+
+
+class Half(covey.Client):
+    """Halves the weights; its training loss and federated accuracy follow them."""
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        w = weights["w"] / 2
+        return covey.FitResult(
+            weights={"w": w}, num_examples=1, metrics={"train_loss": float(w.sum())}
+        )
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        loss = float(np.abs(weights["w"]).sum())
+        return covey.EvaluateResult(loss=loss, num_examples=1, metrics={"accuracy": 1 / (1 + loss)})
+
+
+def _run(on_round: Any, rounds: int = 4) -> covey.History:
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        loss = float(np.abs(weights["w"]).sum())
+        return loss, {"accuracy": 1 / (1 + loss)}
+
+    return covey.simulate(
+        lambda cid: Half(),
+        num_clients=3,
+        rounds=rounds,
+        strategy=covey.FedAvg(),
+        initial_weights={"w": np.ones(3)},
+        evaluate_fn=central,
+        on_round=on_round,
+    ).history
+
+
+def _expected(history: covey.History) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for record in history.rounds:
+        for tag, value in round_scalars(record).items():
+            out.setdefault(tag, []).append((record.round, value))
+    return out
+
+
+def test_round_scalars_flatten_every_number() -> None:
+    record = RoundRecord(
+        round=2,
+        fit_participants=[0, 1, 2],
+        fit_failures=[Failure(cid=3, stage="fit", error="boom")],
+        fit_metrics={"train_loss": 0.5, "note": "text", "flag": True},
+        evaluate_loss=0.75,
+        evaluate_metrics={"accuracy": 0.8},
+        central_loss=float("nan"),
+        central_metrics={"accuracy": 0.9},
+        durations={"fit": 1.5},
+    )
+    record.privacy = {"epsilon": 1.25, "delta": 1e-5, "accountant": "rdp"}  # type: ignore[attr-defined]
+    assert round_scalars(record) == {
+        "central/accuracy": 0.9,
+        "federated/loss": 0.75,
+        "federated/accuracy": 0.8,
+        "fit/train_loss": 0.5,
+        "clients/fit": 3.0,
+        "clients/evaluate": 0.0,
+        "clients/failures": 1.0,
+        "time/fit": 1.5,
+        "privacy/epsilon": 1.25,
+        "privacy/delta": 1e-5,
+    }
+
+
+def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is needed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from covey.trackers import TensorBoardLogger
+
+    with TensorBoardLogger(tmp_path / "tb", prefix="demo/") as log:
+        history = _run(log)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    expected = _expected(history)
+    assert set(events.Tags()["scalars"]) == {f"demo/{tag}" for tag in expected}
+    for tag, points in expected.items():
+        got = [(e.step, e.value) for e in events.Scalars(f"demo/{tag}")]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        # Event files store 32-bit floats.
+        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6), tag
+    assert [v for _, v in expected["central/loss"]] == [3.0, 1.5, 0.75, 0.375, 0.1875]
+
+
+def test_mlflow_file_store_reads_back(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    store = tmp_path / "mlruns"
+    with MLflowLogger(
+        store, experiment="digits", run_name="fedavg", params={"strategy": "FedAvg", "clients": 3}
+    ) as log:
+        history = _run(log)
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    run = client.get_run(log.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "fedavg"
+    assert run.data.params == {"strategy": "FedAvg", "clients": "3"}
+    assert client.get_experiment(run.info.experiment_id).name == "digits"
+    for tag, points in _expected(history).items():
+        got = sorted((m.step, m.value) for m in client.get_metric_history(log.run_id, tag))
+        assert got == points, tag
+
+
+def test_mlflow_run_marked_failed_when_the_federation_fails(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    store = tmp_path / "mlruns"
+    log = MLflowLogger(store)
+
+    def failing_run() -> None:
+        with log:
+            log(RoundRecord(round=0, central_loss=1.0))
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        failing_run()
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    assert client.get_run(log.run_id).info.status == "FAILED"
+    assert [m.value for m in client.get_metric_history(log.run_id, "central/loss")] == [1.0]
