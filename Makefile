@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch,xgboost,docs,analytics,dashboard,tensorboard,mlflow]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,xgboost,docs,analytics,dashboard,tensorboard,mlflow,ray]'
 	touch $(STAMP) $(DEV_STAMP)
 
 # The dashboard's browser tests drive headless Chromium; install it once if missing.
@@ -61,7 +61,7 @@ $(FLOWER_STAMP):
 	touch $(FLOWER_STAMP)
 
 bench-flower: $(STAMP) $(FLOWER_STAMP)
-	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,plain,flower \
+	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,covey-ray,plain,flower \
 		--flower-python $(FLOWER_VENV)/bin/python $(BENCH_ARGS)
 
 bench: $(STAMP)

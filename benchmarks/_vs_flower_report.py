@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from _machine import cpu_model
 from _mdtable import fmt, table
+from _vs_flower_ray import ray_ratios, ray_table
 
 __all__ = ["machine_info", "markdown", "ratios", "summarize"]
 
@@ -75,6 +76,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 final_accuracy=ok[0]["final_accuracy"],
                 final_accuracy_all=[r["final_accuracy"] for r in ok],
                 round_seconds=ok[0]["round_seconds"],
+                # Rounds after the first: the first includes starting workers and clients.
+                round_median=_median(
+                    [_median(r["round_seconds"][1:] or r["round_seconds"]) or 0.0 for r in ok]
+                ),
                 round_peak_pss_mb=ok[0]["round_peak_pss_mb"],
                 baseline_pss_mb=ok[0].get("baseline_pss_mb"),
                 above_baseline_mb=ok[0].get("above_baseline_mb"),
@@ -141,6 +146,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "cpu_flower_over_covey": ratio("flower", "covey", "cpu_seconds"),
                 "mem_covey_over_plain": ratio("covey", "plain", "peak_pss_mb"),
                 "mem_flower_over_covey": ratio("flower", "covey", "peak_pss_mb"),
+                **ray_ratios(by),
             }
         )
     return out
@@ -351,12 +357,15 @@ def markdown(
     ]
     if any(r["workload"] == "digits" for r in rows):
         parts += [
-            f"#### Digits, logistic regression, R = {args.rounds}",
+            f"#### Digits, logistic regression, R = {args.rounds} "
+            f"({args.big_rounds} from N = {args.big_n:,})",
             "",
             *digits_table(rows),
             "",
         ]
     parts += ["#### Ratios", "", *ratio_table(rat), ""]
+    if any(r["system"] == "covey-ray" for r in rows):
+        parts += ["#### Ray backends: covey vs Flower", "", *ray_table(rows, rat), ""]
     if any(r["workload"] == "large" for r in rows):
         parts += [
             f"#### Large model: 10,000,000 float32 (40 MB), N = {args.large_n}, "

@@ -48,7 +48,7 @@ from _machine import RUNNER_ENV, cpu_times, wait_until_idle  # noqa: E402
 from _mdtable import write_results  # noqa: E402
 from _vs_flower_report import machine_info, markdown, ratios, summarize  # noqa: E402
 
-SYSTEMS = ("covey", "covey-process", "plain", "flower")
+SYSTEMS = ("covey", "covey-process", "covey-ray", "plain", "flower")
 MB = 1024 * 1024
 
 
@@ -60,6 +60,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--n", type=int, nargs="+", default=[10, 100, 1000], help="client counts")
     p.add_argument("--rounds", type=int, default=10, help="rounds of the digits workload")
+    p.add_argument(
+        "--big-n",
+        type=int,
+        default=10_000,
+        help="from this N on, the digits workload runs --big-rounds rounds",
+    )
+    p.add_argument("--big-rounds", type=int, default=3, help="rounds at N >= --big-n")
+    p.add_argument(
+        "--covey-only-n",
+        type=int,
+        nargs="*",
+        default=[],
+        help="client counts run by the covey systems only (e.g. 100000)",
+    )
     p.add_argument(
         "--large",
         action=argparse.BooleanOptionalAction,
@@ -289,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     command = shlex.join([exe, "benchmarks/vs_flower.py", *(argv or sys.argv[1:])])
 
-    plan: list[tuple[str, int, int]] = [("digits", n, args.rounds) for n in args.n]
+    plan: list[tuple[str, int, int]] = [
+        ("digits", n, args.big_rounds if n >= args.big_n else args.rounds)
+        for n in [*args.n, *args.covey_only_n]
+    ]
     if args.large:
         plan.append(("large", args.large_n, args.large_rounds))
     runs: list[dict[str, Any]] = []
@@ -297,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     for workload, n, rounds in plan:
         for rep in range(args.repeat):
             for system in args.systems:
+                if n in args.covey_only_n and not system.startswith("covey"):
+                    continue
                 print(
                     f"[{time.time() - t_all:7.1f}s] {workload} N={n} {system} #{rep} ...",
                     flush=True,

@@ -180,7 +180,11 @@ EXPECTED = {
         "run_config",
     ],
     "covey.sim": [
+        "ClientClock",
+        "ClientState",
+        "ClockedTransport",
         "ProcessTransport",
+        "RayTransport",
         "SimulationResult",
         "inline_transport",
         "simulate",

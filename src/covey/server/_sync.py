@@ -161,10 +161,10 @@ class RoundLoop(_LoopBase):
             )
         return available
 
-    def _eligible(self, rnd: int, available: Sequence[int]) -> list[int]:
+    def _eligible(self, rnd: int, available: Sequence[int]) -> Sequence[int]:
         """The available clients that pass ``strategy.where``, asking new ones for properties."""
         if self.strategy.where is None:
-            return list(available)
+            return available  # not copied: a federation may have 100,000s of clients
         unknown = self._unasked(available, rnd)
         if unknown:
             ask = dict.fromkeys(unknown, Task("properties", rnd))

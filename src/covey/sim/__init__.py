@@ -1,6 +1,18 @@
-"""Simulation: many clients on one machine, in this process or a pool of worker processes."""
+"""Simulation: many clients in this process, in worker processes, or in Ray actors."""
 
+from covey.sim._clock import ClientClock, ClockedTransport
 from covey.sim._process import ProcessTransport
+from covey.sim._ray import RayTransport
 from covey.sim._simulate import SimulationResult, inline_transport, simulate
+from covey.sim._state import ClientState
 
-__all__ = ["ProcessTransport", "SimulationResult", "inline_transport", "simulate"]
+__all__ = [
+    "ClientClock",
+    "ClientState",
+    "ClockedTransport",
+    "ProcessTransport",
+    "RayTransport",
+    "SimulationResult",
+    "inline_transport",
+    "simulate",
+]

@@ -6,7 +6,8 @@ import datetime as _dt
 import gc
 import json
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._process import ProcessTransport
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
@@ -25,7 +27,7 @@ from covey.transport._async import Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
 from covey.transport._memory import MemoryTransport
 
-Backend = Literal["inline", "process"]
+Backend = Literal["inline", "process", "ray"]
 
 
 @dataclass
@@ -43,21 +45,64 @@ class SimulationResult:
     seconds: float
 
 
-def inline_transport(client_fn: ClientFn, num_clients: int) -> MemoryTransport:
+def inline_transport(
+    client_fn: ClientFn, num_clients: int, client_cache: int | None = None
+) -> MemoryTransport:
     """A transport running every client in this process, sequentially, without serialization.
 
     Each client is built by ``client_fn`` the first time it is needed and reused
-    in later rounds, as the process backend does.
+    in later rounds, as the process backend does; with ``client_cache`` set, only
+    that many recently used clients stay built (0: a client is built per task).
     """
-    clients: dict[int, Any] = {}
+    clients: OrderedDict[int, Any] = OrderedDict()
 
     def handler(cid: int, task: Task) -> Reply:
         client = clients.get(cid)
         if client is None:
-            client = clients[cid] = client_fn(cid)
+            client = client_fn(cid)
+            if client_cache != 0:
+                clients[cid] = client
+                if client_cache is not None and len(clients) > client_cache:
+                    clients.popitem(last=False)
+        elif client_cache is not None:
+            clients.move_to_end(cid)
         return run_task(client, cid, task)
 
     return MemoryTransport(range(num_clients), handler)
+
+
+def _backend(
+    backend: str,
+    client_fn: ClientFn,
+    num_clients: int,
+    *,
+    num_workers: int | None,
+    client_cache: int | None,
+    client_resources: Mapping[str, Any] | None,
+    client_group: Callable[[int], str] | None,
+    ray_address: str | None,
+) -> Transport:
+    if backend != "ray" and (client_resources, client_group, ray_address) != (None, None, None):
+        raise ValueError(
+            "client_resources, client_group and ray_address apply to backend='ray' only"
+        )
+    if backend == "inline":
+        return inline_transport(client_fn, num_clients, client_cache)
+    if backend == "process":
+        return ProcessTransport(client_fn, num_clients, num_workers=num_workers)
+    if backend == "ray":
+        from covey.sim._ray import RayTransport
+
+        return RayTransport(
+            client_fn,
+            num_clients,
+            client_resources=client_resources,
+            client_group=client_group,
+            address=ray_address,
+            num_actors=num_workers,
+            client_cache=client_cache,
+        )
+    raise ValueError(f"unknown backend {backend!r}; choose 'inline', 'process' or 'ray'")
 
 
 def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
@@ -88,6 +133,53 @@ def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
     return on_round, progress.stop
 
 
+def _callbacks(
+    rounds: int, progress: bool, on_round: RoundCallback | None
+) -> tuple[list[RoundCallback], Callable[[], None] | None]:
+    """The per-round callbacks (a progress bar, the user's), and how to stop the bar."""
+    callbacks: list[RoundCallback] = []
+    stop_progress: Callable[[], None] | None = None
+    if progress:
+        cb, stop_progress = _progress_callback(rounds)
+        callbacks.append(cb)
+    if on_round is not None:
+        callbacks.append(on_round)
+    return callbacks, stop_progress
+
+
+def _clock(
+    strategy: Strategy,
+    durations: Durations | None,
+    availability: Availability | None,
+    deadline: float | None,
+    seed: int,
+) -> ClientClock | None:
+    """The client model of a run with simulated availability or stragglers, else None."""
+    if availability is None and (deadline is None or strategy.asynchronous):
+        return None
+    return ClientClock(durations, availability, seed=seed)
+
+
+def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strategy:
+    """The strategy to run (FedAvg by default), once the arguments of simulate() are valid."""
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    strategy = strategy if strategy is not None else FedAvg()
+    if strategy.num_fit(num_clients) > num_clients:
+        raise ValueError(
+            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
+            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
+        )
+    if strategy.min_available_clients > num_clients:
+        raise ValueError(
+            f"min_available_clients={strategy.min_available_clients} exceeds "
+            f"num_clients={num_clients}"
+        )
+    return strategy
+
+
 def _write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
     """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
     if path is not None:
@@ -110,6 +202,12 @@ def simulate(
     on_round: RoundCallback | None = None,
     run_dir: str | Path | None = None,
     client_durations: Durations | None = None,
+    availability: Availability | None = None,
+    round_deadline: float | None = None,
+    client_cache: int | None = None,
+    client_resources: Mapping[str, Any] | None = None,
+    client_group: Callable[[int], str] | None = None,
+    ray_address: str | None = None,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -123,9 +221,11 @@ def simulate(
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server, run at
             round 0 and after every round.
         backend: ``"inline"`` (sequential, in this process, arrays passed by
-            reference) or ``"process"`` (a pool of worker processes; same results).
+            reference), ``"process"`` (a pool of worker processes) or ``"ray"``
+            (long-lived Ray actors, local or on a cluster); all give the same bits.
         seed: Seeds client sampling.
-        num_workers: Worker processes for the process backend.
+        num_workers: Worker processes for the process backend; most actors per
+            client group for the Ray backend.
         round_timeout: Seconds clients have to reply in a round.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes.
@@ -135,6 +235,20 @@ def simulate(
             simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
             per client (default 1.0). Time is virtual: nothing sleeps. In that mode
             ``rounds`` counts global updates and ``round_timeout`` bounds each task.
+            With a synchronous strategy and ``round_deadline``, the same durations
+            make the clients slower than the deadline stragglers.
+        availability: A client is online with this probability each round, or
+            ``(cid, round) -> bool``, or a boolean trace ``trace[cid, t]``; offline
+            clients that are sampled drop out (see :class:`covey.sim.ClientClock`).
+        round_deadline: Simulated seconds a synchronous round's fit may take:
+            clients whose ``client_durations`` exceed it are stragglers, not used.
+        client_cache: Most clients kept built (per actor with Ray); None keeps every
+            client built, 0 builds a client for each task. Bound it for federations
+            of many clients: memory then does not grow with ``num_clients``.
+        client_resources: Ray: what one client needs, e.g. ``{"num_cpus": 1,
+            "num_gpus": 0.25}``, or one such mapping per group with ``client_group``.
+        client_group: Ray: ``cid -> group name`` when resources differ per group.
+        ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
 
     Returns:
         The final weights and the history.
@@ -156,16 +270,22 @@ def simulate(
     start = time.perf_counter()
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
-    strategy = strategy if strategy is not None else FedAvg()
-    _check_sizes(strategy, num_clients, rounds)
-    transport = _transport(backend, client_fn, num_clients, num_workers)
-    callbacks: list[RoundCallback] = []
-    stop_progress: Callable[[], None] | None = None
-    if progress:
-        cb, stop_progress = _progress_callback(rounds)
-        callbacks.append(cb)
-    if on_round is not None:
-        callbacks.append(on_round)
+    strategy = _checked(strategy, num_clients, rounds)
+    transport = _backend(
+        backend,
+        client_fn,
+        num_clients,
+        num_workers=num_workers,
+        client_cache=client_cache,
+        client_resources=client_resources,
+        client_group=client_group,
+        ray_address=ray_address,
+    )
+    clock = _clock(strategy, client_durations, availability, round_deadline, seed)
+    if clock is not None and not strategy.asynchronous:
+        transport = ClockedTransport(transport, clock, deadline=round_deadline)
+
+    callbacks, stop_progress = _callbacks(rounds, progress, on_round)
     history_path = meta_path = None
     meta: dict[str, Any] = {
         "kind": "simulated",
@@ -196,9 +316,12 @@ def simulate(
     try:
         loop_transport: Transport | SimulatedAsyncTransport = transport
         if strategy.asynchronous:
-            workers = transport.num_workers if isinstance(transport, ProcessTransport) else 0
+            workers = int(getattr(transport, "num_workers", 0))
             loop_transport = SimulatedAsyncTransport(
-                transport, durations=client_durations, seed=seed, prefetch=2 * workers
+                transport,
+                durations=clock if clock is not None else client_durations,
+                seed=seed,
+                prefetch=2 * workers,
             )
         loop = open_loop(
             strategy,
@@ -228,32 +351,3 @@ def simulate(
             stop_progress()
         transport.close()
     return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)
-
-
-def _check_sizes(strategy: Strategy, num_clients: int, rounds: int) -> None:
-    """Refuse a federation size or round count the strategy cannot run."""
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
-    if strategy.num_fit(num_clients) > num_clients:
-        raise ValueError(
-            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
-            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
-        )
-    if strategy.min_available_clients > num_clients:
-        raise ValueError(
-            f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}"
-        )
-
-
-def _transport(
-    backend: str, client_fn: ClientFn, num_clients: int, num_workers: int | None
-) -> Transport:
-    """The transport that runs the clients for ``backend``."""
-    if backend == "inline":
-        return inline_transport(client_fn, num_clients)
-    if backend == "process":
-        return ProcessTransport(client_fn, num_clients, num_workers=num_workers)
-    raise ValueError(f"unknown backend {backend!r}; choose 'inline' or 'process'")

@@ -255,8 +255,8 @@ class Strategy:
         if count == len(available):
             return sorted(int(c) for c in available)
         picks = rng.choice(len(available), size=count, replace=False)
-        pool = np.asarray(available)
-        return sorted(int(c) for c in pool[picks])
+        # Index the sequence itself: O(count), where np.asarray(range(N)) would be O(N).
+        return sorted(int(available[int(i)]) for i in picks)
 
     def describe(self) -> dict[str, Any]:
         """The strategy's name, hyperparameters and options, as JSON-ready values.

@@ -24,6 +24,19 @@ Durations = Callable[[int, np.random.Generator], float] | Sequence[float]
 
 
 @runtime_checkable
+class ClientModel(Protocol):
+    """Simulated client speed and availability (:class:`covey.sim.ClientClock`)."""
+
+    def duration(self, cid: int, rng: np.random.Generator) -> float:
+        """Simulated seconds client ``cid``'s next fit takes."""
+        ...
+
+    def is_online(self, cid: int, rnd: int) -> bool:
+        """Whether client ``cid`` is online at ``rnd``."""
+        ...
+
+
+@runtime_checkable
 class AsyncTransport(Protocol):
     """Carries single tasks to clients and hands back their replies one at a time.
 
@@ -86,7 +99,9 @@ class SimulatedAsyncTransport:
     Args:
         transport: Where the clients run (e.g. :func:`covey.sim.inline_transport`).
         durations: ``(cid, rng) -> seconds`` drawn per task, or a fixed duration per
-            client; default 1.0 s for every task.
+            client; default 1.0 s for every task. Or a :class:`covey.sim.ClientClock`,
+            whose ``duration`` is drawn and whose ``online`` test is applied at submit
+            (an offline client's task fails at once).
         seed: Seeds the ``rng`` passed to ``durations``.
         prefetch: Tasks to compute per exchange (more lets a process pool work in parallel).
     """
@@ -95,7 +110,7 @@ class SimulatedAsyncTransport:
         self,
         transport: Transport,
         *,
-        durations: Durations | None = None,
+        durations: Durations | ClientModel | None = None,
         seed: int = 0,
         prefetch: int = 1,
     ) -> None:
@@ -117,6 +132,8 @@ class SimulatedAsyncTransport:
         return self._now
 
     def _duration(self, cid: int) -> float:
+        if isinstance(self._durations, ClientModel):
+            return self._durations.duration(cid, self._rng)
         if self._durations is None:
             return 1.0
         if callable(self._durations):
@@ -131,6 +148,13 @@ class SimulatedAsyncTransport:
         """Schedule ``task``'s completion on the virtual clock."""
         if cid in self._pending:
             raise ValueError(f"client {cid} already has a task in flight")
+        model = self._durations
+        if isinstance(model, ClientModel) and not model.is_online(cid, task.round):
+            seq = next(self._seq)
+            offline = Reply(cid, task.kind, error=f"offline at version {task.round} (simulated)")
+            self._pending[cid] = _Pending(task, self._now, seq, False, offline)
+            heapq.heappush(self._heap, (self._now, seq, cid))
+            return
         duration = self._duration(cid) if task.kind == "fit" else 0.0
         timed_out = timeout is not None and duration > timeout
         finish = self._now + (timeout if timed_out and timeout is not None else duration)

@@ -1,0 +1,449 @@
+"""The Ray backend: clients run in long-lived Ray actors, on one machine or a cluster.
+
+Each client group (clients that need the same resources) gets a pool of actors,
+each holding that group's ``num_cpus``/``num_gpus``/custom resources for the whole
+run, so no more clients run at once than the resources allow. Client ``cid``
+always runs in the same actor, which builds it with ``client_fn`` where it runs
+(data is loaded there, never shipped from the driver) and keeps the most recent
+``client_cache`` clients warm. Per round the global weights are encoded once and
+put in the object store; every actor maps them read-only without copying. An
+actor runs its clients in small chunks, so replies stream back and the round
+loop folds them in client-id order as they come.
+
+The weights go out in covey's codec; tasks, clients and replies travel in Ray's
+own serialization, so a Ray cluster must be trusted like the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from covey.clients._client import ClientFn, run_task
+from covey.core import _codec
+from covey.core._messages import Reply, Task
+from covey.core._weights import Weights
+
+logger = logging.getLogger("covey")
+
+Resources = Mapping[str, float]
+_Item = tuple[int, str, int, Mapping[str, Any], Any]
+
+#: Clients an actor runs per call: replies come back at least this often. A large
+#: round uses larger chunks (up to MAX_CHUNK), about CHUNKS_PER_ACTOR calls per actor.
+CHUNK = 16
+MAX_CHUNK = 256
+CHUNKS_PER_ACTOR = 32
+_RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
+    return ray
+
+
+class ClientHost:
+    """The body of one actor: builds clients where it runs and answers their tasks.
+
+    Args:
+        client_fn: ``cid -> Client``, called in the actor the first time ``cid`` runs
+            there (and again if the client was evicted from the cache).
+        cache: Most clients kept built; None keeps every client built here.
+    """
+
+    def __init__(self, client_fn: ClientFn, cache: int | None) -> None:
+        self._client_fn = client_fn
+        self._cache = cache
+        self._clients: OrderedDict[int, Any] = OrderedDict()
+        self._weights: tuple[Any, Weights | None] = (None, None)
+
+    def where(self) -> tuple[int, str]:
+        """``(pid, node id)`` of this actor."""
+        import ray
+
+        return os.getpid(), str(ray.get_runtime_context().get_node_id())
+
+    def _client(self, cid: int) -> Any:
+        client = self._clients.get(cid)
+        if client is None:
+            client = self._client_fn(cid)
+            if self._cache != 0:
+                self._clients[cid] = client
+                if self._cache is not None and len(self._clients) > self._cache:
+                    self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(cid)
+        return client
+
+    def run(self, token: int, encoded: Any, items: list[_Item]) -> list[Reply]:
+        """Run each ``(cid, kind, round, config, payload)`` item; one reply per item."""
+        weights: Weights | None = None
+        if encoded is not None:
+            if self._weights[0] != token:
+                # A read-only view of the object store's buffer: no copy.
+                self._weights = (token, _codec.decode(memoryview(encoded), verify=False))
+            weights = self._weights[1]
+        replies = []
+        for cid, kind, rnd, config, payload in items:
+            try:
+                client = self._client(cid)
+                reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
+            except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
+                reply = Reply(cid, kind, error=traceback.format_exc())
+            replies.append(reply)
+        return replies
+
+
+def _need(resources: Resources) -> dict[str, float]:
+    """Ray's resource names for a covey resource spec (``num_cpus`` -> ``CPU``)."""
+    need: dict[str, float] = {}
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"client resource {key!r} must be a number >= 0, got {value!r}")
+        need[_RESOURCE_KEYS.get(key, key)] = float(value)
+    return need
+
+
+def actors_for(
+    need: Mapping[str, float], total: Mapping[str, float], users: Mapping[str, int]
+) -> int:
+    """How many actors needing ``need`` fit in this group's share of the cluster.
+
+    Each resource is shared equally among the ``users[key]`` groups that need it.
+    """
+    counts = [
+        math.floor(total.get(key, 0.0) / users.get(key, 1) / value + 1e-9)
+        for key, value in need.items()
+        if value > 0
+    ]
+    if not counts:  # needs nothing: one actor per CPU
+        counts = [math.floor(total.get("CPU", 1.0))]
+    return max(1, min(counts))
+
+
+class RayTransport:
+    """Clients in long-lived Ray actors; a local Ray, or a cluster at ``address``.
+
+    Args:
+        client_fn: ``cid -> Client``; called inside the actors.
+        num_clients: Clients have ids ``0 .. num_clients - 1``.
+        client_resources: What one client needs, e.g. ``{"num_cpus": 1, "num_gpus": 0.5}``
+            (custom resource names allowed); or, with ``client_group``, one such
+            mapping per group name. Default ``{"num_cpus": 1}``.
+        client_group: ``cid -> group name`` when resources differ per group; each
+            resource is shared equally among the groups that need it.
+        address: A running cluster to join (``"127.0.0.1:6379"``, ``"auto"``); None
+            starts a local Ray for this run and stops it at :meth:`close`.
+        num_actors: Most actors per group (default: as many as the resources allow).
+        client_cache: Most clients each actor keeps built (None: all; 0: build per task).
+        start_timeout: Seconds the actors have to start (a clear error if they cannot
+            be placed, e.g. resources no node has).
+        init_args: Extra keyword arguments for ``ray.init``.
+    """
+
+    def __init__(
+        self,
+        client_fn: ClientFn,
+        num_clients: int,
+        *,
+        client_resources: Resources | Mapping[str, Resources] | None = None,
+        client_group: Callable[[int], str] | None = None,
+        address: str | None = None,
+        num_actors: int | None = None,
+        client_cache: int | None = None,
+        start_timeout: float = 120.0,
+        init_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        ray = _ray()
+        groups = self._groups(client_resources, client_group)
+        if num_actors is not None and num_actors < 1:
+            raise ValueError(f"num_actors must be at least 1, got {num_actors}")
+        if client_cache is not None and client_cache < 0:
+            raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
+        self._owns_ray = False
+        if not ray.is_initialized():
+            # "local" starts a new Ray: None would join any Ray already running here.
+            kwargs: dict[str, Any] = {
+                "address": address if address is not None else "local",
+                "include_dashboard": False,
+                "log_to_driver": True,
+            }
+            kwargs.update(init_args or {})
+            ray.init(**kwargs)
+            self._owns_ray = True
+        self._ray = ray
+        self._clients = range(num_clients)
+        self._group_of = client_group
+        self._client_fn = client_fn
+        self._cache = client_cache
+        self._start_timeout = start_timeout
+        self._token = 0
+        self._published: tuple[Weights | None, Any] = (None, None)
+        total = ray.cluster_resources()
+        self._host = ray.remote(ClientHost)
+        self._spec: dict[str, tuple[dict[str, float], int]] = {}
+        users: dict[str, int] = {}
+        for need in groups.values():
+            for key, value in need.items():
+                users[key] = users.get(key, 0) + (value > 0)
+        for name, need in groups.items():
+            count = actors_for(need, total, users)
+            if num_actors is not None:
+                count = min(count, num_actors)
+            self._spec[name] = (need, max(1, min(count, num_clients)))
+        self._actors: dict[str, list[Any]] = {}
+        self._where: dict[tuple[str, int], tuple[int, str]] = {}
+        try:
+            for name in self._spec:
+                self._actors[name] = [self._start(name, i) for i in range(self._spec[name][1])]
+            self._await_ready(
+                [(g, i) for g, actors in self._actors.items() for i in range(len(actors))]
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _groups(
+        client_resources: Resources | Mapping[str, Resources] | None,
+        client_group: Callable[[int], str] | None,
+    ) -> dict[str, dict[str, float]]:
+        if client_resources is None:
+            client_resources = {"num_cpus": 1}
+        nested = any(isinstance(v, Mapping) for v in client_resources.values())
+        if nested != (client_group is not None):
+            raise ValueError(
+                "give client_group together with one resource mapping per group, e.g. "
+                "client_resources={'big': {'num_cpus': 2}, 'small': {'num_cpus': 1}}, "
+                "or a single mapping {'num_cpus': 1} without client_group"
+            )
+        if not nested:
+            return {"": _need(client_resources)}  # type: ignore[arg-type]
+        if not client_resources:
+            raise ValueError("client_resources names no group")
+        return {str(k): _need(v) for k, v in client_resources.items()}  # type: ignore[arg-type]
+
+    def _start(self, group: str, index: int) -> Any:
+        need = self._spec[group][0]
+        options: dict[str, Any] = {"num_cpus": need.get("CPU", 0.0), "max_restarts": 0}
+        if need.get("GPU"):
+            options["num_gpus"] = need["GPU"]
+        if need.get("memory"):
+            options["memory"] = need["memory"]
+        custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU", "memory")}
+        if custom:
+            options["resources"] = custom
+        return self._host.options(**options).remote(self._client_fn, self._cache)
+
+    def _await_ready(self, keys: Sequence[tuple[str, int]]) -> None:
+        ray = self._ray
+        refs = {self._actors[g][i].where.remote(): (g, i) for g, i in keys}
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=self._start_timeout)
+        if waiting:
+            g, _ = refs[waiting[0]]
+            raise RuntimeError(
+                f"{len(waiting)} of {len(refs)} Ray actors did not start within "
+                f"{self._start_timeout} s; each needs {self._spec[g][0]} and the cluster has "
+                f"{ray.cluster_resources()} (available now: {ray.available_resources()})"
+            )
+        for ref in ready:
+            pid, node = ray.get(ref)
+            self._where[refs[ref]] = (int(pid), str(node))
+
+    @property
+    def num_workers(self) -> int:
+        """The number of actors over all groups."""
+        return sum(len(a) for a in self._actors.values())
+
+    def clients(self) -> Sequence[int]:
+        """Ids of the simulated clients."""
+        return self._clients
+
+    def _home(self, cid: int) -> tuple[str, int]:
+        group = "" if self._group_of is None else str(self._group_of(cid))
+        if group not in self._spec:
+            raise ValueError(f"client_group({cid}) is {group!r}, not one of {sorted(self._spec)}")
+        return group, cid % self._spec[group][1]
+
+    def _publish(self, weights: Weights | None) -> tuple[int, Any]:
+        if weights is None:
+            return 0, None
+        if self._published[0] is not weights:
+            buffer = np.empty(_codec.encoded_size(weights), dtype=np.uint8)
+            _codec.encode_into(weights, buffer.data)
+            self._token += 1
+            self._published = (weights, (self._token, self._ray.put(buffer)))
+        return self._published[1]  # type: ignore[no-any-return]
+
+    def _revive(self) -> None:
+        dead = [
+            (g, i)
+            for g, actors in self._actors.items()
+            for i, actor in enumerate(actors)
+            if actor is None
+        ]
+        for g, i in dead:
+            logger.warning(
+                "starting a new Ray actor for group %r slot %d; its clients are rebuilt", g, i
+            )
+            self._actors[g][i] = self._start(g, i)
+        if dead:
+            self._await_ready(dead)
+
+    def exchange(
+        self, tasks: Mapping[int, Task], *, timeout: float | None = None
+    ) -> Iterator[Reply]:
+        """Send each actor its clients' tasks in chunks; yield replies as chunks complete."""
+        self._revive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        homes: dict[tuple[str, int, int], list[_Item]] = {}
+        refs: dict[int, Any] = {0: None}
+        for cid in sorted(tasks):
+            task = tasks[cid]
+            token, ref = self._publish(task.weights)
+            refs[token] = ref
+            g, i = self._home(cid)
+            homes.setdefault((g, i, token), []).append(
+                (cid, task.kind, task.round, task.config, task.payload)
+            )
+        pending: dict[Any, tuple[str, int, list[int]]] = {}
+        held: dict[tuple[str, int], list[int]] = {}
+        for (g, i, token), items in homes.items():
+            encoded = refs[token]
+            actor = self._actors[g][i]
+            held.setdefault((g, i), []).extend(c for c, *_ in items)
+            size = min(MAX_CHUNK, max(CHUNK, -(-len(items) // CHUNKS_PER_ACTOR)))
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                ref = actor.run.remote(token, encoded, chunk)
+                pending[ref] = (g, i, [c for c, *_ in chunk])
+        try:
+            yield from self._collect(pending, held, tasks, deadline)
+        finally:
+            self._abandon(pending)
+
+    def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]]) -> None:
+        """Stop the actors still busy with this exchange once it is over (its deadline passed).
+
+        A client stuck in ``fit`` must not hold up later rounds: its actor is
+        replaced at the next exchange and its clients are rebuilt there.
+        """
+        busy = sorted({(g, i) for g, i, _ in pending.values()})
+        for g, i in busy:
+            actor = self._actors[g][i]
+            if actor is None:
+                continue
+            late = sorted(
+                c for gg, ii, cids in pending.values() if (gg, ii) == (g, i) for c in cids
+            )
+            logger.warning(
+                "Ray actor %s%d missed the deadline with %d clients unanswered (%s); "
+                "stopping it, a new one takes its clients",
+                f"{g}/" if g else "",
+                i,
+                len(late),
+                ", ".join(map(str, late[:10])) + (" ..." if len(late) > 10 else ""),
+            )
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            self._actors[g][i] = None
+
+    def _collect(
+        self,
+        pending: dict[Any, tuple[str, int, list[int]]],
+        held: Mapping[tuple[str, int], list[int]],
+        tasks: Mapping[int, Task],
+        deadline: float | None,
+    ) -> Iterator[Reply]:
+        ray = self._ray
+        # An actor runs its calls in order: wait only on each actor's oldest call,
+        # so one wait costs O(actors), not O(calls in flight).
+        queues: dict[tuple[str, int], deque[Any]] = {}
+        for ref, (g, i, _) in pending.items():
+            queues.setdefault((g, i), deque()).append(ref)
+        while queues:
+            heads = {q[0]: key for key, q in queues.items()}
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(list(heads), num_returns=1, timeout=remaining)
+            if not ready:
+                return  # deadline: the loop records the missing clients
+            for ref in ready:
+                key = heads[ref]
+                queues[key].popleft()
+                if not queues[key]:
+                    del queues[key]
+                g, i, cids = pending.pop(ref)
+                try:
+                    replies = ray.get(ref, timeout=max(1.0, remaining or 60.0))
+                except ray.exceptions.RayActorError as exc:
+                    yield from self._dead(g, i, cids, held[(g, i)], tasks, exc)
+                    continue
+                except ray.exceptions.RayError as exc:
+                    for cid in cids:
+                        yield Reply(cid, tasks[cid].kind, error=f"Ray failed: {exc}")
+                    continue
+                yield from replies
+
+    def _dead(
+        self,
+        g: str,
+        i: int,
+        cids: list[int],
+        held: list[int],
+        tasks: Mapping[int, Task],
+        exc: Exception,
+    ) -> Iterator[Reply]:
+        pid, node = self._where.get((g, i), (-1, "?"))
+        if self._actors[g][i] is not None:
+            shown = ", ".join(map(str, held[:20])) + (" ..." if len(held) > 20 else "")
+            logger.error(
+                "Ray actor %s%d (pid %d on node %s) died; it held clients %s this round",
+                f"{g}/" if g else "",
+                i,
+                pid,
+                node[:12],
+                shown,
+            )
+            self._actors[g][i] = None
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        for cid in cids:
+            yield Reply(
+                cid,
+                tasks[cid].kind,
+                error=f"Ray actor {g + '/' if g else ''}{i} (pid {pid}) died running client "
+                f"{cid}, one of the {len(held)} clients it held this round: {cause}",
+            )
+
+    def close(self) -> None:
+        """Stop the actors; stop Ray too if this transport started it."""
+        ray = getattr(self, "_ray", None)
+        if ray is None:
+            return
+        for actors in getattr(self, "_actors", {}).values():
+            for actor in actors:
+                if actor is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+        self._actors = {}
+        self._published = (None, None)
+        if self._owns_ray:
+            self._owns_ray = False
+            ray.shutdown()
+
+    def __enter__(self) -> RayTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,71 @@
+"""Per-client state on disk: a federation of 100,000 clients needs memory for the sampled few.
+
+A client of a large simulation is built from its id when it is sampled and
+dropped after (``simulate(client_cache=0)``). What it must remember between
+rounds (a counter, a personalised layer, an optimizer's moments) goes into a
+:class:`ClientState` store: one small file per client, written atomically in
+covey's checksummed codec (never pickle), read back only when that client runs.
+Every backend's workers see the same folder, so it works inline, in worker
+processes and in Ray actors on one machine (on a cluster, give a shared folder).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from covey.core._codec import decode, encode
+from covey.core._files import atomic_write
+from covey.core._weights import Array, Weights
+
+
+class ClientState:
+    """Named arrays per client id, one file each under ``directory``.
+
+    Args:
+        directory: The folder of the store (created if missing).
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> store = ClientState(tempfile.mkdtemp())
+        >>> store.load(7) is None
+        True
+        >>> store.save(7, {"count": np.array(3)})
+        >>> int(store.load(7)["count"])
+        3
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, cid: int) -> Path:
+        """The file of client ``cid``."""
+        if isinstance(cid, bool) or not isinstance(cid, int | np.integer) or cid < 0:
+            raise ValueError(f"a client id is a non-negative int, got {cid!r}")
+        return self.directory / f"{int(cid)}.covey"
+
+    def load(self, cid: int) -> dict[str, Array] | None:
+        """Client ``cid``'s arrays (writable copies), or None if it has saved nothing.
+
+        Raises:
+            covey.CodecError: if the file is corrupt or truncated.
+        """
+        path = self.path(cid)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return {name: np.array(value) for name, value in decode(data).items()}
+
+    def save(self, cid: int, arrays: Weights) -> None:
+        """Replace client ``cid``'s arrays (atomically: a reader sees the old or the new)."""
+        atomic_write(self.path(cid), bytes(encode(arrays)))
+
+    def __contains__(self, cid: object) -> bool:
+        return isinstance(cid, int) and self.path(cid).exists()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.directory.glob("*.covey"))

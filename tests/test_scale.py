@@ -1,0 +1,198 @@
+"""Large federations and simulated heterogeneity: memory independent of N, dropouts, stragglers."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import FitResult
+from covey.core import Task
+from covey.sim import ClientClock, ClockedTransport, inline_transport
+from covey.sim._clock import uniform
+
+Arrays = dict[str, np.ndarray]
+
+
+class Seeded(covey.Client):
+    """A stateless client built from its id alone: weights plus noise seeded by (cid, round)."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        rng = np.random.default_rng([self.cid, config["round"]])
+        new = {k: v + rng.normal(scale=0.01, size=v.shape) for k, v in weights.items()}
+        return FitResult(weights=new, num_examples=1 + self.cid % 7)
+
+
+def init() -> Arrays:
+    return {"W": np.zeros((64, 10)), "b": np.zeros(10)}
+
+
+def peak_bytes(num_clients: int) -> int:
+    """Peak Python allocations of 3 rounds with 10 sampled clients out of ``num_clients``."""
+    strategy = covey.FedAvg(fraction_fit=1e-6, min_fit_clients=10, fraction_evaluate=0.0)
+    tracemalloc.start()
+    try:
+        covey.simulate(Seeded, num_clients, 3, strategy, init(), client_cache=0, seed=1)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_does_not_grow_with_the_number_of_clients() -> None:
+    peak_bytes(1_000)  # warm up imports and caches
+    small = peak_bytes(1_000)
+    large = peak_bytes(1_000_000)
+    # One byte per client would already be 1 MB more: the run holds nothing per client.
+    assert large < small + 100_000, (small, large)
+
+
+def test_client_cache_bounds_the_clients_kept_built() -> None:
+    built: list[int] = []
+
+    def client_fn(cid: int) -> Seeded:
+        built.append(cid)
+        return Seeded(cid)
+
+    transport = inline_transport(client_fn, 10, client_cache=2)
+    task = Task("fit", 1, {}, init())
+    for cids in ([0, 1], [0, 1], [2], [0], [1]):
+        list(transport.exchange(dict.fromkeys(cids, task)))
+    # 0 and 1 stay built; 2 evicts 0 (the least recently used), 1 was evicted by 0.
+    assert built == [0, 1, 2, 0, 1]
+
+
+def test_availability_probability_gives_the_expected_dropouts() -> None:
+    p, rounds, n = 0.7, 4, 1000
+    result = covey.simulate(
+        Seeded,
+        n,
+        rounds,
+        covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+        init(),
+        availability=p,
+        seed=3,
+    )
+    asked = offline = 0
+    for record in result.history.rounds[1:]:
+        asked += len(record.fit_participants) + len(record.fit_failures)
+        assert all("offline" in f.error for f in record.fit_failures)
+        offline += len(record.fit_failures)
+    assert asked == rounds * n // 2
+    expected, sd = asked * (1 - p), math.sqrt(asked * p * (1 - p))
+    assert abs(offline - expected) < 4 * sd, (offline, expected)
+
+
+def test_an_availability_trace_is_followed_exactly() -> None:
+    trace = np.random.default_rng(0).random((20, 3)) < 0.6
+    result = covey.simulate(
+        Seeded,
+        20,
+        5,
+        covey.FedAvg(fraction_fit=1.0, fraction_evaluate=0.0),
+        init(),
+        availability=trace,
+    )
+    for record in result.history.rounds[1:]:
+        column = trace[:, (record.round - 1) % 3]
+        assert record.fit_participants == [c for c in range(20) if column[c]]
+        assert [f.cid for f in record.fit_failures] == [c for c in range(20) if not column[c]]
+
+
+def test_durations_and_a_deadline_make_the_expected_stragglers() -> None:
+    sigma, deadline, rounds, n = 0.5, 1.5, 4, 1000
+    result = covey.simulate(
+        Seeded,
+        n,
+        rounds,
+        covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+        init(),
+        client_durations=lambda cid, rng: rng.lognormal(0.0, sigma),
+        round_deadline=deadline,
+        seed=4,
+    )
+    late = sum(len(r.fit_failures) for r in result.history.rounds[1:])
+    assert all(
+        f.error.startswith("straggler") for r in result.history.rounds[1:] for f in r.fit_failures
+    )
+    asked = rounds * n // 2
+    q = 0.5 * math.erfc(math.log(deadline) / sigma / math.sqrt(2))  # P(lognormal > deadline)
+    assert abs(late - asked * q) < 4 * math.sqrt(asked * q * (1 - q)), (late, asked * q)
+
+
+def test_the_virtual_clock_advances_by_the_slowest_on_time_client() -> None:
+    durations = [1.0, 2.0, 9.0, 0.5]
+    clock = ClientClock(durations)
+    transport = ClockedTransport(inline_transport(Seeded, 4), clock, deadline=5.0)
+    task = Task("fit", 1, {}, init())
+    replies = {r.cid: r for r in transport.exchange(dict.fromkeys([0, 1, 3], task))}
+    assert all(r.ok for r in replies.values())
+    assert transport.now == 2.0
+    replies = {r.cid: r for r in transport.exchange(dict.fromkeys([0, 2], task))}
+    assert replies[0].ok
+    assert not replies[2].ok
+    assert "past the round deadline" in (replies[2].error or "")
+    assert transport.now == 7.0  # a round with a straggler lasts until the deadline
+    assert transport.rounds == [(1, 3, 0, 2.0), (1, 2, 1, 5.0)]
+
+
+def test_availability_draws_are_uniform_and_do_not_depend_on_the_sample() -> None:
+    cids = np.arange(200_000)
+    u = uniform(11, 3, cids)
+    counts = np.histogram(u, bins=20, range=(0.0, 1.0))[0]
+    expected = len(cids) / 20
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 50.0  # 19 degrees of freedom: p < 1e-4 above 45
+    assert np.array_equal(uniform(11, 3, cids[7::13]), u[7::13])
+    assert not np.array_equal(uniform(11, 4, cids[:100]), u[:100])
+    assert not np.array_equal(uniform(12, 3, cids[:100]), u[:100])
+
+
+def test_the_same_seed_gives_the_same_dropouts_and_weights_on_the_process_backend() -> None:
+    kw: dict[str, Any] = {
+        "strategy": covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+        "initial_weights": init(),
+        "availability": 0.8,
+        "client_durations": lambda cid, rng: rng.exponential(1.0),
+        "round_deadline": 2.0,
+        "seed": 9,
+    }
+    inline = covey.simulate(Seeded, 40, 3, **kw)
+    process = covey.simulate(Seeded, 40, 3, backend="process", num_workers=2, **kw)
+    for a, b in zip(inline.history.rounds, process.history.rounds, strict=True):
+        assert a.fit_participants == b.fit_participants
+        assert [f.error for f in a.fit_failures] == [f.error for f in b.fit_failures]
+    for k in inline.weights:
+        assert inline.weights[k].tobytes() == process.weights[k].tobytes()
+
+
+def test_fedbuff_shares_the_model_offline_clients_fail_and_durations_are_the_same() -> None:
+    kw: dict[str, Any] = {
+        "strategy": covey.FedBuff(buffer_size=4, concurrency=8),
+        "initial_weights": init(),
+        "client_durations": lambda cid, rng: (1 + cid % 3) * rng.uniform(0.5, 1.5),
+        "seed": 2,
+    }
+    plain = covey.simulate(Seeded, 30, 6, **kw)
+    always = covey.simulate(Seeded, 30, 6, availability=1.0, **kw)
+    for k in plain.weights:
+        assert plain.weights[k].tobytes() == always.weights[k].tobytes()
+    assert [r.aggregate_info for r in plain.history.rounds] == [
+        r.aggregate_info for r in always.history.rounds
+    ]
+    flaky = covey.simulate(Seeded, 30, 6, availability=0.5, **kw)
+    errors = [f.error for r in flaky.history.rounds for f in r.fit_failures]
+    assert errors
+    assert all("offline" in e for e in errors)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, np.zeros(3), "often"])
+def test_bad_availability_is_refused(bad: Any) -> None:
+    with pytest.raises((ValueError, TypeError), match="availability"):
+        ClientClock(availability=bad)
