@@ -22,8 +22,7 @@ from covey.server._base import FederationError
 from covey.server._state import StateError, dump_state, load_state
 from covey.transport._memory import MemoryTransport
 from covey.transport.grpc import _wire
-from covey.transport.grpc._address import AddressError, check_address
-from covey.transport.grpc._guard import TaskLimits
+from covey.transport.grpc._checks import AddressError, TaskLimits, check_address
 from covey.transport.grpc._refusal import (
     RetryBudget,
     compatible,
@@ -110,7 +109,12 @@ def test_a_client_refuses_a_task_larger_than_its_model() -> None:
 
 @pytest.mark.parametrize(
     "strategy",
-    [covey.FedAvg(), covey.FedAdam(), covey.FedMedian(), covey.Scaffold(num_clients=3)],
+    [
+        covey.FedAvg(),
+        covey.FedAdam(),
+        covey.FedMedian(),
+        covey.Scaffold(num_clients=3),
+    ],
     ids=lambda s: s.name,
 )
 def test_aggregation_state_round_trips_through_safetensors(strategy: covey.Strategy) -> None:
@@ -136,6 +140,16 @@ def _same(a: Any, b: Any) -> bool:
             and all(_same(x, y) for x, y in zip(a, b, strict=True))
         )
     return bool(a == b) or (a != a and b != b)
+
+
+def test_sets_scalars_and_non_finite_floats_round_trip() -> None:
+    state = ({"seen": frozenset({3, 1}), "open": {2}}, np.float32(1.5), float("inf"), [None])
+    back = load_state(dump_state(state), ())
+    assert back[0] == {"seen": frozenset({1, 3}), "open": {2}}
+    assert isinstance(back[0]["seen"], frozenset)
+    assert back[1] == np.float32(1.5)
+    assert back[2] == float("inf")
+    assert back[3] == [None]
 
 
 def test_a_pickled_state_is_refused_not_executed() -> None:

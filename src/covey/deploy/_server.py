@@ -21,7 +21,7 @@ from covey.server._outputs import write_outputs
 from covey.server._state import dump_state, load_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
-from covey.transport.grpc._address import check_address
+from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")

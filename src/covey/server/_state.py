@@ -54,6 +54,12 @@ class _Writer:
             return [self.tree(v) for v in value]
         if isinstance(value, Mapping):
             return {"__dict__": [[self.tree(k), self.tree(v)] for k, v in value.items()]}
+        if isinstance(value, set | frozenset):
+            items = sorted(value, key=repr)
+            return {
+                "__set__": [self.tree(v) for v in items],
+                "frozen": isinstance(value, frozenset),
+            }
         raise StateError(f"cannot store a {type(value).__name__} in a run's aggregation state")
 
     def array(self, array: np.ndarray[Any, Any]) -> str:
@@ -68,8 +74,8 @@ def dump_state(state: Any) -> bytes:
     """The bytes of an aggregation state: a safetensors file with the tree in its metadata.
 
     Args:
-        state: Tuples, named tuples, lists, mappings, NumPy arrays and scalars, numbers,
-            strings and None, nested.
+        state: Tuples, named tuples, lists, sets, mappings, NumPy arrays and scalars,
+            numbers, strings and None, nested.
 
     Returns:
         Bytes :func:`load_state` turns back into an equal state.
@@ -114,6 +120,9 @@ class _Reader:
             return self.array(value["__array__"])
         if "__scalar__" in value:
             return self.array(value["__scalar__"])[()]
+        if "__set__" in value:
+            items = [self.tree(v) for v in value["__set__"]]
+            return frozenset(items) if value.get("frozen") else set(items)
         if "__dict__" in value:
             return {self.tree(k): self.tree(v) for k, v in value["__dict__"]}
         if "__tuple__" in value:

@@ -5,7 +5,7 @@ clients and implements the :class:`~covey.transport.Transport` seam; the client
 side (:func:`connect`) dials the server and runs tasks with the client runtime.
 """
 
-from covey.transport.grpc._address import AddressError
+from covey.transport.grpc._checks import AddressError
 from covey.transport.grpc._client import ClientTLS, ConnectResult, connect
 from covey.transport.grpc._refusal import Refused
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS

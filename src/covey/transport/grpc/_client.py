@@ -23,8 +23,7 @@ from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsSpec
 from covey.transport.grpc import _wire
-from covey.transport.grpc._address import check_address
-from covey.transport.grpc._guard import MAX_TASK_BYTES, TaskLimits, WithProperties
+from covey.transport.grpc._checks import MAX_TASK_BYTES, TaskLimits, WithProperties, check_address
 from covey.transport.grpc._refusal import (
     HANDSHAKE_STRIKES,
     Refused,
