@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import dp_accounting as dpa
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,15 @@ from covey.analytics import Analyst, FederationQueryError, Policy, PolicyError, 
 from covey.analytics._site import sensitivity
 from covey.clients import run_task
 from covey.core import Reply, Task
+from covey.privacy import Ledger
 from covey.transport import MemoryTransport
+
+
+def _dpa_epsilon(events: list[Any], delta: float) -> float:
+    """What dp-accounting's RDP accountant says of composing ``events``, independently."""
+    accountant = dpa.rdp.RdpAccountant()
+    accountant.compose(dpa.ComposedDpEvent(events))
+    return float(accountant.get_epsilon(delta))
 
 
 def _sites(k: int = 3, budget: float | None = None) -> list[Site]:
@@ -72,7 +82,7 @@ def test_dp_error_over_many_runs_matches_the_mechanism_and_is_charged(mechanism:
     # every site charged the query's epsilon once per run
     for site in sites:
         assert site.epsilon_spent == pytest.approx(
-            _dp.epsilon_of([_dp.event(mechanism, multiplier, 3)] * runs, 1e-6), rel=1e-6
+            _dpa_epsilon([_dp.event(mechanism, multiplier, 3)] * runs, 1e-6), rel=1e-6
         )
 
 
@@ -173,3 +183,77 @@ def test_an_analyst_budget_spans_queries_and_a_repeat_is_charged_once() -> None:
     with pytest.raises(PermissionError, match="privacy budget is spent"):
         query(sites, "SELECT SUM(age) FROM p", secure=False, epsilon=1.0, analyst=analyst)
     assert analyst.spent == pytest.approx(1.0, rel=1e-3)
+
+
+def test_the_ledgers_epsilon_is_dp_accountings_over_a_sequence_of_queries() -> None:
+    sites = _sites(2)
+    analyst = Analyst(delta=1e-5)
+    asked = [
+        ("SELECT sex, COUNT(*) FROM p GROUP BY sex", 0.5, "laplace"),
+        ("SELECT SUM(age), COUNT(*) FROM p", 0.3, "gaussian"),
+        ("SELECT sex, COUNT(*) FROM p GROUP BY sex", 0.5, "laplace"),  # a repeat
+        ("SELECT sex, AVG(age) FROM p GROUP BY sex", 0.8, "laplace"),
+    ]
+    events = []
+    for sql, eps, mechanism in asked:
+        df = query(sites, sql, secure=False, epsilon=eps, mechanism=mechanism, analyst=analyst)
+        privacy = df.attrs["privacy"]
+        event = _dp.event(mechanism, privacy["noise_multiplier"], privacy["releases"])
+        if event not in events:
+            events.append(event)
+        assert privacy["epsilon"] == pytest.approx(_dpa_epsilon([event], 1e-6), rel=1e-9)
+        assert privacy["epsilon"] == pytest.approx(eps, rel=1e-3)
+    # the analyst: one event per distinct query, the repeat charged once
+    assert analyst.ledger.rounds == 3
+    assert analyst.spent == pytest.approx(_dpa_epsilon(events, 1e-5), rel=1e-9)
+    assert analyst.ledger.epsilon(1e-5) == analyst.spent
+    # each site: the same events (every query here is one stage), accounted at its delta
+    for site in sites:
+        assert site.budget.ledger.event() == dpa.ComposedDpEvent(
+            [dpa.SelfComposedDpEvent(e, 1) for e in events]
+        )
+        assert site.epsilon_spent == pytest.approx(_dpa_epsilon(events, 1e-6), rel=1e-9)
+    # readable as JSON (and rebuilt from it) and as a privacy statement
+    data = json.loads(json.dumps(analyst.to_json()))
+    assert Ledger.from_json(data["ledger"]) == analyst.ledger
+    assert data["spent"] == analyst.spent
+    assert data["epsilon"] is None
+    # rebuilt, the analyst goes on spending the same ledger; a repeat stays free
+    again = Analyst.from_json(data)
+    assert again.spent == analyst.spent
+    sql, eps, mechanism = asked[0]
+    query(sites, sql, secure=False, epsilon=eps, mechanism=mechanism, analyst=again)
+    assert again.ledger == analyst.ledger
+    data["ledger"]["entries"][0][0]["event"]["type"] = "MadeUpDpEvent"
+    with pytest.raises(ValueError, match="unknown privacy ledger event type"):
+        Analyst.from_json(data)
+    text = analyst.statement()
+    assert "Gaussian and Laplace noise" in text
+    assert f"({analyst.spent:.4g}, 1e-05)-differential privacy" in text
+    assert "any site's tables" in text
+    site_text = sites[0].budget.statement()
+    assert f"({sites[0].epsilon_spent:.4g}, 1e-06)-differential privacy" in site_text
+
+
+def test_a_site_refuses_once_its_ledger_would_pass_its_epsilon() -> None:
+    sites = _sites(2, budget=2.5)
+    site = sites[0]
+    spent = []
+    for i in range(2):
+        query(sites, f"SELECT COUNT(*) FROM p WHERE age > {i}", secure=False, epsilon=1.0)  # noqa: S608
+        spent.append(site.epsilon_spent)
+    # RDP composes tighter than adding: two queries at 1.0 cost less than 2.0 ...
+    assert 1.0 < spent[1] < 2.0
+    before = site.budget.ledger
+    # ... but a third would pass 2.5, as dp-accounting says of the ledger plus its event
+    with pytest.raises(FederationQueryError, match="privacy budget is spent"):
+        query(sites, "SELECT COUNT(*) FROM p WHERE age > 5", secure=False, epsilon=1.0)
+    event = _dp.event("laplace", _dp.calibrate("laplace", 1.0, 1e-6, 1), 1)
+    assert before.add(event).epsilon(1e-6) > 2.5
+    assert _dpa_epsilon([before.event(), event], 1e-6) > 2.5
+    # the refused answer was not recorded; a smaller query still fits
+    assert site.budget.ledger == before
+    assert site.epsilon_spent == spent[1]
+    query(sites, "SELECT COUNT(*) FROM p WHERE age > 6", secure=False, epsilon=0.2)
+    assert spent[1] < site.epsilon_spent <= 2.5
+    assert site.budget.to_json()["ledger"]["entries"][-1][1] == 1

@@ -83,11 +83,12 @@ class Logged(covey.Client):
         import ray
 
         node = ray.get_runtime_context().get_node_id()
-        row = {"cid": self.cid, "start": start, "end": time.time(), "pid": os.getpid()}
+        row: dict[str, Any] = {"cid": self.cid, "start": start, "end": time.time()}
+        row["pid"] = os.getpid()
         row["node"] = node
         path = Path(self.log_dir) / f"{self.cid}-{config['round']}.json"
         path.write_text(json.dumps(row))
-        return result  # type: ignore[no-any-return]
+        return result
 
     def evaluate(self, weights: Any, config: dict[str, Any]) -> Any:
         return self.inner.evaluate(weights, config)

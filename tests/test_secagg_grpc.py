@@ -64,3 +64,44 @@ def test_three_secure_rounds_over_grpc_equal_plain_fedavg(tmp_path: Path) -> Non
     accuracy = history.rounds[-1].central_metrics["accuracy"]
     assert isinstance(accuracy, float)
     assert accuracy > 0.8
+
+
+def test_central_dp_on_the_secure_sum_over_grpc(tmp_path: Path) -> None:
+    ids = identities([f"client-{k}" for k in range(digits_app.NUM_CLIENTS)])
+    table = {n: {"sk": i.signing_key.hex(), "pk": i.peers[n].hex()} for n, i in ids.items()}
+    ids_file = tmp_path / "ids.json"
+    ids_file.write_text(json.dumps(table))
+    fed = SecAggFederation(tmp_path, COVEY_TEST_SECAGG_IDS=str(ids_file), COVEY_TEST_SECAGG_DP="1")
+    try:
+        server = fed.server()
+        clients = [fed.client(k) for k in range(digits_app.NUM_CLIENTS)]
+        assert fed.wait(server, 180) == 0, fed.log("server.log")[-4000:]
+        for k, proc in enumerate(clients):
+            assert fed.wait(proc, 30) == 0, fed.log(f"client-{k}.log")
+        weights, history = fed.result()
+    finally:
+        fed.close()
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    for record in history.rounds[1:]:
+        assert record.aggregate_info["dp"]["clients"] == digits_app.NUM_CLIENTS
+        assert record.privacy == {
+            "epsilon": covey.privacy.epsilon(
+                secagg_app.DP_Z, 1.0, record.round, secagg_app.DP_DELTA
+            ),
+            "delta": secagg_app.DP_DELTA,
+        }
+    # The same central DP run without secure aggregation, same noise seed: the clients'
+    # clip (a rounding allowance under DP_CLIP) and rounding are all that differ.
+    plain = covey.simulate(
+        digits_app.client_fn,
+        digits_app.NUM_CLIENTS,
+        2,
+        secagg_app.dp_strategy(),
+        digits_app.initial(),
+    ).weights
+    size = sum(int(np.size(v)) for v in plain.values())
+    step = secagg_app.CLIP / (2 ** (secagg_app.BITS - 1) - 1)
+    for name in plain:
+        np.testing.assert_allclose(
+            weights[name], plain[name], atol=2 * 10 * (step + size**0.5 * step)
+        )

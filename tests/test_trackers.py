@@ -63,7 +63,7 @@ def test_round_scalars_flatten_every_number() -> None:
         central_metrics={"accuracy": 0.9},
         durations={"fit": 1.5},
     )
-    record.privacy = {"epsilon": 1.25, "delta": 1e-5, "accountant": "rdp"}  # type: ignore[attr-defined]
+    record.privacy = {"epsilon": 1.25, "delta": 1e-5, "accountant": "rdp"}
     assert round_scalars(record) == {
         "central/accuracy": 0.9,
         "federated/loss": 0.75,

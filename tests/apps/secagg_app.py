@@ -2,6 +2,7 @@
 
 COVEY_TEST_SECAGG_IDS names a JSON file of Ed25519 identities (hex keys by client
 name) that the test writes; each client loads its own and trusts all of them.
+COVEY_TEST_SECAGG_DP=1 runs two rounds of central DP on the secure sum instead.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 from digits_app import NUM_CLIENTS, DigitsClient, central, initial
 
 import covey
+import covey.privacy
 import covey.secagg
 from covey.deploy import ServerApp
 from covey.secagg import Identity
 
 CLIP, BITS = 2.0, 20
+DP_Z, DP_CLIP, DP_DELTA, DP_SEED = 0.5, 1.0, 1e-5, 1234
 
 
 def plain_strategy() -> covey.Strategy:
@@ -33,7 +36,22 @@ def secure_strategy() -> covey.Strategy:
     return covey.secagg.secure(plain_strategy(), clip_range=CLIP, bits=BITS, signed=True)
 
 
+def dp_strategy() -> covey.Strategy:
+    """Central DP, clients clipping, with a fixed noise seed (so a test can compare runs)."""
+    return covey.privacy.central(
+        plain_strategy(),
+        noise_multiplier=DP_Z,
+        clip=DP_CLIP,
+        delta=DP_DELTA,
+        clipping="client",
+        noise_seed=DP_SEED,
+    )
+
+
 def server_app() -> ServerApp:
+    if os.environ.get("COVEY_TEST_SECAGG_DP") == "1":
+        strategy = covey.secagg.secure(dp_strategy(), clip_range=CLIP, bits=BITS, signed=True)
+        return ServerApp(strategy=strategy, initial_weights=initial, rounds=2, evaluate_fn=central)
     return ServerApp(
         strategy=secure_strategy(), initial_weights=initial, rounds=3, evaluate_fn=central
     )

@@ -4,8 +4,10 @@ Every release of a query is a vector of sums with a known sensitivity (from
 the declared bounds), so noise is Laplace or Gaussian with a multiplier
 calibrated by ``dp_accounting`` for the whole query. Each site adds its share
 of the noise (the sum of the shares over ``n`` sites has the full scale), so
-neither the server nor anyone else sees a total without noise. Each site keeps
-its own ledger of DP events and refuses a query that would exceed its budget.
+neither the server nor anyone else sees a total without noise. Each site, and
+an analyst across queries, keeps a :class:`Budget`: a :class:`covey.privacy.Ledger`
+of those events (so the privacy layer computes every epsilon) and a limit that
+refuses an answer or a query the ledger would take past it.
 
 References:
     Dwork, McSherry, Nissim, Smith, "Calibrating Noise to Sensitivity in
@@ -18,26 +20,22 @@ References:
 
 from __future__ import annotations
 
+import math
 import threading
-import warnings
-from typing import Any
+from typing import Any, Self
 
+import dp_accounting as dpa
 import numpy as np
+
+from covey.privacy import Ledger
+from covey.privacy._accounting import statement
 
 MECHANISMS = ("laplace", "gaussian")
 
 
-def _dpa() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import dp_accounting
-
-    return dp_accounting
-
-
-def event(mechanism: str, multiplier: float, releases: int) -> Any:
+def event(mechanism: str, multiplier: float, releases: int) -> dpa.DpEvent:
     """The ``dp_accounting`` event of ``releases`` releases at noise ``multiplier``."""
-    dpa = _dpa()
+    one: dpa.DpEvent
     if mechanism == "laplace":
         one = dpa.LaplaceDpEvent(noise_multiplier=multiplier)
     elif mechanism == "gaussian":
@@ -45,16 +43,6 @@ def event(mechanism: str, multiplier: float, releases: int) -> Any:
     else:
         raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
     return dpa.SelfComposedDpEvent(one, releases)
-
-
-def epsilon_of(events: list[Any], delta: float) -> float:
-    """The epsilon at ``delta`` of composing ``events`` (RDP accounting, dp-accounting)."""
-    if not events:
-        return 0.0
-    dpa = _dpa()
-    accountant = dpa.rdp.RdpAccountant()
-    accountant.compose(dpa.ComposedDpEvent(events))
-    return float(accountant.get_epsilon(delta))
 
 
 def calibrate(mechanism: str, epsilon: float, delta: float, releases: int) -> float:
@@ -68,12 +56,14 @@ def calibrate(mechanism: str, epsilon: float, delta: float, releases: int) -> fl
 
     Returns:
         The multiplier: noise scale (Laplace b, Gaussian sigma) per unit of sensitivity.
+
+    The search is ``dp_accounting.calibrate_dp_mechanism`` with the RDP accountant,
+    the accountant a :class:`covey.privacy.Ledger` computes its epsilon with.
     """
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon}")
     if releases < 1:
         raise ValueError(f"a query releases at least one vector, got {releases}")
-    dpa = _dpa()
     return float(
         dpa.calibrate_dp_mechanism(
             dpa.rdp.RdpAccountant,
@@ -105,49 +95,133 @@ def noise_share(
     raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
 
 
-class Ledger:
-    """A site's record of what its DP answers have cost, checked against its budget.
+def _mechanisms(ledger: Ledger) -> str:
+    """The noise mechanisms a ledger's events use, in words."""
+    names: set[str] = set()
+    stack = [data for data, _ in ledger.entries]
+    while stack:
+        data = stack.pop()
+        kind = str(data.get("type", ""))
+        if kind.endswith("DpEvent") and kind not in ("SelfComposedDpEvent", "ComposedDpEvent"):
+            names.add(kind.removesuffix("DpEvent"))
+        stack += [v for v in data.values() if isinstance(v, dict)]
+        stack += [e for v in data.values() if isinstance(v, list) for e in v if isinstance(e, dict)]
+    return " and ".join(sorted(names)) or "none yet"
+
+
+class Budget:
+    """An epsilon limit and a :class:`covey.privacy.Ledger` of what was spent under it.
+
+    Every answer with noise is one ``dp_accounting`` event appended to the ledger;
+    the epsilon spent is the ledger's (dp-accounting's RDP accountant), and an
+    event that would take it past the limit is refused and not recorded.
 
     Args:
-        budget: The total epsilon the site spends (None: no limit).
+        epsilon: The limit (None: no limit, only accounted).
         delta: The delta the epsilon is accounted at.
+        owner: Who spends it, for messages and the statement (``"the site"``).
+
+    Example:
+        >>> budget = Budget(1.0, 1e-6)
+        >>> round(budget.charge(event("laplace", 2.0, 1)), 3)
+        0.505
+        >>> budget.to_json()["ledger"]["entries"][0][1]
+        1
     """
 
-    def __init__(self, budget: float | None, delta: float) -> None:
-        self.budget = budget
+    def __init__(self, epsilon: float | None, delta: float, owner: str = "the site") -> None:
+        if epsilon is not None and not (epsilon > 0 and math.isfinite(epsilon)):
+            raise ValueError(f"a privacy budget must be a positive number, got {epsilon!r}")
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        self.epsilon = epsilon
         self.delta = delta
-        self._events: list[Any] = []
+        self.owner = owner
+        self._ledger = Ledger()
+        self._spent = 0.0
         self._lock = threading.Lock()
 
     @property
-    def spent(self) -> float:
-        """The epsilon spent so far."""
-        return epsilon_of(list(self._events), self.delta)
+    def ledger(self) -> Ledger:
+        """The events recorded so far (an immutable :class:`covey.privacy.Ledger`)."""
+        return self._ledger
 
-    def charge(self, dp_event: Any) -> float:
+    @property
+    def spent(self) -> float:
+        """The epsilon spent so far, at :attr:`delta`."""
+        return self._spent
+
+    def charge(self, dp_event: dpa.DpEvent) -> float:
         """Record ``dp_event`` if the budget allows; return the epsilon spent after it.
 
         Raises:
             PermissionError: if the event would take the total over the budget.
         """
         with self._lock:
-            after = epsilon_of([*self._events, dp_event], self.delta)
-            if self.budget is not None and after > self.budget * (1 + 1e-9):
-                before = epsilon_of(list(self._events), self.delta)
+            ledger = self._ledger.add(dp_event)
+            after = ledger.epsilon(self.delta)
+            if self.epsilon is not None and after > self.epsilon * (1 + 1e-9):
                 raise PermissionError(
-                    f"the site's privacy budget is spent: epsilon {before:.4g} of "
-                    f"{self.budget:.4g} used, this answer would take it to {after:.4g}"
+                    f"{self.owner}'s privacy budget is spent: epsilon {self._spent:.4g} of "
+                    f"{self.epsilon:.4g} used, this answer would take it to {after:.4g}"
                 )
-            self._events.append(dp_event)
+            self._ledger, self._spent = ledger, after
             return after
 
+    def to_json(self) -> dict[str, Any]:
+        """The limit, delta, epsilon spent and the ledger, as a JSON-ready dict."""
+        with self._lock:
+            return {
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "spent": self._spent,
+                "ledger": self._ledger.to_json(),
+            }
 
-class Analyst:
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """Rebuild a budget from :meth:`to_json` output, its ledger checked event by event."""
+        if not isinstance(data, dict) or not {"epsilon", "delta", "ledger"} <= data.keys():
+            raise ValueError("a privacy budget is a dict with 'epsilon', 'delta' and 'ledger'")
+        limit, delta = data["epsilon"], data["delta"]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)):
+            raise ValueError(f"a privacy budget's epsilon must be a number, got {limit!r}")
+        if isinstance(delta, bool) or not isinstance(delta, int | float):
+            raise ValueError(f"a privacy budget's delta must be a number, got {delta!r}")
+        budget = cls(None if limit is None else float(limit), float(delta))
+        budget._ledger = Ledger.from_json(data["ledger"])
+        budget._spent = budget._ledger.epsilon(budget.delta)
+        return budget
+
+    def statement(self, unit: str = "one record of the site's tables") -> str:
+        """The privacy statement of what was spent: mechanism, unit, (epsilon, delta).
+
+        References:
+            Ponomareva et al., "How to DP-fy ML: A Practical Guide to Machine
+            Learning with Differential Privacy", JAIR 2023, Section 5.3.
+        """
+        with self._lock:
+            ledger, spent = self._ledger, self._spent
+        limit = "none" if self.epsilon is None else f"epsilon {self.epsilon:.4g}"
+        return statement(
+            mechanism=f"{_mechanisms(ledger)} noise on sums, added in shares by the sites",
+            unit=unit,
+            sampling="none (every record the query selects is read)",
+            epsilon=spent,
+            delta=self.delta,
+            accountant=ledger.accountant,
+            rounds=ledger.rounds,
+            extra=[f"budget:      {limit}"],
+        )
+
+
+class Analyst(Budget):
     """An analyst's own privacy budget across queries, checked before a query runs.
 
     Sites guard their own budgets; this one bounds what a single analyst may
-    spend over all sites (for example, per study). A repeated query (same SQL
-    and noise settings) is charged once: the sites answer it from their caches.
+    spend over all sites (for example, per study). Each query is one event in
+    the analyst's :class:`covey.privacy.Ledger`; a repeated query (same SQL and
+    noise settings) is charged once: the sites answer it from their caches.
 
     Args:
         epsilon: The analyst's total budget (None: no limit, just accounted).
@@ -160,18 +234,38 @@ class Analyst:
     """
 
     def __init__(self, epsilon: float | None = None, delta: float = 1e-6) -> None:
-        self.ledger = Ledger(epsilon, delta)
+        super().__init__(epsilon, delta, owner="the analyst")
         self._charged: set[str] = set()
 
-    @property
-    def spent(self) -> float:
-        """The epsilon this analyst has spent."""
-        return self.ledger.spent
-
-    def charge(self, key: str, dp_event: Any) -> float:
+    def charge_query(self, key: str, dp_event: dpa.DpEvent) -> float:
         """Charge a query's event once per ``key``; raise PermissionError over the budget."""
         if key in self._charged:
-            return self.ledger.spent
-        spent = self.ledger.charge(dp_event)
+            return self.spent
+        spent = self.charge(dp_event)
         self._charged.add(key)
         return spent
+
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`Budget.to_json` and the queries already charged (so a repeat stays free)."""
+        return {**super().to_json(), "queries": sorted(self._charged)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """Rebuild an analyst's budget from :meth:`to_json` output, to go on spending it.
+
+        Example:
+            >>> analyst = Analyst(epsilon=3.0)
+            >>> _ = analyst.charge_query("q1", event("laplace", 2.0, 1))
+            >>> Analyst.from_json(analyst.to_json()).spent == analyst.spent
+            True
+        """
+        analyst = super().from_json(data)
+        queries = data.get("queries", [])
+        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+            raise ValueError("an analyst's 'queries' must be a list of strings")
+        analyst._charged = set(queries)
+        return analyst
+
+    def statement(self, unit: str = "one record of any site's tables") -> str:
+        """The privacy statement of this analyst's queries so far."""
+        return super().statement(unit)

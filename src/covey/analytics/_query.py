@@ -41,6 +41,7 @@ from covey.analytics._stats import (
     merge_declarations,
     survival,
 )
+from covey.privacy import Ledger
 
 DISTINCT_BUCKETS = 1 << 16
 ROW_CAP = 1 << 31
@@ -197,7 +198,7 @@ class _Query:
             if analyst is not None:
                 key = repr((self.plan.sql, self.opt["epsilon"], self.opt["mechanism"]))
                 ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
-                analyst.charge(key, ev)
+                analyst.charge_query(key, ev)
         first = self.run(
             stats, per_site=any(a.func in ("min", "max") for a in self.plan.aggregates)
         )
@@ -206,6 +207,7 @@ class _Query:
         columns: dict[str, Any] = {}
         attrs_precision: dict[str, Any] = {}
         centers: dict[str, np.ndarray] = {}
+        rows: dict[str, int] = {}
         for a in self.plan.aggregates:
             if a.func.startswith(("var", "stddev")) and a.column not in centers:
                 n, s = (
@@ -213,9 +215,15 @@ class _Query:
                     first.vectors[index[("sum", a.column)]],
                 )
                 centers[str(a.column)] = np.where(n > 0, s / np.maximum(n, 1), 0.0)
+                # The rows now known bound what a site can hold (with room for DP
+                # noise on the counts): the second stage's fixed point gets finer.
+                rows[str(a.column)] = int(min(ROW_CAP, 2 * float(np.max(n, initial=0)) + 1024))
         squares: dict[str, np.ndarray] = {}
         if centers:
-            sq_stats = [{"op": "sq", "col": c, "center": centers[c].tolist()} for c in centers]
+            sq_stats = [
+                {"op": "sq", "col": c, "center": centers[c].tolist(), "rows": rows[c]}
+                for c in centers
+            ]
             second = self.run(sq_stats)
             squares = dict(zip(centers, second.vectors, strict=True))
         quantiles = Quantiles(self, first, index)
@@ -305,7 +313,7 @@ class _Query:
         if self.multiplier is not None:
             ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
             privacy = {
-                "epsilon": _dp.epsilon_of([ev], self.opt["delta"]),
+                "epsilon": Ledger().add(ev).epsilon(self.opt["delta"]),
                 "delta": self.opt["delta"],
                 "mechanism": self.opt["mechanism"],
                 "noise_multiplier": self.multiplier,
@@ -336,19 +344,25 @@ def secure_bound(sites: int) -> int:
 def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) -> float:
     """The power of two a statistic is multiplied by before rounding (1 for counts).
 
-    Chosen so ``ROW_CAP`` rows of the largest value allowed by the bounds stay
-    within :func:`secure_bound`.
+    Chosen so a site's rows (``stat["rows"]`` when an earlier stage counted them,
+    else ``ROW_CAP``) of the largest value allowed by the bounds stay within
+    :func:`secure_bound`.
     """
     op = stat["op"]
     if op not in ("sum", "sq"):
         return 1.0
-    low, high = bounds[stat["col"]]
-    top = max(abs(low), abs(high)) if op == "sum" else (high - low) ** 2
-    room = secure_bound(sites) / (ROW_CAP * max(top, 1e-300))
+    low, high = (float(b) for b in bounds[stat["col"]])
+    if op == "sum":
+        top = max(abs(low), abs(high))
+    else:
+        centers = np.asarray(stat.get("center") or [low], dtype=float)
+        top = float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
+    rows = int(stat.get("rows", ROW_CAP))
+    room = secure_bound(sites) / (rows * max(top, 1e-300))
     if room < 1:
         raise QueryError(
             f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
-            f"{ROW_CAP} rows per site"
+            f"{rows} rows per site"
         )
     return float(2 ** min(math.floor(math.log2(room)), 60))
 

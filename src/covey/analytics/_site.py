@@ -112,8 +112,10 @@ class Site(Client):
         self._con = load_tables(tables)
         self._tables = set(tables)
         self._columns = {t: columns(self._con, t) for t in tables}
-        self._ledger = _dp.Ledger(
-            policy.epsilon if policy else None, policy.delta if policy else 1e-6
+        self.budget = _dp.Budget(
+            policy.epsilon if policy else None,
+            policy.delta if policy else 1e-6,
+            owner="the site",
         )
         self._cache: dict[str, dict[str, Any]] = {}
         self._sorted: dict[str, SortedValues] = {}
@@ -126,8 +128,8 @@ class Site(Client):
 
     @property
     def epsilon_spent(self) -> float:
-        """The DP budget this site has spent."""
-        return self._ledger.spent
+        """The DP budget this site has spent (its :attr:`budget`'s ledger's epsilon)."""
+        return self.budget.spent
 
     def _check(self, request: Mapping[str, Any]) -> tuple[Policy, Any]:
         if self.policy is None:
@@ -146,7 +148,7 @@ class Site(Client):
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Check a query and declare what the server needs to plan it (bounds, domains)."""
         policy, _ = self._check(request)
-        return {"site": self.name, **policy.describe(), "spent": self._ledger.spent}
+        return {"site": self.name, **policy.describe(), "spent": self.budget.spent}
 
     def answer(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Answer one stage of a query: vectors of sums, suppressed and noised per policy."""
@@ -171,7 +173,7 @@ class Site(Client):
         for v in vectors:
             v[small] = 0.0
         dp = request.get("dp")
-        spent = self._ledger.spent
+        spent = self.budget.spent
         if dp is not None:
             spent = self._noise(dp, stats, bounds, vectors)
         out: list[Any] = []
@@ -213,7 +215,7 @@ class Site(Client):
                     f"the noise for {s['op']} assumes sensitivity {declared}, below this "
                     f"site's {mine}"
                 )
-        spent = self._ledger.charge(_dp.event(mechanism, multiplier, len(stats)))
+        spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
         for s, v in zip(stats, vectors, strict=True):
             scale = multiplier * float(s["sensitivity"])
             v += _dp.noise_share(mechanism, scale, shares, v.size, self._rng).reshape(v.shape)

@@ -62,7 +62,7 @@ class RoundRecord:
     central_loss: float | None = None
     central_metrics: Metrics = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
-    privacy: dict[str, float] | None = None
+    privacy: dict[str, Any] | None = None
 
     @property
     def failures(self) -> list[Failure]:

@@ -13,12 +13,13 @@ from covey.privacy._central import PrivacyHook, central, poisson_selector
 from covey.privacy._dpsgd import DPSGD
 from covey.privacy._ftrl import dp_ftrl
 from covey.privacy._local import ClipUpdates, LocalDP, analytic_gaussian_sigma
-from covey.privacy._step import AdaptiveClipping
+from covey.privacy._step import AdaptiveClipping, ClippedSum
 
 __all__ = [
     "DPSGD",
     "AdaptiveClipping",
     "ClipUpdates",
+    "ClippedSum",
     "Ledger",
     "LocalDP",
     "PrivacyHook",

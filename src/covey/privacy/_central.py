@@ -194,7 +194,9 @@ def central(
         target_epsilon: Stop the run before the first round that would exceed it.
         clipping: ``"server"`` (default: clients need no change) or ``"client"``:
             clients clip before upload (see :class:`covey.privacy.ClipUpdates`)
-            using ``config["dp_clip"]``; the server still checks the norms.
+            using ``config["dp_clip"]``; the server still checks the norms. Under
+            secure aggregation (``covey.secagg.secure`` around this strategy; the
+            other nesting is refused) it must be ``"client"``.
         adaptive: True or an :class:`AdaptiveClipping` to learn the clip.
         accountant: ``"rdp"`` (default) or ``"pld"``.
         noise_seed: Seeds the noise and the sampling (for tests). Without it they
@@ -220,6 +222,13 @@ def central(
         raise ValueError("central DP needs synchronous rounds (no buffer_size)")
     if strategy.selector is not None:
         raise ValueError("central DP samples clients itself (Poisson); drop the selector")
+    if strategy.fit_round is not None:
+        raise ValueError(
+            "central DP cannot wrap a strategy with its own fit exchange (such as secure "
+            "aggregation's): that exchange is built without the clip, so the clients would not "
+            "clip and the DP step would get a mean, not a sum; nest it the other way: "
+            "covey.secagg.secure(covey.privacy.central(strategy, clipping='client', ...), ...)"
+        )
     if clipping not in ("server", "client"):
         raise ValueError(f"clipping must be 'server' or 'client', got {clipping!r}")
     adapt = AdaptiveClipping() if adaptive is True else adaptive or None

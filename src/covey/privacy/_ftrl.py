@@ -80,6 +80,12 @@ def dp_ftrl(
     _check(noise_multiplier, clip, delta)
     if strategy.asynchronous:
         raise ValueError("DP-FTRL needs synchronous rounds (no buffer_size)")
+    if strategy.fit_round is not None:
+        raise ValueError(
+            "DP-FTRL needs each client's update to clip it and to check that it takes part "
+            "once per tree; a strategy with its own fit exchange (such as secure "
+            "aggregation's) hides them"
+        )
     if isinstance(tree_rounds, bool) or not isinstance(tree_rounds, int) or tree_rounds < 1:
         raise ValueError(f"tree_rounds must be a positive int, got {tree_rounds!r}")
     mech = Mechanism(

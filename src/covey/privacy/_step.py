@@ -141,6 +141,19 @@ class DPState(NamedTuple):
     tree_seed: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClippedSum(Contribution):
+    """The sum of ``clients`` updates, each clipped to the round's clip on its client.
+
+    A fit exchange that only ever learns the sum (secure aggregation) hands the
+    DP step this one contribution in place of the individual updates; the step
+    adds it to the round's sum as it is (it cannot clip what it cannot see), so
+    it needs ``clipping="client"``. ``delta`` holds the sum.
+    """
+
+    clients: int = 0
+
+
 def _present(value: _T | None, what: str) -> _T:
     """``value``, or a RuntimeError naming what is missing (a broken invariant)."""
     if value is None:
@@ -164,7 +177,21 @@ class _DPAggregation:
         _noise.check_float(params, self.mech.name)
         return DPState(self.inner.init(params), clip=self.mech.clip)
 
+    def _add_sum(self, state: DPState, event: ClippedSum) -> DPState:
+        if self.mech.clipping != "client" or self.mech.tree_rounds is not None:
+            raise ValueError(
+                f"{self.mech.name} got a sum of updates it cannot clip: summed updates need "
+                "DP-FedAvg with clipping='client'"
+            )
+        acc = _present(state.acc, "the round's sum")
+        for name, value in _present(event.delta, "the summed update").items():
+            np.add(acc[name], value, out=acc[name])
+        n = state.contributed + event.clients
+        return state._replace(contributed=n, unclipped=state.unclipped + event.clients)
+
     def _contribute(self, state: DPState, event: Contribution) -> DPState:
+        if isinstance(event, ClippedSum):
+            return self._add_sum(state, event)
         params = _present(state.params, "the round's weights")
         acc = _present(state.acc, "the round's sum")
         if self.mech.tree_rounds is not None and event.cid in state.seen:

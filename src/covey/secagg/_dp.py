@@ -29,12 +29,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from covey.privacy._accounting import Accountant
+
 Mechanism = Literal["skellam", "gaussian"]
 TAIL_SIGMAS = 12
+MIN_ACCOUNTED_SIGMA = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,23 @@ class Noise:
     Args:
         mechanism: ``"skellam"`` or ``"gaussian"`` (discrete Gaussian).
         sigma: Each client's noise standard deviation, in quantized units.
+        clip: With it the noise is accounted: each client clips its update to this
+            L2 norm (in the model's units) before quantizing, so one client's
+            sensitivity is ``clip`` times the quantization scale.
+        delta: The delta of the accounted guarantee (needed with ``clip``).
+        target_epsilon: Stop the run before the first round that would exceed it.
+        accountant: ``"rdp"`` (default) or ``"pld"``.
+
+    Example:
+        >>> noise = Noise("gaussian", sigma=2000.0, clip=1.0, delta=1e-5, target_epsilon=8.0)
     """
 
     mechanism: Mechanism
     sigma: float
+    clip: float | None = None
+    delta: float | None = None
+    target_epsilon: float | None = None
+    accountant: Accountant = "rdp"
 
     def __post_init__(self) -> None:
         if self.mechanism not in ("skellam", "gaussian"):
@@ -56,6 +72,34 @@ class Noise:
             self.sigma < 0
         ):
             raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
+        if self.clip is None:
+            if self.delta is not None or self.target_epsilon is not None:
+                raise ValueError("accounted noise (delta=, target_epsilon=) needs its clip=")
+            return
+        if not (isinstance(self.clip, int | float) and math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be a positive finite number, got {self.clip!r}")
+        if self.delta is None or not 0.0 < self.delta < 1.0:
+            raise ValueError(f"accounted noise needs delta in (0, 1), got {self.delta!r}")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon!r}")
+        if self.accountant not in ("rdp", "pld"):
+            raise ValueError(f"accountant must be 'rdp' or 'pld', got {self.accountant!r}")
+        if self.sigma < MIN_ACCOUNTED_SIGMA:
+            raise ValueError(
+                f"accounted noise needs sigma >= {MIN_ACCOUNTED_SIGMA} quantized units (the "
+                f"sum-of-noises approximation it is accounted with), got {self.sigma!r}"
+            )
+
+    def settings(self) -> dict[str, Any]:
+        """The parameters, for the strategy's hyperparameters."""
+        return {
+            "mechanism": self.mechanism,
+            "sigma": self.sigma,
+            "clip": self.clip,
+            "delta": self.delta,
+            "target_epsilon": self.target_epsilon,
+            "accountant": self.accountant,
+        }
 
     @property
     def tail_bound(self) -> int:

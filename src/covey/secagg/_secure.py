@@ -6,8 +6,13 @@ bits, pre-scaled by its example count for weighted FedAvg), appends its example
 count and its declared numeric metrics, and the vector goes through SecAgg+
 (:func:`~covey.secagg.secure_sum`). The server gets the sum, divides, and
 hands the aggregation chain one contribution: the (weighted) mean update. So
-every server-side step (server momentum, Adam, central DP noise) runs on the
-unmasked mean, while steps that need each client's update are refused.
+every server-side step (server momentum, Adam) runs on the unmasked mean,
+while steps that need each client's update are refused.
+
+Under central DP (``secure(covey.privacy.central(strategy, clipping="client"))``)
+each client clips its update before masking and the DP step gets the unmasked
+*sum* to noise; with accounted distributed noise (``Noise(..., clip=, delta=)``)
+each client clips and noises it. See :mod:`covey.secagg._ddp`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights
+from covey.privacy import ClippedSum
+from covey.secagg._ddp import client_clip, clip_update, dp_plan
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._handlers import register_task_input
@@ -56,7 +63,7 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         )
     weight = n if spec["weighted"] else 1
     clip, bits = float(spec["clip"]), int(spec["bits"])
-    parts: list[np.ndarray] = []
+    deltas: list[np.ndarray] = []
     for name, _, _ in _layout(task.weights):
         if result.delta is not None:
             delta = np.asarray(result.delta[name], dtype=np.float64)
@@ -66,7 +73,10 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
             )
         else:
             raise ValueError("a fit result carries neither weights nor a delta")
-        parts.append(quantize(delta.ravel(), clip, bits) * weight)
+        deltas.append(delta.ravel())
+    if spec.get("l2_clip") is not None:
+        deltas = clip_update(deltas, float(spec["l2_clip"]), clip, bits)
+    parts = [quantize(delta, clip, bits) * weight for delta in deltas]
     tail = [n]
     for name, bound in spec["metrics"].items():
         value = result.metrics.get(name)
@@ -139,6 +149,8 @@ class _Secure:
     noise: Noise | None
     complete: bool | None
     signed: bool
+    l2_clip: float | None = None  # DP: each client clips its rounded update to this L2 norm
+    summed: bool = False  # central DP: hand the DP step the sum, not the mean
 
     def bound(self) -> int:
         top = (1 << (self.bits - 1)) - 1
@@ -158,7 +170,10 @@ class _Secure:
             "max_examples": self.max_examples,
             "weighted": self.weighted,
             "metrics": dict(self.metrics),
+            "l2_clip": self.l2_clip,
         }
+        if self.l2_clip is not None:  # refuse before anyone trains
+            client_clip(self.l2_clip, model, self.clip_range, self.bits)
         try:
             res = secure_sum(
                 transport,
@@ -204,7 +219,8 @@ class _Secure:
             info["secagg_noise_std"] = (
                 self.noise.sigma * math.sqrt(len(res.survivors)) / (unit * denominator)
             )
-        mean = total[:model].astype(np.float64) / (unit * denominator)
+        # Central DP: the DP step gets the sum of the clipped updates, to noise it itself.
+        mean = total[:model].astype(np.float64) / (unit * (1 if self.summed else denominator))
         delta: dict[str, np.ndarray] = {}
         offset = 0
         for name, shape, size in layout:
@@ -212,14 +228,23 @@ class _Secure:
             dtype = weights[name].dtype
             # The reducer rounds a delta whose dtype differs from the layer's (integer
             # layers); float layers get their own dtype so the model keeps it.
-            delta[name] = part.astype(dtype) if dtype.kind == "f" else part
+            keep = dtype.kind == "f" and not self.summed
+            delta[name] = part.astype(dtype) if keep else part
             offset += size
         metrics: dict[str, float] = {}
         for i, (name, bound) in enumerate(self.metrics.items()):
             value, count = total[model + 1 + 2 * i], total[model + 2 + 2 * i]
             if count > 0:
                 metrics[name] = float(value) / (scale(bound, self.bits) * float(count))
-        contribution = Contribution(-1, examples, delta=delta)
+        if self.l2_clip is not None:
+            info["secagg_client_clip"] = client_clip(
+                self.l2_clip, model, self.clip_range, self.bits
+            )
+        contribution = (
+            ClippedSum(-1, examples, delta=delta, clients=len(res.survivors))
+            if self.summed
+            else Contribution(-1, examples, delta=delta)
+        )
         return FitOutcome((contribution,), tuple(res.survivors), examples, metrics, failures, info)
 
 
@@ -240,7 +265,9 @@ def secure(
 
     Args:
         strategy: A strategy whose aggregator is a (weighted) mean followed by
-            server-side steps, e.g. FedAvg, FedAvgM, FedAdam, FedYogi, FedProx.
+            server-side steps, e.g. FedAvg, FedAvgM, FedAdam, FedYogi, FedProx; or
+            one made by ``covey.privacy.central(..., clipping="client")``, whose DP
+            step then noises the unmasked sum of the client-clipped updates.
         clip_range: Each value of a client's update (delta, or weights minus the
             global weights) must lie in ``[-clip_range, clip_range]``; a value outside
             fails that client loudly (it is never clipped or wrapped silently).
@@ -254,7 +281,9 @@ def secure(
             its absolute value: their example-weighted means are reported. Other
             metrics are not sent.
         noise: Distributed DP: integer noise (in quantized units of the pre-scaled
-            update) each client adds before masking.
+            update) each client adds before masking; with its ``clip`` and ``delta``
+            each client clips its update to that L2 norm, every client counts once
+            (a plain mean) and the noise is accounted round by round.
         complete: Force the complete graph (plain SecAgg) or a sparse one.
         signed: Clients sign their keys with their ``secagg_identity`` (Ed25519),
             as a deployment with mTLS identities should; without it the protocol
@@ -267,7 +296,8 @@ def secure(
 
     Raises:
         ValueError: For a strategy that needs individual updates (median, Krum, ...),
-            an asynchronous one, or a ring that cannot hold the sum.
+            an asynchronous one, a ring that cannot hold the sum, or DP that needs
+            individual updates (server-side clipping, DP-FTRL).
 
     Example:
         >>> import covey
@@ -280,8 +310,15 @@ def secure(
         raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
+    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
+        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
     kind: str | None
-    if strategy.name in _INDIVIDUAL:
+    if dp.summed:  # central DP: its step, not a mean, takes the sum
+        kind = "sum"
+    elif strategy.name in _INDIVIDUAL:
         kind = None
     elif reducer == "auto":
         kind = _probe(strategy)
@@ -294,11 +331,6 @@ def secure(
             "aggregation hides from the server; only a (weighted) mean followed by server-side "
             "steps can be secured (name it with reducer= if a server-side step is random)"
         )
-    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
-        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
-    scale(clip_range, bits)  # validates bits
     metric_bounds = {str(k): float(v) for k, v in (metrics or {}).items()}
     for name, bound in metric_bounds.items():
         if not bound > 0 or not math.isfinite(bound):
@@ -307,12 +339,14 @@ def secure(
         float(clip_range),
         int(bits),
         max_examples,
-        kind == "weighted_mean",
+        kind == "weighted_mean" and dp.l2_clip is None,  # under DP each client counts once
         threat or DEFAULT_THREAT,
         metric_bounds,
         noise,
         complete,
         signed,
+        dp.l2_clip,
+        dp.summed,
     )
     # Fail now, not in round 1, when even a modest federation would overflow the ring.
     ring_bits(1000, fit.bound() + (noise.tail_bound if noise else 0))
@@ -327,17 +361,19 @@ def secure(
         "clip_range": fit.clip_range,
         "bits": fit.bits,
         "max_examples": max_examples,
-        "mean": kind,
+        "mean": kind if fit.weighted or kind != "weighted_mean" else "mean",
         "corrupt_rate": fit.threat.corrupt_rate,
         "dropout_rate": fit.threat.dropout_rate,
         "adversary": fit.threat.adversary,
         "signed": signed,
         "metrics": dict(metric_bounds),
-        "noise": None if noise is None else {"mechanism": noise.mechanism, "sigma": noise.sigma},
+        "noise": None if noise is None else noise.settings(),
+        "l2_clip": dp.l2_clip,
     }
     return replace(
         strategy,
         fit_round=fit,
+        hooks=(*strategy.hooks, *dp.hooks),
         name=f"Secure{strategy.name}",
         hyperparameters={**strategy.hyperparameters, "secagg": settings},
     )
