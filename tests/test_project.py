@@ -64,7 +64,7 @@ def test_run_simulates_the_project_and_runs_reads_it(project: Path) -> None:
     assert "finished" in listed.stdout
     shown = covey_cli("runs", "show", folder.name, cwd=project)
     assert shown.returncode == 0, shown.stderr
-    accuracy = history.rounds[-1].central_metrics["accuracy"]
+    accuracy = float(history.rounds[-1].central_metrics["accuracy"])
     assert f"{accuracy:.4f}" in shown.stdout
 
 
