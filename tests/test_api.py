@@ -154,6 +154,7 @@ EXPECTED = {
     "covey.privacy": [
         "AdaptiveClipping",
         "ClipUpdates",
+        "ClippedSum",
         "DPSGD",
         "Ledger",
         "LocalDP",

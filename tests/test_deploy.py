@@ -231,6 +231,8 @@ def test_clients_killed_mid_round_are_survived(federation: Any) -> None:
     with RunStore.open(fed.run_dir) as store:
         ids = store.clients()
     assert failed == {ids[f"client-{k}"] for k in victims}
+    assert {f.name for f in round3.fit_failures} == {f"client-{k}" for k in victims}
+    assert covey.History.load(fed.run_dir).clients == {cid: name for name, cid in ids.items()}
     assert round3.aggregated
     assert len(round3.fit_participants) >= 2
     assert all("disconnected" in f.error for f in round3.fit_failures)

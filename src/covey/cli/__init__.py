@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as _dt
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 import covey
-from covey.core._history import History
 
 app = typer.Typer(
     name="covey",
@@ -40,39 +38,6 @@ def _root(
     """covey: federated learning and federated analytics."""
 
 
-#: The table's metric columns, as ``History.metric(name, source)`` names them.
-ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("fit", "train_loss"),
-    ("evaluate", "loss"),
-    ("evaluate", "accuracy"),
-    ("central", "loss"),
-    ("central", "accuracy"),
-)
-
-
-def _round_table(history: History) -> Table:
-    table = Table(title="Rounds", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in ("round", "clients", "failed"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for source, name in ROUND_COLUMNS:
-        table.add_column(f"{source}\n{name}", justify="right", no_wrap=True)
-    values = {
-        (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
-        for source, name in ROUND_COLUMNS
-    }
-    for r in history.rounds:
-        cells = [
-            str(r.round),
-            str(len(r.fit_participants)) if r.round else "-",
-            str(len(r.failures)) if r.round else "-",
-        ]
-        for key in ROUND_COLUMNS:
-            found = values[key].get(r.round)
-            cells.append("-" if found is None else f"{found:.4f}")
-        table.add_row(*cells)
-    return table
-
-
 @app.command()
 def demo(
     clients: Annotated[int, typer.Option(min=2, help="Simulated clients.")] = 100,
@@ -94,9 +59,19 @@ def demo(
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
     from covey.cli._demo import DemoConfig, plot_history, run_demo
+    from covey.cli._runs import round_table
+    from covey.data import load_digits
+    from covey.deploy._cli_errors import fail
+    from covey.server._outputs import new_run_dir
 
     if backend not in ("inline", "process"):
-        raise typer.BadParameter("choose inline or process", param_hint="--backend")
+        fail(f"--backend {backend}: choose inline or process")
+    most = len(load_digits(seed=seed).y_train) // 2
+    if clients > most:
+        fail(
+            f"--clients {clients}: the digits training set gives at most {most} clients "
+            f"two examples each; choose --clients {most} or fewer"
+        )
     config = DemoConfig(
         clients=clients,
         rounds=rounds,
@@ -108,9 +83,12 @@ def demo(
         backend=backend,
     )
     if run_dir is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"demo-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = new_run_dir("runs", "demo")
+    elif run_dir.exists() and not run_dir.is_dir():
+        fail(
+            f"--run-dir {run_dir} is a file; give a folder (made if missing), or leave "
+            "--run-dir out for a fresh folder under runs/"
+        )
     console.print(
         f"[bold]covey demo[/]: {clients} clients, Dirichlet({alpha}) label skew on digits, "
         f"NumPy logistic regression, {rounds} rounds of FedAvg with {fraction:.0%} of clients "
@@ -121,7 +99,7 @@ def demo(
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {exc}")
         raise typer.Exit(1) from None
-    console.print(_round_table(result.history))
+    console.print(round_table(result.history))
     final = result.history.rounds[-1]
     accuracy = float(final.central_metrics.get("accuracy", float("nan")))
     if plot:
@@ -135,6 +113,8 @@ def demo(
 
 def _mount() -> None:
     from covey.analytics._cli import query_command, site_command
+    from covey.cli._project import new_command, run_command
+    from covey.cli._runs import runs_app
     from covey.dashboard._cli import dashboard_command
     from covey.dashboard._cli_report import report_command
     from covey.deploy._cli import client_command, server_command
@@ -142,21 +122,37 @@ def _mount() -> None:
 
     app.command("server")(server_command)
     app.command("client")(client_command)
+    app.command("new")(new_command)
+    app.command("run")(run_command)
     app.command("site")(site_command)
     app.command("query")(query_command)
     app.add_typer(certs_app, name="certs", help="Make and manage the federation's certificates.")
     app.command("dashboard")(dashboard_command)
-    runs_app = typer.Typer(no_args_is_help=True, help="Look at recorded runs.")
     runs_app.command("report")(report_command)
-    app.add_typer(runs_app, name="runs", help="Look at recorded runs.")
+    app.add_typer(runs_app, name="runs")
 
 
 _mount()
 
 
 def main() -> None:
-    """Entry point of the ``covey`` command."""
-    app()
+    """Entry point of the ``covey`` command.
+
+    An unexpected error ends in one line (exit code 1); its traceback is shown
+    only with ``-v``/``--verbose``.
+    """
+    verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
+    try:
+        app()
+    except Exception as exc:
+        if verbose:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        Console(stderr=True, highlight=False).print(
+            f"[bold red]error:[/] {type(exc).__name__}: {escape(message)} "
+            "(run with -v for the traceback)"
+        )
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

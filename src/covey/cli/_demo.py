@@ -7,13 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from covey.core._history import History
 from covey.core._messages import Metrics
 from covey.core._weights import Weights
 from covey.data import dirichlet, load_digits
 from covey.models import LogisticClient, logistic_evaluate, logistic_init
+from covey.server._outputs import plot_history
 from covey.server._sync import RoundCallback
 from covey.sim import SimulationResult, simulate
 from covey.strategies._presets import FedAvg
@@ -89,32 +87,4 @@ def run_demo(
     )
 
 
-def plot_history(history: History, path: Path, title: str = "") -> None:
-    """Save a PNG of accuracy and loss per round (central and federated evaluation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for source, label, style in (
-        ("central", "central (server test set)", "-o"),
-        ("evaluate", "evaluate (federated)", "--s"),
-    ):
-        acc = history.metric("accuracy", source)  # type: ignore[arg-type]
-        loss = history.metric("loss", source)  # type: ignore[arg-type]
-        if acc:
-            ax_acc.plot(*np.array(acc).T, style, label=label, markersize=3)
-        if loss:
-            ax_loss.plot(*np.array(loss).T, style, label=label, markersize=3)
-    ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
-    ax_loss.set(xlabel="round", ylabel="cross-entropy loss", title="Loss")
-    for ax in (ax_acc, ax_loss):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+__all__ = ["DemoConfig", "plot_history", "run_demo"]

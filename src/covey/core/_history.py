@@ -23,12 +23,20 @@ class Failure:
         stage: The task kind (``"fit"``, ``"evaluate"``, ...).
         error: One line saying what went wrong.
         traceback: The full error text, when the client raised.
+        name: The client's chosen name in a deployed run (its certificate
+            identity or ``--name``); empty in simulation.
     """
 
     cid: int
     stage: str
     error: str
     traceback: str = ""
+    name: str = ""
+
+    @property
+    def who(self) -> str:
+        """The client as people call it: its name, else ``client <cid>``."""
+        return self.name or f"client {self.cid}"
 
 
 @dataclass
@@ -107,11 +115,21 @@ class History:
             rounds, backend, covey version): enough to reproduce it.
         stopped_reason: Why the run ended before its last round (e.g. a privacy
             budget), or None when it ran every round.
+        clients: The name of each client id of a deployed run (empty in simulation,
+            where the id is all there is).
     """
 
     rounds: list[RoundRecord] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     stopped_reason: str | None = None
+    clients: dict[int, str] = field(default_factory=dict)
+
+    FILE_NAME = "history.json"
+    """The file a run folder keeps its history in."""
+
+    def name_of(self, cid: int) -> str:
+        """Client ``cid`` as people call it: its name, else ``client <cid>``."""
+        return self.clients.get(cid) or f"client {cid}"
 
     def __len__(self) -> int:
         return len(self.rounds)
@@ -156,6 +174,7 @@ class History:
         return {
             "config": _jsonable(self.config),
             "stopped_reason": self.stopped_reason,
+            "clients": {str(cid): name for cid, name in sorted(self.clients.items())},
             "rounds": [_jsonable(asdict(r)) for r in self.rounds],
         }
 
@@ -175,13 +194,54 @@ class History:
             raw["fit_failures"] = [Failure(**f) for f in raw.get("fit_failures", [])]
             raw["evaluate_failures"] = [Failure(**f) for f in raw.get("evaluate_failures", [])]
             rounds.append(RoundRecord(**raw))
+        clients = data.get("clients") or {}
+        if not isinstance(clients, dict):
+            raise ValueError(f"'clients' must map ids to names, got {type(clients).__name__}")
         return cls(
             rounds,
             config=_from_jsonable(data.get("config", {})),
             stopped_reason=data.get("stopped_reason"),
+            clients={int(cid): str(name) for cid, name in clients.items()},
         )
 
     @classmethod
     def from_json(cls, text: str) -> History:
         """Rebuild a history from :meth:`to_json` output."""
         return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> History:
+        """Read the history of any run, simulated or deployed, from its run folder.
+
+        Args:
+            run_dir: The run folder (holding ``history.json``), or the
+                ``history.json`` file itself.
+
+        Returns:
+            The run's history as of its last finished round.
+
+        Raises:
+            FileNotFoundError: if there is no ``history.json`` there.
+            ValueError: if the file is not a covey history.
+
+        Example:
+            >>> import tempfile
+            >>> folder = tempfile.mkdtemp()
+            >>> History([RoundRecord(0, central_loss=1.0)]).save(f"{folder}/history.json")
+            >>> History.load(folder).rounds[0].central_loss
+            1.0
+        """
+        path = Path(run_dir)
+        if path.is_dir():
+            path = path / cls.FILE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no {cls.FILE_NAME} in {path.parent}: is it a covey run folder?"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
+                raise ValueError("it has no list of rounds")
+            return cls.from_dict(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path} is not a covey history: {exc}") from None

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,43 +10,44 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from covey.deploy._cli_errors import fail, load_object, read_settings, required_params
+
 console = Console(stderr=True)
 
+__all__ = ["client_command", "load_object", "server_command"]
 
-def load_object(spec: str) -> Any:
-    """Import ``pkg.module:attribute`` (the current folder is importable)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise typer.BadParameter(f"expected MODULE:OBJECT, got {spec!r}", param_hint="--app")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise typer.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="--app"
-        ) from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise typer.BadParameter(
-                f"{module_name!r} has no attribute {attr!r}", param_hint="--app"
-            )
-        obj = getattr(obj, part)
-    return obj
+SERVER_KEYS = {
+    "app",
+    "address",
+    "rounds",
+    "certs",
+    "insecure",
+    "run_dir",
+    "resume",
+    "round_timeout",
+    "wait_timeout",
+    "heartbeat",
+    "port_file",
+    "plot",
+    "verbose",
+}
+"""The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
-
-def _settings(config: Path | None, section: str) -> dict[str, Any]:
-    if config is None:
-        return {}
-    try:
-        data = tomllib.loads(config.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise typer.BadParameter(f"cannot read {config}: {exc}", param_hint="--config") from None
-    table = data.get(section, data)
-    if not isinstance(table, dict):
-        raise typer.BadParameter(f"[{section}] in {config} must be a table", param_hint="--config")
-    return {k.replace("-", "_"): v for k, v in table.items()}
+CLIENT_KEYS = {
+    "app",
+    "server",
+    "cid",
+    "certs",
+    "name",
+    "ca",
+    "cert",
+    "key",
+    "insecure",
+    "max_attempts",
+    "retry_for",
+    "verbose",
+}
+"""The settings a ``--config`` file may give ``covey client`` (its flags)."""
 
 
 def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
@@ -67,30 +64,137 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("covey").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _run_folder(resume_dir: Path | None, run_dir: Path | None) -> Path:
-    """The run's folder: the one resumed, the one given, or a new one under ``runs/``."""
-    if resume_dir is not None:
-        return Path(resume_dir)
-    if run_dir is not None:
-        return Path(run_dir)
-    import datetime as _dt
-
-    return Path("runs") / f"server-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def _server_app(app_spec: str) -> Any:
-    """The ServerApp ``app_spec`` names (an app, or a function returning one)."""
+def _server_app(spec: str | None) -> Any:
+    """Load the ServerApp named by ``--app`` (an object, or a function returning one)."""
     from covey.deploy._server import ServerApp
 
-    obj = load_object(app_spec)
-    server_app = obj if isinstance(obj, ServerApp) else obj() if callable(obj) else obj
-    if not isinstance(server_app, ServerApp):
-        raise typer.BadParameter(
-            f"{app_spec} is {type(server_app).__name__}, expected a covey.deploy.ServerApp "
-            "or a function returning one",
-            param_hint="--app",
+    if spec is None:
+        fail("give --app MODULE:OBJECT naming a covey.deploy.ServerApp (or app = ... in --config)")
+    obj = load_object(spec)
+    if isinstance(obj, ServerApp):
+        return obj
+    if callable(obj) and not isinstance(obj, type):
+        if required_params(obj) > 0:
+            fail(
+                f"--app {spec} is a function taking arguments (a client_fn? give it to "
+                "`covey client --app`); `covey server --app` needs a ServerApp or a function "
+                "of no arguments returning one"
+            )
+        obj = obj()
+    if not isinstance(obj, ServerApp):
+        fail(
+            f"--app {spec} is a {type(obj).__name__}; `covey server --app` needs a "
+            "covey.deploy.ServerApp or a function of no arguments returning one"
         )
-    return server_app
+    return obj
+
+
+def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
+    """The run folder: the one to resume, the one given, or a fresh one under ``runs/``."""
+    from covey.server._outputs import new_run_dir
+
+    if resume is not None:
+        if not (resume / "run.sqlite").is_file():
+            fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
+        return resume
+    if run_dir is None:
+        return new_run_dir("runs", "server")
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(
+            f"--run-dir {run_dir} is a file; give a new or empty folder, or leave --run-dir "
+            "out for a fresh folder under runs/"
+        )
+    if (run_dir / "run.sqlite").exists():
+        fail(
+            f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or give another folder"
+        )
+    return run_dir
+
+
+def _security(certs: Path | None, insecure: bool) -> Path | None:
+    """Check ``--certs`` / ``--insecure``: exactly one, and the folder is a federation's."""
+    if certs is None and not insecure:
+        fail(
+            "no --certs: give --certs DIR (a folder made by `covey certs init --dir DIR`), "
+            "or --insecure for a local experiment without TLS"
+        )
+    if certs is not None and insecure:
+        fail("give --certs DIR or --insecure, not both")
+    if certs is not None:
+        missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (certs / n).is_file()]
+        if missing:
+            fail(
+                f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
+                f"make one with `covey certs init --dir {certs}`"
+            )
+    if insecure:
+        console.print(
+            "[bold yellow]warning:[/] serving WITHOUT TLS; use only for local experiments"
+        )
+    return certs
+
+
+def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Serve the app with the console reporting, then say how the run ended."""
+    import covey
+    from covey.core._files import atomic_write
+    from covey.deploy._console import ServerConsole
+    from covey.deploy._server import serve
+
+    names: dict[int, str] = {}
+    needed = max(1, int(getattr(server_app.strategy, "min_available_clients", 1)))
+    shown = ServerConsole(console.print, needed, names)
+    run, resuming, port_file = flags["run"], flags["resuming"], flags["port_file"]
+
+    def listening(port: int) -> None:
+        shown.line(f"covey server listening on port {port} (run folder {run})")
+        if port_file is not None:
+            atomic_write(port_file, str(port))
+        shown.waiting()
+
+    try:
+        result = serve(
+            server_app.strategy,
+            int(_pick(flags["rounds"], s, "rounds", server_app.rounds)),
+            None if resuming else server_app.weights(),
+            flags["address"],
+            evaluate_fn=server_app.evaluate_fn,
+            certs=flags["certs"],
+            insecure=flags["insecure"],
+            run_dir=run,
+            resume=resuming,
+            seed=server_app.seed,
+            round_timeout=_pick(flags["round_timeout"], s, "round_timeout", None),
+            wait_timeout=_pick(flags["wait_timeout"], s, "wait_timeout", 300.0),
+            heartbeat=_pick(flags["heartbeat"], s, "heartbeat", 5.0),
+            on_round=shown.on_round,
+            on_listen=listening,
+            on_event=shown.on_event,
+            client_names=names,
+            plot=bool(s.get("plot", True)) if flags["plot"] is None else flags["plot"],
+        )
+    except FileExistsError:
+        _forget(run, flags)
+        console.print(
+            f"[red]error:[/] a run already exists in {run}; resume it with "
+            f"`covey server --resume {run}` or pick another --run-dir"
+        )
+        raise typer.Exit(1) from None
+    except (covey.FederationError, ValueError, OSError) as exc:
+        _forget(run, flags)
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    shown.line(
+        f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
+        f"history.json and plot.png in {run}"
+    )
+
+
+def _forget(run: Path, flags: dict[str, Any]) -> None:
+    """Remove the run folder made for this run if the run never started in it."""
+    if flags.get("made_run_dir") and run.is_dir() and not any(run.iterdir()):
+        run.rmdir()
 
 
 def server_command(
@@ -117,75 +221,79 @@ def server_command(
     port_file: Annotated[
         Path | None, typer.Option(help="Write the bound port here (with port 0).")
     ] = None,
+    plot: Annotated[
+        bool | None, typer.Option("--plot/--no-plot", help="Draw plot.png after each round.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log fleet events.")] = False,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
-    import covey
-    from covey.core._files import atomic_write
-    from covey.deploy._server import serve
-
-    _logging(verbose)
-    s = _settings(config, "server")
-    app_spec = _pick(app, s, "app", None)
-    if app_spec is None:
-        raise typer.BadParameter("give --app MODULE:OBJECT (or app = ... in --config)")
-    server_app = _server_app(app_spec)
-    resume_dir = _pick(resume, s, "resume", None)
-    run = _run_folder(resume_dir, _pick(run_dir, s, "run_dir", None))
-    certs_dir = _pick(certs, s, "certs", None)
+    s = read_settings(config, "server", SERVER_KEYS)
+    _logging(verbose or bool(s.get("verbose", False)))
+    server_app = _server_app(_pick(app, s, "app", None))
     insecure = insecure or bool(s.get("insecure", False))
-    if insecure:
-        console.print(
-            "[bold yellow]warning:[/] serving WITHOUT TLS; use only for local experiments"
-        )
-    n_rounds = int(_pick(rounds, s, "rounds", server_app.rounds))
+    certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
+    resume_dir = _path(_pick(resume, s, "resume", None))
+    given = _path(_pick(run_dir, s, "run_dir", None))
+    flags = {
+        "run": _run_folder(given, resume_dir),
+        "made_run_dir": given is None and resume_dir is None,
+        "resuming": resume_dir is not None,
+        "port_file": _path(_pick(port_file, s, "port_file", None)),
+        "address": _pick(address, s, "address", None),
+        "certs": certs_dir,
+        "insecure": insecure,
+        "rounds": rounds,
+        "round_timeout": round_timeout,
+        "wait_timeout": wait_timeout,
+        "heartbeat": heartbeat,
+        "plot": plot,
+    }
+    _serve(server_app, s, flags)
 
-    def listening(port: int) -> None:
-        console.print(f"covey server listening on port {port} (run folder {run})")
-        if port_file is not None:
-            atomic_write(port_file, str(port))
 
-    def on_round(record: covey.core.RoundRecord) -> None:
-        acc = record.central_metrics.get("accuracy")
-        parts = [f"round {record.round}"]
-        if record.round:
-            parts.append(f"{len(record.fit_participants)} clients")
-        if record.failures:
-            parts.append(f"{len(record.failures)} failed")
-        if record.central_loss is not None:
-            parts.append(f"loss {record.central_loss:.4f}")
-        if isinstance(acc, float):
-            parts.append(f"accuracy {acc:.4f}")
-        console.print(", ".join(parts))
+def _path(value: Any) -> Path | None:
+    return None if value is None else Path(value)
 
-    try:
-        result = serve(
-            server_app.strategy,
-            n_rounds,
-            None if resume_dir is not None else server_app.weights(),
-            _pick(address, s, "address", None),
-            evaluate_fn=server_app.evaluate_fn,
-            certs=certs_dir,
-            insecure=insecure,
-            run_dir=run,
-            resume=resume_dir is not None,
-            seed=server_app.seed,
-            round_timeout=_pick(round_timeout, s, "round_timeout", None),
-            wait_timeout=_pick(wait_timeout, s, "wait_timeout", 300.0),
-            heartbeat=_pick(heartbeat, s, "heartbeat", 5.0),
-            on_round=on_round,
-            on_listen=listening,
+
+def _make_client(spec: str, cid: Any) -> Any:
+    """The client ``--app`` names: a client object, or ``client_fn(cid)`` called with ``--cid``."""
+    obj = load_object(spec)
+    if hasattr(obj, "fit") and not isinstance(obj, type):
+        return obj
+    if not callable(obj):
+        fail(f"--app {spec} is a {type(obj).__name__}, not a client or a client function")
+    needs = required_params(obj)
+    if needs > 0 and cid is None:
+        fail(
+            f"--app {spec} is a client function of a client id: give --cid N "
+            "(which part of the data this client holds, e.g. --cid 0)"
         )
-    except FileExistsError:
-        console.print(
-            f"[red]error:[/] a run already exists in {run}; resume it with "
-            f"`covey server --app {app_spec} --resume {run}` or pick another --run-dir"
+    client = obj(int(cid)) if needs != 0 and cid is not None else obj()
+    if not hasattr(client, "fit"):
+        fail(f"--app {spec} returned a {type(client).__name__}, not a covey client (no fit)")
+    return client
+
+
+def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
+    """The client's TLS material from ``--certs`` + ``--name`` or ``--ca/--cert/--key``."""
+    from covey.deploy._client import client_tls, tls_from_certs
+
+    certs_dir = _pick(flags["certs"], s, "certs", None)
+    ca = _pick(flags["ca"], s, "ca", None)
+    if certs_dir is not None:
+        if flags["name"] is None:
+            fail("--certs needs --name NAME (the client name its certificate was issued to)")
+        return tls_from_certs(certs_dir, flags["name"])
+    if ca is not None:
+        return client_tls(
+            ca, _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
         )
-        raise typer.Exit(1) from None
-    except (covey.FederationError, ValueError, OSError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    console.print(f"[green]run finished[/] after round {result.history.rounds[-1].round}")
+    if not flags["insecure"]:
+        fail(
+            "no --certs: give --certs DIR --name NAME (see `covey certs issue`), "
+            "or --ca/--cert/--key, or --insecure for a local experiment"
+        )
+    return None
 
 
 def client_command(
@@ -199,7 +307,8 @@ def client_command(
         Path | None, typer.Option(help="Federation folder holding ca.pem and clients/NAME.*")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Client id (certificate name, or name if insecure).")
+        str | None,
+        typer.Option(help="This client's name in the federation (its certificate's name)."),
     ] = None,
     ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
     cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
@@ -215,42 +324,24 @@ def client_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
-    from covey.deploy._client import client_tls, connect, tls_from_certs
+    from covey.deploy._client import connect
     from covey.transport.grpc._refusal import Refused
 
-    _logging(verbose)
-    s = _settings(config, "client")
+    s = read_settings(config, "client", CLIENT_KEYS)
+    _logging(verbose or bool(s.get("verbose", False)))
     app_spec = _pick(app, s, "app", None)
     address = _pick(server, s, "server", None)
-    if app_spec is None or address is None:
-        raise typer.BadParameter("give --app MODULE:OBJECT and --server HOST:PORT")
-    obj = load_object(app_spec)
+    if app_spec is None:
+        fail("give --app MODULE:OBJECT naming the client or client_fn (or app = ... in --config)")
+    if address is None:
+        fail("give --server HOST:PORT, the address the server listens on")
     the_cid = _pick(cid, s, "cid", None)
-    if hasattr(obj, "fit") and not isinstance(obj, type):
-        client = obj
-    elif callable(obj):
-        client = obj(int(the_cid)) if the_cid is not None else obj()
-    else:
-        raise typer.BadParameter(f"{app_spec} is not a client or a client function")
+    client = _make_client(app_spec, the_cid)
     the_name = _pick(name, s, "name", None)
     insecure = insecure or bool(s.get("insecure", False))
-    certs_dir = _pick(certs, s, "certs", None)
-    tls = None
+    flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
     try:
-        if certs_dir is not None:
-            if the_name is None:
-                raise typer.BadParameter(
-                    "--certs needs --name (the client id the cert was issued to)"
-                )
-            tls = tls_from_certs(certs_dir, the_name)
-        elif _pick(ca, s, "ca", None) is not None:
-            tls = client_tls(
-                _pick(ca, s, "ca", None), _pick(cert, s, "cert", None), _pick(key, s, "key", None)
-            )
-        elif not insecure:
-            raise typer.BadParameter(
-                "give --certs DIR --name ID, or --ca/--cert/--key, or --insecure"
-            )
+        tls = _client_tls(s, {**flags, "insecure": insecure})
         result = connect(
             client,
             address,

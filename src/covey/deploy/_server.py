@@ -16,9 +16,11 @@ from typing import Any
 from covey.aggregate import Contribution, Step
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
+from covey.deploy._names import ClientNames
 from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.server._outputs import write_outputs
 from covey.server._saver import BackgroundSaver
 from covey.server._state import dump_state, load_state
 from covey.server._store import RunStore
@@ -99,6 +101,9 @@ def serve(
     max_clients: int = 1000,
     on_round: RoundCallback | None = None,
     on_listen: Callable[[int], None] | None = None,
+    on_event: Callable[[str, str, str], None] | None = None,
+    client_names: dict[int, str] | None = None,
+    plot: bool = True,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
 
@@ -122,6 +127,13 @@ def serve(
         max_clients: Most clients connected at once.
         on_round: Called with each finished round's record.
         on_listen: Called with the bound port once the server listens.
+        on_event: Called with ``(client name, event, detail)`` for fleet events
+            (``"join"``, ``"leave"``, ``"refused"``, ...).
+        client_names: A dict this function keeps filled with each client id's
+            name as clients join (e.g. for a console); the history of the run
+            holds the same map in ``History.clients``.
+        plot: Also draw ``plot.png`` in ``run_dir`` after each round (next to
+            ``history.json``, which is always written there).
 
     Returns:
         The final weights and history.
@@ -135,8 +147,11 @@ def serve(
     check_address(address, listen=True)
     tls = _server_tls(tls, certs, insecure, address)
     late = _LateStore(opened)
+    names = ClientNames(late if run_dir is not None else None, client_names, on_event)
+    if opened is not None:  # a resumed run knows its clients already
+        names.names.update({cid: name for name, cid in opened.clients().items()})
     # Listen first: an address that cannot be bound leaves no run folder behind.
-    transport = _listen(address, tls, late, run_dir is not None, heartbeat, max_clients)
+    transport = _listen(address, tls, late, names, heartbeat, max_clients)
     try:
         run = _open_run(strategy, rounds, initial_weights, address, run_dir, opened, seed)
     except BaseException:
@@ -156,7 +171,7 @@ def serve(
             seed=seed,
             round_timeout=round_timeout,
             wait_timeout=wait_timeout,
-            on_round=run.saver(on_round),
+            on_round=run.saver(on_round, names, plot),
             history=run.history,
             agg_state=None
             if run.state is None
@@ -191,7 +206,7 @@ def _listen(
     address: str,
     tls: ServerTLS | None,
     late: _LateStore,
-    keep: bool,
+    names: ClientNames,
     heartbeat: float,
     max_clients: int,
 ) -> GrpcServerTransport:
@@ -200,8 +215,8 @@ def _listen(
         return GrpcServerTransport(
             address,
             tls=tls,
-            client_id=late.client_id if keep else None,
-            on_event=late.log_event if keep else None,
+            client_id=names.client_id,
+            on_event=names.event,
             heartbeat=heartbeat,
             max_clients=max_clients,
         )
@@ -285,16 +300,26 @@ class _Run:
     loop: Loop | None = None
     background: BackgroundSaver | None = None
 
-    def saver(self, on_round: RoundCallback | None) -> RoundCallback:
-        """The loop's round callback: save the round (model, record, state), then ``on_round``."""
+    def saver(
+        self, on_round: RoundCallback | None, names: ClientNames, plot: bool
+    ) -> RoundCallback:
+        """The loop's round callback: save the round and its outputs, then ``on_round``.
+
+        Saved are the model, the record and the state in the store, and
+        ``history.json`` and ``plot.png`` next to them, each written atomically.
+        """
 
         def round_done(record: RoundRecord) -> None:
+            names.name_failures(record)
+            if self.loop is not None:
+                self.loop.history.clients = dict(names.names)
             if self.store is not None and self.loop is not None:
                 # Round r is written while round r + 1 trains (one save in flight at most).
                 if self.background is None:
                     self.background = BackgroundSaver(self.store)
                 state = dump_state(self.loop.agg_state)
                 self.background.submit(record.round, self.loop.weights, asdict(record), state)
+                write_outputs(self.store.run_dir, self.loop.history, plot=plot)
             if on_round is not None:
                 on_round(record)
 

@@ -1,0 +1,261 @@
+"""``covey new NAME`` writes a project; ``covey run`` runs it from its ``[tool.covey]`` table.
+
+``covey run`` simulates the project, or with ``--federation NAME`` serves it for
+real clients with the settings of ``[tool.covey.federations.NAME]``. Any setting
+can be overridden for one run with ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import functools
+import keyword
+import re
+import string
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from covey.cli._template import FILES
+from covey.core._files import atomic_write
+from covey.deploy._cli_errors import fail, load_object
+
+__all__ = ["ProjectSettings", "new_command", "read_project", "run_command"]
+
+console = Console()
+
+RUN_KEYS = {"server_app", "client_app", "clients", "rounds", "backend", "seed", "runs_dir"}
+"""Keys of ``[tool.covey]`` besides its ``config`` and ``federations`` tables."""
+
+FEDERATION_KEYS = {
+    "address",
+    "certs",
+    "insecure",
+    "run_dir",
+    "round_timeout",
+    "wait_timeout",
+    "heartbeat",
+    "port_file",
+    "plot",
+}
+"""Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def new_command(
+    name: Annotated[str, typer.Argument(help="The project's name (and folder).")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to create the project folder.")
+    ] = Path(),
+) -> None:
+    """Create a runnable federated learning project: client, server app, data, tests, settings."""
+    if not _NAME.match(name):
+        fail(
+            f"NAME {name!r}: use a letter then letters, digits, - or _ (at most 64), "
+            "e.g. covey new my-federation"
+        )
+    pkg = name.replace("-", "_").lower()
+    if keyword.iskeyword(pkg) or pkg in sys.stdlib_module_names or pkg == "covey":
+        fail(f"NAME {name!r} would shadow the Python module {pkg!r}; choose another name")
+    root = directory / name
+    if root.exists():
+        fail(f"{root} already exists; choose another NAME or --dir")
+    for path, text in FILES.items():
+        target = root / string.Template(path).substitute(pkg=pkg)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, string.Template(text).substitute(name=name, pkg=pkg))
+    console.print(f"[green]created[/] {root}: {len(FILES)} files")
+    console.print(f"next: cd {root} && covey run && pytest")
+
+
+class ProjectSettings:
+    """A project's ``[tool.covey]`` table, checked, with ``--set`` overrides applied.
+
+    Args:
+        project: The project folder (holding ``pyproject.toml``).
+        overrides: ``key=value`` strings; the value is read as TOML (``0.1``,
+            ``true``, ``"text"``), or taken as text when it is not TOML.
+        federation: The federation to serve for, or None to simulate.
+    """
+
+    def __init__(self, project: Path, overrides: list[str], federation: str | None) -> None:
+        """Read and check the settings."""
+        self.project = project
+        table = read_project(project)
+        config = table.pop("config", {})
+        federations = table.pop("federations", {})
+        run = {k.replace("-", "_"): v for k, v in table.items()}
+        _unknown(run, RUN_KEYS, "[tool.covey]")
+        self.federation: dict[str, Any] | None = None
+        if federation is not None:
+            fed = federations.get(federation) if isinstance(federations, dict) else None
+            if not isinstance(fed, dict):
+                known = ", ".join(sorted(federations)) if isinstance(federations, dict) else ""
+                fail(
+                    f"--federation {federation}: no [tool.covey.federations.{federation}] in "
+                    f"{project / 'pyproject.toml'}" + (f" (known: {known})" if known else "")
+                )
+            self.federation = {k.replace("-", "_"): v for k, v in fed.items()}
+            _unknown(self.federation, FEDERATION_KEYS, f"[tool.covey.federations.{federation}]")
+        if not isinstance(config, dict):
+            fail(f"[tool.covey.config] in {project / 'pyproject.toml'} must be a table")
+        self.run, self.config = run, dict(config)
+        for item in overrides:
+            self._override(item)
+        for key in ("server_app", "client_app"):
+            if not isinstance(self.run.get(key), str):
+                fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {key.replace('_', '-')}")
+
+    def _override(self, item: str) -> None:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=10")
+        try:
+            value: Any = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        if key in RUN_KEYS:
+            self.run[key] = value
+        elif self.federation is not None and key in FEDERATION_KEYS:
+            self.federation[key] = value
+        else:
+            self.config[key] = value
+
+    def app_config(self) -> dict[str, Any]:
+        """What the app's functions get: ``clients``, ``rounds``, ``seed`` and the config table."""
+        config: dict[str, Any] = {
+            k: self.run[k] for k in ("clients", "rounds", "seed") if k in self.run
+        }
+        config.update(self.config)
+        return config
+
+    def path(self, value: Any) -> Path | None:
+        """A path setting, relative to the project folder."""
+        return None if value is None else self.project / str(value)
+
+
+def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        fail(
+            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where} "
+            f"of pyproject.toml; known: {', '.join(sorted(known))}"
+        )
+
+
+def read_project(project: Path) -> dict[str, Any]:
+    """The ``[tool.covey]`` table of ``project/pyproject.toml``."""
+    path = project / "pyproject.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"no pyproject.toml in {project}; run in a project made by `covey new NAME`")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        fail(f"{path}: cannot read it ({exc})")
+    table = data.get("tool", {}).get("covey")
+    if not isinstance(table, dict):
+        fail(f"{path} has no [tool.covey] table; see a project made by `covey new NAME`")
+    return dict(table)
+
+
+def run_command(
+    project: Annotated[Path, typer.Argument(help="The project folder.")] = Path(),
+    federation: Annotated[
+        str | None,
+        typer.Option(help="Serve for real clients with [tool.covey.federations.NAME]."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting for this run: KEY=VALUE (repeatable)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
+    """Run the project in this folder: a simulation, or a server for a real federation."""
+    settings = ProjectSettings(project.resolve(), overrides or [], federation)
+    if str(settings.project) not in sys.path:
+        sys.path.insert(0, str(settings.project))
+    make_server = load_object(settings.run["server_app"], "server-app")
+    make_client = load_object(settings.run["client_app"], "client-app")
+    try:
+        server_app = make_server(settings.app_config())
+    except (TypeError, ValueError) as exc:
+        fail(f"server-app {settings.run['server_app']}(config) failed: {exc}")
+    if settings.federation is None:
+        _simulate(settings, server_app, make_client)
+    else:
+        _deploy(settings, server_app, federation or "", verbose)
+
+
+def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
+    import covey
+    from covey.cli._runs import round_table
+    from covey.server._outputs import new_run_dir, plot_history
+
+    run = settings.run
+    clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
+    backend = str(run.get("backend", "inline"))
+    if backend not in ("inline", "process"):
+        fail(f"backend = {backend!r} in [tool.covey]: choose inline or process")
+    run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
+    console.print(
+        f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
+    )
+    try:
+        result = covey.simulate(
+            functools.partial(make_client, config=settings.app_config()),
+            clients,
+            rounds,
+            server_app.strategy,
+            server_app.weights(),
+            server_app.evaluate_fn,
+            backend=backend,  # type: ignore[arg-type]
+            seed=int(run.get("seed", server_app.seed)),
+            progress=True,
+            run_dir=run_dir,
+        )
+    except covey.FederationError as exc:
+        console.print(f"[red]run stopped:[/] {exc}")
+        raise typer.Exit(1) from None
+    plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
+    console.print(round_table(result.history))
+    console.print(f"run folder: {run_dir} (history.json, plot.png); see `covey runs show`")
+
+
+def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
+    from covey.deploy._cli import _logging, _run_folder, _security, _serve
+    from covey.server._outputs import new_run_dir
+
+    fed = settings.federation or {}
+    _logging(verbose)
+    insecure = bool(fed.get("insecure", False))
+    certs = _security(settings.path(fed.get("certs")), insecure)
+    run_dir = settings.path(fed.get("run_dir"))
+    if run_dir is None:
+        runs = settings.path(settings.run.get("runs_dir", "runs")) or Path("runs")
+        run_dir = new_run_dir(runs, name)
+    address = str(fed.get("address", "127.0.0.1:9092"))
+    console.print(
+        f"[bold]covey run --federation {name}[/]: serving {settings.project.name} on "
+        f"{address}; start each client with\n  covey client --app "
+        f"{settings.run['client_app'].rsplit(':', 1)[0]}:client_fn --cid K --name NAME "
+        f"--server {address} " + ("--insecure" if insecure else f"--certs {certs}")
+    )
+    flags = {
+        "run": _run_folder(run_dir, None),
+        "resuming": False,
+        "port_file": settings.path(fed.get("port_file")),
+        "address": address,
+        "certs": certs,
+        "insecure": insecure,
+        "rounds": settings.run.get("rounds"),
+        "round_timeout": fed.get("round_timeout"),
+        "wait_timeout": fed.get("wait_timeout"),
+        "heartbeat": fed.get("heartbeat"),
+        "plot": fed.get("plot"),
+    }
+    _serve(server_app, {}, flags)

@@ -1,0 +1,189 @@
+"""``covey runs``: list the runs in a folder and show one run's rounds, clients and failures.
+
+Every run folder, simulated (``covey demo``, ``simulate(run_dir=...)``, ``covey run``)
+or deployed (``covey server``), holds a ``history.json``; these commands read it with
+:meth:`covey.History.load`. More ``runs`` commands mount on :data:`runs_app`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import sqlite3
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from covey.core._history import History
+from covey.deploy._cli_errors import fail
+
+__all__ = ["ROUND_COLUMNS", "find_run", "round_table", "run_status", "runs_app"]
+
+console = Console()
+
+runs_app = typer.Typer(
+    help="Read the runs kept in run folders: `covey runs list`, `covey runs show RUN`.",
+    no_args_is_help=True,
+)
+
+RunsDir = Annotated[Path, typer.Option("--dir", help="The folder holding run folders.")]
+
+#: The table's metric columns, as ``History.metric(name, source)`` names them.
+ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fit", "train_loss"),
+    ("evaluate", "loss"),
+    ("evaluate", "accuracy"),
+    ("central", "loss"),
+    ("central", "accuracy"),
+)
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def round_table(history: History, title: str = "Rounds") -> Table:
+    """A rich table of a run's rounds: participants, failures and metrics."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column in ("round", "clients", "failed"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for source, name in ROUND_COLUMNS:
+        table.add_column(f"{source}\n{name}", justify="right", no_wrap=True)
+    table.add_column("seconds", justify="right", no_wrap=True)
+    values = {
+        (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
+        for source, name in ROUND_COLUMNS
+    }
+    for r in history.rounds:
+        cells = [
+            str(r.round),
+            str(len(r.fit_participants)) if r.round else "-",
+            str(len(r.failures)) if r.round else "-",
+        ]
+        cells += [_number(values[key].get(r.round)) for key in ROUND_COLUMNS]
+        total = r.durations.get("total")
+        cells.append("-" if total is None else f"{total:.2f}")
+        table.add_row(*cells)
+    return table
+
+
+def find_run(run: str, runs_dir: Path) -> Path:
+    """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
+    for candidate in (Path(run), runs_dir / run):
+        if (candidate / History.FILE_NAME).is_file():
+            return candidate
+    fail(
+        f"no run {run!r}: give a run folder holding {History.FILE_NAME}, or a name "
+        f"listed by `covey runs list --dir {runs_dir}`"
+    )
+
+
+def run_status(folder: Path, history: History) -> str:
+    """``running``/``finished``/``failed`` for a deployed run; for a simulated one, how far."""
+    db = folder / "run.sqlite"
+    if db.is_file():
+        with contextlib.suppress(sqlite3.Error):
+            uri = f"file:{db.resolve().as_posix()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+                row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
+            if row is not None:
+                return str(row[0])
+    if history.stopped_reason:
+        return "stopped"
+    planned = history.config.get("rounds")
+    last = history.rounds[-1].round if history.rounds else -1
+    return "finished" if isinstance(planned, int) and last >= planned else "partial"
+
+
+def _last(history: History, name: str) -> str:
+    for source in ("central", "evaluate"):
+        values = history.metric(name, source)
+        if values:
+            return f"{values[-1][1]:.4f}"
+    return "-"
+
+
+def _runs_in(runs_dir: Path) -> list[tuple[Path, History]]:
+    found: list[tuple[Path, History]] = []
+    if not runs_dir.is_dir():
+        return found
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            found.append((folder, History.load(folder)))
+    return found
+
+
+@runs_app.command("list")
+def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
+    """List the runs under --dir (default runs/) with their status and last metrics."""
+    found = _runs_in(runs_dir)
+    if not found:
+        console.print(f"no runs in {runs_dir} (a run folder holds {History.FILE_NAME})")
+        return
+    table = Table(title=f"Runs in {runs_dir}", box=box.SIMPLE_HEAD, header_style="bold")
+    for column in ("run", "kind", "status", "rounds", "clients", "accuracy", "loss", "modified"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "run" else "right")
+    for folder, history in found:
+        backend = history.config.get("backend", "-")
+        last = history.rounds[-1].round if history.rounds else "-"
+        planned = history.config.get("rounds", "?")
+        clients = history.config.get("num_clients") or len(history.clients) or "-"
+        stamp = (folder / History.FILE_NAME).stat().st_mtime
+        table.add_row(
+            escape(folder.name),
+            "deployed" if backend == "grpc" else f"simulated ({backend})",
+            run_status(folder, history),
+            f"{last}/{planned}",
+            str(clients),
+            _last(history, "accuracy"),
+            _last(history, "loss"),
+            _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+
+
+def _failures_table(history: History) -> Table:
+    table = Table(title="Failures", box=box.SIMPLE_HEAD, header_style="bold")
+    for column in ("round", "client", "stage", "error"):
+        table.add_column(column)
+    for rnd, failure in history.failures():
+        who = failure.name or history.name_of(failure.cid)
+        table.add_row(str(rnd), escape(who), failure.stage, escape(failure.error))
+    return table
+
+
+@runs_app.command("show")
+def show_run(
+    run: Annotated[str, typer.Argument(help="A run folder, or a run's name under --dir.")],
+    runs_dir: RunsDir = Path("runs"),
+) -> None:
+    """Show one run: its settings, a table of its rounds, its clients and failures."""
+    folder = find_run(run, runs_dir)
+    try:
+        history = History.load(folder)
+    except ValueError as exc:
+        fail(str(exc))
+    config = history.config
+    strategy = config.get("strategy")
+    name = strategy.get("name") if isinstance(strategy, dict) else strategy
+    console.print(f"[bold]{escape(str(folder))}[/]: {run_status(folder, history)}")
+    facts = [f"{k} {config[k]}" for k in ("backend", "rounds", "seed", "address") if k in config]
+    if name:
+        facts.insert(0, f"strategy {name}")
+    if facts:
+        console.print(escape(", ".join(facts)))
+    console.print(round_table(history))
+    if history.clients:
+        clients = Table(title="Clients", box=box.SIMPLE_HEAD, header_style="bold")
+        clients.add_column("id", justify="right")
+        clients.add_column("name")
+        for cid, who in sorted(history.clients.items()):
+            clients.add_row(str(cid), escape(who))
+        console.print(clients)
+    if history.failures():
+        console.print(_failures_table(history))

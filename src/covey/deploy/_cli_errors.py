@@ -1,0 +1,105 @@
+"""Mistakes on the command line end in one line naming the flag or file and the fix, exit 2."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = ["fail", "load_object", "read_settings", "required_params"]
+
+console = Console(stderr=True)
+
+USAGE_EXIT = 2
+"""The exit code of a command given wrong flags or files (as for any usage error)."""
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: MESSAGE`` on one line and exit with code 2 (no traceback)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(USAGE_EXIT)
+
+
+def load_object(spec: str, flag: str = "--app") -> Any:
+    """Import ``pkg.module:attribute`` (the current folder is importable).
+
+    Args:
+        spec: ``MODULE:OBJECT``, e.g. ``myfed:server_app``.
+        flag: The flag or setting ``spec`` came from, named in errors.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        fail(f"{flag} {spec!r}: expected MODULE:OBJECT, e.g. {flag} myfed:server_app")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(
+            f"{flag} {spec}: cannot import {module_name!r} ({exc}); run from the folder "
+            "holding it or add that folder to PYTHONPATH"
+        )
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            fail(f"{flag} {spec}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def required_params(fn: Any) -> int:
+    """How many arguments ``fn`` needs (those without a default); -1 if unknown."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return -1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(
+        1
+        for p in signature.parameters.values()
+        if p.kind in kinds and p.default is inspect.Parameter.empty
+    )
+
+
+def read_settings(config: Path | None, section: str, known: set[str]) -> dict[str, Any]:
+    """The settings of ``[section]`` (or of the whole file) in the TOML file ``config``.
+
+    Keys may use ``-`` or ``_``; every key must name a flag of the command.
+
+    Args:
+        config: The ``--config`` file, or None.
+        section: ``"server"`` or ``"client"``.
+        known: The flags the file may set (in ``snake_case``).
+    """
+    if config is None:
+        return {}
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"--config {config}: cannot read it ({exc.strerror or exc})")
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"--config {config}: not valid TOML ({exc})")
+    table = data.get(section, data)
+    if not isinstance(table, dict):
+        fail(f"--config {config}: [{section}] must be a table of settings")
+    others = {"server", "client"} - {section}
+    settings = {
+        k.replace("-", "_"): v
+        for k, v in table.items()
+        if not (table is data and k in others and isinstance(v, dict))
+    }
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        fail(
+            f"--config {config}: unknown setting{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)} in [{section}]; known: {', '.join(sorted(known))}"
+        )
+    return settings

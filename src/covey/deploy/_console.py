@@ -1,0 +1,107 @@
+"""The server's console: timestamped lines on who joined, each round, and who failed, by name."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from collections.abc import Callable, Mapping
+
+from rich.markup import escape
+
+from covey.core._history import RoundRecord
+
+__all__ = ["ServerConsole"]
+
+_SHOWN_EVENTS = {
+    "join": "joined",
+    "rejoin": "reconnected",
+    "leave": "left",
+    "refused": "was refused",
+    "protocol-error": "broke the protocol",
+}
+
+
+def _clock() -> str:
+    return _dt.datetime.now().strftime("%H:%M:%S")
+
+
+def _metrics(record: RoundRecord) -> list[str]:
+    out: list[str] = []
+    if "train_loss" in record.fit_metrics:
+        out.append(f"train loss {float(record.fit_metrics['train_loss']):.4f}")
+    if record.evaluate_loss is not None:
+        out.append(f"eval loss {record.evaluate_loss:.4f}")
+    acc = record.evaluate_metrics.get("accuracy")
+    if isinstance(acc, int | float):
+        out.append(f"eval accuracy {float(acc):.4f}")
+    if record.central_loss is not None:
+        out.append(f"loss {record.central_loss:.4f}")
+    acc = record.central_metrics.get("accuracy")
+    if isinstance(acc, int | float):
+        out.append(f"accuracy {float(acc):.4f}")
+    return out
+
+
+class ServerConsole:
+    """Writes the server's progress as timestamped lines, naming clients by their chosen name.
+
+    Args:
+        write: Prints one line (e.g. a rich console's ``print``).
+        needed: How many clients the run waits for (``min_available_clients``).
+        names: The name of each client id, kept up to date by :func:`covey.serve`.
+    """
+
+    def __init__(self, write: Callable[[str], None], needed: int, names: Mapping[int, str]) -> None:
+        """A console that has seen no client yet."""
+        self._write = write
+        self.needed = needed
+        self.names = names
+        self._connected: set[str] = set()
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        """Write ``text`` after the time of day."""
+        self._write(f"[dim]{_clock()}[/] {text}")
+
+    def waiting(self) -> None:
+        """Say the server waits for its clients."""
+        self.line(f"waiting for clients (0 of {self.needed} connected)")
+
+    def on_event(self, name: str, event: str, detail: str = "") -> None:
+        """A fleet event from the transport: joins, leaves, refusals."""
+        with self._lock:
+            if event in ("join", "rejoin"):
+                self._connected.add(name)
+            elif event == "leave":
+                self._connected.discard(name)
+            count = len(self._connected)
+        shown = _SHOWN_EVENTS.get(event)
+        if shown is None:
+            return
+        why = f": {escape(detail)}" if detail and event not in ("join", "rejoin") else ""
+        self.line(f"client {escape(name)} {shown}{why} ({count} of {self.needed} connected)")
+
+    def who(self, cids: list[int]) -> str:
+        """The names of clients ``cids``, comma-separated."""
+        return ", ".join(escape(self.names.get(c) or f"client {c}") for c in cids) or "none"
+
+    def on_round(self, record: RoundRecord) -> None:
+        """A finished round: participants, durations, metrics and failures by name."""
+        if record.round == 0:
+            self.line(f"round 0 (initial model): {', '.join(_metrics(record)) or 'no metrics'}")
+            return
+        took = ", ".join(f"{k} {v:.2f} s" for k, v in record.durations.items())
+        parts = [f"round {record.round}: fit by {self.who(record.fit_participants)}"]
+        if record.evaluate_participants:
+            parts.append(f"evaluated by {self.who(record.evaluate_participants)}")
+        self.line("; ".join(parts))
+        detail = _metrics(record)
+        if took:
+            detail.append(f"took {took}")
+        if detail:
+            self.line(f"round {record.round}: {', '.join(detail)}")
+        for failure in record.failures:
+            self.line(
+                f"[red]round {record.round}: {escape(failure.who)} failed in {failure.stage}:[/] "
+                f"{escape(failure.error)}"
+            )

@@ -1,0 +1,71 @@
+"""Each client's chosen name: ids stay internal, names go into history, logs and failures."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from covey.core._history import RoundRecord
+
+__all__ = ["ClientNames"]
+
+
+class _Records(Protocol):
+    """Where a run keeps its clients' ids and fleet events (the run store)."""
+
+    def client_id(self, name: str) -> int:
+        """The stable id of client ``name``."""
+        ...
+
+    def log_event(self, client: str, event: str, detail: str = "") -> None:
+        """Record a fleet event."""
+        ...
+
+
+class ClientNames:
+    """Gives each client name a stable id and remembers the name of every id.
+
+    Args:
+        records: The run's store (ids kept across restarts), or None for ids
+            ``0, 1, 2, ...`` in order of first sight, kept in memory.
+        shared: A dict to keep filled with ``id -> name`` (a console reads it).
+        on_event: Also called with every fleet event ``(name, event, detail)``.
+    """
+
+    def __init__(
+        self,
+        records: _Records | None,
+        shared: dict[int, str] | None = None,
+        on_event: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        """No client seen yet (besides those in ``shared``)."""
+        self.records = records
+        self.names: dict[int, str] = shared if shared is not None else {}
+        self.on_event = on_event
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def client_id(self, name: str) -> int:
+        """The stable id of client ``name``, remembering the name."""
+        if self.records is not None:
+            cid = self.records.client_id(name)
+        else:
+            with self._lock:
+                cid = self._ids.setdefault(name, len(self._ids))
+        with self._lock:
+            self.names[cid] = name
+        return cid
+
+    def event(self, name: str, event: str, detail: str = "") -> None:
+        """Record a fleet event and pass it on."""
+        if self.records is not None:
+            self.records.log_event(name, event, detail)
+        if self.on_event is not None:
+            self.on_event(name, event, detail)
+
+    def name_failures(self, record: RoundRecord) -> None:
+        """Put each failed client's name on its failure in ``record``."""
+        with self._lock:
+            for failure in record.failures:
+                failure.name = failure.name or self.names.get(failure.cid, "")

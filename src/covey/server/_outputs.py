@@ -1,0 +1,107 @@
+"""What a run leaves for people to read: a fresh run folder, ``history.json`` and ``plot.png``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from covey.core._files import atomic_write
+from covey.core._history import History
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["PLOT_NAME", "new_run_dir", "plot_history", "write_outputs"]
+
+PLOT_NAME = "plot.png"
+"""The plot a run folder keeps next to its ``history.json``."""
+
+
+def new_run_dir(parent: str | Path, prefix: str) -> Path:
+    """Create and return a new, empty run folder ``parent/PREFIX-YYYYmmdd-HHMMSS[-N]``.
+
+    Two runs started in the same second get different folders: the folder is
+    created with ``exist_ok=False`` and a counter is appended until one is free.
+
+    Args:
+        parent: Where run folders live (made if missing), e.g. ``runs``.
+        prefix: The kind of run, e.g. ``demo`` or ``server``.
+
+    Returns:
+        The folder, which exists and was made by this call.
+    """
+    root = Path(parent)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        folder = root / (f"{prefix}-{stamp}" if n == 1 else f"{prefix}-{stamp}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free run folder name for {prefix}-{stamp} in {root}")
+
+
+def _figure(history: History, title: str) -> Figure:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for source, label, style in (
+        ("central", "central (server test set)", "-o"),
+        ("evaluate", "evaluate (federated)", "--s"),
+    ):
+        acc = history.metric("accuracy", source)  # type: ignore[arg-type]
+        loss = history.metric("loss", source)  # type: ignore[arg-type]
+        if acc:
+            ax_acc.plot(*np.array(acc).T, style, label=label, markersize=3)
+        if loss:
+            ax_loss.plot(*np.array(loss).T, style, label=label, markersize=3)
+    ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
+    ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_history(history: History, path: str | Path, title: str = "") -> None:
+    """Save a PNG of accuracy and loss per round (central and federated evaluation).
+
+    Args:
+        history: The run's history.
+        path: The PNG to write (atomically).
+        title: A title above both panels.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = _figure(history, title)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def write_outputs(run_dir: str | Path, history: History, *, plot: bool = True) -> None:
+    """Write ``history.json`` (and ``plot.png``) into ``run_dir``, each atomically.
+
+    Args:
+        run_dir: The run folder; it must exist.
+        history: The run's history so far.
+        plot: Also draw ``plot.png``.
+    """
+    folder = Path(run_dir)
+    history.save(folder / History.FILE_NAME)
+    if plot:
+        title = f"covey run {folder.name}"
+        plot_history(history, folder / PLOT_NAME, title=title)

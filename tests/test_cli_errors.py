@@ -1,0 +1,161 @@
+"""Each common command-line mistake ends in one line naming the flag or file and the fix, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from covey.cli import app
+
+APPS = Path(__file__).parent / "apps"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+def covey(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+def test_a_client_function_given_to_the_server() -> None:
+    code, out = covey("server", "--app", "digits_app:client_fn", "--insecure")
+    assert code == 2
+    line = last_line(out)
+    assert line.startswith("error: --app digits_app:client_fn is a function taking arguments")
+    assert "ServerApp" in line
+    assert "covey client --app" in line
+    assert "Traceback" not in out
+
+
+def test_a_client_function_without_cid() -> None:
+    code, out = covey("client", "--app", "digits_app:client_fn", "--server", "127.0.0.1:1")
+    assert code == 2
+    assert last_line(out) == (
+        "error: --app digits_app:client_fn is a client function of a client id: give --cid N "
+        "(which part of the data this client holds, e.g. --cid 0)"
+    )
+
+
+def test_demo_with_more_clients_than_the_data_allows() -> None:
+    code, out = covey("demo", "--clients", "5000")
+    assert code == 2
+    line = last_line(out)
+    assert line.startswith("error: --clients 5000: the digits training set gives at most")
+    assert "choose --clients" in line
+    assert not Path("runs").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("command", ["demo", "server"])
+def test_run_dir_on_an_existing_file(tmp_path: Path, command: str) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    extra = ["--app", "digits_app:server_app", "--insecure"] if command == "server" else []
+    code, out = covey(command, *extra, "--run-dir", "taken")
+    assert code == 2
+    line = last_line(out)
+    assert line.startswith("error: --run-dir taken is a file; give a")
+    assert "leave --run-dir out" in line
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def test_server_without_certs() -> None:
+    code, out = covey("server", "--app", "digits_app:server_app")
+    assert code == 2
+    assert last_line(out) == (
+        "error: no --certs: give --certs DIR (a folder made by `covey certs init --dir DIR`), "
+        "or --insecure for a local experiment without TLS"
+    )
+
+
+def test_certs_folder_that_is_not_a_federation(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out = covey("server", "--app", "digits_app:server_app", "--certs", "empty")
+    assert code == 2
+    assert "covey certs init --dir empty" in last_line(out)
+
+
+def test_unknown_toml_keys_are_rejected_by_name(tmp_path: Path) -> None:
+    (tmp_path / "server.toml").write_text(
+        '[server]\napp = "digits_app:server_app"\ninsecure = true\nport_fil = "p"\nrouns = 3\n'
+    )
+    code, out = covey("server", "--config", "server.toml")
+    assert code == 2
+    line = last_line(out)
+    assert line.startswith(
+        "error: --config server.toml: unknown settings port_fil, rouns in [server]"
+    )
+    assert "port_file" in line  # the known keys are listed
+
+
+def test_unknown_client_toml_key(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[client]\napp = "digits_app:client_fn"\ncert_dir = "x"\n')
+    code, out = covey("client", "--config", "c.toml", "--server", "127.0.0.1:1")
+    assert code == 2
+    assert "unknown setting cert_dir in [client]" in last_line(out)
+
+
+def test_port_file_in_the_toml_file_is_used(tmp_path: Path) -> None:
+    """port_file (like every flag) is read from the file; here the run then fails fast."""
+    (tmp_path / "server.toml").write_text(
+        "[server]\n"
+        'app = "digits_app:server_app"\n'
+        'address = "127.0.0.1:0"\n'
+        "insecure = true\n"
+        'port_file = "the-port"\n'
+        "wait_timeout = 0.2\n"
+        'run_dir = "run"\n'
+    )
+    code, out = covey("server", "--config", "server.toml")
+    assert code == 1, out  # no client ever joins: the run stops after the wait
+    assert int((tmp_path / "the-port").read_text()) > 0
+    assert "clients needed" in out
+
+
+def test_client_certs_without_name(tmp_path: Path) -> None:
+    code, out = covey(
+        "client",
+        "--app",
+        "digits_app:client_fn",
+        "--cid",
+        "0",
+        "--server",
+        "127.0.0.1:1",
+        "--certs",
+        str(tmp_path),
+    )
+    assert code == 2
+    assert last_line(out).startswith("error: --certs needs --name NAME")
+
+
+def test_unexpected_errors_are_one_line_unless_verbose(tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text(
+        "def client_fn(cid):\n    raise RuntimeError('the data folder is missing')\n"
+    )
+    args = ["client", "--app", "broken_app:client_fn", "--cid", "0", "--server", "127.0.0.1:1"]
+    env = {**os.environ, "COLUMNS": "250"}
+    run = [sys.executable, "-m", "covey", *args]
+    quiet = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert quiet.returncode == 1
+    assert "Traceback" not in quiet.stderr
+    assert last_line(quiet.stderr) == (
+        "error: RuntimeError: the data folder is missing (run with -v for the traceback)"
+    )
+    loud = subprocess.run(
+        [*run, "-v"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert loud.returncode == 1
+    assert "Traceback" in loud.stderr
+    assert "the data folder is missing" in loud.stderr

@@ -1,0 +1,185 @@
+"""`covey new` writes a project that `covey run` runs, in simulation and deployed.
+
+Its runs are read back by `covey runs` and `History.load`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import covey
+from covey.server._outputs import new_run_dir
+
+pytestmark = pytest.mark.slow
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def covey_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "covey", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("projects")
+    out = covey_cli("new", "clinic-fed", cwd=where)
+    assert out.returncode == 0, out.stdout + out.stderr
+    root = where / "clinic-fed"
+    assert "[tool.covey]" in (root / "pyproject.toml").read_text()
+    for name in ("task.py", "client_app.py", "server_app.py"):
+        assert (root / "clinic_fed" / name).is_file()
+    return root
+
+
+def test_new_refuses_an_existing_folder(project: Path) -> None:
+    out = covey_cli("new", project.name, cwd=project.parent)
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith("already exists; choose another NAME or --dir")
+
+
+def test_run_simulates_the_project_and_runs_reads_it(project: Path) -> None:
+    out = covey_cli("run", "--set", "rounds=2", "--set", "lr=0.3", cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (folder,) = (project / "runs").iterdir()
+    history = covey.History.load(folder)
+    assert [r.round for r in history.rounds] == [0, 1, 2]  # --set rounds=2 won over 5
+    assert history.config["num_clients"] == 10
+    assert (folder / "plot.png").read_bytes()[:8] == PNG
+    listed = covey_cli("runs", "list", cwd=project)
+    assert listed.returncode == 0, listed.stderr
+    assert folder.name in listed.stdout
+    assert "finished" in listed.stdout
+    shown = covey_cli("runs", "show", folder.name, cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    accuracy = float(history.rounds[-1].central_metrics["accuracy"])
+    assert f"{accuracy:.4f}" in shown.stdout
+
+
+def test_the_generated_projects_own_tests_pass(project: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=project,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 passed" in out.stdout
+
+
+def test_run_rejects_unknown_settings(project: Path) -> None:
+    out = covey_cli("run", "--federation", "nowhere", cwd=project)
+    assert out.returncode == 2
+    assert "no [tool.covey.federations.nowhere]" in out.stderr
+    assert "(known: local)" in out.stderr
+
+
+def test_run_folders_started_in_the_same_second_differ(tmp_path: Path) -> None:
+    folders = [new_run_dir(tmp_path, "server") for _ in range(5)]
+    assert len(set(folders)) == 5
+    assert all(f.is_dir() and not any(f.iterdir()) for f in folders)
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the server exited early"
+        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.05)
+
+
+def test_run_serves_the_project_and_names_its_clients(project: Path, tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    run_dir = tmp_path / "deployed"
+    log = tmp_path / "server.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "COLUMNS": "250"}
+    try:
+        with open(log, "wb") as out:
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "covey",
+                    "run",
+                    "--federation",
+                    "local",
+                    "--set",
+                    "address='127.0.0.1:0'",
+                    "--set",
+                    f"port_file='{port_file}'",
+                    "--set",
+                    f"run_dir='{run_dir}'",
+                    "--set",
+                    "rounds=2",
+                    "--set",
+                    "heartbeat=1",
+                ],
+                cwd=project,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        procs.append(server)
+        _wait_for_file(port_file, server, 120)
+        port = port_file.read_text()
+        for k, name in enumerate(("hospital-a", "hospital-b")):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "covey",
+                        "client",
+                        "--app",
+                        "clinic_fed.client_app:client_fn",
+                        "--cid",
+                        str(k),
+                        "--name",
+                        name,
+                        "--server",
+                        f"127.0.0.1:{port}",
+                        "--insecure",
+                    ],
+                    cwd=project,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
+        assert server.wait(240) == 0, log.read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+    history = covey.History.load(run_dir)
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    assert sorted(history.clients.values()) == ["hospital-a", "hospital-b"]
+    assert {history.name_of(c) for c in history.rounds[1].fit_participants} == {
+        "hospital-a",
+        "hospital-b",
+    }
+    assert (run_dir / "plot.png").read_bytes()[:8] == PNG
+    console = log.read_text()
+    assert "waiting for clients (0 of 2 connected)" in console
+    assert "client hospital-a joined" in console
+    assert "round 1: fit by hospital-" in console
+    assert "took fit" in console
+    shown = covey_cli("runs", "show", str(run_dir), cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    assert "hospital-a" in shown.stdout
+    assert "hospital-b" in shown.stdout

@@ -1,0 +1,112 @@
+"""History.load, the server console and `covey runs` on hand-made run folders (in process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from covey import History
+from covey.cli import app
+from covey.core._history import Failure, RoundRecord
+from covey.deploy._console import ServerConsole
+from covey.deploy._names import ClientNames
+from covey.server._outputs import write_outputs
+
+
+def _history() -> History:
+    failure = Failure(1, "fit", "client disconnected", name="hospital-b")
+    return History(
+        [
+            RoundRecord(0, central_loss=2.3, central_metrics={"accuracy": 0.1}),
+            RoundRecord(
+                1,
+                fit_participants=[0, 1],
+                fit_failures=[failure],
+                central_loss=1.1,
+                central_metrics={"accuracy": 0.7},
+                durations={"fit": 0.5, "total": 0.75},
+            ),
+        ],
+        config={"backend": "grpc", "rounds": 1, "strategy": {"name": "FedAvg"}},
+        clients={0: "hospital-a", 1: "hospital-b"},
+    )
+
+
+def test_load_reads_a_run_folder_and_keeps_names(tmp_path: Path) -> None:
+    write_outputs(tmp_path, _history())
+    loaded = History.load(tmp_path)
+    assert loaded == History.load(tmp_path / "history.json")
+    assert loaded.clients == {0: "hospital-a", 1: "hospital-b"}
+    assert loaded.failures()[0][1].name == "hospital-b"
+    assert loaded.name_of(0) == "hospital-a"
+    assert loaded.name_of(7) == "client 7"
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_load_reads_a_history_written_before_names(tmp_path: Path) -> None:
+    data = _history().to_dict()
+    del data["clients"]
+    for record in data["rounds"]:
+        for failure in record["fit_failures"]:
+            del failure["name"]
+    (tmp_path / "history.json").write_text(json.dumps(data))
+    loaded = History.load(tmp_path)
+    assert loaded.clients == {}
+    assert loaded.failures()[0][1].who == "client 1"
+
+
+def test_load_says_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no history\.json in"):
+        History.load(tmp_path)
+    (tmp_path / "history.json").write_text('{"rounds": 3}')
+    with pytest.raises(ValueError, match="is not a covey history"):
+        History.load(tmp_path)
+
+
+def test_console_names_clients_and_counts_them() -> None:
+    lines: list[str] = []
+    names: dict[int, str] = {}
+    shown = ServerConsole(lines.append, 2, names)
+    keeper = ClientNames(None, names, shown.on_event)
+    shown.waiting()
+    assert keeper.client_id("hospital-a") == 0
+    keeper.event("hospital-a", "join", "ipv4:127.0.0.1:5000")
+    assert keeper.client_id("hospital-b") == 1
+    keeper.event("hospital-b", "join", "")
+    record = _history().rounds[1]
+    record.fit_failures[0].name = ""
+    keeper.name_failures(record)
+    assert record.fit_failures[0].name == "hospital-b"
+    shown.on_round(record)
+    text = "\n".join(lines)
+    assert "waiting for clients (0 of 2 connected)" in text
+    assert "client hospital-a joined (1 of 2 connected)" in text
+    assert "client hospital-b joined (2 of 2 connected)" in text
+    assert "round 1: fit by hospital-a, hospital-b" in text
+    assert "accuracy 0.7000" in text
+    assert "took fit 0.50 s" in text
+    assert "hospital-b failed in fit:[/] client disconnected" in text
+    assert all(line.startswith("[dim]") for line in lines)  # each line has its time
+
+
+def test_runs_list_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    (tmp_path / "server-1").mkdir()
+    write_outputs(tmp_path / "server-1", _history(), plot=False)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert "server-1" in listed.output
+    assert "deployed" in listed.output
+    assert "1/1" in listed.output
+    assert "0.7000" in listed.output
+    shown = CliRunner().invoke(app, ["runs", "show", "server-1", "--dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    for text in ("strategy FedAvg", "hospital-a", "hospital-b", "client disconnected", "0.7000"):
+        assert text in shown.output
+    missing = CliRunner().invoke(app, ["runs", "show", "nope", "--dir", str(tmp_path)])
+    assert missing.exit_code == 2
+    assert "error: no run 'nope'" in missing.output
