@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import dp_accounting as dpa
 import numpy as np
+
+if TYPE_CHECKING:
+    import dp_accounting as dpa
+else:
+    from covey.privacy._dpa import dpa
 
 from covey.privacy import Ledger
 from covey.privacy._accounting import statement

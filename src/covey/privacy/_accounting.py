@@ -16,38 +16,45 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dp_accounting as dpa
 import numpy as np
-from dp_accounting import pld, rdp
-from dp_accounting.rdp import rdp_privacy_accountant
+
+if TYPE_CHECKING:
+    import dp_accounting as dpa
+else:
+    from covey.privacy._dpa import dpa
 
 Accountant = Literal["rdp", "pld"]
 """Which ``dp-accounting`` accountant: Renyi DP (default) or privacy loss distributions."""
 
-# The event types a ledger may hold; nothing else is ever built from JSON.
-_EVENTS: dict[str, type[dpa.DpEvent]] = {
-    cls.__name__: cls
-    for cls in (
-        dpa.GaussianDpEvent,
-        dpa.LaplaceDpEvent,
-        dpa.PoissonSampledDpEvent,
-        dpa.SelfComposedDpEvent,
-        dpa.ComposedDpEvent,
-        dpa.SingleEpochTreeAggregationDpEvent,
-        dpa.ZCDpEvent,
-        dpa.NoOpDpEvent,
-        dpa.NonPrivateDpEvent,
-    )
-}
+
+@functools.cache
+def _event_types() -> dict[str, type[dpa.DpEvent]]:
+    """The event types a ledger may hold; nothing else is ever built from JSON."""
+    return {
+        cls.__name__: cls
+        for cls in (
+            dpa.GaussianDpEvent,
+            dpa.LaplaceDpEvent,
+            dpa.PoissonSampledDpEvent,
+            dpa.SelfComposedDpEvent,
+            dpa.ComposedDpEvent,
+            dpa.SingleEpochTreeAggregationDpEvent,
+            dpa.ZCDpEvent,
+            dpa.NoOpDpEvent,
+            dpa.NonPrivateDpEvent,
+        )
+    }
+
+
 _MAX_DEPTH = 16
 
 
 def event_to_json(event: dpa.DpEvent) -> dict[str, Any]:
     """A ``dp_accounting`` event as a JSON-ready dict ``{"type": ..., field: value}``."""
     name = type(event).__name__
-    if name not in _EVENTS:
+    if name not in _event_types():
         raise TypeError(f"cannot record a {name} in a privacy ledger")
     out: dict[str, Any] = {"type": name}
     for attribute in type(event).__attrs_attrs__:
@@ -70,7 +77,7 @@ def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
         raise ValueError("privacy ledger event nested too deeply")
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ValueError(f"a privacy ledger event must be a dict with a 'type', got {data!r}")
-    cls = _EVENTS.get(data["type"])
+    cls = _event_types().get(data["type"])
     if cls is None:
         raise ValueError(f"unknown privacy ledger event type {data['type']!r}")
     kwargs: dict[str, Any] = {}
@@ -113,7 +120,7 @@ def _quiet() -> Iterator[None]:
 def _rdp_curve(event_json: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(orders, rdp)`` of one event as dp-accounting's RDP accountant computes it."""
     event = event_from_json(json.loads(event_json))
-    acc = _tree_accountant() if _uses_tree(event) else rdp.RdpAccountant()
+    acc = _tree_accountant() if _uses_tree(event) else dpa.rdp.RdpAccountant()
     with _quiet():
         acc.compose(event)
     return tuple(acc._orders), tuple(acc._rdp)
@@ -121,15 +128,15 @@ def _rdp_curve(event_json: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _make_accountant(accountant: Accountant) -> dpa.PrivacyAccountant:
     if accountant == "rdp":
-        return rdp.RdpAccountant()
+        return dpa.rdp.RdpAccountant()
     if accountant == "pld":
-        return pld.PLDAccountant()
+        return dpa.pld.PLDAccountant()
     raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
 
 
 def _tree_accountant() -> dpa.PrivacyAccountant:
     # Tree aggregation is supported by the RDP accountant under "replace special".
-    return rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_SPECIAL)
+    return dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_SPECIAL)
 
 
 def _uses_tree(event: dpa.DpEvent) -> bool:
@@ -245,7 +252,7 @@ def calibrate(
     def event(z: float) -> dpa.DpEvent:
         return dpa.SelfComposedDpEvent(round_event(z, sampling_rate), rounds)
 
-    make: Any = rdp.RdpAccountant if accountant == "rdp" else pld.PLDAccountant
+    make: Any = dpa.rdp.RdpAccountant if accountant == "rdp" else dpa.pld.PLDAccountant
     if accountant not in ("rdp", "pld"):
         raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
     # Coarse first (each PLD evaluation takes a while), finer only if the
@@ -317,7 +324,7 @@ class Ledger:
         if total is None:
             raise RuntimeError("unreachable: a non-empty ledger has a first entry")
         with _quiet():
-            eps, _ = rdp_privacy_accountant.compute_epsilon(orders, total, delta)
+            eps, _ = dpa.rdp.rdp_privacy_accountant.compute_epsilon(orders, total, delta)
         return float(eps)
 
     @property

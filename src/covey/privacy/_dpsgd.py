@@ -14,9 +14,12 @@ import importlib
 import logging
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting as dpa
+if TYPE_CHECKING:
+    import dp_accounting as dpa
+else:
+    from covey.privacy._dpa import dpa
 
 from covey.clients._torch import torch_module
 from covey.privacy._accounting import Accountant, Ledger, round_event

@@ -10,11 +10,14 @@ with ``clipping="client"``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting as dpa
 import numpy as np
-from scipy import optimize, special
+
+if TYPE_CHECKING:
+    import dp_accounting as dpa
+else:
+    from covey.privacy._dpa import dpa
 
 from covey.clients._client import Client
 from covey.core._messages import Config, EvaluateResult, FitResult
@@ -27,6 +30,8 @@ def _analytic_delta(sigma: float, epsilon: float, sensitivity: float) -> float:
     a = sensitivity / (2.0 * sigma)
     b = epsilon * sigma / sensitivity
     # Phi(a - b) - e^eps Phi(-a - b), the second term in log space (large epsilon).
+    from scipy import special  # imported on first use: SciPy is slow to import
+
     return float(special.ndtr(a - b) - math.exp(epsilon + special.log_ndtr(-a - b)))
 
 
@@ -65,6 +70,8 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
         lo -= 10.0
     while excess(hi) > 0:
         hi += 10.0
+    from scipy import optimize
+
     root = optimize.brentq(excess, lo, hi, xtol=1e-12, rtol=1e-12)
     sigma = math.exp(root) * (1.0 + 1e-9)
     while _analytic_delta(sigma, epsilon, sensitivity) > delta:

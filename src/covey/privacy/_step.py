@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
-import dp_accounting as dpa
 import numpy as np
+
+if TYPE_CHECKING:
+    import dp_accounting as dpa
+else:
+    from covey.privacy._dpa import dpa
 
 from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
 from covey.aggregate._base import State

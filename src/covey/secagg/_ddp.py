@@ -24,10 +24,14 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import dp_accounting as dpa
 import numpy as np
+
+if TYPE_CHECKING:
+    import dp_accounting as dpa
+else:
+    from covey.privacy._dpa import dpa
 
 from covey.core._history import History, RoundRecord
 from covey.privacy import Ledger, PrivacyHook
