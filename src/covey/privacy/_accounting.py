@@ -206,7 +206,7 @@ def epsilon(
 
     Example:
         >>> round(epsilon(1.1, 0.1, 100, 1e-5), 2)
-        6.01
+        6.62
 
     References:
         Mironov, Talwar and Zhang, "Renyi Differential Privacy of the Sampled
