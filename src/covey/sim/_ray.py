@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -46,7 +47,12 @@ CHUNKS_PER_ACTOR = 32
 _RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
-def _ray() -> Any:
+def _ray(local: bool = False) -> Any:
+    if local and "ray" not in sys.modules:
+        # A Ray started here serves only this machine: let it bind to loopback
+        # instead of the machine's network address (Ray reads this when imported;
+        # a Ray the caller imported or joins already decides for itself).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -166,7 +172,7 @@ class RayTransport:
         start_timeout: float = 120.0,
         init_args: Mapping[str, Any] | None = None,
     ) -> None:
-        ray = _ray()
+        ray = _ray(local=address is None)
         groups = self._groups(client_resources, client_group)
         if num_actors is not None and num_actors < 1:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
