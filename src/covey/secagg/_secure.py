@@ -300,8 +300,12 @@ def secure(
             individual updates (server-side clipping, DP-FTRL).
 
     Example:
-        >>> import covey
-        >>> strategy = secure(covey.FedAvg(), clip_range=1.0, bits=16)
+        >>> import warnings, covey
+        >>> with warnings.catch_warnings(record=True) as said:  # in simulation, keys are unsigned
+        ...     warnings.simplefilter("always")
+        ...     strategy = secure(covey.FedAvg(), clip_range=1.0, bits=16)
+        >>> "honest-but-curious" in str(said[0].message)
+        True
 
     References:
         Bonawitz et al., CCS 2017; Bell et al., CCS 2020.

@@ -30,8 +30,8 @@ class BackgroundSaver:
 
     Example:
         >>> saver = BackgroundSaver(store)  # doctest: +SKIP
-        >>> saver.submit(1, weights, record, state)  # returns before the write ends
-        >>> saver.flush()  # waits, and raises what a save raised
+        >>> saver.submit(1, weights, record, state)  # doctest: +SKIP
+        >>> saver.flush()  # waits, and raises what a save raised  # doctest: +SKIP
     """
 
     def __init__(self, store: RunStore) -> None:

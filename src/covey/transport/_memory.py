@@ -23,7 +23,7 @@ class MemoryTransport:
         handler: ``(cid, task) -> Reply``; an exception it raises becomes a failed Reply.
 
     Example:
-        >>> from covey import Reply, Task
+        >>> from covey.core import Reply, Task
         >>> t = MemoryTransport([0, 1], lambda cid, task: Reply(cid, task.kind, result=cid))
         >>> [r.result for r in t.exchange({1: Task("ping", 0), 0: Task("ping", 0)})]
         [0, 1]
