@@ -445,12 +445,15 @@ def test_files_of_a_crashed_save_are_ignored_then_swept(run_dir: Path) -> None:
     orphan.write_bytes((weights_dir / weights_file_name(1)).read_bytes())
     stale_tmp = weights_dir / f".{weights_file_name(2)}.abc123.tmp"
     stale_tmp.write_bytes(b"half a file")
+    library_tmp = weights_dir / ".tmpXF94Td"  # safetensors' own temporary file
+    library_tmp.write_bytes(b"half a file")
     with RunStore.open(run_dir) as store:
         assert store.last_round() == 1
         assert store.load_latest_valid()[0] == 1
         assert orphan.exists()  # opening alone (e.g. to inspect a live run) deletes nothing
         store.save_round(2, small(2), None)
         assert not stale_tmp.exists()
+        assert not library_tmp.exists()
         assert_identical(store.load_round(2)[0], small(2))
 
 

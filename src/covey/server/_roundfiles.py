@@ -116,7 +116,9 @@ def sweep(weights_dir: Path, referenced: Collection[str]) -> None:
     """
     weights_dir.mkdir(exist_ok=True)
     for path in weights_dir.iterdir():
-        stale_tmp = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+        # Hidden files are leftovers of a killed write: ours end in TMP_SUFFIX, and
+        # safetensors writes through a ``.tmpXXXXXX`` file of its own first.
+        stale_tmp = path.name.startswith(".")
         orphan = _ROUND_FILE.fullmatch(path.name) and path.name not in referenced
         if stale_tmp or orphan:
             path.unlink(missing_ok=True)
