@@ -14,7 +14,14 @@ import numpy as np
 import covey
 from covey.deploy._server import ServeResult, serve
 from covey.transport.grpc._client import ConnectResult, connect
-from covey.transport.grpc._service import METHOD
+from covey.transport.grpc._frames import (
+    CHUNK_TAG,
+    PROTOCOL,
+    control,
+    is_chunk,
+    server_message,
+)
+from covey.transport.grpc._options import METHOD
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 
@@ -96,35 +103,43 @@ class Joined:
 
 
 class Raw:
-    """A hand-driven client stream: send any message, read what the server sends."""
+    """A hand-driven client stream: send any frame, read what the server sends."""
 
     def __init__(self, port: int, hello: pb.Hello | None = None) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.out: queue.Queue[pb.ClientMessage | None] = queue.Queue()
+        self.out: queue.Queue[bytes | None] = queue.Queue()
         version = covey.__version__
-        self.send(hello=hello or pb.Hello(version=version, name="raw", kinds=["fit"]))
-        join = self.channel.stream_stream(
-            METHOD,
-            request_serializer=pb.ClientMessage.SerializeToString,
-            response_deserializer=pb.ServerMessage.FromString,
+        self.send(
+            hello=hello or pb.Hello(version=version, name="raw", kinds=["fit"], protocol=PROTOCOL)
         )
+        join = self.channel.stream_stream(METHOD)  # frames as bytes
         self.call = join(self._requests())
 
-    def _requests(self) -> Iterator[pb.ClientMessage]:
+    def _requests(self) -> Iterator[bytes]:
         while True:
-            message = self.out.get()
-            if message is None:
+            frame = self.out.get()
+            if frame is None:
                 return
-            yield message
+            yield frame
 
     def send(self, **body: Any) -> None:
-        self.out.put(pb.ClientMessage(**body))
+        """Send a control message (a ``ClientMessage`` with ``body``)."""
+        self.out.put(control(pb.ClientMessage(**body)))
+
+    def send_chunk(self, data: bytes) -> None:
+        """Send a chunk frame carrying ``data``."""
+        self.out.put(CHUNK_TAG + data)
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send ``frame`` as it is."""
+        self.out.put(frame)
 
     def messages(self) -> Iterator[pb.ServerMessage]:
-        return iter(self.call)
+        """The server's control messages (chunk frames skipped)."""
+        return (server_message(f) for f in self.call if not is_chunk(f))
 
     def next_task(self) -> pb.TaskHeader:
-        for message in self.call:
+        for message in self.messages():
             if message.WhichOneof("body") == "task":
                 return message.task
         raise AssertionError("the stream ended before a task came")

@@ -22,6 +22,7 @@ from covey.deploy.certs import init_federation, issue_client, revoke
 from covey.server._store import RunStore
 from covey.transport.grpc import _service
 from covey.transport.grpc._client import ClientTLS
+from covey.transport.grpc._frames import PROTOCOL
 from covey.transport.grpc._refusal import Refused
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -52,7 +53,9 @@ def test_hostile_dtype_replies_leave_the_server_up_and_the_run_completes(tmp_pat
     def hostile() -> None:
         nonlocal sent
         while served.thread.is_alive() and sent < 6:
-            raw = Raw(served.port, pb.Hello(version=covey.__version__, name="evil"))
+            raw = Raw(
+                served.port, pb.Hello(version=covey.__version__, name="evil", protocol=PROTOCOL)
+            )
             try:
                 task = raw.next_task()
                 raw.send(reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=HOSTILE))
@@ -103,7 +106,7 @@ def test_uploads_nobody_asked_for_allocate_nothing(monkeypatch: pytest.MonkeyPat
         size = 512 * 1024
         raw.send(reply=pb.ReplyHeader(task_id=777, kind="fit", weights_size=size))
         for _ in range(4):
-            raw.send(chunk=pb.Chunk(task_id=777, data=bytes(128 * 1024)))
+            raw.send_chunk(bytes(128 * 1024))
         weights = {"w": np.zeros(8)}
         replies: list[Any] = []
         exchange = threading.Thread(
@@ -324,7 +327,7 @@ def test_a_codec_error_in_a_reply_is_a_failed_client(tmp_path: Path) -> None:
     strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=1, fraction_evaluate=0.0)
     served = Served(strategy, 1, run_dir=tmp_path / "run", round_timeout=20)
     good = Joined(served.port, name="good")
-    raw = Raw(served.port, pb.Hello(version=covey.__version__, name="liar"))
+    raw = Raw(served.port, pb.Hello(version=covey.__version__, name="liar", protocol=PROTOCOL))
     try:
         task = raw.next_task()
         junk = bytes(_codec.encode({"w": np.zeros(8)}))
@@ -337,7 +340,7 @@ def test_a_codec_error_in_a_reply_is_a_failed_client(tmp_path: Path) -> None:
                 weights_size=len(junk),
             )
         )
-        raw.send(chunk=pb.Chunk(task_id=task.task_id, data=junk))
+        raw.send_chunk(junk)
         raw.ended()  # the server ends the stream (bounded wait)
     finally:
         raw.close()

@@ -8,7 +8,7 @@ their own kinds by registering a handler with :func:`covey.clients.register_task
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,3 +190,71 @@ class Reply:
     def ok(self) -> bool:
         """Whether the client succeeded."""
         return self.error is None
+
+    def release(self) -> None:
+        """Let go of what the result holds outside the heap once it has been used.
+
+        A no-op for a reply held in memory; a :class:`DeferredReply` unmaps its
+        result. The round loops call it right after folding a reply.
+        """
+
+
+class DeferredReply(Reply):
+    """A successful reply whose result is loaded when first read and dropped on :meth:`release`.
+
+    A transport that keeps a large reply outside memory (e.g. in a file) hands
+    it over as a ``DeferredReply``: ``result`` calls ``load`` the first time it
+    is read (mapping the file), and :meth:`release` forgets the loaded result
+    and calls ``unload``. Reading ``result`` again loads it again. So replies
+    waiting for their turn take no memory, and at most the ones being folded do.
+
+    Args:
+        cid: The client's id.
+        kind: The kind of the task answered.
+        load: ``() -> result``: builds the result (may raise on bad data).
+        unload: ``() -> None``: frees what ``load`` took; the result is not used after it.
+
+    Example:
+        >>> reply = DeferredReply(3, "fit", lambda: 42, lambda: None)
+        >>> reply.ok, reply.result
+        (True, 42)
+        >>> reply.release()
+    """
+
+    __slots__ = ("_load", "_loaded", "_unload", "_value")
+    _load: Callable[[], Any]
+    _unload: Callable[[], None]
+    _value: Any
+    _loaded: bool
+
+    def __init__(
+        self, cid: int, kind: str, load: Callable[[], Any], unload: Callable[[], None]
+    ) -> None:
+        """A reply of client ``cid`` to a ``kind`` task whose result ``load`` builds."""
+        setter = object.__setattr__
+        setter(self, "cid", cid)
+        setter(self, "kind", kind)
+        setter(self, "error", None)
+        setter(self, "_load", load)
+        setter(self, "_unload", unload)
+        setter(self, "_value", None)
+        setter(self, "_loaded", False)
+
+    @property
+    def result(self) -> Any:
+        """The result, loaded on first use."""
+        if not self._loaded:
+            object.__setattr__(self, "_value", self._load())
+            object.__setattr__(self, "_loaded", True)
+        return self._value
+
+    def release(self) -> None:
+        """Forget the loaded result and free what it held."""
+        object.__setattr__(self, "_value", None)
+        object.__setattr__(self, "_loaded", False)
+        self._unload()
+
+    def __repr__(self) -> str:
+        """The reply without loading its result."""
+        state = "loaded" if self._loaded else "not loaded"
+        return f"DeferredReply(cid={self.cid}, kind={self.kind!r}, result {state})"

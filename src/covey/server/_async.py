@@ -179,6 +179,7 @@ class AsyncLoop(_LoopBase):
                 continue
             if strategy.max_staleness is not None and tau > strategy.max_staleness:
                 dropped.append(reply.cid)
+                reply.release()
                 continue
             failures_in_a_row = 0
             state, _ = update(state, contribution)
@@ -187,6 +188,8 @@ class AsyncLoop(_LoopBase):
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))
             staleness.append(tau)
+            contribution = None
+            reply.release()  # folded: a reply kept in a file is unmapped now
         record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
         record.aggregate_info["staleness"] = staleness
         if dropped:

@@ -200,6 +200,7 @@ class RoundLoop(_LoopBase):
             answered.add(reply.cid)
             contribution = self._contribution(reply, record)
             if contribution is None:
+                reply.release()
                 continue
             try:
                 state, _ = update(state, contribution)
@@ -212,6 +213,10 @@ class RoundLoop(_LoopBase):
             record.fit_participants.append(reply.cid)
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))
+            # Folded: a reply kept outside memory (a spilled file) is unmapped now,
+            # so at most the reply being folded is resident.
+            contribution = None
+            reply.release()
         for cid in cids:
             if cid not in answered:
                 self._record_failure(record.fit_failures, Failure(cid, "fit", "no reply in time"))

@@ -3,7 +3,8 @@
 A refusal is logged with the peer's address, recorded as a ``refused`` event
 of the run, and sent to the client as a status it will not retry
 (``PERMISSION_DENIED`` for identities, ``FAILED_PRECONDITION`` for versions and
-a run that is over). A certificate revoked while its client is connected is
+a run that is over; a client of another wire protocol is refused like one of
+another version). A certificate revoked while its client is connected is
 noticed at the client's next message (heartbeats included), and the
 connection dropped.
 """
@@ -15,6 +16,7 @@ from typing import NoReturn
 
 import grpc
 
+from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
 from covey.transport.grpc._refusal import compatible, version_refusal
 from covey.transport.grpc._registry import Connection, Registry
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -67,6 +69,13 @@ class Admission:
                 name,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 version_refusal(hello.version, self.version),
+            )
+        if hello.protocol != PROTOCOL:
+            self.refuse(
+                context,
+                name,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                protocol_refusal(hello.protocol, PROTOCOL, hello.version, self.version),
             )
         return name, certificate
 

@@ -2,8 +2,9 @@
 
 A client opens one long-lived stream to the server (so sites behind NAT and
 firewalls work), performs each task it is pushed with the client runtime and
-streams the reply back in chunks. When the connection drops it reconnects with
-exponential backoff and jitter, until the server says goodbye.
+streams the reply back as chunk frames (:mod:`._frames`). When the connection
+drops it reconnects with exponential backoff and jitter, until the server says
+goodbye.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsSpec
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import MAX_TASK_BYTES, TaskLimits, WithProperties, check_address
+from covey.transport.grpc._frames import (
+    PROTOCOL,
+    Download,
+    FrameError,
+    control,
+    is_chunk,
+    reply_frames,
+    server_message,
+    server_protocol_refusal,
+)
+from covey.transport.grpc._options import METHOD, ClientTLS, grpc_options, open_channel
 from covey.transport.grpc._refusal import (
     HANDSHAKE_STRIKES,
     Refused,
@@ -32,28 +44,12 @@ from covey.transport.grpc._refusal import (
     handshake_refusal,
     permanent_cause,
 )
-from covey.transport.grpc._service import METHOD, grpc_options
-from covey.transport.grpc._stream import chunks, split_blobs
+from covey.transport.grpc._stream import split_blobs
 from covey.transport.grpc.proto import covey_pb2 as pb
 
+__all__ = ["ClientTLS", "ConnectResult", "connect"]
+
 logger = logging.getLogger("covey")
-
-
-@dataclass(frozen=True)
-class ClientTLS:
-    """The client's TLS material.
-
-    Args:
-        ca: PEM of the federation CA (verifies the server).
-        cert: PEM of this client's certificate (its identity is the certificate's name).
-        key: PEM of this client's private key.
-        server_name: Expected name in the server certificate, if not the host dialled.
-    """
-
-    ca: bytes
-    cert: bytes | None = None
-    key: bytes | None = None
-    server_name: str | None = None
 
 
 @dataclass
@@ -86,36 +82,6 @@ _END = object()
 _WAKE = object()  # re-read the heartbeat interval
 
 
-def _reply_messages(task_id: int, reply: Reply) -> Iterator[pb.ClientMessage]:
-    blob: _codec.Encoded | None = None
-    extras: _codec.Encoded | None = None
-    if reply.ok:
-        try:
-            result_json, arrays = _wire.result_to_wire(reply.result)
-            blob = None if arrays is None else _codec.Encoded(arrays)
-            more = getattr(reply.result, "extras", None)
-            if more:
-                extras = _codec.Encoded(_wire.flatten_extras(more))
-        except Exception as exc:  # noqa: BLE001 - an unsendable result is reported, not fatal
-            reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
-    if not reply.ok:
-        yield pb.ClientMessage(
-            reply=pb.ReplyHeader(task_id=task_id, kind=reply.kind, error=reply.error or "failed")
-        )
-        return
-    yield pb.ClientMessage(
-        reply=pb.ReplyHeader(
-            task_id=task_id,
-            kind=reply.kind,
-            result=result_json,
-            weights_size=0 if blob is None else len(blob),
-            extras_size=0 if extras is None else len(extras),
-        )
-    )
-    for piece in chunks(blob, extras):
-        yield pb.ClientMessage(chunk=pb.Chunk(task_id=task_id, data=piece))
-
-
 class _Session:
     """One connection: a request generator fed by a queue, and the response loop."""
 
@@ -137,16 +103,19 @@ class _Session:
             name=name,
             properties=_wire.dumps(properties),
             kinds=list(task_kinds()),
+            protocol=PROTOCOL,
         )
         self.call: Any = None
         self.welcomed = False
+        self.cid = -1
         self.worker: threading.Thread | None = None
         # Tasks run on their own thread, so the stream keeps being read (and the
         # server's heartbeats heard) during a long fit.
         self.tasks: queue.Queue[Any] = queue.Queue()
 
-    def requests(self) -> Iterator[pb.ClientMessage]:
-        yield pb.ClientMessage(hello=self.hello)
+    def requests(self) -> Iterator[bytes]:
+        """The request stream; only it writes, so a reply's chunk frames are never interleaved."""
+        yield control(pb.ClientMessage(hello=self.hello))
         while True:
             try:
                 # Beat twice per interval so one late beat never looks like a death.
@@ -159,7 +128,7 @@ class _Session:
                     )
                     self.call.cancel()
                     return
-                yield pb.ClientMessage(heartbeat=pb.Heartbeat())
+                yield _HEARTBEAT
                 continue
             if item is _END:
                 return
@@ -168,11 +137,7 @@ class _Session:
             yield from item
 
     def run(self, channel: grpc.Channel, result: ConnectResult, stop: threading.Event) -> None:
-        join = channel.stream_stream(
-            METHOD,
-            request_serializer=pb.ClientMessage.SerializeToString,
-            response_deserializer=pb.ServerMessage.FromString,
-        )
+        join = channel.stream_stream(METHOD)  # frames as bytes, see _frames
         self.call = join(self.requests())
         self.worker = threading.Thread(
             target=self._work, args=(result,), name="covey-task", daemon=True
@@ -183,48 +148,57 @@ class _Session:
             target=self._watch, args=(stop, ended), name="covey-stop", daemon=True
         )
         watcher.start()
-        cid = -1
-        download: list[Any] | None = None  # [header, buffer, filled]
+        download: Download | None = None
         try:
-            for message in self.call:
+            for frame in self.call:
                 self.last_heard = time.monotonic()
-                body = message.WhichOneof("body")
-                if body == "welcome":
-                    self.welcomed = True
-                    cid = int(message.welcome.cid)
-                    result.cid = cid
-                    if message.welcome.heartbeat_interval > 0:
-                        self.heartbeat = message.welcome.heartbeat_interval
-                        self.outbound.put(_WAKE)
-                    logger.info("connected as %s (id %d)", message.welcome.name, cid)
-                elif body == "task":
-                    header = message.task
-                    size = self.limits.check(header)
-                    if size == 0:
-                        self.tasks.put((cid, header, None))
-                    else:
-                        download = [header, bytearray(size), 0]
-                elif body == "chunk":
-                    download = self._chunk(download, message.chunk, cid)
-                elif body == "goodbye":
-                    raise _Goodbye(message.goodbye.reason)
+                if is_chunk(frame):
+                    if download is None:
+                        raise ConnectionError(
+                            f"the server sent a chunk frame of {len(frame) - 1} bytes for no task"
+                        )
+                    if download.write(frame):
+                        self.tasks.put((self.cid, download.header, download.buffer))
+                        download = None
+                    continue
+                if download is not None:
+                    raise ConnectionError(
+                        f"the server sent a control frame in the middle of a task "
+                        f"({download.filled} of {len(download.buffer)} bytes received)"
+                    )
+                download = self._control(frame, result)
         finally:
             ended.set()
             self.close()
 
-    def _chunk(self, download: list[Any] | None, chunk: pb.Chunk, cid: int) -> list[Any] | None:
-        if download is None or chunk.task_id != download[0].task_id:
-            raise ConnectionError("the server sent a chunk for no task")
-        data = chunk.data
-        end = download[2] + len(data)
-        if end > len(download[1]):
-            raise ConnectionError("the server sent more bytes than announced")
-        download[1][download[2] : end] = data
-        download[2] = end
-        if end < len(download[1]):
-            return download
-        self.tasks.put((cid, download[0], download[1]))
+    def _control(self, frame: bytes, result: ConnectResult) -> Download | None:
+        """Act on a control frame from the server; a task with arrays starts a download."""
+        try:
+            message = server_message(frame)
+        except FrameError as exc:
+            raise ConnectionError(f"the server sent {exc}") from None
+        body = message.WhichOneof("body")
+        if body == "welcome":
+            self._welcome(message.welcome, result)
+        elif body == "task":
+            header = message.task
+            size = self.limits.check(header)
+            if size:
+                return Download(header, size)
+            self.tasks.put((self.cid, header, None))
+        elif body == "goodbye":
+            raise _Goodbye(message.goodbye.reason)
         return None
+
+    def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
+        if welcome.protocol != PROTOCOL:
+            raise Refused(server_protocol_refusal(welcome.protocol, _version()))
+        self.welcomed = True
+        self.cid = result.cid = int(welcome.cid)
+        if welcome.heartbeat_interval > 0:
+            self.heartbeat = welcome.heartbeat_interval
+            self.outbound.put(_WAKE)
+        logger.info("connected as %s (id %d)", welcome.name, self.cid)
 
     def _watch(self, stop: threading.Event, ended: threading.Event) -> None:
         while not ended.is_set():
@@ -280,7 +254,10 @@ class _Session:
             )
         result.tasks += 1
         result.kinds[header.kind] = result.kinds.get(header.kind, 0) + 1
-        self.outbound.put(_reply_messages(header.task_id, reply))
+        self.outbound.put(reply_frames(header.task_id, reply))
+
+
+_HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))
 
 
 def _version() -> str:
@@ -363,7 +340,7 @@ def connect(
     while not stop.is_set():
         session = _Session(client, name, props, heartbeat, limits)
         result.sessions += 1
-        error = _session(session, _channel(address, tls, options), result, stop)
+        error = _session(session, open_channel(address, tls, options), result, stop)
         if error is None:
             return result
         if stop.is_set():
@@ -384,15 +361,6 @@ def connect(
 
 
 _CLOSED = "handshake closed: "
-
-
-def _channel(address: str, tls: ClientTLS | None, options: list[tuple[str, Any]]) -> grpc.Channel:
-    if tls is None:
-        return grpc.insecure_channel(address, options=options)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
-    )
-    return grpc.secure_channel(address, creds, options=options)
 
 
 def _session(

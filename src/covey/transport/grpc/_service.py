@@ -1,9 +1,13 @@
 """The gRPC service of the server: the ``Federation.Join`` stream of each client.
 
-Each connected client holds one bidirectional stream. A reader thread per
-stream turns the client's messages into :class:`~covey.core._messages.Reply`
-objects; the stream's response generator sends task headers and weight chunks
-as gRPC's flow control allows, so memory in flight stays bounded.
+Each connected client holds one bidirectional stream of frames
+(:mod:`._frames`: protobuf control messages, chunks as raw bytes). A reader
+thread per stream turns the client's frames into
+:class:`~covey.core._messages.Reply` objects; the stream's response generator
+sends task headers and chunk frames as gRPC's flow control allows, so memory
+in flight stays bounded. A reply large enough to be spilled to a file is
+checked when it completes and handed over as a
+:class:`~covey.core._messages.DeferredReply`, mapped only while it is folded.
 """
 
 from __future__ import annotations
@@ -12,17 +16,32 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
 from covey.core import _codec
-from covey.core._messages import Reply
+from covey.core._messages import DeferredReply, Reply
 from covey.transport.grpc import _wire
 from covey.transport.grpc._admission import Admission, Refusal
+from covey.transport.grpc._frames import (
+    PROTOCOL,
+    FrameError,
+    chunk_data,
+    client_message,
+    control,
+    frames,
+    is_chunk,
+)
+from covey.transport.grpc._options import (
+    MAX_MESSAGE_BYTES,
+    METHOD,
+    SERVICE,
+    ServerTLS,
+    grpc_options,
+    start_server,
+)
 from covey.transport.grpc._registry import (
     CLOSE,
     Connection,
@@ -35,7 +54,6 @@ from covey.transport.grpc._stream import (
     Skipped,
     Upload,
     UploadBudget,
-    chunks,
 )
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -53,85 +71,6 @@ __all__ = [
 logger = logging.getLogger("covey")
 
 SILENCE = 6  # heartbeat intervals of silence after which a client is taken for gone
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-SERVICE = "covey.v1.Federation"
-METHOD = f"/{SERVICE}/Join"
-
-
-def grpc_options(max_message: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    """Channel/server options shared by both sides: message caps and keepalive."""
-    return [
-        ("grpc.max_receive_message_length", max_message),
-        ("grpc.max_send_message_length", max_message),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-
-
-@dataclass(frozen=True)
-class ServerTLS:
-    """The server's TLS material; clients must present a certificate chaining to ``ca``.
-
-    Args:
-        ca: PEM of the federation CA (verifies client certificates).
-        cert: PEM of the server certificate.
-        key: PEM of the server's private key.
-        is_revoked: ``(client_cert_pem) -> bool``; revoked clients are refused.
-    """
-
-    ca: bytes
-    cert: bytes
-    key: bytes
-    is_revoked: Callable[[bytes], bool] | None = None
-
-
-def start_server(
-    address: str, tls: ServerTLS | None, service: FederationService, max_clients: int
-) -> tuple[grpc.Server, int]:
-    """Listen on ``address`` and serve ``service``; return the running server and its port.
-
-    Args:
-        address: ``host:port`` to listen on (port 0 picks a free one).
-        tls: TLS material (mutual TLS); None means insecure.
-        service: The service whose ``join`` handles each client's stream.
-        max_clients: Most streams served at once.
-
-    Returns:
-        The started server and the port it listens on.
-
-    Raises:
-        OSError: The address cannot be listened on.
-    """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_clients + 8, thread_name_prefix="covey-rpc"),
-        options=grpc_options(),
-        maximum_concurrent_rpcs=max_clients,
-    )
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Join": grpc.stream_stream_rpc_method_handler(
-                service.join,
-                request_deserializer=pb.ClientMessage.FromString,
-                response_serializer=pb.ServerMessage.SerializeToString,
-            )
-        },
-    )
-    server.add_generic_rpc_handlers((handler,))
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        creds = grpc.ssl_server_credentials(
-            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
-        )
-        port = server.add_secure_port(address, creds)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    server.start()
-    return server, port
 
 
 class _ProtocolError(Exception):
@@ -167,14 +106,17 @@ class FederationService:
         # raises this once it knows the model's size.
         self.max_reply = 64 * 1024 * 1024
 
-    def join(
-        self, requests: Iterator[pb.ClientMessage], context: grpc.ServicerContext
-    ) -> Iterator[pb.ServerMessage]:
-        """Serve one client's stream: Hello, Welcome, then tasks out and replies in."""
+    def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Serve one client's stream of frames: Hello, Welcome, then tasks out and replies in."""
         try:
-            first = next(requests)
+            frame = next(requests)
         except (StopIteration, grpc.RpcError):
             return
+        try:
+            first = client_message(frame)
+        except FrameError as exc:
+            first = pb.ClientMessage()
+            logger.warning("refused a stream from %s: %s", context.peer(), exc)
         if first.WhichOneof("body") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         name, certificate = self.admission.admit(context, first.hello)
@@ -196,13 +138,18 @@ class FederationService:
             target=self._read, args=(conn, requests), name=f"covey-read-{cid}", daemon=True
         )
         reader.start()
-        yield pb.ServerMessage(
-            welcome=pb.Welcome(cid=cid, name=name, heartbeat_interval=self.heartbeat)
+        welcome = pb.Welcome(
+            cid=cid, name=name, heartbeat_interval=self.heartbeat, protocol=PROTOCOL
         )
+        yield control(pb.ServerMessage(welcome=welcome))
         yield from self._send(conn)
 
-    def _send(self, conn: Connection) -> Iterator[pb.ServerMessage]:
-        """The response stream: heartbeats, goodbyes, task headers and their chunks."""
+    def _send(self, conn: Connection) -> Iterator[bytes]:
+        """The response stream: heartbeats, goodbyes, task headers and their chunk frames.
+
+        Only this generator writes to the stream, so a task's chunk frames are never
+        interleaved with anything else.
+        """
         while conn.alive:
             try:
                 item = conn.outbound.get(timeout=self.heartbeat)
@@ -210,12 +157,12 @@ class FederationService:
                 if time.monotonic() - conn.last_seen > SILENCE * self.heartbeat:
                     self.registry.drop(conn, "timed out (no heartbeat)")
                     return
-                yield pb.ServerMessage(heartbeat=pb.Heartbeat())
+                yield _HEARTBEAT
                 continue
             if item is CLOSE:
                 return
             if item[0] == "goodbye":
-                yield pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1]))
+                yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1])))
                 continue
             _, task_id, task, blob, extras = item
             with conn.lock:
@@ -224,31 +171,35 @@ class FederationService:
             if conn.kinds and task.kind not in conn.kinds:
                 self._unable(conn, task_id, task.kind)
                 continue
-            yield pb.ServerMessage(
-                task=pb.TaskHeader(
-                    task_id=task_id,
-                    kind=task.kind,
-                    round=task.round,
-                    config=_wire.dumps(dict(task.config)),
-                    payload=b"" if extras is not None else _wire.dumps(task.payload),
-                    weights_size=0 if blob is None else len(blob),
-                    extras_size=0 if extras is None else len(extras),
-                )
+            header = pb.TaskHeader(
+                task_id=task_id,
+                kind=task.kind,
+                round=task.round,
+                config=_wire.dumps(dict(task.config)),
+                payload=b"" if extras is not None else _wire.dumps(task.payload),
+                weights_size=0 if blob is None else len(blob),
+                extras_size=0 if extras is None else len(extras),
             )
-            for piece in chunks(blob, extras):
+            yield control(pb.ServerMessage(task=header))
+            for frame in frames(blob, extras):
                 if conn.closed():
                     return
-                yield pb.ServerMessage(chunk=pb.Chunk(task_id=task_id, data=piece))
+                yield frame
 
-    def _read(self, conn: Connection, requests: Iterator[pb.ClientMessage]) -> None:
-        """Read one client's messages until its stream ends, then drop it."""
+    def _read(self, conn: Connection, requests: Iterator[bytes]) -> None:
+        """Read one client's frames until its stream ends, then drop it."""
         upload: Upload | Skipped | None = None
         upload_header = pb.ReplyHeader()
         try:
-            for message in requests:
+            for frame in requests:
                 conn.last_seen = time.monotonic()
-                upload, upload_header = self._take(conn, message, upload, upload_header)
-        except _ProtocolError as exc:
+                upload, upload_header = self._take(conn, frame, upload, upload_header)
+            if upload is not None:
+                raise _ProtocolError(
+                    f"its stream ended in the middle of a reply to task {upload_header.task_id} "
+                    f"({upload.filled} of {upload.size} bytes received)"
+                )
+        except (_ProtocolError, FrameError) as exc:
             logger.warning(
                 "client %s (%s) broke the protocol: %s; closing its stream",
                 conn.name,
@@ -260,8 +211,17 @@ class FederationService:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
             self.registry.drop(conn, str(exc))
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as exc:
+            if upload is not None:
+                logger.warning(
+                    "client %s (%s): its stream failed in the middle of a reply (%d of %d "
+                    "bytes received): %s",
+                    conn.name,
+                    conn.peer,
+                    upload.filled,
+                    upload.size,
+                    exc,
+                )
         except Exception:
             logger.exception("reading from client %s failed", conn.name)
         if upload is not None:
@@ -271,32 +231,40 @@ class FederationService:
     def _take(
         self,
         conn: Connection,
-        message: pb.ClientMessage,
+        frame: bytes,
         upload: Upload | Skipped | None,
         upload_header: pb.ReplyHeader,
     ) -> tuple[Upload | Skipped | None, pb.ReplyHeader]:
-        """Handle one client message; return the reply upload in progress and its header."""
-        body = message.WhichOneof("body")
-        if body != "chunk":
-            self.admission.check(conn)  # a certificate revoked since it joined
-        if body == "heartbeat":
-            return upload, upload_header
-        if body == "reply":
-            if upload is not None:
-                raise _ProtocolError("a new reply started before the last one finished")
-            header = message.reply
-            return self._start(conn, header), header
-        if body == "chunk":
-            if upload is None or message.chunk.task_id != upload_header.task_id:
-                raise _ProtocolError("a chunk arrived for no reply in progress")
-            if not upload.write(message.chunk.data):
-                raise _ProtocolError("a reply sent more bytes than it announced")
+        """Handle one client frame; return the reply upload in progress and its header."""
+        if is_chunk(frame):
+            if upload is None:
+                raise _ProtocolError(
+                    f"a chunk frame of {len(frame) - 1} bytes arrived with no reply in progress"
+                )
+            if not upload.write(chunk_data(frame)):
+                raise _ProtocolError(
+                    f"a reply to task {upload_header.task_id} sent more than the "
+                    f"{upload.size} bytes it announced"
+                )
             if not upload.complete:
                 return upload, upload_header
             self._release(upload)
             if isinstance(upload, Upload):
                 self._deliver(conn, upload_header, upload)
             return None, upload_header
+        message = client_message(frame)
+        self.admission.check(conn)  # a certificate revoked since it joined
+        body = message.WhichOneof("body")
+        if body == "heartbeat":
+            return upload, upload_header
+        if body == "reply":
+            if upload is not None:
+                raise _ProtocolError(
+                    f"a new reply started before the reply to task {upload_header.task_id} "
+                    f"finished ({upload.filled} of {upload.size} bytes received)"
+                )
+            header = message.reply
+            return self._start(conn, header), header
         raise _ProtocolError(f"unexpected {body} message")
 
     def _start(self, conn: Connection, header: pb.ReplyHeader) -> Upload | Skipped | None:
@@ -352,9 +320,7 @@ class FederationService:
             reply = Reply(conn.cid, kind, error=header.error)
         else:
             try:
-                weights, extras = (None, None) if upload is None else upload.decode()
-                result = _wire.result_from_wire(header.result, weights, extras, self.wire_limits)
-                reply = Reply(conn.cid, kind, result=result)
+                reply = self._reply(conn.cid, kind, header, upload)
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
                 # A message that breaks the format or its limits: the round learns the
                 # client failed, and the client is dropped.
@@ -362,3 +328,33 @@ class FederationService:
                 self.registry.route(sink, Reply(conn.cid, kind, error=error), conn.name)
                 raise _ProtocolError(f"refused a malformed {kind} reply: {exc}") from None
         self.registry.route(sink, reply, conn.name)
+
+    def _reply(self, cid: int, kind: str, header: pb.ReplyHeader, upload: Upload | None) -> Reply:
+        """The reply of a complete upload: decoded now, or deferred if it was spilled to a file.
+
+        A spilled reply is checked in full now (checksums, the encoding's headers, the
+        result's JSON and limits) and unmapped again; the round loop maps it when it
+        folds it and releases it right after.
+        """
+        limits = self.wire_limits
+        if upload is None or not upload.spilled:
+            weights, extras = (None, None) if upload is None else upload.decode()
+            return Reply(
+                cid, kind, result=_wire.result_from_wire(header.result, weights, extras, limits)
+            )
+        spill = upload.spill()
+        data = header.result
+
+        def load() -> Any:
+            return _wire.result_from_wire(data, *spill.map(), limits)
+
+        try:
+            load()
+        except BaseException:
+            spill.close()
+            raise
+        spill.unmap()
+        return DeferredReply(cid, kind, load, spill.unmap)
+
+
+_HEARTBEAT = control(pb.ServerMessage(heartbeat=pb.Heartbeat()))

@@ -7,9 +7,11 @@ chunks of at most :data:`CHUNK_BYTES`.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,30 +21,32 @@ from covey.transport.grpc import _wire
 CHUNK_BYTES = 2 * 1024 * 1024
 
 
-def chunks(*blobs: _codec.Encoded | None) -> Iterator[bytes]:
+def chunks(*blobs: _codec.Encoded | None, prefix: bytes = b"") -> Iterator[bytes]:
     """The bytes of ``blobs``, back to back, in pieces of :data:`CHUNK_BYTES` (the last shorter).
 
     Each piece is built from views of the arrays as it is needed, so only one
-    chunk is ever copied at a time.
+    chunk is ever copied at a time, and it is copied once: ``prefix`` (a frame's
+    tag) and the data go into the one ``bytes`` object yielded.
     """
-    pending = bytearray()
+    pending = bytearray(prefix)
+    start = len(prefix)
     for blob in blobs:
         if blob is None:
             continue
         for segment in blob.segments:
             view = memoryview(segment).cast("B")
             while len(view):
-                if not pending and len(view) >= CHUNK_BYTES:
-                    yield bytes(view[:CHUNK_BYTES])
+                if len(pending) == start and len(view) >= CHUNK_BYTES:
+                    yield prefix + view[:CHUNK_BYTES]
                     view = view[CHUNK_BYTES:]
                     continue
-                take = min(CHUNK_BYTES - len(pending), len(view))
+                take = min(CHUNK_BYTES + start - len(pending), len(view))
                 pending += view[:take]
                 view = view[take:]
-                if len(pending) == CHUNK_BYTES:
+                if len(pending) == CHUNK_BYTES + start:
                     yield bytes(pending)
-                    pending.clear()
-    if pending:
+                    del pending[start:]
+    if len(pending) > start:
         yield bytes(pending)
 
 
@@ -52,19 +56,21 @@ SPILL_BYTES = 16 * 1024 * 1024
 class Upload:
     """Receives the weights and extra arrays of one message, chunk by chunk.
 
-    Large messages go straight to an unlinked temporary file and are mapped when
-    complete, so replies waiting for their turn in the aggregation occupy the
-    page cache rather than the process's memory. Checksums are verified as the
-    bytes arrive, so nothing is read back before it is used.
+    Large messages go straight to an unlinked temporary file, handed over as a
+    :class:`Spill` when complete and mapped only while they are used, so replies
+    waiting for their turn in the aggregation occupy the page cache rather than
+    the process's memory. Checksums are verified as the bytes arrive, so nothing
+    is read back before it is used.
     """
 
     def __init__(self, weights_size: int, extras_size: int, *, spill: bool) -> None:
+        """An empty message of the announced sizes, in memory or (``spill``) in a file."""
         self.sizes = (weights_size, extras_size)
         self.size = weights_size + extras_size
         self.filled = 0
         self.checks = (_codec.StreamCheck(), _codec.StreamCheck())
         self.file: Any = (
-            tempfile.TemporaryFile(prefix="covey-upload-")  # noqa: SIM115 - closed by decode/discard
+            tempfile.TemporaryFile(prefix="covey-upload-")  # noqa: SIM115 - closed by Spill/discard
             if spill
             else None
         )
@@ -72,9 +78,15 @@ class Upload:
 
     @property
     def complete(self) -> bool:
+        """Whether every announced byte has arrived."""
         return self.filled == self.size
 
-    def write(self, data: bytes) -> bool:
+    @property
+    def spilled(self) -> bool:
+        """Whether the message goes to a file rather than memory."""
+        return self.file is not None
+
+    def write(self, data: bytes | memoryview) -> bool:
         """Append ``data``; False if it runs past the announced size."""
         end = self.filled + len(data)
         if end > self.size:
@@ -86,31 +98,79 @@ class Upload:
         if end > split:
             self.checks[1].update(view[max(0, split - self.filled) :])
         if self.buffer is not None:
-            self.buffer[self.filled : end] = data
+            self.buffer[self.filled : end] = view
         else:
-            self.file.write(data)
+            self.file.write(view)
         self.filled = end
         return True
 
-    def decode(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
-        """The decoded weights and extras (views of the received bytes)."""
-        if self.buffer is not None:
-            view = memoryview(self.buffer)
-        else:
-            self.file.flush()
-            mapped = mmap.mmap(self.file.fileno(), self.size, access=mmap.ACCESS_READ)
-            self.file.close()
-            view = memoryview(mapped)
+    def verify(self) -> None:
+        """Raise :class:`~covey.core._codec.CodecError` (the upload discarded) on a bad checksum."""
         for size, check in zip(self.sizes, self.checks, strict=True):
             if size and not check.ok():
+                self.discard()
                 raise _codec.CodecError("corrupt payload (checksum mismatch)")
-        return split_blobs(view, *self.sizes, verify=False)
+
+    def decode(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
+        """The decoded weights and extras (views of the received bytes, mapped if spilled)."""
+        self.verify()
+        if self.buffer is None:
+            return self.spill().map()
+        return split_blobs(memoryview(self.buffer), *self.sizes, verify=False)
+
+    def spill(self) -> Spill:
+        """The complete, verified file of a spilled message; the upload no longer owns it."""
+        self.verify()
+        file, self.file = self.file, None
+        return Spill(file, self.sizes)
 
     def discard(self) -> None:
         """Release the buffer or file of an unfinished message."""
         if self.file is not None:
             self.file.close()
         self.buffer = None
+
+
+class Spill:
+    """A complete message in an unlinked file, mapped only between :meth:`map` and :meth:`unmap`.
+
+    Args:
+        file: The open file holding the message's bytes.
+        sizes: Bytes of the encoded weights and of the extra arrays, back to back.
+    """
+
+    def __init__(self, file: Any, sizes: tuple[int, int]) -> None:
+        """Take over ``file``; it is closed by :meth:`close` or when this object goes."""
+        file.flush()
+        self.file = file
+        self.sizes = sizes
+        self._map: mmap.mmap | None = None
+        self._closer = weakref.finalize(self, file.close)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the file is mapped now."""
+        return self._map is not None
+
+    def map(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
+        """Map the file (once) and decode the weights and extras as views of the mapping."""
+        if self._map is None:
+            if self.file.closed:
+                raise ValueError("the spilled message was closed")
+            self._map = mmap.mmap(self.file.fileno(), sum(self.sizes), access=mmap.ACCESS_READ)
+        return split_blobs(memoryview(self._map), *self.sizes, verify=False)
+
+    def unmap(self) -> None:
+        """Unmap the file; arrays still viewing it keep the mapping until they go."""
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            with contextlib.suppress(BufferError):  # arrays still view it: unmapped with them
+                mapped.close()
+
+    def close(self) -> None:
+        """Unmap and close the file (its bytes are gone: it was unlinked)."""
+        self.unmap()
+        self._closer()
 
 
 def split_blobs(
@@ -148,7 +208,7 @@ class Skipped:
         """Whether every announced byte has arrived."""
         return self.filled == self.size
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes | memoryview) -> bool:
         """Count ``data``; False if it runs past the announced size."""
         self.filled += len(data)
         return self.filled <= self.size

@@ -7,28 +7,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("version", "name", "properties", "kinds")
+    __slots__ = ("version", "name", "properties", "kinds", "protocol")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     version: str
     name: str
     properties: bytes
     kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., name: _Optional[str] = ..., properties: _Optional[bytes] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    protocol: int
+    def __init__(self, version: _Optional[str] = ..., name: _Optional[str] = ..., properties: _Optional[bytes] = ..., kinds: _Optional[_Iterable[str]] = ..., protocol: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("cid", "name", "heartbeat_interval", "run_id")
+    __slots__ = ("cid", "name", "heartbeat_interval", "run_id", "protocol")
     CID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     cid: int
     name: str
     heartbeat_interval: float
     run_id: str
-    def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ...) -> None: ...
+    protocol: int
+    def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ..., protocol: _Optional[int] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
     __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size", "extras_size")
@@ -64,14 +68,6 @@ class ReplyHeader(_message.Message):
     extras_size: int
     def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ...) -> None: ...
 
-class Chunk(_message.Message):
-    __slots__ = ("task_id", "data")
-    TASK_ID_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    task_id: int
-    data: bytes
-    def __init__(self, task_id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
-
 class Heartbeat(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -83,27 +79,23 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "reply", "chunk", "heartbeat")
+    __slots__ = ("hello", "reply", "heartbeat")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     reply: ReplyHeader
-    chunk: Chunk
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., reply: _Optional[_Union[ReplyHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., reply: _Optional[_Union[ReplyHeader, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "task", "chunk", "heartbeat", "goodbye")
+    __slots__ = ("welcome", "task", "heartbeat", "goodbye")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     task: TaskHeader
-    chunk: Chunk
     heartbeat: Heartbeat
     goodbye: Goodbye
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[TaskHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[TaskHeader, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...

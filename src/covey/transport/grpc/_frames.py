@@ -1,0 +1,194 @@
+"""Frames on the ``Federation.Join`` stream: control messages as protobuf, chunks as raw bytes.
+
+The method is registered without (de)serializers, so every gRPC message on the
+stream is a frame of bytes that reaches covey as gRPC received it. A frame
+whose first byte is :data:`CHUNK_TAG` (0x00) is a chunk: the bytes after the
+tag are the next piece of the arrays the last task or reply header announced.
+Any other frame is a serialized ``ClientMessage`` or ``ServerMessage``; a
+serialized protobuf message never starts with 0x00 (there is no field number
+0), so the two cannot be confused, and a frame that is neither is refused.
+
+A chunk thus costs one copy to send (the array's bytes into the frame, tag
+first) and one to receive (the frame's bytes into the buffer or file that
+holds the message), with no protobuf message built, serialized or parsed per
+chunk. Wire protocol 1 sent each chunk as a protobuf ``Chunk`` message; peers
+state their protocol in ``Hello``/``Welcome`` and one of another protocol is
+refused at the handshake.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+from covey.core import _codec
+from covey.core._messages import Reply
+from covey.transport.grpc import _wire
+from covey.transport.grpc._stream import CHUNK_BYTES, chunks
+from covey.transport.grpc.proto import covey_pb2 as pb
+
+__all__ = [
+    "CHUNK_TAG",
+    "PROTOCOL",
+    "Download",
+    "FrameError",
+    "chunk_data",
+    "client_message",
+    "control",
+    "frames",
+    "is_chunk",
+    "protocol_refusal",
+    "reply_frames",
+    "server_message",
+    "server_protocol_refusal",
+]
+
+#: The wire protocol this covey speaks: 2 = chunks as raw tagged frames.
+PROTOCOL = 2
+
+#: The first byte of a chunk frame.
+CHUNK_TAG = b"\x00"
+
+
+#: What protobuf raises on bytes that are not a message of the type parsed.
+DecodeError: type[Exception] = importlib.import_module("google.protobuf.message").DecodeError
+
+
+class FrameError(ValueError):
+    """A frame that is not a chunk nor a well-formed control message, or a chunk too large."""
+
+
+def control(message: pb.ClientMessage | pb.ServerMessage) -> bytes:
+    """The frame of a control message: its protobuf serialization."""
+    frame: bytes = message.SerializeToString()
+    return frame
+
+
+def is_chunk(frame: bytes) -> bool:
+    """Whether ``frame`` is a chunk frame (its first byte is the chunk tag)."""
+    return frame[:1] == CHUNK_TAG
+
+
+def chunk_data(frame: bytes) -> memoryview:
+    """The data of a chunk frame, without copying; :class:`FrameError` if over :data:`CHUNK_BYTES`.
+
+    Example:
+        >>> bytes(chunk_data(CHUNK_TAG + b"abc"))
+        b'abc'
+    """
+    size = len(frame) - 1
+    if size > CHUNK_BYTES:
+        raise FrameError(f"a chunk frame of {size} bytes exceeds the chunk size of {CHUNK_BYTES}")
+    return memoryview(frame)[1:]
+
+
+def _parse(message: Any, frame: bytes, what: str) -> Any:
+    if not frame:
+        raise FrameError(f"an empty frame where a {what} was expected")
+    try:
+        message.ParseFromString(frame)
+    except DecodeError as exc:
+        raise FrameError(f"a malformed {what} frame ({len(frame)} bytes): {exc}") from None
+    if message.WhichOneof("body") is None:
+        raise FrameError(f"a {what} frame of {len(frame)} bytes carries no known message")
+    return message
+
+
+def client_message(frame: bytes) -> pb.ClientMessage:
+    """Parse a control frame from a client; :class:`FrameError` if it is not one."""
+    message: pb.ClientMessage = _parse(pb.ClientMessage(), frame, "client control")
+    return message
+
+
+def server_message(frame: bytes) -> pb.ServerMessage:
+    """Parse a control frame from the server; :class:`FrameError` if it is not one."""
+    message: pb.ServerMessage = _parse(pb.ServerMessage(), frame, "server control")
+    return message
+
+
+def protocol_refusal(client: int, server: int, client_version: str, server_version: str) -> str:
+    """The handshake's message to a peer that speaks another wire protocol."""
+    return (
+        f"incompatible covey wire protocols: this server runs covey {server_version} "
+        f"(wire protocol {server}), the client runs covey {client_version or '(unknown)'} "
+        f"(wire protocol {client or 1}); install covey "
+        f"{'.'.join(server_version.split('.')[:2])}.x on both sides"
+    )
+
+
+def server_protocol_refusal(server: int, client_version: str) -> str:
+    """What a client says when the server's ``Welcome`` states another wire protocol."""
+    return (
+        f"incompatible covey wire protocols: the server speaks wire protocol {server or 1}, "
+        f"this client (covey {client_version}) speaks {PROTOCOL}; run the same covey "
+        "major.minor version on both sides"
+    )
+
+
+def frames(*blobs: _codec.Encoded | None) -> Iterator[bytes]:
+    """The chunk frames of ``blobs``: each the tag, then up to :data:`CHUNK_BYTES` of data."""
+    return chunks(*blobs, prefix=CHUNK_TAG)
+
+
+def reply_frames(task_id: int, reply: Reply) -> Iterator[bytes]:
+    """The frames of a client's reply: its header, then its arrays as chunk frames."""
+    blob: _codec.Encoded | None = None
+    extras: _codec.Encoded | None = None
+    if reply.ok:
+        try:
+            result_json, arrays = _wire.result_to_wire(reply.result)
+            blob = None if arrays is None else _codec.Encoded(arrays)
+            more = getattr(reply.result, "extras", None)
+            if more:
+                extras = _codec.Encoded(_wire.flatten_extras(more))
+        except Exception as exc:  # noqa: BLE001 - an unsendable result is reported, not fatal
+            reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
+    if not reply.ok:
+        header = pb.ReplyHeader(task_id=task_id, kind=reply.kind, error=reply.error or "failed")
+        yield control(pb.ClientMessage(reply=header))
+        return
+    header = pb.ReplyHeader(
+        task_id=task_id,
+        kind=reply.kind,
+        result=result_json,
+        weights_size=0 if blob is None else len(blob),
+        extras_size=0 if extras is None else len(extras),
+    )
+    yield control(pb.ClientMessage(reply=header))
+    yield from frames(blob, extras)
+
+
+class Download:
+    """A task's arrays arriving chunk by chunk on the client, into one buffer of the announced size.
+
+    Args:
+        header: The task's header (its sizes already checked against the client's limits).
+        size: The bytes it announced.
+    """
+
+    def __init__(self, header: pb.TaskHeader, size: int) -> None:
+        """An empty buffer for ``size`` bytes of ``header``'s task."""
+        self.header = header
+        self.buffer = bytearray(size)
+        self.filled = 0
+
+    def write(self, frame: bytes) -> bool:
+        """Append a chunk frame's data; True once every announced byte has arrived.
+
+        Raises:
+            ConnectionError: the chunk is too large or runs past the announced size.
+        """
+        try:
+            data = chunk_data(frame)
+        except FrameError as exc:
+            raise ConnectionError(f"the server sent {exc}") from None
+        end = self.filled + len(data)
+        if end > len(self.buffer):
+            raise ConnectionError(
+                f"the server sent more bytes than the {len(self.buffer)} its "
+                f"{self.header.kind} task announced"
+            )
+        self.buffer[self.filled : end] = data
+        self.filled = end
+        return end == len(self.buffer)

@@ -1,0 +1,133 @@
+"""How both ends open the ``Federation.Join`` stream: its name, caps, keepalive, TLS, listening.
+
+The method is served and called without (de)serializers: its messages are the
+frames of :mod:`._frames`. gRPC caps every frame at :data:`MAX_MESSAGE_BYTES`
+in both directions (a chunk frame holds at most 2 MiB of data), so a larger
+frame is refused by gRPC before covey sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    from covey.transport.grpc._service import FederationService
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "METHOD",
+    "SERVICE",
+    "ClientTLS",
+    "ServerTLS",
+    "grpc_options",
+    "open_channel",
+    "start_server",
+]
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+SERVICE = "covey.v1.Federation"
+METHOD = f"/{SERVICE}/Join"
+
+
+def grpc_options(max_message: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Channel/server options shared by both sides: message caps and keepalive."""
+    return [
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The server's TLS material; clients must present a certificate chaining to ``ca``.
+
+    Args:
+        ca: PEM of the federation CA (verifies client certificates).
+        cert: PEM of the server certificate.
+        key: PEM of the server's private key.
+        is_revoked: ``(client_cert_pem) -> bool``; revoked clients are refused.
+    """
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+    is_revoked: Callable[[bytes], bool] | None = None
+
+
+def start_server(
+    address: str, tls: ServerTLS | None, service: FederationService, max_clients: int
+) -> tuple[grpc.Server, int]:
+    """Listen on ``address`` and serve ``service``; return the running server and its port.
+
+    Args:
+        address: ``host:port`` to listen on (port 0 picks a free one).
+        tls: TLS material (mutual TLS); None means insecure.
+        service: The service whose ``join`` handles each client's stream.
+        max_clients: Most streams served at once.
+
+    Returns:
+        The started server and the port it listens on.
+
+    Raises:
+        OSError: The address cannot be listened on.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_clients + 8, thread_name_prefix="covey-rpc"),
+        options=grpc_options(),
+        maximum_concurrent_rpcs=max_clients,
+    )
+    # No (de)serializers: frames pass through as the bytes gRPC received (see _frames).
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(service.join)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        creds = grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, creds)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server, port
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """The client's TLS material.
+
+    Args:
+        ca: PEM of the federation CA (verifies the server).
+        cert: PEM of this client's certificate (its identity is the certificate's name).
+        key: PEM of this client's private key.
+        server_name: Expected name in the server certificate, if not the host dialled.
+    """
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+
+
+def open_channel(
+    address: str, tls: ClientTLS | None, options: list[tuple[str, Any]]
+) -> grpc.Channel:
+    """A channel to ``address``: insecure without ``tls``, else with the client's TLS."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
+    )
+    return grpc.secure_channel(address, creds, options=options)
