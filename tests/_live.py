@@ -130,6 +130,10 @@ class Raw:
         """Send a chunk frame carrying ``data``."""
         self.out.put(CHUNK_TAG + data)
 
+    def finish(self) -> None:
+        """End the request stream (a half-close), leaving the call open."""
+        self.out.put(None)
+
     def send_frame(self, frame: bytes) -> None:
         """Send ``frame`` as it is."""
         self.out.put(frame)

@@ -384,6 +384,8 @@ def _session(
         code = exc.code() if hasattr(exc, "code") else None
         text = f"{code}: {exc.details() if hasattr(exc, 'details') else exc}"
         return _CLOSED + text if handshake_closed(exc) else text
+    except Refused:
+        raise  # e.g. a server of another wire protocol: retrying cannot help
     except ConnectionError as exc:
         return str(exc)
     finally:

@@ -190,6 +190,7 @@ class FederationService:
         """Read one client's frames until its stream ends, then drop it."""
         upload: Upload | Skipped | None = None
         upload_header = pb.ReplyHeader()
+        why = "disconnected"
         try:
             for frame in requests:
                 conn.last_seen = time.monotonic()
@@ -207,6 +208,7 @@ class FederationService:
                 exc,
             )
             self.registry.event(conn.name, "protocol-error", f"{exc} (peer {conn.peer})")
+            why = f"dropped: it broke the protocol ({exc})"
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
@@ -226,7 +228,7 @@ class FederationService:
             logger.exception("reading from client %s failed", conn.name)
         if upload is not None:
             self._release(upload)
-        self.registry.drop(conn, "disconnected")
+        self.registry.drop(conn, why)
 
     def _take(
         self,

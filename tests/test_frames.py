@@ -1,0 +1,299 @@
+"""The raw-frame wire over a live server on 127.0.0.1: bad frames, handshakes, lazy replies."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+import covey
+from covey.core import _codec
+from covey.core._messages import DeferredReply, Reply, Task
+from covey.server._sync import RoundLoop
+from covey.transport.grpc import _service, _stream
+from covey.transport.grpc._frames import (
+    CHUNK_TAG,
+    PROTOCOL,
+    FrameError,
+    chunk_data,
+    client_message,
+    control,
+    is_chunk,
+)
+from covey.transport.grpc._options import SERVICE
+from covey.transport.grpc._refusal import Refused
+from covey.transport.grpc._server import GrpcServerTransport
+from covey.transport.grpc._stream import CHUNK_BYTES, Spill
+from covey.transport.grpc.proto import covey_pb2 as pb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Fit, Joined, Raw
+
+pytestmark = pytest.mark.timeout(120)
+
+WEIGHTS = {"w": np.arange(1000, dtype=np.float32)}
+FIT = b'{"type":"fit","form":"weights","num_examples":1,"metrics":{}}'
+
+
+# -- frames, in one process ------------------------------------------------------------------
+
+
+def test_chunk_and_control_frames_cannot_be_confused() -> None:
+    for message in (
+        pb.ClientMessage(heartbeat=pb.Heartbeat()),
+        pb.ClientMessage(hello=pb.Hello()),
+        pb.ClientMessage(reply=pb.ReplyHeader()),
+    ):
+        frame = control(message)
+        assert not is_chunk(frame)
+        assert client_message(frame) == message
+    assert is_chunk(CHUNK_TAG + b"data")
+    assert bytes(chunk_data(CHUNK_TAG + b"data")) == b"data"
+    with pytest.raises(FrameError, match="exceeds the chunk size"):
+        chunk_data(CHUNK_TAG + bytes(CHUNK_BYTES + 1))
+    for junk in (b"", b"\xff\x13garbage", b"\x2a\x00"):
+        with pytest.raises(FrameError):
+            client_message(junk)
+
+
+def test_a_chunk_frame_is_the_tag_and_one_copy_of_the_data() -> None:
+    blob = _codec.Encoded({"a": np.arange(700_000.0), "b": np.arange(5.0)})
+    whole = b"".join(bytes(memoryview(s).cast("B")) for s in blob.segments)
+    frames = list(_stream.chunks(blob, prefix=CHUNK_TAG))
+    assert all(f[:1] == CHUNK_TAG and len(f) <= CHUNK_BYTES + 1 for f in frames)
+    assert b"".join(f[1:] for f in frames) == whole
+
+
+# -- malformed frames against a live server ----------------------------------------------------
+
+
+class _Live:
+    """A server transport, a raw client and a well-behaved client in one exchange."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+        self.transport = GrpcServerTransport(
+            "127.0.0.1:0", heartbeat=0.5, on_event=lambda *e: self.events.append(e)
+        )
+        self.raw = Raw(
+            self.transport.port,
+            pb.Hello(version=covey.__version__, name="raw", protocol=PROTOCOL, kinds=["fit"]),
+        )
+        self.raw_cid = next(self.raw.messages()).welcome.cid
+        self.good = Joined(self.transport.port, name="good", max_attempts=1)
+        assert self.transport.wait_for_clients(2, 20)
+        self.replies: list[Reply] = []
+        cids = self.transport.clients()
+        tasks = {cid: Task("fit", 1, {}, WEIGHTS) for cid in cids}
+        self.thread = threading.Thread(
+            target=lambda: self.replies.extend(self.transport.exchange(tasks, timeout=30)),
+            daemon=True,
+        )
+        self.thread.start()
+        self.task = self.raw.next_task()
+
+    def outcome(self) -> dict[int, Reply]:
+        self.thread.join(40)
+        assert not self.thread.is_alive(), "the exchange did not end"
+        return {r.cid: r for r in self.replies}
+
+    def close(self) -> None:
+        self.raw.close()
+        self.transport.close()
+        self.good.join(30)
+
+
+def _header(task_id: int, size: int) -> dict[str, Any]:
+    return {"reply": pb.ReplyHeader(task_id=task_id, kind="fit", result=FIT, weights_size=size)}
+
+
+def _past(live: _Live) -> None:
+    live.raw.send(**_header(live.task.task_id, 100))
+    live.raw.send_chunk(bytes(200))
+
+
+def _unexpected(live: _Live) -> None:
+    live.raw.send_chunk(bytes(64))
+
+
+def _oversized(live: _Live) -> None:
+    live.transport._service.max_reply = 8 * CHUNK_BYTES
+    live.raw.send(**_header(live.task.task_id, 4 * CHUNK_BYTES))
+    live.raw.send_chunk(bytes(CHUNK_BYTES + 1))
+
+
+def _malformed(live: _Live) -> None:
+    live.raw.send_frame(b"\xff\x13garbage")
+
+
+def _truncated(live: _Live) -> None:
+    live.raw.send(**_header(live.task.task_id, 1000))
+    live.raw.send_chunk(bytes(500))
+    live.raw.finish()
+
+
+def _corrupt(live: _Live) -> None:
+    blob = bytearray(_codec.encode({"w": np.arange(1000, dtype=np.float32) + 1}))
+    blob[-10] ^= 0x40
+    live.raw.send(**_header(live.task.task_id, len(blob)))
+    live.raw.send_chunk(bytes(blob))
+
+
+CASES: dict[str, tuple[Callable[[_Live], None], str]] = {
+    "past the announced size": (_past, "more than the 100 bytes it announced"),
+    "unexpected raw frame": (_unexpected, "arrived with no reply in progress"),
+    "oversized frame": (_oversized, "exceeds the chunk size"),
+    "malformed control frame": (_malformed, "malformed client control frame"),
+    "truncated upload": (_truncated, "ended in the middle of a reply"),
+    "corrupt checksum": (_corrupt, "checksum mismatch"),
+}
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["memory", "spilled"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_malformed_frame_drops_only_its_peer(
+    case: str, spill: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if spill:
+        monkeypatch.setattr(_service, "SPILL_BYTES", 0)
+    act, expected = CASES[case]
+    live = _Live()
+    try:
+        act(live)
+        replies = live.outcome()
+        assert live.transport._service.budget.used == 0
+        refused = [d for n, e, d in live.events if n == "raw" and e == "protocol-error"]
+        assert refused, live.events
+        assert expected in refused[0]
+        assert "peer ipv4:127.0.0.1:" in refused[0]
+        assert replies[live.raw_cid].error is not None
+        # The well-behaved client in the same exchange is untouched.
+        good = [r for cid, r in replies.items() if cid != live.raw_cid]
+        assert len(good) == 1
+        assert good[0].ok
+        np.testing.assert_array_equal(good[0].result.weights["w"], WEIGHTS["w"] + 1)
+        assert len(live.transport.clients()) == 1
+    finally:
+        live.close()
+
+
+def test_a_frame_over_grpcs_cap_ends_the_stream() -> None:
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=0.5)
+    raw = Raw(transport.port)
+    try:
+        assert transport.wait_for_clients(1, 10)
+        raw.send_frame(CHUNK_TAG + bytes(9 * 1024 * 1024))
+        assert raw.ended() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert transport._service.budget.used == 0
+    finally:
+        raw.close()
+        transport.close()
+
+
+# -- the protocol handshake, both ways ---------------------------------------------------------
+
+
+def test_a_client_of_the_chunk_message_protocol_is_refused() -> None:
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=0.5)
+    try:
+        raw = Raw(transport.port, pb.Hello(version=covey.__version__, name="old", kinds=["fit"]))
+        with pytest.raises(grpc.RpcError) as info:
+            next(raw.messages())
+        raw.close()
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "wire protocol" in info.value.details()
+        assert transport.clients() == []
+    finally:
+        transport.close()
+
+
+def test_a_client_refuses_a_server_of_the_chunk_message_protocol() -> None:
+    """A stand-in for an old server: it welcomes without stating a protocol."""
+
+    def join(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        next(requests)
+        yield control(pb.ServerMessage(welcome=pb.Welcome(cid=1, name="x", heartbeat_interval=1)))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "should not get here")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(join)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = Joined(port, name="new", max_attempts=1)
+        client.join(30)
+        assert isinstance(client.error, Refused)
+        assert "wire protocol" in str(client.error)
+    finally:
+        server.stop(0).wait(5)
+
+
+# -- spilled replies are mapped only while they are folded --------------------------------------
+
+
+def test_a_spilled_reply_is_mapped_only_while_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_service, "SPILL_BYTES", 0)
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=0.5)
+    client = Joined(transport.port, client=Fit(), name="c")
+    try:
+        assert transport.wait_for_clients(1, 20)
+        (reply,) = transport.exchange({0: Task("fit", 1, {}, WEIGHTS)}, timeout=30)
+        assert isinstance(reply, DeferredReply)
+        spill = reply._unload.__self__  # type: ignore[attr-defined]
+        assert isinstance(spill, Spill)
+        assert not spill.mapped
+        np.testing.assert_array_equal(reply.result.weights["w"], WEIGHTS["w"] + 1)
+        assert spill.mapped
+        reply.release()
+        assert not spill.mapped
+    finally:
+        transport.close()
+        client.join(30)
+
+
+def test_the_round_loop_maps_one_spilled_reply_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_service, "SPILL_BYTES", 0)
+    log: list[tuple[str, int]] = []
+    loop_thread = threading.current_thread()
+    real_map, real_unmap = Spill.map, Spill.unmap
+
+    def spy_map(self: Spill) -> Any:
+        if threading.current_thread() is loop_thread:
+            log.append(("map", id(self)))
+        return real_map(self)
+
+    def spy_unmap(self: Spill) -> None:
+        if threading.current_thread() is loop_thread and self.mapped:
+            log.append(("unmap", id(self)))
+        real_unmap(self)
+
+    monkeypatch.setattr(Spill, "map", spy_map)
+    monkeypatch.setattr(Spill, "unmap", spy_unmap)
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=0.5)
+    clients = [Joined(transport.port, client=Fit(delay=0.05 * k), name=f"c{k}") for k in range(3)]
+    try:
+        assert transport.wait_for_clients(3, 20)
+        strategy = covey.FedAvg(min_available_clients=3, min_fit_clients=3, fraction_evaluate=0.0)
+        history = RoundLoop(strategy, transport, dict(WEIGHTS), round_timeout=30).run(2)
+        assert [len(r.fit_participants) for r in history.rounds[1:]] == [3, 3]
+    finally:
+        transport.close()
+        for client in clients:
+            client.join(30)
+    # Each reply mapped when folded and unmapped before the next one is mapped.
+    assert len(log) == 2 * 3 * 2
+    for k in range(0, len(log), 2):
+        assert log[k][0] == "map"
+        assert log[k + 1] == ("unmap", log[k][1])
