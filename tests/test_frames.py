@@ -297,3 +297,33 @@ def test_the_round_loop_maps_one_spilled_reply_at_a_time(
     for k in range(0, len(log), 2):
         assert log[k][0] == "map"
         assert log[k + 1] == ("unmap", log[k][1])
+
+
+def test_spill_files_are_written_over_and_stale_bytes_never_read() -> None:
+    files = _stream.SpillFiles(keep=1)
+    long = _codec.encode({"w": np.arange(5000, dtype=np.float32)})
+    short = _codec.encode({"w": np.arange(10, dtype=np.float32)})
+    first = _stream.Upload(len(long), 0, spill=files)
+    assert first.write(bytes(long))
+    spill = first.spill()
+    file = spill.file
+    weights, _ = spill.map()
+    assert weights is not None
+    assert weights["w"][-1] == 4999
+    del weights
+    spill.close()
+    assert not file.closed  # kept for the next message
+    second = _stream.Upload(len(short), 0, spill=files)
+    assert second.file is file
+    assert second.write(bytes(short))
+    spill = second.spill()
+    weights, _ = spill.map()  # the file is longer than the message: mapped up to its size
+    assert weights is not None
+    np.testing.assert_array_equal(weights["w"], np.arange(10, dtype=np.float32))
+    del weights
+    spill.close()
+    files.close()
+    assert file.closed
+    late = _stream.Upload(len(short), 0, spill=files)
+    late.discard()  # given back to a closed pool: closed
+    assert late.file is None

@@ -52,6 +52,7 @@ from covey.transport.grpc._stream import (
     MAX_INFLIGHT_BYTES,
     SPILL_BYTES,
     Skipped,
+    SpillFiles,
     Upload,
     UploadBudget,
 )
@@ -100,6 +101,8 @@ class FederationService:
         self.heartbeat = heartbeat
         self.admission = Admission(registry, tls)
         self.budget = UploadBudget(max_inflight)
+        # Files of spilled replies, written over by later replies (see SpillFiles).
+        self.spill_files = SpillFiles(keep_bytes=min(max_inflight, SpillFiles().keep_bytes))
         # Caps on the JSON of replies; the transport sets them from the model's spec.
         self.wire_limits = _wire.WireLimits()
         # A reply carries at most one model's worth of arrays; the transport
@@ -292,7 +295,8 @@ class FederationService:
                 f"a reply of {size} bytes would put uploads in progress over the server's "
                 f"limit of {self.budget.total} bytes"
             )
-        return Upload(header.weights_size, header.extras_size, spill=size >= SPILL_BYTES)
+        spill = self.spill_files if size >= SPILL_BYTES else False
+        return Upload(header.weights_size, header.extras_size, spill=spill)
 
     def _release(self, upload: Upload | Skipped) -> None:
         """Give back the reservation of an upload that completed or was abandoned."""

@@ -8,7 +8,9 @@ chunks of at most :data:`CHUNK_BYTES`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
+import os
 import tempfile
 import threading
 import weakref
@@ -63,17 +65,25 @@ class Upload:
     is read back before it is used.
     """
 
-    def __init__(self, weights_size: int, extras_size: int, *, spill: bool) -> None:
-        """An empty message of the announced sizes, in memory or (``spill``) in a file."""
+    def __init__(self, weights_size: int, extras_size: int, *, spill: bool | SpillFiles) -> None:
+        """An empty message of the announced sizes, in memory or in a file.
+
+        Args:
+            weights_size: Bytes of the encoded weights.
+            extras_size: Bytes of the encoded extra arrays after them.
+            spill: False to receive into memory; True for a new temporary file,
+                or a :class:`SpillFiles` to take one from.
+        """
         self.sizes = (weights_size, extras_size)
         self.size = weights_size + extras_size
         self.filled = 0
         self.checks = (_codec.StreamCheck(), _codec.StreamCheck())
-        self.file: Any = (
-            tempfile.TemporaryFile(prefix="covey-upload-")  # noqa: SIM115 - closed by Spill/discard
-            if spill
-            else None
-        )
+        self.files = spill if isinstance(spill, SpillFiles) else None
+        self.file: Any = None
+        if self.files is not None:
+            self.file = self.files.take()
+        elif spill:
+            self.file = _temporary()
         self.buffer = None if spill else bytearray(self.size)
 
     @property
@@ -122,12 +132,16 @@ class Upload:
         """The complete, verified file of a spilled message; the upload no longer owns it."""
         self.verify()
         file, self.file = self.file, None
-        return Spill(file, self.sizes)
+        return Spill(file, self.sizes, self.files)
 
     def discard(self) -> None:
         """Release the buffer or file of an unfinished message."""
-        if self.file is not None:
-            self.file.close()
+        file, self.file = self.file, None
+        if file is not None:
+            if self.files is not None:
+                self.files.give(file)
+            else:
+                file.close()
         self.buffer = None
 
 
@@ -139,13 +153,16 @@ class Spill:
         sizes: Bytes of the encoded weights and of the extra arrays, back to back.
     """
 
-    def __init__(self, file: Any, sizes: tuple[int, int]) -> None:
-        """Take over ``file``; it is closed by :meth:`close` or when this object goes."""
+    def __init__(self, file: Any, sizes: tuple[int, int], files: SpillFiles | None = None) -> None:
+        """Take over ``file``; closed (or given back to ``files``) by :meth:`close` or with this."""
         file.flush()
         self.file = file
         self.sizes = sizes
         self._map: mmap.mmap | None = None
-        self._closer = weakref.finalize(self, file.close)
+        if files is None:
+            self._closer = weakref.finalize(self, file.close)
+        else:
+            self._closer = weakref.finalize(self, functools.partial(files.give, file))
 
     @property
     def mapped(self) -> bool:
@@ -168,9 +185,65 @@ class Spill:
                 mapped.close()
 
     def close(self) -> None:
-        """Unmap and close the file (its bytes are gone: it was unlinked)."""
+        """Unmap the file and close it or give it back (its bytes are gone: it was unlinked)."""
         self.unmap()
         self._closer()
+
+
+def _temporary() -> Any:
+    """A new unlinked temporary file for a spilled message."""
+    return tempfile.TemporaryFile(prefix="covey-upload-")
+
+
+class SpillFiles:
+    """Unlinked temporary files for spilled messages, kept once released and written over again.
+
+    Writing into pages the page cache already holds for a file costs a fraction
+    of writing into new ones (which the kernel must allocate, zero and account),
+    so the files of one round's replies receive the next round's. Stale bytes past
+    a new message's end are never read: a message is mapped only up to its size.
+
+    Args:
+        keep: Most files kept.
+        keep_bytes: Most bytes of kept files, in all; a file that would pass it is closed.
+    """
+
+    def __init__(self, keep: int = 16, keep_bytes: int = 8 * 1024**3) -> None:
+        """An empty pool keeping at most ``keep`` files of ``keep_bytes`` bytes in all."""
+        self.keep = keep
+        self.keep_bytes = keep_bytes
+        self._files: list[tuple[Any, int]] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def take(self) -> Any:
+        """A file positioned at its start: a kept one, else a new one."""
+        with self._lock:
+            file = self._files.pop()[0] if self._files else None
+        if file is None:
+            return _temporary()
+        file.seek(0)
+        return file
+
+    def give(self, file: Any) -> None:
+        """Keep ``file`` for a later message, or close it if the pool is full or closed."""
+        if file.closed:
+            return
+        size = os.fstat(file.fileno()).st_size
+        with self._lock:
+            kept = sum(s for _, s in self._files)
+            if not self.closed and len(self._files) < self.keep and kept + size <= self.keep_bytes:
+                self._files.append((file, size))
+                return
+        file.close()
+
+    def close(self) -> None:
+        """Close every kept file; files given back later are closed at once."""
+        with self._lock:
+            self.closed = True
+            files, self._files = self._files, []
+        for file, _ in files:
+            file.close()
 
 
 def split_blobs(
