@@ -40,7 +40,9 @@ def test_the_103_byte_string_array_is_refused_before_allocating() -> None:
         _wire.result_from_wire(hostile, None)
 
 
-@pytest.mark.parametrize("dtype", ["U4", "S8", "O", "V16", "M8[s]", "[('a','<i4')]", "<U1"])
+@pytest.mark.parametrize(
+    "dtype", ["U4", "S8", "O", "V16", "M8[s]", "[('a','<i4')]", "<U1", ",", "i4,"]
+)
 def test_only_bool_integer_and_float_arrays_travel(dtype: str) -> None:
     msg = json.dumps({"__array__": [1], "dtype": dtype}).encode()
     with pytest.raises(_wire.WireError):

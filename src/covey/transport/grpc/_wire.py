@@ -123,7 +123,7 @@ class _Reader:
             raise WireError(f"an array's dtype must be a short string, not {dtype_text!r:.40}")
         try:
             dtype = np.dtype(dtype_text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, SyntaxError):  # NumPy parses "," with ast
             raise WireError(f"unknown array dtype {dtype_text!r}") from None
         if dtype.kind not in ARRAY_KINDS:
             raise WireError(
