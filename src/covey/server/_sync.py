@@ -50,6 +50,7 @@ def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Repl
             held[idx] = reply
             continue
         yield reply
+        del reply  # not held while the next one is awaited: it may be a model-sized mapping
         nxt += 1
         while nxt in held:
             yield held.pop(nxt)
@@ -212,6 +213,8 @@ class RoundLoop(_LoopBase):
             record.fit_participants.append(reply.cid)
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))
+            # Folded: let its arrays go before the next reply is awaited.
+            del reply, contribution
         for cid in cids:
             if cid not in answered:
                 self._record_failure(record.fit_failures, Failure(cid, "fit", "no reply in time"))
