@@ -34,58 +34,57 @@ from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim import _shm
+from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
 
 logger = logging.getLogger("covey")
 
-_TaskItem = tuple[int, str, int, Mapping[str, Any], Any]
-
-
-def _map_weights(path: str) -> dict[str, Any]:
-    # The arrays view the mapping; it stays alive as long as any array does.
-    return _shm.map_file(path, [os.stat(path).st_size], unlink=False)[0]
+_Broadcast = tuple[Weights | None, Any]
 
 
 def _worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
     clients: dict[int, Any] = {}
-    current: tuple[str | None, Weights | None] = (None, None)
+    current: tuple[str | None, _Broadcast] = (None, (None, None))
     while True:
         try:
-            message = conn.recv()
+            data = conn.recv_bytes()
         except (EOFError, OSError, KeyboardInterrupt):
             return
-        if message[0] == "stop":
+        if data == b"stop":
             return
-        _, seq, path, items = message
+        seq, path, sizes, items = _shm.read_tasks(data)
         map_error: str | None = None
         if path is not None and current[0] != path:
-            current = (None, None)  # the old mapping goes first: one broadcast mapped at a time
+            current = (None, (None, None))  # the old mapping goes first: one broadcast at a time
             try:
-                current = (path, _map_weights(path))
+                current = (path, _shm.map_broadcast(path, sizes))
             except Exception:  # noqa: BLE001 - reported to the server as each task's error
                 map_error = traceback.format_exc()
-        weights = current[1] if path is not None else None
-        if not _run_batch(conn, seq, items, weights, map_error, clients, client_fn, prefix):
+        broadcast = current[1] if path is not None else (None, None)
+        if not _run_batch(conn, seq, items, broadcast, map_error, clients, client_fn, prefix):
             return
 
 
 def _run_batch(
     conn: Connection,
     seq: int,
-    items: list[_TaskItem],
-    weights: Weights | None,
+    items: list[_shm.TaskItem],
+    broadcast: _Broadcast,
     map_error: str | None,
     clients: dict[int, Any],
     client_fn: ClientFn,
     prefix: str,
 ) -> bool:
     """Run one batch of tasks and send each reply; False once the parent is gone."""
-    for cid, kind, rnd, config, payload in items:
+    weights, extras = broadcast
+    for item in items:
+        cid, kind, rnd = item[:3]
         if map_error is not None:
             reply = Reply(cid, kind, error=map_error)
         else:
             try:
+                config, payload = _shm.task_fields(item, extras)
                 client = clients.get(cid)
                 if client is None:
                     client = clients[cid] = client_fn(cid)
@@ -123,7 +122,7 @@ class _Worker:
 
     def stop(self, timeout: float = 5.0) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):
-            self.conn.send(("stop",))
+            self.conn.send_bytes(b"stop")
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
@@ -194,7 +193,12 @@ class ProcessTransport:
         self._client_fn = client_fn
         self._clients = range(num_clients)
         self._seq = 0
-        self._published: tuple[Weights | None, str | None] = (None, None)
+        self._published: tuple[Weights | None, Any, str | None, dict[str, int]] = (
+            None,
+            None,
+            None,
+            {},
+        )
         self._files: list[str] = []
         _shm.sweep_orphans()
         self._pool = f"covey-{os.getpid()}-{secrets.token_hex(4)}-"
@@ -211,17 +215,26 @@ class ProcessTransport:
         """Ids of the simulated clients."""
         return self._clients
 
-    def _publish(self, weights: Weights | None) -> str | None:
-        if weights is None:
-            return None
-        if self._published[0] is weights:
-            return self._published[1]
-        path, _ = _shm.write_file(f"{self._pool}w-", [weights])
+    def _publish(self, task: Task) -> tuple[str | None, dict[str, int]]:
+        """The broadcast file of a task's weights (and fit extras), written once per object."""
+        weights = task.weights
+        extras = task.payload if task.kind == "fit" and _wire.is_extras(task.payload) else None
+        if weights is None and extras is None:
+            return None, {}
+        if self._published[0] is weights and self._published[1] is extras:
+            return self._published[2], self._published[3]
+        parts = {
+            "weights": weights,
+            "extras": None if extras is None else _wire.flatten_extras(extras),
+        }
+        present = {k: v for k, v in parts.items() if v}
+        path, sizes = _shm.write_file(f"{self._pool}w-", list(present.values()))
         self._files.append(path)
-        self._published = (weights, path)
+        named = dict(zip(present, sizes, strict=True))
+        self._published = (weights, extras, path, named)
         if isinstance(weights, dict):
-            _share(weights, _map_weights(path))
-        return path
+            _share(weights, _shm.map_broadcast(path, named)[0] or {})
+        return path, named
 
     def _unlink_stale(self, keep: set[str | None]) -> None:
         # Workers that mapped an older file keep their mapping after unlink.
@@ -288,20 +301,28 @@ class ProcessTransport:
         deadline = None if timeout is None else time.monotonic() + timeout
         n = len(self._workers)
         # Group by worker and by the weights each task carries (usually one object).
-        batches: dict[tuple[int, str | None], list[_TaskItem]] = {}
+        batches: dict[tuple[int, str | None], list[_shm.TaskItem]] = {}
+        sizes: dict[str | None, dict[str, int]] = {}
         pending: dict[int, set[int]] = {}
+        unsendable: list[Reply] = []
         for cid in sorted(tasks):
             task = tasks[cid]
-            path = self._publish(task.weights)
+            path, sizes[path] = self._publish(task)
+            try:
+                item = _shm.task_item(
+                    cid, task.kind, task.round, task.config, task.payload, "extras" in sizes[path]
+                )
+            except WireError as exc:
+                unsendable.append(Reply(cid, task.kind, error=f"cannot send the task: {exc}"))
+                continue
             w = cid % n
-            batches.setdefault((w, path), []).append(
-                (cid, task.kind, task.round, task.config, task.payload)
-            )
+            batches.setdefault((w, path), []).append(item)
             pending.setdefault(w, set()).add(cid)
         for (w, path), items in batches.items():
             # A dead worker is reported when its connection is read.
             with contextlib.suppress(OSError, BrokenPipeError):
-                self._workers[w].conn.send(("run", seq, path, items))
+                _shm.send_tasks(self._workers[w].conn, seq, path, sizes[path], items)
+        yield from unsendable
         self._unlink_stale({path for _, path in batches})
         by_conn = {self._workers[w].conn: w for w in pending}
         while by_conn:

@@ -229,3 +229,56 @@ def build_reply(message: Mapping[str, Any], prefix: str) -> Reply:
         raise _wire.WireError("a worker's reply has neither a result nor an error")
     result = _wire.result_from_wire(text.encode(), arrays, extras, _LIMITS)
     return Reply(cid, kind, result=result)
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+#: One task as it travels: cid, kind, round, config JSON, payload JSON (None: the broadcast's
+#: extras are the payload).
+TaskItem = tuple[int, str, int, str, str | None]
+
+
+def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: bool) -> TaskItem:
+    """A task as JSON texts; raises ``WireError`` for a config or payload JSON cannot carry."""
+    payload_text = None if extras else _wire.dumps(payload).decode()
+    return (cid, kind, rnd, _wire.dumps(config).decode(), payload_text)
+
+
+def send_tasks(
+    conn: Connection, seq: int, path: str | None, sizes: Mapping[str, int], items: list[TaskItem]
+) -> None:
+    """Send a batch of tasks that share one broadcast file (or none) as one JSON message."""
+    name = None if path is None else os.path.basename(path)
+    message = {"seq": seq, "file": name, "sizes": dict(sizes), "tasks": items}
+    conn.send_bytes(json.dumps(message, separators=(",", ":")).encode())
+
+
+def read_tasks(data: bytes) -> tuple[int, str | None, dict[str, int], list[TaskItem]]:
+    """The fields of a message made by :func:`send_tasks` (the parent's, so checked lightly)."""
+    message = json.loads(data)
+    name = message["file"]
+    if name is not None and (not isinstance(name, str) or "/" in name):
+        raise _wire.WireError(f"a broadcast file name with a slash: {name!r:.80}")
+    path = None if name is None else os.path.join(shm_dir(), name)
+    items = [(int(c), str(k), int(r), str(cf), p) for c, k, r, cf, p in message["tasks"]]
+    return int(message["seq"]), path, dict(message["sizes"]), items
+
+
+def map_broadcast(path: str, sizes: Mapping[str, int]) -> tuple[Weights | None, Any]:
+    """The weights and the fit extras in a broadcast file, as read-only views of its mapping."""
+    present = [key for key in ("weights", "extras") if sizes.get(key)]
+    parts = dict(
+        zip(present, map_file(path, [sizes[k] for k in present], unlink=False), strict=True)
+    )
+    extras = parts.get("extras")
+    return parts.get("weights"), None if extras is None else _wire.unflatten_extras(extras)
+
+
+def task_fields(item: TaskItem, extras: Any) -> tuple[Mapping[str, Any], Any]:
+    """The config and payload of one task (``extras`` when its payload is the broadcast's)."""
+    _, _, _, config, payload = item
+    limits = _LIMITS
+    return (
+        _wire.loads(config.encode(), limits) or {},
+        extras if payload is None else _wire.loads(payload.encode(), limits),
+    )
