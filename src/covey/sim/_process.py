@@ -20,6 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import secrets
+import signal
 import time
 import traceback
 import weakref
@@ -44,6 +45,8 @@ _Broadcast = tuple[Weights | None, Any]
 
 def _worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     clients: dict[int, Any] = {}
     current: tuple[str | None, _Broadcast] = (None, (None, None))
     while True:
