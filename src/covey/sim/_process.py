@@ -334,7 +334,9 @@ class ProcessTransport:
             if not ready:
                 return  # deadline: the loop records the missing clients
             for conn in ready:
-                w = by_conn[conn]  # type: ignore[index]
+                if not isinstance(conn, Connection):  # an invariant, not an input check
+                    raise RuntimeError(f"internal error: conn is {type(conn).__name__}")
+                w = by_conn[conn]
                 try:
                     reply = self._receive(w, seq, pending[w])
                 except (EOFError, OSError, WireError) as exc:
@@ -343,13 +345,13 @@ class ProcessTransport:
                     error = self._lost(w, "died" if not isinstance(exc, WireError) else "failed")
                     for cid in sorted(pending[w]):
                         yield Reply(cid, tasks[cid].kind, error=error)
-                    del by_conn[conn]  # type: ignore[arg-type]
+                    del by_conn[conn]
                     continue
                 if reply is not None:
                     yield reply
                     del reply  # folded by now: its mapping goes before the next one comes
                 if not pending[w]:
-                    del by_conn[conn]  # type: ignore[arg-type]
+                    del by_conn[conn]
 
     def close(self) -> None:
         """Stop the workers and remove the shared-memory files."""
