@@ -203,3 +203,51 @@ def test_files_of_a_pool_whose_process_is_gone_are_swept(shm_files: list[str]) -
         f.write(b"left by a killed run")
     with ProcessTransport(Big, 1, num_workers=1):
         assert not os.path.exists(orphan)
+
+
+@pytest.mark.parametrize(
+    "scheme", ["q4", "bfloat16", covey.compress.TopK(0.1), covey.compress.Identity()]
+)
+def test_compressed_updates_cross_the_processes_bit_identically(
+    shm_files: list[str], scheme: Any
+) -> None:
+    """A compressed fit (its scheme in the task, its parts in the reply) needs no pickle."""
+
+    def run(backend: str) -> Any:
+        return covey.simulate(
+            Big,
+            5,
+            2,
+            covey.FedAvg(fraction_evaluate=0.0),
+            _big_initial(),
+            backend=backend,  # type: ignore[arg-type]
+            num_workers=2,
+            compression=scheme,
+        )
+
+    inline, process = run("inline"), run("process")
+    assert process.history[2].fit_participants == list(range(5))
+    for name in inline.weights:
+        assert process.weights[name].tobytes() == inline.weights[name].tobytes(), name
+    assert process.history[2].bytes_received == inline.history[2].bytes_received > 0
+
+
+def test_a_scheme_the_workers_cannot_rebuild_is_each_clients_error(shm_files: list[str]) -> None:
+    class Halve(covey.compress.Identity):
+        """A scheme of the user's own: the workers know only covey's."""
+
+    scheme: Any = Halve()
+
+    with pytest.raises(
+        covey.FederationError, match="cannot send a compression scheme of type Halve"
+    ):
+        covey.simulate(
+            Big,
+            2,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            _big_initial(),
+            backend="process",
+            num_workers=2,
+            compression=scheme,
+        )

@@ -221,7 +221,7 @@ class ProcessTransport:
     def _publish(self, task: Task) -> tuple[str | None, dict[str, int]]:
         """The broadcast file of a task's weights (and fit extras), written once per object."""
         weights = task.weights
-        extras = task.payload if task.kind == "fit" and _wire.is_extras(task.payload) else None
+        extras = _shm.broadcast_extras(task.kind, task.payload)
         if weights is None and extras is None:
             return None, {}
         if self._published[0] is weights and self._published[1] is extras:
