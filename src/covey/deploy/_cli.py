@@ -30,6 +30,7 @@ SERVER_KEYS = {
     "port_file",
     "plot",
     "verbose",
+    "compression",
 }
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
@@ -173,6 +174,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             on_event=shown.on_event,
             client_names=names,
             plot=bool(s.get("plot", True)) if flags["plot"] is None else flags["plot"],
+            compression=flags["compression"] or server_app.compression,
         )
     except FileExistsError:
         _forget(run, flags)
@@ -225,10 +227,18 @@ def server_command(
         bool | None, typer.Option("--plot/--no-plot", help="Draw plot.png after each round.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log fleet events.")] = False,
+    compression: Annotated[
+        str | None,
+        typer.Option(
+            help="Clients compress their updates: none, float16, bfloat16, q8, q4, topk or "
+            "topk:FRACTION (resume: the run's own)."
+        ),
+    ] = None,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
     _logging(verbose or bool(s.get("verbose", False)))
+    scheme = _compression(_pick(compression, s, "compression", None))
     server_app = _server_app(_pick(app, s, "app", None))
     insecure = insecure or bool(s.get("insecure", False))
     certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
@@ -247,8 +257,22 @@ def server_command(
         "wait_timeout": wait_timeout,
         "heartbeat": heartbeat,
         "plot": plot,
+        "compression": scheme,
     }
     _serve(server_app, s, flags)
+
+
+def _compression(spec: Any) -> str | None:
+    """The ``--compression`` spec, checked: an unknown scheme fails with the known ones."""
+    from covey.compress import scheme_named
+
+    if spec is None:
+        return None
+    try:
+        scheme_named(str(spec))
+    except ValueError as exc:
+        fail(f"--compression: {exc}")
+    return str(spec)
 
 
 def _path(value: Any) -> Path | None:
