@@ -43,6 +43,8 @@ class Served:
         self.error: BaseException | None = None
         kwargs.setdefault("insecure", "certs" not in kwargs)
         kwargs.setdefault("heartbeat", 0.5)
+        if not kwargs.get("resume"):
+            kwargs.setdefault("address", "127.0.0.1:0")  # a free port: runs may overlap
         kwargs.setdefault("wait_timeout", 30.0)
         weights = kwargs.pop("initial_weights", None if kwargs.get("resume") else initial())
 

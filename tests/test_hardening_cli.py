@@ -113,3 +113,23 @@ def test_a_bad_server_address_leaves_no_run_folder(
     assert result.exit_code == 1
     assert message in result.output
     assert not run.exists()
+
+
+def test_the_client_refuses_a_task_larger_than_its_cap() -> None:
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 1, initial_weights={"w": np.zeros(4096)}, round_timeout=5)
+    code, out = _finish(
+        _client(served.port, 0, "--insecure", "--max-task-mb", "0.01", "--retry-for", "3")
+    )
+    assert code == 1, out
+    assert "more than this client accepts" in " ".join(out.split())  # rich wraps lines
+    with pytest.raises(covey.FederationError):
+        served.join(60)
+
+
+def test_the_client_task_cap_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(APPS))
+    args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure"]
+    result = CliRunner().invoke(app, [*args, "--server", "127.0.0.1:9", "--max-task-mb", "0"])
+    assert result.exit_code == 2
+    assert "--max-task-mb must be a positive number" in result.output

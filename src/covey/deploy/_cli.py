@@ -46,6 +46,7 @@ CLIENT_KEYS = {
     "insecure",
     "max_attempts",
     "retry_for",
+    "max_task_mb",
     "verbose",
 }
 """The settings a ``--config`` file may give ``covey client`` (its flags)."""
@@ -320,6 +321,17 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
     return None
 
 
+def _task_cap(mb: float | None) -> int:
+    """``--max-task-mb`` in bytes (the transport's default when not given)."""
+    from covey.transport.grpc._checks import MAX_TASK_BYTES
+
+    if mb is None:
+        return MAX_TASK_BYTES
+    if not mb > 0:
+        fail(f"--max-task-mb must be a positive number of MB, got {mb}")
+    return max(1, int(float(mb) * 1024 * 1024))
+
+
 def client_command(
     app: Annotated[
         str | None, typer.Option(help="The client, or client_fn(cid), as MODULE:OBJECT.")
@@ -344,6 +356,13 @@ def client_command(
     retry_for: Annotated[
         float | None,
         typer.Option(help="Seconds of failed attempts in a row before giving up (default 600)."),
+    ] = None,
+    max_task_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Refuse tasks announcing more than this many MB of arrays "
+            "(default 4096; set it near the model's size)."
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
 ) -> None:
@@ -374,6 +393,7 @@ def client_command(
             name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
             max_attempts=_pick(max_attempts, s, "max_attempts", None),
             retry_for=_pick(retry_for, s, "retry_for", 600.0),
+            max_task_bytes=_task_cap(_pick(max_task_mb, s, "max_task_mb", None)),
         )
     except Refused as exc:
         console.print(f"[red]refused:[/] {exc.cause}")

@@ -21,7 +21,7 @@ from typing import Any, Final
 import numpy as np
 import safetensors.numpy
 
-from covey.core._files import TMP_SUFFIX, atomic_write
+from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord, _jsonable
 from covey.core._weights import Array, Weights, WeightsSpec
 
@@ -116,7 +116,7 @@ def sweep(weights_dir: Path, referenced: Collection[str]) -> None:
     """
     weights_dir.mkdir(exist_ok=True)
     for path in weights_dir.iterdir():
-        # Hidden files are leftovers of a killed write: ours end in TMP_SUFFIX, and
+        # Hidden files are leftovers of a killed write: ours end in ".tmp", and
         # safetensors writes through a ``.tmpXXXXXX`` file of its own first.
         stale_tmp = path.name.startswith(".")
         orphan = _ROUND_FILE.fullmatch(path.name) and path.name not in referenced
