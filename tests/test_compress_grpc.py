@@ -3,8 +3,10 @@
 Each scheme runs the digits workload of ``test_compress`` (10 clients, 10
 rounds, every client every round) with a served server and connected clients
 on threads in this process, without TLS. The final accuracy must be within the
-margin the simulation test states of the uncompressed simulated run, and the
-history must record the exact array bytes of each round both ways. A client
+margin the simulation test states of the uncompressed simulated run, the
+history must record the exact array bytes of each round both ways, and the
+final model must equal the compressed simulation's (clients join in order, so
+ids and rounding seeds match). A client
 that sends hostile encoded updates gets each refused as its own failure while
 the run goes on; a `covey server --compression` run in processes, with mTLS,
 resumes with the scheme it was started with.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from _live import Joined, Served
 from covey.clients._client import register_task
 from covey.compress._runtime import KIND, _fit_compressed
 from covey.core._messages import Task
+from covey.deploy import ServeResult
 from covey.server._store import RunStore
 from test_compress import ROUNDS, DigitsClient
 from test_deploy import Federation, federation
@@ -78,7 +82,9 @@ def _strategy(min_fit: int = N) -> covey.Strategy:
     )
 
 
-def _deployed(compression: str | None, clients: list[Any], rounds: int = ROUNDS) -> covey.History:
+def _served(compression: str | None, clients: list[Any], rounds: int = ROUNDS) -> ServeResult:
+    """Serve ``rounds`` rounds to ``clients``, joined one by one: client k gets id k."""
+    joins: queue.Queue[str] = queue.Queue()
     served = Served(
         _strategy(N - 1),
         rounds,
@@ -86,14 +92,20 @@ def _deployed(compression: str | None, clients: list[Any], rounds: int = ROUNDS)
         evaluate_fn=_central,
         compression=compression,
         round_timeout=60.0,
+        on_event=lambda name, event, _: joins.put(name) if event == "join" else None,
     )
-    joined = [
-        Joined(served.port, c, name=f"site-{k:02d}", retry_for=3.0) for k, c in enumerate(clients)
-    ]
+    joined = []
+    for k, client in enumerate(clients):
+        joined.append(Joined(served.port, client, name=f"site-{k:02d}", retry_for=3.0))
+        assert joins.get(timeout=30) == f"site-{k:02d}"
     result = served.join(120)
     for j in joined:
         j.join(60)
-    return result.history
+    return result
+
+
+def _deployed(compression: str | None, clients: list[Any], rounds: int = ROUNDS) -> covey.History:
+    return _served(compression, clients, rounds).history
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +126,8 @@ def test_uncompressed_deployed_history_counts_the_model_both_ways() -> None:
 
 @pytest.mark.parametrize("spec", sorted(MARGINS))
 def test_compressed_fedavg_deployed_converges_with_fewer_bytes(baseline: float, spec: str) -> None:
-    history = _deployed(spec, [_client(k) for k in range(N)])
+    deployed = _served(spec, [_client(k) for k in range(N)])
+    history = deployed.history
     assert history.config["compression"] == spec
     accuracy = float(history.rounds[-1].central_metrics["accuracy"])
     assert baseline > 0.85
@@ -126,6 +139,17 @@ def test_compressed_fedavg_deployed_converges_with_fewer_bytes(baseline: float, 
     factor = MODEL_BYTES / _upload(spec)
     expected = {"float16": 4.0, "bfloat16": 4.0, "q8": 7.6, "q4": 14.0, "topk:0.1": 6.6}[spec]
     assert factor == pytest.approx(expected, rel=0.05)
+    # Over the wire, the same updates as in a simulation with the same seeds and ids.
+    simulated = covey.simulate(
+        _client,
+        N,
+        ROUNDS,
+        _strategy(),
+        {"W": np.zeros((64, 10)), "b": np.zeros(10)},
+        compression=spec,
+    )
+    for name in simulated.weights:
+        np.testing.assert_allclose(deployed.weights[name], simulated.weights[name], atol=1e-12)
 
 
 class Hostile(DigitsClient):
