@@ -41,8 +41,7 @@ class ServerApp:
         rounds: How many rounds to run (the CLI's ``--rounds`` overrides it).
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
         seed: Seeds client sampling.
-        compression: How clients compress their updates (see :func:`serve`; the
-            CLI's ``--compression`` overrides it).
+        compression: How clients compress updates (:func:`serve`; ``--compression`` wins).
     """
 
     strategy: Strategy
@@ -138,11 +137,10 @@ def serve(
             holds the same map in ``History.clients``.
         plot: Also draw ``plot.png`` in ``run_dir`` after each round (next to
             ``history.json``, which is always written there).
-        compression: Clients send their updates compressed with this scheme
-            (:mod:`covey.compress`; a spec such as ``"q8"`` or ``"topk:0.01"``, or a
-            built-in scheme object). The run keeps it in its config: resuming
-            uses it again. A synchronous run's history records the array bytes
-            of each round both ways (``bytes_sent``, ``bytes_received``).
+        compression: Clients compress their updates with this scheme (a spec such
+            as ``"q8"`` or ``"topk:0.01"``, see :mod:`covey.compress`); kept in the
+            run's config, so resuming uses it again. A synchronous run's history
+            records each round's array bytes both ways (``bytes_sent``/``_received``).
 
     Returns:
         The final weights and history.
@@ -151,9 +149,7 @@ def serve(
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
     opened = _reopen(run_dir, resume)
-    scheme = run_scheme(compression, None if opened is None else opened.config)
-    if scheme is not None and strategy.asynchronous:
-        raise ValueError(f"compression needs synchronous rounds; {strategy.name} is asynchronous")
+    scheme = _scheme(compression, opened, strategy)
     if address is None:
         address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
     check_address(address, listen=True)
@@ -175,9 +171,8 @@ def serve(
     logger.info("covey server listening on port %d", transport.port)
     try:
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
-        counter = (
-            None if strategy.asynchronous else CompressedTransport(transport, scheme, seed=seed)
-        )
+        sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
+        counter = CompressedTransport(transport, scheme, seed=seed) if sync else None
         loop = open_loop(
             run.flushing(strategy),
             transport if counter is None else counter,
@@ -208,11 +203,19 @@ def serve(
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
 
 
-def _counter(
-    strategy: Strategy, transport: GrpcServerTransport, scheme: Scheme | None, seed: int
-) -> CompressedTransport | None:
-    """The wrapper a synchronous run's rounds go through: compresses and counts bytes."""
-    return None if strategy.asynchronous else CompressedTransport(transport, scheme, seed=seed)
+def _scheme(
+    compression: Scheme | str | None, opened: RunStore | None, strategy: Strategy
+) -> Scheme | None:
+    """The run's compression (a resumed run keeps its own); closes ``opened`` if refused."""
+    try:
+        scheme = run_scheme(compression, None if opened is None else opened.config)
+        if scheme is not None and strategy.asynchronous:
+            raise ValueError(f"{strategy.name} is asynchronous: compression needs sync rounds")
+    except BaseException:
+        if opened is not None:
+            opened.close()
+        raise
+    return scheme
 
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
@@ -293,11 +296,7 @@ class _Run:
     background: BackgroundSaver | None = None
 
     def saver(
-        self,
-        on_round: RoundCallback | None,
-        names: ClientNames,
-        plot: bool,
-        counter: CompressedTransport | None,
+        self, on_round: RoundCallback | None, names: ClientNames, plot: bool, counter: Any
     ) -> RoundCallback:
         """The loop's round callback: save the round and its outputs, then ``on_round``.
 
