@@ -10,7 +10,13 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from covey.deploy._cli_errors import fail, load_object, read_settings, required_params
+from covey.deploy._cli_errors import (
+    compression_spec,
+    fail,
+    load_object,
+    read_settings,
+    required_params,
+)
 
 console = Console(stderr=True)
 
@@ -239,7 +245,7 @@ def server_command(
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
     _logging(verbose or bool(s.get("verbose", False)))
-    scheme = _compression(_pick(compression, s, "compression", None))
+    scheme = compression_spec(_pick(compression, s, "compression", None))
     server_app = _server_app(_pick(app, s, "app", None))
     insecure = insecure or bool(s.get("insecure", False))
     certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
@@ -261,19 +267,6 @@ def server_command(
         "compression": scheme,
     }
     _serve(server_app, s, flags)
-
-
-def _compression(spec: Any) -> str | None:
-    """The ``--compression`` spec, checked: an unknown scheme fails with the known ones."""
-    from covey.compress import scheme_named
-
-    if spec is None:
-        return None
-    try:
-        scheme_named(str(spec))
-    except ValueError as exc:
-        fail(f"--compression: {exc}")
-    return str(spec)
 
 
 def _path(value: Any) -> Path | None:
