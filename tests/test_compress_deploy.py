@@ -82,6 +82,13 @@ def test_a_resumed_run_keeps_its_scheme_and_refuses_another() -> None:
         run_scheme(Mine(8), None)
 
 
+def test_serve_refuses_compression_for_an_asynchronous_strategy() -> None:
+    with pytest.raises(ValueError, match="FedBuff is asynchronous: compression needs sync rounds"):
+        covey.serve(
+            covey.FedBuff(buffer_size=2), 1, MODEL, "127.0.0.1:0", insecure=True, compression="q8"
+        )
+
+
 def _delta(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"W": rng.standard_normal((64, 10)), "b": rng.standard_normal(10)}
