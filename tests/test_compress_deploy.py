@@ -32,7 +32,9 @@ from covey.compress import (
 )
 from covey.compress._runtime import KIND, _fit_compressed
 from covey.core import WeightsSpec
+from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
+from covey.deploy import ServerApp, ServeResult
 from covey.transport.grpc import _wire
 
 APPS = Path(__file__).parent / "apps"
@@ -279,3 +281,28 @@ def test_covey_server_refuses_an_unknown_compression(
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def compressed_app() -> ServerApp:
+    """A ServerApp that asks for 4-bit updates (``--app test_compress_deploy:compressed_app``)."""
+    return ServerApp(covey.FedAvg(), {"w": np.zeros(3)}, rounds=1, compression="q4")
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], "q4"), (["--compression", "topk:0.2"], "topk:0.2")]
+)
+def test_covey_server_takes_the_apps_compression_unless_the_flag_gives_one(
+    flag: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: dict[str, Any] = {}
+
+    def fake_serve(*args: Any, **kwargs: Any) -> ServeResult:
+        asked.update(kwargs)
+        return ServeResult({}, History(rounds=[RoundRecord(0)]), tmp_path)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("covey.deploy._server.serve", fake_serve)
+    app_spec = f"{__name__}:compressed_app"
+    result = CliRunner().invoke(app, ["server", "--app", app_spec, "--insecure", *flag])
+    assert result.exit_code == 0, result.output
+    assert asked["compression"] == expected
