@@ -211,7 +211,7 @@ def test_files_of_a_pool_whose_process_is_gone_are_swept(shm_files: list[str]) -
 def test_compressed_updates_cross_the_processes_bit_identically(
     shm_files: list[str], scheme: Any
 ) -> None:
-    """A compressed fit (its scheme in the task, its parts in the reply) needs no pickle."""
+    """A compressed fit (scheme spec in the task, parts in the reply file) needs no pickle."""
 
     def run(backend: str) -> Any:
         return covey.simulate(
@@ -239,7 +239,7 @@ def test_a_scheme_the_workers_cannot_rebuild_is_each_clients_error(shm_files: li
     scheme: Any = Halve()
 
     with pytest.raises(
-        covey.FederationError, match="cannot send a compression scheme of type Halve"
+        covey.FederationError, match="cannot send the task: cannot send a value of type Halve"
     ):
         covey.simulate(
             Big,

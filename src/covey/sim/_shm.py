@@ -13,7 +13,6 @@ round loop has folded the reply and dropped it. Nothing is unpickled.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import mmap
 import os
@@ -23,7 +22,7 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
-from covey.compress import Cast, CompressedFitPayload, Encoded, Identity, Quantize, TopK
+from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core import _codec
 from covey.core._messages import Reply
 from covey.core._weights import Array, Weights
@@ -158,7 +157,7 @@ def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
     path: str | None = None
     try:
         if reply.error is None:
-            text, arrays = _result_to_wire(reply.result)
+            text, arrays = _wire.result_to_wire(reply.result)
             extras = getattr(reply.result, "extras", None) or {}
             parts = {"arrays": arrays, "extras": _wire.flatten_extras(extras) if extras else None}
             present = [part for part in parts.values() if part]
@@ -232,31 +231,8 @@ def build_reply(message: Mapping[str, Any], prefix: str) -> Reply:
     text = message.get("result")
     if not isinstance(text, str):
         raise _wire.WireError("a worker's reply has neither a result nor an error")
-    return Reply(cid, kind, result=_result_from_wire(text, arrays, extras))
-
-
-def _result_to_wire(result: Any) -> tuple[bytes, Weights | None]:
-    """As on the network; a compressed update (:mod:`covey.compress`) sends its parts as arrays."""
-    if not isinstance(result, Encoded):
-        return _wire.result_to_wire(result)
-    head = {
-        "type": "encoded",
-        "scheme": result.scheme,
-        "num_examples": result.num_examples,
-        "metrics": result.metrics,
-    }
-    return _wire.dumps(head), _wire.flatten_extras(result.parts)
-
-
-def _result_from_wire(text: str, arrays: Weights | None, extras: Any) -> Any:
-    head = _wire.loads(text.encode(), _LIMITS)
-    if not (isinstance(head, dict) and head.get("type") == "encoded"):
-        return _wire.result_from_wire(text.encode(), arrays, extras, _LIMITS)
-    scheme, n, metrics = head.get("scheme"), head.get("num_examples"), head.get("metrics")
-    if not isinstance(scheme, str) or type(n) is not int or not isinstance(metrics, dict):
-        raise _wire.WireError("a compressed update's header is malformed")
-    parts = _wire.unflatten_extras(arrays or {})
-    return Encoded(scheme, parts, n, metrics, extras or {})
+    result = _wire.result_from_wire(text.encode(), arrays, extras, _LIMITS)
+    return Reply(cid, kind, result=result)
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -266,38 +242,18 @@ def _result_from_wire(text: str, arrays: Weights | None, extras: Any) -> Any:
 TaskItem = tuple[int, str, int, str, str | None]
 
 
-#: The compression schemes a task may name (:mod:`covey.compress`), rebuilt from their fields.
-_SCHEMES = {cls.__name__: cls for cls in (Identity, Cast, Quantize, TopK)}
-
-
 def broadcast_extras(kind: str, payload: Any) -> Any:
-    """The model-shaped arrays a task's payload carries, which travel in the broadcast file."""
-    if isinstance(payload, CompressedFitPayload):
-        payload = payload.extras
-    elif kind != "fit":
-        return None
-    return payload if _wire.is_extras(payload) else None
+    """The model-shaped arrays a fit task's payload carries: they travel in the broadcast file."""
+    if kind in ("fit", COMPRESSED_FIT) and _wire.is_extras(payload):
+        return payload
+    return None
 
 
 def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: bool) -> TaskItem:
     """A task as JSON texts; raises ``WireError`` for a config or payload JSON cannot carry.
 
-    ``extras``: the payload's arrays are in the broadcast file (see :func:`broadcast_extras`).
+    ``extras``: the payload is in the broadcast file (see :func:`broadcast_extras`).
     """
-    if isinstance(payload, CompressedFitPayload):
-        scheme: Any = payload.scheme
-        if _SCHEMES.get(type(scheme).__name__) is not type(scheme):
-            raise _wire.WireError(
-                f"cannot send a compression scheme of type {type(scheme).__name__}"
-            )
-        fields = dataclasses.asdict(scheme)
-        plain = {
-            "scheme": [type(scheme).__name__, fields],
-            "seed": payload.seed,
-            "cid": payload.cid,
-        }
-        text = _wire.dumps({"__compressed__": plain, "extras": None if extras else payload.extras})
-        return (cid, kind, rnd, _wire.dumps(config).decode(), text.decode())
     payload_text = None if extras else _wire.dumps(payload).decode()
     return (cid, kind, rnd, _wire.dumps(config).decode(), payload_text)
 
@@ -336,10 +292,4 @@ def task_fields(item: TaskItem, extras: Any) -> tuple[Mapping[str, Any], Any]:
     """The config and payload of one task (``extras`` when its payload is the broadcast's)."""
     _, _, _, config, text = item
     payload = extras if text is None else _wire.loads(text.encode(), _LIMITS)
-    if isinstance(payload, dict) and "__compressed__" in payload:
-        plain = payload["__compressed__"]
-        name, fields = plain["scheme"]
-        scheme: Any = _SCHEMES[name](**fields)
-        mine = payload["extras"] if payload["extras"] is not None else extras
-        payload = CompressedFitPayload(scheme, int(plain["seed"]), int(plain["cid"]), mine)
     return _wire.loads(config.encode(), _LIMITS) or {}, payload
