@@ -222,7 +222,8 @@ def build_reply(message: Mapping[str, Any], prefix: str) -> Reply:
         ):
             os.unlink(path)
             raise _wire.WireError("a worker's reply gives no valid part sizes for its file")
-        parts = iter(map_file(path, [s for s in sizes.values() if s], unlink=True))
+        present = [sizes[k] for k in ("arrays", "extras") if sizes[k]]
+        parts = iter(map_file(path, present, unlink=True))
         arrays = next(parts) if sizes["arrays"] else None
         extras = _wire.unflatten_extras(next(parts)) if sizes["extras"] else None
     error = message.get("error")
