@@ -6,6 +6,7 @@ import os
 import pickle
 import signal
 import subprocess
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -251,3 +252,27 @@ def test_a_scheme_the_workers_cannot_rebuild_is_each_clients_error(shm_files: li
             num_workers=2,
             compression=scheme,
         )
+
+
+class Slow(Big):
+    """Client 1 replies only after the exchange that asked it has given up on it."""
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        if self.cid == 1 and config["round"] == 1:
+            time.sleep(1.0)
+        return super().fit(weights, config)
+
+
+def test_a_late_reply_is_dropped_and_its_file_removed(shm_files: list[str]) -> None:
+    with ProcessTransport(Slow, 2, num_workers=2) as transport:
+        weights = freeze(_big_initial())
+        first = list(
+            transport.exchange(
+                {0: Task("fit", 1, {}, weights), 1: Task("fit", 1, {}, weights)}, timeout=0.3
+            )
+        )
+        assert [r.cid for r in first] == [0]  # client 1 missed the deadline
+        # The next exchange reads client 1's late reply first, drops it and unlinks its file.
+        second = list(transport.exchange({1: Task("fit", 2, {}, weights)}))
+        assert [(r.cid, r.ok) for r in second] == [(1, True)]
+        assert len(mine()) == 1  # the broadcast only
