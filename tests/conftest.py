@@ -21,23 +21,32 @@ settings.load_profile("covey")
 
 @pytest.fixture
 def shm_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Record every weights file the process backend creates; fail if any is left behind.
+    """Record every weights file the process backend creates; fail if any file is left behind.
 
-    Only files made by this test are tracked, so runs in parallel with other
-    covey processes cannot confuse the check.
+    The list holds the broadcast files this test's pools made. At the end, no
+    file of any pool owned by this process (broadcasts and the workers' reply
+    files, all named ``covey-<pid>-...``) may remain in the shared-memory
+    directory; files of other covey processes running in parallel are ignored.
     """
-    import covey.sim._process as process_module
+    import covey.sim._shm as shm_module
 
     created: list[str] = []
     real_mkstemp = tempfile.mkstemp
+    mine = f"covey-{os.getpid()}-"
 
     def recording_mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
         fd, path = real_mkstemp(*args, **kwargs)
-        if os.path.basename(path).startswith("covey-weights-"):
+        name = os.path.basename(path)
+        if name.startswith(mine) and "-w-" in name:
             created.append(path)
         return fd, path
 
-    monkeypatch.setattr(process_module.tempfile, "mkstemp", recording_mkstemp)
+    monkeypatch.setattr(shm_module.tempfile, "mkstemp", recording_mkstemp)
     yield created
     leaked = [p for p in created if os.path.exists(p)]
-    assert not leaked, f"shared-memory weight files left behind: {leaked}"
+    leaked += [
+        os.path.join(shm_module.shm_dir(), name)
+        for name in os.listdir(shm_module.shm_dir())
+        if name.startswith(mine)
+    ]
+    assert not leaked, f"shared-memory files left behind: {sorted(set(leaked))}"

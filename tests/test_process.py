@@ -205,8 +205,8 @@ def test_a_killed_worker_is_recorded_and_the_run_continues(
     identical(result.weights, inline.weights)
 
 
-def test_an_unpicklable_reply_is_recorded(shm_files: list[str]) -> None:
-    class Unpicklable(covey.Client):
+def test_an_unsendable_reply_is_recorded(shm_files: list[str]) -> None:
+    class Unsendable(covey.Client):
         def __init__(self, cid: int) -> None:
             self.cid = cid
 
@@ -215,7 +215,7 @@ def test_an_unpicklable_reply_is_recorded(shm_files: list[str]) -> None:
             return FitResult(weights=dict(weights), num_examples=1, metrics=metrics)
 
     result = covey.simulate(
-        Unpicklable,
+        Unsendable,
         3,
         1,
         covey.FedAvg(fraction_evaluate=0.0),
@@ -225,7 +225,9 @@ def test_an_unpicklable_reply_is_recorded(shm_files: list[str]) -> None:
     )
     failures = result.history[1].fit_failures
     assert [f.cid for f in failures] == [1]
-    assert "pickle" in failures[0].error.lower()
+    # Replies travel as JSON and shared-memory arrays, never pickled: a function cannot.
+    assert failures[0].error.startswith("cannot send the result to the server process")
+    assert "function" in failures[0].error
     assert result.history[1].fit_participants == [0, 2]
 
 

@@ -1,8 +1,10 @@
 """Update compression: fewer bytes from clients to the server, for any strategy.
 
-Pass a scheme to :func:`covey.simulate` (``compression=``): clients encode the
-update they send (their delta), and the server decodes it before any
-aggregation step sees it. Schemes: :class:`Cast` (float16 or bfloat16),
+Pass a scheme to :func:`covey.simulate` or :func:`covey.serve` (``compression=``,
+or ``covey server --compression SPEC``): clients encode the update they send
+(their delta), and the server decodes it before any aggregation step sees it.
+Over the network the scheme travels as its spec and the update as plain
+arrays, checked by the server before decoding. Schemes: :class:`Cast` (float16 or bfloat16),
 :class:`Quantize` (8 or 4 bits, stochastic rounding, unbiased), :class:`TopK`
 (sparsification with error feedback kept on the client) and :class:`Identity`.
 
@@ -12,6 +14,13 @@ Example:
     ('q4', 'bfloat16')
 """
 
+from covey.compress._plain import (
+    encoded_from_plain,
+    encoded_to_plain,
+    run_scheme,
+    scheme_named,
+    scheme_spec,
+)
 from covey.compress._runtime import CompressedFitPayload, CompressedTransport
 from covey.compress._schemes import (
     Cast,
@@ -20,7 +29,6 @@ from covey.compress._schemes import (
     Quantize,
     Scheme,
     TopK,
-    scheme_named,
     topk_with_feedback,
 )
 
@@ -33,6 +41,10 @@ __all__ = [
     "Quantize",
     "Scheme",
     "TopK",
+    "encoded_from_plain",
+    "encoded_to_plain",
+    "run_scheme",
     "scheme_named",
+    "scheme_spec",
     "topk_with_feedback",
 ]

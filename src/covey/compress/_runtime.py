@@ -15,7 +15,6 @@ that a simulation can record bytes per round in its history.
 
 from __future__ import annotations
 
-import traceback
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,16 +23,32 @@ from typing import Any
 import numpy as np
 
 from covey.clients._client import register_task
+from covey.compress._plain import (
+    encoded_from_plain,
+    encoded_to_plain,
+    plain_nbytes,
+    scheme_named,
+    scheme_spec,
+)
 from covey.compress._schemes import Encoded, Scheme, TopK, topk_with_feedback
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, WeightsSpec, subtract
 
 KIND = "fit_compressed"
+CONFIG_KEY = "covey.compression"
+"""The key of a ``"fit_compressed"`` task's config under which its compression travels."""
 
 
 @dataclass(frozen=True)
 class CompressedFitPayload:
-    """What a ``"fit_compressed"`` task carries besides the weights.
+    """What a ``"fit_compressed"`` task carries besides the fit task's own config and weights.
+
+    On the task it is plain data, so it crosses a network as JSON and arrays:
+    ``task.config[CONFIG_KEY]`` is ``{"scheme": spec, "seed": seed, "cid": cid}``
+    (``spec`` as :func:`~covey.compress.scheme_named` reads it, e.g. ``"topk:0.01"``)
+    and ``task.payload`` is the fit task's own payload, the arrays broadcast
+    with it. A scheme of one's own has no spec and travels as the object, which
+    only an in-process transport carries.
 
     Args:
         scheme: How to encode the update.
@@ -46,6 +61,44 @@ class CompressedFitPayload:
     seed: int
     cid: int
     extras: Any = None
+
+    def task(self, fit: Task) -> Task:
+        """The ``"fit_compressed"`` task that asks for ``fit``'s work, compressed."""
+        return compressed_task(fit, _scheme_value(self.scheme), self.seed, self.cid)
+
+    @classmethod
+    def of(cls, task: Task) -> tuple[CompressedFitPayload, dict[str, Any]]:
+        """Read a ``"fit_compressed"`` task back: its payload and the fit's own config.
+
+        Raises:
+            TypeError: if the task lacks weights or its compression entry.
+            ValueError: if the entry names an unknown scheme or bad seeds.
+        """
+        head = task.config.get(CONFIG_KEY) if isinstance(task.config, Mapping) else None
+        if task.weights is None or not isinstance(head, Mapping):
+            raise TypeError(f"a {KIND} task needs weights and config[{CONFIG_KEY!r}]")
+        value = head.get("scheme")
+        scheme = scheme_named(value) if isinstance(value, str) else value
+        if not callable(getattr(scheme, "encode", None)):
+            raise TypeError(f"config[{CONFIG_KEY!r}] names no compression scheme")
+        seed, cid = head.get("seed"), head.get("cid")
+        for what, n in (("seed", seed), ("cid", cid)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"config[{CONFIG_KEY!r}][{what!r}] must be an integer >= 0")
+        config = {k: v for k, v in task.config.items() if k != CONFIG_KEY}
+        return cls(scheme, seed, cid, task.payload), config  # type: ignore[arg-type]
+
+
+def _scheme_value(scheme: Scheme) -> Any:
+    """The scheme as a task carries it: its spec, or the object for a scheme of one's own."""
+    spec = scheme_spec(scheme)
+    return spec if spec is not None else scheme
+
+
+def compressed_task(fit: Task, scheme: Any, seed: int, cid: int) -> Task:
+    """The ``"fit_compressed"`` task for ``fit``; ``scheme`` as :func:`_scheme_value` gives it."""
+    head = {"scheme": scheme, "seed": seed, "cid": cid}
+    return Task(KIND, fit.round, {**fit.config, CONFIG_KEY: head}, fit.weights, fit.payload)
 
 
 # Top-k's error feedback, kept on the client side for each client object.
@@ -67,16 +120,17 @@ def _keep_residual(client: Any, residual: dict[str, np.ndarray]) -> None:
         _residuals_by_id[id(client)] = residual
 
 
-def _fit_compressed(client: Any, task: Task) -> Encoded:
-    """Run ``client.fit`` and encode its update (the task handler of ``"fit_compressed"``)."""
-    payload = task.payload
-    if not isinstance(payload, CompressedFitPayload) or task.weights is None:
-        raise TypeError("a fit_compressed task needs weights and a CompressedFitPayload")
-    config = dict(task.config)
+def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
+    """Run ``client.fit`` and encode its update (the task handler of ``"fit_compressed"``).
+
+    Returns the encoded update as plain data (:func:`~covey.compress.encoded_to_plain`).
+    """
+    payload, config = CompressedFitPayload.of(task)
+    weights_in: Weights = task.weights  # type: ignore[assignment]  # checked by of()
     config["round"] = task.round
     if payload.extras is not None:
         config["extras"] = payload.extras
-    result = client.fit(task.weights, config)
+    result = client.fit(weights_in, config)
     if not isinstance(result, FitResult):
         raise TypeError(
             f"{type(client).__name__}.fit() returned {type(result).__name__}, "
@@ -85,16 +139,17 @@ def _fit_compressed(client: Any, task: Task) -> Encoded:
     delta = result.delta
     if delta is None:
         weights: Weights = result.weights  # type: ignore[assignment]
-        delta = subtract(weights, task.weights)
+        delta = subtract(weights, weights_in)
     scheme = payload.scheme
     if isinstance(scheme, TopK):
-        spec = WeightsSpec.of(task.weights)
+        spec = WeightsSpec.of(weights_in)
         parts, residual = topk_with_feedback(scheme, delta, _residual(client), spec)
         _keep_residual(client, residual)
     else:
         rng = np.random.default_rng([payload.seed, task.round, payload.cid])
         parts = scheme.encode(delta, rng)
-    return Encoded(scheme.name, parts, result.num_examples, dict(result.metrics), result.extras)
+    encoded = Encoded(scheme.name, parts, result.num_examples, dict(result.metrics), result.extras)
+    return encoded_to_plain(encoded)
 
 
 register_task(KIND, _fit_compressed)
@@ -116,6 +171,12 @@ def _result_nbytes(result: Any) -> int:
 class CompressedTransport:
     """A transport whose fit rounds travel compressed; counts bytes both ways.
 
+    Counted are the bytes of the arrays of each exchange: the weights and the
+    arrays broadcast with each task, once per client that receives them, and
+    the arrays of each reply (an encoded update's parts, or a plain fit
+    reply's weights or delta, with the arrays sent besides it). Headers,
+    JSON and the transport's own framing are not counted.
+
     Args:
         inner: The transport that reaches the clients.
         scheme: How clients encode their updates (None: no rewriting, only counting).
@@ -129,11 +190,17 @@ class CompressedTransport:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.num_workers = int(getattr(inner, "num_workers", 0))
+        self._carried = None if scheme is None else _scheme_value(scheme)
 
     def clients(self) -> Sequence[int]:
         """The inner transport's clients."""
         clients: Sequence[int] = self.inner.clients()
         return clients
+
+    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
+        """Wait for ``count`` clients, if the inner transport waits (a network's does)."""
+        wait = getattr(self.inner, "wait_for_clients", None)
+        return True if wait is None else bool(wait(count, timeout))
 
     def take_counts(self) -> tuple[int, int]:
         """``(bytes sent, bytes received)`` since the last call, and reset them."""
@@ -155,33 +222,35 @@ class CompressedTransport:
                 size = _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
                 sizes[id(task)] = size
             self.bytes_sent += size
-            if task.kind == "fit" and self.scheme is not None and task.weights is not None:
+            if task.kind == "fit" and self._carried is not None and task.weights is not None:
                 if id(task) not in specs:
                     specs[id(task)] = WeightsSpec.of(task.weights)
-                payload = CompressedFitPayload(self.scheme, self.seed, cid, task.payload)
-                out[cid] = Task(KIND, task.round, task.config, task.weights, payload)
+                out[cid] = compressed_task(task, self._carried, self.seed, cid)
             else:
                 out[cid] = task
         for reply in self.inner.exchange(out, timeout=timeout):
-            self.bytes_received += _result_nbytes(reply.result)
             if reply.kind == KIND:
+                self.bytes_received += plain_nbytes(reply.result)
                 spec = specs.get(id(tasks.get(reply.cid)))
                 yield self._decode(reply, spec)
             else:
+                self.bytes_received += _result_nbytes(reply.result)
                 yield reply
 
     def _decode(self, reply: Reply, spec: WeightsSpec | None) -> Reply:
-        """The reply to a compressed fit task as the plain fit reply the loop expects."""
+        """The reply to a compressed fit task as the plain fit reply the loop expects.
+
+        A reply that is not a well-formed update in the run's scheme becomes a
+        failed reply of that client, naming what is wrong; nothing else changes.
+        """
         if reply.error is not None:
             return Reply(reply.cid, "fit", error=reply.error)
-        encoded = reply.result
         try:
-            if not isinstance(encoded, Encoded) or spec is None or self.scheme is None:
-                raise TypeError(f"reply is {type(encoded).__name__}, expected an encoded update")
-            if encoded.scheme != self.scheme.name:
-                raise ValueError(
-                    f"update encoded with {encoded.scheme!r}, not {self.scheme.name!r}"
+            if spec is None or self.scheme is None:
+                raise TypeError(
+                    f"a {KIND} reply from client {reply.cid}, which was sent no such task"
                 )
+            encoded = encoded_from_plain(reply.result, self.scheme, spec)
             delta = self.scheme.decode(encoded.parts, spec)
             result = FitResult(
                 delta=delta,
@@ -189,8 +258,8 @@ class CompressedTransport:
                 metrics=encoded.metrics,
                 extras=encoded.extras,
             )
-        except (TypeError, ValueError):
-            return Reply(reply.cid, "fit", error=traceback.format_exc())
+        except (TypeError, ValueError) as exc:
+            return Reply(reply.cid, "fit", error=f"refused the encoded update: {exc}")
         return Reply(reply.cid, "fit", result=result)
 
     def close(self) -> None:

@@ -50,7 +50,10 @@ class Encoded:
 class Scheme(Protocol):
     """What a compression scheme provides."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The scheme's name, which each encoded update carries."""
+        ...
 
     def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
         """Encode ``delta`` (float arrays compressed, others raw)."""
@@ -67,12 +70,13 @@ def _part(parts: Parts, name: str, key: str, size: int, dtype: np.dtype[Any]) ->
         arr = parts[name][key]
     except (KeyError, TypeError):
         raise WeightsError(f"encoded update: {name!r} has no {key!r}") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.size != size:
+    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != (size,):
         raise WeightsError(
-            f"encoded update: {name!r}/{key!r} must be {size} values of {dtype}, got "
-            f"{getattr(arr, 'size', '?')} of {getattr(arr, 'dtype', type(arr).__name__)}"
+            f"encoded update: {name!r}/{key!r} must be {size} values of {dtype} in one "
+            f"dimension, got shape {getattr(arr, 'shape', '?')} of "
+            f"{getattr(arr, 'dtype', type(arr).__name__)}"
         )
-    return arr.reshape(-1)
+    return arr
 
 
 def _decode_layout(parts: Parts, spec: WeightsSpec) -> None:
@@ -238,6 +242,8 @@ class Quantize:
                 codes = _unpack4(codes, size)
             lo = float(_part(parts, n, "lo", 1, f64)[0])
             step = float(_part(parts, n, "step", 1, f64)[0])
+            if not (math.isfinite(lo) and math.isfinite(step) and step >= 0.0):
+                raise WeightsError(f"encoded update: {n!r} has a non-finite or negative scale")
             out[n] = (lo + codes.astype(np.float64) * step).astype(d).reshape(s)
         return out
 
@@ -313,8 +319,10 @@ class TopK:
                 continue
             k = self.k(size)
             idx = _part(parts, n, "index", k, np.dtype(np.uint32))
-            if k and int(idx.max()) >= size:
+            if k and int(idx[-1]) >= size:
                 raise WeightsError(f"encoded update: {n!r} has an index out of range")
+            if k > 1 and not bool(np.all(idx[1:] > idx[:-1])):
+                raise WeightsError(f"encoded update: {n!r} has indices not strictly increasing")
             dense = np.zeros(size, dtype=d)
             dense[idx] = _part(parts, n, "value", k, d)
             out[n] = dense.reshape(s)
@@ -343,23 +351,3 @@ def topk_with_feedback(
     sent = scheme.decode(parts, spec)
     new_residual = {n: np.subtract(corrected[n], sent[n]) for n in corrected}
     return parts, new_residual
-
-
-SCHEMES: dict[str, Any] = {
-    "none": Identity,
-    "float16": lambda: Cast("float16"),
-    "bfloat16": lambda: Cast("bfloat16"),
-    "q8": lambda: Quantize(8),
-    "q4": lambda: Quantize(4),
-    "topk": TopK,
-}
-
-
-def scheme_named(name: str) -> Scheme:
-    """The scheme for a short name: none, float16, bfloat16, q8, q4 or topk (1%)."""
-    try:
-        factory = SCHEMES[name]
-    except KeyError:
-        raise ValueError(f"unknown compression {name!r}; choose one of {sorted(SCHEMES)}") from None
-    scheme: Scheme = factory()
-    return scheme

@@ -10,7 +10,13 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from covey.deploy._cli_errors import fail, load_object, read_settings, required_params
+from covey.deploy._cli_errors import (
+    compression_spec,
+    fail,
+    load_object,
+    read_settings,
+    required_params,
+)
 
 console = Console(stderr=True)
 
@@ -30,6 +36,7 @@ SERVER_KEYS = {
     "port_file",
     "plot",
     "verbose",
+    "compression",
 }
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
@@ -174,6 +181,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             on_event=shown.on_event,
             client_names=names,
             plot=bool(s.get("plot", True)) if flags["plot"] is None else flags["plot"],
+            compression=flags["compression"] or server_app.compression,
         )
     except FileExistsError:
         _forget(run, flags)
@@ -226,10 +234,18 @@ def server_command(
         bool | None, typer.Option("--plot/--no-plot", help="Draw plot.png after each round.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log fleet events.")] = False,
+    compression: Annotated[
+        str | None,
+        typer.Option(
+            help="Clients compress their updates: none, float16, bfloat16, q8, q4, topk or "
+            "topk:FRACTION (resume: the run's own)."
+        ),
+    ] = None,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
     _logging(verbose or bool(s.get("verbose", False)))
+    scheme = compression_spec(_pick(compression, s, "compression", None))
     server_app = _server_app(_pick(app, s, "app", None))
     insecure = insecure or bool(s.get("insecure", False))
     certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
@@ -248,6 +264,7 @@ def server_command(
         "wait_timeout": wait_timeout,
         "heartbeat": heartbeat,
         "plot": plot,
+        "compression": scheme,
     }
     _serve(server_app, s, flags)
 

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["fail", "load_object", "read_settings", "required_params"]
+__all__ = ["compression_spec", "fail", "load_object", "read_settings", "required_params"]
 
 console = Console(stderr=True)
 
@@ -103,3 +103,16 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
             f"{', '.join(unknown)} in [{section}]; known: {', '.join(sorted(known))}"
         )
     return settings
+
+
+def compression_spec(spec: Any) -> str | None:
+    """The ``--compression`` spec, checked: an unknown scheme fails with the known ones."""
+    from covey.compress import scheme_named
+
+    if spec is None:
+        return None
+    try:
+        scheme_named(str(spec))
+    except ValueError as exc:
+        fail(f"--compression: {exc}")
+    return str(spec)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# A connected client performs compressed fit tasks: importing the runtime registers them.
+import covey.compress._runtime  # noqa: F401
 from covey.transport.grpc._client import ClientTLS, connect
 
 __all__ = ["client_tls", "connect", "tls_from_certs"]

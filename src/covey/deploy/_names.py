@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from covey.core._history import RoundRecord
 
-__all__ = ["ClientNames"]
+if TYPE_CHECKING:
+    from covey.server._store import RunStore
+
+__all__ = ["ClientNames", "LateStore"]
 
 
 class _Records(Protocol):
@@ -69,3 +72,41 @@ class ClientNames:
         with self._lock:
             for failure in record.failures:
                 failure.name = failure.name or self.names.get(failure.cid, "")
+
+
+class LateStore:
+    """The run store as the transport sees it: it exists only once the port is bound.
+
+    Args:
+        store: The store of a resumed run, or None until :meth:`ready` gives it.
+    """
+
+    def __init__(self, store: RunStore | None) -> None:
+        self._store = store
+        self._ready = threading.Event()
+        if store is not None:
+            self._ready.set()
+
+    def ready(self, store: RunStore | None) -> None:
+        """Give the store, once the run is open (None: a run that keeps nothing)."""
+        self._store = store
+        self._ready.set()
+
+    def _wait(self) -> RunStore:
+        self._ready.wait(30.0)
+        if self._store is None:
+            raise RuntimeError("the run store is not open")
+        return self._store
+
+    def client_id(self, name: str) -> int:
+        """The stable id of client ``name``, once the store is open."""
+        return self._wait().client_id(name)
+
+    def log_event(self, client: str, event: str, detail: str = "") -> None:
+        """Record a fleet event, once the store is open."""
+        self._wait().log_event(client, event, detail)
+
+    def close(self) -> None:
+        """Close the store, if it is open."""
+        if self._store is not None:
+            self._store.close()

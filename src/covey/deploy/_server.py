@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import logging
-import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from covey.aggregate import Contribution, Step
+from covey.compress import CompressedTransport, Scheme, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
-from covey.deploy._names import ClientNames
+from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
@@ -41,6 +41,7 @@ class ServerApp:
         rounds: How many rounds to run (the CLI's ``--rounds`` overrides it).
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
         seed: Seeds client sampling.
+        compression: How clients compress updates (:func:`serve`; ``--compression`` wins).
     """
 
     strategy: Strategy
@@ -48,6 +49,7 @@ class ServerApp:
     rounds: int = 3
     evaluate_fn: EvaluateFn | None = None
     seed: int = 0
+    compression: Scheme | str | None = None
 
     def weights(self) -> Weights:
         """The initial weights (calling ``initial_weights`` if it is a function)."""
@@ -104,6 +106,7 @@ def serve(
     on_event: Callable[[str, str, str], None] | None = None,
     client_names: dict[int, str] | None = None,
     plot: bool = True,
+    compression: Scheme | str | None = None,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
 
@@ -134,6 +137,10 @@ def serve(
             holds the same map in ``History.clients``.
         plot: Also draw ``plot.png`` in ``run_dir`` after each round (next to
             ``history.json``, which is always written there).
+        compression: Clients compress their updates with this scheme (a spec such
+            as ``"q8"`` or ``"topk:0.01"``, see :mod:`covey.compress`); kept in the
+            run's config, so resuming uses it again. A synchronous run's history
+            records each round's array bytes both ways (``bytes_sent``/``_received``).
 
     Returns:
         The final weights and history.
@@ -142,18 +149,19 @@ def serve(
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
     opened = _reopen(run_dir, resume)
+    scheme = _scheme(compression, opened, strategy)
     if address is None:
         address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
     check_address(address, listen=True)
     tls = _server_tls(tls, certs, insecure, address)
-    late = _LateStore(opened)
+    late = LateStore(opened)
     names = ClientNames(late if run_dir is not None else None, client_names, on_event)
     if opened is not None:  # a resumed run knows its clients already
         names.names.update({cid: name for name, cid in opened.clients().items()})
     # Listen first: an address that cannot be bound leaves no run folder behind.
     transport = _listen(address, tls, late, names, heartbeat, max_clients)
     try:
-        run = _open_run(strategy, rounds, initial_weights, address, run_dir, opened, seed)
+        run = _open_run(strategy, rounds, initial_weights, address, run_dir, opened, seed, scheme)
     except BaseException:
         transport.close()
         raise
@@ -163,15 +171,17 @@ def serve(
     logger.info("covey server listening on port %d", transport.port)
     try:
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
+        sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
+        counter = CompressedTransport(transport, scheme, seed=seed) if sync else None
         loop = open_loop(
             run.flushing(strategy),
-            transport,
+            transport if counter is None else counter,
             start_weights,
             evaluate_fn=evaluate_fn,
             seed=seed,
             round_timeout=round_timeout,
             wait_timeout=wait_timeout,
-            on_round=run.saver(on_round, names, plot),
+            on_round=run.saver(on_round, names, plot, counter),
             history=run.history,
             agg_state=None
             if run.state is None
@@ -193,6 +203,21 @@ def serve(
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
 
 
+def _scheme(
+    compression: Scheme | str | None, opened: RunStore | None, strategy: Strategy
+) -> Scheme | None:
+    """The run's compression (a resumed run keeps its own); closes ``opened`` if refused."""
+    try:
+        scheme = run_scheme(compression, None if opened is None else opened.config)
+        if scheme is not None and strategy.asynchronous:
+            raise ValueError(f"{strategy.name} is asynchronous: compression needs sync rounds")
+    except BaseException:
+        if opened is not None:
+            opened.close()
+        raise
+    return scheme
+
+
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
     """The store of the run to resume, or None for a new run."""
     if not resume:
@@ -205,7 +230,7 @@ def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
 def _listen(
     address: str,
     tls: ServerTLS | None,
-    late: _LateStore,
+    late: LateStore,
     names: ClientNames,
     heartbeat: float,
     max_clients: int,
@@ -233,36 +258,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, FederationError) and exc.history.stopped_reason:
         return exc.history.stopped_reason
     return "".join(traceback.format_exception(exc))
-
-
-class _LateStore:
-    """The run store as the transport sees it: it exists only once the port is bound."""
-
-    def __init__(self, store: RunStore | None) -> None:
-        self._store = store
-        self._ready = threading.Event()
-        if store is not None:
-            self._ready.set()
-
-    def ready(self, store: RunStore | None) -> None:
-        self._store = store
-        self._ready.set()
-
-    def _wait(self) -> RunStore:
-        self._ready.wait(30.0)
-        if self._store is None:
-            raise RuntimeError("the run store is not open")
-        return self._store
-
-    def client_id(self, name: str) -> int:
-        return self._wait().client_id(name)
-
-    def log_event(self, client: str, event: str, detail: str = "") -> None:
-        self._wait().log_event(client, event, detail)
-
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
 
 
 def _server_tls(
@@ -301,15 +296,18 @@ class _Run:
     background: BackgroundSaver | None = None
 
     def saver(
-        self, on_round: RoundCallback | None, names: ClientNames, plot: bool
+        self, on_round: RoundCallback | None, names: ClientNames, plot: bool, counter: Any
     ) -> RoundCallback:
         """The loop's round callback: save the round and its outputs, then ``on_round``.
 
-        Saved are the model, the record and the state in the store, and
-        ``history.json`` and ``plot.png`` next to them, each written atomically.
+        Saved are the model, the record (with the bytes ``counter`` counted) and
+        the state in the store, and ``history.json`` and ``plot.png`` next to
+        them, each written atomically.
         """
 
         def round_done(record: RoundRecord) -> None:
+            if counter is not None:
+                record.bytes_sent, record.bytes_received = counter.take_counts()
             names.name_failures(record)
             if self.loop is not None:
                 self.loop.history.clients = dict(names.names)
@@ -372,6 +370,7 @@ def _open_run(
     run_dir: str | Path | None,
     opened: RunStore | None,
     seed: int,
+    scheme: Scheme | None,
 ) -> _Run:
     """Create the run's store, or take the reopened one to resume after its last round."""
     if opened is not None:
@@ -393,5 +392,7 @@ def _open_run(
         address=address,
         started=_dt.datetime.now(_dt.UTC).isoformat(),
     )
+    if scheme is not None:
+        config["compression"] = scheme_spec(scheme)
     store = RunStore.create(run_dir, config=config) if run_dir is not None else None
     return _Run(store, initial_weights, config)

@@ -50,6 +50,7 @@ def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Repl
             held[idx] = reply
             continue
         yield reply
+        del reply  # not held while the next one is awaited: it may be a model-sized mapping
         nxt += 1
         while nxt in held:
             yield held.pop(nxt)
@@ -214,9 +215,10 @@ class RoundLoop(_LoopBase):
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))
             # Folded: a reply kept outside memory (a spilled file) is unmapped now,
-            # so at most the reply being folded is resident.
-            contribution = None
+            # and its arrays let go before the next reply is awaited.
+            del contribution
             reply.release()
+            del reply
         for cid in cids:
             if cid not in answered:
                 self._record_failure(record.fit_failures, Failure(cid, "fit", "no reply in time"))

@@ -4,19 +4,23 @@ Per round, the global weights are encoded once into a shared-memory file that
 every worker maps and decodes without copying; each task message carries only
 a reference to it. A worker builds each of its clients with ``client_fn`` the
 first time it is asked and reuses it in every later round, so clients keep
-their data and state warm. Replies return over a pipe with their arrays sent
-out-of-band (pickle protocol 5), and reach the round loop as they arrive.
+their data and state warm. A reply returns as a JSON message over the pipe,
+its arrays written by the worker into a shared-memory file of their own
+(:mod:`covey.sim._shm`): the parent maps and unlinks that file and hands the
+round loop read-only views, so replies reach the loop as they arrive, are
+folded in place and free their memory as soon as the loop drops them. The
+parent's global weights are swapped for views of the broadcast file once it is
+written, so parent and workers share a single copy of the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import multiprocessing as mp
 import os
-import pickle
-import tempfile
+import secrets
+import signal
 import time
 import traceback
 import weakref
@@ -24,109 +28,104 @@ from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import numpy as np
+
 from covey.clients._client import ClientFn, run_task
-from covey.core import _codec
+from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
+from covey.sim import _shm
+from covey.transport.grpc import _wire
+from covey.transport.grpc._wire import WireError
 
 logger = logging.getLogger("covey")
 
-_TaskItem = tuple[int, str, int, Mapping[str, Any], Any]
+_Broadcast = tuple[Weights | None, Any]
 
 
-def _shm_dir() -> str:
-    path = "/dev/shm"  # noqa: S108 - the shared-memory file system; each file gets a random name
-    if os.path.isdir(path) and os.access(path, os.W_OK):
-        return path
-    return tempfile.gettempdir()
-
-
-def _map_weights(path: str) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-    # The arrays view the mapping; it stays alive as long as any array does.
-    return _codec.decode(memoryview(mm), verify=False)
-
-
-def _send_reply(conn: Connection, seq: int, reply: Reply) -> None:
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        body = pickle.dumps((seq, reply), protocol=5, buffer_callback=buffers.append)
-    except Exception:  # noqa: BLE001 - whatever fails to pickle becomes the client's error
-        buffers = []
-        failed = Reply(reply.cid, reply.kind, error=traceback.format_exc())
-        body = pickle.dumps((seq, failed), protocol=5)
-    conn.send_bytes(len(buffers).to_bytes(4, "little") + body)
-    for buf in buffers:
-        conn.send_bytes(buf.raw())
-
-
-def _recv_reply(conn: Connection) -> tuple[int, Reply]:
-    head = conn.recv_bytes()
-    count = int.from_bytes(head[:4], "little")
-    buffers = [conn.recv_bytes() for _ in range(count)]
-    # Our own worker process over a private pipe, never the network or a file.
-    seq, reply = pickle.loads(memoryview(head)[4:], buffers=buffers)  # noqa: S301
-    return int(seq), reply
-
-
-def _worker_main(conn: Connection, client_fn: ClientFn) -> None:
+def _worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
+    prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     clients: dict[int, Any] = {}
-    current: tuple[str | None, Weights | None] = (None, None)
+    current: tuple[str | None, _Broadcast] = (None, (None, None))
     while True:
         try:
-            message = conn.recv()
+            data = conn.recv_bytes()
         except (EOFError, OSError, KeyboardInterrupt):
             return
-        if message[0] == "stop":
+        if data == b"stop":
             return
-        _, seq, path, items = message
-        weights: Weights | None = None
+        seq, path, sizes, items = _shm.read_tasks(data)
         map_error: str | None = None
-        if path is not None:
-            if current[0] != path:
-                try:
-                    current = (path, _map_weights(path))
-                except Exception:  # noqa: BLE001 - reported to the server as each task's error
-                    current = (None, None)
-                    map_error = traceback.format_exc()
-            weights = current[1]
-        for cid, kind, rnd, config, payload in items:
-            if map_error is not None:
-                reply = Reply(cid, kind, error=map_error)
-            else:
-                try:
-                    client = clients.get(cid)
-                    if client is None:
-                        client = clients[cid] = client_fn(cid)
-                    reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
-                except Exception:  # noqa: BLE001 - building the client failed: the task's error
-                    reply = Reply(cid, kind, error=traceback.format_exc())
+        if path is not None and current[0] != path:
+            current = (None, (None, None))  # the old mapping goes first: one broadcast at a time
             try:
-                _send_reply(conn, seq, reply)
-            except (BrokenPipeError, OSError):
-                return
+                current = (path, _shm.map_broadcast(path, sizes))
+            except Exception:  # noqa: BLE001 - reported to the server as each task's error
+                map_error = traceback.format_exc()
+        broadcast = current[1] if path is not None else (None, None)
+        if not _run_batch(conn, seq, items, broadcast, map_error, clients, client_fn, prefix):
+            return
+
+
+def _run_batch(
+    conn: Connection,
+    seq: int,
+    items: list[_shm.TaskItem],
+    broadcast: _Broadcast,
+    map_error: str | None,
+    clients: dict[int, Any],
+    client_fn: ClientFn,
+    prefix: str,
+) -> bool:
+    """Run one batch of tasks and send each reply; False once the parent is gone."""
+    weights, extras = broadcast
+    for item in items:
+        cid, kind, rnd = item[:3]
+        if map_error is not None:
+            reply = Reply(cid, kind, error=map_error)
+        else:
+            try:
+                config, payload = _shm.task_fields(item, extras)
+                client = clients.get(cid)
+                if client is None:
+                    client = clients[cid] = client_fn(cid)
+                reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
+            except Exception:  # noqa: BLE001 - building the client failed: the task's error
+                reply = Reply(cid, kind, error=traceback.format_exc())
+        try:
+            _shm.send_reply(conn, seq, reply, prefix)
+        except (BrokenPipeError, OSError):
+            return False
+        # The result is in shared memory now: drop it before the next client runs.
+        del reply
+    return True
 
 
 class _Worker:
-    __slots__ = ("conn", "process")
+    __slots__ = ("conn", "prefix", "process")
 
-    def __init__(self, ctx: Any, client_fn: ClientFn, index: int) -> None:
+    def __init__(self, ctx: Any, client_fn: ClientFn, index: int, pool: str) -> None:
         parent, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
-            target=_worker_main, args=(child, client_fn), name=f"covey-worker-{index}", daemon=True
+            target=_worker_main,
+            args=(child, client_fn, pool),
+            name=f"covey-worker-{index}",
+            daemon=True,
         )
         self.process.start()
         child.close()
         self.conn: Connection = parent
+        #: The names of the reply files this worker writes.
+        self.prefix = f"{pool}r{self.process.pid}-"
 
     def alive(self) -> bool:
         return bool(self.process.is_alive())
 
     def stop(self, timeout: float = 5.0) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):
-            self.conn.send(("stop",))
+            self.conn.send_bytes(b"stop")
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
@@ -134,13 +133,34 @@ class _Worker:
         self.conn.close()
 
 
-def _cleanup(workers: list[_Worker], files: list[str]) -> None:
+def _share(weights: dict[str, Any], mapped: Mapping[str, Any]) -> None:
+    """Swap the read-only arrays of ``weights`` for their identical views in the broadcast.
+
+    The caller's model then lives in the shared file alone: the parent keeps no
+    second copy of what every worker maps. Writable arrays, and any whose dtype
+    or shape the encoding changed, are left as they are.
+    """
+    for name, view in mapped.items():
+        old = weights.get(name)
+        if (
+            isinstance(old, np.ndarray)
+            and not old.flags.writeable
+            and old.dtype == view.dtype
+            and old.shape == view.shape
+        ):
+            weights[name] = view
+
+
+def _cleanup(workers: list[_Worker], files: list[str], pool: str) -> None:
     for worker in workers:
         with contextlib.suppress(Exception):
             worker.stop()
     for path in files:
         with contextlib.suppress(OSError):
             os.unlink(path)
+    files.clear()
+    # Replies written but never read: a timed-out round, a worker stopped mid-write.
+    _shm.sweep(pool)
 
 
 class ProcessTransport:
@@ -176,11 +196,18 @@ class ProcessTransport:
         self._client_fn = client_fn
         self._clients = range(num_clients)
         self._seq = 0
-        self._published: tuple[Weights | None, str | None] = (None, None)
+        self._published: tuple[Weights | None, Any, str | None, dict[str, int]] = (
+            None,
+            None,
+            None,
+            {},
+        )
         self._files: list[str] = []
+        _shm.sweep_orphans()
+        self._pool = f"covey-{os.getpid()}-{secrets.token_hex(4)}-"
         n = max(1, min(num_workers, num_clients))
-        self._workers = [_Worker(self._ctx, client_fn, i) for i in range(n)]
-        self._finalizer = weakref.finalize(self, _cleanup, self._workers, self._files)
+        self._workers = [_Worker(self._ctx, client_fn, i, self._pool) for i in range(n)]
+        self._finalizer = weakref.finalize(self, _cleanup, self._workers, self._files, self._pool)
 
     @property
     def num_workers(self) -> int:
@@ -191,22 +218,26 @@ class ProcessTransport:
         """Ids of the simulated clients."""
         return self._clients
 
-    def _publish(self, weights: Weights | None) -> str | None:
-        if weights is None:
-            return None
-        if self._published[0] is weights:
-            return self._published[1]
-        size = _codec.encoded_size(weights)
-        fd, path = tempfile.mkstemp(prefix="covey-weights-", dir=_shm_dir())
-        try:
-            os.ftruncate(fd, size)
-            with mmap.mmap(fd, size) as mm:
-                _codec.encode_into(weights, memoryview(mm))
-        finally:
-            os.close(fd)
+    def _publish(self, task: Task) -> tuple[str | None, dict[str, int]]:
+        """The broadcast file of a task's weights (and fit extras), written once per object."""
+        weights = task.weights
+        extras = _shm.broadcast_extras(task.kind, task.payload)
+        if weights is None and extras is None:
+            return None, {}
+        if self._published[0] is weights and self._published[1] is extras:
+            return self._published[2], self._published[3]
+        parts = {
+            "weights": weights,
+            "extras": None if extras is None else _wire.flatten_extras(extras),
+        }
+        present = {k: v for k, v in parts.items() if v}
+        path, sizes = _shm.write_file(f"{self._pool}w-", list(present.values()))
         self._files.append(path)
-        self._published = (weights, path)
-        return path
+        named = dict(zip(present, sizes, strict=True))
+        self._published = (weights, extras, path, named)
+        if isinstance(weights, dict):
+            _share(weights, _shm.map_broadcast(path, named)[0] or {})
+        return path, named
 
     def _unlink_stale(self, keep: set[str | None]) -> None:
         # Workers that mapped an older file keep their mapping after unlink.
@@ -226,7 +257,42 @@ class ProcessTransport:
                 )
                 with contextlib.suppress(Exception):
                     worker.conn.close()
-                self._workers[i] = _Worker(self._ctx, self._client_fn, i)
+                _shm.sweep(worker.prefix)
+                self._workers[i] = _Worker(self._ctx, self._client_fn, i, self._pool)
+
+    def _lost(self, w: int, why: str) -> str:
+        """Reap worker ``w``, whose pipe closed or spoke nonsense, and remove its files."""
+        worker = self._workers[w]
+        process = worker.process
+        process.join(5.0 if why == "died" else 0.0)
+        if process.is_alive():
+            process.kill()
+            process.join(5.0)
+        _shm.sweep(worker.prefix)
+        return f"worker process {why} (exit code {process.exitcode}) running this client"
+
+    def _receive(self, w: int, seq: int, pending: set[int]) -> Reply | None:
+        """The next reply of this exchange from worker ``w``, or None for a late one.
+
+        Raises:
+            EOFError: the worker's pipe closed.
+            covey.WireError: the worker sent something that is not a reply.
+        """
+        worker = self._workers[w]
+        data = worker.conn.recv_bytes(_shm.MAX_MESSAGE_BYTES)
+        reply_seq, message = _shm.parse_reply(data)
+        if reply_seq != seq or message["cid"] not in pending:
+            # A late reply from an earlier, timed-out exchange: its file goes unread.
+            path = _shm.reply_file(message, worker.prefix)
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            return None
+        pending.discard(message["cid"])
+        try:
+            return _shm.build_reply(message, worker.prefix)
+        except (WireError, CodecError, OSError) as exc:
+            return Reply(message["cid"], message["kind"], error=f"unreadable reply: {exc}")
 
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
@@ -238,20 +304,28 @@ class ProcessTransport:
         deadline = None if timeout is None else time.monotonic() + timeout
         n = len(self._workers)
         # Group by worker and by the weights each task carries (usually one object).
-        batches: dict[tuple[int, str | None], list[_TaskItem]] = {}
+        batches: dict[tuple[int, str | None], list[_shm.TaskItem]] = {}
+        sizes: dict[str | None, dict[str, int]] = {}
         pending: dict[int, set[int]] = {}
+        unsendable: list[Reply] = []
         for cid in sorted(tasks):
             task = tasks[cid]
-            path = self._publish(task.weights)
+            path, sizes[path] = self._publish(task)
+            try:
+                item = _shm.task_item(
+                    cid, task.kind, task.round, task.config, task.payload, "extras" in sizes[path]
+                )
+            except WireError as exc:
+                unsendable.append(Reply(cid, task.kind, error=f"cannot send the task: {exc}"))
+                continue
             w = cid % n
-            batches.setdefault((w, path), []).append(
-                (cid, task.kind, task.round, task.config, task.payload)
-            )
+            batches.setdefault((w, path), []).append(item)
             pending.setdefault(w, set()).add(cid)
         for (w, path), items in batches.items():
             # A dead worker is reported when its connection is read.
             with contextlib.suppress(OSError, BrokenPipeError):
-                self._workers[w].conn.send(("run", seq, path, items))
+                _shm.send_tasks(self._workers[w].conn, seq, path, sizes[path], items)
+        yield from unsendable
         self._unlink_stale({path for _, path in batches})
         by_conn = {self._workers[w].conn: w for w in pending}
         while by_conn:
@@ -264,28 +338,18 @@ class ProcessTransport:
                     raise RuntimeError(f"internal error: conn is {type(conn).__name__}")
                 w = by_conn[conn]
                 try:
-                    reply_seq, reply = _recv_reply(conn)
-                except (EOFError, OSError):
+                    reply = self._receive(w, seq, pending[w])
+                except (EOFError, OSError, WireError) as exc:
                     # Its pipe closed, so the worker is exiting: reap it now, so that its
                     # exit code is known and the next exchange sees it dead and replaces it.
-                    process = self._workers[w].process
-                    process.join(5.0)
-                    if process.is_alive():
-                        process.kill()
-                        process.join(5.0)
-                    code = process.exitcode
+                    error = self._lost(w, "died" if not isinstance(exc, WireError) else "failed")
                     for cid in sorted(pending[w]):
-                        yield Reply(
-                            cid,
-                            tasks[cid].kind,
-                            error=f"worker process died (exit code {code}) running this client",
-                        )
+                        yield Reply(cid, tasks[cid].kind, error=error)
                     del by_conn[conn]
                     continue
-                if reply_seq != seq or reply.cid not in pending[w]:
-                    continue  # a late reply from an earlier, timed-out exchange
-                pending[w].discard(reply.cid)
-                yield reply
+                if reply is not None:
+                    yield reply
+                    del reply  # folded by now: its mapping goes before the next one comes
                 if not pending[w]:
                     del by_conn[conn]
 

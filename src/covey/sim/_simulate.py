@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from covey.clients._client import ClientFn, run_task
-from covey.compress import CompressedTransport, Scheme, scheme_named
+from covey.compress import CompressedTransport, Scheme, scheme_named, scheme_spec
 from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
@@ -201,8 +201,8 @@ def _count_bytes(
         return
     if record is not None:
         record.bytes_sent, record.bytes_received = counter.take_counts()
-    if config is not None and counter.scheme is not None:
-        config["compression"] = counter.scheme.name
+    if config is not None and counter.scheme is not None:  # its spec, as a served run keeps it
+        config["compression"] = scheme_spec(counter.scheme) or counter.scheme.name
 
 
 def _write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:

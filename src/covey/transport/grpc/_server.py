@@ -216,9 +216,11 @@ class GrpcServerTransport:
         """Encode the arrays a fit task carries beside the weights, once per round.
 
         Arrays an aggregation step broadcasts with fit tasks (e.g. SCAFFOLD's
-        control variate) travel as a second encoded blob after the weights.
+        control variate) travel as a second encoded blob after the weights; so
+        do those of a task of any kind whose payload is named weights (e.g. a
+        compressed fit task), which the client reads back as the same mapping.
         """
-        if task.kind != "fit" or not _wire.is_extras(task.payload):
+        if not _wire.is_extras(task.payload):
             return None
         cached, blob = self._extras
         if cached is task.payload and blob is not None:

@@ -211,7 +211,7 @@ class FederationService:
                 exc,
             )
             self.registry.event(conn.name, "protocol-error", f"{exc} (peer {conn.peer})")
-            why = f"dropped: it broke the protocol ({exc})"
+            why = f"disconnected: it broke the protocol ({exc})"
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")

@@ -1,0 +1,237 @@
+"""Compression as plain data: scheme names, and encoded updates as named arrays.
+
+What crosses a network is JSON plus numeric arrays, never Python objects. A
+scheme travels as its spec, a short string :func:`scheme_named` turns back into
+the scheme (``"q8"``, ``"topk:0.01"``). An :class:`~covey.compress.Encoded`
+update travels as one flat mapping: ``"scheme"``, ``"num_examples"`` and
+``"metrics"``, plus one array per part, named ``'["part", weight, key]'``, and
+one per array sent besides the update, named ``'["extra", extra, name]'``.
+:func:`encoded_from_plain` checks such a mapping against the scheme and the
+model's layout before anything is decoded, so a malformed update from a peer
+is refused with an error that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from covey.compress._schemes import Cast, Encoded, Identity, Quantize, Scheme, TopK
+from covey.core._weights import WeightsError, WeightsSpec
+
+SCHEMES: dict[str, Any] = {
+    "none": Identity,
+    "float16": lambda: Cast("float16"),
+    "bfloat16": lambda: Cast("bfloat16"),
+    "q8": lambda: Quantize(8),
+    "q4": lambda: Quantize(4),
+    "topk": TopK,
+}
+
+SPECS = "none, float16, bfloat16, q8, q4, topk (1%) or topk:FRACTION (e.g. topk:0.05)"
+"""The scheme specs :func:`scheme_named` accepts, as a sentence for error messages."""
+
+_FIELDS = ("scheme", "num_examples", "metrics")
+
+
+def scheme_named(name: str) -> Scheme:
+    """The scheme for a spec: none, float16, bfloat16, q8, q4, topk (1%) or topk:FRACTION.
+
+    A scheme's own :attr:`name` is accepted too (``"top0.05"`` for ``TopK(0.05)``).
+
+    Args:
+        name: The spec.
+
+    Returns:
+        The scheme.
+
+    Raises:
+        ValueError: naming the accepted specs, if ``name`` is none of them.
+
+    Example:
+        >>> scheme_named("topk:0.05")
+        TopK(fraction=0.05)
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"a compression scheme is named by a string, not {type(name).__name__}")
+    factory = SCHEMES.get(name)
+    if factory is not None:
+        scheme: Scheme = factory()
+        return scheme
+    for prefix in ("topk:", "top"):
+        if name.startswith(prefix) and len(name) < 40:
+            try:
+                fraction = float(name[len(prefix) :])
+            except ValueError:
+                break
+            if not 0.0 < fraction <= 1.0:  # NaN fails too
+                raise ValueError(f"compression {name!r}: the top-k fraction must be in (0, 1]")
+            return TopK(fraction)
+    raise ValueError(f"unknown compression {name!r:.60}; choose one of {SPECS}")
+
+
+def scheme_spec(scheme: Scheme) -> str | None:
+    """The spec :func:`scheme_named` rebuilds ``scheme`` from, or None for a scheme of one's own.
+
+    Example:
+        >>> scheme_spec(TopK(0.05)), scheme_spec(Quantize(4))
+        ('topk:0.05', 'q4')
+    """
+    kind = type(scheme)  # a subclass may encode differently: it has no spec
+    if kind is TopK:
+        return f"topk:{scheme.fraction!r}"  # type: ignore[attr-defined]
+    if kind in (Identity, Cast, Quantize):
+        return scheme.name
+    return None
+
+
+def _expected_keys(scheme: Scheme, dtype: np.dtype[Any]) -> set[str] | None:
+    """The part keys ``scheme`` sends for an array of ``dtype`` (None: a scheme of one's own)."""
+    if dtype.kind != "f" or isinstance(scheme, Identity):
+        return {"raw"}
+    if isinstance(scheme, Cast):
+        return {"f16"} if scheme.dtype == "float16" else {"bf16"}
+    if isinstance(scheme, Quantize):
+        return {"codes", "lo", "step"}
+    if isinstance(scheme, TopK):
+        return {"index", "value"}
+    return None
+
+
+def encoded_to_plain(encoded: Encoded) -> dict[str, Any]:
+    """``encoded`` as one flat mapping of JSON values and named arrays (see the module)."""
+    out: dict[str, Any] = {
+        "scheme": encoded.scheme,
+        "num_examples": encoded.num_examples,
+        "metrics": dict(encoded.metrics),
+    }
+    for name, arrays in encoded.parts.items():
+        for key, array in arrays.items():
+            out[json.dumps(["part", name, key])] = array
+    for extra, weights in encoded.extras.items():
+        for name, array in weights.items():
+            out[json.dumps(["extra", extra, name])] = array
+    return out
+
+
+def plain_nbytes(value: Any) -> int:
+    """Bytes of the arrays in a plain encoded update (0 for anything else)."""
+    if not isinstance(value, Mapping):
+        return 0
+    return sum(int(v.nbytes) for v in value.values() if isinstance(v, np.ndarray))
+
+
+def _array_name(key: Any) -> tuple[str, str, str]:
+    """``(kind, outer, inner)`` from an array's name in a plain encoded update."""
+    if not isinstance(key, str) or len(key) > 4096:
+        raise WeightsError(f"encoded update: unexpected field {key!r:.80}")
+    try:
+        parsed = json.loads(key)
+    except ValueError:
+        raise WeightsError(f"encoded update: unexpected field {key!r:.80}") from None
+    if (
+        not isinstance(parsed, list)
+        or len(parsed) != 3
+        or parsed[0] not in ("part", "extra")
+        or not all(isinstance(p, str) for p in parsed)
+    ):
+        raise WeightsError(f"encoded update: unexpected field {key!r:.80}")
+    return parsed[0], parsed[1], parsed[2]
+
+
+def _head(value: Any, scheme: Scheme) -> tuple[int, dict[str, Any]]:
+    """The checked ``num_examples`` and ``metrics`` of a plain encoded update."""
+    if not isinstance(value, Mapping):
+        raise WeightsError(
+            f"reply is {type(value).__name__}, expected an encoded update (a mapping)"
+        )
+    if value.get("scheme") != scheme.name:
+        raise WeightsError(f"update encoded with {value.get('scheme')!r:.40}, not {scheme.name!r}")
+    num = value.get("num_examples")
+    if not isinstance(num, int) or isinstance(num, bool) or num < 0:
+        raise WeightsError(f"encoded update: num_examples must be an integer >= 0, got {num!r:.40}")
+    metrics = value.get("metrics", {})
+    if not isinstance(metrics, Mapping):
+        raise WeightsError("encoded update: metrics must be a mapping")
+    return num, dict(metrics)
+
+
+def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded:
+    """The :class:`Encoded` a peer sent as plain data, checked before it is decoded.
+
+    Checked: the scheme is the run's, the fields are known, every value is an
+    array, the update's names are the model's and each carries exactly the parts
+    the scheme sends for its dtype. Sizes, dtypes, index ranges and scales are
+    then checked by the scheme's ``decode``, which allocates only from ``spec``.
+
+    Args:
+        value: The mapping :func:`encoded_to_plain` made, as received.
+        scheme: The scheme the run uses.
+        spec: The model's layout.
+
+    Returns:
+        The encoded update.
+
+    Raises:
+        covey.WeightsError: naming what is wrong.
+    """
+    num, metrics = _head(value, scheme)
+    parts: dict[str, dict[str, Any]] = {}
+    extras: dict[str, dict[str, Any]] = {}
+    for key, array in value.items():
+        if key in _FIELDS:
+            continue
+        kind, outer, inner = _array_name(key)
+        if not isinstance(array, np.ndarray):
+            raise WeightsError(f"encoded update: {key!r:.80} is not an array")
+        (parts if kind == "part" else extras).setdefault(outer, {})[inner] = array
+    if set(parts) != set(spec.names):
+        missing, unknown = set(spec.names) - set(parts), set(parts) - set(spec.names)
+        raise WeightsError(
+            "encoded update: its names do not match the model "
+            f"(missing {sorted(missing)[:5]}, unknown {sorted(unknown)[:5]!r:.200})"
+        )
+    for name, dtype in zip(spec.names, spec.dtypes, strict=True):
+        expected = _expected_keys(scheme, dtype)
+        if expected is not None and set(parts[name]) != expected:
+            raise WeightsError(
+                f"encoded update: {name!r} carries {sorted(parts[name])!r:.200}, "
+                f"expected {sorted(expected)} for {scheme.name}"
+            )
+    return Encoded(scheme.name, parts, num, metrics, extras)
+
+
+def run_scheme(compression: Scheme | str | None, stored: Mapping[str, Any] | None) -> Scheme | None:
+    """The scheme of a served run: the one asked for, or the one a resumed run was started with.
+
+    Args:
+        compression: A scheme, its spec, or None (none asked for).
+        stored: The resumed run's config (its ``"compression"`` is the spec it
+            was started with), or None for a new run.
+
+    Returns:
+        The scheme, or None for an uncompressed run.
+
+    Raises:
+        ValueError: for an unknown spec, a scheme of one's own (a run keeps its
+            scheme as a spec), or a scheme other than the resumed run's.
+    """
+    scheme = scheme_named(compression) if isinstance(compression, str) else compression
+    if scheme is not None and scheme_spec(scheme) is None:
+        raise ValueError(
+            f"a served run needs a built-in compression scheme ({SPECS}), "
+            f"not {type(scheme).__name__}"
+        )
+    if stored is None:
+        return scheme
+    kept = stored.get("compression")
+    kept_scheme = None if kept is None else scheme_named(kept)
+    if scheme is not None and scheme_spec(scheme) != kept:
+        started = "without compression" if kept is None else f"with compression {kept!r}"
+        raise ValueError(
+            f"the run was started {started}; resume it with that scheme (or give none to keep it)"
+        )
+    return kept_scheme

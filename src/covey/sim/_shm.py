@@ -1,0 +1,296 @@
+"""Shared-memory files of the process backend: the broadcast, and replies without pickle.
+
+Every file is named ``covey-<pid>-<token>-...`` after the process that owns the
+pool, so the pool can remove everything it or its workers made (at close, when a
+worker dies, and, for files of processes that no longer exist, when a new pool
+starts). A worker's reply is a small JSON message over its pipe, as on the
+network (:mod:`covey.transport.grpc._wire`); the arrays it carries are written
+with the codec into a file of their own, which the parent maps, unlinks at once
+and hands on as read-only views: the pages go back to the system as soon as the
+round loop has folded the reply and dropped it. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+from covey.compress._runtime import KIND as COMPRESSED_FIT
+from covey.core import _codec
+from covey.core._messages import Reply
+from covey.core._weights import Array, Weights
+from covey.transport.grpc import _wire
+
+#: Largest JSON message a worker may send (its arrays travel in a file, not here).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_LIMITS = _wire.WireLimits(max_bytes=MAX_MESSAGE_BYTES)
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
+_NAME = re.compile(r"covey-(\d+)-[0-9a-f]+-[A-Za-z0-9_.-]+")
+
+
+def shm_dir() -> str:
+    """The shared-memory file system (``/dev/shm``), or the temporary directory without one."""
+    path = "/dev/shm"  # noqa: S108 - the shared-memory file system; each file gets a random name
+    if os.path.isdir(path) and os.access(path, os.W_OK):
+        return path
+    return tempfile.gettempdir()
+
+
+def _aligned(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
+    """Encode ``parts`` one after another into a new shared-memory file.
+
+    Returns:
+        The file's path and each part's encoded size (each part starts 64-byte aligned).
+    """
+    sizes = [_codec.encoded_size(part) for part in parts]
+    total = sum(_aligned(s) for s in sizes)
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=shm_dir())
+    try:
+        os.ftruncate(fd, total)
+        # Faulting every page in at once is cheaper than one fault per page while encoding.
+        with mmap.mmap(fd, total, flags=mmap.MAP_SHARED | _POPULATE) as mm:
+            view = memoryview(mm)
+            offset = 0
+            try:
+                for part, size in zip(parts, sizes, strict=True):
+                    _codec.encode_into(part, view[offset : offset + size])
+                    offset += _aligned(size)
+            finally:
+                view.release()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path, sizes
+
+
+def map_file(path: str, sizes: list[int], *, unlink: bool) -> list[dict[str, Array]]:
+    """Map a file made by :func:`write_file` read-only and decode its parts without copying.
+
+    Args:
+        path: The file.
+        sizes: Each part's encoded size, as :func:`write_file` returned them.
+        unlink: Remove the file once mapped: its pages live as long as the arrays do.
+
+    Returns:
+        Each part as read-only arrays that view the mapping.
+
+    Raises:
+        covey.core.CodecError: if the sizes do not match the file or a part is corrupt.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    finally:
+        if unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    try:
+        size = os.fstat(fd).st_size
+        total = sum(_aligned(s) for s in sizes)
+        if any(s < 1 for s in sizes) or total != size:
+            raise _codec.CodecError(f"parts of {sizes} bytes do not fit a file of {size} bytes")
+        flags = mmap.MAP_SHARED | (_POPULATE if unlink else 0)  # a reply is read in full
+        mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    view = memoryview(mm)
+    out = []
+    offset = 0
+    for s in sizes:
+        # Our own worker wrote it: the header's checksum is checked, the payload's is not.
+        out.append(_codec.decode(view[offset : offset + s], verify=False))
+        offset += _aligned(s)
+    return out
+
+
+def sweep(prefix: str) -> None:
+    """Remove every file in the shared-memory directory whose name starts with ``prefix``."""
+    directory = shm_dir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+
+def sweep_orphans() -> None:
+    """Remove the files of pools whose owning process no longer exists (e.g. it was killed)."""
+    directory = shm_dir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            match = _NAME.fullmatch(name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+# -- replies -------------------------------------------------------------------------------
+
+
+def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
+    """Send ``reply`` as JSON; its arrays go into a file named ``prefix...``, not the pipe."""
+    message: dict[str, Any] = {"seq": seq, "cid": reply.cid, "kind": reply.kind}
+    path: str | None = None
+    try:
+        if reply.error is None:
+            text, arrays = _wire.result_to_wire(reply.result)
+            extras = getattr(reply.result, "extras", None) or {}
+            parts = {"arrays": arrays, "extras": _wire.flatten_extras(extras) if extras else None}
+            present = [part for part in parts.values() if part]
+            if present:
+                path, sizes = write_file(prefix, present)
+                message["file"] = os.path.basename(path)
+                it = iter(sizes)
+                message["sizes"] = {k: next(it) if part else 0 for k, part in parts.items()}
+            message["result"] = text.decode()
+        else:
+            message["error"] = reply.error
+        data = json.dumps(message, separators=(",", ":")).encode()
+    except Exception as exc:  # noqa: BLE001 - an unsendable result is the client's error
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        error = f"cannot send the result to the server process: {type(exc).__name__}: {exc}"
+        data = json.dumps(
+            {"seq": seq, "cid": reply.cid, "kind": reply.kind, "error": error}
+        ).encode()
+    conn.send_bytes(data)
+
+
+def parse_reply(data: bytes) -> tuple[int, Mapping[str, Any]]:
+    """The sequence number and fields of a worker's message; raises ``WireError`` if malformed."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise _wire.WireError(f"a reply of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise _wire.WireError(f"malformed reply from a worker: {exc}") from None
+    if not isinstance(message, dict):
+        raise _wire.WireError("a worker's reply is not a JSON object")
+    seq, cid, kind = message.get("seq"), message.get("cid"), message.get("kind")
+    if type(seq) is not int or type(cid) is not int or not isinstance(kind, str):
+        raise _wire.WireError("a worker's reply lacks seq, cid or kind")
+    return seq, message
+
+
+def reply_file(message: Mapping[str, Any], prefix: str) -> str | None:
+    """The path of the file a reply names, if it names one this worker may have written."""
+    name = message.get("file")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.startswith(prefix) or "/" in name:
+        raise _wire.WireError(f"a worker named a file it does not own: {name!r:.80}")
+    return os.path.join(shm_dir(), name)
+
+
+def build_reply(message: Mapping[str, Any], prefix: str) -> Reply:
+    """The :class:`Reply` of a parsed message; its arrays view the mapped (and unlinked) file."""
+    cid, kind = message["cid"], message["kind"]
+    path = reply_file(message, prefix)
+    arrays: dict[str, Array] | None = None
+    extras: dict[str, dict[str, Any]] | None = None
+    if path is not None:
+        sizes = message.get("sizes")
+        if (
+            not isinstance(sizes, dict)
+            or sorted(sizes) != ["arrays", "extras"]
+            or any(type(s) is not int or s < 0 for s in sizes.values())
+        ):
+            os.unlink(path)
+            raise _wire.WireError("a worker's reply gives no valid part sizes for its file")
+        present = [sizes[k] for k in ("arrays", "extras") if sizes[k]]
+        parts = iter(map_file(path, present, unlink=True))
+        arrays = next(parts) if sizes["arrays"] else None
+        extras = _wire.unflatten_extras(next(parts)) if sizes["extras"] else None
+    error = message.get("error")
+    if error is not None:
+        return Reply(cid, kind, error=str(error))
+    text = message.get("result")
+    if not isinstance(text, str):
+        raise _wire.WireError("a worker's reply has neither a result nor an error")
+    result = _wire.result_from_wire(text.encode(), arrays, extras, _LIMITS)
+    return Reply(cid, kind, result=result)
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+#: One task as it travels: cid, kind, round, config JSON, payload JSON (None: the broadcast's
+#: extras are the payload).
+TaskItem = tuple[int, str, int, str, str | None]
+
+
+def broadcast_extras(kind: str, payload: Any) -> Any:
+    """The model-shaped arrays a fit task's payload carries: they travel in the broadcast file."""
+    if kind in ("fit", COMPRESSED_FIT) and _wire.is_extras(payload):
+        return payload
+    return None
+
+
+def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: bool) -> TaskItem:
+    """A task as JSON texts; raises ``WireError`` for a config or payload JSON cannot carry.
+
+    ``extras``: the payload is in the broadcast file (see :func:`broadcast_extras`).
+    """
+    payload_text = None if extras else _wire.dumps(payload).decode()
+    return (cid, kind, rnd, _wire.dumps(config).decode(), payload_text)
+
+
+def send_tasks(
+    conn: Connection, seq: int, path: str | None, sizes: Mapping[str, int], items: list[TaskItem]
+) -> None:
+    """Send a batch of tasks that share one broadcast file (or none) as one JSON message."""
+    name = None if path is None else os.path.basename(path)
+    message = {"seq": seq, "file": name, "sizes": dict(sizes), "tasks": items}
+    conn.send_bytes(json.dumps(message, separators=(",", ":")).encode())
+
+
+def read_tasks(data: bytes) -> tuple[int, str | None, dict[str, int], list[TaskItem]]:
+    """The fields of a message made by :func:`send_tasks` (the parent's, so checked lightly)."""
+    message = json.loads(data)
+    name = message["file"]
+    if name is not None and (not isinstance(name, str) or "/" in name):
+        raise _wire.WireError(f"a broadcast file name with a slash: {name!r:.80}")
+    path = None if name is None else os.path.join(shm_dir(), name)
+    items = [(int(c), str(k), int(r), str(cf), p) for c, k, r, cf, p in message["tasks"]]
+    return int(message["seq"]), path, dict(message["sizes"]), items
+
+
+def map_broadcast(path: str, sizes: Mapping[str, int]) -> tuple[Weights | None, Any]:
+    """The weights and the fit extras in a broadcast file, as read-only views of its mapping."""
+    present = [key for key in ("weights", "extras") if sizes.get(key)]
+    parts = dict(
+        zip(present, map_file(path, [sizes[k] for k in present], unlink=False), strict=True)
+    )
+    extras = parts.get("extras")
+    return parts.get("weights"), None if extras is None else _wire.unflatten_extras(extras)
+
+
+def task_fields(item: TaskItem, extras: Any) -> tuple[Mapping[str, Any], Any]:
+    """The config and payload of one task (``extras`` when its payload is the broadcast's)."""
+    _, _, _, config, text = item
+    payload = extras if text is None else _wire.loads(text.encode(), _LIMITS)
+    return _wire.loads(config.encode(), _LIMITS) or {}, payload

@@ -1,0 +1,308 @@
+"""Compressed updates in deployment: plain data on the wire, checked on receipt, bytes counted.
+
+The unit tests build tasks and replies by hand; the deployed ones run a server
+and clients over real gRPC on 127.0.0.1 (threads in this process, without TLS),
+and one runs `covey server` and `covey client` processes with mTLS and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.clients._client import run_task
+from covey.compress import (
+    CompressedTransport,
+    Quantize,
+    TopK,
+    encoded_from_plain,
+    encoded_to_plain,
+    run_scheme,
+    scheme_named,
+    scheme_spec,
+)
+from covey.compress._runtime import KIND, _fit_compressed
+from covey.core import WeightsSpec
+from covey.core._history import History, RoundRecord
+from covey.core._messages import Reply, Task
+from covey.deploy import ServerApp, ServeResult
+from covey.transport.grpc import _wire
+
+APPS = Path(__file__).parent / "apps"
+SPECS = ["none", "float16", "bfloat16", "q8", "q4", "topk", "topk:0.1"]
+MODEL = {"W": np.zeros((64, 10)), "b": np.zeros(10)}
+SPEC = WeightsSpec.of(MODEL)
+
+
+# -- specs and plain data ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_a_scheme_and_its_spec_round_trip(spec: str) -> None:
+    scheme = scheme_named(spec)
+    again = scheme_named(scheme_spec(scheme) or "")
+    assert again == scheme
+    assert scheme_named(scheme.name) == scheme  # its own name reads back too
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("bogus", "unknown compression 'bogus'; choose one of none, float16"),
+        ("topk:2", "fraction must be in (0, 1]"),
+        ("topk:nan", "fraction must be in (0, 1]"),
+        ("topk:x", "unknown compression"),
+    ],
+)
+def test_an_unknown_spec_is_refused_naming_the_known_ones(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        scheme_named(spec)
+
+
+def test_a_resumed_run_keeps_its_scheme_and_refuses_another() -> None:
+    assert run_scheme(None, {"compression": "topk:0.1"}) == TopK(0.1)
+    assert run_scheme("topk:0.1", {"compression": "topk:0.1"}) == TopK(0.1)
+    assert run_scheme(None, {}) is None
+    with pytest.raises(ValueError, match=r"started with compression 'topk:0\.1'"):
+        run_scheme("q8", {"compression": "topk:0.1"})
+    with pytest.raises(ValueError, match="started without compression"):
+        run_scheme("q8", {})
+
+    class Mine(Quantize):
+        pass
+
+    with pytest.raises(ValueError, match="built-in compression scheme"):
+        run_scheme(Mine(8), None)
+
+
+def test_serve_refuses_compression_for_an_asynchronous_strategy() -> None:
+    with pytest.raises(ValueError, match="FedBuff is asynchronous: compression needs sync rounds"):
+        covey.serve(
+            covey.FedBuff(buffer_size=2), 1, MODEL, "127.0.0.1:0", insecure=True, compression="q8"
+        )
+
+
+def _delta(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"W": rng.standard_normal((64, 10)), "b": rng.standard_normal(10)}
+
+
+class _Step(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        assert "covey.compression" not in config  # the client's fit sees its own config only
+        return covey.FitResult(delta=_delta(int(config["round"])), num_examples=7)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_task_and_reply_are_plain_data_that_survive_the_wire(spec: str) -> None:
+    scheme = scheme_named(spec)
+    inner = _WireLoopback(_Step())
+    transport = CompressedTransport(inner, scheme, seed=3)
+    fit = Task("fit", 2, {"lr": 0.1}, MODEL)
+    (reply,) = transport.exchange({5: fit})
+    assert reply.ok, reply.error
+    assert reply.result.num_examples == 7
+    delta = reply.result.delta
+    assert WeightsSpec.of(delta) == SPEC
+    # The same update decoded in memory, without the wire, gives the same bits.
+    direct = run_task(_Step(), 5, inner.sent[5])
+    expected = scheme.decode(encoded_from_plain(direct.result, scheme, SPEC).parts, SPEC)
+    for name in SPEC.names:
+        np.testing.assert_array_equal(delta[name], expected[name])
+    sent, received = transport.take_counts()
+    assert sent == (640 + 10) * 8
+    assert received == sum(a.nbytes for a in direct.result.values() if isinstance(a, np.ndarray))
+
+
+class _WireLoopback:
+    """A transport that takes each task and reply through the wire's encodings, in memory."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.sent: dict[int, Task] = {}
+
+    def clients(self) -> list[int]:
+        return [5]
+
+    def exchange(
+        self, tasks: Mapping[int, Task], *, timeout: float | None = None
+    ) -> Iterator[Reply]:
+        for cid, task in tasks.items():
+            config = _wire.loads(_wire.dumps(dict(task.config)))
+            arrived = Task(task.kind, task.round, config, task.weights, task.payload)
+            self.sent[cid] = arrived
+            reply = run_task(self.client, cid, arrived)
+            assert reply.ok, reply.error
+            head, arrays = _wire.result_to_wire(reply.result)
+            arrays = {k: np.frombuffer(a.tobytes(), a.dtype) for k, a in (arrays or {}).items()}
+            yield Reply(cid, reply.kind, result=_wire.result_from_wire(head, arrays or None))
+
+    def close(self) -> None:
+        pass
+
+
+def _plain(scheme: Any) -> dict[str, Any]:
+    task = Task(
+        KIND, 1, {"covey.compression": {"scheme": scheme_spec(scheme), "seed": 0, "cid": 0}}, MODEL
+    )
+    out: dict[str, Any] = _fit_compressed(_Step(), task)
+    return out
+
+
+def _key(*parts: str) -> str:
+    return json.dumps(list(parts))
+
+
+def _tamper_nan_scale(p: dict[str, Any]) -> None:
+    p[_key("part", "W", "step")] = np.array([math.nan])
+
+
+def _tamper_2d(p: dict[str, Any]) -> None:
+    p[_key("part", "W", "codes")] = p[_key("part", "W", "codes")].reshape(64, 10)
+
+
+def _tamper_extra_part(p: dict[str, Any]) -> None:
+    p[_key("part", "W", "raw")] = np.zeros(640)
+
+
+def _tamper_missing_name(p: dict[str, Any]) -> None:
+    for key in [k for k in p if k.startswith(_key("part", "b")[:-1])]:
+        del p[key]
+
+
+def _tamper_unknown_field(p: dict[str, Any]) -> None:
+    p["pickle"] = b"\x80"
+
+
+def _tamper_examples(p: dict[str, Any]) -> None:
+    p["num_examples"] = True
+
+
+def _tamper_scheme(p: dict[str, Any]) -> None:
+    p["scheme"] = "q4"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (_tamper_nan_scale, "non-finite or negative scale"),
+        (_tamper_2d, "in one dimension, got shape (64, 10)"),
+        (_tamper_extra_part, "'W' carries ['codes', 'lo', 'raw', 'step']"),
+        (_tamper_missing_name, "names do not match the model (missing ['b']"),
+        (_tamper_unknown_field, "unexpected field 'pickle'"),
+        (_tamper_examples, "num_examples must be an integer"),
+        (_tamper_scheme, "encoded with 'q4', not 'q8'"),
+    ],
+)
+def test_a_malformed_update_is_a_failed_reply_naming_the_fault(
+    tamper: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    plain = _plain(Quantize(8))
+    tamper(plain)
+    transport = CompressedTransport(_Fixed({0: plain, 1: _plain(Quantize(8))}), Quantize(8))
+    replies = {
+        r.cid: r for r in transport.exchange(dict.fromkeys([0, 1], Task("fit", 1, {}, MODEL)))
+    }
+    assert replies[1].ok  # the other client's update is untouched
+    assert not replies[0].ok
+    assert message in (replies[0].error or "")
+    assert replies[0].error.startswith("refused the encoded update")  # type: ignore[union-attr]
+
+
+def test_a_reply_that_is_not_a_mapping_is_refused() -> None:
+    transport = CompressedTransport(_Fixed({0: [1, 2]}), Quantize(8))
+    (reply,) = transport.exchange({0: Task("fit", 1, {}, MODEL)})
+    assert "reply is list, expected an encoded update" in (reply.error or "")
+
+
+class _Fixed:
+    """Replies to each fit_compressed task with a given result."""
+
+    def __init__(self, results: Mapping[int, Any]) -> None:
+        self.results = results
+
+    def clients(self) -> list[int]:
+        return list(self.results)
+
+    def exchange(
+        self, tasks: Mapping[int, Task], *, timeout: float | None = None
+    ) -> Iterator[Reply]:
+        for cid, task in tasks.items():
+            assert task.kind == KIND
+            yield Reply(cid, KIND, result=self.results[cid])
+
+    def close(self) -> None:
+        pass
+
+
+def test_encoded_round_trips_through_plain_data() -> None:
+    scheme = TopK(0.1)
+    parts = scheme.encode(_delta(), np.random.default_rng(0))
+    extras = {"c": {"W": np.ones((64, 10))}}
+    enc = covey.compress.Encoded(scheme.name, parts, 3, {"loss": 0.5}, extras)
+    back = encoded_from_plain(encoded_to_plain(enc), scheme, SPEC)
+    assert back.num_examples == 3
+    assert back.metrics == {"loss": 0.5}
+    assert back.nbytes == enc.nbytes
+    np.testing.assert_array_equal(back.extras["c"]["W"], 1.0)
+    for name in SPEC.names:
+        for key in ("index", "value"):
+            np.testing.assert_array_equal(back.parts[name][key], parts[name][key])
+
+
+# -- the CLI -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("bogus", "error: --compression: unknown compression 'bogus'; choose one of none,"),
+        ("topk:0", "error: --compression: compression 'topk:0': the top-k fraction must be"),
+    ],
+)
+def test_covey_server_refuses_an_unknown_compression(
+    spec: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COLUMNS", "250")
+    result = CliRunner().invoke(
+        app, ["server", "--app", "digits_app:server_app", "--insecure", "--compression", spec]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def compressed_app() -> ServerApp:
+    """A ServerApp that asks for 4-bit updates (``--app test_compress_deploy:compressed_app``)."""
+    return ServerApp(covey.FedAvg(), {"w": np.zeros(3)}, rounds=1, compression="q4")
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], "q4"), (["--compression", "topk:0.2"], "topk:0.2")]
+)
+def test_covey_server_takes_the_apps_compression_unless_the_flag_gives_one(
+    flag: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: dict[str, Any] = {}
+
+    def fake_serve(*args: Any, **kwargs: Any) -> ServeResult:
+        asked.update(kwargs)
+        return ServeResult({}, History(rounds=[RoundRecord(0)]), tmp_path)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("covey.deploy._server.serve", fake_serve)
+    app_spec = f"{__name__}:compressed_app"
+    result = CliRunner().invoke(app, ["server", "--app", app_spec, "--insecure", *flag])
+    assert result.exit_code == 0, result.output
+    assert asked["compression"] == expected
