@@ -375,3 +375,42 @@ def test_contribution_conversions() -> None:
     assert by_delta.as_weights(params)["w"].tolist() == [3.0, 0.0]
     assert by_weights.as_weights(params)["w"] is by_weights.weights["w"]  # type: ignore[index]
     assert by_delta.as_delta(params)["w"] is by_delta.delta["w"]  # type: ignore[index]
+
+
+def test_a_large_model_is_folded_in_blocks_bit_for_bit() -> None:
+    """Arrays over the block size fold block by block: same bits, scratch of one block."""
+    from covey.aggregate import _mean
+
+    rng = np.random.default_rng(7)
+    size = _mean._BLOCK * 2 + 12345
+    params = {"big": rng.normal(size=(size,)).astype(np.float32), "small": rng.normal(size=(3, 4))}
+    contributions = [
+        Contribution(
+            cid,
+            int(rng.integers(1, 50)),
+            weights={k: rng.normal(size=v.shape) for k, v in params.items()},
+        )
+        for cid in range(3)
+    ]
+    for c in contributions:
+        assert c.weights is not None
+        c.weights["big"] = c.weights["big"].astype(np.float32)
+    new = aggregate_round(weighted_mean(), params, contributions).apply(params)
+    # The same arithmetic on whole arrays, in the same order: n_1 x_1, then + n_k x_k.
+    for name in params:
+        first = contributions[0]
+        assert first.weights is not None
+        acc = np.array(first.weights[name]) * first.num_examples
+        for c in contributions[1:]:
+            assert c.weights is not None
+            acc += c.weights[name] * np.float64(c.num_examples).astype(acc.dtype)
+        acc /= sum(c.num_examples for c in contributions)
+        assert new[name].tobytes() == acc.astype(params[name].dtype).tobytes()
+
+    acc_state: dict[str, np.ndarray] | None = None
+    scratch: dict[str, np.ndarray] | None = None
+    for c in contributions:
+        assert c.weights is not None
+        acc_state, scratch = _mean._fold(acc_state, scratch, c.weights, 2.5)
+    assert scratch is not None
+    assert {k: a.size for k, a in scratch.items()} == {"big": _mean._BLOCK, "small": 12}

@@ -36,6 +36,10 @@ class _MeanState(NamedTuple):
     examples: int = 0
 
 
+_BLOCK = 1 << 20
+"""Elements folded at once; the scratch of one array never holds more (8 MiB of float64)."""
+
+
 def _fold(
     acc: dict[str, Array] | None,
     scratch: dict[str, Array] | None,
@@ -57,14 +61,27 @@ def _fold(
             np.add(acc[name], x, out=acc[name], casting="unsafe")
         return acc, scratch
     if scratch is None:
-        scratch = {name: np.empty_like(a) for name, a in acc.items()}
+        # At most _BLOCK elements per array: a large model is folded block by block,
+        # so the scratch stays small instead of costing one more model copy.
+        scratch = {
+            name: np.empty_like(a) if a.size <= _BLOCK else np.empty(_BLOCK, a.dtype)
+            for name, a in acc.items()
+        }
     multiply, add = np.multiply, np.add
     for name, x in values.items():
         buf = scratch[name]
         total = acc[name]
-        # Positional outputs: the same ufuncs, without parsing keywords on every call.
-        multiply(x, factor, buf)
-        add(total, buf, total)
+        if total.size <= _BLOCK:
+            # Positional outputs: the same ufuncs, without parsing keywords on every call.
+            multiply(x, factor, buf)
+            add(total, buf, total)
+            continue
+        flat_x, flat_total = np.ravel(x), total.reshape(-1)
+        for start in range(0, total.size, _BLOCK):
+            stop = min(start + _BLOCK, total.size)
+            part = buf[: stop - start]
+            multiply(flat_x[start:stop], factor, part)
+            add(flat_total[start:stop], part, flat_total[start:stop])
     return acc, scratch
 
 
