@@ -383,18 +383,14 @@ def test_a_large_model_is_folded_in_blocks_bit_for_bit() -> None:
 
     rng = np.random.default_rng(7)
     size = _mean._BLOCK * 2 + 12345
-    params = {"big": rng.normal(size=(size,)).astype(np.float32), "small": rng.normal(size=(3, 4))}
-    contributions = [
-        Contribution(
-            cid,
-            int(rng.integers(1, 50)),
-            weights={k: rng.normal(size=v.shape) for k, v in params.items()},
-        )
-        for cid in range(3)
-    ]
-    for c in contributions:
-        assert c.weights is not None
-        c.weights["big"] = c.weights["big"].astype(np.float32)
+    params: Arrays = {
+        "big": rng.normal(size=(size,)).astype(np.float32),
+        "small": rng.normal(size=(3, 4)),
+    }
+    contributions = []
+    for cid in range(3):
+        local: Arrays = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in params.items()}
+        contributions.append(Contribution(cid, int(rng.integers(1, 50)), weights=local))
     new = aggregate_round(weighted_mean(), params, contributions).apply(params)
     # The same arithmetic on whole arrays, in the same order: n_1 x_1, then + n_k x_k.
     for name in params:
