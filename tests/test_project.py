@@ -87,6 +87,16 @@ def test_run_rejects_unknown_settings(project: Path) -> None:
     assert "(known: local)" in out.stderr
 
 
+def test_a_federation_table_may_set_compression(project: Path) -> None:
+    runs = project / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    out = covey_cli("run", "--federation", "local", "--set", "compression='bogus'", cwd=project)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--compression" in out.stderr
+    assert "unknown compression" in " ".join(out.stderr.split()).lower()
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # no run folder made
+
+
 def test_run_folders_started_in_the_same_second_differ(tmp_path: Path) -> None:
     folders = [new_run_dir(tmp_path, "server") for _ in range(5)]
     assert len(set(folders)) == 5

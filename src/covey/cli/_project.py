@@ -40,6 +40,7 @@ FEDERATION_KEYS = {
     "heartbeat",
     "port_file",
     "plot",
+    "compression",
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
 
@@ -217,6 +218,7 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
             seed=int(run.get("seed", server_app.seed)),
             progress=True,
             run_dir=run_dir,
+            compression=server_app.compression,
         )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {exc}")
@@ -228,10 +230,12 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
     from covey.deploy._cli import _logging, _run_folder, _security, _serve
+    from covey.deploy._cli_errors import compression_spec
     from covey.server._outputs import new_run_dir
 
     fed = settings.federation or {}
     _logging(verbose)
+    scheme = compression_spec(fed.get("compression"))  # checked before any folder is made
     insecure = bool(fed.get("insecure", False))
     certs = _security(settings.path(fed.get("certs")), insecure)
     run_dir = settings.path(fed.get("run_dir"))
@@ -257,5 +261,6 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "wait_timeout": fed.get("wait_timeout"),
         "heartbeat": fed.get("heartbeat"),
         "plot": fed.get("plot"),
+        "compression": scheme,
     }
     _serve(server_app, {}, flags)
