@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from covey.aggregate import (
@@ -136,6 +136,7 @@ def test_server_adam_follows_reddi_et_al(
 
 @settings(max_examples=20)
 @given(seed=seeds, **hyper)
+@example(seed=197, eta=1.0, b1=0.5, b2=0.99, tau=0.001)
 def test_server_yogi_follows_reddi_et_al(
     seed: int, eta: float, b1: float, b2: float, tau: float
 ) -> None:
@@ -146,7 +147,10 @@ def test_server_yogi_follows_reddi_et_al(
     want = reference(params, plan, yogi_v(b2), eta, tau, b1, tau * tau)
     for g, w in zip(got, want, strict=True):
         for k in g:
-            np.testing.assert_allclose(g[k], w[k], rtol=1e-10, atol=1e-12)
+            # Yogi's v can shrink towards 0, where eta / (sqrt(v) + tau) magnifies the
+            # last-bit differences of two summation orders (seed 197, eta 1, tau 1e-3:
+            # 3.9e-10 relative after four rounds), so this one is held to 1e-8.
+            np.testing.assert_allclose(g[k], w[k], rtol=1e-8, atol=1e-12)
 
 
 @settings(max_examples=20)
