@@ -13,7 +13,7 @@ from covey.cli import app
 from covey.core._history import Failure, RoundRecord
 from covey.deploy._console import ServerConsole
 from covey.deploy._names import ClientNames
-from covey.server._outputs import write_outputs
+from covey.server._outputs import RunOutputs, write_outputs
 
 
 def _history() -> History:
@@ -45,6 +45,25 @@ def test_load_reads_a_run_folder_and_keeps_names(tmp_path: Path) -> None:
     assert loaded.name_of(7) == "client 7"
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_the_plot_is_drawn_at_most_every_so_often_and_at_the_end(tmp_path: Path) -> None:
+    outputs = RunOutputs(tmp_path, plot_every=3600.0)
+    plot, history_file = tmp_path / "plot.png", tmp_path / "history.json"
+    outputs.round_done(_history())
+    assert plot.is_file()  # the first round is always drawn
+    plot.unlink()
+    history_file.unlink()
+    outputs.round_done(_history())
+    assert history_file.is_file()  # the history after every round
+    assert not plot.exists()  # the plot not again within the hour
+    outputs.finish(_history())
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    quiet = RunOutputs(tmp_path / "none", plot=False)
+    (tmp_path / "none").mkdir()
+    quiet.round_done(_history())
+    quiet.finish(_history())
+    assert not (tmp_path / "none" / "plot.png").exists()
 
 
 def test_load_reads_a_history_written_before_names(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
-from covey.server._outputs import write_outputs
+from covey.server._outputs import RunOutputs
 from covey.server._saver import BackgroundSaver
 from covey.server._state import dump_state, load_state
 from covey.server._store import RunStore
@@ -135,8 +135,9 @@ def serve(
         client_names: A dict this function keeps filled with each client id's
             name as clients join (e.g. for a console); the history of the run
             holds the same map in ``History.clients``.
-        plot: Also draw ``plot.png`` in ``run_dir`` after each round (next to
-            ``history.json``, which is always written there).
+        plot: Also draw ``plot.png`` in ``run_dir``: at most every 10 s during
+            the run and once at its end (``history.json`` is written there
+            after every round).
         compression: Clients compress their updates with this scheme (a spec such
             as ``"q8"`` or ``"topk:0.01"``, see :mod:`covey.compress`); kept in the
             run's config, so resuming uses it again. A synchronous run's history
@@ -294,6 +295,7 @@ class _Run:
     state: bytes | None = None
     loop: Loop | None = None
     background: BackgroundSaver | None = None
+    outputs: RunOutputs | None = None
 
     def saver(
         self, on_round: RoundCallback | None, names: ClientNames, plot: bool, counter: Any
@@ -317,7 +319,9 @@ class _Run:
                     self.background = BackgroundSaver(self.store)
                 state = dump_state(self.loop.agg_state)
                 self.background.submit(record.round, self.loop.weights, asdict(record), state)
-                write_outputs(self.store.run_dir, self.loop.history, plot=plot)
+                if self.outputs is None:
+                    self.outputs = RunOutputs(self.store.run_dir, plot=plot)
+                self.outputs.round_done(self.loop.history)
             if on_round is not None:
                 on_round(record)
 
@@ -343,6 +347,11 @@ class _Run:
         """Mark the run finished, or failed with the reason it stopped."""
         if self.store is None:
             return
+        if self.outputs is not None and self.loop is not None:
+            try:
+                self.outputs.finish(self.loop.history)
+            except Exception as err:  # noqa: BLE001 - the run's own outcome is recorded below
+                logger.warning("could not write the run's outputs: %s", err)
         if exc is None:
             if self.background is not None:
                 self.background.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from covey.core._history import History
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["PLOT_NAME", "new_run_dir", "plot_history", "write_outputs"]
+__all__ = ["PLOT_NAME", "RunOutputs", "new_run_dir", "plot_history", "write_outputs"]
 
 PLOT_NAME = "plot.png"
 """The plot a run folder keeps next to its ``history.json``."""
@@ -105,3 +106,36 @@ def write_outputs(run_dir: str | Path, history: History, *, plot: bool = True) -
     if plot:
         title = f"covey run {folder.name}"
         plot_history(history, folder / PLOT_NAME, title=title)
+
+
+class RunOutputs:
+    """``history.json`` after every round, ``plot.png`` at most every ``plot_every`` seconds.
+
+    Drawing the plot takes about 0.1 s, which would be most of a round with a
+    small model; the history is cheap and is always current. :meth:`finish`
+    draws the plot of the whole run.
+
+    Args:
+        run_dir: The run folder; it must exist.
+        plot: Draw ``plot.png`` at all.
+        plot_every: Least seconds between two plots during the run.
+    """
+
+    def __init__(self, run_dir: str | Path, *, plot: bool = True, plot_every: float = 10.0) -> None:
+        """Outputs of the run in ``run_dir``; nothing is written yet."""
+        self.run_dir = Path(run_dir)
+        self.plot = plot
+        self.plot_every = plot_every
+        self._plotted: float | None = None
+
+    def round_done(self, history: History) -> None:
+        """Write ``history.json``, and ``plot.png`` if the last one is old enough."""
+        now = time.monotonic()
+        due = self._plotted is None or now - self._plotted >= self.plot_every
+        write_outputs(self.run_dir, history, plot=self.plot and due)
+        if self.plot and due:
+            self._plotted = now
+
+    def finish(self, history: History) -> None:
+        """Write both files for the run as it ended."""
+        write_outputs(self.run_dir, history, plot=self.plot)
