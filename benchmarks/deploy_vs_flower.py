@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     p.add_argument(
         "--flower-bin",
-        type=Path,
+        type=lambda text: Path(text).absolute(),  # runs start in their own folders
         default=ROOT / ".venv-flower" / "bin",
         help="bin folder of the venv with flwr 1.42.0",
     )
