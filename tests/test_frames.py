@@ -79,8 +79,10 @@ class _Live:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
+        # The raw client sends no heartbeats: a long interval keeps a loaded machine
+        # from dropping it as silent before its malformed frame arrives.
         self.transport = GrpcServerTransport(
-            "127.0.0.1:0", heartbeat=0.5, on_event=lambda *e: self.events.append(e)
+            "127.0.0.1:0", heartbeat=5.0, on_event=lambda *e: self.events.append(e)
         )
         self.raw = Raw(
             self.transport.port,

@@ -22,6 +22,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
+from covey.core._pages import BLOCK, release_pages
 from covey.core._weights import Array, Weights
 
 
@@ -36,8 +37,51 @@ class _MeanState(NamedTuple):
     examples: int = 0
 
 
-_BLOCK = 1 << 20
+_BLOCK = BLOCK
 """Elements folded at once; the scratch of one array never holds more (8 MiB of float64)."""
+
+
+def _blocks(size: int) -> range:
+    return range(0, size, _BLOCK)
+
+
+def _first(values: Weights, factor: float) -> dict[str, Array]:
+    """The accumulator from the first contribution: 0 + n*x == n*x exactly."""
+    acc: dict[str, Array] = {}
+    for name, x in values.items():
+        dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+        if x.size <= _BLOCK:
+            # A fresh array (a ufunc would turn a 0-d input into a scalar).
+            a = np.array(x, dtype=dtype)
+            if factor != 1.0:
+                np.multiply(a, factor, out=a)
+        else:
+            a = np.empty(x.shape, dtype)
+            flat_x, flat_a = np.ravel(x), a.reshape(-1)
+            for start in _blocks(a.size):
+                stop = min(start + _BLOCK, a.size)
+                part = flat_a[start:stop]
+                part[...] = flat_x[start:stop]
+                if factor != 1.0:
+                    np.multiply(part, factor, out=part)
+                release_pages(flat_x, start, stop)
+        acc[name] = a
+    return acc
+
+
+def _add(acc: dict[str, Array], values: Weights) -> None:
+    """``acc += x`` (a contribution of weight 1)."""
+    for name, x in values.items():
+        total = acc[name]
+        if total.size <= _BLOCK:
+            np.add(total, x, out=total, casting="unsafe")
+            continue
+        flat_x, flat_total = np.ravel(x), total.reshape(-1)
+        for start in _blocks(total.size):
+            stop = min(start + _BLOCK, total.size)
+            into = flat_total[start:stop]
+            np.add(into, flat_x[start:stop], out=into, casting="unsafe")
+            release_pages(flat_x, start, stop)
 
 
 def _fold(
@@ -46,23 +90,20 @@ def _fold(
     values: Weights,
     factor: float,
 ) -> tuple[dict[str, Array], dict[str, Array] | None]:
+    """Add ``factor * values`` to ``acc``.
+
+    Arrays over :data:`_BLOCK` elements are folded block by block, and the
+    pages of a contribution that views a mapped file are given back as each
+    block is folded: a large reply is never resident whole.
+    """
     if acc is None:
-        # The first contribution initializes the accumulator: 0 + n*x == n*x exactly.
-        acc = {}
-        for name, x in values.items():
-            dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-            # A fresh array (a ufunc would turn a 0-d input into a scalar).
-            acc[name] = np.array(x, dtype=dtype)
-            if factor != 1.0:
-                np.multiply(acc[name], factor, out=acc[name])
-        return acc, scratch
+        return _first(values, factor), scratch
     if factor == 1.0:
-        for name, x in values.items():
-            np.add(acc[name], x, out=acc[name], casting="unsafe")
+        _add(acc, values)
         return acc, scratch
     if scratch is None:
-        # At most _BLOCK elements per array: a large model is folded block by block,
-        # so the scratch stays small instead of costing one more model copy.
+        # At most _BLOCK elements per array: the scratch stays small instead of
+        # costing one more model copy.
         scratch = {
             name: np.empty_like(a) if a.size <= _BLOCK else np.empty(_BLOCK, a.dtype)
             for name, a in acc.items()
@@ -77,11 +118,12 @@ def _fold(
             add(total, buf, total)
             continue
         flat_x, flat_total = np.ravel(x), total.reshape(-1)
-        for start in range(0, total.size, _BLOCK):
+        for start in _blocks(total.size):
             stop = min(start + _BLOCK, total.size)
             part = buf[: stop - start]
             multiply(flat_x[start:stop], factor, part)
             add(flat_total[start:stop], part, flat_total[start:stop])
+            release_pages(flat_x, start, stop)
     return acc, scratch
 
 

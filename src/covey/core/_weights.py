@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from covey.core._pages import sum_of_squares
+
 Array = NDArray[Any]
 Weights = Mapping[str, Array]
 """A model's state: names mapped to NumPy arrays."""
@@ -126,7 +128,7 @@ class WeightsSpec:
                 if (
                     finite
                     and dtype.kind == "f"
-                    and not _isfinite(_vdot(value, value))
+                    and not _isfinite(sum_of_squares(value))
                     and not _all_finite(value)
                 ):
                     return False

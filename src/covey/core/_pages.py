@@ -1,0 +1,94 @@
+"""Give back the memory of arrays that view a file mapping, once they have been read.
+
+A large reply can reach the round loop as arrays viewing a mapped file (a
+spilled upload, a worker's reply in shared memory). Reading it brings its
+pages into the process; folding it block by block and dropping each block's
+pages as soon as it is folded keeps about one block resident instead of the
+whole reply. The file keeps its bytes: a page read again is simply read again.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BLOCK", "mapping_of", "release_pages", "sum_of_squares"]
+
+BLOCK = 1 << 20
+"""Elements read at once when a large array is read block by block."""
+
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def mapping_of(array: Any) -> mmap.mmap | None:
+    """The file mapping ``array`` views, following its bases; None for ordinary memory.
+
+    Example:
+        >>> import numpy as np
+        >>> mapping_of(np.zeros(3)) is None
+        True
+    """
+    obj = array
+    for _ in range(32):  # a chain of views is short; never loop on a cycle
+        if isinstance(obj, mmap.mmap):
+            return obj
+        if isinstance(obj, memoryview):
+            obj = obj.obj
+        elif isinstance(obj, np.ndarray):
+            obj = obj.base
+        else:
+            return None
+        if obj is None:
+            return None
+    return None
+
+
+def release_pages(flat: np.ndarray, start: int, stop: int) -> None:
+    """Let the kernel drop the pages of elements ``start:stop`` of ``flat``, if it views a mapping.
+
+    Only whole pages inside the range are released, so a page shared with the
+    elements before or after stays. Arrays in ordinary memory, and platforms
+    without ``madvise``, are left alone.
+
+    Args:
+        flat: A 1-d C-contiguous array (e.g. ``np.ravel`` of a reply's array).
+        start: First element of the range.
+        stop: One past its last element.
+    """
+    if _DONTNEED is None or stop <= start or not flat.flags.c_contiguous:
+        return
+    mapping = mapping_of(flat)
+    if mapping is None or mapping.closed:
+        return
+    origin = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+    first = flat.ctypes.data + start * flat.itemsize - origin
+    last = flat.ctypes.data + stop * flat.itemsize - origin
+    page = mmap.PAGESIZE
+    lo = -(-first // page) * page
+    hi = last // page * page
+    if hi > lo:
+        mapping.madvise(_DONTNEED, lo, hi - lo)
+
+
+# np.vdot without its array-function dispatch (a Python frame per call).
+_vdot: Any = getattr(np.vdot, "_implementation", np.vdot)
+
+
+def sum_of_squares(array: np.ndarray) -> Any:
+    """``vdot(array, array)``, read block by block (pages given back) if it views a mapping.
+
+    Finite exactly when every value is, unless huge finite values overflow it,
+    which is why callers settle a non-finite result with an exact check.
+    """
+    if array.size <= BLOCK or not array.flags.c_contiguous or mapping_of(array) is None:
+        return _vdot(array, array)
+    flat = array.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, BLOCK):
+        stop = min(start + BLOCK, flat.size)
+        part = flat[start:stop]
+        total += _vdot(part, part)
+        release_pages(flat, start, stop)
+    return total
