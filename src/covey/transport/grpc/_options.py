@@ -8,10 +8,6 @@ frame is refused by gRPC before covey sees it.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import sys
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -68,36 +64,6 @@ class ServerTLS:
     is_revoked: Callable[[bytes], bool] | None = None
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-CHUNK_MMAP_THRESHOLD = 1024 * 1024
-"""Allocations of at least this many bytes get pages of their own, given back when freed."""
-
-
-@functools.cache
-def fix_mmap_threshold() -> bool:
-    """Make glibc give every freed allocation of 1 MiB or more back to the system at once.
-
-    gRPC hands each received frame to Python as a new ``bytes`` of up to 2 MiB.
-    glibc serves the first ones with pages of their own, then raises its
-    threshold to their size and serves later ones from its heaps, where freed
-    frames stay resident: about one model of such memory was measured in a
-    server receiving four 400 MB replies at once. A fixed threshold (what the
-    ``MALLOC_MMAP_THRESHOLD_`` environment variable does) turns that off.
-    Done once per process, on Linux with glibc only; True if it was applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, CHUNK_MMAP_THRESHOLD))
-
-
 def start_server(
     address: str, tls: ServerTLS | None, service: FederationService, max_clients: int
 ) -> tuple[grpc.Server, int]:
@@ -115,7 +81,6 @@ def start_server(
     Raises:
         OSError: The address cannot be listened on.
     """
-    fix_mmap_threshold()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_clients + 8, thread_name_prefix="covey-rpc"),
         options=grpc_options(),
@@ -160,7 +125,6 @@ def open_channel(
     address: str, tls: ClientTLS | None, options: list[tuple[str, Any]]
 ) -> grpc.Channel:
     """A channel to ``address``: insecure without ``tls``, else with the client's TLS."""
-    fix_mmap_threshold()
     if tls is None:
         return grpc.insecure_channel(address, options=options)
     creds = grpc.ssl_channel_credentials(
