@@ -22,7 +22,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
-from covey.core._pages import BLOCK, release_pages
+from covey.core._pages import BLOCK, blocks, release_pages
 from covey.core._weights import Array, Weights
 
 
@@ -41,10 +41,6 @@ _BLOCK = BLOCK
 """Elements folded at once; the scratch of one array never holds more (8 MiB of float64)."""
 
 
-def _blocks(size: int) -> range:
-    return range(0, size, _BLOCK)
-
-
 def _first(values: Weights, factor: float) -> dict[str, Array]:
     """The accumulator from the first contribution: 0 + n*x == n*x exactly."""
     acc: dict[str, Array] = {}
@@ -58,8 +54,7 @@ def _first(values: Weights, factor: float) -> dict[str, Array]:
         else:
             a = np.empty(x.shape, dtype)
             flat_x, flat_a = np.ravel(x), a.reshape(-1)
-            for start in _blocks(a.size):
-                stop = min(start + _BLOCK, a.size)
+            for start, stop in blocks(a.size):
                 part = flat_a[start:stop]
                 part[...] = flat_x[start:stop]
                 if factor != 1.0:
@@ -77,8 +72,7 @@ def _add(acc: dict[str, Array], values: Weights) -> None:
             np.add(total, x, out=total, casting="unsafe")
             continue
         flat_x, flat_total = np.ravel(x), total.reshape(-1)
-        for start in _blocks(total.size):
-            stop = min(start + _BLOCK, total.size)
+        for start, stop in blocks(total.size):
             into = flat_total[start:stop]
             np.add(into, flat_x[start:stop], out=into, casting="unsafe")
             release_pages(flat_x, start, stop)
@@ -118,8 +112,7 @@ def _fold(
             add(total, buf, total)
             continue
         flat_x, flat_total = np.ravel(x), total.reshape(-1)
-        for start in _blocks(total.size):
-            stop = min(start + _BLOCK, total.size)
+        for start, stop in blocks(total.size):
             part = buf[: stop - start]
             multiply(flat_x[start:stop], factor, part)
             add(flat_total[start:stop], part, flat_total[start:stop])

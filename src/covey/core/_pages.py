@@ -10,14 +10,27 @@ whole reply. The file keeps its bytes: a page read again is simply read again.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BLOCK", "mapping_of", "release_pages", "sum_of_squares"]
+__all__ = ["BLOCK", "blocks", "mapping_of", "release_pages", "sum_of_squares"]
 
 BLOCK = 1 << 20
 """Elements read at once when a large array is read block by block."""
+
+
+def blocks(size: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each block of :data:`BLOCK` elements in ``size`` elements.
+
+    Example:
+        >>> list(blocks(BLOCK + 2))
+        [(0, 1048576), (1048576, 1048578)]
+    """
+    for start in range(0, size, BLOCK):
+        yield start, min(start + BLOCK, size)
+
 
 _DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 
@@ -86,8 +99,7 @@ def sum_of_squares(array: np.ndarray) -> Any:
         return _vdot(array, array)
     flat = array.reshape(-1)
     total = 0.0
-    for start in range(0, flat.size, BLOCK):
-        stop = min(start + BLOCK, flat.size)
+    for start, stop in blocks(flat.size):
         part = flat[start:stop]
         total += _vdot(part, part)
         release_pages(flat, start, stop)
