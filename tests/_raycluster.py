@@ -35,17 +35,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ports() -> list[str]:
-    lo = free_port()
-    # A block of worker ports near a free one; Ray checks them as it uses them.
-    lo = max(20000, min(lo, 60000))
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _worker_block(taken: list[int], size: int = 200) -> int:
+    """The first port of ``size`` ports below the kernel's ephemeral range, all free now.
+
+    The other ports come from ``free_port()``, i.e. from the ephemeral range, so
+    the two can never overlap (Ray refuses to start when they do).
+    """
+    top = _ephemeral_low() - size
+    rng = secrets.SystemRandom()
+    for _ in range(50):
+        lo = rng.randrange(20000, max(20001, top))
+        if any(abs(lo - other) <= size for other in taken):
+            continue
+        try:
+            for port in range(lo, lo + size + 1, 25):
+                with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        taken.append(lo)
+        return lo
+    raise RuntimeError("no free block of Ray worker ports below the ephemeral range")
+
+
+def _ports(taken: list[int], singles: set[int]) -> list[str]:
+    """Ray's per-node ports: six distinct single ports and one block for its workers."""
+    mine: set[int] = set()
+    while len(mine) < 6:
+        port = free_port()
+        if port not in singles:
+            mine.add(port)
+    singles |= mine
+    lo = _worker_block(taken)
+    names = [
+        "node-manager",
+        "object-manager",
+        "runtime-env-agent",
+        "dashboard-agent-grpc",
+        "dashboard-agent-listen",
+        "metrics-export",
+    ]
     return [
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+        *(f"--{name}-port={port}" for name, port in zip(names, sorted(mine), strict=True)),
         f"--min-worker-port={lo}",
         f"--max-worker-port={lo + 200}",
     ]
@@ -75,6 +113,9 @@ class LocalRayCluster:
         # Short: Ray's socket paths live under it and must stay below ~100 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="cvr", dir="/tmp")
         self.port = free_port()
+        # Ports already handed out to this cluster, so no two of its components share one.
+        self._singles: set[int] = {self.port}
+        self._blocks: list[int] = []
         self.address = f"127.0.0.1:{self.port}"
         # Its own token: the default one in ~/.ray is shared with every Ray of this user.
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -87,13 +128,19 @@ class LocalRayCluster:
             ),
         }
 
+    def _single(self) -> int:
+        while (port := free_port()) in self._singles:
+            pass
+        self._singles.add(port)
+        return port
+
     def _start(self, args: list[str], env: dict[str, str]) -> None:
         common = [
             "--node-ip-address=127.0.0.1",
             f"--temp-dir={self.temp_dir}",
             "--object-store-memory=100000000",
             "--disable-usage-stats",
-            *_ports(),
+            *_ports(self._blocks, self._singles),
         ]
         out = subprocess.run(
             [RAY, "start", *args, *common],
@@ -113,9 +160,9 @@ class LocalRayCluster:
                 [
                     "--head",
                     f"--port={self.port}",
-                    f"--ray-client-server-port={free_port()}",
+                    f"--ray-client-server-port={self._single()}",
                     "--include-dashboard=false",
-                    f"--dashboard-port={free_port()}",
+                    f"--dashboard-port={self._single()}",
                     f"--num-cpus={self.head_cpus}",
                     "--num-gpus=0",
                 ],
