@@ -225,7 +225,7 @@ def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
         return None
     if run_dir is None:
         raise ValueError("resume=True needs run_dir")
-    return RunStore.open(run_dir)
+    return RunStore.open(run_dir, exclusive=True)
 
 
 def _listen(
@@ -403,5 +403,5 @@ def _open_run(
     )
     if scheme is not None:
         config["compression"] = scheme_spec(scheme)
-    store = RunStore.create(run_dir, config=config) if run_dir is not None else None
+    store = None if run_dir is None else RunStore.create(run_dir, config=config, exclusive=True)
     return _Run(store, initial_weights, config)
