@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import covey
+from covey.cli import app
+from covey.deploy.certs import init_federation, issue_client
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
+
+APPS = Path(__file__).parent / "apps"
+
+
+def _client_command(cwd: Path, *tls: str) -> tuple[int, str]:
+    """``covey client`` with these TLS flags, in a process (gRPC may abort it), bounded."""
+    args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--server", "127.0.0.1:9"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    env["COLUMNS"] = "250"
+    run = subprocess.run(
+        [sys.executable, "-m", "covey", *args, *tls, "--retry-for", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
+    return run.returncode, run.stderr
 
 
 def test_a_port_held_by_another_covey_server_is_refused(tmp_path: Path) -> None:
@@ -45,3 +71,72 @@ def test_a_run_folder_served_by_another_server_is_refused(tmp_path: Path) -> Non
     assert [r.round for r in again.join().history.rounds] == [0, 1, 2]  # the lock went with it
     for c in clients:
         c.join()
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Path:
+    root = tmp_path / "fed"
+    init_federation(root)
+    for name in ("a", "b"):
+        issue_client(root, name)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            "--ca fed/ca.pem --cert fed/clients/a.pem",
+            "a client certificate and its private key go together: give both (--cert and "
+            "--key) or neither",
+        ),
+        (
+            "--ca fed/ca.pem --cert fed/clients/a.pem --key fed/clients/b.key",
+            "fed/clients/b.key is not the private key of fed/clients/a.pem",
+        ),
+        ("--ca fed/clients/a.key", "fed/clients/a.key is not a PEM certificate"),
+        ("--certs broken --name a", "broken/ca.pem is not a PEM certificate"),
+    ],
+)
+def test_a_client_with_bad_tls_files_names_the_file(fed: Path, flags: str, message: str) -> None:
+    broken = fed.parent / "broken"
+    broken.mkdir()
+    (broken / "clients").symlink_to(fed / "clients")
+    (broken / "ca.pem").write_text("not a certificate\n")
+    code, err = _client_command(fed.parent, *flags.split())
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == f"error: {message}"
+    assert "connection to" not in err  # refused before any attempt to connect
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("server.key", "server.key is not a PEM private key"),
+        ("swap", "server.key is not the private key of"),
+        ("server.pem", "server.pem is not a PEM certificate"),
+        ("revoked.json", "malformed revocation list"),
+    ],
+)
+def test_a_server_with_bad_tls_files_names_the_file(
+    fed: Path, tmp_path: Path, damage: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if damage == "swap":
+        (fed / "server.key").write_bytes((fed / "clients" / "a.key").read_bytes())
+    else:
+        (fed / damage).write_text("{damaged")
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COLUMNS", "250")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("server", "--app", "tiny_app:server_app", "--certs", str(fed)),
+            *("--address", "127.0.0.1:0", "--run-dir", str(run), "--wait-timeout", "1"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "cannot listen" not in result.output
+    assert not run.exists()
+

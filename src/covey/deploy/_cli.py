@@ -136,6 +136,12 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
                 f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
                 f"make one with `covey certs init --dir {certs}`"
             )
+        from covey.deploy._server import tls_from_dir
+
+        try:
+            tls_from_dir(certs)
+        except (OSError, ValueError) as exc:
+            fail(f"--certs {certs}: {exc}")
     if insecure:
         console.print(
             "[bold yellow]warning:[/] serving WITHOUT TLS; use only for local experiments"
@@ -298,14 +304,17 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
 
     certs_dir = _pick(flags["certs"], s, "certs", None)
     ca = _pick(flags["ca"], s, "ca", None)
-    if certs_dir is not None:
-        if flags["name"] is None:
-            fail("--certs needs --name NAME (the client name its certificate was issued to)")
-        return tls_from_certs(certs_dir, flags["name"])
-    if ca is not None:
-        return client_tls(
-            ca, _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
-        )
+    try:
+        if certs_dir is not None:
+            if flags["name"] is None:
+                fail("--certs needs --name NAME (the client name its certificate was issued to)")
+            return tls_from_certs(certs_dir, flags["name"])
+        if ca is not None:
+            return client_tls(
+                ca, _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
+            )
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
     if not flags["insecure"]:
         fail(
             "no --certs: give --certs DIR --name NAME (see `covey certs issue`), "

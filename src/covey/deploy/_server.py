@@ -17,6 +17,7 @@ from covey.compress import CompressedTransport, Scheme, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
+from covey.deploy._pem import check_ca, check_pair
 from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
@@ -67,7 +68,18 @@ class ServeResult:
 
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
-    """Load the server's TLS material from a federation folder made by ``covey certs init``."""
+    """Load the server's TLS material from a federation folder made by ``covey certs init``.
+
+    The files are checked before the server listens: the CA and the server's
+    certificate must be PEM, the key must be the certificate's, and the
+    revocation list must be readable.
+
+    Raises:
+        FileNotFoundError: A file of the federation is missing.
+        ValueError: A file is damaged, or ``server.key`` is not the key of ``server.pem``.
+    """
+    from covey.deploy.certs import load_revoked
+
     d = Path(directory)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
     if missing:
@@ -75,13 +87,16 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
             f"{d} is not a federation folder (missing {', '.join(missing)}); "
             "create one with `covey certs init --dir DIR`"
         )
-
-    return ServerTLS(
+    tls = ServerTLS(
         ca=(d / "ca.pem").read_bytes(),
         cert=(d / "server.pem").read_bytes(),
         key=(d / "server.key").read_bytes(),
         is_revoked=RevocationList(d),
     )
+    check_ca(tls.ca, str(d / "ca.pem"))
+    check_pair(tls.cert, tls.key, str(d / "server.pem"), str(d / "server.key"))
+    load_revoked(d)  # a damaged list refuses the start, not every client that joins
+    return tls
 
 
 def serve(
