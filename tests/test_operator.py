@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 import covey
 from covey.cli import app
-from covey.deploy.certs import init_federation, issue_client
+from covey.deploy._revoked import RevocationList
+from covey.deploy.certs import init_federation, issue_client, revoke
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
@@ -140,3 +141,21 @@ def test_a_server_with_bad_tls_files_names_the_file(
     assert "cannot listen" not in result.output
     assert not run.exists()
 
+
+def test_a_revocation_list_damaged_mid_run_keeps_the_last_good_one(
+    fed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = RevocationList(fed)
+    a, b = ((fed / "clients" / f"{n}.pem").read_bytes() for n in ("a", "b"))
+    revoke(fed, "b")
+    assert (check(a), check(b)) == (False, True)
+    (fed / "revoked.json").write_text('[{"serial": ')  # an edit saved half-way
+    assert (check(a), check(b)) == (False, True)  # neither raises nor lets b back in
+    assert (check(a), check(b)) == (False, True)
+    errors = [r for r in caplog.records if "revoked.json" in r.getMessage()]
+    assert len(errors) == 1  # said once, not at every message
+    assert "keeping the revocation list read before" in errors[0].getMessage()
+    (fed / "revoked.json").unlink()
+    assert check(b)
+    (fed / "revoked.json").write_text("[]\n")
+    assert (check(a), check(b)) == (False, False)  # a good list again applies
