@@ -159,3 +159,14 @@ def test_a_revocation_list_damaged_mid_run_keeps_the_last_good_one(
     assert check(b)
     (fed / "revoked.json").write_text("[]\n")
     assert (check(a), check(b)) == (False, False)  # a good list again applies
+
+
+def test_clients_are_told_why_a_failed_run_stopped(tmp_path: Path) -> None:
+    strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(strategy, 1, run_dir=tmp_path / "run", wait_timeout=2)
+    client = Joined(served.port, name="lonely")
+    with pytest.raises(covey.FederationError):
+        served.join(30)
+    client.join(30)
+    assert client.result is not None, client.error
+    assert client.result.reason.startswith("the run stopped: round 1: only 1 of the 2 clients")

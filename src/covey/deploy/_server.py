@@ -185,6 +185,7 @@ def serve(
     if on_listen is not None:
         on_listen(transport.port)
     logger.info("covey server listening on port %d", transport.port)
+    goodbye = "the run is over"
     try:
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
@@ -211,9 +212,10 @@ def serve(
         run.end(None)
     except BaseException as exc:
         run.end(exc)
+        goodbye = _goodbye(exc)
         raise
     finally:
-        transport.close()
+        transport.close(goodbye)
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
@@ -267,6 +269,16 @@ def _listen(
     except BaseException:
         late.close()
         raise
+
+
+def _goodbye(exc: BaseException) -> str:
+    """What the clients are told when the run stops on ``exc`` (no traceback leaves the server)."""
+    if isinstance(exc, FederationError):
+        lines = str(exc).strip().splitlines() or ["the run failed"]
+        return f"the run stopped: {lines[0][:300]}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "the run stopped: the server was interrupted"
+    return f"the run stopped: the server failed ({type(exc).__name__})"
 
 
 def _describe(exc: BaseException) -> str:
