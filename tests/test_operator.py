@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import covey
 from covey.cli import app
 from covey.deploy._revoked import RevocationList
 from covey.deploy.certs import init_federation, issue_client, revoke
+from covey.server import RunStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
@@ -170,3 +173,43 @@ def test_clients_are_told_why_a_failed_run_stopped(tmp_path: Path) -> None:
     client.join(30)
     assert client.result is not None, client.error
     assert client.result.reason.startswith("the run stopped: round 1: only 1 of the 2 clients")
+
+
+def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    env["COLUMNS"] = "250"
+    port_file, run = tmp_path / "port", tmp_path / "run"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(600):  # the server writes its port once it listens
+            if port_file.exists() or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert port_file.exists(), server.communicate(timeout=10)
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    assert server.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: the run in {run} is kept; continue it with `covey server --resume {run}`"
+    )
+    with RunStore.open(run) as store:
+        assert store.status == "failed"
+        assert store.events()[-1][2:] == ("stopped", "interrupted (SIGINT)")

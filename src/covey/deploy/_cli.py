@@ -200,6 +200,16 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         _forget(run, flags)
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _forget(run, flags)
+        kept = (run / "run.sqlite").is_file()
+        console.print(
+            f"interrupted: the run in {run} is kept; continue it with `covey server --resume {run}`"
+            if kept
+            else "interrupted before the run started",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json and plot.png in {run}"

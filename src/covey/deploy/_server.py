@@ -285,6 +285,8 @@ def _describe(exc: BaseException) -> str:
     """The reason a run stopped, with the traceback of an unexpected error."""
     if isinstance(exc, FederationError) and exc.history.stopped_reason:
         return exc.history.stopped_reason
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
     return "".join(traceback.format_exception(exc))
 
 
