@@ -213,3 +213,56 @@ def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
     with RunStore.open(run) as store:
         assert store.status == "failed"
         assert store.events()[-1][2:] == ("stopped", "interrupted (SIGINT)")
+
+
+def _start_server(tmp_path: Path, run: Path) -> subprocess.Popen[str]:
+    """``covey server`` of tiny_app in a process, once it listens (waiting for its clients)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    port_file = tmp_path / "port"
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        if port_file.exists() or server.poll() is not None:
+            break
+        time.sleep(0.1)
+    if not port_file.exists():
+        server.kill()
+        server.wait(10)
+        raise AssertionError("the server did not start")
+    return server
+
+
+def test_a_killed_server_does_not_show_as_running(tmp_path: Path) -> None:
+    from covey.dashboard._runs import read_run
+
+    run = tmp_path / "runs" / "study"
+    server = _start_server(tmp_path, run)
+    try:
+        assert read_run("study", run).status == "running"
+        server.kill()  # SIGKILL: the run cannot record its end
+        server.wait(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    shown = read_run("study", run)
+    assert shown.status == "stopped"
+    assert "resume" in shown.meta["stopped_reason"]
+    listed = CliRunner().invoke(
+        app, ["runs", "list", "--dir", str(tmp_path / "runs")], env={"COLUMNS": "250"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "stopped" in listed.output
+    assert "running" not in listed.output

@@ -21,7 +21,7 @@ from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir
 
-__all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "RunDB", "hold_run"]
+__all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "RunDB", "hold_run", "is_held"]
 
 SCHEMA_VERSION: Final = 1
 """The version of the SQLite schema this module reads and writes."""
@@ -208,9 +208,16 @@ def hold_run(path: Path) -> int | None:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock
         return None
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)  # a pid: no secret
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for attempt in range(4):  # an is_held probe holds it for an instant only
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 3:
+                    raise
+                time.sleep(0.05 * 2**attempt)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
@@ -224,6 +231,35 @@ def hold_run(path: Path) -> int | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def is_held(path: Path) -> bool | None:
+    """Whether a server process holds the run in ``path`` now (see :func:`hold_run`).
+
+    Only reads: the probe takes a shared lock for an instant, which
+    :func:`hold_run` waits out.
+
+    Returns:
+        True or False; None when it cannot tell (no ``run.lock``: a run made by
+        an older covey, or no ``flock`` on this system).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # lets go of the probe's lock
+    return False
 
 
 def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
