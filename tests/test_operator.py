@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -266,3 +268,25 @@ def test_a_killed_server_does_not_show_as_running(tmp_path: Path) -> None:
     assert listed.exit_code == 0, listed.output
     assert "stopped" in listed.output
     assert "running" not in listed.output
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_texts_show_their_brackets() -> None:
+    import typer.main
+
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"})
+        text = " ".join(shown.output.replace("│", " ").split())
+        for param in command.params:
+            for word in (getattr(param, "help", None) or "").split():
+                if "[" in word:  # e.g. "[policy]", which rich took for markup and dropped
+                    shown_as = word.replace("\\[", "[")  # an escaped bracket shows as one
+                    assert shown_as in text, f"covey {' '.join(path)} --help lost {word!r}"
+                    checked += 1
+    assert checked >= 2

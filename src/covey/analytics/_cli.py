@@ -73,7 +73,8 @@ def site_command(
     ],
     server: Annotated[str, typer.Option(help="The query server's host:port.")],
     policy: Annotated[
-        Path | None, typer.Option(help="TOML file with the site's [policy]; none: answer nothing.")
+        Path | None,
+        typer.Option(help="TOML file with the site's \\[policy]; none: answer nothing."),
     ] = None,
     certs: Annotated[
         Path | None, typer.Option(help="Federation folder holding ca.pem and clients/NAME.*")
