@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -290,3 +291,56 @@ def test_help_texts_show_their_brackets() -> None:
                     assert shown_as in text, f"covey {' '.join(path)} --help lost {word!r}"
                     checked += 1
     assert checked >= 2
+
+
+def _query_command(*args: str) -> tuple[int, str]:
+    """``covey query`` in a process (it ends with os._exit), bounded."""
+    run = subprocess.run(
+        [sys.executable, "-m", "covey", "query", "--insecure", "--wait-timeout", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    return run.returncode, run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--server", "127.0.0.1:0", "SELECT * FROM patients"],
+            "SELECT * at line 1, column 8 is row-level output and is not supported",
+        ),
+        (
+            ["--server", "127.0.0.1:0", "--epsilon", "-1", "SELECT COUNT(*) FROM patients"],
+            "epsilon must be a positive number, got -1.0",
+        ),
+        (
+            ["--server", "127.0.0.1:0", "--mechanism", "lapalce", "SELECT COUNT(*) FROM p"],
+            "mechanism must be one of ('laplace', 'gaussian'), got 'lapalce'",
+        ),
+        (
+            ["--server", "127.0.0.1", "SELECT COUNT(*) FROM patients"],
+            "'127.0.0.1' has no port; give HOST:PORT (e.g. 127.0.0.1:9092)",
+        ),
+    ],
+)
+def test_a_query_that_cannot_be_answered_is_refused_before_it_listens(
+    args: list[str], message: str
+) -> None:
+    code, err = _query_command(*args)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == f"error: {message}"
+    assert "waiting for" not in err  # no site was kept waiting on a doomed query
+
+
+def test_a_query_on_a_busy_port_says_so() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = _query_command("--server", f"127.0.0.1:{port}", "SELECT COUNT(*) FROM p")
+    assert code == 1, err
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in err
