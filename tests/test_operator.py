@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import covey
+import covey.deploy
 from covey.cli import app
 from covey.deploy._revoked import RevocationList
 from covey.deploy.certs import init_federation, issue_client, revoke
@@ -344,3 +347,66 @@ def test_a_query_on_a_busy_port_says_so() -> None:
     assert code == 1, err
     assert err.strip().splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["server", "--rounds", "-2"], "--rounds must be a whole number 0 or more, got -2"),
+        (["server", "--round-timeout", "-1"], "--round-timeout must be a number above 0, got -1.0"),
+        (["server", "--heartbeat", "0"], "--heartbeat must be a number above 0, got 0.0"),
+        (["server", "--wait-timeout", "nan"], "--wait-timeout must be a number above 0, got nan"),
+        (
+            ["server", "--config", "bad.toml"],
+            "--rounds must be a whole number 0 or more, got 'ten'",
+        ),
+        (["client", "--retry-for", "nan"], "--retry-for must be a number 0 or more, got nan"),
+        (["client", "--max-attempts", "0"], "--max-attempts must be a whole number above 0, got 0"),
+    ],
+)
+def test_numbers_that_would_hang_or_misbehave_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(APPS))
+    (tmp_path / "bad.toml").write_text('[server]\nrounds = "ten"\n')
+    command, *rest = args
+    app_flags = ["--app", f"tiny_app:{'server_app' if command == 'server' else 'client_fn'}"]
+    where = (
+        ["--address", "127.0.0.1:0", "--run-dir", "run", "--no-plot", "--wait-timeout", "2"]
+        if command == "server"
+        else ["--cid", "0", "--server", "127.0.0.1:9"]
+    )
+    result = CliRunner().invoke(
+        app, [command, *app_flags, "--insecure", *where, *rest], env={"COLUMNS": "250"}
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == f"error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"rounds": -1}, "rounds must be an int, 0 or more, got -1"),
+        ({"wait_timeout": float("nan")}, "wait_timeout must be a number of seconds above 0"),
+        ({"round_timeout": 0}, "round_timeout must be a number of seconds above 0, got 0"),
+        ({"heartbeat": -1.0}, "heartbeat must be a number of seconds above 0, got -1.0"),
+    ],
+)
+def test_serve_refuses_numbers_that_would_hang_or_misbehave(
+    tmp_path: Path, setting: dict[str, Any], message: str
+) -> None:
+    kwargs: dict[str, Any] = {"rounds": 1, "wait_timeout": 2.0, **setting}
+    rounds = kwargs.pop("rounds")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        covey.deploy.serve(
+            covey.FedAvg(),
+            rounds,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=tmp_path / "run",
+            **kwargs,
+        )
+    assert not (tmp_path / "run").exists()

@@ -14,6 +14,7 @@ from covey.deploy._cli_errors import (
     compression_spec,
     fail,
     load_object,
+    number,
     read_settings,
     required_params,
 )
@@ -275,10 +276,10 @@ def server_command(
         "address": _pick(address, s, "address", None),
         "certs": certs_dir,
         "insecure": insecure,
-        "rounds": rounds,
-        "round_timeout": round_timeout,
-        "wait_timeout": wait_timeout,
-        "heartbeat": heartbeat,
+        "rounds": number(_pick(rounds, s, "rounds", None), "--rounds", integer=True, zero=True),
+        "round_timeout": number(_pick(round_timeout, s, "round_timeout", None), "--round-timeout"),
+        "wait_timeout": number(_pick(wait_timeout, s, "wait_timeout", None), "--wait-timeout"),
+        "heartbeat": number(_pick(heartbeat, s, "heartbeat", None), "--heartbeat"),
         "plot": plot,
         "compression": scheme,
     }
@@ -390,6 +391,8 @@ def client_command(
         fail("give --app MODULE:OBJECT naming the client or client_fn (or app = ... in --config)")
     if address is None:
         fail("give --server HOST:PORT, the address the server listens on")
+    attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
+    retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
     the_cid = _pick(cid, s, "cid", None)
     client = _make_client(app_spec, the_cid)
     the_name = _pick(name, s, "name", None)
@@ -403,8 +406,8 @@ def client_command(
             tls=tls,
             insecure=insecure,
             name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
-            max_attempts=_pick(max_attempts, s, "max_attempts", None),
-            retry_for=_pick(retry_for, s, "retry_for", 600.0),
+            max_attempts=attempts,
+            retry_for=retry,
             max_task_bytes=_task_cap(_pick(max_task_mb, s, "max_task_mb", None)),
         )
     except Refused as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import sys
 import tomllib
@@ -14,7 +15,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["compression_spec", "fail", "load_object", "read_settings", "required_params"]
+__all__ = [
+    "compression_spec",
+    "fail",
+    "load_object",
+    "number",
+    "read_settings",
+    "required_params",
+]
 
 console = Console(stderr=True)
 
@@ -116,3 +124,30 @@ def compression_spec(spec: Any) -> str | None:
     except ValueError as exc:
         fail(f"--compression: {exc}")
     return str(spec)
+
+
+def number(value: Any, flag: str, *, integer: bool = False, zero: bool = False) -> Any:
+    """``value`` of ``flag`` (or of its ``--config`` key), checked; None passes.
+
+    Args:
+        value: The value given.
+        flag: The flag, named in the error.
+        integer: Whether it must be a whole number.
+        zero: Whether 0 is allowed (else it must be above 0).
+
+    Returns:
+        ``value``, a finite number of the right kind and range.
+    """
+    if value is None:
+        return None
+    kind = int if integer else int | float
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        what = "a whole number" if integer else "a number"
+        fail(f"{flag} must be {what} {'0 or more' if zero else 'above 0'}, got {value!r}")
+    return value

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import logging
+import math
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -164,6 +165,7 @@ def serve(
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
+    _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
     opened = _reopen(run_dir, resume)
     scheme = _scheme(compression, opened, strategy)
     if address is None:
@@ -269,6 +271,27 @@ def _listen(
     except BaseException:
         late.close()
         raise
+
+
+def _check_settings(
+    rounds: int, round_timeout: float | None, wait_timeout: float | None, heartbeat: float
+) -> None:
+    """Refuse numbers that would end a run at once or never (a NaN wait waits forever)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be an int, 0 or more, got {rounds!r}")
+    for name, value in (
+        ("round_timeout", round_timeout),
+        ("wait_timeout", wait_timeout),
+        ("heartbeat", heartbeat),
+    ):
+        if value is None and name != "heartbeat":
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value > 0)
+        ):
+            raise ValueError(f"{name} must be a number of seconds above 0, got {value!r}")
 
 
 def _goodbye(exc: BaseException) -> str:
