@@ -41,11 +41,23 @@ _BLOCK = BLOCK
 """Elements folded at once; the scratch of one array never holds more (8 MiB of float64)."""
 
 
+def _acc_dtype(dtype: np.dtype[np.generic]) -> np.dtype[np.generic]:
+    """The dtype a sum of ``n_k * x_k`` is kept in for arrays of ``dtype``.
+
+    float32 and float64 sum in their own dtype; float16 sums in float32 (``n_k * x_k``
+    past 65504, e.g. 40,000 examples times a weight of 2, would overflow to Inf);
+    integer and bool arrays sum in float64 and are rounded back at the end.
+    """
+    if dtype.kind == "f":
+        return dtype if dtype.itemsize >= 4 else np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
 def _first(values: Weights, factor: float) -> dict[str, Array]:
     """The accumulator from the first contribution: 0 + n*x == n*x exactly."""
     acc: dict[str, Array] = {}
     for name, x in values.items():
-        dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+        dtype = _acc_dtype(x.dtype)
         if x.size <= _BLOCK:
             # A fresh array (a ufunc would turn a 0-d input into a scalar).
             a = np.array(x, dtype=dtype)
@@ -106,15 +118,25 @@ def _fold(
     for name, x in values.items():
         buf = scratch[name]
         total = acc[name]
+        # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
+        lift = x.dtype.kind == "f" and x.dtype != total.dtype
         if total.size <= _BLOCK:
             # Positional outputs: the same ufuncs, without parsing keywords on every call.
-            multiply(x, factor, buf)
+            if lift:
+                buf[...] = x
+                multiply(buf, factor, buf)
+            else:
+                multiply(x, factor, buf)
             add(total, buf, total)
             continue
         flat_x, flat_total = np.ravel(x), total.reshape(-1)
         for start, stop in blocks(total.size):
             part = buf[: stop - start]
-            multiply(flat_x[start:stop], factor, part)
+            if lift:
+                part[...] = flat_x[start:stop]
+                multiply(part, factor, part)
+            else:
+                multiply(flat_x[start:stop], factor, part)
             add(flat_total[start:stop], part, flat_total[start:stop])
             release_pages(flat_x, start, stop)
     return acc, scratch
@@ -125,7 +147,12 @@ def _finish(acc: dict[str, Array], total: float, params: Weights) -> dict[str, A
     for name, a in acc.items():
         np.divide(a, total, out=a)
         target = params[name].dtype
-        out[name] = a if a.dtype == target else np.rint(a, out=a).astype(target)
+        if a.dtype == target:
+            out[name] = a
+        elif target.kind == "f":  # float16 summed in float32
+            out[name] = a.astype(target)
+        else:
+            out[name] = np.rint(a, out=a).astype(target)
     return out
 
 
@@ -195,7 +222,8 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
             for name, a in acc.items():
                 np.add(a, state.acc_weights[name], out=a)
-                np.subtract(a, np.multiply(params[name], state.examples_weights), out=a)
+                g = np.multiply(params[name], state.examples_weights, dtype=a.dtype)
+                np.subtract(a, g, out=a)
         # Non-float arrays get a rounded delta of their own dtype, so apply() works.
         delta = _finish(acc, state.total, params)
         agg = Aggregate(
