@@ -430,3 +430,19 @@ def test_float16_models_sum_without_overflow(form: Form) -> None:
     for name in params:
         assert new[name].dtype == np.float16
         assert np.all(new[name] == 3.0), name
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int32])
+def test_integer_means_near_the_dtype_limits_do_not_wrap(dtype: Any) -> None:
+    """A mean of weights at the largest integers stays there (float64 rounds 2**63 - 1 up)."""
+    info = np.iinfo(dtype)
+    params = {"n": np.zeros(2, dtype)}
+    contributions = [
+        Contribution(cid, 1, weights={"n": np.array([info.max - cid, info.min + cid], dtype)})
+        for cid in range(3)
+    ]
+    new = aggregate_round(weighted_mean(), params, contributions).apply(params)
+    assert new["n"].dtype == dtype
+    top, bottom = (int(v) for v in new["n"])
+    assert info.max - 2048 <= top <= info.max
+    assert info.min <= bottom <= info.min + 2048

@@ -142,7 +142,15 @@ def _fold(
     return acc, scratch
 
 
-def _finish(acc: dict[str, Array], total: float, params: Weights) -> dict[str, Array]:
+def _finish(
+    acc: dict[str, Array], total: float, params: Weights, *, weights: bool
+) -> dict[str, Array]:
+    """Divide the sums by ``total``, each array back in the model's dtype.
+
+    Integer arrays are rounded; a mean of ``weights`` (not of deltas) is also kept
+    within its integer dtype, where float64 rounding near the dtype's limits (say
+    ``2**63 - 1``, which float64 rounds up to ``2**63``) would otherwise wrap around.
+    """
     out: dict[str, Array] = {}
     for name, a in acc.items():
         np.divide(a, total, out=a)
@@ -152,8 +160,20 @@ def _finish(acc: dict[str, Array], total: float, params: Weights) -> dict[str, A
         elif target.kind == "f":  # float16 summed in float32
             out[name] = a.astype(target)
         else:
-            out[name] = np.rint(a, out=a).astype(target)
+            np.rint(a, out=a)
+            if weights and target.kind in "iu":
+                np.clip(a, *_int_bounds(target), out=a)
+            out[name] = a.astype(target)
     return out
+
+
+def _int_bounds(dtype: np.dtype[np.generic]) -> tuple[float, float]:
+    """The widest float64 range whose every value casts into the integer ``dtype``."""
+    info = np.iinfo(str(dtype))
+    low, high = float(info.min), float(info.max)
+    if int(high) > info.max:  # 2**63 - 1 and 2**64 - 1 round up in float64
+        high = float(np.nextafter(high, -np.inf))
+    return low, high
 
 
 def _mean_step(weighted: bool) -> Step:
@@ -213,7 +233,7 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             event.round,
             state.clients,
             state.examples,
-            weights=_finish(state.acc_weights, state.total, params),
+            weights=_finish(state.acc_weights, state.total, params, weights=True),
             info=dict(event.info),
         )
     else:
@@ -225,7 +245,7 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
                 g = np.multiply(params[name], state.examples_weights, dtype=a.dtype)
                 np.subtract(a, g, out=a)
         # Non-float arrays get a rounded delta of their own dtype, so apply() works.
-        delta = _finish(acc, state.total, params)
+        delta = _finish(acc, state.total, params, weights=False)
         agg = Aggregate(
             event.round, state.clients, state.examples, delta=delta, info=dict(event.info)
         )
