@@ -1,0 +1,56 @@
+"""covey.simulate on bad input from clients and from the caller: clear errors, the run goes on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import EvaluateResult, FitResult
+
+
+class Counting(covey.Client):
+    """Adds one to every weight; client 1 declares ``huge`` examples in fit and evaluate."""
+
+    def __init__(self, cid: int, huge: int = 10**400) -> None:
+        self.cid = cid
+        self.huge = huge
+
+    def examples(self) -> int:
+        return self.huge if self.cid == 1 else 10
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(
+            weights={k: v + 1 for k, v in weights.items()}, num_examples=self.examples()
+        )
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=1.0, num_examples=self.examples())
+
+
+@pytest.mark.parametrize("huge", [10**400, 2**53 + 1], ids=["10**400", "2**53+1"])
+def test_a_client_declaring_absurdly_many_examples_is_one_failure(huge: int) -> None:
+    """One client's num_examples past 2**53 is refused for that client; the others train."""
+    result = covey.simulate(
+        lambda cid: Counting(cid, huge),
+        num_clients=3,
+        rounds=2,
+        strategy=covey.FedAvg(),
+        initial_weights={"w": np.zeros(2)},
+    )
+    assert result.weights["w"].tolist() == [2.0, 2.0]
+    for record in result.history.rounds[1:]:
+        assert record.fit_participants == [0, 2]
+        assert [f.cid for f in record.fit_failures] == [1]
+        assert "num_examples must be at most 2**53" in record.fit_failures[0].error
+        assert record.evaluate_participants == [0, 2]
+        assert record.evaluate_loss == 1.0
+        assert [f.cid for f in record.evaluate_failures] == [1]
+
+
+def test_the_largest_allowed_count_still_aggregates() -> None:
+    big = FitResult(weights={"w": np.ones(1)}, num_examples=2**53)
+    small = FitResult(weights={"w": np.zeros(1)}, num_examples=1)
+    assert covey.FedAvg().aggregate({"w": np.zeros(1)}, [big, small])["w"].tolist() == [1.0]
