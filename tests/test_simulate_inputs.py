@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -54,3 +55,51 @@ def test_the_largest_allowed_count_still_aggregates() -> None:
     big = FitResult(weights={"w": np.ones(1)}, num_examples=2**53)
     small = FitResult(weights={"w": np.zeros(1)}, num_examples=1)
     assert covey.FedAvg().aggregate({"w": np.zeros(1)}, [big, small])["w"].tolist() == [1.0]
+
+
+class PlusOne(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (0.5, "evaluate_fn must return (loss, metrics) or None, got float"),
+        ((0.5, 0.3), "evaluate_fn's metrics must be a dict of names to scalars, got float"),
+        (("low", {}), "evaluate_fn's loss must be a number, got str"),
+        ((0.5, {"confusion": np.eye(2)}), "evaluate_fn's metric 'confusion' must be a scalar"),
+    ],
+)
+def test_a_bad_evaluate_fn_result_names_what_is_wrong(
+    tmp_path: Any, returned: Any, message: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(message)):
+        covey.simulate(
+            lambda cid: PlusOne(),
+            num_clients=2,
+            rounds=1,
+            strategy=covey.FedAvg(fraction_evaluate=0.0),
+            initial_weights={"w": np.zeros(2)},
+            evaluate_fn=lambda rnd, weights: returned,
+            run_dir=tmp_path,
+        )
+
+
+def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
+    result = covey.simulate(
+        lambda cid: PlusOne(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=lambda rnd, weights: (
+            np.float32(0.25),
+            {"accuracy": np.float32(0.5), "n": np.int64(3), "zero_d": np.array(1.5)},
+        ),
+    )
+    record = result.history.rounds[1]
+    assert record.central_loss == 0.25
+    assert record.central_metrics == {"accuracy": 0.5, "n": 3, "zero_d": 1.5}
+    assert all(type(v) in (float, int) for v in record.central_metrics.values())
+    assert "zero_d" in result.history.to_json()
