@@ -103,3 +103,45 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
     assert record.central_metrics == {"accuracy": 0.5, "n": 3, "zero_d": 1.5}
     assert all(type(v) in (float, int) for v in record.central_metrics.values())
     assert "zero_d" in result.history.to_json()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seed": -1}, "seed must be a non-negative int, got -1"),
+        ({"seed": 1.5}, "seed must be a non-negative int, got 1.5"),
+        ({"round_timeout": -1}, "round_timeout must be None or a positive number, got -1"),
+        ({"round_timeout": 0}, "round_timeout must be None or a positive number, got 0"),
+        ({"client_cache": -1}, "client_cache must be None or a non-negative int, got -1"),
+        (
+            {"strategy": covey.FedAvg(fraction_fit=0.1, min_fit_clients=0)},
+            "the strategy samples no client per round: fraction_fit=0.1 of num_clients=4",
+        ),
+    ],
+)
+def test_bad_simulate_options_are_refused_before_any_round(
+    options: dict[str, Any], message: str
+) -> None:
+    built: list[int] = []
+
+    def client_fn(cid: int) -> covey.Client:
+        built.append(cid)
+        return PlusOne()
+
+    kwargs: dict[str, Any] = {"strategy": covey.FedAvg(fraction_evaluate=0.0), **options}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        covey.simulate(client_fn, 4, 1, initial_weights={"w": np.zeros(2)}, **kwargs)
+    assert built == []
+
+
+def test_numpy_seeds_and_a_selector_that_picks_from_a_zero_fraction_are_fine() -> None:
+    strategy = covey.FedAvg(
+        fraction_fit=0.1,
+        min_fit_clients=0,
+        fraction_evaluate=0.0,
+        selector=lambda candidates, rnd, rng: [0, 1],
+    )
+    result = covey.simulate(
+        lambda cid: PlusOne(), 4, 1, strategy, {"w": np.zeros(2)}, seed=np.int64(3)
+    )
+    assert result.history.rounds[1].fit_participants == [0, 1]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from covey.clients._client import ClientFn, run_task
 from covey.compress import CompressedTransport, Scheme, scheme_named, scheme_spec
 from covey.core._files import atomic_write
@@ -168,6 +170,12 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     strategy = strategy if strategy is not None else FedAvg()
+    if strategy.selector is None and strategy.num_fit(num_clients) == 0:
+        raise ValueError(
+            f"the strategy samples no client per round: fraction_fit={strategy.fraction_fit} "
+            f"of num_clients={num_clients} rounds down to 0 and min_fit_clients=0; "
+            "raise fraction_fit or min_fit_clients"
+        )
     if strategy.num_fit(num_clients) > num_clients:
         raise ValueError(
             f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
@@ -179,6 +187,22 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             f"num_clients={num_clients}"
         )
     return strategy
+
+
+def _check_options(seed: object, round_timeout: object, client_cache: object) -> None:
+    """Refuse values of simulate()'s options that would fail later, deep in a round."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if round_timeout is not None and (
+        isinstance(round_timeout, bool)
+        or not isinstance(round_timeout, int | float)
+        or not round_timeout > 0
+    ):
+        raise ValueError(f"round_timeout must be None or a positive number, got {round_timeout!r}")
+    if client_cache is not None and (
+        isinstance(client_cache, bool) or not isinstance(client_cache, int) or client_cache < 0
+    ):
+        raise ValueError(f"client_cache must be None or a non-negative int, got {client_cache!r}")
 
 
 def _compressing(
@@ -300,6 +324,7 @@ def simulate(
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     strategy = _checked(strategy, num_clients, rounds)
+    _check_options(seed, round_timeout, client_cache)
     transport = _backend(
         backend,
         client_fn,
