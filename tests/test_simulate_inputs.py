@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -145,3 +146,31 @@ def test_numpy_seeds_and_a_selector_that_picks_from_a_zero_fraction_are_fine() -
         lambda cid: PlusOne(), 4, 1, strategy, {"w": np.zeros(2)}, seed=np.int64(3)
     )
     assert result.history.rounds[1].fit_participants == [0, 1]
+
+
+class Sleepy(covey.Client):
+    """Client 1 is slower than the round's timeout; the others are quick."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            time.sleep(1.5)
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def test_inline_round_timeout_drops_the_slow_client_not_the_ones_after_it() -> None:
+    result = covey.simulate(
+        Sleepy,
+        num_clients=3,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        round_timeout=0.5,
+    )
+    record = result.history.rounds[1]
+    assert record.fit_participants == [0, 2]
+    assert [f.cid for f in record.fit_failures] == [1]
+    assert record.fit_failures[0].error.startswith("no reply in time: its fit task took")
+    assert result.weights["w"].tolist() == [1.0, 1.0]
