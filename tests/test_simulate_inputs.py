@@ -174,3 +174,52 @@ def test_inline_round_timeout_drops_the_slow_client_not_the_ones_after_it() -> N
     assert [f.cid for f in record.fit_failures] == [1]
     assert record.fit_failures[0].error.startswith("no reply in time: its fit task took")
     assert result.weights["w"].tolist() == [1.0, 1.0]
+
+
+BOOL_PRESETS = {
+    "FedAvg": covey.FedAvg,
+    "FedAvgM": covey.FedAvgM,
+    "FedAdam": covey.FedAdam,
+    "FedYogi": covey.FedYogi,
+    "FedAdagrad": covey.FedAdagrad,
+    "FedMedian": covey.FedMedian,
+    "FedTrimmedAvg": covey.FedTrimmedAvg,
+    "Krum": lambda: covey.Krum(f=1),
+    "MultiKrum": lambda: covey.MultiKrum(f=1),
+    "Bulyan": lambda: covey.Bulyan(f=0),
+    "FedRFA": covey.FedRFA,
+}
+
+
+@pytest.mark.parametrize("form", ["weights", "delta"])
+@pytest.mark.parametrize("name", sorted(BOOL_PRESETS))
+def test_every_preset_aggregates_a_model_with_a_bool_array(name: str, form: str) -> None:
+    """Bool arrays are allowed in a model; their delta is the mask of flipped entries."""
+    now = np.array([True, False, True, False])
+    sent = np.array([False, True, True, False])  # what all five clients agree on
+    kwargs: dict[str, Any] = (
+        {"weights": {"mask": sent, "w": np.ones(1)}}
+        if form == "weights"
+        else {"delta": {"mask": sent ^ now, "w": np.ones(1)}}
+    )
+    results = [FitResult(num_examples=1, **kwargs) for _ in range(5)]
+    new = BOOL_PRESETS[name]().aggregate({"mask": now, "w": np.zeros(1)}, results)
+    assert new["mask"].dtype == bool
+    assert new["mask"].tolist() == sent.tolist()
+
+
+def test_fedbuff_folds_stale_updates_of_a_model_with_a_bool_array() -> None:
+    class Flip(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            new = {"mask": ~weights["mask"], "w": weights["w"] + 1}
+            return FitResult(weights=new, num_examples=1)
+
+    result = covey.simulate(
+        lambda cid: Flip(),
+        num_clients=4,
+        rounds=3,
+        strategy=covey.FedBuff(buffer_size=2, fraction_evaluate=0.0),
+        initial_weights={"mask": np.zeros(3, bool), "w": np.zeros(1)},
+    )
+    assert [r.aggregated for r in result.history.rounds[1:]] == [True, True, True]
+    assert all(not r.fit_failures for r in result.history.rounds)
