@@ -115,6 +115,10 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
         ({"round_timeout": 0}, "round_timeout must be None or a positive number, got 0"),
         ({"client_cache": -1}, "client_cache must be None or a non-negative int, got -1"),
         (
+            {"client_durations": [1.0, 2.0], "round_deadline": 1.5},
+            "client_durations has 2 values but num_clients=4",
+        ),
+        (
             {"strategy": covey.FedAvg(fraction_fit=0.1, min_fit_clients=0)},
             "the strategy samples no client per round: fraction_fit=0.1 of num_clients=4",
         ),
@@ -133,6 +137,22 @@ def test_bad_simulate_options_are_refused_before_any_round(
     with pytest.raises(ValueError, match=re.escape(message)):
         covey.simulate(client_fn, 4, 1, initial_weights={"w": np.zeros(2)}, **kwargs)
     assert built == []
+
+
+@pytest.mark.parametrize("strategy", [covey.FedAvg(fraction_evaluate=0.0), covey.FedBuff()])
+def test_client_durations_that_are_one_number_are_refused_naming_the_option(
+    strategy: covey.Strategy,
+) -> None:
+    with pytest.raises(TypeError, match=r"client_durations must be a .* got float"):
+        covey.simulate(
+            lambda cid: PlusOne(),
+            4,
+            1,
+            strategy,
+            {"w": np.zeros(2)},
+            client_durations=2.0,  # type: ignore[arg-type]
+            round_deadline=1.5,
+        )
 
 
 def test_numpy_seeds_and_a_selector_that_picks_from_a_zero_fraction_are_fine() -> None:

@@ -205,6 +205,24 @@ def _check_options(seed: object, round_timeout: object, client_cache: object) ->
         raise ValueError(f"client_cache must be None or a non-negative int, got {client_cache!r}")
 
 
+def _check_durations(durations: object, num_clients: int) -> None:
+    """Refuse ``client_durations`` that is neither a function nor one value per client."""
+    if durations is None or callable(durations):
+        return
+    try:
+        count = len(durations)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "client_durations must be a (cid, rng) -> seconds function or one value per "
+            f"client, got {type(durations).__name__}"
+        ) from None
+    if count < num_clients:
+        raise ValueError(
+            f"client_durations has {count} values but num_clients={num_clients}: "
+            "give one value per client"
+        )
+
+
 def _compressing(
     transport: Transport, compression: Scheme | str | None, seed: int
 ) -> CompressedTransport | None:
@@ -325,6 +343,7 @@ def simulate(
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     strategy = _checked(strategy, num_clients, rounds)
     _check_options(seed, round_timeout, client_cache)
+    _check_durations(client_durations, num_clients)
     transport = _backend(
         backend,
         client_fn,
