@@ -11,6 +11,7 @@ import pytest
 
 import covey
 from covey import EvaluateResult, FitResult
+from covey.aggregate import AggregationError, Contribution, Event, Step, chain, weighted_mean
 
 
 class Counting(covey.Client):
@@ -243,3 +244,59 @@ def test_fedbuff_folds_stale_updates_of_a_model_with_a_bool_array() -> None:
     )
     assert [r.aggregated for r in result.history.rounds[1:]] == [True, True, True]
     assert all(not r.fit_failures for r in result.history.rounds)
+
+
+class LossReporter(covey.Client):
+    """Client 1 reports a NaN loss, which q-FedAvg cannot use."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        loss = float("nan") if self.cid == 1 else 1.0 + self.cid
+        new = {k: v + 1 for k, v in weights.items()}
+        return FitResult(weights=new, num_examples=1, metrics={"loss": loss})
+
+
+def refuse_client(cid: int) -> Step:
+    """A per-client step refusing ``cid``'s contributions, passing every other event on."""
+
+    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        if isinstance(event, Contribution) and event.cid == cid:
+            raise AggregationError(f"client {cid} is not welcome")
+        return state, (event,)
+
+    return Step(lambda params: None, update)
+
+
+def test_a_contribution_the_step_refuses_fails_that_client_only() -> None:
+    result = covey.simulate(
+        LossReporter, 4, 2, covey.QFedAvg(fraction_evaluate=0.0), {"w": np.zeros(2)}
+    )
+    for record in result.history.rounds[1:]:
+        assert record.aggregated
+        assert record.fit_participants == [0, 2, 3]
+        assert [f.cid for f in record.fit_failures] == [1]
+        assert "refused by the aggregation step: qfedavg: client 1 reported loss=nan" in (
+            record.fit_failures[0].error
+        )
+    assert result.weights["w"][0] > 0
+
+
+def test_a_refused_contribution_stops_a_run_that_accepts_no_failures() -> None:
+    strategy = covey.QFedAvg(fraction_evaluate=0.0, accept_failures=False)
+    with pytest.raises(covey.FederationError, match="client 1: refused by the aggregation"):
+        covey.simulate(LossReporter, 4, 1, strategy, {"w": np.zeros(2)})
+
+
+def test_fedbuff_goes_on_without_a_contribution_the_step_refuses() -> None:
+    strategy = covey.Strategy(
+        aggregator=chain(refuse_client(1), weighted_mean()),
+        fraction_evaluate=0.0,
+        buffer_size=2,
+    )
+    result = covey.simulate(lambda cid: PlusOne(), 4, 3, strategy, {"w": np.zeros(2)})
+    records = result.history.rounds[1:]
+    assert [r.aggregated for r in records] == [True, True, True]
+    assert all(1 not in r.fit_participants for r in records)
+    assert any(f.cid == 1 and "not welcome" in f.error for r in records for f in r.fit_failures)

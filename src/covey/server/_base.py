@@ -193,6 +193,23 @@ class _LoopBase:
             self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
             return None
 
+    def _fold(
+        self, state: Any, contribution: Contribution, record: RoundRecord
+    ) -> tuple[Any, bool]:
+        """Fold ``contribution`` into the chain's ``state``; whether the chain took it.
+
+        A step that raises :class:`~covey.aggregate.AggregationError` on a contribution
+        refuses that client's update (say, q-FedAvg given a NaN loss): the client's fit
+        is recorded as failed and the round goes on with ``state`` as it was.
+        """
+        try:
+            state, _ = self.strategy.aggregator.update(state, contribution)
+        except AggregationError as exc:
+            why = f"refused by the aggregation step: {exc}"
+            self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
+            return state, False
+        return state, True
+
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
         failures.append(failure)
         if failure.error.endswith("does not implement evaluate()"):
