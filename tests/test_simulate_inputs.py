@@ -300,3 +300,33 @@ def test_fedbuff_goes_on_without_a_contribution_the_step_refuses() -> None:
     assert [r.aggregated for r in records] == [True, True, True]
     assert all(1 not in r.fit_participants for r in records)
     assert any(f.cid == 1 and "not welcome" in f.error for r in records for f in r.fit_failures)
+
+
+def per_class(results: Any) -> dict[str, Any]:
+    """Custom fit metrics: a per-class array, as a user might report it."""
+    return {"per_class": np.mean([m["per_class"] for _, m in results], axis=0)}
+
+
+class PerClass(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        new = {k: v + 1 for k, v in weights.items()}
+        return FitResult(weights=new, num_examples=1, metrics={"per_class": np.arange(3.0)})
+
+
+def test_array_metrics_from_a_custom_fit_metrics_are_written_to_history_json(
+    tmp_path: Any,
+) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=per_class)
+    result = covey.simulate(
+        lambda cid: PerClass(), 2, 2, strategy, {"w": np.zeros(2)}, run_dir=tmp_path
+    )
+    saved = covey.History.from_json((tmp_path / "history.json").read_text())
+    assert saved.rounds[2].fit_metrics == {"per_class": [0.0, 1.0, 2.0]}
+    assert result.history.rounds[2].aggregated
+
+
+def test_a_metric_history_json_cannot_hold_is_named() -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=lambda results: {"x": object()})
+    result = covey.simulate(lambda cid: PerClass(), 2, 1, strategy, {"w": np.zeros(2)})
+    with pytest.raises(TypeError, match="cannot write a value of type object to the history"):
+        result.history.to_json()

@@ -87,8 +87,15 @@ def _jsonable(value: Any) -> Any:
         return {"__bytes__": value.hex()}
     if isinstance(value, float) and not math.isfinite(value):
         return {"__float__": str(value)}
-    if hasattr(value, "item") and callable(value.item):  # NumPy scalars
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # arrays (a custom metric)
+        return _jsonable(value.tolist())
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalars, 0-d arrays
         return _jsonable(value.item())
+    if value is not None and not isinstance(value, str | int | float):
+        raise TypeError(
+            f"cannot write a value of type {type(value).__name__} to the history (JSON): "
+            f"{value!r:.80}; metrics and infos must be numbers, strings, lists or dicts"
+        )
     return value
 
 
