@@ -330,3 +330,15 @@ def test_a_metric_history_json_cannot_hold_is_named() -> None:
     result = covey.simulate(lambda cid: PerClass(), 2, 1, strategy, {"w": np.zeros(2)})
     with pytest.raises(TypeError, match="cannot write a value of type object to the history"):
         result.history.to_json()
+
+
+@pytest.mark.parametrize("value", ["0.5", None, True, float("nan"), 1.5])
+def test_a_fraction_that_is_no_number_in_0_1_is_refused_by_name(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"fraction_fit must be a number in \[0, 1\], got"):
+        covey.FedAvg(fraction_fit=value)
+    with pytest.raises(ValueError, match=r"fraction_evaluate must be a number in \[0, 1\]"):
+        covey.FedMedian(fraction_evaluate=value)
+
+
+def test_numpy_fractions_are_numbers() -> None:
+    assert covey.FedAvg(fraction_fit=np.float32(0.5)).num_fit(10) == 5

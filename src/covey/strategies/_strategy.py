@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypedDict
 
@@ -153,8 +154,8 @@ class Strategy:
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
             value = getattr(self, attr)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{attr} must be in [0, 1], got {value}")
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) <= 1:
+                raise ValueError(f"{attr} must be a number in [0, 1], got {value!r}")
         for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
