@@ -88,6 +88,15 @@ def test_a_bad_evaluate_fn_result_names_what_is_wrong(
         )
 
 
+def numpy_evaluate(rnd: int, weights: Any) -> Any:
+    """A central evaluation that reports NumPy scalars, as NumPy code does."""
+    return np.float32(0.25), {
+        "accuracy": np.float32(0.5),
+        "n": np.int64(3),
+        "zero_d": np.array(1.5),
+    }
+
+
 def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
     result = covey.simulate(
         lambda cid: PlusOne(),
@@ -95,10 +104,7 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
         rounds=1,
         strategy=covey.FedAvg(fraction_evaluate=0.0),
         initial_weights={"w": np.zeros(2)},
-        evaluate_fn=lambda rnd, weights: (
-            np.float32(0.25),
-            {"accuracy": np.float32(0.5), "n": np.int64(3), "zero_d": np.array(1.5)},
-        ),
+        evaluate_fn=numpy_evaluate,
     )
     record = result.history.rounds[1]
     assert record.central_loss == 0.25
@@ -164,7 +170,12 @@ def test_numpy_seeds_and_a_selector_that_picks_from_a_zero_fraction_are_fine() -
         selector=lambda candidates, rnd, rng: [0, 1],
     )
     result = covey.simulate(
-        lambda cid: PlusOne(), 4, 1, strategy, {"w": np.zeros(2)}, seed=np.int64(3)
+        lambda cid: PlusOne(),
+        4,
+        1,
+        strategy,
+        {"w": np.zeros(2)},
+        seed=np.int64(3),  # type: ignore[arg-type]
     )
     assert result.history.rounds[1].fit_participants == [0, 1]
 
@@ -310,7 +321,8 @@ def per_class(results: Any) -> dict[str, Any]:
 class PerClass(covey.Client):
     def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
         new = {k: v + 1 for k, v in weights.items()}
-        return FitResult(weights=new, num_examples=1, metrics={"per_class": np.arange(3.0)})
+        metrics: dict[str, Any] = {"per_class": np.arange(3.0)}  # not a scalar: custom metrics
+        return FitResult(weights=new, num_examples=1, metrics=metrics)
 
 
 def test_array_metrics_from_a_custom_fit_metrics_are_written_to_history_json(
@@ -326,7 +338,7 @@ def test_array_metrics_from_a_custom_fit_metrics_are_written_to_history_json(
 
 
 def test_a_metric_history_json_cannot_hold_is_named() -> None:
-    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=lambda results: {"x": object()})
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=lambda results: {"x": object()})  # type: ignore[dict-item]
     result = covey.simulate(lambda cid: PerClass(), 2, 1, strategy, {"w": np.zeros(2)})
     with pytest.raises(TypeError, match="cannot write a value of type object to the history"):
         result.history.to_json()
@@ -341,4 +353,24 @@ def test_a_fraction_that_is_no_number_in_0_1_is_refused_by_name(value: Any) -> N
 
 
 def test_numpy_fractions_are_numbers() -> None:
-    assert covey.FedAvg(fraction_fit=np.float32(0.5)).num_fit(10) == 5
+    assert covey.FedAvg(fraction_fit=np.float32(0.5)).num_fit(10) == 5  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_client_fn_returning_none_is_named(backend: str) -> None:
+    def client_fn(cid: int) -> covey.Client | None:
+        return None if cid == 1 else PlusOne()
+
+    result = covey.simulate(
+        client_fn,  # type: ignore[arg-type]
+        3,
+        1,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=1,
+    )
+    failures = result.history.rounds[1].fit_failures
+    assert [(f.cid, f.error) for f in failures] == [
+        (1, "client_fn(1) returned None, expected a covey.Client")
+    ]
