@@ -374,3 +374,26 @@ def test_a_client_fn_returning_none_is_named(backend: str) -> None:
     assert [(f.cid, f.error) for f in failures] == [
         (1, "client_fn(1) returned None, expected a covey.Client")
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"on_fit_config": {"lr": 0.1}}, "on_fit_config must be a function, got dict"),
+        ({"on_evaluate_config": {"k": 1}}, "on_evaluate_config must be a function, got dict"),
+        ({"fit_metrics": "mean"}, "fit_metrics must be a function, got str"),
+        ({"evaluate_metrics": None}, "evaluate_metrics must be a function, got NoneType"),
+        ({"selector": [0, 1]}, "selector must be a (candidates, round, rng) -> cids function"),
+        ({"accept_failures": "no"}, "accept_failures must be True or False, got 'no'"),
+    ],
+)
+def test_strategy_options_that_must_be_functions_are_checked_by_name(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(message)):
+        covey.FedAvg(**options)
+
+
+def test_fedbuff_concurrency_must_be_a_positive_int() -> None:
+    with pytest.raises(ValueError, match="concurrency must be None or an int >= 1, got 0"):
+        covey.FedBuff(concurrency=0)

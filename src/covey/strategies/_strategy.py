@@ -160,6 +160,7 @@ class Strategy:
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
+        self._check_functions()
         if self.fraction_fit == 0.0 and self.min_fit_clients == 0:
             raise ValueError("fraction_fit=0 and min_fit_clients=0 would train no client")
         if not isinstance(self.aggregator, Step):
@@ -183,6 +184,24 @@ class Strategy:
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "
                 "fraction_evaluate=0 and judge the model with a central evaluate_fn"
             )
+
+    def _check_functions(self) -> None:
+        """Refuse options that must be functions (or a bool) but are not, naming them.
+
+        A dict given as ``on_fit_config`` would otherwise fail at the first round
+        with ``'dict' object is not callable``.
+        """
+        for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
+            value = getattr(self, attr)
+            if not callable(value):
+                raise TypeError(f"{attr} must be a function, got {type(value).__name__}")
+        if self.selector is not None and not callable(self.selector):
+            raise TypeError(
+                "selector must be a (candidates, round, rng) -> cids function, "
+                f"got {type(self.selector).__name__}"
+            )
+        if not isinstance(self.accept_failures, bool):
+            raise TypeError(f"accept_failures must be True or False, got {self.accept_failures!r}")
 
     @property
     def asynchronous(self) -> bool:
