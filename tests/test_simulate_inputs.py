@@ -397,3 +397,14 @@ def test_strategy_options_that_must_be_functions_are_checked_by_name(
 def test_fedbuff_concurrency_must_be_a_positive_int() -> None:
     with pytest.raises(ValueError, match="concurrency must be None or an int >= 1, got 0"):
         covey.FedBuff(concurrency=0)
+
+
+def test_a_history_iterates_over_its_rounds() -> None:
+    """``for record in history`` ends after the last round (it raised KeyError there)."""
+    result = covey.simulate(
+        lambda cid: PlusOne(), 2, 2, covey.FedAvg(fraction_evaluate=0.0), {"w": np.zeros(2)}
+    )
+    assert [record.round for record in result.history] == [0, 1, 2]
+    assert list(result.history) == result.history.rounds
+    resumed = covey.History(rounds=result.history.rounds[2:])  # no round 0
+    assert [record.round for record in resumed] == [2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -140,6 +141,10 @@ class History:
 
     def __len__(self) -> int:
         return len(self.rounds)
+
+    def __iter__(self) -> Iterator[RoundRecord]:
+        """The rounds in order (``history[r]`` looks a round up by its number instead)."""
+        return iter(self.rounds)
 
     def __getitem__(self, round: int) -> RoundRecord:
         for record in self.rounds:
