@@ -346,9 +346,9 @@ def test_a_metric_history_json_cannot_hold_is_named() -> None:
 
 @pytest.mark.parametrize("value", ["0.5", None, True, float("nan"), 1.5])
 def test_a_fraction_that_is_no_number_in_0_1_is_refused_by_name(value: Any) -> None:
-    with pytest.raises(ValueError, match=r"fraction_fit must be a number in \[0, 1\], got"):
+    with pytest.raises(ValueError, match=r"fraction_fit must be in \[0, 1\], got"):
         covey.FedAvg(fraction_fit=value)
-    with pytest.raises(ValueError, match=r"fraction_evaluate must be a number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"fraction_evaluate must be in \[0, 1\]"):
         covey.FedMedian(fraction_evaluate=value)
 
 

@@ -155,7 +155,7 @@ class Strategy:
         for attr in ("fraction_fit", "fraction_evaluate"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) <= 1:
-                raise ValueError(f"{attr} must be a number in [0, 1], got {value!r}")
+                raise ValueError(f"{attr} must be in [0, 1], got {value!r}")
         for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
