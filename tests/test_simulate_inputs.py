@@ -122,6 +122,10 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
         ({"round_timeout": 0}, "round_timeout must be None or a positive number, got 0"),
         ({"client_cache": -1}, "client_cache must be None or a non-negative int, got -1"),
         (
+            {"client_cache": 0, "backend": "process"},
+            "client_cache applies to backend='inline' and 'ray' only",
+        ),
+        (
             {"client_durations": [1.0, 2.0], "round_deadline": 1.5},
             "client_durations has 2 values but num_clients=4",
         ),

@@ -89,6 +89,11 @@ def _backend(
         raise ValueError(
             "client_resources, client_group and ray_address apply to backend='ray' only"
         )
+    if backend == "process" and client_cache is not None:
+        raise ValueError(
+            "client_cache applies to backend='inline' and 'ray' only: the process backend "
+            "keeps every client it built for the whole run"
+        )
     if backend == "inline":
         return inline_transport(client_fn, num_clients, client_cache)
     if backend == "process":
@@ -310,9 +315,10 @@ def simulate(
             clients that are sampled drop out (see :class:`covey.sim.ClientClock`).
         round_deadline: Simulated seconds a synchronous round's fit may take:
             clients whose ``client_durations`` exceed it are stragglers, not used.
-        client_cache: Most clients kept built (per actor with Ray); None keeps every
-            client built, 0 builds a client for each task. Bound it for federations
-            of many clients: memory then does not grow with ``num_clients``.
+        client_cache: Most clients kept built (per actor with Ray; not available
+            with the process backend); None keeps every client built, 0 builds a
+            client for each task. Bound it for federations of many clients: memory
+            then does not grow with ``num_clients``.
         client_resources: Ray: what one client needs, e.g. ``{"num_cpus": 1,
             "num_gpus": 0.25}``, or one such mapping per group with ``client_group``.
         client_group: Ray: ``cid -> group name`` when resources differ per group.
