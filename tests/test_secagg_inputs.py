@@ -68,3 +68,19 @@ def test_a_malformed_update_fails_that_client_with_the_unsecured_message(
     assert f"the fit result's {form}" in record.fit_failures[0].error
     assert BAD[bad][2] in record.fit_failures[0].error
     np.testing.assert_allclose(result.weights["a"], 0.1, atol=1e-3)
+
+
+def test_compression_is_refused_for_a_secured_strategy() -> None:
+    """Secure aggregation's masked integers would go uncompressed and uncounted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        strategy = secure(covey.FedAvg(fraction_evaluate=0.0), clip_range=1.0)
+    with pytest.raises(ValueError, match="compression does not apply to SecureFedAvg"):
+        covey.simulate(
+            lambda cid: Malformed(cid, "size", "delta"),
+            num_clients=3,
+            rounds=1,
+            strategy=strategy,
+            initial_weights={"a": np.zeros(3), "b": np.ones(2)},
+            compression="q8",
+        )

@@ -229,11 +229,17 @@ def _check_durations(durations: object, num_clients: int) -> None:
 
 
 def _compressing(
-    transport: Transport, compression: Scheme | str | None, seed: int
+    transport: Transport, compression: Scheme | str | None, seed: int, strategy: Strategy
 ) -> CompressedTransport | None:
     """``transport`` wrapped to carry compressed updates and count bytes, if asked."""
     if compression is None:
         return None
+    if strategy.fit_round is not None:
+        raise ValueError(
+            f"compression does not apply to {strategy.name}: its fit round is its own "
+            "exchange (secure aggregation sends masked integers), which would go "
+            "uncompressed and uncounted"
+        )
     scheme = scheme_named(compression) if isinstance(compression, str) else compression
     return CompressedTransport(transport, scheme, seed=seed)
 
@@ -363,7 +369,7 @@ def simulate(
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     if clock is not None and not strategy.asynchronous:
         transport = ClockedTransport(transport, clock, deadline=round_deadline)
-    counter = _compressing(transport, compression, seed)
+    counter = _compressing(transport, compression, seed, strategy)
     transport = counter if counter is not None else transport
 
     callbacks, stop_progress = _callbacks(rounds, progress, on_round)
