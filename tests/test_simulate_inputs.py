@@ -122,6 +122,10 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
         ({"round_timeout": 0}, "round_timeout must be None or a positive number, got 0"),
         ({"client_cache": -1}, "client_cache must be None or a non-negative int, got -1"),
         (
+            {"strategy": covey.FedBuff(buffer_size=2), "round_deadline": 1.0},
+            "round_deadline applies to synchronous rounds; FedBuff is asynchronous",
+        ),
+        (
             {"client_cache": 0, "backend": "process"},
             "client_cache applies to backend='inline' and 'ray' only",
         ),
@@ -412,3 +416,34 @@ def test_a_history_iterates_over_its_rounds() -> None:
     assert list(result.history) == result.history.rounds
     resumed = covey.History(rounds=result.history.rounds[2:])  # no round 0
     assert [record.round for record in resumed] == [2]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"availability": 2.0}, "availability must be a probability"),
+        ({"compression": "zzz"}, "unknown compression"),
+        ({"round_deadline": -1.0}, "the round deadline must be positive"),
+    ],
+)
+def test_options_refused_with_the_process_backend_leave_no_worker_running(
+    options: dict[str, Any], message: str
+) -> None:
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    with pytest.raises(ValueError, match=message) as refused:
+        covey.simulate(
+            lambda cid: PlusOne(),
+            4,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(2)},
+            backend="process",
+            num_workers=2,
+            **options,
+        )
+    # The error's traceback is kept, as a notebook keeps the last one: the workers
+    # must be stopped by simulate() itself, not by the collector.
+    assert refused.value.__traceback__ is not None
+    assert {p.pid for p in multiprocessing.active_children()} == before

@@ -163,6 +163,11 @@ def _clock(
     seed: int,
 ) -> ClientClock | None:
     """The client model of a run with simulated availability or stragglers, else None."""
+    if deadline is not None and strategy.asynchronous:
+        raise ValueError(
+            f"round_deadline applies to synchronous rounds; {strategy.name} is asynchronous "
+            "(bound each task with round_timeout, or slow clients with client_durations)"
+        )
     if availability is None and (deadline is None or strategy.asynchronous):
         return None
     return ClientClock(durations, availability, seed=seed)
@@ -228,10 +233,8 @@ def _check_durations(durations: object, num_clients: int) -> None:
         )
 
 
-def _compressing(
-    transport: Transport, compression: Scheme | str | None, seed: int, strategy: Strategy
-) -> CompressedTransport | None:
-    """``transport`` wrapped to carry compressed updates and count bytes, if asked."""
+def _scheme(compression: Scheme | str | None, strategy: Strategy) -> Scheme | None:
+    """The scheme clients compress their updates with, if asked and if it applies."""
     if compression is None:
         return None
     if strategy.fit_round is not None:
@@ -240,8 +243,7 @@ def _compressing(
             "exchange (secure aggregation sends masked integers), which would go "
             "uncompressed and uncounted"
         )
-    scheme = scheme_named(compression) if isinstance(compression, str) else compression
-    return CompressedTransport(transport, scheme, seed=seed)
+    return scheme_named(compression) if isinstance(compression, str) else compression
 
 
 def _count_bytes(
@@ -356,23 +358,8 @@ def simulate(
     strategy = _checked(strategy, num_clients, rounds)
     _check_options(seed, round_timeout, client_cache)
     _check_durations(client_durations, num_clients)
-    transport = _backend(
-        backend,
-        client_fn,
-        num_clients,
-        num_workers=num_workers,
-        client_cache=client_cache,
-        client_resources=client_resources,
-        client_group=client_group,
-        ray_address=ray_address,
-    )
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
-    if clock is not None and not strategy.asynchronous:
-        transport = ClockedTransport(transport, clock, deadline=round_deadline)
-    counter = _compressing(transport, compression, seed, strategy)
-    transport = counter if counter is not None else transport
-
-    callbacks, stop_progress = _callbacks(rounds, progress, on_round)
+    scheme = _scheme(compression, strategy)
     history_path = meta_path = None
     meta: dict[str, Any] = {
         "kind": "simulated",
@@ -387,7 +374,27 @@ def simulate(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         history_path = Path(run_dir) / "history.json"
         meta_path = Path(run_dir) / "run.json"
+    # Worker processes start here: if anything fails before the run starts, they stop.
+    transport = _backend(
+        backend,
+        client_fn,
+        num_clients,
+        num_workers=num_workers,
+        client_cache=client_cache,
+        client_resources=client_resources,
+        client_group=client_group,
+        ray_address=ray_address,
+    )
+    try:
+        if clock is not None and not strategy.asynchronous:
+            transport = ClockedTransport(transport, clock, deadline=round_deadline)
+        counter = None if scheme is None else CompressedTransport(transport, scheme, seed=seed)
+        transport = counter if counter is not None else transport
         _write_run_meta(meta_path, meta)
+        callbacks, stop_progress = _callbacks(rounds, progress, on_round)
+    except BaseException:
+        transport.close()
+        raise
 
     loop: Loop
 
