@@ -307,7 +307,9 @@ def simulate(
         seed: Seeds client sampling.
         num_workers: Worker processes for the process backend; most actors per
             client group for the Ray backend.
-        round_timeout: Seconds clients have to reply in a round.
+        round_timeout: Seconds clients have to reply in a round. The inline backend
+            runs clients one after another and cannot interrupt one: it bounds each
+            client's own call, dropping a reply that took longer.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes.
         run_dir: If given, ``history.json`` is written there after every round, and
