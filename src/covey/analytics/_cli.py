@@ -73,7 +73,8 @@ def site_command(
     ],
     server: Annotated[str, typer.Option(help="The query server's host:port.")],
     policy: Annotated[
-        Path | None, typer.Option(help="TOML file with the site's [policy]; none: answer nothing.")
+        Path | None,
+        typer.Option(help="TOML file with the site's \\[policy]; none: answer nothing."),
     ] = None,
     certs: Annotated[
         Path | None, typer.Option(help="Federation folder holding ca.pem and clients/NAME.*")
@@ -161,18 +162,25 @@ def query_command(
     ] = None,
 ) -> None:
     """Listen for sites, answer one SQL query over their tables, print the result."""
-    from covey.analytics._query import query
+    from covey.analytics._query import check_query, query
     from covey.deploy import tls_from_dir
     from covey.transport.grpc import GrpcServerTransport
+    from covey.transport.grpc._checks import check_address
 
     if certs is None and not insecure:
         raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
-    try:
+    try:  # everything that can be checked is, before a site waits on this server
+        check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
+        check_address(server, listen=True)
         tls = tls_from_dir(certs) if certs is not None else None
-    except FileNotFoundError as exc:
-        errors.print(f"[red]error:[/] {exc}")
+    except (OSError, ValueError) as exc:
+        errors.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
+        transport = GrpcServerTransport(server, tls=tls)
+    except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
+        errors.print(f"[red]error:[/] cannot listen on {server}: {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
-    transport = GrpcServerTransport(server, tls=tls)
     code = 0
     try:
         if port_file is not None:
@@ -181,7 +189,10 @@ def query_command(
             tmp.replace(port_file)
         errors.print(f"waiting for {sites} site(s) on port {transport.port}")
         if not transport.wait_for_clients(sites, wait_timeout):
-            raise TimeoutError(f"only {len(transport.clients())} of {sites} sites joined")
+            raise TimeoutError(
+                f"only {len(transport.clients())} of {sites} sites joined within "
+                f"{wait_timeout:g} s (--wait-timeout)"
+            )
         df = query(
             transport, sql, secure=secure, epsilon=epsilon, mechanism=mechanism, timeout=timeout
         )

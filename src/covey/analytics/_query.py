@@ -372,6 +372,40 @@ def first_stat_low(q: _Query, a: Aggregate) -> float:
     return float(q.decl["bounds"][a.column][0])
 
 
+def check_query(
+    sql: str, *, secure: bool = True, epsilon: float | None = None, mechanism: str = "laplace"
+) -> Plan:
+    """Check a query and its options before any site is asked.
+
+    Args:
+        sql: The SELECT (see :func:`query`).
+        secure: Whether answers go through secure aggregation.
+        epsilon: The DP budget of the query, or None.
+        mechanism: ``"laplace"`` or ``"gaussian"``.
+
+    Returns:
+        The query's plan.
+
+    Raises:
+        QueryError: The SQL is refused (naming the clause).
+        ValueError: An option is not valid.
+    """
+    p = plan(sql)
+    if mechanism not in _dp.MECHANISMS:
+        raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
+    if epsilon is not None and (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, int | float)
+        or not (epsilon > 0 and math.isfinite(epsilon))
+    ):
+        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+    if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
+        raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
+    if secure and any(a.func in ("min", "max") for a in p.aggregates):
+        raise QueryError("MIN and MAX are never answered under secure aggregation")
+    return p
+
+
 def query(
     sites_or_server: Any,
     sql: str,
@@ -416,13 +450,7 @@ def query(
         >>> query(sites, "SELECT AVG(age), COUNT(*) FROM p", secure=False).iloc[0].tolist()
         [35.0, 4.0]
     """
-    p = plan(sql)
-    if mechanism not in _dp.MECHANISMS:
-        raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
-    if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
-        raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
-    if secure and any(a.func in ("min", "max") for a in p.aggregates):
-        raise QueryError("MIN and MAX are never answered under secure aggregation")
+    p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
     transport, owned = transport_for(sites_or_server)
     try:
         fed = Federation(transport, timeout, threat)

@@ -168,7 +168,7 @@ def run_command(
     project: Annotated[Path, typer.Argument(help="The project folder.")] = Path(),
     federation: Annotated[
         str | None,
-        typer.Option(help="Serve for real clients with [tool.covey.federations.NAME]."),
+        typer.Option(help="Serve for real clients with \\[tool.covey.federations.NAME]."),
     ] = None,
     overrides: Annotated[
         list[str] | None,

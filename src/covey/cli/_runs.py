@@ -21,6 +21,7 @@ from rich.table import Table
 
 from covey.core._history import History
 from covey.deploy._cli_errors import fail
+from covey.server._rundb import is_held
 
 __all__ = ["ROUND_COLUMNS", "find_run", "round_table", "run_status", "runs_app"]
 
@@ -84,7 +85,11 @@ def find_run(run: str, runs_dir: Path) -> Path:
 
 
 def run_status(folder: Path, history: History) -> str:
-    """``running``/``finished``/``failed`` for a deployed run; for a simulated one, how far."""
+    """``running``/``finished``/``failed`` for a deployed run; for a simulated one, how far.
+
+    A deployed run whose store says running but that no server holds (it was
+    killed) is ``stopped``.
+    """
     db = folder / "run.sqlite"
     if db.is_file():
         with contextlib.suppress(sqlite3.Error):
@@ -92,7 +97,8 @@ def run_status(folder: Path, history: History) -> str:
             with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
                 row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
             if row is not None:
-                return str(row[0])
+                running = str(row[0]) == "running"
+                return "stopped" if running and is_held(folder) is False else str(row[0])
     if history.stopped_reason:
         return "stopped"
     planned = history.config.get("rounds")

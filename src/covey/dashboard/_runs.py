@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from covey.server._rundb import is_held
+
 HISTORY: Final = "history.json"
 META: Final = "run.json"
 STORE: Final = "run.sqlite"
@@ -74,7 +76,11 @@ class Run:
 
     @property
     def status(self) -> str:
-        """``"running"``, ``"finished"``, ``"failed"`` or ``"unknown"``."""
+        """``"running"``, ``"finished"``, ``"failed"``, ``"stopped"`` or ``"unknown"``.
+
+        ``"stopped"``: the store says running, but no server holds the run
+        (it crashed or was killed, and can be resumed).
+        """
         value = self.meta.get("status")
         return value if isinstance(value, str) else "unknown"
 
@@ -229,6 +235,12 @@ def read_run(run_id: str, path: Path) -> Run:
             run.meta.update(meta)
     if db.is_file():
         _read_store(run, db, want_rounds=not history.is_file())
+        if run.status == "running" and is_held(path) is False:
+            run.meta["status"] = "stopped"
+            run.meta["stopped_reason"] = (
+                "the server is not running (it crashed or was killed); continue the run "
+                f"with `covey server --resume {path}`"
+            )
     if not run.meta.get("updated_at"):
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime

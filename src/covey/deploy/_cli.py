@@ -136,6 +136,12 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
                 f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
                 f"make one with `covey certs init --dir {certs}`"
             )
+        from covey.deploy._server import tls_from_dir
+
+        try:
+            tls_from_dir(certs)
+        except (OSError, ValueError) as exc:
+            fail(f"--certs {certs}: {exc}")
     if insecure:
         console.print(
             "[bold yellow]warning:[/] serving WITHOUT TLS; use only for local experiments"
@@ -194,6 +200,16 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         _forget(run, flags)
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _forget(run, flags)
+        kept = (run / "run.sqlite").is_file()
+        console.print(
+            f"interrupted: the run in {run} is kept; continue it with `covey server --resume {run}`"
+            if kept
+            else "interrupted before the run started",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json and plot.png in {run}"
@@ -298,14 +314,17 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
 
     certs_dir = _pick(flags["certs"], s, "certs", None)
     ca = _pick(flags["ca"], s, "ca", None)
-    if certs_dir is not None:
-        if flags["name"] is None:
-            fail("--certs needs --name NAME (the client name its certificate was issued to)")
-        return tls_from_certs(certs_dir, flags["name"])
-    if ca is not None:
-        return client_tls(
-            ca, _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
-        )
+    try:
+        if certs_dir is not None:
+            if flags["name"] is None:
+                fail("--certs needs --name NAME (the client name its certificate was issued to)")
+            return tls_from_certs(certs_dir, flags["name"])
+        if ca is not None:
+            return client_tls(
+                ca, _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
+            )
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
     if not flags["insecure"]:
         fail(
             "no --certs: give --certs DIR --name NAME (see `covey certs issue`), "

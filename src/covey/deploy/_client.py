@@ -6,6 +6,7 @@ from pathlib import Path
 
 # A connected client performs compressed fit tasks: importing the runtime registers them.
 import covey.compress._runtime  # noqa: F401
+from covey.deploy._pem import check_ca, check_pair
 from covey.transport.grpc._client import ClientTLS, connect
 
 __all__ = ["client_tls", "connect", "tls_from_certs"]
@@ -18,20 +19,40 @@ def client_tls(
     *,
     server_name: str | None = None,
 ) -> ClientTLS:
-    """Load a client's TLS material from PEM files."""
-    return ClientTLS(
+    """Load a client's TLS material from PEM files, checked before any connection.
+
+    Raises:
+        OSError: A file cannot be read.
+        ValueError: ``cert`` is given without ``key`` or the other way round, a file
+            is not PEM of the right kind, or ``key`` is not the key of ``cert``.
+    """
+    if (cert is None) != (key is None):
+        raise ValueError(
+            "a client certificate and its private key go together: give both "
+            "(--cert and --key) or neither"
+        )
+    tls = ClientTLS(
         ca=Path(ca).read_bytes(),
         cert=Path(cert).read_bytes() if cert is not None else None,
         key=Path(key).read_bytes() if key is not None else None,
         server_name=server_name,
     )
+    check_ca(tls.ca, str(ca))
+    if tls.cert is not None and tls.key is not None:
+        check_pair(tls.cert, tls.key, str(cert), str(key))
+    return tls
 
 
 def tls_from_certs(directory: str | Path, client_id: str) -> ClientTLS:
     """A client's TLS material from a federation folder (``covey certs issue CLIENT_ID``)."""
     d = Path(directory)
     cert, key = d / "clients" / f"{client_id}.pem", d / "clients" / f"{client_id}.key"
-    for path in (d / "ca.pem", cert, key):
+    if not (d / "ca.pem").is_file():
+        raise FileNotFoundError(
+            f"{d / 'ca.pem'} not found: give the federation folder made by "
+            "`covey certs init` (it holds ca.pem and clients/NAME.pem)"
+        )
+    for path in (cert, key):
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found; issue the client's certificate with "

@@ -4,11 +4,15 @@ The server asks at every message of every client whether its certificate is
 revoked, so a revocation takes effect at the client's next heartbeat. Reading
 and parsing ``revoked.json`` each time would be wasteful: the list is re-read
 only when the file's size, time or inode change, and each certificate's serial
-number is parsed once.
+number is parsed once. A list that becomes unreadable while the server runs
+(an edit saved half-way, a file removed) is logged once, and the last list
+read stays in force until a good one is written: no client that was revoked
+gets back in, and the clients that were admitted are not all refused.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -16,6 +20,8 @@ from pathlib import Path
 from cryptography import x509
 
 __all__ = ["RevocationList"]
+
+logger = logging.getLogger("covey")
 
 
 class RevocationList:
@@ -44,11 +50,24 @@ class RevocationList:
     def _current(self) -> frozenset[int]:
         from covey.deploy.certs import load_revoked
 
-        st = os.stat(self._path)  # a missing list is an error, never "nothing revoked"
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        try:
+            st = os.stat(self._path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
         with self._lock:
             if stamp != self._stamp:
-                self._serials = load_revoked(self._directory)
+                try:
+                    self._serials = load_revoked(self._directory)
+                except (OSError, ValueError) as exc:
+                    if self._stamp is None:  # never read: an error, never "nothing revoked"
+                        raise
+                    logger.error(
+                        "%s; keeping the revocation list read before (%d revoked) until it "
+                        "is fixed",
+                        exc,
+                        len(self._serials),
+                    )
                 self._stamp = stamp
             return self._serials
 

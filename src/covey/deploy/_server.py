@@ -17,6 +17,7 @@ from covey.compress import CompressedTransport, Scheme, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
+from covey.deploy._pem import check_ca, check_pair
 from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
@@ -67,7 +68,18 @@ class ServeResult:
 
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
-    """Load the server's TLS material from a federation folder made by ``covey certs init``."""
+    """Load the server's TLS material from a federation folder made by ``covey certs init``.
+
+    The files are checked before the server listens: the CA and the server's
+    certificate must be PEM, the key must be the certificate's, and the
+    revocation list must be readable.
+
+    Raises:
+        FileNotFoundError: A file of the federation is missing.
+        ValueError: A file is damaged, or ``server.key`` is not the key of ``server.pem``.
+    """
+    from covey.deploy.certs import load_revoked
+
     d = Path(directory)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
     if missing:
@@ -75,13 +87,16 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
             f"{d} is not a federation folder (missing {', '.join(missing)}); "
             "create one with `covey certs init --dir DIR`"
         )
-
-    return ServerTLS(
+    tls = ServerTLS(
         ca=(d / "ca.pem").read_bytes(),
         cert=(d / "server.pem").read_bytes(),
         key=(d / "server.key").read_bytes(),
         is_revoked=RevocationList(d),
     )
+    check_ca(tls.ca, str(d / "ca.pem"))
+    check_pair(tls.cert, tls.key, str(d / "server.pem"), str(d / "server.key"))
+    load_revoked(d)  # a damaged list refuses the start, not every client that joins
+    return tls
 
 
 def serve(
@@ -170,6 +185,7 @@ def serve(
     if on_listen is not None:
         on_listen(transport.port)
     logger.info("covey server listening on port %d", transport.port)
+    goodbye = "the run is over"
     try:
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
@@ -196,9 +212,10 @@ def serve(
         run.end(None)
     except BaseException as exc:
         run.end(exc)
+        goodbye = _goodbye(exc)
         raise
     finally:
-        transport.close()
+        transport.close(goodbye)
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
@@ -225,7 +242,7 @@ def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
         return None
     if run_dir is None:
         raise ValueError("resume=True needs run_dir")
-    return RunStore.open(run_dir)
+    return RunStore.open(run_dir, exclusive=True)
 
 
 def _listen(
@@ -254,10 +271,22 @@ def _listen(
         raise
 
 
+def _goodbye(exc: BaseException) -> str:
+    """What the clients are told when the run stops on ``exc`` (no traceback leaves the server)."""
+    if isinstance(exc, FederationError):
+        lines = str(exc).strip().splitlines() or ["the run failed"]
+        return f"the run stopped: {lines[0][:300]}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "the run stopped: the server was interrupted"
+    return f"the run stopped: the server failed ({type(exc).__name__})"
+
+
 def _describe(exc: BaseException) -> str:
     """The reason a run stopped, with the traceback of an unexpected error."""
     if isinstance(exc, FederationError) and exc.history.stopped_reason:
         return exc.history.stopped_reason
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
     return "".join(traceback.format_exception(exc))
 
 
@@ -403,5 +432,5 @@ def _open_run(
     )
     if scheme is not None:
         config["compression"] = scheme_spec(scheme)
-    store = RunStore.create(run_dir, config=config) if run_dir is not None else None
+    store = None if run_dir is None else RunStore.create(run_dir, config=config, exclusive=True)
     return _Run(store, initial_weights, config)

@@ -21,12 +21,14 @@ from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir
 
-__all__ = ["DB_NAME", "SCHEMA_VERSION", "RunDB"]
+__all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "RunDB", "hold_run", "is_held"]
 
 SCHEMA_VERSION: Final = 1
 """The version of the SQLite schema this module reads and writes."""
 
 DB_NAME: Final = "run.sqlite"
+LOCK_NAME: Final = "run.lock"
+"""Held (``flock``) by the one server process that runs the run."""
 _FORMAT: Final = "covey-run"
 
 _SCHEMA: Final = (
@@ -188,6 +190,76 @@ class RunDB:
         if self._conn is None:
             raise ValueError(f"the RunStore of {self._run_dir} is closed")
         return self._conn
+
+
+def hold_run(path: Path) -> int | None:
+    """Hold ``path/run.lock`` for this process (released when the returned fd closes).
+
+    The lock is an advisory ``flock``: the kernel drops it when its holder
+    exits, even by ``kill -9``, so a crashed server never leaves a stale lock.
+
+    Returns:
+        The lock file's descriptor, or None where there is no ``flock`` (Windows).
+
+    Raises:
+        OSError: Another process holds the run (its pid is named).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        return None
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)  # a pid: no secret
+    try:
+        for attempt in range(4):  # an is_held probe holds it for an instant only
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 3:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OSError(
+            f"the run in {path} is in use by another covey server (pid {holder}); "
+            "stop that server first, or give another run folder"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def is_held(path: Path) -> bool | None:
+    """Whether a server process holds the run in ``path`` now (see :func:`hold_run`).
+
+    Only reads: the probe takes a shared lock for an instant, which
+    :func:`hold_run` waits out.
+
+    Returns:
+        True or False; None when it cannot tell (no ``run.lock``: a run made by
+        an older covey, or no ``flock`` on this system).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # lets go of the probe's lock
+    return False
 
 
 def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:

@@ -46,7 +46,7 @@ from covey.server._roundfiles import (
     weights_file_name,
     write_weights,
 )
-from covey.server._rundb import DB_NAME, RunDB
+from covey.server._rundb import DB_NAME, RunDB, hold_run
 from covey.server._runrecords import RunRecords, Status
 
 __all__ = ["RunStore", "Status"]
@@ -71,9 +71,12 @@ class RunStore(RunRecords):
             ...  # continue with round + 1
     """
 
-    def __init__(self, run_dir: Path, db: RunDB, config_text: str) -> None:
+    def __init__(
+        self, run_dir: Path, db: RunDB, config_text: str, lock_fd: int | None = None
+    ) -> None:
         """Use :meth:`create` or :meth:`open`."""
         self._run_dir = run_dir
+        self._lock_fd = lock_fd
         self._weights_dir = run_dir / WEIGHTS_DIR
         super().__init__(db)
         self._config_text = config_text
@@ -83,13 +86,16 @@ class RunStore(RunRecords):
     # -- opening and closing -------------------------------------------------------
 
     @classmethod
-    def create(cls, run_dir: str | os.PathLike[str], *, config: dict[str, Any]) -> RunStore:
+    def create(
+        cls, run_dir: str | os.PathLike[str], *, config: dict[str, Any], exclusive: bool = False
+    ) -> RunStore:
         """Start a new run in ``run_dir`` (made if missing) with status ``"running"``.
 
         Args:
             run_dir: The run directory. It may exist, but must not hold a run.
             config: JSON-serializable settings of the run (strategy, rounds,
                 seed, layout of the weights, ...); read back with :attr:`config`.
+            exclusive: Hold the run for this process until :meth:`close` (see :meth:`open`).
 
         Raises:
             FileExistsError: ``run_dir`` already holds a run (or is a file).
@@ -122,16 +128,22 @@ class RunStore(RunRecords):
         # Built under a temporary name and linked into place, so a crash during
         # create never leaves a half-made run.sqlite behind.
         RunDB.create(path, config_text, __version__)
-        return cls.open(path)
+        return cls.open(path, exclusive=exclusive)
 
     @classmethod
-    def open(cls, run_dir: str | os.PathLike[str]) -> RunStore:
+    def open(cls, run_dir: str | os.PathLike[str], *, exclusive: bool = False) -> RunStore:
         """Open the run in ``run_dir``, e.g. to resume it.
+
+        Args:
+            run_dir: The run directory.
+            exclusive: Hold the run's ``run.lock`` until :meth:`close`, so that no
+                other process opens it exclusively meanwhile (a server does).
 
         Raises:
             FileNotFoundError: ``run_dir`` or its ``run.sqlite`` does not exist.
             ValueError: ``run_dir`` is not a covey run directory, or was written
                 by a covey with an unknown schema version.
+            OSError: ``exclusive`` and another process holds the run.
         """
         path = Path(run_dir)
         if not path.exists():
@@ -141,12 +153,21 @@ class RunStore(RunRecords):
         db_path = path / DB_NAME
         if not db_path.is_file():
             raise FileNotFoundError(f"no covey run in {path}: it has no {DB_NAME}")
-        db, config_text = RunDB.open(path)
-        return cls(path, db, config_text)
+        lock_fd = hold_run(path) if exclusive else None
+        try:
+            db, config_text = RunDB.open(path)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return cls(path, db, config_text, lock_fd)
 
     def close(self) -> None:
-        """Close the database. Closing twice is harmless."""
+        """Close the database (and let go of the run). Closing twice is harmless."""
         self._db.close()
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            os.close(lock_fd)
 
     @property
     def closed(self) -> bool:

@@ -83,7 +83,8 @@ def start_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_clients + 8, thread_name_prefix="covey-rpc"),
-        options=grpc_options(),
+        # Without SO_REUSEPORT a port held by another server is refused, not shared with it.
+        options=[*grpc_options(), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_clients,
     )
     # No (de)serializers: frames pass through as the bytes gRPC received (see _frames).

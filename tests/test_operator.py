@@ -1,0 +1,346 @@
+"""What an operator gets wrong when deploying: each mistake is refused, naming what is wrong."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.deploy._revoked import RevocationList
+from covey.deploy.certs import init_federation, issue_client, revoke
+from covey.server import RunStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined, Served
+
+APPS = Path(__file__).parent / "apps"
+
+
+def _client_command(cwd: Path, *tls: str) -> tuple[int, str]:
+    """``covey client`` with these TLS flags, in a process (gRPC may abort it), bounded."""
+    args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--server", "127.0.0.1:9"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    env["COLUMNS"] = "250"
+    run = subprocess.run(
+        [sys.executable, "-m", "covey", *args, *tls, "--retry-for", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
+    return run.returncode, run.stderr
+
+
+def test_a_port_held_by_another_covey_server_is_refused(tmp_path: Path) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    first = Served(strategy, 1, run_dir=tmp_path / "first")
+    second = Served(
+        strategy, 1, address=f"127.0.0.1:{first.port}", run_dir=tmp_path / "second", wait_timeout=2
+    )
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+        second.join(30)  # a second server that listened would stop waiting for clients instead
+    assert not (tmp_path / "second").exists()
+    clients = [Joined(first.port, name=f"c{k}") for k in range(2)]
+    assert [r.round for r in first.join().history.rounds] == [0, 1]
+    for c in clients:
+        c.join()
+
+
+def test_a_run_folder_served_by_another_server_is_refused(tmp_path: Path) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    first = Served(strategy, 1, run_dir=tmp_path / "run")
+    second = Served(
+        strategy, 1, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0", wait_timeout=2
+    )
+    with pytest.raises(OSError, match=r"in use by another covey server \(pid \d+\)"):
+        second.join(30)  # a second server on the run would wait for clients, then fail it
+    clients = [Joined(first.port, name=f"c{k}") for k in range(2)]
+    assert [r.round for r in first.join().history.rounds] == [0, 1]
+    for c in clients:
+        c.join()
+    again = Served(strategy, 2, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0")
+    clients = [Joined(again.port, name=f"c{k}") for k in range(2)]
+    assert [r.round for r in again.join().history.rounds] == [0, 1, 2]  # the lock went with it
+    for c in clients:
+        c.join()
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Path:
+    root = tmp_path / "fed"
+    init_federation(root)
+    for name in ("a", "b"):
+        issue_client(root, name)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            "--ca fed/ca.pem --cert fed/clients/a.pem",
+            "a client certificate and its private key go together: give both (--cert and "
+            "--key) or neither",
+        ),
+        (
+            "--ca fed/ca.pem --cert fed/clients/a.pem --key fed/clients/b.key",
+            "fed/clients/b.key is not the private key of fed/clients/a.pem",
+        ),
+        ("--ca fed/clients/a.key", "fed/clients/a.key is not a PEM certificate"),
+        ("--certs broken --name a", "broken/ca.pem is not a PEM certificate"),
+    ],
+)
+def test_a_client_with_bad_tls_files_names_the_file(fed: Path, flags: str, message: str) -> None:
+    broken = fed.parent / "broken"
+    broken.mkdir()
+    (broken / "clients").symlink_to(fed / "clients")
+    (broken / "ca.pem").write_text("not a certificate\n")
+    code, err = _client_command(fed.parent, *flags.split())
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == f"error: {message}"
+    assert "connection to" not in err  # refused before any attempt to connect
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("server.key", "server.key is not a PEM private key"),
+        ("swap", "server.key is not the private key of"),
+        ("server.pem", "server.pem is not a PEM certificate"),
+        ("revoked.json", "malformed revocation list"),
+    ],
+)
+def test_a_server_with_bad_tls_files_names_the_file(
+    fed: Path, tmp_path: Path, damage: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if damage == "swap":
+        (fed / "server.key").write_bytes((fed / "clients" / "a.key").read_bytes())
+    else:
+        (fed / damage).write_text("{damaged")
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COLUMNS", "250")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("server", "--app", "tiny_app:server_app", "--certs", str(fed)),
+            *("--address", "127.0.0.1:0", "--run-dir", str(run), "--wait-timeout", "1"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "cannot listen" not in result.output
+    assert not run.exists()
+
+
+def test_a_revocation_list_damaged_mid_run_keeps_the_last_good_one(
+    fed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = RevocationList(fed)
+    a, b = ((fed / "clients" / f"{n}.pem").read_bytes() for n in ("a", "b"))
+    revoke(fed, "b")
+    assert (check(a), check(b)) == (False, True)
+    (fed / "revoked.json").write_text('[{"serial": ')  # an edit saved half-way
+    assert (check(a), check(b)) == (False, True)  # neither raises nor lets b back in
+    assert (check(a), check(b)) == (False, True)
+    errors = [r for r in caplog.records if "revoked.json" in r.getMessage()]
+    assert len(errors) == 1  # said once, not at every message
+    assert "keeping the revocation list read before" in errors[0].getMessage()
+    (fed / "revoked.json").unlink()
+    assert check(b)
+    (fed / "revoked.json").write_text("[]\n")
+    assert (check(a), check(b)) == (False, False)  # a good list again applies
+
+
+def test_clients_are_told_why_a_failed_run_stopped(tmp_path: Path) -> None:
+    strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(strategy, 1, run_dir=tmp_path / "run", wait_timeout=2)
+    client = Joined(served.port, name="lonely")
+    with pytest.raises(covey.FederationError):
+        served.join(30)
+    client.join(30)
+    assert client.result is not None, client.error
+    assert client.result.reason.startswith("the run stopped: round 1: only 1 of the 2 clients")
+
+
+def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    env["COLUMNS"] = "250"
+    port_file, run = tmp_path / "port", tmp_path / "run"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(600):  # the server writes its port once it listens
+            if port_file.exists() or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert port_file.exists(), server.communicate(timeout=10)
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    assert server.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: the run in {run} is kept; continue it with `covey server --resume {run}`"
+    )
+    with RunStore.open(run) as store:
+        assert store.status == "failed"
+        assert store.events()[-1][2:] == ("stopped", "interrupted (SIGINT)")
+
+
+def _start_server(tmp_path: Path, run: Path) -> subprocess.Popen[str]:
+    """``covey server`` of tiny_app in a process, once it listens (waiting for its clients)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+    }
+    port_file = tmp_path / "port"
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        if port_file.exists() or server.poll() is not None:
+            break
+        time.sleep(0.1)
+    if not port_file.exists():
+        server.kill()
+        server.wait(10)
+        raise AssertionError("the server did not start")
+    return server
+
+
+def test_a_killed_server_does_not_show_as_running(tmp_path: Path) -> None:
+    from covey.dashboard._runs import read_run
+
+    run = tmp_path / "runs" / "study"
+    server = _start_server(tmp_path, run)
+    try:
+        assert read_run("study", run).status == "running"
+        server.kill()  # SIGKILL: the run cannot record its end
+        server.wait(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    shown = read_run("study", run)
+    assert shown.status == "stopped"
+    assert "resume" in shown.meta["stopped_reason"]
+    listed = CliRunner().invoke(
+        app, ["runs", "list", "--dir", str(tmp_path / "runs")], env={"COLUMNS": "250"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "stopped" in listed.output
+    assert "running" not in listed.output
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_texts_show_their_brackets() -> None:
+    import typer.main
+
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"})
+        text = " ".join(shown.output.replace("│", " ").split())
+        for param in command.params:
+            for word in (getattr(param, "help", None) or "").split():
+                if "[" in word:  # e.g. "[policy]", which rich took for markup and dropped
+                    shown_as = word.replace("\\[", "[")  # an escaped bracket shows as one
+                    assert shown_as in text, f"covey {' '.join(path)} --help lost {word!r}"
+                    checked += 1
+    assert checked >= 2
+
+
+def _query_command(*args: str) -> tuple[int, str]:
+    """``covey query`` in a process (it ends with os._exit), bounded."""
+    run = subprocess.run(
+        [sys.executable, "-m", "covey", "query", "--insecure", "--wait-timeout", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    return run.returncode, run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--server", "127.0.0.1:0", "SELECT * FROM patients"],
+            "SELECT * at line 1, column 8 is row-level output and is not supported",
+        ),
+        (
+            ["--server", "127.0.0.1:0", "--epsilon", "-1", "SELECT COUNT(*) FROM patients"],
+            "epsilon must be a positive number, got -1.0",
+        ),
+        (
+            ["--server", "127.0.0.1:0", "--mechanism", "lapalce", "SELECT COUNT(*) FROM p"],
+            "mechanism must be one of ('laplace', 'gaussian'), got 'lapalce'",
+        ),
+        (
+            ["--server", "127.0.0.1", "SELECT COUNT(*) FROM patients"],
+            "'127.0.0.1' has no port; give HOST:PORT (e.g. 127.0.0.1:9092)",
+        ),
+    ],
+)
+def test_a_query_that_cannot_be_answered_is_refused_before_it_listens(
+    args: list[str], message: str
+) -> None:
+    code, err = _query_command(*args)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == f"error: {message}"
+    assert "waiting for" not in err  # no site was kept waiting on a doomed query
+
+
+def test_a_query_on_a_busy_port_says_so() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = _query_command("--server", f"127.0.0.1:{port}", "SELECT COUNT(*) FROM p")
+    assert code == 1, err
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in err
