@@ -410,3 +410,39 @@ def test_a_large_model_is_folded_in_blocks_bit_for_bit() -> None:
         acc_state, scratch = _mean._fold(acc_state, scratch, c.weights, 2.5)
     assert scratch is not None
     assert {k: a.size for k, a in scratch.items()} == {"big": _mean._BLOCK, "small": 12}
+
+
+@pytest.mark.parametrize("form", ["weights", "delta", "mixed"])
+def test_float16_models_sum_without_overflow(form: Form) -> None:
+    """n_k * x_k past float16's 65504 (40,000 examples, weights of 2 and 4) is no Inf."""
+    from covey.aggregate import _mean
+
+    # "big" is over the block size: folded block by block.
+    params = {"h": np.ones(3, np.float16), "big": np.ones(_mean._BLOCK + 5, np.float16)}
+    contributions = []
+    for cid, value in enumerate((2.0, 4.0)):
+        local = {k: np.full(v.shape, value, np.float16) for k, v in params.items()}
+        kind = "delta" if form == "delta" or (form == "mixed" and cid == 1) else "weights"
+        if kind == "delta":
+            local = {k: v - params[k] for k, v in local.items()}
+        contributions.append(Contribution(cid, 40_000, **{kind: local}))  # type: ignore[arg-type]
+    new = aggregate_round(weighted_mean(), params, contributions).apply(params)
+    for name in params:
+        assert new[name].dtype == np.float16
+        assert np.all(new[name] == 3.0), name
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int32])
+def test_integer_means_near_the_dtype_limits_do_not_wrap(dtype: Any) -> None:
+    """A mean of weights at the largest integers stays there (float64 rounds 2**63 - 1 up)."""
+    info = np.iinfo(dtype)
+    params = {"n": np.zeros(2, dtype)}
+    contributions = [
+        Contribution(cid, 1, weights={"n": np.array([info.max - cid, info.min + cid], dtype)})
+        for cid in range(3)
+    ]
+    new = aggregate_round(weighted_mean(), params, contributions).apply(params)
+    assert new["n"].dtype == dtype
+    top, bottom = (int(v) for v in new["n"])
+    assert info.max - 2048 <= top <= info.max
+    assert info.min <= bottom <= info.min + 2048

@@ -221,7 +221,7 @@ def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
         assert store.events()[-1][2:] == ("stopped", "interrupted (SIGINT)")
 
 
-def _start_server(tmp_path: Path, run: Path) -> subprocess.Popen[str]:
+def _start_server(tmp_path: Path, run: Path) -> subprocess.Popen[bytes]:
     """``covey server`` of tiny_app in a process, once it listens (waiting for its clients)."""
     env = {
         **os.environ,

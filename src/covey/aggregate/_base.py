@@ -37,7 +37,12 @@ from covey.core._weights import Array, Weights, add, subtract
 
 
 class AggregationError(ValueError):
-    """A round's contributions cannot be combined (e.g. every one has zero examples)."""
+    """A round's contributions cannot be combined (e.g. every one has zero examples).
+
+    Raised at ``End``, the round loop keeps the global model for that round; raised
+    on a ``Contribution`` (before the step changes any state), it refuses that one
+    client's update, which the loop records as a failed fit.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,23 @@ _BLOCK = BLOCK
 """Elements folded at once; the scratch of one array never holds more (8 MiB of float64)."""
 
 
+def _acc_dtype(dtype: np.dtype[np.generic]) -> np.dtype[np.generic]:
+    """The dtype a sum of ``n_k * x_k`` is kept in for arrays of ``dtype``.
+
+    float32 and float64 sum in their own dtype; float16 sums in float32 (``n_k * x_k``
+    past 65504, e.g. 40,000 examples times a weight of 2, would overflow to Inf);
+    integer and bool arrays sum in float64 and are rounded back at the end.
+    """
+    if dtype.kind == "f":
+        return dtype if dtype.itemsize >= 4 else np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
 def _first(values: Weights, factor: float) -> dict[str, Array]:
     """The accumulator from the first contribution: 0 + n*x == n*x exactly."""
     acc: dict[str, Array] = {}
     for name, x in values.items():
-        dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+        dtype = _acc_dtype(x.dtype)
         if x.size <= _BLOCK:
             # A fresh array (a ufunc would turn a 0-d input into a scalar).
             a = np.array(x, dtype=dtype)
@@ -106,27 +118,62 @@ def _fold(
     for name, x in values.items():
         buf = scratch[name]
         total = acc[name]
+        # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
+        lift = x.dtype.kind == "f" and x.dtype != total.dtype
         if total.size <= _BLOCK:
             # Positional outputs: the same ufuncs, without parsing keywords on every call.
-            multiply(x, factor, buf)
+            if lift:
+                buf[...] = x
+                multiply(buf, factor, buf)
+            else:
+                multiply(x, factor, buf)
             add(total, buf, total)
             continue
         flat_x, flat_total = np.ravel(x), total.reshape(-1)
         for start, stop in blocks(total.size):
             part = buf[: stop - start]
-            multiply(flat_x[start:stop], factor, part)
+            if lift:
+                part[...] = flat_x[start:stop]
+                multiply(part, factor, part)
+            else:
+                multiply(flat_x[start:stop], factor, part)
             add(flat_total[start:stop], part, flat_total[start:stop])
             release_pages(flat_x, start, stop)
     return acc, scratch
 
 
-def _finish(acc: dict[str, Array], total: float, params: Weights) -> dict[str, Array]:
+def _finish(
+    acc: dict[str, Array], total: float, params: Weights, *, weights: bool
+) -> dict[str, Array]:
+    """Divide the sums by ``total``, each array back in the model's dtype.
+
+    Integer arrays are rounded; a mean of ``weights`` (not of deltas) is also kept
+    within its integer dtype, where float64 rounding near the dtype's limits (say
+    ``2**63 - 1``, which float64 rounds up to ``2**63``) would otherwise wrap around.
+    """
     out: dict[str, Array] = {}
     for name, a in acc.items():
         np.divide(a, total, out=a)
         target = params[name].dtype
-        out[name] = a if a.dtype == target else np.rint(a, out=a).astype(target)
+        if a.dtype == target:
+            out[name] = a
+        elif target.kind == "f":  # float16 summed in float32
+            out[name] = a.astype(target)
+        else:
+            np.rint(a, out=a)
+            if weights and target.kind in "iu":
+                np.clip(a, *_int_bounds(target), out=a)
+            out[name] = a.astype(target)
     return out
+
+
+def _int_bounds(dtype: np.dtype[np.generic]) -> tuple[float, float]:
+    """The widest float64 range whose every value casts into the integer ``dtype``."""
+    info = np.iinfo(str(dtype))
+    low, high = float(info.min), float(info.max)
+    if int(high) > info.max:  # 2**63 - 1 and 2**64 - 1 round up in float64
+        high = float(np.nextafter(high, -np.inf))
+    return low, high
 
 
 def _mean_step(weighted: bool) -> Step:
@@ -186,7 +233,7 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             event.round,
             state.clients,
             state.examples,
-            weights=_finish(state.acc_weights, state.total, params),
+            weights=_finish(state.acc_weights, state.total, params, weights=True),
             info=dict(event.info),
         )
     else:
@@ -195,9 +242,10 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
             for name, a in acc.items():
                 np.add(a, state.acc_weights[name], out=a)
-                np.subtract(a, np.multiply(params[name], state.examples_weights), out=a)
+                g = np.multiply(params[name], state.examples_weights, dtype=a.dtype)
+                np.subtract(a, g, out=a)
         # Non-float arrays get a rounded delta of their own dtype, so apply() works.
-        delta = _finish(acc, state.total, params)
+        delta = _finish(acc, state.total, params, weights=False)
         agg = Aggregate(
             event.round, state.clients, state.examples, delta=delta, info=dict(event.info)
         )

@@ -162,6 +162,10 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
     handler = _HANDLERS.get(task.kind)
     if handler is None:
         return Reply(cid, task.kind, error=f"unknown task kind {task.kind!r}")
+    if client is None:  # the commonest slip: a client_fn without its return
+        return Reply(
+            cid, task.kind, error=f"client_fn({cid}) returned None, expected a covey.Client"
+        )
     try:
         return Reply(cid, task.kind, result=handler(client, task))
     except Exception as exc:  # noqa: BLE001 - any error in the client's code becomes its reply's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,8 +88,15 @@ def _jsonable(value: Any) -> Any:
         return {"__bytes__": value.hex()}
     if isinstance(value, float) and not math.isfinite(value):
         return {"__float__": str(value)}
-    if hasattr(value, "item") and callable(value.item):  # NumPy scalars
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # arrays (a custom metric)
+        return _jsonable(value.tolist())
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalars, 0-d arrays
         return _jsonable(value.item())
+    if value is not None and not isinstance(value, str | int | float):
+        raise TypeError(
+            f"cannot write a value of type {type(value).__name__} to the history (JSON): "
+            f"{value!r:.80}; metrics and infos must be numbers, strings, lists or dicts"
+        )
     return value
 
 
@@ -133,6 +141,10 @@ class History:
 
     def __len__(self) -> int:
         return len(self.rounds)
+
+    def __iter__(self) -> Iterator[RoundRecord]:
+        """The rounds in order (``history[r]`` looks a round up by its number instead)."""
+        return iter(self.rounds)
 
     def __getitem__(self, round: int) -> RoundRecord:
         for record in self.rounds:

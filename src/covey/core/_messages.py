@@ -21,9 +21,16 @@ Metrics = dict[str, Scalar]
 Config = dict[str, Any]
 
 
+MAX_EXAMPLES = 2**53
+"""The most examples a result may declare: every count up to it is exact in float64,
+and weighing updates by it cannot overflow (10**400 examples would stop aggregation)."""
+
+
 def _check_count(value: object, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} must be a non-negative int, got {value!r}")
+    if value > MAX_EXAMPLES:
+        raise ValueError(f"{what} must be at most 2**53, got an int of {value.bit_length()} bits")
 
 
 def _check_metrics(value: object, what: str) -> None:
@@ -59,7 +66,7 @@ class FitResult:
         if (weights is None) == (delta is None):
             raise ValueError("FitResult needs exactly one of weights= or delta=")
         n = self.num_examples
-        if type(n) is not int or n < 0:
+        if type(n) is not int or n < 0 or n > MAX_EXAMPLES:
             _check_count(n, "FitResult.num_examples")
         if type(self.metrics) is not dict:
             _check_metrics(self.metrics, "FitResult.metrics")

@@ -201,18 +201,34 @@ def copy(weights: Weights) -> dict[str, Array]:
 
 
 def add(weights: Weights, delta: Weights) -> dict[str, Array]:
-    """``weights + delta`` per array, keeping each array's dtype."""
+    """``weights + delta`` per array, keeping each array's dtype.
+
+    Integers wrap around; a bool array counts modulo 2, so its delta is the mask of
+    the entries that flip (``weights ^ delta``), as :func:`subtract` makes it.
+    """
     # asarray: a ufunc returns a scalar, not an array, for 0-d inputs.
     return {
-        name: np.asarray(np.add(value, delta[name], dtype=value.dtype, casting="same_kind"))
+        name: np.asarray(
+            np.logical_xor(value, delta[name])
+            if value.dtype.kind == "b"
+            else np.add(value, delta[name], dtype=value.dtype, casting="same_kind")
+        )
         for name, value in weights.items()
     }
 
 
 def subtract(weights: Weights, other: Weights) -> dict[str, Array]:
-    """``weights - other`` per array, keeping each array's dtype."""
+    """``weights - other`` per array, keeping each array's dtype.
+
+    Integers wrap around; for a bool array (modulo 2) the difference is the mask of
+    the entries that differ, ``weights ^ other`` (NumPy has no bool subtraction).
+    """
     return {
-        name: np.asarray(np.subtract(value, other[name], dtype=value.dtype, casting="same_kind"))
+        name: np.asarray(
+            np.logical_xor(value, other[name])
+            if value.dtype.kind == "b"
+            else np.subtract(value, other[name], dtype=value.dtype, casting="same_kind")
+        )
         for name, value in weights.items()
     }
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.core._messages import FitResult, Task
-from covey.core._weights import Weights
+from covey.core._weights import Weights, WeightsSpec
 from covey.privacy import ClippedSum
 from covey.secagg._ddp import client_clip, clip_update, dp_plan
 from covey.secagg._dp import Noise
@@ -56,6 +56,16 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
     result = client.fit(task.weights, config)
     if not isinstance(result, FitResult):
         raise TypeError(f"{type(client).__name__}.fit() returned {type(result).__name__}")
+    # The checks of an unsecured round, before anything is masked: a wrong name, shape or
+    # dtype, or a NaN, is named here, not met as a length mismatch in the protocol.
+    values, what = (
+        (result.delta, "the fit result's delta")
+        if result.delta is not None
+        else (result.weights, "the fit result's weights")
+    )
+    model = WeightsSpec.of(task.weights)
+    if not model.conforms(values):
+        model.check(values, what=what)
     n = result.num_examples
     if n > int(spec["max_examples"]):
         raise RangeError(

@@ -162,6 +162,10 @@ class AsyncLoop(_LoopBase):
                 continue
             tau = version - flight.version
             contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
+            too_stale = strategy.max_staleness is not None and tau > strategy.max_staleness
+            if contribution is not None and not too_stale:
+                state, folded = self._fold(state, contribution, record)
+                contribution = contribution if folded else None
             if contribution is None:
                 failures_in_a_row += 1
                 if not strategy.accept_failures:
@@ -177,12 +181,11 @@ class AsyncLoop(_LoopBase):
                         + record.fit_failures[-1].error
                     )
                 continue
-            if strategy.max_staleness is not None and tau > strategy.max_staleness:
+            if too_stale:
                 dropped.append(reply.cid)
                 reply.release()
                 continue
             failures_in_a_row = 0
-            state, _ = update(state, contribution)
             self._buffered.add(reply.cid)
             record.fit_participants.append(reply.cid)
             record.fit_examples += contribution.num_examples

@@ -10,6 +10,7 @@ these once; the loops differ only in how they reach clients and when they aggreg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,47 @@ class FederationError(RuntimeError):
 def _first_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
+
+
+_SCALARS = (bool, int, float, str, bytes)
+
+
+def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
+    """``evaluate_fn``'s ``(loss, metrics)``, checked, NumPy scalars made Python scalars.
+
+    Raises:
+        TypeError: naming what is wrong, if ``out`` is not a number and a dict of
+            names to scalars (an array as a metric would stop the run later, when
+            the history is written).
+    """
+    if not isinstance(out, tuple | list) or len(out) != 2:
+        raise TypeError(
+            f"evaluate_fn must return (loss, metrics) or None, got {type(out).__name__}"
+        )
+    loss, metrics = out
+    try:
+        if isinstance(loss, str | bytes):
+            raise TypeError
+        number = float(loss)  # Python and NumPy numbers, 0-d arrays and tensors
+    except (TypeError, ValueError):
+        raise TypeError(f"evaluate_fn's loss must be a number, got {type(loss).__name__}") from None
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            "evaluate_fn's metrics must be a dict of names to scalars, "
+            f"got {type(metrics).__name__}"
+        )
+    checked: dict[str, Scalar] = {}
+    for key, value in metrics.items():
+        if not isinstance(value, _SCALARS) and callable(getattr(value, "item", None)):
+            with contextlib.suppress(TypeError, ValueError):  # NumPy scalars, 0-d arrays
+                value = value.item()
+        if not isinstance(key, str) or not isinstance(value, _SCALARS):
+            raise TypeError(
+                f"evaluate_fn's metric {key!r} must be a scalar named by a string, "
+                f"got {type(value).__name__}"
+            )
+        checked[key] = value
+    return number, checked
 
 
 class _LoopBase:
@@ -98,9 +140,7 @@ class _LoopBase:
         out = self.evaluate_fn(record.round, self.weights)
         if out is None:
             return
-        loss, metrics = out
-        record.central_loss = float(loss)
-        record.central_metrics = dict(metrics)
+        record.central_loss, record.central_metrics = _central_result(out)
 
     # -- client properties ----------------------------------------------------------------
 
@@ -152,6 +192,23 @@ class _LoopBase:
         except WeightsError as exc:
             self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
             return None
+
+    def _fold(
+        self, state: Any, contribution: Contribution, record: RoundRecord
+    ) -> tuple[Any, bool]:
+        """Fold ``contribution`` into the chain's ``state``; whether the chain took it.
+
+        A step that raises :class:`~covey.aggregate.AggregationError` on a contribution
+        refuses that client's update (say, q-FedAvg given a NaN loss): the client's fit
+        is recorded as failed and the round goes on with ``state`` as it was.
+        """
+        try:
+            state, _ = self.strategy.aggregator.update(state, contribution)
+        except AggregationError as exc:
+            why = f"refused by the aggregation step: {exc}"
+            self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
+            return state, False
+        return state, True
 
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
         failures.append(failure)

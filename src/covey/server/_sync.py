@@ -204,13 +204,16 @@ class RoundLoop(_LoopBase):
                 reply.release()
                 continue
             try:
-                state, _ = update(state, contribution)
+                state, folded = self._fold(state, contribution, record)
             except Exception as exc:
                 self.history.rounds.append(record)
                 raise self._fail(
                     f"round {rnd}: the aggregation step failed on client {reply.cid}'s "
                     f"update: {type(exc).__name__}: {exc}"
                 ) from exc
+            if not folded:
+                reply.release()
+                continue
             record.fit_participants.append(reply.cid)
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))

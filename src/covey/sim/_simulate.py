@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from covey.clients._client import ClientFn, run_task
 from covey.compress import CompressedTransport, Scheme, scheme_named, scheme_spec
 from covey.core._files import atomic_write
@@ -87,6 +89,11 @@ def _backend(
         raise ValueError(
             "client_resources, client_group and ray_address apply to backend='ray' only"
         )
+    if backend == "process" and client_cache is not None:
+        raise ValueError(
+            "client_cache applies to backend='inline' and 'ray' only: the process backend "
+            "keeps every client it built for the whole run"
+        )
     if backend == "inline":
         return inline_transport(client_fn, num_clients, client_cache)
     if backend == "process":
@@ -156,6 +163,11 @@ def _clock(
     seed: int,
 ) -> ClientClock | None:
     """The client model of a run with simulated availability or stragglers, else None."""
+    if deadline is not None and strategy.asynchronous:
+        raise ValueError(
+            f"round_deadline applies to synchronous rounds; {strategy.name} is asynchronous "
+            "(bound each task with round_timeout, or slow clients with client_durations)"
+        )
     if availability is None and (deadline is None or strategy.asynchronous):
         return None
     return ClientClock(durations, availability, seed=seed)
@@ -168,6 +180,12 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     strategy = strategy if strategy is not None else FedAvg()
+    if strategy.selector is None and strategy.num_fit(num_clients) == 0:
+        raise ValueError(
+            f"the strategy samples no client per round: fraction_fit={strategy.fraction_fit} "
+            f"of num_clients={num_clients} rounds down to 0 and min_fit_clients=0; "
+            "raise fraction_fit or min_fit_clients"
+        )
     if strategy.num_fit(num_clients) > num_clients:
         raise ValueError(
             f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
@@ -181,14 +199,51 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     return strategy
 
 
-def _compressing(
-    transport: Transport, compression: Scheme | str | None, seed: int
-) -> CompressedTransport | None:
-    """``transport`` wrapped to carry compressed updates and count bytes, if asked."""
+def _check_options(seed: object, round_timeout: object, client_cache: object) -> None:
+    """Refuse values of simulate()'s options that would fail later, deep in a round."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if round_timeout is not None and (
+        isinstance(round_timeout, bool)
+        or not isinstance(round_timeout, int | float)
+        or not round_timeout > 0
+    ):
+        raise ValueError(f"round_timeout must be None or a positive number, got {round_timeout!r}")
+    if client_cache is not None and (
+        isinstance(client_cache, bool) or not isinstance(client_cache, int) or client_cache < 0
+    ):
+        raise ValueError(f"client_cache must be None or a non-negative int, got {client_cache!r}")
+
+
+def _check_durations(durations: object, num_clients: int) -> None:
+    """Refuse ``client_durations`` that is neither a function nor one value per client."""
+    if durations is None or callable(durations):
+        return
+    try:
+        count = len(durations)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "client_durations must be a (cid, rng) -> seconds function or one value per "
+            f"client, got {type(durations).__name__}"
+        ) from None
+    if count < num_clients:
+        raise ValueError(
+            f"client_durations has {count} values but num_clients={num_clients}: "
+            "give one value per client"
+        )
+
+
+def _scheme(compression: Scheme | str | None, strategy: Strategy) -> Scheme | None:
+    """The scheme clients compress their updates with, if asked and if it applies."""
     if compression is None:
         return None
-    scheme = scheme_named(compression) if isinstance(compression, str) else compression
-    return CompressedTransport(transport, scheme, seed=seed)
+    if strategy.fit_round is not None:
+        raise ValueError(
+            f"compression does not apply to {strategy.name}: its fit round is its own "
+            "exchange (secure aggregation sends masked integers), which would go "
+            "uncompressed and uncounted"
+        )
+    return scheme_named(compression) if isinstance(compression, str) else compression
 
 
 def _count_bytes(
@@ -252,7 +307,9 @@ def simulate(
         seed: Seeds client sampling.
         num_workers: Worker processes for the process backend; most actors per
             client group for the Ray backend.
-        round_timeout: Seconds clients have to reply in a round.
+        round_timeout: Seconds clients have to reply in a round. The inline backend
+            runs clients one after another and cannot interrupt one: it bounds each
+            client's own call, dropping a reply that took longer.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes.
         run_dir: If given, ``history.json`` is written there after every round, and
@@ -268,9 +325,10 @@ def simulate(
             clients that are sampled drop out (see :class:`covey.sim.ClientClock`).
         round_deadline: Simulated seconds a synchronous round's fit may take:
             clients whose ``client_durations`` exceed it are stragglers, not used.
-        client_cache: Most clients kept built (per actor with Ray); None keeps every
-            client built, 0 builds a client for each task. Bound it for federations
-            of many clients: memory then does not grow with ``num_clients``.
+        client_cache: Most clients kept built (per actor with Ray; not available
+            with the process backend); None keeps every client built, 0 builds a
+            client for each task. Bound it for federations of many clients: memory
+            then does not grow with ``num_clients``.
         client_resources: Ray: what one client needs, e.g. ``{"num_cpus": 1,
             "num_gpus": 0.25}``, or one such mapping per group with ``client_group``.
         client_group: Ray: ``cid -> group name`` when resources differ per group.
@@ -300,23 +358,10 @@ def simulate(
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     strategy = _checked(strategy, num_clients, rounds)
-    transport = _backend(
-        backend,
-        client_fn,
-        num_clients,
-        num_workers=num_workers,
-        client_cache=client_cache,
-        client_resources=client_resources,
-        client_group=client_group,
-        ray_address=ray_address,
-    )
+    _check_options(seed, round_timeout, client_cache)
+    _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
-    if clock is not None and not strategy.asynchronous:
-        transport = ClockedTransport(transport, clock, deadline=round_deadline)
-    counter = _compressing(transport, compression, seed)
-    transport = counter if counter is not None else transport
-
-    callbacks, stop_progress = _callbacks(rounds, progress, on_round)
+    scheme = _scheme(compression, strategy)
     history_path = meta_path = None
     meta: dict[str, Any] = {
         "kind": "simulated",
@@ -331,7 +376,27 @@ def simulate(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         history_path = Path(run_dir) / "history.json"
         meta_path = Path(run_dir) / "run.json"
+    # Worker processes start here: if anything fails before the run starts, they stop.
+    transport = _backend(
+        backend,
+        client_fn,
+        num_clients,
+        num_workers=num_workers,
+        client_cache=client_cache,
+        client_resources=client_resources,
+        client_group=client_group,
+        ray_address=ray_address,
+    )
+    try:
+        if clock is not None and not strategy.asynchronous:
+            transport = ClockedTransport(transport, clock, deadline=round_deadline)
+        counter = None if scheme is None else CompressedTransport(transport, scheme, seed=seed)
+        transport = counter if counter is not None else transport
         _write_run_meta(meta_path, meta)
+        callbacks, stop_progress = _callbacks(rounds, progress, on_round)
+    except BaseException:
+        transport.close()
+        raise
 
     loop: Loop
 

@@ -301,6 +301,10 @@ def FedBuff(
         Nguyen et al., "Federated Learning with Buffered Asynchronous
         Aggregation", AISTATS 2022.
     """
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ValueError(f"concurrency must be None or an int >= 1, got {concurrency!r}")
     if concurrency is not None:
         if "fraction_fit" in options or "min_fit_clients" in options:
             raise TypeError("FedBuff(): give concurrency or fraction_fit/min_fit_clients, not both")

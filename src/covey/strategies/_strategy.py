@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypedDict
 
@@ -153,12 +154,13 @@ class Strategy:
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
             value = getattr(self, attr)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{attr} must be in [0, 1], got {value}")
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) <= 1:
+                raise ValueError(f"{attr} must be in [0, 1], got {value!r}")
         for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
+        self._check_functions()
         if self.fraction_fit == 0.0 and self.min_fit_clients == 0:
             raise ValueError("fraction_fit=0 and min_fit_clients=0 would train no client")
         if not isinstance(self.aggregator, Step):
@@ -182,6 +184,24 @@ class Strategy:
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "
                 "fraction_evaluate=0 and judge the model with a central evaluate_fn"
             )
+
+    def _check_functions(self) -> None:
+        """Refuse options that must be functions (or a bool) but are not, naming them.
+
+        A dict given as ``on_fit_config`` would otherwise fail at the first round
+        with ``'dict' object is not callable``.
+        """
+        for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
+            value = getattr(self, attr)
+            if not callable(value):
+                raise TypeError(f"{attr} must be a function, got {type(value).__name__}")
+        if self.selector is not None and not callable(self.selector):
+            raise TypeError(
+                "selector must be a (candidates, round, rng) -> cids function, "
+                f"got {type(self.selector).__name__}"
+            )
+        if not isinstance(self.accept_failures, bool):
+            raise TypeError(f"accept_failures must be True or False, got {self.accept_failures!r}")
 
     @property
     def asynchronous(self) -> bool:

@@ -40,16 +40,30 @@ class MemoryTransport:
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
-        """Call the handler for each task in client-id order, yielding each reply."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Call the handler for each task in client-id order, yielding each reply.
+
+        The clients run one after another here, standing in for clients that would
+        run at the same time: ``timeout`` bounds each client's own call, and the
+        reply of a client that took longer is replaced by a timeout error, as a
+        reply arriving after the deadline over a network would be dropped. (A
+        deadline for the whole round would let a slow client through and blame
+        the clients after it, which never got to run.)
+        """
         for cid in sorted(tasks):
-            if deadline is not None and time.monotonic() > deadline:
-                return
             task = tasks[cid]
+            start = time.monotonic()
             try:
                 reply = self._handler(cid, task)
             except Exception:  # noqa: BLE001 - the handler's error is that client's reply
                 reply = Reply(cid, task.kind, error=traceback.format_exc())
+            if timeout is not None and (took := time.monotonic() - start) > timeout:
+                reply.release()
+                reply = Reply(
+                    cid,
+                    task.kind,
+                    error=f"no reply in time: its {task.kind} task took {took:.3g} s, "
+                    f"past the timeout of {timeout:g} s",
+                )
             yield reply
 
     def close(self) -> None:

@@ -1,0 +1,449 @@
+"""covey.simulate on bad input from clients and from the caller: clear errors, the run goes on."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import EvaluateResult, FitResult
+from covey.aggregate import AggregationError, Contribution, Event, Step, chain, weighted_mean
+
+
+class Counting(covey.Client):
+    """Adds one to every weight; client 1 declares ``huge`` examples in fit and evaluate."""
+
+    def __init__(self, cid: int, huge: int = 10**400) -> None:
+        self.cid = cid
+        self.huge = huge
+
+    def examples(self) -> int:
+        return self.huge if self.cid == 1 else 10
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(
+            weights={k: v + 1 for k, v in weights.items()}, num_examples=self.examples()
+        )
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=1.0, num_examples=self.examples())
+
+
+@pytest.mark.parametrize("huge", [10**400, 2**53 + 1], ids=["10**400", "2**53+1"])
+def test_a_client_declaring_absurdly_many_examples_is_one_failure(huge: int) -> None:
+    """One client's num_examples past 2**53 is refused for that client; the others train."""
+    result = covey.simulate(
+        lambda cid: Counting(cid, huge),
+        num_clients=3,
+        rounds=2,
+        strategy=covey.FedAvg(),
+        initial_weights={"w": np.zeros(2)},
+    )
+    assert result.weights["w"].tolist() == [2.0, 2.0]
+    for record in result.history.rounds[1:]:
+        assert record.fit_participants == [0, 2]
+        assert [f.cid for f in record.fit_failures] == [1]
+        assert "num_examples must be at most 2**53" in record.fit_failures[0].error
+        assert record.evaluate_participants == [0, 2]
+        assert record.evaluate_loss == 1.0
+        assert [f.cid for f in record.evaluate_failures] == [1]
+
+
+def test_the_largest_allowed_count_still_aggregates() -> None:
+    big = FitResult(weights={"w": np.ones(1)}, num_examples=2**53)
+    small = FitResult(weights={"w": np.zeros(1)}, num_examples=1)
+    assert covey.FedAvg().aggregate({"w": np.zeros(1)}, [big, small])["w"].tolist() == [1.0]
+
+
+class PlusOne(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (0.5, "evaluate_fn must return (loss, metrics) or None, got float"),
+        ((0.5, 0.3), "evaluate_fn's metrics must be a dict of names to scalars, got float"),
+        (("low", {}), "evaluate_fn's loss must be a number, got str"),
+        ((0.5, {"confusion": np.eye(2)}), "evaluate_fn's metric 'confusion' must be a scalar"),
+    ],
+)
+def test_a_bad_evaluate_fn_result_names_what_is_wrong(
+    tmp_path: Any, returned: Any, message: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(message)):
+        covey.simulate(
+            lambda cid: PlusOne(),
+            num_clients=2,
+            rounds=1,
+            strategy=covey.FedAvg(fraction_evaluate=0.0),
+            initial_weights={"w": np.zeros(2)},
+            evaluate_fn=lambda rnd, weights: returned,
+            run_dir=tmp_path,
+        )
+
+
+def numpy_evaluate(rnd: int, weights: Any) -> Any:
+    """A central evaluation that reports NumPy scalars, as NumPy code does."""
+    return np.float32(0.25), {
+        "accuracy": np.float32(0.5),
+        "n": np.int64(3),
+        "zero_d": np.array(1.5),
+    }
+
+
+def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
+    result = covey.simulate(
+        lambda cid: PlusOne(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=numpy_evaluate,
+    )
+    record = result.history.rounds[1]
+    assert record.central_loss == 0.25
+    assert record.central_metrics == {"accuracy": 0.5, "n": 3, "zero_d": 1.5}
+    assert all(type(v) in (float, int) for v in record.central_metrics.values())
+    assert "zero_d" in result.history.to_json()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seed": -1}, "seed must be a non-negative int, got -1"),
+        ({"seed": 1.5}, "seed must be a non-negative int, got 1.5"),
+        ({"round_timeout": -1}, "round_timeout must be None or a positive number, got -1"),
+        ({"round_timeout": 0}, "round_timeout must be None or a positive number, got 0"),
+        ({"client_cache": -1}, "client_cache must be None or a non-negative int, got -1"),
+        (
+            {"strategy": covey.FedBuff(buffer_size=2), "round_deadline": 1.0},
+            "round_deadline applies to synchronous rounds; FedBuff is asynchronous",
+        ),
+        (
+            {"client_cache": 0, "backend": "process"},
+            "client_cache applies to backend='inline' and 'ray' only",
+        ),
+        (
+            {"client_durations": [1.0, 2.0], "round_deadline": 1.5},
+            "client_durations has 2 values but num_clients=4",
+        ),
+        (
+            {"strategy": covey.FedAvg(fraction_fit=0.1, min_fit_clients=0)},
+            "the strategy samples no client per round: fraction_fit=0.1 of num_clients=4",
+        ),
+    ],
+)
+def test_bad_simulate_options_are_refused_before_any_round(
+    options: dict[str, Any], message: str
+) -> None:
+    built: list[int] = []
+
+    def client_fn(cid: int) -> covey.Client:
+        built.append(cid)
+        return PlusOne()
+
+    kwargs: dict[str, Any] = {"strategy": covey.FedAvg(fraction_evaluate=0.0), **options}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        covey.simulate(client_fn, 4, 1, initial_weights={"w": np.zeros(2)}, **kwargs)
+    assert built == []
+
+
+@pytest.mark.parametrize("strategy", [covey.FedAvg(fraction_evaluate=0.0), covey.FedBuff()])
+def test_client_durations_that_are_one_number_are_refused_naming_the_option(
+    strategy: covey.Strategy,
+) -> None:
+    with pytest.raises(TypeError, match=r"client_durations must be a .* got float"):
+        covey.simulate(
+            lambda cid: PlusOne(),
+            4,
+            1,
+            strategy,
+            {"w": np.zeros(2)},
+            client_durations=2.0,  # type: ignore[arg-type]
+            round_deadline=1.5,
+        )
+
+
+def test_numpy_seeds_and_a_selector_that_picks_from_a_zero_fraction_are_fine() -> None:
+    strategy = covey.FedAvg(
+        fraction_fit=0.1,
+        min_fit_clients=0,
+        fraction_evaluate=0.0,
+        selector=lambda candidates, rnd, rng: [0, 1],
+    )
+    result = covey.simulate(
+        lambda cid: PlusOne(),
+        4,
+        1,
+        strategy,
+        {"w": np.zeros(2)},
+        seed=np.int64(3),  # type: ignore[arg-type]
+    )
+    assert result.history.rounds[1].fit_participants == [0, 1]
+
+
+class Sleepy(covey.Client):
+    """Client 1 is slower than the round's timeout; the others are quick."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            time.sleep(1.5)
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def test_inline_round_timeout_drops_the_slow_client_not_the_ones_after_it() -> None:
+    result = covey.simulate(
+        Sleepy,
+        num_clients=3,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        round_timeout=0.5,
+    )
+    record = result.history.rounds[1]
+    assert record.fit_participants == [0, 2]
+    assert [f.cid for f in record.fit_failures] == [1]
+    assert record.fit_failures[0].error.startswith("no reply in time: its fit task took")
+    assert result.weights["w"].tolist() == [1.0, 1.0]
+
+
+BOOL_PRESETS = {
+    "FedAvg": covey.FedAvg,
+    "FedAvgM": covey.FedAvgM,
+    "FedAdam": covey.FedAdam,
+    "FedYogi": covey.FedYogi,
+    "FedAdagrad": covey.FedAdagrad,
+    "FedMedian": covey.FedMedian,
+    "FedTrimmedAvg": covey.FedTrimmedAvg,
+    "Krum": lambda: covey.Krum(f=1),
+    "MultiKrum": lambda: covey.MultiKrum(f=1),
+    "Bulyan": lambda: covey.Bulyan(f=0),
+    "FedRFA": covey.FedRFA,
+}
+
+
+@pytest.mark.parametrize("form", ["weights", "delta"])
+@pytest.mark.parametrize("name", sorted(BOOL_PRESETS))
+def test_every_preset_aggregates_a_model_with_a_bool_array(name: str, form: str) -> None:
+    """Bool arrays are allowed in a model; their delta is the mask of flipped entries."""
+    now = np.array([True, False, True, False])
+    sent = np.array([False, True, True, False])  # what all five clients agree on
+    kwargs: dict[str, Any] = (
+        {"weights": {"mask": sent, "w": np.ones(1)}}
+        if form == "weights"
+        else {"delta": {"mask": sent ^ now, "w": np.ones(1)}}
+    )
+    results = [FitResult(num_examples=1, **kwargs) for _ in range(5)]
+    new = BOOL_PRESETS[name]().aggregate({"mask": now, "w": np.zeros(1)}, results)
+    assert new["mask"].dtype == bool
+    assert new["mask"].tolist() == sent.tolist()
+
+
+def test_fedbuff_folds_stale_updates_of_a_model_with_a_bool_array() -> None:
+    class Flip(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            new = {"mask": ~weights["mask"], "w": weights["w"] + 1}
+            return FitResult(weights=new, num_examples=1)
+
+    result = covey.simulate(
+        lambda cid: Flip(),
+        num_clients=4,
+        rounds=3,
+        strategy=covey.FedBuff(buffer_size=2, fraction_evaluate=0.0),
+        initial_weights={"mask": np.zeros(3, bool), "w": np.zeros(1)},
+    )
+    assert [r.aggregated for r in result.history.rounds[1:]] == [True, True, True]
+    assert all(not r.fit_failures for r in result.history.rounds)
+
+
+class LossReporter(covey.Client):
+    """Client 1 reports a NaN loss, which q-FedAvg cannot use."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        loss = float("nan") if self.cid == 1 else 1.0 + self.cid
+        new = {k: v + 1 for k, v in weights.items()}
+        return FitResult(weights=new, num_examples=1, metrics={"loss": loss})
+
+
+def refuse_client(cid: int) -> Step:
+    """A per-client step refusing ``cid``'s contributions, passing every other event on."""
+
+    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        if isinstance(event, Contribution) and event.cid == cid:
+            raise AggregationError(f"client {cid} is not welcome")
+        return state, (event,)
+
+    return Step(lambda params: None, update)
+
+
+def test_a_contribution_the_step_refuses_fails_that_client_only() -> None:
+    result = covey.simulate(
+        LossReporter, 4, 2, covey.QFedAvg(fraction_evaluate=0.0), {"w": np.zeros(2)}
+    )
+    for record in result.history.rounds[1:]:
+        assert record.aggregated
+        assert record.fit_participants == [0, 2, 3]
+        assert [f.cid for f in record.fit_failures] == [1]
+        assert "refused by the aggregation step: qfedavg: client 1 reported loss=nan" in (
+            record.fit_failures[0].error
+        )
+    assert result.weights["w"][0] > 0
+
+
+def test_a_refused_contribution_stops_a_run_that_accepts_no_failures() -> None:
+    strategy = covey.QFedAvg(fraction_evaluate=0.0, accept_failures=False)
+    with pytest.raises(covey.FederationError, match="client 1: refused by the aggregation"):
+        covey.simulate(LossReporter, 4, 1, strategy, {"w": np.zeros(2)})
+
+
+def test_fedbuff_goes_on_without_a_contribution_the_step_refuses() -> None:
+    strategy = covey.Strategy(
+        aggregator=chain(refuse_client(1), weighted_mean()),
+        fraction_evaluate=0.0,
+        buffer_size=2,
+    )
+    result = covey.simulate(lambda cid: PlusOne(), 4, 3, strategy, {"w": np.zeros(2)})
+    records = result.history.rounds[1:]
+    assert [r.aggregated for r in records] == [True, True, True]
+    assert all(1 not in r.fit_participants for r in records)
+    assert any(f.cid == 1 and "not welcome" in f.error for r in records for f in r.fit_failures)
+
+
+def per_class(results: Any) -> dict[str, Any]:
+    """Custom fit metrics: a per-class array, as a user might report it."""
+    return {"per_class": np.mean([m["per_class"] for _, m in results], axis=0)}
+
+
+class PerClass(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        new = {k: v + 1 for k, v in weights.items()}
+        metrics: dict[str, Any] = {"per_class": np.arange(3.0)}  # not a scalar: custom metrics
+        return FitResult(weights=new, num_examples=1, metrics=metrics)
+
+
+def test_array_metrics_from_a_custom_fit_metrics_are_written_to_history_json(
+    tmp_path: Any,
+) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=per_class)
+    result = covey.simulate(
+        lambda cid: PerClass(), 2, 2, strategy, {"w": np.zeros(2)}, run_dir=tmp_path
+    )
+    saved = covey.History.from_json((tmp_path / "history.json").read_text())
+    assert saved.rounds[2].fit_metrics == {"per_class": [0.0, 1.0, 2.0]}
+    assert result.history.rounds[2].aggregated
+
+
+def test_a_metric_history_json_cannot_hold_is_named() -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=lambda results: {"x": object()})  # type: ignore[dict-item]
+    result = covey.simulate(lambda cid: PerClass(), 2, 1, strategy, {"w": np.zeros(2)})
+    with pytest.raises(TypeError, match="cannot write a value of type object to the history"):
+        result.history.to_json()
+
+
+@pytest.mark.parametrize("value", ["0.5", None, True, float("nan"), 1.5])
+def test_a_fraction_that_is_no_number_in_0_1_is_refused_by_name(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"fraction_fit must be in \[0, 1\], got"):
+        covey.FedAvg(fraction_fit=value)
+    with pytest.raises(ValueError, match=r"fraction_evaluate must be in \[0, 1\]"):
+        covey.FedMedian(fraction_evaluate=value)
+
+
+def test_numpy_fractions_are_numbers() -> None:
+    assert covey.FedAvg(fraction_fit=np.float32(0.5)).num_fit(10) == 5  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_client_fn_returning_none_is_named(backend: str) -> None:
+    def client_fn(cid: int) -> covey.Client | None:
+        return None if cid == 1 else PlusOne()
+
+    result = covey.simulate(
+        client_fn,  # type: ignore[arg-type]
+        3,
+        1,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=1,
+    )
+    failures = result.history.rounds[1].fit_failures
+    assert [(f.cid, f.error) for f in failures] == [
+        (1, "client_fn(1) returned None, expected a covey.Client")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"on_fit_config": {"lr": 0.1}}, "on_fit_config must be a function, got dict"),
+        ({"on_evaluate_config": {"k": 1}}, "on_evaluate_config must be a function, got dict"),
+        ({"fit_metrics": "mean"}, "fit_metrics must be a function, got str"),
+        ({"evaluate_metrics": None}, "evaluate_metrics must be a function, got NoneType"),
+        ({"selector": [0, 1]}, "selector must be a (candidates, round, rng) -> cids function"),
+        ({"accept_failures": "no"}, "accept_failures must be True or False, got 'no'"),
+    ],
+)
+def test_strategy_options_that_must_be_functions_are_checked_by_name(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(message)):
+        covey.FedAvg(**options)
+
+
+def test_fedbuff_concurrency_must_be_a_positive_int() -> None:
+    with pytest.raises(ValueError, match="concurrency must be None or an int >= 1, got 0"):
+        covey.FedBuff(concurrency=0)
+
+
+def test_a_history_iterates_over_its_rounds() -> None:
+    """``for record in history`` ends after the last round (it raised KeyError there)."""
+    result = covey.simulate(
+        lambda cid: PlusOne(), 2, 2, covey.FedAvg(fraction_evaluate=0.0), {"w": np.zeros(2)}
+    )
+    assert [record.round for record in result.history] == [0, 1, 2]
+    assert list(result.history) == result.history.rounds
+    resumed = covey.History(rounds=result.history.rounds[2:])  # no round 0
+    assert [record.round for record in resumed] == [2]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"availability": 2.0}, "availability must be a probability"),
+        ({"compression": "zzz"}, "unknown compression"),
+        ({"round_deadline": -1.0}, "the round deadline must be positive"),
+    ],
+)
+def test_options_refused_with_the_process_backend_leave_no_worker_running(
+    options: dict[str, Any], message: str
+) -> None:
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    with pytest.raises(ValueError, match=message) as refused:
+        covey.simulate(
+            lambda cid: PlusOne(),
+            4,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(2)},
+            backend="process",
+            num_workers=2,
+            **options,
+        )
+    # The error's traceback is kept, as a notebook keeps the last one: the workers
+    # must be stopped by simulate() itself, not by the collector.
+    assert refused.value.__traceback__ is not None
+    assert {p.pid for p in multiprocessing.active_children()} == before
