@@ -410,3 +410,21 @@ def test_serve_refuses_numbers_that_would_hang_or_misbehave(
             **kwargs,
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_resumed_with_another_strategy_is_refused(tmp_path: Path) -> None:
+    first = Served(covey.FedAvg(fraction_evaluate=0.0), 1, run_dir=tmp_path / "run")
+    clients = [Joined(first.port, name=f"c{k}") for k in range(2)]
+    first.join()
+    for c in clients:
+        c.join()
+    adam = covey.FedAdam(fraction_evaluate=0.0)
+    again = Served(adam, 2, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0")
+    with pytest.raises(
+        ValueError, match="was started with FedAvg; it cannot be resumed with FedAdam"
+    ):
+        again.join(30)  # it used to fail at the first reply, on FedAvg's saved state
+    with RunStore.open(tmp_path / "run", exclusive=True) as store:  # the refusal let go of it
+        assert store.last_round() == 1
+        assert store.status == "finished"
+

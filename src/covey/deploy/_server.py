@@ -167,6 +167,7 @@ def serve(
     """
     _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
     opened = _reopen(run_dir, resume)
+    _same_strategy(opened, strategy)
     scheme = _scheme(compression, opened, strategy)
     if address is None:
         address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
@@ -236,6 +237,25 @@ def _scheme(
             opened.close()
         raise
     return scheme
+
+
+def _same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
+    """Refuse to resume a run with another strategy than it was started with (closes ``opened``).
+
+    The saved aggregator state is the started strategy's: another one cannot
+    take it up (FedAdam cannot continue FedAvg's state).
+    """
+    if opened is None:
+        return
+    stored = opened.config.get("strategy")
+    started = stored.get("name") if isinstance(stored, dict) else None
+    name = strategy.describe().get("name")
+    if started is not None and started != name:
+        opened.close()
+        raise ValueError(
+            f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
+            f"with {name}: resume it with {started}, or start a new run with --run-dir"
+        )
 
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
