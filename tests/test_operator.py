@@ -428,3 +428,13 @@ def test_a_run_resumed_with_another_strategy_is_refused(tmp_path: Path) -> None:
         assert store.last_round() == 1
         assert store.status == "finished"
 
+
+@pytest.mark.parametrize("damaged", ["ca.key", "ca.pem"])
+def test_issuing_with_a_damaged_ca_names_the_file(fed: Path, damaged: str) -> None:
+    (fed / damaged).write_text("junk\n")
+    result = CliRunner().invoke(
+        app, ["certs", "issue", "c", "--dir", str(fed)], env={"COLUMNS": "250"}
+    )
+    assert result.exit_code == 1, result.output
+    assert str(fed / damaged) in result.output
+    assert "Traceback" not in result.output

@@ -174,8 +174,14 @@ def load_ca(root: Path) -> tuple[x509.Certificate, PrivateKey]:
             f"the CA private key {key_path} is missing: certificates can only be "
             "issued where ca.key is (it may have been moved offline)"
         )
-    cert = x509.load_pem_x509_certificate((root / CA_CERT).read_bytes())
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    try:
+        cert = x509.load_pem_x509_certificate((root / CA_CERT).read_bytes())
+    except ValueError:
+        raise ValueError(f"{root / CA_CERT} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{key_path} is not an unencrypted PEM private key") from None
     if not isinstance(
         key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
     ):
