@@ -438,3 +438,16 @@ def test_issuing_with_a_damaged_ca_names_the_file(fed: Path, damaged: str) -> No
     assert result.exit_code == 1, result.output
     assert str(fed / damaged) in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_wait_for_clients_is_not_counted_as_training() -> None:
+    served = Served(covey.FedAvg(fraction_evaluate=0.0), 2)
+    clients = [Joined(served.port, name=f"c{k}") for k in range(2)]
+    result = served.join()
+    for c in clients:
+        c.join()
+    for record in result.history.rounds[1:]:
+        took = record.durations
+        assert set(took) == {"wait", "fit", "evaluate", "central", "total"}
+        assert min(took["fit"], took["wait"]) >= 0
+        assert took["wait"] + took["fit"] <= took["total"]

@@ -132,7 +132,7 @@ class RoundLoop(_LoopBase):
         t0 = time.perf_counter()
         self._fit(rnd, record)
         t1 = time.perf_counter()
-        record.durations["fit"] = t1 - t0
+        record.durations["fit"] = t1 - t0 - record.durations.get("wait", 0.0)
         self._federated_evaluate(rnd, record)
         t2 = time.perf_counter()
         record.durations["evaluate"] = t2 - t1
@@ -175,9 +175,12 @@ class RoundLoop(_LoopBase):
 
     def _fit(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
+        t0 = time.perf_counter()
         available = self._available(
             rnd, max(strategy.min_available_clients, strategy.min_fit_clients)
         )
+        if not self.simulated:  # a deployed round waits for its clients to connect
+            record.durations["wait"] = time.perf_counter() - t0
         available = self._eligible(rnd, available)
         count = strategy.num_fit(len(available))
         if count > len(available):
