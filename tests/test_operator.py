@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from covey.cli import app
 from covey.deploy._revoked import RevocationList
 from covey.deploy.certs import init_federation, issue_client, revoke
 from covey.server import RunStore
+from covey.transport.grpc._refusal import Refused
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
@@ -451,3 +453,26 @@ def test_the_wait_for_clients_is_not_counted_as_training() -> None:
         assert set(took) == {"wait", "fit", "evaluate", "central", "total"}
         assert min(took["fit"], took["wait"]) >= 0
         assert took["wait"] + took["fit"] <= took["total"]
+
+
+def test_a_second_process_with_the_same_identity_ends_the_first_for_good() -> None:
+    joined = threading.Event()
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        if name == "twin" and event == "join":
+            joined.set()
+
+    strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(strategy, 1, on_event=on_event)
+    first = Joined(served.port, name="twin")
+    assert joined.wait(30)
+    second = Joined(served.port, name="twin")
+    first.join(30)  # it used to reconnect and replace the second, and so on without end
+    assert isinstance(first.error, Refused), first.error
+    assert "another client connected as twin" in first.error.cause
+    other = Joined(served.port, name="other")
+    assert [r.round for r in served.join().history.rounds] == [0, 1]
+    for c in (second, other):
+        c.join()
+        assert c.result is not None
+        assert c.result.tasks == 1

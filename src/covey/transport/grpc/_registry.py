@@ -62,6 +62,7 @@ class Connection:
         self.certificate: bytes | None = None  # its client certificate (PEM) under TLS
         self.kinds: frozenset[str] = frozenset()  # task kinds it said it performs
         self.peer = ""
+        self.refusal = ""  # set when it is dropped for good: its stream ends refusing it
 
     def closed(self) -> bool:
         """Whether the connection has been dropped."""
@@ -151,8 +152,9 @@ class Registry:
         for _, (sink, kind) in pending:
             self.route(sink, Reply(conn.cid, kind, error=f"client {why}"), conn.name)
         conn.outbound.put(CLOSE)
-        with contextlib.suppress(Exception):
-            conn.context.cancel()
+        if not conn.refusal:  # a refused stream is ended by its own handler, with the reason
+            with contextlib.suppress(Exception):
+                conn.context.cancel()
         self.event(conn.name, "leave", why)
         logger.info("client %s (%d) left: %s", conn.name, conn.cid, why)
 

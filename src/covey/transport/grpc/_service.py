@@ -133,6 +133,12 @@ class FederationService:
         except ShuttingDownError:
             self.admission.run_over(context, name)
         if old is not None:
+            # Told for good, so that two processes holding one identity do not take
+            # turns replacing each other; a client that reconnects has left ``old``.
+            old.refusal = (
+                f"another client connected as {name} (from {context.peer()}); "
+                "each client process needs its own certificate"
+            )
             self.registry.drop(old, "replaced by a new connection")
         self.registry.event(name, "join" if old is None else "rejoin", context.peer())
         logger.info("client %s joined as %d", name, cid)
@@ -146,6 +152,8 @@ class FederationService:
         )
         yield control(pb.ServerMessage(welcome=welcome))
         yield from self._send(conn)
+        if conn.refusal:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, conn.refusal)
 
     def _send(self, conn: Connection) -> Iterator[bytes]:
         """The response stream: heartbeats, goodbyes, task headers and their chunk frames.
