@@ -105,6 +105,26 @@ def test_error_feedback_accumulates_what_topk_drops() -> None:
     np.testing.assert_allclose(sent_total + residual["w"], delta_total, atol=1e-12)
 
 
+def test_topk_sends_bool_and_integer_arrays_whole_and_keeps_no_residual_for_them() -> None:
+    rng = np.random.default_rng(3)
+    delta = {
+        "w": rng.standard_normal(40),
+        "mask": rng.random(7) < 0.5,
+        "count": np.arange(5, dtype=np.int64),
+    }
+    spec = WeightsSpec.of(delta)
+    residual: dict[str, np.ndarray] | None = None
+    for _ in range(2):
+        parts, residual = topk_with_feedback(TopK(0.1), delta, residual, spec)
+        sent = TopK(0.1).decode(parts, spec)
+        np.testing.assert_array_equal(sent["mask"], delta["mask"])
+        np.testing.assert_array_equal(sent["count"], delta["count"])
+        assert not residual["mask"].any()
+        assert residual["mask"].dtype == np.bool_
+        assert not residual["count"].any()
+        assert np.count_nonzero(residual["w"]) > 0
+
+
 def test_decode_refuses_malformed_encodings() -> None:
     w = {"w": np.zeros(10)}
     spec = WeightsSpec.of(w)

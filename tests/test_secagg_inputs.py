@@ -84,3 +84,12 @@ def test_compression_is_refused_for_a_secured_strategy() -> None:
             initial_weights={"a": np.zeros(3), "b": np.ones(2)},
             compression="q8",
         )
+
+
+def test_serve_refuses_compression_for_a_secured_strategy() -> None:
+    """A served run refuses it as the simulation does, before it listens."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        strategy = secure(covey.FedAvg(fraction_evaluate=0.0), clip_range=1.0)
+    with pytest.raises(ValueError, match="compression does not apply to SecureFedAvg"):
+        covey.serve(strategy, 1, {"a": np.zeros(3)}, "127.0.0.1:0", insecure=True, compression="q8")

@@ -15,6 +15,7 @@ Example:
 """
 
 from covey.compress._plain import (
+    check_applies,
     encoded_from_plain,
     encoded_to_plain,
     run_scheme,
@@ -41,6 +42,7 @@ __all__ = [
     "Quantize",
     "Scheme",
     "TopK",
+    "check_applies",
     "encoded_from_plain",
     "encoded_to_plain",
     "run_scheme",

@@ -21,6 +21,7 @@ import numpy as np
 
 from covey.compress._schemes import Cast, Encoded, Identity, Quantize, Scheme, TopK
 from covey.core._weights import WeightsError, WeightsSpec
+from covey.strategies import Strategy
 
 SCHEMES: dict[str, Any] = {
     "none": Identity,
@@ -202,6 +203,23 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
                 f"expected {sorted(expected)} for {scheme.name}"
             )
     return Encoded(scheme.name, parts, num, metrics, extras)
+
+
+def check_applies(scheme: Scheme | str | None, strategy: Strategy) -> None:
+    """Refuse compression for a strategy whose fit round is its own exchange.
+
+    Secure aggregation's clients send masked integers in rounds of their own:
+    a scheme would neither compress them nor count their bytes.
+
+    Raises:
+        ValueError: ``scheme`` is set and ``strategy`` has its own fit round.
+    """
+    if scheme is not None and strategy.fit_round is not None:
+        raise ValueError(
+            f"compression does not apply to {strategy.name}: its fit round is its own "
+            "exchange (secure aggregation sends masked integers), which would go "
+            "uncompressed and uncounted"
+        )
 
 
 def run_scheme(compression: Scheme | str | None, stored: Mapping[str, Any] | None) -> Scheme | None:

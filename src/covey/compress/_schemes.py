@@ -349,5 +349,10 @@ def topk_with_feedback(
     }
     parts = scheme.encode(corrected, np.random.default_rng(0))
     sent = scheme.decode(parts, spec)
-    new_residual = {n: np.subtract(corrected[n], sent[n]) for n in corrected}
+    # Only float arrays are sparsified; the others travel whole and leave nothing behind
+    # (a bool array could not be subtracted at all).
+    new_residual = {
+        n: np.subtract(x, sent[n]) if x.dtype.kind == "f" else np.zeros_like(x)
+        for n, x in corrected.items()
+    }
     return parts, new_residual

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from covey.aggregate import Contribution, Step
-from covey.compress import CompressedTransport, Scheme, run_scheme, scheme_spec
+from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
@@ -230,6 +230,7 @@ def _scheme(
     """The run's compression (a resumed run keeps its own); closes ``opened`` if refused."""
     try:
         scheme = run_scheme(compression, None if opened is None else opened.config)
+        check_applies(scheme, strategy)
         if scheme is not None and strategy.asynchronous:
             raise ValueError(f"{strategy.name} is asynchronous: compression needs sync rounds")
     except BaseException:

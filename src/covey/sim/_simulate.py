@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from covey.clients._client import ClientFn, run_task
-from covey.compress import CompressedTransport, Scheme, scheme_named, scheme_spec
+from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
 from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
@@ -237,12 +237,7 @@ def _scheme(compression: Scheme | str | None, strategy: Strategy) -> Scheme | No
     """The scheme clients compress their updates with, if asked and if it applies."""
     if compression is None:
         return None
-    if strategy.fit_round is not None:
-        raise ValueError(
-            f"compression does not apply to {strategy.name}: its fit round is its own "
-            "exchange (secure aggregation sends masked integers), which would go "
-            "uncompressed and uncounted"
-        )
+    check_applies(compression, strategy)
     return scheme_named(compression) if isinstance(compression, str) else compression
 
 
