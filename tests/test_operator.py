@@ -476,3 +476,53 @@ def test_a_second_process_with_the_same_identity_ends_the_first_for_good() -> No
         c.join()
         assert c.result is not None
         assert c.result.tasks == 1
+
+
+def _dashboard(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "covey", "dashboard", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+
+
+def test_the_dashboard_on_port_0_prints_the_port_it_listens_on(tmp_path: Path) -> None:
+    import urllib.request
+
+    page = _dashboard(str(tmp_path), "--port", "0")
+    try:
+        assert page.stdout is not None
+        line = page.stdout.readline()  # printed once it listens
+        match = re.search(r"on http://127\.0\.0\.1:(\d+)/ ", line)
+        assert match is not None, line
+        port = int(match.group(1))
+        assert port != 0, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
+            assert answer.status == 200
+    finally:
+        page.kill()
+        page.communicate(timeout=30)
+
+
+def test_the_dashboard_on_a_busy_port_or_with_damaged_certs_says_so(fed: Path) -> None:
+    (fed / "server.key").write_bytes((fed / "clients" / "a.key").read_bytes())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args, code, message in [
+            ([], 1, f"error: cannot listen on 127.0.0.1:{port}: "),
+            (["--certs", str(fed)], 2, f"error: --certs {fed}: {fed}/server.key is not the"),
+        ]:
+            page = _dashboard(str(fed.parent), "--port", str(port), *args)
+            try:
+                out, err = page.communicate(timeout=60)
+            finally:
+                if page.poll() is None:
+                    page.kill()
+                    page.communicate(timeout=30)
+            assert page.returncode == code, err
+            assert err.strip().splitlines()[-1].startswith(message), err
+            assert "covey dashboard of" not in out  # it never listened

@@ -27,7 +27,7 @@ def dashboard_command(
 ) -> None:
     """Serve a read-only web page of the runs in RUNS_DIR: live rounds, clients, comparisons."""
     try:
-        from covey.dashboard._server import serve_dashboard
+        from covey.dashboard._server import serve_dashboard, tls_options
     except ImportError as exc:
         typer.echo(
             f"the dashboard needs its extra: pip install 'covey[dashboard]' ({exc})", err=True
@@ -41,5 +41,19 @@ def dashboard_command(
             err=True,
         )
     scheme = "https" if certs is not None else "http"
-    typer.echo(f"covey dashboard of {runs_dir} on {scheme}://{host}:{port}/ (Ctrl-C stops)")
-    serve_dashboard(runs_dir, host, port, certs=certs)
+    if certs is not None:
+        try:
+            tls_options(certs)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: --certs {certs}: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    def listening(bound: int) -> None:
+        where = f"[{host}]" if ":" in host else host
+        typer.echo(f"covey dashboard of {runs_dir} on {scheme}://{where}:{bound}/ (Ctrl-C stops)")
+
+    try:
+        serve_dashboard(runs_dir, host, port, certs=certs, on_listen=listening)
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
@@ -12,6 +14,7 @@ from typing import Any, Self
 import uvicorn
 
 from covey.dashboard._app import create_app
+from covey.deploy._pem import check_ca, check_pair
 
 DEFAULT_PORT = 8765
 
@@ -25,6 +28,10 @@ def tls_options(certs: str | Path) -> dict[str, Any]:
 
     Args:
         certs: The folder holding ``ca.pem``, ``server.pem`` and ``server.key``.
+
+    Raises:
+        FileNotFoundError: A file is missing.
+        ValueError: A file is damaged, or ``server.key`` is not the key of ``server.pem``.
     """
     d = Path(certs)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
@@ -33,6 +40,13 @@ def tls_options(certs: str | Path) -> dict[str, Any]:
             f"{d} is not a federation folder (missing {', '.join(missing)}); "
             "create one with `covey certs init --dir DIR`"
         )
+    check_pair(
+        (d / "server.pem").read_bytes(),
+        (d / "server.key").read_bytes(),
+        str(d / "server.pem"),
+        str(d / "server.key"),
+    )
+    check_ca((d / "ca.pem").read_bytes(), str(d / "ca.pem"))
     return {
         "ssl_certfile": str(d / "server.pem"),
         "ssl_keyfile": str(d / "server.key"),
@@ -77,18 +91,32 @@ def serve_dashboard(
     *,
     certs: str | Path | None = None,
     poll: float = 0.5,
+    on_listen: Callable[[int], None] | None = None,
 ) -> None:
     """Serve the dashboard until interrupted (Ctrl-C).
 
     Args:
         runs_dir: A folder of runs, or one run folder.
         host: The address to listen on (only this machine by default).
-        port: The port to listen on.
+        port: The port to listen on (0: a free one).
         certs: A federation folder: serve HTTPS and ask browsers for a client
             certificate signed by its CA.
         poll: Seconds between checks of a watched run's files.
+        on_listen: Called with the bound port once the socket listens.
+
+    Raises:
+        OSError: The address cannot be listened on (naming it).
     """
-    _server(runs_dir, host, port, certs, poll).run()
+    server = _server(runs_dir, host, port, certs, poll)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    with sock:
+        if on_listen is not None:
+            on_listen(int(sock.getsockname()[1]))
+        server.run(sockets=[sock])
 
 
 class DashboardServer:
