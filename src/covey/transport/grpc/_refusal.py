@@ -87,6 +87,12 @@ def permanent_cause(exc: grpc.RpcError) -> str | None:
     details = str(exc.details() if hasattr(exc, "details") else exc) or ""
     if code in _PERMANENT:
         return f"{_PERMANENT[code]}: {details}" if details else _PERMANENT[code]
+    if code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
+        return (
+            "the server's certificate is not issued for the address dialled: dial a host "
+            "name or IP it names (`covey certs init --host ...` chose them when it made "
+            f"the certificate): {details}"
+        )
     if code == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TLS_MARKERS):
         return (
             "certificate not trusted: the TLS handshake with the server failed (a "
