@@ -541,3 +541,31 @@ def test_a_server_certificate_for_another_host_is_refused_at_once(tmp_path: Path
     assert "not issued for the address dialled" in client.error.cause
     with pytest.raises(covey.FederationError):
         served.join(30)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_run_stopped_before_its_first_round_resumes(tmp_path: Path, asynchronous: bool) -> None:
+    def strategy() -> covey.Strategy:
+        if asynchronous:
+            return covey.FedBuff(buffer_size=2, min_available_clients=2, fraction_evaluate=0.0)
+        return covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+
+    first = Served(strategy(), 1, run_dir=tmp_path / "run", wait_timeout=1)
+    with pytest.raises(covey.FederationError):  # no client came: only round 0 is saved
+        first.join(30)
+    again = Served(
+        strategy(),
+        1,
+        run_dir=tmp_path / "run",
+        resume=True,
+        address="127.0.0.1:0",
+        round_timeout=20,
+    )
+    clients = [Joined(again.port, name=f"c{k}") for k in range(2)]
+    result = again.join()  # round 0 was saved a second time, which the store refused
+    assert [r.round for r in result.history.rounds] == [0, 1]
+    for c in clients:
+        c.join()
+    with RunStore.open(tmp_path / "run") as store:
+        assert store.status == "finished"
+        assert store.last_round() == 1

@@ -102,7 +102,7 @@ class AsyncLoop(_LoopBase):
         ``start`` is the first update to run: a resumed run passes the one after
         its last saved update (and has its model, history and state restored).
         """
-        if start <= 1:
+        if start <= 1 and not self._round_zero_done():  # a resumed run may have it saved
             record = RoundRecord(round=0)
             self._central(record)
             self._finish(record)

@@ -126,6 +126,10 @@ class _LoopBase:
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
         self._said_no_evaluate = False
 
+    def _round_zero_done(self) -> bool:
+        """Whether the history holds round 0 already (a run resumed before round 1 ended)."""
+        return any(r.round == 0 for r in self.history.rounds)
+
     def _fail(self, message: str) -> FederationError:
         return FederationError(message, self.history, self.weights)
 

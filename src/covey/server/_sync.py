@@ -111,7 +111,7 @@ class RoundLoop(_LoopBase):
             self.agg_state = hook.start(
                 self.agg_state, self.seed if self.simulated else None, self.history
             )
-        if start == 1:
+        if start == 1 and not self._round_zero_done():  # a resumed run may have it saved
             record = RoundRecord(round=0)
             self._central(record)
             self._finish(record)
