@@ -239,11 +239,19 @@ def server_command(
     insecure: Annotated[bool, typer.Option(help="Serve without TLS (local tests only).")] = False,
     run_dir: Annotated[Path | None, typer.Option(help="Where the run state is kept.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Resume the run kept in this folder.")] = None,
-    round_timeout: Annotated[float | None, typer.Option(help="Seconds per round.")] = None,
-    wait_timeout: Annotated[
-        float | None, typer.Option(help="Seconds to wait for enough clients.")
+    round_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a round waits for replies (default: no limit).")
     ] = None,
-    heartbeat: Annotated[float | None, typer.Option(help="Seconds between heartbeats.")] = None,
+    wait_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for enough clients before each round (default 300)."),
+    ] = None,
+    heartbeat: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between heartbeats; silent clients are dropped after six (default 5)."
+        ),
+    ] = None,
     port_file: Annotated[
         Path | None, typer.Option(help="Write the bound port here (with port 0).")
     ] = None,
