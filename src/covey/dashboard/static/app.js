@@ -129,7 +129,9 @@ function drawRunCharts(run) {
     { x, y: fitRounds.map((r) => (r.fit_failures || []).length + (r.evaluate_failures || []).length),
       name: "failed", type: "bar", marker: { color: "#c62828" } },
   ], { barmode: "group" });
-  plot("chart-durations", "Round duration (s)", ["fit", "evaluate", "central", "total"].map((k) => ({
+  const stages = ["wait", "fit", "evaluate", "central", "total"]  // wait: a deployed round's, for clients
+    .filter((k) => fitRounds.some((r) => (r.durations || {})[k] != null));
+  plot("chart-durations", "Round duration (s)", stages.map((k) => ({
     x, y: fitRounds.map((r) => (r.durations || {})[k] ?? null), name: k, mode: "lines+markers",
   })));
   const privacy = rounds.filter((r) => privacyOf(r));
