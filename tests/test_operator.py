@@ -569,3 +569,28 @@ def test_a_run_stopped_before_its_first_round_resumes(tmp_path: Path, asynchrono
     with RunStore.open(tmp_path / "run") as store:
         assert store.status == "finished"
         assert store.last_round() == 1
+
+
+def test_resume_and_another_run_dir_together_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(APPS))
+    first = Served(covey.FedAvg(fraction_evaluate=0.0), 1, run_dir=tmp_path / "old")
+    clients = [Joined(first.port, name=f"c{k}") for k in range(2)]
+    first.join()
+    for c in clients:
+        c.join()
+    result = CliRunner().invoke(
+        app,
+        [
+            *("server", "--app", "tiny_app:server_app", "--insecure", "--no-plot"),
+            *("--resume", "old", "--run-dir", "new", "--address", "127.0.0.1:0"),
+            *("--wait-timeout", "2"),
+        ],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 2, result.output  # --run-dir was silently ignored
+    assert result.output.strip().splitlines()[-1] == (
+        "error: give --run-dir new (a new run) or --resume old (continue that one), not both"
+    )

@@ -103,6 +103,11 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
     from covey.server._outputs import new_run_dir
 
     if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            fail(
+                f"give --run-dir {run_dir} (a new run) or --resume {resume} (continue that "
+                "one), not both"
+            )
         if not (resume / "run.sqlite").is_file():
             fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
         return resume
