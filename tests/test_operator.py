@@ -364,6 +364,7 @@ def test_a_query_on_a_busy_port_says_so() -> None:
         ),
         (["client", "--retry-for", "nan"], "--retry-for must be a number 0 or more, got nan"),
         (["client", "--max-attempts", "0"], "--max-attempts must be a whole number above 0, got 0"),
+        (["client", "--config", "bad.toml"], "--cid must be a whole number 0 or more, got 'x'"),
     ],
 )
 def test_numbers_that_would_hang_or_misbehave_are_refused(
@@ -371,13 +372,13 @@ def test_numbers_that_would_hang_or_misbehave_are_refused(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(APPS))
-    (tmp_path / "bad.toml").write_text('[server]\nrounds = "ten"\n')
+    (tmp_path / "bad.toml").write_text('[server]\nrounds = "ten"\n[client]\ncid = "x"\n')
     command, *rest = args
     app_flags = ["--app", f"tiny_app:{'server_app' if command == 'server' else 'client_fn'}"]
     where = (
         ["--address", "127.0.0.1:0", "--run-dir", "run", "--no-plot", "--wait-timeout", "2"]
         if command == "server"
-        else ["--cid", "0", "--server", "127.0.0.1:9"]
+        else ["--server", "127.0.0.1:9", *([] if "--config" in rest else ["--cid", "0"])]
     )
     result = CliRunner().invoke(
         app, [command, *app_flags, "--insecure", *where, *rest], env={"COLUMNS": "250"}

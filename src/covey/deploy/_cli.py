@@ -406,7 +406,7 @@ def client_command(
         fail("give --server HOST:PORT, the address the server listens on")
     attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
     retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
-    the_cid = _pick(cid, s, "cid", None)
+    the_cid = number(_pick(cid, s, "cid", None), "--cid", integer=True, zero=True)
     client = _make_client(app_spec, the_cid)
     the_name = _pick(name, s, "name", None)
     insecure = insecure or bool(s.get("insecure", False))
