@@ -595,3 +595,28 @@ def test_resume_and_another_run_dir_together_are_refused(
     assert result.output.strip().splitlines()[-1] == (
         "error: give --run-dir new (a new run) or --resume old (continue that one), not both"
     )
+
+
+def test_the_dashboard_over_mtls_refuses_a_revoked_certificate(fed: Path, tmp_path: Path) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from covey.dashboard import DashboardServer
+
+    def get(url: str, name: str) -> int:
+        context = ssl.create_default_context(cafile=str(fed / "ca.pem"))
+        context.load_cert_chain(fed / "clients" / f"{name}.pem", fed / "clients" / f"{name}.key")
+        with urllib.request.urlopen(url + "api/runs", timeout=30, context=context) as answer:  # noqa: S310 - https to 127.0.0.1
+            return int(answer.status)
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    revoke(fed, "b")
+    with DashboardServer(runs, port=0, certs=fed) as page:
+        assert get(page.url, "a") == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            get(page.url, "b")  # a revoked site or analyst used to see every run
+        revoke(fed, "a")  # revoked while the page runs: the next connection is refused
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            get(page.url, "a")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import ssl
 import threading
@@ -15,6 +17,9 @@ import uvicorn
 
 from covey.dashboard._app import create_app
 from covey.deploy._pem import check_ca, check_pair
+from covey.deploy._revoked import RevocationList
+
+logger = logging.getLogger("covey")
 
 DEFAULT_PORT = 8765
 
@@ -31,8 +36,11 @@ def tls_options(certs: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: A file is missing.
-        ValueError: A file is damaged, or ``server.key`` is not the key of ``server.pem``.
+        ValueError: A file is damaged, or ``server.key`` is not the key of ``server.pem``,
+            or ``revoked.json`` is damaged.
     """
+    from covey.deploy.certs import load_revoked
+
     d = Path(certs)
     missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
     if missing:
@@ -47,6 +55,7 @@ def tls_options(certs: str | Path) -> dict[str, Any]:
         str(d / "server.key"),
     )
     check_ca((d / "ca.pem").read_bytes(), str(d / "ca.pem"))
+    load_revoked(d)  # a damaged list refuses the start, not every browser
     return {
         "ssl_certfile": str(d / "server.pem"),
         "ssl_keyfile": str(d / "server.key"),
@@ -67,10 +76,38 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _revoking(is_revoked: Callable[[bytes], bool]) -> type[asyncio.Protocol]:
+    """The HTTP protocol of uvicorn, closing each connection whose client certificate is revoked.
+
+    The TLS handshake has checked the chain when a connection is made; the
+    revocation list is asked then (re-read whenever ``revoked.json`` changes).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Revoking(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            tls = transport.get_extra_info("ssl_object")
+            der = tls.getpeercert(binary_form=True) if tls is not None else None
+            try:
+                refused = der is None or is_revoked(ssl.DER_cert_to_PEM_cert(der).encode())
+            except (OSError, ValueError) as exc:  # no list to check against: refuse
+                logger.warning("dashboard: cannot check revocation (%s); connection refused", exc)
+                refused = True
+            if refused:
+                logger.warning("dashboard: refused %s: certificate revoked", self.client)
+                transport.close()
+
+    return Revoking
+
+
 def _server(
     runs_dir: str | Path, host: str, port: int, certs: str | Path | None, poll: float
 ) -> _Server:
     closing = threading.Event()
+    tls: dict[str, Any] = {}
+    if certs is not None:
+        tls = {**tls_options(certs), "http": _revoking(RevocationList(certs))}
     config = uvicorn.Config(
         create_app(runs_dir, poll=poll, closing=closing),
         host=host,
@@ -79,7 +116,7 @@ def _server(
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=2,
-        **(tls_options(certs) if certs is not None else {}),
+        **tls,
     )
     return _Server(config, closing)
 
