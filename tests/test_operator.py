@@ -620,3 +620,34 @@ def test_the_dashboard_over_mtls_refuses_a_revoked_certificate(fed: Path, tmp_pa
         revoke(fed, "a")  # revoked while the page runs: the next connection is refused
         with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
             get(page.url, "a")
+
+
+def test_sites_are_told_when_a_query_failed(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    query = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "query", "--insecure", "--sites", "1"),
+            *("--server", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--wait-timeout", "30", "--timeout", "20", "SELECT COUNT(*) FROM patients"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    try:
+        for _ in range(600):
+            if port_file.exists() or query.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert port_file.exists(), query.communicate(timeout=10)
+        trainer = Joined(int(port_file.read_text()), name="not-a-site")  # answers no 'analyze'
+        _, err = query.communicate(timeout=60)
+    finally:
+        if query.poll() is None:
+            query.kill()
+            query.communicate(timeout=10)
+    assert query.returncode == 1, err
+    trainer.join(30)
+    assert trainer.result is not None, trainer.error
+    assert trainer.result.reason.startswith("the query failed: no site answers this query")

@@ -181,7 +181,7 @@ def query_command(
     except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
         errors.print(f"[red]error:[/] cannot listen on {server}: {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
-    code = 0
+    code, goodbye = 0, "the query is answered"
     try:
         if port_file is not None:
             tmp = port_file.with_name(port_file.name + ".tmp")
@@ -202,8 +202,9 @@ def query_command(
     except (ValueError, PermissionError, RuntimeError, TimeoutError) as exc:
         errors.print(f"[red]error:[/] {exc}")
         code = 1
+        goodbye = f"the query failed: {(str(exc).splitlines() or [''])[0][:300]}"
     finally:
-        transport.close("the query is answered")
+        transport.close(goodbye)  # the sites print it
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
