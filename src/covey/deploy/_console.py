@@ -90,7 +90,10 @@ class ServerConsole:
         if record.round == 0:
             self.line(f"round 0 (initial model): {', '.join(_metrics(record)) or 'no metrics'}")
             return
-        took = ", ".join(f"{k} {v:.2f} s" for k, v in record.durations.items())
+        stages = {k: v for k, v in record.durations.items() if k != "wait"}
+        took = ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+        if "wait" in record.durations:  # the wait for clients, apart from training
+            took += f" (after waiting {record.durations['wait']:.2f} s for clients)"
         parts = [f"round {record.round}: fit by {self.who(record.fit_participants)}"]
         if record.evaluate_participants:
             parts.append(f"evaluated by {self.who(record.evaluate_participants)}")
