@@ -651,3 +651,30 @@ def test_sites_are_told_when_a_query_failed(tmp_path: Path) -> None:
     trainer.join(30)
     assert trainer.result is not None, trainer.error
     assert trainer.result.reason.startswith("the query failed: no site answers this query")
+
+
+def test_a_port_file_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(APPS))
+    result = CliRunner().invoke(
+        app,
+        [
+            *("server", "--app", "tiny_app:server_app", "--insecure", "--no-plot"),
+            *("--address", "127.0.0.1:0", "--run-dir", "run", "--port-file", "nodir/port"),
+            *("--wait-timeout", "2"),
+        ],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: --port-file nodir/port: the folder nodir does not exist"
+    )
+    assert not (tmp_path / "run").exists()  # it used to be left as a run with no round
+    code, err = _query_command("--server", "127.0.0.1:0", "--json", "nodir/a.json", "SELECT 1")
+    assert code == 2, err
+    assert (
+        err.strip().splitlines()[-1]
+        == "error: --json nodir/a.json: the folder nodir does not exist"
+    )

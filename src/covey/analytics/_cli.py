@@ -164,11 +164,14 @@ def query_command(
     """Listen for sites, answer one SQL query over their tables, print the result."""
     from covey.analytics._query import check_query, query
     from covey.deploy import tls_from_dir
+    from covey.deploy._cli_errors import output_file
     from covey.transport.grpc import GrpcServerTransport
     from covey.transport.grpc._checks import check_address
 
     if certs is None and not insecure:
         raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
+    output_file(port_file, "--port-file")
+    output_file(json_out, "--json")
     try:  # everything that can be checked is, before a site waits on this server
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)

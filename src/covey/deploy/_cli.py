@@ -15,6 +15,7 @@ from covey.deploy._cli_errors import (
     fail,
     load_object,
     number,
+    output_file,
     read_settings,
     required_params,
 )
@@ -285,7 +286,7 @@ def server_command(
         "run": _run_folder(given, resume_dir),
         "made_run_dir": given is None and resume_dir is None,
         "resuming": resume_dir is not None,
-        "port_file": _path(_pick(port_file, s, "port_file", None)),
+        "port_file": output_file(_path(_pick(port_file, s, "port_file", None)), "--port-file"),
         "address": _pick(address, s, "address", None),
         "certs": certs_dir,
         "insecure": insecure,

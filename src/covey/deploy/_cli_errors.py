@@ -20,6 +20,7 @@ __all__ = [
     "fail",
     "load_object",
     "number",
+    "output_file",
     "read_settings",
     "required_params",
 ]
@@ -151,3 +152,19 @@ def number(value: Any, flag: str, *, integer: bool = False, zero: bool = False) 
         what = "a whole number" if integer else "a number"
         fail(f"{flag} must be {what} {'0 or more' if zero else 'above 0'}, got {value!r}")
     return value
+
+
+def output_file(path: Path | None, flag: str) -> Path | None:
+    """``path`` of ``flag``, a file the command will write, checked: its folder exists.
+
+    Checked before anything starts, so that a run is not made and then stopped
+    by a file it cannot write. None passes.
+    """
+    if path is None:
+        return None
+    folder = path.parent
+    if not folder.is_dir():
+        fail(f"{flag} {path}: the folder {folder} does not exist")
+    if path.is_dir():
+        fail(f"{flag} {path} is a folder; give a file name")
+    return path
