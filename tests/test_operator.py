@@ -678,3 +678,25 @@ def test_a_port_file_that_cannot_be_written_is_refused_before_the_run(
         err.strip().splitlines()[-1]
         == "error: --json nodir/a.json: the folder nodir does not exist"
     )
+
+
+def test_resuming_a_run_with_no_saved_round_says_what_to_do(tmp_path: Path) -> None:
+    RunStore.create(tmp_path / "run", config={"strategy": {"name": "FedAvg"}}).close()
+    again = Served(covey.FedAvg(), 1, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0")
+    with pytest.raises(ValueError, match="nothing to resume; remove the folder and start the run"):
+        again.join(30)
+    RunStore.open(tmp_path / "run", exclusive=True).close()  # the refusal let go of the run
+
+
+def test_a_refused_resume_lets_go_of_the_run(fed: Path, tmp_path: Path) -> None:
+    first = Served(covey.FedAvg(fraction_evaluate=0.0), 1, run_dir=tmp_path / "run")
+    clients = [Joined(first.port, name=f"c{k}") for k in range(2)]
+    first.join()
+    for c in clients:
+        c.join()
+    (fed / "server.key").write_text("damaged\n")
+    with pytest.raises(ValueError, match=r"server\.key is not a PEM private key"):
+        covey.deploy.serve(
+            covey.FedAvg(), 2, None, certs=fed, run_dir=tmp_path / "run", resume=True
+        )
+    RunStore.open(tmp_path / "run", exclusive=True).close()  # its lock was kept until GC

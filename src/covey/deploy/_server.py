@@ -167,22 +167,29 @@ def serve(
     """
     _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
     opened = _reopen(run_dir, resume)
-    _same_strategy(opened, strategy)
-    scheme = _scheme(compression, opened, strategy)
-    if address is None:
-        address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
-    check_address(address, listen=True)
-    tls = _server_tls(tls, certs, insecure, address)
-    late = LateStore(opened)
-    names = ClientNames(late if run_dir is not None else None, client_names, on_event)
-    if opened is not None:  # a resumed run knows its clients already
-        names.names.update({cid: name for name, cid in opened.clients().items()})
-    # Listen first: an address that cannot be bound leaves no run folder behind.
-    transport = _listen(address, tls, late, names, heartbeat, max_clients)
-    try:
-        run = _open_run(strategy, rounds, initial_weights, address, run_dir, opened, seed, scheme)
+    try:  # a refusal from here on lets go of the reopened run (and its lock)
+        _same_strategy(opened, strategy)
+        scheme = _scheme(compression, opened, strategy)
+        if address is None:
+            address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
+        check_address(address, listen=True)
+        tls = _server_tls(tls, certs, insecure, address)
+        late = LateStore(opened)
+        names = ClientNames(late if run_dir is not None else None, client_names, on_event)
+        if opened is not None:  # a resumed run knows its clients already
+            names.names.update({cid: name for name, cid in opened.clients().items()})
+        # Listen first: an address that cannot be bound leaves no run folder behind.
+        transport = _listen(address, tls, late, names, heartbeat, max_clients)
+        try:
+            run = _open_run(
+                strategy, rounds, initial_weights, address, run_dir, opened, seed, scheme
+            )
+        except BaseException:
+            transport.close()
+            raise
     except BaseException:
-        transport.close()
+        if opened is not None:
+            opened.close()
         raise
     late.ready(run.store)
     if on_listen is not None:
@@ -241,7 +248,7 @@ def _scheme(
 
 
 def _same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
-    """Refuse to resume a run with another strategy than it was started with (closes ``opened``).
+    """Refuse to resume a run with another strategy than it was started with.
 
     The saved aggregator state is the started strategy's: another one cannot
     take it up (FedAdam cannot continue FedAvg's state).
@@ -252,7 +259,6 @@ def _same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
     started = stored.get("name") if isinstance(stored, dict) else None
     name = strategy.describe().get("name")
     if started is not None and started != name:
-        opened.close()
         raise ValueError(
             f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
             f"with {name}: resume it with {started}, or start a new run with --run-dir"
@@ -456,6 +462,12 @@ def _open_run(
 ) -> _Run:
     """Create the run's store, or take the reopened one to resume after its last round."""
     if opened is not None:
+        if opened.last_round() is None:
+            raise ValueError(
+                f"the run in {opened.run_dir} has no saved round (its server stopped before "
+                "round 0 was saved): there is nothing to resume; remove the folder and start "
+                f"the run again with --run-dir {opened.run_dir}"
+            )
         last, weights, _, blob = opened.load_latest_valid()
         opened.discard_after(last)  # rounds whose files did not survive are redone
         history = opened.history()
