@@ -700,3 +700,18 @@ def test_a_refused_resume_lets_go_of_the_run(fed: Path, tmp_path: Path) -> None:
             covey.FedAvg(), 2, None, certs=fed, run_dir=tmp_path / "run", resume=True
         )
     RunStore.open(tmp_path / "run", exclusive=True).close()  # its lock was kept until GC
+
+
+def test_runs_list_shows_a_damaged_run_database_as_unreadable(tmp_path: Path) -> None:
+    served = Served(covey.FedAvg(fraction_evaluate=0.0), 1, run_dir=tmp_path / "runs" / "study")
+    clients = [Joined(served.port, name=f"c{k}") for k in range(2)]
+    served.join()
+    for c in clients:
+        c.join()
+    (tmp_path / "runs" / "study" / "run.sqlite").write_bytes(b"not a database" * 100)
+    listed = CliRunner().invoke(
+        app, ["runs", "list", "--dir", str(tmp_path / "runs")], env={"COLUMNS": "250"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "unreadable" in listed.output
+    assert "finished" not in listed.output  # its history.json said so; it cannot be resumed

@@ -88,17 +88,20 @@ def run_status(folder: Path, history: History) -> str:
     """``running``/``finished``/``failed`` for a deployed run; for a simulated one, how far.
 
     A deployed run whose store says running but that no server holds (it was
-    killed) is ``stopped``.
+    killed) is ``stopped``; one whose ``run.sqlite`` cannot be read is
+    ``unreadable`` (it cannot be resumed, whatever its history says).
     """
     db = folder / "run.sqlite"
     if db.is_file():
-        with contextlib.suppress(sqlite3.Error):
+        try:
             uri = f"file:{db.resolve().as_posix()}?mode=ro"
             with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
                 row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
-            if row is not None:
-                running = str(row[0]) == "running"
-                return "stopped" if running and is_held(folder) is False else str(row[0])
+        except sqlite3.Error:
+            return "unreadable"
+        if row is not None:
+            running = str(row[0]) == "running"
+            return "stopped" if running and is_held(folder) is False else str(row[0])
     if history.stopped_reason:
         return "stopped"
     planned = history.config.get("rounds")
