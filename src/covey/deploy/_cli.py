@@ -149,10 +149,7 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
             tls_from_dir(certs)
         except (OSError, ValueError) as exc:
             fail(f"--certs {certs}: {exc}")
-    if insecure:
-        console.print(
-            "[bold yellow]warning:[/] serving WITHOUT TLS; use only for local experiments"
-        )
+    # Without TLS, serve() itself warns (naming the address anyone can join at).
     return certs
 
 
