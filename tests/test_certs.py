@@ -340,6 +340,12 @@ def test_cli_init_issue_revoke_list(tmp_path: Path) -> None:
     assert "Revoked" in result.output
     bob = (d / "clients" / "bob.pem").read_bytes()
     assert is_revoked(bob, d)
+    listed = (d / "revoked.json").read_bytes()
+    result = runner.invoke(certs_app, ["revoke", "bob", "--dir", str(d)])
+    assert result.exit_code == 0, result.output
+    assert "already revoked" in result.output
+    assert "unchanged" in result.output
+    assert (d / "revoked.json").read_bytes() == listed
 
     result = runner.invoke(certs_app, ["list", "--dir", str(d)])
     assert result.exit_code == 0, result.output

@@ -191,7 +191,14 @@ def revoke(
 ) -> None:
     """Revoke a client's certificate (adds its serial to revoked.json)."""
     root = _federation_dir(directory)
+    before = _call(lambda: _certs.load_revoked(root))
     serial = _call(lambda: _certs.revoke(root, client_id))
+    if serial in before:
+        _out().print(
+            f"Client {escape(client_id)!r} (serial {serial:x}) was already revoked; "
+            f"{escape(str(root / _certs.REVOKED))} is unchanged."
+        )
+        return
     _out().print(
         f"[bold green]Revoked[/] client {escape(client_id)!r} (serial {serial:x}); "
         f"{escape(str(root / _certs.REVOKED))} updated."
