@@ -133,3 +133,23 @@ def test_the_client_task_cap_must_be_positive(monkeypatch: pytest.MonkeyPatch) -
     result = CliRunner().invoke(app, [*args, "--server", "127.0.0.1:9", "--max-task-mb", "0"])
     assert result.exit_code == 2
     assert "--max-task-mb must be a positive number" in result.output
+
+
+def test_the_client_exits_non_zero_when_the_run_stops_without_finishing() -> None:
+    """A supervisor must tell a failed or interrupted run from a finished one."""
+    strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(strategy, 1, initial_weights={"w": np.zeros(8)}, wait_timeout=3)
+    code, out = _finish(_client(served.port, 0, "--insecure", "--name", "lonely"))
+    with pytest.raises(covey.FederationError):
+        served.join(60)
+    assert code == 1, out
+    assert "stopped: round 1: only 1 of the 2 clients" in " ".join(out.split())
+
+
+def test_the_client_exits_zero_when_the_run_finishes() -> None:
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 1, initial_weights={"w": np.zeros(8)})
+    code, out = _finish(_client(served.port, 0, "--insecure"))
+    served.join(60)
+    assert code == 0, out
+    assert "done: 1 task(s)" in out

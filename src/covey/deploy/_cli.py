@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from covey.deploy._cli_errors import (
     compression_spec,
@@ -392,6 +393,7 @@ def client_command(
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import connect
+    from covey.deploy._server import STOPPED
     from covey.transport.grpc._refusal import Refused
 
     s = read_settings(config, "client", CLIENT_KEYS)
@@ -427,6 +429,12 @@ def client_command(
     except (ConnectionError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+    if result.reason.startswith(STOPPED):  # the run failed or was interrupted: not done
+        console.print(
+            f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "
+            f"(after {result.tasks} task(s) in {result.sessions} session(s))"
+        )
+        raise typer.Exit(1)
     console.print(
         f"done: {result.tasks} task(s) in {result.sessions} session(s); "
         f"server said: {result.reason}"

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from covey.aggregate import Contribution, Step
 from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
@@ -31,6 +31,9 @@ from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
+
+STOPPED: Final = "the run stopped: "
+"""How the goodbye of a run that did not end normally begins (clients exit non-zero on it)."""
 
 
 @dataclass
@@ -325,10 +328,10 @@ def _goodbye(exc: BaseException) -> str:
     """What the clients are told when the run stops on ``exc`` (no traceback leaves the server)."""
     if isinstance(exc, FederationError):
         lines = str(exc).strip().splitlines() or ["the run failed"]
-        return f"the run stopped: {lines[0][:300]}"
+        return f"{STOPPED}{lines[0][:300]}"
     if isinstance(exc, KeyboardInterrupt):
-        return "the run stopped: the server was interrupted"
-    return f"the run stopped: the server failed ({type(exc).__name__})"
+        return f"{STOPPED}the server was interrupted"
+    return f"{STOPPED}the server failed ({type(exc).__name__})"
 
 
 def _describe(exc: BaseException) -> str:
