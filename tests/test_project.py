@@ -185,6 +185,7 @@ def test_run_serves_the_project_and_names_its_clients(project: Path, tmp_path: P
     }
     assert (run_dir / "plot.png").read_bytes()[:8] == PNG
     console = log.read_text()
+    assert "--server 127.0.0.1:PORT --insecure" in console  # port 0: not a port to dial
     assert "waiting for clients (0 of 2 connected)" in console
     assert "client hospital-a joined" in console
     assert "round 1: fit by hospital-" in console

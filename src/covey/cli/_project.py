@@ -243,11 +243,13 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         runs = settings.path(settings.run.get("runs_dir", "runs")) or Path("runs")
         run_dir = new_run_dir(runs, name)
     address = str(fed.get("address", "127.0.0.1:9092"))
+    host, _, port = address.rpartition(":")
+    dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
     console.print(
         f"[bold]covey run --federation {name}[/]: serving {settings.project.name} on "
         f"{address}; start each client with\n  covey client --app "
         f"{settings.run['client_app'].rsplit(':', 1)[0]}:client_fn --cid K --name NAME "
-        f"--server {address} " + ("--insecure" if insecure else f"--certs {certs}")
+        f"--server {dial} " + ("--insecure" if insecure else f"--certs {certs}")
     )
     flags = {
         "run": _run_folder(run_dir, None),
