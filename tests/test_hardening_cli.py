@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,23 @@ def test_the_client_exits_zero_when_the_run_finishes() -> None:
     served.join(60)
     assert code == 0, out
     assert "done: 1 task(s)" in out
+
+
+def test_ctrl_c_on_the_client_says_it_left() -> None:
+    proc = _client(9, 0, "--insecure")  # nothing listens on port 9: the client keeps retrying
+    seen = ""
+    try:
+        assert proc.stdout is not None
+        while "retrying" not in seen:  # connect() runs: past the imports, in its backoff
+            line = proc.stdout.readline()
+            assert line, f"the client exited early:\n{seen}"
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        code, out = _finish(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert code == 130, seen + out
+    assert "Traceback" not in seen + out
+    assert "interrupted: this client left the federation" in " ".join(out.split())

@@ -429,6 +429,9 @@ def client_command(
     except (ConnectionError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: this client left the federation; start it again to rejoin")
+        raise typer.Exit(130) from None
     if result.reason.startswith(STOPPED):  # the run failed or was interrupted: not done
         console.print(
             f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "
