@@ -271,6 +271,27 @@ class ProcessTransport:
         _shm.sweep(worker.prefix)
         return f"worker process {why} (exit code {process.exitcode}) running this client"
 
+    def _stop_late(
+        self, w: int, late: set[int], tasks: Mapping[int, Task], timeout: float | None
+    ) -> Iterator[Reply]:
+        """Stop worker ``w``, still busy at the deadline, and fail the clients it did not answer."""
+        logger.warning(
+            "worker %d missed the deadline with %d clients unanswered (%s); stopping it, "
+            "a new one takes its clients",
+            w,
+            len(late),
+            ", ".join(map(str, sorted(late)[:10])) + (" ..." if len(late) > 10 else ""),
+        )
+        self._lost(w, "stopped")
+        for cid in sorted(late):
+            kind = tasks[cid].kind
+            yield Reply(
+                cid,
+                kind,
+                error=f"no reply in time: its {kind} task was still unanswered after the "
+                f"timeout of {timeout:g} s (its worker process was stopped and is replaced)",
+            )
+
     def _receive(self, w: int, seq: int, pending: set[int]) -> Reply | None:
         """The next reply of this exchange from worker ``w``, or None for a late one.
 
@@ -327,12 +348,27 @@ class ProcessTransport:
                 _shm.send_tasks(self._workers[w].conn, seq, path, sizes[path], items)
         yield from unsendable
         self._unlink_stale({path for _, path in batches})
+        yield from self._collect(seq, tasks, pending, (deadline, timeout))
+
+    def _collect(
+        self,
+        seq: int,
+        tasks: Mapping[int, Task],
+        pending: dict[int, set[int]],
+        limit: tuple[float | None, float | None],
+    ) -> Iterator[Reply]:
+        """Yield the replies of exchange ``seq`` as they arrive, until all are in or time is up."""
+        deadline, timeout = limit
         by_conn = {self._workers[w].conn: w for w in pending}
         while by_conn:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = wait(list(by_conn), timeout=remaining)
             if not ready:
-                return  # deadline: the loop records the missing clients
+                # Deadline. The workers left are still busy (a client stuck in fit would
+                # hold up every later round): stop them; the next exchange replaces them.
+                for w in sorted(by_conn.values()):
+                    yield from self._stop_late(w, pending[w], tasks, timeout)
+                return
             for conn in ready:
                 if not isinstance(conn, Connection):  # an invariant, not an input check
                     raise RuntimeError(f"internal error: conn is {type(conn).__name__}")
