@@ -1,8 +1,14 @@
-"""The process backend under failure: stuck clients."""
+"""The process backend under failure: stuck clients and a parent killed outright."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,3 +51,57 @@ def test_a_worker_stuck_past_the_deadline_is_replaced(shm_files: list[str]) -> N
         assert "timeout of 2 s" in failure.error
     # The stuck worker was stopped and replaced: the next round has every client.
     assert result.history[3].fit_participants == list(range(6))
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+_KILLED_PARENT = """
+import os, sys, time
+import numpy as np
+import covey
+
+folder = sys.argv[1]
+
+class C(covey.Client):
+    def fit(self, weights, config):
+        with open(os.path.join(folder, f"{os.getpid()}.pid"), "w") as f:
+            f.write("busy")
+        time.sleep(3600)
+
+covey.simulate(lambda cid: C(), 2, 1, covey.FedAvg(fraction_evaluate=0.0),
+               {"w": np.zeros(2)}, backend="process", num_workers=2)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see processes exit")
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(_KILLED_PARENT))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    try:
+        end = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert parent.poll() is None, "the simulation exited before its clients ran"
+            assert time.monotonic() < end, "the clients never started"
+            time.sleep(0.05)
+        workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+    # Both workers are inside a fit that never returns; with the parent gone they exit.
+    end = time.monotonic() + 30
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < end:
+        time.sleep(0.05)
+    alive = [pid for pid in workers if not _gone(pid)]
+    for pid in alive:  # started by this test: do not leave them behind
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"worker processes {alive} outlived their killed parent"

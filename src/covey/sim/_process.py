@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
+import threading
 import time
 import traceback
 import weakref
@@ -43,8 +44,28 @@ logger = logging.getLogger("covey")
 _Broadcast = tuple[Weights | None, Any]
 
 
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as its parent is gone, even while a client is stuck in fit.
+
+    A parent killed outright (SIGKILL, SIGTERM, out of memory) cannot stop its
+    workers; a worker waiting for a task sees its pipe close, but one running a
+    client never reads it. A thread blocked on the parent's sentinel covers both.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="covey-parent-watch", daemon=True).start()
+
+
 def _worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
+    _exit_with_parent()
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     clients: dict[int, Any] = {}
