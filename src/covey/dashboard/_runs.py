@@ -78,8 +78,9 @@ class Run:
     def status(self) -> str:
         """``"running"``, ``"finished"``, ``"failed"``, ``"stopped"`` or ``"unknown"``.
 
-        ``"stopped"``: the store says running, but no server holds the run
-        (it crashed or was killed, and can be resumed).
+        ``"stopped"``: the store (or a simulation's ``run.json``) says running,
+        but no process holds the run: it crashed or was killed (a deployed run
+        can be resumed).
         """
         value = self.meta.get("status")
         return value if isinstance(value, str) else "unknown"
@@ -241,6 +242,12 @@ def read_run(run_id: str, path: Path) -> Run:
                 "the server is not running (it crashed or was killed); continue the run "
                 f"with `covey server --resume {path}`"
             )
+    elif run.status == "running" and is_held(path) is False:
+        run.meta["status"] = "stopped"
+        run.meta["stopped_reason"] = (
+            "the simulation is not running (its process was killed or crashed) and did "
+            "not finish; simulations do not resume: run it again"
+        )
     if not run.meta.get("updated_at"):
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import json
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,7 @@ from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.server._rundb import LOCK_NAME, hold_run, is_held
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._process import ProcessTransport
 from covey.strategies._presets import FedAvg
@@ -255,6 +258,39 @@ def _count_bytes(
         config["compression"] = scheme_spec(counter.scheme) or counter.scheme.name
 
 
+@contextlib.contextmanager
+def _run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path | None]]:
+    """Hold ``run_dir`` while the simulation writes it; yield its history and run.json paths.
+
+    The run's ``run.lock`` is held as a served run holds it, and the kernel
+    drops the lock when the process exits, however it exits: a run whose
+    ``run.json`` still says running but that nobody holds was killed.
+
+    Raises:
+        ValueError: Another covey process is writing a run in ``run_dir``.
+    """
+    if run_dir is None:
+        yield None, None
+        return
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_run(folder)
+    except OSError as exc:
+        if is_held(folder) is not True:
+            raise
+        holder = (folder / LOCK_NAME).read_text(errors="replace").strip() or "unknown"
+        raise ValueError(
+            f"run_dir {folder} is in use by another covey process (pid {holder}) writing "
+            "its run there; give this run a folder of its own"
+        ) from exc
+    try:
+        yield folder / "history.json", folder / "run.json"
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
 def _write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
     """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
     if path is not None:
@@ -357,7 +393,6 @@ def simulate(
     _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy)
-    history_path = meta_path = None
     meta: dict[str, Any] = {
         "kind": "simulated",
         "strategy": strategy.name,
@@ -367,80 +402,77 @@ def simulate(
         "started": _dt.datetime.now(_dt.UTC).isoformat(),
         "status": "running",
     }
-    if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        history_path = Path(run_dir) / "history.json"
-        meta_path = Path(run_dir) / "run.json"
-    # Worker processes start here: if anything fails before the run starts, they stop.
-    transport = _backend(
-        backend,
-        client_fn,
-        num_clients,
-        num_workers=num_workers,
-        client_cache=client_cache,
-        client_resources=client_resources,
-        client_group=client_group,
-        ray_address=ray_address,
-    )
-    try:
-        if clock is not None and not strategy.asynchronous:
-            transport = ClockedTransport(transport, clock, deadline=round_deadline)
-        counter = None if scheme is None else CompressedTransport(transport, scheme, seed=seed)
-        transport = counter if counter is not None else transport
-        _write_run_meta(meta_path, meta)
-        callbacks, stop_progress = _callbacks(rounds, progress, on_round)
-    except BaseException:
-        transport.close()
-        raise
+    with _run_folder(run_dir) as (history_path, meta_path):
+        # Worker processes start here: if anything fails before the run starts, they stop.
+        transport = _backend(
+            backend,
+            client_fn,
+            num_clients,
+            num_workers=num_workers,
+            client_cache=client_cache,
+            client_resources=client_resources,
+            client_group=client_group,
+            ray_address=ray_address,
+        )
+        try:
+            if clock is not None and not strategy.asynchronous:
+                transport = ClockedTransport(transport, clock, deadline=round_deadline)
+            counter = None if scheme is None else CompressedTransport(transport, scheme, seed=seed)
+            transport = counter if counter is not None else transport
+            _write_run_meta(meta_path, meta)
+            callbacks, stop_progress = _callbacks(rounds, progress, on_round)
+        except BaseException:
+            transport.close()
+            raise
 
-    loop: Loop
+        loop: Loop
 
-    def round_done(record: RoundRecord) -> None:
-        _count_bytes(counter, record)
-        if history_path is not None:
-            loop.history.save(history_path)
-        for callback in callbacks:
-            callback(record)
+        def round_done(record: RoundRecord) -> None:
+            _count_bytes(counter, record)
+            if history_path is not None:
+                loop.history.save(history_path)
+            for callback in callbacks:
+                callback(record)
 
-    # Everything alive now (imported libraries, the user's data) outlives the run:
-    # keep the collector from scanning it again and again while rounds allocate.
-    gc.freeze()
-    try:
-        loop_transport: Transport | SimulatedAsyncTransport = transport
-        if strategy.asynchronous:
-            workers = int(getattr(transport, "num_workers", 0))
-            loop_transport = SimulatedAsyncTransport(
-                transport,
-                durations=clock if clock is not None else client_durations,
+        # Everything alive now (imported libraries, the user's data) outlives the run:
+        # keep the collector from scanning it again and again while rounds allocate.
+        gc.freeze()
+        try:
+            loop_transport: Transport | SimulatedAsyncTransport = transport
+            if strategy.asynchronous:
+                workers = int(getattr(transport, "num_workers", 0))
+                loop_transport = SimulatedAsyncTransport(
+                    transport,
+                    durations=clock if clock is not None else client_durations,
+                    seed=seed,
+                    prefetch=2 * workers,
+                )
+            loop = open_loop(
+                strategy,
+                loop_transport,
+                initial_weights,
+                evaluate_fn=evaluate_fn,
                 seed=seed,
-                prefetch=2 * workers,
+                round_timeout=round_timeout,
+                on_round=round_done,
+                simulated=True,
             )
-        loop = open_loop(
-            strategy,
-            loop_transport,
-            initial_weights,
-            evaluate_fn=evaluate_fn,
-            seed=seed,
-            round_timeout=round_timeout,
-            on_round=round_done,
-            simulated=True,
-        )
-        loop.history.config = run_config(
-            strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
-        )
-        _count_bytes(counter, None, loop.history.config)
-        loop.run(rounds)
-        if history_path is not None and loop.history.stopped_reason is not None:
-            loop.history.save(history_path)  # with why the run stopped early
-        meta["status"] = "finished"
-    except BaseException:
-        meta["status"] = "failed"
-        raise
-    finally:
-        gc.unfreeze()
-        meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
-        _write_run_meta(meta_path, meta)
-        if stop_progress is not None:
-            stop_progress()
-        transport.close()
-    return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)
+            loop.history.config = run_config(
+                strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
+            )
+            _count_bytes(counter, None, loop.history.config)
+            loop.run(rounds)
+            if history_path is not None and loop.history.stopped_reason is not None:
+                loop.history.save(history_path)  # with why the run stopped early
+            meta["status"] = "finished"
+        except BaseException:
+            meta["status"] = "failed"
+            raise
+        finally:
+            gc.unfreeze()
+            meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
+            _write_run_meta(meta_path, meta)
+            if stop_progress is not None:
+                stop_progress()
+            transport.close()
+        return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)

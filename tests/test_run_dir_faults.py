@@ -1,0 +1,77 @@
+"""A simulation's run folder when its process is killed, or when a second run aims at it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.dashboard._runs import read_run
+
+_STUCK_RUN = """
+import sys, time
+from pathlib import Path
+import numpy as np
+import covey
+
+run_dir, marker = sys.argv[1], Path(sys.argv[2])
+
+class C(covey.Client):
+    def fit(self, weights, config):
+        if config["round"] == 2:
+            marker.write_text("round 2")
+            time.sleep(3600)
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+covey.simulate(lambda cid: C(), 2, 5, covey.FedAvg(fraction_evaluate=0.0),
+               {"w": np.zeros(2)}, run_dir=run_dir)
+"""
+
+
+class Same(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+
+@pytest.mark.slow
+def test_a_killed_simulation_is_stopped_and_its_folder_is_not_taken(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(_STUCK_RUN))
+    run_dir, marker = tmp_path / "run", tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, str(script), str(run_dir), str(marker)], env=env)
+    try:
+        end = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, "the simulation exited before round 2"
+            assert time.monotonic() < end, "the simulation never reached round 2"
+            time.sleep(0.05)
+        assert read_run("run", run_dir).status == "running"
+        # A second run into the same folder would overwrite the first one's files.
+        with pytest.raises(
+            ValueError, match=rf"in use by another covey process \(pid {child.pid}\)"
+        ):
+            covey.simulate(
+                lambda cid: Same(),
+                2,
+                1,
+                covey.FedAvg(fraction_evaluate=0.0),
+                {"w": np.zeros(2)},
+                run_dir=run_dir,
+            )
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    run = read_run("run", run_dir)
+    assert run.meta["status"] == "stopped"
+    assert "killed" in run.meta["stopped_reason"]
+    assert [r["round"] for r in run.rounds] == [0, 1]
