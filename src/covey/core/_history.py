@@ -113,6 +113,54 @@ def _from_jsonable(value: Any) -> Any:
     return value
 
 
+_ID_LISTS = ("fit_participants", "evaluate_participants")
+_OBJECTS = ("fit_metrics", "aggregate_info", "evaluate_metrics", "central_metrics", "durations")
+_COUNTS = ("fit_examples", "evaluate_examples")
+_OPTIONAL_NUMBERS = ("evaluate_loss", "central_loss", "bytes_sent", "bytes_received")
+
+
+def _record(raw: Any) -> RoundRecord:
+    """One round read back from JSON, each field checked, so a damaged file names what is wrong.
+
+    Raises:
+        ValueError: A field has the wrong type (the round and the field are named).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"a round must be a JSON object, got {type(raw).__name__}")
+    rnd = raw.get("round")
+    if not isinstance(rnd, int) or isinstance(rnd, bool):
+        raise ValueError(f"a round has no valid 'round' number: {rnd!r:.40}")
+
+    def check(name: str, ok: bool, want: str) -> None:
+        if not ok:
+            raise ValueError(f"round {rnd}: {name!r} must be {want}, got {raw[name]!r:.60}")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for name in (n for n in _ID_LISTS if n in raw):
+        ok = isinstance(raw[name], list) and all(is_int(c) for c in raw[name])
+        check(name, ok, "a list of client ids")
+    for name in (n for n in _OBJECTS if n in raw):
+        check(name, isinstance(raw[name], dict), "an object")
+    for name in (n for n in _COUNTS if n in raw):
+        check(name, is_int(raw[name]), "a whole number")
+    for name in (n for n in _OPTIONAL_NUMBERS if raw.get(n) is not None):
+        ok = isinstance(raw[name], int | float) and not isinstance(raw[name], bool)
+        check(name, ok, "a number or null")
+    if raw.get("privacy") is not None:
+        check("privacy", isinstance(raw["privacy"], dict), "an object or null")
+    for name in ("fit_failures", "evaluate_failures"):
+        failures = raw.get(name, [])
+        check(
+            name,
+            isinstance(failures, list) and all(isinstance(f, dict) for f in failures),
+            "a list of failures",
+        )
+        raw[name] = [Failure(**f) for f in failures]
+    return RoundRecord(**raw)
+
+
 @dataclass
 class History:
     """The record of a run: one :class:`RoundRecord` per round, starting at round 0.
@@ -201,11 +249,7 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         """Rebuild a history from :meth:`to_dict` output."""
-        rounds = []
-        for raw in _from_jsonable(data["rounds"]):
-            raw["fit_failures"] = [Failure(**f) for f in raw.get("fit_failures", [])]
-            raw["evaluate_failures"] = [Failure(**f) for f in raw.get("evaluate_failures", [])]
-            rounds.append(RoundRecord(**raw))
+        rounds = [_record(raw) for raw in _from_jsonable(data["rounds"])]
         clients = data.get("clients") or {}
         if not isinstance(clients, dict):
             raise ValueError(f"'clients' must map ids to names, got {type(clients).__name__}")

@@ -1,0 +1,47 @@
+"""`covey runs` and History.load on damaged or half-written run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from covey import History
+from covey.cli import app
+from covey.core._history import RoundRecord
+
+
+def _good(folder: Path) -> str:
+    folder.mkdir(parents=True)
+    History([RoundRecord(0, central_loss=1.0), RoundRecord(1, [0, 1], fit_examples=2)]).save(
+        folder / History.FILE_NAME
+    )
+    return (folder / History.FILE_NAME).read_text()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("fit_participants", None, "round 1: 'fit_participants' must be a list of client ids"),
+        ("fit_participants", ["a"], "round 1: 'fit_participants' must be a list of client ids"),
+        ("fit_examples", "2", "round 1: 'fit_examples' must be a whole number"),
+        ("central_loss", "low", "round 1: 'central_loss' must be a number or null"),
+        ("durations", [], "round 1: 'durations' must be an object"),
+        ("fit_failures", [1], "round 1: 'fit_failures' must be a list of failures"),
+        ("round", "x", "a round has no valid 'round' number: 'x'"),
+    ],
+)
+def test_a_damaged_round_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value: object, message: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    data = json.loads(_good(tmp_path / "run"))
+    data["rounds"][1][field] = value
+    (tmp_path / "run" / History.FILE_NAME).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="is not a covey history: " + message.replace("(", r"\(")):
+        History.load(tmp_path / "run")
+    result = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
