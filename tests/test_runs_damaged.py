@@ -45,3 +45,20 @@ def test_a_damaged_round_is_named(
     result = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+def test_runs_list_shows_an_unreadable_run_with_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    text = _good(tmp_path / "runs" / "ok")
+    (tmp_path / "runs" / "cut").mkdir()
+    (tmp_path / "runs" / "cut" / History.FILE_NAME).write_text(text[: len(text) // 2])
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    result = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "ok" in out
+    assert "cut - unreadable" in out
+    assert "cut/history.json is not a covey history" in out
+    assert "not-a-run" not in out

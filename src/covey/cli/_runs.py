@@ -117,13 +117,18 @@ def _last(history: History, name: str) -> str:
     return "-"
 
 
-def _runs_in(runs_dir: Path) -> list[tuple[Path, History]]:
-    found: list[tuple[Path, History]] = []
+def _runs_in(runs_dir: Path) -> list[tuple[Path, History | str]]:
+    """Each run folder in ``runs_dir`` with its history, or why its history cannot be read."""
+    found: list[tuple[Path, History | str]] = []
     if not runs_dir.is_dir():
         return found
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        with contextlib.suppress(FileNotFoundError, ValueError):
+        if not (folder / History.FILE_NAME).is_file():
+            continue
+        try:
             found.append((folder, History.load(folder)))
+        except (ValueError, OSError) as exc:  # damaged or half-written: listed, with why
+            found.append((folder, str(exc)))
     return found
 
 
@@ -137,12 +142,18 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
     table = Table(title=f"Runs in {runs_dir}", box=box.SIMPLE_HEAD, header_style="bold")
     for column in ("run", "kind", "status", "rounds", "clients", "accuracy", "loss", "modified"):
         table.add_column(column, no_wrap=True, justify="left" if column == "run" else "right")
+    damaged: list[str] = []
     for folder, history in found:
+        stamp = (folder / History.FILE_NAME).stat().st_mtime
+        modified = _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(history, str):
+            table.add_row(escape(folder.name), "-", "unreadable", *["-"] * 4, modified)
+            damaged.append(history)
+            continue
         backend = history.config.get("backend", "-")
         last = history.rounds[-1].round if history.rounds else "-"
         planned = history.config.get("rounds", "?")
         clients = history.config.get("num_clients") or len(history.clients) or "-"
-        stamp = (folder / History.FILE_NAME).stat().st_mtime
         table.add_row(
             escape(folder.name),
             "deployed" if backend == "grpc" else f"simulated ({backend})",
@@ -151,9 +162,11 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
             str(clients),
             _last(history, "accuracy"),
             _last(history, "loss"),
-            _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S"),
+            modified,
         )
     console.print(table)
+    for why in damaged:
+        console.print(f"[red]unreadable[/]: {escape(why)}")
 
 
 def _failures_table(history: History) -> Table:
