@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import covey
+from covey.cli import app
 from covey.dashboard._runs import read_run
 
 _STUCK_RUN = """
@@ -72,6 +74,45 @@ def test_a_killed_simulation_is_stopped_and_its_folder_is_not_taken(tmp_path: Pa
         child.send_signal(signal.SIGKILL)
         child.wait(30)
     run = read_run("run", run_dir)
+    shown = CliRunner().invoke(app, ["runs", "show", str(run_dir)], env={"COLUMNS": "250"})
+    assert shown.output.startswith(f"{run_dir}: stopped")
     assert run.meta["status"] == "stopped"
     assert "killed" in run.meta["stopped_reason"]
     assert [r["round"] for r in run.rounds] == [0, 1]
+
+
+class Failing(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        if config["round"] == 2 and self.cid == 1:
+            raise RuntimeError("client 1 broke")
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+
+def test_a_failed_simulation_keeps_the_failed_round_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "runs" / "broken"
+    with pytest.raises(covey.FederationError, match="client 1 broke"):
+        covey.simulate(
+            Failing,
+            3,
+            4,
+            covey.FedAvg(fraction_evaluate=0.0, accept_failures=False),
+            {"w": np.zeros(2)},
+            run_dir=run_dir,
+        )
+    history = covey.History.load(run_dir)
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    assert [(f.cid, f.error) for f in history.rounds[2].fit_failures] == [
+        (1, "RuntimeError: client 1 broke")
+    ]
+    run = read_run("broken", run_dir)
+    assert run.status == "failed"
+    assert run.meta["stopped_reason"].startswith("FederationError: round 2:")
+    assert "client 1 broke" in run.meta["stopped_reason"]
+    monkeypatch.setenv("COLUMNS", "250")
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert "broken simulated (inline) failed 2/4" in " ".join(listed.output.split())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import sqlite3
 from pathlib import Path
 from typing import Annotated, Any
@@ -84,11 +85,22 @@ def find_run(run: str, runs_dir: Path) -> Path:
     )
 
 
+def _simulation_status(folder: Path) -> str | None:
+    """``failed``, ``running`` or ``stopped`` (killed), as a simulation's ``run.json`` says."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no run.json, or damaged
+        status = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("status")
+        if status == "failed":
+            return "failed"
+        if status == "running":
+            return "stopped" if is_held(folder) is False else "running"
+    return None
+
+
 def run_status(folder: Path, history: History) -> str:
     """``running``/``finished``/``failed`` for a deployed run; for a simulated one, how far.
 
-    A deployed run whose store says running but that no server holds (it was
-    killed) is ``stopped``; one whose ``run.sqlite`` cannot be read is
+    A run whose store (or a simulation's ``run.json``) says running but that no
+    process holds (it was killed) is ``stopped``; one whose ``run.sqlite`` cannot be read is
     ``unreadable`` (it cannot be resumed, whatever its history says).
     """
     db = folder / "run.sqlite"
@@ -104,6 +116,9 @@ def run_status(folder: Path, history: History) -> str:
             return "stopped" if running and is_held(folder) is False else str(row[0])
     if history.stopped_reason:
         return "stopped"
+    status = _simulation_status(folder)
+    if status is not None:
+        return status
     planned = history.config.get("rounds")
     last = history.rounds[-1].round if history.rounds else -1
     return "finished" if isinstance(planned, int) and last >= planned else "partial"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import gc
-import json
-import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,15 +15,14 @@ import numpy as np
 
 from covey.clients._client import ClientFn, run_task
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
-from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
-from covey.server._rundb import LOCK_NAME, hold_run, is_held
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._process import ProcessTransport
+from covey.sim._rundir import run_folder, save_history, write_run_meta
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -258,45 +254,6 @@ def _count_bytes(
         config["compression"] = scheme_spec(counter.scheme) or counter.scheme.name
 
 
-@contextlib.contextmanager
-def _run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path | None]]:
-    """Hold ``run_dir`` while the simulation writes it; yield its history and run.json paths.
-
-    The run's ``run.lock`` is held as a served run holds it, and the kernel
-    drops the lock when the process exits, however it exits: a run whose
-    ``run.json`` still says running but that nobody holds was killed.
-
-    Raises:
-        ValueError: Another covey process is writing a run in ``run_dir``.
-    """
-    if run_dir is None:
-        yield None, None
-        return
-    folder = Path(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = hold_run(folder)
-    except OSError as exc:
-        if is_held(folder) is not True:
-            raise
-        holder = (folder / LOCK_NAME).read_text(errors="replace").strip() or "unknown"
-        raise ValueError(
-            f"run_dir {folder} is in use by another covey process (pid {holder}) writing "
-            "its run there; give this run a folder of its own"
-        ) from exc
-    try:
-        yield folder / "history.json", folder / "run.json"
-    finally:
-        if lock is not None:
-            os.close(lock)
-
-
-def _write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
-    """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
-    if path is not None:
-        atomic_write(path, json.dumps(meta, indent=2))
-
-
 def simulate(
     client_fn: ClientFn,
     num_clients: int,
@@ -402,7 +359,7 @@ def simulate(
         "started": _dt.datetime.now(_dt.UTC).isoformat(),
         "status": "running",
     }
-    with _run_folder(run_dir) as (history_path, meta_path):
+    with run_folder(run_dir) as (history_path, meta_path):
         # Worker processes start here: if anything fails before the run starts, they stop.
         transport = _backend(
             backend,
@@ -419,7 +376,7 @@ def simulate(
                 transport = ClockedTransport(transport, clock, deadline=round_deadline)
             counter = None if scheme is None else CompressedTransport(transport, scheme, seed=seed)
             transport = counter if counter is not None else transport
-            _write_run_meta(meta_path, meta)
+            write_run_meta(meta_path, meta)
             callbacks, stop_progress = _callbacks(rounds, progress, on_round)
         except BaseException:
             transport.close()
@@ -461,17 +418,24 @@ def simulate(
                 strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
             )
             _count_bytes(counter, None, loop.history.config)
-            loop.run(rounds)
-            if history_path is not None and loop.history.stopped_reason is not None:
-                loop.history.save(history_path)  # with why the run stopped early
+            try:
+                loop.run(rounds)
+            finally:
+                # With why the run stopped early, or the round that failed and its failures.
+                save_history(loop.history, history_path)
             meta["status"] = "finished"
-        except BaseException:
+        except BaseException as exc:
             meta["status"] = "failed"
+            meta["stopped_reason"] = (
+                "interrupted (KeyboardInterrupt)"
+                if isinstance(exc, KeyboardInterrupt)
+                else f"{type(exc).__name__}: {exc}"
+            )
             raise
         finally:
             gc.unfreeze()
             meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
-            _write_run_meta(meta_path, meta)
+            write_run_meta(meta_path, meta)
             if stop_progress is not None:
                 stop_progress()
             transport.close()

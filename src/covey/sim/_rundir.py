@@ -1,0 +1,74 @@
+"""A simulation's run folder: held while the run writes it, its history and ``run.json``.
+
+``simulate(run_dir=...)`` writes ``history.json`` after every round and
+``run.json`` (what ran, when, and how it ended) at the start and the end, and
+holds the folder's ``run.lock`` as a served run does, so that a second run is
+refused the folder and a killed run can be told from a running one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from covey.core._files import atomic_write
+from covey.core._history import History
+from covey.server._rundb import LOCK_NAME, hold_run, is_held
+
+__all__ = ["run_folder", "save_history", "write_run_meta"]
+
+logger = logging.getLogger("covey")
+
+
+@contextlib.contextmanager
+def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path | None]]:
+    """Hold ``run_dir`` while the simulation writes it; yield its history and run.json paths.
+
+    The run's ``run.lock`` is held as a served run holds it, and the kernel
+    drops the lock when the process exits, however it exits: a run whose
+    ``run.json`` still says running but that nobody holds was killed.
+
+    Raises:
+        ValueError: Another covey process is writing a run in ``run_dir``.
+    """
+    if run_dir is None:
+        yield None, None
+        return
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_run(folder)
+    except OSError as exc:
+        if is_held(folder) is not True:
+            raise
+        holder = (folder / LOCK_NAME).read_text(errors="replace").strip() or "unknown"
+        raise ValueError(
+            f"run_dir {folder} is in use by another covey process (pid {holder}) writing "
+            "its run there; give this run a folder of its own"
+        ) from exc
+    try:
+        yield folder / "history.json", folder / "run.json"
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def save_history(history: History, path: Path | None) -> None:
+    """Write the history at the end of a run, however it ends; a failed write is logged."""
+    if path is None:
+        return
+    try:
+        history.save(path)
+    except OSError as exc:  # the run's own error, if any, is the one to raise
+        logger.error("cannot write the history to %s: %s", path, exc)
+
+
+def write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
+    """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
+    if path is not None:
+        atomic_write(path, json.dumps(meta, indent=2))
