@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -105,3 +106,48 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     for pid in alive:  # started by this test: do not leave them behind
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"worker processes {alive} outlived their killed parent"
+
+
+class _StuckProcess:
+    """A worker process inside a client's fit: join returns only once it is killed."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.killed = False
+        self.exitcode: int | None = None
+
+    def join(self, timeout: float | None = None) -> None:
+        if not self.killed:
+            self.clock[0] += timeout or 0.0  # the simulated time spent waiting
+
+    def is_alive(self) -> bool:
+        return not self.killed
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class _Pipe:
+    def send_bytes(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_closing_gives_all_busy_workers_one_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C with every worker stuck in fit waits one grace period, not one per worker."""
+    from covey.sim import _process
+
+    clock = [0.0]
+    monkeypatch.setattr(_process, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    workers = []
+    for _ in range(4):
+        worker = object.__new__(_process._Worker)
+        worker.process = _StuckProcess(clock)
+        worker.conn = _Pipe()  # type: ignore[assignment]
+        worker.prefix = "covey-0-00000000-r0-"
+        workers.append(worker)
+    _process._cleanup(workers, [], "covey-0-00000000-")
+    assert all(w.process.killed for w in workers)
+    assert clock[0] <= 5.0  # simulated seconds: the 5 s grace is shared by all four

@@ -144,13 +144,16 @@ class _Worker:
     def alive(self) -> bool:
         return bool(self.process.is_alive())
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def ask_stop(self) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):
             self.conn.send_bytes(b"stop")
-        self.process.join(timeout)
+
+    def stop(self, deadline: float) -> None:
+        """Wait until ``deadline`` (monotonic) for the worker to exit, then kill it."""
+        self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
             self.process.kill()
-            self.process.join(timeout)
+            self.process.join(5.0)
         self.conn.close()
 
 
@@ -173,9 +176,14 @@ def _share(weights: dict[str, Any], mapped: Mapping[str, Any]) -> None:
 
 
 def _cleanup(workers: list[_Worker], files: list[str], pool: str) -> None:
+    # Every worker is told at once and given the same 5 s: workers stuck in a client's
+    # fit are killed together, so Ctrl-C does not wait 5 s for each in turn.
+    for worker in workers:
+        worker.ask_stop()
+    deadline = time.monotonic() + 5.0
     for worker in workers:
         with contextlib.suppress(Exception):
-            worker.stop()
+            worker.stop(deadline)
     for path in files:
         with contextlib.suppress(OSError):
             os.unlink(path)
