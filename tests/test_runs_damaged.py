@@ -62,3 +62,26 @@ def test_runs_list_shows_an_unreadable_run_with_why(
     assert "cut - unreadable" in out
     assert "cut/history.json is not a covey history" in out
     assert "not-a-run" not in out
+
+
+def test_a_report_never_overwrites_the_runs_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    text = _good(tmp_path / "run")
+    run = str(tmp_path / "run")
+    cases = [
+        (f"{run}/history.json", "is in the run folder and is not an .html file"),
+        (run, "is a folder; give the HTML file to write"),
+        (f"{run}/history.json/r.html", "cannot write the report to"),
+    ]
+    for out, message in cases:
+        result = CliRunner().invoke(app, ["runs", "report", run, "-o", out])
+        assert result.exit_code == 1, result.output
+        assert message in " ".join(result.output.split())
+        assert "Traceback" not in result.output
+    assert (tmp_path / "run" / History.FILE_NAME).read_text() == text
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [History.FILE_NAME]
+    result = CliRunner().invoke(app, ["runs", "report", run, "-o", f"{run}/report.html"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "report.html").read_text().startswith("<!doctype html>")

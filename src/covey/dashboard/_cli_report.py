@@ -26,7 +26,7 @@ def report_command(
         raise typer.Exit(1) from None
     try:
         path = write_report(run, out)
-    except RunReadError as exc:
+    except (RunReadError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"report written to {path}")

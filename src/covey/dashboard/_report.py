@@ -202,12 +202,29 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     Raises:
         covey.dashboard.RunReadError: if the run's files cannot be read.
+        ValueError: if ``out`` is a folder, or a file of the run itself (not ``.html``).
+        OSError: if ``out`` cannot be written (the message names it).
     """
     run_dir = Path(run_dir)
     if not is_run(run_dir):
         raise RunReadError(f"{run_dir} is not a run folder (no history.json or run.sqlite)")
     name = run_dir.resolve().name
-    run = read_run(name, run_dir)
     path = Path(out) if out is not None else Path(f"{name}-report.html")
-    atomic_write(path, render_report(run))
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder; give the HTML file to write, e.g. {path / 'report.html'}"
+        )
+    if path.resolve().is_relative_to(run_dir.resolve()) and path.suffix.lower() not in (
+        ".html",
+        ".htm",
+    ):
+        raise ValueError(
+            f"{path} is in the run folder and is not an .html file: the report would "
+            "overwrite the run's own files; give another name"
+        )
+    run = read_run(name, run_dir)
+    try:
+        atomic_write(path, render_report(run))
+    except OSError as exc:
+        raise OSError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
     return path
