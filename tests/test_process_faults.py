@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -151,3 +152,37 @@ def test_closing_gives_all_busy_workers_one_grace_period(monkeypatch: pytest.Mon
     _process._cleanup(workers, [], "covey-0-00000000-")
     assert all(w.process.killed for w in workers)
     assert clock[0] <= 5.0  # simulated seconds: the 5 s grace is shared by all four
+
+
+class Plus(covey.Client):
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate here")
+@pytest.mark.parametrize("full_in", ["server", "worker"])
+def test_a_full_shared_memory_folder_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, shm_files: list[str], full_in: str
+) -> None:
+    """No room for the broadcast (server) or for a reply (worker): a clear error, no crash.
+
+    A full tmpfs kills whoever writes through the mapping with SIGBUS; the file's
+    pages are reserved first, so here the reservation fails as on a full ``/dev/shm``.
+    """
+    server = os.getpid()
+
+    def fallocate(fd: int, offset: int, size: int) -> None:
+        if (os.getpid() == server) == (full_in == "server"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    with pytest.raises((OSError, covey.FederationError), match=r"no room for .* shared memory"):
+        covey.simulate(
+            lambda cid: Plus(),
+            2,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(1000, np.float32)},
+            backend="process",
+            num_workers=2,
+        )

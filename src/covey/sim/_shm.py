@@ -13,6 +13,7 @@ round loop has folded the reply and dropped it. Nothing is unpickled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import mmap
 import os
@@ -47,6 +48,31 @@ def _aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
+def _reserve(fd: int, size: int, path: str) -> None:
+    """Allocate the file's pages now, so that a full file system is an error, not a crash.
+
+    Writing through a mapping into a shared-memory file system with no room
+    left kills the process with SIGBUS (Docker gives ``/dev/shm`` 64 MB).
+
+    Raises:
+        OSError: There is no room for ``size`` bytes (the message says where and what to do).
+    """
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+            return  # no fallocate on this file system: the mapping is written as before
+        folder = os.path.dirname(path)
+        raise OSError(
+            exc.errno,
+            f"no room for {size / 2**20:.1f} MB of shared memory in {folder}: the process "
+            "backend keeps the model and each reply there; free space, enlarge it "
+            "(docker run --shm-size=...), or use backend='inline'",
+        ) from None
+
+
 def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
     """Encode ``parts`` one after another into a new shared-memory file.
 
@@ -58,6 +84,7 @@ def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
     fd, path = tempfile.mkstemp(prefix=prefix, dir=shm_dir())
     try:
         os.ftruncate(fd, total)
+        _reserve(fd, total, path)
         # Faulting every page in at once is cheaper than one fault per page while encoding.
         with mmap.mmap(fd, total, flags=mmap.MAP_SHARED | _POPULATE) as mm:
             view = memoryview(mm)
