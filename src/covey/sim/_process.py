@@ -298,10 +298,10 @@ class ProcessTransport:
             process.kill()
             process.join(5.0)
         _shm.sweep(worker.prefix)
-        return f"worker process {why} (exit code {process.exitcode}) running this client"
+        return f"worker process {why} (exit code {process.exitcode})"
 
     def _stop_late(
-        self, w: int, late: set[int], tasks: Mapping[int, Task], timeout: float | None
+        self, w: int, late: dict[int, None], tasks: Mapping[int, Task], timeout: float | None
     ) -> Iterator[Reply]:
         """Stop worker ``w``, still busy at the deadline, and fail the clients it did not answer."""
         logger.warning(
@@ -321,7 +321,7 @@ class ProcessTransport:
                 f"timeout of {timeout:g} s (its worker process was stopped and is replaced)",
             )
 
-    def _receive(self, w: int, seq: int, pending: set[int]) -> Reply | None:
+    def _receive(self, w: int, seq: int, pending: dict[int, None]) -> Reply | None:
         """The next reply of this exchange from worker ``w``, or None for a late one.
 
         Raises:
@@ -338,7 +338,7 @@ class ProcessTransport:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             return None
-        pending.discard(message["cid"])
+        del pending[message["cid"]]
         try:
             return _shm.build_reply(message, worker.prefix)
         except (WireError, CodecError, OSError) as exc:
@@ -356,7 +356,6 @@ class ProcessTransport:
         # Group by worker and by the weights each task carries (usually one object).
         batches: dict[tuple[int, str | None], list[_shm.TaskItem]] = {}
         sizes: dict[str | None, dict[str, int]] = {}
-        pending: dict[int, set[int]] = {}
         unsendable: list[Reply] = []
         for cid in sorted(tasks):
             task = tasks[cid]
@@ -370,8 +369,10 @@ class ProcessTransport:
                 continue
             w = cid % n
             batches.setdefault((w, path), []).append(item)
-            pending.setdefault(w, set()).add(cid)
+        # Each worker's clients in the order it runs them: the first one unanswered is running.
+        pending: dict[int, dict[int, None]] = {}
         for (w, path), items in batches.items():
+            pending.setdefault(w, {}).update(dict.fromkeys(item[0] for item in items))
             # A dead worker is reported when its connection is read.
             with contextlib.suppress(OSError, BrokenPipeError):
                 _shm.send_tasks(self._workers[w].conn, seq, path, sizes[path], items)
@@ -383,7 +384,7 @@ class ProcessTransport:
         self,
         seq: int,
         tasks: Mapping[int, Task],
-        pending: dict[int, set[int]],
+        pending: dict[int, dict[int, None]],
         limit: tuple[float | None, float | None],
     ) -> Iterator[Reply]:
         """Yield the replies of exchange ``seq`` as they arrive, until all are in or time is up."""
@@ -408,8 +409,14 @@ class ProcessTransport:
                     # Its pipe closed, so the worker is exiting: reap it now, so that its
                     # exit code is known and the next exchange sees it dead and replaces it.
                     error = self._lost(w, "died" if not isinstance(exc, WireError) else "failed")
+                    running = next(iter(pending[w]))
                     for cid in sorted(pending[w]):
-                        yield Reply(cid, tasks[cid].kind, error=error)
+                        why = (
+                            "this client"
+                            if cid == running
+                            else f"client {running}, before this one"
+                        )
+                        yield Reply(cid, tasks[cid].kind, error=f"{error} running {why}")
                     del by_conn[conn]
                     continue
                 if reply is not None:
