@@ -186,3 +186,42 @@ def test_a_full_shared_memory_folder_is_an_error_naming_it(
             backend="process",
             num_workers=2,
         )
+
+
+class Secure(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        return FitResult(weights={k: v + self.cid for k, v in weights.items()}, num_examples=1)
+
+
+@pytest.mark.filterwarnings("ignore:secure aggregation without signed keys")
+def test_a_worker_dying_mid_secagg_drops_its_clients_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch, shm_files: list[str]
+) -> None:
+    import covey.secagg
+    from covey.clients import _client
+
+    share = _client._HANDLERS["secagg.share"]
+
+    def dying_share(client: Any, task: Any) -> Any:
+        if client.cid == 3:
+            os._exit(3)  # its worker dies after client 1 shared its keys
+        return share(client, task)
+
+    monkeypatch.setitem(_client._HANDLERS, "secagg.share", dying_share)
+    strategy = covey.secagg.secure(
+        covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=2), clip_range=8.0, bits=16
+    )
+    result = covey.simulate(
+        Secure, 6, 1, strategy, {"w": np.zeros(2)}, backend="process", num_workers=2
+    )
+    record = result.history[1]
+    # Worker 1 holds clients 1, 3, 5: 3 killed it; 1 is rebuilt without its keys.
+    assert record.fit_participants == [0, 2, 4]
+    errors = {f.cid: f.error for f in record.fit_failures}
+    assert sorted(errors) == [1, 3, 5]
+    assert "holds no keys of the round (it was rebuilt or restarted" in errors[1]
+    assert errors[3] == "worker process died (exit code 3) running this client"
+    np.testing.assert_allclose(result.weights["w"], [2.0, 2.0], atol=1e-3)

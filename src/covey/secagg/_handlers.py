@@ -73,8 +73,16 @@ def _int_keys(table: Any, what: str) -> dict[int, Any]:
 
 def _state(client: Any, payload: Mapping[str, Any]) -> cs.ClientState:
     state = _STATES.get(id(client))
-    if state is None or state.setup.session != payload.get("session"):
-        raise cs.ProtocolAbort("no secure-aggregation run in progress with this session")
+    if state is None:
+        raise cs.ProtocolAbort(
+            "no secure-aggregation run in progress: this client holds no keys of the round "
+            "(it was rebuilt or restarted since it advertised them, e.g. its worker process "
+            "died), so it drops out of the round"
+        )
+    if state.setup.session != payload.get("session"):
+        raise cs.ProtocolAbort(
+            "no secure-aggregation run in progress with this session: a newer run replaced it"
+        )
     return state
 
 
