@@ -225,3 +225,34 @@ def test_a_worker_dying_mid_secagg_drops_its_clients_with_a_reason(
     assert "holds no keys of the round (it was rebuilt or restarted" in errors[1]
     assert errors[3] == "worker process died (exit code 3) running this client"
     np.testing.assert_allclose(result.weights["w"], [2.0, 2.0], atol=1e-3)
+
+
+class StuckAlways(covey.Client):
+    """Client 3 never returns from fit."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        if self.cid == 3:
+            time.sleep(3600)
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+@pytest.mark.slow
+def test_an_asynchronous_run_is_not_held_up_by_a_stuck_client(shm_files: list[str]) -> None:
+    result = covey.simulate(
+        StuckAlways,
+        6,
+        3,
+        covey.FedBuff(buffer_size=2, concurrency=3, fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        backend="process",
+        num_workers=2,
+        round_timeout=2.0,
+    )
+    assert [r.round for r in result.history.rounds] == [0, 1, 2, 3]
+    failures = [f for r in result.history.rounds for f in r.fit_failures]
+    assert failures
+    assert {f.cid for f in failures} == {3}
+    assert all("no reply in time" in f.error for f in failures)

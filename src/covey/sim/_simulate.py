@@ -403,6 +403,7 @@ def simulate(
                     durations=clock if clock is not None else client_durations,
                     seed=seed,
                     prefetch=2 * workers,
+                    wall_timeout=round_timeout,
                 )
             loop = open_loop(
                 strategy,

@@ -104,6 +104,9 @@ class SimulatedAsyncTransport:
             (an offline client's task fails at once).
         seed: Seeds the ``rng`` passed to ``durations``.
         prefetch: Tasks to compute per exchange (more lets a process pool work in parallel).
+        wall_timeout: Real seconds each exchange with ``transport`` may take (a
+            simulation's ``round_timeout``): a client stuck in ``fit`` then fails
+            its task instead of holding up the run. None waits without end.
     """
 
     def __init__(
@@ -113,8 +116,10 @@ class SimulatedAsyncTransport:
         durations: Durations | ClientModel | None = None,
         seed: int = 0,
         prefetch: int = 1,
+        wall_timeout: float | None = None,
     ) -> None:
         self._transport = transport
+        self._wall_timeout = wall_timeout
         self._durations = durations
         self._rng = np.random.default_rng([seed, 3])
         self._prefetch = max(1, int(prefetch))
@@ -197,16 +202,21 @@ class SimulatedAsyncTransport:
             batch += [c for _, _, c in waiting[: self._prefetch - 1]]
         tasks = {cid: self._pending[cid].task for cid in batch}
         try:
-            for reply in self._transport.exchange(tasks):
+            for reply in self._transport.exchange(tasks, timeout=self._wall_timeout):
                 if reply.cid in tasks:
                     self._pending[reply.cid].reply = reply
         except Exception:  # noqa: BLE001 - a broken transport fails the batch's tasks, not the run
             error = traceback.format_exc()
             for cid in batch:
                 self._pending[cid].reply = Reply(cid, tasks[cid].kind, error=error)
+        missing = (
+            "no reply"
+            if self._wall_timeout is None
+            else f"no reply in time: past the timeout of {self._wall_timeout:g} s"
+        )
         for cid in batch:
             if self._pending[cid].reply is None:
-                self._pending[cid].reply = Reply(cid, tasks[cid].kind, error="no reply")
+                self._pending[cid].reply = Reply(cid, tasks[cid].kind, error=missing)
 
     def cancel(self, cid: int) -> None:
         """Drop ``cid``'s task in flight."""
