@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import Policy, PolicyError, QueryError, Site, plan, query
+from covey.analytics import TASK_KIND, Policy, PolicyError, QueryError, Site, plan, query
+from covey.clients import run_task
+from covey.core import Task
 
 
 def _frame(n: int, seed: int = 0) -> pd.DataFrame:
@@ -193,3 +195,23 @@ def test_policy_checks_its_own_settings() -> None:
         Policy(min_group_size=0)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         Policy(epsilon=0)
+
+
+def test_a_where_literal_of_the_wrong_type_is_refused_without_quoting_a_row() -> None:
+    frame = pd.DataFrame({"name": ["Alice Secret", "Bob"] * 10, "age": [30.0, 40.0] * 10})
+    policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
+    site = Site({"p": frame}, policy, name="a")
+    request = {
+        "op": "answer",
+        "sql": "SELECT COUNT(*) FROM p WHERE name = 1",
+        "domains": {},
+        "stats": [{"op": "count"}],
+    }
+    reply = run_task(site, 0, Task(TASK_KIND, 1, payload=request))
+    assert "Alice" not in str(reply.error) + str(reply.result)
+    assert "WHERE name = 1" in str(reply.result["refused"])
+    for secure in (False, True):
+        sites = [site, Site({"p": frame}, policy, name="b")] if secure else [site]
+        with pytest.raises(Exception, match=r"Conversion error.*WHERE name = 1") as info:
+            query(sites, "SELECT COUNT(*) FROM p WHERE name = 1", secure=secure)
+        assert "Alice" not in str(info.value)

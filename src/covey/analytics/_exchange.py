@@ -181,7 +181,10 @@ class Federation:
                 complete=len(self.cids) <= COMPLETE_UP_TO or None,
             )
         except secagg.SecAggAbort as exc:
-            raise FederationQueryError(f"secure aggregation stopped: {exc}") from None
+            why = "; ".join(f"{self.names.get(c, c)}: {w}" for c, w in sorted(exc.dropped.items()))
+            raise FederationQueryError(
+                f"secure aggregation stopped: {exc}" + (f" ({why})" if why else "")
+            ) from None
         if out.dropped or out.excluded:
             gone = {**out.dropped, **out.excluded}
             names = ", ".join(f"{self.names.get(c, c)} ({why})" for c, why in gone.items())

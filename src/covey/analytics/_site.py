@@ -15,13 +15,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import duckdb
 import numpy as np
 
 from covey import secagg
 from covey.analytics import _dp
-from covey.analytics._compute import SortedValues, compute
+from covey.analytics._compute import Computed, SortedValues, compute
 from covey.analytics._policy import Policy, PolicyError
-from covey.analytics._sql import QueryError, plan
+from covey.analytics._sql import Plan, QueryError, plan
 from covey.analytics._tables import columns, load_tables
 from covey.clients import Client, register_task
 from covey.core import Task
@@ -167,7 +168,7 @@ class Site(Client):
                 if col is not None and col not in p.columns():
                     raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
-        got = compute(self._con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted)
+        got = self._compute(p, domains, bounds, stats)
         small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
         vectors = [v.copy() for v in got.vectors]
         for v in vectors:
@@ -195,6 +196,30 @@ class Site(Client):
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = answer
         return {**answer, "cached": False}
+
+    def _compute(
+        self,
+        p: Plan,
+        domains: Mapping[str, Any],
+        bounds: Mapping[str, Sequence[float]],
+        stats: Sequence[Mapping[str, Any]],
+    ) -> Computed:
+        """Run ``compute``; a DuckDB error becomes a refusal that quotes no row."""
+        try:
+            return compute(
+                self._con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted
+            )
+        except duckdb.Error as exc:
+            # DuckDB's message may quote a row's value (a failed cast): name only its kind
+            kind = type(exc).__name__.removesuffix("Exception") or "Error"
+            hint = (
+                f": check that the literals in WHERE {p.where} have the types of their columns"
+                if p.where is not None
+                else ""
+            )
+            raise QueryError(
+                f"this site could not run the query ({kind} error in DuckDB){hint}"
+            ) from None
 
     def _noise(
         self,
