@@ -56,6 +56,10 @@ POLICY = Policy(
         ("SELECT SUM(age) OVER () FROM patients", ["OVER"]),
         ("SELECT COUNT(*) FROM a UNION SELECT COUNT(*) FROM b", ["UNION"]),
         ("DELETE FROM patients", ["only SELECT"]),
+        ("SELECT COUNT(*) FROM patients TABLESAMPLE 1 ROWS", ["FROM", "TABLESAMPLE"]),
+        ("SELECT COUNT(*) FROM patients AT (VERSION => 1)", ["FROM", "time travel"]),
+        ("SELECT SUM(age) FROM patients p(age, sex)", ["FROM", "column aliases"]),
+        ("SELECT sex, COUNT(*) FROM patients GROUP BY sex, sex", ["GROUP BY", "'sex' twice"]),
     ],
 )
 def test_unsupported_sql_is_refused_naming_the_clause_and_where(sql: str, words: list[str]) -> None:
