@@ -219,3 +219,19 @@ def test_a_where_literal_of_the_wrong_type_is_refused_without_quoting_a_row() ->
         with pytest.raises(Exception, match=r"Conversion error.*WHERE name = 1") as info:
             query(sites, "SELECT COUNT(*) FROM p WHERE name = 1", secure=secure)
         assert "Alice" not in str(info.value)
+
+
+def test_a_site_whose_column_is_text_refuses_up_front_and_the_others_answer() -> None:
+    policy = Policy(bounds={"age": (0, 120), "alive": (0, 1)}, min_group_size=1)
+    good = pd.DataFrame({"age": np.arange(20.0), "alive": [True, False] * 10})
+    text = pd.DataFrame({"age": ["30"] * 5, "alive": [True] * 5})
+    sites = [Site({"p": good}, policy, name="a"), Site({"p": text}, policy, name="t")]
+    df = query(sites, "SELECT COUNT(*), AVG(age) FROM p", secure=False)
+    assert df["AVG(age)"].tolist() == [9.5]
+    assert "needs numbers" in df.attrs["refused"]["t"]
+    assert "'age'" in df.attrs["refused"]["t"]
+    assert "VARCHAR" in df.attrs["refused"]["t"]
+    with pytest.raises(Exception, match=r"two answering sites.*t: AVG\(age\) needs numbers"):
+        query(sites, "SELECT AVG(age) FROM p", secure=True)
+    km = query(sites[:1], "SELECT KAPLAN_MEIER(age, alive, 5) FROM p", secure=False)
+    assert not km.attrs["refused"]

@@ -161,8 +161,10 @@ class Federation:
     ) -> StageResult:
         """One stage through secure aggregation: only the sum of the sites' vectors is seen."""
         if len(self.cids) < 2:
+            refused = "; ".join(f"{n}: {r}" for n, r in self.refused.items())
             raise FederationQueryError(
                 "secure aggregation needs at least two answering sites; pass secure=False"
+                + (f" (refused: {refused})" if refused else "")
             )
         stats = request["stats"]
         sizes = [int(np.prod(s)) for s in shapes]

@@ -61,6 +61,25 @@ def sensitivity(
     raise PolicyError(f"no differentially private answer for {op!r}")
 
 
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+_NUMBER_TYPES = (*_INTEGERS, *("U" + t for t in _INTEGERS), "FLOAT", "DOUBLE", "DECIMAL", "REAL")
+
+
+def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
+    """Refuse an aggregate whose column at this site is not a number (say, text)."""
+    for a in p.aggregates:
+        cols = [] if a.func in ("count", "count_col", "approx_distinct", "top_k") else [a.column]
+        if a.func == "kaplan_meier":
+            cols.append(str(a.args[0]))
+        for col in cols:
+            kind = types.get(str(col), "")
+            event = a.func == "kaplan_meier" and col != a.column and kind == "BOOLEAN"
+            if not kind.upper().startswith(_NUMBER_TYPES) and not event:
+                raise PolicyError(
+                    f"{a.name} needs numbers, but column {col!r} at this site holds {kind}"
+                )
+
+
 def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) -> np.ndarray:
     """``values * scale`` rounded to int64, checked against the request's bound."""
     bound = int(request.get("bound", 0))
@@ -142,6 +161,7 @@ class Site(Client):
         for col in sorted(p.columns()):
             if col not in known:
                 raise PolicyError(f"table {p.table!r} has no column {col!r} at this site")
+        _check_numeric(p, known)
         dp = request.get("dp")
         self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
         return self.policy, p
