@@ -273,6 +273,23 @@ def test_integer_arrays_and_bad_settings_are_refused() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"expected_clients": 0}, "expected_clients must be a positive"),
+        ({"expected_clients": -3.0}, "expected_clients must be a positive"),
+        ({"accountant": "rpd"}, "unknown accountant 'rpd'"),
+        ({"adaptive": "yes"}, "adaptive must be True or an AdaptiveClipping"),
+        ({"noise_multiplier": True}, "noise_multiplier must be a number"),
+        ({"clip": "1"}, "clip must be a number"),
+    ],
+)
+def test_bad_central_settings_are_refused_at_once(settings: dict[str, object], match: str) -> None:
+    kwargs: dict[str, Any] = {"noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5, **settings}
+    with pytest.raises(ValueError, match=match):
+        privacy.central(_strategy(), **kwargs)
+
+
 def test_resume_restores_the_ledger_from_the_history() -> None:
     dp = privacy.central(_strategy(fraction_fit=0.5), noise_multiplier=1.0, clip=1.0, delta=1e-5)
     first = covey.simulate(_zeros, 10, 3, dp, _params())
