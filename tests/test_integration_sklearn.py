@@ -34,6 +34,21 @@ def _data(classes: int, n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 @pytest.mark.parametrize("kind", MAKERS)
+def test_classes_given_out_of_order_mean_the_same_model(kind: str) -> None:
+    x, y01 = _data(2)
+    y = np.array(["odd", "even"])[y01]
+    trainer = SklearnClient(MAKERS[kind](), x, y, classes=["odd", "even"])
+    judge = SklearnClient(MAKERS[kind](), x, y, classes=["odd", "even"])
+    start = initial_params(MAKERS[kind](), 3, ["odd", "even"])
+    weights = trainer.fit(start, {"round": 1, "epochs": 5}).weights
+    trained = trainer.evaluate(weights, {})
+    judged = judge.evaluate(weights, {})
+    assert judged.metrics["accuracy"] == trained.metrics["accuracy"]
+    assert judged.metrics["accuracy"] > 0.6
+    assert judged.loss == pytest.approx(trained.loss)
+
+
+@pytest.mark.parametrize("kind", MAKERS)
 @pytest.mark.parametrize("classes", [2, 3])
 def test_initial_params_have_the_fitted_layout(kind: str, classes: int) -> None:
     x, y = _data(classes)

@@ -45,7 +45,9 @@ def evaluate_model(
         except AttributeError:  # e.g. SGDClassifier(loss="hinge") has no probabilities
             proba = None
         if proba is not None:
-            return float(log_loss(y_arr, proba, labels=list(classes))), {"accuracy": accuracy}
+            # the columns of proba follow the model's (sorted) classes_, not the order given
+            labels = list(getattr(model, "classes_", np.unique(np.asarray(classes))))
+            return float(log_loss(y_arr, proba, labels=labels)), {"accuracy": accuracy}
     return 1.0 - accuracy, {"accuracy": accuracy}
 
 
