@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier, SGDRegressor
 from sklearn.neural_network import MLPClassifier
 
 import covey
@@ -31,6 +31,14 @@ def _data(classes: int, n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndar
     y = np.arange(n) % classes
     x[:, 0] += 3.0 * y
     return x, y
+
+
+def test_a_model_the_client_cannot_federate_is_named() -> None:
+    x, y = _data(2)
+    with pytest.raises(TypeError, match="federates classifiers; SGDRegressor is not one"):
+        SklearnClient(SGDRegressor(), x, y.astype(float), classes=[0, 1])
+    with pytest.raises(TypeError, match="RidgeClassifier has neither partial_fit nor warm_start"):
+        SklearnClient(RidgeClassifier(), x, y, classes=[0, 1])
 
 
 @pytest.mark.parametrize("kind", MAKERS)

@@ -111,7 +111,19 @@ class SklearnClient(Client):
         else:
             self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
         self.epochs = epochs
+        from sklearn.base import is_classifier
+
+        if not is_classifier(model):
+            raise TypeError(
+                f"SklearnClient federates classifiers; {type(model).__name__} is not one "
+                "(write a covey.Client with covey.sklearn.get_params/set_params for it)"
+            )
         if not hasattr(model, "partial_fit"):
+            if "warm_start" not in model.get_params():
+                raise TypeError(
+                    f"{type(model).__name__} has neither partial_fit nor warm_start, so it "
+                    "cannot train on from the global parameters"
+                )
             model.set_params(warm_start=True)
 
     def _load(self, weights: Weights) -> None:
