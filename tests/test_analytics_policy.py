@@ -201,6 +201,24 @@ def test_policy_checks_its_own_settings() -> None:
         Policy(epsilon=0)
 
 
+def test_a_single_name_given_as_a_string_is_refused_not_matched_by_substring() -> None:
+    # "name" in "name_hash" and "a" in "age" hold for strings: such a policy would open more
+    frame = pd.DataFrame({"name": ["x"] * 20, "name_hash": ["h"] * 20, "a": [99.0] * 20})
+    with pytest.raises(
+        TypeError, match=r"columns must be a list of names.*columns=\['name_hash'\]"
+    ):
+        Policy(columns="name_hash", domains={"name": ["x"]}, min_group_size=1)
+    with pytest.raises(TypeError, match="min_max must be a list of names"):
+        Policy(min_max=("age"), min_group_size=1)  # ("age") is a str, not a tuple
+    with pytest.raises(TypeError, match="tables must be a list of names"):
+        Policy(tables="p")
+    policy = Policy(columns=["name_hash"], domains={"name": ["x"]}, min_max=["age"])
+    with pytest.raises(PolicyError, match="column 'name' is not open to queries"):
+        query(
+            [Site({"p": frame}, policy)], "SELECT name, COUNT(*) FROM p GROUP BY name", secure=False
+        )
+
+
 def test_a_where_literal_of_the_wrong_type_is_refused_without_quoting_a_row() -> None:
     frame = pd.DataFrame({"name": ["Alice Secret", "Bob"] * 10, "age": [30.0, 40.0] * 10})
     policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
