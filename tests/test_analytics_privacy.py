@@ -86,6 +86,14 @@ def test_dp_error_over_many_runs_matches_the_mechanism_and_is_charged(mechanism:
         )
 
 
+@pytest.mark.parametrize("delta", [0.0, 1.0, 2.0, "1e-6"])
+def test_a_bad_query_delta_is_named_before_any_site_is_asked(delta: Any) -> None:
+    sites = _sites()
+    with pytest.raises(ValueError, match="delta must be a number in \\(0, 1\\)"):
+        query(sites, "SELECT COUNT(*) FROM p", epsilon=1.0, mechanism="gaussian", delta=delta)
+    assert all(site.epsilon_spent == 0.0 for site in sites)
+
+
 def test_a_repeated_query_is_answered_from_the_cache_and_charged_once() -> None:
     sites = _sites(2, budget=2.0)
     sql = "SELECT sex, COUNT(*) FROM p GROUP BY sex"

@@ -373,7 +373,12 @@ def first_stat_low(q: _Query, a: Aggregate) -> float:
 
 
 def check_query(
-    sql: str, *, secure: bool = True, epsilon: float | None = None, mechanism: str = "laplace"
+    sql: str,
+    *,
+    secure: bool = True,
+    epsilon: float | None = None,
+    mechanism: str = "laplace",
+    delta: float = 1e-6,
 ) -> Plan:
     """Check a query and its options before any site is asked.
 
@@ -382,6 +387,7 @@ def check_query(
         secure: Whether answers go through secure aggregation.
         epsilon: The DP budget of the query, or None.
         mechanism: ``"laplace"`` or ``"gaussian"``.
+        delta: The delta the epsilon is accounted at.
 
     Returns:
         The query's plan.
@@ -399,6 +405,8 @@ def check_query(
         or not (epsilon > 0 and math.isfinite(epsilon))
     ):
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
     if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
         raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
     if secure and any(a.func in ("min", "max") for a in p.aggregates):
@@ -450,7 +458,7 @@ def query(
         >>> query(sites, "SELECT AVG(age), COUNT(*) FROM p", secure=False).iloc[0].tolist()
         [35.0, 4.0]
     """
-    p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
+    p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism, delta=delta)
     transport, owned = transport_for(sites_or_server)
     try:
         fed = Federation(transport, timeout, threat)
