@@ -94,6 +94,15 @@ def test_a_bad_query_delta_is_named_before_any_site_is_asked(delta: Any) -> None
     assert all(site.epsilon_spent == 0.0 for site in sites)
 
 
+@pytest.mark.parametrize("secure", [False, True])
+def test_the_answer_lists_each_sites_budget_spent(secure: bool) -> None:
+    sites = _sites(budget=5.0)
+    df = query(sites, "SELECT AVG(age) FROM p", epsilon=1.0, secure=secure)
+    spent = df.attrs["privacy"]["site_spent"]
+    assert spent == {site.name: site.epsilon_spent for site in sites}
+    assert all(value > 0 for value in spent.values())
+
+
 def test_a_repeated_query_is_answered_from_the_cache_and_charged_once() -> None:
     sites = _sites(2, budget=2.0)
     sql = "SELECT sex, COUNT(*) FROM p GROUP BY sex"

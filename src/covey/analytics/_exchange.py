@@ -125,6 +125,15 @@ class Federation:
         self.cids = sorted(ok)
         return ok
 
+    def spent(self, request: Mapping[str, Any]) -> dict[str, float]:
+        """Each answering site's DP budget spent so far, as it declares it (after a query)."""
+        answers = self._exchange({**request, "op": "describe"}, self.cids)
+        return {
+            self.names[cid]: float(got["spent"])
+            for cid, got in answers.items()
+            if cid in self.names and isinstance(got.get("spent"), int | float)
+        }
+
     def stage(
         self, request: Mapping[str, Any], groups: int, *, keep_per_site: bool = False
     ) -> StageResult:

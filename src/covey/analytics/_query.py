@@ -311,6 +311,9 @@ class _Query:
         df = pd.DataFrame(data)
         privacy = None
         if self.multiplier is not None:
+            if self.opt["secure"]:  # a masked answer carries no spent: ask the sites after
+                describe = {"sql": self.plan.sql, "secure": True, "dp": {}}
+                self.spent.update(self.fed.spent(describe))
             ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
             privacy = {
                 "epsilon": Ledger().add(ev).epsilon(self.opt["delta"]),
