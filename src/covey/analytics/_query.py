@@ -274,7 +274,8 @@ class _Query:
             curve = v[index[("km", a.name)]]
             low, step = float(first_stat_low(self, a)), float(a.args[1])
             precision[a.name] = {"times": [low + k * step for k in range(curve.shape[2])]}
-            return [survival(row[0], row[1]) for row in curve]
+            k = float(self.decl["min_group_size"])
+            return [survival(row[0], row[1], k) for row in curve]
         if a.func.startswith("quantile"):
             precision[a.name] = quantiles.width(a) / 2
             return quantiles.value(a)
