@@ -96,6 +96,7 @@ class Quantiles:
         self.targets: list[tuple[Aggregate, np.ndarray]] = []
         self.weights: dict[str, tuple[int, np.ndarray]] = {}
         self.counts: dict[str, np.ndarray] = {}
+        self.ranks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for a in q.plan.aggregates:
             if not a.func.startswith("quantile"):
                 continue
@@ -107,10 +108,12 @@ class Quantiles:
                 lo = np.floor(pos)
                 self.weights[a.name] = (len(self.targets), pos - lo)
                 self.targets += [(a, lo), (a, np.ceil(pos))]
+                self.ranks[a.name] = (lo, np.ceil(pos))
             else:
                 rank = np.maximum(np.ceil(quant * n) - 1, 0)
                 self.weights[a.name] = (len(self.targets), np.zeros_like(n))
                 self.targets.append((a, rank))
+                self.ranks[a.name] = (rank, rank)
         self.found: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def _run(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -161,7 +164,12 @@ class Quantiles:
             out = mids[start] + frac * (mids[start + 1] - mids[start])
         else:
             out = mids[start]
-        return np.where(self.counts[a.name] > 0, out, np.nan)
+        # a record among the k lowest or highest is not hidden in a crowd of k: its
+        # value would be shown (QUANTILE_DISC(col, 1) is MAX), so it is withheld
+        k, n = float(self.q.decl["min_group_size"]), self.counts[a.name]
+        low, high = self.ranks[a.name]
+        crowded = (low >= k - 1) & (high <= n - k)
+        return np.where((n > 0) & crowded, out, np.nan)
 
     def width(self, a: Aggregate) -> float:
         """The width of the final interval of ``a`` (the answer is within half of it)."""
