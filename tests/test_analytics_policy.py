@@ -69,6 +69,13 @@ def test_unsupported_sql_is_refused_naming_the_clause_and_where(sql: str, words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
 
 
+@pytest.mark.parametrize("where", ["(" * 4000 + "age > 1" + ")" * 4000, "NOT " * 4000 + "age > 1"])
+def test_a_query_nested_too_deeply_is_refused_not_a_recursion_error(where: str) -> None:
+    sites = [Site({"patients": _frame(30)}, POLICY)]
+    with pytest.raises(QueryError, match="nests too deeply"):
+        query(sites, "SELECT COUNT(*) FROM patients WHERE " + where, secure=False)  # noqa: S608
+
+
 @pytest.mark.parametrize(
     "sql",
     ["SELEC COUNT(*) FROM patients", "SELECT COUNT(* FROM patients", "SELECT 'open FROM t", ""],

@@ -414,6 +414,15 @@ def plan(sql: str) -> Plan:
         >>> p.table, p.group_by, p.aggregates[0].func
         ('patients', ('sex',), 'avg')
     """
+    try:
+        return _plan(sql)
+    except RecursionError:  # sqlglot parses and prints recursively
+        raise QueryError(
+            "the query nests too deeply (parentheses, NOT or operators); simplify it"
+        ) from None
+
+
+def _plan(sql: str) -> Plan:
     loc = _Locator(sql)
     tree = _parse(sql, loc)
     for key, (word, why) in _REFUSED_CLAUSES.items():
