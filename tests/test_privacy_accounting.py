@@ -133,3 +133,8 @@ def test_analytic_gaussian_keeps_its_promise_at_every_epsilon(eps: float) -> Non
     assert 0.999 * eps <= delivered <= eps
     # The classic bound would promise too much at large epsilon; this one never does.
     assert sigma == pytest.approx(2.0 * dpa.get_sigma_gaussian(eps, 1e-5), rel=1e-6)
+
+
+def test_a_ledger_with_an_unknown_accountant_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown accountant 'pdl'"):
+        privacy.Ledger(accountant="pdl")  # type: ignore[arg-type]

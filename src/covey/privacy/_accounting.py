@@ -301,6 +301,10 @@ class Ledger:
     entries: tuple[tuple[dict[str, Any], int], ...] = ()
     accountant: Accountant = "rdp"
 
+    def __post_init__(self) -> None:
+        if self.accountant not in ("rdp", "pld"):  # a misspelt "pdl" would read as RDP
+            raise ValueError(f"unknown accountant {self.accountant!r}; choose 'rdp' or 'pld'")
+
     def add(self, event: dpa.DpEvent, count: int = 1) -> Ledger:
         """A ledger with ``event`` appended ``count`` times."""
         data = event_to_json(event)

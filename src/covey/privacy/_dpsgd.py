@@ -80,6 +80,9 @@ class DPSGD:
             raise ValueError("noise_multiplier and max_grad_norm must be > 0")
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        if len(data_loader) == 0:
+            raise ValueError("the data loader holds no examples to train on")
+        self.ledger = Ledger(accountant=accountant)
         self.delta = float(delta)
         self.noise_multiplier = float(noise_multiplier)
         with warnings.catch_warnings():
@@ -106,7 +109,6 @@ class DPSGD:
         # with drop_last or a partial last batch the two differ, and the ledger must
         # account what was drawn
         self.sampling_rate = float(self.data_loader.sample_rate)
-        self.ledger = Ledger(accountant=accountant)
 
     def train(self, epochs: int = 1, loss_fn: Any = None) -> float:
         """Train ``epochs`` passes of DP-SGD; return the mean training loss."""
