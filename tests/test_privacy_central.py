@@ -308,7 +308,7 @@ def test_an_aggregator_that_cannot_take_the_private_mean_is_refused_before_train
             return covey.FitResult(delta={"w": np.ones(3)}, num_examples=1)
 
         def evaluate(self, weights: covey.Weights, config: dict[str, Any]) -> covey.EvaluateResult:
-            return covey.EvaluateResult(0.0, 1, {})
+            return covey.EvaluateResult(loss=0.0, num_examples=1)
 
     dp = privacy.central(make(), noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_seed=0)
     with pytest.raises(ValueError, match=f"cannot run on the one private mean.*{why}"):
