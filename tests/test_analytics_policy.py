@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -260,3 +261,21 @@ def test_a_site_whose_column_is_text_refuses_up_front_and_the_others_answer() ->
         query(sites, "SELECT AVG(age) FROM p", secure=True)
     km = query(sites[:1], "SELECT KAPLAN_MEIER(age, alive, 5) FROM p", secure=False)
     assert not km.attrs["refused"]
+
+
+def test_a_sites_database_reads_no_file_even_past_the_sql_checks(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.csv"
+    secret.write_text("x\n1\n")
+    frame_path = tmp_path / "patients.csv"
+    _frame(30).to_csv(frame_path, index=False)
+    site = Site({"patients": str(frame_path)}, POLICY)
+    con = site._con  # what a query that slipped past plan() would run on
+    for sql in (
+        f"SELECT * FROM read_csv('{secret}')",  # noqa: S608
+        f"COPY patients TO '{tmp_path / 'leak.csv'}'",
+        "SET enable_external_access = true",
+    ):
+        with pytest.raises(duckdb.Error):
+            con.execute(sql)
+    assert not (tmp_path / "leak.csv").exists()
+    assert query([site], "SELECT COUNT(*) FROM patients", secure=False).iloc[0, 0] == 30
