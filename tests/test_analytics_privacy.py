@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import Analyst, FederationQueryError, Policy, PolicyError, Site, _dp, query
+from covey.analytics import (
+    Analyst,
+    FederationQueryError,
+    Policy,
+    PolicyError,
+    QueryError,
+    Site,
+    _dp,
+    query,
+)
 from covey.analytics._site import sensitivity
 from covey.clients import run_task
 from covey.core import Reply, Task
@@ -101,6 +110,14 @@ def test_the_answer_lists_each_sites_budget_spent(secure: bool) -> None:
     spent = df.attrs["privacy"]["site_spent"]
     assert spent == {site.name: site.epsilon_spent for site in sites}
     assert all(value > 0 for value in spent.values())
+
+
+def test_approx_count_distinct_is_not_answered_with_dp() -> None:
+    # noise on 65,536 buckets made 3 distinct values read as about 23,000
+    sites = _sites(budget=5.0)
+    with pytest.raises(QueryError, match="APPROX_COUNT_DISTINCT is not answered with DP"):
+        query(sites, "SELECT APPROX_COUNT_DISTINCT(sex) FROM p", epsilon=2.0)
+    assert all(site.epsilon_spent == 0.0 for site in sites)
 
 
 def test_a_repeated_query_is_answered_from_the_cache_and_charged_once() -> None:

@@ -411,6 +411,11 @@ def check_query(
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
     if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+    if epsilon is not None and any(a.func == "approx_distinct" for a in p.aggregates):
+        raise QueryError(
+            "APPROX_COUNT_DISTINCT is not answered with DP: noise on each of its "
+            f"{DISTINCT_BUCKETS} buckets swamps the count of empty ones it estimates from"
+        )
     if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
         raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
     if secure and any(a.func in ("min", "max") for a in p.aggregates):
