@@ -121,11 +121,15 @@ def test_a_deployed_query_with_three_site_processes_equals_the_simulated_one(
             (tmp / f"site-{i}.log").read_text(errors="replace") for i in range(3)
         ]
         deployed = query(transport, SQL, secure=True, timeout=60)
+        noisy = query(transport, "SELECT COUNT(*) FROM patients", epsilon=1.0, timeout=60)
     finally:
         transport.close("the query is answered")
     pd.testing.assert_frame_equal(deployed, simulated, rtol=1e-12)
     assert sorted(deployed.attrs["sites"]) == ["site-0", "site-1", "site-2"]
     assert deployed.attrs["suppressed"] == [("X",)]
+    spent = noisy.attrs["privacy"]["site_spent"]  # each site's ledger, read after the query
+    assert sorted(spent) == ["site-0", "site-1", "site-2"]
+    assert all(0.0 < value <= 1.0 + 1e-9 for value in spent.values())
 
     # the sites join again: now the analyst asks from the command line
     out = tmp / "answer.json"

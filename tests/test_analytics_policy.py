@@ -5,11 +5,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import Policy, PolicyError, QueryError, Site, plan, query
+from covey.analytics import TASK_KIND, Policy, PolicyError, QueryError, Site, plan, query
+from covey.clients import run_task
+from covey.core import Task
 
 
 def _frame(n: int, seed: int = 0) -> pd.DataFrame:
@@ -54,6 +57,10 @@ POLICY = Policy(
         ("SELECT SUM(age) OVER () FROM patients", ["OVER"]),
         ("SELECT COUNT(*) FROM a UNION SELECT COUNT(*) FROM b", ["UNION"]),
         ("DELETE FROM patients", ["only SELECT"]),
+        ("SELECT COUNT(*) FROM patients TABLESAMPLE 1 ROWS", ["FROM", "TABLESAMPLE"]),
+        ("SELECT COUNT(*) FROM patients AT (VERSION => 1)", ["FROM", "time travel"]),
+        ("SELECT SUM(age) FROM patients p(age, sex)", ["FROM", "column aliases"]),
+        ("SELECT sex, COUNT(*) FROM patients GROUP BY sex, sex", ["GROUP BY", "'sex' twice"]),
     ],
 )
 def test_unsupported_sql_is_refused_naming_the_clause_and_where(sql: str, words: list[str]) -> None:
@@ -61,6 +68,13 @@ def test_unsupported_sql_is_refused_naming_the_clause_and_where(sql: str, words:
         plan(sql)
     for word in words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+@pytest.mark.parametrize("where", ["(" * 4000 + "age > 1" + ")" * 4000, "NOT " * 4000 + "age > 1"])
+def test_a_query_nested_too_deeply_is_refused_not_a_recursion_error(where: str) -> None:
+    sites = [Site({"patients": _frame(30)}, POLICY)]
+    with pytest.raises(QueryError, match="nests too deeply"):
+        query(sites, "SELECT COUNT(*) FROM patients WHERE " + where, secure=False)  # noqa: S608
 
 
 @pytest.mark.parametrize(
@@ -193,3 +207,75 @@ def test_policy_checks_its_own_settings() -> None:
         Policy(min_group_size=0)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         Policy(epsilon=0)
+
+
+def test_a_single_name_given_as_a_string_is_refused_not_matched_by_substring() -> None:
+    # "name" in "name_hash" and "a" in "age" hold for strings: such a policy would open more
+    frame = pd.DataFrame({"name": ["x"] * 20, "name_hash": ["h"] * 20, "a": [99.0] * 20})
+    with pytest.raises(
+        TypeError, match=r"columns must be a list of names.*columns=\['name_hash'\]"
+    ):
+        Policy(columns="name_hash", domains={"name": ["x"]}, min_group_size=1)
+    with pytest.raises(TypeError, match="min_max must be a list of names"):
+        Policy(min_max=("age"), min_group_size=1)  # ("age") is a str, not a tuple
+    with pytest.raises(TypeError, match="tables must be a list of names"):
+        Policy(tables="p")
+    policy = Policy(columns=["name_hash"], domains={"name": ["x"]}, min_max=["age"])
+    with pytest.raises(PolicyError, match="column 'name' is not open to queries"):
+        query(
+            [Site({"p": frame}, policy)], "SELECT name, COUNT(*) FROM p GROUP BY name", secure=False
+        )
+
+
+def test_a_where_literal_of_the_wrong_type_is_refused_without_quoting_a_row() -> None:
+    frame = pd.DataFrame({"name": ["Alice Secret", "Bob"] * 10, "age": [30.0, 40.0] * 10})
+    policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
+    site = Site({"p": frame}, policy, name="a")
+    request = {
+        "op": "answer",
+        "sql": "SELECT COUNT(*) FROM p WHERE name = 1",
+        "domains": {},
+        "stats": [{"op": "count"}],
+    }
+    reply = run_task(site, 0, Task(TASK_KIND, 1, payload=request))
+    assert "Alice" not in str(reply.error) + str(reply.result)
+    assert "WHERE name = 1" in str(reply.result["refused"])
+    for secure in (False, True):
+        sites = [site, Site({"p": frame}, policy, name="b")] if secure else [site]
+        with pytest.raises(Exception, match=r"Conversion error.*WHERE name = 1") as info:
+            query(sites, "SELECT COUNT(*) FROM p WHERE name = 1", secure=secure)
+        assert "Alice" not in str(info.value)
+
+
+def test_a_site_whose_column_is_text_refuses_up_front_and_the_others_answer() -> None:
+    policy = Policy(bounds={"age": (0, 120), "alive": (0, 1)}, min_group_size=1)
+    good = pd.DataFrame({"age": np.arange(20.0), "alive": [True, False] * 10})
+    text = pd.DataFrame({"age": ["30"] * 5, "alive": [True] * 5})
+    sites = [Site({"p": good}, policy, name="a"), Site({"p": text}, policy, name="t")]
+    df = query(sites, "SELECT COUNT(*), AVG(age) FROM p", secure=False)
+    assert df["AVG(age)"].tolist() == [9.5]
+    assert "needs numbers" in df.attrs["refused"]["t"]
+    assert "'age'" in df.attrs["refused"]["t"]
+    assert "VARCHAR" in df.attrs["refused"]["t"]
+    with pytest.raises(Exception, match=r"two answering sites.*t: AVG\(age\) needs numbers"):
+        query(sites, "SELECT AVG(age) FROM p", secure=True)
+    km = query(sites[:1], "SELECT KAPLAN_MEIER(age, alive, 5) FROM p", secure=False)
+    assert not km.attrs["refused"]
+
+
+def test_a_sites_database_reads_no_file_even_past_the_sql_checks(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.csv"
+    secret.write_text("x\n1\n")
+    frame_path = tmp_path / "patients.csv"
+    _frame(30).to_csv(frame_path, index=False)
+    site = Site({"patients": str(frame_path)}, POLICY)
+    con = site._con  # what a query that slipped past plan() would run on
+    for sql in (
+        f"SELECT * FROM read_csv('{secret}')",  # noqa: S608
+        f"COPY patients TO '{tmp_path / 'leak.csv'}'",
+        "SET enable_external_access = true",
+    ):
+        with pytest.raises(duckdb.Error):
+            con.execute(sql)
+    assert not (tmp_path / "leak.csv").exists()
+    assert query([site], "SELECT COUNT(*) FROM patients", secure=False).iloc[0, 0] == 30

@@ -272,3 +272,36 @@ def test_bins_from_the_sorted_memo_equal_the_sql_bins() -> None:
         memo: dict[str, Any] = {}
         np.testing.assert_array_equal(compute(*args).vectors[0], compute(*args, memo).vectors[0])
         assert memo
+
+
+def test_kaplan_meier_shows_no_drop_behind_fewer_records_than_the_minimum() -> None:
+    # one record per time point: a step of 1 would place each record in time
+    frame = pd.DataFrame({"time": np.arange(25.0), "event": np.ones(25)})
+    policy = Policy(bounds={"time": (0, 30), "event": (0, 1)}, min_group_size=5)
+    df = query(
+        [Site({"t": frame}, policy)],
+        "SELECT KAPLAN_MEIER(time, event, 1) AS km FROM t",
+        secure=False,
+    )
+    curve = np.array(df["km"].iloc[0])
+    shown = np.flatnonzero(~np.isnan(curve))
+    # each shown point merges the 5 records that left since the one before (a life table)
+    np.testing.assert_array_equal(shown, [4, 9, 14, 19, 24])
+    np.testing.assert_allclose(curve[shown], [0.8, 0.6, 0.4, 0.2, 0.0], atol=1e-12)
+
+
+def test_a_quantile_among_the_extreme_records_is_withheld_like_max() -> None:
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame({"age": np.r_[rng.uniform(20, 60, 45), 97.123456]})  # 46 records
+    policy = Policy(bounds={"age": (0, 110)}, min_group_size=10)
+    sites = [Site({"p": frame.iloc[:20]}, policy), Site({"p": frame.iloc[20:]}, policy)]
+    sql = (
+        "SELECT QUANTILE_DISC(age, 1.0) AS top, QUANTILE_CONT(age, 0) AS bottom, "
+        "QUANTILE_DISC(age, 0.9) AS p90, MEDIAN(age) AS mid FROM p"
+    )
+    row = query(sites, sql).iloc[0]
+    # ranks 45, 0 and 41 have fewer than 10 records at or above (below) them
+    assert np.isnan(row["top"])
+    assert np.isnan(row["bottom"])
+    assert np.isnan(row["p90"])
+    assert row["mid"] == pytest.approx(frame["age"].median(), abs=1e-3)

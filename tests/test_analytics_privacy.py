@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import Analyst, FederationQueryError, Policy, PolicyError, Site, _dp, query
+from covey.analytics import (
+    Analyst,
+    FederationQueryError,
+    Policy,
+    PolicyError,
+    QueryError,
+    Site,
+    _dp,
+    query,
+)
 from covey.analytics._site import sensitivity
 from covey.clients import run_task
 from covey.core import Reply, Task
@@ -84,6 +93,31 @@ def test_dp_error_over_many_runs_matches_the_mechanism_and_is_charged(mechanism:
         assert site.epsilon_spent == pytest.approx(
             _dpa_epsilon([_dp.event(mechanism, multiplier, 3)] * runs, 1e-6), rel=1e-6
         )
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, 2.0, "1e-6"])
+def test_a_bad_query_delta_is_named_before_any_site_is_asked(delta: Any) -> None:
+    sites = _sites()
+    with pytest.raises(ValueError, match="delta must be a number in \\(0, 1\\)"):
+        query(sites, "SELECT COUNT(*) FROM p", epsilon=1.0, mechanism="gaussian", delta=delta)
+    assert all(site.epsilon_spent == 0.0 for site in sites)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_the_answer_lists_each_sites_budget_spent(secure: bool) -> None:
+    sites = _sites(budget=5.0)
+    df = query(sites, "SELECT AVG(age) FROM p", epsilon=1.0, secure=secure)
+    spent = df.attrs["privacy"]["site_spent"]
+    assert spent == {site.name: site.epsilon_spent for site in sites}
+    assert all(value > 0 for value in spent.values())
+
+
+def test_approx_count_distinct_is_not_answered_with_dp() -> None:
+    # noise on 65,536 buckets made 3 distinct values read as about 23,000
+    sites = _sites(budget=5.0)
+    with pytest.raises(QueryError, match="APPROX_COUNT_DISTINCT is not answered with DP"):
+        query(sites, "SELECT APPROX_COUNT_DISTINCT(sex) FROM p", epsilon=2.0)
+    assert all(site.epsilon_spent == 0.0 for site in sites)
 
 
 def test_a_repeated_query_is_answered_from_the_cache_and_charged_once() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier, SGDRegressor
 from sklearn.neural_network import MLPClassifier
 
 import covey
@@ -31,6 +31,30 @@ def _data(classes: int, n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndar
     y = np.arange(n) % classes
     x[:, 0] += 3.0 * y
     return x, y
+
+
+def test_a_model_the_client_cannot_federate_is_named() -> None:
+    x, y = _data(2)
+    with pytest.raises(TypeError, match="federates classifiers; SGDRegressor is not one"):
+        SklearnClient(SGDRegressor(), x, y.astype(float), classes=[0, 1])
+    with pytest.raises(TypeError, match="RidgeClassifier has neither partial_fit nor warm_start"):
+        SklearnClient(RidgeClassifier(), x, y, classes=[0, 1])
+
+
+@pytest.mark.parametrize("kind", MAKERS)
+def test_classes_given_out_of_order_mean_the_same_model(kind: str) -> None:
+    x, y01 = _data(2)
+    y = np.array(["odd", "even"])[y01]
+    trainer = SklearnClient(MAKERS[kind](), x, y, classes=["odd", "even"])
+    judge = SklearnClient(MAKERS[kind](), x, y, classes=["odd", "even"])
+    start = initial_params(MAKERS[kind](), 3, ["odd", "even"])
+    weights = trainer.fit(start, {"round": 1, "epochs": 5}).weights
+    assert weights is not None
+    trained = trainer.evaluate(weights, {})
+    judged = judge.evaluate(weights, {})
+    assert judged.metrics["accuracy"] == trained.metrics["accuracy"]
+    assert float(judged.metrics["accuracy"]) > 0.6
+    assert judged.loss == pytest.approx(trained.loss)
 
 
 @pytest.mark.parametrize("kind", MAKERS)

@@ -109,6 +109,22 @@ def test_load_weights_names_what_does_not_match() -> None:
         load_weights(net, weights)
 
 
+def test_a_failed_load_weights_leaves_the_model_unchanged() -> None:
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    zeros = {k: np.zeros_like(v) for k, v in to_weights(net).items()}
+    bad_shape = dict(zeros, **{"2.weight": np.zeros((4, 2), dtype=np.float32)})
+    bad_dtype = dict(zeros, **{"2.bias": np.array(["a", "b"])})
+    for bad, match in [
+        (bad_shape, r"'2.weight' has shape"),
+        (bad_dtype, r"'2.bias' has dtype <U1"),
+    ]:
+        with pytest.raises(WeightsError, match=match):
+            load_weights(net, bad)
+        after = net.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def _hand_fit(weights: covey.Weights, mu: float) -> dict[str, np.ndarray]:
     """The same training as TorchClient.fit, written out by hand."""
     net = _net()

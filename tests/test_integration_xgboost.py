@@ -24,6 +24,7 @@ from covey.xgboost import (  # noqa: E402
     bagging,
     cyclic,
     empty_booster,
+    evaluate_booster,
     from_weights,
     initial_model,
     merge_trees,
@@ -112,6 +113,16 @@ def test_a_model_that_does_not_extend_the_global_one_is_refused() -> None:
 
 def _client(cid: int) -> XGBoostClient:
     return XGBoostClient(*_data(cid), BINARY, local_rounds=2)
+
+
+def test_data_with_other_features_than_the_model_is_named() -> None:
+    start = initial_model(BINARY, 4, capacity=1 << 16)
+    x, y = _data(0)
+    client = XGBoostClient(x[:, :3], y, BINARY)
+    with pytest.raises(ValueError, match=r"x_train has 3 features .*the global model 4"):
+        client.fit(start, {"round": 1})
+    with pytest.raises(ValueError, match=r"x has 5 features .*the global model 4"):
+        evaluate_booster(start, np.hstack([x, x[:, :1]]), y)
 
 
 def test_bagging_grows_every_clients_trees_each_round() -> None:

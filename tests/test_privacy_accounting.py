@@ -66,6 +66,13 @@ def test_calibrate_pld() -> None:
     assert 0.99 * 3.0 <= privacy.epsilon(z, 0.01, 1000, 1e-5, accountant="pld") <= 3.0
 
 
+def test_calibrate_a_target_above_what_the_smallest_multiplier_spends_is_a_clear_error() -> None:
+    with pytest.raises(
+        ValueError, match=r"target_epsilon 100.0 is more than even noise multiplier 0.3"
+    ):
+        privacy.calibrate(100.0, 1e-5, 0.1, 10)
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [
@@ -126,3 +133,8 @@ def test_analytic_gaussian_keeps_its_promise_at_every_epsilon(eps: float) -> Non
     assert 0.999 * eps <= delivered <= eps
     # The classic bound would promise too much at large epsilon; this one never does.
     assert sigma == pytest.approx(2.0 * dpa.get_sigma_gaussian(eps, 1e-5), rel=1e-6)
+
+
+def test_a_ledger_with_an_unknown_accountant_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown accountant 'pdl'"):
+        privacy.Ledger(accountant="pdl")  # type: ignore[arg-type]

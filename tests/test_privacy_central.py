@@ -273,6 +273,49 @@ def test_integer_arrays_and_bad_settings_are_refused() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"expected_clients": 0}, "expected_clients must be a positive"),
+        ({"expected_clients": -3.0}, "expected_clients must be a positive"),
+        ({"accountant": "rpd"}, "unknown accountant 'rpd'"),
+        ({"adaptive": "yes"}, "adaptive must be True or an AdaptiveClipping"),
+        ({"noise_multiplier": True}, "noise_multiplier must be a number"),
+        ({"clip": "1"}, "clip must be a number"),
+    ],
+)
+def test_bad_central_settings_are_refused_at_once(settings: dict[str, object], match: str) -> None:
+    kwargs: dict[str, Any] = {"noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5, **settings}
+    with pytest.raises(ValueError, match=match):
+        privacy.central(_strategy(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda: covey.Krum(f=1, fraction_fit=0.5, min_fit_clients=0), "needs at least 5"),
+        (lambda: covey.QFedAvg(fraction_fit=0.5, min_fit_clients=0), "no numeric 'loss'"),
+    ],
+)
+def test_an_aggregator_that_cannot_take_the_private_mean_is_refused_before_training(
+    make: Any, why: str
+) -> None:
+    trained: list[int] = []
+
+    class Counting(covey.Client):
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            trained.append(1)
+            return covey.FitResult(delta={"w": np.ones(3)}, num_examples=1)
+
+        def evaluate(self, weights: covey.Weights, config: dict[str, Any]) -> covey.EvaluateResult:
+            return covey.EvaluateResult(loss=0.0, num_examples=1)
+
+    dp = privacy.central(make(), noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_seed=0)
+    with pytest.raises(ValueError, match=f"cannot run on the one private mean.*{why}"):
+        covey.simulate(lambda cid: Counting(), 10, 2, dp, {"w": np.zeros(3)})
+    assert trained == []
+
+
 def test_resume_restores_the_ledger_from_the_history() -> None:
     dp = privacy.central(_strategy(fraction_fit=0.5), noise_multiplier=1.0, clip=1.0, delta=1e-5)
     first = covey.simulate(_zeros, 10, 3, dp, _params())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,3 +36,50 @@ def test_client_ledger_agrees_with_opacus_and_grows_per_round() -> None:
     # Opacus reads the same steps with its own RDP code (another RDP-to-DP conversion).
     assert hospital.dp.opacus_epsilon() == pytest.approx(second, rel=0.25)
     assert hospital.dp.ledger.rounds == 2 * len(hospital.dp.data_loader)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_the_ledger_accounts_the_rate_opacus_samples_at(drop_last: bool) -> None:
+    import dp_accounting as dpa
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from covey.privacy import DPSGD
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(100, 4), torch.randint(0, 2, (100,)))
+    loader = DataLoader(data, batch_size=30, drop_last=drop_last)  # 4 or 3 batches an epoch
+    dp = DPSGD(
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        loader,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        seed=0,
+    )
+    dp.train(epochs=2)
+    rate = 1 / len(loader)
+    assert dp.sampling_rate == pytest.approx(rate)
+    accountant = dpa.rdp.RdpAccountant()
+    accountant.compose(dpa.PoissonSampledDpEvent(rate, dpa.GaussianDpEvent(1.0)), 2 * len(loader))
+    assert dp.epsilon() == pytest.approx(accountant.get_epsilon(1e-5))
+    with pytest.raises(ValueError, match="delta must be in"):
+        DPSGD(net, dp.optimizer, loader, noise_multiplier=1.0, max_grad_norm=1.0, delta=1.0)
+
+
+def test_an_unknown_accountant_or_an_empty_loader_is_named() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from covey.privacy import DPSGD
+
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    empty = TensorDataset(torch.randn(0, 4), torch.randint(0, 2, (0,)))
+    settings: dict[str, Any] = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    loader = DataLoader(data, batch_size=4)
+    with pytest.raises(ValueError, match="unknown accountant 'pdl'"):
+        DPSGD(net, optimizer, loader, accountant="pdl", **settings)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no examples"):
+        DPSGD(net, optimizer, DataLoader(empty, batch_size=4), **settings)

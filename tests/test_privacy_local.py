@@ -23,6 +23,22 @@ class Fixed(covey.Client):
         return covey.FitResult(delta=self.update, num_examples=5, metrics={"loss": 1.0})
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_local_dp_releases_noise_around_zero_for_a_non_finite_update(bad: float) -> None:
+    zeros = {"w": np.zeros(4)}
+    diverged = privacy.LocalDP(
+        Fixed({"w": np.array([bad, 1.0, 0.0, 0.0])}), epsilon=1.0, delta=1e-5, clip=1.0, seed=3
+    )
+    silent = privacy.LocalDP(Fixed(zeros), epsilon=1.0, delta=1e-5, clip=1.0, seed=3)
+    sent = diverged.fit(zeros, {"round": 1})
+    assert sent.delta is not None
+    assert np.isfinite(sent.delta["w"]).all()
+    expected = silent.fit(zeros, {"round": 1}).delta
+    assert expected is not None
+    np.testing.assert_array_equal(sent.delta["w"], expected["w"])  # the same noise, around 0
+    assert sent.metrics["dp_clipped"] == 1.0
+
+
 def test_local_dp_clips_adds_calibrated_noise_and_accounts() -> None:
     dim = 20000
     client = privacy.LocalDP(

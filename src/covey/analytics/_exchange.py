@@ -125,6 +125,15 @@ class Federation:
         self.cids = sorted(ok)
         return ok
 
+    def spent(self, request: Mapping[str, Any]) -> dict[str, float]:
+        """Each answering site's DP budget spent so far, as it declares it (after a query)."""
+        answers = self._exchange({**request, "op": "describe"}, self.cids)
+        return {
+            self.names[cid]: float(got["spent"])
+            for cid, got in answers.items()
+            if cid in self.names and isinstance(got.get("spent"), int | float)
+        }
+
     def stage(
         self, request: Mapping[str, Any], groups: int, *, keep_per_site: bool = False
     ) -> StageResult:
@@ -161,8 +170,10 @@ class Federation:
     ) -> StageResult:
         """One stage through secure aggregation: only the sum of the sites' vectors is seen."""
         if len(self.cids) < 2:
+            refused = "; ".join(f"{n}: {r}" for n, r in self.refused.items())
             raise FederationQueryError(
                 "secure aggregation needs at least two answering sites; pass secure=False"
+                + (f" (refused: {refused})" if refused else "")
             )
         stats = request["stats"]
         sizes = [int(np.prod(s)) for s in shapes]
@@ -181,7 +192,10 @@ class Federation:
                 complete=len(self.cids) <= COMPLETE_UP_TO or None,
             )
         except secagg.SecAggAbort as exc:
-            raise FederationQueryError(f"secure aggregation stopped: {exc}") from None
+            why = "; ".join(f"{self.names.get(c, c)}: {w}" for c, w in sorted(exc.dropped.items()))
+            raise FederationQueryError(
+                f"secure aggregation stopped: {exc}" + (f" ({why})" if why else "")
+            ) from None
         if out.dropped or out.excluded:
             gone = {**out.dropped, **out.excluded}
             names = ", ".join(f"{self.names.get(c, c)} ({why})" for c, why in gone.items())

@@ -72,6 +72,13 @@ class Policy:
     delta: float = 1e-6
 
     def __post_init__(self) -> None:
+        for name in ("tables", "columns", "min_max"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes):  # "age" in "page" would hold: fail closed
+                raise TypeError(
+                    f"{name} must be a list of names, got the string {value!r}; "
+                    f"write {name}=[{value!r}]"
+                )
         if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int):
             raise TypeError(f"min_group_size must be an int, got {self.min_group_size!r}")
         if self.min_group_size < 1:

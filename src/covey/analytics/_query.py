@@ -274,7 +274,8 @@ class _Query:
             curve = v[index[("km", a.name)]]
             low, step = float(first_stat_low(self, a)), float(a.args[1])
             precision[a.name] = {"times": [low + k * step for k in range(curve.shape[2])]}
-            return [survival(row[0], row[1]) for row in curve]
+            k = float(self.decl["min_group_size"])
+            return [survival(row[0], row[1], k) for row in curve]
         if a.func.startswith("quantile"):
             precision[a.name] = quantiles.width(a) / 2
             return quantiles.value(a)
@@ -311,6 +312,9 @@ class _Query:
         df = pd.DataFrame(data)
         privacy = None
         if self.multiplier is not None:
+            if self.opt["secure"]:  # a masked answer carries no spent: ask the sites after
+                describe = {"sql": self.plan.sql, "secure": True, "dp": {}}
+                self.spent.update(self.fed.spent(describe))
             ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
             privacy = {
                 "epsilon": Ledger().add(ev).epsilon(self.opt["delta"]),
@@ -373,7 +377,12 @@ def first_stat_low(q: _Query, a: Aggregate) -> float:
 
 
 def check_query(
-    sql: str, *, secure: bool = True, epsilon: float | None = None, mechanism: str = "laplace"
+    sql: str,
+    *,
+    secure: bool = True,
+    epsilon: float | None = None,
+    mechanism: str = "laplace",
+    delta: float = 1e-6,
 ) -> Plan:
     """Check a query and its options before any site is asked.
 
@@ -382,6 +391,7 @@ def check_query(
         secure: Whether answers go through secure aggregation.
         epsilon: The DP budget of the query, or None.
         mechanism: ``"laplace"`` or ``"gaussian"``.
+        delta: The delta the epsilon is accounted at.
 
     Returns:
         The query's plan.
@@ -399,6 +409,13 @@ def check_query(
         or not (epsilon > 0 and math.isfinite(epsilon))
     ):
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+    if epsilon is not None and any(a.func == "approx_distinct" for a in p.aggregates):
+        raise QueryError(
+            "APPROX_COUNT_DISTINCT is not answered with DP: noise on each of its "
+            f"{DISTINCT_BUCKETS} buckets swamps the count of empty ones it estimates from"
+        )
     if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
         raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
     if secure and any(a.func in ("min", "max") for a in p.aggregates):
@@ -450,7 +467,7 @@ def query(
         >>> query(sites, "SELECT AVG(age), COUNT(*) FROM p", secure=False).iloc[0].tolist()
         [35.0, 4.0]
     """
-    p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
+    p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism, delta=delta)
     transport, owned = transport_for(sites_or_server)
     try:
         fed = Federation(transport, timeout, threat)

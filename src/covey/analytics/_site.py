@@ -15,13 +15,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import duckdb
 import numpy as np
 
 from covey import secagg
 from covey.analytics import _dp
-from covey.analytics._compute import SortedValues, compute
+from covey.analytics._compute import Computed, SortedValues, compute
 from covey.analytics._policy import Policy, PolicyError
-from covey.analytics._sql import QueryError, plan
+from covey.analytics._sql import Plan, QueryError, plan
 from covey.analytics._tables import columns, load_tables
 from covey.clients import Client, register_task
 from covey.core import Task
@@ -58,6 +59,25 @@ def sensitivity(
             return 0.0
         return float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
     raise PolicyError(f"no differentially private answer for {op!r}")
+
+
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+_NUMBER_TYPES = (*_INTEGERS, *("U" + t for t in _INTEGERS), "FLOAT", "DOUBLE", "DECIMAL", "REAL")
+
+
+def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
+    """Refuse an aggregate whose column at this site is not a number (say, text)."""
+    for a in p.aggregates:
+        cols = [] if a.func in ("count", "count_col", "approx_distinct", "top_k") else [a.column]
+        if a.func == "kaplan_meier":
+            cols.append(str(a.args[0]))
+        for col in cols:
+            kind = types.get(str(col), "")
+            event = a.func == "kaplan_meier" and col != a.column and kind == "BOOLEAN"
+            if not kind.upper().startswith(_NUMBER_TYPES) and not event:
+                raise PolicyError(
+                    f"{a.name} needs numbers, but column {col!r} at this site holds {kind}"
+                )
 
 
 def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) -> np.ndarray:
@@ -141,6 +161,7 @@ class Site(Client):
         for col in sorted(p.columns()):
             if col not in known:
                 raise PolicyError(f"table {p.table!r} has no column {col!r} at this site")
+        _check_numeric(p, known)
         dp = request.get("dp")
         self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
         return self.policy, p
@@ -167,7 +188,7 @@ class Site(Client):
                 if col is not None and col not in p.columns():
                     raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
-        got = compute(self._con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted)
+        got = self._compute(p, domains, bounds, stats)
         small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
         vectors = [v.copy() for v in got.vectors]
         for v in vectors:
@@ -195,6 +216,30 @@ class Site(Client):
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = answer
         return {**answer, "cached": False}
+
+    def _compute(
+        self,
+        p: Plan,
+        domains: Mapping[str, Any],
+        bounds: Mapping[str, Sequence[float]],
+        stats: Sequence[Mapping[str, Any]],
+    ) -> Computed:
+        """Run ``compute``; a DuckDB error becomes a refusal that quotes no row."""
+        try:
+            return compute(
+                self._con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted
+            )
+        except duckdb.Error as exc:
+            # DuckDB's message may quote a row's value (a failed cast): name only its kind
+            kind = type(exc).__name__.removesuffix("Exception") or "Error"
+            hint = (
+                f": check that the literals in WHERE {p.where} have the types of their columns"
+                if p.where is not None
+                else ""
+            )
+            raise QueryError(
+                f"this site could not run the query ({kind} error in DuckDB){hint}"
+            ) from None
 
     def _noise(
         self,

@@ -136,6 +136,13 @@ _REFUSED_CLAUSES = {
 }
 
 
+_TABLE_ARGS = {
+    "sample": "TABLESAMPLE",
+    "when": "AT/BEFORE (time travel)",
+    "columns": "column aliases",
+}
+
+
 class _Locator:
     """Finds where a keyword or name first appears in the SQL text (line and column)."""
 
@@ -366,7 +373,31 @@ def _table(tree: exp.Select, loc: _Locator) -> str:
         raise QueryError(f"FROM{loc.where('FROM')} must name one table, not a subquery")
     if table.args.get("db") or table.args.get("catalog"):
         raise QueryError(f"FROM{loc.where('FROM')} must name a table without a schema")
+    extra = sorted(k for k, v in table.args.items() if v and k not in ("this", "alias"))
+    alias = table.args.get("alias")
+    if alias is not None and alias.args.get("columns"):
+        extra.append("columns")
+    if extra:  # TABLESAMPLE, AT (VERSION => ...), ...: never silently answered over all rows
+        words = ", ".join(_TABLE_ARGS.get(k, k.upper()) for k in extra)
+        raise QueryError(f"FROM{loc.where('FROM')}: {words} on the table is not supported")
     return str(table.name)
+
+
+def _group_by(tree: exp.Select, loc: _Locator) -> list[str]:
+    group_by: list[str] = []
+    group = tree.args.get("group")
+    if group is not None:
+        for node in group.expressions:
+            if not isinstance(node, exp.Column) or node.table:
+                raise QueryError(
+                    f"GROUP BY{loc.where('GROUP')} takes column names, got {node.sql(DIALECT)}"
+                )
+            if str(node.name) in group_by:
+                raise QueryError(
+                    f"GROUP BY{loc.where('GROUP')} names {node.name!r} twice; name each column once"
+                )
+            group_by.append(str(node.name))
+    return group_by
 
 
 def plan(sql: str) -> Plan:
@@ -383,21 +414,22 @@ def plan(sql: str) -> Plan:
         >>> p.table, p.group_by, p.aggregates[0].func
         ('patients', ('sex',), 'avg')
     """
+    try:
+        return _plan(sql)
+    except RecursionError:  # sqlglot parses and prints recursively
+        raise QueryError(
+            "the query nests too deeply (parentheses, NOT or operators); simplify it"
+        ) from None
+
+
+def _plan(sql: str) -> Plan:
     loc = _Locator(sql)
     tree = _parse(sql, loc)
     for key, (word, why) in _REFUSED_CLAUSES.items():
         if key in tree.args and tree.args.get(key):
             raise QueryError(f"{word}{loc.where(word.split()[0])}: {why}")
     table = _table(tree, loc)
-    group_by: list[str] = []
-    group = tree.args.get("group")
-    if group is not None:
-        for node in group.expressions:
-            if not isinstance(node, exp.Column) or node.table:
-                raise QueryError(
-                    f"GROUP BY{loc.where('GROUP')} takes column names, got {node.sql(DIALECT)}"
-                )
-            group_by.append(str(node.name))
+    group_by = _group_by(tree, loc)
     where = tree.args.get("where")
     where_sql, where_cols = _check_where(where.this, loc) if where is not None else (None, ())
     texts = loc.select_texts()

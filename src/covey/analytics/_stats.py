@@ -50,14 +50,36 @@ def merge_declarations(p: Plan, decls: list[dict[str, Any]]) -> dict[str, Any]:
     return {"domains": domains, "bounds": bounds, "min_group_size": k}
 
 
-def survival(events: np.ndarray, exits: np.ndarray) -> list[float]:
-    """The Kaplan-Meier curve at each time point from per-point event and exit counts."""
-    total = float(np.sum(exits))
-    at_risk = total - np.concatenate([[0.0], np.cumsum(exits)[:-1]])
-    with np.errstate(all="ignore"):
-        factor = np.where(at_risk > 0, 1.0 - events / at_risk, 1.0)
-    curve = np.clip(np.cumprod(np.clip(factor, 0.0, 1.0)), 0.0, 1.0)
-    return [float(v) for v in curve]
+def survival(events: np.ndarray, exits: np.ndarray, min_exits: float = 1.0) -> list[float]:
+    """The Kaplan-Meier curve at each time point from per-point event and exit counts.
+
+    With ``min_exits`` above 1 (the minimum group size), a drop is shown only once
+    at least that many records have left since the last one shown: the points in
+    between are merged into it (a life table) and are NaN, as a histogram bin under
+    the minimum is. Otherwise a fine step would place single records in time.
+
+    Args:
+        events: Events per time point.
+        exits: Records leaving (events and censored) per time point.
+        min_exits: The fewest records leaving behind one shown point.
+
+    Returns:
+        The survival at each point (NaN where withheld).
+    """
+    at_risk = float(np.sum(exits))
+    curve: list[float] = []
+    value, d_acc, e_acc = 1.0, 0.0, 0.0
+    for d, e in zip(events.tolist(), exits.tolist(), strict=True):
+        d_acc, e_acc = d_acc + d, e_acc + e
+        if min_exits > 1 and e_acc < min_exits:
+            curve.append(math.nan)
+            continue
+        if at_risk > 0:
+            value *= min(max(1.0 - d_acc / at_risk, 0.0), 1.0)
+        at_risk -= e_acc
+        d_acc = e_acc = 0.0
+        curve.append(min(max(value, 0.0), 1.0))
+    return curve
 
 
 class Quantiles:
@@ -74,6 +96,7 @@ class Quantiles:
         self.targets: list[tuple[Aggregate, np.ndarray]] = []
         self.weights: dict[str, tuple[int, np.ndarray]] = {}
         self.counts: dict[str, np.ndarray] = {}
+        self.ranks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for a in q.plan.aggregates:
             if not a.func.startswith("quantile"):
                 continue
@@ -85,10 +108,12 @@ class Quantiles:
                 lo = np.floor(pos)
                 self.weights[a.name] = (len(self.targets), pos - lo)
                 self.targets += [(a, lo), (a, np.ceil(pos))]
+                self.ranks[a.name] = (lo, np.ceil(pos))
             else:
                 rank = np.maximum(np.ceil(quant * n) - 1, 0)
                 self.weights[a.name] = (len(self.targets), np.zeros_like(n))
                 self.targets.append((a, rank))
+                self.ranks[a.name] = (rank, rank)
         self.found: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def _run(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -139,7 +164,12 @@ class Quantiles:
             out = mids[start] + frac * (mids[start + 1] - mids[start])
         else:
             out = mids[start]
-        return np.where(self.counts[a.name] > 0, out, np.nan)
+        # a record among the k lowest or highest is not hidden in a crowd of k: its
+        # value would be shown (QUANTILE_DISC(col, 1) is MAX), so it is withheld
+        k, n = float(self.q.decl["min_group_size"]), self.counts[a.name]
+        low, high = self.ranks[a.name]
+        crowded = (low >= k - 1) & (high <= n - k)
+        return np.where((n > 0) & crowded, out, np.nan)
 
     def width(self, a: Aggregate) -> float:
         """The width of the final interval of ``a`` (the answer is within half of it)."""

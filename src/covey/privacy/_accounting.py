@@ -220,6 +220,9 @@ def epsilon(
     return epsilon_of(event, delta, accountant)
 
 
+_Z_MIN = 0.3  # the smallest noise multiplier calibrate searches
+
+
 def calibrate(
     target_epsilon: float,
     delta: float,
@@ -260,14 +263,22 @@ def calibrate(
     z = reached = math.nan
     for tol in (1e-4, 1e-6):
         with _quiet():
-            z = dpa.calibrate_dp_mechanism(
-                make,
-                event,
-                target_epsilon,
-                delta,
-                bracket_interval=dpa.LowerEndpointAndGuess(0.3, 1.0),
-                tol=tol,
-            )
+            try:
+                z = dpa.calibrate_dp_mechanism(
+                    make,
+                    event,
+                    target_epsilon,
+                    delta,
+                    bracket_interval=dpa.LowerEndpointAndGuess(_Z_MIN, 1.0),
+                    tol=tol,
+                )
+            except dpa.mechanism_calibration.NoBracketIntervalFoundError:
+                floor = epsilon(_Z_MIN, sampling_rate, rounds, delta, accountant)
+                raise ValueError(
+                    f"target_epsilon {target_epsilon} is more than even noise multiplier "
+                    f"{_Z_MIN} spends here ({floor:.6g}); give a smaller target, or pick the "
+                    "multiplier yourself"
+                ) from None
         z = float(z)
         reached = epsilon(z, sampling_rate, rounds, delta, accountant)
         if 0.99 * target_epsilon <= reached <= target_epsilon:
@@ -289,6 +300,10 @@ class Ledger:
 
     entries: tuple[tuple[dict[str, Any], int], ...] = ()
     accountant: Accountant = "rdp"
+
+    def __post_init__(self) -> None:
+        if self.accountant not in ("rdp", "pld"):  # a misspelt "pdl" would read as RDP
+            raise ValueError(f"unknown accountant {self.accountant!r}; choose 'rdp' or 'pld'")
 
     def add(self, event: dpa.DpEvent, count: int = 1) -> Ledger:
         """A ledger with ``event`` appended ``count`` times."""

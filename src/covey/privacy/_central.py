@@ -154,6 +154,9 @@ def _with_clip(strategy: Strategy, clip: float) -> Any:
 
 
 def _check(noise_multiplier: float, clip: float, delta: float) -> None:
+    for name, value in (("noise_multiplier", noise_multiplier), ("clip", clip), ("delta", delta)):
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ValueError(f"{name} must be a number, got {value!r}")
     if not noise_multiplier > 0 or not np.isfinite(noise_multiplier):
         raise ValueError(f"noise_multiplier must be a positive number, got {noise_multiplier!r}")
     if not clip > 0 or not np.isfinite(clip):
@@ -232,6 +235,15 @@ def central(
     if clipping not in ("server", "client"):
         raise ValueError(f"clipping must be 'server' or 'client', got {clipping!r}")
     adapt = AdaptiveClipping() if adaptive is True else adaptive or None
+    if adapt is not None and not isinstance(adapt, AdaptiveClipping):
+        raise ValueError(f"adaptive must be True or an AdaptiveClipping, got {adaptive!r}")
+    if accountant not in ("rdp", "pld"):
+        raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
+    if expected_clients is not None and not 0 < expected_clients < float("inf"):
+        raise ValueError(
+            f"expected_clients must be a positive number (the divisor of the noisy sum), "
+            f"got {expected_clients!r}"
+        )
     if adapt is not None and clipping == "client":
         raise ValueError("adaptive clipping needs clipping='server' (the clip changes each round)")
     rate = strategy.fraction_fit

@@ -42,7 +42,8 @@ class DPSGD:
             weights from :attr:`module`).
         optimizer: Its optimizer.
         data_loader: The client's training data; batches are redrawn by Poisson
-            sampling with rate ``batch_size / len(dataset)``.
+            sampling with rate ``1 / len(data_loader)`` (Opacus' rate, which the
+            ledger accounts).
         noise_multiplier: Noise standard deviation over ``max_grad_norm``.
         max_grad_norm: The per-example gradient clip.
         delta: The delta the client reports its epsilon at (below 1 / examples).
@@ -77,6 +78,11 @@ class DPSGD:
         opacus = _opacus()
         if not noise_multiplier > 0 or not max_grad_norm > 0:
             raise ValueError("noise_multiplier and max_grad_norm must be > 0")
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        if len(data_loader) == 0:
+            raise ValueError("the data loader holds no examples to train on")
+        self.ledger = Ledger(accountant=accountant)
         self.delta = float(delta)
         self.noise_multiplier = float(noise_multiplier)
         with warnings.catch_warnings():
@@ -99,9 +105,10 @@ class DPSGD:
             poisson_sampling=True,
             noise_generator=generator,
         )
-        n = len(data_loader.dataset)
-        self.sampling_rate = min(1.0, data_loader.batch_size / n)
-        self.ledger = Ledger(accountant=accountant)
+        # the rate Opacus' Poisson loader samples at (1 / batches per epoch), not batch/n:
+        # with drop_last or a partial last batch the two differ, and the ledger must
+        # account what was drawn
+        self.sampling_rate = float(self.data_loader.sample_rate)
 
     def train(self, epochs: int = 1, loss_fn: Any = None) -> float:
         """Train ``epochs`` passes of DP-SGD; return the mean training loss."""

@@ -9,6 +9,7 @@ with ``clipping="client"``.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ from covey.core._messages import Config, EvaluateResult, FitResult
 from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger
+
+logger = logging.getLogger(__name__)
 
 
 def _analytic_delta(sigma: float, epsilon: float, sensitivity: float) -> float:
@@ -183,7 +186,15 @@ class LocalDP(ClipUpdates):
         result = self.client.fit(weights, config)
         update = _update(result, weights)
         _noise.check_float(update, "LocalDP")
-        clipped, norm = clip_to(update, self.clip)
+        if not all(np.isfinite(v).all() for v in update.values()):
+            # a NaN or inf would pass through the noise and tell the server the update
+            # diverged: release noise around zero instead, as for any clipped update
+            logger.warning("LocalDP: the local update is not finite; releasing a zero update")
+            update = {name: np.zeros_like(v) for name, v in update.items()}
+            norm = math.inf
+            clipped, _ = clip_to(update, self.clip)
+        else:
+            clipped, norm = clip_to(update, self.clip)
         self._fits += 1
         rng = _noise.generator(self.seed, _noise.LOCAL_NOISE, self._fits)
         noise = _noise.gaussian(rng, clipped, self.sigma)

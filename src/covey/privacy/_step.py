@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
-from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
+from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
 from covey.aggregate._base import State
 from covey.core._weights import Array, Weights
 from covey.privacy import _noise
@@ -179,7 +179,28 @@ class _DPAggregation:
 
     def init(self, params: Weights) -> State:
         _noise.check_float(params, self.mech.name)
-        return DPState(self.inner.init(params), clip=self.mech.clip)
+        inner = self.inner.init(params)
+        self._probe(inner, params)
+        return DPState(inner, clip=self.mech.clip)
+
+    def _probe(self, inner: State, params: Weights) -> None:
+        """Refuse, before any client trains, an aggregator that cannot take one private mean.
+
+        Each round the inner step gets a single contribution (the noisy mean, with no
+        metrics): Krum needs several, q-FedAvg each client's loss. Steps are pure, so a
+        dry round on zeros tells, and its state is dropped.
+        """
+        zeros = {name: np.zeros(np.shape(v), dtype=np.float64) for name, v in params.items()}
+        try:
+            state, _ = self.inner.update(inner, Begin(0, params))
+            state, _ = self.inner.update(state, Contribution(0, 1, delta=zeros))
+            self.inner.update(state, End(0, {}))
+        except AggregationError as exc:
+            raise ValueError(
+                f"{self.mech.name}: the strategy's aggregation cannot run on the one private "
+                f"mean it receives each round ({exc}); use a mean-based strategy such as "
+                "FedAvg, FedAdam or FedMedian"
+            ) from None
 
     def _add_sum(self, state: DPState, event: ClippedSum) -> DPState:
         if self.mech.clipping != "client" or self.mech.tree_rounds is not None:

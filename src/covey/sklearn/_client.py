@@ -45,7 +45,9 @@ def evaluate_model(
         except AttributeError:  # e.g. SGDClassifier(loss="hinge") has no probabilities
             proba = None
         if proba is not None:
-            return float(log_loss(y_arr, proba, labels=list(classes))), {"accuracy": accuracy}
+            # the columns of proba follow the model's (sorted) classes_, not the order given
+            labels = list(getattr(model, "classes_", np.unique(np.asarray(classes))))
+            return float(log_loss(y_arr, proba, labels=labels)), {"accuracy": accuracy}
     return 1.0 - accuracy, {"accuracy": accuracy}
 
 
@@ -109,7 +111,19 @@ class SklearnClient(Client):
         else:
             self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
         self.epochs = epochs
+        from sklearn.base import is_classifier
+
+        if not is_classifier(model):
+            raise TypeError(
+                f"SklearnClient federates classifiers; {type(model).__name__} is not one "
+                "(write a covey.Client with covey.sklearn.get_params/set_params for it)"
+            )
         if not hasattr(model, "partial_fit"):
+            if "warm_start" not in model.get_params():
+                raise TypeError(
+                    f"{type(model).__name__} has neither partial_fit nor warm_start, so it "
+                    "cannot train on from the global parameters"
+                )
             model.set_params(warm_start=True)
 
     def _load(self, weights: Weights) -> None:

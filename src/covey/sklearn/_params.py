@@ -165,7 +165,7 @@ def prime(model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]
         model.partial_fit(x_arr, np.asarray(y), classes=np.asarray(classes))
         return
     outputs = _outputs(classes)
-    model.classes_ = np.asarray(classes)
+    model.classes_ = np.unique(np.asarray(classes))  # sorted, as scikit-learn's own fit sets it
     model.coef_ = np.zeros((outputs, x_arr.shape[1]))
     model.intercept_ = np.zeros(outputs)
     model.n_features_in_ = x_arr.shape[1]

@@ -100,7 +100,12 @@ def to_state_dict(weights: Weights) -> dict[str, Any]:
             a = np.asarray(array)
             if not a.flags.c_contiguous:
                 a = np.ascontiguousarray(a)
-            out[name] = torch.from_numpy(a)
+            try:
+                out[name] = torch.from_numpy(a)
+            except TypeError:
+                raise WeightsError(
+                    f"weight {name!r} has dtype {a.dtype}, which a torch tensor cannot hold"
+                ) from None
     return out
 
 
@@ -116,18 +121,19 @@ def load_weights(module: Any, weights: Weights) -> None:
         weights: One array per ``state_dict`` entry, with matching shapes.
 
     Raises:
-        WeightsError: A name is missing or unexpected, or a shape differs.
+        WeightsError: A name is missing or unexpected, or a shape differs; the
+            module is then left unchanged.
     """
     torch = torch_module()
     state = module.state_dict(keep_vars=True)
     _check_names(weights, list(state))
+    for name, target in state.items():  # every check before the first copy: all or nothing
+        shape = tuple(np.shape(weights[name]))
+        if shape != tuple(target.shape):
+            raise WeightsError(
+                f"weight {name!r} has shape {shape}, the model's is {tuple(target.shape)}"
+            )
     sources = to_state_dict(weights)
     with torch.no_grad():
         for name, target in state.items():
-            src = sources[name]
-            if tuple(src.shape) != tuple(target.shape):
-                raise WeightsError(
-                    f"weight {name!r} has shape {tuple(src.shape)}, the model's is "
-                    f"{tuple(target.shape)}"
-                )
-            target.copy_(src)
+            target.copy_(sources[name])

@@ -58,8 +58,9 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
     xgb = xgboost_module()
     if isinstance(booster, dict):
         booster = booster_from_weights(booster)
-    y_arr = np.asarray(y)
-    pred = np.asarray(booster.predict(xgb.DMatrix(np.asarray(x))), dtype=np.float64)
+    y_arr, x_arr = np.asarray(y), np.asarray(x)
+    _check_features(booster, x_arr.shape[-1] if x_arr.ndim == 2 else -1, "x")
+    pred = np.asarray(booster.predict(xgb.DMatrix(x_arr)), dtype=np.float64)
     eps = 1e-12
     if pred.ndim == 2:  # class probabilities
         p = np.clip(pred[np.arange(len(y_arr)), y_arr.astype(np.int64)], eps, 1.0)
@@ -70,6 +71,16 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
         loss = -np.mean(y_arr * np.log(p) + (1.0 - y_arr) * np.log(1.0 - p))
         return float(loss), {"accuracy": float(np.mean((pred > 0.5) == (y_arr > 0.5)))}
     return float(np.mean((pred - y_arr) ** 2)), {}
+
+
+def _check_features(booster: Any, columns: int, what: str) -> None:
+    """Refuse data with another number of features than the booster (XGBoost gives a C++ trace)."""
+    expected = int(booster.num_features())
+    if columns != expected:
+        raise ValueError(
+            f"{what} has {columns} features (columns), the global model {expected}: every "
+            "client must hold the same features, in the same order"
+        )
 
 
 def _objective(booster: Any) -> str:
@@ -144,12 +155,9 @@ class XGBoostClient(Client):
         rounds = config.get("local_rounds", self.local_rounds)
         if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
             raise ValueError(f"config 'local_rounds' must be an int >= 1, got {rounds!r}")
-        booster = xgb.train(
-            self.params,
-            self.train,
-            num_boost_round=int(rounds),
-            xgb_model=booster_from_weights(weights),
-        )
+        start = booster_from_weights(weights)
+        _check_features(start, int(self.train.num_col()), "x_train")
+        booster = xgb.train(self.params, self.train, num_boost_round=int(rounds), xgb_model=start)
         model = to_weights(booster.save_raw("json"), int(np.asarray(weights[MODEL]).size))
         return FitResult(weights=model, num_examples=self.num_examples)
 
