@@ -39,6 +39,7 @@ from covey.dashboard._runs import (
     Signature,
     detail,
     discover_runs,
+    is_run,
     read_run,
     signature,
     summary,
@@ -133,6 +134,11 @@ async def _events(
         if sig != last_sig:
             last_sig = sig
             try:
+                if not await run_in_threadpool(is_run, path):
+                    # Deleted or moved: say so (an empty run would wipe the page); if it
+                    # comes back, the page gets the whole run again.
+                    last = None
+                    raise RunReadError(f"the run folder {path} is gone (deleted or moved)")
                 run = await run_in_threadpool(cache.read, run_id, path)
             except RunReadError as exc:
                 yield f"event: error\ndata: {_json({'error': str(exc)})}\n\n"
