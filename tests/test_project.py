@@ -87,6 +87,19 @@ def test_run_rejects_unknown_settings(project: Path) -> None:
     assert "(known: local)" in out.stderr
 
 
+@pytest.mark.parametrize("value", ["five", "2.5", "true"])
+def test_run_refuses_a_count_that_is_not_a_whole_number(project: Path, value: str) -> None:
+    runs = project / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    out = covey_cli("run", "--set", f"rounds={value}", cwd=project)
+    assert out.returncode == 2, out.stdout + out.stderr
+    said = " ".join(out.stderr.split())
+    assert "rounds = " in said
+    assert "must be a whole number" in said
+    assert "Traceback" not in out.stderr
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # no run folder made
+
+
 def test_a_federation_table_may_set_compression(project: Path) -> None:
     runs = project / "runs"
     before = sorted(runs.iterdir()) if runs.exists() else []

@@ -110,6 +110,13 @@ class ProjectSettings:
         for key in ("server_app", "client_app"):
             if not isinstance(self.run.get(key), str):
                 fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {key.replace('_', '-')}")
+        for key in ("clients", "rounds", "seed"):
+            value = self.run.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                fail(
+                    f"{key} = {value!r} ([tool.covey] in {project / 'pyproject.toml'}, or "
+                    f"--set): must be a whole number, e.g. --set {key}=10"
+                )
 
     def _override(self, item: str) -> None:
         key, sep, text = item.partition("=")
