@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -329,3 +331,31 @@ def test_spill_files_are_written_over_and_stale_bytes_never_read() -> None:
     late = _stream.Upload(len(short), 0, spill=files)
     late.discard()  # given back to a closed pool: closed
     assert late.file is None
+
+
+def test_a_refusal_is_recorded_before_the_round_sees_the_failed_reply() -> None:
+    """Whoever reads the failed reply also finds its protocol-error event.
+
+    A slow log handler (a console on a loaded machine) widens the window between
+    the server logging the refusal and recording it.
+    """
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "broke the protocol" in record.getMessage():
+                time.sleep(0.5)
+
+    handler = Slow()
+    logger = logging.getLogger("covey")
+    logger.addHandler(handler)
+    live = _Live()
+    try:
+        _corrupt(live)
+        replies = live.outcome()
+        assert replies[live.raw_cid].error is not None
+        refused = [d for n, e, d in live.events if n == "raw" and e == "protocol-error"]
+        assert refused, live.events
+        assert "checksum mismatch" in refused[0]
+    finally:
+        logger.removeHandler(handler)
+        live.close()

@@ -47,6 +47,7 @@ from covey.transport.grpc._registry import (
     Connection,
     Registry,
     ShuttingDownError,
+    Sink,
 )
 from covey.transport.grpc._stream import (
     MAX_INFLIGHT_BYTES,
@@ -75,7 +76,18 @@ SILENCE = 6  # heartbeat intervals of silence after which a client is taken for 
 
 
 class _ProtocolError(Exception):
-    """A client sent messages out of the protocol's order or over its limits."""
+    """A client sent messages out of the protocol's order or over its limits.
+
+    Args:
+        message: What the client did wrong.
+        failed: The reply that fails the client's task, and where it goes: handed
+            on only once the refusal is recorded, so whoever reads the failed
+            reply also finds the ``protocol-error`` event.
+    """
+
+    def __init__(self, message: str, failed: tuple[Sink, Reply] | None = None) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 class FederationService:
@@ -219,6 +231,8 @@ class FederationService:
                 exc,
             )
             self.registry.event(conn.name, "protocol-error", f"{exc} (peer {conn.peer})")
+            if isinstance(exc, _ProtocolError) and exc.failed is not None:
+                self.registry.route(*exc.failed, conn.name)
             why = f"disconnected: it broke the protocol ({exc})"
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
@@ -338,9 +352,8 @@ class FederationService:
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
                 # A message that breaks the format or its limits: the round learns the
                 # client failed, and the client is dropped.
-                error = f"malformed reply: {exc}"
-                self.registry.route(sink, Reply(conn.cid, kind, error=error), conn.name)
-                raise _ProtocolError(f"refused a malformed {kind} reply: {exc}") from None
+                failed = (sink, Reply(conn.cid, kind, error=f"malformed reply: {exc}"))
+                raise _ProtocolError(f"refused a malformed {kind} reply: {exc}", failed) from None
         self.registry.route(sink, reply, conn.name)
 
     def _reply(self, cid: int, kind: str, header: pb.ReplyHeader, upload: Upload | None) -> Reply:
