@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 pytest.importorskip("starlette", reason="the dashboard extra is needed")
 
 import covey
+from _sse import next_event
 from covey.cli import app
 from covey.core import Failure, RoundRecord
 from covey.dashboard import DashboardServer, RunReadError, discover_runs, read_run
@@ -112,19 +113,6 @@ def test_new_fields_and_non_finite_values_reach_the_page(tmp_path: Path) -> None
     assert got["rounds"][1]["central_loss"] is None
 
 
-def _next_event(stream: Any) -> tuple[str, Any]:
-    kind, data = "", None
-    for raw in stream:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data = json.loads(line[6:])
-        elif not line and kind:
-            return kind, data
-    raise AssertionError("the event stream ended")
-
-
 def test_event_stream_sends_each_new_round(tmp_path: Path) -> None:
     reached = threading.Event()
     go_on = threading.Event()
@@ -144,14 +132,14 @@ def test_event_stream_sends_each_new_round(tmp_path: Path) -> None:
             DashboardServer(tmp_path, poll=0.05) as server,
             urllib.request.urlopen(server.url + "api/stream?id=live", timeout=30) as stream,  # noqa: S310
         ):
-            kind, first = _next_event(stream)
+            kind, first = next_event(stream)
             assert kind == "run"
             assert [r["round"] for r in first["rounds"]] == [0, 1]
             assert first["status"] == "running"
             go_on.set()
             seen, status = [0, 1], "running"
             while seen[-1] < 3 or status != "finished":
-                kind, change = _next_event(stream)
+                kind, change = next_event(stream)
                 assert kind == "update"
                 seen += [r["round"] for r in change["new_rounds"]]
                 status = change["summary"]["status"]

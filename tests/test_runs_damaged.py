@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from _sse import next_event
 from covey import History
 from covey.cli import app
 from covey.core._history import RoundRecord
@@ -100,22 +100,9 @@ def test_the_event_stream_says_a_deleted_run_is_gone(tmp_path: Path) -> None:
         DashboardServer(tmp_path / "runs", poll=0.05) as server,
         urllib.request.urlopen(server.url + "api/stream?id=doomed", timeout=30) as stream,  # noqa: S310 (our server)
     ):
-        kind, first = _next_event(stream)
+        kind, first = next_event(stream)
         assert (kind, [r["round"] for r in first["rounds"]]) == ("run", [0, 1])
         shutil.rmtree(tmp_path / "runs" / "doomed")
-        kind, data = _next_event(stream)
+        kind, data = next_event(stream)
         assert kind == "error"
         assert "doomed is gone (deleted or moved)" in data["error"]
-
-
-def _next_event(stream: Any) -> tuple[str, Any]:
-    kind, data = "", None
-    for raw in stream:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data = json.loads(line[6:])
-        elif not line and kind:
-            return kind, data
-    raise AssertionError("the event stream ended")
