@@ -21,13 +21,15 @@ from covey import FitResult
 
 
 class Stuck(covey.Client):
-    """Client 3 never returns from its fit in round 2."""
+    """Client 3 never returns from its fit in round ``stuck_in`` (every round if None)."""
+
+    stuck_in: int | None = 2
 
     def __init__(self, cid: int) -> None:
         self.cid = cid
 
     def fit(self, weights: Any, config: Any) -> FitResult:
-        if self.cid == 3 and config["round"] == 2:
+        if self.cid == 3 and self.stuck_in in (None, config["round"]):
             time.sleep(3600)
         return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
 
@@ -227,16 +229,10 @@ def test_a_worker_dying_mid_secagg_drops_its_clients_with_a_reason(
     np.testing.assert_allclose(result.weights["w"], [2.0, 2.0], atol=1e-3)
 
 
-class StuckAlways(covey.Client):
+class StuckAlways(Stuck):
     """Client 3 never returns from fit."""
 
-    def __init__(self, cid: int) -> None:
-        self.cid = cid
-
-    def fit(self, weights: Any, config: Any) -> FitResult:
-        if self.cid == 3:
-            time.sleep(3600)
-        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+    stuck_in = None
 
 
 @pytest.mark.slow
