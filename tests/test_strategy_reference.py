@@ -3,10 +3,10 @@
 Each reference below is written from the paper's formulas, not from covey's code:
 the clients of a small hand-made workload move the model by known amounts, the
 reference replays the same rounds in float64, and the two models must agree.
-Edge cases: unequal and zero example counts, one client, failing clients,
-float16/float32/int64/uint8 arrays of several shapes, even and odd client
-counts, trimming fractions that cut nothing or almost everything, and Krum with
-``f`` too large for ``n``.
+Edge cases: unequal and zero example counts, one client, float16/float32/int64
+arrays of several shapes, weights or deltas sent, even and odd client counts,
+trimming fractions that cut nothing or almost everything. The round loop's own
+rules (selection, evaluation, failures) are in ``test_strategy_reference_rounds.py``.
 """
 
 from __future__ import annotations
@@ -20,18 +20,11 @@ import numpy as np
 import pytest
 
 import covey
+from _reference_workload import INIT, Arrays, local_update, run
 
-Arrays = dict[str, np.ndarray]
-Model = covey.Weights  # what a client receives: read-only arrays by name
 Rule = Callable[[Arrays, list[Arrays], np.ndarray, Any], tuple[Arrays, Any]]
 """``(global weights, float64 deltas, example counts, state) -> (float64 update, state)``."""
 
-SCALE = (0.5, 1.0, 2.0, 0.3, 1.5, 0.8, 1.2, 3.0, 0.1)
-INIT: Arrays = {
-    "W": np.zeros((2, 3)),
-    "b": np.linspace(-1.0, 1.0, 4).astype(np.float32),
-    "count": np.arange(3, dtype=np.int64),
-}
 ODD = (1, 5, 0, 10, 3)  # one client trained on nothing
 EVEN = (2, 2, 7, 1, 4, 9)
 
@@ -39,59 +32,6 @@ EVEN = (2, 2, 7, 1, 4, 9)
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="covey")
-
-
-def local_update(cid: int, rnd: int, weights: Model) -> Arrays:
-    """Client ``cid``'s new weights in round ``rnd``: a seeded move of its own size."""
-    rng = np.random.default_rng([cid, rnd])
-    out: Arrays = {}
-    for name, value in weights.items():
-        if value.dtype.kind == "f":
-            step = SCALE[cid % len(SCALE)] * rng.normal(size=value.shape)
-            out[name] = (value.astype(np.float64) + step).astype(value.dtype)
-        else:
-            out[name] = (value + rng.integers(-3, 4, size=value.shape)).astype(value.dtype)
-    return out
-
-
-def workload(examples: Sequence[int], *, delta: bool = False, fail: Sequence[int] = ()) -> Any:
-    """A client class: client ``cid`` has ``examples[cid]`` examples, sends weights or a delta."""
-
-    class Client(covey.Client):
-        def __init__(self, cid: int) -> None:
-            self.cid = cid
-
-        def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
-            if self.cid in fail:
-                raise RuntimeError("this client always fails")
-            new = local_update(self.cid, config["round"], weights)
-            n = examples[self.cid]
-            if delta:
-                moved = {k: np.subtract(new[k], weights[k], dtype=v.dtype) for k, v in new.items()}
-                return covey.FitResult(delta=moved, num_examples=n)
-            return covey.FitResult(weights=new, num_examples=n)
-
-        def evaluate(self, weights: Model, config: dict[str, Any]) -> covey.EvaluateResult:
-            metrics: dict[str, Any] = {"acc": self.cid / 10, **({"odd": 1.0} if self.cid % 2 else {})}
-            return covey.EvaluateResult(
-                loss=float(self.cid) ** 2, num_examples=examples[self.cid], metrics=metrics
-            )
-
-    return Client
-
-
-def run(
-    strategy: covey.Strategy,
-    examples: Sequence[int],
-    init: Arrays = INIT,
-    *,
-    rounds: int = 3,
-    delta: bool = False,
-    fail: Sequence[int] = (),
-    **kwargs: Any,
-) -> Any:
-    client = workload(examples, delta=delta, fail=fail)
-    return covey.simulate(client, len(examples), rounds, strategy, init, **kwargs)
 
 
 def replay(rule: Rule, examples: Sequence[int], init: Arrays = INIT, rounds: int = 3) -> Arrays:
@@ -348,70 +288,3 @@ def test_float16_models_stay_float16_and_follow_the_reference(
     result = run(strategy, ODD, HALF)
     # float16 keeps about 3 significant digits; the reference rounds to it each round too.
     assert_models_close(result.weights, replay(rule, ODD, HALF), rtol=1e-2, atol=1e-2)
-
-
-# -- regressions: unsigned integer arrays and fractions of a count -----------------------
-
-BYTES = {0: 3, 1: 4, 2: 6, 3: 200, 4: 2}
-"""What each client sets a uint8 array to, from 5: one moves it far up, the rest a little."""
-
-
-def _bytes_client(cid: int) -> covey.Client:
-    class Client(covey.Client):
-        def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
-            new = {"q": np.full(3, BYTES[cid], np.uint8), "w": weights["w"] + cid}
-            return covey.FitResult(weights=new, num_examples=1)
-
-    return Client()
-
-
-@pytest.mark.parametrize(
-    ("strategy", "want"),
-    [
-        (covey.FedMedian(fraction_evaluate=0), 4),  # median of 3, 4, 6, 200, 2
-        (covey.FedTrimmedAvg(beta=0.2, fraction_evaluate=0), 4),  # mean of 3, 4, 6 rounded
-        (covey.Krum(f=1, fraction_evaluate=0), 4),  # the update nearest the crowd
-        (covey.Bulyan(f=0, fraction_evaluate=0), 43),  # mean of all five
-        (covey.FedAvg(fraction_evaluate=0), 43),
-    ],
-    ids=lambda x: getattr(x, "name", str(x)),
-)
-def test_unsigned_integer_arrays_are_combined_by_their_values(
-    strategy: covey.Strategy, want: int
-) -> None:
-    init: Arrays = {"q": np.full(3, 5, np.uint8), "w": np.zeros(1)}
-    result = covey.simulate(_bytes_client, 5, 1, strategy, init)
-    assert result.weights["q"].dtype == np.uint8
-    assert result.weights["q"].tolist() == [want] * 3
-
-
-def test_stale_updates_of_an_unsigned_array_are_scaled_and_averaged_by_value() -> None:
-    """FedBuff scales stale updates (-6 and +2 here) by 1/sqrt(1 + tau), then averages them."""
-    from covey.aggregate import Contribution, chain, run_round, staleness_weight, weighted_mean
-
-    params = {"q": np.full(2, 9, np.uint8)}
-    step = chain(staleness_weight(), weighted_mean())
-    down = Contribution(0, 1, delta={"q": np.full(2, 250, np.uint8)}, staleness=3)  # 3 - 9
-    up = Contribution(1, 1, delta={"q": np.full(2, 2, np.uint8)}, staleness=3)  # 11 - 9
-    _, agg = run_round(step, step.init(params), 1, params, [down, up])
-    assert agg is not None
-    assert agg.apply(params)["q"].tolist() == [8, 8]  # 9 + (-3 + 1) / 2
-
-
-@pytest.mark.parametrize(
-    ("fraction", "clients", "want"), [(0.7, 90, 63), (0.29, 100, 29), (0.58, 50, 29)]
-)
-def test_a_fraction_of_the_clients_is_counted_exactly(
-    fraction: float, clients: int, want: int
-) -> None:
-    """``fraction * n`` a hair below an integer in binary (0.7 * 90 = 62.99...) still counts it."""
-    strategy = covey.FedAvg(fraction_fit=fraction, fraction_evaluate=fraction)
-    assert strategy.num_fit(clients) == want
-    assert strategy.num_evaluate(clients) == want
-
-
-def test_trimmed_mean_cuts_beta_n_values_computed_exactly() -> None:
-    values = np.arange(100.0) ** 2
-    results = [covey.FitResult(weights={"w": np.array([v])}, num_examples=1) for v in values]
-    new = covey.FedTrimmedAvg(beta=0.29).aggregate({"w": np.zeros(1)}, results)
-    np.testing.assert_allclose(new["w"], [values[29:71].mean()])  # 29 cut from each end
