@@ -321,3 +321,11 @@ def test_trimmed_mean_cuts_beta_n_values_computed_exactly() -> None:
     results = [covey.FitResult(weights={"w": np.array([v])}, num_examples=1) for v in values]
     new = covey.FedTrimmedAvg(beta=0.29).aggregate({"w": np.zeros(1)}, results)
     np.testing.assert_allclose(new["w"], [values[29:71].mean()])  # 29 cut from each end
+
+
+@pytest.mark.parametrize("beta", [0.4999999999999, 0.49999999999999994])
+def test_a_trimming_fraction_just_below_one_half_keeps_a_value(beta: float) -> None:
+    """Less than half of 2 values is none of them, however close beta is to 0.5."""
+    results = [covey.FitResult(weights={"w": np.array([v])}, num_examples=1) for v in (1.0, 4.0)]
+    new = covey.FedTrimmedAvg(beta=beta).aggregate({"w": np.zeros(1)}, results)
+    np.testing.assert_allclose(new["w"], [2.5])

@@ -150,9 +150,10 @@ def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
 def floor_fraction(fraction: float, count: int) -> int:
     """``floor(fraction * count)`` as in exact arithmetic: how many of ``count`` a fraction is.
 
-    In binary floating point ``0.7 * 90`` is ``62.99999999999999``; a product that
-    close to the next integer counts as that integer, so a fraction of 0.7 of 90
-    clients is 63 of them, not 62.
+    In binary floating point ``0.7 * 90`` is ``62.99999999999999``; a product within
+    a few units in the last place of the next integer (the error of writing a
+    decimal fraction in binary and multiplying) counts as that integer, so 0.7 of
+    90 clients is 63 of them, not 62.
 
     Example:
         >>> floor_fraction(0.7, 90), floor_fraction(0.25, 10)
@@ -160,6 +161,6 @@ def floor_fraction(fraction: float, count: int) -> int:
     """
     product = fraction * count
     whole = math.floor(product)
-    if math.isclose(product, whole + 1, rel_tol=1e-12, abs_tol=1e-12):
+    if math.isclose(product, whole + 1, rel_tol=1e-15):
         whole += 1
     return whole

@@ -150,7 +150,7 @@ def trimmed_mean(beta: float = 0.2) -> Step:
 
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
         n = len(updates)
-        k = floor_fraction(cut, n)
+        k = min(floor_fraction(cut, n), (n - 1) // 2)  # beta < 0.5 always leaves one
         if k == 0:
             return updates.mean(axis=0), {"trimmed": 0}
         ordered = np.sort(updates, axis=0)
