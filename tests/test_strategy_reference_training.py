@@ -185,3 +185,23 @@ def test_fedbuff_follows_nguyen_et_al(buffer: int, lr: float, weighted: bool) ->
     # A buffer as large as the federation is FedAvg (nothing stale); smaller ones see staleness.
     assert any(any(t) for t in taus) == (buffer < 4)
     np.testing.assert_allclose(result.weights["w"], want, rtol=1e-12)
+
+
+def test_scaffold_refuses_more_control_variate_updates_than_num_clients() -> None:
+    """``c += (1/N) sum dc_i`` over more than N clients means N is not the federation's size."""
+
+    class Client(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+            self.control = covey.clients.ControlVariate()
+
+        def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
+            corr = self.control.correction(weights, config)
+            y = gd(self.cid, weights["w"], constant(corr["w"]))
+            return self.control.fit_result({"w": y}, num_examples=1, steps=STEPS, lr=LR)
+
+    strategy = covey.Scaffold(num_clients=3, fraction_evaluate=0)
+    record = covey.simulate(Client, 6, 1, strategy, ZERO).history.rounds[1]
+    assert not record.aggregated
+    assert "num_clients=3" in record.aggregate_info["error"]
+    assert "6 clients" in record.aggregate_info["error"]
