@@ -102,7 +102,9 @@ class Strategy:
         on_fit_config: ``round -> dict`` sent to clients with each fit task.
         on_evaluate_config: ``round -> dict`` sent with each evaluate task.
         accept_failures: Go on with the clients that replied when some fail (if at
-            least ``min_fit_clients`` replied); if False, any failure stops the run.
+            least ``min_fit_clients`` replied); if False, any failed fit stops the run.
+            Federated evaluation never stops a run: clients that fail to evaluate
+            are recorded and left out of the averaged loss and metrics.
         fit_metrics: Combines the clients' fit metrics (default: weighted by examples).
         evaluate_metrics: Combines the clients' evaluation metrics.
         selector: Optional ``(candidates, round, rng) -> cids`` replacing uniform
