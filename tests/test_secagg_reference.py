@@ -28,11 +28,12 @@ def _model() -> dict[str, np.ndarray]:
         "half": np.full((2, 2), 0.5, np.float16),
         "count": np.full(3, 5, np.uint8),
         "steps": np.full(2, 100, np.int32),
+        "mask": np.array([True, False, True, False, False]),
     }
 
 
 class Random(covey.Client):
-    """A random delta per dtype; the uint8 one sent modulo 2**8 (a decrease wraps)."""
+    """A random update per dtype; a uint8 delta is sent modulo 2**8 (a decrease wraps)."""
 
     def __init__(self, cid: int, *, fail: bool = False, as_weights: bool = False) -> None:
         self.rng = np.random.default_rng(cid)
@@ -45,7 +46,9 @@ class Random(covey.Client):
             raise RuntimeError("this site's training crashed")
         new: dict[str, np.ndarray] = {}
         for name, w in weights.items():
-            if w.dtype.kind == "f":
+            if w.dtype.kind == "b":  # a mask: flip about half of it
+                new[name] = w ^ (self.rng.random(w.shape) < 0.5)
+            elif w.dtype.kind == "f":
                 change = self.rng.uniform(-CLIP, CLIP, w.shape)
                 new[name] = (w + change).astype(w.dtype)
             else:
