@@ -236,3 +236,21 @@ def test_the_noise_on_a_count_has_the_calibrated_scale(
     sample = np.asarray(draws)
     assert np.std(sample) == pytest.approx(std, rel=0.25)
     assert abs(np.mean(sample)) < 4 * std / math.sqrt(len(sample))
+
+
+@pytest.mark.parametrize("high", [1e6, 1e8, 1e15])
+def test_secure_sums_keep_their_precision_whatever_the_bounds(high: float) -> None:
+    rng = np.random.default_rng(11)
+    small = [pd.DataFrame({"x": rng.uniform(0.0, 1.0, 40)}) for _ in range(3)]
+    wide = [pd.DataFrame({"x": rng.uniform(0.4, 0.6, 40) * high}) for _ in range(3)]
+    policy = {"bounds": {"x": (0.0, high)}, "domains": {}, "min_max": ()}
+    sql = "SELECT SUM(x), AVG(x), VAR_SAMP(x), STDDEV_POP(x) FROM t"
+    for frames in (small, wide):
+        pooled = pd.concat(frames)["x"]
+        df = query(_sites(frames, **policy), sql, secure=True).iloc[0]
+        # Documented: within 1e-6 relative of the unsecured answer, whatever the bounds.
+        assert df["SUM(x)"] == pytest.approx(pooled.sum(), rel=1e-9)
+        assert df["AVG(x)"] == pytest.approx(pooled.mean(), rel=1e-9)
+        if high <= 1e8:  # squares of a range past ~1e11 outgrow two limbs (docs: Limits)
+            assert df["VAR_SAMP(x)"] == pytest.approx(pooled.var(ddof=1), rel=1e-6)
+            assert df["STDDEV_POP(x)"] == pytest.approx(pooled.std(ddof=0), rel=1e-6)

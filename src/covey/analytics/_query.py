@@ -45,6 +45,7 @@ from covey.privacy import Ledger
 
 DISTINCT_BUCKETS = 1 << 16
 ROW_CAP = 1 << 31
+MAX_DOWNSCALE = 900  # a fixed-point scale stays at or above 2^-900 (float64 range)
 """The most rows a site may hold in one group under secure aggregation."""
 
 
@@ -76,6 +77,8 @@ class _Query:
             req["bound"] = secure_bound(n)
             for s in stats:
                 s["scale"] = fixed_point_scale(s, self.decl["bounds"], n)
+                if s["op"] in ("sum", "sq"):
+                    s["limbs"] = 2  # a high and a low limb: precision whatever the bounds
         if self.multiplier is not None:
             mech = self.opt["mechanism"]
             for s in stats:
@@ -350,7 +353,9 @@ def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) 
 
     Chosen so a site's rows (``stat["rows"]`` when an earlier stage counted them,
     else ``ROW_CAP``) of the largest value allowed by the bounds stay within
-    :func:`secure_bound`.
+    :func:`secure_bound`; it is below 1 for wide bounds. Sums and squared
+    deviations travel in two limbs (see :func:`covey.analytics._site.fixed_point`),
+    so the scale bounds the range, not the precision.
     """
     op = stat["op"]
     if op not in ("sum", "sq"):
@@ -363,12 +368,13 @@ def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) 
         top = float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
     rows = int(stat.get("rows", ROW_CAP))
     room = secure_bound(sites) / (rows * max(top, 1e-300))
-    if room < 1:
+    exponent = math.floor(math.log2(room))
+    if exponent < -MAX_DOWNSCALE:
         raise QueryError(
             f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
             f"{rows} rows per site"
         )
-    return float(2 ** min(math.floor(math.log2(room)), 60))
+    return float(2.0 ** min(exponent, 60))
 
 
 def first_stat_low(q: _Query, a: Aggregate) -> float:

@@ -80,10 +80,37 @@ def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
                 )
 
 
+def low_bits(bound: int) -> int:
+    """Bits of the low limb of a two-limb fixed-point sum whose entries stay within ``bound``.
+
+    As many as the bound allows, up to the 52 bits of a float64 fraction.
+    """
+    return max(min(52, int(bound).bit_length() - 1), 0)
+
+
 def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) -> np.ndarray:
-    """``values * scale`` rounded to int64, checked against the request's bound."""
+    """``values * scale`` rounded to int64, checked against the request's bound.
+
+    A statistic with ``"limbs": 2`` (sums and squared deviations) is sent as two
+    integer vectors, ``hi = floor(values * scale)`` and the fraction left,
+    ``lo = rint((values * scale - hi) * 2^b)`` with ``b = low_bits(bound)``: the
+    scale only has to keep the largest sum the bounds allow within the ring, and
+    the low limb keeps the precision of the float64 value whatever the bounds. The
+    server adds each limb over the sites and reads ``(hi + lo / 2^b) / scale``.
+    """
     bound = int(request.get("bound", 0))
-    ints = np.rint(values * scale)
+    if not scale > 0 or not np.isfinite(scale):
+        raise PolicyError(f"the request's fixed-point scale {scale!r} is not a positive number")
+    scaled = values * scale
+    limbs = request.get("limbs", 1)
+    if limbs == 2:
+        hi = np.floor(scaled)
+        lo = np.rint((scaled - hi) * float(1 << low_bits(bound)))
+        ints = np.concatenate([hi, lo])
+    elif limbs == 1:
+        ints = np.rint(scaled)
+    else:
+        raise PolicyError(f"a statistic is sent in 1 or 2 limbs, not {limbs!r}")
     if ints.size and float(np.max(np.abs(ints))) > bound:
         raise PolicyError(
             f"an answer exceeds the secure-aggregation bound {bound}: the site holds more "
@@ -200,7 +227,8 @@ class Site(Client):
         out: list[Any] = []
         for s, v in zip(stats, vectors, strict=True):
             if request.get("secure") and s["op"] not in ("min", "max"):
-                out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), request))
+                limbs = {"bound": request.get("bound", 0), "limbs": s.get("limbs", 1)}
+                out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), limbs))
             else:
                 out.append(v.ravel())
         answer = {
