@@ -254,3 +254,37 @@ def test_secure_sums_keep_their_precision_whatever_the_bounds(high: float) -> No
         if high <= 1e8:  # squares of a range past ~1e11 outgrow two limbs (docs: Limits)
             assert df["VAR_SAMP(x)"] == pytest.approx(pooled.var(ddof=1), rel=1e-6)
             assert df["STDDEV_POP(x)"] == pytest.approx(pooled.std(ddof=0), rel=1e-6)
+
+
+def test_under_dp_one_record_moves_a_sites_count_by_one_not_by_the_minimum() -> None:
+    # A site holding 4 or 5 records of a group, minimum 5: withholding the 4 would
+    # make one record move the count by 5, past the sensitivity 1 the noise is for.
+    answers = []
+    for n in (4, 5):
+        frame = pd.DataFrame({"ward": ["north"] * n, "age": [60.0] * n})
+        site = _sites([frame], min_group_size=5)[0]
+        stats = [{"op": "count", "sensitivity": 1.0}]
+        request = {
+            "sql": "SELECT ward, COUNT(*) FROM t GROUP BY ward",
+            "secure": False,
+            "domains": {"ward": DOMAINS["ward"]},
+            "stats": stats,
+            "dp": {"mechanism": "gaussian", "multiplier": 1e-9, "shares": 1},
+        }
+        answers.append(np.asarray(site.answer(request)["vectors"][0], dtype=float))
+    assert np.abs(answers[1] - answers[0]).sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_under_dp_no_exact_count_of_clipped_or_outside_rows_is_released() -> None:
+    a = pd.DataFrame({"ward": ["north", "west"] * 10, "age": [50.0] * 18 + [500.0, 50.0]})
+    sites = _sites([a, a.copy()], min_group_size=5)
+    sql = "SELECT ward, COUNT(*), SUM(age) FROM t GROUP BY ward"
+    df = query(sites, sql, secure=True, epsilon=1.0)
+    # These counts change by one with one record: released exactly, they would spend
+    # an unbounded epsilon; under DP they are not released at all.
+    assert df.attrs["clipped"] is None
+    assert df.attrs["outside_domain"] is None
+    assert df.attrs["withheld_groups"] is None
+    plain = query(sites, sql, secure=True)
+    assert plain.attrs["clipped"] == {"age": 2}
+    assert plain.attrs["outside_domain"] == 20

@@ -337,7 +337,8 @@ class _Query:
                 "precision": precision,
                 "privacy": privacy,
                 "secure": self.opt["secure"],
-                **self.meta,
+                # Exact counts are no DP releases: the sites send none under DP.
+                **(self.meta if privacy is None else dict.fromkeys(self.meta)),
             }
         )
         return df

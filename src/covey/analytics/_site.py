@@ -119,6 +119,20 @@ def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) ->
     return ints.astype(np.int64)
 
 
+def _encode(
+    request: Mapping[str, Any], stats: Sequence[Mapping[str, Any]], vectors: list[np.ndarray]
+) -> list[np.ndarray]:
+    """The answer's vectors as sent: fixed point under secure aggregation, else floats."""
+    out: list[np.ndarray] = []
+    for s, v in zip(stats, vectors, strict=True):
+        if request.get("secure") and s["op"] not in ("min", "max"):
+            limbs = {"bound": request.get("bound", 0), "limbs": s.get("limbs", 1)}
+            out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), limbs))
+        else:
+            out.append(v.ravel())
+    return out
+
+
 def clip_columns(stats: Sequence[Mapping[str, Any]]) -> list[str]:
     """The columns whose clipped values a stage counts, in a fixed order."""
     return sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
@@ -216,26 +230,27 @@ class Site(Client):
                     raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
         got = self._compute(p, domains, bounds, stats)
+        dp = request.get("dp")
+        clipped, outside = got.clipped, got.outside_domain
         small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
+        if dp is not None:
+            # Withholding would let one record move a count from 0 to the minimum group
+            # size, past the sensitivity the noise is calibrated for; with DP the server
+            # suppresses small noisy totals instead (post-processing). The exact counts
+            # of clipped and out-of-domain rows would be releases without noise.
+            small = np.zeros_like(small)
+            clipped, outside = dict.fromkeys(got.clipped, 0), 0
         vectors = [v.copy() for v in got.vectors]
         for v in vectors:
             v[small] = 0.0
-        dp = request.get("dp")
         spent = self.budget.spent
         if dp is not None:
             spent = self._noise(dp, stats, bounds, vectors)
-        out: list[Any] = []
-        for s, v in zip(stats, vectors, strict=True):
-            if request.get("secure") and s["op"] not in ("min", "max"):
-                limbs = {"bound": request.get("bound", 0), "limbs": s.get("limbs", 1)}
-                out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), limbs))
-            else:
-                out.append(v.ravel())
         answer = {
             "site": self.name,
-            "vectors": out,
-            "clipped": got.clipped,
-            "outside_domain": got.outside_domain,
+            "vectors": _encode(request, stats, vectors),
+            "clipped": clipped,
+            "outside_domain": outside,
             "withheld_groups": int(small.sum()),
             "spent": spent,
         }
