@@ -232,7 +232,9 @@ def test_the_noise_on_a_count_has_the_calibrated_scale(
         draws.append(float(df.iloc[0, 0]) - truth)
         multiplier = df.attrs["privacy"]["noise_multiplier"]
     # A count has sensitivity 1: Laplace(b) has std b*sqrt(2), the Gaussian std sigma.
+    # Unmasked, each of the sites adds all of it (its answer is seen on its own).
     std = multiplier * (math.sqrt(2.0) if mechanism == "laplace" else 1.0)
+    std *= math.sqrt(len(sites))
     sample = np.asarray(draws)
     assert np.std(sample) == pytest.approx(std, rel=0.25)
     assert abs(np.mean(sample)) < 4 * std / math.sqrt(len(sample))
@@ -288,3 +290,22 @@ def test_under_dp_no_exact_count_of_clipped_or_outside_rows_is_released() -> Non
     plain = query(sites, sql, secure=True)
     assert plain.attrs["clipped"] == {"age": 2}
     assert plain.attrs["outside_domain"] == 20
+
+
+def test_without_secure_aggregation_each_sites_answer_carries_the_full_noise() -> None:
+    # The server sees each site's answer on its own: a share of the noise (1/n of
+    # its variance) would protect the site far less than the epsilon it is charged.
+    frame = pd.DataFrame({"ward": ["north"] * 20, "age": [60.0] * 20})
+    site = _sites([frame])[0]
+    request = {
+        "sql": "SELECT COUNT(*) FROM t",
+        "secure": False,
+        "domains": {},
+        "stats": [{"op": "count", "sensitivity": 1.0}],
+        "dp": {"mechanism": "gaussian", "multiplier": 3.0, "shares": 100},
+    }
+    draws = []
+    for k in range(300):  # a new request each time: a repeat is answered from the cache
+        asked = {**request, "sql": f"SELECT COUNT(*) FROM t WHERE age > {-k}"}  # noqa: S608
+        draws.append(float(site.answer(asked)["vectors"][0][0]) - 20.0)
+    assert np.std(draws) == pytest.approx(3.0, rel=0.2)  # not 3 / sqrt(100)

@@ -212,10 +212,21 @@ class Site(Client):
         policy, _ = self._check(request)
         return {"site": self.name, **policy.describe(), "spent": self.budget.spent}
 
-    def answer(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Answer one stage of a query: vectors of sums, suppressed and noised per policy."""
+    def answer(self, request: Mapping[str, Any], *, masked: bool = False) -> dict[str, Any]:
+        """Answer one stage of a query: vectors of sums, suppressed and noised per policy.
+
+        Args:
+            request: The stage's request from the server.
+            masked: Whether the answer goes through secure aggregation, so that only
+                the sum over the sites is seen. An answer seen on its own carries the
+                full noise, whatever share of it the request asks for.
+        """
         policy, p = self._check(request)
-        key = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+        if not masked and request.get("dp"):
+            request = {**request, "dp": {**request["dp"], "shares": 1}}
+        key = hashlib.sha256(
+            json.dumps([request, masked], sort_keys=True, default=str).encode()
+        ).hexdigest()
         with self._lock:
             if key in self._cache:
                 return {**self._cache[key], "cached": True}
@@ -329,7 +340,7 @@ def _secure_input(client: Any, payload: Any) -> np.ndarray:
         raise TypeError(f"{type(client).__name__} is not a covey.analytics.Site")
     if not isinstance(payload, Mapping) or not payload.get("secure"):
         raise ValueError("a secure analytics input needs a secure answer request")
-    answer = client.answer(payload)
+    answer = client.answer(payload, masked=True)
     return flatten(answer, payload["stats"])
 
 
