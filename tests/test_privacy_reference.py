@@ -243,3 +243,27 @@ def test_local_dp_of_a_float16_update_is_clipped_to_clip_before_the_noise() -> N
         assert out.delta["w"].dtype == dtype
         releases[dtype] = out.delta["w"].astype(np.float64)
     np.testing.assert_allclose(releases[np.float16], releases[np.float64], rtol=2e-3, atol=2e-3)
+
+
+def test_adaptive_clipping_costs_what_its_two_gaussians_cost_together() -> None:
+    # Andrew et al.: the update noise z_u and the clipped-count noise sigma_b (a count
+    # of sensitivity 1/2) are released together; dp-accounting composes the pair.
+    z, q, n = 1.0, 0.5, 40
+    dp = privacy.central(
+        _strategy(q), noise_multiplier=z, clip=0.2, delta=DELTA, adaptive=True, noise_seed=1
+    )
+    result = covey.simulate(
+        lambda c: Update({"w": np.full(4, 0.05 * (c % 7))}), n, 3, dp, {"w": np.zeros(4)}
+    )
+    for record in [r for r in result.history.rounds if r.round > 0]:
+        info = record.aggregate_info["dp"]
+        z_update = info["noise_std"] / info["clip"]
+        sigma_b = 0.05 * info["expected_clients"]
+        pair = dpa.ComposedDpEvent(
+            [dpa.GaussianDpEvent(z_update), dpa.GaussianDpEvent(2 * sigma_b)]
+        )
+        acc = rdp.RdpAccountant()
+        acc.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, pair), record.round))
+        assert record.privacy is not None
+        assert record.privacy["epsilon"] == pytest.approx(acc.get_epsilon(DELTA), rel=1e-6)
+        assert z_update > z  # the update gets less noise than z: the count takes the rest
