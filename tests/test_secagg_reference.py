@@ -224,3 +224,23 @@ def test_the_secure_sum_over_grpc_equals_the_plain_mean() -> None:
     # The clients joined in any order: compare with the plain mean of the same clients.
     plain = covey.simulate(Random, n, 1, _fedavg(n), _model(), seed=0).weights
     _compare(dict(result.weights), plain, n)
+
+
+@pytest.mark.parametrize("loss", [150.0, float("nan")])
+def test_a_metric_past_its_bound_fails_the_client_naming_the_metric(loss: float) -> None:
+    class Loss(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.loss = loss if cid == 0 else 1.0
+
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            delta = {"w": np.full(3, 0.1)}
+            return covey.FitResult(delta=delta, num_examples=2, metrics={"loss": self.loss})
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=3)
+    secured = _quiet_secure(strategy, metrics={"loss": 100.0})
+    out = covey.simulate(Loss, 4, 1, secured, {"w": np.zeros(3)}, seed=0)
+    record = out.history.rounds[-1]
+    assert [f.cid for f in record.fit_failures] == [0]
+    assert "fit metric 'loss'" in record.fit_failures[0].error
+    assert "[-100, 100]" in record.fit_failures[0].error
+    assert record.fit_metrics["loss"] == pytest.approx(1.0, abs=100.0 / (2**15 - 1))

@@ -96,6 +96,11 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         if isinstance(value, bool) or not isinstance(value, int | float):
             tail += [0, 0]
             continue
+        if not abs(float(value)) <= float(bound):  # also NaN; the value stays out of it
+            raise RangeError(
+                f"fit metric {name!r} is not within its secure-aggregation bound "
+                f"[-{bound:g}, {bound:g}]: raise the bound in secure(metrics=...)"
+            )
         tail += [int(quantize(np.array([float(value)]), float(bound), bits)[0]) * n, n]
     parts.append(np.asarray(tail, dtype=np.int64))
     return np.concatenate(parts)
