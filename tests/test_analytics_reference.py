@@ -312,3 +312,20 @@ def test_without_secure_aggregation_each_sites_answer_carries_the_full_noise() -
         asked = {**request, "sql": f"SELECT COUNT(*) FROM t WHERE age > {-k}"}  # noqa: S608
         draws.append(float(site.answer(asked)["vectors"][0][0]) - 20.0)
     assert np.std(draws) == pytest.approx(3.0, rel=0.2)  # not 3 / sqrt(100)
+
+
+def test_the_same_sql_with_other_noise_settings_is_charged_to_the_analyst_again(
+    frames: list[pd.DataFrame],
+) -> None:
+    # Each delta (or precision) gives a new noisy answer: were it free, averaging the
+    # answers would get past the analyst's budget.
+    sites = _sites(frames)
+    analyst = Analyst(epsilon=50.0, delta=1e-6)
+    sql = "SELECT COUNT(*) FROM t"
+    spent = []
+    for delta in (1e-6, 1e-7):
+        query(sites, sql, secure=False, epsilon=1.0, delta=delta, analyst=analyst)
+        spent.append(analyst.spent)
+    query(sites, sql, secure=False, epsilon=1.0, delta=1e-7, analyst=analyst)  # a repeat
+    assert spent[1] > spent[0] > 0
+    assert analyst.spent == spent[1]

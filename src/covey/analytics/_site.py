@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from covey.core import Task
 TASK_KIND = "analyze"
 SECURE_INPUT = "covey.analytics.answer"
 MAX_CACHE = 256
+ROW_CAP = 1 << 31  # the rows a site may hold, before any stage has counted them
+MAX_DOWNSCALE = 900  # a fixed-point scale stays at or above 2^-900 (float64 range)
 
 
 def sensitivity(
@@ -78,6 +81,40 @@ def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
                 raise PolicyError(
                     f"{a.name} needs numbers, but column {col!r} at this site holds {kind}"
                 )
+
+
+def secure_bound(sites: int) -> int:
+    """The bound on every entry of a site's secure answer, so the sum of ``sites`` fits 61 bits."""
+    return (1 << 61) // (2 * max(sites, 1))
+
+
+def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) -> float:
+    """The power of two a statistic is multiplied by before rounding (1 for counts).
+
+    Chosen so a site's rows (``stat["rows"]`` when an earlier stage counted them,
+    else ``ROW_CAP``) of the largest value allowed by the bounds stay within
+    :func:`secure_bound`; it is below 1 for wide bounds. Sums and squared
+    deviations travel in two limbs (see :func:`fixed_point`),
+    so the scale bounds the range, not the precision.
+    """
+    op = stat["op"]
+    if op not in ("sum", "sq"):
+        return 1.0
+    low, high = (float(b) for b in bounds[stat["col"]])
+    if op == "sum":
+        top = max(abs(low), abs(high))
+    else:
+        centers = np.asarray(stat.get("center") or [low], dtype=float)
+        top = float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
+    rows = int(stat.get("rows", ROW_CAP))
+    room = secure_bound(sites) / (rows * max(top, 1e-300))
+    exponent = math.floor(math.log2(room))
+    if exponent < -MAX_DOWNSCALE:
+        raise QueryError(
+            f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
+            f"{rows} rows per site"
+        )
+    return float(2.0 ** min(exponent, 60))
 
 
 def low_bits(bound: int) -> int:
