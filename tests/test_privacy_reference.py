@@ -267,3 +267,21 @@ def test_adaptive_clipping_costs_what_its_two_gaussians_cost_together() -> None:
         assert record.privacy is not None
         assert record.privacy["epsilon"] == pytest.approx(acc.get_epsilon(DELTA), rel=1e-6)
         assert z_update > z  # the update gets less noise than z: the count takes the rest
+
+
+def test_dp_ftrls_epsilon_equals_dp_accounting_over_full_and_partial_trees() -> None:
+    z, tree = 2.0, 4
+    dp = privacy.dp_ftrl(
+        _strategy(1.0), noise_multiplier=z, clip=1.0, delta=DELTA, tree_rounds=tree
+    )
+    result = covey.simulate(lambda c: Update({"w": np.ones(2)}), 8, 6, dp, {"w": np.zeros(2)})
+    relation = dpa.NeighboringRelation.REPLACE_SPECIAL
+    for record in [r for r in result.history.rounds if r.round > 0]:
+        full, part = divmod(record.round, tree)
+        events: list[dpa.DpEvent] = [dpa.SingleEpochTreeAggregationDpEvent(z, tree)] * full
+        if part:
+            events.append(dpa.SingleEpochTreeAggregationDpEvent(z, part))
+        acc = rdp.RdpAccountant(neighboring_relation=relation)
+        acc.compose(dpa.ComposedDpEvent(events))
+        assert record.privacy is not None
+        assert record.privacy["epsilon"] == pytest.approx(acc.get_epsilon(DELTA), rel=1e-6)
