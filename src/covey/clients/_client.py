@@ -166,10 +166,27 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
         return Reply(
             cid, task.kind, error=f"client_fn({cid}) returned None, expected a covey.Client"
         )
+    if task.kind in _NEEDS and not callable(getattr(client, _NEEDS[task.kind], None)):
+        return Reply(cid, task.kind, error=_not_a_client(client, cid, _NEEDS[task.kind]))
     try:
         return Reply(cid, task.kind, result=handler(client, task))
     except Exception as exc:  # noqa: BLE001 - any error in the client's code becomes its reply's
         return Reply(cid, task.kind, error=traceback.format_exc() + _hint(exc))
+
+
+#: The method of the client each built-in task kind calls.
+_NEEDS = {"fit": "fit", "fit_compressed": "fit", "evaluate": "evaluate"}
+
+
+def _not_a_client(client: object, cid: int, method: str) -> str:
+    """The error for a client without the method a task needs (e.g. ``client_fn`` returned 42)."""
+    kind = type(client).__name__
+    if method == "evaluate" and callable(getattr(client, "fit", None)):
+        return f"{kind} does not implement evaluate()"
+    return (
+        f"client_fn({cid}) returned {kind}, not a client: it has no {method}() method "
+        "(expected a covey.Client)"
+    )
 
 
 READ_ONLY_HINT = (
@@ -182,6 +199,6 @@ READ_ONLY_HINT = (
 def _hint(exc: BaseException) -> str:
     """A last line saying what to do, for the mistakes clients commonly make."""
     text = str(exc)
-    if isinstance(exc, ValueError) and "read-only" in text:
+    if isinstance(exc, ValueError) and ("read-only" in text or "WRITEABLE flag" in text):
         return READ_ONLY_HINT + "\n"
     return ""

@@ -101,23 +101,27 @@ def compressed_task(fit: Task, scheme: Any, seed: int, cid: int) -> Task:
     return Task(KIND, fit.round, {**fit.config, CONFIG_KEY: head}, fit.weights, fit.payload)
 
 
-# Top-k's error feedback, kept on the client side for each client object.
+# Top-k's error feedback, kept on the client side for each client object, and gone with it.
 _residuals: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
-_residuals_by_id: dict[int, dict[str, np.ndarray]] = {}
 
 
 def _residual(client: Any) -> dict[str, np.ndarray] | None:
     try:
         return _residuals.get(client)
-    except TypeError:  # an object that takes no weak reference
-        return _residuals_by_id.get(id(client))
+    except TypeError:
+        raise TypeError(_NO_WEAKREF.format(type(client).__name__)) from None
 
 
 def _keep_residual(client: Any, residual: dict[str, np.ndarray]) -> None:
-    try:
-        _residuals[client] = residual
-    except TypeError:
-        _residuals_by_id[id(client)] = residual
+    _residuals[client] = residual
+
+
+# Keyed by id() instead, a client built later at a freed client's address (client_cache=0,
+# or the next run in this process) would take over that client's residual.
+_NO_WEAKREF = (
+    "top-k's error feedback is kept per client object, and a {0} takes no weak "
+    "reference: add '__weakref__' to {0}.__slots__ (or subclass covey.Client)"
+)
 
 
 def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:

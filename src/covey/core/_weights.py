@@ -184,12 +184,21 @@ def _all_finite(array: Array) -> bool:
 def freeze(weights: Weights) -> dict[str, Array]:
     """Read-only views of ``weights``: clients get the global model by reference.
 
+    Each view reads its memory through a read-only buffer, so a client cannot
+    make it writable again (``array.flags.writeable = True`` raises) and
+    change the global model, the other clients' copy of it, in place.
+
     Returns:
         A new dict whose arrays share memory with ``weights`` but cannot be written.
     """
     out: dict[str, Array] = {}
     for name, value in weights.items():
-        view = value.view()
+        try:
+            view = np.asarray(memoryview(value).toreadonly())  # type: ignore[arg-type]
+        except (TypeError, ValueError):  # a dtype the buffer protocol cannot carry
+            view = value.view()
+        if view.dtype != value.dtype or view.shape != value.shape:
+            view = value.view()
         view.flags.writeable = False
         out[name] = view
     return out

@@ -238,7 +238,9 @@ def build_reply(message: Mapping[str, Any], prefix: str) -> Reply:
     """The :class:`Reply` of a parsed message; its arrays view the mapped (and unlinked) file."""
     cid, kind = message["cid"], message["kind"]
     path = reply_file(message, prefix)
-    arrays: dict[str, Array] | None = None
+    # No file, or none for the arrays: a result with no arrays at all (say, a fit result
+    # of weights={}), which the round loop then refuses naming the model's missing names.
+    arrays: dict[str, Array] = {}
     extras: dict[str, dict[str, Any]] | None = None
     if path is not None:
         sizes = message.get("sizes")
@@ -251,7 +253,7 @@ def build_reply(message: Mapping[str, Any], prefix: str) -> Reply:
             raise _wire.WireError("a worker's reply gives no valid part sizes for its file")
         present = [sizes[k] for k in ("arrays", "extras") if sizes[k]]
         parts = iter(map_file(path, present, unlink=True))
-        arrays = next(parts) if sizes["arrays"] else None
+        arrays = next(parts) if sizes["arrays"] else {}
         extras = _wire.unflatten_extras(next(parts)) if sizes["extras"] else None
     error = message.get("error")
     if error is not None:

@@ -1,0 +1,123 @@
+"""Clients shared by the outside-in backend tests: module-level, so every backend can build them.
+
+The process backend forks (clients need not pickle); the Ray tests ship this
+module to the actors by value.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+import covey
+from covey import EvaluateResult, FitResult
+from covey.clients import ControlVariate
+
+
+class Stateful(covey.Client):
+    """Keeps a fit counter and a momentum buffer on the object; client 3 fails in round 2."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+        self.calls = 0
+        self.momentum: np.ndarray | None = None
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        self.calls += 1
+        grad = np.random.default_rng([self.cid, config["round"]]).normal(size=weights["w"].shape)
+        self.momentum = grad if self.momentum is None else 0.9 * self.momentum + grad
+        if self.cid == 3 and config["round"] == 2:
+            raise RuntimeError("client 3 breaks in round 2")
+        return FitResult(
+            weights={"w": weights["w"] - 0.1 * self.momentum},
+            num_examples=self.cid + 1,
+            metrics={"calls": self.calls},
+        )
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        loss = float(np.square(weights["w"] - self.cid).mean())
+        return EvaluateResult(loss=loss, num_examples=self.cid + 1, metrics={"calls": self.calls})
+
+
+class Noisy(covey.Client):
+    """A seeded random delta per client and round (for top-k error feedback)."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        rng = np.random.default_rng([self.cid, config["round"]])
+        return FitResult(delta={"w": rng.normal(size=weights["w"].shape)}, num_examples=1)
+
+
+class SlottedNoisy:
+    """:class:`Noisy` with ``__slots__`` and no ``__weakref__``: takes no weak reference."""
+
+    __slots__ = ("cid",)
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return Noisy.fit(self, weights, config)  # type: ignore[arg-type]
+
+
+class ScaffoldClient(covey.Client):
+    """SCAFFOLD with its control variate on the object: three corrected local steps."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+        self.control = ControlVariate()
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        correction = self.control.correction(weights, config)
+        rng = np.random.default_rng([self.cid, config["round"]])
+        w = {k: v.copy() for k, v in weights.items()}
+        for _ in range(3):
+            grad = w["w"] - rng.normal(size=w["w"].shape) - self.cid
+            w["w"] = w["w"] - 0.1 * (grad + correction["w"])
+        return self.control.fit_result(w, num_examples=1 + self.cid, steps=3, lr=0.1)
+
+
+class Mistaken(covey.Client):
+    """Client 1 makes one mistake (``mode``); every other client is well behaved."""
+
+    def __init__(self, cid: int, mode: str) -> None:
+        self.cid = cid
+        self.mode = mode if cid == 1 else "ok"
+        self.lock = threading.Lock() if mode == "unpicklable" else None
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        w = weights["w"]
+        bad: dict[str, Any] = {
+            "missing": {"weights": {}},
+            "extra": {"weights": {"w": w + 1, "z": np.ones(1)}},
+            "shape": {"weights": {"w": np.ones(w.size + 1)}},
+            "dtype": {"weights": {"w": (w + 1).astype(np.float32)}},
+        }
+        if self.mode in bad:
+            return FitResult(**bad[self.mode], num_examples=1)
+        if self.mode == "negative":
+            return FitResult(weights={"w": w + 1}, num_examples=-1)
+        if self.mode == "float":
+            return FitResult(weights={"w": w + 1}, num_examples=2.0)  # type: ignore[arg-type]
+        if self.mode == "unlock":  # makes the shared array writable, then trains in place
+            w.flags.writeable = True
+            w += 100.0
+            return FitResult(weights={"w": w.copy()}, num_examples=1)
+        if self.mode == "in_place":
+            w += 100.0
+        return FitResult(weights={"w": w + 1}, num_examples=1)
+
+
+def mistaken_fn(mode: str) -> Any:
+    """``client_fn`` for :class:`Mistaken`; mode ``"int"`` returns a number for client 1."""
+
+    def client_fn(cid: int) -> Any:
+        if mode == "int" and cid == 1:
+            return 42
+        return Mistaken(cid, mode)
+
+    return client_fn
