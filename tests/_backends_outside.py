@@ -14,6 +14,7 @@ import numpy as np
 import covey
 from covey import EvaluateResult, FitResult
 from covey.clients import ControlVariate
+from covey.sim import SimulationResult
 
 
 class Stateful(covey.Client):
@@ -121,3 +122,56 @@ def mistaken_fn(mode: str) -> Any:
         return Mistaken(cid, mode)
 
     return client_fn
+
+
+MISTAKES = {
+    "int": "client_fn(1) returned int, not a client: it has no fit() method",
+    "missing": "client 1's weights do not match the model: missing ['w']",
+    "extra": "client 1's weights do not match the model: unexpected ['z']",
+    "shape": "client 1's weights: 'w' has shape (7,), expected (6,)",
+    "dtype": "client 1's weights: 'w' has dtype float32, expected float64",
+    "negative": "FitResult.num_examples must be a non-negative int, got -1",
+    "float": "FitResult.num_examples must be a non-negative int, got 2.0",
+    "in_place": "shared read-only arrays",
+    "unlock": "shared read-only arrays",
+}
+
+
+def run(client_fn: Any, backend: str, **kw: Any) -> SimulationResult:
+    kw.setdefault("strategy", covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.5))
+    kw.setdefault("seed", 1)
+    if backend != "inline":
+        kw.setdefault("num_workers", 2)
+    num_clients, rounds = kw.pop("num_clients", 8), kw.pop("rounds", 4)
+    return covey.simulate(
+        client_fn,
+        num_clients,
+        rounds,
+        initial_weights=kw.pop("initial", {"w": np.zeros(6)}),
+        backend=backend,  # type: ignore[arg-type]
+        **kw,
+    )
+
+
+def rows(result: SimulationResult) -> list[tuple[Any, ...]]:
+    """Everything of the history that must not depend on the backend (not timings)."""
+    return [
+        (
+            r.round,
+            r.fit_participants,
+            [(f.cid, f.error) for f in r.fit_failures],
+            r.fit_metrics,
+            r.evaluate_participants,
+            r.evaluate_loss,
+            r.evaluate_metrics,
+        )
+        for r in result.history.rounds
+    ]
+
+
+def same_bits(a: SimulationResult, b: SimulationResult) -> None:
+    assert rows(a) == rows(b)
+    assert a.weights.keys() == b.weights.keys()
+    for name in a.weights:
+        assert a.weights[name].dtype == b.weights[name].dtype
+        assert a.weights[name].tobytes() == b.weights[name].tobytes(), name

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -139,6 +140,22 @@ def actors_for(
     return max(1, min(counts))
 
 
+def _unpicklable(client_fn: object, exc: Exception) -> str:
+    """The error for a ``client_fn`` that Ray cannot ship to its actors, naming what fails."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() or [type(exc).__name__]
+    marker = "FAIL serialization:"
+    why = next((ln.split(marker, 1)[1].strip() for ln in lines if marker in ln), lines[0])
+    culprit = next((ln.strip() for ln in lines if ln.strip().startswith("Serializing ")), "")
+    name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
+    return (
+        f"backend='ray' sends client_fn ({name}) to every Ray actor by pickling it, and it "
+        f"does not pickle: {why}"
+        + (f" ({culprit.rstrip('.')})" if culprit else "")
+        + ". Build what it closes over inside client_fn (clients are built in the actors, "
+        "they need not pickle), or use backend='process', whose forked workers pickle nothing"
+    )
+
+
 class RayTransport:
     """Clients in long-lived Ray actors; a local Ray, or a cluster at ``address``.
 
@@ -251,7 +268,12 @@ class RayTransport:
         custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU", "memory")}
         if custom:
             options["resources"] = custom
-        return self._host.options(**options).remote(self._client_fn, self._cache)
+        try:
+            return self._host.options(**options).remote(self._client_fn, self._cache)
+        except TypeError as exc:
+            if "serializ" not in str(exc):
+                raise
+            raise TypeError(_unpicklable(self._client_fn, exc)) from exc
 
     def _await_ready(self, keys: Sequence[tuple[str, int]]) -> None:
         ray = self._ray
