@@ -175,3 +175,24 @@ def same_bits(a: SimulationResult, b: SimulationResult) -> None:
     for name in a.weights:
         assert a.weights[name].dtype == b.weights[name].dtype
         assert a.weights[name].tobytes() == b.weights[name].tobytes(), name
+
+
+class Diary(covey.Client):
+    """Writes how many fits this object ran to ``folder/<cid>-<round>``; client 1 dies once."""
+
+    def __init__(self, cid: int, folder: str) -> None:
+        self.cid = cid
+        self.folder = folder
+        self.calls = 0
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        import os
+        from pathlib import Path
+
+        self.calls += 1
+        Path(self.folder, f"{self.cid}-{config['round']}").write_text(str(self.calls))
+        marker = Path(self.folder, "died")
+        if self.cid == 1 and config["round"] == 2 and not marker.exists():
+            marker.write_text("")
+            os._exit(1)  # the worker process dies in the middle of a round
+        return FitResult(weights={"w": weights["w"] + 1}, num_examples=1)

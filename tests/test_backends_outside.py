@@ -18,6 +18,7 @@ import pytest
 
 import covey
 from _backends_outside import (
+    Diary,
     MISTAKES,
     Noisy,
     ScaffoldClient,
@@ -143,6 +144,24 @@ def test_unpicklable_clients_run_on_the_process_backend() -> None:
         run(mistaken_fn("unpicklable"), "inline", num_clients=3),
         run(mistaken_fn("unpicklable"), "process", num_clients=3),
     )
+
+
+def test_a_replaced_process_worker_rebuilds_its_clients_with_client_fn(tmp_path: Any) -> None:
+    # As documented: the clients of a dead worker start again from client_fn in the
+    # new worker, so state kept on the client object restarts (ClientState survives).
+    result = run(
+        lambda cid: Diary(cid, str(tmp_path)),
+        "process",
+        strategy=covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1),
+        num_clients=2,
+        rounds=3,
+    )
+    [failure] = result.history.rounds[2].fit_failures
+    assert failure.cid == 1
+    assert "worker process died" in failure.error
+    assert result.history.rounds[3].fit_participants == [0, 1]
+    calls = {p.name: int(p.read_text()) for p in tmp_path.glob("*-*")}
+    assert calls == {"0-1": 1, "0-2": 2, "0-3": 3, "1-1": 1, "1-2": 2, "1-3": 1}
 
 
 class Tiny(covey.Client):
