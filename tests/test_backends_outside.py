@@ -18,8 +18,8 @@ import pytest
 
 import covey
 from _backends_outside import (
-    Diary,
     MISTAKES,
+    Diary,
     Noisy,
     ScaffoldClient,
     SlottedNoisy,
@@ -195,3 +195,30 @@ def test_20000_clients_are_built_lazily_and_agree_across_backends() -> None:
     assert built == sampled  # built for every task it ran
     same_bits(inline, cached)
     same_bits(inline, run(Tiny, "process", **kw))
+
+
+def test_top_k_keeps_one_residual_per_client_id_of_a_shared_client_object() -> None:
+    # client_fn returning one object for every id: inline shared one residual among all
+    # ids, each process worker one among its ids, so the backends disagreed.
+    shared = Noisy(0)
+    kw: dict[str, Any] = {
+        "compression": "topk:0.2",
+        "strategy": covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+        "initial": {"w": np.zeros(40)},
+    }
+    inline = run(lambda cid: shared, "inline", **kw)
+    same_bits(inline, run(lambda cid: shared, "process", **kw))
+
+
+def test_top_k_residuals_of_one_run_do_not_leak_into_the_next() -> None:
+    # Clients built once and handed out by client_fn run after run: the second run
+    # started with the residuals the first left on the objects.
+    clients = [Noisy(cid) for cid in range(8)]
+    kw: dict[str, Any] = {
+        "compression": "topk:0.2",
+        "strategy": covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+        "initial": {"w": np.zeros(40)},
+    }
+    first = run(clients.__getitem__, "inline", **kw)
+    same_bits(first, run(clients.__getitem__, "inline", **kw))
+    same_bits(first, run(Noisy, "inline", **kw))

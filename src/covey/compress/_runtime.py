@@ -44,8 +44,9 @@ class CompressedFitPayload:
     """What a ``"fit_compressed"`` task carries besides the fit task's own config and weights.
 
     On the task it is plain data, so it crosses a network as JSON and arrays:
-    ``task.config[CONFIG_KEY]`` is ``{"scheme": spec, "seed": seed, "cid": cid}``
-    (``spec`` as :func:`~covey.compress.scheme_named` reads it, e.g. ``"topk:0.01"``)
+    ``task.config[CONFIG_KEY]`` is ``{"scheme": spec, "seed": seed, "cid": cid}``,
+    with ``"run": token`` when the server names its run (``spec`` as
+    :func:`~covey.compress.scheme_named` reads it, e.g. ``"topk:0.01"``)
     and ``task.payload`` is the fit task's own payload, the arrays broadcast
     with it. A scheme of one's own has no spec and travels as the object, which
     only an in-process transport carries.
@@ -55,16 +56,19 @@ class CompressedFitPayload:
         seed: Seeds stochastic rounding, with the round and ``cid``.
         cid: The client's id.
         extras: The ``"fit"`` task's own payload (broadcast arrays), or None.
+        run: A token naming the run: a client object's top-k residuals of another
+            run are dropped (a simulation's clients may outlive it). None: one run.
     """
 
     scheme: Scheme
     seed: int
     cid: int
     extras: Any = None
+    run: str | None = None
 
     def task(self, fit: Task) -> Task:
         """The ``"fit_compressed"`` task that asks for ``fit``'s work, compressed."""
-        return compressed_task(fit, _scheme_value(self.scheme), self.seed, self.cid)
+        return compressed_task(fit, _scheme_value(self.scheme), self.seed, self.cid, self.run)
 
     @classmethod
     def of(cls, task: Task) -> tuple[CompressedFitPayload, dict[str, Any]]:
@@ -85,8 +89,11 @@ class CompressedFitPayload:
         for what, n in (("seed", seed), ("cid", cid)):
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise ValueError(f"config[{CONFIG_KEY!r}][{what!r}] must be an integer >= 0")
+        run = head.get("run")
+        if run is not None and not isinstance(run, str):
+            raise ValueError(f"config[{CONFIG_KEY!r}]['run'] must be a string")
         config = {k: v for k, v in task.config.items() if k != CONFIG_KEY}
-        return cls(scheme, seed, cid, task.payload), config  # type: ignore[arg-type]
+        return cls(scheme, seed, cid, task.payload, run), config  # type: ignore[arg-type]
 
 
 def _scheme_value(scheme: Scheme) -> Any:
@@ -95,25 +102,32 @@ def _scheme_value(scheme: Scheme) -> Any:
     return spec if spec is not None else scheme
 
 
-def compressed_task(fit: Task, scheme: Any, seed: int, cid: int) -> Task:
+def compressed_task(fit: Task, scheme: Any, seed: int, cid: int, run: str | None = None) -> Task:
     """The ``"fit_compressed"`` task for ``fit``; ``scheme`` as :func:`_scheme_value` gives it."""
-    head = {"scheme": scheme, "seed": seed, "cid": cid}
+    head: dict[str, Any] = {"scheme": scheme, "seed": seed, "cid": cid}
+    if run is not None:
+        head["run"] = run
     return Task(KIND, fit.round, {**fit.config, CONFIG_KEY: head}, fit.weights, fit.payload)
 
 
-# Top-k's error feedback, kept on the client side for each client object, and gone with it.
-_residuals: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+# Top-k's error feedback, kept on the client side for each client object and client id
+# (one object may serve several ids) within one run, and gone with the object.
+_Residuals = dict[int, dict[str, np.ndarray]]
+_residuals: weakref.WeakKeyDictionary[Any, tuple[str | None, _Residuals]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _residual(client: Any) -> dict[str, np.ndarray] | None:
+def _residuals_of(client: Any, run: str | None) -> _Residuals:
+    """The residuals ``client`` keeps by client id in ``run`` (those of another run dropped)."""
     try:
-        return _residuals.get(client)
+        kept = _residuals.get(client)
     except TypeError:
         raise TypeError(_NO_WEAKREF.format(type(client).__name__)) from None
-
-
-def _keep_residual(client: Any, residual: dict[str, np.ndarray]) -> None:
-    _residuals[client] = residual
+    if kept is None or kept[0] != run:
+        kept = (run, {})
+        _residuals[client] = kept
+    return kept[1]
 
 
 # Keyed by id() instead, a client built later at a freed client's address (client_cache=0,
@@ -147,8 +161,8 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
     scheme = payload.scheme
     if isinstance(scheme, TopK):
         spec = WeightsSpec.of(weights_in)
-        parts, residual = topk_with_feedback(scheme, delta, _residual(client), spec)
-        _keep_residual(client, residual)
+        kept = _residuals_of(client, payload.run)
+        parts, kept[payload.cid] = topk_with_feedback(scheme, delta, kept.get(payload.cid), spec)
     else:
         rng = np.random.default_rng([payload.seed, task.round, payload.cid])
         parts = scheme.encode(delta, rng)
@@ -185,12 +199,17 @@ class CompressedTransport:
         inner: The transport that reaches the clients.
         scheme: How clients encode their updates (None: no rewriting, only counting).
         seed: Seeds the clients' stochastic rounding.
+        run: A token naming this run, sent to clients so that a client object
+            starts each run without the top-k residuals of an earlier one.
     """
 
-    def __init__(self, inner: Any, scheme: Scheme | None, *, seed: int = 0) -> None:
+    def __init__(
+        self, inner: Any, scheme: Scheme | None, *, seed: int = 0, run: str | None = None
+    ) -> None:
         self.inner = inner
         self.scheme = scheme
         self.seed = seed
+        self.run = run
         self.bytes_sent = 0
         self.bytes_received = 0
         self.num_workers = int(getattr(inner, "num_workers", 0))
@@ -229,7 +248,7 @@ class CompressedTransport:
             if task.kind == "fit" and self._carried is not None and task.weights is not None:
                 if id(task) not in specs:
                     specs[id(task)] = WeightsSpec.of(task.weights)
-                out[cid] = compressed_task(task, self._carried, self.seed, cid)
+                out[cid] = compressed_task(task, self._carried, self.seed, cid, self.run)
             else:
                 out[cid] = task
         for reply in self.inner.exchange(out, timeout=timeout):

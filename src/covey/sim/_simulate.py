@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -374,7 +375,13 @@ def simulate(
         try:
             if clock is not None and not strategy.asynchronous:
                 transport = ClockedTransport(transport, clock, deadline=round_deadline)
-            counter = None if scheme is None else CompressedTransport(transport, scheme, seed=seed)
+            # A run token: client objects that outlive a run start the next without its
+            # top-k residuals (a client_fn may hand out the same objects run after run).
+            counter = (
+                None
+                if scheme is None
+                else CompressedTransport(transport, scheme, seed=seed, run=secrets.token_hex(8))
+            )
             transport = counter if counter is not None else transport
             write_run_meta(meta_path, meta)
             callbacks, stop_progress = _callbacks(rounds, progress, on_round)
