@@ -65,6 +65,12 @@ def test_stateful_clients_give_the_same_bits_on_every_backend_and_run() -> None:
     assert any(c in sampled[1] and c in sampled[3] and c not in sampled[2] for c in range(8))
     assert [f.cid for f in inline.history.rounds[2].fit_failures] == [3]
     np.testing.assert_allclose(inline.weights["w"], expected_stateful(inline), rtol=1e-12)
+    # Built for every task, a client forgets; the process backend keeps every client.
+    forgetful = run(Stateful, "inline", client_cache=0)
+    assert rows(forgetful)[1][:4] == rows(inline)[1][:4]  # round 1 fit: nothing to forget yet
+    assert forgetful.weights["w"].tobytes() != inline.weights["w"].tobytes()
+    with pytest.raises(ValueError, match="client_cache applies to"):
+        run(Stateful, "process", client_cache=0)
     # Evaluation ran on a sample, and a different seed draws a different sample.
     assert all(len(r.evaluate_participants) == 4 for r in inline.history.rounds[1:])
     other = run(Stateful, "inline", seed=2)

@@ -56,6 +56,8 @@ def on_ray(client_fn: Any, **kw: Any) -> Any:
 
 def test_per_client_state_gives_the_same_bits_as_inline(local_ray: None) -> None:
     same_bits(run(Stateful, "inline"), on_ray(Stateful))
+    # Clients built for every task (client_cache=0) lose their state alike.
+    same_bits(run(Stateful, "inline", client_cache=0), on_ray(Stateful, client_cache=0))
     kw: dict[str, Any] = {
         "compression": "topk:0.2",
         "strategy": covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
