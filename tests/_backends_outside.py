@@ -104,6 +104,10 @@ class Mistaken(covey.Client):
             return FitResult(weights={"w": w + 1}, num_examples=-1)
         if self.mode == "float":
             return FitResult(weights={"w": w + 1}, num_examples=2.0)  # type: ignore[arg-type]
+        if self.mode == "metric_name":
+            return FitResult(weights={"w": w + 1}, num_examples=1, metrics={3: 1.0})  # type: ignore[dict-item]
+        if self.mode == "metric_value":
+            return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": object()})  # type: ignore[dict-item]
         if self.mode == "unlock":  # makes the shared array writable, then trains in place
             w.flags.writeable = True
             w += 100.0
@@ -133,6 +137,8 @@ MISTAKES = {
     "negative": "FitResult.num_examples must be a non-negative int, got -1",
     "float": "FitResult.num_examples must be a non-negative int, got 2.0",
     "in_place": "shared read-only arrays",
+    "metric_name": "FitResult.metrics names a metric by int 3, not a str",
+    "metric_value": "FitResult.metrics['a'] is object, expected a number",
     "unlock": "shared read-only arrays",
 }
 

@@ -33,9 +33,29 @@ def _check_count(value: object, what: str) -> None:
         raise ValueError(f"{what} must be at most 2**53, got an int of {value.bit_length()} bits")
 
 
+_METRIC_TYPES = (bool, int, float, str, bytes, np.generic, np.ndarray)
+
+
 def _check_metrics(value: object, what: str) -> None:
+    """Refuse metrics that are not named by strings or whose values no transport carries.
+
+    The process backend and the network carry metrics as JSON: a name that is
+    not a string came back as one (``3`` as ``"3"``), and a value of another
+    type failed the client there while the inline and Ray backends took it.
+    """
     if not isinstance(value, Mapping):
         raise TypeError(f"{what} must be a dict of names to scalars, got {type(value).__name__}")
+    for name, metric in value.items():
+        if type(name) is not str:
+            raise TypeError(f"{what} names a metric by {type(name).__name__} {name!r}, not a str")
+        if not isinstance(metric, _METRIC_TYPES) or (
+            isinstance(metric, np.ndarray | np.generic)
+            and metric.dtype.kind not in ("biuf" if isinstance(metric, np.ndarray) else "biufUS")
+        ):
+            raise TypeError(
+                f"{what}[{name!r}] is {type(metric).__name__}, expected a number, bool, "
+                "str or bytes"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +88,7 @@ class FitResult:
         n = self.num_examples
         if type(n) is not int or n < 0 or n > MAX_EXAMPLES:
             _check_count(n, "FitResult.num_examples")
-        if type(self.metrics) is not dict:
+        if self.metrics or type(self.metrics) is not dict:
             _check_metrics(self.metrics, "FitResult.metrics")
         if weights is not None:
             if not _all_arrays(weights):
