@@ -34,6 +34,7 @@ from covey.transport.grpc._frames import (
     frames,
     is_chunk,
 )
+from covey.transport.grpc._greeting import Greeting
 from covey.transport.grpc._options import (
     MAX_MESSAGE_BYTES,
     METHOD,
@@ -112,6 +113,8 @@ class FederationService:
         self.tls = tls
         self.heartbeat = heartbeat
         self.admission = Admission(registry, tls)
+        # Streams that have not said Hello: a deadline, and a cap on how many wait at once.
+        self.greeting = Greeting(registry.event)
         self.budget = UploadBudget(max_inflight)
         # Files of spilled replies, written over by later replies (see SpillFiles).
         self.spill_files = SpillFiles(keep_bytes=min(max_inflight, SpillFiles().keep_bytes))
@@ -123,9 +126,8 @@ class FederationService:
 
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames: Hello, Welcome, then tasks out and replies in."""
-        try:
-            frame = next(requests)
-        except (StopIteration, grpc.RpcError):
+        frame = self.greeting.first_frame(requests, context)
+        if frame is None:
             return
         try:
             first = client_message(frame)

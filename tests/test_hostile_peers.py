@@ -1,0 +1,141 @@
+"""Hostile peers against live servers and clients on 127.0.0.1: refused, and no one else disturbed.
+
+Every test starts its own server (a transport, or ``serve`` on a thread) on a
+free port and stops it. The hostile side speaks the wire by hand with grpcio
+(``_live.Raw``, or a server written here), the honest side is covey's own
+client, and each test checks that the peer is refused with an event naming it
+while the honest clients are served.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from covey.core._messages import Task
+from covey.transport.grpc._options import METHOD
+from covey.transport.grpc._server import GrpcServerTransport
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined
+
+pytestmark = pytest.mark.timeout(120)
+
+FIT = b'{"type":"fit","form":"weights","num_examples":1,"metrics":{}}'
+
+
+class _Events:
+    """The fleet events a transport reports, collected for the test."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, event: str, detail: str) -> None:
+        with self.lock:
+            self.items.append((name, event, detail))
+
+    def of(self, event: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(n, d) for n, e, d in self.items if e == event]
+
+
+class _Parked:
+    """Streams that open and never send a frame (the slowloris of the handshake)."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.release = threading.Event()
+        self.codes: list[grpc.StatusCode | None] = []
+        self.lock = threading.Lock()
+        join = self.channel.stream_stream(METHOD)
+        self.calls = [join(self._nothing()) for _ in range(count)]
+        self.threads = [threading.Thread(target=self._drain, args=(c,)) for c in self.calls]
+        for thread in self.threads:
+            thread.daemon = True
+            thread.start()
+
+    def _nothing(self) -> Iterator[bytes]:
+        self.release.wait(60)
+        yield from ()
+
+    def _drain(self, call: Any) -> None:
+        code: grpc.StatusCode | None = None
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as exc:
+            code = exc.code()
+        with self.lock:
+            self.codes.append(code)
+
+    def ended(self) -> int:
+        with self.lock:
+            return len(self.codes)
+
+    def close(self) -> None:
+        self.release.set()
+        for call in self.calls:
+            call.cancel()
+        self.channel.close()
+
+
+def _until(condition: Any, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+# -- streams that never say Hello ------------------------------------------------------------
+
+
+def test_streams_that_never_say_hello_do_not_lock_honest_clients_out() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, max_clients=100, on_event=events)
+    parked = _Parked(transport.port, 100)  # every slot the server has
+    honest: Joined | None = None
+    try:
+        # The server cancels the streams that waited longest, so the slots they held
+        # are free again, and an honest client joins at once.
+        assert _until(lambda: parked.ended() >= 30)
+        honest = Joined(transport.port, name="honest", max_attempts=1)
+        assert transport.wait_for_clients(1, 20)
+        (reply,) = transport.exchange({0: Task("fit", 1, {}, {"w": np.zeros(4)})}, timeout=20)
+        assert reply.ok
+        refused = events.of("refused")
+        assert refused
+        assert any("sent no Hello" in d and "peer ipv4:127.0.0.1:" in d for _, d in refused)
+        # A flood of streams is reported once in a while, not once per stream.
+        assert len(refused) < 10
+    finally:
+        parked.close()
+        transport.close()
+        if honest is not None:
+            honest.join(30)
+
+
+def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, on_event=events)
+    transport._service.greeting.timeout = 0.5
+    parked = _Parked(transport.port, 3)
+    try:
+        assert _until(lambda: parked.ended() == 3)
+        assert parked.codes == [grpc.StatusCode.CANCELLED] * 3
+        assert transport._service.greeting.waiting == 0
+        (_, detail), *_ = events.of("refused")
+        assert "sent no Hello within 0.5 s" in detail
+    finally:
+        parked.close()
+        transport.close()
