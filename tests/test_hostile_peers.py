@@ -13,19 +13,24 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 
 from covey.core._messages import Task
-from covey.transport.grpc._options import METHOD
+from covey.transport.grpc._client import connect
+from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, control
+from covey.transport.grpc._options import METHOD, SERVICE
 from covey.transport.grpc._server import GrpcServerTransport
+from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Joined
+from _live import Fit, Joined
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,3 +144,66 @@ def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
     finally:
         parked.close()
         transport.close()
+
+
+# -- a hostile server against covey's client ------------------------------------------------
+
+
+class _HostileServer:
+    """A server that welcomes a client and then sends the frames ``script(hello)`` yields."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.replies: list[pb.ReplyHeader] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(self._join)}
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _join(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        next(requests)
+        welcome = pb.Welcome(cid=0, name="victim", heartbeat_interval=0.5, protocol=PROTOCOL)
+        yield control(pb.ServerMessage(welcome=welcome))
+        yield from self.script()
+
+    def close(self) -> None:
+        self.server.stop(0).wait(5)
+
+
+def _rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def test_a_client_does_not_take_the_memory_a_server_announces() -> None:
+    announced = 768 * 1024 * 1024
+
+    def script() -> Iterator[bytes]:
+        task = pb.TaskHeader(task_id=1, kind="fit", round=1, config=b"{}", weights_size=announced)
+        yield control(pb.ServerMessage(task=task))
+        yield CHUNK_TAG + bytes(1024)
+        time.sleep(1.0)  # long enough for the client to have taken what it would take
+        yield control(pb.ServerMessage(heartbeat=pb.Heartbeat()))
+
+    server = _HostileServer(script)
+    peak = [_rss()]
+    before = peak[0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(ConnectionError, match="control frame in the middle of a task"):
+            connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        done.set()
+        watcher.join(5)
+        server.close()
+    assert peak[0] - before < 128 * 1024 * 1024, (before, peak[0])

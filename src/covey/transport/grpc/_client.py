@@ -10,6 +10,7 @@ goodbye.
 from __future__ import annotations
 
 import logging
+import mmap
 import queue
 import threading
 import time
@@ -230,7 +231,11 @@ class _Session:
             self._perform(cid, header, buffer, result)
 
     def _perform(
-        self, cid: int, header: pb.TaskHeader, buffer: bytearray | None, result: ConnectResult
+        self,
+        cid: int,
+        header: pb.TaskHeader,
+        buffer: bytearray | mmap.mmap | None,
+        result: ConnectResult,
     ) -> None:
         try:
             weights, extras = split_blobs(buffer, header.weights_size, header.extras_size)
