@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 import pytest
 
+import covey
 from covey.core._messages import Task
 from covey.transport.grpc._client import connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, control
@@ -30,7 +31,7 @@ from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined
+from _live import Fit, Joined, Raw
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -207,3 +208,56 @@ def test_a_client_does_not_take_the_memory_a_server_announces() -> None:
         watcher.join(5)
         server.close()
     assert peak[0] - before < 128 * 1024 * 1024, (before, peak[0])
+
+
+# -- replies that start and never finish ----------------------------------------------------
+
+
+def _raw(port: int, name: str) -> Raw:
+    return Raw(
+        port, pb.Hello(version=covey.__version__, name=name, kinds=["fit"], protocol=PROTOCOL)
+    )
+
+
+def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    raws = [_raw(transport.port, f"stall-{k}") for k in range(16)]
+    honest = Joined(transport.port, name="honest", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(17, 20)
+        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=3.0)), daemon=True
+        )
+        exchange.start()
+        declared = 15 * 1024 * 1024  # kept in memory (under the spill size), if taken
+        transport._service.max_reply = declared
+        before = _rss()
+        for raw in raws:
+            task = raw.next_task()
+            header = pb.ReplyHeader(
+                task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
+            )
+            raw.send(reply=header)
+            raw.send_chunk(bytes(64 * 1024))
+        assert _until(lambda: transport._service.budget.used == 16 * declared)
+        # Sixteen replies of 15 MiB declared, 64 KiB sent each: the memory is what came.
+        assert _rss() - before < 100 * 1024 * 1024
+        exchange.join(30)
+        by_cid = {r.cid: r for r in replies}
+        assert sum(r.ok for r in by_cid.values()) == 1  # the honest client's
+        # Once their round is over, the stalled replies give back their share of the
+        # bytes in flight at their next frame, and say so naming each peer.
+        for raw in raws:
+            raw.send(heartbeat=pb.Heartbeat())
+        assert _until(lambda: transport._service.budget.used == 0)
+        late = events.of("late-reply")
+        assert len(late) == 16
+        assert all("65536 of 15728640 bytes" in d and "peer ipv4:127.0.0.1:" in d for _, d in late)
+    finally:
+        for raw in raws:
+            raw.close()
+        transport.close()
+        honest.join(30)

@@ -265,6 +265,8 @@ class FederationService:
         upload_header: pb.ReplyHeader,
     ) -> tuple[Upload | Skipped | None, pb.ReplyHeader]:
         """Handle one client frame; return the reply upload in progress and its header."""
+        if isinstance(upload, Upload) and self._unwanted(conn, upload_header.task_id):
+            upload = self._abandon(conn, upload, upload_header)
         if is_chunk(frame):
             if upload is None:
                 raise _ProtocolError(
@@ -321,6 +323,40 @@ class FederationService:
             )
         spill = self.spill_files if size >= SPILL_BYTES else False
         return Upload(header.weights_size, header.extras_size, spill=spill)
+
+    @staticmethod
+    def _unwanted(conn: Connection, task_id: int) -> bool:
+        """Whether no one waits for the reply to ``task_id`` any more (its round closed)."""
+        with conn.lock:
+            entry = conn.pending.get(task_id)
+        return entry is None or not entry[0].open
+
+    def _abandon(self, conn: Connection, upload: Upload, header: pb.ReplyHeader) -> Skipped:
+        """Stop keeping a reply whose round closed: its memory goes, its other bytes are skipped.
+
+        Otherwise a client that starts a reply and never finishes it would hold
+        the reply's buffer and its share of the bytes in flight for as long as it
+        stays connected.
+        """
+        self._release(upload)
+        skipped = Skipped(upload.size)
+        skipped.filled = upload.filled
+        logger.warning(
+            "client %s (%s): the round of task %d closed with its reply %d of %d bytes in; "
+            "skipping the rest",
+            conn.name,
+            conn.peer,
+            header.task_id,
+            upload.filled,
+            upload.size,
+        )
+        self.registry.event(
+            conn.name,
+            "late-reply",
+            f"task {header.task_id}: {upload.filled} of {upload.size} bytes when its round "
+            f"closed (peer {conn.peer})",
+        )
+        return skipped
 
     def _release(self, upload: Upload | Skipped) -> None:
         """Give back the reservation of an upload that completed or was abandoned."""

@@ -104,7 +104,7 @@ class Upload:
             self.file = self.files.take()
         elif spill:
             self.file = _temporary()
-        self.buffer = None if spill else bytearray(self.size)
+        self.buffer = None if spill else lazy_buffer(self.size)
 
     @property
     def complete(self) -> bool:
