@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 import covey
+from covey.core import _codec
 from covey.core._messages import Task
 from covey.transport.grpc._client import connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, control
@@ -261,3 +262,59 @@ def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() ->
             raw.close()
         transport.close()
         honest.join(30)
+
+
+# -- replies to tasks a client was not given, replays, a second Hello ------------------------
+
+
+def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    a, b = _raw(transport.port, "a"), _raw(transport.port, "b")
+    try:
+        assert transport.wait_for_clients(2, 20)
+        cid_b = next(c for c, conn in transport._registry.fleet.items() if conn.name == "b")
+        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=20)), daemon=True
+        )
+        exchange.start()
+        task_a, task_b = a.next_task(), b.next_task()
+        blob = bytes(_codec.encode({"w": np.ones(4)}))
+
+        def reply(task_id: int) -> None:
+            header = pb.ReplyHeader(task_id=task_id, kind="fit", result=FIT, weights_size=len(blob))
+            a.send(reply=header)
+            a.send_chunk(blob)
+
+        with caplog.at_level("WARNING", logger="covey"):
+            reply(task_b.task_id)  # b's task: not a's to answer
+            reply(task_a.task_id)
+            reply(task_a.task_id)  # a replay
+            reply(10**12)  # never issued
+            for _ in range(3000):
+                a.send(reply=pb.ReplyHeader(task_id=task_b.task_id, kind="fit", result=FIT))
+            a.send_frame(b"\xff\x13garbage")  # dropped once every frame before it is read
+            # b says Hello again, as a: refused, and its identity stays its own.
+            b.send(hello=pb.Hello(version=covey.__version__, name="a", protocol=PROTOCOL))
+            exchange.join(30)
+            assert _until(lambda: not transport.clients())
+        by_cid = {r.cid: r for r in replies}
+        ok = [r for r in by_cid.values() if r.ok]
+        assert len(ok) == 1
+        assert ok[0].cid != cid_b
+        np.testing.assert_array_equal(ok[0].result.weights["w"], np.ones(4))
+        assert "unexpected hello" in (by_cid[cid_b].error or "")
+        refused = dict(events.of("protocol-error"))
+        assert "unexpected hello message (peer ipv4:127.0.0.1:" in refused["b"]
+        assert "malformed client control frame" in refused["a"]
+        stray = [r for r in caplog.records if "which is not pending" in r.getMessage()]
+        assert 1 <= len(stray) <= 16, len(stray)
+        assert "3003 such replies" not in stray[-1].getMessage()
+    finally:
+        a.close()
+        b.close()
+        transport.close()

@@ -306,12 +306,17 @@ class FederationService:
         with conn.lock:
             expected = header.task_id in conn.pending
         if not expected:
-            logger.warning(
-                "client %s replied to task %d, which is not pending; skipping its %d bytes",
-                conn.name,
-                header.task_id,
-                size,
-            )
+            conn.stray += 1
+            if conn.stray & (conn.stray - 1) == 0:  # the 1st, 2nd, 4th, ...: never a flood
+                logger.warning(
+                    "client %s (%s) replied to task %d, which is not pending; skipping its %d "
+                    "bytes (%d such replies from it so far)",
+                    conn.name,
+                    conn.peer,
+                    header.task_id,
+                    size,
+                    conn.stray,
+                )
             return Skipped(size) if size else None
         if size == 0:
             self._deliver(conn, header, None)
