@@ -243,8 +243,9 @@ def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() ->
             )
             raw.send(reply=header)
             raw.send_chunk(bytes(64 * 1024))
-        assert _until(lambda: transport._service.budget.used == 16 * declared)
-        # Sixteen replies of 15 MiB declared, 64 KiB sent each: the memory is what came.
+        assert _until(lambda: transport._service.budget.used == 16 * 64 * 1024)
+        # Sixteen replies of 15 MiB declared, 64 KiB sent each: the memory and the
+        # bytes in flight are what came.
         assert _rss() - before < 100 * 1024 * 1024
         exchange.join(30)
         by_cid = {r.cid: r for r in replies}
@@ -317,4 +318,89 @@ def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
     finally:
         a.close()
         b.close()
+        transport.close()
+
+
+# -- the bytes in flight over all connections ------------------------------------------------
+
+
+def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() -> None:
+    declared = 4 * 1024 * 1024
+    events = _Events()
+    transport = GrpcServerTransport(
+        "127.0.0.1:0", heartbeat=5.0, on_event=events, max_inflight=3 * declared
+    )
+    raws = [_raw(transport.port, f"hoard-{k}") for k in range(3)]
+    honest = Joined(transport.port, Fit(delay=1.0), name="honest", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(4, 20)
+        cid = next(c for c, conn in transport._registry.fleet.items() if conn.name == "honest")
+        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=5.0)), daemon=True
+        )
+        exchange.start()
+        transport._service.max_reply = declared
+        for raw in raws:
+            task = raw.next_task()
+            header = pb.ReplyHeader(
+                task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
+            )
+            raw.send(reply=header)
+            raw.send_chunk(bytes(64 * 1024))
+        exchange.join(30)
+        by_cid = {r.cid: r for r in replies}
+        # Three peers declared the whole budget and sent 64 KiB each: the honest
+        # client, replying a second later, is served all the same.
+        assert by_cid[cid].ok, by_cid[cid].error
+        assert not events.of("protocol-error")
+    finally:
+        for raw in raws:
+            raw.close()
+        transport.close()
+        honest.join(30)
+
+
+def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() -> None:
+    mib = 1024 * 1024
+    events = _Events()
+    transport = GrpcServerTransport(
+        "127.0.0.1:0", heartbeat=5.0, on_event=events, max_inflight=3 * mib
+    )
+    hoard, big = _raw(transport.port, "hoard"), _raw(transport.port, "big")
+    try:
+        assert transport.wait_for_clients(2, 20)
+        names = {conn.name: c for c, conn in transport._registry.fleet.items()}
+        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=3)), daemon=True
+        )
+        exchange.start()
+        transport._service.max_reply = 4 * mib
+        task = hoard.next_task()
+        hoard.send(
+            reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=3 * mib)
+        )
+        hoard.send_chunk(bytes(2 * mib))
+        assert _until(lambda: transport._service.budget.used == 2 * mib)
+        task = big.next_task()
+        big.send(
+            reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=2 * mib)
+        )
+        big.send_chunk(bytes(2 * mib))
+        exchange.join(30)
+        error = {r.cid: r.error or "" for r in replies}[names["big"]]
+        assert "limit of 3145728 bytes of replies at once" in error
+        assert "was not kept" in error
+        # Not the client's fault: it stays connected, and nothing it sent stays reserved.
+        big.send(heartbeat=pb.Heartbeat())
+        hoard.send(heartbeat=pb.Heartbeat())
+        assert _until(lambda: transport._service.budget.used == 0)
+        assert sorted(transport.clients()) == sorted(names.values())
+        assert not events.of("protocol-error")
+    finally:
+        hoard.close()
+        big.close()
         transport.close()

@@ -272,11 +272,7 @@ class FederationService:
                 raise _ProtocolError(
                     f"a chunk frame of {len(frame) - 1} bytes arrived with no reply in progress"
                 )
-            if not upload.write(chunk_data(frame)):
-                raise _ProtocolError(
-                    f"a reply to task {upload_header.task_id} sent more than the "
-                    f"{upload.size} bytes it announced"
-                )
+            upload = self._chunk(conn, chunk_data(frame), upload, upload_header)
             if not upload.complete:
                 return upload, upload_header
             self._release(upload)
@@ -321,10 +317,10 @@ class FederationService:
         if size == 0:
             self._deliver(conn, header, None)
             return None
-        if not self.budget.reserve(size):
+        if size > self.budget.total:  # could never fit, whatever else is in flight
             raise _ProtocolError(
-                f"a reply of {size} bytes would put uploads in progress over the server's "
-                f"limit of {self.budget.total} bytes"
+                f"a reply of {size} bytes is more than the server's limit of "
+                f"{self.budget.total} bytes of replies in progress"
             )
         spill = self.spill_files if size >= SPILL_BYTES else False
         return Upload(header.weights_size, header.extras_size, spill=spill)
@@ -363,10 +359,46 @@ class FederationService:
         )
         return skipped
 
+    def _chunk(
+        self, conn: Connection, data: memoryview, upload: Upload | Skipped, header: pb.ReplyHeader
+    ) -> Upload | Skipped:
+        """Write a chunk, reserving its bytes against the bytes in flight of all replies.
+
+        A reply reserves what it has sent, not what its header declares, so peers
+        that declare large replies and send little cannot use up the cap. A reply
+        that would pass it is not kept: its task fails naming the cause, and its
+        other bytes are skipped, the client staying connected.
+        """
+        fits = upload.filled + len(data) <= upload.size
+        if isinstance(upload, Upload) and fits and not self.budget.reserve(len(data)):
+            upload = self._overflow(conn, upload, header)
+        if not upload.write(data):
+            raise _ProtocolError(
+                f"a reply to task {header.task_id} sent more than the "
+                f"{upload.size} bytes it announced"
+            )
+        return upload
+
+    def _overflow(self, conn: Connection, upload: Upload, header: pb.ReplyHeader) -> Skipped:
+        """Skip a reply that would pass the bytes in flight, and fail its task saying so."""
+        self._release(upload)
+        skipped = Skipped(upload.size)
+        skipped.filled = upload.filled
+        error = (
+            f"the server was receiving its limit of {self.budget.total} bytes of replies at "
+            f"once; the reply to task {header.task_id} ({upload.size} bytes) was not kept"
+        )
+        logger.warning("client %s (%s): %s", conn.name, conn.peer, error)
+        with conn.lock:
+            entry = conn.pending.pop(header.task_id, None)
+        if entry is not None:
+            self.registry.route(entry[0], Reply(conn.cid, entry[1], error=error), conn.name)
+        return skipped
+
     def _release(self, upload: Upload | Skipped) -> None:
-        """Give back the reservation of an upload that completed or was abandoned."""
+        """Give back the bytes an upload reserved, once it completed or was abandoned."""
         if isinstance(upload, Upload):
-            self.budget.release(upload.size)
+            self.budget.release(upload.filled)
             if not upload.complete:
                 upload.discard()
 
