@@ -9,6 +9,7 @@ while the honest clients are served.
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
@@ -25,14 +26,17 @@ import pytest
 import covey
 from covey.core import _codec
 from covey.core._messages import Task
-from covey.transport.grpc._client import connect
+from covey.deploy._client import tls_from_certs
+from covey.deploy.certs import init_federation, issue_client
+from covey.server._store import RunStore
+from covey.transport.grpc._client import ClientTLS, connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, control
 from covey.transport.grpc._options import METHOD, SERVICE
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined, Raw
+from _live import Fit, Joined, Raw, Served
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,8 +62,8 @@ class _Events:
 class _Parked:
     """Streams that open and never send a frame (the slowloris of the handshake)."""
 
-    def __init__(self, port: int, count: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    def __init__(self, port: int, count: int, tls: ClientTLS | None = None) -> None:
+        self.channel = _channel(port, tls)
         self.release = threading.Event()
         self.codes: list[grpc.StatusCode | None] = []
         self.lock = threading.Lock()
@@ -93,6 +97,13 @@ class _Parked:
         for call in self.calls:
             call.cancel()
         self.channel.close()
+
+
+def _channel(port: int, tls: ClientTLS | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(f"127.0.0.1:{port}")
+    creds = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds)
 
 
 def _until(condition: Any, timeout: float = 20.0) -> bool:
@@ -404,3 +415,67 @@ def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() 
         hoard.close()
         big.close()
         transport.close()
+
+
+# -- a certificate holder that misbehaves in a served run ------------------------------------
+
+
+def _secure_raw(port: int, tls: ClientTLS, hello: pb.Hello) -> Raw:
+    """A hand-driven stream over mutual TLS (``Raw`` dials without TLS)."""
+    raw = Raw.__new__(Raw)
+    raw.channel = _channel(port, tls)
+    raw.out = queue.Queue()
+    raw.send(hello=hello)
+    raw.call = raw.channel.stream_stream(METHOD)(raw._requests())
+    return raw
+
+
+@pytest.mark.slow
+def test_a_certificate_holder_that_parks_streams_poses_and_never_answers(tmp_path: Path) -> None:
+    fed = tmp_path / "fed"
+    init_federation(fed)
+    for name in ("c0", "c1", "mallory"):
+        issue_client(fed, name)
+    mallory = tls_from_certs(fed, "mallory")
+    strategy = covey.FedAvg(min_available_clients=3, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(
+        strategy, 3, certs=fed, run_dir=tmp_path / "run", round_timeout=3, max_clients=70
+    )
+    parked = _Parked(served.port, 80, mallory)  # more than the server's slots
+    honest: list[Joined] = []
+    raw: Raw | None = None
+    try:
+        assert _until(lambda: parked.ended() >= 16)
+        honest = [Joined(served.port, Fit(), tls=tls_from_certs(fed, n)) for n in ("c0", "c1")]
+        # Mallory says Hello as c0: the server goes by its certificate, and it takes
+        # its tasks without ever answering them.
+        hello = pb.Hello(version=covey.__version__, name="c0", kinds=["fit"], protocol=PROTOCOL)
+        raw = _secure_raw(served.port, mallory, hello)
+        welcome = next(raw.messages()).welcome
+        assert welcome.name == "mallory"
+        threading.Thread(target=raw.ended, args=(120,), daemon=True).start()  # reads on
+
+        def beat() -> None:  # alive as far as the server can tell
+            while served.thread.is_alive():
+                raw.send(heartbeat=pb.Heartbeat())
+                time.sleep(0.2)
+
+        threading.Thread(target=beat, daemon=True).start()
+        result = served.join(90)
+    finally:
+        parked.close()
+        if raw is not None:
+            raw.close()
+        for client in honest:
+            client.join(30)
+    rounds = result.history.rounds[1:]
+    assert len(rounds) == 3
+    for record in rounds:
+        assert len(record.fit_participants) == 2
+        assert [(f.name, f.error) for f in record.fit_failures] == [("mallory", "no reply in time")]
+    for client in honest:
+        assert client.result is not None
+        assert client.result.tasks == 3
+    with RunStore.open(tmp_path / "run") as store:
+        events = [(c, e, d) for _, c, e, d in store.events()]
+    assert any(c == "mallory" and e == "refused" and "sent no Hello" in d for c, e, d in events)

@@ -40,11 +40,14 @@ REPORT_SECONDS = 10.0  # one log line and event per peer host at most this often
 class _Waiting:
     """One stream waiting for its first frame."""
 
-    __slots__ = ("context", "peer", "why")
+    __slots__ = ("context", "name", "peer", "why")
 
-    def __init__(self, context: grpc.ServicerContext, peer: str) -> None:
+    def __init__(self, context: grpc.ServicerContext) -> None:
         self.context = context
-        self.peer = peer
+        self.peer = context.peer()
+        # Under mutual TLS the certificate names the peer before it says anything.
+        names = context.auth_context().get("x509_common_name") or []
+        self.name = names[0].decode(errors="replace") if names else self.peer
         self.why = ""
 
 
@@ -53,7 +56,8 @@ class Greeting:
 
     Args:
         on_event: ``(name, event, detail)``: where refusals are recorded (the
-            registry's ``event``); the name is the peer's address.
+            registry's ``event``); the name is the certificate's under mutual
+            TLS, else the peer's address.
         timeout: Seconds a stream has to send its first frame.
         most: Most streams waiting for a first frame at once.
     """
@@ -81,7 +85,7 @@ class Greeting:
 
     def first_frame(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
         """The stream's first frame; None if it ended, was too slow, or was pushed out."""
-        entry = _Waiting(context, context.peer())
+        entry = _Waiting(context)
         key = next(self._ids)
         with self._lock:
             self._waiting[key] = entry
@@ -133,5 +137,5 @@ class Greeting:
             self._reported[host] = (now, 0)
         more = f" ({suppressed} more such streams from {host} since the last report)"
         detail = f"{entry.why}{more if suppressed else ''} (peer {entry.peer})"
-        logger.warning("refused a stream from %s: %s", entry.peer, detail)
-        self.on_event(entry.peer, "refused", detail)
+        logger.warning("refused a stream of %s from %s: %s", entry.name, entry.peer, detail)
+        self.on_event(entry.name, "refused", detail)
