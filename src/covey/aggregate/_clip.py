@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from covey.aggregate._base import Begin, Contribution, End, Event, State, Step
-from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm
+from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm, update_of
 from covey.core._weights import Weights
 
 Rewrite = Callable[[Contribution, Weights], "tuple[Contribution | None, bool]"]
@@ -81,11 +81,11 @@ def clip_norm(max_norm: float) -> Step:
     bound = check_positive(max_norm, "clip_norm max_norm")
 
     def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
-        delta = event.as_delta(params)
+        delta = update_of(event, params)
         norm = math.sqrt(sq_norm(delta))
         if norm <= bound:
             return event, False
-        return replace(event, weights=None, delta=scaled(delta, bound / norm)), True
+        return replace(event, weights=None, delta=scaled(delta, bound / norm, params)), True
 
     return per_client("clip_norm()", "clipped", rewrite)
 
@@ -157,7 +157,7 @@ def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
             raise ValueError(f"staleness function gave {factor!r} for staleness {event.staleness}")
         if factor == 1.0:
             return event, False
-        delta = event.as_delta(params)
-        return replace(event, weights=None, delta=scaled(delta, factor)), True
+        delta = update_of(event, params)
+        return replace(event, weights=None, delta=scaled(delta, factor, params)), True
 
     return per_client("staleness_weight()", "stale", rewrite)

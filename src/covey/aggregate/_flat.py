@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from covey.aggregate._base import AggregationError
+from covey.aggregate._base import AggregationError, Contribution
 from covey.core._weights import Array, Weights
 
 Vector = NDArray[np.float64]
@@ -21,10 +22,58 @@ def flatten(values: Weights, params: Weights) -> Vector:
     return np.concatenate(parts, dtype=np.float64)
 
 
+def signed(values: Weights) -> Weights:
+    """``values`` with every unsigned integer array viewed as the signed integers of its size.
+
+    An update of an unsigned array is a change modulo ``2**bits``: a client that
+    lowers a ``uint8`` from 5 to 3 sends 254, which adding to 5 wraps back to 3.
+    Its value as a number is the change of least magnitude, -2, which is what the
+    two's-complement view reads (no copy is made).
+    """
+    if all(v.dtype.kind != "u" for v in values.values()):
+        return values
+    return {
+        name: v.view(v.dtype.str.replace("u", "i")) if v.dtype.kind == "u" else v
+        for name, v in values.items()
+    }
+
+
+def update_of(event: Contribution, params: Weights) -> Weights:
+    """A contribution's update, its integer arrays by their numeric value.
+
+    Float and bool arrays are :meth:`Contribution.as_delta`'s. An integer array of a
+    client that sent weights is ``w_k - w`` computed in float64 (in its own dtype a
+    decrease of an unsigned array would wrap around to a large increase); one of a
+    client that sent a delta is read by :func:`signed`.
+    """
+    if event.weights is None:
+        return signed(event.as_delta(params))
+    delta = event.as_delta(params)
+    if all(p.dtype.kind not in "iu" for p in params.values()):
+        return delta
+    weights = event.weights
+    return {
+        name: np.subtract(weights[name], p, dtype=np.float64)
+        if p.dtype.kind in "iu"
+        else delta[name]
+        for name, p in params.items()
+    }
+
+
+def to_int(values: Array, dtype: np.dtype[Any]) -> Array:
+    """Round float ``values`` to the integer (or bool) ``dtype``; negatives wrap modulo ``2**bits``.
+
+    Goes through int64: casting a negative float straight to an unsigned dtype is
+    undefined in C.
+    """
+    return np.rint(values).astype(np.int64).astype(dtype)
+
+
 def unflatten(vector: Vector, params: Weights) -> dict[str, Array]:
     """Split ``vector`` into arrays shaped and typed like ``params``.
 
-    Non-float arrays (counters, masks) are rounded to their own dtype.
+    Non-float arrays (counters, masks) are rounded to their own dtype (a negative
+    change of an unsigned array wraps, so that adding it lowers the array).
     """
     out: dict[str, Array] = {}
     start = 0
@@ -35,18 +84,22 @@ def unflatten(vector: Vector, params: Weights) -> dict[str, Array]:
         if value.dtype.kind == "f":
             out[name] = piece.astype(value.dtype, copy=True)
         else:
-            out[name] = np.rint(piece).astype(value.dtype)
+            out[name] = to_int(piece, value.dtype)
     return out
 
 
-def scaled(values: Weights, factor: float) -> dict[str, Array]:
-    """``factor * values`` per array, each array keeping its dtype (non-floats rounded)."""
+def scaled(values: Weights, factor: float, params: Weights) -> dict[str, Array]:
+    """``factor * values`` per array, in the dtypes of ``params`` (non-floats rounded).
+
+    ``values`` is an update as :func:`update_of` gives it (integer arrays by value).
+    """
     out: dict[str, Array] = {}
     for name, value in values.items():
-        if value.dtype.kind == "f":
-            out[name] = np.multiply(value, factor, dtype=value.dtype)
+        dtype = params[name].dtype
+        if dtype.kind == "f":
+            out[name] = np.multiply(value, factor, dtype=dtype)
         else:
-            out[name] = np.rint(value * factor).astype(value.dtype)
+            out[name] = to_int(value * factor, dtype)
     return out
 
 
@@ -92,3 +145,22 @@ def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{what} must be a finite number {bound}, got {value!r}")
     return number
+
+
+def floor_fraction(fraction: float, count: int) -> int:
+    """``floor(fraction * count)`` as in exact arithmetic: how many of ``count`` a fraction is.
+
+    In binary floating point ``0.7 * 90`` is ``62.99999999999999``; a product within
+    a few units in the last place of the next integer (the error of writing a
+    decimal fraction in binary and multiplying) counts as that integer, so 0.7 of
+    90 clients is 63 of them, not 62.
+
+    Example:
+        >>> floor_fraction(0.7, 90), floor_fraction(0.25, 10)
+        (63, 2)
+    """
+    product = fraction * count
+    whole = math.floor(product)
+    if math.isclose(product, whole + 1, rel_tol=1e-15):
+        whole += 1
+    return whole

@@ -22,6 +22,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
+from covey.aggregate._flat import signed
 from covey.core._pages import BLOCK, blocks, release_pages
 from covey.core._weights import Array, Weights
 
@@ -163,7 +164,9 @@ def _finish(
             np.rint(a, out=a)
             if weights and target.kind in "iu":
                 np.clip(a, *_int_bounds(target), out=a)
-            out[name] = a.astype(target)
+                out[name] = a.astype(target)
+            else:  # a delta: a negative change of an unsigned array wraps (via int64)
+                out[name] = a.astype(np.int64).astype(target)
     return out
 
 
@@ -207,7 +210,8 @@ def _mean_contribution(
         acc_w, scratch = _fold(acc_w, scratch, event.weights, n)
         ex_w += n
     elif event.delta is not None:
-        acc_d, scratch = _fold(acc_d, scratch, event.delta, n)
+        # An unsigned array's delta is a change modulo 2**bits: summed by its signed value.
+        acc_d, scratch = _fold(acc_d, scratch, signed(event.delta), n)
     else:  # an invariant of this module, not an input check
         raise RuntimeError("internal error: event.delta is unset")
     return _MeanState(

@@ -17,7 +17,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
-from covey.aggregate._flat import check_positive, needs_params, sq_norm
+from covey.aggregate._flat import check_positive, needs_params, sq_norm, to_int, update_of
 from covey.core._weights import Array, Weights
 
 
@@ -64,7 +64,7 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
         if isinstance(event, Contribution):
             params = needs_params(state.params, "qfedavg()")
             loss = _client_loss(event, loss_key)
-            delta = event.as_delta(params)
+            delta = update_of(event, params)
             fq = (loss + smooth) ** fairness
             h = fairness * (loss + smooth) ** (fairness - 1.0) * lipschitz**2 * sq_norm(delta)
             h += lipschitz * fq
@@ -90,7 +90,7 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
             for k, a in state.acc.items():
                 dtype = state.params[k].dtype
                 value = a / state.h
-                out[k] = value.astype(dtype) if dtype.kind == "f" else np.rint(value).astype(dtype)
+                out[k] = value.astype(dtype) if dtype.kind == "f" else to_int(value, dtype)
             agg = Aggregate(
                 event.round, state.clients, state.examples, delta=out, info=dict(event.info)
             )

@@ -30,8 +30,10 @@ from covey.aggregate._flat import (
     check_count,
     check_positive,
     flatten,
+    floor_fraction,
     needs_params,
     unflatten,
+    update_of,
 )
 from covey.core._weights import Weights
 
@@ -73,7 +75,7 @@ def buffered(name: str, combine: Combine) -> Step:
                 raise RuntimeError("internal error: state.cids is unset")
             if state.examples is None:  # an invariant of this module, not an input check
                 raise RuntimeError("internal error: state.examples is unset")
-            state.rows.append(flatten(event.as_delta(params), params))
+            state.rows.append(flatten(update_of(event, params), params))
             state.cids.append(event.cid)
             state.examples.append(event.num_examples)
             return state, ()
@@ -128,8 +130,9 @@ def median() -> Step:
 def trimmed_mean(beta: float = 0.2) -> Step:
     """Coordinate-wise trimmed mean: drop the ``beta`` largest and smallest, average the rest.
 
-    For ``n`` updates, ``k = floor(beta * n)`` values are cut from each end of every
-    coordinate and the remaining ``n - 2k`` are averaged.
+    For ``n`` updates, ``k = floor(beta * n)`` values (in exact arithmetic: 0.29 of
+    100 is 29) are cut from each end of every coordinate and the remaining
+    ``n - 2k`` are averaged.
 
     Args:
         beta: Fraction cut from each end, in ``[0, 0.5)``; 0 gives the plain mean.
@@ -147,7 +150,7 @@ def trimmed_mean(beta: float = 0.2) -> Step:
 
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
         n = len(updates)
-        k = int(np.floor(cut * n))
+        k = min(floor_fraction(cut, n), (n - 1) // 2)  # beta < 0.5 always leaves one
         if k == 0:
             return updates.mean(axis=0), {"trimmed": 0}
         ordered = np.sort(updates, axis=0)

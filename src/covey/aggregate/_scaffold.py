@@ -42,7 +42,9 @@ def scaffold(num_clients: int) -> Step:
     round fails with an AggregationError); it passes on unchanged to the reducer
     that follows, which averages the model updates
     (``chain(scaffold(N), mean(), server_sgd(lr=eta_g))``). At ``End``,
-    ``c = c + (1/N) sum_{i in S} Delta c_i``, that is ``|S|/N`` times the mean.
+    ``c = c + (1/N) sum_{i in S} Delta c_i``, that is ``|S|/N`` times the mean;
+    more than ``N`` contributions in a round show that ``N`` is not the federation's
+    size, and the round fails with an AggregationError saying so.
 
     Args:
         num_clients: ``N``, the number of clients in the federation.
@@ -78,6 +80,12 @@ def scaffold(num_clients: int) -> Step:
                     )
             if state.acc is None:
                 return _ScaffoldState(state.c), (End(event.round, info),)
+            if state.clients > total:
+                raise AggregationError(
+                    f"scaffold: {state.clients} clients sent a control-variate change but "
+                    f"num_clients={total}; num_clients must be the number of clients in the "
+                    "federation (c moves by 1/num_clients of each change)"
+                )
             c = {
                 k: (v + state.acc[k] / total).astype(v.dtype) if v.dtype.kind == "f" else v
                 for k, v in state.c.items()

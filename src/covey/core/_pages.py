@@ -9,13 +9,14 @@ whole reply. The file keeps its bytes: a page read again is simply read again.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BLOCK", "blocks", "mapping_of", "release_pages", "sum_of_squares"]
+__all__ = ["BLOCK", "blocks", "mapping_of", "release_pages", "sum_of_squares", "trim_heap"]
 
 BLOCK = 1 << 20
 """Elements read at once when a large array is read block by block."""
@@ -104,3 +105,28 @@ def sum_of_squares(array: np.ndarray) -> Any:
         total += _vdot(part, part)
         release_pages(flat, start, stop)
     return total
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """The C library's ``malloc_trim`` (glibc), or None where it has none (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``; else nothing).
+
+    Receiving a large message passes many 2 MiB frames through the heap; once
+    they are freed, glibc keeps most of those pages for later allocations, where
+    they still count as the process's memory. Called after such a message is
+    complete, this returns them at the cost of a walk over the heap's free
+    blocks.
+    """
+    if _TRIM is not None:
+        _TRIM(0)

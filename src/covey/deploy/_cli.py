@@ -176,7 +176,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         result = serve(
             server_app.strategy,
             int(_pick(flags["rounds"], s, "rounds", server_app.rounds)),
-            None if resuming else server_app.weights(),
+            # serve calls it, and so keeps the only reference to the step-0 model
+            None if resuming else server_app.weights,
             flags["address"],
             evaluate_fn=server_app.evaluate_fn,
             certs=flags["certs"],

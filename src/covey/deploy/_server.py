@@ -106,7 +106,7 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
 def serve(
     strategy: Strategy,
     rounds: int,
-    initial_weights: Weights | None,
+    initial_weights: Weights | Callable[[], Weights] | None,
     address: str | None = None,
     *,
     evaluate_fn: EvaluateFn | None = None,
@@ -132,7 +132,11 @@ def serve(
     Args:
         strategy: What to do each round.
         rounds: The last round to run.
-        initial_weights: The global model at step 0 (ignored when resuming).
+        initial_weights: The global model at step 0, or a function returning it
+            (called once the server listens; ignored when resuming). Give the
+            function when the caller would otherwise keep the arrays alive: the
+            server then holds the only reference, and the step-0 model is freed
+            once round 1 has replaced it.
         address: ``host:port`` to listen on; port 0 picks a free port (see ``on_listen``).
             Default: the address stored in the run when resuming, else ``127.0.0.1:9092``.
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
@@ -456,7 +460,7 @@ class _Run:
 def _open_run(
     strategy: Strategy,
     rounds: int,
-    initial_weights: Weights | None,
+    initial_weights: Weights | Callable[[], Weights] | None,
     address: str,
     run_dir: str | Path | None,
     opened: RunStore | None,
@@ -478,6 +482,8 @@ def _open_run(
         history.config = opened.config
         logger.info("resuming the run in %s after round %d", run_dir, last)
         return _Run(opened, weights, history.config, last + 1, history, blob)
+    if callable(initial_weights):
+        initial_weights = initial_weights()
     if initial_weights is None:
         raise ValueError("serve() needs initial_weights (unless resuming)")
     config = run_config(

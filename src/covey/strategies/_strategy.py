@@ -7,7 +7,6 @@ Named presets such as :func:`FedAvg` are short functions that fill one in.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
@@ -17,6 +16,7 @@ from typing import Any, NamedTuple, TypedDict
 import numpy as np
 
 from covey.aggregate import Contribution, Step, chain, weighted_mean
+from covey.aggregate._flat import floor_fraction
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
@@ -102,7 +102,9 @@ class Strategy:
         on_fit_config: ``round -> dict`` sent to clients with each fit task.
         on_evaluate_config: ``round -> dict`` sent with each evaluate task.
         accept_failures: Go on with the clients that replied when some fail (if at
-            least ``min_fit_clients`` replied); if False, any failure stops the run.
+            least ``min_fit_clients`` replied); if False, any failed fit stops the run.
+            Federated evaluation never stops a run: clients that fail to evaluate
+            are recorded and left out of the averaged loss and metrics.
         fit_metrics: Combines the clients' fit metrics (default: weighted by examples).
         evaluate_metrics: Combines the clients' evaluation metrics.
         selector: Optional ``(candidates, round, rng) -> cids`` replacing uniform
@@ -242,14 +244,18 @@ class Strategy:
         return out
 
     def num_fit(self, available: int) -> int:
-        """How many clients to sample for training among ``available``."""
-        return max(math.floor(available * self.fraction_fit), self.min_fit_clients)
+        """How many clients to sample for training among ``available``.
+
+        ``floor(fraction_fit * available)`` in exact arithmetic (0.7 of 90 is 63),
+        and at least ``min_fit_clients``.
+        """
+        return max(floor_fraction(self.fraction_fit, available), self.min_fit_clients)
 
     def num_evaluate(self, available: int) -> int:
         """How many clients to sample for evaluation (0 if evaluation is off)."""
         if self.fraction_evaluate == 0.0:
             return 0
-        return max(math.floor(available * self.fraction_evaluate), self.min_evaluate_clients)
+        return max(floor_fraction(self.fraction_evaluate, available), self.min_evaluate_clients)
 
     def sample(
         self, available: Sequence[int], count: int, round: int, seed: int, purpose: int

@@ -23,6 +23,7 @@ import grpc
 
 from covey.core import _codec
 from covey.core._messages import DeferredReply, Reply
+from covey.core._pages import trim_heap
 from covey.transport.grpc import _wire
 from covey.transport.grpc._admission import Admission, Refusal
 from covey.transport.grpc._frames import (
@@ -456,6 +457,7 @@ class FederationService:
             spill.close()
             raise
         spill.unmap()
+        trim_heap()  # the frames that carried it were freed into the heap
         return DeferredReply(cid, kind, load, spill.unmap)
 
 

@@ -1,0 +1,108 @@
+"""The server keeps no model it no longer needs: the step-0 model goes once round 2 starts.
+
+Until then the transport keeps the step-0 model's encoding (for clients still
+to be sent round 1's task); from round 2 on, nothing in the server may hold it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.core import _pages
+from covey.core._pages import trim_heap
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined, Served
+
+APPS = Path(__file__).parent / "apps"
+
+
+def test_serve_with_a_weights_function_frees_the_step_0_model() -> None:
+    made: list[weakref.ref[np.ndarray]] = []
+    alive: dict[int, bool] = {}
+
+    def initial() -> dict[str, Any]:
+        w = np.zeros(1 << 16)
+        made.append(weakref.ref(w))
+        return {"w": w}
+
+    def evaluate(rnd: int, weights: Any) -> tuple[float, dict[str, Any]]:
+        gc.collect()
+        alive[rnd] = made[-1]() is not None
+        return 0.0, {}
+
+    served = Served(
+        covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0),
+        2,
+        initial_weights=initial,
+        evaluate_fn=evaluate,
+    )
+    client = Joined(served.port, name="c0")
+    result = served.join()
+    client.join()
+    assert len(made) == 1  # called once
+    assert alive[0]
+    assert not alive[2]
+    np.testing.assert_array_equal(result.weights["w"], np.full(1 << 16, 2.0))
+
+
+def test_the_server_command_keeps_no_reference_to_the_step_0_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(APPS))
+    port_file = tmp_path / "port"
+    joined: list[Joined] = []
+
+    def join_when_listening() -> None:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if port_file.exists():
+            joined.append(Joined(int(port_file.read_text()), name="c0"))
+
+    helper = threading.Thread(target=join_when_listening, daemon=True)
+    helper.start()
+    args = ["server", "--app", "held_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    result = CliRunner().invoke(app, [*args, "--port-file", str(port_file), "--wait-timeout", "60"])
+    helper.join(60)
+    for client in joined:
+        client.join()
+    assert result.exit_code == 0, result.output
+    import held_app  # the app module the command loaded
+
+    assert held_app.alive[0]
+    assert not held_app.alive[2]
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(_pages._TRIM is None, reason="the C library has no malloc_trim (not glibc)")
+def test_trim_heap_gives_freed_frames_back() -> None:
+    # Freeing one large block raises glibc's mmap threshold above 2 MiB, so the
+    # frames below come from the heap, as gRPC's received frames do.
+    del bytearray(8 << 20)[:]
+    frames = [bytearray(os.urandom(16)) * (1 << 17) for _ in range(48)]  # 48 x 2 MiB, touched
+    keep = bytearray(1 << 20)  # allocated last: the heap's top stays in use
+    del frames
+    before = _rss_mib()
+    trim_heap()
+    after = _rss_mib()
+    assert before - after > 48, (before, after)
+    del keep
