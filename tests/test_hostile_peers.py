@@ -9,6 +9,7 @@ while the honest clients are served.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
@@ -26,11 +27,12 @@ import pytest
 import covey
 from covey.core import _codec
 from covey.core._messages import Task
+from covey.core._weights import WeightsSpec
 from covey.deploy._client import tls_from_certs
 from covey.deploy.certs import init_federation, issue_client
 from covey.server._store import RunStore
 from covey.transport.grpc._client import ClientTLS, connect
-from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, control
+from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, client_message, control, is_chunk
 from covey.transport.grpc._options import METHOD, SERVICE
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -180,7 +182,16 @@ class _HostileServer:
         next(requests)
         welcome = pb.Welcome(cid=0, name="victim", heartbeat_interval=0.5, protocol=PROTOCOL)
         yield control(pb.ServerMessage(welcome=welcome))
+        threading.Thread(target=self._read, args=(requests,), daemon=True).start()
         yield from self.script()
+
+    def _read(self, requests: Iterator[bytes]) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for frame in requests:
+                if not is_chunk(frame):
+                    message = client_message(frame)
+                    if message.WhichOneof("body") == "reply":
+                        self.replies.append(message.reply)
 
     def close(self) -> None:
         self.server.stop(0).wait(5)
@@ -479,3 +490,46 @@ def test_a_certificate_holder_that_parks_streams_poses_and_never_answers(tmp_pat
     with RunStore.open(tmp_path / "run") as store:
         events = [(c, e, d) for _, c, e, d in store.events()]
     assert any(c == "mallory" and e == "refused" and "sent no Hello" in d for c, e, d in events)
+
+
+class _Recording(covey.Client):
+    """Records the weights each fit is called with."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.seen.append(dict(weights))
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"w": np.zeros(4, dtype=np.float16)},  # another dtype
+        {"w": np.zeros(5, dtype=np.float32)},  # another shape
+        {"w": np.zeros(4, dtype=np.float32), "x": np.zeros(1, dtype=np.float32)},
+        {"w": np.array([0, np.nan, 0, 0], dtype=np.float32)},
+    ],
+    ids=["dtype", "shape", "names", "nan"],
+)
+def test_a_client_given_the_model_refuses_weights_of_another_layout(sent: Any) -> None:
+    blob = bytes(_codec.encode(sent))
+
+    def script() -> Iterator[bytes]:
+        task = pb.TaskHeader(task_id=1, kind="fit", round=1, config=b"{}", weights_size=len(blob))
+        yield control(pb.ServerMessage(task=task))
+        yield CHUNK_TAG + blob
+        time.sleep(1.0)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    client = _Recording()
+    spec = WeightsSpec.of({"w": np.zeros(4, dtype=np.float32)})
+    try:
+        connect(client, f"127.0.0.1:{server.port}", insecure=True, spec=spec, max_attempts=1)
+    finally:
+        server.close()
+    assert client.seen == []
+    (reply,) = server.replies
+    assert "the weights of the server's fit task" in reply.error

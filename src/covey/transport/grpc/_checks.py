@@ -89,10 +89,11 @@ MAX_TASK_BYTES = 4 * 1024**3  # what a client accepts when it is given no spec
 
 @dataclass(frozen=True)
 class TaskLimits:
-    """What a client accepts from its server: bytes of a task, sizes inside its JSON."""
+    """What a client accepts from its server: bytes of a task, sizes inside its JSON, its model."""
 
     max_bytes: int
     wire: _wire.WireLimits
+    spec: WeightsSpec | None = None  # the model: a task's weights must match it
 
     @classmethod
     def of(cls, spec: WeightsSpec | None, max_bytes: int) -> TaskLimits:
@@ -107,7 +108,12 @@ class TaskLimits:
                 }
             )
             max_bytes = min(max_bytes, 2 * model + 1024 * 1024)
-        return cls(max_bytes, _wire.WireLimits.for_spec(spec))
+        return cls(max_bytes, _wire.WireLimits.for_spec(spec), spec)
+
+    def check_weights(self, kind: str, weights: Any) -> None:
+        """Refuse (WeightsError) a task's weights that do not match the model given to connect."""
+        if self.spec is not None and weights is not None:
+            self.spec.check(weights, what=f"the weights of the server's {kind} task")
 
     def check(self, header: pb.TaskHeader) -> int:
         """The bytes a task announces, refused (ConnectionError) over the limit."""
