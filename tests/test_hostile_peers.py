@@ -31,6 +31,7 @@ from covey.core._weights import WeightsSpec
 from covey.deploy._client import tls_from_certs
 from covey.deploy.certs import init_federation, issue_client
 from covey.server._store import RunStore
+from covey.transport.grpc import _wire
 from covey.transport.grpc._client import ClientTLS, connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, client_message, control, is_chunk
 from covey.transport.grpc._options import METHOD, SERVICE
@@ -533,3 +534,47 @@ def test_a_client_given_the_model_refuses_weights_of_another_layout(sent: Any) -
     assert client.seen == []
     (reply,) = server.replies
     assert "the weights of the server's fit task" in reply.error
+
+
+def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() -> None:
+    import covey.secagg  # noqa: F401 - teaches the client runtime the SecAgg+ task kinds
+
+    session = bytes(range(32))
+    setup = {
+        "session": session,
+        "cid": 0,
+        "x": 1,
+        "neighbors": {"1": 2, "2": 3},
+        "threshold": 2,
+        "length": 10**12,  # no allocation follows from it: the input must have this length
+        "bits": 32,
+        "bound": 100,
+    }
+    steps = [
+        ("secagg.share", {"session": session, "keys": {}}),  # before advertising
+        ("secagg.advertise", {**setup, "threshold": 7}),  # more than the neighbours
+        ("secagg.advertise", setup),
+        ("secagg.unmask", {"session": session, "alive": [0, 1, 2], "dropped": []}),
+        ("secagg.mask", {"session": bytes(32), "input_kind": "x", "shares": {}}),
+    ]
+
+    def script() -> Iterator[bytes]:
+        for task_id, (kind, payload) in enumerate(steps, 1):
+            header = pb.TaskHeader(
+                task_id=task_id, kind=kind, round=1, config=b"{}", payload=_wire.dumps(payload)
+            )
+            yield control(pb.ServerMessage(task=header))
+            time.sleep(0.3)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    try:
+        connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    errors = {r.task_id: r.error for r in server.replies}
+    assert "no secure-aggregation run in progress" in errors[1]
+    assert "threshold 7 is not in [2, 3]" in errors[2]
+    assert not errors[3]  # a well-formed advertisement is answered
+    assert "unmasking request in stage advertised" in errors[4]
+    assert "no secure-aggregation run in progress" in errors[5]  # the state was dropped
