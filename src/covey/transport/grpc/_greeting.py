@@ -9,7 +9,10 @@ frame within :data:`HELLO_SECONDS`, and at most :data:`MOST_WAITING` streams
 wait for it at once: a new stream past that cancels the one that has waited
 longest. An honest client sends ``Hello`` as it opens the stream, so it waits
 for microseconds and is never the oldest; a peer that parks streams loses
-them, and identified clients keep the remaining slots.
+them, and identified clients keep the remaining slots. Under mutual TLS the
+certificate names a stream before it says anything, and at most
+:data:`MOST_PER_CERTIFICATE` streams of one certificate wait at once: a
+certificate holder parking streams pushes out only its own.
 
 Each refusal is logged with the peer's address and recorded as a ``refused``
 event, at most once per :data:`REPORT_SECONDS` per peer host (with the count
@@ -28,25 +31,27 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-__all__ = ["HELLO_SECONDS", "MOST_WAITING", "Greeting"]
+__all__ = ["HELLO_SECONDS", "MOST_PER_CERTIFICATE", "MOST_WAITING", "Greeting"]
 
 logger = logging.getLogger("covey")
 
 HELLO_SECONDS = 10.0  # a stream must send its first frame within this
 MOST_WAITING = 64  # streams waiting for their first frame at once
+MOST_PER_CERTIFICATE = 4  # of them under one client certificate (mutual TLS)
 REPORT_SECONDS = 10.0  # one log line and event per peer host at most this often
 
 
 class _Waiting:
     """One stream waiting for its first frame."""
 
-    __slots__ = ("context", "name", "peer", "why")
+    __slots__ = ("certified", "context", "name", "peer", "why")
 
     def __init__(self, context: grpc.ServicerContext) -> None:
         self.context = context
         self.peer = context.peer()
         # Under mutual TLS the certificate names the peer before it says anything.
         names = context.auth_context().get("x509_common_name") or []
+        self.certified = bool(names)
         self.name = names[0].decode(errors="replace") if names else self.peer
         self.why = ""
 
@@ -72,6 +77,7 @@ class Greeting:
         self.on_event = on_event
         self.timeout = timeout
         self.most = most
+        self.most_per_peer = MOST_PER_CERTIFICATE
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._waiting: collections.OrderedDict[int, _Waiting] = collections.OrderedDict()
@@ -89,14 +95,7 @@ class Greeting:
         key = next(self._ids)
         with self._lock:
             self._waiting[key] = entry
-            evicted = []
-            while len(self._waiting) > self.most:
-                _, oldest = self._waiting.popitem(last=False)
-                oldest.why = (
-                    f"sent no Hello while {self.most} newer streams opened "
-                    "(too many streams waiting to identify themselves)"
-                )
-                evicted.append(oldest)
+            evicted = self._evict(entry)
         for oldest in evicted:
             oldest.context.cancel()
         timer = threading.Timer(self.timeout, self._expire, (key,))
@@ -114,6 +113,27 @@ class Greeting:
             self._report(entry)
             return None
         return frame
+
+    def _evict(self, new: _Waiting) -> list[_Waiting]:
+        """Take out the streams ``new`` pushes out (the lock held): its own peer's first."""
+        evicted: list[_Waiting] = []
+        if new.certified:
+            mine = [k for k, w in self._waiting.items() if w.certified and w.name == new.name]
+            for k in mine[: max(0, len(mine) - self.most_per_peer)]:
+                oldest = self._waiting.pop(k)
+                oldest.why = (
+                    f"sent no Hello while {self.most_per_peer} newer streams of the same "
+                    "certificate opened (one client needs one stream)"
+                )
+                evicted.append(oldest)
+        while len(self._waiting) > self.most:
+            _, oldest = self._waiting.popitem(last=False)
+            oldest.why = (
+                f"sent no Hello while {self.most} newer streams opened "
+                "(too many streams waiting to identify themselves)"
+            )
+            evicted.append(oldest)
+        return evicted
 
     def _expire(self, key: int) -> None:
         """Cancel stream ``key`` if it still waits for its first frame."""
