@@ -579,3 +579,38 @@ def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() ->
     assert not errors[3]  # a well-formed advertisement is answered
     assert "unmasking request in stage advertised" in errors[4]
     assert "no secure-aggregation run in progress" in errors[5]  # the state was dropped
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "refusal"),
+    [
+        ("fit", b'{"lr":{"__float__":"nan"}}', "the server's config holds NaN at lr"),
+        ("fit", b'{"opt":{"betas":[0.9,{"__float__":"nan"}]}}', "NaN at opt.betas[1]"),
+        ("fit", b'{"m":{"__array__":[1.0,NaN],"dtype":"<f8"}}', "NaN at m"),  # a bare NaN
+        ("fit", b"[1, 2]", "the server's config is a list, not an object"),
+        ("fit", b'{"n":' + b"[" * 40 + b"]" * 40 + b"}", "nested deeper than 32 levels"),
+        ("format.disk", b"{}", "unknown task kind 'format.disk'"),
+    ],
+    ids=["nan", "nested-nan", "array-nan", "list", "deep", "kind"],
+)
+def test_a_client_refuses_hostile_task_configs_clearly(
+    kind: str, config: bytes, refusal: str
+) -> None:
+    blob = bytes(_codec.encode({"w": np.zeros(4)}))
+
+    def script() -> Iterator[bytes]:
+        header = pb.TaskHeader(task_id=1, kind=kind, round=1, config=config, weights_size=len(blob))
+        yield control(pb.ServerMessage(task=header))
+        yield CHUNK_TAG + blob
+        time.sleep(1.0)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    client = _Recording()
+    try:
+        connect(client, f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    assert client.seen == []
+    (reply,) = server.replies
+    assert refusal in reply.error

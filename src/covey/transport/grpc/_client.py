@@ -25,7 +25,13 @@ from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsError, WeightsSpec
 from covey.transport.grpc import _wire
-from covey.transport.grpc._checks import MAX_TASK_BYTES, TaskLimits, WithProperties, check_address
+from covey.transport.grpc._checks import (
+    MAX_TASK_BYTES,
+    TaskLimits,
+    WithProperties,
+    check_address,
+    check_config,
+)
 from covey.transport.grpc._frames import (
     PROTOCOL,
     Download,
@@ -247,7 +253,7 @@ class _Session:
             task = Task(
                 header.kind,
                 int(header.round),
-                _wire.loads(header.config, self.limits.wire) or {},
+                check_config(_wire.loads(header.config, self.limits.wire)),
                 weights,
                 extras if extras is not None else _wire.loads(header.payload, self.limits.wire),
             )
