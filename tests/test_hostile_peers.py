@@ -614,3 +614,42 @@ def test_a_client_refuses_hostile_task_configs_clearly(
     assert client.seen == []
     (reply,) = server.replies
     assert refusal in reply.error
+
+
+def test_a_second_reply_interleaved_into_the_first_drops_only_its_client() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    raw = _raw(transport.port, "weave")
+    honest = Joined(transport.port, name="honest", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(2, 20)
+        names = {conn.name: c for c, conn in transport._registry.fleet.items()}
+        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=20)), daemon=True
+        )
+        exchange.start()
+        task = raw.next_task()
+        blob = bytes(_codec.encode({"w": np.ones(4)}))
+        header = pb.ReplyHeader(
+            task_id=task.task_id, kind="fit", result=FIT, weights_size=len(blob)
+        )
+        raw.send(reply=header)
+        raw.send_chunk(blob[:40])
+        raw.send(reply=header)  # a second reply woven into the first
+        raw.send_chunk(blob[40:])
+        exchange.join(30)
+        by_cid = {r.cid: r for r in replies}
+        assert by_cid[names["honest"]].ok
+        assert "a new reply started before the reply to task" in (
+            by_cid[names["weave"]].error or ""
+        )
+        (name, detail), *_ = events.of("protocol-error")
+        assert name == "weave"
+        assert "(40 of 128 bytes received)" in detail
+        assert transport._service.budget.used == 0
+    finally:
+        raw.close()
+        transport.close()
+        honest.join(30)
