@@ -156,6 +156,8 @@ def test_a_client_frees_the_model_it_received_once_its_task_is_done(
 _TRIM_SCRIPT = """
 import os
 
+from covey.core._pages import trim_heap
+
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
