@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 import covey
 from covey.cli import app
 from covey.core import _pages
-from covey.transport.grpc import _frames
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
@@ -92,10 +91,6 @@ def test_the_server_command_keeps_no_reference_to_the_step_0_model(
     assert not held_app.alive[2]
 
 
-class _Tracked(bytearray):
-    """A bytearray that can be referenced weakly (to see when a download's buffer goes)."""
-
-
 def _buffer_of(array: np.ndarray) -> Any:
     obj: Any = array
     while isinstance(obj, np.ndarray):
@@ -125,10 +120,7 @@ def _gone(ref: weakref.ref[Any], within: float = 5.0) -> bool:
         time.sleep(0.01)
 
 
-def test_a_client_frees_the_model_it_received_once_its_task_is_done(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_frames, "bytearray", _Tracked, raising=False)
+def test_a_client_frees_the_model_it_received_once_its_task_is_done() -> None:
     client = _Remembers()
     idle_holds: dict[int, bool] = {}
 
