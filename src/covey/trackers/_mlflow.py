@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from covey.core import RoundRecord
@@ -41,6 +42,14 @@ class MLflowLogger:
         experiment: The experiment's name (created if missing).
         run_name: The MLflow run's name.
         params: Settings to record with the run (strategy, clients, ...).
+        run_id: Continue this MLflow run instead of starting one, e.g. when a
+            deployed run is resumed (``serve(..., resume=True)``): the rounds
+            after the checkpoint are logged to the same run. Its params stay;
+            ``params`` adds new ones and must not change a logged value.
+
+    Raises:
+        ValueError: ``run_id`` names no run of ``experiment`` in ``store``, or
+            ``params`` changes a value the run already holds.
 
     Attributes:
         run_id: The MLflow run's id.
@@ -59,18 +68,44 @@ class MLflowLogger:
         experiment: str = "covey",
         run_name: str | None = None,
         params: dict[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> None:
-        """Create (or reuse) the experiment and start a run in it."""
+        """Create (or reuse) the experiment and start a run in it, or continue ``run_id``."""
         self.client = MlflowClient(tracking_uri=_tracking_uri(store))
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = (
             found.experiment_id if found is not None else self.client.create_experiment(experiment)
         )
-        self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-        items = [Param(str(k), str(v)) for k, v in (params or {}).items()]
+        wanted = {str(k): str(v) for k, v in (params or {}).items()}
+        if run_id is None:
+            self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        else:
+            wanted = self._continue(run_id, experiment_id, experiment, wanted)
+        items = [Param(k, v) for k, v in wanted.items()]
         for i in range(0, len(items), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
         self._closed = False
+
+    def _continue(
+        self, run_id: str, experiment_id: str, experiment: str, wanted: dict[str, str]
+    ) -> dict[str, str]:
+        """Reopen ``run_id``; return the params of ``wanted`` it does not hold yet."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is None or run.info.experiment_id != experiment_id:
+            raise ValueError(f"run_id {run_id!r}: no such MLflow run in experiment {experiment!r}")
+        held = run.data.params
+        changed = sorted(k for k, v in wanted.items() if k in held and held[k] != v)
+        if changed:
+            raise ValueError(
+                f"run_id {run_id!r}: MLflow keeps a run's params; "
+                + ", ".join(f"{k} is {held[k]!r}, not {wanted[k]!r}" for k in changed)
+            )
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        return {k: v for k, v in wanted.items() if k not in held}
 
     def __call__(self, record: RoundRecord) -> None:
         """Log the round's scalars at step ``record.round``."""
