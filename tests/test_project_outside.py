@@ -1,0 +1,166 @@
+"""Mistakes a user makes with `covey new` / `covey run`: each ends in one line naming it.
+
+Every mistake here is refused before a run starts: exit code 2, one `error:` line
+naming the setting and where it comes from, no traceback, and no run folder
+left behind. A federation that would start anyway is bounded by a short
+`wait-timeout` and a free port, so a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from covey.cli import app
+
+runner = CliRunner()
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    """Run ``covey ARGS`` in this process: the exit code and stdout + stderr, one line."""
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, " ".join((result.stdout + result.stderr).split())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("outside")
+    code, said = _cli("new", "outside-fed", "--dir", str(where))
+    assert code == 0, said
+    root = where / "outside-fed"
+    with (root / "outside_fed" / "server_app.py").open("a") as f:
+        f.write("\n\ndef returns_int(config):\n    return 42\n")
+    with (root / "outside_fed" / "client_app.py").open("a") as f:
+        f.write(
+            "\n\ndef no_args():\n    return make_client(0, {})\n"
+            "\n\ndef returns_int(cid, config):\n    return 42\n"
+        )
+    return root
+
+
+def _refused(project: Path, *args: str) -> str:
+    """Run ``covey run PROJECT ARGS``; check it is refused cleanly; return what it said."""
+    runs = project / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    code, said = _cli("run", str(project), *args)
+    assert code == 2, said
+    assert said.startswith("error: "), said
+    assert said.count("error:") == 1, said
+    assert "Traceback" not in said
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before, "a run folder was made"
+    return said
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("roundz=3", ["--set roundz=3", "no setting roundz", "did you mean rounds?"]),
+        ("lrr=0.1", ["no setting lrr", "did you mean lr?", "[tool.covey.config]"]),
+        ("insecure=true", ["insecure is a setting of a federation", "--federation NAME"]),
+        ("clients=0", ["clients = 0", "of 1 or more"]),
+        ("rounds=-1", ["rounds = -1", "of 0 or more"]),
+        ("clients=1", ["clients = 1", "min_fit_clients=2"]),
+    ],
+)
+def test_a_wrong_setting_for_a_simulation_is_named(
+    project: Path, given: str, expected: list[str]
+) -> None:
+    said = _refused(project, "--set", given)
+    for part in expected:
+        assert part in said, said
+
+
+def test_an_unknown_key_is_named_as_pyproject_spells_it(project: Path) -> None:
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.write_text(text.replace('runs-dir = "runs"', 'runs-dirr = "runs"'))
+    try:
+        said = _refused(project)
+    finally:
+        pyproject.write_text(text)
+    assert "unknown setting runs-dirr in [tool.covey]" in said
+    assert "runs-dir" in said
+    assert "runs_dir" not in said
+    assert "server_app" not in said
+
+
+def test_a_server_app_returning_something_else_is_named(project: Path) -> None:
+    said = _refused(project, "--set", "server-app=outside_fed.server_app:returns_int")
+    assert "server-app outside_fed.server_app:returns_int(config) returned int" in said
+    assert "covey.deploy.ServerApp" in said
+
+
+def test_a_client_app_of_the_wrong_shape_is_named(project: Path) -> None:
+    said = _refused(project, "--set", "client-app=outside_fed.client_app:no_args")
+    assert "client-app outside_fed.client_app:no_args must be a function of (cid, config)" in said
+
+
+def test_a_client_app_returning_no_client_stops_the_run_naming_it(project: Path) -> None:
+    code, said = _cli(
+        "run",
+        str(project),
+        "--set",
+        "client-app=outside_fed.client_app:returns_int",
+        "--set",
+        "rounds=1",
+    )
+    assert code == 1, said
+    assert "run stopped:" in said
+    assert "client-app outside_fed.client_app:returns_int(cid, config) returned int" in said
+    assert "Traceback" not in said
+    assert "has no attribute" not in said
+
+
+def _fed(project: Path, *sets: str) -> str:
+    """Refused ``covey run --federation local`` (bounded: a free port, a short wait)."""
+    args = ["--federation", "local", "--set", "address='127.0.0.1:0'"]
+    bounded = [*sets, "wait-timeout=1", "rounds=1"]
+    for item in bounded if not any(s.startswith("wait-timeout") for s in sets) else sets:
+        args += ["--set", item]
+    return _refused(project, *args)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("round-timeout=-1", "round-timeout ([tool.covey.federations.local] or --set) must be"),
+        ("heartbeat='abc'", "heartbeat ([tool.covey.federations.local] or --set) must be"),
+        ("wait-timeout=0", "wait-timeout ([tool.covey.federations.local] or --set) must be"),
+        ("plot='maybe'", "plot = 'maybe' ([tool.covey.federations.local] or --set): must be"),
+        ("insecure=1", "insecure = 1 ([tool.covey.federations.local] or --set): must be"),
+        ("port-file='missing/port'", "port-file ([tool.covey.federations.local] or --set)"),
+        ("roundz=2", "did you mean rounds?"),
+    ],
+)
+def test_a_wrong_setting_of_a_federation_is_named_before_it_serves(
+    project: Path, given: str, expected: str
+) -> None:
+    said = _fed(project, given)
+    assert expected in said, said
+    assert "listening" not in said
+
+
+def test_an_address_without_a_port_is_named_before_it_serves(project: Path) -> None:
+    said = _refused(project, "--federation", "local", "--set", "address='nohost'")
+    assert "address = 'nohost' ([tool.covey.federations.local] or --set)" in said
+    assert "has no port" in said
+
+
+def test_a_run_dir_holding_a_run_points_to_how_to_continue_it(project: Path) -> None:
+    held = project / "held"
+    held.mkdir(exist_ok=True)
+    (held / "run.sqlite").write_bytes(b"")
+    said = _fed(project, "run-dir='held'")
+    assert "run-dir" in said
+    assert "already holds a run" in said
+    assert f"covey server --resume {held}" in said
+    assert "--run-dir" not in said  # `covey run` has no such flag
+
+
+@pytest.mark.slow
+def test_the_process_backend_runs_the_project(project: Path) -> None:
+    code, said = _cli("run", str(project), "--set", "backend='process'", "--set", "rounds=1")
+    assert code == 0, said
+    assert "run folder:" in said

@@ -1,0 +1,194 @@
+"""The trackers as a user meets them: a resumed deployed run, a missing library, bad input.
+
+What was logged is read back with the libraries' own readers: TensorBoard's
+``EventAccumulator`` and MLflow's ``MlflowClient`` over the local file store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.core import RoundRecord
+from covey.trackers import round_scalars
+
+CLIENT = """
+import numpy as np
+import covey
+
+
+class Half(covey.Client):
+    def fit(self, weights, config):
+        w = weights["w"] / 2
+        return covey.FitResult(weights={"w": w}, num_examples=1,
+                               metrics={"train_loss": float(w.sum())})
+
+    def evaluate(self, weights, config):
+        loss = float(np.abs(weights["w"]).sum())
+        return covey.EvaluateResult(loss=loss, num_examples=1, metrics={"accuracy": 1 / (1 + loss)})
+
+
+def client_fn():
+    return Half()
+"""
+
+
+def _central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+    loss = float(np.abs(weights["w"]).sum())
+    return loss, {"accuracy": 1 / (1 + loss)}
+
+
+def _serve(tmp_path: Path, rounds: int, resume: bool, on_round: Any) -> covey.History:
+    """Serve ``rounds`` rounds (or resume up to them) for two client processes on 127.0.0.1."""
+    from covey.deploy import serve
+
+    clients: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def start_clients(port: int) -> None:
+        for k in range(2):
+            command = [sys.executable, "-m", "covey", "client", "--app", "halfapp:client_fn"]
+            command += ["--server", f"127.0.0.1:{port}", "--insecure", "--name", f"site-{k}"]
+            clients.append(
+                subprocess.Popen(
+                    command,
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+    strategy = covey.FedAvg(min_fit_clients=2, min_evaluate_clients=2, min_available_clients=2)
+    try:
+        result = serve(
+            strategy,
+            rounds,
+            {"w": np.ones(3)},
+            "127.0.0.1:0",
+            evaluate_fn=_central,
+            insecure=True,
+            run_dir=tmp_path / "run",
+            resume=resume,
+            wait_timeout=60,
+            on_round=on_round,
+            on_listen=start_clients,
+            plot=False,
+        )
+    finally:
+        for proc in clients:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    return result.history
+
+
+def _expected(history: covey.History) -> dict[str, list[tuple[int, float]]]:
+    """What the trackers must hold: the numbers of every round (timings aside)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for record in history.rounds:
+        for tag, value in round_scalars(record).items():
+            if not tag.startswith("time/"):
+                out.setdefault(tag, []).append((record.round, value))
+    return out
+
+
+@pytest.mark.slow
+def test_a_resumed_deployed_run_is_logged_once_per_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from covey.trackers import MLflowLogger, TensorBoardLogger
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "halfapp.py").write_text(CLIENT)
+    tb_dir, store = tmp_path / "tb", tmp_path / "mlruns"
+
+    with (
+        TensorBoardLogger(tb_dir) as tb,
+        MLflowLogger(store, experiment="half", run_name="study", params={"clients": 2}) as ml,
+    ):
+        _serve(tmp_path, 2, False, lambda record: (tb(record), ml(record)))
+    # The server stopped after round 2 (as after a crash): resume it to round 4,
+    # logging into the same TensorBoard folder and the same MLflow run.
+    with (
+        TensorBoardLogger(tb_dir) as tb,
+        MLflowLogger(
+            store, experiment="half", run_id=ml.run_id, params={"clients": 2, "rounds": 4}
+        ) as ml2,
+    ):
+        history = _serve(tmp_path, 4, True, lambda record: (tb(record), ml2(record)))
+
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3, 4]
+    expected = _expected(history)
+    assert {"central/loss", "federated/accuracy", "fit/train_loss"} <= set(expected)
+
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    for tag, values in expected.items():
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in values], tag  # each round once
+        assert np.allclose([v for _, v in got], [v for _, v in values], rtol=1e-6), tag
+
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    experiment = client.get_experiment_by_name("half")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])  # one MLflow run for one run
+    assert run.info.run_id == ml.run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"clients": "2", "rounds": "4"}
+    for tag, values in expected.items():
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, tag))
+        assert got == values, tag
+
+
+def test_mlflow_refuses_a_run_id_it_does_not_hold(tmp_path: Path) -> None:
+    from covey.trackers import MLflowLogger
+
+    with pytest.raises(ValueError, match="run_id 'f00d': no such MLflow run in experiment 'x'"):
+        MLflowLogger(tmp_path, experiment="x", run_id="f00d")
+
+
+def test_mlflow_refuses_to_change_a_logged_param(tmp_path: Path) -> None:
+    from covey.trackers import MLflowLogger
+
+    with MLflowLogger(tmp_path, params={"lr": 0.1}) as first:
+        first(RoundRecord(round=1, central_loss=0.5))
+    with pytest.raises(ValueError, match=r"lr is '0.1', not '0.2'"):
+        MLflowLogger(tmp_path, params={"lr": 0.2}, run_id=first.run_id)
+    with MLflowLogger(tmp_path, params={"lr": 0.1}, run_id=first.run_id) as again:
+        again(RoundRecord(round=2, central_loss=0.25))
+    assert again.client.get_run(first.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("name", "library", "extra"),
+    [
+        ("TensorBoardLogger", "tensorboard", "covey[tensorboard]"),
+        ("MLflowLogger", "mlflow", "covey[mlflow]"),
+    ],
+)
+def test_a_missing_tracker_library_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, name: str, library: str, extra: str
+) -> None:
+    import covey.trackers
+
+    module = "covey.trackers._tensorboard" if library == "tensorboard" else "covey.trackers._mlflow"
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    for loaded in [m for m in sys.modules if m == library or m.startswith(library + ".")]:
+        monkeypatch.delitem(sys.modules, loaded)
+    monkeypatch.setitem(sys.modules, library, None)  # as if it were not installed
+    with pytest.raises(ImportError, match=re.escape(f"pip install '{extra}'")):
+        getattr(covey.trackers, name)
