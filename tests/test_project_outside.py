@@ -8,14 +8,34 @@ left behind. A federation that would start anyway is bounded by a short
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+import covey
 from covey.cli import app
+from covey.cli._runs import round_table
 
 runner = CliRunner()
+
+SERVERS = """
+
+def bad_compression(config):
+    app = make_server(config)
+    return ServerApp(app.strategy, app.initial_weights, compression="q9")
+
+
+def private(config):
+    app = make_server(config)
+    strategy = covey.privacy.central(
+        covey.FedAvg(fraction_fit=0.5, min_fit_clients=0, fraction_evaluate=0.0),
+        noise_multiplier=1.0, clip=0.5, delta=1e-5, target_epsilon=5.0,
+    )
+    return ServerApp(strategy, app.initial_weights, rounds=5, evaluate_fn=evaluate)
+"""
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -32,6 +52,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = where / "outside-fed"
     with (root / "outside_fed" / "server_app.py").open("a") as f:
         f.write("\n\ndef returns_int(config):\n    return 42\n")
+        f.write(SERVERS)
     with (root / "outside_fed" / "client_app.py").open("a") as f:
         f.write(
             "\n\ndef no_args():\n    return make_client(0, {})\n"
@@ -164,3 +185,24 @@ def test_the_process_backend_runs_the_project(project: Path) -> None:
     code, said = _cli("run", str(project), "--set", "backend='process'", "--set", "rounds=1")
     assert code == 0, said
     assert "run folder:" in said
+
+
+def test_a_compression_the_server_app_names_wrongly_is_refused(project: Path) -> None:
+    said = _refused(project, "--set", "server-app=outside_fed.server_app:bad_compression")
+    assert "ServerApp(compression=): unknown compression 'q9'" in said
+
+
+def test_a_run_stopped_by_its_privacy_budget_says_so(project: Path) -> None:
+    code, said = _cli("run", str(project), "--set", "server-app=outside_fed.server_app:private")
+    assert code == 0, said
+    assert "stopped early after round 1: privacy budget: round 2 would spend epsilon" in said
+    folder = Path(said.split("run folder: ")[1].split(" (history.json")[0])
+    code, shown = _cli("runs", "show", str(folder))
+    assert code == 0, shown
+    assert "stopped early after round 1: privacy budget" in shown
+    out = io.StringIO()
+    Console(file=out, width=200).print(round_table(covey.History.load(folder)))
+    table = " ".join(out.getvalue().split())
+    assert "epsilon" in table  # the budget spent, per round
+    spent = covey.History.load(folder).rounds[1].privacy["epsilon"]
+    assert f"{spent:.4f}" in table

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
@@ -233,6 +234,13 @@ def run_command(
             f"server-app {settings.run['server_app']}(config) returned "
             f"{type(server_app).__name__}, not a covey.deploy.ServerApp"
         )
+    if isinstance(server_app.compression, str):
+        from covey.compress import scheme_named
+
+        try:
+            scheme_named(server_app.compression)
+        except ValueError as exc:
+            fail(f"server-app {settings.run['server_app']}(config): ServerApp(compression=): {exc}")
     if settings.federation is None:
         _simulate(settings, server_app, make_client)
     else:
@@ -266,7 +274,7 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
 
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
-    from covey.cli._runs import round_table
+    from covey.cli._runs import round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked
 
@@ -304,6 +312,9 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
         raise typer.Exit(1) from None
     plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
     console.print(round_table(result.history))
+    early = stopped_early(result.history)
+    if early is not None:
+        console.print(f"[yellow]{escape(early)}[/]")
     console.print(f"run folder: {run_dir} (history.json, plot.png); see `covey runs show`")
 
 
