@@ -228,6 +228,8 @@ def test_an_aggregation_error_is_recorded_and_the_run_goes_on() -> None:
         ("127.0.0.1:0", False, "between 1 and 65535"),
         ("127.0.0.1:http", True, "not a number"),
         ("[::1]9092", True, "IPv6"),
+        ("::1:9092", False, r"in brackets, e\.g\. \[::1\]:9092"),
+        ("fe80::1:0", True, r"\[fe80::1\]:0"),
     ],
 )
 def test_bad_addresses_are_refused(address: str, listen: bool, message: str) -> None:

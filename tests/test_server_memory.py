@@ -1,4 +1,7 @@
-"""The server keeps no model it no longer needs: the step-0 model goes once round 2 starts.
+"""Server and client keep no model they no longer need.
+
+The server's step-0 model goes once round 2 starts; a client's received model
+goes once its task is done, not when the next task arrives.
 
 Until then the transport keeps the step-0 model's encoding (for clients still
 to be sent round 1's task); from round 2 on, nothing in the server may hold it.
@@ -23,6 +26,7 @@ import covey
 from covey.cli import app
 from covey.core import _pages
 from covey.core._pages import trim_heap
+from covey.transport.grpc import _frames
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
@@ -86,6 +90,66 @@ def test_the_server_command_keeps_no_reference_to_the_step_0_model(
 
     assert held_app.alive[0]
     assert not held_app.alive[2]
+
+
+class _Tracked(bytearray):
+    """A bytearray that can be referenced weakly (to see when a download's buffer goes)."""
+
+
+def _buffer_of(array: np.ndarray) -> Any:
+    obj: Any = array
+    while isinstance(obj, np.ndarray):
+        obj = obj.base
+    return obj.obj if isinstance(obj, memoryview) else obj
+
+
+class _Remembers(covey.Client):
+    """Adds one, keeping a weak reference to the buffer each round's model arrived in."""
+
+    def __init__(self) -> None:
+        self.buffers: list[weakref.ref[Any]] = []
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.buffers.append(weakref.ref(_buffer_of(weights["w"])))
+        return covey.FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
+
+
+def _gone(ref: weakref.ref[Any], within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        gc.collect()
+        if ref() is None:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+def test_a_client_frees_the_model_it_received_once_its_task_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_frames, "bytearray", _Tracked, raising=False)
+    client = _Remembers()
+    idle_holds: dict[int, bool] = {}
+
+    def evaluate(rnd: int, weights: Any) -> tuple[float, dict[str, Any]]:
+        # The client has sent its reply and waits for the next task: it should hold no model.
+        if rnd > 0:
+            idle_holds[rnd] = not _gone(client.buffers[-1])
+        return 0.0, {}
+
+    served = Served(
+        covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0),
+        3,
+        initial_weights={"w": np.zeros(1 << 16)},
+        evaluate_fn=evaluate,
+    )
+    joined = Joined(served.port, client=client, name="c0")
+    result = served.join()
+    joined.join()
+    assert len(client.buffers) == 3  # each round's model arrived in a buffer of its own
+    assert idle_holds == {1: False, 2: False, 3: False}
+    np.testing.assert_array_equal(result.weights["w"], np.full(1 << 16, 3.0))
 
 
 def _rss_mib() -> float:

@@ -69,6 +69,10 @@ def check_address(address: str, *, listen: bool) -> tuple[str, int]:
             raise AddressError(
                 f"{address!r} has no port; give HOST:PORT (e.g. {text or 'localhost'}:9092)"
             )
+        if ":" in host:
+            raise AddressError(
+                f"{address!r}: an IPv6 address goes in brackets, e.g. [{host}]:{port_text or 9092}"
+            )
         if not host or not _HOST.match(host):
             raise AddressError(f"{address!r}: {host!r} is not a host name or address")
     if not port_text.isdigit():

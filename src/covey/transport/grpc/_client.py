@@ -227,7 +227,11 @@ class _Session:
             if item is _END:
                 return
             cid, header, buffer = item
+            del item
             self._perform(cid, header, buffer, result)
+            # The received model goes now, not when the next task comes: an idle client
+            # holds no model between rounds, and one sending its reply holds only that.
+            del buffer
 
     def _perform(
         self, cid: int, header: pb.TaskHeader, buffer: bytearray | None, result: ConnectResult
