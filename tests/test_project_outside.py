@@ -206,3 +206,33 @@ def test_a_run_stopped_by_its_privacy_budget_says_so(project: Path) -> None:
     assert "epsilon" in table  # the budget spent, per round
     spent = covey.History.load(folder).rounds[1].privacy["epsilon"]
     assert f"{spent:.4f}" in table
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("numpy", "would shadow the installed Python package 'numpy'"),
+        ("scikit_learn", None),
+        ("sklearn", "would shadow the installed Python package 'sklearn'"),
+        ("tests", "the project keeps its tests/ folder there"),
+        ("runs", "the project keeps its runs/ folder there"),
+    ],
+)
+def test_new_refuses_a_name_that_would_break_the_project(
+    tmp_path: Path, name: str, expected: str | None
+) -> None:
+    code, said = _cli("new", name, "--dir", str(tmp_path))
+    if expected is None:  # a name no installed package has: made
+        assert code == 0, said
+        return
+    assert code == 2, said
+    assert said.startswith(f"error: NAME {name!r}")
+    assert expected in said
+    assert not (tmp_path / name).exists()
+
+
+def test_new_refuses_a_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    code, said = _cli("new", "fed", "--dir", str(tmp_path / "file"))
+    assert code == 2, said
+    assert said == f"error: --dir {tmp_path / 'file'} is a file; give a folder (made if missing)"

@@ -65,6 +65,15 @@ def new_command(
     pkg = name.replace("-", "_").lower()
     if keyword.iskeyword(pkg) or pkg in sys.stdlib_module_names or pkg == "covey":
         fail(f"NAME {name!r} would shadow the Python module {pkg!r}; choose another name")
+    if _installed(pkg):
+        fail(
+            f"NAME {name!r} would shadow the installed Python package {pkg!r} (the project "
+            "could not import it); choose another name"
+        )
+    if pkg in ("tests", "runs"):
+        fail(f"NAME {name!r}: the project keeps its {pkg}/ folder there; choose another name")
+    if directory.exists() and not directory.is_dir():
+        fail(f"--dir {directory} is a file; give a folder (made if missing)")
     root = directory / name
     if root.exists():
         fail(f"{root} already exists; choose another NAME or --dir")
@@ -74,6 +83,16 @@ def new_command(
         atomic_write(target, string.Template(text).substitute(name=name, pkg=pkg))
     console.print(f"[green]created[/] {root}: {len(FILES)} files")
     console.print(f"next: cd {root} && covey run && pytest")
+
+
+def _installed(pkg: str) -> bool:
+    """Whether ``pkg`` is a module installed for this Python (the current folder aside)."""
+    import importlib.machinery
+    import os
+
+    here = {"", ".", os.getcwd()}
+    path = [p for p in sys.path if p not in here]
+    return importlib.machinery.PathFinder.find_spec(pkg, path) is not None
 
 
 class ProjectSettings:
