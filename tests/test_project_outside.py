@@ -9,7 +9,12 @@ left behind. A federation that would start anyway is bounded by a short
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from subprocess import PIPE, STDOUT
 
 import pytest
 from rich.console import Console
@@ -57,6 +62,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f.write(
             "\n\ndef no_args():\n    return make_client(0, {})\n"
             "\n\ndef returns_int(cid, config):\n    return 42\n"
+            "\n\nclass Broken(LogisticClient):\n"
+            "    def fit(self, weights, config):\n"
+            "        raise RuntimeError('disk on fire')\n"
+            "\n\ndef broken_fn(cid):\n"
+            "    client = client_fn(cid)\n"
+            "    client.__class__ = Broken\n"
+            "    return client\n"
         )
     return root
 
@@ -236,3 +248,42 @@ def test_new_refuses_a_dir_that_is_a_file(tmp_path: Path) -> None:
     code, said = _cli("new", "fed", "--dir", str(tmp_path / "file"))
     assert code == 2, said
     assert said == f"error: --dir {tmp_path / 'file'} is a file; give a folder (made if missing)"
+
+
+@pytest.mark.slow
+def test_a_federation_names_the_clients_that_failed(project: Path) -> None:
+    port_file = project / "fed.port"
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    for item in ("address='127.0.0.1:0'", "port-file='fed.port'", "rounds=2", "wait-timeout=60"):
+        command += ["--set", item]
+    server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(600):  # the port, once it listens (60 s at most)
+            if port_file.is_file() and port_file.read_text().strip():
+                break
+            assert server.poll() is None, server.communicate()[0]
+            time.sleep(0.1)
+        port = port_file.read_text().strip()
+        for k in range(2):
+            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
+            client += ["--app", "outside_fed.client_app:broken_fn", "--name", f"site-{k}"]
+            client += ["--server", f"127.0.0.1:{port}"]
+            clients.append(
+                subprocess.Popen(
+                    client, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True
+                )
+            )
+        said = " ".join(server.communicate(timeout=120)[0].split())
+    finally:
+        for proc in [server, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    assert server.returncode == 1, said
+    assert "site-0 failed in fit: RuntimeError: disk on fire" in said
+    assert "site-1 failed in fit: RuntimeError: disk on fire" in said
+    assert "failures: site-" in said
+    assert "client 0" not in said
+    assert "client 1" not in said
