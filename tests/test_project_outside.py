@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -188,7 +189,8 @@ def test_a_run_dir_holding_a_run_points_to_how_to_continue_it(project: Path) -> 
     said = _fed(project, "run-dir='held'")
     assert "run-dir" in said
     assert "already holds a run" in said
-    assert f"covey server --resume {held}" in said
+    assert f"covey server --resume {held} --app outside_fed.server_app:server_app" in said
+    assert "--insecure --rounds 1" in said
     assert "--run-dir" not in said  # `covey run` has no such flag
 
 
@@ -287,3 +289,62 @@ def test_a_federation_names_the_clients_that_failed(project: Path) -> None:
     assert "failures: site-" in said
     assert "client 0" not in said
     assert "client 1" not in said
+
+
+def _until_listening(server: subprocess.Popen[str], port_file: Path) -> str:
+    for _ in range(600):  # the port, once it listens (60 s at most)
+        if port_file.is_file() and port_file.read_text().strip():
+            return port_file.read_text().strip()
+        assert server.poll() is None, server.communicate()[0]
+        time.sleep(0.1)
+    raise AssertionError("the server did not listen")
+
+
+@pytest.mark.slow
+def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: Path) -> None:
+    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    for item in ("address='127.0.0.1:0'", "port-file='int.port'", "rounds=2"):
+        command += ["--set", item]
+    server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
+    try:
+        _until_listening(server, project / "int.port")
+        server.send_signal(signal.SIGINT)
+        said = server.communicate(timeout=60)[0]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=30)
+    assert server.returncode == 130, said
+    hint = said.strip().splitlines()[-1].split("continue it with `")[1].rstrip("`")
+    assert " --app outside_fed.server_app:server_app --insecure --rounds 2" in hint
+    args = [*hint.split()[1:], "--address", "127.0.0.1:0", "--port-file", "res.port"]
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "covey", *args],
+        cwd=project,
+        env=env,
+        stdout=PIPE,
+        stderr=STDOUT,
+        text=True,
+    )
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        port = _until_listening(resumed, project / "res.port")
+        for k in range(2):
+            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
+            client += ["--app", "outside_fed.client_app:client_fn", "--name", f"site-{k}"]
+            client += ["--server", f"127.0.0.1:{port}"]
+            clients.append(
+                subprocess.Popen(
+                    client, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True
+                )
+            )
+        out = resumed.communicate(timeout=120)[0]
+    finally:
+        for proc in [resumed, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    assert resumed.returncode == 0, out
+    run = Path(hint.split("--resume ")[1].split()[0])
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]  # --set rounds=2 kept

@@ -338,7 +338,7 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
-    from covey.deploy._cli import _logging, _run_folder, _security, _serve
+    from covey.deploy._cli import _logging, _run_folder, _security, _serve, resume_hint
     from covey.deploy._cli_errors import compression_spec, number, output_file
     from covey.server._outputs import new_run_dir
 
@@ -362,11 +362,18 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         run_dir = new_run_dir(runs, name)
     elif run_dir.exists() and not run_dir.is_dir():
         fail(f"run-dir {run_dir} {where} is a file; give a new or empty folder")
-    elif (run_dir / "run.sqlite").exists():
+    hint = resume_hint(
+        run_dir,
+        app=settings.run["server_app"].rsplit(":", 1)[0] + ":server_app",
+        certs=certs,
+        insecure=insecure,
+        rounds=settings.run.get("rounds"),
+    )
+    if (run_dir / "run.sqlite").exists():
         fail(
             f"run-dir {run_dir} {where} already holds a run; give another folder, or "
-            f"continue that run with `covey server --resume {run_dir} --app MODULE:OBJECT` "
-            "(the ServerApp, e.g. server_app in server_app.py of a project made by `covey new`)"
+            f"continue that run with `{hint}` (server_app: the app's function of no "
+            "arguments, as in a project made by `covey new`)"
         )
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
@@ -387,6 +394,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "rounds": settings.run.get("rounds"),
         "plot": plot,
         "compression": scheme,
+        "resume_hint": hint,
         **times,
     }
     _serve(server_app, {}, flags)

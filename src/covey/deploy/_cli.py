@@ -23,7 +23,7 @@ from covey.deploy._cli_errors import (
 
 console = Console(stderr=True)
 
-__all__ = ["client_command", "load_object", "server_command"]
+__all__ = ["client_command", "load_object", "resume_hint", "server_command"]
 
 SERVER_KEYS = {
     "app",
@@ -210,7 +210,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         _forget(run, flags)
         kept = (run / "run.sqlite").is_file()
         console.print(
-            f"interrupted: the run in {run} is kept; continue it with `covey server --resume {run}`"
+            f"interrupted: the run in {run} is kept; continue it with "
+            f"`{flags.get('resume_hint') or resume_hint(run)}`"
             if kept
             else "interrupted before the run started",
             soft_wrap=True,
@@ -220,6 +221,28 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json and plot.png in {run}"
     )
+
+
+def resume_hint(
+    run: Path,
+    *,
+    app: str | None = None,
+    config: Path | None = None,
+    certs: Path | None = None,
+    insecure: bool = False,
+    rounds: int | None = None,
+) -> str:
+    """The ``covey server --resume`` command that continues ``run`` as it was started."""
+    parts = [f"covey server --resume {run}"]
+    if config is not None:
+        parts.append(f"--config {config}")
+    if app is not None:
+        parts.append(f"--app {app}")
+    if config is None:
+        parts.append("--insecure" if insecure else f"--certs {certs}" if certs else "")
+    if rounds is not None:
+        parts.append(f"--rounds {rounds}")
+    return " ".join(p for p in parts if p)
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:
@@ -296,6 +319,14 @@ def server_command(
         "plot": plot,
         "compression": scheme,
     }
+    flags["resume_hint"] = resume_hint(
+        flags["run"],
+        app=app if config is not None else _pick(app, s, "app", None),
+        config=config,
+        certs=certs_dir,
+        insecure=insecure,
+        rounds=flags["rounds"],
+    )
     _serve(server_app, s, flags)
 
 
