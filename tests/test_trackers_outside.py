@@ -192,3 +192,22 @@ def test_a_missing_tracker_library_names_the_extra(
     monkeypatch.setitem(sys.modules, library, None)  # as if it were not installed
     with pytest.raises(ImportError, match=re.escape(f"pip install '{extra}'")):
         getattr(covey.trackers, name)
+
+
+def test_a_database_store_works_or_says_what_to_install(tmp_path: Path) -> None:
+    import importlib.util
+
+    from covey.trackers import MLflowLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if importlib.util.find_spec("sqlalchemy") is not None:  # the full MLflow package
+        with MLflowLogger(uri, run_name="db") as log:
+            log(RoundRecord(round=1, central_loss=0.5))
+        history = log.client.get_metric_history(log.run_id, "central/loss")
+        assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+        return
+    with pytest.raises(
+        ValueError, match=re.escape(f"MLflow cannot use the tracking URI {uri!r}")
+    ) as info:
+        MLflowLogger(uri)
+    assert "needs the full MLflow package (pip install mlflow)" in str(info.value)

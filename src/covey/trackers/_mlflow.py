@@ -33,6 +33,19 @@ def _tracking_uri(store: str | Path) -> str:
     return uri
 
 
+def _unsupported(uri: str, exc: Exception) -> str:
+    """Why MLflow refused ``uri``, and what to install when it is a database."""
+    text = str(exc).strip()
+    first = text.splitlines()[0].split(". ")[0].strip() if text else type(exc).__name__
+    database = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
+    return f"MLflow cannot use the tracking URI {uri!r}: {first}" + (
+        "; a database store needs the full MLflow package (pip install mlflow), as "
+        "covey[mlflow] installs mlflow-skinny, which logs to a folder or a tracking server"
+        if database
+        else ""
+    )
+
+
 class MLflowLogger:
     """A round callback logging every round's numbers as MLflow metrics (step = round).
 
@@ -48,7 +61,8 @@ class MLflowLogger:
             ``params`` adds new ones and must not change a logged value.
 
     Raises:
-        ValueError: ``run_id`` names no run of ``experiment`` in ``store``, or
+        ValueError: MLflow cannot use ``store`` (e.g. a database URI without the
+            full ``mlflow`` package), ``run_id`` names no run of ``experiment`` in ``store``, or
             ``params`` changes a value the run already holds.
 
     Attributes:
@@ -71,7 +85,11 @@ class MLflowLogger:
         run_id: str | None = None,
     ) -> None:
         """Create (or reuse) the experiment and start a run in it, or continue ``run_id``."""
-        self.client = MlflowClient(tracking_uri=_tracking_uri(store))
+        uri = _tracking_uri(store)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+        except MlflowException as exc:
+            raise ValueError(_unsupported(uri, exc)) from exc
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = (
             found.experiment_id if found is not None else self.client.create_experiment(experiment)
