@@ -348,3 +348,11 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
     assert resumed.returncode == 0, out
     run = Path(hint.split("--resume ")[1].split()[0])
     assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]  # --set rounds=2 kept
+
+
+def test_every_guide_is_in_the_docs_sites_navigation() -> None:
+    root = Path(__file__).resolve().parent.parent
+    nav = (root / "mkdocs.yml").read_text(encoding="utf-8").split("\nnav:", 1)[1]
+    for page in sorted((root / "docs").glob("*.md")):
+        assert f" {page.name}" in nav, f"docs/{page.name} is not in mkdocs.yml's nav"
+    assert "docs/projects.md" in (root / "README.md").read_text(encoding="utf-8")
