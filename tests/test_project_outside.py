@@ -356,3 +356,23 @@ def test_every_guide_is_in_the_docs_sites_navigation() -> None:
     for page in sorted((root / "docs").glob("*.md")):
         assert f" {page.name}" in nav, f"docs/{page.name} is not in mkdocs.yml's nav"
     assert "docs/projects.md" in (root / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_client_started_with_a_cid_beyond_the_sites_is_told_the_range(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)  # `covey client` imports the app from the folder it runs in
+    code, said = _cli(
+        "client",
+        "--app",
+        "outside_fed.client_app:client_fn",
+        "--cid",
+        "20",
+        "--server",
+        "127.0.0.1:1",
+        "--insecure",
+    )
+    assert code == 2, said
+    assert said.startswith("error: --app outside_fed.client_app:client_fn --cid 20:")
+    assert "cid 20: the data is split into 10 sites" in said
+    assert "a site's cid is 0 to 9" in said

@@ -65,13 +65,13 @@ def new_command(
     pkg = name.replace("-", "_").lower()
     if keyword.iskeyword(pkg) or pkg in sys.stdlib_module_names or pkg == "covey":
         fail(f"NAME {name!r} would shadow the Python module {pkg!r}; choose another name")
+    if pkg in ("tests", "runs"):
+        fail(f"NAME {name!r}: the project keeps its {pkg}/ folder there; choose another name")
     if _installed(pkg):
         fail(
             f"NAME {name!r} would shadow the installed Python package {pkg!r} (the project "
             "could not import it); choose another name"
         )
-    if pkg in ("tests", "runs"):
-        fail(f"NAME {name!r}: the project keeps its {pkg}/ folder there; choose another name")
     if directory.exists() and not directory.is_dir():
         fail(f"--dir {directory} is a file; give a folder (made if missing)")
     root = directory / name
@@ -92,7 +92,9 @@ def _installed(pkg: str) -> bool:
 
     here = {"", ".", os.getcwd()}
     path = [p for p in sys.path if p not in here]
-    return importlib.machinery.PathFinder.find_spec(pkg, path) is not None
+    spec = importlib.machinery.PathFinder.find_spec(pkg, path)
+    # A folder without __init__.py on the path (a namespace package) is no installed package.
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 class ProjectSettings:

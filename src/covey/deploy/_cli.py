@@ -347,7 +347,11 @@ def _make_client(spec: str, cid: Any) -> Any:
             f"--app {spec} is a client function of a client id: give --cid N "
             "(which part of the data this client holds, e.g. --cid 0)"
         )
-    client = obj(int(cid)) if needs != 0 and cid is not None else obj()
+    try:
+        client = obj(int(cid)) if needs != 0 and cid is not None else obj()
+    except (ValueError, LookupError, TypeError, OSError) as exc:
+        given = f" --cid {cid}" if cid is not None else ""
+        fail(f"--app {spec}{given}: the client could not be made: {type(exc).__name__}: {exc}")
     if not hasattr(client, "fit"):
         fail(f"--app {spec} returned a {type(client).__name__}, not a covey client (no fit)")
     return client
