@@ -96,6 +96,8 @@ def _refused(project: Path, *args: str) -> str:
         ("clients=0", ["clients = 0", "of 1 or more"]),
         ("rounds=-1", ["rounds = -1", "of 0 or more"]),
         ("clients=1", ["clients = 1", "min_fit_clients=2"]),
+        ("seed=-3", ["seed = -3", "of 0 or more"]),
+        ("runs-dir='pyproject.toml'", ["runs-dir = 'pyproject.toml'", "give a folder"]),
     ],
 )
 def test_a_wrong_setting_for_a_simulation_is_named(

@@ -134,19 +134,24 @@ class ProjectSettings:
         for key in ("server_app", "client_app"):
             if not isinstance(self.run.get(key), str):
                 fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {key.replace('_', '-')}")
-        for key, least in (("clients", 1), ("rounds", 0), ("seed", None)):
+        for key, least in (("clients", 1), ("rounds", 0), ("seed", 0)):
             value = self.run.get(key)
             if value is not None and (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or (least is not None and value < least)
+                not isinstance(value, int) or isinstance(value, bool) or value < least
             ):
                 fail(
                     f"{key} = {value!r} ([tool.covey] in {project / 'pyproject.toml'}, or "
                     f"--set): must be a whole number"
-                    + (f" of {least} or more" if least is not None else "")
+                    + f" of {least} or more"
                     + f", e.g. --set {key}=10"
                 )
+
+        runs = self.run.get("runs_dir", "runs")
+        if not isinstance(runs, str) or (project / runs).is_file():
+            fail(
+                f"runs-dir = {runs!r} ([tool.covey] in {project / 'pyproject.toml'}, or --set): "
+                "give a folder (made if missing) to keep each run's folder in"
+            )
 
     def _override(self, item: str) -> None:
         key, sep, text = item.partition("=")
