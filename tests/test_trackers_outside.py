@@ -211,3 +211,41 @@ def test_a_database_store_works_or_says_what_to_install(tmp_path: Path) -> None:
     ) as info:
         MLflowLogger(uri)
     assert "needs the full MLflow package (pip install mlflow)" in str(info.value)
+
+
+def test_metric_names_mlflow_refuses_are_logged_not_fatal(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger, TensorBoardLogger
+
+    def client_fn(cid: int) -> covey.Client:
+        class Scored(covey.Client):
+            def fit(self, weights: Any, config: Any) -> covey.FitResult:
+                return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+
+        return Scored()
+
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        value = float(weights["w"].sum())
+        return value, {"recall@5": value / 2, "f1 (macro)": value / 4, "top/": value, "../up": 1.0}
+
+    with (
+        MLflowLogger(tmp_path / "ml", params={"lr (client)": 0.1}) as ml,
+        TensorBoardLogger(tmp_path / "tb") as tb,
+    ):
+        covey.simulate(
+            client_fn,
+            2,
+            2,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.ones(2)},
+            central,
+            on_round=lambda record: (ml(record), tb(record)),
+        )
+    client = MlflowClient(tracking_uri=(tmp_path / "ml").resolve().as_uri())
+    run = client.get_run(ml.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr _client_": "0.1"}
+    history = client.get_metric_history(ml.run_id, "central/recall_5")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.25)]
+    assert {"central/f1 _macro_", "central/top", "central/_/up"} <= set(run.data.metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,22 @@ from covey.core import RoundRecord
 from covey.trackers._scalars import round_scalars
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
+_REFUSED = re.compile(r"[^\w\-. :/]")
+"""Characters MLflow refuses in metric and param names (it keeps the rest)."""
+
+
+def mlflow_name(name: str) -> str:
+    """``name`` as MLflow can store it: each character it refuses becomes ``_``.
+
+    MLflow also refuses a name that is not a normalized path (``a//b``, ``x/``,
+    ``../x``): empty parts are dropped, and ``.`` or ``..`` parts become ``_``.
+
+    Example:
+        >>> mlflow_name("central/recall@5")
+        'central/recall_5'
+    """
+    parts = _REFUSED.sub("_", name).split("/")
+    return "/".join("_" if p in (".", "..") else p for p in parts if p) or "_"
 
 
 def _tracking_uri(store: str | Path) -> str:
@@ -94,7 +111,7 @@ class MLflowLogger:
         experiment_id = (
             found.experiment_id if found is not None else self.client.create_experiment(experiment)
         )
-        wanted = {str(k): str(v) for k, v in (params or {}).items()}
+        wanted = {mlflow_name(str(k)): str(v) for k, v in (params or {}).items()}
         if run_id is None:
             self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
         else:
@@ -126,10 +143,15 @@ class MLflowLogger:
         return {k: v for k, v in wanted.items() if k not in held}
 
     def __call__(self, record: RoundRecord) -> None:
-        """Log the round's scalars at step ``record.round``."""
+        """Log the round's scalars at step ``record.round``.
+
+        A character MLflow refuses in a name (``@``, ``(``, ...) is logged as ``_``:
+        ``recall@5`` becomes ``central/recall_5``.
+        """
         stamp = int(time.time() * 1000)
         metrics = [
-            Metric(tag, value, stamp, record.round) for tag, value in round_scalars(record).items()
+            Metric(mlflow_name(tag), value, stamp, record.round)
+            for tag, value in round_scalars(record).items()
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
