@@ -16,7 +16,7 @@ import numpy as np
 from covey import secagg
 from covey.analytics._compute import shape
 from covey.analytics._policy import PolicyError
-from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, clip_columns
+from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, clip_columns, low_bits
 from covey.clients import run_task
 from covey.core import Task
 from covey.transport import MemoryTransport, Transport
@@ -176,7 +176,8 @@ class Federation:
                 + (f" (refused: {refused})" if refused else "")
             )
         stats = request["stats"]
-        sizes = [int(np.prod(s)) for s in shapes]
+        limbs = [int(stat.get("limbs", 1)) for stat in stats]
+        sizes = [int(np.prod(s)) * k for s, k in zip(shapes, limbs, strict=True)]
         tail = len(clip_columns(stats)) + 2
         try:
             out = secagg.secure_sum(
@@ -203,9 +204,12 @@ class Federation:
         total = np.asarray(out.total, dtype=np.float64)
         result = StageResult([])
         start = 0
-        for stat, size, dims in zip(stats, sizes, shapes, strict=True):
-            part = total[start : start + size] / float(stat.get("scale", 1.0))
-            result.vectors.append(part.reshape(dims))
+        for stat, size, dims, k in zip(stats, sizes, shapes, limbs, strict=True):
+            part = total[start : start + size]
+            if k == 2:  # the high limbs, then the low ones (see _site.fixed_point)
+                half = size // 2
+                part = part[:half] + part[half:] / float(1 << low_bits(int(request["bound"])))
+            result.vectors.append((part / float(stat.get("scale", 1.0))).reshape(dims))
             start += size
         for col in clip_columns(stats):
             result.clipped[col] = int(total[start])

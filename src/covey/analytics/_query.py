@@ -31,7 +31,7 @@ import pandas as pd
 from covey.analytics import _dp
 from covey.analytics._compute import TOPK_MAX_BYTES
 from covey.analytics._exchange import Federation, StageResult, transport_for
-from covey.analytics._site import sensitivity
+from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
 from covey.analytics._sql import Aggregate, Plan, QueryError, plan
 from covey.analytics._stats import (
     BISECT_BINS,
@@ -44,7 +44,6 @@ from covey.analytics._stats import (
 from covey.privacy import Ledger
 
 DISTINCT_BUCKETS = 1 << 16
-ROW_CAP = 1 << 31
 """The most rows a site may hold in one group under secure aggregation."""
 
 
@@ -76,6 +75,8 @@ class _Query:
             req["bound"] = secure_bound(n)
             for s in stats:
                 s["scale"] = fixed_point_scale(s, self.decl["bounds"], n)
+                if s["op"] in ("sum", "sq"):
+                    s["limbs"] = 2  # a high and a low limb: precision whatever the bounds
         if self.multiplier is not None:
             mech = self.opt["mechanism"]
             for s in stats:
@@ -83,7 +84,8 @@ class _Query:
             req["dp"] = {
                 "mechanism": mech,
                 "multiplier": self.multiplier,
-                "shares": len(self.fed.cids),
+                # an answer seen on its own (not masked) carries all of the noise
+                "shares": len(self.fed.cids) if self.opt["secure"] else 1,
             }
         return req
 
@@ -196,7 +198,9 @@ class _Query:
             )
             analyst = self.opt.get("analyst")
             if analyst is not None:
-                key = repr((self.plan.sql, self.opt["epsilon"], self.opt["mechanism"]))
+                # free again only when the sites' caches give the same noisy answer
+                opts = ("epsilon", "mechanism", "delta", "precision", "secure")
+                key = repr((self.plan.sql, *(self.opt[k] for k in opts)))
                 ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
                 analyst.charge_query(key, ev)
         first = self.run(
@@ -334,41 +338,11 @@ class _Query:
                 "precision": precision,
                 "privacy": privacy,
                 "secure": self.opt["secure"],
-                **self.meta,
+                # Exact counts are no DP releases: the sites send none under DP.
+                **(self.meta if privacy is None else dict.fromkeys(self.meta)),
             }
         )
         return df
-
-
-def secure_bound(sites: int) -> int:
-    """The bound on every entry of a site's secure answer, so the sum of ``sites`` fits 61 bits."""
-    return (1 << 61) // (2 * max(sites, 1))
-
-
-def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) -> float:
-    """The power of two a statistic is multiplied by before rounding (1 for counts).
-
-    Chosen so a site's rows (``stat["rows"]`` when an earlier stage counted them,
-    else ``ROW_CAP``) of the largest value allowed by the bounds stay within
-    :func:`secure_bound`.
-    """
-    op = stat["op"]
-    if op not in ("sum", "sq"):
-        return 1.0
-    low, high = (float(b) for b in bounds[stat["col"]])
-    if op == "sum":
-        top = max(abs(low), abs(high))
-    else:
-        centers = np.asarray(stat.get("center") or [low], dtype=float)
-        top = float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
-    rows = int(stat.get("rows", ROW_CAP))
-    room = secure_bound(sites) / (rows * max(top, 1e-300))
-    if room < 1:
-        raise QueryError(
-            f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
-            f"{rows} rows per site"
-        )
-    return float(2 ** min(math.floor(math.log2(room)), 60))
 
 
 def first_stat_low(q: _Query, a: Aggregate) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from covey.core import Task
 TASK_KIND = "analyze"
 SECURE_INPUT = "covey.analytics.answer"
 MAX_CACHE = 256
+ROW_CAP = 1 << 31  # the rows a site may hold, before any stage has counted them
+MAX_DOWNSCALE = 900  # a fixed-point scale stays at or above 2^-900 (float64 range)
 
 
 def sensitivity(
@@ -80,16 +83,91 @@ def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
                 )
 
 
+def secure_bound(sites: int) -> int:
+    """The bound on every entry of a site's secure answer, so the sum of ``sites`` fits 61 bits."""
+    return (1 << 61) // (2 * max(sites, 1))
+
+
+def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) -> float:
+    """The power of two a statistic is multiplied by before rounding (1 for counts).
+
+    Chosen so a site's rows (``stat["rows"]`` when an earlier stage counted them,
+    else ``ROW_CAP``) of the largest value allowed by the bounds stay within
+    :func:`secure_bound`; it is below 1 for wide bounds. Sums and squared
+    deviations travel in two limbs (see :func:`fixed_point`),
+    so the scale bounds the range, not the precision.
+    """
+    op = stat["op"]
+    if op not in ("sum", "sq"):
+        return 1.0
+    low, high = (float(b) for b in bounds[stat["col"]])
+    if op == "sum":
+        top = max(abs(low), abs(high))
+    else:
+        centers = np.asarray(stat.get("center") or [low], dtype=float)
+        top = float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
+    rows = int(stat.get("rows", ROW_CAP))
+    room = secure_bound(sites) / (rows * max(top, 1e-300))
+    exponent = math.floor(math.log2(room))
+    if exponent < -MAX_DOWNSCALE:
+        raise QueryError(
+            f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
+            f"{rows} rows per site"
+        )
+    return float(2.0 ** min(exponent, 60))
+
+
+def low_bits(bound: int) -> int:
+    """Bits of the low limb of a two-limb fixed-point sum whose entries stay within ``bound``.
+
+    As many as the bound allows, up to the 52 bits of a float64 fraction.
+    """
+    return max(min(52, int(bound).bit_length() - 1), 0)
+
+
 def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) -> np.ndarray:
-    """``values * scale`` rounded to int64, checked against the request's bound."""
+    """``values * scale`` rounded to int64, checked against the request's bound.
+
+    A statistic with ``"limbs": 2`` (sums and squared deviations) is sent as two
+    integer vectors, ``hi = floor(values * scale)`` and the fraction left,
+    ``lo = rint((values * scale - hi) * 2^b)`` with ``b = low_bits(bound)``: the
+    scale only has to keep the largest sum the bounds allow within the ring, and
+    the low limb keeps the precision of the float64 value whatever the bounds. The
+    server adds each limb over the sites and reads ``(hi + lo / 2^b) / scale``.
+    """
     bound = int(request.get("bound", 0))
-    ints = np.rint(values * scale)
+    if not scale > 0 or not np.isfinite(scale):
+        raise PolicyError(f"the request's fixed-point scale {scale!r} is not a positive number")
+    scaled = values * scale
+    limbs = request.get("limbs", 1)
+    if limbs == 2:
+        hi = np.floor(scaled)
+        lo = np.rint((scaled - hi) * float(1 << low_bits(bound)))
+        ints = np.concatenate([hi, lo])
+    elif limbs == 1:
+        ints = np.rint(scaled)
+    else:
+        raise PolicyError(f"a statistic is sent in 1 or 2 limbs, not {limbs!r}")
     if ints.size and float(np.max(np.abs(ints))) > bound:
         raise PolicyError(
             f"an answer exceeds the secure-aggregation bound {bound}: the site holds more "
             "rows than the bound allows"
         )
     return ints.astype(np.int64)
+
+
+def _encode(
+    request: Mapping[str, Any], stats: Sequence[Mapping[str, Any]], vectors: list[np.ndarray]
+) -> list[np.ndarray]:
+    """The answer's vectors as sent: fixed point under secure aggregation, else floats."""
+    out: list[np.ndarray] = []
+    for s, v in zip(stats, vectors, strict=True):
+        if request.get("secure") and s["op"] not in ("min", "max"):
+            limbs = {"bound": request.get("bound", 0), "limbs": s.get("limbs", 1)}
+            out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), limbs))
+        else:
+            out.append(v.ravel())
+    return out
 
 
 def clip_columns(stats: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -171,10 +249,21 @@ class Site(Client):
         policy, _ = self._check(request)
         return {"site": self.name, **policy.describe(), "spent": self.budget.spent}
 
-    def answer(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Answer one stage of a query: vectors of sums, suppressed and noised per policy."""
+    def answer(self, request: Mapping[str, Any], *, masked: bool = False) -> dict[str, Any]:
+        """Answer one stage of a query: vectors of sums, suppressed and noised per policy.
+
+        Args:
+            request: The stage's request from the server.
+            masked: Whether the answer goes through secure aggregation, so that only
+                the sum over the sites is seen. An answer seen on its own carries the
+                full noise, whatever share of it the request asks for.
+        """
         policy, p = self._check(request)
-        key = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+        if not masked and request.get("dp"):
+            request = {**request, "dp": {**request["dp"], "shares": 1}}
+        key = hashlib.sha256(
+            json.dumps([request, masked], sort_keys=True, default=str).encode()
+        ).hexdigest()
         with self._lock:
             if key in self._cache:
                 return {**self._cache[key], "cached": True}
@@ -189,25 +278,27 @@ class Site(Client):
                     raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
         got = self._compute(p, domains, bounds, stats)
+        dp = request.get("dp")
+        clipped, outside = got.clipped, got.outside_domain
         small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
+        if dp is not None:
+            # Withholding would let one record move a count from 0 to the minimum group
+            # size, past the sensitivity the noise is calibrated for; with DP the server
+            # suppresses small noisy totals instead (post-processing). The exact counts
+            # of clipped and out-of-domain rows would be releases without noise.
+            small = np.zeros_like(small)
+            clipped, outside = dict.fromkeys(got.clipped, 0), 0
         vectors = [v.copy() for v in got.vectors]
         for v in vectors:
             v[small] = 0.0
-        dp = request.get("dp")
         spent = self.budget.spent
         if dp is not None:
             spent = self._noise(dp, stats, bounds, vectors)
-        out: list[Any] = []
-        for s, v in zip(stats, vectors, strict=True):
-            if request.get("secure") and s["op"] not in ("min", "max"):
-                out.append(fixed_point(v.ravel(), float(s.get("scale", 1.0)), request))
-            else:
-                out.append(v.ravel())
         answer = {
             "site": self.name,
-            "vectors": out,
-            "clipped": got.clipped,
-            "outside_domain": got.outside_domain,
+            "vectors": _encode(request, stats, vectors),
+            "clipped": clipped,
+            "outside_domain": outside,
             "withheld_groups": int(small.sum()),
             "spent": spent,
         }
@@ -286,7 +377,7 @@ def _secure_input(client: Any, payload: Any) -> np.ndarray:
         raise TypeError(f"{type(client).__name__} is not a covey.analytics.Site")
     if not isinstance(payload, Mapping) or not payload.get("secure"):
         raise ValueError("a secure analytics input needs a secure answer request")
-    answer = client.answer(payload)
+    answer = client.answer(payload, masked=True)
     return flatten(answer, payload["stats"])
 
 

@@ -48,6 +48,21 @@ def check_float(params: Weights, what: str) -> None:
         )
 
 
+def sq_norm(values: Weights) -> float:
+    """The squared L2 norm of all arrays of ``values`` taken together.
+
+    Half-precision arrays are squared and summed in float32: in float16 the
+    square of a norm past 256 overflows to infinity.
+    """
+    total = 0.0
+    for value in values.values():
+        flat = np.ravel(value)
+        if flat.dtype.kind == "f" and flat.dtype.itemsize < 4:
+            flat = flat.astype(np.float32)
+        total += float(np.vdot(flat, flat).real)
+    return total
+
+
 def gaussian(rng: np.random.Generator, like: Weights, std: float) -> dict[str, Array]:
     """Independent N(0, std^2) noise in float64, one array per array of ``like``."""
     return {name: rng.normal(0.0, std, size=np.shape(v)) for name, v in like.items()}

@@ -165,10 +165,6 @@ def _present(value: _T | None, what: str) -> _T:
     return value
 
 
-def _sq_norm(values: Weights) -> float:
-    return float(sum(np.vdot(v, v).real for v in values.values()))
-
-
 @dataclass(frozen=True)
 class _DPAggregation:
     """The DP step's functions; it holds only configuration, never a round's state."""
@@ -222,7 +218,7 @@ class _DPAggregation:
         if self.mech.tree_rounds is not None and event.cid in state.seen:
             return state._replace(clipped=(*state.clipped, -1 - event.cid))
         delta = event.as_delta(params)
-        norm = math.sqrt(_sq_norm(delta))
+        norm = math.sqrt(_noise.sq_norm(delta))
         if not math.isfinite(norm):  # NaN or Inf: clipping cannot bound it, so drop it
             return state._replace(nonfinite=(*state.nonfinite, event.cid))
         scale = 1.0 if norm <= state.clip else state.clip / norm

@@ -166,6 +166,6 @@ def scale(clip: float, bits: int) -> float:
     """The fixed-point scale: quantized units per unit of value."""
     if not clip > 0 or not np.isfinite(clip):
         raise ValueError(f"clip range must be a positive finite number, got {clip!r}")
-    if not 2 <= bits <= 48:
-        raise ValueError(f"quantization bits must be in [2, 48], got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not 2 <= bits <= 48:
+        raise ValueError(f"quantization bits must be an int in [2, 48], got {bits!r}")
     return float((1 << (bits - 1)) - 1) / clip

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
+from covey.aggregate._flat import signed
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.privacy import ClippedSum
@@ -76,7 +77,9 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
     deltas: list[np.ndarray] = []
     for name, _, _ in _layout(task.weights):
         if result.delta is not None:
-            delta = np.asarray(result.delta[name], dtype=np.float64)
+            # An unsigned array's delta is a change modulo 2**bits (5 -> 3 is sent as 254):
+            # its value is the signed reading, as the unsecured mean reads it.
+            delta = np.asarray(signed({name: np.asarray(result.delta[name])})[name], np.float64)
         elif result.weights is not None:
             delta = np.asarray(result.weights[name], np.float64) - np.asarray(
                 task.weights[name], np.float64
@@ -93,6 +96,11 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         if isinstance(value, bool) or not isinstance(value, int | float):
             tail += [0, 0]
             continue
+        if not abs(float(value)) <= float(bound):  # also NaN; the value stays out of it
+            raise RangeError(
+                f"fit metric {name!r} is not within its secure-aggregation bound "
+                f"[-{bound:g}, {bound:g}]: raise the bound in secure(metrics=...)"
+            )
         tail += [int(quantize(np.array([float(value)]), float(bound), bits)[0]) * n, n]
     parts.append(np.asarray(tail, dtype=np.int64))
     return np.concatenate(parts)
