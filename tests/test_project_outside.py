@@ -220,7 +220,9 @@ def test_a_run_stopped_by_its_privacy_budget_says_so(project: Path) -> None:
     Console(file=out, width=200).print(round_table(covey.History.load(folder)))
     table = " ".join(out.getvalue().split())
     assert "epsilon" in table  # the budget spent, per round
-    spent = covey.History.load(folder).rounds[1].privacy["epsilon"]
+    privacy = covey.History.load(folder).rounds[1].privacy
+    assert privacy is not None
+    spent = privacy["epsilon"]
     assert f"{spent:.4f}" in table
 
 

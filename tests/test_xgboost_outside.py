@@ -63,6 +63,7 @@ def _compare(x: Any, y: Any, params: dict[str, Any]) -> dict[str, tuple[float, f
             seed=0,
         )
         last = result.history.rounds[-1]
+        assert last.central_loss is not None
         out[name] = score(last.central_loss, last.central_metrics)
         per_round = CLIENTS * LOCAL if name == "bagging" else LOCAL
         classes = int(params.get("num_class", 1))
