@@ -259,3 +259,17 @@ def test_metric_names_mlflow_refuses_are_logged_not_fatal(tmp_path: Path) -> Non
     history = client.get_metric_history(ml.run_id, "central/recall_5")
     assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.25)]
     assert {"central/f1 _macro_", "central/top", "central/_/up"} <= set(run.data.metrics)
+
+
+@pytest.mark.parametrize("name", ["TensorBoardLogger", "MLflowLogger"])
+@pytest.mark.parametrize("below", ["", "runs/one"])
+def test_a_log_folder_that_is_a_file_is_named(tmp_path: Path, name: str, below: str) -> None:
+    import covey.trackers
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    target = blocker / below if below else blocker
+    logger = getattr(covey.trackers, name)
+    with pytest.raises(NotADirectoryError, match=re.escape(f"{name}: cannot write to {target}")):
+        logger(target)
+    assert blocker.is_file()  # left as it was

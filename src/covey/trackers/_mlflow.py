@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from covey.core import RoundRecord
-from covey.trackers._scalars import round_scalars
+from covey.trackers._scalars import log_folder, round_scalars
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
 _REFUSED = re.compile(r"[^\w\-. :/]")
@@ -41,8 +41,7 @@ def _tracking_uri(store: str | Path) -> str:
     if "://" in text or text.startswith("file:"):
         uri = text
     else:
-        Path(text).mkdir(parents=True, exist_ok=True)
-        uri = Path(text).resolve().as_uri()
+        uri = log_folder(text, "MLflowLogger").resolve().as_uri()
     if uri.startswith("file:"):
         # MLflow 3 keeps the file store in maintenance mode behind this documented
         # opt-in; a local folder is what this logger is for.

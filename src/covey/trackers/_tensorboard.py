@@ -17,7 +17,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from covey.core import RoundRecord
-from covey.trackers._scalars import round_scalars
+from covey.trackers._scalars import log_folder, round_scalars
 
 
 class TensorBoardLogger:
@@ -36,8 +36,7 @@ class TensorBoardLogger:
 
     def __init__(self, logdir: str | Path, *, prefix: str = "") -> None:
         """Open an event file in ``logdir``."""
-        self.logdir = Path(logdir)
-        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.logdir = log_folder(logdir, "TensorBoardLogger")
         self._prefix = prefix
         self._writer = EventFileWriter(str(self.logdir))
 
