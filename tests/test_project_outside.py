@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 import covey
 from covey.cli import app
 from covey.cli._runs import round_table
+from covey.deploy._cli_resume import saved_round
 
 runner = CliRunner()
 
@@ -313,6 +314,11 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
     server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
     try:
         _until_listening(server, project / "int.port")
+        for _ in range(600):  # until round 0 is saved: then there is a run to resume
+            runs = sorted((project / "runs").glob("local-*"), key=lambda p: p.stat().st_mtime)
+            if runs and saved_round(runs[-1]):
+                break
+            time.sleep(0.1)
         server.send_signal(signal.SIGINT)
         said = server.communicate(timeout=60)[0]
     finally:
@@ -380,3 +386,37 @@ def test_a_client_started_with_a_cid_beyond_the_sites_is_told_the_range(
     assert said.startswith("error: --app outside_fed.client_app:client_fn --cid 20:")
     assert "cid 20: the data is split into 10 sites" in said
     assert "a site's cid is 0 to 9" in said
+
+
+def test_ctrl_c_before_round_0_is_saved_offers_no_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    import numpy as np
+    import typer
+
+    import covey.deploy._server
+    from covey.deploy._cli import _serve
+    from covey.server._store import RunStore
+
+    run = tmp_path / "run"
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        RunStore.create(run, config={"rounds": 1}).close()  # the run began, no round saved
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covey.deploy._server, "serve", interrupted)
+    app = types.SimpleNamespace(
+        strategy=covey.FedAvg(), rounds=1, weights=lambda: {"w": np.zeros(1)}, evaluate_fn=None
+    )
+    app.seed, app.compression = 0, None
+    flags = {"run": run, "resuming": False, "port_file": None, "address": "127.0.0.1:0"}
+    flags |= {"certs": None, "insecure": True, "rounds": None, "plot": False}
+    flags |= {"round_timeout": None, "wait_timeout": None, "heartbeat": None}
+    flags |= {"compression": None, "resume_hint": f"covey server --resume {run} --insecure"}
+    with pytest.raises(typer.Exit) as info:
+        _serve(app, {}, flags)
+    assert info.value.exit_code == 130
+    said = " ".join(capsys.readouterr().err.split())
+    assert said == f"interrupted before round 0 was saved: {run} holds nothing to resume"

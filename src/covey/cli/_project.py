@@ -141,11 +141,8 @@ class ProjectSettings:
             ):
                 fail(
                     f"{key} = {value!r} ([tool.covey] in {project / 'pyproject.toml'}, or "
-                    f"--set): must be a whole number"
-                    + f" of {least} or more"
-                    + f", e.g. --set {key}=10"
+                    f"--set): must be a whole number of {least} or more, e.g. --set {key}=10"
                 )
-
         runs = self.run.get("runs_dir", "runs")
         if not isinstance(runs, str) or (project / runs).is_file():
             fail(
@@ -154,8 +151,9 @@ class ProjectSettings:
             )
 
     def _override(self, item: str) -> None:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
+        given, sep, text = item.partition("=")
+        given = given.strip()
+        key = given.replace("-", "_")
         if not sep or not key:
             fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=10")
         try:
@@ -166,8 +164,8 @@ class ProjectSettings:
             self.run[key] = value
         elif self.federation is not None and key in FEDERATION_KEYS:
             self.federation[key] = value
-        elif key in self.config:
-            self.config[key] = value
+        elif spelled := [k for k in (given, key, _toml(key)) if k in self.config]:
+            self.config[spelled[0]] = value  # the app's key as its table spells it
         else:
             self._refuse(item, key)
 
@@ -178,15 +176,17 @@ class ProjectSettings:
                 f"--set {item}: {_toml(key)} is a setting of a federation; add "
                 "--federation NAME to serve for real clients"
             )
-        known = set(RUN_KEYS) | set(self.config)
+        # Settings of covey as pyproject.toml spells them; the app's own as its table does.
+        known = {_toml(k) for k in RUN_KEYS} | set(self.config)
         if self.federation is not None:
-            known |= FEDERATION_KEYS
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f" (did you mean {_toml(close[0])}?)" if close else ""
+            known |= {_toml(k) for k in FEDERATION_KEYS}
+        given = item.partition("=")[0].strip()
+        close = difflib.get_close_matches(given, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         fail(
-            f"--set {item}: no setting {_toml(key)} in [tool.covey] or [tool.covey.config] of "
+            f"--set {item}: no setting {given} in [tool.covey] or [tool.covey.config] of "
             f"{self.project / 'pyproject.toml'}{hint}; add it to [tool.covey.config] first "
-            f"if the app reads it; known: {', '.join(sorted(_toml(k) for k in known))}"
+            f"if the app reads it; known: {', '.join(sorted(known))}"
         )
 
     def app_config(self) -> dict[str, Any]:
@@ -345,8 +345,9 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
-    from covey.deploy._cli import _logging, _run_folder, _security, _serve, resume_hint
+    from covey.deploy._cli import _logging, _run_folder, _security, _serve
     from covey.deploy._cli_errors import compression_spec, number, output_file
+    from covey.deploy._cli_resume import resume_hint
     from covey.server._outputs import new_run_dir
 
     fed = settings.federation or {}

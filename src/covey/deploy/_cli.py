@@ -20,10 +20,11 @@ from covey.deploy._cli_errors import (
     read_settings,
     required_params,
 )
+from covey.deploy._cli_resume import resume_hint, saved_round
 
 console = Console(stderr=True)
 
-__all__ = ["client_command", "load_object", "resume_hint", "server_command"]
+__all__ = ["client_command", "load_object", "server_command"]
 
 SERVER_KEYS = {
     "app",
@@ -208,41 +209,21 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _forget(run, flags)
-        kept = (run / "run.sqlite").is_file()
-        console.print(
-            f"interrupted: the run in {run} is kept; continue it with "
-            f"`{flags.get('resume_hint') or resume_hint(run)}`"
-            if kept
-            else "interrupted before the run started",
-            soft_wrap=True,
-        )
+        if saved_round(run):
+            said = (
+                f"interrupted: the run in {run} is kept; continue it with "
+                f"`{flags.get('resume_hint') or resume_hint(run)}`"
+            )
+        elif (run / "run.sqlite").is_file():
+            said = f"interrupted before round 0 was saved: {run} holds nothing to resume"
+        else:
+            said = "interrupted before the run started"
+        console.print(said, soft_wrap=True)
         raise typer.Exit(130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json and plot.png in {run}"
     )
-
-
-def resume_hint(
-    run: Path,
-    *,
-    app: str | None = None,
-    config: Path | None = None,
-    certs: Path | None = None,
-    insecure: bool = False,
-    rounds: int | None = None,
-) -> str:
-    """The ``covey server --resume`` command that continues ``run`` as it was started."""
-    parts = [f"covey server --resume {run}"]
-    if config is not None:
-        parts.append(f"--config {config}")
-    if app is not None:
-        parts.append(f"--app {app}")
-    if config is None:
-        parts.append("--insecure" if insecure else f"--certs {certs}" if certs else "")
-    if rounds is not None:
-        parts.append(f"--rounds {rounds}")
-    return " ".join(p for p in parts if p)
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:
