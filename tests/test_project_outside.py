@@ -35,6 +35,12 @@ def bad_compression(config):
     return ServerApp(app.strategy, app.initial_weights, compression="q9")
 
 
+def needs_warm_up(config):
+    if config.get("warm-up") != 3:
+        raise ValueError(f"warm-up is {config.get('warm-up')!r}")
+    return make_server(config)
+
+
 def private(config):
     app = make_server(config)
     strategy = covey.privacy.central(
@@ -57,6 +63,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, said = _cli("new", "outside-fed", "--dir", str(where))
     assert code == 0, said
     root = where / "outside-fed"
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("epochs = 2\n", "epochs = 2\nwarm-up = 1\n"))
     with (root / "outside_fed" / "server_app.py").open("a") as f:
         f.write("\n\ndef returns_int(config):\n    return 42\n")
         f.write(SERVERS)
@@ -420,3 +428,18 @@ def test_ctrl_c_before_round_0_is_saved_offers_no_resume(
     assert info.value.exit_code == 130
     said = " ".join(capsys.readouterr().err.split())
     assert said == f"interrupted before round 0 was saved: {run} holds nothing to resume"
+
+
+@pytest.mark.parametrize("spelled", ["warm-up", "warm_up"])
+def test_set_overrides_an_app_setting_as_its_table_spells_it(project: Path, spelled: str) -> None:
+    code, said = _cli(
+        "run",
+        str(project),
+        "--set",
+        "server-app=outside_fed.server_app:needs_warm_up",
+        "--set",
+        f"{spelled}=3",
+        "--set",
+        "rounds=0",
+    )
+    assert code == 0, said
