@@ -273,3 +273,20 @@ def test_a_log_folder_that_is_a_file_is_named(tmp_path: Path, name: str, below: 
     with pytest.raises(NotADirectoryError, match=re.escape(f"{name}: cannot write to {target}")):
         logger(target)
     assert blocker.is_file()  # left as it was
+
+
+def test_a_round_redone_after_a_resume_shows_once_in_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from covey.trackers import TensorBoardLogger
+
+    with TensorBoardLogger(tmp_path) as first:  # logged round 2, then died before saving it
+        for rnd in range(3):
+            first(RoundRecord(round=rnd, central_loss=1.0 / (rnd + 1)))
+    with TensorBoardLogger(tmp_path) as resumed:  # resumed from round 1: round 2 is redone
+        for rnd in (2, 3):
+            resumed(RoundRecord(round=rnd, central_loss=10.0 + rnd))
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("central/loss")]
+    assert got == [(0, 1.0), (1, 0.5), (2, 12.0), (3, 13.0)]
