@@ -216,7 +216,8 @@ def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
     assert server.returncode == 130, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        f"interrupted: the run in {run} is kept; continue it with `covey server --resume {run}`"
+        f"interrupted: the run in {run} is kept; continue it with "
+        f"`covey server --resume {run} --app tiny_app:server_app --insecure`"
     )
     with RunStore.open(run) as store:
         assert store.status == "failed"

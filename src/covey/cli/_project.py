@@ -7,7 +7,9 @@ can be overridden for one run with ``--set key=value``.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import keyword
 import re
 import string
@@ -18,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
@@ -62,6 +65,15 @@ def new_command(
     pkg = name.replace("-", "_").lower()
     if keyword.iskeyword(pkg) or pkg in sys.stdlib_module_names or pkg == "covey":
         fail(f"NAME {name!r} would shadow the Python module {pkg!r}; choose another name")
+    if pkg in ("tests", "runs"):
+        fail(f"NAME {name!r}: the project keeps its {pkg}/ folder there; choose another name")
+    if _installed(pkg):
+        fail(
+            f"NAME {name!r} would shadow the installed Python package {pkg!r} (the project "
+            "could not import it); choose another name"
+        )
+    if directory.exists() and not directory.is_dir():
+        fail(f"--dir {directory} is a file; give a folder (made if missing)")
     root = directory / name
     if root.exists():
         fail(f"{root} already exists; choose another NAME or --dir")
@@ -71,6 +83,18 @@ def new_command(
         atomic_write(target, string.Template(text).substitute(name=name, pkg=pkg))
     console.print(f"[green]created[/] {root}: {len(FILES)} files")
     console.print(f"next: cd {root} && covey run && pytest")
+
+
+def _installed(pkg: str) -> bool:
+    """Whether ``pkg`` is a module installed for this Python (the current folder aside)."""
+    import importlib.machinery
+    import os
+
+    here = {"", ".", os.getcwd()}
+    path = [p for p in sys.path if p not in here]
+    spec = importlib.machinery.PathFinder.find_spec(pkg, path)
+    # A folder without __init__.py on the path (a namespace package) is no installed package.
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 class ProjectSettings:
@@ -110,17 +134,26 @@ class ProjectSettings:
         for key in ("server_app", "client_app"):
             if not isinstance(self.run.get(key), str):
                 fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {key.replace('_', '-')}")
-        for key in ("clients", "rounds", "seed"):
+        for key, least in (("clients", 1), ("rounds", 0), ("seed", 0)):
             value = self.run.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < least
+            ):
                 fail(
                     f"{key} = {value!r} ([tool.covey] in {project / 'pyproject.toml'}, or "
-                    f"--set): must be a whole number, e.g. --set {key}=10"
+                    f"--set): must be a whole number of {least} or more, e.g. --set {key}=10"
                 )
+        runs = self.run.get("runs_dir", "runs")
+        if not isinstance(runs, str) or (project / runs).is_file():
+            fail(
+                f"runs-dir = {runs!r} ([tool.covey] in {project / 'pyproject.toml'}, or --set): "
+                "give a folder (made if missing) to keep each run's folder in"
+            )
 
     def _override(self, item: str) -> None:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
+        given, sep, text = item.partition("=")
+        given = given.strip()
+        key = given.replace("-", "_")
         if not sep or not key:
             fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set rounds=10")
         try:
@@ -131,8 +164,30 @@ class ProjectSettings:
             self.run[key] = value
         elif self.federation is not None and key in FEDERATION_KEYS:
             self.federation[key] = value
+        elif spelled := [k for k in (given, key, _toml(key)) if k in self.config]:
+            self.config[spelled[0]] = value  # the app's key as its table spells it
         else:
-            self.config[key] = value
+            self._refuse(item, key)
+
+    def _refuse(self, item: str, key: str) -> None:
+        """Fail on ``--set KEY=...`` naming no setting: a typo would otherwise pass unseen."""
+        if key in FEDERATION_KEYS:
+            fail(
+                f"--set {item}: {_toml(key)} is a setting of a federation; add "
+                "--federation NAME to serve for real clients"
+            )
+        # Settings of covey as pyproject.toml spells them; the app's own as its table does.
+        known = {_toml(k) for k in RUN_KEYS} | set(self.config)
+        if self.federation is not None:
+            known |= {_toml(k) for k in FEDERATION_KEYS}
+        given = item.partition("=")[0].strip()
+        close = difflib.get_close_matches(given, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        fail(
+            f"--set {item}: no setting {given} in [tool.covey] or [tool.covey.config] of "
+            f"{self.project / 'pyproject.toml'}{hint}; add it to [tool.covey.config] first "
+            f"if the app reads it; known: {', '.join(sorted(known))}"
+        )
 
     def app_config(self) -> dict[str, Any]:
         """What the app's functions get: ``clients``, ``rounds``, ``seed`` and the config table."""
@@ -147,12 +202,17 @@ class ProjectSettings:
         return None if value is None else self.project / str(value)
 
 
+def _toml(key: str) -> str:
+    """A setting's name as pyproject.toml spells it (``runs_dir`` -> ``runs-dir``)."""
+    return key.replace("_", "-")
+
+
 def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(table) - known)
+    unknown = sorted(_toml(k) for k in set(table) - known)
     if unknown:
         fail(
             f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where} "
-            f"of pyproject.toml; known: {', '.join(sorted(known))}"
+            f"of pyproject.toml; known: {', '.join(sorted(_toml(k) for k in known))}"
         )
 
 
@@ -188,34 +248,80 @@ def run_command(
     if str(settings.project) not in sys.path:
         sys.path.insert(0, str(settings.project))
     make_server = load_object(settings.run["server_app"], "server-app")
-    make_client = load_object(settings.run["client_app"], "client-app")
+    make_client = _client_maker(settings.run["client_app"])
     try:
         server_app = make_server(settings.app_config())
     except (TypeError, ValueError) as exc:
         fail(f"server-app {settings.run['server_app']}(config) failed: {exc}")
+    from covey.deploy import ServerApp
+
+    if not isinstance(server_app, ServerApp):
+        fail(
+            f"server-app {settings.run['server_app']}(config) returned "
+            f"{type(server_app).__name__}, not a covey.deploy.ServerApp"
+        )
+    if isinstance(server_app.compression, str):
+        from covey.compress import scheme_named
+
+        try:
+            scheme_named(server_app.compression)
+        except ValueError as exc:
+            fail(f"server-app {settings.run['server_app']}(config): ServerApp(compression=): {exc}")
     if settings.federation is None:
         _simulate(settings, server_app, make_client)
     else:
         _deploy(settings, server_app, federation or "", verbose)
 
 
+def _client_maker(spec: str) -> Any:
+    """The ``client-app`` function, checked: it is called as ``make_client(cid, config=...)``."""
+    make_client = load_object(spec, "client-app")
+    try:
+        inspect.signature(make_client).bind(0, config={})
+    except TypeError:
+        fail(
+            f"client-app {spec} must be a function of (cid, config) returning a covey.Client, "
+            "like make_client in a project made by `covey new`"
+        )
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        pass
+    return make_client
+
+
+def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> Any:
+    """``make_client(cid, config=config)``, refused (as that client's failure) if not a client."""
+    client = make_client(cid, config=config)
+    if not callable(getattr(client, "fit", None)):
+        raise TypeError(
+            f"client-app {spec}(cid, config) returned {type(client).__name__}, not a covey.Client"
+        )
+    return client
+
+
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
-    from covey.cli._runs import round_table
+    from covey.cli._runs import round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
+    from covey.sim._simulate import _checked
 
     run = settings.run
     clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
     backend = str(run.get("backend", "inline"))
     if backend not in ("inline", "process"):
         fail(f"backend = {backend!r} in [tool.covey]: choose inline or process")
+    try:
+        _checked(server_app.strategy, clients, rounds)
+    except ValueError as exc:
+        fail(f"clients = {clients} ([tool.covey] or --set): {exc}")
     run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
     )
     try:
         result = covey.simulate(
-            functools.partial(make_client, config=settings.app_config()),
+            functools.partial(
+                _client, make_client, settings.run["client_app"], settings.app_config()
+            ),
             clients,
             rounds,
             server_app.strategy,
@@ -232,24 +338,51 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
         raise typer.Exit(1) from None
     plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
     console.print(round_table(result.history))
+    early = stopped_early(result.history)
+    if early is not None:
+        console.print(f"[yellow]{escape(early)}[/]")
     console.print(f"run folder: {run_dir} (history.json, plot.png); see `covey runs show`")
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
     from covey.deploy._cli import _logging, _run_folder, _security, _serve
-    from covey.deploy._cli_errors import compression_spec
+    from covey.deploy._cli_errors import compression_spec, number, output_file
+    from covey.deploy._cli_resume import resume_hint
     from covey.server._outputs import new_run_dir
 
     fed = settings.federation or {}
+    where = f"([tool.covey.federations.{name}] or --set)"
     _logging(verbose)
-    scheme = compression_spec(fed.get("compression"))  # checked before any folder is made
-    insecure = bool(fed.get("insecure", False))
+    # Every setting is checked before any folder is made or port is bound.
+    scheme = compression_spec(fed.get("compression"))
+    insecure = bool(_switch(fed, "insecure", where))
+    plot = _switch(fed, "plot", where)
+    times = {
+        key: number(fed.get(key), f"{_toml(key)} {where}")
+        for key in ("round_timeout", "wait_timeout", "heartbeat")
+    }
+    address = _address(fed.get("address", "127.0.0.1:9092"), where)
     certs = _security(settings.path(fed.get("certs")), insecure)
+    port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
     run_dir = settings.path(fed.get("run_dir"))
     if run_dir is None:
         runs = settings.path(settings.run.get("runs_dir", "runs")) or Path("runs")
         run_dir = new_run_dir(runs, name)
-    address = str(fed.get("address", "127.0.0.1:9092"))
+    elif run_dir.exists() and not run_dir.is_dir():
+        fail(f"run-dir {run_dir} {where} is a file; give a new or empty folder")
+    hint = resume_hint(
+        run_dir,
+        app=settings.run["server_app"].rsplit(":", 1)[0] + ":server_app",
+        certs=certs,
+        insecure=insecure,
+        rounds=settings.run.get("rounds"),
+    )
+    if (run_dir / "run.sqlite").exists():
+        fail(
+            f"run-dir {run_dir} {where} already holds a run; give another folder, or "
+            f"continue that run with `{hint}` (server_app: the app's function of no "
+            "arguments, as in a project made by `covey new`)"
+        )
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
     console.print(
@@ -261,15 +394,34 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
     flags = {
         "run": _run_folder(run_dir, None),
         "resuming": False,
-        "port_file": settings.path(fed.get("port_file")),
+        "made_run_dir": fed.get("run_dir") is None,
+        "port_file": port_file,
         "address": address,
         "certs": certs,
         "insecure": insecure,
         "rounds": settings.run.get("rounds"),
-        "round_timeout": fed.get("round_timeout"),
-        "wait_timeout": fed.get("wait_timeout"),
-        "heartbeat": fed.get("heartbeat"),
-        "plot": fed.get("plot"),
+        "plot": plot,
         "compression": scheme,
+        "resume_hint": hint,
+        **times,
     }
     _serve(server_app, {}, flags)
+
+
+def _switch(fed: dict[str, Any], key: str, where: str) -> bool | None:
+    """A true/false setting of a federation table (None when not given)."""
+    value = fed.get(key)
+    if value is not None and not isinstance(value, bool):
+        fail(f"{_toml(key)} = {value!r} {where}: must be true or false")
+    return value
+
+
+def _address(value: Any, where: str) -> str:
+    """The ``address`` setting, checked as ``host:port`` to listen on."""
+    from covey.transport.grpc._checks import check_address
+
+    try:
+        check_address(str(value), listen=True)
+    except ValueError as exc:
+        fail(f"address = {value!r} {where}: {exc}")
+    return str(value)

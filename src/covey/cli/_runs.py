@@ -24,7 +24,7 @@ from covey.core._history import History
 from covey.deploy._cli_errors import fail
 from covey.server._rundb import is_held
 
-__all__ = ["ROUND_COLUMNS", "find_run", "round_table", "run_status", "runs_app"]
+__all__ = ["ROUND_COLUMNS", "find_run", "round_table", "run_status", "runs_app", "stopped_early"]
 
 console = Console()
 
@@ -56,6 +56,9 @@ def round_table(history: History, title: str = "Rounds") -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for source, name in ROUND_COLUMNS:
         table.add_column(f"{source}\n{name}", justify="right", no_wrap=True)
+    epsilon = _epsilons(history)
+    if epsilon:
+        table.add_column("privacy\nepsilon", justify="right", no_wrap=True)
     table.add_column("seconds", justify="right", no_wrap=True)
     values = {
         (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
@@ -68,10 +71,31 @@ def round_table(history: History, title: str = "Rounds") -> Table:
             str(len(r.failures)) if r.round else "-",
         ]
         cells += [_number(values[key].get(r.round)) for key in ROUND_COLUMNS]
+        if epsilon:
+            cells.append(_number(epsilon.get(r.round)))
         total = r.durations.get("total")
         cells.append("-" if total is None else f"{total:.2f}")
         table.add_row(*cells)
     return table
+
+
+def _epsilons(history: History) -> dict[int, float]:
+    """The privacy budget spent by each round that records one (differential privacy on)."""
+    out: dict[int, float] = {}
+    for r in history.rounds:
+        privacy = getattr(r, "privacy", None)
+        value = privacy.get("epsilon") if isinstance(privacy, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[r.round] = float(value)
+    return out
+
+
+def stopped_early(history: History) -> str | None:
+    """Why a run ended before its last round (e.g. its privacy budget), as one line; or None."""
+    if not history.stopped_reason:
+        return None
+    last = history.rounds[-1].round if history.rounds else 0
+    return f"stopped early after round {last}: {history.stopped_reason}"
 
 
 def find_run(run: str, runs_dir: Path) -> Path:
@@ -215,6 +239,9 @@ def show_run(
     if facts:
         console.print(escape(", ".join(facts)))
     console.print(round_table(history))
+    early = stopped_early(history)
+    if early is not None:
+        console.print(f"[yellow]{escape(early)}[/]")
     if history.clients:
         clients = Table(title="Clients", box=box.SIMPLE_HEAD, header_style="bold")
         clients.add_column("id", justify="right")

@@ -117,6 +117,11 @@ def dataset(seed: int = 0) -> Dataset:
 
 def site_data(cid: int, num_sites: int, config: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """Site ``cid``'s training and validation data: ``(x, y, x_val, y_val)``."""
+    if not 0 <= cid < num_sites:
+        raise ValueError(
+            f"cid {cid}: the data is split into {num_sites} sites (clients in "
+            f"pyproject.toml), so a site's cid is 0 to {num_sites - 1}"
+        )
     data = dataset()
     alpha = float(config.get("alpha", 0.5))
     parts = dirichlet(data.y_train, num_sites, alpha, seed=0, min_size=4)

@@ -20,6 +20,7 @@ from covey.deploy._cli_errors import (
     read_settings,
     required_params,
 )
+from covey.deploy._cli_resume import resume_hint, saved_round
 
 console = Console(stderr=True)
 
@@ -208,13 +209,16 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _forget(run, flags)
-        kept = (run / "run.sqlite").is_file()
-        console.print(
-            f"interrupted: the run in {run} is kept; continue it with `covey server --resume {run}`"
-            if kept
-            else "interrupted before the run started",
-            soft_wrap=True,
-        )
+        if saved_round(run):
+            said = (
+                f"interrupted: the run in {run} is kept; continue it with "
+                f"`{flags.get('resume_hint') or resume_hint(run)}`"
+            )
+        elif (run / "run.sqlite").is_file():
+            said = f"interrupted before round 0 was saved: {run} holds nothing to resume"
+        else:
+            said = "interrupted before the run started"
+        console.print(said, soft_wrap=True)
         raise typer.Exit(130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
@@ -296,6 +300,14 @@ def server_command(
         "plot": plot,
         "compression": scheme,
     }
+    flags["resume_hint"] = resume_hint(
+        flags["run"],
+        app=app if config is not None else _pick(app, s, "app", None),
+        config=config,
+        certs=certs_dir,
+        insecure=insecure,
+        rounds=flags["rounds"],
+    )
     _serve(server_app, s, flags)
 
 
@@ -316,7 +328,11 @@ def _make_client(spec: str, cid: Any) -> Any:
             f"--app {spec} is a client function of a client id: give --cid N "
             "(which part of the data this client holds, e.g. --cid 0)"
         )
-    client = obj(int(cid)) if needs != 0 and cid is not None else obj()
+    try:
+        client = obj(int(cid)) if needs != 0 and cid is not None else obj()
+    except (ValueError, LookupError, TypeError, OSError) as exc:
+        given = f" --cid {cid}" if cid is not None else ""
+        fail(f"--app {spec}{given}: the client could not be made: {type(exc).__name__}: {exc}")
     if not hasattr(client, "fit"):
         fail(f"--app {spec} returned a {type(client).__name__}, not a covey client (no fit)")
     return client

@@ -222,6 +222,7 @@ def serve(
             else load_state(run.state, strategy.aggregator.init(start_weights)),
         )
         run.loop = loop
+        loop.client_names = names.names  # failures are logged and reported by name
         del initial_weights, start_weights
         if run.history is None:
             loop.history.config = run.config

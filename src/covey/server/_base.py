@@ -125,6 +125,12 @@ class _LoopBase:
         self.properties: dict[int, dict[str, Any]] = {}
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
         self._said_no_evaluate = False
+        self.client_names: Mapping[int, str] = {}
+        """Each client's chosen name by id, kept up to date by a deployed server."""
+
+    def who(self, cid: int) -> str:
+        """Client ``cid`` as people call it in logs and errors: its name, else ``client <cid>``."""
+        return self.client_names.get(cid) or self.history.name_of(cid)
 
     def _round_zero_done(self) -> bool:
         """Whether the history holds round 0 already (a run resumed before round 1 ended)."""
@@ -225,7 +231,7 @@ class _LoopBase:
                     "off federated evaluation"
                 )
             return
-        logger.warning("client %d failed in %s: %s", failure.cid, failure.stage, failure.error)
+        logger.warning("%s failed in %s: %s", self.who(failure.cid), failure.stage, failure.error)
 
     def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
         """End the aggregation chain for ``rnd`` and apply its aggregate to the global model.

@@ -240,7 +240,7 @@ class RoundLoop(_LoopBase):
             )
             raise self._fail(
                 f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; failures: "
-                + "; ".join(f"client {f.cid}: {f.error}" for f in record.fit_failures[:5])
+                + "; ".join(f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5])
                 + (" ..." if len(record.fit_failures) > 5 else "")
             )
         record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}

@@ -33,9 +33,27 @@ __all__ = [
 ]
 
 
+_EXTRA = {"_mlflow": ("MLflow", "mlflow"), "_tensorboard": ("TensorBoard", "tensorboard")}
+"""The library and the extra each tracker module needs."""
+
+
 def __getattr__(name: str) -> Any:
-    """Import the public names lazily (each tracker is an optional extra)."""
+    """Import the public names lazily (each tracker is an optional extra).
+
+    Raises:
+        ImportError: naming the extra to install when the tracker's library is missing.
+    """
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'covey.trackers' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"covey.trackers.{module}"), name)
+    try:
+        loaded = importlib.import_module(f"covey.trackers.{module}")
+    except ImportError as exc:
+        if module not in _EXTRA or exc.name is None or exc.name.startswith("covey"):
+            raise
+        library, extra = _EXTRA[module]
+        raise ImportError(
+            f"covey.trackers.{name} needs {library} ({exc.name} is missing): "
+            f"pip install 'covey[{extra}]'"
+        ) from exc
+    return getattr(loaded, name)

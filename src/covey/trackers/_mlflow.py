@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from covey.core import RoundRecord
-from covey.trackers._scalars import round_scalars
+from covey.trackers._scalars import log_folder, round_scalars
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
+_REFUSED = re.compile(r"[^\w\-. :/]")
+"""Characters MLflow refuses in metric and param names (it keeps the rest)."""
+
+
+def mlflow_name(name: str) -> str:
+    """``name`` as MLflow can store it: each character it refuses becomes ``_``.
+
+    MLflow also refuses a name that is not a normalized path (``a//b``, ``x/``,
+    ``../x``): empty parts are dropped, and ``.`` or ``..`` parts become ``_``.
+
+    Example:
+        >>> mlflow_name("central/recall@5")
+        'central/recall_5'
+    """
+    parts = _REFUSED.sub("_", name).split("/")
+    return "/".join("_" if p in (".", "..") else p for p in parts if p) or "_"
 
 
 def _tracking_uri(store: str | Path) -> str:
@@ -23,13 +41,25 @@ def _tracking_uri(store: str | Path) -> str:
     if "://" in text or text.startswith("file:"):
         uri = text
     else:
-        Path(text).mkdir(parents=True, exist_ok=True)
-        uri = Path(text).resolve().as_uri()
+        uri = log_folder(text, "MLflowLogger").resolve().as_uri()
     if uri.startswith("file:"):
         # MLflow 3 keeps the file store in maintenance mode behind this documented
         # opt-in; a local folder is what this logger is for.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return uri
+
+
+def _unsupported(uri: str, exc: Exception) -> str:
+    """Why MLflow refused ``uri``, and what to install when it is a database."""
+    text = str(exc).strip()
+    first = text.splitlines()[0].split(". ")[0].strip() if text else type(exc).__name__
+    database = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
+    return f"MLflow cannot use the tracking URI {uri!r}: {first}" + (
+        "; a database store needs the full MLflow package (pip install mlflow), as "
+        "covey[mlflow] installs mlflow-skinny, which logs to a folder or a tracking server"
+        if database
+        else ""
+    )
 
 
 class MLflowLogger:
@@ -41,6 +71,15 @@ class MLflowLogger:
         experiment: The experiment's name (created if missing).
         run_name: The MLflow run's name.
         params: Settings to record with the run (strategy, clients, ...).
+        run_id: Continue this MLflow run instead of starting one, e.g. when a
+            deployed run is resumed (``serve(..., resume=True)``): the rounds
+            after the checkpoint are logged to the same run. Its params stay;
+            ``params`` adds new ones and must not change a logged value.
+
+    Raises:
+        ValueError: MLflow cannot use ``store`` (e.g. a database URI without the
+            full ``mlflow`` package), ``run_id`` names no run of ``experiment`` in ``store``, or
+            ``params`` changes a value the run already holds.
 
     Attributes:
         run_id: The MLflow run's id.
@@ -59,24 +98,59 @@ class MLflowLogger:
         experiment: str = "covey",
         run_name: str | None = None,
         params: dict[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> None:
-        """Create (or reuse) the experiment and start a run in it."""
-        self.client = MlflowClient(tracking_uri=_tracking_uri(store))
+        """Create (or reuse) the experiment and start a run in it, or continue ``run_id``."""
+        uri = _tracking_uri(store)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+        except MlflowException as exc:
+            raise ValueError(_unsupported(uri, exc)) from exc
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = (
             found.experiment_id if found is not None else self.client.create_experiment(experiment)
         )
-        self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-        items = [Param(str(k), str(v)) for k, v in (params or {}).items()]
+        wanted = {mlflow_name(str(k)): str(v) for k, v in (params or {}).items()}
+        if run_id is None:
+            self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        else:
+            wanted = self._continue(run_id, experiment_id, experiment, wanted)
+        items = [Param(k, v) for k, v in wanted.items()]
         for i in range(0, len(items), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
         self._closed = False
 
+    def _continue(
+        self, run_id: str, experiment_id: str, experiment: str, wanted: dict[str, str]
+    ) -> dict[str, str]:
+        """Reopen ``run_id``; return the params of ``wanted`` it does not hold yet."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is None or run.info.experiment_id != experiment_id:
+            raise ValueError(f"run_id {run_id!r}: no such MLflow run in experiment {experiment!r}")
+        held = run.data.params
+        changed = sorted(k for k, v in wanted.items() if k in held and held[k] != v)
+        if changed:
+            raise ValueError(
+                f"run_id {run_id!r}: MLflow keeps a run's params; "
+                + ", ".join(f"{k} is {held[k]!r}, not {wanted[k]!r}" for k in changed)
+            )
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        return {k: v for k, v in wanted.items() if k not in held}
+
     def __call__(self, record: RoundRecord) -> None:
-        """Log the round's scalars at step ``record.round``."""
+        """Log the round's scalars at step ``record.round``.
+
+        A character MLflow refuses in a name (``@``, ``(``, ...) is logged as ``_``:
+        ``recall@5`` becomes ``central/recall_5``.
+        """
         stamp = int(time.time() * 1000)
         metrics = [
-            Metric(tag, value, stamp, record.round) for tag, value in round_scalars(record).items()
+            Metric(mlflow_name(tag), value, stamp, record.round)
+            for tag, value in round_scalars(record).items()
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)

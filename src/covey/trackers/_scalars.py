@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from covey.core import RoundRecord
@@ -55,3 +56,25 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
         for key, value in privacy.items():
             _add(out, f"privacy/{key}", value)
     return out
+
+
+def log_folder(path: str | Path, what: str) -> Path:
+    """Make the folder a tracker writes to, or say in one line why it cannot be.
+
+    Args:
+        path: The folder (made with its parents if missing).
+        what: The tracker, named in the error.
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its parents is a file.
+        OSError: the folder cannot be made (e.g. no permission), naming it.
+    """
+    folder = Path(path)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(f"{what}: cannot write to {folder}: {part} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{what}: cannot make the folder {folder}: {exc.strerror or exc}") from exc
+    return folder

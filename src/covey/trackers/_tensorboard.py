@@ -12,12 +12,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from covey.core import RoundRecord
-from covey.trackers._scalars import round_scalars
+from covey.trackers._scalars import log_folder, round_scalars
 
 
 class TensorBoardLogger:
@@ -36,13 +36,24 @@ class TensorBoardLogger:
 
     def __init__(self, logdir: str | Path, *, prefix: str = "") -> None:
         """Open an event file in ``logdir``."""
-        self.logdir = Path(logdir)
-        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.logdir = log_folder(logdir, "TensorBoardLogger")
         self._prefix = prefix
         self._writer = EventFileWriter(str(self.logdir))
+        self._started = False
 
     def __call__(self, record: RoundRecord) -> None:
-        """Write the round's scalars at step ``record.round``, then flush."""
+        """Write the round's scalars at step ``record.round``, then flush.
+
+        The first round logged is marked as a (re)start (``SessionLog.START``),
+        so that TensorBoard drops what the folder holds from that step on: a
+        resumed run that redoes a round shows it once, with its new values.
+        """
+        if not self._started:
+            start = SessionLog(status=SessionLog.START)
+            self._writer.add_event(
+                Event(wall_time=time.time(), step=record.round, session_log=start)
+            )
+            self._started = True
         values = [
             Summary.Value(tag=self._prefix + tag, simple_value=value)
             for tag, value in round_scalars(record).items()

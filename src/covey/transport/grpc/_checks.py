@@ -29,6 +29,7 @@ __all__ = [
     "TaskLimits",
     "WithProperties",
     "check_address",
+    "check_config",
 ]
 
 _HOST = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -89,10 +90,11 @@ MAX_TASK_BYTES = 4 * 1024**3  # what a client accepts when it is given no spec
 
 @dataclass(frozen=True)
 class TaskLimits:
-    """What a client accepts from its server: bytes of a task, sizes inside its JSON."""
+    """What a client accepts from its server: bytes of a task, sizes inside its JSON, its model."""
 
     max_bytes: int
     wire: _wire.WireLimits
+    spec: WeightsSpec | None = None  # the model: a task's weights must match it
 
     @classmethod
     def of(cls, spec: WeightsSpec | None, max_bytes: int) -> TaskLimits:
@@ -107,7 +109,12 @@ class TaskLimits:
                 }
             )
             max_bytes = min(max_bytes, 2 * model + 1024 * 1024)
-        return cls(max_bytes, _wire.WireLimits.for_spec(spec))
+        return cls(max_bytes, _wire.WireLimits.for_spec(spec), spec)
+
+    def check_weights(self, kind: str, weights: Any) -> None:
+        """Refuse (WeightsError) a task's weights that do not match the model given to connect."""
+        if self.spec is not None and weights is not None:
+            self.spec.check(weights, what=f"the weights of the server's {kind} task")
 
     def check(self, header: pb.TaskHeader) -> int:
         """The bytes a task announces, refused (ConnectionError) over the limit."""
@@ -118,6 +125,47 @@ class TaskLimits:
                 f"client accepts ({self.max_bytes} bytes); refusing it"
             )
         return size
+
+
+def check_config(config: Any) -> dict[str, Any]:
+    """A task's config as the client's code will get it: a JSON object holding no NaN.
+
+    Infinities may mean something (no limit); NaN never does, and reaching a
+    client's training it would only come back as a refused update.
+
+    Raises:
+        covey.transport.grpc._wire.WireError: naming what is wrong and where.
+
+    Example:
+        >>> check_config({"lr": 0.1, "clip": float("inf")})
+        {'lr': 0.1, 'clip': inf}
+    """
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise _wire.WireError(f"the server's config is a {type(config).__name__}, not an object")
+    where = _nan_at(config, "")
+    if where is not None:
+        raise _wire.WireError(f"the server's config holds NaN at {where or 'its top'}")
+    return config
+
+
+def _nan_at(value: Any, path: str) -> str | None:
+    """The path of the first NaN in ``value`` (JSON as decoded, depth already capped)."""
+    if isinstance(value, float):
+        return path if value != value else None
+    if isinstance(value, np.ndarray):
+        return path if value.dtype.kind == "f" and bool(np.isnan(value).any()) else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for where, item in items:
+        found = _nan_at(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 class WithProperties:

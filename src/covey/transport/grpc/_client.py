@@ -10,6 +10,7 @@ goodbye.
 from __future__ import annotations
 
 import logging
+import mmap
 import queue
 import threading
 import time
@@ -22,9 +23,15 @@ import grpc
 from covey.clients._client import run_task, task_kinds
 from covey.core import _codec
 from covey.core._messages import Reply, Task
-from covey.core._weights import WeightsSpec
+from covey.core._weights import WeightsError, WeightsSpec
 from covey.transport.grpc import _wire
-from covey.transport.grpc._checks import MAX_TASK_BYTES, TaskLimits, WithProperties, check_address
+from covey.transport.grpc._checks import (
+    MAX_TASK_BYTES,
+    TaskLimits,
+    WithProperties,
+    check_address,
+    check_config,
+)
 from covey.transport.grpc._frames import (
     PROTOCOL,
     Download,
@@ -234,19 +241,24 @@ class _Session:
             del buffer
 
     def _perform(
-        self, cid: int, header: pb.TaskHeader, buffer: bytearray | None, result: ConnectResult
+        self,
+        cid: int,
+        header: pb.TaskHeader,
+        buffer: bytearray | mmap.mmap | None,
+        result: ConnectResult,
     ) -> None:
         try:
             weights, extras = split_blobs(buffer, header.weights_size, header.extras_size)
+            self.limits.check_weights(header.kind, weights)
             task = Task(
                 header.kind,
                 int(header.round),
-                _wire.loads(header.config, self.limits.wire) or {},
+                check_config(_wire.loads(header.config, self.limits.wire)),
                 weights,
                 extras if extras is not None else _wire.loads(header.payload, self.limits.wire),
             )
-        except (_codec.CodecError, _wire.WireError) as exc:
-            reply = Reply(cid, header.kind, error=f"cannot decode the task: {exc}")
+        except (_codec.CodecError, _wire.WireError, WeightsError) as exc:
+            reply = Reply(cid, header.kind, error=f"refusing the task: {exc}")
         else:
             reply = run_task(self.client, cid, task)
         if not reply.ok:

@@ -25,7 +25,7 @@ from typing import Any
 from covey.core import _codec
 from covey.core._messages import Reply
 from covey.transport.grpc import _wire
-from covey.transport.grpc._stream import CHUNK_BYTES, chunks
+from covey.transport.grpc._stream import CHUNK_BYTES, chunks, lazy_buffer
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
@@ -168,9 +168,16 @@ class Download:
     """
 
     def __init__(self, header: pb.TaskHeader, size: int) -> None:
-        """An empty buffer for ``size`` bytes of ``header``'s task."""
+        """An empty buffer for ``size`` bytes of ``header``'s task, taking memory as they arrive.
+
+        Raises:
+            ConnectionError: the buffer cannot be mapped.
+        """
         self.header = header
-        self.buffer = bytearray(size)
+        try:
+            self.buffer = lazy_buffer(size)
+        except MemoryError as exc:
+            raise ConnectionError(f"refusing a {header.kind} task: {exc}") from None
         self.filled = 0
 
     def write(self, frame: bytes) -> bool:

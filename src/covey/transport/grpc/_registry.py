@@ -62,6 +62,7 @@ class Connection:
         self.certificate: bytes | None = None  # its client certificate (PEM) under TLS
         self.kinds: frozenset[str] = frozenset()  # task kinds it said it performs
         self.peer = ""
+        self.stray = 0  # replies it sent to tasks that were not pending
         self.refusal = ""  # set when it is dropped for good: its stream ends refusing it
 
     def closed(self) -> bool:

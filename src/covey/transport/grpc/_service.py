@@ -35,6 +35,7 @@ from covey.transport.grpc._frames import (
     frames,
     is_chunk,
 )
+from covey.transport.grpc._greeting import Greeting
 from covey.transport.grpc._options import (
     MAX_MESSAGE_BYTES,
     METHOD,
@@ -113,6 +114,8 @@ class FederationService:
         self.tls = tls
         self.heartbeat = heartbeat
         self.admission = Admission(registry, tls)
+        # Streams that have not said Hello: a deadline, and a cap on how many wait at once.
+        self.greeting = Greeting(registry.event)
         self.budget = UploadBudget(max_inflight)
         # Files of spilled replies, written over by later replies (see SpillFiles).
         self.spill_files = SpillFiles(keep_bytes=min(max_inflight, SpillFiles().keep_bytes))
@@ -124,9 +127,8 @@ class FederationService:
 
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames: Hello, Welcome, then tasks out and replies in."""
-        try:
-            frame = next(requests)
-        except (StopIteration, grpc.RpcError):
+        frame = self.greeting.first_frame(requests, context)
+        if frame is None:
             return
         try:
             first = client_message(frame)
@@ -264,16 +266,14 @@ class FederationService:
         upload_header: pb.ReplyHeader,
     ) -> tuple[Upload | Skipped | None, pb.ReplyHeader]:
         """Handle one client frame; return the reply upload in progress and its header."""
+        if isinstance(upload, Upload) and self._unwanted(conn, upload_header.task_id):
+            upload = self._abandon(conn, upload, upload_header)
         if is_chunk(frame):
             if upload is None:
                 raise _ProtocolError(
                     f"a chunk frame of {len(frame) - 1} bytes arrived with no reply in progress"
                 )
-            if not upload.write(chunk_data(frame)):
-                raise _ProtocolError(
-                    f"a reply to task {upload_header.task_id} sent more than the "
-                    f"{upload.size} bytes it announced"
-                )
+            upload = self._chunk(conn, chunk_data(frame), upload, upload_header)
             if not upload.complete:
                 return upload, upload_header
             self._release(upload)
@@ -303,28 +303,103 @@ class FederationService:
         with conn.lock:
             expected = header.task_id in conn.pending
         if not expected:
-            logger.warning(
-                "client %s replied to task %d, which is not pending; skipping its %d bytes",
-                conn.name,
-                header.task_id,
-                size,
-            )
+            conn.stray += 1
+            if conn.stray & (conn.stray - 1) == 0:  # the 1st, 2nd, 4th, ...: never a flood
+                logger.warning(
+                    "client %s (%s) replied to task %d, which is not pending; skipping its %d "
+                    "bytes (%d such replies from it so far)",
+                    conn.name,
+                    conn.peer,
+                    header.task_id,
+                    size,
+                    conn.stray,
+                )
             return Skipped(size) if size else None
         if size == 0:
             self._deliver(conn, header, None)
             return None
-        if not self.budget.reserve(size):
+        if size > self.budget.total:  # could never fit, whatever else is in flight
             raise _ProtocolError(
-                f"a reply of {size} bytes would put uploads in progress over the server's "
-                f"limit of {self.budget.total} bytes"
+                f"a reply of {size} bytes is more than the server's limit of "
+                f"{self.budget.total} bytes of replies in progress"
             )
         spill = self.spill_files if size >= SPILL_BYTES else False
         return Upload(header.weights_size, header.extras_size, spill=spill)
 
+    @staticmethod
+    def _unwanted(conn: Connection, task_id: int) -> bool:
+        """Whether no one waits for the reply to ``task_id`` any more (its round closed)."""
+        with conn.lock:
+            entry = conn.pending.get(task_id)
+        return entry is None or not entry[0].open
+
+    def _abandon(self, conn: Connection, upload: Upload, header: pb.ReplyHeader) -> Skipped:
+        """Stop keeping a reply whose round closed: its memory goes, its other bytes are skipped.
+
+        Otherwise a client that starts a reply and never finishes it would hold
+        the reply's buffer and its share of the bytes in flight for as long as it
+        stays connected.
+        """
+        self._release(upload)
+        skipped = Skipped(upload.size)
+        skipped.filled = upload.filled
+        logger.warning(
+            "client %s (%s): the round of task %d closed with its reply %d of %d bytes in; "
+            "skipping the rest",
+            conn.name,
+            conn.peer,
+            header.task_id,
+            upload.filled,
+            upload.size,
+        )
+        self.registry.event(
+            conn.name,
+            "late-reply",
+            f"task {header.task_id}: {upload.filled} of {upload.size} bytes when its round "
+            f"closed (peer {conn.peer})",
+        )
+        return skipped
+
+    def _chunk(
+        self, conn: Connection, data: memoryview, upload: Upload | Skipped, header: pb.ReplyHeader
+    ) -> Upload | Skipped:
+        """Write a chunk, reserving its bytes against the bytes in flight of all replies.
+
+        A reply reserves what it has sent, not what its header declares, so peers
+        that declare large replies and send little cannot use up the cap. A reply
+        that would pass it is not kept: its task fails naming the cause, and its
+        other bytes are skipped, the client staying connected.
+        """
+        fits = upload.filled + len(data) <= upload.size
+        if isinstance(upload, Upload) and fits and not self.budget.reserve(len(data)):
+            upload = self._overflow(conn, upload, header)
+        if not upload.write(data):
+            raise _ProtocolError(
+                f"a reply to task {header.task_id} sent more than the "
+                f"{upload.size} bytes it announced"
+            )
+        return upload
+
+    def _overflow(self, conn: Connection, upload: Upload, header: pb.ReplyHeader) -> Skipped:
+        """Skip a reply that would pass the bytes in flight, and fail its task saying so."""
+        self._release(upload)
+        skipped = Skipped(upload.size)
+        skipped.filled = upload.filled
+        error = (
+            f"the server was receiving its limit of {self.budget.total} bytes of replies at "
+            f"once; the reply to task {header.task_id} ({upload.size} bytes) was not kept"
+        )
+        logger.warning("client %s (%s): %s", conn.name, conn.peer, error)
+        with conn.lock:
+            entry = conn.pending.pop(header.task_id, None)
+        if entry is not None:
+            self.registry.route(entry[0], Reply(conn.cid, entry[1], error=error), conn.name)
+        return skipped
+
     def _release(self, upload: Upload | Skipped) -> None:
-        """Give back the reservation of an upload that completed or was abandoned."""
+        """Give back the bytes an upload reserved, once it completed or was abandoned."""
         if isinstance(upload, Upload):
-            self.budget.release(upload.size)
+            self.budget.release(upload.filled)
             if not upload.complete:
                 upload.discard()
 

@@ -52,6 +52,26 @@ def chunks(*blobs: _codec.Encoded | None, prefix: bytes = b"") -> Iterator[bytes
         yield bytes(pending)
 
 
+def lazy_buffer(size: int) -> mmap.mmap | bytearray:
+    """A zeroed, writable buffer of ``size`` bytes whose memory is taken only as it is written.
+
+    A peer declares a message's size before it sends the bytes; a buffer that
+    took the declared memory at once (``bytearray(size)`` writes every page)
+    would let a peer make the receiver hold memory it never fills. An anonymous
+    mapping commits a page when the first byte lands in it.
+
+    Raises:
+        MemoryError: the system cannot map ``size`` bytes.
+    """
+    if size == 0:
+        return bytearray()
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    try:
+        return mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
+    except OSError as exc:
+        raise MemoryError(f"cannot map a buffer of {size} bytes: {exc}") from None
+
+
 SPILL_BYTES = 16 * 1024 * 1024
 
 
@@ -84,7 +104,7 @@ class Upload:
             self.file = self.files.take()
         elif spill:
             self.file = _temporary()
-        self.buffer = None if spill else bytearray(self.size)
+        self.buffer = None if spill else lazy_buffer(self.size)
 
     @property
     def complete(self) -> bool:
@@ -247,7 +267,7 @@ class SpillFiles:
 
 
 def split_blobs(
-    buffer: bytearray | memoryview | None,
+    buffer: bytearray | memoryview | mmap.mmap | None,
     weights_size: int,
     extras_size: int,
     *,

@@ -1,0 +1,44 @@
+"""How a stopped deployed run is continued: whether it can be, and the command that does it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["resume_hint", "saved_round"]
+
+
+def saved_round(run: Path) -> bool:
+    """Whether the run in ``run`` saved a round, so that ``--resume`` can continue it."""
+    import sqlite3
+
+    from covey.server._store import RunStore
+
+    if not (run / "run.sqlite").is_file():
+        return False
+    try:
+        with RunStore.open(run) as store:
+            return store.last_round() is not None
+    except (OSError, ValueError, sqlite3.Error):
+        return False
+
+
+def resume_hint(
+    run: Path,
+    *,
+    app: str | None = None,
+    config: Path | None = None,
+    certs: Path | None = None,
+    insecure: bool = False,
+    rounds: int | None = None,
+) -> str:
+    """The ``covey server --resume`` command that continues ``run`` as it was started."""
+    parts = [f"covey server --resume {run}"]
+    if config is not None:
+        parts.append(f"--config {config}")
+    if app is not None:
+        parts.append(f"--app {app}")
+    if config is None:
+        parts.append("--insecure" if insecure else f"--certs {certs}" if certs else "")
+    if rounds is not None:
+        parts.append(f"--rounds {rounds}")
+    return " ".join(p for p in parts if p)

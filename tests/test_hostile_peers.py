@@ -1,0 +1,655 @@
+"""Hostile peers against live servers and clients on 127.0.0.1: refused, and no one else disturbed.
+
+Every test starts its own server (a transport, or ``serve`` on a thread) on a
+free port and stops it. The hostile side speaks the wire by hand with grpcio
+(``_live.Raw``, or a server written here), the honest side is covey's own
+client, and each test checks that the peer is refused with an event naming it
+while the honest clients are served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+
+import covey
+from covey.core import _codec
+from covey.core._messages import Task
+from covey.core._weights import WeightsSpec
+from covey.deploy._client import tls_from_certs
+from covey.deploy.certs import init_federation, issue_client
+from covey.server._store import RunStore
+from covey.transport.grpc import _wire
+from covey.transport.grpc._client import ClientTLS, connect
+from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, client_message, control, is_chunk
+from covey.transport.grpc._options import METHOD, SERVICE
+from covey.transport.grpc._server import GrpcServerTransport
+from covey.transport.grpc.proto import covey_pb2 as pb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Fit, Joined, Raw, Served
+
+pytestmark = pytest.mark.timeout(120)
+
+FIT = b'{"type":"fit","form":"weights","num_examples":1,"metrics":{}}'
+
+
+class _Events:
+    """The fleet events a transport reports, collected for the test."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, event: str, detail: str) -> None:
+        with self.lock:
+            self.items.append((name, event, detail))
+
+    def of(self, event: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(n, d) for n, e, d in self.items if e == event]
+
+
+class _Parked:
+    """Streams that open and never send a frame (the slowloris of the handshake)."""
+
+    def __init__(self, port: int, count: int, tls: ClientTLS | None = None) -> None:
+        self.channel = _channel(port, tls)
+        self.release = threading.Event()
+        self.codes: list[grpc.StatusCode | None] = []
+        self.lock = threading.Lock()
+        join = self.channel.stream_stream(METHOD)
+        self.calls = [join(self._nothing()) for _ in range(count)]
+        self.threads = [threading.Thread(target=self._drain, args=(c,)) for c in self.calls]
+        for thread in self.threads:
+            thread.daemon = True
+            thread.start()
+
+    def _nothing(self) -> Iterator[bytes]:
+        self.release.wait(60)
+        yield from ()
+
+    def _drain(self, call: Any) -> None:
+        code: grpc.StatusCode | None = None
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as exc:
+            code = exc.code()
+        with self.lock:
+            self.codes.append(code)
+
+    def ended(self) -> int:
+        with self.lock:
+            return len(self.codes)
+
+    def close(self) -> None:
+        self.release.set()
+        for call in self.calls:
+            call.cancel()
+        self.channel.close()
+
+
+def _channel(port: int, tls: ClientTLS | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(f"127.0.0.1:{port}")
+    creds = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+def _until(condition: Any, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+# -- streams that never say Hello ------------------------------------------------------------
+
+
+def test_streams_that_never_say_hello_do_not_lock_honest_clients_out() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, max_clients=100, on_event=events)
+    parked = _Parked(transport.port, 100)  # every slot the server has
+    honest: Joined | None = None
+    try:
+        # The server cancels the streams that waited longest, so the slots they held
+        # are free again, and an honest client joins at once.
+        assert _until(lambda: parked.ended() >= 30)
+        honest = Joined(transport.port, name="honest", max_attempts=1)
+        assert transport.wait_for_clients(1, 20)
+        (reply,) = transport.exchange({0: Task("fit", 1, {}, {"w": np.zeros(4)})}, timeout=20)
+        assert reply.ok
+        refused = events.of("refused")
+        assert refused
+        assert any("sent no Hello" in d and "peer ipv4:127.0.0.1:" in d for _, d in refused)
+        # A flood of streams is reported once in a while, not once per stream.
+        assert len(refused) < 10
+    finally:
+        parked.close()
+        transport.close()
+        if honest is not None:
+            honest.join(30)
+
+
+def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, on_event=events)
+    transport._service.greeting.timeout = 0.5
+    parked = _Parked(transport.port, 3)
+    try:
+        assert _until(lambda: parked.ended() == 3)
+        assert parked.codes == [grpc.StatusCode.CANCELLED] * 3
+        assert transport._service.greeting.waiting == 0
+        (_, detail), *_ = events.of("refused")
+        assert "sent no Hello within 0.5 s" in detail
+    finally:
+        parked.close()
+        transport.close()
+
+
+# -- a hostile server against covey's client ------------------------------------------------
+
+
+class _HostileServer:
+    """A server that welcomes a client and then sends the frames ``script(hello)`` yields."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.replies: list[pb.ReplyHeader] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(self._join)}
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _join(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        next(requests)
+        welcome = pb.Welcome(cid=0, name="victim", heartbeat_interval=0.5, protocol=PROTOCOL)
+        yield control(pb.ServerMessage(welcome=welcome))
+        threading.Thread(target=self._read, args=(requests,), daemon=True).start()
+        yield from self.script()
+
+    def _read(self, requests: Iterator[bytes]) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for frame in requests:
+                if not is_chunk(frame):
+                    message = client_message(frame)
+                    if message.WhichOneof("body") == "reply":
+                        self.replies.append(message.reply)
+
+    def close(self) -> None:
+        self.server.stop(0).wait(5)
+
+
+def _rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def test_a_client_does_not_take_the_memory_a_server_announces() -> None:
+    announced = 768 * 1024 * 1024
+
+    def script() -> Iterator[bytes]:
+        task = pb.TaskHeader(task_id=1, kind="fit", round=1, config=b"{}", weights_size=announced)
+        yield control(pb.ServerMessage(task=task))
+        yield CHUNK_TAG + bytes(1024)
+        time.sleep(1.0)  # long enough for the client to have taken what it would take
+        yield control(pb.ServerMessage(heartbeat=pb.Heartbeat()))
+
+    server = _HostileServer(script)
+    peak = [_rss()]
+    before = peak[0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(ConnectionError, match="control frame in the middle of a task"):
+            connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        done.set()
+        watcher.join(5)
+        server.close()
+    assert peak[0] - before < 128 * 1024 * 1024, (before, peak[0])
+
+
+# -- replies that start and never finish ----------------------------------------------------
+
+
+def _raw(port: int, name: str) -> Raw:
+    return Raw(
+        port, pb.Hello(version=covey.__version__, name=name, kinds=["fit"], protocol=PROTOCOL)
+    )
+
+
+def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    raws = [_raw(transport.port, f"stall-{k}") for k in range(16)]
+    honest = Joined(transport.port, name="honest", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(17, 20)
+        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=3.0)), daemon=True
+        )
+        exchange.start()
+        declared = 15 * 1024 * 1024  # kept in memory (under the spill size), if taken
+        transport._service.max_reply = declared
+        before = _rss()
+        for raw in raws:
+            task = raw.next_task()
+            header = pb.ReplyHeader(
+                task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
+            )
+            raw.send(reply=header)
+            raw.send_chunk(bytes(64 * 1024))
+        assert _until(lambda: transport._service.budget.used == 16 * 64 * 1024)
+        # Sixteen replies of 15 MiB declared, 64 KiB sent each: the memory and the
+        # bytes in flight are what came.
+        assert _rss() - before < 100 * 1024 * 1024
+        exchange.join(30)
+        by_cid = {r.cid: r for r in replies}
+        assert sum(r.ok for r in by_cid.values()) == 1  # the honest client's
+        # Once their round is over, the stalled replies give back their share of the
+        # bytes in flight at their next frame, and say so naming each peer.
+        for raw in raws:
+            raw.send(heartbeat=pb.Heartbeat())
+        assert _until(lambda: transport._service.budget.used == 0)
+        late = events.of("late-reply")
+        assert len(late) == 16
+        assert all("65536 of 15728640 bytes" in d and "peer ipv4:127.0.0.1:" in d for _, d in late)
+    finally:
+        for raw in raws:
+            raw.close()
+        transport.close()
+        honest.join(30)
+
+
+# -- replies to tasks a client was not given, replays, a second Hello ------------------------
+
+
+def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    a, b = _raw(transport.port, "a"), _raw(transport.port, "b")
+    try:
+        assert transport.wait_for_clients(2, 20)
+        cid_b = next(c for c, conn in transport._registry.fleet.items() if conn.name == "b")
+        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=20)), daemon=True
+        )
+        exchange.start()
+        task_a, task_b = a.next_task(), b.next_task()
+        blob = bytes(_codec.encode({"w": np.ones(4)}))
+
+        def reply(task_id: int) -> None:
+            header = pb.ReplyHeader(task_id=task_id, kind="fit", result=FIT, weights_size=len(blob))
+            a.send(reply=header)
+            a.send_chunk(blob)
+
+        with caplog.at_level("WARNING", logger="covey"):
+            reply(task_b.task_id)  # b's task: not a's to answer
+            reply(task_a.task_id)
+            reply(task_a.task_id)  # a replay
+            reply(10**12)  # never issued
+            for _ in range(3000):
+                a.send(reply=pb.ReplyHeader(task_id=task_b.task_id, kind="fit", result=FIT))
+            a.send_frame(b"\xff\x13garbage")  # dropped once every frame before it is read
+            # b says Hello again, as a: refused, and its identity stays its own.
+            b.send(hello=pb.Hello(version=covey.__version__, name="a", protocol=PROTOCOL))
+            exchange.join(30)
+            assert _until(lambda: not transport.clients())
+        by_cid = {r.cid: r for r in replies}
+        ok = [r for r in by_cid.values() if r.ok]
+        assert len(ok) == 1
+        assert ok[0].cid != cid_b
+        np.testing.assert_array_equal(ok[0].result.weights["w"], np.ones(4))
+        assert "unexpected hello" in (by_cid[cid_b].error or "")
+        refused = dict(events.of("protocol-error"))
+        assert "unexpected hello message (peer ipv4:127.0.0.1:" in refused["b"]
+        assert "malformed client control frame" in refused["a"]
+        stray = [r for r in caplog.records if "which is not pending" in r.getMessage()]
+        assert 1 <= len(stray) <= 16, len(stray)
+        assert "3003 such replies" not in stray[-1].getMessage()
+    finally:
+        a.close()
+        b.close()
+        transport.close()
+
+
+# -- the bytes in flight over all connections ------------------------------------------------
+
+
+def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() -> None:
+    declared = 4 * 1024 * 1024
+    events = _Events()
+    transport = GrpcServerTransport(
+        "127.0.0.1:0", heartbeat=5.0, on_event=events, max_inflight=3 * declared
+    )
+    raws = [_raw(transport.port, f"hoard-{k}") for k in range(3)]
+    honest = Joined(transport.port, Fit(delay=1.0), name="honest", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(4, 20)
+        cid = next(c for c, conn in transport._registry.fleet.items() if conn.name == "honest")
+        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=5.0)), daemon=True
+        )
+        exchange.start()
+        transport._service.max_reply = declared
+        for raw in raws:
+            task = raw.next_task()
+            header = pb.ReplyHeader(
+                task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
+            )
+            raw.send(reply=header)
+            raw.send_chunk(bytes(64 * 1024))
+        exchange.join(30)
+        by_cid = {r.cid: r for r in replies}
+        # Three peers declared the whole budget and sent 64 KiB each: the honest
+        # client, replying a second later, is served all the same.
+        assert by_cid[cid].ok, by_cid[cid].error
+        assert not events.of("protocol-error")
+    finally:
+        for raw in raws:
+            raw.close()
+        transport.close()
+        honest.join(30)
+
+
+def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() -> None:
+    mib = 1024 * 1024
+    events = _Events()
+    transport = GrpcServerTransport(
+        "127.0.0.1:0", heartbeat=5.0, on_event=events, max_inflight=3 * mib
+    )
+    hoard, big = _raw(transport.port, "hoard"), _raw(transport.port, "big")
+    try:
+        assert transport.wait_for_clients(2, 20)
+        names = {conn.name: c for c, conn in transport._registry.fleet.items()}
+        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=3)), daemon=True
+        )
+        exchange.start()
+        transport._service.max_reply = 4 * mib
+        task = hoard.next_task()
+        hoard.send(
+            reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=3 * mib)
+        )
+        hoard.send_chunk(bytes(2 * mib))
+        assert _until(lambda: transport._service.budget.used == 2 * mib)
+        task = big.next_task()
+        big.send(
+            reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=2 * mib)
+        )
+        big.send_chunk(bytes(2 * mib))
+        exchange.join(30)
+        error = {r.cid: r.error or "" for r in replies}[names["big"]]
+        assert "limit of 3145728 bytes of replies at once" in error
+        assert "was not kept" in error
+        # Not the client's fault: it stays connected, and nothing it sent stays reserved.
+        big.send(heartbeat=pb.Heartbeat())
+        hoard.send(heartbeat=pb.Heartbeat())
+        assert _until(lambda: transport._service.budget.used == 0)
+        assert sorted(transport.clients()) == sorted(names.values())
+        assert not events.of("protocol-error")
+    finally:
+        hoard.close()
+        big.close()
+        transport.close()
+
+
+# -- a certificate holder that misbehaves in a served run ------------------------------------
+
+
+def _secure_raw(port: int, tls: ClientTLS, hello: pb.Hello) -> Raw:
+    """A hand-driven stream over mutual TLS (``Raw`` dials without TLS)."""
+    raw = Raw.__new__(Raw)
+    raw.channel = _channel(port, tls)
+    raw.out = queue.Queue()
+    raw.send(hello=hello)
+    raw.call = raw.channel.stream_stream(METHOD)(raw._requests())
+    return raw
+
+
+@pytest.mark.slow
+def test_a_certificate_holder_that_parks_streams_poses_and_never_answers(tmp_path: Path) -> None:
+    fed = tmp_path / "fed"
+    init_federation(fed)
+    for name in ("c0", "c1", "mallory"):
+        issue_client(fed, name)
+    mallory = tls_from_certs(fed, "mallory")
+    strategy = covey.FedAvg(min_available_clients=3, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(
+        strategy, 3, certs=fed, run_dir=tmp_path / "run", round_timeout=3, max_clients=70
+    )
+    parked = _Parked(served.port, 80, mallory)  # more than the server's slots
+    honest: list[Joined] = []
+    raw: Raw | None = None
+    try:
+        assert _until(lambda: parked.ended() >= 16)
+        honest = [Joined(served.port, Fit(), tls=tls_from_certs(fed, n)) for n in ("c0", "c1")]
+        # Mallory says Hello as c0: the server goes by its certificate, and it takes
+        # its tasks without ever answering them.
+        hello = pb.Hello(version=covey.__version__, name="c0", kinds=["fit"], protocol=PROTOCOL)
+        raw = _secure_raw(served.port, mallory, hello)
+        welcome = next(raw.messages()).welcome
+        assert welcome.name == "mallory"
+        threading.Thread(target=raw.ended, args=(120,), daemon=True).start()  # reads on
+
+        def beat() -> None:  # alive as far as the server can tell
+            while served.thread.is_alive():
+                raw.send(heartbeat=pb.Heartbeat())
+                time.sleep(0.2)
+
+        threading.Thread(target=beat, daemon=True).start()
+        result = served.join(90)
+    finally:
+        parked.close()
+        if raw is not None:
+            raw.close()
+        for client in honest:
+            client.join(30)
+    rounds = result.history.rounds[1:]
+    assert len(rounds) == 3
+    for record in rounds:
+        assert len(record.fit_participants) == 2
+        assert [(f.name, f.error) for f in record.fit_failures] == [("mallory", "no reply in time")]
+    for client in honest:
+        assert client.result is not None
+        assert client.result.tasks == 3
+    with RunStore.open(tmp_path / "run") as store:
+        events = [(c, e, d) for _, c, e, d in store.events()]
+    refused = [d for c, e, d in events if c == "mallory" and e == "refused"]
+    assert any("streams of the same certificate" in d for d in refused), refused
+
+
+class _Recording(covey.Client):
+    """Records the weights each fit is called with."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.seen.append(dict(weights))
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"w": np.zeros(4, dtype=np.float16)},  # another dtype
+        {"w": np.zeros(5, dtype=np.float32)},  # another shape
+        {"w": np.zeros(4, dtype=np.float32), "x": np.zeros(1, dtype=np.float32)},
+        {"w": np.array([0, np.nan, 0, 0], dtype=np.float32)},
+    ],
+    ids=["dtype", "shape", "names", "nan"],
+)
+def test_a_client_given_the_model_refuses_weights_of_another_layout(sent: Any) -> None:
+    blob = bytes(_codec.encode(sent))
+
+    def script() -> Iterator[bytes]:
+        task = pb.TaskHeader(task_id=1, kind="fit", round=1, config=b"{}", weights_size=len(blob))
+        yield control(pb.ServerMessage(task=task))
+        yield CHUNK_TAG + blob
+        time.sleep(1.0)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    client = _Recording()
+    spec = WeightsSpec.of({"w": np.zeros(4, dtype=np.float32)})
+    try:
+        connect(client, f"127.0.0.1:{server.port}", insecure=True, spec=spec, max_attempts=1)
+    finally:
+        server.close()
+    assert client.seen == []
+    (reply,) = server.replies
+    assert "the weights of the server's fit task" in reply.error
+
+
+def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() -> None:
+    import covey.secagg  # noqa: F401 - teaches the client runtime the SecAgg+ task kinds
+
+    session = bytes(range(32))
+    setup = {
+        "session": session,
+        "cid": 0,
+        "x": 1,
+        "neighbors": {"1": 2, "2": 3},
+        "threshold": 2,
+        "length": 10**12,  # no allocation follows from it: the input must have this length
+        "bits": 32,
+        "bound": 100,
+    }
+    steps = [
+        ("secagg.share", {"session": session, "keys": {}}),  # before advertising
+        ("secagg.advertise", {**setup, "threshold": 7}),  # more than the neighbours
+        ("secagg.advertise", setup),
+        ("secagg.unmask", {"session": session, "alive": [0, 1, 2], "dropped": []}),
+        ("secagg.mask", {"session": bytes(32), "input_kind": "x", "shares": {}}),
+    ]
+
+    def script() -> Iterator[bytes]:
+        for task_id, (kind, payload) in enumerate(steps, 1):
+            header = pb.TaskHeader(
+                task_id=task_id, kind=kind, round=1, config=b"{}", payload=_wire.dumps(payload)
+            )
+            yield control(pb.ServerMessage(task=header))
+            time.sleep(0.3)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    try:
+        connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    errors = {r.task_id: r.error for r in server.replies}
+    assert "no secure-aggregation run in progress" in errors[1]
+    assert "threshold 7 is not in [2, 3]" in errors[2]
+    assert not errors[3]  # a well-formed advertisement is answered
+    assert "unmasking request in stage advertised" in errors[4]
+    assert "no secure-aggregation run in progress" in errors[5]  # the state was dropped
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "refusal"),
+    [
+        ("fit", b'{"lr":{"__float__":"nan"}}', "the server's config holds NaN at lr"),
+        ("fit", b'{"opt":{"betas":[0.9,{"__float__":"nan"}]}}', "NaN at opt.betas[1]"),
+        ("fit", b'{"m":{"__array__":[1.0,NaN],"dtype":"<f8"}}', "NaN at m"),  # a bare NaN
+        ("fit", b"[1, 2]", "the server's config is a list, not an object"),
+        ("fit", b'{"n":' + b"[" * 40 + b"]" * 40 + b"}", "nested deeper than 32 levels"),
+        ("format.disk", b"{}", "unknown task kind 'format.disk'"),
+    ],
+    ids=["nan", "nested-nan", "array-nan", "list", "deep", "kind"],
+)
+def test_a_client_refuses_hostile_task_configs_clearly(
+    kind: str, config: bytes, refusal: str
+) -> None:
+    blob = bytes(_codec.encode({"w": np.zeros(4)}))
+
+    def script() -> Iterator[bytes]:
+        header = pb.TaskHeader(task_id=1, kind=kind, round=1, config=config, weights_size=len(blob))
+        yield control(pb.ServerMessage(task=header))
+        yield CHUNK_TAG + blob
+        time.sleep(1.0)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    client = _Recording()
+    try:
+        connect(client, f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    assert client.seen == []
+    (reply,) = server.replies
+    assert refusal in reply.error
+
+
+def test_a_second_reply_interleaved_into_the_first_drops_only_its_client() -> None:
+    events = _Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    raw = _raw(transport.port, "weave")
+    honest = Joined(transport.port, name="honest", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(2, 20)
+        names = {conn.name: c for c, conn in transport._registry.fleet.items()}
+        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=20)), daemon=True
+        )
+        exchange.start()
+        task = raw.next_task()
+        blob = bytes(_codec.encode({"w": np.ones(4)}))
+        header = pb.ReplyHeader(
+            task_id=task.task_id, kind="fit", result=FIT, weights_size=len(blob)
+        )
+        raw.send(reply=header)
+        raw.send_chunk(blob[:40])
+        raw.send(reply=header)  # a second reply woven into the first
+        raw.send_chunk(blob[40:])
+        exchange.join(30)
+        by_cid = {r.cid: r for r in replies}
+        assert by_cid[names["honest"]].ok
+        assert "a new reply started before the reply to task" in (
+            by_cid[names["weave"]].error or ""
+        )
+        (name, detail), *_ = events.of("protocol-error")
+        assert name == "weave"
+        assert "(40 of 128 bytes received)" in detail
+        assert transport._service.budget.used == 0
+    finally:
+        raw.close()
+        transport.close()
+        honest.join(30)

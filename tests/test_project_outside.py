@@ -1,0 +1,445 @@
+"""Mistakes a user makes with `covey new` / `covey run`: each ends in one line naming it.
+
+Every mistake here is refused before a run starts: exit code 2, one `error:` line
+naming the setting and where it comes from, no traceback, and no run folder
+left behind. A federation that would start anyway is bounded by a short
+`wait-timeout` and a free port, so a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from subprocess import PIPE, STDOUT
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.cli._runs import round_table
+from covey.deploy._cli_resume import saved_round
+
+runner = CliRunner()
+
+SERVERS = """
+
+def bad_compression(config):
+    app = make_server(config)
+    return ServerApp(app.strategy, app.initial_weights, compression="q9")
+
+
+def needs_warm_up(config):
+    if config.get("warm-up") != 3:
+        raise ValueError(f"warm-up is {config.get('warm-up')!r}")
+    return make_server(config)
+
+
+def private(config):
+    app = make_server(config)
+    strategy = covey.privacy.central(
+        covey.FedAvg(fraction_fit=0.5, min_fit_clients=0, fraction_evaluate=0.0),
+        noise_multiplier=1.0, clip=0.5, delta=1e-5, target_epsilon=5.0,
+    )
+    return ServerApp(strategy, app.initial_weights, rounds=5, evaluate_fn=evaluate)
+"""
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    """Run ``covey ARGS`` in this process: the exit code and stdout + stderr, one line."""
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, " ".join((result.stdout + result.stderr).split())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("outside")
+    code, said = _cli("new", "outside-fed", "--dir", str(where))
+    assert code == 0, said
+    root = where / "outside-fed"
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("epochs = 2\n", "epochs = 2\nwarm-up = 1\n"))
+    with (root / "outside_fed" / "server_app.py").open("a") as f:
+        f.write("\n\ndef returns_int(config):\n    return 42\n")
+        f.write(SERVERS)
+    with (root / "outside_fed" / "client_app.py").open("a") as f:
+        f.write(
+            "\n\ndef no_args():\n    return make_client(0, {})\n"
+            "\n\ndef returns_int(cid, config):\n    return 42\n"
+            "\n\nclass Broken(LogisticClient):\n"
+            "    def fit(self, weights, config):\n"
+            "        raise RuntimeError('disk on fire')\n"
+            "\n\ndef broken_fn(cid):\n"
+            "    client = client_fn(cid)\n"
+            "    client.__class__ = Broken\n"
+            "    return client\n"
+        )
+    return root
+
+
+def _refused(project: Path, *args: str) -> str:
+    """Run ``covey run PROJECT ARGS``; check it is refused cleanly; return what it said."""
+    runs = project / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    code, said = _cli("run", str(project), *args)
+    assert code == 2, said
+    assert said.startswith("error: "), said
+    assert said.count("error:") == 1, said
+    assert "Traceback" not in said
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before, "a run folder was made"
+    return said
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("roundz=3", ["--set roundz=3", "no setting roundz", "did you mean rounds?"]),
+        ("lrr=0.1", ["no setting lrr", "did you mean lr?", "[tool.covey.config]"]),
+        ("insecure=true", ["insecure is a setting of a federation", "--federation NAME"]),
+        ("clients=0", ["clients = 0", "of 1 or more"]),
+        ("rounds=-1", ["rounds = -1", "of 0 or more"]),
+        ("clients=1", ["clients = 1", "min_fit_clients=2"]),
+        ("seed=-3", ["seed = -3", "of 0 or more"]),
+        ("runs-dir='pyproject.toml'", ["runs-dir = 'pyproject.toml'", "give a folder"]),
+    ],
+)
+def test_a_wrong_setting_for_a_simulation_is_named(
+    project: Path, given: str, expected: list[str]
+) -> None:
+    said = _refused(project, "--set", given)
+    for part in expected:
+        assert part in said, said
+
+
+def test_an_unknown_key_is_named_as_pyproject_spells_it(project: Path) -> None:
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.write_text(text.replace('runs-dir = "runs"', 'runs-dirr = "runs"'))
+    try:
+        said = _refused(project)
+    finally:
+        pyproject.write_text(text)
+    assert "unknown setting runs-dirr in [tool.covey]" in said
+    assert "runs-dir" in said
+    assert "runs_dir" not in said
+    assert "server_app" not in said
+
+
+def test_a_server_app_returning_something_else_is_named(project: Path) -> None:
+    said = _refused(project, "--set", "server-app=outside_fed.server_app:returns_int")
+    assert "server-app outside_fed.server_app:returns_int(config) returned int" in said
+    assert "covey.deploy.ServerApp" in said
+
+
+def test_a_client_app_of_the_wrong_shape_is_named(project: Path) -> None:
+    said = _refused(project, "--set", "client-app=outside_fed.client_app:no_args")
+    assert "client-app outside_fed.client_app:no_args must be a function of (cid, config)" in said
+
+
+def test_a_client_app_returning_no_client_stops_the_run_naming_it(project: Path) -> None:
+    code, said = _cli(
+        "run",
+        str(project),
+        "--set",
+        "client-app=outside_fed.client_app:returns_int",
+        "--set",
+        "rounds=1",
+    )
+    assert code == 1, said
+    assert "run stopped:" in said
+    assert "client-app outside_fed.client_app:returns_int(cid, config) returned int" in said
+    assert "Traceback" not in said
+    assert "has no attribute" not in said
+
+
+def _fed(project: Path, *sets: str) -> str:
+    """Refused ``covey run --federation local`` (bounded: a free port, a short wait)."""
+    args = ["--federation", "local", "--set", "address='127.0.0.1:0'"]
+    bounded = [*sets, "wait-timeout=1", "rounds=1"]
+    for item in bounded if not any(s.startswith("wait-timeout") for s in sets) else sets:
+        args += ["--set", item]
+    return _refused(project, *args)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("round-timeout=-1", "round-timeout ([tool.covey.federations.local] or --set) must be"),
+        ("heartbeat='abc'", "heartbeat ([tool.covey.federations.local] or --set) must be"),
+        ("wait-timeout=0", "wait-timeout ([tool.covey.federations.local] or --set) must be"),
+        ("plot='maybe'", "plot = 'maybe' ([tool.covey.federations.local] or --set): must be"),
+        ("insecure=1", "insecure = 1 ([tool.covey.federations.local] or --set): must be"),
+        ("port-file='missing/port'", "port-file ([tool.covey.federations.local] or --set)"),
+        ("roundz=2", "did you mean rounds?"),
+    ],
+)
+def test_a_wrong_setting_of_a_federation_is_named_before_it_serves(
+    project: Path, given: str, expected: str
+) -> None:
+    said = _fed(project, given)
+    assert expected in said, said
+    assert "listening" not in said
+
+
+def test_an_address_without_a_port_is_named_before_it_serves(project: Path) -> None:
+    said = _refused(project, "--federation", "local", "--set", "address='nohost'")
+    assert "address = 'nohost' ([tool.covey.federations.local] or --set)" in said
+    assert "has no port" in said
+
+
+def test_a_run_dir_holding_a_run_points_to_how_to_continue_it(project: Path) -> None:
+    held = project / "held"
+    held.mkdir(exist_ok=True)
+    (held / "run.sqlite").write_bytes(b"")
+    said = _fed(project, "run-dir='held'")
+    assert "run-dir" in said
+    assert "already holds a run" in said
+    assert f"covey server --resume {held} --app outside_fed.server_app:server_app" in said
+    assert "--insecure --rounds 1" in said
+    assert "--run-dir" not in said  # `covey run` has no such flag
+
+
+@pytest.mark.slow
+def test_the_process_backend_runs_the_project(project: Path) -> None:
+    code, said = _cli("run", str(project), "--set", "backend='process'", "--set", "rounds=1")
+    assert code == 0, said
+    assert "run folder:" in said
+
+
+def test_a_compression_the_server_app_names_wrongly_is_refused(project: Path) -> None:
+    said = _refused(project, "--set", "server-app=outside_fed.server_app:bad_compression")
+    assert "ServerApp(compression=): unknown compression 'q9'" in said
+
+
+def test_a_run_stopped_by_its_privacy_budget_says_so(project: Path) -> None:
+    code, said = _cli("run", str(project), "--set", "server-app=outside_fed.server_app:private")
+    assert code == 0, said
+    assert "stopped early after round 1: privacy budget: round 2 would spend epsilon" in said
+    folder = Path(said.split("run folder: ")[1].split(" (history.json")[0])
+    code, shown = _cli("runs", "show", str(folder))
+    assert code == 0, shown
+    assert "stopped early after round 1: privacy budget" in shown
+    out = io.StringIO()
+    Console(file=out, width=200).print(round_table(covey.History.load(folder)))
+    table = " ".join(out.getvalue().split())
+    assert "epsilon" in table  # the budget spent, per round
+    privacy = covey.History.load(folder).rounds[1].privacy
+    assert privacy is not None
+    spent = privacy["epsilon"]
+    assert f"{spent:.4f}" in table
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("numpy", "would shadow the installed Python package 'numpy'"),
+        ("scikit_learn", None),
+        ("sklearn", "would shadow the installed Python package 'sklearn'"),
+        ("tests", "the project keeps its tests/ folder there"),
+        ("runs", "the project keeps its runs/ folder there"),
+    ],
+)
+def test_new_refuses_a_name_that_would_break_the_project(
+    tmp_path: Path, name: str, expected: str | None
+) -> None:
+    code, said = _cli("new", name, "--dir", str(tmp_path))
+    if expected is None:  # a name no installed package has: made
+        assert code == 0, said
+        return
+    assert code == 2, said
+    assert said.startswith(f"error: NAME {name!r}")
+    assert expected in said
+    assert not (tmp_path / name).exists()
+
+
+def test_new_refuses_a_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    code, said = _cli("new", "fed", "--dir", str(tmp_path / "file"))
+    assert code == 2, said
+    assert said == f"error: --dir {tmp_path / 'file'} is a file; give a folder (made if missing)"
+
+
+@pytest.mark.slow
+def test_a_federation_names_the_clients_that_failed(project: Path) -> None:
+    port_file = project / "fed.port"
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    for item in ("address='127.0.0.1:0'", "port-file='fed.port'", "rounds=2", "wait-timeout=60"):
+        command += ["--set", item]
+    server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(600):  # the port, once it listens (60 s at most)
+            if port_file.is_file() and port_file.read_text().strip():
+                break
+            assert server.poll() is None, server.communicate()[0]
+            time.sleep(0.1)
+        port = port_file.read_text().strip()
+        for k in range(2):
+            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
+            client += ["--app", "outside_fed.client_app:broken_fn", "--name", f"site-{k}"]
+            client += ["--server", f"127.0.0.1:{port}"]
+            clients.append(
+                subprocess.Popen(
+                    client, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True
+                )
+            )
+        said = " ".join(server.communicate(timeout=120)[0].split())
+    finally:
+        for proc in [server, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    assert server.returncode == 1, said
+    assert "site-0 failed in fit: RuntimeError: disk on fire" in said
+    assert "site-1 failed in fit: RuntimeError: disk on fire" in said
+    assert "failures: site-" in said
+    assert "client 0" not in said
+    assert "client 1" not in said
+
+
+def _until_listening(server: subprocess.Popen[str], port_file: Path) -> str:
+    for _ in range(600):  # the port, once it listens (60 s at most)
+        if port_file.is_file() and port_file.read_text().strip():
+            return port_file.read_text().strip()
+        assert server.poll() is None, server.communicate()[0]
+        time.sleep(0.1)
+    raise AssertionError("the server did not listen")
+
+
+@pytest.mark.slow
+def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: Path) -> None:
+    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    for item in ("address='127.0.0.1:0'", "port-file='int.port'", "rounds=2"):
+        command += ["--set", item]
+    server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
+    try:
+        _until_listening(server, project / "int.port")
+        for _ in range(600):  # until round 0 is saved: then there is a run to resume
+            runs = sorted((project / "runs").glob("local-*"), key=lambda p: p.stat().st_mtime)
+            if runs and saved_round(runs[-1]):
+                break
+            time.sleep(0.1)
+        server.send_signal(signal.SIGINT)
+        said = server.communicate(timeout=60)[0]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=30)
+    assert server.returncode == 130, said
+    hint = said.strip().splitlines()[-1].split("continue it with `")[1].rstrip("`")
+    assert " --app outside_fed.server_app:server_app --insecure --rounds 2" in hint
+    args = [*hint.split()[1:], "--address", "127.0.0.1:0", "--port-file", "res.port"]
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "covey", *args],
+        cwd=project,
+        env=env,
+        stdout=PIPE,
+        stderr=STDOUT,
+        text=True,
+    )
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        port = _until_listening(resumed, project / "res.port")
+        for k in range(2):
+            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
+            client += ["--app", "outside_fed.client_app:client_fn", "--name", f"site-{k}"]
+            client += ["--server", f"127.0.0.1:{port}"]
+            clients.append(
+                subprocess.Popen(
+                    client, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True
+                )
+            )
+        out = resumed.communicate(timeout=120)[0]
+    finally:
+        for proc in [resumed, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    assert resumed.returncode == 0, out
+    run = Path(hint.split("--resume ")[1].split()[0])
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]  # --set rounds=2 kept
+
+
+def test_every_guide_is_in_the_docs_sites_navigation() -> None:
+    root = Path(__file__).resolve().parent.parent
+    nav = (root / "mkdocs.yml").read_text(encoding="utf-8").split("\nnav:", 1)[1]
+    for page in sorted((root / "docs").glob("*.md")):
+        assert f" {page.name}" in nav, f"docs/{page.name} is not in mkdocs.yml's nav"
+    assert "docs/projects.md" in (root / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_client_started_with_a_cid_beyond_the_sites_is_told_the_range(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)  # `covey client` imports the app from the folder it runs in
+    code, said = _cli(
+        "client",
+        "--app",
+        "outside_fed.client_app:client_fn",
+        "--cid",
+        "20",
+        "--server",
+        "127.0.0.1:1",
+        "--insecure",
+    )
+    assert code == 2, said
+    assert said.startswith("error: --app outside_fed.client_app:client_fn --cid 20:")
+    assert "cid 20: the data is split into 10 sites" in said
+    assert "a site's cid is 0 to 9" in said
+
+
+def test_ctrl_c_before_round_0_is_saved_offers_no_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    import numpy as np
+    import typer
+
+    import covey.deploy._server
+    from covey.deploy._cli import _serve
+    from covey.server._store import RunStore
+
+    run = tmp_path / "run"
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        RunStore.create(run, config={"rounds": 1}).close()  # the run began, no round saved
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covey.deploy._server, "serve", interrupted)
+    app = types.SimpleNamespace(
+        strategy=covey.FedAvg(), rounds=1, weights=lambda: {"w": np.zeros(1)}, evaluate_fn=None
+    )
+    app.seed, app.compression = 0, None
+    flags = {"run": run, "resuming": False, "port_file": None, "address": "127.0.0.1:0"}
+    flags |= {"certs": None, "insecure": True, "rounds": None, "plot": False}
+    flags |= {"round_timeout": None, "wait_timeout": None, "heartbeat": None}
+    flags |= {"compression": None, "resume_hint": f"covey server --resume {run} --insecure"}
+    with pytest.raises(typer.Exit) as info:
+        _serve(app, {}, flags)
+    assert info.value.exit_code == 130
+    said = " ".join(capsys.readouterr().err.split())
+    assert said == f"interrupted before round 0 was saved: {run} holds nothing to resume"
+
+
+@pytest.mark.parametrize("spelled", ["warm-up", "warm_up"])
+def test_set_overrides_an_app_setting_as_its_table_spells_it(project: Path, spelled: str) -> None:
+    code, said = _cli(
+        "run",
+        str(project),
+        "--set",
+        "server-app=outside_fed.server_app:needs_warm_up",
+        "--set",
+        f"{spelled}=3",
+        "--set",
+        "rounds=0",
+    )
+    assert code == 0, said
