@@ -68,9 +68,9 @@ class SlottedNoisy:
 class ScaffoldClient(covey.Client):
     """SCAFFOLD with its control variate on the object: three corrected local steps."""
 
-    def __init__(self, cid: int) -> None:
+    def __init__(self, cid: int, folder: str | None = None) -> None:
         self.cid = cid
-        self.control = ControlVariate()
+        self.control = ControlVariate(None if folder is None else f"{folder}/{cid}.covey")
 
     def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
         correction = self.control.correction(weights, config)

@@ -119,6 +119,19 @@ def test_scaffold_control_variates_carry_over_per_client(backend: str) -> None:
     same_bits(inline, run(ScaffoldClient, backend, strategy=strategy))
 
 
+def test_scaffold_control_variates_on_disk_survive_rebuilt_clients(tmp_path: Any) -> None:
+    def scaffold() -> dict[str, Any]:
+        return {"strategy": covey.Scaffold(num_clients=8, fraction_fit=0.5, fraction_evaluate=0)}
+
+    kept = run(ScaffoldClient, "inline", **scaffold())
+    rebuilt = run(
+        lambda cid: ScaffoldClient(cid, str(tmp_path)), "inline", client_cache=0, **scaffold()
+    )
+    same_bits(kept, rebuilt)
+    forgetful = run(ScaffoldClient, "inline", client_cache=0, **scaffold())
+    assert forgetful.weights["w"].tobytes() != kept.weights["w"].tobytes()
+
+
 @pytest.mark.parametrize("mode", sorted(MISTAKES))
 def test_a_mistake_fails_its_client_alone_the_same_on_every_backend(mode: str) -> None:
     strategy = covey.FedAvg(fraction_evaluate=0.0)
