@@ -184,7 +184,7 @@ def test_a_full_shared_memory_folder_is_an_error_naming_it(
             2,
             1,
             covey.FedAvg(fraction_evaluate=0.0),
-            {"w": np.zeros(1000, np.float32)},
+            {"w": np.zeros(1 << 17, np.float32)},  # replies past INLINE_BYTES: in files
             backend="process",
             num_workers=2,
         )

@@ -330,7 +330,7 @@ class ProcessTransport:
         """
         worker = self._workers[w]
         data = worker.conn.recv_bytes(_shm.MAX_MESSAGE_BYTES)
-        reply_seq, message = _shm.parse_reply(data)
+        reply_seq, message, blob = _shm.parse_reply(data)
         if reply_seq != seq or message["cid"] not in pending:
             # A late reply from an earlier, timed-out exchange: its file goes unread.
             path = _shm.reply_file(message, worker.prefix)
@@ -340,7 +340,7 @@ class ProcessTransport:
             return None
         del pending[message["cid"]]
         try:
-            return _shm.build_reply(message, worker.prefix)
+            return _shm.build_reply(message, worker.prefix, blob)
         except (WireError, CodecError, OSError) as exc:
             return Reply(message["cid"], message["kind"], error=f"unreadable reply: {exc}")
 

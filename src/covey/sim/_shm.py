@@ -7,7 +7,10 @@ starts). A worker's reply is a small JSON message over its pipe, as on the
 network (:mod:`covey.transport.grpc._wire`); the arrays it carries are written
 with the codec into a file of their own, which the parent maps, unlinks at once
 and hands on as read-only views: the pages go back to the system as soon as the
-round loop has folded the reply and dropped it. Nothing is unpickled.
+round loop has folded the reply and dropped it. Arrays that encode to at most
+:data:`INLINE_BYTES` travel in the message itself, after the JSON: for them a
+file (made, reserved, mapped, unlinked) costs more than the copy. Nothing is
+unpickled.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import json
 import mmap
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
+
+import numpy as np
 
 from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core import _codec
@@ -34,6 +40,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _LIMITS = _wire.WireLimits(max_bytes=MAX_MESSAGE_BYTES)
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _NAME = re.compile(r"covey-(\d+)-[0-9a-f]+-[A-Za-z0-9_.-]+")
+#: Most bytes of encoded arrays a reply carries in its message rather than in a file.
+INLINE_BYTES = 256 * 1024
+_INLINE = b"\x01"  # first byte of a message with arrays after its JSON (JSON starts with "{")
+_JSON_LEN = struct.Struct(">I")
 
 
 def shm_dir() -> str:
@@ -179,9 +189,10 @@ def _alive(pid: int) -> bool:
 
 
 def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
-    """Send ``reply`` as JSON; its arrays go into a file named ``prefix...``, not the pipe."""
+    """Send ``reply`` as JSON, its arrays after it in the message or in a file ``prefix...``."""
     message: dict[str, Any] = {"seq": seq, "cid": reply.cid, "kind": reply.kind}
     path: str | None = None
+    blob = bytearray()
     try:
         if reply.error is None:
             text, arrays = _wire.result_to_wire(reply.result)
@@ -189,14 +200,20 @@ def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
             parts = {"arrays": arrays, "extras": _wire.flatten_extras(extras) if extras else None}
             present = [part for part in parts.values() if part]
             if present:
-                path, sizes = write_file(prefix, present)
-                message["file"] = os.path.basename(path)
+                sizes = [_codec.encoded_size(part) for part in present]
+                if sum(_aligned(size) for size in sizes) <= INLINE_BYTES:
+                    blob = _encode_parts(present, sizes)
+                else:
+                    path, sizes = write_file(prefix, present)
+                    message["file"] = os.path.basename(path)
                 it = iter(sizes)
                 message["sizes"] = {k: next(it) if part else 0 for k, part in parts.items()}
             message["result"] = text.decode()
         else:
             message["error"] = reply.error
         data = json.dumps(message, separators=(",", ":")).encode()
+        if blob:
+            data = b"".join((_INLINE, _JSON_LEN.pack(len(data)), data, blob))
     except Exception as exc:  # noqa: BLE001 - an unsendable result is the client's error
         if path is not None:
             with contextlib.suppress(OSError):
@@ -208,12 +225,41 @@ def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
     conn.send_bytes(data)
 
 
-def parse_reply(data: bytes) -> tuple[int, Mapping[str, Any]]:
-    """The sequence number and fields of a worker's message; raises ``WireError`` if malformed."""
+def _encode_parts(parts: list[Weights], sizes: list[int]) -> bytearray:
+    """``parts`` encoded one after another, each starting 64-byte aligned (as in a file)."""
+    out = bytearray(sum(_aligned(size) for size in sizes))
+    view = memoryview(out)
+    offset = 0
+    try:
+        for part, size in zip(parts, sizes, strict=True):
+            _codec.encode_into(part, view[offset : offset + size])
+            offset += _aligned(size)
+    finally:
+        view.release()
+    return out
+
+
+def parse_reply(data: bytes) -> tuple[int, Mapping[str, Any], memoryview | None]:
+    """The sequence number, fields and inline arrays of a worker's message.
+
+    Raises:
+        covey.WireError: the message is malformed.
+    """
     if len(data) > MAX_MESSAGE_BYTES:
         raise _wire.WireError(f"a reply of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    blob: memoryview | None = None
+    text: bytes | memoryview = data
+    if data[:1] == _INLINE:
+        if len(data) < 1 + _JSON_LEN.size:
+            raise _wire.WireError("a worker's reply is truncated")
+        (size,) = _JSON_LEN.unpack_from(data, 1)
+        start = 1 + _JSON_LEN.size
+        if size > len(data) - start:
+            raise _wire.WireError(f"a worker's reply announces {size} bytes of JSON it lacks")
+        view = memoryview(data)
+        text, blob = view[start : start + size], view[start + size :]
     try:
-        message = json.loads(data)
+        message = json.loads(bytes(text))
     except (ValueError, RecursionError) as exc:
         raise _wire.WireError(f"malformed reply from a worker: {exc}") from None
     if not isinstance(message, dict):
@@ -221,7 +267,9 @@ def parse_reply(data: bytes) -> tuple[int, Mapping[str, Any]]:
     seq, cid, kind = message.get("seq"), message.get("cid"), message.get("kind")
     if type(seq) is not int or type(cid) is not int or not isinstance(kind, str):
         raise _wire.WireError("a worker's reply lacks seq, cid or kind")
-    return seq, message
+    if blob is not None and "file" in message:
+        raise _wire.WireError("a worker's reply carries its arrays both inline and in a file")
+    return seq, message, blob
 
 
 def reply_file(message: Mapping[str, Any], prefix: str) -> str | None:
@@ -234,25 +282,60 @@ def reply_file(message: Mapping[str, Any], prefix: str) -> str | None:
     return os.path.join(shm_dir(), name)
 
 
-def build_reply(message: Mapping[str, Any], prefix: str) -> Reply:
-    """The :class:`Reply` of a parsed message; its arrays view the mapped (and unlinked) file."""
+def _part_sizes(message: Mapping[str, Any]) -> dict[str, int]:
+    sizes = message.get("sizes")
+    if (
+        not isinstance(sizes, dict)
+        or sorted(sizes) != ["arrays", "extras"]
+        or any(type(s) is not int or s < 0 for s in sizes.values())
+    ):
+        raise _wire.WireError("a worker's reply gives no valid part sizes for its arrays")
+    return sizes
+
+
+def _inline_parts(blob: memoryview, sizes: list[int]) -> list[dict[str, Array]]:
+    """Decode parts that followed a reply's JSON, from a 64-byte aligned copy (it is small)."""
+    total = sum(_aligned(s) for s in sizes)
+    if any(s < 1 for s in sizes) or total != len(blob):
+        raise _wire.WireError(
+            f"a worker's reply carries {len(blob)} bytes of arrays, not the {total} it announces"
+        )
+    room = np.empty(total + 64, dtype=np.uint8)
+    start = -room.ctypes.data % 64
+    aligned = room[start : start + total]
+    aligned[:] = np.frombuffer(blob, dtype=np.uint8)
+    view = memoryview(aligned.data).toreadonly()
+    out, offset = [], 0
+    for size in sizes:
+        out.append(_codec.decode(view[offset : offset + size]))
+        offset += _aligned(size)
+    return out
+
+
+def build_reply(message: Mapping[str, Any], prefix: str, blob: memoryview | None = None) -> Reply:
+    """The :class:`Reply` of a parsed message.
+
+    Its arrays view the mapped (and unlinked) file, or a copy of ``blob``, the
+    arrays that came in the message itself.
+    """
     cid, kind = message["cid"], message["kind"]
     path = reply_file(message, prefix)
     # No file, or none for the arrays: a result with no arrays at all (say, a fit result
     # of weights={}), which the round loop then refuses naming the model's missing names.
     arrays: dict[str, Array] = {}
     extras: dict[str, dict[str, Any]] | None = None
-    if path is not None:
-        sizes = message.get("sizes")
-        if (
-            not isinstance(sizes, dict)
-            or sorted(sizes) != ["arrays", "extras"]
-            or any(type(s) is not int or s < 0 for s in sizes.values())
-        ):
-            os.unlink(path)
-            raise _wire.WireError("a worker's reply gives no valid part sizes for its file")
+    if path is not None or blob is not None:
+        try:
+            sizes = _part_sizes(message)
+        except _wire.WireError:
+            if path is not None:
+                os.unlink(path)
+            raise
         present = [sizes[k] for k in ("arrays", "extras") if sizes[k]]
-        parts = iter(map_file(path, present, unlink=True))
+        if blob is not None:
+            parts = iter(_inline_parts(blob, present))
+        else:
+            parts = iter(map_file(str(path), present, unlink=True))
         arrays = next(parts) if sizes["arrays"] else {}
         extras = _wire.unflatten_extras(next(parts)) if sizes["extras"] else None
     error = message.get("error")
