@@ -5,7 +5,7 @@ their per-client state across rounds identically; the same seed gives the same
 bits (sampling, failing clients, evaluation on a sample); a researcher's
 mistakes give one clear error naming the client, the same on both backends; and
 federations of 20,000 clients run with clients built lazily. The Ray backend's
-twin of these checks is ``test_backends_outside_ray.py``.
+twin of these checks is at the end of ``test_ray.py``, on its two-node cluster.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,18 @@ import pytest
 if importlib.util.find_spec("ray") is None:
     pytest.skip("the Ray backend needs ray (covey[ray])", allow_module_level=True)
 
+import _backends_outside
 import covey
+from _backends_outside import (
+    MISTAKES,
+    Noisy,
+    ScaffoldClient,
+    Stateful,
+    mistaken_fn,
+    rows,
+    run,
+    same_bits,
+)
 from _raycluster import LocalRayCluster
 from covey import FitResult
 from covey.data import Dataset, iid, load_digits
@@ -41,6 +53,7 @@ def ray_module() -> Any:
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.register_pickle_by_value(_backends_outside)
     return ray
 
 
@@ -355,3 +368,55 @@ def test_without_an_address_a_local_ray_is_started_and_shut_down(digits: Dataset
     local = digits_run(digits, "ray", client_resources={"num_cpus": 0.5})
     identical(inline.weights, local.weights)
     assert not ray.is_initialized()
+
+
+# -- the outside-in backend checks (tests/test_backends_outside.py) on this cluster ----------
+
+
+def on_ray(cluster: LocalRayCluster, client_fn: Any, **kw: Any) -> Any:
+    kw.setdefault("client_resources", {"num_cpus": 1})
+    return run(client_fn, "ray", ray_address=cluster.address, **kw)
+
+
+def test_per_client_state_gives_the_same_bits_as_inline(cluster: LocalRayCluster) -> None:
+    same_bits(run(Stateful, "inline"), on_ray(cluster, Stateful))
+    # Clients built for every task (client_cache=0) lose their state alike.
+    same_bits(run(Stateful, "inline", client_cache=0), on_ray(cluster, Stateful, client_cache=0))
+    kw: dict[str, Any] = {
+        "compression": "topk:0.2",
+        "strategy": covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+        "initial": {"w": np.zeros(40)},
+    }
+    same_bits(run(Noisy, "inline", **kw), on_ray(cluster, Noisy, **kw))
+    scaffold = {"strategy": covey.Scaffold(num_clients=8, fraction_fit=0.5, fraction_evaluate=0)}
+    inline = run(ScaffoldClient, "inline", **scaffold)
+    scaffold = {"strategy": covey.Scaffold(num_clients=8, fraction_fit=0.5, fraction_evaluate=0)}
+    same_bits(inline, on_ray(cluster, ScaffoldClient, **scaffold))
+
+
+def test_mistakes_fail_the_client_as_on_the_other_backends(cluster: LocalRayCluster) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    for mode, error in MISTAKES.items():
+        inline = run(mistaken_fn(mode), "inline", strategy=strategy, num_clients=3, rounds=2)
+        ray_run = on_ray(cluster, mistaken_fn(mode), strategy=strategy, num_clients=3, rounds=2)
+        assert rows(ray_run) == rows(inline), mode
+        assert error in ray_run.history.rounds[1].fit_failures[0].error
+        assert ray_run.weights["w"].tolist() == [2.0] * 6
+
+
+def test_a_client_fn_that_does_not_pickle_is_a_clear_error(cluster: LocalRayCluster) -> None:
+    lock = threading.Lock()
+
+    def client_fn(cid: int) -> Noisy:
+        with lock:
+            return Noisy(cid)
+
+    with pytest.raises(TypeError, match=r"client_fn \(.*client_fn\) .* does not pickle") as info:
+        on_ray(cluster, client_fn, strategy=covey.FedAvg(fraction_evaluate=0.0))
+    assert "_thread.lock" in str(info.value)
+    assert "backend='process'" in str(info.value)
+    # Clients that do not pickle are fine: they are built inside the actors.
+    same_bits(
+        run(mistaken_fn("unpicklable"), "inline", num_clients=3),
+        on_ray(cluster, mistaken_fn("unpicklable"), num_clients=3),
+    )
