@@ -183,12 +183,17 @@ class LocalRayCluster:
         return self
 
     def processes(self) -> list[psutil.Process]:
-        """Every live process of this cluster: those naming its temp dir, and descendants."""
+        """Every live process of this cluster (naming its temp dir or GCS port) and descendants."""
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             try:
                 cmdline = proc.info["cmdline"] or []
-                if any(self.temp_dir in part for part in cmdline):
+                # The client-server proxy names neither: it names the head's GCS port.
+                gcs = f":{self.port}"
+                if any(
+                    self.temp_dir in part or (part.startswith("--address=") and part.endswith(gcs))
+                    for part in cmdline
+                ):
                     found[proc.pid] = proc
                     for child in proc.children(recursive=True):
                         found[child.pid] = child

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 if importlib.util.find_spec("ray") is None:
@@ -65,6 +66,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluste
     with LocalRayCluster(head_cpus=2, worker_cpus=2, worker_resources={"accel": 1}) as c:
         ray_module()
         yield c
+    port = f":{c.port}"
+    left = [
+        proc.pid
+        for proc in psutil.process_iter(["cmdline"])
+        if any(part.endswith(port) for part in proc.info["cmdline"] or [])
+    ]
+    assert not left, f"processes of the Ray cluster outlived it: {left}"
 
 
 @pytest.fixture(scope="module")
