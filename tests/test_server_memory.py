@@ -33,25 +33,20 @@ from _live import Joined, Served
 APPS = Path(__file__).parent / "apps"
 
 
-def test_serve_with_a_weights_function_frees_the_step_0_model() -> None:
-    made: list[weakref.ref[np.ndarray]] = []
-    alive: dict[int, bool] = {}
+def test_serve_with_a_weights_function_frees_the_step_0_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(APPS))
+    import held_app  # its initial weights and evaluation note whether the step-0 model lives
 
-    def initial() -> dict[str, Any]:
-        w = np.zeros(1 << 16)
-        made.append(weakref.ref(w))
-        return {"w": w}
-
-    def evaluate(rnd: int, weights: Any) -> tuple[float, dict[str, Any]]:
-        gc.collect()
-        alive[rnd] = made[-1]() is not None
-        return 0.0, {}
-
+    held_app.made.clear()
+    held_app.alive.clear()
+    made, alive = held_app.made, held_app.alive
     served = Served(
         covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0),
         2,
-        initial_weights=initial,
-        evaluate_fn=evaluate,
+        initial_weights=held_app.initial,
+        evaluate_fn=held_app.evaluate,
     )
     client = Joined(served.port, name="c0")
     result = served.join()
@@ -77,6 +72,10 @@ def test_the_server_command_keeps_no_reference_to_the_step_0_model(
         if port_file.exists():
             joined.append(Joined(int(port_file.read_text()), name="c0"))
 
+    import held_app
+
+    held_app.made.clear()
+    held_app.alive.clear()
     helper = threading.Thread(target=join_when_listening, daemon=True)
     helper.start()
     args = ["server", "--app", "held_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
@@ -85,8 +84,6 @@ def test_the_server_command_keeps_no_reference_to_the_step_0_model(
     for client in joined:
         client.join()
     assert result.exit_code == 0, result.output
-    import held_app  # the app module the command loaded
-
     assert held_app.alive[0]
     assert not held_app.alive[2]
 

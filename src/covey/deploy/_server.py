@@ -132,11 +132,9 @@ def serve(
     Args:
         strategy: What to do each round.
         rounds: The last round to run.
-        initial_weights: The global model at step 0, or a function returning it
-            (called once the server listens; ignored when resuming). Give the
-            function when the caller would otherwise keep the arrays alive: the
-            server then holds the only reference, and the step-0 model is freed
-            once round 1 has replaced it.
+        initial_weights: The global model at step 0, or a function returning it, called
+            once the server listens (ignored when resuming); given a function, the
+            server holds the only reference and frees the step-0 model from round 2 on.
         address: ``host:port`` to listen on; port 0 picks a free port (see ``on_listen``).
             Default: the address stored in the run when resuming, else ``127.0.0.1:9092``.
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.

@@ -97,14 +97,7 @@ def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
         _reserve(fd, total, path)
         # Faulting every page in at once is cheaper than one fault per page while encoding.
         with mmap.mmap(fd, total, flags=mmap.MAP_SHARED | _POPULATE) as mm:
-            view = memoryview(mm)
-            offset = 0
-            try:
-                for part, size in zip(parts, sizes, strict=True):
-                    _codec.encode_into(part, view[offset : offset + size])
-                    offset += _aligned(size)
-            finally:
-                view.release()
+            _encode_parts(parts, sizes, mm)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -201,8 +194,10 @@ def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
             present = [part for part in parts.values() if part]
             if present:
                 sizes = [_codec.encoded_size(part) for part in present]
-                if sum(_aligned(size) for size in sizes) <= INLINE_BYTES:
-                    blob = _encode_parts(present, sizes)
+                total = sum(_aligned(size) for size in sizes)
+                if total <= INLINE_BYTES:
+                    blob = bytearray(total)
+                    _encode_parts(present, sizes, blob)
                 else:
                     path, sizes = write_file(prefix, present)
                     message["file"] = os.path.basename(path)
@@ -225,9 +220,8 @@ def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
     conn.send_bytes(data)
 
 
-def _encode_parts(parts: list[Weights], sizes: list[int]) -> bytearray:
-    """``parts`` encoded one after another, each starting 64-byte aligned (as in a file)."""
-    out = bytearray(sum(_aligned(size) for size in sizes))
+def _encode_parts(parts: list[Weights], sizes: list[int], out: Any) -> None:
+    """Encode ``parts`` one after another into ``out``, each starting 64-byte aligned."""
     view = memoryview(out)
     offset = 0
     try:
@@ -236,7 +230,6 @@ def _encode_parts(parts: list[Weights], sizes: list[int]) -> bytearray:
             offset += _aligned(size)
     finally:
         view.release()
-    return out
 
 
 def parse_reply(data: bytes) -> tuple[int, Mapping[str, Any], memoryview | None]:
