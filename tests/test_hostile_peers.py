@@ -121,6 +121,21 @@ def _until(condition: Any, timeout: float = 20.0) -> bool:
 # -- streams that never say Hello ------------------------------------------------------------
 
 
+def _exchange(transport: Any, tasks: Any, timeout: float) -> tuple[threading.Thread, list[Any]]:
+    """``transport.exchange(tasks)`` on a started thread; its replies land in the list."""
+    replies: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: replies.extend(transport.exchange(tasks, timeout=timeout)), daemon=True
+    )
+    thread.start()
+    return thread, replies
+
+
+def _cid_of(transport: Any, name: str) -> int:
+    """The id the server gave the client named ``name``."""
+    return next(c for c, conn in transport._registry.fleet.items() if conn.name == name)
+
+
 def test_streams_that_never_say_hello_do_not_lock_honest_clients_out() -> None:
     events = _Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, max_clients=100, on_event=events)
@@ -251,11 +266,7 @@ def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() ->
     try:
         assert transport.wait_for_clients(17, 20)
         tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
-        replies: list[Any] = []
-        exchange = threading.Thread(
-            target=lambda: replies.extend(transport.exchange(tasks, timeout=3.0)), daemon=True
-        )
-        exchange.start()
+        exchange, replies = _exchange(transport, tasks, 3.0)
         declared = 15 * 1024 * 1024  # kept in memory (under the spill size), if taken
         transport._service.max_reply = declared
         before = _rss()
@@ -299,13 +310,9 @@ def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
     a, b = _raw(transport.port, "a"), _raw(transport.port, "b")
     try:
         assert transport.wait_for_clients(2, 20)
-        cid_b = next(c for c, conn in transport._registry.fleet.items() if conn.name == "b")
+        cid_b = _cid_of(transport, "b")
         tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
-        replies: list[Any] = []
-        exchange = threading.Thread(
-            target=lambda: replies.extend(transport.exchange(tasks, timeout=20)), daemon=True
-        )
-        exchange.start()
+        exchange, replies = _exchange(transport, tasks, 20)
         task_a, task_b = a.next_task(), b.next_task()
         blob = bytes(_codec.encode({"w": np.ones(4)}))
 
@@ -357,13 +364,9 @@ def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() ->
     honest = Joined(transport.port, Fit(delay=1.0), name="honest", max_attempts=1)
     try:
         assert transport.wait_for_clients(4, 20)
-        cid = next(c for c, conn in transport._registry.fleet.items() if conn.name == "honest")
+        cid = _cid_of(transport, "honest")
         tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
-        replies: list[Any] = []
-        exchange = threading.Thread(
-            target=lambda: replies.extend(transport.exchange(tasks, timeout=5.0)), daemon=True
-        )
-        exchange.start()
+        exchange, replies = _exchange(transport, tasks, 5.0)
         transport._service.max_reply = declared
         for raw in raws:
             task = raw.next_task()
@@ -396,11 +399,7 @@ def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() 
         assert transport.wait_for_clients(2, 20)
         names = {conn.name: c for c, conn in transport._registry.fleet.items()}
         tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
-        replies: list[Any] = []
-        exchange = threading.Thread(
-            target=lambda: replies.extend(transport.exchange(tasks, timeout=3)), daemon=True
-        )
-        exchange.start()
+        exchange, replies = _exchange(transport, tasks, 3)
         transport._service.max_reply = 4 * mib
         task = hoard.next_task()
         hoard.send(
@@ -625,11 +624,7 @@ def test_a_second_reply_interleaved_into_the_first_drops_only_its_client() -> No
         assert transport.wait_for_clients(2, 20)
         names = {conn.name: c for c, conn in transport._registry.fleet.items()}
         tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
-        replies: list[Any] = []
-        exchange = threading.Thread(
-            target=lambda: replies.extend(transport.exchange(tasks, timeout=20)), daemon=True
-        )
-        exchange.start()
+        exchange, replies = _exchange(transport, tasks, 20)
         task = raw.next_task()
         blob = bytes(_codec.encode({"w": np.ones(4)}))
         header = pb.ReplyHeader(

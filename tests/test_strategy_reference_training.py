@@ -51,22 +51,24 @@ def proximal(mu: float, anchor: np.ndarray) -> Callable[[np.ndarray], np.ndarray
     return lambda y: mu * (y - anchor)
 
 
+class ScaffoldClient(covey.Client):
+    """Local gradient steps corrected by SCAFFOLD's control variates (``ControlVariate``)."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+        self.control = covey.clients.ControlVariate()
+
+    def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
+        corr = self.control.correction(weights, config)
+        y = gd(self.cid, weights["w"], constant(corr["w"]))
+        return self.control.fit_result({"w": y}, num_examples=1, steps=STEPS, lr=LR)
+
+
 def test_scaffold_follows_karimireddy_et_al_with_partial_participation() -> None:
     """Algorithm 1, option II: x += eta_g mean(dy_i), c += (1/N) sum(dc_i) over the sampled S."""
-
-    class Client(covey.Client):
-        def __init__(self, cid: int) -> None:
-            self.cid = cid
-            self.control = covey.clients.ControlVariate()
-
-        def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
-            corr = self.control.correction(weights, config)
-            y = gd(self.cid, weights["w"], constant(corr["w"]))
-            return self.control.fit_result({"w": y}, num_examples=1, steps=STEPS, lr=LR)
-
     n, eta_g = 6, 0.7
     strategy = covey.Scaffold(num_clients=n, server_lr=eta_g, fraction_fit=0.5, fraction_evaluate=0)
-    result = covey.simulate(Client, n, 4, strategy, ZERO)
+    result = covey.simulate(ScaffoldClient, n, 4, strategy, ZERO)
     x, c = np.zeros(3), np.zeros(3)
     ci = [np.zeros(3) for _ in range(n)]
     for record in result.history.rounds[1:]:
@@ -189,19 +191,8 @@ def test_fedbuff_follows_nguyen_et_al(buffer: int, lr: float, weighted: bool) ->
 
 def test_scaffold_refuses_more_control_variate_updates_than_num_clients() -> None:
     """``c += (1/N) sum dc_i`` over more than N clients means N is not the federation's size."""
-
-    class Client(covey.Client):
-        def __init__(self, cid: int) -> None:
-            self.cid = cid
-            self.control = covey.clients.ControlVariate()
-
-        def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
-            corr = self.control.correction(weights, config)
-            y = gd(self.cid, weights["w"], constant(corr["w"]))
-            return self.control.fit_result({"w": y}, num_examples=1, steps=STEPS, lr=LR)
-
     strategy = covey.Scaffold(num_clients=3, fraction_evaluate=0)
-    record = covey.simulate(Client, 6, 1, strategy, ZERO).history.rounds[1]
+    record = covey.simulate(ScaffoldClient, 6, 1, strategy, ZERO).history.rounds[1]
     assert not record.aggregated
     assert "num_clients=3" in record.aggregate_info["error"]
     assert "6 clients" in record.aggregate_info["error"]
