@@ -137,6 +137,9 @@ class _LoopBase:
         return any(r.round == 0 for r in self.history.rounds)
 
     def _fail(self, message: str) -> FederationError:
+        """The error that stops the run; the history keeps ``message`` as the reason it stopped."""
+        if self.history.stopped_reason is None:
+            self.history.stopped_reason = message
         return FederationError(message, self.history, self.weights)
 
     def _finish(self, record: RoundRecord) -> None:

@@ -9,6 +9,7 @@ goodbye.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import queue
@@ -215,7 +216,18 @@ class _Session:
                 return
 
     def close(self, deadline: float = 10.0) -> None:
-        """End the session: stop the request stream, cancel the call, wait for the task thread."""
+        """End the session: stop the request stream, cancel the call, wait for the task thread.
+
+        Tasks still queued behind the running one are dropped, not run: their
+        replies could not be sent, and the server has given up on them.
+        """
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.tasks.get_nowait()
+                dropped += 1
+        if dropped:
+            logger.info("dropping %d queued task(s): the session ended", dropped)
         self.tasks.put(_END)
         self.outbound.put(_END)
         if self.call is not None:

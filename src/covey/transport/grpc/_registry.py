@@ -69,6 +69,11 @@ class Connection:
         """Whether the connection has been dropped."""
         return not self.alive
 
+    def busy(self) -> str:
+        """The kind of a task it still works on whose round closed without its reply, or ""."""
+        with self.lock:
+            return next((kind for sink, kind in self.pending.values() if not sink.open), "")
+
 
 class ShuttingDownError(Exception):
     """A client tried to join a registry that is closed."""

@@ -29,6 +29,14 @@ __all__ = ["GrpcServerTransport", "ServerTLS"]
 logger = logging.getLogger("covey")
 
 
+def _busy(kind: str) -> str:
+    """Why a client still working on a task of a closed round is not sent another one."""
+    return (
+        f"busy: still working on a {kind} task of an earlier round, which closed "
+        "before its reply came"
+    )
+
+
 class GrpcServerTransport:
     """A :class:`~covey.transport.Transport` whose clients connect over gRPC.
 
@@ -91,9 +99,14 @@ class GrpcServerTransport:
                 blob = self._encode(task.weights)
                 with self._lock:
                     conn = self._fleet.get(cid)
-                    if conn is None or not conn.alive:
-                        replies.put(Reply(cid, task.kind, error="client is not connected"))
-                        continue
+                if conn is None or not conn.alive:
+                    replies.put(Reply(cid, task.kind, error="client is not connected"))
+                    continue
+                busy = conn.busy()
+                if busy:  # a straggler: a task sent now would wait behind a stale one
+                    replies.put(Reply(cid, task.kind, error=_busy(busy)))
+                    continue
+                with conn.lock:
                     task_id = next(self._task_ids)
                     conn.pending[task_id] = (sink, task.kind)
                 conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))

@@ -243,6 +243,8 @@ class FederationService:
             self.registry.drop(conn, str(exc))
         except grpc.RpcError as exc:
             if upload is not None:
+                why = "disconnected in the middle of its reply "
+                why += f"({upload.filled} of {upload.size} bytes received)"
                 logger.warning(
                     "client %s (%s): its stream failed in the middle of a reply (%d of %d "
                     "bytes received): %s",
@@ -279,6 +281,9 @@ class FederationService:
             self._release(upload)
             if isinstance(upload, Upload):
                 self._deliver(conn, upload_header, upload)
+            else:  # skipped to the end: a client busy with a closed round's task is free again
+                with conn.lock:
+                    conn.pending.pop(upload_header.task_id, None)
             return None, upload_header
         message = client_message(frame)
         self.admission.check(conn)  # a certificate revoked since it joined

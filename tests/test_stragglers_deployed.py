@@ -1,0 +1,194 @@
+"""Stragglers deployed: serve() and connect() over gRPC on 127.0.0.1, in this process.
+
+Slowness is made with events, never with sleeps: a straggler's ``fit`` waits
+until the test lets it go, after its round has closed. Deadlines are short
+only where a round must close without a client; no test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from _live import Joined, Served
+from covey.server._store import RunStore
+from covey.transport.grpc import _client
+from covey.transport.grpc._server import GrpcServerTransport
+
+pytestmark = pytest.mark.slow
+
+SIZES = {"a": 1, "b": 2, "slow": 3}  # each client's examples, and what it adds to each weight
+
+
+class Site(covey.Client):
+    """Adds ``SIZES[name]`` to every weight on as many examples; ``gate`` holds its fit."""
+
+    def __init__(self, name: str, gate: threading.Event | None = None) -> None:
+        self.name = name
+        self.gate = gate
+        self.rounds: list[int] = []
+        self.started = threading.Event()
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.rounds.append(int(config.get("round", -1)))
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never let the straggler go"
+        n = SIZES[self.name]
+        return covey.FitResult(weights={k: v + n for k, v in weights.items()}, num_examples=n)
+
+
+def _strategy(**options: Any) -> covey.Strategy:
+    options.setdefault("fraction_evaluate", 0.0)
+    return covey.FedAvg(on_fit_config=lambda rnd: {"round": rnd}, **options)
+
+
+def _events(run_dir: Path) -> list[tuple[str, str, str]]:
+    with RunStore.open(run_dir) as store:
+        return [(client, event, detail) for _, client, event, detail in store.events()]
+
+
+def test_a_late_reply_is_discarded_and_never_folded_into_a_later_round(tmp_path: Path) -> None:
+    gate = threading.Event()
+    released: list[int] = []
+
+    def on_round(record: covey.core.RoundRecord) -> None:
+        if record.round == 1:  # the straggler's round is over: now it may answer
+            released.append(1)
+            gate.set()
+
+    served = Served(
+        _strategy(min_fit_clients=2, min_available_clients=3),
+        3,
+        round_timeout=1.0,
+        run_dir=tmp_path / "run",
+        on_round=on_round,
+    )
+    sites = {name: Site(name, gate if name == "slow" else None) for name in SIZES}
+    joined = [Joined(served.port, site, name=name) for name, site in sites.items()]
+    result = served.join(60)
+    for client in joined:
+        client.join(30)
+    history = result.history
+    ids = {name: cid for cid, name in history.clients.items()}
+    first = history[1]
+    assert first.fit_participants == sorted([ids["a"], ids["b"]])
+    assert [(f.cid, f.name, f.error) for f in first.fit_failures] == [
+        (ids["slow"], "slow", "no reply in time")
+    ]
+    assert first.fit_examples == 3
+    # Each round's model is the weighted mean of its participants' updates and of
+    # nothing else: the straggler's reply to round 1 (trained on the first model)
+    # would change the result if it were folded into a later round.
+    w = 0.0
+    for record in history.rounds[1:]:
+        names = [history.name_of(c) for c in record.fit_participants]
+        n = [SIZES[name] for name in names]
+        assert record.fit_examples == sum(n)
+        w += sum(k * k for k in n) / sum(n)
+    np.testing.assert_allclose(result.weights["w"], np.full(8, w))
+    assert released == [1]
+    assert any(c == "slow" and e == "late-reply" for c, e, _ in _events(tmp_path / "run"))
+
+
+def test_a_run_that_cannot_reach_its_minimum_stops_and_records_why(tmp_path: Path) -> None:
+    gate = threading.Event()
+    served = Served(
+        _strategy(min_fit_clients=3, min_available_clients=3),
+        3,
+        round_timeout=1.0,
+        run_dir=tmp_path / "run",
+    )
+    sites = {name: Site(name, gate if name == "slow" else None) for name in SIZES}
+    joined = [Joined(served.port, site, name=name) for name, site in sites.items()]
+    try:
+        with pytest.raises(covey.FederationError) as caught:
+            served.join(60)
+    finally:
+        gate.set()
+        for client in joined:
+            client.join(30)
+    history = caught.value.history
+    assert "fewer than min_fit_clients=3" in str(caught.value)
+    assert history.stopped_reason == str(caught.value)
+    assert sorted(history.clients.values()) == ["a", "b", "slow"]
+    last = history.rounds[-1]
+    assert last.round == 1
+    assert not last.aggregated
+    assert [(f.name, f.error) for f in last.fit_failures] == [("slow", "no reply in time")]
+    assert {"wait", "fit", "total"} <= set(last.durations)
+    # The run folder says the same: the reason (not a traceback) and who failed.
+    stopped = [d for c, e, d in _events(tmp_path / "run") if e == "stopped"]
+    assert stopped == [history.stopped_reason]
+    saved = covey.History.load(tmp_path / "run" / "history.json")
+    assert saved.stopped_reason == history.stopped_reason
+    assert saved.clients == history.clients
+    assert saved.rounds[-1].fit_failures == last.fit_failures
+    # Every client was told why the run stopped.
+    assert all(c.result is not None and history.stopped_reason in c.result.reason for c in joined)
+
+
+def test_a_straggler_still_working_is_not_sent_more_tasks() -> None:
+    gate = threading.Event()
+    sites = {name: Site(name, gate if name == "slow" else None) for name in SIZES}
+    served = Served(_strategy(min_fit_clients=2, min_available_clients=3), 3, round_timeout=1.0)
+    joined = [Joined(served.port, site, name=name) for name, site in sites.items()]
+    try:
+        result = served.join(60)
+    finally:
+        gate.set()  # only once the run is over
+        for client in joined:
+            client.join(30)
+    history = result.history
+    ids = {name: cid for cid, name in history.clients.items()}
+    for record in history.rounds[1:]:
+        assert record.fit_participants == sorted([ids["a"], ids["b"]])
+        (failure,) = record.fit_failures
+        assert (failure.cid, failure.name) == (ids["slow"], "slow")
+    errors = [r.fit_failures[0].error for r in history.rounds[1:]]
+    # Round 1 closed without it; in rounds 2 and 3 it was still working on round 1's
+    # task: it is failed at once, saying so, instead of being sent a task to queue.
+    assert errors[0] == "no reply in time"
+    assert all(e.startswith("busy: still working on a fit task") for e in errors[1:]), errors
+    assert sites["slow"].rounds == [1]
+    assert joined[-1].result is not None
+    assert joined[-1].result.kinds == {"fit": 1}
+
+
+def test_a_client_whose_session_ends_runs_none_of_its_queued_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    received = threading.Semaphore(0)
+    control = _client._Session._control
+
+    def counting(self: Any, frame: bytes, result: Any) -> Any:
+        out = control(self, frame, result)
+        received.release()  # a control frame was read (the welcome, each task header)
+        return out
+
+    monkeypatch.setattr(_client._Session, "_control", counting)
+    gate = threading.Event()
+    slow = Site("slow", gate)
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    client = Joined(transport.port, slow, name="slow")
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        for rnd in (1, 2, 3):  # tasks 2 and 3 queue behind the first, which waits
+            transport.submit(cid, covey.core.Task("fit", rnd, {"round": rnd}, {"w": np.zeros(2)}))
+        assert slow.started.wait(30)
+        for _ in range(4):  # the welcome and the three task headers reached the client
+            assert received.acquire(timeout=30)
+    finally:
+        transport.close("the run is over")
+        gate.set()
+        client.join(30)
+    # The tasks still queued when the server said goodbye are dropped, not run.
+    assert slow.rounds == [1]
+    assert client.result is not None
+    assert client.result.reason == "the run is over"
