@@ -192,3 +192,53 @@ def test_a_client_whose_session_ends_runs_none_of_its_queued_tasks(
     assert slow.rounds == [1]
     assert client.result is not None
     assert client.result.reason == "the run is over"
+
+
+def test_selection_by_properties_follows_a_client_that_rejoins_with_new_ones() -> None:
+    gate = threading.Event()
+    joins: list[str] = []
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        if event == "join":
+            joins.append(name)
+            if joins.count("b") == 2:  # b is back, with a GPU now
+                gate.set()
+
+    in_round_2 = threading.Event()
+
+    class Gated(Site):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            if config["round"] == 2:
+                in_round_2.set()
+                assert gate.wait(60)
+            return super().fit(weights, config)
+
+    strategy = _strategy(
+        min_fit_clients=1, min_available_clients=3, where=lambda props: props["gpu"]
+    )
+    served = Served(strategy, 3, on_event=on_event)
+    a = Gated("a")
+    leave = threading.Event()
+    joined = [
+        Joined(served.port, a, name="a", properties={"gpu": True}),
+        Joined(served.port, Site("b"), name="b", properties={"gpu": False}, stop=leave),
+        Joined(served.port, Site("slow"), name="slow", properties={}),  # says nothing of a GPU
+    ]
+    try:
+        assert in_round_2.wait(30)
+        leave.set()
+        joined[1].join(30)
+        joined.append(Joined(served.port, Site("b"), name="b", properties={"gpu": True}))
+        result = served.join(60)
+    finally:
+        gate.set()
+        for client in joined:
+            client.join(30)
+    history = result.history
+    ids = {name: cid for cid, name in history.clients.items()}
+    assert [r.fit_participants for r in history.rounds[1:]] == [
+        [ids["a"]],
+        [ids["a"]],
+        sorted([ids["a"], ids["b"]]),  # asked again after it rejoined
+    ]
+    assert all(not r.fit_failures for r in history.rounds)

@@ -124,6 +124,7 @@ class _LoopBase:
         self.agg_state: Any = strategy.aggregator.init(self.weights)
         self.properties: dict[int, dict[str, Any]] = {}
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
+        self._reported_in: dict[int, int] = {}  # client -> its session (join count) then
         self._said_no_evaluate = False
         self.client_names: Mapping[int, str] = {}
         """Each client's chosen name by id, kept up to date by a deployed server."""
@@ -157,8 +158,23 @@ class _LoopBase:
 
     # -- client properties ----------------------------------------------------------------
 
+    def _joins(self) -> Callable[[int], int] | None:
+        """How many times a client connected, on transports that count it (a network's)."""
+        joins: Callable[[int], int] | None = getattr(
+            getattr(self, "transport", None), "joins", None
+        )
+        return joins
+
     def _unasked(self, available: Sequence[int], rnd: int) -> list[int]:
-        """The clients of ``available`` whose properties are unknown and still to ask in ``rnd``."""
+        """The clients of ``available`` whose properties are unknown and still to ask in ``rnd``.
+
+        A client that connected again since it reported (a restarted site) is asked again.
+        """
+        joins = self._joins()
+        if joins is not None and self.properties:
+            for cid in available:
+                if cid in self.properties and self._reported_in.get(cid) != joins(cid):
+                    del self.properties[cid]
         return [
             cid
             for cid in available
@@ -168,6 +184,9 @@ class _LoopBase:
     def _store_properties(self, reply: Reply, rnd: int) -> None:
         if reply.ok and isinstance(reply.result, dict):
             self.properties[reply.cid] = reply.result
+            joins = self._joins()
+            if joins is not None:
+                self._reported_in[reply.cid] = joins(reply.cid)
         else:  # asked again next round
             self._unreported[reply.cid] = rnd
             logger.warning("client %d did not report its properties", reply.cid)

@@ -103,6 +103,7 @@ class Registry:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.fleet: dict[int, Connection] = {}
+        self.joins: dict[int, int] = {}  # cid -> how many times it connected
         self.closed = False
 
     def clients(self) -> list[int]:
@@ -132,6 +133,7 @@ class Registry:
                 raise ShuttingDownError("the server is shutting down")
             old = self.fleet.get(conn.cid)
             self.fleet[conn.cid] = conn
+            self.joins[conn.cid] = self.joins.get(conn.cid, 0) + 1
             self.changed.notify_all()
         return old
 

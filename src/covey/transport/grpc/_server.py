@@ -85,6 +85,11 @@ class GrpcServerTransport:
         """Block until ``count`` clients are connected or ``timeout`` passes."""
         return self._registry.wait_for(count, timeout)
 
+    def joins(self, cid: int) -> int:
+        """How many times client ``cid`` has connected (a new session may bring new properties)."""
+        with self._lock:
+            return self._registry.joins.get(cid, 0)
+
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
