@@ -242,3 +242,48 @@ def test_selection_by_properties_follows_a_client_that_rejoins_with_new_ones() -
         sorted([ids["a"], ids["b"]]),  # asked again after it rejoined
     ]
     assert all(not r.fit_failures for r in history.rounds)
+
+
+def test_a_client_cut_off_mid_fit_reconnects_only_once_that_fit_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A session that ends waits a moment for its running task; this fit outlasts it.
+    monkeypatch.setattr(_client._Session.close, "__defaults__", (0.2,))
+    rejoined = threading.Event()
+    overlapped: list[bool] = []
+
+    class Long(Site):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            if config["round"] == 1:
+                self.started.set()
+                # Give a reconnection the time to happen while this fit still runs.
+                overlapped.append(rejoined.wait(3.0))
+            return super().fit(weights, config)
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        if event == "join" and long.started.is_set():
+            rejoined.set()
+
+    long = Long("slow")
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=on_event)
+    client = Joined(transport.port, long, name="slow")
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        transport.submit(cid, covey.core.Task("fit", 1, {"round": 1}, {"w": np.zeros(2)}))
+        assert long.started.wait(30)
+        transport._registry.drop(transport._registry.fleet[cid], "cut off by the test")
+        lost = transport.next_reply(30)
+        assert lost is not None
+        assert lost.error == "client cut off by the test"
+        assert rejoined.wait(30)
+        transport.submit(cid, covey.core.Task("fit", 2, {"round": 2}, {"w": np.zeros(2)}))
+        reply = transport.next_reply(30)
+        assert reply is not None
+        assert reply.ok
+    finally:
+        transport.close("the run is over")
+        client.join(30)
+    # The client came back once its fit was over: it never ran two tasks at once.
+    assert overlapped == [False]
+    assert long.rounds == [1, 2]
