@@ -20,7 +20,7 @@ from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.transport.grpc import _wire
-from covey.transport.grpc._registry import CLOSE, Registry, Sink
+from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
 from covey.transport.grpc._service import FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
 
@@ -30,10 +30,10 @@ logger = logging.getLogger("covey")
 
 
 def _busy(kind: str) -> str:
-    """Why a client still working on a task of a closed round is not sent another one."""
+    """Why a client still working on a task of a closed round was not sent this one."""
     return (
-        f"busy: still working on a {kind} task of an earlier round, which closed "
-        "before its reply came"
+        f"busy: still working on its {kind} task of an earlier round when this one "
+        "closed (a client runs one task at a time)"
     )
 
 
@@ -99,22 +99,15 @@ class GrpcServerTransport:
         replies = sink.replies
         try:
             expecting = set(tasks)
+            # Clients still working on a task of a closed round (stragglers) get theirs
+            # once they are free, within this exchange's deadline: never two at once.
+            deferred: dict[int, tuple[Task, _codec.Encoded | None, str]] = {}
             for cid in sorted(tasks):
                 task = tasks[cid]
                 blob = self._encode(task.weights)
-                with self._lock:
-                    conn = self._fleet.get(cid)
-                if conn is None or not conn.alive:
-                    replies.put(Reply(cid, task.kind, error="client is not connected"))
-                    continue
-                busy = conn.busy()
-                if busy:  # a straggler: a task sent now would wait behind a stale one
-                    replies.put(Reply(cid, task.kind, error=_busy(busy)))
-                    continue
-                with conn.lock:
-                    task_id = next(self._task_ids)
-                    conn.pending[task_id] = (sink, task.kind)
-                conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
+                busy = self._send(cid, task, blob, sink)
+                if busy:
+                    deferred[cid] = (task, blob, busy)
             while expecting:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -123,9 +116,16 @@ class GrpcServerTransport:
                     reply = replies.get(timeout=remaining)
                 except queue.Empty:
                     break
-                if reply.cid in expecting:
+                if reply.kind == FREED:
+                    entry = deferred.pop(reply.cid, None)
+                    if entry is not None and self._send(reply.cid, entry[0], entry[1], sink):
+                        deferred[reply.cid] = entry
+                elif reply.cid in expecting:
                     expecting.discard(reply.cid)
                     yield reply
+            for cid in sorted(expecting & set(deferred)):
+                expecting.discard(cid)
+                yield Reply(cid, deferred[cid][0].kind, error=_busy(deferred[cid][2]))
             if expecting:
                 logger.warning(
                     "deadline passed with %d client(s) still working: %s; their replies "
@@ -138,6 +138,28 @@ class GrpcServerTransport:
             # The next exchange carries a new model: do not keep this one alive.
             self._broadcast = (None, None)
             self._extras = (None, None)
+
+    def _send(self, cid: int, task: Task, blob: _codec.Encoded | None, sink: Sink) -> str:
+        """Send ``task`` to client ``cid``, its reply to go to ``sink``.
+
+        Returns:
+            "" when it was sent (or failed at once: the client is gone); else the
+            kind of the closed round's task the client still works on, and
+            ``sink`` gets a :data:`FREED` marker once it is free.
+        """
+        with self._lock:
+            conn = self._fleet.get(cid)
+            if conn is None or not conn.alive:
+                sink.replies.put(Reply(cid, task.kind, error="client is not connected"))
+                return ""
+            busy = conn.wait_until_free(sink)
+            if busy:
+                return busy
+            with conn.lock:
+                task_id = next(self._task_ids)
+                conn.pending[task_id] = (sink, task.kind)
+        conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
+        return ""
 
     # -- AsyncTransport: one task at a time, for asynchronous (FedBuff) runs -----------
 
@@ -199,8 +221,7 @@ class GrpcServerTransport:
             entry = self._inflight.pop(cid, None)
             conn = self._fleet.get(cid)
         if entry is not None and conn is not None:
-            with conn.lock:
-                conn.pending.pop(entry[0], None)
+            conn.take(entry[0])
 
     def close(self, reason: str = "the run is over") -> None:
         """Say goodbye to every client and stop the server."""
