@@ -15,12 +15,16 @@ import numpy as np
 import pytest
 
 import covey
-from _live import Joined, Served
+from _live import Joined, Raw, Served
 from covey.server._store import RunStore
 from covey.transport.grpc import _client
+from covey.transport.grpc._frames import PROTOCOL
 from covey.transport.grpc._server import GrpcServerTransport
+from covey.transport.grpc.proto import covey_pb2 as pb
 
 pytestmark = pytest.mark.slow
+
+FIT = b'{"type":"fit","form":"weights","num_examples":1,"metrics":{}}'
 
 SIZES = {"a": 1, "b": 2, "slow": 3}  # each client's examples, and what it adds to each weight
 
@@ -326,3 +330,35 @@ def test_a_straggler_that_frees_up_within_the_next_round_takes_part_in_it() -> N
     # in, was sent its fit task then, within the round's deadline.
     assert second.fit_participants == sorted(ids.values())
     assert sites["slow"].rounds == [1, 2]
+
+
+def test_a_client_cut_off_mid_upload_fails_naming_what_it_sent() -> None:
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    hello = pb.Hello(version=covey.__version__, name="flaky", kinds=["fit"], protocol=PROTOCOL)
+    raw = Raw(transport.port, hello)
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        transport.submit(cid, covey.core.Task("fit", 1, {}, {"w": np.zeros(4)}))
+        task = raw.next_task()
+        raw.send(
+            reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=4096)
+        )
+        raw.send_chunk(bytes(1000))
+        received = threading.Event()
+        for _ in range(400):  # bounded: until the server holds the chunk
+            if transport._service.budget.used == 1000:
+                received.set()
+                break
+            received.wait(0.05)
+        assert received.is_set()
+        raw.call.cancel()  # the connection is lost, not closed in order
+        raw.channel.close()
+        reply = transport.next_reply(30)
+    finally:
+        transport.close()
+    assert reply is not None
+    assert (
+        reply.error
+        == "client disconnected in the middle of its reply (1000 of 4096 bytes received)"
+    )

@@ -68,6 +68,7 @@ class Connection:
         self.peer = ""
         self.stray = 0  # replies it sent to tasks that were not pending
         self.refusal = ""  # set when it is dropped for good: its stream ends refusing it
+        self.upload: Any = None  # the reply being received (``filled`` of ``size`` bytes)
 
     def closed(self) -> bool:
         """Whether the connection has been dropped."""
@@ -180,6 +181,9 @@ class Registry:
             if self.fleet.get(conn.cid) is conn:
                 del self.fleet[conn.cid]
             self.changed.notify_all()
+        upload = conn.upload
+        if upload is not None:
+            why += f" in the middle of its reply ({upload.filled} of {upload.size} bytes received)"
         with conn.lock:
             pending = list(conn.pending.items())
             conn.pending.clear()

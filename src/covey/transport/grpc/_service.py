@@ -221,12 +221,14 @@ class FederationService:
             for frame in requests:
                 conn.last_seen = time.monotonic()
                 upload, upload_header = self._take(conn, frame, upload, upload_header)
+                conn.upload = upload  # a drop names the reply it cut short
             if upload is not None:
                 raise _ProtocolError(
                     f"its stream ended in the middle of a reply to task {upload_header.task_id} "
                     f"({upload.filled} of {upload.size} bytes received)"
                 )
         except (_ProtocolError, FrameError) as exc:
+            conn.upload = None  # the reason names it
             logger.warning(
                 "client %s (%s) broke the protocol: %s; closing its stream",
                 conn.name,
@@ -243,8 +245,6 @@ class FederationService:
             self.registry.drop(conn, str(exc))
         except grpc.RpcError as exc:
             if upload is not None:
-                why = "disconnected in the middle of its reply "
-                why += f"({upload.filled} of {upload.size} bytes received)"
                 logger.warning(
                     "client %s (%s): its stream failed in the middle of a reply (%d of %d "
                     "bytes received): %s",
