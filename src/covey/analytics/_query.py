@@ -250,10 +250,13 @@ class _Query:
         precision: dict[str, Any],
     ) -> Any:
         v = first.vectors
+        k = self.decl["min_group_size"]
         if a.func == "count":
             return v[0]
+        key = ("count_col", a.column)
+        few = v[index[key]] < k if key in index else np.zeros(self.groups, dtype=bool)
         if a.func == "count_col":
-            return v[index[("count_col", a.column)]]
+            return np.where(few, np.nan, v[index[("count_col", a.column)]])
         if a.func in ("min", "max"):
             stacked = np.stack(
                 [site[index[(a.func, a.column)]] for site in first.per_site.values()]
@@ -289,6 +292,8 @@ class _Query:
             return values
         n = v[index[("count_col", a.column)]]
         s = v[index[("sum", a.column)]]
+        # fewer values than the minimum (a sum over one bonus among forty rows is that bonus)
+        n = np.where(few, 0.0, n)
         with np.errstate(all="ignore"):
             if a.func == "sum":
                 return np.where(n > 0, s, np.nan)

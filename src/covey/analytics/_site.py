@@ -23,6 +23,7 @@ from covey import secagg
 from covey.analytics import _dp
 from covey.analytics._compute import Computed, SortedValues, compute
 from covey.analytics._policy import Policy, PolicyError
+from covey.analytics._requests import check_stats
 from covey.analytics._sql import Plan, QueryError, plan
 from covey.analytics._tables import columns, load_tables
 from covey.clients import Client, register_task
@@ -183,6 +184,28 @@ def flatten(answer: Mapping[str, Any], stats: Sequence[Mapping[str, Any]]) -> np
     return np.concatenate([*parts, np.asarray(tail, dtype=np.int64)])
 
 
+def _withhold(
+    got: Computed, stats: Sequence[Mapping[str, Any]], vectors: list[np.ndarray], k: int
+) -> tuple[dict[str, int], int, int]:
+    """Zero what fewer than ``k`` records make up; the counts sent beside the answer.
+
+    A statistic is zeroed in each group where fewer than ``k`` rows hold values of
+    its columns (the group's rows for ``COUNT(*)``): a sum over one bonus among
+    forty rows is that bonus. The clipped and out-of-domain counts are sent only
+    when at least ``k`` (else 0), and the withheld groups are those under ``k``,
+    empty ones included: if 0 and 1 were told apart, a condition naming one
+    record would read its values one comparison at a time.
+
+    Returns:
+        The clipped counts per column, the rows outside the domain, the withheld groups.
+    """
+    for s, v, reads in zip(stats, vectors, got.support, strict=True):
+        v[reads < k] = np.nan if s["op"] in ("min", "max") else 0.0
+    clipped = {c: n if n >= k else 0 for c, n in got.clipped.items()}
+    outside = got.outside_domain if got.outside_domain >= k else 0
+    return clipped, outside, int(np.sum(got.group_counts < k))
+
+
 class Site(Client):
     """A site that answers SQL analytics over its own tables, under its own policy.
 
@@ -271,6 +294,7 @@ class Site(Client):
         for col in p.group_by:
             if col not in domains:
                 raise PolicyError(f"the request gives no domain for GROUP BY {col}")
+        check_stats(p, request.get("stats"))
         stats: list[dict[str, Any]] = list(request["stats"])
         for s in stats:
             for col in (s.get("col"), s.get("event")):
@@ -279,18 +303,15 @@ class Site(Client):
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
         got = self._compute(p, domains, bounds, stats)
         dp = request.get("dp")
-        clipped, outside = got.clipped, got.outside_domain
-        small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
-        if dp is not None:
+        vectors = [v.copy() for v in got.vectors]
+        if dp is None:
+            clipped, outside, withheld = _withhold(got, stats, vectors, policy.min_group_size)
+        else:
             # Withholding would let one record move a count from 0 to the minimum group
             # size, past the sensitivity the noise is calibrated for; with DP the server
             # suppresses small noisy totals instead (post-processing). The exact counts
             # of clipped and out-of-domain rows would be releases without noise.
-            small = np.zeros_like(small)
-            clipped, outside = dict.fromkeys(got.clipped, 0), 0
-        vectors = [v.copy() for v in got.vectors]
-        for v in vectors:
-            v[small] = 0.0
+            clipped, outside, withheld = dict.fromkeys(got.clipped, 0), 0, 0
         spent = self.budget.spent
         if dp is not None:
             spent = self._noise(dp, stats, bounds, vectors)
@@ -299,7 +320,7 @@ class Site(Client):
             "vectors": _encode(request, stats, vectors),
             "clipped": clipped,
             "outside_domain": outside,
-            "withheld_groups": int(small.sum()),
+            "withheld_groups": withheld,
             "spent": spent,
         }
         with self._lock:
