@@ -59,6 +59,7 @@ class _Query:
         self.releases = 0
         self.meta: dict[str, Any] = {"clipped": {}, "outside_domain": 0, "withheld_groups": 0}
         self.spent: dict[str, float] = {}
+        self.repeat = False  # a query the analyst was already charged for
 
     # -- stages --------------------------------------------------------------------------
 
@@ -198,11 +199,14 @@ class _Query:
             )
             analyst = self.opt.get("analyst")
             if analyst is not None:
-                # free again only when the sites' caches give the same noisy answer
+                # free again only when the sites' caches give the same noisy answer:
+                # the same sites, asked the same stages (a site that joins, or one whose
+                # cache no longer holds it, answers afresh: see frame())
                 opts = ("epsilon", "mechanism", "delta", "precision", "secure")
-                key = repr((self.plan.sql, *(self.opt[k] for k in opts)))
+                sites = sorted(self.fed.names[c] for c in self.fed.cids)
+                key = repr((self.plan.sql, *(self.opt[k] for k in opts), sites))
                 ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
-                analyst.charge_query(key, ev)
+                self.repeat = analyst.charge_query(key, ev) is None
         first = self.run(
             stats, per_site=any(a.func in ("min", "max") for a in self.plan.aggregates)
         )
@@ -325,6 +329,10 @@ class _Query:
                 describe = {"sql": self.plan.sql, "secure": True, "dp": {}}
                 self.spent.update(self.fed.spent(describe))
             ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
+            before = self.opt.get("spent_before", {})
+            if self.repeat and any(v > before.get(n, 0.0) for n, v in self.spent.items()):
+                # a site answered afresh (new noise): the repeat was not free after all
+                self.opt["analyst"].record(ev)
             privacy = {
                 "epsilon": Ledger().add(ev).epsilon(self.opt["delta"]),
                 "delta": self.opt["delta"],
@@ -452,6 +460,11 @@ def query(
         fed = Federation(transport, timeout, threat)
         request = {"sql": sql, "secure": secure, "dp": None if epsilon is None else {}}
         declarations = fed.describe(request)
+        spent_before = {
+            fed.names[c]: float(d["spent"])
+            for c, d in declarations.items()
+            if isinstance(d.get("spent"), int | float)
+        }
         decl = merge_declarations(p, [declarations[c] for c in fed.cids])
         options = {
             "secure": secure,
@@ -460,6 +473,7 @@ def query(
             "mechanism": mechanism,
             "precision": precision,
             "analyst": analyst,
+            "spent_before": spent_before,
         }
         return _Query(fed, p, decl, options).execute()
     finally:
