@@ -172,6 +172,18 @@ class Budget:
             self._ledger, self._spent = ledger, after
             return after
 
+    def record(self, dp_event: dpa.DpEvent) -> float:
+        """Record an event already released, even past the budget; return the epsilon spent.
+
+        For an analyst: a repeated query is free only if every site answers it from
+        its cache; one that a site answered afresh (its cache had let it go, or it
+        restarted) is recorded after the fact, since its answer is out.
+        """
+        with self._lock:
+            self._ledger = self._ledger.add(dp_event)
+            self._spent = self._ledger.epsilon(self.delta)
+            return self._spent
+
     def to_json(self) -> dict[str, Any]:
         """The limit, delta, epsilon spent and the ledger, as a JSON-ready dict."""
         with self._lock:
@@ -252,18 +264,6 @@ class Analyst(Budget):
         spent = self.charge(dp_event)
         self._charged.add(key)
         return spent
-
-    def record(self, dp_event: dpa.DpEvent) -> float:
-        """Record an event already released, even past the budget; return the epsilon spent.
-
-        A repeated query is free only if every site answers it from its cache; one
-        that a site answered afresh (its cache had let it go, or it restarted) is
-        recorded after the fact, since its answer is out.
-        """
-        with self._lock:
-            self._ledger = self._ledger.add(dp_event)
-            self._spent = self._ledger.epsilon(self.delta)
-            return self._spent
 
     def to_json(self) -> dict[str, Any]:
         """:meth:`Budget.to_json` and the queries already charged (so a repeat stays free)."""

@@ -14,6 +14,7 @@ import math
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -22,6 +23,7 @@ import numpy as np
 from covey import secagg
 from covey.analytics import _dp
 from covey.analytics._compute import Computed, SortedValues, compute
+from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
 from covey.analytics._sql import Plan, QueryError, plan
@@ -215,6 +217,9 @@ class Site(Client):
             the same name in that SQLite database).
         policy: What the site answers; without one it answers nothing.
         name: How the site calls itself in answers.
+        ledger: A JSON file where the site keeps its DP budget (None: in memory
+            only). Read when the site starts, rewritten after every charge before
+            the answer leaves, so a restarted site goes on from what it spent.
 
     Example:
         >>> import pandas as pd
@@ -224,7 +229,12 @@ class Site(Client):
     """
 
     def __init__(
-        self, tables: Mapping[str, Any], policy: Policy | None = None, *, name: str = "site"
+        self,
+        tables: Mapping[str, Any],
+        policy: Policy | None = None,
+        *,
+        name: str = "site",
+        ledger: str | Path | None = None,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a covey.analytics.Policy, got {type(policy).__name__}")
@@ -233,14 +243,17 @@ class Site(Client):
         self._con = load_tables(tables)
         self._tables = set(tables)
         self._columns = {t: columns(self._con, t) for t in tables}
-        self.budget = _dp.Budget(
-            policy.epsilon if policy else None,
-            policy.delta if policy else 1e-6,
-            owner="the site",
-        )
+        self.ledger_file = None if ledger is None else Path(ledger)
+        limit, delta = (policy.epsilon, policy.delta) if policy else (None, 1e-6)
+        if self.ledger_file is None:
+            self.budget = _dp.Budget(limit, delta, owner="the site")
+        else:
+            self.budget = load_budget(self.ledger_file, limit, delta)
+            save_budget(self.budget, self.ledger_file)  # a folder it cannot write fails now
         self._cache: dict[str, dict[str, Any]] = {}
         self._sorted: dict[str, SortedValues] = {}
         self._lock = threading.Lock()
+        self._charging = threading.Lock()
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def properties(self) -> dict[str, Any]:
@@ -372,7 +385,10 @@ class Site(Client):
                     f"the noise for {s['op']} assumes sensitivity {declared}, below this "
                     f"site's {mine}"
                 )
-        spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
+        with self._charging:  # the file follows the ledger, one charge at a time
+            spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
+            if self.ledger_file is not None:
+                save_budget(self.budget, self.ledger_file)
         for s, v in zip(stats, vectors, strict=True):
             scale = multiplier * float(s["sensitivity"])
             v += _dp.noise_share(mechanism, scale, shares, v.size, self._rng).reshape(v.shape)
