@@ -172,3 +172,22 @@ def test_a_forged_request_naming_a_column_twice_over_is_refused_cleanly() -> Non
                 "dp": None,
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("multiplier", "sensitivity"), [(float("nan"), 1.0), (float("inf"), 1.0), (1.0, float("inf"))]
+)
+def test_a_noise_request_that_is_not_a_number_is_refused(
+    multiplier: float, sensitivity: float
+) -> None:
+    site = Site({"t": _frame()}, Policy(min_group_size=5, epsilon=10.0))
+    request = {
+        "sql": "SELECT COUNT(*) FROM t",
+        "secure": False,
+        "domains": {},
+        "stats": [{"op": "count", "sensitivity": sensitivity}],
+        "dp": {"mechanism": "laplace", "multiplier": multiplier, "shares": 1},
+    }
+    with pytest.raises(PolicyError, match="bad noise request"):
+        site.answer(request)
+    assert site.epsilon_spent == 0.0

@@ -375,11 +375,13 @@ class Site(Client):
     ) -> float:
         mechanism, multiplier = str(dp["mechanism"]), float(dp["multiplier"])
         shares = int(dp["shares"])
-        if multiplier <= 0 or not 1 <= shares <= 100_000:
+        if not (0 < multiplier < math.inf and 1 <= shares <= 100_000):
             raise PolicyError(f"bad noise request: multiplier {multiplier}, {shares} shares")
         for s in stats:
             mine = sensitivity(s, bounds, mechanism)
             declared = float(s.get("sensitivity", -1.0))
+            if not math.isfinite(declared):
+                raise PolicyError(f"bad noise request: sensitivity {declared} for {s['op']}")
             if declared < mine * (1 - 1e-12):
                 raise PolicyError(
                     f"the noise for {s['op']} assumes sensitivity {declared}, below this "
