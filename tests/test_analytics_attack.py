@@ -191,3 +191,12 @@ def test_a_noise_request_that_is_not_a_number_is_refused(
     with pytest.raises(PolicyError, match="bad noise request"):
         site.answer(request)
     assert site.epsilon_spent == 0.0
+
+
+def test_a_site_that_withholds_a_group_does_not_make_its_min_zero() -> None:
+    policy = Policy(bounds={"x": (0, 100)}, min_group_size=10, min_max=["x"])
+    few = Site({"t": pd.DataFrame({"x": [70.0] * 3})}, policy, name="few")
+    many = Site({"t": pd.DataFrame({"x": [50.0] * 20})}, policy, name="many")
+    df = query([few, many], "SELECT MIN(x), MAX(x) FROM t", secure=False)
+    # the 3 rows are withheld; no value is 0
+    assert df.iloc[0].tolist() == [50.0, 50.0]
