@@ -200,3 +200,13 @@ def test_a_site_that_withholds_a_group_does_not_make_its_min_zero() -> None:
     df = query([few, many], "SELECT MIN(x), MAX(x) FROM t", secure=False)
     # the 3 rows are withheld; no value is 0
     assert df.iloc[0].tolist() == [50.0, 50.0]
+
+
+def test_approx_count_distinct_only_on_columns_the_policy_lists() -> None:
+    # 10 records selected: the buckets set are the hashes of their 10 salaries
+    sql = "SELECT APPROX_COUNT_DISTINCT(salary) FROM t WHERE id < 10"
+    with pytest.raises(PolicyError, match="does not count the distinct values of 'salary'"):
+        query(_sites(False), sql, secure=False)
+    listed = Policy(bounds={"salary": (0, 2e5)}, min_group_size=10, distinct=["salary"])
+    df = query([Site({"t": _frame()}, listed)], sql, secure=False)
+    assert df.iloc[0, 0] == pytest.approx(10, abs=0.5)

@@ -45,7 +45,16 @@ def load_policy(path: Path | None) -> Any:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--policy") from None
     table = data.get("policy", data)
-    known = {"tables", "columns", "bounds", "domains", "min_group_size", "epsilon", "min_max"}
+    known = {
+        "tables",
+        "columns",
+        "bounds",
+        "domains",
+        "min_group_size",
+        "epsilon",
+        "min_max",
+        "distinct",
+    }
     unknown = sorted(set(table) - known - {"delta"})
     if unknown:
         raise typer.BadParameter(f"unknown policy settings {unknown}", param_hint="--policy")
