@@ -210,3 +210,14 @@ def test_approx_count_distinct_only_on_columns_the_policy_lists() -> None:
     listed = Policy(bounds={"salary": (0, 2e5)}, min_group_size=10, distinct=["salary"])
     df = query([Site({"t": _frame()}, listed)], sql, secure=False)
     assert df.iloc[0, 0] == pytest.approx(10, abs=0.5)
+
+
+def test_a_closed_column_and_a_missing_one_are_refused_alike() -> None:
+    site = Site({"t": _frame()}, Policy(columns=["sex", "age"], bounds={"age": (0, 120)}))
+    reasons = []
+    for col in ("salary", "no_such_column"):  # salary exists at the site, but is not open
+        with pytest.raises(PolicyError) as info:
+            query([site], f"SELECT COUNT(*) FROM t WHERE {col} > 3", secure=False)  # noqa: S608
+        reasons.append(str(info.value).replace(col, "COL"))
+    assert reasons[0] == reasons[1]
+    assert "is not open" in reasons[0]

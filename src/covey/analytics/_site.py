@@ -269,6 +269,10 @@ class Site(Client):
         if self.policy is None:
             raise PolicyError("this site has no policy, so it answers nothing")
         p = plan(str(request["sql"]))
+        # the policy first: what it does not open is refused alike, whether the
+        # site has it or not, so a refusal does not tell which columns exist
+        dp = request.get("dp")
+        self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
         if p.table not in self._tables:
             raise PolicyError(f"this site has no table {p.table!r}")
         known = self._columns[p.table]
@@ -276,8 +280,6 @@ class Site(Client):
             if col not in known:
                 raise PolicyError(f"table {p.table!r} has no column {col!r} at this site")
         _check_numeric(p, known)
-        dp = request.get("dp")
-        self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
         return self.policy, p
 
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
