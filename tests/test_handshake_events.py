@@ -154,3 +154,22 @@ def test_one_hosts_failures_are_reported_each_then_at_powers_of_two() -> None:
     counts = [int(detail.rsplit("failure ", 1)[1].split()[0]) for _, _, detail in seen[:-1]]
     assert counts == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32]
     assert seen[-1][0] == "ipv6:[::1]:5"
+
+
+def test_connections_past_the_reading_budget_are_counted_not_traced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covey.transport.grpc import _handshakes
+
+    monkeypatch.setattr(_handshakes, "BUDGET", 0.0)
+    watch = _handshakes.HandshakeWatch(lambda *event: None)
+    watch.port = 1
+    try:
+        with caplog.at_level("WARNING", logger="covey"):
+            for _ in range(5):
+                watch.fetch()
+    finally:
+        watch.close()
+    assert watch.untraced == (5 if watch.enabled else 0)
+    if watch.enabled:
+        assert [r.getMessage().split()[0] for r in caplog.records] == ["1", "2", "4"]

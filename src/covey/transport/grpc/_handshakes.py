@@ -41,8 +41,10 @@ TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 ESTABLISHED = "01"
 POLL = 0.2
 """Seconds between checks of the connections waiting to be settled."""
-MAX_SNAPSHOTS = 50
-"""Most kernel-table reads a second by :meth:`HandshakeWatch.fetch`; past it, counted only."""
+BUDGET = 0.05
+"""Most seconds a second spent reading the kernel's table in :meth:`HandshakeWatch.fetch`
+(past it, new connections are counted, not traced), and the share of its time the
+background thread spends settling."""
 FIRST_REPORTED = 8
 """Failures of one host reported each; after them, only the 16th, 32nd, 64th..."""
 MAX_HOSTS = 10_000
@@ -152,7 +154,7 @@ class HandshakeWatch:
         self._settled: set[Peer] = set()
         self._streams: set[Peer] = set()
         self._failures: dict[str, int] = {}
-        self._reads: list[float] = []
+        self._reads: list[tuple[float, float]] = []  # (when, seconds) of recent reads
         self.untraced = 0
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -195,15 +197,22 @@ class HandshakeWatch:
             return
         now = time.monotonic()
         with self._lock:
-            self._reads = [t for t in self._reads if now - t < 1.0]
-            if len(self._reads) >= MAX_SNAPSHOTS:
+            self._reads = [(t, d) for t, d in self._reads if now - t < 1.0]
+            if sum(d for _, d in self._reads) >= BUDGET:
                 self.untraced += 1
+                if not self.untraced & (self.untraced - 1):
+                    logger.warning(
+                        "%d new connections came too fast to trace: failed handshakes "
+                        "among them are not recorded",
+                        self.untraced,
+                    )
                 return
-            self._reads.append(now)
         peers = _kernel_peers(self.port)
+        took = time.monotonic() - now
         if peers is None:
             return
         with self._lock:
+            self._reads.append((now, took))
             for peer in peers - self._settled:
                 self._pending.setdefault(peer, now)
         self._wake.set()
@@ -212,9 +221,12 @@ class HandshakeWatch:
         while not self._closed.is_set():
             self._wake.wait()
             self._wake.clear()
-            while not self._closed.wait(POLL):
+            pause = POLL
+            while not self._closed.wait(pause):
+                began = time.monotonic()
                 if not self._settle():
                     break
+                pause = max(POLL, (time.monotonic() - began) / BUDGET)
 
     def _settle(self) -> bool:
         """Settle what can be settled; True while connections remain pending."""
