@@ -221,3 +221,16 @@ def test_a_closed_column_and_a_missing_one_are_refused_alike() -> None:
         reasons.append(str(info.value).replace(col, "COL"))
     assert reasons[0] == reasons[1]
     assert "is not open" in reasons[0]
+
+
+@pytest.mark.parametrize("low", [float("-inf"), float("nan"), "inf"])
+def test_a_survival_start_that_is_not_a_number_cannot_name_a_closed_column(low: Any) -> None:
+    # "-inf" written into the SQL would read the column named inf, which the policy closes
+    frame = pd.DataFrame({"time": [1.0] * 20, "event": [1] * 20, "inf": [5.0] * 10 + [-5.0] * 10})
+    policy = Policy(
+        columns=["time", "event"], bounds={"time": (0, 10), "event": (0, 1)}, min_group_size=1
+    )
+    stat = {"op": "km", "col": "time", "event": "event", "low": low, "step": 1.0, "points": 10}
+    reply = _forged(Site({"t": frame}, policy), "SELECT KAPLAN_MEIER(time, event, 1) FROM t", stat)
+    assert "vectors" not in reply
+    assert "does not ask for" in reply["refused"]

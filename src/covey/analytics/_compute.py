@@ -255,6 +255,9 @@ class _Stage:
         return out
 
     def survival(self, col: str, event: str, low: float, step: float, points: int) -> np.ndarray:
+        if not (math.isfinite(low) and math.isfinite(step) and step > 0):
+            # they are written into the SQL: "inf" or "nan" there would name a column
+            raise ValueError(f"a survival curve needs a finite start and step, got {low}, {step}")
         out = np.zeros((self.groups, 2, points + 1))
         t = _clip(col, self.bounds)
         k = f"LEAST(GREATEST(CAST(CEIL(({t} - {low!r}) / {step!r}) AS BIGINT), 0), {points})"

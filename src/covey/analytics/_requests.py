@@ -63,7 +63,10 @@ def _serves(a: Aggregate, stat: Mapping[str, Any]) -> bool:
     if op == "bins" and a.func == "histogram":
         return _histogram_bins(a, stat)
     if op == "km":
-        return stat.get("event") == str(a.args[0]) and _same(stat.get("step"), float(a.args[1]))
+        low = stat.get("low")
+        finite = isinstance(low, int | float) and math.isfinite(low)
+        same = stat.get("event") == str(a.args[0]) and _same(stat.get("step"), float(a.args[1]))
+        return finite and same
     return True
 
 
