@@ -181,3 +181,23 @@ def test_heterogeneous_clients_are_recorded_as_they_behaved(backend: str) -> Non
             sum(c / 10 * n[c] for c in n) / sum(n.values())
         )
     np.testing.assert_allclose(result.weights["w"], np.full(2, w))
+
+
+@pytest.mark.parametrize(("deadline", "per_round"), [(3.5, 3.5), (None, 5.0)])
+def test_a_synchronous_round_records_the_simulated_time_it_took(
+    deadline: float | None, per_round: float
+) -> None:
+    # Client k's fit takes k simulated seconds: with a deadline of 3.5 s a round
+    # lasts until the deadline (clients 4 and 5 are stragglers); without one, it
+    # lasts as long as its slowest client.
+    result = covey.simulate(
+        Counting,
+        6,
+        3,
+        covey.FedAvg(min_fit_clients=2, fraction_evaluate=0.0),
+        {"w": np.zeros(1)},
+        client_durations=lambda cid, rng: float(cid),
+        round_deadline=deadline,
+    )
+    clocks = [r.aggregate_info["clock"] for r in result.history.rounds[1:]]
+    assert clocks == [per_round, 2 * per_round, 3 * per_round]
