@@ -17,6 +17,8 @@ import pytest
 from scipy import stats
 
 import covey
+from covey.core._messages import Scalar
+from covey.sim._simulate import Backend
 
 
 class Counting(covey.Client):
@@ -126,7 +128,7 @@ class Uneven(covey.Client):
         if self.cid == 2 and self._bad_round():
             raise RuntimeError(f"out of memory in fit {self.fits}")
         n = 0 if self.cid == 3 else self.cid + 1
-        metrics = {"a": float(self.cid), f"only{self.cid}": 1.0}
+        metrics: dict[str, Scalar] = {"a": float(self.cid), f"only{self.cid}": 1.0}
         return covey.FitResult(
             weights={"w": weights["w"] + self.cid}, num_examples=n, metrics=metrics
         )
@@ -138,7 +140,7 @@ class Uneven(covey.Client):
 
 
 @pytest.mark.parametrize("backend", ["inline", "process"])
-def test_heterogeneous_clients_are_recorded_as_they_behaved(backend: str) -> None:
+def test_heterogeneous_clients_are_recorded_as_they_behaved(backend: Backend) -> None:
     result = covey.simulate(
         Uneven, 5, 4, covey.FedAvg(min_fit_clients=2), {"w": np.zeros(2)}, backend=backend
     )
