@@ -16,6 +16,7 @@ import pytest
 
 import covey
 from _live import Joined, Raw, Served
+from covey.core._messages import Scalar
 from covey.server._store import RunStore
 from covey.transport.grpc import _client
 from covey.transport.grpc._frames import PROTOCOL
@@ -362,3 +363,86 @@ def test_a_client_cut_off_mid_upload_fails_naming_what_it_sent() -> None:
         reply.error
         == "client disconnected in the middle of its reply (1000 of 4096 bytes received)"
     )
+
+
+def test_a_client_joining_mid_run_is_sampled_from_the_next_round_on() -> None:
+    joined_late = threading.Event()
+    in_round_2 = threading.Event()
+
+    class Waiting(Site):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            if config["round"] == 2:  # round 2 is sampled: let the third client in now
+                in_round_2.set()
+                assert joined_late.wait(60)
+            return super().fit(weights, config)
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        if name == "slow" and event == "join":
+            joined_late.set()
+
+    served = Served(_strategy(min_fit_clients=2, min_available_clients=2), 3, on_event=on_event)
+    joined = [Joined(served.port, Waiting("a"), name="a"), Joined(served.port, Site("b"), name="b")]
+    try:
+        assert in_round_2.wait(30)
+        joined.append(Joined(served.port, Site("slow"), name="slow"))
+        result = served.join(60)
+    finally:
+        joined_late.set()
+        for client in joined:
+            client.join(30)
+    history = result.history
+    ids = {name: cid for cid, name in history.clients.items()}
+    first_two = sorted([ids["a"], ids["b"]])
+    assert [r.fit_participants for r in history.rounds[1:]] == [
+        first_two,
+        first_two,
+        sorted(ids.values()),
+    ]
+
+
+class Evaluating(Site):
+    """Evaluates to loss ``SIZES[name]`` on ``10 * SIZES[name]`` examples; "b" fails once."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.evaluations = 0
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        self.evaluations += 1
+        if self.name == "b" and self.evaluations == 1:
+            raise OSError("the test set is not mounted")
+        n = SIZES[self.name]
+        metrics: dict[str, Scalar] = {"acc": n / 10, f"only_{self.name}": 1.0}
+        return covey.EvaluateResult(loss=float(n), num_examples=10 * n, metrics=metrics)
+
+
+def test_federated_evaluation_deployed_is_weighted_by_examples_and_records_failures() -> None:
+    strategy = _strategy(
+        min_fit_clients=3, min_available_clients=3, fraction_evaluate=1.0, min_evaluate_clients=2
+    )
+    served = Served(strategy, 2)
+    joined = [Joined(served.port, Evaluating(name), name=name) for name in SIZES]
+    result = served.join(60)
+    for client in joined:
+        client.join(30)
+    history = result.history
+    for record in history.rounds[1:]:
+        names = [history.name_of(c) for c in record.evaluate_participants]
+        failed = [(f.name, f.stage, f.error) for f in record.evaluate_failures]
+        if record.round == 1:
+            assert failed == [("b", "evaluate", "OSError: the test set is not mounted")]
+        else:
+            assert failed == []
+        assert sorted(names) == sorted(set(SIZES) - {f[0] for f in failed})
+        n = {name: 10 * SIZES[name] for name in names}
+        assert record.evaluate_examples == sum(n.values())
+        total = sum(n.values())
+        assert record.evaluate_loss == pytest.approx(
+            sum(SIZES[k] * v for k, v in n.items()) / total
+        )
+        assert record.evaluate_metrics["acc"] == pytest.approx(
+            sum(SIZES[k] / 10 * v for k, v in n.items()) / total
+        )
+        assert {k for k in record.evaluate_metrics if k.startswith("only_")} == {
+            f"only_{name}" for name in names
+        }
