@@ -19,7 +19,7 @@ from _live import Joined, Raw, Served
 from covey.core._messages import Scalar
 from covey.server._store import RunStore
 from covey.transport.grpc import _client
-from covey.transport.grpc._frames import PROTOCOL
+from covey.transport.grpc._frames import PROTOCOL, server_message
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -446,3 +446,40 @@ def test_federated_evaluation_deployed_is_weighted_by_examples_and_records_failu
         assert {k for k in record.evaluate_metrics if k.startswith("only_")} == {
             f"only_{name}" for name in names
         }
+
+
+def test_an_asynchronous_run_queues_no_tasks_behind_a_straggler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tasks: list[int] = []  # the task headers the slow site received
+    control = _client._Session._control
+
+    def counting(self: Any, frame: bytes, result: Any) -> Any:
+        if self.hello.name == "slow" and server_message(frame).WhichOneof("body") == "task":
+            tasks.append(server_message(frame).task.task_id)
+        return control(self, frame, result)
+
+    monkeypatch.setattr(_client._Session, "_control", counting)
+    gate = threading.Event()
+    strategy = covey.FedBuff(
+        buffer_size=2, concurrency=3, min_available_clients=3, on_fit_config=lambda r: {"round": r}
+    )
+    # Many quick updates by "a" and "b": "slow" times out (0.1 s) and is given a new
+    # task again and again while it still works on its first.
+    served = Served(strategy, 300, round_timeout=0.1)
+    slow = Site("slow", gate)
+    joined = [Joined(served.port, Site(n), name=n) for n in ("a", "b")]
+    joined.append(Joined(served.port, slow, name="slow"))
+    try:
+        result = served.join(60)
+    finally:
+        gate.set()  # only once the run is over
+        for client in joined:
+            client.join(30)
+    failures = [f for r in result.history.rounds for f in r.fit_failures if f.name == "slow"]
+    assert len(failures) >= 2
+    assert all(f.error == "no reply in time" for f in failures)
+    # The slow site was given its first task and, while it worked on it, no other:
+    # each later one waited on the server until its deadline.
+    assert slow.rounds == [1]
+    assert len(tasks) == 1

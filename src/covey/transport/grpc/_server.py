@@ -70,6 +70,10 @@ class GrpcServerTransport:
         self._async = Sink()
         # cid -> (task_id, kind, deadline) of tasks submitted asynchronously
         self._inflight: dict[int, tuple[int, str, float | None]] = {}
+        # cid -> (task_id, task, weights) submitted while it was busy: sent once it is free
+        self._deferred: dict[int, tuple[int, Task, _codec.Encoded | None]] = {}
+        self._late = Sink()  # where the replies to cancelled tasks go: nowhere
+        self._late.open = False
         self._broadcast: tuple[Weights | None, _codec.Encoded | None] = (None, None)
         self._extras: tuple[Any, _codec.Encoded | None] = (None, None)
         self._service = FederationService(self._registry, tls, heartbeat, max_inflight)
@@ -168,18 +172,33 @@ class GrpcServerTransport:
         return time.monotonic()
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
-        """Push ``task`` to client ``cid`` now; its reply comes from :meth:`next_reply`."""
+        """Push ``task`` to client ``cid``; its reply comes from :meth:`next_reply`.
+
+        A client still working on a task whose time ran out gets the new one once
+        it has replied to the old (within ``timeout``): never two at once.
+        """
         blob = self._encode(task.weights)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            task_id = next(self._task_ids)
+            self._inflight[cid] = (task_id, task.kind, deadline)
+        self._submit(cid, task_id, task, blob)
+
+    def _submit(self, cid: int, task_id: int, task: Task, blob: _codec.Encoded | None) -> None:
+        """Send submitted task ``task_id`` now, or once ``cid`` is free; drop it if cancelled."""
+        with self._lock:
+            entry = self._inflight.get(cid)
+            if entry is None or entry[0] != task_id:
+                return  # cancelled (timed out) while it waited
             conn = self._fleet.get(cid)
             if conn is None or not conn.alive:
                 self._async.replies.put(Reply(cid, task.kind, error="client is not connected"))
-                self._inflight[cid] = (0, task.kind, None)
                 return
-            task_id = next(self._task_ids)
-            conn.pending[task_id] = (self._async, task.kind)
-            self._inflight[cid] = (task_id, task.kind, deadline)
+            if conn.wait_until_free(self._async):
+                self._deferred[cid] = (task_id, task, blob)
+                return
+            with conn.lock:
+                conn.pending[task_id] = (self._async, task.kind)
         conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
@@ -209,19 +228,32 @@ class GrpcServerTransport:
                     return None
                 continue
             with self._lock:
-                entry = self._inflight.get(reply.cid)
-                if entry is None or entry[1] != reply.kind:
-                    continue  # cancelled meanwhile
-                del self._inflight[reply.cid]
-            return reply
+                if reply.kind == FREED:  # a busy client is free: send what waits for it
+                    waiting = self._deferred.pop(reply.cid, None)
+                else:
+                    waiting = None
+                    entry = self._inflight.get(reply.cid)
+                    if entry is None or entry[1] != reply.kind:
+                        continue  # cancelled meanwhile
+                    del self._inflight[reply.cid]
+            if reply.kind != FREED:
+                return reply
+            if waiting is not None:
+                self._submit(reply.cid, *waiting)
 
     def cancel(self, cid: int) -> None:
-        """Forget ``cid``'s submitted task: a reply that still comes is dropped."""
+        """Forget ``cid``'s submitted task: a reply that still comes is dropped.
+
+        Until that reply comes, the client counts as busy (:meth:`submit`).
+        """
         with self._lock:
             entry = self._inflight.pop(cid, None)
+            self._deferred.pop(cid, None)
             conn = self._fleet.get(cid)
         if entry is not None and conn is not None:
-            conn.take(entry[0])
+            with conn.lock:
+                if entry[0] in conn.pending:
+                    conn.pending[entry[0]] = (self._late, entry[1])
 
     def close(self, reason: str = "the run is over") -> None:
         """Say goodbye to every client and stop the server."""
