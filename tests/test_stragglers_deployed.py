@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from covey.core._messages import Scalar
 from covey.server._store import RunStore
 from covey.transport.grpc import _client
 from covey.transport.grpc._frames import PROTOCOL, server_message
+from covey.transport.grpc._registry import Connection, Registry, Sink
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -359,9 +361,12 @@ def test_a_client_cut_off_mid_upload_fails_naming_what_it_sent() -> None:
     finally:
         transport.close()
     assert reply is not None
-    assert (
-        reply.error
-        == "client disconnected in the middle of its reply (1000 of 4096 bytes received)"
+    # A lost connection reads as such; one whose stream gRPC ended in order (it
+    # may, for a cancelled call) as a reply cut short. Either names what came.
+    assert reply.error in (
+        "client disconnected in the middle of its reply (1000 of 4096 bytes received)",
+        "client disconnected: it broke the protocol (its stream ended in the middle of a "
+        "reply to task 1 (1000 of 4096 bytes received))",
     )
 
 
@@ -483,3 +488,24 @@ def test_an_asynchronous_run_queues_no_tasks_behind_a_straggler(
     # each later one waited on the server until its deadline.
     assert slow.rounds == [1]
     assert len(tasks) == 1
+
+
+class _Context:
+    """The part of a gRPC servicer context a dropped connection uses."""
+
+    def cancel(self) -> None:
+        """Nothing to cancel."""
+
+
+def test_a_connection_lost_mid_reply_fails_its_task_naming_the_bytes_that_came() -> None:
+    events: list[tuple[str, str, str]] = []
+    registry = Registry(on_event=lambda *event: events.append(event))
+    conn = Connection("flaky", 0, _Context())
+    registry.add(conn)
+    sink = Sink()
+    conn.pending[7] = (sink, "fit")
+    conn.upload = SimpleNamespace(filled=1000, size=4096)  # as the reader left it
+    registry.drop(conn, "disconnected")  # gRPC saw the connection go first
+    why = "disconnected in the middle of its reply (1000 of 4096 bytes received)"
+    assert sink.replies.get_nowait().error == f"client {why}"
+    assert events == [("flaky", "leave", why)]
