@@ -124,6 +124,13 @@ def _run_batch(
     return True
 
 
+_SEGFAULT_HINT = (
+    ": a segmentation fault. A write into the read-only global weights does this: the "
+    "worker maps them read-only, and torch.from_numpy, ctypes or a compiled extension "
+    "ignore NumPy's read-only flag; copy before writing (torch.tensor(array), array.copy())"
+)
+
+
 class _Worker:
     __slots__ = ("conn", "prefix", "process")
 
@@ -298,7 +305,8 @@ class ProcessTransport:
             process.kill()
             process.join(5.0)
         _shm.sweep(worker.prefix)
-        return f"worker process {why} (exit code {process.exitcode})"
+        hint = _SEGFAULT_HINT if process.exitcode == -signal.SIGSEGV else ""
+        return f"worker process {why} (exit code {process.exitcode}{hint})"
 
     def _stop_late(
         self, w: int, late: dict[int, None], tasks: Mapping[int, Task], timeout: float | None

@@ -33,6 +33,7 @@ from covey.aggregate import (
 )
 from covey.aggregate._clip import polynomial_staleness
 from covey.core._messages import Config
+from covey.strategies._names import not_a_class
 from covey.strategies._strategy import Strategy, StrategyOptions, _name_of, _no_config, preset
 
 
@@ -326,3 +327,10 @@ def FedBuff(
         weighted=weighted,
     )
     return replace(strategy, buffer_size=buffer_size, max_staleness=max_staleness)
+
+
+for _preset in (
+    FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg,
+    Krum, MultiKrum, Bulyan, FedRFA, QFedAvg, Scaffold, FedBuff,
+):  # fmt: skip
+    not_a_class(_preset)

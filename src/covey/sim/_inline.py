@@ -1,0 +1,100 @@
+"""The inline backend: every client in this process, one after another, arrays by reference.
+
+Clients receive the global weights as read-only views of the server's own
+arrays, with no copy. NumPy refuses writes through them, but a library that
+ignores NumPy's read-only flag (``torch.from_numpy``, ctypes, some compiled
+extensions) can still write into that memory: the global model, and the model
+every later client of the round trains from, would change silently. The
+transport therefore checksums the weights a round hands out before its first
+client runs and after its last, and stops the run if they changed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from covey.clients._client import ClientFn, build_client, run_task
+from covey.core._messages import Reply, Task
+from covey.core._weights import Weights
+from covey.transport._memory import MemoryTransport
+
+
+def checksum(weights: Weights) -> int:
+    """A CRC-32 of every array's bytes, in the order of the mapping (O(model), no copy)."""
+    crc = 0
+    for array in weights.values():
+        data = array.data if array.flags.c_contiguous else array.tobytes()
+        crc = zlib.crc32(data, crc)
+    return crc
+
+
+class InlineTransport(MemoryTransport):
+    """A :class:`MemoryTransport` that stops the run if clients change the weights they share.
+
+    Args:
+        clients: The ids of the clients this transport serves.
+        handler: ``(cid, task) -> Reply``.
+    """
+
+    def exchange(
+        self, tasks: Mapping[int, Task], *, timeout: float | None = None
+    ) -> Iterator[Reply]:
+        """Run the tasks as :meth:`MemoryTransport.exchange`, then check the weights sent.
+
+        Raises:
+            RuntimeError: once the last reply is taken, if the weights the tasks
+                carried changed while the clients ran.
+        """
+        shared: dict[int, tuple[Weights, int]] = {}
+        for task in tasks.values():
+            if task.weights is not None and id(task.weights) not in shared:
+                shared[id(task.weights)] = (task.weights, checksum(task.weights))
+        yield from super().exchange(tasks, timeout=timeout)
+        for weights, before in shared.values():
+            if checksum(weights) != before:
+                raise RuntimeError(_changed(tasks))
+
+
+def _changed(tasks: Mapping[int, Task]) -> str:
+    """The error for global weights that a client wrote into although they are read-only."""
+    first = next(iter(tasks.values()))
+    cids = sorted(tasks)
+    who = ", ".join(str(c) for c in cids[:10]) + (", ..." if len(cids) > 10 else "")
+    return (
+        f"round {first.round}: the global weights changed in place while clients {who} ran "
+        f"their {first.kind} task. A client wrote into the read-only arrays it was given "
+        "through a library that ignores NumPy's read-only flag (torch.from_numpy, ctypes, "
+        "a compiled extension), so the global model and what later clients trained from "
+        "are not what the server sent; the run stops. Copy before writing: "
+        "torch.tensor(array) rather than torch.from_numpy(array), or array.copy()"
+    )
+
+
+def inline_transport(
+    client_fn: ClientFn, num_clients: int, client_cache: int | None = None
+) -> MemoryTransport:
+    """A transport running every client in this process, sequentially, without serialization.
+
+    Each client is built by ``client_fn`` the first time it is needed and reused
+    in later rounds, as the process backend does; with ``client_cache`` set, only
+    that many recently used clients stay built (0: a client is built per task).
+    The weights of each exchange are checked after it (see :class:`InlineTransport`).
+    """
+    clients: OrderedDict[int, Any] = OrderedDict()
+
+    def handler(cid: int, task: Task) -> Reply:
+        client = clients.get(cid)
+        if client is None:
+            client = build_client(client_fn, cid)
+            if client_cache != 0:
+                clients[cid] = client
+                if client_cache is not None and len(clients) > client_cache:
+                    clients.popitem(last=False)
+        elif client_cache is not None:
+            clients.move_to_end(cid)
+        return run_task(client, cid, task)
+
+    return InlineTransport(range(num_clients), handler)

@@ -1,0 +1,223 @@
+"""Habits a Flower user brings to covey: each works, or fails with an error naming covey's way."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import EvaluateResult, FitResult
+
+
+def init() -> dict[str, np.ndarray]:
+    """A fresh model: the inline backend lends clients the caller's own arrays."""
+    return {"w": np.zeros(4)}
+
+
+class AddOne(covey.Client):
+    """Trains by adding one to every weight; evaluates to the mean weight."""
+
+    def __init__(self, cid: int = 0) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=10)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=float(weights["w"].mean()), num_examples=10)
+
+
+def _fit_failures(exc: covey.FederationError) -> list[str]:
+    return [f.error for r in exc.history.rounds for f in r.fit_failures]
+
+
+def _run(client_fn: Any, **kwargs: Any) -> covey.sim.SimulationResult:
+    strategy = kwargs.pop("strategy", covey.FedAvg(fraction_evaluate=0.0))
+    return covey.simulate(client_fn, 3, kwargs.pop("rounds", 1), strategy, init(), **kwargs)
+
+
+# -- what fit and evaluate return ---------------------------------------------------------
+
+
+def test_numpy_integer_example_counts_are_taken_as_ints() -> None:
+    """``len(mask.nonzero()[0])`` is an int, ``mask.sum()`` a np.int64: both count examples."""
+    fit = FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(7))
+    ev = EvaluateResult(loss=np.float32(0.5), num_examples=np.int32(3))
+    assert (fit.num_examples, ev.num_examples) == (7, 3)
+    assert type(fit.num_examples) is int
+    assert type(ev.num_examples) is int
+    with pytest.raises(ValueError, match="non-negative int"):
+        FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(-1))
+    with pytest.raises(ValueError, match="non-negative int"):
+        FitResult(weights={"w": np.ones(2)}, num_examples=np.float64(3.0))
+
+
+class TupleFit(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> Any:
+        return [np.ones(4)], 10, {}
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> Any:
+        return 0.5, 10, {"accuracy": 1.0}
+
+
+def test_a_flower_style_tuple_from_fit_names_fit_result() -> None:
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: TupleFit())
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("covey.FitResult(weights=" in e and "num_examples=" in e for e in errors), errors
+
+
+def test_a_flower_style_tuple_from_evaluate_names_evaluate_result() -> None:
+    class Mixed(AddOne):
+        evaluate = TupleFit.evaluate
+
+    result = _run(lambda cid: Mixed(), strategy=covey.FedAvg(min_evaluate_clients=0))
+    failures = result.history.rounds[1].evaluate_failures
+    assert len(failures) == 3
+    assert all("covey.EvaluateResult(loss=" in f.error for f in failures), failures
+
+
+# -- client_fn, evaluate_fn and strategy options -----------------------------------------
+
+
+def test_a_client_fn_that_reads_a_flower_context_is_told_it_gets_the_client_id() -> None:
+    def client_fn(context: Any) -> AddOne:
+        return AddOne(int(context.node_config["partition-id"]))
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(client_fn)
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("client_fn(cid)" in e and "partition" in e for e in errors), errors
+
+
+def test_an_evaluate_fn_with_flower_s_three_arguments_is_refused_before_round_one() -> None:
+    calls: list[int] = []
+
+    def evaluate_fn(server_round: int, parameters: Any, config: dict[str, Any]) -> Any:
+        calls.append(server_round)
+        return 0.0, {}
+
+    with pytest.raises(TypeError, match=r"evaluate_fn\(round, weights\).*config"):
+        _run(lambda cid: AddOne(), evaluate_fn=evaluate_fn)
+    assert calls == []
+    # A third argument with a default is fine.
+    ran = _run(lambda cid: AddOne(), evaluate_fn=lambda rnd, weights, config=None: (1.0, {}))
+    assert [r.central_loss for r in ran.history.rounds] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("flower", "covey_name"),
+    [
+        ("on_fit_config_fn", "on_fit_config"),
+        ("on_evaluate_config_fn", "on_evaluate_config"),
+        ("fit_metrics_aggregation_fn", "fit_metrics"),
+        ("evaluate_metrics_aggregation_fn", "evaluate_metrics"),
+        ("initial_parameters", "initial_weights"),
+        ("evaluate_fn", "simulate"),
+        ("fraction_train", "fraction_fit"),
+        ("min_available_nodes", "min_available_clients"),
+    ],
+)
+def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> None:
+    said = rf"Flower's {flower} is covey's .*\b{covey_name}\b"
+    with pytest.raises(TypeError, match=said):
+        covey.FedAvg(**{flower: None})  # type: ignore[misc]
+    with pytest.raises(TypeError, match=said):
+        covey.Strategy(**{flower: None})  # type: ignore[arg-type]
+
+
+def test_an_unknown_option_is_still_named() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword arguments: \\['colour'\\]"):
+        covey.FedAvg(colour=1)  # type: ignore[call-arg]
+
+
+# -- custom strategies --------------------------------------------------------------------
+
+
+def test_subclassing_a_preset_says_presets_are_functions() -> None:
+    with pytest.raises(TypeError, match=r"covey\.FedAvg is a function.*covey\.Strategy"):
+
+        class SaveModel(covey.FedAvg):  # type: ignore[misc,valid-type]
+            pass
+
+
+@pytest.mark.parametrize("method", ["aggregate_fit", "configure_fit", "aggregate", "evaluate"])
+def test_a_strategy_subclass_defining_a_method_the_loop_never_calls_is_refused(
+    method: str,
+) -> None:
+    with pytest.raises(TypeError, match="aggregator"):
+        type("Mine", (covey.Strategy,), {method: lambda self, *a: None})
+
+
+def test_a_strategy_subclass_overriding_fit_config_configures_each_round() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Recording(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            seen.append(dict(config))
+            return super().fit(weights, config)
+
+    class Decaying(covey.Strategy):
+        def fit_config(self, round: int) -> dict[str, Any]:
+            return {"lr": 0.1 / round}
+
+    strategy = Decaying(fraction_evaluate=0.0, min_fit_clients=1, fraction_fit=1 / 3)
+    _run(lambda cid: Recording(cid), strategy=strategy, rounds=2)
+    assert seen == [{"lr": 0.1, "round": 1}, {"lr": 0.05, "round": 2}]
+
+
+# -- client properties --------------------------------------------------------------------
+
+
+def test_a_client_with_only_get_properties_is_told_covey_calls_properties() -> None:
+    class FlowerProps(AddOne):
+        def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+            return {"site": "a"}
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, where={"site": "a"})
+    with pytest.raises(covey.FederationError, match=r"get_properties.*properties\(\)"):
+        _run(lambda cid: FlowerProps(cid), strategy=strategy)
+
+
+# -- in-place writes into the read-only global weights ----------------------------------
+
+
+def _write_behind_numpy_s_back(array: np.ndarray) -> None:
+    """Write 1.0 into ``array[0]`` as torch.from_numpy would: ignoring the read-only flag."""
+    one = ctypes.c_double(1.0)
+    ctypes.memmove(array.ctypes.data, ctypes.addressof(one), ctypes.sizeof(one))
+
+
+class Scribbler(AddOne):
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            _write_behind_numpy_s_back(weights["w"])
+        return super().fit(weights, config)
+
+
+def test_inline_a_write_that_bypasses_the_read_only_flag_stops_the_run_clearly() -> None:
+    """The global model changed under the clients: the run stops rather than go on corrupted."""
+    with pytest.raises(RuntimeError, match=r"round 1.*changed in place.*torch\.tensor") as info:
+        _run(lambda cid: Scribbler(cid))
+    assert "clients 0, 1, 2" in str(info.value)
+
+
+def test_inline_honest_clients_pass_the_in_place_check() -> None:
+    result = _run(lambda cid: AddOne(cid), rounds=2, strategy=covey.FedAvg())
+    assert result.weights["w"].tolist() == [2.0] * 4
+
+
+@pytest.mark.slow
+def test_process_backend_a_write_into_the_mapped_model_names_the_likely_cause() -> None:
+    """In a worker the model is a read-only mapping: the write is a SIGSEGV, named as such."""
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1)
+    result = _run(lambda cid: Scribbler(cid), strategy=strategy, backend="process", num_workers=2)
+    failures = result.history.rounds[1].fit_failures
+    assert [f.cid for f in failures] == [1]
+    assert "segmentation fault" in failures[0].error
+    assert "read-only" in failures[0].error
