@@ -221,3 +221,17 @@ def test_process_backend_a_write_into_the_mapped_model_names_the_likely_cause() 
     assert [f.cid for f in failures] == [1]
     assert "segmentation fault" in failures[0].error
     assert "read-only" in failures[0].error
+
+
+def test_multikrum_preset_weighs_by_examples_when_asked_as_flower_s_does() -> None:
+    """Flower's MultiKrum averages its choice weighted by examples: ``weighted=True`` here."""
+    results = [
+        FitResult(weights={"w": np.array([v])}, num_examples=n)
+        for v, n in ((0.0, 1), (1.0, 3), (1.1, 1), (0.9, 1), (50.0, 1))
+    ]
+    start = {"w": np.zeros(1)}
+    plain = covey.MultiKrum(f=1, m=3).aggregate(start, results)["w"][0]
+    weighted = covey.MultiKrum(f=1, m=3, weighted=True).aggregate(start, results)["w"][0]
+    assert plain == pytest.approx((1.0 + 1.1 + 0.9) / 3)
+    assert weighted == pytest.approx((3 * 1.0 + 1.1 + 0.9) / 5)
+    assert covey.MultiKrum(f=1, weighted=True).describe()["hyperparameters"]["weighted"] is True

@@ -187,14 +187,20 @@ def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     return preset("Krum", chain(krum(f)), options, f=f)
 
 
-def MultiKrum(*, f: int, m: int | None = None, **options: Unpack[StrategyOptions]) -> Strategy:
+def MultiKrum(
+    *, f: int, m: int | None = None, weighted: bool = False, **options: Unpack[StrategyOptions]
+) -> Strategy:
     """Average the ``m`` updates with the best Krum scores (default ``m = n - f``).
+
+    With ``weighted=True`` the chosen updates are averaged weighted by their
+    number of examples (as Flower's ``Krum(num_clients_to_keep=m)`` does).
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
         Gradient Descent", NeurIPS 2017.
     """
-    return preset("MultiKrum", chain(multi_krum(f, m)), options, f=f, m=m)
+    step = chain(multi_krum(f, m, weighted=weighted))
+    return preset("MultiKrum", step, options, f=f, m=m, weighted=weighted)
 
 
 def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
