@@ -44,15 +44,15 @@ def _run(client_fn: Any, **kwargs: Any) -> covey.sim.SimulationResult:
 
 def test_numpy_integer_example_counts_are_taken_as_ints() -> None:
     """``len(mask.nonzero()[0])`` is an int, ``mask.sum()`` a np.int64: both count examples."""
-    fit = FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(7))
-    ev = EvaluateResult(loss=np.float32(0.5), num_examples=np.int32(3))
+    fit = FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(7))  # type: ignore[arg-type]
+    ev = EvaluateResult(loss=np.float32(0.5), num_examples=np.int32(3))  # type: ignore[arg-type]
     assert (fit.num_examples, ev.num_examples) == (7, 3)
     assert type(fit.num_examples) is int
     assert type(ev.num_examples) is int
     with pytest.raises(ValueError, match="non-negative int"):
-        FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(-1))
+        FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(-1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-negative int"):
-        FitResult(weights={"w": np.ones(2)}, num_examples=np.float64(3.0))
+        FitResult(weights={"w": np.ones(2)}, num_examples=np.float64(3.0))  # type: ignore[arg-type]
 
 
 class TupleFit(covey.Client):
@@ -125,10 +125,11 @@ def test_an_evaluate_fn_with_flower_s_three_arguments_is_refused_before_round_on
 )
 def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> None:
     said = rf"Flower's {flower} is covey's .*\b{covey_name}\b"
+    options: dict[str, Any] = {flower: None}
     with pytest.raises(TypeError, match=said):
-        covey.FedAvg(**{flower: None})  # type: ignore[misc]
+        covey.FedAvg(**options)
     with pytest.raises(TypeError, match=said):
-        covey.Strategy(**{flower: None})  # type: ignore[arg-type]
+        covey.Strategy(**options)
 
 
 def test_an_unknown_option_is_still_named() -> None:
