@@ -236,3 +236,26 @@ def test_multikrum_preset_weighs_by_examples_when_asked_as_flower_s_does() -> No
     assert plain == pytest.approx((1.0 + 1.1 + 0.9) / 3)
     assert weighted == pytest.approx((3 * 1.0 + 1.1 + 0.9) / 5)
     assert covey.MultiKrum(f=1, weighted=True).describe()["hyperparameters"]["weighted"] is True
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(13, dtype=np.float64),
+        np.arange(13, dtype=np.float16),  # 26 bytes: three words and two trailing bytes
+        np.array(2.5),
+        np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2],  # not contiguous
+        np.array([True, False, True]),
+    ],
+    ids=["float64", "float16", "0-d", "strided", "bool"],
+)
+def test_the_inline_fingerprint_sees_a_change_to_any_single_element(array: np.ndarray) -> None:
+    from covey.sim._inline import fingerprint
+
+    before = fingerprint({"a": array})
+    assert fingerprint({"a": array.copy()}) == before
+    flat = array.reshape(-1).copy()
+    for i in range(flat.size):
+        changed = flat.copy()
+        changed[i] = not changed[i] if changed.dtype == bool else changed[i] + 1
+        assert fingerprint({"a": changed.reshape(array.shape)}) != before, i
