@@ -7,9 +7,9 @@ every round), and prints a Markdown table of the largest differences: final
 weights, central loss (rounds 0-3), federated loss, and the aggregated fit and
 evaluate metrics. ``docs/migrating-from-flower.md`` reports the table.
 
-Usage::
+Usage (``--ray`` adds FedAvg run by Flower's ``run_simulation`` on Ray, ~30 s)::
 
-    python benchmarks/flower_parity.py --flower-python .venv-flower/bin/python
+    python benchmarks/flower_parity.py --flower-python .venv-flower/bin/python [--ray]
 """
 
 from __future__ import annotations
@@ -126,8 +126,9 @@ def compare(flower: dict[str, Any], ours: dict[str, Any]) -> dict[str, float]:
     }
     central = _series(flower["losses_centralized"])
     diffs["central loss"] = max(abs(central[r.round] - r.central_loss) for r in rounds)
-    fed = _series(flower["losses_distributed"])
-    diffs["federated loss"] = max(abs(fed[r.round] - r.evaluate_loss) for r in rounds[1:])
+    if "losses_distributed" in flower:  # run_simulation (Ray) returns no History
+        fed = _series(flower["losses_distributed"])
+        diffs["federated loss"] = max(abs(fed[r.round] - r.evaluate_loss) for r in rounds[1:])
     fit = _series(flower["metrics_distributed_fit"]["train_loss"])
     diffs["fit metric"] = max(abs(fit[r.round] - r.fit_metrics["train_loss"]) for r in rounds[1:])
     acc = _series(flower["metrics_distributed"]["accuracy"])
@@ -146,9 +147,10 @@ def compare(flower: dict[str, Any], ours: dict[str, Any]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--flower-python", default=".venv-flower/bin/python")
+    parser.add_argument("--ray", action="store_true", help="also FedAvg on Flower's Ray engine")
     args = parser.parse_args()
     flower_out = subprocess.run(
-        [args.flower_python, str(HERE / "_parity_flower.py")],
+        [args.flower_python, str(HERE / "_parity_flower.py"), *(["--ray"] if args.ray else [])],
         check=True,
         capture_output=True,
         text=True,
@@ -157,9 +159,12 @@ def main() -> None:
     columns = ["weights", "central loss", "federated loss", "fit metric", "evaluate metric"]
     print("| scenario | " + " | ".join(f"max abs diff: {c}" for c in columns) + " |")
     print("|" + " --- |" * (len(columns) + 1))
-    for name, strategy in strategies().items():
-        diffs = compare(flower[name], run_covey(strategy))
-        cells = [f"{diffs[c]:.1e}" for c in columns]
+    runs = [(name, name, strategy) for name, strategy in strategies().items()]
+    if args.ray:
+        runs.append(("FedAvg on Ray", "FedAvg on Ray", covey.FedAvg(**options())))
+    for name, key, strategy in runs:
+        diffs = compare(flower[key], run_covey(strategy))
+        cells = [f"{diffs[c]:.1e}" if c in diffs else "n/a" for c in columns]
         extra = f" (saved models: {diffs['saved models']:.1e})" if "saved models" in diffs else ""
         print(f"| {name}{extra} | " + " | ".join(cells) + " |")
 
