@@ -84,12 +84,16 @@ def test_a_flower_style_tuple_from_evaluate_names_evaluate_result() -> None:
 # -- client_fn, evaluate_fn and strategy options -----------------------------------------
 
 
-def test_a_client_fn_that_reads_a_flower_context_is_told_it_gets_the_client_id() -> None:
-    def client_fn(context: Any) -> AddOne:
-        return AddOne(int(context.node_config["partition-id"]))
+def _context_client_fn(context: Any) -> AddOne:
+    return AddOne(int(context.node_config["partition-id"]))
 
+
+@pytest.mark.parametrize("backend", ["inline", pytest.param("process", marks=pytest.mark.slow)])
+def test_a_client_fn_that_reads_a_flower_context_is_told_it_gets_the_client_id(
+    backend: str,
+) -> None:
     with pytest.raises(covey.FederationError) as info:
-        _run(client_fn)
+        _run(_context_client_fn, backend=backend)
     errors = _fit_failures(info.value)
     assert len(errors) == 3
     assert all("client_fn(cid)" in e and "partition" in e for e in errors), errors
@@ -259,3 +263,23 @@ def test_the_inline_fingerprint_sees_a_change_to_any_single_element(array: np.nd
         changed = flat.copy()
         changed[i] = not changed[i] if changed.dtype == bool else changed[i] + 1
         assert fingerprint({"a": changed.reshape(array.shape)}) != before, i
+
+
+def test_a_ray_actor_refuses_the_replies_of_a_chunk_whose_lent_weights_changed() -> None:
+    """On Ray the server's model is safe, but later clients of the actor trained from the write."""
+    from covey.core import _codec
+    from covey.sim._ray import ClientHost
+
+    host = ClientHost(lambda cid: Scribbler(cid), None)
+    encoded = _codec.encode({"w": np.zeros(4)})  # a bytearray: writable behind the view
+    items: list[Any] = [(cid, "fit", 1, {}, None) for cid in (0, 1, 2)]
+    replies = host.run(7, encoded, items)
+    assert [r.cid for r in replies] == [0, 1, 2]
+    assert all(not r.ok for r in replies)
+    assert all("changed in place" in (r.error or "") for r in replies)
+    assert "clients 0, 1, 2" in (replies[0].error or "")
+    # A chunk of honest clients is answered normally: the weights are decoded afresh.
+    fresh = _codec.encode({"w": np.zeros(4)})
+    honest = host.run(8, fresh, [(cid, "fit", 2, {}, None) for cid in (0, 2)])
+    assert all(r.ok for r in honest)
+    assert [r.result.weights["w"].tolist() for r in honest] == [[1.0] * 4] * 2

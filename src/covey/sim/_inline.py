@@ -64,11 +64,17 @@ class InlineTransport(MemoryTransport):
         yield from super().exchange(tasks, timeout=timeout)
         for weights, before in shared.values():
             if fingerprint(weights) != before:
-                raise RuntimeError(_changed(tasks))
+                why = "the global model changed too, so the run stops"
+                raise RuntimeError(lent_weights_changed(tasks, why))
 
 
-def _changed(tasks: Mapping[int, Task]) -> str:
-    """The error for global weights that a client wrote into although they are read-only."""
+def lent_weights_changed(tasks: Mapping[int, Task], consequence: str) -> str:
+    """The error for lent weights that a client wrote into although they are read-only.
+
+    Args:
+        tasks: The tasks of the clients that ran on those weights, by client id.
+        consequence: What follows, e.g. ``"the run stops"``.
+    """
     first = next(iter(tasks.values()))
     cids = sorted(tasks)
     who = ", ".join(str(c) for c in cids[:10]) + (", ..." if len(cids) > 10 else "")
@@ -76,9 +82,9 @@ def _changed(tasks: Mapping[int, Task]) -> str:
         f"round {first.round}: the global weights changed in place while clients {who} ran "
         f"their {first.kind} task. A client wrote into the read-only arrays it was given "
         "through a library that ignores NumPy's read-only flag (torch.from_numpy, ctypes, "
-        "a compiled extension), so the global model and what later clients trained from "
-        "are not what the server sent; the run stops. Copy before writing: "
-        "torch.tensor(array) rather than torch.from_numpy(array), or array.copy()"
+        f"a compiled extension), so later clients trained from a changed model; {consequence}. "
+        "Copy before writing: torch.tensor(array) rather than torch.from_numpy(array), "
+        "or array.copy()"
     )
 
 

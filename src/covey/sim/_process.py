@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import ClientFn, run_task
+from covey.clients._client import ClientFn, build_client, run_task
 from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
@@ -111,7 +111,7 @@ def _run_batch(
                 config, payload = _shm.task_fields(item, extras)
                 client = clients.get(cid)
                 if client is None:
-                    client = clients[cid] = client_fn(cid)
+                    client = clients[cid] = build_client(client_fn, cid)
                 reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
             except Exception:  # noqa: BLE001 - building the client failed: the task's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
