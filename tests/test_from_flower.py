@@ -283,3 +283,26 @@ def test_a_ray_actor_refuses_the_replies_of_a_chunk_whose_lent_weights_changed()
     honest = host.run(8, fresh, [(cid, "fit", 2, {}, None) for cid in (0, 2)])
     assert all(r.ok for r in honest)
     assert [r.result.weights["w"].tolist() for r in honest] == [[1.0] * 4] * 2
+
+
+def test_a_client_reading_server_round_is_told_covey_sends_round() -> None:
+    class ReadsServerRound(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            assert config["server_round"] >= 1
+            return super().fit(weights, config)
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: ReadsServerRound(cid))
+    errors = _fit_failures(info.value)
+    assert all("config['round']" in e for e in errors), errors
+    # Sent by on_fit_config, as Flower's examples do, it is there as usual.
+    sent = covey.FedAvg(fraction_evaluate=0.0, on_fit_config=lambda r: {"server_round": r})
+    result = _run(lambda cid: ReadsServerRound(cid), strategy=sent)
+    assert result.history.rounds[1].fit_failures == []
+
+
+def test_a_list_of_arrays_as_weights_is_told_to_name_them() -> None:
+    with pytest.raises(TypeError, match=r"got list: name each array.*state_dict"):
+        FitResult(weights=[np.ones(2)], num_examples=1)  # type: ignore[arg-type]
+    with pytest.raises(covey.WeightsError, match=r"got list: name each array"):
+        covey.simulate(lambda cid: AddOne(), 2, 1, None, [np.zeros(2)])  # type: ignore[arg-type]

@@ -246,4 +246,9 @@ def _hint(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, ValueError) and ("read-only" in text or "WRITEABLE flag" in text):
         return READ_ONLY_HINT + "\n"
+    if isinstance(exc, KeyError) and exc.args == ("server_round",):
+        return (
+            "covey: the config a client receives has the round as config['round']; "
+            "'server_round' is there only if on_fit_config (or on_evaluate_config) sends it\n"
+        )
     return ""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._weights import Weights
+from covey.core._weights import Weights, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
 Metrics = dict[str, Scalar]
@@ -126,6 +126,7 @@ def _arrays(weights: object, what: str) -> Weights:
     if not isinstance(weights, Mapping):
         raise TypeError(
             f"{what} must be a dict of names to NumPy arrays, got {type(weights).__name__}"
+            + unnamed_hint(weights)
         )
     for value in weights.values():  # the usual case, checked fast: every value an array
         if type(value) is not np.ndarray:
