@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 from typing import Any
 
 import numpy as np
@@ -217,11 +218,20 @@ def test_inline_honest_clients_pass_the_in_place_check() -> None:
     assert result.weights["w"].tolist() == [2.0] * 4
 
 
+class QuietScribbler(Scribbler):
+    """A Scribbler whose worker dies without the interpreter's crash report on stderr."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            faulthandler.disable()  # in the forked worker only
+        return super().fit(weights, config)
+
+
 @pytest.mark.slow
 def test_process_backend_a_write_into_the_mapped_model_names_the_likely_cause() -> None:
     """In a worker the model is a read-only mapping: the write is a SIGSEGV, named as such."""
     strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1)
-    result = _run(lambda cid: Scribbler(cid), strategy=strategy, backend="process", num_workers=2)
+    result = _run(QuietScribbler, strategy=strategy, backend="process", num_workers=2)
     failures = result.history.rounds[1].fit_failures
     assert [f.cid for f in failures] == [1]
     assert "segmentation fault" in failures[0].error
@@ -306,3 +316,49 @@ def test_a_list_of_arrays_as_weights_is_told_to_name_them() -> None:
         FitResult(weights=[np.ones(2)], num_examples=1)  # type: ignore[arg-type]
     with pytest.raises(covey.WeightsError, match=r"got list: name each array"):
         covey.simulate(lambda cid: AddOne(), 2, 1, None, [np.zeros(2)])  # type: ignore[arg-type]
+
+
+# -- aggregate_fit as one function ----------------------------------------------------------
+
+
+def _weighted_mean_of_weights(params: Any, contributions: Any) -> dict[str, np.ndarray]:
+    """Flower's FedAvg aggregate_fit body, over covey's contributions."""
+    total = sum(c.num_examples for c in contributions)
+    out = {}
+    for name, value in params.items():
+        acc = sum(
+            c.num_examples * c.as_weights(params)[name].astype(np.float64) for c in contributions
+        )
+        mean = acc / total
+        out[name] = (np.rint(mean) if value.dtype.kind in "iu" else mean).astype(value.dtype)
+    return out
+
+
+def test_an_aggregate_fit_function_becomes_a_reducer_that_passes_the_step_checks() -> None:
+    from covey.aggregate import reducer
+    from covey.testing import check_aggregator
+
+    check_aggregator(lambda: reducer(_weighted_mean_of_weights))
+
+
+def test_a_reducer_from_a_function_trains_as_fedavg_does() -> None:
+    from covey.aggregate import reducer
+
+    class Scaled(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            new = {k: v * 0.5 + self.cid for k, v in weights.items()}
+            return FitResult(weights=new, num_examples=10 * (self.cid + 1))
+
+    mine = covey.Strategy(aggregator=reducer(_weighted_mean_of_weights), fraction_evaluate=0.0)
+    ours = _run(lambda cid: Scaled(cid), strategy=mine, rounds=3)
+    fedavg = _run(lambda cid: Scaled(cid), strategy=covey.FedAvg(fraction_evaluate=0.0), rounds=3)
+    np.testing.assert_allclose(ours.weights["w"], fedavg.weights["w"], rtol=1e-12)
+    assert ours.history.rounds[1].fit_participants == [0, 1, 2]
+
+
+def test_a_reducer_whose_function_returns_the_wrong_layout_names_it() -> None:
+    from covey.aggregate import reducer
+
+    step = covey.Strategy(aggregator=reducer(lambda params, cs: {"v": np.zeros(4)}))
+    with pytest.raises(covey.WeightsError, match="<lambda>"):
+        step.aggregate(init(), [FitResult(weights=init(), num_examples=1)])
