@@ -192,8 +192,12 @@ def MultiKrum(
 ) -> Strategy:
     """Average the ``m`` updates with the best Krum scores (default ``m = n - f``).
 
-    With ``weighted=True`` the chosen updates are averaged weighted by their
-    number of examples (as Flower's ``Krum(num_clients_to_keep=m)`` does).
+    Args:
+        f: The number of Byzantine clients to tolerate (needs ``n >= 2f + 3``).
+        m: How many updates to average (None: ``n - f``).
+        weighted: Average the chosen updates weighted by their number of examples
+            (as Flower's ``Krum(num_clients_to_keep=m)`` does) instead of equally.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
