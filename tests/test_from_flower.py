@@ -360,5 +360,19 @@ def test_a_reducer_whose_function_returns_the_wrong_layout_names_it() -> None:
     from covey.aggregate import reducer
 
     step = covey.Strategy(aggregator=reducer(lambda params, cs: {"v": np.zeros(4)}))
-    with pytest.raises(covey.WeightsError, match="<lambda>"):
+    with pytest.raises(covey.AggregationError, match=r"<lambda>.*'v'"):
         step.aggregate(init(), [FitResult(weights=init(), num_examples=1)])
+
+
+def test_a_reducer_returning_the_wrong_dtype_keeps_the_model_and_says_why() -> None:
+    from covey.aggregate import reducer
+
+    def as_float32(params: Any, contributions: Any) -> dict[str, np.ndarray]:
+        return {k: (v + 1).astype(np.float32) for k, v in params.items()}
+
+    strategy = covey.Strategy(aggregator=reducer(as_float32), fraction_evaluate=0.0)
+    result = _run(lambda cid: AddOne(cid), strategy=strategy)
+    record = result.history.rounds[1]
+    assert not record.aggregated
+    assert "float32" in record.aggregate_info["error"]
+    assert result.weights["w"].tolist() == [0.0] * 4

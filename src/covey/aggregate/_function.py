@@ -14,8 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from covey.aggregate._base import Aggregate, Begin, Contribution, End, Event, State, Step
-from covey.core._weights import Weights, WeightsSpec
+from covey.aggregate._base import (
+    Aggregate,
+    AggregationError,
+    Begin,
+    Contribution,
+    End,
+    Event,
+    State,
+    Step,
+)
+from covey.core._weights import Weights, WeightsError, WeightsSpec
 
 Combine = Callable[[Weights, Sequence[Contribution]], Weights]
 """``(params, contributions) -> new global weights``: one round's aggregation as a function."""
@@ -44,8 +53,9 @@ def reducer(combine: Combine) -> Step:
         the round's updates until ``End`` (memory O(model x clients)).
 
     Raises:
-        covey.WeightsError: at ``End``, if ``combine`` returns weights that do not
-            match ``params`` (the round loop then keeps the global model).
+        covey.AggregationError: at ``End``, if ``combine`` returns weights that do
+            not match ``params`` (the round loop records why and keeps the global
+            model); an exception ``combine`` raises stops the run as a defect.
 
     Example:
         >>> import numpy as np, covey
@@ -79,7 +89,10 @@ def reducer(combine: Combine) -> Step:
                 return _Held(), ()
             ordered = sorted(state.contributions, key=lambda c: c.cid)
             new = combine(state.params, ordered)
-            WeightsSpec.of(state.params).check(new, what=f"the result of {label}")
+            try:
+                WeightsSpec.of(state.params).check(new, what=f"the result of {label}")
+            except WeightsError as exc:  # the loop records it and keeps the model
+                raise AggregationError(str(exc)) from exc
             aggregate = Aggregate(
                 event.round,
                 len(ordered),
