@@ -244,6 +244,31 @@ def test_page_blocks_run(page: str, monkeypatch: pytest.MonkeyPatch, tmp_path: P
         assert history[record["round"]].aggregate_info == record["aggregate_info"]
 
 
+def _data_block(page: str, starts: str) -> str:
+    return next(b.code for b in blocks(ROOT / page) if b.code.startswith(starts))
+
+
+def test_the_guides_settings_files_are_what_covey_reads(tmp_path: Path) -> None:
+    from covey.analytics._cli import load_policy
+    from covey.cli._project import ProjectSettings
+    from covey.deploy._cli import SERVER_KEYS
+    from covey.deploy._cli_errors import read_settings
+
+    project = tmp_path / "clinic-fed"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(_data_block("docs/projects.md", "[tool.covey]"))
+    settings = ProjectSettings(project, ["rounds=10", "lr=0.1"], "local")
+    assert settings.run["rounds"] == 10
+    assert settings.config == {"lr": 0.1, "epochs": 2}
+    assert settings.federation == {"address": "127.0.0.1:9092", "insecure": True}
+    server = tmp_path / "server.toml"
+    server.write_text(_data_block("docs/deployment.md", "[server]"))
+    assert read_settings(server, "server", SERVER_KEYS)["round_timeout"] == 600
+    policy = tmp_path / "policy.toml"
+    policy.write_text(_data_block("docs/analytics.md", "[policy]"))
+    assert load_policy(policy).bounds == {"age_at_diagnosis": (0.0, 110.0)}
+
+
 def test_every_guide_is_run() -> None:
     guides = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
     not_guides = {"docs/architecture.md", "docs/benchmarks.md"}  # no runnable examples
