@@ -1,0 +1,62 @@
+"""secure() combined with the loop's options and with other layers, checked from outside."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.secagg import secure
+
+CLIP, BITS = 1.0, 16
+
+
+class Site(covey.Client):
+    """A site whose update is drawn from its id; ``fail`` sites raise in fit."""
+
+    def __init__(self, cid: int, fail: frozenset[int] = frozenset()) -> None:
+        self.cid = cid
+        self.fail = fail
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        if self.cid in self.fail:
+            raise RuntimeError(f"site {self.cid} cannot train")
+        rng = np.random.default_rng(self.cid)
+        return covey.FitResult(
+            delta={"w": rng.uniform(-0.5, 0.5, 8).astype(np.float32)},
+            num_examples=10 + self.cid,
+        )
+
+
+def _secure(strategy: covey.Strategy, **kw: Any) -> covey.Strategy:
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        return secure(strategy, clip_range=CLIP, bits=BITS, **kw)
+
+
+def _run(strategy: covey.Strategy, fail: frozenset[int], n: int = 6) -> Any:
+    return covey.simulate(
+        lambda cid: Site(cid, fail), n, 1, strategy, {"w": np.zeros(8, np.float32)}
+    )
+
+
+@pytest.mark.parametrize("secured", [False, True])
+def test_accept_failures_false_stops_the_round_as_without_secure_aggregation(
+    secured: bool,
+) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, accept_failures=False)
+    if secured:
+        strategy = _secure(strategy)
+    with pytest.raises(covey.FederationError, match="accept_failures=False") as info:
+        _run(strategy, frozenset({1}))
+    assert "site 1 cannot train" in str(info.value)
+
+
+@pytest.mark.parametrize("secured", [False, True])
+def test_min_fit_clients_counts_the_clients_in_the_secure_sum(secured: bool) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=5)
+    if secured:
+        strategy = _secure(strategy)
+    with pytest.raises(covey.FederationError, match="fewer than min_fit_clients=5"):
+        _run(strategy, frozenset({1, 2}))
