@@ -60,3 +60,16 @@ def test_min_fit_clients_counts_the_clients_in_the_secure_sum(secured: bool) -> 
         strategy = _secure(strategy)
     with pytest.raises(covey.FederationError, match="fewer than min_fit_clients=5"):
         _run(strategy, frozenset({1, 2}))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"reducer": "median"}, "reducer must be 'auto', 'weighted_mean' or 'mean'"),
+        ({"complete": "yes"}, "complete must be True, False or None"),
+        ({"signed": "no"}, "signed must be True or False"),
+    ],
+)
+def test_secure_refuses_option_values_it_does_not_know(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        secure(covey.FedAvg(), clip_range=CLIP, **kw)

@@ -154,6 +154,22 @@ def _probe(strategy: Strategy) -> str | None:
     return None
 
 
+def _check_options(
+    clip_range: float, max_examples: int, complete: object, signed: object, reducer: object
+) -> None:
+    """Refuse option values ``secure()`` does not know, before anything is built."""
+    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
+        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    if reducer not in ("auto", "weighted_mean", "mean"):
+        raise ValueError(f"reducer must be 'auto', 'weighted_mean' or 'mean', got {reducer!r}")
+    if complete is not None and not isinstance(complete, bool):
+        raise ValueError(f"complete must be True, False or None, got {complete!r}")
+    if not isinstance(signed, bool):
+        raise ValueError(f"signed must be True or False, got {signed!r}")
+
+
 @dataclass(frozen=True)
 class _Secure:
     """The fit exchange of a secure strategy (a callable stored in ``Strategy.fit_round``)."""
@@ -332,10 +348,7 @@ def secure(
         raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
-    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
-        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    _check_options(clip_range, max_examples, complete, signed, reducer)
     dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
     kind: str | None
     if dp.summed:  # central DP: its step, not a mean, takes the sum
