@@ -73,3 +73,26 @@ def test_min_fit_clients_counts_the_clients_in_the_secure_sum(secured: bool) -> 
 def test_secure_refuses_option_values_it_does_not_know(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         secure(covey.FedAvg(), clip_range=CLIP, **kw)
+
+
+def _central(clip: float) -> covey.Strategy:
+    return covey.privacy.central(
+        covey.FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=clip,
+        delta=1e-5,
+        clipping="client",
+    )
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_a_dp_clip_wider_than_clip_range_is_refused(distributed: bool) -> None:
+    # A clipped update could still hold a value outside the range, and that client's
+    # RangeError would tell the server a fact about its update that DP does not cover.
+    if distributed:
+        noise = covey.secagg.Noise("gaussian", 4000.0, clip=1.0, delta=1e-5)
+        make = lambda: secure(covey.FedAvg(), clip_range=0.5, noise=noise)  # noqa: E731
+    else:
+        make = lambda: secure(_central(1.0), clip_range=0.5)  # noqa: E731
+    with pytest.raises(ValueError, match=r"DP clip 1 exceeds clip_range 0\.5"):
+        make()

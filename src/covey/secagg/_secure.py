@@ -350,6 +350,13 @@ def secure(
         raise ValueError("the strategy already runs a custom fit exchange")
     _check_options(clip_range, max_examples, complete, signed, reducer)
     dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
+    if dp.l2_clip is not None and dp.l2_clip > clip_range:
+        raise ValueError(
+            f"the DP clip {dp.l2_clip:g} exceeds clip_range {clip_range:g}: a clipped update "
+            "could still hold a value outside the range, and that client's failure would tell "
+            "the server a fact about its update that the DP guarantee does not cover; choose "
+            "clip_range >= clip (raise bits for precision)"
+        )
     kind: str | None
     if dp.summed:  # central DP: its step, not a mean, takes the sum
         kind = "sum"
