@@ -96,3 +96,20 @@ def test_a_dp_clip_wider_than_clip_range_is_refused(distributed: bool) -> None:
         make = lambda: secure(_central(1.0), clip_range=0.5)  # noqa: E731
     with pytest.raises(ValueError, match=r"DP clip 1 exceeds clip_range 0\.5"):
         make()
+
+
+class NoExamples(Site):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(delta=super().fit(weights, config).delta, num_examples=0)
+
+
+@pytest.mark.parametrize("secured", [False, True])
+def test_a_round_without_examples_keeps_the_model_and_the_run_goes_on(secured: bool) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    if secured:
+        strategy = _secure(strategy)
+    result = covey.simulate(NoExamples, 4, 2, strategy, {"w": np.ones(8, np.float32)})
+    for record in result.history.rounds[1:]:
+        assert not record.aggregated
+        assert "num_examples=0" in record.aggregate_info["error"]
+    np.testing.assert_array_equal(result.weights["w"], np.ones(8, np.float32))

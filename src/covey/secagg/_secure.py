@@ -243,10 +243,10 @@ class _Secure:
             "secagg_seconds": dict(res.seconds),
         }
         failures = tuple((c, w) for c, w in {**res.excluded, **res.dropped}.items())
-        if denominator <= 0:
-            return FitOutcome(
-                failures=failures, info=info, error="the survivors trained on no examples"
-            )
+        # No examples at all: every pre-scaled update was zero. The contribution carries
+        # num_examples=0 and the weighted mean refuses it as it refuses such a plain
+        # round (an AggregationError: recorded, the model kept, the run goes on).
+        denominator = max(denominator, 1)
         unit = scale(self.clip_range, self.bits)
         if self.noise is not None:
             # The mean's noise: sqrt(survivors) draws of sigma quantized units, unscaled.
