@@ -113,3 +113,18 @@ def test_a_round_without_examples_keeps_the_model_and_the_run_goes_on(secured: b
         assert not record.aggregated
         assert "num_examples=0" in record.aggregate_info["error"]
     np.testing.assert_array_equal(result.weights["w"], np.ones(8, np.float32))
+
+
+@pytest.mark.parametrize("kw", [{"min_fit_clients": 5}, {"accept_failures": False}])
+def test_a_secure_round_the_loop_would_refuse_is_never_unmasked(kw: dict[str, Any]) -> None:
+    # Under distributed DP the server must not hold a noisy sum the ledger does not
+    # count: a round stopped for too few clients stops before anyone unmasks.
+    noise = covey.secagg.Noise("gaussian", 3000.0, clip=0.5, delta=1e-5)
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0, **kw), noise=noise)
+    with pytest.raises(covey.FederationError) as info:
+        _run(strategy, frozenset({1, 2}))
+    record = info.value.history.rounds[-1]
+    assert record.aggregate_info["secagg_stage"] == "mask"
+    assert "unmask" not in record.aggregate_info.get("secagg_seconds", {})
+    assert record.privacy is None
+    assert "site 1 cannot train" in str(info.value)

@@ -185,10 +185,19 @@ class _Secure:
     signed: bool
     l2_clip: float | None = None  # DP: each client clips its rounded update to this L2 norm
     summed: bool = False  # central DP: hand the DP step the sum, not the mean
+    min_fit_clients: int = 0  # the loop's rule for a round, applied before unmasking
+    accept_failures: bool = True
 
     def bound(self) -> int:
         top = (1 << (self.bits - 1)) - 1
         return max(top * (self.max_examples if self.weighted else 1), self.max_examples)
+
+    def _needed(self, sampled: int) -> dict[str, Any]:
+        """The survivors the round loop accepts, so that a sum it would refuse stays masked."""
+        if not self.accept_failures:
+            return {"min_survivors": sampled, "short": "and accept_failures=False"}
+        needed = min(self.min_fit_clients, sampled)
+        return {"min_survivors": needed, "short": f"fewer than min_fit_clients={needed}"}
 
     def __call__(
         self, transport: Any, cids: Sequence[int], task: Task, timeout: float | None
@@ -225,6 +234,7 @@ class _Secure:
                 noise_entries=model,
                 complete=self.complete,
                 signed=self.signed,
+                **self._needed(len(cids)),
             )
         except SecAggAbort as exc:
             return FitOutcome(
@@ -389,6 +399,8 @@ def secure(
         signed,
         dp.l2_clip,
         dp.summed,
+        strategy.min_fit_clients,
+        strategy.accept_failures,
     )
     # Fail now, not in round 1, when even a modest federation would overflow the ring.
     ring_bits(1000, fit.bound() + (noise.tail_bound if noise else 0))

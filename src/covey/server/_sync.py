@@ -261,15 +261,16 @@ class RoundLoop(_LoopBase):
         error = outcome.error
         if error is None and (ok < needed or (strict and record.fit_failures)):
             error = f"{ok} of {sampled} sampled clients took part, " + (
-                "and accept_failures=False; failures: "
-                + "; ".join(f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5])
-                + (" ..." if len(record.fit_failures) > 5 else "")
-                if strict
-                else f"fewer than min_fit_clients={needed}"
+                "and accept_failures=False" if strict else f"fewer than min_fit_clients={needed}"
             )
         if error is not None:
             record.aggregate_info.setdefault("error", error)
             self.history.rounds.append(record)
+            if record.fit_failures:
+                error += "; failures: " + "; ".join(
+                    f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5]
+                )
+                error += " ..." if len(record.fit_failures) > 5 else ""
             raise self._fail(f"round {rnd}: {error}")
         update = self.strategy.aggregator.update
         for contribution in outcome.contributions:
