@@ -128,3 +128,42 @@ def test_a_secure_round_the_loop_would_refuse_is_never_unmasked(kw: dict[str, An
     assert "unmask" not in record.aggregate_info.get("secagg_seconds", {})
     assert record.privacy is None
     assert "site 1 cannot train" in str(info.value)
+
+
+class MovesByTheRange(covey.Client):
+    """Returns new weights: each moved by exactly +-CLIP (rounded to float32)."""
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        step = np.where(np.arange(6) % 2 == 0, CLIP, -CLIP).astype(np.float32)
+        return covey.FitResult(weights={"w": weights["w"] + step}, num_examples=3)
+
+
+def test_new_weights_moved_by_exactly_clip_range_are_not_refused() -> None:
+    # 0.7 + 1.0 is 1.7000002 in float32, and 1.7000002 - 0.7 reads 1.0000001: float
+    # rounding of the weights, not a change outside the range.
+    init = {"w": np.array([0.1, 0.3, 0.7, -0.3, 1e-3, 123.4], np.float32)}
+    plain = covey.simulate(
+        lambda cid: MovesByTheRange(), 4, 1, covey.FedAvg(fraction_evaluate=0.0), init
+    )
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    safe = covey.simulate(lambda cid: MovesByTheRange(), 4, 1, strategy, init)
+    assert safe.history.rounds[1].fit_failures == []
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2e-5)
+
+
+class OutOfRange(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        delta = {"a": np.zeros(4, np.float32), "b": np.array([0.0, 0.0, 1.5], np.float32)}
+        return covey.FitResult(delta=delta, num_examples=3)
+
+
+def test_a_value_outside_the_range_is_named_by_its_array_and_index() -> None:
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    init = {"a": np.zeros(4, np.float32), "b": np.zeros(3, np.float32)}
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(lambda cid: OutOfRange(), 3, 1, strategy, init)
+    failures = info.value.history.rounds[-1].fit_failures
+    assert len(failures) == 3
+    for failure in failures:
+        assert "'b': the value at index 2 is outside the clipping range" in failure.error
+        assert "1.5" not in failure.error  # the index, never the value

@@ -81,18 +81,31 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
             # its value is the signed reading, as the unsecured mean reads it.
             delta = np.asarray(signed({name: np.asarray(result.delta[name])})[name], np.float64)
         elif result.weights is not None:
-            delta = np.asarray(result.weights[name], np.float64) - np.asarray(
-                task.weights[name], np.float64
-            )
+            delta = _weights_change(result.weights[name], task.weights[name], clip)
         else:
             raise ValueError("a fit result carries neither weights nor a delta")
         deltas.append(delta.ravel())
     if spec.get("l2_clip") is not None:
         deltas = clip_update(deltas, float(spec["l2_clip"]), clip, bits)
-    parts = [quantize(delta, clip, bits) * weight for delta in deltas]
-    tail = [n]
-    for name, bound in spec["metrics"].items():
-        value = result.metrics.get(name)
+    parts = []
+    for (name, _, _), delta in zip(_layout(task.weights), deltas, strict=True):
+        try:
+            parts.append(quantize(delta, clip, bits) * weight)
+        except RangeError as exc:  # name the array: an index alone is ambiguous
+            raise RangeError(f"{name!r}: {exc}") from None
+    tail = [n, *_metric_tail(result.metrics, spec["metrics"], n, bits)]
+    parts.append(np.asarray(tail, dtype=np.int64))
+    return np.concatenate(parts)
+
+
+register_task_input(FIT_INPUT, _fit_input)
+
+
+def _metric_tail(metrics: Any, bounds: Mapping[str, float], n: int, bits: int) -> list[int]:
+    """Each declared metric as (quantized value times ``n``, ``n``), or (0, 0) when absent."""
+    tail: list[int] = []
+    for name, bound in bounds.items():
+        value = metrics.get(name)
         if isinstance(value, bool) or not isinstance(value, int | float):
             tail += [0, 0]
             continue
@@ -102,11 +115,24 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
                 f"[-{bound:g}, {bound:g}]: raise the bound in secure(metrics=...)"
             )
         tail += [int(quantize(np.array([float(value)]), float(bound), bits)[0]) * n, n]
-    parts.append(np.asarray(tail, dtype=np.int64))
-    return np.concatenate(parts)
+    return tail
 
 
-register_task_input(FIT_INPUT, _fit_input)
+def _weights_change(new: Any, old: Any, clip: float) -> np.ndarray:
+    """New weights minus the global ones, a change of at most ``clip`` read as such.
+
+    ``old + d`` rounded to a float dtype is off by up to half a unit in the last
+    place, so a change of exactly ``clip`` can read as a hair more (0.7 + 1.0 is
+    1.7000002 in float32, minus 0.7 gives 1.0000001); within that spacing the
+    value is put back on the bound. A larger change stays as it is and fails.
+    """
+    new_arr, old_arr = np.asarray(new), np.asarray(old)
+    delta = new_arr.astype(np.float64) - old_arr.astype(np.float64)
+    if new_arr.dtype.kind == "f":
+        slack = np.abs(np.spacing(new_arr)).astype(np.float64)
+        near = (np.abs(delta) > clip) & (np.abs(delta) <= clip + slack)
+        delta[near] = np.copysign(clip, delta[near])
+    return delta
 
 
 def _probe(strategy: Strategy) -> str | None:
