@@ -68,6 +68,10 @@ def test_min_fit_clients_counts_the_clients_in_the_secure_sum(secured: bool) -> 
         ({"reducer": "median"}, "reducer must be 'auto', 'weighted_mean' or 'mean'"),
         ({"complete": "yes"}, "complete must be True, False or None"),
         ({"signed": "no"}, "signed must be True or False"),
+        ({"threat": {"corrupt_rate": 0.1}}, "threat must be a covey.secagg.ThreatModel"),
+        ({"noise": 3.0}, "noise must be a covey.secagg.Noise"),
+        ({"metrics": ["loss"]}, "metrics must map each metric's name to its bound"),
+        ({"metrics": {"loss": "x"}}, "metric 'loss' needs a positive finite bound, got 'x'"),
     ],
 )
 def test_secure_refuses_option_values_it_does_not_know(kw: dict[str, Any], message: str) -> None:

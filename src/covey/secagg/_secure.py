@@ -196,6 +196,22 @@ def _check_options(
         raise ValueError(f"signed must be True or False, got {signed!r}")
 
 
+def _check_parts(threat: object, noise: object, metrics: object) -> None:
+    """Refuse a threat model, noise or metric table of the wrong type, naming it."""
+    if threat is not None and not isinstance(threat, ThreatModel):
+        raise ValueError(f"threat must be a covey.secagg.ThreatModel or None, got {threat!r}")
+    if noise is not None and not isinstance(noise, Noise):
+        raise ValueError(f"noise must be a covey.secagg.Noise or None, got {noise!r}")
+    if metrics is None:
+        return
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must map each metric's name to its bound, got {metrics!r}")
+    for name, bound in metrics.items():
+        ok = isinstance(bound, int | float) and not isinstance(bound, bool)
+        if not (ok and math.isfinite(bound) and bound > 0):
+            raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound!r}")
+
+
 @dataclass(frozen=True)
 class _Secure:
     """The fit exchange of a secure strategy (a callable stored in ``Strategy.fit_round``)."""
@@ -385,6 +401,7 @@ def secure(
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
     _check_options(clip_range, max_examples, complete, signed, reducer)
+    _check_parts(threat, noise, metrics)
     dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
     if dp.l2_clip is not None and dp.l2_clip > clip_range:
         raise ValueError(
@@ -410,9 +427,6 @@ def secure(
             "steps can be secured (name it with reducer= if a server-side step is random)"
         )
     metric_bounds = {str(k): float(v) for k, v in (metrics or {}).items()}
-    for name, bound in metric_bounds.items():
-        if not bound > 0 or not math.isfinite(bound):
-            raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound}")
     fit = _Secure(
         float(clip_range),
         int(bits),
