@@ -34,6 +34,7 @@ from covey.secagg._ddp import client_clip, clip_update, dp_plan
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._handlers import register_task_input
+from covey.secagg._options import check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
 from covey.strategies._strategy import FitOutcome, Strategy
@@ -178,38 +179,6 @@ def _probe(strategy: Strategy) -> str | None:
     if one_m is not None and np.allclose(many, one_m, rtol=1e-9, atol=1e-12):
         return "mean"
     return None
-
-
-def _check_options(
-    clip_range: float, max_examples: int, complete: object, signed: object, reducer: object
-) -> None:
-    """Refuse option values ``secure()`` does not know, before anything is built."""
-    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
-        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
-    if reducer not in ("auto", "weighted_mean", "mean"):
-        raise ValueError(f"reducer must be 'auto', 'weighted_mean' or 'mean', got {reducer!r}")
-    if complete is not None and not isinstance(complete, bool):
-        raise ValueError(f"complete must be True, False or None, got {complete!r}")
-    if not isinstance(signed, bool):
-        raise ValueError(f"signed must be True or False, got {signed!r}")
-
-
-def _check_parts(threat: object, noise: object, metrics: object) -> None:
-    """Refuse a threat model, noise or metric table of the wrong type, naming it."""
-    if threat is not None and not isinstance(threat, ThreatModel):
-        raise ValueError(f"threat must be a covey.secagg.ThreatModel or None, got {threat!r}")
-    if noise is not None and not isinstance(noise, Noise):
-        raise ValueError(f"noise must be a covey.secagg.Noise or None, got {noise!r}")
-    if metrics is None:
-        return
-    if not isinstance(metrics, Mapping):
-        raise ValueError(f"metrics must map each metric's name to its bound, got {metrics!r}")
-    for name, bound in metrics.items():
-        ok = isinstance(bound, int | float) and not isinstance(bound, bool)
-        if not (ok and math.isfinite(bound) and bound > 0):
-            raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound!r}")
 
 
 @dataclass(frozen=True)
@@ -400,8 +369,8 @@ def secure(
         raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
-    _check_options(clip_range, max_examples, complete, signed, reducer)
-    _check_parts(threat, noise, metrics)
+    check_options(clip_range, max_examples, complete, signed, reducer)
+    check_parts(threat, noise, metrics)
     dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
     if dp.l2_clip is not None and dp.l2_clip > clip_range:
         raise ValueError(
