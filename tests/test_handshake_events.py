@@ -14,31 +14,41 @@ import covey
 from covey.deploy._client import tls_from_certs
 from covey.deploy.certs import init_federation, issue_client
 from covey.server._store import RunStore
-from covey.transport.grpc._handshakes import TABLES, established_peers, parse_peer
+from covey.transport.grpc._handshakes import FDS, _Sockets, parse_peer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Fit, Joined, Served
 
 pytestmark = pytest.mark.timeout(120)
 
-TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
-   0: 0100007F:2382 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000
-   1: 0100007F:2382 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000
-   2: 0100007F:C350 0100007F:2382 01 00000000:00000000 00:00000000 00000000  1000
-   3: 0100007F:2382 0A00000A:C351 06 00000000:00000000 00:00000000 00000000  1000
-"""
-TCP6 = """  sl  local_address                         remote_address                        st
-   0: 0000000000000000FFFF00000100007F:2382 0000000000000000FFFF00000200000A:9C41 01 0
-   1: 00000000000000000000000001000000:2382 00000000000000000000000001000000:9C42 01 0
-   2: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:9C43 01 0
-"""
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_the_process_sockets_give_the_peers_of_each_connection_to_a_port() -> None:
+    sockets = _Sockets()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                # The listener and the client's own end are not connections to the port.
+                assert sockets.peers(port) == {("127.0.0.1", client.getsockname()[1])}
+                assert sockets.peers(port) == {("127.0.0.1", client.getsockname()[1])}  # cached
+            assert sockets.peers(port) == set()
 
 
-def test_the_kernel_tables_give_the_remote_end_of_each_established_connection() -> None:
-    peers = established_peers([TCP, TCP6], 0x2382)
-    # Listening (0A) and closing (06) rows and other ports are left out; IPv4-mapped
-    # addresses of a dual-stack socket read as IPv4.
-    assert peers == {("127.0.0.1", 0xC350), ("10.0.0.2", 0x9C41), ("::1", 0x9C42)}
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_ipv6_peers_are_named_by_their_ipv6_address() -> None:
+    sockets = _Sockets()
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("::1", port)) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert sockets.peers(port) == {("::1", client.getsockname()[1])}
 
 
 @pytest.mark.parametrize(
@@ -105,7 +115,7 @@ def _refusals(run: Path) -> list[tuple[str, str]]:
         ]
 
 
-@pytest.mark.skipif(not TABLES[0].exists(), reason="needs the kernel's TCP table (/proc/net/tcp)")
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
 def test_failed_handshakes_are_events_naming_the_peer(tmp_path: Path) -> None:
     fed, other = tmp_path / "fed", tmp_path / "other"
     init_federation(fed)

@@ -4,16 +4,16 @@ gRPC checks client certificates inside its C core and tells Python nothing
 about a connection whose handshake fails. Its dynamic server credentials do
 call into Python once per new connection, before that connection's handshake
 (to ask for a certificate update, :meth:`HandshakeWatch.fetch`); at that moment
-the connection is in the kernel's table of established TCP connections
-(``/proc/net/tcp`` and ``tcp6``). The watch notes each new peer found there and
-a background thread settles it: *established* when a stream from the peer
-reaches the service or gRPC's channelz lists a socket from it, *failed* when
-its connection is gone without either. A failure is logged with the peer's
-address and recorded as a ``refused`` fleet event; past a host's first 8
-failures only the 16th, 32nd, 64th... are reported, with the count, so a
-scanner cannot fill the run's log.
+gRPC has accepted the connection, so its socket is among this process's open
+files (``/proc/self/fd``) and ``getpeername`` on a duplicate of it names the
+peer. The watch notes each new peer found so, and a background thread settles
+it: *established* when a stream from the peer reaches the service or gRPC's
+channelz lists a socket from it, *failed* when its connection is gone without
+either. A failure is logged with the peer's address and recorded as a
+``refused`` fleet event; past a host's first 8 failures only the 16th, 32nd,
+64th... are reported, with the count, so a scanner cannot fill the run's log.
 
-On systems without ``/proc/net/tcp`` nothing is recorded (gRPC's own log line
+On systems without ``/proc/self/fd`` nothing is recorded (gRPC's own log line
 remains). A connection that completes the handshake and closes within a poll
 interval without opening a stream is also reported (as not having made a call).
 """
@@ -23,28 +23,30 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["HandshakeWatch", "established_peers", "parse_peer"]
+__all__ = ["HandshakeWatch", "parse_peer"]
 
 logger = logging.getLogger("covey")
 
 Peer = tuple[str, int]
 """A remote address: host (IPv4 dotted, or IPv6) and port."""
+Ends = tuple[int, str, int]
+"""A connection's local port, peer host and peer port."""
 
-TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
-ESTABLISHED = "01"
+FDS = Path("/proc/self/fd")
 POLL = 0.2
 """Seconds between checks of the connections waiting to be settled."""
 BUDGET = 0.05
-"""Most seconds a second spent reading the kernel's table in :meth:`HandshakeWatch.fetch`
-(past it, new connections are counted, not traced), and the share of its time the
-background thread spends settling."""
+"""Most CPU seconds a second :meth:`HandshakeWatch.fetch` spends listing this process's
+sockets (past it, new connections are counted, not traced), and the most CPU time per
+second of waiting the background thread spends settling."""
 FIRST_REPORTED = 8
 """Failures of one host reported each; after them, only the 16th, 32nd, 64th..."""
 MAX_HOSTS = 10_000
@@ -53,40 +55,6 @@ REASON = (
     "TLS handshake failed or no call was made: no client certificate, one the "
     "federation's CA did not sign, or not a covey client"
 )
-
-
-def _address(hex_address: str) -> str:
-    """The text form of an address as the kernel's table prints it (32-bit words, host order)."""
-    raw = bytes.fromhex(hex_address)
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    if len(words) == 4:
-        return socket.inet_ntop(socket.AF_INET, words)
-    if words[:12] == b"\0" * 10 + b"\xff\xff":  # an IPv4 client of a dual-stack socket
-        return socket.inet_ntop(socket.AF_INET, words[12:])
-    return socket.inet_ntop(socket.AF_INET6, words)
-
-
-def established_peers(tables: Iterable[str], port: int) -> set[Peer]:
-    """Remote addresses of the established connections to local ``port`` in kernel TCP tables.
-
-    Args:
-        tables: Texts of ``/proc/net/tcp`` and/or ``/proc/net/tcp6``.
-        port: The local (listening) port.
-
-    Returns:
-        ``(host, port)`` of each remote end; IPv4-mapped IPv6 addresses as IPv4.
-    """
-    peers: set[Peer] = set()
-    for text in tables:
-        for line in text.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) < 4 or fields[3] != ESTABLISHED:
-                continue
-            local, remote = fields[1].rsplit(":", 1), fields[2].rsplit(":", 1)
-            with contextlib.suppress(ValueError, OSError):
-                if int(local[1], 16) == port:
-                    peers.add((_address(remote[0]), int(remote[1], 16)))
-    return peers
 
 
 def parse_peer(peer: str) -> Peer | None:
@@ -126,15 +94,55 @@ def _channelz_peers() -> set[Peer]:
     return peers
 
 
-def _kernel_peers(port: int) -> set[Peer] | None:
-    """Established peers of ``port`` now, or None where the kernel's tables cannot be read."""
-    texts = []
-    for table in TABLES:
+class _Sockets:
+    """This process's TCP connections, by descriptor: local port and peer (cached per socket)."""
+
+    def __init__(self) -> None:
+        """An empty cache."""
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[str, Ends | None]] = {}  # fd -> (its link, its ends)
+
+    def peers(self, port: int) -> set[Peer] | None:
+        """Peers of this process's connections to local ``port``; None without ``/proc``."""
         try:
-            texts.append(table.read_text())
+            fds = os.listdir(FDS)
         except OSError:
-            continue
-    return established_peers(texts, port) if texts else None
+            return None
+        found: set[Peer] = set()
+        with self._lock:
+            known, self._known = self._known, {}
+            for fd in fds:
+                try:
+                    link = os.readlink(FDS / fd)
+                except OSError:  # closed meanwhile (or the listing's own descriptor)
+                    continue
+                if not link.startswith("socket:"):
+                    continue
+                cached = known.get(fd)
+                ends = cached[1] if cached is not None and cached[0] == link else _ends(fd)
+                self._known[fd] = (link, ends)
+                if ends is not None and ends[0] == port:
+                    found.add((ends[1], ends[2]))
+        return found
+
+
+def _ends(fd: str) -> Ends | None:
+    """``(local port, peer host, peer port)`` of a connected TCP socket descriptor, else None."""
+    try:
+        sock = socket.socket(fileno=os.dup(int(fd)))  # a duplicate: closing it ends nothing
+    except (OSError, ValueError):
+        return None
+    with sock:
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        try:
+            local, remote = sock.getsockname(), sock.getpeername()
+        except OSError:  # listening, or not connected
+            return None
+    host = str(remote[0])
+    if host.startswith("::ffff:") and "." in host:  # an IPv4 peer of a dual-stack socket
+        host = host[len("::ffff:") :]
+    return int(local[1]), host, int(remote[1])
 
 
 class HandshakeWatch:
@@ -158,7 +166,8 @@ class HandshakeWatch:
         self.untraced = 0
         self._wake = threading.Event()
         self._closed = threading.Event()
-        self.enabled = any(table.exists() for table in TABLES)
+        self._sockets = _Sockets()
+        self.enabled = FDS.is_dir()
         self._thread: threading.Thread | None = None
         if self.enabled:
             self._thread = threading.Thread(target=self._run, name="covey-handshakes", daemon=True)
@@ -207,8 +216,9 @@ class HandshakeWatch:
                         self.untraced,
                     )
                 return
-        peers = _kernel_peers(self.port)
-        took = time.monotonic() - now
+        cpu = time.thread_time()
+        peers = self._sockets.peers(self.port)
+        took = time.thread_time() - cpu
         if peers is None:
             return
         with self._lock:
@@ -223,10 +233,10 @@ class HandshakeWatch:
             self._wake.clear()
             pause = POLL
             while not self._closed.wait(pause):
-                began = time.monotonic()
+                began = time.thread_time()
                 if not self._settle():
                     break
-                pause = max(POLL, (time.monotonic() - began) / BUDGET)
+                pause = max(POLL, (time.thread_time() - began) / BUDGET)
 
     def _settle(self) -> bool:
         """Settle what can be settled; True while connections remain pending."""
@@ -234,7 +244,7 @@ class HandshakeWatch:
             if not self._pending:
                 self._streams.clear()
                 return False
-        current = _kernel_peers(self.port) or set()
+        current = self._sockets.peers(self.port) or set()
         live = _channelz_peers()
         failed: list[Peer] = []
         with self._lock:
