@@ -171,3 +171,13 @@ def test_a_value_outside_the_range_is_named_by_its_array_and_index() -> None:
     for failure in failures:
         assert "'b': the value at index 2 is outside the clipping range" in failure.error
         assert "1.5" not in failure.error  # the index, never the value
+
+
+def test_a_client_cache_too_small_for_the_round_says_why_the_clients_drop() -> None:
+    # A client's keys live with its object between the exchanges of a round: with a
+    # client built for every task the protocol cannot run, and the error says so.
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(Site, 4, 1, strategy, {"w": np.zeros(8, np.float32)}, client_cache=0)
+    assert "client_cache" in str(info.value)
+    assert "holds no keys of the round" in str(info.value)

@@ -254,9 +254,8 @@ def secure_sum(
         total = ss.finish(state, alive, dropped, _mappings(replies))
         seconds["unmask"] = time.perf_counter() - t0
     except cs.ProtocolAbort as exc:
-        why = dict(failures)
-        why.update(state.left)
-        why.update(state.dropped)
+        # A client's own error says more than the stage's summary ("no key shares").
+        why = {**state.left, **state.dropped, **failures}
         raise SecAggAbort(str(exc), stage, why) from None
     excluded = {u: failures.get(u, why) for u, why in state.left.items()}
     for u in cid_list:
