@@ -181,3 +181,20 @@ def test_a_client_cache_too_small_for_the_round_says_why_the_clients_drop() -> N
         covey.simulate(Site, 4, 1, strategy, {"w": np.zeros(8, np.float32)}, client_cache=0)
     assert "client_cache" in str(info.value)
     assert "holds no keys of the round" in str(info.value)
+
+
+def test_simulated_stragglers_drop_out_of_a_secure_round_as_of_a_plain_one() -> None:
+    # Training happens in the masked-input exchange, which the simulated clock must time.
+    def speed(cid: int, rng: Any) -> float:
+        return float(cid)
+
+    kw: dict[str, Any] = {"client_durations": speed, "round_deadline": 4.5}
+    init = {"w": np.zeros(8, np.float32)}
+    plain = covey.simulate(Site, 8, 2, covey.FedAvg(fraction_evaluate=0.0), init, **kw)
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    safe = covey.simulate(Site, 8, 2, strategy, init, **kw)
+    for a, b in zip(plain.history.rounds[1:], safe.history.rounds[1:], strict=True):
+        assert sorted(b.fit_participants) == sorted(a.fit_participants) == [0, 1, 2, 3, 4]
+        assert sorted(f.cid for f in b.fit_failures) == [5, 6, 7]
+        assert all("straggler" in f.error for f in b.fit_failures)
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 * 2 / 32767)
