@@ -198,3 +198,63 @@ def test_simulated_stragglers_drop_out_of_a_secure_round_as_of_a_plain_one() -> 
         assert sorted(f.cid for f in b.fit_failures) == [5, 6, 7]
         assert all("straggler" in f.error for f in b.fit_failures)
     np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 * 2 / 32767)
+
+
+class Signed(Site):
+    """A site with its Ed25519 identity."""
+
+    def __init__(self, cid: int, identity: covey.secagg.Identity) -> None:
+        super().__init__(cid)
+        self.secagg_identity = identity
+
+
+def test_a_server_given_the_directory_leaves_out_a_client_whose_keys_do_not_verify() -> None:
+    # Without the directory the server forwards the bad signature and every neighbour
+    # aborts: one site with a key nobody trusts stops every round it is sampled in.
+    names = [f"site-{k}" for k in range(6)]
+    ids = covey.secagg.identities(names)
+    stale = covey.secagg.identities(["site-3"])["site-3"]  # a key the others do not trust
+    directory = dict(ids["site-0"].peers)
+
+    def client_fn(cid: int) -> Signed:
+        return Signed(cid, stale if cid == 3 else ids[names[cid]])
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    init = {"w": np.zeros(8, np.float32)}
+    with pytest.raises(covey.FederationError, match="not signed by 'site-3'"):
+        covey.simulate(client_fn, 6, 1, secure(strategy, clip_range=CLIP, signed=True), init)
+    safe = secure(strategy, clip_range=CLIP, signed=True, directory=directory)
+    record = covey.simulate(client_fn, 6, 1, safe, init).history.rounds[1]
+    assert sorted(record.fit_participants) == [0, 1, 2, 4, 5]
+    assert [f.cid for f in record.fit_failures] == [3]
+    assert "not signed by 'site-3'" in record.fit_failures[0].error
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"directory": {"a": b"x" * 32}}, "directory needs signed=True"),
+        ({"signed": True, "directory": {"a": b"short"}}, "32-byte Ed25519 public key"),
+    ],
+)
+def test_a_directory_is_checked_when_secure_is_called(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        secure(covey.FedAvg(), clip_range=CLIP, **kw)
+
+
+def test_a_forged_claim_to_a_name_does_not_push_its_owner_out() -> None:
+    names = [f"site-{k}" for k in range(5)]
+    ids = covey.secagg.identities(names)
+    forger = covey.secagg.Identity("site-4", ids["site-0"].signing_key, ids["site-0"].peers)
+
+    def client_fn(cid: int) -> Signed:  # client 0 signs as site-4 with its own key
+        return Signed(cid, forger if cid == 0 else ids[names[cid]])
+
+    safe = secure(
+        covey.FedAvg(fraction_evaluate=0.0),
+        clip_range=CLIP,
+        signed=True,
+        directory=dict(ids["site-1"].peers),
+    )
+    record = covey.simulate(client_fn, 5, 1, safe, {"w": np.zeros(8, np.float32)}).history
+    assert sorted(record.rounds[1].fit_participants) == [1, 2, 3, 4]

@@ -130,6 +130,7 @@ def secure_sum(
     noise_entries: int | None = None,
     complete: bool | None = None,
     signed: bool = False,
+    directory: Mapping[str, bytes] | None = None,
     min_survivors: int = 0,
     short: str = "",
 ) -> SecureSumResult:
@@ -159,6 +160,9 @@ def secure_sum(
         noise_entries: Add the noise to the first this many entries only (default: all).
         complete: Force the complete graph (True, SecAgg) or a sparse one (False).
         signed: Require clients to sign their keys (they need a ``secagg_identity``).
+        directory: Each client name's Ed25519 public key: with ``signed``, the
+            server checks every signature itself and leaves out a client whose
+            keys do not verify (else its neighbours abort the round).
         min_survivors: Stop before the unmasking (nothing revealed) when fewer
             clients than this sent their masked input, e.g. fewer than the round
             loop would accept.
@@ -195,6 +199,9 @@ def secure_sum(
             for u, r in replies.items():
                 if not (isinstance(r, Mapping) and "sig" in r and "name" in r):
                     failures.setdefault(u, "keys not signed")
+            if directory is not None:
+                for u, reason in ss.unverified(session, replies, directory).items():
+                    failures.setdefault(u, reason)
             replies = {u: r for u, r in replies.items() if u not in failures}
         state, keys = ss.collect_keys(state, _mappings(replies))
         seconds["advertise"] = time.perf_counter() - t0

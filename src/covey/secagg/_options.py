@@ -39,3 +39,18 @@ def check_parts(threat: object, noise: object, metrics: object) -> None:
         ok = isinstance(bound, int | float) and not isinstance(bound, bool)
         if not (ok and math.isfinite(bound) and bound > 0):
             raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound!r}")
+
+
+def check_directory(directory: object, signed: bool) -> None:
+    """Refuse a directory without ``signed=True``, or one that is not names to 32-byte keys."""
+    if directory is None:
+        return
+    if not signed:
+        raise ValueError("a directory needs signed=True: it checks the clients' signatures")
+    if not isinstance(directory, Mapping):
+        raise ValueError(f"directory must map client names to public keys, got {directory!r}")
+    for name, key in directory.items():
+        if not isinstance(name, str) or not isinstance(key, bytes) or len(key) != 32:
+            raise ValueError(
+                f"directory entry {name!r} must be a name and its raw 32-byte Ed25519 public key"
+            )

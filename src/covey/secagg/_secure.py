@@ -34,7 +34,7 @@ from covey.secagg._ddp import client_clip, clip_update, dp_plan
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._handlers import register_task_input
-from covey.secagg._options import check_options, check_parts
+from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
 from covey.strategies._strategy import FitOutcome, Strategy
@@ -198,6 +198,7 @@ class _Secure:
     summed: bool = False  # central DP: hand the DP step the sum, not the mean
     min_fit_clients: int = 0  # the loop's rule for a round, applied before unmasking
     accept_failures: bool = True
+    directory: Mapping[str, bytes] | None = None  # names' public keys, to check signatures
 
     def bound(self) -> int:
         top = (1 << (self.bits - 1)) - 1
@@ -245,6 +246,7 @@ class _Secure:
                 noise_entries=model,
                 complete=self.complete,
                 signed=self.signed,
+                directory=self.directory,
                 **self._needed(len(cids)),
             )
         except SecAggAbort as exc:
@@ -315,6 +317,7 @@ def secure(
     complete: bool | None = None,
     signed: bool = False,
     reducer: Reducer = "auto",
+    directory: Mapping[str, bytes] | None = None,
 ) -> Strategy:
     """The same strategy with its fit rounds run through secure aggregation (SecAgg+).
 
@@ -343,6 +346,10 @@ def secure(
         signed: Clients sign their keys with their ``secagg_identity`` (Ed25519),
             as a deployment with mTLS identities should; without it the protocol
             protects against an honest-but-curious server only.
+        directory: With ``signed``, each client name's raw 32-byte Ed25519 public key
+            (the directory the clients trust): the server then checks each
+            client's signature itself and leaves out one whose keys do not
+            verify, where without it all that client's neighbours abort.
         reducer: ``"auto"`` recognizes the aggregator's mean by running it on a
             made-up round; name it when a server-side step is random (central DP noise).
 
@@ -371,6 +378,7 @@ def secure(
         raise ValueError("the strategy already runs a custom fit exchange")
     check_options(clip_range, max_examples, complete, signed, reducer)
     check_parts(threat, noise, metrics)
+    check_directory(directory, signed)
     dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
     if dp.l2_clip is not None and dp.l2_clip > clip_range:
         raise ValueError(
@@ -410,6 +418,7 @@ def secure(
         dp.summed,
         strategy.min_fit_clients,
         strategy.accept_failures,
+        None if directory is None else dict(directory),
     )
     # Fail now, not in round 1, when even a modest federation would overflow the ring.
     ring_bits(1000, fit.bound() + (noise.tail_bound if noise else 0))
