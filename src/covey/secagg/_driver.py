@@ -132,7 +132,7 @@ def secure_sum(
     signed: bool = False,
     directory: Mapping[str, bytes] | None = None,
     min_survivors: int = 0,
-    short: str = "",
+    shortfall: str = "",
 ) -> SecureSumResult:
     """Add up a vector computed on each client so the server learns only the sum.
 
@@ -166,7 +166,8 @@ def secure_sum(
         min_survivors: Stop before the unmasking (nothing revealed) when fewer
             clients than this sent their masked input, e.g. fewer than the round
             loop would accept.
-        short: The reason such a stop gives, after the count of survivors.
+        shortfall: What such a stop says after the count of survivors (default:
+            "fewer than MIN_SURVIVORS").
 
     Returns:
         A :class:`SecureSumResult`; ``total`` is exact (no wrap-around).
@@ -251,7 +252,7 @@ def secure_sum(
         if len(alive) < min_survivors:  # a sum the caller would refuse is never revealed
             raise cs.ProtocolAbort(
                 f"{len(alive)} of {len(cid_list)} clients sent masked inputs, "
-                + (short or f"fewer than {min_survivors}")
+                + (shortfall or f"fewer than {min_survivors}")
             )
 
         stage, t0 = "unmask", time.perf_counter()

@@ -207,9 +207,9 @@ class _Secure:
     def _needed(self, sampled: int) -> dict[str, Any]:
         """The survivors the round loop accepts, so that a sum it would refuse stays masked."""
         if not self.accept_failures:
-            return {"min_survivors": sampled, "short": "and accept_failures=False"}
+            return {"min_survivors": sampled, "shortfall": "and accept_failures=False"}
         needed = min(self.min_fit_clients, sampled)
-        return {"min_survivors": needed, "short": f"fewer than min_fit_clients={needed}"}
+        return {"min_survivors": needed, "shortfall": f"fewer than min_fit_clients={needed}"}
 
     def __call__(
         self, transport: Any, cids: Sequence[int], task: Task, timeout: float | None
