@@ -258,3 +258,20 @@ def test_a_forged_claim_to_a_name_does_not_push_its_owner_out() -> None:
     )
     record = covey.simulate(client_fn, 5, 1, safe, {"w": np.zeros(8, np.float32)}).history
     assert sorted(record.rounds[1].fit_participants) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.int64(1), np.float64(0.5), 1])
+def test_a_declared_metric_of_a_numpy_type_is_summed_as_without_secure_aggregation(
+    value: Any,
+) -> None:
+    class Reports(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            delta = {"w": np.full(8, 0.1, np.float32)}
+            return covey.FitResult(delta=delta, num_examples=2, metrics={"loss": value})
+
+    init = {"w": np.zeros(8, np.float32)}
+    plain = covey.simulate(lambda cid: Reports(), 3, 1, covey.FedAvg(fraction_evaluate=0.0), init)
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0), metrics={"loss": 2.0})
+    safe = covey.simulate(lambda cid: Reports(), 3, 1, strategy, init)
+    expected = plain.history.rounds[1].fit_metrics["loss"]
+    assert safe.history.rounds[1].fit_metrics["loss"] == pytest.approx(expected, abs=1e-4)

@@ -107,7 +107,10 @@ def _metric_tail(metrics: Any, bounds: Mapping[str, float], n: int, bits: int) -
     tail: list[int] = []
     for name, bound in bounds.items():
         value = metrics.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # Numbers as the unsecured mean takes them, NumPy scalars (a float32 loss) included.
+        if isinstance(value, bool | np.bool_) or not isinstance(
+            value, int | float | np.integer | np.floating
+        ):
             tail += [0, 0]
             continue
         if not abs(float(value)) <= float(bound):  # also NaN; the value stays out of it
