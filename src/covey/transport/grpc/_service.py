@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import grpc
@@ -76,6 +76,7 @@ __all__ = [
 logger = logging.getLogger("covey")
 
 SILENCE = 6  # heartbeat intervals of silence after which a client is taken for gone
+GOODBYE_DRAIN = 5.0  # seconds a client has to hang up after the goodbye
 
 
 class _ProtocolError(Exception):
@@ -171,29 +172,35 @@ class FederationService:
             cid=cid, name=name, heartbeat_interval=self.heartbeat, protocol=PROTOCOL
         )
         yield control(pb.ServerMessage(welcome=welcome))
-        yield from self._send(conn)
+        if (yield from self._send(conn)):
+            # The client hangs up once it reads the goodbye. Ending the stream first
+            # would close the connection while it may still send (a late reply), and
+            # its kernel would then drop the unread goodbye with the reset connection.
+            reader.join(GOODBYE_DRAIN)
         if conn.refusal:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, conn.refusal)
 
-    def _send(self, conn: Connection) -> Iterator[bytes]:
+    def _send(self, conn: Connection) -> Generator[bytes, None, bool]:
         """The response stream: heartbeats, goodbyes, task headers and their chunk frames.
 
         Only this generator writes to the stream, so a task's chunk frames are never
-        interleaved with anything else.
+        interleaved with anything else. Returns whether it ended after a goodbye.
         """
+        goodbye = False
         while conn.alive:
             try:
                 item = conn.outbound.get(timeout=self.heartbeat)
             except queue.Empty:
                 if time.monotonic() - conn.last_seen > SILENCE * self.heartbeat:
                     self.registry.drop(conn, "timed out (no heartbeat)")
-                    return
+                    return False
                 yield _HEARTBEAT
                 continue
             if item is CLOSE:
-                return
+                return goodbye
             if item[0] == "goodbye":
                 yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1])))
+                goodbye = True
                 continue
             _, task_id, task, blob, extras = item
             with conn.lock:
@@ -214,8 +221,9 @@ class FederationService:
             yield control(pb.ServerMessage(task=header))
             for frame in frames(blob, extras):
                 if conn.closed():
-                    return
+                    return False
                 yield frame
+        return False
 
     def _read(self, conn: Connection, requests: Iterator[bytes]) -> None:
         """Read one client's frames until its stream ends, then drop it."""
