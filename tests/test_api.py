@@ -114,6 +114,7 @@ EXPECTED = {
         "FitResult",
         "History",
         "Metrics",
+        "MissingExtraError",
         "Reply",
         "RoundRecord",
         "Task",
