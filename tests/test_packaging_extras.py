@@ -208,3 +208,29 @@ def test_the_core_runs_with_every_extra_missing(tmp_path: Path) -> None:
     out = run_without(set(OPTIONAL), code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[2.0, 2.0]"
+
+
+def test_the_dashboard_without_plotly_names_its_extra(tmp_path: Path) -> None:
+    # starlette and uvicorn present, plotly missing: the app and a report say so at once.
+    code = """
+        import numpy as np, covey
+        from covey.dashboard import create_app, write_report
+        class C(covey.Client):
+            def fit(self, weights, config):
+                return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
+        covey.simulate(lambda cid: C(), num_clients=2, rounds=1, strategy=covey.FedAvg(),
+                       initial_weights={"w": np.zeros(1)}, run_dir="run")
+        for use in (lambda: create_app("."), lambda: write_report("run", "r.html")):
+            try:
+                use()
+                print("no error")
+            except ImportError as exc:
+                print(type(exc).__name__, "|", exc)
+    """
+    out = run_without({"plotly"}, code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout
+    for line in lines:
+        assert line.startswith("MissingExtraError |"), line
+        assert "pip install 'covey[dashboard]'" in line
