@@ -146,3 +146,16 @@ def test_no_extra_restates_a_core_dependency() -> None:
     for extra, requirements in PROJECT["optional-dependencies"].items():
         again = core & {_name(r) for r in requirements}
         assert not again, f"[{extra}] repeats core dependencies {sorted(again)}"
+
+
+def test_an_empty_table_keeps_its_text_columns_text() -> None:
+    # DuckDB before 2.0 typed the object columns of a DataFrame without rows as
+    # INTEGER; the analytics extra allows duckdb 1.1, so the site says text.
+    pd = pytest.importorskip("pandas", reason="the analytics extra installs pandas")
+    from covey.analytics._tables import load_tables
+
+    empty = pd.DataFrame({"ward": pd.Series([], dtype=object), "smoker": pd.Series([], dtype=bool)})
+    con = load_tables({"t": empty})
+    types = {row[0]: row[1] for row in con.execute("DESCRIBE t").fetchall()}
+    assert types == {"ward": "VARCHAR", "smoker": "BOOLEAN"}
+    assert con.execute("SELECT COUNT(*) FROM t WHERE ward LIKE 'n%' OR smoker").fetchone() == (0,)
