@@ -34,6 +34,9 @@ class MissingExtraError(ImportError):
     """A feature needs a library that one of covey's extras installs, and it is missing."""
 
 
+MissingExtraError.__module__ = "covey.core"  # its public home, as tracebacks show it
+
+
 def extra_for(exc: BaseException) -> str | None:
     """The extra that installs the library whose absence raised ``exc``, or None.
 
