@@ -73,7 +73,10 @@ def test_the_wheel_holds_exactly_the_package_files(dists: tuple[Path, Path]) -> 
     tree = {
         "covey/" + p.relative_to(SRC).as_posix()
         for p in SRC.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix != ".pyc"
+        and not any(part.endswith(".egg-info") for part in p.parts)
     }
     assert shipped == tree
     for needed in (
