@@ -115,6 +115,7 @@ EXPECTED = {
         "FitResult",
         "History",
         "Metrics",
+        "MissingExtraError",
         "Reply",
         "RoundRecord",
         "Task",

@@ -18,8 +18,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from covey.core._extras import import_feature
 
 if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when first used
     from covey.analytics._dp import Analyst
@@ -58,6 +59,6 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'covey.analytics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"covey.analytics.{module}"), name)
+    value = getattr(import_feature(f"covey.analytics.{module}", f"covey.analytics.{name}"), name)
     globals()[name] = value
     return value

@@ -48,7 +48,15 @@ def _sqlite(con: duckdb.DuckDBPyConnection, name: str, source: str) -> None:
 
 
 def _copy(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> None:
-    """Copy a DataFrame into a DuckDB table (columnar storage, no pandas scan per query)."""
+    """Copy a DataFrame into a DuckDB table (columnar storage, no pandas scan per query).
+
+    A table with no rows has no values to tell a text column's type by: DuckDB
+    before 2.0 makes its object columns INTEGER (then ``ward LIKE 'n%'`` fails
+    to bind), so they are given as text.
+    """
+    if frame.empty:
+        text = [c for c in frame.columns if frame[c].dtype == object]
+        frame = frame.astype(dict.fromkeys(text, "string"))
     con.register(f"__src_{name}", frame)
     try:
         con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {quote('__src_' + name)}")  # noqa: S608

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import covey
+from covey.core._extras import MissingExtraError, extra_for
 
 app = typer.Typer(
     name="covey",
@@ -139,7 +140,8 @@ def main() -> None:
     """Entry point of the ``covey`` command.
 
     An unexpected error ends in one line (exit code 1); its traceback is shown
-    only with ``-v``/``--verbose``.
+    only with ``-v``/``--verbose``. An optional library that is missing ends in
+    one line naming the extra that installs it (``pip install 'covey[analytics]'``).
     """
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
     try:
@@ -147,8 +149,17 @@ def main() -> None:
     except Exception as exc:
         if verbose:
             raise
+        err = Console(stderr=True, highlight=False)
+        extra = extra_for(exc)
+        if isinstance(exc, MissingExtraError) or extra is not None:
+            hint = "" if extra is None else f" (covey's {extra} extra installs it)"
+            if extra is not None:
+                hint += f": pip install 'covey[{extra}]'"
+            # One unwrapped line, so the install command can be copied whole.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}{escape(hint)}", soft_wrap=True)
+            raise SystemExit(1) from None
         message = str(exc).splitlines()[0] if str(exc) else ""
-        Console(stderr=True, highlight=False).print(
+        err.print(
             f"[bold red]error:[/] {type(exc).__name__}: {escape(message)} "
             "(run with -v for the traceback)"
         )

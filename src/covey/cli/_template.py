@@ -71,7 +71,7 @@ Serve it for real clients (see `[tool.covey.federations.local]`):
     covey client --app $pkg.client_app:client_fn --cid 0 --name site-0 \\
         --server 127.0.0.1:9092 --insecure
 
-Test it:
+Test it (pytest is not installed with covey: `pip install pytest`):
 
     pytest
 """

@@ -6,13 +6,15 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from covey.core._extras import MissingExtraError
+
 
 def torch_module() -> Any:
     """The ``torch`` module, or an ImportError saying how to install it."""
     try:
         return importlib.import_module("torch")
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingExtraError(
             "this helper needs PyTorch: pip install 'covey[torch]' (torch==2.13.0)"
         ) from exc
 

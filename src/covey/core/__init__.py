@@ -5,6 +5,7 @@ Every other layer builds on it.
 """
 
 from covey.core._codec import CodecError, decode, encode
+from covey.core._extras import MissingExtraError
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import Config, EvaluateResult, FitResult, Metrics, Reply, Task
 from covey.core._weights import Weights, WeightsError, WeightsSpec
@@ -17,6 +18,7 @@ __all__ = [
     "FitResult",
     "History",
     "Metrics",
+    "MissingExtraError",
     "Reply",
     "RoundRecord",
     "Task",

@@ -16,8 +16,9 @@ without the extra installed.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from covey.core._extras import import_feature
 
 if TYPE_CHECKING:
     from covey.dashboard._app import create_app
@@ -51,8 +52,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import the public names lazily (the web stack is an optional extra)."""
+    """Import the public names lazily (the web stack is an optional extra).
+
+    Raises:
+        MissingExtraError: naming the extra to install when its library is missing.
+    """
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'covey.dashboard' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"covey.dashboard.{module}"), name)
+    return getattr(import_feature(f"covey.dashboard.{module}", f"covey.dashboard.{name}"), name)

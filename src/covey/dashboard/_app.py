@@ -33,6 +33,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from covey.core._extras import missing_extra
 from covey.dashboard._runs import (
     Run,
     RunReadError,
@@ -68,8 +69,17 @@ def _json(value: Any) -> str:
 
 
 def plotly_js() -> Path:
-    """The path of ``plotly.min.js`` inside the installed ``plotly`` package."""
-    path = Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
+    """The path of ``plotly.min.js`` inside the installed ``plotly`` package.
+
+    Raises:
+        MissingExtraError: plotly (of the dashboard extra) is not installed.
+        FileNotFoundError: the installed plotly lacks the file.
+    """
+    try:
+        package = resources.files("plotly")
+    except ModuleNotFoundError as exc:
+        raise missing_extra("the dashboard's charts", exc, "dashboard") from exc
+    path = Path(str(package / "package_data" / "plotly.min.js"))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall the 'plotly' package")
     return path
@@ -176,9 +186,13 @@ def create_app(
 
     Returns:
         An ASGI app; serve it with :class:`covey.dashboard.DashboardServer` or uvicorn.
+
+    Raises:
+        MissingExtraError: plotly (of the dashboard extra) is not installed.
     """
     root = Path(runs_dir)
     static = _static_dir()
+    vendor = plotly_js()  # the chart library is checked now, not on the page's first request
     closing = closing if closing is not None else threading.Event()
     cache = RunCache()
 
@@ -186,7 +200,7 @@ def create_app(
         return FileResponse(static / "index.html", media_type="text/html")
 
     async def vendor_plotly(request: Request) -> Response:
-        return FileResponse(plotly_js(), media_type="text/javascript")
+        return FileResponse(vendor, media_type="text/javascript")
 
     async def runs(request: Request) -> Response:
         def read_all() -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from covey.core._extras import import_feature
 from covey.core._files import atomic_write
 from covey.dashboard._app import plotly_js
 from covey.dashboard._runs import (
@@ -53,7 +54,7 @@ def _series(rounds: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
 
 
 def _figures(run: Run) -> list[Any]:
-    import plotly.graph_objects as go
+    go = import_feature("plotly.graph_objects", "covey.dashboard's reports")
 
     rounds = run.rounds
     layout: dict[str, Any] = {

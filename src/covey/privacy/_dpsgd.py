@@ -22,6 +22,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.clients._torch import torch_module
+from covey.core._extras import MissingExtraError
 from covey.privacy._accounting import Accountant, Ledger, round_event
 
 logger = logging.getLogger("covey")
@@ -31,7 +32,7 @@ def _opacus() -> Any:
     try:
         return importlib.import_module("opacus")
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("DP-SGD needs Opacus: pip install 'covey[torch]'") from exc
+        raise MissingExtraError("DP-SGD needs Opacus: pip install 'covey[torch]'") from exc
 
 
 class DPSGD:

@@ -32,6 +32,7 @@ import numpy as np
 
 from covey.clients._client import ClientFn, build_client, run_task
 from covey.core import _codec
+from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim._inline import fingerprint, lent_weights_changed
@@ -58,7 +59,7 @@ def _ray(local: bool = False) -> Any:
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
+        raise MissingExtraError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
     return ray
 
 

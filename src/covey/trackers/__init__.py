@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from covey.core._extras import MissingExtraError
+
 if TYPE_CHECKING:
     from covey.trackers._mlflow import MLflowLogger
     from covey.trackers._scalars import round_scalars
@@ -52,7 +54,7 @@ def __getattr__(name: str) -> Any:
         if module not in _EXTRA or exc.name is None or exc.name.startswith("covey"):
             raise
         library, extra = _EXTRA[module]
-        raise ImportError(
+        raise MissingExtraError(
             f"covey.trackers.{name} needs {library} ({exc.name} is missing): "
             f"pip install 'covey[{extra}]'"
         ) from exc

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.core._extras import MissingExtraError
 from covey.core._weights import Array, Weights, WeightsError
 from covey.xgboost._validate import new_trees
 
@@ -40,7 +41,9 @@ def xgboost_module() -> Any:
     try:
         return importlib.import_module("xgboost")
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("covey.xgboost needs XGBoost: pip install 'covey[xgboost]'") from exc
+        raise MissingExtraError(
+            "covey.xgboost needs XGBoost: pip install 'covey[xgboost]'"
+        ) from exc
 
 
 def to_weights(model: bytes | bytearray | memoryview, capacity: int) -> dict[str, Array]:
