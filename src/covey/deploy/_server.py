@@ -24,7 +24,7 @@ from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
 from covey.server._saver import BackgroundSaver
-from covey.server._state import dump_state, load_state
+from covey.server._state import check_state, dump_state, load_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
 from covey.transport.grpc._checks import check_address
@@ -468,13 +468,13 @@ def _open_run(
 ) -> _Run:
     """Create the run's store, or take the reopened one to resume after its last round."""
     if opened is not None:
-        if opened.last_round() is None:
+        if opened.check_lost_rounds() is None:
             raise ValueError(
                 f"the run in {opened.run_dir} has no saved round (its server stopped before "
                 "round 0 was saved): there is nothing to resume; remove the folder and start "
                 f"the run again with --run-dir {opened.run_dir}"
             )
-        last, weights, _, blob = opened.load_latest_valid()
+        last, weights, _, blob = opened.load_latest_valid(check_state)
         opened.discard_after(last)  # rounds whose files did not survive are redone
         history = opened.history()
         history.rounds = [r for r in history.rounds if r.round <= last]
