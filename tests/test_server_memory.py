@@ -181,3 +181,33 @@ def test_trim_heap_gives_freed_frames_back() -> None:
     )
     before, after = _heap_after_frames(trim=True)
     assert before - after > 48, (before, after)
+
+
+class _PlusOne(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={"w": weights["w"] + 1.0}, num_examples=1)
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_simulate_with_a_weights_function_frees_the_step_0_model(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    monkeypatch.syspath_prepend(str(APPS))
+    import held_app
+
+    held_app.made.clear()
+    held_app.alive.clear()
+    result = covey.simulate(
+        lambda cid: _PlusOne(),
+        2,
+        2,
+        covey.FedAvg(fraction_evaluate=0.0),
+        held_app.initial,
+        held_app.evaluate,
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=1,
+    )
+    assert len(held_app.made) == 1  # called once
+    assert held_app.alive[0]
+    assert not held_app.alive[1]  # round 1's model replaced it and nothing else holds it
+    np.testing.assert_array_equal(result.weights["w"], np.full(1 << 16, 2.0))

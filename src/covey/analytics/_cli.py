@@ -45,7 +45,16 @@ def load_policy(path: Path | None) -> Any:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--policy") from None
     table = data.get("policy", data)
-    known = {"tables", "columns", "bounds", "domains", "min_group_size", "epsilon", "min_max"}
+    known = {
+        "tables",
+        "columns",
+        "bounds",
+        "domains",
+        "min_group_size",
+        "epsilon",
+        "min_max",
+        "distinct",
+    }
     unknown = sorted(set(table) - known - {"delta"})
     if unknown:
         raise typer.BadParameter(f"unknown policy settings {unknown}", param_hint="--policy")
@@ -66,6 +75,13 @@ def _tables(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def default_ledger(tables: dict[str, str], name: str) -> Path:
+    """Where a site keeps its DP budget by default: next to its first table's file."""
+    first = next(iter(tables.values()))
+    source = Path(first.removeprefix("sqlite:///"))
+    return source.parent / f"{name}.covey-budget.json"
+
+
 def site_command(
     table: Annotated[
         list[str],
@@ -82,6 +98,13 @@ def site_command(
     name: Annotated[str | None, typer.Option(help="The site's id (its certificate name).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
     once: Annotated[bool, typer.Option(help="Leave after the first query server ends.")] = False,
+    ledger: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file keeping the site's DP budget across restarts "
+            "(default: NAME.covey-budget.json next to the first table)."
+        ),
+    ] = None,
 ) -> None:
     """Serve analytics queries over local tables, answering under the site's policy."""
     from covey.analytics._site import Site
@@ -91,7 +114,10 @@ def site_command(
     if the_policy is None:
         errors.print("[yellow]warning:[/] no --policy given: this site refuses every query")
     try:
-        site = Site(_tables(table), the_policy, name=name or "site")
+        tables = _tables(table)
+        kept = ledger if ledger is not None else default_ledger(tables, name or "site")
+        site = Site(tables, the_policy, name=name or "site", ledger=kept)
+        errors.print(f"privacy budget kept in {kept}")
         tls = None
         if certs is not None:
             if name is None:
@@ -104,7 +130,7 @@ def site_command(
             errors.print(f"answered {result.tasks} task(s); server said: {result.reason}")
             if once:
                 break
-    except (ConnectionError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     sys.stdout.flush()

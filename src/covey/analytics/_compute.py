@@ -36,6 +36,7 @@ class Computed:
     vectors: list[np.ndarray]
     clipped: dict[str, int]
     outside_domain: int
+    support: list[np.ndarray]
 
 
 def _key(value: Any) -> str:
@@ -135,13 +136,17 @@ class _Stage:
         return self.con.execute(sql, [*self.params, *extra]).fetchall()
 
     def simple(
-        self, stats: Sequence[Mapping[str, Any]], clip_cols: Sequence[str]
-    ) -> tuple[np.ndarray, list[np.ndarray | None], dict[str, int], int]:
+        self,
+        stats: Sequence[Mapping[str, Any]],
+        clip_cols: Sequence[str],
+        support: Sequence[str] = (),
+    ) -> tuple[np.ndarray, list[np.ndarray | None], dict[str, int], int, np.ndarray]:
         """Counts, sums, non-null counts, min and max per group in one query.
 
         Returns:
             Rows per group, a vector per simple statistic (None for the others),
-            clipped values per column, and rows outside the domain.
+            clipped values per column, rows outside the domain, and a column per
+            ``support`` expression (rows per group a statistic reads).
         """
         exprs: list[str] = ["COUNT(*)"]
         slots: list[int | None] = []
@@ -159,6 +164,8 @@ class _Stage:
             slots.append(len(exprs) - 1)
         first_clip = len(exprs)
         exprs += [_outside(c, self.bounds) for c in clip_cols]
+        first_support = len(exprs)
+        exprs += list(support)
         table = np.zeros((self.groups, len(exprs)))
         table[:, 1:] = np.nan if any(s["op"] in ("min", "max") for s in stats) else 0.0
         outside = 0
@@ -177,7 +184,7 @@ class _Stage:
                 column = np.nan_to_num(column)
             out.append(column)
         clipped = {c: int(np.nansum(table[:, first_clip + i])) for i, c in enumerate(clip_cols)}
-        return table[:, 0], out, clipped, outside
+        return table[:, 0], out, clipped, outside, np.nan_to_num(table[:, first_support:])
 
     def squares(self, col: str, center: Sequence[float]) -> np.ndarray:
         out = np.zeros(self.groups)
@@ -248,6 +255,9 @@ class _Stage:
         return out
 
     def survival(self, col: str, event: str, low: float, step: float, points: int) -> np.ndarray:
+        if not (math.isfinite(low) and math.isfinite(step) and step > 0):
+            # they are written into the SQL: "inf" or "nan" there would name a column
+            raise ValueError(f"a survival curve needs a finite start and step, got {low}, {step}")
         out = np.zeros((self.groups, 2, points + 1))
         t = _clip(col, self.bounds)
         k = f"LEAST(GREATEST(CAST(CEIL(({t} - {low!r}) / {step!r}) AS BIGINT), 0), {points})"
@@ -278,6 +288,17 @@ def _other(stage: _Stage, s: Mapping[str, Any]) -> np.ndarray:
     if op == "km":
         return stage.survival(col, s["event"], float(s["low"]), float(s["step"]), int(s["points"]))
     raise ValueError(f"unknown statistic {op!r}")
+
+
+def support_expr(stat: Mapping[str, Any]) -> str:
+    """The rows of a group a statistic reads: all, or those where its columns hold values."""
+    op = stat["op"]
+    if op == "count":
+        return "COUNT(*)"
+    if op == "km":
+        col, event = quote(str(stat["col"])), quote(str(stat["event"]))
+        return f"COUNT(*) FILTER (WHERE {col} IS NOT NULL AND {event} IS NOT NULL)"
+    return f"COUNT({quote(str(stat['col']))})"
 
 
 def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
@@ -325,7 +346,8 @@ def compute(
 
     Returns:
         The count of rows per group, a vector per statistic, clipped counts per
-        column, and the number of rows outside the domain.
+        column, the number of rows outside the domain, and per statistic the
+        rows of each group it reads (those where its columns are not NULL).
     """
     gexpr, params, groups = _group_index(group_by, domains)
     if groups > MAX_GROUPS:
@@ -336,7 +358,8 @@ def compute(
     base = f"SELECT ({gexpr}) AS __g, * FROM {quote(table)} {cond}"  # noqa: S608
     stage = _Stage(con, base, params, groups, bounds)
     clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
-    counts, simple, clipped, outside = stage.simple(stats, clip_cols)
+    support = sorted({support_expr(s) for s in stats})
+    counts, simple, clipped, outside, reads = stage.simple(stats, clip_cols, support)
     vectors: list[np.ndarray] = []
     memo_key = repr((table, where, tuple(group_by), sorted(domains.items())))
     for s, done in zip(stats, simple, strict=True):
@@ -353,4 +376,5 @@ def compute(
             vectors.append(memo[key].bins(s["low"], s["width"], int(s["bins"])))
         else:
             vectors.append(_other(stage, s))
-    return Computed(counts, vectors, clipped, outside)
+    per_stat = [reads[:, support.index(support_expr(s))].copy() for s in stats]
+    return Computed(counts, vectors, clipped, outside, per_stat)

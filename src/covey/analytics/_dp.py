@@ -172,6 +172,18 @@ class Budget:
             self._ledger, self._spent = ledger, after
             return after
 
+    def record(self, dp_event: dpa.DpEvent) -> float:
+        """Record an event already released, even past the budget; return the epsilon spent.
+
+        For an analyst: a repeated query is free only if every site answers it from
+        its cache; one that a site answered afresh (its cache had let it go, or it
+        restarted) is recorded after the fact, since its answer is out.
+        """
+        with self._lock:
+            self._ledger = self._ledger.add(dp_event)
+            self._spent = self._ledger.epsilon(self.delta)
+            return self._spent
+
     def to_json(self) -> dict[str, Any]:
         """The limit, delta, epsilon spent and the ledger, as a JSON-ready dict."""
         with self._lock:
@@ -241,10 +253,14 @@ class Analyst(Budget):
         super().__init__(epsilon, delta, owner="the analyst")
         self._charged: set[str] = set()
 
-    def charge_query(self, key: str, dp_event: dpa.DpEvent) -> float:
-        """Charge a query's event once per ``key``; raise PermissionError over the budget."""
+    def charge_query(self, key: str, dp_event: dpa.DpEvent) -> float | None:
+        """Charge a query's event once per ``key``; raise PermissionError over the budget.
+
+        Returns:
+            The epsilon spent after the charge, or None for a repeat (not charged).
+        """
         if key in self._charged:
-            return self.spent
+            return None
         spent = self.charge(dp_event)
         self._charged.add(key)
         return spent

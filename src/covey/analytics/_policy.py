@@ -55,6 +55,10 @@ class Policy:
         min_max: Columns whose MIN and MAX may be revealed (never under secure
             aggregation, where no single site's answer is visible).
         delta: The delta of the site's (epsilon, delta) budget, for Gaussian noise.
+        distinct: Columns ``APPROX_COUNT_DISTINCT`` may count. Its answer marks the
+            bucket of each value's unkeyed hash, so whoever sums it can tell whether
+            a guessed value is among those of the rows selected: a column is listed
+            only if its values may be seen (none by default).
 
     Example:
         >>> p = Policy(bounds={"age": (0, 120)}, domains={"sex": ["F", "M"]})
@@ -70,9 +74,10 @@ class Policy:
     epsilon: float | None = None
     min_max: Sequence[str] = ()
     delta: float = 1e-6
+    distinct: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        for name in ("tables", "columns", "min_max"):
+        for name in ("tables", "columns", "min_max", "distinct"):
             value = getattr(self, name)
             if isinstance(value, str | bytes):  # "age" in "page" would hold: fail closed
                 raise TypeError(
@@ -105,6 +110,7 @@ class Policy:
             "min_group_size": self.min_group_size,
             "epsilon": self.epsilon,
             "min_max": list(self.min_max),
+            "distinct": list(self.distinct),
         }
 
     def check(self, plan: Plan, *, secure: bool, dp: bool) -> None:
@@ -139,6 +145,12 @@ class Policy:
                 )
             if column not in self.min_max:
                 raise PolicyError(f"{name}: the site does not reveal the MIN or MAX of {column!r}")
+        if func == "approx_distinct" and column not in self.distinct:
+            raise PolicyError(
+                f"{name}: the site does not count the distinct values of {column!r} (its "
+                "hashed buckets would tell whether a guessed value is there); a policy "
+                "lists such columns in distinct="
+            )
         needs_bounds = func not in ("count", "count_col", "approx_distinct", "top_k", "min", "max")
         if needs_bounds and column not in self.bounds:
             raise PolicyError(

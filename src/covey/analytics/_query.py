@@ -59,6 +59,7 @@ class _Query:
         self.releases = 0
         self.meta: dict[str, Any] = {"clipped": {}, "outside_domain": 0, "withheld_groups": 0}
         self.spent: dict[str, float] = {}
+        self.repeat = False  # a query the analyst was already charged for
 
     # -- stages --------------------------------------------------------------------------
 
@@ -198,11 +199,14 @@ class _Query:
             )
             analyst = self.opt.get("analyst")
             if analyst is not None:
-                # free again only when the sites' caches give the same noisy answer
+                # free again only when the sites' caches give the same noisy answer:
+                # the same sites, asked the same stages (a site that joins, or one whose
+                # cache no longer holds it, answers afresh: see frame())
                 opts = ("epsilon", "mechanism", "delta", "precision", "secure")
-                key = repr((self.plan.sql, *(self.opt[k] for k in opts)))
+                sites = sorted(self.fed.names[c] for c in self.fed.cids)
+                key = repr((self.plan.sql, *(self.opt[k] for k in opts), sites))
                 ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
-                analyst.charge_query(key, ev)
+                self.repeat = analyst.charge_query(key, ev) is None
         first = self.run(
             stats, per_site=any(a.func in ("min", "max") for a in self.plan.aggregates)
         )
@@ -250,10 +254,13 @@ class _Query:
         precision: dict[str, Any],
     ) -> Any:
         v = first.vectors
+        k = self.decl["min_group_size"]
         if a.func == "count":
             return v[0]
+        key = ("count_col", a.column)
+        few = v[index[key]] < k if key in index else np.zeros(self.groups, dtype=bool)
         if a.func == "count_col":
-            return v[index[("count_col", a.column)]]
+            return np.where(few, np.nan, v[index[("count_col", a.column)]])
         if a.func in ("min", "max"):
             stacked = np.stack(
                 [site[index[(a.func, a.column)]] for site in first.per_site.values()]
@@ -289,6 +296,8 @@ class _Query:
             return values
         n = v[index[("count_col", a.column)]]
         s = v[index[("sum", a.column)]]
+        # fewer values than the minimum (a sum over one bonus among forty rows is that bonus)
+        n = np.where(few, 0.0, n)
         with np.errstate(all="ignore"):
             if a.func == "sum":
                 return np.where(n > 0, s, np.nan)
@@ -320,6 +329,10 @@ class _Query:
                 describe = {"sql": self.plan.sql, "secure": True, "dp": {}}
                 self.spent.update(self.fed.spent(describe))
             ev = _dp.event(self.opt["mechanism"], self.multiplier, self.releases)
+            before = self.opt.get("spent_before", {})
+            if self.repeat and any(v > before.get(n, 0.0) for n, v in self.spent.items()):
+                # a site answered afresh (new noise): the repeat was not free after all
+                self.opt["analyst"].record(ev)
             privacy = {
                 "epsilon": Ledger().add(ev).epsilon(self.opt["delta"]),
                 "delta": self.opt["delta"],
@@ -447,6 +460,11 @@ def query(
         fed = Federation(transport, timeout, threat)
         request = {"sql": sql, "secure": secure, "dp": None if epsilon is None else {}}
         declarations = fed.describe(request)
+        spent_before = {
+            fed.names[c]: float(d["spent"])
+            for c, d in declarations.items()
+            if isinstance(d.get("spent"), int | float)
+        }
         decl = merge_declarations(p, [declarations[c] for c in fed.cids])
         options = {
             "secure": secure,
@@ -455,6 +473,7 @@ def query(
             "mechanism": mechanism,
             "precision": precision,
             "analyst": analyst,
+            "spent_before": spent_before,
         }
         return _Query(fed, p, decl, options).execute()
     finally:

@@ -14,6 +14,7 @@ import math
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -22,7 +23,9 @@ import numpy as np
 from covey import secagg
 from covey.analytics import _dp
 from covey.analytics._compute import Computed, SortedValues, compute
+from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
+from covey.analytics._requests import check_stats
 from covey.analytics._sql import Plan, QueryError, plan
 from covey.analytics._tables import columns, load_tables
 from covey.clients import Client, register_task
@@ -183,6 +186,28 @@ def flatten(answer: Mapping[str, Any], stats: Sequence[Mapping[str, Any]]) -> np
     return np.concatenate([*parts, np.asarray(tail, dtype=np.int64)])
 
 
+def _withhold(
+    got: Computed, stats: Sequence[Mapping[str, Any]], vectors: list[np.ndarray], k: int
+) -> tuple[dict[str, int], int, int]:
+    """Zero what fewer than ``k`` records make up; the counts sent beside the answer.
+
+    A statistic is zeroed in each group where fewer than ``k`` rows hold values of
+    its columns (the group's rows for ``COUNT(*)``): a sum over one bonus among
+    forty rows is that bonus. The clipped and out-of-domain counts are sent only
+    when at least ``k`` (else 0), and the withheld groups are those under ``k``,
+    empty ones included: if 0 and 1 were told apart, a condition naming one
+    record would read its values one comparison at a time.
+
+    Returns:
+        The clipped counts per column, the rows outside the domain, the withheld groups.
+    """
+    for s, v, reads in zip(stats, vectors, got.support, strict=True):
+        v[reads < k] = np.nan if s["op"] in ("min", "max") else 0.0
+    clipped = {c: n if n >= k else 0 for c, n in got.clipped.items()}
+    outside = got.outside_domain if got.outside_domain >= k else 0
+    return clipped, outside, int(np.sum(got.group_counts < k))
+
+
 class Site(Client):
     """A site that answers SQL analytics over its own tables, under its own policy.
 
@@ -192,6 +217,9 @@ class Site(Client):
             the same name in that SQLite database).
         policy: What the site answers; without one it answers nothing.
         name: How the site calls itself in answers.
+        ledger: A JSON file where the site keeps its DP budget (None: in memory
+            only). Read when the site starts, rewritten after every charge before
+            the answer leaves, so a restarted site goes on from what it spent.
 
     Example:
         >>> import pandas as pd
@@ -201,7 +229,12 @@ class Site(Client):
     """
 
     def __init__(
-        self, tables: Mapping[str, Any], policy: Policy | None = None, *, name: str = "site"
+        self,
+        tables: Mapping[str, Any],
+        policy: Policy | None = None,
+        *,
+        name: str = "site",
+        ledger: str | Path | None = None,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a covey.analytics.Policy, got {type(policy).__name__}")
@@ -210,14 +243,17 @@ class Site(Client):
         self._con = load_tables(tables)
         self._tables = set(tables)
         self._columns = {t: columns(self._con, t) for t in tables}
-        self.budget = _dp.Budget(
-            policy.epsilon if policy else None,
-            policy.delta if policy else 1e-6,
-            owner="the site",
-        )
+        self.ledger_file = None if ledger is None else Path(ledger)
+        limit, delta = (policy.epsilon, policy.delta) if policy else (None, 1e-6)
+        if self.ledger_file is None:
+            self.budget = _dp.Budget(limit, delta, owner="the site")
+        else:
+            self.budget = load_budget(self.ledger_file, limit, delta)
+            save_budget(self.budget, self.ledger_file)  # a folder it cannot write fails now
         self._cache: dict[str, dict[str, Any]] = {}
         self._sorted: dict[str, SortedValues] = {}
         self._lock = threading.Lock()
+        self._charging = threading.Lock()
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def properties(self) -> dict[str, Any]:
@@ -233,6 +269,10 @@ class Site(Client):
         if self.policy is None:
             raise PolicyError("this site has no policy, so it answers nothing")
         p = plan(str(request["sql"]))
+        # the policy first: what it does not open is refused alike, whether the
+        # site has it or not, so a refusal does not tell which columns exist
+        dp = request.get("dp")
+        self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
         if p.table not in self._tables:
             raise PolicyError(f"this site has no table {p.table!r}")
         known = self._columns[p.table]
@@ -240,8 +280,6 @@ class Site(Client):
             if col not in known:
                 raise PolicyError(f"table {p.table!r} has no column {col!r} at this site")
         _check_numeric(p, known)
-        dp = request.get("dp")
-        self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
         return self.policy, p
 
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -271,6 +309,7 @@ class Site(Client):
         for col in p.group_by:
             if col not in domains:
                 raise PolicyError(f"the request gives no domain for GROUP BY {col}")
+        check_stats(p, request.get("stats"))
         stats: list[dict[str, Any]] = list(request["stats"])
         for s in stats:
             for col in (s.get("col"), s.get("event")):
@@ -279,18 +318,15 @@ class Site(Client):
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
         got = self._compute(p, domains, bounds, stats)
         dp = request.get("dp")
-        clipped, outside = got.clipped, got.outside_domain
-        small = (got.group_counts > 0) & (got.group_counts < policy.min_group_size)
-        if dp is not None:
+        vectors = [v.copy() for v in got.vectors]
+        if dp is None:
+            clipped, outside, withheld = _withhold(got, stats, vectors, policy.min_group_size)
+        else:
             # Withholding would let one record move a count from 0 to the minimum group
             # size, past the sensitivity the noise is calibrated for; with DP the server
             # suppresses small noisy totals instead (post-processing). The exact counts
             # of clipped and out-of-domain rows would be releases without noise.
-            small = np.zeros_like(small)
-            clipped, outside = dict.fromkeys(got.clipped, 0), 0
-        vectors = [v.copy() for v in got.vectors]
-        for v in vectors:
-            v[small] = 0.0
+            clipped, outside, withheld = dict.fromkeys(got.clipped, 0), 0, 0
         spent = self.budget.spent
         if dp is not None:
             spent = self._noise(dp, stats, bounds, vectors)
@@ -299,7 +335,7 @@ class Site(Client):
             "vectors": _encode(request, stats, vectors),
             "clipped": clipped,
             "outside_domain": outside,
-            "withheld_groups": int(small.sum()),
+            "withheld_groups": withheld,
             "spent": spent,
         }
         with self._lock:
@@ -341,17 +377,22 @@ class Site(Client):
     ) -> float:
         mechanism, multiplier = str(dp["mechanism"]), float(dp["multiplier"])
         shares = int(dp["shares"])
-        if multiplier <= 0 or not 1 <= shares <= 100_000:
+        if not (0 < multiplier < math.inf and 1 <= shares <= 100_000):
             raise PolicyError(f"bad noise request: multiplier {multiplier}, {shares} shares")
         for s in stats:
             mine = sensitivity(s, bounds, mechanism)
             declared = float(s.get("sensitivity", -1.0))
+            if not math.isfinite(declared):
+                raise PolicyError(f"bad noise request: sensitivity {declared} for {s['op']}")
             if declared < mine * (1 - 1e-12):
                 raise PolicyError(
                     f"the noise for {s['op']} assumes sensitivity {declared}, below this "
                     f"site's {mine}"
                 )
-        spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
+        with self._charging:  # the file follows the ledger, one charge at a time
+            spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
+            if self.ledger_file is not None:
+                save_budget(self.budget, self.ledger_file)
         for s, v in zip(stats, vectors, strict=True):
             scale = multiplier * float(s["sensitivity"])
             v += _dp.noise_share(mechanism, scale, shares, v.size, self._rng).reshape(v.shape)

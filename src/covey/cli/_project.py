@@ -325,7 +325,7 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
             clients,
             rounds,
             server_app.strategy,
-            server_app.weights(),
+            server_app.weights,  # called by simulate(): the step-0 model is freed after round 1
             server_app.evaluate_fn,
             backend=backend,  # type: ignore[arg-type]
             seed=int(run.get("seed", server_app.seed)),

@@ -260,7 +260,7 @@ def simulate(
     num_clients: int,
     rounds: int,
     strategy: Strategy | None,
-    initial_weights: Weights,
+    initial_weights: Weights | Callable[[], Weights],
     evaluate_fn: EvaluateFn | None = None,
     *,
     backend: Backend = "inline",
@@ -287,7 +287,10 @@ def simulate(
         num_clients: How many clients the federation has.
         rounds: How many rounds to run.
         strategy: What to do each round; None means :func:`covey.FedAvg` with its defaults.
-        initial_weights: The global model before round 1 (step 0).
+        initial_weights: The global model before round 1 (step 0), or a function
+            returning it, called once. Given a function, simulate() keeps no reference
+            of its own, so the step-0 model is freed after round 1 unless the caller
+            holds it.
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server, run at
             round 0 and after every round.
         backend: ``"inline"`` (sequential, in this process, arrays passed by
@@ -344,6 +347,8 @@ def simulate(
         [0.25, 0.25, 0.25]
     """
     start = time.perf_counter()
+    if callable(initial_weights):
+        initial_weights = initial_weights()
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     strategy = _checked(strategy, num_clients, rounds)
@@ -422,6 +427,7 @@ def simulate(
                 on_round=round_done,
                 simulated=True,
             )
+            del initial_weights  # the loop holds the step-0 model until round 1 replaces it
             loop.history.config = run_config(
                 strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
             )

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from covey.transport.grpc._handshakes import HandshakeWatch
+
 if TYPE_CHECKING:
     from covey.transport.grpc._service import FederationService
 
@@ -95,11 +97,18 @@ def start_server(
     if tls is None:
         port = server.add_insecure_port(address)
     else:
-        creds = grpc.ssl_server_credentials(
-            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+        # Dynamic credentials only for their per-connection hook: the watch notes who
+        # connects, so that failed handshakes are reported with the peer's address.
+        watch = service.handshakes = HandshakeWatch(service.registry.event)
+        creds = grpc.dynamic_ssl_server_credentials(
+            grpc.ssl_server_certificate_configuration([(tls.key, tls.cert)], tls.ca),
+            watch.fetch,
+            require_client_authentication=True,
         )
-        port = server.add_secure_port(address, creds)
+        port = watch.port = server.add_secure_port(address, creds)
     if port == 0:
+        if service.handshakes is not None:
+            service.handshakes.close()
         raise OSError(f"cannot listen on {address}")
     server.start()
     return server, port

@@ -193,6 +193,8 @@ class GrpcServerTransport:
             conn.outbound.put(("goodbye", reason))
             conn.outbound.put(CLOSE)
         self._server.stop(grace=5.0).wait(10.0)
+        if self._service.handshakes is not None:
+            self._service.handshakes.close()
         self._service.spill_files.close()
         self._registry.on_event = None  # whoever records events may be gone after close
 

@@ -36,6 +36,7 @@ from covey.transport.grpc._frames import (
     is_chunk,
 )
 from covey.transport.grpc._greeting import Greeting
+from covey.transport.grpc._handshakes import HandshakeWatch
 from covey.transport.grpc._options import (
     MAX_MESSAGE_BYTES,
     METHOD,
@@ -124,9 +125,13 @@ class FederationService:
         # A reply carries at most one model's worth of arrays; the transport
         # raises this once it knows the model's size.
         self.max_reply = 64 * 1024 * 1024
+        # Under TLS, who connected and whether their handshake passed (set by start_server).
+        self.handshakes: HandshakeWatch | None = None
 
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames: Hello, Welcome, then tasks out and replies in."""
+        if self.handshakes is not None:
+            self.handshakes.saw(context.peer())
         frame = self.greeting.first_frame(requests, context)
         if frame is None:
             return

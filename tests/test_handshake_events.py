@@ -1,0 +1,185 @@
+"""Failed TLS handshakes are logged with the peer's address and stored as run events."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import covey
+from covey.deploy._client import tls_from_certs
+from covey.deploy.certs import init_federation, issue_client
+from covey.server._store import RunStore
+from covey.transport.grpc._handshakes import FDS, _Sockets, parse_peer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Fit, Joined, Served
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_the_process_sockets_give_the_peers_of_each_connection_to_a_port() -> None:
+    sockets = _Sockets()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                # The listener and the client's own end are not connections to the port.
+                assert sockets.peers(port) == {("127.0.0.1", client.getsockname()[1])}
+                assert sockets.peers(port) == {("127.0.0.1", client.getsockname()[1])}  # cached
+            assert sockets.peers(port) == set()
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_ipv6_peers_are_named_by_their_ipv6_address() -> None:
+    sockets = _Sockets()
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("::1", port)) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert sockets.peers(port) == {("::1", client.getsockname()[1])}
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        ("ipv4:127.0.0.1:50342", ("127.0.0.1", 50342)),
+        ("ipv6:[::1]:443", ("::1", 443)),
+        ("ipv6:%5B::1%5D:443", ("::1", 443)),
+        ("ipv6:[::ffff:127.0.0.1]:9", ("127.0.0.1", 9)),
+        ("unix:/tmp/socket", None),
+        ("ipv4:127.0.0.1", None),
+    ],
+)
+def test_grpc_peer_strings_parse_to_addresses(peer: str, expected: object) -> None:
+    assert parse_peer(peer) == expected
+
+
+def _no_certificate(port: int, ca: Path) -> int:
+    """A TLS client that trusts the server but shows no certificate; its local port."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    return _handshake(port, context)
+
+
+def _foreign_certificate(port: int, ca: Path, other: Path) -> int:
+    """A TLS client with a certificate from another federation's CA; its local port."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    context.load_cert_chain(other / "clients" / "x.pem", other / "clients" / "x.key")
+    return _handshake(port, context)
+
+
+def _handshake(port: int, context: ssl.SSLContext) -> int:
+    """Try a TLS handshake (TLS 1.3: a refusal comes after it); the client's local port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        local = int(raw.getsockname()[1])
+        try:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                tls.recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+    return local
+
+
+def _garbage(port: int) -> int:
+    """Not TLS at all; its local port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        local = int(raw.getsockname()[1])
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw.settimeout(10)
+        try:
+            while raw.recv(4096):
+                pass
+        except OSError:
+            pass
+    return local
+
+
+def _refusals(run: Path) -> list[tuple[str, str]]:
+    with RunStore.open(run) as store:
+        return [
+            (client, detail) for _, client, event, detail in store.events() if event == "refused"
+        ]
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_failed_handshakes_are_events_naming_the_peer(tmp_path: Path) -> None:
+    fed, other = tmp_path / "fed", tmp_path / "other"
+    init_federation(fed)
+    init_federation(other)
+    issue_client(fed, "c0")
+    issue_client(other, "x")
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    run = tmp_path / "run"
+    served = Served(strategy, 3, certs=fed, run_dir=run, round_timeout=20)
+    ca = fed / "ca.pem"
+    ports = [
+        _no_certificate(served.port, ca),
+        _foreign_certificate(served.port, ca, other),
+        _garbage(served.port),
+    ]
+    expected = {f"ipv4:127.0.0.1:{p}" for p in ports}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if expected <= {client for client, _ in _refusals(run)}:
+            break
+        time.sleep(0.1)
+    honest = Joined(served.port, Fit(), tls=tls_from_certs(fed, "c0"))
+    result = served.join(60)
+    honest.join()
+    assert honest.error is None
+    assert len(result.history.rounds) == 4
+    refusals = _refusals(run)
+    # Exactly the three strangers, each named by its address; the honest client is not.
+    assert {client for client, _ in refusals} == expected
+    for client, detail in refusals:
+        assert "TLS handshake failed" in detail
+        assert f"peer {client}" in detail
+
+
+def test_one_hosts_failures_are_reported_each_then_at_powers_of_two() -> None:
+    from covey.transport.grpc._handshakes import HandshakeWatch
+
+    seen: list[tuple[str, str, str]] = []
+    watch = HandshakeWatch(lambda *event: seen.append(event))
+    try:
+        for port in range(40):
+            watch._report(("192.0.2.7", 1000 + port))
+        watch._report(("::1", 5))
+    finally:
+        watch.close()
+    counts = [int(detail.rsplit("failure ", 1)[1].split()[0]) for _, _, detail in seen[:-1]]
+    assert counts == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32]
+    assert seen[-1][0] == "ipv6:[::1]:5"
+
+
+def test_connections_past_the_reading_budget_are_counted_not_traced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covey.transport.grpc import _handshakes
+
+    monkeypatch.setattr(_handshakes, "BUDGET", 0.0)
+    watch = _handshakes.HandshakeWatch(lambda *event: None)
+    watch.port = 1
+    try:
+        with caplog.at_level("WARNING", logger="covey"):
+            for _ in range(5):
+                watch.fetch()
+    finally:
+        watch.close()
+    assert watch.untraced == (5 if watch.enabled else 0)
+    if watch.enabled:
+        assert [r.getMessage().split()[0] for r in caplog.records] == ["1", "2", "4"]
