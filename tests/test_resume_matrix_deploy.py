@@ -1,4 +1,4 @@
-"""SIGKILL a real `covey server` at a chosen moment, resume it, and get the bits of a run never killed.
+"""SIGKILL a real `covey server` at a chosen moment, resume it: the bits of a run never killed.
 
 Each test starts a server process and four client processes (``resume_app``,
 without TLS, on 127.0.0.1), kills the server with SIGKILL at one moment of the
@@ -25,7 +25,7 @@ import covey
 from _killmatrix import APPS, Federation, outcome, same, saved_round, wait_for
 
 sys.path.insert(0, str(APPS))
-import resume_app  # noqa: E402
+import resume_app
 
 pytestmark = pytest.mark.slow
 ROUNDS = 5
