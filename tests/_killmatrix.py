@@ -62,6 +62,7 @@ class Federation:
     """One run folder, its server process (one at a time) and its client processes."""
 
     def __init__(self, tmp: Path, strategy: str, clients: int = 4, **env: str) -> None:
+        clients = int(env.get("COVEY_RM_CLIENTS", clients))
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.run_dir = tmp / "run"
@@ -71,10 +72,12 @@ class Federation:
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join([str(APPS), self.env.get("PYTHONPATH", "")])
         self.env.update(
-            COVEY_RM_STRATEGY=strategy,
-            COVEY_RM_CLIENTS=str(clients),
-            COVEY_RM_MARKERS=str(self.markers),
-            **env,
+            {
+                "COVEY_RM_STRATEGY": strategy,
+                "COVEY_RM_CLIENTS": str(clients),
+                "COVEY_RM_MARKERS": str(self.markers),
+                **env,
+            }
         )
         self.procs: list[subprocess.Popen[bytes]] = []
         self.clients: dict[int, subprocess.Popen[bytes]] = {}

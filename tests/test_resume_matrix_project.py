@@ -36,7 +36,7 @@ def test_ctrl_c_of_a_simulated_covey_run_says_how_to_run_it_again(tmp_path: Path
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         # A background process may inherit SIGINT ignored; Ctrl-C must reach this one.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW0108
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
