@@ -149,3 +149,13 @@ def test_a_run_that_lost_every_round_is_not_called_empty(tmp_path: Path) -> None
         )
     assert "round-00002.safetensors" in str(refused.value)
     assert "nothing to resume" not in str(refused.value)
+
+
+def test_a_damaged_round_record_is_named_not_a_bare_json_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _saved_run(run_dir, 2)
+    _sql(run_dir, "UPDATE rounds SET record = ? WHERE round = 1", '{"round": 1, "fit_exa')
+    with RunStore.open(run_dir) as store, pytest.raises(ValueError, match="damaged") as refused:
+        store.history()
+    assert "round 1" in str(refused.value)
+    assert "run.sqlite" in str(refused.value)

@@ -315,7 +315,7 @@ class RunStore(RunRecords):
         if name is None:
             raise ValueError(f"the weights of round {round} were pruned (keep_last)")
         weights = read_weights(round, self._weights_dir / name, digest)
-        record: dict[str, Any] | None = None if record_text is None else json.loads(record_text)
+        record = None if record_text is None else self._record(round, record_text)
         return weights, record, None if state is None else bytes(state)
 
     def load_latest_valid(
@@ -413,9 +413,22 @@ class RunStore(RunRecords):
         """The run's :class:`History`, rebuilt from the saved round records."""
         with self._db.reading() as conn:
             rows = conn.execute(
-                "SELECT record FROM rounds WHERE record IS NOT NULL ORDER BY round"
+                "SELECT round, record FROM rounds WHERE record IS NOT NULL ORDER BY round"
             ).fetchall()
-        return History.from_dict({"rounds": [json.loads(text) for (text,) in rows]})
+        return History.from_dict({"rounds": [self._record(r, text) for r, text in rows]})
+
+    def _record(self, round: int, text: str) -> dict[str, Any]:
+        """The stored record of ``round``, or ValueError naming the round and the file."""
+        try:
+            record = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            record = exc
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"the record of round {round} in {self._run_dir / DB_NAME} is damaged "
+                f"({record}); the run's history cannot be read"
+            )
+        return record
 
     # -- internals -----------------------------------------------------------------
 
