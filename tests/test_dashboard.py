@@ -236,6 +236,21 @@ def test_runs_report_command(tmp_path: Path) -> None:
     assert "not a run folder" in missing.output
 
 
+def test_runs_report_makes_the_folder_of_its_out_file(tmp_path: Path) -> None:
+    # docs/dashboard.md: `covey runs report runs/demo -o paper/supplement-fedavg.html`
+    _simulate(tmp_path / "r", rounds=1)
+    out = tmp_path / "paper" / "supplement-fedavg.html"
+    done = CliRunner().invoke(app, ["runs", "report", str(tmp_path / "r"), "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    assert 'id="round-1"' in out.read_text()
+    (tmp_path / "taken").write_text("a file, not a folder")
+    blocked = CliRunner().invoke(
+        app, ["runs", "report", str(tmp_path / "r"), "-o", str(tmp_path / "taken" / "x.html")]
+    )
+    assert blocked.exit_code == 1
+    assert "cannot write the report to" in blocked.output
+
+
 def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path) -> None:
     done = CliRunner().invoke(app, ["dashboard", str(tmp_path / "nope")])
     assert done.exit_code != 0

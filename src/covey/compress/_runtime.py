@@ -187,6 +187,8 @@ def _result_nbytes(result: Any) -> int:
     if isinstance(result, FitResult):
         up = _nbytes(result.weights) + _nbytes(result.delta)
         return up + sum(_nbytes(w) for w in result.extras.values())
+    if isinstance(result, Mapping):  # a protocol's reply, e.g. secure aggregation's masked vector
+        return sum(int(v.nbytes) for v in result.values() if isinstance(v, np.ndarray))
     return 0
 
 

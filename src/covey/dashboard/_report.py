@@ -195,7 +195,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     Args:
         run_dir: A run folder (``history.json`` and/or ``run.sqlite``).
-        out: The HTML file to write.
+        out: The HTML file to write; missing folders on its path are made.
 
     Returns:
         The path written.
@@ -224,6 +224,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         )
     run = read_run(name, run_dir)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # `-o paper/report.html` makes paper/
         atomic_write(path, render_report(run))
     except OSError as exc:
         raise OSError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc

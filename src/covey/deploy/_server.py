@@ -364,9 +364,8 @@ def _server_tls(
     if tls is not None and insecure:
         raise ValueError("give TLS material or insecure=True, not both")
     if insecure:
-        logger.warning(
-            "serving WITHOUT TLS: anyone who can reach %s can join and see the model", address
-        )
+        said = "serving WITHOUT TLS: anyone who can reach %s can join and see the model"
+        logger.warning(said, address.removesuffix(":0"))  # port 0: it is logged once chosen
     return tls
 
 

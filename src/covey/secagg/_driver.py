@@ -130,6 +130,9 @@ def secure_sum(
     noise_entries: int | None = None,
     complete: bool | None = None,
     signed: bool = False,
+    directory: Mapping[str, bytes] | None = None,
+    min_survivors: int = 0,
+    shortfall: str = "",
 ) -> SecureSumResult:
     """Add up a vector computed on each client so the server learns only the sum.
 
@@ -157,6 +160,14 @@ def secure_sum(
         noise_entries: Add the noise to the first this many entries only (default: all).
         complete: Force the complete graph (True, SecAgg) or a sparse one (False).
         signed: Require clients to sign their keys (they need a ``secagg_identity``).
+        directory: Each client name's Ed25519 public key: with ``signed``, the
+            server checks every signature itself and leaves out a client whose
+            keys do not verify (else its neighbours abort the round).
+        min_survivors: Stop before the unmasking (nothing revealed) when fewer
+            clients than this sent their masked input, e.g. fewer than the round
+            loop would accept.
+        shortfall: What such a stop says after the count of survivors (default:
+            "fewer than MIN_SURVIVORS").
 
     Returns:
         A :class:`SecureSumResult`; ``total`` is exact (no wrap-around).
@@ -189,6 +200,9 @@ def secure_sum(
             for u, r in replies.items():
                 if not (isinstance(r, Mapping) and "sig" in r and "name" in r):
                     failures.setdefault(u, "keys not signed")
+            if directory is not None:
+                for u, reason in ss.unverified(session, replies, directory).items():
+                    failures.setdefault(u, reason)
             replies = {u: r for u, r in replies.items() if u not in failures}
         state, keys = ss.collect_keys(state, _mappings(replies))
         seconds["advertise"] = time.perf_counter() - t0
@@ -232,17 +246,14 @@ def secure_sum(
             )
             for v in inbox
         }
-        for reply in transport.exchange(tasks, timeout=timeout):
-            if reply.cid not in tasks:
-                continue
-            if not reply.ok:
-                state.dropped.setdefault(reply.cid, _first_line(reply.error or "failed"))
-                continue
-            res = reply.result
-            masked = res.get("masked") if isinstance(res, Mapping) else None
-            state = ss.add_masked(state, reply.cid, masked)
+        state = _collect_masked(transport, tasks, timeout, state)
         state, alive, dropped = ss.request_unmask(state)
         seconds["mask"] = time.perf_counter() - t0
+        if len(alive) < min_survivors:  # a sum the caller would refuse is never revealed
+            raise cs.ProtocolAbort(
+                f"{len(alive)} of {len(cid_list)} clients sent masked inputs, "
+                + (shortfall or f"fewer than {min_survivors}")
+            )
 
         stage, t0 = "unmask", time.perf_counter()
         request = {"session": session, "alive": alive, "dropped": dropped}
@@ -251,9 +262,8 @@ def secure_sum(
         total = ss.finish(state, alive, dropped, _mappings(replies))
         seconds["unmask"] = time.perf_counter() - t0
     except cs.ProtocolAbort as exc:
-        why = dict(failures)
-        why.update(state.left)
-        why.update(state.dropped)
+        # A client's own error says more than the stage's summary ("no key shares").
+        why = {**state.left, **state.dropped, **failures}
         raise SecAggAbort(str(exc), stage, why) from None
     excluded = {u: failures.get(u, why) for u, why in state.left.items()}
     for u in cid_list:
@@ -261,6 +271,25 @@ def secure_sum(
             excluded[u] = failures.get(u, "left before sharing keys")
     dropped_why = {u: state.dropped.get(u, "no masked input") for u in dropped}
     return SecureSumResult(total, alive, dropped_why, excluded, graph, bits, seconds)
+
+
+def _collect_masked(
+    transport: Transport,
+    tasks: Mapping[int, Task],
+    timeout: float | None,
+    state: ss.ServerState,
+) -> ss.ServerState:
+    """Send the masked-input tasks and add each masked vector to the server's state."""
+    for reply in transport.exchange(tasks, timeout=timeout):
+        if reply.cid not in tasks:
+            continue
+        if not reply.ok:
+            state.dropped.setdefault(reply.cid, _first_line(reply.error or "failed"))
+            continue
+        res = reply.result
+        masked = res.get("masked") if isinstance(res, Mapping) else None
+        state = ss.add_masked(state, reply.cid, masked)
+    return state
 
 
 def _mappings(replies: Mapping[int, Any]) -> dict[int, Mapping[str, Any]]:

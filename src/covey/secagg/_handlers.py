@@ -77,7 +77,8 @@ def _state(client: Any, payload: Mapping[str, Any]) -> cs.ClientState:
         raise cs.ProtocolAbort(
             "no secure-aggregation run in progress: this client holds no keys of the round "
             "(it was rebuilt or restarted since it advertised them, e.g. its worker process "
-            "died), so it drops out of the round"
+            "died, or a simulation's client_cache is smaller than the clients of a round), "
+            "so it drops out of the round"
         )
     if state.setup.session != payload.get("session"):
         raise cs.ProtocolAbort(

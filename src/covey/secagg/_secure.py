@@ -34,6 +34,7 @@ from covey.secagg._ddp import client_clip, clip_update, dp_plan
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._handlers import register_task_input
+from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
 from covey.strategies._strategy import FitOutcome, Strategy
@@ -81,19 +82,35 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
             # its value is the signed reading, as the unsecured mean reads it.
             delta = np.asarray(signed({name: np.asarray(result.delta[name])})[name], np.float64)
         elif result.weights is not None:
-            delta = np.asarray(result.weights[name], np.float64) - np.asarray(
-                task.weights[name], np.float64
-            )
+            delta = _weights_change(result.weights[name], task.weights[name], clip)
         else:
             raise ValueError("a fit result carries neither weights nor a delta")
         deltas.append(delta.ravel())
     if spec.get("l2_clip") is not None:
         deltas = clip_update(deltas, float(spec["l2_clip"]), clip, bits)
-    parts = [quantize(delta, clip, bits) * weight for delta in deltas]
-    tail = [n]
-    for name, bound in spec["metrics"].items():
-        value = result.metrics.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+    parts = []
+    for (name, _, _), delta in zip(_layout(task.weights), deltas, strict=True):
+        try:
+            parts.append(quantize(delta, clip, bits) * weight)
+        except RangeError as exc:  # name the array: an index alone is ambiguous
+            raise RangeError(f"{name!r}: {exc}") from None
+    tail = [n, *_metric_tail(result.metrics, spec["metrics"], n, bits)]
+    parts.append(np.asarray(tail, dtype=np.int64))
+    return np.concatenate(parts)
+
+
+register_task_input(FIT_INPUT, _fit_input)
+
+
+def _metric_tail(metrics: Any, bounds: Mapping[str, float], n: int, bits: int) -> list[int]:
+    """Each declared metric as (quantized value times ``n``, ``n``), or (0, 0) when absent."""
+    tail: list[int] = []
+    for name, bound in bounds.items():
+        value = metrics.get(name)
+        # Numbers as the unsecured mean takes them, NumPy scalars (a float32 loss) included.
+        if isinstance(value, bool | np.bool_) or not isinstance(
+            value, int | float | np.integer | np.floating
+        ):
             tail += [0, 0]
             continue
         if not abs(float(value)) <= float(bound):  # also NaN; the value stays out of it
@@ -102,11 +119,24 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
                 f"[-{bound:g}, {bound:g}]: raise the bound in secure(metrics=...)"
             )
         tail += [int(quantize(np.array([float(value)]), float(bound), bits)[0]) * n, n]
-    parts.append(np.asarray(tail, dtype=np.int64))
-    return np.concatenate(parts)
+    return tail
 
 
-register_task_input(FIT_INPUT, _fit_input)
+def _weights_change(new: Any, old: Any, clip: float) -> np.ndarray:
+    """New weights minus the global ones, a change of at most ``clip`` read as such.
+
+    ``old + d`` rounded to a float dtype is off by up to half a unit in the last
+    place, so a change of exactly ``clip`` can read as a hair more (0.7 + 1.0 is
+    1.7000002 in float32, minus 0.7 gives 1.0000001); within that spacing the
+    value is put back on the bound. A larger change stays as it is and fails.
+    """
+    new_arr, old_arr = np.asarray(new), np.asarray(old)
+    delta = new_arr.astype(np.float64) - old_arr.astype(np.float64)
+    if new_arr.dtype.kind == "f":
+        slack = np.abs(np.spacing(new_arr)).astype(np.float64)
+        near = (np.abs(delta) > clip) & (np.abs(delta) <= clip + slack)
+        delta[near] = np.copysign(clip, delta[near])
+    return delta
 
 
 def _probe(strategy: Strategy) -> str | None:
@@ -169,10 +199,20 @@ class _Secure:
     signed: bool
     l2_clip: float | None = None  # DP: each client clips its rounded update to this L2 norm
     summed: bool = False  # central DP: hand the DP step the sum, not the mean
+    min_fit_clients: int = 0  # the loop's rule for a round, applied before unmasking
+    accept_failures: bool = True
+    directory: Mapping[str, bytes] | None = None  # names' public keys, to check signatures
 
     def bound(self) -> int:
         top = (1 << (self.bits - 1)) - 1
         return max(top * (self.max_examples if self.weighted else 1), self.max_examples)
+
+    def _needed(self, sampled: int) -> dict[str, Any]:
+        """The survivors the round loop accepts, so that a sum it would refuse stays masked."""
+        if not self.accept_failures:
+            return {"min_survivors": sampled, "shortfall": "and accept_failures=False"}
+        needed = min(self.min_fit_clients, sampled)
+        return {"min_survivors": needed, "shortfall": f"fewer than min_fit_clients={needed}"}
 
     def __call__(
         self, transport: Any, cids: Sequence[int], task: Task, timeout: float | None
@@ -209,6 +249,8 @@ class _Secure:
                 noise_entries=model,
                 complete=self.complete,
                 signed=self.signed,
+                directory=self.directory,
+                **self._needed(len(cids)),
             )
         except SecAggAbort as exc:
             return FitOutcome(
@@ -227,10 +269,10 @@ class _Secure:
             "secagg_seconds": dict(res.seconds),
         }
         failures = tuple((c, w) for c, w in {**res.excluded, **res.dropped}.items())
-        if denominator <= 0:
-            return FitOutcome(
-                failures=failures, info=info, error="the survivors trained on no examples"
-            )
+        # No examples at all: every pre-scaled update was zero. The contribution carries
+        # num_examples=0 and the weighted mean refuses it as it refuses such a plain
+        # round (an AggregationError: recorded, the model kept, the run goes on).
+        denominator = max(denominator, 1)
         unit = scale(self.clip_range, self.bits)
         if self.noise is not None:
             # The mean's noise: sqrt(survivors) draws of sigma quantized units, unscaled.
@@ -278,6 +320,7 @@ def secure(
     complete: bool | None = None,
     signed: bool = False,
     reducer: Reducer = "auto",
+    directory: Mapping[str, bytes] | None = None,
 ) -> Strategy:
     """The same strategy with its fit rounds run through secure aggregation (SecAgg+).
 
@@ -306,6 +349,10 @@ def secure(
         signed: Clients sign their keys with their ``secagg_identity`` (Ed25519),
             as a deployment with mTLS identities should; without it the protocol
             protects against an honest-but-curious server only.
+        directory: With ``signed``, each client name's raw 32-byte Ed25519 public key
+            (the directory the clients trust): the server then checks each
+            client's signature itself and leaves out one whose keys do not
+            verify, where without it all that client's neighbours abort.
         reducer: ``"auto"`` recognizes the aggregator's mean by running it on a
             made-up round; name it when a server-side step is random (central DP noise).
 
@@ -332,11 +379,17 @@ def secure(
         raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
-    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
-        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    check_options(clip_range, max_examples, complete, signed, reducer)
+    check_parts(threat, noise, metrics)
+    check_directory(directory, signed)
     dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
+    if dp.l2_clip is not None and dp.l2_clip > clip_range:
+        raise ValueError(
+            f"the DP clip {dp.l2_clip:g} exceeds clip_range {clip_range:g}: a clipped update "
+            "could still hold a value outside the range, and that client's failure would tell "
+            "the server a fact about its update that the DP guarantee does not cover; choose "
+            "clip_range >= clip (raise bits for precision)"
+        )
     kind: str | None
     if dp.summed:  # central DP: its step, not a mean, takes the sum
         kind = "sum"
@@ -354,9 +407,6 @@ def secure(
             "steps can be secured (name it with reducer= if a server-side step is random)"
         )
     metric_bounds = {str(k): float(v) for k, v in (metrics or {}).items()}
-    for name, bound in metric_bounds.items():
-        if not bound > 0 or not math.isfinite(bound):
-            raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound}")
     fit = _Secure(
         float(clip_range),
         int(bits),
@@ -369,6 +419,9 @@ def secure(
         signed,
         dp.l2_clip,
         dp.summed,
+        strategy.min_fit_clients,
+        strategy.accept_failures,
+        None if directory is None else dict(directory),
     )
     # Fail now, not in round 1, when even a modest federation would overflow the ring.
     ring_bits(1000, fit.bound() + (noise.tail_bound if noise else 0))

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from covey.secagg import _crypto, _ring, _shamir
-from covey.secagg._client_stages import SECRET_BYTES, SHARE_BYTES, ProtocolAbort, Setup
+from covey.secagg._client_stages import (
+    SECRET_BYTES,
+    SHARE_BYTES,
+    ProtocolAbort,
+    Setup,
+    key_message,
+)
 from covey.secagg._params import GraphPlan
 
 MAX_SEALED = 12 + 2 * SHARE_BYTES + 16  # nonce + two shares + tag
@@ -124,6 +130,38 @@ def collect_keys(
                     entry[v]["name"] = msg["name"]
         out[u] = entry
     return replace(state, stage="keys"), out
+
+
+def unverified(
+    session: bytes, replies: Mapping[int, Any], directory: Mapping[str, bytes]
+) -> dict[int, str]:
+    """Stage 1, with the clients' directory: the advertisements whose signature fails, and why.
+
+    The clients check each neighbour's signature and abort on a bad one (a server
+    could substitute keys); a server that holds the directory leaves such a client
+    out instead of forwarding keys that would make all its neighbours abort.
+    """
+    refused: dict[int, str] = {}
+    seen: set[str] = set()
+    for u, msg in sorted(replies.items()):
+        name = msg.get("name") if isinstance(msg, Mapping) else None
+        sig = msg.get("sig") if isinstance(msg, Mapping) else None
+        c_pk = msg.get("c_pk") if isinstance(msg, Mapping) else None
+        s_pk = msg.get("s_pk") if isinstance(msg, Mapping) else None
+        if not isinstance(name, str) or name not in directory:
+            refused[u] = f"keys signed under an identity not in the directory: {name!r}"
+        elif name in seen:
+            refused[u] = f"identity {name!r} signed the keys of two clients"
+        elif not (isinstance(sig, bytes) and isinstance(c_pk, bytes) and isinstance(s_pk, bytes)):
+            refused[u] = "malformed key advertisement"
+        else:
+            try:
+                _crypto.verify(directory[name], sig, key_message(session, u, name, c_pk, s_pk))
+            except _crypto.CryptoError:
+                refused[u] = f"keys not signed by {name!r} (its key in the directory)"
+            else:  # only a valid signature claims a name: a forger cannot push out its owner
+                seen.add(name)
+    return refused
 
 
 def _need(state: ServerState, count: int, what: str) -> None:

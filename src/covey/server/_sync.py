@@ -188,6 +188,7 @@ class RoundLoop(_LoopBase):
                 f"round {rnd}: the strategy wants {count} clients to train but only "
                 f"{len(available)} are available (min_fit_clients={strategy.min_fit_clients})"
                 + (" counting clients that pass where=" if strategy.where is not None else "")
+                + (f"; {self.property_error}" if self.property_error else "")
             )
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
         update = strategy.aggregator.update
@@ -253,13 +254,24 @@ class RoundLoop(_LoopBase):
         record.aggregate_info.update(outcome.info)
         for cid, why in outcome.failures:
             self._record_failure(record.fit_failures, Failure(cid, "fit", why))
-        needed = min(self.strategy.min_fit_clients, sampled)
+        # The rule of a round through the transport: with accept_failures off, every
+        # sampled client must take part (a dropout the exchange recovered from included).
+        strict = not self.strategy.accept_failures
+        needed = min(sampled if strict else self.strategy.min_fit_clients, sampled)
+        ok = len(outcome.participants)
         error = outcome.error
-        if error is None and len(outcome.participants) < needed:
-            error = f"{len(outcome.participants)} clients took part, fewer than {needed}"
+        if error is None and (ok < needed or (strict and record.fit_failures)):
+            error = f"{ok} of {sampled} sampled clients took part, " + (
+                "and accept_failures=False" if strict else f"fewer than min_fit_clients={needed}"
+            )
         if error is not None:
             record.aggregate_info.setdefault("error", error)
             self.history.rounds.append(record)
+            if record.fit_failures:
+                error += "; failures: " + "; ".join(
+                    f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5]
+                )
+                error += " ..." if len(record.fit_failures) > 5 else ""
             raise self._fail(f"round {rnd}: {error}")
         update = self.strategy.aggregator.update
         for contribution in outcome.contributions:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from covey.core._messages import Reply, Task
+from covey.secagg._handlers import KINDS as SECAGG_KINDS
 from covey.transport._async import Durations
 from covey.transport._base import Transport
 
@@ -136,6 +137,15 @@ class ClientClock:
         return bool(self.online(np.array([cid]), rnd)[0])
 
 
+def trains(task: Task) -> bool:
+    """Whether ``task`` runs the client's training (and so takes simulated time).
+
+    A fit does, and so does secure aggregation's masked input for a secure fit: the
+    exchange that carries the weights and calls the client's ``fit``.
+    """
+    return task.kind == "fit" or (task.kind == SECAGG_KINDS[2] and task.weights is not None)
+
+
 def offline_error(rnd: int) -> str:
     """The error of a client that the availability model has offline in ``rnd``."""
     return f"offline in round {rnd} (simulated availability)"
@@ -148,7 +158,8 @@ class ClockedTransport:
     client's fit draws a simulated duration; with ``deadline`` set, clients slower
     than it fail as stragglers without being run. The others run on the wrapped
     transport, their replies streaming through unchanged. Tasks other than fit
-    take no simulated time but still need their client online.
+    (and secure aggregation's masked input of a secure fit, where the client
+    trains) take no simulated time but still need their client online.
 
     Args:
         transport: Where the clients run.
@@ -198,7 +209,7 @@ class ClockedTransport:
             if not on:
                 failed.append(Reply(cid, task.kind, error=offline_error(rnd)))
                 continue
-            if task.kind == "fit":
+            if trains(task):
                 seconds = self.clock.duration(cid, rng)
                 if self.deadline is not None and seconds > self.deadline:
                     late += 1
@@ -213,7 +224,7 @@ class ClockedTransport:
                     continue
                 slowest = max(slowest, seconds)
             run[cid] = task
-        if any(t.kind == "fit" for t in tasks.values()):
+        if any(trains(t) for t in tasks.values()):
             elapsed = self.deadline if late and self.deadline is not None else slowest
             self.now += elapsed
             self.rounds.append((rnd, int(up.sum()), late, elapsed))

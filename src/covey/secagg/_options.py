@@ -1,0 +1,56 @@
+"""Checks of the options of :func:`covey.secagg.secure`, before anything is built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from covey.secagg._dp import Noise
+from covey.secagg._params import ThreatModel
+
+
+def check_options(
+    clip_range: float, max_examples: int, complete: object, signed: object, reducer: object
+) -> None:
+    """Refuse option values ``secure()`` does not know, before anything is built."""
+    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
+        raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    if reducer not in ("auto", "weighted_mean", "mean"):
+        raise ValueError(f"reducer must be 'auto', 'weighted_mean' or 'mean', got {reducer!r}")
+    if complete is not None and not isinstance(complete, bool):
+        raise ValueError(f"complete must be True, False or None, got {complete!r}")
+    if not isinstance(signed, bool):
+        raise ValueError(f"signed must be True or False, got {signed!r}")
+
+
+def check_parts(threat: object, noise: object, metrics: object) -> None:
+    """Refuse a threat model, noise or metric table of the wrong type, naming it."""
+    if threat is not None and not isinstance(threat, ThreatModel):
+        raise ValueError(f"threat must be a covey.secagg.ThreatModel or None, got {threat!r}")
+    if noise is not None and not isinstance(noise, Noise):
+        raise ValueError(f"noise must be a covey.secagg.Noise or None, got {noise!r}")
+    if metrics is None:
+        return
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must map each metric's name to its bound, got {metrics!r}")
+    for name, bound in metrics.items():
+        ok = isinstance(bound, int | float) and not isinstance(bound, bool)
+        if not (ok and math.isfinite(bound) and bound > 0):
+            raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound!r}")
+
+
+def check_directory(directory: object, signed: bool) -> None:
+    """Refuse a directory without ``signed=True``, or one that is not names to 32-byte keys."""
+    if directory is None:
+        return
+    if not signed:
+        raise ValueError("a directory needs signed=True: it checks the clients' signatures")
+    if not isinstance(directory, Mapping):
+        raise ValueError(f"directory must map client names to public keys, got {directory!r}")
+    for name, key in directory.items():
+        if not isinstance(name, str) or not isinstance(key, bytes) or len(key) != 32:
+            raise ValueError(
+                f"directory entry {name!r} must be a name and its raw 32-byte Ed25519 public key"
+            )
