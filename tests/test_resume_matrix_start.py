@@ -95,3 +95,35 @@ def test_covey_server_resume_starts_such_a_run_again(
     with RunStore.open(run_dir) as store:
         assert store.status == "finished"
         assert store.rounds() == [0]
+
+
+def test_a_run_on_port_zero_records_the_port_it_got_so_a_resume_listens_there(
+    tmp_path: Path,
+) -> None:
+    # Clients were told the port the server got; a resume without --address must
+    # listen there again, not on a new random port they cannot find.
+    run_dir = tmp_path / "run"
+    ports: list[int] = []
+    serve(
+        covey.FedAvg(),
+        0,
+        {"w": np.zeros(2)},
+        "127.0.0.1:0",
+        insecure=True,
+        run_dir=run_dir,
+        plot=False,
+        on_listen=ports.append,
+    )
+    with RunStore.open(run_dir) as store:
+        assert store.config["address"] == f"127.0.0.1:{ports[0]}"
+    serve(
+        covey.FedAvg(),
+        0,
+        None,
+        insecure=True,
+        run_dir=run_dir,
+        resume=True,
+        plot=False,
+        on_listen=ports.append,
+    )
+    assert ports[1] == ports[0]

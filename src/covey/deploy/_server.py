@@ -188,9 +188,8 @@ def serve(
         # Listen first: an address that cannot be bound leaves no run folder behind.
         transport = _listen(address, tls, late, names, heartbeat, max_clients)
         try:
-            run = _open_run(
-                strategy, rounds, initial_weights, address, run_dir, opened, seed, scheme
-            )
+            bound = f"{address.rpartition(':')[0]}:{transport.port}"  # port 0: the one got
+            run = _open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
         except BaseException:
             transport.close()
             raise
