@@ -159,3 +159,31 @@ def test_a_damaged_round_record_is_named_not_a_bare_json_error(tmp_path: Path) -
         store.history()
     assert "round 1" in str(refused.value)
     assert "run.sqlite" in str(refused.value)
+
+
+def test_a_record_with_a_damaged_field_name_is_named(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _saved_run(run_dir, 2)
+    _sql(run_dir, "UPDATE rounds SET record = ? WHERE round = 2", '{"round": 2, "fit_eyamples": 3}')
+    with RunStore.open(run_dir) as store, pytest.raises(ValueError, match="damaged") as refused:
+        store.history()
+    assert "run.sqlite" in str(refused.value)
+
+
+def test_text_sqlite_cannot_decode_is_a_refusal_naming_the_database(tmp_path: Path) -> None:
+    from covey.deploy._resume import resume_point
+
+    run_dir = tmp_path / "run"
+    _saved_run(run_dir, 2)
+    _sql(run_dir, "UPDATE rounds SET record = CAST(X'7B22FF22' AS TEXT) WHERE round = 2")
+    damaged = r"run\.sqlite is damaged"
+    with RunStore.open(run_dir) as store, pytest.raises(ValueError, match=damaged):
+        resume_point(store, None)
+
+
+def test_damaged_settings_are_named(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _saved_run(run_dir, 1)
+    _sql(run_dir, "UPDATE run SET config = ? WHERE id = 1", '{"rounds": 1O}')
+    with pytest.raises(ValueError, match="settings are damaged"):
+        RunStore.open(run_dir)

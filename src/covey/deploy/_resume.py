@@ -10,11 +10,13 @@ whose weights and aggregation state verify.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from covey.core._history import History
 from covey.core._weights import Weights, WeightsSpec
+from covey.server._rundb import DB_NAME
 from covey.server._state import check_state
 from covey.server._store import RunStore
 
@@ -48,11 +50,17 @@ def resume_point(
             saved round verifies, or a run without a round is given no initial
             weights or weights of another layout.
     """
-    if opened.check_lost_rounds() is None:
-        return _from_step_zero(opened, initial_weights)
-    last, weights, _, blob = opened.load_latest_valid(check_state)
-    opened.discard_after(last)  # rounds whose files did not survive are redone
-    history = opened.history()
+    try:
+        if opened.check_lost_rounds() is None:
+            return _from_step_zero(opened, initial_weights)
+        last, weights, _, blob = opened.load_latest_valid(check_state)
+        opened.discard_after(last)  # rounds whose files did not survive are redone
+        history = opened.history()
+    except sqlite3.Error as exc:  # a damaged page or text SQLite itself cannot read
+        raise ValueError(
+            f"{opened.run_dir / DB_NAME} is damaged ({type(exc).__name__}: {exc}); "
+            "the run cannot be resumed from it"
+        ) from None
     history.rounds = [r for r in history.rounds if r.round <= last]
     history.config = opened.config
     logger.info("resuming the run in %s after round %d", opened.run_dir, last)

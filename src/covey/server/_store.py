@@ -415,7 +415,14 @@ class RunStore(RunRecords):
             rows = conn.execute(
                 "SELECT round, record FROM rounds WHERE record IS NOT NULL ORDER BY round"
             ).fetchall()
-        return History.from_dict({"rounds": [self._record(r, text) for r, text in rows]})
+        records = [self._record(r, text) for r, text in rows]
+        try:
+            return History.from_dict({"rounds": records})
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"a round record in {self._run_dir / DB_NAME} is damaged "
+                f"({type(exc).__name__}: {exc}); the run's history cannot be read"
+            ) from None
 
     def _record(self, round: int, text: str) -> dict[str, Any]:
         """The stored record of ``round``, or ValueError naming the round and the file."""
