@@ -61,8 +61,9 @@ def registered(run_dir: Path) -> int:
 class Federation:
     """One run folder, its server process (one at a time) and its client processes."""
 
-    def __init__(self, tmp: Path, strategy: str, clients: int = 4, **env: str) -> None:
-        clients = int(env.get("COVEY_RM_CLIENTS", clients))
+    def __init__(self, tmp: Path, strategy: str, env: dict[str, str] | None = None) -> None:
+        env = env or {}
+        clients = int(env.get("COVEY_RM_CLIENTS", "4"))
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.run_dir = tmp / "run"

@@ -59,6 +59,7 @@ def test_a_scaffold_client_repeats_lost_rounds_from_the_same_control_variate(los
     # The server lost rounds 5 - lost .. 4 and sends them again.
     for rnd in range(5 - lost, 5):
         again = twice.fit(_model(rnd), _scaffold_config(rnd))
+        assert again.delta is not None
         for name in ("w",):
             assert again.delta[name].tobytes() == first[rnd].delta[name].tobytes()
             assert (

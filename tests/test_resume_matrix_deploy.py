@@ -36,7 +36,7 @@ def federations(tmp_path: Path) -> Iterator[Any]:
     made: list[Federation] = []
 
     def make(strategy: str, **env: str) -> Federation:
-        fed = Federation(tmp_path / strategy, strategy, COVEY_RM_ROUNDS=str(ROUNDS), **env)
+        fed = Federation(tmp_path / strategy, strategy, {"COVEY_RM_ROUNDS": str(ROUNDS), **env})
         made.append(fed)
         return fed
 

@@ -88,7 +88,7 @@ class RegressionClient(covey.Client):
                 if correction is not None:
                     step = step + correction[name]
                 param -= LR * step
-        metrics = {"loss": _loss(weights, self.x, self.y)}
+        metrics: dict[str, Any] = {"loss": _loss(weights, self.x, self.y)}
         trained = {"w": w, "b": b}
         if "pad" in weights:  # carried along, moved a little so every checkpoint differs
             trained["pad"] = np.asarray(weights["pad"]) + 1e-3 * (self.k + 1)
@@ -174,7 +174,8 @@ def strategy(name: str | None = None) -> covey.Strategy:
         ),
         "fedbuff": lambda: covey.FedBuff(buffer_size=2, concurrency=2, **_buff(opts)),
     }
-    return builders[name]()  # type: ignore[no-any-return]
+    strategy: covey.Strategy = builders[name]()
+    return strategy
 
 
 def _buff(opts: dict[str, Any]) -> dict[str, Any]:
