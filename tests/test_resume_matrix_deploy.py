@@ -120,3 +120,23 @@ def test_central_dp_killed_at_a_random_moment_spends_the_same_epsilon(
     epsilons = [r["privacy"]["epsilon"] for r in outcome(fed.run_dir)[1][1:]]
     assert epsilons == sorted(epsilons)
     assert len(set(epsilons)) == ROUNDS
+
+
+def test_sampling_resumes_the_same_even_with_clients_killed_during_the_resume(
+    federations: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fraction_fit=0.5: the resumed server must sample the clients the first run
+    # sampled, while two client processes die and are started again (as a
+    # supervisor does) just as it comes back.
+    fed = federations("sampled", COVEY_RM_FIT_DELAY="0.2")
+    fed.start_server()
+    fed.start_clients()
+    wait_for(lambda: any(fed.markers.glob("fit-r3-k*")), 60, "round 3")
+    fed.kill_server()
+    fed.start_server(resume=True)
+    for k in (1, 2):
+        fed.clients[k].kill()
+        fed.clients[k].wait(10)
+        fed.start_client(k)
+    fed.finish()
+    _assert_same_run(fed, _never_killed("sampled", monkeypatch))
