@@ -187,3 +187,16 @@ def test_damaged_settings_are_named(tmp_path: Path) -> None:
     _sql(run_dir, "UPDATE run SET config = ? WHERE id = 1", '{"rounds": 1O}')
     with pytest.raises(ValueError, match="settings are damaged"):
         RunStore.open(run_dir)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.arange(3, dtype=">f8"), np.array(5), np.array(2.5, dtype=np.float32)],
+    ids=["big-endian", "0-d int", "0-d float32"],
+)
+def test_a_stored_state_gives_back_its_arrays_as_they_were(array: np.ndarray) -> None:
+    state = {"x": array, "rest": (1, 2.0, None)}
+    back = load_state(dump_state(state), state)
+    assert back["x"].shape == array.shape
+    assert back["x"].dtype == array.dtype.newbyteorder("=")
+    assert back["x"].tolist() == array.tolist()

@@ -72,7 +72,9 @@ class _Writer:
         if array.dtype.kind not in "biuf":
             raise StateError(f"cannot store a {array.dtype} array in a run's aggregation state")
         key = str(len(self.arrays))
-        self.arrays[key] = np.ascontiguousarray(array)
+        # Native byte order (what safetensors gives back); np.require keeps 0-d arrays 0-d.
+        native = array.astype(array.dtype.newbyteorder("="), copy=False)
+        self.arrays[key] = np.require(native, requirements="C")
         return key
 
 
@@ -100,7 +102,7 @@ def _digest(tree: Any, arrays: Mapping[str, np.ndarray[Any, Any]]) -> str:
     """The SHA-256 of a state's tree and arrays (names, dtypes, shapes and bytes)."""
     sha = hashlib.sha256(json.dumps(tree, sort_keys=True, allow_nan=False).encode())
     for key in sorted(arrays):
-        array = np.ascontiguousarray(arrays[key])
+        array = np.require(arrays[key], requirements="C")
         sha.update(f"\0{key}\0{array.dtype.str}\0{array.shape}\0".encode())
         sha.update(array.tobytes())
     return sha.hexdigest()
