@@ -684,7 +684,8 @@ def test_a_port_file_that_cannot_be_written_is_refused_before_the_run(
 def test_resuming_a_run_with_no_saved_round_says_what_to_do(tmp_path: Path) -> None:
     RunStore.create(tmp_path / "run", config={"strategy": {"name": "FedAvg"}}).close()
     again = Served(covey.FedAvg(), 1, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0")
-    with pytest.raises(ValueError, match="nothing to resume; remove the folder and start the run"):
+    # Without the app's initial weights, a run that saved no round cannot start again.
+    with pytest.raises(ValueError, match="before round 0 was saved: give the app's initial"):
         again.join(30)
     RunStore.open(tmp_path / "run", exclusive=True).close()  # the refusal let go of the run
 

@@ -427,7 +427,11 @@ def test_ctrl_c_before_round_0_is_saved_offers_no_resume(
         _serve(app, {}, flags)
     assert info.value.exit_code == 130
     said = " ".join(capsys.readouterr().err.split())
-    assert said == f"interrupted before round 0 was saved: {run} holds nothing to resume"
+    # The run is resumed from step 0 (it saved no round), so the hint to resume it is given.
+    assert said == (
+        f"interrupted: the run in {run} is kept; continue it with "
+        f"`covey server --resume {run} --insecure`"
+    )
 
 
 @pytest.mark.parametrize("spelled", ["warm-up", "warm_up"])

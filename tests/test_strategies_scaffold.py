@@ -89,9 +89,9 @@ def test_control_variate_follows_option_two() -> None:
     rng = np.random.default_rng(0)
     control = clients.ControlVariate()
     c_i = {"W": np.zeros((3, 2)), "b": np.zeros(2)}
-    for _ in range(3):
+    for rnd in range(1, 4):
         x, c = make_round(rng)
-        correction = control.correction(x, {"round": 1, "extras": {"scaffold_c": c}})
+        correction = control.correction(x, {"round": rnd, "extras": {"scaffold_c": c}})
         for k in ("W", "b"):
             np.testing.assert_allclose(correction[k], c[k] - c_i[k])
         np.testing.assert_array_equal(correction["n"], [0, 0])

@@ -336,6 +336,14 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {exc}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
+            "rounds done); a simulation keeps no checkpoint to resume from: `covey run` runs "
+            "it again from the start, and the same seed gives the same results",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
     console.print(round_table(result.history))
     early = stopped_early(result.history)

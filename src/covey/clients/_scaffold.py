@@ -4,7 +4,9 @@ The :func:`covey.Scaffold` strategy broadcasts the server control variate ``c``
 with every fit task. A client keeps its own ``c_i`` across rounds: in memory
 (a simulation builds each client once per client id and keeps it for the whole
 run) and, given a ``path``, on its own disk, so a deployed client that restarts
-resumes with it. Each local step uses the corrected gradient
+resumes with it. A round sent again (by a server resumed after a crash)
+starts from the ``c_i`` the client had before it the first time, for up to
+two rounds back. Each local step uses the corrected gradient
 ``g(y) + c - c_i``; afterwards (option II of the paper)
 ``c_i+ = c_i - c + (x - y) / (K lr)`` for ``K`` local steps of learning rate
 ``lr``, and the client sends ``y - x`` with ``Delta c_i = c_i+ - c_i``::
@@ -40,6 +42,7 @@ from covey.clients._torch import as_tensors, named_parameters, torch_module
 from covey.core._codec import decode, encode
 from covey.core._files import atomic_write
 from covey.core._messages import Config, FitResult, Metrics
+from covey.core._replay import ByRound
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
 __all__ = [  # noqa: RUF022 - plainly sorted, as the export-list test expects
@@ -58,16 +61,27 @@ class ControlVariate:
         path: A file in which ``c_i`` is kept between runs of a deployed client
             (written atomically after every round); None keeps it in memory only.
 
-    Attributes:
-        value: The current ``c_i`` (None before the first round).
+    The ``c_i`` before each of the client's last two rounds is kept too (in
+    memory: two more references to arrays, no copies), so that a round a
+    resumed server sends again starts from the ``c_i`` it started from the
+    first time.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else Path(path)
-        self.value: dict[str, Array] | None = None
-        self._round: tuple[Weights, Weights] | None = None
+        self._kept: ByRound[dict[str, Array]] = ByRound()
+        self._round: tuple[Weights, Weights, int | None] | None = None
         if self.path is not None and self.path.exists():
             self.value = {k: np.array(v) for k, v in decode(self.path.read_bytes()).items()}
+
+    @property
+    def value(self) -> dict[str, Array] | None:
+        """The current ``c_i`` (None before the first round)."""
+        return self._kept.value
+
+    @value.setter
+    def value(self, value: dict[str, Array] | None) -> None:
+        self._kept.value = value
 
     def correction(self, weights: Weights, config: Config) -> dict[str, Array]:
         """``c - c_i``: add it to every local gradient of this round.
@@ -91,6 +105,9 @@ class ControlVariate:
             )
         spec = WeightsSpec.of(weights)
         spec.check(c, what="the server control variate")
+        rnd = config.get("round")
+        rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None
+        self._kept.at(rnd)  # a round sent again starts from the c_i it had the first time
         if self.value is None:
             self.value = {k: np.zeros(v.shape, v.dtype) for k, v in weights.items()}
         else:
@@ -99,7 +116,7 @@ class ControlVariate:
             except WeightsError as exc:
                 where = f" (delete {self.path} to start over)" if self.path else ""
                 raise WeightsError(f"{exc}{where}") from None
-        self._round = (weights, c)
+        self._round = (weights, c, rnd)
         return {
             k: (c[k] - self.value[k]) if w.dtype.kind == "f" else np.zeros_like(w)
             for k, w in weights.items()
@@ -134,7 +151,7 @@ class ControlVariate:
             raise RuntimeError("call correction(weights, config) before fit_result()")
         if steps < 1 or not lr > 0:
             raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
-        x, c = self._round
+        x, c, rnd = self._round
         old = self.value
         new: dict[str, Array] = {}
         delta: dict[str, Array] = {}
@@ -151,7 +168,7 @@ class ControlVariate:
             else:
                 new[k] = (old[k] - c[k] + (xk - y) / (steps * lr)).astype(xk.dtype)
             change[k] = new[k] - old[k]
-        self.value = new
+        self._kept.advance(rnd, new)
         self._round = None
         self._save()
         return FitResult(

@@ -32,6 +32,7 @@ from covey.compress._plain import (
 )
 from covey.compress._schemes import Encoded, Scheme, TopK, topk_with_feedback
 from covey.core._messages import FitResult, Reply, Task
+from covey.core._replay import ByRound
 from covey.core._weights import Weights, WeightsSpec, subtract
 
 KIND = "fit_compressed"
@@ -111,8 +112,10 @@ def compressed_task(fit: Task, scheme: Any, seed: int, cid: int, run: str | None
 
 
 # Top-k's error feedback, kept on the client side for each client object and client id
-# (one object may serve several ids) within one run, and gone with the object.
-_Residuals = dict[int, dict[str, np.ndarray]]
+# (one object may serve several ids) within one run, and gone with the object. Each
+# residual keeps the ones before its last rounds: a round a resumed server sends again
+# starts from the residual it started from the first time.
+_Residuals = dict[int, ByRound[dict[str, np.ndarray]]]
 _residuals: weakref.WeakKeyDictionary[Any, tuple[str | None, _Residuals]] = (
     weakref.WeakKeyDictionary()
 )
@@ -161,8 +164,9 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
     scheme = payload.scheme
     if isinstance(scheme, TopK):
         spec = WeightsSpec.of(weights_in)
-        kept = _residuals_of(client, payload.run)
-        parts, kept[payload.cid] = topk_with_feedback(scheme, delta, kept.get(payload.cid), spec)
+        residual = _residuals_of(client, payload.run).setdefault(payload.cid, ByRound())
+        parts, after = topk_with_feedback(scheme, delta, residual.at(task.round), spec)
+        residual.advance(task.round, after)
     else:
         rng = np.random.default_rng([payload.seed, task.round, payload.cid])
         parts = scheme.encode(delta, rng)

@@ -20,7 +20,7 @@ from covey.deploy._cli_errors import (
     read_settings,
     required_params,
 )
-from covey.deploy._cli_resume import resume_hint, saved_round
+from covey.deploy._cli_resume import resume_hint
 
 console = Console(stderr=True)
 
@@ -177,8 +177,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         result = serve(
             server_app.strategy,
             int(_pick(flags["rounds"], s, "rounds", server_app.rounds)),
-            # serve calls it, and so keeps the only reference to the step-0 model
-            None if resuming else server_app.weights,
+            # serve calls it (resuming: only for a run killed before round 0 was
+            # saved), and so keeps the only reference to the step-0 model
+            server_app.weights,
             flags["address"],
             evaluate_fn=server_app.evaluate_fn,
             certs=flags["certs"],
@@ -209,13 +210,11 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _forget(run, flags)
-        if saved_round(run):
+        if (run / "run.sqlite").is_file():  # resumed from step 0 if no round was saved
             said = (
                 f"interrupted: the run in {run} is kept; continue it with "
                 f"`{flags.get('resume_hint') or resume_hint(run)}`"
             )
-        elif (run / "run.sqlite").is_file():
-            said = f"interrupted before round 0 was saved: {run} holds nothing to resume"
         else:
             said = "interrupted before the run started"
         console.print(said, soft_wrap=True)

@@ -19,6 +19,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._pem import check_ca, check_pair
+from covey.deploy._resume import resume_point
 from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
@@ -133,7 +134,8 @@ def serve(
         strategy: What to do each round.
         rounds: The last round to run.
         initial_weights: The global model at step 0, or a function returning it, called
-            once the server listens (ignored when resuming); given a function, the
+            once the server listens (when resuming, only for a run killed before
+            round 0 was saved, which starts again from it); given a function, the
             server holds the only reference and frees the step-0 model from round 2 on.
         address: ``host:port`` to listen on; port 0 picks a free port (see ``on_listen``).
             Default: the address stored in the run when resuming, else ``127.0.0.1:9092``.
@@ -186,9 +188,8 @@ def serve(
         # Listen first: an address that cannot be bound leaves no run folder behind.
         transport = _listen(address, tls, late, names, heartbeat, max_clients)
         try:
-            run = _open_run(
-                strategy, rounds, initial_weights, address, run_dir, opened, seed, scheme
-            )
+            bound = f"{address.rpartition(':')[0]}:{transport.port}"  # port 0: the one got
+            run = _open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
         except BaseException:
             transport.close()
             raise
@@ -466,19 +467,8 @@ def _open_run(
 ) -> _Run:
     """Create the run's store, or take the reopened one to resume after its last round."""
     if opened is not None:
-        if opened.last_round() is None:
-            raise ValueError(
-                f"the run in {opened.run_dir} has no saved round (its server stopped before "
-                "round 0 was saved): there is nothing to resume; remove the folder and start "
-                f"the run again with --run-dir {opened.run_dir}"
-            )
-        last, weights, _, blob = opened.load_latest_valid()
-        opened.discard_after(last)  # rounds whose files did not survive are redone
-        history = opened.history()
-        history.rounds = [r for r in history.rounds if r.round <= last]
-        history.config = opened.config
-        logger.info("resuming the run in %s after round %d", run_dir, last)
-        return _Run(opened, weights, history.config, last + 1, history, blob)
+        point = resume_point(opened, initial_weights)
+        return _Run(opened, point.weights, point.config, point.start, point.history, point.state)
     if callable(initial_weights):
         initial_weights = initial_weights()
     if initial_weights is None:

@@ -29,6 +29,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "read_weights",
     "record_json",
+    "round_of_file",
     "sweep",
     "weights_file_name",
     "write_weights",
@@ -42,6 +43,12 @@ _CHUNK: Final = 1 << 20
 def weights_file_name(round: int) -> str:
     """The file name of a round's weights inside ``RUN_DIR/weights``."""
     return f"round-{round:05d}.safetensors"
+
+
+def round_of_file(name: str) -> int | None:
+    """The round a weights file name is of (``round-00003.safetensors``: 3), or None."""
+    match = _ROUND_FILE.fullmatch(name)
+    return None if match is None else int(match.group(1))
 
 
 def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) -> str:

@@ -9,6 +9,7 @@ store behind a lock.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import tempfile
@@ -278,6 +279,12 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
             f"{SCHEMA_VERSION}; use the covey version that wrote the run"
         )
     config_text: str = row[0]
+    try:
+        settings = json.loads(config_text)
+    except (TypeError, ValueError) as exc:
+        settings = exc
+    if not isinstance(settings, dict):
+        raise ValueError(f"{db_path}: the run's settings are damaged ({settings})")
     return config_text
 
 

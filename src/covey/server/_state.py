@@ -6,10 +6,15 @@ shape of the state: tuples, lists, mappings, numbers, strings) into a JSON tree
 stored in that file's metadata. The named tuples aggregation steps keep their
 state in are rebuilt only from types found in a *template* state built by the
 strategy itself, never from a name read from disk.
+
+The metadata also holds the SHA-256 of the tree and of every array, so a bit
+flipped anywhere in the stored bytes (SQLite keeps no checksums of its own) is
+refused rather than resumed from as a slightly different optimizer state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -19,10 +24,11 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-__all__ = ["StateError", "dump_state", "load_state"]
+__all__ = ["StateError", "check_state", "dump_state", "load_state"]
 
 _KEY = "covey-state"
-_FORMAT = 1
+_FORMAT = 2
+_FORMATS = (1, 2)  # 1: before the checksum (read, unchecked)
 
 
 class StateError(ValueError):
@@ -66,7 +72,9 @@ class _Writer:
         if array.dtype.kind not in "biuf":
             raise StateError(f"cannot store a {array.dtype} array in a run's aggregation state")
         key = str(len(self.arrays))
-        self.arrays[key] = np.ascontiguousarray(array)
+        # Native byte order (what safetensors gives back); np.require keeps 0-d arrays 0-d.
+        native = array.astype(array.dtype.newbyteorder("="), copy=False)
+        self.arrays[key] = np.require(native, requirements="C")
         return key
 
 
@@ -85,8 +93,59 @@ def dump_state(state: Any) -> bytes:
     """
     writer = _Writer()
     tree = writer.tree(state)
-    meta = {_KEY: json.dumps({"format": _FORMAT, "tree": tree}, allow_nan=False)}
+    digest = _digest(tree, writer.arrays)
+    meta = {_KEY: json.dumps({"format": _FORMAT, "tree": tree, "sha256": digest}, allow_nan=False)}
     return bytes(safetensors.numpy.save(writer.arrays, metadata=meta))
+
+
+def _digest(tree: Any, arrays: Mapping[str, np.ndarray[Any, Any]]) -> str:
+    """The SHA-256 of a state's tree and arrays (names, dtypes, shapes and bytes)."""
+    sha = hashlib.sha256(json.dumps(tree, sort_keys=True, allow_nan=False).encode())
+    for key in sorted(arrays):
+        array = np.require(arrays[key], requirements="C")
+        sha.update(f"\0{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        sha.update(array.tobytes())
+    return sha.hexdigest()
+
+
+def _parse(data: bytes) -> tuple[dict[str, np.ndarray[Any, Any]], Any]:
+    """The arrays and the checked tree of stored state bytes."""
+    try:
+        arrays = safetensors.numpy.load(bytes(data))
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+        meta = json.loads(header["__metadata__"][_KEY])
+    except (
+        safetensors.SafetensorError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
+        raise StateError(f"not a stored aggregation state: {type(exc).__name__}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") not in _FORMATS or "tree" not in meta:
+        raise StateError("not a stored aggregation state (unknown format)")
+    if meta["format"] >= 2:
+        try:
+            actual = _digest(meta.get("tree"), arrays)
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"corrupt stored aggregation state: {exc}") from None
+        if actual != meta.get("sha256"):
+            raise StateError(
+                "the stored aggregation state is damaged: its checksum does not match "
+                f"(SHA-256 {actual}, recorded {meta.get('sha256')!r})"
+            )
+    return arrays, meta["tree"]
+
+
+def check_state(data: bytes) -> None:
+    """Check that ``data`` is stored state bytes whose checksum matches, without rebuilding it.
+
+    Raises:
+        StateError: naming what is wrong.
+    """
+    _parse(data)
 
 
 def _named_tuples(template: Any, found: dict[str, type]) -> dict[str, type]:
@@ -156,24 +215,9 @@ def load_state(data: bytes, template: Any) -> Any:
     Raises:
         StateError: if ``data`` is not a stored state or does not fit the strategy.
     """
+    arrays, tree = _parse(data)
     try:
-        arrays = safetensors.numpy.load(bytes(data))
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(bytes(data[8 : 8 + header_len]))
-        meta = json.loads(header["__metadata__"][_KEY])
-    except (
-        safetensors.SafetensorError,
-        ValueError,
-        KeyError,
-        TypeError,
-        OverflowError,
-        RecursionError,
-    ) as exc:
-        raise StateError(f"not a stored aggregation state: {type(exc).__name__}: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise StateError("not a stored aggregation state (unknown format)")
-    try:
-        return _Reader(arrays, _named_tuples(template, {})).tree(meta["tree"])
+        return _Reader(arrays, _named_tuples(template, {})).tree(tree)
     except StateError:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as exc:

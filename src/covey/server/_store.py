@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -42,6 +42,7 @@ from covey.server._roundfiles import (
     WEIGHTS_DIR,
     read_weights,
     record_json,
+    round_of_file,
     sweep,
     weights_file_name,
     write_weights,
@@ -314,35 +315,77 @@ class RunStore(RunRecords):
         if name is None:
             raise ValueError(f"the weights of round {round} were pruned (keep_last)")
         weights = read_weights(round, self._weights_dir / name, digest)
-        record: dict[str, Any] | None = None if record_text is None else json.loads(record_text)
+        record = None if record_text is None else self._record(round, record_text)
         return weights, record, None if state is None else bytes(state)
 
     def load_latest_valid(
-        self,
+        self, check_state: Callable[[bytes], None] | None = None
     ) -> tuple[int, dict[str, Array], dict[str, Any] | None, bytes | None]:
-        """The newest round whose weights file verifies, to resume from.
+        """The newest round whose weights file (and server state) verify, to resume from.
 
-        Rounds whose file is missing, corrupt or pruned are skipped with a
-        logged warning. A resuming server should then call
-        :meth:`discard_after` with the returned round before saving new rounds.
+        Rounds whose file is missing, corrupt or pruned, or whose server state
+        ``check_state`` refuses, are skipped with a logged warning. A resuming
+        server should then call :meth:`discard_after` with the returned round
+        before saving new rounds.
+
+        Args:
+            check_state: Raises ``ValueError`` for server state bytes that are
+                damaged (e.g. :func:`covey.server._state.check_state`); None
+                takes the state as it is.
 
         Returns:
             ``(round, weights, record, server_state)``.
 
         Raises:
-            ValueError: no saved round has a valid weights file (or none was saved).
+            ValueError: no saved round has a valid weights file (or none was saved),
+                or ``weights/`` holds files of rounds the database lost.
         """
+        self.check_lost_rounds()
         rounds = self.rounds()
         if not rounds:
             raise ValueError(f"the run at {self._run_dir} has no saved round")
         for round in reversed(rounds):
             try:
                 weights, record, state = self.load_round(round)
+                if state is not None and check_state is not None:
+                    check_state(state)
             except ValueError as exc:
                 logger.warning("skipping round %d of %s: %s", round, self._run_dir, exc)
                 continue
             return round, weights, record, state
         raise ValueError(f"no saved round of the run at {self._run_dir} has valid weights")
+
+    def check_lost_rounds(self) -> int | None:
+        """The last recorded round, after refusing files of rounds ``run.sqlite`` lost.
+
+        One file just past the last recorded round is a save that crashed
+        between the rename and the commit (swept and redone). Files further on
+        mean the database lost committed rounds: SQLite keeps the newest
+        commits in ``run.sqlite-wal`` until it copies them over, so a run
+        folder copied without that file, or with that file damaged, reads as
+        an older run. Resuming would redo those rounds and delete their files.
+
+        Raises:
+            ValueError: naming the files of the lost rounds.
+        """
+        last = self.last_round()
+        floor = -1 if last is None else last
+        ahead = sorted(
+            path.name
+            for path in (self._weights_dir.iterdir() if self._weights_dir.is_dir() else ())
+            if (m := round_of_file(path.name)) is not None and m > floor + 1
+        )
+        if not ahead:
+            return last
+        recorded = "no round" if last is None else f"rounds up to {last}"
+        raise ValueError(
+            f"{self._run_dir / DB_NAME} records {recorded}, but {self._weights_dir} holds "
+            f"{', '.join(ahead[:4])}{' ...' if len(ahead) > 4 else ''} of later rounds: the "
+            f"database lost its newest rounds (was {DB_NAME}-wal left behind when the folder "
+            f"was copied, or damaged?). Put {DB_NAME}-wal back next to {DB_NAME} to resume "
+            "after the last round; to resume from the last recorded round instead, delete "
+            "those files"
+        )
 
     def discard_after(self, round: int | None) -> list[int]:
         """Forget every round newer than ``round`` (all of them if None), files included.
@@ -370,9 +413,29 @@ class RunStore(RunRecords):
         """The run's :class:`History`, rebuilt from the saved round records."""
         with self._db.reading() as conn:
             rows = conn.execute(
-                "SELECT record FROM rounds WHERE record IS NOT NULL ORDER BY round"
+                "SELECT round, record FROM rounds WHERE record IS NOT NULL ORDER BY round"
             ).fetchall()
-        return History.from_dict({"rounds": [json.loads(text) for (text,) in rows]})
+        records = [self._record(r, text) for r, text in rows]
+        try:
+            return History.from_dict({"rounds": records})
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"a round record in {self._run_dir / DB_NAME} is damaged "
+                f"({type(exc).__name__}: {exc}); the run's history cannot be read"
+            ) from None
+
+    def _record(self, round: int, text: str) -> dict[str, Any]:
+        """The stored record of ``round``, or ValueError naming the round and the file."""
+        try:
+            record = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            record = exc
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"the record of round {round} in {self._run_dir / DB_NAME} is damaged "
+                f"({record}); the run's history cannot be read"
+            )
+        return record
 
     # -- internals -----------------------------------------------------------------
 

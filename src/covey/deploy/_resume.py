@@ -1,0 +1,91 @@
+"""Where a resumed served run starts: after its last good round, or at step 0.
+
+A server killed after it created its run folder but before round 0's
+checkpoint committed leaves the run's settings and its clients' ids and no
+round. Such a run starts again from the app's initial weights, which must have
+the layout the run recorded; any other run continues after its newest round
+whose weights and aggregation state verify.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from covey.core._history import History
+from covey.core._weights import Weights, WeightsSpec
+from covey.server._rundb import DB_NAME
+from covey.server._state import check_state
+from covey.server._store import RunStore
+
+__all__ = ["ResumePoint", "resume_point"]
+
+logger = logging.getLogger("covey")
+
+
+class ResumePoint(NamedTuple):
+    """What a resumed run starts from."""
+
+    weights: Weights
+    config: dict[str, Any]
+    start: int
+    history: History | None
+    state: bytes | None
+
+
+def resume_point(
+    opened: RunStore, initial_weights: Weights | Callable[[], Weights] | None
+) -> ResumePoint:
+    """Where the run in ``opened`` goes on: rounds whose files did not survive are dropped.
+
+    Args:
+        opened: The run's store, held by this server.
+        initial_weights: The app's step-0 model (or a function returning it), used
+            only if the run saved no round.
+
+    Raises:
+        ValueError: The folder lost rounds its weights files still hold, no
+            saved round verifies, or a run without a round is given no initial
+            weights or weights of another layout.
+    """
+    try:
+        if opened.check_lost_rounds() is None:
+            return _from_step_zero(opened, initial_weights)
+        last, weights, _, blob = opened.load_latest_valid(check_state)
+        opened.discard_after(last)  # rounds whose files did not survive are redone
+        history = opened.history()
+    except sqlite3.Error as exc:  # a damaged page or text SQLite itself cannot read
+        raise ValueError(
+            f"{opened.run_dir / DB_NAME} is damaged ({type(exc).__name__}: {exc}); "
+            "the run cannot be resumed from it"
+        ) from None
+    history.rounds = [r for r in history.rounds if r.round <= last]
+    history.config = opened.config
+    logger.info("resuming the run in %s after round %d", opened.run_dir, last)
+    return ResumePoint(weights, history.config, last + 1, history, blob)
+
+
+def _from_step_zero(
+    opened: RunStore, initial_weights: Weights | Callable[[], Weights] | None
+) -> ResumePoint:
+    """A run whose server stopped before round 0 was saved, started again at step 0."""
+    where = f"the run in {opened.run_dir} stopped before round 0 was saved"
+    if callable(initial_weights):
+        initial_weights = initial_weights()
+    if initial_weights is None:
+        raise ValueError(
+            f"{where}: give the app's initial weights to start it again from step 0 "
+            "(serve(initial_weights=...))"
+        )
+    config = opened.config
+    given = WeightsSpec.of(initial_weights).describe()
+    recorded = config.get("model")
+    if recorded is not None and recorded != given:
+        raise ValueError(
+            f"{where}, with a model of layout {recorded}; the initial weights given are "
+            f"{given}: resume it with the app it was started with"
+        )
+    logger.info("%s: starting it again from step 0", where)
+    return ResumePoint(initial_weights, config, 1, None, None)
