@@ -17,6 +17,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from covey.compress._kernels import (
+    _flat,
+    _from_bf16,
+    _pack4,
+    _quantize,
+    _to_bf16,
+    _to_f16,
+    _top_indices,
+    _unpack4,
+)
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
 Parts = dict[str, dict[str, Array]]
@@ -117,8 +127,9 @@ class Cast:
     """Floating-point arrays cast to 16 bits: ``"float16"`` or ``"bfloat16"``.
 
     bfloat16 keeps float32's exponent range with 8 bits of mantissa (rounded to
-    nearest even); float16 has more mantissa but overflows above 65504 (such an
-    update then fails the server's finiteness check).
+    nearest even); float16 has more mantissa but overflows above 65504. An
+    array with NaN or Inf, or with a value beyond the target's range, is
+    refused by :meth:`encode` with a ValueError naming it.
 
     Args:
         dtype: ``"float16"`` or ``"bfloat16"``.
@@ -142,9 +153,9 @@ class Cast:
             if x.dtype.kind != "f":
                 out[n] = _raw(x)
             elif self.dtype == "float16":
-                out[n] = {"f16": x.astype(np.float16).reshape(-1)}
+                out[n] = {"f16": _to_f16(n, x)}
             else:
-                out[n] = {"bf16": _to_bf16(x)}
+                out[n] = {"bf16": _to_bf16(n, x)}
         return out
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
@@ -161,19 +172,6 @@ class Cast:
                 bits = _part(parts, n, "bf16", size, np.dtype(np.uint16))
                 out[n] = _from_bf16(bits).astype(d).reshape(s)
         return out
-
-
-def _to_bf16(x: Array) -> Array:
-    """The upper 16 bits of float32, rounded to nearest even."""
-    u = np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
-    rounded = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
-
-
-def _from_bf16(bits: Array) -> Array:
-    wide: Array = bits.astype(np.uint32) << np.uint32(16)
-    out: Array = wide.view(np.float32)
-    return out
 
 
 @dataclass(frozen=True)
@@ -213,16 +211,8 @@ class Quantize:
             if x.dtype.kind != "f":
                 out[n] = _raw(x)
                 continue
-            flat = np.asarray(x, dtype=np.float64).reshape(-1)
-            lo = float(flat.min()) if flat.size else 0.0
-            hi = float(flat.max()) if flat.size else 0.0
-            step = (hi - lo) / levels if hi > lo else 0.0
-            t = (flat - lo) / step if step > 0.0 else np.zeros_like(flat)
-            codes = np.floor(t + rng.random(flat.size))
-            np.clip(codes, 0, levels, out=codes)
-            q = codes.astype(np.uint8)
-            if self.bits == 4:
-                q = _pack4(q)
+            lo, step, codes = _quantize(n, x, levels, rng)
+            q = _pack4(codes) if self.bits == 4 else codes
             out[n] = {"codes": q, "lo": np.array([lo]), "step": np.array([step])}
         return out
 
@@ -246,20 +236,6 @@ class Quantize:
                 raise WeightsError(f"encoded update: {n!r} has a non-finite or negative scale")
             out[n] = (lo + codes.astype(np.float64) * step).astype(d).reshape(s)
         return out
-
-
-def _pack4(q: Array) -> Array:
-    if q.size % 2:
-        q = np.concatenate([q, np.zeros(1, dtype=np.uint8)])
-    packed: Array = (q[0::2] | (q[1::2] << np.uint8(4))).astype(np.uint8)
-    return packed
-
-
-def _unpack4(packed: Array, size: int) -> Array:
-    out = np.empty(packed.size * 2, dtype=np.uint8)
-    out[0::2] = packed & np.uint8(0x0F)
-    out[1::2] = packed >> np.uint8(4)
-    return out[:size]
 
 
 @dataclass(frozen=True)
@@ -301,11 +277,9 @@ class TopK:
             if x.dtype.kind != "f":
                 out[n] = _raw(x)
                 continue
-            flat = np.ascontiguousarray(x).reshape(-1)
-            k = self.k(flat.size)
-            idx = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]
-            idx = np.sort(idx).astype(np.uint32)
-            out[n] = {"index": idx, "value": flat[idx].copy()}
+            flat = _flat(x)
+            idx = _top_indices(n, flat, self.k(flat.size))
+            out[n] = {"index": idx, "value": flat[idx]}
         return out
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:

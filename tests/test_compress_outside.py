@@ -1,0 +1,157 @@
+"""Update compression tried from outside: memory, refusals and references in plain NumPy.
+
+The encoders work through large arrays a slice at a time (few temporary
+copies, measured with ``tracemalloc``); an update they cannot carry (NaN or
+Inf, or values beyond a cast's range) is refused on the client with an error
+naming the cause; quantization is unbiased per element, against the exact
+rounding probabilities; top-k with error feedback matches a reference loop.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+from covey.compress import Cast, Quantize, TopK, topk_with_feedback
+from covey.core import WeightsSpec
+
+SIZE = 1 << 22  # 4M float64 values: 32 MB
+
+
+def _peak(scheme: Cast | Quantize | TopK, x: np.ndarray) -> int:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        parts = scheme.encode({"w": x}, np.random.default_rng(0))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out = sum(a.nbytes for a in parts["w"].values())
+    return peak - out
+
+
+@pytest.mark.parametrize(
+    "scheme", [Quantize(8), Quantize(4), Cast("bfloat16"), Cast("float16"), TopK(0.01)]
+)
+def test_encoders_make_no_full_size_temporary_copies(scheme: Cast | Quantize | TopK) -> None:
+    x = np.random.default_rng(1).standard_normal(SIZE)
+    # Besides its output, an encoder holds a few slices, not copies of the whole array
+    # (before: 3 full float64 copies for q8 and q4, 2 for top-k, 1.5 for bfloat16).
+    assert _peak(scheme, x) < x.nbytes // 4
+
+
+def test_chunked_quantization_equals_the_whole_array_reference() -> None:
+    x = np.random.default_rng(2).standard_normal(SIZE + 12345)
+    levels = 255
+    lo, hi = x.min(), x.max()
+    step = (hi - lo) / levels
+    ref = np.clip(np.floor((x - lo) / step + np.random.default_rng(7).random(x.size)), 0, levels)
+    parts = Quantize(8).encode({"w": x}, np.random.default_rng(7))["w"]
+    np.testing.assert_array_equal(parts["codes"], ref.astype(np.uint8))
+    assert parts["lo"][0] == lo
+    assert parts["step"][0] == step
+
+
+def _bf16_reference(x: np.ndarray) -> np.ndarray:
+    """bfloat16 bits by round-to-nearest-even, one value at a time in Python integers."""
+    out = []
+    for u in x.astype(np.float32).view(np.uint32).tolist():
+        upper, lower = u >> 16, u & 0xFFFF
+        if lower > 0x8000 or (lower == 0x8000 and upper & 1):
+            upper += 1
+        out.append(upper)
+    return np.array(out, dtype=np.uint16)
+
+
+def test_chunked_bfloat16_equals_a_reference_rounding() -> None:
+    x = np.random.default_rng(3).standard_normal(4000) * 10.0 ** np.arange(-20, 20, 0.01)
+    bits = Cast("bfloat16").encode({"w": x}, np.random.default_rng(0))["w"]["bf16"]
+    np.testing.assert_array_equal(bits, _bf16_reference(x))
+
+
+REFUSED = [
+    (Quantize(8), np.array([1.0, np.nan, 2.0]), "non-finite"),
+    (Quantize(4), np.array([1.0, np.inf]), "non-finite"),
+    (Quantize(8), np.array([-1e308, 1e308]), "range"),
+    (Cast("float16"), np.array([7e4, 1.0]), "65504"),
+    (Cast("float16"), np.array([np.nan, 1.0]), "non-finite"),
+    (Cast("bfloat16"), np.array([1e39, 1.0]), "bfloat16"),
+    (Cast("bfloat16"), np.array([-np.inf]), "non-finite"),
+    (TopK(0.5), np.array([1.0, np.nan, 3.0, 4.0]), "non-finite"),
+]
+
+
+@pytest.mark.parametrize(("scheme", "x", "words"), REFUSED)
+def test_the_encoder_refuses_what_it_cannot_carry_naming_why(
+    scheme: Cast | Quantize | TopK, x: np.ndarray, words: str
+) -> None:
+    # Before: silently inf (float16, bfloat16), NaN sent (top-k), or a misleading
+    # "non-finite or negative scale" from the server (q8, q4), with RuntimeWarnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=words) as info:
+            scheme.encode({"w": x}, np.random.default_rng(0))
+    assert "'w'" in str(info.value)
+
+
+def test_values_at_the_edge_of_a_cast_s_range_still_travel() -> None:
+    x = {"w": np.array([65504.0, -65519.0, 3e-8, -0.0])}
+    out = Cast("float16").decode(
+        Cast("float16").encode(x, np.random.default_rng(0)), WeightsSpec.of(x)
+    )["w"]
+    np.testing.assert_array_equal(out, [65504.0, -65504.0, 2.0**-24, -0.0])
+    assert np.signbit(out[3])
+    big = {"w": np.array([3.3e38, -3.3e38], dtype=np.float32)}
+    out = Cast("bfloat16").decode(
+        Cast("bfloat16").encode(big, np.random.default_rng(0)), WeightsSpec.of(big)
+    )["w"]
+    np.testing.assert_allclose(out, big["w"], rtol=2**-8)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantization_rounds_up_with_exactly_the_unbiased_probability(bits: int) -> None:
+    # Per element, not on average: a single huge outlier makes the step large, so the
+    # small values round up rarely; the empirical rate over many seeds matches
+    # frac((x - lo) / step) element by element.
+    x = np.r_[np.random.default_rng(4).standard_normal(30), 1e3, np.full(3, 0.25)]
+    levels = (1 << bits) - 1
+    lo, step = x.min(), (x.max() - x.min()) / levels
+    t = (x - lo) / step
+    frac = t - np.floor(t)
+    trials = 2000
+    ups = np.zeros(x.size)
+    spec = WeightsSpec.of({"w": x})
+    for seed in range(trials):
+        scheme = Quantize(bits)
+        out = scheme.decode(scheme.encode({"w": x}, np.random.default_rng(seed)), spec)["w"]
+        ups += np.round((out - lo) / step) > np.floor(t)
+    rate = ups / trials
+    se = np.sqrt(frac * (1 - frac) / trials) + 1e-9
+    assert np.all(np.abs(rate - frac) <= 5 * se)
+
+
+def test_topk_error_feedback_matches_a_reference_loop_over_many_rounds() -> None:
+    rng = np.random.default_rng(6)
+    size, fraction, rounds = 97, 0.07, 60
+    k = int(np.ceil(fraction * size))
+    scheme, spec = TopK(fraction), WeightsSpec.of({"w": np.zeros(size)})
+    residual: dict[str, np.ndarray] | None = None
+    ref_residual = np.zeros(size)
+    sent_total, delta_total = np.zeros(size), np.zeros(size)
+    for _ in range(rounds):
+        delta = rng.standard_normal(size) * rng.uniform(0.1, 10.0)
+        corrected = delta + ref_residual
+        keep = np.argsort(-np.abs(corrected), kind="stable")[:k]
+        ref_sent = np.zeros(size)
+        ref_sent[keep] = corrected[keep]
+        ref_residual = corrected - ref_sent
+        parts, residual = topk_with_feedback(scheme, {"w": delta}, residual, spec)
+        sent = scheme.decode(parts, spec)["w"]
+        np.testing.assert_array_equal(sent, ref_sent)
+        np.testing.assert_array_equal(residual["w"], ref_residual)
+        sent_total += sent
+        delta_total += delta
+    np.testing.assert_allclose(sent_total + residual["w"], delta_total, atol=1e-9)
