@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from covey.compress import Cast, Quantize, TopK, topk_with_feedback
-from covey.core import WeightsSpec
+from covey.core import WeightsError, WeightsSpec
 
 SIZE = 1 << 22  # 4M float64 values: 32 MB
 
@@ -155,3 +155,17 @@ def test_topk_error_feedback_matches_a_reference_loop_over_many_rounds() -> None
         sent_total += sent
         delta_total += delta
     np.testing.assert_allclose(sent_total + residual["w"], delta_total, atol=1e-9)
+
+
+@pytest.mark.parametrize(("lo", "step"), [(0.0, 1e307), (-1e308, 1e306), (1e308, 1e306)])
+def test_a_forged_finite_scale_whose_levels_overflow_is_refused(lo: float, step: float) -> None:
+    # Before: decoded into Inf with a RuntimeWarning on the server (an exception under
+    # warnings-as-errors, outside the decoder's refusals), then refused as non-finite.
+    x = {"w": np.zeros(6)}
+    parts = {
+        "w": {"codes": np.full(6, 255, np.uint8), "lo": np.array([lo]), "step": np.array([step])}
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(WeightsError, match="'w' has a scale whose levels"):
+            Quantize(8).decode(parts, WeightsSpec.of(x))

@@ -221,6 +221,7 @@ class Quantize:
         _decode_layout(parts, spec)
         out: dict[str, Array] = {}
         f64 = np.dtype(np.float64)
+        levels = (1 << self.bits) - 1
         for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
             size = math.prod(s)
             if d.kind != "f":
@@ -234,6 +235,12 @@ class Quantize:
             step = float(_part(parts, n, "step", 1, f64)[0])
             if not (math.isfinite(lo) and math.isfinite(step) and step >= 0.0):
                 raise WeightsError(f"encoded update: {n!r} has a non-finite or negative scale")
+            top = levels * step  # the widest a code reaches: lo + top must be a float64
+            if not (math.isfinite(top) and math.isfinite(lo + top)):
+                raise WeightsError(
+                    f"encoded update: {n!r} has a scale whose levels overflow float64 "
+                    f"(minimum {lo:g}, step {step:g})"
+                )
             out[n] = (lo + codes.astype(np.float64) * step).astype(d).reshape(s)
         return out
 
