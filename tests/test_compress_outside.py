@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import tracemalloc
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
 
+import covey
 from covey.compress import Cast, Quantize, TopK, topk_with_feedback
 from covey.core import WeightsError, WeightsSpec
 
@@ -169,3 +171,37 @@ def test_a_forged_finite_scale_whose_levels_overflow_is_refused(lo: float, step:
         warnings.simplefilter("error")
         with pytest.raises(WeightsError, match="'w' has a scale whose levels"):
             Quantize(8).decode(parts, WeightsSpec.of(x))
+
+
+@pytest.mark.parametrize("spec", ["none", "float16", "bfloat16", "q8", "q4", "topk:0.5"])
+def test_empty_scalar_and_odd_layouts_go_through_a_compressed_run(spec: str) -> None:
+    model = {
+        "empty": np.zeros(0),
+        "scalar": np.array(0.0),
+        "fortran": np.asfortranarray(np.zeros((3, 5), dtype=np.float32)),
+        "flags": np.zeros(3, dtype=bool),
+        "steps": np.zeros(2, dtype=np.int32),
+    }
+
+    class Shift(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+            delta = {n: np.ones_like(w) for n, w in weights.items()}
+            delta["fortran"] = np.asfortranarray(np.arange(15.0, dtype=np.float32).reshape(3, 5))
+            return covey.FitResult(delta=delta, num_examples=1)
+
+    result = covey.simulate(
+        lambda cid: Shift(), 2, 1, covey.FedAvg(fraction_evaluate=0.0), model, compression=spec
+    )
+    assert not result.history.rounds[1].fit_failures
+    out = result.weights
+    assert out["empty"].shape == (0,)
+    assert out["scalar"].shape == ()
+    assert out["scalar"] == 1.0
+    np.testing.assert_array_equal(out["flags"], [True] * 3)
+    np.testing.assert_array_equal(out["steps"], [1, 1])
+    expected = np.arange(15.0).reshape(3, 5)
+    if spec.startswith("topk"):
+        expected = np.where(expected >= 7, expected, 0.0)  # the 8 largest of 15
+    # q8 and q4 land within one step of the value (the range 0..14 over 255 or 15 levels)
+    step = {"q8": 14 / 255, "q4": 14 / 15}.get(spec, 0.0)
+    np.testing.assert_allclose(out["fortran"], expected, rtol=2**-8, atol=step)

@@ -140,8 +140,10 @@ def _top_indices(name: str, flat: Array, k: int) -> Array:
         if held > 2 * k:
             idx, mag = _cut(idx, mag, k)
             held = k
+    if not idx:  # an empty array
+        return np.zeros(0, dtype=np.uint32)
     idx, mag = _cut(idx, mag, k)
-    out: Array = np.sort(idx[0]).astype(np.uint32) if idx else np.zeros(0, np.uint32)
+    out: Array = np.sort(idx[0]).astype(np.uint32)
     return out
 
 
