@@ -205,3 +205,21 @@ def test_empty_scalar_and_odd_layouts_go_through_a_compressed_run(spec: str) -> 
     # q8 and q4 land within one step of the value (the range 0..14 over 255 or 15 levels)
     step = {"q8": 14 / 255, "q4": 14 / 15}.get(spec, 0.0)
     np.testing.assert_allclose(out["fortran"], expected, rtol=2**-8, atol=step)
+
+
+def test_error_feedback_keeps_one_array_per_weight_and_makes_no_other_full_copy() -> None:
+    x = {"w": np.random.default_rng(8).standard_normal(SIZE)}
+    spec, scheme = WeightsSpec.of(x), TopK(0.01)
+    _, residual = topk_with_feedback(scheme, x, None, spec)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        parts, residual = topk_with_feedback(scheme, x, residual, spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    sent = sum(a.nbytes for a in parts["w"].values())
+    # The new residual (one model) and what is sent; before: two more model copies
+    # (the decoded dense update and delta + residual besides the new residual).
+    assert peak - residual["w"].nbytes - sent < x["w"].nbytes // 4
+    assert not np.shares_memory(residual["w"], x["w"])

@@ -324,16 +324,39 @@ def topk_with_feedback(
     Returns:
         The encoded parts and ``delta + residual - decode(parts)``.
     """
+    if type(scheme) is not TopK:  # a subclass may encode differently: subtract what it sent
+        corrected = {
+            n: (x + residual[n] if residual is not None and x.dtype.kind == "f" else x)
+            for n, x in delta.items()
+        }
+        parts = scheme.encode(corrected, np.random.default_rng(0))
+        sent = scheme.decode(parts, spec)
+        return parts, {
+            n: np.subtract(x, sent[n]) if x.dtype.kind == "f" else np.zeros_like(x)
+            for n, x in corrected.items()
+        }
+    spec.check(delta, what="the update top-k encodes", finite=False)
+    # delta + residual in a new C-ordered array per float weight, which becomes the new
+    # residual once the entries sent are zeroed in it: no dense copy of what was sent
+    # and no third array (sent entries leave exactly 0, the others are kept as they are).
     corrected = {
-        n: (x + residual[n] if residual is not None and x.dtype.kind == "f" else x)
+        n: (
+            x
+            if x.dtype.kind != "f"
+            else np.array(x, order="C")
+            if residual is None
+            else np.add(x, residual[n], order="C")
+        )
         for n, x in delta.items()
     }
     parts = scheme.encode(corrected, np.random.default_rng(0))
-    sent = scheme.decode(parts, spec)
+    new_residual: dict[str, Array] = {}
     # Only float arrays are sparsified; the others travel whole and leave nothing behind
     # (a bool array could not be subtracted at all).
-    new_residual = {
-        n: np.subtract(x, sent[n]) if x.dtype.kind == "f" else np.zeros_like(x)
-        for n, x in corrected.items()
-    }
+    for n, x in corrected.items():
+        if x.dtype.kind != "f":
+            new_residual[n] = np.zeros_like(x)
+            continue
+        x.reshape(-1)[parts[n]["index"]] = 0
+        new_residual[n] = x
     return parts, new_residual
