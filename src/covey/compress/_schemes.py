@@ -127,9 +127,11 @@ class Cast:
     """Floating-point arrays cast to 16 bits: ``"float16"`` or ``"bfloat16"``.
 
     bfloat16 keeps float32's exponent range with 8 bits of mantissa (rounded to
-    nearest even); float16 has more mantissa but overflows above 65504. An
-    array with NaN or Inf, or with a value beyond the target's range, is
-    refused by :meth:`encode` with a ValueError naming it.
+    nearest even; a float64 value is rounded to float32 first, so a value
+    within a float32 rounding of a bfloat16 tie may round the other way);
+    float16 has more mantissa but overflows above 65504. An array with NaN or
+    Inf, or with a value beyond the target's range, is refused by
+    :meth:`encode` with a ValueError naming it.
 
     Args:
         dtype: ``"float16"`` or ``"bfloat16"``.
@@ -181,7 +183,11 @@ class Quantize:
     Each float array is mapped onto ``2**bits`` levels between its minimum and
     maximum; a value between two levels is rounded up with probability equal
     to its distance from the lower one, so the decoded update is unbiased:
-    ``E[decode(encode(x))] = x``. 4-bit codes are packed two per byte.
+    ``E[decode(encode(x))] = x``, per element, in float64. The decoded value
+    is then rounded to the array's own dtype (to nearest): for float32 that
+    bias is below measurement, for a float16 array it is up to about one
+    float16 unit in the last place (measured: 2% of a q8 step). 4-bit codes
+    are packed two per byte.
 
     Args:
         bits: 8 or 4.
