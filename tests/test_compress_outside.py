@@ -4,7 +4,8 @@ The encoders work through large arrays a slice at a time (few temporary
 copies, measured with ``tracemalloc``); an update they cannot carry (NaN or
 Inf, or values beyond a cast's range) is refused on the client with an error
 naming the cause; quantization is unbiased per element, against the exact
-rounding probabilities; top-k with error feedback matches a reference loop.
+rounding probabilities; top-k with error feedback matches a reference loop; a
+forged encoded update fails its client alone, with no warning on the server.
 """
 
 from __future__ import annotations
@@ -223,3 +224,55 @@ def test_error_feedback_keeps_one_array_per_weight_and_makes_no_other_full_copy(
     # (the decoded dense update and delta + residual besides the new residual).
     assert peak - residual["w"].nbytes - sent < x["w"].nbytes // 4
     assert not np.shares_memory(residual["w"], x["w"])
+
+
+FORGED: dict[str, tuple[str, Any]] = {
+    "nan minimum": ("q8", lambda p: p.update({'["part", "w", "lo"]': np.array([np.nan])})),
+    "overflowing step": ("q8", lambda p: p.update({'["part", "w", "step"]': np.array([1e307])})),
+    "short codes": ("q4", lambda p: p.update({'["part", "w", "codes"]': np.zeros(2, np.uint8)})),
+    "duplicate index": (
+        "topk:0.5",
+        lambda p: p.update({'["part", "w", "index"]': np.zeros(4, np.uint32)}),
+    ),
+    "nan value": ("topk:0.5", lambda p: p.update({'["part", "w", "value"]': np.full(4, np.nan)})),
+    "another scheme": ("float16", lambda p: p.update({"scheme": "bfloat16"})),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_a_forged_update_fails_its_client_alone(case: str) -> None:
+    from covey.clients._client import register_task
+    from covey.compress._runtime import KIND, _fit_compressed
+
+    spec, forge = FORGED[case]
+
+    class Ones(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+            return covey.FitResult(delta={"w": np.ones(8)}, num_examples=1)
+
+    def handler(client: Any, task: Any) -> Any:
+        plain = _fit_compressed(client, task)
+        if task.config["covey.compression"]["cid"] == 0:
+            forge(plain)
+        return plain
+
+    register_task(KIND, handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = covey.simulate(
+                lambda cid: Ones(),
+                3,
+                1,
+                covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=2),
+                {"w": np.zeros(8)},
+                compression=spec,
+            )
+    finally:
+        register_task(KIND, _fit_compressed)
+    assert [f.cid for f in result.history.rounds[1].fit_failures] == [0]
+    out = result.weights["w"]
+    if spec.startswith("topk"):  # 4 of the 8 equal entries, from each honest client
+        assert sorted(out.tolist()) == [0.0] * 4 + [1.0] * 4
+    else:
+        np.testing.assert_array_equal(out, np.ones(8))

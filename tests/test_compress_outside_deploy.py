@@ -66,6 +66,8 @@ def test_a_client_s_residuals_follow_its_run_across_a_resume_but_not_into_anothe
     client = Steady()  # one client object: a client process outliving its server
     first = _serve(client, 1, {"w": np.zeros(8)}, run_dir=tmp_path / "a").history
     assert not first.rounds[1].fit_failures
+    # Bytes as they travel: 8 float64 down; 2 of 8 entries up, a uint32 index and a value each.
+    assert (first.rounds[1].bytes_sent, first.rounds[1].bytes_received) == (64, 2 * (4 + 8))
     resumed = _serve(client, 2, None, run_dir=tmp_path / "a", resume=True)
     assert not resumed.history.rounds[2].fit_failures
     # Round 1 sent the 2 largest of 1..8 (7, 8) and kept 1..6; round 2 sends the largest
