@@ -77,7 +77,8 @@ def _quantize(
     """``(lo, step, codes)`` of ``x`` on ``levels + 1`` levels, rounded stochastically.
 
     The random numbers are drawn slice by slice from ``rng``, the same stream one
-    draw for the whole array would give.
+    draw for the whole array would give. 4-bit codes (``levels == 15``) come
+    packed two per byte, each slice packed as it is made.
     """
     flat = _flat(x)
     lo = float(flat.min()) if flat.size else 0.0
@@ -90,7 +91,8 @@ def _quantize(
             "it cannot be quantized"
         )
     step = (hi - lo) / levels if hi > lo else 0.0
-    codes = np.empty(flat.size, dtype=np.uint8)
+    four = levels == 15
+    codes = np.empty((flat.size + 1) // 2 if four else flat.size, dtype=np.uint8)
     for start in range(0, flat.size, CHUNK):
         seg = flat[start : start + CHUNK]
         t = np.subtract(seg, lo, dtype=np.float64)
@@ -101,11 +103,16 @@ def _quantize(
         t += rng.random(seg.size)
         np.floor(t, out=t)
         np.clip(t, 0, levels, out=t)
-        codes[start : start + seg.size] = t
+        if four:  # CHUNK is even: a slice starts on a byte
+            packed = _pack4(t.astype(np.uint8))
+            codes[start // 2 : start // 2 + packed.size] = packed
+        else:
+            codes[start : start + seg.size] = t
     return lo, step, codes
 
 
 def _pack4(q: Array) -> Array:
+    """Codes below 16 two per byte, the first in the low nibble (a zero pads an odd count)."""
     if q.size % 2:
         q = np.concatenate([q, np.zeros(1, dtype=np.uint8)])
     packed: Array = (q[0::2] | (q[1::2] << np.uint8(4))).astype(np.uint8)

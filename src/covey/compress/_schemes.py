@@ -20,7 +20,6 @@ import numpy as np
 from covey.compress._kernels import (
     _flat,
     _from_bf16,
-    _pack4,
     _quantize,
     _to_bf16,
     _to_f16,
@@ -218,8 +217,7 @@ class Quantize:
                 out[n] = _raw(x)
                 continue
             lo, step, codes = _quantize(n, x, levels, rng)
-            q = _pack4(codes) if self.bits == 4 else codes
-            out[n] = {"codes": q, "lo": np.array([lo]), "step": np.array([step])}
+            out[n] = {"codes": codes, "lo": np.array([lo]), "step": np.array([step])}
         return out
 
     def decode(self, parts: Parts, spec: WeightsSpec) -> dict[str, Array]:
