@@ -276,3 +276,18 @@ def test_a_forged_update_fails_its_client_alone(case: str) -> None:
         assert sorted(out.tolist()) == [0.0] * 4 + [1.0] * 4
     else:
         np.testing.assert_array_equal(out, np.ones(8))
+
+
+@pytest.mark.parametrize("scheme", [Quantize(8), Quantize(4), Cast("bfloat16")])
+def test_the_server_decodes_with_no_full_size_temporary(scheme: Cast | Quantize) -> None:
+    x = {"w": np.random.default_rng(9).standard_normal(SIZE)}
+    parts, spec = scheme.encode(x, np.random.default_rng(0)), WeightsSpec.of(x)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        out = scheme.decode(parts, spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Before: one more float64 model (q8, q4) or a float32 one (bfloat16) per reply.
+    assert peak - out["w"].nbytes < x["w"].nbytes // 4

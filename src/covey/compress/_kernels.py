@@ -9,6 +9,7 @@ range) with an error naming the array and the cause.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -65,9 +66,33 @@ def _to_bf16(name: str, x: Array) -> Array:
     return out
 
 
-def _from_bf16(bits: Array) -> Array:
-    wide: Array = bits.astype(np.uint32) << np.uint32(16)
-    out: Array = wide.view(np.float32)
+def _from_bf16(bits: Array, dtype: np.dtype[Any]) -> Array:
+    """bfloat16 ``bits`` as values of ``dtype``, a slice at a time."""
+    out = np.empty(bits.size, dtype=dtype)
+    for start in range(0, bits.size, CHUNK):
+        wide = bits[start : start + CHUNK].astype(np.uint32)
+        wide <<= np.uint32(16)
+        out[start : start + wide.size] = wide.view(np.float32)
+    return out
+
+
+def _dequantize(
+    codes: Array, size: int, lo: float, step: float, dtype: np.dtype[Any], *, four: bool
+) -> Array:
+    """``lo + code * step`` in float64, then as ``dtype``, a slice at a time.
+
+    ``codes`` holds ``size`` codes, or with ``four`` 4-bit codes two per byte.
+    """
+    out = np.empty(size, dtype=dtype)
+    for start in range(0, size, CHUNK):
+        if four:  # CHUNK is even: a slice starts on a byte
+            seg = _unpack4(codes[start // 2 : (start + CHUNK) // 2], min(CHUNK, size - start))
+        else:
+            seg = codes[start : start + CHUNK]
+        value = seg.astype(np.float64)
+        value *= step
+        value += lo
+        out[start : start + seg.size] = value
     return out
 
 

@@ -18,13 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from covey.compress._kernels import (
+    _dequantize,
     _flat,
     _from_bf16,
     _quantize,
     _to_bf16,
     _to_f16,
     _top_indices,
-    _unpack4,
 )
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
@@ -171,7 +171,7 @@ class Cast:
                 out[n] = _part(parts, n, "f16", size, np.dtype(np.float16)).astype(d).reshape(s)
             else:
                 bits = _part(parts, n, "bf16", size, np.dtype(np.uint16))
-                out[n] = _from_bf16(bits).astype(d).reshape(s)
+                out[n] = _from_bf16(bits, d).reshape(s)
         return out
 
 
@@ -233,8 +233,6 @@ class Quantize:
                 continue
             packed = (size + 1) // 2 if self.bits == 4 else size
             codes = _part(parts, n, "codes", packed, np.dtype(np.uint8))
-            if self.bits == 4:
-                codes = _unpack4(codes, size)
             lo = float(_part(parts, n, "lo", 1, f64)[0])
             step = float(_part(parts, n, "step", 1, f64)[0])
             if not (math.isfinite(lo) and math.isfinite(step) and step >= 0.0):
@@ -245,7 +243,7 @@ class Quantize:
                     f"encoded update: {n!r} has a scale whose levels overflow float64 "
                     f"(minimum {lo:g}, step {step:g})"
                 )
-            out[n] = (lo + codes.astype(np.float64) * step).astype(d).reshape(s)
+            out[n] = _dequantize(codes, size, lo, step, d, four=self.bits == 4).reshape(s)
         return out
 
 
