@@ -1,10 +1,11 @@
 """Peak memory of the compression encoders on one large update.
 
 Encodes one float64 array of ``--mb`` megabytes with every scheme, and top-k's
-error feedback with a residual, under ``tracemalloc``, and prints a markdown
-table: the peak of Python allocations during the call, what the call returns
-(the encoded parts, and the new residual for error feedback), and the
-difference, the encoder's temporaries, in MB and in copies of the input.
+error feedback with a residual, then decodes each encoding as the server does,
+under ``tracemalloc``, and prints a markdown table: the peak of Python
+allocations during the call, what the call returns (the encoded parts, the new
+residual for error feedback, the decoded update), and the difference, the
+call's temporaries, in MB and in copies of the input.
 
 Example::
 
@@ -55,9 +56,14 @@ def main() -> None:
             *_measure(lambda: topk_with_feedback(TopK(0.01), x, residual, spec)),
         )
     )
+    for scheme in (Cast("float16"), Cast("bfloat16"), Quantize(8), Quantize(4), TopK(0.01)):
+        parts = scheme.encode(x, np.random.default_rng(0))
+        rows.append(
+            (f"decode {scheme.name}", *_measure(lambda s=scheme, p=parts: s.decode(p, spec)))
+        )
     size = x["w"].nbytes
     print(f"update: {size / 1e6:.0f} MB of float64\n")
-    print("| encoder | peak MB | returned MB | temporaries MB | temporaries / input |")
+    print("| call | peak MB | returned MB | temporaries MB | temporaries / input |")
     print("|---|---:|---:|---:|---:|")
     for name, peak, kept in rows:
         extra = peak - kept
