@@ -291,3 +291,19 @@ def test_the_server_decodes_with_no_full_size_temporary(scheme: Cast | Quantize)
         tracemalloc.stop()
     # Before: one more float64 model (q8, q4) or a float32 one (bfloat16) per reply.
     assert peak - out["w"].nbytes < x["w"].nbytes // 4
+
+
+def test_round_trip_errors_stay_within_each_scheme_s_bound() -> None:
+    rng = np.random.default_rng(10)
+    # Normal float16 range (above 2**-14) up to near its top; 4,000 values over 9 decades.
+    x = {"w": rng.choice([-1.0, 1.0], 4000) * 10.0 ** rng.uniform(-4, 4.8, 4000)}
+    spec = WeightsSpec.of(x)
+    bounds = {"float16": 2.0**-11, "bfloat16": 2.0**-8 * (1 + 2.0**-15)}  # half an ulp
+    for scheme in (Cast("float16"), Cast("bfloat16")):
+        out = scheme.decode(scheme.encode(x, np.random.default_rng(0)), spec)["w"]
+        assert np.max(np.abs(out - x["w"]) / np.abs(x["w"])) <= bounds[scheme.name]
+    for bits in (8, 4):
+        scheme_q = Quantize(bits)
+        out = scheme_q.decode(scheme_q.encode(x, np.random.default_rng(1)), spec)["w"]
+        step = (x["w"].max() - x["w"].min()) / ((1 << bits) - 1)
+        assert np.max(np.abs(out - x["w"])) <= step * (1 + 1e-12)  # one level at most
