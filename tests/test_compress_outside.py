@@ -157,6 +157,7 @@ def test_topk_error_feedback_matches_a_reference_loop_over_many_rounds() -> None
         np.testing.assert_array_equal(residual["w"], ref_residual)
         sent_total += sent
         delta_total += delta
+    assert residual is not None
     np.testing.assert_allclose(sent_total + residual["w"], delta_total, atol=1e-9)
 
 
