@@ -308,3 +308,47 @@ def test_round_trip_errors_stay_within_each_scheme_s_bound() -> None:
         out = scheme_q.decode(scheme_q.encode(x, np.random.default_rng(1)), spec)["w"]
         step = (x["w"].max() - x["w"].min()) / ((1 << bits) - 1)
         assert np.max(np.abs(out - x["w"])) <= step * (1 + 1e-12)  # one level at most
+
+
+class _Misshapen(covey.Client):
+    """Returns an update of the model's size but another shape, or another dtype."""
+
+    def __init__(self, fault: str, form: str) -> None:
+        self.fault, self.form = fault, form
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        if self.fault == "shape":
+            update = np.arange(12.0).reshape(4, 3)
+        else:
+            update = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+        if self.form == "delta":
+            return covey.FitResult(delta={"w": update}, num_examples=1)
+        return covey.FitResult(weights={"w": update}, num_examples=1)
+
+
+@pytest.mark.parametrize("form", ["delta", "weights"])
+@pytest.mark.parametrize("fault", ["shape", "dtype"])
+@pytest.mark.parametrize("spec", ["none", "float16", "bfloat16", "q8", "q4", "topk:0.5"])
+def test_an_update_of_another_shape_or_dtype_fails_its_client_as_uncompressed(
+    spec: str, fault: str, form: str
+) -> None:
+    # Before: none, float16, bfloat16, q8 and q4 flattened a (4, 3) update and the
+    # server rebuilt it as (3, 4), and cast a float32 one, where an uncompressed
+    # run refuses both.
+    expected = {"shape": "has shape (4, 3), expected (3, 4)", "dtype": "has dtype float32"}
+    result = covey.simulate(
+        lambda cid: _Misshapen(fault, form) if cid == 0 else _Shift(),
+        2,
+        1,
+        covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1),
+        {"w": np.zeros((3, 4))},
+        compression=spec,
+    )
+    failures = result.history.rounds[1].fit_failures
+    assert [f.cid for f in failures] == [0]
+    assert f"client 0's {form}: 'w' {expected[fault]}" in failures[0].error
+
+
+class _Shift(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.ones((3, 4))}, num_examples=1)
