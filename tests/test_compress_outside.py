@@ -1,10 +1,12 @@
 """Update compression tried from outside: memory, refusals and references in plain NumPy.
 
-The encoders work through large arrays a slice at a time (few temporary
-copies, measured with ``tracemalloc``); an update they cannot carry (NaN or
-Inf, or values beyond a cast's range) is refused on the client with an error
-naming the cause; quantization is unbiased per element, against the exact
-rounding probabilities; top-k with error feedback matches a reference loop; a
+The encoders, error feedback and the server's decoders work through large
+arrays a slice at a time (few temporary copies, measured with
+``tracemalloc``); an update they cannot carry (NaN or Inf, values beyond a
+cast's range, another shape or dtype than the model's) is refused on the
+client with an error naming the cause; quantization is unbiased per element,
+against the exact rounding probabilities, and every scheme stays within its
+round-trip bound; top-k with error feedback matches a reference loop; a
 forged encoded update fails its client alone, with no warning on the server.
 """
 
