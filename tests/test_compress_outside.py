@@ -12,8 +12,10 @@ forged encoded update fails its client alone, with no warning on the server.
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 import warnings
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -60,21 +62,10 @@ def test_chunked_quantization_equals_the_whole_array_reference() -> None:
     assert parts["step"][0] == step
 
 
-def _bf16_reference(x: np.ndarray) -> np.ndarray:
-    """bfloat16 bits by round-to-nearest-even, one value at a time in Python integers."""
-    out = []
-    for u in x.astype(np.float32).view(np.uint32).tolist():
-        upper, lower = u >> 16, u & 0xFFFF
-        if lower > 0x8000 or (lower == 0x8000 and upper & 1):
-            upper += 1
-        out.append(upper)
-    return np.array(out, dtype=np.uint16)
-
-
 def test_chunked_bfloat16_equals_a_reference_rounding() -> None:
     x = np.random.default_rng(3).standard_normal(4000) * 10.0 ** np.arange(-20, 20, 0.01)
     bits = Cast("bfloat16").encode({"w": x}, np.random.default_rng(0))["w"]["bf16"]
-    np.testing.assert_array_equal(bits, _bf16_reference(x))
+    np.testing.assert_array_equal(bits, [_bf16_exact(float(v)) for v in x])
 
 
 REFUSED = [
@@ -354,3 +345,26 @@ def test_an_update_of_another_shape_or_dtype_fails_its_client_as_uncompressed(
 class _Shift(covey.Client):
     def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
         return covey.FitResult(delta={"w": np.ones((3, 4))}, num_examples=1)
+
+
+def _bf16_exact(value: float) -> int:
+    """bfloat16 bits of a float64 value, rounded once to nearest even, in exact arithmetic."""
+    _, exponent = math.frexp(abs(value))  # abs(value) = m * 2**exponent, 0.5 <= m < 1
+    ulp = Fraction(2) ** (max(exponent - 1, -126) - 7)  # 8 significant bits, subnormals fixed
+    q = Fraction(abs(value)) / ulp
+    n = math.floor(q)
+    if q - n > Fraction(1, 2) or (q - n == Fraction(1, 2) and n % 2):
+        n += 1
+    rounded = float(n * ulp) * (-1.0 if math.copysign(1.0, value) < 0 else 1.0)
+    return int(np.array([rounded], dtype=np.float32).view(np.uint32)[0] >> 16)
+
+
+def test_bfloat16_rounds_a_float64_value_once() -> None:
+    # Just above a bfloat16 tie, by less than float32 can hold: rounding to float32 first
+    # lands on the tie, which then goes to even, down (before: 1.0, not 1 + 2**-7).
+    above = [1 + 2**-8 + 2**-30, -(3 + 3 * 2**-7 + 2**-35), 2.0**-130 * (1 + 2**-8 + 2**-40)]
+    below = [1 + 3 * 2**-8 - 2**-31, 2.0**100 * (1 + 2**-8 - 2**-33)]
+    rng = np.random.default_rng(11)
+    x = np.r_[above, below, rng.standard_normal(2000) * 10.0 ** rng.uniform(-40, 38, 2000)]
+    bits = Cast("bfloat16").encode({"w": x}, np.random.default_rng(0))["w"]["bf16"]
+    np.testing.assert_array_equal(bits, [_bf16_exact(float(v)) for v in x])

@@ -46,7 +46,17 @@ def _to_f16(name: str, x: Array) -> Array:
 
 
 def _to_bf16(name: str, x: Array) -> Array:
-    """The upper 16 bits of float32, rounded to nearest even, a slice at a time."""
+    """The upper 16 bits of float32, rounded to nearest even, a slice at a time.
+
+    A wider value goes to float32 rounded to odd (toward zero, the last bit set
+    if anything was dropped), so the rounding to bfloat16 is the only one: float32
+    keeps more than two bits beyond bfloat16's, so the result is the value rounded
+    once to nearest even.
+
+    References:
+        Boldo and Melquiond, "Emulation of FMA and Correctly Rounded Sums: Proved
+        Algorithms Using Rounding to Odd", IEEE Transactions on Computers 2008.
+    """
     flat = _flat(x)
     out = np.empty(flat.size, dtype=np.uint16)
     for start in range(0, flat.size, CHUNK):
@@ -54,7 +64,10 @@ def _to_bf16(name: str, x: Array) -> Array:
         if not bool(np.isfinite(seg).all()):
             raise _non_finite(name, "bfloat16")
         with np.errstate(over="ignore"):
-            u = seg.astype(np.float32).view(np.uint32)
+            y = seg.astype(np.float32)
+        u = y.view(np.uint32)
+        if seg.dtype.itemsize > 4:
+            _round_to_odd(y, seg)
         u += np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
         u >>= np.uint32(16)
         bits = u.astype(np.uint16)
@@ -64,6 +77,16 @@ def _to_bf16(name: str, x: Array) -> Array:
             )
         out[start : start + seg.size] = bits
     return out
+
+
+def _round_to_odd(y: Array, wide: Array) -> None:
+    """Make ``y`` (``wide`` rounded to float32 to nearest) ``wide`` rounded to odd, in place."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        back = y.astype(wide.dtype)
+    away = np.abs(back) > np.abs(wide)
+    np.copyto(y, np.nextafter(y, np.float32(0)), where=away)
+    bits = y.view(np.uint32)
+    bits |= (back != wide).astype(np.uint32)
 
 
 def _from_bf16(bits: Array, dtype: np.dtype[Any]) -> Array:

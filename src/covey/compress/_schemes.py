@@ -125,12 +125,10 @@ class Identity:
 class Cast:
     """Floating-point arrays cast to 16 bits: ``"float16"`` or ``"bfloat16"``.
 
-    bfloat16 keeps float32's exponent range with 8 bits of mantissa (rounded to
-    nearest even; a float64 value is rounded to float32 first, so a value
-    within a float32 rounding of a bfloat16 tie may round the other way);
-    float16 has more mantissa but overflows above 65504. An array with NaN or
-    Inf, or with a value beyond the target's range, is refused by
-    :meth:`encode` with a ValueError naming it.
+    bfloat16 keeps float32's exponent range with 8 bits of mantissa (rounded
+    once to nearest even, from float64 too); float16 has more mantissa but
+    overflows above 65504. An array with NaN or Inf, or with a value beyond
+    the target's range, is refused by :meth:`encode` with a ValueError naming it.
 
     Args:
         dtype: ``"float16"`` or ``"bfloat16"``.
