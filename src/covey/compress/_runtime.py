@@ -157,13 +157,18 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
             f"{type(client).__name__}.fit() returned {type(result).__name__}, "
             "expected covey.FitResult"
         )
+    # Checked as the server checks an uncompressed update: the encodings are flat, so
+    # the server could not tell an update of another shape (or dtype) of the same size.
+    spec = WeightsSpec.of(weights_in)
     delta = result.delta
     if delta is None:
         weights: Weights = result.weights  # type: ignore[assignment]
+        spec.check(weights, what=f"client {payload.cid}'s weights", finite=False)
         delta = subtract(weights, weights_in)
+    else:
+        spec.check(delta, what=f"client {payload.cid}'s delta", finite=False)
     scheme = payload.scheme
     if isinstance(scheme, TopK):
-        spec = WeightsSpec.of(weights_in)
         residual = _residuals_of(client, payload.run).setdefault(payload.cid, ByRound())
         parts, after = topk_with_feedback(scheme, delta, residual.at(task.round), spec)
         residual.advance(task.round, after)

@@ -205,7 +205,10 @@ def serve(
     try:
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
-        counter = CompressedTransport(transport, scheme, seed=seed) if sync else None
+        # The run's start time names it, the same after a resume: a client process that
+        # outlives its server keeps its top-k residuals for this run, not for another.
+        token = str(run.config.get("started", "")) or None
+        counter = CompressedTransport(transport, scheme, seed=seed, run=token) if sync else None
         loop = open_loop(
             run.flushing(strategy),
             transport if counter is None else counter,
