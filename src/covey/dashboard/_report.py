@@ -52,6 +52,11 @@ def _series(rounds: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return found
 
 
+def _plain(text: str) -> str:
+    """``text`` for a plotly name or title: plotly.js reads HTML tags (links too) and entities."""
+    return html.escape(text, quote=False)
+
+
 def _figures(run: Run) -> list[Any]:
     import plotly.graph_objects as go
 
@@ -71,7 +76,10 @@ def _figures(run: Run) -> list[Any]:
                 (r["round"], v) for r in rounds if (v := metric_value(r, source, name)) is not None
             ]
             fig.add_scatter(
-                x=[p[0] for p in pts], y=[p[1] for p in pts], name=label, mode="lines+markers"
+                x=[p[0] for p in pts],
+                y=[p[1] for p in pts],
+                name=_plain(label),
+                mode="lines+markers",
             )
         return fig
 
@@ -102,7 +110,7 @@ def _figures(run: Run) -> list[Any]:
             budget.add_scatter(
                 x=[r["round"] for r in private],
                 y=[r["privacy"].get(key) for r in private],
-                name=key,
+                name=_plain(key),
                 mode="lines+markers",
             )
         figures.append(budget)
