@@ -74,6 +74,7 @@ EXPECTED = {
         "multi_krum",
         "polynomial_staleness",
         "qfedavg",
+        "reducer",
         "run_round",
         "scaffold",
         "server_adagrad",

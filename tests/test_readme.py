@@ -42,6 +42,7 @@ TUTORIALS = [
 GUIDES = [
     "docs/projects.md",
     "docs/strategies.md",
+    "docs/migrating-from-flower.md",
     "docs/simulation.md",
     "docs/deployment.md",
     "docs/privacy.md",

@@ -2,8 +2,9 @@
 
 Reducers combine a round's contributions into one ``Aggregate``: ``weighted_mean``
 (FedAvg), ``mean``, ``median``, ``trimmed_mean``, ``krum``, ``multi_krum``,
-``bulyan``, ``geometric_median`` and ``qfedavg``. Per-client steps come before a
-reducer: ``clip_norm``, ``skip_nonfinite``, ``staleness_weight`` and ``scaffold``.
+``bulyan``, ``geometric_median`` and ``qfedavg``; ``reducer(fn)`` makes one from
+a function of the whole round (like Flower's ``aggregate_fit``). Per-client steps
+come before a reducer: ``clip_norm``, ``skip_nonfinite``, ``staleness_weight`` and ``scaffold``.
 Server optimizers come after it: ``server_sgd``, ``server_adam``, ``server_yogi``
 and ``server_adagrad``.
 """
@@ -26,6 +27,7 @@ from covey.aggregate._clip import (
     skip_nonfinite,
     staleness_weight,
 )
+from covey.aggregate._function import reducer
 from covey.aggregate._krum import bulyan, krum, multi_krum
 from covey.aggregate._mean import mean, weighted_mean
 from covey.aggregate._opt import server_adagrad, server_adam, server_sgd, server_yogi
@@ -52,6 +54,7 @@ __all__ = [
     "multi_krum",
     "polynomial_staleness",
     "qfedavg",
+    "reducer",
     "run_round",
     "scaffold",
     "server_adagrad",

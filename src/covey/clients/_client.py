@@ -102,9 +102,19 @@ def _fit(client: Any, task: Task) -> FitResult:
     if not isinstance(result, FitResult):
         raise TypeError(
             f"{type(client).__name__}.fit() returned {type(result).__name__}, "
-            "expected covey.FitResult"
+            "expected covey.FitResult" + (_TUPLE_FIT if isinstance(result, tuple) else "")
         )
     return result
+
+
+_TUPLE_FIT = (
+    ": return covey.FitResult(weights={name: array}, num_examples=n, metrics={...}) "
+    "rather than a (parameters, num_examples, metrics) tuple"
+)
+_TUPLE_EVALUATE = (
+    ": return covey.EvaluateResult(loss=loss, num_examples=n, metrics={...}) "
+    "rather than a (loss, num_examples, metrics) tuple"
+)
 
 
 def _evaluate(client: Any, task: Task) -> EvaluateResult:
@@ -114,12 +124,20 @@ def _evaluate(client: Any, task: Task) -> EvaluateResult:
     if not isinstance(result, EvaluateResult):
         raise TypeError(
             f"{type(client).__name__}.evaluate() returned {type(result).__name__}, "
-            "expected covey.EvaluateResult"
+            "expected covey.EvaluateResult" + (_TUPLE_EVALUATE if isinstance(result, tuple) else "")
         )
     return result
 
 
 def _properties(client: Any, task: Task) -> dict[str, Any]:
+    method = getattr(type(client), "properties", None)
+    if (method is None or method is Client.properties) and callable(
+        getattr(client, "get_properties", None)
+    ):  # Flower's name: without this, the client would report no properties at all
+        raise TypeError(
+            f"{type(client).__name__} defines get_properties(config) but covey asks a "
+            "client's properties() (no argument): rename it to properties(self)"
+        )
     props = client.properties()
     if not isinstance(props, dict):
         raise TypeError(
@@ -189,6 +207,33 @@ def _not_a_client(client: object, cid: int, method: str) -> str:
     )
 
 
+#: What a Flower ``Context`` has that a client id does not.
+_CONTEXT_ATTRIBUTES = ("node_config", "run_config", "node_id", "run_id", "state")
+
+
+def build_client(client_fn: ClientFn, cid: int) -> Any:
+    """``client_fn(cid)``, with a hint when ``client_fn`` expected a context object.
+
+    Raises:
+        TypeError: if ``client_fn`` read ``node_config`` (or another attribute of a
+            Flower ``Context``) from the client id; chained to the original error.
+    """
+    try:
+        return client_fn(cid)
+    except AttributeError as exc:
+        text = str(exc)
+        if text.startswith("'int' object has no attribute") and any(
+            f"'{name}'" in text for name in _CONTEXT_ATTRIBUTES
+        ):
+            raise TypeError(
+                f"covey calls client_fn(cid) with the client id, an int from 0 to "
+                f"num_clients - 1 (here {cid}), not a context: use cid as the partition id "
+                "(Flower's context.node_config['partition-id']) and pass other settings "
+                "to client_fn yourself, e.g. with functools.partial"
+            ) from exc
+        raise
+
+
 READ_ONLY_HINT = (
     "covey: the weights a client receives are shared read-only arrays (no copy is "
     "made for each client); copy before changing them in place: "
@@ -201,4 +246,9 @@ def _hint(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, ValueError) and ("read-only" in text or "WRITEABLE flag" in text):
         return READ_ONLY_HINT + "\n"
+    if isinstance(exc, KeyError) and exc.args == ("server_round",):
+        return (
+            "covey: the config a client receives has the round as config['round']; "
+            "'server_round' is there only if on_fit_config (or on_evaluate_config) sends it\n"
+        )
     return ""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._weights import Weights
+from covey.core._weights import Weights, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
 Metrics = dict[str, Scalar]
@@ -26,11 +26,15 @@ MAX_EXAMPLES = 2**53
 and weighing updates by it cannot overflow (10**400 examples would stop aggregation)."""
 
 
-def _check_count(value: object, what: str) -> None:
+def _check_count(value: object, what: str) -> int:
+    """``value`` as a Python int if it is a count of examples (NumPy integers too), else raise."""
+    if isinstance(value, np.integer):
+        value = int(value)  # mask.sum(), x.shape[0] of some libraries
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} must be a non-negative int, got {value!r}")
     if value > MAX_EXAMPLES:
         raise ValueError(f"{what} must be at most 2**53, got an int of {value.bit_length()} bits")
+    return value
 
 
 _METRIC_TYPES = (bool, int, float, str, bytes, np.generic, np.ndarray)
@@ -87,7 +91,7 @@ class FitResult:
             raise ValueError("FitResult needs exactly one of weights= or delta=")
         n = self.num_examples
         if type(n) is not int or n < 0 or n > MAX_EXAMPLES:
-            _check_count(n, "FitResult.num_examples")
+            object.__setattr__(self, "num_examples", _check_count(n, "FitResult.num_examples"))
         if self.metrics or type(self.metrics) is not dict:
             _check_metrics(self.metrics, "FitResult.metrics")
         if weights is not None:
@@ -122,6 +126,7 @@ def _arrays(weights: object, what: str) -> Weights:
     if not isinstance(weights, Mapping):
         raise TypeError(
             f"{what} must be a dict of names to NumPy arrays, got {type(weights).__name__}"
+            + unnamed_hint(weights)
         )
     for value in weights.values():  # the usual case, checked fast: every value an array
         if type(value) is not np.ndarray:
@@ -171,7 +176,8 @@ class EvaluateResult:
                 raise TypeError(
                     f"EvaluateResult.loss must be a number, got {type(self.loss).__name__}"
                 ) from None
-        _check_count(self.num_examples, "EvaluateResult.num_examples")
+        n = _check_count(self.num_examples, "EvaluateResult.num_examples")
+        object.__setattr__(self, "num_examples", n)
         _check_metrics(self.metrics, "EvaluateResult.metrics")
 
 

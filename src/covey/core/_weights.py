@@ -22,6 +22,16 @@ Weights = Mapping[str, Array]
 """A model's state: names mapped to NumPy arrays."""
 
 
+def unnamed_hint(weights: object) -> str:
+    """For a list or tuple of arrays where named arrays belong, how to name them."""
+    if not isinstance(weights, list | tuple):
+        return ""
+    return (
+        ": name each array, e.g. dict(zip(model.state_dict(), arrays)) for a torch model "
+        'or {"coef": ..., "intercept": ...}'
+    )
+
+
 class WeightsError(ValueError):
     """Weights that do not match the global model (names, shapes, dtypes, values)."""
 
@@ -46,6 +56,7 @@ class WeightsSpec:
         if not isinstance(weights, Mapping):
             raise WeightsError(
                 f"weights must be a mapping of names to NumPy arrays, got {type(weights).__name__}"
+                + unnamed_hint(weights)
             )
         if not weights:
             raise WeightsError("weights are empty: a model needs at least one array")
@@ -143,6 +154,7 @@ class WeightsSpec:
         if not isinstance(weights, Mapping):
             raise WeightsError(
                 f"{what} must be a mapping of names to NumPy arrays, got {type(weights).__name__}"
+                + unnamed_hint(weights)
             )
         missing = [n for n in self.names if n not in weights]
         extra = [str(n) for n in weights if n not in self.names]

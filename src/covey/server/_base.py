@@ -11,6 +11,7 @@ these once; the loops differ only in how they reach clients and when they aggreg
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +90,35 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
     return number, checked
 
 
+def check_evaluate_fn(evaluate_fn: object) -> None:
+    """Refuse an ``evaluate_fn`` that cannot be called as ``evaluate_fn(round, weights)``.
+
+    Flower's takes ``(server_round, parameters, config)``: without this check it
+    would fail only after the clients were started, with a bare ``missing 1
+    required positional argument``.
+
+    Raises:
+        TypeError: naming the call covey makes and what the function wants.
+    """
+    if evaluate_fn is None:
+        return
+    if not callable(evaluate_fn):
+        raise TypeError(f"evaluate_fn must be a function, got {type(evaluate_fn).__name__}")
+    try:
+        signature = inspect.signature(evaluate_fn)
+    except (TypeError, ValueError):  # a builtin or extension type: nothing to check
+        return
+    try:
+        signature.bind(0, {})
+    except TypeError:
+        name = getattr(evaluate_fn, "__qualname__", type(evaluate_fn).__name__)
+        raise TypeError(
+            f"covey calls evaluate_fn(round, weights) (weights: a dict of names to arrays) "
+            f"but {name}{signature} cannot be called so; Flower's third argument, config, "
+            "has no counterpart: drop it or give it a default"
+        ) from None
+
+
 class _LoopBase:
     """The state and the reply handling common to the round loop and the asynchronous loop.
 
@@ -117,6 +147,7 @@ class _LoopBase:
         self.spec = WeightsSpec.of(initial_weights)
         self.spec.check(initial_weights, what="initial weights")
         self.weights: dict[str, Array] = freeze(initial_weights)
+        check_evaluate_fn(evaluate_fn)
         self.evaluate_fn = evaluate_fn
         self.seed = seed
         self.on_round = on_round
@@ -125,6 +156,8 @@ class _LoopBase:
         self.properties: dict[int, dict[str, Any]] = {}
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
         self._said_no_evaluate = False
+        self.property_error: str | None = None
+        """Why the last client that failed to report its properties failed, for errors."""
         self.client_names: Mapping[int, str] = {}
         """Each client's chosen name by id, kept up to date by a deployed server."""
 
@@ -167,7 +200,9 @@ class _LoopBase:
             self.properties[reply.cid] = reply.result
         else:  # asked again next round
             self._unreported[reply.cid] = rnd
-            logger.warning("client %d did not report its properties", reply.cid)
+            why = _first_line(reply.error or f"it sent {type(reply.result).__name__}")
+            self.property_error = f"{self.who(reply.cid)} did not report its properties: {why}"
+            logger.warning("%s", self.property_error)
 
     # -- fit replies and the aggregate ------------------------------------------------------
 

@@ -188,6 +188,7 @@ class RoundLoop(_LoopBase):
                 f"round {rnd}: the strategy wants {count} clients to train but only "
                 f"{len(available)} are available (min_fit_clients={strategy.min_fit_clients})"
                 + (" counting clients that pass where=" if strategy.where is not None else "")
+                + (f"; {self.property_error}" if self.property_error else "")
             )
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
         update = strategy.aggregator.update

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import ClientFn, run_task
+from covey.clients._client import ClientFn, build_client, run_task
 from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
@@ -111,7 +111,7 @@ def _run_batch(
                 config, payload = _shm.task_fields(item, extras)
                 client = clients.get(cid)
                 if client is None:
-                    client = clients[cid] = client_fn(cid)
+                    client = clients[cid] = build_client(client_fn, cid)
                 reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
             except Exception:  # noqa: BLE001 - building the client failed: the task's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
@@ -122,6 +122,13 @@ def _run_batch(
         # The result is in shared memory now: drop it before the next client runs.
         del reply
     return True
+
+
+_SEGFAULT_HINT = (
+    ": a segmentation fault. A write into the read-only global weights does this: the "
+    "worker maps them read-only, and torch.from_numpy, ctypes or a compiled extension "
+    "ignore NumPy's read-only flag; copy before writing (torch.tensor(array), array.copy())"
+)
 
 
 class _Worker:
@@ -298,7 +305,8 @@ class ProcessTransport:
             process.kill()
             process.join(5.0)
         _shm.sweep(worker.prefix)
-        return f"worker process {why} (exit code {process.exitcode})"
+        hint = _SEGFAULT_HINT if process.exitcode == -signal.SIGSEGV else ""
+        return f"worker process {why} (exit code {process.exitcode}{hint})"
 
     def _stop_late(
         self, w: int, late: dict[int, None], tasks: Mapping[int, Task], timeout: float | None

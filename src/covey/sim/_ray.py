@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import ClientFn, run_task
+from covey.clients._client import ClientFn, build_client, run_task
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
+from covey.sim._inline import fingerprint, lent_weights_changed
 
 logger = logging.getLogger("covey")
 
@@ -74,7 +75,7 @@ class ClientHost:
         self._client_fn = client_fn
         self._cache = cache
         self._clients: OrderedDict[int, Any] = OrderedDict()
-        self._weights: tuple[Any, Weights | None] = (None, None)
+        self._weights: tuple[Any, Weights | None, tuple[int, ...]] = (None, None, ())
 
     def where(self) -> tuple[int, str]:
         """``(pid, node id)`` of this actor."""
@@ -85,7 +86,7 @@ class ClientHost:
     def _client(self, cid: int) -> Any:
         client = self._clients.get(cid)
         if client is None:
-            client = self._client_fn(cid)
+            client = build_client(self._client_fn, cid)
             if self._cache != 0:
                 self._clients[cid] = client
                 if self._cache is not None and len(self._clients) > self._cache:
@@ -100,16 +101,21 @@ class ClientHost:
         if encoded is not None:
             if self._weights[0] != token:
                 # A read-only view of the object store's buffer: no copy.
-                self._weights = (token, _codec.decode(memoryview(encoded), verify=False))
+                decoded = _codec.decode(memoryview(encoded), verify=False)
+                self._weights = (token, decoded, fingerprint(decoded))
             weights = self._weights[1]
-        replies = []
+        replies, tasks = [], {}
         for cid, kind, rnd, config, payload in items:
+            tasks[cid] = task = Task(kind, rnd, config, weights, payload)
             try:
-                client = self._client(cid)
-                reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
+                reply = run_task(self._client(cid), cid, task)
             except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
             replies.append(reply)
+        if weights is not None and fingerprint(weights) != self._weights[2]:
+            self._weights = (None, None, ())  # the next chunk decodes them afresh
+            why = "their replies are refused (the server's model is unchanged)"
+            return [Reply(r.cid, r.kind, error=lent_weights_changed(tasks, why)) for r in replies]
         return replies
 
 

@@ -6,7 +6,6 @@ import datetime as _dt
 import gc
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,21 +13,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from covey.clients._client import ClientFn, run_task
+from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
 from covey.core._history import History, RoundRecord
-from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
+from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
 from covey.sim._rundir import run_folder, save_history, write_run_meta
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
-from covey.transport._memory import MemoryTransport
 
 Backend = Literal["inline", "process", "ray"]
 
@@ -46,32 +44,6 @@ class SimulationResult:
     weights: dict[str, Array]
     history: History
     seconds: float
-
-
-def inline_transport(
-    client_fn: ClientFn, num_clients: int, client_cache: int | None = None
-) -> MemoryTransport:
-    """A transport running every client in this process, sequentially, without serialization.
-
-    Each client is built by ``client_fn`` the first time it is needed and reused
-    in later rounds, as the process backend does; with ``client_cache`` set, only
-    that many recently used clients stay built (0: a client is built per task).
-    """
-    clients: OrderedDict[int, Any] = OrderedDict()
-
-    def handler(cid: int, task: Task) -> Reply:
-        client = clients.get(cid)
-        if client is None:
-            client = client_fn(cid)
-            if client_cache != 0:
-                clients[cid] = client
-                if client_cache is not None and len(clients) > client_cache:
-                    clients.popitem(last=False)
-        elif client_cache is not None:
-            clients.move_to_end(cid)
-        return run_task(client, cid, task)
-
-    return MemoryTransport(range(num_clients), handler)
 
 
 def _backend(

@@ -33,6 +33,7 @@ from covey.aggregate import (
 )
 from covey.aggregate._clip import polynomial_staleness
 from covey.core._messages import Config
+from covey.strategies._names import not_a_class
 from covey.strategies._strategy import Strategy, StrategyOptions, _name_of, _no_config, preset
 
 
@@ -186,14 +187,24 @@ def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     return preset("Krum", chain(krum(f)), options, f=f)
 
 
-def MultiKrum(*, f: int, m: int | None = None, **options: Unpack[StrategyOptions]) -> Strategy:
+def MultiKrum(
+    *, f: int, m: int | None = None, weighted: bool = False, **options: Unpack[StrategyOptions]
+) -> Strategy:
     """Average the ``m`` updates with the best Krum scores (default ``m = n - f``).
+
+    Args:
+        f: The number of Byzantine clients to tolerate (needs ``n >= 2f + 3``).
+        m: How many updates to average (None: ``n - f``).
+        weighted: Average the chosen updates weighted by their number of examples
+            (as Flower's ``Krum(num_clients_to_keep=m)`` does) instead of equally.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
         Gradient Descent", NeurIPS 2017.
     """
-    return preset("MultiKrum", chain(multi_krum(f, m)), options, f=f, m=m)
+    step = chain(multi_krum(f, m, weighted=weighted))
+    return preset("MultiKrum", step, options, f=f, m=m, weighted=weighted)
 
 
 def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
@@ -326,3 +337,10 @@ def FedBuff(
         weighted=weighted,
     )
     return replace(strategy, buffer_size=buffer_size, max_staleness=max_staleness)
+
+
+for _preset in (
+    FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg,
+    Krum, MultiKrum, Bulyan, FedRFA, QFedAvg, Scaffold, FedBuff,
+):  # fmt: skip
+    not_a_class(_preset)

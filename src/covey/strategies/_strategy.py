@@ -8,7 +8,7 @@ Named presets such as :func:`FedAvg` are short functions that fill one in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from numbers import Real
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypedDict
@@ -21,6 +21,7 @@ from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
 from covey.strategies._fold import fold
+from covey.strategies._names import refuse_flower_methods, unknown_options
 
 ConfigFn = Callable[[int], Config]
 MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
@@ -152,6 +153,17 @@ class Strategy:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     hooks: tuple[RunHook, ...] = ()
     fit_round: FitRound | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
+        # Before the dataclass's __init__ refuses them: Flower's names get covey's.
+        unknown = set(kwargs) - {f.name for f in fields(cls)}
+        if unknown:
+            raise unknown_options(cls.__name__, unknown)
+        return super().__new__(cls)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        refuse_flower_methods(cls)
 
     def __post_init__(self) -> None:
         for attr in ("fraction_fit", "fraction_evaluate"):
@@ -396,7 +408,7 @@ def preset(
     """
     unknown = set(options) - set(StrategyOptions.__annotations__)
     if unknown:
-        raise TypeError(f"{name}() got unexpected keyword arguments: {sorted(unknown)}")
+        raise unknown_options(name, unknown)
     return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)
 
 

@@ -1,0 +1,115 @@
+"""The inline backend: every client in this process, one after another, arrays by reference.
+
+Clients receive the global weights as read-only views of the server's own
+arrays, with no copy. NumPy refuses writes through them, but a library that
+ignores NumPy's read-only flag (``torch.from_numpy``, ctypes, some compiled
+extensions) can still write into that memory: the global model, and the model
+every later client of the round trains from, would change silently. The
+transport therefore fingerprints the weights a round hands out before its first
+client runs and after its last, and stops the run if they changed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from covey.clients._client import ClientFn, build_client, run_task
+from covey.core._messages import Reply, Task
+from covey.core._weights import Weights
+from covey.transport._memory import MemoryTransport
+
+
+def fingerprint(weights: Weights) -> tuple[int, ...]:
+    """Per array, the wrapping sum of its 64-bit words and of its trailing bytes.
+
+    One vectorized pass over the model, no copy of a contiguous array: about
+    1 ms for 40 MB, where a CRC-32 takes 12. Any write that changes one word
+    changes its sum; only a write that moves values without changing them
+    (a permutation) keeps it.
+    """
+    out: list[int] = []
+    for array in weights.values():
+        raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        whole = raw.size - raw.size % 8
+        out.append(int(np.add.reduce(raw[:whole].view(np.uint64), dtype=np.uint64)))
+        out.append(int(np.add.reduce(raw[whole:], dtype=np.uint64)))
+    return tuple(out)
+
+
+class InlineTransport(MemoryTransport):
+    """A :class:`MemoryTransport` that stops the run if clients change the weights they share.
+
+    Args:
+        clients: The ids of the clients this transport serves.
+        handler: ``(cid, task) -> Reply``.
+    """
+
+    def exchange(
+        self, tasks: Mapping[int, Task], *, timeout: float | None = None
+    ) -> Iterator[Reply]:
+        """Run the tasks as :meth:`MemoryTransport.exchange`, then check the weights sent.
+
+        Raises:
+            RuntimeError: once the last reply is taken, if the weights the tasks
+                carried changed while the clients ran.
+        """
+        shared: dict[int, tuple[Weights, tuple[int, ...]]] = {}
+        for task in tasks.values():
+            if task.weights is not None and id(task.weights) not in shared:
+                shared[id(task.weights)] = (task.weights, fingerprint(task.weights))
+        yield from super().exchange(tasks, timeout=timeout)
+        for weights, before in shared.values():
+            if fingerprint(weights) != before:
+                why = "the global model changed too, so the run stops"
+                raise RuntimeError(lent_weights_changed(tasks, why))
+
+
+def lent_weights_changed(tasks: Mapping[int, Task], consequence: str) -> str:
+    """The error for lent weights that a client wrote into although they are read-only.
+
+    Args:
+        tasks: The tasks of the clients that ran on those weights, by client id.
+        consequence: What follows, e.g. ``"the run stops"``.
+    """
+    first = next(iter(tasks.values()))
+    cids = sorted(tasks)
+    who = ", ".join(str(c) for c in cids[:10]) + (", ..." if len(cids) > 10 else "")
+    return (
+        f"round {first.round}: the global weights changed in place while clients {who} ran "
+        f"their {first.kind} task. A client wrote into the read-only arrays it was given "
+        "through a library that ignores NumPy's read-only flag (torch.from_numpy, ctypes, "
+        f"a compiled extension), so later clients trained from a changed model; {consequence}. "
+        "Copy before writing: torch.tensor(array) rather than torch.from_numpy(array), "
+        "or array.copy()"
+    )
+
+
+def inline_transport(
+    client_fn: ClientFn, num_clients: int, client_cache: int | None = None
+) -> MemoryTransport:
+    """A transport running every client in this process, sequentially, without serialization.
+
+    Each client is built by ``client_fn`` the first time it is needed and reused
+    in later rounds, as the process backend does; with ``client_cache`` set, only
+    that many recently used clients stay built (0: a client is built per task).
+    The weights of each exchange are checked after it (see :class:`InlineTransport`).
+    """
+    clients: OrderedDict[int, Any] = OrderedDict()
+
+    def handler(cid: int, task: Task) -> Reply:
+        client = clients.get(cid)
+        if client is None:
+            client = build_client(client_fn, cid)
+            if client_cache != 0:
+                clients[cid] = client
+                if client_cache is not None and len(clients) > client_cache:
+                    clients.popitem(last=False)
+        elif client_cache is not None:
+            clients.move_to_end(cid)
+        return run_task(client, cid, task)
+
+    return InlineTransport(range(num_clients), handler)

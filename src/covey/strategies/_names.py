@@ -1,0 +1,103 @@
+"""Errors that name covey's way when a strategy is written with another framework's names.
+
+People who come from Flower (``flwr``) write ``FedAvg(on_fit_config_fn=...)``,
+subclass ``FedAvg`` or override ``aggregate_fit``. None of that applies here:
+options have covey's names, presets are functions, and a :class:`~covey.Strategy`
+is data whose aggregation is a step. These helpers turn each slip into an
+error that says what to write instead; nothing here accepts the other names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: Flower's strategy options (its legacy and its message API) and covey's counterparts.
+FLOWER_OPTIONS = {
+    "on_fit_config_fn": "on_fit_config",
+    "on_evaluate_config_fn": "on_evaluate_config",
+    "fit_metrics_aggregation_fn": "fit_metrics",
+    "evaluate_metrics_aggregation_fn": "evaluate_metrics",
+    "initial_parameters": "simulate(initial_weights=...) or serve(initial_weights=...)",
+    "evaluate_fn": "simulate(evaluate_fn=...) or serve(evaluate_fn=...)",
+    "fraction_train": "fraction_fit",
+    "min_train_nodes": "min_fit_clients",
+    "min_evaluate_nodes": "min_evaluate_clients",
+    "min_available_nodes": "min_available_clients",
+    "server_learning_rate": "server_lr (FedAvgM, Scaffold, FedBuff)",
+    "beta_1": "beta1",
+    "beta_2": "beta2",
+    "eta_l": "the clients' own learning rate: send it with on_fit_config",
+    "num_malicious_clients": "f (Krum, MultiKrum, Bulyan)",
+    "num_clients_to_keep": "MultiKrum(m=...)",
+    "q_param": "q (QFedAvg)",
+    "qffl_learning_rate": "client_lr (QFedAvg)",
+    "inplace": "nothing: aggregation never writes into the clients' replies",
+}
+
+#: Strategy methods of Flower's that covey's round loop never calls, and what to do instead.
+FLOWER_METHODS = {
+    "aggregate_fit": "give Strategy(aggregator=...) a step (covey.aggregate: chain(...), "
+    "or init/update functions of your own)",
+    "aggregate": "Strategy.aggregate only runs the aggregator outside the loop; give "
+    "Strategy(aggregator=...) a step of your own",
+    "configure_fit": "override fit_config(round) for what clients are told, and pass "
+    "selector= or where= for which clients take part",
+    "configure_evaluate": "override evaluate_config(round), and pass selector= or where=",
+    "aggregate_evaluate": "pass evaluate_metrics= to combine the clients' metrics",
+    "evaluate": "pass evaluate_fn= to simulate() or serve() for central evaluation",
+    "initialize_parameters": "pass initial_weights= to simulate() or serve()",
+    "num_fit_clients": "override num_fit(available)",
+    "num_evaluation_clients": "override num_evaluate(available)",
+}
+
+
+def unknown_options(name: str, unknown: Iterable[str]) -> TypeError:
+    """The error for keyword arguments ``name`` does not take, with covey's names for Flower's.
+
+    Args:
+        name: What was called, e.g. ``"FedAvg"``.
+        unknown: The keyword arguments it does not take.
+
+    Returns:
+        A TypeError to raise.
+
+    Example:
+        >>> print(unknown_options("FedAvg", ["on_fit_config_fn"]))
+        FedAvg() got unexpected keyword arguments: ['on_fit_config_fn']; Flower's on_fit_config_fn is covey's on_fit_config
+    """  # noqa: E501
+    names = sorted(unknown)
+    hints = [f"Flower's {n} is covey's {FLOWER_OPTIONS[n]}" for n in names if n in FLOWER_OPTIONS]
+    return TypeError(
+        f"{name}() got unexpected keyword arguments: {names}"
+        + "".join(f"; {hint}" for hint in hints)
+    )
+
+
+def refuse_flower_methods(cls: type) -> None:
+    """Refuse a Strategy subclass that defines a method the round loop never calls.
+
+    Raises:
+        TypeError: naming the method and what does the job in covey.
+    """
+    for method, instead in FLOWER_METHODS.items():
+        if method in vars(cls):
+            raise TypeError(
+                f"{cls.__name__}.{method}() would never be called: a covey.Strategy is data "
+                f"(an aggregator step, sampling options, config functions) that the round "
+                f"loop reads; {instead}"
+            )
+
+
+def not_a_class(preset: Callable[..., Any]) -> None:
+    """Make ``class Mine(preset)`` fail with an error saying presets are functions."""
+
+    def mro_entries(bases: tuple[Any, ...]) -> tuple[type, ...]:
+        raise TypeError(
+            f"covey.{preset.__name__} is a function that returns a covey.Strategy, not a class "
+            f"to subclass: pass it options ({preset.__name__}(on_fit_config=...)), subclass "
+            "covey.Strategy to override fit_config(round), or give "
+            "Strategy(aggregator=...) an aggregation step of your own"
+        )
+
+    setattr(preset, "__mro_entries__", mro_entries)  # noqa: B010 - a function has no such slot

@@ -1,0 +1,378 @@
+"""Habits a Flower user brings to covey: each works, or fails with an error naming covey's way."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import EvaluateResult, FitResult
+
+
+def init() -> dict[str, np.ndarray]:
+    """A fresh model: the inline backend lends clients the caller's own arrays."""
+    return {"w": np.zeros(4)}
+
+
+class AddOne(covey.Client):
+    """Trains by adding one to every weight; evaluates to the mean weight."""
+
+    def __init__(self, cid: int = 0) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=10)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=float(weights["w"].mean()), num_examples=10)
+
+
+def _fit_failures(exc: covey.FederationError) -> list[str]:
+    return [f.error for r in exc.history.rounds for f in r.fit_failures]
+
+
+def _run(client_fn: Any, **kwargs: Any) -> covey.sim.SimulationResult:
+    strategy = kwargs.pop("strategy", covey.FedAvg(fraction_evaluate=0.0))
+    return covey.simulate(client_fn, 3, kwargs.pop("rounds", 1), strategy, init(), **kwargs)
+
+
+# -- what fit and evaluate return ---------------------------------------------------------
+
+
+def test_numpy_integer_example_counts_are_taken_as_ints() -> None:
+    """``len(mask.nonzero()[0])`` is an int, ``mask.sum()`` a np.int64: both count examples."""
+    fit = FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(7))  # type: ignore[arg-type]
+    ev = EvaluateResult(loss=np.float32(0.5), num_examples=np.int32(3))  # type: ignore[arg-type]
+    assert (fit.num_examples, ev.num_examples) == (7, 3)
+    assert type(fit.num_examples) is int
+    assert type(ev.num_examples) is int
+    with pytest.raises(ValueError, match="non-negative int"):
+        FitResult(weights={"w": np.ones(2)}, num_examples=np.int64(-1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-negative int"):
+        FitResult(weights={"w": np.ones(2)}, num_examples=np.float64(3.0))  # type: ignore[arg-type]
+
+
+class TupleFit(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> Any:
+        return [np.ones(4)], 10, {}
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> Any:
+        return 0.5, 10, {"accuracy": 1.0}
+
+
+def test_a_flower_style_tuple_from_fit_names_fit_result() -> None:
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: TupleFit())
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("covey.FitResult(weights=" in e and "num_examples=" in e for e in errors), errors
+
+
+def test_a_flower_style_tuple_from_evaluate_names_evaluate_result() -> None:
+    class Mixed(AddOne):
+        evaluate = TupleFit.evaluate
+
+    result = _run(lambda cid: Mixed(), strategy=covey.FedAvg(min_evaluate_clients=0))
+    failures = result.history.rounds[1].evaluate_failures
+    assert len(failures) == 3
+    assert all("covey.EvaluateResult(loss=" in f.error for f in failures), failures
+
+
+# -- client_fn, evaluate_fn and strategy options -----------------------------------------
+
+
+def _context_client_fn(context: Any) -> AddOne:
+    return AddOne(int(context.node_config["partition-id"]))
+
+
+@pytest.mark.parametrize("backend", ["inline", pytest.param("process", marks=pytest.mark.slow)])
+def test_a_client_fn_that_reads_a_flower_context_is_told_it_gets_the_client_id(
+    backend: str,
+) -> None:
+    with pytest.raises(covey.FederationError) as info:
+        _run(_context_client_fn, backend=backend)
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("client_fn(cid)" in e and "partition" in e for e in errors), errors
+
+
+def test_an_evaluate_fn_with_flower_s_three_arguments_is_refused_before_round_one() -> None:
+    calls: list[int] = []
+
+    def evaluate_fn(server_round: int, parameters: Any, config: dict[str, Any]) -> Any:
+        calls.append(server_round)
+        return 0.0, {}
+
+    with pytest.raises(TypeError, match=r"evaluate_fn\(round, weights\).*config"):
+        _run(lambda cid: AddOne(), evaluate_fn=evaluate_fn)
+    assert calls == []
+    # A third argument with a default is fine.
+    ran = _run(lambda cid: AddOne(), evaluate_fn=lambda rnd, weights, config=None: (1.0, {}))
+    assert [r.central_loss for r in ran.history.rounds] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("flower", "covey_name"),
+    [
+        ("on_fit_config_fn", "on_fit_config"),
+        ("on_evaluate_config_fn", "on_evaluate_config"),
+        ("fit_metrics_aggregation_fn", "fit_metrics"),
+        ("evaluate_metrics_aggregation_fn", "evaluate_metrics"),
+        ("initial_parameters", "initial_weights"),
+        ("evaluate_fn", "simulate"),
+        ("fraction_train", "fraction_fit"),
+        ("min_available_nodes", "min_available_clients"),
+    ],
+)
+def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> None:
+    said = rf"Flower's {flower} is covey's .*\b{covey_name}\b"
+    options: dict[str, Any] = {flower: None}
+    with pytest.raises(TypeError, match=said):
+        covey.FedAvg(**options)
+    with pytest.raises(TypeError, match=said):
+        covey.Strategy(**options)
+
+
+def test_an_unknown_option_is_still_named() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword arguments: \\['colour'\\]"):
+        covey.FedAvg(colour=1)  # type: ignore[call-arg]
+
+
+# -- custom strategies --------------------------------------------------------------------
+
+
+def test_subclassing_a_preset_says_presets_are_functions() -> None:
+    with pytest.raises(TypeError, match=r"covey\.FedAvg is a function.*covey\.Strategy"):
+
+        class SaveModel(covey.FedAvg):  # type: ignore[misc,valid-type]
+            pass
+
+
+@pytest.mark.parametrize("method", ["aggregate_fit", "configure_fit", "aggregate", "evaluate"])
+def test_a_strategy_subclass_defining_a_method_the_loop_never_calls_is_refused(
+    method: str,
+) -> None:
+    with pytest.raises(TypeError, match="aggregator"):
+        type("Mine", (covey.Strategy,), {method: lambda self, *a: None})
+
+
+def test_a_strategy_subclass_overriding_fit_config_configures_each_round() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Recording(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            seen.append(dict(config))
+            return super().fit(weights, config)
+
+    class Decaying(covey.Strategy):
+        def fit_config(self, round: int) -> dict[str, Any]:
+            return {"lr": 0.1 / round}
+
+    strategy = Decaying(fraction_evaluate=0.0, min_fit_clients=1, fraction_fit=1 / 3)
+    _run(lambda cid: Recording(cid), strategy=strategy, rounds=2)
+    assert seen == [{"lr": 0.1, "round": 1}, {"lr": 0.05, "round": 2}]
+
+
+# -- client properties --------------------------------------------------------------------
+
+
+def test_a_client_with_only_get_properties_is_told_covey_calls_properties() -> None:
+    class FlowerProps(AddOne):
+        def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+            return {"site": "a"}
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, where={"site": "a"})
+    with pytest.raises(covey.FederationError, match=r"get_properties.*properties\(\)"):
+        _run(lambda cid: FlowerProps(cid), strategy=strategy)
+
+
+# -- in-place writes into the read-only global weights ----------------------------------
+
+
+def _write_behind_numpy_s_back(array: np.ndarray) -> None:
+    """Write 1.0 into ``array[0]`` as torch.from_numpy would: ignoring the read-only flag."""
+    one = ctypes.c_double(1.0)
+    ctypes.memmove(array.ctypes.data, ctypes.addressof(one), ctypes.sizeof(one))
+
+
+class Scribbler(AddOne):
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            _write_behind_numpy_s_back(weights["w"])
+        return super().fit(weights, config)
+
+
+def test_inline_a_write_that_bypasses_the_read_only_flag_stops_the_run_clearly() -> None:
+    """The global model changed under the clients: the run stops rather than go on corrupted."""
+    with pytest.raises(RuntimeError, match=r"round 1.*changed in place.*torch\.tensor") as info:
+        _run(lambda cid: Scribbler(cid))
+    assert "clients 0, 1, 2" in str(info.value)
+
+
+def test_inline_honest_clients_pass_the_in_place_check() -> None:
+    result = _run(lambda cid: AddOne(cid), rounds=2, strategy=covey.FedAvg())
+    assert result.weights["w"].tolist() == [2.0] * 4
+
+
+class QuietScribbler(Scribbler):
+    """A Scribbler whose worker dies without the interpreter's crash report on stderr."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            faulthandler.disable()  # in the forked worker only
+        return super().fit(weights, config)
+
+
+@pytest.mark.slow
+def test_process_backend_a_write_into_the_mapped_model_names_the_likely_cause() -> None:
+    """In a worker the model is a read-only mapping: the write is a SIGSEGV, named as such."""
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1)
+    result = _run(QuietScribbler, strategy=strategy, backend="process", num_workers=2)
+    failures = result.history.rounds[1].fit_failures
+    assert [f.cid for f in failures] == [1]
+    assert "segmentation fault" in failures[0].error
+    assert "read-only" in failures[0].error
+
+
+def test_multikrum_preset_weighs_by_examples_when_asked_as_flower_s_does() -> None:
+    """Flower's MultiKrum averages its choice weighted by examples: ``weighted=True`` here."""
+    results = [
+        FitResult(weights={"w": np.array([v])}, num_examples=n)
+        for v, n in ((0.0, 1), (1.0, 3), (1.1, 1), (0.9, 1), (50.0, 1))
+    ]
+    start = {"w": np.zeros(1)}
+    plain = covey.MultiKrum(f=1, m=3).aggregate(start, results)["w"][0]
+    weighted = covey.MultiKrum(f=1, m=3, weighted=True).aggregate(start, results)["w"][0]
+    assert plain == pytest.approx((1.0 + 1.1 + 0.9) / 3)
+    assert weighted == pytest.approx((3 * 1.0 + 1.1 + 0.9) / 5)
+    assert covey.MultiKrum(f=1, weighted=True).describe()["hyperparameters"]["weighted"] is True
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(13, dtype=np.float64),
+        np.arange(13, dtype=np.float16),  # 26 bytes: three words and two trailing bytes
+        np.array(2.5),
+        np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2],  # not contiguous
+        np.array([True, False, True]),
+    ],
+    ids=["float64", "float16", "0-d", "strided", "bool"],
+)
+def test_the_inline_fingerprint_sees_a_change_to_any_single_element(array: np.ndarray) -> None:
+    from covey.sim._inline import fingerprint
+
+    before = fingerprint({"a": array})
+    assert fingerprint({"a": array.copy()}) == before
+    flat = array.reshape(-1).copy()
+    for i in range(flat.size):
+        changed = flat.copy()
+        changed[i] = not changed[i] if changed.dtype == bool else changed[i] + 1
+        assert fingerprint({"a": changed.reshape(array.shape)}) != before, i
+
+
+def test_a_ray_actor_refuses_the_replies_of_a_chunk_whose_lent_weights_changed() -> None:
+    """On Ray the server's model is safe, but later clients of the actor trained from the write."""
+    from covey.core import _codec
+    from covey.sim._ray import ClientHost
+
+    host = ClientHost(lambda cid: Scribbler(cid), None)
+    encoded = _codec.encode({"w": np.zeros(4)})  # a bytearray: writable behind the view
+    items: list[Any] = [(cid, "fit", 1, {}, None) for cid in (0, 1, 2)]
+    replies = host.run(7, encoded, items)
+    assert [r.cid for r in replies] == [0, 1, 2]
+    assert all(not r.ok for r in replies)
+    assert all("changed in place" in (r.error or "") for r in replies)
+    assert "clients 0, 1, 2" in (replies[0].error or "")
+    # A chunk of honest clients is answered normally: the weights are decoded afresh.
+    fresh = _codec.encode({"w": np.zeros(4)})
+    honest = host.run(8, fresh, [(cid, "fit", 2, {}, None) for cid in (0, 2)])
+    assert all(r.ok for r in honest)
+    assert [r.result.weights["w"].tolist() for r in honest] == [[1.0] * 4] * 2
+
+
+def test_a_client_reading_server_round_is_told_covey_sends_round() -> None:
+    class ReadsServerRound(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            assert config["server_round"] >= 1
+            return super().fit(weights, config)
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: ReadsServerRound(cid))
+    errors = _fit_failures(info.value)
+    assert all("config['round']" in e for e in errors), errors
+    # Sent by on_fit_config, as Flower's examples do, it is there as usual.
+    sent = covey.FedAvg(fraction_evaluate=0.0, on_fit_config=lambda r: {"server_round": r})
+    result = _run(lambda cid: ReadsServerRound(cid), strategy=sent)
+    assert result.history.rounds[1].fit_failures == []
+
+
+def test_a_list_of_arrays_as_weights_is_told_to_name_them() -> None:
+    with pytest.raises(TypeError, match=r"got list: name each array.*state_dict"):
+        FitResult(weights=[np.ones(2)], num_examples=1)  # type: ignore[arg-type]
+    with pytest.raises(covey.WeightsError, match=r"got list: name each array"):
+        covey.simulate(lambda cid: AddOne(), 2, 1, None, [np.zeros(2)])  # type: ignore[arg-type]
+
+
+# -- aggregate_fit as one function ----------------------------------------------------------
+
+
+def _weighted_mean_of_weights(params: Any, contributions: Any) -> dict[str, np.ndarray]:
+    """Flower's FedAvg aggregate_fit body, over covey's contributions."""
+    total = sum(c.num_examples for c in contributions)
+    out = {}
+    for name, value in params.items():
+        acc = sum(
+            c.num_examples * c.as_weights(params)[name].astype(np.float64) for c in contributions
+        )
+        mean = acc / total
+        out[name] = (np.rint(mean) if value.dtype.kind in "iu" else mean).astype(value.dtype)
+    return out
+
+
+def test_an_aggregate_fit_function_becomes_a_reducer_that_passes_the_step_checks() -> None:
+    from covey.aggregate import reducer
+    from covey.testing import check_aggregator
+
+    check_aggregator(lambda: reducer(_weighted_mean_of_weights))
+
+
+def test_a_reducer_from_a_function_trains_as_fedavg_does() -> None:
+    from covey.aggregate import reducer
+
+    class Scaled(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            new = {k: v * 0.5 + self.cid for k, v in weights.items()}
+            return FitResult(weights=new, num_examples=10 * (self.cid + 1))
+
+    mine = covey.Strategy(aggregator=reducer(_weighted_mean_of_weights), fraction_evaluate=0.0)
+    ours = _run(lambda cid: Scaled(cid), strategy=mine, rounds=3)
+    fedavg = _run(lambda cid: Scaled(cid), strategy=covey.FedAvg(fraction_evaluate=0.0), rounds=3)
+    np.testing.assert_allclose(ours.weights["w"], fedavg.weights["w"], rtol=1e-12)
+    assert ours.history.rounds[1].fit_participants == [0, 1, 2]
+
+
+def test_a_reducer_whose_function_returns_the_wrong_layout_names_it() -> None:
+    from covey.aggregate import reducer
+
+    step = covey.Strategy(aggregator=reducer(lambda params, cs: {"v": np.zeros(4)}))
+    with pytest.raises(covey.AggregationError, match=r"<lambda>.*'v'"):
+        step.aggregate(init(), [FitResult(weights=init(), num_examples=1)])
+
+
+def test_a_reducer_returning_the_wrong_dtype_keeps_the_model_and_says_why() -> None:
+    from covey.aggregate import reducer
+
+    def as_float32(params: Any, contributions: Any) -> dict[str, np.ndarray]:
+        return {k: (v + 1).astype(np.float32) for k, v in params.items()}
+
+    strategy = covey.Strategy(aggregator=reducer(as_float32), fraction_evaluate=0.0)
+    result = _run(lambda cid: AddOne(cid), strategy=strategy)
+    record = result.history.rounds[1]
+    assert not record.aggregated
+    assert "float32" in record.aggregate_info["error"]
+    assert result.weights["w"].tolist() == [0.0] * 4
