@@ -107,3 +107,21 @@ def test_a_narrow_terminal_folds_text_and_keeps_numbers() -> None:
     assert all(len(line) <= 40 for line in lines)
     assert any("0.123456789" in line for line in lines)
     assert "…" not in out.getvalue()
+
+
+def test_list_finds_the_runs_the_dashboard_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs grouped in subfolders (searched three levels deep, as the dashboard does) are listed."""
+    monkeypatch.setenv("COLUMNS", "200")
+    _simulate(tmp_path / "exp-1" / "seed-0", rounds=2)
+    _simulate(tmp_path / "exp-1" / "seed-1", rounds=3)
+    _simulate(tmp_path / "top", rounds=1)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    for name, rounds in (("exp-1/seed-0", "2/2"), ("exp-1/seed-1", "3/3"), ("top", "1/1")):
+        row = next(line for line in listed.output.splitlines() if f" {name} " in line)
+        assert rounds in row
+    shown = CliRunner().invoke(app, ["runs", "show", "exp-1/seed-1", "--dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "finished" in shown.output

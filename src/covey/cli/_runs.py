@@ -22,6 +22,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from covey.core._history import History
+from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.server._rundb import is_held
 
@@ -226,24 +227,31 @@ def _last(history: History, name: str) -> str:
     return "-"
 
 
-def _runs_in(runs_dir: Path) -> list[tuple[Path, History | str]]:
-    """Each run folder in ``runs_dir`` with its history, or why its history cannot be read."""
-    found: list[tuple[Path, History | str]] = []
+def _runs_in(runs_dir: Path) -> list[tuple[str, Path, History | str]]:
+    """Each run in ``runs_dir`` (as the dashboard finds them, three levels deep).
+
+    Returns:
+        ``(name, folder, history)`` with the name relative to ``runs_dir``, and the
+        history, or why it cannot be read.
+    """
+    found: list[tuple[str, Path, History | str]] = []
     if not runs_dir.is_dir():
         return found
-    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+    for name, folder in discover_runs(runs_dir):
         if not (folder / History.FILE_NAME).is_file():
             continue
+        if folder == runs_dir:  # --dir is itself a run folder
+            name = folder.resolve().name
         try:
-            found.append((folder, History.load(folder)))
+            found.append((name, folder, History.load(folder)))
         except (ValueError, OSError) as exc:  # damaged or half-written: listed, with why
-            found.append((folder, str(exc)))
+            found.append((name, folder, str(exc)))
     return found
 
 
 @runs_app.command("list")
 def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
-    """List the runs under --dir (default runs/) with their status and last metrics."""
+    """List the runs under --dir (default runs/, three levels deep) with status and last metrics."""
     found = _runs_in(runs_dir)
     if not found:
         console.print(f"no runs in {runs_dir} (a run folder holds {History.FILE_NAME})")
@@ -258,11 +266,11 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
             justify="left" if column == "run" else "right",
         )
     damaged: list[str] = []
-    for folder, history in found:
+    for name, folder, history in found:
         stamp = (folder / History.FILE_NAME).stat().st_mtime
         modified = _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
         if isinstance(history, str):
-            table.add_row(escape(folder.name), "-", "unreadable", *["-"] * 4, modified)
+            table.add_row(escape(name), "-", "unreadable", *["-"] * 4, modified)
             damaged.append(history)
             continue
         backend = history.config.get("backend", "-")
@@ -270,7 +278,7 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
         planned = history.config.get("rounds", "?")
         clients = history.config.get("num_clients") or len(history.clients) or "-"
         table.add_row(
-            escape(folder.name),
+            escape(name),
             "deployed" if backend == "grpc" else f"simulated ({backend})",
             run_status(folder, history),
             f"{last}/{planned}",
