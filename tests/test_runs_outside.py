@@ -125,3 +125,18 @@ def test_list_finds_the_runs_the_dashboard_finds(
     shown = CliRunner().invoke(app, ["runs", "show", "exp-1/seed-1", "--dir", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     assert "finished" in shown.output
+
+
+def test_a_folder_named_like_markup_is_printed_as_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--dir '[red]x[/]'` is printed as given in the title and in 'no runs in'."""
+    monkeypatch.setenv("COLUMNS", "200")
+    runs = tmp_path / "[red]x[/]"
+    empty = CliRunner().invoke(app, ["runs", "list", "--dir", str(runs)])
+    assert f"no runs in {runs}" in empty.output
+    _simulate(runs / "[bold]r", rounds=1)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(runs)])
+    assert listed.exit_code == 0, listed.output
+    assert f"Runs in {runs}" in " ".join(listed.output.split())
+    assert "[bold]r" in listed.output

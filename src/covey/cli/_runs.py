@@ -254,9 +254,13 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
     """List the runs under --dir (default runs/, three levels deep) with status and last metrics."""
     found = _runs_in(runs_dir)
     if not found:
-        console.print(f"no runs in {runs_dir} (a run folder holds {History.FILE_NAME})")
+        console.print(
+            f"no runs in {escape(str(runs_dir))} (a run folder holds {History.FILE_NAME})"
+        )
         return
-    table = Table(title=f"Runs in {runs_dir}", box=box.SIMPLE_HEAD, header_style="bold")
+    table = Table(
+        title=f"Runs in {escape(str(runs_dir))}", box=box.SIMPLE_HEAD, header_style="bold"
+    )
     for column in ("run", "kind", "status", "rounds", "clients", "accuracy", "loss", "modified"):
         text = column in ("run", "kind", "modified")  # these fold in a narrow terminal
         table.add_column(
