@@ -118,3 +118,23 @@ def test_a_long_run_name_leaves_the_columns_in_view(browser: Any, tmp_path: Path
         cell = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#runs td.status-finished"))
         right = browser.execute_script("return arguments[0].getBoundingClientRect().right", cell)
         assert right <= browser.execute_script("return document.documentElement.clientWidth")
+
+
+def test_a_damaged_run_says_so_until_it_is_repaired(browser: Any, tmp_path: Path) -> None:
+    """The page names a damaged history.json once, and drops the message when it reads again."""
+    runs = tmp_path / "runs"
+    _simulate(runs / "watched")
+    history = runs / "watched" / "history.json"
+    good = history.read_text()
+    with DashboardServer(runs, poll=0.1) as server:
+        browser.get(server.url + "#/run/watched")
+        wait = _wait(browser)
+        wait.until(lambda d: d.find_elements(By.ID, "round-2"))
+        errors = "#main > p.fail"
+        for damaged, says in (("{not json", "property name"), ("[1, 2", "delimiter")):
+            history.write_text(damaged)
+            wait.until(lambda d, text=says: text in d.find_element(By.CSS_SELECTOR, errors).text)
+        assert len(browser.find_elements(By.CSS_SELECTOR, errors)) == 1
+        history.write_text(good)  # repaired: the same rounds as before
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, errors))
+        assert browser.find_elements(By.ID, "round-2")

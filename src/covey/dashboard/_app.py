@@ -135,9 +135,14 @@ def _delta(old: Run, new: Run) -> dict[str, Any] | None:
 async def _events(
     run_id: str, path: Path, poll: float, closing: threading.Event, cache: RunCache
 ) -> AsyncIterator[str]:
-    """Server-sent events of one run: ``run`` (all of it), then ``update`` per change."""
+    """Server-sent events of one run: ``run`` (all of it), then ``update`` per change.
+
+    ``error`` says the run cannot be read (damaged, deleted); ``ok`` that it reads
+    again with nothing changed, so the page drops the error.
+    """
     last_sig = None
     last: Run | None = None
+    failed = False
     idle = 0.0
     while not closing.is_set():
         sig = await run_in_threadpool(signature, path)
@@ -151,11 +156,15 @@ async def _events(
                     raise RunReadError(f"the run folder {path} is gone (deleted or moved)")
                 run = await run_in_threadpool(cache.read, run_id, path)
             except RunReadError as exc:
+                failed = True
                 yield f"event: error\ndata: {_json({'error': str(exc)})}\n\n"
             else:
                 message = _message(last, run)
                 if message:
                     yield message
+                elif failed:
+                    yield "event: ok\ndata: {}\n\n"
+                failed = False
                 last = run
             idle = 0.0
         elif idle >= KEEPALIVE:

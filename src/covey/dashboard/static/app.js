@@ -219,8 +219,12 @@ function showRun(id) {
   let run = null;
   main.innerHTML = "<p>Loading…</p>";
   stream = new EventSource("api/stream?id=" + encodeURIComponent(id));
+  // A run that cannot be read says so once, above the last rounds read; the message goes
+  // as soon as the run reads again (repaired, or written anew), changed or not.
+  const clearError = () => { for (const p of main.querySelectorAll(":scope > p.stream-error")) p.remove(); };
   stream.addEventListener("run", (e) => { run = JSON.parse(e.data); renderRun(run); });
   stream.addEventListener("update", (e) => {
+    clearError();
     const change = JSON.parse(e.data);
     Object.assign(run, change.summary, { meta: change.meta, clients: change.clients,
       client_names: change.client_names });
@@ -232,8 +236,11 @@ function showRun(id) {
     drawRunCharts(run);
   });
   stream.addEventListener("error", (e) => {
-    if (e.data) main.insertAdjacentHTML("afterbegin", `<p class="fail">${esc(JSON.parse(e.data).error)}</p>`);
+    if (!e.data) return;
+    clearError();
+    main.insertAdjacentHTML("afterbegin", `<p class="fail stream-error">${esc(JSON.parse(e.data).error)}</p>`);
   });
+  stream.addEventListener("ok", clearError);
   stream.onopen = () => { live.textContent = "● live"; };
 }
 
