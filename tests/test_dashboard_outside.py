@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import http.client
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 pytest.importorskip("starlette", reason="the dashboard extra is needed")
 
 import covey
+from covey.cli import app
 from covey.dashboard import DashboardServer
 
 
@@ -74,3 +78,29 @@ def test_no_route_serves_a_file_outside_the_page(dashboard: Any) -> None:
         assert status in (400, 404, 405), (path, status)
         assert b"not a run file" not in body
         assert b"root:" not in body
+
+
+def test_a_run_without_run_json_is_finished_when_all_its_rounds_are_there(
+    tmp_path: Path,
+) -> None:
+    """A history.json alone (older covey, or `History.save`): finished as `covey runs list` says."""
+    for name, rounds in (("complete", 2), ("short", 5)):
+        covey.simulate(
+            lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / name
+        )
+        (tmp_path / name / "run.json").unlink()
+        history = json.loads((tmp_path / name / "history.json").read_text())
+        history["config"]["rounds"] = rounds
+        (tmp_path / name / "history.json").write_text(json.dumps(history))
+    with (
+        DashboardServer(tmp_path, poll=0.1) as server,
+        urllib.request.urlopen(server.url + "api/runs", timeout=30) as response,  # noqa: S310
+    ):
+        rows = {r["id"]: r for r in json.loads(response.read())["runs"]}
+    assert rows["complete"]["status"] == "finished"
+    assert rows["short"]["status"] == "unknown"
+    listed = CliRunner().invoke(
+        app, ["runs", "list", "--dir", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    row = next(line for line in listed.output.splitlines() if " complete " in line)
+    assert "finished" in row

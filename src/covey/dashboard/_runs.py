@@ -248,10 +248,20 @@ def read_run(run_id: str, path: Path) -> Run:
             "the simulation is not running (its process was killed or crashed) and did "
             "not finish; simulations do not resume: run it again"
         )
+    if "status" not in run.meta and run.rounds and _all_rounds_done(run):
+        run.meta["status"] = "finished"  # history.json alone: older covey, or History.save
     if not run.meta.get("updated_at"):
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime
     return run
+
+
+def _all_rounds_done(run: Run) -> bool:
+    """Whether the run holds its last planned round (``rounds`` in its settings)."""
+    planned = run.meta.get("rounds")
+    if isinstance(planned, bool) or not isinstance(planned, int):
+        return False
+    return max(r["round"] for r in run.rounds) >= planned
 
 
 def _number(value: Any) -> float | None:
