@@ -227,6 +227,11 @@ class CompressedTransport:
         wait = getattr(self.inner, "wait_for_clients", None)
         return True if wait is None else bool(wait(count, timeout))
 
+    def joins(self, cid: int) -> int:
+        """How many times ``cid`` connected, if the inner transport counts it (else 0)."""
+        joins = getattr(self.inner, "joins", None)
+        return 0 if joins is None else int(joins(cid))
+
     def take_counts(self) -> tuple[int, int]:
         """``(bytes sent, bytes received)`` since the last call, and reset them."""
         counts = (self.bytes_sent, self.bytes_received)

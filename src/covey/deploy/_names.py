@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from covey.core._history import RoundRecord
+from covey.core._history import History, RoundRecord
 
 if TYPE_CHECKING:
     from covey.server._store import RunStore
@@ -66,6 +66,13 @@ class ClientNames:
             self.records.log_event(name, event, detail)
         if self.on_event is not None:
             self.on_event(name, event, detail)
+
+    def name_history(self, history: History) -> None:
+        """Name the failures of ``history``'s last round, and give it every client's name."""
+        if history.rounds:
+            self.name_failures(history.rounds[-1])
+        with self._lock:
+            history.clients = dict(self.names)
 
     def name_failures(self, record: RoundRecord) -> None:
         """Put each failed client's name on its failure in ``record``."""

@@ -225,9 +225,9 @@ def serve(
         if run.history is None:
             loop.history.config = run.config
         loop.run(rounds, start=run.start)
-        run.end(None)
+        run.end(None, names)
     except BaseException as exc:
-        run.end(exc)
+        run.end(exc, names)
         goodbye = _goodbye(exc)
         raise
     finally:
@@ -394,9 +394,8 @@ class _Run:
         def round_done(record: RoundRecord) -> None:
             if counter is not None:
                 record.bytes_sent, record.bytes_received = counter.take_counts()
-            names.name_failures(record)
-            if self.loop is not None:
-                self.loop.history.clients = dict(names.names)
+            if self.loop is not None:  # the record is the history's last
+                names.name_history(self.loop.history)
             if self.store is not None and self.loop is not None:
                 # Round r is written while round r + 1 trains (one save in flight at most).
                 if self.background is None:
@@ -427,8 +426,10 @@ class _Run:
 
         return dataclasses.replace(strategy, aggregator=Step(inner.init, update))
 
-    def end(self, exc: BaseException | None) -> None:
-        """Mark the run finished, or failed with the reason it stopped."""
+    def end(self, exc: BaseException | None, names: ClientNames) -> None:
+        """Mark the run finished, or failed with the reason it stopped (its last round named)."""
+        if self.loop is not None:  # a round that stopped the run had no saver to name it
+            names.name_history(self.loop.history)
         if self.store is None:
             return
         if self.outputs is not None and self.loop is not None:
@@ -436,14 +437,12 @@ class _Run:
                 self.outputs.finish(self.loop.history)
             except Exception as err:  # noqa: BLE001 - the run's own outcome is recorded below
                 logger.warning("could not write the run's outputs: %s", err)
-        if exc is None:
-            if self.background is not None:
+        if self.background is not None:  # a failed run keeps the last round whose save started
+            with contextlib.suppress(*(() if exc is None else (Exception,))):
                 self.background.flush()
+        if exc is None:
             self.store.set_status("finished")
             return
-        if self.background is not None:
-            with contextlib.suppress(Exception):
-                self.background.flush()  # keep the last round whose save had started
         self.store.set_status("failed")
         self.store.log_event("server", "stopped", _describe(exc))
 

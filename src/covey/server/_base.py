@@ -155,6 +155,7 @@ class _LoopBase:
         self.agg_state: Any = strategy.aggregator.init(self.weights)
         self.properties: dict[int, dict[str, Any]] = {}
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
+        self._reported_in: dict[int, int] = {}  # client -> its session (join count) then
         self._said_no_evaluate = False
         self.property_error: str | None = None
         """Why the last client that failed to report its properties failed, for errors."""
@@ -170,6 +171,9 @@ class _LoopBase:
         return any(r.round == 0 for r in self.history.rounds)
 
     def _fail(self, message: str) -> FederationError:
+        """The error that stops the run; the history keeps ``message`` as the reason it stopped."""
+        if self.history.stopped_reason is None:
+            self.history.stopped_reason = message
         return FederationError(message, self.history, self.weights)
 
     def _finish(self, record: RoundRecord) -> None:
@@ -187,8 +191,23 @@ class _LoopBase:
 
     # -- client properties ----------------------------------------------------------------
 
+    def _joins(self) -> Callable[[int], int] | None:
+        """How many times a client connected, on transports that count it (a network's)."""
+        joins: Callable[[int], int] | None = getattr(
+            getattr(self, "transport", None), "joins", None
+        )
+        return joins
+
     def _unasked(self, available: Sequence[int], rnd: int) -> list[int]:
-        """The clients of ``available`` whose properties are unknown and still to ask in ``rnd``."""
+        """The clients of ``available`` whose properties are unknown and still to ask in ``rnd``.
+
+        A client that connected again since it reported (a restarted site) is asked again.
+        """
+        joins = self._joins()
+        if joins is not None and self.properties:
+            for cid in available:
+                if cid in self.properties and self._reported_in.get(cid) != joins(cid):
+                    del self.properties[cid]
         return [
             cid
             for cid in available
@@ -198,6 +217,9 @@ class _LoopBase:
     def _store_properties(self, reply: Reply, rnd: int) -> None:
         if reply.ok and isinstance(reply.result, dict):
             self.properties[reply.cid] = reply.result
+            joins = self._joins()
+            if joins is not None:
+                self._reported_in[reply.cid] = joins(reply.cid)
         else:  # asked again next round
             self._unreported[reply.cid] = rnd
             why = _first_line(reply.error or f"it sent {type(reply.result).__name__}")

@@ -130,15 +130,18 @@ class RoundLoop(_LoopBase):
         """Run one round: fit, aggregate, evaluate; return its record."""
         record = RoundRecord(round=rnd)
         t0 = time.perf_counter()
-        self._fit(rnd, record)
-        t1 = time.perf_counter()
-        record.durations["fit"] = t1 - t0 - record.durations.get("wait", 0.0)
+        try:
+            self._fit(rnd, record)
+        finally:  # a round that stops the run keeps its timings too
+            t1 = time.perf_counter()
+            record.durations["fit"] = t1 - t0 - record.durations.get("wait", 0.0)
+            record.durations.setdefault("total", t1 - t0)
         self._federated_evaluate(rnd, record)
         t2 = time.perf_counter()
         record.durations["evaluate"] = t2 - t1
         self._central(record)
         record.durations["central"] = time.perf_counter() - t2
-        record.durations["total"] = time.perf_counter() - t0
+        record.durations["total"] = time.perf_counter() - t0  # replaces the fit's
         for hook in self.strategy.hooks:
             hook.after_round(record, self.agg_state)
         self._finish(record)
@@ -312,13 +315,12 @@ class RoundLoop(_LoopBase):
                     record.evaluate_failures, Failure(reply.cid, "evaluate", _first_line(err), err)
                 )
             elif not isinstance(res, EvaluateResult) or not math.isfinite(res.loss):
-                what = (
-                    "a non-finite loss" if isinstance(res, EvaluateResult) else type(res).__name__
+                why = (
+                    f"its loss is {res.loss}, not a finite number"
+                    if isinstance(res, EvaluateResult)
+                    else f"reply is {type(res).__name__}, expected EvaluateResult"
                 )
-                self._record_failure(
-                    record.evaluate_failures,
-                    Failure(reply.cid, "evaluate", f"reply is {what}, expected EvaluateResult"),
-                )
+                self._record_failure(record.evaluate_failures, Failure(reply.cid, "evaluate", why))
             else:
                 record.evaluate_participants.append(reply.cid)
                 record.evaluate_examples += res.num_examples

@@ -140,7 +140,8 @@ def _clock(
             f"round_deadline applies to synchronous rounds; {strategy.name} is asynchronous "
             "(bound each task with round_timeout, or slow clients with client_durations)"
         )
-    if availability is None and (deadline is None or strategy.asynchronous):
+    unclocked = strategy.asynchronous or (deadline is None and durations is None)
+    if availability is None and unclocked:
         return None
     return ClientClock(durations, availability, seed=seed)
 
@@ -282,8 +283,9 @@ def simulate(
             simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
             per client (default 1.0). Time is virtual: nothing sleeps. In that mode
             ``rounds`` counts global updates and ``round_timeout`` bounds each task.
-            With a synchronous strategy and ``round_deadline``, the same durations
-            make the clients slower than the deadline stragglers.
+            With a synchronous strategy each round records its simulated seconds
+            (``aggregate_info["clock"]``, the time so far), and with ``round_deadline``
+            the clients slower than the deadline are stragglers.
         availability: A client is online with this probability each round, or
             ``(cid, round) -> bool``, or a boolean trace ``trace[cid, t]``; offline
             clients that are sampled drop out (see :class:`covey.sim.ClientClock`).
@@ -350,8 +352,9 @@ def simulate(
             ray_address=ray_address,
         )
         try:
+            clocked = None
             if clock is not None and not strategy.asynchronous:
-                transport = ClockedTransport(transport, clock, deadline=round_deadline)
+                transport = clocked = ClockedTransport(transport, clock, deadline=round_deadline)
             # A run token: client objects that outlive a run start the next without its
             # top-k residuals (a client_fn may hand out the same objects run after run).
             counter = (
@@ -370,6 +373,8 @@ def simulate(
 
         def round_done(record: RoundRecord) -> None:
             _count_bytes(counter, record)
+            if clocked is not None and clocked.rounds and clocked.rounds[-1][0] == record.round:
+                record.aggregate_info["clock"] = clocked.now  # simulated seconds, as FedBuff's
             if history_path is not None:
                 loop.history.save(history_path)
             for callback in callbacks:

@@ -9,6 +9,7 @@ goodbye.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import queue
@@ -215,7 +216,18 @@ class _Session:
                 return
 
     def close(self, deadline: float = 10.0) -> None:
-        """End the session: stop the request stream, cancel the call, wait for the task thread."""
+        """End the session: stop the request stream, cancel the call, wait for the task thread.
+
+        Tasks still queued behind the running one are dropped, not run: their
+        replies could not be sent, and the server has given up on them.
+        """
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.tasks.get_nowait()
+                dropped += 1
+        if dropped:
+            logger.info("dropping %d queued task(s): the session ended", dropped)
         self.tasks.put(_END)
         self.outbound.put(_END)
         if self.call is not None:
@@ -353,12 +365,14 @@ def connect(
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     strikes = 0  # TLS handshakes the server closed in a row
-    while not stop.is_set():
+    running: threading.Thread | None = None  # the last session's task thread
+    while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits)
         result.sessions += 1
         error = _session(session, open_channel(address, tls, options), result, stop)
         if error is None:
             return result
+        running = session.worker
         if stop.is_set():
             break
         if session.welcomed:
@@ -377,6 +391,23 @@ def connect(
 
 
 _CLOSED = "handshake closed: "
+
+
+def _idle(running: threading.Thread | None, stop: threading.Event, budget: RetryBudget) -> bool:
+    """Wait for the task a lost session still runs; whether to stop instead of reconnecting.
+
+    A client runs one task at a time: a new session would be sent tasks that
+    run beside the old one on the same client object. The wait does not count
+    as time spent failing to connect (``retry_for``).
+    """
+    if running is not None and running.is_alive() and not stop.is_set():
+        logger.info("waiting for the task still running to finish before reconnecting")
+        start = time.monotonic()
+        while running.is_alive() and not stop.is_set():
+            running.join(0.1)  # and see ``stop`` within 0.1 s
+        if budget.since is not None:
+            budget.since += time.monotonic() - start
+    return stop.is_set()
 
 
 def _session(

@@ -21,12 +21,15 @@ import grpc
 
 from covey.core._messages import Reply
 
-__all__ = ["CLOSE", "Connection", "Registry", "ShuttingDownError", "Sink"]
+__all__ = ["CLOSE", "FREED", "Connection", "Registry", "ShuttingDownError", "Sink"]
 
 logger = logging.getLogger("covey")
 
 CLOSE = object()
 """Put on a connection's outbound queue to end its response stream."""
+
+FREED = "covey:freed"
+"""The kind of the marker reply a sink gets when a busy client it waits for is free."""
 
 
 class Sink:
@@ -56,6 +59,7 @@ class Connection:
         self.context = context
         self.outbound: queue.Queue[Any] = queue.Queue()
         self.pending: dict[int, tuple[Sink, str]] = {}  # task_id -> (where to, kind)
+        self.waiting: list[Sink] = []  # exchanges waiting for it to finish a closed round's task
         self.alive = True
         self.last_seen = time.monotonic()
         self.lock = threading.Lock()
@@ -64,10 +68,38 @@ class Connection:
         self.peer = ""
         self.stray = 0  # replies it sent to tasks that were not pending
         self.refusal = ""  # set when it is dropped for good: its stream ends refusing it
+        self.upload: Any = None  # the reply being received (``filled`` of ``size`` bytes)
 
     def closed(self) -> bool:
         """Whether the connection has been dropped."""
         return not self.alive
+
+    def _stale(self) -> str:
+        """The kind of a task it still works on whose round closed without its reply, or ""."""
+        return next((kind for sink, kind in self.pending.values() if not sink.open), "")
+
+    def wait_until_free(self, sink: Sink) -> str:
+        """If it is busy with a closed round's task, have ``sink`` told when it is free.
+
+        Returns:
+            The kind of that task ("" if the client is free now).
+        """
+        with self.lock:
+            kind = self._stale()
+            if kind:
+                self.waiting.append(sink)
+            return kind
+
+    def take(self, task_id: int) -> tuple[Sink, str] | None:
+        """Forget pending task ``task_id`` (answered, failed or given up); its sink and kind."""
+        with self.lock:
+            entry = self.pending.pop(task_id, None)
+            woken: list[Sink] = []
+            if self.waiting and not self._stale():
+                woken, self.waiting = self.waiting, []
+        for sink in woken:
+            sink.replies.put(Reply(self.cid, FREED))
+        return entry
 
 
 class ShuttingDownError(Exception):
@@ -98,6 +130,7 @@ class Registry:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.fleet: dict[int, Connection] = {}
+        self.joins: dict[int, int] = {}  # cid -> how many times it connected
         self.closed = False
 
     def clients(self) -> list[int]:
@@ -127,6 +160,7 @@ class Registry:
                 raise ShuttingDownError("the server is shutting down")
             old = self.fleet.get(conn.cid)
             self.fleet[conn.cid] = conn
+            self.joins[conn.cid] = self.joins.get(conn.cid, 0) + 1
             self.changed.notify_all()
         return old
 
@@ -147,11 +181,17 @@ class Registry:
             if self.fleet.get(conn.cid) is conn:
                 del self.fleet[conn.cid]
             self.changed.notify_all()
+        upload = conn.upload
+        if upload is not None:
+            why += f" in the middle of its reply ({upload.filled} of {upload.size} bytes received)"
         with conn.lock:
             pending = list(conn.pending.items())
             conn.pending.clear()
+            waiting, conn.waiting = conn.waiting, []
         for _, (sink, kind) in pending:
             self.route(sink, Reply(conn.cid, kind, error=f"client {why}"), conn.name)
+        for sink in waiting:  # their tasks find it gone
+            sink.replies.put(Reply(conn.cid, FREED))
         conn.outbound.put(CLOSE)
         if not conn.refusal:  # a refused stream is ended by its own handler, with the reason
             with contextlib.suppress(Exception):

@@ -20,13 +20,21 @@ from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.transport.grpc import _wire
-from covey.transport.grpc._registry import CLOSE, Registry, Sink
+from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
 from covey.transport.grpc._service import FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
 
 __all__ = ["GrpcServerTransport", "ServerTLS"]
 
 logger = logging.getLogger("covey")
+
+
+def _busy(kind: str) -> str:
+    """Why a client still working on a task of a closed round was not sent this one."""
+    return (
+        f"busy: still working on its {kind} task of an earlier round when this one "
+        "closed (a client runs one task at a time)"
+    )
 
 
 class GrpcServerTransport:
@@ -62,6 +70,10 @@ class GrpcServerTransport:
         self._async = Sink()
         # cid -> (task_id, kind, deadline) of tasks submitted asynchronously
         self._inflight: dict[int, tuple[int, str, float | None]] = {}
+        # cid -> (task_id, task, weights) submitted while it was busy: sent once it is free
+        self._deferred: dict[int, tuple[int, Task, _codec.Encoded | None]] = {}
+        self._late = Sink()  # where the replies to cancelled tasks go: nowhere
+        self._late.open = False
         self._broadcast: tuple[Weights | None, _codec.Encoded | None] = (None, None)
         self._extras: tuple[Any, _codec.Encoded | None] = (None, None)
         self._service = FederationService(self._registry, tls, heartbeat, max_inflight)
@@ -77,6 +89,11 @@ class GrpcServerTransport:
         """Block until ``count`` clients are connected or ``timeout`` passes."""
         return self._registry.wait_for(count, timeout)
 
+    def joins(self, cid: int) -> int:
+        """How many times client ``cid`` has connected (a new session may bring new properties)."""
+        with self._lock:
+            return self._registry.joins.get(cid, 0)
+
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
@@ -86,17 +103,15 @@ class GrpcServerTransport:
         replies = sink.replies
         try:
             expecting = set(tasks)
+            # Clients still working on a task of a closed round (stragglers) get theirs
+            # once they are free, within this exchange's deadline: never two at once.
+            deferred: dict[int, tuple[Task, _codec.Encoded | None, str]] = {}
             for cid in sorted(tasks):
                 task = tasks[cid]
                 blob = self._encode(task.weights)
-                with self._lock:
-                    conn = self._fleet.get(cid)
-                    if conn is None or not conn.alive:
-                        replies.put(Reply(cid, task.kind, error="client is not connected"))
-                        continue
-                    task_id = next(self._task_ids)
-                    conn.pending[task_id] = (sink, task.kind)
-                conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
+                busy = self._send(cid, task, blob, sink)
+                if busy:
+                    deferred[cid] = (task, blob, busy)
             while expecting:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -105,9 +120,16 @@ class GrpcServerTransport:
                     reply = replies.get(timeout=remaining)
                 except queue.Empty:
                     break
-                if reply.cid in expecting:
+                if reply.kind == FREED:
+                    entry = deferred.pop(reply.cid, None)
+                    if entry is not None and self._send(reply.cid, entry[0], entry[1], sink):
+                        deferred[reply.cid] = entry
+                elif reply.cid in expecting:
                     expecting.discard(reply.cid)
                     yield reply
+            for cid in sorted(expecting & set(deferred)):
+                expecting.discard(cid)
+                yield Reply(cid, deferred[cid][0].kind, error=_busy(deferred[cid][2]))
             if expecting:
                 logger.warning(
                     "deadline passed with %d client(s) still working: %s; their replies "
@@ -121,6 +143,28 @@ class GrpcServerTransport:
             self._broadcast = (None, None)
             self._extras = (None, None)
 
+    def _send(self, cid: int, task: Task, blob: _codec.Encoded | None, sink: Sink) -> str:
+        """Send ``task`` to client ``cid``, its reply to go to ``sink``.
+
+        Returns:
+            "" when it was sent (or failed at once: the client is gone); else the
+            kind of the closed round's task the client still works on, and
+            ``sink`` gets a :data:`FREED` marker once it is free.
+        """
+        with self._lock:
+            conn = self._fleet.get(cid)
+            if conn is None or not conn.alive:
+                sink.replies.put(Reply(cid, task.kind, error="client is not connected"))
+                return ""
+            busy = conn.wait_until_free(sink)
+            if busy:
+                return busy
+            with conn.lock:
+                task_id = next(self._task_ids)
+                conn.pending[task_id] = (sink, task.kind)
+        conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
+        return ""
+
     # -- AsyncTransport: one task at a time, for asynchronous (FedBuff) runs -----------
 
     def now(self) -> float:
@@ -128,18 +172,33 @@ class GrpcServerTransport:
         return time.monotonic()
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
-        """Push ``task`` to client ``cid`` now; its reply comes from :meth:`next_reply`."""
+        """Push ``task`` to client ``cid``; its reply comes from :meth:`next_reply`.
+
+        A client still working on a task whose time ran out gets the new one once
+        it has replied to the old (within ``timeout``): never two at once.
+        """
         blob = self._encode(task.weights)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            task_id = next(self._task_ids)
+            self._inflight[cid] = (task_id, task.kind, deadline)
+        self._submit(cid, task_id, task, blob)
+
+    def _submit(self, cid: int, task_id: int, task: Task, blob: _codec.Encoded | None) -> None:
+        """Send submitted task ``task_id`` now, or once ``cid`` is free; drop it if cancelled."""
+        with self._lock:
+            entry = self._inflight.get(cid)
+            if entry is None or entry[0] != task_id:
+                return  # cancelled (timed out) while it waited
             conn = self._fleet.get(cid)
             if conn is None or not conn.alive:
                 self._async.replies.put(Reply(cid, task.kind, error="client is not connected"))
-                self._inflight[cid] = (0, task.kind, None)
                 return
-            task_id = next(self._task_ids)
-            conn.pending[task_id] = (self._async, task.kind)
-            self._inflight[cid] = (task_id, task.kind, deadline)
+            if conn.wait_until_free(self._async):
+                self._deferred[cid] = (task_id, task, blob)
+                return
+            with conn.lock:
+                conn.pending[task_id] = (self._async, task.kind)
         conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
@@ -169,20 +228,32 @@ class GrpcServerTransport:
                     return None
                 continue
             with self._lock:
-                entry = self._inflight.get(reply.cid)
-                if entry is None or entry[1] != reply.kind:
-                    continue  # cancelled meanwhile
-                del self._inflight[reply.cid]
-            return reply
+                if reply.kind == FREED:  # a busy client is free: send what waits for it
+                    waiting = self._deferred.pop(reply.cid, None)
+                else:
+                    waiting = None
+                    entry = self._inflight.get(reply.cid)
+                    if entry is None or entry[1] != reply.kind:
+                        continue  # cancelled meanwhile
+                    del self._inflight[reply.cid]
+            if reply.kind != FREED:
+                return reply
+            if waiting is not None:
+                self._submit(reply.cid, *waiting)
 
     def cancel(self, cid: int) -> None:
-        """Forget ``cid``'s submitted task: a reply that still comes is dropped."""
+        """Forget ``cid``'s submitted task: a reply that still comes is dropped.
+
+        Until that reply comes, the client counts as busy (:meth:`submit`).
+        """
         with self._lock:
             entry = self._inflight.pop(cid, None)
+            self._deferred.pop(cid, None)
             conn = self._fleet.get(cid)
         if entry is not None and conn is not None:
             with conn.lock:
-                conn.pending.pop(entry[0], None)
+                if entry[0] in conn.pending:
+                    conn.pending[entry[0]] = (self._late, entry[1])
 
     def close(self, reason: str = "the run is over") -> None:
         """Say goodbye to every client and stop the server."""

@@ -226,12 +226,14 @@ class FederationService:
             for frame in requests:
                 conn.last_seen = time.monotonic()
                 upload, upload_header = self._take(conn, frame, upload, upload_header)
+                conn.upload = upload  # a drop names the reply it cut short
             if upload is not None:
                 raise _ProtocolError(
                     f"its stream ended in the middle of a reply to task {upload_header.task_id} "
                     f"({upload.filled} of {upload.size} bytes received)"
                 )
         except (_ProtocolError, FrameError) as exc:
+            conn.upload = None  # the reason names it
             logger.warning(
                 "client %s (%s) broke the protocol: %s; closing its stream",
                 conn.name,
@@ -284,6 +286,8 @@ class FederationService:
             self._release(upload)
             if isinstance(upload, Upload):
                 self._deliver(conn, upload_header, upload)
+            else:  # skipped to the end: a client busy with a closed round's task is free again
+                conn.take(upload_header.task_id)
             return None, upload_header
         message = client_message(frame)
         self.admission.check(conn)  # a certificate revoked since it joined
@@ -395,8 +399,7 @@ class FederationService:
             f"once; the reply to task {header.task_id} ({upload.size} bytes) was not kept"
         )
         logger.warning("client %s (%s): %s", conn.name, conn.peer, error)
-        with conn.lock:
-            entry = conn.pending.pop(header.task_id, None)
+        entry = conn.take(header.task_id)
         if entry is not None:
             self.registry.route(entry[0], Reply(conn.cid, entry[1], error=error), conn.name)
         return skipped
@@ -410,8 +413,7 @@ class FederationService:
 
     def _unable(self, conn: Connection, task_id: int, kind: str) -> None:
         """Answer for a client a task of a kind it did not say it performs."""
-        with conn.lock:
-            entry = conn.pending.pop(task_id, None)
+        entry = conn.take(task_id)
         if entry is not None:
             error = f"client {conn.name} does not perform {kind!r} tasks (it performs: "
             error += ", ".join(sorted(conn.kinds)) + ")"
@@ -419,8 +421,7 @@ class FederationService:
 
     def _deliver(self, conn: Connection, header: pb.ReplyHeader, upload: Upload | None) -> None:
         """Turn a complete reply into a :class:`Reply` for whoever waits for it."""
-        with conn.lock:
-            entry = conn.pending.pop(header.task_id, None)
+        entry = conn.take(header.task_id)
         if entry is None:
             logger.warning("client %s replied to unknown task %d", conn.name, header.task_id)
             return
