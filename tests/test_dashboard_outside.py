@@ -104,3 +104,22 @@ def test_a_run_without_run_json_is_finished_when_all_its_rounds_are_there(
     )
     row = next(line for line in listed.output.splitlines() if " complete " in line)
     assert "finished" in row
+
+
+def test_a_report_of_a_crafted_history_holds_no_markup_from_it(tmp_path: Path) -> None:
+    """Run files are data: strings where numbers belong are escaped in the report."""
+    from covey.dashboard import write_report
+
+    covey.simulate(
+        lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "r"
+    )
+    path = tmp_path / "r" / "history.json"
+    history = json.loads(path.read_text())
+    evil = "<script>window.__pwned=1</script>"
+    for record in history["rounds"]:
+        record["durations"] = {"total": evil}
+        record["central_loss"] = evil
+    path.write_text(json.dumps(history))
+    text = write_report(tmp_path / "r", tmp_path / "report.html").read_text()
+    assert "window.__pwned" in text  # shown, as text
+    assert evil not in text

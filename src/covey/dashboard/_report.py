@@ -118,7 +118,10 @@ def _figures(run: Run) -> list[Any]:
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else ("–" if value is None else str(value))
+    """A table cell's HTML: a number, ``–`` for none, anything else escaped (run files are data)."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "–" if value is None else html.escape(str(value))
 
 
 def _round_rows(run: Run) -> str:
