@@ -123,3 +123,19 @@ def test_a_report_of_a_crafted_history_holds_no_markup_from_it(tmp_path: Path) -
     text = write_report(tmp_path / "r", tmp_path / "report.html").read_text()
     assert "window.__pwned" in text  # shown, as text
     assert evil not in text
+
+
+def test_another_loopback_address_answers_to_its_own_name(tmp_path: Path) -> None:
+    """`--host 127.0.0.2` (loopback too) answers requests addressed to 127.0.0.2."""
+    covey.simulate(
+        lambda cid: Half(), 2, 1, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "a"
+    )
+    with DashboardServer(tmp_path, host="127.0.0.2", port=0) as server:
+        conn = http.client.HTTPConnection("127.0.0.2", server.port, timeout=30)
+        try:
+            conn.request("GET", "/api/runs")
+            response = conn.getresponse()
+            assert response.status == 200
+            assert b'"id":"a"' in response.read()
+        finally:
+            conn.close()

@@ -70,7 +70,7 @@ def _json(value: Any) -> str:
 
 
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]", "::1")
-"""The names of this machine a page served on a loopback address answers to.
+"""The names of this machine a page served on a loopback address answers to (and its own).
 
 A page of another site whose name an attacker points at 127.0.0.1 (DNS
 rebinding) sends its own name in ``Host`` and is refused.

@@ -119,7 +119,8 @@ def _server(
     tls: dict[str, Any] = {}
     if certs is not None:
         tls = {**tls_options(certs), "http": _revoking(RevocationList(certs))}
-    hosts = LOOPBACK_HOSTS if _is_loopback(host) else None
+    bare = host.strip("[]").lower()
+    hosts = (*LOOPBACK_HOSTS, bare, f"[{bare}]") if _is_loopback(host) else None
     config = uvicorn.Config(
         create_app(runs_dir, poll=poll, closing=closing, allowed_hosts=hosts),
         host=host,
