@@ -261,7 +261,7 @@ def _all_rounds_done(run: Run) -> bool:
     planned = run.meta.get("rounds")
     if isinstance(planned, bool) or not isinstance(planned, int):
         return False
-    return max(r["round"] for r in run.rounds) >= planned
+    return bool(max(int(r["round"]) for r in run.rounds) >= planned)
 
 
 def _number(value: Any) -> float | None:
