@@ -133,7 +133,11 @@ def test_a_damaged_run_says_so_until_it_is_repaired(browser: Any, tmp_path: Path
         errors = "#main > p.fail"
         for damaged, says in (("{not json", "property name"), ("[1, 2", "delimiter")):
             history.write_text(damaged)
-            wait.until(lambda d, text=says: text in d.find_element(By.CSS_SELECTOR, errors).text)
+
+            def shown(d: Any, text: str = says) -> bool:
+                return text in d.find_element(By.CSS_SELECTOR, errors).text
+
+            wait.until(shown)
         assert len(browser.find_elements(By.CSS_SELECTOR, errors)) == 1
         history.write_text(good)  # repaired: the same rounds as before
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, errors))
