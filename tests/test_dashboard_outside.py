@@ -139,3 +139,35 @@ def test_another_loopback_address_answers_to_its_own_name(tmp_path: Path) -> Non
             assert b'"id":"a"' in response.read()
         finally:
             conn.close()
+
+
+def test_a_run_whose_process_dies_while_watched_turns_stopped(tmp_path: Path) -> None:
+    """Its files do not change when it is killed: the lock let go must still reach the page."""
+    import fcntl
+    import os
+
+    covey.simulate(
+        lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "v"
+    )
+    meta = json.loads((tmp_path / "v" / "run.json").read_text())
+    meta["status"] = "running"  # as a simulation writes it until it ends
+    (tmp_path / "v" / "run.json").write_text(json.dumps(meta))
+    fd = os.open(tmp_path / "v" / "run.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the simulation's process, alive
+
+    def status(url: str) -> Any:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (our server)
+            data = json.loads(response.read())
+        return data["runs"][0]["status"] if "runs" in data else data["status"]
+
+    try:
+        with DashboardServer(tmp_path, poll=0.1) as server:
+            assert status(server.url + "api/runs") == "running"
+            assert status(server.url + "api/run?id=v") == "running"
+            os.close(fd)  # killed: the lock goes with the process
+            fd = -1
+            assert status(server.url + "api/runs") == "stopped"
+            assert status(server.url + "api/run?id=v") == "stopped"
+    finally:
+        if fd >= 0:
+            os.close(fd)

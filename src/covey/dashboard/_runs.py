@@ -124,12 +124,18 @@ def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
 
 
 def signature(path: Path) -> Signature:
-    """Sizes and modification times of a run's files (changes when a round lands)."""
+    """Sizes and modification times of a run's files (changes when a round lands).
+
+    It also holds whether a process holds ``run.lock``: a run killed mid-round
+    changes no file, yet turns from running to stopped.
+    """
     parts = []
     for name in (HISTORY, META, STORE, STORE + "-wal"):
         with contextlib.suppress(OSError):
             st = (path / name).stat()
             parts.append((name, st.st_size, st.st_mtime_ns))
+    held = is_held(path)
+    parts.append(("run.lock", -1 if held is None else int(held), 0))
     return Signature(tuple(parts))
 
 
