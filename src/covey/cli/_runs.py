@@ -18,13 +18,23 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from covey.core._history import History
+from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.server._rundb import is_held
 
-__all__ = ["ROUND_COLUMNS", "find_run", "round_table", "run_status", "runs_app", "stopped_early"]
+__all__ = [
+    "ROUND_COLUMNS",
+    "find_run",
+    "print_table",
+    "round_table",
+    "run_status",
+    "runs_app",
+    "stopped_early",
+]
 
 console = Console()
 
@@ -43,6 +53,45 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("central", "loss"),
     ("central", "accuracy"),
 )
+
+
+#: The narrowest a folded text column (a run's name, its kind) gets in a narrow terminal.
+TEXT_FLOOR = 12
+
+
+def print_table(table: Table, out: Console | None = None) -> None:
+    """Print ``table`` without ever cutting a figure short (``0.3…``).
+
+    Piped output gets the table at its full width. In a terminal too narrow for
+    it, the text columns (those not ``no_wrap``) fold down to :data:`TEXT_FLOOR`
+    characters; if it is still too narrow, the lines run past its edge and the
+    terminal wraps them, rather than any number being cut.
+
+    Args:
+        table: A rich table whose number columns are ``no_wrap``.
+        out: The console to print on (default: standard output).
+    """
+    out = out or console
+    wide = out.options.update_width(1 << 14)
+    width = Measurement.get(out, wide, table).maximum
+    if out.is_terminal:
+        for column in table.columns:
+            if not column.no_wrap:
+                cells = [column.header, *column.cells]
+                widest = max(Measurement.get(out, wide, cell).maximum for cell in cells)
+                width -= max(0, widest - TEXT_FLOOR)
+    if width <= out.width:
+        out.print(table)
+        return
+    # Console.print never goes wider than the console: a console of the width needed does.
+    Console(
+        file=out.file,
+        width=width,
+        color_system=out.color_system,  # type: ignore[arg-type]
+        force_terminal=out.is_terminal,
+        no_color=out.no_color,
+        legacy_windows=out.legacy_windows,
+    ).print(table)
 
 
 def _number(value: Any) -> str:
@@ -109,6 +158,28 @@ def find_run(run: str, runs_dir: Path) -> Path:
     )
 
 
+def _why(folder: Path, status: str) -> str | None:
+    """Why a run is ``failed`` or ``stopped`` (its process gone), as one line; or None."""
+    if status == "failed":
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no run.json, or damaged
+            reason = json.loads((folder / "run.json").read_text(encoding="utf-8")).get(
+                "stopped_reason"
+            )
+            if isinstance(reason, str) and reason:
+                return f"failed: {reason}"
+    if status == "stopped" and (folder / "run.sqlite").is_file():
+        return (
+            "stopped: the server is not running (it crashed or was killed); continue the run "
+            f"with `covey server --resume {folder}`"
+        )
+    if status == "stopped" and (folder / "run.json").is_file():
+        return (
+            "stopped: the simulation's process was killed or crashed before it finished; "
+            "simulations do not resume: run it again"
+        )
+    return None
+
+
 def _simulation_status(folder: Path) -> str | None:
     """``failed``, ``running`` or ``stopped`` (killed), as a simulation's ``run.json`` says."""
     with contextlib.suppress(OSError, ValueError, AttributeError):  # no run.json, or damaged
@@ -156,37 +227,54 @@ def _last(history: History, name: str) -> str:
     return "-"
 
 
-def _runs_in(runs_dir: Path) -> list[tuple[Path, History | str]]:
-    """Each run folder in ``runs_dir`` with its history, or why its history cannot be read."""
-    found: list[tuple[Path, History | str]] = []
+def _runs_in(runs_dir: Path) -> list[tuple[str, Path, History | str]]:
+    """Each run in ``runs_dir`` (as the dashboard finds them, three levels deep).
+
+    Returns:
+        ``(name, folder, history)`` with the name relative to ``runs_dir``, and the
+        history, or why it cannot be read.
+    """
+    found: list[tuple[str, Path, History | str]] = []
     if not runs_dir.is_dir():
         return found
-    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+    for name, folder in discover_runs(runs_dir):
         if not (folder / History.FILE_NAME).is_file():
             continue
+        if folder == runs_dir:  # --dir is itself a run folder
+            name = folder.resolve().name
         try:
-            found.append((folder, History.load(folder)))
+            found.append((name, folder, History.load(folder)))
         except (ValueError, OSError) as exc:  # damaged or half-written: listed, with why
-            found.append((folder, str(exc)))
+            found.append((name, folder, str(exc)))
     return found
 
 
 @runs_app.command("list")
 def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
-    """List the runs under --dir (default runs/) with their status and last metrics."""
+    """List the runs under --dir (default runs/, three levels deep) with status and last metrics."""
     found = _runs_in(runs_dir)
     if not found:
-        console.print(f"no runs in {runs_dir} (a run folder holds {History.FILE_NAME})")
+        console.print(
+            f"no runs in {escape(str(runs_dir))} (a run folder holds {History.FILE_NAME})"
+        )
         return
-    table = Table(title=f"Runs in {runs_dir}", box=box.SIMPLE_HEAD, header_style="bold")
+    table = Table(
+        title=f"Runs in {escape(str(runs_dir))}", box=box.SIMPLE_HEAD, header_style="bold"
+    )
     for column in ("run", "kind", "status", "rounds", "clients", "accuracy", "loss", "modified"):
-        table.add_column(column, no_wrap=True, justify="left" if column == "run" else "right")
+        text = column in ("run", "kind", "modified")  # these fold in a narrow terminal
+        table.add_column(
+            column,
+            no_wrap=not text,
+            overflow="fold",
+            justify="left" if column == "run" else "right",
+        )
     damaged: list[str] = []
-    for folder, history in found:
+    for name, folder, history in found:
         stamp = (folder / History.FILE_NAME).stat().st_mtime
         modified = _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
         if isinstance(history, str):
-            table.add_row(escape(folder.name), "-", "unreadable", *["-"] * 4, modified)
+            table.add_row(escape(name), "-", "unreadable", *["-"] * 4, modified)
             damaged.append(history)
             continue
         backend = history.config.get("backend", "-")
@@ -194,7 +282,7 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
         planned = history.config.get("rounds", "?")
         clients = history.config.get("num_clients") or len(history.clients) or "-"
         table.add_row(
-            escape(folder.name),
+            escape(name),
             "deployed" if backend == "grpc" else f"simulated ({backend})",
             run_status(folder, history),
             f"{last}/{planned}",
@@ -203,7 +291,7 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
             _last(history, "loss"),
             modified,
         )
-    console.print(table)
+    print_table(table)
     for why in damaged:
         console.print(f"[red]unreadable[/]: {escape(why)}")
 
@@ -211,7 +299,7 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
 def _failures_table(history: History) -> Table:
     table = Table(title="Failures", box=box.SIMPLE_HEAD, header_style="bold")
     for column in ("round", "client", "stage", "error"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold", no_wrap=column in ("round", "stage"))
     for rnd, failure in history.failures():
         who = failure.name or history.name_of(failure.cid)
         table.add_row(str(rnd), escape(who), failure.stage, escape(failure.error))
@@ -232,22 +320,26 @@ def show_run(
     config = history.config
     strategy = config.get("strategy")
     name = strategy.get("name") if isinstance(strategy, dict) else strategy
-    console.print(f"[bold]{escape(str(folder))}[/]: {run_status(folder, history)}")
+    status = run_status(folder, history)
+    console.print(f"[bold]{escape(str(folder))}[/]: {status}")
+    why = _why(folder, status)
+    if why:
+        console.print(f"[red]{escape(why)}[/]")
     facts = [f"{k} {config[k]}" for k in ("backend", "rounds", "seed", "address") if k in config]
     if name:
         facts.insert(0, f"strategy {name}")
     if facts:
         console.print(escape(", ".join(facts)))
-    console.print(round_table(history))
+    print_table(round_table(history))
     early = stopped_early(history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
     if history.clients:
         clients = Table(title="Clients", box=box.SIMPLE_HEAD, header_style="bold")
         clients.add_column("id", justify="right")
-        clients.add_column("name")
+        clients.add_column("name", overflow="fold")
         for cid, who in sorted(history.clients.items()):
             clients.add_row(str(cid), escape(who))
-        console.print(clients)
+        print_table(clients)
     if history.failures():
-        console.print(_failures_table(history))
+        print_table(_failures_table(history))

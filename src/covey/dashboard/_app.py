@@ -20,7 +20,7 @@ import asyncio
 import json
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +28,8 @@ from typing import Any, Final
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -66,6 +68,14 @@ def _json(value: Any) -> str:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except ValueError:
         return json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
+
+
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]", "::1")
+"""The names of this machine a page served on a loopback address answers to (and its own).
+
+A page of another site whose name an attacker points at 127.0.0.1 (DNS
+rebinding) sends its own name in ``Host`` and is refused.
+"""
 
 
 def plotly_js() -> Path:
@@ -135,9 +145,14 @@ def _delta(old: Run, new: Run) -> dict[str, Any] | None:
 async def _events(
     run_id: str, path: Path, poll: float, closing: threading.Event, cache: RunCache
 ) -> AsyncIterator[str]:
-    """Server-sent events of one run: ``run`` (all of it), then ``update`` per change."""
+    """Server-sent events of one run: ``run`` (all of it), then ``update`` per change.
+
+    ``error`` says the run cannot be read (damaged, deleted); ``ok`` that it reads
+    again with nothing changed, so the page drops the error.
+    """
     last_sig = None
     last: Run | None = None
+    failed = False
     idle = 0.0
     while not closing.is_set():
         sig = await run_in_threadpool(signature, path)
@@ -151,11 +166,15 @@ async def _events(
                     raise RunReadError(f"the run folder {path} is gone (deleted or moved)")
                 run = await run_in_threadpool(cache.read, run_id, path)
             except RunReadError as exc:
+                failed = True
                 yield f"event: error\ndata: {_json({'error': str(exc)})}\n\n"
             else:
                 message = _message(last, run)
                 if message:
                     yield message
+                elif failed:
+                    yield "event: ok\ndata: {}\n\n"
+                failed = False
                 last = run
             idle = 0.0
         elif idle >= KEEPALIVE:
@@ -175,7 +194,11 @@ def _message(old: Run | None, new: Run) -> str:
 
 
 def create_app(
-    runs_dir: str | Path, *, poll: float = 0.5, closing: threading.Event | None = None
+    runs_dir: str | Path,
+    *,
+    poll: float = 0.5,
+    closing: threading.Event | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """The dashboard app over ``runs_dir``.
 
@@ -183,6 +206,8 @@ def create_app(
         runs_dir: A folder of runs, or one run folder.
         poll: Seconds between checks of a watched run's files.
         closing: Set when the server shuts down; open event streams then end.
+        allowed_hosts: The host names a request may name in its ``Host`` header
+            (others get 400), e.g. :data:`LOOPBACK_HOSTS`; None: any.
 
     Returns:
         An ASGI app; serve it with :class:`covey.dashboard.DashboardServer` or uvicorn.
@@ -241,5 +266,10 @@ def create_app(
             Route("/api/run", one_run),
             Route("/api/stream", stream),
             Mount("/static", StaticFiles(directory=static), name="static"),
+        ],
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
         ]
+        if allowed_hosts is not None
+        else [],
     )

@@ -53,6 +53,11 @@ def _series(rounds: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return found
 
 
+def _plain(text: str) -> str:
+    """``text`` for a plotly name or title: plotly.js reads HTML tags (links too) and entities."""
+    return html.escape(text, quote=False)
+
+
 def _figures(run: Run) -> list[Any]:
     go = import_feature("plotly.graph_objects", "covey.dashboard's reports")
 
@@ -72,7 +77,10 @@ def _figures(run: Run) -> list[Any]:
                 (r["round"], v) for r in rounds if (v := metric_value(r, source, name)) is not None
             ]
             fig.add_scatter(
-                x=[p[0] for p in pts], y=[p[1] for p in pts], name=label, mode="lines+markers"
+                x=[p[0] for p in pts],
+                y=[p[1] for p in pts],
+                name=_plain(label),
+                mode="lines+markers",
             )
         return fig
 
@@ -103,7 +111,7 @@ def _figures(run: Run) -> list[Any]:
             budget.add_scatter(
                 x=[r["round"] for r in private],
                 y=[r["privacy"].get(key) for r in private],
-                name=key,
+                name=_plain(key),
                 mode="lines+markers",
             )
         figures.append(budget)
@@ -111,7 +119,10 @@ def _figures(run: Run) -> list[Any]:
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else ("–" if value is None else str(value))
+    """A table cell's HTML: a number, ``–`` for none, anything else escaped (run files are data)."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "–" if value is None else html.escape(str(value))
 
 
 def _round_rows(run: Run) -> str:

@@ -124,12 +124,18 @@ def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
 
 
 def signature(path: Path) -> Signature:
-    """Sizes and modification times of a run's files (changes when a round lands)."""
+    """Sizes and modification times of a run's files (changes when a round lands).
+
+    It also holds whether a process holds ``run.lock``: a run killed mid-round
+    changes no file, yet turns from running to stopped.
+    """
     parts = []
     for name in (HISTORY, META, STORE, STORE + "-wal"):
         with contextlib.suppress(OSError):
             st = (path / name).stat()
             parts.append((name, st.st_size, st.st_mtime_ns))
+    held = is_held(path)
+    parts.append(("run.lock", -1 if held is None else int(held), 0))
     return Signature(tuple(parts))
 
 
@@ -248,10 +254,20 @@ def read_run(run_id: str, path: Path) -> Run:
             "the simulation is not running (its process was killed or crashed) and did "
             "not finish; simulations do not resume: run it again"
         )
+    if "status" not in run.meta and run.rounds and _all_rounds_done(run):
+        run.meta["status"] = "finished"  # history.json alone: older covey, or History.save
     if not run.meta.get("updated_at"):
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime
     return run
+
+
+def _all_rounds_done(run: Run) -> bool:
+    """Whether the run holds its last planned round (``rounds`` in its settings)."""
+    planned = run.meta.get("rounds")
+    if isinstance(planned, bool) or not isinstance(planned, int):
+        return False
+    return bool(max(int(r["round"]) for r in run.rounds) >= planned)
 
 
 def _number(value: Any) -> float | None:

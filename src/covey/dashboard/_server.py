@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
@@ -15,7 +16,7 @@ from typing import Any, Self
 
 import uvicorn
 
-from covey.dashboard._app import create_app
+from covey.dashboard._app import LOOPBACK_HOSTS, create_app
 from covey.deploy._pem import check_ca, check_pair
 from covey.deploy._revoked import RevocationList
 
@@ -101,6 +102,16 @@ def _revoking(is_revoked: Callable[[bytes], bool]) -> type[asyncio.Protocol]:
     return Revoking
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is an address (or the name) of this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _server(
     runs_dir: str | Path, host: str, port: int, certs: str | Path | None, poll: float
 ) -> _Server:
@@ -108,8 +119,10 @@ def _server(
     tls: dict[str, Any] = {}
     if certs is not None:
         tls = {**tls_options(certs), "http": _revoking(RevocationList(certs))}
+    bare = host.strip("[]").lower()
+    hosts = (*LOOPBACK_HOSTS, bare, f"[{bare}]") if _is_loopback(host) else None
     config = uvicorn.Config(
-        create_app(runs_dir, poll=poll, closing=closing),
+        create_app(runs_dir, poll=poll, closing=closing, allowed_hosts=hosts),
         host=host,
         port=port,
         log_level="warning",

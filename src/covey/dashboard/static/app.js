@@ -12,6 +12,12 @@ function esc(value) {
     { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
+// plotly.js reads a subset of HTML (bold, links, line breaks) in trace names and titles and
+// decodes &amp; &lt; &gt;: names written by runs and clients are passed through this first.
+function plain(value) {
+  return String(value ?? "").replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[c]));
+}
+
 function num(value, digits = 4) {
   return typeof value === "number" ? value.toFixed(digits) : "–";
 }
@@ -101,7 +107,7 @@ const LAYOUT = {
 function plot(id, title, traces, extra = {}) {
   const element = document.getElementById(id);
   if (!element) return;
-  Plotly.react(element, traces, { ...LAYOUT, title: { text: title, font: { size: 14 }, x: 0.01, xanchor: "left" }, ...extra },
+  Plotly.react(element, traces, { ...LAYOUT, title: { text: plain(title), font: { size: 14 }, x: 0.01, xanchor: "left" }, ...extra },
     { displaylogo: false, responsive: true, displayModeBar: "hover" });
 }
 
@@ -111,7 +117,7 @@ function line(rounds, s) {
     const v = metric(r, s.source, s.name);
     if (v !== null) { x.push(r.round); y.push(v); }
   }
-  return { x, y, name: s.label, mode: "lines+markers", type: "scatter" };
+  return { x, y, name: plain(s.label), mode: "lines+markers", type: "scatter" };
 }
 
 function drawRunCharts(run) {
@@ -142,7 +148,7 @@ function drawRunCharts(run) {
       for (const [k, v] of Object.entries(privacyOf(r))) if (typeof v === "number" && k.includes("epsilon")) keys.add(k);
     }
     plot("chart-privacy", "Privacy budget spent", [...keys].map((k) => ({
-      x: privacy.map((r) => r.round), y: privacy.map((r) => privacyOf(r)[k]), name: k, mode: "lines+markers",
+      x: privacy.map((r) => r.round), y: privacy.map((r) => privacyOf(r)[k]), name: plain(k), mode: "lines+markers",
     })));
   }
 }
@@ -213,8 +219,12 @@ function showRun(id) {
   let run = null;
   main.innerHTML = "<p>Loading…</p>";
   stream = new EventSource("api/stream?id=" + encodeURIComponent(id));
+  // A run that cannot be read says so once, above the last rounds read; the message goes
+  // as soon as the run reads again (repaired, or written anew), changed or not.
+  const clearError = () => { for (const p of main.querySelectorAll(":scope > p.stream-error")) p.remove(); };
   stream.addEventListener("run", (e) => { run = JSON.parse(e.data); renderRun(run); });
   stream.addEventListener("update", (e) => {
+    clearError();
     const change = JSON.parse(e.data);
     Object.assign(run, change.summary, { meta: change.meta, clients: change.clients,
       client_names: change.client_names });
@@ -226,8 +236,11 @@ function showRun(id) {
     drawRunCharts(run);
   });
   stream.addEventListener("error", (e) => {
-    if (e.data) main.insertAdjacentHTML("afterbegin", `<p class="fail">${esc(JSON.parse(e.data).error)}</p>`);
+    if (!e.data) return;
+    clearError();
+    main.insertAdjacentHTML("afterbegin", `<p class="fail stream-error">${esc(JSON.parse(e.data).error)}</p>`);
   });
+  stream.addEventListener("ok", clearError);
   stream.onopen = () => { live.textContent = "● live"; };
 }
 
@@ -268,7 +281,7 @@ async function showCompare(ids) {
   const draw = () => {
     const s = series.get(select.value);
     if (!s) return;
-    plot("chart-compare", s.label, runs.map((run) => ({ ...line(run.rounds, s), name: run.id })));
+    plot("chart-compare", s.label, runs.map((run) => ({ ...line(run.rounds, s), name: plain(run.id) })));
   };
   select.onchange = draw;
   draw();

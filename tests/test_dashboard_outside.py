@@ -1,0 +1,173 @@
+"""The dashboard from outside: what a page on another site can reach, what every route serves."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("starlette", reason="the dashboard extra is needed")
+
+import covey
+from covey.cli import app
+from covey.dashboard import DashboardServer
+
+
+class Half(covey.Client):
+    """Halves the weights."""
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=float(np.abs(weights["w"]).sum()), num_examples=1)
+
+
+def _get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {} if host is None else {"Host": host}
+        conn.request("GET", path, headers=headers)  # a Host header given replaces the default
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Any:
+    """A dashboard on 127.0.0.1 over one finished run named ``a``."""
+    covey.simulate(
+        lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "runs" / "a"
+    )
+    (tmp_path / "secret.txt").write_text("not a run file")
+    with DashboardServer(tmp_path / "runs", poll=0.1) as server:
+        yield server
+
+
+def test_a_page_on_another_site_cannot_read_the_runs(dashboard: Any) -> None:
+    """DNS rebinding: a request naming another host is refused; this machine's names work."""
+    port = dashboard.port
+    for path in ("/", "/api/runs", "/api/run?id=a", "/static/app.js"):
+        status, body = _get(port, path, host=f"attacker.example:{port}")
+        assert status == 400, (path, status)
+        assert b'"runs"' not in body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"LOCALHOST:{port}"):
+        status, body = _get(port, "/api/runs", host=host)
+        assert status == 200, host
+        assert b'"id":"a"' in body
+
+
+def test_no_route_serves_a_file_outside_the_page(dashboard: Any) -> None:
+    """Path traversal on every route, plain and percent-encoded, finds nothing."""
+    port = dashboard.port
+    probes = [
+        f"{prefix}{dots}secret.txt"
+        for prefix in ("/", "/static/", "/vendor/", "/api/", "/api/run?id=", "/api/stream?id=")
+        for dots in ("../", "../../", "%2e%2e/", "..%2f..%2f", "%2e%2e%2f%2e%2e%2f", "....//")
+    ]
+    probes += ["/api/run?id=/etc/passwd", "/static//etc/passwd", "/vendor/../../etc/passwd"]
+    for path in probes:
+        status, body = _get(port, path)
+        assert status in (400, 404, 405), (path, status)
+        assert b"not a run file" not in body
+        assert b"root:" not in body
+
+
+def test_a_run_without_run_json_is_finished_when_all_its_rounds_are_there(
+    tmp_path: Path,
+) -> None:
+    """A history.json alone (older covey, or `History.save`): finished as `covey runs list` says."""
+    for name, rounds in (("complete", 2), ("short", 5)):
+        covey.simulate(
+            lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / name
+        )
+        (tmp_path / name / "run.json").unlink()
+        history = json.loads((tmp_path / name / "history.json").read_text())
+        history["config"]["rounds"] = rounds
+        (tmp_path / name / "history.json").write_text(json.dumps(history))
+    with (
+        DashboardServer(tmp_path, poll=0.1) as server,
+        urllib.request.urlopen(server.url + "api/runs", timeout=30) as response,  # noqa: S310
+    ):
+        rows = {r["id"]: r for r in json.loads(response.read())["runs"]}
+    assert rows["complete"]["status"] == "finished"
+    assert rows["short"]["status"] == "unknown"
+    listed = CliRunner().invoke(
+        app, ["runs", "list", "--dir", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    row = next(line for line in listed.output.splitlines() if " complete " in line)
+    assert "finished" in row
+
+
+def test_a_report_of_a_crafted_history_holds_no_markup_from_it(tmp_path: Path) -> None:
+    """Run files are data: strings where numbers belong are escaped in the report."""
+    from covey.dashboard import write_report
+
+    covey.simulate(
+        lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "r"
+    )
+    path = tmp_path / "r" / "history.json"
+    history = json.loads(path.read_text())
+    evil = "<script>window.__pwned=1</script>"
+    for record in history["rounds"]:
+        record["durations"] = {"total": evil}
+        record["central_loss"] = evil
+    path.write_text(json.dumps(history))
+    text = write_report(tmp_path / "r", tmp_path / "report.html").read_text()
+    assert "window.__pwned" in text  # shown, as text
+    assert evil not in text
+
+
+def test_another_loopback_address_answers_to_its_own_name(tmp_path: Path) -> None:
+    """`--host 127.0.0.2` (loopback too) answers requests addressed to 127.0.0.2."""
+    covey.simulate(
+        lambda cid: Half(), 2, 1, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "a"
+    )
+    with DashboardServer(tmp_path, host="127.0.0.2", port=0) as server:
+        conn = http.client.HTTPConnection("127.0.0.2", server.port, timeout=30)
+        try:
+            conn.request("GET", "/api/runs")
+            response = conn.getresponse()
+            assert response.status == 200
+            assert b'"id":"a"' in response.read()
+        finally:
+            conn.close()
+
+
+def test_a_run_whose_process_dies_while_watched_turns_stopped(tmp_path: Path) -> None:
+    """Its files do not change when it is killed: the lock let go must still reach the page."""
+    import fcntl
+    import os
+
+    covey.simulate(
+        lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "v"
+    )
+    meta = json.loads((tmp_path / "v" / "run.json").read_text())
+    meta["status"] = "running"  # as a simulation writes it until it ends
+    (tmp_path / "v" / "run.json").write_text(json.dumps(meta))
+    fd = os.open(tmp_path / "v" / "run.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the simulation's process, alive
+
+    def status(url: str) -> Any:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (our server)
+            data = json.loads(response.read())
+        return data["runs"][0]["status"] if "runs" in data else data["status"]
+
+    try:
+        with DashboardServer(tmp_path, poll=0.1) as server:
+            assert status(server.url + "api/runs") == "running"
+            assert status(server.url + "api/run?id=v") == "running"
+            os.close(fd)  # killed: the lock goes with the process
+            fd = -1
+            assert status(server.url + "api/runs") == "stopped"
+            assert status(server.url + "api/run?id=v") == "stopped"
+    finally:
+        if fd >= 0:
+            os.close(fd)
