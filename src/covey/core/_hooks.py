@@ -12,6 +12,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from covey.core._history import History, RoundRecord
 
+RESUMED_AFTER_CRASH = "resumed_after_crash"
+"""Set (True) in a resumed history's config when the server before died without ending
+the run (SIGKILL, power loss): what it had sent since its last saved round is unknown."""
+
 
 @runtime_checkable
 class RunHook(Protocol):

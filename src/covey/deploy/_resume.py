@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from covey.core._history import History
+from covey.core._hooks import RESUMED_AFTER_CRASH
 from covey.core._weights import Weights, WeightsSpec
 from covey.server._rundb import DB_NAME
 from covey.server._state import check_state
@@ -62,7 +63,11 @@ def resume_point(
             "the run cannot be resumed from it"
         ) from None
     history.rounds = [r for r in history.rounds if r.round <= last]
-    history.config = opened.config
+    history.config = dict(opened.config)
+    if opened.info()["status"] == "running":  # no server ended it: it died (SIGKILL, power)
+        # Run hooks read it (a privacy ledger charges a round that may have left the
+        # server unsaved); the store's settings keep no such key, so each resume decides.
+        history.config[RESUMED_AFTER_CRASH] = True
     logger.info("resuming the run in %s after round %d", opened.run_dir, last)
     return ResumePoint(weights, history.config, last + 1, history, blob)
 

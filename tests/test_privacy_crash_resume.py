@@ -1,0 +1,79 @@
+"""A DP run whose server died is charged once more for the round it may have released.
+
+A deployed server sends round r's model before round r's checkpoint commits; one
+killed there is resumed from round r - 1 and computes round r again with fresh
+noise, a second release the ledger must count. A run that ended (finished, or
+failed and saved) released nothing unsaved and is not charged again; neither is
+a run whose noise is seeded (the repeated round draws the same noise).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+import covey
+from covey import privacy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined, Served
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _strategy(noise_seed: int | None) -> covey.Strategy:
+    return privacy.central(
+        covey.FedAvg(min_available_clients=3, min_fit_clients=3, fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        expected_clients=3,
+        noise_seed=noise_seed,
+    )
+
+
+def _run(run: Path, rounds: int, noise_seed: int | None, resume: bool) -> covey.deploy.ServeResult:
+    served = Served(_strategy(noise_seed), rounds, run_dir=run, resume=resume)
+    clients = [Joined(served.port, name=f"c{k}") for k in range(3)]
+    result = served.join()
+    for client in clients:
+        client.join()
+    return result
+
+
+def _as_if_killed(run: Path) -> None:
+    """Leave the run's status as a SIGKILLed server leaves it."""
+    with sqlite3.connect(run / "run.sqlite") as db:
+        db.execute("UPDATE run SET status = 'running' WHERE id = 1")
+
+
+@pytest.mark.parametrize(
+    ("killed", "noise_seed", "charged"),
+    [(True, None, 4), (False, None, 3), (True, 5, 3)],
+    ids=["killed", "ended", "killed-seeded"],
+)
+def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    killed: bool,
+    noise_seed: int | None,
+    charged: int,
+) -> None:
+    run = tmp_path / "run"
+    first = _run(run, 2, noise_seed, resume=False)
+    assert first.history[2].aggregate_info["dp"]["rounds"] == 2
+    if killed:
+        _as_if_killed(run)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        resumed = _run(run, 3, noise_seed, resume=True)
+    dp = resumed.history[3].aggregate_info["dp"]
+    assert dp["rounds"] == charged
+    assert resumed.history[3].privacy is not None
+    ledger = privacy.Ledger.from_json(dp["ledger"])
+    assert resumed.history[3].privacy["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
+    warned = [r for r in caplog.records if "charged twice" in r.getMessage()]
+    assert len(warned) == (charged - 3)
