@@ -10,6 +10,7 @@ import pytest
 
 import covey
 from covey import privacy
+from covey.core._hooks import RESUMED_AFTER_CRASH
 from covey.secagg import Noise, secure
 from covey.secagg._ring import scale
 
@@ -201,6 +202,27 @@ def test_distributed_dp_resumes_with_the_ledger_of_the_history() -> None:
     z = sigma * math.sqrt(n - 1) * UNIT
     assert record.privacy == {
         "epsilon": pytest.approx(privacy.epsilon(z, 1.0, 3, 1e-5), rel=1e-9),
+        "delta": 1e-5,
+    }
+
+
+@pytest.mark.parametrize(("crashed", "rounds"), [(True, 4), (False, 3)])
+def test_distributed_dp_resumed_after_a_crash_charges_the_round_redone(
+    crashed: bool, rounds: int
+) -> None:
+    n, sigma = 6, 3000.0
+    strategy = _secure(_fedavg(min_fit_clients=n), noise=_distributed("gaussian", sigma))
+    first = covey.simulate(_zeros, n, 2, strategy, _params(), seed=0)
+    hook = strategy.hooks[-1]
+    history = covey.History.from_json(first.history.to_json())
+    if crashed:  # as a deployed resume marks a run whose server died
+        history.config[RESUMED_AFTER_CRASH] = True
+    hook.start(None, None, history)
+    record = covey.core.RoundRecord(round=3, fit_participants=list(range(n)))
+    hook.after_round(record, None)
+    z = sigma * math.sqrt(n - 1) * UNIT
+    assert record.privacy == {
+        "epsilon": pytest.approx(privacy.epsilon(z, 1.0, rounds, 1e-5), rel=1e-9),
         "delta": 1e-5,
     }
 

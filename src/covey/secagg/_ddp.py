@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -34,11 +35,14 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.core._history import History, RoundRecord
+from covey.core._hooks import RESUMED_AFTER_CRASH
 from covey.privacy import Ledger, PrivacyHook
 from covey.privacy._accounting import statement
 from covey.secagg._dp import Noise
 from covey.secagg._ring import scale
 from covey.strategies._strategy import Strategy
+
+logger = logging.getLogger("covey")
 
 INFO_KEY = "distributed_dp"
 
@@ -121,6 +125,16 @@ class DistributedAccounting:
         )
         entries = () if last is None else Ledger.from_json(last["ledger"]).entries
         self.ledger = Ledger(entries, self.noise.accountant)  # what was spent stays spent
+        if history.rounds and history.config.get(RESUMED_AFTER_CRASH):
+            # The server died, perhaps after unmasking a round it had not saved: that round
+            # is done again with the clients' fresh noise, a second release. Charged as one
+            # with the fewest clients a round has (the least noise, the most epsilon).
+            self.ledger = self.ledger.add(self.event(self.min_clients))
+            logger.warning(
+                "privacy: the server died without ending the run, perhaps after unmasking a "
+                "round it had not saved: that round, done again, is charged twice (epsilon %.4g)",
+                self.ledger.epsilon(self.delta),
+            )
         return state
 
     def before_round(self, round: int, state: Any) -> str | None:
