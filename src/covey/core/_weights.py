@@ -193,6 +193,21 @@ def _all_finite(array: Array) -> bool:
     return bool(np.isfinite(array).all())
 
 
+def native(weights: Weights) -> Weights:
+    """``weights`` with every array in this machine's byte order (converted only where not).
+
+    A model given in the other byte order (``dtype(">f8")`` on a little-endian
+    machine) would make every update a client computes (in native order) look
+    like another dtype; the global model is kept in native order instead.
+    """
+    if all(not isinstance(a, np.ndarray) or a.dtype.isnative for a in weights.values()):
+        return weights
+    return {
+        name: a.astype(a.dtype.newbyteorder("=")) if isinstance(a, np.ndarray) else a
+        for name, a in weights.items()
+    }
+
+
 def freeze(weights: Weights) -> dict[str, Array]:
     """Read-only views of ``weights``: clients get the global model by reference.
 

@@ -20,7 +20,7 @@ from typing import Any
 from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
-from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze
+from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
 from covey.strategies._fold import contribution, find_aggregate
 from covey.strategies._strategy import Strategy
 
@@ -144,6 +144,7 @@ class _LoopBase:
         on_round: RoundCallback | None,
     ) -> None:
         self.strategy = strategy
+        initial_weights = native(initial_weights)  # clients compute in native byte order
         self.spec = WeightsSpec.of(initial_weights)
         self.spec.check(initial_weights, what="initial weights")
         self.weights: dict[str, Array] = freeze(initial_weights)
