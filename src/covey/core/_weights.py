@@ -200,8 +200,10 @@ def native(weights: Weights) -> Weights:
     machine) would make every update a client computes (in native order) look
     like another dtype; the global model is kept in native order instead.
     """
-    if all(not isinstance(a, np.ndarray) or a.dtype.isnative for a in weights.values()):
-        return weights
+    if not isinstance(weights, Mapping) or all(
+        not isinstance(a, np.ndarray) or a.dtype.isnative for a in weights.values()
+    ):
+        return weights  # (anything but named arrays is refused by the spec, by name)
     return {
         name: a.astype(a.dtype.newbyteorder("=")) if isinstance(a, np.ndarray) else a
         for name, a in weights.items()
