@@ -105,6 +105,7 @@ def test_console_names_clients_and_counts_them() -> None:
     assert "waiting for clients (0 of 2 connected)" in text
     assert "client hospital-a joined (1 of 2 connected)" in text
     assert "client hospital-b joined (2 of 2 connected)" in text
+
     assert "round 1: fit by hospital-a, hospital-b" in text
     assert "accuracy 0.7000" in text
     assert "took fit 0.50 s" in text
@@ -129,3 +130,15 @@ def test_runs_list_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     missing = CliRunner().invoke(app, ["runs", "show", "nope", "--dir", str(tmp_path)])
     assert missing.exit_code == 2
     assert "error: no run 'nope'" in missing.output
+
+
+def test_the_server_console_counts_clients_past_those_needed() -> None:
+    from covey.deploy._console import ServerConsole
+
+    lines: list[str] = []
+    console = ServerConsole(lines.append, 2, {})
+    for name in ("a", "b", "c"):
+        console.on_event(name, "join")
+    console.on_event("a", "leave", "disconnected")
+    assert lines[2].endswith("client c joined (3 connected, 2 needed)")
+    assert lines[3].endswith("client a left: disconnected (2 of 2 connected)")

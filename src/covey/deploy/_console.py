@@ -79,7 +79,13 @@ class ServerConsole:
         if shown is None:
             return
         why = f": {escape(detail)}" if detail and event not in ("join", "rejoin") else ""
-        self.line(f"client {escape(name)} {shown}{why} ({count} of {self.needed} connected)")
+        # "9 of 2 connected" would read as a miscount once more clients come than the run needs.
+        tally = (
+            f"{count} of {self.needed} connected"
+            if count <= self.needed
+            else f"{count} connected, {self.needed} needed"
+        )
+        self.line(f"client {escape(name)} {shown}{why} ({tally})")
 
     def who(self, cids: list[int]) -> str:
         """The names of clients ``cids``, comma-separated."""
