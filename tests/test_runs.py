@@ -105,7 +105,6 @@ def test_console_names_clients_and_counts_them() -> None:
     assert "waiting for clients (0 of 2 connected)" in text
     assert "client hospital-a joined (1 of 2 connected)" in text
     assert "client hospital-b joined (2 of 2 connected)" in text
-
     assert "round 1: fit by hospital-a, hospital-b" in text
     assert "accuracy 0.7000" in text
     assert "took fit 0.50 s" in text
