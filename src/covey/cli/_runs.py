@@ -209,9 +209,11 @@ def run_status(folder: Path, history: History) -> str:
         if row is not None:
             running = str(row[0]) == "running"
             return "stopped" if running and is_held(folder) is False else str(row[0])
+    status = _simulation_status(folder)
+    if status == "failed":  # a failed run also records why it stopped: it failed
+        return status
     if history.stopped_reason:
         return "stopped"
-    status = _simulation_status(folder)
     if status is not None:
         return status
     planned = history.config.get("rounds")
