@@ -94,6 +94,21 @@ def start_server(
         SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(service.join)}
     )
     server.add_generic_rpc_handlers((handler,))
+    try:
+        port = _bind(server, address, tls, service)
+        server.start()
+    except BaseException:  # a refused address, or Ctrl-C while starting: nothing left listening
+        server.stop(None)
+        if service.handshakes is not None:
+            service.handshakes.close()
+        raise
+    return server, port
+
+
+def _bind(
+    server: grpc.Server, address: str, tls: ServerTLS | None, service: FederationService
+) -> int:
+    """Add the listening port (under TLS, with the handshake watch); its number."""
     if tls is None:
         port = server.add_insecure_port(address)
     else:
@@ -107,11 +122,8 @@ def start_server(
         )
         port = watch.port = server.add_secure_port(address, creds)
     if port == 0:
-        if service.handshakes is not None:
-            service.handshakes.close()
         raise OSError(f"cannot listen on {address}")
-    server.start()
-    return server, port
+    return int(port)
 
 
 @dataclass(frozen=True)
