@@ -232,7 +232,7 @@ def test_runs_report_command(tmp_path: Path) -> None:
     for r in result.history.rounds:
         assert f'id="round-{r.round}"' in text
     missing = CliRunner().invoke(app, ["runs", "report", str(tmp_path)])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2  # a command-line mistake (docs/projects.md)
     assert "not a run folder" in missing.output
 
 
@@ -247,7 +247,7 @@ def test_runs_report_makes_the_folder_of_its_out_file(tmp_path: Path) -> None:
     blocked = CliRunner().invoke(
         app, ["runs", "report", str(tmp_path / "r"), "-o", str(tmp_path / "taken" / "x.html")]
     )
-    assert blocked.exit_code == 1
+    assert blocked.exit_code == 2
     assert "cannot write the report to" in blocked.output
 
 

@@ -78,7 +78,7 @@ def test_a_report_never_overwrites_the_runs_own_files(
     ]
     for out, message in cases:
         result = CliRunner().invoke(app, ["runs", "report", run, "-o", out])
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split())
         assert "Traceback" not in result.output
     assert (tmp_path / "run" / History.FILE_NAME).read_text() == text

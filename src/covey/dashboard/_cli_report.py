@@ -26,7 +26,7 @@ def report_command(
         raise typer.Exit(1) from None
     try:
         path = write_report(run, out)
-    except (RunReadError, ValueError, OSError) as exc:
+    except (RunReadError, ValueError, OSError) as exc:  # a RUN or --out that will not do
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     typer.echo(f"report written to {path}")
