@@ -13,13 +13,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from _procs import CoveyProcesses
 from covey.server._store import RunStore
 
 APPS = Path(__file__).parent / "apps"
@@ -58,21 +58,20 @@ def registered(run_dir: Path) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-class Federation:
+class Federation(CoveyProcesses):
     """One run folder, its server process (one at a time) and its client processes."""
 
     def __init__(self, tmp: Path, strategy: str, env: dict[str, str] | None = None) -> None:
         env = env or {}
         clients = int(env.get("COVEY_RM_CLIENTS", "4"))
-        self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.run_dir = tmp / "run"
         self.markers = tmp / "markers"
         self.markers.mkdir(exist_ok=True)
         self.n = clients
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join([str(APPS), self.env.get("PYTHONPATH", "")])
-        self.env.update(
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = os.pathsep.join([str(APPS), environ.get("PYTHONPATH", "")])
+        environ.update(
             {
                 "COVEY_RM_STRATEGY": strategy,
                 "COVEY_RM_CLIENTS": str(clients),
@@ -80,23 +79,10 @@ class Federation:
                 **env,
             }
         )
-        self.procs: list[subprocess.Popen[bytes]] = []
+        super().__init__(tmp, environ)
         self.clients: dict[int, subprocess.Popen[bytes]] = {}
         self.server: subprocess.Popen[bytes] | None = None
         self.port = 0
-
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
-        out = open(self.tmp / log, "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "covey", *args],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=self.tmp,
-        )
-        out.close()
-        self.procs.append(proc)
-        return proc
 
     def start_server(self, *, resume: bool = False, wait: bool = True) -> subprocess.Popen[bytes]:
         """Start (or resume) the server; wait until it listens unless ``wait`` is False."""
@@ -152,18 +138,6 @@ class Federation:
                     f"{log}: still running after {timeout} s\n{self.log('server.log')[-3000:]}"
                 ) from None
             assert code == 0, f"{log} exited {code}\n{self.log(log)[-3000:]}"
-
-    def log(self, name: str) -> str:
-        """The output of one of the processes."""
-        path = self.tmp / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def close(self) -> None:
-        """Kill whatever is still running of what this federation started."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
 
 
 _KEPT = (

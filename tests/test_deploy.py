@@ -31,6 +31,8 @@ APPS = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS))
 import digits_app  # noqa: E402
 
+from _procs import CoveyProcesses  # noqa: E402
+
 pytestmark = pytest.mark.slow
 N = digits_app.NUM_CLIENTS
 
@@ -57,36 +59,22 @@ def _saved_rounds(run_dir: Path) -> int:
     return -1 if row is None or row[0] is None else int(row[0])
 
 
-class Federation:
+class Federation(CoveyProcesses):
     """Starts and tracks server and client processes; kills them all at the end."""
 
     def __init__(self, tmp: Path, **env: str) -> None:
-        self.tmp = tmp
         self.certs = tmp / "certs"
         init_federation(self.certs, hosts=("localhost", "127.0.0.1"))
         self.run_dir = tmp / "run"
         self.markers = tmp / "markers"
         self.markers.mkdir()
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join([str(APPS), self.env.get("PYTHONPATH", "")])
-        self.env["COVEY_TEST_MARKERS"] = str(self.markers)
-        self.env.update(env)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = os.pathsep.join([str(APPS), environ.get("PYTHONPATH", "")])
+        environ["COVEY_TEST_MARKERS"] = str(self.markers)
+        environ.update(env)
+        super().__init__(tmp, environ)
         self.port = 0
         self.clients: dict[int, subprocess.Popen[bytes]] = {}
-
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
-        out = open(self.tmp / log, "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "covey", *args],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=self.tmp,
-        )
-        out.close()
-        self.procs.append(proc)
-        return proc
 
     def server(self, *extra: str, resume: bool = False) -> subprocess.Popen[bytes]:
         port_file = self.tmp / "port"
@@ -139,10 +127,6 @@ class Federation:
         self.clients[k] = proc
         return proc
 
-    def log(self, name: str) -> str:
-        path = self.tmp / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def wait(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> int:
         try:
             return proc.wait(timeout)
@@ -155,12 +139,6 @@ class Federation:
         with RunStore.open(self.run_dir) as store:
             _, weights, _, _ = store.load_latest_valid()
             return dict(weights), store.history()
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture
