@@ -18,29 +18,18 @@ import numpy as np
 import pytest
 
 pytest.importorskip("selenium", reason="the dev extra installs selenium")
-from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import covey
+from _browser import chromium as headless_chromium
 from covey.cli._demo import DemoConfig, run_demo
 from covey.core import RoundRecord
 from covey.dashboard import DashboardServer, write_report
 
 pytestmark = pytest.mark.slow
 
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1400,1100",
-)
 
 # The traces of one plotly chart as plain lists.
 TRACES_JS = """
@@ -65,22 +54,8 @@ def _screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A headless Chromium with a fresh profile, shared by this module's tests, then quit."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_bin = shutil.which("chromedriver")
-    if chromium is None or driver_bin is None:
-        pytest.fail("Chromium and chromedriver are needed: `make test` installs them (apt)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_bin))
-    driver.set_page_load_timeout(60)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ subset of HTML in trace names and titles, links included).
 
 from __future__ import annotations
 
-import shutil
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("selenium", reason="the dev extra installs selenium")
-from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 import covey
+from _browser import chromium as headless_chromium
 from covey.dashboard import DashboardServer, write_report
 
 pytestmark = pytest.mark.slow
@@ -60,22 +58,9 @@ def _simulate(run_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A headless Chromium with a fresh profile, then quit."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_bin = shutil.which("chromedriver")
-    if chromium is None or driver_bin is None:
-        pytest.fail("Chromium and chromedriver are needed: `make test` installs them (apt)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1200,900")
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_bin))
-    driver.set_page_load_timeout(60)
-    try:
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with headless_chromium(profile, window="1200,900") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver: Any) -> WebDriverWait[Any]:
