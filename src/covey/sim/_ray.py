@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import re
 import sys
 import time
 import traceback
@@ -36,10 +34,10 @@ from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim._inline import fingerprint, lent_weights_changed
+from covey.sim._rayplan import Resources, actors_for, ray_need, unpicklable
 
 logger = logging.getLogger("covey")
 
-Resources = Mapping[str, float]
 _Item = tuple[int, str, int, Mapping[str, Any], Any]
 
 #: Clients an actor runs per call: replies come back at least this often. A large
@@ -47,7 +45,6 @@ _Item = tuple[int, str, int, Mapping[str, Any], Any]
 CHUNK = 16
 MAX_CHUNK = 256
 CHUNKS_PER_ACTOR = 32
-_RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
 def _ray(local: bool = False) -> Any:
@@ -118,49 +115,6 @@ class ClientHost:
             why = "their replies are refused (the server's model is unchanged)"
             return [Reply(r.cid, r.kind, error=lent_weights_changed(tasks, why)) for r in replies]
         return replies
-
-
-def _need(resources: Resources) -> dict[str, float]:
-    """Ray's resource names for a covey resource spec (``num_cpus`` -> ``CPU``)."""
-    need: dict[str, float] = {}
-    for key, value in resources.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"client resource {key!r} must be a number >= 0, got {value!r}")
-        need[_RESOURCE_KEYS.get(key, key)] = float(value)
-    return need
-
-
-def actors_for(
-    need: Mapping[str, float], total: Mapping[str, float], users: Mapping[str, int]
-) -> int:
-    """How many actors needing ``need`` fit in this group's share of the cluster.
-
-    Each resource is shared equally among the ``users[key]`` groups that need it.
-    """
-    counts = [
-        math.floor(total.get(key, 0.0) / users.get(key, 1) / value + 1e-9)
-        for key, value in need.items()
-        if value > 0
-    ]
-    if not counts:  # needs nothing: one actor per CPU
-        counts = [math.floor(total.get("CPU", 1.0))]
-    return max(1, min(counts))
-
-
-def _unpicklable(client_fn: object, exc: Exception) -> str:
-    """The error for a ``client_fn`` that Ray cannot ship to its actors, naming what fails."""
-    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() or [type(exc).__name__]
-    marker = "FAIL serialization:"
-    why = next((ln.split(marker, 1)[1].strip() for ln in lines if marker in ln), lines[0])
-    culprit = next((ln.strip() for ln in lines if ln.strip().startswith("Serializing ")), "")
-    name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
-    return (
-        f"backend='ray' sends client_fn ({name}) to every Ray actor by pickling it, and it "
-        f"does not pickle: {why}"
-        + (f" ({culprit.rstrip('.')})" if culprit else "")
-        + ". Build what it closes over inside client_fn (clients are built in the actors, "
-        "they need not pickle), or use backend='process', whose forked workers pickle nothing"
-    )
 
 
 class RayTransport:
@@ -260,10 +214,10 @@ class RayTransport:
                 "or a single mapping {'num_cpus': 1} without client_group"
             )
         if not nested:
-            return {"": _need(client_resources)}  # type: ignore[arg-type]
+            return {"": ray_need(client_resources)}  # type: ignore[arg-type]
         if not client_resources:
             raise ValueError("client_resources names no group")
-        return {str(k): _need(v) for k, v in client_resources.items()}  # type: ignore[arg-type]
+        return {str(k): ray_need(v) for k, v in client_resources.items()}  # type: ignore[arg-type]
 
     def _start(self, group: str, index: int) -> Any:
         need = self._spec[group][0]
@@ -280,7 +234,7 @@ class RayTransport:
         except TypeError as exc:
             if "serializ" not in str(exc):
                 raise
-            raise TypeError(_unpicklable(self._client_fn, exc)) from exc
+            raise TypeError(unpicklable(self._client_fn, exc)) from exc
 
     def _await_ready(self, keys: Sequence[tuple[str, int]]) -> None:
         ray = self._ray
