@@ -34,7 +34,7 @@ from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim._inline import fingerprint, lent_weights_changed
-from covey.sim._rayplan import Resources, actors_for, ray_need, unpicklable
+from covey.sim._rayplan import Resources, actors_for, check_fits, ray_need, unpicklable
 
 logger = logging.getLogger("covey")
 
@@ -176,6 +176,12 @@ class RayTransport:
         self._token = 0
         self._published: tuple[Weights | None, Any] = (None, None)
         total = ray.cluster_resources()
+        if self._owns_ray and address is None:
+            try:
+                check_fits(groups, total)
+            except BaseException:
+                self.close()
+                raise
         self._host = ray.remote(ClientHost)
         self._spec: dict[str, tuple[dict[str, float], int]] = {}
         users: dict[str, int] = {}

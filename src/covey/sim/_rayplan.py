@@ -41,6 +41,24 @@ def actors_for(
     return max(1, min(counts))
 
 
+def check_fits(groups: Mapping[str, Mapping[str, float]], total: Mapping[str, float]) -> None:
+    """Refuse a group whose client needs more than a local Ray has (no node would ever join).
+
+    Raises:
+        ValueError: naming the group, what one of its clients needs and what Ray has.
+    """
+    for name, need in groups.items():
+        short = {k: v for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
+        if short:
+            has = {k: total.get(k, 0.0) for k in short}
+            raise ValueError(
+                f"client_resources{f'[{name!r}]' if name else ''} asks for {short} per "
+                f"client, but the local Ray started for this run has {has}: no client "
+                "could ever run. Ask for less, or join a cluster that has it with "
+                "ray_address="
+            )
+
+
 def unpicklable(client_fn: object, exc: Exception) -> str:
     """The error for a ``client_fn`` that Ray cannot ship to its actors, naming what fails."""
     lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() or [type(exc).__name__]
