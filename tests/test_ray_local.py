@@ -8,10 +8,13 @@ the processes this test process started).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 
@@ -20,6 +23,7 @@ if importlib.util.find_spec("ray") is None:
 
 import covey
 from covey import FitResult
+from covey.core._messages import Task
 from covey.sim._ray import RayTransport
 
 pytestmark = pytest.mark.slow
@@ -83,3 +87,38 @@ def test_resources_a_local_ray_lacks_are_refused_at_once(
         )
     assert named in str(info.value)
     assert "ray_address" in str(info.value)
+
+
+class Sleepy(covey.Client):
+    """Client 0 takes a second to fit in round 1, client 1 a minute; later rounds are quick."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if config["round"] == 1:
+            time.sleep(1 + 59 * self.cid)
+        return FitResult(weights=dict(weights), num_examples=1)
+
+
+def test_an_exchange_given_up_early_is_not_called_a_missed_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fit = {"w": np.zeros(2)}
+    with RayTransport(Sleepy, 2, init_args={"num_cpus": 2}) as transport:
+        replies = transport.exchange(
+            {0: Task("fit", 1, {"round": 1}, fit), 1: Task("fit", 1, {"round": 1}, fit)}
+        )
+        assert next(replies).cid == 0  # client 1 is still in its fit
+        with caplog.at_level(logging.WARNING, logger="covey"):
+            # What Ctrl-C (or any error of the loop) does to an exchange in progress.
+            replies.close()
+        assert "missed the deadline" not in caplog.text
+        # The actor stopped with the exchange is replaced: the next exchange is answered.
+        again = transport.exchange({1: Task("fit", 2, {"round": 2}, fit)}, timeout=60)
+        assert [r.cid for r in again if r.ok] == [1]
+        # A deadline that passes is one.
+        with caplog.at_level(logging.WARNING, logger="covey"):
+            late = transport.exchange({1: Task("fit", 1, {"round": 1}, fit)}, timeout=0.5)
+            assert list(late) == []
+    assert "missed the deadline with 1 clients unanswered (1)" in caplog.text

@@ -324,23 +324,32 @@ class RayTransport:
                 chunk = items[start : start + size]
                 ref = actor.run.remote(token, encoded, chunk)
                 pending[ref] = (g, i, [c for c, *_ in chunk])
+        late = False
         try:
             yield from self._collect(pending, held, tasks, deadline)
+            late = True  # _collect returns with calls pending only when the deadline passed
         finally:
-            self._abandon(pending)
+            self._abandon(pending, late)
 
-    def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]]) -> None:
-        """Stop the actors still busy with this exchange once it is over (its deadline passed).
+    def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]], late: bool) -> None:
+        """Stop the actors still busy with this exchange once it is over.
 
-        A client stuck in ``fit`` must not hold up later rounds: its actor is
-        replaced at the next exchange and its clients are rebuilt there.
+        Over when its deadline passed (``late``) or when it was given up (Ctrl-C,
+        an error of the caller). A client stuck in ``fit`` must not hold up later
+        rounds: its actor is replaced at the next exchange and its clients are
+        rebuilt there.
         """
         busy = sorted({(g, i) for g, i, _ in pending.values()})
         for g, i in busy:
             actor = self._actors[g][i]
             if actor is None:
                 continue
-            late = sorted(
+            self._actors[g][i] = None
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            if not late:
+                continue
+            unanswered = sorted(
                 c for gg, ii, cids in pending.values() if (gg, ii) == (g, i) for c in cids
             )
             logger.warning(
@@ -348,12 +357,9 @@ class RayTransport:
                 "stopping it, a new one takes its clients",
                 f"{g}/" if g else "",
                 i,
-                len(late),
-                ", ".join(map(str, late[:10])) + (" ..." if len(late) > 10 else ""),
+                len(unanswered),
+                ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else ""),
             )
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor, no_restart=True)
-            self._actors[g][i] = None
 
     def _collect(
         self,
