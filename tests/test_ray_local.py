@@ -122,3 +122,35 @@ def test_an_exchange_given_up_early_is_not_called_a_missed_deadline(
             late = transport.exchange({1: Task("fit", 1, {"round": 1}, fit)}, timeout=0.5)
             assert list(late) == []
     assert "missed the deadline with 1 clients unanswered (1)" in caplog.text
+
+
+class Calls:
+    """Stands in for an actor handle: records how many clients each ``run`` call carries."""
+
+    def __init__(self, actor: Any, sizes: list[int]) -> None:
+        self.actor = actor
+        self.sizes = sizes
+        self.run = self
+
+    def remote(self, token: int, encoded: Any, items: list[Any]) -> Any:
+        self.sizes.append(len(items))
+        return self.actor.run.remote(token, encoded, items)
+
+
+def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call() -> None:
+    # 8 clients of a 24 MB model on one actor: one call of 8 replies would hold 192 MB
+    # of updates in the actor, and again in the object store, before the first is folded.
+    big = {"w": np.zeros(3 * 2**20)}
+    small = {"w": np.zeros(3)}
+    with RayTransport(Plus, 8, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        sizes: list[int] = []
+        actor = transport._actors[""][0]
+        transport._actors[""][0] = Calls(actor, sizes)
+        replies = list(transport.exchange({c: Task("fit", 1, {}, big) for c in range(8)}))
+        assert sorted(r.cid for r in replies if r.ok) == list(range(8))
+        assert sum(sizes) == 8
+        assert max(sizes) * big["w"].nbytes <= 64 * 2**20, sizes
+        sizes.clear()
+        list(transport.exchange({c: Task("fit", 1, {}, small) for c in range(8)}))
+        assert sizes == [8]  # a small model still goes in one call
+        transport._actors[""][0] = actor

@@ -45,6 +45,9 @@ _Item = tuple[int, str, int, Mapping[str, Any], Any]
 CHUNK = 16
 MAX_CHUNK = 256
 CHUNKS_PER_ACTOR = 32
+#: Most bytes of model a chunk's clients are sent (a chunk of fit replies holds as much):
+#: a large model goes a few clients, or one, per call.
+CHUNK_BYTES = 64 * 2**20
 
 
 def _ray(local: bool = False) -> Any:
@@ -175,6 +178,7 @@ class RayTransport:
         self._start_timeout = start_timeout
         self._token = 0
         self._published: tuple[Weights | None, Any] = (None, None)
+        self._sizes: dict[int, int] = {}  # bytes of the published model, by token
         total = ray.cluster_resources()
         if self._owns_ray and address is None:
             try:
@@ -280,6 +284,7 @@ class RayTransport:
             _codec.encode_into(weights, buffer.data)
             self._token += 1
             self._published = (weights, (self._token, self._ray.put(buffer)))
+            self._sizes = {self._token: buffer.nbytes}
         return self._published[1]  # type: ignore[no-any-return]
 
     def _revive(self) -> None:
@@ -320,6 +325,7 @@ class RayTransport:
             actor = self._actors[g][i]
             held.setdefault((g, i), []).extend(c for c, *_ in items)
             size = min(MAX_CHUNK, max(CHUNK, -(-len(items) // CHUNKS_PER_ACTOR)))
+            size = max(1, min(size, CHUNK_BYTES // max(1, self._sizes.get(token, 0))))
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
                 ref = actor.run.remote(token, encoded, chunk)
