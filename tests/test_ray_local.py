@@ -119,8 +119,11 @@ def test_an_exchange_given_up_early_is_not_called_a_missed_deadline(
         assert [r.cid for r in again if r.ok] == [1]
         # A deadline that passes is one.
         with caplog.at_level(logging.WARNING, logger="covey"):
-            late = transport.exchange({1: Task("fit", 1, {"round": 1}, fit)}, timeout=0.5)
-            assert list(late) == []
+            late = list(transport.exchange({1: Task("fit", 1, {"round": 1}, fit)}, timeout=0.5))
+        # The client is told why it failed, as on the process backend.
+        assert [(r.cid, r.ok) for r in late] == [(1, False)]
+        assert "no reply in time: Ray actor 1 had not answered" in str(late[0].error)
+        assert "timeout of 0.5 s" in str(late[0].error)
     assert "missed the deadline with 1 clients unanswered (1)" in caplog.text
 
 

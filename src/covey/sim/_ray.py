@@ -63,6 +63,15 @@ def _ray(local: bool = False) -> Any:
     return ray
 
 
+def _unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
+    """The failure of clients whose actor call was still unanswered at the deadline."""
+    return (
+        f"no reply in time: Ray actor {actor} had not answered the call of clients "
+        f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
+        "for the clients of one call together; it is stopped and replaced)"
+    )
+
+
 class ClientHost:
     """The body of one actor: builds clients where it runs and answers their tasks.
 
@@ -334,6 +343,9 @@ class RayTransport:
         try:
             yield from self._collect(pending, held, tasks, deadline)
             late = True  # _collect returns with calls pending only when the deadline passed
+            for g, i, cids in list(pending.values()):
+                why = _unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
+                yield from (Reply(cid, tasks[cid].kind, error=why) for cid in cids)
         finally:
             self._abandon(pending, late)
 
