@@ -23,6 +23,7 @@ if importlib.util.find_spec("ray") is None:
 
 import covey
 from covey import FitResult
+from covey.core import _codec
 from covey.core._messages import Task
 from covey.sim._ray import RayTransport
 
@@ -140,7 +141,9 @@ class Calls:
         return self.actor.run.remote(token, encoded, items)
 
 
-def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call() -> None:
+def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # 8 clients of a 24 MB model on one actor: one call of 8 replies would hold 192 MB
     # of updates in the actor, and again in the object store, before the first is folded.
     big = {"w": np.zeros(3 * 2**20)}
@@ -157,3 +160,20 @@ def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call() -> No
         list(transport.exchange({c: Task("fit", 1, {}, small) for c in range(8)}))
         assert sizes == [8]  # a small model still goes in one call
         transport._actors[""][0] = actor
+        # Tasks of one exchange that carry two models (FedBuff's clients train on
+        # different versions) put each model in the object store once, not per switch.
+        encoded: list[int] = []
+        encode_into = _codec.encode_into
+
+        def counted(weights: Any, out: Any) -> Any:
+            encoded.append(len(weights["w"]))
+            return encode_into(weights, out)
+
+        monkeypatch.setattr(_codec, "encode_into", counted)
+        one, two = {"w": np.zeros(2)}, {"w": np.ones(2)}
+        tasks = {c: Task("fit", 1, {}, (one, two)[c % 2]) for c in range(6)}
+        replies = list(transport.exchange(tasks))
+        assert len(encoded) == 2
+        assert {r.cid: r.result.weights["w"].tolist() for r in replies} == {
+            c: [c + c % 2] * 2 for c in range(6)
+        }

@@ -187,7 +187,6 @@ class RayTransport:
         self._start_timeout = start_timeout
         self._token = 0
         self._published: tuple[Weights | None, Any] = (None, None)
-        self._sizes: dict[int, int] = {}  # bytes of the published model, by token
         total = ray.cluster_resources()
         if self._owns_ray and address is None:
             try:
@@ -285,15 +284,15 @@ class RayTransport:
             raise ValueError(f"client_group({cid}) is {group!r}, not one of {sorted(self._spec)}")
         return group, cid % self._spec[group][1]
 
-    def _publish(self, weights: Weights | None) -> tuple[int, Any]:
+    def _publish(self, weights: Weights | None) -> tuple[int, Any, int]:
+        """``(token, object ref, bytes)`` of ``weights`` encoded in the object store."""
         if weights is None:
-            return 0, None
+            return 0, None, 0
         if self._published[0] is not weights:
             buffer = np.empty(_codec.encoded_size(weights), dtype=np.uint8)
             _codec.encode_into(weights, buffer.data)
             self._token += 1
-            self._published = (weights, (self._token, self._ray.put(buffer)))
-            self._sizes = {self._token: buffer.nbytes}
+            self._published = (weights, (self._token, self._ray.put(buffer), buffer.nbytes))
         return self._published[1]  # type: ignore[no-any-return]
 
     def _revive(self) -> None:
@@ -318,11 +317,15 @@ class RayTransport:
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
         homes: dict[tuple[str, int, int], list[_Item]] = {}
-        refs: dict[int, Any] = {0: None}
+        refs: dict[int, tuple[Any, int]] = {0: (None, 0)}
+        tokens: dict[int, int] = {}  # id(weights) -> token: each model goes out once
         for cid in sorted(tasks):
             task = tasks[cid]
-            token, ref = self._publish(task.weights)
-            refs[token] = ref
+            token = tokens.get(id(task.weights), -1)
+            if token < 0:
+                token, ref, nbytes = self._publish(task.weights)
+                tokens[id(task.weights)] = token
+                refs[token] = ref, nbytes
             g, i = self._home(cid)
             homes.setdefault((g, i, token), []).append(
                 (cid, task.kind, task.round, task.config, task.payload)
@@ -330,11 +333,11 @@ class RayTransport:
         pending: dict[Any, tuple[str, int, list[int]]] = {}
         held: dict[tuple[str, int], list[int]] = {}
         for (g, i, token), items in homes.items():
-            encoded = refs[token]
+            encoded, nbytes = refs[token]
             actor = self._actors[g][i]
             held.setdefault((g, i), []).extend(c for c, *_ in items)
             size = min(MAX_CHUNK, max(CHUNK, -(-len(items) // CHUNKS_PER_ACTOR)))
-            size = max(1, min(size, CHUNK_BYTES // max(1, self._sizes.get(token, 0))))
+            size = max(1, min(size, CHUNK_BYTES // max(1, nbytes)))
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
                 ref = actor.run.remote(token, encoded, chunk)
