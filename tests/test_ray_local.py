@@ -177,3 +177,22 @@ def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call(
         assert {r.cid: r.result.weights["w"].tolist() for r in replies} == {
             c: [c + c % 2] * 2 for c in range(6)
         }
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"client_resources": [1]}, r"client_resources must be a mapping .* got list"),
+        ({"client_resources": "num_cpus"}, r"client_resources must be a mapping .* got str"),
+        ({"client_group": "gpu"}, r"client_group must be a function cid -> group name, got str"),
+        ({"ray_address": 6379}, r"ray_address must be an address string .* got int"),
+        ({"num_workers": 0}, r"num_workers must be None or a positive int, got 0"),
+        ({"num_workers": 1.5}, r"num_workers must be None or a positive int, got 1.5"),
+    ],
+)
+def test_wrong_ray_options_are_refused_before_ray_starts(options: Any, error: str) -> None:
+    import ray
+
+    with pytest.raises((TypeError, ValueError), match=error):
+        covey.simulate(Plus, 4, 1, covey.FedAvg(), {"w": np.zeros(2)}, backend="ray", **options)
+    assert not ray.is_initialized()
