@@ -26,6 +26,7 @@ from covey import FitResult
 from covey.core import _codec
 from covey.core._messages import Task
 from covey.sim._ray import RayTransport
+from covey.sim._rayplan import check_fits
 
 pytestmark = pytest.mark.slow
 
@@ -67,27 +68,27 @@ def no_ray_left() -> Iterator[None]:
         assert not alive, f"Ray processes outlived the run: {[p.pid for p in alive]}"
 
 
-@pytest.mark.parametrize(
-    ("resources", "group", "named"),
-    [
-        ({"num_cpus": 64}, None, "{'CPU': 64.0}"),
-        ({"a": {"num_cpus": 1}, "b": {"accel": 0.5}}, lambda cid: "ab"[cid % 2], "['b']"),
-    ],
-)
-def test_resources_a_local_ray_lacks_are_refused_at_once(
-    resources: Any, group: Any, named: str
-) -> None:
+def test_resources_a_local_ray_lacks_are_refused_at_once() -> None:
     with pytest.raises(ValueError, match="the local Ray started for this run has") as info:
         RayTransport(
             Plus,
             4,
-            client_resources=resources,
-            client_group=group,
+            client_resources={"num_cpus": 64},
             start_timeout=20.0,
             init_args={"num_cpus": 2},
         )
-    assert named in str(info.value)
+    assert "{'CPU': 64.0}" in str(info.value)
     assert "ray_address" in str(info.value)
+
+
+def test_what_a_local_ray_lacks_is_named() -> None:
+    total = {"CPU": 2.0, "memory": 1e9}
+    check_fits({"a": {"CPU": 1.0}, "b": {"CPU": 0.5, "memory": 1e9}}, total)
+    with pytest.raises(ValueError, match=r"client_resources\['b'\] asks for \{'accel': 0.5\}"):
+        check_fits({"a": {"CPU": 1.0}, "b": {"accel": 0.5}}, total)
+    with pytest.raises(ValueError, match="'num_cpu': a custom Ray resource; covey's own names"):
+        check_fits({"": {"num_cpu": 1.0}}, total)
+    check_fits({"": {"CPU": 2.0}}, total)
 
 
 class Sleepy(covey.Client):

@@ -51,11 +51,18 @@ def check_fits(groups: Mapping[str, Mapping[str, float]], total: Mapping[str, fl
         short = {k: v for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
         if short:
             has = {k: total.get(k, 0.0) for k in short}
+            custom = sorted(set(short) - set(_RESOURCE_KEYS.values()))
             raise ValueError(
                 f"client_resources{f'[{name!r}]' if name else ''} asks for {short} per "
                 f"client, but the local Ray started for this run has {has}: no client "
                 "could ever run. Ask for less, or join a cluster that has it with "
                 "ray_address="
+                + (
+                    f" ({', '.join(map(repr, custom))}: a custom Ray resource; covey's "
+                    f"own names are {', '.join(_RESOURCE_KEYS)})"
+                    if custom
+                    else ""
+                )
             )
 
 
