@@ -197,3 +197,22 @@ def test_wrong_ray_options_are_refused_before_ray_starts(options: Any, error: st
     with pytest.raises((TypeError, ValueError), match=error):
         covey.simulate(Plus, 4, 1, covey.FedAvg(), {"w": np.zeros(2)}, backend="ray", **options)
     assert not ray.is_initialized()
+
+
+def test_a_client_the_actors_cannot_import_is_a_clear_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module only this process can import (its folder added to sys.path here).
+    (tmp_path / "unshipped_clients.py").write_text(
+        "import covey\n"
+        "class Local(covey.Client):\n"
+        "    def fit(self, weights, config):\n"
+        "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("unshipped_clients")
+    monkeypatch.setitem(sys.modules, "unshipped_clients", module)  # gone after the test
+    with pytest.raises(RuntimeError, match="No module named 'unshipped_clients'") as info:
+        RayTransport(module.Local, 2, init_args={"num_cpus": 1})
+    assert "register_pickle_by_value" in str(info.value)
+    assert "\x1b[" not in str(info.value)

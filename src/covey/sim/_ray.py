@@ -34,7 +34,14 @@ from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim._inline import fingerprint, lent_weights_changed
-from covey.sim._rayplan import Resources, actors_for, check_fits, ray_need, unpicklable
+from covey.sim._rayplan import (
+    Resources,
+    actors_for,
+    check_fits,
+    ray_need,
+    start_failed,
+    unpicklable,
+)
 
 logger = logging.getLogger("covey")
 
@@ -266,7 +273,10 @@ class RayTransport:
                 f"{ray.cluster_resources()} (available now: {ray.available_resources()})"
             )
         for ref in ready:
-            pid, node = ray.get(ref)
+            try:
+                pid, node = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise RuntimeError(start_failed(self._client_fn, exc)) from exc
             self._where[refs[ref]] = (int(pid), str(node))
 
     @property

@@ -80,3 +80,19 @@ def unpicklable(client_fn: object, exc: Exception) -> str:
         + ". Build what it closes over inside client_fn (clients are built in the actors, "
         "they need not pickle), or use backend='process', whose forked workers pickle nothing"
     )
+
+
+def start_failed(client_fn: object, exc: Exception) -> str:
+    """The error for an actor that died while starting (``client_fn`` did not unpickle there)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()]
+    causes = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)]
+    cause = causes[-1] if causes else (lines[0] if lines else type(exc).__name__)
+    name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
+    hint = (
+        ". A module that only this process can import (its folder added to sys.path "
+        "here) must be importable in the actors too: put its folder in PYTHONPATH before "
+        "Ray starts, or send it by value with ray.cloudpickle.register_pickle_by_value(module)"
+        if "No module named" in cause
+        else ""
+    )
+    return f"a Ray actor died while starting, unpickling client_fn ({name}): {cause}{hint}"
