@@ -108,7 +108,7 @@ def test_an_exchange_given_up_early_is_not_called_a_missed_deadline(
 ) -> None:
     fit = {"w": np.zeros(2)}
     with RayTransport(Sleepy, 2, init_args={"num_cpus": 2}) as transport:
-        replies = transport.exchange(
+        replies: Any = transport.exchange(  # a generator: closed below
             {0: Task("fit", 1, {"round": 1}, fit), 1: Task("fit", 1, {"round": 1}, fit)}
         )
         assert next(replies).cid == 0  # client 1 is still in its fit
