@@ -131,7 +131,8 @@ def _weights_change(new: Any, old: Any, clip: float) -> np.ndarray:
     value is put back on the bound. A larger change stays as it is and fails.
     """
     new_arr, old_arr = np.asarray(new), np.asarray(old)
-    delta = new_arr.astype(np.float64) - old_arr.astype(np.float64)
+    # asarray: for 0-d arrays the difference is a NumPy scalar, which takes no assignment.
+    delta = np.asarray(new_arr.astype(np.float64) - old_arr.astype(np.float64))
     if new_arr.dtype.kind == "f":
         slack = np.abs(np.spacing(new_arr)).astype(np.float64)
         near = (np.abs(delta) > clip) & (np.abs(delta) <= clip + slack)
