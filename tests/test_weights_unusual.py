@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 import covey
-from covey import EvaluateResult, FitResult
+from covey import EvaluateResult, FitResult, clients
 from covey.secagg import secure
 
 
@@ -41,3 +41,39 @@ def test_secure_aggregation_takes_a_0d_float_array_sent_as_new_weights() -> None
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, 1.6, atol=1e-3)
     np.testing.assert_allclose(result.weights["w"], 1.1, atol=1e-3)
+
+
+class ScaffoldNudge(covey.Client):
+    """A SCAFFOLD client: one local step that raises every float value by 0.1."""
+
+    def __init__(self) -> None:
+        self.control = clients.ControlVariate()
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        self.control.correction(weights, config)
+        new = Nudge().fit(weights, config).weights
+        assert new is not None
+        return self.control.fit_result(new, num_examples=3, steps=1, lr=0.1)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=0.0, num_examples=1)
+
+
+def test_scaffold_clients_keep_a_mask_and_a_0d_array_across_rounds() -> None:
+    model = {
+        "w": np.ones(3, np.float32),
+        "temperature": np.array(1.5, np.float32),
+        "mask": np.array([True, False]),
+        "bn.num_batches_tracked": np.array(7, np.int64),
+    }
+    strategy = covey.Scaffold(num_clients=3, fraction_evaluate=0.0)
+    result = covey.simulate(lambda cid: ScaffoldNudge(), 3, 2, strategy, model)
+    assert [r.fit_failures for r in result.history.rounds[1:]] == [[], []]
+    assert all(r.aggregated for r in result.history.rounds[1:])
+    out = result.weights
+    assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
+        k: (v.shape, v.dtype) for k, v in model.items()
+    }
+    np.testing.assert_allclose(out["temperature"], 1.7, atol=1e-6)
+    np.testing.assert_array_equal(out["mask"], model["mask"])
+    assert int(out["bn.num_batches_tracked"]) == 7
