@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import covey
 from covey import EvaluateResult, FitResult, clients
+from covey.deploy import serve
 from covey.secagg import secure
+from covey.server import RunStore
 
 
 class Nudge(covey.Client):
@@ -77,3 +81,50 @@ def test_scaffold_clients_keep_a_mask_and_a_0d_array_across_rounds() -> None:
     np.testing.assert_allclose(out["temperature"], 1.7, atol=1e-6)
     np.testing.assert_array_equal(out["mask"], model["mask"])
     assert int(out["bn.num_batches_tracked"]) == 7
+
+
+NO_LONG_DOUBLE = np.dtype(np.longdouble).itemsize <= 8  # a long double that is float64
+STORE_REFUSED = {
+    "long double": (
+        {"x": np.ones(2, np.longdouble)},
+        r"'x' has dtype float128 \(long double\), whose layout depends on the machine",
+    ),
+    "lone surrogate": ({"a\ud800": np.ones(2)}, r"'a\\ud800' is not valid Unicode text"),
+    "safetensors' own key": ({"__metadata__": np.ones(2)}, "'__metadata__' is reserved"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STORE_REFUSED))
+def test_the_run_store_refuses_weights_its_files_cannot_hold_by_name(
+    case: str, tmp_path: Path
+) -> None:
+    if case == "long double" and NO_LONG_DOUBLE:
+        pytest.skip("this machine's long double is float64")
+    weights, message = STORE_REFUSED[case]
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        with pytest.raises(ValueError, match=message):
+            store.save_round(0, weights, None)
+        assert store.rounds() == []
+
+
+@pytest.mark.parametrize("case", sorted(STORE_REFUSED))
+def test_serve_with_a_run_dir_refuses_such_weights_before_it_listens(
+    case: str, tmp_path: Path
+) -> None:
+    if case == "long double" and NO_LONG_DOUBLE:
+        pytest.skip("this machine's long double is float64")
+    weights, message = STORE_REFUSED[case]
+    listened: list[int] = []
+    with pytest.raises(ValueError, match=message):
+        serve(
+            covey.FedAvg(),
+            1,
+            weights,
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=tmp_path / "run",
+            wait_timeout=1.0,
+            on_listen=listened.append,
+            plot=False,
+        )
+    assert listened == []

@@ -66,6 +66,11 @@ class WeightsSpec:
         for name, value in weights.items():
             if not isinstance(name, str) or not name:
                 raise WeightsError(f"weight names must be non-empty strings, got {name!r}")
+            if not name.isascii() and not _is_unicode_text(name):
+                raise WeightsError(
+                    f"weight name {name!r} is not valid Unicode text (it holds a lone "
+                    "surrogate): it cannot be encoded as UTF-8, as files and messages need"
+                )
             if not isinstance(value, np.ndarray):
                 raise WeightsError(
                     f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
@@ -74,6 +79,11 @@ class WeightsSpec:
                 raise WeightsError(
                     f"weight {name!r} has dtype {value.dtype}; only bool, integer and "
                     "floating-point arrays are supported"
+                )
+            if value.dtype.kind == "f" and value.dtype.itemsize > 8:
+                raise WeightsError(
+                    f"weight {name!r} has dtype {value.dtype} (long double), whose layout "
+                    "depends on the machine; use float64, float32 or float16"
                 )
             names.append(name)
             shapes.append(tuple(int(d) for d in value.shape))
@@ -176,6 +186,14 @@ class WeightsSpec:
             if value.dtype != dtype:
                 raise WeightsError(f"{what}: {name!r} has dtype {value.dtype}, expected {dtype}")
         # The layout matches: what remains wrong is a non-finite value.
+
+
+def _is_unicode_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # np.vdot without its array-function dispatch (a Python frame per call); the
