@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 
 import covey
 from covey import EvaluateResult, FitResult, clients
-from covey.deploy import serve
+from covey.deploy import connect, serve
 from covey.secagg import secure
 from covey.server import RunStore
 
@@ -128,3 +130,46 @@ def test_serve_with_a_run_dir_refuses_such_weights_before_it_listens(
             plot=False,
         )
     assert listened == []
+
+
+def test_a_failed_checkpoint_is_reported_as_such_not_as_a_clients_update(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    sites: list[threading.Thread] = []
+
+    def start_sites(port: int) -> None:
+        for cid in range(2):
+            site = threading.Thread(
+                target=connect,
+                args=(Nudge(), f"127.0.0.1:{port}"),
+                kwargs={"insecure": True, "name": f"site-{cid}"},
+                daemon=True,
+            )
+            site.start()
+            sites.append(site)
+
+    def break_the_folder(record: Any) -> None:
+        if record.round == 1:  # round 2's save then finds a file where its folder was
+            shutil.rmtree(run_dir / "weights")
+            (run_dir / "weights").write_text("not a folder")
+
+    strategy = covey.FedAvg(min_fit_clients=2, min_available_clients=2, fraction_evaluate=0.0)
+    with pytest.raises(covey.FederationError) as caught:
+        serve(
+            strategy,
+            3,
+            {"w": np.ones(3)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            on_listen=start_sites,
+            on_round=break_the_folder,
+            wait_timeout=30.0,
+            plot=False,
+        )
+    for site in sites:
+        site.join(timeout=30)
+    message = str(caught.value)
+    assert "saving the previous round to the run folder failed" in message
+    assert "client" not in message

@@ -25,7 +25,7 @@ from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
 from covey.server._roundfiles import check_storable
-from covey.server._saver import BackgroundSaver
+from covey.server._saver import BackgroundSaver, CheckpointError
 from covey.server._state import dump_state, load_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
@@ -426,7 +426,13 @@ class _Run:
 
         def update(state: Any, event: Any) -> Any:
             if self.background is not None and isinstance(event, Contribution):
-                self.background.flush()
+                try:
+                    self.background.flush()
+                except Exception as exc:
+                    raise CheckpointError(
+                        f"saving the previous round to the run folder failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
             return inner.update(state, event)
 
         return dataclasses.replace(strategy, aggregator=Step(inner.init, update))

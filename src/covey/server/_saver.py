@@ -22,6 +22,10 @@ from covey.server._store import RunStore
 logger = logging.getLogger("covey")
 
 
+class CheckpointError(RuntimeError):
+    """Saving a completed round to the run store failed (the disk, not a client)."""
+
+
 class BackgroundSaver:
     """Writes rounds to a :class:`RunStore` in a writer thread, one at a time.
 

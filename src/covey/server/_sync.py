@@ -21,6 +21,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.server._saver import CheckpointError
 from covey.strategies._strategy import FitOutcome, Strategy
 from covey.transport._base import Transport
 
@@ -212,6 +213,9 @@ class RoundLoop(_LoopBase):
                 continue
             try:
                 state, folded = self._fold(state, contribution, record)
+            except CheckpointError as exc:  # the save in flight, awaited here: no client's fault
+                self.history.rounds.append(record)
+                raise self._fail(f"round {rnd}: {exc}") from exc
             except Exception as exc:
                 self.history.rounds.append(record)
                 raise self._fail(
