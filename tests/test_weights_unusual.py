@@ -173,3 +173,61 @@ def test_a_failed_checkpoint_is_reported_as_such_not_as_a_clients_update(
     message = str(caught.value)
     assert "saving the previous round to the run folder failed" in message
     assert "client" not in message
+
+
+class Sends(covey.Client):
+    """Sends the global weights plus one, as arrays of the kind ``make`` turns them into."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(
+            weights={k: self.make(np.asarray(v) + 1) for k, v in weights.items()}, num_examples=1
+        )
+
+
+def _matrix(array: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # np.matrix's own
+        return np.asmatrix(array)
+
+
+ODD_ARRAYS = {
+    "big-endian": lambda a: a.astype(a.dtype.newbyteorder(">")),
+    "np.matrix": _matrix,
+    "Fortran order": np.asfortranarray,
+    "a reversed view": lambda a: np.flip(np.array(np.flip(a))),
+}
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+@pytest.mark.parametrize("kind", sorted(ODD_ARRAYS))
+def test_an_update_in_another_byte_order_or_array_class_counts_the_same_on_every_backend(
+    kind: str, backend: str
+) -> None:
+    model = {"w": np.zeros((2, 3), np.float32)}
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    make = ODD_ARRAYS[kind]
+    result = covey.simulate(
+        lambda cid: Sends(make), 2, 1, strategy, model, backend=backend, num_workers=1
+    )
+    assert result.history.rounds[-1].fit_failures == []
+    out = result.weights["w"]
+    assert type(out) is np.ndarray
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.ones((2, 3), np.float32))
+
+
+def test_a_model_given_as_np_matrix_trains_as_a_plain_array() -> None:
+    model = {"w": _matrix(np.zeros((2, 3)))}
+    result = covey.simulate(lambda cid: Sends(np.asarray), 2, 2, covey.FedAvg(), model)
+    out = result.weights["w"]
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, np.full((2, 3), 2.0))
+
+
+def test_a_masked_array_in_the_model_is_refused_by_name() -> None:
+    model = {"w": np.ma.masked_array(np.zeros(3), mask=[0, 1, 0])}
+    with pytest.raises(covey.WeightsError, match="'w' is a masked array"):
+        covey.simulate(lambda cid: Sends(np.asarray), 2, 1, covey.FedAvg(), model)

@@ -75,6 +75,10 @@ class WeightsSpec:
                 raise WeightsError(
                     f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
                 )
+            if isinstance(value, np.ma.MaskedArray):
+                raise WeightsError(
+                    f"weight {name!r} is a masked array; give its values (array.filled(...))"
+                )
             if value.dtype.kind not in "biuf":
                 raise WeightsError(
                     f"weight {name!r} has dtype {value.dtype}; only bool, integer and "
@@ -212,20 +216,27 @@ def _all_finite(array: Array) -> bool:
 
 
 def native(weights: Weights) -> Weights:
-    """``weights`` with every array in this machine's byte order (converted only where not).
+    """``weights`` as plain arrays in this machine's byte order (converted only where not).
 
     A model given in the other byte order (``dtype(">f8")`` on a little-endian
     machine) would make every update a client computes (in native order) look
-    like another dtype; the global model is kept in native order instead.
+    like another dtype; the global model is kept in native order instead. An
+    array subclass (``np.matrix``, whose ``*`` is a matrix product; ``np.memmap``)
+    becomes a plain array over the same memory.
     """
     if not isinstance(weights, Mapping) or all(
-        not isinstance(a, np.ndarray) or a.dtype.isnative for a in weights.values()
+        not isinstance(a, np.ndarray) or (type(a) is np.ndarray and a.dtype.isnative)
+        for a in weights.values()
     ):
         return weights  # (anything but named arrays is refused by the spec, by name)
-    return {
-        name: a.astype(a.dtype.newbyteorder("=")) if isinstance(a, np.ndarray) else a
-        for name, a in weights.items()
-    }
+    return {name: _native_array(a) for name, a in weights.items()}
+
+
+def _native_array(value: Any) -> Any:
+    if not isinstance(value, np.ndarray) or isinstance(value, np.ma.MaskedArray):
+        return value  # refused by the spec, by name
+    array: Array = np.asarray(value)
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def freeze(weights: Weights) -> dict[str, Array]:
