@@ -231,3 +231,55 @@ def test_a_masked_array_in_the_model_is_refused_by_name() -> None:
     model = {"w": np.ma.masked_array(np.zeros(3), mask=[0, 1, 0])}
     with pytest.raises(covey.WeightsError, match="'w' is a masked array"):
         covey.simulate(lambda cid: Sends(np.asarray), 2, 1, covey.FedAvg(), model)
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_compressed_update_takes_a_long_non_ascii_weight_name(backend: str) -> None:
+    name = "层" * 1000  # 6,000 characters once JSON escapes it
+    model = {name: np.zeros(4, np.float32), "b": np.zeros(2, np.float32)}
+    result = covey.simulate(
+        lambda cid: Nudge(), 2, 1, covey.FedAvg(), model, backend=backend, compression="q8"
+    )
+    assert result.history.rounds[-1].fit_failures == []
+    np.testing.assert_allclose(result.weights[name], 0.1, atol=1e-6)
+
+
+def _serve_with_sites(model: dict[str, Any], **kwargs: Any) -> Any:
+    sites: list[threading.Thread] = []
+
+    def start_sites(port: int) -> None:
+        for cid in range(2):
+            site = threading.Thread(
+                target=connect,
+                args=(Nudge(), f"127.0.0.1:{port}"),
+                kwargs={"insecure": True, "name": f"site-{cid}"},
+                daemon=True,
+            )
+            site.start()
+            sites.append(site)
+
+    strategy = covey.FedAvg(min_fit_clients=2, min_available_clients=2, fraction_evaluate=0.0)
+    try:
+        return serve(
+            strategy,
+            1,
+            model,
+            "127.0.0.1:0",
+            insecure=True,
+            on_listen=start_sites,
+            wait_timeout=30.0,
+            plot=False,
+            **kwargs,
+        )
+    finally:
+        for site in sites:
+            site.join(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_deployed_model_of_many_tiny_arrays_takes_compressed_updates() -> None:
+    # q8 sends three arrays per weight: more bytes than such a model's own.
+    model = {f"w{i}": np.zeros(1, np.float32) for i in range(8000)}
+    result = _serve_with_sites(model, compression="q8")
+    assert result.history.rounds[-1].fit_failures == []
+    np.testing.assert_allclose(result.weights["w7999"], 0.1, atol=1e-6)
