@@ -283,3 +283,11 @@ def test_a_deployed_model_of_many_tiny_arrays_takes_compressed_updates() -> None
     result = _serve_with_sites(model, compression="q8")
     assert result.history.rounds[-1].fit_failures == []
     np.testing.assert_allclose(result.weights["w7999"], 0.1, atol=1e-6)
+
+
+def test_a_deployed_float16_model_takes_a_dense_top_k_update() -> None:
+    # top-k at 0.9 sends a uint32 index and a float16 value per entry: 2.7x the model.
+    model = {"w": np.zeros(800_000, np.float16)}
+    result = _serve_with_sites(model, compression="topk:0.9")
+    assert result.history.rounds[-1].fit_failures == []
+    assert np.count_nonzero(result.weights["w"]) >= 700_000
