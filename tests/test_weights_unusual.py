@@ -291,3 +291,41 @@ def test_a_deployed_float16_model_takes_a_dense_top_k_update() -> None:
     result = _serve_with_sites(model, compression="topk:0.9")
     assert result.history.rounds[-1].fit_failures == []
     assert np.count_nonzero(result.weights["w"]) >= 700_000
+
+
+class Increments(covey.Client):
+    """Sends the global weights with every integer entry one higher (as new weights)."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(
+            weights={k: np.array(v + 1, dtype=v.dtype) for k, v in weights.items()},
+            num_examples=3,
+        )
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=0.0, num_examples=1)
+
+
+BIG_INTS = {
+    "clock_ns": np.array([1_764_600_000_000_000_000, 2**53, 5], np.int64),
+    "hash": np.array([2**63 + 10, 3], np.uint64),
+}
+STRATEGIES = {
+    "FedAvg": lambda: covey.FedAvg(fraction_evaluate=0.0),
+    "FedAdam": lambda: covey.FedAdam(fraction_evaluate=0.0),
+    "FedMedian": lambda: covey.FedMedian(fraction_evaluate=0.0),
+    "Krum": lambda: covey.Krum(f=0, fraction_evaluate=0.0),
+    "secure FedAvg": lambda: secure(covey.FedAvg(fraction_evaluate=0.0), clip_range=2.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_an_integer_array_past_2_to_the_53_keeps_every_change(name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # unsigned keys: fine in simulation
+        strategy = STRATEGIES[name]()
+    result = covey.simulate(lambda cid: Increments(), 3, 2, strategy, dict(BIG_INTS))
+    for key, start in BIG_INTS.items():
+        out = result.weights[key]
+        assert out.dtype == start.dtype
+        assert [int(v) - int(s) for v, s in zip(out, start, strict=True)] == [2] * start.size
