@@ -329,3 +329,26 @@ def test_an_integer_array_past_2_to_the_53_keeps_every_change(name: str) -> None
         out = result.weights[key]
         assert out.dtype == start.dtype
         assert [int(v) - int(s) for v, s in zip(out, start, strict=True)] == [2] * start.size
+
+
+class Reversed(covey.Client):
+    """Sends the global weights plus one, its names in the reverse of the model's order."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        names = list(weights)[::-1]
+        return FitResult(
+            weights={k: np.array(weights[k] + 1, dtype=weights[k].dtype) for k in names},
+            num_examples=1,
+        )
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_the_global_model_keeps_its_order_of_names_whatever_order_clients_send(
+    backend: str,
+) -> None:
+    # A torch model is rebuilt as dict(zip(model.state_dict(), weights.values())).
+    model = {"conv.weight": np.zeros(2), "conv.bias": np.zeros(1), "bn.count": np.array(0)}
+    result = covey.simulate(
+        lambda cid: Reversed(), 2, 1, covey.FedAvg(), model, backend=backend, num_workers=1
+    )
+    assert list(result.weights) == list(model)

@@ -155,9 +155,10 @@ def _finish(
     (see :class:`_MeanState`), added back to the global arrays in their own dtype.
     """
     out: dict[str, Array] = {}
-    for name, a in acc.items():
+    for name, param in params.items():  # in the model's order, not the first reply's
+        a = acc[name]
         np.divide(a, total, out=a)
-        target = params[name].dtype
+        target = param.dtype
         if a.dtype == target:
             out[name] = a
         elif target.kind == "f":  # float16 summed in float32
