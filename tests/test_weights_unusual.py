@@ -86,7 +86,7 @@ def test_scaffold_clients_keep_a_mask_and_a_0d_array_across_rounds() -> None:
 
 
 NO_LONG_DOUBLE = np.dtype(np.longdouble).itemsize <= 8  # a long double that is float64
-STORE_REFUSED = {
+STORE_REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "long double": (
         {"x": np.ones(2, np.longdouble)},
         r"'x' has dtype float128 \(long double\), whose layout depends on the machine",
@@ -204,7 +204,7 @@ ODD_ARRAYS = {
 @pytest.mark.parametrize("backend", ["inline", "process"])
 @pytest.mark.parametrize("kind", sorted(ODD_ARRAYS))
 def test_an_update_in_another_byte_order_or_array_class_counts_the_same_on_every_backend(
-    kind: str, backend: str
+    kind: str, backend: Any
 ) -> None:
     model = {"w": np.zeros((2, 3), np.float32)}
     strategy = covey.FedAvg(fraction_evaluate=0.0)
@@ -228,13 +228,13 @@ def test_a_model_given_as_np_matrix_trains_as_a_plain_array() -> None:
 
 
 def test_a_masked_array_in_the_model_is_refused_by_name() -> None:
-    model = {"w": np.ma.masked_array(np.zeros(3), mask=[0, 1, 0])}
+    model = {"w": np.ma.masked_array(np.zeros(3), mask=[False, True, False])}
     with pytest.raises(covey.WeightsError, match="'w' is a masked array"):
         covey.simulate(lambda cid: Sends(np.asarray), 2, 1, covey.FedAvg(), model)
 
 
 @pytest.mark.parametrize("backend", ["inline", "process"])
-def test_a_compressed_update_takes_a_long_non_ascii_weight_name(backend: str) -> None:
+def test_a_compressed_update_takes_a_long_non_ascii_weight_name(backend: Any) -> None:
     name = "层" * 1000  # 6,000 characters once JSON escapes it
     model = {name: np.zeros(4, np.float32), "b": np.zeros(2, np.float32)}
     result = covey.simulate(
@@ -344,7 +344,7 @@ class Reversed(covey.Client):
 
 @pytest.mark.parametrize("backend", ["inline", "process"])
 def test_the_global_model_keeps_its_order_of_names_whatever_order_clients_send(
-    backend: str,
+    backend: Any,
 ) -> None:
     # A torch model is rebuilt as dict(zip(model.state_dict(), weights.values())).
     model = {"conv.weight": np.zeros(2), "conv.bias": np.zeros(1), "bn.count": np.array(0)}
