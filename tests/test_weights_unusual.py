@@ -352,3 +352,18 @@ def test_the_global_model_keeps_its_order_of_names_whatever_order_clients_send(
         lambda cid: Reversed(), 2, 1, covey.FedAvg(), model, backend=backend, num_workers=1
     )
     assert list(result.weights) == list(model)
+
+
+@pytest.mark.parametrize("kind", ["float8", "sparse", "meta"])
+def test_a_state_dict_entry_without_a_numpy_form_is_refused_by_name(kind: str) -> None:
+    torch = pytest.importorskip("torch")
+    from covey.torch import to_weights
+
+    tensor = {
+        "float8": lambda: torch.zeros(3, dtype=torch.float8_e4m3fn),
+        "sparse": lambda: torch.eye(3).to_sparse(),
+        "meta": lambda: torch.zeros(3, device="meta"),
+    }[kind]()
+    state = {"fc.weight": torch.zeros(2), "fc.scale": tensor}
+    with pytest.raises(TypeError, match=r"state_dict entry 'fc\.scale' .* cannot become a NumPy"):
+        to_weights(state)
