@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from covey.core._messages import Metrics
+from covey.core._messages import Metrics, slot_setters
 from covey.core._weights import Array, Weights, add, subtract
 
 
@@ -53,7 +53,7 @@ class Begin:
     params: Weights
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Contribution:
     """One client's validated reply: full weights or a delta, and its size.
 
@@ -77,6 +77,28 @@ class Contribution:
     staleness: int = 0
     extras: Mapping[str, Weights] = field(default_factory=dict)
 
+    def __init__(
+        self,
+        cid: int,
+        num_examples: int,
+        weights: Weights | None = None,
+        delta: Weights | None = None,
+        metrics: Metrics | None = None,
+        staleness: int = 0,
+        extras: Mapping[str, Weights] | None = None,
+    ) -> None:
+        """Client ``cid``'s contribution (see the class)."""
+        set_cid, set_count, set_weights, set_delta, set_metrics, set_staleness, set_extras = (
+            _CONTRIBUTION_SLOTS
+        )
+        set_cid(self, cid)
+        set_count(self, num_examples)
+        set_weights(self, weights)
+        set_delta(self, delta)
+        set_metrics(self, {} if metrics is None else metrics)
+        set_staleness(self, staleness)
+        set_extras(self, {} if extras is None else extras)
+
     def as_delta(self, params: Weights) -> Weights:
         """The update relative to ``params`` (computed if the client sent weights)."""
         if self.delta is not None:
@@ -92,6 +114,11 @@ class Contribution:
         if self.delta is None:  # an invariant of this module, not an input check
             raise RuntimeError("internal error: self.delta is unset")
         return add(params, self.delta)
+
+
+_CONTRIBUTION_SLOTS = slot_setters(
+    Contribution, "cid", "num_examples", "weights", "delta", "metrics", "staleness", "extras"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,21 +38,20 @@ def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Repl
     """
     order = {cid: i for i, cid in enumerate(cids)}
     held: dict[int, Reply] = {}
-    seen: set[int] = set()
-    nxt = 0
+    nxt = 0  # the position in cids of the next reply to release
     for reply in replies:
         idx = order.get(reply.cid)
-        if idx is None or reply.cid in seen:
+        # Below nxt: released already; in held: waiting already. Either way a repeat.
+        if idx is None or idx < nxt or idx in held:
             logger.warning("dropping an unexpected reply from client %s", reply.cid)
             continue
-        seen.add(reply.cid)
         if idx != nxt:
             held[idx] = reply
             continue
         yield reply
         del reply  # not held while the next one is awaited: it may be a model-sized mapping
         nxt += 1
-        while nxt in held:
+        while held and nxt in held:
             yield held.pop(nxt)
             nxt += 1
     for idx in sorted(held):
