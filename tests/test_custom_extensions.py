@@ -9,6 +9,7 @@ it could not be).
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 import covey
-from covey.aggregate import Aggregate, Begin, Step, chain, weighted_mean
+from covey.aggregate import Aggregate, Begin, Contribution, End, Step, chain, weighted_mean
 from covey.deploy import connect, serve
 from covey.server._state import StateError
 
@@ -140,3 +141,48 @@ def test_a_state_a_run_folder_cannot_store_is_refused_before_the_first_round(
     strategy = covey.Strategy(aggregator=chain(_counting(), weighted_mean()), fraction_evaluate=0.0)
     with pytest.raises(StateError, match=r"cannot store a _Counter.*named tuples included"):
         _serve(strategy, tmp_path / "run", clients=0)  # refused before it waits for clients
+
+
+def _emitting(delta: dict[str, Any]) -> Step:
+    """A reducer of one's own that emits ``delta`` whatever the round's updates."""
+
+    def update(state: Any, event: Any) -> Any:
+        if isinstance(event, End):
+            return state, (Aggregate(event.round, 1, 1, delta=delta),)
+        if isinstance(event, Contribution):
+            return state, ()
+        return state, (event,)
+
+    return Step(lambda params: None, update)
+
+
+@pytest.mark.parametrize(
+    ("delta", "why"),
+    [
+        ({"w": np.ones(2), "b": np.ones(3)}, r"'w' has shape \(2,\), expected \(2, 3\)"),
+        ({"w": np.ones((2, 3)), "b": np.ones(1)}, r"'b' has shape \(1,\), expected \(3,\)"),
+        ({"w": np.ones((2, 3))}, r"its arrays are \['w'\], expected \['b', 'w'\]"),
+        ({"w": np.ones((2, 3)), "b": np.ones(3, dtype=complex)}, "'b' has dtype complex128"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_custom_step_emitting_a_misshapen_delta_has_its_aggregate_refused(
+    delta: dict[str, Any], why: str, backend: str
+) -> None:
+    # Before, the delta was broadcast into the model (shape (1,) into (3,)) or the
+    # run stopped on NumPy's "operands could not be broadcast together".
+    strategy = covey.Strategy(aggregator=_emitting(delta), fraction_evaluate=0.0)
+    result = covey.simulate(_Shift, 3, 2, strategy, _init(), backend=backend, num_workers=1)
+    for record in result.history.rounds[1:]:
+        assert not record.aggregated
+        assert re.search(
+            f"round {record.round}'s aggregate delta: {why}", record.aggregate_info["error"]
+        )
+    assert all(not v.any() for v in result.weights.values())
+
+
+def test_an_aggregate_needs_weights_or_a_delta() -> None:
+    with pytest.raises(TypeError, match=r"exactly one of weights= or delta=, got neither"):
+        Aggregate(1, 1, 1)
+    with pytest.raises(TypeError, match="got both"):
+        Aggregate(1, 1, 1, weights={"w": np.ones(1)}, delta={"w": np.ones(1)})

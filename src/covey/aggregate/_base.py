@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from covey.core._messages import Metrics
-from covey.core._weights import Array, Weights, add, subtract
+from covey.core._weights import Array, Weights, WeightsError, add, subtract
 
 
 class AggregationError(ValueError):
@@ -145,6 +145,13 @@ class Aggregate:
     delta: Weights | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if (self.weights is None) == (self.delta is None):
+            raise TypeError(
+                f"Aggregate(round={self.round}) needs exactly one of weights= or delta=, got "
+                + ("neither" if self.weights is None else "both")
+            )
+
     def as_delta(self, params: Weights) -> Weights:
         """The update relative to ``params``."""
         if self.delta is not None:
@@ -154,12 +161,37 @@ class Aggregate:
         return subtract(self.weights, params)
 
     def apply(self, params: Weights) -> dict[str, Array]:
-        """The new global weights: ``weights`` or ``params + delta``."""
+        """The new global weights: ``weights`` or ``params + delta``.
+
+        Raises:
+            covey.WeightsError: if ``delta`` does not have the names and shapes of
+                ``params``, or holds values an array's dtype cannot take (a float
+                delta for an integer array), naming the array.
+        """
         if self.weights is not None:
             return dict(self.weights)
         if self.delta is None:  # an invariant of this module, not an input check
             raise RuntimeError("internal error: self.delta is unset")
+        _check_delta(self.delta, params, f"round {self.round}'s aggregate delta")
         return add(params, self.delta)
+
+
+def _check_delta(delta: Weights, params: Weights, what: str) -> None:
+    """Refuse a delta (from a step of one's own) that ``add`` would broadcast or fail on."""
+    if not isinstance(delta, Mapping) or set(delta) != set(params):
+        names = sorted(delta) if isinstance(delta, Mapping) else type(delta).__name__
+        raise WeightsError(f"{what}: its arrays are {names}, expected {sorted(params)}")
+    for name, value in params.items():
+        d = delta[name]
+        if not isinstance(d, np.ndarray | np.generic) or d.shape != value.shape:
+            got = d.shape if isinstance(d, np.ndarray | np.generic) else type(d).__name__
+            raise WeightsError(f"{what}: {name!r} has shape {got}, expected {value.shape}")
+        if (value.dtype.kind == "b") != (d.dtype.kind == "b") or not np.can_cast(
+            d.dtype, value.dtype, "same_kind"
+        ):
+            raise WeightsError(
+                f"{what}: {name!r} has dtype {d.dtype}, which a {value.dtype} array cannot take"
+            )
 
 
 Event = Begin | Contribution | End | Aggregate | Broadcast
