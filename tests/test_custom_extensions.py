@@ -186,3 +186,34 @@ def test_an_aggregate_needs_weights_or_a_delta() -> None:
         Aggregate(1, 1, 1)
     with pytest.raises(TypeError, match="got both"):
         Aggregate(1, 1, 1, weights={"w": np.ones(1)}, delta={"w": np.ones(1)})
+
+
+def _returning(result: Any) -> Step:
+    """A step of one's own whose update returns ``result(state, event)``."""
+
+    def update(state: Any, event: Any) -> Any:
+        return result(state, event)
+
+    return Step(lambda params: None, update)
+
+
+@pytest.mark.parametrize(
+    ("result", "got"),
+    [
+        (lambda state, event: state, "returned NoneType for Begin"),
+        (lambda state, event: (state, event), r"returned \(state, Begin\) for Begin"),
+        (lambda state, event: (state, (event,), {}), "returned a tuple of 3 for Begin"),
+    ],
+)
+@pytest.mark.parametrize("chained", [False, True])
+def test_an_update_returning_the_wrong_thing_is_named(result: Any, got: str, chained: bool) -> None:
+    # Before: "cannot unpack non-iterable NoneType object" or "'Begin' object is not
+    # iterable", from inside covey, naming nothing of the user's.
+    step = _returning(result)
+    strategy = covey.Strategy(
+        aggregator=chain(step, weighted_mean()) if chained else step, fraction_evaluate=0.0
+    )
+    with pytest.raises(TypeError, match=f"_returning.<locals>.update .*{got}.*must return"):
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+    with pytest.raises(TypeError, match=f"_returning.<locals>.update .*{got}"):
+        strategy.aggregate(_init(), [covey.FitResult(delta=_init(), num_examples=1)])

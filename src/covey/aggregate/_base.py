@@ -210,6 +210,28 @@ class Step(NamedTuple):
     init: Init
     update: Update
 
+    def feed(self, state: State, event: Event) -> tuple[State, tuple[Event, ...]]:
+        """``update(state, event)``, its result checked: a mistake in it is named.
+
+        Raises:
+            TypeError: naming the ``update`` function, if it does not return
+                ``(state, events)`` with the events in a tuple (or list).
+        """
+        out = self.update(state, event)
+        if type(out) is tuple and len(out) == 2 and isinstance(out[1], tuple | list):
+            return out
+        name = getattr(self.update, "__qualname__", type(self.update).__name__)
+        module = getattr(self.update, "__module__", None)
+        got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+        if isinstance(out, tuple) and len(out) == 2:
+            got = f"(state, {type(out[1]).__name__})"
+        raise TypeError(
+            f"the aggregation step {name}"
+            + (f" (in {module})" if module else "")
+            + f" returned {got} for {type(event).__name__}: update(state, event) must return "
+            "(state, events), the events it passes on in a tuple, e.g. (state, (event,))"
+        )
+
 
 def chain(*steps: Step) -> Step:
     """Compose steps left to right: the events one step emits feed the next.
@@ -256,7 +278,7 @@ def _chain_begin(
     current = event
     extra: list[Event] = []
     for i, step in enumerate(steps):
-        states[i], emitted = step.update(states[i], current)
+        states[i], emitted = step.feed(states[i], current)
         upstream, extra = extra, []
         for e in emitted:
             if isinstance(e, Begin):
@@ -264,7 +286,7 @@ def _chain_begin(
             else:
                 extra.append(e)
         for e in upstream:
-            states[i], more = step.update(states[i], e)
+            states[i], more = step.feed(states[i], e)
             extra.extend(more)
     return tuple(states), (current, *extra)
 
@@ -277,11 +299,11 @@ def _chain_event(
     events: tuple[Event, ...] = (event,)
     for i, step in enumerate(steps):
         if len(events) == 1:
-            states[i], events = step.update(states[i], events[0])
+            states[i], events = step.feed(states[i], events[0])
         else:
             out: list[Event] = []
             for e in events:
-                states[i], emitted = step.update(states[i], e)
+                states[i], emitted = step.feed(states[i], e)
                 out.extend(emitted)
             events = tuple(out)
         if not events:
@@ -304,7 +326,7 @@ def run_round(
     result: Aggregate | None = None
     events: list[Event] = [Begin(round, params), *contributions, End(round)]
     for event in events:
-        state, out = step.update(state, event)
+        state, out = step.feed(state, event)
         for e in out:
             if isinstance(e, Aggregate):
                 result = e

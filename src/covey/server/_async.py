@@ -135,7 +135,7 @@ class AsyncLoop(_LoopBase):
         rnd = version + 1
         record = RoundRecord(round=rnd)
         t0 = time.perf_counter()
-        update = strategy.aggregator.update
+        update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         self._payload = broadcast_extras(out)
         metrics: list[tuple[int, Metrics]] = []

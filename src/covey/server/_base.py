@@ -271,7 +271,7 @@ class _LoopBase:
         is recorded as failed and the round goes on with ``state`` as it was.
         """
         try:
-            state, _ = self.strategy.aggregator.update(state, contribution)
+            state, _ = self.strategy.aggregator.feed(state, contribution)
         except AggregationError as exc:
             why = f"refused by the aggregation step: {exc}"
             self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
@@ -300,7 +300,7 @@ class _LoopBase:
         traceback kept in the history.
         """
         try:
-            state, out = self.strategy.aggregator.update(state, End(rnd))
+            state, out = self.strategy.aggregator.feed(state, End(rnd))
         except AggregationError as exc:
             logger.error(
                 "%s %d: aggregation failed, %s is unchanged: %s", self._step, rnd, self._model, exc

@@ -194,7 +194,7 @@ class RoundLoop(_LoopBase):
                 + (f"; {self.property_error}" if self.property_error else "")
             )
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
-        update = strategy.aggregator.update
+        update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         task = Task("fit", rnd, strategy.fit_config(rnd), self.weights, broadcast_extras(out))
         if strategy.fit_round is not None:
@@ -276,7 +276,7 @@ class RoundLoop(_LoopBase):
                 )
                 error += " ..." if len(record.fit_failures) > 5 else ""
             raise self._fail(f"round {rnd}: {error}")
-        update = self.strategy.aggregator.update
+        update = self.strategy.aggregator.feed
         for contribution in outcome.contributions:
             state, _ = update(state, contribution)
         record.fit_participants.extend(outcome.participants)
