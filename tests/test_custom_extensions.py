@@ -217,3 +217,33 @@ def test_an_update_returning_the_wrong_thing_is_named(result: Any, got: str, cha
         covey.simulate(_Shift, 3, 1, strategy, _init())
     with pytest.raises(TypeError, match=f"_returning.<locals>.update .*{got}"):
         strategy.aggregate(_init(), [covey.FitResult(delta=_init(), num_examples=1)])
+
+
+def _pick_none(candidates: Any, round: int, rng: Any) -> Any:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("selector", "got"),
+    [
+        (_pick_none, "got 'None'"),
+        (lambda candidates, round, rng: [0.5, 1.7], r"got '\[0.5, 1.7\]'"),  # were cut to 0, 1
+        (lambda candidates, round, rng: [True, False], r"got '\[True, False\]'"),
+        (lambda candidates, round, rng: np.array([[0, 1]]), "got"),
+    ],
+)
+def test_a_selector_returning_anything_but_client_ids_is_named(selector: Any, got: str) -> None:
+    strategy = covey.Strategy(selector=selector, fraction_evaluate=0.0)
+    with pytest.raises(TypeError, match=f"selector .* must return client ids .*{got}"):
+        covey.simulate(_Shift, 4, 1, strategy, _init())
+
+
+def test_a_selector_may_return_a_generator_or_an_array_of_ids() -> None:
+    picks: list[Any] = [
+        lambda candidates, round, rng: (c for c in candidates if c % 2 == 0),
+        lambda candidates, round, rng: np.array([0, 2], dtype=np.int64),
+    ]
+    for selector in picks:
+        strategy = covey.Strategy(selector=selector, fraction_evaluate=0.0)
+        result = covey.simulate(_Shift, 4, 1, strategy, _init())
+        assert result.history.rounds[1].fit_participants == [0, 2]

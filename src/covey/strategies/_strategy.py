@@ -7,7 +7,7 @@ Named presets such as :func:`FedAvg` are short functions that fill one in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from numbers import Real
 from types import MappingProxyType
@@ -283,7 +283,7 @@ class Strategy:
             )
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None:
-            chosen = sorted(int(c) for c in self.selector(available, round, rng))
+            chosen = _chosen(self.selector, self.selector(available, round, rng))
             if len(set(chosen)) != len(chosen):
                 raise ValueError(f"selector chose some clients more than once: {chosen}")
             unknown = set(chosen) - set(available)
@@ -374,6 +374,23 @@ class Strategy:
     def evaluate_config(self, round: int) -> Config:
         """The config sent with evaluate tasks in ``round``."""
         return _checked_config(self.on_evaluate_config(round), "on_evaluate_config")
+
+
+def _chosen(selector: Selector, picked: Any) -> list[int]:
+    """The client ids a custom ``selector`` returned, sorted; anything but ids is refused, named."""
+    items: list[Any] | None = None
+    if isinstance(picked, np.ndarray):
+        items = picked.tolist() if picked.ndim == 1 else None
+    elif isinstance(picked, Iterable) and not isinstance(picked, str | bytes | Mapping):
+        items = list(picked)
+    if items is None or not all(
+        isinstance(c, int | np.integer) and not isinstance(c, bool) for c in items
+    ):
+        raise TypeError(
+            f"selector {_name_of(selector)} must return client ids (ints) chosen among its "
+            f"candidates, got {str(picked)[:80]!r}"
+        )
+    return sorted(int(c) for c in items)
 
 
 def _checked_config(value: Any, what: str) -> Config:
