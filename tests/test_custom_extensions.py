@@ -13,7 +13,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pytest
@@ -247,3 +247,64 @@ def test_a_selector_may_return_a_generator_or_an_array_of_ids() -> None:
         strategy = covey.Strategy(selector=selector, fraction_evaluate=0.0)
         result = covey.simulate(_Shift, 4, 1, strategy, _init())
         assert result.history.rounds[1].fit_participants == [0, 2]
+
+
+class _Decaying(covey.Strategy):
+    """A learning-rate schedule, the documented way: override ``fit_config``."""
+
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {"lr": 0.1 * 0.5 ** (round - 1)}
+
+
+class _Seen(_Shift):
+    """Records the configs it is sent."""
+
+    configs: ClassVar[list[dict[str, Any]]] = []
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        _Seen.configs.append(dict(config))
+        return super().fit(weights, config)
+
+
+def test_an_overridden_fit_config_keeps_the_clip_central_dp_sends() -> None:
+    # central(clipping="client") added dp_clip through on_fit_config, which an
+    # override of fit_config never calls: every client failed, "the server sent
+    # no valid dp_clip".
+    _Seen.configs = []
+    strategy = covey.privacy.central(
+        _Decaying(fraction_evaluate=0.0),
+        noise_multiplier=0.5,
+        clip=1.0,
+        delta=1e-5,
+        clipping="client",
+        noise_seed=0,
+    )
+    result = covey.simulate(
+        lambda cid: covey.privacy.ClipUpdates(_Seen(cid)), 4, 2, strategy, _init()
+    )
+    assert all(record.aggregated for record in result.history.rounds[1:])
+    assert {(c["round"], c["lr"], c["dp_clip"]) for c in _Seen.configs} == {
+        (1, 0.1, 1.0),
+        (2, 0.05, 1.0),
+    }
+
+
+class _ListConfig(covey.Strategy):
+    def fit_config(self, round: int) -> Any:
+        return [("lr", 0.1)]
+
+
+class _NoEvaluateConfig(covey.Strategy):
+    def evaluate_config(self, round: int) -> Any:
+        return None
+
+
+def test_an_overridden_config_that_is_not_a_dict_is_refused_naming_the_class() -> None:
+    # Before, the override's result went to clients unchecked (a list of pairs
+    # passed as a config).
+    with pytest.raises(TypeError, match=r"_ListConfig.fit_config\(\) must return a dict, got list"):
+        covey.simulate(_Shift, 3, 1, _ListConfig(fraction_evaluate=0.0), _init())
+    with pytest.raises(
+        TypeError, match=r"_NoEvaluateConfig.evaluate_config\(\) must return a dict"
+    ):
+        covey.simulate(_Shift, 3, 1, _NoEvaluateConfig(), _init())

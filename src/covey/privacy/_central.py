@@ -17,7 +17,6 @@ import numpy as np
 
 from covey.core._history import History, RoundRecord
 from covey.core._hooks import RESUMED_AFTER_CRASH
-from covey.core._messages import Config
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
@@ -171,17 +170,6 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
     return select
 
 
-def _with_clip(strategy: Strategy, clip: float) -> Any:
-    user = strategy.on_fit_config
-
-    def on_fit_config(round: int) -> Config:
-        config = dict(user(round))
-        config["dp_clip"] = clip
-        return config
-
-    return on_fit_config
-
-
 def _check(noise_multiplier: float, clip: float, delta: float) -> None:
     for name, value in (("noise_multiplier", noise_multiplier), ("clip", clip), ("delta", delta)):
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
@@ -305,9 +293,10 @@ def central(
         strategy,
         aggregator=dp_step(strategy.aggregator, mech, shared),
         selector=poisson_selector(rate, shared),
-        on_fit_config=_with_clip(strategy, clip)
+        # Not through on_fit_config: a subclass that overrides fit_config would drop it.
+        fit_config_entries={**strategy.fit_config_entries, "dp_clip": clip}
         if clipping == "client"
-        else strategy.on_fit_config,
+        else strategy.fit_config_entries,
         hooks=(*strategy.hooks, hook),
         name=f"DP-{strategy.name}",
         hyperparameters={

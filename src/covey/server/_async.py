@@ -239,7 +239,7 @@ class AsyncLoop(_LoopBase):
         else:
             chosen = sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
         if self._config is None or self._config[0] != rnd:
-            self._config = (rnd, strategy.fit_config(rnd))
+            self._config = (rnd, strategy.fit_task_config(rnd))
         task = Task("fit", rnd, self._config[1], self.weights, self._payload)
         for cid in chosen:
             self._flights[cid] = _Flight("fit", version, self.weights)

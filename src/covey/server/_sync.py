@@ -196,7 +196,7 @@ class RoundLoop(_LoopBase):
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
         update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
-        task = Task("fit", rnd, strategy.fit_config(rnd), self.weights, broadcast_extras(out))
+        task = Task("fit", rnd, strategy.fit_task_config(rnd), self.weights, broadcast_extras(out))
         if strategy.fit_round is not None:
             outcome = strategy.fit_round(self.transport, cids, task, self.round_timeout)
             self._fit_outcome(rnd, record, state, outcome, len(cids))
@@ -301,7 +301,7 @@ class RoundLoop(_LoopBase):
             )
             return
         cids = strategy.sample(available, count, rnd, self.seed, purpose=1)
-        task = Task("evaluate", rnd, strategy.evaluate_config(rnd), self.weights)
+        task = Task("evaluate", rnd, strategy.evaluate_task_config(rnd), self.weights)
         results: list[tuple[int, Metrics]] = []
         loss_sum = 0.0
         answered: set[int] = set()

@@ -132,6 +132,9 @@ class Strategy:
             transport, the sampled clients, the fit task and the timeout, it talks to
             the clients and returns a :class:`FitOutcome` (set by
             :func:`covey.secagg.secure`; None: one fit task per client).
+        fit_config_entries: Entries every fit task's config carries besides those of
+            :meth:`fit_config`, even when a subclass overrides it (set by
+            :func:`covey.privacy.central` for ``"dp_clip"``).
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -153,6 +156,7 @@ class Strategy:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     hooks: tuple[RunHook, ...] = ()
     fit_round: FitRound | None = None
+    fit_config_entries: Mapping[str, Any] = field(default_factory=dict)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
         # Before the dataclass's __init__ refuses them: Flower's names get covey's.
@@ -374,6 +378,27 @@ class Strategy:
     def evaluate_config(self, round: int) -> Config:
         """The config sent with evaluate tasks in ``round``."""
         return _checked_config(self.on_evaluate_config(round), "on_evaluate_config")
+
+    def fit_task_config(self, round: int) -> Config:
+        """What the round loops send with fit tasks: :meth:`fit_config`, then the fixed entries.
+
+        An override of :meth:`fit_config` in a subclass is called here, and what it
+        returns is checked like ``on_fit_config``'s.
+        """
+        config = _checked_config(self.fit_config(round), self._config_source("fit"))
+        config.update(self.fit_config_entries)
+        return config
+
+    def evaluate_task_config(self, round: int) -> Config:
+        """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
+        return _checked_config(self.evaluate_config(round), self._config_source("evaluate"))
+
+    def _config_source(self, kind: str) -> str:
+        """Who makes the ``kind`` config: a subclass's override, named, or ``on_<kind>_config``."""
+        method = f"{kind}_config"
+        if getattr(type(self), method) is not getattr(Strategy, method):
+            return f"{type(self).__name__}.{method}()"
+        return f"on_{kind}_config"
 
 
 def _chosen(selector: Selector, picked: Any) -> list[int]:
