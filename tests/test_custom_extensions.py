@@ -308,3 +308,36 @@ def test_an_overridden_config_that_is_not_a_dict_is_refused_naming_the_class() -
         TypeError, match=r"_NoEvaluateConfig.evaluate_config\(\) must return a dict"
     ):
         covey.simulate(_Shift, 3, 1, _NoEvaluateConfig(), _init())
+
+
+class _Schedule(covey.Strategy):
+    """A subclass with an ``__init__`` of its own, taking a parameter that is no field."""
+
+    def __init__(self, base_lr: float, **options: Any) -> None:
+        super().__init__(**options)
+        object.__setattr__(self, "base_lr", base_lr)
+
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {"lr": self.base_lr / round}
+
+
+def test_a_subclass_with_an_init_of_its_own_takes_its_keywords() -> None:
+    # Strategy.__new__ refused base_lr=: "got unexpected keyword arguments: ['base_lr']".
+    strategy = _Schedule(base_lr=0.2, fraction_evaluate=0.0)
+    assert strategy.fit_task_config(2) == {"lr": 0.1}
+    private = covey.privacy.central(
+        strategy, noise_multiplier=0.5, clip=1.0, delta=1e-5, clipping="client"
+    )  # copied without calling _Schedule.__init__ again (it has no field base_lr)
+    assert type(private) is _Schedule
+    assert private.fit_task_config(2) == {"lr": 0.1, "dp_clip": 1.0}
+    with pytest.raises(TypeError, match="on_fit_config_fn is covey's on_fit_config"):
+        covey.Strategy(on_fit_config_fn=lambda r: {})  # Flower's names still get covey's
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_subclass_with_an_init_of_its_own_is_served_into_a_run_folder(tmp_path: Path) -> None:
+    # The server copied the strategy with dataclasses.replace, calling
+    # _Schedule.__init__ without base_lr: every deployed run with a run folder failed.
+    strategy = _Schedule(0.2, fraction_evaluate=0.0, min_available_clients=2)
+    result = _serve(strategy, tmp_path / "run", clients=2)
+    assert all(record.aggregated for record in result.history.rounds[1:])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -28,6 +27,7 @@ from covey.server._saver import BackgroundSaver
 from covey.server._state import dump_state, load_state, state_types
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
+from covey.strategies._subclass import replace_strategy
 from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
@@ -430,7 +430,7 @@ class _Run:
                 self.background.flush()
             return inner.update(state, event)
 
-        return dataclasses.replace(strategy, aggregator=Step(inner.init, update))
+        return replace_strategy(strategy, aggregator=Step(inner.init, update))
 
     def end(self, exc: BaseException | None, names: ClientNames) -> None:
         """Mark the run finished, or failed with the reason it stopped (its last round named)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
 from covey.strategies._strategy import Strategy
+from covey.strategies._subclass import replace_strategy
 
 logger = logging.getLogger("covey")
 
@@ -289,7 +289,7 @@ def central(
         unit="one client (all of its data)",
         sampling=f"Poisson, q={rate:g}" if rate < 1.0 else "every client, every round",
     )
-    return replace(
+    return replace_strategy(
         strategy,
         aggregator=dp_step(strategy.aggregator, mech, shared),
         selector=poisson_selector(rate, shared),

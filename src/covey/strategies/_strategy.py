@@ -8,7 +8,7 @@ Named presets such as :func:`FedAvg` are short functions that fill one in.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from numbers import Real
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypedDict
@@ -22,6 +22,7 @@ from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
 from covey.strategies._fold import fold
 from covey.strategies._names import refuse_flower_methods, unknown_options
+from covey.strategies._subclass import parameters
 
 ConfigFn = Callable[[int], Config]
 MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
@@ -159,8 +160,10 @@ class Strategy:
     fit_config_entries: Mapping[str, Any] = field(default_factory=dict)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
-        # Before the dataclass's __init__ refuses them: Flower's names get covey's.
-        unknown = set(kwargs) - {f.name for f in fields(cls)}
+        # Before the dataclass's __init__ refuses them: Flower's names get covey's. A
+        # subclass's __init__ of its own may take other arguments: it says which.
+        accepted = parameters(cls)
+        unknown = set() if accepted is None else set(kwargs) - accepted
         if unknown:
             raise unknown_options(cls.__name__, unknown)
         return super().__new__(cls)
