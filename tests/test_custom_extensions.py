@@ -341,3 +341,20 @@ def test_a_subclass_with_an_init_of_its_own_is_served_into_a_run_folder(tmp_path
     strategy = _Schedule(0.2, fraction_evaluate=0.0, min_available_clients=2)
     result = _serve(strategy, tmp_path / "run", clients=2)
     assert all(record.aggregated for record in result.history.rounds[1:])
+
+
+def _mean_loss(results: Any) -> Any:
+    return float(np.mean([n for n, _ in results]))
+
+
+@pytest.mark.parametrize("kind", ["fit", "evaluate"])
+def test_a_metrics_function_returning_no_dict_is_named(kind: str) -> None:
+    # Before, the float was recorded as the round's metrics; a deployed run then
+    # failed a round later, blaming "the aggregation step ... on client 0's update".
+    class Evaluating(_Shift):
+        def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+            return covey.EvaluateResult(loss=1.0, num_examples=2)
+
+    strategy = covey.Strategy(**{f"{kind}_metrics": _mean_loss})
+    with pytest.raises(TypeError, match=f"{kind}_metrics _mean_loss must return a dict .* '2.0'"):
+        covey.simulate(Evaluating, 3, 1, strategy, _init())

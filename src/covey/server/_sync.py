@@ -247,7 +247,7 @@ class RoundLoop(_LoopBase):
                 + "; ".join(f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5])
                 + (" ..." if len(record.fit_failures) > 5 else "")
             )
-        record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
+        record.fit_metrics = strategy.combined_metrics("fit", metrics) if metrics else {}
         self._apply(state, rnd, record)
 
     def _fit_outcome(
@@ -341,4 +341,4 @@ class RoundLoop(_LoopBase):
             return
         if record.evaluate_examples > 0:
             record.evaluate_loss = loss_sum / record.evaluate_examples
-            record.evaluate_metrics = strategy.evaluate_metrics(results)
+            record.evaluate_metrics = strategy.combined_metrics("evaluate", results)

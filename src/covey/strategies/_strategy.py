@@ -396,6 +396,21 @@ class Strategy:
         """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
         return _checked_config(self.evaluate_config(round), self._config_source("evaluate"))
 
+    def combined_metrics(self, kind: str, results: Sequence[tuple[int, Metrics]]) -> Metrics:
+        """A round's metrics from :attr:`fit_metrics` (``kind="fit"``) or :attr:`evaluate_metrics`.
+
+        Raises:
+            TypeError: naming the function, if it returns anything but a dict keyed by names.
+        """
+        combine = self.fit_metrics if kind == "fit" else self.evaluate_metrics
+        out = combine(results)
+        if not isinstance(out, Mapping) or not all(isinstance(key, str) for key in out):
+            raise TypeError(
+                f"{kind}_metrics {_name_of(combine)} must return a dict of metric names to "
+                f"values, got {str(out)[:80]!r}"
+            )
+        return dict(out)
+
     def _config_source(self, kind: str) -> str:
         """Who makes the ``kind`` config: a subclass's override, named, or ``on_<kind>_config``."""
         method = f"{kind}_config"
