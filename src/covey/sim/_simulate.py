@@ -206,12 +206,25 @@ def _check_durations(durations: object, num_clients: int) -> None:
         )
 
 
-def _scheme(compression: Scheme | str | None, strategy: Strategy) -> Scheme | None:
-    """The scheme clients compress their updates with, if asked and if it applies."""
+def _scheme(compression: Scheme | str | None, strategy: Strategy, backend: str) -> Scheme | None:
+    """The scheme clients compress their updates with, if asked and if it applies.
+
+    A scheme of one's own has no spec to send to clients in other processes: it
+    is refused on the process and Ray backends before the run starts (every
+    client would fail every round).
+    """
     if compression is None:
         return None
     check_applies(compression, strategy)
-    return scheme_named(compression) if isinstance(compression, str) else compression
+    scheme = scheme_named(compression) if isinstance(compression, str) else compression
+    if backend != "inline" and scheme_spec(scheme) is None:
+        raise ValueError(
+            f"compression {type(scheme).__name__} is a scheme of your own: it runs on "
+            f"backend='inline' only, since the {backend} backend names the scheme to its "
+            "clients by a spec, which only covey's schemes have (none, float16, bfloat16, "
+            "q8, q4, topk:FRACTION)"
+        )
+    return scheme
 
 
 def _count_bytes(
@@ -329,7 +342,7 @@ def simulate(
     _check_options(seed, round_timeout, client_cache)
     _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
-    scheme = _scheme(compression, strategy)
+    scheme = _scheme(compression, strategy, backend)
     meta: dict[str, Any] = {
         "kind": "simulated",
         "strategy": strategy.name,
