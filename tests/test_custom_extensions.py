@@ -382,3 +382,18 @@ def test_a_scheme_of_ones_own_compresses_inline_and_is_refused_elsewhere() -> No
     assert np.array_equal(result.weights["b"], np.full(3, (1 * 1 + 2 * 2 + 3 * 3) / 6))
     with pytest.raises(ValueError, match="_Halving is a scheme of your own"):
         covey.simulate(_Shift, 3, 1, strategy, _init(), compression=_Halving(), backend="process")
+
+
+def test_the_extension_points_have_public_names() -> None:
+    # Strategy(hooks=...) named covey.core._hooks.RunHook, Strategy(fit_round=...)
+    # returns a FitOutcome only covey.strategies._strategy held, and serve() raised a
+    # covey.server._state.StateError no public module exported.
+    from covey.core import RunHook
+    from covey.server import StateError as PublicStateError
+    from covey.strategies import FitOutcome, FitRound
+
+    assert PublicStateError is StateError
+    assert RunHook.__module__ == "covey.core._hooks"
+    assert FitOutcome().error is None
+    assert FitRound is not None
+    assert "covey.core.RunHook" in (covey.Strategy.__doc__ or "")

@@ -28,7 +28,7 @@ _SAMPLING = 5  # purpose of the Poisson sampling stream
 
 
 class PrivacyHook:
-    """Accounts a DP strategy's budget in the round loop (a :class:`covey._hooks.RunHook`).
+    """Accounts a DP strategy's budget in the round loop (a :class:`covey.core.RunHook`).
 
     At the start it fixes the noise seed (explicit, else the run's seed in
     simulation, else fresh CSPRNG seeds) and, on resume, restores the rounds

@@ -126,7 +126,7 @@ class Strategy:
         name: A label for logs and history (the preset's name, e.g. ``"FedAdam"``).
         hyperparameters: The algorithm's own settings as the preset received them
             (e.g. ``{"eta": 0.01, ...}``), recorded in the history by :meth:`describe`.
-        hooks: Run hooks (:class:`covey.core._hooks.RunHook`) the round loop calls at the
+        hooks: Run hooks (:class:`covey.core.RunHook`) the round loop calls at the
             start, around each round and at the end; e.g. the privacy accountant
             that :func:`covey.privacy.central` adds.
         fit_round: Replaces the fit exchange of each synchronous round: given the
