@@ -397,3 +397,26 @@ def test_the_extension_points_have_public_names() -> None:
     assert FitOutcome().error is None
     assert FitRound is not None
     assert "covey.core.RunHook" in (covey.Strategy.__doc__ or "")
+
+
+def _forgetful() -> Step:
+    """A reducer of one's own that folds every contribution and forgets to emit an Aggregate."""
+
+    def update(state: Any, event: Any) -> Any:
+        if isinstance(event, Contribution | End):
+            return state, ()
+        return state, (event,)
+
+    return Step(lambda params: None, update)
+
+
+def test_a_step_that_emits_no_aggregate_has_the_round_say_so() -> None:
+    # Before, the round kept the model with nothing in the record or the log.
+    strategy = covey.Strategy(aggregator=_forgetful(), fraction_evaluate=0.0)
+    result = covey.simulate(_Shift, 3, 1, strategy, _init())
+    record = result.history.rounds[1]
+    assert record.fit_participants == [0, 1, 2]
+    assert not record.aggregated
+    assert record.aggregate_info["error"] == (
+        "the aggregation step emitted no Aggregate at the End of round 1"
+    )

@@ -312,6 +312,10 @@ class _LoopBase:
         self.agg_state = state
         aggregate = find_aggregate(out)
         if aggregate is None:
+            if record.fit_participants:  # a step of one's own that forgot to emit one, say
+                why = f"the aggregation step emitted no Aggregate at the End of {self._step} {rnd}"
+                logger.warning("%s %d: %s is unchanged: %s", self._step, rnd, self._model, why)
+                record.aggregate_info.setdefault("error", why)
             return
         record.aggregate_info.update(aggregate.info)
         try:
