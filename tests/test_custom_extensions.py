@@ -420,3 +420,28 @@ def test_a_step_that_emits_no_aggregate_has_the_round_say_so() -> None:
     assert record.aggregate_info["error"] == (
         "the aggregation step emitted no Aggregate at the End of round 1"
     )
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_failed_save_is_reported_as_one_not_as_an_aggregation_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Round 1 is saved while round 2 trains and awaited when round 2 folds its first
+    # reply: the run stopped with "the aggregation step failed on client 0's update".
+    from covey.server import RunStore
+
+    real = RunStore.save_round
+
+    def full_disk(self: RunStore, round: int, *args: Any, **kwargs: Any) -> Any:
+        if round == 1:
+            raise OSError(28, "No space left on device")
+        return real(self, round, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "save_round", full_disk)
+    strategy = covey.Strategy(fraction_evaluate=0.0, min_available_clients=2)
+    with pytest.raises(covey.FederationError) as caught:
+        _serve(strategy, tmp_path / "run", clients=2)
+    message = str(caught.value)
+    assert "round 2: saving round 1 to " in message
+    assert "OSError: [Errno 28] No space left on device" in message
+    assert "aggregation step" not in message

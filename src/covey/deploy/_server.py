@@ -23,7 +23,7 @@ from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
-from covey.server._saver import BackgroundSaver
+from covey.server._saver import BackgroundSaver, SaveError
 from covey.server._state import dump_state, load_state, state_types
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
@@ -427,7 +427,13 @@ class _Run:
 
         def update(state: Any, event: Any) -> Any:
             if self.background is not None and isinstance(event, Contribution):
-                self.background.flush()
+                try:
+                    self.background.flush()
+                except Exception as exc:
+                    where = (
+                        f"saving round {self.background.round} to {self.background.store.run_dir}"
+                    )
+                    raise SaveError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
             return inner.update(state, event)
 
         return replace_strategy(strategy, aggregator=Step(inner.init, update))

@@ -21,6 +21,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.server._saver import SaveError
 from covey.strategies._strategy import FitOutcome, Strategy
 from covey.transport._base import Transport
 
@@ -214,6 +215,8 @@ class RoundLoop(_LoopBase):
                 state, folded = self._fold(state, contribution, record)
             except Exception as exc:
                 self.history.rounds.append(record)
+                if isinstance(exc, SaveError):  # awaited while round rnd folds its first reply
+                    raise self._fail(f"round {rnd}: {exc}") from exc
                 raise self._fail(
                     f"round {rnd}: the aggregation step failed on client {reply.cid}'s "
                     f"update: {type(exc).__name__}: {exc}"
