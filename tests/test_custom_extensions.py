@@ -445,3 +445,50 @@ def test_a_failed_save_is_reported_as_one_not_as_an_aggregation_failure(
     assert "round 2: saving round 1 to " in message
     assert "OSError: [Errno 28] No space left on device" in message
     assert "aggregation step" not in message
+
+
+APP = """
+import numpy as np
+import covey
+from covey.deploy import ServerApp
+
+
+def server_app():
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1, min_available_clients=1)
+    return ServerApp(strategy=strategy, initial_weights={"b": np.zeros(3)}, rounds=1)
+"""
+
+
+@pytest.mark.parametrize("plot", ["--plot", "--no-plot"])
+def test_the_finished_line_names_plot_png_only_when_it_is_drawn(tmp_path: Path, plot: str) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "extapp.py").write_text(APP)
+    port_file = tmp_path / "port"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    args = ["server", "--app", "extapp:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    args += ["--port-file", str(port_file), "--run-dir", str(tmp_path / "run"), plot]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "covey", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        connect(_Shift(0), f"127.0.0.1:{port}", insecure=True, name="site-0")
+        out, _ = server.communicate(timeout=60)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    assert server.returncode == 0, out
+    finished = next(line for line in out.splitlines() if "run finished" in line)
+    assert ("plot.png" in finished) == (plot == "--plot"), finished
+    assert (tmp_path / "run" / "plot.png").exists() == (plot == "--plot")
