@@ -55,7 +55,7 @@ class _Writer:
             return {"__array__": self.array(value)}
         if isinstance(value, tuple) and hasattr(value, "_fields"):
             name = _type_name(type(value))
-            if self.types is not None and self.types.get(name) is not type(value):
+            if self.types is not None and name not in self.types:
                 raise StateError(
                     f"the aggregation state holds a {name} that the state its step's init() "
                     "returns does not: a resumed run rebuilds only the named tuple types of "
