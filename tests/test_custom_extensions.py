@@ -492,3 +492,26 @@ def test_the_finished_line_names_plot_png_only_when_it_is_drawn(tmp_path: Path, 
     finished = next(line for line in out.splitlines() if "run finished" in line)
     assert ("plot.png" in finished) == (plot == "--plot"), finished
     assert (tmp_path / "run" / "plot.png").exists() == (plot == "--plot")
+
+
+def _counter() -> Step:
+    """A step whose named tuple is defined in its factory: one class per call."""
+
+    class Count(NamedTuple):
+        n: int
+
+    def update(state: Any, event: Any) -> Any:
+        return (Count(state.n + 1) if isinstance(event, Begin) else state), (event,)
+
+    return Step(lambda params: Count(0), update)
+
+
+def test_a_state_factory_used_twice_in_a_chain_is_stored_and_read_back() -> None:
+    from covey.server._state import dump_state, load_state, state_types
+
+    step = chain(_counter(), _counter(), weighted_mean())
+    params = {"w": np.zeros(2)}
+    template = step.init(params)
+    state, _ = step.update(template, Begin(1, params))
+    back = load_state(dump_state(state, state_types(template)), template)
+    assert [count.n for count in back[:2]] == [1, 1]
