@@ -515,3 +515,14 @@ def test_a_state_factory_used_twice_in_a_chain_is_stored_and_read_back() -> None
     state, _ = step.update(template, Begin(1, params))
     back = load_state(dump_state(state, state_types(template)), template)
     assert [count.n for count in back[:2]] == [1, 1]
+
+
+def test_a_state_stored_by_another_aggregation_step_is_refused_saying_so() -> None:
+    from covey.server._state import dump_state, load_state
+
+    params = {"w": np.zeros(2)}
+    started = chain(weighted_mean(), _lazy_momentum())
+    state, _ = started.update(started.init(params), Begin(1, params))
+    other = chain(weighted_mean(), _counting())  # both are named "custom"
+    with pytest.raises(StateError, match=r"_Velocity .*started with another aggregation step"):
+        load_state(dump_state(state), other.init(params))

@@ -224,7 +224,10 @@ class _Reader:
                 return tuple(items)
             cls = self.types.get(name)
             if cls is None:
-                raise StateError(f"the stored state holds a {name} this strategy does not use")
+                raise StateError(
+                    f"the stored state holds a {name} this strategy's init() does not: the "
+                    "run was started with another aggregation step (resume it with that one)"
+                )
             return cls(*items)
         raise StateError(f"unknown entry in a stored state: {sorted(value)[:3]}")
 
