@@ -225,8 +225,8 @@ class _Reader:
             cls = self.types.get(name)
             if cls is None:
                 raise StateError(
-                    f"the stored state holds a {name} this strategy's init() does not: the "
-                    "run was started with another aggregation step (resume it with that one)"
+                    f"the stored state holds a {name} this strategy does not use (its init() "
+                    "makes none): the run was started with another aggregation step"
                 )
             return cls(*items)
         raise StateError(f"unknown entry in a stored state: {sorted(value)[:3]}")
