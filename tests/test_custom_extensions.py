@@ -526,3 +526,33 @@ def test_a_state_stored_by_another_aggregation_step_is_refused_saying_so() -> No
     other = chain(weighted_mean(), _counting())  # both are named "custom"
     with pytest.raises(StateError, match=r"_Velocity .*started with another aggregation step"):
         load_state(dump_state(state), other.init(params))
+
+
+class _HalfFit(covey.Strategy):
+    def num_fit(self, available: int) -> Any:
+        return available / 2  # a float: numpy's "expected a sequence of integers" before
+
+
+class _NoFit(covey.Strategy):
+    def num_fit(self, available: int) -> int:
+        return 0  # was blamed on "fraction_fit=1.0 ... and min_fit_clients=0"
+
+
+class _NoneEvaluate(covey.Strategy):
+    def num_evaluate(self, available: int) -> Any:
+        return None  # "'>' not supported between instances of 'NoneType' and 'int'" before
+
+
+@pytest.mark.parametrize(
+    ("strategy", "error", "message"),
+    [
+        (_HalfFit(), TypeError, r"_HalfFit.num_fit\(\) must return a number of clients .* 3.0"),
+        (_NoFit(), ValueError, r"_NoFit.num_fit\(\) returns 0 for num_clients=6"),
+        (_NoneEvaluate(), TypeError, r"_NoneEvaluate.num_evaluate\(\) must return .* None"),
+    ],
+)
+def test_an_overridden_client_count_that_is_wrong_is_named(
+    strategy: covey.Strategy, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        covey.simulate(_Shift, 6, 1, strategy, _init())

@@ -222,7 +222,7 @@ class AsyncLoop(_LoopBase):
         eligible = strategy.eligible(available, self.properties)
         self._eligible = len(eligible)
         busy = sum(1 for f in self._flights.values() if f.kind == "fit")
-        free = strategy.num_fit(len(eligible)) - busy
+        free = strategy.client_count("fit", len(eligible)) - busy
         if free <= 0:
             return
         idle = sorted(c for c in eligible if c not in self._flights and c not in self._buffered)

@@ -186,7 +186,7 @@ class RoundLoop(_LoopBase):
         if not self.simulated:  # a deployed round waits for its clients to connect
             record.durations["wait"] = time.perf_counter() - t0
         available = self._eligible(rnd, available)
-        count = strategy.num_fit(len(available))
+        count = strategy.client_count("fit", len(available))
         if count > len(available):
             raise self._fail(
                 f"round {rnd}: the strategy wants {count} clients to train but only "
@@ -292,7 +292,7 @@ class RoundLoop(_LoopBase):
     def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
         available = self._eligible(rnd, self.transport.clients())
-        count = strategy.num_evaluate(len(available))
+        count = strategy.client_count("evaluate", len(available))
         if count == 0:
             return
         if count > len(available):

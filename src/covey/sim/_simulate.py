@@ -153,16 +153,27 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     strategy = strategy if strategy is not None else FedAvg()
-    if strategy.selector is None and strategy.num_fit(num_clients) == 0:
+    count = strategy.client_count("fit", num_clients)
+    counter = strategy.source("num_fit", "")  # a subclass's num_fit(), or ""
+    if strategy.selector is None and count == 0:
         raise ValueError(
-            f"the strategy samples no client per round: fraction_fit={strategy.fraction_fit} "
-            f"of num_clients={num_clients} rounds down to 0 and min_fit_clients=0; "
-            "raise fraction_fit or min_fit_clients"
+            "the strategy samples no client per round: "
+            + (
+                f"{counter} returns 0 for num_clients={num_clients}"
+                if counter
+                else f"fraction_fit={strategy.fraction_fit} of num_clients={num_clients} "
+                "rounds down to 0 and min_fit_clients=0; raise fraction_fit or min_fit_clients"
+            )
         )
-    if strategy.num_fit(num_clients) > num_clients:
+    if count > num_clients:
         raise ValueError(
-            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
-            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
+            f"the strategy samples at least {count} clients per round "
+            + (
+                f"({counter} says so)"
+                if counter
+                else f"(min_fit_clients={strategy.min_fit_clients})"
+            )
+            + f" but num_clients={num_clients}"
         )
     if strategy.min_available_clients > num_clients:
         raise ValueError(

@@ -7,7 +7,7 @@ Named presets such as :func:`FedAvg` are short functions that fill one in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 from types import MappingProxyType
@@ -20,6 +20,13 @@ from covey.aggregate._flat import floor_fraction
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
+from covey.strategies._checks import (
+    checked_config,
+    checked_count,
+    checked_metrics,
+    chosen_ids,
+    name_of,
+)
 from covey.strategies._fold import fold
 from covey.strategies._names import refuse_flower_methods, unknown_options
 from covey.strategies._subclass import parameters
@@ -290,7 +297,7 @@ class Strategy:
             )
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None:
-            chosen = _chosen(self.selector, self.selector(available, round, rng))
+            chosen = chosen_ids(self.selector, self.selector(available, round, rng))
             if len(set(chosen)) != len(chosen):
                 raise ValueError(f"selector chose some clients more than once: {chosen}")
             unknown = set(chosen) - set(available)
@@ -329,12 +336,12 @@ class Strategy:
         for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
             fn = getattr(self, attr)
             if fn not in (_no_config, weighted_metrics):
-                options[attr] = _name_of(fn)
+                options[attr] = name_of(fn)
         if self.selector is not None:
-            options["selector"] = _name_of(self.selector)
+            options["selector"] = name_of(self.selector)
         if self.where is not None:
             options["where"] = (
-                dict(self.where) if isinstance(self.where, Mapping) else _name_of(self.where)
+                dict(self.where) if isinstance(self.where, Mapping) else name_of(self.where)
             )
         return {
             "name": self.name,
@@ -376,11 +383,11 @@ class Strategy:
 
     def fit_config(self, round: int) -> Config:
         """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``)."""
-        return _checked_config(self.on_fit_config(round), "on_fit_config")
+        return checked_config(self.on_fit_config(round), "on_fit_config")
 
     def evaluate_config(self, round: int) -> Config:
         """The config sent with evaluate tasks in ``round``."""
-        return _checked_config(self.on_evaluate_config(round), "on_evaluate_config")
+        return checked_config(self.on_evaluate_config(round), "on_evaluate_config")
 
     def fit_task_config(self, round: int) -> Config:
         """What the round loops send with fit tasks: :meth:`fit_config`, then the fixed entries.
@@ -388,13 +395,15 @@ class Strategy:
         An override of :meth:`fit_config` in a subclass is called here, and what it
         returns is checked like ``on_fit_config``'s.
         """
-        config = _checked_config(self.fit_config(round), self._config_source("fit"))
+        config = checked_config(self.fit_config(round), self.source("fit_config", "on_fit_config"))
         config.update(self.fit_config_entries)
         return config
 
     def evaluate_task_config(self, round: int) -> Config:
         """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
-        return _checked_config(self.evaluate_config(round), self._config_source("evaluate"))
+        return checked_config(
+            self.evaluate_config(round), self.source("evaluate_config", "on_evaluate_config")
+        )
 
     def combined_metrics(self, kind: str, results: Sequence[tuple[int, Metrics]]) -> Metrics:
         """A round's metrics from :attr:`fit_metrics` (``kind="fit"``) or :attr:`evaluate_metrics`.
@@ -403,43 +412,22 @@ class Strategy:
             TypeError: naming the function, if it returns anything but a dict keyed by names.
         """
         combine = self.fit_metrics if kind == "fit" else self.evaluate_metrics
-        out = combine(results)
-        if not isinstance(out, Mapping) or not all(isinstance(key, str) for key in out):
-            raise TypeError(
-                f"{kind}_metrics {_name_of(combine)} must return a dict of metric names to "
-                f"values, got {str(out)[:80]!r}"
-            )
-        return dict(out)
+        return checked_metrics(combine(results), f"{kind}_metrics {name_of(combine)}")
 
-    def _config_source(self, kind: str) -> str:
-        """Who makes the ``kind`` config: a subclass's override, named, or ``on_<kind>_config``."""
-        method = f"{kind}_config"
+    def client_count(self, kind: str, available: int) -> int:
+        """:meth:`num_fit` (``kind="fit"``) or :meth:`num_evaluate` of ``available``, checked.
+
+        Raises:
+            TypeError: naming the method (a subclass's override), if it returns no int >= 0.
+        """
+        count = self.num_fit(available) if kind == "fit" else self.num_evaluate(available)
+        return checked_count(count, self.source(f"num_{kind}", f"num_{kind}"))
+
+    def source(self, method: str, option: str) -> str:
+        """Who does ``method``: a subclass's override of it, by name, or the option ``option``."""
         if getattr(type(self), method) is not getattr(Strategy, method):
             return f"{type(self).__name__}.{method}()"
-        return f"on_{kind}_config"
-
-
-def _chosen(selector: Selector, picked: Any) -> list[int]:
-    """The client ids a custom ``selector`` returned, sorted; anything but ids is refused, named."""
-    items: list[Any] | None = None
-    if isinstance(picked, np.ndarray):
-        items = picked.tolist() if picked.ndim == 1 else None
-    elif isinstance(picked, Iterable) and not isinstance(picked, str | bytes | Mapping):
-        items = list(picked)
-    if items is None or not all(
-        isinstance(c, int | np.integer) and not isinstance(c, bool) for c in items
-    ):
-        raise TypeError(
-            f"selector {_name_of(selector)} must return client ids (ints) chosen among its "
-            f"candidates, got {str(picked)[:80]!r}"
-        )
-    return sorted(int(c) for c in items)
-
-
-def _checked_config(value: Any, what: str) -> Config:
-    if not isinstance(value, dict):
-        raise TypeError(f"{what} must return a dict, got {type(value).__name__}")
-    return dict(value)
+        return option
 
 
 class StrategyOptions(TypedDict, total=False):
@@ -470,7 +458,3 @@ def preset(
     if unknown:
         raise unknown_options(name, unknown)
     return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)
-
-
-def _name_of(fn: Any) -> str:
-    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
