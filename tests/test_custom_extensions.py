@@ -167,7 +167,7 @@ def _emitting(delta: dict[str, Any]) -> Step:
 )
 @pytest.mark.parametrize("backend", ["inline", "process"])
 def test_a_custom_step_emitting_a_misshapen_delta_has_its_aggregate_refused(
-    delta: dict[str, Any], why: str, backend: str
+    delta: dict[str, Any], why: str, backend: Any
 ) -> None:
     # Before, the delta was broadcast into the model (shape (1,) into (3,)) or the
     # run stopped on NumPy's "operands could not be broadcast together".
@@ -318,7 +318,7 @@ class _Schedule(covey.Strategy):
         object.__setattr__(self, "base_lr", base_lr)
 
     def fit_config(self, round: int) -> dict[str, Any]:
-        return {"lr": self.base_lr / round}
+        return {"lr": getattr(self, "base_lr") / round}  # noqa: B009 - set by object.__setattr__
 
 
 def test_a_subclass_with_an_init_of_its_own_takes_its_keywords() -> None:
@@ -331,7 +331,7 @@ def test_a_subclass_with_an_init_of_its_own_takes_its_keywords() -> None:
     assert type(private) is _Schedule
     assert private.fit_task_config(2) == {"lr": 0.1, "dp_clip": 1.0}
     with pytest.raises(TypeError, match="on_fit_config_fn is covey's on_fit_config"):
-        covey.Strategy(on_fit_config_fn=lambda r: {})  # Flower's names still get covey's
+        covey.Strategy(on_fit_config_fn=lambda r: {})  # type: ignore[call-arg]
 
 
 @pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
@@ -355,7 +355,8 @@ def test_a_metrics_function_returning_no_dict_is_named(kind: str) -> None:
         def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
             return covey.EvaluateResult(loss=1.0, num_examples=2)
 
-    strategy = covey.Strategy(**{f"{kind}_metrics": _mean_loss})
+    options: dict[str, Any] = {f"{kind}_metrics": _mean_loss}
+    strategy = covey.Strategy(**options)
     with pytest.raises(TypeError, match=f"{kind}_metrics _mean_loss must return a dict .* '2.0'"):
         covey.simulate(Evaluating, 3, 1, strategy, _init())
 
