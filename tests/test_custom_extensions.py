@@ -557,3 +557,34 @@ def test_an_overridden_client_count_that_is_wrong_is_named(
 ) -> None:
     with pytest.raises(error, match=message):
         covey.simulate(_Shift, 6, 1, strategy, _init())
+
+
+@dataclass(frozen=True)
+class _Cosine(covey.Strategy):
+    """A schedule with parameters of its own, declared as fields."""
+
+    total: int = 10
+    base_lr: float = 0.1
+    floor: float = float("nan")
+    table: tuple[float, ...] = (1.0,)
+
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {"lr": self.base_lr * 0.5 * (1 + np.cos(np.pi * (round - 1) / self.total))}
+
+
+def test_a_subclass_is_described_with_its_class_overrides_and_fields(tmp_path: Path) -> None:
+    # history.json said only {"name": "custom"}: not that fit_config was overridden,
+    # nor with which parameters, so a run could not be told from a plain Strategy.
+    import json
+
+    covey.simulate(
+        _Shift, 3, 1, _Cosine(total=5, fraction_evaluate=0.0), _init(), run_dir=tmp_path / "run"
+    )
+    options = json.loads((tmp_path / "run" / "history.json").read_text())["config"]["strategy"][
+        "options"
+    ]
+    assert options["class"] == f"{__name__}._Cosine"
+    assert options["fit_config"] == "_Cosine.fit_config"
+    assert (options["total"], options["base_lr"], options["floor"]) == (5, 0.1, "nan")
+    assert options["table"] == "tuple"
+    assert "class" not in covey.FedAvg().describe()["options"]

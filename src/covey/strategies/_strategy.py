@@ -29,7 +29,7 @@ from covey.strategies._checks import (
 )
 from covey.strategies._fold import fold
 from covey.strategies._names import refuse_flower_methods, unknown_options
-from covey.strategies._subclass import parameters
+from covey.strategies._subclass import parameters, subclass_options
 
 ConfigFn = Callable[[int], Config]
 MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
@@ -343,6 +343,8 @@ class Strategy:
             options["where"] = (
                 dict(self.where) if isinstance(self.where, Mapping) else name_of(self.where)
             )
+        if type(self) is not Strategy:  # a subclass: its class, overrides and own fields
+            options.update(subclass_options(self, Strategy))
         return {
             "name": self.name,
             "hyperparameters": dict(self.hyperparameters),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,3 +51,28 @@ def replace_strategy(strategy: S, **changes: Any) -> S:
         object.__setattr__(new, name, value)
     new.__post_init__()
     return new
+
+
+OVERRIDABLE = ("fit_config", "evaluate_config", "num_fit", "num_evaluate")
+"""The methods a subclass overrides the documented way."""
+
+
+def subclass_options(strategy: Strategy, base: type[Strategy]) -> dict[str, Any]:
+    """What :meth:`~covey.Strategy.describe` adds for a subclass: its class, overrides, fields.
+
+    Values of its own fields that are not JSON scalars are given by type name
+    (a float that is not finite by its repr).
+    """
+    kind = type(strategy)
+    out: dict[str, Any] = {"class": f"{kind.__module__}.{kind.__qualname__}"}
+    for method in OVERRIDABLE:
+        if getattr(kind, method) is not getattr(base, method):
+            out[method] = getattr(kind, method).__qualname__
+    own = {f.name for f in fields(strategy)} - {f.name for f in fields(base)}
+    for name in sorted(own):
+        value = getattr(strategy, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = repr(value)  # JSON has no NaN or infinity
+        scalar = value is None or isinstance(value, bool | int | float | str)
+        out[name] = value if scalar else type(value).__name__
+    return out
