@@ -120,19 +120,22 @@ class DPSGD:
         steps = 0
         for _ in range(epochs):
             for x, y in self.data_loader:
-                steps += 1  # accounted even if empty: the sampling happened
-                if len(y) == 0:  # Poisson sampling can draw an empty batch: skip it
-                    continue
+                steps += 1
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(self.module(x), y)
+                out = self.module(x)
+                # Poisson sampling can draw an empty batch. It still takes its step, of
+                # noise alone, as the accountant assumes: a skipped step would leave the
+                # model unchanged and so tell that no example was drawn.
+                loss = loss_fn(out, y) if len(y) else out.sum()
                 with warnings.catch_warnings():
                     # Opacus' per-example hooks fire on the first layer, whose input
                     # needs no gradient; torch warns of it, harmlessly.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
                 self.optimizer.step()
-                total += float(loss.detach())
-                batches += 1
+                if len(y):
+                    total += float(loss.detach())
+                    batches += 1
         if steps:
             event = round_event(self.noise_multiplier, self.sampling_rate)
             self.ledger = self.ledger.add(event, steps)

@@ -1,0 +1,49 @@
+"""DP-SGD: every Poisson-sampled step is taken, the empty ones too, as the ledger accounts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("opacus")
+
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from covey.privacy import DPSGD  # noqa: E402
+
+
+def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))
+    dp = DPSGD(
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        DataLoader(data, batch_size=2),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        seed=0,
+    )
+    # What Opacus' Poisson loader yields when it draws no example: zero-length tensors.
+    x, y = data[:3]
+    dp.data_loader = [(x, y), (x[:0], y[:0]), (x[:1], y[:1])]
+    moved: list[bool] = []
+    step = dp.optimizer.step
+
+    def watched_step() -> object:
+        before = [p.detach().clone() for p in net.parameters()]
+        out = step()
+        moved.append(
+            any(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+        )
+        return out
+
+    dp.optimizer.step = watched_step  # type: ignore[method-assign]
+    loss = dp.train(epochs=1)
+    assert not math.isnan(loss)  # the mean of the two batches that drew examples
+    # The empty batch moved the model too (noise alone), and Opacus' accountant saw it.
+    assert moved == [True, True, True]
+    assert sum(n for *_, n in dp.engine.accountant.history) == dp.ledger.rounds == 3
