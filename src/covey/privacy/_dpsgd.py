@@ -39,8 +39,10 @@ class DPSGD:
     """Private local training for a torch model: Opacus DP-SGD plus a per-client ledger.
 
     Args:
-        module: The ``torch.nn.Module`` to train (Opacus wraps it; read the
-            weights from :attr:`module`).
+        module: The ``torch.nn.Module`` to train. Opacus wraps it in place: load
+            and read its weights through ``module`` itself (``covey.torch.to_weights``,
+            ``load_weights``); :attr:`module`, the wrapper, names them with a
+            ``_module.`` prefix that the global model does not have.
         optimizer: Its optimizer.
         data_loader: The client's training data; batches are redrawn by Poisson
             sampling with rate ``1 / len(data_loader)`` (Opacus' rate, which the

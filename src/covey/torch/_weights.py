@@ -68,6 +68,27 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
     return out
 
 
+def _wrapper_hint(missing: list[str], extra: list[str]) -> str:
+    """Say so when the two sets of names differ by one prefix: a wrapper's attribute name.
+
+    Opacus' ``GradSampleModule`` keeps the model as ``_module``, ``torch.compile``
+    as ``_orig_mod`` and ``DataParallel`` as ``module``, so their ``state_dict``
+    names start with that prefix and the model's own do not.
+    """
+    if not missing or len(missing) != len(extra):
+        return ""
+    for longer, shorter, side in ((missing, extra, "model's"), (extra, missing, "weights'")):
+        if longer[0].endswith(shorter[0]) and len(longer[0]) > len(shorter[0]):
+            prefix = longer[0][: len(longer[0]) - len(shorter[0])]
+            if [prefix + n for n in shorter] == longer:
+                inner = "the module it wraps" if side == "model's" else "the wrapped module"
+                return (
+                    f" (the {side} names all start with {prefix!r}: a wrapper's, as Opacus "
+                    f"or torch.compile add; use {inner} instead)"
+                )
+    return ""
+
+
 def _check_names(weights: Weights, names: list[str]) -> None:
     missing = [n for n in names if n not in weights]
     extra = [str(n) for n in weights if n not in names]
@@ -75,7 +96,10 @@ def _check_names(weights: Weights, names: list[str]) -> None:
         parts = ([f"missing {missing}"] if missing else []) + (
             [f"unexpected {extra}"] if extra else []
         )
-        raise WeightsError(f"weights do not match the model's state_dict: {'; '.join(parts)}")
+        raise WeightsError(
+            f"weights do not match the model's state_dict: {'; '.join(parts)}"
+            + _wrapper_hint(missing, extra)
+        )
 
 
 def to_state_dict(weights: Weights) -> dict[str, Any]:
