@@ -47,3 +47,21 @@ def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
     # The empty batch moved the model too (noise alone), and Opacus' accountant saw it.
     assert moved == [True, True, True]
     assert sum(n for *_, n in dp.engine.accountant.history) == dp.ledger.rounds == 3
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 1.5, True])
+def test_epochs_that_train_nothing_are_refused(epochs: object) -> None:
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    dp = DPSGD(
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        DataLoader(data, batch_size=4),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        seed=0,
+    )
+    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
+        dp.train(epochs)  # type: ignore[arg-type]
+    assert dp.ledger.rounds == 0

@@ -116,6 +116,8 @@ class DPSGD:
     def train(self, epochs: int = 1, loss_fn: Any = None) -> float:
         """Train ``epochs`` passes of DP-SGD; return the mean training loss."""
         torch = torch_module()
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.module.train()
         total, batches = 0.0, 0
