@@ -1,4 +1,4 @@
-"""FedProx's proximal gradient leaves frozen parameters alone, whatever the optimizer."""
+"""FedProx's and SCAFFOLD's gradient terms leave frozen parameters alone, whatever the optimizer."""
 
 from __future__ import annotations
 
@@ -39,3 +39,14 @@ def test_fedprox_does_not_train_frozen_parameters(optimizer: object) -> None:
     assert not np.any(delta["0.bias"])
     assert np.any(delta["2.weight"])  # the trained layer moved
     assert client.model[0].weight.grad is None
+
+
+def test_scaffolds_correction_leaves_frozen_parameters_without_a_gradient() -> None:
+    from covey.clients import torch_add_correction
+
+    net = _net()
+    correction = {k: np.zeros(tuple(p.shape), np.float32) for k, p in net.named_parameters()}
+    torch_add_correction(net, correction)
+    assert net[0].weight.grad is None
+    assert net[0].bias.grad is None
+    assert net[2].weight.grad is not None
