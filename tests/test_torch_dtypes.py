@@ -49,3 +49,20 @@ def test_the_delta_comes_in_the_global_models_dtype(
     run = covey.simulate(lambda cid: _client(model), 2, 1, covey.FedAvg(), init)
     assert run.history.failures() == []
     assert {v.dtype for v in run.weights.values()} == {np.dtype(global_dtype)}
+
+
+def test_load_weights_takes_big_endian_arrays_and_refuses_complex_ones() -> None:
+    from covey import WeightsError
+    from covey.torch import load_weights
+
+    source = to_weights(nn.Linear(3, 2), copy=True)
+    net = nn.Linear(3, 2)
+    load_weights(net, {k: v.astype(v.dtype.newbyteorder(">")) for k, v in source.items()})
+    for name, value in to_weights(net).items():
+        np.testing.assert_array_equal(value, source[name])
+    before = {k: v.copy() for k, v in to_weights(net).items()}
+    bad = dict(source, bias=source["bias"] + 1j)
+    with pytest.raises(WeightsError, match=r"'bias' is complex, the model's is torch.float32"):
+        load_weights(net, bad)
+    for name, value in to_weights(net).items():
+        np.testing.assert_array_equal(value, before[name])

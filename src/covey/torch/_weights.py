@@ -122,6 +122,8 @@ def to_state_dict(weights: Weights) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
         for name, array in weights.items():
             a = np.asarray(array)
+            if not a.dtype.isnative:  # torch holds native byte order only (a copy)
+                a = a.astype(a.dtype.newbyteorder("="))
             if not a.flags.c_contiguous:
                 a = np.ascontiguousarray(a)
             try:
@@ -145,8 +147,10 @@ def load_weights(module: Any, weights: Weights) -> None:
         weights: One array per ``state_dict`` entry, with matching shapes.
 
     Raises:
-        WeightsError: A name is missing or unexpected, or a shape differs; the
-            module is then left unchanged.
+        WeightsError: A name is missing or unexpected, a shape differs, or a
+            complex array would go into a real tensor; the module is then left
+            unchanged. Other dtypes are cast to the module's (float64 weights
+            into a float32 model, say).
     """
     torch = torch_module()
     state = module.state_dict(keep_vars=True)
@@ -156,6 +160,11 @@ def load_weights(module: Any, weights: Weights) -> None:
         if shape != tuple(target.shape):
             raise WeightsError(
                 f"weight {name!r} has shape {shape}, the model's is {tuple(target.shape)}"
+            )
+        if np.asarray(weights[name]).dtype.kind == "c" and not target.is_complex():
+            raise WeightsError(
+                f"weight {name!r} is complex, the model's is {target.dtype}: "
+                "copying it would drop the imaginary part"
             )
     sources = to_state_dict(weights)
     with torch.no_grad():
