@@ -41,7 +41,7 @@ def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
         )
         return out
 
-    dp.optimizer.step = watched_step  # type: ignore[method-assign]
+    dp.optimizer.step = watched_step
     loss = dp.train(epochs=1)
     assert not math.isnan(loss)  # the mean of the two batches that drew examples
     # The empty batch moved the model too (noise alone), and Opacus' accountant saw it.

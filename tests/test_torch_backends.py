@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from covey.torch import TorchClient, to_weights  # noqa: E402
 class _ParallelOp(covey.Client):
     """Runs one op large enough for torch to split it across its threads."""
 
-    def fit(self, weights: covey.Weights, config: covey.Config) -> covey.FitResult:
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
         total = float(torch.ones(200_000).add_(1).sum())
         return covey.FitResult(
             weights=dict(weights),
@@ -66,7 +67,7 @@ class _Net(nn.Module):
         self.frozen = nn.Linear(3, 3)
         self.frozen.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any) -> Any:
         return self.frozen(self.body(x))
 
 

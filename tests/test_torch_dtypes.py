@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from covey.torch import TorchClient, to_weights  # noqa: E402
 
 
-def _client(dtype: torch.dtype) -> TorchClient:
+def _client(dtype: Any) -> TorchClient:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 4, generator=g, dtype=dtype), torch.randint(0, 2, (16,), generator=g)
     return TorchClient(
@@ -36,7 +38,7 @@ def _client(dtype: torch.dtype) -> TorchClient:
     ],
 )
 def test_the_delta_comes_in_the_global_models_dtype(
-    model: torch.dtype, global_dtype: type[np.floating]
+    model: Any, global_dtype: type[np.floating[Any]]
 ) -> None:
     torch.manual_seed(0)
     init = {k: v.astype(global_dtype) for k, v in to_weights(nn.Linear(4, 2)).items()}

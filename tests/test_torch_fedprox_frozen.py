@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from covey.torch import TorchClient, to_weights  # noqa: E402
 
 
-def _net() -> nn.Module:
+def _net() -> nn.Sequential:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     net[0].requires_grad_(False)  # a frozen feature extractor
@@ -27,7 +29,7 @@ def _net() -> nn.Module:
         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
     ],
 )
-def test_fedprox_does_not_train_frozen_parameters(optimizer: object) -> None:
+def test_fedprox_does_not_train_frozen_parameters(optimizer: Any) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g)
     client = TorchClient(

@@ -9,13 +9,15 @@ from covey import WeightsError
 
 torch = pytest.importorskip("torch")
 
+from torch import nn  # noqa: E402
+
 from covey.torch import load_weights, to_weights  # noqa: E402
 
 
-class _Compiled(torch.nn.Module):
+class _Compiled(nn.Module):
     """Holds its model as torch.compile's wrapper does (compiling itself is slow to import)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self._orig_mod = model
 
