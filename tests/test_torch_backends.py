@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -102,3 +106,43 @@ def test_batchnorm_and_frozen_layers_give_the_same_bits_inline_and_in_processes(
         np.testing.assert_array_equal(runs["inline"][name], runs["process"][name])
     assert runs["process"]["body.1.num_batches_tracked"] == 2 * 4  # two rounds of 4 batches
     np.testing.assert_array_equal(runs["process"]["frozen.weight"], init["frozen.weight"])
+
+
+_NO_TORCH_IN_PARENT = """
+import sys
+import numpy as np
+import covey
+
+class Threads(covey.Client):
+    def fit(self, weights, config):
+        import torch
+        return covey.FitResult(weights=dict(weights), num_examples=1,
+                               metrics={"threads": torch.get_num_threads()})
+
+def client_fn(cid):
+    import torch
+    torch.set_num_threads(2)
+    return Threads()
+
+result = covey.simulate(client_fn, 2, 1, covey.FedAvg(fraction_evaluate=0.0),
+                        {"w": np.zeros(1)}, backend="process", num_workers=2, round_timeout=60)
+assert "torch" not in sys.modules
+print(result.history.metric("threads", "fit"))
+"""
+
+
+@pytest.mark.slow
+def test_workers_run_torch_on_one_thread_when_only_the_clients_load_it() -> None:
+    # The same threads, so the same bits, whether or not the parent had loaded torch.
+    src = str(Path(covey.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH_IN_PARENT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[(1, 1.0)]"
