@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,27 @@ def test_epochs_that_train_nothing_are_refused(epochs: object) -> None:
     with pytest.raises(ValueError, match="epochs must be an int >= 1"):
         dp.train(epochs)  # type: ignore[arg-type]
     assert dp.ledger.rounds == 0
+
+
+def test_the_seed_fixes_the_poisson_batches_too() -> None:
+    data = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
+
+    def run(global_seed: int) -> tuple[list[int], Any]:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 2)
+        dp = DPSGD(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            DataLoader(data, batch_size=8),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            delta=1e-5,
+            seed=0,
+        )
+        torch.manual_seed(global_seed)  # whatever else drew from torch's global generator
+        dp.train(epochs=1)
+        return [len(y) for _, y in dp.data_loader], net.weight.detach().clone()
+
+    (sizes_a, weight_a), (sizes_b, weight_b) = run(1), run(2)
+    assert sizes_a == sizes_b
+    assert torch.equal(weight_a, weight_b)

@@ -16,6 +16,8 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import dp_accounting as dpa
 else:
@@ -51,8 +53,10 @@ class DPSGD:
         max_grad_norm: The per-example gradient clip.
         delta: The delta the client reports its epsilon at (below 1 / examples).
         accountant: ``"rdp"`` (default) or ``"pld"`` for the client's ledger.
-        seed: Seeds Opacus' noise and sampling (tests); None uses its default
-            generator. For a real deployment prefer ``secure_mode=True`` in Opacus.
+        seed: Seeds Opacus' noise and the Poisson sampling of batches (tests),
+            each from a stream of its own; None leaves both to Opacus (torch's
+            global generator, or the data loader's ``generator`` for sampling).
+            For a real deployment prefer ``secure_mode=True`` in Opacus.
 
     Example:
         >>> dp = DPSGD(net, torch.optim.SGD(net.parameters(), lr=0.1), loader,  # doctest: +SKIP
@@ -112,6 +116,13 @@ class DPSGD:
         # with drop_last or a partial last batch the two differ, and the ledger must
         # account what was drawn
         self.sampling_rate = float(self.data_loader.sample_rate)
+        if seed is not None:
+            # Opacus seeds the noise only: its Poisson sampler draws from the loader's
+            # own generator, else torch's global one. A stream of its own, apart from
+            # the noise's, makes the batches follow the seed too.
+            self.data_loader.batch_sampler.generator = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+            )
 
     def train(self, epochs: int = 1, loss_fn: Any = None) -> float:
         """Train ``epochs`` passes of DP-SGD; return the mean training loss."""
