@@ -21,6 +21,17 @@ Metrics = dict[str, Scalar]
 Config = dict[str, Any]
 
 
+def slot_setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' setters of ``names`` on the slotted class ``cls``.
+
+    A frozen dataclass's generated ``__init__`` sets each field through
+    ``object.__setattr__``; the records built once per client and round (a
+    reply, a fit result, a contribution) set their slots through these instead,
+    which takes about half the work, and stay just as frozen afterwards.
+    """
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
 MAX_EXAMPLES = 2**53
 """The most examples a result may declare: every count up to it is exact in float64,
 and weighing updates by it cannot overflow (10**400 examples would stop aggregation)."""
@@ -62,7 +73,7 @@ def _check_metrics(value: object, what: str) -> None:
             )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class FitResult:
     """What a client's ``fit`` returns: new weights or an update, and its data size.
 
@@ -84,6 +95,24 @@ class FitResult:
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     extras: Mapping[str, Weights] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        *,
+        weights: Weights | None = None,
+        delta: Weights | None = None,
+        num_examples: int,
+        metrics: Metrics | None = None,
+        extras: Mapping[str, Weights] | None = None,
+    ) -> None:
+        """Check and keep what a client's ``fit`` returns (see the class)."""
+        set_weights, set_delta, set_count, set_metrics, set_extras = _FIT_RESULT_SLOTS
+        set_weights(self, weights)
+        set_delta(self, delta)
+        set_count(self, num_examples)
+        set_metrics(self, {} if metrics is None else metrics)
+        set_extras(self, {} if extras is None else extras)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         weights, delta = self.weights, self.delta
@@ -111,34 +140,47 @@ class FitResult:
             object.__setattr__(self, "extras", extras)
 
 
+_FIT_RESULT_SLOTS = slot_setters(FitResult, "weights", "delta", "num_examples", "metrics", "extras")
+
+
 def _all_arrays(weights: object) -> bool:
     """Whether ``weights`` is a dict whose every value is a NumPy array (the usual case)."""
     if type(weights) is not dict:
         return False
-    for value in weights.values():  # noqa: SIM110 - a loop: no generator object per call
-        if type(value) is not np.ndarray:
+    for value in weights.values():  # a loop: no generator object per call
+        if type(value) is not np.ndarray or not value.dtype.isnative:
             return False
     return True
 
 
 def _arrays(weights: object, what: str) -> Weights:
-    """``weights`` with NumPy scalars as 0-d arrays; any value that is not an array refused."""
+    """``weights`` as plain NumPy arrays in this machine's byte order; anything else refused.
+
+    NumPy scalars become 0-d arrays, subclasses (``np.matrix``, ``np.memmap``) plain
+    arrays over the same memory, and arrays in the other byte order (``>f4``) native
+    ones, as they arrive from another process: the update is the same on every backend.
+    """
     if not isinstance(weights, Mapping):
         raise TypeError(
             f"{what} must be a dict of names to NumPy arrays, got {type(weights).__name__}"
             + unnamed_hint(weights)
         )
     for value in weights.values():  # the usual case, checked fast: every value an array
-        if type(value) is not np.ndarray:
+        if type(value) is not np.ndarray or not value.dtype.isnative:
             break
     else:
         return weights
-    scalars = False
+    convert = False
     for name, value in weights.items():
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(
+                f"{what}[{name!r}] is a masked array; send its values (array.filled(...))"
+            )
         if isinstance(value, np.ndarray):
+            convert = convert or type(value) is not np.ndarray or not value.dtype.isnative
             continue
         if isinstance(value, np.generic):
-            scalars = True
+            convert = True
             continue
         hint = (
             " (convert tensors with .detach().cpu().numpy())"
@@ -146,12 +188,17 @@ def _arrays(weights: object, what: str) -> Weights:
             else " (wrap it with np.asarray)"
         )
         raise TypeError(f"{what}[{name!r}] is {type(value).__name__}, expected a NumPy array{hint}")
-    if not scalars:
+    if not convert:
         return weights
-    return {
-        name: np.asarray(value) if isinstance(value, np.generic) else value
-        for name, value in weights.items()
-    }
+    return {name: _plain(value) for name, value in weights.items()}
+
+
+def _plain(value: Any) -> np.ndarray[Any, Any]:
+    """``value`` (an array or a NumPy scalar) as a plain array in native byte order."""
+    array: np.ndarray[Any, Any] = np.asarray(value)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,7 +250,7 @@ class Task:
     payload: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Reply:
     """A client's answer to a :class:`Task`: a result, or the error it raised.
 
@@ -219,6 +266,14 @@ class Reply:
     result: Any = None
     error: str | None = None
 
+    def __init__(self, cid: int, kind: str, result: Any = None, error: str | None = None) -> None:
+        """A reply of client ``cid`` to a ``kind`` task (see the class)."""
+        set_cid, set_kind, set_result, set_error = _REPLY_SLOTS
+        set_cid(self, cid)
+        set_kind(self, kind)
+        set_result(self, result)
+        set_error(self, error)
+
     @property
     def ok(self) -> bool:
         """Whether the client succeeded."""
@@ -230,6 +285,9 @@ class Reply:
         A no-op for a reply held in memory; a :class:`DeferredReply` unmaps its
         result. The round loops call it right after folding a reply.
         """
+
+
+_REPLY_SLOTS = slot_setters(Reply, "cid", "kind", "result", "error")
 
 
 class DeferredReply(Reply):

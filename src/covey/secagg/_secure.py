@@ -20,13 +20,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
-from covey.aggregate._flat import signed
+from covey.aggregate._flat import int_change, signed
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.privacy import ClippedSum
@@ -38,6 +38,7 @@ from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
 from covey.strategies._strategy import FitOutcome, Strategy
+from covey.strategies._subclass import replace_strategy
 
 FIT_INPUT = "covey.secagg.fit"
 Reducer = Literal["auto", "weighted_mean", "mean"]
@@ -131,7 +132,10 @@ def _weights_change(new: Any, old: Any, clip: float) -> np.ndarray:
     value is put back on the bound. A larger change stays as it is and fails.
     """
     new_arr, old_arr = np.asarray(new), np.asarray(old)
-    delta = new_arr.astype(np.float64) - old_arr.astype(np.float64)
+    if new_arr.dtype.kind in "iu":  # exact for a change to a value past 2**53
+        return int_change(new_arr, old_arr)
+    # asarray: for 0-d arrays the difference is a NumPy scalar, which takes no assignment.
+    delta = np.asarray(new_arr.astype(np.float64) - old_arr.astype(np.float64))
     if new_arr.dtype.kind == "f":
         slack = np.abs(np.spacing(new_arr)).astype(np.float64)
         near = (np.abs(delta) > clip) & (np.abs(delta) <= clip + slack)
@@ -445,7 +449,7 @@ def secure(
         "noise": None if noise is None else noise.settings(),
         "l2_clip": dp.l2_clip,
     }
-    return replace(
+    return replace_strategy(
         strategy,
         fit_round=fit,
         hooks=(*strategy.hooks, *dp.hooks),

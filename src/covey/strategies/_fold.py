@@ -12,7 +12,7 @@ from typing import Any
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
 from covey.core._messages import FitResult
-from covey.core._weights import Array, Weights, WeightsSpec, freeze, subtract
+from covey.core._weights import Array, Weights, WeightsSpec, freeze, native, subtract
 
 
 def contribution(
@@ -97,16 +97,17 @@ def fold(
         covey.WeightsError: if a result does not match the model.
         covey.AggregationError: if the step gives no aggregate or an invalid one.
     """
+    global_weights = native(global_weights)  # as a round loop keeps its model
     spec = WeightsSpec.of(global_weights)
     spec.check(global_weights, what="global weights")
     params = freeze(global_weights)
     state = aggregator.init(params) if state is None else state
-    state, _ = aggregator.update(state, Begin(round, params))
+    state, _ = aggregator.feed(state, Begin(round, params))
     for cid, result in enumerate(results):
         if not isinstance(result, FitResult):
             raise TypeError(f"result {cid} is {type(result).__name__}, expected covey.FitResult")
-        state, _ = aggregator.update(state, contribution(cid, result, spec))
-    state, out = aggregator.update(state, End(round))
+        state, _ = aggregator.feed(state, contribution(cid, result, spec))
+    state, out = aggregator.feed(state, End(round))
     aggregate = find_aggregate(out)
     if aggregate is None:
         raise AggregationError(f"round {round}: the aggregation step produced no aggregate")
