@@ -86,6 +86,7 @@ def _backend(
 
 
 def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -105,7 +106,8 @@ def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
             parts.append(f"loss {record.central_loss:.4f}")
         for key, value in record.central_metrics.items():
             if isinstance(value, float):
-                parts.append(f"{key} {value:.4f}")
+                # A metric's name is the user's text, not markup: ``f1[/macro]`` is shown as is.
+                parts.append(f"{escape(key)} {value:.4f}")
         if record.failures:
             parts.append(f"[yellow]{len(record.failures)} failed")
         progress.update(task_id, completed=record.round, status="  ".join(parts))
