@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
+from rich.console import Console
+from typer.testing import CliRunner
 
 import covey
+from covey.cli import app
 from covey.core import Config, Metrics
 
 
@@ -34,3 +40,43 @@ def test_a_metric_named_like_markup_is_shown_as_is_on_the_progress_bar(
     out = capsys.readouterr().out
     assert "f1[/macro] 0.2500" in out
     assert "[bold]recall 0.7500" in out
+
+
+def _covey(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_a_project_folder_with_brackets_is_printed_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    folder = "w[/b]" + "x" * 60
+    code, out = _covey("new", "fed", "--dir", folder)
+    assert code == 0, out
+    # One line each (a path cut over two lines cannot be pasted), shown as typed.
+    assert f"created {folder}/fed: " in out
+    assert f"next: cd {folder}/fed && covey run && pytest" in out
+    assert (tmp_path / folder / "fed" / "pyproject.toml").is_file()
+
+
+def test_a_query_whose_sql_looks_like_markup_is_a_mistake_not_a_crash() -> None:
+    pytest.importorskip("sqlglot")
+    code, out = _covey("query", 'SELECT "a[/b]" FROM t', "--server", "127.0.0.1:0", "--insecure")
+    assert code == 2, out
+    assert "MarkupError" not in out
+    assert out.startswith("error: ")
+
+
+def test_an_answer_whose_groups_look_like_markup_is_shown_as_it_is() -> None:
+    pd = pytest.importorskip("pandas")
+    from covey.analytics._cli import result_table
+
+    df = pd.DataFrame({"g[/x]": ["[/red]", "[bold]b"], "n": [1.0, 2.0]})
+    df.attrs = {"sites": ["site[/1]"], "refused": ["[/why]"]}
+    out = Console(file=io.StringIO(), width=200, color_system=None)
+    out.print(result_table(df, 'SELECT "g[/x]", COUNT(*) FROM t GROUP BY 1'))
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    for shown in ('SELECT "g[/x]"', "g[/x]", "[/red]", "[bold]b", "site[/1]", "[/why]"):
+        assert shown in text

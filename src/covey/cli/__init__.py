@@ -98,7 +98,7 @@ def demo(
     try:
         result = run_demo(config, run_dir=run_dir, progress=True)
     except covey.FederationError as exc:
-        console.print(f"[red]run stopped:[/] {exc}")
+        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     console.print(round_table(result.history))
     final = result.history.rounds[-1]
@@ -109,7 +109,10 @@ def demo(
         f"[bold green]final test accuracy: {accuracy:.4f}[/] after {final.round} rounds "
         f"in {result.seconds:.2f} s"
     )
-    console.print(f"run folder: {run_dir} (history.json{', plot.png' if plot else ''})")
+    console.print(
+        f"run folder: {escape(str(run_dir))} (history.json{', plot.png' if plot else ''})",
+        soft_wrap=True,
+    )
 
 
 def _mount() -> None:

@@ -81,8 +81,9 @@ def new_command(
         target = root / string.Template(path).substitute(pkg=pkg)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, string.Template(text).substitute(name=name, pkg=pkg))
-    console.print(f"[green]created[/] {root}: {len(FILES)} files")
-    console.print(f"next: cd {root} && covey run && pytest")
+    # The folder is the user's text: printed as is (``[x]`` is no markup), on one line.
+    console.print(f"[green]created[/] {escape(str(root))}: {len(FILES)} files", soft_wrap=True)
+    console.print(f"next: cd {escape(str(root))} && covey run && pytest", soft_wrap=True)
 
 
 def _installed(pkg: str) -> bool:
@@ -334,13 +335,13 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
             compression=server_app.compression,
         )
     except covey.FederationError as exc:
-        console.print(f"[red]run stopped:[/] {exc}")
+        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print(
-            f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
-            "rounds done); a simulation keeps no checkpoint to resume from: `covey run` runs "
-            "it again from the start, and the same seed gives the same results",
+            f"interrupted: the simulation in {escape(str(run_dir))} stopped (its history.json "
+            "keeps the rounds done); a simulation keeps no checkpoint to resume from: "
+            "`covey run` runs it again from the start, and the same seed gives the same results",
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
@@ -349,7 +350,10 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     early = stopped_early(result.history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
-    console.print(f"run folder: {run_dir} (history.json, plot.png); see `covey runs show`")
+    console.print(
+        f"run folder: {escape(str(run_dir))} (history.json, plot.png); see `covey runs show`",
+        soft_wrap=True,
+    )
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
@@ -394,10 +398,14 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
     console.print(
-        f"[bold]covey run --federation {name}[/]: serving {settings.project.name} on "
-        f"{address}; start each client with\n  covey client --app "
-        f"{settings.run['client_app'].rsplit(':', 1)[0]}:client_fn --cid K --name NAME "
-        f"--server {dial} " + ("--insecure" if insecure else f"--certs {certs}")
+        f"[bold]covey run --federation {escape(name)}[/]: serving "
+        f"{escape(settings.project.name)} on {escape(address)}; start each client with\n"
+        + escape(
+            f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
+            f"--cid K --name NAME --server {dial} "
+            + ("--insecure" if insecure else f"--certs {certs}")
+        ),
+        soft_wrap=True,
     )
     flags = {
         "run": _run_folder(run_dir, None),

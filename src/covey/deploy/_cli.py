@@ -200,13 +200,17 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     except FileExistsError:
         _forget(run, flags)
         console.print(
-            f"[red]error:[/] a run already exists in {run}; resume it with "
-            f"`covey server --resume {run}` or pick another --run-dir"
+            "[red]error:[/] "
+            + escape(
+                f"a run already exists in {run}; resume it with "
+                f"`covey server --resume {run}` or pick another --run-dir"
+            ),
+            soft_wrap=True,
         )
         raise typer.Exit(1) from None
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _forget(run, flags)
@@ -217,11 +221,11 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             )
         else:
             said = "interrupted before the run started"
-        console.print(said, soft_wrap=True)
+        console.print(escape(said), soft_wrap=True)
         raise typer.Exit(130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
-        f"history.json and plot.png in {run}"
+        f"history.json and plot.png in {escape(str(run))}"
     )
 
 
@@ -440,10 +444,10 @@ def client_command(
             max_task_bytes=_task_cap(_pick(max_task_mb, s, "max_task_mb", None)),
         )
     except Refused as exc:
-        console.print(f"[red]refused:[/] {exc.cause}")
+        console.print(f"[red]refused:[/] {escape(str(exc.cause))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (ConnectionError, OSError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("interrupted: this client left the federation; start it again to rejoin")
@@ -456,5 +460,5 @@ def client_command(
         raise typer.Exit(1)
     console.print(
         f"done: {result.tasks} task(s) in {result.sessions} session(s); "
-        f"server said: {result.reason}"
+        f"server said: {escape(result.reason)}"
     )
