@@ -80,3 +80,36 @@ def test_an_answer_whose_groups_look_like_markup_is_shown_as_it_is() -> None:
     text = out.file.getvalue()  # type: ignore[attr-defined]
     for shown in ('SELECT "g[/x]"', "g[/x]", "[/red]", "[bold]b", "site[/1]", "[/why]"):
         assert shown in text
+
+
+def test_the_demo_table_keeps_every_figure_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "60")  # piped output is 80 columns wide unless told
+    code, out = _covey("demo", "--clients", "4", "--rounds", "1", "--no-plot", "--run-dir", "r")
+    assert code == 0, out
+    assert "…" not in out
+    header = next(line for line in out.splitlines() if "train_loss" in line)
+    assert header.split()[:3] == ["round", "clients", "failed"]
+
+
+def test_a_dumb_terminal_gets_the_whole_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from covey.cli._runs import print_table, round_table
+
+    monkeypatch.setenv("TERM", "dumb")
+    history = covey.simulate(
+        client_fn=lambda cid: _Step(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=_central,
+    ).history
+    out = Console(file=io.StringIO(), force_terminal=True, width=60)
+    assert out.is_dumb_terminal
+    print_table(round_table(history), out)
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text
+    assert "\x1b[" not in text
+    assert "train_loss" in text

@@ -60,7 +60,7 @@ def demo(
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
     from covey.cli._demo import DemoConfig, plot_history, run_demo
-    from covey.cli._runs import round_table
+    from covey.cli._runs import print_table, round_table
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail
     from covey.server._outputs import new_run_dir
@@ -100,7 +100,7 @@ def demo(
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    console.print(round_table(result.history))
+    print_table(round_table(result.history), console)
     final = result.history.rounds[-1]
     accuracy = float(final.central_metrics.get("accuracy", float("nan")))
     if plot:

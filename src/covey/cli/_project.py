@@ -301,7 +301,7 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
 
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
-    from covey.cli._runs import round_table, stopped_early
+    from covey.cli._runs import print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked
 
@@ -346,7 +346,7 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
         )
         raise typer.Exit(130) from None
     plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
-    console.print(round_table(result.history))
+    print_table(round_table(result.history), console)
     early = stopped_early(result.history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")

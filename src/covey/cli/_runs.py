@@ -84,11 +84,13 @@ def print_table(table: Table, out: Console | None = None) -> None:
         out.print(table)
         return
     # Console.print never goes wider than the console: a console of the width needed does.
+    # rich holds a dumb terminal (TERM=dumb) to 80 columns whatever width it is given, so
+    # one is written to as a plain file: it shows no escape codes either way.
     Console(
         file=out.file,
         width=width,
         color_system=out.color_system,  # type: ignore[arg-type]
-        force_terminal=out.is_terminal,
+        force_terminal=out.is_terminal and not out.is_dumb_terminal,
         no_color=out.no_color,
         legacy_windows=out.legacy_windows,
     ).print(table)
