@@ -113,3 +113,25 @@ def test_a_dumb_terminal_gets_the_whole_table(monkeypatch: pytest.MonkeyPatch) -
     assert "…" not in text
     assert "\x1b[" not in text
     assert "train_loss" in text
+
+
+@pytest.mark.parametrize("flag", ["-v", "--verbose"])
+def test_the_traceback_flag_is_taken_by_every_command(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from covey.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    (tmp_path / "file.txt").write_text("")
+    args = ["covey", "demo", "--clients", "4", "--rounds", "1", "--run-dir", "file.txt/run"]
+    monkeypatch.setattr("sys.argv", args)
+    with pytest.raises(SystemExit) as quiet:
+        main()
+    assert quiet.value.code == 1
+    said = capsys.readouterr().err
+    assert "(run with -v for the traceback)" in said
+    # `covey demo` has no -v of its own: the flag the error line names still works there.
+    monkeypatch.setattr("sys.argv", [*args, flag])
+    with pytest.raises(NotADirectoryError):
+        main()

@@ -139,6 +139,23 @@ def _mount() -> None:
 _mount()
 
 
+def _without_traceback_flag(args: list[str]) -> list[str]:
+    """``args`` less ``-v``/``--verbose`` when the command has no such option of its own.
+
+    There the flag only asks :func:`main` for the traceback, as its one-line error
+    says; the command would otherwise refuse it as an unknown option.
+    """
+    command = typer.main.get_command(app)
+    for arg in args:
+        sub = getattr(command, "commands", {}).get(arg)  # a group's sub-commands
+        if sub is None:
+            break
+        command = sub
+    if any(opt in ("-v", "--verbose") for param in command.params for opt in param.opts):
+        return args
+    return [arg for arg in args if arg not in ("-v", "--verbose")]
+
+
 def main() -> None:
     """Entry point of the ``covey`` command.
 
@@ -148,7 +165,7 @@ def main() -> None:
     """
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
     try:
-        app()
+        app(args=_without_traceback_flag(sys.argv[1:]) if verbose else None)
     except Exception as exc:
         if verbose:
             raise
