@@ -135,3 +135,52 @@ def test_the_traceback_flag_is_taken_by_every_command(
     monkeypatch.setattr("sys.argv", [*args, flag])
     with pytest.raises(NotADirectoryError):
         main()
+
+
+def _ascii_stream() -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict", write_through=True)
+
+
+def _written(stream: io.TextIOWrapper) -> bytes:
+    stream.flush()
+    return stream.buffer.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_progress_bar_never_fails_a_run_on_an_ascii_stdout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def central(rnd: int, weights: covey.Weights) -> tuple[float, Metrics]:
+        return 0.5, {"précision": 0.25}
+
+    stdout = _ascii_stream()
+    monkeypatch.setattr("sys.stdout", stdout)
+    result = covey.simulate(
+        client_fn=lambda cid: _Step(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=central,
+        progress=True,
+    )
+    assert result.history.metric("précision")[-1] == (1, 0.25)
+    assert b"pr\\xe9cision 0.2500" in _written(stdout)
+
+
+def test_the_command_line_writes_any_name_on_an_ascii_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    stdout = _ascii_stream()
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setattr(
+        "sys.argv",
+        ["covey", "demo", "--clients", "4", "--rounds", "1", "--no-plot", "--run-dir", "démo"],
+    )
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert b"run folder: d\\xe9mo (history.json)" in _written(stdout)
+    assert (tmp_path / "démo" / "history.json").is_file()

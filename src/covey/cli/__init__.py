@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -156,6 +158,32 @@ def _without_traceback_flag(args: list[str]) -> list[str]:
     return [arg for arg in args if arg not in ("-v", "--verbose")]
 
 
+def _lenient(error: UnicodeError) -> tuple[str | bytes, int]:
+    r"""Encode what an encoding lacks: a file name's stray bytes as they were, else ``\xe9``."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    chunk = error.object[error.start : error.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):  # bytes a file name kept (surrogateescape)
+        return bytes(ord(c) - 0xDC00 for c in chunk), error.end
+    return codecs.backslashreplace_errors(error)
+
+
+def _tolerant_output() -> None:
+    r"""Let standard output and error write any text, whatever the locale's encoding.
+
+    Under ``PYTHONIOENCODING=ascii`` or a Latin-1 locale, a run folder, metric or
+    client name the encoding lacks is written as a ``\xe9`` escape rather than
+    raising ``UnicodeEncodeError`` once the work is done.
+    """
+    codecs.register_error("covey.lenient", _lenient)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        if isinstance(stream, io.TextIOWrapper) and not codecs.lookup(encoding).name.startswith(
+            "utf-"
+        ):
+            stream.reconfigure(errors="covey.lenient")
+
+
 def main() -> None:
     """Entry point of the ``covey`` command.
 
@@ -164,6 +192,7 @@ def main() -> None:
     one line naming the extra that installs it (``pip install 'covey[analytics]'``).
     """
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
+    _tolerant_output()
     try:
         app(args=_without_traceback_flag(sys.argv[1:]) if verbose else None)
     except Exception as exc:
