@@ -184,3 +184,22 @@ def test_the_command_line_writes_any_name_on_an_ascii_stdout(
     assert done.value.code == 0
     assert b"run folder: d\\xe9mo (history.json)" in _written(stdout)
     assert (tmp_path / "démo" / "history.json").is_file()
+
+
+def test_a_project_run_from_another_folder_prints_a_command_that_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    code, out = _covey("new", "envfed", "--dir", "work")
+    assert code == 0, out
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.syspath_prepend(str(tmp_path / "work" / "envfed"))
+    code, out = _covey("run", "../work/envfed", "--set", "rounds=1", "--set", "clients=2")
+    assert code == 0, out
+    shown = out.strip().splitlines()[-1].split("`")[1].split()
+    assert shown[:3] == ["covey", "runs", "show"]
+    code, out = _covey(*shown[1:])
+    assert code == 0, out
+    assert "finished" in out

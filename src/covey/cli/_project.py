@@ -351,7 +351,7 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
     console.print(
-        f"run folder: {escape(str(run_dir))} (history.json, plot.png); see `covey runs show`",
+        escape(f"run folder: {run_dir} (history.json, plot.png); `covey runs show {run_dir}`"),
         soft_wrap=True,
     )
 
