@@ -203,3 +203,21 @@ def test_a_project_run_from_another_folder_prints_a_command_that_shows_it(
     code, out = _covey(*shown[1:])
     assert code == 0, out
     assert "finished" in out
+
+
+def test_a_certs_mistake_exits_2_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    assert _covey("certs", "init", "--dir", "fed")[0] == 0
+    assert _covey("certs", "issue", "site-1", "--dir", "fed")[0] == 0
+    for args in (
+        ("certs", "init", "--dir", "fed"),
+        ("certs", "issue", "site-1", "--dir", "fed"),
+        ("certs", "revoke", "ghost", "--dir", "fed"),
+    ):
+        code, out = _covey(*args)
+        assert code == 2, out
+        assert len(out.strip().splitlines()) == 1, out
+        assert out.startswith("error: ")

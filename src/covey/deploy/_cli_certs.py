@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from covey.deploy import certs as _certs
+from covey.deploy._cli_errors import fail
 
 __all__ = ["certs_app"]
 
@@ -41,12 +42,12 @@ def _out() -> Console:
 
 
 def _fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code=1)
+    """A mistake in what the command was pointed at: one line, exit code 2, as for every command."""
+    fail(message)
 
 
 def _call(function: Callable[[], _T]) -> _T:
-    """Run an API call, turning its expected errors into a red message and exit code 1."""
+    """Run an API call, turning its expected errors into one red line and exit code 2."""
     try:
         return function()
     except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:
