@@ -221,3 +221,20 @@ def test_a_certs_mistake_exits_2_on_one_line(
         assert code == 2, out
         assert len(out.strip().splitlines()) == 1, out
         assert out.startswith("error: ")
+
+
+def test_certs_list_keeps_each_serial_whole_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography import x509
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "60")
+    assert _covey("certs", "init", "--dir", "fed")[0] == 0
+    assert _covey("certs", "issue", "site-1", "--dir", "fed")[0] == 0
+    pem = (tmp_path / "fed" / "clients" / "site-1.pem").read_bytes()
+    serial = f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
+    code, out = _covey("certs", "list", "--dir", "fed")
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if "site-1" in line)
+    assert row.split() == ["site-1", serial, row.split()[2], "no", "valid"]

@@ -197,6 +197,7 @@ def query_command(
     from covey.analytics._query import check_query, query
     from covey.deploy import tls_from_dir
     from covey.deploy._cli_errors import output_file
+    from covey.deploy._cli_tables import print_table
     from covey.transport.grpc import GrpcServerTransport
     from covey.transport.grpc._checks import check_address
 
@@ -233,7 +234,7 @@ def query_command(
         df = query(
             transport, sql, secure=secure, epsilon=epsilon, mechanism=mechanism, timeout=timeout
         )
-        console.print(result_table(df, sql))
+        print_table(result_table(df, sql), console)
         if json_out is not None:
             json_out.write_text(df.to_json(orient="split", default_handler=str))
     except (ValueError, PermissionError, RuntimeError, TimeoutError) as exc:

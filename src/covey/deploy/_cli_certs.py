@@ -15,6 +15,7 @@ from rich.table import Table
 
 from covey.deploy import certs as _certs
 from covey.deploy._cli_errors import fail
+from covey.deploy._cli_tables import print_table
 
 __all__ = ["certs_app"]
 
@@ -230,4 +231,4 @@ def list_(directory: _DirOption) -> None:
             "[red]yes[/]" if client.revoked else "no",
             f"[{status_style}]{escape(client.status)}[/]",
         )
-    out.print(table)
+    print_table(table, out)  # piped: one line a certificate, its serial whole
