@@ -238,3 +238,22 @@ def test_certs_list_keeps_each_serial_whole_when_piped(
     assert code == 0, out
     row = next(line for line in out.splitlines() if "site-1" in line)
     assert row.split() == ["site-1", serial, row.split()[2], "no", "valid"]
+
+
+def test_a_server_writes_whole_lines_to_a_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    run = Path(*(["r" * 60] * 5))  # longer than any console is wide
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    code, out = _covey(*args, "--wait-timeout", "0.2", "--run-dir", str(run))
+    assert code == 1, out
+    lines = out.splitlines()
+    listening = next(line for line in lines if "covey server listening on port" in line)
+    assert listening.endswith(f"(run folder {run})"), out
+    warning = (
+        "WARNING serving WITHOUT TLS: anyone who can reach 127.0.0.1 can join and see the model"
+    )
+    assert any(line.endswith(warning) for line in lines), out
+    assert lines[-1].startswith("error: round 1: only 0 of the 2 clients needed"), out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +23,9 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_resume import resume_hint
 
-console = Console(stderr=True)
+# Every line whole: a server's or client's output is often a log file or a journal,
+# where a line cut at 80 columns becomes two entries.
+console = Console(stderr=True, soft_wrap=True)
 
 __all__ = ["client_command", "load_object", "server_command"]
 
@@ -67,11 +70,16 @@ def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
 
 
 def _logging(verbose: bool) -> None:
+    """Log to standard error: rich's layout in a terminal, one plain line a record elsewhere."""
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-        force=True,
+        level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
     )
     logging.getLogger("covey").setLevel(logging.INFO if verbose else logging.WARNING)
 
