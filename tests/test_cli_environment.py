@@ -257,3 +257,29 @@ def test_a_server_writes_whole_lines_to_a_log(
     )
     assert any(line.endswith(warning) for line in lines), out
     assert lines[-1].startswith("error: round 1: only 0 of the 2 clients needed"), out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--server", "127.0.0.1"],
+            "error: --server '127.0.0.1' has no port",
+        ),
+        (
+            ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--server", "h:99999"],
+            "error: --server 'h:99999': the port must be between 1 and 65535",
+        ),
+        (["server", "--app", "tiny_app:server_app", "--address", "127.0.0.2"], "error: --address"),
+    ],
+)
+def test_an_address_without_a_port_is_a_mistake_naming_its_flag(
+    args: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    code, out = _covey(*args, "--insecure")
+    assert code == 2, out
+    assert out.strip().splitlines()[-1].startswith(said), out
+    assert not (tmp_path / "runs").exists()  # refused before any run folder is made

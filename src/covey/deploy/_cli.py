@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from covey.deploy._cli_errors import (
+    address_flag,
     compression_spec,
     fail,
     load_object,
@@ -296,12 +297,13 @@ def server_command(
     certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
     resume_dir = _path(_pick(resume, s, "resume", None))
     given = _path(_pick(run_dir, s, "run_dir", None))
+    listen_at = _listen_address(_pick(address, s, "address", None))  # before a folder is made
     flags = {
         "run": _run_folder(given, resume_dir),
         "made_run_dir": given is None and resume_dir is None,
         "resuming": resume_dir is not None,
         "port_file": output_file(_path(_pick(port_file, s, "port_file", None)), "--port-file"),
-        "address": _pick(address, s, "address", None),
+        "address": listen_at,
         "certs": certs_dir,
         "insecure": insecure,
         "rounds": number(_pick(rounds, s, "rounds", None), "--rounds", integer=True, zero=True),
@@ -320,6 +322,11 @@ def server_command(
         rounds=flags["rounds"],
     )
     _serve(server_app, s, flags)
+
+
+def _listen_address(value: Any) -> str | None:
+    """``--address``, checked (None: the run's own address, or the default)."""
+    return None if value is None else address_flag(value, "--address", listen=True)
 
 
 def _path(value: Any) -> Path | None:
@@ -432,6 +439,7 @@ def client_command(
         fail("give --app MODULE:OBJECT naming the client or client_fn (or app = ... in --config)")
     if address is None:
         fail("give --server HOST:PORT, the address the server listens on")
+    address = address_flag(address, "--server", listen=False)
     attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
     retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
     the_cid = number(_pick(cid, s, "cid", None), "--cid", integer=True, zero=True)
