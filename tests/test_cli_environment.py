@@ -283,3 +283,16 @@ def test_an_address_without_a_port_is_a_mistake_naming_its_flag(
     assert code == 2, out
     assert out.strip().splitlines()[-1].startswith(said), out
     assert not (tmp_path / "runs").exists()  # refused before any run folder is made
+
+
+def test_a_site_given_a_server_without_a_port_is_told_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("duckdb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    (tmp_path / "t.csv").write_text("v\n1\n2\n")
+    code, out = _covey("site", "--table", "t=t.csv", "--server", "127.0.0.1", "--insecure")
+    assert code == 2, out
+    assert out.strip().splitlines()[-1].startswith("error: --server '127.0.0.1' has no port")
+    assert list(tmp_path.iterdir()) == [tmp_path / "t.csv"]  # no budget ledger was made

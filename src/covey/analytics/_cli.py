@@ -111,7 +111,9 @@ def site_command(
     """Serve analytics queries over local tables, answering under the site's policy."""
     from covey.analytics._site import Site
     from covey.deploy import connect, tls_from_certs
+    from covey.deploy._cli_errors import address_flag
 
+    server = address_flag(server, "--server", listen=False)  # before a ledger is made
     the_policy = load_policy(policy)
     if the_policy is None:
         errors.print("[yellow]warning:[/] no --policy given: this site refuses every query")
