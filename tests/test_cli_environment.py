@@ -296,3 +296,22 @@ def test_a_site_given_a_server_without_a_port_is_told_so(
     assert code == 2, out
     assert out.strip().splitlines()[-1].startswith("error: --server '127.0.0.1' has no port")
     assert list(tmp_path.iterdir()) == [tmp_path / "t.csv"]  # no budget ledger was made
+
+
+def test_an_interrupted_demo_says_where_its_rounds_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import covey.cli._demo as demo
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    code, out = _covey("demo", "--run-dir", "r")
+    assert code == 130, out
+    assert out.strip().splitlines()[-1] == (
+        "interrupted: the demo in r stopped; its history.json keeps the rounds done: "
+        "`covey runs show r`"
+    )

@@ -102,6 +102,15 @@ def demo(
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print(
+            escape(
+                f"interrupted: the demo in {run_dir} stopped; its history.json keeps the rounds "
+                f"done: `covey runs show {run_dir}`"
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     print_table(round_table(result.history), console)
     final = result.history.rounds[-1]
     accuracy = float(final.central_metrics.get("accuracy", float("nan")))
