@@ -182,6 +182,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             atomic_write(port_file, str(port))
         shown.waiting()
 
+    plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
     try:
         result = serve(
             server_app.strategy,
@@ -203,7 +204,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             on_listen=listening,
             on_event=shown.on_event,
             client_names=names,
-            plot=bool(s.get("plot", True)) if flags["plot"] is None else flags["plot"],
+            plot=plot,
             compression=flags["compression"] or server_app.compression,
         )
     except FileExistsError:
@@ -234,7 +235,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         raise typer.Exit(130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
-        f"history.json and plot.png in {escape(str(run))}"
+        f"history.json{' and plot.png' if plot else ''} in {escape(str(run))}"
     )
 
 
