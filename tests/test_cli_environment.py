@@ -315,3 +315,16 @@ def test_an_interrupted_demo_says_where_its_rounds_are(
         "interrupted: the demo in r stopped; its history.json keeps the rounds done: "
         "`covey runs show r`"
     )
+
+
+def test_piped_output_keeps_every_line_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    code, out = _covey("demo", "--clients", "4", "--rounds", "1", "--no-plot", "--run-dir", "r")
+    assert code == 0, out
+    assert out.splitlines()[0].endswith("per round (inline backend)"), out
+    code, out = _covey("certs", "init", "--dir", "fed")
+    assert code == 0, out
+    assert "warning: keep fed/ca.key secret, ideally offline: whoever has it can issue " in out

@@ -17,13 +17,14 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-errors = Console(stderr=True)
+from covey.deploy._cli_tables import output_console
+
+console = output_console()
+errors = output_console(stderr=True)
 
 
 def load_policy(path: Path | None) -> Any:

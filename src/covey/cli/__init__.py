@@ -14,6 +14,7 @@ from rich.markup import escape
 
 import covey
 from covey.core._extras import MissingExtraError, extra_for
+from covey.deploy._cli_tables import output_console
 
 app = typer.Typer(
     name="covey",
@@ -22,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+console = output_console()
 
 
 def _version(value: bool) -> None:

@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
+from covey.deploy._cli_tables import output_console
 
 __all__ = ["ProjectSettings", "new_command", "read_project", "run_command"]
 
-console = Console()
+console = output_console()
 
 RUN_KEYS = {"server_app", "client_app", "clients", "rounds", "backend", "seed", "runs_dir"}
 """Keys of ``[tool.covey]`` besides its ``config`` and ``federations`` tables."""

@@ -16,14 +16,13 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from covey.core._history import History
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
-from covey.deploy._cli_tables import TEXT_FLOOR, print_table
+from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.server._rundb import is_held
 
 __all__ = [
@@ -37,7 +36,7 @@ __all__ = [
     "stopped_early",
 ]
 
-console = Console()
+console = output_console()
 
 runs_app = typer.Typer(
     help="Read the runs kept in run folders: `covey runs list`, `covey runs show RUN`.",

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from covey.deploy import certs as _certs
 from covey.deploy._cli_errors import fail
-from covey.deploy._cli_tables import print_table
+from covey.deploy._cli_tables import output_console, print_table
 
 __all__ = ["certs_app"]
 
@@ -39,7 +39,7 @@ class _KeyType(enum.StrEnum):
 # Consoles are made per command, not at import, so that they follow the
 # current stdout/stderr and terminal width (e.g. under a test runner).
 def _out() -> Console:
-    return Console(highlight=False)
+    return output_console(highlight=False)
 
 
 def _fail(message: str) -> NoReturn:

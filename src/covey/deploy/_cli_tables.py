@@ -1,4 +1,4 @@
-"""Tables on the command line: whole when piped, folded rather than cut in a narrow terminal."""
+"""Command-line output: whole lines and tables when piped, folded rather than cut in a terminal."""
 
 from __future__ import annotations
 
@@ -6,11 +6,26 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-__all__ = ["TEXT_FLOOR", "print_table"]
+__all__ = ["TEXT_FLOOR", "output_console", "print_table"]
 
 
 #: The narrowest a folded text column (a run's name, its kind) gets in a narrow terminal.
 TEXT_FLOOR = 12
+
+
+def output_console(*, stderr: bool = False, highlight: bool = True) -> Console:
+    """A console for a command's output: word-wrapped in a terminal, whole lines when piped.
+
+    Piped to a file, a log or another program, a line is never cut at 80
+    columns (a path or a command split in two cannot be pasted or grepped).
+
+    Args:
+        stderr: Write to standard error rather than standard output.
+        highlight: Let rich colour numbers and paths.
+    """
+    out = Console(stderr=stderr, highlight=highlight)
+    out.soft_wrap = not out.is_terminal
+    return out
 
 
 def print_table(table: Table, out: Console | None = None) -> None:
