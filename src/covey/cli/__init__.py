@@ -220,7 +220,8 @@ def main() -> None:
         message = str(exc).splitlines()[0] if str(exc) else ""
         err.print(
             f"[bold red]error:[/] {type(exc).__name__}: {escape(message)} "
-            "(run with -v for the traceback)"
+            "(run with -v for the traceback)",
+            soft_wrap=True,  # one line, whatever the width: the first line of a log
         )
         raise SystemExit(1) from None
 
