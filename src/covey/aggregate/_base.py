@@ -245,8 +245,10 @@ class Step(NamedTuple):
                 ``(state, events)`` with the events in a tuple (or list).
         """
         out = self.update(state, event)
-        if type(out) is tuple and len(out) == 2 and isinstance(out[1], tuple | list):
-            return out
+        if type(out) is tuple and len(out) == 2:
+            events = out[1]  # a tuple, checked by identity first: this runs once per client
+            if type(events) is tuple or isinstance(events, tuple | list):
+                return out
         name = getattr(self.update, "__qualname__", type(self.update).__name__)
         module = getattr(self.update, "__module__", None)
         got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
