@@ -57,7 +57,7 @@ def test_a_project_folder_with_brackets_is_printed_as_it_is(
     assert code == 0, out
     # One line each (a path cut over two lines cannot be pasted), shown as typed.
     assert f"created {folder}/fed: " in out
-    assert f"next: cd {folder}/fed && covey run && pytest" in out
+    assert f"next: cd '{folder}/fed' && covey run && pytest" in out  # quoted: [ is a glob
     assert (tmp_path / folder / "fed" / "pyproject.toml").is_file()
 
 
@@ -328,3 +328,17 @@ def test_piped_output_keeps_every_line_whole(
     code, out = _covey("certs", "init", "--dir", "fed")
     assert code == 0, out
     assert "warning: keep fed/ca.key secret, ideally offline: whoever has it can issue " in out
+
+
+def test_the_next_step_of_a_new_project_pastes_into_a_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    code, out = _covey("new", "fed", "--dir", "my projects")
+    assert code == 0, out
+    step = next(line for line in out.splitlines() if line.startswith("next: "))
+    words = shlex.split(step.removeprefix("next: "))
+    assert words[:2] == ["cd", "my projects/fed"]
+    assert (tmp_path / words[1] / "pyproject.toml").is_file()
