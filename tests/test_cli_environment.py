@@ -191,14 +191,16 @@ def test_a_project_run_from_another_folder_prints_a_command_that_shows_it(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "40")
-    code, out = _covey("new", "envfed", "--dir", "work")
+    import shlex
+
+    code, out = _covey("new", "envfed", "--dir", "my work")
     assert code == 0, out
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    monkeypatch.syspath_prepend(str(tmp_path / "work" / "envfed"))
-    code, out = _covey("run", "../work/envfed", "--set", "rounds=1", "--set", "clients=2")
+    monkeypatch.syspath_prepend(str(tmp_path / "my work" / "envfed"))
+    code, out = _covey("run", "../my work/envfed", "--set", "rounds=1", "--set", "clients=2")
     assert code == 0, out
-    shown = out.strip().splitlines()[-1].split("`")[1].split()
+    shown = shlex.split(out.strip().splitlines()[-1].split("`")[1])
     assert shown[:3] == ["covey", "runs", "show"]
     code, out = _covey(*shown[1:])
     assert code == 0, out

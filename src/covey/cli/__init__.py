@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -107,7 +108,7 @@ def demo(
         console.print(
             escape(
                 f"interrupted: the demo in {run_dir} stopped; its history.json keeps the rounds "
-                f"done: `covey runs show {run_dir}`"
+                f"done: `covey runs show {shlex.quote(str(run_dir))}`"
             ),
             soft_wrap=True,
         )

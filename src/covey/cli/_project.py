@@ -355,7 +355,10 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
     console.print(
-        escape(f"run folder: {run_dir} (history.json, plot.png); `covey runs show {run_dir}`"),
+        escape(
+            f"run folder: {run_dir} (history.json, plot.png); "
+            f"`covey runs show {shlex.quote(str(run_dir))}`"
+        ),
         soft_wrap=True,
     )
 
