@@ -20,7 +20,7 @@ from covey.core._files import atomic_write
 from covey.core._history import History
 from covey.server._rundb import LOCK_NAME, hold_run, is_held
 
-__all__ = ["run_folder", "save_history", "write_run_meta"]
+__all__ = ["end_run_meta", "run_folder", "save_history", "write_run_meta"]
 
 logger = logging.getLogger("covey")
 
@@ -72,3 +72,18 @@ def write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
     """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
     if path is not None:
         atomic_write(path, json.dumps(meta, indent=2))
+
+
+def end_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
+    """Write ``run.json`` as the run ends; if the run failed, a failed write is only logged.
+
+    The run's own error (say, a full disk that stopped the history) is the one
+    to raise; ``run.json`` then still says running, and as the run's lock is
+    let go, the run reads as stopped.
+    """
+    try:
+        write_run_meta(path, meta)
+    except OSError as exc:
+        if meta.get("status") == "finished":
+            raise
+        logger.error("cannot write %s: %s", path, exc)
