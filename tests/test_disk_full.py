@@ -5,15 +5,23 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
+from safetensors import SafetensorError
 
 import covey
 from covey.core._files import atomic_write
-from covey.core._history import History
+from covey.core._history import History, RoundRecord
+from covey.deploy._server import STOPPED
+from covey.server._store import RunStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined, Served
 
 
 class Plus(covey.Client):
@@ -45,7 +53,7 @@ def test_a_simulation_whose_disk_fills_stops_its_workers_and_names_the_file(
 ) -> None:
     run_dir = tmp_path / "run"
 
-    def fill_disk(record: covey.RoundRecord) -> None:
+    def fill_disk(record: RoundRecord) -> None:
         if record.round == 2:  # from now on every write of the run folder fails
             monkeypatch.setattr(os, "fsync", _no_space)
 
@@ -68,3 +76,95 @@ def test_a_simulation_whose_disk_fills_stops_its_workers_and_names_the_file(
     # The last history written whole is still there, and no temporary file is left.
     assert [r.round for r in History.load(run_dir).rounds] == [0, 1, 2]
     assert sorted(p.name for p in run_dir.iterdir()) == ["history.json", "run.json", "run.lock"]
+
+
+def test_a_round_the_disk_cannot_hold_is_named_and_the_saved_rounds_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    weights = {"w": np.arange(4.0)}
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        store.save_round(0, weights, None)
+        monkeypatch.setattr(safetensors.numpy, "save_file", full)
+        with pytest.raises(OSError, match=r"cannot save round 1 to \S+round-00001.safetensors: "):
+            store.save_round(1, weights, None)
+        monkeypatch.undo()
+        with store._db.reading() as conn:  # SQLite's own full disk: no page more
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(OSError, match=r"round 1: cannot write \S+run.sqlite: .*disk is full"):
+            store.save_round(1, weights, {"round": 1, "fit_metrics": {"x": 1.0}}, b"s" * 65536)
+        with pytest.raises(OSError, match=r"cannot write \S+run.sqlite: .*disk is full"):
+            store.log_event("server", "stopped", "x" * 65536)
+        assert store.rounds() == [0]
+        with store._db.reading() as conn:  # room again: the same round saves
+            conn.execute("PRAGMA max_page_count = 1073741823")
+        store.save_round(1, weights, None, b"s" * 65536)
+        assert store.rounds() == [0, 1]
+        np.testing.assert_array_equal(store.load_round(0)[0]["w"], weights["w"])
+    names = sorted(p.name for p in (tmp_path / "run" / "weights").iterdir())
+    assert names == ["round-00000.safetensors", "round-00001.safetensors"]
+
+
+def test_a_served_run_whose_disk_fills_tells_its_clients_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    stores: list[RunStore] = []
+    real_open = RunStore.open
+
+    def open_store(path: Any, *, exclusive: bool = False) -> RunStore:
+        stores.append(real_open(path, exclusive=exclusive))
+        return stores[-1]
+
+    def fill_disk(record: RoundRecord) -> None:
+        if record.round == 2:  # every file and every write of run.sqlite fails from now
+            monkeypatch.setattr(os, "fsync", _no_space)
+            with stores[0]._db.reading() as conn:
+                conn.execute("PRAGMA query_only = ON")
+
+    monkeypatch.setattr(RunStore, "open", staticmethod(open_store))
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 5, run_dir=run_dir, on_round=fill_disk, plot=False)
+    joined = Joined(served.port)
+    # The history of round 3, or round 2's save if it was still in flight at the fault.
+    with pytest.raises((OSError, covey.FederationError), match=r"No space left|readonly database"):
+        served.join()
+    joined.join()
+    monkeypatch.undo()
+    # The run could not record its end, but its clients are told it stopped, not that it is over.
+    assert joined.result is not None
+    assert joined.result.reason.startswith(STOPPED)
+    with RunStore.open(run_dir) as store:
+        saved = store.rounds()
+        assert saved in ([0, 1], [0, 1, 2])
+        store.load_round(saved[-1])  # the last complete round verifies
+    resumed = Served(strategy, 5, run_dir=run_dir, resume=True, plot=False)
+    Joined(resumed.port).join()
+    result = resumed.join()
+    assert [r.round for r in result.history.rounds][-1] == 5
+    np.testing.assert_array_equal(result.weights["w"], np.full(8, 5.0))
+
+
+def test_a_checkpoint_that_fails_is_not_blamed_on_a_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    def fill_disk(record: RoundRecord) -> None:
+        if record.round == 1:  # round 2's weights cannot be written; round 3 waits on them
+            monkeypatch.setattr(safetensors.numpy, "save_file", full)
+
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 5, run_dir=tmp_path / "run", on_round=fill_disk, plot=False)
+    joined = Joined(served.port)
+    with pytest.raises(covey.FederationError) as caught:
+        served.join()
+    joined.join()
+    assert str(caught.value).startswith(
+        f"round 3: OSError: cannot save round 2 to {tmp_path / 'run' / 'weights'}"
+    )
+    assert "client" not in str(caught.value)

@@ -62,7 +62,7 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
             exc.filename = str(path)  # a failed write or fsync names no file on its own
         raise
     fsync_dir(path.parent)

@@ -231,8 +231,8 @@ def serve(
         loop.run(rounds, start=run.start)
         run.end(None, names)
     except BaseException as exc:
+        goodbye = _goodbye(exc)  # told to the clients even if the end cannot be recorded
         run.end(exc, names)
-        goodbye = _goodbye(exc)
         raise
     finally:
         transport.close(goodbye)
@@ -447,8 +447,11 @@ class _Run:
         if exc is None:
             self.store.set_status("finished")
             return
-        self.store.set_status("failed")
-        self.store.log_event("server", "stopped", _describe(exc))
+        try:
+            self.store.set_status("failed")
+            self.store.log_event("server", "stopped", _describe(exc))
+        except OSError as err:  # a full disk: the error that stopped the run is raised
+            logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
 
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
 
@@ -174,17 +174,26 @@ class RunDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the connection in one write transaction, committed unless the block raises."""
+        """Hold the connection in one write transaction, committed unless the block raises.
+
+        Raises:
+            OSError: SQLite could not write (``database or disk is full``, a
+                read-only folder, the database locked too long), naming the file.
+        """
         with self._lock:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise OSError(f"cannot write {self._run_dir / DB_NAME}: {exc}") from exc
 
     def _db(self) -> sqlite3.Connection:
         """The open connection."""

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
+from safetensors import SafetensorError
 
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
@@ -43,6 +44,7 @@ from covey.server._roundfiles import (
     read_weights,
     record_json,
     round_of_file,
+    save_error,
     sweep,
     weights_file_name,
     write_weights,
@@ -233,6 +235,9 @@ class RunStore(RunRecords):
         Raises:
             ValueError: ``round`` is not newer than the last saved round, the
                 weights are invalid, or the record is not a round record.
+            OSError: the round could not be written (a full disk, a read-only
+                folder), naming the round and the run folder; the rounds saved
+                before are untouched.
         """
         if isinstance(round, bool) or not isinstance(round, int | np.integer) or round < 0:
             raise ValueError(f"round must be a non-negative integer, got {round!r}")
@@ -271,6 +276,8 @@ class RunStore(RunRecords):
                         (round, name, digest, record_text, server_state, time.time()),
                     )
                 committed = True
+            except (OSError, SafetensorError) as exc:
+                raise save_error(round, final, exc) from exc
             finally:
                 if not committed:
                     final.unlink(missing_ok=True)

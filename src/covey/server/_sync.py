@@ -214,10 +214,10 @@ class RoundLoop(_LoopBase):
                 state, folded = self._fold(state, contribution, record)
             except Exception as exc:
                 self.history.rounds.append(record)
-                raise self._fail(
-                    f"round {rnd}: the aggregation step failed on client {reply.cid}'s "
-                    f"update: {type(exc).__name__}: {exc}"
-                ) from exc
+                why = f"the aggregation step failed on client {reply.cid}'s update: "
+                if isinstance(exc, OSError):  # the server's disk (the last checkpoint)
+                    why = ""
+                raise self._fail(f"round {rnd}: {why}{type(exc).__name__}: {exc}") from exc
             if not folded:
                 reply.release()
                 continue
