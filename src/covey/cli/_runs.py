@@ -201,7 +201,7 @@ def run_status(folder: Path, history: History) -> str:
     db = folder / "run.sqlite"
     if db.is_file():
         try:
-            uri = f"file:{db.resolve().as_posix()}?mode=ro"
+            uri = db.resolve().as_uri() + "?mode=ro"  # "#", "?" or "%" in a folder name escaped
             with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
                 row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
         except sqlite3.Error:
