@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +65,60 @@ def test_a_site_table_in_a_sqlite_file_under_a_hash_folder(tmp_path: Path) -> No
     answer = query([site], "SELECT COUNT(*), SUM(age) FROM patients", secure=False)
     assert answer.iloc[0]["COUNT(*)"] == 2
     assert answer.iloc[0]["SUM(age)"] == pytest.approx(70)
+
+
+_READER = """
+import json, sys
+from pathlib import Path
+import covey
+from covey.cli._runs import run_status
+from covey.dashboard._runs import read_run
+from covey.server._store import RunStore
+
+folder = Path(sys.argv[1])
+out = {"status": run_status(folder, covey.History.load(folder))}
+out["dashboard"] = read_run("run", folder).status
+try:
+    RunStore.open(folder).close()
+    out["resume"] = "opened"
+except (OSError, ValueError) as exc:
+    out["resume"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> None:
+    """A finished run on a read-only share or in a colleague's folder: listed, not resumable.
+
+    Run as root, the reader is a child process of user ``nobody`` (root writes anywhere).
+    """
+    as_root = os.geteuid() == 0
+    become = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_root else []
+    if as_root and shutil.which("setpriv") is None:
+        pytest.skip("run as root without setpriv: no user to read the run as")
+    base = Path(tempfile.mkdtemp())
+    try:
+        folder = base / "run"
+        _finished_run(folder)
+        if as_root:
+            base.chmod(0o755)
+            for path in [folder, *folder.rglob("*")]:
+                os.chown(path, 65534, -1)
+        folder.chmod(0o555)
+        child = subprocess.run(
+            [*become, sys.executable, "-c", _READER, str(folder)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr
+        out = json.loads(child.stdout)
+        assert out["status"] == "finished"
+        assert out["dashboard"] == "finished"
+        assert out["resume"].startswith(f"OSError: cannot open {folder / 'run.sqlite'} to write")
+        assert sorted(p.name for p in folder.iterdir()) == ["history.json", "run.sqlite", "weights"]
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(base)

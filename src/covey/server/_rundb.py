@@ -22,7 +22,15 @@ from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir
 
-__all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "RunDB", "hold_run", "is_held"]
+__all__ = [
+    "DB_NAME",
+    "LOCK_NAME",
+    "SCHEMA_VERSION",
+    "RunDB",
+    "hold_run",
+    "is_held",
+    "open_read_only",
+]
 
 SCHEMA_VERSION: Final = 1
 """The version of the SQLite schema this module reads and writes."""
@@ -137,6 +145,7 @@ class RunDB:
         Raises:
             ValueError: The file is not a covey run database, or its schema
                 version is unknown.
+            OSError: The file cannot be opened to write (a read-only folder).
         """
         db_path = path / DB_NAME
         # mode=rw: never create a database here.
@@ -272,11 +281,47 @@ def is_held(path: Path) -> bool | None:
     return False
 
 
+def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
+    """Open a run's ``run.sqlite`` to read it, never writing to it or beside it.
+
+    A database in WAL mode needs its ``-shm`` index, which SQLite makes next
+    to it when it is first opened; in a folder the reader cannot write to (a
+    read-only mount, a colleague's run) that fails. A database with no
+    ``-wal`` file then holds every commit (its server closed it cleanly), so it
+    is read as immutable.
+
+    Args:
+        db: The ``run.sqlite`` file.
+        timeout: Seconds to wait for a writer's lock.
+
+    Raises:
+        sqlite3.Error: The database cannot be opened or read.
+    """
+    uri = db.resolve().as_uri() + "?mode=ro"  # as_uri escapes "#", "?" and "%"
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now
+    except sqlite3.OperationalError:
+        conn.close()
+        wal = db.with_name(db.name + "-wal")
+        if os.access(db.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+            raise
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     """Check that ``conn`` is a covey run database this version can read; return its config."""
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
+    except sqlite3.OperationalError as exc:  # cannot open it: not that it is no run's
+        folder = db_path.parent
+        why = "" if os.access(folder, os.W_OK) else f" (this user cannot write to {folder})"
+        raise OSError(f"cannot open {db_path} to write the run: {exc}{why}") from exc
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
     if meta.get("format") != _FORMAT or row is None:

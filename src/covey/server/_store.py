@@ -146,7 +146,8 @@ class RunStore(RunRecords):
             FileNotFoundError: ``run_dir`` or its ``run.sqlite`` does not exist.
             ValueError: ``run_dir`` is not a covey run directory, or was written
                 by a covey with an unknown schema version.
-            OSError: ``exclusive`` and another process holds the run.
+            OSError: ``exclusive`` and another process holds the run, or the
+                run cannot be written (a read-only folder).
         """
         path = Path(run_dir)
         if not path.exists():
