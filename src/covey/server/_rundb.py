@@ -301,16 +301,25 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, timeout=timeout)
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now
-    except sqlite3.OperationalError:
-        conn.close()
+    except sqlite3.OperationalError as exc:
         wal = db.with_name(db.name + "-wal")
-        if os.access(db.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
-            raise
-        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
-    except BaseException:
+        if (
+            not _cannot_write(exc)
+            or os.access(db.parent, os.W_OK)
+            or (wal.exists() and wal.stat().st_size > 0)
+        ):
+            return conn  # the caller's first query says what is wrong
         conn.close()
-        raise
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
+    except sqlite3.DatabaseError:
+        return conn  # not a database: the caller's first query says so
     return conn
+
+
+def _cannot_write(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of writing or opening a file, not for what it read."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
 
 
 def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
@@ -318,8 +327,10 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
-    except sqlite3.OperationalError as exc:  # cannot open it: not that it is no run's
-        folder = db_path.parent
+    except sqlite3.OperationalError as exc:
+        if not _cannot_write(exc):
+            raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
+        folder = db_path.parent  # it cannot be opened: not that it is no run's
         why = "" if os.access(folder, os.W_OK) else f" (this user cannot write to {folder})"
         raise OSError(f"cannot open {db_path} to write the run: {exc}{why}") from exc
     except sqlite3.DatabaseError as exc:
