@@ -113,11 +113,11 @@ def test_a_served_run_whose_disk_fills_tells_its_clients_and_resumes(
 ) -> None:
     run_dir = tmp_path / "run"
     stores: list[RunStore] = []
-    real_open = RunStore.open
+    real_init = RunStore.__init__
 
-    def open_store(path: Any, *, exclusive: bool = False) -> RunStore:
-        stores.append(real_open(path, exclusive=exclusive))
-        return stores[-1]
+    def keep_store(self: RunStore, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        stores.append(self)
 
     def fill_disk(record: RoundRecord) -> None:
         if record.round == 2:  # every file and every write of run.sqlite fails from now
@@ -125,7 +125,7 @@ def test_a_served_run_whose_disk_fills_tells_its_clients_and_resumes(
             with stores[0]._db.reading() as conn:
                 conn.execute("PRAGMA query_only = ON")
 
-    monkeypatch.setattr(RunStore, "open", staticmethod(open_store))
+    monkeypatch.setattr(RunStore, "__init__", keep_store)
     strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
     served = Served(strategy, 5, run_dir=run_dir, on_round=fill_disk, plot=False)
     joined = Joined(served.port)

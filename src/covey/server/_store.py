@@ -126,12 +126,21 @@ class RunStore(RunRecords):
             raise FileExistsError(
                 f"cannot create a run in {path}: {weights_dir} already holds weights files"
             )
-        weights_dir.mkdir(parents=True, exist_ok=True)
-
-        # Built under a temporary name and linked into place, so a crash during
-        # create never leaves a half-made run.sqlite behind.
-        RunDB.create(path, config_text, __version__)
-        return cls.open(path, exclusive=exclusive)
+        path.mkdir(parents=True, exist_ok=True)
+        # Held before anything is written: a folder another process writes a run
+        # in (a simulation holds it too) is refused untouched.
+        lock_fd = hold_run(path) if exclusive else None
+        try:
+            weights_dir.mkdir(exist_ok=True)
+            # Built under a temporary name and linked into place, so a crash during
+            # create never leaves a half-made run.sqlite behind.
+            RunDB.create(path, config_text, __version__)
+            db, config_text = RunDB.open(path)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return cls(path, db, config_text, lock_fd)
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike[str], *, exclusive: bool = False) -> RunStore:
