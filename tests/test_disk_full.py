@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,52 @@ def test_a_checkpoint_that_fails_is_not_blamed_on_a_client(
         f"round 3: OSError: cannot save round 2 to {tmp_path / 'run' / 'weights'}"
     )
     assert "client" not in str(caught.value)
+
+
+_LIMITED = """
+import json, resource, signal, sys
+import numpy as np
+from covey.server._store import RunStore
+
+folder = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+said = {}
+
+def attempt(key, fn):
+    try:
+        fn()
+        said[key] = "ok"
+    except Exception as exc:
+        said[key] = f"{type(exc).__name__}: {exc}"
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 1 << 20))  # no room for a database
+attempt("create", lambda: RunStore.create(folder, config={}, exclusive=True).close())
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # room for it, not for 2 MB
+store = RunStore.create(folder, config={}, exclusive=True)
+store.save_round(0, {"w": np.zeros(4)}, None)
+attempt("save", lambda: store.save_round(1, {"w": np.zeros(1 << 18)}, None))
+said["rounds"] = store.rounds()
+store.close()
+print(json.dumps(said))
+"""
+
+
+def test_a_file_size_limit_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    child = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(folder)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    said = json.loads(child.stdout)
+    # SQLite says "database or disk is full" or "disk I/O error", as the write failed.
+    assert said["create"].startswith(f"OSError: cannot create {folder / 'run.sqlite'}: ")
+    assert said["save"].startswith(
+        f"OSError: cannot save round 1 to {folder / 'weights' / 'round-00001.safetensors'}: "
+    )
+    assert said["rounds"] == [0]
+    assert sorted(p.name for p in (folder / "weights").iterdir()) == ["round-00000.safetensors"]

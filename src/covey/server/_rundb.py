@@ -98,30 +98,17 @@ class RunDB:
         Raises:
             FileExistsError: ``path`` already holds a run (perhaps made meanwhile
                 by another process).
+            OSError: The file cannot be written (a full disk), naming it.
         """
         db_path = path / DB_NAME
         fd, tmp_name = tempfile.mkstemp(dir=path, prefix=f".{DB_NAME}.", suffix=TMP_SUFFIX)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
             try:
-                now = time.time()
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("format", _FORMAT), ("schema_version", str(SCHEMA_VERSION))],
-                )
-                conn.execute(
-                    "INSERT INTO run (id, config, created_at, covey_version, status, updated_at)"
-                    " VALUES (1, ?, ?, ?, 'running', ?)",
-                    (config_text, now, version, now),
-                )
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
+                _fill_new(tmp, config_text, version)
+            except sqlite3.OperationalError as exc:  # "database or disk is full", ...
+                raise OSError(f"cannot create {db_path}: {exc}") from exc
             _fsync_file(tmp)
             try:
                 os.link(tmp, db_path)  # fails if another process created a run meanwhile
@@ -153,11 +140,14 @@ class RunDB:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         try:
             config_text = _check_run_db(conn, db_path)
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except sqlite3.OperationalError as exc:  # no room for the WAL files, ...
+                raise OSError(f"cannot open {db_path} to write the run: {exc}") from exc
         except BaseException:
             conn.close()
             raise
@@ -247,8 +237,12 @@ def hold_run(path: Path) -> int | None:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError as exc:  # a full disk: say which file
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror, str(path / LOCK_NAME)) from None
     return fd
 
 
@@ -317,9 +311,11 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
 
 
 def _cannot_write(exc: sqlite3.Error) -> bool:
-    """Whether SQLite failed for want of writing or opening a file, not for what it read."""
+    """Whether SQLite failed to open or write a file (or found no room), not on what it read."""
     name = getattr(exc, "sqlite_errorname", "")
-    return name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
+    return name.startswith(
+        ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_FULL", "SQLITE_IOERR")
+    )
 
 
 def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
@@ -351,6 +347,28 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     if not isinstance(settings, dict):
         raise ValueError(f"{db_path}: the run's settings are damaged ({settings})")
     return config_text
+
+
+def _fill_new(tmp: Path, config_text: str, version: str) -> None:
+    """Write the schema and the run's row into the new database file ``tmp``."""
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("format", _FORMAT), ("schema_version", str(SCHEMA_VERSION))],
+        )
+        conn.execute(
+            "INSERT INTO run (id, config, created_at, covey_version, status, updated_at)"
+            " VALUES (1, ?, ?, ?, 'running', ?)",
+            (config_text, now, version, now),
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def _fsync_file(path: Path) -> None:
