@@ -198,11 +198,11 @@ def serve(
             opened.close()
         raise
     late.ready(run.store)
-    if on_listen is not None:
-        on_listen(transport.port)
-    logger.info("covey server listening on port %d", transport.port)
     goodbye = "the run is over"
-    try:
+    try:  # from here on, the run ends marked (Ctrl-C during on_listen included)
+        if on_listen is not None:
+            on_listen(transport.port)
+        logger.info("covey server listening on port %d", transport.port)
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
         # The run's start time names it, the same after a resume: a client process that
