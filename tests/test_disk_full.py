@@ -219,3 +219,56 @@ def test_a_file_size_limit_is_an_error_naming_the_file(tmp_path: Path) -> None:
     )
     assert said["rounds"] == [0]
     assert sorted(p.name for p in (folder / "weights").iterdir()) == ["round-00000.safetensors"]
+
+
+_CERTS = """
+import json, resource, signal, sys
+from pathlib import Path
+from covey.deploy.certs import init_federation
+
+fresh, old = Path(sys.argv[1]), Path(sys.argv[2])
+init_federation(old)
+before = {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (512, 1 << 20))  # keys fit, certificates do not
+said = {}
+for key, folder, overwrite in (("fresh", fresh, False), ("overwrite", old, True)):
+    try:
+        init_federation(folder, overwrite=overwrite)
+        said[key] = "ok"
+    except OSError as exc:
+        said[key] = str(exc)
+said["fresh_files"] = sorted(p.name for p in fresh.iterdir())
+said["old_kept"] = before == {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()}
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+init_federation(fresh)  # room again: no --overwrite needed
+said["fresh_after"] = sorted(p.name for p in fresh.iterdir())
+print(json.dumps(said))
+"""
+
+
+def test_a_federation_that_does_not_fit_is_not_half_written(tmp_path: Path) -> None:
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    child = subprocess.run(
+        [sys.executable, "-c", _CERTS, str(fresh), str(old)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    said = json.loads(child.stdout)
+    assert said["fresh"] == f"[Errno 27] File too large; nothing was written: '{fresh}'"
+    assert said["overwrite"].endswith(f"nothing was written: '{old}'")
+    assert said["fresh_files"] == [".covey-certs.lock", "clients"]
+    assert said["old_kept"] is True
+    assert said["fresh_after"] == [
+        ".covey-certs.lock",
+        "ca.key",
+        "ca.pem",
+        "clients",
+        "revoked.json",
+        "server.key",
+        "server.pem",
+    ]
