@@ -65,7 +65,7 @@ def save_history(history: History, path: Path | None) -> None:
     try:
         history.save(path)
     except OSError as exc:  # the run's own error, if any, is the one to raise
-        logger.error("cannot write the history to %s: %s", path, exc)
+        logger.error("cannot write the history: %s", exc)  # the error names the file
 
 
 def write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
@@ -86,4 +86,4 @@ def end_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
     except OSError as exc:
         if meta.get("status") == "finished":
             raise
-        logger.error("cannot write %s: %s", path, exc)
+        logger.error("cannot write the run's end: %s", exc)  # the error names the file
