@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,43 @@ def test_a_federation_that_does_not_fit_is_not_half_written(tmp_path: Path) -> N
         "server.key",
         "server.pem",
     ]
+
+
+def test_a_client_joining_while_the_run_cannot_record_it_is_told_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    stores: list[RunStore] = []
+    real_init = RunStore.__init__
+
+    def keep_store(self: RunStore, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        stores.append(self)
+
+    def writable(on: bool) -> None:
+        with stores[0]._db.reading() as conn:  # a full disk, as SQLite sees it
+            conn.execute(f"PRAGMA query_only = {'OFF' if on else 'ON'}")
+
+    monkeypatch.setattr(RunStore, "__init__", keep_store)
+    strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(strategy, 1, run_dir=tmp_path / "run", plot=False)
+    first = Joined(served.port, name="first")
+    deadline = time.monotonic() + 30
+    while not (stores[0].rounds() == [0] and "first" in stores[0].clients()):
+        assert time.monotonic() < deadline, "round 0 was never saved"
+        time.sleep(0.05)
+    writable(False)
+    second = Joined(served.port, name="second")
+    deadline = time.monotonic() + 30
+    while not any("lost (" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the second client never tried to join"
+        time.sleep(0.05)
+    writable(True)  # room again: the client that retried joins
+    result = served.join()
+    first.join()
+    second.join()
+    assert second.result is not None
+    assert second.result.reason == "the run is over"
+    assert [r.round for r in result.history.rounds] == [0, 1]
+    lost = [r.getMessage() for r in caplog.records if "lost (" in r.getMessage()]
+    assert lost
+    assert all("the server cannot take new clients now" in m for m in lost), lost
