@@ -92,7 +92,7 @@ def save_error(round: int, final: Path, exc: BaseException) -> OSError:
         exc: What writing the weights file or the database raised.
     """
     if isinstance(exc, OSError) and exc.strerror:
-        said = f"cannot save round {round} to {exc.filename or final}: {exc.strerror}"
+        said = f"cannot save round {round} to {final}: {exc.strerror}"  # not its temporary
     elif isinstance(exc, OSError):  # the database's, naming its file
         said = f"cannot save round {round}: {exc}"
     else:
