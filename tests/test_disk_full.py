@@ -313,3 +313,24 @@ def test_a_client_joining_while_the_run_cannot_record_it_is_told_to_retry(
     lost = [r.getMessage() for r in caplog.records if "lost (" in r.getMessage()]
     assert lost
     assert all("the server cannot take new clients now" in m for m in lost), lost
+
+
+def test_a_weights_folder_turned_read_only_names_the_rounds_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".tmp") and flags & os.O_CREAT:  # as for a user without write
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        store.save_round(0, {"w": np.zeros(2)}, None)
+        monkeypatch.setattr(os, "open", read_only)
+        with pytest.raises(OSError, match="Permission denied") as caught:
+            store.save_round(1, {"w": np.zeros(2)}, None)
+        monkeypatch.undo()
+        final = tmp_path / "run" / "weights" / "round-00001.safetensors"
+        assert str(caught.value) == f"cannot save round 1 to {final}: Permission denied"
+        assert store.rounds() == [0]
