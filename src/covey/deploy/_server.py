@@ -345,8 +345,8 @@ def _describe(exc: BaseException) -> str:
     """The reason a run stopped, with the traceback of an unexpected error."""
     if isinstance(exc, FederationError) and exc.history.stopped_reason:
         return exc.history.stopped_reason
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (SIGINT)"
+    if isinstance(exc, KeyboardInterrupt):  # KeyboardInterrupt("SIGTERM"): see covey server
+        return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
     return "".join(traceback.format_exception(exc))
 
 
