@@ -334,3 +334,21 @@ def test_a_weights_folder_turned_read_only_names_the_rounds_file(
         final = tmp_path / "run" / "weights" / "round-00001.safetensors"
         assert str(caught.value) == f"cannot save round 1 to {final}: Permission denied"
         assert store.rounds() == [0]
+
+
+def test_a_sites_privacy_ledger_that_cannot_be_written_is_named_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.analytics._dp import Budget
+    from covey.analytics._ledger_file import load_budget, save_budget
+
+    ledger = tmp_path / "ledger.json"
+    save_budget(Budget(1.0, 1e-6, owner="the site"), ledger)
+    kept = ledger.read_bytes()
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        save_budget(load_budget(ledger, 2.0, 1e-6), ledger)
+    monkeypatch.undo()
+    assert str(ledger) in str(caught.value)
+    assert ledger.read_bytes() == kept
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
