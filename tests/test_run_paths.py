@@ -122,3 +122,20 @@ def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> 
     finally:
         folder.chmod(0o755)
         shutil.rmtree(base)
+
+
+def test_the_resume_command_of_a_spaced_folder_can_be_pasted(tmp_path: Path) -> None:
+    import shlex
+
+    from covey.deploy._cli_resume import resume_hint
+
+    run, certs = tmp_path / "my run ü", tmp_path / "fed #1"
+    hint = resume_hint(run, app="my_fed:server_app", certs=certs, rounds=5)
+    assert shlex.split(hint) == [
+        *("covey", "server", "--resume", str(run), "--app", "my_fed:server_app"),
+        *("--certs", str(certs), "--rounds", "5"),
+    ]
+    config = tmp_path / "fed settings.toml"
+    assert shlex.split(resume_hint(run, config=config))[3:] == [str(run), "--config", str(config)]
+    plain = resume_hint(Path("runs/study-1"), app="myfed:server_app", insecure=True)
+    assert plain == "covey server --resume runs/study-1 --app myfed:server_app --insecure"
