@@ -109,6 +109,7 @@ EXPECTED = {
     ],
     "covey.core": [
         "CodecError",
+        "RunHook",
         "Config",
         "EvaluateResult",
         "Failure",
@@ -172,6 +173,7 @@ EXPECTED = {
     ],
     "covey.server": [
         "AsyncLoop",
+        "StateError",
         "EvaluateFn",
         "FederationError",
         "Loop",
@@ -194,6 +196,8 @@ EXPECTED = {
     ],
     "covey.strategies": [
         "Bulyan",
+        "FitOutcome",
+        "FitRound",
         "ConfigFn",
         "FedAdagrad",
         "FedAdam",

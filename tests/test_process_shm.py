@@ -233,14 +233,17 @@ def test_compressed_updates_cross_the_processes_bit_identically(
     assert process.history[2].bytes_received == inline.history[2].bytes_received > 0
 
 
-def test_a_scheme_the_workers_cannot_rebuild_is_each_clients_error(shm_files: list[str]) -> None:
+def test_a_scheme_the_workers_cannot_rebuild_is_refused_before_the_run(
+    shm_files: list[str],
+) -> None:
     class Halve(covey.compress.Identity):
         """A scheme of the user's own: the workers know only covey's."""
 
     scheme: Any = Halve()
 
+    # It used to be each client's error in every round ("cannot send the task").
     with pytest.raises(
-        covey.FederationError, match="cannot send the task: cannot send a value of type Halve"
+        ValueError, match="compression Halve is a scheme of your own: it runs on backend='inline'"
     ):
         covey.simulate(
             Big,

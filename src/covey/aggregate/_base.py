@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from covey.core._messages import Metrics
-from covey.core._weights import Array, Weights, add, subtract
+from covey.core._messages import Metrics, slot_setters
+from covey.core._weights import Array, Weights, WeightsError, add, subtract
 
 
 class AggregationError(ValueError):
@@ -53,7 +53,7 @@ class Begin:
     params: Weights
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Contribution:
     """One client's validated reply: full weights or a delta, and its size.
 
@@ -77,6 +77,28 @@ class Contribution:
     staleness: int = 0
     extras: Mapping[str, Weights] = field(default_factory=dict)
 
+    def __init__(
+        self,
+        cid: int,
+        num_examples: int,
+        weights: Weights | None = None,
+        delta: Weights | None = None,
+        metrics: Metrics | None = None,
+        staleness: int = 0,
+        extras: Mapping[str, Weights] | None = None,
+    ) -> None:
+        """Client ``cid``'s contribution (see the class)."""
+        set_cid, set_count, set_weights, set_delta, set_metrics, set_staleness, set_extras = (
+            _CONTRIBUTION_SLOTS
+        )
+        set_cid(self, cid)
+        set_count(self, num_examples)
+        set_weights(self, weights)
+        set_delta(self, delta)
+        set_metrics(self, {} if metrics is None else metrics)
+        set_staleness(self, staleness)
+        set_extras(self, {} if extras is None else extras)
+
     def as_delta(self, params: Weights) -> Weights:
         """The update relative to ``params`` (computed if the client sent weights)."""
         if self.delta is not None:
@@ -92,6 +114,11 @@ class Contribution:
         if self.delta is None:  # an invariant of this module, not an input check
             raise RuntimeError("internal error: self.delta is unset")
         return add(params, self.delta)
+
+
+_CONTRIBUTION_SLOTS = slot_setters(
+    Contribution, "cid", "num_examples", "weights", "delta", "metrics", "staleness", "extras"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +172,13 @@ class Aggregate:
     delta: Weights | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if (self.weights is None) == (self.delta is None):
+            raise TypeError(
+                f"Aggregate(round={self.round}) needs exactly one of weights= or delta=, got "
+                + ("neither" if self.weights is None else "both")
+            )
+
     def as_delta(self, params: Weights) -> Weights:
         """The update relative to ``params``."""
         if self.delta is not None:
@@ -154,12 +188,37 @@ class Aggregate:
         return subtract(self.weights, params)
 
     def apply(self, params: Weights) -> dict[str, Array]:
-        """The new global weights: ``weights`` or ``params + delta``."""
+        """The new global weights: ``weights`` or ``params + delta``.
+
+        Raises:
+            covey.WeightsError: if ``delta`` does not have the names and shapes of
+                ``params``, or holds values an array's dtype cannot take (a float
+                delta for an integer array), naming the array.
+        """
         if self.weights is not None:
             return dict(self.weights)
         if self.delta is None:  # an invariant of this module, not an input check
             raise RuntimeError("internal error: self.delta is unset")
+        _check_delta(self.delta, params, f"round {self.round}'s aggregate delta")
         return add(params, self.delta)
+
+
+def _check_delta(delta: Weights, params: Weights, what: str) -> None:
+    """Refuse a delta (from a step of one's own) that ``add`` would broadcast or fail on."""
+    if not isinstance(delta, Mapping) or set(delta) != set(params):
+        names = sorted(delta) if isinstance(delta, Mapping) else type(delta).__name__
+        raise WeightsError(f"{what}: its arrays are {names}, expected {sorted(params)}")
+    for name, value in params.items():
+        d = delta[name]
+        if not isinstance(d, np.ndarray | np.generic) or d.shape != value.shape:
+            got = d.shape if isinstance(d, np.ndarray | np.generic) else type(d).__name__
+            raise WeightsError(f"{what}: {name!r} has shape {got}, expected {value.shape}")
+        if (value.dtype.kind == "b") != (d.dtype.kind == "b") or not np.can_cast(
+            d.dtype, value.dtype, "same_kind"
+        ):
+            raise WeightsError(
+                f"{what}: {name!r} has dtype {d.dtype}, which a {value.dtype} array cannot take"
+            )
 
 
 Event = Begin | Contribution | End | Aggregate | Broadcast
@@ -177,6 +236,30 @@ class Step(NamedTuple):
 
     init: Init
     update: Update
+
+    def feed(self, state: State, event: Event) -> tuple[State, tuple[Event, ...]]:
+        """``update(state, event)``, its result checked: a mistake in it is named.
+
+        Raises:
+            TypeError: naming the ``update`` function, if it does not return
+                ``(state, events)`` with the events in a tuple (or list).
+        """
+        out = self.update(state, event)
+        if type(out) is tuple and len(out) == 2:
+            events = out[1]  # a tuple, checked by identity first: this runs once per client
+            if type(events) is tuple or isinstance(events, tuple | list):
+                return out
+        name = getattr(self.update, "__qualname__", type(self.update).__name__)
+        module = getattr(self.update, "__module__", None)
+        got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+        if isinstance(out, tuple) and len(out) == 2:
+            got = f"(state, {type(out[1]).__name__})"
+        raise TypeError(
+            f"the aggregation step {name}"
+            + (f" (in {module})" if module else "")
+            + f" returned {got} for {type(event).__name__}: update(state, event) must return "
+            "(state, events), the events it passes on in a tuple, e.g. (state, (event,))"
+        )
 
 
 def chain(*steps: Step) -> Step:
@@ -224,7 +307,7 @@ def _chain_begin(
     current = event
     extra: list[Event] = []
     for i, step in enumerate(steps):
-        states[i], emitted = step.update(states[i], current)
+        states[i], emitted = step.feed(states[i], current)
         upstream, extra = extra, []
         for e in emitted:
             if isinstance(e, Begin):
@@ -232,7 +315,7 @@ def _chain_begin(
             else:
                 extra.append(e)
         for e in upstream:
-            states[i], more = step.update(states[i], e)
+            states[i], more = step.feed(states[i], e)
             extra.extend(more)
     return tuple(states), (current, *extra)
 
@@ -245,11 +328,11 @@ def _chain_event(
     events: tuple[Event, ...] = (event,)
     for i, step in enumerate(steps):
         if len(events) == 1:
-            states[i], events = step.update(states[i], events[0])
+            states[i], events = step.feed(states[i], events[0])
         else:
             out: list[Event] = []
             for e in events:
-                states[i], emitted = step.update(states[i], e)
+                states[i], emitted = step.feed(states[i], e)
                 out.extend(emitted)
             events = tuple(out)
         if not events:
@@ -272,7 +355,7 @@ def run_round(
     result: Aggregate | None = None
     events: list[Event] = [Begin(round, params), *contributions, End(round)]
     for event in events:
-        state, out = step.update(state, event)
+        state, out = step.feed(state, event)
         for e in out:
             if isinstance(e, Aggregate):
                 result = e

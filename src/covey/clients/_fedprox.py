@@ -124,7 +124,10 @@ def torch_proximal_term(module: Any, global_params: Mapping[str, Any], mu: float
 
 
 def torch_add_proximal_grad(module: Any, global_params: Mapping[str, Any], mu: float) -> None:
-    """Add ``mu (w - w_global)`` to every parameter's ``.grad`` (call after ``backward()``).
+    """Add ``mu (w - w_global)`` to every trained parameter's ``.grad`` (call after ``backward()``).
+
+    Frozen parameters (``requires_grad=False``) are left without a gradient: given
+    one, even of zeros, an optimizer's weight decay or momentum would move them.
 
     Args:
         module: The ``torch.nn.Module`` being trained.
@@ -138,6 +141,8 @@ def torch_add_proximal_grad(module: Any, global_params: Mapping[str, Any], mu: f
     anchors = as_tensors(global_params, params)
     with torch.no_grad():
         for name, p in params.items():
+            if not p.requires_grad:
+                continue
             if p.grad is None:
                 p.grad = mu * (p.detach() - anchors[name])
             else:

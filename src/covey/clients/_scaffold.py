@@ -195,7 +195,10 @@ def torch_tensors(values: Mapping[str, Any], module: Any) -> dict[str, Any]:
 
 
 def torch_add_correction(module: Any, correction: Mapping[str, Any]) -> None:
-    """Add SCAFFOLD's ``c - c_i`` to every parameter's ``.grad`` (after ``backward()``).
+    """Add SCAFFOLD's ``c - c_i`` to every trained parameter's ``.grad`` (after ``backward()``).
+
+    Frozen parameters (``requires_grad=False``) are left without a gradient: given
+    one, even of zeros, an optimizer's weight decay or momentum would move them.
 
     Args:
         module: The ``torch.nn.Module`` being trained (parameters named as in the weights).
@@ -207,6 +210,8 @@ def torch_add_correction(module: Any, correction: Mapping[str, Any]) -> None:
     values = as_tensors(correction, params)
     with torch.no_grad():
         for name, p in params.items():
+            if not p.requires_grad:
+                continue
             if p.grad is None:
                 p.grad = values[name].clone()
             else:

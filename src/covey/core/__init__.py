@@ -7,6 +7,7 @@ Every other layer builds on it.
 from covey.core._codec import CodecError, decode, encode
 from covey.core._extras import MissingExtraError
 from covey.core._history import Failure, History, RoundRecord
+from covey.core._hooks import RunHook
 from covey.core._messages import Config, EvaluateResult, FitResult, Metrics, Reply, Task
 from covey.core._weights import Weights, WeightsError, WeightsSpec
 
@@ -21,6 +22,7 @@ __all__ = [
     "MissingExtraError",
     "Reply",
     "RoundRecord",
+    "RunHook",
     "Task",
     "Weights",
     "WeightsError",

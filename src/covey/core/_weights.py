@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from covey.core._pages import sum_of_squares
+from covey.core._pages import BLOCK, sum_of_squares
 
 Array = NDArray[Any]
 Weights = Mapping[str, Array]
@@ -49,6 +49,17 @@ class WeightsSpec:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[np.dtype[np.generic], ...]
+    # (name, shape, dtype, floating) per array: what conforms() walks, built once.
+    _layout: tuple[tuple[str, tuple[int, ...], np.dtype[np.generic], bool], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        layout = tuple(
+            (n, s, d, d.kind == "f")
+            for n, s, d in zip(self.names, self.shapes, self.dtypes, strict=True)
+        )
+        object.__setattr__(self, "_layout", layout)
 
     @classmethod
     def of(cls, weights: Weights) -> WeightsSpec:
@@ -127,7 +138,7 @@ class WeightsSpec:
         try:
             if len(weights) != len(self.names):  # type: ignore[arg-type]
                 return False
-            for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+            for name, shape, dtype, floating in self._layout:
                 value = weights[name]  # type: ignore[index]
                 if (
                     value.shape != shape
@@ -135,13 +146,11 @@ class WeightsSpec:
                     or not isinstance(value, np.ndarray)
                 ):
                     return False
+                if not (floating and finite):
+                    continue
                 # vdot inline (no frame per array): see _all_finite for why it is exact.
-                if (
-                    finite
-                    and dtype.kind == "f"
-                    and not _isfinite(sum_of_squares(value))
-                    and not _all_finite(value)
-                ):
+                squares = _vdot(value, value) if value.size <= BLOCK else sum_of_squares(value)
+                if not _isfinite(squares) and not _all_finite(value):
                     return False
         except (KeyError, AttributeError, TypeError):
             return False

@@ -174,6 +174,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             atomic_write(port_file, str(port))
         shown.waiting()
 
+    plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
     try:
         stop_on_sigterm()
         result = serve(
@@ -196,7 +197,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             on_listen=listening,
             on_event=shown.on_event,
             client_names=names,
-            plot=bool(s.get("plot", True)) if flags["plot"] is None else flags["plot"],
+            plot=plot,
             compression=flags["compression"] or server_app.compression,
         )
     except FileExistsError:
@@ -224,7 +225,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
-        f"history.json and plot.png in {run}"
+        f"history.json{' and plot.png' if plot else ''} in {run}"
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -24,10 +23,11 @@ from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
-from covey.server._saver import BackgroundSaver
-from covey.server._state import dump_state, load_state
+from covey.server._saver import BackgroundSaver, SaveError
+from covey.server._state import dump_state, load_state, state_types
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
+from covey.strategies._subclass import replace_strategy
 from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
@@ -209,6 +209,9 @@ def serve(
         # outlives its server keeps its top-k residuals for this run, not for another.
         token = str(run.config.get("started", "")) or None
         counter = CompressedTransport(transport, scheme, seed=seed, run=token) if sync else None
+        # Nothing stored without a run folder; else the named tuples a resume rebuilds.
+        template = None if run.store is None else strategy.aggregator.init(start_weights)
+        run.types = None if template is None else state_types(template)
         loop = open_loop(
             run.flushing(strategy),
             transport if counter is None else counter,
@@ -219,13 +222,11 @@ def serve(
             wait_timeout=wait_timeout,
             on_round=run.saver(on_round, names, plot, counter),
             history=run.history,
-            agg_state=None
-            if run.state is None
-            else load_state(run.state, strategy.aggregator.init(start_weights)),
+            agg_state=None if run.state is None else load_state(run.state, template),
         )
         run.loop = loop
         loop.client_names = names.names  # failures are logged and reported by name
-        del initial_weights, start_weights
+        del initial_weights, start_weights, template
         if run.history is None:
             loop.history.config = run.config
         loop.run(rounds, start=run.start)
@@ -277,11 +278,9 @@ def _same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
     """The store of the run to resume, or None for a new run."""
-    if not resume:
-        return None
-    if run_dir is None:
+    if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
-    return RunStore.open(run_dir, exclusive=True)
+    return RunStore.open(run_dir, exclusive=True) if resume and run_dir is not None else None
 
 
 def _listen(
@@ -382,6 +381,7 @@ class _Run:
     history: History | None = None
     state: bytes | None = None
     loop: Loop | None = None
+    types: dict[str, type] | None = None
     background: BackgroundSaver | None = None
     outputs: RunOutputs | None = None
 
@@ -404,7 +404,7 @@ class _Run:
                 # Round r is written while round r + 1 trains (one save in flight at most).
                 if self.background is None:
                     self.background = BackgroundSaver(self.store)
-                state = dump_state(self.loop.agg_state)
+                state = dump_state(self.loop.agg_state, self.types)
                 self.background.submit(record.round, self.loop.weights, asdict(record), state)
                 if self.outputs is None:
                     self.outputs = RunOutputs(self.store.run_dir, plot=plot)
@@ -424,11 +424,16 @@ class _Run:
         inner = strategy.aggregator
 
         def update(state: Any, event: Any) -> Any:
-            if self.background is not None and isinstance(event, Contribution):
-                self.background.flush()
+            saver = self.background
+            if saver is not None and isinstance(event, Contribution):
+                try:
+                    saver.flush()
+                except Exception as exc:
+                    where = f"saving round {saver.round} to {saver.store.run_dir}"
+                    raise SaveError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
             return inner.update(state, event)
 
-        return dataclasses.replace(strategy, aggregator=Step(inner.init, update))
+        return replace_strategy(strategy, aggregator=Step(inner.init, update))
 
     def end(self, exc: BaseException | None, names: ClientNames) -> None:
         """Mark the run finished, or failed with the reason it stopped (its last round named)."""
@@ -447,10 +452,10 @@ class _Run:
         if exc is None:
             self.store.set_status("finished")
             return
-        try:
+        try:  # on a full disk this fails too: the error that stopped the run is raised
             self.store.set_status("failed")
             self.store.log_event("server", "stopped", _describe(exc))
-        except OSError as err:  # a full disk: the error that stopped the run is raised
+        except OSError as err:
             logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
 
     def take_weights(self) -> Weights:

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from covey.core._history import History, RoundRecord
 from covey.core._hooks import RESUMED_AFTER_CRASH
-from covey.core._messages import Config
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
 from covey.strategies._strategy import Strategy
+from covey.strategies._subclass import replace_strategy
 
 logger = logging.getLogger("covey")
 
@@ -29,7 +28,7 @@ _SAMPLING = 5  # purpose of the Poisson sampling stream
 
 
 class PrivacyHook:
-    """Accounts a DP strategy's budget in the round loop (a :class:`covey._hooks.RunHook`).
+    """Accounts a DP strategy's budget in the round loop (a :class:`covey.core.RunHook`).
 
     At the start it fixes the noise seed (explicit, else the run's seed in
     simulation, else fresh CSPRNG seeds) and, on resume, restores the rounds
@@ -171,17 +170,6 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
     return select
 
 
-def _with_clip(strategy: Strategy, clip: float) -> Any:
-    user = strategy.on_fit_config
-
-    def on_fit_config(round: int) -> Config:
-        config = dict(user(round))
-        config["dp_clip"] = clip
-        return config
-
-    return on_fit_config
-
-
 def _check(noise_multiplier: float, clip: float, delta: float) -> None:
     for name, value in (("noise_multiplier", noise_multiplier), ("clip", clip), ("delta", delta)):
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
@@ -301,13 +289,14 @@ def central(
         unit="one client (all of its data)",
         sampling=f"Poisson, q={rate:g}" if rate < 1.0 else "every client, every round",
     )
-    return replace(
+    return replace_strategy(
         strategy,
         aggregator=dp_step(strategy.aggregator, mech, shared),
         selector=poisson_selector(rate, shared),
-        on_fit_config=_with_clip(strategy, clip)
+        # Not through on_fit_config: a subclass that overrides fit_config would drop it.
+        fit_config_entries={**strategy.fit_config_entries, "dp_clip": clip}
         if clipping == "client"
-        else strategy.on_fit_config,
+        else strategy.fit_config_entries,
         hooks=(*strategy.hooks, hook),
         name=f"DP-{strategy.name}",
         hyperparameters={

@@ -16,6 +16,8 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import dp_accounting as dpa
 else:
@@ -39,8 +41,10 @@ class DPSGD:
     """Private local training for a torch model: Opacus DP-SGD plus a per-client ledger.
 
     Args:
-        module: The ``torch.nn.Module`` to train (Opacus wraps it; read the
-            weights from :attr:`module`).
+        module: The ``torch.nn.Module`` to train. Opacus wraps it in place: load
+            and read its weights through ``module`` itself (``covey.torch.to_weights``,
+            ``load_weights``); :attr:`module`, the wrapper, names them with a
+            ``_module.`` prefix that the global model does not have.
         optimizer: Its optimizer.
         data_loader: The client's training data; batches are redrawn by Poisson
             sampling with rate ``1 / len(data_loader)`` (Opacus' rate, which the
@@ -49,8 +53,10 @@ class DPSGD:
         max_grad_norm: The per-example gradient clip.
         delta: The delta the client reports its epsilon at (below 1 / examples).
         accountant: ``"rdp"`` (default) or ``"pld"`` for the client's ledger.
-        seed: Seeds Opacus' noise and sampling (tests); None uses its default
-            generator. For a real deployment prefer ``secure_mode=True`` in Opacus.
+        seed: Seeds Opacus' noise and the Poisson sampling of batches (tests),
+            each from a stream of its own; None leaves both to Opacus (torch's
+            global generator, or the data loader's ``generator`` for sampling).
+            For a real deployment prefer ``secure_mode=True`` in Opacus.
 
     Example:
         >>> dp = DPSGD(net, torch.optim.SGD(net.parameters(), lr=0.1), loader,  # doctest: +SKIP
@@ -110,29 +116,41 @@ class DPSGD:
         # with drop_last or a partial last batch the two differ, and the ledger must
         # account what was drawn
         self.sampling_rate = float(self.data_loader.sample_rate)
+        if seed is not None:
+            # Opacus seeds the noise only: its Poisson sampler draws from the loader's
+            # own generator, else torch's global one. A stream of its own, apart from
+            # the noise's, makes the batches follow the seed too.
+            self.data_loader.batch_sampler.generator = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+            )
 
     def train(self, epochs: int = 1, loss_fn: Any = None) -> float:
         """Train ``epochs`` passes of DP-SGD; return the mean training loss."""
         torch = torch_module()
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.module.train()
         total, batches = 0.0, 0
         steps = 0
         for _ in range(epochs):
             for x, y in self.data_loader:
-                steps += 1  # accounted even if empty: the sampling happened
-                if len(y) == 0:  # Poisson sampling can draw an empty batch: skip it
-                    continue
+                steps += 1
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(self.module(x), y)
+                out = self.module(x)
+                # Poisson sampling can draw an empty batch. It still takes its step, of
+                # noise alone, as the accountant assumes: a skipped step would leave the
+                # model unchanged and so tell that no example was drawn.
+                loss = loss_fn(out, y) if len(y) else out.sum()
                 with warnings.catch_warnings():
                     # Opacus' per-example hooks fire on the first layer, whose input
                     # needs no gradient; torch warns of it, harmlessly.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
                 self.optimizer.step()
-                total += float(loss.detach())
-                batches += 1
+                if len(y):
+                    total += float(loss.detach())
+                    batches += 1
         if steps:
             event = round_event(self.noise_multiplier, self.sampling_rate)
             self.ledger = self.ledger.add(event, steps)

@@ -14,7 +14,6 @@ enforces that by ignoring a repeat contribution within a tree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from covey.privacy._central import PrivacyHook, _check
 from covey.privacy._step import Mechanism, Shared, dp_step
 from covey.strategies._strategy import Strategy
+from covey.strategies._subclass import replace_strategy
 
 
 def round_robin(tree_rounds: int, shared: Shared) -> Any:
@@ -105,7 +105,7 @@ def dp_ftrl(
         unit="one client (all of its data), at most once per tree",
         sampling=f"none (round-robin, each client once per {tree_rounds} rounds)",
     )
-    return replace(
+    return replace_strategy(
         strategy,
         aggregator=dp_step(strategy.aggregator, mech, shared),
         selector=round_robin(tree_rounds, shared),

@@ -76,7 +76,7 @@ def clip_update(
 
 
 class DistributedAccounting:
-    """Accounts distributed DP noise round by round (a :class:`covey._hooks.RunHook`).
+    """Accounts distributed DP noise round by round (a :class:`covey.core.RunHook`).
 
     A round whose sum holds the noise of ``k`` clients is one Gaussian mechanism
     of noise multiplier ``sigma * sqrt(k - 1) / sensitivity``: only the noise of

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +38,7 @@ from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
 from covey.strategies._strategy import FitOutcome, Strategy
+from covey.strategies._subclass import replace_strategy
 
 FIT_INPUT = "covey.secagg.fit"
 Reducer = Literal["auto", "weighted_mean", "mean"]
@@ -445,7 +446,7 @@ def secure(
         "noise": None if noise is None else noise.settings(),
         "l2_clip": dp.l2_clip,
     }
-    return replace(
+    return replace_strategy(
         strategy,
         fit_round=fit,
         hooks=(*strategy.hooks, *dp.hooks),

@@ -10,6 +10,7 @@ server restart resumes it.
 from covey.server._async import AsyncLoop
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.server._state import StateError
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop, in_cid_order
 
@@ -21,6 +22,7 @@ __all__ = [
     "RoundCallback",
     "RoundLoop",
     "RunStore",
+    "StateError",
     "in_cid_order",
     "open_loop",
     "run_config",

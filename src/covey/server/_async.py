@@ -135,7 +135,7 @@ class AsyncLoop(_LoopBase):
         rnd = version + 1
         record = RoundRecord(round=rnd)
         t0 = time.perf_counter()
-        update = strategy.aggregator.update
+        update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         self._payload = broadcast_extras(out)
         metrics: list[tuple[int, Metrics]] = []
@@ -193,7 +193,7 @@ class AsyncLoop(_LoopBase):
             staleness.append(tau)
             contribution = None
             reply.release()  # folded: a reply kept in a file is unmapped now
-        record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
+        record.fit_metrics = strategy.combined_metrics("fit", metrics) if metrics else {}
         record.aggregate_info["staleness"] = staleness
         if dropped:
             record.aggregate_info["too_stale"] = dropped
@@ -222,7 +222,7 @@ class AsyncLoop(_LoopBase):
         eligible = strategy.eligible(available, self.properties)
         self._eligible = len(eligible)
         busy = sum(1 for f in self._flights.values() if f.kind == "fit")
-        free = strategy.num_fit(len(eligible)) - busy
+        free = strategy.client_count("fit", len(eligible)) - busy
         if free <= 0:
             return
         idle = sorted(c for c in eligible if c not in self._flights and c not in self._buffered)
@@ -239,7 +239,7 @@ class AsyncLoop(_LoopBase):
         else:
             chosen = sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
         if self._config is None or self._config[0] != rnd:
-            self._config = (rnd, strategy.fit_config(rnd))
+            self._config = (rnd, strategy.fit_task_config(rnd))
         task = Task("fit", rnd, self._config[1], self.weights, self._payload)
         for cid in chosen:
             self._flights[cid] = _Flight("fit", version, self.weights)

@@ -271,7 +271,7 @@ class _LoopBase:
         is recorded as failed and the round goes on with ``state`` as it was.
         """
         try:
-            state, _ = self.strategy.aggregator.update(state, contribution)
+            state, _ = self.strategy.aggregator.feed(state, contribution)
         except AggregationError as exc:
             why = f"refused by the aggregation step: {exc}"
             self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
@@ -300,7 +300,7 @@ class _LoopBase:
         traceback kept in the history.
         """
         try:
-            state, out = self.strategy.aggregator.update(state, End(rnd))
+            state, out = self.strategy.aggregator.feed(state, End(rnd))
         except AggregationError as exc:
             logger.error(
                 "%s %d: aggregation failed, %s is unchanged: %s", self._step, rnd, self._model, exc
@@ -312,6 +312,10 @@ class _LoopBase:
         self.agg_state = state
         aggregate = find_aggregate(out)
         if aggregate is None:
+            if record.fit_participants:  # a step of one's own that forgot to emit one, say
+                why = f"the aggregation step emitted no Aggregate at the End of {self._step} {rnd}"
+                logger.warning("%s %d: %s is unchanged: %s", self._step, rnd, self._model, why)
+                record.aggregate_info.setdefault("error", why)
             return
         record.aggregate_info.update(aggregate.info)
         try:

@@ -22,6 +22,15 @@ from covey.server._store import RunStore
 logger = logging.getLogger("covey")
 
 
+class SaveError(RuntimeError):
+    """A round could not be written to the run folder (a full disk, say): the run stops.
+
+    The deployed server raises it when it awaits round r's save as round r + 1
+    folds its first reply; the round loop reports it as the failed save it is,
+    not as a failure of the aggregation step.
+    """
+
+
 class BackgroundSaver:
     """Writes rounds to a :class:`RunStore` in a writer thread, one at a time.
 
@@ -38,6 +47,7 @@ class BackgroundSaver:
         self.store = store
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.round = 0  # the round saved last, or in flight
 
     def submit(
         self,
@@ -57,6 +67,7 @@ class BackgroundSaver:
         """
         self.flush()
         arrays = dict(weights)  # the mapping may be rebound by the loop; the arrays are not
+        self.round = round
         self._thread = threading.Thread(
             target=self._save,
             args=(round, arrays, record, server_state),

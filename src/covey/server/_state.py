@@ -24,7 +24,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-__all__ = ["StateError", "check_state", "dump_state", "load_state"]
+__all__ = ["StateError", "check_state", "dump_state", "load_state", "state_types"]
 
 _KEY = "covey-state"
 _FORMAT = 2
@@ -40,8 +40,9 @@ def _type_name(cls: type) -> str:
 
 
 class _Writer:
-    def __init__(self) -> None:
+    def __init__(self, types: Mapping[str, type] | None) -> None:
         self.arrays: dict[str, np.ndarray[Any, Any]] = {}
+        self.types = types
 
     def tree(self, value: Any) -> Any:
         if value is None or isinstance(value, bool | str | int):
@@ -53,7 +54,15 @@ class _Writer:
         if isinstance(value, np.ndarray):
             return {"__array__": self.array(value)}
         if isinstance(value, tuple) and hasattr(value, "_fields"):
-            return {"__tuple__": _type_name(type(value)), "items": [self.tree(v) for v in value]}
+            name = _type_name(type(value))
+            if self.types is not None and name not in self.types:
+                raise StateError(
+                    f"the aggregation state holds a {name} that the state its step's init() "
+                    "returns does not: a resumed run rebuilds only the named tuple types of "
+                    f"that state, so have init() return a {type(value).__name__} too "
+                    "(its fields may be None)"
+                )
+            return {"__tuple__": name, "items": [self.tree(v) for v in value]}
         if isinstance(value, tuple):
             return {"__tuple__": None, "items": [self.tree(v) for v in value]}
         if isinstance(value, list):
@@ -66,7 +75,11 @@ class _Writer:
                 "__set__": [self.tree(v) for v in items],
                 "frozen": isinstance(value, frozenset),
             }
-        raise StateError(f"cannot store a {type(value).__name__} in a run's aggregation state")
+        raise StateError(
+            f"cannot store a {type(value).__name__} in a run's aggregation state: a step's "
+            "state is built from tuples (named tuples included), lists, sets, dicts, NumPy "
+            "arrays and scalars, numbers, strings and None"
+        )
 
     def array(self, array: np.ndarray[Any, Any]) -> str:
         if array.dtype.kind not in "biuf":
@@ -78,20 +91,22 @@ class _Writer:
         return key
 
 
-def dump_state(state: Any) -> bytes:
+def dump_state(state: Any, types: Mapping[str, type] | None = None) -> bytes:
     """The bytes of an aggregation state: a safetensors file with the tree in its metadata.
 
     Args:
         state: Tuples, named tuples, lists, sets, mappings, NumPy arrays and scalars,
             numbers, strings and None, nested.
+        types: The named tuple types :func:`load_state` will be able to rebuild
+            (:func:`state_types` of the step's ``init`` state); None: any.
 
     Returns:
         Bytes :func:`load_state` turns back into an equal state.
 
     Raises:
-        StateError: if the state holds anything else.
+        StateError: if the state holds anything else, or a named tuple not in ``types``.
     """
-    writer = _Writer()
+    writer = _Writer(types)
     tree = writer.tree(state)
     digest = _digest(tree, writer.arrays)
     meta = {_KEY: json.dumps({"format": _FORMAT, "tree": tree, "sha256": digest}, allow_nan=False)}
@@ -148,6 +163,24 @@ def check_state(data: bytes) -> None:
     _parse(data)
 
 
+def state_types(template: Any) -> dict[str, type]:
+    """The named tuple types in ``template``: the only ones :func:`load_state` rebuilds.
+
+    Args:
+        template: A state the strategy builds itself (``aggregator.init(weights)``).
+
+    Returns:
+        Each type by its module and qualified name.
+
+    Raises:
+        StateError: if ``template`` itself could not be stored (a run refuses it
+            before its first round).
+    """
+    types = _named_tuples(template, {})
+    dump_state(template, types)
+    return types
+
+
 def _named_tuples(template: Any, found: dict[str, type]) -> dict[str, type]:
     if isinstance(template, tuple):
         if hasattr(template, "_fields"):
@@ -191,7 +224,10 @@ class _Reader:
                 return tuple(items)
             cls = self.types.get(name)
             if cls is None:
-                raise StateError(f"the stored state holds a {name} this strategy does not use")
+                raise StateError(
+                    f"the stored state holds a {name} this strategy does not use (its init() "
+                    "makes none): the run was started with another aggregation step"
+                )
             return cls(*items)
         raise StateError(f"unknown entry in a stored state: {sorted(value)[:3]}")
 

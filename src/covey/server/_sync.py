@@ -21,6 +21,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.server._saver import SaveError
 from covey.strategies._strategy import FitOutcome, Strategy
 from covey.transport._base import Transport
 
@@ -38,21 +39,20 @@ def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Repl
     """
     order = {cid: i for i, cid in enumerate(cids)}
     held: dict[int, Reply] = {}
-    seen: set[int] = set()
-    nxt = 0
+    nxt = 0  # the position in cids of the next reply to release
     for reply in replies:
         idx = order.get(reply.cid)
-        if idx is None or reply.cid in seen:
+        # Below nxt: released already; in held: waiting already. Either way a repeat.
+        if idx is None or idx < nxt or idx in held:
             logger.warning("dropping an unexpected reply from client %s", reply.cid)
             continue
-        seen.add(reply.cid)
         if idx != nxt:
             held[idx] = reply
             continue
         yield reply
         del reply  # not held while the next one is awaited: it may be a model-sized mapping
         nxt += 1
-        while nxt in held:
+        while held and nxt in held:
             yield held.pop(nxt)
             nxt += 1
     for idx in sorted(held):
@@ -185,7 +185,7 @@ class RoundLoop(_LoopBase):
         if not self.simulated:  # a deployed round waits for its clients to connect
             record.durations["wait"] = time.perf_counter() - t0
         available = self._eligible(rnd, available)
-        count = strategy.num_fit(len(available))
+        count = strategy.client_count("fit", len(available))
         if count > len(available):
             raise self._fail(
                 f"round {rnd}: the strategy wants {count} clients to train but only "
@@ -194,9 +194,9 @@ class RoundLoop(_LoopBase):
                 + (f"; {self.property_error}" if self.property_error else "")
             )
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
-        update = strategy.aggregator.update
+        update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
-        task = Task("fit", rnd, strategy.fit_config(rnd), self.weights, broadcast_extras(out))
+        task = Task("fit", rnd, strategy.fit_task_config(rnd), self.weights, broadcast_extras(out))
         if strategy.fit_round is not None:
             outcome = strategy.fit_round(self.transport, cids, task, self.round_timeout)
             self._fit_outcome(rnd, record, state, outcome, len(cids))
@@ -214,10 +214,12 @@ class RoundLoop(_LoopBase):
                 state, folded = self._fold(state, contribution, record)
             except Exception as exc:
                 self.history.rounds.append(record)
-                why = f"the aggregation step failed on client {reply.cid}'s update: "
-                if isinstance(exc, OSError):  # the server's disk (the last checkpoint)
-                    why = ""
-                raise self._fail(f"round {rnd}: {why}{type(exc).__name__}: {exc}") from exc
+                if isinstance(exc, SaveError):  # awaited while round rnd folds its first reply
+                    raise self._fail(f"round {rnd}: {exc}") from exc
+                raise self._fail(
+                    f"round {rnd}: the aggregation step failed on client {reply.cid}'s "
+                    f"update: {type(exc).__name__}: {exc}"
+                ) from exc
             if not folded:
                 reply.release()
                 continue
@@ -247,7 +249,7 @@ class RoundLoop(_LoopBase):
                 + "; ".join(f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5])
                 + (" ..." if len(record.fit_failures) > 5 else "")
             )
-        record.fit_metrics = strategy.fit_metrics(metrics) if metrics else {}
+        record.fit_metrics = strategy.combined_metrics("fit", metrics) if metrics else {}
         self._apply(state, rnd, record)
 
     def _fit_outcome(
@@ -276,7 +278,7 @@ class RoundLoop(_LoopBase):
                 )
                 error += " ..." if len(record.fit_failures) > 5 else ""
             raise self._fail(f"round {rnd}: {error}")
-        update = self.strategy.aggregator.update
+        update = self.strategy.aggregator.feed
         for contribution in outcome.contributions:
             state, _ = update(state, contribution)
         record.fit_participants.extend(outcome.participants)
@@ -289,7 +291,7 @@ class RoundLoop(_LoopBase):
     def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
         available = self._eligible(rnd, self.transport.clients())
-        count = strategy.num_evaluate(len(available))
+        count = strategy.client_count("evaluate", len(available))
         if count == 0:
             return
         if count > len(available):
@@ -301,7 +303,7 @@ class RoundLoop(_LoopBase):
             )
             return
         cids = strategy.sample(available, count, rnd, self.seed, purpose=1)
-        task = Task("evaluate", rnd, strategy.evaluate_config(rnd), self.weights)
+        task = Task("evaluate", rnd, strategy.evaluate_task_config(rnd), self.weights)
         results: list[tuple[int, Metrics]] = []
         loss_sum = 0.0
         answered: set[int] = set()
@@ -341,4 +343,4 @@ class RoundLoop(_LoopBase):
             return
         if record.evaluate_examples > 0:
             record.evaluate_loss = loss_sum / record.evaluate_examples
-            record.evaluate_metrics = strategy.evaluate_metrics(results)
+            record.evaluate_metrics = strategy.combined_metrics("evaluate", results)

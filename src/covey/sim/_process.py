@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -64,9 +65,27 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="covey-parent-watch", daemon=True).start()
 
 
+def _one_torch_thread() -> None:
+    """Run torch on one thread in this worker, once torch is loaded (by the parent or a client).
+
+    torch's CPU wheels run parallel ops on GNU OpenMP, whose thread pool does not
+    survive a fork: the first parallel op of a forked child (a BatchNorm, an add
+    over 100,000 values) waits forever for the parent's threads once the parent
+    had run one. One thread never enters that pool, and with one worker per CPU
+    it is also the most a worker should use. Called again after each client is
+    built, it also covers a ``client_fn`` that imports torch itself, so a run's
+    bits do not depend on whether the parent had loaded torch.
+    """
+    torch = sys.modules.get("torch")
+    set_num_threads = getattr(torch, "set_num_threads", None)
+    if set_num_threads is not None:
+        set_num_threads(1)
+
+
 def _worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
     _exit_with_parent()
+    _one_torch_thread()
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     clients: dict[int, Any] = {}
@@ -113,6 +132,7 @@ def _run_batch(
                 client = clients.get(cid)
                 if client is None:
                     client = clients[cid] = build_client(client_fn, cid)
+                    _one_torch_thread()
                 reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
             except Exception:  # noqa: BLE001 - building the client failed: the task's error
                 reply = Reply(cid, kind, error=traceback.format_exc())

@@ -153,16 +153,27 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     strategy = strategy if strategy is not None else FedAvg()
-    if strategy.selector is None and strategy.num_fit(num_clients) == 0:
+    count = strategy.client_count("fit", num_clients)
+    counter = strategy.source("num_fit", "")  # a subclass's num_fit(), or ""
+    if strategy.selector is None and count == 0:
         raise ValueError(
-            f"the strategy samples no client per round: fraction_fit={strategy.fraction_fit} "
-            f"of num_clients={num_clients} rounds down to 0 and min_fit_clients=0; "
-            "raise fraction_fit or min_fit_clients"
+            "the strategy samples no client per round: "
+            + (
+                f"{counter} returns 0 for num_clients={num_clients}"
+                if counter
+                else f"fraction_fit={strategy.fraction_fit} of num_clients={num_clients} "
+                "rounds down to 0 and min_fit_clients=0; raise fraction_fit or min_fit_clients"
+            )
         )
-    if strategy.num_fit(num_clients) > num_clients:
+    if count > num_clients:
         raise ValueError(
-            f"the strategy samples at least {strategy.num_fit(num_clients)} clients per round "
-            f"(min_fit_clients={strategy.min_fit_clients}) but num_clients={num_clients}"
+            f"the strategy samples at least {count} clients per round "
+            + (
+                f"({counter} says so)"
+                if counter
+                else f"(min_fit_clients={strategy.min_fit_clients})"
+            )
+            + f" but num_clients={num_clients}"
         )
     if strategy.min_available_clients > num_clients:
         raise ValueError(
@@ -206,12 +217,25 @@ def _check_durations(durations: object, num_clients: int) -> None:
         )
 
 
-def _scheme(compression: Scheme | str | None, strategy: Strategy) -> Scheme | None:
-    """The scheme clients compress their updates with, if asked and if it applies."""
+def _scheme(compression: Scheme | str | None, strategy: Strategy, backend: str) -> Scheme | None:
+    """The scheme clients compress their updates with, if asked and if it applies.
+
+    A scheme of one's own has no spec to send to clients in other processes: it
+    is refused on the process and Ray backends before the run starts (every
+    client would fail every round).
+    """
     if compression is None:
         return None
     check_applies(compression, strategy)
-    return scheme_named(compression) if isinstance(compression, str) else compression
+    scheme = scheme_named(compression) if isinstance(compression, str) else compression
+    if backend != "inline" and scheme_spec(scheme) is None:
+        raise ValueError(
+            f"compression {type(scheme).__name__} is a scheme of your own: it runs on "
+            f"backend='inline' only, since the {backend} backend names the scheme to its "
+            "clients by a spec, which only covey's schemes have (none, float16, bfloat16, "
+            "q8, q4, topk:FRACTION)"
+        )
+    return scheme
 
 
 def _count_bytes(
@@ -329,7 +353,7 @@ def simulate(
     _check_options(seed, round_timeout, client_cache)
     _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
-    scheme = _scheme(compression, strategy)
+    scheme = _scheme(compression, strategy, backend)
     meta: dict[str, Any] = {
         "kind": "simulated",
         "strategy": strategy.name,

@@ -23,6 +23,8 @@ from covey.strategies._presets import (
 )
 from covey.strategies._strategy import (
     ConfigFn,
+    FitOutcome,
+    FitRound,
     MetricsFn,
     Selector,
     Strategy,
@@ -44,6 +46,8 @@ __all__ = [
     "FedRFA",
     "FedTrimmedAvg",
     "FedYogi",
+    "FitOutcome",
+    "FitRound",
     "Krum",
     "MetricsFn",
     "MultiKrum",

@@ -101,12 +101,12 @@ def fold(
     spec.check(global_weights, what="global weights")
     params = freeze(global_weights)
     state = aggregator.init(params) if state is None else state
-    state, _ = aggregator.update(state, Begin(round, params))
+    state, _ = aggregator.feed(state, Begin(round, params))
     for cid, result in enumerate(results):
         if not isinstance(result, FitResult):
             raise TypeError(f"result {cid} is {type(result).__name__}, expected covey.FitResult")
-        state, _ = aggregator.update(state, contribution(cid, result, spec))
-    state, out = aggregator.update(state, End(round))
+        state, _ = aggregator.feed(state, contribution(cid, result, spec))
+    state, out = aggregator.feed(state, End(round))
     aggregate = find_aggregate(out)
     if aggregate is None:
         raise AggregationError(f"round {round}: the aggregation step produced no aggregate")

@@ -33,8 +33,9 @@ from covey.aggregate import (
 )
 from covey.aggregate._clip import polynomial_staleness
 from covey.core._messages import Config
+from covey.strategies._checks import name_of
 from covey.strategies._names import not_a_class
-from covey.strategies._strategy import Strategy, StrategyOptions, _name_of, _no_config, preset
+from covey.strategies._strategy import Strategy, StrategyOptions, _no_config, preset
 
 
 def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
@@ -333,7 +334,7 @@ def FedBuff(
         chain(*steps),
         options,
         server_lr=server_lr,
-        staleness="1/sqrt(1+tau)" if staleness is None else _name_of(staleness),
+        staleness="1/sqrt(1+tau)" if staleness is None else name_of(staleness),
         weighted=weighted,
     )
     return replace(strategy, buffer_size=buffer_size, max_staleness=max_staleness)

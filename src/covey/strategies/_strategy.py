@@ -8,7 +8,7 @@ Named presets such as :func:`FedAvg` are short functions that fill one in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from numbers import Real
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypedDict
@@ -20,8 +20,16 @@ from covey.aggregate._flat import floor_fraction
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
+from covey.strategies._checks import (
+    checked_config,
+    checked_count,
+    checked_metrics,
+    chosen_ids,
+    name_of,
+)
 from covey.strategies._fold import fold
 from covey.strategies._names import refuse_flower_methods, unknown_options
+from covey.strategies._subclass import parameters, subclass_options
 
 ConfigFn = Callable[[int], Config]
 MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
@@ -125,13 +133,16 @@ class Strategy:
         name: A label for logs and history (the preset's name, e.g. ``"FedAdam"``).
         hyperparameters: The algorithm's own settings as the preset received them
             (e.g. ``{"eta": 0.01, ...}``), recorded in the history by :meth:`describe`.
-        hooks: Run hooks (:class:`covey.core._hooks.RunHook`) the round loop calls at the
+        hooks: Run hooks (:class:`covey.core.RunHook`) the round loop calls at the
             start, around each round and at the end; e.g. the privacy accountant
             that :func:`covey.privacy.central` adds.
         fit_round: Replaces the fit exchange of each synchronous round: given the
             transport, the sampled clients, the fit task and the timeout, it talks to
             the clients and returns a :class:`FitOutcome` (set by
             :func:`covey.secagg.secure`; None: one fit task per client).
+        fit_config_entries: Entries every fit task's config carries besides those of
+            :meth:`fit_config`, even when a subclass overrides it (set by
+            :func:`covey.privacy.central` for ``"dp_clip"``).
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -153,10 +164,13 @@ class Strategy:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     hooks: tuple[RunHook, ...] = ()
     fit_round: FitRound | None = None
+    fit_config_entries: Mapping[str, Any] = field(default_factory=dict)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
-        # Before the dataclass's __init__ refuses them: Flower's names get covey's.
-        unknown = set(kwargs) - {f.name for f in fields(cls)}
+        # Before the dataclass's __init__ refuses them: Flower's names get covey's. A
+        # subclass's __init__ of its own may take other arguments: it says which.
+        accepted = parameters(cls)
+        unknown = set() if accepted is None else set(kwargs) - accepted
         if unknown:
             raise unknown_options(cls.__name__, unknown)
         return super().__new__(cls)
@@ -283,7 +297,7 @@ class Strategy:
             )
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None:
-            chosen = sorted(int(c) for c in self.selector(available, round, rng))
+            chosen = chosen_ids(self.selector, self.selector(available, round, rng))
             if len(set(chosen)) != len(chosen):
                 raise ValueError(f"selector chose some clients more than once: {chosen}")
             unknown = set(chosen) - set(available)
@@ -322,13 +336,15 @@ class Strategy:
         for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
             fn = getattr(self, attr)
             if fn not in (_no_config, weighted_metrics):
-                options[attr] = _name_of(fn)
+                options[attr] = name_of(fn)
         if self.selector is not None:
-            options["selector"] = _name_of(self.selector)
+            options["selector"] = name_of(self.selector)
         if self.where is not None:
             options["where"] = (
-                dict(self.where) if isinstance(self.where, Mapping) else _name_of(self.where)
+                dict(self.where) if isinstance(self.where, Mapping) else name_of(self.where)
             )
+        if type(self) is not Strategy:  # a subclass: its class, overrides and own fields
+            options.update(subclass_options(self, Strategy))
         return {
             "name": self.name,
             "hyperparameters": dict(self.hyperparameters),
@@ -369,17 +385,51 @@ class Strategy:
 
     def fit_config(self, round: int) -> Config:
         """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``)."""
-        return _checked_config(self.on_fit_config(round), "on_fit_config")
+        return checked_config(self.on_fit_config(round), "on_fit_config")
 
     def evaluate_config(self, round: int) -> Config:
         """The config sent with evaluate tasks in ``round``."""
-        return _checked_config(self.on_evaluate_config(round), "on_evaluate_config")
+        return checked_config(self.on_evaluate_config(round), "on_evaluate_config")
 
+    def fit_task_config(self, round: int) -> Config:
+        """What the round loops send with fit tasks: :meth:`fit_config`, then the fixed entries.
 
-def _checked_config(value: Any, what: str) -> Config:
-    if not isinstance(value, dict):
-        raise TypeError(f"{what} must return a dict, got {type(value).__name__}")
-    return dict(value)
+        An override of :meth:`fit_config` in a subclass is called here, and what it
+        returns is checked like ``on_fit_config``'s.
+        """
+        config = checked_config(self.fit_config(round), self.source("fit_config", "on_fit_config"))
+        config.update(self.fit_config_entries)
+        return config
+
+    def evaluate_task_config(self, round: int) -> Config:
+        """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
+        return checked_config(
+            self.evaluate_config(round), self.source("evaluate_config", "on_evaluate_config")
+        )
+
+    def combined_metrics(self, kind: str, results: Sequence[tuple[int, Metrics]]) -> Metrics:
+        """A round's metrics from :attr:`fit_metrics` (``kind="fit"``) or :attr:`evaluate_metrics`.
+
+        Raises:
+            TypeError: naming the function, if it returns anything but a dict keyed by names.
+        """
+        combine = self.fit_metrics if kind == "fit" else self.evaluate_metrics
+        return checked_metrics(combine(results), f"{kind}_metrics {name_of(combine)}")
+
+    def client_count(self, kind: str, available: int) -> int:
+        """:meth:`num_fit` (``kind="fit"``) or :meth:`num_evaluate` of ``available``, checked.
+
+        Raises:
+            TypeError: naming the method (a subclass's override), if it returns no int >= 0.
+        """
+        count = self.num_fit(available) if kind == "fit" else self.num_evaluate(available)
+        return checked_count(count, self.source(f"num_{kind}", f"num_{kind}"))
+
+    def source(self, method: str, option: str) -> str:
+        """Who does ``method``: a subclass's override of it, by name, or the option ``option``."""
+        if getattr(type(self), method) is not getattr(Strategy, method):
+            return f"{type(self).__name__}.{method}()"
+        return option
 
 
 class StrategyOptions(TypedDict, total=False):
@@ -410,7 +460,3 @@ def preset(
     if unknown:
         raise unknown_options(name, unknown)
     return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)
-
-
-def _name_of(fn: Any) -> str:
-    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)

@@ -150,8 +150,8 @@ class TorchClient(Client):
                 are read from it.
 
         Returns:
-            The delta (local minus global), the examples seen per epoch and
-            ``{"train_loss": mean loss of the last epoch}``.
+            The delta (local minus global, in the global weights' dtypes), the
+            examples seen per epoch and ``{"train_loss": mean loss of the last epoch}``.
         """
         torch = torch_module()
         load_weights(self.model, weights)
@@ -175,7 +175,12 @@ class TorchClient(Client):
         if seen == 0:
             raise ValueError("train_loader gave no examples")
         with torch.no_grad():
-            local = to_weights(self.model)
+            # in the global model's dtypes, which the server checks the delta against:
+            # a float32 model may train from float64 global weights (or bfloat16 from float32)
+            local = {
+                name: value.astype(weights[name].dtype, copy=False)
+                for name, value in to_weights(self.model).items()
+            }
             delta = subtract(local, weights)
         return FitResult(delta=delta, num_examples=seen, metrics={"train_loss": total / seen})
 

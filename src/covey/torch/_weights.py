@@ -68,6 +68,27 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
     return out
 
 
+def _wrapper_hint(missing: list[str], extra: list[str]) -> str:
+    """Say so when the two sets of names differ by one prefix: a wrapper's attribute name.
+
+    Opacus' ``GradSampleModule`` keeps the model as ``_module``, ``torch.compile``
+    as ``_orig_mod`` and ``DataParallel`` as ``module``, so their ``state_dict``
+    names start with that prefix and the model's own do not.
+    """
+    if not missing or len(missing) != len(extra):
+        return ""
+    for longer, shorter, side in ((missing, extra, "model's"), (extra, missing, "weights'")):
+        if longer[0].endswith(shorter[0]) and len(longer[0]) > len(shorter[0]):
+            prefix = longer[0][: len(longer[0]) - len(shorter[0])]
+            if [prefix + n for n in shorter] == longer:
+                inner = "the module it wraps" if side == "model's" else "the wrapped module"
+                return (
+                    f" (the {side} names all start with {prefix!r}: a wrapper's, as Opacus "
+                    f"or torch.compile add; use {inner} instead)"
+                )
+    return ""
+
+
 def _check_names(weights: Weights, names: list[str]) -> None:
     missing = [n for n in names if n not in weights]
     extra = [str(n) for n in weights if n not in names]
@@ -75,7 +96,10 @@ def _check_names(weights: Weights, names: list[str]) -> None:
         parts = ([f"missing {missing}"] if missing else []) + (
             [f"unexpected {extra}"] if extra else []
         )
-        raise WeightsError(f"weights do not match the model's state_dict: {'; '.join(parts)}")
+        raise WeightsError(
+            f"weights do not match the model's state_dict: {'; '.join(parts)}"
+            + _wrapper_hint(missing, extra)
+        )
 
 
 def to_state_dict(weights: Weights) -> dict[str, Any]:
@@ -98,6 +122,8 @@ def to_state_dict(weights: Weights) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
         for name, array in weights.items():
             a = np.asarray(array)
+            if not a.dtype.isnative:  # torch holds native byte order only (a copy)
+                a = a.astype(a.dtype.newbyteorder("="))
             if not a.flags.c_contiguous:
                 a = np.ascontiguousarray(a)
             try:
@@ -121,8 +147,10 @@ def load_weights(module: Any, weights: Weights) -> None:
         weights: One array per ``state_dict`` entry, with matching shapes.
 
     Raises:
-        WeightsError: A name is missing or unexpected, or a shape differs; the
-            module is then left unchanged.
+        WeightsError: A name is missing or unexpected, a shape differs, or a
+            complex array would go into a real tensor; the module is then left
+            unchanged. Other dtypes are cast to the module's (float64 weights
+            into a float32 model, say).
     """
     torch = torch_module()
     state = module.state_dict(keep_vars=True)
@@ -132,6 +160,11 @@ def load_weights(module: Any, weights: Weights) -> None:
         if shape != tuple(target.shape):
             raise WeightsError(
                 f"weight {name!r} has shape {shape}, the model's is {tuple(target.shape)}"
+            )
+        if np.asarray(weights[name]).dtype.kind == "c" and not target.is_complex():
+            raise WeightsError(
+                f"weight {name!r} is complex, the model's is {target.dtype}: "
+                "copying it would drop the imaginary part"
             )
     sources = to_state_dict(weights)
     with torch.no_grad():

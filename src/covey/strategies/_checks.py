@@ -1,0 +1,65 @@
+"""Checks of what a strategy's functions and overrides return, naming the one at fault.
+
+A strategy of one's own supplies functions (a selector, config and metrics
+functions) or overrides methods (``fit_config``, ``num_fit``); what they
+return is checked here before the round loop uses it, so a mistake is an
+error that names the function, not a failure deep inside covey.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from covey.core._messages import Config, Metrics
+
+
+def name_of(fn: Any) -> str:
+    """A function's qualified name (or its type's, for a callable object)."""
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
+
+
+def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
+    """The client ids a custom ``selector`` returned, sorted.
+
+    Raises:
+        TypeError: naming the selector, if it returned anything but ids (ints).
+    """
+    items: list[Any] | None = None
+    if isinstance(picked, np.ndarray):
+        items = picked.tolist() if picked.ndim == 1 else None
+    elif isinstance(picked, Iterable) and not isinstance(picked, str | bytes | Mapping):
+        items = list(picked)
+    if items is None or not all(
+        isinstance(c, int | np.integer) and not isinstance(c, bool) for c in items
+    ):
+        raise TypeError(
+            f"selector {name_of(selector)} must return client ids (ints) chosen among its "
+            f"candidates, got {str(picked)[:80]!r}"
+        )
+    return sorted(int(c) for c in items)
+
+
+def checked_config(value: Any, what: str) -> Config:
+    """A copy of the config ``what`` returned; a TypeError naming it if it is no dict."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must return a dict, got {type(value).__name__}")
+    return dict(value)
+
+
+def checked_metrics(value: Any, what: str) -> Metrics:
+    """A copy of the metrics ``what`` returned; a TypeError naming it if they are no dict."""
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise TypeError(
+            f"{what} must return a dict of metric names to values, got {str(value)[:80]!r}"
+        )
+    return dict(value)
+
+
+def checked_count(value: Any, what: str) -> int:
+    """The number of clients ``what`` returned; a TypeError naming it unless an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise TypeError(f"{what} must return a number of clients (an int >= 0), got {value!r}")
+    return int(value)

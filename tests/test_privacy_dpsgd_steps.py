@@ -1,0 +1,92 @@
+"""DP-SGD: every Poisson-sampled step is taken, the empty ones too, as the ledger accounts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("opacus")
+
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from covey.privacy import DPSGD  # noqa: E402
+
+
+def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))
+    dp = DPSGD(
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        DataLoader(data, batch_size=2),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        seed=0,
+    )
+    # What Opacus' Poisson loader yields when it draws no example: zero-length tensors.
+    x, y = data[:3]
+    dp.data_loader = [(x, y), (x[:0], y[:0]), (x[:1], y[:1])]
+    moved: list[bool] = []
+    step = dp.optimizer.step
+
+    def watched_step() -> object:
+        before = [p.detach().clone() for p in net.parameters()]
+        out = step()
+        moved.append(
+            any(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+        )
+        return out
+
+    dp.optimizer.step = watched_step
+    loss = dp.train(epochs=1)
+    assert not math.isnan(loss)  # the mean of the two batches that drew examples
+    # The empty batch moved the model too (noise alone), and Opacus' accountant saw it.
+    assert moved == [True, True, True]
+    assert sum(n for *_, n in dp.engine.accountant.history) == dp.ledger.rounds == 3
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 1.5, True])
+def test_epochs_that_train_nothing_are_refused(epochs: object) -> None:
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    dp = DPSGD(
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        DataLoader(data, batch_size=4),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        seed=0,
+    )
+    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
+        dp.train(epochs)  # type: ignore[arg-type]
+    assert dp.ledger.rounds == 0
+
+
+def test_the_seed_fixes_the_poisson_batches_too() -> None:
+    data = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
+
+    def run(global_seed: int) -> tuple[list[int], Any]:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 2)
+        dp = DPSGD(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            DataLoader(data, batch_size=8),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            delta=1e-5,
+            seed=0,
+        )
+        torch.manual_seed(global_seed)  # whatever else drew from torch's global generator
+        dp.train(epochs=1)
+        return [len(y) for _, y in dp.data_loader], net.weight.detach().clone()
+
+    (sizes_a, weight_a), (sizes_b, weight_b) = run(1), run(2)
+    assert sizes_a == sizes_b
+    assert torch.equal(weight_a, weight_b)

@@ -1,0 +1,70 @@
+"""TorchClient when the global model's dtypes are not the model's own (float64, bfloat16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from covey.torch import TorchClient, to_weights  # noqa: E402
+
+
+def _client(dtype: Any) -> TorchClient:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 4, generator=g, dtype=dtype), torch.randint(0, 2, (16,), generator=g)
+    return TorchClient(
+        nn.Linear(4, 2).to(dtype),
+        nn.CrossEntropyLoss(),
+        lambda p: torch.optim.SGD(p, lr=0.1),
+        DataLoader(TensorDataset(x, y), batch_size=8),
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "global_dtype"),
+    [
+        (torch.float32, np.float64),
+        (torch.float64, np.float32),
+        (torch.bfloat16, np.float32),
+        (torch.float32, np.float16),
+    ],
+)
+def test_the_delta_comes_in_the_global_models_dtype(
+    model: Any, global_dtype: type[np.floating[Any]]
+) -> None:
+    torch.manual_seed(0)
+    init = {k: v.astype(global_dtype) for k, v in to_weights(nn.Linear(4, 2)).items()}
+    client = _client(model)
+    result = client.fit(init, {"round": 1})
+    assert result.delta is not None
+    assert {v.dtype for v in result.delta.values()} == {np.dtype(global_dtype)}
+    assert all(np.any(v != 0) for v in result.delta.values())
+    # and a federation of them runs: the server checks each delta against the global dtypes
+    run = covey.simulate(lambda cid: _client(model), 2, 1, covey.FedAvg(), init)
+    assert run.history.failures() == []
+    assert {v.dtype for v in run.weights.values()} == {np.dtype(global_dtype)}
+
+
+def test_load_weights_takes_big_endian_arrays_and_refuses_complex_ones() -> None:
+    from covey import WeightsError
+    from covey.torch import load_weights
+
+    source = to_weights(nn.Linear(3, 2), copy=True)
+    net = nn.Linear(3, 2)
+    load_weights(net, {k: v.astype(v.dtype.newbyteorder(">")) for k, v in source.items()})
+    for name, value in to_weights(net).items():
+        np.testing.assert_array_equal(value, source[name])
+    before = {k: v.copy() for k, v in to_weights(net).items()}
+    bad = dict(source, bias=source["bias"] + 1j)
+    with pytest.raises(WeightsError, match=r"'bias' is complex, the model's is torch.float32"):
+        load_weights(net, bad)
+    for name, value in to_weights(net).items():
+        np.testing.assert_array_equal(value, before[name])
