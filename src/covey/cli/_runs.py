@@ -23,7 +23,7 @@ from covey.core._history import History
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
-from covey.server._rundb import is_held
+from covey.server._rundb import is_held, open_read_only
 
 __all__ = [
     "ROUND_COLUMNS",
@@ -162,8 +162,7 @@ def run_status(folder: Path, history: History) -> str:
     db = folder / "run.sqlite"
     if db.is_file():
         try:
-            uri = f"file:{db.resolve().as_posix()}?mode=ro"
-            with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            with contextlib.closing(open_read_only(db)) as conn:
                 row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
         except sqlite3.Error:
             return "unreadable"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -184,6 +185,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
 
     plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
     try:
+        stop_on_sigterm()
         result = serve(
             server_app.strategy,
             int(_pick(flags["rounds"], s, "rounds", server_app.rounds)),
@@ -222,21 +224,37 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         _forget(run, flags)
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _forget(run, flags)
+        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
         if (run / "run.sqlite").is_file():  # resumed from step 0 if no round was saved
             said = (
-                f"interrupted: the run in {run} is kept; continue it with "
+                f"{how}: the run in {run} is kept; continue it with "
                 f"`{flags.get('resume_hint') or resume_hint(run)}`"
             )
         else:
-            said = "interrupted before the run started"
+            said = f"{how} before the run started"
         console.print(escape(said), soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json{' and plot.png' if plot else ''} in {escape(str(run))}"
     )
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``docker stop``, ``systemctl stop``) stop the run as Ctrl-C does.
+
+    The first SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` in the main thread:
+    the run ends marked, its clients are told, its folder is let go. A second
+    one ends the process at once, as SIGTERM does by default.
+    """
+
+    def terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:

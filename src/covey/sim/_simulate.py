@@ -23,7 +23,7 @@ from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
-from covey.sim._rundir import run_folder, save_history, write_run_meta
+from covey.sim._rundir import end_run_meta, run_folder, save_history, write_run_meta
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -449,8 +449,12 @@ def simulate(
         finally:
             gc.unfreeze()
             meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
-            write_run_meta(meta_path, meta)
-            if stop_progress is not None:
-                stop_progress()
-            transport.close()
+            try:
+                # A full disk fails this too: the workers stop all the same, and the
+                # run's own error, if any, is the one raised.
+                end_run_meta(meta_path, meta)
+            finally:
+                if stop_progress is not None:
+                    stop_progress()
+                transport.close()
         return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)
