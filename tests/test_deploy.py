@@ -462,11 +462,11 @@ def test_serving_without_tls_or_insecure_is_refused() -> None:
 def test_the_insecure_warning_names_no_port_0(caplog: pytest.LogCaptureFixture) -> None:
     # With port 0 the warning came before the port was chosen: "anyone who can
     # reach 127.0.0.1:0", an address nobody can reach.
-    from covey.deploy._server import _server_tls
+    from covey.deploy._tls import server_tls
 
     with caplog.at_level("WARNING", logger="covey"):
-        _server_tls(None, None, True, "127.0.0.1:0")
-        _server_tls(None, None, True, "127.0.0.1:9092")
+        server_tls(None, None, True, "127.0.0.1:0")
+        server_tls(None, None, True, "127.0.0.1:9092")
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == (
         "serving WITHOUT TLS: anyone who can reach 127.0.0.1 can join and see the model"

@@ -155,7 +155,7 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
                 f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
                 f"make one with `covey certs init --dir {certs}`"
             )
-        from covey.deploy._server import tls_from_dir
+        from covey.deploy._tls import tls_from_dir
 
         try:
             tls_from_dir(certs)

@@ -1,0 +1,67 @@
+"""The server's TLS material: loaded from a federation folder, or checked as given."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from covey.deploy._pem import check_ca, check_pair
+from covey.deploy._revoked import RevocationList
+from covey.transport.grpc._server import ServerTLS
+
+__all__ = ["server_tls", "tls_from_dir"]
+
+logger = logging.getLogger("covey")
+
+
+def tls_from_dir(directory: str | Path) -> ServerTLS:
+    """Load the server's TLS material from a federation folder made by ``covey certs init``.
+
+    The files are checked before the server listens: the CA and the server's
+    certificate must be PEM, the key must be the certificate's, and the
+    revocation list must be readable.
+
+    Raises:
+        FileNotFoundError: A file of the federation is missing.
+        ValueError: A file is damaged, or ``server.key`` is not the key of ``server.pem``.
+    """
+    from covey.deploy.certs import load_revoked
+
+    d = Path(directory)
+    missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{d} is not a federation folder (missing {', '.join(missing)}); "
+            "create one with `covey certs init --dir DIR`"
+        )
+    tls = ServerTLS(
+        ca=(d / "ca.pem").read_bytes(),
+        cert=(d / "server.pem").read_bytes(),
+        key=(d / "server.key").read_bytes(),
+        is_revoked=RevocationList(d),
+    )
+    check_ca(tls.ca, str(d / "ca.pem"))
+    check_pair(tls.cert, tls.key, str(d / "server.pem"), str(d / "server.key"))
+    load_revoked(d)  # a damaged list refuses the start, not every client that joins
+    return tls
+
+
+def server_tls(
+    tls: ServerTLS | None, certs: str | Path | None, insecure: bool, address: str
+) -> ServerTLS | None:
+    """The TLS material ``serve`` was given, checked for consistency."""
+    if certs is not None:
+        if tls is not None:
+            raise ValueError("give tls= or certs=, not both")
+        tls = tls_from_dir(certs)
+    if tls is None and not insecure:
+        raise ValueError(
+            "serve() needs TLS (certs=DIR from `covey certs init`, or tls=ServerTLS(...)) "
+            "or insecure=True for a local experiment"
+        )
+    if tls is not None and insecure:
+        raise ValueError("give TLS material or insecure=True, not both")
+    if insecure:
+        said = "serving WITHOUT TLS: anyone who can reach %s can join and see the model"
+        logger.warning(said, address.removesuffix(":0"))  # port 0: it is logged once chosen
+    return tls
