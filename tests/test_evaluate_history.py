@@ -40,3 +40,32 @@ def test_numpy_scalars_from_custom_metrics_read_the_same_before_and_after_json(
             assert len(saved.metric(name, source)) == 2
     assert result.history[1].evaluate_metrics == {"f32": 0.25, "i32": 2, "zero_d": 0.5}
     assert type(result.history[1].evaluate_metrics["i32"]) is int
+
+
+class Raises(covey.Client):
+    """Fails both tasks with a message of several lines, raised while handling another error."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        try:
+            raise KeyError("inner")
+        except KeyError as exc:
+            raise ValueError("shapes do not match:\n  got (3,)\n  want (2,)") from exc
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        raise RuntimeError("evaluation failed\nsee the log")
+
+
+def test_a_client_error_of_several_lines_is_named_by_its_type_and_first_line() -> None:
+    def client_fn(cid: int) -> covey.Client:
+        return Raises() if cid == 1 else Plain()
+
+    strategy = covey.FedAvg(min_fit_clients=1, min_evaluate_clients=1)
+    result = covey.simulate(client_fn, 2, 1, strategy, {"w": np.zeros(2)})
+    record = result.history[1]
+    assert [(f.cid, f.error) for f in record.fit_failures] == [
+        (1, "ValueError: shapes do not match:")
+    ]
+    assert [(f.cid, f.error) for f in record.evaluate_failures] == [
+        (1, "RuntimeError: evaluation failed")
+    ]
+    assert "see the log" in record.evaluate_failures[0].traceback

@@ -44,9 +44,26 @@ class FederationError(RuntimeError):
         self.weights = weights
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
 def _first_line(text: str) -> str:
+    """One line saying what went wrong in a reply's error text.
+
+    That is covey's hint when the text ends with one (``covey: ...``), else the
+    ``Type: message`` line of the last traceback in it (the first line of a
+    message that spans several), else the text's last line.
+    """
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
+    if not lines:
+        return text
+    starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
+    if lines[-1].startswith("covey: ") or not starts:
+        return lines[-1].strip()
+    i = starts[-1] + 1
+    while i < len(lines) and lines[i].startswith("  "):  # frames, their code and carets
+        i += 1
+    return lines[i].strip() if i < len(lines) else lines[-1].strip()
 
 
 _SCALARS = (bool, int, float, str, bytes)
