@@ -23,6 +23,7 @@ from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
+from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, SaveError
 from covey.server._state import dump_state, load_state, state_types
 from covey.server._store import RunStore
@@ -484,12 +485,15 @@ def _open_run(
         initial_weights = initial_weights()
     if initial_weights is None:
         raise ValueError("serve() needs initial_weights (unless resuming)")
+    spec = WeightsSpec.of(initial_weights)
+    if run_dir is not None:
+        check_storable(spec)
     config = run_config(
         strategy,
         rounds=rounds,
         seed=seed,
         backend="grpc",
-        model=WeightsSpec.of(initial_weights).describe(),
+        model=spec.describe(),
         address=address,
         started=_dt.datetime.now(_dt.UTC).isoformat(),
     )

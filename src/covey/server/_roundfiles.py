@@ -27,6 +27,7 @@ from covey.core._weights import Array, Weights, WeightsSpec
 
 __all__ = [
     "WEIGHTS_DIR",
+    "check_storable",
     "read_weights",
     "record_json",
     "round_of_file",
@@ -51,6 +52,22 @@ def round_of_file(name: str) -> int | None:
     return None if match is None else int(match.group(1))
 
 
+_RESERVED: Final = "__metadata__"  # the safetensors header's own entry
+
+
+def check_storable(spec: WeightsSpec) -> None:
+    """Raise :class:`ValueError` if a weights file cannot hold arrays of this layout.
+
+    A safetensors header keeps its metadata under ``"__metadata__"``: an array of
+    that name would be written, and the file then refused on every read.
+    """
+    if _RESERVED in spec.names:
+        raise ValueError(
+            f"weight name {_RESERVED!r} is reserved by the run store's weights files "
+            "(safetensors): rename that array"
+        )
+
+
 def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) -> str:
     """Write ``final`` via a synced temporary file; return the file's SHA-256.
 
@@ -63,6 +80,7 @@ def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) 
     Returns:
         The hex SHA-256 of the file written.
     """
+    check_storable(spec)
     # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
     arrays = {name: np.require(weights[name], requirements="C") for name in spec.names}
     metadata = {"covey_round": str(round), "covey_names": json.dumps(list(spec.names))}
