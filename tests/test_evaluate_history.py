@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import covey
 from covey import EvaluateResult, FitResult
@@ -69,3 +70,12 @@ def test_a_client_error_of_several_lines_is_named_by_its_type_and_first_line() -
         (1, "RuntimeError: evaluation failed")
     ]
     assert "see the log" in record.evaluate_failures[0].traceback
+
+
+def test_a_federated_evaluation_that_rounds_down_to_no_client_is_refused_by_name() -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.1, min_evaluate_clients=0)
+    with pytest.raises(ValueError, match=r"fraction_evaluate=0.1 of num_clients=3 rounds down"):
+        covey.simulate(lambda cid: Plain(), 3, 1, strategy, {"w": np.zeros(2)})
+    off = covey.FedAvg(fraction_evaluate=0.0, min_evaluate_clients=0)  # turned off: fine
+    result = covey.simulate(lambda cid: Plain(), 3, 1, off, {"w": np.zeros(2)})
+    assert result.history.metric("loss", "evaluate") == []

@@ -180,7 +180,25 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             f"min_available_clients={strategy.min_available_clients} exceeds "
             f"num_clients={num_clients}"
         )
+    _check_evaluate_count(strategy, num_clients)
     return strategy
+
+
+def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
+    """Refuse a federated evaluation asked for (``fraction_evaluate > 0``) that samples no one.
+
+    Without this check, ``fraction_evaluate=0.1`` of 5 clients with
+    ``min_evaluate_clients=0`` would skip every evaluation without a word.
+    """
+    asked = strategy.fraction_evaluate > 0.0 and strategy.selector is None
+    overridden = strategy.source("num_evaluate", "")  # a subclass's num_evaluate() decides
+    if asked and not overridden and strategy.client_count("evaluate", num_clients) == 0:
+        raise ValueError(
+            f"federated evaluation samples no client: fraction_evaluate="
+            f"{strategy.fraction_evaluate} of num_clients={num_clients} rounds down to 0 "
+            "and min_evaluate_clients=0; raise either, or set fraction_evaluate=0 to "
+            "turn federated evaluation off"
+        )
 
 
 def _check_options(seed: object, round_timeout: object, client_cache: object) -> None:
