@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import covey
+from _live import Joined, Served
 from covey import EvaluateResult, FitResult
 
 
@@ -79,3 +81,19 @@ def test_a_federated_evaluation_that_rounds_down_to_no_client_is_refused_by_name
     off = covey.FedAvg(fraction_evaluate=0.0, min_evaluate_clients=0)  # turned off: fine
     result = covey.simulate(lambda cid: Plain(), 3, 1, off, {"w": np.zeros(2)})
     assert result.history.metric("loss", "evaluate") == []
+
+
+def test_a_deployed_run_says_when_fraction_evaluate_rounds_down_to_no_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    strategy = covey.FedAvg(
+        min_fit_clients=1, min_available_clients=1, fraction_evaluate=0.5, min_evaluate_clients=0
+    )
+    served = Served(strategy, 1)
+    joined = Joined(served.port, Plain(), name="only")
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        history = served.join(60).history
+    joined.join(30)
+    assert history[1].aggregated
+    assert history[1].evaluate_participants == []
+    assert "fraction_evaluate=0.5 of 1 available clients rounds down to 0" in caplog.text
