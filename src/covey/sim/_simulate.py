@@ -73,6 +73,8 @@ def _backend(
     if backend == "ray":
         from covey.sim._ray import RayTransport
 
+        _check_ray_options(client_resources, client_group, ray_address)
+
         return RayTransport(
             client_fn,
             num_clients,
@@ -83,6 +85,24 @@ def _backend(
             client_cache=client_cache,
         )
     raise ValueError(f"unknown backend {backend!r}; choose 'inline', 'process' or 'ray'")
+
+
+def _check_ray_options(resources: object, group: object, address: object) -> None:
+    """Refuse Ray options of the wrong type before a Ray is started for them."""
+    if resources is not None and not isinstance(resources, Mapping):
+        raise TypeError(
+            "client_resources must be a mapping such as {'num_cpus': 1}, or one per group, "
+            f"got {type(resources).__name__}"
+        )
+    if group is not None and not callable(group):
+        raise TypeError(
+            f"client_group must be a function cid -> group name, got {type(group).__name__}"
+        )
+    if address is not None and not isinstance(address, str):
+        raise TypeError(
+            "ray_address must be an address string such as '127.0.0.1:6379' or 'auto', "
+            f"got {type(address).__name__}"
+        )
 
 
 def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
@@ -185,11 +205,7 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
 
 
 def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
-    """Refuse a federated evaluation asked for (``fraction_evaluate > 0``) that samples no one.
-
-    Without this check, ``fraction_evaluate=0.1`` of 5 clients with
-    ``min_evaluate_clients=0`` would skip every evaluation without a word.
-    """
+    """Refuse a federated evaluation asked for (``fraction_evaluate > 0``) that samples no one."""
     asked = strategy.fraction_evaluate > 0.0 and strategy.selector is None
     overridden = strategy.source("num_evaluate", "")  # a subclass's num_evaluate() decides
     if asked and not overridden and strategy.client_count("evaluate", num_clients) == 0:
@@ -201,8 +217,14 @@ def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
         )
 
 
-def _check_options(seed: object, round_timeout: object, client_cache: object) -> None:
+def _check_options(
+    seed: object, round_timeout: object, client_cache: object, num_workers: object = None
+) -> None:
     """Refuse values of simulate()'s options that would fail later, deep in a round."""
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
+    ):
+        raise ValueError(f"num_workers must be None or a positive int, got {num_workers!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if round_timeout is not None and (
@@ -368,7 +390,7 @@ def simulate(
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     strategy = _checked(strategy, num_clients, rounds)
-    _check_options(seed, round_timeout, client_cache)
+    _check_options(seed, round_timeout, client_cache, num_workers)
     _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy, backend)
