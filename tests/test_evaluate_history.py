@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import covey
 from _live import Joined, Served
 from covey import EvaluateResult, FitResult
+from covey.cli import app
+from covey.core._history import RoundRecord
 
 
 class Plain(covey.Client):
@@ -97,3 +101,27 @@ def test_a_deployed_run_says_when_fraction_evaluate_rounds_down_to_no_client(
     assert history[1].aggregated
     assert history[1].evaluate_participants == []
     assert "fraction_evaluate=0.5 of 1 available clients rounds down to 0" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("config", [], "'config' must be an object, got list"),
+        ("stopped_reason", 5, "'stopped_reason' must be text or null, got 5"),
+    ],
+)
+def test_a_history_with_a_damaged_header_is_unreadable_not_a_crash_of_runs_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value: object, message: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    for name in ("good", "bad"):
+        (tmp_path / name).mkdir()
+        covey.History([RoundRecord(0, central_loss=1.0)]).save(tmp_path / name / "history.json")
+    data = json.loads((tmp_path / "bad" / "history.json").read_text())
+    data[field] = value
+    (tmp_path / "bad" / "history.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        covey.History.load(tmp_path / "bad")
+    result = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert message in " ".join(result.output.split())
