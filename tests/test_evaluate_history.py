@@ -125,3 +125,19 @@ def test_a_history_with_a_damaged_header_is_unreadable_not_a_crash_of_runs_list(
     result = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert message in " ".join(result.output.split())
+
+
+class RaisesGroup(Plain):
+    """Evaluates by raising an exception group, as code running tasks in a group does."""
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        raise ExceptionGroup("two checks failed", [ValueError("a"), KeyError("b")])
+
+
+def test_a_client_exception_group_is_named_by_its_own_line() -> None:
+    strategy = covey.FedAvg(min_evaluate_clients=1)
+    result = covey.simulate(
+        lambda cid: RaisesGroup() if cid else Plain(), 2, 1, strategy, {"w": np.zeros(2)}
+    )
+    [failure] = result.history[1].evaluate_failures
+    assert failure.error == "ExceptionGroup: two checks failed (2 sub-exceptions)"
