@@ -141,3 +141,15 @@ def test_a_client_exception_group_is_named_by_its_own_line() -> None:
     )
     [failure] = result.history[1].evaluate_failures
     assert failure.error == "ExceptionGroup: two checks failed (2 sub-exceptions)"
+
+
+def test_a_simulation_stopped_by_an_error_says_why_in_history_json(tmp_path: Path) -> None:
+    def broken(results: Any) -> dict[str, Any]:
+        raise ZeroDivisionError("no examples to weigh")
+
+    strategy = covey.FedAvg(evaluate_metrics=broken)
+    with pytest.raises(ZeroDivisionError):
+        covey.simulate(lambda cid: Plain(), 2, 3, strategy, {"w": np.zeros(2)}, run_dir=tmp_path)
+    saved = covey.History.load(tmp_path)
+    assert saved.stopped_reason == "ZeroDivisionError: no examples to weigh"
+    assert json.loads((tmp_path / "run.json").read_text())["stopped_reason"] == saved.stopped_reason

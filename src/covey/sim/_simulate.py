@@ -22,7 +22,7 @@ from covey.server._factory import Loop, open_loop, run_config
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
-from covey.sim._rundir import run_folder, save_history, write_run_meta
+from covey.sim._rundir import kept_history, run_folder, stop_reason, write_run_meta
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -473,19 +473,12 @@ def simulate(
                 strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
             )
             _count_bytes(counter, None, loop.history.config)
-            try:
+            with kept_history(loop.history, history_path):  # however the run ends
                 loop.run(rounds)
-            finally:
-                # With why the run stopped early, or the round that failed and its failures.
-                save_history(loop.history, history_path)
             meta["status"] = "finished"
         except BaseException as exc:
             meta["status"] = "failed"
-            meta["stopped_reason"] = (
-                "interrupted (KeyboardInterrupt)"
-                if isinstance(exc, KeyboardInterrupt)
-                else f"{type(exc).__name__}: {exc}"
-            )
+            meta["stopped_reason"] = stop_reason(exc)
             raise
         finally:
             gc.unfreeze()
