@@ -153,3 +153,19 @@ def test_a_simulation_stopped_by_an_error_says_why_in_history_json(tmp_path: Pat
     saved = covey.History.load(tmp_path)
     assert saved.stopped_reason == "ZeroDivisionError: no examples to weigh"
     assert json.loads((tmp_path / "run.json").read_text())["stopped_reason"] == saved.stopped_reason
+
+
+def test_a_served_run_stopped_by_an_error_says_why_in_history_json(tmp_path: Path) -> None:
+    def stop_after_round_1(record: RoundRecord) -> None:
+        if record.round == 1:
+            raise RuntimeError("enough\nfor today")
+
+    strategy = covey.FedAvg(min_fit_clients=1, min_available_clients=1, min_evaluate_clients=1)
+    served = Served(strategy, 3, run_dir=tmp_path / "run", on_round=stop_after_round_1)
+    joined = Joined(served.port, Plain(), name="only")
+    with pytest.raises(RuntimeError, match="enough"):
+        served.join(60)
+    joined.join(30)
+    saved = covey.History.load(tmp_path / "run")
+    assert [r.round for r in saved] == [0, 1]
+    assert saved.stopped_reason == "RuntimeError: enough"
