@@ -10,12 +10,11 @@ over the old one, so a site killed mid-write keeps the previous ledger.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from covey.analytics._dp import Budget
+from covey.core._files import atomic_write
 
 MAX_LEDGER_BYTES = 64 << 20  # far more than any run-length encoded ledger of queries
 
@@ -54,18 +53,13 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
 
 
 def save_budget(budget: Budget, path: Path) -> None:
-    """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename)."""
-    text = json.dumps(budget.to_json(), indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises:
+        OSError: The file cannot be written (a full disk), naming it; the old
+            ledger is kept.
+    """
+    atomic_write(path, json.dumps(budget.to_json(), indent=1), mode=0o600)
 
 
 __all__: Sequence[str] = ["MAX_LEDGER_BYTES", "load_budget", "save_budget"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.aggregate._flat import int_change, signed
+from covey.clients._client import lend
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.privacy import ClippedSum
@@ -56,7 +57,7 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         raise ValueError("a secure fit task carries no weights")
     config = dict(task.config)
     config["round"] = task.round
-    result = client.fit(task.weights, config)
+    result = client.fit(lend(client, task.weights), config)  # task.weights used below
     if not isinstance(result, FitResult):
         raise TypeError(f"{type(client).__name__}.fit() returned {type(result).__name__}")
     # The checks of an unsecured round, before anything is masked: a wrong name, shape or

@@ -31,6 +31,7 @@ __all__ = [
     "read_weights",
     "record_json",
     "round_of_file",
+    "save_error",
     "sweep",
     "weights_file_name",
     "write_weights",
@@ -94,6 +95,29 @@ def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) 
 
     atomic_write(final, write)
     return sha.hexdigest()
+
+
+def save_error(round: int, final: Path, exc: BaseException) -> OSError:
+    """The error of a round that could not be saved, naming the round and the file.
+
+    safetensors reports a full disk as a ``SafetensorError``; it becomes an
+    :class:`OSError` as every other failure to write does (keeping the ``errno``
+    when there is one).
+
+    Args:
+        round: The round being saved.
+        final: Its weights file (``RUN_DIR/weights/round-NNNNN.safetensors``).
+        exc: What writing the weights file or the database raised.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        said = f"cannot save round {round} to {final}: {exc.strerror}"  # not its temporary
+    elif isinstance(exc, OSError):  # the database's, naming its file
+        said = f"cannot save round {round}: {exc}"
+    else:
+        said = f"cannot save round {round} to {final}: {exc}"
+    error = OSError(said)
+    error.errno = getattr(exc, "errno", None)
+    return error
 
 
 def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:

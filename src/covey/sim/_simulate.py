@@ -22,7 +22,8 @@ from covey.server._factory import Loop, open_loop, run_config
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
-from covey.sim._rundir import kept_history, run_folder, stop_reason, write_run_meta
+from covey.sim._progress import progress_callback
+from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -105,34 +106,6 @@ def _check_ray_options(resources: object, group: object, address: object) -> Non
         )
 
 
-def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("[bold]round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        transient=False,
-    )
-    task_id = progress.add_task("rounds", total=rounds, status="")
-    progress.start()
-
-    def on_round(record: RoundRecord) -> None:
-        parts = []
-        if record.central_loss is not None:
-            parts.append(f"loss {record.central_loss:.4f}")
-        for key, value in record.central_metrics.items():
-            if isinstance(value, float):
-                parts.append(f"{key} {value:.4f}")
-        if record.failures:
-            parts.append(f"[yellow]{len(record.failures)} failed")
-        progress.update(task_id, completed=record.round, status="  ".join(parts))
-
-    return on_round, progress.stop
-
-
 def _callbacks(
     rounds: int, progress: bool, on_round: RoundCallback | None
 ) -> tuple[list[RoundCallback], Callable[[], None] | None]:
@@ -140,7 +113,7 @@ def _callbacks(
     callbacks: list[RoundCallback] = []
     stop_progress: Callable[[], None] | None = None
     if progress:
-        cb, stop_progress = _progress_callback(rounds)
+        cb, stop_progress = progress_callback(rounds)
         callbacks.append(cb)
     if on_round is not None:
         callbacks.append(on_round)
@@ -483,8 +456,12 @@ def simulate(
         finally:
             gc.unfreeze()
             meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
-            write_run_meta(meta_path, meta)
-            if stop_progress is not None:
-                stop_progress()
-            transport.close()
+            try:
+                # A full disk fails this too: the workers stop all the same, and the
+                # run's own error, if any, is the one raised.
+                end_run_meta(meta_path, meta)
+            finally:
+                if stop_progress is not None:
+                    stop_progress()
+                transport.close()
         return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)
