@@ -253,10 +253,16 @@ class History:
         clients = data.get("clients") or {}
         if not isinstance(clients, dict):
             raise ValueError(f"'clients' must map ids to names, got {type(clients).__name__}")
+        config = _from_jsonable(data.get("config", {}))
+        if not isinstance(config, dict):
+            raise ValueError(f"'config' must be an object, got {type(config).__name__}")
+        stopped = data.get("stopped_reason")
+        if stopped is not None and not isinstance(stopped, str):
+            raise ValueError(f"'stopped_reason' must be text or null, got {stopped!r:.40}")
         return cls(
             rounds,
-            config=_from_jsonable(data.get("config", {})),
-            stopped_reason=data.get("stopped_reason"),
+            config=config,
+            stopped_reason=stopped,
             clients={int(cid): str(name) for cid, name in clients.items()},
         )
 

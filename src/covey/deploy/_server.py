@@ -19,7 +19,7 @@ from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._resume import resume_point
 from covey.deploy._tls import server_tls
-from covey.server._base import EvaluateFn, FederationError, RoundCallback
+from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
 from covey.server._roundfiles import check_storable
@@ -386,6 +386,8 @@ class _Run:
         """Mark the run finished, or failed with the reason it stopped (its last round named)."""
         if self.loop is not None:  # a round that stopped the run had no saver to name it
             names.name_history(self.loop.history)
+            if exc is not None and self.loop.history.stopped_reason is None:  # history.json too
+                self.loop.history.stopped_reason = _first_line(_describe(exc))
         if self.store is None:
             return
         if self.outputs is not None and self.loop is not None:

@@ -293,6 +293,14 @@ class RoundLoop(_LoopBase):
         available = self._eligible(rnd, self.transport.clients())
         count = strategy.client_count("evaluate", len(available))
         if count == 0:
+            if strategy.fraction_evaluate > 0.0 and not strategy.source("num_evaluate", ""):
+                logger.warning(
+                    "round %d: skipping federated evaluation: fraction_evaluate=%s of %d "
+                    "available clients rounds down to 0 (min_evaluate_clients=0)",
+                    rnd,
+                    strategy.fraction_evaluate,
+                    len(available),
+                )
             return
         if count > len(available):
             logger.warning(

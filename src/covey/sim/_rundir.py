@@ -20,7 +20,14 @@ from covey.core._files import atomic_write
 from covey.core._history import History
 from covey.server._rundb import LOCK_NAME, hold_run, is_held
 
-__all__ = ["end_run_meta", "run_folder", "save_history", "write_run_meta"]
+__all__ = [
+    "end_run_meta",
+    "kept_history",
+    "run_folder",
+    "save_history",
+    "stop_reason",
+    "write_run_meta",
+]
 
 logger = logging.getLogger("covey")
 
@@ -56,6 +63,25 @@ def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path |
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def stop_reason(exc: BaseException) -> str:
+    """Why a simulation stopped, in one line, from the error that stopped it."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def kept_history(history: History, path: Path | None) -> Iterator[None]:
+    """Write ``history`` to ``path`` however the block ends; if it raised, with why it stopped."""
+    try:
+        yield
+    except BaseException as exc:
+        history.stopped_reason = history.stopped_reason or stop_reason(exc)
+        raise
+    finally:
+        save_history(history, path)
 
 
 def save_history(history: History, path: Path | None) -> None:

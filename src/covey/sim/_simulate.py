@@ -23,7 +23,7 @@ from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
-from covey.sim._rundir import end_run_meta, run_folder, save_history, write_run_meta
+from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -173,7 +173,21 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             f"min_available_clients={strategy.min_available_clients} exceeds "
             f"num_clients={num_clients}"
         )
+    _check_evaluate_count(strategy, num_clients)
     return strategy
+
+
+def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
+    """Refuse a federated evaluation asked for (``fraction_evaluate > 0``) that samples no one."""
+    asked = strategy.fraction_evaluate > 0.0 and strategy.selector is None
+    overridden = strategy.source("num_evaluate", "")  # a subclass's num_evaluate() decides
+    if asked and not overridden and strategy.client_count("evaluate", num_clients) == 0:
+        raise ValueError(
+            f"federated evaluation samples no client: fraction_evaluate="
+            f"{strategy.fraction_evaluate} of num_clients={num_clients} rounds down to 0 "
+            "and min_evaluate_clients=0; raise either, or set fraction_evaluate=0 to "
+            "turn federated evaluation off"
+        )
 
 
 def _check_options(
@@ -432,19 +446,12 @@ def simulate(
                 strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
             )
             _count_bytes(counter, None, loop.history.config)
-            try:
+            with kept_history(loop.history, history_path):  # however the run ends
                 loop.run(rounds)
-            finally:
-                # With why the run stopped early, or the round that failed and its failures.
-                save_history(loop.history, history_path)
             meta["status"] = "finished"
         except BaseException as exc:
             meta["status"] = "failed"
-            meta["stopped_reason"] = (
-                "interrupted (KeyboardInterrupt)"
-                if isinstance(exc, KeyboardInterrupt)
-                else f"{type(exc).__name__}: {exc}"
-            )
+            meta["stopped_reason"] = stop_reason(exc)
             raise
         finally:
             gc.unfreeze()

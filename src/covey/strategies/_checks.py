@@ -50,12 +50,27 @@ def checked_config(value: Any, what: str) -> Config:
 
 
 def checked_metrics(value: Any, what: str) -> Metrics:
-    """A copy of the metrics ``what`` returned; a TypeError naming it if they are no dict."""
+    """A copy of the metrics ``what`` returned, NumPy scalars made Python scalars.
+
+    A ``np.float32`` kept as such would be left out by :meth:`covey.History.metric`
+    during the run yet found in the same history read back from ``history.json``.
+
+    Raises:
+        TypeError: naming ``what``, if the metrics are no dict keyed by names.
+    """
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
         raise TypeError(
             f"{what} must return a dict of metric names to values, got {str(value)[:80]!r}"
         )
-    return dict(value)
+    return {
+        key: metric.item() if isinstance(metric, np.generic) or _zero_d(metric) else metric
+        for key, metric in value.items()
+    }
+
+
+def _zero_d(value: Any) -> bool:
+    """Whether ``value`` is a 0-d NumPy array (one number)."""
+    return isinstance(value, np.ndarray) and value.ndim == 0
 
 
 def checked_count(value: Any, what: str) -> int:

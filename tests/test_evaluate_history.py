@@ -1,0 +1,171 @@
+"""Federated evaluation as recorded in the history: metric types, round trips, resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from _live import Joined, Served
+from covey import EvaluateResult, FitResult
+from covey.cli import app
+from covey.core._history import RoundRecord
+
+
+class Plain(covey.Client):
+    """Trains by adding one; evaluates to a fixed loss."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=10)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=0.5, num_examples=10, metrics={"accuracy": 1.0})
+
+
+def numpy_metrics(results: Any) -> dict[str, Any]:
+    """Custom evaluation metrics as NumPy computes them."""
+    return {"f32": np.float32(0.25), "i32": np.int32(2), "zero_d": np.array(0.5)}
+
+
+def test_numpy_scalars_from_custom_metrics_read_the_same_before_and_after_json(
+    tmp_path: Path,
+) -> None:
+    strategy = covey.FedAvg(evaluate_metrics=numpy_metrics, fit_metrics=numpy_metrics)
+    result = covey.simulate(
+        lambda cid: Plain(), 2, 2, strategy, {"w": np.zeros(2)}, run_dir=tmp_path
+    )
+    saved = covey.History.load(tmp_path)
+    for source in ("evaluate", "fit"):
+        for name in ("f32", "i32", "zero_d"):
+            assert result.history.metric(name, source) == saved.metric(name, source)
+            assert len(saved.metric(name, source)) == 2
+    assert result.history[1].evaluate_metrics == {"f32": 0.25, "i32": 2, "zero_d": 0.5}
+    assert type(result.history[1].evaluate_metrics["i32"]) is int
+
+
+class Raises(covey.Client):
+    """Fails both tasks with a message of several lines, raised while handling another error."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        try:
+            raise KeyError("inner")
+        except KeyError as exc:
+            raise ValueError("shapes do not match:\n  got (3,)\n  want (2,)") from exc
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        raise RuntimeError("evaluation failed\nsee the log")
+
+
+def test_a_client_error_of_several_lines_is_named_by_its_type_and_first_line() -> None:
+    def client_fn(cid: int) -> covey.Client:
+        return Raises() if cid == 1 else Plain()
+
+    strategy = covey.FedAvg(min_fit_clients=1, min_evaluate_clients=1)
+    result = covey.simulate(client_fn, 2, 1, strategy, {"w": np.zeros(2)})
+    record = result.history[1]
+    assert [(f.cid, f.error) for f in record.fit_failures] == [
+        (1, "ValueError: shapes do not match:")
+    ]
+    assert [(f.cid, f.error) for f in record.evaluate_failures] == [
+        (1, "RuntimeError: evaluation failed")
+    ]
+    assert "see the log" in record.evaluate_failures[0].traceback
+
+
+def test_a_federated_evaluation_that_rounds_down_to_no_client_is_refused_by_name() -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.1, min_evaluate_clients=0)
+    with pytest.raises(ValueError, match=r"fraction_evaluate=0.1 of num_clients=3 rounds down"):
+        covey.simulate(lambda cid: Plain(), 3, 1, strategy, {"w": np.zeros(2)})
+    off = covey.FedAvg(fraction_evaluate=0.0, min_evaluate_clients=0)  # turned off: fine
+    result = covey.simulate(lambda cid: Plain(), 3, 1, off, {"w": np.zeros(2)})
+    assert result.history.metric("loss", "evaluate") == []
+
+
+def test_a_deployed_run_says_when_fraction_evaluate_rounds_down_to_no_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    strategy = covey.FedAvg(
+        min_fit_clients=1, min_available_clients=1, fraction_evaluate=0.5, min_evaluate_clients=0
+    )
+    served = Served(strategy, 1)
+    joined = Joined(served.port, Plain(), name="only")
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        history = served.join(60).history
+    joined.join(30)
+    assert history[1].aggregated
+    assert history[1].evaluate_participants == []
+    assert "fraction_evaluate=0.5 of 1 available clients rounds down to 0" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("config", [], "'config' must be an object, got list"),
+        ("stopped_reason", 5, "'stopped_reason' must be text or null, got 5"),
+    ],
+)
+def test_a_history_with_a_damaged_header_is_unreadable_not_a_crash_of_runs_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value: object, message: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    for name in ("good", "bad"):
+        (tmp_path / name).mkdir()
+        covey.History([RoundRecord(0, central_loss=1.0)]).save(tmp_path / name / "history.json")
+    data = json.loads((tmp_path / "bad" / "history.json").read_text())
+    data[field] = value
+    (tmp_path / "bad" / "history.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        covey.History.load(tmp_path / "bad")
+    result = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert message in " ".join(result.output.split())
+
+
+class RaisesGroup(Plain):
+    """Evaluates by raising an exception group, as code running tasks in a group does."""
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        raise ExceptionGroup("two checks failed", [ValueError("a"), KeyError("b")])
+
+
+def test_a_client_exception_group_is_named_by_its_own_line() -> None:
+    strategy = covey.FedAvg(min_evaluate_clients=1)
+    result = covey.simulate(
+        lambda cid: RaisesGroup() if cid else Plain(), 2, 1, strategy, {"w": np.zeros(2)}
+    )
+    [failure] = result.history[1].evaluate_failures
+    assert failure.error == "ExceptionGroup: two checks failed (2 sub-exceptions)"
+
+
+def test_a_simulation_stopped_by_an_error_says_why_in_history_json(tmp_path: Path) -> None:
+    def broken(results: Any) -> dict[str, Any]:
+        raise ZeroDivisionError("no examples to weigh")
+
+    strategy = covey.FedAvg(evaluate_metrics=broken)
+    with pytest.raises(ZeroDivisionError):
+        covey.simulate(lambda cid: Plain(), 2, 3, strategy, {"w": np.zeros(2)}, run_dir=tmp_path)
+    saved = covey.History.load(tmp_path)
+    assert saved.stopped_reason == "ZeroDivisionError: no examples to weigh"
+    assert json.loads((tmp_path / "run.json").read_text())["stopped_reason"] == saved.stopped_reason
+
+
+def test_a_served_run_stopped_by_an_error_says_why_in_history_json(tmp_path: Path) -> None:
+    def stop_after_round_1(record: RoundRecord) -> None:
+        if record.round == 1:
+            raise RuntimeError("enough\nfor today")
+
+    strategy = covey.FedAvg(min_fit_clients=1, min_available_clients=1, min_evaluate_clients=1)
+    served = Served(strategy, 3, run_dir=tmp_path / "run", on_round=stop_after_round_1)
+    joined = Joined(served.port, Plain(), name="only")
+    with pytest.raises(RuntimeError, match="enough"):
+        served.join(60)
+    joined.join(30)
+    saved = covey.History.load(tmp_path / "run")
+    assert [r.round for r in saved] == [0, 1]
+    assert saved.stopped_reason == "RuntimeError: enough"
