@@ -94,6 +94,11 @@ def demo(
             f"--run-dir {run_dir} is a file; give a folder (made if missing), or leave "
             "--run-dir out for a fresh folder under runs/"
         )
+    elif (run_dir / "run.json").exists() or (run_dir / "history.json").exists():
+        fail(
+            f"--run-dir {run_dir} already holds a run; give a new folder, or leave "
+            "--run-dir out for a fresh folder under runs/"
+        )
     console.print(
         f"[bold]covey demo[/]: {clients} clients, Dirichlet({alpha}) label skew on digits, "
         f"NumPy logistic regression, {rounds} rounds of FedAvg with {fraction:.0%} of clients "

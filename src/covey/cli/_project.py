@@ -364,14 +364,16 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
-    from covey.deploy._cli import _logging, _run_folder, _security, _serve
+    from covey.deploy._cli import _run_folder, _security, _serve
+    from covey.deploy._cli import console as log_console
     from covey.deploy._cli_errors import compression_spec, number, output_file
+    from covey.deploy._cli_logs import setup_logging
     from covey.deploy._cli_resume import resume_hint
     from covey.server._outputs import new_run_dir
 
     fed = settings.federation or {}
     where = f"([tool.covey.federations.{name}] or --set)"
-    _logging(verbose)
+    setup_logging(log_console, verbose)
     # Every setting is checked before any folder is made or port is bound.
     scheme = compression_spec(fed.get("compression"))
     insecure = bool(_switch(fed, "insecure", where))

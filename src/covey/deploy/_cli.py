@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 
 from covey.deploy._cli_errors import (
@@ -23,6 +20,7 @@ from covey.deploy._cli_errors import (
     read_settings,
     required_params,
 )
+from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_resume import resume_hint
 
 # Every line whole: a server's or client's output is often a log file or a journal,
@@ -69,21 +67,6 @@ CLIENT_KEYS = {
 
 def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
     return flag if flag is not None else settings.get(key, default)
-
-
-def _logging(verbose: bool) -> None:
-    """Log to standard error: rich's layout in a terminal, one plain line a record elsewhere."""
-    handler: logging.Handler
-    if console.is_terminal:
-        handler = RichHandler(console=console, show_path=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
-    )
-    logging.getLogger("covey").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _server_app(spec: str | None) -> Any:
@@ -309,7 +292,7 @@ def server_command(
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
-    _logging(verbose or bool(s.get("verbose", False)))
+    setup_logging(console, verbose or bool(s.get("verbose", False)))
     scheme = compression_spec(_pick(compression, s, "compression", None))
     server_app = _server_app(_pick(app, s, "app", None))
     insecure = insecure or bool(s.get("insecure", False))
@@ -451,7 +434,7 @@ def client_command(
     from covey.transport.grpc._refusal import Refused
 
     s = read_settings(config, "client", CLIENT_KEYS)
-    _logging(verbose or bool(s.get("verbose", False)))
+    setup_logging(console, verbose or bool(s.get("verbose", False)))
     app_spec = _pick(app, s, "app", None)
     address = _pick(server, s, "server", None)
     if app_spec is None:

@@ -41,7 +41,9 @@ def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path |
     ``run.json`` still says running but that nobody holds was killed.
 
     Raises:
-        ValueError: Another covey process is writing a run in ``run_dir``.
+        ValueError: Another covey process is writing a run in ``run_dir``, or it
+            holds a run already (a simulation cannot be resumed, so it would
+            write over that run's history).
     """
     if run_dir is None:
         yield None, None
@@ -59,6 +61,13 @@ def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path |
             "its run there; give this run a folder of its own"
         ) from exc
     try:
+        kept = [name for name in ("run.json", "history.json") if (folder / name).exists()]
+        if kept:
+            raise ValueError(
+                f"run_dir {folder} already holds a run ({' and '.join(kept)}); a simulation "
+                "would write over it: give this run a folder of its own, or remove the old "
+                "run first"
+            )
         yield folder / "history.json", folder / "run.json"
     finally:
         if lock is not None:
