@@ -4,7 +4,8 @@ The file holds :meth:`covey.analytics._dp.Budget.to_json` (limit, delta, spent a
 the dp-accounting ledger). It is read when the site starts, checked event by
 event, and rewritten after every charge, before the answer leaves the site:
 written to a temporary file in the same folder, flushed to disk, then renamed
-over the old one, so a site killed mid-write keeps the previous ledger.
+over the old one (and the folder flushed, so the rename survives a power loss),
+so a site killed mid-write keeps the previous ledger.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
 
 
 def save_budget(budget: Budget, path: Path) -> None:
-    """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename, folder fsync)."""
     text = json.dumps(budget.to_json(), indent=1)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -66,6 +67,20 @@ def save_budget(budget: Budget, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss.
+
+    Without it the new name may be lost on a system crash after the answer left the
+    site, and the restarted site would read the ledger from before the charge.
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 __all__: Sequence[str] = ["MAX_LEDGER_BYTES", "load_budget", "save_budget"]

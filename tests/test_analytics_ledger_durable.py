@@ -1,0 +1,31 @@
+"""A site's ledger file is durable: the rename of the new ledger is flushed with its folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from covey.analytics._dp import Budget
+from covey.analytics._ledger_file import load_budget, save_budget
+
+
+def test_saving_a_ledger_flushes_the_file_and_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "site.covey-budget.json"
+    budget = Budget(5.0, 1e-6, owner="the site")
+    save_budget(budget, path)
+    assert str(tmp_path.resolve()) in synced  # the rename itself is on disk
+    assert any(s.startswith(str(tmp_path.resolve()) + os.sep) for s in synced)  # the content
+    assert load_budget(path, 5.0, 1e-6).spent == budget.spent
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
