@@ -8,6 +8,7 @@ Settings come from environment variables set by ``deploy_vs_flower.py``:
 * ``COVEY_BENCH_N``: number of clients (every one trains every round);
 * ``COVEY_BENCH_ROUNDS``: rounds;
 * ``COVEY_BENCH_ELEMENTS``: float32 entries of the big model;
+* ``COVEY_BENCH_INPLACE``: ``1`` for the big model's client that trains in place;
 * ``COVEY_BENCH_TIMES``: where the server writes a JSON list with the wall-clock
   time of each central evaluation (round 0 and after every round), rewritten
   after each one so that a run cut short still reports its finished rounds.
@@ -47,6 +48,7 @@ N = int(_setting("N", "10"))
 ROUNDS = int(_setting("ROUNDS", "10"))
 ELEMENTS = int(_setting("ELEMENTS", str(dm.elements_for_mb(400))))
 TIMES = _setting("TIMES", "")
+INPLACE = _setting("INPLACE", "") == "1"
 
 
 class DigitsClient(covey.Client):
@@ -69,8 +71,21 @@ class BigClient(covey.Client):
         return covey.FitResult(weights={dm.KEY: dm.client_update(weights[dm.KEY])}, num_examples=1)
 
 
+class InPlaceBigClient(covey.Client):
+    """The big model's client training in place: adds 1 to the arrays it received."""
+
+    writes_weights = True
+
+    def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+        w = weights[dm.KEY]
+        np.add(w, np.float32(1.0), out=w)
+        return covey.FitResult(weights={dm.KEY: w}, num_examples=1)
+
+
 def client_fn(cid: int) -> covey.Client:
-    return DigitsClient(int(cid)) if WORKLOAD == "digits" else BigClient()
+    if WORKLOAD == "digits":
+        return DigitsClient(int(cid))
+    return InPlaceBigClient() if INPLACE else BigClient()
 
 
 class Recorder:

@@ -174,6 +174,7 @@ def bench_env(spec: Spec, times: Path) -> dict[str, str]:
         "COVEY_BENCH_ROUNDS": str(spec.rounds),
         "COVEY_BENCH_ELEMENTS": str(spec.elements),
         "COVEY_BENCH_TIMES": str(times),
+        "COVEY_BENCH_INPLACE": "1" if spec.system == "covey-inplace" else "",
     }
 
 

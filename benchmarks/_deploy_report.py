@@ -20,6 +20,7 @@ __all__ = ["markdown", "report_from", "status_text", "write_report"]
 _LABELS = {
     "covey": "covey deployed, insecure",
     "covey-tls": "covey deployed, mutual TLS",
+    "covey-inplace": "covey deployed, insecure, client trains in place (writes_weights)",
     "covey-sim": "covey.simulate (inline, 1 process)",
     "flower": "Flower 1.42 deployed, insecure",
     "sockets": "raw TCP sockets",
@@ -261,6 +262,25 @@ def targets(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
                 "at most 3 model copies in any one process",
                 f"server {fmt(copies.get('server'))}, client {fmt(copies.get('client'))} copies",
                 "hit" if worst is not None and worst <= 3 else "miss",
+            ]
+        )
+    for system, how in (("covey", "returning new arrays"), ("covey-inplace", "training in place")):
+        run = _get(runs, "big", system)
+        if run is None:
+            continue
+        copies = run.get("copies", {})
+        server, client = copies.get("server"), copies.get("client")
+        rows.append(
+            [
+                f"server at most 2.5, client at most 2 model copies (client {how})",
+                f"server {fmt(server)}, client {fmt(client)} copies",
+                "hit"
+                if _ok(run)
+                and server is not None
+                and client is not None
+                and server <= 2.5
+                and client <= 2
+                else "miss",
             ]
         )
     return table(["target", "measured", "verdict"], ["---", "---", "---"], rows)

@@ -328,6 +328,7 @@ def run_sockets(run: Run, sampler: DeploySampler, times: Path, deadline: float) 
 RUNNERS = {
     "covey": run_covey,
     "covey-tls": run_covey,
+    "covey-inplace": run_covey,
     "covey-sim": run_covey_sim,
     "flower": run_flower,
     "sockets": run_sockets,

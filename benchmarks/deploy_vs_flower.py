@@ -72,7 +72,7 @@ from _mdtable import fmt  # noqa: E402
 
 from covey.core._files import atomic_write  # noqa: E402
 
-SYSTEMS = ("covey", "covey-tls", "covey-sim", "flower", "sockets")
+SYSTEMS = ("covey", "covey-tls", "covey-inplace", "covey-sim", "flower", "sockets")
 PARTS = ("digits", "big", "huge")
 
 
@@ -260,12 +260,12 @@ def plan(args: argparse.Namespace) -> list[Spec]:
             specs += [Spec("digits", "flower", n, args.rounds) for n in args.flower_n]
     if args.big:
         elements = dm.elements_for_mb(args.big_mb)
-        for system in ("covey", "covey-tls", "flower", "sockets"):
+        for system in ("covey", "covey-tls", "covey-inplace", "flower", "sockets"):
             if system in want:
                 specs.append(Spec("big", system, args.big_clients, args.big_rounds, elements))
     if args.huge:
         elements = int(args.huge_gib * 2**30 / 4)
-        for system in ("covey", "flower"):
+        for system in ("covey", "covey-inplace", "flower"):
             if system in want:
                 specs.append(Spec("huge", system, args.huge_clients, 1, elements))
     return specs

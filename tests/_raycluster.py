@@ -232,6 +232,12 @@ class LocalRayCluster:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if "ray._raylet" in sys.modules:
+            # Ray keeps the token it read: a local Ray started later in this process
+            # would be refused with this cluster's token (and leave its GCS running).
+            from ray._private.authentication_test_utils import reset_auth_token_state
+
+            reset_auth_token_state()
 
     def __exit__(self, *exc: Any) -> None:
         try:

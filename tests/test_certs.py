@@ -320,7 +320,7 @@ def test_cli_init_issue_revoke_list(tmp_path: Path) -> None:
     assert san.value.get_values_for_type(x509.DNSName) == ["fl.example.org"]
 
     result = runner.invoke(certs_app, ["init", "--dir", str(d)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "already exists" in result.output
     assert runner.invoke(certs_app, ["init", "--dir", str(d), "--overwrite"]).exit_code == 0
 
@@ -330,7 +330,7 @@ def test_cli_init_issue_revoke_list(tmp_path: Path) -> None:
     assert runner.invoke(certs_app, ["issue", "bob", "--dir", str(d)]).exit_code == 0
 
     result = runner.invoke(certs_app, ["issue", "alice", "--dir", str(d)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "already has a certificate" in result.output
     result = runner.invoke(certs_app, ["issue", "alice", "--dir", str(d), "--overwrite"])
     assert result.exit_code == 0, result.output
@@ -366,7 +366,7 @@ def test_cli_errors(tmp_path: Path) -> None:
 
     (tmp_path / "empty").mkdir()
     result = runner.invoke(certs_app, ["issue", "alice", "--dir", str(tmp_path / "empty")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no federation CA" in result.output
 
     d = tmp_path / "fed"
@@ -375,7 +375,7 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "invalid client id" in result.output
     result = runner.invoke(certs_app, ["revoke", "ghost", "--dir", str(d)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no certificate for client" in result.output
     result = runner.invoke(certs_app, ["init", "--dir", str(tmp_path / "x"), "--host", "a b"])
     assert result.exit_code == 2

@@ -91,7 +91,7 @@ def test_client_addresses_are_checked(
     result = CliRunner().invoke(
         app, ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure", *args]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert message in result.output
 
 
@@ -111,7 +111,7 @@ def test_a_bad_server_address_leaves_no_run_folder(
             *("--address", address, "--run-dir", str(run)),
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert message in result.output
     assert not run.exists()
 

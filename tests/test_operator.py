@@ -439,7 +439,7 @@ def test_issuing_with_a_damaged_ca_names_the_file(fed: Path, damaged: str) -> No
     result = CliRunner().invoke(
         app, ["certs", "issue", "c", "--dir", str(fed)], env={"COLUMNS": "250"}
     )
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert str(fed / damaged) in result.output
     assert "Traceback" not in result.output
 

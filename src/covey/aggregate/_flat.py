@@ -53,11 +53,23 @@ def update_of(event: Contribution, params: Weights) -> Weights:
         return delta
     weights = event.weights
     return {
-        name: np.subtract(weights[name], p, dtype=np.float64)
-        if p.dtype.kind in "iu"
-        else delta[name]
+        name: int_change(weights[name], p) if p.dtype.kind in "iu" else delta[name]
         for name, p in params.items()
     }
+
+
+def int_change(new: Array, old: Array) -> Vector:
+    """``new - old`` of an integer array as float64, exact for any change below ``2**53``.
+
+    Taken in integer arithmetic first: float64 holds the values themselves only
+    up to ``2**53``, so subtracting them as floats would lose a change to a large
+    value (a counter past ``2**53``, a timestamp in nanoseconds).
+    """
+    if old.dtype == np.uint64:  # the change modulo 2**64, read as a signed number
+        change = np.subtract(new, old, dtype=np.uint64).view(np.int64)
+    else:
+        change = np.subtract(new, old, dtype=np.int64)
+    return np.asarray(change, dtype=np.float64)
 
 
 def to_int(values: Array, dtype: np.dtype[Any]) -> Array:

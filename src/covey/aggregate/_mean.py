@@ -22,7 +22,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
-from covey.aggregate._flat import signed
+from covey.aggregate._flat import int_change, signed
 from covey.core._pages import BLOCK, blocks, release_pages
 from covey.core._weights import Array, Weights
 
@@ -36,6 +36,9 @@ class _MeanState(NamedTuple):
     total: float = 0.0
     clients: int = 0
     examples: int = 0
+    # Integer arrays: a weight sender's n_k * (w_k - w) goes into acc_weights, not
+    # n_k * w_k: float64 holds the values only up to 2**53, their changes exactly.
+    ints: frozenset[str] = frozenset()
 
 
 _BLOCK = BLOCK
@@ -148,35 +151,32 @@ def _finish(
 ) -> dict[str, Array]:
     """Divide the sums by ``total``, each array back in the model's dtype.
 
-    Integer arrays are rounded; a mean of ``weights`` (not of deltas) is also kept
-    within its integer dtype, where float64 rounding near the dtype's limits (say
-    ``2**63 - 1``, which float64 rounds up to ``2**63``) would otherwise wrap around.
+    Integer arrays are rounded; for a mean of ``weights`` their sums are of changes
+    (see :class:`_MeanState`), added back to the global arrays in their own dtype.
     """
     out: dict[str, Array] = {}
-    for name, a in acc.items():
+    for name, param in params.items():  # in the model's order, not the first reply's
+        a = acc[name]
         np.divide(a, total, out=a)
-        target = params[name].dtype
+        target = param.dtype
         if a.dtype == target:
             out[name] = a
         elif target.kind == "f":  # float16 summed in float32
             out[name] = a.astype(target)
         else:
             np.rint(a, out=a)
-            if weights and target.kind in "iu":
-                np.clip(a, *_int_bounds(target), out=a)
-                out[name] = a.astype(target)
-            else:  # a delta: a negative change of an unsigned array wraps (via int64)
-                out[name] = a.astype(np.int64).astype(target)
+            # Within int64: float64 rounds a change of 2**63 - 1 up to 2**63, which
+            # would wrap around. A negative change of an unsigned array wraps (via int64).
+            np.clip(a, *_INT64_BOUNDS, out=a)
+            change = a.astype(np.int64).astype(target)
+            if weights and target.kind in "iu":  # the mean change, added back exactly
+                change = np.asarray(np.add(params[name], change, dtype=target))
+            out[name] = change
     return out
 
 
-def _int_bounds(dtype: np.dtype[np.generic]) -> tuple[float, float]:
-    """The widest float64 range whose every value casts into the integer ``dtype``."""
-    info = np.iinfo(str(dtype))
-    low, high = float(info.min), float(info.max)
-    if int(high) > info.max:  # 2**63 - 1 and 2**64 - 1 round up in float64
-        high = float(np.nextafter(high, -np.inf))
-    return low, high
+_INT64_BOUNDS = (-(2.0**63), float(np.nextafter(2.0**63, 0.0)))
+"""The widest float64 range whose every value casts into int64."""
 
 
 def _mean_step(weighted: bool) -> Step:
@@ -187,7 +187,8 @@ def _mean_step(weighted: bool) -> Step:
         if isinstance(event, Contribution):
             return _mean_contribution(state, event, weighted)
         if isinstance(event, Begin):
-            return _MeanState(params=event.params), ()
+            ints = frozenset(k for k, v in event.params.items() if v.dtype.kind in "iu")
+            return _MeanState(params=event.params, ints=ints), ()
         if isinstance(event, End):
             return _mean_end(state, event)
         return state, (event,)
@@ -199,15 +200,22 @@ def _mean_contribution(
     state: _MeanState, event: Contribution, weighted: bool
 ) -> tuple[State, tuple[Event, ...]]:
     """Fold one contribution into the running sums."""
-    if state.params is None:
+    params, acc_w, acc_d, scratch, ex_w, total, clients, examples, ints = state
+    if params is None:
         raise AggregationError("a Contribution arrived before Begin")
     n = float(event.num_examples) if weighted else 1.0
-    params, acc_w, acc_d, scratch, ex_w, total, clients, examples = state
     if n == 0.0:
-        return _MeanState(params, acc_w, acc_d, scratch, ex_w, total, clients + 1, examples), ()
+        return _MeanState(
+            params, acc_w, acc_d, scratch, ex_w, total, clients + 1, examples, ints
+        ), ()
     # A new tuple built positionally: NamedTuple._replace costs several calls per client.
     if event.weights is not None:
-        acc_w, scratch = _fold(acc_w, scratch, event.weights, n)
+        values = event.weights
+        if ints:
+            values = dict(values)
+            for name in ints:
+                values[name] = int_change(values[name], params[name])
+        acc_w, scratch = _fold(acc_w, scratch, values, n)
         ex_w += n
     elif event.delta is not None:
         # An unsigned array's delta is a change modulo 2**bits: summed by its signed value.
@@ -215,7 +223,15 @@ def _mean_contribution(
     else:  # an invariant of this module, not an input check
         raise RuntimeError("internal error: event.delta is unset")
     return _MeanState(
-        params, acc_w, acc_d, scratch, ex_w, total + n, clients + 1, examples + event.num_examples
+        params,
+        acc_w,
+        acc_d,
+        scratch,
+        ex_w,
+        total + n,
+        clients + 1,
+        examples + event.num_examples,
+        ints,
     ), ()
 
 
@@ -246,6 +262,8 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
             for name, a in acc.items():
                 np.add(a, state.acc_weights[name], out=a)
+                if name in state.ints:  # summed as changes already
+                    continue
                 g = np.multiply(params[name], state.examples_weights, dtype=a.dtype)
                 np.subtract(a, g, out=a)
         # Non-float arrays get a rounded delta of their own dtype, so apply() works.

@@ -19,11 +19,14 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-console = Console()
-errors = Console(stderr=True)
+from covey.deploy._cli_tables import output_console
+
+console = output_console()
+errors = output_console(stderr=True)
 
 
 def load_policy(path: Path | None) -> Any:
@@ -114,7 +117,9 @@ def site_command(
     """Serve analytics queries over local tables, answering under the site's policy."""
     from covey.analytics._site import Site
     from covey.deploy import connect, tls_from_certs
+    from covey.deploy._cli_errors import address_flag
 
+    server = address_flag(server, "--server", listen=False)  # before a ledger is made
     the_policy = load_policy(policy)
     if the_policy is None:
         errors.print("[yellow]warning:[/] no --policy given: this site refuses every query")
@@ -122,7 +127,7 @@ def site_command(
         tables = _tables(table)
         kept = ledger if ledger is not None else default_ledger(tables, name or "site")
         site = Site(tables, the_policy, name=name or "site", ledger=kept)
-        errors.print(f"privacy budget kept in {kept}")
+        errors.print(f"privacy budget kept in {escape(str(kept))}", soft_wrap=True)
         tls = None
         if certs is not None:
             if name is None:
@@ -134,7 +139,7 @@ def site_command(
             lambda: connect(site, server, tls=tls, insecure=insecure, name=name or ""), once
         )
     except (OSError, ValueError, TypeError) as exc:
-        errors.print(f"[red]error:[/] {exc}")
+        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     sys.stdout.flush()
     sys.stderr.flush()
@@ -160,7 +165,7 @@ def _serve_queries(join: Callable[[], Any], once: bool) -> None:
             errors.print("the query server is closing; waiting for the next one")
             time.sleep(_REJOIN_PAUSE)
             continue
-        errors.print(f"answered {result.tasks} task(s); server said: {result.reason}")
+        errors.print(f"answered {result.tasks} task(s); server said: {escape(result.reason)}")
         if once:
             return
 
@@ -175,12 +180,16 @@ def _cell(value: Any) -> str:
 
 
 def result_table(df: Any, title: str) -> Table:
-    """A rich table of a query's answer, with its attributes as the caption."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold")
+    """A rich table of a query's answer, with its attributes as the caption.
+
+    The SQL, column names and values are the data's own text, never markup: a
+    group named ``[/x]`` is shown as it is.
+    """
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, header_style="bold")
     for col in df.columns:
-        table.add_column(str(col), justify="right")
+        table.add_column(Text(str(col)), justify="right")
     for _, row in df.iterrows():
-        table.add_row(*(_cell(row[c]) for c in df.columns))
+        table.add_row(*(Text(_cell(row[c])) for c in df.columns))
     attrs = df.attrs
     notes = [f"sites: {', '.join(attrs.get('sites', []))}"]
     if attrs.get("suppressed"):
@@ -192,7 +201,7 @@ def result_table(df: Any, title: str) -> Table:
         notes.append(
             f"privacy: epsilon {p['epsilon']:.4g} (delta {p['delta']:g}, {p['mechanism']})"
         )
-    table.caption = "; ".join(notes)
+    table.caption = Text("; ".join(notes))
     return table
 
 
@@ -218,6 +227,7 @@ def query_command(
     from covey.analytics._query import check_query, query
     from covey.deploy import tls_from_dir
     from covey.deploy._cli_errors import output_file
+    from covey.deploy._cli_tables import print_table
     from covey.transport.grpc import GrpcServerTransport
     from covey.transport.grpc._checks import check_address
 
@@ -230,12 +240,14 @@ def query_command(
         check_address(server, listen=True)
         tls = tls_from_dir(certs) if certs is not None else None
     except (OSError, ValueError) as exc:
-        errors.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        # The message may quote the SQL, whose ``"x[/y]"`` is no markup.
+        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     try:
         transport = GrpcServerTransport(server, tls=tls)
     except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
-        errors.print(f"[red]error:[/] cannot listen on {server}: {exc}", soft_wrap=True)
+        said = escape(f"cannot listen on {server}: {exc}")
+        errors.print(f"[red]error:[/] {said}", soft_wrap=True)
         raise typer.Exit(1) from None
     code, goodbye = 0, "the query is answered"
     try:
@@ -252,11 +264,11 @@ def query_command(
         df = query(
             transport, sql, secure=secure, epsilon=epsilon, mechanism=mechanism, timeout=timeout
         )
-        console.print(result_table(df, sql))
+        print_table(result_table(df, sql), console)
         if json_out is not None:
             json_out.write_text(df.to_json(orient="split", default_handler=str))
     except (ValueError, PermissionError, RuntimeError, TimeoutError) as exc:
-        errors.print(f"[red]error:[/] {exc}")
+        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         code = 1
         goodbye = f"the query failed: {(str(exc).splitlines() or [''])[0][:300]}"
     finally:

@@ -4,19 +4,17 @@ The file holds :meth:`covey.analytics._dp.Budget.to_json` (limit, delta, spent a
 the dp-accounting ledger). It is read when the site starts, checked event by
 event, and rewritten after every charge, before the answer leaves the site:
 written to a temporary file in the same folder, flushed to disk, then renamed
-over the old one (and the folder flushed, so the rename survives a power loss),
-so a site killed mid-write keeps the previous ledger.
+over the old one, so a site killed mid-write keeps the previous ledger.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from covey.analytics._dp import Budget
+from covey.core._files import atomic_write
 
 MAX_LEDGER_BYTES = 64 << 20  # far more than any run-length encoded ledger of queries
 
@@ -55,32 +53,13 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
 
 
 def save_budget(budget: Budget, path: Path) -> None:
-    """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename, folder fsync)."""
-    text = json.dumps(budget.to_json(), indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
+    """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename).
 
-
-def _sync_folder(folder: Path) -> None:
-    """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss.
-
-    Without it the new name may be lost on a system crash after the answer left the
-    site, and the restarted site would read the ledger from before the charge.
+    Raises:
+        OSError: The file cannot be written (a full disk), naming it; the old
+            ledger is kept.
     """
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, json.dumps(budget.to_json(), indent=1), mode=0o600)
 
 
 __all__: Sequence[str] = ["MAX_LEDGER_BYTES", "load_budget", "save_budget"]

@@ -34,7 +34,8 @@ def _sqlite(con: duckdb.DuckDBPyConnection, name: str, source: str) -> None:
     path = Path(source[len(SQLITE_PREFIX) :])
     if not path.is_file():
         raise FileNotFoundError(f"table {name!r}: no SQLite database at {path}")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # as_uri() escapes "#", "?" and "%", which a file: URI would take for its own syntax
+    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         found = db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (name,)

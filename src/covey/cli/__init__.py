@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import io
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +15,7 @@ from rich.markup import escape
 
 import covey
 from covey.core._extras import MissingExtraError, extra_for
+from covey.deploy._cli_tables import output_console
 
 app = typer.Typer(
     name="covey",
@@ -20,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+console = output_console()
 
 
 def _version(value: bool) -> None:
@@ -60,7 +64,7 @@ def demo(
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
     from covey.cli._demo import DemoConfig, plot_history, run_demo
-    from covey.cli._runs import round_table
+    from covey.cli._runs import print_table, round_table
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail
     from covey.server._outputs import new_run_dir
@@ -98,9 +102,18 @@ def demo(
     try:
         result = run_demo(config, run_dir=run_dir, progress=True)
     except covey.FederationError as exc:
-        console.print(f"[red]run stopped:[/] {exc}")
+        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    console.print(round_table(result.history))
+    except KeyboardInterrupt:
+        console.print(
+            escape(
+                f"interrupted: the demo in {run_dir} stopped; its history.json keeps the rounds "
+                f"done: `covey runs show {shlex.quote(str(run_dir))}`"
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    print_table(round_table(result.history), console)
     final = result.history.rounds[-1]
     accuracy = float(final.central_metrics.get("accuracy", float("nan")))
     if plot:
@@ -109,7 +122,10 @@ def demo(
         f"[bold green]final test accuracy: {accuracy:.4f}[/] after {final.round} rounds "
         f"in {result.seconds:.2f} s"
     )
-    console.print(f"run folder: {run_dir} (history.json{', plot.png' if plot else ''})")
+    console.print(
+        f"run folder: {escape(str(run_dir))} (history.json{', plot.png' if plot else ''})",
+        soft_wrap=True,
+    )
 
 
 def _mount() -> None:
@@ -136,6 +152,49 @@ def _mount() -> None:
 _mount()
 
 
+def _without_traceback_flag(args: list[str]) -> list[str]:
+    """``args`` less ``-v``/``--verbose`` when the command has no such option of its own.
+
+    There the flag only asks :func:`main` for the traceback, as its one-line error
+    says; the command would otherwise refuse it as an unknown option.
+    """
+    command = typer.main.get_command(app)
+    for arg in args:
+        sub = getattr(command, "commands", {}).get(arg)  # a group's sub-commands
+        if sub is None:
+            break
+        command = sub
+    if any(opt in ("-v", "--verbose") for param in command.params for opt in param.opts):
+        return args
+    return [arg for arg in args if arg not in ("-v", "--verbose")]
+
+
+def _lenient(error: UnicodeError) -> tuple[str | bytes, int]:
+    r"""Encode what an encoding lacks: a file name's stray bytes as they were, else ``\xe9``."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    chunk = error.object[error.start : error.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):  # bytes a file name kept (surrogateescape)
+        return bytes(ord(c) - 0xDC00 for c in chunk), error.end
+    return codecs.backslashreplace_errors(error)
+
+
+def _tolerant_output() -> None:
+    r"""Let standard output and error write any text, whatever the locale's encoding.
+
+    Under ``PYTHONIOENCODING=ascii`` or a Latin-1 locale, a run folder, metric or
+    client name the encoding lacks is written as a ``\xe9`` escape rather than
+    raising ``UnicodeEncodeError`` once the work is done.
+    """
+    codecs.register_error("covey.lenient", _lenient)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        if isinstance(stream, io.TextIOWrapper) and not codecs.lookup(encoding).name.startswith(
+            "utf-"
+        ):
+            stream.reconfigure(errors="covey.lenient")
+
+
 def main() -> None:
     """Entry point of the ``covey`` command.
 
@@ -144,8 +203,9 @@ def main() -> None:
     one line naming the extra that installs it (``pip install 'covey[analytics]'``).
     """
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
+    _tolerant_output()
     try:
-        app()
+        app(args=_without_traceback_flag(sys.argv[1:]) if verbose else None)
     except Exception as exc:
         if verbose:
             raise
@@ -161,7 +221,8 @@ def main() -> None:
         message = str(exc).splitlines()[0] if str(exc) else ""
         err.print(
             f"[bold red]error:[/] {type(exc).__name__}: {escape(message)} "
-            "(run with -v for the traceback)"
+            "(run with -v for the traceback)",
+            soft_wrap=True,  # one line, whatever the width: the first line of a log
         )
         raise SystemExit(1) from None
 

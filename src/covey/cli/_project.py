@@ -12,6 +12,7 @@ import functools
 import inspect
 import keyword
 import re
+import shlex
 import string
 import sys
 import tomllib
@@ -19,16 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
+from covey.deploy._cli_tables import output_console
 
 __all__ = ["ProjectSettings", "new_command", "read_project", "run_command"]
 
-console = Console()
+console = output_console()
 
 RUN_KEYS = {"server_app", "client_app", "clients", "rounds", "backend", "seed", "runs_dir"}
 """Keys of ``[tool.covey]`` besides its ``config`` and ``federations`` tables."""
@@ -81,8 +82,12 @@ def new_command(
         target = root / string.Template(path).substitute(pkg=pkg)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, string.Template(text).substitute(name=name, pkg=pkg))
-    console.print(f"[green]created[/] {root}: {len(FILES)} files")
-    console.print(f"next: cd {root} && covey run && pytest")
+    # The folder is the user's text: printed as is (``[x]`` is no markup), on one line.
+    console.print(f"[green]created[/] {escape(str(root))}: {len(FILES)} files", soft_wrap=True)
+    # A command to paste: the folder quoted for the shell when it holds a space or the like.
+    console.print(
+        escape(f"next: cd {shlex.quote(str(root))} && covey run && pytest"), soft_wrap=True
+    )
 
 
 def _installed(pkg: str) -> bool:
@@ -300,7 +305,7 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
 
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
-    from covey.cli._runs import round_table, stopped_early
+    from covey.cli._runs import print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked
 
@@ -334,22 +339,28 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
             compression=server_app.compression,
         )
     except covey.FederationError as exc:
-        console.print(f"[red]run stopped:[/] {exc}")
+        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print(
-            f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
-            "rounds done); a simulation keeps no checkpoint to resume from: `covey run` runs "
-            "it again from the start, and the same seed gives the same results",
+            f"interrupted: the simulation in {escape(str(run_dir))} stopped (its history.json "
+            "keeps the rounds done); a simulation keeps no checkpoint to resume from: "
+            "`covey run` runs it again from the start, and the same seed gives the same results",
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
     plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
-    console.print(round_table(result.history))
+    print_table(round_table(result.history), console)
     early = stopped_early(result.history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
-    console.print(f"run folder: {run_dir} (history.json, plot.png); see `covey runs show`")
+    console.print(
+        escape(
+            f"run folder: {run_dir} (history.json, plot.png); "
+            f"`covey runs show {shlex.quote(str(run_dir))}`"
+        ),
+        soft_wrap=True,
+    )
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
@@ -394,10 +405,14 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
     console.print(
-        f"[bold]covey run --federation {name}[/]: serving {settings.project.name} on "
-        f"{address}; start each client with\n  covey client --app "
-        f"{settings.run['client_app'].rsplit(':', 1)[0]}:client_fn --cid K --name NAME "
-        f"--server {dial} " + ("--insecure" if insecure else f"--certs {certs}")
+        f"[bold]covey run --federation {escape(name)}[/]: serving "
+        f"{escape(settings.project.name)} on {escape(address)}; start each client with\n"
+        + escape(
+            f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
+            f"--cid K --name NAME --server {dial} "
+            + ("--insecure" if insecure else f"--certs {certs}")
+        ),
+        soft_wrap=True,
     )
     flags = {
         "run": _run_folder(run_dir, None),

@@ -16,18 +16,18 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 
 from covey.core._history import History
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
-from covey.server._rundb import is_held
+from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
+from covey.server._rundb import is_held, open_read_only
 
 __all__ = [
     "ROUND_COLUMNS",
+    "TEXT_FLOOR",
     "find_run",
     "print_table",
     "round_table",
@@ -36,7 +36,7 @@ __all__ = [
     "stopped_early",
 ]
 
-console = Console()
+console = output_console()
 
 runs_app = typer.Typer(
     help="Read the runs kept in run folders: `covey runs list`, `covey runs show RUN`.",
@@ -53,45 +53,6 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("central", "loss"),
     ("central", "accuracy"),
 )
-
-
-#: The narrowest a folded text column (a run's name, its kind) gets in a narrow terminal.
-TEXT_FLOOR = 12
-
-
-def print_table(table: Table, out: Console | None = None) -> None:
-    """Print ``table`` without ever cutting a figure short (``0.3…``).
-
-    Piped output gets the table at its full width. In a terminal too narrow for
-    it, the text columns (those not ``no_wrap``) fold down to :data:`TEXT_FLOOR`
-    characters; if it is still too narrow, the lines run past its edge and the
-    terminal wraps them, rather than any number being cut.
-
-    Args:
-        table: A rich table whose number columns are ``no_wrap``.
-        out: The console to print on (default: standard output).
-    """
-    out = out or console
-    wide = out.options.update_width(1 << 14)
-    width = Measurement.get(out, wide, table).maximum
-    if out.is_terminal:
-        for column in table.columns:
-            if not column.no_wrap:
-                cells = [column.header, *column.cells]
-                widest = max(Measurement.get(out, wide, cell).maximum for cell in cells)
-                width -= max(0, widest - TEXT_FLOOR)
-    if width <= out.width:
-        out.print(table)
-        return
-    # Console.print never goes wider than the console: a console of the width needed does.
-    Console(
-        file=out.file,
-        width=width,
-        color_system=out.color_system,  # type: ignore[arg-type]
-        force_terminal=out.is_terminal,
-        no_color=out.no_color,
-        legacy_windows=out.legacy_windows,
-    ).print(table)
 
 
 def _number(value: Any) -> str:
@@ -201,8 +162,7 @@ def run_status(folder: Path, history: History) -> str:
     db = folder / "run.sqlite"
     if db.is_file():
         try:
-            uri = f"file:{db.resolve().as_posix()}?mode=ro"
-            with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            with contextlib.closing(open_read_only(db)) as conn:
                 row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
         except sqlite3.Error:
             return "unreadable"

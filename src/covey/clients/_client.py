@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import replace
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
 
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
@@ -23,7 +26,17 @@ class Client:
     deployed federation; nothing in it knows which.
 
     The ``weights`` a client receives are read-only arrays shared with the
-    server (no copy is made): copy them before changing them in place.
+    server (no copy is made): copy them before changing them in place, or set
+    ``writes_weights = True`` on the class.
+
+    Attributes:
+        writes_weights: Whether ``fit`` and ``evaluate`` may write into the arrays
+            they are given (``w -= lr * grad``) and return them as the update.
+            The arrays are then the client's own: a deployed client gets the
+            received message's memory itself, made writable, and sends the
+            arrays it returns from there (one model in memory, not two); in
+            simulation, where clients share the global model, each task gets a
+            copy. False by default.
 
     Example:
         >>> import numpy as np
@@ -35,11 +48,14 @@ class Client:
         10
     """
 
+    writes_weights: ClassVar[bool] = False
+
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Train on local data starting from ``weights``.
 
         Args:
-            weights: The global model (read-only arrays).
+            weights: The global model (read-only arrays, unless the class sets
+                ``writes_weights``).
             config: ``{"round": r, ...}`` plus what the strategy sends this round,
                 and ``"extras"`` when an aggregation step broadcasts arrays to
                 clients (e.g. SCAFFOLD's control variate, see
@@ -54,7 +70,8 @@ class Client:
         """Evaluate ``weights`` on local data.
 
         Args:
-            weights: The global model (read-only arrays).
+            weights: The global model (read-only arrays, unless the class sets
+                ``writes_weights``).
             config: ``{"round": r, ...}`` plus what the strategy sends this round.
 
         Returns:
@@ -187,9 +204,69 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
     if task.kind in _NEEDS and not callable(getattr(client, _NEEDS[task.kind], None)):
         return Reply(cid, task.kind, error=_not_a_client(client, cid, _NEEDS[task.kind]))
     try:
+        if (
+            task.weights is not None
+            and task.kind in _OWN_WEIGHTS
+            and getattr(client, "writes_weights", False) is True
+        ):
+            task = _own_weights(task)
         return Reply(cid, task.kind, result=handler(client, task))
     except Exception as exc:  # noqa: BLE001 - any error in the client's code becomes its reply's
         return Reply(cid, task.kind, error=traceback.format_exc() + _hint(exc))
+
+
+#: The task kinds whose handler uses the weights only to call the client: a client that
+#: writes into its weights gets them as its own. Other handlers (compressed or secure
+#: fits) still need the weights received after ``fit`` and hand it a copy (:func:`lend`).
+_OWN_WEIGHTS = frozenset({"fit", "evaluate"})
+
+
+def lend(client: Any, weights: Weights) -> Weights:
+    """The weights to give ``client.fit`` when the caller needs ``weights`` unchanged afterwards.
+
+    ``weights`` itself, unless the client writes into its weights
+    (``writes_weights``); then a copy, so the caller can still compute the update
+    as the client's result minus ``weights``.
+
+    Args:
+        client: The client about to be called.
+        weights: The weights the task carried.
+    """
+    if getattr(client, "writes_weights", False) is not True:
+        return weights
+    return {name: np.array(array, copy=True) for name, array in weights.items()}
+
+
+def _own_weights(task: Task) -> Task:
+    """``task`` with weights its client may write into: read-only (shared) arrays copied.
+
+    Writable arrays are a buffer this task alone holds (see :func:`hand_over`);
+    the global model a simulation shares, and a mapped broadcast, are read-only.
+    """
+    weights = task.weights
+    if weights is None or all(a.flags.writeable for a in weights.values()):
+        return task
+    own = {n: a if a.flags.writeable else np.array(a, copy=True) for n, a in weights.items()}
+    return replace(task, weights=own)
+
+
+def hand_over(client: Any, kind: str, weights: Weights | None) -> None:
+    """Make a ``kind`` task's ``weights`` writable in place if ``client`` writes into its weights.
+
+    For a transport whose ``weights`` view a buffer that belongs to this one
+    task (a received message): the client then trains in that memory, with no
+    copy. Arrays whose memory cannot be written stay read-only, and
+    :func:`run_task` copies them.
+    """
+    if weights is None or getattr(client, "writes_weights", False) is not True:
+        return
+    if kind not in _OWN_WEIGHTS:  # the handler still needs them as received
+        return
+    for array in weights.values():
+        try:
+            array.flags.writeable = True
+        except ValueError:  # over read-only memory: run_task copies it
+            continue
 
 
 #: The method of the client each built-in task kind calls.

@@ -43,7 +43,7 @@ from covey.core._codec import decode, encode
 from covey.core._files import atomic_write
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._replay import ByRound
-from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
+from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, subtract
 
 __all__ = [  # noqa: RUF022 - plainly sorted, as the export-list test expects
     "CLIENT_DELTA",
@@ -158,7 +158,7 @@ class ControlVariate:
         change: dict[str, Array] = {}
         for k, xk in x.items():
             y = np.asarray(new_weights[k])
-            delta[k] = np.subtract(y, xk, dtype=xk.dtype, casting="same_kind")
+            delta[k] = subtract({k: y}, {k: xk})[k]  # a bool array's delta: the flipped entries
             if xk.dtype.kind != "f":
                 new[k] = old[k]
                 change[k] = np.zeros_like(xk)
@@ -167,7 +167,9 @@ class ControlVariate:
                 new[k] = np.asarray(full_gradient[k], dtype=xk.dtype).copy()
             else:
                 new[k] = (old[k] - c[k] + (xk - y) / (steps * lr)).astype(xk.dtype)
-            change[k] = new[k] - old[k]
+            # asarray: arithmetic on 0-d arrays gives NumPy scalars, which are no weights.
+            new[k] = np.asarray(new[k])
+            change[k] = np.asarray(new[k] - old[k])
         self._kept.advance(rnd, new)
         self._round = None
         self._save()

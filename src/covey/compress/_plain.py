@@ -125,9 +125,14 @@ def plain_nbytes(value: Any) -> int:
     return sum(int(v.nbytes) for v in value.values() if isinstance(v, np.ndarray))
 
 
-def _array_name(key: Any) -> tuple[str, str, str]:
-    """``(kind, outer, inner)`` from an array's name in a plain encoded update."""
-    if not isinstance(key, str) or len(key) > 4096:
+def _array_name(key: Any, longest: int) -> tuple[str, str, str]:
+    """``(kind, outer, inner)`` from an array's name in a plain encoded update.
+
+    ``longest`` is the longest name the key may hold (an extra's or the model's).
+    """
+    # JSON text of at most 6 characters per character (a \uXXXX escape, two for
+    # characters beyond the BMP, which are two UTF-16 units), plus the brackets.
+    if not isinstance(key, str) or len(key) > 4096 + 12 * longest:
         raise WeightsError(f"encoded update: unexpected field {key!r:.80}")
     try:
         parsed = json.loads(key)
@@ -182,10 +187,11 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
     num, metrics = _head(value, scheme)
     parts: dict[str, dict[str, Any]] = {}
     extras: dict[str, dict[str, Any]] = {}
+    longest = max(map(len, spec.names))
     for key, array in value.items():
         if key in _FIELDS:
             continue
-        kind, outer, inner = _array_name(key)
+        kind, outer, inner = _array_name(key, longest)
         if not isinstance(array, np.ndarray):
             raise WeightsError(f"encoded update: {key!r:.80} is not an array")
         (parts if kind == "part" else extras).setdefault(outer, {})[inner] = array

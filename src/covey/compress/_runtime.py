@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import register_task
+from covey.clients._client import lend, register_task
 from covey.compress._plain import (
     encoded_from_plain,
     encoded_to_plain,
@@ -151,7 +151,7 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
     config["round"] = task.round
     if payload.extras is not None:
         config["extras"] = payload.extras
-    result = client.fit(weights_in, config)
+    result = client.fit(lend(client, weights_in), config)  # weights_in used below
     if not isinstance(result, FitResult):
         raise TypeError(
             f"{type(client).__name__}.fit() returned {type(result).__name__}, "

@@ -32,8 +32,9 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o
             (``0o600`` for secrets; the umask does not apply).
 
     Raises:
-        OSError: if the file cannot be written; the old file, if any, is untouched
-            and no temporary file is left behind.
+        OSError: if the file cannot be written (a full disk, a read-only folder),
+            naming ``path``; the old file, if any, is untouched and no temporary
+            file is left behind.
 
     Example:
         >>> import tempfile, pathlib
@@ -58,9 +59,11 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o
                 handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+            exc.filename = str(path)  # a failed write or fsync names no file on its own
         raise
     fsync_dir(path.parent)
 

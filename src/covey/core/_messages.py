@@ -147,30 +147,40 @@ def _all_arrays(weights: object) -> bool:
     """Whether ``weights`` is a dict whose every value is a NumPy array (the usual case)."""
     if type(weights) is not dict:
         return False
-    for value in weights.values():  # noqa: SIM110 - a loop: no generator object per call
-        if type(value) is not np.ndarray:
+    for value in weights.values():  # a loop: no generator object per call
+        if type(value) is not np.ndarray or not value.dtype.isnative:
             return False
     return True
 
 
 def _arrays(weights: object, what: str) -> Weights:
-    """``weights`` with NumPy scalars as 0-d arrays; any value that is not an array refused."""
+    """``weights`` as plain NumPy arrays in this machine's byte order; anything else refused.
+
+    NumPy scalars become 0-d arrays, subclasses (``np.matrix``, ``np.memmap``) plain
+    arrays over the same memory, and arrays in the other byte order (``>f4``) native
+    ones, as they arrive from another process: the update is the same on every backend.
+    """
     if not isinstance(weights, Mapping):
         raise TypeError(
             f"{what} must be a dict of names to NumPy arrays, got {type(weights).__name__}"
             + unnamed_hint(weights)
         )
     for value in weights.values():  # the usual case, checked fast: every value an array
-        if type(value) is not np.ndarray:
+        if type(value) is not np.ndarray or not value.dtype.isnative:
             break
     else:
         return weights
-    scalars = False
+    convert = False
     for name, value in weights.items():
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(
+                f"{what}[{name!r}] is a masked array; send its values (array.filled(...))"
+            )
         if isinstance(value, np.ndarray):
+            convert = convert or type(value) is not np.ndarray or not value.dtype.isnative
             continue
         if isinstance(value, np.generic):
-            scalars = True
+            convert = True
             continue
         hint = (
             " (convert tensors with .detach().cpu().numpy())"
@@ -178,12 +188,17 @@ def _arrays(weights: object, what: str) -> Weights:
             else " (wrap it with np.asarray)"
         )
         raise TypeError(f"{what}[{name!r}] is {type(value).__name__}, expected a NumPy array{hint}")
-    if not scalars:
+    if not convert:
         return weights
-    return {
-        name: np.asarray(value) if isinstance(value, np.generic) else value
-        for name, value in weights.items()
-    }
+    return {name: _plain(value) for name, value in weights.items()}
+
+
+def _plain(value: Any) -> np.ndarray[Any, Any]:
+    """``value`` (an array or a NumPy scalar) as a plain array in native byte order."""
+    array: np.ndarray[Any, Any] = np.asarray(value)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

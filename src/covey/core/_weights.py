@@ -77,14 +77,28 @@ class WeightsSpec:
         for name, value in weights.items():
             if not isinstance(name, str) or not name:
                 raise WeightsError(f"weight names must be non-empty strings, got {name!r}")
+            if not name.isascii() and not _is_unicode_text(name):
+                raise WeightsError(
+                    f"weight name {name!r} is not valid Unicode text (it holds a lone "
+                    "surrogate): it cannot be encoded as UTF-8, as files and messages need"
+                )
             if not isinstance(value, np.ndarray):
                 raise WeightsError(
                     f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
+                )
+            if isinstance(value, np.ma.MaskedArray):
+                raise WeightsError(
+                    f"weight {name!r} is a masked array; give its values (array.filled(...))"
                 )
             if value.dtype.kind not in "biuf":
                 raise WeightsError(
                     f"weight {name!r} has dtype {value.dtype}; only bool, integer and "
                     "floating-point arrays are supported"
+                )
+            if value.dtype.kind == "f" and value.dtype.itemsize > 8:
+                raise WeightsError(
+                    f"weight {name!r} has dtype {value.dtype} (long double), whose layout "
+                    "depends on the machine; use float64, float32 or float16"
                 )
             names.append(name)
             shapes.append(tuple(int(d) for d in value.shape))
@@ -187,6 +201,14 @@ class WeightsSpec:
         # The layout matches: what remains wrong is a non-finite value.
 
 
+def _is_unicode_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # np.vdot without its array-function dispatch (a Python frame per call); the
 # plain function where NumPy does not expose the implementation.
 _vdot: Any = getattr(np.vdot, "_implementation", np.vdot)
@@ -203,20 +225,27 @@ def _all_finite(array: Array) -> bool:
 
 
 def native(weights: Weights) -> Weights:
-    """``weights`` with every array in this machine's byte order (converted only where not).
+    """``weights`` as plain arrays in this machine's byte order (converted only where not).
 
     A model given in the other byte order (``dtype(">f8")`` on a little-endian
     machine) would make every update a client computes (in native order) look
-    like another dtype; the global model is kept in native order instead.
+    like another dtype; the global model is kept in native order instead. An
+    array subclass (``np.matrix``, whose ``*`` is a matrix product; ``np.memmap``)
+    becomes a plain array over the same memory.
     """
     if not isinstance(weights, Mapping) or all(
-        not isinstance(a, np.ndarray) or a.dtype.isnative for a in weights.values()
+        not isinstance(a, np.ndarray) or (type(a) is np.ndarray and a.dtype.isnative)
+        for a in weights.values()
     ):
         return weights  # (anything but named arrays is refused by the spec, by name)
-    return {
-        name: a.astype(a.dtype.newbyteorder("=")) if isinstance(a, np.ndarray) else a
-        for name, a in weights.items()
-    }
+    return {name: _native_array(a) for name, a in weights.items()}
+
+
+def _native_array(value: Any) -> Any:
+    if not isinstance(value, np.ndarray) or isinstance(value, np.ma.MaskedArray):
+        return value  # refused by the spec, by name
+    array: Array = np.asarray(value)
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def freeze(weights: Weights) -> dict[str, Array]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from covey.server._rundb import is_held
+from covey.server._rundb import is_held, open_read_only
 
 HISTORY: Final = "history.json"
 META: Final = "run.json"
@@ -172,9 +172,8 @@ def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
-    uri = db.resolve().as_uri() + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+        conn = open_read_only(db)
     except sqlite3.Error as exc:
         raise RunReadError(f"cannot open {db} read-only: {exc}") from exc
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from covey.deploy._cli_errors import (
+    address_flag,
     compression_spec,
     fail,
     load_object,
@@ -22,7 +25,9 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_resume import resume_hint
 
-console = Console(stderr=True)
+# Every line whole: a server's or client's output is often a log file or a journal,
+# where a line cut at 80 columns becomes two entries.
+console = Console(stderr=True, soft_wrap=True)
 
 __all__ = ["client_command", "load_object", "server_command"]
 
@@ -67,11 +72,16 @@ def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
 
 
 def _logging(verbose: bool) -> None:
+    """Log to standard error: rich's layout in a terminal, one plain line a record elsewhere."""
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-        force=True,
+        level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
     )
     logging.getLogger("covey").setLevel(logging.INFO if verbose else logging.WARNING)
 
@@ -175,6 +185,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
 
     plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
     try:
+        stop_on_sigterm()
         result = serve(
             server_app.strategy,
             int(_pick(flags["rounds"], s, "rounds", server_app.rounds)),
@@ -201,29 +212,49 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     except FileExistsError:
         _forget(run, flags)
         console.print(
-            f"[red]error:[/] a run already exists in {run}; resume it with "
-            f"`covey server --resume {run}` or pick another --run-dir"
+            "[red]error:[/] "
+            + escape(
+                f"a run already exists in {run}; resume it with "
+                f"`covey server --resume {run}` or pick another --run-dir"
+            ),
+            soft_wrap=True,
         )
         raise typer.Exit(1) from None
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _forget(run, flags)
+        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
         if (run / "run.sqlite").is_file():  # resumed from step 0 if no round was saved
             said = (
-                f"interrupted: the run in {run} is kept; continue it with "
+                f"{how}: the run in {run} is kept; continue it with "
                 f"`{flags.get('resume_hint') or resume_hint(run)}`"
             )
         else:
-            said = "interrupted before the run started"
-        console.print(said, soft_wrap=True)
-        raise typer.Exit(130) from None
+            said = f"{how} before the run started"
+        console.print(escape(said), soft_wrap=True)
+        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
-        f"history.json{' and plot.png' if plot else ''} in {run}"
+        f"history.json{' and plot.png' if plot else ''} in {escape(str(run))}"
     )
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``docker stop``, ``systemctl stop``) stop the run as Ctrl-C does.
+
+    The first SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` in the main thread:
+    the run ends marked, its clients are told, its folder is let go. A second
+    one ends the process at once, as SIGTERM does by default.
+    """
+
+    def terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:
@@ -285,12 +316,13 @@ def server_command(
     certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
     resume_dir = _path(_pick(resume, s, "resume", None))
     given = _path(_pick(run_dir, s, "run_dir", None))
+    listen_at = _listen_address(_pick(address, s, "address", None))  # before a folder is made
     flags = {
         "run": _run_folder(given, resume_dir),
         "made_run_dir": given is None and resume_dir is None,
         "resuming": resume_dir is not None,
         "port_file": output_file(_path(_pick(port_file, s, "port_file", None)), "--port-file"),
-        "address": _pick(address, s, "address", None),
+        "address": listen_at,
         "certs": certs_dir,
         "insecure": insecure,
         "rounds": number(_pick(rounds, s, "rounds", None), "--rounds", integer=True, zero=True),
@@ -309,6 +341,11 @@ def server_command(
         rounds=flags["rounds"],
     )
     _serve(server_app, s, flags)
+
+
+def _listen_address(value: Any) -> str | None:
+    """``--address``, checked (None: the run's own address, or the default)."""
+    return None if value is None else address_flag(value, "--address", listen=True)
 
 
 def _path(value: Any) -> Path | None:
@@ -421,6 +458,7 @@ def client_command(
         fail("give --app MODULE:OBJECT naming the client or client_fn (or app = ... in --config)")
     if address is None:
         fail("give --server HOST:PORT, the address the server listens on")
+    address = address_flag(address, "--server", listen=False)
     attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
     retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
     the_cid = number(_pick(cid, s, "cid", None), "--cid", integer=True, zero=True)
@@ -441,10 +479,10 @@ def client_command(
             max_task_bytes=_task_cap(_pick(max_task_mb, s, "max_task_mb", None)),
         )
     except Refused as exc:
-        console.print(f"[red]refused:[/] {exc.cause}")
+        console.print(f"[red]refused:[/] {escape(str(exc.cause))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (ConnectionError, OSError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("interrupted: this client left the federation; start it again to rejoin")
@@ -457,5 +495,5 @@ def client_command(
         raise typer.Exit(1)
     console.print(
         f"done: {result.tasks} task(s) in {result.sessions} session(s); "
-        f"server said: {result.reason}"
+        f"server said: {escape(result.reason)}"
     )

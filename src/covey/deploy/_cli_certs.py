@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from covey.deploy import certs as _certs
+from covey.deploy._cli_errors import fail
+from covey.deploy._cli_tables import output_console, print_table
 
 __all__ = ["certs_app"]
 
@@ -37,16 +39,16 @@ class _KeyType(enum.StrEnum):
 # Consoles are made per command, not at import, so that they follow the
 # current stdout/stderr and terminal width (e.g. under a test runner).
 def _out() -> Console:
-    return Console(highlight=False)
+    return output_console(highlight=False)
 
 
 def _fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code=1)
+    """A mistake in what the command was pointed at: one line, exit code 2, as for every command."""
+    fail(message)
 
 
 def _call(function: Callable[[], _T]) -> _T:
-    """Run an API call, turning its expected errors into a red message and exit code 1."""
+    """Run an API call, turning its expected errors into one red line and exit code 2."""
     try:
         return function()
     except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:
@@ -229,4 +231,4 @@ def list_(directory: _DirOption) -> None:
             "[red]yes[/]" if client.revoked else "no",
             f"[{status_style}]{escape(client.status)}[/]",
         )
-    out.print(table)
+    print_table(table, out)  # piped: one line a certificate, its serial whole

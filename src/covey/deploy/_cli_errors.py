@@ -168,3 +168,20 @@ def output_file(path: Path | None, flag: str) -> Path | None:
     if path.is_dir():
         fail(f"{flag} {path} is a folder; give a file name")
     return path
+
+
+def address_flag(value: Any, flag: str, *, listen: bool) -> str:
+    """``value`` of ``flag``, checked as ``host:port`` before anything starts.
+
+    Args:
+        value: The address given, e.g. ``127.0.0.1:9092``.
+        flag: The flag or setting it came from, named in the error.
+        listen: True for an address to listen on (port 0 allowed), False to dial.
+    """
+    from covey.transport.grpc._checks import check_address
+
+    try:
+        check_address(str(value), listen=listen)
+    except ValueError as exc:
+        fail(f"{flag} {exc}")
+    return str(value)

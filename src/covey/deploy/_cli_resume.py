@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from shlex import quote
 
 __all__ = ["resume_hint", "saved_round"]
 
@@ -31,14 +32,18 @@ def resume_hint(
     insecure: bool = False,
     rounds: int | None = None,
 ) -> str:
-    """The ``covey server --resume`` command that continues ``run`` as it was started."""
-    parts = [f"covey server --resume {run}"]
+    """The ``covey server --resume`` command that continues ``run`` as it was started.
+
+    Paths are quoted for a POSIX shell (a folder named ``my run`` gives
+    ``--resume 'my run'``), so the command can be pasted as it is.
+    """
+    parts = [f"covey server --resume {quote(str(run))}"]
     if config is not None:
-        parts.append(f"--config {config}")
+        parts.append(f"--config {quote(str(config))}")
     if app is not None:
-        parts.append(f"--app {app}")
+        parts.append(f"--app {quote(app)}")
     if config is None:
-        parts.append("--insecure" if insecure else f"--certs {certs}" if certs else "")
+        parts.append("--insecure" if insecure else f"--certs {quote(str(certs))}" if certs else "")
     if rounds is not None:
         parts.append(f"--rounds {rounds}")
     return " ".join(p for p in parts if p)

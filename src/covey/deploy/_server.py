@@ -23,6 +23,7 @@ from covey.deploy._revoked import RevocationList
 from covey.server._base import EvaluateFn, FederationError, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
+from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, SaveError
 from covey.server._state import dump_state, load_state, state_types
 from covey.server._store import RunStore
@@ -198,11 +199,11 @@ def serve(
             opened.close()
         raise
     late.ready(run.store)
-    if on_listen is not None:
-        on_listen(transport.port)
-    logger.info("covey server listening on port %d", transport.port)
     goodbye = "the run is over"
-    try:
+    try:  # from here on, the run ends marked (Ctrl-C during on_listen included)
+        if on_listen is not None:
+            on_listen(transport.port)
+        logger.info("covey server listening on port %d", transport.port)
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
         sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
         # The run's start time names it, the same after a resume: a client process that
@@ -232,8 +233,8 @@ def serve(
         loop.run(rounds, start=run.start)
         run.end(None, names)
     except BaseException as exc:
+        goodbye = _goodbye(exc)  # told to the clients even if the end cannot be recorded
         run.end(exc, names)
-        goodbye = _goodbye(exc)
         raise
     finally:
         transport.close(goodbye)
@@ -278,11 +279,9 @@ def _same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
     """The store of the run to resume, or None for a new run."""
-    if not resume:
-        return None
-    if run_dir is None:
+    if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
-    return RunStore.open(run_dir, exclusive=True)
+    return RunStore.open(run_dir, exclusive=True) if resume and run_dir is not None else None
 
 
 def _listen(
@@ -346,8 +345,8 @@ def _describe(exc: BaseException) -> str:
     """The reason a run stopped, with the traceback of an unexpected error."""
     if isinstance(exc, FederationError) and exc.history.stopped_reason:
         return exc.history.stopped_reason
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (SIGINT)"
+    if isinstance(exc, KeyboardInterrupt):  # KeyboardInterrupt("SIGTERM"): see covey server
+        return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
     return "".join(traceback.format_exception(exc))
 
 
@@ -426,13 +425,12 @@ class _Run:
         inner = strategy.aggregator
 
         def update(state: Any, event: Any) -> Any:
-            if self.background is not None and isinstance(event, Contribution):
+            saver = self.background
+            if saver is not None and isinstance(event, Contribution):
                 try:
-                    self.background.flush()
+                    saver.flush()
                 except Exception as exc:
-                    where = (
-                        f"saving round {self.background.round} to {self.background.store.run_dir}"
-                    )
+                    where = f"saving round {saver.round} to {saver.store.run_dir}"
                     raise SaveError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
             return inner.update(state, event)
 
@@ -455,8 +453,11 @@ class _Run:
         if exc is None:
             self.store.set_status("finished")
             return
-        self.store.set_status("failed")
-        self.store.log_event("server", "stopped", _describe(exc))
+        try:  # on a full disk this fails too: the error that stopped the run is raised
+            self.store.set_status("failed")
+            self.store.log_event("server", "stopped", _describe(exc))
+        except OSError as err:
+            logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
 
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""
@@ -484,12 +485,15 @@ def _open_run(
         initial_weights = initial_weights()
     if initial_weights is None:
         raise ValueError("serve() needs initial_weights (unless resuming)")
+    spec = WeightsSpec.of(initial_weights)
+    if run_dir is not None:
+        check_storable(spec)
     config = run_config(
         strategy,
         rounds=rounds,
         seed=seed,
         backend="grpc",
-        model=WeightsSpec.of(initial_weights).describe(),
+        model=spec.describe(),
         address=address,
         started=_dt.datetime.now(_dt.UTC).isoformat(),
     )

@@ -126,12 +126,56 @@ def _rdp_curve(event_json: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(acc._orders), tuple(acc._rdp)
 
 
-def _make_accountant(accountant: Accountant) -> dpa.PrivacyAccountant:
+def _make_accountant(
+    accountant: Accountant, event: dpa.DpEvent | None = None
+) -> dpa.PrivacyAccountant:
     if accountant == "rdp":
         return dpa.rdp.RdpAccountant()
     if accountant == "pld":
-        return dpa.pld.PLDAccountant()
+        interval = _PLD_INTERVAL if event is None else pld_interval(event)
+        return dpa.pld.PLDAccountant(value_discretization_interval=interval)
     raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
+
+
+_PLD_INTERVAL = 1e-4
+"""dp-accounting's default grid step for privacy losses."""
+
+_PLD_POINTS = 2_000_000
+"""The most grid points one mechanism's privacy loss distribution is given."""
+
+
+def pld_interval(event: dpa.DpEvent) -> float:
+    """The PLD grid step for ``event``: the default, coarser only for very little noise.
+
+    A Gaussian mechanism of noise multiplier ``z`` spreads its privacy loss over
+    about ``1 / z**2 + 20 / z`` (a Laplace one of parameter ``b`` over ``2 / b``),
+    and the accountant lays a grid of that span over the default step of 1e-4:
+    at ``z = 0.005`` (an epsilon near 1,000) that would be 10**10 points (150 GB),
+    so the step grows to keep at most :data:`_PLD_POINTS`. It only ever adds to
+    the epsilon reported (the grid rounds losses up), by at most a step per
+    composition, which is small next to an epsilon that large.
+    """
+    span = max((_loss_span(leaf) for leaf in _leaves(event)), default=0.0)
+    return max(_PLD_INTERVAL, span / _PLD_POINTS)
+
+
+def _leaves(event: dpa.DpEvent) -> Iterator[dpa.DpEvent]:
+    if isinstance(event, dpa.SelfComposedDpEvent | dpa.PoissonSampledDpEvent):
+        yield from _leaves(event.event)
+    elif isinstance(event, dpa.ComposedDpEvent):
+        for inner in event.events:
+            yield from _leaves(inner)
+    else:
+        yield event
+
+
+def _loss_span(event: dpa.DpEvent) -> float:
+    if isinstance(event, dpa.GaussianDpEvent) and event.noise_multiplier > 0:
+        z = float(event.noise_multiplier)
+        return 1.0 / z**2 + 20.0 / z
+    if isinstance(event, dpa.LaplaceDpEvent) and event.noise_multiplier > 0:
+        return 2.0 / float(event.noise_multiplier)
+    return 0.0
 
 
 def _tree_accountant() -> dpa.PrivacyAccountant:
@@ -156,7 +200,7 @@ def epsilon_of(event: dpa.DpEvent, delta: float, accountant: Accountant = "rdp")
     "replace special" neighbouring relation, the only one that supports them.
     """
     _check_delta(delta)
-    acc = _tree_accountant() if _uses_tree(event) else _make_accountant(accountant)
+    acc = _tree_accountant() if _uses_tree(event) else _make_accountant(accountant, event)
     with _quiet():
         acc.compose(event)
         return float(acc.get_epsilon(delta))

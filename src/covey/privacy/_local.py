@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
-from covey.clients._client import Client
+from covey.clients._client import Client, lend
 from covey.core._messages import Config, EvaluateResult, FitResult
 from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
@@ -111,7 +111,7 @@ class ClipUpdates(Client):
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Fit, then clip the update to the clip the server sent."""
-        result = self.client.fit(weights, config)
+        result = self.client.fit(lend(self.client, weights), config)  # weights used below
         clip = config.get("dp_clip")
         if not isinstance(clip, int | float) or not clip > 0:
             raise ValueError(f"the server sent no valid dp_clip in the fit config: {clip!r}")
@@ -183,7 +183,7 @@ class LocalDP(ClipUpdates):
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Fit, clip, add the calibrated noise, account the release."""
-        result = self.client.fit(weights, config)
+        result = self.client.fit(lend(self.client, weights), config)  # weights used below
         update = _update(result, weights)
         _noise.check_float(update, "LocalDP")
         if not all(np.isfinite(v).all() for v in update.values()):

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import numpy as np
 
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
-from covey.aggregate._flat import signed
+from covey.aggregate._flat import int_change, signed
+from covey.clients._client import lend
 from covey.core._messages import FitResult, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.privacy import ClippedSum
@@ -56,7 +57,7 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         raise ValueError("a secure fit task carries no weights")
     config = dict(task.config)
     config["round"] = task.round
-    result = client.fit(task.weights, config)
+    result = client.fit(lend(client, task.weights), config)  # task.weights used below
     if not isinstance(result, FitResult):
         raise TypeError(f"{type(client).__name__}.fit() returned {type(result).__name__}")
     # The checks of an unsecured round, before anything is masked: a wrong name, shape or
@@ -132,7 +133,10 @@ def _weights_change(new: Any, old: Any, clip: float) -> np.ndarray:
     value is put back on the bound. A larger change stays as it is and fails.
     """
     new_arr, old_arr = np.asarray(new), np.asarray(old)
-    delta = new_arr.astype(np.float64) - old_arr.astype(np.float64)
+    if new_arr.dtype.kind in "iu":  # exact for a change to a value past 2**53
+        return int_change(new_arr, old_arr)
+    # asarray: for 0-d arrays the difference is a NumPy scalar, which takes no assignment.
+    delta = np.asarray(new_arr.astype(np.float64) - old_arr.astype(np.float64))
     if new_arr.dtype.kind == "f":
         slack = np.abs(np.spacing(new_arr)).astype(np.float64)
         near = (np.abs(delta) > clip) & (np.abs(delta) <= clip + slack)

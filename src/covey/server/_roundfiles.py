@@ -27,9 +27,11 @@ from covey.core._weights import Array, Weights, WeightsSpec
 
 __all__ = [
     "WEIGHTS_DIR",
+    "check_storable",
     "read_weights",
     "record_json",
     "round_of_file",
+    "save_error",
     "sweep",
     "weights_file_name",
     "write_weights",
@@ -51,6 +53,22 @@ def round_of_file(name: str) -> int | None:
     return None if match is None else int(match.group(1))
 
 
+_RESERVED: Final = "__metadata__"  # the safetensors header's own entry
+
+
+def check_storable(spec: WeightsSpec) -> None:
+    """Raise :class:`ValueError` if a weights file cannot hold arrays of this layout.
+
+    A safetensors header keeps its metadata under ``"__metadata__"``: an array of
+    that name would be written, and the file then refused on every read.
+    """
+    if _RESERVED in spec.names:
+        raise ValueError(
+            f"weight name {_RESERVED!r} is reserved by the run store's weights files "
+            "(safetensors): rename that array"
+        )
+
+
 def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) -> str:
     """Write ``final`` via a synced temporary file; return the file's SHA-256.
 
@@ -63,6 +81,7 @@ def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) 
     Returns:
         The hex SHA-256 of the file written.
     """
+    check_storable(spec)
     # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
     arrays = {name: np.require(weights[name], requirements="C") for name in spec.names}
     metadata = {"covey_round": str(round), "covey_names": json.dumps(list(spec.names))}
@@ -76,6 +95,29 @@ def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) 
 
     atomic_write(final, write)
     return sha.hexdigest()
+
+
+def save_error(round: int, final: Path, exc: BaseException) -> OSError:
+    """The error of a round that could not be saved, naming the round and the file.
+
+    safetensors reports a full disk as a ``SafetensorError``; it becomes an
+    :class:`OSError` as every other failure to write does (keeping the ``errno``
+    when there is one).
+
+    Args:
+        round: The round being saved.
+        final: Its weights file (``RUN_DIR/weights/round-NNNNN.safetensors``).
+        exc: What writing the weights file or the database raised.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        said = f"cannot save round {round} to {final}: {exc.strerror}"  # not its temporary
+    elif isinstance(exc, OSError):  # the database's, naming its file
+        said = f"cannot save round {round}: {exc}"
+    else:
+        said = f"cannot save round {round} to {final}: {exc}"
+    error = OSError(said)
+    error.errno = getattr(exc, "errno", None)
+    return error
 
 
 def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:

@@ -16,13 +16,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir
 
-__all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "RunDB", "hold_run", "is_held"]
+__all__ = [
+    "DB_NAME",
+    "LOCK_NAME",
+    "SCHEMA_VERSION",
+    "RunDB",
+    "hold_run",
+    "is_held",
+    "open_read_only",
+]
 
 SCHEMA_VERSION: Final = 1
 """The version of the SQLite schema this module reads and writes."""
@@ -90,30 +98,17 @@ class RunDB:
         Raises:
             FileExistsError: ``path`` already holds a run (perhaps made meanwhile
                 by another process).
+            OSError: The file cannot be written (a full disk), naming it.
         """
         db_path = path / DB_NAME
         fd, tmp_name = tempfile.mkstemp(dir=path, prefix=f".{DB_NAME}.", suffix=TMP_SUFFIX)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
             try:
-                now = time.time()
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("format", _FORMAT), ("schema_version", str(SCHEMA_VERSION))],
-                )
-                conn.execute(
-                    "INSERT INTO run (id, config, created_at, covey_version, status, updated_at)"
-                    " VALUES (1, ?, ?, ?, 'running', ?)",
-                    (config_text, now, version, now),
-                )
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
+                _fill_new(tmp, config_text, version)
+            except sqlite3.OperationalError as exc:  # "database or disk is full", ...
+                raise OSError(f"cannot create {db_path}: {exc}") from exc
             _fsync_file(tmp)
             try:
                 os.link(tmp, db_path)  # fails if another process created a run meanwhile
@@ -137,6 +132,7 @@ class RunDB:
         Raises:
             ValueError: The file is not a covey run database, or its schema
                 version is unknown.
+            OSError: The file cannot be opened to write (a read-only folder).
         """
         db_path = path / DB_NAME
         # mode=rw: never create a database here.
@@ -144,11 +140,14 @@ class RunDB:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         try:
             config_text = _check_run_db(conn, db_path)
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            except sqlite3.OperationalError as exc:  # no room for the WAL files, ...
+                raise OSError(f"cannot open {db_path} to write the run: {exc}") from exc
         except BaseException:
             conn.close()
             raise
@@ -174,17 +173,26 @@ class RunDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the connection in one write transaction, committed unless the block raises."""
+        """Hold the connection in one write transaction, committed unless the block raises.
+
+        Raises:
+            OSError: SQLite could not write (``database or disk is full``, a
+                read-only folder, the database locked too long), naming the file.
+        """
         with self._lock:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise OSError(f"cannot write {self._run_dir / DB_NAME}: {exc}") from exc
 
     def _db(self) -> sqlite3.Connection:
         """The open connection."""
@@ -229,8 +237,12 @@ def hold_run(path: Path) -> int | None:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError as exc:  # a full disk: say which file
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror, str(path / LOCK_NAME)) from None
     return fd
 
 
@@ -263,11 +275,60 @@ def is_held(path: Path) -> bool | None:
     return False
 
 
+def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
+    """Open a run's ``run.sqlite`` to read it, never writing to it or beside it.
+
+    A database in WAL mode needs its ``-shm`` index, which SQLite makes next
+    to it when it is first opened; in a folder the reader cannot write to (a
+    read-only mount, a colleague's run) that fails. A database with no
+    ``-wal`` file then holds every commit (its server closed it cleanly), so it
+    is read as immutable.
+
+    Args:
+        db: The ``run.sqlite`` file.
+        timeout: Seconds to wait for a writer's lock.
+
+    Raises:
+        sqlite3.Error: The database cannot be opened or read.
+    """
+    uri = db.resolve().as_uri() + "?mode=ro"  # as_uri escapes "#", "?" and "%"
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now
+    except sqlite3.OperationalError as exc:
+        wal = db.with_name(db.name + "-wal")
+        if (
+            not _cannot_write(exc)
+            or os.access(db.parent, os.W_OK)
+            or (wal.exists() and wal.stat().st_size > 0)
+        ):
+            return conn  # the caller's first query says what is wrong
+        conn.close()
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
+    except sqlite3.DatabaseError:
+        return conn  # not a database: the caller's first query says so
+    return conn
+
+
+def _cannot_write(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed to open or write a file (or found no room), not on what it read."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(
+        ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_FULL", "SQLITE_IOERR")
+    )
+
+
 def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     """Check that ``conn`` is a covey run database this version can read; return its config."""
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
+    except sqlite3.OperationalError as exc:
+        if not _cannot_write(exc):
+            raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
+        folder = db_path.parent  # it cannot be opened: not that it is no run's
+        why = "" if os.access(folder, os.W_OK) else f" (this user cannot write to {folder})"
+        raise OSError(f"cannot open {db_path} to write the run: {exc}{why}") from exc
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
     if meta.get("format") != _FORMAT or row is None:
@@ -286,6 +347,28 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     if not isinstance(settings, dict):
         raise ValueError(f"{db_path}: the run's settings are damaged ({settings})")
     return config_text
+
+
+def _fill_new(tmp: Path, config_text: str, version: str) -> None:
+    """Write the schema and the run's row into the new database file ``tmp``."""
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("format", _FORMAT), ("schema_version", str(SCHEMA_VERSION))],
+        )
+        conn.execute(
+            "INSERT INTO run (id, config, created_at, covey_version, status, updated_at)"
+            " VALUES (1, ?, ?, ?, 'running', ?)",
+            (config_text, now, version, now),
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def _fsync_file(path: Path) -> None:

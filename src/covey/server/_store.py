@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
+from safetensors import SafetensorError
 
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
@@ -43,6 +44,7 @@ from covey.server._roundfiles import (
     read_weights,
     record_json,
     round_of_file,
+    save_error,
     sweep,
     weights_file_name,
     write_weights,
@@ -124,12 +126,21 @@ class RunStore(RunRecords):
             raise FileExistsError(
                 f"cannot create a run in {path}: {weights_dir} already holds weights files"
             )
-        weights_dir.mkdir(parents=True, exist_ok=True)
-
-        # Built under a temporary name and linked into place, so a crash during
-        # create never leaves a half-made run.sqlite behind.
-        RunDB.create(path, config_text, __version__)
-        return cls.open(path, exclusive=exclusive)
+        path.mkdir(parents=True, exist_ok=True)
+        # Held before anything is written: a folder another process writes a run
+        # in (a simulation holds it too) is refused untouched.
+        lock_fd = hold_run(path) if exclusive else None
+        try:
+            weights_dir.mkdir(exist_ok=True)
+            # Built under a temporary name and linked into place, so a crash during
+            # create never leaves a half-made run.sqlite behind.
+            RunDB.create(path, config_text, __version__)
+            db, config_text = RunDB.open(path)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return cls(path, db, config_text, lock_fd)
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike[str], *, exclusive: bool = False) -> RunStore:
@@ -144,7 +155,8 @@ class RunStore(RunRecords):
             FileNotFoundError: ``run_dir`` or its ``run.sqlite`` does not exist.
             ValueError: ``run_dir`` is not a covey run directory, or was written
                 by a covey with an unknown schema version.
-            OSError: ``exclusive`` and another process holds the run.
+            OSError: ``exclusive`` and another process holds the run, or the
+                run cannot be written (a read-only folder).
         """
         path = Path(run_dir)
         if not path.exists():
@@ -233,6 +245,9 @@ class RunStore(RunRecords):
         Raises:
             ValueError: ``round`` is not newer than the last saved round, the
                 weights are invalid, or the record is not a round record.
+            OSError: the round could not be written (a full disk, a read-only
+                folder), naming the round and the run folder; the rounds saved
+                before are untouched.
         """
         if isinstance(round, bool) or not isinstance(round, int | np.integer) or round < 0:
             raise ValueError(f"round must be a non-negative integer, got {round!r}")
@@ -271,6 +286,8 @@ class RunStore(RunRecords):
                         (round, name, digest, record_text, server_state, time.time()),
                     )
                 committed = True
+            except (OSError, SafetensorError) as exc:
+                raise save_error(round, final, exc) from exc
             finally:
                 if not committed:
                     final.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ written, so parent and workers share a single copy of the model.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -162,8 +163,13 @@ class _Worker:
             name=f"covey-worker-{index}",
             daemon=True,
         )
-        self.process.start()
-        child.close()
+        try:
+            self.process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         self.conn: Connection = parent
         #: The names of the reply files this worker writes.
         self.prefix = f"{pool}r{self.process.pid}-"
@@ -219,6 +225,22 @@ def _cleanup(workers: list[_Worker], files: list[str], pool: str) -> None:
     _shm.sweep(pool)
 
 
+def _too_many_files(exc: OSError, started: int, wanted: int) -> OSError:
+    """The error of a pool that ran out of file descriptors while its workers started."""
+    try:
+        import resource
+
+        limit = f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} files"
+    except ImportError:  # pragma: no cover - not POSIX
+        limit = "a limited number of files"
+    return OSError(
+        exc.errno,
+        f"cannot start worker {started + 1} of num_workers={wanted}: {exc.strerror}; this "
+        f"process may open {limit} (ulimit -n) and each worker holds two; give fewer "
+        "num_workers or raise the limit",
+    )
+
+
 class ProcessTransport:
     """Clients live in a pool of worker processes; client ``cid`` lives in worker ``cid % n``.
 
@@ -262,7 +284,15 @@ class ProcessTransport:
         _shm.sweep_orphans()
         self._pool = f"covey-{os.getpid()}-{secrets.token_hex(4)}-"
         n = max(1, min(num_workers, num_clients))
-        self._workers = [_Worker(self._ctx, client_fn, i, self._pool) for i in range(n)]
+        self._workers: list[_Worker] = []
+        try:
+            for i in range(n):
+                self._workers.append(_Worker(self._ctx, client_fn, i, self._pool))
+        except BaseException as exc:  # the workers started so far stop
+            _cleanup(self._workers, self._files, self._pool)
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise _too_many_files(exc, len(self._workers), n) from None
+            raise
         self._finalizer = weakref.finalize(self, _cleanup, self._workers, self._files, self._pool)
 
     @property

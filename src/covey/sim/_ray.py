@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import re
 import sys
 import time
 import traceback
@@ -36,10 +34,17 @@ from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim._inline import fingerprint, lent_weights_changed
+from covey.sim._rayplan import (
+    Resources,
+    actors_for,
+    check_fits,
+    ray_need,
+    start_failed,
+    unpicklable,
+)
 
 logger = logging.getLogger("covey")
 
-Resources = Mapping[str, float]
 _Item = tuple[int, str, int, Mapping[str, Any], Any]
 
 #: Clients an actor runs per call: replies come back at least this often. A large
@@ -47,7 +52,9 @@ _Item = tuple[int, str, int, Mapping[str, Any], Any]
 CHUNK = 16
 MAX_CHUNK = 256
 CHUNKS_PER_ACTOR = 32
-_RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+#: Most bytes of model a chunk's clients are sent (a chunk of fit replies holds as much):
+#: a large model goes a few clients, or one, per call.
+CHUNK_BYTES = 64 * 2**20
 
 
 def _ray(local: bool = False) -> Any:
@@ -61,6 +68,15 @@ def _ray(local: bool = False) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
     return ray
+
+
+def _unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
+    """The failure of clients whose actor call was still unanswered at the deadline."""
+    return (
+        f"no reply in time: Ray actor {actor} had not answered the call of clients "
+        f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
+        "for the clients of one call together; it is stopped and replaced)"
+    )
 
 
 class ClientHost:
@@ -118,49 +134,6 @@ class ClientHost:
             why = "their replies are refused (the server's model is unchanged)"
             return [Reply(r.cid, r.kind, error=lent_weights_changed(tasks, why)) for r in replies]
         return replies
-
-
-def _need(resources: Resources) -> dict[str, float]:
-    """Ray's resource names for a covey resource spec (``num_cpus`` -> ``CPU``)."""
-    need: dict[str, float] = {}
-    for key, value in resources.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"client resource {key!r} must be a number >= 0, got {value!r}")
-        need[_RESOURCE_KEYS.get(key, key)] = float(value)
-    return need
-
-
-def actors_for(
-    need: Mapping[str, float], total: Mapping[str, float], users: Mapping[str, int]
-) -> int:
-    """How many actors needing ``need`` fit in this group's share of the cluster.
-
-    Each resource is shared equally among the ``users[key]`` groups that need it.
-    """
-    counts = [
-        math.floor(total.get(key, 0.0) / users.get(key, 1) / value + 1e-9)
-        for key, value in need.items()
-        if value > 0
-    ]
-    if not counts:  # needs nothing: one actor per CPU
-        counts = [math.floor(total.get("CPU", 1.0))]
-    return max(1, min(counts))
-
-
-def _unpicklable(client_fn: object, exc: Exception) -> str:
-    """The error for a ``client_fn`` that Ray cannot ship to its actors, naming what fails."""
-    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() or [type(exc).__name__]
-    marker = "FAIL serialization:"
-    why = next((ln.split(marker, 1)[1].strip() for ln in lines if marker in ln), lines[0])
-    culprit = next((ln.strip() for ln in lines if ln.strip().startswith("Serializing ")), "")
-    name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
-    return (
-        f"backend='ray' sends client_fn ({name}) to every Ray actor by pickling it, and it "
-        f"does not pickle: {why}"
-        + (f" ({culprit.rstrip('.')})" if culprit else "")
-        + ". Build what it closes over inside client_fn (clients are built in the actors, "
-        "they need not pickle), or use backend='process', whose forked workers pickle nothing"
-    )
 
 
 class RayTransport:
@@ -222,6 +195,12 @@ class RayTransport:
         self._token = 0
         self._published: tuple[Weights | None, Any] = (None, None)
         total = ray.cluster_resources()
+        if self._owns_ray and address is None:
+            try:
+                check_fits(groups, total)
+            except BaseException:
+                self.close()
+                raise
         self._host = ray.remote(ClientHost)
         self._spec: dict[str, tuple[dict[str, float], int]] = {}
         users: dict[str, int] = {}
@@ -260,10 +239,10 @@ class RayTransport:
                 "or a single mapping {'num_cpus': 1} without client_group"
             )
         if not nested:
-            return {"": _need(client_resources)}  # type: ignore[arg-type]
+            return {"": ray_need(client_resources)}  # type: ignore[arg-type]
         if not client_resources:
             raise ValueError("client_resources names no group")
-        return {str(k): _need(v) for k, v in client_resources.items()}  # type: ignore[arg-type]
+        return {str(k): ray_need(v) for k, v in client_resources.items()}  # type: ignore[arg-type]
 
     def _start(self, group: str, index: int) -> Any:
         need = self._spec[group][0]
@@ -280,7 +259,7 @@ class RayTransport:
         except TypeError as exc:
             if "serializ" not in str(exc):
                 raise
-            raise TypeError(_unpicklable(self._client_fn, exc)) from exc
+            raise TypeError(unpicklable(self._client_fn, exc)) from exc
 
     def _await_ready(self, keys: Sequence[tuple[str, int]]) -> None:
         ray = self._ray
@@ -294,7 +273,10 @@ class RayTransport:
                 f"{ray.cluster_resources()} (available now: {ray.available_resources()})"
             )
         for ref in ready:
-            pid, node = ray.get(ref)
+            try:
+                pid, node = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise RuntimeError(start_failed(self._client_fn, exc)) from exc
             self._where[refs[ref]] = (int(pid), str(node))
 
     @property
@@ -312,14 +294,15 @@ class RayTransport:
             raise ValueError(f"client_group({cid}) is {group!r}, not one of {sorted(self._spec)}")
         return group, cid % self._spec[group][1]
 
-    def _publish(self, weights: Weights | None) -> tuple[int, Any]:
+    def _publish(self, weights: Weights | None) -> tuple[int, Any, int]:
+        """``(token, object ref, bytes)`` of ``weights`` encoded in the object store."""
         if weights is None:
-            return 0, None
+            return 0, None, 0
         if self._published[0] is not weights:
             buffer = np.empty(_codec.encoded_size(weights), dtype=np.uint8)
             _codec.encode_into(weights, buffer.data)
             self._token += 1
-            self._published = (weights, (self._token, self._ray.put(buffer)))
+            self._published = (weights, (self._token, self._ray.put(buffer), buffer.nbytes))
         return self._published[1]  # type: ignore[no-any-return]
 
     def _revive(self) -> None:
@@ -344,11 +327,15 @@ class RayTransport:
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
         homes: dict[tuple[str, int, int], list[_Item]] = {}
-        refs: dict[int, Any] = {0: None}
+        refs: dict[int, tuple[Any, int]] = {0: (None, 0)}
+        tokens: dict[int, int] = {}  # id(weights) -> token: each model goes out once
         for cid in sorted(tasks):
             task = tasks[cid]
-            token, ref = self._publish(task.weights)
-            refs[token] = ref
+            token = tokens.get(id(task.weights), -1)
+            if token < 0:
+                token, ref, nbytes = self._publish(task.weights)
+                tokens[id(task.weights)] = token
+                refs[token] = ref, nbytes
             g, i = self._home(cid)
             homes.setdefault((g, i, token), []).append(
                 (cid, task.kind, task.round, task.config, task.payload)
@@ -356,31 +343,44 @@ class RayTransport:
         pending: dict[Any, tuple[str, int, list[int]]] = {}
         held: dict[tuple[str, int], list[int]] = {}
         for (g, i, token), items in homes.items():
-            encoded = refs[token]
+            encoded, nbytes = refs[token]
             actor = self._actors[g][i]
             held.setdefault((g, i), []).extend(c for c, *_ in items)
             size = min(MAX_CHUNK, max(CHUNK, -(-len(items) // CHUNKS_PER_ACTOR)))
+            size = max(1, min(size, CHUNK_BYTES // max(1, nbytes)))
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
                 ref = actor.run.remote(token, encoded, chunk)
                 pending[ref] = (g, i, [c for c, *_ in chunk])
+        late = False
         try:
             yield from self._collect(pending, held, tasks, deadline)
+            late = True  # _collect returns with calls pending only when the deadline passed
+            for g, i, cids in list(pending.values()):
+                why = _unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
+                yield from (Reply(cid, tasks[cid].kind, error=why) for cid in cids)
         finally:
-            self._abandon(pending)
+            self._abandon(pending, late)
 
-    def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]]) -> None:
-        """Stop the actors still busy with this exchange once it is over (its deadline passed).
+    def _abandon(self, pending: Mapping[Any, tuple[str, int, list[int]]], late: bool) -> None:
+        """Stop the actors still busy with this exchange once it is over.
 
-        A client stuck in ``fit`` must not hold up later rounds: its actor is
-        replaced at the next exchange and its clients are rebuilt there.
+        Over when its deadline passed (``late``) or when it was given up (Ctrl-C,
+        an error of the caller). A client stuck in ``fit`` must not hold up later
+        rounds: its actor is replaced at the next exchange and its clients are
+        rebuilt there.
         """
         busy = sorted({(g, i) for g, i, _ in pending.values()})
         for g, i in busy:
             actor = self._actors[g][i]
             if actor is None:
                 continue
-            late = sorted(
+            self._actors[g][i] = None
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            if not late:
+                continue
+            unanswered = sorted(
                 c for gg, ii, cids in pending.values() if (gg, ii) == (g, i) for c in cids
             )
             logger.warning(
@@ -388,12 +388,9 @@ class RayTransport:
                 "stopping it, a new one takes its clients",
                 f"{g}/" if g else "",
                 i,
-                len(late),
-                ", ".join(map(str, late[:10])) + (" ..." if len(late) > 10 else ""),
+                len(unanswered),
+                ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else ""),
             )
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor, no_restart=True)
-            self._actors[g][i] = None
 
     def _collect(
         self,

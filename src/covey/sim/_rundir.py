@@ -20,7 +20,7 @@ from covey.core._files import atomic_write
 from covey.core._history import History
 from covey.server._rundb import LOCK_NAME, hold_run, is_held
 
-__all__ = ["run_folder", "save_history", "write_run_meta"]
+__all__ = ["end_run_meta", "run_folder", "save_history", "write_run_meta"]
 
 logger = logging.getLogger("covey")
 
@@ -65,10 +65,25 @@ def save_history(history: History, path: Path | None) -> None:
     try:
         history.save(path)
     except OSError as exc:  # the run's own error, if any, is the one to raise
-        logger.error("cannot write the history to %s: %s", path, exc)
+        logger.error("cannot write the history: %s", exc)  # the error names the file
 
 
 def write_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
     """Write ``run.json`` (what ran, when, and whether it is done) atomically."""
     if path is not None:
         atomic_write(path, json.dumps(meta, indent=2))
+
+
+def end_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
+    """Write ``run.json`` as the run ends; if the run failed, a failed write is only logged.
+
+    The run's own error (say, a full disk that stopped the history) is the one
+    to raise; ``run.json`` then still says running, and as the run's lock is
+    let go, the run reads as stopped.
+    """
+    try:
+        write_run_meta(path, meta)
+    except OSError as exc:
+        if meta.get("status") == "finished":
+            raise
+        logger.error("cannot write the run's end: %s", exc)  # the error names the file

@@ -22,7 +22,8 @@ from covey.server._factory import Loop, open_loop, run_config
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
-from covey.sim._rundir import run_folder, save_history, write_run_meta
+from covey.sim._progress import progress_callback
+from covey.sim._rundir import end_run_meta, run_folder, save_history, write_run_meta
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -73,6 +74,8 @@ def _backend(
     if backend == "ray":
         from covey.sim._ray import RayTransport
 
+        _check_ray_options(client_resources, client_group, ray_address)
+
         return RayTransport(
             client_fn,
             num_clients,
@@ -85,32 +88,22 @@ def _backend(
     raise ValueError(f"unknown backend {backend!r}; choose 'inline', 'process' or 'ray'")
 
 
-def _progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("[bold]round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        transient=False,
-    )
-    task_id = progress.add_task("rounds", total=rounds, status="")
-    progress.start()
-
-    def on_round(record: RoundRecord) -> None:
-        parts = []
-        if record.central_loss is not None:
-            parts.append(f"loss {record.central_loss:.4f}")
-        for key, value in record.central_metrics.items():
-            if isinstance(value, float):
-                parts.append(f"{key} {value:.4f}")
-        if record.failures:
-            parts.append(f"[yellow]{len(record.failures)} failed")
-        progress.update(task_id, completed=record.round, status="  ".join(parts))
-
-    return on_round, progress.stop
+def _check_ray_options(resources: object, group: object, address: object) -> None:
+    """Refuse Ray options of the wrong type before a Ray is started for them."""
+    if resources is not None and not isinstance(resources, Mapping):
+        raise TypeError(
+            "client_resources must be a mapping such as {'num_cpus': 1}, or one per group, "
+            f"got {type(resources).__name__}"
+        )
+    if group is not None and not callable(group):
+        raise TypeError(
+            f"client_group must be a function cid -> group name, got {type(group).__name__}"
+        )
+    if address is not None and not isinstance(address, str):
+        raise TypeError(
+            "ray_address must be an address string such as '127.0.0.1:6379' or 'auto', "
+            f"got {type(address).__name__}"
+        )
 
 
 def _callbacks(
@@ -120,7 +113,7 @@ def _callbacks(
     callbacks: list[RoundCallback] = []
     stop_progress: Callable[[], None] | None = None
     if progress:
-        cb, stop_progress = _progress_callback(rounds)
+        cb, stop_progress = progress_callback(rounds)
         callbacks.append(cb)
     if on_round is not None:
         callbacks.append(on_round)
@@ -183,8 +176,14 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     return strategy
 
 
-def _check_options(seed: object, round_timeout: object, client_cache: object) -> None:
+def _check_options(
+    seed: object, round_timeout: object, client_cache: object, num_workers: object = None
+) -> None:
     """Refuse values of simulate()'s options that would fail later, deep in a round."""
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
+    ):
+        raise ValueError(f"num_workers must be None or a positive int, got {num_workers!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if round_timeout is not None and (
@@ -350,7 +349,7 @@ def simulate(
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     strategy = _checked(strategy, num_clients, rounds)
-    _check_options(seed, round_timeout, client_cache)
+    _check_options(seed, round_timeout, client_cache, num_workers)
     _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy, backend)
@@ -450,8 +449,12 @@ def simulate(
         finally:
             gc.unfreeze()
             meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
-            write_run_meta(meta_path, meta)
-            if stop_progress is not None:
-                stop_progress()
-            transport.close()
+            try:
+                # A full disk fails this too: the workers stop all the same, and the
+                # run's own error, if any, is the one raised.
+                end_run_meta(meta_path, meta)
+            finally:
+                if stop_progress is not None:
+                    stop_progress()
+                transport.close()
         return SimulationResult(copy(loop.weights), loop.history, time.perf_counter() - start)

@@ -12,7 +12,7 @@ from typing import Any
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
 from covey.core._messages import FitResult
-from covey.core._weights import Array, Weights, WeightsSpec, freeze, subtract
+from covey.core._weights import Array, Weights, WeightsSpec, freeze, native, subtract
 
 
 def contribution(
@@ -97,6 +97,7 @@ def fold(
         covey.WeightsError: if a result does not match the model.
         covey.AggregationError: if the step gives no aggregate or an invalid one.
     """
+    global_weights = native(global_weights)  # as a round loop keeps its model
     spec = WeightsSpec.of(global_weights)
     spec.check(global_weights, what="global weights")
     params = freeze(global_weights)

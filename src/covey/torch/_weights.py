@@ -56,9 +56,16 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
         shared = True
         if t.dtype == torch.bfloat16:
             t, shared = t.to(torch.float32), False
-        if t.device.type != "cpu":
-            t, shared = t.cpu(), False
-        array = t.numpy()
+        try:
+            if t.device.type != "cpu":
+                t, shared = t.cpu(), False
+            array = t.numpy()
+        except (TypeError, RuntimeError, NotImplementedError) as exc:
+            # float8, quantized, sparse and meta (no data) tensors have no NumPy form.
+            raise TypeError(
+                f"state_dict entry {name!r} ({tensor.dtype}, {tensor.layout}, on "
+                f"{tensor.device.type}) cannot become a NumPy array: {exc}"
+            ) from None
         if copy and shared:
             array = np.array(array, copy=True)
         elif shared:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from covey.core._files import atomic_write
+from covey.core._files import atomic_write, fsync_dir
 from covey.deploy.certs._common import (
     BACKDATE,
     CA_CERT,
@@ -137,12 +139,25 @@ def init_federation(
             revoked=root / REVOKED,
             clients_dir=clients,
         )
-        # Keys first: a crash part-way leaves no certificate without its key.
-        atomic_write(paths.ca_key, key_to_pem(ca_key), mode=KEY_MODE)
-        atomic_write(paths.server_key, key_to_pem(server_key), mode=KEY_MODE)
-        atomic_write(paths.server_cert, cert_to_pem(server_cert), mode=CERT_MODE)
-        write_revoked(root, [])
-        atomic_write(paths.ca_cert, cert_to_pem(ca_cert), mode=CERT_MODE)
+        # Every file is written in a staging folder first, so a full disk or a
+        # size limit part-way leaves the folder as it was, not half a federation.
+        stage = Path(tempfile.mkdtemp(dir=root, prefix=".init-"))  # mode 0700
+        try:
+            try:
+                atomic_write(stage / CA_KEY, key_to_pem(ca_key), mode=KEY_MODE)
+                atomic_write(stage / SERVER_KEY, key_to_pem(server_key), mode=KEY_MODE)
+                atomic_write(stage / SERVER_CERT, cert_to_pem(server_cert), mode=CERT_MODE)
+                write_revoked(stage, [])
+                atomic_write(stage / CA_CERT, cert_to_pem(ca_cert), mode=CERT_MODE)
+            except OSError as exc:
+                said = f"{exc.strerror or exc}; nothing was written"
+                raise OSError(exc.errno, said, str(root)) from None
+            # Keys first: a crash part-way leaves no certificate without its key.
+            for name in (CA_KEY, SERVER_KEY, SERVER_CERT, REVOKED, CA_CERT):
+                os.replace(stage / name, root / name)
+            fsync_dir(root)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return paths
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from covey.clients._client import run_task, task_kinds
+from covey.clients._client import hand_over, run_task, task_kinds
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsError, WeightsSpec
@@ -262,6 +262,7 @@ class _Session:
         try:
             weights, extras = split_blobs(buffer, header.weights_size, header.extras_size)
             self.limits.check_weights(header.kind, weights)
+            hand_over(self.client, header.kind, weights)  # this message is this task's alone
             task = Task(
                 header.kind,
                 int(header.round),

@@ -37,6 +37,21 @@ def _busy(kind: str) -> str:
     )
 
 
+def reply_limit(model_bytes: int, spec: WeightsSpec) -> int:
+    """The most bytes a reply may declare, for a model of ``model_bytes`` encoded.
+
+    A reply carries an update and at most one model of extras (SCAFFOLD's). A
+    compressed update takes up to three times a weight's bytes (top-k of a float16
+    array: a uint32 index and a value per entry) in up to three arrays per weight,
+    each aligned to 64 bytes and named in the header by a key holding the weight's
+    name: for a model of many small arrays that is more than the arrays' bytes.
+    """
+    names = sum(len(name) for name in spec.names)
+    # 12 header characters per name character at most: a \uXXXX escape, escaped again.
+    per_array = 3 * (2 * 64 + 128) * len(spec.names) + 3 * 12 * names
+    return 4 * model_bytes + per_array + 1024 * 1024
+
+
 class GrpcServerTransport:
     """A :class:`~covey.transport.Transport` whose clients connect over gRPC.
 
@@ -280,9 +295,9 @@ class GrpcServerTransport:
             return blob
         blob = _codec.Encoded(weights)
         self._broadcast = (weights, blob)
-        # A reply carries at most one model's worth of arrays (plus slack for names).
-        self._service.max_reply = 2 * len(blob) + 1024 * 1024
-        self._service.wire_limits = _wire.WireLimits.for_spec(WeightsSpec.of(weights))
+        spec = WeightsSpec.of(weights)
+        self._service.max_reply = reply_limit(len(blob), spec)
+        self._service.wire_limits = _wire.WireLimits.for_spec(spec)
         return blob
 
     def _encode_extras(self, task: Task) -> _codec.Encoded | None:

@@ -144,7 +144,11 @@ class FederationService:
         if first.WhichOneof("body") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         name, certificate = self.admission.admit(context, first.hello)
-        cid = self.registry.client_id(name)
+        try:
+            cid = self.registry.client_id(name)
+        except OSError as exc:  # the run cannot record a new client: its disk is full, ...
+            logger.error("client %s could not join: %s", name, exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the server cannot take new clients now")
         conn = Connection(name, cid, context)
         conn.certificate = certificate
         conn.kinds = frozenset(first.hello.kinds)

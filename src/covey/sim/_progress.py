@@ -1,0 +1,79 @@
+r"""The progress bar of :func:`covey.simulate`: one line, updated once per round.
+
+A progress bar is a courtesy: nothing it prints may stop a run. Standard output
+whose encoding lacks a character (``PYTHONIOENCODING=ascii``, a Latin-1 locale)
+gets it as a ``\xe9`` escape instead of a ``UnicodeEncodeError`` raised out of
+:func:`covey.simulate` once every round has run; names that look like markup
+(``f1[/macro]``) are shown as they are.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+from covey.core._history import RoundRecord
+from covey.server._base import RoundCallback
+
+__all__ = ["LenientStream", "progress_callback"]
+
+
+class LenientStream:
+    """A text stream that writes what its encoding cannot hold as backslash escapes.
+
+    Everything else (``isatty``, ``fileno``, ``encoding``, ``flush``) is the
+    wrapped stream's, so rich sizes and styles its output as for the stream itself.
+
+    Args:
+        stream: The stream to write to, e.g. ``sys.stdout``.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        """Wrap ``stream``."""
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        r"""Write ``text``; characters the stream cannot encode become ``\xe9`` escapes."""
+        try:
+            return self._stream.write(text)
+        except UnicodeEncodeError:
+            encoding = getattr(self._stream, "encoding", None) or "ascii"
+            safe = text.encode(encoding, "backslashreplace").decode(encoding)
+            return self._stream.write(safe)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
+    """A started progress bar of ``rounds`` rounds: its per-round callback and its stop."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        transient=False,
+        console=Console(file=LenientStream(sys.stdout)),  # type: ignore[arg-type]
+    )
+    task_id = progress.add_task("rounds", total=rounds, status="")
+    progress.start()
+
+    def on_round(record: RoundRecord) -> None:
+        parts = []
+        if record.central_loss is not None:
+            parts.append(f"loss {record.central_loss:.4f}")
+        for key, value in record.central_metrics.items():
+            if isinstance(value, float):
+                # A metric's name is the user's text, not markup: ``f1[/macro]`` is shown as is.
+                parts.append(f"{escape(key)} {value:.4f}")
+        if record.failures:
+            parts.append(f"[yellow]{len(record.failures)} failed")
+        progress.update(task_id, completed=record.round, status="  ".join(parts))
+
+    return on_round, progress.stop

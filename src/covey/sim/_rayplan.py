@@ -1,0 +1,98 @@
+"""What a Ray run asks of its cluster: Ray's resource names, actors per group, checks.
+
+Pure functions of the resource specs and the cluster's totals, kept apart from the
+transport in ``_ray.py`` (they neither import nor start Ray).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+Resources = Mapping[str, float]
+_RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def ray_need(resources: Resources) -> dict[str, float]:
+    """Ray's resource names for a covey resource spec (``num_cpus`` -> ``CPU``)."""
+    need: dict[str, float] = {}
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"client resource {key!r} must be a number >= 0, got {value!r}")
+        need[_RESOURCE_KEYS.get(key, key)] = float(value)
+    return need
+
+
+def actors_for(
+    need: Mapping[str, float], total: Mapping[str, float], users: Mapping[str, int]
+) -> int:
+    """How many actors needing ``need`` fit in this group's share of the cluster.
+
+    Each resource is shared equally among the ``users[key]`` groups that need it.
+    """
+    counts = [
+        math.floor(total.get(key, 0.0) / users.get(key, 1) / value + 1e-9)
+        for key, value in need.items()
+        if value > 0
+    ]
+    if not counts:  # needs nothing: one actor per CPU
+        counts = [math.floor(total.get("CPU", 1.0))]
+    return max(1, min(counts))
+
+
+def check_fits(groups: Mapping[str, Mapping[str, float]], total: Mapping[str, float]) -> None:
+    """Refuse a group whose client needs more than a local Ray has (no node would ever join).
+
+    Raises:
+        ValueError: naming the group, what one of its clients needs and what Ray has.
+    """
+    for name, need in groups.items():
+        short = {k: v for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
+        if short:
+            has = {k: total.get(k, 0.0) for k in short}
+            custom = sorted(set(short) - set(_RESOURCE_KEYS.values()))
+            raise ValueError(
+                f"client_resources{f'[{name!r}]' if name else ''} asks for {short} per "
+                f"client, but the local Ray started for this run has {has}: no client "
+                "could ever run. Ask for less, or join a cluster that has it with "
+                "ray_address="
+                + (
+                    f" ({', '.join(map(repr, custom))}: a custom Ray resource; covey's "
+                    f"own names are {', '.join(_RESOURCE_KEYS)})"
+                    if custom
+                    else ""
+                )
+            )
+
+
+def unpicklable(client_fn: object, exc: Exception) -> str:
+    """The error for a ``client_fn`` that Ray cannot ship to its actors, naming what fails."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() or [type(exc).__name__]
+    marker = "FAIL serialization:"
+    why = next((ln.split(marker, 1)[1].strip() for ln in lines if marker in ln), lines[0])
+    culprit = next((ln.strip() for ln in lines if ln.strip().startswith("Serializing ")), "")
+    name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
+    return (
+        f"backend='ray' sends client_fn ({name}) to every Ray actor by pickling it, and it "
+        f"does not pickle: {why}"
+        + (f" ({culprit.rstrip('.')})" if culprit else "")
+        + ". Build what it closes over inside client_fn (clients are built in the actors, "
+        "they need not pickle), or use backend='process', whose forked workers pickle nothing"
+    )
+
+
+def start_failed(client_fn: object, exc: Exception) -> str:
+    """The error for an actor that died while starting (``client_fn`` did not unpickle there)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()]
+    causes = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)]
+    cause = causes[-1] if causes else (lines[0] if lines else type(exc).__name__)
+    name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
+    hint = (
+        ". A module that only this process can import (its folder added to sys.path "
+        "here) must be importable in the actors too: put its folder in PYTHONPATH before "
+        "Ray starts, or send it by value with ray.cloudpickle.register_pickle_by_value(module)"
+        if "No module named" in cause
+        else ""
+    )
+    return f"a Ray actor died while starting, unpickling client_fn ({name}): {cause}{hint}"

@@ -1,0 +1,346 @@
+"""The command line where it runs: piped output, narrow terminals, text that looks like markup."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.core import Config, Metrics
+
+
+class _Step(covey.Client):
+    def fit(self, weights: covey.Weights, config: Config) -> covey.FitResult:
+        return covey.FitResult(weights={"w": weights["w"] + 1.0}, num_examples=1)
+
+
+def _central(rnd: int, weights: covey.Weights) -> tuple[float, Metrics]:
+    return 0.5, {"f1[/macro]": 0.25, "[bold]recall": 0.75}
+
+
+def test_a_metric_named_like_markup_is_shown_as_is_on_the_progress_bar(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = covey.simulate(
+        client_fn=lambda cid: _Step(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=_central,
+        progress=True,
+    )
+    assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
+    out = capsys.readouterr().out
+    assert "f1[/macro] 0.2500" in out
+    assert "[bold]recall 0.7500" in out
+
+
+def _covey(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_a_project_folder_with_brackets_is_printed_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    folder = "w[/b]" + "x" * 60
+    code, out = _covey("new", "fed", "--dir", folder)
+    assert code == 0, out
+    # One line each (a path cut over two lines cannot be pasted), shown as typed.
+    assert f"created {folder}/fed: " in out
+    assert f"next: cd '{folder}/fed' && covey run && pytest" in out  # quoted: [ is a glob
+    assert (tmp_path / folder / "fed" / "pyproject.toml").is_file()
+
+
+def test_a_query_whose_sql_looks_like_markup_is_a_mistake_not_a_crash() -> None:
+    pytest.importorskip("sqlglot")
+    code, out = _covey("query", 'SELECT "a[/b]" FROM t', "--server", "127.0.0.1:0", "--insecure")
+    assert code == 2, out
+    assert "MarkupError" not in out
+    assert out.startswith("error: ")
+
+
+def test_an_answer_whose_groups_look_like_markup_is_shown_as_it_is() -> None:
+    pd = pytest.importorskip("pandas")
+    from covey.analytics._cli import result_table
+
+    df = pd.DataFrame({"g[/x]": ["[/red]", "[bold]b"], "n": [1.0, 2.0]})
+    df.attrs = {"sites": ["site[/1]"], "refused": ["[/why]"]}
+    out = Console(file=io.StringIO(), width=200, color_system=None)
+    out.print(result_table(df, 'SELECT "g[/x]", COUNT(*) FROM t GROUP BY 1'))
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    for shown in ('SELECT "g[/x]"', "g[/x]", "[/red]", "[bold]b", "site[/1]", "[/why]"):
+        assert shown in text
+
+
+def test_the_demo_table_keeps_every_figure_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "60")  # piped output is 80 columns wide unless told
+    code, out = _covey("demo", "--clients", "4", "--rounds", "1", "--no-plot", "--run-dir", "r")
+    assert code == 0, out
+    assert "…" not in out
+    header = next(line for line in out.splitlines() if "train_loss" in line)
+    assert header.split()[:3] == ["round", "clients", "failed"]
+
+
+def test_a_dumb_terminal_gets_the_whole_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from covey.cli._runs import print_table, round_table
+
+    monkeypatch.setenv("TERM", "dumb")
+    history = covey.simulate(
+        client_fn=lambda cid: _Step(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=_central,
+    ).history
+    out = Console(file=io.StringIO(), force_terminal=True, width=60)
+    assert out.is_dumb_terminal
+    print_table(round_table(history), out)
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text
+    assert "\x1b[" not in text
+    assert "train_loss" in text
+
+
+@pytest.mark.parametrize("flag", ["-v", "--verbose"])
+def test_the_traceback_flag_is_taken_by_every_command(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from covey.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("")
+    args = ["covey", "demo", "--clients", "4", "--rounds", "1", "--run-dir", "file.txt/run"]
+    monkeypatch.setattr("sys.argv", args)
+    with pytest.raises(SystemExit) as quiet:
+        main()
+    assert quiet.value.code == 1
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1, said  # one line, however narrow the console
+    assert said.rstrip().endswith("(run with -v for the traceback)"), said
+    # `covey demo` has no -v of its own: the flag the error line names still works there.
+    monkeypatch.setattr("sys.argv", [*args, flag])
+    with pytest.raises(NotADirectoryError):
+        main()
+
+
+def _ascii_stream() -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict", write_through=True)
+
+
+def _written(stream: io.TextIOWrapper) -> bytes:
+    stream.flush()
+    return stream.buffer.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_progress_bar_never_fails_a_run_on_an_ascii_stdout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def central(rnd: int, weights: covey.Weights) -> tuple[float, Metrics]:
+        return 0.5, {"précision": 0.25}
+
+    stdout = _ascii_stream()
+    monkeypatch.setattr("sys.stdout", stdout)
+    result = covey.simulate(
+        client_fn=lambda cid: _Step(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=central,
+        progress=True,
+    )
+    assert result.history.metric("précision")[-1] == (1, 0.25)
+    assert b"pr\\xe9cision 0.2500" in _written(stdout)
+
+
+def test_the_command_line_writes_any_name_on_an_ascii_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    stdout = _ascii_stream()
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setattr(
+        "sys.argv",
+        ["covey", "demo", "--clients", "4", "--rounds", "1", "--no-plot", "--run-dir", "démo"],
+    )
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert b"run folder: d\\xe9mo (history.json)" in _written(stdout)
+    assert (tmp_path / "démo" / "history.json").is_file()
+
+
+def test_a_project_run_from_another_folder_prints_a_command_that_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    import shlex
+
+    code, out = _covey("new", "envfed", "--dir", "my work")
+    assert code == 0, out
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.syspath_prepend(str(tmp_path / "my work" / "envfed"))
+    code, out = _covey("run", "../my work/envfed", "--set", "rounds=1", "--set", "clients=2")
+    assert code == 0, out
+    shown = shlex.split(out.strip().splitlines()[-1].split("`")[1])
+    assert shown[:3] == ["covey", "runs", "show"]
+    code, out = _covey(*shown[1:])
+    assert code == 0, out
+    assert "finished" in out
+
+
+def test_a_certs_mistake_exits_2_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    assert _covey("certs", "init", "--dir", "fed")[0] == 0
+    assert _covey("certs", "issue", "site-1", "--dir", "fed")[0] == 0
+    for args in (
+        ("certs", "init", "--dir", "fed"),
+        ("certs", "issue", "site-1", "--dir", "fed"),
+        ("certs", "revoke", "ghost", "--dir", "fed"),
+    ):
+        code, out = _covey(*args)
+        assert code == 2, out
+        assert len(out.strip().splitlines()) == 1, out
+        assert out.startswith("error: ")
+
+
+def test_certs_list_keeps_each_serial_whole_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography import x509
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "60")
+    assert _covey("certs", "init", "--dir", "fed")[0] == 0
+    assert _covey("certs", "issue", "site-1", "--dir", "fed")[0] == 0
+    pem = (tmp_path / "fed" / "clients" / "site-1.pem").read_bytes()
+    serial = f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
+    code, out = _covey("certs", "list", "--dir", "fed")
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if "site-1" in line)
+    assert row.split() == ["site-1", serial, row.split()[2], "no", "valid"]
+
+
+def test_a_server_writes_whole_lines_to_a_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    run = Path(*(["r" * 60] * 5))  # longer than any console is wide
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    code, out = _covey(*args, "--wait-timeout", "0.2", "--run-dir", str(run))
+    assert code == 1, out
+    lines = out.splitlines()
+    listening = next(line for line in lines if "covey server listening on port" in line)
+    assert listening.endswith(f"(run folder {run})"), out
+    warning = (
+        "WARNING serving WITHOUT TLS: anyone who can reach 127.0.0.1 can join and see the model"
+    )
+    assert any(line.endswith(warning) for line in lines), out
+    assert lines[-1].startswith("error: round 1: only 0 of the 2 clients needed"), out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--server", "127.0.0.1"],
+            "error: --server '127.0.0.1' has no port",
+        ),
+        (
+            ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--server", "h:99999"],
+            "error: --server 'h:99999': the port must be between 1 and 65535",
+        ),
+        (["server", "--app", "tiny_app:server_app", "--address", "127.0.0.2"], "error: --address"),
+    ],
+)
+def test_an_address_without_a_port_is_a_mistake_naming_its_flag(
+    args: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    code, out = _covey(*args, "--insecure")
+    assert code == 2, out
+    assert out.strip().splitlines()[-1].startswith(said), out
+    assert not (tmp_path / "runs").exists()  # refused before any run folder is made
+
+
+def test_a_site_given_a_server_without_a_port_is_told_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("duckdb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    (tmp_path / "t.csv").write_text("v\n1\n2\n")
+    code, out = _covey("site", "--table", "t=t.csv", "--server", "127.0.0.1", "--insecure")
+    assert code == 2, out
+    assert out.strip().splitlines()[-1].startswith("error: --server '127.0.0.1' has no port")
+    assert list(tmp_path.iterdir()) == [tmp_path / "t.csv"]  # no budget ledger was made
+
+
+def test_an_interrupted_demo_says_where_its_rounds_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import covey.cli._demo as demo
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    code, out = _covey("demo", "--run-dir", "r")
+    assert code == 130, out
+    assert out.strip().splitlines()[-1] == (
+        "interrupted: the demo in r stopped; its history.json keeps the rounds done: "
+        "`covey runs show r`"
+    )
+
+
+def test_piped_output_keeps_every_line_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")
+    code, out = _covey("demo", "--clients", "4", "--rounds", "1", "--no-plot", "--run-dir", "r")
+    assert code == 0, out
+    assert out.splitlines()[0].endswith("per round (inline backend)"), out
+    code, out = _covey("certs", "init", "--dir", "fed")
+    assert code == 0, out
+    assert "warning: keep fed/ca.key secret, ideally offline: whoever has it can issue " in out
+
+
+def test_the_next_step_of_a_new_project_pastes_into_a_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    code, out = _covey("new", "fed", "--dir", "my projects")
+    assert code == 0, out
+    step = next(line for line in out.splitlines() if line.startswith("next: "))
+    words = shlex.split(step.removeprefix("next: "))
+    assert words[:2] == ["cd", "my projects/fed"]
+    assert (tmp_path / words[1] / "pyproject.toml").is_file()

@@ -1,0 +1,218 @@
+"""The Ray backend on a local Ray it starts itself: impossible resources, interrupts, leaks.
+
+Every test here starts (and must stop) a local Ray of 2 CPUs at most; none may
+leave a Ray process of its own behind (checked after each test by the PIDs of
+the processes this test process started).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("the Ray backend needs ray (covey[ray])", allow_module_level=True)
+
+import covey
+from covey import FitResult
+from covey.core import _codec
+from covey.core._messages import Task
+from covey.sim._ray import RayTransport
+from covey.sim._rayplan import check_fits
+
+pytestmark = pytest.mark.slow
+
+
+class Plus(covey.Client):
+    """Adds its id to the weights."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
+
+
+def ray_children() -> list[int]:
+    """PIDs of this process's descendants that belong to a Ray (raylet, GCS, workers, agents)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "ray" in line:
+            found.append(child.pid)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left() -> Iterator[None]:
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    assert not ray.is_initialized()
+    yield
+    assert not ray.is_initialized()
+    left = ray_children()
+    if left:
+        _gone, alive = psutil.wait_procs([psutil.Process(p) for p in left], timeout=15)
+        assert not alive, f"Ray processes outlived the run: {[p.pid for p in alive]}"
+
+
+def test_resources_a_local_ray_lacks_are_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="the local Ray started for this run has") as info:
+        RayTransport(
+            Plus,
+            4,
+            client_resources={"num_cpus": 64},
+            start_timeout=20.0,
+            init_args={"num_cpus": 2},
+        )
+    assert "{'CPU': 64.0}" in str(info.value)
+    assert "ray_address" in str(info.value)
+
+
+def test_what_a_local_ray_lacks_is_named() -> None:
+    total = {"CPU": 2.0, "memory": 1e9}
+    check_fits({"a": {"CPU": 1.0}, "b": {"CPU": 0.5, "memory": 1e9}}, total)
+    with pytest.raises(ValueError, match=r"client_resources\['b'\] asks for \{'accel': 0.5\}"):
+        check_fits({"a": {"CPU": 1.0}, "b": {"accel": 0.5}}, total)
+    with pytest.raises(ValueError, match="'num_cpu': a custom Ray resource; covey's own names"):
+        check_fits({"": {"num_cpu": 1.0}}, total)
+    check_fits({"": {"CPU": 2.0}}, total)
+
+
+class Sleepy(covey.Client):
+    """Client 0 takes a second to fit in round 1, client 1 a minute; later rounds are quick."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if config["round"] == 1:
+            time.sleep(1 + 59 * self.cid)
+        return FitResult(weights=dict(weights), num_examples=1)
+
+
+def test_an_exchange_given_up_early_is_not_called_a_missed_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fit = {"w": np.zeros(2)}
+    with RayTransport(Sleepy, 2, init_args={"num_cpus": 2}) as transport:
+        replies: Any = transport.exchange(  # a generator: closed below
+            {0: Task("fit", 1, {"round": 1}, fit), 1: Task("fit", 1, {"round": 1}, fit)}
+        )
+        assert next(replies).cid == 0  # client 1 is still in its fit
+        with caplog.at_level(logging.WARNING, logger="covey"):
+            # What Ctrl-C (or any error of the loop) does to an exchange in progress.
+            replies.close()
+        assert "missed the deadline" not in caplog.text
+        # The actor stopped with the exchange is replaced: the next exchange is answered.
+        again = transport.exchange({1: Task("fit", 2, {"round": 2}, fit)}, timeout=60)
+        assert [r.cid for r in again if r.ok] == [1]
+        # A deadline that passes is one.
+        with caplog.at_level(logging.WARNING, logger="covey"):
+            late = list(transport.exchange({1: Task("fit", 1, {"round": 1}, fit)}, timeout=0.5))
+        # The client is told why it failed, as on the process backend.
+        assert [(r.cid, r.ok) for r in late] == [(1, False)]
+        assert "no reply in time: Ray actor 1 had not answered" in str(late[0].error)
+        assert "timeout of 0.5 s" in str(late[0].error)
+    assert "missed the deadline with 1 clients unanswered (1)" in caplog.text
+
+
+class Calls:
+    """Stands in for an actor handle: records how many clients each ``run`` call carries."""
+
+    def __init__(self, actor: Any, sizes: list[int]) -> None:
+        self.actor = actor
+        self.sizes = sizes
+        self.run = self
+
+    def remote(self, token: int, encoded: Any, items: list[Any]) -> Any:
+        self.sizes.append(len(items))
+        return self.actor.run.remote(token, encoded, items)
+
+
+def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 8 clients of a 24 MB model on one actor: one call of 8 replies would hold 192 MB
+    # of updates in the actor, and again in the object store, before the first is folded.
+    big = {"w": np.zeros(3 * 2**20)}
+    small = {"w": np.zeros(3)}
+    with RayTransport(Plus, 8, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        sizes: list[int] = []
+        actor = transport._actors[""][0]
+        transport._actors[""][0] = Calls(actor, sizes)
+        replies = list(transport.exchange({c: Task("fit", 1, {}, big) for c in range(8)}))
+        assert sorted(r.cid for r in replies if r.ok) == list(range(8))
+        assert sum(sizes) == 8
+        assert max(sizes) * big["w"].nbytes <= 64 * 2**20, sizes
+        sizes.clear()
+        list(transport.exchange({c: Task("fit", 1, {}, small) for c in range(8)}))
+        assert sizes == [8]  # a small model still goes in one call
+        transport._actors[""][0] = actor
+        # Tasks of one exchange that carry two models (FedBuff's clients train on
+        # different versions) put each model in the object store once, not per switch.
+        encoded: list[int] = []
+        encode_into = _codec.encode_into
+
+        def counted(weights: Any, out: Any) -> Any:
+            encoded.append(len(weights["w"]))
+            return encode_into(weights, out)
+
+        monkeypatch.setattr(_codec, "encode_into", counted)
+        one, two = {"w": np.zeros(2)}, {"w": np.ones(2)}
+        tasks = {c: Task("fit", 1, {}, (one, two)[c % 2]) for c in range(6)}
+        replies = list(transport.exchange(tasks))
+        assert len(encoded) == 2
+        assert {r.cid: r.result.weights["w"].tolist() for r in replies} == {
+            c: [c + c % 2] * 2 for c in range(6)
+        }
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"client_resources": [1]}, r"client_resources must be a mapping .* got list"),
+        ({"client_resources": "num_cpus"}, r"client_resources must be a mapping .* got str"),
+        ({"client_group": "gpu"}, r"client_group must be a function cid -> group name, got str"),
+        ({"ray_address": 6379}, r"ray_address must be an address string .* got int"),
+        ({"num_workers": 0}, r"num_workers must be None or a positive int, got 0"),
+        ({"num_workers": 1.5}, r"num_workers must be None or a positive int, got 1.5"),
+    ],
+)
+def test_wrong_ray_options_are_refused_before_ray_starts(options: Any, error: str) -> None:
+    import ray
+
+    with pytest.raises((TypeError, ValueError), match=error):
+        covey.simulate(Plus, 4, 1, covey.FedAvg(), {"w": np.zeros(2)}, backend="ray", **options)
+    assert not ray.is_initialized()
+
+
+def test_a_client_the_actors_cannot_import_is_a_clear_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module only this process can import (its folder added to sys.path here).
+    (tmp_path / "unshipped_clients.py").write_text(
+        "import covey\n"
+        "class Local(covey.Client):\n"
+        "    def fit(self, weights, config):\n"
+        "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("unshipped_clients")
+    monkeypatch.setitem(sys.modules, "unshipped_clients", module)  # gone after the test
+    with pytest.raises(RuntimeError, match="No module named 'unshipped_clients'") as info:
+        RayTransport(module.Local, 2, init_args={"num_cpus": 1})
+    assert "register_pickle_by_value" in str(info.value)
+    assert "\x1b[" not in str(info.value)

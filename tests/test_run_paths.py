@@ -1,0 +1,142 @@
+"""Run folders and data files whose paths hold spaces, non-ASCII or URI characters."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.analytics import Policy, Site, query
+from covey.cli import app
+from covey.cli._runs import run_status
+from covey.server._outputs import write_outputs
+from covey.server._store import RunStore
+
+ODD_NAMES = ["run #1", "100%41 done", "what?x=1", "ünï cödé run"]
+
+
+def _finished_run(folder: Path) -> None:
+    """A deployed run's folder as a finished server leaves it (one round)."""
+    with RunStore.create(folder, config={"rounds": 1}) as store:
+        store.save_round(0, {"w": np.zeros(2)}, {"round": 0})
+        store.save_round(1, {"w": np.ones(2)}, {"round": 1})
+        store.set_status("finished")
+        history = store.history()
+    history.config = {"rounds": 1}
+    write_outputs(folder, history, plot=False)
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_a_run_folder_with_uri_characters_reads_as_it_is(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / name
+    _finished_run(folder)
+    assert run_status(folder, covey.History.load(folder)) == "finished"
+
+
+def test_runs_list_reads_every_odd_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ODD_NAMES:
+        _finished_run(tmp_path / name)
+    monkeypatch.setenv("COLUMNS", "250")
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert "unreadable" not in listed.output
+    assert listed.output.count("finished") == len(ODD_NAMES)
+
+
+def test_a_site_table_in_a_sqlite_file_under_a_hash_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "clinic #2"
+    folder.mkdir()
+    db = folder / "h.db"
+    with sqlite3.connect(db) as con:
+        pd.DataFrame({"age": [30, 40], "sex": ["F", "M"]}).to_sql("patients", con, index=False)
+    policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
+    site = Site({"patients": f"sqlite:///{db}"}, policy, name="clinic")
+    answer = query([site], "SELECT COUNT(*), SUM(age) FROM patients", secure=False)
+    assert answer.iloc[0]["COUNT(*)"] == 2
+    assert answer.iloc[0]["SUM(age)"] == pytest.approx(70)
+
+
+_READER = """
+import json, sys
+from pathlib import Path
+import covey
+from covey.cli._runs import run_status
+from covey.dashboard._runs import read_run
+from covey.server._store import RunStore
+
+folder = Path(sys.argv[1])
+out = {"status": run_status(folder, covey.History.load(folder))}
+out["dashboard"] = read_run("run", folder).status
+try:
+    RunStore.open(folder).close()
+    out["resume"] = "opened"
+except (OSError, ValueError) as exc:
+    out["resume"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> None:
+    """A finished run on a read-only share or in a colleague's folder: listed, not resumable.
+
+    Run as root, the reader is a child process of user ``nobody`` (root writes anywhere).
+    """
+    as_root = os.geteuid() == 0
+    become = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_root else []
+    if as_root and shutil.which("setpriv") is None:
+        pytest.skip("run as root without setpriv: no user to read the run as")
+    base = Path(tempfile.mkdtemp())
+    folder = base / "run"
+    try:
+        _finished_run(folder)
+        if as_root:
+            base.chmod(0o755)
+            for path in [folder, *folder.rglob("*")]:
+                os.chown(path, 65534, -1)
+        folder.chmod(0o555)
+        child = subprocess.run(
+            [*become, sys.executable, "-c", _READER, str(folder)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr
+        out = json.loads(child.stdout)
+        assert out["status"] == "finished"
+        assert out["dashboard"] == "finished"
+        assert out["resume"].startswith(f"OSError: cannot open {folder / 'run.sqlite'} to write")
+        assert sorted(p.name for p in folder.iterdir()) == ["history.json", "run.sqlite", "weights"]
+    finally:
+        if folder.exists():
+            folder.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_the_resume_command_of_a_spaced_folder_can_be_pasted(tmp_path: Path) -> None:
+    import shlex
+
+    from covey.deploy._cli_resume import resume_hint
+
+    run, certs = tmp_path / "my run ü", tmp_path / "fed #1"
+    hint = resume_hint(run, app="my_fed:server_app", certs=certs, rounds=5)
+    assert shlex.split(hint) == [
+        *("covey", "server", "--resume", str(run), "--app", "my_fed:server_app"),
+        *("--certs", str(certs), "--rounds", "5"),
+    ]
+    config = tmp_path / "fed settings.toml"
+    assert shlex.split(resume_hint(run, config=config))[3:] == [str(run), "--config", str(config)]
+    plain = resume_hint(Path("runs/study-1"), app="myfed:server_app", insecure=True)
+    assert plain == "covey server --resume runs/study-1 --app myfed:server_app --insecure"

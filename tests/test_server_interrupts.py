@@ -1,0 +1,82 @@
+"""A server interrupted at any moment once its run exists ends it marked, and lets go of it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import covey
+from covey.deploy._server import serve
+from covey.server._store import RunStore
+
+
+def test_ctrl_c_as_the_server_starts_listening_marks_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ports: list[int] = []
+
+    def interrupted(port: int) -> None:  # Ctrl-C as the console says it listens
+        ports.append(port)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        serve(
+            covey.FedAvg(fraction_evaluate=0.0),
+            2,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            on_listen=interrupted,
+        )
+    with RunStore.open(run_dir, exclusive=True) as store:  # let go of: it resumes
+        assert store.status == "failed"
+        assert store.events()[-1][2:] == ("stopped", "interrupted (SIGINT)")
+    with socket.create_server(("127.0.0.1", ports[0])):  # no longer listening there
+        pass
+
+
+def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
+    """``docker stop`` and ``systemctl stop`` send SIGTERM: the run ends marked, resumable."""
+    apps = Path(__file__).parent / "apps"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path])}
+    port_file, run = tmp_path / "port", tmp_path / "run"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and server.poll() is None:
+            assert time.monotonic() < deadline, "the server never listened"
+            time.sleep(0.05)
+        assert port_file.exists(), server.communicate(timeout=10)
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    assert server.returncode == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted (SIGTERM): the run in {run} is kept; continue it with "
+        f"`covey server --resume {run} --app tiny_app:server_app --insecure`"
+    )
+    with RunStore.open(run, exclusive=True) as store:
+        assert store.status == "failed"
+        assert store.events()[-1][2:] == ("stopped", "interrupted (SIGTERM)")
