@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,3 +30,19 @@ def test_saving_a_ledger_flushes_the_file_and_its_folder(
     assert any(s.startswith(str(tmp_path.resolve()) + os.sep) for s in synced)  # the content
     assert load_budget(path, 5.0, 1e-6).spent == budget.spent
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_ledger_file_that_lost_events_is_refused_not_under_counted(tmp_path: Path) -> None:
+    from covey.analytics._dp import event
+
+    path = tmp_path / "site.covey-budget.json"
+    budget = Budget(5.0, 1e-6, owner="the site")
+    budget.charge(event("laplace", 2.0, 1))
+    budget.charge(event("gaussian", 3.0, 2))
+    save_budget(budget, path)
+    assert load_budget(path, 5.0, 1e-6).spent == pytest.approx(budget.spent)
+    data = json.loads(path.read_text())
+    data["ledger"]["entries"] = data["ledger"]["entries"][:1]  # an event is lost
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="events are missing"):
+        load_budget(path, 5.0, 1e-6)
