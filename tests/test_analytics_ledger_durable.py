@@ -46,3 +46,10 @@ def test_a_ledger_file_that_lost_events_is_refused_not_under_counted(tmp_path: P
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="events are missing"):
         load_budget(path, 5.0, 1e-6)
+
+
+def test_a_ledger_in_a_missing_folder_is_refused_naming_the_folder(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "site.covey-budget.json"
+    with pytest.raises(OSError, match=r"folder .*nowhere does not exist") as info:
+        save_budget(Budget(5.0, 1e-6, owner="the site"), path)
+    assert ".tmp" not in str(info.value)

@@ -79,9 +79,13 @@ def save_budget(budget: Budget, path: Path) -> None:
     """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename).
 
     Raises:
-        OSError: The file cannot be written (a full disk), naming it; the old
-            ledger is kept.
+        OSError: The file cannot be written (a full disk, a missing folder), naming
+            it; the old ledger is kept.
     """
+    if not path.parent.is_dir():  # else the error would name the temporary file
+        raise FileNotFoundError(
+            f"cannot keep the ledger file {path}: the folder {path.parent} does not exist"
+        )
     atomic_write(path, json.dumps(budget.to_json(), indent=1), mode=0o600)
 
 
