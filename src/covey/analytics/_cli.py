@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -85,6 +87,9 @@ def default_ledger(tables: dict[str, str], name: str) -> Path:
     return source.parent / f"{name}.covey-budget.json"
 
 
+_REJOIN_PAUSE = 1.0  # seconds a site waits before joining the next query server
+
+
 def site_command(
     table: Annotated[
         list[str],
@@ -130,17 +135,39 @@ def site_command(
             tls = tls_from_certs(certs, name)
         elif not insecure:
             raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
-        while True:
-            result = connect(site, server, tls=tls, insecure=insecure, name=name or "")
-            errors.print(f"answered {result.tasks} task(s); server said: {escape(result.reason)}")
-            if once:
-                break
+        _serve_queries(
+            lambda: connect(site, server, tls=tls, insecure=insecure, name=name or ""), once
+        )
     except (OSError, ValueError, TypeError) as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # leave without gRPC's finalizers (see `covey client`)
+
+
+def _serve_queries(join: Callable[[], Any], once: bool) -> None:
+    """Join query servers one after another (only the first with ``once``).
+
+    A query server that is closing refuses a site that comes back at once (its
+    run is over); without ``once`` that is the end of one query, not of the site,
+    so the site waits a moment and joins the next query server.
+    """
+    from covey.transport.grpc import Refused
+    from covey.transport.grpc._refusal import RUN_OVER
+
+    while True:
+        try:
+            result = join()
+        except Refused as exc:
+            if once or RUN_OVER not in exc.cause:
+                raise
+            errors.print("the query server is closing; waiting for the next one")
+            time.sleep(_REJOIN_PAUSE)
+            continue
+        errors.print(f"answered {result.tasks} task(s); server said: {escape(result.reason)}")
+        if once:
+            return
 
 
 def _cell(value: Any) -> str:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from covey.analytics._dp import Budget
 from covey.core._files import atomic_write
 
+SPENT_TOLERANCE = 1e-6  # relative slack for the recorded total against the recomputed one
 MAX_LEDGER_BYTES = 64 << 20  # far more than any run-length encoded ledger of queries
 
 
@@ -31,7 +33,8 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
         A :class:`Budget` with the file's ledger and the limit ``epsilon``.
 
     Raises:
-        ValueError: The file is too large, not JSON, not a budget, or kept at another delta.
+        ValueError: The file is too large, not JSON, not a budget, kept at another delta,
+            or its events add up to less than the epsilon it records as spent.
     """
     if not path.exists():
         return Budget(epsilon, delta, owner="the site")
@@ -48,17 +51,41 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
             f"the ledger file {path} was kept at delta {kept.delta:g}, the policy says "
             f"{delta:g}: its epsilon would not be comparable; use another file"
         )
+    _check_spent(path, data, kept)
     kept.epsilon = epsilon  # today's policy sets the limit; what was spent stays spent
     return kept
+
+
+def _check_spent(path: Path, data: dict[str, Any], kept: Budget) -> None:
+    """Refuse a file whose events add up to less than the epsilon it says was spent.
+
+    The events are what counts; a recorded total above them means events were lost
+    (a hand edit, a bad merge), and going on from the events would under-count.
+    """
+    recorded = data.get("spent")
+    if recorded is None:
+        return
+    if isinstance(recorded, bool) or not isinstance(recorded, int | float):
+        raise ValueError(f"the ledger file {path} records spent {recorded!r}, not a number")
+    if recorded > kept.spent * (1 + SPENT_TOLERANCE) + SPENT_TOLERANCE:
+        raise ValueError(
+            f"the ledger file {path} records epsilon {recorded:.6g} spent, but its events "
+            f"add up to {kept.spent:.6g}: events are missing, so the site would under-count "
+            "its budget; restore the file from a copy"
+        )
 
 
 def save_budget(budget: Budget, path: Path) -> None:
     """Write ``budget`` to ``path`` atomically (temporary file, fsync, rename).
 
     Raises:
-        OSError: The file cannot be written (a full disk), naming it; the old
-            ledger is kept.
+        OSError: The file cannot be written (a full disk, a missing folder), naming
+            it; the old ledger is kept.
     """
+    if not path.parent.is_dir():  # else the error would name the temporary file
+        raise FileNotFoundError(
+            f"cannot keep the ledger file {path}: the folder {path.parent} does not exist"
+        )
     atomic_write(path, json.dumps(budget.to_json(), indent=1), mode=0o600)
 
 

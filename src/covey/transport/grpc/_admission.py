@@ -17,7 +17,7 @@ from typing import NoReturn
 import grpc
 
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
-from covey.transport.grpc._refusal import compatible, version_refusal
+from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
 from covey.transport.grpc._registry import Connection, Registry
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -110,6 +110,4 @@ class Admission:
 
     def run_over(self, context: grpc.ServicerContext, name: str) -> NoReturn:
         """Refuse a client that arrives when the run is over."""
-        self.refuse(
-            context, name, grpc.StatusCode.FAILED_PRECONDITION, "the run is over (server closing)"
-        )
+        self.refuse(context, name, grpc.StatusCode.FAILED_PRECONDITION, RUN_OVER)

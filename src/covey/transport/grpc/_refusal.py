@@ -17,6 +17,7 @@ import grpc
 
 __all__ = [
     "HANDSHAKE_STRIKES",
+    "RUN_OVER",
     "Refused",
     "RetryBudget",
     "compatible",
@@ -27,6 +28,9 @@ __all__ = [
 
 #: TLS handshakes the server closed in a row before a client takes it as a refusal.
 HANDSHAKE_STRIKES = 3
+
+#: What a server says to a client that arrives while it closes (its run is over).
+RUN_OVER = "the run is over (server closing)"
 
 #: The status codes a server uses for a refusal that retrying cannot change.
 _PERMANENT = {
