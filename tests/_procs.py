@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -39,3 +42,37 @@ class CoveyProcesses:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+def interrupt_tiny_server(tmp: Path, sig: signal.Signals) -> tuple[int, str, Path]:
+    """Start ``covey server`` of ``tests/apps/tiny_app``, send ``sig`` once it listens.
+
+    Returns its exit code, its standard error and its run folder.
+    """
+    apps = Path(__file__).parent / "apps"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path]), "COLUMNS": "250"}
+    port_file, run = tmp / "port", tmp / "run"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and server.poll() is None:
+            assert time.monotonic() < deadline, "the server never listened"
+            time.sleep(0.05)
+        assert port_file.exists(), server.communicate(timeout=10)
+        server.send_signal(sig)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    return server.returncode, err, run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,18 +25,23 @@ def _central(rnd: int, weights: covey.Weights) -> tuple[float, Metrics]:
     return 0.5, {"f1[/macro]": 0.25, "[bold]recall": 0.75}
 
 
-def test_a_metric_named_like_markup_is_shown_as_is_on_the_progress_bar(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    result = covey.simulate(
+def _with_progress(evaluate_fn: Any) -> Any:
+    """One round of two clients through ``simulate(progress=True)``, judged by ``evaluate_fn``."""
+    return covey.simulate(
         client_fn=lambda cid: _Step(),
         num_clients=2,
         rounds=1,
         strategy=covey.FedAvg(fraction_evaluate=0.0),
         initial_weights={"w": np.zeros(2)},
-        evaluate_fn=_central,
+        evaluate_fn=evaluate_fn,
         progress=True,
     )
+
+
+def test_a_metric_named_like_markup_is_shown_as_is_on_the_progress_bar(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = _with_progress(_central)
     assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
     out = capsys.readouterr().out
     assert "f1[/macro] 0.2500" in out
@@ -154,15 +160,7 @@ def test_the_progress_bar_never_fails_a_run_on_an_ascii_stdout(
 
     stdout = _ascii_stream()
     monkeypatch.setattr("sys.stdout", stdout)
-    result = covey.simulate(
-        client_fn=lambda cid: _Step(),
-        num_clients=2,
-        rounds=1,
-        strategy=covey.FedAvg(fraction_evaluate=0.0),
-        initial_weights={"w": np.zeros(2)},
-        evaluate_fn=central,
-        progress=True,
-    )
+    result = _with_progress(central)
     assert result.history.metric("précision")[-1] == (1, 0.25)
     assert b"pr\\xe9cision 0.2500" in _written(stdout)
 

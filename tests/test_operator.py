@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import covey
 import covey.deploy
+from _procs import interrupt_tiny_server
 from covey.cli import app
 from covey.deploy._revoked import RevocationList
 from covey.deploy.certs import init_federation, issue_client, revoke
@@ -184,36 +185,8 @@ def test_clients_are_told_why_a_failed_run_stopped(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_on_the_server_says_how_to_resume(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
-    }
-    env["COLUMNS"] = "250"
-    port_file, run = tmp_path / "port", tmp_path / "run"
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
-            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
-            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for _ in range(600):  # the server writes its port once it listens
-            if port_file.exists() or server.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert port_file.exists(), server.communicate(timeout=10)
-        server.send_signal(signal.SIGINT)
-        _, err = server.communicate(timeout=60)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
-    assert server.returncode == 130, err
+    code, err, run = interrupt_tiny_server(tmp_path, signal.SIGINT)
+    assert code == 130, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         f"interrupted: the run in {run} is kept; continue it with "

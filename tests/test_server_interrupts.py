@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import covey
+from _procs import interrupt_tiny_server
 from covey.deploy._server import serve
 from covey.server._store import RunStore
 
@@ -45,33 +42,8 @@ def test_ctrl_c_as_the_server_starts_listening_marks_the_run(tmp_path: Path) -> 
 
 def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
     """``docker stop`` and ``systemctl stop`` send SIGTERM: the run ends marked, resumable."""
-    apps = Path(__file__).parent / "apps"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path])}
-    port_file, run = tmp_path / "port", tmp_path / "run"
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "covey", "server", "--app", "tiny_app:server_app"),
-            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
-            *("--run-dir", str(run), "--wait-timeout", "60", "--no-plot"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists() and server.poll() is None:
-            assert time.monotonic() < deadline, "the server never listened"
-            time.sleep(0.05)
-        assert port_file.exists(), server.communicate(timeout=10)
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=60)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
-    assert server.returncode == 143, err
+    code, err, run = interrupt_tiny_server(tmp_path, signal.SIGTERM)
+    assert code == 143, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         f"interrupted (SIGTERM): the run in {run} is kept; continue it with "
