@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 class CoveyProcesses:
@@ -76,3 +78,21 @@ def interrupt_tiny_server(tmp: Path, sig: signal.Signals) -> tuple[int, str, Pat
             server.kill()
             server.wait(10)
     return server.returncode, err, run
+
+
+def python_json(code: str, *args: str) -> Any:
+    """Run ``python -c code args`` with this test's imports and return the JSON it prints.
+
+    For what a test must not do in its own process (lower a resource limit, read
+    a folder as a child would). A failing child fails the test with its stderr.
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    return json.loads(child.stdout)

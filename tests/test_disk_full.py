@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import errno
-import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from covey.server._store import RunStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
+from _procs import python_json
 
 
 class Plus(covey.Client):
@@ -203,16 +202,7 @@ print(json.dumps(said))
 
 def test_a_file_size_limit_is_an_error_naming_the_file(tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    child = subprocess.run(
-        [sys.executable, "-c", _LIMITED, str(folder)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr
-    said = json.loads(child.stdout)
+    said = python_json(_LIMITED, str(folder))
     # SQLite says "database or disk is full" or "disk I/O error", as the write failed.
     assert said["create"].startswith(f"OSError: cannot create {folder / 'run.sqlite'}: ")
     assert said["save"].startswith(
@@ -250,16 +240,7 @@ print(json.dumps(said))
 
 def test_a_federation_that_does_not_fit_is_not_half_written(tmp_path: Path) -> None:
     fresh, old = tmp_path / "fresh", tmp_path / "old"
-    child = subprocess.run(
-        [sys.executable, "-c", _CERTS, str(fresh), str(old)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr
-    said = json.loads(child.stdout)
+    said = python_json(_CERTS, str(fresh), str(old))
     assert said["fresh"] == f"[Errno 27] File too large; nothing was written: '{fresh}'"
     assert said["overwrite"].endswith(f"nothing was written: '{old}'")
     assert said["fresh_files"] == [".covey-certs.lock", "clients"]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from _procs import python_json
 
 _POOL = """
 import json, multiprocessing, os, resource
@@ -29,16 +26,7 @@ print(json.dumps(said))
 
 
 def test_too_few_open_files_for_the_workers_is_named_and_stops_them() -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", _POOL],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr
-    said = json.loads(child.stdout)
+    said = python_json(_POOL)
     assert said["error"].startswith("[Errno 24] cannot start worker ")
     assert "of num_workers=40: Too many open files; this process may open " in said["error"]
     assert said["children"] == 0

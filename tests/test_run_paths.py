@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 import covey
+from _procs import python_json
 from covey.analytics import Policy, Site, query
 from covey.cli import app
 from covey.cli._runs import run_status
@@ -102,16 +101,7 @@ def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> 
             mounted = _read_only_mount(folder)
         else:
             folder.chmod(0o555)
-        child = subprocess.run(
-            [sys.executable, "-c", _READER, str(folder)],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert child.returncode == 0, child.stderr
-        out = json.loads(child.stdout)
+        out = python_json(_READER, str(folder))
         assert out["status"] == "finished"
         assert out["dashboard"] == "finished"
         assert out["resume"].startswith(f"OSError: cannot open {folder / 'run.sqlite'} to write")
