@@ -141,19 +141,24 @@ def dirichlet(
     class_members = np.split(by_class, np.cumsum(class_sizes)[:-1])
     concentration = np.full(num_clients, alpha_value)
     rng = np.random.default_rng(seed)
+    clients = np.arange(num_clients)
+    client_of = np.empty(n, dtype=np.intp)
 
+    # Memory is O(n + num_clients) per draw: each example gets its client's number, and the
+    # client arrays are cut once at the end (not one piece per class and client).
     for _ in range(max_retries):
-        pieces: list[list[npt.NDArray[np.intp]]] = [[] for _ in range(num_clients)]
+        sizes = np.zeros(num_clients, dtype=np.int64)
         for members in class_members:
             shuffled = rng.permutation(members)
             proportions = rng.dirichlet(concentration)
             cuts = np.rint(np.cumsum(proportions)[:-1] * len(shuffled)).astype(np.intp)
             cuts = np.clip(cuts, 0, len(shuffled))
-            for client, piece in enumerate(np.split(shuffled, cuts)):
-                pieces[client].append(piece)
-        parts = [np.concatenate(p) if p else np.empty(0, dtype=np.intp) for p in pieces]
-        if min(len(part) for part in parts) >= min_size:
-            return _finish(parts)
+            counts = np.diff(cuts, prepend=0, append=len(shuffled))
+            client_of[shuffled] = np.repeat(clients, counts)
+            sizes += counts
+        if sizes.min() >= min_size:
+            order = np.argsort(client_of, kind="stable")
+            return _finish(np.split(order, np.cumsum(sizes)[:-1]))
 
     raise ValueError(
         f"dirichlet: no draw gave every one of num_clients={num_clients} clients at least "
