@@ -137,6 +137,18 @@ def test_dirichlet_large_alpha_is_near_iid() -> None:
     assert np.all(np.abs(sizes - len(LABELS) / 5) < 0.05 * len(LABELS) / 5)
 
 
+@pytest.mark.parametrize("alpha", [1e100, 1e300, 1.7e308])
+def test_dirichlet_huge_alpha_is_near_iid(alpha: float) -> None:
+    # 1.7e308 once overflowed the gamma sum and gave every example to the last client.
+    parts = dirichlet(LABELS, 10, alpha, seed=0)
+    assert_partition(parts, len(LABELS), 10)
+    for part in parts:
+        assert abs(len(part) - len(LABELS) / 10) <= 10  # at most one off in each class
+        np.testing.assert_allclose(
+            np.bincount(LABELS[part], minlength=10), np.bincount(LABELS) / 10, atol=1
+        )
+
+
 @pytest.mark.parametrize("min_size", [0, 1, 20, 60])
 def test_dirichlet_honors_min_size(min_size: int) -> None:
     parts = dirichlet(LABELS, 10, 0.3, seed=0, min_size=min_size, max_retries=1000)

@@ -18,6 +18,11 @@ __all__ = ["dirichlet", "iid", "natural", "shards"]
 
 IndexArray = npt.NDArray[np.int64]
 
+# Dir(alpha) draws the same proportions to float64 precision for every alpha beyond ~1e32;
+# much larger values overflow the sum of the gamma draws inside ``Generator.dirichlet``
+# (every proportion 0, so every example went to the last client).
+_MAX_ALPHA = 1e100
+
 
 def _as_int(name: str, value: object, minimum: int) -> int:
     """Return ``value`` as an ``int`` >= ``minimum`` or raise a clear error."""
@@ -94,8 +99,8 @@ def dirichlet(
     For every class, client proportions are drawn from ``Dir(alpha, ..., alpha)`` and the
     class's shuffled indices are cut into consecutive pieces of those proportions. Small
     ``alpha`` (e.g. 0.1) gives each client few classes; large ``alpha`` (e.g. 100) approaches
-    an IID split. The whole draw is repeated until every client holds at least ``min_size``
-    examples.
+    an IID split (any ``alpha`` above 1e100 draws as 1e100, which is IID up to rounding). The
+    whole draw is repeated until every client holds at least ``min_size`` examples.
 
     Args:
         labels: 1-D array of class labels, one per example (any sortable dtype).
@@ -139,7 +144,7 @@ def dirichlet(
     by_class = np.argsort(class_of, kind="stable")
     class_sizes = np.bincount(class_of)
     class_members = np.split(by_class, np.cumsum(class_sizes)[:-1])
-    concentration = np.full(num_clients, alpha_value)
+    concentration = np.full(num_clients, min(alpha_value, _MAX_ALPHA))
     rng = np.random.default_rng(seed)
     clients = np.arange(num_clients)
     client_of = np.empty(n, dtype=np.intp)
