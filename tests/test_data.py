@@ -283,6 +283,25 @@ def test_natural_accepts_strings_and_lists() -> None:
             r"6 \* 2 = 12 shards is more than the 10 examples",
         ),
         (lambda: natural(np.zeros((2, 2))), ValueError, r"ids must be a 1-D array"),
+        (lambda: iid(1000.0, 2), TypeError, r"n_or_labels must be an integer or a 1-D array"),
+        (lambda: iid(10, 2, seed=-1), ValueError, r"seed must be a non-negative integer, got"),
+        (lambda: dirichlet(LABELS, 2, 1.0, seed=1.5), TypeError, r"seed must be a non-neg"),  # type: ignore[arg-type]
+        (lambda: shards(LABELS, 2, seed="a"), TypeError, r"seed must be a non-negative"),  # type: ignore[arg-type]
+        (
+            lambda: dirichlet(np.array([1, "a"] * 5, dtype=object), 2, 1.0),
+            TypeError,
+            r"labels must hold values of one sortable type, got int, str mixed",
+        ),
+        (
+            lambda: shards(np.array([None, 1] * 5, dtype=object), 2),
+            TypeError,
+            r"labels must hold values of one sortable type, got NoneType, int mixed",
+        ),
+        (
+            lambda: natural(np.array(["x", 2.5], dtype=object)),
+            TypeError,
+            r"ids must hold values of one sortable type, got float, str mixed",
+        ),
     ],
 )
 def test_bad_input_raises_clear_errors(
