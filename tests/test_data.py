@@ -499,6 +499,18 @@ def test_dataset_client(digits: Dataset) -> None:
     assert x_empty.shape == (0, 64)
 
 
+@pytest.mark.parametrize("indices", [[0.9], np.array([1.5, 2.0]), ["1", "2"], [np.nan]])
+def test_dataset_client_refuses_indices_that_are_not_integers(
+    digits: Dataset, indices: object
+) -> None:
+    # [0.9] used to give row 0 and ["1", "2"] rows 1 and 2, silently.
+    with pytest.raises(TypeError, match=r"indices must be integers or a boolean mask, got"):
+        digits.client(indices)  # type: ignore[arg-type]
+    for whole in (np.array([3.0, 1.0]), np.array([3, 1], dtype=object)):
+        x, _ = digits.client(whole)
+        np.testing.assert_array_equal(x, digits.x_train[[3, 1]])
+
+
 def test_dataset_is_frozen_and_read_only(digits: Dataset) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         digits.name = "other"  # type: ignore[misc]

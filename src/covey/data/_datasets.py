@@ -66,12 +66,22 @@ class Dataset:
 
         Args:
             indices: Indices into the training set, e.g. one entry of a partitioner's result,
-                or a boolean mask over it.
+                or a boolean mask over it. Floats are taken only if they are whole numbers.
 
         Returns:
             ``(x_train[indices], y_train[indices])``.
         """
         index = np.asarray(indices)
+        if index.dtype.kind == "O":  # e.g. Python ints in an object array
+            index = np.asarray(index.tolist())
+        if index.dtype.kind == "f" and np.all(np.isfinite(index) & (index == np.round(index))):
+            index = index.astype(np.int64)  # e.g. [] or [1.0, 2.0]
+        elif index.dtype.kind not in "biu":
+            shown = index.reshape(-1)[:3].tolist()
+            raise TypeError(
+                f"indices must be integers or a boolean mask, got {index.dtype} values "
+                f"such as {shown}"
+            )
         if index.dtype != np.bool_:
             index = index.astype(np.int64, copy=False)
         return self.x_train[index], self.y_train[index]
