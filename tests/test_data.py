@@ -484,6 +484,10 @@ def test_test_fraction() -> None:
     for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="test_fraction must be strictly between 0 and 1"):
             load_digits(test_fraction=bad)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer, got int -1"):
+        load_digits(seed=-1)
+    with pytest.raises(TypeError, match=r"seed must be a non-negative integer, got str"):
+        load_breast_cancer(seed="0")  # type: ignore[arg-type]
 
 
 def test_dataset_client(digits: Dataset) -> None:

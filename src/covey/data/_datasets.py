@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from covey.data._partition import _rng
+
 __all__ = ["Dataset", "load_breast_cancer", "load_digits"]
 
 FloatArray = npt.NDArray[np.float64]
@@ -103,7 +105,7 @@ def _split(
     y: LabelArray, test_fraction: float, seed: int
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Return shuffled train and test indices, stratified by label."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     is_test = np.zeros(len(y), dtype=bool)
     for label in np.unique(y):
         members = np.flatnonzero(y == label)
