@@ -11,8 +11,11 @@ import pytest
 
 import covey
 import covey.core._history as history_module
+from _live import Joined, Served
 from covey.core._history import History, RoundRecord
+from covey.deploy import serve
 from covey.server._outputs import RunOutputs
+from covey.server._store import RunStore
 
 
 class _Adder(covey.Client):
@@ -65,3 +68,29 @@ def test_run_outputs_serialize_each_round_a_bounded_number_of_times(
             assert (tmp_path / History.FILE_NAME).read_text() == history.to_json()
     assert calls[0] <= 3 * 200, calls[0]
     assert (tmp_path / History.FILE_NAME).read_text() == history.to_json()
+
+
+def test_a_served_run_keeps_the_weights_of_its_last_rounds_only(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    for rounds, resume in ((6, False), (9, True)):
+        served = Served(strategy, rounds, run_dir=run, resume=resume, keep_last=2, plot=False)
+        client = Joined(served.port)
+        result = served.join(120)
+        client.join(60)
+        assert result.history.rounds[-1].round == rounds
+        # one file per round would be rounds + 1 files; the run keeps two
+        assert sorted(p.name for p in (run / "weights").iterdir()) == [
+            f"round-{rounds - 1:05d}.safetensors",
+            f"round-{rounds:05d}.safetensors",
+        ]
+        with RunStore.open(run) as store:
+            assert len(store.rounds()) == rounds + 1  # every round's record stays
+            np.testing.assert_array_equal(store.load_round(rounds)[0]["w"], result.weights["w"])
+
+
+def test_keep_last_must_be_a_whole_number_above_0() -> None:
+    bad: Any
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="keep_last"):
+            serve(covey.FedAvg(), 1, {"w": np.zeros(1)}, insecure=True, keep_last=bad)
