@@ -15,7 +15,7 @@ import numpy as np
 
 from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
-from covey.core._history import History, RoundRecord
+from covey.core._history import History, HistoryFile, RoundRecord
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
@@ -407,13 +407,14 @@ def simulate(
             raise
 
         loop: Loop
+        history_file = None if history_path is None else HistoryFile(history_path)
 
         def round_done(record: RoundRecord) -> None:
             _count_bytes(counter, record)
             if clocked is not None and clocked.rounds and clocked.rounds[-1][0] == record.round:
                 record.aggregate_info["clock"] = clocked.now  # simulated seconds, as FedBuff's
-            if history_path is not None:
-                loop.history.save(history_path)
+            if history_file is not None:
+                history_file.write(loop.history)
             for callback in callbacks:
                 callback(record)
 
