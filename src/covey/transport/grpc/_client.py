@@ -13,6 +13,7 @@ import contextlib
 import logging
 import mmap
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -326,6 +327,9 @@ def connect(
         tls: Certificates for mutual TLS (the default for real deployments).
         insecure: Connect without TLS; only for local experiments.
         name: The client's name on an insecure server (with TLS the certificate names it).
+            Without one, the client picks ``anonymous-`` and 8 random hex digits,
+            kept across its reconnections, so the server sees one client
+            rather than a new one per connection.
         properties: Facts the server may select clients by (``Strategy(where=...)``),
             merged over ``client.properties()``; the server reads them when it asks.
         spec: The model's layout; tasks announcing more bytes than the model (and
@@ -354,6 +358,8 @@ def connect(
     if tls is not None and insecure:
         raise ValueError("give tls= or insecure=True, not both")
     check_address(address, listen=False)
+    if tls is None and not name:
+        name = f"anonymous-{secrets.token_hex(4)}"
     props = dict(client.properties()) if hasattr(client, "properties") else {}
     props.update(properties or {})
     if properties:
