@@ -392,12 +392,34 @@ def connect(
             raise ConnectionError(
                 f"could not stay connected to {address} after {budget.failures} attempt(s): {error}"
             )
-        logger.warning("connection to %s lost (%s); retrying in %.1f s", address, error, delay)
+        _log_retry(budget.failures, address, error, delay)
         stop.wait(delay)
     return result
 
 
 _CLOSED = "handshake closed: "
+
+
+def _log_retry(failures: int, address: str, error: str, delay: float) -> None:
+    """Log a lost connection: each of the first 5 failures in a row, then the 8th, 16th, 32nd...
+
+    A client (or an analytics site) left waiting for a server retries every
+    ``max_backoff`` seconds for as long as it waits; the others go to DEBUG.
+    """
+    loud = failures <= 5 or failures & (failures - 1) == 0
+    level = logging.WARNING if loud else logging.DEBUG
+    if failures == 1:
+        logger.log(level, "connection to %s lost (%s); retrying in %.1f s", address, error, delay)
+        return
+    logger.log(
+        level,
+        "connection to %s lost (%s); retrying in %.1f s (%d failed attempts in a row%s)",
+        address,
+        error,
+        delay,
+        failures,
+        "" if failures < 5 else "; logged again at the next power of two",
+    )
 
 
 def _idle(running: threading.Thread | None, stop: threading.Event, budget: RetryBudget) -> bool:
