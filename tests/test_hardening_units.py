@@ -263,6 +263,32 @@ def test_retries_stop_after_the_budget() -> None:
     assert all(0.0 < (budget.next_delay() or 0) <= 4.0 for _ in range(40))
 
 
+class _NoProperties(covey.Client):
+    def properties(self) -> dict[str, Any]:  # pragma: no cover - must not be asked
+        raise AssertionError("connect() asked the client before checking its settings")
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"backoff": -1.0}, "backoff must be a number of seconds above 0"),
+        ({"backoff": float("nan")}, "backoff must be"),
+        ({"max_backoff": 0}, "max_backoff must be"),
+        ({"retry_for": float("nan")}, "retry_for must be a number of seconds 0 or more"),
+        ({"max_attempts": 0}, "max_attempts must be None or an int >= 1"),
+        ({"heartbeat": 0}, "heartbeat must be a number of seconds above 0"),
+        ({"max_task_bytes": 0}, "max_task_bytes must be an int >= 1"),
+    ],
+)
+def test_connect_refuses_settings_that_would_retry_in_a_tight_loop_or_never_stop(
+    setting: dict[str, Any], named: str
+) -> None:
+    # A negative backoff gave negative delays (reconnecting at full speed for ten
+    # minutes); a NaN retry_for never gave up. Refused before anything is dialled.
+    with pytest.raises(ValueError, match=named):
+        covey.connect(_NoProperties(), "127.0.0.1:1", insecure=True, **setting)
+
+
 class _Status(grpc.RpcError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         self._code, self._details = code, details

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import mmap
 import queue
 import threading
@@ -348,20 +349,28 @@ def connect(
         Refused: the server refused this client for good (the message names the cause).
         ConnectionError: the server stayed unreachable past ``max_attempts`` or ``retry_for``.
         covey.transport.grpc.AddressError: ``address`` is not ``host:port``.
+        ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
+            of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
     """
     if tls is None and not insecure:
         raise ValueError("connect() needs tls=ClientTLS(...) or insecure=True")
     if tls is not None and insecure:
         raise ValueError("give tls= or insecure=True, not both")
     check_address(address, listen=False)
+    if (
+        isinstance(heartbeat, bool)
+        or not isinstance(heartbeat, int | float)
+        or not (math.isfinite(heartbeat) and heartbeat > 0)
+    ):
+        raise ValueError(f"heartbeat must be a number of seconds above 0, got {heartbeat!r}")
+    limits = TaskLimits.of(spec, max_task_bytes)
+    budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
     props = dict(client.properties()) if hasattr(client, "properties") else {}
     props.update(properties or {})
     if properties:
         client = WithProperties(client, dict(properties))
-    limits = TaskLimits.of(spec, max_task_bytes)
     stop = stop or threading.Event()
     result = ConnectResult()
-    budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
     options = grpc_options()
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
