@@ -15,6 +15,7 @@ from typing import Any, Final
 from covey.aggregate import Contribution, Step
 from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
+from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._resume import resume_point
@@ -140,6 +141,7 @@ def serve(
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
+    rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
     _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
     opened = _reopen(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)

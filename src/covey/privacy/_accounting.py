@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from covey.core._messages import plain
+
 if TYPE_CHECKING:
     import dp_accounting as dpa
 else:
@@ -257,6 +259,7 @@ def epsilon(
         Gaussian Mechanism", 2019; Doroshenko et al., "Connect the Dots: Tighter
         Discrete Approximations of Privacy Loss Distributions", PETS 2022.
     """
+    rounds = plain(rounds)
     _check(noise_multiplier, sampling_rate, rounds, delta)
     if rounds == 0:
         return 0.0
@@ -292,6 +295,7 @@ def calibrate(
     """
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise ValueError(f"target_epsilon must be a positive number, got {target_epsilon!r}")
+    rounds = plain(rounds)
     _check(1.0, sampling_rate, rounds, delta)
     if rounds < 1:
         raise ValueError("calibrate() needs rounds >= 1")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.core._messages import plain
 from covey.privacy._central import PrivacyHook, _check
 from covey.privacy._step import Mechanism, Shared, dp_step
 from covey.strategies._strategy import Strategy
@@ -86,6 +87,7 @@ def dp_ftrl(
             "once per tree; a strategy with its own fit exchange (such as secure "
             "aggregation's) hides them"
         )
+    tree_rounds = plain(tree_rounds)
     if isinstance(tree_rounds, bool) or not isinstance(tree_rounds, int) or tree_rounds < 1:
         raise ValueError(f"tree_rounds must be a positive int, got {tree_rounds!r}")
     mech = Mechanism(

@@ -32,7 +32,7 @@ from covey.aggregate import (
     weighted_mean,
 )
 from covey.aggregate._clip import polynomial_staleness
-from covey.core._messages import Config
+from covey.core._messages import Config, plain
 from covey.strategies._checks import name_of
 from covey.strategies._names import not_a_class
 from covey.strategies._strategy import Strategy, StrategyOptions, _no_config, preset
@@ -313,6 +313,7 @@ def FedBuff(
         Nguyen et al., "Federated Learning with Buffered Asynchronous
         Aggregation", AISTATS 2022.
     """
+    concurrency = plain(concurrency)
     if concurrency is not None and (
         isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
     ):
