@@ -354,7 +354,16 @@ class Ledger:
             raise ValueError(f"unknown accountant {self.accountant!r}; choose 'rdp' or 'pld'")
 
     def add(self, event: dpa.DpEvent, count: int = 1) -> Ledger:
-        """A ledger with ``event`` appended ``count`` times."""
+        """A ledger with ``event`` appended ``count`` times.
+
+        Raises:
+            ValueError: if ``count`` is not a positive int (a count of 0 or less would
+                make a ledger that reads back as damaged, or take spent budget away).
+            TypeError: if ``event`` is of a kind a ledger cannot record.
+        """
+        count = plain(count)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"a privacy ledger count must be a positive int, got {count!r}")
         data = event_to_json(event)
         if self.entries and self.entries[-1][0] == data:
             last, n = self.entries[-1]
