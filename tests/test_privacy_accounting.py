@@ -147,3 +147,12 @@ def test_a_ledger_refuses_a_count_that_is_no_positive_int(count: object) -> None
     ledger = Ledger().add(dpa.GaussianDpEvent(1.0), 3)
     with pytest.raises(ValueError, match="count must be a positive int"):
         ledger.add(dpa.GaussianDpEvent(1.0), count)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sensitivity", [0.0, float("inf"), float("nan")])
+def test_analytic_gaussian_refuses_a_sensitivity_that_is_no_finite_positive_number(
+    sensitivity: float,
+) -> None:
+    # An infinite sensitivity ended in SciPy's "the function value at x=inf is NaN".
+    with pytest.raises(ValueError, match="sensitivity must be a finite number > 0"):
+        analytic_gaussian_sigma(1.0, 1e-5, sensitivity)
