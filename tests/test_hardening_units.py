@@ -319,3 +319,25 @@ def test_permanent_refusals_are_told_from_outages(
     else:
         assert found is not None
         assert cause in found
+
+
+def test_connect_counts_the_sessions_the_server_welcomed_not_failed_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two refused connection attempts, then a session that ends with the goodbye:
+    # ConnectResult.sessions said 3 ("how many times it connected"); it connected once.
+    from covey.transport.grpc import _client
+
+    outcomes = iter([(False, "connection refused"), (False, "connection refused"), (True, None)])
+
+    def fake_session(session: Any, channel: Any, result: Any, stop: Any) -> str | None:
+        welcomed, error = next(outcomes)
+        session.welcomed = welcomed
+        return error
+
+    monkeypatch.setattr(_client, "open_channel", lambda *args: None)
+    monkeypatch.setattr(_client, "_session", fake_session)
+    result = covey.connect(
+        covey.Client(), "127.0.0.1:1", insecure=True, backoff=0.001, max_backoff=0.001
+    )
+    assert result.sessions == 1

@@ -68,8 +68,10 @@ class ConnectResult:
     Attributes:
         reason: The server's goodbye message.
         tasks: How many tasks this client performed.
-        sessions: How many times it connected.
+        sessions: How many times it connected (the server welcomed it); failed
+            connection attempts do not count.
         cid: The id the server gave it.
+        kinds: How many tasks of each kind (``"fit"``, ``"evaluate"``, ...) it performed.
     """
 
     reason: str = ""
@@ -357,12 +359,7 @@ def connect(
     if tls is not None and insecure:
         raise ValueError("give tls= or insecure=True, not both")
     check_address(address, listen=False)
-    if (
-        isinstance(heartbeat, bool)
-        or not isinstance(heartbeat, int | float)
-        or not (math.isfinite(heartbeat) and heartbeat > 0)
-    ):
-        raise ValueError(f"heartbeat must be a number of seconds above 0, got {heartbeat!r}")
+    _check_heartbeat(heartbeat)
     limits = TaskLimits.of(spec, max_task_bytes)
     budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
     props = dict(client.properties()) if hasattr(client, "properties") else {}
@@ -378,8 +375,9 @@ def connect(
     running: threading.Thread | None = None  # the last session's task thread
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits)
-        result.sessions += 1
         error = _session(session, open_channel(address, tls, options), result, stop)
+        if session.welcomed:  # a connection attempt that failed is no session
+            result.sessions += 1
         if error is None:
             return result
         running = session.worker
@@ -401,6 +399,16 @@ def connect(
 
 
 _CLOSED = "handshake closed: "
+
+
+def _check_heartbeat(heartbeat: float) -> None:
+    """Refuse a heartbeat interval that is no number of seconds above 0."""
+    if (
+        isinstance(heartbeat, bool)
+        or not isinstance(heartbeat, int | float)
+        or not (math.isfinite(heartbeat) and heartbeat > 0)
+    ):
+        raise ValueError(f"heartbeat must be a number of seconds above 0, got {heartbeat!r}")
 
 
 def _idle(running: threading.Thread | None, stop: threading.Event, budget: RetryBudget) -> bool:
