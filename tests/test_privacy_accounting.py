@@ -156,3 +156,9 @@ def test_analytic_gaussian_refuses_a_sensitivity_that_is_no_finite_positive_numb
     # An infinite sensitivity ended in SciPy's "the function value at x=inf is NaN".
     with pytest.raises(ValueError, match="sensitivity must be a finite number > 0"):
         analytic_gaussian_sigma(1.0, 1e-5, sensitivity)
+
+
+def test_epsilon_refuses_a_misspelt_accountant_even_for_zero_rounds() -> None:
+    # rounds=0 answered 0.0 before the accountant was looked at, so "pdl" passed.
+    with pytest.raises(ValueError, match="unknown accountant 'pdl'"):
+        privacy.epsilon(1.0, 0.1, 0, 1e-5, accountant="pdl")  # type: ignore[arg-type]

@@ -261,6 +261,8 @@ def epsilon(
     """
     rounds = plain(rounds)
     _check(noise_multiplier, sampling_rate, rounds, delta)
+    if accountant not in ("rdp", "pld"):  # refused even when there is nothing to account
+        raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
     if rounds == 0:
         return 0.0
     event = dpa.SelfComposedDpEvent(round_event(noise_multiplier, sampling_rate), rounds)
