@@ -94,9 +94,15 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
     References:
         Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
     """
-    mu = float(proximal_mu)
-    if not mu >= 0.0 or mu == float("inf"):
+    mu = plain(proximal_mu)
+    if (
+        isinstance(mu, bool)
+        or not isinstance(mu, int | float)
+        or not mu >= 0.0
+        or mu == float("inf")
+    ):
         raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}")
+    mu = float(mu)
     user = options.pop("on_fit_config", _no_config)
 
     def on_fit_config(round: int) -> Config:
