@@ -387,3 +387,13 @@ def test_random_helpers_are_reproducible() -> None:
     assert a["count"].dtype.kind == "i"
     cs = random_contributions(a, 4, np.random.default_rng(0), form="delta")
     assert all(c.delta is not None and "scaffold_delta_c" in c.extras for c in cs)
+
+
+def test_random_contributions_names_its_forms_and_refuses_others() -> None:
+    # A misspelt form ("deltas") silently gave contributions that send weights.
+    rng = np.random.default_rng(0)
+    params = random_params(rng)
+    assert all(c.delta is not None for c in random_contributions(params, 3, rng, form="delta"))
+    assert all(c.weights is not None for c in random_contributions(params, 3, rng, form="weights"))
+    with pytest.raises(ValueError, match="form must be 'mixed', 'delta' or 'weights'"):
+        random_contributions(params, 3, rng, form="deltas")

@@ -279,3 +279,13 @@ def test_a_sites_database_reads_no_file_even_past_the_sql_checks(tmp_path: Path)
             con.execute(sql)
     assert not (tmp_path / "leak.csv").exists()
     assert query([site], "SELECT COUNT(*) FROM patients", secure=False).iloc[0, 0] == 30
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), "60"])
+def test_a_timeout_that_waits_for_nothing_is_refused_before_any_site_answers(
+    timeout: object,
+) -> None:
+    # It used to reach every site, drop each answer as late and say "no site answers".
+    site = Site({"patients": _frame(50)}, POLICY)
+    with pytest.raises(ValueError, match="timeout must be None or a positive number"):
+        query([site], "SELECT COUNT(*) FROM patients", secure=False, timeout=timeout)  # type: ignore[arg-type]

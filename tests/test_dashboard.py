@@ -287,3 +287,14 @@ def test_a_database_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x" / "run.sqlite").write_bytes(b"garbage" * 100)
     with pytest.raises(RunReadError, match="run database"):
         read_run("x", tmp_path / "x")
+
+
+def test_read_run_refuses_a_folder_that_is_no_run_and_takes_a_str(tmp_path: Path) -> None:
+    # It gave an empty "simulated" run for a missing or empty folder, and a str path
+    # failed with "unsupported operand type(s) for /".
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(RunReadError, match="is not a run folder"):
+            read_run("x", folder)
+    _simulate(tmp_path / "run")
+    assert read_run("run", str(tmp_path / "run")).rounds

@@ -263,6 +263,32 @@ def test_retries_stop_after_the_budget() -> None:
     assert all(0.0 < (budget.next_delay() or 0) <= 4.0 for _ in range(40))
 
 
+class _NoProperties(covey.Client):
+    def properties(self) -> dict[str, Any]:  # pragma: no cover - must not be asked
+        raise AssertionError("connect() asked the client before checking its settings")
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"backoff": -1.0}, "backoff must be a number of seconds above 0"),
+        ({"backoff": float("nan")}, "backoff must be"),
+        ({"max_backoff": 0}, "max_backoff must be"),
+        ({"retry_for": float("nan")}, "retry_for must be a number of seconds 0 or more"),
+        ({"max_attempts": 0}, "max_attempts must be None or an int >= 1"),
+        ({"heartbeat": 0}, "heartbeat must be a number of seconds above 0"),
+        ({"max_task_bytes": 0}, "max_task_bytes must be an int >= 1"),
+    ],
+)
+def test_connect_refuses_settings_that_would_retry_in_a_tight_loop_or_never_stop(
+    setting: dict[str, Any], named: str
+) -> None:
+    # A negative backoff gave negative delays (reconnecting at full speed for ten
+    # minutes); a NaN retry_for never gave up. Refused before anything is dialled.
+    with pytest.raises(ValueError, match=named):
+        covey.connect(_NoProperties(), "127.0.0.1:1", insecure=True, **setting)
+
+
 class _Status(grpc.RpcError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         self._code, self._details = code, details
@@ -293,3 +319,25 @@ def test_permanent_refusals_are_told_from_outages(
     else:
         assert found is not None
         assert cause in found
+
+
+def test_connect_counts_the_sessions_the_server_welcomed_not_failed_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two refused connection attempts, then a session that ends with the goodbye:
+    # ConnectResult.sessions said 3 ("how many times it connected"); it connected once.
+    from covey.transport.grpc import _client
+
+    outcomes = iter([(False, "connection refused"), (False, "connection refused"), (True, None)])
+
+    def fake_session(session: Any, channel: Any, result: Any, stop: Any) -> str | None:
+        welcomed, error = next(outcomes)
+        session.welcomed = welcomed
+        return error
+
+    monkeypatch.setattr(_client, "open_channel", lambda *args: None)
+    monkeypatch.setattr(_client, "_session", fake_session)
+    result = covey.connect(
+        covey.Client(), "127.0.0.1:1", insecure=True, backoff=0.001, max_backoff=0.001
+    )
+    assert result.sessions == 1

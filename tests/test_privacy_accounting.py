@@ -138,3 +138,27 @@ def test_analytic_gaussian_keeps_its_promise_at_every_epsilon(eps: float) -> Non
 def test_a_ledger_with_an_unknown_accountant_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown accountant 'pdl'"):
         privacy.Ledger(accountant="pdl")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("count", [0, -2, 1.5, True])
+def test_a_ledger_refuses_a_count_that_is_no_positive_int(count: object) -> None:
+    # A negative count took spent budget away, and a ledger with a count of 0
+    # could be saved but not read back.
+    ledger = Ledger().add(dpa.GaussianDpEvent(1.0), 3)
+    with pytest.raises(ValueError, match="count must be a positive int"):
+        ledger.add(dpa.GaussianDpEvent(1.0), count)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sensitivity", [0.0, float("inf"), float("nan")])
+def test_analytic_gaussian_refuses_a_sensitivity_that_is_no_finite_positive_number(
+    sensitivity: float,
+) -> None:
+    # An infinite sensitivity ended in SciPy's "the function value at x=inf is NaN".
+    with pytest.raises(ValueError, match="sensitivity must be a finite number > 0"):
+        analytic_gaussian_sigma(1.0, 1e-5, sensitivity)
+
+
+def test_epsilon_refuses_a_misspelt_accountant_even_for_zero_rounds() -> None:
+    # rounds=0 answered 0.0 before the accountant was looked at, so "pdl" passed.
+    with pytest.raises(ValueError, match="unknown accountant 'pdl'"):
+        privacy.epsilon(1.0, 0.1, 0, 1e-5, accountant="pdl")  # type: ignore[arg-type]

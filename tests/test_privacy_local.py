@@ -177,3 +177,24 @@ def test_dp_ftrl_stops_before_its_budget() -> None:
     assert [r.round for r in history.rounds] == [0, 1, 2, 3]
     assert history.stopped_reason is not None
     assert "round 4" in history.stopped_reason
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"expected_clients": 0}, "expected_clients must be a positive"),
+        ({"expected_clients": float("nan")}, "expected_clients must be a positive"),
+        ({"target_epsilon": -1.0}, "target_epsilon must be > 0"),
+    ],
+)
+def test_bad_dp_ftrl_settings_are_refused_at_once(settings: dict[str, Any], match: str) -> None:
+    # As central() does: not a ZeroDivisionError in round 1, nor a run that stops at once.
+    with pytest.raises(ValueError, match=match):
+        privacy.dp_ftrl(
+            covey.FedAvg(fraction_evaluate=0.0),
+            noise_multiplier=1.0,
+            clip=1.0,
+            delta=1e-5,
+            tree_rounds=4,
+            **settings,
+        )

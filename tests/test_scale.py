@@ -196,3 +196,17 @@ def test_fedbuff_shares_the_model_offline_clients_fail_and_durations_are_the_sam
 def test_bad_availability_is_refused(bad: Any) -> None:
     with pytest.raises((ValueError, TypeError), match="availability"):
         ClientClock(availability=bad)
+
+
+def test_client_state_membership_takes_numpy_ids_and_never_raises(tmp_path: Any) -> None:
+    # `np.int64(7) in store` said False for a saved client, and `-1 in store` raised.
+    from covey.sim import ClientState
+
+    store = ClientState(tmp_path)
+    store.save(7, {"count": np.array(3)})
+    assert 7 in store
+    assert np.int64(7) in store
+    assert 8 not in store
+    assert -1 not in store
+    assert "7" not in store
+    assert True not in store

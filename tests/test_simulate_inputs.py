@@ -447,3 +447,35 @@ def test_options_refused_with_the_process_backend_leave_no_worker_running(
     # must be stopped by simulate() itself, not by the collector.
     assert refused.value.__traceback__ is not None
     assert {p.pid for p in multiprocessing.active_children()} == before
+
+
+def test_counts_computed_with_numpy_are_taken_like_python_ints() -> None:
+    # Settings typed int refused np.int64(3) ("must be a non-negative int, got
+    # np.int64(3)") where the partitioners, Krum's f and FitResult took it.
+    n: Any = np.int64  # typed as the ints and floats the settings are
+    f: Any = np.float32
+    strategy = covey.FedAvg(
+        min_fit_clients=n(3), min_evaluate_clients=n(0), fraction_evaluate=f(0.0)
+    )
+    assert type(strategy.min_fit_clients) is int
+    assert type(strategy.fraction_evaluate) is float
+    buffered = covey.FedBuff(buffer_size=n(2), concurrency=n(3), max_staleness=n(4))
+    assert (buffered.buffer_size, buffered.min_fit_clients, buffered.max_staleness) == (2, 3, 4)
+    result = covey.simulate(
+        lambda cid: Counting(cid, huge=10),
+        n(4),
+        n(2),
+        strategy,
+        {"w": np.zeros(2)},
+        seed=n(1),
+        client_cache=n(2),
+    )
+    assert [r.round for r in result.history] == [0, 1, 2]
+    assert result.history.config["num_clients"] == 4
+    assert covey.privacy.epsilon(1.0, 0.1, n(10), 1e-5) == covey.privacy.epsilon(1.0, 0.1, 10, 1e-5)
+    covey.privacy.dp_ftrl(
+        covey.FedAvg(), noise_multiplier=1.0, clip=1.0, delta=1e-5, tree_rounds=n(4)
+    )
+    covey.secagg.ThreatModel(f(0.05), f(0.05))
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        covey.secagg.secure(covey.FedAvg(), clip_range=f(1.0), max_examples=n(100))

@@ -193,3 +193,25 @@ def test_presets_train_a_model(make: Callable[[], covey.Strategy]) -> None:
     result = covey.simulate(client, 20, 6, make(), logistic_init(64, 10))
     accuracy = logistic_evaluate(result.weights, DATA.x_test, DATA.y_test)[1]
     assert accuracy > 0.6, accuracy
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"batch_size": 0}, "'batch_size' must be an int >= 1"),
+        ({"batch_size": -1}, "'batch_size' must be an int >= 1"),
+        ({"epochs": 0}, "'epochs' must be an int >= 1"),
+        ({"lr": float("nan")}, "'lr' must be a finite number > 0"),
+    ],
+)
+def test_logistic_client_refuses_settings_that_train_nothing(
+    setting: dict[str, Any], named: str
+) -> None:
+    # batch_size=0 failed in range(); batch_size=-1 and epochs=-1 silently trained
+    # nothing; a config override is checked the same way.
+    x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=named):
+        LogisticClient(0, x, y, **setting)
+    client = LogisticClient(0, x, y)
+    with pytest.raises(ValueError, match="config " + named):
+        client.fit(logistic_init(2, 2), {"round": 1, **setting})

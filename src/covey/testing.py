@@ -54,7 +54,19 @@ def random_contributions(
 
     Each has 1..100 examples, a positive ``"loss"`` metric and a
     ``"scaffold_delta_c"`` extra, so that every built-in step can consume it.
+
+    Args:
+        params: The global weights the contributions are shaped like.
+        num_clients: How many contributions (client ids ``0 .. num_clients - 1``).
+        rng: The source of randomness.
+        form: ``"mixed"`` (odd client ids send a delta, even ones weights),
+            ``"delta"`` or ``"weights"``.
+
+    Raises:
+        ValueError: if ``form`` is none of those three.
     """
+    if form not in ("mixed", "delta", "weights"):
+        raise ValueError(f"form must be 'mixed', 'delta' or 'weights', got {form!r}")
     out: list[Contribution] = []
     for cid in range(num_clients):
         delta = {k: _random_like(v, rng) for k, v in params.items()}

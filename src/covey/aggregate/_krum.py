@@ -59,7 +59,8 @@ def krum(f: int) -> Step:
         f: The number of Byzantine clients to tolerate.
 
     Returns:
-        A reducer step; ``Aggregate.info["selected"]`` is the chosen client id.
+        A reducer step; ``Aggregate.info["selected"]`` is a list holding the
+        chosen client id (a list, as Multi-Krum's and Bulyan's are).
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant

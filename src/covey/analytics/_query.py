@@ -436,7 +436,7 @@ def query(
         delta: The delta the epsilon is accounted at.
         mechanism: ``"laplace"`` or ``"gaussian"``.
         precision: Absolute precision of quantiles (default: a millionth of the bounds' range).
-        timeout: Seconds to wait for the sites at each stage.
+        timeout: Seconds to wait for the sites at each stage (None: no limit).
         threat: A :class:`covey.secagg.ThreatModel` for secure aggregation.
         analyst: An :class:`Analyst` whose budget this query is charged to (DP only).
 
@@ -445,6 +445,12 @@ def query(
         text; a suppressed group's values are NaN. ``df.attrs`` holds the sites
         that answered, refusals, the suppressed groups, the precision of
         approximate answers, clipped counts and the privacy cost.
+
+    Raises:
+        QueryError: The SQL is refused, naming the clause.
+        ValueError: An option is not valid, naming it.
+        PolicyError: No site answers the query (each refused it, or failed).
+        FederationQueryError: Sites failed or answered inconsistently mid-query.
 
     Example:
         >>> import pandas as pd
@@ -455,6 +461,12 @@ def query(
         [35.0, 4.0]
     """
     p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism, delta=delta)
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (timeout > 0 and math.isfinite(timeout))
+    ):
+        raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout!r}")
     transport, owned = transport_for(sites_or_server)
     try:
         fed = Federation(transport, timeout, threat)

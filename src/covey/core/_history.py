@@ -49,6 +49,31 @@ class RoundRecord:
     in a differentially private run (None otherwise). ``bytes_sent`` and
     ``bytes_received`` count the array bytes the server sent to and received
     from clients in the round, when the run counts them (None otherwise).
+
+    Attributes:
+        round: The round number (in an asynchronous run, the global update).
+        fit_participants: The clients whose fit replies went into the aggregate.
+        fit_failures: The clients asked to train that did not contribute, and why.
+        fit_metrics: The participants' fit metrics, combined by the strategy's
+            ``fit_metrics`` (by default weighted by their numbers of examples).
+        fit_examples: The participants' total number of examples.
+        aggregated: Whether the global model was updated; if aggregation failed,
+            ``aggregate_info["error"]`` says why and the model is unchanged.
+        aggregate_info: What the aggregation steps reported (e.g. ``"clipped"``
+            clients, Krum's ``"selected"``).
+        evaluate_participants: The clients whose federated evaluation counted.
+        evaluate_failures: The clients asked to evaluate that did not, and why.
+        evaluate_loss: The participants' loss, weighted by their numbers of
+            examples; None without federated evaluation, or when fewer than
+            ``min_evaluate_clients`` replied.
+        evaluate_metrics: Their metrics, combined by the strategy's ``evaluate_metrics``.
+        evaluate_examples: Their total number of examples.
+        central_loss: The loss ``evaluate_fn`` gave for the model after the round
+            (None without ``evaluate_fn``).
+        central_metrics: The metrics ``evaluate_fn`` gave.
+        durations: Wall-clock seconds of the round's stages: ``"fit"``,
+            ``"evaluate"``, ``"central"`` and ``"total"`` (and ``"wait"``, the time
+            a deployed server waited for enough clients, which ``"total"`` includes).
     """
 
     round: int

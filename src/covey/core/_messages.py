@@ -37,6 +37,18 @@ MAX_EXAMPLES = 2**53
 and weighing updates by it cannot overflow (10**400 examples would stop aggregation)."""
 
 
+def plain(value: Any) -> Any:
+    """``value`` as a Python number if it is a NumPy one (``np.int64(3)`` gives ``3``), else as is.
+
+    For settings typed ``int`` or ``float``: a count computed with NumPy
+    (``mask.sum()``, ``len(x) // 2`` of an array's shape) is taken like a Python one.
+    NumPy booleans are left as they are (a flag is no count).
+    """
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    return value
+
+
 def _check_count(value: object, what: str) -> int:
     """``value`` as a Python int if it is a count of examples (NumPy integers too), else raise."""
     if isinstance(value, np.integer):

@@ -216,24 +216,25 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
 
 
-def read_run(run_id: str, path: Path) -> Run:
+def read_run(run_id: str, path: str | Path) -> Run:
     """Read one run folder: its settings, rounds and (deployed) clients and events.
 
+    Args:
+        run_id: The id to give the run (e.g. one :func:`discover_runs` found).
+        path: The run folder (holding ``history.json`` and/or ``run.sqlite``).
+
     Raises:
-        RunReadError: if a file is too big, not JSON, or not a covey run.
+        RunReadError: if ``path`` is no run folder, or a file is too big, not JSON,
+            or not a covey run.
     """
+    path = Path(path)
+    if not is_run(path):
+        raise RunReadError(f"{path} is not a run folder (no history.json or run.sqlite)")
     db = path / STORE
     run = Run(run_id, path, "deployed" if db.is_file() else "simulated")
     history = path / HISTORY
     if history.is_file():
-        data = read_json(history)
-        if not isinstance(data, dict):
-            raise RunReadError(f"{history} must hold a JSON object")
-        run.rounds = check_rounds(data.get("rounds"), str(history))
-        if isinstance(data.get("config"), dict):
-            run.meta.update(data["config"])
-        if isinstance(data.get("stopped_reason"), str):
-            run.meta["stopped_reason"] = data["stopped_reason"]
+        _read_history(run, history)
     meta_file = path / META
     if meta_file.is_file():
         meta = read_json(meta_file)
@@ -259,6 +260,18 @@ def read_run(run_id: str, path: Path) -> Run:
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime
     return run
+
+
+def _read_history(run: Run, history: Path) -> None:
+    """Fill ``run``'s rounds, settings and stop reason from its ``history.json``."""
+    data = read_json(history)
+    if not isinstance(data, dict):
+        raise RunReadError(f"{history} must hold a JSON object")
+    run.rounds = check_rounds(data.get("rounds"), str(history))
+    if isinstance(data.get("config"), dict):
+        run.meta.update(data["config"])
+    if isinstance(data.get("stopped_reason"), str):
+        run.meta["stopped_reason"] = data["stopped_reason"]
 
 
 def _all_rounds_done(run: Run) -> bool:

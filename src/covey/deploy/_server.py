@@ -15,6 +15,7 @@ from typing import Any, Final
 from covey.aggregate import Contribution, Step
 from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
+from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._resume import resume_point
@@ -144,6 +145,7 @@ def serve(
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
+    rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
     _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
     if keep_last is not None and (
         isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1

@@ -82,11 +82,26 @@ def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[flo
     return loss, accuracy
 
 
+def _settings(lr: Any, epochs: Any, batch_size: Any, where: str) -> tuple[float, int, int]:
+    """``(lr, epochs, batch_size)``, checked: a batch size or epochs below 1 trains nothing."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{where}{name!r} must be an int >= 1, got {value!r}")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, int | float | np.integer | np.floating)
+        or not (np.isfinite(lr) and lr > 0)
+    ):
+        raise ValueError(f"{where}'lr' must be a finite number > 0, got {lr!r}")
+    return float(lr), int(epochs), int(batch_size)
+
+
 class LogisticClient(Client):
     """A client that trains logistic regression on its local data with minibatch SGD.
 
     The visiting order of each epoch is drawn from ``default_rng([seed, cid, round, epoch])``.
-    The config may override ``lr``, ``epochs`` and ``batch_size`` per round.
+    The config may override ``lr``, ``epochs`` and ``batch_size`` per round
+    (checked like the arguments: a ValueError names a bad one).
 
     Args:
         cid: The client's id (seeds its shuffling).
@@ -94,9 +109,9 @@ class LogisticClient(Client):
         y: Local training labels.
         x_val: Local validation features for :meth:`evaluate` (default: training data).
         y_val: Local validation labels.
-        lr: Learning rate.
-        epochs: Local epochs per round.
-        batch_size: Minibatch size.
+        lr: Learning rate, a finite number > 0.
+        epochs: Local epochs per round, at least 1.
+        batch_size: Minibatch size, at least 1.
         seed: Seed of the shuffling.
     """
 
@@ -113,6 +128,7 @@ class LogisticClient(Client):
         batch_size: int = 32,
         seed: int = 0,
     ) -> None:
+        _settings(lr, epochs, batch_size, "")
         self.cid = cid
         self.x, self.y = x, y
         self.x_val = x if x_val is None else x_val
@@ -121,9 +137,12 @@ class LogisticClient(Client):
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Train for ``epochs`` epochs and return the new weights."""
-        lr = float(config.get("lr", self.lr))
-        epochs = int(config.get("epochs", self.epochs))
-        batch_size = int(config.get("batch_size", self.batch_size))
+        lr, epochs, batch_size = _settings(
+            config.get("lr", self.lr),
+            config.get("epochs", self.epochs),
+            config.get("batch_size", self.batch_size),
+            "config ",
+        )
         new: Weights = weights
         for epoch in range(epochs):
             rng = np.random.default_rng([self.seed, self.cid, int(config["round"]), epoch])

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from covey.core._messages import plain
+
 if TYPE_CHECKING:
     import dp_accounting as dpa
 else:
@@ -257,7 +259,10 @@ def epsilon(
         Gaussian Mechanism", 2019; Doroshenko et al., "Connect the Dots: Tighter
         Discrete Approximations of Privacy Loss Distributions", PETS 2022.
     """
+    rounds = plain(rounds)
     _check(noise_multiplier, sampling_rate, rounds, delta)
+    if accountant not in ("rdp", "pld"):  # refused even when there is nothing to account
+        raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
     if rounds == 0:
         return 0.0
     event = dpa.SelfComposedDpEvent(round_event(noise_multiplier, sampling_rate), rounds)
@@ -292,6 +297,7 @@ def calibrate(
     """
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise ValueError(f"target_epsilon must be a positive number, got {target_epsilon!r}")
+    rounds = plain(rounds)
     _check(1.0, sampling_rate, rounds, delta)
     if rounds < 1:
         raise ValueError("calibrate() needs rounds >= 1")
@@ -350,7 +356,16 @@ class Ledger:
             raise ValueError(f"unknown accountant {self.accountant!r}; choose 'rdp' or 'pld'")
 
     def add(self, event: dpa.DpEvent, count: int = 1) -> Ledger:
-        """A ledger with ``event`` appended ``count`` times."""
+        """A ledger with ``event`` appended ``count`` times.
+
+        Raises:
+            ValueError: if ``count`` is not a positive int (a count of 0 or less would
+                make a ledger that reads back as damaged, or take spent budget away).
+            TypeError: if ``event`` is of a kind a ledger cannot record.
+        """
+        count = plain(count)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"a privacy ledger count must be a positive int, got {count!r}")
         data = event_to_json(event)
         if self.entries and self.entries[-1][0] == data:
             last, n = self.entries[-1]

@@ -170,7 +170,14 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
     return select
 
 
-def _check(noise_multiplier: float, clip: float, delta: float) -> None:
+def _check(
+    noise_multiplier: float,
+    clip: float,
+    delta: float,
+    target_epsilon: float | None = None,
+    expected_clients: float | None = None,
+) -> None:
+    """Refuse bad settings of a DP strategy before any client trains, naming the setting."""
     for name, value in (("noise_multiplier", noise_multiplier), ("clip", clip), ("delta", delta)):
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise ValueError(f"{name} must be a number, got {value!r}")
@@ -180,6 +187,13 @@ def _check(noise_multiplier: float, clip: float, delta: float) -> None:
         raise ValueError(f"clip must be a positive number, got {clip!r}")
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if expected_clients is not None and not 0 < expected_clients < float("inf"):
+        raise ValueError(
+            f"expected_clients must be a positive number (the divisor of the noisy sum), "
+            f"got {expected_clients!r}"
+        )
+    if target_epsilon is not None and not target_epsilon > 0:
+        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
 
 
 def central(
@@ -237,7 +251,7 @@ def central(
         Recurrent Language Models", ICLR 2018; Andrew et al., "Differentially
         Private Learning with Adaptive Clipping", NeurIPS 2021.
     """
-    _check(noise_multiplier, clip, delta)
+    _check(noise_multiplier, clip, delta, target_epsilon, expected_clients)
     if strategy.asynchronous:
         raise ValueError("central DP needs synchronous rounds (no buffer_size)")
     if strategy.selector is not None:
@@ -256,18 +270,11 @@ def central(
         raise ValueError(f"adaptive must be True or an AdaptiveClipping, got {adaptive!r}")
     if accountant not in ("rdp", "pld"):
         raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
-    if expected_clients is not None and not 0 < expected_clients < float("inf"):
-        raise ValueError(
-            f"expected_clients must be a positive number (the divisor of the noisy sum), "
-            f"got {expected_clients!r}"
-        )
     if adapt is not None and clipping == "client":
         raise ValueError("adaptive clipping needs clipping='server' (the clip changes each round)")
     rate = strategy.fraction_fit
     if not rate > 0.0:
         raise ValueError("central DP needs fraction_fit > 0 (the Poisson sampling rate)")
-    if target_epsilon is not None and not target_epsilon > 0:
-        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
     name = "DP-FedAvg" + (" with adaptive clipping" if adapt else "")
     mech = Mechanism(
         name=f"{name} (Gaussian, z={noise_multiplier:g}, clip={clip:g}, {clipping}-side)",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.core._messages import plain
 from covey.privacy._central import PrivacyHook, _check
 from covey.privacy._step import Mechanism, Shared, dp_step
 from covey.strategies._strategy import Strategy
@@ -77,7 +78,7 @@ def dp_ftrl(
         Kairouz, McMahan, Song, Thakkar, Thakurta and Xu, "Practical and Private
         (Deep) Learning without Sampling or Shuffling", ICML 2021.
     """
-    _check(noise_multiplier, clip, delta)
+    _check(noise_multiplier, clip, delta, target_epsilon, expected_clients)
     if strategy.asynchronous:
         raise ValueError("DP-FTRL needs synchronous rounds (no buffer_size)")
     if strategy.fit_round is not None:
@@ -86,6 +87,7 @@ def dp_ftrl(
             "once per tree; a strategy with its own fit exchange (such as secure "
             "aggregation's) hides them"
         )
+    tree_rounds = plain(tree_rounds)
     if isinstance(tree_rounds, bool) or not isinstance(tree_rounds, int) or tree_rounds < 1:
         raise ValueError(f"tree_rounds must be a positive int, got {tree_rounds!r}")
     mech = Mechanism(

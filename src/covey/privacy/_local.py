@@ -62,8 +62,8 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    if not sensitivity > 0:
-        raise ValueError(f"sensitivity must be > 0, got {sensitivity!r}")
+    if not sensitivity > 0 or not math.isfinite(sensitivity):
+        raise ValueError(f"sensitivity must be a finite number > 0, got {sensitivity!r}")
 
     def excess(log_sigma: float) -> float:
         return _analytic_delta(math.exp(log_sigma), epsilon, sensitivity) - delta

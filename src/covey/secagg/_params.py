@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from covey.core._messages import plain
+
 SECURITY_BITS = 40
 CORRECTNESS_BITS = 20
 _EPS = 1e-14  # guards floor/ceil of rate * n against rounding in the insecure direction
@@ -58,7 +60,8 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         for name in ("corrupt_rate", "dropout_rate"):
-            value = getattr(self, name)
+            value = plain(getattr(self, name))
+            object.__setattr__(self, name, value)
             if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         if self.adversary not in ("curious", "semi-malicious"):

@@ -28,7 +28,7 @@ import numpy as np
 from covey.aggregate import Begin, Broadcast, Contribution, run_round
 from covey.aggregate._flat import int_change, signed
 from covey.clients._client import lend
-from covey.core._messages import FitResult, Task
+from covey.core._messages import FitResult, Task, plain
 from covey.core._weights import Weights, WeightsSpec
 from covey.privacy import ClippedSum
 from covey.secagg._ddp import client_clip, clip_update, dp_plan
@@ -384,6 +384,7 @@ def secure(
         raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
     if strategy.fit_round is not None:
         raise ValueError("the strategy already runs a custom fit exchange")
+    clip_range, max_examples = plain(clip_range), plain(max_examples)
     check_options(clip_range, max_examples, complete, signed, reducer)
     check_parts(threat, noise, metrics)
     check_directory(directory, signed)

@@ -31,8 +31,9 @@ logger = logging.getLogger("covey")
 
 
 def in_cid_order(replies: Iterable[Reply], cids: Sequence[int]) -> Iterator[Reply]:
-    """Re-order ``replies`` by client id, releasing each as soon as all lower ids are in.
+    """Re-order ``replies`` into the order of ``cids``, releasing each once all before it are in.
 
+    The round loop passes ``cids`` sorted, so replies come out in client-id order.
     Replies for ids not in ``cids`` and repeated replies are dropped. Holds only
     the replies that arrived early, so with in-order arrival memory stays O(1)
     replies. Ids that never replied are simply absent from the output.

@@ -16,6 +16,7 @@ import numpy as np
 from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
 from covey.core._history import History, HistoryFile, RoundRecord
+from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
@@ -358,6 +359,8 @@ def simulate(
         [0.25, 0.25, 0.25]
     """
     start = time.perf_counter()
+    num_clients, rounds, seed = plain(num_clients), plain(rounds), plain(seed)
+    client_cache, num_workers = plain(client_cache), plain(num_workers)
     if callable(initial_weights):
         initial_weights = initial_weights()
     if initial_weights is None:

@@ -65,7 +65,10 @@ class ClientState:
         atomic_write(self.path(cid), bytes(encode(arrays)))
 
     def __contains__(self, cid: object) -> bool:
-        return isinstance(cid, int) and self.path(cid).exists()
+        """Whether client ``cid`` has saved arrays (False for anything that is no client id)."""
+        if isinstance(cid, bool) or not isinstance(cid, int | np.integer) or cid < 0:
+            return False
+        return self.path(int(cid)).exists()
 
     def __len__(self) -> int:
         return sum(1 for _ in self.directory.glob("*.covey"))

@@ -106,8 +106,9 @@ def initial_params(
     """Starting global parameters for ``model``, without any data.
 
     Linear models start at zero. An MLP starts from scikit-learn's own scheme
-    (Glorot uniform, bound ``sqrt(6 / (fan_in + fan_out))``, times ``sqrt(2)``
-    for the logistic activation), drawn from ``seed``.
+    (Glorot uniform, weights and biases alike, with bound
+    ``sqrt(6 / (fan_in + fan_out))``, or ``sqrt(2 / (fan_in + fan_out))`` for the
+    logistic activation), drawn from ``seed``.
 
     Args:
         model: The (unfitted) estimator, for its architecture.

@@ -32,7 +32,7 @@ from covey.aggregate import (
     weighted_mean,
 )
 from covey.aggregate._clip import polynomial_staleness
-from covey.core._messages import Config
+from covey.core._messages import Config, plain
 from covey.strategies._checks import name_of
 from covey.strategies._names import not_a_class
 from covey.strategies._strategy import Strategy, StrategyOptions, _no_config, preset
@@ -94,9 +94,15 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
     References:
         Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
     """
-    mu = float(proximal_mu)
-    if not mu >= 0.0 or mu == float("inf"):
+    mu = plain(proximal_mu)
+    if (
+        isinstance(mu, bool)
+        or not isinstance(mu, int | float)
+        or not mu >= 0.0
+        or mu == float("inf")
+    ):
         raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}")
+    mu = float(mu)
     user = options.pop("on_fit_config", _no_config)
 
     def on_fit_config(round: int) -> Config:
@@ -118,6 +124,17 @@ def FedAdam(
 ) -> Strategy:
     """FedAdam: ``chain(weighted_mean(), server_adam(eta, beta1, beta2, tau))``.
 
+    The server applies Adam (without bias correction, as in the paper) to the
+    mean update; see :func:`covey.aggregate.server_adam`.
+
+    Args:
+        eta: The server learning rate.
+        beta1: Decay of the first moment, in ``[0, 1)``.
+        beta2: Decay of the second moment, in ``[0, 1)``.
+        tau: Adaptivity: added to the root of the second moment (larger is closer
+            to server SGD).
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
@@ -135,6 +152,17 @@ def FedYogi(
 ) -> Strategy:
     """FedYogi: ``chain(weighted_mean(), server_yogi(eta, beta1, beta2, tau))``.
 
+    Like FedAdam with Yogi's additive second-moment update; see
+    :func:`covey.aggregate.server_yogi`.
+
+    Args:
+        eta: The server learning rate.
+        beta1: Decay of the first moment, in ``[0, 1)``.
+        beta2: Rate of the second-moment update, in ``[0, 1)``.
+        tau: Adaptivity: added to the root of the second moment (larger is closer
+            to server SGD).
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
@@ -151,6 +179,14 @@ def FedAdagrad(
 ) -> Strategy:
     """FedAdagrad: ``chain(weighted_mean(), server_adagrad(eta, beta1, tau))``.
 
+    See :func:`covey.aggregate.server_adagrad`.
+
+    Args:
+        eta: The server learning rate.
+        beta1: Decay of the first moment, in ``[0, 1)`` (0: plain Adagrad).
+        tau: Adaptivity: added to the root of the summed squares.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
     References:
         Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
     """
@@ -160,6 +196,9 @@ def FedAdagrad(
 
 def FedMedian(**options: Unpack[StrategyOptions]) -> Strategy:
     """The coordinate-wise median of the updates: ``chain(median())``.
+
+    Args:
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     References:
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
@@ -171,6 +210,11 @@ def FedMedian(**options: Unpack[StrategyOptions]) -> Strategy:
 def FedTrimmedAvg(*, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> Strategy:
     """The coordinate-wise ``beta``-trimmed mean of the updates: ``chain(trimmed_mean(beta))``.
 
+    Args:
+        beta: Fraction of the updates cut from each end of every coordinate, in
+            ``[0, 0.5)``; see :func:`covey.aggregate.trimmed_mean`.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
     References:
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
         Statistical Rates", ICML 2018.
@@ -180,6 +224,11 @@ def FedTrimmedAvg(*, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> S
 
 def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     """Keep the update with the best Krum score, tolerating ``f`` Byzantine clients.
+
+    Args:
+        f: The number of Byzantine clients to tolerate (needs ``n >= 2f + 3``
+            updates per round); see :func:`covey.aggregate.krum`.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
@@ -211,6 +260,10 @@ def MultiKrum(
 def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     """Bulyan over Krum, tolerating ``f`` Byzantine clients (needs ``n >= 4f + 3``).
 
+    Args:
+        f: The number of Byzantine clients to tolerate; see :func:`covey.aggregate.bulyan`.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+
     References:
         El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed
         Learning in Byzantium", ICML 2018.
@@ -222,6 +275,13 @@ def FedRFA(
     *, max_iter: int = 100, tol: float = 1e-6, eps: float = 1e-5, **options: Unpack[StrategyOptions]
 ) -> Strategy:
     """Robust Federated Aggregation: the weighted geometric median of the updates.
+
+    Args:
+        max_iter: Most smoothed Weiszfeld iterations.
+        tol: Relative improvement of the objective below which to stop.
+        eps: Smoothing: distances below it count as ``eps``; see
+            :func:`covey.aggregate.geometric_median`.
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     References:
         Pillutla, Kakade and Harchaoui, "Robust Aggregation for Federated
@@ -313,6 +373,7 @@ def FedBuff(
         Nguyen et al., "Federated Learning with Buffered Asynchronous
         Aggregation", AISTATS 2022.
     """
+    concurrency = plain(concurrency)
     if concurrency is not None and (
         isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
     ):

@@ -18,7 +18,7 @@ import numpy as np
 from covey.aggregate import Contribution, Step, chain, weighted_mean
 from covey.aggregate._flat import floor_fraction
 from covey.core._hooks import RunHook
-from covey.core._messages import Config, FitResult, Metrics
+from covey.core._messages import Config, FitResult, Metrics, plain
 from covey.core._weights import Array, Weights
 from covey.strategies._checks import (
     checked_config,
@@ -89,6 +89,18 @@ class FitOutcome(NamedTuple):
 FitRound = Callable[[Any, Sequence[int], Any, "float | None"], FitOutcome]
 """``(transport, cids, fit_task, timeout) -> FitOutcome``: a fit exchange other than one task
 per client (secure aggregation: :func:`covey.secagg.secure`)."""
+
+
+_NUMBERS = (
+    "fraction_fit",
+    "fraction_evaluate",
+    "min_fit_clients",
+    "min_evaluate_clients",
+    "min_available_clients",
+    "buffer_size",
+    "max_staleness",
+)
+"""The :class:`Strategy` fields that are numbers."""
 
 
 def _no_config(round: int) -> Config:
@@ -180,14 +192,7 @@ class Strategy:
         refuse_flower_methods(cls)
 
     def __post_init__(self) -> None:
-        for attr in ("fraction_fit", "fraction_evaluate"):
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) <= 1:
-                raise ValueError(f"{attr} must be in [0, 1], got {value!r}")
-        for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
+        self._check_numbers()
         self._check_functions()
         if self.fraction_fit == 0.0 and self.min_fit_clients == 0:
             raise ValueError("fraction_fit=0 and min_fit_clients=0 would train no client")
@@ -199,12 +204,6 @@ class Strategy:
             raise TypeError(
                 f"where must be a dict of property values or a predicate, got {self.where!r}"
             )
-        for attr, least in (("buffer_size", 1), ("max_staleness", 0)):
-            value = getattr(self, attr)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < least
-            ):
-                raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
         if self.hooks and self.buffer_size is not None:
             raise ValueError("run hooks (e.g. privacy accounting) need synchronous rounds")
         if self.buffer_size is not None and self.fraction_evaluate > 0.0:
@@ -212,6 +211,29 @@ class Strategy:
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "
                 "fraction_evaluate=0 and judge the model with a central evaluate_fn"
             )
+
+    def _check_numbers(self) -> None:
+        """Refuse fractions and counts out of range, naming them.
+
+        A NumPy number (``np.int64(3)``, a count computed with NumPy) is taken as
+        the Python number it is, and kept as one.
+        """
+        for attr in _NUMBERS:
+            object.__setattr__(self, attr, plain(getattr(self, attr)))
+        for attr in ("fraction_fit", "fraction_evaluate"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) <= 1:
+                raise ValueError(f"{attr} must be in [0, 1], got {value!r}")
+        for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
+        for attr, least in (("buffer_size", 1), ("max_staleness", 0)):
+            value = getattr(self, attr)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < least
+            ):
+                raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
 
     def _check_functions(self) -> None:
         """Refuse options that must be functions (or a bool) but are not, naming them.

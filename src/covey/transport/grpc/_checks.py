@@ -99,6 +99,8 @@ class TaskLimits:
     @classmethod
     def of(cls, spec: WeightsSpec | None, max_bytes: int) -> TaskLimits:
         """The limits for a client given ``spec`` (or none) and a cap of ``max_bytes``."""
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_task_bytes must be an int >= 1, got {max_bytes!r}")
         if spec is not None:
             # The model, once more for extra arrays of its shape (e.g. SCAFFOLD's
             # control variate), and room for the names of those arrays.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import mmap
 import queue
 import secrets
@@ -68,8 +69,10 @@ class ConnectResult:
     Attributes:
         reason: The server's goodbye message.
         tasks: How many tasks this client performed.
-        sessions: How many times it connected.
+        sessions: How many times it connected (the server welcomed it); failed
+            connection attempts do not count.
         cid: The id the server gave it.
+        kinds: How many tasks of each kind (``"fit"``, ``"evaluate"``, ...) it performed.
     """
 
     reason: str = ""
@@ -352,22 +355,24 @@ def connect(
         Refused: the server refused this client for good (the message names the cause).
         ConnectionError: the server stayed unreachable past ``max_attempts`` or ``retry_for``.
         covey.transport.grpc.AddressError: ``address`` is not ``host:port``.
+        ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
+            of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
     """
     if tls is None and not insecure:
         raise ValueError("connect() needs tls=ClientTLS(...) or insecure=True")
     if tls is not None and insecure:
         raise ValueError("give tls= or insecure=True, not both")
     check_address(address, listen=False)
-    if tls is None and not name:
-        name = f"anonymous-{secrets.token_hex(4)}"
+    name = _own_name(name, tls)
+    _check_heartbeat(heartbeat)
+    limits = TaskLimits.of(spec, max_task_bytes)
+    budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
     props = dict(client.properties()) if hasattr(client, "properties") else {}
     props.update(properties or {})
     if properties:
         client = WithProperties(client, dict(properties))
-    limits = TaskLimits.of(spec, max_task_bytes)
     stop = stop or threading.Event()
     result = ConnectResult()
-    budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
     options = grpc_options()
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -375,8 +380,9 @@ def connect(
     running: threading.Thread | None = None  # the last session's task thread
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits)
-        result.sessions += 1
         error = _session(session, open_channel(address, tls, options), result, stop)
+        if session.welcomed:  # a connection attempt that failed is no session
+            result.sessions += 1
         if error is None:
             return result
         running = session.worker
@@ -420,6 +426,23 @@ def _log_retry(failures: int, address: str, error: str, delay: float) -> None:
         failures,
         "" if failures < 5 else "; logged again at the next power of two",
     )
+
+
+def _own_name(name: str, tls: ClientTLS | None) -> str:
+    """The name an insecure client gives: its own, or one picked for this call's life."""
+    if tls is None and not name:
+        return f"anonymous-{secrets.token_hex(4)}"
+    return name
+
+
+def _check_heartbeat(heartbeat: float) -> None:
+    """Refuse a heartbeat interval that is no number of seconds above 0."""
+    if (
+        isinstance(heartbeat, bool)
+        or not isinstance(heartbeat, int | float)
+        or not (math.isfinite(heartbeat) and heartbeat > 0)
+    ):
+        raise ValueError(f"heartbeat must be a number of seconds above 0, got {heartbeat!r}")
 
 
 def _idle(running: threading.Thread | None, stop: threading.Event, budget: RetryBudget) -> bool:

@@ -9,6 +9,7 @@ network outage) is retried with exponential backoff for a bounded time.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -147,6 +148,31 @@ class RetryBudget:
     failures: int = 0
     since: float | None = None
     rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        # A negative or NaN delay would reconnect in a tight loop; a NaN retry_for never
+        # gives up. Refused here, naming the argument of connect() that set it.
+        for name, value, zero in (
+            ("backoff", self.backoff, False),
+            ("max_backoff", self.max_backoff, False),
+            ("retry_for", self.retry_for, True),
+        ):
+            if value is None and name == "retry_for":
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and not zero)
+            ):
+                bound = "0 or more" if zero else "above 0"
+                raise ValueError(f"{name} must be a number of seconds {bound}, got {value!r}")
+        attempts = self.max_attempts
+        if attempts is not None and (
+            isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
+        ):
+            raise ValueError(f"max_attempts must be None or an int >= 1, got {attempts!r}")
 
     def success(self) -> None:
         """A session got through: the next failure starts a new budget."""
