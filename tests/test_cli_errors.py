@@ -59,6 +59,14 @@ def test_demo_with_more_clients_than_the_data_allows() -> None:
     assert not Path("runs").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("lr", ["0", "-0.5", "nan", "inf"])
+def test_demo_with_a_learning_rate_that_trains_nothing(lr: str) -> None:
+    code, out = covey("demo", "--lr", lr)
+    assert code == 2
+    assert last_line(out).startswith(f"error: --lr {float(lr)}: the learning rate must be")
+    assert not Path("runs").exists()  # nothing was started
+
+
 @pytest.mark.parametrize("command", ["demo", "server"])
 def test_run_dir_on_an_existing_file(tmp_path: Path, command: str) -> None:
     (tmp_path / "taken").write_text("not a folder")

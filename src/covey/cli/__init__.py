@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -71,6 +72,8 @@ def demo(
 
     if backend not in ("inline", "process"):
         fail(f"--backend {backend}: choose inline or process")
+    if not (math.isfinite(lr) and lr > 0):
+        fail(f"--lr {lr}: the learning rate must be a number above 0")
     most = len(load_digits(seed=seed).y_train) // 2
     if clients > most:
         fail(
