@@ -342,3 +342,32 @@ def test_the_next_step_of_a_new_project_pastes_into_a_shell(
     words = shlex.split(step.removeprefix("next: "))
     assert words[:2] == ["cd", "my projects/fed"]
     assert (tmp_path / words[1] / "pyproject.toml").is_file()
+
+
+class _Unwritable(io.StringIO):
+    """A standard output that fails every write as ``error`` does."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        None,  # a windowed or embedded interpreter
+        _Unwritable(BrokenPipeError(32, "Broken pipe")),  # `python train.py | head -1`
+        _Unwritable(ValueError("I/O operation on closed file.")),
+    ],
+    ids=["none", "broken-pipe", "closed"],
+)
+def test_a_standard_output_that_cannot_be_written_loses_the_bar_not_the_run(
+    stdout: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdout", stdout)
+    result = _with_progress(_central)
+    assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
+    assert result.weights["w"].tolist() == [1.0, 1.0]

@@ -4,7 +4,10 @@ A progress bar is a courtesy: nothing it prints may stop a run. Standard output
 whose encoding lacks a character (``PYTHONIOENCODING=ascii``, a Latin-1 locale)
 gets it as a ``\xe9`` escape instead of a ``UnicodeEncodeError`` raised out of
 :func:`covey.simulate` once every round has run; names that look like markup
-(``f1[/macro]``) are shown as they are.
+(``f1[/macro]``) are shown as they are. Standard output that cannot be written
+at all (``None`` in a windowed or embedded interpreter, a closed stream, a pipe
+whose reader has gone) loses the bar, not the run: the bar's writes are dropped
+there, and rich never gets to exit the process on a broken pipe.
 """
 
 from __future__ import annotations
@@ -22,25 +25,48 @@ __all__ = ["LenientStream", "progress_callback"]
 class LenientStream:
     """A text stream that writes what its encoding cannot hold as backslash escapes.
 
-    Everything else (``isatty``, ``fileno``, ``encoding``, ``flush``) is the
-    wrapped stream's, so rich sizes and styles its output as for the stream itself.
+    Everything else (``isatty``, ``fileno``, ``encoding``) is the wrapped
+    stream's, so rich sizes and styles its output as for the stream itself. A
+    stream that cannot be written (None, closed, a broken pipe) drops the text.
 
     Args:
-        stream: The stream to write to, e.g. ``sys.stdout``.
+        stream: The stream to write to, e.g. ``sys.stdout`` (None: nowhere).
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
         """Wrap ``stream``."""
         self._stream = stream
 
     def write(self, text: str) -> int:
         r"""Write ``text``; characters the stream cannot encode become ``\xe9`` escapes."""
+        if self._stream is None:
+            return len(text)
         try:
-            return self._stream.write(text)
-        except UnicodeEncodeError:
-            encoding = getattr(self._stream, "encoding", None) or "ascii"
-            safe = text.encode(encoding, "backslashreplace").decode(encoding)
-            return self._stream.write(safe)
+            try:
+                return self._stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                safe = text.encode(encoding, "backslashreplace").decode(encoding)
+                return self._stream.write(safe)
+        except (OSError, ValueError):  # closed, a broken pipe, a full disk: the bar goes
+            self._stream = None
+            return len(text)
+
+    def flush(self) -> None:
+        """Flush the stream, if it can still be written."""
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._stream = None
+
+    def isatty(self) -> bool:
+        """Whether the stream is a terminal (False once it cannot be written)."""
+        try:
+            return self._stream is not None and bool(self._stream.isatty())
+        except (OSError, ValueError):
+            return False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
