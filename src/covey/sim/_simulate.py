@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.sim import _frozen
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
@@ -419,7 +419,7 @@ def simulate(
 
         # Everything alive now (imported libraries, the user's data) outlives the run:
         # keep the collector from scanning it again and again while rounds allocate.
-        gc.freeze()
+        _frozen.freeze()
         try:
             loop_transport: Transport | SimulatedAsyncTransport = transport
             if strategy.asynchronous:
@@ -454,7 +454,7 @@ def simulate(
             meta["stopped_reason"] = stop_reason(exc)
             raise
         finally:
-            gc.unfreeze()
+            _frozen.thaw()
             meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
             try:
                 # A full disk fails this too: the workers stop all the same, and the

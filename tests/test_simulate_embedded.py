@@ -1,0 +1,50 @@
+"""covey.simulate inside a larger application: the process-wide state a run leaves behind."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from typing import Any
+
+import numpy as np
+
+import covey
+
+
+class _Half(covey.Client):
+    def fit(self, weights: covey.Weights, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+
+
+def _run(**kwargs: Any) -> covey.sim.SimulationResult:
+    return covey.simulate(
+        lambda cid: _Half(),
+        num_clients=3,
+        rounds=2,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.ones(2)},
+        **kwargs,
+    )
+
+
+def test_objects_the_application_froze_stay_frozen_after_a_run() -> None:
+    gc.freeze()  # as a pre-fork server does, to keep its pages shared with its workers
+    try:
+        assert gc.get_freeze_count() > 0
+        assert _run().weights["w"].tolist() == [0.25, 0.25]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_a_run_gives_back_what_it_froze_even_with_another_run_in_a_thread() -> None:
+    assert gc.get_freeze_count() == 0
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(_run())) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [r.weights["w"].tolist() for r in results] == [[0.25, 0.25]] * 2
+    assert _run().weights["w"].tolist() == [0.25, 0.25]
+    assert gc.get_freeze_count() == 0
