@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import numpy as np
+import pytest
 
 import covey
 
@@ -47,4 +48,30 @@ def test_a_run_gives_back_what_it_froze_even_with_another_run_in_a_thread() -> N
         thread.join(60)
     assert [r.weights["w"].tolist() for r in results] == [[0.25, 0.25]] * 2
     assert _run().weights["w"].tolist() == [0.25, 0.25]
+    assert gc.get_freeze_count() == 0
+
+
+def _bar_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
+
+
+def test_ctrl_c_while_the_progress_bar_starts_stops_its_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.live import _RefreshThread
+
+    start = _RefreshThread.start
+
+    def interrupted(self: threading.Thread) -> None:
+        start(self)  # the thread runs; Ctrl-C lands while start() waits for it to say so
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_RefreshThread, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(progress=True)
+    monkeypatch.undo()
+    for thread in _bar_threads():
+        thread.join(10)
+    assert not _bar_threads()
+    assert _run(progress=True).weights["w"].tolist() == [0.25, 0.25]
     assert gc.get_freeze_count() == 0

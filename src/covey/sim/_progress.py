@@ -88,7 +88,11 @@ def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
         console=Console(file=LenientStream(sys.stdout)),  # type: ignore[arg-type]
     )
     task_id = progress.add_task("rounds", total=rounds, status="")
-    progress.start()
+    try:
+        progress.start()
+    except BaseException:  # Ctrl-C while its refresh thread starts: that thread stops too
+        progress.stop()
+        raise
 
     def on_round(record: RoundRecord) -> None:
         parts = []

@@ -401,12 +401,13 @@ def simulate(
             )
             transport = counter if counter is not None else transport
             write_run_meta(meta_path, meta)
-            callbacks, stop_progress = _callbacks(rounds, progress, on_round)
         except BaseException:
             transport.close()
             raise
 
         loop: Loop
+        callbacks: list[RoundCallback] = []
+        stop_progress: Callable[[], None] | None = None
 
         def round_done(record: RoundRecord) -> None:
             _count_bytes(counter, record)
@@ -421,6 +422,8 @@ def simulate(
         # keep the collector from scanning it again and again while rounds allocate.
         _frozen.freeze()
         try:
+            # The bar starts here, so that however the run ends, the finally below stops it.
+            callbacks, stop_progress = _callbacks(rounds, progress, on_round)
             loop_transport: Transport | SimulatedAsyncTransport = transport
             if strategy.asynchronous:
                 workers = int(getattr(transport, "num_workers", 0))
