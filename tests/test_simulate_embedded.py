@@ -75,3 +75,35 @@ def test_ctrl_c_while_the_progress_bar_starts_stops_its_thread(
     assert not _bar_threads()
     assert _run(progress=True).weights["w"].tolist() == [0.25, 0.25]
     assert gc.get_freeze_count() == 0
+
+
+class _Measured(_Half):
+    def evaluate(self, weights: covey.Weights, config: Any) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=1.0, num_examples=1, metrics={"acc": 0.5})
+
+
+def test_a_history_shown_in_a_notebook_is_a_summary_of_the_run() -> None:
+    result = covey.simulate(
+        lambda cid: _Measured(),
+        num_clients=300,
+        rounds=20,
+        strategy=covey.FedAvg(),
+        initial_weights={"w": np.ones(2)},
+        evaluate_fn=lambda rnd, weights: (0.5, {"accuracy": 0.9}),
+    )
+    shown = repr(result.history)
+    assert shown == (
+        "History(rounds=0..20, strategy='FedAvg', metrics={'central': ['accuracy', 'loss'], "
+        "'evaluate': ['acc', 'loss']}, failures=0, stopped_reason=None)"
+    )
+    assert len(repr(result)) < 2_000  # not every round's 300 participants, twice
+    assert repr(covey.History()) == (
+        "History(rounds=[], metrics={}, failures=0, stopped_reason=None)"
+    )
+
+
+def test_looking_a_round_up_by_position_says_how_to() -> None:
+    history = _run().history
+    assert history[2] is history.rounds[-1]
+    with pytest.raises(KeyError, match=r"no round -1 .*rounds 0 to 2.*history\.rounds\[-1\]"):
+        history[-1]
