@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import gc
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import covey
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _procs import python_json
 
 
 class _Half(covey.Client):
@@ -107,3 +112,27 @@ def test_looking_a_round_up_by_position_says_how_to() -> None:
     assert history[2] is history.rounds[-1]
     with pytest.raises(KeyError, match=r"no round -1 .*rounds 0 to 2.*history\.rounds\[-1\]"):
         history[-1]
+
+
+_DRAWS = """
+import io, json, random, sys
+import numpy as np, covey
+
+class Draw(covey.Client):
+    def fit(self, weights, config):
+        return covey.FitResult(weights={"w": weights["w"] + random.random()}, num_examples=1)
+
+def run(progress):
+    random.seed(7)  # once, before the run, as a notebook's first cell does
+    return covey.simulate(lambda cid: Draw(), 2, 2, covey.FedAvg(fraction_evaluate=0.0),
+                          {"w": np.zeros(1)}, progress=progress).weights["w"].tolist()
+
+sys.stdout = io.StringIO()  # the bar's
+first = run(sys.argv[1] == "bar")  # the first bar of the process imports rich
+print(json.dumps([first, run(False)]), file=sys.__stdout__)
+"""
+
+
+def test_the_progress_bar_does_not_shift_the_draws_of_pythons_random() -> None:
+    with_bar, without = python_json(_DRAWS, "bar")
+    assert with_bar == without

@@ -7,11 +7,14 @@ gets it as a ``\xe9`` escape instead of a ``UnicodeEncodeError`` raised out of
 (``f1[/macro]``) are shown as they are. Standard output that cannot be written
 at all (``None`` in a windowed or embedded interpreter, a closed stream, a pipe
 whose reader has gone) loses the bar, not the run: the bar's writes are dropped
-there, and rich never gets to exit the process on a broken pipe.
+there, and rich never gets to exit the process on a broken pipe. Nor does the
+bar draw from Python's global ``random`` generator: a run's clients draw the same
+numbers with and without it.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Callable
 from typing import IO, Any
@@ -74,9 +77,21 @@ class LenientStream:
 
 def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
     """A started progress bar of ``rounds`` rounds: its per-round callback and its stop."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    # rich draws from Python's global generator when first imported (rich.style's ids):
+    # a bar must not shift the draws of clients that use ``random`` seeded by the caller.
+    state = random.getstate()
+    try:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    finally:
+        random.setstate(state)
 
     progress = Progress(
         TextColumn("[bold]round"),
