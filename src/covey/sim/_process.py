@@ -106,19 +106,32 @@ def _share(weights: dict[str, Any], mapped: Mapping[str, Any]) -> None:
 
 def _cleanup(workers: list[_Worker], files: list[str], pool: str) -> None:
     # Every worker is told at once and given the same 5 s: workers stuck in a client's
-    # fit are killed together, so Ctrl-C does not wait 5 s for each in turn.
-    for worker in workers:
-        worker.ask_stop()
-    deadline = time.monotonic() + 5.0
-    for worker in workers:
-        with contextlib.suppress(Exception):
-            worker.stop(deadline)
-    for path in files:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    files.clear()
-    # Replies written but never read: a timed-out round, a worker stopped mid-write.
-    _shm.sweep(pool)
+    # fit are killed together, so Ctrl-C does not wait 5 s for each in turn. A second
+    # Ctrl-C in those 5 s kills them at once (this runs once: a worker left now is left
+    # for good, and it ignores SIGINT), and the files go all the same.
+    try:
+        for worker in workers:
+            worker.ask_stop()
+        deadline = time.monotonic() + 5.0
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.stop(deadline)
+    except BaseException:
+        for worker in workers:  # a signal to each first: nothing here waits
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.process.join(1.0)
+                worker.conn.close()
+        raise
+    finally:
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        files.clear()
+        # Replies written but never read: a timed-out round, a worker stopped mid-write.
+        _shm.sweep(pool)
 
 
 def _too_many_files(exc: OSError, started: int, wanted: int) -> OSError:
