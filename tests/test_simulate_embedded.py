@@ -136,3 +136,39 @@ print(json.dumps([first, run(False)]), file=sys.__stdout__)
 def test_the_progress_bar_does_not_shift_the_draws_of_pythons_random() -> None:
     with_bar, without = python_json(_DRAWS, "bar")
     assert with_bar == without
+
+
+class _Waits(_Half):
+    def __init__(self, go: threading.Event) -> None:
+        self.go = go
+
+    def fit(self, weights: covey.Weights, config: Any) -> covey.FitResult:
+        self.go.wait(60)
+        return super().fit(weights, config)
+
+
+def test_a_run_dir_in_use_by_a_run_in_another_thread_is_named_so(tmp_path: Path) -> None:
+    go = threading.Event()
+    results: list[Any] = []
+    first = threading.Thread(
+        target=lambda: results.append(
+            covey.simulate(
+                lambda cid: _Waits(go),
+                2,
+                1,
+                covey.FedAvg(fraction_evaluate=0.0),
+                {"w": np.ones(2)},
+                run_dir=tmp_path,
+            )
+        )
+    )
+    first.start()
+    try:
+        while not (tmp_path / "run.json").exists() and first.is_alive():
+            first.join(0.01)
+        with pytest.raises(ValueError, match=r"another run of this same process .*another thread"):
+            _run(run_dir=tmp_path)
+    finally:
+        go.set()
+        first.join(60)
+    assert results[0].weights["w"].tolist() == [0.5, 0.5]
