@@ -308,3 +308,31 @@ def test_a_second_ctrl_c_while_workers_stop_kills_them_and_removes_the_files(
     for worker in workers:
         worker.join(10)
     assert not [w for w in workers if w.is_alive()], "a worker stuck in fit was left running"
+
+
+class _Prints(covey.Client):
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        print("printed by the client", flush=True)
+        return FitResult(weights=dict(weights), num_examples=1)
+
+
+def test_a_worker_started_while_the_progress_bar_is_drawn_prints_past_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shm_files: list[str]
+) -> None:
+    """A worker forked while rich redirects stdout (one replacing a dead worker) prints as usual."""
+    import io
+
+    from rich.console import Console
+    from rich.file_proxy import FileProxy
+
+    from covey.core import Task
+    from covey.sim import ProcessTransport
+
+    with open(tmp_path / "out.txt", "w") as terminal:
+        # What a live progress bar in a terminal does to sys.stdout while it is drawn.
+        monkeypatch.setattr("sys.stdout", FileProxy(Console(file=io.StringIO()), terminal))
+        with ProcessTransport(lambda cid: _Prints(), 1, num_workers=1) as transport:
+            task = Task("fit", 1, {}, {"w": np.zeros(2)})
+            [reply] = list(transport.exchange({0: task}, timeout=60))
+    assert reply.error is None
+    assert (tmp_path / "out.txt").read_text() == "printed by the client\n"

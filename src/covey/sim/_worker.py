@@ -61,6 +61,20 @@ def _one_torch_thread() -> None:
         set_num_threads(1)
 
 
+def _own_output() -> None:
+    """Print to the terminal itself, not through the parent's progress bar.
+
+    A worker started while the bar is drawn (one replacing a worker that died)
+    inherits the bar's redirection of ``sys.stdout`` and ``sys.stderr``: a
+    client's print would go through a copy of the bar that nothing draws (and
+    redraw its stale frame under the live one), and through its lock, which the
+    fork may have copied held, hanging the worker at its first print.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        setattr(sys, name, getattr(stream, "rich_proxied_file", stream))
+
+
 def worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
     """Run the tasks the parent sends over ``conn`` until it says stop or goes away.
 
@@ -74,6 +88,7 @@ def worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
     _one_torch_thread()
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _own_output()
     clients: dict[int, Any] = {}
     current: tuple[str | None, _Broadcast] = (None, (None, None))
     while True:
