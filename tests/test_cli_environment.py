@@ -371,3 +371,19 @@ def test_a_standard_output_that_cannot_be_written_loses_the_bar_not_the_run(
     result = _with_progress(_central)
     assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
     assert result.weights["w"].tolist() == [1.0, 1.0]
+
+
+def test_the_progress_bar_shows_in_a_notebook_without_ipywidgets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+    import sys
+
+    class ZMQInteractiveShell:  # what get_ipython() returns in a Jupyter kernel
+        pass
+
+    monkeypatch.setattr(builtins, "get_ipython", ZMQInteractiveShell, raising=False)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not installed
+    result = _with_progress(_central)  # warnings are errors here: rich's would fail the run
+    assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
+    assert "round 1/1" in capsys.readouterr().out

@@ -14,13 +14,17 @@ numbers with and without it.
 
 from __future__ import annotations
 
+import importlib
 import random
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from covey.core._history import RoundRecord
 from covey.server._base import RoundCallback
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["LenientStream", "progress_callback"]
 
@@ -75,13 +79,31 @@ class LenientStream:
         return getattr(self._stream, name)
 
 
+def _console() -> Console:
+    """The console the bar draws on: standard output.
+
+    In a notebook rich draws a live display with ipywidgets; without them (VS Code,
+    a bare ``jupyterlab``) it would draw nothing at all but a warning to install
+    them, so the bar is then printed as into a file: once, when the run ends.
+    """
+    from rich.console import Console  # imported by now (see progress_callback)
+
+    stream: Any = LenientStream(sys.stdout)
+    console = Console(file=stream)
+    if console.is_jupyter:
+        try:
+            importlib.import_module("ipywidgets")
+        except ImportError:
+            console = Console(file=stream, force_jupyter=False)
+    return console
+
+
 def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
     """A started progress bar of ``rounds`` rounds: its per-round callback and its stop."""
     # rich draws from Python's global generator when first imported (rich.style's ids):
     # a bar must not shift the draws of clients that use ``random`` seeded by the caller.
     state = random.getstate()
     try:
-        from rich.console import Console
         from rich.markup import escape
         from rich.progress import (
             BarColumn,
@@ -100,7 +122,7 @@ def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         transient=False,
-        console=Console(file=LenientStream(sys.stdout)),  # type: ignore[arg-type]
+        console=_console(),
     )
     task_id = progress.add_task("rounds", total=rounds, status="")
     try:
