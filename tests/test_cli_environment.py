@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -387,3 +388,20 @@ def test_the_progress_bar_shows_in_a_notebook_without_ipywidgets(
     result = _with_progress(_central)  # warnings are errors here: rich's would fail the run
     assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
     assert "round 1/1" in capsys.readouterr().out
+
+
+def test_the_progress_bar_joins_a_live_display_of_the_caller(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A sweep under the caller's own rich progress: one display, not two fighting for a line."""
+    from rich.progress import Progress
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with Progress(console=console, auto_refresh=False) as sweep:
+        task = sweep.add_task("sweep", total=1)
+        result = _with_progress(_central)
+        sweep.advance(task)
+    assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
+    assert "round 1/1" in re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.getvalue())
+    assert "round" not in capsys.readouterr().out

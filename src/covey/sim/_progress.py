@@ -80,7 +80,7 @@ class LenientStream:
 
 
 def _console() -> Console:
-    """The console the bar draws on: standard output.
+    """The console the bar draws on: standard output's, or that of a live display on it.
 
     In a notebook rich draws a live display with ipywidgets; without them (VS Code,
     a bare ``jupyterlab``) it would draw nothing at all but a warning to install
@@ -88,6 +88,12 @@ def _console() -> Console:
     """
     from rich.console import Console  # imported by now (see progress_callback)
 
+    # The caller's own rich display is live (a sweep under ``track(...)``): it redirects
+    # sys.stdout through its console. The bar joins that display, below it, instead
+    # of drawing over the same terminal line from a console of its own.
+    behind = getattr(sys.stdout, "_FileProxy__console", None)
+    if isinstance(behind, Console):
+        return behind
     stream: Any = LenientStream(sys.stdout)
     console = Console(file=stream)
     if console.is_jupyter:
