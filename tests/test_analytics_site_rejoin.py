@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from covey.analytics import _cli
@@ -54,3 +57,38 @@ def test_other_refusals_and_once_still_end_the_site(monkeypatch: pytest.MonkeyPa
     calls, join = _joins(SimpleNamespace(tasks=1, reason="done"))
     _cli._serve_queries(join, once=True)
     assert len(calls) == 1
+
+
+def test_a_site_waits_for_the_next_query_server_however_long_it_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import covey.deploy
+    from covey.transport.grpc import _refusal
+
+    pd.DataFrame({"age": [30, 40]}).to_csv(tmp_path / "patients.csv", index=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there: no query server is up
+    real = covey.deploy.connect
+
+    def quick(*args: Any, **kwargs: Any) -> Any:  # no real seconds between attempts
+        return real(*args, **{**kwargs, "backoff": 0.001, "max_backoff": 0.001})
+
+    monkeypatch.setattr(covey.deploy, "connect", quick)
+    seen = [0]
+
+    def an_hour_per_attempt() -> float:  # what the retry budget reads as the time
+        seen[0] += 1
+        if seen[0] > 24:
+            raise _Done  # a day without a query server went by, and the site still waits
+        return 3600.0 * seen[0]
+
+    monkeypatch.setattr(_refusal, "time", SimpleNamespace(monotonic=an_hour_per_attempt))
+    with pytest.raises(_Done):
+        _cli.site_command(
+            table=[f"patients={tmp_path / 'patients.csv'}"],
+            server=f"127.0.0.1:{port}",
+            name="site-a",
+            insecure=True,
+            ledger=tmp_path / "site-a.json",
+        )

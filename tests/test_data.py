@@ -137,6 +137,18 @@ def test_dirichlet_large_alpha_is_near_iid() -> None:
     assert np.all(np.abs(sizes - len(LABELS) / 5) < 0.05 * len(LABELS) / 5)
 
 
+@pytest.mark.parametrize("alpha", [1e100, 1e300, 1.7e308])
+def test_dirichlet_huge_alpha_is_near_iid(alpha: float) -> None:
+    # 1.7e308 once overflowed the gamma sum and gave every example to the last client.
+    parts = dirichlet(LABELS, 10, alpha, seed=0)
+    assert_partition(parts, len(LABELS), 10)
+    for part in parts:
+        assert abs(len(part) - len(LABELS) / 10) <= 10  # at most one off in each class
+        np.testing.assert_allclose(
+            np.bincount(LABELS[part], minlength=10), np.bincount(LABELS) / 10, atol=1
+        )
+
+
 @pytest.mark.parametrize("min_size", [0, 1, 20, 60])
 def test_dirichlet_honors_min_size(min_size: int) -> None:
     parts = dirichlet(LABELS, 10, 0.3, seed=0, min_size=min_size, max_retries=1000)
@@ -158,6 +170,22 @@ def test_dirichlet_accepts_non_integer_labels() -> None:
 def test_dirichlet_single_client_gets_everything() -> None:
     (part,) = dirichlet(LABELS, 1, 0.1, seed=0)
     np.testing.assert_array_equal(part, np.arange(len(LABELS)))
+
+
+def test_dirichlet_memory_does_not_grow_with_classes_times_clients() -> None:
+    # 100 classes x 1000 clients: one array per (class, client) pair took 12 MB here, and
+    # 1.4 GB (and half a minute per draw) at 1000 classes x 10,000 clients.
+    import tracemalloc
+
+    labels = np.arange(2000) % 100
+    tracemalloc.start()
+    try:
+        parts = dirichlet(labels, 1000, 1.0, seed=0, min_size=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_partition(parts, len(labels), 1000)
+    assert peak < 4_000_000
 
 
 def contiguous_label_runs(labels: npt.NDArray[np.int_], part: npt.NDArray[np.int64]) -> int:
@@ -255,6 +283,25 @@ def test_natural_accepts_strings_and_lists() -> None:
             r"6 \* 2 = 12 shards is more than the 10 examples",
         ),
         (lambda: natural(np.zeros((2, 2))), ValueError, r"ids must be a 1-D array"),
+        (lambda: iid(1000.0, 2), TypeError, r"n_or_labels must be an integer or a 1-D array"),
+        (lambda: iid(10, 2, seed=-1), ValueError, r"seed must be a non-negative integer, got"),
+        (lambda: dirichlet(LABELS, 2, 1.0, seed=1.5), TypeError, r"seed must be a non-neg"),  # type: ignore[arg-type]
+        (lambda: shards(LABELS, 2, seed="a"), TypeError, r"seed must be a non-negative"),  # type: ignore[arg-type]
+        (
+            lambda: dirichlet(np.array([1, "a"] * 5, dtype=object), 2, 1.0),
+            TypeError,
+            r"labels must hold values of one sortable type, got int, str mixed",
+        ),
+        (
+            lambda: shards(np.array([None, 1] * 5, dtype=object), 2),
+            TypeError,
+            r"labels must hold values of one sortable type, got NoneType, int mixed",
+        ),
+        (
+            lambda: natural(np.array(["x", 2.5], dtype=object)),
+            TypeError,
+            r"ids must hold values of one sortable type, got float, str mixed",
+        ),
     ],
 )
 def test_bad_input_raises_clear_errors(
@@ -437,6 +484,10 @@ def test_test_fraction() -> None:
     for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="test_fraction must be strictly between 0 and 1"):
             load_digits(test_fraction=bad)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer, got int -1"):
+        load_digits(seed=-1)
+    with pytest.raises(TypeError, match=r"seed must be a non-negative integer, got str"):
+        load_breast_cancer(seed="0")  # type: ignore[arg-type]
 
 
 def test_dataset_client(digits: Dataset) -> None:
@@ -450,6 +501,18 @@ def test_dataset_client(digits: Dataset) -> None:
     assert y_list.shape == (2,)
     x_empty, _ = digits.client([])
     assert x_empty.shape == (0, 64)
+
+
+@pytest.mark.parametrize("indices", [[0.9], np.array([1.5, 2.0]), ["1", "2"], [np.nan]])
+def test_dataset_client_refuses_indices_that_are_not_integers(
+    digits: Dataset, indices: object
+) -> None:
+    # [0.9] used to give row 0 and ["1", "2"] rows 1 and 2, silently.
+    with pytest.raises(TypeError, match=r"indices must be integers or a boolean mask, got"):
+        digits.client(indices)  # type: ignore[arg-type]
+    for whole in (np.array([3.0, 1.0]), np.array([3, 1], dtype=object)):
+        x, _ = digits.client(whole)
+        np.testing.assert_array_equal(x, digits.x_train[[3, 1]])
 
 
 def test_dataset_is_frozen_and_read_only(digits: Dataset) -> None:

@@ -135,8 +135,13 @@ def site_command(
             tls = tls_from_certs(certs, name)
         elif not insecure:
             raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
+        # Between queries no query server listens, for as long as the analysts take: a
+        # site waits for the next one however long that is (the retries are logged).
         _serve_queries(
-            lambda: connect(site, server, tls=tls, insecure=insecure, name=name or ""), once
+            lambda: connect(
+                site, server, tls=tls, insecure=insecure, name=name or "", retry_for=None
+            ),
+            once,
         )
     except (OSError, ValueError, TypeError) as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -274,12 +275,7 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "config": _jsonable(self.config),
-            "stopped_reason": self.stopped_reason,
-            "clients": {str(cid): name for cid, name in sorted(self.clients.items())},
-            "rounds": [_jsonable(asdict(r)) for r in self.rounds],
-        }
+        return {**_head(self), "rounds": [_jsonable(asdict(r)) for r in self.rounds]}
 
     def to_json(self, indent: int | None = 2) -> str:
         """The history as JSON text."""
@@ -350,3 +346,58 @@ class History:
             return cls.from_dict(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{path} is not a covey history: {exc}") from None
+
+
+def _head(history: History) -> dict[str, Any]:
+    """Everything of ``history`` as JSON-ready data but its rounds."""
+    return {
+        "config": _jsonable(history.config),
+        "stopped_reason": history.stopped_reason,
+        "clients": {str(cid): name for cid, name in sorted(history.clients.items())},
+    }
+
+
+class HistoryFile:
+    """A run's ``history.json``, written again after every round at a cost that stays flat.
+
+    :meth:`History.save` turns every record into JSON each time, so a run that
+    saves its history after every round spends time growing with the round
+    number (quadratic over the run). This writer keeps the JSON text of each
+    record it wrote and turns a record into JSON again only while it is new:
+    the newest record at every write, and once more when the next round
+    follows it (a round callback may still add to it). The file holds the same
+    text :meth:`History.save` writes; a full :meth:`History.save` at the end of
+    the run writes whatever changed in older records since.
+
+    Args:
+        path: The ``history.json`` to write.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """A writer of ``path``; nothing is written yet."""
+        self.path = Path(path)
+        self._records: list[RoundRecord] = []
+        self._texts: list[str] = []
+        self._settled = 0  # how many cached texts are final (all but the newest)
+
+    def write(self, history: History) -> None:
+        """Write ``history`` to the file atomically."""
+        rounds = history.rounds
+        same = 0
+        for cached, record in zip(self._records, rounds, strict=False):
+            if cached is not record:
+                break
+            same += 1
+        keep = min(same, self._settled, max(len(rounds) - 1, 0))
+        del self._records[keep:], self._texts[keep:]
+        for index in range(keep, len(rounds)):
+            record = rounds[index]
+            self._records.append(record)
+            text = json.dumps(_jsonable(asdict(record)), indent=2)
+            self._texts.append(textwrap.indent(text, "    "))
+        self._settled = max(len(rounds) - 1, 0)
+        head = json.dumps({**_head(history), "rounds": []}, indent=2)
+        if self._texts:
+            body = ",\n".join(self._texts)
+            head = head.removesuffix("[]\n}") + f"[\n{body}\n  ]\n}}"
+        atomic_write(self.path, head)

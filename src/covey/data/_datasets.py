@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from covey.data._partition import _rng
+
 __all__ = ["Dataset", "load_breast_cancer", "load_digits"]
 
 FloatArray = npt.NDArray[np.float64]
@@ -66,12 +68,22 @@ class Dataset:
 
         Args:
             indices: Indices into the training set, e.g. one entry of a partitioner's result,
-                or a boolean mask over it.
+                or a boolean mask over it. Floats are taken only if they are whole numbers.
 
         Returns:
             ``(x_train[indices], y_train[indices])``.
         """
         index = np.asarray(indices)
+        if index.dtype.kind == "O":  # e.g. Python ints in an object array
+            index = np.asarray(index.tolist())
+        if index.dtype.kind == "f" and np.all(np.isfinite(index) & (index == np.round(index))):
+            index = index.astype(np.int64)  # e.g. [] or [1.0, 2.0]
+        elif index.dtype.kind not in "biu":
+            shown = index.reshape(-1)[:3].tolist()
+            raise TypeError(
+                f"indices must be integers or a boolean mask, got {index.dtype} values "
+                f"such as {shown}"
+            )
         if index.dtype != np.bool_:
             index = index.astype(np.int64, copy=False)
         return self.x_train[index], self.y_train[index]
@@ -93,7 +105,7 @@ def _split(
     y: LabelArray, test_fraction: float, seed: int
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Return shuffled train and test indices, stratified by label."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     is_test = np.zeros(len(y), dtype=bool)
     for label in np.unique(y):
         members = np.flatnonzero(y == label)

@@ -18,6 +18,11 @@ __all__ = ["dirichlet", "iid", "natural", "shards"]
 
 IndexArray = npt.NDArray[np.int64]
 
+# Dir(alpha) draws the same proportions to float64 precision for every alpha beyond ~1e32;
+# much larger values overflow the sum of the gamma draws inside ``Generator.dirichlet``
+# (every proportion 0, so every example went to the last client).
+_MAX_ALPHA = 1e100
+
 
 def _as_int(name: str, value: object, minimum: int) -> int:
     """Return ``value`` as an ``int`` >= ``minimum`` or raise a clear error."""
@@ -40,6 +45,35 @@ def _as_1d(name: str, values: npt.ArrayLike) -> npt.NDArray[Any]:
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array, got an array of shape {array.shape}")
     return array
+
+
+def _rng(seed: object) -> np.random.Generator:
+    """Return ``default_rng(seed)``, or raise an error that names ``seed``."""
+    try:
+        return np.random.default_rng(seed)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(
+            f"seed must be a non-negative integer, got {type(seed).__name__} {seed!r}"
+        ) from None
+
+
+def _unsortable(name: str, values: npt.NDArray[Any], exc: TypeError) -> TypeError:
+    """The error for values that cannot be sorted (e.g. ints and strings mixed)."""
+    kinds = sorted({type(v).__name__ for v in values.tolist()})
+    return TypeError(
+        f"{name} must hold values of one sortable type, got {', '.join(kinds)} mixed ({exc})"
+    )
+
+
+def _unique_codes(
+    name: str, values: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Return the class number of each value (in sorted order of values) and the class sizes."""
+    try:
+        _, codes, counts = np.unique(values, return_inverse=True, return_counts=True)
+    except TypeError as exc:
+        raise _unsortable(name, values, exc) from None
+    return codes.reshape(-1), counts
 
 
 def _finish(parts: list[npt.NDArray[Any]]) -> list[IndexArray]:
@@ -73,10 +107,15 @@ def iid(
     """
     if isinstance(n_or_labels, int | np.integer) and not isinstance(n_or_labels, bool):
         n = _as_int("n_or_labels", n_or_labels, 0)
+    elif np.ndim(n_or_labels) == 0:
+        raise TypeError(
+            f"n_or_labels must be an integer or a 1-D array, got "
+            f"{type(n_or_labels).__name__} {n_or_labels!r}"
+        )
     else:
         n = len(_as_1d("n_or_labels", n_or_labels))
     num_clients = _as_int("num_clients", num_clients, 1)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    order = _rng(seed).permutation(n) if shuffle else np.arange(n)
     return _finish(np.array_split(order, num_clients))
 
 
@@ -94,8 +133,8 @@ def dirichlet(
     For every class, client proportions are drawn from ``Dir(alpha, ..., alpha)`` and the
     class's shuffled indices are cut into consecutive pieces of those proportions. Small
     ``alpha`` (e.g. 0.1) gives each client few classes; large ``alpha`` (e.g. 100) approaches
-    an IID split. The whole draw is repeated until every client holds at least ``min_size``
-    examples.
+    an IID split (any ``alpha`` above 1e100 draws as 1e100, which is IID up to rounding). The
+    whole draw is repeated until every client holds at least ``min_size`` examples.
 
     Args:
         labels: 1-D array of class labels, one per example (any sortable dtype).
@@ -134,26 +173,29 @@ def dirichlet(
             f"min_size={min_size} examples: labels has only {n} examples"
         )
 
-    _, class_of = np.unique(label_array, return_inverse=True)
-    class_of = class_of.reshape(-1)
+    class_of, class_sizes = _unique_codes("labels", label_array)
     by_class = np.argsort(class_of, kind="stable")
-    class_sizes = np.bincount(class_of)
     class_members = np.split(by_class, np.cumsum(class_sizes)[:-1])
-    concentration = np.full(num_clients, alpha_value)
-    rng = np.random.default_rng(seed)
+    concentration = np.full(num_clients, min(alpha_value, _MAX_ALPHA))
+    rng = _rng(seed)
+    clients = np.arange(num_clients)
+    client_of = np.empty(n, dtype=np.intp)
 
+    # Memory is O(n + num_clients) per draw: each example gets its client's number, and the
+    # client arrays are cut once at the end (not one piece per class and client).
     for _ in range(max_retries):
-        pieces: list[list[npt.NDArray[np.intp]]] = [[] for _ in range(num_clients)]
+        sizes = np.zeros(num_clients, dtype=np.int64)
         for members in class_members:
             shuffled = rng.permutation(members)
             proportions = rng.dirichlet(concentration)
             cuts = np.rint(np.cumsum(proportions)[:-1] * len(shuffled)).astype(np.intp)
             cuts = np.clip(cuts, 0, len(shuffled))
-            for client, piece in enumerate(np.split(shuffled, cuts)):
-                pieces[client].append(piece)
-        parts = [np.concatenate(p) if p else np.empty(0, dtype=np.intp) for p in pieces]
-        if min(len(part) for part in parts) >= min_size:
-            return _finish(parts)
+            counts = np.diff(cuts, prepend=0, append=len(shuffled))
+            client_of[shuffled] = np.repeat(clients, counts)
+            sizes += counts
+        if sizes.min() >= min_size:
+            order = np.argsort(client_of, kind="stable")
+            return _finish(np.split(order, np.cumsum(sizes)[:-1]))
 
     raise ValueError(
         f"dirichlet: no draw gave every one of num_clients={num_clients} clients at least "
@@ -204,9 +246,12 @@ def shards(
             f"num_clients * shards_per_client = {num_clients} * {shards_per_client} = "
             f"{num_shards} shards is more than the {n} examples in labels"
         )
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     shuffled = rng.permutation(n)
-    order = shuffled[np.argsort(label_array[shuffled], kind="stable")]
+    try:
+        order = shuffled[np.argsort(label_array[shuffled], kind="stable")]
+    except TypeError as exc:
+        raise _unsortable("labels", label_array, exc) from None
     shard_list = np.array_split(order, num_shards)
     assignment = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
     return _finish([np.concatenate([shard_list[s] for s in row]) for row in assignment])
@@ -228,6 +273,6 @@ def natural(ids: npt.ArrayLike) -> list[IndexArray]:
     id_array = _as_1d("ids", ids)
     if len(id_array) == 0:
         return []
-    _, client_of, counts = np.unique(id_array, return_inverse=True, return_counts=True)
-    order = np.argsort(client_of.reshape(-1), kind="stable")
+    client_of, counts = _unique_codes("ids", id_array)
+    order = np.argsort(client_of, kind="stable")
     return _finish(np.split(order, np.cumsum(counts)[:-1]))

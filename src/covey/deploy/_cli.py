@@ -44,6 +44,7 @@ SERVER_KEYS = {
     "plot",
     "verbose",
     "compression",
+    "keep_last",
 }
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
@@ -191,6 +192,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             client_names=names,
             plot=plot,
             compression=flags["compression"] or server_app.compression,
+            keep_last=flags["keep_last"],
         )
     except FileExistsError:
         _forget(run, flags)
@@ -289,6 +291,9 @@ def server_command(
             "topk:FRACTION (resume: the run's own)."
         ),
     ] = None,
+    keep_last: Annotated[
+        int | None, typer.Option(help="Keep the weights of the newest N rounds only.")
+    ] = None,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
@@ -314,6 +319,7 @@ def server_command(
         "heartbeat": number(_pick(heartbeat, s, "heartbeat", None), "--heartbeat"),
         "plot": plot,
         "compression": scheme,
+        "keep_last": number(_pick(keep_last, s, "keep_last", None), "--keep-last", integer=True),
     }
     flags["resume_hint"] = resume_hint(
         flags["run"],

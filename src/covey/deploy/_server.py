@@ -95,6 +95,7 @@ def serve(
     client_names: dict[int, str] | None = None,
     plot: bool = True,
     compression: Scheme | str | None = None,
+    keep_last: int | None = None,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
 
@@ -133,6 +134,9 @@ def serve(
             as ``"q8"`` or ``"topk:0.01"``, see :mod:`covey.compress`); kept in the
             run's config, so resuming uses it again. A synchronous run's history
             records each round's array bytes both ways (``bytes_sent``/``_received``).
+        keep_last: Keep the weights files of the newest ``keep_last`` rounds only (1 or
+            more); older ones are deleted as rounds are saved, their records stay.
+            None keeps every round's file.
 
     Returns:
         The final weights and history.
@@ -141,6 +145,10 @@ def serve(
         covey.FederationError: if a round cannot complete (e.g. too few clients).
     """
     _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+    ):
+        raise ValueError(f"keep_last must be a whole number above 0 or None, got {keep_last!r}")
     opened = _reopen(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         _same_strategy(opened, strategy)
@@ -188,7 +196,7 @@ def serve(
             seed=seed,
             round_timeout=round_timeout,
             wait_timeout=wait_timeout,
-            on_round=run.saver(on_round, names, plot, counter),
+            on_round=run.saver(on_round, names, plot, counter, keep_last),
             history=run.history,
             agg_state=None if run.state is None else load_state(run.state, template),
         )
@@ -333,7 +341,12 @@ class _Run:
     outputs: RunOutputs | None = None
 
     def saver(
-        self, on_round: RoundCallback | None, names: ClientNames, plot: bool, counter: Any
+        self,
+        on_round: RoundCallback | None,
+        names: ClientNames,
+        plot: bool,
+        counter: Any,
+        keep_last: int | None = None,
     ) -> RoundCallback:
         """The loop's round callback: save the round and its outputs, then ``on_round``.
 
@@ -350,7 +363,7 @@ class _Run:
             if self.store is not None and self.loop is not None:
                 # Round r is written while round r + 1 trains (one save in flight at most).
                 if self.background is None:
-                    self.background = BackgroundSaver(self.store)
+                    self.background = BackgroundSaver(self.store, keep_last=keep_last)
                 state = dump_state(self.loop.agg_state, self.types)
                 self.background.submit(record.round, self.loop.weights, asdict(record), state)
                 if self.outputs is None:

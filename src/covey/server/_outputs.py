@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covey.core._files import atomic_write
-from covey.core._history import History
+from covey.core._history import History, HistoryFile
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -127,13 +127,15 @@ class RunOutputs:
         self.plot = plot
         self.plot_every = plot_every
         self._plotted: float | None = None
+        self._history = HistoryFile(self.run_dir / History.FILE_NAME)
 
     def round_done(self, history: History) -> None:
         """Write ``history.json``, and ``plot.png`` if the last one is old enough."""
         now = time.monotonic()
         due = self._plotted is None or now - self._plotted >= self.plot_every
-        write_outputs(self.run_dir, history, plot=self.plot and due)
+        self._history.write(history)
         if self.plot and due:
+            plot_history(history, self.run_dir / PLOT_NAME, title=f"covey run {self.run_dir.name}")
             self._plotted = now
 
     def finish(self, history: History) -> None:

@@ -36,6 +36,8 @@ class BackgroundSaver:
 
     Args:
         store: Where rounds are saved.
+        keep_last: If given, only the newest ``keep_last`` rounds keep their weights
+            file (see :meth:`RunStore.save_round`).
 
     Example:
         >>> saver = BackgroundSaver(store)  # doctest: +SKIP
@@ -43,8 +45,9 @@ class BackgroundSaver:
         >>> saver.flush()  # waits, and raises what a save raised  # doctest: +SKIP
     """
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, *, keep_last: int | None = None) -> None:
         self.store = store
+        self.keep_last = keep_last
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.round = 0  # the round saved last, or in flight
@@ -84,7 +87,7 @@ class BackgroundSaver:
         server_state: bytes | None,
     ) -> None:
         try:
-            self.store.save_round(round, weights, record, server_state)
+            self.store.save_round(round, weights, record, server_state, keep_last=self.keep_last)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread by flush()
             self._error = exc
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
-from covey.core._history import History, RoundRecord
+from covey.core._history import History, HistoryFile, RoundRecord
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
@@ -406,6 +406,7 @@ def simulate(
             raise
 
         loop: Loop
+        history_file = None if history_path is None else HistoryFile(history_path)
         callbacks: list[RoundCallback] = []
         stop_progress: Callable[[], None] | None = None
 
@@ -413,8 +414,8 @@ def simulate(
             _count_bytes(counter, record)
             if clocked is not None and clocked.rounds and clocked.rounds[-1][0] == record.round:
                 record.aggregate_info["clock"] = clocked.now  # simulated seconds, as FedBuff's
-            if history_path is not None:
-                loop.history.save(history_path)
+            if history_file is not None:
+                history_file.write(loop.history)
             for callback in callbacks:
                 callback(record)
 

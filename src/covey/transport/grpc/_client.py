@@ -13,6 +13,7 @@ import contextlib
 import logging
 import mmap
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -326,6 +327,9 @@ def connect(
         tls: Certificates for mutual TLS (the default for real deployments).
         insecure: Connect without TLS; only for local experiments.
         name: The client's name on an insecure server (with TLS the certificate names it).
+            Without one, the client picks ``anonymous-`` and 8 random hex digits,
+            kept across its reconnections, so the server sees one client
+            rather than a new one per connection.
         properties: Facts the server may select clients by (``Strategy(where=...)``),
             merged over ``client.properties()``; the server reads them when it asks.
         spec: The model's layout; tasks announcing more bytes than the model (and
@@ -354,6 +358,8 @@ def connect(
     if tls is not None and insecure:
         raise ValueError("give tls= or insecure=True, not both")
     check_address(address, listen=False)
+    if tls is None and not name:
+        name = f"anonymous-{secrets.token_hex(4)}"
     props = dict(client.properties()) if hasattr(client, "properties") else {}
     props.update(properties or {})
     if properties:
@@ -386,12 +392,34 @@ def connect(
             raise ConnectionError(
                 f"could not stay connected to {address} after {budget.failures} attempt(s): {error}"
             )
-        logger.warning("connection to %s lost (%s); retrying in %.1f s", address, error, delay)
+        _log_retry(budget.failures, address, error, delay)
         stop.wait(delay)
     return result
 
 
 _CLOSED = "handshake closed: "
+
+
+def _log_retry(failures: int, address: str, error: str, delay: float) -> None:
+    """Log a lost connection: each of the first 5 failures in a row, then the 8th, 16th, 32nd...
+
+    A client (or an analytics site) left waiting for a server retries every
+    ``max_backoff`` seconds for as long as it waits; the others go to DEBUG.
+    """
+    loud = failures <= 5 or failures & (failures - 1) == 0
+    level = logging.WARNING if loud else logging.DEBUG
+    if failures == 1:
+        logger.log(level, "connection to %s lost (%s); retrying in %.1f s", address, error, delay)
+        return
+    logger.log(
+        level,
+        "connection to %s lost (%s); retrying in %.1f s (%d failed attempts in a row%s)",
+        address,
+        error,
+        delay,
+        failures,
+        "" if failures < 5 else "; logged again at the next power of two",
+    )
 
 
 def _idle(running: threading.Thread | None, stop: threading.Event, budget: RetryBudget) -> bool:

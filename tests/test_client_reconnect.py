@@ -1,0 +1,67 @@
+"""A client reconnecting: one identity without a name, and a bounded log while it waits."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from _live import Joined
+from covey.transport.grpc import _client
+from covey.transport.grpc._server import GrpcServerTransport
+
+
+def test_an_unnamed_insecure_client_rejoins_under_the_same_id() -> None:
+    events: list[tuple[str, str]] = []
+    joined = threading.Event()
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        events.append((name, event))
+        if event in ("join", "rejoin") and len(events) > 2:
+            joined.set()
+
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=on_event)
+    client = Joined(transport.port)  # insecure, no name
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        registry = transport._registry
+        first = registry.fleet[cid]
+        registry.drop(first, "cut off by the test")
+        assert joined.wait(30)
+        assert transport.wait_for_clients(1, 30)
+        # The same client, not a new one per connection (its address changes each time).
+        assert transport.clients() == [cid]
+        assert registry.joins[cid] == 2
+        names = {name for name, _ in events}
+        assert len(names) == 1, events
+        (name,) = names
+        assert name.startswith("anonymous-")
+        assert sorted(event for _, event in events) == ["join", "join", "leave"]
+    finally:
+        transport.close("the run is over")
+        client.join(30)
+
+
+def test_a_client_waiting_for_its_server_logs_a_bounded_number_of_warnings(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A day of waiting at the longest backoff is about 2,900 attempts.
+    monkeypatch.setattr(_client, "_session", lambda *args: "StatusCode.UNAVAILABLE: no server")
+    monkeypatch.setattr(_client, "open_channel", lambda *args: None)
+    stop = threading.Event()
+    monkeypatch.setattr(stop, "wait", lambda delay: None)
+    with (
+        caplog.at_level(logging.DEBUG, logger="covey"),
+        pytest.raises(ConnectionError, match="after 2900 attempt"),
+    ):
+        _client.connect(
+            object(), "127.0.0.1:9", insecure=True, max_attempts=2900, retry_for=None, stop=stop
+        )
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 2899
+    warned = [r.getMessage() for r in retries if r.levelno == logging.WARNING]
+    # The first five, then 8, 16, ..., 2048: 14 lines, the rest at DEBUG.
+    assert len(warned) == 14
+    assert "(2048 failed attempts in a row" in warned[-1]

@@ -1,0 +1,96 @@
+"""What a long run costs per round stays flat: counted, never timed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+import covey.core._history as history_module
+from _live import Joined, Served
+from covey.core._history import History, RoundRecord
+from covey.deploy import serve
+from covey.server._outputs import RunOutputs
+from covey.server._store import RunStore
+
+
+class _Adder(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def _count_records_serialized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the round records turned into JSON (``asdict`` of a record) from now on."""
+    calls = [0]
+
+    def counting(obj: Any) -> Any:
+        if isinstance(obj, RoundRecord):
+            calls[0] += 1
+        return dataclasses.asdict(obj)
+
+    monkeypatch.setattr(history_module, "asdict", counting)
+    return calls
+
+
+def test_simulate_run_dir_serializes_each_round_a_bounded_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_records_serialized(monkeypatch)
+    rounds = 150
+    result = covey.simulate(
+        lambda cid: _Adder(),
+        3,
+        rounds,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        run_dir=tmp_path / "run",
+    )
+    # history.json after every round, each record written into it a few times, not once
+    # per later round (rounds * rounds / 2 = 11,000 before)
+    assert calls[0] <= 4 * (rounds + 1), calls[0]
+    assert History.load(tmp_path / "run").to_json() == result.history.to_json()
+
+
+def test_run_outputs_serialize_each_round_a_bounded_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_records_serialized(monkeypatch)
+    outputs = RunOutputs(tmp_path, plot=False)
+    history = History(config={"rounds": 200}, clients={0: "site-a"})
+    for r in range(200):
+        history.rounds.append(RoundRecord(r, fit_participants=[0], central_loss=1.0 / (r + 1)))
+        outputs.round_done(history)
+        if r in (0, 1, 57):
+            assert (tmp_path / History.FILE_NAME).read_text() == history.to_json()
+    assert calls[0] <= 3 * 200, calls[0]
+    assert (tmp_path / History.FILE_NAME).read_text() == history.to_json()
+
+
+def test_a_served_run_keeps_the_weights_of_its_last_rounds_only(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    for rounds, resume in ((6, False), (9, True)):
+        served = Served(strategy, rounds, run_dir=run, resume=resume, keep_last=2, plot=False)
+        client = Joined(served.port)
+        result = served.join(120)
+        client.join(60)
+        assert result.history.rounds[-1].round == rounds
+        # one file per round would be rounds + 1 files; the run keeps two
+        assert sorted(p.name for p in (run / "weights").iterdir()) == [
+            f"round-{rounds - 1:05d}.safetensors",
+            f"round-{rounds:05d}.safetensors",
+        ]
+        with RunStore.open(run) as store:
+            assert len(store.rounds()) == rounds + 1  # every round's record stays
+            np.testing.assert_array_equal(store.load_round(rounds)[0]["w"], result.weights["w"])
+
+
+def test_keep_last_must_be_a_whole_number_above_0() -> None:
+    bad: Any
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="keep_last"):
+            serve(covey.FedAvg(), 1, {"w": np.zeros(1)}, insecure=True, keep_last=bad)
