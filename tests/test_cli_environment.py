@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,65 @@ def test_the_next_step_of_a_new_project_pastes_into_a_shell(
     words = shlex.split(step.removeprefix("next: "))
     assert words[:2] == ["cd", "my projects/fed"]
     assert (tmp_path / words[1] / "pyproject.toml").is_file()
+
+
+class _Unwritable(io.StringIO):
+    """A standard output that fails every write as ``error`` does."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        None,  # a windowed or embedded interpreter
+        _Unwritable(BrokenPipeError(32, "Broken pipe")),  # `python train.py | head -1`
+        _Unwritable(ValueError("I/O operation on closed file.")),
+    ],
+    ids=["none", "broken-pipe", "closed"],
+)
+def test_a_standard_output_that_cannot_be_written_loses_the_bar_not_the_run(
+    stdout: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdout", stdout)
+    result = _with_progress(_central)
+    assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
+    assert result.weights["w"].tolist() == [1.0, 1.0]
+
+
+def test_the_progress_bar_shows_in_a_notebook_without_ipywidgets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+    import sys
+
+    class ZMQInteractiveShell:  # what get_ipython() returns in a Jupyter kernel
+        pass
+
+    monkeypatch.setattr(builtins, "get_ipython", ZMQInteractiveShell, raising=False)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not installed
+    result = _with_progress(_central)  # warnings are errors here: rich's would fail the run
+    assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
+    assert "round 1/1" in capsys.readouterr().out
+
+
+def test_the_progress_bar_joins_a_live_display_of_the_caller(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A sweep under the caller's own rich progress: one display, not two fighting for a line."""
+    from rich.progress import Progress
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with Progress(console=console, auto_refresh=False) as sweep:
+        task = sweep.add_task("sweep", total=1)
+        result = _with_progress(_central)
+        sweep.advance(task)
+    assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
+    assert "round 1/1" in re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.getvalue())
+    assert "round" not in capsys.readouterr().out

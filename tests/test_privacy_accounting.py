@@ -162,3 +162,37 @@ def test_epsilon_refuses_a_misspelt_accountant_even_for_zero_rounds() -> None:
     # rounds=0 answered 0.0 before the accountant was looked at, so "pdl" passed.
     with pytest.raises(ValueError, match="unknown accountant 'pdl'"):
         privacy.epsilon(1.0, 0.1, 0, 1e-5, accountant="pdl")  # type: ignore[arg-type]
+
+
+def test_accounting_in_two_threads_at_once_leaves_the_absl_log_as_it_was() -> None:
+    """Two runs' accountants quieting absl overlap (A in, B in, A out, B out)."""
+    import logging
+
+    from covey.privacy._accounting import _quiet
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    absl, kept = logging.getLogger("absl"), Kept()
+    level, propagate = absl.level, absl.propagate
+    absl.addHandler(kept)
+    absl.setLevel(logging.INFO)  # an application that logs through absl (TensorFlow, JAX)
+    absl.propagate = False
+    try:
+        first, second = _quiet(), _quiet()
+        first.__enter__()
+        second.__enter__()
+        absl.warning("order 1.5 is numerically unstable")
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+        absl.warning("the application's own warning")
+        assert kept.messages == ["the application's own warning"]
+    finally:
+        absl.removeHandler(kept)
+        absl.setLevel(level)
+        absl.propagate = propagate

@@ -252,3 +252,87 @@ def test_an_asynchronous_run_is_not_held_up_by_a_stuck_client(shm_files: list[st
     assert failures
     assert {f.cid for f in failures} == {3}
     assert all("no reply in time" in f.error for f in failures)
+
+
+class _StuckInRoundTwo(covey.Client):
+    """Client 1 hangs in its second fit (for 30 s), once it has said so in ``flag``."""
+
+    def __init__(self, cid: int, flag: Path) -> None:
+        self.cid, self.flag, self.calls = cid, flag, 0
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        self.calls += 1
+        if self.cid == 1 and self.calls == 2:
+            self.flag.touch()
+            time.sleep(30)
+        return FitResult(weights=dict(weights), num_examples=1)
+
+
+def test_a_second_ctrl_c_while_workers_stop_kills_them_and_removes_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shm_files: list[str]
+) -> None:
+    """Ctrl-C with a client stuck in fit, then Ctrl-C again during the 5 s grace period."""
+    import multiprocessing
+    import threading
+
+    from covey.sim import _process
+
+    flag = tmp_path / "stuck"
+
+    def interrupt_once_stuck() -> None:
+        deadline = time.monotonic() + 60
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: the run stops, workers are told
+
+    def second_ctrl_c(self: Any, deadline: float) -> None:
+        raise KeyboardInterrupt  # while the workers are given their grace period
+
+    monkeypatch.setattr(_process._Worker, "stop", second_ctrl_c)
+    watcher = threading.Thread(target=interrupt_once_stuck)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            covey.simulate(
+                lambda cid: _StuckInRoundTwo(cid, flag),
+                num_clients=2,
+                rounds=3,
+                strategy=covey.FedAvg(fraction_evaluate=0.0),
+                initial_weights={"w": np.zeros(2)},
+                backend="process",
+                num_workers=2,
+            )
+    finally:
+        watcher.join(70)
+    workers = [p for p in multiprocessing.active_children() if p.name.startswith("covey-worker")]
+    for worker in workers:
+        worker.join(10)
+    assert not [w for w in workers if w.is_alive()], "a worker stuck in fit was left running"
+
+
+class _Prints(covey.Client):
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        print("printed by the client", flush=True)
+        return FitResult(weights=dict(weights), num_examples=1)
+
+
+def test_a_worker_started_while_the_progress_bar_is_drawn_prints_past_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shm_files: list[str]
+) -> None:
+    """A worker forked while rich redirects stdout (one replacing a dead worker) prints as usual."""
+    import io
+
+    from rich.console import Console
+    from rich.file_proxy import FileProxy
+
+    from covey.core import Task
+    from covey.sim import ProcessTransport
+
+    with open(tmp_path / "out.txt", "w") as terminal:
+        # What a live progress bar in a terminal does to sys.stdout while it is drawn.
+        monkeypatch.setattr("sys.stdout", FileProxy(Console(file=io.StringIO()), terminal))
+        with ProcessTransport(lambda cid: _Prints(), 1, num_workers=1) as transport:
+            task = Task("fit", 1, {}, {"w": np.zeros(2)})
+            [reply] = list(transport.exchange({0: task}, timeout=60))
+    assert reply.error is None
+    assert (tmp_path / "out.txt").read_text() == "printed by the client\n"

@@ -27,7 +27,7 @@ def test_a_server_refused_a_simulations_folder_writes_nothing_in_it(tmp_path: Pa
 def test_a_simulation_refused_a_served_runs_folder(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     with RunStore.create(folder, config={"rounds": 1}, exclusive=True):
-        with pytest.raises(ValueError, match="in use by another covey process"):
+        with pytest.raises(ValueError, match="in use by another run of this same process"):
             covey.simulate(
                 lambda cid: covey.Client(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)}, run_dir=folder
             )

@@ -104,6 +104,17 @@ class RoundRecord:
 SOURCES: tuple[Source, ...] = ("central", "evaluate", "fit")
 
 
+def _metric_items(record: RoundRecord, source: Source) -> list[tuple[str, Any]]:
+    """The named values one round records from ``source``, its loss first (if any)."""
+    if source == "central":
+        loss, metrics = record.central_loss, record.central_metrics
+    elif source == "evaluate":
+        loss, metrics = record.evaluate_loss, record.evaluate_metrics
+    else:
+        loss, metrics = None, record.fit_metrics
+    return ([("loss", loss)] if loss is not None else []) + list(metrics.items())
+
+
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON-ready data; NaN, infinities and bytes become tagged objects."""
     if isinstance(value, dict):
@@ -224,7 +235,39 @@ class History:
         for record in self.rounds:
             if record.round == round:
                 return record
-        raise KeyError(f"no round {round} in this history")
+        held = (
+            f"it holds rounds {self.rounds[0].round} to {self.rounds[-1].round}"
+            if self.rounds
+            else "it holds no round"
+        )
+        raise KeyError(
+            f"no round {round!r} in this history ({held}); history[r] looks a round up by "
+            "its number, history.rounds[i] by position (history.rounds[-1] is the last)"
+        )
+
+    def __repr__(self) -> str:
+        """A summary: the rounds, the strategy, the metrics by source, the failures.
+
+        The whole record (every round's participants, failures with tracebacks,
+        metrics) is in :attr:`rounds`; printed at once it would run to megabytes
+        for a long run of many clients.
+        """
+        strategy = self.config.get("strategy")
+        name = strategy.get("name") if isinstance(strategy, dict) else strategy
+        metrics: dict[str, list[str]] = {}
+        for source in SOURCES:
+            names = {m for r in self.rounds for m, _ in _metric_items(r, source)}
+            if names:
+                metrics[source] = sorted(names)
+        span = f"{self.rounds[0].round}..{self.rounds[-1].round}" if self.rounds else "[]"
+        parts = [
+            f"rounds={span}",
+            *([f"strategy={name!r}"] if name else []),
+            f"metrics={metrics}",
+            f"failures={sum(len(r.failures) for r in self.rounds)}",
+            f"stopped_reason={self.stopped_reason!r}",
+        ]
+        return f"History({', '.join(parts)})"
 
     def metric(self, name: str, source: Source = "central") -> list[tuple[int, float]]:
         """``(round, value)`` of one metric; ``name="loss"`` gives the loss.

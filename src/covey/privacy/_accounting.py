@@ -108,14 +108,27 @@ def _quiet() -> Iterator[None]:
 
     It logs each RDP order it drops as numerically unstable; the epsilon is still
     its own, and a run would otherwise print dozens of lines per round.
+
+    Each call adds a filter of its own and removes it after: runs accounting in
+    several threads at once leave the absl logger as they found it (saving and
+    restoring its level would leave it at ERROR when two calls overlap, silencing
+    absl for the rest of the process, e.g. an application's TensorFlow or JAX logs).
     """
     absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
+    drop = _BelowError()
+    absl.addFilter(drop)
     try:
         yield
     finally:
-        absl.setLevel(level)
+        absl.removeFilter(drop)
+
+
+class _BelowError(logging.Filter):
+    """Drops the records below ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is an error (kept) or less (dropped)."""
+        return record.levelno >= logging.ERROR
 
 
 @functools.lru_cache(maxsize=64)

@@ -22,10 +22,7 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
-import sys
-import threading
 import time
-import traceback
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
@@ -33,117 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import ClientFn, build_client, run_task
+from covey.clients._client import ClientFn
 from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim import _shm
+from covey.sim._worker import worker_main
 from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
 
 logger = logging.getLogger("covey")
-
-_Broadcast = tuple[Weights | None, Any]
-
-
-def _exit_with_parent() -> None:
-    """Exit this worker as soon as its parent is gone, even while a client is stuck in fit.
-
-    A parent killed outright (SIGKILL, SIGTERM, out of memory) cannot stop its
-    workers; a worker waiting for a task sees its pipe close, but one running a
-    client never reads it. A thread blocked on the parent's sentinel covers both.
-    """
-    parent = mp.parent_process()
-    if parent is None:
-        return
-    sentinel = parent.sentinel
-
-    def watch() -> None:
-        wait([sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="covey-parent-watch", daemon=True).start()
-
-
-def _one_torch_thread() -> None:
-    """Run torch on one thread in this worker, once torch is loaded (by the parent or a client).
-
-    torch's CPU wheels run parallel ops on GNU OpenMP, whose thread pool does not
-    survive a fork: the first parallel op of a forked child (a BatchNorm, an add
-    over 100,000 values) waits forever for the parent's threads once the parent
-    had run one. One thread never enters that pool, and with one worker per CPU
-    it is also the most a worker should use. Called again after each client is
-    built, it also covers a ``client_fn`` that imports torch itself, so a run's
-    bits do not depend on whether the parent had loaded torch.
-    """
-    torch = sys.modules.get("torch")
-    set_num_threads = getattr(torch, "set_num_threads", None)
-    if set_num_threads is not None:
-        set_num_threads(1)
-
-
-def _worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
-    prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
-    _exit_with_parent()
-    _one_torch_thread()
-    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    clients: dict[int, Any] = {}
-    current: tuple[str | None, _Broadcast] = (None, (None, None))
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        if data == b"stop":
-            return
-        seq, path, sizes, items = _shm.read_tasks(data)
-        map_error: str | None = None
-        if path is not None and current[0] != path:
-            current = (None, (None, None))  # the old mapping goes first: one broadcast at a time
-            try:
-                current = (path, _shm.map_broadcast(path, sizes))
-            except Exception:  # noqa: BLE001 - reported to the server as each task's error
-                map_error = traceback.format_exc()
-        broadcast = current[1] if path is not None else (None, None)
-        if not _run_batch(conn, seq, items, broadcast, map_error, clients, client_fn, prefix):
-            return
-
-
-def _run_batch(
-    conn: Connection,
-    seq: int,
-    items: list[_shm.TaskItem],
-    broadcast: _Broadcast,
-    map_error: str | None,
-    clients: dict[int, Any],
-    client_fn: ClientFn,
-    prefix: str,
-) -> bool:
-    """Run one batch of tasks and send each reply; False once the parent is gone."""
-    weights, extras = broadcast
-    for item in items:
-        cid, kind, rnd = item[:3]
-        if map_error is not None:
-            reply = Reply(cid, kind, error=map_error)
-        else:
-            try:
-                config, payload = _shm.task_fields(item, extras)
-                client = clients.get(cid)
-                if client is None:
-                    client = clients[cid] = build_client(client_fn, cid)
-                    _one_torch_thread()
-                reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
-            except Exception:  # noqa: BLE001 - building the client failed: the task's error
-                reply = Reply(cid, kind, error=traceback.format_exc())
-        try:
-            _shm.send_reply(conn, seq, reply, prefix)
-        except (BrokenPipeError, OSError):
-            return False
-        # The result is in shared memory now: drop it before the next client runs.
-        del reply
-    return True
-
 
 _SEGFAULT_HINT = (
     ": a segmentation fault. A write into the read-only global weights does this: the "
@@ -158,7 +54,7 @@ class _Worker:
     def __init__(self, ctx: Any, client_fn: ClientFn, index: int, pool: str) -> None:
         parent, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(child, client_fn, pool),
             name=f"covey-worker-{index}",
             daemon=True,
@@ -210,19 +106,32 @@ def _share(weights: dict[str, Any], mapped: Mapping[str, Any]) -> None:
 
 def _cleanup(workers: list[_Worker], files: list[str], pool: str) -> None:
     # Every worker is told at once and given the same 5 s: workers stuck in a client's
-    # fit are killed together, so Ctrl-C does not wait 5 s for each in turn.
-    for worker in workers:
-        worker.ask_stop()
-    deadline = time.monotonic() + 5.0
-    for worker in workers:
-        with contextlib.suppress(Exception):
-            worker.stop(deadline)
-    for path in files:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    files.clear()
-    # Replies written but never read: a timed-out round, a worker stopped mid-write.
-    _shm.sweep(pool)
+    # fit are killed together, so Ctrl-C does not wait 5 s for each in turn. A second
+    # Ctrl-C in those 5 s kills them at once (this runs once: a worker left now is left
+    # for good, and it ignores SIGINT), and the files go all the same.
+    try:
+        for worker in workers:
+            worker.ask_stop()
+        deadline = time.monotonic() + 5.0
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.stop(deadline)
+    except BaseException:
+        for worker in workers:  # a signal to each first: nothing here waits
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.process.join(1.0)
+                worker.conn.close()
+        raise
+    finally:
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        files.clear()
+        # Replies written but never read: a timed-out round, a worker stopped mid-write.
+        _shm.sweep(pool)
 
 
 def _too_many_files(exc: OSError, started: int, wanted: int) -> OSError:

@@ -4,17 +4,27 @@ A progress bar is a courtesy: nothing it prints may stop a run. Standard output
 whose encoding lacks a character (``PYTHONIOENCODING=ascii``, a Latin-1 locale)
 gets it as a ``\xe9`` escape instead of a ``UnicodeEncodeError`` raised out of
 :func:`covey.simulate` once every round has run; names that look like markup
-(``f1[/macro]``) are shown as they are.
+(``f1[/macro]``) are shown as they are. Standard output that cannot be written
+at all (``None`` in a windowed or embedded interpreter, a closed stream, a pipe
+whose reader has gone) loses the bar, not the run: the bar's writes are dropped
+there, and rich never gets to exit the process on a broken pipe. Nor does the
+bar draw from Python's global ``random`` generator: a run's clients draw the same
+numbers with and without it.
 """
 
 from __future__ import annotations
 
+import importlib
+import random
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from covey.core._history import RoundRecord
 from covey.server._base import RoundCallback
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["LenientStream", "progress_callback"]
 
@@ -22,35 +32,94 @@ __all__ = ["LenientStream", "progress_callback"]
 class LenientStream:
     """A text stream that writes what its encoding cannot hold as backslash escapes.
 
-    Everything else (``isatty``, ``fileno``, ``encoding``, ``flush``) is the
-    wrapped stream's, so rich sizes and styles its output as for the stream itself.
+    Everything else (``isatty``, ``fileno``, ``encoding``) is the wrapped
+    stream's, so rich sizes and styles its output as for the stream itself. A
+    stream that cannot be written (None, closed, a broken pipe) drops the text.
 
     Args:
-        stream: The stream to write to, e.g. ``sys.stdout``.
+        stream: The stream to write to, e.g. ``sys.stdout`` (None: nowhere).
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
         """Wrap ``stream``."""
         self._stream = stream
 
     def write(self, text: str) -> int:
         r"""Write ``text``; characters the stream cannot encode become ``\xe9`` escapes."""
+        if self._stream is None:
+            return len(text)
         try:
-            return self._stream.write(text)
-        except UnicodeEncodeError:
-            encoding = getattr(self._stream, "encoding", None) or "ascii"
-            safe = text.encode(encoding, "backslashreplace").decode(encoding)
-            return self._stream.write(safe)
+            try:
+                return self._stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                safe = text.encode(encoding, "backslashreplace").decode(encoding)
+                return self._stream.write(safe)
+        except (OSError, ValueError):  # closed, a broken pipe, a full disk: the bar goes
+            self._stream = None
+            return len(text)
+
+    def flush(self) -> None:
+        """Flush the stream, if it can still be written."""
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._stream = None
+
+    def isatty(self) -> bool:
+        """Whether the stream is a terminal (False once it cannot be written)."""
+        try:
+            return self._stream is not None and bool(self._stream.isatty())
+        except (OSError, ValueError):
+            return False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
+def _console() -> Console:
+    """The console the bar draws on: standard output's, or that of a live display on it.
+
+    In a notebook rich draws a live display with ipywidgets; without them (VS Code,
+    a bare ``jupyterlab``) it would draw nothing at all but a warning to install
+    them, so the bar is then printed as into a file: once, when the run ends.
+    """
+    from rich.console import Console  # imported by now (see progress_callback)
+
+    # The caller's own rich display is live (a sweep under ``track(...)``): it redirects
+    # sys.stdout through its console. The bar joins that display, below it, instead
+    # of drawing over the same terminal line from a console of its own.
+    behind = getattr(sys.stdout, "_FileProxy__console", None)
+    if isinstance(behind, Console):
+        return behind
+    stream: Any = LenientStream(sys.stdout)
+    console = Console(file=stream)
+    if console.is_jupyter:
+        try:
+            importlib.import_module("ipywidgets")
+        except ImportError:
+            console = Console(file=stream, force_jupyter=False)
+    return console
+
+
 def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
     """A started progress bar of ``rounds`` rounds: its per-round callback and its stop."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    # rich draws from Python's global generator when first imported (rich.style's ids):
+    # a bar must not shift the draws of clients that use ``random`` seeded by the caller.
+    state = random.getstate()
+    try:
+        from rich.markup import escape
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    finally:
+        random.setstate(state)
 
     progress = Progress(
         TextColumn("[bold]round"),
@@ -59,10 +128,14 @@ def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         transient=False,
-        console=Console(file=LenientStream(sys.stdout)),  # type: ignore[arg-type]
+        console=_console(),
     )
     task_id = progress.add_task("rounds", total=rounds, status="")
-    progress.start()
+    try:
+        progress.start()
+    except BaseException:  # Ctrl-C while its refresh thread starts: that thread stops too
+        progress.stop()
+        raise
 
     def on_round(record: RoundRecord) -> None:
         parts = []

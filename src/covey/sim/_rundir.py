@@ -56,9 +56,15 @@ def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path |
         if is_held(folder) is not True:
             raise
         holder = (folder / LOCK_NAME).read_text(errors="replace").strip() or "unknown"
+        who = (
+            f"another run of this same process (pid {holder}; a simulation still going "
+            "in another thread, say)"
+            if holder == str(os.getpid())
+            else f"another covey process (pid {holder})"
+        )
         raise ValueError(
-            f"run_dir {folder} is in use by another covey process (pid {holder}) writing "
-            "its run there; give this run a folder of its own"
+            f"run_dir {folder} is in use by {who} writing its run there; give this run "
+            "a folder of its own"
         ) from exc
     try:
         kept = [name for name in ("run.json", "history.json") if (folder / name).exists()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.sim import _frozen
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
@@ -404,13 +404,14 @@ def simulate(
             )
             transport = counter if counter is not None else transport
             write_run_meta(meta_path, meta)
-            callbacks, stop_progress = _callbacks(rounds, progress, on_round)
         except BaseException:
             transport.close()
             raise
 
         loop: Loop
         history_file = None if history_path is None else HistoryFile(history_path)
+        callbacks: list[RoundCallback] = []
+        stop_progress: Callable[[], None] | None = None
 
         def round_done(record: RoundRecord) -> None:
             _count_bytes(counter, record)
@@ -423,8 +424,10 @@ def simulate(
 
         # Everything alive now (imported libraries, the user's data) outlives the run:
         # keep the collector from scanning it again and again while rounds allocate.
-        gc.freeze()
+        _frozen.freeze()
         try:
+            # The bar starts here, so that however the run ends, the finally below stops it.
+            callbacks, stop_progress = _callbacks(rounds, progress, on_round)
             loop_transport: Transport | SimulatedAsyncTransport = transport
             if strategy.asynchronous:
                 workers = int(getattr(transport, "num_workers", 0))
@@ -458,7 +461,7 @@ def simulate(
             meta["stopped_reason"] = stop_reason(exc)
             raise
         finally:
-            gc.unfreeze()
+            _frozen.thaw()
             meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
             try:
                 # A full disk fails this too: the workers stop all the same, and the

@@ -1,0 +1,146 @@
+"""The worker side of the process backend: a loop that runs its clients' tasks until told to stop.
+
+A worker is forked (or spawned) by :class:`covey.sim.ProcessTransport`. It
+builds each of its clients with ``client_fn`` the first time it is asked, maps
+the round's broadcast file read-only, and sends each reply back over its pipe,
+the reply's arrays in a shared-memory file of its own (:mod:`covey.sim._shm`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from covey.clients._client import ClientFn, build_client, run_task
+from covey.core._messages import Reply, Task
+from covey.core._weights import Weights
+from covey.sim import _shm
+
+_Broadcast = tuple[Weights | None, Any]
+
+
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as its parent is gone, even while a client is stuck in fit.
+
+    A parent killed outright (SIGKILL, SIGTERM, out of memory) cannot stop its
+    workers; a worker waiting for a task sees its pipe close, but one running a
+    client never reads it. A thread blocked on the parent's sentinel covers both.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="covey-parent-watch", daemon=True).start()
+
+
+def _one_torch_thread() -> None:
+    """Run torch on one thread in this worker, once torch is loaded (by the parent or a client).
+
+    torch's CPU wheels run parallel ops on GNU OpenMP, whose thread pool does not
+    survive a fork: the first parallel op of a forked child (a BatchNorm, an add
+    over 100,000 values) waits forever for the parent's threads once the parent
+    had run one. One thread never enters that pool, and with one worker per CPU
+    it is also the most a worker should use. Called again after each client is
+    built, it also covers a ``client_fn`` that imports torch itself, so a run's
+    bits do not depend on whether the parent had loaded torch.
+    """
+    torch = sys.modules.get("torch")
+    set_num_threads = getattr(torch, "set_num_threads", None)
+    if set_num_threads is not None:
+        set_num_threads(1)
+
+
+def _own_output() -> None:
+    """Print to the terminal itself, not through the parent's progress bar.
+
+    A worker started while the bar is drawn (one replacing a worker that died)
+    inherits the bar's redirection of ``sys.stdout`` and ``sys.stderr``: a
+    client's print would go through a copy of the bar that nothing draws (and
+    redraw its stale frame under the live one), and through its lock, which the
+    fork may have copied held, hanging the worker at its first print.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        setattr(sys, name, getattr(stream, "rich_proxied_file", stream))
+
+
+def worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
+    """Run the tasks the parent sends over ``conn`` until it says stop or goes away.
+
+    Args:
+        conn: This worker's end of its pipe to the parent.
+        client_fn: Builds each client of this worker, once.
+        pool: The name prefix of the pool's shared-memory files.
+    """
+    prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
+    _exit_with_parent()
+    _one_torch_thread()
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _own_output()
+    clients: dict[int, Any] = {}
+    current: tuple[str | None, _Broadcast] = (None, (None, None))
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if data == b"stop":
+            return
+        seq, path, sizes, items = _shm.read_tasks(data)
+        map_error: str | None = None
+        if path is not None and current[0] != path:
+            current = (None, (None, None))  # the old mapping goes first: one broadcast at a time
+            try:
+                current = (path, _shm.map_broadcast(path, sizes))
+            except Exception:  # noqa: BLE001 - reported to the server as each task's error
+                map_error = traceback.format_exc()
+        broadcast = current[1] if path is not None else (None, None)
+        if not _run_batch(conn, seq, items, broadcast, map_error, clients, client_fn, prefix):
+            return
+
+
+def _run_batch(
+    conn: Connection,
+    seq: int,
+    items: list[_shm.TaskItem],
+    broadcast: _Broadcast,
+    map_error: str | None,
+    clients: dict[int, Any],
+    client_fn: ClientFn,
+    prefix: str,
+) -> bool:
+    """Run one batch of tasks and send each reply; False once the parent is gone."""
+    weights, extras = broadcast
+    for item in items:
+        cid, kind, rnd = item[:3]
+        if map_error is not None:
+            reply = Reply(cid, kind, error=map_error)
+        else:
+            try:
+                config, payload = _shm.task_fields(item, extras)
+                client = clients.get(cid)
+                if client is None:
+                    client = clients[cid] = build_client(client_fn, cid)
+                    _one_torch_thread()
+                reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
+            except Exception:  # noqa: BLE001 - building the client failed: the task's error
+                reply = Reply(cid, kind, error=traceback.format_exc())
+        try:
+            _shm.send_reply(conn, seq, reply, prefix)
+        except (BrokenPipeError, OSError):
+            return False
+        # The result is in shared memory now: drop it before the next client runs.
+        del reply
+    return True
