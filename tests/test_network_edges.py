@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from pathlib import Path
+from typing import cast
 
+import grpc
 import pytest
 
 import covey
+from covey.transport.grpc._registry import Connection, Registry, Sink
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
@@ -36,3 +40,31 @@ def test_ipv6_peers_are_recorded_with_brackets_not_percent_escapes() -> None:
     joins = [detail for name, event, detail in events if event == "join"]
     assert len(joins) == 1
     assert joins[0].startswith("ipv6:[::1]:"), joins
+
+
+class _Context:
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5"
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_straggler_that_leaves_is_not_logged_as_sending_a_late_reply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[tuple[str, str, str]] = []
+    registry = Registry(on_event=lambda *e: events.append(e))
+    conn = Connection("slow", registry.client_id("slow"), cast(grpc.ServicerContext, _Context()))
+    registry.add(conn)
+    closed, current = Sink(), Sink()
+    closed.open = False  # its round gave up on the task: the client is a straggler
+    conn.pending[1] = (closed, "fit")
+    conn.pending[2] = (current, "evaluate")
+    with caplog.at_level(logging.INFO, logger="covey"):
+        registry.drop(conn, "disconnected")
+    assert [e for _, e, _ in events] == ["leave"]  # no late-reply: nothing came
+    assert not any("late" in r.getMessage() for r in caplog.records)
+    failed = current.replies.get_nowait()  # the open exchange learns it left
+    assert (failed.kind, failed.error) == ("evaluate", "client disconnected")
+    assert closed.replies.empty()

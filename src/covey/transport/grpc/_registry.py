@@ -198,7 +198,8 @@ class Registry:
             conn.pending.clear()
             waiting, conn.waiting = conn.waiting, []
         for _, (sink, kind) in pending:
-            self.route(sink, Reply(conn.cid, kind, error=f"client {why}"), conn.name)
+            if sink.open:  # a closed round gave up on it: no reply came, late or not
+                sink.replies.put(Reply(conn.cid, kind, error=f"client {why}"))
         for sink in waiting:  # their tasks find it gone
             sink.replies.put(Reply(conn.cid, FREED))
         conn.outbound.put(CLOSE)
