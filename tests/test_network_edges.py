@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import cast
 
@@ -68,3 +69,25 @@ def test_a_straggler_that_leaves_is_not_logged_as_sending_a_late_reply(
     failed = current.replies.get_nowait()  # the open exchange learns it left
     assert (failed.kind, failed.error) == ("evaluate", "client disconnected")
     assert closed.replies.empty()
+
+
+def test_attempts_that_found_no_server_are_not_counted_as_sessions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as probe:  # a port no one listens on, for now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        client = Joined(port, name="early", backoff=0.05)
+        deadline = time.monotonic() + 30
+        while sum("lost (" in r.getMessage() for r in caplog.records) < 2:
+            assert time.monotonic() < deadline, "the client never tried to connect"
+            time.sleep(0.05)
+        strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+        served = Served(strategy, 1, address=f"127.0.0.1:{port}")
+        served.join()
+        client.join()
+    assert client.error is None
+    assert client.result is not None
+    assert (client.result.reason, client.result.tasks) == ("the run is over", 1)
+    assert client.result.sessions == 1  # not one per refused attempt

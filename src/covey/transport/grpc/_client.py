@@ -67,7 +67,7 @@ class ConnectResult:
     Attributes:
         reason: The server's goodbye message.
         tasks: How many tasks this client performed.
-        sessions: How many times it connected.
+        sessions: How many times it connected (was welcomed by the server).
         cid: The id the server gave it.
     """
 
@@ -202,6 +202,7 @@ class _Session:
         if welcome.protocol != PROTOCOL:
             raise Refused(server_protocol_refusal(welcome.protocol, _version()))
         self.welcomed = True
+        result.sessions += 1  # an attempt that never got here is not a session
         self.cid = result.cid = int(welcome.cid)
         if welcome.heartbeat_interval > 0:
             self.heartbeat = welcome.heartbeat_interval
@@ -369,7 +370,6 @@ def connect(
     running: threading.Thread | None = None  # the last session's task thread
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits)
-        result.sessions += 1
         error = _session(session, open_channel(address, tls, options), result, stop)
         if error is None:
             return result
