@@ -13,10 +13,12 @@ import grpc
 import pytest
 
 import covey
+from covey.deploy import serve
+from covey.transport.grpc import GrpcServerTransport
 from covey.transport.grpc._registry import Connection, Registry, Sink
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Joined, Served
+from _live import Joined, Served, initial
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,3 +93,32 @@ def test_attempts_that_found_no_server_are_not_counted_as_sessions(
     assert client.result is not None
     assert (client.result.reason, client.result.tasks) == ("the run is over", 1)
     assert client.result.sessions == 1  # not one per refused attempt
+
+
+def test_a_name_whose_address_is_taken_is_refused_not_half_bound(tmp_path: Path) -> None:
+    # localhost is 127.0.0.1 and ::1: gRPC alone would listen on ::1 only and run, and
+    # clients dialling 127.0.0.1 would reach the process holding it.
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = squatter.getsockname()[1]
+        with pytest.raises(OSError, match=f"127.0.0.1:{port} is in use"):
+            serve(
+                covey.FedAvg(),
+                1,
+                initial(),
+                f"localhost:{port}",
+                insecure=True,
+                run_dir=tmp_path / "run",
+                wait_timeout=1.0,  # half bound, it would wait for clients, then stop
+            )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_server_given_localhost_listens_on_each_of_its_addresses() -> None:
+    _ipv6_loopback()
+    transport = GrpcServerTransport("localhost:0")
+    try:
+        for host in ("127.0.0.1", "::1"):
+            with socket.create_connection((host, transport.port), timeout=10):
+                pass
+    finally:
+        transport.close()

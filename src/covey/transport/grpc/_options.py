@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from covey.transport.grpc._handshakes import HandshakeWatch
+from covey.transport.grpc._listen import bind_all
 
 if TYPE_CHECKING:
     from covey.transport.grpc._service import FederationService
@@ -110,7 +111,7 @@ def _bind(
 ) -> int:
     """Add the listening port (under TLS, with the handshake watch); its number."""
     if tls is None:
-        port = server.add_insecure_port(address)
+        port = bind_all(address, server.add_insecure_port)
     else:
         # Dynamic credentials only for their per-connection hook: the watch notes who
         # connects, so that failed handshakes are reported with the peer's address.
@@ -120,10 +121,8 @@ def _bind(
             watch.fetch,
             require_client_authentication=True,
         )
-        port = watch.port = server.add_secure_port(address, creds)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    return int(port)
+        port = watch.port = bind_all(address, lambda target: server.add_secure_port(target, creds))
+    return port
 
 
 @dataclass(frozen=True)
