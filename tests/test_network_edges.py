@@ -122,3 +122,14 @@ def test_a_server_given_localhost_listens_on_each_of_its_addresses() -> None:
                 pass
     finally:
         transport.close()
+
+
+def test_a_client_names_an_ipv6_server_it_cannot_reach_with_brackets() -> None:
+    _ipv6_loopback()
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as probe:
+        port = probe.getsockname()[1]  # closed below: no one listens there
+    client = Joined(port, host="[::1]", name="six", max_attempts=1)
+    client.join(60)
+    assert isinstance(client.error, ConnectionError)
+    assert f"ipv6:[::1]:{port}" in str(client.error), client.error
+    assert "%5B" not in str(client.error)
