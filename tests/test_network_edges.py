@@ -14,6 +14,8 @@ import pytest
 
 import covey
 from covey.deploy import serve
+from covey.deploy._client import tls_from_certs
+from covey.deploy.certs import init_federation, issue_client
 from covey.transport.grpc import GrpcServerTransport
 from covey.transport.grpc._registry import Connection, Registry, Sink
 
@@ -133,3 +135,22 @@ def test_a_client_names_an_ipv6_server_it_cannot_reach_with_brackets() -> None:
     assert isinstance(client.error, ConnectionError)
     assert f"ipv6:[::1]:{port}" in str(client.error), client.error
     assert "%5B" not in str(client.error)
+
+
+def test_a_tls_server_given_localhost_takes_clients_on_both_loopbacks(tmp_path: Path) -> None:
+    _ipv6_loopback()
+    fed = tmp_path / "fed"
+    init_federation(fed, hosts=("localhost", "127.0.0.1", "::1"))
+    for name in ("four", "six"):
+        issue_client(fed, name)
+    strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+    served = Served(strategy, 1, certs=fed, address="localhost:0")
+    clients = [
+        Joined(served.port, host=host, tls=tls_from_certs(fed, name))
+        for host, name in (("127.0.0.1", "four"), ("[::1]", "six"))
+    ]
+    result = served.join()
+    for client in clients:
+        client.join()
+        assert client.error is None
+    assert sorted(result.history.clients.values()) == ["four", "six"]

@@ -116,12 +116,18 @@ def _bind(
         # Dynamic credentials only for their per-connection hook: the watch notes who
         # connects, so that failed handshakes are reported with the peer's address.
         watch = service.handshakes = HandshakeWatch(service.registry.event)
-        creds = grpc.dynamic_ssl_server_credentials(
-            grpc.ssl_server_certificate_configuration([(tls.key, tls.cert)], tls.ca),
-            watch.fetch,
-            require_client_authentication=True,
-        )
-        port = watch.port = bind_all(address, lambda target: server.add_secure_port(target, creds))
+
+        def add(target: str) -> int:
+            # Credentials of their own for each address: a second port given the same
+            # dynamic credentials finds their initial certificate taken, and fails.
+            creds = grpc.dynamic_ssl_server_credentials(
+                grpc.ssl_server_certificate_configuration([(tls.key, tls.cert)], tls.ca),
+                watch.fetch,
+                require_client_authentication=True,
+            )
+            return int(server.add_secure_port(target, creds))
+
+        port = watch.port = bind_all(address, add)
     return port
 
 
