@@ -83,7 +83,9 @@ class Served:
 class Joined:
     """``connect(...)`` on a thread; ``result`` or ``error`` at the end."""
 
-    def __init__(self, port: int, client: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, port: int, client: Any = None, host: str = "127.0.0.1", **kwargs: Any
+    ) -> None:
         self.result: ConnectResult | None = None
         self.error: BaseException | None = None
         kwargs.setdefault("insecure", "tls" not in kwargs)
@@ -92,7 +94,7 @@ class Joined:
 
         def run() -> None:
             try:
-                self.result = connect(client or Fit(), f"127.0.0.1:{port}", **kwargs)
+                self.result = connect(client or Fit(), f"{host}:{port}", **kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to the test
                 self.error = exc
 

@@ -18,7 +18,7 @@ import grpc
 
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
 from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
-from covey.transport.grpc._registry import Connection, Registry
+from covey.transport.grpc._registry import Connection, Registry, peer_of
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["Admission", "Refusal"]
@@ -54,7 +54,7 @@ class Admission:
         self, context: grpc.ServicerContext, name: str, code: grpc.StatusCode, why: str
     ) -> NoReturn:
         """Log and record the refusal of ``name``, then end its stream with ``code``."""
-        peer = context.peer()
+        peer = peer_of(context)
         logger.warning("refused %s from %s: %s", name or "a client", peer, why)
         self.registry.event(name or peer, "refused", f"{why} (peer {peer})")
         context.abort(code, why)
@@ -81,7 +81,7 @@ class Admission:
 
     def _identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, bytes | None]:
         if self.tls is None:
-            return hello.name or context.peer(), None
+            return hello.name or peer_of(context), None
         auth = context.auth_context()
         pems = auth.get("x509_pem_cert") or []
         names = auth.get("x509_common_name") or []

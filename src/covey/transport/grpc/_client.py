@@ -50,6 +50,7 @@ from covey.transport.grpc._refusal import (
     HANDSHAKE_STRIKES,
     Refused,
     RetryBudget,
+    details_of,
     handshake_closed,
     handshake_refusal,
     permanent_cause,
@@ -481,7 +482,7 @@ def _session(
         if cause is not None:
             raise Refused(cause) from None
         code = exc.code() if hasattr(exc, "code") else None
-        text = f"{code}: {exc.details() if hasattr(exc, 'details') else exc}"
+        text = f"{code}: {details_of(exc)}"
         return _CLOSED + text if handshake_closed(exc) else text
     except Refused:
         raise  # e.g. a server of another wire protocol: retrying cannot help

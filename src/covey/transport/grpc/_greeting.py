@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from covey.transport.grpc._registry import peer_of
+
 __all__ = ["HELLO_SECONDS", "MOST_PER_CERTIFICATE", "MOST_WAITING", "Greeting"]
 
 logger = logging.getLogger("covey")
@@ -48,7 +50,7 @@ class _Waiting:
 
     def __init__(self, context: grpc.ServicerContext) -> None:
         self.context = context
-        self.peer = context.peer()
+        self.peer = peer_of(context)
         # Under mutual TLS the certificate names the peer before it says anything.
         names = context.auth_context().get("x509_common_name") or []
         self.certified = bool(names)

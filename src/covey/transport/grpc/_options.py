@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from covey.transport.grpc._handshakes import HandshakeWatch
+from covey.transport.grpc._listen import bind_all
 
 if TYPE_CHECKING:
     from covey.transport.grpc._service import FederationService
@@ -110,20 +111,24 @@ def _bind(
 ) -> int:
     """Add the listening port (under TLS, with the handshake watch); its number."""
     if tls is None:
-        port = server.add_insecure_port(address)
+        port = bind_all(address, server.add_insecure_port)
     else:
         # Dynamic credentials only for their per-connection hook: the watch notes who
         # connects, so that failed handshakes are reported with the peer's address.
         watch = service.handshakes = HandshakeWatch(service.registry.event)
-        creds = grpc.dynamic_ssl_server_credentials(
-            grpc.ssl_server_certificate_configuration([(tls.key, tls.cert)], tls.ca),
-            watch.fetch,
-            require_client_authentication=True,
-        )
-        port = watch.port = server.add_secure_port(address, creds)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    return int(port)
+
+        def add(target: str) -> int:
+            # Credentials of their own for each address: a second port given the same
+            # dynamic credentials finds their initial certificate taken, and fails.
+            creds = grpc.dynamic_ssl_server_credentials(
+                grpc.ssl_server_certificate_configuration([(tls.key, tls.cert)], tls.ca),
+                watch.fetch,
+                require_client_authentication=True,
+            )
+            return int(server.add_secure_port(target, creds))
+
+        port = watch.port = bind_all(address, add)
+    return port
 
 
 @dataclass(frozen=True)

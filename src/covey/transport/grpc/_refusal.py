@@ -22,6 +22,7 @@ __all__ = [
     "Refused",
     "RetryBudget",
     "compatible",
+    "details_of",
     "handshake_closed",
     "permanent_cause",
     "version_refusal",
@@ -86,10 +87,21 @@ def version_refusal(client: str, server: str) -> str:
     )
 
 
+def details_of(exc: BaseException) -> str:
+    """What gRPC says went wrong, with IPv6 addresses in brackets (gRPC escapes them).
+
+    Example:
+        >>> details_of(ValueError("ipv6:%5B::1%5D:9092: Connection refused"))
+        'ipv6:[::1]:9092: Connection refused'
+    """
+    details = str(exc.details() if hasattr(exc, "details") else exc) or ""
+    return details.replace("%5B", "[").replace("%5D", "]")
+
+
 def permanent_cause(exc: grpc.RpcError) -> str | None:
     """The cause of a refusal retrying cannot change, or None for a transient error."""
     code = exc.code() if hasattr(exc, "code") else None
-    details = str(exc.details() if hasattr(exc, "details") else exc) or ""
+    details = details_of(exc)
     if code in _PERMANENT:
         return f"{_PERMANENT[code]}: {details}" if details else _PERMANENT[code]
     if code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
@@ -113,7 +125,7 @@ def handshake_closed(exc: grpc.RpcError) -> bool:
     missing one); a server that is down refuses the connection instead.
     """
     code = exc.code() if hasattr(exc, "code") else None
-    details = str(exc.details() if hasattr(exc, "details") else exc) or ""
+    details = details_of(exc)
     return (
         code == grpc.StatusCode.UNAVAILABLE
         and "failed to connect" in details

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ import grpc
 
 from covey.core._messages import Reply
 
-__all__ = ["CLOSE", "FREED", "Connection", "Registry", "ShuttingDownError", "Sink"]
+__all__ = ["CLOSE", "FREED", "Connection", "Registry", "ShuttingDownError", "Sink", "peer_of"]
 
 logger = logging.getLogger("covey")
 
@@ -30,6 +31,14 @@ CLOSE = object()
 
 FREED = "covey:freed"
 """The kind of the marker reply a sink gets when a busy client it waits for is free."""
+
+
+def peer_of(context: grpc.ServicerContext) -> str:
+    """The address of a stream's peer as logs and events show it: ``ipv6:[::1]:5``.
+
+    gRPC percent-encodes the brackets of an IPv6 address (``ipv6:%5B::1%5D:5``).
+    """
+    return urllib.parse.unquote(str(context.peer()))
 
 
 class Sink:
@@ -189,7 +198,8 @@ class Registry:
             conn.pending.clear()
             waiting, conn.waiting = conn.waiting, []
         for _, (sink, kind) in pending:
-            self.route(sink, Reply(conn.cid, kind, error=f"client {why}"), conn.name)
+            if sink.open:  # a closed round gave up on it: no reply came, late or not
+                sink.replies.put(Reply(conn.cid, kind, error=f"client {why}"))
         for sink in waiting:  # their tasks find it gone
             sink.replies.put(Reply(conn.cid, FREED))
         conn.outbound.put(CLOSE)

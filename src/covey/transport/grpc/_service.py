@@ -51,6 +51,7 @@ from covey.transport.grpc._registry import (
     Registry,
     ShuttingDownError,
     Sink,
+    peer_of,
 )
 from covey.transport.grpc._stream import (
     MAX_INFLIGHT_BYTES,
@@ -132,7 +133,7 @@ class FederationService:
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames: Hello, Welcome, then tasks out and replies in."""
         if self.handshakes is not None:
-            self.handshakes.saw(context.peer())
+            self.handshakes.saw(peer_of(context))
         frame = self.greeting.first_frame(requests, context)
         if frame is None:
             return
@@ -140,7 +141,7 @@ class FederationService:
             first = client_message(frame)
         except FrameError as exc:
             first = pb.ClientMessage()
-            logger.warning("refused a stream from %s: %s", context.peer(), exc)
+            logger.warning("refused a stream from %s: %s", peer_of(context), exc)
         if first.WhichOneof("body") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         name, certificate = self.admission.admit(context, first.hello)
@@ -152,7 +153,7 @@ class FederationService:
         conn = Connection(name, cid, context)
         conn.certificate = certificate
         conn.kinds = frozenset(first.hello.kinds)
-        conn.peer = context.peer()
+        conn.peer = peer_of(context)
         try:
             old = self.registry.add(conn)
         except ShuttingDownError:
@@ -161,11 +162,11 @@ class FederationService:
             # Told for good, so that two processes holding one identity do not take
             # turns replacing each other; a client that reconnects has left ``old``.
             old.refusal = (
-                f"another client connected as {name} (from {context.peer()}); "
+                f"another client connected as {name} (from {peer_of(context)}); "
                 "each client process needs its own certificate"
             )
             self.registry.drop(old, "replaced by a new connection")
-        self.registry.event(name, "join" if old is None else "rejoin", context.peer())
+        self.registry.event(name, "join" if old is None else "rejoin", peer_of(context))
         logger.info("client %s joined as %d", name, cid)
         context.add_callback(lambda: self.registry.drop(conn, "disconnected"))
         reader = threading.Thread(
