@@ -6,7 +6,7 @@ from pathlib import Path
 
 # A connected client performs compressed fit tasks: importing the runtime registers them.
 import covey.compress._runtime  # noqa: F401
-from covey.deploy._pem import check_ca, check_pair
+from covey.deploy._pem import check_ca, check_dates, check_pair
 from covey.transport.grpc._client import ClientTLS, connect
 
 __all__ = ["client_tls", "connect", "tls_from_certs"]
@@ -24,7 +24,8 @@ def client_tls(
     Raises:
         OSError: A file cannot be read.
         ValueError: ``cert`` is given without ``key`` or the other way round, a file
-            is not PEM of the right kind, or ``key`` is not the key of ``cert``.
+            is not PEM of the right kind, ``key`` is not the key of ``cert``, or
+            ``cert`` has expired by this machine's clock.
     """
     if (cert is None) != (key is None):
         raise ValueError(
@@ -40,6 +41,12 @@ def client_tls(
     check_ca(tls.ca, str(ca))
     if tls.cert is not None and tls.key is not None:
         check_pair(tls.cert, tls.key, str(cert), str(key))
+        check_dates(
+            tls.cert,
+            str(cert),
+            "the server would refuse it: have the federation issue a new one "
+            "(`covey certs issue NAME --overwrite`)",
+        )
     return tls
 
 

@@ -9,11 +9,16 @@ is wrong.
 
 from __future__ import annotations
 
+import datetime as _dt
+import logging
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["check_ca", "check_pair"]
+__all__ = ["check_ca", "check_dates", "check_pair"]
+
+logger = logging.getLogger("covey")
 
 
 def _certificate(pem: bytes, name: str) -> x509.Certificate:
@@ -66,3 +71,35 @@ def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
         der, spki
     ):
         raise ValueError(f"{key_name} is not the private key of {cert_name}")
+
+
+def check_dates(pem: bytes, name: str, renew: str) -> None:
+    """Refuse an expired certificate, and warn of one not yet valid, by this machine's clock.
+
+    TLS checks the dates only when a connection is made, where an expired
+    certificate fails every attempt with a message that does not name it.
+
+    Args:
+        pem: The certificate file's bytes (the first certificate is checked).
+        name: The file, as named in messages.
+        renew: What to do about an expired one, said after the dates.
+
+    Raises:
+        ValueError: The certificate has expired.
+    """
+    certificate = _certificate(pem, name)
+    now = _dt.datetime.now(_dt.UTC)
+    not_before, not_after = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    if now > not_after:
+        raise ValueError(
+            f"{name} expired at {not_after:%Y-%m-%d %H:%M:%S} UTC (it is now "
+            f"{now:%Y-%m-%d %H:%M:%S} UTC by this machine's clock); {renew}"
+        )
+    if now < not_before:
+        logger.warning(
+            "%s is not valid before %s UTC (it is now %s UTC by this machine's clock): "
+            "peers whose clocks agree will refuse it; check the clocks",
+            name,
+            f"{not_before:%Y-%m-%d %H:%M:%S}",
+            f"{now:%Y-%m-%d %H:%M:%S}",
+        )

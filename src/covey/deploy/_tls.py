@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from covey.deploy._pem import check_ca, check_pair
+from covey.deploy._pem import check_ca, check_dates, check_pair
 from covey.deploy._revoked import RevocationList
 from covey.transport.grpc._server import ServerTLS
 
 __all__ = ["server_tls", "tls_from_dir"]
 
 logger = logging.getLogger("covey")
+
+_RENEW = "give the server a new certificate signed by the federation CA"
 
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
@@ -23,7 +25,8 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
 
     Raises:
         FileNotFoundError: A file of the federation is missing.
-        ValueError: A file is damaged, or ``server.key`` is not the key of ``server.pem``.
+        ValueError: A file is damaged, ``server.key`` is not the key of ``server.pem``,
+            or the CA or server certificate has expired.
     """
     from covey.deploy.certs import load_revoked
 
@@ -42,6 +45,8 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
     )
     check_ca(tls.ca, str(d / "ca.pem"))
     check_pair(tls.cert, tls.key, str(d / "server.pem"), str(d / "server.key"))
+    check_dates(tls.ca, str(d / "ca.pem"), "the federation needs a new CA (`covey certs init`)")
+    check_dates(tls.cert, str(d / "server.pem"), "no client would accept it; " + _RENEW)
     load_revoked(d)  # a damaged list refuses the start, not every client that joins
     return tls
 

@@ -6,15 +6,18 @@ of the run, and sent to the client as a status it will not retry
 a run that is over; a client of another wire protocol is refused like one of
 another version). A certificate revoked while its client is connected is
 noticed at the client's next message (heartbeats included), and the
-connection dropped.
+connection dropped; so is a certificate that expires while its client is
+connected (TLS checks the validity dates only at the handshake).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 from typing import NoReturn
 
 import grpc
+from cryptography import x509
 
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
 from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
@@ -49,6 +52,7 @@ class Admission:
         self.registry = registry
         self.tls = tls
         self.version = _version()
+        self._not_after: dict[bytes, _dt.datetime] = {}
 
     def refuse(
         self, context: grpc.ServicerContext, name: str, code: grpc.StatusCode, why: str
@@ -94,8 +98,9 @@ class Admission:
             )
         name = str(names[0].decode(errors="replace"))
         certificate = bytes(pems[0])
-        if self.revoked(certificate):
-            self.refuse(context, name, grpc.StatusCode.PERMISSION_DENIED, "certificate revoked")
+        why = self.problem(certificate)
+        if why is not None:
+            self.refuse(context, name, grpc.StatusCode.PERMISSION_DENIED, why)
         return name, certificate
 
     def revoked(self, certificate: bytes | None) -> bool:
@@ -103,10 +108,37 @@ class Admission:
         check = getattr(self.tls, "is_revoked", None)
         return certificate is not None and check is not None and bool(check(certificate))
 
+    def expired(self, certificate: bytes | None) -> str | None:
+        """When ``certificate`` expired (``"YYYY-MM-DD HH:MM:SS UTC"``), or None if it has not."""
+        if certificate is None:
+            return None
+        not_after = self._not_after.get(certificate)
+        if not_after is None:
+            try:
+                not_after = x509.load_pem_x509_certificate(certificate).not_valid_after_utc
+            except ValueError:  # gRPC checked it at the handshake; nothing more to say
+                return None
+            if len(self._not_after) > 100_000:
+                self._not_after.clear()
+            self._not_after[certificate] = not_after
+        if _dt.datetime.now(_dt.UTC) <= not_after:
+            return None
+        return f"{not_after:%Y-%m-%d %H:%M:%S} UTC"
+
+    def problem(self, certificate: bytes | None) -> str | None:
+        """Why ``certificate`` is no longer accepted (revoked, expired), or None if it is."""
+        if self.revoked(certificate):
+            return "certificate revoked"
+        when = self.expired(certificate)
+        if when is not None:
+            return f"certificate expired at {when}; issue the client a new one"
+        return None
+
     def check(self, conn: Connection) -> None:
-        """Raise :class:`Refusal` if ``conn``'s certificate has been revoked since it joined."""
-        if self.revoked(conn.certificate):
-            raise Refusal("certificate revoked")
+        """Raise :class:`Refusal` if ``conn``'s certificate was revoked or expired since then."""
+        why = self.problem(conn.certificate)
+        if why is not None:
+            raise Refusal(why)
 
     def run_over(self, context: grpc.ServicerContext, name: str) -> NoReturn:
         """Refuse a client that arrives when the run is over."""

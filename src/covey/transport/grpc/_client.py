@@ -393,7 +393,7 @@ def connect(
             budget.success()
         strikes = strikes + 1 if tls is not None and error.startswith(_CLOSED) else 0
         if strikes >= HANDSHAKE_STRIKES:
-            raise Refused(handshake_refusal(strikes))
+            raise Refused(handshake_refusal(strikes, tls.cert if tls is not None else None))
         delay = budget.next_delay()
         if delay is None:
             raise ConnectionError(

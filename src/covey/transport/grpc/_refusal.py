@@ -9,12 +9,14 @@ network outage) is retried with exponential backoff for a bounded time.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import random
 import time
 from dataclasses import dataclass, field
 
 import grpc
+from cryptography import x509
 
 __all__ = [
     "HANDSHAKE_STRIKES",
@@ -110,6 +112,16 @@ def permanent_cause(exc: grpc.RpcError) -> str | None:
             "name or IP it names (`covey certs init --host ...` chose them when it made "
             f"the certificate): {details}"
         )
+    if code == grpc.StatusCode.UNAVAILABLE and "certificate has expired" in details:
+        return (
+            "the server's certificate (or the CA's) has expired by this machine's clock: "
+            "the server needs a new one (or this machine's clock is wrong): " + details
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and "certificate is not yet valid" in details:
+        return (
+            "the server's certificate (or the CA's) is not yet valid by this machine's "
+            "clock: check the clocks of this machine and of the one that issued it: " + details
+        )
     if code == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TLS_MARKERS):
         return (
             "certificate not trusted: the TLS handshake with the server failed (a "
@@ -133,13 +145,51 @@ def handshake_closed(exc: grpc.RpcError) -> bool:
     )
 
 
-def handshake_refusal(strikes: int) -> str:
-    """The cause given when the server closed ``strikes`` TLS handshakes in a row."""
-    return (
-        f"certificate not trusted: the server closed the TLS handshake {strikes} times in a "
-        "row; its CA does not accept this client's certificate (issued by another "
+def handshake_refusal(strikes: int, certificate: bytes | None = None) -> str:
+    """The cause given when the server closed ``strikes`` TLS handshakes in a row.
+
+    Args:
+        strikes: The handshakes closed in a row.
+        certificate: The client's own certificate (PEM), whose validity dates,
+            by this machine's clock, may be the cause.
+
+    Example:
+        >>> handshake_refusal(3).split(";")[0]
+        'certificate not trusted: the server closed the TLS handshake 3 times in a row'
+    """
+    said = (
+        f"certificate not trusted: the server closed the TLS handshake {strikes} times in a row; "
+    )
+    dates = _validity(certificate)
+    if dates is not None:
+        not_before, not_after = dates
+        now = _dt.datetime.now(_dt.UTC)
+        if now > not_after:
+            return said + (
+                f"this client's certificate expired at {not_after:%Y-%m-%d %H:%M:%S} UTC: "
+                "it needs a new one (`covey certs issue NAME --overwrite`)"
+            )
+        if now < not_before:
+            return said + (
+                f"this client's certificate is not valid before {not_before:%Y-%m-%d %H:%M:%S} "
+                "UTC by this machine's clock: check the clocks of this machine, the server "
+                "and the one that issued it"
+            )
+    return said + (
+        "its CA does not accept this client's certificate (issued by another "
         "federation?) or the client presented none"
     )
+
+
+def _validity(certificate: bytes | None) -> tuple[_dt.datetime, _dt.datetime] | None:
+    """The validity dates of a PEM certificate, or None if there is none or it does not parse."""
+    if not certificate:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(certificate)
+    except ValueError:
+        return None
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
 @dataclass

@@ -1,0 +1,130 @@
+"""Certificate validity dates: expired and not yet valid certificates on both sides of a run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from covey.deploy._client import client_tls
+from covey.deploy._tls import tls_from_dir
+from covey.deploy.certs import init_federation, issue_client
+from covey.deploy.certs._common import cert_to_pem, key_to_pem, load_ca, sign
+from covey.transport.grpc._admission import Admission, Refusal
+from covey.transport.grpc._refusal import handshake_refusal, permanent_cause
+
+
+def _dated(fed: Path, name: str, start: float, end: float, *, server: bool = False) -> None:
+    """Write ``name.pem`` and ``.key`` signed by the CA, valid ``start`` to ``end`` s from now."""
+    ca_cert, ca_key = load_ca(fed)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _dt.datetime.now(_dt.UTC)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + _dt.timedelta(seconds=start))
+        .not_valid_after(now + _dt.timedelta(seconds=end))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if server:
+        san = [x509.DNSName("localhost")]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    (fed / f"{name}.pem").write_bytes(cert_to_pem(sign(builder, ca_key)))
+    (fed / f"{name}.key").write_bytes(key_to_pem(key))
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Path:
+    return init_federation(tmp_path / "fed").directory
+
+
+def test_a_server_with_an_expired_certificate_refuses_to_start(fed: Path) -> None:
+    _dated(fed, "old", -7200, -60, server=True)
+    (fed / "server.pem").write_bytes((fed / "old.pem").read_bytes())
+    (fed / "server.key").write_bytes((fed / "old.key").read_bytes())
+    with pytest.raises(ValueError, match=r"server\.pem expired at .* UTC"):
+        tls_from_dir(fed)
+
+
+def test_a_client_with_an_expired_certificate_refuses_to_start(fed: Path) -> None:
+    _dated(fed, "site", -7200, -60)
+    with pytest.raises(ValueError, match=r"site\.pem expired at .*covey certs issue"):
+        client_tls(fed / "ca.pem", fed / "site.pem", fed / "site.key")
+    issue_client(fed, "fresh")  # a valid one still loads
+    client_tls(fed / "ca.pem", fed / "clients" / "fresh.pem", fed / "clients" / "fresh.key")
+
+
+def test_a_not_yet_valid_client_certificate_is_warned_of(
+    fed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _dated(fed, "site", 3600, 7200)
+    client_tls(fed / "ca.pem", fed / "site.pem", fed / "site.key")  # the server's clock decides
+    assert "not valid before" in caplog.text
+
+
+class _Events:
+    def event(self, *args: Any) -> None:
+        pass
+
+
+class _Conn:
+    def __init__(self, certificate: bytes) -> None:
+        self.certificate = certificate
+
+
+def test_a_connection_whose_certificate_expires_is_dropped(fed: Path) -> None:
+    # TLS checks the dates at the handshake only: a stream open for days outlives them.
+    _dated(fed, "expired", -7200, -1)
+    _dated(fed, "valid", -60, 3600)
+    admission = Admission(_Events(), tls=object())  # type: ignore[arg-type]
+    admission.check(_Conn((fed / "valid.pem").read_bytes()))  # type: ignore[arg-type]
+    with pytest.raises(Refusal, match=r"certificate expired at .* UTC"):
+        admission.check(_Conn((fed / "expired.pem").read_bytes()))  # type: ignore[arg-type]
+
+
+def test_the_handshake_refusal_names_an_expired_own_certificate(fed: Path) -> None:
+    _dated(fed, "expired", -7200, -1)
+    _dated(fed, "early", 3600, 7200)
+    said = handshake_refusal(3, (fed / "expired.pem").read_bytes())
+    assert "this client's certificate expired at" in said
+    assert "another federation" not in said
+    assert "not valid before" in handshake_refusal(3, (fed / "early.pem").read_bytes())
+    assert "another federation" in handshake_refusal(3, None)
+
+
+class _Failed(grpc.RpcError):
+    def __init__(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_an_expired_server_certificate_is_named_as_such_by_the_client() -> None:
+    details = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls "
+        "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+        "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: certificate has expired"
+    )
+    said = permanent_cause(_Failed(details))
+    assert said is not None
+    assert said.startswith("the server's certificate (or the CA's) has expired")
+    early = details.replace("has expired", "is not yet valid")
+    said = permanent_cause(_Failed(early))
+    assert said is not None
+    assert "not yet valid" in said
+    assert "clock" in said
