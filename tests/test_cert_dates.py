@@ -128,3 +128,13 @@ def test_an_expired_server_certificate_is_named_as_such_by_the_client() -> None:
     assert said is not None
     assert "not yet valid" in said
     assert "clock" in said
+
+
+def test_ed25519_keys_are_refused_before_any_connection(tmp_path: Path) -> None:
+    # gRPC's TLS has no EdDSA signature algorithm: every handshake would fail.
+    fed = init_federation(tmp_path / "fed", key_type="ed25519").directory
+    issue_client(fed, "site")
+    with pytest.raises(ValueError, match=r"server\.key is an EdDSA .*key-type ec"):
+        tls_from_dir(fed)
+    with pytest.raises(ValueError, match=r"site\.key is an EdDSA"):
+        client_tls(fed / "ca.pem", fed / "clients" / "site.pem", fed / "clients" / "site.key")

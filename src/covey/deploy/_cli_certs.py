@@ -142,6 +142,11 @@ def init(
         f"[bold yellow]warning:[/] keep {escape(str(paths.ca_key))} secret, ideally offline: "
         "whoever has it can issue certificates that the server accepts."
     )
+    if key_type is _KeyType.ed25519:
+        out.print(
+            "[bold yellow]warning:[/] gRPC's TLS cannot use ed25519 keys: `covey server` and "
+            "`covey client` refuse these certificates; use --key-type ec or rsa for them."
+        )
     out.print(f"Next: covey certs issue CLIENT_ID --dir {escape(str(paths.directory))}")
 
 

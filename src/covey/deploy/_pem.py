@@ -15,6 +15,7 @@ import logging
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 
 __all__ = ["check_ca", "check_dates", "check_pair"]
 
@@ -51,7 +52,8 @@ def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
         key_name: The key file, as named in errors.
 
     Raises:
-        ValueError: Either is not what it should be, or the key is another certificate's.
+        ValueError: Either is not what it should be, the key is another certificate's,
+            or it is of a kind gRPC cannot use (Ed25519, Ed448).
 
     Example:
         >>> check_pair(b"x", b"y", "a.pem", "a.key")
@@ -66,6 +68,14 @@ def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
         raise ValueError(f"{key_name} is encrypted; covey needs an unencrypted key") from None
     except (ValueError, UnsupportedAlgorithm):
         raise ValueError(f"{key_name} is not a PEM private key") from None
+    if isinstance(private, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        # BoringSSL, as gRPC configures it, offers no EdDSA signature algorithm:
+        # every handshake would fail with NO_COMMON_SIGNATURE_ALGORITHMS.
+        raise ValueError(
+            f"{key_name} is an EdDSA (Ed25519/Ed448) key, which gRPC's TLS cannot use: "
+            "use an EC (P-256) or RSA (2048 bits or more) key, e.g. a federation made "
+            "with `covey certs init --key-type ec`"
+        )
     der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if private.public_key().public_bytes(der, spki) != certificate.public_key().public_bytes(
         der, spki
