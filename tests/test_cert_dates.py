@@ -138,3 +138,43 @@ def test_ed25519_keys_are_refused_before_any_connection(tmp_path: Path) -> None:
         tls_from_dir(fed)
     with pytest.raises(ValueError, match=r"site\.key is an EdDSA"):
         client_tls(fed / "ca.pem", fed / "clients" / "site.pem", fed / "clients" / "site.key")
+
+
+def test_renew_server_keeps_the_ca_and_the_clients(fed: Path) -> None:
+    from covey.deploy.certs import list_clients, renew_server
+
+    issue_client(fed, "site")
+    ca_before = (fed / "ca.pem").read_bytes()
+    _dated(fed, "old", -7200, -60, server=True)  # the server's certificate has expired
+    (fed / "server.pem").write_bytes((fed / "old.pem").read_bytes())
+    (fed / "server.key").write_bytes((fed / "old.key").read_bytes())
+    with pytest.raises(ValueError, match="covey certs renew-server"):
+        tls_from_dir(fed)
+    renew_server(fed, hosts=["fl.example.org", "10.0.0.5"])
+    tls_from_dir(fed)  # starts again
+    cert = x509.load_pem_x509_certificate((fed / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["fl.example.org"]
+    assert (fed / "server.key").stat().st_mode & 0o777 == 0o600
+    assert (fed / "ca.pem").read_bytes() == ca_before
+    assert [c.status for c in list_clients(fed)] == ["valid"]
+    renew_server(fed, days=30)  # the hosts of the current certificate by default
+    again = x509.load_pem_x509_certificate((fed / "server.pem").read_bytes())
+    assert again.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == san
+    assert again.serial_number != cert.serial_number
+
+
+def test_cli_renew_server(fed: Path) -> None:
+    from typer.testing import CliRunner
+
+    from covey.deploy._cli_certs import certs_app
+
+    before = (fed / "server.pem").read_bytes()
+    result = CliRunner().invoke(certs_app, ["renew-server", "--dir", str(fed), "--days", "90"])
+    assert result.exit_code == 0, result.output
+    assert "Renewed" in result.output
+    assert "BEGIN" not in result.output  # no key material is printed
+    assert (fed / "server.pem").read_bytes() != before
+    tls_from_dir(fed)
+    bad = CliRunner().invoke(certs_app, ["renew-server", "--dir", str(fed), "--host", "a b"])
+    assert bad.exit_code == 2

@@ -150,6 +150,34 @@ def init(
     out.print(f"Next: covey certs issue CLIENT_ID --dir {escape(str(paths.directory))}")
 
 
+@certs_app.command("renew-server")
+def renew_server(
+    directory: _DirOption,
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--host",
+            help="DNS name or IP address of the server (repeatable). "
+            "Default: those of the current server certificate.",
+            show_default=False,
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Validity, in days.")] = 825,
+) -> None:
+    """Give the server a new certificate from the same CA (clients keep theirs)."""
+    root = _federation_dir(directory)
+    if host:
+        try:
+            _certs.parse_hosts(host)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="'--host'") from None
+    cert = _call(lambda: _certs.renew_server(root, hosts=host or None, days=days))
+    out = _out()
+    out.print(f"[bold green]Renewed[/] the server certificate: wrote {escape(str(cert))}")
+    out.print(f"  wrote {escape(str(root / _certs.SERVER_KEY))}  [dim]server private key (0600)[/]")
+    out.print("Restart the server to use it (covey server --resume RUN_DIR ... continues a run).")
+
+
 @certs_app.command("issue")
 def issue(
     client_id: Annotated[

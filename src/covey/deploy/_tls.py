@@ -13,8 +13,6 @@ __all__ = ["server_tls", "tls_from_dir"]
 
 logger = logging.getLogger("covey")
 
-_RENEW = "give the server a new certificate signed by the federation CA"
-
 
 def tls_from_dir(directory: str | Path) -> ServerTLS:
     """Load the server's TLS material from a federation folder made by ``covey certs init``.
@@ -46,7 +44,12 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
     check_ca(tls.ca, str(d / "ca.pem"))
     check_pair(tls.cert, tls.key, str(d / "server.pem"), str(d / "server.key"))
     check_dates(tls.ca, str(d / "ca.pem"), "the federation needs a new CA (`covey certs init`)")
-    check_dates(tls.cert, str(d / "server.pem"), "no client would accept it; " + _RENEW)
+    check_dates(
+        tls.cert,
+        str(d / "server.pem"),
+        "no client would accept it; renew it "
+        f"with `covey certs renew-server --dir {d}` (where ca.key is)",
+    )
     load_revoked(d)  # a damaged list refuses the start, not every client that joins
     return tls
 

@@ -23,7 +23,7 @@ peer certificate from ``context.auth_context()["x509_pem_cert"]``:
 whether it has been revoked and :func:`verify_chain` re-checks the chain.
 """
 
-from covey.deploy.certs._ca import FederationPaths, init_federation
+from covey.deploy.certs._ca import FederationPaths, init_federation, renew_server
 from covey.deploy.certs._common import (
     CA_CERT,
     CA_KEY,
@@ -56,6 +56,7 @@ __all__ = [
     "list_clients",
     "load_revoked",
     "parse_hosts",
+    "renew_server",
     "revoke",
     "validate_client_id",
     "verify_chain",

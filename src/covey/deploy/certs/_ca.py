@@ -29,9 +29,12 @@ from covey.deploy.certs._common import (
     PrivateKey,
     cert_to_pem,
     check_days,
+    existing_federation,
     generate_key,
+    generate_like,
     key_to_pem,
     key_usage,
+    load_ca,
     locked,
     sign,
     utc_now,
@@ -39,7 +42,7 @@ from covey.deploy.certs._common import (
 from covey.deploy.certs._issue import parse_hosts, server_certificate
 from covey.deploy.certs._revocation import write_revoked
 
-__all__ = ["FederationPaths", "init_federation"]
+__all__ = ["FederationPaths", "init_federation", "renew_server"]
 
 _RSA_BITS = (2048, 3072, 4096)
 
@@ -159,6 +162,70 @@ def init_federation(
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return paths
+
+
+def renew_server(
+    directory: str | os.PathLike[str],
+    *,
+    hosts: Iterable[str] | None = None,
+    days: int = 825,
+) -> Path:
+    """Give the server a new key and certificate, signed by the federation's existing CA.
+
+    The server certificate expires long before the CA (825 days against 3650
+    by default), and a server moves to new host names: this replaces
+    ``server.pem`` and ``server.key`` and leaves the CA, the client
+    certificates and the revocation list as they are, so no client needs
+    anything new.  A running server reads its certificate when it starts:
+    restart it (``covey server --resume RUN_DIR ...`` continues its run).
+
+    Args:
+        directory: The federation directory (made by :func:`init_federation`);
+            it must hold ``ca.key``.
+        hosts: DNS names and IP addresses for the new certificate; default:
+            those of the current ``server.pem``.
+        days: Validity in days (capped at the CA's).
+
+    Returns:
+        The path of the new server certificate.
+
+    Raises:
+        FileNotFoundError: The directory, its CA or its CA key is missing.
+        ValueError: A bad host or validity, or no hosts given and none readable
+            from the current ``server.pem``.
+    """
+    check_days(days, "days")
+    root = existing_federation(directory)
+    with locked(root):
+        ca_cert, ca_key = load_ca(root)
+        host_list = parse_hosts(_current_hosts(root) if hosts is None else hosts)
+        now = utc_now()
+        key = generate_like(ca_key)
+        cert = server_certificate(key, host_list, ca_cert, ca_key, days, now)
+        stage = Path(tempfile.mkdtemp(dir=root, prefix=".renew-"))  # mode 0700
+        try:
+            atomic_write(stage / SERVER_KEY, key_to_pem(key), mode=KEY_MODE)
+            atomic_write(stage / SERVER_CERT, cert_to_pem(cert), mode=CERT_MODE)
+            # Key first: a crash in between leaves a pair the server refuses, naming it.
+            os.replace(stage / SERVER_KEY, root / SERVER_KEY)
+            os.replace(stage / SERVER_CERT, root / SERVER_CERT)
+            fsync_dir(root)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return root / SERVER_CERT
+
+
+def _current_hosts(root: Path) -> list[str]:
+    """The DNS names and IP addresses of the current server certificate."""
+    try:
+        cert = x509.load_pem_x509_certificate((root / SERVER_CERT).read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        raise ValueError(
+            f"cannot read the hosts of {root / SERVER_CERT}: give them (--host)"
+        ) from None
+    names = [str(name) for name in san.get_values_for_type(x509.DNSName)]
+    return names + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
 def _check_options(name: str, days: int, server_days: int, key_type: str, rsa_bits: int) -> None:
