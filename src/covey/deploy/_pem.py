@@ -17,6 +17,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 
+from covey.transport.grpc._strength import weakness
+
 __all__ = ["check_ca", "check_dates", "check_pair"]
 
 logger = logging.getLogger("covey")
@@ -37,9 +39,12 @@ def check_ca(pem: bytes, name: str) -> None:
         name: The file, as named in errors.
 
     Raises:
-        ValueError: It is not a PEM certificate.
+        ValueError: It is not a PEM certificate, or its key is too short.
     """
-    _certificate(pem, name)
+    certificate = _certificate(pem, name)
+    why = weakness(certificate)
+    if why is not None and "signature" not in why:  # a trust anchor's own signature is not used
+        raise ValueError(f"{name} is too weak: {why}")
 
 
 def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
@@ -53,7 +58,8 @@ def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
 
     Raises:
         ValueError: Either is not what it should be, the key is another certificate's,
-            or it is of a kind gRPC cannot use (Ed25519, Ed448).
+            it is of a kind gRPC cannot use (Ed25519, Ed448), or it is too weak
+            (an RSA key under 2048 bits, a SHA-1 or MD5 signature).
 
     Example:
         >>> check_pair(b"x", b"y", "a.pem", "a.key")
@@ -76,6 +82,9 @@ def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
             "use an EC (P-256) or RSA (2048 bits or more) key, e.g. a federation made "
             "with `covey certs init --key-type ec`"
         )
+    why = weakness(certificate)
+    if why is not None:
+        raise ValueError(f"{cert_name} is too weak: {why}")
     der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if private.public_key().public_bytes(der, spki) != certificate.public_key().public_bytes(
         der, spki

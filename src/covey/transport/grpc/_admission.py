@@ -22,6 +22,7 @@ from cryptography import x509
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
 from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
 from covey.transport.grpc._registry import Connection, Registry, peer_of
+from covey.transport.grpc._strength import weakness
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["Admission", "Refusal"]
@@ -98,10 +99,19 @@ class Admission:
             )
         name = str(names[0].decode(errors="replace"))
         certificate = bytes(pems[0])
-        why = self.problem(certificate)
+        why = self.problem(certificate) or self.weak(certificate)
         if why is not None:
             self.refuse(context, name, grpc.StatusCode.PERMISSION_DENIED, why)
         return name, certificate
+
+    @staticmethod
+    def weak(certificate: bytes) -> str | None:
+        """Why ``certificate`` is too weak to admit (a short RSA key, SHA-1), or None."""
+        try:
+            why = weakness(x509.load_pem_x509_certificate(certificate))
+        except ValueError:  # gRPC parsed it at the handshake; nothing more to say
+            return None
+        return None if why is None else f"certificate too weak: {why}"
 
     def revoked(self, certificate: bytes | None) -> bool:
         """Whether ``certificate`` is on the federation's revocation list now."""

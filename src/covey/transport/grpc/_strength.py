@@ -1,0 +1,44 @@
+"""Certificates too weak for current guidance: short RSA keys, SHA-1 or MD5 signatures.
+
+gRPC's TLS library accepts a 1024-bit RSA key or a certificate signed with
+SHA-1; current guidance (NIST SP 800-131A, the CA/Browser Forum) does not. A
+covey federation makes EC P-256 keys signed with SHA-256, so only
+certificates from another PKI can be this weak; they are refused with the
+reason, by the server at join and by both commands before they start.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+
+__all__ = ["MIN_RSA_BITS", "weakness"]
+
+#: The shortest RSA (or DSA) key accepted, in bits.
+MIN_RSA_BITS = 2048
+
+_WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+
+
+def weakness(certificate: x509.Certificate) -> str | None:
+    """Why ``certificate`` is too weak to trust, or None if it is not.
+
+    Args:
+        certificate: The certificate to judge (its key and its signature).
+
+    Returns:
+        The reason, e.g. ``"a 1024-bit RSA key (2048 bits at least)"``, or None.
+    """
+    key = certificate.public_key()
+    if isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) and key.key_size < MIN_RSA_BITS:
+        kind = "RSA" if isinstance(key, rsa.RSAPublicKey) else "DSA"
+        return f"a {key.key_size}-bit {kind} key ({MIN_RSA_BITS} bits at least)"
+    try:
+        algorithm = certificate.signature_hash_algorithm
+    except UnsupportedAlgorithm:  # unknown to cryptography: gRPC judged it at the handshake
+        return None
+    if isinstance(algorithm, _WEAK_HASHES):
+        return f"a signature with {algorithm.name.upper()} (SHA-256 or stronger needed)"
+    return None
