@@ -12,7 +12,7 @@ import numpy.typing as npt
 from covey.clients import Client
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
-from covey.sklearn._params import get_params, prime, set_params
+from covey.sklearn._params import features, get_params, prime, set_params
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -67,7 +67,7 @@ class SklearnClient(Client):
 
     Args:
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
-        x_train: Local training features.
+        x_train: Local training features (an array or a SciPy sparse matrix).
         y_train: Local training labels.
         classes: Every class label of the federation (a client may lack some).
         x_test: Local test features (None: evaluate on the training data).
@@ -99,17 +99,17 @@ class SklearnClient(Client):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         self.model = model
-        self.x_train, self.y_train = np.asarray(x_train), np.asarray(y_train)
-        if len(self.x_train) == 0 or len(self.x_train) != len(self.y_train):
+        self.x_train, self.y_train = features(x_train), np.asarray(y_train)
+        if self.x_train.shape[0] == 0 or self.x_train.shape[0] != len(self.y_train):
             raise ValueError(
                 f"x_train and y_train need the same non-zero length, got "
-                f"{len(self.x_train)} and {len(self.y_train)}"
+                f"{self.x_train.shape[0]} and {len(self.y_train)}"
             )
         self.classes = list(classes)
         if x_test is None or y_test is None:
             self.x_test, self.y_test = self.x_train, self.y_train
         else:
-            self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
+            self.x_test, self.y_test = features(x_test), np.asarray(y_test)
         self.epochs = epochs
         from sklearn.base import is_classifier
 

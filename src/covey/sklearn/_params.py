@@ -30,6 +30,19 @@ def _outputs(classes: Sequence[Any]) -> int:
     return 1 if len(classes) == 2 else len(classes)
 
 
+def features(x: Any) -> Any:
+    """``x`` as an array of features, keeping a SciPy sparse matrix sparse.
+
+    ``np.asarray`` would wrap a sparse matrix in a 0-d object array, which
+    scikit-learn refuses.
+    """
+    import scipy.sparse
+
+    if scipy.sparse.issparse(x):
+        return x
+    return np.asarray(x)
+
+
 def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
     """The learned parameters of a fitted model as named arrays.
 
@@ -161,7 +174,7 @@ def prime(model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]
     fitted = hasattr(model, "coefs_") if is_mlp(model) else hasattr(model, "coef_")
     if fitted:
         return
-    x_arr = np.asarray(x)
+    x_arr = features(x)
     if hasattr(model, "partial_fit"):
         model.partial_fit(x_arr, np.asarray(y), classes=np.asarray(classes))
         return

@@ -1,0 +1,32 @@
+"""covey.sklearn with sparse and float32 features and averaged SGD."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+from sklearn.datasets import load_digits
+from sklearn.linear_model import SGDClassifier
+
+from covey.sklearn import SklearnClient, initial_params
+
+CLASSES = list(range(10))
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    data = load_digits()
+    x = (data.data[:300] / 16.0).astype(np.float64)
+    return x, data.target[:300]
+
+
+def test_sparse_features_train_and_evaluate() -> None:
+    x, y = _digits()
+    sparse = scipy.sparse.csr_matrix(x)
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", random_state=0), sparse, y, classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    fitted = client.fit(start, {"round": 1, "epochs": 3})
+    assert fitted.num_examples == 300
+    assert fitted.weights is not None
+    assert fitted.weights["coef"].shape == (10, 64)
+    assert float(client.evaluate(fitted.weights, {}).metrics["accuracy"]) > 0.8
