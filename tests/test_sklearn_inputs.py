@@ -7,6 +7,7 @@ import scipy.sparse
 from sklearn.datasets import load_digits
 from sklearn.linear_model import SGDClassifier
 
+from covey import Weights
 from covey.sklearn import SklearnClient, initial_params
 
 CLASSES = list(range(10))
@@ -30,3 +31,18 @@ def test_sparse_features_train_and_evaluate() -> None:
     assert fitted.weights is not None
     assert fitted.weights["coef"].shape == (10, 64)
     assert float(client.evaluate(fitted.weights, {}).metrics["accuracy"]) > 0.8
+
+
+def test_float32_features_train_and_return_the_global_dtypes() -> None:
+    x, y = _digits()
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", random_state=0), x.astype(np.float32), y, classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    weights: Weights = start
+    for rnd in (1, 2):
+        fitted = client.fit(weights, {"round": rnd})
+        assert fitted.weights is not None
+        weights = fitted.weights
+        assert {k: v.dtype for k, v in weights.items()} == {k: v.dtype for k, v in start.items()}
+    assert float(client.evaluate(weights, {}).metrics["accuracy"]) > 0.8

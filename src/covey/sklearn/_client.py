@@ -138,7 +138,8 @@ class SklearnClient(Client):
             config: The round's config; ``"epochs"`` is read from it.
 
         Returns:
-            The local parameters, the number of training examples and
+            The local parameters (in the dtypes of ``weights``), the number of
+            training examples and
             ``{"train_accuracy": ...}``.
         """
         epochs = config.get("epochs", self.epochs)
@@ -157,8 +158,11 @@ class SklearnClient(Client):
                 self._check_every_class()
                 self.model.fit(self.x_train, self.y_train)
         accuracy = float(np.mean(self.model.predict(self.x_train) == self.y_train))
+        # in the global weights' dtypes (a model trained on float32 features has float32 ones)
+        local = get_params(self.model)
+        new = {k: v.astype(np.asarray(weights[k]).dtype, copy=False) for k, v in local.items()}
         return FitResult(
-            weights=get_params(self.model),
+            weights=new,
             num_examples=len(self.y_train),
             metrics={"train_accuracy": accuracy},
         )

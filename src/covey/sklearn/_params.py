@@ -81,7 +81,8 @@ def set_params(model: Any, weights: Weights) -> None:
     """Copy ``weights`` into a model's parameters (the model must be fitted or primed).
 
     The arrays are copied (the weights a client receives are read-only and
-    scikit-learn updates its parameters in place).
+    scikit-learn updates its parameters in place), in the model's own float
+    dtypes (float32 for an SGD model trained on float32 features).
 
     Args:
         model: The estimator, with parameters of the same names and shapes.
@@ -104,7 +105,11 @@ def set_params(model: Any, weights: Weights) -> None:
                 f"weight {name!r} has shape {np.shape(weights[name])}, "
                 f"{type(model).__name__}'s is {value.shape}"
             )
-    new = {k: np.array(weights[k], dtype=np.float64, copy=True) for k in current}
+    # in the model's own float dtype: SGD trained on float32 features refuses float64
+    new = {
+        k: np.array(weights[k], dtype=v.dtype if v.dtype.kind == "f" else np.float64, copy=True)
+        for k, v in current.items()
+    }
     if is_mlp(model):
         model.coefs_ = [new[f"coefs.{i}"] for i in range(len(model.coefs_))]
         model.intercepts_ = [new[f"intercepts.{i}"] for i in range(len(model.intercepts_))]
