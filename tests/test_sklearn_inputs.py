@@ -46,3 +46,19 @@ def test_float32_features_train_and_return_the_global_dtypes() -> None:
         weights = fitted.weights
         assert {k: v.dtype for k, v in weights.items()} == {k: v.dtype for k, v in start.items()}
     assert float(client.evaluate(weights, {}).metrics["accuracy"]) > 0.8
+
+
+def test_averaged_sgd_trains_on_from_the_global_weights() -> None:
+    x, y = _digits()
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", average=True, random_state=0), x, y, classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    first = client.fit(start, {"round": 1}).weights
+    assert first is not None
+    far = {k: v + 50.0 for k, v in first.items()}
+    second = client.fit(far, {"round": 2}).weights
+    assert second is not None
+    # one more pass from weights 50 away stays near them, not near the client's own
+    assert np.abs(second["coef"] - far["coef"]).mean() < 25.0
+    assert np.abs(second["coef"] - first["coef"]).mean() > 25.0

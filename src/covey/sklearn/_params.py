@@ -116,6 +116,13 @@ def set_params(model: Any, weights: Weights) -> None:
     else:
         model.coef_ = new["coef"]
         model.intercept_ = new["intercept"]
+        if getattr(model, "_standard_coef", None) is not None:
+            # SGD with average=True trains on from its own (unaveraged) iterate and
+            # running average, not from coef_: both start from the weights set.
+            model._standard_coef = new["coef"].copy()
+            model._standard_intercept = new["intercept"].copy()
+            model._average_coef = new["coef"].copy()
+            model._average_intercept = new["intercept"].copy()
 
 
 def initial_params(
