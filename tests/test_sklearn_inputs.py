@@ -1,14 +1,19 @@
-"""covey.sklearn with sparse and float32 features and averaged SGD."""
+"""covey.sklearn with sparse and float32 features, averaged SGD and regressors."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+import pytest
 import scipy.sparse
-from sklearn.datasets import load_digits
-from sklearn.linear_model import SGDClassifier
+from sklearn.datasets import load_diabetes, load_digits
+from sklearn.linear_model import Ridge, SGDClassifier, SGDRegressor
+from sklearn.neural_network import MLPRegressor
 
 from covey import Weights
-from covey.sklearn import SklearnClient, initial_params
+from covey.sklearn import SklearnClient, get_params, initial_params, set_params
 
 CLASSES = list(range(10))
 
@@ -62,3 +67,35 @@ def test_averaged_sgd_trains_on_from_the_global_weights() -> None:
     # one more pass from weights 50 away stays near them, not near the client's own
     assert np.abs(second["coef"] - far["coef"]).mean() < 25.0
     assert np.abs(second["coef"] - first["coef"]).mean() > 25.0
+
+
+REGRESSORS: list[tuple[Callable[[], Any], int]] = [
+    (lambda: SGDRegressor(random_state=0), 1),
+    (lambda: Ridge(), 1),
+    (lambda: Ridge(), 2),
+    (lambda: MLPRegressor(hidden_layer_sizes=(4,), max_iter=20, random_state=0), 1),
+    (lambda: MLPRegressor(hidden_layer_sizes=(4,), max_iter=20, random_state=0), 2),
+]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(("make", "targets"), REGRESSORS)
+def test_initial_params_of_a_regressor_have_its_fitted_shapes(
+    make: Callable[[], Any], targets: int
+) -> None:
+    data = load_diabetes()
+    x, y = data.data[:100], data.target[:100] / 100.0
+    if targets == 2:
+        y = np.c_[y, -y]
+    model = make().fit(x, y)
+    start = initial_params(make(), x.shape[1], targets=targets)
+    fitted = get_params(model)
+    assert {k: v.shape for k, v in start.items()} == {k: v.shape for k, v in fitted.items()}
+    set_params(model, start)
+
+
+def test_initial_params_names_a_mixed_up_classes_or_targets() -> None:
+    with pytest.raises(ValueError, match="SGDRegressor is a regressor"):
+        initial_params(SGDRegressor(), 3, [0, 1])
+    with pytest.raises(ValueError, match="SGDClassifier is a classifier"):
+        initial_params(SGDClassifier(), 3)

@@ -126,7 +126,12 @@ def set_params(model: Any, weights: Weights) -> None:
 
 
 def initial_params(
-    model: Any, num_features: int, classes: Sequence[Any], *, seed: int = 0
+    model: Any,
+    num_features: int,
+    classes: Sequence[Any] | None = None,
+    *,
+    targets: int = 1,
+    seed: int = 0,
 ) -> dict[str, Array]:
     """Starting global parameters for ``model``, without any data.
 
@@ -138,18 +143,42 @@ def initial_params(
     Args:
         model: The (unfitted) estimator, for its architecture.
         num_features: Input features.
-        classes: Every class label of the federation.
+        classes: Every class label of the federation (classifiers only).
+        targets: Target columns of a regressor (``SGDRegressor``, ``Ridge``,
+            ``MLPRegressor``): with 1 a linear regressor's ``coef`` has shape
+            ``(num_features,)``, as scikit-learn gives it.
         seed: Seeds the MLP's initialization.
 
     Returns:
         Named arrays with the shapes :func:`get_params` gives after fitting.
 
+    Raises:
+        ValueError: A classifier without ``classes``, a regressor with them,
+            or ``targets`` below 1.
+
     References:
         Glorot and Bengio, "Understanding the difficulty of training deep
         feedforward neural networks", AISTATS 2010.
     """
-    outputs = _outputs(classes)
+    from sklearn.base import is_regressor
+
+    regressor = is_regressor(model)
+    if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
+        raise ValueError(f"targets must be an int >= 1, got {targets!r}")
+    if regressor and classes is not None:
+        raise ValueError(
+            f"{type(model).__name__} is a regressor: give its number of target columns "
+            "as targets=, not classes"
+        )
+    if regressor:
+        outputs = targets
+    elif classes is None:
+        raise ValueError(f"{type(model).__name__} is a classifier: give every class as classes=")
+    else:
+        outputs = _outputs(classes)
     if not is_mlp(model):
+        if regressor and outputs == 1:
+            return {"coef": np.zeros(num_features), "intercept": np.zeros(1)}
         return {
             "coef": np.zeros((outputs, num_features)),
             "intercept": np.zeros(outputs),
