@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 from sklearn.datasets import load_diabetes, load_digits
-from sklearn.linear_model import Ridge, SGDClassifier, SGDRegressor
+from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRegressor
 from sklearn.neural_network import MLPRegressor
 
 from covey import Weights
@@ -99,3 +99,12 @@ def test_initial_params_names_a_mixed_up_classes_or_targets() -> None:
         initial_params(SGDRegressor(), 3, [0, 1])
     with pytest.raises(ValueError, match="SGDClassifier is a classifier"):
         initial_params(SGDClassifier(), 3)
+
+
+@pytest.mark.parametrize("make", [SGDClassifier, LogisticRegression])
+def test_repeated_classes_are_named(make: Callable[[], Any]) -> None:
+    x, y = _digits()
+    with pytest.raises(ValueError, match="classes must be distinct"):
+        SklearnClient(make(), x, y % 3, classes=[0, 1, 2, 2])
+    with pytest.raises(ValueError, match="classes must be distinct"):
+        initial_params(make(), x.shape[1], [0, 1, 2, 2])

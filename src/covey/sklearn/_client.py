@@ -12,7 +12,7 @@ import numpy.typing as npt
 from covey.clients import Client
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
-from covey.sklearn._params import features, get_params, prime, set_params
+from covey.sklearn._params import _outputs, features, get_params, prime, set_params
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -106,6 +106,7 @@ class SklearnClient(Client):
                 f"{self.x_train.shape[0]} and {len(self.y_train)}"
             )
         self.classes = list(classes)
+        _outputs(self.classes)  # at least two, distinct
         if x_test is None or y_test is None:
             self.x_test, self.y_test = self.x_train, self.y_train
         else:

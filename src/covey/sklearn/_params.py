@@ -25,8 +25,11 @@ def _layers(model: Any) -> list[int]:
 
 
 def _outputs(classes: Sequence[Any]) -> int:
+    """The outputs of a classifier over ``classes``: 1 for two, else one per class."""
     if len(classes) < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {list(classes)}")
+    if len(np.unique(np.asarray(classes))) != len(classes):
+        raise ValueError(f"classes must be distinct, got {list(classes)}")
     return 1 if len(classes) == 2 else len(classes)
 
 
