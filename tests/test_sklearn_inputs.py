@@ -108,3 +108,18 @@ def test_repeated_classes_are_named(make: Callable[[], Any]) -> None:
         SklearnClient(make(), x, y % 3, classes=[0, 1, 2, 2])
     with pytest.raises(ValueError, match="classes must be distinct"):
         initial_params(make(), x.shape[1], [0, 1, 2, 2])
+
+
+def test_column_vector_labels_count_as_one_label_per_example() -> None:
+    x, y = _digits()
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", random_state=0), x, y.reshape(-1, 1), classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    fitted = client.fit(start, {"round": 1, "epochs": 3})
+    assert fitted.weights is not None
+    evaluated = client.evaluate(fitted.weights, {})
+    assert fitted.metrics["train_accuracy"] == pytest.approx(evaluated.metrics["accuracy"])
+    assert float(evaluated.metrics["accuracy"]) > 0.8
+    with pytest.raises(ValueError, match=r"y_train must hold one label per example"):
+        SklearnClient(SGDClassifier(), x, np.c_[y, y], classes=CLASSES)

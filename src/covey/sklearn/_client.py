@@ -51,6 +51,19 @@ def evaluate_model(
     return 1.0 - accuracy, {"accuracy": accuracy}
 
 
+def _labels(y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
+    """``y`` as one label per example; a column vector ``(n, 1)`` is flattened."""
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{name} must hold one label per example, got shape {arr.shape} "
+            "(multi-output classifiers are not supported)"
+        )
+    return arr
+
+
 class SklearnClient(Client):
     """Federate a scikit-learn classifier (``SGDClassifier``, ``LogisticRegression``, an MLP).
 
@@ -99,7 +112,7 @@ class SklearnClient(Client):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         self.model = model
-        self.x_train, self.y_train = features(x_train), np.asarray(y_train)
+        self.x_train, self.y_train = features(x_train), _labels(y_train, "y_train")
         if self.x_train.shape[0] == 0 or self.x_train.shape[0] != len(self.y_train):
             raise ValueError(
                 f"x_train and y_train need the same non-zero length, got "
@@ -110,7 +123,7 @@ class SklearnClient(Client):
         if x_test is None or y_test is None:
             self.x_test, self.y_test = self.x_train, self.y_train
         else:
-            self.x_test, self.y_test = features(x_test), np.asarray(y_test)
+            self.x_test, self.y_test = features(x_test), _labels(y_test, "y_test")
         self.epochs = epochs
         from sklearn.base import is_classifier
 
