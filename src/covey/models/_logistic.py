@@ -96,6 +96,33 @@ def _settings(lr: Any, epochs: Any, batch_size: Any, where: str) -> tuple[float,
     return float(lr), int(epochs), int(batch_size)
 
 
+def _label_bound(y: Any, name: str) -> int:
+    """One past the largest label of ``y``, checked to be integers from 0 (class indices)."""
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "iub":
+        raise ValueError(
+            f"{name} must hold integer class indices 0..k-1, got dtype {arr.dtype} "
+            "(map labels to indices first, e.g. with np.unique(y, return_inverse=True))"
+        )
+    if arr.size == 0:
+        return 0
+    low = int(arr.min())
+    if low < 0:
+        raise ValueError(
+            f"{name} must hold class indices 0..k-1, got label {low} (a negative index "
+            "would silently train the last class's column)"
+        )
+    return int(arr.max()) + 1
+
+
+def _check_classes(bound: int, weights: Weights, name: str) -> None:
+    classes = int(np.shape(weights["W"])[1])
+    if bound > classes:
+        raise ValueError(
+            f"{name} holds class index {bound - 1}, but the weights have {classes} classes"
+        )
+
+
 class LogisticClient(Client):
     """A client that trains logistic regression on its local data with minibatch SGD.
 
@@ -106,7 +133,7 @@ class LogisticClient(Client):
     Args:
         cid: The client's id (seeds its shuffling).
         x: Local training features.
-        y: Local training labels.
+        y: Local training labels, integer class indices ``0..k-1``.
         x_val: Local validation features for :meth:`evaluate` (default: training data).
         y_val: Local validation labels.
         lr: Learning rate, a finite number > 0.
@@ -134,6 +161,8 @@ class LogisticClient(Client):
         self.x_val = x if x_val is None else x_val
         self.y_val = y if y_val is None else y_val
         self.lr, self.epochs, self.batch_size, self.seed = lr, epochs, batch_size, seed
+        self._bound = _label_bound(self.y, "y")
+        self._val_bound = _label_bound(self.y_val, "y_val")
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Train for ``epochs`` epochs and return the new weights."""
@@ -143,6 +172,7 @@ class LogisticClient(Client):
             config.get("batch_size", self.batch_size),
             "config ",
         )
+        _check_classes(self._bound, weights, "y")
         new: Weights = weights
         for epoch in range(epochs):
             rng = np.random.default_rng([self.seed, self.cid, int(config["round"]), epoch])
@@ -157,5 +187,6 @@ class LogisticClient(Client):
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """Loss and accuracy on the local validation data."""
+        _check_classes(self._val_bound, weights, "y_val")
         loss, acc = logistic_evaluate(weights, self.x_val, self.y_val)
         return EvaluateResult(loss=loss, num_examples=len(self.y_val), metrics={"accuracy": acc})

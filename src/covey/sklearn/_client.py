@@ -12,7 +12,7 @@ import numpy.typing as npt
 from covey.clients import Client
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
-from covey.sklearn._params import get_params, prime, set_params
+from covey.sklearn._params import _outputs, features, get_params, prime, set_params
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -51,6 +51,19 @@ def evaluate_model(
     return 1.0 - accuracy, {"accuracy": accuracy}
 
 
+def _labels(y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
+    """``y`` as one label per example; a column vector ``(n, 1)`` is flattened."""
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{name} must hold one label per example, got shape {arr.shape} "
+            "(multi-output classifiers are not supported)"
+        )
+    return arr
+
+
 class SklearnClient(Client):
     """Federate a scikit-learn classifier (``SGDClassifier``, ``LogisticRegression``, an MLP).
 
@@ -67,7 +80,7 @@ class SklearnClient(Client):
 
     Args:
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
-        x_train: Local training features.
+        x_train: Local training features (an array or a SciPy sparse matrix).
         y_train: Local training labels.
         classes: Every class label of the federation (a client may lack some).
         x_test: Local test features (None: evaluate on the training data).
@@ -99,17 +112,18 @@ class SklearnClient(Client):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         self.model = model
-        self.x_train, self.y_train = np.asarray(x_train), np.asarray(y_train)
-        if len(self.x_train) == 0 or len(self.x_train) != len(self.y_train):
+        self.x_train, self.y_train = features(x_train), _labels(y_train, "y_train")
+        if self.x_train.shape[0] == 0 or self.x_train.shape[0] != len(self.y_train):
             raise ValueError(
                 f"x_train and y_train need the same non-zero length, got "
-                f"{len(self.x_train)} and {len(self.y_train)}"
+                f"{self.x_train.shape[0]} and {len(self.y_train)}"
             )
         self.classes = list(classes)
+        _outputs(self.classes)  # at least two, distinct
         if x_test is None or y_test is None:
             self.x_test, self.y_test = self.x_train, self.y_train
         else:
-            self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
+            self.x_test, self.y_test = features(x_test), _labels(y_test, "y_test")
         self.epochs = epochs
         from sklearn.base import is_classifier
 
@@ -138,7 +152,8 @@ class SklearnClient(Client):
             config: The round's config; ``"epochs"`` is read from it.
 
         Returns:
-            The local parameters, the number of training examples and
+            The local parameters (in the dtypes of ``weights``), the number of
+            training examples and
             ``{"train_accuracy": ...}``.
         """
         epochs = config.get("epochs", self.epochs)
@@ -157,8 +172,11 @@ class SklearnClient(Client):
                 self._check_every_class()
                 self.model.fit(self.x_train, self.y_train)
         accuracy = float(np.mean(self.model.predict(self.x_train) == self.y_train))
+        # in the global weights' dtypes (a model trained on float32 features has float32 ones)
+        local = get_params(self.model)
+        new = {k: v.astype(np.asarray(weights[k]).dtype, copy=False) for k, v in local.items()}
         return FitResult(
-            weights=get_params(self.model),
+            weights=new,
             num_examples=len(self.y_train),
             metrics={"train_accuracy": accuracy},
         )

@@ -25,9 +25,25 @@ def _layers(model: Any) -> list[int]:
 
 
 def _outputs(classes: Sequence[Any]) -> int:
+    """The outputs of a classifier over ``classes``: 1 for two, else one per class."""
     if len(classes) < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {list(classes)}")
+    if len(np.unique(np.asarray(classes))) != len(classes):
+        raise ValueError(f"classes must be distinct, got {list(classes)}")
     return 1 if len(classes) == 2 else len(classes)
+
+
+def features(x: Any) -> Any:
+    """``x`` as an array of features, keeping a SciPy sparse matrix sparse.
+
+    ``np.asarray`` would wrap a sparse matrix in a 0-d object array, which
+    scikit-learn refuses.
+    """
+    import scipy.sparse
+
+    if scipy.sparse.issparse(x):
+        return x
+    return np.asarray(x)
 
 
 def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
@@ -68,7 +84,8 @@ def set_params(model: Any, weights: Weights) -> None:
     """Copy ``weights`` into a model's parameters (the model must be fitted or primed).
 
     The arrays are copied (the weights a client receives are read-only and
-    scikit-learn updates its parameters in place).
+    scikit-learn updates its parameters in place), in the model's own float
+    dtypes (float32 for an SGD model trained on float32 features).
 
     Args:
         model: The estimator, with parameters of the same names and shapes.
@@ -91,17 +108,33 @@ def set_params(model: Any, weights: Weights) -> None:
                 f"weight {name!r} has shape {np.shape(weights[name])}, "
                 f"{type(model).__name__}'s is {value.shape}"
             )
-    new = {k: np.array(weights[k], dtype=np.float64, copy=True) for k in current}
+    # in the model's own float dtype: SGD trained on float32 features refuses float64
+    new = {
+        k: np.array(weights[k], dtype=v.dtype if v.dtype.kind == "f" else np.float64, copy=True)
+        for k, v in current.items()
+    }
     if is_mlp(model):
         model.coefs_ = [new[f"coefs.{i}"] for i in range(len(model.coefs_))]
         model.intercepts_ = [new[f"intercepts.{i}"] for i in range(len(model.intercepts_))]
     else:
         model.coef_ = new["coef"]
         model.intercept_ = new["intercept"]
+        if getattr(model, "_standard_coef", None) is not None:
+            # SGD with average=True trains on from its own (unaveraged) iterate and
+            # running average, not from coef_: both start from the weights set.
+            model._standard_coef = new["coef"].copy()
+            model._standard_intercept = new["intercept"].copy()
+            model._average_coef = new["coef"].copy()
+            model._average_intercept = new["intercept"].copy()
 
 
 def initial_params(
-    model: Any, num_features: int, classes: Sequence[Any], *, seed: int = 0
+    model: Any,
+    num_features: int,
+    classes: Sequence[Any] | None = None,
+    *,
+    targets: int = 1,
+    seed: int = 0,
 ) -> dict[str, Array]:
     """Starting global parameters for ``model``, without any data.
 
@@ -113,18 +146,42 @@ def initial_params(
     Args:
         model: The (unfitted) estimator, for its architecture.
         num_features: Input features.
-        classes: Every class label of the federation.
+        classes: Every class label of the federation (classifiers only).
+        targets: Target columns of a regressor (``SGDRegressor``, ``Ridge``,
+            ``MLPRegressor``): with 1 a linear regressor's ``coef`` has shape
+            ``(num_features,)``, as scikit-learn gives it.
         seed: Seeds the MLP's initialization.
 
     Returns:
         Named arrays with the shapes :func:`get_params` gives after fitting.
 
+    Raises:
+        ValueError: A classifier without ``classes``, a regressor with them,
+            or ``targets`` below 1.
+
     References:
         Glorot and Bengio, "Understanding the difficulty of training deep
         feedforward neural networks", AISTATS 2010.
     """
-    outputs = _outputs(classes)
+    from sklearn.base import is_regressor
+
+    regressor = is_regressor(model)
+    if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
+        raise ValueError(f"targets must be an int >= 1, got {targets!r}")
+    if regressor and classes is not None:
+        raise ValueError(
+            f"{type(model).__name__} is a regressor: give its number of target columns "
+            "as targets=, not classes"
+        )
+    if regressor:
+        outputs = targets
+    elif classes is None:
+        raise ValueError(f"{type(model).__name__} is a classifier: give every class as classes=")
+    else:
+        outputs = _outputs(classes)
     if not is_mlp(model):
+        if regressor and outputs == 1:
+            return {"coef": np.zeros(num_features), "intercept": np.zeros(1)}
         return {
             "coef": np.zeros((outputs, num_features)),
             "intercept": np.zeros(outputs),
@@ -161,7 +218,7 @@ def prime(model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]
     fitted = hasattr(model, "coefs_") if is_mlp(model) else hasattr(model, "coef_")
     if fitted:
         return
-    x_arr = np.asarray(x)
+    x_arr = features(x)
     if hasattr(model, "partial_fit"):
         model.partial_fit(x_arr, np.asarray(y), classes=np.asarray(classes))
         return

@@ -1,0 +1,125 @@
+"""covey.sklearn with sparse and float32 features, averaged SGD and regressors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse
+from sklearn.datasets import load_diabetes, load_digits
+from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRegressor
+from sklearn.neural_network import MLPRegressor
+
+from covey import Weights
+from covey.sklearn import SklearnClient, get_params, initial_params, set_params
+
+CLASSES = list(range(10))
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    data = load_digits()
+    x = (data.data[:300] / 16.0).astype(np.float64)
+    return x, data.target[:300]
+
+
+def test_sparse_features_train_and_evaluate() -> None:
+    x, y = _digits()
+    sparse = scipy.sparse.csr_matrix(x)
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", random_state=0), sparse, y, classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    fitted = client.fit(start, {"round": 1, "epochs": 3})
+    assert fitted.num_examples == 300
+    assert fitted.weights is not None
+    assert fitted.weights["coef"].shape == (10, 64)
+    assert float(client.evaluate(fitted.weights, {}).metrics["accuracy"]) > 0.8
+
+
+def test_float32_features_train_and_return_the_global_dtypes() -> None:
+    x, y = _digits()
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", random_state=0), x.astype(np.float32), y, classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    weights: Weights = start
+    for rnd in (1, 2):
+        fitted = client.fit(weights, {"round": rnd})
+        assert fitted.weights is not None
+        weights = fitted.weights
+        assert {k: v.dtype for k, v in weights.items()} == {k: v.dtype for k, v in start.items()}
+    assert float(client.evaluate(weights, {}).metrics["accuracy"]) > 0.8
+
+
+def test_averaged_sgd_trains_on_from_the_global_weights() -> None:
+    x, y = _digits()
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", average=True, random_state=0), x, y, classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    first = client.fit(start, {"round": 1}).weights
+    assert first is not None
+    far = {k: v + 50.0 for k, v in first.items()}
+    second = client.fit(far, {"round": 2}).weights
+    assert second is not None
+    # one more pass from weights 50 away stays near them, not near the client's own
+    assert np.abs(second["coef"] - far["coef"]).mean() < 25.0
+    assert np.abs(second["coef"] - first["coef"]).mean() > 25.0
+
+
+REGRESSORS: list[tuple[Callable[[], Any], int]] = [
+    (lambda: SGDRegressor(random_state=0), 1),
+    (lambda: Ridge(), 1),
+    (lambda: Ridge(), 2),
+    (lambda: MLPRegressor(hidden_layer_sizes=(4,), max_iter=20, random_state=0), 1),
+    (lambda: MLPRegressor(hidden_layer_sizes=(4,), max_iter=20, random_state=0), 2),
+]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(("make", "targets"), REGRESSORS)
+def test_initial_params_of_a_regressor_have_its_fitted_shapes(
+    make: Callable[[], Any], targets: int
+) -> None:
+    data = load_diabetes()
+    x, y = data.data[:100], data.target[:100] / 100.0
+    if targets == 2:
+        y = np.c_[y, -y]
+    model = make().fit(x, y)
+    start = initial_params(make(), x.shape[1], targets=targets)
+    fitted = get_params(model)
+    assert {k: v.shape for k, v in start.items()} == {k: v.shape for k, v in fitted.items()}
+    set_params(model, start)
+
+
+def test_initial_params_names_a_mixed_up_classes_or_targets() -> None:
+    with pytest.raises(ValueError, match="SGDRegressor is a regressor"):
+        initial_params(SGDRegressor(), 3, [0, 1])
+    with pytest.raises(ValueError, match="SGDClassifier is a classifier"):
+        initial_params(SGDClassifier(), 3)
+
+
+@pytest.mark.parametrize("make", [SGDClassifier, LogisticRegression])
+def test_repeated_classes_are_named(make: Callable[[], Any]) -> None:
+    x, y = _digits()
+    with pytest.raises(ValueError, match="classes must be distinct"):
+        SklearnClient(make(), x, y % 3, classes=[0, 1, 2, 2])
+    with pytest.raises(ValueError, match="classes must be distinct"):
+        initial_params(make(), x.shape[1], [0, 1, 2, 2])
+
+
+def test_column_vector_labels_count_as_one_label_per_example() -> None:
+    x, y = _digits()
+    client = SklearnClient(
+        SGDClassifier(loss="log_loss", random_state=0), x, y.reshape(-1, 1), classes=CLASSES
+    )
+    start = initial_params(SGDClassifier(), x.shape[1], CLASSES)
+    fitted = client.fit(start, {"round": 1, "epochs": 3})
+    assert fitted.weights is not None
+    evaluated = client.evaluate(fitted.weights, {})
+    assert fitted.metrics["train_accuracy"] == pytest.approx(evaluated.metrics["accuracy"])
+    assert float(evaluated.metrics["accuracy"]) > 0.8
+    with pytest.raises(ValueError, match=r"y_train must hold one label per example"):
+        SklearnClient(SGDClassifier(), x, np.c_[y, y], classes=CLASSES)
