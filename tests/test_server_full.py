@@ -68,6 +68,7 @@ def test_a_full_server_logs_records_and_tells_the_client_it_is_full(
         assert refused, events.items
         assert all("the server is full" in d and "at most 1 clients" in d for _, d in refused)
         assert any("peer ipv4:127.0.0.1:" in d for _, d in refused)
+        assert {n for n, _ in refused} == {"ipv4:127.0.0.1"}  # by host: one name, not one a port
         lines = [r.getMessage() for r in caplog.records]
         server_lines = [m for m in lines if m.startswith("refused")]
         assert server_lines
