@@ -152,6 +152,7 @@ def test_streams_that_never_say_hello_do_not_lock_honest_clients_out() -> None:
         refused = events.of("refused")
         assert refused
         assert any("sent no Hello" in d and "peer ipv4:127.0.0.1:" in d for _, d in refused)
+        assert {n for n, _ in refused} == {"ipv4:127.0.0.1"}  # by host, not one name a port
         # A flood of streams is reported once in a while, not once per stream.
         assert len(refused) < 10
     finally:

@@ -336,3 +336,43 @@ def test_a_worker_started_while_the_progress_bar_is_drawn_prints_past_it(
             [reply] = list(transport.exchange({0: task}, timeout=60))
     assert reply.error is None
     assert (tmp_path / "out.txt").read_text() == "printed by the client\n"
+
+
+_UNGUARDED = """
+import numpy as np
+import covey
+from covey.core._messages import Task
+from covey.sim._process import ProcessTransport
+
+
+class C(covey.Client):
+    def fit(self, weights, config):
+        return weights, 1, {}
+
+
+def make(cid):
+    return C()
+
+
+transport = ProcessTransport(make, 2, num_workers=1, start_method="spawn")
+replies = list(transport.exchange({0: Task("fit", 1, {}, {"w": np.zeros(2)})}, timeout=60))
+print("REPLY:", replies[0].error)
+transport.close()
+"""
+
+
+def test_a_spawned_worker_of_a_script_without_a_main_guard_says_it_never_started(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("REPLY:")]
+    # It used to say only "worker process died (exit code 1) running this client".
+    assert "worker process never started (exit code 1)" in line
+    assert 'if __name__ == "__main__":' in line
+    assert "start_method='spawn'" in line
+    assert "running this client" not in line

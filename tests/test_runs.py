@@ -141,3 +141,20 @@ def test_the_server_console_counts_clients_past_those_needed() -> None:
     console.on_event("a", "leave", "disconnected")
     assert lines[2].endswith("client c joined (3 connected, 2 needed)")
     assert lines[3].endswith("client a left: disconnected (2 of 2 connected)")
+
+
+def test_the_server_console_names_a_few_clients_of_a_big_round_and_counts_the_rest() -> None:
+    lines: list[str] = []
+    names = {c: f"site-{c}" for c in range(1000)}
+    shown = ServerConsole(lines.append, 1000, names)
+    record = RoundRecord(round=1, fit_participants=list(range(600)))
+    record.fit_failures = [
+        Failure(c, "fit", "no reply in time", name=names[c]) for c in range(600, 1000)
+    ]
+    shown.on_round(record)
+    # One line per round and a bounded number of failure lines, not one name or line per client.
+    assert len(lines) <= 14
+    assert max(len(line) for line in lines) < 1000
+    assert "site-9 and 590 more (600 clients)" in lines[0]
+    assert "site-10," not in lines[0]
+    assert "390 more clients failed[/] (390 in fit)" in lines[-1]

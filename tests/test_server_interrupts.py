@@ -52,3 +52,46 @@ def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
     with RunStore.open(run, exclusive=True) as store:
         assert store.status == "failed"
         assert store.events()[-1][2:] == ("stopped", "interrupted (SIGTERM)")
+
+
+def test_sigterm_stops_covey_client_as_ctrl_c_does(tmp_path: Path) -> None:
+    """``docker stop`` of a client: it says it left and exits 143, not killed without a word."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:  # a port no one listens on: the client keeps retrying
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    apps = Path(__file__).parent / "apps"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path]), "COLUMNS": "250"}
+    log = tmp_path / "client.err"
+    with log.open("w") as err:
+        client = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "covey", "client", "--app", "tiny_app:client_fn"),
+                *("--cid", "0", "--server", f"127.0.0.1:{port}", "--insecure"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "could not connect" not in log.read_text():
+                assert client.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the client never tried to connect"
+                time.sleep(0.05)
+            client.send_signal(signal.SIGTERM)
+            code = client.wait(60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait(10)
+    text = log.read_text()
+    assert code == 143, text
+    assert "Traceback" not in text
+    assert text.strip().splitlines()[-1] == (
+        "interrupted (SIGTERM): this client left the federation; start it again to rejoin"
+    )

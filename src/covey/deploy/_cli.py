@@ -456,6 +456,7 @@ def client_command(
     insecure = insecure or bool(s.get("insecure", False))
     flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
     try:
+        stop_on_sigterm()  # docker stop, systemctl stop: the client leaves as on Ctrl-C
         tls = _client_tls(s, {**flags, "insecure": insecure})
         result = connect(
             client,
@@ -473,9 +474,10 @@ def client_command(
     except (ConnectionError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        console.print("interrupted: this client left the federation; start it again to rejoin")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
+        console.print(f"{how}: this client left the federation; start it again to rejoin")
+        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     if result.reason.startswith(STOPPED):  # the run failed or was interrupted: not done
         console.print(
             f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "

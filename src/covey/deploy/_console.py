@@ -10,7 +10,12 @@ from rich.markup import escape
 
 from covey.core._history import RoundRecord
 
-__all__ = ["ServerConsole"]
+__all__ = ["MOST_NAMED", "ServerConsole"]
+
+#: Clients a round's lines name, and failures they show one by one; the rest are counted
+#: (a round of 1,000 clients would write a line of every name, and a line per failure).
+#: Every participant and failure stays in the run's history (``covey runs show``).
+MOST_NAMED = 10
 
 _SHOWN_EVENTS = {
     "join": "joined",
@@ -88,8 +93,11 @@ class ServerConsole:
         self.line(f"client {escape(name)} {shown}{why} ({tally})")
 
     def who(self, cids: list[int]) -> str:
-        """The names of clients ``cids``, comma-separated."""
-        return ", ".join(escape(self.names.get(c) or f"client {c}") for c in cids) or "none"
+        """The names of clients ``cids``: the first :data:`MOST_NAMED`, then how many more."""
+        named = ", ".join(escape(self.names.get(c) or f"client {c}") for c in cids[:MOST_NAMED])
+        if len(cids) > MOST_NAMED:
+            named += f" and {len(cids) - MOST_NAMED} more ({len(cids)} clients)"
+        return named or "none"
 
     def on_round(self, record: RoundRecord) -> None:
         """A finished round: participants, durations, metrics and failures by name."""
@@ -109,8 +117,18 @@ class ServerConsole:
             detail.append(f"took {took}")
         if detail:
             self.line(f"round {record.round}: {', '.join(detail)}")
-        for failure in record.failures:
+        for failure in record.failures[:MOST_NAMED]:
             self.line(
                 f"[red]round {record.round}: {escape(failure.who)} failed in {failure.stage}:[/] "
                 f"{escape(failure.error)}"
+            )
+        rest = record.failures[MOST_NAMED:]
+        if rest:
+            by_stage: dict[str, int] = {}
+            for failure in rest:
+                by_stage[failure.stage] = by_stage.get(failure.stage, 0) + 1
+            counts = ", ".join(f"{n} in {stage}" for stage, n in by_stage.items())
+            self.line(
+                f"[red]round {record.round}: {len(rest)} more clients failed[/] ({counts}); "
+                "every failure is in the run's history (`covey runs show`)"
             )

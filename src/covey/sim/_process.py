@@ -48,14 +48,31 @@ _SEGFAULT_HINT = (
 )
 
 
+def _never_started(method: str, exitcode: int | None) -> str:
+    """Why a worker whose ``worker_main`` never ran is gone: the likely causes, by start method."""
+    if method == "fork":
+        return f"worker process never started (exit code {exitcode}); see its error on stderr"
+    return (
+        f"worker process never started (exit code {exitcode}): with start_method={method!r} "
+        "each worker imports the main module anew and unpickles client_fn before it starts. "
+        "A script that starts the simulation at its top level, not under "
+        '`if __name__ == "__main__":`, ends every worker this way (multiprocessing\'s '
+        "RuntimeError on stderr), as does a client_fn a fresh interpreter cannot import "
+        "(defined in a notebook or the interactive prompt): guard the script's entry point, "
+        "define client_fn in an importable module, or use start_method='fork'"
+    )
+
+
 class _Worker:
-    __slots__ = ("conn", "prefix", "process")
+    __slots__ = ("conn", "prefix", "process", "started")
 
     def __init__(self, ctx: Any, client_fn: ClientFn, index: int, pool: str) -> None:
         parent, child = ctx.Pipe(duplex=True)
+        # Set by worker_main as it begins: a worker gone without it never started.
+        self.started = ctx.RawValue("b", 0)
         self.process = ctx.Process(
             target=worker_main,
-            args=(child, client_fn, pool),
+            args=(child, client_fn, pool, self.started),
             name=f"covey-worker-{index}",
             daemon=True,
         )
@@ -244,12 +261,19 @@ class ProcessTransport:
     def _revive(self) -> None:
         for i, worker in enumerate(self._workers):
             if not worker.alive():
-                logger.warning(
-                    "worker %d had died (exit code %s); starting a new one, its clients "
-                    "are rebuilt with client_fn",
-                    i,
-                    worker.process.exitcode,
-                )
+                if worker.started.value:
+                    logger.warning(
+                        "worker %d had died (exit code %s); starting a new one, its clients "
+                        "are rebuilt with client_fn",
+                        i,
+                        worker.process.exitcode,
+                    )
+                else:
+                    logger.warning(
+                        "worker %d: %s; trying a new one",
+                        i,
+                        _never_started(self._ctx.get_start_method(), worker.process.exitcode),
+                    )
                 with contextlib.suppress(Exception):
                     worker.conn.close()
                 _shm.sweep(worker.prefix)
@@ -264,6 +288,8 @@ class ProcessTransport:
             process.kill()
             process.join(5.0)
         _shm.sweep(worker.prefix)
+        if why == "died" and not worker.started.value:
+            return _never_started(self._ctx.get_start_method(), process.exitcode)
         hint = _SEGFAULT_HINT if process.exitcode == -signal.SIGSEGV else ""
         return f"worker process {why} (exit code {process.exitcode}{hint})"
 
@@ -377,13 +403,15 @@ class ProcessTransport:
                     # exit code is known and the next exchange sees it dead and replaces it.
                     error = self._lost(w, "died" if not isinstance(exc, WireError) else "failed")
                     running = next(iter(pending[w]))
+                    started = bool(self._workers[w].started.value)
                     for cid in sorted(pending[w]):
                         why = (
                             "this client"
                             if cid == running
                             else f"client {running}, before this one"
                         )
-                        yield Reply(cid, tasks[cid].kind, error=f"{error} running {why}")
+                        text = f"{error} running {why}" if started else error
+                        yield Reply(cid, tasks[cid].kind, error=text)
                     del by_conn[conn]
                     continue
                 if reply is not None:

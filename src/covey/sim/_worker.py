@@ -75,14 +75,17 @@ def _own_output() -> None:
         setattr(sys, name, getattr(stream, "rich_proxied_file", stream))
 
 
-def worker_main(conn: Connection, client_fn: ClientFn, pool: str) -> None:
+def worker_main(conn: Connection, client_fn: ClientFn, pool: str, started: Any = None) -> None:
     """Run the tasks the parent sends over ``conn`` until it says stop or goes away.
 
     Args:
         conn: This worker's end of its pipe to the parent.
         client_fn: Builds each client of this worker, once.
         pool: The name prefix of the pool's shared-memory files.
+        started: A shared byte set to 1 here: a worker gone without it never started.
     """
+    if started is not None:
+        started.value = 1
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
     _exit_with_parent()
     _one_torch_thread()

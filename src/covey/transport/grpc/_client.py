@@ -50,10 +50,13 @@ from covey.transport.grpc._refusal import (
     HANDSHAKE_STRIKES,
     Refused,
     RetryBudget,
-    details_of,
+    attempt_failure,
+    given_up,
     handshake_closed,
     handshake_refusal,
+    log_retry,
     permanent_cause,
+    transient_text,
 )
 from covey.transport.grpc._stream import split_blobs
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -396,37 +399,14 @@ def connect(
             raise Refused(handshake_refusal(strikes, tls.cert if tls is not None else None))
         delay = budget.next_delay()
         if delay is None:
-            raise ConnectionError(
-                f"could not stay connected to {address} after {budget.failures} attempt(s): {error}"
-            )
-        _log_retry(budget.failures, address, error, delay)
+            raise ConnectionError(given_up(address, budget.failures, result.sessions, error))
+        failure = attempt_failure(session.welcomed, result.sessions)
+        log_retry(budget.failures, failure, address, error, delay)
         stop.wait(delay)
     return result
 
 
 _CLOSED = "handshake closed: "
-
-
-def _log_retry(failures: int, address: str, error: str, delay: float) -> None:
-    """Log a lost connection: each of the first 5 failures in a row, then the 8th, 16th, 32nd...
-
-    A client (or an analytics site) left waiting for a server retries every
-    ``max_backoff`` seconds for as long as it waits; the others go to DEBUG.
-    """
-    loud = failures <= 5 or failures & (failures - 1) == 0
-    level = logging.WARNING if loud else logging.DEBUG
-    if failures == 1:
-        logger.log(level, "connection to %s lost (%s); retrying in %.1f s", address, error, delay)
-        return
-    logger.log(
-        level,
-        "connection to %s lost (%s); retrying in %.1f s (%d failed attempts in a row%s)",
-        address,
-        error,
-        delay,
-        failures,
-        "" if failures < 5 else "; logged again at the next power of two",
-    )
 
 
 def _own_name(name: str, tls: ClientTLS | None) -> str:
@@ -481,8 +461,7 @@ def _session(
         cause = permanent_cause(exc)
         if cause is not None:
             raise Refused(cause) from None
-        code = exc.code() if hasattr(exc, "code") else None
-        text = f"{code}: {details_of(exc)}"
+        text = transient_text(exc)
         return _CLOSED + text if handshake_closed(exc) else text
     except Refused:
         raise  # e.g. a server of another wire protocol: retrying cannot help

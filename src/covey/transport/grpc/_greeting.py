@@ -64,7 +64,7 @@ class Greeting:
     Args:
         on_event: ``(name, event, detail)``: where refusals are recorded (the
             registry's ``event``); the name is the certificate's under mutual
-            TLS, else the peer's address.
+            TLS, else the peer's host (without the port).
         timeout: Seconds a stream has to send its first frame.
         most: Most streams waiting for a first frame at once.
     """
@@ -160,4 +160,6 @@ class Greeting:
         more = f" ({suppressed} more such streams from {host} since the last report)"
         detail = f"{entry.why}{more if suppressed else ''} (peer {entry.peer})"
         logger.warning("refused a stream of %s from %s: %s", entry.name, entry.peer, detail)
-        self.on_event(entry.name, "refused", detail)
+        # Uncertified, by host: each stream has a port of its own, and the run's events
+        # (the dashboard's clients) would gain a name per report.
+        self.on_event(entry.name if entry.certified else host, "refused", detail)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from covey.transport.grpc._capacity import SPARE, Capacity
 from covey.transport.grpc._handshakes import HandshakeWatch
 from covey.transport.grpc._listen import bind_all
 
@@ -84,11 +85,15 @@ def start_server(
     Raises:
         OSError: The address cannot be listened on.
     """
+    # covey refuses streams past max_clients in words (logged, recorded, the client told
+    # the server is full); gRPC's own cap, a few streams above, refuses without a word.
+    service.capacity = Capacity(max_clients, service.registry.event)
+    most = max_clients + SPARE
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_clients + 8, thread_name_prefix="covey-rpc"),
+        futures.ThreadPoolExecutor(max_workers=most + 8, thread_name_prefix="covey-rpc"),
         # Without SO_REUSEPORT a port held by another server is refused, not shared with it.
         options=[*grpc_options(), ("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=max_clients,
+        maximum_concurrent_rpcs=most,
     )
     # No (de)serializers: frames pass through as the bytes gRPC received (see _frames).
     handler = grpc.method_handlers_generic_handler(

@@ -10,6 +10,7 @@ network outage) is retried with exponential backoff for a bounded time.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import random
 import time
@@ -23,12 +24,18 @@ __all__ = [
     "RUN_OVER",
     "Refused",
     "RetryBudget",
+    "attempt_failure",
     "compatible",
     "details_of",
+    "given_up",
     "handshake_closed",
+    "log_retry",
     "permanent_cause",
+    "transient_text",
     "version_refusal",
 ]
+
+logger = logging.getLogger("covey")
 
 #: TLS handshakes the server closed in a row before a client takes it as a refusal.
 HANDSHAKE_STRIKES = 3
@@ -130,6 +137,19 @@ def permanent_cause(exc: grpc.RpcError) -> str | None:
     return None
 
 
+def transient_text(exc: grpc.RpcError) -> str:
+    """How a retried failure reads in the client's log: status code and gRPC's details.
+
+    gRPC's own cap on a server's concurrent calls says only ``Concurrent RPC
+    limit exceeded!``: that is a server full of clients, and says so.
+    """
+    code = exc.code() if hasattr(exc, "code") else None
+    details = details_of(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Concurrent RPC limit" in details:
+        details = f"the server is full: it serves as many clients at once as it can ({details})"
+    return f"{code}: {details}"
+
+
 def handshake_closed(exc: grpc.RpcError) -> bool:
     """Whether the server closed the connection during the TLS handshake.
 
@@ -190,6 +210,44 @@ def _validity(certificate: bytes | None) -> tuple[_dt.datetime, _dt.datetime] | 
     except ValueError:
         return None
     return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def attempt_failure(welcomed: bool, sessions: int) -> str:
+    """How an attempt ended, in a retry message: a session lost, or no session at all."""
+    if welcomed:
+        return "connection to {} lost"
+    return "could not connect to {}" if sessions == 0 else "could not reconnect to {}"
+
+
+def log_retry(failures: int, failure: str, address: str, error: str, delay: float) -> None:
+    """Log a failed attempt: each of the first 5 failures in a row, then the 8th, 16th, 32nd...
+
+    ``failure`` is :func:`attempt_failure`'s phrase: a client that never reached its
+    server says it could not connect, not that a connection was lost. A client
+    (or an analytics site) left waiting for a server retries every
+    ``max_backoff`` seconds for as long as it waits; the others go to DEBUG.
+    """
+    loud = failures <= 5 or failures & (failures - 1) == 0
+    level = logging.WARNING if loud else logging.DEBUG
+    what = failure.format(address)
+    if failures == 1:
+        logger.log(level, "%s (%s); retrying in %.1f s", what, error, delay)
+        return
+    logger.log(
+        level,
+        "%s (%s); retrying in %.1f s (%d failed attempts in a row%s)",
+        what,
+        error,
+        delay,
+        failures,
+        "" if failures < 5 else "; logged again at the next power of two",
+    )
+
+
+def given_up(address: str, failures: int, sessions: int, error: str) -> str:
+    """Why a client stopped retrying: it never reached its server, or lost it for good."""
+    failed = "could not connect to" if sessions == 0 else "could not stay connected to"
+    return f"{failed} {address} after {failures} attempt(s): {error}"
 
 
 @dataclass

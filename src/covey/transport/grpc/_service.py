@@ -26,6 +26,7 @@ from covey.core._messages import DeferredReply, Reply
 from covey.core._pages import trim_heap
 from covey.transport.grpc import _wire
 from covey.transport.grpc._admission import Admission, Refusal
+from covey.transport.grpc._capacity import Capacity, full_message
 from covey.transport.grpc._frames import (
     PROTOCOL,
     FrameError,
@@ -129,8 +130,19 @@ class FederationService:
         self.max_reply = 64 * 1024 * 1024
         # Under TLS, who connected and whether their handshake passed (set by start_server).
         self.handshakes: HandshakeWatch | None = None
+        # The cap on streams at once (start_server sets it to the server's max_clients).
+        self.capacity = Capacity(1000, registry.event)
 
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Serve one client's stream of frames, if the server has room for one more."""
+        if not self.capacity.take(context):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, full_message(self.capacity.most))
+        try:
+            yield from self._join(requests, context)
+        finally:
+            self.capacity.give_back()
+
+    def _join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames: Hello, Welcome, then tasks out and replies in."""
         if self.handshakes is not None:
             self.handshakes.saw(peer_of(context))
