@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from covey.clients._client import Client
 from covey.core._messages import Config, EvaluateResult, FitResult
-from covey.core._weights import Array, Weights
+from covey.core._weights import Array, Weights, WeightsError
 
 FloatArray = NDArray[Any]
 IntArray = NDArray[Any]
@@ -96,6 +96,34 @@ def _settings(lr: Any, epochs: Any, batch_size: Any, where: str) -> tuple[float,
     return float(lr), int(epochs), int(batch_size)
 
 
+def _check_layout(weights: Weights, x: FloatArray, y: IntArray) -> None:
+    """Refuse weights that are not ``{"W": (features, classes), "b": (classes,)}`` for ``x, y``.
+
+    A checkpoint of another model otherwise fails deep in NumPy (a ``KeyError``,
+    shapes that do not broadcast) without naming the array at fault.
+    """
+    names = sorted(weights)
+    if names != ["W", "b"]:
+        raise WeightsError(
+            f"weights do not match logistic regression: expected the arrays ['W', 'b'], got {names}"
+        )
+    W, b = weights["W"], weights["b"]
+    features = x.shape[1] if x.ndim == 2 else None
+    if W.ndim != 2 or (features is not None and W.shape[0] != features):
+        raise WeightsError(
+            f"weight 'W' has shape {W.shape}, logistic regression on this client's data "
+            f"needs ({features}, classes)"
+        )
+    if b.shape != (W.shape[1],):
+        raise WeightsError(
+            f"weight 'b' has shape {b.shape}, 'W' of shape {W.shape} needs ({W.shape[1]},)"
+        )
+    if len(y) and int(np.max(y)) >= W.shape[1]:
+        raise WeightsError(
+            f"weight 'W' has {W.shape[1]} classes, this client's data has label {int(np.max(y))}"
+        )
+
+
 class LogisticClient(Client):
     """A client that trains logistic regression on its local data with minibatch SGD.
 
@@ -143,6 +171,7 @@ class LogisticClient(Client):
             config.get("batch_size", self.batch_size),
             "config ",
         )
+        _check_layout(weights, self.x, self.y)
         new: Weights = weights
         for epoch in range(epochs):
             rng = np.random.default_rng([self.seed, self.cid, int(config["round"]), epoch])
@@ -157,5 +186,6 @@ class LogisticClient(Client):
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """Loss and accuracy on the local validation data."""
+        _check_layout(weights, self.x_val, self.y_val)
         loss, acc = logistic_evaluate(weights, self.x_val, self.y_val)
         return EvaluateResult(loss=loss, num_examples=len(self.y_val), metrics={"accuracy": acc})
