@@ -354,13 +354,32 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     early = stopped_early(result.history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
+    files = "history.json, plot.png"
+    if _save_model(run_dir, result):
+        files += f", {MODEL_FILE}"
     console.print(
-        escape(
-            f"run folder: {run_dir} (history.json, plot.png); "
-            f"`covey runs show {shlex.quote(str(run_dir))}`"
-        ),
+        escape(f"run folder: {run_dir} ({files}); `covey runs show {shlex.quote(str(run_dir))}`"),
         soft_wrap=True,
     )
+
+
+MODEL_FILE = "model.safetensors"
+
+
+def _save_model(run_dir: Path, result: Any) -> bool:
+    """Keep a simulated run's final model in its folder; say why when it cannot be kept."""
+    from safetensors import SafetensorError
+
+    from covey.core._weights import WeightsSpec
+    from covey.server._roundfiles import write_weights
+
+    last = result.history.rounds[-1].round if result.history.rounds else 0
+    try:
+        write_weights(run_dir / MODEL_FILE, last, result.weights, WeightsSpec.of(result.weights))
+    except (OSError, ValueError, SafetensorError) as exc:
+        console.print(f"[yellow]the final model was not saved:[/] {escape(str(exc))}")
+        return False
+    return True
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
