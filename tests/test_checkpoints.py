@@ -56,3 +56,11 @@ def test_a_torch_state_dict_as_initial_weights_names_to_weights() -> None:
     state = torch.nn.Linear(3, 2).state_dict()
     with pytest.raises(covey.WeightsError, match=r"got Tensor: .*covey\.torch\.to_weights"):
         covey.simulate(_client, 2, 1, covey.FedAvg(), state)
+
+
+def test_opening_a_simulated_run_as_a_store_says_it_keeps_no_weights(tmp_path: Path) -> None:
+    from covey.server import RunStore
+
+    covey.simulate(_client, 2, 1, covey.FedAvg(), logistic_init(64, 10), run_dir=tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match=r"run\.sqlite; it is a simulated run.*model"):
+        RunStore.open(tmp_path / "r")
