@@ -45,6 +45,7 @@ FEDERATION_KEYS = {
     "port_file",
     "plot",
     "compression",
+    "keep_last",
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
 
@@ -401,6 +402,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         key: number(fed.get(key), f"{_toml(key)} {where}")
         for key in ("round_timeout", "wait_timeout", "heartbeat")
     }
+    keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
     certs = _security(settings.path(fed.get("certs")), insecure)
     port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
@@ -446,6 +448,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "rounds": settings.run.get("rounds"),
         "plot": plot,
         "compression": scheme,
+        "keep_last": keep_last,
         "resume_hint": hint,
         **times,
     }
