@@ -64,3 +64,27 @@ def test_opening_a_simulated_run_as_a_store_says_it_keeps_no_weights(tmp_path: P
     covey.simulate(_client, 2, 1, covey.FedAvg(), logistic_init(64, 10), run_dir=tmp_path / "r")
     with pytest.raises(FileNotFoundError, match=r"run\.sqlite; it is a simulated run.*model"):
         RunStore.open(tmp_path / "r")
+
+
+def test_a_weights_file_is_synced_and_readable_as_the_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from covey.server import RunStore
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        store.save_round(0, logistic_init(3, 2), None)
+    final = tmp_path / "run" / "weights" / "round-00000.safetensors"
+    # safetensors writes a file of its own and renames it over the one it is given:
+    # the data was never synced, and the file was left with mode 0600.
+    assert final.stat().st_ino in synced
+    assert final.stat().st_mode & 0o777 == 0o644
