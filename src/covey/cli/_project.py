@@ -418,6 +418,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         certs=certs,
         insecure=insecure,
         rounds=settings.run.get("rounds"),
+        keep_last=keep_last,
     )
     if (run_dir / "run.sqlite").exists():
         fail(
