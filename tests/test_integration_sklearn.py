@@ -101,6 +101,10 @@ def test_errors_name_the_problem() -> None:
     model = SGDClassifier()
     with pytest.raises(ValueError, match="not fitted yet"):
         get_params(model)
+    # Loading a saved model into a new estimator: the error names the function to call.
+    for fresh in (SGDClassifier(), MLPClassifier((4,))):
+        with pytest.raises(ValueError, match=r"covey\.sklearn\.prime\(model, x, y, classes\)"):
+            set_params(fresh, {"coef": np.zeros((1, 3)), "intercept": np.zeros(1)})
     prime(model, x, y, [0, 1])
     with pytest.raises(WeightsError, match=r"missing \['intercept'\]"):
         set_params(model, {"coef": np.zeros((1, 3))})

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 import covey
 from covey.server._outputs import new_run_dir
@@ -58,6 +59,15 @@ def test_run_simulates_the_project_and_runs_reads_it(project: Path) -> None:
     assert [r.round for r in history.rounds] == [0, 1, 2]  # --set rounds=2 won over 5
     assert history.config["num_clients"] == 10
     assert (folder / "plot.png").read_bytes()[:8] == PNG
+    # The trained model is kept: the final round's weights, as the history evaluated them.
+    assert "model.safetensors" in out.stdout
+    with safe_open(folder / "model.safetensors", "np") as f:
+        assert f.metadata()["covey_round"] == "2"
+        model = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    x, y = covey.data.load_digits().x_test, covey.data.load_digits().y_test
+    loss, accuracy = covey.models.logistic_evaluate(model, x, y)
+    assert loss == history.rounds[-1].central_loss
+    assert {"accuracy": accuracy} == history.rounds[-1].central_metrics
     listed = covey_cli("runs", "list", cwd=project)
     assert listed.returncode == 0, listed.stderr
     assert folder.name in listed.stdout

@@ -272,6 +272,7 @@ def test_a_federation_names_the_clients_that_failed(project: Path) -> None:
     command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
     for item in ("address='127.0.0.1:0'", "port-file='fed.port'", "rounds=2", "wait-timeout=60"):
         command += ["--set", item]
+    command += ["--set", "keep-last=1"]  # a served project run crashed on any federation
     server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
     clients: list[subprocess.Popen[str]] = []
     try:
@@ -302,6 +303,15 @@ def test_a_federation_names_the_clients_that_failed(project: Path) -> None:
     assert "failures: site-" in said
     assert "client 0" not in said
     assert "client 1" not in said
+
+
+def test_a_federation_refuses_a_keep_last_below_1(project: Path) -> None:
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    command += ["--set", "address='127.0.0.1:0'", "--set", "keep-last=0"]
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "keep-last ([tool.covey.federations.local] or --set)" in out.stderr
 
 
 def _until_listening(server: subprocess.Popen[str], port_file: Path) -> str:
@@ -422,7 +432,8 @@ def test_ctrl_c_before_round_0_is_saved_offers_no_resume(
     flags = {"run": run, "resuming": False, "port_file": None, "address": "127.0.0.1:0"}
     flags |= {"certs": None, "insecure": True, "rounds": None, "plot": False}
     flags |= {"round_timeout": None, "wait_timeout": None, "heartbeat": None}
-    flags |= {"compression": None, "resume_hint": f"covey server --resume {run} --insecure"}
+    flags |= {"compression": None, "keep_last": None}
+    flags |= {"resume_hint": f"covey server --resume {run} --insecure"}
     with pytest.raises(typer.Exit) as info:
         _serve(app, {}, flags)
     assert info.value.exit_code == 130

@@ -143,3 +143,11 @@ def test_the_resume_command_of_a_spaced_folder_can_be_pasted(tmp_path: Path) -> 
     assert shlex.split(resume_hint(run, config=config))[3:] == [str(run), "--config", str(config)]
     plain = resume_hint(Path("runs/study-1"), app="myfed:server_app", insecure=True)
     assert plain == "covey server --resume runs/study-1 --app myfed:server_app --insecure"
+
+
+def test_the_resume_command_keeps_keep_last() -> None:
+    from covey.deploy._cli_resume import resume_hint
+
+    # Without it, the resumed run would keep every round's weights file again.
+    hint = resume_hint(Path("runs/s"), app="myfed:server_app", insecure=True, keep_last=2)
+    assert hint == "covey server --resume runs/s --app myfed:server_app --insecure --keep-last 2"

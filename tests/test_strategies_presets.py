@@ -228,8 +228,8 @@ def test_logistic_client_refuses_labels_that_are_not_class_indices() -> None:
     with pytest.raises(ValueError, match="y_val must hold class indices"):
         LogisticClient(0, x, np.array([0, 1] * 4), x, np.array([0, -1] * 4))
     client = LogisticClient(0, x, np.array([0, 2] * 4))
-    with pytest.raises(ValueError, match="class index 2, but the weights have 2 classes"):
+    with pytest.raises(ValueError, match="'W' has 2 classes, but y has label 2"):
         client.fit(logistic_init(3, 2), {"round": 1})
-    with pytest.raises(ValueError, match="class index 2, but the weights have 2 classes"):
+    with pytest.raises(ValueError, match="'W' has 2 classes, but y_val has label 2"):
         client.evaluate(logistic_init(3, 2), {})
     assert client.fit(logistic_init(3, 3), {"round": 1}).num_examples == 8

@@ -45,6 +45,7 @@ FEDERATION_KEYS = {
     "port_file",
     "plot",
     "compression",
+    "keep_last",
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
 
@@ -354,13 +355,32 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     early = stopped_early(result.history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
+    files = "history.json, plot.png"
+    if _save_model(run_dir, result):
+        files += f", {MODEL_FILE}"
     console.print(
-        escape(
-            f"run folder: {run_dir} (history.json, plot.png); "
-            f"`covey runs show {shlex.quote(str(run_dir))}`"
-        ),
+        escape(f"run folder: {run_dir} ({files}); `covey runs show {shlex.quote(str(run_dir))}`"),
         soft_wrap=True,
     )
+
+
+MODEL_FILE = "model.safetensors"
+
+
+def _save_model(run_dir: Path, result: Any) -> bool:
+    """Keep a simulated run's final model in its folder; say why when it cannot be kept."""
+    from safetensors import SafetensorError
+
+    from covey.core._weights import WeightsSpec
+    from covey.server._roundfiles import write_weights
+
+    last = result.history.rounds[-1].round if result.history.rounds else 0
+    try:
+        write_weights(run_dir / MODEL_FILE, last, result.weights, WeightsSpec.of(result.weights))
+    except (OSError, ValueError, SafetensorError) as exc:
+        console.print(f"[yellow]the final model was not saved:[/] {escape(str(exc))}")
+        return False
+    return True
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
@@ -382,6 +402,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         key: number(fed.get(key), f"{_toml(key)} {where}")
         for key in ("round_timeout", "wait_timeout", "heartbeat")
     }
+    keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
     certs = _security(settings.path(fed.get("certs")), insecure)
     port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
@@ -397,6 +418,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         certs=certs,
         insecure=insecure,
         rounds=settings.run.get("rounds"),
+        keep_last=keep_last,
     )
     if (run_dir / "run.sqlite").exists():
         fail(
@@ -427,6 +449,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "rounds": settings.run.get("rounds"),
         "plot": plot,
         "compression": scheme,
+        "keep_last": keep_last,
         "resume_hint": hint,
         **times,
     }

@@ -65,6 +65,10 @@ Run it in simulation, and read the results:
     covey runs list
     covey runs show RUN
 
+The trained model is in the run's folder: `model.safetensors` after a
+simulation, `weights/round-NNNNN.safetensors` (one per round, the newest is
+the final model) after a served run; `safetensors.numpy.load_file` reads it.
+
 Serve it for real clients (see `[tool.covey.federations.local]`):
 
     covey run --federation local

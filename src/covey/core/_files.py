@@ -54,6 +54,7 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o
                 os.fchmod(handle.fileno(), mode)
             if callable(data):
                 data(tmp)
+                _settle(tmp, mode)
             else:
                 handle.write(data.encode("utf-8") if isinstance(data, str) else data)
                 handle.flush()
@@ -66,6 +67,20 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o
             exc.filename = str(path)  # a failed write or fsync names no file on its own
         raise
     fsync_dir(path.parent)
+
+
+def _settle(path: Path, mode: int) -> None:
+    """Set the mode of and sync the file a writer left at ``path``.
+
+    A writer may replace the file it is given rather than write into it:
+    ``safetensors`` writes a temporary file of its own (mode 0600, never
+    synced) and renames it over. Syncing the handle opened before would then
+    sync a file no longer in the folder.
+    """
+    with open(path, "r+b") as written:  # writable: Windows fsync needs it
+        if hasattr(os, "fchmod"):
+            os.fchmod(written.fileno(), mode)
+        os.fsync(written.fileno())
 
 
 def fsync_dir(directory: str | Path) -> None:

@@ -8,6 +8,7 @@ little arithmetic the round loop needs. It does no I/O.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +25,26 @@ Weights = Mapping[str, Array]
 
 def unnamed_hint(weights: object) -> str:
     """For a list or tuple of arrays where named arrays belong, how to name them."""
+    if isinstance(weights, str | bytes | os.PathLike):
+        return (
+            ": give the arrays, not a file; read a safetensors file with "
+            "safetensors.numpy.load_file(path), an .npz with dict(np.load(path))"
+        )
     if not isinstance(weights, list | tuple):
         return ""
     return (
         ": name each array, e.g. dict(zip(model.state_dict(), arrays)) for a torch model "
         'or {"coef": ..., "intercept": ...}'
+    )
+
+
+def tensor_hint(value: object) -> str:
+    """For a torch tensor where a NumPy array belongs, how to convert a state_dict."""
+    if type(value).__module__.split(".")[0] != "torch":
+        return ""
+    return (
+        ": convert a torch state_dict (from torch.load or safetensors.torch.load_file) "
+        "with covey.torch.to_weights(state_dict, copy=True)"
     )
 
 
@@ -85,6 +101,7 @@ class WeightsSpec:
             if not isinstance(value, np.ndarray):
                 raise WeightsError(
                     f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
+                    + tensor_hint(value)
                 )
             if isinstance(value, np.ma.MaskedArray):
                 raise WeightsError(
@@ -193,6 +210,7 @@ class WeightsSpec:
             if not isinstance(value, np.ndarray):
                 raise WeightsError(
                     f"{what}: {name!r} must be a NumPy array, got {type(value).__name__}"
+                    + tensor_hint(value)
                 )
             if value.shape != shape:
                 raise WeightsError(f"{what}: {name!r} has shape {value.shape}, expected {shape}")

@@ -328,6 +328,7 @@ def server_command(
         certs=certs_dir,
         insecure=insecure,
         rounds=flags["rounds"],
+        keep_last=flags["keep_last"],
     )
     _serve(server_app, s, flags)
 

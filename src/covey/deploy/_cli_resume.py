@@ -31,6 +31,7 @@ def resume_hint(
     certs: Path | None = None,
     insecure: bool = False,
     rounds: int | None = None,
+    keep_last: int | None = None,
 ) -> str:
     """The ``covey server --resume`` command that continues ``run`` as it was started.
 
@@ -46,4 +47,6 @@ def resume_hint(
         parts.append("--insecure" if insecure else f"--certs {quote(str(certs))}" if certs else "")
     if rounds is not None:
         parts.append(f"--rounds {rounds}")
+    if keep_last is not None:  # else the resumed run keeps every round's file again
+        parts.append(f"--keep-last {keep_last}")
     return " ".join(p for p in parts if p)

@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from covey.clients._client import Client
 from covey.core._messages import Config, EvaluateResult, FitResult
-from covey.core._weights import Array, Weights
+from covey.core._weights import Array, Weights, WeightsError
 
 FloatArray = NDArray[Any]
 IntArray = NDArray[Any]
@@ -115,11 +115,32 @@ def _label_bound(y: Any, name: str) -> int:
     return int(arr.max()) + 1
 
 
-def _check_classes(bound: int, weights: Weights, name: str) -> None:
-    classes = int(np.shape(weights["W"])[1])
-    if bound > classes:
-        raise ValueError(
-            f"{name} holds class index {bound - 1}, but the weights have {classes} classes"
+def _check_layout(weights: Weights, x: FloatArray, bound: int, name: str) -> None:
+    """Refuse weights that are not ``{"W": (features, classes), "b": (classes,)}`` for ``x, y``.
+
+    A checkpoint of another model otherwise fails deep in NumPy (a ``KeyError``,
+    shapes that do not broadcast) without naming the array at fault.
+    """
+    names = sorted(weights)
+    if names != ["W", "b"]:
+        raise WeightsError(
+            f"weights do not match logistic regression: expected the arrays ['W', 'b'], got {names}"
+        )
+    W, b = weights["W"], weights["b"]
+    features = x.shape[1] if x.ndim == 2 else None
+    if W.ndim != 2 or (features is not None and W.shape[0] != features):
+        raise WeightsError(
+            f"weight 'W' has shape {W.shape}, logistic regression on this client's data "
+            f"needs ({features}, classes)"
+        )
+    if b.shape != (W.shape[1],):
+        raise WeightsError(
+            f"weight 'b' has shape {b.shape}, 'W' of shape {W.shape} needs ({W.shape[1]},)"
+        )
+    if bound > W.shape[1]:
+        raise WeightsError(
+            f"weight 'W' has {W.shape[1]} classes, but {name} has label {bound - 1} "
+            f"(class indices must be below {W.shape[1]})"
         )
 
 
@@ -172,7 +193,7 @@ class LogisticClient(Client):
             config.get("batch_size", self.batch_size),
             "config ",
         )
-        _check_classes(self._bound, weights, "y")
+        _check_layout(weights, self.x, self._bound, "y")
         new: Weights = weights
         for epoch in range(epochs):
             rng = np.random.default_rng([self.seed, self.cid, int(config["round"]), epoch])
@@ -187,6 +208,6 @@ class LogisticClient(Client):
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """Loss and accuracy on the local validation data."""
-        _check_classes(self._val_bound, weights, "y_val")
+        _check_layout(weights, self.x_val, self._val_bound, "y_val")
         loss, acc = logistic_evaluate(weights, self.x_val, self.y_val)
         return EvaluateResult(loss=loss, num_examples=len(self.y_val), metrics={"accuracy": acc})

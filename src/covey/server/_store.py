@@ -165,7 +165,13 @@ class RunStore(RunRecords):
             raise ValueError(f"{path} is not a covey run directory: it is a file")
         db_path = path / DB_NAME
         if not db_path.is_file():
-            raise FileNotFoundError(f"no covey run in {path}: it has no {DB_NAME}")
+            simulated = ""
+            if (path / "run.json").is_file():
+                simulated = (
+                    "; it is a simulated run, which keeps no rounds' weights (a simulated "
+                    "`covey run` keeps its final model in model.safetensors)"
+                )
+            raise FileNotFoundError(f"no covey run in {path}: it has no {DB_NAME}{simulated}")
         lock_fd = hold_run(path) if exclusive else None
         try:
             db, config_text = RunDB.open(path)

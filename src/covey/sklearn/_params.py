@@ -70,12 +70,18 @@ def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
     """
     if is_mlp(model):
         if not hasattr(model, "coefs_"):
-            raise ValueError(f"{type(model).__name__} is not fitted yet: call prime() or fit()")
+            raise ValueError(
+                f"{type(model).__name__} is not fitted yet: give it the federation's shape "
+                "with covey.sklearn.prime(model, x, y, classes) (or fit it) first"
+            )
         out = {f"coefs.{i}": c for i, c in enumerate(model.coefs_)}
         out.update({f"intercepts.{i}": b for i, b in enumerate(model.intercepts_)})
     else:
         if not hasattr(model, "coef_"):
-            raise ValueError(f"{type(model).__name__} is not fitted yet: call prime() or fit()")
+            raise ValueError(
+                f"{type(model).__name__} is not fitted yet: give it the federation's shape "
+                "with covey.sklearn.prime(model, x, y, classes) (or fit it) first"
+            )
         out = {"coef": model.coef_, "intercept": np.atleast_1d(model.intercept_)}
     return {k: np.array(v, copy=True) if copy else np.asarray(v) for k, v in out.items()}
 

@@ -1,0 +1,90 @@
+"""Starting a run from a checkpoint: weights of another layout, files, tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import covey
+from covey.data import load_digits
+from covey.models import LogisticClient, logistic_init
+
+
+def _client(cid: int) -> LogisticClient:
+    data = load_digits()
+    idx = np.arange(cid * 40, cid * 40 + 40)
+    return LogisticClient(cid, data.x_train[idx], data.y_train[idx], lr=0.5)
+
+
+@pytest.mark.parametrize(
+    ("initial", "message"),
+    [
+        ({"weight": np.zeros((64, 10)), "b": np.zeros(10)}, r"expected the arrays \['W', 'b'\]"),
+        ({"W": np.zeros((63, 10)), "b": np.zeros(10)}, r"'W' has shape \(63, 10\)"),
+        ({"W": np.zeros((64, 9)), "b": np.zeros(10)}, r"'b' has shape \(10,\)"),
+        ({"W": np.zeros((64, 3)), "b": np.zeros(3)}, r"'W' has 3 classes.*label [3-9]"),
+    ],
+)
+def test_logistic_client_names_the_array_a_checkpoint_of_another_layout_gets_wrong(
+    initial: dict[str, np.ndarray], message: str
+) -> None:
+    # Before, a KeyError or NumPy's broadcast error, naming no array.
+    with pytest.raises(covey.FederationError, match=r"WeightsError: .*" + message):
+        covey.simulate(_client, 2, 1, covey.FedAvg(fraction_evaluate=0.0), initial)
+    with pytest.raises(covey.WeightsError, match=message):
+        _client(0).evaluate(initial, {})
+
+
+def test_logistic_client_warm_starts_from_a_finished_run() -> None:
+    first = covey.simulate(_client, 2, 2, covey.FedAvg(), logistic_init(64, 10))
+    second = covey.simulate(_client, 3, 1, covey.FedAdam(), first.weights)
+    assert [r.round for r in second.history.rounds] == [0, 1]
+    assert not np.array_equal(second.weights["W"], first.weights["W"])
+
+
+def test_a_file_path_as_initial_weights_says_to_read_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    for given in (str(path), path):
+        with pytest.raises(covey.WeightsError, match=r"not a file.*safetensors.numpy.load_file"):
+            covey.simulate(_client, 2, 1, covey.FedAvg(), given)  # type: ignore[arg-type]
+
+
+def test_a_torch_state_dict_as_initial_weights_names_to_weights() -> None:
+    torch = pytest.importorskip("torch")
+    state = torch.nn.Linear(3, 2).state_dict()
+    with pytest.raises(covey.WeightsError, match=r"got Tensor: .*covey\.torch\.to_weights"):
+        covey.simulate(_client, 2, 1, covey.FedAvg(), state)
+
+
+def test_opening_a_simulated_run_as_a_store_says_it_keeps_no_weights(tmp_path: Path) -> None:
+    from covey.server import RunStore
+
+    covey.simulate(_client, 2, 1, covey.FedAvg(), logistic_init(64, 10), run_dir=tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match=r"run\.sqlite; it is a simulated run.*model"):
+        RunStore.open(tmp_path / "r")
+
+
+def test_a_weights_file_is_synced_and_readable_as_the_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from covey.server import RunStore
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        store.save_round(0, logistic_init(3, 2), None)
+    final = tmp_path / "run" / "weights" / "round-00000.safetensors"
+    # safetensors writes a file of its own and renames it over the one it is given:
+    # the data was never synced, and the file was left with mode 0600.
+    assert final.stat().st_ino in synced
+    assert final.stat().st_mode & 0o777 == 0o644
