@@ -80,6 +80,22 @@ class Served:
         return self.result
 
 
+class Events:
+    """The fleet events a transport reports (its ``on_event``), collected for a test."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, event: str, detail: str) -> None:
+        with self.lock:
+            self.items.append((name, event, detail))
+
+    def of(self, event: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(n, d) for n, e, d in self.items if e == event]
+
+
 class Joined:
     """``connect(...)`` on a thread; ``result`` or ``error`` at the end."""
 

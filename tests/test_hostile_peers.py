@@ -39,27 +39,11 @@ from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined, Raw, Served
+from _live import Events, Fit, Joined, Raw, Served
 
 pytestmark = pytest.mark.timeout(120)
 
 FIT = b'{"type":"fit","form":"weights","num_examples":1,"metrics":{}}'
-
-
-class _Events:
-    """The fleet events a transport reports, collected for the test."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, name: str, event: str, detail: str) -> None:
-        with self.lock:
-            self.items.append((name, event, detail))
-
-    def of(self, event: str) -> list[tuple[str, str]]:
-        with self.lock:
-            return [(n, d) for n, e, d in self.items if e == event]
 
 
 class _Parked:
@@ -137,7 +121,7 @@ def _cid_of(transport: Any, name: str) -> int:
 
 
 def test_streams_that_never_say_hello_do_not_lock_honest_clients_out() -> None:
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, max_clients=100, on_event=events)
     parked = _Parked(transport.port, 100)  # every slot the server has
     honest: Joined | None = None
@@ -163,7 +147,7 @@ def test_streams_that_never_say_hello_do_not_lock_honest_clients_out() -> None:
 
 
 def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, on_event=events)
     transport._service.greeting.timeout = 0.5
     parked = _Parked(transport.port, 3)
@@ -260,7 +244,7 @@ def _raw(port: int, name: str) -> Raw:
 
 
 def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() -> None:
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
     raws = [_raw(transport.port, f"stall-{k}") for k in range(16)]
     honest = Joined(transport.port, name="honest", max_attempts=1)
@@ -306,7 +290,7 @@ def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() ->
 def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
     a, b = _raw(transport.port, "a"), _raw(transport.port, "b")
     try:
@@ -357,7 +341,7 @@ def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
 
 def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() -> None:
     declared = 4 * 1024 * 1024
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport(
         "127.0.0.1:0", heartbeat=5.0, on_event=events, max_inflight=3 * declared
     )
@@ -391,7 +375,7 @@ def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() ->
 
 def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() -> None:
     mib = 1024 * 1024
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport(
         "127.0.0.1:0", heartbeat=5.0, on_event=events, max_inflight=3 * mib
     )
@@ -620,7 +604,7 @@ def test_a_client_refuses_hostile_task_configs_clearly(
 
 
 def test_a_second_reply_interleaved_into_the_first_drops_only_its_client() -> None:
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
     raw = _raw(transport.port, "weave")
     honest = Joined(transport.port, name="honest", max_attempts=1)

@@ -23,23 +23,9 @@ from covey.transport.grpc._refusal import transient_text
 from covey.transport.grpc._server import GrpcServerTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined
+from _live import Events, Fit, Joined
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class _Events:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, name: str, event: str, detail: str) -> None:
-        with self.lock:
-            self.items.append((name, event, detail))
-
-    def of(self, event: str) -> list[tuple[str, str]]:
-        with self.lock:
-            return [(n, d) for n, e, d in self.items if e == event]
 
 
 def _until(condition: object, timeout: float = 30.0) -> bool:
@@ -54,7 +40,7 @@ def _until(condition: object, timeout: float = 30.0) -> bool:
 def test_a_full_server_logs_records_and_tells_the_client_it_is_full(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    events = _Events()
+    events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, max_clients=1, on_event=events)
     first = second = None
     stop = threading.Event()
@@ -88,7 +74,7 @@ def test_a_full_server_logs_records_and_tells_the_client_it_is_full(
 
 
 def test_capacity_reports_at_most_once_per_period_with_the_count_in_between() -> None:
-    events = _Events()
+    events = Events()
     capacity = Capacity(1, events)
 
     class _Context:
