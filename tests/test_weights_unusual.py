@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -152,7 +151,8 @@ def test_a_failed_checkpoint_is_reported_as_such_not_as_a_clients_update(
 
     def break_the_folder(record: Any) -> None:
         if record.round == 1:  # round 2's save then finds a file where its folder was
-            shutil.rmtree(run_dir / "weights")
+            # Moved aside in one step: round 1's save may still be writing in it.
+            (run_dir / "weights").rename(run_dir / "weights-moved")
             (run_dir / "weights").write_text("not a folder")
 
     strategy = covey.FedAvg(min_fit_clients=2, min_available_clients=2, fraction_evaluate=0.0)
