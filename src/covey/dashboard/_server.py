@@ -17,7 +17,7 @@ from typing import Any, Self
 import uvicorn
 
 from covey.dashboard._app import LOOPBACK_HOSTS, create_app
-from covey.deploy._pem import check_ca, check_pair
+from covey.deploy._pem import check_ca, check_pair, server_folder
 from covey.deploy._revoked import RevocationList
 
 logger = logging.getLogger("covey")
@@ -42,13 +42,7 @@ def tls_options(certs: str | Path) -> dict[str, Any]:
     """
     from covey.deploy.certs import load_revoked
 
-    d = Path(certs)
-    missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{d} is not a federation folder (missing {', '.join(missing)}); "
-            "create one with `covey certs init --dir DIR`"
-        )
+    d = server_folder(certs)
     check_pair(
         (d / "server.pem").read_bytes(),
         (d / "server.key").read_bytes(),

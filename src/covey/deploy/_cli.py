@@ -133,7 +133,9 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
     if certs is not None and insecure:
         fail("give --certs DIR or --insecure, not both")
     if certs is not None:
-        missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (certs / n).is_file()]
+        from covey.deploy._pem import missing_server_files
+
+        missing = missing_server_files(certs)
         if missing:
             fail(
                 f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "

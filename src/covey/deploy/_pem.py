@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 
 from covey.transport.grpc._strength import weakness
 
-__all__ = ["check_ca", "check_dates", "check_pair"]
+__all__ = ["check_ca", "check_dates", "check_pair", "missing_server_files", "server_folder"]
 
 logger = logging.getLogger("covey")
 
@@ -122,3 +123,24 @@ def check_dates(pem: bytes, name: str, renew: str) -> None:
             f"{not_before:%Y-%m-%d %H:%M:%S}",
             f"{now:%Y-%m-%d %H:%M:%S}",
         )
+
+
+def missing_server_files(directory: Path) -> list[str]:
+    """Which of ``ca.pem``, ``server.pem`` and ``server.key`` are not in ``directory``."""
+    return [n for n in ("ca.pem", "server.pem", "server.key") if not (directory / n).is_file()]
+
+
+def server_folder(directory: str | Path) -> Path:
+    """``directory`` as a path, checked to hold the files a server needs.
+
+    Raises:
+        FileNotFoundError: One is missing (the error names them).
+    """
+    d = Path(directory)
+    missing = missing_server_files(d)
+    if missing:
+        raise FileNotFoundError(
+            f"{d} is not a federation folder (missing {', '.join(missing)}); "
+            "create one with `covey certs init --dir DIR`"
+        )
+    return d

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from covey.deploy._pem import check_ca, check_dates, check_pair
+from covey.deploy._pem import check_ca, check_dates, check_pair, server_folder
 from covey.deploy._revoked import RevocationList
 from covey.transport.grpc._server import ServerTLS
 
@@ -28,13 +28,7 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
     """
     from covey.deploy.certs import load_revoked
 
-    d = Path(directory)
-    missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (d / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{d} is not a federation folder (missing {', '.join(missing)}); "
-            "create one with `covey certs init --dir DIR`"
-        )
+    d = server_folder(directory)
     tls = ServerTLS(
         ca=(d / "ca.pem").read_bytes(),
         cert=(d / "server.pem").read_bytes(),
