@@ -196,6 +196,8 @@ EXPECTED = {
     ],
     "covey.strategies": [
         "Bulyan",
+        "ClientConfigFn",
+        "ClientInfo",
         "FitOutcome",
         "FitRound",
         "ConfigFn",

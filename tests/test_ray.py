@@ -428,3 +428,41 @@ def test_a_client_fn_that_does_not_pickle_is_a_clear_error(cluster: LocalRayClus
         run(mistaken_fn("unpicklable"), "inline", num_clients=3),
         on_ray(cluster, mistaken_fn("unpicklable"), num_clients=3),
     )
+
+
+class OwnConfig(covey.Client):
+    """Steps the model by the ``"epochs"`` it is sent; reports it and its ``"lr"``."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        return {"size": self.cid + 1}
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        own = {f"epochs_{self.cid}": config["epochs"], f"lr_{self.cid}": config["lr"]}
+        return FitResult(
+            delta={"w": np.full(6, float(config["epochs"]))}, num_examples=1, metrics=own
+        )
+
+
+def _merge(results: Any) -> dict[str, Any]:
+    return {k: v for _, metrics in results for k, v in metrics.items()}
+
+
+def test_per_client_configs_reach_each_client_as_inline(cluster: LocalRayCluster) -> None:
+    strategy = covey.FedAvg(
+        fraction_fit=0.5,
+        fraction_evaluate=0.0,
+        on_fit_config=lambda r: {"lr": 0.5},
+        on_client_fit_config=lambda r, c: {"epochs": (c.properties or {})["size"] * r},
+        fit_metrics=_merge,
+    )
+    inline = run(OwnConfig, "inline", strategy=strategy)
+    ray_run = on_ray(cluster, OwnConfig, strategy=strategy)
+    same_bits(inline, ray_run)
+    for record in ray_run.history.rounds[1:]:
+        assert record.fit_metrics == {
+            **{f"epochs_{c}": (c + 1) * record.round for c in record.fit_participants},
+            **{f"lr_{c}": 0.5 for c in record.fit_participants},
+        }

@@ -251,26 +251,30 @@ class CompressedTransport:
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
         """Send ``tasks`` (fit tasks compressed) and yield decoded replies."""
-        sizes: dict[int, int] = {}
         out: dict[int, Task] = {}
         specs: dict[int, WeightsSpec] = {}
+        # Keyed by the weights and payload a task carries, not the task: with per-client
+        # configs each client has a task of its own, all carrying the same model.
+        sizes: dict[tuple[str, int, int], int] = {}
         for cid, task in tasks.items():
-            size = sizes.get(id(task))
+            key = (task.kind, id(task.weights), id(task.payload))
+            size = sizes.get(key)
             if size is None:
                 extras = task.payload if task.kind == "fit" and task.payload else {}
                 size = _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
-                sizes[id(task)] = size
+                sizes[key] = size
             self.bytes_sent += size
             if task.kind == "fit" and self._carried is not None and task.weights is not None:
-                if id(task) not in specs:
-                    specs[id(task)] = WeightsSpec.of(task.weights)
+                if id(task.weights) not in specs:
+                    specs[id(task.weights)] = WeightsSpec.of(task.weights)
                 out[cid] = compressed_task(task, self._carried, self.seed, cid, self.run)
             else:
                 out[cid] = task
         for reply in self.inner.exchange(out, timeout=timeout):
             if reply.kind == KIND:
                 self.bytes_received += plain_nbytes(reply.result)
-                spec = specs.get(id(tasks.get(reply.cid)))
+                sent = tasks.get(reply.cid)
+                spec = None if sent is None or sent.kind != "fit" else specs.get(id(sent.weights))
                 yield self._decode(reply, spec)
             else:
                 self.bytes_received += _result_nbytes(reply.result)

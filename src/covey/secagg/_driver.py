@@ -126,6 +126,7 @@ def secure_sum(
     seed: int | None = None,
     weights: Weights | None = None,
     config: Mapping[str, Any] | None = None,
+    configs: Mapping[int, Mapping[str, Any]] | None = None,
     noise: Noise | None = None,
     noise_entries: int | None = None,
     complete: bool | None = None,
@@ -156,6 +157,8 @@ def secure_sum(
         seed: Seeds the graph's permutation (tests only: it must be unpredictable).
         weights: Model weights sent with the masked-input task (for federated learning).
         config: Config sent with the masked-input task.
+        configs: Each client's own config for the masked-input task, in place of
+            ``config`` for the clients it names (per-client configs of a strategy).
         noise: Distributed DP noise each client adds before masking.
         noise_entries: Add the noise to the first this many entries only (default: all).
         complete: Force the complete graph (True, SecAgg) or a sparse one (False).
@@ -240,7 +243,7 @@ def secure_sum(
             v: Task(
                 KINDS[2],
                 round,
-                dict(config or {}),
+                dict(configs[v] if configs is not None and v in configs else config or {}),
                 weights,
                 {**common, "shares": {str(u): b for u, b in inbox[v].items()}},
             )

@@ -38,7 +38,8 @@ from covey.secagg._handlers import register_task_input
 from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
-from covey.strategies._strategy import FitOutcome, Strategy
+from covey.strategies._fitround import FitOutcome
+from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
 FIT_INPUT = "covey.secagg.fit"
@@ -220,7 +221,12 @@ class _Secure:
         return {"min_survivors": needed, "shortfall": f"fewer than min_fit_clients={needed}"}
 
     def __call__(
-        self, transport: Any, cids: Sequence[int], task: Task, timeout: float | None
+        self,
+        transport: Any,
+        cids: Sequence[int],
+        task: Task,
+        timeout: float | None,
+        configs: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> FitOutcome:
         weights = task.weights
         if weights is None:
@@ -250,6 +256,7 @@ class _Secure:
                 timeout=timeout,
                 weights=weights,
                 config=task.config,
+                configs=configs,
                 noise=self.noise,
                 noise_entries=model,
                 complete=self.complete,

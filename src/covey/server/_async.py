@@ -25,6 +25,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._messages import Config, Metrics, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
+from covey.strategies._clients import client_info
 from covey.strategies._strategy import Strategy
 from covey.transport._async import AsyncTransport
 
@@ -214,7 +215,7 @@ class AsyncLoop(_LoopBase):
         strategy = self.strategy
         rnd = version + 1
         available = self.transport.clients()
-        if strategy.where is not None:
+        if strategy.where is not None or strategy.sends_client_configs("fit"):
             for cid in self._unasked(available, rnd):
                 if cid not in self._flights:
                     self._flights[cid] = _Flight("properties", version, self.weights)
@@ -241,6 +242,15 @@ class AsyncLoop(_LoopBase):
         if self._config is None or self._config[0] != rnd:
             self._config = (rnd, strategy.fit_task_config(rnd))
         task = Task("fit", rnd, self._config[1], self.weights, self._payload)
+        configs = None
+        if strategy.sends_client_configs("fit"):  # properties asked above; None if not in yet
+            clients = client_info(chosen, self.properties, self.client_names)
+            configs = strategy.client_task_configs("fit", rnd, dict(task.config), clients)
         for cid in chosen:
             self._flights[cid] = _Flight("fit", version, self.weights)
-            self.transport.submit(cid, task, timeout=self.task_timeout)
+            own = (
+                task
+                if configs is None
+                else Task("fit", rnd, configs[cid], task.weights, task.payload)
+            )
+            self.transport.submit(cid, own, timeout=self.task_timeout)

@@ -22,7 +22,9 @@ from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
 from covey.server._saver import SaveError
-from covey.strategies._strategy import FitOutcome, Strategy
+from covey.strategies._clients import client_info
+from covey.strategies._fitround import FitOutcome
+from covey.strategies._strategy import Strategy
 from covey.transport._base import Transport
 
 __all__ = ["EvaluateFn", "FederationError", "RoundCallback", "RoundLoop", "in_cid_order"]
@@ -170,12 +172,36 @@ class RoundLoop(_LoopBase):
         """The available clients that pass ``strategy.where``, asking new ones for properties."""
         if self.strategy.where is None:
             return available  # not copied: a federation may have 100,000s of clients
-        unknown = self._unasked(available, rnd)
+        self._ask_properties(rnd, available)
+        return self.strategy.eligible(available, self.properties)
+
+    def _ask_properties(self, rnd: int, cids: Sequence[int]) -> None:
+        """Ask the clients of ``cids`` whose properties are unknown for them, and keep them."""
+        unknown = self._unasked(cids, rnd)
         if unknown:
             ask = dict.fromkeys(unknown, Task("properties", rnd))
             for reply in self.transport.exchange(ask, timeout=self.round_timeout):
                 self._store_properties(reply, rnd)
-        return self.strategy.eligible(available, self.properties)
+
+    def _tasks(self, task: Task, cids: Sequence[int]) -> tuple[dict[int, Task], Any]:
+        """Each client's task: ``task`` itself, or a copy with the client's own config.
+
+        Returns:
+            The tasks, and each client's whole config (None: all share ``task``'s).
+        """
+        strategy = self.strategy
+        if not strategy.sends_client_configs(task.kind):
+            return dict.fromkeys(cids, task), None
+        self._ask_properties(task.round, cids)
+        clients = client_info(cids, self.properties, self.client_names)
+        configs = strategy.client_task_configs(task.kind, task.round, dict(task.config), clients)
+        if configs is None:  # pragma: no cover - sends_client_configs said it gives some
+            return dict.fromkeys(cids, task), None
+        tasks = {
+            cid: Task(task.kind, task.round, configs[cid], task.weights, task.payload)
+            for cid in cids
+        }
+        return tasks, configs
 
     def _fit(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
@@ -198,12 +224,16 @@ class RoundLoop(_LoopBase):
         update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         task = Task("fit", rnd, strategy.fit_task_config(rnd), self.weights, broadcast_extras(out))
+        tasks, configs = self._tasks(task, cids)
         if strategy.fit_round is not None:
-            outcome = strategy.fit_round(self.transport, cids, task, self.round_timeout)
+            fit_round: Any = strategy.fit_round  # configs= only when clients have their own
+            more = {} if configs is None else {"configs": configs}
+            outcome = fit_round(self.transport, cids, task, self.round_timeout, **more)
             self._fit_outcome(rnd, record, state, outcome, len(cids))
             return
         metrics: list[tuple[int, Metrics]] = []
-        replies = self.transport.exchange(dict.fromkeys(cids, task), timeout=self.round_timeout)
+        replies = self.transport.exchange(tasks, timeout=self.round_timeout)
+        del tasks
         answered: set[int] = set()
         for reply in in_cid_order(replies, cids):
             answered.add(reply.cid)
@@ -313,10 +343,12 @@ class RoundLoop(_LoopBase):
             return
         cids = strategy.sample(available, count, rnd, self.seed, purpose=1)
         task = Task("evaluate", rnd, strategy.evaluate_task_config(rnd), self.weights)
+        tasks, _ = self._tasks(task, cids)
         results: list[tuple[int, Metrics]] = []
         loss_sum = 0.0
         answered: set[int] = set()
-        replies = self.transport.exchange(dict.fromkeys(cids, task), timeout=self.round_timeout)
+        replies = self.transport.exchange(tasks, timeout=self.round_timeout)
+        del tasks
         for reply in in_cid_order(replies, cids):
             answered.add(reply.cid)
             res = reply.result

@@ -4,6 +4,10 @@ A :class:`Strategy` is data plus one aggregation step; the presets (FedAvg,
 FedProx, FedAdam, Krum, ...) are short functions that fill one in.
 """
 
+from covey.strategies._clients import ClientConfigFn, ClientInfo
+from covey.strategies._fitround import FitOutcome, FitRound
+from covey.strategies._metrics import MetricsFn, weighted_metrics
+from covey.strategies._options import StrategyOptions
 from covey.strategies._presets import (
     Bulyan,
     FedAdagrad,
@@ -21,20 +25,12 @@ from covey.strategies._presets import (
     QFedAvg,
     Scaffold,
 )
-from covey.strategies._strategy import (
-    ConfigFn,
-    FitOutcome,
-    FitRound,
-    MetricsFn,
-    Selector,
-    Strategy,
-    StrategyOptions,
-    Where,
-    weighted_metrics,
-)
+from covey.strategies._strategy import ConfigFn, Selector, Strategy, Where
 
 __all__ = [
     "Bulyan",
+    "ClientConfigFn",
+    "ClientInfo",
     "ConfigFn",
     "FedAdagrad",
     "FedAdam",

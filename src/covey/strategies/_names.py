@@ -41,9 +41,11 @@ FLOWER_METHODS = {
     "or init/update functions of your own)",
     "aggregate": "Strategy.aggregate only runs the aggregator outside the loop; give "
     "Strategy(aggregator=...) a step of your own",
-    "configure_fit": "override fit_config(round) for what clients are told, and pass "
-    "selector= or where= for which clients take part",
-    "configure_evaluate": "override evaluate_config(round), and pass selector= or where=",
+    "configure_fit": "override fit_config(round) for what every client is told and "
+    "client_fit_config(round, client) for what one client is told, and pass selector= or "
+    "where= for which clients take part",
+    "configure_evaluate": "override evaluate_config(round) (and client_evaluate_config(round, "
+    "client)), and pass selector= or where=",
     "aggregate_evaluate": "pass evaluate_metrics= to combine the clients' metrics",
     "evaluate": "pass evaluate_fn= to simulate() or serve() for central evaluation",
     "initialize_parameters": "pass initial_weights= to simulate() or serve()",

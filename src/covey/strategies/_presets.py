@@ -35,7 +35,8 @@ from covey.aggregate._clip import polynomial_staleness
 from covey.core._messages import Config, plain
 from covey.strategies._checks import name_of
 from covey.strategies._names import not_a_class
-from covey.strategies._strategy import Strategy, StrategyOptions, _no_config, preset
+from covey.strategies._options import StrategyOptions, preset
+from covey.strategies._strategy import Strategy, _no_config
 
 
 def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
@@ -45,7 +46,8 @@ def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
         **options: Sampling, selection, config and metrics options of :class:`Strategy`:
             ``fraction_fit``, ``min_fit_clients``, ``fraction_evaluate``,
             ``min_evaluate_clients``, ``min_available_clients``, ``on_fit_config``,
-            ``on_evaluate_config``, ``accept_failures``, ``fit_metrics``,
+            ``on_evaluate_config``, ``on_client_fit_config``,
+            ``on_client_evaluate_config``, ``accept_failures``, ``fit_metrics``,
             ``evaluate_metrics``, ``selector`` and ``where``.
 
     Returns:

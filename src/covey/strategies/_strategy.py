@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
-from types import MappingProxyType
-from typing import Any, NamedTuple, TypedDict
+from typing import Any
 
 import numpy as np
 
-from covey.aggregate import Contribution, Step, chain, weighted_mean
+from covey.aggregate import Step, chain, weighted_mean
 from covey.aggregate._flat import floor_fraction
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics, plain
@@ -27,68 +26,18 @@ from covey.strategies._checks import (
     chosen_ids,
     name_of,
 )
+from covey.strategies._clients import ClientConfigFn, ClientInfo, per_client_configs
+from covey.strategies._fitround import FitRound, takes_configs
 from covey.strategies._fold import fold
+from covey.strategies._metrics import MetricsFn, weighted_metrics
 from covey.strategies._names import refuse_flower_methods, unknown_options
 from covey.strategies._subclass import parameters, subclass_options
 
 ConfigFn = Callable[[int], Config]
-MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
 Selector = Callable[[Sequence[int], int, np.random.Generator], Sequence[int]]
 """``(candidates, round, rng) -> chosen cids``: a custom client selection."""
 Where = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
 """Which clients may take part: required property values, or a predicate on properties."""
-
-
-def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
-    """Average numeric metrics over clients, weighted by their number of examples.
-
-    Args:
-        results: ``(num_examples, metrics)`` for each client.
-
-    Returns:
-        For each numeric metric, ``sum_k n_k m_k / sum_k n_k`` over the clients
-        that reported it; non-numeric metrics are left out.
-
-    Example:
-        >>> weighted_metrics([(10, {"acc": 1.0}), (30, {"acc": 0.0})])
-        {'acc': 0.25}
-    """
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for n, metrics in results:
-        for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                continue
-            sums[key] = sums.get(key, 0.0) + n * float(value)
-            counts[key] = counts.get(key, 0) + n
-    return {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
-
-
-class FitOutcome(NamedTuple):
-    """What a custom fit exchange (:attr:`Strategy.fit_round`) hands back to the round loop.
-
-    Args:
-        contributions: Fed to the aggregator in order (e.g. one secure sum).
-        participants: The clients whose updates are in the contributions.
-        num_examples: Their total number of examples.
-        metrics: The round's combined fit metrics.
-        failures: ``(cid, why)`` for each client that failed.
-        info: What to record in the round's ``aggregate_info``.
-        error: Why the round must stop (the run then stops with this reason).
-    """
-
-    contributions: tuple[Contribution, ...] = ()
-    participants: tuple[int, ...] = ()
-    num_examples: int = 0
-    metrics: Mapping[str, Any] = MappingProxyType({})
-    failures: tuple[tuple[int, str], ...] = ()
-    info: Mapping[str, Any] = MappingProxyType({})
-    error: str | None = None
-
-
-FitRound = Callable[[Any, Sequence[int], Any, "float | None"], FitOutcome]
-"""``(transport, cids, fit_task, timeout) -> FitOutcome``: a fit exchange other than one task
-per client (secure aggregation: :func:`covey.secagg.secure`)."""
 
 
 _NUMBERS = (
@@ -151,10 +100,18 @@ class Strategy:
         fit_round: Replaces the fit exchange of each synchronous round: given the
             transport, the sampled clients, the fit task and the timeout, it talks to
             the clients and returns a :class:`FitOutcome` (set by
-            :func:`covey.secagg.secure`; None: one fit task per client).
+            :func:`covey.secagg.secure`; None: one fit task per client). With
+            per-client configs it is also passed ``configs=``, each client's whole config.
         fit_config_entries: Entries every fit task's config carries besides those of
             :meth:`fit_config`, even when a subclass overrides it (set by
             :func:`covey.privacy.central` for ``"dp_clip"``).
+        on_client_fit_config: ``(round, client) -> dict``: entries of one client's own,
+            sent on top of ``on_fit_config``'s to each client sampled to train (its
+            entries win over the round's); ``client`` is a
+            :class:`~covey.strategies.ClientInfo` (id, reported properties, name).
+            Entries covey sets (``"round"``, ``"extras"``, ``"dp_clip"``, names
+            starting ``"covey."``) are refused. None: every client gets the round's config.
+        on_client_evaluate_config: The same for federated evaluation tasks.
     """
 
     aggregator: Step = field(default_factory=lambda: chain(weighted_mean()))
@@ -177,6 +134,8 @@ class Strategy:
     hooks: tuple[RunHook, ...] = ()
     fit_round: FitRound | None = None
     fit_config_entries: Mapping[str, Any] = field(default_factory=dict)
+    on_client_fit_config: ClientConfigFn | None = None
+    on_client_evaluate_config: ClientConfigFn | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
         # Before the dataclass's __init__ refuses them: Flower's names get covey's. A
@@ -245,6 +204,14 @@ class Strategy:
             value = getattr(self, attr)
             if not callable(value):
                 raise TypeError(f"{attr} must be a function, got {type(value).__name__}")
+        for attr in ("on_client_fit_config", "on_client_evaluate_config"):
+            value = getattr(self, attr)
+            if value is not None and not callable(value):
+                raise TypeError(
+                    f"{attr} must be a (round, client) -> dict function, got {type(value).__name__}"
+                )
+        if self.fit_round is not None and self.sends_client_configs("fit"):
+            takes_configs(self.fit_round, self.source("client_fit_config", "on_client_fit_config"))
         if self.selector is not None and not callable(self.selector):
             raise TypeError(
                 "selector must be a (candidates, round, rng) -> cids function, "
@@ -359,6 +326,9 @@ class Strategy:
             fn = getattr(self, attr)
             if fn not in (_no_config, weighted_metrics):
                 options[attr] = name_of(fn)
+        for attr in ("on_client_fit_config", "on_client_evaluate_config"):
+            if getattr(self, attr) is not None:
+                options[attr] = name_of(getattr(self, attr))
         if self.selector is not None:
             options["selector"] = name_of(self.selector)
         if self.where is not None:
@@ -429,6 +399,57 @@ class Strategy:
             self.evaluate_config(round), self.source("evaluate_config", "on_evaluate_config")
         )
 
+    def client_fit_config(self, round: int, client: ClientInfo) -> Config:
+        """Entries of ``client``'s own for its fit task in ``round``, on top of :meth:`fit_config`.
+
+        The default calls :attr:`on_client_fit_config` (none when it is None). A
+        subclass may override it; covey then calls it for every client sampled to
+        train, in the order of their ids, and checks what it returns like
+        ``on_client_fit_config``'s.
+        """
+        fn = self.on_client_fit_config
+        return {} if fn is None else fn(round, client)
+
+    def client_evaluate_config(self, round: int, client: ClientInfo) -> Config:
+        """Entries of ``client``'s own for its evaluate task, on top of :meth:`evaluate_config`."""
+        fn = self.on_client_evaluate_config
+        return {} if fn is None else fn(round, client)
+
+    def sends_client_configs(self, kind: str) -> bool:
+        """Whether tasks of ``kind`` (``"fit"`` or ``"evaluate"``) get per-client entries."""
+        method = f"client_{kind}_config"
+        overridden = getattr(type(self), method) is not getattr(Strategy, method)
+        return overridden or getattr(self, f"on_client_{kind}_config") is not None
+
+    def client_task_configs(
+        self, kind: str, round: int, base: Config, clients: Sequence[ClientInfo]
+    ) -> dict[int, Config] | None:
+        """What the round loops send each of ``clients``: ``base`` plus its own entries, checked.
+
+        Args:
+            kind: ``"fit"`` or ``"evaluate"``.
+            round: The round.
+            base: The round's config (:meth:`fit_task_config` or :meth:`evaluate_task_config`).
+            clients: The sampled clients.
+
+        Returns:
+            ``{cid: config}``, or None when the strategy gives no per-client entries
+            (every client then gets ``base``).
+
+        Raises:
+            TypeError: naming the function, if it returns anything but a dict keyed by str.
+            ValueError: naming the function, if it sets an entry covey sets itself.
+        """
+        if not self.sends_client_configs(kind):
+            return None
+        option = getattr(self, f"on_client_{kind}_config")
+        what = self.source(f"client_{kind}_config", f"on_client_{kind}_config")
+        if option is not None and what == f"on_client_{kind}_config":
+            what += f" {name_of(option)}"
+        make = self.client_fit_config if kind == "fit" else self.client_evaluate_config
+        fixed = self.fit_config_entries if kind == "fit" else ()
+        return per_client_configs(make, what, kind, round, base, clients, fixed)
+
     def combined_metrics(self, kind: str, results: Sequence[tuple[int, Metrics]]) -> Metrics:
         """A round's metrics from :attr:`fit_metrics` (``kind="fit"``) or :attr:`evaluate_metrics`.
 
@@ -452,33 +473,3 @@ class Strategy:
         if getattr(type(self), method) is not getattr(Strategy, method):
             return f"{type(self).__name__}.{method}()"
         return option
-
-
-class StrategyOptions(TypedDict, total=False):
-    """The keyword options every preset accepts; see :class:`Strategy` for each."""
-
-    fraction_fit: float
-    min_fit_clients: int
-    fraction_evaluate: float
-    min_evaluate_clients: int
-    min_available_clients: int
-    on_fit_config: ConfigFn
-    on_evaluate_config: ConfigFn
-    accept_failures: bool
-    fit_metrics: MetricsFn
-    evaluate_metrics: MetricsFn
-    selector: Selector | None
-    where: Where | None
-
-
-def preset(
-    name: str, aggregator: Step, options: StrategyOptions, **hyperparameters: Any
-) -> Strategy:
-    """A :class:`Strategy` named ``name`` with ``aggregator``, the user's ``options``.
-
-    ``hyperparameters`` are the preset's own arguments, kept for :meth:`Strategy.describe`.
-    """
-    unknown = set(options) - set(StrategyOptions.__annotations__)
-    if unknown:
-        raise unknown_options(name, unknown)
-    return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)

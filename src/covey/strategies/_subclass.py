@@ -53,7 +53,14 @@ def replace_strategy(strategy: S, **changes: Any) -> S:
     return new
 
 
-OVERRIDABLE = ("fit_config", "evaluate_config", "num_fit", "num_evaluate")
+OVERRIDABLE = (
+    "fit_config",
+    "evaluate_config",
+    "client_fit_config",
+    "client_evaluate_config",
+    "num_fit",
+    "num_evaluate",
+)
 """The methods a subclass overrides the documented way."""
 
 

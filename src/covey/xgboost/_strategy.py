@@ -12,7 +12,7 @@ import numpy as np
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
 from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
-from covey.strategies._strategy import StrategyOptions, preset
+from covey.strategies._options import StrategyOptions, preset
 from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
 from covey.xgboost._validate import new_trees
 

@@ -1,0 +1,119 @@
+"""Per-client configs: what one client is told on top of what every client of the round is told.
+
+A strategy's ``on_client_fit_config(round, client)`` (or an override of
+:meth:`covey.Strategy.client_fit_config`) gives each sampled client entries of
+its own: more local epochs for a client with more data, a learning rate or a
+task id of its own. :class:`ClientInfo` is how such a function sees a client:
+its id, the properties it reported and, deployed, its name. The entries covey
+sets itself (``"round"``, ``"extras"``, ``"dp_clip"``, names under ``"covey."``)
+are refused there, naming the function, rather than silently replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from covey.core._messages import Config
+from covey.strategies._checks import checked_config
+
+
+class ClientInfo(NamedTuple):
+    """One client as a per-client config function sees it.
+
+    Attributes:
+        cid: The client's id (in simulation the ``cid`` its ``client_fn`` got; deployed,
+            the id the run gave its name when it first joined).
+        properties: What the client reported from :meth:`covey.Client.properties`
+            (deployed, merged with ``connect(properties=...)``), read-only; None when
+            it did not report them (it failed to, or its reply is still to come).
+        name: The client's name when deployed (``connect(name=...)``), else None.
+
+    Example:
+        >>> ClientInfo(3, {"num_examples": 120}).properties["num_examples"]
+        120
+    """
+
+    cid: int
+    properties: Mapping[str, Any] | None = None
+    name: str | None = None
+
+
+ClientConfigFn = Callable[[int, ClientInfo], Config]
+"""``(round, client) -> dict``: entries for one client's task, on top of the round's config."""
+
+RESERVED = ("round", "extras")
+"""Entries the client runtime sets in every fit config itself (``"extras"`` in fit only)."""
+
+PREFIX = "covey."
+"""Entries whose names start so are covey's own (a compressed fit's scheme, say)."""
+
+
+def client_info(
+    cids: Sequence[int],
+    properties: Mapping[int, Mapping[str, Any]],
+    names: Mapping[int, str],
+) -> list[ClientInfo]:
+    """The :class:`ClientInfo` of each of ``cids``, in that order, properties read-only."""
+    out: list[ClientInfo] = []
+    for cid in cids:
+        props = properties.get(cid)
+        out.append(
+            ClientInfo(
+                cid, None if props is None else MappingProxyType(dict(props)), names.get(cid)
+            )
+        )
+    return out
+
+
+def reserved_keys(kind: str, fixed: Collection[str]) -> set[str]:
+    """The entries a per-client config of ``kind`` may not set: ``fixed`` and the runtime's."""
+    out = {"round"} | (set(fixed) | {"extras"} if kind == "fit" else set())
+    return out
+
+
+def per_client_configs(
+    make: Callable[[int, ClientInfo], Any],
+    what: str,
+    kind: str,
+    round: int,
+    base: Config,
+    clients: Sequence[ClientInfo],
+    fixed: Collection[str] = (),
+) -> dict[int, Config]:
+    """Each client's whole config: ``base`` with the entries ``make(round, client)`` returns.
+
+    Args:
+        make: The per-client function (or bound method).
+        what: How errors name it, e.g. ``"on_client_fit_config lr_by_size"``.
+        kind: ``"fit"`` or ``"evaluate"``.
+        round: The round.
+        base: The config every client of the round gets (fixed entries included).
+        clients: The sampled clients, in the order the function is called.
+        fixed: Entries covey adds to every fit config (``Strategy.fit_config_entries``).
+
+    Returns:
+        ``{cid: config}``; a client given no entries of its own shares ``base``.
+
+    Raises:
+        TypeError: naming ``what``, if it returns anything but a dict with str keys.
+        ValueError: naming ``what``, the client and the entry, if it sets one covey sets.
+    """
+    refused = reserved_keys(kind, fixed)
+    out: dict[int, Config] = {}
+    for client in clients:
+        own = checked_config(make(round, client), what)
+        for key in own:
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{what} must return a dict keyed by names (str), got key {key!r} "
+                    f"for client {client.cid}"
+                )
+            if key in refused or key.startswith(PREFIX):
+                raise ValueError(
+                    f"{what} set {key!r} for client {client.cid} in round {round}: covey sets "
+                    f"that entry of the {kind} config itself; give yours another name"
+                )
+        out[client.cid] = {**base, **own} if own else base
+    return out

@@ -1,0 +1,43 @@
+"""The options every preset takes, and how a preset becomes a :class:`~covey.Strategy`."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from covey.aggregate import Step
+from covey.strategies._clients import ClientConfigFn
+from covey.strategies._metrics import MetricsFn
+from covey.strategies._names import unknown_options
+from covey.strategies._strategy import ConfigFn, Selector, Strategy, Where
+
+
+class StrategyOptions(TypedDict, total=False):
+    """The keyword options every preset accepts; see :class:`Strategy` for each."""
+
+    fraction_fit: float
+    min_fit_clients: int
+    fraction_evaluate: float
+    min_evaluate_clients: int
+    min_available_clients: int
+    on_fit_config: ConfigFn
+    on_evaluate_config: ConfigFn
+    accept_failures: bool
+    fit_metrics: MetricsFn
+    evaluate_metrics: MetricsFn
+    selector: Selector | None
+    where: Where | None
+    on_client_fit_config: ClientConfigFn | None
+    on_client_evaluate_config: ClientConfigFn | None
+
+
+def preset(
+    name: str, aggregator: Step, options: StrategyOptions, **hyperparameters: Any
+) -> Strategy:
+    """A :class:`Strategy` named ``name`` with ``aggregator``, the user's ``options``.
+
+    ``hyperparameters`` are the preset's own arguments, kept for :meth:`Strategy.describe`.
+    """
+    unknown = set(options) - set(StrategyOptions.__annotations__)
+    if unknown:
+        raise unknown_options(name, unknown)
+    return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)

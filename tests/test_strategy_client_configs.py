@@ -1,0 +1,350 @@
+"""Per-client configs (``on_client_fit_config``, ``client_fit_config``) on every path tasks take.
+
+Each client reports what it was sent in its metrics; the strategy's metrics
+function gathers them, so a round's history says which client got which config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from _live import Joined, Served
+from covey.secagg import secure
+from covey.strategies import ClientInfo
+
+N = 6
+
+
+class Echo(covey.Client):
+    """Steps the model by its ``"epochs"`` and reports the config it was sent."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        return {"size": 10 * (self.cid + 1)}
+
+    def _seen(self, config: Mapping[str, Any]) -> str:
+        own = {k: v for k, v in config.items() if k not in ("round", "extras")}
+        return json.dumps([self.cid, own], sort_keys=True)
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        step = np.full(2, float(config.get("epochs", 0)))
+        return covey.FitResult(
+            delta={"w": step}, num_examples=1 + self.cid, metrics={"seen": self._seen(config)}
+        )
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> covey.EvaluateResult:
+        tag = config.get("tag", 0)
+        loss = float(tag) if isinstance(tag, int) else 0.0
+        return covey.EvaluateResult(loss=loss, num_examples=1, metrics={"seen": self._seen(config)})
+
+
+def gather(results: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The configs the clients of a round reported, as one JSON text, in client order."""
+    seen = sorted((json.loads(str(m["seen"])) for _, m in results), key=lambda x: x[0])
+    return {"seen": json.dumps(seen)}
+
+
+def by_size(round: int, client: ClientInfo) -> dict[str, Any]:
+    assert client.properties is not None
+    return {"epochs": client.properties["size"] // 10 + round, "lr": 0.01 * (client.cid + 1)}
+
+
+def tag(round: int, client: ClientInfo) -> dict[str, Any]:
+    return {"tag": client.cid * 100 + round}
+
+
+def strategy(**options: Any) -> covey.Strategy:
+    options.setdefault("on_client_fit_config", by_size)
+    options.setdefault("on_client_evaluate_config", tag)
+    return covey.FedAvg(
+        fraction_fit=0.5,
+        fraction_evaluate=0.5,
+        on_fit_config=lambda r: {"lr": 0.5, "batch": 32},
+        fit_metrics=gather,
+        evaluate_metrics=gather,
+        **options,
+    )
+
+
+def init() -> dict[str, np.ndarray]:
+    return {"w": np.zeros(2)}
+
+
+def seen(record: Any, kind: str) -> dict[int, dict[str, Any]]:
+    metrics = record.fit_metrics if kind == "fit" else record.evaluate_metrics
+    return {cid: config for cid, config in json.loads(metrics["seen"])}
+
+
+def check_rounds(history: covey.History, *, evaluate: bool = True) -> None:
+    """Each sampled client got the round's config with its own entries on top."""
+    for record in history.rounds[1:]:
+        rnd = record.round
+        fit = seen(record, "fit")
+        assert sorted(fit) == sorted(record.fit_participants)
+        for cid, config in fit.items():
+            assert config == {"lr": 0.01 * (cid + 1), "batch": 32, "epochs": cid + 1 + rnd}
+        if evaluate:
+            got = seen(record, "evaluate")
+            assert sorted(got) == sorted(record.evaluate_participants)
+            assert got == {cid: {"tag": cid * 100 + rnd} for cid in got}
+
+
+def identical(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_each_client_gets_its_own_config(backend: str) -> None:
+    result = covey.simulate(Echo, N, 3, strategy(), init(), backend=backend, seed=3)  # type: ignore[arg-type]
+    check_rounds(result.history)
+    assert all(len(r.fit_participants) == N // 2 for r in result.history.rounds[1:])
+    if backend == "process":  # the same run, bit for bit, as inline
+        inline = covey.simulate(Echo, N, 3, strategy(), init(), seed=3)
+        identical(result.weights, inline.weights)
+        assert [r.fit_participants for r in result.history.rounds] == [
+            r.fit_participants for r in inline.history.rounds
+        ]
+
+
+def test_same_seed_same_run_and_no_entries_change_nothing() -> None:
+    once = covey.simulate(Echo, N, 3, strategy(), init(), seed=5)
+    again = covey.simulate(Echo, N, 3, strategy(), init(), seed=5)
+    identical(once.weights, again.weights)
+    assert [r.fit_metrics for r in once.history.rounds] == [
+        r.fit_metrics for r in again.history.rounds
+    ]
+    # A per-client function that adds nothing runs the same rounds as none at all.
+    options: dict[str, Any] = {"on_fit_config": lambda r: {"epochs": r}}
+    plain = covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.5, **options)
+    empty = covey.FedAvg(
+        fraction_fit=0.5,
+        fraction_evaluate=0.5,
+        on_client_fit_config=lambda r, c: {},
+        on_client_evaluate_config=lambda r, c: {},
+        **options,
+    )
+    a = covey.simulate(Echo, N, 3, plain, init(), seed=5)
+    b = covey.simulate(Echo, N, 3, empty, init(), seed=5)
+    identical(a.weights, b.weights)
+    assert [r.fit_participants for r in a.history.rounds] == [
+        r.fit_participants for r in b.history.rounds
+    ]
+
+
+class BySize(covey.Strategy):
+    """Per-client entries from an override, not an option."""
+
+    def fit_config(self, round: int) -> dict[str, Any]:
+        return {"lr": 0.5, "batch": 32}
+
+    def client_fit_config(self, round: int, client: ClientInfo) -> dict[str, Any]:
+        return by_size(round, client)
+
+    def client_evaluate_config(self, round: int, client: ClientInfo) -> dict[str, Any]:
+        return tag(round, client)
+
+
+def test_a_subclass_overrides_the_per_client_methods() -> None:
+    mine = BySize(
+        fraction_fit=0.5, fraction_evaluate=0.5, fit_metrics=gather, evaluate_metrics=gather
+    )
+    result = covey.simulate(Echo, N, 2, mine, init(), seed=3)
+    check_rounds(result.history)
+    identical(result.weights, covey.simulate(Echo, N, 2, strategy(), init(), seed=3).weights)
+    options = mine.describe()["options"]
+    assert options["client_fit_config"].endswith("BySize.client_fit_config")
+    assert strategy().describe()["options"]["on_client_fit_config"] == "by_size"
+
+
+def test_fedbuff_sends_each_client_its_own_config() -> None:
+    buffered = covey.FedBuff(
+        buffer_size=3,
+        concurrency=3,
+        on_fit_config=lambda r: {"lr": 0.5, "batch": 32},
+        on_client_fit_config=by_size,
+        fit_metrics=gather,
+    )
+    result = covey.simulate(Echo, N, 3, buffered, init(), seed=1)
+    for record in result.history.rounds[1:]:
+        got = seen(record, "fit")
+        assert len(got) == 3
+        for cid, config in got.items():
+            # Sent in the update current when the client was given its task.
+            assert config["lr"] == 0.01 * (cid + 1)
+            assert config["batch"] == 32
+            assert config["epochs"] - (cid + 1) in range(1, record.round + 1)
+
+
+def test_compressed_fit_tasks_carry_each_clients_config() -> None:
+    result = covey.simulate(Echo, N, 2, strategy(), init(), seed=3, compression="float16")
+    check_rounds(result.history)
+    plain = covey.simulate(Echo, N, 2, strategy(), init(), seed=3)
+    np.testing.assert_allclose(result.weights["w"], plain.weights["w"], rtol=1e-3)
+
+
+def test_secure_aggregation_sends_each_client_its_own_config() -> None:
+    def make() -> covey.Strategy:
+        return covey.FedAvg(
+            fraction_evaluate=0.0,
+            min_fit_clients=4,
+            on_fit_config=lambda r: {"batch": 32},
+            on_client_fit_config=lambda r, c: {"epochs": 0.1 * (c.cid + 1) * r},
+        )
+
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        secured = secure(make(), clip_range=1.0, bits=24)
+    result = covey.simulate(Echo, 4, 2, secured, init(), seed=0)
+    plain = covey.simulate(Echo, 4, 2, make(), init(), seed=0)
+    # The masked sum holds each client's own step: the plain run's weighted mean.
+    np.testing.assert_allclose(result.weights["w"], plain.weights["w"], atol=1e-5)
+    assert plain.weights["w"][0] != pytest.approx(2 * 0.1 * 4, abs=1e-3)  # not one config
+
+
+def test_client_clipping_keeps_dp_clip_beside_each_clients_config() -> None:
+    class Seen(Echo):
+        def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+            assert config["dp_clip"] == 1.0
+            assert config["lr"] == 0.01 * (self.cid + 1)
+            return super().fit(weights, config)
+
+    private = covey.privacy.central(
+        covey.FedAvg(
+            fraction_fit=0.5,
+            fraction_evaluate=0.0,
+            on_client_fit_config=lambda r, c: {"lr": 0.01 * (c.cid + 1)},
+            fit_metrics=gather,
+        ),
+        noise_multiplier=0.5,
+        clip=1.0,
+        delta=1e-5,
+        clipping="client",
+        noise_seed=0,
+    )
+    result = covey.simulate(lambda cid: covey.privacy.ClipUpdates(Seen(cid)), 8, 2, private, init())
+    assert all(r.aggregated and not r.fit_failures for r in result.history.rounds[1:])
+    for record in result.history.rounds[1:]:
+        for cid, config in seen(record, "fit").items():
+            assert config["lr"] == 0.01 * (cid + 1)
+            assert config["dp_clip"] == 1.0
+    # A per-client entry may not replace the clip covey sends.
+    refused = covey.privacy.central(
+        covey.FedAvg(fraction_evaluate=0.0, on_client_fit_config=lambda r, c: {"dp_clip": 9.0}),
+        noise_multiplier=0.5,
+        clip=1.0,
+        delta=1e-5,
+        clipping="client",
+    )
+    with pytest.raises(ValueError, match=r"on_client_fit_config .*<lambda> set 'dp_clip' for"):
+        covey.simulate(lambda cid: covey.privacy.ClipUpdates(Echo(cid)), 4, 1, refused, init())
+
+
+def bad_list(round: int, client: ClientInfo) -> Any:
+    return [("epochs", 2)]
+
+
+def bad_key(round: int, client: ClientInfo) -> Any:
+    return {1: 2}
+
+
+@pytest.mark.parametrize(
+    ("kind", "fn", "error", "message"),
+    [
+        ("fit", bad_list, TypeError, "on_client_fit_config bad_list must return a dict, got list"),
+        ("evaluate", bad_list, TypeError, "on_client_evaluate_config bad_list must return a dict"),
+        ("fit", bad_key, TypeError, "on_client_fit_config bad_key must return a dict keyed by"),
+        ("fit", lambda r, c: {"round": 7}, ValueError, "<lambda> set 'round' for client 0"),
+        ("fit", lambda r, c: {"extras": {}}, ValueError, "set 'extras' for client 0 in round 1"),
+        ("fit", lambda r, c: {"covey.compression": 1}, ValueError, "'covey.compression'"),
+        ("evaluate", lambda r, c: {"round": 7}, ValueError, "evaluate config itself"),
+    ],
+)
+def test_a_wrong_per_client_config_is_refused_naming_the_function(
+    kind: str, fn: Any, error: type[Exception], message: str
+) -> None:
+    chosen = covey.FedAvg(**{f"on_client_{kind}_config": fn})
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        covey.simulate(Echo, 3, 1, chosen, init())
+
+
+def test_evaluate_may_set_extras_and_overrides_name_the_method() -> None:
+    allowed = covey.FedAvg(on_client_evaluate_config=lambda r, c: {"extras": c.cid})
+    covey.simulate(Echo, 3, 1, allowed, init())
+
+    class NoDict(covey.Strategy):
+        def client_fit_config(self, round: int, client: ClientInfo) -> Any:
+            return None
+
+    with pytest.raises(TypeError, match=r"NoDict.client_fit_config\(\) must return a dict"):
+        covey.simulate(Echo, 3, 1, NoDict(), init())
+
+
+def test_options_that_are_not_functions_are_refused_when_made() -> None:
+    with pytest.raises(TypeError, match=r"on_client_fit_config must be a .* function, got dict"):
+        covey.FedAvg(on_client_fit_config={"lr": 0.1})  # type: ignore[arg-type]
+
+    def own_round(transport: Any, cids: Any, task: Any, timeout: Any) -> Any:
+        raise AssertionError("not called")
+
+    with pytest.raises(TypeError, match=r"fit_round .*own_round takes no configs= argument"):
+        covey.Strategy(fit_round=own_round, on_client_fit_config=by_size)
+    covey.Strategy(fit_round=own_round)  # without per-client configs it is as before
+
+
+def test_properties_a_client_cannot_report_are_none() -> None:
+    class Mute(Echo):
+        def properties(self) -> dict[str, Any]:
+            raise RuntimeError("no properties here")
+
+    got: list[ClientInfo] = []
+
+    def record(round: int, client: ClientInfo) -> dict[str, Any]:
+        got.append(client)
+        return {}
+
+    covey.simulate(Mute, 2, 1, covey.FedAvg(on_client_fit_config=record), init())
+    assert got == [ClientInfo(0, None, None), ClientInfo(1, None, None)]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_round_sends_each_client_its_own_config() -> None:
+    def by_name(round: int, client: ClientInfo) -> dict[str, Any]:
+        assert client.properties is not None
+        assert client.name is not None
+        return {"site": client.name, "epochs": client.properties["epochs"] + round}
+
+    served_strategy = covey.FedAvg(
+        min_fit_clients=3,
+        min_evaluate_clients=3,
+        min_available_clients=3,
+        on_fit_config=lambda r: {"batch": 32},
+        on_client_fit_config=by_name,
+        on_client_evaluate_config=lambda r, c: {"tag": f"{c.name}-{r}"},
+        fit_metrics=gather,
+        evaluate_metrics=gather,
+    )
+    served = Served(served_strategy, 2, round_timeout=60.0, initial_weights=init())
+    joined = [
+        Joined(served.port, Echo(k), name=f"site-{k}", properties={"epochs": 10 * k})
+        for k in range(3)
+    ]
+    history = served.join(120).history
+    for j in joined:
+        j.join(30)
+    for record in history.rounds[1:]:
+        fit = seen(record, "fit")
+        assert len(fit) == 3
+        evaluate = seen(record, "evaluate")
+        for k in range(3):  # client k reported its own cid k in its metrics
+            assert fit[k] == {"batch": 32, "site": f"site-{k}", "epochs": 10 * k + record.round}
+            assert evaluate[k] == {"tag": f"site-{k}-{record.round}"}
