@@ -315,9 +315,9 @@ def test_properties_a_client_cannot_report_are_none() -> None:
     assert got == [ClientInfo(0, None, None), ClientInfo(1, None, None)]
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
-def test_a_deployed_round_sends_each_client_its_own_config() -> None:
+@pytest.mark.parametrize("compression", [None, "float16"])
+def test_a_deployed_round_sends_each_client_its_own_config(compression: str | None) -> None:
     def by_name(round: int, client: ClientInfo) -> dict[str, Any]:
         assert client.properties is not None
         assert client.name is not None
@@ -333,7 +333,9 @@ def test_a_deployed_round_sends_each_client_its_own_config() -> None:
         fit_metrics=gather,
         evaluate_metrics=gather,
     )
-    served = Served(served_strategy, 2, round_timeout=60.0, initial_weights=init())
+    served = Served(
+        served_strategy, 2, round_timeout=60.0, initial_weights=init(), compression=compression
+    )
     joined = [
         Joined(served.port, Echo(k), name=f"site-{k}", properties={"epochs": 10 * k})
         for k in range(3)
@@ -341,6 +343,7 @@ def test_a_deployed_round_sends_each_client_its_own_config() -> None:
     history = served.join(120).history
     for j in joined:
         j.join(30)
+    assert history.config.get("compression") == compression
     for record in history.rounds[1:]:
         fit = seen(record, "fit")
         assert len(fit) == 3
@@ -348,3 +351,26 @@ def test_a_deployed_round_sends_each_client_its_own_config() -> None:
         for k in range(3):  # client k reported its own cid k in its metrics
             assert fit[k] == {"batch": 32, "site": f"site-{k}", "epochs": 10 * k + record.round}
             assert evaluate[k] == {"tag": f"site-{k}-{record.round}"}
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_secure_round_sends_each_client_its_own_config() -> None:
+    def make() -> covey.Strategy:
+        return covey.FedAvg(
+            fraction_evaluate=0.0,
+            min_fit_clients=4,
+            min_available_clients=4,
+            on_client_fit_config=lambda r, c: {"epochs": 0.1 * (c.properties or {})["size"] / 10},
+        )
+
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        secured = secure(make(), clip_range=1.0, bits=24)
+    served = Served(secured, 1, round_timeout=60.0, initial_weights=init())
+    joined = [Joined(served.port, Echo(k), name=f"site-{k}") for k in range(4)]
+    deployed = served.join(120)
+    for j in joined:
+        j.join(30)
+    plain = covey.simulate(Echo, 4, 1, make(), init())
+    # Client k steps by 0.1 * (k + 1), weighted by its 1 + k examples.
+    np.testing.assert_allclose(deployed.weights["w"], plain.weights["w"], atol=1e-5)
+    np.testing.assert_allclose(plain.weights["w"], [0.3, 0.3], atol=1e-12)
