@@ -80,7 +80,11 @@ class Client:
         raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
 
     def properties(self) -> dict[str, Any]:
-        """Facts about this client that the server may use to select it (none by default)."""
+        """Facts the server may select this client by, or set its own config by (none by default).
+
+        ``Strategy(where=...)`` selects by them, and ``on_client_fit_config`` (or
+        ``on_client_evaluate_config``) sees them as ``client.properties``.
+        """
         return {}
 
 

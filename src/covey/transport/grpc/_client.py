@@ -337,8 +337,9 @@ def connect(
             Without one, the client picks ``anonymous-`` and 8 random hex digits,
             kept across its reconnections, so the server sees one client
             rather than a new one per connection.
-        properties: Facts the server may select clients by (``Strategy(where=...)``),
-            merged over ``client.properties()``; the server reads them when it asks.
+        properties: Facts the server may select clients by (``Strategy(where=...)``) or
+            give a client its own config by (``on_client_fit_config``), merged over
+            ``client.properties()``; the server reads them when it asks.
         spec: The model's layout; tasks announcing more bytes than the model (and
             extra arrays of its size) are refused, and arrays inside configs are
             capped at the model's size.
