@@ -288,6 +288,17 @@ def test_evaluate_may_set_extras_and_overrides_name_the_method() -> None:
         covey.simulate(Echo, 3, 1, NoDict(), init())
 
 
+def needs_n(round: int, client: ClientInfo) -> dict[str, Any]:
+    return {"n": (client.properties or {})["n"]}  # Echo reports "size", not "n"
+
+
+def test_an_error_in_the_function_says_which_client_and_round() -> None:
+    with pytest.raises(KeyError) as info:
+        covey.simulate(Echo, 3, 1, covey.FedAvg(on_client_fit_config=needs_n), init())
+    note = "raised by on_client_fit_config needs_n for client 0 in round 1"
+    assert info.value.__notes__ == [note]
+
+
 def test_options_that_are_not_functions_are_refused_when_made() -> None:
     with pytest.raises(TypeError, match=r"on_client_fit_config must be a .* function, got dict"):
         covey.FedAvg(on_client_fit_config={"lr": 0.1})  # type: ignore[arg-type]

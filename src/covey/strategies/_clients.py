@@ -98,12 +98,18 @@ def per_client_configs(
 
     Raises:
         TypeError: naming ``what``, if it returns anything but a dict with str keys.
+        Exception: what ``make`` raises, with a note naming ``what``, the client and round.
         ValueError: naming ``what``, the client and the entry, if it sets one covey sets.
     """
     refused = reserved_keys(kind, fixed)
     out: dict[int, Config] = {}
     for client in clients:
-        own = checked_config(make(round, client), what)
+        try:
+            made = make(round, client)
+        except Exception as exc:  # the user's error, told where it came from
+            exc.add_note(f"raised by {what} for client {client.cid} in round {round}")
+            raise
+        own = checked_config(made, what)
         for key in own:
             if not isinstance(key, str):
                 raise TypeError(
