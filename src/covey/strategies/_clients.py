@@ -44,7 +44,7 @@ ClientConfigFn = Callable[[int, ClientInfo], Config]
 """``(round, client) -> dict``: entries for one client's task, on top of the round's config."""
 
 RESERVED = ("round", "extras")
-"""Entries the client runtime sets in every fit config itself (``"extras"`` in fit only)."""
+"""Entries the client runtime sets in a fit config itself (``"round"`` in every config)."""
 
 PREFIX = "covey."
 """Entries whose names start so are covey's own (a compressed fit's scheme, say)."""
@@ -69,8 +69,7 @@ def client_info(
 
 def reserved_keys(kind: str, fixed: Collection[str]) -> set[str]:
     """The entries a per-client config of ``kind`` may not set: ``fixed`` and the runtime's."""
-    out = {"round"} | (set(fixed) | {"extras"} if kind == "fit" else set())
-    return out
+    return {*RESERVED, *fixed} if kind == "fit" else {"round"}
 
 
 def per_client_configs(
