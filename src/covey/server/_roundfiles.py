@@ -22,7 +22,7 @@ import numpy as np
 import safetensors.numpy
 
 from covey.core._files import atomic_write
-from covey.core._history import History, RoundRecord, _jsonable
+from covey.core._history import History, RoundRecord, _jsonable, unknown_fields
 from covey.core._weights import Array, Weights, WeightsSpec
 
 __all__ = [
@@ -192,6 +192,12 @@ def record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:
     if raw["round"] != round:
         raise ValueError(f"record of round {raw['round']} saved as round {round}")
     data = _jsonable(raw)
+    unknown = unknown_fields(data) if isinstance(data, dict) else []
+    if unknown:
+        raise ValueError(
+            f"record of round {round} is not a RoundRecord dict: unknown field(s) "
+            f"{', '.join(unknown)}"
+        )
     try:
         History.from_dict({"rounds": [data]})
     except (TypeError, KeyError) as exc:
