@@ -45,14 +45,23 @@ def test_runs_show_reads_a_history_of_a_newer_covey(tmp_path: Path) -> None:
     assert "boom" in result.output
 
 
-def test_a_store_whose_records_carry_newer_fields_gives_its_history(tmp_path: Path) -> None:
+def test_a_store_whose_records_carry_newer_fields_is_refused_naming_them(tmp_path: Path) -> None:
+    """Resuming would rewrite the newer covey's history without them: refused, not dropped."""
+    from covey.deploy._resume import resume_point
+
     store = RunStore.create(tmp_path / "run", config={"strategy": {"name": "FedAvg"}})
     try:
-        store.save_round(0, {"w": np.zeros(2)}, record={"round": 0, "central_loss": 0.5})
-        newer = json.dumps({"round": 0, "central_loss": 0.5, "carbon_grams": 0.1})
+        for rnd in (0, 1):
+            store.save_round(rnd, {"w": np.zeros(2)}, record={"round": rnd, "central_loss": 0.5})
+        newer = json.dumps({"round": 1, "central_loss": 0.5, "carbon_grams": 0.1})
         with store._db.transaction() as conn:  # as a newer covey wrote it
-            conn.execute("UPDATE rounds SET record = ? WHERE round = 0", (newer,))
-        assert store.history()[0].central_loss == 0.5
+            conn.execute("UPDATE rounds SET record = ? WHERE round = 1", (newer,))
+        with pytest.raises(ValueError, match="carbon_grams") as info:
+            resume_point(store, None)
+        assert "newer covey" in str(info.value)
+        assert f"covey {covey.__version__}" in str(info.value)
+        assert store.rounds() == [0, 1]
+        assert (tmp_path / "run" / "weights" / "round-00001.safetensors").exists()
     finally:
         store.close()
 
@@ -62,5 +71,55 @@ def test_a_record_of_unknown_fields_is_still_refused_when_saved(tmp_path: Path) 
     try:
         with pytest.raises(ValueError, match="carbon_grams"):
             store.save_round(0, {"w": np.zeros(2)}, record={"round": 0, "carbon_grams": 1})
+    finally:
+        store.close()
+
+
+# -- aggregation state of a newer format ------------------------------------------------------
+
+
+def _state_of_format(data: bytes, fmt: int) -> bytes:
+    """Stored state bytes with their format number set to ``fmt``, as a newer covey writes."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    meta = json.loads(header["__metadata__"]["covey-state"])
+    meta["format"] = fmt
+    header["__metadata__"]["covey-state"] = json.dumps(meta)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
+
+
+def test_a_round_whose_state_has_a_newer_format_is_not_resumed_over(tmp_path: Path) -> None:
+    """An older covey must not skip the newer rounds as damaged, then redo and delete them."""
+    from covey.deploy._resume import resume_point
+    from covey.server._state import dump_state
+
+    folder = tmp_path / "run"
+    store = RunStore.create(folder, config={"strategy": {"name": "FedAvgM"}})
+    try:
+        for rnd in (0, 1, 2):
+            state = dump_state({"momentum": np.full(2, float(rnd))})
+            store.save_round(rnd, {"w": np.zeros(2)}, record={"round": rnd}, server_state=state)
+        for rnd in (1, 2):  # rounds served by a newer covey after a resume
+            with store._db.transaction() as conn:
+                (old,) = conn.execute(
+                    "SELECT server_state FROM rounds WHERE round = ?", (rnd,)
+                ).fetchone()
+                conn.execute(
+                    "UPDATE rounds SET server_state = ? WHERE round = ?",
+                    (_state_of_format(bytes(old), 99), rnd),
+                )
+        with pytest.raises(ValueError, match="newer covey") as info:
+            resume_point(store, None)
+        assert "round 2" in str(info.value)
+        assert "format 99" in str(info.value)
+        assert covey.__version__ in str(info.value)
+        assert store.rounds() == [0, 1, 2]
+        assert sorted(p.name for p in (folder / "weights").iterdir()) == [
+            "round-00000.safetensors",
+            "round-00001.safetensors",
+            "round-00002.safetensors",
+        ]
     finally:
         store.close()

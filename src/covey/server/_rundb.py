@@ -26,6 +26,7 @@ __all__ = [
     "DB_NAME",
     "LOCK_NAME",
     "SCHEMA_VERSION",
+    "NewerFormatError",
     "RunDB",
     "hold_run",
     "is_held",
@@ -68,6 +69,21 @@ _SCHEMA: Final = (
     " detail TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq)",
 )
+
+
+class NewerFormatError(ValueError):
+    """Part of a run folder is in a format a newer covey writes, which this one cannot read.
+
+    Never taken for damage: a resume that skipped such a round would redo it and
+    delete what the newer covey saved.
+    """
+
+
+def covey_version() -> str:
+    """This covey's version."""
+    from covey import __version__
+
+    return __version__
 
 
 class RunDB:
