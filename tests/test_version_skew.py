@@ -123,3 +123,60 @@ def test_a_round_whose_state_has_a_newer_format_is_not_resumed_over(tmp_path: Pa
         ]
     finally:
         store.close()
+
+
+# -- a run served last by a newer covey release, or of a newer schema -------------------------
+
+
+def _set_meta(folder: Path, key: str, value: str) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(folder / "run.sqlite")
+    with conn:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+    conn.close()
+
+
+def _newer_release() -> str:
+    major, minor = (int(p) for p in covey.__version__.split(".")[:2])
+    return f"{major}.{minor + 1}.0"
+
+
+def test_a_run_a_newer_release_served_is_not_resumed_by_an_older_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    folder = tmp_path / "run"
+    RunStore.create(folder, config={}).close()
+    newer = _newer_release()
+    conn = sqlite3.connect(folder / "run.sqlite")
+    with conn:  # a run folder made by the newer release (run.covey_version is its creator)
+        conn.execute("UPDATE run SET covey_version = ?", (newer,))
+    conn.close()
+    with pytest.raises(ValueError, match=f"covey {newer}") as info:
+        RunStore.open(folder, exclusive=True)
+    assert f"covey {covey.__version__}" in str(info.value)
+    RunStore.open(folder).close()  # reading it is fine
+    # resumed by this release after the newer one's own resume: refused as well
+    conn = sqlite3.connect(folder / "run.sqlite")
+    with conn:
+        conn.execute("UPDATE run SET covey_version = ?", (covey.__version__,))
+    conn.close()
+    _set_meta(folder, "served_by", newer)
+    with pytest.raises(ValueError, match=f"last served by covey {newer}"):
+        RunStore.open(folder, exclusive=True)
+
+
+def test_a_run_of_a_newer_schema_names_the_covey_that_wrote_it(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    RunStore.create(folder, config={}).close()
+    _set_meta(folder, "schema_version", "2")
+    import sqlite3
+
+    conn = sqlite3.connect(folder / "run.sqlite")
+    with conn:
+        conn.execute("UPDATE run SET covey_version = ?", (_newer_release(),))
+    conn.close()
+    with pytest.raises(ValueError, match="schema version 2") as info:
+        RunStore.open(folder, exclusive=True)
+    assert f"covey {_newer_release()}" in str(info.value)
+    assert f"covey {covey.__version__}" in str(info.value)

@@ -155,7 +155,8 @@ class RunStore(RunRecords):
         Raises:
             FileNotFoundError: ``run_dir`` or its ``run.sqlite`` does not exist.
             ValueError: ``run_dir`` is not a covey run directory, or was written
-                by a covey with an unknown schema version.
+                by a covey with an unknown schema version, or (``exclusive``) a
+                newer covey release served it last.
             OSError: ``exclusive`` and another process holds the run, or the
                 run cannot be written (a read-only folder).
         """
@@ -175,7 +176,7 @@ class RunStore(RunRecords):
             raise FileNotFoundError(f"no covey run in {path}: it has no {DB_NAME}{simulated}")
         lock_fd = hold_run(path) if exclusive else None
         try:
-            db, config_text = RunDB.open(path)
+            db, config_text = RunDB.open(path, serve=exclusive)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
