@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import covey
+from covey.core import RoundRecord
 from covey.server._store import RunStore
 
 # -- history.json and round records written by a newer covey --------------------------------
@@ -180,3 +181,43 @@ def test_a_run_of_a_newer_schema_names_the_covey_that_wrote_it(tmp_path: Path) -
         RunStore.open(folder, exclusive=True)
     assert f"covey {_newer_release()}" in str(info.value)
     assert f"covey {covey.__version__}" in str(info.value)
+
+
+def _future_schema_run(folder: Path) -> None:
+    """A served run whose run.sqlite a newer covey wrote in a schema with other tables."""
+    import sqlite3
+
+    store = RunStore.create(folder, config={"strategy": {"name": "FedAvg"}, "rounds": 1})
+    store.save_round(0, {"w": np.zeros(2)}, record={"round": 0, "central_loss": 0.5})
+    store.close()
+    covey.History([RoundRecord(0, central_loss=0.5)]).save(folder / "history.json")
+    conn = sqlite3.connect(folder / "run.sqlite")
+    with conn:
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('served_by', ?)", (_newer_release(),))
+        conn.execute("ALTER TABLE run RENAME TO runs")
+        conn.execute("ALTER TABLE events RENAME TO fleet_events")
+    conn.close()
+
+
+def test_the_dashboard_names_the_schema_of_a_newer_run(tmp_path: Path) -> None:
+    from covey.dashboard._runs import RunReadError, read_run
+
+    _future_schema_run(tmp_path / "run")
+    with pytest.raises(RunReadError, match="schema version 3") as info:
+        read_run("run", tmp_path / "run")
+    assert f"covey {_newer_release()}" in str(info.value)
+    assert f"covey {covey.__version__}" in str(info.value)
+
+
+def test_runs_list_and_show_say_why_a_newer_run_is_unreadable(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from covey.cli import app
+
+    _future_schema_run(tmp_path / "run")
+    for args in (["runs", "show", str(tmp_path / "run")], ["runs", "list", "--dir", str(tmp_path)]):
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+        assert result.exit_code == 0, result.output
+        assert "unreadable" in result.output
+        assert "schema version 3" in " ".join(result.output.split())

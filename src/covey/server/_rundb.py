@@ -32,6 +32,7 @@ __all__ = [
     "hold_run",
     "is_held",
     "open_read_only",
+    "schema_refusal",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -339,12 +340,35 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
 
 def _refuse_schema(conn: sqlite3.Connection, db_path: Path, meta: dict[str, str]) -> None:
     """Refuse a run database of another schema, naming the covey versions on both sides."""
+    raise ValueError(schema_refusal(conn, db_path, meta))
+
+
+def schema_refusal(
+    conn: sqlite3.Connection, db_path: Path, meta: dict[str, str] | None = None
+) -> str | None:
+    """Why this covey cannot read the run database ``conn`` (another schema), or None.
+
+    Args:
+        conn: The open database.
+        db_path: Its path, for the message.
+        meta: Its ``meta`` table, if read already.
+
+    Returns:
+        A message naming the schema, the covey that wrote it and this covey's version.
+    """
+    if meta is None:
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error:
+            return None
+    if meta.get("format") != _FORMAT or meta.get("schema_version") == str(SCHEMA_VERSION):
+        return None
     writer = meta.get(_SERVED_BY)
     if writer is None:
         with suppress(sqlite3.Error):  # a newer schema may keep it elsewhere
             row = conn.execute("SELECT covey_version FROM run WHERE id = 1").fetchone()
             writer = None if row is None else str(row[0])
-    raise ValueError(
+    return (
         f"{db_path} has schema version {meta.get('schema_version')}"
         f"{'' if writer is None else f' (written by covey {writer})'}, but this is covey "
         f"{covey_version()}, which reads only schema version {SCHEMA_VERSION}: use the covey "
