@@ -221,3 +221,28 @@ def test_runs_list_and_show_say_why_a_newer_run_is_unreadable(tmp_path: Path) ->
         assert result.exit_code == 0, result.output
         assert "unreadable" in result.output
         assert "schema version 3" in " ".join(result.output.split())
+
+
+# -- an analytics site's ledger file of a newer covey -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [({"format": 2}, "format 2"), ({"per_analyst": {"a": 1.0}}, "per_analyst")],
+)
+def test_a_site_ledger_of_a_newer_covey_is_refused_not_rewritten(
+    tmp_path: Path, change: dict[str, object], named: str
+) -> None:
+    from covey.analytics._dp import Budget, event
+    from covey.analytics._ledger_file import load_budget, save_budget
+
+    path = tmp_path / "site.covey-budget.json"
+    budget = Budget(5.0, 1e-6, owner="the site")
+    budget.charge(event("laplace", 2.0, 1))
+    save_budget(budget, path)
+    assert json.loads(path.read_text())["format"] == 1
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ValueError, match=named) as info:
+        load_budget(path, 5.0, 1e-6)
+    assert "newer covey" in str(info.value)
+    assert f"covey {covey.__version__}" in str(info.value)
