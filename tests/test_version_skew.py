@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import covey
+from _live import Joined
 from covey.core import RoundRecord
 from covey.server._store import RunStore
 
@@ -246,3 +247,28 @@ def test_a_site_ledger_of_a_newer_covey_is_refused_not_rewritten(
         load_budget(path, 5.0, 1e-6)
     assert "newer covey" in str(info.value)
     assert f"covey {covey.__version__}" in str(info.value)
+
+
+# -- a server that does not serve this client's wire protocol at all --------------------------
+
+
+def test_a_server_without_the_covey_method_is_a_refusal_not_retried() -> None:
+    """What a covey release of another wire package (covey.v2) or another gRPC server gives."""
+    from concurrent import futures
+
+    import grpc
+
+    from covey.transport.grpc import Refused
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = Joined(port, name="old", max_attempts=4, backoff=0.05)
+        client.join(30)
+        assert isinstance(client.error, Refused), client.error
+        assert "UNIMPLEMENTED" in str(client.error)
+        assert f"covey {covey.__version__}" in str(client.error)
+        assert "/covey.v1.Federation/Join" in str(client.error)
+    finally:
+        server.stop(0)

@@ -1,7 +1,9 @@
 """Which failures a client retries and which end it: refusals, versions, retry budgets.
 
 A server refuses a client for good when its certificate is not trusted or is
-revoked, its covey version cannot speak to the server's, or the run is over.
+revoked, its covey version cannot speak to the server's, or the run is over; a
+server with no ``Federation.Join`` of this client's protocol (``UNIMPLEMENTED``:
+another service, or a covey release of another wire package) cannot take it either.
 Retrying those only hides the cause behind "connection lost"; the client stops
 at once with a message naming the cause. Everything else (a server restarting, a
 network outage) is retried with exponential backoff for a bounded time.
@@ -32,6 +34,7 @@ __all__ = [
     "log_retry",
     "permanent_cause",
     "transient_text",
+    "unimplemented_refusal",
     "version_refusal",
 ]
 
@@ -96,6 +99,24 @@ def version_refusal(client: str, server: str) -> str:
     )
 
 
+def unimplemented_refusal(details: str) -> str:
+    """What a client says when the server has no ``Federation.Join`` of this client's protocol.
+
+    Example:
+        >>> unimplemented_refusal("Method not found!").split(":")[0]
+        'the server does not serve covey /covey.v1.Federation/Join (UNIMPLEMENTED'
+    """
+    from covey import __version__
+    from covey.transport.grpc._options import METHOD
+
+    return (
+        f"the server does not serve covey {METHOD} (UNIMPLEMENTED: {details or 'no details'}): "
+        f"it is not a covey server (check the address), or a covey release whose wire "
+        f"protocol this client (covey {__version__}) does not speak; run the same covey "
+        "major.minor version on both sides"
+    )
+
+
 def details_of(exc: BaseException) -> str:
     """What gRPC says went wrong, with IPv6 addresses in brackets (gRPC escapes them).
 
@@ -113,6 +134,8 @@ def permanent_cause(exc: grpc.RpcError) -> str | None:
     details = details_of(exc)
     if code in _PERMANENT:
         return f"{_PERMANENT[code]}: {details}" if details else _PERMANENT[code]
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return unimplemented_refusal(details)
     if code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
         return (
             "the server's certificate is not issued for the address dialled: dial a host "
