@@ -272,3 +272,15 @@ def test_a_server_without_the_covey_method_is_a_refusal_not_retried() -> None:
         assert "/covey.v1.Federation/Join" in str(client.error)
     finally:
         server.stop(0)
+
+
+def test_resuming_a_run_that_records_no_address_names_what_to_give(tmp_path: Path) -> None:
+    """A run folder made without an address (an older covey, RunStore.create by hand)."""
+    from covey.deploy._server import serve
+
+    store = RunStore.create(tmp_path / "run", config={"strategy": {"name": "FedAvg"}})
+    store.save_round(0, {"w": np.zeros(2)}, record={"round": 0})
+    store.close()
+    with pytest.raises(ValueError, match="records no address") as info:
+        serve(covey.FedAvg(), 2, None, run_dir=tmp_path / "run", resume=True, insecure=True)
+    assert "address=" in str(info.value)
