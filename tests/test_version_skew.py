@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import covey
-from _live import Joined
+from _live import Joined, Raw
 from covey.core import RoundRecord
 from covey.server._store import RunStore
 
@@ -284,3 +284,28 @@ def test_resuming_a_run_that_records_no_address_names_what_to_give(tmp_path: Pat
     with pytest.raises(ValueError, match="records no address") as info:
         serve(covey.FedAvg(), 2, None, run_dir=tmp_path / "run", resume=True, insecure=True)
     assert "address=" in str(info.value)
+
+
+def test_a_client_stating_an_absurd_version_gets_a_readable_refusal() -> None:
+    """The refusal quotes a bounded part of it: 100 kB of version overflowed gRPC's headers."""
+    import grpc
+
+    from covey.transport.grpc._frames import PROTOCOL
+    from covey.transport.grpc._server import GrpcServerTransport
+    from covey.transport.grpc.proto import covey_pb2 as pb
+
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=0.5)
+    try:
+        for hello in (
+            pb.Hello(version="9." + "x" * 100_000, name="odd", protocol=PROTOCOL),
+            pb.Hello(version=covey.__version__, name="odd", protocol=100_000 + 7),
+        ):
+            raw = Raw(transport.port, hello)
+            with pytest.raises(grpc.RpcError) as info:
+                next(raw.messages())
+            raw.close()
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert len(info.value.details()) < 1000
+            assert covey.__version__ in info.value.details()
+    finally:
+        transport.close()

@@ -33,6 +33,7 @@ __all__ = [
     "handshake_closed",
     "log_retry",
     "permanent_cause",
+    "stated_version",
     "transient_text",
     "unimplemented_refusal",
     "version_refusal",
@@ -90,12 +91,26 @@ def compatible(client: str, server: str) -> bool:
     return client.split(".")[:2] == server.split(".")[:2] and bool(client)
 
 
+def stated_version(version: str) -> str:
+    """A version a peer stated, as a refusal quotes it: at most 40 characters, one line.
+
+    Example:
+        >>> stated_version(""), stated_version("0.2.0"), stated_version("9." + "x" * 99)
+        ('(unknown)', '0.2.0', '9.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...')
+    """
+    if not version:
+        return "(unknown)"
+    shown = version[:40].encode("ascii", "backslashreplace").decode()
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown + ("..." if len(version) > 40 else "")
+
+
 def version_refusal(client: str, server: str) -> str:
     """The message a server gives a client whose version it cannot serve."""
     return (
         f"incompatible covey versions: this server runs covey {server}, the client runs "
-        f"covey {client or '(unknown)'}; install covey {'.'.join(server.split('.')[:2])}.x "
-        "on the client"
+        f"covey {stated_version(client)}; install covey "
+        f"{'.'.join(server.split('.')[:2])}.x on the client"
     )
 
 
