@@ -338,11 +338,6 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     return conn
 
 
-def _refuse_schema(conn: sqlite3.Connection, db_path: Path, meta: dict[str, str]) -> None:
-    """Refuse a run database of another schema, naming the covey versions on both sides."""
-    raise ValueError(schema_refusal(conn, db_path, meta))
-
-
 def schema_refusal(
     conn: sqlite3.Connection, db_path: Path, meta: dict[str, str] | None = None
 ) -> str | None:
@@ -388,8 +383,9 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     """Check that ``conn`` is a covey run database this version can read; return its config."""
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("format") == _FORMAT and meta.get("schema_version") != str(SCHEMA_VERSION):
-            _refuse_schema(conn, db_path, meta)
+        other_schema = schema_refusal(conn, db_path, meta)
+        if other_schema is not None:  # its tables may be laid out otherwise: read none
+            raise ValueError(other_schema)
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
     except sqlite3.OperationalError as exc:
         if not _cannot_write(exc):
