@@ -309,3 +309,24 @@ def test_a_client_stating_an_absurd_version_gets_a_readable_refusal() -> None:
             assert covey.__version__ in info.value.details()
     finally:
         transport.close()
+
+
+# -- a task asking for what this client's covey does not know ---------------------------------
+
+
+def test_a_compression_scheme_this_client_does_not_know_names_its_version() -> None:
+    """A server of a covey with a scheme this one lacks: the failure says whose side is older."""
+    from covey.clients._client import run_task
+    from covey.compress._runtime import CONFIG_KEY
+    from covey.core._messages import Task
+
+    class Client(covey.Client):
+        def fit(self, weights: object, config: object) -> covey.FitResult:
+            raise AssertionError("not reached")
+
+    head = {"scheme": "q2", "seed": 0, "cid": 0}
+    task = Task("fit_compressed", 1, {CONFIG_KEY: head}, {"w": np.zeros(3)}, None)
+    reply = run_task(Client(), 0, task)
+    last = (reply.error or "").strip().splitlines()[-1]
+    assert "'q2'" in last
+    assert f"covey {covey.__version__}" in last
