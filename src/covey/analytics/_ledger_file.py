@@ -17,6 +17,9 @@ from typing import Any
 from covey.analytics._dp import Budget
 from covey.core._files import atomic_write
 
+FORMAT = 1
+"""The format of the ledger files this covey writes (files without one are of format 1)."""
+_KEYS = frozenset({"format", "epsilon", "delta", "spent", "ledger", "queries"})
 SPENT_TOLERANCE = 1e-6  # relative slack for the recorded total against the recomputed one
 MAX_LEDGER_BYTES = 64 << 20  # far more than any run-length encoded ledger of queries
 
@@ -35,6 +38,8 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
     Raises:
         ValueError: The file is too large, not JSON, not a budget, kept at another delta,
             or its events add up to less than the epsilon it records as spent.
+        NewerLedgerError: A newer covey wrote it (another format, entries this
+            covey does not know).
     """
     if not path.exists():
         return Budget(epsilon, delta, owner="the site")
@@ -43,8 +48,11 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
         raise ValueError(f"the ledger file {path} has {size} bytes; the cap is {MAX_LEDGER_BYTES}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        _check_format(path, data)
         kept = Budget.from_json(data)
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        if isinstance(exc, NewerLedgerError):
+            raise
         raise ValueError(f"the ledger file {path} is not a site's budget: {exc}") from None
     if kept.delta != delta:
         raise ValueError(
@@ -54,6 +62,31 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
     _check_spent(path, data, kept)
     kept.epsilon = epsilon  # today's policy sets the limit; what was spent stays spent
     return kept
+
+
+class NewerLedgerError(ValueError):
+    """A ledger file a newer covey wrote: this one could under-count what it cannot read."""
+
+
+def _check_format(path: Path, data: object) -> None:
+    """Refuse a ledger of a newer format, or with entries this covey does not know.
+
+    Going on would leave out what this covey cannot read (an under-count of
+    the budget spent) and rewrite the file without it at the next charge.
+    """
+    if not isinstance(data, dict):
+        return  # Budget.from_json names what is wrong
+    from covey import __version__
+
+    fmt = data.get("format", 1)
+    unknown = sorted(str(k) for k in data if k not in _KEYS)
+    if fmt != FORMAT or unknown:
+        what = f"format {fmt!r}" if fmt != FORMAT else f"entries {', '.join(unknown)}"
+        raise NewerLedgerError(
+            f"the ledger file {path} has {what}, which covey {__version__} does not know "
+            f"(it reads ledger format {FORMAT}): a newer covey wrote it; run the site with "
+            "that version, since this one would under-count the budget spent"
+        )
 
 
 def _check_spent(path: Path, data: dict[str, Any], kept: Budget) -> None:
@@ -86,7 +119,14 @@ def save_budget(budget: Budget, path: Path) -> None:
         raise FileNotFoundError(
             f"cannot keep the ledger file {path}: the folder {path.parent} does not exist"
         )
-    atomic_write(path, json.dumps(budget.to_json(), indent=1), mode=0o600)
+    data = {"format": FORMAT, **budget.to_json()}
+    atomic_write(path, json.dumps(data, indent=1), mode=0o600)
 
 
-__all__: Sequence[str] = ["MAX_LEDGER_BYTES", "load_budget", "save_budget"]
+__all__: Sequence[str] = [
+    "FORMAT",
+    "MAX_LEDGER_BYTES",
+    "NewerLedgerError",
+    "load_budget",
+    "save_budget",
+]

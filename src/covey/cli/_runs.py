@@ -23,7 +23,7 @@ from covey.core._history import History
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
-from covey.server._rundb import is_held, open_read_only
+from covey.server._rundb import is_held, open_read_only, schema_refusal
 
 __all__ = [
     "ROUND_COLUMNS",
@@ -120,7 +120,9 @@ def find_run(run: str, runs_dir: Path) -> Path:
 
 
 def _why(folder: Path, status: str) -> str | None:
-    """Why a run is ``failed`` or ``stopped`` (its process gone), as one line; or None."""
+    """Why a run is ``failed``, ``stopped`` (its process gone) or ``unreadable``; or None."""
+    if status == "unreadable":
+        return f"unreadable: {_unreadable(folder / 'run.sqlite')}"
     if status == "failed":
         with contextlib.suppress(OSError, ValueError, AttributeError):  # no run.json, or damaged
             reason = json.loads((folder / "run.json").read_text(encoding="utf-8")).get(
@@ -139,6 +141,19 @@ def _why(folder: Path, status: str) -> str | None:
             "simulations do not resume: run it again"
         )
     return None
+
+
+def _unreadable(db: Path) -> str:
+    """Why ``db`` cannot be read: another schema (naming the versions), or SQLite's error."""
+    try:
+        with contextlib.closing(open_read_only(db)) as conn:
+            newer = schema_refusal(conn, db)
+            if newer is not None:
+                return newer
+            conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
+    except sqlite3.Error as exc:
+        return f"{db} cannot be read: {exc}"
+    return f"{db} cannot be read"
 
 
 def _simulation_status(folder: Path) -> str | None:
@@ -163,6 +178,8 @@ def run_status(folder: Path, history: History) -> str:
     if db.is_file():
         try:
             with contextlib.closing(open_read_only(db)) as conn:
+                if schema_refusal(conn, db) is not None:
+                    return "unreadable"
                 row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
         except sqlite3.Error:
             return "unreadable"
@@ -243,10 +260,13 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
         last = history.rounds[-1].round if history.rounds else "-"
         planned = history.config.get("rounds", "?")
         clients = history.config.get("num_clients") or len(history.clients) or "-"
+        status = run_status(folder, history)
+        if status == "unreadable":  # its run.sqlite: say why below the table
+            damaged.append(_unreadable(folder / "run.sqlite"))
         table.add_row(
             escape(name),
             "deployed" if backend == "grpc" else f"simulated ({backend})",
-            run_status(folder, history),
+            status,
             f"{last}/{planned}",
             str(clients),
             _last(history, "accuracy"),

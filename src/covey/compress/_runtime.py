@@ -83,7 +83,7 @@ class CompressedFitPayload:
         if task.weights is None or not isinstance(head, Mapping):
             raise TypeError(f"a {KIND} task needs weights and config[{CONFIG_KEY!r}]")
         value = head.get("scheme")
-        scheme = scheme_named(value) if isinstance(value, str) else value
+        scheme = _known_scheme(value) if isinstance(value, str) else value
         if not callable(getattr(scheme, "encode", None)):
             raise TypeError(f"config[{CONFIG_KEY!r}] names no compression scheme")
         seed, cid = head.get("seed"), head.get("cid")
@@ -95,6 +95,20 @@ class CompressedFitPayload:
             raise ValueError(f"config[{CONFIG_KEY!r}]['run'] must be a string")
         config = {k: v for k, v in task.config.items() if k != CONFIG_KEY}
         return cls(scheme, seed, cid, task.payload, run), config  # type: ignore[arg-type]
+
+
+def _known_scheme(spec: str) -> Scheme:
+    """The scheme a task names; one this covey does not know is a newer covey's, said so."""
+    try:
+        return scheme_named(spec)
+    except ValueError as exc:
+        from covey import __version__
+
+        raise ValueError(
+            f"the server asks for compression {spec!r:.60}, which this client (covey "
+            f"{__version__}) does not know ({exc}): run the server's covey major.minor "
+            "version on this client"
+        ) from None
 
 
 def _scheme_value(scheme: Scheme) -> Any:

@@ -6,7 +6,7 @@ import json
 import math
 import textwrap
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,16 +154,35 @@ _ID_LISTS = ("fit_participants", "evaluate_participants")
 _OBJECTS = ("fit_metrics", "aggregate_info", "evaluate_metrics", "central_metrics", "durations")
 _COUNTS = ("fit_examples", "evaluate_examples")
 _OPTIONAL_NUMBERS = ("evaluate_loss", "central_loss", "bytes_sent", "bytes_received")
+_ROUND_FIELDS = frozenset(f.name for f in fields(RoundRecord))
+_FAILURE_FIELDS = frozenset(f.name for f in fields(Failure))
+
+
+def unknown_fields(raw: dict[str, Any]) -> list[str]:
+    """The keys of a round record (or of its failures) that :class:`RoundRecord` does not have."""
+    unknown = sorted(k for k in raw if k not in _ROUND_FIELDS)
+    for name in ("fit_failures", "evaluate_failures"):
+        failures = raw.get(name)
+        if isinstance(failures, list):
+            unknown += sorted(
+                {f"{name}.{k}" for f in failures if isinstance(f, dict) for k in f}
+                - {f"{name}.{k}" for k in _FAILURE_FIELDS}
+            )
+    return unknown
 
 
 def _record(raw: Any) -> RoundRecord:
     """One round read back from JSON, each field checked, so a damaged file names what is wrong.
+
+    Fields this version does not know (a newer covey wrote the record) are left
+    out: the rest of the round reads as it was.
 
     Raises:
         ValueError: A field has the wrong type (the round and the field are named).
     """
     if not isinstance(raw, dict):
         raise ValueError(f"a round must be a JSON object, got {type(raw).__name__}")
+    raw = {k: v for k, v in raw.items() if k in _ROUND_FIELDS}
     rnd = raw.get("round")
     if not isinstance(rnd, int) or isinstance(rnd, bool):
         raise ValueError(f"a round has no valid 'round' number: {rnd!r:.40}")
@@ -194,7 +213,9 @@ def _record(raw: Any) -> RoundRecord:
             isinstance(failures, list) and all(isinstance(f, dict) for f in failures),
             "a list of failures",
         )
-        raw[name] = [Failure(**f) for f in failures]
+        raw[name] = [
+            Failure(**{k: v for k, v in f.items() if k in _FAILURE_FIELDS}) for f in failures
+        ]
     return RoundRecord(**raw)
 
 

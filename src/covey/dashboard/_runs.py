@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from covey.server._rundb import is_held, open_read_only
+from covey.server._rundb import is_held, open_read_only, schema_refusal
 
 HISTORY: Final = "history.json"
 META: Final = "run.json"
@@ -187,6 +187,9 @@ def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
 def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
     with _read_only(db) as conn:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        newer = schema_refusal(conn, db, meta)
+        if newer is not None:  # its tables may be laid out otherwise: read none of them
+            raise RunReadError(newer)
         row = conn.execute(
             "SELECT config, created_at, updated_at, status FROM run WHERE id = 1"
         ).fetchone()

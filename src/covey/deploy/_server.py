@@ -156,7 +156,7 @@ def serve(
         _same_strategy(opened, strategy)
         scheme = _scheme(compression, opened, strategy)
         if address is None:
-            address = "127.0.0.1:9092" if opened is None else str(opened.config["address"])
+            address = "127.0.0.1:9092" if opened is None else _stored_address(opened)
         check_address(address, listen=True)
         tls = server_tls(tls, certs, insecure, address)
         late = LateStore(opened)
@@ -252,6 +252,17 @@ def _same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
             f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
             f"with {name}: resume it with {started}, or start a new run with --run-dir"
         )
+
+
+def _stored_address(opened: RunStore) -> str:
+    """The address a resumed run was served on; a run that records none is told what to give."""
+    address = opened.config.get("address")
+    if not isinstance(address, str) or not address:
+        raise ValueError(
+            f"the run in {opened.run_dir} records no address to listen on (made by an older "
+            "covey, or by RunStore.create): give one, serve(address=...) or --address"
+        )
+    return address
 
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
@@ -22,12 +22,14 @@ import numpy as np
 import safetensors.numpy
 
 from covey.core._files import atomic_write
-from covey.core._history import History, RoundRecord, _jsonable
+from covey.core._history import History, RoundRecord, _jsonable, unknown_fields
 from covey.core._weights import Array, Weights, WeightsSpec
+from covey.server._rundb import NewerFormatError, covey_version
 
 __all__ = [
     "WEIGHTS_DIR",
     "check_storable",
+    "read_record",
     "read_weights",
     "record_json",
     "round_of_file",
@@ -192,6 +194,12 @@ def record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:
     if raw["round"] != round:
         raise ValueError(f"record of round {raw['round']} saved as round {round}")
     data = _jsonable(raw)
+    unknown = unknown_fields(data) if isinstance(data, dict) else []
+    if unknown:
+        raise ValueError(
+            f"record of round {round} is not a RoundRecord dict: unknown field(s) "
+            f"{', '.join(unknown)}"
+        )
     try:
         History.from_dict({"rounds": [data]})
     except (TypeError, KeyError) as exc:
@@ -200,6 +208,35 @@ def record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:
         return json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"record of round {round} is not JSON-serializable: {exc}") from exc
+
+
+def read_record(db: Path, round: int, text: str, created_by: Callable[[], str]) -> dict[str, Any]:
+    """The record of ``round`` stored in ``db`` as ``text``, checked to rebuild.
+
+    A field this covey does not know is refused, not left out: it is damage, or
+    a newer covey served the run (resuming would rewrite its history without it).
+
+    Raises:
+        ValueError: naming the round, the file and what is wrong.
+        NewerFormatError: the record has fields this covey does not know.
+    """
+    try:
+        record = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        record = exc
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"the record of round {round} in {db} is damaged ({record}); the run's history "
+            "cannot be read"
+        )
+    unknown = unknown_fields(record)
+    if unknown:  # never skipped by a resume as damage: the redo would delete the round
+        raise NewerFormatError(
+            f"the record of round {round} in {db} has field(s) {', '.join(unknown)} that "
+            f"covey {covey_version()} does not know: it is damaged, or a newer covey served "
+            f"the run (it was created by covey {created_by()}); resume it with that version"
+        )
+    return record
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:

@@ -9,6 +9,7 @@ store behind a lock.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -26,10 +27,12 @@ __all__ = [
     "DB_NAME",
     "LOCK_NAME",
     "SCHEMA_VERSION",
+    "NewerFormatError",
     "RunDB",
     "hold_run",
     "is_held",
     "open_read_only",
+    "schema_refusal",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -39,6 +42,8 @@ DB_NAME: Final = "run.sqlite"
 LOCK_NAME: Final = "run.lock"
 """Held (``flock``) by the one server process that runs the run."""
 _FORMAT: Final = "covey-run"
+_SERVED_BY: Final = "served_by"
+"""The meta key naming the covey version that served the run last."""
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -68,6 +73,21 @@ _SCHEMA: Final = (
     " detail TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq)",
 )
+
+
+class NewerFormatError(ValueError):
+    """Part of a run folder is in a format a newer covey writes, which this one cannot read.
+
+    Never taken for damage: a resume that skipped such a round would redo it and
+    delete what the newer covey saved.
+    """
+
+
+def covey_version() -> str:
+    """This covey's version."""
+    from covey import __version__
+
+    return __version__
 
 
 class RunDB:
@@ -126,12 +146,18 @@ class RunDB:
             tmp.unlink(missing_ok=True)
 
     @classmethod
-    def open(cls, path: Path) -> tuple[RunDB, str]:
+    def open(cls, path: Path, *, serve: bool = False) -> tuple[RunDB, str]:
         """Open ``path/run.sqlite`` (which must exist); return it and the run's config text.
+
+        Args:
+            path: The run directory.
+            serve: This covey is to serve the run: refuse it if a newer covey
+                release served it last, else record this one as its last server.
 
         Raises:
             ValueError: The file is not a covey run database, or its schema
                 version is unknown.
+            NewerFormatError: ``serve`` and a newer covey release served the run last.
             OSError: The file cannot be opened to write (a read-only folder).
         """
         db_path = path / DB_NAME
@@ -146,6 +172,8 @@ class RunDB:
                 conn.execute("PRAGMA synchronous = FULL")
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                if serve:
+                    _claim(conn, path)
             except sqlite3.OperationalError as exc:  # no room for the WAL files, ...
                 raise OSError(f"cannot open {db_path} to write the run: {exc}") from exc
         except BaseException:
@@ -310,6 +338,39 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     return conn
 
 
+def schema_refusal(
+    conn: sqlite3.Connection, db_path: Path, meta: dict[str, str] | None = None
+) -> str | None:
+    """Why this covey cannot read the run database ``conn`` (another schema), or None.
+
+    Args:
+        conn: The open database.
+        db_path: Its path, for the message.
+        meta: Its ``meta`` table, if read already.
+
+    Returns:
+        A message naming the schema, the covey that wrote it and this covey's version.
+    """
+    if meta is None:
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error:
+            return None
+    if meta.get("format") != _FORMAT or meta.get("schema_version") == str(SCHEMA_VERSION):
+        return None
+    writer = meta.get(_SERVED_BY)
+    if writer is None:
+        with suppress(sqlite3.Error):  # a newer schema may keep it elsewhere
+            row = conn.execute("SELECT covey_version FROM run WHERE id = 1").fetchone()
+            writer = None if row is None else str(row[0])
+    return (
+        f"{db_path} has schema version {meta.get('schema_version')}"
+        f"{'' if writer is None else f' (written by covey {writer})'}, but this is covey "
+        f"{covey_version()}, which reads only schema version {SCHEMA_VERSION}: use the covey "
+        "version that wrote the run"
+    )
+
+
 def _cannot_write(exc: sqlite3.Error) -> bool:
     """Whether SQLite failed to open or write a file (or found no room), not on what it read."""
     name = getattr(exc, "sqlite_errorname", "")
@@ -322,6 +383,9 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     """Check that ``conn`` is a covey run database this version can read; return its config."""
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        other_schema = schema_refusal(conn, db_path, meta)
+        if other_schema is not None:  # its tables may be laid out otherwise: read none
+            raise ValueError(other_schema)
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
     except sqlite3.OperationalError as exc:
         if not _cannot_write(exc):
@@ -333,12 +397,6 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
         raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
     if meta.get("format") != _FORMAT or row is None:
         raise ValueError(f"{db_path} is not a covey run database")
-    version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
-        raise ValueError(
-            f"{db_path} has schema version {version}, but this covey reads only version "
-            f"{SCHEMA_VERSION}; use the covey version that wrote the run"
-        )
     config_text: str = row[0]
     try:
         settings = json.loads(config_text)
@@ -347,6 +405,42 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     if not isinstance(settings, dict):
         raise ValueError(f"{db_path}: the run's settings are damaged ({settings})")
     return config_text
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    """The major and minor number of a covey version; None if unknown (a bare source tree).
+
+    Example:
+        >>> _release("0.2.1.dev3"), _release("0.0.0"), _release("unknown")
+        ((0, 2), None, None)
+    """
+    parts = version.split(".")[:2]
+    digits = ["".join(itertools.takewhile(str.isdigit, p)) for p in parts]
+    if len(digits) < 2 or not all(digits) or version == "0.0.0":
+        return None
+    return int(digits[0]), int(digits[1])
+
+
+def _claim(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse to serve a run a newer covey release served last; else record this one.
+
+    A newer release may keep what an older one cannot read in the same schema
+    (a new format of the aggregation state, new fields of a round's record);
+    the older one would write its rounds over them.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SERVED_BY,)).fetchone()
+    if row is None:  # a run no server claimed yet: the one that created it
+        row = conn.execute("SELECT covey_version FROM run WHERE id = 1").fetchone()
+    last, this = str(row[0]) if row else "", covey_version()
+    theirs, ours = _release(last), _release(this)
+    if theirs is not None and ours is not None and theirs > ours:
+        raise NewerFormatError(
+            f"the run in {path} was last served by covey {last}; this is covey {this}, an "
+            "older release, which may not read everything it saved and would write over "
+            f"it: resume it with covey {theirs[0]}.{theirs[1]} or newer"
+        )
+    if ours is not None and last != this:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_SERVED_BY, this))
 
 
 def _fill_new(tmp: Path, config_text: str, version: str) -> None:

@@ -24,6 +24,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from covey.server._rundb import NewerFormatError, covey_version
+
 __all__ = ["StateError", "check_state", "dump_state", "load_state", "state_types"]
 
 _KEY = "covey-state"
@@ -139,6 +141,13 @@ def _parse(data: bytes) -> tuple[dict[str, np.ndarray[Any, Any]], Any]:
         RecursionError,
     ) as exc:
         raise StateError(f"not a stored aggregation state: {type(exc).__name__}: {exc}") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > _FORMAT:
+        raise NewerFormatError(
+            f"its aggregation state has format {fmt}, written by a newer covey than this one "
+            f"(covey {covey_version()} reads formats {_FORMATS[0]} to {_FORMAT}): resume the "
+            "run with the covey version that saved it"
+        )
     if not isinstance(meta, dict) or meta.get("format") not in _FORMATS or "tree" not in meta:
         raise StateError("not a stored aggregation state (unknown format)")
     if meta["format"] >= 2:
@@ -159,6 +168,7 @@ def check_state(data: bytes) -> None:
 
     Raises:
         StateError: naming what is wrong.
+        NewerFormatError: the state is of a newer covey's format.
     """
     _parse(data)
 

@@ -41,6 +41,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
+    read_record,
     read_weights,
     record_json,
     round_of_file,
@@ -49,7 +50,7 @@ from covey.server._roundfiles import (
     weights_file_name,
     write_weights,
 )
-from covey.server._rundb import DB_NAME, RunDB, hold_run
+from covey.server._rundb import DB_NAME, NewerFormatError, RunDB, hold_run
 from covey.server._runrecords import RunRecords, Status
 
 __all__ = ["RunStore", "Status"]
@@ -154,7 +155,8 @@ class RunStore(RunRecords):
         Raises:
             FileNotFoundError: ``run_dir`` or its ``run.sqlite`` does not exist.
             ValueError: ``run_dir`` is not a covey run directory, or was written
-                by a covey with an unknown schema version.
+                by a covey with an unknown schema version, or (``exclusive``) a
+                newer covey release served it last.
             OSError: ``exclusive`` and another process holds the run, or the
                 run cannot be written (a read-only folder).
         """
@@ -174,7 +176,7 @@ class RunStore(RunRecords):
             raise FileNotFoundError(f"no covey run in {path}: it has no {DB_NAME}{simulated}")
         lock_fd = hold_run(path) if exclusive else None
         try:
-            db, config_text = RunDB.open(path)
+            db, config_text = RunDB.open(path, serve=exclusive)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -372,6 +374,10 @@ class RunStore(RunRecords):
                 weights, record, state = self.load_round(round)
                 if state is not None and check_state is not None:
                     check_state(state)
+            except NewerFormatError as exc:  # never skipped: the redo would delete it
+                raise NewerFormatError(
+                    f"round {round} of the run in {self._run_dir}: {exc}"
+                ) from None
             except ValueError as exc:
                 logger.warning("skipping round %d of %s: %s", round, self._run_dir, exc)
                 continue
@@ -449,16 +455,9 @@ class RunStore(RunRecords):
 
     def _record(self, round: int, text: str) -> dict[str, Any]:
         """The stored record of ``round``, or ValueError naming the round and the file."""
-        try:
-            record = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            record = exc
-        if not isinstance(record, dict):
-            raise ValueError(
-                f"the record of round {round} in {self._run_dir / DB_NAME} is damaged "
-                f"({record}); the run's history cannot be read"
-            )
-        return record
+        return read_record(
+            self._run_dir / DB_NAME, round, text, lambda: self.info()["covey_version"]
+        )
 
     # -- internals -----------------------------------------------------------------
 

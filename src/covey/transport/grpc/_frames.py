@@ -25,6 +25,7 @@ from typing import Any
 from covey.core import _codec
 from covey.core._messages import Reply
 from covey.transport.grpc import _wire
+from covey.transport.grpc._refusal import stated_version
 from covey.transport.grpc._stream import CHUNK_BYTES, chunks, lazy_buffer
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -111,7 +112,7 @@ def protocol_refusal(client: int, server: int, client_version: str, server_versi
     """The handshake's message to a peer that speaks another wire protocol."""
     return (
         f"incompatible covey wire protocols: this server runs covey {server_version} "
-        f"(wire protocol {server}), the client runs covey {client_version or '(unknown)'} "
+        f"(wire protocol {server}), the client runs covey {stated_version(client_version)} "
         f"(wire protocol {client or 1}); install covey "
         f"{'.'.join(server_version.split('.')[:2])}.x on both sides"
     )

@@ -1,7 +1,9 @@
 """Which failures a client retries and which end it: refusals, versions, retry budgets.
 
 A server refuses a client for good when its certificate is not trusted or is
-revoked, its covey version cannot speak to the server's, or the run is over.
+revoked, its covey version cannot speak to the server's, or the run is over; a
+server with no ``Federation.Join`` of this client's protocol (``UNIMPLEMENTED``:
+another service, or a covey release of another wire package) cannot take it either.
 Retrying those only hides the cause behind "connection lost"; the client stops
 at once with a message naming the cause. Everything else (a server restarting, a
 network outage) is retried with exponential backoff for a bounded time.
@@ -31,7 +33,9 @@ __all__ = [
     "handshake_closed",
     "log_retry",
     "permanent_cause",
+    "stated_version",
     "transient_text",
+    "unimplemented_refusal",
     "version_refusal",
 ]
 
@@ -87,12 +91,44 @@ def compatible(client: str, server: str) -> bool:
     return client.split(".")[:2] == server.split(".")[:2] and bool(client)
 
 
+def stated_version(version: str) -> str:
+    """A version a peer stated, as a refusal quotes it: at most 40 characters, one line.
+
+    Example:
+        >>> stated_version(""), stated_version("0.2.0"), stated_version("9." + "x" * 99)
+        ('(unknown)', '0.2.0', '9.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...')
+    """
+    if not version:
+        return "(unknown)"
+    shown = version[:40].encode("ascii", "backslashreplace").decode()
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown + ("..." if len(version) > 40 else "")
+
+
 def version_refusal(client: str, server: str) -> str:
     """The message a server gives a client whose version it cannot serve."""
     return (
         f"incompatible covey versions: this server runs covey {server}, the client runs "
-        f"covey {client or '(unknown)'}; install covey {'.'.join(server.split('.')[:2])}.x "
-        "on the client"
+        f"covey {stated_version(client)}; install covey "
+        f"{'.'.join(server.split('.')[:2])}.x on the client"
+    )
+
+
+def unimplemented_refusal(details: str) -> str:
+    """What a client says when the server has no ``Federation.Join`` of this client's protocol.
+
+    Example:
+        >>> unimplemented_refusal("Method not found!").split(":")[0]
+        'the server does not serve covey /covey.v1.Federation/Join (UNIMPLEMENTED'
+    """
+    from covey import __version__
+    from covey.transport.grpc._options import METHOD
+
+    return (
+        f"the server does not serve covey {METHOD} (UNIMPLEMENTED: {details or 'no details'}): "
+        f"it is not a covey server (check the address), or a covey release whose wire "
+        f"protocol this client (covey {__version__}) does not speak; run the same covey "
+        "major.minor version on both sides"
     )
 
 
@@ -113,6 +149,8 @@ def permanent_cause(exc: grpc.RpcError) -> str | None:
     details = details_of(exc)
     if code in _PERMANENT:
         return f"{_PERMANENT[code]}: {details}" if details else _PERMANENT[code]
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return unimplemented_refusal(details)
     if code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
         return (
             "the server's certificate is not issued for the address dialled: dial a host "
