@@ -306,7 +306,7 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
 
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
-    from covey.cli._runs import print_table, round_table, stopped_early
+    from covey.cli._runs import last_finished, print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked
 
@@ -341,8 +341,8 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
         )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
-        # the model of the last round that updated it, as a finished run keeps its own
-        done = max((r.round for r in exc.history.rounds if r.aggregated), default=0)
+        # the model after the last round that finished, as a finished run keeps its own
+        done = last_finished(exc.history) or 0
         if done > 0 and _save_model(run_dir, done, exc.weights):
             console.print(
                 escape(
