@@ -40,7 +40,7 @@ def test_covey_s_own_secure_inputs_cannot_be_replaced() -> None:
     with pytest.raises(ValueError, match="covey's own namespace"):
         register_input(FIT_INPUT, lambda client, payload: np.zeros(1, dtype=np.int64))
     with pytest.raises(ValueError, match="covey's own namespace"):
-        register_task_input("covey.analytics.answer", lambda client, task, payload: None)
+        register_task_input("covey.analytics.answer", lambda client, task, payload: np.zeros(1))
     assert _INPUTS[FIT_INPUT] is kept
 
 
