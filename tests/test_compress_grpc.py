@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import queue
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from sklearn.datasets import load_digits
 
 import covey
 from _live import Joined, Served
-from covey.clients._client import register_task
+from covey.clients._client import _HANDLERS
 from covey.compress._runtime import KIND, _fit_compressed
 from covey.core._messages import Task
 from covey.deploy import ServeResult
@@ -179,16 +178,14 @@ def _tamper(plain: dict[str, Any], rnd: int) -> None:
 
 
 @pytest.fixture
-def hostile_handler() -> Iterator[None]:
+def hostile_handler(monkeypatch: pytest.MonkeyPatch) -> None:
     def handler(client: Any, task: Task) -> Any:
         plain = _fit_compressed(client, task)
         if isinstance(client, Hostile):
             _tamper(plain, task.round)
         return plain
 
-    register_task(KIND, handler)
-    yield
-    register_task(KIND, _fit_compressed)
+    monkeypatch.setitem(_HANDLERS, KIND, handler)  # covey's own kind: not register_task
 
 
 REFUSALS = {

@@ -9,7 +9,6 @@ round of that client.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 import covey
 from _live import Joined, Served
-from covey.clients._client import register_task
+from covey.clients._client import _HANDLERS
 from covey.compress._runtime import CONFIG_KEY, KIND, _fit_compressed
 from covey.core._messages import Task
 from covey.deploy import ServeResult
@@ -37,16 +36,15 @@ class Steady(covey.Client):
 
 
 @pytest.fixture
-def tokens() -> Iterator[list[Any]]:
+def tokens(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     seen: list[Any] = []
 
     def handler(client: Any, task: Task) -> Any:
         seen.append(task.config[CONFIG_KEY].get("run"))
         return _fit_compressed(client, task)
 
-    register_task(KIND, handler)
-    yield seen
-    register_task(KIND, _fit_compressed)
+    monkeypatch.setitem(_HANDLERS, KIND, handler)  # covey's own kind: not register_task
+    return seen
 
 
 def _serve(client: Any, rounds: int, weights: Any, **kwargs: Any) -> ServeResult:

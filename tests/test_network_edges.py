@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -124,6 +124,46 @@ def test_a_server_given_localhost_listens_on_each_of_its_addresses() -> None:
                 pass
     finally:
         transport.close()
+
+
+def test_port_0_taken_on_the_other_loopback_meanwhile_picks_another_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # localhost:0: 127.0.0.1 gets a free port, which another process holds on ::1
+    # (it takes it between the two binds here). The server must not refuse to start
+    # for a port it chose itself: it picks another one, the same on both addresses.
+    _ipv6_loopback()
+    import covey.transport.grpc._options as options
+
+    real = options.bind_all
+    held: list[socket.socket] = []
+
+    def clashing(address: str, add_port: Any) -> int:
+        def add(target: str) -> int:
+            got = int(add_port(target))
+            if not held and target.startswith("127.0.0.1:"):
+                other = socket.socket(socket.AF_INET6)
+                other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                other.bind(("::1", got))
+                other.listen()
+                held.append(other)
+            return got
+
+        return int(real(address, add))
+
+    monkeypatch.setattr(options, "bind_all", clashing)
+    try:
+        transport = GrpcServerTransport("localhost:0")
+        try:
+            assert transport.port != held[0].getsockname()[1]
+            for host in ("127.0.0.1", "::1"):
+                with socket.create_connection((host, transport.port), timeout=10):
+                    pass
+        finally:
+            transport.close()
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_client_names_an_ipv6_server_it_cannot_reach_with_brackets() -> None:

@@ -19,6 +19,7 @@ from subprocess import PIPE, STDOUT
 
 import pytest
 from rich.console import Console
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 import covey
@@ -78,6 +79,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "\n\ndef broken_fn(cid):\n"
             "    client = client_fn(cid)\n"
             "    client.__class__ = Broken\n"
+            "    return client\n"
+            "\n\nclass BrokenInRound3(LogisticClient):\n"
+            "    def fit(self, weights, config):\n"
+            "        if config['round'] >= 3:\n"
+            "            raise RuntimeError('disk on fire')\n"
+            "        return super().fit(weights, config)\n"
+            "\n\ndef broken_in_round_3(cid, config):\n"
+            "    client = make_client(cid, config)\n"
+            "    client.__class__ = BrokenInRound3\n"
             "    return client\n"
         )
     return root
@@ -203,6 +213,25 @@ def test_a_run_dir_holding_a_run_points_to_how_to_continue_it(project: Path) -> 
     assert f"covey server --resume {held} --app outside_fed.server_app:server_app" in said
     assert "--insecure --rounds 1" in said
     assert "--run-dir" not in said  # `covey run` has no such flag
+
+
+def test_a_run_stopped_by_an_error_keeps_the_last_complete_rounds_model(project: Path) -> None:
+    code, said = _cli(
+        "run", str(project), "--set", "client-app=outside_fed.client_app:broken_in_round_3"
+    )
+    assert code == 1, said
+    assert "run stopped: round 3:" in said
+    where = said.split("the model after round 2, the last complete one, is in ")[1].split(";")[0]
+    folder = Path(where).parent
+    assert Path(where) == folder / "model.safetensors"
+    with safe_open(where, "np") as f:
+        assert f.metadata()["covey_round"] == "2"
+        model = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    history = covey.History.load(folder)
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3]  # round 3's failures are kept
+    data = covey.data.load_digits()
+    loss, _ = covey.models.logistic_evaluate(model, data.x_test, data.y_test)
+    assert loss == history.rounds[2].central_loss
 
 
 @pytest.mark.slow

@@ -158,3 +158,51 @@ def test_the_server_console_names_a_few_clients_of_a_big_round_and_counts_the_re
     assert "site-9 and 590 more (600 clients)" in lines[0]
     assert "site-10," not in lines[0]
     assert "390 more clients failed[/] (390 in fit)" in lines[-1]
+
+
+def test_a_deployed_run_that_failed_before_round_1_finished_says_so(tmp_path: Path) -> None:
+    import numpy as np
+
+    import covey
+    from covey.deploy import serve
+
+    with pytest.raises(covey.FederationError, match="round 1: only 0 of the 2 clients"):
+        serve(
+            covey.FedAvg(),
+            3,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=tmp_path / "run",
+            plot=False,
+            wait_timeout=0.2,
+        )
+    out = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())
+    assert "stopped before any round finished: round 1: only 0 of the 2 clients" in said
+    assert "after round 0" not in said
+
+
+@pytest.mark.parametrize(
+    ("rounds", "reason", "said"),
+    [
+        # the record of the round it failed in is kept, for its failures
+        ([0, 1, 2, 3], "round 3: 0 of 5 sampled clients replied", "after round 2: round 3"),
+        ([0, 1], "round 1: the aggregation step failed", "before any round finished"),
+        ([0], "round 1: only 0 of the 2 clients needed", "before any round finished"),
+        ([], "interrupted (SIGINT)", "before any round finished"),
+        ([0, 1, 2], "interrupted (SIGINT)", "after round 2: interrupted"),
+        ([0, 1], "privacy budget: round 2 would spend epsilon", "after round 1: privacy budget"),
+        ([0, 1, 2], "update 2: no reply within 5 s", "after update 1: update 2"),
+    ],
+)
+def test_a_stopped_run_names_the_last_round_that_finished(
+    rounds: list[int], reason: str, said: str
+) -> None:
+    from covey.cli._runs import stopped_early
+
+    history = History([RoundRecord(r) for r in rounds], stopped_reason=reason)
+    early = stopped_early(history)
+    assert early is not None
+    assert said in early

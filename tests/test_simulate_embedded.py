@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,63 @@ def test_a_run_dir_in_use_by_a_run_in_another_thread_is_named_so(tmp_path: Path)
         go.set()
         first.join(60)
     assert results[0].weights["w"].tolist() == [0.5, 0.5]
+
+
+def test_runs_in_two_threads_keep_the_applications_warning_filters() -> None:
+    # Two runs of scikit-learn clients overlap: run A's client is inside its fit when
+    # run B's starts, and A finishes its fit while B's is still in progress. Each fit
+    # quiets scikit-learn's ConvergenceWarning; neither may leave that filter behind
+    # nor drop a filter the application adds in the meantime.
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import SGDClassifier
+
+    from covey.sklearn import SklearnClient, initial_params
+
+    a_in, b_in = threading.Event(), threading.Event()
+    app_added, a_done = threading.Event(), threading.Event()
+
+    class _Paced(SGDClassifier):
+        def partial_fit(self, x: Any, y: Any, classes: Any = None, **kw: Any) -> Any:
+            if classes is not None:  # priming the model, before the fit proper
+                pass
+            elif self.random_state == 0:  # run A: waits inside its fit for B to be in its own
+                a_in.set()
+                assert app_added.wait(30)
+            else:  # run B: A finishes its fit (and its round) meanwhile
+                b_in.set()
+                assert a_done.wait(30)
+            return super().partial_fit(x, y, classes=classes, **kw)
+
+    x, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    errors: list[Exception] = []
+
+    def run(seed: int) -> None:
+        try:
+            covey.simulate(
+                lambda cid: SklearnClient(_Paced(random_state=seed), x, y, classes=[0, 1]),
+                1,
+                1,
+                covey.FedAvg(min_fit_clients=1, min_available_clients=1, fraction_evaluate=0.0),
+                initial_params(SGDClassifier(), 3, [0, 1]),
+                on_round=lambda record: a_done.set() if seed == 0 else None,
+            )
+        except Exception as e:  # noqa: BLE001 - reported by the test's thread
+            errors.append(e)
+
+    before = list(warnings.filters)
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (0, 1)]
+    try:
+        threads[0].start()
+        assert a_in.wait(30), errors
+        threads[1].start()
+        assert b_in.wait(30)
+        warnings.filterwarnings("ignore", message="the application's own filter")
+        mine = warnings.filters[0]
+        app_added.set()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        app_added.set()
+        a_done.set()
+    assert not errors
+    assert warnings.filters == [mine, *before]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -265,9 +264,9 @@ class _Query:
             stacked = np.stack(
                 [site[index[(a.func, a.column)]] for site in first.per_site.values()]
             )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # an all-empty group
-                return np.nanmin(stacked, axis=0) if a.func == "min" else np.nanmax(stacked, axis=0)
+            # fmin/fmax skip NaN and give NaN for an all-empty group, without a warning
+            reduce = np.fmin if a.func == "min" else np.fmax
+            return reduce.reduce(stacked, axis=0)
         if a.func == "histogram":
             counts = v[index[("hist", a.name)]][:, 1:-1]
             # a bin is a group too: fewer records than the minimum are not shown

@@ -20,7 +20,6 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from covey import secagg
 from covey.analytics import _dp
 from covey.analytics._compute import Computed, SortedValues, compute
 from covey.analytics._ledger_file import load_budget, save_budget
@@ -28,8 +27,10 @@ from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
 from covey.analytics._sql import Plan, QueryError, plan
 from covey.analytics._tables import columns, load_tables
-from covey.clients import Client, register_task
+from covey.clients import Client
+from covey.clients._client import register_builtin
 from covey.core import Task
+from covey.secagg._handlers import register_builtin_input
 
 TASK_KIND = "analyze"
 SECURE_INPUT = "covey.analytics.answer"
@@ -413,7 +414,7 @@ def _analyze(client: Any, task: Task) -> dict[str, Any]:
         return {"site": client.name, "refused": str(exc)}
 
 
-def _secure_input(client: Any, payload: Any) -> np.ndarray:
+def _secure_input(client: Any, task: Any, payload: Any) -> np.ndarray:
     if not isinstance(client, Site):
         raise TypeError(f"{type(client).__name__} is not a covey.analytics.Site")
     if not isinstance(payload, Mapping) or not payload.get("secure"):
@@ -422,5 +423,5 @@ def _secure_input(client: Any, payload: Any) -> np.ndarray:
     return flatten(answer, payload["stats"])
 
 
-register_task(TASK_KIND, _analyze)
-secagg.register_input(SECURE_INPUT, _secure_input)
+register_builtin(TASK_KIND, _analyze)
+register_builtin_input(SECURE_INPUT, _secure_input)

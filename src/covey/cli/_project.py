@@ -306,7 +306,7 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
 
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
-    from covey.cli._runs import print_table, round_table, stopped_early
+    from covey.cli._runs import last_finished, print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked
 
@@ -341,6 +341,16 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
         )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
+        # the model after the last round that finished, as a finished run keeps its own
+        done = last_finished(exc.history) or 0
+        if done > 0 and _save_model(run_dir, done, exc.weights):
+            console.print(
+                escape(
+                    f"the model after round {done}, the last complete one, is in "
+                    f"{run_dir / MODEL_FILE}; `covey runs show {shlex.quote(str(run_dir))}`"
+                ),
+                soft_wrap=True,
+            )
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print(
@@ -356,7 +366,8 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
     files = "history.json, plot.png"
-    if _save_model(run_dir, result):
+    last = result.history.rounds[-1].round if result.history.rounds else 0
+    if _save_model(run_dir, last, result.weights):
         files += f", {MODEL_FILE}"
     console.print(
         escape(f"run folder: {run_dir} ({files}); `covey runs show {shlex.quote(str(run_dir))}`"),
@@ -367,18 +378,17 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
 MODEL_FILE = "model.safetensors"
 
 
-def _save_model(run_dir: Path, result: Any) -> bool:
-    """Keep a simulated run's final model in its folder; say why when it cannot be kept."""
+def _save_model(run_dir: Path, last: int, weights: Any) -> bool:
+    """Keep a simulated run's model (after round ``last``) in its folder; say why if not kept."""
     from safetensors import SafetensorError
 
     from covey.core._weights import WeightsSpec
     from covey.server._roundfiles import write_weights
 
-    last = result.history.rounds[-1].round if result.history.rounds else 0
     try:
-        write_weights(run_dir / MODEL_FILE, last, result.weights, WeightsSpec.of(result.weights))
+        write_weights(run_dir / MODEL_FILE, last, weights, WeightsSpec.of(weights))
     except (OSError, ValueError, SafetensorError) as exc:
-        console.print(f"[yellow]the final model was not saved:[/] {escape(str(exc))}")
+        console.print(f"[yellow]the model was not saved:[/] {escape(str(exc))}")
         return False
     return True
 

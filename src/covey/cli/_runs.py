@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,7 @@ __all__ = [
     "ROUND_COLUMNS",
     "TEXT_FLOOR",
     "find_run",
+    "last_finished",
     "print_table",
     "round_table",
     "run_status",
@@ -101,11 +103,37 @@ def _epsilons(history: History) -> dict[int, float]:
 
 
 def stopped_early(history: History) -> str | None:
-    """Why a run ended before its last round (e.g. its privacy budget), as one line; or None."""
+    """Why a run ended before its last round (e.g. its privacy budget), as one line; or None.
+
+    It names the last round that finished: a round the run stopped in (its record
+    kept for its failures) did not, and a run that stopped before any round of
+    training finished says so rather than "after round 0".
+    """
     if not history.stopped_reason:
         return None
-    last = history.rounds[-1].round if history.rounds else 0
-    return f"stopped early after round {last}: {history.stopped_reason}"
+    last = last_finished(history)
+    if last is None or last < 1:
+        return f"stopped before any round finished: {history.stopped_reason}"
+    stopped = _STOPPED_IN.match(history.stopped_reason)
+    step = "round" if stopped is None else stopped.group(1)  # an asynchronous run's updates
+    return f"stopped early after {step} {last}: {history.stopped_reason}"
+
+
+_STOPPED_IN = re.compile(r"(round|update) (\d+):")
+
+
+def last_finished(history: History) -> int | None:
+    """The last round of ``history`` that finished (None: not even round 0).
+
+    A run stopped by an error in round r keeps that round's record (its failures)
+    and says so at the start of its reason (``round r: ...``): that record is not
+    a finished round.
+    """
+    rounds = [r.round for r in history.rounds]
+    stopped = _STOPPED_IN.match(history.stopped_reason or "")
+    if rounds and stopped is not None and rounds[-1] == int(stopped.group(2)):
+        rounds.pop()
+    return rounds[-1] if rounds else None
 
 
 def find_run(run: str, runs_dir: Path) -> Path:

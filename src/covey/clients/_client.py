@@ -174,17 +174,50 @@ _HANDLERS: dict[str, TaskHandler] = {
 }
 
 
+# Every kind covey itself performs, with the part of covey that performs it: the
+# ones of optional subpackages too, registered when those are imported.
+BUILTIN_KINDS: dict[str, str] = {
+    "fit": "covey.Client.fit",
+    "evaluate": "covey.Client.evaluate",
+    "properties": "covey.Client.properties",
+    "fit_compressed": "covey.compress",
+    "secagg.advertise": "covey.secagg",
+    "secagg.share": "covey.secagg",
+    "secagg.mask": "covey.secagg",
+    "secagg.unmask": "covey.secagg",
+    "analyze": "covey.analytics",
+}
+
+
 def register_task(kind: str, handler: TaskHandler) -> None:
     """Teach every client runtime a new kind of task.
 
+    Registering a kind of your own again replaces its handler (a module or
+    notebook cell run twice); covey's own kinds (``"fit"``, ``"evaluate"``,
+    ``"properties"``, ``"fit_compressed"``, the ``"secagg.*"`` stages and
+    ``"analyze"``) cannot be replaced, whether or not their subpackage is imported.
+
     Args:
-        kind: The task kind, e.g. ``"analyze"``; built-in kinds cannot be replaced.
+        kind: The task kind, e.g. ``"count_rows"``.
         handler: ``(client, task) -> result``; what it returns becomes ``Reply.result``.
+
+    Raises:
+        ValueError: ``kind`` is empty, not a string, or one of covey's own kinds.
     """
-    if kind in ("fit", "evaluate", "properties"):
-        raise ValueError(f"task kind {kind!r} is built in and cannot be replaced")
     if not kind or not isinstance(kind, str):
         raise ValueError(f"task kind must be a non-empty string, got {kind!r}")
+    if kind in BUILTIN_KINDS:
+        raise ValueError(
+            f"task kind {kind!r} is built in ({BUILTIN_KINDS[kind]}) and cannot be "
+            "replaced: give your task kind another name"
+        )
+    _HANDLERS[kind] = handler
+
+
+def register_builtin(kind: str, handler: TaskHandler) -> None:
+    """Register one of covey's own task kinds (for covey's subpackages, at import)."""
+    if kind not in BUILTIN_KINDS:  # an invariant of covey, not an input check
+        raise RuntimeError(f"internal error: {kind!r} is not in BUILTIN_KINDS")
     _HANDLERS[kind] = handler
 
 

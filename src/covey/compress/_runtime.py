@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import lend, register_task
+from covey.clients._client import lend, register_builtin
 from covey.compress._plain import (
     encoded_from_plain,
     encoded_to_plain,
@@ -193,7 +193,7 @@ def _fit_compressed(client: Any, task: Task) -> dict[str, Any]:
     return encoded_to_plain(encoded)
 
 
-register_task(KIND, _fit_compressed)
+register_builtin(KIND, _fit_compressed)
 
 
 def _nbytes(weights: Weights | None) -> int:

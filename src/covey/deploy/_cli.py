@@ -175,8 +175,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         result = serve(
             server_app.strategy,
             int(_pick(flags["rounds"], s, "rounds", server_app.rounds)),
-            # serve calls it (resuming: only for a run killed before round 0 was
-            # saved), and so keeps the only reference to the step-0 model
+            # serve calls it (resuming: to check its layout against the run's model,
+            # or to start again a run killed before round 0 was saved), and so keeps
+            # the only reference to the step-0 model
             server_app.weights,
             flags["address"],
             evaluate_fn=server_app.evaluate_fn,

@@ -4,7 +4,10 @@ A server killed after it created its run folder but before round 0's
 checkpoint committed leaves the run's settings and its clients' ids and no
 round. Such a run starts again from the app's initial weights, which must have
 the layout the run recorded; any other run continues after its newest round
-whose weights and aggregation state verify.
+whose weights and aggregation state verify. The saved model is the run's: an
+app whose initial weights have another layout (its model changed since the run
+started) is refused before the server listens, naming the arrays that differ,
+since its clients would only fail in the first round.
 """
 
 from __future__ import annotations
@@ -43,18 +46,23 @@ def resume_point(
 
     Args:
         opened: The run's store, held by this server.
-        initial_weights: The app's step-0 model (or a function returning it), used
-            only if the run saved no round.
+        initial_weights: The app's step-0 model (or a function returning it): the
+            model if the run saved no round, else only checked to have the
+            layout of the saved model (None skips that check).
 
     Raises:
         ValueError: The folder lost rounds its weights files still hold, no
-            saved round verifies, or a run without a round is given no initial
-            weights or weights of another layout.
+            saved round verifies, a run without a round is given no initial
+            weights, or the initial weights have another layout than the run's model.
     """
     try:
         if opened.check_lost_rounds() is None:
             return _from_step_zero(opened, initial_weights)
+        # the app's layout only: its step-0 arrays go before the saved model is read
+        app = None if initial_weights is None else _layout(initial_weights)
         last, weights, _, blob = opened.load_latest_valid(check_state)
+        if app is not None:
+            _same_layout(opened, last, WeightsSpec.of(weights), app)
         opened.discard_after(last)  # rounds whose files did not survive are redone
         history = opened.history()
     except sqlite3.Error as exc:  # a damaged page or text SQLite itself cannot read
@@ -94,3 +102,37 @@ def _from_step_zero(
         )
     logger.info("%s: starting it again from step 0", where)
     return ResumePoint(initial_weights, config, 1, None, None)
+
+
+def _layout(initial_weights: Weights | Callable[[], Weights]) -> WeightsSpec:
+    """The layout of the app's initial weights (calling them if a function)."""
+    return WeightsSpec.of(initial_weights() if callable(initial_weights) else initial_weights)
+
+
+def _same_layout(opened: RunStore, last: int, saved: WeightsSpec, app: WeightsSpec) -> None:
+    """Refuse an app whose model is not the one the run saved, naming what differs."""
+    if saved == app or _arrays(saved) == _arrays(app):  # the same arrays in another order
+        return
+    ours, theirs = _arrays(saved), _arrays(app)
+    changes = [f"{n!r} is only in the run's model ({ours[n]})" for n in ours if n not in theirs]
+    changes += [f"{n!r} is only in the app's ({theirs[n]})" for n in theirs if n not in ours]
+    changes += [
+        f"{n!r} is {ours[n]} in the run's model but {theirs[n]} in the app's"
+        for n in ours
+        if n in theirs and ours[n] != theirs[n]
+    ]
+    shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    raise ValueError(
+        f"the app's initial weights do not have the layout of the model the run in "
+        f"{opened.run_dir} continues from (round {last}): {shown}. The saved model is the "
+        "run's, and clients built for another model would fail in its next round: resume "
+        "it with the app it was started with, or start a new run in another folder"
+    )
+
+
+def _arrays(spec: WeightsSpec) -> dict[str, str]:
+    """``{name: "dtype[shape]"}`` of a layout."""
+    return {
+        n: f"{d.name}[{', '.join(map(str, s))}]"
+        for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
+    }

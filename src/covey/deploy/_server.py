@@ -104,9 +104,12 @@ def serve(
         strategy: What to do each round.
         rounds: The last round to run.
         initial_weights: The global model at step 0, or a function returning it, called
-            once the server listens (when resuming, only for a run killed before
-            round 0 was saved, which starts again from it); given a function, the
-            server holds the only reference and frees the step-0 model from round 2 on.
+            once the server listens; given a function, the server holds the only
+            reference and frees the step-0 model from round 2 on. When resuming, a
+            run killed before round 0 was saved starts again from it; any other run
+            goes on from its saved model, and initial weights of another layout
+            (names, shapes, dtypes) are refused before the server listens (None
+            skips that check).
         address: ``host:port`` to listen on; port 0 picks a free port (see ``on_listen``).
             Default: the address stored in the run when resuming, else ``127.0.0.1:9092``.
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.

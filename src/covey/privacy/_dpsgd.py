@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
+from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._extras import MissingExtraError
 from covey.privacy._accounting import Accountant, Ledger, round_event
@@ -92,10 +92,9 @@ class DPSGD:
         self.ledger = Ledger(accountant=accountant)
         self.delta = float(delta)
         self.noise_multiplier = float(noise_multiplier)
-        with warnings.catch_warnings():
-            # Opacus warns that its noise is not from a CSPRNG unless secure_mode
-            # (which needs torchcsprng); say it once in the log instead.
-            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        # Opacus warns that its noise is not from a CSPRNG unless secure_mode
+        # (which needs torchcsprng); say it once in the log instead.
+        with ignoring(message="Secure RNG turned off"):
             self.engine = opacus.PrivacyEngine(accountant="rdp")
         if seed is None:
             logger.warning(
@@ -142,10 +141,9 @@ class DPSGD:
                 # noise alone, as the accountant assumes: a skipped step would leave the
                 # model unchanged and so tell that no example was drawn.
                 loss = loss_fn(out, y) if len(y) else out.sum()
-                with warnings.catch_warnings():
-                    # Opacus' per-example hooks fire on the first layer, whose input
-                    # needs no gradient; torch warns of it, harmlessly.
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                # Opacus' per-example hooks fire on the first layer, whose input
+                # needs no gradient; torch warns of it, harmlessly.
+                with ignoring(message="Full backward hook is firing"):
                     loss.backward()
                 self.optimizer.step()
                 if len(y):

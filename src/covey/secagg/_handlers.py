@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import register_task
+from covey.clients._client import register_builtin
 from covey.core._messages import Task
 from covey.secagg import _client_stages as cs
 from covey.secagg._dp import Noise
@@ -40,18 +40,42 @@ def register_input(kind: str, fn: InputFn) -> None:
             and within the bound the server asks for; computed on the client, it
             never leaves it unmasked.
 
+    Registering a name again replaces its function; names starting with
+    ``covey.`` are covey's own (secure FedAvg's update, analytics' answers) and
+    cannot be replaced.
+
     Example:
         >>> import numpy as np
         >>> register_input("doc.count", lambda client, payload: np.array([1], dtype=np.int64))
     """
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"an input kind must be a non-empty string, got {kind!r}")
+    _check_kind(kind)
     _INPUTS[kind] = lambda client, task, payload: fn(client, payload)
 
 
 def register_task_input(kind: str, fn: TaskInputFn) -> None:
     """Like :func:`register_input`, for inputs that need the task (its weights and config)."""
+    _check_kind(kind)
     _INPUTS[kind] = fn
+
+
+def register_builtin_input(kind: str, fn: TaskInputFn) -> None:
+    """Register one of covey's own inputs (named ``covey.*``; for covey's subpackages)."""
+    if not kind.startswith(_OWN):  # an invariant of covey, not an input check
+        raise RuntimeError(f"internal error: covey's input {kind!r} must start with {_OWN!r}")
+    _INPUTS[kind] = fn
+
+
+_OWN = "covey."
+
+
+def _check_kind(kind: object) -> None:
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"an input kind must be a non-empty string, got {kind!r}")
+    if kind.startswith(_OWN):
+        raise ValueError(
+            f"input kind {kind!r} is in covey's own namespace ({_OWN}*), which cannot be "
+            "replaced: give your input another name"
+        )
 
 
 def forget(client: Any) -> None:
@@ -158,4 +182,4 @@ def _unmask(client: Any, task: Task) -> dict[str, Any]:
 
 
 for _kind, _handler in zip(KINDS, (_advertise, _share, _mask, _unmask), strict=True):
-    register_task(_kind, _handler)
+    register_builtin(_kind, _handler)

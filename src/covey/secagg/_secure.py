@@ -34,7 +34,7 @@ from covey.privacy import ClippedSum
 from covey.secagg._ddp import client_clip, clip_update, dp_plan
 from covey.secagg._dp import Noise
 from covey.secagg._driver import SecAggAbort, secure_sum
-from covey.secagg._handlers import register_task_input
+from covey.secagg._handlers import register_builtin_input
 from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import RangeError, quantize, ring_bits, scale
@@ -102,7 +102,7 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
     return np.concatenate(parts)
 
 
-register_task_input(FIT_INPUT, _fit_input)
+register_builtin_input(FIT_INPUT, _fit_input)
 
 
 def _metric_tail(metrics: Any, bounds: Mapping[str, float], n: int, bits: int) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.clients import Client
+from covey.clients._quiet import ignoring
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
 from covey.sklearn._params import _outputs, features, get_params, prime, set_params
@@ -162,9 +162,8 @@ class SklearnClient(Client):
         self._load(weights)
         from sklearn.exceptions import ConvergenceWarning
 
-        with warnings.catch_warnings():
-            # A few local iterations per round are intended, not a failure to converge.
-            warnings.simplefilter("ignore", category=ConvergenceWarning)
+        # A few local iterations per round are intended, not a failure to converge.
+        with ignoring(ConvergenceWarning):
             if hasattr(self.model, "partial_fit"):
                 for _ in range(int(epochs)):
                     self.model.partial_fit(self.x_train, self.y_train)

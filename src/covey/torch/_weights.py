@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._weights import Array, Weights, WeightsError
 
@@ -124,9 +124,8 @@ def to_state_dict(weights: Weights) -> dict[str, Any]:
     """
     torch = torch_module()
     out: dict[str, Any] = {}
-    with warnings.catch_warnings():
-        # Read-only arrays are fine here: the tensors are only read from.
-        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+    # Read-only arrays are fine here: the tensors are only read from.
+    with ignoring(UserWarning, ".*not writable.*"):
         for name, array in weights.items():
             a = np.asarray(array)
             if not a.dtype.isnative:  # torch holds native byte order only (a copy)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from covey.transport.grpc._checks import check_address
 
-__all__ = ["bind_all", "listen_targets"]
+__all__ = ["PortTaken", "bind_all", "listen_targets"]
 
 logger = logging.getLogger("covey")
 
@@ -95,12 +95,18 @@ def listen_targets(address: str) -> list[str]:
     return [_target(ip, port) for ip in usable]
 
 
+class PortTaken(OSError):
+    """The port the first address got (port 0) is taken on another address of the name."""
+
+
 def bind_all(address: str, add_port: Callable[[str], int]) -> int:
     """Bind every target of ``address`` with ``add_port`` (gRPC's); the port they share.
 
     A port 0 is chosen by the first bind and used for the others.
 
     Raises:
+        PortTaken: Port 0 was asked for, and the port the first address got is
+            in use on another (bind again on a new server: another port is chosen).
         OSError: An address cannot be bound (see :func:`listen_targets`).
         RuntimeError: gRPC refused a bind (its way of saying so).
     """
@@ -113,8 +119,16 @@ def bind_all(address: str, add_port: Callable[[str], int]) -> int:
         host = target.rpartition(":")[0]
         if port:
             target = f"{host}:{port}"
-        got = add_port(target)
+        chosen = port != 0 and targets[0].endswith(":0")  # the first bind picked this port
+        try:
+            got = add_port(target)
+        except RuntimeError:
+            if chosen:
+                raise PortTaken(f"{target} is in use") from None
+            raise
         if got == 0:
+            if chosen:
+                raise PortTaken(f"{target} is in use")
             raise OSError(f"cannot listen on {address}: {target} cannot be bound")
         port = got
     if len(targets) > 1:

@@ -8,6 +8,7 @@ frame is refused by gRPC before covey sees it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ import grpc
 
 from covey.transport.grpc._capacity import SPARE, Capacity
 from covey.transport.grpc._handshakes import HandshakeWatch
-from covey.transport.grpc._listen import bind_all
+from covey.transport.grpc._listen import PortTaken, bind_all
 
 if TYPE_CHECKING:
     from covey.transport.grpc._service import FederationService
+
+logger = logging.getLogger("covey")
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -88,6 +91,28 @@ def start_server(
     # covey refuses streams past max_clients in words (logged, recorded, the client told
     # the server is full); gRPC's own cap, a few streams above, refuses without a word.
     service.capacity = Capacity(max_clients, service.registry.event)
+    for attempt in range(_ATTEMPTS):
+        try:
+            return _start(address, tls, service, max_clients)
+        except PortTaken as exc:
+            # Port 0 on a name of several addresses: the port the first one got is taken
+            # on another. A new server gets another port (gRPC cannot unbind one).
+            if attempt == _ATTEMPTS - 1:
+                raise OSError(
+                    f"cannot listen on {address}: the port each try got for its first "
+                    f"address was in use on another ({exc})"
+                ) from None
+            logger.info("%s; choosing another port for %s", exc, address)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_ATTEMPTS = 5
+
+
+def _start(
+    address: str, tls: ServerTLS | None, service: FederationService, max_clients: int
+) -> tuple[grpc.Server, int]:
+    """One try of :func:`start_server`: a new gRPC server, bound and started."""
     most = max_clients + SPARE
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=most + 8, thread_name_prefix="covey-rpc"),
