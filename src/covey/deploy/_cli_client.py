@@ -31,6 +31,7 @@ CLIENT_KEYS = {
     "cert",
     "key",
     "insecure",
+    "server_name",
     "max_attempts",
     "retry_for",
     "max_task_mb",
@@ -72,13 +73,17 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
         if certs_dir is not None:
             if flags["name"] is None:
                 fail("--certs needs --name NAME (the client name its certificate was issued to)")
-            return tls_from_certs(certs_dir, flags["name"])
+            return tls_from_certs(certs_dir, flags["name"], server_name=flags["server_name"])
         if ca is not None:
-            return client_tls(
-                ca, _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
-            )
+            cert, key = _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
+            return client_tls(ca, cert, key, server_name=flags["server_name"])
     except (OSError, ValueError) as exc:
         fail(str(exc))
+    if flags["server_name"] is not None:
+        fail(
+            f"--server-name needs TLS (--certs or --ca): it names the host of the server's "
+            f"certificate, and --insecure has none ({flags['server_name']})"
+        )
     if not flags["insecure"]:
         fail(
             "no --certs: give --certs DIR --name NAME (see `covey certs issue`), "
@@ -116,6 +121,13 @@ def client_command(
     cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option(help="Client private key (PEM).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
+    server_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Check the server's certificate against this host name instead of "
+            "--server's host (an IP or a load balancer's name)."
+        ),
+    ] = None,
     max_attempts: Annotated[
         int | None, typer.Option(help="Give up after this many failed attempts.")
     ] = None,
@@ -153,6 +165,7 @@ def client_command(
     the_name = _pick(name, s, "name", None)
     insecure = insecure or bool(s.get("insecure", False))
     flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
+    flags["server_name"] = _pick(server_name, s, "server_name", None)
     try:
         stop_on_sigterm()  # docker stop, systemctl stop: the client leaves as on Ctrl-C
         tls = _client_tls(s, {**flags, "insecure": insecure})
