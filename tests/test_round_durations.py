@@ -12,6 +12,7 @@ from rich.console import Console
 
 import covey
 from covey.cli._runs import round_table
+from covey.core._history import RoundRecord
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Fit, Joined, Served
@@ -73,3 +74,18 @@ def test_an_asynchronous_round_records_its_aggregation() -> None:
     ).history
     for record in history.rounds[1:]:
         assert 0 <= record.durations["aggregate"] <= record.durations["fit"]
+
+
+def test_the_servers_round_line_gives_the_stages_in_their_order() -> None:
+    from covey.deploy._console import ServerConsole
+
+    lines: list[str] = []
+    record = RoundRecord(1, fit_participants=[0])
+    # as a deployed round records them: each stage when it ends, "aggregate" inside "fit"
+    for stage, seconds in [("wait", 4.0), ("aggregate", 0.25), ("fit", 1.5), ("total", 5.75)]:
+        record.durations[stage] = seconds
+    ServerConsole(lines.append, 1, {}).on_round(record)
+    assert (
+        "took fit 1.50 s, aggregate 0.25 s, total 5.75 s (after waiting 4.00 s for clients)"
+        in "\n".join(lines)
+    )
