@@ -188,6 +188,70 @@ def test_dirichlet_memory_does_not_grow_with_classes_times_clients() -> None:
     assert peak < 4_000_000
 
 
+def _dirichlet_reference(
+    labels: npt.NDArray[np.int_], num_clients: int, alpha: float, seed: int
+) -> Partition:
+    """One draw of the Dirichlet split written class by class, as covey 0.1 did it."""
+    _, class_of, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    by_class = np.argsort(class_of, kind="stable")
+    rng = np.random.default_rng(seed)
+    client_of = np.empty(len(labels), dtype=np.intp)
+    for members in np.split(by_class, np.cumsum(class_sizes)[:-1]):
+        shuffled = rng.permutation(members)
+        proportions = rng.dirichlet(np.full(num_clients, alpha))
+        cuts = np.rint(np.cumsum(proportions)[:-1] * len(shuffled)).astype(np.intp)
+        edges = np.concatenate(([0], np.clip(cuts, 0, len(shuffled)), [len(shuffled)]))
+        counts = np.diff(edges)
+        client_of[shuffled] = np.repeat(np.arange(num_clients), counts)
+    return [np.flatnonzero(client_of == k) for k in range(num_clients)]
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.5, 1e6])
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        LABELS,
+        np.arange(300),  # every class has one example
+        np.arange(300) // 2,
+        np.random.default_rng(5).integers(0, 120, 400),  # classes of 1 to ~10 examples
+    ],
+)
+def test_dirichlet_gives_the_class_by_class_split(
+    labels: npt.NDArray[np.int_], seed: int, alpha: float
+) -> None:
+    expected = _dirichlet_reference(labels, 13, alpha, seed)
+    actual = dirichlet(labels, 13, alpha, seed=seed, min_size=0)
+    for part, reference in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(part, reference)
+
+
+@pytest.mark.parametrize(
+    ("labels", "per_class"), [(np.arange(4000), 0), (np.arange(4000) // 2, 20)]
+)
+def test_dirichlet_runs_no_python_code_per_class(
+    labels: npt.NDArray[np.int_], per_class: int
+) -> None:
+    # 100,000 distinct labels took ~100 s per draw: some ten NumPy calls ran for every class.
+    # A class now costs its two generator calls, and a class of one example (whose shuffle
+    # draws nothing) shares one call with its neighbours. Counted in calls, not seconds.
+    import sys
+
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(count)
+    try:
+        parts = dirichlet(labels, 10, 0.5, seed=0, min_size=0)
+    finally:
+        sys.setprofile(None)
+    assert_partition(parts, len(labels), 10)
+    assert calls < 1000 + per_class * len(np.unique(labels))
+
+
 def contiguous_label_runs(labels: npt.NDArray[np.int_], part: npt.NDArray[np.int64]) -> int:
     """Number of maximal runs of adjacent classes (in sorted class order) in a client's labels."""
     ranks = np.unique(np.searchsorted(np.unique(labels), labels[part]))

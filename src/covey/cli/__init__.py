@@ -142,8 +142,9 @@ def _mount() -> None:
     from covey.cli._runs import runs_app
     from covey.dashboard._cli import dashboard_command
     from covey.dashboard._cli_report import report_command
-    from covey.deploy._cli import client_command, server_command
+    from covey.deploy._cli import server_command
     from covey.deploy._cli_certs import certs_app
+    from covey.deploy._cli_client import client_command
 
     app.command("server")(server_command)
     app.command("client")(client_command)

@@ -71,7 +71,10 @@ def round_table(history: History, title: str = "Rounds") -> Table:
     epsilon = _epsilons(history)
     if epsilon:
         table.add_column("privacy\nepsilon", justify="right", no_wrap=True)
-    table.add_column("seconds", justify="right", no_wrap=True)
+    waited = any("wait" in r.durations for r in history.rounds)
+    if waited:  # a deployed run: the wait for clients to connect, apart from the work
+        table.add_column("seconds\nwaiting", justify="right", no_wrap=True)
+    table.add_column("seconds\ntotal" if waited else "seconds", justify="right", no_wrap=True)
     values = {
         (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
         for source, name in ROUND_COLUMNS
@@ -85,8 +88,8 @@ def round_table(history: History, title: str = "Rounds") -> Table:
         cells += [_number(values[key].get(r.round)) for key in ROUND_COLUMNS]
         if epsilon:
             cells.append(_number(epsilon.get(r.round)))
-        total = r.durations.get("total")
-        cells.append("-" if total is None else f"{total:.2f}")
+        keys = ("wait", "total") if waited else ("total",)
+        cells += ["-" if r.durations.get(k) is None else f"{r.durations[k]:.2f}" for k in keys]
         table.add_row(*cells)
     return table
 

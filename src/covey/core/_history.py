@@ -71,9 +71,14 @@ class RoundRecord:
         central_loss: The loss ``evaluate_fn`` gave for the model after the round
             (None without ``evaluate_fn``).
         central_metrics: The metrics ``evaluate_fn`` gave.
-        durations: Wall-clock seconds of the round's stages: ``"fit"``,
-            ``"evaluate"``, ``"central"`` and ``"total"`` (and ``"wait"``, the time
-            a deployed server waited for enough clients, which ``"total"`` includes).
+        durations: Wall-clock seconds of the round's stages. ``"fit"``: from
+            sending the fit tasks to the new global model (the clients' training,
+            the transfers and the wait for the slowest reply, and ``"aggregate"``);
+            ``"aggregate"``: the server's own work folding the replies and applying
+            the aggregate, part of ``"fit"``; ``"evaluate"``: federated evaluation;
+            ``"central"``: ``evaluate_fn``; ``"wait"``: a deployed server's wait
+            for enough clients to connect before the round, not part of
+            ``"fit"``; ``"total"``: the whole round, ``"wait"`` included.
     """
 
     round: int

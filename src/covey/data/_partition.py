@@ -175,24 +175,12 @@ def dirichlet(
 
     class_of, class_sizes = _unique_codes("labels", label_array)
     by_class = np.argsort(class_of, kind="stable")
-    class_members = np.split(by_class, np.cumsum(class_sizes)[:-1])
     concentration = np.full(num_clients, min(alpha_value, _MAX_ALPHA))
     rng = _rng(seed)
-    clients = np.arange(num_clients)
     client_of = np.empty(n, dtype=np.intp)
 
-    # Memory is O(n + num_clients) per draw: each example gets its client's number, and the
-    # client arrays are cut once at the end (not one piece per class and client).
     for _ in range(max_retries):
-        sizes = np.zeros(num_clients, dtype=np.int64)
-        for members in class_members:
-            shuffled = rng.permutation(members)
-            proportions = rng.dirichlet(concentration)
-            cuts = np.rint(np.cumsum(proportions)[:-1] * len(shuffled)).astype(np.intp)
-            cuts = np.clip(cuts, 0, len(shuffled))
-            counts = np.diff(cuts, prepend=0, append=len(shuffled))
-            client_of[shuffled] = np.repeat(clients, counts)
-            sizes += counts
+        sizes = _dirichlet_draw(rng, by_class, class_sizes, concentration, client_of)
         if sizes.min() >= min_size:
             order = np.argsort(client_of, kind="stable")
             return _finish(np.split(order, np.cumsum(sizes)[:-1]))
@@ -203,6 +191,63 @@ def dirichlet(
         f"(alpha={alpha_value}, {n} examples); increase alpha or max_retries, or lower "
         f"min_size or num_clients"
     )
+
+
+# Rows of class proportions held at once by one draw: memory stays O(n + num_clients).
+_BLOCK_CELLS = 1 << 16
+
+
+def _dirichlet_draw(
+    rng: np.random.Generator,
+    by_class: npt.NDArray[np.intp],
+    class_sizes: npt.NDArray[np.intp],
+    concentration: npt.NDArray[np.float64],
+    client_of: npt.NDArray[np.intp],
+) -> npt.NDArray[np.int64]:
+    """Draw one Dirichlet split into ``client_of``; return the number of examples per client.
+
+    For every class in order, its members are shuffled (``rng.permutation``) and its client
+    proportions drawn (``rng.dirichlet``); the members are cut into consecutive pieces of
+    those proportions. The generator is called exactly as one call per class of each would,
+    so a seed gives the same split, but only the draws run class by class: the shuffle of a
+    one-example class draws nothing, so a run of them shares one ``rng.dirichlet`` call, and
+    the cuts are computed for a block of classes at once.
+    """
+    num_clients = len(concentration)
+    num_classes = len(class_sizes)
+    offsets = np.concatenate(([0], np.cumsum(class_sizes)[:-1]))
+    # Classes whose shuffle draws from the generator (two or more examples): the classes
+    # after one of them, up to the next, draw only their proportions, in one call.
+    shuffled_classes = np.flatnonzero(class_sizes >= 2)
+    block = max(1, _BLOCK_CELLS // num_clients)
+    clients = np.arange(num_clients)
+    sizes = np.zeros(num_clients, dtype=np.int64)
+    for start in range(0, num_classes, block):
+        stop = min(start + block, num_classes)
+        rows = stop - start
+        block_sizes = class_sizes[start:stop]
+        first = int(offsets[start])
+        # Position of each shuffled member within its class, in class order.
+        local = np.zeros(int(block_sizes.sum()), dtype=np.intp)
+        proportions = np.empty((rows, num_clients))
+        # One group per shuffled class (plus the block's first class), up to the next one.
+        lo, hi = np.searchsorted(shuffled_classes, [start, stop])
+        starts = np.union1d([start], shuffled_classes[lo:hi])
+        ends = np.append(starts[1:], stop)
+        for i, j in zip(starts.tolist(), ends.tolist(), strict=True):
+            size = int(class_sizes[i])
+            if size >= 2:
+                at = int(offsets[i]) - first
+                local[at : at + size] = rng.permutation(size)
+            proportions[i - start : j - start] = rng.dirichlet(concentration, size=j - i)
+        members = by_class[np.repeat(offsets[start:stop], block_sizes) + local]
+        totals = block_sizes[:, None]
+        cuts = np.rint(np.cumsum(proportions, axis=1)[:, :-1] * totals).astype(np.intp)
+        cuts = np.clip(cuts, 0, totals)
+        counts = np.diff(cuts, axis=1, prepend=np.zeros_like(totals), append=totals)
+        client_of[members] = np.repeat(np.tile(clients, rows), counts.ravel())
+        sizes += counts.sum(axis=0)
+    return sizes
 
 
 def shards(

@@ -50,8 +50,14 @@ def client_tls(
     return tls
 
 
-def tls_from_certs(directory: str | Path, client_id: str) -> ClientTLS:
-    """A client's TLS material from a federation folder (``covey certs issue CLIENT_ID``)."""
+def tls_from_certs(
+    directory: str | Path, client_id: str, *, server_name: str | None = None
+) -> ClientTLS:
+    """A client's TLS material from a federation folder (``covey certs issue CLIENT_ID``).
+
+    ``server_name`` is the host the server's certificate is checked against when the
+    address dialled is not one it names (an IP, a load balancer's name).
+    """
     d = Path(directory)
     cert, key = d / "clients" / f"{client_id}.pem", d / "clients" / f"{client_id}.key"
     if not (d / "ca.pem").is_file():
@@ -65,4 +71,4 @@ def tls_from_certs(directory: str | Path, client_id: str) -> ClientTLS:
                 f"{path} not found; issue the client's certificate with "
                 f"`covey certs issue {client_id} --dir {d}`"
             )
-    return client_tls(d / "ca.pem", cert, key)
+    return client_tls(d / "ca.pem", cert, key, server_name=server_name)

@@ -104,8 +104,10 @@ class ServerConsole:
         if record.round == 0:
             self.line(f"round 0 (initial model): {', '.join(_metrics(record)) or 'no metrics'}")
             return
-        stages = {k: v for k, v in record.durations.items() if k != "wait"}
-        took = ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+        # in the order of the round (a stage is recorded when it ends: "aggregate" before "fit")
+        order = {k: i for i, k in enumerate(("fit", "aggregate", "evaluate", "central", "total"))}
+        stages = sorted((k for k in record.durations if k != "wait"), key=lambda k: order.get(k, 5))
+        took = ", ".join(f"{k} {record.durations[k]:.2f} s" for k in stages)
         if "wait" in record.durations:  # the wait for clients, apart from training
             took += f" (after waiting {record.durations['wait']:.2f} s for clients)"
         parts = [f"round {record.round}: fit by {self.who(record.fit_participants)}"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -292,12 +293,15 @@ class _LoopBase:
         refuses that client's update (say, q-FedAvg given a NaN loss): the client's fit
         is recorded as failed and the round goes on with ``state`` as it was.
         """
+        t0 = time.perf_counter()
         try:
             state, _ = self.strategy.aggregator.feed(state, contribution)
         except AggregationError as exc:
             why = f"refused by the aggregation step: {exc}"
             self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
             return state, False
+        finally:
+            _add_seconds(record, "aggregate", t0)
         return state, True
 
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
@@ -314,6 +318,14 @@ class _LoopBase:
         logger.warning("%s failed in %s: %s", self.who(failure.cid), failure.stage, failure.error)
 
     def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
+        """End the aggregation chain for ``rnd`` and apply its aggregate; time it."""
+        t0 = time.perf_counter()
+        try:
+            self._apply_aggregate(state, rnd, record)
+        finally:
+            _add_seconds(record, "aggregate", t0)
+
+    def _apply_aggregate(self, state: Any, rnd: int, record: RoundRecord) -> None:
         """End the aggregation chain for ``rnd`` and apply its aggregate to the global model.
 
         An :class:`~covey.aggregate.AggregationError` (the step refusing this round's
@@ -367,3 +379,8 @@ class _LoopBase:
         self.history.stopped_reason = f"{self._step} {rnd}: {what} raised\n{text}"
         logger.error("%s %d: %s raised; stopping the run\n%s", self._step, rnd, what, text)
         return self._fail(f"{self._step} {rnd}: {what} raised {type(exc).__name__}: {exc}")
+
+
+def _add_seconds(record: RoundRecord, stage: str, since: float) -> None:
+    """Add the seconds since ``since`` (``time.perf_counter``) to ``record.durations[stage]``."""
+    record.durations[stage] = record.durations.get(stage, 0.0) + time.perf_counter() - since

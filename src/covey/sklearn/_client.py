@@ -64,6 +64,41 @@ def _labels(y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
     return arr
 
 
+def _sample_weight(
+    sample_weight: npt.ArrayLike | None, model: Any, method: str, n: int
+) -> npt.NDArray[np.float64] | None:
+    """``sample_weight`` checked: one finite weight >= 0 per training example, some > 0."""
+    if sample_weight is None:
+        return None
+    import inspect
+
+    name = type(model).__name__
+    if "sample_weight" not in inspect.signature(getattr(model, method)).parameters:
+        raise TypeError(
+            f"sample_weight was given, but {name}.{method} takes no sample_weight: use an "
+            "estimator that does (e.g. SGDClassifier, LogisticRegression, MLPClassifier), "
+            "or leave sample_weight out"
+        )
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"sample_weight must be numbers, got {type(sample_weight).__name__}"
+        ) from None
+    if weights.ndim == 2 and weights.shape[1] == 1:
+        weights = weights.ravel()
+    if weights.shape != (n,):
+        raise ValueError(
+            f"sample_weight must hold one weight per training example ({n}), "
+            f"got shape {weights.shape}"
+        )
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("sample_weight must be finite and >= 0")
+    if not np.any(weights > 0):
+        raise ValueError("sample_weight must have at least one weight > 0")
+    return weights
+
+
 class SklearnClient(Client):
     """Federate a scikit-learn classifier (``SGDClassifier``, ``LogisticRegression``, an MLP).
 
@@ -78,6 +113,13 @@ class SklearnClient(Client):
     ``partial_fit`` (``LogisticRegression``) needs every class in each
     client's training data; with ``partial_fit`` a client may lack some.
 
+    ``sample_weight`` (one weight per training example) is passed to every
+    ``partial_fit`` (or ``fit``) call and weights ``train_accuracy``; an
+    estimator whose training method takes no ``sample_weight`` is refused
+    here. ``num_examples`` stays the number of training examples (not the
+    sum of the weights), so FedAvg weighs clients by their example counts
+    whatever scale each client's weights have. Evaluation is unweighted.
+
     Args:
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
         x_train: Local training features (an array or a SciPy sparse matrix).
@@ -86,6 +128,8 @@ class SklearnClient(Client):
         x_test: Local test features (None: evaluate on the training data).
         y_test: Local test labels.
         epochs: ``partial_fit`` passes per round.
+        sample_weight: One finite weight >= 0 per training example, aligned
+            with ``y_train`` (None: every example counts once).
 
     Example:
         >>> import numpy as np
@@ -108,6 +152,7 @@ class SklearnClient(Client):
         y_test: npt.ArrayLike | None = None,
         *,
         epochs: int = 1,
+        sample_weight: npt.ArrayLike | None = None,
     ) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -139,6 +184,8 @@ class SklearnClient(Client):
                     "cannot train on from the global parameters"
                 )
             model.set_params(warm_start=True)
+        method = "partial_fit" if hasattr(model, "partial_fit") else "fit"
+        self.sample_weight = _sample_weight(sample_weight, model, method, len(self.y_train))
 
     def _load(self, weights: Weights) -> None:
         prime(self.model, self.x_train, self.y_train, self.classes)
@@ -153,8 +200,8 @@ class SklearnClient(Client):
 
         Returns:
             The local parameters (in the dtypes of ``weights``), the number of
-            training examples and
-            ``{"train_accuracy": ...}``.
+            training examples (a count, whatever ``sample_weight`` holds) and
+            ``{"train_accuracy": ...}`` (weighted by ``sample_weight``).
         """
         epochs = config.get("epochs", self.epochs)
         if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
@@ -162,15 +209,17 @@ class SklearnClient(Client):
         self._load(weights)
         from sklearn.exceptions import ConvergenceWarning
 
+        weighted = {} if self.sample_weight is None else {"sample_weight": self.sample_weight}
         # A few local iterations per round are intended, not a failure to converge.
         with ignoring(ConvergenceWarning):
             if hasattr(self.model, "partial_fit"):
                 for _ in range(int(epochs)):
-                    self.model.partial_fit(self.x_train, self.y_train)
+                    self.model.partial_fit(self.x_train, self.y_train, **weighted)
             else:
                 self._check_every_class()
-                self.model.fit(self.x_train, self.y_train)
-        accuracy = float(np.mean(self.model.predict(self.x_train) == self.y_train))
+                self.model.fit(self.x_train, self.y_train, **weighted)
+        correct = self.model.predict(self.x_train) == self.y_train
+        accuracy = float(np.average(correct, weights=self.sample_weight))
         # in the global weights' dtypes (a model trained on float32 features has float32 ones)
         local = get_params(self.model)
         new = {k: v.astype(np.asarray(weights[k]).dtype, copy=False) for k, v in local.items()}

@@ -10,6 +10,7 @@ goodbye.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import mmap
@@ -303,6 +304,21 @@ def _version() -> str:
     return __version__
 
 
+def _security(tls: ClientTLS | None, insecure: bool, server_name: str | None) -> ClientTLS | None:
+    """``connect``'s TLS material, with ``server_name`` in it; or an error naming the mistake."""
+    if tls is None and not insecure:
+        raise ValueError("connect() needs tls=ClientTLS(...) or insecure=True")
+    if tls is not None and insecure:
+        raise ValueError("give tls= or insecure=True, not both")
+    if server_name is None:
+        return tls
+    if tls is None:
+        raise ValueError("server_name needs TLS: it names the host of the server's certificate")
+    if not isinstance(server_name, str) or not server_name.strip():
+        raise ValueError(f"server_name must be a host name, got {server_name!r}")
+    return dataclasses.replace(tls, server_name=server_name.strip())
+
+
 def connect(
     client: Any,
     address: str,
@@ -319,6 +335,7 @@ def connect(
     max_backoff: float = 30.0,
     heartbeat: float = 5.0,
     stop: threading.Event | None = None,
+    server_name: str | None = None,
 ) -> ConnectResult:
     """Join the federation at ``address`` and serve tasks until the server says goodbye.
 
@@ -352,6 +369,10 @@ def connect(
         max_backoff: Longest reconnection delay.
         heartbeat: Seconds between heartbeats until the server sets its own interval.
         stop: Set this event to leave, even in the middle of a session.
+        server_name: The host name the server's certificate is checked against (and sent
+            as SNI) when it is not the host of ``address``: an IP address, or a load
+            balancer's name, in front of a server whose certificate names another host.
+            Overrides ``tls.server_name``; needs ``tls``.
 
     Returns:
         How the participation ended.
@@ -363,10 +384,7 @@ def connect(
         ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
             of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
     """
-    if tls is None and not insecure:
-        raise ValueError("connect() needs tls=ClientTLS(...) or insecure=True")
-    if tls is not None and insecure:
-        raise ValueError("give tls= or insecure=True, not both")
+    tls = _security(tls, insecure, server_name)
     check_address(address, listen=False)
     name = _own_name(name, tls)
     _check_heartbeat(heartbeat)

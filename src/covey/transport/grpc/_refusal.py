@@ -155,7 +155,8 @@ def permanent_cause(exc: grpc.RpcError) -> str | None:
         return (
             "the server's certificate is not issued for the address dialled: dial a host "
             "name or IP it names (`covey certs init --host ...` chose them when it made "
-            f"the certificate): {details}"
+            "the certificate), or give that name with `covey client --server-name HOST` "
+            f"(`server_name=` in Python) when dialling an IP or a load balancer: {details}"
         )
     if code == grpc.StatusCode.UNAVAILABLE and "certificate has expired" in details:
         return (

@@ -1,0 +1,201 @@
+"""``covey client``: run a client next to its data and join a deployed federation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from covey.deploy._cli import _pick, console, stop_on_sigterm
+from covey.deploy._cli_errors import (
+    address_flag,
+    fail,
+    load_object,
+    number,
+    read_settings,
+    required_params,
+)
+from covey.deploy._cli_logs import setup_logging
+
+__all__ = ["client_command"]
+
+CLIENT_KEYS = {
+    "app",
+    "server",
+    "cid",
+    "certs",
+    "name",
+    "ca",
+    "cert",
+    "key",
+    "insecure",
+    "server_name",
+    "max_attempts",
+    "retry_for",
+    "max_task_mb",
+    "verbose",
+}
+"""The settings a ``--config`` file may give ``covey client`` (its flags)."""
+
+
+def _make_client(spec: str, cid: Any) -> Any:
+    """The client ``--app`` names: a client object, or ``client_fn(cid)`` called with ``--cid``."""
+    obj = load_object(spec)
+    if hasattr(obj, "fit") and not isinstance(obj, type):
+        return obj
+    if not callable(obj):
+        fail(f"--app {spec} is a {type(obj).__name__}, not a client or a client function")
+    needs = required_params(obj)
+    if needs > 0 and cid is None:
+        fail(
+            f"--app {spec} is a client function of a client id: give --cid N "
+            "(which part of the data this client holds, e.g. --cid 0)"
+        )
+    try:
+        client = obj(int(cid)) if needs != 0 and cid is not None else obj()
+    except (ValueError, LookupError, TypeError, OSError) as exc:
+        given = f" --cid {cid}" if cid is not None else ""
+        fail(f"--app {spec}{given}: the client could not be made: {type(exc).__name__}: {exc}")
+    if not hasattr(client, "fit"):
+        fail(f"--app {spec} returned a {type(client).__name__}, not a covey client (no fit)")
+    return client
+
+
+def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
+    """The client's TLS material from ``--certs`` + ``--name`` or ``--ca/--cert/--key``."""
+    from covey.deploy._client import client_tls, tls_from_certs
+
+    certs_dir = _pick(flags["certs"], s, "certs", None)
+    ca = _pick(flags["ca"], s, "ca", None)
+    try:
+        if certs_dir is not None:
+            if flags["name"] is None:
+                fail("--certs needs --name NAME (the client name its certificate was issued to)")
+            return tls_from_certs(certs_dir, flags["name"], server_name=flags["server_name"])
+        if ca is not None:
+            cert, key = _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
+            return client_tls(ca, cert, key, server_name=flags["server_name"])
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    if flags["server_name"] is not None:
+        fail(
+            f"--server-name needs TLS (--certs or --ca): it names the host of the server's "
+            f"certificate, and --insecure has none ({flags['server_name']})"
+        )
+    if not flags["insecure"]:
+        fail(
+            "no --certs: give --certs DIR --name NAME (see `covey certs issue`), "
+            "or --ca/--cert/--key, or --insecure for a local experiment"
+        )
+    return None
+
+
+def _task_cap(mb: float | None) -> int:
+    """``--max-task-mb`` in bytes (the transport's default when not given)."""
+    from covey.transport.grpc._checks import MAX_TASK_BYTES
+
+    if mb is None:
+        return MAX_TASK_BYTES
+    if not mb > 0:
+        fail(f"--max-task-mb must be a positive number of MB, got {mb}")
+    return max(1, int(float(mb) * 1024 * 1024))
+
+
+def client_command(
+    app: Annotated[
+        str | None, typer.Option(help="The client, or client_fn(cid), as MODULE:OBJECT.")
+    ] = None,
+    server: Annotated[str | None, typer.Option(help="The server's host:port.")] = None,
+    cid: Annotated[int | None, typer.Option(help="Passed to client_fn(cid).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with these settings.")] = None,
+    certs: Annotated[
+        Path | None, typer.Option(help="Federation folder holding ca.pem and clients/NAME.*")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="This client's name in the federation (its certificate's name)."),
+    ] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
+    key: Annotated[Path | None, typer.Option(help="Client private key (PEM).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
+    server_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Check the server's certificate against this host name instead of "
+            "--server's host (an IP or a load balancer's name)."
+        ),
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Give up after this many failed attempts.")
+    ] = None,
+    retry_for: Annotated[
+        float | None,
+        typer.Option(help="Seconds of failed attempts in a row before giving up (default 600)."),
+    ] = None,
+    max_task_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Refuse tasks announcing more than this many MB of arrays "
+            "(default 4096; set it near the model's size)."
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    """Run a client next to its data and join the federation at --server."""
+    from covey.deploy._client import connect
+    from covey.deploy._server import STOPPED
+    from covey.transport.grpc._refusal import Refused
+
+    s = read_settings(config, "client", CLIENT_KEYS)
+    setup_logging(console, verbose or bool(s.get("verbose", False)))
+    app_spec = _pick(app, s, "app", None)
+    address = _pick(server, s, "server", None)
+    if app_spec is None:
+        fail("give --app MODULE:OBJECT naming the client or client_fn (or app = ... in --config)")
+    if address is None:
+        fail("give --server HOST:PORT, the address the server listens on")
+    address = address_flag(address, "--server", listen=False)
+    attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
+    retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
+    the_cid = number(_pick(cid, s, "cid", None), "--cid", integer=True, zero=True)
+    client = _make_client(app_spec, the_cid)
+    the_name = _pick(name, s, "name", None)
+    insecure = insecure or bool(s.get("insecure", False))
+    flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
+    flags["server_name"] = _pick(server_name, s, "server_name", None)
+    try:
+        stop_on_sigterm()  # docker stop, systemctl stop: the client leaves as on Ctrl-C
+        tls = _client_tls(s, {**flags, "insecure": insecure})
+        result = connect(
+            client,
+            address,
+            tls=tls,
+            insecure=insecure,
+            name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
+            max_attempts=attempts,
+            retry_for=retry,
+            max_task_bytes=_task_cap(_pick(max_task_mb, s, "max_task_mb", None)),
+        )
+    except Refused as exc:
+        console.print(f"[red]refused:[/] {escape(str(exc.cause))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (ConnectionError, OSError, ValueError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt as exc:
+        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
+        console.print(f"{how}: this client left the federation; start it again to rejoin")
+        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+    if result.reason.startswith(STOPPED):  # the run failed or was interrupted: not done
+        console.print(
+            f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "
+            f"(after {result.tasks} task(s) in {result.sessions} session(s))"
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"done: {result.tasks} task(s) in {result.sessions} session(s); "
+        f"server said: {escape(result.reason)}"
+    )

@@ -1,0 +1,91 @@
+"""A round's durations tell the wait for clients from the work: history, and ``covey runs show``."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+import covey
+from covey.cli._runs import round_table
+from covey.core._history import RoundRecord
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Fit, Joined, Served
+
+
+def _table(history: covey.History) -> str:
+    out = Console(file=io.StringIO(), width=200)
+    out.print(round_table(history))
+    return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def _one_client() -> covey.Strategy:
+    return covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+
+
+def test_a_deployed_round_records_its_wait_and_its_aggregation_apart(tmp_path: Path) -> None:
+    served = Served(_one_client(), 1, run_dir=tmp_path / "run")
+    time.sleep(0.5)  # the server waits for its one client this long, at least
+    client = Joined(served.port, Fit())
+    history = served.join(60).history
+    client.join(30)
+    durations = history.rounds[1].durations
+    assert {"wait", "fit", "aggregate", "evaluate", "central", "total"} <= set(durations)
+    assert 0 <= durations["aggregate"] <= durations["fit"]  # the server's share of the fit
+    parts = durations["wait"] + durations["fit"] + durations["evaluate"] + durations["central"]
+    assert parts <= durations["total"] + 1e-9
+
+    # covey runs show (and the table at a run's end) shows the wait apart from the total.
+    saved = covey.History.load(tmp_path / "run")
+    assert saved.rounds[1].durations == durations
+    lines = _table(saved).splitlines()
+    assert any("waiting" in line for line in lines)
+    row = next(line for line in lines if line.split()[:1] == ["1"])
+    assert f"{durations['wait']:.2f}" in row.split()
+    assert f"{durations['total']:.2f}" in row.split()
+
+
+def test_a_simulated_round_records_its_aggregation_and_has_no_wait() -> None:
+    history = covey.simulate(
+        client_fn=lambda cid: Fit(),
+        num_clients=2,
+        rounds=2,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(4)},
+    ).history
+    for record in history.rounds[1:]:
+        assert "wait" not in record.durations
+        assert 0 <= record.durations["aggregate"] <= record.durations["fit"]
+    assert "waiting" not in _table(history)
+
+
+def test_an_asynchronous_round_records_its_aggregation() -> None:
+    history = covey.simulate(
+        client_fn=lambda cid: Fit(),
+        num_clients=2,
+        rounds=2,
+        strategy=covey.FedBuff(buffer_size=2, fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(4)},
+    ).history
+    for record in history.rounds[1:]:
+        assert 0 <= record.durations["aggregate"] <= record.durations["fit"]
+
+
+def test_the_servers_round_line_gives_the_stages_in_their_order() -> None:
+    from covey.deploy._console import ServerConsole
+
+    lines: list[str] = []
+    record = RoundRecord(1, fit_participants=[0])
+    # as a deployed round records them: each stage when it ends, "aggregate" inside "fit"
+    for stage, seconds in [("wait", 4.0), ("aggregate", 0.25), ("fit", 1.5), ("total", 5.75)]:
+        record.durations[stage] = seconds
+    ServerConsole(lines.append, 1, {}).on_round(record)
+    assert (
+        "took fit 1.50 s, aggregate 0.25 s, total 5.75 s (after waiting 4.00 s for clients)"
+        in "\n".join(lines)
+    )
