@@ -45,6 +45,7 @@ SERVER_KEYS = {
     "verbose",
     "compression",
     "keep_last",
+    "max_clients",
 }
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
@@ -195,6 +196,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             plot=plot,
             compression=flags["compression"] or server_app.compression,
             keep_last=flags["keep_last"],
+            max_clients=flags["max_clients"],
         )
     except FileExistsError:
         _forget(run, flags)
@@ -296,6 +298,7 @@ def server_command(
     keep_last: Annotated[
         int | None, typer.Option(help="Keep the weights of the newest N rounds only.")
     ] = None,
+    max_clients: Annotated[int | None, typer.Option(help="Most clients at once (1000).")] = None,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
@@ -322,6 +325,9 @@ def server_command(
         "plot": plot,
         "compression": scheme,
         "keep_last": number(_pick(keep_last, s, "keep_last", None), "--keep-last", integer=True),
+        "max_clients": number(
+            _pick(max_clients, s, "max_clients", 1000), "--max-clients", integer=True
+        ),
     }
     flags["resume_hint"] = resume_hint(
         flags["run"],
