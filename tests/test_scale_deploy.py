@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +15,23 @@ from typer.testing import CliRunner
 
 import covey
 from covey.cli import app
+from covey.core import Task
 from covey.deploy import serve
+from covey.transport.grpc._server import GrpcServerTransport
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Events, Joined
 
 pytestmark = pytest.mark.timeout(120)
+
+
+def _until(condition: Any, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _weights() -> dict[str, np.ndarray]:
@@ -68,3 +86,52 @@ def test_covey_server_takes_max_clients_and_refuses_one_below_the_apps_minimum(
     result = CliRunner().invoke(app, [*args, "--max-clients", "0"])
     assert result.exit_code == 2, result.output
     assert "--max-clients must be a whole number above 0" in result.output
+
+
+class _Gated(covey.Client):
+    """Adds one to every weight once ``gate`` is set (a straggler until then)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.started.set()
+        assert self.gate.wait(60), "the test never let the straggler go"
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def test_a_straggler_reply_that_starts_after_its_round_is_reported_as_late_not_cut_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # With hundreds of clients a round closes on many stragglers; each late reply was
+    # logged as a WARNING that its round "closed with its reply 0 of N bytes in" (as if
+    # cut mid-reply), on top of the round's own "no reply in time" line for the client.
+    events = Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, on_event=events)
+    slow = _Gated()
+    joined = Joined(transport.port, slow, name="slow")
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        task = Task("fit", 1, {}, {"w": np.zeros(64)})
+        with caplog.at_level(logging.INFO, logger="covey"):
+            first = list(transport.exchange({cid: task}, timeout=0.5))
+            assert [r.ok for r in first] == []  # the round closed without its reply
+            assert slow.started.is_set()
+            slow.gate.set()
+            assert _until(lambda: events.of("late-reply"))
+            # The client is free again: the next round gets its reply.
+            (second,) = transport.exchange({cid: Task("fit", 2, {}, {"w": np.zeros(64)})})
+        assert second.ok, second.error
+        (late,) = events.of("late-reply")
+        assert late[0] == "slow"
+        assert "after its round closed" in late[1], late
+        assert "0 of" not in late[1], late
+        said = [r for r in caplog.records if "late" in r.getMessage() or "closed" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert said[0].levelno == logging.INFO  # the round already warned: no reply in time
+    finally:
+        slow.gate.set()
+        transport.close()
+        joined.join(30)
