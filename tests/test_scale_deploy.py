@@ -135,3 +135,33 @@ def test_a_straggler_reply_that_starts_after_its_round_is_reported_as_late_not_c
         slow.gate.set()
         transport.close()
         joined.join(30)
+
+
+class _Ok(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+class _Failing(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        raise RuntimeError("disk on fire")
+
+
+def test_a_round_where_many_clients_fail_logs_a_few_by_name_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A line per failed client per round: 300 lines a round for a fleet that drops
+    # out, and covey server's console (which names 10 and counts the rest) showed them too.
+    def client_fn(cid: int) -> covey.Client:
+        return _Failing() if cid >= 2 else _Ok()
+
+    strategy = covey.FedAvg(min_fit_clients=2, fraction_evaluate=0.0)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        result = covey.simulate(client_fn, 40, 2, strategy, _weights(), backend="inline")
+    assert all(len(r.fit_failures) == 38 for r in result.history.rounds[1:])
+    lines = [r.getMessage() for r in caplog.records]
+    named = [m for m in lines if "failed in fit: RuntimeError: disk on fire" in m]
+    assert 1 <= len(named) <= 2 * 10, len(named)
+    counted = [m for m in lines if "more clients failed in fit" in m]
+    assert len(counted) == 2, lines
+    assert all("28 more clients failed in fit" in m for m in counted), counted
