@@ -17,6 +17,7 @@ import covey
 from covey.cli import app
 from covey.core import Task
 from covey.deploy import serve
+from covey.transport.grpc._capacity import full_message
 from covey.transport.grpc._server import GrpcServerTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,6 +84,7 @@ def test_covey_server_takes_max_clients_and_refuses_one_below_the_apps_minimum(
     assert "min_available_clients=3" in result.output
     assert "max_clients=2" in result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert "covey server --max-clients" in full_message(2)  # what a full server tells
     result = CliRunner().invoke(app, [*args, "--max-clients", "0"])
     assert result.exit_code == 2, result.output
     assert "--max-clients must be a whole number above 0" in result.output
