@@ -196,7 +196,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             plot=plot,
             compression=flags["compression"] or server_app.compression,
             keep_last=flags["keep_last"],
-            max_clients=flags["max_clients"],
+            max_clients=flags.get("max_clients", 1000),  # a project federation: the default
         )
     except FileExistsError:
         _forget(run, flags)
