@@ -337,6 +337,7 @@ def server_command(
         insecure=insecure,
         rounds=flags["rounds"],
         keep_last=flags["keep_last"],
+        max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],
     )
     _serve(server_app, s, flags)
 
