@@ -609,3 +609,50 @@ def test_database_is_in_wal_mode_with_json_records(run_dir: Path) -> None:
     assert name == "round-00000.safetensors"
     assert len(sha) == 64
     assert json.loads(text)["central_loss"] == 1.0
+
+
+def test_fleet_events_and_new_client_ids_commit_without_a_sync_of_their_own(
+    run_dir: Path,
+) -> None:
+    # Each join and leave synced the database on its own: a storm of 300 clients spent
+    # seconds in fsync before each was welcomed. They now go with the next synced commit.
+    with RunStore.create(run_dir, config={}) as store:
+        said: list[str] = []
+        with store._db.reading() as conn:
+            conn.set_trace_callback(said.append)
+        store.client_id("phone-1")
+        store.log_event("phone-1", "join", "ipv4:127.0.0.1:5")
+        store.save_round(0, weights_for(0), {"round": 0}, None)
+        with store._db.reading() as conn:
+            conn.set_trace_callback(None)
+            assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again
+    modes = [(i, s) for i, s in enumerate(said) if s.startswith("PRAGMA synchronous")]
+
+    def mode_at(i: int) -> str:
+        before = [s for j, s in modes if j < i]
+        return before[-1] if before else "PRAGMA synchronous = FULL"  # as the store opened
+
+    inserts = [(i, s) for i, s in enumerate(said) if s.startswith("INSERT INTO")]
+    assert {s.split()[2] for _, s in inserts} >= {"clients", "events", "rounds"}, said
+    for i, statement in inserts:
+        fleet = statement.split()[2] in ("clients", "events")
+        want = "NORMAL" if fleet else "FULL"  # a round's rows are synced at their commit
+        assert mode_at(i) == f"PRAGMA synchronous = {want}", (statement, said)
+
+
+EVENTS_CHILD = """
+import os, sys
+from covey.server._store import RunStore
+store = RunStore.create(sys.argv[1], config={})
+for i in range(50):
+    store.log_event(f"phone-{store.client_id(f'phone-{i}')}", "join", "")
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_fleet_events_survive_a_sigkill_right_after_they_are_logged(run_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", EVENTS_CHILD, str(run_dir)], timeout=60)
+    assert done.returncode == -9
+    with RunStore.open(run_dir) as store:
+        assert len(store.events()) == 50
+        assert store.clients() == {f"phone-{i}": i for i in range(50)}

@@ -45,6 +45,7 @@ SERVER_KEYS = {
     "verbose",
     "compression",
     "keep_last",
+    "max_clients",
 }
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
@@ -179,6 +180,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             plot=plot,
             compression=flags["compression"] or server_app.compression,
             keep_last=flags["keep_last"],
+            max_clients=flags.get("max_clients", 1000),  # a project federation: the default
         )
     except FileExistsError:
         _forget(run, flags)
@@ -280,6 +282,7 @@ def server_command(
     keep_last: Annotated[
         int | None, typer.Option(help="Keep the weights of the newest N rounds only.")
     ] = None,
+    max_clients: Annotated[int | None, typer.Option(help="Most clients at once (1000).")] = None,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
@@ -306,6 +309,9 @@ def server_command(
         "plot": plot,
         "compression": scheme,
         "keep_last": number(_pick(keep_last, s, "keep_last", None), "--keep-last", integer=True),
+        "max_clients": number(
+            _pick(max_clients, s, "max_clients", 1000), "--max-clients", integer=True
+        ),
     }
     flags["resume_hint"] = resume_hint(
         flags["run"],
@@ -315,6 +321,7 @@ def server_command(
         insecure=insecure,
         rounds=flags["rounds"],
         keep_last=flags["keep_last"],
+        max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],
     )
     _serve(server_app, s, flags)
 

@@ -32,6 +32,7 @@ def resume_hint(
     insecure: bool = False,
     rounds: int | None = None,
     keep_last: int | None = None,
+    max_clients: int | None = None,
 ) -> str:
     """The ``covey server --resume`` command that continues ``run`` as it was started.
 
@@ -49,4 +50,6 @@ def resume_hint(
         parts.append(f"--rounds {rounds}")
     if keep_last is not None:  # else the resumed run keeps every round's file again
         parts.append(f"--keep-last {keep_last}")
+    if max_clients is not None:  # else the resumed server admits the default 1000
+        parts.append(f"--max-clients {max_clients}")
     return " ".join(p for p in parts if p)

@@ -123,7 +123,8 @@ def serve(
         round_timeout: Seconds clients have to reply in a round; late replies are discarded.
         wait_timeout: Seconds to wait for enough clients before a round.
         heartbeat: Seconds between heartbeats; silent clients are dropped after six.
-        max_clients: Most clients connected at once.
+        max_clients: Most clients connected at once; at least the strategy's
+            ``min_available_clients`` and ``min_fit_clients``.
         on_round: Called with each finished round's record.
         on_listen: Called with the bound port once the server listens.
         on_event: Called with ``(client name, event, detail)`` for fleet events
@@ -147,9 +148,11 @@ def serve(
 
     Raises:
         covey.FederationError: if a round cannot complete (e.g. too few clients).
+        ValueError: a setting out of range, e.g. ``max_clients`` below the strategy's minimums.
     """
     rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
     _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
+    _check_capacity(strategy, max_clients)
     if keep_last is not None and (
         isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
     ):
@@ -320,6 +323,26 @@ def _check_settings(
             or not (math.isfinite(value) and value > 0)
         ):
             raise ValueError(f"{name} must be a number of seconds above 0, got {value!r}")
+
+
+def _check_capacity(strategy: Strategy, max_clients: int) -> None:
+    """Refuse a client cap that is no count, or below what the strategy waits for.
+
+    Otherwise the server would turn away as full the very clients its rounds wait
+    for, and stop after ``wait_timeout`` (or wait forever) blaming them for not coming.
+    """
+    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+        raise ValueError(f"max_clients must be a whole number above 0, got {max_clients!r}")
+    wanted = {"min_available_clients": strategy.min_available_clients}
+    if not strategy.asynchronous:  # a synchronous round waits for its fit clients too
+        wanted["min_fit_clients"] = strategy.min_fit_clients
+    name, most = max(wanted.items(), key=lambda item: item[1])
+    if most > max_clients:
+        raise ValueError(
+            f"the strategy waits for {most} clients connected at once ({name}={most}) but "
+            f"the server takes at most max_clients={max_clients}: raise it "
+            f"(serve(max_clients=...), covey server --max-clients) or lower {name}"
+        )
 
 
 def _goodbye(exc: BaseException) -> str:

@@ -27,6 +27,10 @@ from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
 
+MOST_LOGGED = 10
+"""Failures of one stage of a round logged one by one; one line at the round's end counts
+the rest (a fleet of hundreds of clients dropping out would log a line each)."""
+
 EvaluateFn = Callable[[int, Weights], "tuple[float, Mapping[str, Scalar]] | None"]
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -181,6 +185,7 @@ class _LoopBase:
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
         self._reported_in: dict[int, int] = {}  # client -> its session (join count) then
         self._said_no_evaluate = False
+        self._logged: dict[str, int] = {}  # stage -> failures of this round logged, and more
         self.property_error: str | None = None
         """Why the last client that failed to report its properties failed, for errors."""
         self.client_names: Mapping[int, str] = {}
@@ -201,6 +206,16 @@ class _LoopBase:
         return FederationError(message, self.history, self.weights)
 
     def _finish(self, record: RoundRecord) -> None:
+        for stage, count in self._logged.items():
+            if count > MOST_LOGGED:
+                logger.warning(
+                    "round %d: %d more clients failed in %s; every failure is in the round's "
+                    "history",
+                    record.round,
+                    count - MOST_LOGGED,
+                    stage,
+                )
+        self._logged.clear()
         self.history.rounds.append(record)
         if self.on_round is not None:
             self.on_round(record)
@@ -315,7 +330,11 @@ class _LoopBase:
                     "off federated evaluation"
                 )
             return
-        logger.warning("%s failed in %s: %s", self.who(failure.cid), failure.stage, failure.error)
+        count = self._logged[failure.stage] = self._logged.get(failure.stage, 0) + 1
+        if count <= MOST_LOGGED:
+            logger.warning(
+                "%s failed in %s: %s", self.who(failure.cid), failure.stage, failure.error
+            )
 
     def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
         """End the aggregation chain for ``rnd`` and apply its aggregate; time it."""

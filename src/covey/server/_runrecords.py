@@ -72,7 +72,7 @@ class RunRecords:
         known = self._client_ids.get(name)
         if known is not None:
             return known
-        with self._db.transaction() as conn:
+        with self._db.transaction(sync=False) as conn:  # synced with the next round
             row = conn.execute("SELECT id FROM clients WHERE name = ?", (name,)).fetchone()
             if row is None:
                 row = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM clients").fetchone()
@@ -100,7 +100,7 @@ class RunRecords:
         """
         if not isinstance(event, str) or not event:
             raise ValueError(f"event must be a non-empty string, got {event!r}")
-        with self._db.transaction() as conn:
+        with self._db.transaction(sync=False) as conn:  # synced with the next round
             conn.execute(
                 "INSERT INTO events (time, client, event, detail) VALUES (?, ?, ?, ?)",
                 (time.time(), str(client), event, str(detail)),

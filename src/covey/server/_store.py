@@ -5,13 +5,16 @@ A run directory holds::
     RUN_DIR/run.sqlite                          settings, rounds, clients, fleet events
     RUN_DIR/weights/round-00000.safetensors     global weights after each completed round
 
-SQLite runs in WAL mode with ``synchronous=FULL``, so a committed transaction
-survives a power cut. A round is saved in a fixed order: the weights go to a
-temporary file in ``weights/``, which is flushed to disk and renamed to its final
-name; only then is the round's row committed. A crash (even ``kill -9``) at any
-point therefore leaves either the previous state or the new one: a round is
-part of the run exactly when its row is, and its row names a complete file
-whose SHA-256 it records. Files of a crashed save are removed by the next save.
+SQLite runs in WAL mode with ``synchronous=FULL``, so a committed round
+survives a power cut; fleet events and new client ids are committed without a
+sync of their own (a crash of the process keeps them, a power cut may lose the
+last ones) and reach the disk with the next round. A round is saved in a fixed
+order: the weights go to a temporary file in ``weights/``, which is flushed to
+disk and renamed to its final name; only then is the round's row committed. A
+crash (even ``kill -9``) at any point therefore leaves either the previous state
+or the new one: a round is part of the run exactly when its row is, and its row
+names a complete file whose SHA-256 it records. Files of a crashed save are
+removed by the next save.
 
 Example:
     >>> import numpy as np, tempfile, os

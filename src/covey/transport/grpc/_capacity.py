@@ -40,7 +40,8 @@ FULL = "the server is full"
 def full_message(most: int) -> str:
     """What a client is told (and the operator reads) when all ``most`` slots are taken."""
     return (
-        f"{FULL}: it serves at most {most} clients at once (serve(max_clients=...)); "
+        f"{FULL}: it serves at most {most} clients at once (serve(max_clients=...), "
+        "covey server --max-clients); "
         "the client retries"
     )
 

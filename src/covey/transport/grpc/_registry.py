@@ -219,6 +219,25 @@ class Registry:
             )
             self.event(name, "late-reply", reply.kind)
 
+    def late(self, conn: Connection, task_id: int, kind: str, size: int) -> None:
+        """Report a reply that began after its round closed (a straggler's), to be skipped.
+
+        Logged at INFO: the round has already warned of the client (no reply in
+        time), and a fleet of stragglers would otherwise add a warning each. A
+        reply without bytes to skip frees its client at once.
+        """
+        logger.info(
+            "discarding a late %s reply from client %s (task %d, %d bytes): its round is over",
+            kind,
+            conn.name,
+            task_id,
+            size,
+        )
+        detail = f"task {task_id}: its reply ({size} bytes) came after its round closed"
+        self.event(conn.name, "late-reply", f"{detail} (peer {conn.peer})")
+        if not size:
+            conn.take(task_id)
+
     def event(self, name: str, event: str, detail: str = "") -> None:
         """Report a fleet event; a failing recorder is logged, never raised."""
         record = self.on_event

@@ -335,8 +335,8 @@ class FederationService:
         if size > self.max_reply:
             raise _ProtocolError(f"reply of {size} bytes exceeds the limit of {self.max_reply}")
         with conn.lock:
-            expected = header.task_id in conn.pending
-        if not expected:
+            entry = conn.pending.get(header.task_id)
+        if entry is None:
             conn.stray += 1
             if conn.stray & (conn.stray - 1) == 0:  # the 1st, 2nd, 4th, ...: never a flood
                 logger.warning(
@@ -348,6 +348,9 @@ class FederationService:
                     size,
                     conn.stray,
                 )
+            return Skipped(size) if size else None
+        if not entry[0].open:  # a straggler's reply, begun after its round closed
+            self.registry.late(conn, header.task_id, entry[1], size)
             return Skipped(size) if size else None
         if size == 0:
             self._deliver(conn, header, None)

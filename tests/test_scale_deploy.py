@@ -1,0 +1,190 @@
+"""A deployed federation of many small clients: limits that must agree before a run starts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.core import Task
+from covey.deploy import serve
+from covey.transport.grpc._capacity import full_message
+from covey.transport.grpc._server import GrpcServerTransport
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Events, Joined
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _until(condition: Any, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _weights() -> dict[str, np.ndarray]:
+    return {"w": np.zeros(4)}
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"min_available_clients": 5}, "min_available_clients=5"),
+        ({"min_fit_clients": 4, "min_available_clients": 2}, "min_fit_clients=4"),
+    ],
+)
+def test_a_strategy_needing_more_clients_than_the_server_takes_is_refused_at_once(
+    options: dict[str, Any], named: str
+) -> None:
+    # It used to wait out wait_timeout (forever with None) while the clients it needed
+    # were turned away as "the server is full", then blame the clients for not coming.
+    strategy = covey.FedAvg(fraction_evaluate=0.0, **options)
+    with pytest.raises(ValueError, match="max_clients=3") as caught:
+        serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, max_clients=3, wait_timeout=1)
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
+def test_max_clients_that_is_no_count_of_clients_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_clients"):
+        serve(
+            covey.FedAvg(min_available_clients=1, min_fit_clients=1),
+            1,
+            _weights(),
+            "127.0.0.1:0",
+            insecure=True,
+            max_clients=bad,  # type: ignore[arg-type]
+            wait_timeout=1.0,
+        )
+
+
+def test_covey_server_takes_max_clients_and_refuses_one_below_the_apps_minimum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("COVEY_TINY_CLIENTS", "3")
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    result = CliRunner().invoke(app, [*args, "--max-clients", "2", "--wait-timeout", "1"])
+    assert result.exit_code == 1, result.output
+    assert "min_available_clients=3" in result.output
+    assert "max_clients=2" in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert "covey server --max-clients" in full_message(2)  # what a full server tells
+    result = CliRunner().invoke(app, [*args, "--max-clients", "0"])
+    assert result.exit_code == 2, result.output
+    assert "--max-clients must be a whole number above 0" in result.output
+
+
+class _Gated(covey.Client):
+    """Adds one to every weight once ``gate`` is set (a straggler until then)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.started.set()
+        assert self.gate.wait(60), "the test never let the straggler go"
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def test_a_straggler_reply_that_starts_after_its_round_is_reported_as_late_not_cut_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # With hundreds of clients a round closes on many stragglers; each late reply was
+    # logged as a WARNING that its round "closed with its reply 0 of N bytes in" (as if
+    # cut mid-reply), on top of the round's own "no reply in time" line for the client.
+    events = Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, on_event=events)
+    slow = _Gated()
+    joined = Joined(transport.port, slow, name="slow")
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        task = Task("fit", 1, {}, {"w": np.zeros(64)})
+        with caplog.at_level(logging.INFO, logger="covey"):
+            first = list(transport.exchange({cid: task}, timeout=0.5))
+            assert [r.ok for r in first] == []  # the round closed without its reply
+            assert slow.started.is_set()
+            slow.gate.set()
+            assert _until(lambda: events.of("late-reply"))
+            # The client is free again: the next round gets its reply.
+            (second,) = transport.exchange({cid: Task("fit", 2, {}, {"w": np.zeros(64)})})
+        assert second.ok, second.error
+        (late,) = events.of("late-reply")
+        assert late[0] == "slow"
+        assert "after its round closed" in late[1], late
+        assert "0 of" not in late[1], late
+        said = [r for r in caplog.records if "late" in r.getMessage() or "closed" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert said[0].levelno == logging.INFO  # the round already warned: no reply in time
+    finally:
+        slow.gate.set()
+        transport.close()
+        joined.join(30)
+
+
+class _Ok(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+class _Failing(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        raise RuntimeError("disk on fire")
+
+
+def test_a_round_where_many_clients_fail_logs_a_few_by_name_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A line per failed client per round: 300 lines a round for a fleet that drops
+    # out, and covey server's console (which names 10 and counts the rest) showed them too.
+    def client_fn(cid: int) -> covey.Client:
+        return _Failing() if cid >= 2 else _Ok()
+
+    strategy = covey.FedAvg(min_fit_clients=2, fraction_evaluate=0.0)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        result = covey.simulate(client_fn, 40, 2, strategy, _weights(), backend="inline")
+    assert all(len(r.fit_failures) == 38 for r in result.history.rounds[1:])
+    lines = [r.getMessage() for r in caplog.records]
+    named = [m for m in lines if "failed in fit: RuntimeError: disk on fire" in m]
+    assert 1 <= len(named) <= 2 * 10, len(named)
+    counted = [m for m in lines if "more clients failed in fit" in m]
+    assert len(counted) == 2, lines
+    assert all("28 more clients failed in fit" in m for m in counted), counted
+
+
+def test_the_printed_resume_command_keeps_max_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Resumed without it, a fleet of 1,500 went back to 1,000 slots: 500 turned away as full.
+    from covey.deploy import _cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    monkeypatch.setattr(_cli, "_serve", lambda app, s, flags: seen.update(flags))
+    base = ["server", "--app", "tiny_app:server_app", "--insecure", "--run-dir", "run"]
+    result = CliRunner().invoke(app, [*base, "--max-clients", "1500"])
+    assert result.exit_code == 0, result.output
+    assert seen["max_clients"] == 1500
+    assert "--max-clients 1500" in seen["resume_hint"]
+    seen.clear()
+    result = CliRunner().invoke(app, base)  # the default is not repeated
+    assert result.exit_code == 0, result.output
+    assert "--max-clients" not in seen["resume_hint"]
