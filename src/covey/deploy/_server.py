@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-import math
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._resume import resume_point
+from covey.deploy._servechecks import check_capacity, check_settings, same_strategy, stored_address
 from covey.deploy._tls import server_tls
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line
 from covey.server._factory import Loop, open_loop, run_config
@@ -151,18 +151,18 @@ def serve(
         ValueError: a setting out of range, e.g. ``max_clients`` below the strategy's minimums.
     """
     rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
-    _check_settings(rounds, round_timeout, wait_timeout, heartbeat)
-    _check_capacity(strategy, max_clients)
+    check_settings(rounds, round_timeout, wait_timeout, heartbeat)
+    check_capacity(strategy, max_clients)
     if keep_last is not None and (
         isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
     ):
         raise ValueError(f"keep_last must be a whole number above 0 or None, got {keep_last!r}")
     opened = _reopen(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)
-        _same_strategy(opened, strategy)
+        same_strategy(opened, strategy)
         scheme = _scheme(compression, opened, strategy)
         if address is None:
-            address = "127.0.0.1:9092" if opened is None else _stored_address(opened)
+            address = "127.0.0.1:9092" if opened is None else stored_address(opened)
         check_address(address, listen=True)
         tls = server_tls(tls, certs, insecure, address)
         late = LateStore(opened)
@@ -242,35 +242,6 @@ def _scheme(
     return scheme
 
 
-def _same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
-    """Refuse to resume a run with another strategy than it was started with.
-
-    The saved aggregator state is the started strategy's: another one cannot
-    take it up (FedAdam cannot continue FedAvg's state).
-    """
-    if opened is None:
-        return
-    stored = opened.config.get("strategy")
-    started = stored.get("name") if isinstance(stored, dict) else None
-    name = strategy.describe().get("name")
-    if started is not None and started != name:
-        raise ValueError(
-            f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
-            f"with {name}: resume it with {started}, or start a new run with --run-dir"
-        )
-
-
-def _stored_address(opened: RunStore) -> str:
-    """The address a resumed run was served on; a run that records none is told what to give."""
-    address = opened.config.get("address")
-    if not isinstance(address, str) or not address:
-        raise ValueError(
-            f"the run in {opened.run_dir} records no address to listen on (made by an older "
-            "covey, or by RunStore.create): give one, serve(address=...) or --address"
-        )
-    return address
-
-
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
     """The store of the run to resume, or None for a new run."""
     if resume and run_dir is None:
@@ -302,47 +273,6 @@ def _listen(
     except BaseException:
         late.close()
         raise
-
-
-def _check_settings(
-    rounds: int, round_timeout: float | None, wait_timeout: float | None, heartbeat: float
-) -> None:
-    """Refuse numbers that would end a run at once or never (a NaN wait waits forever)."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be an int, 0 or more, got {rounds!r}")
-    for name, value in (
-        ("round_timeout", round_timeout),
-        ("wait_timeout", wait_timeout),
-        ("heartbeat", heartbeat),
-    ):
-        if value is None and name != "heartbeat":
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not (math.isfinite(value) and value > 0)
-        ):
-            raise ValueError(f"{name} must be a number of seconds above 0, got {value!r}")
-
-
-def _check_capacity(strategy: Strategy, max_clients: int) -> None:
-    """Refuse a client cap that is no count, or below what the strategy waits for.
-
-    Otherwise the server would turn away as full the very clients its rounds wait
-    for, and stop after ``wait_timeout`` (or wait forever) blaming them for not coming.
-    """
-    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-        raise ValueError(f"max_clients must be a whole number above 0, got {max_clients!r}")
-    wanted = {"min_available_clients": strategy.min_available_clients}
-    if not strategy.asynchronous:  # a synchronous round waits for its fit clients too
-        wanted["min_fit_clients"] = strategy.min_fit_clients
-    name, most = max(wanted.items(), key=lambda item: item[1])
-    if most > max_clients:
-        raise ValueError(
-            f"the strategy waits for {most} clients connected at once ({name}={most}) but "
-            f"the server takes at most max_clients={max_clients}: raise it "
-            f"(serve(max_clients=...), covey server --max-clients) or lower {name}"
-        )
 
 
 def _goodbye(exc: BaseException) -> str:

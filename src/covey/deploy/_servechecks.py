@@ -1,0 +1,78 @@
+"""Checks ``covey.serve`` makes before it listens: settings, capacity and the run resumed."""
+
+from __future__ import annotations
+
+import math
+
+from covey.server._store import RunStore
+from covey.strategies._strategy import Strategy
+
+
+def same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
+    """Refuse to resume a run with another strategy than it was started with.
+
+    The saved aggregator state is the started strategy's: another one cannot
+    take it up (FedAdam cannot continue FedAvg's state).
+    """
+    if opened is None:
+        return
+    stored = opened.config.get("strategy")
+    started = stored.get("name") if isinstance(stored, dict) else None
+    name = strategy.describe().get("name")
+    if started is not None and started != name:
+        raise ValueError(
+            f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
+            f"with {name}: resume it with {started}, or start a new run with --run-dir"
+        )
+
+
+def stored_address(opened: RunStore) -> str:
+    """The address a resumed run was served on; a run that records none is told what to give."""
+    address = opened.config.get("address")
+    if not isinstance(address, str) or not address:
+        raise ValueError(
+            f"the run in {opened.run_dir} records no address to listen on (made by an older "
+            "covey, or by RunStore.create): give one, serve(address=...) or --address"
+        )
+    return address
+
+
+def check_settings(
+    rounds: int, round_timeout: float | None, wait_timeout: float | None, heartbeat: float
+) -> None:
+    """Refuse numbers that would end a run at once or never (a NaN wait waits forever)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be an int, 0 or more, got {rounds!r}")
+    for name, value in (
+        ("round_timeout", round_timeout),
+        ("wait_timeout", wait_timeout),
+        ("heartbeat", heartbeat),
+    ):
+        if value is None and name != "heartbeat":
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value > 0)
+        ):
+            raise ValueError(f"{name} must be a number of seconds above 0, got {value!r}")
+
+
+def check_capacity(strategy: Strategy, max_clients: int) -> None:
+    """Refuse a client cap that is no count, or below what the strategy waits for.
+
+    Otherwise the server would turn away as full the very clients its rounds wait
+    for, and stop after ``wait_timeout`` (or wait forever) blaming them for not coming.
+    """
+    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+        raise ValueError(f"max_clients must be a whole number above 0, got {max_clients!r}")
+    wanted = {"min_available_clients": strategy.min_available_clients}
+    if not strategy.asynchronous:  # a synchronous round waits for its fit clients too
+        wanted["min_fit_clients"] = strategy.min_fit_clients
+    name, most = max(wanted.items(), key=lambda item: item[1])
+    if most > max_clients:
+        raise ValueError(
+            f"the strategy waits for {most} clients connected at once ({name}={most}) but "
+            f"the server takes at most max_clients={max_clients}: raise it "
+            f"(serve(max_clients=...), covey server --max-clients) or lower {name}"
+        )
