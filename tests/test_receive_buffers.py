@@ -22,7 +22,7 @@ import pytest
 
 import covey
 from covey.core._pages import referred, unshared
-from covey.transport.grpc import _stream
+from covey.transport.grpc import _frames, _stream
 from covey.transport.grpc._stream import Buffers
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,23 +154,38 @@ def test_a_client_keeping_earlier_rounds_arrays_sees_them_unchanged(cls: type[Ke
         np.testing.assert_array_equal(array, expected[-array.size :])
 
 
-def test_a_client_that_keeps_nothing_receives_every_task_into_one_buffer(
-    monkeypatch: pytest.MonkeyPatch,
+class ForgetsInPlace(covey.Client):
+    """Trains in the received arrays and keeps nothing."""
+
+    writes_weights = True
+
+    def fit(self, weights: Mapping[str, np.ndarray], config: Any) -> covey.FitResult:
+        w = weights["w"]
+        w += 1
+        return covey.FitResult(weights={"w": w}, num_examples=1)
+
+
+@pytest.mark.parametrize(("cls", "buffers"), [(ForgetsInPlace, 1), (Forgets, ROUNDS)])
+def test_an_in_place_client_receives_every_task_into_one_buffer(
+    monkeypatch: pytest.MonkeyPatch, cls: type[covey.Client], buffers: int
 ) -> None:
+    """A client returning new arrays frees its buffer at once: it never holds two models."""
     made: list[int] = []
     lock = threading.Lock()
     lazy_buffer = _stream.lazy_buffer
 
     def counting(size: int) -> Any:
-        if sys._getframe(1).f_code.co_name == "take":  # a client's receive buffer
+        caller = type(sys._getframe(1).f_locals.get("self")).__name__
+        if caller in ("Buffers", "Download"):  # a client's receive buffer
             with lock:
                 made.append(size)
         return lazy_buffer(size)
 
     monkeypatch.setattr(_stream, "lazy_buffer", counting)
-    final = _run(Forgets())
+    monkeypatch.setattr(_frames, "lazy_buffer", counting)
+    final = _run(cls())
     np.testing.assert_array_equal(final, np.arange(SIZE) + ROUNDS)
-    assert len(made) == 1  # rounds 2 to 4 were written into round 1's buffer
+    assert len(made) == buffers  # in place: rounds 2 to 4 were written into round 1's buffer
 
 
 def test_a_download_checks_the_checksums_as_its_chunks_arrive() -> None:

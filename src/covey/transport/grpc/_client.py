@@ -397,7 +397,10 @@ def connect(
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     strikes = 0  # TLS handshakes the server closed in a row
     running: threading.Thread | None = None  # the last session's task thread
-    buffers = Buffers()  # a task's receive buffer, written over by the next task's
+    # A client training in place replies from its receive buffer, which the next
+    # task's arrays may then be written into (Buffers); any other client frees it at
+    # once, so it never holds the received model beside its result while replying.
+    buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits, buffers)
         error = _session(session, open_channel(address, tls, options), result, stop)

@@ -155,8 +155,18 @@ def reply_frames(task_id: int, reply: Reply) -> Iterator[bytes]:
         weights_size=0 if blob is None else len(blob),
         extras_size=0 if extras is None else len(extras),
     )
+    body = frames(blob, extras)
+    # Only ``body`` refers to the arrays from here, and it is run to its end before
+    # the last frame goes out: once the server has the whole reply (and may send
+    # the next task), nothing here holds the memory the reply was sent from.
+    del blob, extras, reply, arrays, more
     yield control(pb.ClientMessage(reply=header))
-    yield from frames(blob, extras)
+    last = next(body, b"")
+    for frame in body:
+        yield last
+        last = frame
+    if last:
+        yield last
 
 
 class Download:
