@@ -1,7 +1,10 @@
 """Server and client keep no model they no longer need.
 
 The server's step-0 model goes once round 2 starts; a client's received model
-goes once its task is done, not when the next task arrives.
+goes once its task is done, not when the next task arrives. (A client keeps
+the buffer itself for the next task, its pages given back for the kernel to
+reclaim, see ``test_receive_buffers.py``; one something holds a weak
+reference to can never be reused, and goes at once, as here.)
 
 Until then the transport keeps the step-0 model's encoding (for clients still
 to be sent round 1's task); from round 2 on, nothing in the server may hold it.
@@ -122,7 +125,8 @@ def test_a_client_frees_the_model_it_received_once_its_task_is_done() -> None:
     idle_holds: dict[int, bool] = {}
 
     def evaluate(rnd: int, weights: Any) -> tuple[float, dict[str, Any]]:
-        # The client has sent its reply and waits for the next task: it should hold no model.
+        # The client has sent its reply and waits for the next task: it should hold no model
+        # (the weak reference below keeps its buffer from being kept for reuse).
         if rnd > 0:
             idle_holds[rnd] = not _gone(client.buffers[-1])
         return 0.0, {}

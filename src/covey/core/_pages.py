@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import sys
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BLOCK", "blocks", "mapping_of", "release_pages", "sum_of_squares", "trim_heap"]
+__all__ = [
+    "BLOCK",
+    "blocks",
+    "mapping_of",
+    "referred",
+    "release_pages",
+    "sum_of_squares",
+    "trim_heap",
+    "unshared",
+]
 
 BLOCK = 1 << 20
 """Elements read at once when a large array is read block by block."""
@@ -130,3 +141,38 @@ def trim_heap() -> None:
     """
     if _TRIM is not None:
         _TRIM(0)
+
+
+def _count(items: list[Any], index: int) -> int:
+    return sys.getrefcount(items[index])
+
+
+# The count of an object only a list holds, measured the way unshared() measures it,
+# so the check holds on interpreters that count the call's argument differently.
+_ALONE = _count([object()], 0)
+
+
+def referred(items: list[Any], index: int) -> bool:
+    """Whether anything but ``items`` holds a (strong) reference to ``items[index]``."""
+    return _count(items, index) != _ALONE
+
+
+def unshared(items: list[Any], index: int) -> bool:
+    """Whether ``items[index]`` is held by ``items`` alone, so its memory may be written over.
+
+    Every NumPy array over a buffer, every ``memoryview`` of it and every view
+    of those holds a reference to the buffer, so a reference count at the
+    floor means nothing anyone still holds can see the buffer's bytes. An
+    object with weak references is never unshared (a weak reference could
+    reach it later).
+
+    Example:
+        >>> import numpy as np
+        >>> kept = [np.zeros(4)]
+        >>> unshared(kept, 0)
+        True
+        >>> view = kept[0][:2]
+        >>> unshared(kept, 0)
+        False
+    """
+    return not referred(items, index) and weakref.getweakrefcount(items[index]) == 0

@@ -59,7 +59,7 @@ from covey.transport.grpc._refusal import (
     permanent_cause,
     transient_text,
 )
-from covey.transport.grpc._stream import split_blobs
+from covey.transport.grpc._stream import Buffers, split_blobs
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["ClientTLS", "ConnectResult", "connect"]
@@ -109,9 +109,12 @@ class _Session:
         properties: dict[str, Any],
         heartbeat: float,
         limits: TaskLimits,
+        buffers: Buffers | None = None,
     ) -> None:
         self.client = client
         self.limits = limits
+        # The receive buffer of the last task, for the next (see Buffers).
+        self.buffers = buffers
         self.outbound: queue.Queue[Any] = queue.Queue()
         self.heartbeat = heartbeat
         self.last_heard = time.monotonic()
@@ -138,6 +141,8 @@ class _Session:
                 # Beat twice per interval so one late beat never looks like a death.
                 item = self.outbound.get(timeout=self.heartbeat / 2)
             except queue.Empty:
+                if self.buffers is not None:
+                    self.buffers.release()  # the last task's buffer, once its reply is sent
                 if time.monotonic() - self.last_heard > SILENCE * self.heartbeat and self.call:
                     logger.warning(
                         "no word from the server for %.0f s; reconnecting",
@@ -175,7 +180,9 @@ class _Session:
                             f"the server sent a chunk frame of {len(frame) - 1} bytes for no task"
                         )
                     if download.write(frame):
-                        self.tasks.put((self.cid, download.header, download.buffer))
+                        task = (self.cid, download.header, download.buffer, download.intact)
+                        self.tasks.put(task)
+                        del task
                         download = None
                     continue
                 if download is not None:
@@ -201,8 +208,8 @@ class _Session:
             header = message.task
             size = self.limits.check(header)
             if size:
-                return Download(header, size)
-            self.tasks.put((self.cid, header, None))
+                return Download(header, size, self.buffers)
+            self.tasks.put((self.cid, header, None, True))
         elif body == "goodbye":
             raise _Goodbye(message.goodbye.reason)
         return None
@@ -254,22 +261,30 @@ class _Session:
             item = self.tasks.get()
             if item is _END:
                 return
-            cid, header, buffer = item
+            cid, header, buffer, intact = item
             del item
-            self._perform(cid, header, buffer, result)
-            # The received model goes now, not when the next task comes: an idle client
-            # holds no model between rounds, and one sending its reply holds only that.
+            self._perform(cid, header, buffer, intact, result)
+            # Let go of the received model now. Its buffer is kept for the next task
+            # with its pages given back for the kernel to reclaim (Buffers.release),
+            # or freed at once without a pool.
             del buffer
+            if self.buffers is not None:
+                self.buffers.release()
 
     def _perform(
         self,
         cid: int,
         header: pb.TaskHeader,
         buffer: bytearray | mmap.mmap | None,
+        intact: bool,
         result: ConnectResult,
     ) -> None:
         try:
-            weights, extras = split_blobs(buffer, header.weights_size, header.extras_size)
+            if not intact:  # its checksums were computed as it arrived (Download)
+                raise _codec.CodecError("corrupt payload (checksum mismatch)")
+            weights, extras = split_blobs(
+                buffer, header.weights_size, header.extras_size, verify=False
+            )
             self.limits.check_weights(header.kind, weights)
             hand_over(self.client, header.kind, weights)  # this message is this task's alone
             task = Task(
@@ -401,8 +416,12 @@ def connect(
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     strikes = 0  # TLS handshakes the server closed in a row
     running: threading.Thread | None = None  # the last session's task thread
+    # A client training in place replies from its receive buffer, which the next
+    # task's arrays may then be written into (Buffers); any other client frees it at
+    # once, so it never holds the received model beside its result while replying.
+    buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
     while not _idle(running, stop, budget):
-        session = _Session(client, name, props, heartbeat, limits)
+        session = _Session(client, name, props, heartbeat, limits, buffers)
         error = _session(session, open_channel(address, tls, options), result, stop)
         if session.welcomed:  # a connection attempt that failed is no session
             result.sessions += 1

@@ -26,7 +26,7 @@ from covey.core import _codec
 from covey.core._messages import Reply
 from covey.transport.grpc import _wire
 from covey.transport.grpc._refusal import stated_version
-from covey.transport.grpc._stream import CHUNK_BYTES, chunks, lazy_buffer
+from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, chunks, lazy_buffer
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
@@ -156,8 +156,18 @@ def reply_frames(task_id: int, reply: Reply) -> Iterator[bytes]:
         weights_size=0 if blob is None else len(blob),
         extras_size=0 if extras is None else len(extras),
     )
+    body = frames(blob, extras)
+    # Only ``body`` refers to the arrays from here, and it is run to its end before
+    # the last frame goes out: once the server has the whole reply (and may send
+    # the next task), nothing here holds the memory the reply was sent from.
+    del blob, extras, reply, arrays, more
     yield control(pb.ClientMessage(reply=header))
-    yield from frames(blob, extras)
+    last = next(body, b"")
+    for frame in body:
+        yield last
+        last = frame
+    if last:
+        yield last
 
 
 class Download:
@@ -166,23 +176,32 @@ class Download:
     Args:
         header: The task's header (its sizes already checked against the client's limits).
         size: The bytes it announced.
+        buffers: Where to take a buffer written before (the last task's, once
+            nothing refers to it); None for a new one every time.
     """
 
-    def __init__(self, header: pb.TaskHeader, size: int) -> None:
-        """An empty buffer for ``size`` bytes of ``header``'s task, taking memory as they arrive.
+    def __init__(self, header: pb.TaskHeader, size: int, buffers: Buffers | None = None) -> None:
+        """A buffer for ``size`` bytes of ``header``'s task, a new one taking memory as they arrive.
 
         Raises:
             ConnectionError: the buffer cannot be mapped.
         """
         self.header = header
         try:
-            self.buffer = lazy_buffer(size)
+            self.buffer = lazy_buffer(size) if buffers is None else buffers.take(size)
         except MemoryError as exc:
             raise ConnectionError(f"refusing a {header.kind} task: {exc}") from None
         self.filled = 0
+        # Checksums computed as the bytes arrive, while they are in the cache: the
+        # arrays are then decoded without reading the whole message once more.
+        self.split = header.weights_size
+        self.checks = (_codec.StreamCheck(), _codec.StreamCheck())
 
     def write(self, frame: bytes) -> bool:
         """Append a chunk frame's data; True once every announced byte has arrived.
+
+        Every byte of the buffer is written before it is handed over, so a reused
+        buffer never shows the message before.
 
         Raises:
             ConnectionError: the chunk is too large or runs past the announced size.
@@ -197,6 +216,18 @@ class Download:
                 f"the server sent more bytes than the {len(self.buffer)} its "
                 f"{self.header.kind} task announced"
             )
+        if self.filled < self.split:
+            self.checks[0].update(data[: self.split - self.filled])
+        if end > self.split:
+            self.checks[1].update(data[max(0, self.split - self.filled) :])
         self.buffer[self.filled : end] = data
         self.filled = end
         return end == len(self.buffer)
+
+    @property
+    def intact(self) -> bool:
+        """Whether the weights and the extra arrays both arrived with matching checksums."""
+        sizes = (self.split, len(self.buffer) - self.split)
+        return self.filled == len(self.buffer) and all(
+            check.ok() for size, check in zip(sizes, self.checks, strict=True) if size
+        )

@@ -13,11 +13,13 @@ import mmap
 import os
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from covey.core import _codec
+from covey.core._pages import referred, unshared
 from covey.transport.grpc import _wire
 
 CHUNK_BYTES = 2 * 1024 * 1024
@@ -70,6 +72,86 @@ def lazy_buffer(size: int) -> mmap.mmap | bytearray:
         return mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
     except OSError as exc:
         raise MemoryError(f"cannot map a buffer of {size} bytes: {exc}") from None
+
+
+class Buffers:
+    """The receive buffer of the last message, written over by the next one of the same size.
+
+    A fresh buffer takes new memory page by page as a message arrives, which some
+    machines give out slowly; one written before does not. The buffer is reused
+    only when nothing else refers to it (``covey.core._pages.unshared``): a
+    client that keeps the arrays of a task, or views of them, gets a new buffer
+    for the next one, and its arrays never change.
+
+    Between tasks the kept buffer's pages are given to the kernel to take back
+    whenever it needs memory (``MADV_FREE``): until it does, the next message is
+    written into them without a page fault. One buffer is kept at most; a
+    message of another size replaces it, and one unused for ``keep_for``
+    seconds is let go.
+
+    Args:
+        keep_for: Seconds an unused buffer is kept.
+    """
+
+    def __init__(self, keep_for: float = 60.0) -> None:
+        """An empty pool keeping a buffer for ``keep_for`` seconds of disuse."""
+        self.keep_for = keep_for
+        self._kept: list[mmap.mmap] = []
+        self._used = 0.0
+        self._idle = False  # whether the kept buffer's pages were given back (MADV_FREE)
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> mmap.mmap | bytearray:
+        """A buffer of ``size`` bytes: the kept one if it has that size and is free, else new.
+
+        A new buffer is a :func:`lazy_buffer`, so the size must have been checked
+        against the receiver's limits already. A reused one holds the bytes of the
+        message before: the caller writes all ``size`` bytes before reading any.
+
+        Raises:
+            MemoryError: the system cannot map ``size`` bytes.
+        """
+        with self._lock:
+            self._used = time.monotonic()
+            if self._kept and len(self._kept[0]) == size and unshared(self._kept, 0):
+                self._idle = False
+                return self._kept[0]
+            self._kept = []  # the old buffer goes with its last user
+        buffer = lazy_buffer(size)
+        with self._lock:
+            self._kept = [buffer] if isinstance(buffer, mmap.mmap) else []
+            self._idle = False
+        return buffer
+
+    def release(self) -> None:
+        """Give the kept buffer's pages to the kernel to reclaim, once nothing else refers to it.
+
+        Let go at once of a buffer that can never be reused (something holds a
+        weak reference to it), and of one unused for ``keep_for`` seconds.
+        """
+        with self._lock:
+            if not self._kept:
+                return
+            if time.monotonic() - self._used >= self.keep_for:
+                self._kept = []
+                return
+            if self._idle or referred(self._kept, 0):
+                return  # given back already, or still in use
+            if not unshared(self._kept, 0):  # only weak references to it remain
+                self._kept = []
+                return
+            if _FREE is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._kept[0].madvise(_FREE)
+            self._idle = True
+
+    def clear(self) -> None:
+        """Let the kept buffer go."""
+        with self._lock:
+            self._kept = []
+
+
+_FREE: int | None = getattr(mmap, "MADV_FREE", None)
 
 
 SPILL_BYTES = 16 * 1024 * 1024
