@@ -12,7 +12,9 @@ task's JSON config are capped by :class:`~covey.transport.grpc._wire.WireLimits`
 
 from __future__ import annotations
 
+import math
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,8 @@ __all__ = [
     "WithProperties",
     "check_address",
     "check_config",
+    "check_heartbeat",
+    "own_name",
 ]
 
 _HOST = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -183,3 +187,20 @@ class WithProperties:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+def own_name(name: str, tls: object | None) -> str:
+    """The name an insecure client gives: its own, or one picked for this call's life."""
+    if tls is None and not name:
+        return f"anonymous-{secrets.token_hex(4)}"
+    return name
+
+
+def check_heartbeat(heartbeat: float) -> None:
+    """Refuse a heartbeat interval that is no number of seconds above 0."""
+    if (
+        isinstance(heartbeat, bool)
+        or not isinstance(heartbeat, int | float)
+        or not (math.isfinite(heartbeat) and heartbeat > 0)
+    ):
+        raise ValueError(f"heartbeat must be a number of seconds above 0, got {heartbeat!r}")

@@ -10,12 +10,9 @@ goodbye.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 import mmap
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +32,8 @@ from covey.transport.grpc._checks import (
     WithProperties,
     check_address,
     check_config,
+    check_heartbeat,
+    own_name,
 )
 from covey.transport.grpc._frames import (
     PROTOCOL,
@@ -46,7 +45,13 @@ from covey.transport.grpc._frames import (
     server_message,
     server_protocol_refusal,
 )
-from covey.transport.grpc._options import METHOD, ClientTLS, grpc_options, open_channel
+from covey.transport.grpc._options import (
+    METHOD,
+    ClientTLS,
+    client_security,
+    grpc_options,
+    open_channel,
+)
 from covey.transport.grpc._refusal import (
     HANDSHAKE_STRIKES,
     Refused,
@@ -319,21 +324,6 @@ def _version() -> str:
     return __version__
 
 
-def _security(tls: ClientTLS | None, insecure: bool, server_name: str | None) -> ClientTLS | None:
-    """``connect``'s TLS material, with ``server_name`` in it; or an error naming the mistake."""
-    if tls is None and not insecure:
-        raise ValueError("connect() needs tls=ClientTLS(...) or insecure=True")
-    if tls is not None and insecure:
-        raise ValueError("give tls= or insecure=True, not both")
-    if server_name is None:
-        return tls
-    if tls is None:
-        raise ValueError("server_name needs TLS: it names the host of the server's certificate")
-    if not isinstance(server_name, str) or not server_name.strip():
-        raise ValueError(f"server_name must be a host name, got {server_name!r}")
-    return dataclasses.replace(tls, server_name=server_name.strip())
-
-
 def connect(
     client: Any,
     address: str,
@@ -399,10 +389,10 @@ def connect(
         ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
             of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
     """
-    tls = _security(tls, insecure, server_name)
+    tls = client_security(tls, insecure, server_name)
     check_address(address, listen=False)
-    name = _own_name(name, tls)
-    _check_heartbeat(heartbeat)
+    name = own_name(name, tls)
+    check_heartbeat(heartbeat)
     limits = TaskLimits.of(spec, max_task_bytes)
     budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
     props = dict(client.properties()) if hasattr(client, "properties") else {}
@@ -445,23 +435,6 @@ def connect(
 
 
 _CLOSED = "handshake closed: "
-
-
-def _own_name(name: str, tls: ClientTLS | None) -> str:
-    """The name an insecure client gives: its own, or one picked for this call's life."""
-    if tls is None and not name:
-        return f"anonymous-{secrets.token_hex(4)}"
-    return name
-
-
-def _check_heartbeat(heartbeat: float) -> None:
-    """Refuse a heartbeat interval that is no number of seconds above 0."""
-    if (
-        isinstance(heartbeat, bool)
-        or not isinstance(heartbeat, int | float)
-        or not (math.isfinite(heartbeat) and heartbeat > 0)
-    ):
-        raise ValueError(f"heartbeat must be a number of seconds above 0, got {heartbeat!r}")
 
 
 def _idle(running: threading.Thread | None, stop: threading.Event, budget: RetryBudget) -> bool:

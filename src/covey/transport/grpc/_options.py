@@ -8,6 +8,7 @@ frame is refused by gRPC before covey sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from concurrent import futures
@@ -31,6 +32,7 @@ __all__ = [
     "SERVICE",
     "ClientTLS",
     "ServerTLS",
+    "client_security",
     "grpc_options",
     "open_channel",
     "start_server",
@@ -188,3 +190,20 @@ def open_channel(
         root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
     )
     return grpc.secure_channel(address, creds, options=options)
+
+
+def client_security(
+    tls: ClientTLS | None, insecure: bool, server_name: str | None
+) -> ClientTLS | None:
+    """``connect``'s TLS material, with ``server_name`` in it; or an error naming the mistake."""
+    if tls is None and not insecure:
+        raise ValueError("connect() needs tls=ClientTLS(...) or insecure=True")
+    if tls is not None and insecure:
+        raise ValueError("give tls= or insecure=True, not both")
+    if server_name is None:
+        return tls
+    if tls is None:
+        raise ValueError("server_name needs TLS: it names the host of the server's certificate")
+    if not isinstance(server_name, str) or not server_name.strip():
+        raise ValueError(f"server_name must be a host name, got {server_name!r}")
+    return dataclasses.replace(tls, server_name=server_name.strip())
