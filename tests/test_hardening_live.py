@@ -171,7 +171,7 @@ def test_an_incompatible_client_is_refused_naming_both_versions(
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "99.0.0" in info.value.details()
         assert covey.__version__ in info.value.details()
-        monkeypatch.setattr("covey.transport.grpc._client._version", lambda: "99.0.0")
+        monkeypatch.setattr("covey.transport.grpc._client.covey_version", lambda: "99.0.0")
         client = Joined(transport.port, name="future")
         client.join(30)
         assert isinstance(client.error, Refused)

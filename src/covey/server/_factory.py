@@ -9,10 +9,10 @@ the same facts.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from covey.core._history import History
+from covey.core._version import covey_version
 from covey.core._weights import Weights
 from covey.server._async import AsyncLoop
 from covey.server._base import EvaluateFn, RoundCallback
@@ -23,14 +23,6 @@ from covey.transport._base import Transport
 
 Loop = RoundLoop | AsyncLoop
 """Either loop: both have ``run``, ``weights``, ``history`` and ``agg_state``."""
-
-
-def covey_version() -> str:
-    """The installed covey version (``0.0.0`` when running from a bare source tree)."""
-    try:
-        return version("covey")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0.0.0"
 
 
 def run_config(

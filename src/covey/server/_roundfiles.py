@@ -23,8 +23,9 @@ import safetensors.numpy
 
 from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord, _jsonable, unknown_fields
+from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
-from covey.server._rundb import NewerFormatError, covey_version
+from covey.server._rundb import NewerFormatError
 
 __all__ = [
     "WEIGHTS_DIR",

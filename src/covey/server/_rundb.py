@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir
+from covey.core._version import covey_version
 
 __all__ = [
     "DB_NAME",
@@ -82,13 +83,6 @@ class NewerFormatError(ValueError):
     Never taken for damage: a resume that skipped such a round would redo it and
     delete what the newer covey saved.
     """
-
-
-def covey_version() -> str:
-    """This covey's version."""
-    from covey import __version__
-
-    return __version__
 
 
 class RunDB:

@@ -24,7 +24,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from covey.server._rundb import NewerFormatError, covey_version
+from covey.core._version import covey_version
+from covey.server._rundb import NewerFormatError
 
 __all__ = ["StateError", "check_state", "dump_state", "load_state", "state_types"]
 

@@ -41,6 +41,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from covey.core._history import History, RoundRecord
+from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
@@ -108,8 +109,6 @@ class RunStore(RunRecords):
             FileExistsError: ``run_dir`` already holds a run (or is a file).
             TypeError: ``config`` is not a JSON-serializable dict.
         """
-        from covey import __version__
-
         path = Path(run_dir)
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
@@ -138,7 +137,7 @@ class RunStore(RunRecords):
             weights_dir.mkdir(exist_ok=True)
             # Built under a temporary name and linked into place, so a crash during
             # create never leaves a half-made run.sqlite behind.
-            RunDB.create(path, config_text, __version__)
+            RunDB.create(path, config_text, covey_version())
             db, config_text = RunDB.open(path)
         except BaseException:
             if lock_fd is not None:

@@ -19,6 +19,7 @@ from typing import NoReturn
 import grpc
 from cryptography import x509
 
+from covey.core._version import covey_version
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
 from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
 from covey.transport.grpc._registry import Connection, Registry, peer_of
@@ -34,12 +35,6 @@ class Refusal(Exception):
     """A connected client is no longer accepted (e.g. its certificate was revoked)."""
 
 
-def _version() -> str:
-    from covey import __version__
-
-    return __version__
-
-
 class Admission:
     """The checks a client's stream passes before and while it takes part.
 
@@ -52,7 +47,7 @@ class Admission:
         """Checks for ``registry``'s clients under ``tls`` (None: no identity checks)."""
         self.registry = registry
         self.tls = tls
-        self.version = _version()
+        self.version = covey_version()
         self._not_after: dict[bytes, _dt.datetime] = {}
 
     def refuse(

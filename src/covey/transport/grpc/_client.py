@@ -24,6 +24,7 @@ import grpc
 from covey.clients._client import hand_over, run_task, task_kinds
 from covey.core import _codec
 from covey.core._messages import Reply, Task
+from covey.core._version import covey_version
 from covey.core._weights import WeightsError, WeightsSpec
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import (
@@ -124,7 +125,7 @@ class _Session:
         self.heartbeat = heartbeat
         self.last_heard = time.monotonic()
         self.hello = pb.Hello(
-            version=_version(),
+            version=covey_version(),
             name=name,
             properties=_wire.dumps(properties),
             kinds=list(task_kinds()),
@@ -221,7 +222,7 @@ class _Session:
 
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
         if welcome.protocol != PROTOCOL:
-            raise Refused(server_protocol_refusal(welcome.protocol, _version()))
+            raise Refused(server_protocol_refusal(welcome.protocol, covey_version()))
         self.welcomed = True
         self.cid = result.cid = int(welcome.cid)
         if welcome.heartbeat_interval > 0:
@@ -316,12 +317,6 @@ class _Session:
 
 
 _HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))
-
-
-def _version() -> str:
-    from covey import __version__
-
-    return __version__
 
 
 def connect(
