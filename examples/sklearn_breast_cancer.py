@@ -34,7 +34,9 @@ MODELS: dict[str, Callable[[], Any]] = {
 def federate(make: Callable[[], Any], rounds: int = 10, seed: int = 0) -> dict[str, float]:
     """Test accuracy of ``make()`` trained by FedAvg over the hospitals, and of each alone."""
     data = load_breast_cancer(seed=seed)
-    shares = dirichlet(data.y_train, num_clients=HOSPITALS, alpha=1.0, seed=seed)
+    # seed + 1: with seed 0, a split in which every hospital holds both classes, which
+    # LogisticRegression (no partial_fit) needs to train alone.
+    shares = dirichlet(data.y_train, num_clients=HOSPITALS, alpha=1.0, seed=seed + 1)
 
     def hospital(cid: int) -> SklearnClient:
         return SklearnClient(make(), *data.client(shares[cid]), classes=CLASSES)

@@ -188,18 +188,46 @@ def test_dirichlet_memory_does_not_grow_with_classes_times_clients() -> None:
     assert peak < 4_000_000
 
 
+@pytest.mark.parametrize("class_size", [1, 2, 3])
+def test_dirichlet_gives_each_client_its_expected_share_of_small_classes(class_size: int) -> None:
+    # Cutting every class at its cumulative proportions rounded to the nearest integer gave
+    # each example of a small class to the client whose interval covered the rounding point,
+    # not to client k with probability p_k: with one-example classes the first and last of 10
+    # clients got under 3% of their share and the middle ones ~250%. alpha = 1 makes every
+    # expected share 1/10.
+    labels = np.arange(30_000) // class_size
+    sizes = np.array([len(part) for part in dirichlet(labels, 10, 1.0, seed=0, min_size=0)])
+    # Each size is within ~5 standard deviations (~45 examples) of its expectation, 3000.
+    np.testing.assert_allclose(sizes, len(labels) / 10, rtol=0.08)
+
+
+def test_dirichlet_gives_every_client_one_example_classes() -> None:
+    # 100 clients and 20,000 one-example classes: ~40 clients got nothing in every draw, so
+    # min_size=1 failed after all its retries.
+    parts = dirichlet(np.arange(20_000), 100, 0.5, seed=0, max_retries=1)
+    assert_partition(parts, 20_000, 100)
+    sizes = np.array([len(part) for part in parts])
+    np.testing.assert_allclose(sizes, 200, rtol=0.5)
+
+
 def _dirichlet_reference(
     labels: npt.NDArray[np.int_], num_clients: int, alpha: float, seed: int
 ) -> Partition:
-    """One draw of the Dirichlet split written class by class, as covey 0.1 did it."""
+    """One draw of the Dirichlet split written class by class.
+
+    Each class's cuts are its cumulative proportions times its size, plus one uniform offset
+    (from the seed's first spawned generator), rounded down.
+    """
     _, class_of, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
     by_class = np.argsort(class_of, kind="stable")
     rng = np.random.default_rng(seed)
+    (rounding,) = rng.spawn(1)
     client_of = np.empty(len(labels), dtype=np.intp)
     for members in np.split(by_class, np.cumsum(class_sizes)[:-1]):
         shuffled = rng.permutation(members)
         proportions = rng.dirichlet(np.full(num_clients, alpha))
-        cuts = np.rint(np.cumsum(proportions)[:-1] * len(shuffled)).astype(np.intp)
+        offset = rounding.random()
+        cuts = np.floor(np.cumsum(proportions)[:-1] * len(shuffled) + offset).astype(np.intp)
         edges = np.concatenate(([0], np.clip(cuts, 0, len(shuffled)), [len(shuffled)]))
         counts = np.diff(edges)
         client_of[shuffled] = np.repeat(np.arange(num_clients), counts)
