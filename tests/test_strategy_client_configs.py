@@ -385,3 +385,31 @@ def test_a_deployed_secure_round_sends_each_client_its_own_config() -> None:
     # Client k steps by 0.1 * (k + 1), weighted by its 1 + k examples.
     np.testing.assert_allclose(deployed.weights["w"], plain.weights["w"], atol=1e-5)
     np.testing.assert_allclose(plain.weights["w"], [0.3, 0.3], atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_config_the_network_cannot_carry_is_that_clients_error() -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return {"model": object()} if client.cid == 0 else {}
+
+    served = Served(
+        covey.FedAvg(
+            min_fit_clients=1,
+            min_available_clients=2,
+            fraction_evaluate=0.0,
+            on_client_fit_config=own,
+            fit_metrics=gather,
+        ),
+        1,
+        round_timeout=60.0,
+        initial_weights=init(),
+    )
+    joined = [Joined(served.port, Echo(k), name=f"site-{k}") for k in range(2)]
+    history = served.join(120).history
+    for j in joined:
+        j.join(30)
+        assert j.error is None
+    (failure,) = history.rounds[1].failures
+    assert "cannot send the fit task" in failure.error
+    assert "type object over the network (at 'model')" in failure.error
+    assert len(seen(history.rounds[1], "fit")) == 1
