@@ -413,3 +413,27 @@ def test_a_deployed_config_the_network_cannot_carry_is_that_clients_error() -> N
     assert "cannot send the fit task" in failure.error
     assert "type object over the network (at 'model')" in failure.error
     assert len(seen(history.rounds[1], "fit")) == 1
+
+
+@pytest.mark.parametrize(
+    ("props", "error", "message"),
+    [
+        (RuntimeError("no sensor"), RuntimeError, r"no sensor"),
+        ([1, 2], TypeError, r"Odd\.properties\(\) returned list, expected dict"),
+        ({"size": object()}, TypeError, r"Odd\.properties\(\).* object .*'size'"),
+    ],
+)
+def test_connect_names_properties_it_cannot_state(
+    props: Any, error: type[Exception], message: str
+) -> None:
+    class Odd(Echo):
+        def properties(self) -> Any:
+            if isinstance(props, Exception):
+                raise props
+            return props
+
+    # No server is needed: the client states its properties before it dials.
+    with pytest.raises(error, match=message) as caught:
+        covey.connect(Odd(0), "127.0.0.1:9", insecure=True, max_attempts=1)
+    if isinstance(props, Exception):
+        assert any("Odd.properties()" in note for note in caught.value.__notes__)

@@ -34,6 +34,7 @@ from covey.transport.grpc._checks import (
     check_config,
     check_heartbeat,
     own_name,
+    stated_properties,
 )
 from covey.transport.grpc._frames import (
     PROTOCOL,
@@ -388,6 +389,8 @@ def connect(
         covey.transport.grpc.AddressError: ``address`` is not ``host:port``.
         ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
             of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
+        TypeError: ``client.properties()`` returned no dict, or values the network cannot
+            carry (an error it raises is raised with a note naming it).
     """
     tls = client_security(tls, insecure, server_name)
     check_address(address, listen=False)
@@ -395,8 +398,7 @@ def connect(
     check_heartbeat(heartbeat)
     limits = TaskLimits.of(spec, max_task_bytes)
     budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
-    props = dict(client.properties()) if hasattr(client, "properties") else {}
-    props.update(properties or {})
+    props = stated_properties(client, properties)
     if properties:
         client = WithProperties(client, dict(properties))
     stop = stop or threading.Event()
