@@ -132,6 +132,8 @@ class _Session:
             protocol=PROTOCOL,
         )
         self.call: Any = None
+        # The host the server's certificate is checked against, when not the address's.
+        self.server_name: str | None = None
         self.welcomed = False
         self.cid = -1
         self.worker: threading.Thread | None = None
@@ -414,6 +416,7 @@ def connect(
     buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits, buffers)
+        session.server_name = tls.server_name if tls is not None else None
         error = _session(session, open_channel(address, tls, options), result, stop)
         if session.welcomed:  # a connection attempt that failed is no session
             result.sessions += 1
@@ -471,7 +474,7 @@ def _session(
         if stop.is_set():
             result.reason = "stopped"
             return None
-        cause = permanent_cause(exc)
+        cause = permanent_cause(exc, session.server_name)
         if cause is not None:
             raise Refused(cause) from None
         text = transient_text(exc)
