@@ -437,3 +437,25 @@ def test_connect_names_properties_it_cannot_state(
         covey.connect(Odd(0), "127.0.0.1:9", insecure=True, max_attempts=1)
     if isinstance(props, Exception):
         assert any("Odd.properties()" in note for note in caught.value.__notes__)
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_served_runs_reason_names_the_function_that_raised(tmp_path: Any) -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        raise KeyError("epochs")
+
+    served = Served(
+        covey.FedAvg(min_fit_clients=1, min_available_clients=1, on_client_fit_config=own),
+        1,
+        run_dir=tmp_path / "run",
+        plot=False,
+    )
+    joined = Joined(served.port, Echo(0), name="site-0")
+    with pytest.raises(KeyError):
+        served.join(60)
+    joined.join(30)
+    reason = covey.History.load(tmp_path / "run").stopped_reason
+    assert reason is not None
+    assert reason.startswith("KeyError: 'epochs'")
+    assert "(raised by on_client_fit_config " in reason
+    assert ".own for client 0 in round 1)" in reason
