@@ -459,3 +459,19 @@ def test_a_served_runs_reason_names_the_function_that_raised(tmp_path: Any) -> N
     assert reason.startswith("KeyError: 'epochs'")
     assert "(raised by on_client_fit_config " in reason
     assert ".own for client 0 in round 1)" in reason
+
+
+def test_a_simulated_runs_reason_names_the_function_that_raised(tmp_path: Any) -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        raise KeyError("epochs")
+
+    with pytest.raises(KeyError):
+        covey.simulate(
+            Echo, 2, 1, covey.FedAvg(on_client_fit_config=own), init(), run_dir=tmp_path / "run"
+        )
+    reason = covey.History.load(tmp_path / "run").stopped_reason
+    assert reason is not None
+    assert reason.startswith("KeyError: 'epochs' (raised by on_client_fit_config ")
+    assert reason.endswith(".own for client 0 in round 1)")
+    said = json.loads((tmp_path / "run" / "run.json").read_text())["stopped_reason"]
+    assert said == reason
