@@ -475,3 +475,33 @@ def test_a_simulated_runs_reason_names_the_function_that_raised(tmp_path: Any) -
     assert reason.endswith(".own for client 0 in round 1)")
     said = json.loads((tmp_path / "run" / "run.json").read_text())["stopped_reason"]
     assert said == reason
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"on_fit_config": lambda r: {"sched": [0], "arr": np.zeros(1)}},
+        {"on_client_fit_config": lambda r, c: {"sched": [0], "arr": np.zeros(1)}},
+    ],
+)
+def test_a_client_changing_its_config_does_not_change_the_next_clients(
+    options: dict[str, Any],
+) -> None:
+    # As on the process backend and deployed, where each client decodes its own copy.
+    class Greedy(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+            config["sched"].append(self.cid)
+            config["arr"] += 1.0
+            seen: dict[str, Any] = {"len": len(config["sched"]), "arr": float(config["arr"][0])}
+            return covey.FitResult(delta={"w": np.zeros(2)}, num_examples=1, metrics=seen)
+
+    def both(results: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
+        return {"seen": json.dumps(sorted((m["len"], m["arr"]) for _, m in results))}
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=both, **options)
+    result = covey.simulate(Greedy, 3, 2, strategy, init())
+    for record in result.history.rounds[1:]:
+        assert json.loads(str(record.fit_metrics["seen"])) == [[2, 1.0]] * 3
