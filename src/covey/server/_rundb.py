@@ -293,8 +293,7 @@ def hold_run(path: Path) -> int | None:
 def killed_server_reason(path: Path) -> str:
     """Why the run in ``path`` stopped when no server holds it, and how to go on.
 
-    The run does not record the app and the security the server was started with,
-    and ``--resume`` needs them again.
+    ``--resume`` needs the app and security the server was started with (unrecorded).
     """
     return (
         "the server is not running (it crashed or was killed); continue the run with "
