@@ -405,3 +405,25 @@ def test_the_progress_bar_joins_a_live_display_of_the_caller(
     assert result.history.metric("f1[/macro]") == [(0, 0.25), (1, 0.25)]
     assert "round 1/1" in re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.getvalue())
     assert "round" not in capsys.readouterr().out
+
+
+def test_the_one_line_error_keeps_the_notes_naming_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # covey adds a note naming the user's function (its client and round) to an error
+    # it raises; without -v that note is all that says where the error came from.
+    import covey.cli as cli
+
+    def failing(args: Any = None) -> None:
+        exc = KeyError("epochs")
+        exc.add_note("raised by on_client_fit_config own for client 0 in round 3")
+        raise exc
+
+    monkeypatch.setattr(cli, "app", failing)
+    monkeypatch.setattr("sys.argv", ["covey", "server"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1, said
+    assert "KeyError: 'epochs' (raised by on_client_fit_config own for client 0 in round 3)" in said
+    assert said.rstrip().endswith("(run with -v for the traceback)"), said

@@ -93,6 +93,21 @@ def test_without_the_name_the_refusal_says_how_to_give_it(tmp_path: Path) -> Non
         served.join(30)
 
 
+def test_a_wrong_server_name_is_named_in_the_refusal(tmp_path: Path) -> None:
+    from covey.transport.grpc._refusal import Refused
+
+    fed = _federation(tmp_path)
+    served = Served(_one_client(), 1, certs=fed, wait_timeout=3)
+    wrong = "other.example.org"
+    client = Joined(served.port, tls=tls_from_certs(fed, "a"), server_name=wrong, retry_for=5)
+    client.join(30)
+    assert isinstance(client.error, Refused), client.error
+    assert f"does not name {wrong!r}" in client.error.cause
+    assert "give that name with" not in client.error.cause  # it was given, and is not it
+    with pytest.raises(covey.FederationError):
+        served.join(30)
+
+
 def test_server_name_without_tls_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(APPS))
     args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure"]

@@ -385,3 +385,123 @@ def test_a_deployed_secure_round_sends_each_client_its_own_config() -> None:
     # Client k steps by 0.1 * (k + 1), weighted by its 1 + k examples.
     np.testing.assert_allclose(deployed.weights["w"], plain.weights["w"], atol=1e-5)
     np.testing.assert_allclose(plain.weights["w"], [0.3, 0.3], atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_config_the_network_cannot_carry_is_that_clients_error() -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return {"model": object()} if client.cid == 0 else {}
+
+    served = Served(
+        covey.FedAvg(
+            min_fit_clients=1,
+            min_available_clients=2,
+            fraction_evaluate=0.0,
+            on_client_fit_config=own,
+            fit_metrics=gather,
+        ),
+        1,
+        round_timeout=60.0,
+        initial_weights=init(),
+    )
+    joined = [Joined(served.port, Echo(k), name=f"site-{k}") for k in range(2)]
+    history = served.join(120).history
+    for j in joined:
+        j.join(30)
+        assert j.error is None
+    (failure,) = history.rounds[1].failures
+    assert "cannot send the fit task" in failure.error
+    assert "type object over the network (at 'model')" in failure.error
+    assert len(seen(history.rounds[1], "fit")) == 1
+
+
+@pytest.mark.parametrize(
+    ("props", "error", "message"),
+    [
+        (RuntimeError("no sensor"), RuntimeError, r"no sensor"),
+        ([1, 2], TypeError, r"Odd\.properties\(\) returned list, expected dict"),
+        ({"size": object()}, TypeError, r"Odd\.properties\(\).* object .*'size'"),
+    ],
+)
+def test_connect_names_properties_it_cannot_state(
+    props: Any, error: type[Exception], message: str
+) -> None:
+    class Odd(Echo):
+        def properties(self) -> Any:
+            if isinstance(props, Exception):
+                raise props
+            return props
+
+    # No server is needed: the client states its properties before it dials.
+    with pytest.raises(error, match=message) as caught:
+        covey.connect(Odd(0), "127.0.0.1:9", insecure=True, max_attempts=1)
+    if isinstance(props, Exception):
+        assert any("Odd.properties()" in note for note in caught.value.__notes__)
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_served_runs_reason_names_the_function_that_raised(tmp_path: Any) -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        raise KeyError("epochs")
+
+    served = Served(
+        covey.FedAvg(min_fit_clients=1, min_available_clients=1, on_client_fit_config=own),
+        1,
+        run_dir=tmp_path / "run",
+        plot=False,
+    )
+    joined = Joined(served.port, Echo(0), name="site-0")
+    with pytest.raises(KeyError):
+        served.join(60)
+    joined.join(30)
+    reason = covey.History.load(tmp_path / "run").stopped_reason
+    assert reason is not None
+    assert reason.startswith("KeyError: 'epochs'")
+    assert "(raised by on_client_fit_config " in reason
+    assert ".own for client 0 in round 1)" in reason
+
+
+def test_a_simulated_runs_reason_names_the_function_that_raised(tmp_path: Any) -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        raise KeyError("epochs")
+
+    with pytest.raises(KeyError):
+        covey.simulate(
+            Echo, 2, 1, covey.FedAvg(on_client_fit_config=own), init(), run_dir=tmp_path / "run"
+        )
+    reason = covey.History.load(tmp_path / "run").stopped_reason
+    assert reason is not None
+    assert reason.startswith("KeyError: 'epochs' (raised by on_client_fit_config ")
+    assert reason.endswith(".own for client 0 in round 1)")
+    said = json.loads((tmp_path / "run" / "run.json").read_text())["stopped_reason"]
+    assert said == reason
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"on_fit_config": lambda r: {"sched": [0], "arr": np.zeros(1)}},
+        {"on_client_fit_config": lambda r, c: {"sched": [0], "arr": np.zeros(1)}},
+    ],
+)
+def test_a_client_changing_its_config_does_not_change_the_next_clients(
+    options: dict[str, Any],
+) -> None:
+    # As on the process backend and deployed, where each client decodes its own copy.
+    class Greedy(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+            config["sched"].append(self.cid)
+            config["arr"] += 1.0
+            seen: dict[str, Any] = {"len": len(config["sched"]), "arr": float(config["arr"][0])}
+            return covey.FitResult(delta={"w": np.zeros(2)}, num_examples=1, metrics=seen)
+
+    def both(results: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
+        return {"seen": json.dumps(sorted((m["len"], m["arr"]) for _, m in results))}
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=both, **options)
+    result = covey.simulate(Greedy, 3, 2, strategy, init())
+    for record in result.history.rounds[1:]:
+        assert json.loads(str(record.fit_metrics["seen"])) == [[2, 1.0]] * 3

@@ -207,8 +207,9 @@ def _tolerant_output() -> None:
 def main() -> None:
     """Entry point of the ``covey`` command.
 
-    An unexpected error ends in one line (exit code 1); its traceback is shown
-    only with ``-v``/``--verbose``. An optional library that is missing ends in
+    An unexpected error ends in one line (exit code 1), with the notes covey added
+    to it (the function that raised it, its client and round); its traceback is
+    shown only with ``-v``/``--verbose``. An optional library that is missing ends in
     one line naming the extra that installs it (``pip install 'covey[analytics]'``).
     """
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
@@ -228,6 +229,9 @@ def main() -> None:
             err.print(f"[bold red]error:[/] {escape(str(exc))}{escape(hint)}", soft_wrap=True)
             raise SystemExit(1) from None
         message = str(exc).splitlines()[0] if str(exc) else ""
+        # covey's notes say where the error came from (the user's function, its client).
+        notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
+        message += "".join(f" ({' '.join(note.split())})" for note in notes)
         err.print(
             f"[bold red]error:[/] {type(exc).__name__}: {escape(message)} "
             "(run with -v for the traceback)",

@@ -24,7 +24,7 @@ from covey.core._history import History
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
-from covey.server._rundb import is_held, open_read_only, schema_refusal
+from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
 
 __all__ = [
     "ROUND_COLUMNS",
@@ -162,10 +162,7 @@ def _why(folder: Path, status: str) -> str | None:
             if isinstance(reason, str) and reason:
                 return f"failed: {reason}"
     if status == "stopped" and (folder / "run.sqlite").is_file():
-        return (
-            "stopped: the server is not running (it crashed or was killed); continue the run "
-            f"with `covey server --resume {folder}`"
-        )
+        return f"stopped: {killed_server_reason(folder)}"
     if status == "stopped" and (folder / "run.json").is_file():
         return (
             "stopped: the simulation's process was killed or crashed before it finished; "

@@ -7,6 +7,7 @@ calls :func:`run_task` wherever the client lives.
 
 from __future__ import annotations
 
+import copy
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
@@ -108,8 +109,17 @@ TaskHandler = Callable[[Any, Task], Any]
 """A function ``(client, task) -> result`` that performs one kind of task."""
 
 
+_MUTABLE = (list, dict, set, bytearray, np.ndarray)
+
+
 def _config(task: Task) -> Config:
-    config = dict(task.config)
+    """The config a client is given: its own copy, nested lists, dicts and arrays included.
+
+    In simulation the clients of a round share the task's config; a client that
+    changed a list in it would change what later clients see, which a process
+    worker or a deployed client (each decoding its own copy) never does.
+    """
+    config = {k: copy.deepcopy(v) if isinstance(v, _MUTABLE) else v for k, v in task.config.items()}
     config["round"] = task.round
     if task.kind == "fit" and task.payload is not None:
         config["extras"] = task.payload

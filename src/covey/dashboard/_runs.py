@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from covey.server._rundb import is_held, open_read_only, schema_refusal
+from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
 
 HISTORY: Final = "history.json"
 META: Final = "run.json"
@@ -247,10 +247,7 @@ def read_run(run_id: str, path: str | Path) -> Run:
         _read_store(run, db, want_rounds=not history.is_file())
         if run.status == "running" and is_held(path) is False:
             run.meta["status"] = "stopped"
-            run.meta["stopped_reason"] = (
-                "the server is not running (it crashed or was killed); continue the run "
-                f"with `covey server --resume {path}`"
-            )
+            run.meta["stopped_reason"] = killed_server_reason(path)
     elif run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (

@@ -294,6 +294,15 @@ def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
+def _reason(exc: BaseException) -> str:
+    """The one line a run records for ``exc``, with the notes covey added (who raised it)."""
+    line = _first_line(_describe(exc))
+    if isinstance(exc, FederationError | KeyboardInterrupt):
+        return line
+    notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
+    return line + "".join(f" ({' '.join(note.split())})" for note in notes)
+
+
 @dataclass
 class _Run:
     """A served run as opened: its store (if any) and where its loop starts."""
@@ -369,7 +378,7 @@ class _Run:
         if self.loop is not None:  # a round that stopped the run had no saver to name it
             names.name_history(self.loop.history)
             if exc is not None and self.loop.history.stopped_reason is None:  # history.json too
-                self.loop.history.stopped_reason = _first_line(_describe(exc))
+                self.loop.history.stopped_reason = _reason(exc)
         if self.store is None:
             return
         if self.outputs is not None and self.loop is not None:

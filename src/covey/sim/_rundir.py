@@ -81,10 +81,15 @@ def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path |
 
 
 def stop_reason(exc: BaseException) -> str:
-    """Why a simulation stopped, in one line, from the error that stopped it."""
+    """Why a simulation stopped, in one line, from the error that stopped it.
+
+    The notes covey adds to an error (the function that raised it, its client and
+    round) follow the message, each in parentheses.
+    """
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt)"
-    return f"{type(exc).__name__}: {exc}"
+    notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
+    return f"{type(exc).__name__}: {exc}" + "".join(f" ({' '.join(n.split())})" for n in notes)
 
 
 @contextlib.contextmanager

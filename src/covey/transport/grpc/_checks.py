@@ -34,6 +34,7 @@ __all__ = [
     "check_config",
     "check_heartbeat",
     "own_name",
+    "stated_properties",
 ]
 
 _HOST = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -187,6 +188,32 @@ class WithProperties:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+def stated_properties(client: Any, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """What a client states in its ``Hello``: ``client.properties()`` with ``extra`` over them.
+
+    Raises:
+        TypeError: naming the method, if it returns no dict or a value the network
+            cannot carry.
+        Exception: what ``client.properties()`` raises, with a note naming it.
+    """
+    method = f"{type(client).__name__}.properties()"
+    own: Any = {}
+    if hasattr(client, "properties"):
+        try:
+            own = client.properties()
+        except Exception as exc:  # the user's error, told where it came from
+            exc.add_note(f"raised by {method}, which connect() calls to state them")
+            raise
+        if not isinstance(own, dict):
+            raise TypeError(f"{method} returned {type(own).__name__}, expected dict")
+    props = {**own, **(extra or {})}
+    try:
+        _wire.dumps(props)
+    except _wire.WireError as exc:
+        raise TypeError(f"{method} (with connect's properties=): {exc}") from None
+    return props
 
 
 def own_name(name: str, tls: object | None) -> str:

@@ -35,6 +35,7 @@ from covey.transport.grpc._checks import (
     check_config,
     check_heartbeat,
     own_name,
+    stated_properties,
 )
 from covey.transport.grpc._frames import (
     PROTOCOL,
@@ -132,6 +133,8 @@ class _Session:
             protocol=PROTOCOL,
         )
         self.call: Any = None
+        # The host the server's certificate is checked against, when not the address's.
+        self.server_name: str | None = None
         self.welcomed = False
         self.cid = -1
         self.worker: threading.Thread | None = None
@@ -383,6 +386,8 @@ def connect(
         covey.transport.grpc.AddressError: ``address`` is not ``host:port``.
         ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
             of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
+        TypeError: ``client.properties()`` returned no dict, or values the network cannot
+            carry (an error it raises is raised with a note naming it).
     """
     tls = client_security(tls, insecure, server_name)
     check_address(address, listen=False)
@@ -390,8 +395,7 @@ def connect(
     check_heartbeat(heartbeat)
     limits = TaskLimits.of(spec, max_task_bytes)
     budget = RetryBudget(backoff, max_backoff, retry_for, max_attempts)
-    props = dict(client.properties()) if hasattr(client, "properties") else {}
-    props.update(properties or {})
+    props = stated_properties(client, properties)
     if properties:
         client = WithProperties(client, dict(properties))
     stop = stop or threading.Event()
@@ -407,6 +411,7 @@ def connect(
     buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits, buffers)
+        session.server_name = tls.server_name if tls is not None else None
         error = _session(session, open_channel(address, tls, options), result, stop)
         if session.welcomed:  # a connection attempt that failed is no session
             result.sessions += 1
@@ -464,7 +469,7 @@ def _session(
         if stop.is_set():
             result.reason = "stopped"
             return None
-        cause = permanent_cause(exc)
+        cause = permanent_cause(exc, session.server_name)
         if cause is not None:
             raise Refused(cause) from None
         text = transient_text(exc)

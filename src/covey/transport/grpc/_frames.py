@@ -43,6 +43,7 @@ __all__ = [
     "reply_frames",
     "server_message",
     "server_protocol_refusal",
+    "task_header",
 ]
 
 #: The wire protocol this covey speaks: 2 = chunks as raw tagged frames.
@@ -124,6 +125,36 @@ def server_protocol_refusal(server: int, client_version: str) -> str:
         f"incompatible covey wire protocols: the server speaks wire protocol {server or 1}, "
         f"this client (covey {client_version}) speaks {PROTOCOL}; run the same covey "
         "major.minor version on both sides"
+    )
+
+
+def task_header(
+    task_id: int, task: Any, blob: _codec.Encoded | None, extras: _codec.Encoded | None
+) -> pb.TaskHeader:
+    """The header announcing ``task`` (a :class:`~covey.core.Task`) and its arrays.
+
+    Raises:
+        covey.transport.grpc._wire.WireError: if its config or payload holds a value the
+            network cannot carry, naming the entry.
+    """
+    parts: list[bytes] = []
+    for part, value in (("config", dict(task.config)), ("payload", task.payload)):
+        if part == "payload" and extras is not None:
+            parts.append(b"")  # the payload travels as arrays after the weights
+            continue
+        try:
+            parts.append(_wire.dumps(value))
+        except _wire.WireError as exc:
+            raise _wire.WireError(f"its {part}: {exc}") from None
+    config, payload = parts
+    return pb.TaskHeader(
+        task_id=task_id,
+        kind=task.kind,
+        round=task.round,
+        config=config,
+        payload=payload,
+        weights_size=0 if blob is None else len(blob),
+        extras_size=0 if extras is None else len(extras),
     )
 
 

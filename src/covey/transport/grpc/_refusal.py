@@ -143,14 +143,25 @@ def details_of(exc: BaseException) -> str:
     return details.replace("%5B", "[").replace("%5D", "]")
 
 
-def permanent_cause(exc: grpc.RpcError) -> str | None:
-    """The cause of a refusal retrying cannot change, or None for a transient error."""
+def permanent_cause(exc: grpc.RpcError, server_name: str | None = None) -> str | None:
+    """The cause of a refusal retrying cannot change, or None for a transient error.
+
+    ``server_name`` is the host the client checked the certificate against in place of
+    the address's (``connect(server_name=...)``), named when the certificate does not
+    name it.
+    """
     code = exc.code() if hasattr(exc, "code") else None
     details = details_of(exc)
     if code in _PERMANENT:
         return f"{_PERMANENT[code]}: {details}" if details else _PERMANENT[code]
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return unimplemented_refusal(details)
+    if code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details and server_name:
+        return (
+            f"the server's certificate does not name {server_name!r}, the host given as "
+            "--server-name (`server_name=` in Python): give one of the host names or IPs "
+            f"the certificate names (`covey certs init --host ...` chose them): {details}"
+        )
     if code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
         return (
             "the server's certificate is not issued for the address dialled: dial a host "

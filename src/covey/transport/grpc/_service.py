@@ -35,6 +35,7 @@ from covey.transport.grpc._frames import (
     control,
     frames,
     is_chunk,
+    task_header,
 )
 from covey.transport.grpc._greeting import Greeting
 from covey.transport.grpc._handshakes import HandshakeWatch
@@ -226,15 +227,12 @@ class FederationService:
             if conn.kinds and task.kind not in conn.kinds:
                 self._unable(conn, task_id, task.kind)
                 continue
-            header = pb.TaskHeader(
-                task_id=task_id,
-                kind=task.kind,
-                round=task.round,
-                config=_wire.dumps(dict(task.config)),
-                payload=b"" if extras is not None else _wire.dumps(task.payload),
-                weights_size=0 if blob is None else len(blob),
-                extras_size=0 if extras is None else len(extras),
-            )
+            try:
+                header = task_header(task_id, task, blob, extras)
+            except _wire.WireError as exc:  # that client's failure; its stream stays open
+                error = f"cannot send the {task.kind} task to client {conn.name}: {exc}"
+                self._unable(conn, task_id, task.kind, error)
+                continue
             yield control(pb.ServerMessage(task=header))
             for frame in frames(blob, extras):
                 if conn.closed():
@@ -439,12 +437,13 @@ class FederationService:
             if not upload.complete:
                 upload.discard()
 
-    def _unable(self, conn: Connection, task_id: int, kind: str) -> None:
-        """Answer for a client a task of a kind it did not say it performs."""
+    def _unable(self, conn: Connection, task_id: int, kind: str, error: str = "") -> None:
+        """Fail for a client a task it cannot be sent: of a kind it does not perform, say."""
         entry = conn.take(task_id)
         if entry is not None:
-            error = f"client {conn.name} does not perform {kind!r} tasks (it performs: "
-            error += ", ".join(sorted(conn.kinds)) + ")"
+            if not error:
+                error = f"client {conn.name} does not perform {kind!r} tasks (it performs: "
+                error += ", ".join(sorted(conn.kinds)) + ")"
             self.registry.route(entry[0], Reply(conn.cid, kind, error=error), conn.name)
 
     def _deliver(self, conn: Connection, header: pb.ReplyHeader, upload: Upload | None) -> None:

@@ -36,10 +36,31 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return {"__array__": value.tolist(), "dtype": value.dtype.str}
     if isinstance(value, Mapping):
-        return {str(k): _to_json(v) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            try:
+                out[str(k)] = _to_json(v)
+            except WireError as exc:
+                raise _at(exc, repr(str(k))) from None
+        return out
     if isinstance(value, list | tuple):
-        return [_to_json(v) for v in value]
+        items: list[Any] = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_to_json(v))
+            except WireError as exc:
+                raise _at(exc, f"[{i}]") from None
+        return items
     raise WireError(f"cannot send a value of type {type(value).__name__} over the network")
+
+
+def _at(exc: WireError, step: str) -> WireError:
+    """``exc`` with ``step`` (a key or an index) put in front of the place it names."""
+    message, where = str(exc), ""
+    if message.endswith(")") and " (at " in message:
+        message, where = message[:-1].rsplit(" (at ", 1)
+    where = step + ("" if not where else where if where.startswith("[") else f".{where}")
+    return WireError(f"{message} (at {where})")
 
 
 @dataclass(frozen=True)
