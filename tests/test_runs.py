@@ -131,6 +131,19 @@ def test_runs_list_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert "error: no run 'nope'" in missing.output
 
 
+def test_runs_show_names_the_covey_that_started_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    history = _history()
+    history.config["covey_version"] = "9.1.0"
+    (tmp_path / "server-1").mkdir()
+    write_outputs(tmp_path / "server-1", history, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", "server-1", "--dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "started by covey 9.1.0" in shown.output
+
+
 def test_the_server_console_counts_clients_past_those_needed() -> None:
     from covey.deploy._console import ServerConsole
 

@@ -338,6 +338,8 @@ def show_run(
     facts = [f"{k} {config[k]}" for k in ("backend", "rounds", "seed", "address") if k in config]
     if name:
         facts.insert(0, f"strategy {name}")
+    if config.get("covey_version"):  # the covey that started the run
+        facts.append(f"started by covey {config['covey_version']}")
     if facts:
         console.print(escape(", ".join(facts)))
     print_table(round_table(history))
