@@ -8,7 +8,7 @@ Example:
     >>> parts = dirichlet(data.y_train, num_clients=10, alpha=0.5, seed=0)
     >>> x0, y0 = data.client(parts[0])
     >>> len(parts), parts[0].dtype, x0.shape, y0.shape
-    (10, dtype('int64'), (117, 64), (117,))
+    (10, dtype('int64'), (119, 64), (119,))
 """
 
 from covey.data._datasets import Dataset, load_breast_cancer, load_digits
