@@ -335,8 +335,29 @@ def test_a_straggler_that_frees_up_within_the_next_round_takes_part_in_it() -> N
     assert sites["slow"].rounds == [1, 2]
 
 
-def test_a_client_cut_off_mid_upload_fails_naming_what_it_sent() -> None:
+@pytest.mark.parametrize("stream_end_drops_first", [False, True])
+def test_a_client_cut_off_mid_upload_fails_naming_what_it_sent(
+    stream_end_drops_first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    if stream_end_drops_first:
+        # gRPC's end-of-stream callback may drop the connection while its reader is
+        # still reporting the protocol break: the reply must still be named.
+        from covey.transport.grpc import _service
+
+        logged = _service.logger
+
+        class EndFirst:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(logged, name)
+
+            def warning(self, message: str, *args: Any) -> None:
+                if "broke the protocol" in message:
+                    for conn in list(transport._service.registry.fleet.values()):
+                        transport._service.registry.drop(conn, "disconnected")
+                logged.warning(message, *args)
+
+        monkeypatch.setattr(_service, "logger", EndFirst())
     hello = pb.Hello(version=covey.__version__, name="flaky", kinds=["fit"], protocol=PROTOCOL)
     raw = Raw(transport.port, hello)
     try:
@@ -355,8 +376,11 @@ def test_a_client_cut_off_mid_upload_fails_naming_what_it_sent() -> None:
                 break
             received.wait(0.05)
         assert received.is_set()
-        raw.call.cancel()  # the connection is lost, not closed in order
-        raw.channel.close()
+        if stream_end_drops_first:
+            raw.finish()  # ended in order: its reader reports the protocol break
+        else:
+            raw.call.cancel()  # the connection is lost, not closed in order
+            raw.channel.close()
         reply = transport.next_reply(30)
     finally:
         transport.close()

@@ -181,8 +181,12 @@ class Registry:
             self.closed = True
             return list(self.fleet.values())
 
-    def drop(self, conn: Connection, why: str) -> None:
-        """Take a connection out: fail the tasks it owes, end its stream, report it left."""
+    def drop(self, conn: Connection, why: str, *, names_upload: bool = False) -> None:
+        """Take a connection out: fail the tasks it owes, end its stream, report it left.
+
+        ``why`` gains the reply the drop cut short unless ``names_upload`` says it
+        names that reply already.
+        """
         with self.changed:
             if not conn.alive:
                 return
@@ -191,7 +195,7 @@ class Registry:
                 del self.fleet[conn.cid]
             self.changed.notify_all()
         upload = conn.upload
-        if upload is not None:
+        if upload is not None and not names_upload:
             why += f" in the middle of its reply ({upload.filled} of {upload.size} bytes received)"
         with conn.lock:
             pending = list(conn.pending.items())

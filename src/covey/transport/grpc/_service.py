@@ -245,6 +245,7 @@ class FederationService:
         upload: Upload | Skipped | None = None
         upload_header = pb.ReplyHeader()
         why = "disconnected"
+        told = False  # whether ``why`` names the reply cut short
         try:
             for frame in requests:
                 conn.last_seen = time.monotonic()
@@ -256,7 +257,6 @@ class FederationService:
                     f"({upload.filled} of {upload.size} bytes received)"
                 )
         except (_ProtocolError, FrameError) as exc:
-            conn.upload = None  # the reason names it
             logger.warning(
                 "client %s (%s) broke the protocol: %s; closing its stream",
                 conn.name,
@@ -267,6 +267,7 @@ class FederationService:
             if isinstance(exc, _ProtocolError) and exc.failed is not None:
                 self.registry.route(*exc.failed, conn.name)
             why = f"disconnected: it broke the protocol ({exc})"
+            told = True
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
@@ -286,7 +287,8 @@ class FederationService:
             logger.exception("reading from client %s failed", conn.name)
         if upload is not None:
             self._release(upload)
-        self.registry.drop(conn, why)
+        # ``conn.upload`` stays set until the drop: the stream's end may drop it first.
+        self.registry.drop(conn, why, names_upload=told)
 
     def _take(
         self,
