@@ -171,7 +171,7 @@ def test_a_record_with_a_damaged_field_name_is_named(tmp_path: Path) -> None:
 
 
 def test_text_sqlite_cannot_decode_is_a_refusal_naming_the_database(tmp_path: Path) -> None:
-    from covey.deploy._resume import resume_point
+    from covey.server._resume import resume_point
 
     run_dir = tmp_path / "run"
     _saved_run(run_dir, 2)

@@ -49,7 +49,7 @@ def test_runs_show_reads_a_history_of_a_newer_covey(tmp_path: Path) -> None:
 
 def test_a_store_whose_records_carry_newer_fields_is_refused_naming_them(tmp_path: Path) -> None:
     """Resuming would rewrite the newer covey's history without them: refused, not dropped."""
-    from covey.deploy._resume import resume_point
+    from covey.server._resume import resume_point
 
     store = RunStore.create(tmp_path / "run", config={"strategy": {"name": "FedAvg"}})
     try:
@@ -94,7 +94,7 @@ def _state_of_format(data: bytes, fmt: int) -> bytes:
 
 def test_a_round_whose_state_has_a_newer_format_is_not_resumed_over(tmp_path: Path) -> None:
     """An older covey must not skip the newer rounds as damaged, then redo and delete them."""
-    from covey.deploy._resume import resume_point
+    from covey.server._resume import resume_point
     from covey.server._state import dump_state
 
     folder = tmp_path / "run"

@@ -8,24 +8,6 @@ from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
 
 
-def same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
-    """Refuse to resume a run with another strategy than it was started with.
-
-    The saved aggregator state is the started strategy's: another one cannot
-    take it up (FedAdam cannot continue FedAvg's state).
-    """
-    if opened is None:
-        return
-    stored = opened.config.get("strategy")
-    started = stored.get("name") if isinstance(stored, dict) else None
-    name = strategy.describe().get("name")
-    if started is not None and started != name:
-        raise ValueError(
-            f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
-            f"with {name}: resume it with {started}, or start a new run with --run-dir"
-        )
-
-
 def stored_address(opened: RunStore) -> str:
     """The address a resumed run was served on; a run that records none is told what to give."""
     address = opened.config.get("address")

@@ -17,12 +17,12 @@ from covey.core._history import History, RoundRecord
 from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
-from covey.deploy._resume import resume_point
-from covey.deploy._servechecks import check_capacity, check_settings, same_strategy, stored_address
+from covey.deploy._servechecks import check_capacity, check_settings, stored_address
 from covey.deploy._tls import server_tls
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
+from covey.server._resume import resume_point, same_strategy
 from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, SaveError
 from covey.server._state import dump_state, load_state, state_types

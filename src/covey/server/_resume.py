@@ -1,4 +1,4 @@
-"""Where a resumed served run starts: after its last good round, or at step 0.
+"""Where a resumed run starts: after its last good round, or at step 0.
 
 A server killed after it created its run folder but before round 0's
 checkpoint committed leaves the run's settings and its clients' ids and no
@@ -23,8 +23,9 @@ from covey.core._weights import Weights, WeightsSpec
 from covey.server._rundb import DB_NAME
 from covey.server._state import check_state
 from covey.server._store import RunStore
+from covey.strategies._strategy import Strategy
 
-__all__ = ["ResumePoint", "resume_point"]
+__all__ = ["ResumePoint", "resume_point", "same_strategy"]
 
 logger = logging.getLogger("covey")
 
@@ -136,3 +137,21 @@ def _arrays(spec: WeightsSpec) -> dict[str, str]:
         n: f"{d.name}[{', '.join(map(str, s))}]"
         for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
     }
+
+
+def same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
+    """Refuse to resume a run with another strategy than it was started with.
+
+    The saved aggregator state is the started strategy's: another one cannot
+    take it up (FedAdam cannot continue FedAvg's state).
+    """
+    if opened is None:
+        return
+    stored = opened.config.get("strategy")
+    started = stored.get("name") if isinstance(stored, dict) else None
+    name = strategy.describe().get("name")
+    if started is not None and started != name:
+        raise ValueError(
+            f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
+            f"with {name}: resume it with {started}, or start a new run with --run-dir"
+        )
