@@ -7,11 +7,10 @@ import datetime as _dt
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from covey.aggregate import Contribution, Step
 from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
 from covey.core._messages import plain
@@ -24,11 +23,10 @@ from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs
 from covey.server._resume import resume_point, same_strategy
 from covey.server._roundfiles import check_storable
-from covey.server._saver import BackgroundSaver, SaveError
-from covey.server._state import dump_state, load_state, state_types
+from covey.server._saver import BackgroundSaver, flushing
+from covey.server._state import load_state, state_types
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
-from covey.strategies._subclass import replace_strategy
 from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
@@ -342,8 +340,8 @@ class _Run:
                 # Round r is written while round r + 1 trains (one save in flight at most).
                 if self.background is None:
                     self.background = BackgroundSaver(self.store, keep_last=keep_last)
-                state = dump_state(self.loop.agg_state, self.types)
-                self.background.submit(record.round, self.loop.weights, asdict(record), state)
+                loop = self.loop
+                self.background.submit_round(record, loop.weights, loop.agg_state, self.types)
                 if self.outputs is None:
                     self.outputs = RunOutputs(self.store.run_dir, plot=plot)
                 self.outputs.round_done(self.loop.history)
@@ -353,25 +351,8 @@ class _Run:
         return round_done
 
     def flushing(self, strategy: Strategy) -> Strategy:
-        """``strategy`` whose aggregation first waits for the save in flight.
-
-        The previous round's checkpoint is written while clients train; it is
-        awaited when the first reply is folded, so the model it holds is freed
-        before the round's accumulator and replies take memory.
-        """
-        inner = strategy.aggregator
-
-        def update(state: Any, event: Any) -> Any:
-            saver = self.background
-            if saver is not None and isinstance(event, Contribution):
-                try:
-                    saver.flush()
-                except Exception as exc:
-                    where = f"saving round {saver.round} to {saver.store.run_dir}"
-                    raise SaveError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
-            return inner.update(state, event)
-
-        return replace_strategy(strategy, aggregator=Step(inner.init, update))
+        """``strategy`` whose aggregation first waits for the save in flight, if any."""
+        return flushing(strategy, lambda: self.background)
 
     def end(self, exc: BaseException | None, names: ClientNames) -> None:
         """Mark the run finished, or failed with the reason it stopped (its last round named)."""

@@ -7,17 +7,25 @@ one round and memory holds at most one extra reference to a model (the
 weights the loop has already replaced, never a copy). Each save is
 :meth:`RunStore.save_round`, atomic on its own, so a crash at any moment
 (SIGKILL included) leaves the newest *completed* save loadable.
+:func:`flushing` makes a run's strategy await the save in flight when the
+next round folds its first reply.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
+from covey.aggregate import Contribution, Step
+from covey.core._history import RoundRecord
 from covey.core._weights import Weights
+from covey.server._state import dump_state
 from covey.server._store import RunStore
+from covey.strategies._strategy import Strategy
+from covey.strategies._subclass import replace_strategy
 
 logger = logging.getLogger("covey")
 
@@ -51,6 +59,29 @@ class BackgroundSaver:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.round = 0  # the round saved last, or in flight
+
+    def submit_round(
+        self,
+        record: RoundRecord,
+        weights: Weights,
+        agg_state: Any,
+        types: Mapping[str, type] | None,
+    ) -> None:
+        """Start saving a loop's completed round: its record, model and aggregation state.
+
+        Args:
+            record: The round's record (the round number is its ``round``).
+            weights: The loop's global weights after the round (see :meth:`submit`).
+            agg_state: The loop's aggregation state after the round.
+            types: The named tuple types a resume rebuilds (see
+                :func:`~covey.server._state.state_types`).
+
+        Raises:
+            covey.server.StateError: the state holds what cannot be stored.
+            Exception: what the previous save raised, if it failed.
+        """
+        state = dump_state(agg_state, types)
+        self.submit(record.round, weights, asdict(record), state)
 
     def submit(
         self,
@@ -100,3 +131,33 @@ class BackgroundSaver:
         if error is not None:
             logger.error("saving a round failed: %s", error)
             raise error
+
+
+def flushing(strategy: Strategy, saver: Callable[[], BackgroundSaver | None]) -> Strategy:
+    """``strategy`` whose aggregation first waits for the save in flight, if any.
+
+    The previous round's checkpoint is written while clients train; it is
+    awaited when the first reply is folded, so the model it holds is freed
+    before the round's accumulator and replies take memory.
+
+    Args:
+        strategy: The run's strategy.
+        saver: Returns the run's saver (None while there is none).
+
+    Returns:
+        The strategy with its aggregation step wrapped; a failed save raises
+        :class:`SaveError` naming the round and the run folder.
+    """
+    inner = strategy.aggregator
+
+    def update(state: Any, event: Any) -> Any:
+        background = saver()
+        if background is not None and isinstance(event, Contribution):
+            try:
+                background.flush()
+            except Exception as exc:
+                where = f"saving round {background.round} to {background.store.run_dir}"
+                raise SaveError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+        return inner.update(state, event)
+
+    return replace_strategy(strategy, aggregator=Step(inner.init, update))
