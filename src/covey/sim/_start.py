@@ -156,10 +156,16 @@ def choose(start_method: str | None, client_fn: object) -> str:
         else:
             method = "forkserver" if "forkserver" in available else "fork"
             why = None if method == "fork" else unsendable(client_fn, method)
-            if why is None:
-                return method
             here = threading.current_thread()
             names = sorted(t.name for t in threading.enumerate() if t is not here)
+            if why is None:
+                logger.info(
+                    "the process backend starts its workers with start_method=%r: this process "
+                    "runs other threads (%s)",
+                    method,
+                    ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""),
+                )
+                return method
             logger.warning(
                 "the process backend forks its workers although this process runs %d threads "
                 "(%s): a lock one of them holds as it forks stays held in the workers, and a "
