@@ -9,6 +9,7 @@ import multiprocessing.reduction
 import pickle
 import queue
 import sys
+import threading
 import types
 from logging.handlers import QueueHandler
 from multiprocessing.connection import Connection
@@ -119,6 +120,47 @@ def test_every_start_method_gives_inline_bits_and_the_clients_logs(
     assert record.site == "s"
     assert record.funcName == "fit"
     assert waiting.qsize() == 8  # an application's QueueHandler sees them too
+
+
+HELD = threading.Lock()
+
+
+class TakesALock(Chatty):
+    """Takes a lock of this module in fit: one a forked worker may have copied held."""
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        with HELD:
+            return super().fit(weights, config)
+
+
+def test_a_lock_another_thread_holds_does_not_hang_the_workers() -> None:
+    # A logging QueueListener, a gRPC server or a notebook kernel runs such threads.
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with HELD:
+            taken.set()
+            done.wait(120)
+
+    holder = threading.Thread(target=hold, name="holds-a-lock", daemon=True)
+    holder.start()
+    taken.wait(10)
+    try:
+        # A forked worker copied HELD held: its clients waited for the timeout, then failed.
+        result = covey.simulate(
+            TakesALock,
+            2,
+            1,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(5)},
+            backend="process",
+            num_workers=1,
+            round_timeout=30,
+        )
+    finally:
+        done.set()
+        holder.join(10)
+    assert result.history[1].fit_participants == [0, 1]
 
 
 def test_a_client_fn_that_cannot_reach_the_workers_is_refused_by_name(
