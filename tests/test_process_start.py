@@ -226,6 +226,34 @@ def test_the_default_forks_a_single_thread_and_else_uses_the_fork_server(
     assert "<lambda> cannot be sent" in warning.getMessage()
 
 
+_SCRIPT = """
+import covey.sim._start as start
+
+UNGUARDED = start.choose(None, CLIENT)
+if __name__ == "__main__":
+    GUARDED = start.choose(None, CLIENT)
+"""
+
+
+def test_the_default_forks_a_script_that_simulates_at_its_top_level(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Started afresh, each worker would import the script and start the simulation again.
+    script = tmp_path / "experiment.py"
+    script.write_text(_SCRIPT)
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    main.CLIENT = Chatty  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(_start, "python_threads", lambda: 2)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        exec(compile(_SCRIPT, str(script), "exec"), vars(main))  # the script, as Python runs it
+    assert main.UNGUARDED == "fork"
+    assert main.GUARDED == "forkserver"
+    (warning,) = caplog.records
+    assert f"the script {script} starts the simulation at its top level" in warning.getMessage()
+
+
 class _Pipe:
     def __init__(self) -> None:
         self.sent: list[bytes] = []

@@ -11,13 +11,14 @@ there by name.
 
 With ``start_method=None`` the backend forks when this process runs no Python
 thread but the main one (no lock can be held), and otherwise starts workers
-from the fork server when ``client_fn`` can be sent there; a ``client_fn``
-that cannot is forked all the same, with a warning naming the threads and
-what to do.
+from the fork server when ``client_fn`` can be sent there and the main script
+guards its entry point; otherwise it forks all the same, with a warning naming
+the threads and the reason.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import multiprocessing as mp
@@ -125,6 +126,51 @@ def unsendable(client_fn: object, method: str) -> str | None:
     return None
 
 
+_UNGUARDED = (
+    "the script {path} starts the simulation at its top level, not under "
+    '`if __name__ == "__main__":`, and a worker started afresh imports the script again'
+)
+
+
+def _guarded(path: str, line: int) -> bool:
+    """Whether ``line`` of the script ``path`` is inside ``if __name__ == "__main__":``."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return False  # cannot tell: taken as unguarded, which forks as before
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+            continue
+        sides = [node.test.left, *node.test.comparators]
+        names = {side.id for side in sides if isinstance(side, ast.Name)}
+        texts = {side.value for side in sides if isinstance(side, ast.Constant)}
+        if names == {"__name__"} and texts == {"__main__"}:
+            body_end = max(getattr(n, "end_lineno", 0) or 0 for n in node.body)
+            if node.lineno <= line <= body_end:
+                return True
+    return False
+
+
+def unguarded_main() -> str | None:
+    """The path of the main script if this call comes from its unguarded top level, else None.
+
+    A worker started by ``forkserver`` or ``spawn`` imports the main script
+    again; one that starts the simulation at its top level would start it again
+    there (and fail). A notebook or the interactive prompt has no script to import.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not isinstance(path, str):
+        return None
+    frame: types.FrameType | None = sys._getframe(1)  # the stack tells where the run starts
+    while frame is not None:
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            return None if _guarded(path, frame.f_lineno) else path
+        frame = frame.f_back
+    return None
+
+
 def preload(ctx: Any) -> None:
     """Have the fork server import the worker's modules once, before it starts.
 
@@ -156,6 +202,9 @@ def choose(start_method: str | None, client_fn: object) -> str:
         else:
             method = "forkserver" if "forkserver" in available else "fork"
             why = None if method == "fork" else unsendable(client_fn, method)
+            script = unguarded_main() if why is None and method != "fork" else None
+            if script is not None:
+                why = _UNGUARDED.format(path=script)
             here = threading.current_thread()
             names = sorted(t.name for t in threading.enumerate() if t is not here)
             if why is None:
