@@ -304,6 +304,20 @@ def test_a_client_logging_in_a_loop_is_bounded_and_its_drops_are_counted(
     assert len(got) == _logs.MAX_RECORDS
     assert got[1].cid == 7  # type: ignore[attr-defined]
     assert got[1].process == 123
+    # Long records: the bytes waiting are bounded too, far below what the pipe carries.
+    pipe.sent.clear()
+    log.addHandler(logs)
+    try:
+        for _ in range(_logs.MAX_RECORDS):
+            log.warning("%s", "y" * 15_000)
+        logs.push()
+    finally:
+        log.removeHandler(logs)
+    (batch,) = pipe.sent
+    assert len(batch) < _logs.MAX_BYTES + 1000
+    message = json.loads(batch)
+    assert message["dropped"] > 0
+    assert len(message["logs"]) + message["dropped"] == _logs.MAX_RECORDS
     with pytest.raises(WireError, match="log record lacks"):
         _logs.dispatch(b'{"logs":[{"name":"x"}]}', "covey-worker-0", 123)
 

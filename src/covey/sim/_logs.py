@@ -30,8 +30,11 @@ logger = logging.getLogger("covey")
 
 #: Most records a worker keeps waiting to be sent; more are dropped (and counted).
 MAX_RECORDS = 1000
-#: Most characters of a record's message (and of its traceback) sent on.
+#: Most bytes of records a worker keeps waiting (a batch stays far below the pipe's cap).
+MAX_BYTES = 8 * 1024 * 1024
+#: Most characters of a record's message, traceback or any other text sent on.
 MAX_TEXT = 16 * 1024
+_MAX_EXTRA = 32  # most ``extra`` fields of one record
 _PREFIX = b'{"logs":'
 _PLAIN = (str, int, float, bool, type(None))
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -75,7 +78,8 @@ class WorkerLogs(logging.Handler):
         self._conn = conn
         self._send_lock = threading.Lock()
         self._buffer_lock = threading.Lock()
-        self._records: list[dict[str, Any]] = []
+        self._records: list[str] = []  # each one record's JSON
+        self._bytes = 0
         self._dropped = 0
         self._wake = threading.Event()
         #: The client id and round being run, set by the worker around each task.
@@ -104,27 +108,28 @@ class WorkerLogs(logging.Handler):
                 self._dropped += 1
                 return
         try:
-            item = self._plain(record)
+            text = json.dumps(self._plain(record), separators=(",", ":"))
         except Exception:  # noqa: BLE001 - a message that cannot be formatted, as logging does
             self.handleError(record)
             return
         with self._buffer_lock:
-            if len(self._records) >= MAX_RECORDS:
+            if len(self._records) >= MAX_RECORDS or self._bytes + len(text) > MAX_BYTES:
                 self._dropped += 1
                 return
-            self._records.append(item)
+            self._records.append(text)
+            self._bytes += len(text)
         self._wake.set()
 
     def _plain(self, record: logging.LogRecord) -> dict[str, Any]:
         item: dict[str, Any] = {
-            "name": record.name,
+            "name": _clip(record.name),
             "level": record.levelno,
             "msg": _clip(record.getMessage()),
             "created": record.created,
-            "path": record.pathname,
+            "path": _clip(str(record.pathname)),
             "line": record.lineno,
-            "func": record.funcName,
-            "thread": record.threadName,
+            "func": _clip(str(record.funcName)),
+            "thread": _clip(str(record.threadName)),
         }
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -133,12 +138,12 @@ class WorkerLogs(logging.Handler):
         if record.stack_info:
             item["stack"] = _clip(record.stack_info)
         extra = {
-            key: value
+            _clip(key): _clip(value) if isinstance(value, str) else value
             for key, value in record.__dict__.items()
             if key not in _STANDARD and isinstance(value, _PLAIN)
         }
         if extra:
-            item["extra"] = {k: _clip(v) if isinstance(v, str) else v for k, v in extra.items()}
+            item["extra"] = dict(list(extra.items())[:_MAX_EXTRA])
         if self.context is not None:
             item["cid"], item["round"] = self.context
         return item
@@ -160,10 +165,10 @@ class WorkerLogs(logging.Handler):
     def _push(self) -> None:
         with self._buffer_lock:
             records, dropped = self._records, self._dropped
-            self._records, self._dropped = [], 0
+            self._records, self._bytes, self._dropped = [], 0, 0
         if records or dropped:
-            message = {"logs": records, "dropped": dropped}
-            self._conn.send_bytes(json.dumps(message, separators=(",", ":")).encode())
+            text = f'{{"logs":[{",".join(records)}],"dropped":{dropped}}}'
+            self._conn.send_bytes(text.encode())
 
     def _pump(self) -> None:
         """Send records as they come while a client runs (a long fit's progress shows live)."""
