@@ -23,7 +23,6 @@ import os
 import secrets
 import signal
 import time
-import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from covey.clients._client import ClientFn
+from covey.clients._quiet import ignoring
 from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
@@ -82,10 +82,10 @@ class _Worker:
             daemon=True,
         )
         try:
-            with warnings.catch_warnings():
-                # Python 3.12+ warns of any thread, NumPy's OpenBLAS pool too; the method was
-                # chosen knowingly (see covey.sim._start), and the backend warns of its own.
-                warnings.filterwarnings("ignore", _FORK_WARNING, DeprecationWarning)
+            # Python 3.12+ warns of any thread, NumPy's OpenBLAS pool too; the method was
+            # chosen knowingly (see covey.sim._start), and the backend warns of its own.
+            # ``ignoring`` leaves the filters of other threads alone.
+            with ignoring(DeprecationWarning, _FORK_WARNING):
                 self.process.start()
         except BaseException:
             parent.close()
