@@ -62,6 +62,15 @@ def test_demo_rejects_an_unknown_backend(tmp_path: Path) -> None:
     assert "inline or process" in out.stdout + out.stderr
 
 
+def test_demo_checks_its_start_method(tmp_path: Path) -> None:
+    out = covey_cli("demo", "--start-method", "spawn", "--run-dir", str(tmp_path), cwd=tmp_path)
+    assert out.returncode != 0
+    assert "--start-method spawn: applies to --backend process only" in out.stdout + out.stderr
+    out = covey_cli("demo", "--backend", "process", "--start-method", "thread", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "'fork', 'forkserver' or 'spawn', got 'thread'" in out.stdout + out.stderr
+
+
 def test_demo_default_run_folder_is_under_runs(tmp_path: Path) -> None:
     out = covey_cli("demo", "--rounds", "1", "--clients", "20", "--no-plot", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr

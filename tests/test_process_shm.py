@@ -137,6 +137,7 @@ def test_no_file_is_left_by_a_worker_killed_while_writing_a_reply(
         _big_initial(),
         backend="process",
         num_workers=2,
+        start_method="fork",  # the workers run the patched writer
     )
     failures = result.history[2].fit_failures
     assert [f.cid for f in failures] == [3, 5]

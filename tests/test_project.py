@@ -78,6 +78,17 @@ def test_run_simulates_the_project_and_runs_reads_it(project: Path) -> None:
     assert f"{accuracy:.4f}" in shown.stdout
 
 
+def test_run_starts_process_workers_the_way_the_project_says(project: Path) -> None:
+    base = ("run", "--set", "rounds=1", "--set", "backend=process", "--set", "runs-dir=other")
+    out = covey_cli(*base, "--set", "start-method=spawn", cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (folder,) = (project / "other").iterdir()
+    assert [r.round for r in covey.History.load(folder).rounds] == [0, 1]
+    out = covey_cli(*base, "--set", "start-method='thread'", cwd=project)
+    assert out.returncode != 0
+    assert "start-method = 'thread' ([tool.covey] or --set)" in out.stdout + out.stderr
+
+
 def test_the_generated_projects_own_tests_pass(project: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],

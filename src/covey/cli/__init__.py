@@ -58,6 +58,10 @@ def demo(
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of data split and sampling.")] = 0,
     backend: Annotated[str, typer.Option(help="Simulation backend: inline or process.")] = "inline",
+    start_method: Annotated[
+        str | None,
+        typer.Option(help="How process workers start: fork, forkserver or spawn (default: auto)."),
+    ] = None,
     run_dir: Annotated[
         Path | None, typer.Option(help="Where to write history.json and plot.png.")
     ] = None,
@@ -69,9 +73,16 @@ def demo(
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail
     from covey.server._outputs import new_run_dir
+    from covey.sim._start import check_start_method
 
     if backend not in ("inline", "process"):
         fail(f"--backend {backend}: choose inline or process")
+    if start_method is not None and backend != "process":
+        fail(f"--start-method {start_method}: applies to --backend process only")
+    try:
+        check_start_method(start_method)
+    except ValueError as exc:
+        fail(f"--start-method {start_method}: {exc}")
     if not (math.isfinite(lr) and lr > 0):
         fail(f"--lr {lr}: the learning rate must be a number above 0")
     most = len(load_digits(seed=seed).y_train) // 2
@@ -89,6 +100,7 @@ def demo(
         epochs=epochs,
         seed=seed,
         backend=backend,
+        start_method=start_method,
     )
     if run_dir is None:
         run_dir = new_run_dir("runs", "demo")

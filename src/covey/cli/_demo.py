@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,25 @@ class DemoConfig:
     batch_size: int = 16
     seed: int = 0
     backend: str = "inline"
+    start_method: str | None = None
+
+
+def _client(config: DemoConfig, data: Any, parts: list[Any], cid: int) -> LogisticClient:
+    """Client ``cid`` of the demo (a module-level function: it reaches spawned workers)."""
+    x, y = data.client(parts[cid])
+    # Each site holds out a fifth of its data for federated evaluation.
+    n_val = max(1, len(y) // 5)
+    return LogisticClient(
+        cid,
+        x[n_val:],
+        y[n_val:],
+        x[:n_val],
+        y[:n_val],
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
 
 
 def run_demo(
@@ -42,22 +62,6 @@ def run_demo(
     """Run the demo federation and return its result."""
     data = load_digits(seed=config.seed)
     parts = dirichlet(data.y_train, config.clients, config.alpha, seed=config.seed, min_size=2)
-
-    def client_fn(cid: int) -> LogisticClient:
-        x, y = data.client(parts[cid])
-        # Each site holds out a fifth of its data for federated evaluation.
-        n_val = max(1, len(y) // 5)
-        return LogisticClient(
-            cid,
-            x[n_val:],
-            y[n_val:],
-            x[:n_val],
-            y[:n_val],
-            lr=config.lr,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            seed=config.seed,
-        )
 
     def evaluate(rnd: int, weights: Weights) -> tuple[float, Metrics]:
         loss, accuracy = logistic_evaluate(weights, data.x_test, data.y_test)
@@ -73,13 +77,14 @@ def run_demo(
     )
     backend: Any = config.backend
     return simulate(
-        client_fn,
+        functools.partial(_client, config, data, parts),
         config.clients,
         config.rounds,
         strategy,
         logistic_init(data.num_features, data.num_classes),
         evaluate,
         backend=backend,
+        start_method=config.start_method,  # type: ignore[arg-type]
         seed=config.seed,
         progress=progress,
         on_round=on_round,

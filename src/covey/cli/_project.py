@@ -33,6 +33,7 @@ console = output_console()
 
 RUN_KEYS = {"server_app", "client_app", "clients", "rounds", "backend", "seed", "runs_dir"}
 """Keys of ``[tool.covey]`` besides its ``config`` and ``federations`` tables."""
+RUN_KEYS.add("start_method")  # the process backend's, see covey.simulate
 
 FEDERATION_KEYS = {
     "address",
@@ -309,12 +310,18 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     from covey.cli._runs import last_finished, print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked
+    from covey.sim._start import check_start_method
 
     run = settings.run
     clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
     backend = str(run.get("backend", "inline"))
     if backend not in ("inline", "process"):
         fail(f"backend = {backend!r} in [tool.covey]: choose inline or process")
+    start_method = run.get("start_method") if backend == "process" else None
+    try:
+        check_start_method(start_method)
+    except ValueError as exc:
+        fail(f"start-method = {start_method!r} ([tool.covey] or --set): {exc}")
     try:
         _checked(server_app.strategy, clients, rounds)
     except ValueError as exc:
@@ -334,6 +341,7 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
             server_app.weights,  # called by simulate(): the step-0 model is freed after round 1
             server_app.evaluate_fn,
             backend=backend,  # type: ignore[arg-type]
+            start_method=start_method,
             seed=int(run.get("seed", server_app.seed)),
             progress=True,
             run_dir=run_dir,

@@ -22,6 +22,7 @@ client-app = "$pkg.client_app:make_client"  # (cid, config) -> covey.Client
 clients = 10          # simulated clients
 rounds = 5
 backend = "inline"    # or "process"
+# start-method = "forkserver"  # process backend: "fork", "forkserver" or "spawn"
 seed = 0
 runs-dir = "runs"     # each run gets its own folder here
 

@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from covey.clients._client import ClientFn
+from covey.clients._quiet import ignoring
 from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
-from covey.sim import _shm
+from covey.sim import _logs, _shm, _start
 from covey.sim._worker import worker_main
 from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
@@ -46,6 +47,9 @@ _SEGFAULT_HINT = (
     "worker maps them read-only, and torch.from_numpy, ctypes or a compiled extension "
     "ignore NumPy's read-only flag; copy before writing (torch.tensor(array), array.copy())"
 )
+
+
+_FORK_WARNING = r"This process .* is multi-threaded, use of fork\(\) may lead to deadlocks"
 
 
 def _never_started(method: str, exitcode: int | None) -> str:
@@ -64,20 +68,25 @@ def _never_started(method: str, exitcode: int | None) -> str:
 
 
 class _Worker:
-    __slots__ = ("conn", "prefix", "process", "started")
+    __slots__ = ("conn", "name", "prefix", "process", "started")
 
     def __init__(self, ctx: Any, client_fn: ClientFn, index: int, pool: str) -> None:
         parent, child = ctx.Pipe(duplex=True)
+        self.name = f"covey-worker-{index}"
         # Set by worker_main as it begins: a worker gone without it never started.
         self.started = ctx.RawValue("b", 0)
         self.process = ctx.Process(
             target=worker_main,
-            args=(child, client_fn, pool, self.started),
-            name=f"covey-worker-{index}",
+            args=(child, client_fn, pool, self.started, _logs.levels()),
+            name=self.name,
             daemon=True,
         )
         try:
-            self.process.start()
+            # Python 3.12+ warns of any thread, NumPy's OpenBLAS pool too; the method was
+            # chosen knowingly (see covey.sim._start), and the backend warns of its own.
+            # ``ignoring`` leaves the filters of other threads alone.
+            with ignoring(DeprecationWarning, _FORK_WARNING):
+                self.process.start()
         except BaseException:
             parent.close()
             raise
@@ -174,8 +183,14 @@ class ProcessTransport:
         client_fn: ``cid -> Client``; called once per client, inside its worker.
         num_clients: Clients have ids ``0 .. num_clients - 1``.
         num_workers: Worker processes (default: the CPUs this process may use).
-        start_method: ``"fork"`` (default where available: ``client_fn`` may be
-            any callable), ``"forkserver"`` or ``"spawn"`` (``client_fn`` must pickle).
+        start_method: ``"fork"`` (``client_fn`` may be any callable), ``"forkserver"``
+            or ``"spawn"`` (``client_fn`` must pickle and be importable in the workers);
+            None forks when this process runs one Python thread, else uses the fork
+            server if ``client_fn`` can be sent there and the main script is guarded
+            (see :mod:`covey.sim._start`).
+
+    Raises:
+        ValueError: an unknown ``start_method``, or a ``client_fn`` it cannot send.
     """
 
     def __init__(
@@ -194,9 +209,9 @@ class ProcessTransport:
             )
         if num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, got {num_workers}")
-        if start_method is None:
-            start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        self._ctx = mp.get_context(start_method)
+        self._ctx = mp.get_context(_start.choose(start_method, client_fn))
+        if self._ctx.get_start_method() == "forkserver":
+            _start.preload(self._ctx)
         self._client_fn = client_fn
         self._clients = range(num_clients)
         self._seq = 0
@@ -323,6 +338,9 @@ class ProcessTransport:
         """
         worker = self._workers[w]
         data = worker.conn.recv_bytes(_shm.MAX_MESSAGE_BYTES)
+        if _logs.is_logs(data):
+            _logs.dispatch(data, worker.name, worker.process.pid)
+            return None
         reply_seq, message, blob = _shm.parse_reply(data)
         if reply_seq != seq or message["cid"] not in pending:
             # A late reply from an earlier, timed-out exchange: its file goes unread.
@@ -420,9 +438,42 @@ class ProcessTransport:
                 if not pending[w]:
                     del by_conn[conn]
 
+    @property
+    def start_method(self) -> str:
+        """How the workers were started: ``"fork"``, ``"forkserver"`` or ``"spawn"``."""
+        return str(self._ctx.get_start_method())
+
+    def _drain(self, deadline: float) -> None:
+        """Ask every worker to stop, and pass on the log records they send until they do."""
+        left = {id(w.conn): w for w in self._workers if w.alive()}
+        for worker in left.values():
+            worker.ask_stop()
+        while left and time.monotonic() < deadline:
+            conns = [w.conn for w in left.values()]
+            for conn in wait(conns, timeout=max(0.0, deadline - time.monotonic())):
+                worker = left[id(conn)]
+                try:
+                    data = worker.conn.recv_bytes(_shm.MAX_MESSAGE_BYTES)
+                    if _logs.is_logs(data):
+                        _logs.dispatch(data, worker.name, worker.process.pid)
+                except (EOFError, OSError, WireError):
+                    del left[id(conn)]
+        for worker in left.values():  # still busy in a client: stopped, as at a timeout
+            worker.process.kill()
+
     def close(self) -> None:
-        """Stop the workers and remove the shared-memory files."""
-        self._finalizer()
+        """Stop the workers (passing on their last log records) and remove the files."""
+        if not self._finalizer.alive:
+            return
+        try:
+            self._drain(time.monotonic() + 5.0)
+        except BaseException:  # a second Ctrl-C: the workers go at once
+            for worker in self._workers:
+                with contextlib.suppress(Exception):
+                    worker.process.kill()
+            raise
+        finally:
+            self._finalizer()
 
     def __enter__(self) -> ProcessTransport:
         return self

@@ -33,6 +33,7 @@ from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core import _codec
 from covey.core._messages import Reply
 from covey.core._weights import Array, Weights
+from covey.sim._logs import Output
 from covey.transport.grpc import _wire
 
 #: Largest JSON message a worker may send (its arrays travel in a file, not here).
@@ -181,7 +182,7 @@ def _alive(pid: int) -> bool:
 # -- replies -------------------------------------------------------------------------------
 
 
-def send_reply(conn: Connection, seq: int, reply: Reply, prefix: str) -> None:
+def send_reply(conn: Output, seq: int, reply: Reply, prefix: str) -> None:
     """Send ``reply`` as JSON, its arrays after it in the message or in a file ``prefix...``."""
     message: dict[str, Any] = {"seq": seq, "cid": reply.cid, "kind": reply.kind}
     path: str | None = None

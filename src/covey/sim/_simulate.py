@@ -25,12 +25,14 @@ from covey.sim._inline import inline_transport
 from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
+from covey.sim._start import check_start_method
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
 
 Backend = Literal["inline", "process", "ray"]
+StartMethod = Literal["fork", "forkserver", "spawn"]
 
 
 @dataclass
@@ -58,7 +60,13 @@ def _backend(
     client_resources: Mapping[str, Any] | None,
     client_group: Callable[[int], str] | None,
     ray_address: str | None,
+    start_method: str | None = None,
 ) -> Transport:
+    if backend != "process" and start_method is not None:
+        raise ValueError(
+            f"start_method applies to backend='process' only (how its workers start), "
+            f"not to backend={backend!r}"
+        )
     if backend != "ray" and (client_resources, client_group, ray_address) != (None, None, None):
         raise ValueError(
             "client_resources, client_group and ray_address apply to backend='ray' only"
@@ -71,7 +79,9 @@ def _backend(
     if backend == "inline":
         return inline_transport(client_fn, num_clients, client_cache)
     if backend == "process":
-        return ProcessTransport(client_fn, num_clients, num_workers=num_workers)
+        return ProcessTransport(
+            client_fn, num_clients, num_workers=num_workers, start_method=start_method
+        )
     if backend == "ray":
         from covey.sim._ray import RayTransport
 
@@ -289,6 +299,7 @@ def simulate(
     client_group: Callable[[int], str] | None = None,
     ray_address: str | None = None,
     compression: Scheme | str | None = None,
+    start_method: StartMethod | None = None,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -340,6 +351,11 @@ def simulate(
         compression: Clients send their updates compressed with this scheme (see
             :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object); the
             history then records the bytes of each round, both ways.
+        start_method: How the process backend starts its workers: ``"fork"`` (fast;
+            ``client_fn`` may be any callable), ``"forkserver"`` or ``"spawn"`` (safe
+            when this process runs other threads; ``client_fn`` must pickle and be
+            importable in the workers). None forks when this process runs one thread,
+            and otherwise uses the fork server when ``client_fn`` can be sent there.
 
     Returns:
         The final weights and the history.
@@ -367,6 +383,7 @@ def simulate(
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     strategy = _checked(strategy, num_clients, rounds)
     _check_options(seed, round_timeout, client_cache, num_workers)
+    check_start_method(start_method)
     _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy, backend)
@@ -390,6 +407,7 @@ def simulate(
             client_resources=client_resources,
             client_group=client_group,
             ray_address=ray_address,
+            start_method=start_method,
         )
         try:
             clocked = None

@@ -21,6 +21,7 @@ from covey.clients._client import ClientFn, build_client, run_task
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.sim import _shm
+from covey.sim._logs import WorkerLogs
 
 _Broadcast = tuple[Weights | None, Any]
 
@@ -61,6 +62,19 @@ def _one_torch_thread() -> None:
         set_num_threads(1)
 
 
+def _fresh_hint() -> str:
+    """What a worker started from a fresh interpreter lacks, for an error building a client."""
+    method = mp.get_start_method(allow_none=True)
+    if method in (None, "fork"):
+        return ""
+    return (
+        f"(this worker was started with start_method={method!r}: it has what importing "
+        "client_fn's module gives, not what the simulating process set up at run time, such "
+        'as globals set under `if __name__ == "__main__":`, registered task kinds or '
+        "patches; set those up when the module is imported, or use start_method='fork')\n"
+    )
+
+
 def _own_output() -> None:
     """Print to the terminal itself, not through the parent's progress bar.
 
@@ -75,7 +89,13 @@ def _own_output() -> None:
         setattr(sys, name, getattr(stream, "rich_proxied_file", stream))
 
 
-def worker_main(conn: Connection, client_fn: ClientFn, pool: str, started: Any = None) -> None:
+def worker_main(
+    conn: Connection,
+    client_fn: ClientFn,
+    pool: str,
+    started: Any = None,
+    levels: tuple[dict[str, int], int] | None = None,
+) -> None:
     """Run the tasks the parent sends over ``conn`` until it says stop or goes away.
 
     Args:
@@ -83,9 +103,14 @@ def worker_main(conn: Connection, client_fn: ClientFn, pool: str, started: Any =
         client_fn: Builds each client of this worker, once.
         pool: The name prefix of the pool's shared-memory files.
         started: A shared byte set to 1 here: a worker gone without it never started.
+        levels: The parent's logger levels (see :func:`covey.sim._logs.levels`); given,
+            the clients' log records go to the parent's loggers.
     """
     if started is not None:
         started.value = 1
+    logs = WorkerLogs(conn)
+    if levels is not None:
+        logs.install(levels)
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
     _exit_with_parent()
     _one_torch_thread()
@@ -100,6 +125,7 @@ def worker_main(conn: Connection, client_fn: ClientFn, pool: str, started: Any =
         except (EOFError, OSError, KeyboardInterrupt):
             return
         if data == b"stop":
+            logs.push(timeout=1.0)
             return
         seq, path, sizes, items = _shm.read_tasks(data)
         map_error: str | None = None
@@ -110,12 +136,12 @@ def worker_main(conn: Connection, client_fn: ClientFn, pool: str, started: Any =
             except Exception:  # noqa: BLE001 - reported to the server as each task's error
                 map_error = traceback.format_exc()
         broadcast = current[1] if path is not None else (None, None)
-        if not _run_batch(conn, seq, items, broadcast, map_error, clients, client_fn, prefix):
+        if not _run_batch(logs, seq, items, broadcast, map_error, clients, client_fn, prefix):
             return
 
 
 def _run_batch(
-    conn: Connection,
+    conn: WorkerLogs,
     seq: int,
     items: list[_shm.TaskItem],
     broadcast: _Broadcast,
@@ -131,6 +157,7 @@ def _run_batch(
         if map_error is not None:
             reply = Reply(cid, kind, error=map_error)
         else:
+            conn.context = (cid, rnd)
             try:
                 config, payload = _shm.task_fields(item, extras)
                 client = clients.get(cid)
@@ -139,7 +166,12 @@ def _run_batch(
                     _one_torch_thread()
                 reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
             except Exception:  # noqa: BLE001 - building the client failed: the task's error
-                reply = Reply(cid, kind, error=traceback.format_exc())
+                error = traceback.format_exc()
+                if cid not in clients:
+                    error += _fresh_hint()
+                reply = Reply(cid, kind, error=error)
+            finally:
+                conn.context = None
         try:
             _shm.send_reply(conn, seq, reply, prefix)
         except (BrokenPipeError, OSError):
