@@ -1,8 +1,9 @@
-"""`covey run` of a project interrupted with Ctrl-C: it says what happened and what to do.
+"""`covey run` of a project stopped midway: it says what happened and what to do.
 
 A simulation keeps no checkpoint to resume from; the run folder keeps the
-history of the rounds done, marked stopped, and the line printed says how to
-run it again.
+history of the rounds done, marked stopped, and the model after the last of
+them; the line printed names the model and says how to run it again. The same
+holds when the app's own evaluation raises.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 from typer.testing import CliRunner
 
+import covey
 from covey.cli import app
 
 pytestmark = pytest.mark.slow
@@ -40,9 +43,9 @@ def test_ctrl_c_of_a_simulated_covey_run_says_how_to_run_it_again(tmp_path: Path
     )
     try:
         deadline = time.monotonic() + 60
-        while not list(root.glob("runs/*/history.json")) and time.monotonic() < deadline:
+        while not _a_round_done(root) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert list(root.glob("runs/*/history.json")), "no round finished within 60 s"
+        assert _a_round_done(root), "no round finished within 60 s"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -56,3 +59,73 @@ def test_ctrl_c_of_a_simulated_covey_run_says_how_to_run_it_again(tmp_path: Path
     assert run.name in said
     assert "covey run" in said.split("interrupted:", 1)[1]
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    # One line names the model after the last round of the history, as it scored it.
+    lines = [line for line in out.decode(errors="replace").splitlines() if "interrupted" in line]
+    assert len(lines) == 1, said
+    history = covey.History.load(run)
+    done = history.rounds[-1].round
+    assert f"the model after round {done}, the last complete one, is in " in said
+    assert str(run / "model.safetensors") in lines[0]
+    _check_model(run, history, done)
+
+
+def _a_round_done(root: Path) -> bool:
+    """Whether a run under ``root`` has written a history holding round 1 or later."""
+    for path in root.glob("runs/*/history.json"):
+        try:
+            rounds = json.loads(path.read_text())["rounds"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if any(r["round"] >= 1 for r in rounds):
+            return True
+    return False
+
+
+def _check_model(run: Path, history: covey.History, done: int) -> None:
+    """The run's model.safetensors is the model after round ``done``, as the history scored it."""
+    with safe_open(run / "model.safetensors", "np") as f:
+        assert f.metadata()["covey_round"] == str(done)
+        model = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    (record,) = [r for r in history.rounds if r.round == done]
+    data = covey.data.load_digits()
+    loss, _ = covey.models.logistic_evaluate(model, data.x_test, data.y_test)
+    assert loss == record.central_loss
+
+
+BROKEN_EVALUATION = """
+
+def broken_in_round_3(config):
+    app = make_server(config)
+
+    def evaluate_until_2(rnd, weights):
+        if rnd >= 3:
+            raise RuntimeError("evaluation on fire")
+        return evaluate(rnd, weights)
+
+    return ServerApp(app.strategy, app.initial_weights, evaluate_fn=evaluate_until_2)
+"""
+
+
+def test_a_run_whose_evaluation_raises_keeps_the_last_complete_rounds_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    made = runner.invoke(app, ["new", "eval-fed", "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    root = tmp_path / "eval-fed"
+    with (root / "eval_fed" / "server_app.py").open("a") as f:
+        f.write(BROKEN_EVALUATION)
+    monkeypatch.syspath_prepend(str(root))
+    server = "server-app=eval_fed.server_app:broken_in_round_3"
+    result = runner.invoke(app, ["run", str(root), "--set", server], env={"COLUMNS": "200"})
+    said = " ".join(result.output.split())
+    # The error is the app's own, as before (covey.cli.main prints it in one line).
+    assert isinstance(result.exception, RuntimeError), said
+    assert str(result.exception) == "evaluation on fire"
+    (run,) = root.glob("runs/*")
+    history = covey.History.load(run)
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    assert (
+        f"the model after round 2, the last complete one, is in {run / 'model.safetensors'}" in said
+    )
+    _check_model(run, history, 2)
