@@ -106,26 +106,94 @@ def broken_in_round_3(config):
 """
 
 
-def test_a_run_whose_evaluation_raises_keeps_the_last_complete_rounds_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    runner = CliRunner()
-    made = runner.invoke(app, ["new", "eval-fed", "--dir", str(tmp_path)])
+@pytest.fixture(scope="module")
+def eval_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose server app ``broken_in_round_3`` evaluates rounds 0 to 2, then raises."""
+    where = tmp_path_factory.mktemp("eval")
+    made = CliRunner().invoke(app, ["new", "eval-fed", "--dir", str(where)])
     assert made.exit_code == 0, made.output
-    root = tmp_path / "eval-fed"
+    root = where / "eval-fed"
     with (root / "eval_fed" / "server_app.py").open("a") as f:
         f.write(BROKEN_EVALUATION)
+    return root
+
+
+def test_a_run_whose_evaluation_raises_keeps_the_last_complete_rounds_model(
+    eval_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = eval_project
     monkeypatch.syspath_prepend(str(root))
     server = "server-app=eval_fed.server_app:broken_in_round_3"
-    result = runner.invoke(app, ["run", str(root), "--set", server], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["run", str(root), "--set", server], env={"COLUMNS": "200"})
     said = " ".join(result.output.split())
     # The error is the app's own, as before (covey.cli.main prints it in one line).
     assert isinstance(result.exception, RuntimeError), said
     assert str(result.exception) == "evaluation on fire"
-    (run,) = root.glob("runs/*")
+    (run,) = root.glob("runs/sim-*")
     history = covey.History.load(run)
     assert [r.round for r in history.rounds] == [0, 1, 2]
     assert (
         f"the model after round 2, the last complete one, is in {run / 'model.safetensors'}" in said
     )
     _check_model(run, history, 2)
+
+
+def test_a_served_run_whose_evaluation_raises_names_the_last_complete_rounds_model(
+    eval_project: Path,
+) -> None:
+    root = eval_project
+    env = dict(os.environ, COLUMNS="200")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    for item in (
+        "server-app=eval_fed.server_app:broken_in_round_3",
+        "address='127.0.0.1:0'",
+        "port-file='fed.port'",
+        "wait-timeout=60",
+        "plot=false",
+    ):
+        command += ["--set", item]
+    server = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    clients: list[subprocess.Popen[str]] = []
+    port_file = root / "fed.port"
+    try:
+        for _ in range(600):  # the port, once it listens (60 s at most)
+            if port_file.is_file() and port_file.read_text().strip():
+                break
+            assert server.poll() is None, server.communicate()[0]
+            time.sleep(0.1)
+        port = port_file.read_text().strip()
+        for k in range(2):
+            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
+            client += ["--app", "eval_fed.client_app:client_fn", "--name", f"site-{k}"]
+            client += ["--server", f"127.0.0.1:{port}"]
+            clients.append(
+                subprocess.Popen(
+                    client,
+                    cwd=root,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        said = " ".join(server.communicate(timeout=120)[0].split())
+    finally:
+        for proc in [server, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    assert server.returncode == 1, said
+    assert "error: RuntimeError: evaluation on fire" in said  # as before
+    (run,) = root.glob("runs/local-*")
+    model = run / "weights" / "round-00002.safetensors"
+    assert f"run stopped: the model after round 2, the last complete one, is in {model}" in said
+    history = covey.History.load(run)
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    with safe_open(model, "np") as f:
+        weights = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    data = covey.data.load_digits()
+    loss, _ = covey.models.logistic_evaluate(weights, data.x_test, data.y_test)
+    assert loss == history.rounds[2].central_loss
