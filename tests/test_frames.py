@@ -218,12 +218,12 @@ def test_a_client_of_the_chunk_message_protocol_is_refused() -> None:
         transport.close()
 
 
-def test_a_client_refuses_a_server_of_the_chunk_message_protocol() -> None:
-    """A stand-in for an old server: it welcomes without stating a protocol."""
+def _welcomed_by(welcome: pb.Welcome) -> BaseException | None:
+    """What a client that makes one attempt ends with, welcomed by a stand-in server so."""
 
     def join(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         next(requests)
-        yield control(pb.ServerMessage(welcome=pb.Welcome(cid=1, name="x", heartbeat_interval=1)))
+        yield control(pb.ServerMessage(welcome=welcome))
         context.abort(grpc.StatusCode.UNAVAILABLE, "should not get here")
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -236,10 +236,56 @@ def test_a_client_refuses_a_server_of_the_chunk_message_protocol() -> None:
     try:
         client = Joined(port, name="new", max_attempts=1)
         client.join(30)
-        assert isinstance(client.error, Refused)
-        assert "wire protocol" in str(client.error)
+        return client.error
     finally:
         server.stop(0).wait(5)
+
+
+def test_a_client_refuses_a_server_of_the_chunk_message_protocol() -> None:
+    """A stand-in for an old server: it welcomes without stating a protocol nor a version."""
+    error = _welcomed_by(pb.Welcome(cid=1, name="x", heartbeat_interval=1))
+    assert isinstance(error, Refused)
+    assert "a server of an older covey (it states no version) speaks wire protocol 1" in str(error)
+    assert f"this client (covey {covey.__version__}) speaks {PROTOCOL}" in str(error)
+
+
+def test_a_client_refusing_a_server_of_another_protocol_names_its_version() -> None:
+    welcome = pb.Welcome(cid=1, name="x", heartbeat_interval=1, protocol=3, version="0.9.0")
+    error = _welcomed_by(welcome)
+    assert isinstance(error, Refused)
+    assert "a server of covey 0.9.0 speaks wire protocol 3" in str(error)
+
+
+def test_a_client_refuses_a_welcome_stating_an_overlong_version() -> None:
+    welcome = pb.Welcome(cid=1, name="x", protocol=PROTOCOL, version="9." + "x" * 99)
+    error = _welcomed_by(welcome)
+    assert isinstance(error, ConnectionError), error
+    assert not isinstance(error, Refused)
+    assert "a covey version of 101 characters (at most 40)" in str(error)
+
+
+def test_the_servers_welcome_states_its_version_and_the_client_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="covey")
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=0.5)
+    client = Joined(transport.port, name="site-a")
+    raw = Raw(transport.port)
+    try:
+        welcome = next(raw.messages()).welcome
+        assert (welcome.protocol, welcome.version) == (PROTOCOL, covey.__version__)
+        assert transport.wait_for_clients(2, 20)
+        for _ in range(200):  # the client logs once it reads its Welcome
+            if any(m.startswith("connected") for m in caplog.messages):
+                break
+            time.sleep(0.05)
+    finally:
+        raw.close()
+        transport.close()
+        client.join(30)
+    (line,) = [m for m in caplog.messages if m.startswith("connected")]
+    assert line.startswith("connected as site-a (id ")
+    assert line.endswith(f") to a server of covey {covey.__version__}")
 
 
 # -- spilled replies are mapped only while they are folded --------------------------------------

@@ -1,8 +1,9 @@
-"""`covey run` of a project interrupted with Ctrl-C: it says what happened and what to do.
+"""`covey run` of a project stopped midway: it says what happened and what to do.
 
 A simulation keeps no checkpoint to resume from; the run folder keeps the
-history of the rounds done, marked stopped, and the line printed says how to
-run it again.
+history of the rounds done, marked stopped, and the model after the last of
+them; the line printed names the model and says how to run it again. The same
+holds when the app's own evaluation raises.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 from typer.testing import CliRunner
 
+import covey
 from covey.cli import app
 
 pytestmark = pytest.mark.slow
@@ -40,9 +43,9 @@ def test_ctrl_c_of_a_simulated_covey_run_says_how_to_run_it_again(tmp_path: Path
     )
     try:
         deadline = time.monotonic() + 60
-        while not list(root.glob("runs/*/history.json")) and time.monotonic() < deadline:
+        while not _a_round_done(root) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert list(root.glob("runs/*/history.json")), "no round finished within 60 s"
+        assert _a_round_done(root), "no round finished within 60 s"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -56,3 +59,141 @@ def test_ctrl_c_of_a_simulated_covey_run_says_how_to_run_it_again(tmp_path: Path
     assert run.name in said
     assert "covey run" in said.split("interrupted:", 1)[1]
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    # One line names the model after the last round of the history, as it scored it.
+    lines = [line for line in out.decode(errors="replace").splitlines() if "interrupted" in line]
+    assert len(lines) == 1, said
+    history = covey.History.load(run)
+    done = history.rounds[-1].round
+    assert f"the model after round {done}, the last complete one, is in " in said
+    assert str(run / "model.safetensors") in lines[0]
+    _check_model(run, history, done)
+
+
+def _a_round_done(root: Path) -> bool:
+    """Whether a run under ``root`` has written a history holding round 1 or later."""
+    for path in root.glob("runs/*/history.json"):
+        try:
+            rounds = json.loads(path.read_text())["rounds"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if any(r["round"] >= 1 for r in rounds):
+            return True
+    return False
+
+
+def _check_model(run: Path, history: covey.History, done: int) -> None:
+    """The run's model.safetensors is the model after round ``done``, as the history scored it."""
+    with safe_open(run / "model.safetensors", "np") as f:
+        assert f.metadata()["covey_round"] == str(done)
+        model = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    (record,) = [r for r in history.rounds if r.round == done]
+    data = covey.data.load_digits()
+    loss, _ = covey.models.logistic_evaluate(model, data.x_test, data.y_test)
+    assert loss == record.central_loss
+
+
+BROKEN_EVALUATION = """
+
+def broken_in_round_3(config):
+    app = make_server(config)
+
+    def evaluate_until_2(rnd, weights):
+        if rnd >= 3:
+            raise RuntimeError("evaluation on fire")
+        return evaluate(rnd, weights)
+
+    return ServerApp(app.strategy, app.initial_weights, evaluate_fn=evaluate_until_2)
+"""
+
+
+@pytest.fixture(scope="module")
+def eval_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose server app ``broken_in_round_3`` evaluates rounds 0 to 2, then raises."""
+    where = tmp_path_factory.mktemp("eval")
+    made = CliRunner().invoke(app, ["new", "eval-fed", "--dir", str(where)])
+    assert made.exit_code == 0, made.output
+    root = where / "eval-fed"
+    with (root / "eval_fed" / "server_app.py").open("a") as f:
+        f.write(BROKEN_EVALUATION)
+    return root
+
+
+def test_a_run_whose_evaluation_raises_keeps_the_last_complete_rounds_model(
+    eval_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = eval_project
+    monkeypatch.syspath_prepend(str(root))
+    server = "server-app=eval_fed.server_app:broken_in_round_3"
+    result = CliRunner().invoke(app, ["run", str(root), "--set", server], env={"COLUMNS": "200"})
+    said = " ".join(result.output.split())
+    # The error is the app's own, as before (covey.cli.main prints it in one line).
+    assert isinstance(result.exception, RuntimeError), said
+    assert str(result.exception) == "evaluation on fire"
+    (run,) = root.glob("runs/sim-*")
+    history = covey.History.load(run)
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    assert (
+        f"the model after round 2, the last complete one, is in {run / 'model.safetensors'}" in said
+    )
+    _check_model(run, history, 2)
+
+
+def test_a_served_run_whose_evaluation_raises_names_the_last_complete_rounds_model(
+    eval_project: Path,
+) -> None:
+    root = eval_project
+    env = dict(os.environ, COLUMNS="200")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    for item in (
+        "server-app=eval_fed.server_app:broken_in_round_3",
+        "address='127.0.0.1:0'",
+        "port-file='fed.port'",
+        "wait-timeout=60",
+        "plot=false",
+    ):
+        command += ["--set", item]
+    server = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    clients: list[subprocess.Popen[str]] = []
+    port_file = root / "fed.port"
+    try:
+        for _ in range(600):  # the port, once it listens (60 s at most)
+            if port_file.is_file() and port_file.read_text().strip():
+                break
+            assert server.poll() is None, server.communicate()[0]
+            time.sleep(0.1)
+        port = port_file.read_text().strip()
+        for k in range(2):
+            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
+            client += ["--app", "eval_fed.client_app:client_fn", "--name", f"site-{k}"]
+            client += ["--server", f"127.0.0.1:{port}"]
+            clients.append(
+                subprocess.Popen(
+                    client,
+                    cwd=root,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        said = " ".join(server.communicate(timeout=120)[0].split())
+    finally:
+        for proc in [server, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    assert server.returncode == 1, said
+    assert "error: RuntimeError: evaluation on fire" in said  # as before
+    (run,) = root.glob("runs/local-*")
+    model = run / "weights" / "round-00002.safetensors"
+    assert f"run stopped: the model after round 2, the last complete one, is in {model}" in said
+    history = covey.History.load(run)
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    with safe_open(model, "np") as f:
+        weights = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    data = covey.data.load_digits()
+    loss, _ = covey.models.logistic_evaluate(weights, data.x_test, data.y_test)
+    assert loss == history.rounds[2].central_loss

@@ -29,7 +29,14 @@ def _newer_history(folder: Path) -> None:
 
 def test_a_history_with_fields_of_a_newer_covey_is_read(tmp_path: Path) -> None:
     _newer_history(tmp_path)
-    history = covey.History.load(tmp_path)
+    with pytest.warns(UserWarning, match="left out field") as warned:
+        history = covey.History.load(tmp_path)
+    (warning,) = warned  # one warning names every field left out
+    said = str(warning.message)
+    for name in ("signed_by", "rounds[].carbon_grams", "rounds[].fit_failures.site_time"):
+        assert name in said
+    assert "it records no covey version" in said
+    assert warning.filename == __file__  # it points at the caller
     assert [r.round for r in history] == [0, 1]
     assert history[0].central_loss == 1.0
     (failure,) = history[1].fit_failures
@@ -42,9 +49,36 @@ def test_runs_show_reads_a_history_of_a_newer_covey(tmp_path: Path) -> None:
     from covey.cli import app
 
     _newer_history(tmp_path)
-    result = CliRunner().invoke(app, ["runs", "show", str(tmp_path)])
+    with pytest.warns(UserWarning, match="carbon_grams"):
+        result = CliRunner().invoke(app, ["runs", "show", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "boom" in result.output
+
+
+def test_a_typo_in_a_hand_edited_history_is_named_with_the_version_that_wrote_it(
+    tmp_path: Path,
+) -> None:
+    history = covey.History([RoundRecord(0, central_loss=1.0), RoundRecord(1, central_loss=0.5)])
+    history.config = {"strategy": "FedAvg", "covey_version": "0.9.1"}
+    history.save(tmp_path / "history.json")
+    text = (
+        (tmp_path / "history.json").read_text().replace('"central_loss": 0.5', '"centrl_loss": 0.4')
+    )
+    (tmp_path / "history.json").write_text(text)
+    with pytest.warns(UserWarning, match="centrl_loss") as warned:
+        read = covey.History.load(tmp_path)
+    (warning,) = warned
+    said = str(warning.message)
+    assert "rounds[].centrl_loss" in said
+    assert "written by covey 0.9.1" in said
+    assert f"covey {covey.__version__} does not know" in said
+    assert str(tmp_path / "history.json") in said
+    assert read[1].central_loss is None  # left out, as before
+
+
+def test_a_history_of_known_fields_loads_without_a_warning(tmp_path: Path) -> None:
+    covey.History([RoundRecord(0, central_loss=1.0)]).save(tmp_path / "history.json")
+    assert covey.History.load(tmp_path)[0].central_loss == 1.0  # filterwarnings = error
 
 
 def test_a_store_whose_records_carry_newer_fields_is_refused_naming_them(tmp_path: Path) -> None:

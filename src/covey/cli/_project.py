@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from covey.cli._model import MODEL_FILE, RoundModels, keep_model, save_model
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
@@ -307,7 +308,7 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
 
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
-    from covey.cli._runs import last_finished, print_table, round_table, stopped_early
+    from covey.cli._runs import print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked
     from covey.sim._start import check_start_method
@@ -330,6 +331,7 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
     )
+    models = RoundModels(server_app.evaluate_fn)  # keeps the model after the last round done
     try:
         result = covey.simulate(
             functools.partial(
@@ -339,35 +341,41 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
             rounds,
             server_app.strategy,
             server_app.weights,  # called by simulate(): the step-0 model is freed after round 1
-            server_app.evaluate_fn,
+            models.evaluate,
             backend=backend,  # type: ignore[arg-type]
             start_method=start_method,
             seed=int(run.get("seed", server_app.seed)),
             progress=True,
+            on_round=models.finished,
             run_dir=run_dir,
             compression=server_app.compression,
         )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         # the model after the last round that finished, as a finished run keeps its own
-        done = last_finished(exc.history) or 0
-        if done > 0 and _save_model(run_dir, done, exc.weights):
-            console.print(
-                escape(
-                    f"the model after round {done}, the last complete one, is in "
-                    f"{run_dir / MODEL_FILE}; `covey runs show {shlex.quote(str(run_dir))}`"
-                ),
-                soft_wrap=True,
-            )
+        kept = keep_model(run_dir, models, console, exc.history, exc.weights)
+        if kept is not None:
+            show = f"`covey runs show {shlex.quote(str(run_dir))}`"
+            console.print(escape(f"{kept}; {show}"), soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
+        kept = keep_model(run_dir, models, console)
         console.print(
-            f"interrupted: the simulation in {escape(str(run_dir))} stopped (its history.json "
-            "keeps the rounds done); a simulation keeps no checkpoint to resume from: "
-            "`covey run` runs it again from the start, and the same seed gives the same results",
+            escape(
+                f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
+                f"rounds done{'; ' + kept if kept else ''}); a simulation keeps no checkpoint "
+                "to resume from: `covey run` runs it again from the start, and the same seed "
+                "gives the same results"
+            ),
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
+    except Exception:
+        # The app's own function raised: the error is reported as any other (covey.cli.main).
+        kept = keep_model(run_dir, models, console)
+        if kept is not None:
+            console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
+        raise
     plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
     print_table(round_table(result.history), console)
     early = stopped_early(result.history)
@@ -375,30 +383,12 @@ def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> N
         console.print(f"[yellow]{escape(early)}[/]")
     files = "history.json, plot.png"
     last = result.history.rounds[-1].round if result.history.rounds else 0
-    if _save_model(run_dir, last, result.weights):
+    if save_model(run_dir, last, result.weights, console):
         files += f", {MODEL_FILE}"
     console.print(
         escape(f"run folder: {run_dir} ({files}); `covey runs show {shlex.quote(str(run_dir))}`"),
         soft_wrap=True,
     )
-
-
-MODEL_FILE = "model.safetensors"
-
-
-def _save_model(run_dir: Path, last: int, weights: Any) -> bool:
-    """Keep a simulated run's model (after round ``last``) in its folder; say why if not kept."""
-    from safetensors import SafetensorError
-
-    from covey.core._weights import WeightsSpec
-    from covey.server._roundfiles import write_weights
-
-    try:
-        write_weights(run_dir / MODEL_FILE, last, weights, WeightsSpec.of(weights))
-    except (OSError, ValueError, SafetensorError) as exc:
-        console.print(f"[yellow]the model was not saved:[/] {escape(str(exc))}")
-        return False
-    return True
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:

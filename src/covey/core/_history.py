@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Literal
 
 from covey.core._files import atomic_write
 from covey.core._messages import Metrics
+from covey.core._version import covey_version
 
 Source = Literal["central", "evaluate", "fit"]
 
@@ -174,6 +176,23 @@ def unknown_fields(raw: dict[str, Any]) -> list[str]:
                 - {f"{name}.{k}" for k in _FAILURE_FIELDS}
             )
     return unknown
+
+
+_HISTORY_FIELDS = frozenset({"rounds", "config", "stopped_reason", "clients"})
+
+
+def _unknown_in(data: dict[str, Any]) -> list[str]:
+    """The fields of a history's JSON that :meth:`History.from_dict` leaves out, each named once.
+
+    A round's field is named as ``rounds[].NAME`` (a failure's as
+    ``rounds[].fit_failures.NAME``), whichever rounds hold it.
+    """
+    unknown = sorted(k for k in data if k not in _HISTORY_FIELDS)
+    in_rounds: set[str] = set()
+    for raw in data.get("rounds", []):
+        if isinstance(raw, dict):
+            in_rounds.update(unknown_fields(raw))
+    return unknown + [f"rounds[].{name}" for name in sorted(in_rounds)]
 
 
 def _record(raw: Any) -> RoundRecord:
@@ -369,6 +388,10 @@ class History:
             run_dir: The run folder (holding ``history.json``), or the
                 ``history.json`` file itself.
 
+        Fields this covey does not know are left out, so that the history a newer
+        covey wrote reads here; one ``UserWarning`` names them (and the covey
+        version that wrote the file), so a typo in a hand-edited file shows.
+
         Returns:
             The run's history as of its last finished round.
 
@@ -394,9 +417,25 @@ class History:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
                 raise ValueError("it has no list of rounds")
-            return cls.from_dict(data)
+            history = cls.from_dict(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{path} is not a covey history: {exc}") from None
+        left_out = _unknown_in(data)
+        if left_out:
+            written = history.config.get("covey_version")
+            by = (
+                f"it was written by covey {written}"
+                if isinstance(written, str) and written
+                else "it records no covey version"
+            )
+            warnings.warn(
+                f"{path}: left out field(s) covey {covey_version()} does not know: "
+                f"{', '.join(left_out)} ({by}; a newer covey adds fields, else check the "
+                "file for a typo)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return history
 
 
 def _head(history: History) -> dict[str, Any]:

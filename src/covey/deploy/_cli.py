@@ -21,7 +21,7 @@ from covey.deploy._cli_errors import (
     required_params,
 )
 from covey.deploy._cli_logs import setup_logging
-from covey.deploy._cli_resume import resume_hint
+from covey.deploy._cli_resume import resume_hint, saved_model
 
 # Every line whole: a server's or client's output is often a log file or a journal,
 # where a line cut at 80 columns becomes two entries.
@@ -196,23 +196,35 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        _show_model(run)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         _forget(run, flags)
         how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
         if (run / "run.sqlite").is_file():  # resumed from step 0 if no round was saved
+            model = saved_model(run)
             said = (
-                f"{how}: the run in {run} is kept; continue it with "
-                f"`{flags.get('resume_hint') or resume_hint(run)}`"
+                f"{how}: the run in {run} is kept{f' ({model})' if model else ''}; continue it "
+                f"with `{flags.get('resume_hint') or resume_hint(run)}`"
             )
         else:
             said = f"{how} before the run started"
         console.print(escape(said), soft_wrap=True)
         raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+    except Exception:
+        _show_model(run)  # the app's own function raised: reported as any other error
+        raise
     shown.line(
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json{' and plot.png' if plot else ''} in {escape(str(run))}"
     )
+
+
+def _show_model(run: Path) -> None:
+    """Say where the model after the last complete round of a run that stopped is, if any."""
+    model = saved_model(run)
+    if model is not None:
+        console.print(escape(f"run stopped: {model}"), soft_wrap=True)
 
 
 def stop_on_sigterm() -> None:

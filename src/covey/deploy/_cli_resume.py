@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from shlex import quote
 
-__all__ = ["resume_hint", "saved_round"]
+__all__ = ["resume_hint", "saved_model", "saved_round"]
 
 
 def saved_round(run: Path) -> bool:
@@ -21,6 +21,30 @@ def saved_round(run: Path) -> bool:
             return store.last_round() is not None
     except (OSError, ValueError, sqlite3.Error):
         return False
+
+
+def saved_model(run: Path) -> str | None:
+    """Where the model after the run's last saved round is, in words; None before round 1.
+
+    A deployed run keeps each complete round's model in ``weights/`` (the newest
+    ``keep_last`` of them); the newest is the model a stopped run leaves.
+    """
+    import sqlite3
+
+    from covey.server._roundfiles import WEIGHTS_DIR, weights_file_name
+    from covey.server._store import RunStore
+
+    if not (run / "run.sqlite").is_file():
+        return None
+    try:
+        with RunStore.open(run) as store:
+            last = store.last_round()
+    except (OSError, ValueError, sqlite3.Error):
+        return None
+    path = run / WEIGHTS_DIR / weights_file_name(last or 0)
+    if not last or not path.is_file():
+        return None
+    return f"the model after round {last}, the last complete one, is in {path}"
 
 
 def resume_hint(

@@ -56,6 +56,7 @@ from covey.transport.grpc._options import (
 )
 from covey.transport.grpc._refusal import (
     HANDSHAKE_STRIKES,
+    VERSION_CHARS,
     Refused,
     RetryBudget,
     attempt_failure,
@@ -64,6 +65,8 @@ from covey.transport.grpc._refusal import (
     handshake_refusal,
     log_retry,
     permanent_cause,
+    server_named,
+    stated_version,
     transient_text,
 )
 from covey.transport.grpc._stream import Buffers, split_blobs
@@ -224,14 +227,26 @@ class _Session:
         return None
 
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
+        if len(welcome.version) > VERSION_CHARS:
+            raise ConnectionError(
+                f"the server sent a Welcome stating a covey version of {len(welcome.version)} "
+                f"characters (at most {VERSION_CHARS}): {stated_version(welcome.version)}"
+            )
         if welcome.protocol != PROTOCOL:
-            raise Refused(server_protocol_refusal(welcome.protocol, covey_version()))
+            raise Refused(
+                server_protocol_refusal(welcome.protocol, covey_version(), welcome.version)
+            )
         self.welcomed = True
         self.cid = result.cid = int(welcome.cid)
         if welcome.heartbeat_interval > 0:
             self.heartbeat = welcome.heartbeat_interval
             self.outbound.put(_WAKE)
-        logger.info("connected as %s (id %d)", welcome.name, self.cid)
+        logger.info(
+            "connected as %s (id %d) to %s",
+            welcome.name,
+            self.cid,
+            server_named(welcome.version),
+        )
 
     def _watch(self, stop: threading.Event, ended: threading.Event) -> None:
         while not ended.is_set():

@@ -25,7 +25,7 @@ from typing import Any
 from covey.core import _codec
 from covey.core._messages import Reply
 from covey.transport.grpc import _wire
-from covey.transport.grpc._refusal import stated_version
+from covey.transport.grpc._refusal import VERSION_CHARS, server_named, stated_version
 from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, chunks, lazy_buffer
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -44,6 +44,7 @@ __all__ = [
     "server_message",
     "server_protocol_refusal",
     "task_header",
+    "welcome_message",
 ]
 
 #: The wire protocol this covey speaks: 2 = chunks as raw tagged frames.
@@ -119,12 +120,32 @@ def protocol_refusal(client: int, server: int, client_version: str, server_versi
     )
 
 
-def server_protocol_refusal(server: int, client_version: str) -> str:
-    """What a client says when the server's ``Welcome`` states another wire protocol."""
+def server_protocol_refusal(server: int, client_version: str, server_version: str = "") -> str:
+    """What a client says when the server's ``Welcome`` states another wire protocol.
+
+    Args:
+        server: The server's wire protocol (0: it states none, protocol 1).
+        client_version: This client's covey version.
+        server_version: The covey version the server states ("" from an older server).
+    """
     return (
-        f"incompatible covey wire protocols: the server speaks wire protocol {server or 1}, "
-        f"this client (covey {client_version}) speaks {PROTOCOL}; run the same covey "
-        "major.minor version on both sides"
+        f"incompatible covey wire protocols: {server_named(server_version)} speaks wire "
+        f"protocol {server or 1}, this client (covey {client_version}) speaks {PROTOCOL}; "
+        "run the same covey major.minor version on both sides"
+    )
+
+
+def welcome_message(cid: int, name: str, heartbeat: float, version: str) -> pb.Welcome:
+    """The server's ``Welcome``: the client's id and name, the heartbeat, protocol and version.
+
+    The covey version is cut to :data:`VERSION_CHARS` characters, the most a client takes.
+    """
+    return pb.Welcome(
+        cid=cid,
+        name=name,
+        heartbeat_interval=heartbeat,
+        protocol=PROTOCOL,
+        version=version[:VERSION_CHARS],
     )
 
 

@@ -24,6 +24,7 @@ from cryptography import x509
 __all__ = [
     "HANDSHAKE_STRIKES",
     "RUN_OVER",
+    "VERSION_CHARS",
     "Refused",
     "RetryBudget",
     "attempt_failure",
@@ -33,6 +34,7 @@ __all__ = [
     "handshake_closed",
     "log_retry",
     "permanent_cause",
+    "server_named",
     "stated_version",
     "transient_text",
     "unimplemented_refusal",
@@ -43,6 +45,9 @@ logger = logging.getLogger("covey")
 
 #: TLS handshakes the server closed in a row before a client takes it as a refusal.
 HANDSHAKE_STRIKES = 3
+
+#: The most characters of a covey version a peer states (a server's ``Welcome``) or is quoted by.
+VERSION_CHARS = 40
 
 #: What a server says to a client that arrives while it closes (its run is over).
 RUN_OVER = "the run is over (server closing)"
@@ -100,9 +105,23 @@ def stated_version(version: str) -> str:
     """
     if not version:
         return "(unknown)"
-    shown = version[:40].encode("ascii", "backslashreplace").decode()
+    shown = version[:VERSION_CHARS].encode("ascii", "backslashreplace").decode()
     shown = "".join(c if c.isprintable() else "?" for c in shown)
-    return shown + ("..." if len(version) > 40 else "")
+    return shown + ("..." if len(version) > VERSION_CHARS else "")
+
+
+def server_named(version: str) -> str:
+    """The server as a client names it, by the covey version its ``Welcome`` states.
+
+    A server older than the ``Welcome``'s version field states none.
+
+    Example:
+        >>> server_named("0.2.0"), server_named("")
+        ('a server of covey 0.2.0', 'a server of an older covey (it states no version)')
+    """
+    if not version:
+        return "a server of an older covey (it states no version)"
+    return f"a server of covey {stated_version(version)}"
 
 
 def version_refusal(client: str, server: str) -> str:

@@ -28,7 +28,6 @@ from covey.transport.grpc import _wire
 from covey.transport.grpc._admission import Admission, Refusal
 from covey.transport.grpc._capacity import Capacity, full_message
 from covey.transport.grpc._frames import (
-    PROTOCOL,
     FrameError,
     chunk_data,
     client_message,
@@ -36,6 +35,7 @@ from covey.transport.grpc._frames import (
     frames,
     is_chunk,
     task_header,
+    welcome_message,
 )
 from covey.transport.grpc._greeting import Greeting
 from covey.transport.grpc._handshakes import HandshakeWatch
@@ -186,9 +186,7 @@ class FederationService:
             target=self._read, args=(conn, requests), name=f"covey-read-{cid}", daemon=True
         )
         reader.start()
-        welcome = pb.Welcome(
-            cid=cid, name=name, heartbeat_interval=self.heartbeat, protocol=PROTOCOL
-        )
+        welcome = welcome_message(cid, name, self.heartbeat, self.admission.version)
         yield control(pb.ServerMessage(welcome=welcome))
         if (yield from self._send(conn)):
             # The client hangs up once it reads the goodbye. Ending the stream first

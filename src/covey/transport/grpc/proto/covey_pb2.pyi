@@ -21,18 +21,20 @@ class Hello(_message.Message):
     def __init__(self, version: _Optional[str] = ..., name: _Optional[str] = ..., properties: _Optional[bytes] = ..., kinds: _Optional[_Iterable[str]] = ..., protocol: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("cid", "name", "heartbeat_interval", "run_id", "protocol")
+    __slots__ = ("cid", "name", "heartbeat_interval", "run_id", "protocol", "version")
     CID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     cid: int
     name: str
     heartbeat_interval: float
     run_id: str
     protocol: int
-    def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ..., protocol: _Optional[int] = ...) -> None: ...
+    version: str
+    def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ..., protocol: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
     __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size", "extras_size")

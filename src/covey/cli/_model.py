@@ -1,0 +1,112 @@
+"""The model a simulated ``covey run`` keeps in its run folder, however the run ends.
+
+A finished run keeps the model after its last round. A run stopped by an error
+(a round that cannot complete, the app's ``evaluate_fn`` raising) or by Ctrl-C
+keeps the model after its last complete round: the last round of its
+``history.json``, the one its central evaluation scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from covey.core._history import History, RoundRecord
+from covey.core._weights import Weights
+from covey.server._base import EvaluateFn, check_evaluate_fn
+
+__all__ = ["MODEL_FILE", "RoundModels", "keep_model", "save_model"]
+
+MODEL_FILE = "model.safetensors"
+
+
+class RoundModels:
+    """The model after each round, as the loop hands it to central evaluation.
+
+    ``evaluate`` stands for the app's ``evaluate_fn`` (or for none: it then
+    returns None, as no evaluation does): it sees the model after every round
+    and keeps it until a later round has finished (``finished``, the round
+    callback), so that the model after the last complete round is at hand
+    whatever stops the run, the app's own function or Ctrl-C included. The
+    model after the round that is finishing is the loop's own: at most one
+    more model is held, while a round is evaluated.
+
+    Args:
+        evaluate_fn: The app's ``evaluate_fn``, or None.
+    """
+
+    def __init__(self, evaluate_fn: EvaluateFn | None) -> None:
+        """Wrap ``evaluate_fn`` (refused, as the loop would, if it cannot be called so)."""
+        check_evaluate_fn(evaluate_fn)
+        self.evaluate_fn = evaluate_fn
+        self.models: dict[int, Weights] = {}
+
+    def evaluate(self, rnd: int, weights: Weights) -> Any:
+        """Keep the model after ``rnd``, then evaluate it with the app's function, if any."""
+        self.models[rnd] = weights
+        return None if self.evaluate_fn is None else self.evaluate_fn(rnd, weights)
+
+    def finished(self, record: RoundRecord) -> None:
+        """Round ``record.round`` finished: the models of the rounds before it are let go."""
+        for rnd in [r for r in self.models if r < record.round]:
+            del self.models[rnd]
+
+    def after(self, rnd: int) -> Weights | None:
+        """The model after round ``rnd``, if still kept."""
+        return self.models.get(rnd)
+
+
+def save_model(run_dir: Path, last: int, weights: Mapping[str, Any], console: Console) -> bool:
+    """Keep a simulated run's model (after round ``last``) in its folder; say why if not kept."""
+    from safetensors import SafetensorError
+
+    from covey.core._weights import WeightsSpec
+    from covey.server._roundfiles import write_weights
+
+    try:
+        write_weights(run_dir / MODEL_FILE, last, weights, WeightsSpec.of(weights))
+    except (OSError, ValueError, SafetensorError) as exc:
+        console.print(f"[yellow]the model was not saved:[/] {escape(str(exc))}")
+        return False
+    return True
+
+
+def keep_model(
+    run_dir: Path,
+    models: RoundModels,
+    console: Console,
+    history: History | None = None,
+    weights: Weights | None = None,
+) -> str | None:
+    """Save the model after the last complete round of a stopped run; where it is, or None.
+
+    Args:
+        run_dir: The run's folder.
+        models: The models the run kept round by round.
+        console: Where to say why the model could not be written.
+        history: The run's history (from its error); None reads the run's ``history.json``.
+        weights: The model the error carries (a FederationError's), used when the
+            round's own is no longer kept.
+
+    Returns:
+        ``the model after round N, the last complete one, is in PATH``, or None
+        when no round after round 0 finished (or the model could not be written).
+    """
+    from covey.cli._runs import last_finished
+
+    if history is None:
+        try:
+            history = History.load(run_dir)
+        except (OSError, ValueError):
+            return None
+    done = last_finished(history) or 0
+    model = models.after(done)
+    if model is None:
+        model = weights
+    if done <= 0 or model is None or not save_model(run_dir, done, model, console):
+        return None
+    return f"the model after round {done}, the last complete one, is in {run_dir / MODEL_FILE}"
