@@ -505,3 +505,53 @@ def test_a_client_changing_its_config_does_not_change_the_next_clients(
     result = covey.simulate(Greedy, 3, 2, strategy, init())
     for record in result.history.rounds[1:]:
         assert json.loads(str(record.fit_metrics["seen"])) == [[2, 1.0]] * 3
+
+
+MB = 1024 * 1024
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+@pytest.mark.parametrize(
+    ("config", "entry", "size", "limit"),
+    [
+        ({"blob": b"x" * 5 * MB}, "'blob'", "5242880 bytes", "1048576"),
+        ({"note": "y" * 2 * MB}, "'note'", "2097152 characters", "1048576"),
+        ({f"part{i}": "z" * (MB - 100 * i) for i in range(5)}, "'part0'", "1048578", "4194304"),
+    ],
+)
+def test_a_deployed_config_over_the_message_limit_names_its_entry(
+    config: dict[str, Any], entry: str, size: str, limit: str
+) -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return config if client.cid == 0 else {}
+
+    def served(**options: Any) -> covey.History:
+        run = Served(
+            covey.FedAvg(
+                min_fit_clients=1, min_available_clients=2, fraction_evaluate=0.0, **options
+            ),
+            1,
+            round_timeout=60.0,
+            initial_weights=init(),
+        )
+        joined = [Joined(run.port, Echo(k), name=f"site-{k}") for k in range(2)]
+        try:
+            return run.join(120).history
+        finally:
+            for j in joined:
+                j.join(30)
+                assert j.error is None  # each client's stream stays open
+
+    def named(error: str) -> None:
+        assert "cannot send the fit task to client site-" in error
+        assert f"(at {entry})" in error
+        assert size in error
+        assert f"limit of {limit}" in error
+
+    # One client's config too large: that client's failure for the round.
+    (failure,) = served(on_client_fit_config=own, fit_metrics=gather).rounds[1].failures
+    named(failure.error)
+    # Every client's: the run's error names it.
+    with pytest.raises(covey.FederationError) as caught:
+        served(on_fit_config=lambda rnd: config)
+    named(str(caught.value))

@@ -156,7 +156,8 @@ def task_header(
 
     Raises:
         covey.transport.grpc._wire.WireError: if its config or payload holds a value the
-            network cannot carry, naming the entry.
+            network cannot carry, or one larger than a client accepts (checked before
+            anything is sent), naming the entry.
     """
     parts: list[bytes] = []
     for part, value in (("config", dict(task.config)), ("payload", task.payload)):
@@ -164,7 +165,7 @@ def task_header(
             parts.append(b"")  # the payload travels as arrays after the weights
             continue
         try:
-            parts.append(_wire.dumps(value))
+            parts.append(_wire.dumps_within(value, _wire.WireLimits()))
         except _wire.WireError as exc:
             raise _wire.WireError(f"its {part}: {exc}") from None
     config, payload = parts

@@ -24,7 +24,25 @@ class WireError(ValueError):
     """A message that cannot be decoded into a task or a result."""
 
 
-def _to_json(value: Any) -> Any:
+def _check_length(value: Any, max_string: int | None) -> None:
+    """Refuse a string or bytes value a peer would refuse as longer than ``max_string``."""
+    if max_string is None:
+        return
+    if isinstance(value, str) and len(value) > max_string:
+        raise WireError(
+            f"a string of {len(value)} characters exceeds the limit of {max_string} characters"
+        )
+    if isinstance(value, bytes | bytearray | memoryview):
+        size = memoryview(value).nbytes
+        if 4 * ((size + 2) // 3) > max_string:
+            raise WireError(
+                f"a bytes value of {size} bytes ({4 * ((size + 2) // 3)} characters of base64) "
+                f"exceeds the limit of {max_string} characters"
+            )
+
+
+def _to_json(value: Any, max_string: int | None = None) -> Any:
+    _check_length(value, max_string)
     if isinstance(value, bool) or value is None or isinstance(value, str | int):
         return value
     if isinstance(value, float):
@@ -32,14 +50,14 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return {"__bytes__": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, np.generic):
-        return _to_json(value.item())
+        return _to_json(value.item(), max_string)
     if isinstance(value, np.ndarray):
         return {"__array__": value.tolist(), "dtype": value.dtype.str}
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             try:
-                out[str(k)] = _to_json(v)
+                out[str(k)] = _to_json(v, max_string)
             except WireError as exc:
                 raise _at(exc, repr(str(k))) from None
         return out
@@ -47,7 +65,7 @@ def _to_json(value: Any) -> Any:
         items: list[Any] = []
         for i, v in enumerate(value):
             try:
-                items.append(_to_json(v))
+                items.append(_to_json(v, max_string))
             except WireError as exc:
                 raise _at(exc, f"[{i}]") from None
         return items
@@ -173,6 +191,45 @@ class _Reader:
 def dumps(value: Any) -> bytes:
     """JSON bytes for ``value`` (scalars, bytes, small arrays, dicts, lists)."""
     return json.dumps(_to_json(value), separators=(",", ":"), allow_nan=False).encode()
+
+
+def dumps_within(value: Any, limits: WireLimits) -> bytes:
+    """:func:`dumps`, refusing what a peer reading it with ``limits`` would refuse for size.
+
+    A string or ``bytes`` value over ``limits.max_string`` characters is refused
+    before it is encoded; JSON over ``limits.max_bytes`` is refused before it is
+    sent, naming the largest entry of a mapping and that entry's size.
+
+    Raises:
+        WireError: naming the place, the size and the limit.
+
+    Example:
+        >>> dumps_within({"a": 1, "b": "xyz"}, WireLimits())
+        b'{"a":1,"b":"xyz"}'
+        >>> try:
+        ...     dumps_within({"a": "x" * 9, "b": 2}, WireLimits(max_bytes=16))
+        ... except WireError as exc:
+        ...     print(exc)
+        23 bytes of JSON exceed the limit of 16; the largest entry takes 11 bytes (at 'a')
+    """
+    tree = _to_json(value, limits.max_string)
+    if not isinstance(tree, dict):
+        text = json.dumps(tree, separators=(",", ":"), allow_nan=False)
+        if len(text) > limits.max_bytes:
+            raise WireError(f"{len(text)} bytes of JSON exceed the limit of {limits.max_bytes}")
+        return text.encode()
+    # Entry by entry (the same text as ``json.dumps`` of the whole), to name the largest.
+    parts = {
+        key: json.dumps(item, separators=(",", ":"), allow_nan=False) for key, item in tree.items()
+    }
+    size = 1 + sum(len(json.dumps(k)) + 2 + len(v) for k, v in parts.items()) + (not parts)
+    if size > limits.max_bytes:
+        message = f"{size} bytes of JSON exceed the limit of {limits.max_bytes}"
+        if parts:
+            largest = max(parts, key=lambda k: len(parts[k]))
+            message += f"; the largest entry takes {len(parts[largest])} bytes (at {largest!r})"
+        raise WireError(message)
+    return ("{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in parts.items()) + "}").encode()
 
 
 def loads(data: bytes, limits: WireLimits | None = None) -> Any:
