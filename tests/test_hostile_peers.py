@@ -171,6 +171,7 @@ class _HostileServer:
     def __init__(self, script: Any) -> None:
         self.script = script
         self.replies: list[pb.ReplyHeader] = []
+        self.replied = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         handler = grpc.method_handlers_generic_handler(
             SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(self._join)}
@@ -192,7 +193,14 @@ class _HostileServer:
                 if not is_chunk(frame):
                     message = client_message(frame)
                     if message.WhichOneof("body") == "reply":
-                        self.replies.append(message.reply)
+                        with self.replied:
+                            self.replies.append(message.reply)
+                            self.replied.notify_all()
+
+    def wait_replies(self, count: int) -> None:
+        """Wait (bounded) until the client has replied ``count`` times in all."""
+        with self.replied:
+            assert self.replied.wait_for(lambda: len(self.replies) >= count, 60), self.replies
 
     def close(self) -> None:
         self.server.stop(0).wait(5)
@@ -509,7 +517,7 @@ def test_a_client_given_the_model_refuses_weights_of_another_layout(sent: Any) -
         task = pb.TaskHeader(task_id=1, kind="fit", round=1, config=b"{}", weights_size=len(blob))
         yield control(pb.ServerMessage(task=task))
         yield CHUNK_TAG + blob
-        time.sleep(1.0)
+        server.wait_replies(1)  # the client hangs up at the goodbye: its reply first
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
@@ -552,7 +560,7 @@ def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() ->
                 task_id=task_id, kind=kind, round=1, config=b"{}", payload=_wire.dumps(payload)
             )
             yield control(pb.ServerMessage(task=header))
-            time.sleep(0.3)
+            server.wait_replies(task_id)  # each reply in before the next task, and the goodbye
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
@@ -589,7 +597,7 @@ def test_a_client_refuses_hostile_task_configs_clearly(
         header = pb.TaskHeader(task_id=1, kind=kind, round=1, config=config, weights_size=len(blob))
         yield control(pb.ServerMessage(task=header))
         yield CHUNK_TAG + blob
-        time.sleep(1.0)
+        server.wait_replies(1)  # the client hangs up at the goodbye: its reply first
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
