@@ -88,8 +88,9 @@ class _ProtocolError(Exception):
     Args:
         message: What the client did wrong.
         failed: The reply that fails the client's task, and where it goes: handed
-            on only once the refusal is recorded, so whoever reads the failed
-            reply also finds the ``protocol-error`` event.
+            on only once the refusal is recorded and the client dropped, so whoever
+            reads the failed reply also finds the ``protocol-error`` event and the
+            client gone.
     """
 
     def __init__(self, message: str, failed: tuple[Sink, Reply] | None = None) -> None:
@@ -243,7 +244,7 @@ class FederationService:
         upload: Upload | Skipped | None = None
         upload_header = pb.ReplyHeader()
         why = "disconnected"
-        told = False  # whether ``why`` names the reply cut short
+        broke: Exception | None = None  # the protocol break, which ``why`` names
         try:
             for frame in requests:
                 conn.last_seen = time.monotonic()
@@ -262,10 +263,7 @@ class FederationService:
                 exc,
             )
             self.registry.event(conn.name, "protocol-error", f"{exc} (peer {conn.peer})")
-            if isinstance(exc, _ProtocolError) and exc.failed is not None:
-                self.registry.route(*exc.failed, conn.name)
-            why = f"disconnected: it broke the protocol ({exc})"
-            told = True
+            why, broke = f"disconnected: it broke the protocol ({exc})", exc
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
@@ -286,7 +284,9 @@ class FederationService:
         if upload is not None:
             self._release(upload)
         # ``conn.upload`` stays set until the drop: the stream's end may drop it first.
-        self.registry.drop(conn, why, names_upload=told)
+        self.registry.drop(conn, why, names_upload=broke is not None)
+        if isinstance(broke, _ProtocolError) and broke.failed is not None:
+            self.registry.route(*broke.failed, conn.name)
 
     def _take(
         self,
