@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ import pytest
 
 import covey
 from covey.core import _codec
-from covey.core._messages import Task
+from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsSpec
 from covey.deploy._client import tls_from_certs
 from covey.deploy.certs import init_federation, issue_client
@@ -113,6 +114,30 @@ def _exchange(transport: Any, tasks: Any, timeout: float) -> tuple[threading.Thr
     )
     thread.start()
     return thread, replies
+
+
+class _RoundEnd:
+    """Closes an exchange's round when the test says so, not after seconds a loaded machine takes.
+
+    Exchanges are given a far deadline; :meth:`now` moves the transport's clock past
+    it and wakes each waiting exchange with a reply no one waits for.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from covey.transport.grpc import _server
+
+        self.ahead = 0.0
+        clock = SimpleNamespace(monotonic=lambda: time.monotonic() + self.ahead)
+        monkeypatch.setattr(_server, "time", clock)
+
+    def now(self, transport: Any) -> None:
+        self.ahead += 3600.0
+        sinks: dict[int, Any] = {}
+        for conn in list(transport._registry.fleet.values()):
+            with conn.lock:
+                sinks.update((id(sink), sink) for sink, _ in conn.pending.values())
+        for sink in sinks.values():
+            sink.replies.put(Reply(-1, "wake"))
 
 
 def _cid_of(transport: Any, name: str) -> int:
@@ -251,20 +276,25 @@ def _raw(port: int, name: str) -> Raw:
     )
 
 
-def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() -> None:
+def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    end = _RoundEnd(monkeypatch)
     events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
     raws = [_raw(transport.port, f"stall-{k}") for k in range(16)]
     honest = Joined(transport.port, name="honest", max_attempts=1)
     try:
         assert transport.wait_for_clients(17, 20)
-        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
-        exchange, replies = _exchange(transport, tasks, 3.0)
+        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        tasks = {cid: Task("fit", 1, {}, model) for cid in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 60)
+        sent = [raw.next_task() for raw in raws]
+        # Raised once the exchange has set its model's limit (it does before any task goes).
         declared = 15 * 1024 * 1024  # kept in memory (under the spill size), if taken
         transport._service.max_reply = declared
         before = _rss()
-        for raw in raws:
-            task = raw.next_task()
+        for raw, task in zip(raws, sent, strict=True):
             header = pb.ReplyHeader(
                 task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
             )
@@ -274,6 +304,8 @@ def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() ->
         # Sixteen replies of 15 MiB declared, 64 KiB sent each: the memory and the
         # bytes in flight are what came.
         assert _rss() - before < 100 * 1024 * 1024
+        assert _until(lambda: len(replies) == 1, 60)  # the honest client's
+        end.now(transport)
         exchange.join(30)
         by_cid = {r.cid: r for r in replies}
         assert sum(r.ok for r in by_cid.values()) == 1  # the honest client's
@@ -347,7 +379,10 @@ def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
 # -- the bytes in flight over all connections ------------------------------------------------
 
 
-def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() -> None:
+def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    end = _RoundEnd(monkeypatch)
     declared = 4 * 1024 * 1024
     events = Events()
     transport = GrpcServerTransport(
@@ -358,16 +393,19 @@ def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() ->
     try:
         assert transport.wait_for_clients(4, 20)
         cid = _cid_of(transport, "honest")
-        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
-        exchange, replies = _exchange(transport, tasks, 5.0)
-        transport._service.max_reply = declared
-        for raw in raws:
-            task = raw.next_task()
+        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        tasks = {c: Task("fit", 1, {}, model) for c in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 60)
+        sent = [raw.next_task() for raw in raws]
+        transport._service.max_reply = declared  # once the exchange has set its model's limit
+        for raw, task in zip(raws, sent, strict=True):
             header = pb.ReplyHeader(
                 task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
             )
             raw.send(reply=header)
             raw.send_chunk(bytes(64 * 1024))
+        assert _until(lambda: cid in {r.cid for r in replies}, 60)
+        end.now(transport)
         exchange.join(30)
         by_cid = {r.cid: r for r in replies}
         # Three peers declared the whole budget and sent 64 KiB each: the honest
@@ -381,7 +419,10 @@ def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() ->
         honest.join(30)
 
 
-def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() -> None:
+def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    end = _RoundEnd(monkeypatch)
     mib = 1024 * 1024
     events = Events()
     transport = GrpcServerTransport(
@@ -391,10 +432,11 @@ def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() 
     try:
         assert transport.wait_for_clients(2, 20)
         names = {conn.name: c for c, conn in transport._registry.fleet.items()}
-        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
-        exchange, replies = _exchange(transport, tasks, 3)
-        transport._service.max_reply = 4 * mib
+        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        tasks = {c: Task("fit", 1, {}, model) for c in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 60)
         task = hoard.next_task()
+        transport._service.max_reply = 4 * mib  # once the exchange has set its model's limit
         hoard.send(
             reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=3 * mib)
         )
@@ -405,6 +447,8 @@ def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() 
             reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=2 * mib)
         )
         big.send_chunk(bytes(2 * mib))
+        assert _until(lambda: names["big"] in {r.cid for r in replies}, 60)
+        end.now(transport)
         exchange.join(30)
         error = {r.cid: r.error or "" for r in replies}[names["big"]]
         assert "limit of 3145728 bytes of replies at once" in error
