@@ -168,19 +168,17 @@ class FederationService:
         conn.certificate = certificate
         conn.kinds = frozenset(first.hello.kinds)
         conn.peer = peer_of(context)
+        # A connection it replaces is told for good, so that two processes holding one
+        # identity do not take turns replacing each other; a client that reconnects has
+        # left the old one.
+        refusal = (
+            f"another client connected as {name} (from {conn.peer}); "
+            "each client process needs its own certificate"
+        )
         try:
-            old = self.registry.add(conn)
+            self.registry.join(conn, refusal)
         except ShuttingDownError:
             self.admission.run_over(context, name)
-        if old is not None:
-            # Told for good, so that two processes holding one identity do not take
-            # turns replacing each other; a client that reconnects has left ``old``.
-            old.refusal = (
-                f"another client connected as {name} (from {peer_of(context)}); "
-                "each client process needs its own certificate"
-            )
-            self.registry.drop(old, "replaced by a new connection")
-        self.registry.event(name, "join" if old is None else "rejoin", peer_of(context))
         logger.info("client %s joined as %d", name, cid)
         context.add_callback(lambda: self.registry.drop(conn, "disconnected"))
         reader = threading.Thread(
