@@ -44,6 +44,32 @@ def test_an_unnamed_insecure_client_rejoins_under_the_same_id() -> None:
         client.join(30)
 
 
+def test_a_client_cut_off_reads_as_left_before_it_rejoins_however_late_that_is_reported() -> None:
+    """The console and the dashboard go by the order of a client's events: last "leave" is gone."""
+    events: list[str] = []
+    back = threading.Event()
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        if event == "leave":
+            back.wait(2.0)  # reported slowly (a loaded machine): the client may come back meanwhile
+        events.append(event)
+        if event in ("join", "rejoin") and len(events) > 1:
+            back.set()
+
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=on_event)
+    client = Joined(transport.port, name="site")
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        transport._registry.drop(transport._registry.fleet[cid], "cut off by the test")
+        assert back.wait(30)
+        assert transport.wait_for_clients(1, 30)
+        assert events == ["join", "leave", "join"]
+    finally:
+        transport.close("the run is over")
+        client.join(30)
+
+
 def test_a_client_waiting_for_its_server_logs_a_bounded_number_of_warnings(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

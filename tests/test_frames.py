@@ -405,3 +405,30 @@ def test_a_refusal_is_recorded_before_the_round_sees_the_failed_reply() -> None:
     finally:
         logger.removeHandler(handler)
         live.close()
+
+
+def test_a_malformed_reply_drops_its_client_before_the_round_sees_the_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whoever reads the failed reply finds the client gone, not still taking tasks."""
+    from covey.transport.grpc import _registry
+
+    route = _registry.Registry.route
+    connected: list[list[int]] = []  # who was connected as each failed reply went out
+
+    def recording(self: Any, sink: Any, reply: Reply, name: str) -> None:
+        if reply.error is not None:
+            connected.append(sorted(c for c, conn in self.fleet.items() if conn.alive))
+        route(self, sink, reply, name)
+
+    monkeypatch.setattr(_registry.Registry, "route", recording)
+    live = _Live()
+    try:
+        _corrupt(live)
+        replies = live.outcome()
+        assert "malformed reply" in (replies[live.raw_cid].error or "")
+        assert connected
+        assert all(live.raw_cid not in cids for cids in connected), connected
+        assert live.transport.clients() == [c for c in replies if c != live.raw_cid]
+    finally:
+        live.close()

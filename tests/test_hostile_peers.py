@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ import pytest
 
 import covey
 from covey.core import _codec
-from covey.core._messages import Task
+from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsSpec
 from covey.deploy._client import tls_from_certs
 from covey.deploy.certs import init_federation, issue_client
@@ -115,6 +116,30 @@ def _exchange(transport: Any, tasks: Any, timeout: float) -> tuple[threading.Thr
     return thread, replies
 
 
+class _RoundEnd:
+    """Closes an exchange's round when the test says so, not after seconds a loaded machine takes.
+
+    Exchanges are given a far deadline; :meth:`now` moves the transport's clock past
+    it and wakes each waiting exchange with a reply no one waits for.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from covey.transport.grpc import _server
+
+        self.ahead = 0.0
+        clock = SimpleNamespace(monotonic=lambda: time.monotonic() + self.ahead)
+        monkeypatch.setattr(_server, "time", clock)
+
+    def now(self, transport: Any) -> None:
+        self.ahead += 3600.0
+        sinks: dict[int, Any] = {}
+        for conn in list(transport._registry.fleet.values()):
+            with conn.lock:
+                sinks.update((id(sink), sink) for sink, _ in conn.pending.values())
+        for sink in sinks.values():
+            sink.replies.put(Reply(-1, "wake"))
+
+
 def _cid_of(transport: Any, name: str) -> int:
     """The id the server gave the client named ``name``."""
     return next(c for c, conn in transport._registry.fleet.items() if conn.name == name)
@@ -197,10 +222,17 @@ class _HostileServer:
                             self.replies.append(message.reply)
                             self.replied.notify_all()
 
+<<<<<<< HEAD
     def await_replies(self, count: int, timeout: float = 30.0) -> None:
         """Wait (bounded) until ``count`` replies came; the script goes on either way."""
         with self.replied:
             self.replied.wait_for(lambda: len(self.replies) >= count, timeout)
+=======
+    def wait_replies(self, count: int) -> None:
+        """Wait (bounded) until the client has replied ``count`` times in all."""
+        with self.replied:
+            assert self.replied.wait_for(lambda: len(self.replies) >= count, 60), self.replies
+>>>>>>> flake
 
     def close(self) -> None:
         self.server.stop(0).wait(5)
@@ -251,20 +283,25 @@ def _raw(port: int, name: str) -> Raw:
     )
 
 
-def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() -> None:
+def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    end = _RoundEnd(monkeypatch)
     events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
     raws = [_raw(transport.port, f"stall-{k}") for k in range(16)]
     honest = Joined(transport.port, name="honest", max_attempts=1)
     try:
         assert transport.wait_for_clients(17, 20)
-        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
-        exchange, replies = _exchange(transport, tasks, 3.0)
+        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        tasks = {cid: Task("fit", 1, {}, model) for cid in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 60)
+        sent = [raw.next_task() for raw in raws]
+        # Raised once the exchange has set its model's limit (it does before any task goes).
         declared = 15 * 1024 * 1024  # kept in memory (under the spill size), if taken
         transport._service.max_reply = declared
         before = _rss()
-        for raw in raws:
-            task = raw.next_task()
+        for raw, task in zip(raws, sent, strict=True):
             header = pb.ReplyHeader(
                 task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
             )
@@ -274,6 +311,8 @@ def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round() ->
         # Sixteen replies of 15 MiB declared, 64 KiB sent each: the memory and the
         # bytes in flight are what came.
         assert _rss() - before < 100 * 1024 * 1024
+        assert _until(lambda: len(replies) == 1, 60)  # the honest client's
+        end.now(transport)
         exchange.join(30)
         by_cid = {r.cid: r for r in replies}
         assert sum(r.ok for r in by_cid.values()) == 1  # the honest client's
@@ -347,7 +386,10 @@ def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
 # -- the bytes in flight over all connections ------------------------------------------------
 
 
-def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() -> None:
+def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    end = _RoundEnd(monkeypatch)
     declared = 4 * 1024 * 1024
     events = Events()
     transport = GrpcServerTransport(
@@ -358,16 +400,19 @@ def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() ->
     try:
         assert transport.wait_for_clients(4, 20)
         cid = _cid_of(transport, "honest")
-        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
-        exchange, replies = _exchange(transport, tasks, 5.0)
-        transport._service.max_reply = declared
-        for raw in raws:
-            task = raw.next_task()
+        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        tasks = {c: Task("fit", 1, {}, model) for c in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 60)
+        sent = [raw.next_task() for raw in raws]
+        transport._service.max_reply = declared  # once the exchange has set its model's limit
+        for raw, task in zip(raws, sent, strict=True):
             header = pb.ReplyHeader(
                 task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
             )
             raw.send(reply=header)
             raw.send_chunk(bytes(64 * 1024))
+        assert _until(lambda: cid in {r.cid for r in replies}, 60)
+        end.now(transport)
         exchange.join(30)
         by_cid = {r.cid: r for r in replies}
         # Three peers declared the whole budget and sent 64 KiB each: the honest
@@ -381,7 +426,10 @@ def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients() ->
         honest.join(30)
 
 
-def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() -> None:
+def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    end = _RoundEnd(monkeypatch)
     mib = 1024 * 1024
     events = Events()
     transport = GrpcServerTransport(
@@ -391,10 +439,11 @@ def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() 
     try:
         assert transport.wait_for_clients(2, 20)
         names = {conn.name: c for c, conn in transport._registry.fleet.items()}
-        tasks = {c: Task("fit", 1, {}, {"w": np.zeros(4)}) for c in transport.clients()}
-        exchange, replies = _exchange(transport, tasks, 3)
-        transport._service.max_reply = 4 * mib
+        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        tasks = {c: Task("fit", 1, {}, model) for c in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 60)
         task = hoard.next_task()
+        transport._service.max_reply = 4 * mib  # once the exchange has set its model's limit
         hoard.send(
             reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=3 * mib)
         )
@@ -405,6 +454,8 @@ def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client() 
             reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=2 * mib)
         )
         big.send_chunk(bytes(2 * mib))
+        assert _until(lambda: names["big"] in {r.cid for r in replies}, 60)
+        end.now(transport)
         exchange.join(30)
         error = {r.cid: r.error or "" for r in replies}[names["big"]]
         assert "limit of 3145728 bytes of replies at once" in error
@@ -517,7 +568,11 @@ def test_a_client_given_the_model_refuses_weights_of_another_layout(sent: Any) -
         task = pb.TaskHeader(task_id=1, kind="fit", round=1, config=b"{}", weights_size=len(blob))
         yield control(pb.ServerMessage(task=task))
         yield CHUNK_TAG + blob
+<<<<<<< HEAD
         server.await_replies(1)
+=======
+        server.wait_replies(1)  # the client hangs up at the goodbye: its reply first
+>>>>>>> flake
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
@@ -560,7 +615,11 @@ def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() ->
                 task_id=task_id, kind=kind, round=1, config=b"{}", payload=_wire.dumps(payload)
             )
             yield control(pb.ServerMessage(task=header))
+<<<<<<< HEAD
             server.await_replies(task_id)
+=======
+            server.wait_replies(task_id)  # each reply in before the next task, and the goodbye
+>>>>>>> flake
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
@@ -597,7 +656,11 @@ def test_a_client_refuses_hostile_task_configs_clearly(
         header = pb.TaskHeader(task_id=1, kind=kind, round=1, config=config, weights_size=len(blob))
         yield control(pb.ServerMessage(task=header))
         yield CHUNK_TAG + blob
+<<<<<<< HEAD
         server.await_replies(1)
+=======
+        server.wait_replies(1)  # the client hangs up at the goodbye: its reply first
+>>>>>>> flake
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from multiprocessing.connection import Connection
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -259,22 +260,30 @@ def test_a_scheme_the_workers_cannot_rebuild_is_refused_before_the_run(
 
 
 class Slow(Big):
-    """Client 1 replies only after the exchange that asked it has given up on it."""
+    """Client 1 never answers its round-1 task: its worker is stopped at the deadline."""
 
     def fit(self, weights: Any, config: Any) -> FitResult:
         if self.cid == 1 and config["round"] == 1:
-            time.sleep(1.0)
+            time.sleep(3600)
         return super().fit(weights, config)
 
 
-def test_a_late_reply_is_dropped_and_its_file_removed(shm_files: list[str]) -> None:
+def test_a_late_reply_is_dropped_and_its_file_removed(
+    shm_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.sim import _process
+
+    # The exchange's clock: its deadline passes once client 0 has answered, however
+    # long a loaded machine takes to run client 0's first fit.
+    clock = [0.0]
+    monkeypatch.setattr(_process, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     with ProcessTransport(Slow, 2, num_workers=2) as transport:
         weights = freeze(_big_initial())
-        first = list(
-            transport.exchange(
-                {0: Task("fit", 1, {}, weights), 1: Task("fit", 1, {}, weights)}, timeout=0.3
-            )
-        )
+        first = []
+        tasks = {0: Task("fit", 1, {}, weights), 1: Task("fit", 1, {}, weights)}
+        for reply in transport.exchange(tasks, timeout=60):
+            first.append(reply)
+            clock[0] += 3600
         # Client 1 missed the deadline: its worker, still busy, is stopped (its reply and
         # file never come) and the next exchange replaces it.
         assert [(r.cid, r.ok) for r in first] == [(0, True), (1, False)]

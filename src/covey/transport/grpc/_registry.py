@@ -141,6 +141,9 @@ class Registry:
         self.fleet: dict[int, Connection] = {}
         self.joins: dict[int, int] = {}  # cid -> how many times it connected
         self.closed = False
+        # Held from a connection's (de)registration to its join (leave) event, so that a
+        # client's events come in the order its connections came and went.
+        self.membership = threading.RLock()
 
     def clients(self) -> list[int]:
         """Ids of the clients connected now, sorted."""
@@ -173,6 +176,23 @@ class Registry:
             self.changed.notify_all()
         return old
 
+    def join(self, conn: Connection, refusal: str) -> None:
+        """Register ``conn`` and report it joined; a connection it replaces is dropped first.
+
+        Args:
+            conn: The new connection.
+            refusal: What the connection it replaces is told, if any.
+
+        Raises:
+            ShuttingDownError: The registry is closed.
+        """
+        with self.membership:
+            old = self.add(conn)
+            if old is not None:
+                old.refusal = refusal
+                self.drop(old, "replaced by a new connection")
+            self.event(conn.name, "join" if old is None else "rejoin", conn.peer)
+
     def close(self) -> list[Connection] | None:
         """Mark the registry closed; return the connections then, or None if it was closed."""
         with self.lock:
@@ -187,16 +207,19 @@ class Registry:
         ``why`` gains the reply the drop cut short unless ``names_upload`` says it
         names that reply already.
         """
-        with self.changed:
-            if not conn.alive:
-                return
-            conn.alive = False
-            if self.fleet.get(conn.cid) is conn:
-                del self.fleet[conn.cid]
-            self.changed.notify_all()
-        upload = conn.upload
-        if upload is not None and not names_upload:
-            why += f" in the middle of its reply ({upload.filled} of {upload.size} bytes received)"
+        with self.membership:
+            with self.changed:
+                if not conn.alive:
+                    return
+                conn.alive = False
+                if self.fleet.get(conn.cid) is conn:
+                    del self.fleet[conn.cid]
+                self.changed.notify_all()
+            upload = conn.upload
+            if upload is not None and not names_upload:
+                why += f" in the middle of its reply ({upload.filled} of {upload.size} bytes"
+                why += " received)"
+            self.event(conn.name, "leave", why)
         with conn.lock:
             pending = list(conn.pending.items())
             conn.pending.clear()
@@ -210,7 +233,6 @@ class Registry:
         if not conn.refusal:  # a refused stream is ended by its own handler, with the reason
             with contextlib.suppress(Exception):
                 conn.context.cancel()
-        self.event(conn.name, "leave", why)
         logger.info("client %s (%d) left: %s", conn.name, conn.cid, why)
 
     def route(self, sink: Sink, reply: Reply, name: str) -> None:

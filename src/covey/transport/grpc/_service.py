@@ -88,8 +88,9 @@ class _ProtocolError(Exception):
     Args:
         message: What the client did wrong.
         failed: The reply that fails the client's task, and where it goes: handed
-            on only once the refusal is recorded, so whoever reads the failed
-            reply also finds the ``protocol-error`` event.
+            on only once the refusal is recorded and the client dropped, so whoever
+            reads the failed reply also finds the ``protocol-error`` event and the
+            client gone.
     """
 
     def __init__(self, message: str, failed: tuple[Sink, Reply] | None = None) -> None:
@@ -167,19 +168,17 @@ class FederationService:
         conn.certificate = certificate
         conn.kinds = frozenset(first.hello.kinds)
         conn.peer = peer_of(context)
+        # A connection it replaces is told for good, so that two processes holding one
+        # identity do not take turns replacing each other; a client that reconnects has
+        # left the old one.
+        refusal = (
+            f"another client connected as {name} (from {conn.peer}); "
+            "each client process needs its own certificate"
+        )
         try:
-            old = self.registry.add(conn)
+            self.registry.join(conn, refusal)
         except ShuttingDownError:
             self.admission.run_over(context, name)
-        if old is not None:
-            # Told for good, so that two processes holding one identity do not take
-            # turns replacing each other; a client that reconnects has left ``old``.
-            old.refusal = (
-                f"another client connected as {name} (from {peer_of(context)}); "
-                "each client process needs its own certificate"
-            )
-            self.registry.drop(old, "replaced by a new connection")
-        self.registry.event(name, "join" if old is None else "rejoin", peer_of(context))
         logger.info("client %s joined as %d", name, cid)
         context.add_callback(lambda: self.registry.drop(conn, "disconnected"))
         reader = threading.Thread(
@@ -243,7 +242,7 @@ class FederationService:
         upload: Upload | Skipped | None = None
         upload_header = pb.ReplyHeader()
         why = "disconnected"
-        told = False  # whether ``why`` names the reply cut short
+        broke: Exception | None = None  # the protocol break, which ``why`` names
         try:
             for frame in requests:
                 conn.last_seen = time.monotonic()
@@ -262,10 +261,7 @@ class FederationService:
                 exc,
             )
             self.registry.event(conn.name, "protocol-error", f"{exc} (peer {conn.peer})")
-            if isinstance(exc, _ProtocolError) and exc.failed is not None:
-                self.registry.route(*exc.failed, conn.name)
-            why = f"disconnected: it broke the protocol ({exc})"
-            told = True
+            why, broke = f"disconnected: it broke the protocol ({exc})", exc
         except Refusal as exc:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
@@ -286,7 +282,9 @@ class FederationService:
         if upload is not None:
             self._release(upload)
         # ``conn.upload`` stays set until the drop: the stream's end may drop it first.
-        self.registry.drop(conn, why, names_upload=told)
+        self.registry.drop(conn, why, names_upload=broke is not None)
+        if isinstance(broke, _ProtocolError) and broke.failed is not None:
+            self.registry.route(*broke.failed, conn.name)
 
     def _take(
         self,
