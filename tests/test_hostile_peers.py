@@ -222,17 +222,10 @@ class _HostileServer:
                             self.replies.append(message.reply)
                             self.replied.notify_all()
 
-<<<<<<< HEAD
-    def await_replies(self, count: int, timeout: float = 30.0) -> None:
-        """Wait (bounded) until ``count`` replies came; the script goes on either way."""
-        with self.replied:
-            self.replied.wait_for(lambda: len(self.replies) >= count, timeout)
-=======
     def wait_replies(self, count: int) -> None:
         """Wait (bounded) until the client has replied ``count`` times in all."""
         with self.replied:
             assert self.replied.wait_for(lambda: len(self.replies) >= count, 60), self.replies
->>>>>>> flake
 
     def close(self) -> None:
         self.server.stop(0).wait(5)
@@ -568,11 +561,7 @@ def test_a_client_given_the_model_refuses_weights_of_another_layout(sent: Any) -
         task = pb.TaskHeader(task_id=1, kind="fit", round=1, config=b"{}", weights_size=len(blob))
         yield control(pb.ServerMessage(task=task))
         yield CHUNK_TAG + blob
-<<<<<<< HEAD
-        server.await_replies(1)
-=======
         server.wait_replies(1)  # the client hangs up at the goodbye: its reply first
->>>>>>> flake
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
@@ -615,11 +604,7 @@ def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() ->
                 task_id=task_id, kind=kind, round=1, config=b"{}", payload=_wire.dumps(payload)
             )
             yield control(pb.ServerMessage(task=header))
-<<<<<<< HEAD
-            server.await_replies(task_id)
-=======
             server.wait_replies(task_id)  # each reply in before the next task, and the goodbye
->>>>>>> flake
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
@@ -656,11 +641,7 @@ def test_a_client_refuses_hostile_task_configs_clearly(
         header = pb.TaskHeader(task_id=1, kind=kind, round=1, config=config, weights_size=len(blob))
         yield control(pb.ServerMessage(task=header))
         yield CHUNK_TAG + blob
-<<<<<<< HEAD
-        server.await_replies(1)
-=======
         server.wait_replies(1)  # the client hangs up at the goodbye: its reply first
->>>>>>> flake
         yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
 
     server = _HostileServer(script)
