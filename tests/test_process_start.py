@@ -156,6 +156,7 @@ def test_a_lock_another_thread_holds_does_not_hang_the_workers() -> None:
             backend="process",
             num_workers=1,
             round_timeout=30,
+            start_method="forkserver",
         )
     finally:
         done.set()
@@ -208,50 +209,53 @@ def test_start_method_is_checked_before_anything_starts() -> None:
         ProcessTransport(Chatty, 2, start_method="fork ")
 
 
-def test_the_default_forks_a_single_thread_and_else_uses_the_fork_server(
+def test_the_default_forks_and_warns_once_of_other_threads(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # What workers see must not depend on which threads happen to run: the default
+    # forks every time, and says once how to avoid inheriting other threads' locks.
+    monkeypatch.setattr(_start, "_warned_threads", False)
     monkeypatch.setattr(_start, "python_threads", lambda: 1)
-    assert _start.choose(None, lambda cid: None) == "fork"
-    monkeypatch.setattr(_start, "python_threads", lambda: 3)
-    assert _start.choose(None, Chatty) == "forkserver"
-    assert _start.choose("spawn", Chatty) == "spawn"
-    assert _start.choose("fork", lambda cid: None) == "fork"  # asked for: no warning
-    assert not caplog.records
-    # A client_fn that cannot travel is forked all the same, with a warning that says why.
     with caplog.at_level(logging.WARNING, logger="covey"):
         assert _start.choose(None, lambda cid: None) == "fork"
+        assert not caplog.records
+        monkeypatch.setattr(_start, "python_threads", lambda: 3)
+        assert _start.choose(None, Chatty) == "fork"
+        assert _start.choose(None, lambda cid: None) == "fork"  # warned once only
+        assert _start.choose("spawn", Chatty) == "spawn"
     (warning,) = caplog.records
-    assert "runs 3 threads" in warning.getMessage()
-    assert "<lambda> cannot be sent" in warning.getMessage()
+    assert "forks its workers while this process runs" in warning.getMessage()
+    assert "start_method='forkserver'" in warning.getMessage()
 
 
 _SCRIPT = """
 import covey.sim._start as start
 
-UNGUARDED = start.choose(None, CLIENT)
+try:
+    start.choose("forkserver", CLIENT)
+except ValueError as exc:
+    UNGUARDED = str(exc)
 if __name__ == "__main__":
-    GUARDED = start.choose(None, CLIENT)
+    GUARDED = start.choose("forkserver", CLIENT)
 """
 
 
-def test_the_default_forks_a_script_that_simulates_at_its_top_level(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_script_starting_workers_afresh_at_its_top_level_is_refused(tmp_path: Any) -> None:
     # Started afresh, each worker would import the script and start the simulation again.
     script = tmp_path / "experiment.py"
     script.write_text(_SCRIPT)
     main = types.ModuleType("__main__")
     main.__file__ = str(script)
     main.CLIENT = Chatty  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "__main__", main)
-    monkeypatch.setattr(_start, "python_threads", lambda: 2)
-    with caplog.at_level(logging.WARNING, logger="covey"):
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = main
+    try:
         exec(compile(_SCRIPT, str(script), "exec"), vars(main))  # the script, as Python runs it
-    assert main.UNGUARDED == "fork"
+    finally:
+        sys.modules["__main__"] = saved
     assert main.GUARDED == "forkserver"
-    (warning,) = caplog.records
-    assert f"the script {script} starts the simulation at its top level" in warning.getMessage()
+    assert f"the script {script} starts the simulation at its top level" in main.UNGUARDED
+    assert "start_method='fork'" in main.UNGUARDED
 
 
 class _Pipe:
@@ -338,3 +342,20 @@ def test_a_worker_started_afresh_says_what_it_lacks(monkeypatch: pytest.MonkeyPa
     assert "KeyError: 'offset'" in str(reply.error)
     assert "started with start_method='forkserver'" in str(reply.error)
     assert "globals set under" in str(reply.error)
+
+
+def test_a_packages_main_module_is_not_taken_for_an_unguarded_script(tmp_path: Any) -> None:
+    # `python -m package` runs package/__main__.py, which multiprocessing never imports again.
+    script = tmp_path / "__main__.py"
+    script.write_text(_SCRIPT)
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    main.CLIENT = Chatty  # type: ignore[attr-defined]
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = main
+    try:
+        exec(compile(_SCRIPT, str(script), "exec"), vars(main))
+    finally:
+        sys.modules["__main__"] = saved
+    assert not hasattr(main, "UNGUARDED")
+    assert main.GUARDED == "forkserver"

@@ -185,9 +185,8 @@ class ProcessTransport:
         num_workers: Worker processes (default: the CPUs this process may use).
         start_method: ``"fork"`` (``client_fn`` may be any callable), ``"forkserver"``
             or ``"spawn"`` (``client_fn`` must pickle and be importable in the workers);
-            None forks when this process runs one Python thread, else uses the fork
-            server if ``client_fn`` can be sent there and the main script is guarded
-            (see :mod:`covey.sim._start`).
+            None forks (warning once if this process runs other Python threads;
+            see :mod:`covey.sim._start`).
 
     Raises:
         ValueError: an unknown ``start_method``, or a ``client_fn`` it cannot send.

@@ -354,8 +354,8 @@ def simulate(
         start_method: How the process backend starts its workers: ``"fork"`` (fast;
             ``client_fn`` may be any callable), ``"forkserver"`` or ``"spawn"`` (safe
             when this process runs other threads; ``client_fn`` must pickle and be
-            importable in the workers). None forks when this process runs one thread,
-            and otherwise uses the fork server when ``client_fn`` can be sent there.
+            importable in the workers). None forks, warning once if this process
+            runs other Python threads.
 
     Returns:
         The final weights and the history.

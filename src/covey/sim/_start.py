@@ -9,11 +9,11 @@ each worker from a process that runs no other thread, so nothing is inherited
 held, but ``client_fn`` travels to the worker pickled: it must be importable
 there by name.
 
-With ``start_method=None`` the backend forks when this process runs no Python
-thread but the main one (no lock can be held), and otherwise starts workers
-from the fork server when ``client_fn`` can be sent there and the main script
-guards its entry point; otherwise it forks all the same, with a warning naming
-the threads and the reason.
+With ``start_method=None`` the backend forks (where the platform can), so what
+workers see never depends on which threads happen to run: a patch, a global or
+a task kind set up at run time reaches them the same way every time. When this
+process runs other Python threads it warns, once, naming them and saying how
+to start workers from the fork server instead.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import ast
 import functools
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import sys
 import threading
@@ -161,8 +162,8 @@ def unguarded_main() -> str | None:
     """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if main is None or not isinstance(path, str):
-        return None
+    if main is None or not isinstance(path, str) or os.path.basename(path) == "__main__.py":
+        return None  # multiprocessing never imports a package's __main__.py again
     frame: types.FrameType | None = sys._getframe(1)  # the stack tells where the run starts
     while frame is not None:
         if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
@@ -186,47 +187,49 @@ def preload(ctx: Any) -> None:
         ctx.set_forkserver_preload([*modules, "covey.sim._worker"])
 
 
+_warned_threads = False
+
+
 def choose(start_method: str | None, client_fn: object) -> str:
     """The start method of a pool: ``start_method`` if given (once ``client_fn`` can use it).
 
     Raises:
-        ValueError: the method is unknown, or ``client_fn`` cannot reach its workers.
+        ValueError: the method is unknown, ``client_fn`` cannot reach its workers, or
+            the main script starts the simulation at its top level (a worker started
+            afresh would import it and start the simulation again).
     """
     method = check_start_method(start_method)
-    available = mp.get_all_start_methods()
     if method is None:
-        if "fork" not in available:
-            method = "spawn"
-        elif python_threads() == 1:
+        if "fork" in mp.get_all_start_methods():
+            _warn_of_threads()
             return "fork"
-        else:
-            method = "forkserver" if "forkserver" in available else "fork"
-            why = None if method == "fork" else unsendable(client_fn, method)
-            script = unguarded_main() if why is None and method != "fork" else None
-            if script is not None:
-                why = _UNGUARDED.format(path=script)
-            here = threading.current_thread()
-            names = sorted(t.name for t in threading.enumerate() if t is not here)
-            if why is None:
-                logger.info(
-                    "the process backend starts its workers with start_method=%r: this process "
-                    "runs other threads (%s)",
-                    method,
-                    ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""),
-                )
-                return method
-            logger.warning(
-                "the process backend forks its workers although this process runs %d threads "
-                "(%s): a lock one of them holds as it forks stays held in the workers, and a "
-                "client that takes it hangs. Workers would start from a fork server instead, "
-                "but %s",
-                python_threads(),
-                ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""),
-                why,
-            )
-            return "fork"
+        method = "spawn"
     if method != "fork":
         why = unsendable(client_fn, method)
+        script = unguarded_main() if why is None else None
+        if script is not None:
+            why = (
+                f"{_UNGUARDED.format(path=script)}; guard it, or pass start_method='fork'"
+                f" (start_method={method!r} was asked for)"
+            )
         if why is not None:
             raise ValueError(why)
     return method
+
+
+def _warn_of_threads() -> None:
+    """Warn once per process if other Python threads run as the workers are forked."""
+    global _warned_threads
+    if _warned_threads or python_threads() == 1:
+        return
+    _warned_threads = True
+    here = threading.current_thread()
+    names = sorted(t.name for t in threading.enumerate() if t is not here)
+    logger.warning(
+        "the process backend forks its workers while this process runs %d other threads "
+        "(%s): a lock one of them holds as it forks stays held in the workers, and a client "
+        "that takes it hangs; pass start_method='forkserver' to start the workers from a "
+        "process without them (client_fn must then be importable by the workers)",
+        len(names),
+        ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""),
+    )
