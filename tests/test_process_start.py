@@ -13,6 +13,7 @@ import threading
 import types
 from logging.handlers import QueueHandler
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -240,9 +241,8 @@ if __name__ == "__main__":
 """
 
 
-def test_a_script_starting_workers_afresh_at_its_top_level_is_refused(tmp_path: Any) -> None:
-    # Started afresh, each worker would import the script and start the simulation again.
-    script = tmp_path / "experiment.py"
+def _run_as_main(script: Path) -> types.ModuleType:
+    """Write ``_SCRIPT`` to ``script`` and run it as Python runs a main script."""
     script.write_text(_SCRIPT)
     main = types.ModuleType("__main__")
     main.__file__ = str(script)
@@ -250,9 +250,16 @@ def test_a_script_starting_workers_afresh_at_its_top_level_is_refused(tmp_path: 
     saved = sys.modules["__main__"]
     sys.modules["__main__"] = main
     try:
-        exec(compile(_SCRIPT, str(script), "exec"), vars(main))  # the script, as Python runs it
+        exec(compile(_SCRIPT, str(script), "exec"), vars(main))
     finally:
         sys.modules["__main__"] = saved
+    return main
+
+
+def test_a_script_starting_workers_afresh_at_its_top_level_is_refused(tmp_path: Any) -> None:
+    # Started afresh, each worker would import the script and start the simulation again.
+    script = tmp_path / "experiment.py"
+    main = _run_as_main(script)
     assert main.GUARDED == "forkserver"
     assert f"the script {script} starts the simulation at its top level" in main.UNGUARDED
     assert "start_method='fork'" in main.UNGUARDED
@@ -346,16 +353,6 @@ def test_a_worker_started_afresh_says_what_it_lacks(monkeypatch: pytest.MonkeyPa
 
 def test_a_packages_main_module_is_not_taken_for_an_unguarded_script(tmp_path: Any) -> None:
     # `python -m package` runs package/__main__.py, which multiprocessing never imports again.
-    script = tmp_path / "__main__.py"
-    script.write_text(_SCRIPT)
-    main = types.ModuleType("__main__")
-    main.__file__ = str(script)
-    main.CLIENT = Chatty  # type: ignore[attr-defined]
-    saved = sys.modules["__main__"]
-    sys.modules["__main__"] = main
-    try:
-        exec(compile(_SCRIPT, str(script), "exec"), vars(main))
-    finally:
-        sys.modules["__main__"] = saved
+    main = _run_as_main(tmp_path / "__main__.py")
     assert not hasattr(main, "UNGUARDED")
     assert main.GUARDED == "forkserver"
