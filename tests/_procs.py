@@ -96,3 +96,66 @@ def python_json(code: str, *args: str) -> Any:
     )
     assert child.returncode == 0, child.stderr
     return json.loads(child.stdout)
+
+
+def until_listening(server: subprocess.Popen[str], port_file: Path) -> str:
+    """The port ``server`` writes to ``port_file`` once it listens (60 s at most)."""
+    for _ in range(600):
+        if port_file.is_file() and port_file.read_text().strip():
+            return port_file.read_text().strip()
+        assert server.poll() is None, server.communicate()[0]
+        time.sleep(0.1)
+    raise AssertionError("the server did not listen")
+
+
+def serve_project(
+    root: Path,
+    command: list[str],
+    port_file: Path,
+    client_app: str,
+    env: dict[str, str],
+    *,
+    clients: int = 2,
+    timeout: float = 120,
+) -> tuple[int, str]:
+    """Run ``covey COMMAND`` (a served project) in ``root`` with ``clients`` ``covey client``.
+
+    Once the server writes its port to ``port_file``, clients ``0`` to
+    ``clients - 1`` (named ``site-K``) join it with ``--app client_app``. Waits
+    for the server to end; whatever still runs then is killed.
+
+    Returns:
+        The server's exit code and its output (stdout and stderr).
+    """
+    server = subprocess.Popen(
+        [sys.executable, "-m", "covey", *command],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    procs = [server]
+    try:
+        port = until_listening(server, port_file)
+        for k in range(clients):
+            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
+            client += ["--app", client_app, "--name", f"site-{k}"]
+            client += ["--server", f"127.0.0.1:{port}"]
+            procs.append(
+                subprocess.Popen(
+                    client,
+                    cwd=root,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        out = server.communicate(timeout=timeout)[0]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+    return server.returncode, out

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import covey
+from _procs import serve_project, until_listening
 from covey.cli import app
 from covey.cli._runs import round_table
 from covey.deploy._cli_resume import saved_round
@@ -298,35 +299,13 @@ def test_new_refuses_a_dir_that_is_a_file(tmp_path: Path) -> None:
 def test_a_federation_names_the_clients_that_failed(project: Path) -> None:
     port_file = project / "fed.port"
     env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    command = ["run", "--federation", "local"]
     for item in ("address='127.0.0.1:0'", "port-file='fed.port'", "rounds=2", "wait-timeout=60"):
         command += ["--set", item]
     command += ["--set", "keep-last=1"]  # a served project run crashed on any federation
-    server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
-    clients: list[subprocess.Popen[str]] = []
-    try:
-        for _ in range(600):  # the port, once it listens (60 s at most)
-            if port_file.is_file() and port_file.read_text().strip():
-                break
-            assert server.poll() is None, server.communicate()[0]
-            time.sleep(0.1)
-        port = port_file.read_text().strip()
-        for k in range(2):
-            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
-            client += ["--app", "outside_fed.client_app:broken_fn", "--name", f"site-{k}"]
-            client += ["--server", f"127.0.0.1:{port}"]
-            clients.append(
-                subprocess.Popen(
-                    client, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True
-                )
-            )
-        said = " ".join(server.communicate(timeout=120)[0].split())
-    finally:
-        for proc in [server, *clients]:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
-    assert server.returncode == 1, said
+    code, out = serve_project(project, command, port_file, "outside_fed.client_app:broken_fn", env)
+    said = " ".join(out.split())
+    assert code == 1, said
     assert "site-0 failed in fit: RuntimeError: disk on fire" in said
     assert "site-1 failed in fit: RuntimeError: disk on fire" in said
     assert "failures: site-" in said
@@ -343,15 +322,6 @@ def test_a_federation_refuses_a_keep_last_below_1(project: Path) -> None:
     assert "keep-last ([tool.covey.federations.local] or --set)" in out.stderr
 
 
-def _until_listening(server: subprocess.Popen[str], port_file: Path) -> str:
-    for _ in range(600):  # the port, once it listens (60 s at most)
-        if port_file.is_file() and port_file.read_text().strip():
-            return port_file.read_text().strip()
-        assert server.poll() is None, server.communicate()[0]
-        time.sleep(0.1)
-    raise AssertionError("the server did not listen")
-
-
 @pytest.mark.slow
 def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: Path) -> None:
     env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -360,7 +330,7 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
         command += ["--set", item]
     server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
     try:
-        _until_listening(server, project / "int.port")
+        until_listening(server, project / "int.port")
         for _ in range(600):  # until round 0 is saved: then there is a run to resume
             runs = sorted((project / "runs").glob("local-*"), key=lambda p: p.stat().st_mtime)
             if runs and saved_round(runs[-1]):
@@ -376,33 +346,10 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
     hint = said.strip().splitlines()[-1].split("continue it with `")[1].rstrip("`")
     assert " --app outside_fed.server_app:server_app --insecure --rounds 2" in hint
     args = [*hint.split()[1:], "--address", "127.0.0.1:0", "--port-file", "res.port"]
-    resumed = subprocess.Popen(
-        [sys.executable, "-m", "covey", *args],
-        cwd=project,
-        env=env,
-        stdout=PIPE,
-        stderr=STDOUT,
-        text=True,
+    code, out = serve_project(
+        project, args, project / "res.port", "outside_fed.client_app:client_fn", env
     )
-    clients: list[subprocess.Popen[str]] = []
-    try:
-        port = _until_listening(resumed, project / "res.port")
-        for k in range(2):
-            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
-            client += ["--app", "outside_fed.client_app:client_fn", "--name", f"site-{k}"]
-            client += ["--server", f"127.0.0.1:{port}"]
-            clients.append(
-                subprocess.Popen(
-                    client, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True
-                )
-            )
-        out = resumed.communicate(timeout=120)[0]
-    finally:
-        for proc in [resumed, *clients]:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
-    assert resumed.returncode == 0, out
+    assert code == 0, out
     run = Path(hint.split("--resume ")[1].split()[0])
     assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]  # --set rounds=2 kept
 

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import covey
+from _procs import serve_project
 from covey.cli import app
 
 pytestmark = pytest.mark.slow
@@ -144,7 +145,7 @@ def test_a_served_run_whose_evaluation_raises_names_the_last_complete_rounds_mod
     root = eval_project
     env = dict(os.environ, COLUMNS="200")
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    command = ["run", "--federation", "local"]
     for item in (
         "server-app=eval_fed.server_app:broken_in_round_3",
         "address='127.0.0.1:0'",
@@ -153,39 +154,11 @@ def test_a_served_run_whose_evaluation_raises_names_the_last_complete_rounds_mod
         "plot=false",
     ):
         command += ["--set", item]
-    server = subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    code, out = serve_project(
+        root, command, root / "fed.port", "eval_fed.client_app:client_fn", env
     )
-    clients: list[subprocess.Popen[str]] = []
-    port_file = root / "fed.port"
-    try:
-        for _ in range(600):  # the port, once it listens (60 s at most)
-            if port_file.is_file() and port_file.read_text().strip():
-                break
-            assert server.poll() is None, server.communicate()[0]
-            time.sleep(0.1)
-        port = port_file.read_text().strip()
-        for k in range(2):
-            client = [sys.executable, "-m", "covey", "client", "--insecure", "--cid", str(k)]
-            client += ["--app", "eval_fed.client_app:client_fn", "--name", f"site-{k}"]
-            client += ["--server", f"127.0.0.1:{port}"]
-            clients.append(
-                subprocess.Popen(
-                    client,
-                    cwd=root,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        said = " ".join(server.communicate(timeout=120)[0].split())
-    finally:
-        for proc in [server, *clients]:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
-    assert server.returncode == 1, said
+    said = " ".join(out.split())
+    assert code == 1, said
     assert "error: RuntimeError: evaluation on fire" in said  # as before
     (run,) = root.glob("runs/local-*")
     model = run / "weights" / "round-00002.safetensors"
