@@ -49,10 +49,44 @@ def test_runs_show_reads_a_history_of_a_newer_covey(tmp_path: Path) -> None:
     from covey.cli import app
 
     _newer_history(tmp_path)
-    with pytest.warns(UserWarning, match="carbon_grams"):
-        result = CliRunner().invoke(app, ["runs", "show", str(tmp_path)])
+    # No Python warning escapes the command (filterwarnings = error): it says it in one line.
+    result = CliRunner().invoke(app, ["runs", "show", str(tmp_path)], env={"COLUMNS": "100"})
     assert result.exit_code == 0, result.output
-    assert "boom" in result.output
+    assert "boom" in result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"warning: {tmp_path / 'history.json'}: left out field(s) covey ")
+    assert "rounds[].carbon_grams" in line
+
+
+def test_runs_list_says_once_per_run_which_fields_it_left_out_as_a_plain_line(
+    tmp_path: Path,
+) -> None:
+    """Not in Python's ``file.py:123: UserWarning:`` format, and nothing lost."""
+    import os
+    import subprocess
+    import sys
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _newer_history(tmp_path / name)
+    env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("PYTHONWARNINGS", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "covey", "runs", "list", "--dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "UserWarning" not in out.stderr
+    lines = out.stderr.splitlines()
+    assert all(line.startswith("warning: ") and "carbon_grams" in line for line in lines)
+    assert sorted(line.split()[1] for line in lines) == [
+        f"{tmp_path / name / 'history.json'}:" for name in ("a", "b")
+    ]
+    assert out.stdout.count("simulated") == 2, out.stdout  # both listed
 
 
 def test_a_typo_in_a_hand_edited_history_is_named_with_the_version_that_wrote_it(

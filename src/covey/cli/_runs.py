@@ -12,11 +12,13 @@ import datetime as _dt
 import json
 import re
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -31,6 +33,8 @@ __all__ = [
     "TEXT_FLOOR",
     "find_run",
     "last_finished",
+    "load_history",
+    "print_notices",
     "print_table",
     "round_table",
     "run_status",
@@ -39,6 +43,7 @@ __all__ = [
 ]
 
 console = output_console()
+warnings_console = Console(stderr=True, highlight=False)
 
 runs_app = typer.Typer(
     help="Read the runs kept in run folders: `covey runs list`, `covey runs show RUN`.",
@@ -234,8 +239,32 @@ def _last(history: History, name: str) -> str:
     return "-"
 
 
-def _runs_in(runs_dir: Path) -> list[tuple[str, Path, History | str]]:
+def load_history(folder: Path, notices: list[str]) -> History:
+    """:meth:`History.load` of ``folder``, its warnings added to ``notices`` (not printed).
+
+    A history a newer covey wrote (fields this covey does not know) warns; the
+    command prints each such warning once, as a line of its own
+    (:func:`print_notices`), rather than in Python's warning format.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        history = History.load(folder)
+    notices.extend(str(w.message) for w in caught if str(w.message) not in notices)
+    return history
+
+
+def print_notices(notices: list[str]) -> None:
+    """Print each of ``notices`` as one ``warning:`` line on standard error."""
+    for notice in notices:
+        warnings_console.print(f"[bold yellow]warning:[/] {escape(notice)}", soft_wrap=True)
+
+
+def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, History | str]]:
     """Each run in ``runs_dir`` (as the dashboard finds them, three levels deep).
+
+    Args:
+        runs_dir: The folder holding run folders.
+        notices: Where the warnings of reading the histories go.
 
     Returns:
         ``(name, folder, history)`` with the name relative to ``runs_dir``, and the
@@ -250,7 +279,7 @@ def _runs_in(runs_dir: Path) -> list[tuple[str, Path, History | str]]:
         if folder == runs_dir:  # --dir is itself a run folder
             name = folder.resolve().name
         try:
-            found.append((name, folder, History.load(folder)))
+            found.append((name, folder, load_history(folder, notices)))
         except (ValueError, OSError) as exc:  # damaged or half-written: listed, with why
             found.append((name, folder, str(exc)))
     return found
@@ -259,7 +288,8 @@ def _runs_in(runs_dir: Path) -> list[tuple[str, Path, History | str]]:
 @runs_app.command("list")
 def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
     """List the runs under --dir (default runs/, three levels deep) with status and last metrics."""
-    found = _runs_in(runs_dir)
+    notices: list[str] = []
+    found = _runs_in(runs_dir, notices)
     if not found:
         console.print(
             f"no runs in {escape(str(runs_dir))} (a run folder holds {History.FILE_NAME})"
@@ -304,6 +334,7 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
     print_table(table)
     for why in damaged:
         console.print(f"[red]unreadable[/]: {escape(why)}")
+    print_notices(notices)
 
 
 def _failures_table(history: History) -> Table:
@@ -323,8 +354,9 @@ def show_run(
 ) -> None:
     """Show one run: its settings, a table of its rounds, its clients and failures."""
     folder = find_run(run, runs_dir)
+    notices: list[str] = []
     try:
-        history = History.load(folder)
+        history = load_history(folder, notices)
     except ValueError as exc:
         fail(str(exc))
     config = history.config
@@ -355,3 +387,4 @@ def show_run(
         print_table(clients)
     if history.failures():
         print_table(_failures_table(history))
+    print_notices(notices)
