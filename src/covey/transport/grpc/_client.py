@@ -228,9 +228,11 @@ class _Session:
 
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
         if len(welcome.version) > VERSION_CHARS:
-            raise ConnectionError(
+            # Whatever sent it states the same again on every connection: refused at once.
+            raise Refused(
                 f"the server sent a Welcome stating a covey version of {len(welcome.version)} "
-                f"characters (at most {VERSION_CHARS}): {stated_version(welcome.version)}"
+                f"characters (at most {VERSION_CHARS}): {stated_version(welcome.version)}; "
+                "no covey states such a version: check that the address is a covey server's"
             )
         if welcome.protocol != PROTOCOL:
             raise Refused(
