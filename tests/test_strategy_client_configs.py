@@ -555,3 +555,32 @@ def test_a_deployed_config_over_the_message_limit_names_its_entry(
     with pytest.raises(covey.FederationError) as caught:
         served(on_fit_config=lambda rnd: config)
     named(str(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("config", "entry", "size"),
+    [
+        ({"blob": b"x" * 2 * MB}, "'blob'", "2097152 bytes"),
+        ({"lr": 0.1, "note": "y" * 2 * MB}, "'note'", "2097152 characters"),
+        ({"deep": {"text": ["y" * 2 * MB]}}, "'deep'.'text'[0]", "2097152 characters"),
+    ],
+)
+def test_a_process_backend_config_over_the_string_limit_names_its_entry(
+    config: dict[str, Any], entry: str, size: str
+) -> None:
+    """As deployed: the client's failure names the entry, its size and the limit."""
+
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return config if client.cid == 0 else {}
+
+    strategy = covey.FedAvg(
+        min_fit_clients=1, fraction_evaluate=0.0, on_client_fit_config=own, fit_metrics=gather
+    )
+    result = covey.simulate(Echo, 2, 1, strategy, init(), backend="process", num_workers=1)
+    (failure,) = result.history.rounds[1].failures
+    assert failure.cid == 0
+    assert failure.error.startswith("cannot send the fit task to client 0: its config: ")
+    assert f"{size} " in failure.error
+    assert "exceeds the limit of 1048576 characters" in failure.error
+    assert failure.error.endswith(f"(at {entry})")
+    assert list(seen(result.history.rounds[1], "fit")) == [1]

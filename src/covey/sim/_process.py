@@ -375,7 +375,8 @@ class ProcessTransport:
                     cid, task.kind, task.round, task.config, task.payload, "extras" in sizes[path]
                 )
             except WireError as exc:
-                unsendable.append(Reply(cid, task.kind, error=f"cannot send the task: {exc}"))
+                error = f"cannot send the {task.kind} task to client {cid}: {exc}"
+                unsendable.append(Reply(cid, task.kind, error=error))
                 continue
             w = cid % n
             batches.setdefault((w, path), []).append(item)

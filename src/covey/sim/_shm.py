@@ -357,12 +357,26 @@ def broadcast_extras(kind: str, payload: Any) -> Any:
 
 
 def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: bool) -> TaskItem:
-    """A task as JSON texts; raises ``WireError`` for a config or payload JSON cannot carry.
+    """A task as JSON texts, checked against the limits the worker reads them with.
 
     ``extras``: the payload is in the broadcast file (see :func:`broadcast_extras`).
+
+    Raises:
+        WireError: for a config or payload JSON cannot carry, or one larger than a
+            worker accepts (as the gRPC transport's ``task_header``): ``its config:``
+            then the size, the limit and the entry.
     """
-    payload_text = None if extras else _wire.dumps(payload).decode()
-    return (cid, kind, rnd, _wire.dumps(config).decode(), payload_text)
+    config_text = _within("config", config)
+    payload_text = None if extras else _within("payload", payload)
+    return (cid, kind, rnd, config_text, payload_text)
+
+
+def _within(part: str, value: Any) -> str:
+    """``value`` as JSON a worker accepts; a ``WireError`` names ``part`` first."""
+    try:
+        return _wire.dumps_within(value, _LIMITS).decode()
+    except _wire.WireError as exc:
+        raise _wire.WireError(f"its {part}: {exc}") from None
 
 
 def send_tasks(
