@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,125 @@ def test_demo_default_run_folder_is_under_runs(tmp_path: Path) -> None:
     (folder,) = (tmp_path / "runs").iterdir()
     assert (folder / "history.json").exists()
     assert not (folder / "plot.png").exists()
+
+
+def _in_process(*args: str) -> tuple[int, str, str]:
+    """``covey ARGS`` run in this process: exit code, stdout and stderr."""
+    from typer.testing import CliRunner
+
+    from covey.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_demo_out_writes_the_final_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import safe_open
+
+    monkeypatch.chdir(tmp_path)
+    code, said, err = _in_process(
+        *("demo", "--rounds", "2", "--clients", "20", "--no-plot"),
+        *("--run-dir", "r", "--out", "model.safetensors"),
+    )
+    assert code == 0, said + err
+    assert said.splitlines()[-2:] == [
+        "run folder: r (history.json)",
+        "model: model.safetensors (after round 2)",
+    ]
+    history = covey.History.load(tmp_path / "r")
+    with safe_open(tmp_path / "model.safetensors", "np") as f:
+        assert f.metadata()["covey_round"] == "2"
+        model = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    data = covey.data.load_digits()
+    loss, _ = covey.models.logistic_evaluate(model, data.x_test, data.y_test)
+    assert loss == history.rounds[-1].central_loss
+    assert not (tmp_path / "r" / "model.safetensors").exists()  # only where --out says
+
+
+def test_demo_out_in_a_missing_folder_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, said, err = _in_process("demo", "--run-dir", "r", "--out", "no/such/m.safetensors")
+    assert code == 2, said + err
+    assert "--out no/such/m.safetensors: the folder no/such does not exist" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_demo_stopped_by_an_error_keeps_the_last_complete_rounds_model_at_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import covey.cli._demo as demo
+
+    real = demo.run_demo
+
+    def stopped_after_round_2(config: demo.DemoConfig, **kwargs: Any) -> None:
+        result = real(config, **kwargs)
+        raise covey.FederationError("round 3: too few replies", result.history, result.weights)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "run_demo", stopped_after_round_2)
+    code, said, err = _in_process(
+        *("demo", "--rounds", "2", "--clients", "20", "--no-plot"),
+        *("--run-dir", "r", "--out", "m.safetensors"),
+    )
+    assert code == 1, said + err
+    assert said.splitlines()[-2:] == [
+        "run stopped: round 3: too few replies",
+        "the model after round 2, the last complete one, is in m.safetensors",
+    ]
+    assert (tmp_path / "m.safetensors").is_file()
+
+
+def test_ctrl_c_of_a_demo_with_out_keeps_the_last_complete_rounds_model(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from safetensors import safe_open
+
+    command = [sys.executable, "-m", "covey", "demo", "--rounds", "100000", "--clients", "20"]
+    command += ["--no-plot", "--run-dir", "r", "--out", "m.safetensors"]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # A background process may inherit SIGINT ignored; Ctrl-C must reach this one.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _rounds_done(tmp_path / "r" / "history.json"):
+            time.sleep(0.05)
+        assert _rounds_done(tmp_path / "r" / "history.json"), "no round finished within 60 s"
+        proc.send_signal(signal.SIGINT)
+        said = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, said
+    (line,) = [line for line in said.splitlines() if line.startswith("interrupted:")]
+    history = covey.History.load(tmp_path / "r")
+    done = history.rounds[-1].round
+    assert line == (
+        "interrupted: the demo in r stopped; its history.json keeps the rounds done: "
+        f"`covey runs show r`; the model after round {done}, the last complete one, is in "
+        "m.safetensors"
+    )
+    with safe_open(tmp_path / "m.safetensors", "np") as f:
+        assert f.metadata()["covey_round"] == str(done)
+        model = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    data = covey.data.load_digits()
+    loss, _ = covey.models.logistic_evaluate(model, data.x_test, data.y_test)
+    assert loss == history.rounds[-1].central_loss
+
+
+def _rounds_done(path: Path) -> bool:
+    """Whether the history at ``path`` holds round 1 or later."""
+    try:
+        return any(r["round"] >= 1 for r in json.loads(path.read_text())["rounds"])
+    except (OSError, ValueError, KeyError):
+        return False

@@ -8,7 +8,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,10 @@ from rich.markup import escape
 import covey
 from covey.core._extras import MissingExtraError, extra_for
 from covey.deploy._cli_tables import output_console
+
+if TYPE_CHECKING:
+    from covey.cli._demo import DemoConfig
+    from covey.sim import SimulationResult
 
 app = typer.Typer(
     name="covey",
@@ -66,12 +70,20 @@ def demo(
         Path | None, typer.Option(help="Where to write history.json and plot.png.")
     ] = None,
     plot: Annotated[bool, typer.Option(help="Write plot.png.")] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the final model to this file (safetensors); a run stopped early "
+            "(Ctrl-C, an error) writes the model after its last complete round."
+        ),
+    ] = None,
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
-    from covey.cli._demo import DemoConfig, plot_history, run_demo
+    from covey.cli._demo import DemoConfig, plot_history
+    from covey.cli._model import save_model
     from covey.cli._runs import print_table, round_table
     from covey.data import load_digits
-    from covey.deploy._cli_errors import fail
+    from covey.deploy._cli_errors import fail, output_file
     from covey.server._outputs import new_run_dir
     from covey.sim._start import check_start_method
 
@@ -85,6 +97,7 @@ def demo(
         fail(f"--start-method {start_method}: {exc}")
     if not (math.isfinite(lr) and lr > 0):
         fail(f"--lr {lr}: the learning rate must be a number above 0")
+    output_file(out, "--out")
     most = len(load_digits(seed=seed).y_train) // 2
     if clients > most:
         fail(
@@ -119,20 +132,7 @@ def demo(
         f"NumPy logistic regression, {rounds} rounds of FedAvg with {fraction:.0%} of clients "
         f"per round ({backend} backend)"
     )
-    try:
-        result = run_demo(config, run_dir=run_dir, progress=True)
-    except covey.FederationError as exc:
-        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        console.print(
-            escape(
-                f"interrupted: the demo in {run_dir} stopped; its history.json keeps the rounds "
-                f"done: `covey runs show {shlex.quote(str(run_dir))}`"
-            ),
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
+    result = _run_demo(config, run_dir, out)
     print_table(round_table(result.history), console)
     final = result.history.rounds[-1]
     accuracy = float(final.central_metrics.get("accuracy", float("nan")))
@@ -146,6 +146,38 @@ def demo(
         f"run folder: {escape(str(run_dir))} (history.json{', plot.png' if plot else ''})",
         soft_wrap=True,
     )
+    if out is not None and save_model(run_dir, final.round, result.weights, console, out):
+        console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
+
+
+def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> SimulationResult:
+    """Run the demo; stopped (an error, Ctrl-C), say what it kept and exit."""
+    from covey.cli._demo import run_demo
+    from covey.cli._model import RoundModels, keep_model
+
+    # With --out: the model after the last complete round, whatever stops the run.
+    models = None if out is None else RoundModels(None)
+    try:
+        result = run_demo(config, run_dir=run_dir, progress=True, models=models)
+    except covey.FederationError as exc:
+        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
+        if models is not None:
+            kept = keep_model(run_dir, models, console, exc.history, exc.weights, to=out)
+            if kept is not None:
+                console.print(escape(kept), soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        kept = None if models is None else keep_model(run_dir, models, console, to=out)
+        console.print(
+            escape(
+                f"interrupted: the demo in {run_dir} stopped; its history.json keeps the rounds "
+                f"done: `covey runs show {shlex.quote(str(run_dir))}`"
+                + ("" if kept is None else f"; {kept}")
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    return result
 
 
 def _mount() -> None:

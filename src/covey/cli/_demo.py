@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from covey.cli._model import RoundModels
+from covey.core._history import RoundRecord
 from covey.core._messages import Metrics
 from covey.core._weights import Weights
 from covey.data import dirichlet, load_digits
@@ -58,8 +60,13 @@ def run_demo(
     run_dir: Path | None = None,
     progress: bool = True,
     on_round: RoundCallback | None = None,
+    models: RoundModels | None = None,
 ) -> SimulationResult:
-    """Run the demo federation and return its result."""
+    """Run the demo federation and return its result.
+
+    ``models``: given, it keeps the model after the last complete round (for
+    ``covey demo --out``), whatever stops the run.
+    """
     data = load_digits(seed=config.seed)
     parts = dirichlet(data.y_train, config.clients, config.alpha, seed=config.seed, min_size=2)
 
@@ -67,6 +74,11 @@ def run_demo(
         loss, accuracy = logistic_evaluate(weights, data.x_test, data.y_test)
         return loss, {"accuracy": accuracy}
 
+    evaluate_fn: Any = evaluate
+    if models is not None:
+        models.evaluate_fn = evaluate
+        evaluate_fn = models.evaluate
+        on_round = functools.partial(_both, models.finished, on_round)
     per_round = max(2, math.floor(config.clients * config.fraction))
     strategy = FedAvg(
         fraction_fit=config.fraction,
@@ -82,7 +94,7 @@ def run_demo(
         config.rounds,
         strategy,
         logistic_init(data.num_features, data.num_classes),
-        evaluate,
+        evaluate_fn,
         backend=backend,
         start_method=config.start_method,  # type: ignore[arg-type]
         seed=config.seed,
@@ -90,6 +102,12 @@ def run_demo(
         on_round=on_round,
         run_dir=run_dir,
     )
+
+
+def _both(first: RoundCallback, then: RoundCallback | None, record: RoundRecord) -> None:
+    first(record)
+    if then is not None:
+        then(record)
 
 
 __all__ = ["DemoConfig", "plot_history", "run_demo"]

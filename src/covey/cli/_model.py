@@ -60,15 +60,24 @@ class RoundModels:
         return self.models.get(rnd)
 
 
-def save_model(run_dir: Path, last: int, weights: Mapping[str, Any], console: Console) -> bool:
-    """Keep a simulated run's model (after round ``last``) in its folder; say why if not kept."""
+def save_model(
+    run_dir: Path,
+    last: int,
+    weights: Mapping[str, Any],
+    console: Console,
+    to: Path | None = None,
+) -> bool:
+    """Keep a simulated run's model (after round ``last``) in its folder; say why if not kept.
+
+    ``to``: the file to write instead of the run folder's ``model.safetensors``.
+    """
     from safetensors import SafetensorError
 
     from covey.core._weights import WeightsSpec
     from covey.server._roundfiles import write_weights
 
     try:
-        write_weights(run_dir / MODEL_FILE, last, weights, WeightsSpec.of(weights))
+        write_weights(to or run_dir / MODEL_FILE, last, weights, WeightsSpec.of(weights))
     except (OSError, ValueError, SafetensorError) as exc:
         console.print(f"[yellow]the model was not saved:[/] {escape(str(exc))}")
         return False
@@ -81,6 +90,7 @@ def keep_model(
     console: Console,
     history: History | None = None,
     weights: Weights | None = None,
+    to: Path | None = None,
 ) -> str | None:
     """Save the model after the last complete round of a stopped run; where it is, or None.
 
@@ -91,6 +101,7 @@ def keep_model(
         history: The run's history (from its error); None reads the run's ``history.json``.
         weights: The model the error carries (a FederationError's), used when the
             round's own is no longer kept.
+        to: The file to write the model to; None: ``model.safetensors`` in ``run_dir``.
 
     Returns:
         ``the model after round N, the last complete one, is in PATH``, or None
@@ -107,6 +118,7 @@ def keep_model(
     model = models.after(done)
     if model is None:
         model = weights
-    if done <= 0 or model is None or not save_model(run_dir, done, model, console):
+    path = to or run_dir / MODEL_FILE
+    if done <= 0 or model is None or not save_model(run_dir, done, model, console, path):
         return None
-    return f"the model after round {done}, the last complete one, is in {run_dir / MODEL_FILE}"
+    return f"the model after round {done}, the last complete one, is in {path}"
