@@ -517,6 +517,14 @@ MB = 1024 * 1024
         ({"blob": b"x" * 5 * MB}, "'blob'", "5242880 bytes", "1048576"),
         ({"note": "y" * 2 * MB}, "'note'", "2097152 characters", "1048576"),
         ({f"part{i}": "z" * (MB - 100 * i) for i in range(5)}, "'part0'", "1048578", "4194304"),
+        # Arrays past the elements every client accepts, in under 4 MB of JSON.
+        ({"hist": np.zeros(MB + 1, np.int8)}, "'hist'", "1048577 elements", "1048576"),
+        (
+            {"parts": [np.zeros(MB // 2 + 1, np.int8)] * 2},
+            "'parts'[1]",
+            "1048578 elements",
+            "1048576",
+        ),
     ],
 )
 def test_a_deployed_config_over_the_message_limit_names_its_entry(
@@ -584,3 +592,56 @@ def test_a_process_backend_config_over_the_string_limit_names_its_entry(
     assert "exceeds the limit of 1048576 characters" in failure.error
     assert failure.error.endswith(f"(at {entry})")
     assert list(seen(result.history.rounds[1], "fit")) == [1]
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_config_array_of_a_dtype_no_client_reads_fails_that_client_only() -> None:
+    """It used to end the client's stream ("client disconnected") with a TypeError."""
+
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return {"z": np.zeros(3, complex)} if client.cid == 0 else {}
+
+    strategy = covey.FedAvg(
+        min_fit_clients=1, min_available_clients=2, fraction_evaluate=0.0, on_client_fit_config=own
+    )
+    run = Served(strategy, 1, round_timeout=60.0, initial_weights=init())
+    joined = [Joined(run.port, Echo(k), name=f"site-{k}") for k in range(2)]
+    try:
+        history = run.join(120).history
+    finally:
+        for j in joined:
+            j.join(30)
+    for j in joined:
+        assert j.error is None  # each client's stream stays open
+    (failure,) = history.rounds[1].failures
+    assert failure.error.startswith("cannot send the fit task to client site-")
+    assert failure.error.endswith(
+        "its config: an array of dtype complex128 cannot be sent (only bool, integer and "
+        "float arrays) (at 'z')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        (
+            {"lr": 0.1, "hist": np.zeros(MB + 1, np.int8)},
+            "an array of 1048577 elements exceeds the limit of 1048576 elements (at 'hist')",
+        ),
+        (
+            {"z": np.zeros(3, complex)},
+            "an array of dtype complex128 cannot be sent (only bool, integer and float arrays) "
+            "(at 'z')",
+        ),
+    ],
+)
+def test_a_process_backend_config_array_no_worker_reads_names_its_entry(
+    config: dict[str, Any], said: str
+) -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return config if client.cid == 0 else {}
+
+    strategy = covey.FedAvg(min_fit_clients=1, fraction_evaluate=0.0, on_client_fit_config=own)
+    result = covey.simulate(Echo, 2, 1, strategy, init(), backend="process", num_workers=1)
+    (failure,) = result.history.rounds[1].failures
+    assert failure.error == f"cannot send the fit task to client 0: its config: {said}"

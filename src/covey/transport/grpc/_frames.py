@@ -165,6 +165,10 @@ def task_header(
             parts.append(b"")  # the payload travels as arrays after the weights
             continue
         try:
+            # The caps every client applies. One given its model's layout
+            # (``connect(spec=...)``) caps arrays lower, at the model's size
+            # (``WireLimits.for_spec``); its Hello does not say so, so that
+            # client refuses such a config itself (naming no entry).
             parts.append(_wire.dumps_within(value, _wire.WireLimits()))
         except _wire.WireError as exc:
             raise _wire.WireError(f"its {part}: {exc}") from None

@@ -41,7 +41,37 @@ def _check_length(value: Any, max_string: int | None) -> None:
             )
 
 
-def _to_json(value: Any, max_string: int | None = None) -> Any:
+class _Elements:
+    """The elements of the arrays one message holds so far, against a peer's cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+
+    def add(self, array: np.ndarray[Any, Any]) -> None:
+        """Count ``array``; refuse it when the message's arrays pass the cap with it."""
+        if array.dtype.kind not in ARRAY_KINDS:
+            raise WireError(
+                f"an array of dtype {array.dtype} cannot be sent (only bool, integer and "
+                "float arrays)"
+            )
+        self.seen += array.size
+        if self.seen > self.limit:
+            raise WireError(
+                f"an array of {array.size} elements exceeds the limit of {self.limit} elements"
+                if self.seen == array.size
+                else f"the arrays reach {self.seen} elements with this one of {array.size}, "
+                f"over the limit of {self.limit} elements"
+            )
+
+
+def _array_json(array: np.ndarray[Any, Any], elements: _Elements | None) -> dict[str, Any]:
+    if elements is not None:
+        elements.add(array)
+    return {"__array__": array.tolist(), "dtype": array.dtype.str}
+
+
+def _to_json(value: Any, max_string: int | None = None, elements: _Elements | None = None) -> Any:
     _check_length(value, max_string)
     if isinstance(value, bool) or value is None or isinstance(value, str | int):
         return value
@@ -50,14 +80,14 @@ def _to_json(value: Any, max_string: int | None = None) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return {"__bytes__": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, np.generic):
-        return _to_json(value.item(), max_string)
+        return _to_json(value.item(), max_string, elements)
     if isinstance(value, np.ndarray):
-        return {"__array__": value.tolist(), "dtype": value.dtype.str}
+        return _array_json(value, elements)
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             try:
-                out[str(k)] = _to_json(v, max_string)
+                out[str(k)] = _to_json(v, max_string, elements)
             except WireError as exc:
                 raise _at(exc, repr(str(k))) from None
         return out
@@ -65,7 +95,7 @@ def _to_json(value: Any, max_string: int | None = None) -> Any:
         items: list[Any] = []
         for i, v in enumerate(value):
             try:
-                items.append(_to_json(v, max_string))
+                items.append(_to_json(v, max_string, elements))
             except WireError as exc:
                 raise _at(exc, f"[{i}]") from None
         return items
@@ -196,9 +226,11 @@ def dumps(value: Any) -> bytes:
 def dumps_within(value: Any, limits: WireLimits) -> bytes:
     """:func:`dumps`, refusing what a peer reading it with ``limits`` would refuse for size.
 
-    A string or ``bytes`` value over ``limits.max_string`` characters is refused
-    before it is encoded; JSON over ``limits.max_bytes`` is refused before it is
-    sent, naming the largest entry of a mapping and that entry's size.
+    A string or ``bytes`` value over ``limits.max_string`` characters, an array
+    whose elements take the message's arrays over ``limits.max_elements``, or an
+    array of a dtype a peer refuses is refused before it is encoded, naming
+    where it is; JSON over ``limits.max_bytes`` is refused before it is sent,
+    naming the largest entry of a mapping and that entry's size.
 
     Raises:
         WireError: naming the place, the size and the limit.
@@ -212,7 +244,7 @@ def dumps_within(value: Any, limits: WireLimits) -> bytes:
         ...     print(exc)
         23 bytes of JSON exceed the limit of 16; the largest entry takes 11 bytes (at 'a')
     """
-    tree = _to_json(value, limits.max_string)
+    tree = _to_json(value, limits.max_string, _Elements(limits.max_elements))
     if not isinstance(tree, dict):
         text = json.dumps(tree, separators=(",", ":"), allow_nan=False)
         if len(text) > limits.max_bytes:
