@@ -13,18 +13,20 @@ import json
 import re
 import sqlite3
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from covey.core._history import History
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
+
+if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
+    from covey.core._history import History
 
 __all__ = [
     "ROUND_COLUMNS",
@@ -141,6 +143,8 @@ def last_finished(history: History) -> int | None:
 
 def find_run(run: str, runs_dir: Path) -> Path:
     """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
+    from covey.core._history import History
+
     for candidate in (Path(run), runs_dir / run):
         if (candidate / History.FILE_NAME).is_file():
             return candidate
@@ -241,6 +245,8 @@ def _runs_in(runs_dir: Path) -> list[tuple[str, Path, History | str]]:
         ``(name, folder, history)`` with the name relative to ``runs_dir``, and the
         history, or why it cannot be read.
     """
+    from covey.core._history import History
+
     found: list[tuple[str, Path, History | str]] = []
     if not runs_dir.is_dir():
         return found
@@ -259,6 +265,8 @@ def _runs_in(runs_dir: Path) -> list[tuple[str, Path, History | str]]:
 @runs_app.command("list")
 def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
     """List the runs under --dir (default runs/, three levels deep) with status and last metrics."""
+    from covey.core._history import History
+
     found = _runs_in(runs_dir)
     if not found:
         console.print(
@@ -322,6 +330,8 @@ def show_run(
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
     """Show one run: its settings, a table of its rounds, its clients and failures."""
+    from covey.core._history import History
+
     folder = find_run(run, runs_dir)
     try:
         history = History.load(folder)
