@@ -9,7 +9,9 @@ its layer: :mod:`covey.core` (weights, codec, messages, history),
 :mod:`covey.aggregate` (aggregation steps), :mod:`covey.strategies`,
 :mod:`covey.clients` (the task runtime and client helpers), :mod:`covey.transport`,
 :mod:`covey.server` (round loops, run store), :mod:`covey.sim`, :mod:`covey.deploy` and
-:mod:`covey.secagg` (secure aggregation; importing covey registers its task kinds).
+:mod:`covey.secagg` (secure aggregation, whose task kinds every client performs).
+Each name is imported the first time it is used, so ``import covey`` is quick and
+gRPC, cryptography and the simulator load only in a program that uses them.
 
 Example:
     >>> import numpy as np, covey
@@ -23,51 +25,54 @@ Example:
     [3.0, 3.0]
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from covey import (
-    aggregate,
-    clients,
-    core,
-    data,
-    deploy,
-    models,
-    privacy,
-    secagg,
-    server,
-    sim,
-    strategies,
-    transport,
-)
-from covey.aggregate import AggregationError
-from covey.clients import Client
-from covey.core import CodecError, EvaluateResult, FitResult, History, Weights, WeightsError
-from covey.deploy import ServerApp, connect, serve
-from covey.server import FederationError
-from covey.sim import simulate
-from covey.strategies import (
-    Bulyan,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedBuff,
-    FedMedian,
-    FedProx,
-    FedRFA,
-    FedTrimmedAvg,
-    FedYogi,
-    Krum,
-    MultiKrum,
-    QFedAvg,
-    Scaffold,
-    Strategy,
-)
+from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("covey")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+from covey.core._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on first use
+    from covey import (
+        aggregate,
+        clients,
+        core,
+        data,
+        deploy,
+        models,
+        privacy,
+        secagg,
+        server,
+        sim,
+        strategies,
+        transport,
+    )
+    from covey import compress as compress  # a subpackage, not in __all__
+    from covey.aggregate import AggregationError
+    from covey.clients import Client
+    from covey.core import CodecError, EvaluateResult, FitResult, History, Weights, WeightsError
+    from covey.deploy import ServerApp, connect, serve
+    from covey.server import FederationError
+    from covey.sim import simulate
+    from covey.strategies import (
+        Bulyan,
+        FedAdagrad,
+        FedAdam,
+        FedAvg,
+        FedAvgM,
+        FedBuff,
+        FedMedian,
+        FedProx,
+        FedRFA,
+        FedTrimmedAvg,
+        FedYogi,
+        Krum,
+        MultiKrum,
+        QFedAvg,
+        Scaffold,
+        Strategy,
+    )
+
+    __version__: str
 
 __all__ = [
     "AggregationError",
@@ -113,3 +118,60 @@ __all__ = [
     "strategies",
     "transport",
 ]
+
+_WHERE = {
+    "AggregationError": "aggregate",
+    "Client": "clients",
+    **dict.fromkeys(
+        ["CodecError", "EvaluateResult", "FitResult", "History", "Weights", "WeightsError"], "core"
+    ),
+    **dict.fromkeys(["ServerApp", "connect", "serve"], "deploy"),
+    "FederationError": "server",
+    "simulate": "sim",
+    **dict.fromkeys(
+        (
+            *("Bulyan", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBuff", "FedMedian"),
+            *("FedProx", "FedRFA", "FedTrimmedAvg", "FedYogi", "Krum", "MultiKrum", "QFedAvg"),
+            *("Scaffold", "Strategy"),
+        ),
+        "strategies",
+    ),
+}
+"""The subpackage defining each public name, imported when the name is first read."""
+
+_SUBPACKAGES = [
+    "aggregate",
+    "clients",
+    "compress",  # not exported, but an attribute of covey since covey imported it
+    "core",
+    "data",
+    "deploy",
+    "models",
+    "privacy",
+    "secagg",
+    "server",
+    "sim",
+    "strategies",
+    "transport",
+]
+
+_load, __dir__ = lazy_exports(__name__, _WHERE, _SUBPACKAGES)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("covey")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above
+
+    def __getattr__(name: str) -> Any:
+        """A public name, imported on first use (PEP 562), so ``import covey`` stays fast."""
+        if name == "__version__":
+            globals()[name] = value = _version()
+            return value
+        return _load(name)

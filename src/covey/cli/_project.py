@@ -22,7 +22,6 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from covey.cli._model import MODEL_FILE, RoundModels, keep_model, save_model
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
@@ -308,6 +307,7 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
 
 def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
     import covey
+    from covey.cli._model import MODEL_FILE, RoundModels, keep_model, save_model
     from covey.cli._runs import print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
     from covey.sim._simulate import _checked

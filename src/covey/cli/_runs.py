@@ -14,7 +14,7 @@ import re
 import sqlite3
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -22,11 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from covey.core._history import History
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
+
+if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
+    from covey.core._history import History
 
 __all__ = [
     "ROUND_COLUMNS",
@@ -146,6 +148,8 @@ def last_finished(history: History) -> int | None:
 
 def find_run(run: str, runs_dir: Path) -> Path:
     """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
+    from covey.core._history import History
+
     for candidate in (Path(run), runs_dir / run):
         if (candidate / History.FILE_NAME).is_file():
             return candidate
@@ -246,6 +250,8 @@ def load_history(folder: Path, notices: list[str]) -> History:
     command prints each such warning once, as a line of its own
     (:func:`print_notices`), rather than in Python's warning format.
     """
+    from covey.core._history import History
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         history = History.load(folder)
@@ -270,6 +276,8 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
         ``(name, folder, history)`` with the name relative to ``runs_dir``, and the
         history, or why it cannot be read.
     """
+    from covey.core._history import History
+
     found: list[tuple[str, Path, History | str]] = []
     if not runs_dir.is_dir():
         return found
@@ -288,6 +296,8 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
 @runs_app.command("list")
 def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
     """List the runs under --dir (default runs/, three levels deep) with status and last metrics."""
+    from covey.core._history import History
+
     notices: list[str] = []
     found = _runs_in(runs_dir, notices)
     if not found:

@@ -8,6 +8,7 @@ calls :func:`run_task` wherever the client lives.
 from __future__ import annotations
 
 import copy
+import importlib
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
@@ -198,6 +199,25 @@ BUILTIN_KINDS: dict[str, str] = {
     "analyze": "covey.analytics",
 }
 
+# The module registering each built-in kind of the base install, imported the first time
+# a runtime needs that kind: ``import covey`` loads neither (nor their cryptography), yet
+# every client, process-backend worker and deployed client performs them. "analyze"
+# is registered with covey.analytics' Site (an optional extra), which its clients are.
+_REGISTERED_BY: dict[str, str] = {
+    "fit_compressed": "covey.compress._runtime",
+    # covey.secagg's handlers, with the input of secure FedAvg (covey.secagg.secure).
+    **dict.fromkeys(
+        ("secagg.advertise", "secagg.share", "secagg.mask", "secagg.unmask"), "covey.secagg._secure"
+    ),
+}
+
+
+def _handler(kind: str) -> TaskHandler | None:
+    """The handler of ``kind``, its module imported first if it registers a built-in kind."""
+    if kind not in _HANDLERS and kind in _REGISTERED_BY:
+        importlib.import_module(_REGISTERED_BY[kind])
+    return _HANDLERS.get(kind)
+
 
 def register_task(kind: str, handler: TaskHandler) -> None:
     """Teach every client runtime a new kind of task.
@@ -233,6 +253,8 @@ def register_builtin(kind: str, handler: TaskHandler) -> None:
 
 def task_kinds() -> tuple[str, ...]:
     """The task kinds this runtime can perform."""
+    for kind in _REGISTERED_BY:
+        _handler(kind)
     return tuple(_HANDLERS)
 
 
@@ -241,7 +263,7 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
 
     An exception inside the client becomes ``Reply.error`` with the traceback.
     """
-    handler = _HANDLERS.get(task.kind)
+    handler = _handler(task.kind)
     if handler is None:
         return Reply(cid, task.kind, error=f"unknown task kind {task.kind!r}")
     if client is None:  # the commonest slip: a client_fn without its return

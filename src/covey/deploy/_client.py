@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# A connected client performs compressed fit tasks: importing the runtime registers them.
-import covey.compress._runtime  # noqa: F401
 from covey.deploy._pem import check_ca, check_dates, check_pair
 from covey.transport.grpc._client import ClientTLS, connect
 

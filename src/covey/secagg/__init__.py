@@ -38,20 +38,27 @@ References:
     (Poly)Logarithmic Overhead", CCS 2020.
 """
 
-from covey.secagg._client_stages import Identity, ProtocolAbort, identities
-from covey.secagg._crypto import new_signing_key
-from covey.secagg._dp import Noise
-from covey.secagg._driver import SecAggAbort, SecureSumResult, secure_sum
-from covey.secagg._handlers import forget, register_input, register_task_input
-from covey.secagg._params import (
-    GraphPlan,
-    ThreatModel,
-    complete_threshold,
-    harary_parameters,
-    plan,
-)
-from covey.secagg._ring import RangeError, ring_bits
-from covey.secagg._secure import secure
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from covey.core._lazy import lazy_exports
+
+if TYPE_CHECKING:  # loaded on first use: cryptography is slow to import
+    from covey.secagg._client_stages import Identity, ProtocolAbort, identities
+    from covey.secagg._crypto import new_signing_key
+    from covey.secagg._dp import Noise
+    from covey.secagg._driver import SecAggAbort, SecureSumResult, secure_sum
+    from covey.secagg._handlers import forget, register_input, register_task_input
+    from covey.secagg._params import (
+        GraphPlan,
+        ThreatModel,
+        complete_threshold,
+        harary_parameters,
+        plan,
+    )
+    from covey.secagg._ring import RangeError, ring_bits
+    from covey.secagg._secure import secure
 
 __all__ = [
     "GraphPlan",
@@ -74,3 +81,29 @@ __all__ = [
     "secure",
     "secure_sum",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "GraphPlan": "_params",
+            "Identity": "_client_stages",
+            "Noise": "_dp",
+            "ProtocolAbort": "_client_stages",
+            "RangeError": "_ring",
+            "SecAggAbort": "_driver",
+            "SecureSumResult": "_driver",
+            "ThreatModel": "_params",
+            "complete_threshold": "_params",
+            "forget": "_handlers",
+            "harary_parameters": "_params",
+            "identities": "_client_stages",
+            "new_signing_key": "_crypto",
+            "plan": "_params",
+            "register_input": "_handlers",
+            "register_task_input": "_handlers",
+            "ring_bits": "_ring",
+            "secure": "_secure",
+            "secure_sum": "_driver",
+        },
+    )

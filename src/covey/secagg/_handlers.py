@@ -68,6 +68,13 @@ def register_builtin_input(kind: str, fn: TaskInputFn) -> None:
 _OWN = "covey."
 
 
+def _input(kind: str) -> TaskInputFn | None:
+    """The input function registered as ``kind``; secure FedAvg's is registered on first use."""
+    if kind == "covey.secagg.fit" and kind not in _INPUTS:
+        from covey.secagg import _secure  # noqa: F401 - registers it (and imports this module)
+    return _INPUTS.get(kind)
+
+
 def _check_kind(kind: object) -> None:
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"an input kind must be a non-empty string, got {kind!r}")
@@ -148,7 +155,7 @@ def _mask(client: Any, task: Task) -> dict[str, Any]:
     p = task.payload
     state = _state(client, p)
     _STATES.pop(id(client), None)  # back only if this stage succeeds
-    fn = _INPUTS.get(str(p.get("input_kind")))
+    fn = _input(str(p.get("input_kind")))
     if fn is None:
         raise cs.ProtocolAbort(f"no secure-sum input registered as {p.get('input_kind')!r}")
     values = np.asarray(fn(client, task, p.get("input")))

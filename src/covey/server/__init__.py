@@ -7,12 +7,19 @@ failure records). :class:`RunStore` keeps a deployed run's state on disk so a
 server restart resumes it.
 """
 
-from covey.server._async import AsyncLoop
-from covey.server._base import EvaluateFn, FederationError, RoundCallback
-from covey.server._factory import Loop, open_loop, run_config
-from covey.server._state import StateError
-from covey.server._store import RunStore
-from covey.server._sync import RoundLoop, in_cid_order
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from covey.core._lazy import lazy_exports
+
+if TYPE_CHECKING:  # loaded on first use: the run store imports safetensors
+    from covey.server._async import AsyncLoop
+    from covey.server._base import EvaluateFn, FederationError, RoundCallback
+    from covey.server._factory import Loop, open_loop, run_config
+    from covey.server._state import StateError
+    from covey.server._store import RunStore
+    from covey.server._sync import RoundLoop, in_cid_order
 
 __all__ = [
     "AsyncLoop",
@@ -27,3 +34,21 @@ __all__ = [
     "open_loop",
     "run_config",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "AsyncLoop": "_async",
+            "EvaluateFn": "_base",
+            "FederationError": "_base",
+            "Loop": "_factory",
+            "RoundCallback": "_base",
+            "RoundLoop": "_sync",
+            "RunStore": "_store",
+            "StateError": "_state",
+            "in_cid_order": "_sync",
+            "open_loop": "_factory",
+            "run_config": "_factory",
+        },
+    )

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from covey.core._messages import Reply, Task
-from covey.secagg._handlers import KINDS as SECAGG_KINDS
 from covey.transport._async import Durations
 from covey.transport._base import Transport
 
@@ -143,7 +142,8 @@ def trains(task: Task) -> bool:
     A fit does, and so does secure aggregation's masked input for a secure fit: the
     exchange that carries the weights and calls the client's ``fit``.
     """
-    return task.kind == "fit" or (task.kind == SECAGG_KINDS[2] and task.weights is not None)
+    # "secagg.mask" by name: importing covey.secagg here would load its cryptography.
+    return task.kind == "fit" or (task.kind == "secagg.mask" and task.weights is not None)
 
 
 def offline_error(rnd: int) -> str:

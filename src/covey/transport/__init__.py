@@ -7,9 +7,15 @@ clients in this process; :class:`SimulatedAsyncTransport` adds a virtual clock
 with simulated client speeds. The gRPC transports are in :mod:`covey.transport.grpc`.
 """
 
+from typing import TYPE_CHECKING
+
+from covey.core._lazy import lazy_exports
 from covey.transport._async import AsyncTransport, Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
 from covey.transport._memory import MemoryTransport
+
+if TYPE_CHECKING:
+    from covey.transport import grpc as grpc  # a subpackage, not in __all__
 
 __all__ = [
     "AsyncTransport",
@@ -18,3 +24,6 @@ __all__ = [
     "SimulatedAsyncTransport",
     "Transport",
 ]
+
+if not TYPE_CHECKING:  # covey.transport.grpc, imported when first read: gRPC is slow to import
+    __getattr__, __dir__ = lazy_exports(__name__, {}, ["grpc"])

@@ -23,20 +23,32 @@ peer certificate from ``context.auth_context()["x509_pem_cert"]``:
 whether it has been revoked and :func:`verify_chain` re-checks the chain.
 """
 
-from covey.deploy.certs._ca import FederationPaths, init_federation, renew_server
-from covey.deploy.certs._common import (
-    CA_CERT,
-    CA_KEY,
-    CLIENTS_DIRNAME,
-    REVOKED,
-    SERVER_CERT,
-    SERVER_KEY,
-    KeyType,
-    validate_client_id,
-)
-from covey.deploy.certs._inspect import IssuedClient, identity_from_cert, list_clients, verify_chain
-from covey.deploy.certs._issue import ClientPaths, issue_client, parse_hosts
-from covey.deploy.certs._revocation import is_revoked, load_revoked, revoke
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from covey.core._lazy import lazy_exports
+
+if TYPE_CHECKING:  # loaded on first use: cryptography is slow to import
+    from covey.deploy.certs._ca import FederationPaths, init_federation, renew_server
+    from covey.deploy.certs._common import (
+        CA_CERT,
+        CA_KEY,
+        CLIENTS_DIRNAME,
+        REVOKED,
+        SERVER_CERT,
+        SERVER_KEY,
+        KeyType,
+        validate_client_id,
+    )
+    from covey.deploy.certs._inspect import (
+        IssuedClient,
+        identity_from_cert,
+        list_clients,
+        verify_chain,
+    )
+    from covey.deploy.certs._issue import ClientPaths, issue_client, parse_hosts
+    from covey.deploy.certs._revocation import is_revoked, load_revoked, revoke
 
 __all__ = [
     "CA_CERT",
@@ -61,3 +73,31 @@ __all__ = [
     "validate_client_id",
     "verify_chain",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "CA_CERT": "_common",
+            "CA_KEY": "_common",
+            "CLIENTS_DIRNAME": "_common",
+            "ClientPaths": "_issue",
+            "FederationPaths": "_ca",
+            "IssuedClient": "_inspect",
+            "KeyType": "_common",
+            "REVOKED": "_common",
+            "SERVER_CERT": "_common",
+            "SERVER_KEY": "_common",
+            "identity_from_cert": "_inspect",
+            "init_federation": "_ca",
+            "is_revoked": "_revocation",
+            "issue_client": "_issue",
+            "list_clients": "_inspect",
+            "load_revoked": "_revocation",
+            "parse_hosts": "_issue",
+            "renew_server": "_ca",
+            "revoke": "_revocation",
+            "validate_client_id": "_common",
+            "verify_chain": "_inspect",
+        },
+    )
