@@ -31,6 +31,7 @@ def parse_args(description: str, *, backend: bool = False) -> argparse.Namespace
     parser.add_argument("--weights", type=Path, required=True, help="final weights (.npz)")
     if backend:
         parser.add_argument("--backend", default="inline")
+        parser.add_argument("--large-client", choices=["standard", "inplace"], default="standard")
     return parser.parse_args()
 
 

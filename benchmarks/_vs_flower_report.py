@@ -369,7 +369,8 @@ def markdown(
     if any(r["workload"] == "large" for r in rows):
         parts += [
             f"#### Large model: 10,000,000 float32 (40 MB), N = {args.large_n}, "
-            f"R = {args.large_rounds}",
+            f"R = {args.large_rounds}, covey's client: "
+            f"{getattr(args, 'large_client', 'standard')}",
             "",
             *large_table(rows),
             "",

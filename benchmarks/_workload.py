@@ -12,6 +12,8 @@ Two workloads:
 * ``large``: a single float32 array of 10,000,000 entries (40 MB); every client
   returns the global array plus seeded noise. It measures what a framework
   costs per round and per model copy when the model is big and compute is nil.
+  :func:`large_update_in_place` is the same update written into the array
+  received, for clients that train in place (covey's ``writes_weights``).
 """
 
 from __future__ import annotations
@@ -130,3 +132,22 @@ def large_update(w: np.ndarray, k: int, rnd: int) -> np.ndarray:
     """What client ``k`` returns in round ``rnd`` of the large-model case."""
     rng = np.random.default_rng(k + rnd)
     return w + LARGE_NOISE * rng.standard_normal(LARGE_SIZE, dtype=np.float32)
+
+
+LARGE_CHUNK = 1 << 16
+
+
+def large_update_in_place(w: np.ndarray, k: int, rnd: int) -> np.ndarray:
+    """:func:`large_update` written into ``w`` itself, bit for bit, with no second model array.
+
+    The noise is drawn in chunks of :data:`LARGE_CHUNK` entries from the same
+    generator, which gives the same stream as one draw of all entries.
+    """
+    rng = np.random.default_rng(k + rnd)
+    chunk = np.empty(LARGE_CHUNK, dtype=np.float32)
+    for start in range(0, w.size, LARGE_CHUNK):
+        part = chunk[: min(LARGE_CHUNK, w.size - start)]
+        rng.standard_normal(dtype=np.float32, out=part)
+        part *= LARGE_NOISE
+        w[start : start + part.size] += part
+    return w

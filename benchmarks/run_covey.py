@@ -1,7 +1,8 @@
 """covey runner: the workload through covey's public API (``covey.simulate``).
 
 Client ``k`` is cid ``k``. ``--backend`` picks the simulation backend
-("inline" by default, "process" as an extra row). Started by ``vs_flower.py``.
+("inline" by default, "process" as an extra row); ``--large-client inplace``
+gives the large case a client that trains in place. Started by ``vs_flower.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ class LargeClient(covey.Client):
         return covey.FitResult(weights={wl.LARGE_KEY: new}, num_examples=1)
 
 
+class InPlaceLargeClient(LargeClient):
+    """The same update, written into the weights received (``writes_weights``), in chunks."""
+
+    writes_weights = True
+
+    def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+        w = wl.large_update_in_place(weights[wl.LARGE_KEY], self.k, int(config["round"]))
+        return covey.FitResult(weights={wl.LARGE_KEY: w}, num_examples=1)
+
+
 def main() -> None:
     args = common.parse_args(__doc__ or "", backend=True)
     t_imported = time.time()
@@ -71,7 +82,7 @@ def main() -> None:
         client_fn = functools.partial(DigitsClient, n_clients=n)
     else:
         initial = wl.large_initial()
-        client_fn = LargeClient
+        client_fn = InPlaceLargeClient if args.large_client == "inplace" else LargeClient
 
     t_sim_start = time.time()
     result = covey.simulate(
@@ -95,7 +106,7 @@ def main() -> None:
         recorder=rec,
         weights=dict(result.weights),
         versions={"covey": getattr(covey, "__version__", "unknown")},
-        extra={"backend": args.backend},
+        extra={"backend": args.backend, "large_client": args.large_client},
     )
 
 

@@ -83,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large-n", type=int, default=10)
     p.add_argument("--large-rounds", type=int, default=3)
     p.add_argument(
+        "--large-client",
+        choices=["standard", "inplace"],
+        default="standard",
+        help="the covey systems' client in the large case: 'inplace' trains in the weights "
+        "it receives (writes_weights = True), adding the same noise in chunks",
+    )
+    p.add_argument(
         "--systems",
         default="covey,covey-process,plain,flower",
         help=f"comma-separated subset of {','.join(SYSTEMS)}",
@@ -139,6 +146,8 @@ def runner_command(
     else:
         backend = "inline" if system == "covey" else system.split("-", 1)[1]
         python, script, extra = sys.executable, "run_covey.py", ["--backend", backend]
+        if workload == "large":
+            extra += ["--large-client", args.large_client]
     return [
         python,
         str(HERE / script),

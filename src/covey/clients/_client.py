@@ -38,7 +38,9 @@ class Client:
             received message's memory itself, made writable, and sends the
             arrays it returns from there (one model in memory, not two); in
             simulation, where clients share the global model, each task gets a
-            copy. False by default.
+            copy (on the process backend, in the shared memory of its reply:
+            returned as they are, those arrays are sent without another copy).
+            False by default.
 
     Example:
         >>> import numpy as np

@@ -107,6 +107,19 @@ def encode_into(weights: Weights, buffer: memoryview | bytearray) -> int:
     return plan.total
 
 
+def reseal(buffer: memoryview | bytearray) -> None:
+    """Compute again the payload checksum of an encoding whose arrays were written in place.
+
+    Args:
+        buffer: An encoding made by :func:`encode_into`, exactly its length.
+    """
+    out = memoryview(buffer).cast("B")
+    magic, header_len, header_crc, payload_len, _, reserved = _PREFIX.unpack_from(out, 0)
+    start = _aligned(_PREFIX.size + header_len)
+    crc = zlib.crc32(out[start : start + payload_len])
+    _PREFIX.pack_into(out, 0, magic, header_len, header_crc, payload_len, crc, reserved)
+
+
 def _little_endian_bytes(array: Array) -> memoryview:
     src = np.ascontiguousarray(array)
     if src.dtype.byteorder == ">":

@@ -25,7 +25,7 @@ import struct
 import tempfile
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,10 +36,13 @@ from covey.core._weights import Array, Weights
 from covey.sim._logs import Output
 from covey.transport.grpc import _wire
 
+if TYPE_CHECKING:
+    from covey.sim._room import Room
+
 #: Largest JSON message a worker may send (its arrays travel in a file, not here).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _LIMITS = _wire.WireLimits(max_bytes=MAX_MESSAGE_BYTES)
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
+POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _NAME = re.compile(r"covey-(\d+)-[0-9a-f]+-[A-Za-z0-9_.-]+")
 #: Most bytes of encoded arrays a reply carries in its message rather than in a file.
 INLINE_BYTES = 256 * 1024
@@ -59,7 +62,7 @@ def _aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _reserve(fd: int, size: int, path: str) -> None:
+def reserve(fd: int, size: int, path: str) -> None:
     """Allocate the file's pages now, so that a full file system is an error, not a crash.
 
     Writing through a mapping into a shared-memory file system with no room
@@ -95,9 +98,9 @@ def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
     fd, path = tempfile.mkstemp(prefix=prefix, dir=shm_dir())
     try:
         os.ftruncate(fd, total)
-        _reserve(fd, total, path)
+        reserve(fd, total, path)
         # Faulting every page in at once is cheaper than one fault per page while encoding.
-        with mmap.mmap(fd, total, flags=mmap.MAP_SHARED | _POPULATE) as mm:
+        with mmap.mmap(fd, total, flags=mmap.MAP_SHARED | POPULATE) as mm:
             _encode_parts(parts, sizes, mm)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -133,7 +136,7 @@ def map_file(path: str, sizes: list[int], *, unlink: bool) -> list[dict[str, Arr
         total = sum(_aligned(s) for s in sizes)
         if any(s < 1 for s in sizes) or total != size:
             raise _codec.CodecError(f"parts of {sizes} bytes do not fit a file of {size} bytes")
-        flags = mmap.MAP_SHARED | (_POPULATE if unlink else 0)  # a reply is read in full
+        flags = mmap.MAP_SHARED | (POPULATE if unlink else 0)  # a reply is read in full
         mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
@@ -182,8 +185,12 @@ def _alive(pid: int) -> bool:
 # -- replies -------------------------------------------------------------------------------
 
 
-def send_reply(conn: Output, seq: int, reply: Reply, prefix: str) -> None:
-    """Send ``reply`` as JSON, its arrays after it in the message or in a file ``prefix...``."""
+def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | None = None) -> None:
+    """Send ``reply`` as JSON, its arrays after it in the message or in a file ``prefix...``.
+
+    ``room``: the file the client trained in (see :mod:`covey.sim._room`); a
+    result of exactly its arrays is sent as that file, without a copy.
+    """
     message: dict[str, Any] = {"seq": seq, "cid": reply.cid, "kind": reply.kind}
     path: str | None = None
     blob = bytearray()
@@ -193,7 +200,13 @@ def send_reply(conn: Output, seq: int, reply: Reply, prefix: str) -> None:
             extras = getattr(reply.result, "extras", None) or {}
             parts = {"arrays": arrays, "extras": _wire.flatten_extras(extras) if extras else None}
             present = [part for part in parts.values() if part]
-            if present:
+            if room is not None and not extras and room.holds(arrays):
+                path = room.seal()
+                message["file"] = os.path.basename(path)
+                message["sizes"] = {"arrays": room.size, "extras": 0}
+            elif present:
+                if room is not None:  # another result: the room goes before the copy is made
+                    room.release()
                 sizes = [_codec.encoded_size(part) for part in present]
                 total = sum(_aligned(size) for size in sizes)
                 if total <= INLINE_BYTES:
@@ -218,6 +231,8 @@ def send_reply(conn: Output, seq: int, reply: Reply, prefix: str) -> None:
         data = json.dumps(
             {"seq": seq, "cid": reply.cid, "kind": reply.kind, "error": error}
         ).encode()
+    if room is not None and not room.sent:  # gone before the server hears of the reply
+        room.release()
     conn.send_bytes(data)
 
 

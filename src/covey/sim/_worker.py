@@ -4,6 +4,7 @@ A worker is forked (or spawned) by :class:`covey.sim.ProcessTransport`. It
 builds each of its clients with ``client_fn`` the first time it is asked, maps
 the round's broadcast file read-only, and sends each reply back over its pipe,
 the reply's arrays in a shared-memory file of its own (:mod:`covey.sim._shm`).
+A client that trains in place trains in that file itself (:mod:`covey.sim._room`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from covey.clients._client import ClientFn, build_client, run_task
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
-from covey.sim import _shm
+from covey.sim import _room, _shm
 from covey.sim._logs import WorkerLogs
 
 _Broadcast = tuple[Weights | None, Any]
@@ -153,29 +155,58 @@ def _run_batch(
     """Run one batch of tasks and send each reply; False once the parent is gone."""
     weights, extras = broadcast
     for item in items:
-        cid, kind, rnd = item[:3]
-        if map_error is not None:
-            reply = Reply(cid, kind, error=map_error)
-        else:
-            conn.context = (cid, rnd)
-            try:
-                config, payload = _shm.task_fields(item, extras)
-                client = clients.get(cid)
-                if client is None:
-                    client = clients[cid] = build_client(client_fn, cid)
-                    _one_torch_thread()
-                reply = run_task(client, cid, Task(kind, rnd, config, weights, payload))
-            except Exception:  # noqa: BLE001 - building the client failed: the task's error
-                error = traceback.format_exc()
-                if cid not in clients:
-                    error += _fresh_hint()
-                reply = Reply(cid, kind, error=error)
-            finally:
-                conn.context = None
+        cid, kind = item[:2]
+        room: _room.Room | None = None
         try:
-            _shm.send_reply(conn, seq, reply, prefix)
+            if map_error is not None:
+                reply = Reply(cid, kind, error=map_error)
+            else:
+                reply, room = _run_one(conn, item, weights, extras, clients, client_fn, prefix)
+            _shm.send_reply(conn, seq, reply, prefix, room)
         except (BrokenPipeError, OSError):
             return False
+        finally:
+            if room is not None:  # removes its file unless the reply named it
+                room.release()
         # The result is in shared memory now: drop it before the next client runs.
-        del reply
+        del reply, room
     return True
+
+
+def _run_one(
+    conn: WorkerLogs,
+    item: _shm.TaskItem,
+    weights: Weights | None,
+    extras: Any,
+    clients: dict[int, Any],
+    client_fn: ClientFn,
+    prefix: str,
+) -> tuple[Reply, _room.Room | None]:
+    """Run one task; a client that trains in place does so in its reply's file (the room)."""
+    cid, kind, rnd = item[:3]
+    room: _room.Room | None = None
+    conn.context = (cid, rnd)
+    try:
+        config, payload = _shm.task_fields(item, extras)
+        client = clients.get(cid)
+        if client is None:
+            client = clients[cid] = build_client(client_fn, cid)
+            _one_torch_thread()
+        task = Task(kind, rnd, config, weights, payload)
+        room = _room.for_task(client, task, prefix)
+        if room is not None:
+            task = replace(task, weights=room.weights)
+        return run_task(client, cid, task), room
+    except Exception:  # noqa: BLE001 - building the client failed: the task's error
+        if room is not None:
+            room.release()
+        error = traceback.format_exc()
+        if cid not in clients:
+            error += _fresh_hint()
+        return Reply(cid, kind, error=error), None
+    except BaseException:
+        if room is not None:
+            room.release()
+        raise
+    finally:
+        conn.context = None
