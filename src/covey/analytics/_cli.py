@@ -213,7 +213,7 @@ def result_table(df: Any, title: str) -> Table:
 def query_command(
     sql: Annotated[str, typer.Argument(help="The SELECT to answer.")],
     server: Annotated[str, typer.Option(help="host:port this query server listens on.")],
-    sites: Annotated[int, typer.Option(min=1, help="Wait for this many sites.")] = 1,
+    sites: Annotated[int, typer.Option(min=1, help="Sites to wait for (secure: 2 or more).")] = 1,
     certs: Annotated[
         Path | None, typer.Option(help="Federation folder from `covey certs init`.")
     ] = None,
@@ -244,6 +244,11 @@ def query_command(
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
         tls = tls_from_dir(certs) if certs is not None else None
+        if secure and sites < 2:  # a lone site's answer cannot be hidden in a sum
+            raise ValueError(
+                f"--sites {sites}: secure aggregation needs at least two sites; "
+                "give --sites 2 or more, or --no-secure"
+            )
     except (OSError, ValueError) as exc:
         # The message may quote the SQL, whose ``"x[/y]"`` is no markup.
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
