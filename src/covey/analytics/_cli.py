@@ -105,6 +105,13 @@ def site_command(
     ] = None,
     name: Annotated[str | None, typer.Option(help="The site's id (its certificate name).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
+    server_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Check the server's certificate against this host name instead of "
+            "--server's host (an IP or a load balancer's name)."
+        ),
+    ] = None,
     once: Annotated[bool, typer.Option(help="Leave after the first query server ends.")] = False,
     ledger: Annotated[
         Path | None,
@@ -132,7 +139,9 @@ def site_command(
         if certs is not None:
             if name is None:
                 raise typer.BadParameter("--certs needs --name (the site's certificate name)")
-            tls = tls_from_certs(certs, name)
+            tls = tls_from_certs(certs, name, server_name=server_name)
+        elif server_name is not None:
+            raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
         elif not insecure:
             raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
         # Between queries no query server listens, for as long as the analysts take: a
