@@ -156,3 +156,46 @@ def test_a_deployed_query_with_three_site_processes_equals_the_simulated_one(
     )
     for p in procs:
         assert p.poll() is None  # a site stays for the next query until it is stopped
+
+
+def test_a_site_dialling_an_address_its_certificate_does_not_name_gives_server_name(
+    tmp_path: Path,
+) -> None:
+    """``covey site --server-name``, as ``covey client``: the certificate names another host."""
+    certs = tmp_path / "certs"
+    init_federation(certs, hosts=("query.example.org",))  # not the address dialled
+    issue_client(certs, "site-0")
+    _frames()[0].to_parquet(tmp_path / "patients.parquet")
+    (tmp_path / "policy.toml").write_text(POLICY_TOML)
+    transport = GrpcServerTransport("127.0.0.1:0", tls=tls_from_dir(certs))
+    site = subprocess.Popen(
+        [
+            sys.executable, "-m", "covey", "site",
+            "--table", f"patients={tmp_path / 'patients.parquet'}",
+            "--policy", str(tmp_path / "policy.toml"),
+            "--server", f"127.0.0.1:{transport.port}",
+            "--server-name", "query.example.org",
+            "--certs", str(certs),
+            "--name", "site-0",
+            "--once",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        joined = transport.wait_for_clients(1, 60)
+        if joined:
+            answer = query(transport, "SELECT COUNT(*) FROM patients", secure=False, timeout=60)
+    finally:
+        transport.close("the query is answered")
+        try:
+            out, _ = site.communicate(timeout=60)
+        finally:
+            if site.poll() is None:
+                site.kill()
+                site.wait(timeout=30)
+    assert joined, out
+    assert answer["COUNT(*)"].tolist() == [120.0]
+    assert site.returncode == 0, out

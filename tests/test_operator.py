@@ -303,6 +303,11 @@ def _query_command(*args: str) -> tuple[int, str]:
             ["--server", "127.0.0.1", "SELECT COUNT(*) FROM patients"],
             "'127.0.0.1' has no port; give HOST:PORT (e.g. 127.0.0.1:9092)",
         ),
+        (  # the defaults (--sites 1, secure) used to wait for a site, then fail
+            ["--server", "127.0.0.1:0", "SELECT COUNT(*) FROM patients"],
+            "--sites 1: secure aggregation needs at least two sites; "
+            "give --sites 2 or more, or --no-secure",
+        ),
     ],
 )
 def test_a_query_that_cannot_be_answered_is_refused_before_it_listens(
@@ -319,7 +324,9 @@ def test_a_query_on_a_busy_port_says_so() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, err = _query_command("--server", f"127.0.0.1:{port}", "SELECT COUNT(*) FROM p")
+        code, err = _query_command(
+            "--server", f"127.0.0.1:{port}", "--sites", "2", "SELECT COUNT(*) FROM p"
+        )
     assert code == 1, err
     assert err.strip().splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert "Traceback" not in err
@@ -600,7 +607,7 @@ def test_sites_are_told_when_a_query_failed(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     query = subprocess.Popen(
         [
-            *(sys.executable, "-m", "covey", "query", "--insecure", "--sites", "1"),
+            *(sys.executable, "-m", "covey", "query", "--insecure", "--sites", "1", "--no-secure"),
             *("--server", "127.0.0.1:0", "--port-file", str(port_file)),
             *("--wait-timeout", "30", "--timeout", "20", "SELECT COUNT(*) FROM patients"),
         ],

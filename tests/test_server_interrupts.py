@@ -95,3 +95,29 @@ def test_sigterm_stops_covey_client_as_ctrl_c_does(tmp_path: Path) -> None:
     assert text.strip().splitlines()[-1] == (
         "interrupted (SIGTERM): this client left the federation; start it again to rejoin"
     )
+
+
+def test_a_resumed_run_interrupted_before_its_next_round_says_why(tmp_path: Path) -> None:
+    """``history.json`` (read by ``covey runs show`` and the dashboard) records the interrupt."""
+    run_dir = tmp_path / "run"
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    serve(strategy, 0, {"w": np.zeros(2)}, "127.0.0.1:0", insecure=True, run_dir=run_dir)
+    assert covey.History.load(run_dir).stopped_reason is None
+
+    def interrupted(port: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        serve(
+            strategy,
+            2,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            resume=True,
+            on_listen=interrupted,
+        )
+    history = covey.History.load(run_dir)
+    assert history.stopped_reason == "interrupted (SIGINT)"
+    assert [r.round for r in history.rounds] == [0]

@@ -105,6 +105,13 @@ def site_command(
     ] = None,
     name: Annotated[str | None, typer.Option(help="The site's id (its certificate name).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
+    server_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Check the server's certificate against this host name instead of "
+            "--server's host (an IP or a load balancer's name)."
+        ),
+    ] = None,
     once: Annotated[bool, typer.Option(help="Leave after the first query server ends.")] = False,
     ledger: Annotated[
         Path | None,
@@ -132,7 +139,9 @@ def site_command(
         if certs is not None:
             if name is None:
                 raise typer.BadParameter("--certs needs --name (the site's certificate name)")
-            tls = tls_from_certs(certs, name)
+            tls = tls_from_certs(certs, name, server_name=server_name)
+        elif server_name is not None:
+            raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
         elif not insecure:
             raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
         # Between queries no query server listens, for as long as the analysts take: a
@@ -213,7 +222,7 @@ def result_table(df: Any, title: str) -> Table:
 def query_command(
     sql: Annotated[str, typer.Argument(help="The SELECT to answer.")],
     server: Annotated[str, typer.Option(help="host:port this query server listens on.")],
-    sites: Annotated[int, typer.Option(min=1, help="Wait for this many sites.")] = 1,
+    sites: Annotated[int, typer.Option(min=1, help="Sites to wait for (secure: 2 or more).")] = 1,
     certs: Annotated[
         Path | None, typer.Option(help="Federation folder from `covey certs init`.")
     ] = None,
@@ -244,6 +253,11 @@ def query_command(
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
         tls = tls_from_dir(certs) if certs is not None else None
+        if secure and sites < 2:  # a lone site's answer cannot be hidden in a sum
+            raise ValueError(
+                f"--sites {sites}: secure aggregation needs at least two sites; "
+                "give --sites 2 or more, or --no-secure"
+            )
     except (OSError, ValueError) as exc:
         # The message may quote the SQL, whose ``"x[/y]"`` is no markup.
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)

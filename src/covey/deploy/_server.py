@@ -20,7 +20,7 @@ from covey.deploy._servechecks import check_capacity, check_settings, stored_add
 from covey.deploy._tls import server_tls
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line
 from covey.server._factory import Loop, open_loop, run_config
-from covey.server._outputs import RunOutputs
+from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, same_strategy
 from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, flushing
@@ -356,17 +356,21 @@ class _Run:
 
     def end(self, exc: BaseException | None, names: ClientNames) -> None:
         """Mark the run finished, or failed with the reason it stopped (its last round named)."""
+        # A resumed run stopped before its loop exists still has the history it resumed.
+        history = self.loop.history if self.loop is not None else self.history
         if self.loop is not None:  # a round that stopped the run had no saver to name it
             names.name_history(self.loop.history)
-            if exc is not None and self.loop.history.stopped_reason is None:  # history.json too
-                self.loop.history.stopped_reason = _reason(exc)
+        if exc is not None and history is not None and history.stopped_reason is None:
+            history.stopped_reason = _reason(exc)  # history.json too
         if self.store is None:
             return
-        if self.outputs is not None and self.loop is not None:
-            try:
+        try:
+            if self.outputs is not None and self.loop is not None:
                 self.outputs.finish(self.loop.history)
-            except Exception as err:  # noqa: BLE001 - the run's own outcome is recorded below
-                logger.warning("could not write the run's outputs: %s", err)
+            elif exc is not None and history is not None:  # resumed, stopped before a round
+                write_outputs(self.store.run_dir, history, plot=False)
+        except Exception as err:  # noqa: BLE001 - the run's own outcome is recorded below
+            logger.warning("could not write the run's outputs: %s", err)
         if self.background is not None:  # a failed run keeps the last round whose save started
             with contextlib.suppress(*(() if exc is None else (Exception,))):
                 self.background.flush()

@@ -185,8 +185,9 @@ def permanent_cause(exc: grpc.RpcError, server_name: str | None = None) -> str |
         return (
             "the server's certificate is not issued for the address dialled: dial a host "
             "name or IP it names (`covey certs init --host ...` chose them when it made "
-            "the certificate), or give that name with `covey client --server-name HOST` "
-            f"(`server_name=` in Python) when dialling an IP or a load balancer: {details}"
+            "the certificate), or give that name with `--server-name HOST` (`covey client`, "
+            "`covey site`; `server_name=` in Python) when dialling an IP or a load "
+            f"balancer: {details}"
         )
     if code == grpc.StatusCode.UNAVAILABLE and "certificate has expired" in details:
         return (
