@@ -337,3 +337,11 @@ def test_a_state_the_folder_cannot_store_leaves_the_run_without_checkpoints(
     warned = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
     assert len(warned) == 1
     assert "cannot store a _Counter" in warned[0]
+
+
+def test_a_simulation_keeps_the_weights_files_of_its_newest_two_rounds(tmp_path: Path) -> None:
+    _sim(tmp_path / "run", 5)
+    kept = sorted(p.name for p in (tmp_path / "run" / "weights").iterdir())
+    assert kept == ["round-00004.safetensors", "round-00005.safetensors"]
+    with RunStore.open(tmp_path / "run") as store:
+        assert store.rounds() == [0, 1, 2, 3, 4, 5]  # every round's record

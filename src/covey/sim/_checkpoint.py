@@ -2,7 +2,8 @@
 
 ``simulate(run_dir=...)`` keeps what a deployed server keeps in its run folder
 (``run.sqlite`` and ``weights/``, see :class:`~covey.server.RunStore`): each
-completed round's global weights, record and aggregation state (a strategy's
+completed round's record, aggregation state and global weights (the files of
+the newest two rounds are kept) (a strategy's
 optimizer state, a DP accountant's rounds), written by the
 :class:`~covey.server._saver.BackgroundSaver` while the next round trains, each
 save atomic, so a process killed at any moment leaves its last complete round
@@ -41,6 +42,10 @@ from covey.strategies._strategy import Strategy
 __all__ = ["SimCheckpoint", "check_resumable", "open_checkpoint", "unresumable"]
 
 logger = logging.getLogger("covey")
+
+KEEP_LAST = 2
+"""A simulation keeps the weights files of its newest rounds only (every round's record):
+the newest to resume from, and the one before should the newest be damaged."""
 
 
 def unresumable(strategy: Strategy, scheme: Scheme | None) -> str | None:
@@ -145,7 +150,7 @@ class SimCheckpoint:
         if self.store is None or self.unstorable:
             return
         if self.background is None:
-            self.background = BackgroundSaver(self.store)
+            self.background = BackgroundSaver(self.store, keep_last=KEEP_LAST)
         try:
             self.background.submit_round(record, weights, agg_state, self.types)
         except StateError as exc:
