@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import covey
+from covey.cli import app
 from covey.server._store import RunStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -143,6 +145,10 @@ def test_a_simulation_killed_after_a_round_resumes_to_the_uninterrupted_run(
     assert json.loads((run / "run.json").read_text())["status"] == "running"
     with RunStore.open(run) as store:
         assert store.last_round() in (2, 3)  # round 3's save was in flight, or done
+    shown = CliRunner().invoke(app, ["runs", "show", str(run)], env={"COLUMNS": "300"})
+    said = " ".join(shown.output.split())
+    assert f"{run}: stopped" in said
+    assert f"`covey.simulate(..., run_dir={str(run)!r}, resume=True)` and the client_fn" in said
     _here(
         tmp_path, backend=backend, rounds=5, run_dir=str(run), resume=True, out=str(tmp_path / "r")
     )

@@ -25,7 +25,7 @@ from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
-from covey.sim._rundir import resume_command, stopped_simulation_reason
+from covey.sim._rundir import how_to_resume, stopped_simulation_reason
 
 __all__ = [
     "ROUND_COLUMNS",
@@ -172,7 +172,7 @@ def _why(folder: Path, status: str) -> str | None:
 def _resumable(folder: Path) -> str:
     """How to continue the failed simulation in ``folder`` from its checkpoint, if it has one."""
     if (folder / "run.json").is_file() and (folder / "run.sqlite").is_file():
-        return f"; continue it after its last complete round with `{resume_command(folder)}`"
+        return f"; continue it after its last complete round with {how_to_resume(folder)}"
     return ""
 
 
@@ -298,7 +298,7 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
         if status == "unreadable":  # its run.sqlite: say why below the table
             damaged.append(_unreadable(folder / "run.sqlite"))
         if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
-            stopped.append(f"{name}: continue it with `{resume_command(folder)}`")
+            stopped.append(f"{name}: continue it with {how_to_resume(folder)}")
         table.add_row(
             escape(name),
             "deployed" if backend == "grpc" else f"simulated ({backend})",

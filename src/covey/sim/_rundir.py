@@ -24,6 +24,7 @@ from covey.server._rundb import DB_NAME, LOCK_NAME, hold_run, is_held
 
 __all__ = [
     "end_run_meta",
+    "how_to_resume",
     "kept_history",
     "resume_command",
     "run_folder",
@@ -173,6 +174,16 @@ def stopped_simulation_reason(folder: Path) -> str:
         )
     return (
         "the simulation's process was killed or crashed before it finished; continue it "
-        f"after its last complete round with `{resume_command(folder)}`, with the settings "
-        "it was started with"
+        f"after its last complete round with {how_to_resume(folder)}"
+    )
+
+
+def how_to_resume(folder: Path) -> str:
+    """The command that continues the simulation in ``folder``, quoted, and what it needs."""
+    command = f"`{resume_command(folder)}`"
+    if command.startswith("`covey run"):
+        return command
+    return (
+        f"{command} and the client_fn and settings it was started with (a `covey demo` "
+        "is run again instead)"
     )
