@@ -130,6 +130,9 @@ def test_resume_refusals_of_covey_run_name_what_is_wrong(
     code, said = _cli("run", str(root), "--set", "rounds=1")
     assert code == 0, said
     (run,) = root.glob("runs/sim-*")
+    code, said = _cli("run", str(root), "--resume", str(run), "--set", "lr=0.9", "--set", "seed=3")
+    assert code == 2, said
+    assert "the run was started with other settings: lr = 0.5 (now 0.9), seed = 0 (now 3)" in said
     result = runner.invoke(app, ["run", str(root), "--resume", str(run), "--set", "rounds=1"])
     assert isinstance(result.exception, ValueError)
     assert "is finished (round 1 was its last)" in str(result.exception)

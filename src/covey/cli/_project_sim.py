@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,51 @@ import typer
 from rich.markup import escape
 
 from covey.cli._model import MODEL_FILE, RoundModels, keep_model, save_model
+from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 
-__all__ = ["simulate_project"]
+__all__ = ["SETTINGS_FILE", "same_settings", "simulate_project"]
+
+SETTINGS_FILE = "project.json"
+"""What a simulated project run's app was given (``[tool.covey.config]`` and the run's
+``clients`` and ``seed``, ``--set`` applied), kept so that a resume gives it the same."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (TOML dates as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def same_settings(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+    """Keep a new run's app settings in its folder; refuse a resume that changes one.
+
+    ``rounds`` may change (a stopped run may be resumed for more rounds). A run
+    folder without the file (a run of ``simulate()``) is not checked.
+    """
+    given = _plain({k: v for k, v in config.items() if k != "rounds"})
+    path = run_dir / SETTINGS_FILE
+    if not resume:
+        atomic_write(path, json.dumps(given, indent=2))
+        return
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(kept, dict):
+        return
+    changed = [
+        f"{k} = {json.dumps(kept.get(k))} (now {json.dumps(given.get(k))})"
+        for k in sorted(set(kept) | set(given))
+        if kept.get(k) != given.get(k)
+    ]
+    if changed:
+        fail(
+            f"--resume {run_dir}: the run was started with other settings: "
+            f"{', '.join(changed)}; resume it with the settings it was started with (the "
+            "same --set), or start a new run"
+        )
+
 
 console = output_console()
 
@@ -56,6 +98,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
     else:
         run_dir = resume
+    same_settings(run_dir, settings.app_config(), resume is not None)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
         + ("" if resume is None else escape(f", resuming {run_dir}")),
