@@ -2,20 +2,20 @@
 
 ``simulate(run_dir=...)`` keeps what a deployed server keeps in its run folder
 (``run.sqlite`` and ``weights/``, see :class:`~covey.server.RunStore`): each
-completed round's record, aggregation state and global weights (the files of
-the newest two rounds are kept) (a strategy's
-optimizer state, a DP accountant's rounds), written by the
-:class:`~covey.server._saver.BackgroundSaver` while the next round trains, each
-save atomic, so a process killed at any moment leaves its last complete round
-loadable. ``simulate(run_dir=..., resume=True)`` goes on after that round.
+completed round's record, aggregation state (a strategy's optimizer state, a
+DP accountant's rounds) and global weights (the files of the newest two rounds
+are kept), written by the :class:`~covey.server._saver.BackgroundSaver` while
+the next round trains, each save atomic, so a process killed at any moment
+leaves its last complete round loadable. ``simulate(run_dir=..., resume=True)``
+goes on after that round.
 
-Client sampling, availability, stragglers and stochastic rounding are seeded by
-``(seed, round)``, so nothing else is needed for the resumed rounds to be the
-uninterrupted run's, bit for bit, given clients that keep no state of their own
-between rounds (a resume builds them again with ``client_fn``, as a deployed
-client restart does). What covey cannot save is refused: top-k's error feedback,
-kept by each client, and an asynchronous strategy's virtual clock and tasks in
-flight; such runs keep no checkpoint.
+Client sampling, availability, stragglers and the compression schemes'
+stochastic rounding are seeded by ``(seed, round)``, so nothing else is needed
+for the resumed rounds to be the uninterrupted run's, bit for bit, given clients
+that keep no state of their own between rounds (a resume builds them again with
+``client_fn``, as a deployed client restart does). What covey cannot save is
+refused: top-k's error feedback, kept by each client, and an asynchronous
+strategy's virtual clock and tasks in flight; such runs keep no checkpoint.
 """
 
 from __future__ import annotations
