@@ -58,12 +58,25 @@ def test_a_torch_state_dict_as_initial_weights_names_to_weights() -> None:
         covey.simulate(_client, 2, 1, covey.FedAvg(), state)
 
 
-def test_opening_a_simulated_run_as_a_store_says_it_keeps_no_weights(tmp_path: Path) -> None:
+def test_a_simulated_run_keeps_its_rounds_in_a_store_unless_top_k_compresses_it(
+    tmp_path: Path,
+) -> None:
     from covey.server import RunStore
 
     covey.simulate(_client, 2, 1, covey.FedAvg(), logistic_init(64, 10), run_dir=tmp_path / "r")
-    with pytest.raises(FileNotFoundError, match=r"run\.sqlite; it is a simulated run.*model"):
-        RunStore.open(tmp_path / "r")
+    with RunStore.open(tmp_path / "r") as store:
+        assert (store.rounds(), store.status) == ([0, 1], "finished")
+    covey.simulate(
+        _client,
+        2,
+        1,
+        covey.FedAvg(),
+        logistic_init(64, 10),
+        run_dir=tmp_path / "k",
+        compression="topk:0.5",
+    )
+    with pytest.raises(FileNotFoundError, match=r"run\.sqlite; it is a simulated run.*top-k"):
+        RunStore.open(tmp_path / "k")
 
 
 def test_a_weights_file_is_synced_and_readable_as_the_run_folder(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ pytest.importorskip("starlette", reason="the dashboard extra is needed")
 import covey
 from covey.cli import app
 from covey.dashboard import DashboardServer
+from covey.server import RunStore
 
 
 class Half(covey.Client):
@@ -88,7 +90,9 @@ def test_a_run_without_run_json_is_finished_when_all_its_rounds_are_there(
         covey.simulate(
             lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / name
         )
-        (tmp_path / name / "run.json").unlink()
+        for kept in ("run.json", "run.sqlite"):  # an older covey's simulation kept neither
+            (tmp_path / name / kept).unlink()
+        shutil.rmtree(tmp_path / name / "weights")
         history = json.loads((tmp_path / name / "history.json").read_text())
         history["config"]["rounds"] = rounds
         (tmp_path / name / "history.json").write_text(json.dumps(history))
@@ -152,6 +156,8 @@ def test_a_run_whose_process_dies_while_watched_turns_stopped(tmp_path: Path) ->
     meta = json.loads((tmp_path / "v" / "run.json").read_text())
     meta["status"] = "running"  # as a simulation writes it until it ends
     (tmp_path / "v" / "run.json").write_text(json.dumps(meta))
+    with RunStore.open(tmp_path / "v") as store:  # its checkpoints say so too
+        store.set_status("running")
     fd = os.open(tmp_path / "v" / "run.lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # the simulation's process, alive
 

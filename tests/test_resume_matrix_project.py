@@ -1,8 +1,8 @@
 """`covey run` of a project stopped midway: it says what happened and what to do.
 
-A simulation keeps no checkpoint to resume from; the run folder keeps the
-history of the rounds done, marked stopped, and the model after the last of
-them; the line printed names the model and says how to run it again. The same
+The run folder keeps the history of the rounds done, marked stopped, the
+model after the last of them and the checkpoints to resume from; the line
+printed names the model and the command that continues the run. The same
 holds when the app's own evaluation raises.
 """
 
@@ -27,7 +27,7 @@ from covey.cli import app
 pytestmark = pytest.mark.slow
 
 
-def test_ctrl_c_of_a_simulated_covey_run_says_how_to_run_it_again(tmp_path: Path) -> None:
+def test_ctrl_c_of_a_simulated_covey_run_says_how_to_resume_it(tmp_path: Path) -> None:
     made = CliRunner().invoke(app, ["new", "cut-fed", "--dir", str(tmp_path)])
     assert made.exit_code == 0, made.output
     root = tmp_path / "cut-fed"
@@ -58,7 +58,7 @@ def test_ctrl_c_of_a_simulated_covey_run_says_how_to_run_it_again(tmp_path: Path
     (run,) = root.glob("runs/*")
     assert "interrupted: the simulation in " in said
     assert run.name in said
-    assert "covey run" in said.split("interrupted:", 1)[1]
+    assert f"continue it after its last complete round with `covey run --resume {run}`" in said
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     # One line names the model after the last round of the history, as it scored it.
     lines = [line for line in out.decode(errors="replace").splitlines() if "interrupted" in line]

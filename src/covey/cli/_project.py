@@ -8,7 +8,6 @@ can be overridden for one run with ``--set key=value``.
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
 import keyword
 import re
@@ -249,8 +248,26 @@ def run_command(
         typer.Option("--set", help="Override a setting for this run: KEY=VALUE (repeatable)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the stopped simulation in this run folder after its last "
+            "complete round (with the settings it was started with).",
+        ),
+    ] = None,
 ) -> None:
     """Run the project in this folder: a simulation, or a server for a real federation."""
+    if resume is not None and federation is not None:
+        fail(
+            f"--resume {resume} continues a simulated run; a served run is continued with "
+            f"`covey server --resume {shlex.quote(str(resume))}` and the app it was started with"
+        )
+    if resume is not None and not (resume / "run.json").is_file():
+        fail(
+            f"--resume {resume}: no simulated run there (no run.json); give a run folder "
+            "of this project, e.g. one listed by `covey runs list`"
+        )
     settings = ProjectSettings(project.resolve(), overrides or [], federation)
     if str(settings.project) not in sys.path:
         sys.path.insert(0, str(settings.project))
@@ -275,7 +292,9 @@ def run_command(
         except ValueError as exc:
             fail(f"server-app {settings.run['server_app']}(config): ServerApp(compression=): {exc}")
     if settings.federation is None:
-        _simulate(settings, server_app, make_client)
+        from covey.cli._project_sim import simulate_project
+
+        simulate_project(settings, server_app, make_client, resume)
     else:
         _deploy(settings, server_app, federation or "", verbose)
 
@@ -293,102 +312,6 @@ def _client_maker(spec: str) -> Any:
     except ValueError:  # no signature to read (a builtin): let the call decide
         pass
     return make_client
-
-
-def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> Any:
-    """``make_client(cid, config=config)``, refused (as that client's failure) if not a client."""
-    client = make_client(cid, config=config)
-    if not callable(getattr(client, "fit", None)):
-        raise TypeError(
-            f"client-app {spec}(cid, config) returned {type(client).__name__}, not a covey.Client"
-        )
-    return client
-
-
-def _simulate(settings: ProjectSettings, server_app: Any, make_client: Any) -> None:
-    import covey
-    from covey.cli._model import MODEL_FILE, RoundModels, keep_model, save_model
-    from covey.cli._runs import print_table, round_table, stopped_early
-    from covey.server._outputs import new_run_dir, plot_history
-    from covey.sim._simulate import _checked
-    from covey.sim._start import check_start_method
-
-    run = settings.run
-    clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
-    backend = str(run.get("backend", "inline"))
-    if backend not in ("inline", "process"):
-        fail(f"backend = {backend!r} in [tool.covey]: choose inline or process")
-    start_method = run.get("start_method") if backend == "process" else None
-    try:
-        check_start_method(start_method)
-    except ValueError as exc:
-        fail(f"start-method = {start_method!r} ([tool.covey] or --set): {exc}")
-    try:
-        _checked(server_app.strategy, clients, rounds)
-    except ValueError as exc:
-        fail(f"clients = {clients} ([tool.covey] or --set): {exc}")
-    run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
-    console.print(
-        f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
-    )
-    models = RoundModels(server_app.evaluate_fn)  # keeps the model after the last round done
-    try:
-        result = covey.simulate(
-            functools.partial(
-                _client, make_client, settings.run["client_app"], settings.app_config()
-            ),
-            clients,
-            rounds,
-            server_app.strategy,
-            server_app.weights,  # called by simulate(): the step-0 model is freed after round 1
-            models.evaluate,
-            backend=backend,  # type: ignore[arg-type]
-            start_method=start_method,
-            seed=int(run.get("seed", server_app.seed)),
-            progress=True,
-            on_round=models.finished,
-            run_dir=run_dir,
-            compression=server_app.compression,
-        )
-    except covey.FederationError as exc:
-        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
-        # the model after the last round that finished, as a finished run keeps its own
-        kept = keep_model(run_dir, models, console, exc.history, exc.weights)
-        if kept is not None:
-            show = f"`covey runs show {shlex.quote(str(run_dir))}`"
-            console.print(escape(f"{kept}; {show}"), soft_wrap=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        kept = keep_model(run_dir, models, console)
-        console.print(
-            escape(
-                f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
-                f"rounds done{'; ' + kept if kept else ''}); a simulation keeps no checkpoint "
-                "to resume from: `covey run` runs it again from the start, and the same seed "
-                "gives the same results"
-            ),
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    except Exception:
-        # The app's own function raised: the error is reported as any other (covey.cli.main).
-        kept = keep_model(run_dir, models, console)
-        if kept is not None:
-            console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
-        raise
-    plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
-    print_table(round_table(result.history), console)
-    early = stopped_early(result.history)
-    if early is not None:
-        console.print(f"[yellow]{escape(early)}[/]")
-    files = "history.json, plot.png"
-    last = result.history.rounds[-1].round if result.history.rounds else 0
-    if save_model(run_dir, last, result.weights, console):
-        files += f", {MODEL_FILE}"
-    console.print(
-        escape(f"run folder: {run_dir} ({files}); `covey runs show {shlex.quote(str(run_dir))}`"),
-        soft_wrap=True,
-    )
 
 
 def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:

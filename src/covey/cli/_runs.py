@@ -26,6 +26,7 @@ from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
+from covey.sim._rundir import how_to_resume, stopped_simulation_reason
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History
@@ -169,15 +170,19 @@ def _why(folder: Path, status: str) -> str | None:
                 "stopped_reason"
             )
             if isinstance(reason, str) and reason:
-                return f"failed: {reason}"
+                return f"failed: {reason}{_resumable(folder)}"
+    if status == "stopped" and (folder / "run.json").is_file():
+        return f"stopped: {stopped_simulation_reason(folder)}"
     if status == "stopped" and (folder / "run.sqlite").is_file():
         return f"stopped: {killed_server_reason(folder)}"
-    if status == "stopped" and (folder / "run.json").is_file():
-        return (
-            "stopped: the simulation's process was killed or crashed before it finished; "
-            "simulations do not resume: run it again"
-        )
     return None
+
+
+def _resumable(folder: Path) -> str:
+    """How to continue the failed simulation in ``folder`` from its checkpoint, if it has one."""
+    if (folder / "run.json").is_file() and (folder / "run.sqlite").is_file():
+        return f"; continue it after its last complete round with {how_to_resume(folder)}"
+    return ""
 
 
 def _unreadable(db: Path) -> str:
@@ -317,6 +322,7 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
             justify="left" if column == "run" else "right",
         )
     damaged: list[str] = []
+    stopped: list[str] = []  # simulations that can resume
     for name, folder, history in found:
         stamp = (folder / History.FILE_NAME).stat().st_mtime
         modified = _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
@@ -331,6 +337,8 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
         status = run_status(folder, history)
         if status == "unreadable":  # its run.sqlite: say why below the table
             damaged.append(_unreadable(folder / "run.sqlite"))
+        if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
+            stopped.append(f"{name}: continue it with {how_to_resume(folder)}")
         table.add_row(
             escape(name),
             "deployed" if backend == "grpc" else f"simulated ({backend})",
@@ -344,6 +352,8 @@ def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
     print_table(table)
     for why in damaged:
         console.print(f"[red]unreadable[/]: {escape(why)}")
+    for how in stopped:
+        console.print(f"[yellow]stopped[/]: {escape(how)}", soft_wrap=True)
     print_notices(notices)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
+from covey.sim._rundir import stopped_simulation_reason
 
 HISTORY: Final = "history.json"
 META: Final = "run.json"
@@ -234,7 +235,8 @@ def read_run(run_id: str, path: str | Path) -> Run:
     if not is_run(path):
         raise RunReadError(f"{path} is not a run folder (no history.json or run.sqlite)")
     db = path / STORE
-    run = Run(run_id, path, "deployed" if db.is_file() else "simulated")
+    simulated = (path / META).is_file() or not db.is_file()  # a simulation keeps run.json
+    run = Run(run_id, path, "simulated" if simulated else "deployed")
     history = path / HISTORY
     if history.is_file():
         _read_history(run, history)
@@ -245,14 +247,10 @@ def read_run(run_id: str, path: str | Path) -> Run:
             run.meta.update(meta)
     if db.is_file():
         _read_store(run, db, want_rounds=not history.is_file())
-        if run.status == "running" and is_held(path) is False:
-            run.meta["status"] = "stopped"
-            run.meta["stopped_reason"] = killed_server_reason(path)
-    elif run.status == "running" and is_held(path) is False:
+    if run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (
-            "the simulation is not running (its process was killed or crashed) and did "
-            "not finish; simulations do not resume: run it again"
+            stopped_simulation_reason(path) if simulated else killed_server_reason(path)
         )
     if "status" not in run.meta and run.rounds and _all_rounds_done(run):
         run.meta["status"] = "finished"  # history.json alone: older covey, or History.save

@@ -172,8 +172,9 @@ class RunStore(RunRecords):
             simulated = ""
             if (path / "run.json").is_file():
                 simulated = (
-                    "; it is a simulated run, which keeps no rounds' weights (a simulated "
-                    "`covey run` keeps its final model in model.safetensors)"
+                    "; it is a simulated run that kept no checkpoint (one compressed with "
+                    "top-k, or an asynchronous strategy's; a simulated `covey run` keeps its "
+                    "final model in model.safetensors)"
                 )
             raise FileNotFoundError(f"no covey run in {path}: it has no {DB_NAME}{simulated}")
         lock_fd = hold_run(path) if exclusive else None

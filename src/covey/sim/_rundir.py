@@ -3,7 +3,8 @@
 ``simulate(run_dir=...)`` writes ``history.json`` after every round and
 ``run.json`` (what ran, when, and how it ended) at the start and the end, and
 holds the folder's ``run.lock`` as a served run does, so that a second run is
-refused the folder and a killed run can be told from a running one.
+refused the folder and a killed run can be told from a running one. Its
+checkpoints (``run.sqlite``, ``weights/``) are :mod:`covey.sim._checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from shlex import quote
+from typing import TYPE_CHECKING, Any
 
 from covey.core._files import atomic_write
-from covey.core._history import History
-from covey.server._rundb import LOCK_NAME, hold_run, is_held
+from covey.server._rundb import DB_NAME, LOCK_NAME, hold_run, is_held
+
+if TYPE_CHECKING:  # NumPy is slow to load for `covey runs list`
+    from covey.core._history import History
 
 __all__ = [
     "end_run_meta",
+    "how_to_resume",
     "kept_history",
+    "resume_command",
     "run_folder",
     "save_history",
     "stop_reason",
+    "stopped_simulation_reason",
     "write_run_meta",
 ]
 
@@ -33,7 +40,9 @@ logger = logging.getLogger("covey")
 
 
 @contextlib.contextmanager
-def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path | None]]:
+def run_folder(
+    run_dir: str | Path | None, resume: bool = False
+) -> Iterator[tuple[Path | None, Path | None]]:
     """Hold ``run_dir`` while the simulation writes it; yield its history and run.json paths.
 
     The run's ``run.lock`` is held as a served run holds it, and the kernel
@@ -42,13 +51,15 @@ def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path |
 
     Raises:
         ValueError: Another covey process is writing a run in ``run_dir``, or it
-            holds a run already (a simulation cannot be resumed, so it would
-            write over that run's history).
+            holds a run already and ``resume`` is false (the new run would write
+            over its history), or ``resume`` is true and it does not exist.
     """
     if run_dir is None:
         yield None, None
         return
     folder = Path(run_dir)
+    if resume and not folder.is_dir():
+        raise ValueError(f"run_dir {folder} is no folder: there is no simulation in it to resume")
     folder.mkdir(parents=True, exist_ok=True)
     try:
         lock = hold_run(folder)
@@ -67,12 +78,14 @@ def run_folder(run_dir: str | Path | None) -> Iterator[tuple[Path | None, Path |
             "a folder of its own"
         ) from exc
     try:
-        kept = [name for name in ("run.json", "history.json") if (folder / name).exists()]
-        if kept:
+        names = ("run.json", "history.json", "run.sqlite")
+        kept = [name for name in names if (folder / name).exists()]
+        if kept and not resume:
+            more = " (or resume=True to continue it)" if "run.sqlite" in kept else ""
             raise ValueError(
-                f"run_dir {folder} already holds a run ({' and '.join(kept)}); a simulation "
-                "would write over it: give this run a folder of its own, or remove the old "
-                "run first"
+                f"run_dir {folder} already holds a run ({', '.join(kept)}); a simulation "
+                f"would write over it: give this run a folder of its own{more}, or remove "
+                "the old run first"
             )
         yield folder / "history.json", folder / "run.json"
     finally:
@@ -133,3 +146,46 @@ def end_run_meta(path: Path | None, meta: dict[str, Any]) -> None:
         if meta.get("status") == "finished":
             raise
         logger.error("cannot write the run's end: %s", exc)  # the error names the file
+
+
+def _project_of(folder: Path) -> Path | None:
+    """The ``covey run`` project ``folder`` is a run of (a ``[tool.covey]`` just above), or None."""
+    for parent in list(folder.resolve().parents)[:4]:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if "[tool.covey]" in (parent / "pyproject.toml").read_text(encoding="utf-8"):
+                return parent
+    return None
+
+
+def resume_command(folder: Path) -> str:
+    """What continues the simulation in ``folder``: ``covey run --resume`` for a project's."""
+    project = _project_of(folder)
+    if project is None:
+        return f"covey.simulate(..., run_dir={str(folder)!r}, resume=True)"
+    here = project == Path.cwd().resolve()
+    return f"covey run {'' if here else quote(str(project)) + ' '}--resume {quote(str(folder))}"
+
+
+def stopped_simulation_reason(folder: Path) -> str:
+    """Why the simulation in ``folder`` is not running though unfinished, and how to go on."""
+    if not (folder / DB_NAME).is_file():
+        return (
+            "the simulation's process was killed or crashed before it finished; it kept no "
+            "checkpoint (compressed with top-k, an asynchronous strategy's, or an older "
+            "covey's; see its log): run it again"
+        )
+    return (
+        "the simulation's process was killed or crashed before it finished; continue it "
+        f"after its last complete round with {how_to_resume(folder)}"
+    )
+
+
+def how_to_resume(folder: Path) -> str:
+    """The command that continues the simulation in ``folder``, quoted, and what it needs."""
+    command = f"`{resume_command(folder)}`"
+    if command.startswith("`covey run"):
+        return command
+    return (
+        f"{command} and the client_fn and settings it was started with (a `covey demo` "
+        "is run again instead)"
+    )

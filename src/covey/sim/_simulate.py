@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
 from covey.core._history import History, HistoryFile, RoundRecord
@@ -20,8 +18,10 @@ from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.sim import _frozen
+from covey.sim._checkpoint import SimCheckpoint, check_resumable, open_checkpoint
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
+from covey.sim._options import _check_durations, _check_options, _check_ray_options
 from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
@@ -97,24 +97,6 @@ def _backend(
             client_cache=client_cache,
         )
     raise ValueError(f"unknown backend {backend!r}; choose 'inline', 'process' or 'ray'")
-
-
-def _check_ray_options(resources: object, group: object, address: object) -> None:
-    """Refuse Ray options of the wrong type before a Ray is started for them."""
-    if resources is not None and not isinstance(resources, Mapping):
-        raise TypeError(
-            "client_resources must be a mapping such as {'num_cpus': 1}, or one per group, "
-            f"got {type(resources).__name__}"
-        )
-    if group is not None and not callable(group):
-        raise TypeError(
-            f"client_group must be a function cid -> group name, got {type(group).__name__}"
-        )
-    if address is not None and not isinstance(address, str):
-        raise TypeError(
-            "ray_address must be an address string such as '127.0.0.1:6379' or 'auto', "
-            f"got {type(address).__name__}"
-        )
 
 
 def _callbacks(
@@ -201,46 +183,6 @@ def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
         )
 
 
-def _check_options(
-    seed: object, round_timeout: object, client_cache: object, num_workers: object = None
-) -> None:
-    """Refuse values of simulate()'s options that would fail later, deep in a round."""
-    if num_workers is not None and (
-        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
-    ):
-        raise ValueError(f"num_workers must be None or a positive int, got {num_workers!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if round_timeout is not None and (
-        isinstance(round_timeout, bool)
-        or not isinstance(round_timeout, int | float)
-        or not round_timeout > 0
-    ):
-        raise ValueError(f"round_timeout must be None or a positive number, got {round_timeout!r}")
-    if client_cache is not None and (
-        isinstance(client_cache, bool) or not isinstance(client_cache, int) or client_cache < 0
-    ):
-        raise ValueError(f"client_cache must be None or a non-negative int, got {client_cache!r}")
-
-
-def _check_durations(durations: object, num_clients: int) -> None:
-    """Refuse ``client_durations`` that is neither a function nor one value per client."""
-    if durations is None or callable(durations):
-        return
-    try:
-        count = len(durations)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            "client_durations must be a (cid, rng) -> seconds function or one value per "
-            f"client, got {type(durations).__name__}"
-        ) from None
-    if count < num_clients:
-        raise ValueError(
-            f"client_durations has {count} values but num_clients={num_clients}: "
-            "give one value per client"
-        )
-
-
 def _scheme(compression: Scheme | str | None, strategy: Strategy, backend: str) -> Scheme | None:
     """The scheme clients compress their updates with, if asked and if it applies.
 
@@ -262,18 +204,38 @@ def _scheme(compression: Scheme | str | None, strategy: Strategy, backend: str) 
     return scheme
 
 
-def _count_bytes(
-    counter: CompressedTransport | None,
-    record: RoundRecord | None,
-    config: dict[str, Any] | None = None,
-) -> None:
-    """Move the bytes counted since the last round into ``record``; name the scheme."""
-    if counter is None:
-        return
-    if record is not None:
+def _compression(scheme: Scheme | None) -> dict[str, str]:
+    """The run's compression as its history records it: the spec, as a served run keeps it."""
+    return {} if scheme is None else {"compression": scheme_spec(scheme) or scheme.name}
+
+
+def _count_bytes(counter: CompressedTransport | None, record: RoundRecord) -> None:
+    """Move the bytes counted since the last round into ``record``."""
+    if counter is not None:
         record.bytes_sent, record.bytes_received = counter.take_counts()
-    if config is not None and counter.scheme is not None:  # its spec, as a served run keeps it
-        config["compression"] = scheme_spec(counter.scheme) or counter.scheme.name
+
+
+def _loop(
+    strategy: Strategy,
+    transport: Transport | SimulatedAsyncTransport,
+    checkpoint: SimCheckpoint,
+    options: dict[str, Any],
+    on_round: RoundCallback,
+) -> Loop:
+    """The run's loop: from step 0, or from the checkpoint's last complete round."""
+    weights = checkpoint.take_weights()  # the loop holds the model, until round 1 replaces it
+    if checkpoint.store is None:
+        return open_loop(strategy, transport, weights, on_round=on_round, simulated=True, **options)
+    return open_loop(
+        checkpoint.flushing(strategy),
+        transport,
+        weights,
+        on_round=on_round,
+        history=checkpoint.history,
+        agg_state=checkpoint.agg_state(strategy, weights),
+        simulated=True,
+        **options,
+    )
 
 
 def simulate(
@@ -300,6 +262,7 @@ def simulate(
     ray_address: str | None = None,
     compression: Scheme | str | None = None,
     start_method: StartMethod | None = None,
+    resume: bool = False,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -326,8 +289,11 @@ def simulate(
             client's own call, dropping a reply that took longer.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes.
-        run_dir: If given, ``history.json`` is written there after every round, and
-            ``run.json`` (strategy, rounds, start time, status) at start and end.
+        run_dir: If given, ``history.json`` is written there after every round,
+            ``run.json`` (strategy, rounds, start time, status) at start and end, and
+            each completed round is checkpointed (``run.sqlite``, ``weights/``: the
+            global model and aggregation state, written while the next round trains),
+            so that ``resume=True`` can continue the run if its process dies.
         client_durations: For an asynchronous strategy (:func:`covey.FedBuff`): the
             simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
             per client (default 1.0). Time is virtual: nothing sleeps. In that mode
@@ -356,6 +322,13 @@ def simulate(
             when this process runs other threads; ``client_fn`` must pickle and be
             importable in the workers). None forks, warning once if this process
             runs other Python threads.
+        resume: Continue the run in ``run_dir`` after its last complete round, with
+            the strategy, ``num_clients``, ``seed``, compression and model it was
+            started with (others are refused, naming what differs); ``rounds`` is
+            the last round to run. Clients are built again with ``client_fn``. The
+            resumed run gives the uninterrupted run's weights and history, bit for
+            bit, if clients keep no state of their own between rounds. A run with
+            top-k compression or an asynchronous strategy cannot resume.
 
     Returns:
         The final weights and the history.
@@ -387,6 +360,11 @@ def simulate(
     _check_durations(client_durations, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy, backend)
+    config = run_config(
+        strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
+    )
+    config.update(_compression(scheme))
+    check_resumable(resume, run_dir, strategy, scheme)
     meta: dict[str, Any] = {
         "kind": "simulated",
         "strategy": strategy.name,
@@ -396,7 +374,18 @@ def simulate(
         "started": _dt.datetime.now(_dt.UTC).isoformat(),
         "status": "running",
     }
-    with run_folder(run_dir) as (history_path, meta_path):
+    with run_folder(run_dir, resume) as (history_path, meta_path):
+        checkpoint = open_checkpoint(
+            meta_path,
+            resume=resume,
+            strategy=strategy,
+            scheme=scheme,
+            config=config,
+            initial_weights=initial_weights,
+            keeps_clients=backend == "process" or client_cache != 0,
+        )
+        del initial_weights  # the checkpoint holds the model to start from
+        meta = checkpoint.run_meta(meta_path, meta)
         # Worker processes start here: if anything fails before the run starts, they stop.
         transport = _backend(
             backend,
@@ -413,6 +402,7 @@ def simulate(
             clocked = None
             if clock is not None and not strategy.asynchronous:
                 transport = clocked = ClockedTransport(transport, clock, deadline=round_deadline)
+                clocked.now = checkpoint.clock()  # the simulated seconds of the saved rounds
             # A run token: client objects that outlive a run start the next without its
             # top-k residuals (a client_fn may hand out the same objects run after run).
             counter = (
@@ -421,9 +411,11 @@ def simulate(
                 else CompressedTransport(transport, scheme, seed=seed, run=secrets.token_hex(8))
             )
             transport = counter if counter is not None else transport
+            checkpoint.begin()
             write_run_meta(meta_path, meta)
         except BaseException:
             transport.close()
+            checkpoint.end(None, close_only=True)
             raise
 
         loop: Loop
@@ -435,6 +427,7 @@ def simulate(
             _count_bytes(counter, record)
             if clocked is not None and clocked.rounds and clocked.rounds[-1][0] == record.round:
                 record.aggregate_info["clock"] = clocked.now  # simulated seconds, as FedBuff's
+            checkpoint.save(record, loop.weights, loop.agg_state)  # while round r + 1 trains
             if history_file is not None:
                 history_file.write(loop.history)
             for callback in callbacks:
@@ -456,27 +449,17 @@ def simulate(
                     prefetch=2 * workers,
                     wall_timeout=round_timeout,
                 )
-            loop = open_loop(
-                strategy,
-                loop_transport,
-                initial_weights,
-                evaluate_fn=evaluate_fn,
-                seed=seed,
-                round_timeout=round_timeout,
-                on_round=round_done,
-                simulated=True,
-            )
-            del initial_weights  # the loop holds the step-0 model until round 1 replaces it
-            loop.history.config = run_config(
-                strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
-            )
-            _count_bytes(counter, None, loop.history.config)
+            options = {"evaluate_fn": evaluate_fn, "seed": seed, "round_timeout": round_timeout}
+            loop = _loop(strategy, loop_transport, checkpoint, options, round_done)
+            loop.history.config = checkpoint.config
             with kept_history(loop.history, history_path):  # however the run ends
-                loop.run(rounds)
+                loop.run(rounds, start=checkpoint.start)
+            checkpoint.end(None)
             meta["status"] = "finished"
         except BaseException as exc:
             meta["status"] = "failed"
             meta["stopped_reason"] = stop_reason(exc)
+            checkpoint.end(exc)
             raise
         finally:
             _frozen.thaw()

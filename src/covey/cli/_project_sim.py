@@ -1,0 +1,170 @@
+"""A simulated ``covey run``: the project's apps simulated, or a stopped run resumed."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from covey.cli._model import MODEL_FILE, RoundModels, keep_model, save_model
+from covey.core._files import atomic_write
+from covey.deploy._cli_errors import fail
+from covey.deploy._cli_tables import output_console
+
+__all__ = ["SETTINGS_FILE", "same_settings", "simulate_project"]
+
+SETTINGS_FILE = "project.json"
+"""What a simulated project run's app was given (``[tool.covey.config]`` and the run's
+``clients`` and ``seed``, ``--set`` applied), kept so that a resume gives it the same."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (TOML dates as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def same_settings(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+    """Keep a new run's app settings in its folder; refuse a resume that changes one.
+
+    ``rounds`` may change (a stopped run may be resumed for more rounds). A run
+    folder without the file (a run of ``simulate()``) is not checked.
+    """
+    given = _plain({k: v for k, v in config.items() if k != "rounds"})
+    path = run_dir / SETTINGS_FILE
+    if not resume:
+        atomic_write(path, json.dumps(given, indent=2))
+        return
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(kept, dict):
+        return
+    changed = [
+        f"{k} = {json.dumps(kept.get(k))} (now {json.dumps(given.get(k))})"
+        for k in sorted(set(kept) | set(given))
+        if kept.get(k) != given.get(k)
+    ]
+    if changed:
+        fail(
+            f"--resume {run_dir}: the run was started with other settings: "
+            f"{', '.join(changed)}; resume it with the settings it was started with (the "
+            "same --set), or start a new run"
+        )
+
+
+console = output_console()
+
+
+def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> Any:
+    """``make_client(cid, config=config)``, refused (as that client's failure) if not a client."""
+    client = make_client(cid, config=config)
+    if not callable(getattr(client, "fit", None)):
+        raise TypeError(
+            f"client-app {spec}(cid, config) returned {type(client).__name__}, not a covey.Client"
+        )
+    return client
+
+
+def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: Path | None) -> None:
+    """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
+    import covey
+    from covey.cli._runs import print_table, round_table, stopped_early
+    from covey.server._outputs import new_run_dir, plot_history
+    from covey.sim._rundir import resume_command
+    from covey.sim._simulate import _checked
+    from covey.sim._start import check_start_method
+
+    run = settings.run
+    clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
+    backend = str(run.get("backend", "inline"))
+    if backend not in ("inline", "process"):
+        fail(f"backend = {backend!r} in [tool.covey]: choose inline or process")
+    start_method = run.get("start_method") if backend == "process" else None
+    try:
+        check_start_method(start_method)
+    except ValueError as exc:
+        fail(f"start-method = {start_method!r} ([tool.covey] or --set): {exc}")
+    try:
+        _checked(server_app.strategy, clients, rounds)
+    except ValueError as exc:
+        fail(f"clients = {clients} ([tool.covey] or --set): {exc}")
+    if resume is None:
+        run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
+    else:
+        run_dir = resume
+    same_settings(run_dir, settings.app_config(), resume is not None)
+    console.print(
+        f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
+        + ("" if resume is None else escape(f", resuming {run_dir}")),
+        soft_wrap=True,
+    )
+    models = RoundModels(server_app.evaluate_fn)  # keeps the model after the last round done
+    try:
+        result = covey.simulate(
+            functools.partial(
+                _client, make_client, settings.run["client_app"], settings.app_config()
+            ),
+            clients,
+            rounds,
+            server_app.strategy,
+            server_app.weights,  # called by simulate(): the step-0 model is freed after round 1
+            models.evaluate,
+            backend=backend,  # type: ignore[arg-type]
+            start_method=start_method,
+            seed=int(run.get("seed", server_app.seed)),
+            progress=True,
+            on_round=models.finished,
+            run_dir=run_dir,
+            resume=resume is not None,
+            compression=server_app.compression,
+        )
+    except covey.FederationError as exc:
+        console.print(f"[red]run stopped:[/] {escape(str(exc))}")
+        # the model after the last round that finished, as a finished run keeps its own
+        kept = keep_model(run_dir, models, console, exc.history, exc.weights)
+        if kept is not None:
+            show = f"`covey runs show {shlex.quote(str(run_dir))}`"
+            console.print(escape(f"{kept}; {show}"), soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        kept = keep_model(run_dir, models, console)
+        how = (
+            f"continue it after its last complete round with `{resume_command(run_dir)}`"
+            if (run_dir / "run.sqlite").is_file()
+            else "it keeps no checkpoint (compressed with top-k, or an asynchronous "
+            "strategy): `covey run` runs it again from the start, and the same seed gives "
+            "the same results"
+        )
+        console.print(
+            escape(
+                f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
+                f"rounds done{'; ' + kept if kept else ''}); {how}"
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    except Exception:
+        # The app's own function raised: the error is reported as any other (covey.cli.main).
+        kept = keep_model(run_dir, models, console)
+        if kept is not None:
+            console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
+        raise
+    plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
+    print_table(round_table(result.history), console)
+    early = stopped_early(result.history)
+    if early is not None:
+        console.print(f"[yellow]{escape(early)}[/]")
+    files = "history.json, plot.png"
+    last = result.history.rounds[-1].round if result.history.rounds else 0
+    if save_model(run_dir, last, result.weights, console):
+        files += f", {MODEL_FILE}"
+    console.print(
+        escape(f"run folder: {run_dir} ({files}); `covey runs show {shlex.quote(str(run_dir))}`"),
+        soft_wrap=True,
+    )

@@ -1,0 +1,341 @@
+"""A simulation's checkpoints: the deployed server's run store, saver and resume point.
+
+``simulate(run_dir=...)`` keeps what a deployed server keeps in its run folder
+(``run.sqlite`` and ``weights/``, see :class:`~covey.server.RunStore`): each
+completed round's record, aggregation state (a strategy's optimizer state, a
+DP accountant's rounds) and global weights (the files of the newest two rounds
+are kept), written by the :class:`~covey.server._saver.BackgroundSaver` while
+the next round trains, each save atomic, so a process killed at any moment
+leaves its last complete round loadable. ``simulate(run_dir=..., resume=True)``
+goes on after that round.
+
+Client sampling, availability, stragglers and the compression schemes'
+stochastic rounding are seeded by ``(seed, round)``, so nothing else is needed
+for the resumed rounds to be the uninterrupted run's, bit for bit, given clients
+that keep no state of their own between rounds (a resume builds them again with
+``client_fn``, as a deployed client restart does). What covey cannot save is
+refused: top-k's error feedback, kept by each client, and an asynchronous
+strategy's virtual clock and tasks in flight; such runs keep no checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from covey.compress import Scheme, TopK
+from covey.core._history import History, RoundRecord
+from covey.core._weights import Weights, WeightsSpec
+from covey.server._resume import resume_point, same_strategy
+from covey.server._roundfiles import check_storable
+from covey.server._rundb import DB_NAME
+from covey.server._saver import BackgroundSaver, flushing
+from covey.server._state import StateError, load_state, state_types
+from covey.server._store import RunStore
+from covey.strategies._strategy import Strategy
+
+__all__ = ["SimCheckpoint", "check_resumable", "open_checkpoint", "unresumable"]
+
+logger = logging.getLogger("covey")
+
+KEEP_LAST = 2
+"""A simulation keeps the weights files of its newest rounds only (every round's record):
+the newest to resume from, and the one before should the newest be damaged."""
+
+
+def unresumable(strategy: Strategy, scheme: Scheme | None) -> str | None:
+    """Why a simulation of ``strategy`` compressed with ``scheme`` cannot resume, or None."""
+    if strategy.asynchronous:
+        return (
+            f"{strategy.name} is asynchronous: its virtual clock and the tasks in flight "
+            "are not checkpointed"
+        )
+    if isinstance(scheme, TopK):
+        return (
+            f"its updates are compressed with top-k ({scheme.name}), whose error-feedback "
+            "residuals each client keeps: they are not checkpointed, and a resumed run "
+            "starting them at zero would not be the run it continues"
+        )
+    return None
+
+
+def check_resumable(
+    resume: bool, run_dir: object, strategy: Strategy, scheme: Scheme | None
+) -> None:
+    """Refuse ``resume=True`` without a run folder, or for a run that keeps no checkpoint."""
+    if not resume:
+        return
+    if run_dir is None:
+        raise ValueError("resume=True needs run_dir: the folder of the run to continue")
+    why = unresumable(strategy, scheme)
+    if why is not None:
+        raise ValueError(f"this simulation cannot be resumed: {why}")
+
+
+@dataclass
+class SimCheckpoint:
+    """The store a simulation saves its rounds in (None: it keeps none), and where it starts.
+
+    Attributes:
+        store: The run's store; None for a run that keeps no checkpoint (or a new
+            run's, until :meth:`begin`).
+        config: What the run's history records of its setup.
+        weights: The model the run starts from, until the loop takes it.
+        start: The first round to run.
+        history: The rounds done before (a resumed run), else None.
+        state: The saved aggregation state (a resumed run), else None.
+    """
+
+    store: RunStore | None
+    config: dict[str, Any]
+    weights: Weights | None
+    start: int = 1
+    history: History | None = None
+    state: bytes | None = None
+    types: dict[str, type] | None = None
+    background: BackgroundSaver | None = None
+    ended: bool = False
+    unstorable: bool = False
+    new_run: tuple[Path, dict[str, Any]] | None = None
+    """The folder and settings of a new run's store, made by :meth:`begin`."""
+
+    def begin(self) -> None:
+        """Make a new run's store, once its clients are up.
+
+        A run that fails to start leaves its folder without one, free for the next try.
+        """
+        if self.new_run is not None and self.store is None:
+            folder, stored = self.new_run
+            self.store = RunStore.create(folder, config=stored)  # the folder's lock is held
+
+    def take_weights(self) -> Weights:
+        """The weights the run starts from, forgotten here so only the loop holds them."""
+        weights, self.weights = self.weights, None
+        if weights is None:  # an invariant of this module, not an input check
+            raise RuntimeError("internal error: the checkpoint's weights were taken already")
+        return weights
+
+    def agg_state(self, strategy: Strategy, weights: Weights) -> Any:
+        """The aggregation state to start with: the saved one when resuming, else None."""
+        if self.types is not None and self.state is None:  # a new run's, checked already
+            return None
+        template = strategy.aggregator.init(weights)
+        self.types = state_types(template)
+        return None if self.state is None else load_state(self.state, template)
+
+    def flushing(self, strategy: Strategy) -> Strategy:
+        """``strategy`` whose aggregation first waits for the save in flight, as deployed."""
+        return flushing(strategy, lambda: self.background)
+
+    def clock(self) -> float:
+        """The simulated seconds the saved rounds took (0.0 for a new run)."""
+        rounds = [] if self.history is None else self.history.rounds
+        for record in reversed(rounds):
+            now = record.aggregate_info.get("clock")
+            if isinstance(now, int | float):
+                return float(now)
+        return 0.0
+
+    def save(self, record: RoundRecord, weights: Weights, agg_state: Any) -> None:
+        """Start saving a completed round; it is written while the next round trains.
+
+        A state that cannot be stored (a custom step's) ends the checkpoints, with a
+        warning, not the run: a resume then goes on after the last round saved.
+        """
+        if self.store is None or self.unstorable:
+            return
+        if self.background is None:
+            self.background = BackgroundSaver(self.store, keep_last=KEEP_LAST)
+        try:
+            self.background.submit_round(record, weights, agg_state, self.types)
+        except StateError as exc:
+            self.unstorable = True
+            logger.warning(
+                "round %d and later are not checkpointed in %s (a resume goes on after "
+                "the last round saved): %s",
+                record.round,
+                self.store.run_dir,
+                exc,
+            )
+
+    def end(self, exc: BaseException | None, *, close_only: bool = False) -> None:
+        """Wait for the last save and mark the run finished or failed; close the store.
+
+        Only the first call does anything; ``close_only`` closes the store of a run
+        that never started (its status stays as it was).
+        """
+        if self.store is None or self.ended:
+            return
+        self.ended = True
+        if close_only:
+            self.store.close()
+            return
+        try:
+            if self.background is not None:
+                with contextlib.suppress(*(() if exc is None else (Exception,))):
+                    self.background.flush()
+            try:
+                self.store.set_status("finished" if exc is None else "failed")
+            except OSError as err:
+                if exc is None:
+                    raise
+                logger.error("could not record in %s that the run stopped: %s", self.store, err)
+        finally:
+            self.store.close()
+
+    def run_meta(self, path: Path | None, meta: dict[str, Any]) -> dict[str, Any]:
+        """``run.json`` of the run: ``meta``, or for a resumed run its own, running again."""
+        if path is None or self.start <= 1 or not path.is_file():
+            return meta
+        with contextlib.suppress(OSError, ValueError):
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(kept, dict):
+                for key in ("ended", "stopped_reason"):
+                    kept.pop(key, None)
+                resumed = kept.get("resumed")
+                now = _dt.datetime.now(_dt.UTC).isoformat()
+                kept["resumed"] = [*resumed, now] if isinstance(resumed, list) else [now]
+                return {**kept, "status": "running", "rounds": meta["rounds"]}
+        return meta
+
+
+def open_checkpoint(
+    meta_path: Path | None,
+    *,
+    resume: bool,
+    strategy: Strategy,
+    scheme: Scheme | None,
+    config: dict[str, Any],
+    initial_weights: Weights,
+    keeps_clients: bool,
+) -> SimCheckpoint:
+    """The run's checkpoint store in ``folder``: a new one, or the run to resume.
+
+    Args:
+        meta_path: The ``run.json`` of the run folder (held by this process), or
+            None for a run without a folder.
+        resume: Continue the run in ``folder`` after its last complete round.
+        strategy: The run's strategy.
+        scheme: The run's compression, if any.
+        config: What the run's history records of its setup (:func:`run_config`).
+        initial_weights: The step-0 model.
+        keeps_clients: Whether clients are kept built from round to round.
+
+    Returns:
+        The store, and the weights and round to start from; without a store when
+        there is no folder or the run cannot resume (it then keeps no checkpoint).
+
+    Raises:
+        ValueError: naming what differs, if the run in ``folder`` cannot be resumed
+            with these settings (or holds no simulation checkpoint, or is finished).
+    """
+    check_resumable(resume, meta_path, strategy, scheme)
+    if meta_path is None or unresumable(strategy, scheme) is not None:
+        return SimCheckpoint(None, config, initial_weights)
+    folder = meta_path.parent
+    if not resume:
+        spec = WeightsSpec.of(initial_weights)
+        check_storable(spec)
+        try:  # refused as a deployed server refuses it, but only the checkpoints go
+            types = state_types(strategy.aggregator.init(initial_weights))
+        except StateError as exc:
+            logger.warning("%s keeps no checkpoint to resume from: %s", folder, exc)
+            return SimCheckpoint(None, config, initial_weights)
+        stored = {**config, "kind": "simulated", "model": spec.describe()}
+        return SimCheckpoint(None, config, initial_weights, types=types, new_run=(folder, stored))
+    store = _open(folder)
+    try:
+        _check_same(store, strategy, config)
+        point = resume_point(store, initial_weights)
+    except BaseException:
+        store.close()
+        raise
+    _warn_of_client_state(strategy, keeps_clients, point.start)
+    settings = {k: v for k, v in point.config.items() if k not in ("kind", "model")}
+    settings["rounds"] = config["rounds"]  # a resumed run may be asked for more rounds
+    return SimCheckpoint(store, settings, point.weights, point.start, point.history, point.state)
+
+
+def _open(folder: Path) -> RunStore:
+    """The simulation checkpoint in ``folder``, or ValueError saying why there is none."""
+    if not (folder / DB_NAME).is_file():
+        kept = (folder / "run.json").is_file()
+        raise ValueError(
+            f"run_dir {folder} holds no simulation checkpoint to resume (no {DB_NAME})"
+            + (
+                ": its run kept none (an asynchronous strategy's, one compressed with top-k, "
+                "one whose aggregation state cannot be stored, or a simulation by an older "
+                "covey); run it again"
+                if kept
+                else ""
+            )
+        )
+    store = RunStore.open(folder)  # the folder's lock is held by the run already
+    try:
+        if store.config.get("kind") != "simulated":
+            raise ValueError(
+                f"run_dir {folder} holds a deployed run, not a simulation: continue it "
+                f"with `covey server --resume {folder}`"
+            )
+        if store.info()["status"] == "finished":
+            last = store.last_round()
+            raise ValueError(
+                f"the simulation in {folder} is finished (round {last} was its last): "
+                "there is nothing to resume; give a new run a folder of its own"
+            )
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists), to compare with a stored one."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_same(store: RunStore, strategy: Strategy, config: dict[str, Any]) -> None:
+    """Refuse settings that would not continue the stored run, naming each that differs."""
+    same_strategy(store, strategy)
+    stored, given = store.config, _plain(config)
+    changes = []
+    if stored.get("strategy") != given.get("strategy"):
+        ours, theirs = stored.get("strategy") or {}, given.get("strategy") or {}
+        for part in sorted(set(ours) | set(theirs)):
+            if ours.get(part) != theirs.get(part):
+                changes.append(
+                    f"strategy {part} {ours.get(part)!r} (the run's) is {theirs.get(part)!r} now"
+                )
+    for key in ("num_clients", "seed", "compression"):
+        if stored.get(key) != given.get(key):
+            changes.append(f"{key} was {stored.get(key)!r}, is {given.get(key)!r} now")
+    if changes:
+        raise ValueError(
+            f"the simulation in {store.run_dir} cannot be resumed with other settings than "
+            f"it was started with: {'; '.join(changes)}. Resume it as it was started, or "
+            "give a new run a folder of its own"
+        )
+
+
+def _warn_of_client_state(strategy: Strategy, keeps_clients: bool, start: int) -> None:
+    """Warn once per resume that clients are rebuilt: what they kept is gone."""
+    held = []
+    if keeps_clients:
+        held.append("clients are kept built from round to round (client_cache)")
+    if "scaffold" in strategy.name.lower():
+        held.append(f"{strategy.name}'s clients keep their control variates")
+    if not held or start <= 1:
+        return
+    logger.warning(
+        "resuming after round %d: the clients are built again with client_fn, as a "
+        "deployed client that restarts is; %s, and what a client object kept between "
+        "rounds starts afresh, so the resumed rounds match an uninterrupted run's only "
+        "if fit does not depend on it",
+        start - 1,
+        " and ".join(held),
+    )

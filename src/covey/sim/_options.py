@@ -1,0 +1,67 @@
+"""Checks of ``simulate()``'s options, before any worker starts or any client trains."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = ["_check_durations", "_check_options", "_check_ray_options"]
+
+
+def _check_ray_options(resources: object, group: object, address: object) -> None:
+    """Refuse Ray options of the wrong type before a Ray is started for them."""
+    if resources is not None and not isinstance(resources, Mapping):
+        raise TypeError(
+            "client_resources must be a mapping such as {'num_cpus': 1}, or one per group, "
+            f"got {type(resources).__name__}"
+        )
+    if group is not None and not callable(group):
+        raise TypeError(
+            f"client_group must be a function cid -> group name, got {type(group).__name__}"
+        )
+    if address is not None and not isinstance(address, str):
+        raise TypeError(
+            "ray_address must be an address string such as '127.0.0.1:6379' or 'auto', "
+            f"got {type(address).__name__}"
+        )
+
+
+def _check_options(
+    seed: object, round_timeout: object, client_cache: object, num_workers: object = None
+) -> None:
+    """Refuse values of simulate()'s options that would fail later, deep in a round."""
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
+    ):
+        raise ValueError(f"num_workers must be None or a positive int, got {num_workers!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if round_timeout is not None and (
+        isinstance(round_timeout, bool)
+        or not isinstance(round_timeout, int | float)
+        or not round_timeout > 0
+    ):
+        raise ValueError(f"round_timeout must be None or a positive number, got {round_timeout!r}")
+    if client_cache is not None and (
+        isinstance(client_cache, bool) or not isinstance(client_cache, int) or client_cache < 0
+    ):
+        raise ValueError(f"client_cache must be None or a non-negative int, got {client_cache!r}")
+
+
+def _check_durations(durations: object, num_clients: int) -> None:
+    """Refuse ``client_durations`` that is neither a function nor one value per client."""
+    if durations is None or callable(durations):
+        return
+    try:
+        count = len(durations)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "client_durations must be a (cid, rng) -> seconds function or one value per "
+            f"client, got {type(durations).__name__}"
+        ) from None
+    if count < num_clients:
+        raise ValueError(
+            f"client_durations has {count} values but num_clients={num_clients}: "
+            "give one value per client"
+        )

@@ -1,0 +1,353 @@
+"""A simulation killed (SIGKILL) after a round and resumed is the uninterrupted run, bit for bit.
+
+``simulate(run_dir=...)`` checkpoints each round as a deployed server does;
+``resume=True`` continues after the last complete round. A subprocess runs the
+simulation and kills itself with SIGKILL as a round finishes (its checkpoint
+may then be in flight); the resumed run must give the final weights and every
+round's record of a run never stopped. What cannot be continued is refused,
+naming what differs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.server._store import RunStore
+
+pytestmark = pytest.mark.timeout(120)
+
+SCRIPT = '''
+import json, os, signal, sys
+import numpy as np
+import covey
+
+
+class Noisy(covey.Client):
+    """Trains to a seeded point: its update depends on (cid, round) only."""
+
+    def __init__(self, cid):
+        self.cid = cid
+
+    def fit(self, weights, config):
+        rng = np.random.default_rng([self.cid, config["round"]])
+        new = {k: v * 0.9 + rng.normal(size=v.shape).astype(v.dtype) for k, v in weights.items()}
+        return covey.FitResult(
+            weights=new, num_examples=1 + self.cid, metrics={"train_loss": float(rng.random())}
+        )
+
+    def evaluate(self, weights, config):
+        loss = float(np.sum(weights["w"].astype(np.float64) ** 2)) + self.cid
+        return covey.EvaluateResult(loss=loss, num_examples=2, metrics={"accuracy": 1 / loss})
+
+
+def central(rnd, weights):
+    return float(np.sum(weights["w"] ** 2)), {"mean": float(np.mean(weights["b"]))}
+
+
+def main(spec):
+    def on_round(record):
+        if record.round == spec.get("kill_after"):
+            if __name__ != "__main__":
+                raise RuntimeError("killed")  # in the test's own process
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    process = spec["backend"] == "process"
+    result = covey.simulate(
+        Noisy,
+        6,
+        spec["rounds"],
+        covey.FedAdam(eta=0.05, fraction_fit=0.5, fraction_evaluate=0.5),
+        {"w": np.ones(5, np.float32), "b": np.zeros(3)},
+        central,
+        backend=spec["backend"],
+        num_workers=2 if process else None,
+        seed=7,
+        availability=0.8,
+        client_durations=[1.0, 2.0, 3.0, 1.5, 2.5, 0.5],
+        compression=spec.get("compression"),
+        run_dir=spec.get("run_dir"),
+        resume=spec.get("resume", False),
+        on_round=on_round,
+    )
+    np.savez(spec["out"] + ".npz", **result.weights)
+    with open(spec["out"] + ".json", "w") as f:
+        json.dump(result.history.to_dict(), f)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
+'''
+
+
+def _script(tmp: Path) -> Path:
+    script = tmp / "sim_script.py"
+    if not script.exists():
+        script.write_text(SCRIPT)
+    return script
+
+
+def _here(tmp: Path, **spec: Any) -> None:
+    """Run the script's simulation in this process."""
+    loaded = importlib.util.spec_from_file_location(f"sim_script_{id(spec)}", _script(tmp))
+    assert loaded is not None
+    assert loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    module.main(spec)
+
+
+def _run(tmp: Path, **spec: Any) -> subprocess.CompletedProcess[str]:
+    """Run the script's simulation in a process of its own."""
+    script = _script(tmp)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, str(script), json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+
+
+def _outcome(out: Path) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The final weights and every round's record, wall-clock durations aside."""
+    with np.load(f"{out}.npz") as data:
+        weights = {k: data[k] for k in data.files}
+    rounds = json.loads(Path(f"{out}.json").read_text())["rounds"]
+    for record in rounds:
+        record.pop("durations", None)
+    return weights, rounds
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_simulation_killed_after_a_round_resumes_to_the_uninterrupted_run(
+    tmp_path: Path, backend: str
+) -> None:
+    _here(tmp_path, backend=backend, rounds=5, out=str(tmp_path / "whole"))
+    run = tmp_path / "run"
+    killed = _run(tmp_path, backend=backend, rounds=5, run_dir=str(run), kill_after=3, out="-")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    with RunStore.open(run) as store:
+        assert store.last_round() in (2, 3)  # round 3's save was in flight, or done
+    shown = CliRunner().invoke(app, ["runs", "show", str(run)], env={"COLUMNS": "300"})
+    said = " ".join(shown.output.split())
+    assert f"{run}: stopped" in said
+    assert f"`covey.simulate(..., run_dir={str(run)!r}, resume=True)` and the client_fn" in said
+    _here(
+        tmp_path, backend=backend, rounds=5, run_dir=str(run), resume=True, out=str(tmp_path / "r")
+    )
+    weights, rounds = _outcome(tmp_path / "r")
+    expected_weights, expected_rounds = _outcome(tmp_path / "whole")
+    assert weights.keys() == expected_weights.keys()
+    for name, array in expected_weights.items():
+        assert weights[name].dtype == array.dtype
+        assert weights[name].tobytes() == array.tobytes()
+    assert [r["round"] for r in rounds] == list(range(6))
+    assert rounds == expected_rounds  # losses, metrics, participants, simulated clock
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_simulation_killed_before_round_0_was_saved_starts_again_from_step_0(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        _here(tmp_path, backend="inline", rounds=2, run_dir=str(run), kill_after=0, out="-")
+    with RunStore.open(run) as store:  # as a process killed before round 0's save committed
+        store.discard_after(None)
+        store.set_status("running")
+    _here(
+        tmp_path, backend="inline", rounds=2, run_dir=str(run), resume=True, out=str(tmp_path / "r")
+    )
+    _here(tmp_path, backend="inline", rounds=2, out=str(tmp_path / "whole"))
+    assert _outcome(tmp_path / "r")[1] == _outcome(tmp_path / "whole")[1]
+
+
+# -- in this process: what is refused ---------------------------------------------------
+
+
+class Half(covey.Client):
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(weights={k: v / 2 for k, v in weights.items()}, num_examples=1)
+
+
+def _sim(run: Path | None, rounds: int = 2, **options: Any) -> covey.sim.SimulationResult:
+    options.setdefault("strategy", covey.FedAvg(fraction_evaluate=0.0))
+    options.setdefault("initial_weights", {"w": np.ones(3)})
+    options.setdefault("num_clients", 4)
+    return covey.simulate(lambda cid: Half(), rounds=rounds, run_dir=run, **options)
+
+
+def _stopped(run: Path, rounds: int = 3, **options: Any) -> None:
+    """A run of ``rounds`` rounds stopped by an error in its second round."""
+
+    def stop(record: covey.core.RoundRecord) -> None:
+        if record.round == 1:
+            raise RuntimeError("stopped here")
+
+    with pytest.raises(RuntimeError, match="stopped here"):
+        _sim(run, rounds, on_round=stop, **options)
+
+
+def test_a_stopped_simulation_resumes_with_the_same_settings(tmp_path: Path) -> None:
+    _stopped(tmp_path / "run")
+    result = _sim(tmp_path / "run", 3, resume=True)
+    assert [r.round for r in result.history.rounds] == [0, 1, 2, 3]
+    assert result.weights["w"].tolist() == [0.125] * 3
+    assert covey.History.load(tmp_path / "run").rounds[-1].round == 3
+
+
+@pytest.mark.parametrize(
+    ("changed", "named"),
+    [
+        ({"strategy": covey.FedAdam(fraction_evaluate=0.0)}, "started with FedAvg"),
+        ({"strategy": covey.FedAvg(fraction_evaluate=0.0, fraction_fit=0.5)}, "fraction_fit"),
+        ({"num_clients": 5}, "num_clients was 4, is 5 now"),
+        ({"seed": 1}, "seed was 0, is 1 now"),
+        ({"compression": "q8"}, "compression was None, is 'q8' now"),
+        ({"initial_weights": {"w": np.ones(4)}}, "'w' is float64\\[3\\] in the run's model"),
+    ],
+    ids=["strategy", "hyperparameter", "num_clients", "seed", "compression", "model"],
+)
+def test_a_resume_with_other_settings_is_refused_naming_what_differs(
+    tmp_path: Path, changed: dict[str, Any], named: str
+) -> None:
+    _stopped(tmp_path / "run")
+    with pytest.raises(ValueError, match=named):
+        _sim(tmp_path / "run", 3, resume=True, **changed)
+    assert _sim(tmp_path / "run", 3, resume=True).history.rounds[-1].round == 3  # still resumable
+
+
+def test_a_finished_simulation_says_it_is_finished(tmp_path: Path) -> None:
+    _sim(tmp_path / "run")
+    with pytest.raises(ValueError, match="is finished \\(round 2 was its last\\)"):
+        _sim(tmp_path / "run", 4, resume=True)
+
+
+def test_a_folder_without_a_simulation_checkpoint_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is no folder: there is no simulation in it"):
+        _sim(tmp_path / "missing", resume=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no simulation checkpoint to resume"):
+        _sim(tmp_path / "empty", resume=True)
+    with pytest.raises(ValueError, match="resume=True needs run_dir"):
+        _sim(None, resume=True)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_deployed_run_folder_is_not_resumed_as_a_simulation(tmp_path: Path) -> None:
+    with RunStore.create(tmp_path / "run", config={"backend": "grpc", "rounds": 2}):
+        pass
+    with pytest.raises(ValueError, match=r"holds a deployed run.*covey server --resume"):
+        _sim(tmp_path / "run", resume=True)
+
+
+def test_a_new_simulation_in_a_checkpointed_folder_points_at_resume(tmp_path: Path) -> None:
+    _stopped(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"already holds a run.*resume=True to continue it"):
+        _sim(tmp_path / "run", 3)
+
+
+def test_top_k_keeps_no_checkpoint_and_its_resume_is_refused_naming_the_residuals(
+    tmp_path: Path,
+) -> None:
+    _sim(tmp_path / "run", compression="topk:0.5")
+    assert not (tmp_path / "run" / "run.sqlite").exists()
+    with pytest.raises(ValueError, match=r"top-k .*error-feedback residuals"):
+        _sim(tmp_path / "run", 3, resume=True, compression="topk:0.5")
+    with pytest.raises(ValueError, match=r"holds no simulation checkpoint.*top-k"):
+        _sim(tmp_path / "run", 3, resume=True)
+
+
+def test_an_asynchronous_simulation_cannot_resume(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="FedBuff is asynchronous"):
+        _sim(tmp_path / "run", strategy=covey.FedBuff(buffer_size=2), resume=True)
+
+
+def test_a_resume_warns_that_clients_are_built_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _stopped(tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        _sim(tmp_path / "run", 3, resume=True)
+    warned = [r.getMessage() for r in caplog.records if "built again" in r.getMessage()]
+    assert len(warned) == 1
+    assert "client_cache" in warned[0]
+    _stopped(tmp_path / "other")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        _sim(tmp_path / "other", 3, resume=True, client_cache=0)
+    assert not [r for r in caplog.records if "built again" in r.getMessage()]
+
+
+def test_a_dp_simulation_resumes_with_its_accountant_and_its_noise(tmp_path: Path) -> None:
+    from covey import privacy
+
+    def dp() -> covey.Strategy:
+        return privacy.central(
+            covey.FedAvg(fraction_evaluate=0.0),
+            noise_multiplier=1.0,
+            clip=1.0,
+            delta=1e-5,
+            expected_clients=2,
+        )
+
+    whole = _sim(None, 4, strategy=dp(), num_clients=6)
+    _stopped(tmp_path / "run", 4, strategy=dp(), num_clients=6)
+    resumed = _sim(tmp_path / "run", 4, strategy=dp(), num_clients=6, resume=True)
+    assert resumed.weights["w"].tobytes() == whole.weights["w"].tobytes()
+    spent = [(r.round, r.privacy, r.fit_participants) for r in resumed.history.rounds]
+    assert spent == [(r.round, r.privacy, r.fit_participants) for r in whole.history.rounds]
+    assert resumed.history.rounds[-1].aggregate_info["dp"]["rounds"] == 4
+
+
+class _Counter:
+    """A step's state a run folder cannot store (a plain object)."""
+
+    def __init__(self, rounds: int = 0) -> None:
+        self.rounds = rounds
+
+
+def test_a_state_the_folder_cannot_store_leaves_the_run_without_checkpoints(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covey.aggregate import Begin, Step, chain, weighted_mean
+
+    def update(state: _Counter, event: Any) -> Any:
+        if isinstance(event, Begin):
+            return _Counter(state.rounds + 1), (event,)
+        return state, (event,)
+
+    counting = Step(lambda params: _Counter(), update)
+    strategy = covey.Strategy(aggregator=chain(counting, weighted_mean()), fraction_evaluate=0.0)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        result = _sim(tmp_path / "run", 2, strategy=strategy)
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]
+    assert not (tmp_path / "run" / "run.sqlite").exists()
+    warned = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
+    assert len(warned) == 1
+    assert "cannot store a _Counter" in warned[0]
+
+
+def test_a_simulation_keeps_the_weights_files_of_its_newest_two_rounds(tmp_path: Path) -> None:
+    _sim(tmp_path / "run", 5)
+    kept = sorted(p.name for p in (tmp_path / "run" / "weights").iterdir())
+    assert kept == ["round-00004.safetensors", "round-00005.safetensors"]
+    with RunStore.open(tmp_path / "run") as store:
+        assert store.rounds() == [0, 1, 2, 3, 4, 5]  # every round's record

@@ -1,0 +1,138 @@
+"""`covey run --resume RUN` continues a simulated project run killed midway.
+
+The run's process is killed (SIGKILL) as round 2 is evaluated; `covey runs show`
+and `covey runs list` say how to continue it, and the command they print
+finishes the run with the model and the history of a run never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+
+pytestmark = pytest.mark.timeout(180)
+
+runner = CliRunner()
+
+KILLED = """
+
+def killed_in_round_2(config):
+    import os, signal
+
+    app = make_server(config)
+
+    def evaluate_until_2(rnd, weights):
+        if rnd == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return evaluate(rnd, weights)
+
+    return ServerApp(
+        app.strategy, app.initial_weights, rounds=app.rounds, evaluate_fn=evaluate_until_2
+    )
+"""
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "250"})
+    return result.exit_code, " ".join(result.output.split())
+
+
+def _records(run: Path) -> list[dict[str, object]]:
+    rounds = json.loads((run / "history.json").read_text())["rounds"]
+    for record in rounds:
+        record.pop("durations", None)
+    return list(rounds)
+
+
+@pytest.mark.slow
+def test_a_killed_project_run_resumes_with_the_command_covey_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = runner.invoke(app, ["new", "cut-fed", "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    root = tmp_path / "cut-fed"
+    with (root / "cut_fed" / "server_app.py").open("a") as f:
+        f.write(KILLED)
+    monkeypatch.syspath_prepend(str(root))
+    env = dict(os.environ, COLUMNS="200")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *sys.path])
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "covey",
+            "run",
+            "--set",
+            "rounds=3",
+            "--set",
+            "server-app=cut_fed.server_app:killed_in_round_2",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout
+    (run,) = root.glob("runs/sim-*")
+
+    code, said = _cli("runs", "show", str(run))
+    assert code == 0, said
+    assert f"{run}: stopped" in said
+    command = f"covey run {root} --resume {run}"
+    assert f"continue it after its last complete round with `{command}`" in said
+    code, listed = _cli("runs", "list", "--dir", str(root / "runs"))
+    assert f"stopped: {run.name}: continue it with `{command}`" in listed
+
+    code, said = _cli(*shlex.split(command)[1:], "--set", "rounds=3")
+    assert code == 0, said
+    assert f"resuming {run}" in said
+    code, said = _cli("runs", "show", str(run))
+    assert f"{run}: finished" in said
+    assert "continue it" not in said
+
+    code, said = _cli("run", str(root), "--set", "rounds=3")  # the run never stopped
+    assert code == 0, said
+    (whole,) = set(root.glob("runs/sim-*")) - {run}
+    assert _records(run) == _records(whole)
+    resumed, expected = load_file(run / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert resumed.keys() == expected.keys()
+    assert all(np.array_equal(resumed[k], expected[k]) for k in expected)
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2, 3]
+
+
+def test_resume_refusals_of_covey_run_name_what_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = runner.invoke(app, ["new", "cut-fed", "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    root = tmp_path / "cut-fed"
+    monkeypatch.syspath_prepend(str(root))
+    code, said = _cli("run", str(root), "--resume", str(tmp_path / "nowhere"))
+    assert code == 2, said
+    assert "no simulated run there (no run.json)" in said
+    code, said = _cli("run", str(root), "--federation", "local", "--resume", str(root))
+    assert code == 2, said
+    assert "covey server --resume" in said
+    code, said = _cli("run", str(root), "--set", "rounds=1")
+    assert code == 0, said
+    (run,) = root.glob("runs/sim-*")
+    code, said = _cli("run", str(root), "--resume", str(run), "--set", "lr=0.9", "--set", "seed=3")
+    assert code == 2, said
+    assert "the run was started with other settings: lr = 0.5 (now 0.9), seed = 0 (now 3)" in said
+    result = runner.invoke(app, ["run", str(root), "--resume", str(run), "--set", "rounds=1"])
+    assert isinstance(result.exception, ValueError)
+    assert "is finished (round 1 was its last)" in str(result.exception)
