@@ -236,8 +236,22 @@ def test_a_resume_with_other_settings_is_refused_naming_what_differs(
 
 def test_a_finished_simulation_says_it_is_finished(tmp_path: Path) -> None:
     _sim(tmp_path / "run")
-    with pytest.raises(ValueError, match="is finished \\(round 2 was its last\\)"):
-        _sim(tmp_path / "run", 4, resume=True)
+    with pytest.raises(
+        ValueError, match="is finished \\(round 2 was its last\\).*more rounds than 2"
+    ):
+        _sim(tmp_path / "run", 2, resume=True)
+
+
+def test_a_finished_simulation_trains_on_when_asked_for_more_rounds(tmp_path: Path) -> None:
+    def adam() -> covey.FedAdam:
+        return covey.FedAdam(fraction_fit=0.5, fraction_evaluate=0.0, eta=0.1)
+
+    _sim(tmp_path / "run", 2, strategy=adam())
+    on = _sim(tmp_path / "run", 4, strategy=adam(), resume=True)
+    straight = _sim(tmp_path / "straight", 4, strategy=adam())
+    assert [r.round for r in on.history.rounds] == [0, 1, 2, 3, 4]
+    assert on.weights["w"].tobytes() == straight.weights["w"].tobytes()
+    assert covey.History.load(tmp_path / "run").rounds[-1].round == 4
 
 
 def test_a_folder_without_a_simulation_checkpoint_is_refused(tmp_path: Path) -> None:

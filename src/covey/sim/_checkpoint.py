@@ -248,7 +248,7 @@ def open_checkpoint(
             return SimCheckpoint(None, config, initial_weights)
         stored = {**config, "kind": "simulated", "model": spec.describe()}
         return SimCheckpoint(None, config, initial_weights, types=types, new_run=(folder, stored))
-    store = _open(folder)
+    store = _open(folder, config["rounds"])
     try:
         _check_same(store, strategy, config)
         point = resume_point(store, initial_weights)
@@ -261,8 +261,11 @@ def open_checkpoint(
     return SimCheckpoint(store, settings, point.weights, point.start, point.history, point.state)
 
 
-def _open(folder: Path) -> RunStore:
-    """The simulation checkpoint in ``folder``, or ValueError saying why there is none."""
+def _open(folder: Path, rounds: int) -> RunStore:
+    """The simulation checkpoint in ``folder``, or ValueError saying why there is none.
+
+    A finished run is continued only when asked for more rounds than it ran.
+    """
     if not (folder / DB_NAME).is_file():
         kept = (folder / "run.json").is_file()
         raise ValueError(
@@ -282,11 +285,12 @@ def _open(folder: Path) -> RunStore:
                 f"run_dir {folder} holds a deployed run, not a simulation: continue it "
                 f"with `covey server --resume {folder}`"
             )
-        if store.info()["status"] == "finished":
-            last = store.last_round()
+        last = store.last_round()
+        if store.info()["status"] == "finished" and rounds <= (last or 0):
             raise ValueError(
                 f"the simulation in {folder} is finished (round {last} was its last): "
-                "there is nothing to resume; give a new run a folder of its own"
+                f"there is nothing to resume with rounds={rounds}; to train it on, resume "
+                f"it with more rounds than {last}, or give a new run a folder of its own"
             )
     except BaseException:
         store.close()
