@@ -237,7 +237,7 @@ def test_a_resume_with_other_settings_is_refused_naming_what_differs(
 def test_a_finished_simulation_says_it_is_finished(tmp_path: Path) -> None:
     _sim(tmp_path / "run")
     with pytest.raises(
-        ValueError, match="is finished \\(round 2 was its last\\).*more rounds than 2"
+        ValueError, match=r"is finished \(round 2 was its last\).*more rounds than 2"
     ):
         _sim(tmp_path / "run", 2, resume=True)
 
