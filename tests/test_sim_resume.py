@@ -243,7 +243,7 @@ def test_a_finished_simulation_says_it_is_finished(tmp_path: Path) -> None:
 
 
 def test_a_finished_simulation_trains_on_when_asked_for_more_rounds(tmp_path: Path) -> None:
-    def adam() -> covey.FedAdam:
+    def adam() -> covey.Strategy:
         return covey.FedAdam(fraction_fit=0.5, fraction_evaluate=0.0, eta=0.1)
 
     _sim(tmp_path / "run", 2, strategy=adam())
