@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 import scipy.sparse
 from sklearn.datasets import load_diabetes, load_digits
-from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRegressor
+from sklearn.linear_model import (
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    SGDClassifier,
+    SGDRegressor,
+)
 from sklearn.neural_network import MLPRegressor
 
 from covey import Weights
-from covey.sklearn import SklearnClient, get_params, initial_params, set_params
+from covey.sklearn import SklearnClient, get_params, initial_params, prime, set_params
 
 CLASSES = list(range(10))
 
@@ -123,3 +129,27 @@ def test_column_vector_labels_count_as_one_label_per_example() -> None:
     assert float(evaluated.metrics["accuracy"]) > 0.8
     with pytest.raises(ValueError, match=r"y_train must hold one label per example"):
         SklearnClient(SGDClassifier(), x, np.c_[y, y], classes=CLASSES)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(
+    ("make", "targets"),
+    [*REGRESSORS, (LinearRegression, 1), (LinearRegression, 2)],
+)
+def test_prime_gives_a_regressor_its_shapes(make: Callable[[], Any], targets: int) -> None:
+    data = load_diabetes()
+    x, y = data.data[:40], data.target[:40] / 100.0
+    if targets == 2:
+        y = np.c_[y, -y]
+    model = make()
+    prime(model, x, y)
+    start = initial_params(make(), x.shape[1], targets=targets)
+    assert {k: v.shape for k, v in get_params(model).items()} == {
+        k: v.shape for k, v in start.items()
+    }
+    set_params(model, {k: np.ones_like(v) for k, v in start.items()})
+    assert model.predict(x[:3]).shape == ((3,) if targets == 1 else (3, 2))
+    with pytest.raises(ValueError, match="is a regressor: prime it without classes"):
+        prime(make(), x, y, classes=[0, 1])
+    with pytest.raises(ValueError, match="SGDClassifier is a classifier"):
+        prime(SGDClassifier(), x, y > 1)
