@@ -16,7 +16,7 @@ from sklearn.linear_model import (
     SGDClassifier,
     SGDRegressor,
 )
-from sklearn.neural_network import MLPRegressor
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 from covey import Weights
 from covey.sklearn import SklearnClient, get_params, initial_params, prime, set_params
@@ -134,7 +134,13 @@ def test_column_vector_labels_count_as_one_label_per_example() -> None:
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize(
     ("make", "targets"),
-    [*REGRESSORS, (LinearRegression, 1), (LinearRegression, 2)],
+    [
+        *REGRESSORS,
+        (LinearRegression, 1),
+        (LinearRegression, 2),
+        (lambda: MLPRegressor(hidden_layer_sizes=(4,), solver="lbfgs", max_iter=5), 1),
+        (lambda: MLPRegressor(hidden_layer_sizes=(4,), solver="lbfgs", max_iter=5), 2),
+    ],
 )
 def test_prime_gives_a_regressor_its_shapes(make: Callable[[], Any], targets: int) -> None:
     data = load_diabetes()
@@ -153,3 +159,30 @@ def test_prime_gives_a_regressor_its_shapes(make: Callable[[], Any], targets: in
         prime(make(), x, y, classes=[0, 1])
     with pytest.raises(ValueError, match="SGDClassifier is a classifier"):
         prime(SGDClassifier(), x, y > 1)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_an_lbfgs_mlp_classifier_trains_on_from_the_global_parameters() -> None:
+    x, y = _digits()
+    classes = [0, 1, 2]
+    keep = y < 3
+    x, y = x[keep], y[keep]
+
+    def make() -> MLPClassifier:
+        return MLPClassifier((8,), solver="lbfgs", max_iter=3, random_state=0)
+
+    start = initial_params(make(), x.shape[1], classes)
+    model = make()
+    prime(model, x[:10], y[:10], classes)
+    assert {k: v.shape for k, v in get_params(model).items()} == {
+        k: v.shape for k, v in start.items()
+    }
+    client = SklearnClient(make(), x, y, classes=classes)
+    fitted = client.fit(start, {"round": 1}).weights
+    assert fitted is not None
+    # a few lbfgs iterations from the start stay near it (a fresh fit would not)
+    moved = np.abs(fitted["coefs.0"] - start["coefs.0"]).mean()
+    assert 0 < moved < np.abs(start["coefs.0"]).mean()
+    assert float(client.evaluate(fitted, {}).metrics["accuracy"]) > 0.5
+    with pytest.raises(ValueError, match="retrains on the local labels alone"):
+        SklearnClient(make(), x[y < 2], y[y < 2], classes=classes).fit(start, {"round": 1})

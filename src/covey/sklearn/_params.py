@@ -212,7 +212,8 @@ def prime(
     """Give an unfitted model its structure (classes, layers) so parameters can be set.
 
     Models with ``partial_fit`` take one pass over ``x, y``, with every class
-    named; others (``LogisticRegression``, ``LinearRegression``, ``Ridge``) get
+    named (an MLP with ``solver="lbfgs"`` takes the layers of a copy that does);
+    others (``LogisticRegression``, ``LinearRegression``, ``Ridge``) get
     ``coef_`` and ``intercept_`` of zeros (and a classifier its ``classes_``).
     Either way :func:`set_params` then overwrites what was learned. A model
     already fitted is left alone.
@@ -243,6 +244,9 @@ def prime(
         return
     if classes is None:
         raise ValueError(f"{type(model).__name__} is a classifier: give every class as classes=")
+    if is_mlp(model) and not hasattr(model, "partial_fit"):
+        _prime_mlp(model, x_arr, np.asarray(y), classes)
+        return
     if hasattr(model, "partial_fit"):
         model.partial_fit(x_arr, np.asarray(y), classes=np.asarray(classes))
         return
@@ -257,7 +261,7 @@ def prime(
 
 def _prime_regressor(model: Any, x: Any, y: npt.NDArray[Any]) -> None:
     """A regressor's structure: one ``partial_fit`` pass, or zeros in its fitted shapes."""
-    if hasattr(model, "partial_fit"):
+    if hasattr(model, "partial_fit"):  # an MLPRegressor has it whatever its solver
         model.partial_fit(x, y)
         return
     if y.ndim == 2 and y.shape[1] == 1:
@@ -269,3 +273,21 @@ def _prime_regressor(model: Any, x: Any, y: npt.NDArray[Any]) -> None:
         model.coef_ = np.zeros((y.shape[1], x.shape[1]))
         model.intercept_ = np.zeros(y.shape[1])
     model.n_features_in_ = x.shape[1]
+
+
+def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) -> None:
+    """An MLP classifier without ``partial_fit`` (``solver="lbfgs"``): its layers, from a twin.
+
+    A copy of the model with ``solver="sgd"`` takes one ``partial_fit`` pass (with every
+    class named), and the model takes that copy's fitted state (layers, classes, output
+    activation), so that a warm-started ``fit`` trains on from the parameters set.
+    """
+    from sklearn.base import clone
+
+    # warm_start off: with it, a first partial_fit would refuse local labels lacking a class
+    twin = clone(model).set_params(solver="sgd", warm_start=False)
+    twin.partial_fit(x, y, classes=np.asarray(classes))
+    hyperparameters = model.get_params(deep=False)
+    for name, value in vars(twin).items():
+        if name not in hyperparameters:
+            setattr(model, name, value)
