@@ -186,3 +186,18 @@ def test_an_lbfgs_mlp_classifier_trains_on_from_the_global_parameters() -> None:
     assert float(client.evaluate(fitted, {}).metrics["accuracy"]) > 0.5
     with pytest.raises(ValueError, match="retrains on the local labels alone"):
         SklearnClient(make(), x[y < 2], y[y < 2], classes=classes).fit(start, {"round": 1})
+
+
+def test_a_warm_started_mlp_client_may_lack_a_class() -> None:
+    """MLPClassifier(warm_start=True).partial_fit refused labels lacking one of the classes."""
+    x, y = _digits()
+    keep = y < 2
+    classes = [0, 1, 2]
+
+    def make() -> MLPClassifier:
+        return MLPClassifier((8,), warm_start=True, random_state=0)
+
+    client = SklearnClient(make(), x[keep], y[keep], classes=classes)
+    fitted = client.fit(initial_params(make(), x.shape[1], classes), {"round": 1}).weights
+    assert fitted is not None
+    assert fitted["coefs.1"].shape == (8, 3)
