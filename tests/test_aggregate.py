@@ -446,3 +446,22 @@ def test_integer_means_near_the_dtype_limits_do_not_wrap(dtype: Any) -> None:
     top, bottom = (int(v) for v in new["n"])
     assert info.max - 2048 <= top <= info.max
     assert info.min <= bottom <= info.min + 2048
+
+
+@pytest.mark.parametrize("make", [weighted_mean, mean])
+def test_a_mask_from_weights_and_deltas_together_flips_by_its_entries(make: Any) -> None:
+    """Weights counted a mask's True -> False as -1, the deltas' flip as +1: they cancelled."""
+    params = {"b": np.array([True, False, True, False]), "w": np.zeros(4)}
+    new = np.array([False, True, True, False])  # entries 0 and 1 flip
+    flips = new ^ params["b"]
+    for order in ((0, 1), (1, 0)):
+        forms = [
+            Contribution(0, 2, weights={"b": new, "w": np.ones(4)}),
+            Contribution(1, 2, delta={"b": flips, "w": np.ones(4)}),
+        ]
+        step = chain(make())
+        _, agg = run_round(step, step.init(params), 1, params, [forms[i] for i in order])
+        assert agg is not None
+        result = agg.apply(params)
+        assert result["b"].tolist() == new.tolist()
+        np.testing.assert_array_equal(result["w"], np.ones(4))

@@ -228,6 +228,29 @@ def test_float32_and_integer_arrays() -> None:
     np.testing.assert_allclose(new["w"], 1 + 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-6)
 
 
+@pytest.mark.parametrize("make", [server_adam, server_yogi, server_adagrad])
+@pytest.mark.parametrize("size", [300.0, 1e-4])
+def test_adaptive_moments_of_a_float16_model_neither_overflow_nor_underflow(
+    make: Callable[..., Any], size: float
+) -> None:
+    """A squared update past float16's 65504 made v Inf and the step 0, silently."""
+    steps: dict[Any, np.ndarray] = {}
+    for dtype in (np.float16, np.float32):
+        params = {"w": np.zeros(3, dtype)}
+        step = chain(mean(), make(eta=0.5))
+        state = step.init(params)
+        for rnd in (1, 2):
+            delta = {"w": np.full(3, size, dtype)}
+            state, agg = run_round(step, state, rnd, params, [Contribution(0, 1, delta=delta)])
+            assert agg is not None
+            params = agg.apply(params)
+        assert params["w"].dtype == dtype
+        steps[dtype] = params["w"].astype(np.float64)
+    assert np.all(np.isfinite(steps[np.float16]))
+    assert np.all(steps[np.float16] > 0)
+    np.testing.assert_allclose(steps[np.float16], steps[np.float32], rtol=2e-3)
+
+
 def test_a_server_step_without_begin_is_an_error() -> None:
     step = server_adam()
     params = {"w": np.zeros(2)}

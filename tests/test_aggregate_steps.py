@@ -91,6 +91,22 @@ def test_clip_norm_then_mean_matches_hand_math(seed: int, bound: float) -> None:
     assert agg.info["clipped"] == clipped
 
 
+def test_clip_norm_of_a_float16_model_takes_its_norm_without_overflow() -> None:
+    """The squared norm (here 40,000) past float16's 65504 was Inf: every update went to 0."""
+    params = {"w": np.zeros(10_000, np.float16)}
+    step = chain(clip_norm(300.0), weighted_mean())
+    contributions = [
+        Contribution(cid, 1, delta={"w": np.full(10_000, value, np.float16)})
+        for cid, value in enumerate([1.0, 3.0, 4.0])  # norms 100, 300 and 400
+    ]
+    _, agg = run_round(step, step.init(params), 1, params, contributions)
+    assert agg is not None
+    assert agg.info == {"clipped": [2]}
+    new = agg.apply(params)
+    assert new["w"].dtype == np.float16
+    np.testing.assert_allclose(new["w"].astype(np.float64), (1.0 + 3.0 + 3.0) / 3, rtol=1e-3)
+
+
 def test_clip_norm_leaves_small_updates_untouched() -> None:
     params = {"w": np.zeros(2)}
     small = Contribution(0, 1, weights={"w": np.array([0.3, 0.4])})

@@ -479,3 +479,38 @@ def test_counts_computed_with_numpy_are_taken_like_python_ints() -> None:
     covey.secagg.ThreatModel(f(0.05), f(0.05))
     with pytest.warns(UserWarning, match="honest-but-curious"):
         covey.secagg.secure(covey.FedAvg(), clip_range=f(1.0), max_examples=n(100))
+
+
+class ArrayLoss(covey.Client):
+    """Reports its loss as a 0-d array, as ``loss.detach().numpy()`` gives it."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        new = {k: v + 1 for k, v in weights.items()}
+        metrics: dict[str, Any] = {"train_loss": np.array(self.cid + 1.0, dtype=np.float32)}
+        return FitResult(weights=new, num_examples=self.cid + 1, metrics=metrics)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> covey.EvaluateResult:
+        metrics: dict[str, Any] = {"accuracy": np.array(0.5 * self.cid)}
+        return covey.EvaluateResult(loss=1.0, num_examples=1, metrics=metrics)
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_0d_array_metrics_are_averaged_like_numbers(backend: str) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=1.0)
+    result = covey.simulate(
+        ArrayLoss,
+        2,
+        1,
+        strategy,
+        {"w": np.zeros(2)},
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=1,
+    )
+    record = result.history.rounds[1]
+    assert record.fit_metrics == {"train_loss": pytest.approx(5.0 / 3.0)}
+    assert record.evaluate_metrics == {"accuracy": 0.25}
+    flag: dict[str, Any] = {"flag": np.array(True)}
+    assert covey.strategies.weighted_metrics([(1, flag)]) == {}

@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 import scipy.sparse
 from sklearn.datasets import load_diabetes, load_digits
-from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRegressor
-from sklearn.neural_network import MLPRegressor
+from sklearn.linear_model import (
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    SGDClassifier,
+    SGDRegressor,
+)
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 from covey import Weights
-from covey.sklearn import SklearnClient, get_params, initial_params, set_params
+from covey.sklearn import SklearnClient, get_params, initial_params, prime, set_params
 
 CLASSES = list(range(10))
 
@@ -123,3 +129,75 @@ def test_column_vector_labels_count_as_one_label_per_example() -> None:
     assert float(evaluated.metrics["accuracy"]) > 0.8
     with pytest.raises(ValueError, match=r"y_train must hold one label per example"):
         SklearnClient(SGDClassifier(), x, np.c_[y, y], classes=CLASSES)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(
+    ("make", "targets"),
+    [
+        *REGRESSORS,
+        (LinearRegression, 1),
+        (LinearRegression, 2),
+        (lambda: MLPRegressor(hidden_layer_sizes=(4,), solver="lbfgs", max_iter=5), 1),
+        (lambda: MLPRegressor(hidden_layer_sizes=(4,), solver="lbfgs", max_iter=5), 2),
+    ],
+)
+def test_prime_gives_a_regressor_its_shapes(make: Callable[[], Any], targets: int) -> None:
+    data = load_diabetes()
+    x, y = data.data[:40], data.target[:40] / 100.0
+    if targets == 2:
+        y = np.c_[y, -y]
+    model = make()
+    prime(model, x, y)
+    start = initial_params(make(), x.shape[1], targets=targets)
+    assert {k: v.shape for k, v in get_params(model).items()} == {
+        k: v.shape for k, v in start.items()
+    }
+    set_params(model, {k: np.ones_like(v) for k, v in start.items()})
+    assert model.predict(x[:3]).shape == ((3,) if targets == 1 else (3, 2))
+    with pytest.raises(ValueError, match="is a regressor: prime it without classes"):
+        prime(make(), x, y, classes=[0, 1])
+    with pytest.raises(ValueError, match="SGDClassifier is a classifier"):
+        prime(SGDClassifier(), x, y > 1)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_an_lbfgs_mlp_classifier_trains_on_from_the_global_parameters() -> None:
+    x, y = _digits()
+    classes = [0, 1, 2]
+    keep = y < 3
+    x, y = x[keep], y[keep]
+
+    def make() -> MLPClassifier:
+        return MLPClassifier((8,), solver="lbfgs", max_iter=3, random_state=0)
+
+    start = initial_params(make(), x.shape[1], classes)
+    model = make()
+    prime(model, x[:10], y[:10], classes)
+    assert {k: v.shape for k, v in get_params(model).items()} == {
+        k: v.shape for k, v in start.items()
+    }
+    client = SklearnClient(make(), x, y, classes=classes)
+    fitted = client.fit(start, {"round": 1}).weights
+    assert fitted is not None
+    # a few lbfgs iterations from the start stay near it (a fresh fit would not)
+    moved = np.abs(fitted["coefs.0"] - start["coefs.0"]).mean()
+    assert 0 < moved < np.abs(start["coefs.0"]).mean()
+    assert float(client.evaluate(fitted, {}).metrics["accuracy"]) > 0.5
+    with pytest.raises(ValueError, match="retrains on the local labels alone"):
+        SklearnClient(make(), x[y < 2], y[y < 2], classes=classes).fit(start, {"round": 1})
+
+
+def test_a_warm_started_mlp_client_may_lack_a_class() -> None:
+    """MLPClassifier(warm_start=True).partial_fit refused labels lacking one of the classes."""
+    x, y = _digits()
+    keep = y < 2
+    classes = [0, 1, 2]
+
+    def make() -> MLPClassifier:
+        return MLPClassifier((8,), warm_start=True, random_state=0)
+
+    client = SklearnClient(make(), x[keep], y[keep], classes=classes)
+    fitted = client.fit(initial_params(make(), x.shape[1], classes), {"round": 1}).weights
+    assert fitted is not None
+    assert fitted["coefs.1"].shape == (8, 3)

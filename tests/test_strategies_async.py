@@ -369,3 +369,9 @@ def test_asynchronous_strategies_are_validated() -> None:
     assert strategy.asynchronous
     assert (strategy.buffer_size, strategy.max_staleness, strategy.num_fit(100)) == (5, 3, 20)
     assert not covey.FedAvg().asynchronous
+
+
+def test_a_concurrency_past_the_clients_is_named() -> None:
+    strategy = covey.FedBuff(buffer_size=2, concurrency=10)
+    with pytest.raises(ValueError, match=r"FedBuff's concurrency, min_fit_clients=10\) but num"):
+        covey.simulate(lambda cid: covey.Client(), 4, 1, strategy, {"w": np.zeros(2)})

@@ -52,3 +52,51 @@ def test_scaffolds_correction_leaves_frozen_parameters_without_a_gradient() -> N
     assert net[0].weight.grad is None
     assert net[0].bias.grad is None
     assert net[2].weight.grad is not None
+
+
+def _sparse_embedding_grad() -> nn.Embedding:
+    torch.manual_seed(0)
+    emb = nn.Embedding(6, 3, sparse=True)
+    emb(torch.tensor([1, 4, 1])).sum().backward()
+    assert emb.weight.grad is not None
+    assert emb.weight.grad.is_sparse
+    return emb
+
+
+def test_gradient_terms_reach_a_sparse_embedding_gradient() -> None:
+    """add_ of a dense term into a sparse gradient raised: FedProx failed every client."""
+    from covey.clients import torch_add_correction, torch_add_proximal_grad
+
+    emb = _sparse_embedding_grad()
+    grad = emb.weight.grad
+    assert grad is not None
+    dense = grad.to_dense()
+    anchor = {"weight": np.zeros((6, 3), np.float32)}
+    torch_add_proximal_grad(emb, anchor, 0.5)
+    grad = emb.weight.grad
+    assert grad is not None
+    assert not grad.is_sparse
+    expected = dense + 0.5 * emb.weight.detach()
+    torch.testing.assert_close(emb.weight.grad, expected)
+
+    emb = _sparse_embedding_grad()
+    correction = {"weight": np.full((6, 3), 0.25, np.float32)}
+    torch_add_correction(emb, correction)
+    torch.testing.assert_close(emb.weight.grad, dense + 0.25)
+
+
+def test_fedprox_trains_a_model_with_a_sparse_embedding() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 10, (16,), generator=g), torch.randint(0, 2, (16,), generator=g)
+    client = TorchClient(
+        net,
+        nn.CrossEntropyLoss(),
+        lambda p: torch.optim.SGD(p, lr=0.1),
+        DataLoader(TensorDataset(x, y), batch_size=4),
+    )
+    start = to_weights(net, copy=True)
+    delta = client.fit(start, {"round": 1, "proximal_mu": 0.1}).delta
+    assert delta is not None
+    assert np.any(delta["0.weight"])

@@ -261,9 +261,13 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
         if state.acc_weights is not None:
             # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
             for name, a in acc.items():
-                np.add(a, state.acc_weights[name], out=a)
-                if name in state.ints:  # summed as changes already
-                    continue
+                summed = state.acc_weights[name]
+                if params[name].dtype.kind == "b":
+                    # a delta of a mask is the entries that flip: sum n (w != g)
+                    summed = np.where(params[name], state.examples_weights - summed, summed)
+                np.add(a, summed, out=a)
+                if name in state.ints or params[name].dtype.kind == "b":
+                    continue  # summed as changes already
                 g = np.multiply(params[name], state.examples_weights, dtype=a.dtype)
                 np.subtract(a, g, out=a)
         # Non-float arrays get a rounded delta of their own dtype, so apply() works.

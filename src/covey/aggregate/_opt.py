@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,10 +30,21 @@ class _OptState(NamedTuple):
     steps: int = 0
 
 
-def _server_optimizer(name: str, rule: Rule, v0: float) -> Step:
+def _moments(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype an adaptive optimizer keeps its moments in: float32 for a float16 array.
+
+    A squared update past 256 overflows float16 (65504) to Inf, and ``m / sqrt(Inf)``
+    is a step of 0 (the model stops, silently); one below about 2e-4 underflows to 0.
+    """
+    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
+def _server_optimizer(name: str, rule: Rule, v0: float, *, wide: bool = False) -> Step:
     def init(params: Weights) -> State:
-        m = {k: np.zeros(p.shape, p.dtype) for k, p in params.items() if p.dtype.kind == "f"}
-        v = {k: np.full(p.shape, v0, p.dtype) for k, p in params.items() if p.dtype.kind == "f"}
+        floats = {k: p for k, p in params.items() if p.dtype.kind == "f"}
+        dtypes = {k: _moments(p.dtype) if wide else p.dtype for k, p in floats.items()}
+        m = {k: np.zeros(p.shape, dtypes[k]) for k, p in floats.items()}
+        v = {k: np.full(p.shape, v0, dtypes[k]) for k, p in floats.items()}
         return _OptState(None, m, v)
 
     def update(state: _OptState, event: Event) -> tuple[State, tuple[Event, ...]]:
@@ -111,11 +122,12 @@ def server_adam(
     lr, b1, b2, t = _adaptive_args("server_adam", eta, beta1, beta2, tau)
 
     def rule(d: Array, m: Array, v: Array) -> tuple[Array, Array, Array]:
-        m = (b1 * m + (1.0 - b1) * d).astype(d.dtype, copy=False)
-        v = (b2 * v + (1.0 - b2) * (d * d)).astype(d.dtype, copy=False)
+        x = d.astype(_moments(d.dtype), copy=False)
+        m = (b1 * m + (1.0 - b1) * x).astype(x.dtype, copy=False)
+        v = (b2 * v + (1.0 - b2) * (x * x)).astype(x.dtype, copy=False)
         return (lr * m / (np.sqrt(v) + t)).astype(d.dtype, copy=False), m, v
 
-    return _server_optimizer("server_adam()", rule, t * t)
+    return _server_optimizer("server_adam()", rule, t * t, wide=True)
 
 
 def server_yogi(
@@ -139,12 +151,13 @@ def server_yogi(
     lr, b1, b2, t = _adaptive_args("server_yogi", eta, beta1, beta2, tau)
 
     def rule(d: Array, m: Array, v: Array) -> tuple[Array, Array, Array]:
-        m = (b1 * m + (1.0 - b1) * d).astype(d.dtype, copy=False)
-        d2 = d * d
-        v = (v - (1.0 - b2) * d2 * np.sign(v - d2)).astype(d.dtype, copy=False)
+        x = d.astype(_moments(d.dtype), copy=False)
+        m = (b1 * m + (1.0 - b1) * x).astype(x.dtype, copy=False)
+        d2 = x * x
+        v = (v - (1.0 - b2) * d2 * np.sign(v - d2)).astype(x.dtype, copy=False)
         return (lr * m / (np.sqrt(v) + t)).astype(d.dtype, copy=False), m, v
 
-    return _server_optimizer("server_yogi()", rule, t * t)
+    return _server_optimizer("server_yogi()", rule, t * t, wide=True)
 
 
 def server_adagrad(eta: float = 1e-1, beta1: float = 0.0, tau: float = 1e-3) -> Step:
@@ -167,11 +180,12 @@ def server_adagrad(eta: float = 1e-1, beta1: float = 0.0, tau: float = 1e-3) -> 
     lr, b1, _, t = _adaptive_args("server_adagrad", eta, beta1, 0.0, tau)
 
     def rule(d: Array, m: Array, v: Array) -> tuple[Array, Array, Array]:
-        m = (b1 * m + (1.0 - b1) * d).astype(d.dtype, copy=False)
-        v = (v + d * d).astype(d.dtype, copy=False)
+        x = d.astype(_moments(d.dtype), copy=False)
+        m = (b1 * m + (1.0 - b1) * x).astype(x.dtype, copy=False)
+        v = (v + x * x).astype(x.dtype, copy=False)
         return (lr * m / (np.sqrt(v) + t)).astype(d.dtype, copy=False), m, v
 
-    return _server_optimizer("server_adagrad()", rule, t * t)
+    return _server_optimizer("server_adagrad()", rule, t * t, wide=True)
 
 
 def _fraction(value: float, what: str) -> float:

@@ -128,6 +128,9 @@ def torch_add_proximal_grad(module: Any, global_params: Mapping[str, Any], mu: f
 
     Frozen parameters (``requires_grad=False``) are left without a gradient: given
     one, even of zeros, an optimizer's weight decay or momentum would move them.
+    A sparse gradient (``nn.Embedding(sparse=True)``) becomes dense, as the
+    term's gradient is (an optimizer for sparse gradients only, ``SparseAdam``,
+    then refuses it).
 
     Args:
         module: The ``torch.nn.Module`` being trained.
@@ -145,5 +148,7 @@ def torch_add_proximal_grad(module: Any, global_params: Mapping[str, Any], mu: f
                 continue
             if p.grad is None:
                 p.grad = mu * (p.detach() - anchors[name])
+            elif p.grad.is_sparse:  # nn.Embedding(sparse=True): the term reaches every row
+                p.grad = torch.add(mu * (p.detach() - anchors[name]), p.grad)
             else:
                 p.grad.add_(p.detach() - anchors[name], alpha=mu)

@@ -201,6 +201,8 @@ def torch_add_correction(module: Any, correction: Mapping[str, Any]) -> None:
 
     Frozen parameters (``requires_grad=False``) are left without a gradient: given
     one, even of zeros, an optimizer's weight decay or momentum would move them.
+    A sparse gradient (``nn.Embedding(sparse=True)``) becomes dense, as the
+    correction is.
 
     Args:
         module: The ``torch.nn.Module`` being trained (parameters named as in the weights).
@@ -216,5 +218,7 @@ def torch_add_correction(module: Any, correction: Mapping[str, Any]) -> None:
                 continue
             if p.grad is None:
                 p.grad = values[name].clone()
+            elif p.grad.is_sparse:  # nn.Embedding(sparse=True): the correction is dense
+                p.grad = torch.add(values[name], p.grad)
             else:
                 p.grad.add_(values[name])

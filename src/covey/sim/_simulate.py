@@ -152,12 +152,19 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             )
         )
     if count > num_clients:
+        # FedBuff(concurrency=c) sets min_fit_clients=c with fraction_fit=0
+        by_concurrency = strategy.asynchronous and not strategy.fraction_fit
+        by = "FedBuff's concurrency, " if by_concurrency else ""
         raise ValueError(
-            f"the strategy samples at least {count} clients per round "
+            (
+                f"the strategy keeps at least {count} clients training at once "
+                if strategy.asynchronous
+                else f"the strategy samples at least {count} clients per round "
+            )
             + (
                 f"({counter} says so)"
                 if counter
-                else f"(min_fit_clients={strategy.min_fit_clients})"
+                else f"({by}min_fit_clients={strategy.min_fit_clients})"
             )
             + f" but num_clients={num_clients}"
         )

@@ -12,7 +12,7 @@ from covey.clients import Client
 from covey.clients._quiet import ignoring
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
-from covey.sklearn._params import _outputs, features, get_params, prime, set_params
+from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -111,7 +111,9 @@ class SklearnClient(Client):
 
     The fit config may override ``"epochs"`` per round. A model without
     ``partial_fit`` (``LogisticRegression``) needs every class in each
-    client's training data; with ``partial_fit`` a client may lack some.
+    client's training data; with ``partial_fit`` a client may lack some (an
+    MLP's ``warm_start``, which would refuse such a client, is switched off:
+    ``partial_fit`` trains on from the global parameters anyway).
 
     ``sample_weight`` (one weight per training example) is passed to every
     ``partial_fit`` (or ``fit``) call and weights ``train_accuracy``; an
@@ -184,6 +186,10 @@ class SklearnClient(Client):
                     "cannot train on from the global parameters"
                 )
             model.set_params(warm_start=True)
+        elif is_mlp(model) and model.get_params().get("warm_start"):
+            # partial_fit trains on from the parameters set anyway; an MLP's warm_start
+            # only makes it refuse local labels that lack one of the classes
+            model.set_params(warm_start=False)
         method = "partial_fit" if hasattr(model, "partial_fit") else "fit"
         self.sample_weight = _sample_weight(sample_weight, model, method, len(self.y_train))
 

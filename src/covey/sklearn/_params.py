@@ -206,25 +206,47 @@ def initial_params(
     }
 
 
-def prime(model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]) -> None:
+def prime(
+    model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any] | None = None
+) -> None:
     """Give an unfitted model its structure (classes, layers) so parameters can be set.
 
     Models with ``partial_fit`` take one pass over ``x, y``, with every class
-    named; others (``LogisticRegression``) get ``classes_``, ``coef_`` and
-    ``intercept_`` of zeros. Either way :func:`set_params` then overwrites
-    what was learned. A model already fitted is left alone.
+    named (an MLP with ``solver="lbfgs"`` takes the layers of a copy that does);
+    others (``LogisticRegression``, ``LinearRegression``, ``Ridge``) get
+    ``coef_`` and ``intercept_`` of zeros (and a classifier its ``classes_``).
+    Either way :func:`set_params` then overwrites what was learned. A model
+    already fitted is left alone.
 
     Args:
         model: The estimator.
         x: Local features (only their shape matters for the result).
-        y: Local labels.
+        y: Local labels, or a regressor's targets (one column, or one per target).
         classes: Every class label of the federation, so that a client that
-            lacks some of them still has the global model's shape.
+            lacks some of them still has the global model's shape; None for a
+            regressor.
+
+    Raises:
+        ValueError: A classifier without ``classes``, or a regressor with them.
     """
+    from sklearn.base import is_regressor
+
     fitted = hasattr(model, "coefs_") if is_mlp(model) else hasattr(model, "coef_")
     if fitted:
         return
     x_arr = features(x)
+    if is_regressor(model):
+        if classes is not None:
+            raise ValueError(
+                f"{type(model).__name__} is a regressor: prime it without classes (classes=None)"
+            )
+        _prime_regressor(model, x_arr, np.asarray(y))
+        return
+    if classes is None:
+        raise ValueError(f"{type(model).__name__} is a classifier: give every class as classes=")
+    if is_mlp(model) and not hasattr(model, "partial_fit"):
+        _prime_mlp(model, x_arr, np.asarray(y), classes)
+        return
     if hasattr(model, "partial_fit"):
         model.partial_fit(x_arr, np.asarray(y), classes=np.asarray(classes))
         return
@@ -235,3 +257,37 @@ def prime(model: Any, x: npt.ArrayLike, y: npt.ArrayLike, classes: Sequence[Any]
     model.n_features_in_ = x_arr.shape[1]
     if not set(np.unique(np.asarray(y)).tolist()) <= set(model.classes_.tolist()):
         raise WeightsError("local labels include classes outside `classes`")
+
+
+def _prime_regressor(model: Any, x: Any, y: npt.NDArray[Any]) -> None:
+    """A regressor's structure: one ``partial_fit`` pass, or zeros in its fitted shapes."""
+    if hasattr(model, "partial_fit"):  # an MLPRegressor has it whatever its solver
+        model.partial_fit(x, y)
+        return
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim == 1:  # scikit-learn's shapes for one target: coef (features,), a float intercept
+        model.coef_ = np.zeros(x.shape[1])
+        model.intercept_ = 0.0
+    else:
+        model.coef_ = np.zeros((y.shape[1], x.shape[1]))
+        model.intercept_ = np.zeros(y.shape[1])
+    model.n_features_in_ = x.shape[1]
+
+
+def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) -> None:
+    """An MLP classifier without ``partial_fit`` (``solver="lbfgs"``): its layers, from a twin.
+
+    A copy of the model with ``solver="sgd"`` takes one ``partial_fit`` pass (with every
+    class named), and the model takes that copy's fitted state (layers, classes, output
+    activation), so that a warm-started ``fit`` trains on from the parameters set.
+    """
+    from sklearn.base import clone
+
+    # warm_start off: with it, a first partial_fit would refuse local labels lacking a class
+    twin = clone(model).set_params(solver="sgd", warm_start=False)
+    twin.partial_fit(x, y, classes=np.asarray(classes))
+    hyperparameters = model.get_params(deep=False)
+    for name, value in vars(twin).items():
+        if name not in hyperparameters:
+            setattr(model, name, value)

@@ -20,7 +20,8 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
 
     Returns:
         For each numeric metric, ``sum_k n_k m_k / sum_k n_k`` over the clients
-        that reported it; non-numeric metrics are left out.
+        that reported it; a 0-d array counts as its number (``loss.detach().numpy()``
+        gives one); other metrics (bools, strings, arrays of values) are left out.
 
     Example:
         >>> weighted_metrics([(10, {"acc": 1.0}), (30, {"acc": 0.0})])
@@ -29,7 +30,10 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for n, metrics in results:
-        for key, value in metrics.items():
+        for key, raw in metrics.items():
+            value: object = raw  # an array too: the transports carry numeric arrays
+            if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+                value = value.item()
             if isinstance(value, bool) or not isinstance(value, int | float | np.number):
                 continue
             sums[key] = sums.get(key, 0.0) + n * float(value)
