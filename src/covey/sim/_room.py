@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -101,33 +100,20 @@ def for_task(client: Any, task: Task, prefix: str) -> Room | None:
         return None
     try:
         size = _codec.encoded_size(weights)
-        if _aligned(size) <= _shm.INLINE_BYTES:
+        if _shm.aligned(size) <= _shm.INLINE_BYTES:
             return None
         return _make(prefix, weights, size)
     except (OSError, ValueError):
         return None
 
 
-def _aligned(n: int) -> int:
-    return (n + 63) // 64 * 64
-
-
 def _make(prefix: str, weights: Mapping[str, Array], size: int) -> Room:
-    total = _aligned(size)
-    fd, path = tempfile.mkstemp(prefix=prefix, dir=_shm.shm_dir())
-    try:
-        os.ftruncate(fd, total)
-        _shm.reserve(fd, total, path)
+    total = _shm.aligned(size)
+    with _shm.new_file(prefix, total) as (fd, path):
         mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED | _shm.POPULATE)
         buffer = memoryview(mm)
         _codec.encode_into(weights, buffer[:size])
         views = _codec.decode(buffer[:size], verify=False)
         for view in views.values():
             view.flags.writeable = True  # over the writable mapping: the client's to change
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
     return Room(path, size, buffer, views)

@@ -23,7 +23,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +58,7 @@ def shm_dir() -> str:
     return tempfile.gettempdir()
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
@@ -94,21 +94,34 @@ def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
         The file's path and each part's encoded size (each part starts 64-byte aligned).
     """
     sizes = [_codec.encoded_size(part) for part in parts]
-    total = sum(_aligned(s) for s in sizes)
+    total = sum(aligned(s) for s in sizes)
+    # Faulting every page in at once is cheaper than one fault per page while encoding.
+    with (
+        new_file(prefix, total) as (fd, path),
+        mmap.mmap(fd, total, flags=mmap.MAP_SHARED | POPULATE) as mm,
+    ):
+        _encode_parts(parts, sizes, mm)
+    return path, sizes
+
+
+@contextlib.contextmanager
+def new_file(prefix: str, size: int) -> Iterator[tuple[int, str]]:
+    """A new shared-memory file of ``size`` bytes, its space reserved: ``(descriptor, path)``.
+
+    The descriptor is closed on leaving the block; the file is removed if the block
+    (or the reservation) raises.
+    """
     fd, path = tempfile.mkstemp(prefix=prefix, dir=shm_dir())
     try:
-        os.ftruncate(fd, total)
-        reserve(fd, total, path)
-        # Faulting every page in at once is cheaper than one fault per page while encoding.
-        with mmap.mmap(fd, total, flags=mmap.MAP_SHARED | POPULATE) as mm:
-            _encode_parts(parts, sizes, mm)
+        os.ftruncate(fd, size)
+        reserve(fd, size, path)
+        yield fd, path
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
     finally:
         os.close(fd)
-    return path, sizes
 
 
 def map_file(path: str, sizes: list[int], *, unlink: bool) -> list[dict[str, Array]]:
@@ -133,7 +146,7 @@ def map_file(path: str, sizes: list[int], *, unlink: bool) -> list[dict[str, Arr
                 os.unlink(path)
     try:
         size = os.fstat(fd).st_size
-        total = sum(_aligned(s) for s in sizes)
+        total = sum(aligned(s) for s in sizes)
         if any(s < 1 for s in sizes) or total != size:
             raise _codec.CodecError(f"parts of {sizes} bytes do not fit a file of {size} bytes")
         flags = mmap.MAP_SHARED | (POPULATE if unlink else 0)  # a reply is read in full
@@ -146,7 +159,7 @@ def map_file(path: str, sizes: list[int], *, unlink: bool) -> list[dict[str, Arr
     for s in sizes:
         # Our own worker wrote it: the header's checksum is checked, the payload's is not.
         out.append(_codec.decode(view[offset : offset + s], verify=False))
-        offset += _aligned(s)
+        offset += aligned(s)
     return out
 
 
@@ -208,7 +221,7 @@ def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | N
                 if room is not None:  # another result: the room goes before the copy is made
                     room.release()
                 sizes = [_codec.encoded_size(part) for part in present]
-                total = sum(_aligned(size) for size in sizes)
+                total = sum(aligned(size) for size in sizes)
                 if total <= INLINE_BYTES:
                     blob = bytearray(total)
                     _encode_parts(present, sizes, blob)
@@ -243,7 +256,7 @@ def _encode_parts(parts: list[Weights], sizes: list[int], out: Any) -> None:
     try:
         for part, size in zip(parts, sizes, strict=True):
             _codec.encode_into(part, view[offset : offset + size])
-            offset += _aligned(size)
+            offset += aligned(size)
     finally:
         view.release()
 
@@ -304,20 +317,20 @@ def _part_sizes(message: Mapping[str, Any]) -> dict[str, int]:
 
 def _inline_parts(blob: memoryview, sizes: list[int]) -> list[dict[str, Array]]:
     """Decode parts that followed a reply's JSON, from a 64-byte aligned copy (it is small)."""
-    total = sum(_aligned(s) for s in sizes)
+    total = sum(aligned(s) for s in sizes)
     if any(s < 1 for s in sizes) or total != len(blob):
         raise _wire.WireError(
             f"a worker's reply carries {len(blob)} bytes of arrays, not the {total} it announces"
         )
     room = np.empty(total + 64, dtype=np.uint8)
     start = -room.ctypes.data % 64
-    aligned = room[start : start + total]
-    aligned[:] = np.frombuffer(blob, dtype=np.uint8)
-    view = memoryview(aligned.data).toreadonly()
+    copy = room[start : start + total]
+    copy[:] = np.frombuffer(blob, dtype=np.uint8)
+    view = memoryview(copy.data).toreadonly()
     out, offset = [], 0
     for size in sizes:
         out.append(_codec.decode(view[offset : offset + size]))
-        offset += _aligned(size)
+        offset += aligned(size)
     return out
 
 
