@@ -23,6 +23,21 @@ def stored_address(opened: RunStore) -> str:
     return address
 
 
+def check_resumable(opened: RunStore, rounds: int) -> None:
+    """Refuse to resume a finished run with no more rounds than it ran: nothing is left to do.
+
+    Otherwise the server would listen and wait for clients to train no round.
+    """
+    last = opened.last_round() or 0
+    if opened.info()["status"] == "finished" and rounds <= last:
+        raise ValueError(
+            f"the run in {opened.run_dir} is finished (round {last} was its last): there is "
+            f"nothing to resume with rounds={rounds}; to train it on, resume it with more "
+            f"rounds than {last} (serve(rounds=...), covey server --rounds), or give a new "
+            "run a folder of its own"
+        )
+
+
 def check_settings(
     rounds: int, round_timeout: float | None, wait_timeout: float | None, heartbeat: float
 ) -> None:
