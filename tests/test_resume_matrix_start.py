@@ -116,6 +116,7 @@ def test_a_run_on_port_zero_records_the_port_it_got_so_a_resume_listens_there(
     )
     with RunStore.open(run_dir) as store:
         assert store.config["address"] == f"127.0.0.1:{ports[0]}"
+        store.set_status("failed")  # stopped, so that 0 rounds resume it
     serve(
         covey.FedAvg(),
         0,

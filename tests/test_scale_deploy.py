@@ -57,6 +57,23 @@ def test_a_strategy_needing_more_clients_than_the_server_takes_is_refused_at_onc
     assert named in str(caught.value)
 
 
+def test_a_robust_rule_no_round_can_satisfy_is_refused_and_one_few_may_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # With at most 4 clients connected, Krum(f=1) (5 per round) could never run: the
+    # server used to wait for clients and then leave the model unchanged every round.
+    strategy = covey.Krum(f=1, fraction_evaluate=0.0, min_fit_clients=2, min_available_clients=2)
+    with pytest.raises(ValueError, match="Krum with f=1 needs at least 2f") as caught:
+        serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, max_clients=4, wait_timeout=1)
+    assert "samples at most 4 (max_clients=4" in str(caught.value)
+    # More clients joining may meet it: a warning at start, then the run goes on.
+    with caplog.at_level(logging.WARNING, logger="covey"), pytest.raises(covey.FederationError):
+        serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, wait_timeout=0.5)
+    warned = [r.getMessage() for r in caplog.records if "Krum with f=1" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "it samples 2 and leaves the model unchanged" in warned[0]
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
 def test_max_clients_that_is_no_count_of_clients_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="max_clients"):

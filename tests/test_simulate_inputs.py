@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import Any
@@ -11,7 +12,16 @@ import pytest
 
 import covey
 from covey import EvaluateResult, FitResult
-from covey.aggregate import AggregationError, Contribution, Event, Step, chain, weighted_mean
+from covey.aggregate import (
+    AggregationError,
+    Contribution,
+    Event,
+    Step,
+    chain,
+    clip_norm,
+    krum,
+    weighted_mean,
+)
 
 
 class Counting(covey.Client):
@@ -152,6 +162,40 @@ def test_bad_simulate_options_are_refused_before_any_round(
     with pytest.raises(ValueError, match=re.escape(message)):
         covey.simulate(client_fn, 4, 1, initial_weights={"w": np.zeros(2)}, **kwargs)
     assert built == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        (covey.Krum(f=1), "Krum with f=1 needs at least 2f+3 = 5 clients per round"),
+        (covey.MultiKrum(f=1), "Multi-Krum with f=1 needs at least 2f+3 = 5 clients per round"),
+        (covey.Bulyan(f=0), "Bulyan with f=0 needs at least 4f+3 = 3 clients per round"),
+        (
+            covey.Strategy(aggregator=chain(clip_norm(1.0), krum(1))),
+            "Krum with f=1 needs at least 2f+3 = 5 clients per round",
+        ),
+    ],
+)
+def test_a_robust_rule_whose_need_no_round_meets_is_refused_before_any_round(
+    strategy: covey.Strategy, message: str
+) -> None:
+    # It used to run every round as a logged no-op and return the initial model.
+    built: list[int] = []
+
+    def client_fn(cid: int) -> covey.Client:
+        built.append(cid)
+        return PlusOne()
+
+    strategy = dataclasses.replace(strategy, fraction_evaluate=0.0, min_fit_clients=2)
+    num_clients = 2 if strategy.name == "Bulyan" else 3
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        covey.simulate(client_fn, num_clients, 2, strategy, {"w": np.zeros(2)})
+    assert f"this run samples {num_clients}" in str(caught.value)
+    assert strategy.name in str(caught.value)
+    assert built == []
+    # Enough clients: the rule runs and moves the model.
+    result = covey.simulate(lambda cid: PlusOne(), 7, 1, strategy, {"w": np.zeros(2)})
+    assert result.weights["w"].tolist() != [0.0, 0.0]
 
 
 @pytest.mark.parametrize("strategy", [covey.FedAvg(fraction_evaluate=0.0), covey.FedBuff()])

@@ -645,3 +645,49 @@ def test_a_process_backend_config_array_no_worker_reads_names_its_entry(
     result = covey.simulate(Echo, 2, 1, strategy, init(), backend="process", num_workers=1)
     (failure,) = result.history.rounds[1].failures
     assert failure.error == f"cannot send the fit task to client 0: its config: {said}"
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1.0
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+DEEP_SAID = "its config: nested deeper than 32 levels, the limit (at 'tree')"
+
+
+def test_a_process_backend_config_nested_too_deep_names_its_entry() -> None:
+    """It used to be sent and refused by the worker ("message nested deeper ..."), naming no key."""
+
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return {"lr": 0.1, "tree": _nested(40)} if client.cid == 0 else {"tree": _nested(31)}
+
+    strategy = covey.FedAvg(min_fit_clients=1, fraction_evaluate=0.0, on_client_fit_config=own)
+    result = covey.simulate(Echo, 2, 1, strategy, init(), backend="process", num_workers=1)
+    (failure,) = result.history.rounds[1].failures
+    assert failure.error == f"cannot send the fit task to client 0: {DEEP_SAID}"
+    assert result.history.rounds[1].fit_participants == [1]  # 32 levels deep is fine
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_config_nested_too_deep_fails_that_client_only_naming_its_entry() -> None:
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return {"tree": _nested(40)} if client.cid == 0 else {"tree": _nested(31)}
+
+    strategy = covey.FedAvg(
+        min_fit_clients=1, min_available_clients=2, fraction_evaluate=0.0, on_client_fit_config=own
+    )
+    run = Served(strategy, 1, round_timeout=60.0, initial_weights=init())
+    joined = [Joined(run.port, Echo(k), name=f"site-{k}") for k in range(2)]
+    try:
+        history = run.join(120).history
+    finally:
+        for j in joined:
+            j.join(30)
+    for j in joined:
+        assert j.error is None
+    (failure,) = history.rounds[1].failures
+    assert failure.error.startswith("cannot send the fit task to client site-")
+    assert failure.error.endswith(DEEP_SAID)
+    assert len(history.rounds[1].fit_participants) == 1

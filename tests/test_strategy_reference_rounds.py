@@ -158,10 +158,12 @@ def test_when_every_client_fails() -> None:
     [(covey.Krum(f=2), 7), (covey.MultiKrum(f=3), 9), (covey.Bulyan(f=1), 7)],
     ids=lambda x: getattr(x, "name", str(x)),
 )
-def test_a_robust_rule_with_f_too_large_keeps_the_model_and_says_why(
+def test_a_robust_rule_short_of_contributions_keeps_the_model_and_says_why(
     strategy: covey.Strategy, needed: int
 ) -> None:
-    result = run(strategy, SIZES[:5], rounds=2)
+    # Enough clients are sampled (too few are refused before any round), but some fail:
+    # only 5 contributions reach the rule.
+    result = run(strategy, SIZES[:needed], rounds=2, fail=range(5, needed))
     for record in result.history.rounds[1:]:
         assert not record.aggregated
         assert f"needs at least {needed} contributions, got 5" in record.aggregate_info["error"]

@@ -283,6 +283,7 @@ def chain(*steps: Step) -> Step:
     if len(steps) == 1:
         return steps[0]
     fixed = tuple(steps)
+    needs = [need for need in map(min_contributions, fixed) if need is not None]
 
     def init(params: Weights) -> State:
         return tuple(step.init(params) for step in fixed)
@@ -292,7 +293,29 @@ def chain(*steps: Step) -> Step:
             return _chain_begin(fixed, state, event)
         return _chain_event(fixed, state, event)
 
-    return Step(init, update)
+    step = Step(init, update)
+    return requiring(step, *max(needs, key=lambda need: need[0])) if needs else step
+
+
+_NEED = "_covey_min_contributions"
+
+
+def requiring(step: Step, count: int, why: str) -> Step:
+    """``step``, marked as needing at least ``count`` contributions per round to do anything.
+
+    ``why`` says so in words (e.g. ``"Krum with f=1 needs at least 2f+3 = 5"``); a run
+    that can never sample that many clients per round is refused before it starts.
+    """
+    setattr(step.update, _NEED, (count, why))
+    return step
+
+
+def min_contributions(step: Step) -> tuple[int, str] | None:
+    """``(count, why)``: the contributions per round ``step`` needs, if it says (see requiring)."""
+    need = getattr(step.update, _NEED, None)
+    if isinstance(need, tuple) and len(need) == 2:
+        return int(need[0]), str(need[1])
+    return None
 
 
 def _chain_begin(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from covey.aggregate._base import AggregationError, Step
+from covey.aggregate._base import AggregationError, Step, requiring
 from covey.aggregate._flat import Vector, check_count
 from covey.aggregate._robust import Combined, Matrix, buffered
 
@@ -75,7 +75,9 @@ def krum(f: int) -> Step:
         best = int(np.argmin(scores))
         return updates[best].copy(), {"selected": [cids[best]]}
 
-    return buffered("krum()", combine)
+    need = 2 * byzantine + 3
+    why = f"Krum with f={f} needs at least 2f+3 = {need}"
+    return requiring(buffered("krum()", combine), need, why)
 
 
 def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
@@ -111,7 +113,9 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
             return (w @ updates[chosen]) / w.sum(), info
         return updates[chosen].mean(axis=0), info
 
-    return buffered("multi_krum()", combine)
+    need = 2 * byzantine + 3
+    why = f"Multi-Krum with f={f} needs at least 2f+3 = {need}"
+    return requiring(buffered("multi_krum()", combine), need, why)
 
 
 def bulyan(f: int) -> Step:
@@ -142,7 +146,9 @@ def bulyan(f: int) -> Step:
         info = {"selected": sorted(cids[i] for i in selected)}
         return bulyan_coordinates(updates[selected], byzantine), info
 
-    return buffered("bulyan()", combine)
+    need = 4 * byzantine + 3
+    why = f"Bulyan with f={f} needs at least 4f+3 = {need}"
+    return requiring(buffered("bulyan()", combine), need, why)
 
 
 def bulyan_select(dist: Matrix, f: int) -> list[int]:

@@ -21,7 +21,7 @@ from covey.deploy._cli_errors import (
     required_params,
 )
 from covey.deploy._cli_logs import setup_logging
-from covey.deploy._cli_resume import resume_hint, saved_model
+from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
 
 # Every line whole: a server's or client's output is often a log file or a journal,
 # where a line cut at 80 columns becomes two entries.
@@ -158,7 +158,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         stop_on_sigterm()
         result = serve(
             server_app.strategy,
-            int(_pick(flags["rounds"], s, "rounds", server_app.rounds)),
+            _rounds(server_app, flags),
             # serve calls it (resuming: to check its layout against the run's model,
             # or to start again a run killed before round 0 was saved), and so keeps
             # the only reference to the step-0 model
@@ -218,6 +218,14 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json{' and plot.png' if plot else ''} in {escape(str(run))}"
     )
+
+
+def _rounds(server_app: Any, flags: dict[str, Any]) -> int:
+    """``--rounds`` (or the config's), else a resumed run's own count, else the app's."""
+    if flags["rounds"] is not None:
+        return int(flags["rounds"])
+    recorded = recorded_rounds(flags["run"]) if flags["resuming"] else None
+    return int(server_app.rounds if recorded is None else recorded)
 
 
 def _show_model(run: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from shlex import quote
 
-__all__ = ["resume_hint", "saved_model", "saved_round"]
+__all__ = ["recorded_rounds", "resume_hint", "saved_model", "saved_round"]
 
 
 def saved_round(run: Path) -> bool:
@@ -21,6 +21,31 @@ def saved_round(run: Path) -> bool:
             return store.last_round() is not None
     except (OSError, ValueError, sqlite3.Error):
         return False
+
+
+def recorded_rounds(run: Path) -> int | None:
+    """The round count the run in ``run`` was started (or last resumed) with; None if unknown.
+
+    A resumed run given no ``--rounds`` goes on to it, not to the app's own count.
+    """
+    import json
+    import sqlite3
+
+    from covey.core._history import History
+
+    try:  # history.json holds the count of the latest resume, run.sqlite the first
+        rounds = json.loads((run / History.FILE_NAME).read_text())["config"]["rounds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        rounds = None
+    if rounds is None:
+        from covey.server._store import RunStore
+
+        try:
+            with RunStore.open(run) as store:
+                rounds = store.config.get("rounds")
+        except (OSError, ValueError, sqlite3.Error):
+            return None
+    return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None
 
 
 def saved_model(run: Path) -> str | None:

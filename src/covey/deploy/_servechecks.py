@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 from covey.server._store import RunStore
+from covey.strategies._checks import unmet_rule_need
 from covey.strategies._strategy import Strategy
+
+logger = logging.getLogger("covey")
 
 
 def stored_address(opened: RunStore) -> str:
@@ -17,6 +21,21 @@ def stored_address(opened: RunStore) -> str:
             "covey, or by RunStore.create): give one, serve(address=...) or --address"
         )
     return address
+
+
+def check_resumable(opened: RunStore, rounds: int) -> None:
+    """Refuse to resume a finished run with no more rounds than it ran: nothing is left to do.
+
+    Otherwise the server would listen and wait for clients to train no round.
+    """
+    last = opened.last_round() or 0
+    if opened.info()["status"] == "finished" and rounds <= last:
+        raise ValueError(
+            f"the run in {opened.run_dir} is finished (round {last} was its last): there is "
+            f"nothing to resume with rounds={rounds}; to train it on, resume it with more "
+            f"rounds than {last} (serve(rounds=...), covey server --rounds), or give a new "
+            "run a folder of its own"
+        )
 
 
 def check_settings(
@@ -57,4 +76,37 @@ def check_capacity(strategy: Strategy, max_clients: int) -> None:
             f"the strategy waits for {most} clients connected at once ({name}={most}) but "
             f"the server takes at most max_clients={max_clients}: raise it "
             f"(serve(max_clients=...), covey server --max-clients) or lower {name}"
+        )
+    _check_rule_need(strategy, max_clients)
+
+
+def _check_rule_need(strategy: Strategy, max_clients: int) -> None:
+    """Refuse a rule that no round can satisfy, even with ``max_clients`` connected.
+
+    A round waits for the strategy's minimums connected; if that few would sample
+    fewer clients than the rule needs, more clients joining may still fix it: a
+    warning then, not a refusal.
+    """
+    unmet = unmet_rule_need(strategy, max_clients)
+    if unmet is not None:
+        raise ValueError(
+            f"{strategy.name} would leave the model unchanged every round: {unmet[1]} "
+            f"clients per round, but a round samples at most {unmet[2]} (max_clients="
+            f"{max_clients}, fraction_fit={strategy.fraction_fit}, min_fit_clients="
+            f"{strategy.min_fit_clients}): raise max_clients or fraction_fit"
+        )
+    least = max(strategy.min_available_clients, strategy.min_fit_clients, 1)
+    unmet = unmet_rule_need(strategy, least)
+    if unmet is not None:
+        logger.warning(
+            "%s: %s clients per round, but with the %d clients a round waits for "
+            "(min_available_clients=%d, min_fit_clients=%d) it samples %d and leaves the "
+            "model unchanged; raise min_fit_clients or min_available_clients to %d",
+            strategy.name,
+            unmet[1],
+            least,
+            strategy.min_available_clients,
+            strategy.min_fit_clients,
+            unmet[2],
+            unmet[0],
         )

@@ -16,7 +16,12 @@ from covey.core._history import History, RoundRecord
 from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
-from covey.deploy._servechecks import check_capacity, check_settings, stored_address
+from covey.deploy._servechecks import (
+    check_capacity,
+    check_resumable,
+    check_settings,
+    stored_address,
+)
 from covey.deploy._tls import server_tls
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line
 from covey.server._factory import Loop, open_loop, run_config
@@ -116,7 +121,9 @@ def serve(
         insecure: Serve without TLS (local experiments only; a warning is logged).
         run_dir: Where the run's state lives (SQLite + safetensors per round);
             None keeps nothing on disk.
-        resume: Continue the run in ``run_dir`` from its last completed round.
+        resume: Continue the run in ``run_dir`` from its last completed round, up
+            to ``rounds`` (recorded as the run's round count). A finished run is
+            continued only with more ``rounds`` than it ran (else ValueError).
         seed: Seeds client sampling.
         round_timeout: Seconds clients have to reply in a round; late replies are discarded.
         wait_timeout: Seconds to wait for enough clients before a round.
@@ -159,6 +166,8 @@ def serve(
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         same_strategy(opened, strategy)
         scheme = _scheme(compression, opened, strategy)
+        if opened is not None:  # a different strategy or compression is named first
+            check_resumable(opened, rounds)
         if address is None:
             address = "127.0.0.1:9092" if opened is None else stored_address(opened)
         check_address(address, listen=True)
@@ -404,7 +413,10 @@ def _open_run(
     """Create the run's store, or take the reopened one to resume after its last round."""
     if opened is not None:
         point = resume_point(opened, initial_weights)
-        return _Run(opened, point.weights, point.config, point.start, point.history, point.state)
+        config = {**point.config, "rounds": rounds}  # a resumed run may go on for more rounds
+        if point.history is not None:
+            point.history.config = config
+        return _Run(opened, point.weights, config, point.start, point.history, point.state)
     if callable(initial_weights):
         initial_weights = initial_weights()
     if initial_weights is None:

@@ -26,6 +26,7 @@ from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.sim._start import check_start_method
+from covey.strategies._checks import unmet_rule_need
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -174,6 +175,13 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             f"num_clients={num_clients}"
         )
     _check_evaluate_count(strategy, num_clients)
+    unmet = unmet_rule_need(strategy, num_clients)
+    if unmet is not None:
+        raise ValueError(
+            f"{strategy.name} would leave the model unchanged every round: {unmet[1]} clients "
+            f"per round, but this run samples {unmet[2]} (num_clients={num_clients}, "
+            f"fraction_fit={strategy.fraction_fit}, min_fit_clients={strategy.min_fit_clients})"
+        )
     return strategy
 
 

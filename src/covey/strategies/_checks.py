@@ -78,3 +78,22 @@ def checked_count(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise TypeError(f"{what} must return a number of clients (an int >= 0), got {value!r}")
     return int(value)
+
+
+def unmet_rule_need(strategy: Any, connected: int) -> tuple[int, str, int] | None:
+    """``(need, why, sampled)`` if the aggregation rule needs more clients than a round samples.
+
+    ``sampled`` is the most clients a synchronous round samples with ``connected``
+    clients connected (all of them with a ``selector``); ``need`` and ``why`` are
+    the rule's own (see :func:`covey.aggregate._base.requiring`). None if the rule
+    asks nothing, the strategy is asynchronous or the need is met.
+    """
+    from covey.aggregate._base import min_contributions
+
+    need = min_contributions(strategy.aggregator)
+    if need is None or strategy.asynchronous:
+        return None
+    sampled = connected
+    if strategy.selector is None:
+        sampled = min(strategy.client_count("fit", connected), connected)
+    return (need[0], need[1], sampled) if sampled < need[0] else None

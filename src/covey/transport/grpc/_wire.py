@@ -229,7 +229,8 @@ def dumps_within(value: Any, limits: WireLimits) -> bytes:
     A string or ``bytes`` value over ``limits.max_string`` characters, an array
     whose elements take the message's arrays over ``limits.max_elements``, or an
     array of a dtype a peer refuses is refused before it is encoded, naming
-    where it is; JSON over ``limits.max_bytes`` is refused before it is sent,
+    where it is; a value nested deeper than ``limits.max_depth`` is refused
+    naming its top-level key; JSON over ``limits.max_bytes`` is refused before it is sent,
     naming the largest entry of a mapping and that entry's size.
 
     Raises:
@@ -244,7 +245,11 @@ def dumps_within(value: Any, limits: WireLimits) -> bytes:
         ...     print(exc)
         23 bytes of JSON exceed the limit of 16; the largest entry takes 11 bytes (at 'a')
     """
-    tree = _to_json(value, limits.max_string, _Elements(limits.max_elements))
+    try:
+        tree = _to_json(value, limits.max_string, _Elements(limits.max_elements))
+    except RecursionError:
+        raise WireError(f"nested deeper than {limits.max_depth} levels, the limit") from None
+    _check_depth(tree, limits.max_depth)
     if not isinstance(tree, dict):
         text = json.dumps(tree, separators=(",", ":"), allow_nan=False)
         if len(text) > limits.max_bytes:
@@ -262,6 +267,37 @@ def dumps_within(value: Any, limits: WireLimits) -> bytes:
             message += f"; the largest entry takes {len(parts[largest])} bytes (at {largest!r})"
         raise WireError(message)
     return ("{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in parts.items()) + "}").encode()
+
+
+def _check_depth(tree: Any, max_depth: int) -> None:
+    """Refuse a JSON tree a peer's reader would find nested deeper than ``max_depth``.
+
+    Depths are counted as :class:`_Reader` counts them: the root at 0, a tagged
+    bytes or float value as one level, an array's numbers ``ndim + 1`` below it.
+    A mapping's too-deep entry is named by its key.
+    """
+    entries = tree.items() if isinstance(tree, dict) and not _tagged(tree) else [(None, tree)]
+    for key, item in entries:
+        stack = [(item, 0 if key is None else 1)]
+        while stack:
+            node, depth = stack.pop()
+            array = isinstance(node, dict) and node.keys() == {"__array__", "dtype"}
+            if array:  # its numbers lie ndim + 1 levels below it
+                data, depth = node["__array__"], depth + 1
+                while isinstance(data, list) and data:
+                    data, depth = data[0], depth + 1
+            if depth > max_depth:
+                where = "" if key is None else f" (at {key!r})"
+                raise WireError(f"nested deeper than {max_depth} levels, the limit{where}")
+            if isinstance(node, dict) and not array and not _tagged(node):
+                stack.extend((v, depth + 1) for v in node.values())
+            elif isinstance(node, list):
+                stack.extend((v, depth + 1) for v in node)
+
+
+def _tagged(node: dict[str, Any]) -> bool:
+    """Whether ``node`` is a tagged bytes or float value (one level, as a peer reads it)."""
+    return len(node) == 1 and ("__bytes__" in node or "__float__" in node)
 
 
 def loads(data: bytes, limits: WireLimits | None = None) -> Any:

@@ -1,0 +1,95 @@
+"""Resuming a finished deployed run: nothing to do says so; more rounds train on, recorded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import covey
+from covey.cli import app
+from covey.deploy import serve
+from covey.server._store import RunStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined, Served
+
+pytestmark = pytest.mark.timeout(120)
+
+APPS = Path(__file__).parent / "apps"
+
+
+def _strategy() -> covey.Strategy:
+    return covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+
+
+def _finished(run_dir: Path) -> None:
+    weights = {"w": np.zeros(8)}
+    serve(_strategy(), 0, weights, "127.0.0.1:0", insecure=True, run_dir=run_dir, plot=False)
+
+
+def _never_listens(port: int) -> None:
+    raise AssertionError(f"the server listened on {port} to resume a finished run")
+
+
+def test_a_finished_run_resumed_with_no_more_rounds_says_so_before_listening(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    _finished(run_dir)
+    with pytest.raises(ValueError, match=r"is finished \(round 0 was its last\)") as refused:
+        serve(
+            _strategy(),
+            0,
+            None,
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            resume=True,
+            plot=False,
+            on_listen=_never_listens,
+        )
+    assert "nothing to resume with rounds=0" in str(refused.value)
+    assert "more rounds than 0" in str(refused.value)
+    with RunStore.open(run_dir) as store:  # left as it was, and its lock let go
+        assert store.status == "finished"
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_finished_run_resumed_with_more_rounds_trains_on_and_records_the_new_count(
+    tmp_path: Path,
+) -> None:
+    # history.json kept the first count: `covey runs list` showed "2/1" after it.
+    run_dir = tmp_path / "run"
+    _finished(run_dir)
+    served = Served(_strategy(), 2, run_dir=run_dir, resume=True, address="127.0.0.1:0")
+    joined = Joined(served.port)
+    result = served.join(60)
+    joined.join(30)
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]
+    assert result.history.config["rounds"] == 2
+    assert covey.History.load(run_dir).config["rounds"] == 2
+
+
+def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to take the app's count (2), listen and wait for clients, while the
+    # run's history.json kept its own (0).
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COVEY_TINY_CLIENTS", "1")
+    sys.modules.pop("tiny_app", None)
+    run_dir = tmp_path / "run"
+    args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    args += ["--no-plot", "--wait-timeout", "1"]
+    first = CliRunner().invoke(app, [*args, "--rounds", "0", "--run-dir", str(run_dir)])
+    assert first.exit_code == 0, first.output
+    out = CliRunner().invoke(app, [*args, "--resume", str(run_dir)])
+    flat = " ".join(out.output.split())
+    assert out.exit_code == 1, out.output
+    assert "is finished (round 0 was its last)" in flat
+    assert "nothing to resume with rounds=0" in flat
+    assert "listening" not in flat
