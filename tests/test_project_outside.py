@@ -322,6 +322,27 @@ def test_a_federation_refuses_a_keep_last_below_1(project: Path) -> None:
     assert "keep-last ([tool.covey.federations.local] or --set)" in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("0", "max-clients ([tool.covey.federations.local] or --set) must be a whole number"),
+        # FedAvg waits for 2 clients: a federation admitting 1 could never start a round.
+        ("1", "max_clients"),
+    ],
+)
+def test_a_federation_takes_max_clients_and_refuses_one_it_cannot_serve(
+    project: Path, value: str, said: str
+) -> None:
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    command += ["--set", "address='127.0.0.1:0'", "--set", f"max-clients={value}"]
+    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode in (1, 2), out.stdout + out.stderr
+    assert "unknown" not in out.stderr, out.stderr
+    assert said in " ".join(out.stderr.split()), out.stderr
+    assert "listening" not in out.stdout + out.stderr
+
+
 @pytest.mark.slow
 def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: Path) -> None:
     env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -46,6 +46,7 @@ FEDERATION_KEYS = {
     "plot",
     "compression",
     "keep_last",
+    "max_clients",
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
 
@@ -334,6 +335,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         for key in ("round_timeout", "wait_timeout", "heartbeat")
     }
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
+    max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
     certs = _security(settings.path(fed.get("certs")), insecure)
     port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
@@ -381,6 +383,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "plot": plot,
         "compression": scheme,
         "keep_last": keep_last,
+        "max_clients": 1000 if max_clients is None else max_clients,
         "resume_hint": hint,
         **times,
     }
