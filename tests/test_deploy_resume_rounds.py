@@ -74,6 +74,37 @@ def test_a_finished_run_resumed_with_more_rounds_trains_on_and_records_the_new_c
     assert covey.History.load(run_dir).config["rounds"] == 2
 
 
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_stopped_run_resumed_with_fewer_rounds_than_it_ran_is_refused_before_listening(
+    tmp_path: Path,
+) -> None:
+    # It used to go on: marked finished with rounds=1 recorded and rounds 0-2 kept.
+    run_dir = tmp_path / "run"
+    served = Served(_strategy(), 2, run_dir=run_dir, address="127.0.0.1:0")
+    joined = Joined(served.port)
+    served.join(60)
+    joined.join(30)
+    with RunStore.open(run_dir) as store:  # as a server stopped after round 2 leaves it
+        store.set_status("failed")
+    with pytest.raises(
+        ValueError, match=r"stopped after round 2: it cannot be resumed with rounds=1"
+    ) as refused:
+        serve(
+            _strategy(),
+            1,
+            None,
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            resume=True,
+            plot=False,
+            on_listen=_never_listens,
+        )
+    assert "resume it with rounds=2 or more" in str(refused.value)
+    with RunStore.open(run_dir) as store:  # left as it was, and its lock let go
+        assert store.status == "failed"
+
+
 def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

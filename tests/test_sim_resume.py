@@ -365,3 +365,18 @@ def test_a_simulation_keeps_the_weights_files_of_its_newest_two_rounds(tmp_path:
     assert kept == ["round-00004.safetensors", "round-00005.safetensors"]
     with RunStore.open(tmp_path / "run") as store:
         assert store.rounds() == [0, 1, 2, 3, 4, 5]  # every round's record
+
+
+def test_a_stopped_simulation_resumed_with_fewer_rounds_than_it_ran_is_refused(
+    tmp_path: Path,
+) -> None:
+    # It used to mark the run finished with rounds=0 recorded and rounds 0-1 kept.
+    _stopped(tmp_path / "run", 4)
+    with pytest.raises(
+        ValueError, match=r"stopped after round 1: it cannot be resumed with rounds=0"
+    ) as refused:
+        _sim(tmp_path / "run", 0, resume=True)
+    assert "resume it with rounds=1 or more" in str(refused.value)
+    with RunStore.open(tmp_path / "run") as store:
+        assert store.status == "failed"
+    assert _sim(tmp_path / "run", 4, resume=True).history.rounds[-1].round == 4

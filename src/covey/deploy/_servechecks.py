@@ -24,9 +24,10 @@ def stored_address(opened: RunStore) -> str:
 
 
 def check_resumable(opened: RunStore, rounds: int) -> None:
-    """Refuse to resume a finished run with no more rounds than it ran: nothing is left to do.
+    """Refuse to resume a run with fewer rounds than it ran (a finished one: no more).
 
-    Otherwise the server would listen and wait for clients to train no round.
+    Otherwise the server would listen and wait for clients to train no round, or
+    mark a run finished whose recorded count is below the rounds it holds.
     """
     last = opened.last_round() or 0
     if opened.info()["status"] == "finished" and rounds <= last:
@@ -35,6 +36,13 @@ def check_resumable(opened: RunStore, rounds: int) -> None:
             f"nothing to resume with rounds={rounds}; to train it on, resume it with more "
             f"rounds than {last} (serve(rounds=...), covey server --rounds), or give a new "
             "run a folder of its own"
+        )
+    if rounds < last:
+        raise ValueError(
+            f"the run in {opened.run_dir} stopped after round {last}: it cannot be resumed "
+            f"with rounds={rounds}, fewer rounds than it ran; resume it with rounds={last} "
+            "or more (serve(rounds=...), covey server --rounds), or give a new run a folder "
+            "of its own"
         )
 
 

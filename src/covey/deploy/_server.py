@@ -123,7 +123,8 @@ def serve(
             None keeps nothing on disk.
         resume: Continue the run in ``run_dir`` from its last completed round, up
             to ``rounds`` (recorded as the run's round count). A finished run is
-            continued only with more ``rounds`` than it ran (else ValueError).
+            continued only with more ``rounds`` than it ran, a stopped one only
+            with no fewer (else ValueError).
         seed: Seeds client sampling.
         round_timeout: Seconds clients have to reply in a round; late replies are discarded.
         wait_timeout: Seconds to wait for enough clients before a round.

@@ -264,7 +264,8 @@ def open_checkpoint(
 def _open(folder: Path, rounds: int) -> RunStore:
     """The simulation checkpoint in ``folder``, or ValueError saying why there is none.
 
-    A finished run is continued only when asked for more rounds than it ran.
+    A finished run is continued only when asked for more rounds than it ran, a
+    stopped one only when asked for no fewer.
     """
     if not (folder / DB_NAME).is_file():
         kept = (folder / "run.json").is_file()
@@ -291,6 +292,12 @@ def _open(folder: Path, rounds: int) -> RunStore:
                 f"the simulation in {folder} is finished (round {last} was its last): "
                 f"there is nothing to resume with rounds={rounds}; to train it on, resume "
                 f"it with more rounds than {last}, or give a new run a folder of its own"
+            )
+        if rounds < (last or 0):
+            raise ValueError(
+                f"the simulation in {folder} stopped after round {last}: it cannot be "
+                f"resumed with rounds={rounds}, fewer rounds than it ran; resume it with "
+                f"rounds={last} or more, or give a new run a folder of its own"
             )
     except BaseException:
         store.close()
