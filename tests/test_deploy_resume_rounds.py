@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import covey
 from covey.cli import app
+from covey.dashboard._runs import read_run, summary
 from covey.deploy import serve
 from covey.server._store import RunStore
 
@@ -72,6 +73,10 @@ def test_a_finished_run_resumed_with_more_rounds_trains_on_and_records_the_new_c
     assert [r.round for r in result.history.rounds] == [0, 1, 2]
     assert result.history.config["rounds"] == 2
     assert covey.History.load(run_dir).config["rounds"] == 2
+    with RunStore.open(run_dir) as store:  # it kept the first count: 0
+        assert store.config["rounds"] == 2
+    shown = summary(read_run("run", run_dir))  # the dashboard reads both files
+    assert (shown["rounds_planned"], shown["status"]) == (2, "finished")
 
 
 @pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")

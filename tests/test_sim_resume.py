@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 import covey
 from covey.cli import app
+from covey.dashboard._runs import read_run, summary
 from covey.server._store import RunStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -252,6 +253,9 @@ def test_a_finished_simulation_trains_on_when_asked_for_more_rounds(tmp_path: Pa
     assert [r.round for r in on.history.rounds] == [0, 1, 2, 3, 4]
     assert on.weights["w"].tobytes() == straight.weights["w"].tobytes()
     assert covey.History.load(tmp_path / "run").rounds[-1].round == 4
+    with RunStore.open(tmp_path / "run") as store:  # it kept the first count: 2
+        assert store.config["rounds"] == 4
+    assert summary(read_run("run", tmp_path / "run"))["rounds_planned"] == 4
 
 
 def test_a_folder_without_a_simulation_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def recorded_rounds(run: Path) -> int | None:
 
     from covey.core._history import History
 
-    try:  # history.json holds the count of the latest resume, run.sqlite the first
+    try:  # history.json, then run.sqlite (an older covey kept the first count there)
         rounds = json.loads((run / History.FILE_NAME).read_text())["config"]["rounds"]
     except (OSError, ValueError, KeyError, TypeError):
         rounds = None

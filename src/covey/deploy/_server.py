@@ -415,6 +415,7 @@ def _open_run(
     if opened is not None:
         point = resume_point(opened, initial_weights)
         config = {**point.config, "rounds": rounds}  # a resumed run may go on for more rounds
+        opened.set_rounds(rounds)  # run.sqlite says it as history.json does
         if point.history is not None:
             point.history.config = config
         return _Run(opened, point.weights, config, point.start, point.history, point.state)

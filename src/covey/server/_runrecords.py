@@ -6,6 +6,7 @@ These live in the ``run``, ``clients`` and ``events`` tables of ``run.sqlite``;
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Final, Literal
 
@@ -26,14 +27,38 @@ class RunRecords:
 
     Args:
         db: The run's open database.
+        config_text: The run's settings as stored, JSON.
     """
 
-    def __init__(self, db: RunDB) -> None:
+    def __init__(self, db: RunDB, config_text: str) -> None:
         """Records kept in ``db``."""
         self._db = db
+        self._config_text = config_text
         self._client_ids: dict[str, int] = {}
 
     # -- the run -------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings given to :meth:`create` (a fresh copy on every access)."""
+        value: dict[str, Any] = json.loads(self._config_text)
+        return value
+
+    def set_rounds(self, rounds: int) -> None:
+        """Record ``rounds`` as the run's round count: a resumed run may be asked for more.
+
+        The ``rounds`` of :attr:`config` then says it, as the run's ``history.json`` does.
+        """
+        config = self.config
+        if config.get("rounds") == rounds:
+            return
+        config["rounds"] = rounds
+        text = json.dumps(config, allow_nan=False)
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE run SET config = ?, updated_at = ? WHERE id = 1", (text, time.time())
+            )
+        self._config_text = text
 
     @property
     def status(self) -> Status:

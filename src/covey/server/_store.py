@@ -86,8 +86,7 @@ class RunStore(RunRecords):
         self._run_dir = run_dir
         self._lock_fd = lock_fd
         self._weights_dir = run_dir / WEIGHTS_DIR
-        super().__init__(db)
-        self._config_text = config_text
+        super().__init__(db, config_text)
         self._save_lock = threading.Lock()  # one save_round / discard_after at a time
         self._swept = False
 
@@ -219,12 +218,6 @@ class RunStore(RunRecords):
     def run_dir(self) -> Path:
         """The run directory."""
         return self._run_dir
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The settings given to :meth:`create` (a fresh copy on every access)."""
-        value: dict[str, Any] = json.loads(self._config_text)
-        return value
 
     # -- rounds --------------------------------------------------------------------
 

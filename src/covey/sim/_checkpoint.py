@@ -252,6 +252,7 @@ def open_checkpoint(
     try:
         _check_same(store, strategy, config)
         point = resume_point(store, initial_weights)
+        store.set_rounds(config["rounds"])  # run.sqlite says it as history.json does
     except BaseException:
         store.close()
         raise
