@@ -384,3 +384,16 @@ def test_a_stopped_simulation_resumed_with_fewer_rounds_than_it_ran_is_refused(
     with RunStore.open(tmp_path / "run") as store:
         assert store.status == "failed"
     assert _sim(tmp_path / "run", 4, resume=True).history.rounds[-1].round == 4
+
+
+def test_a_simulation_stopped_with_ctrl_c_says_so_as_a_deployed_run_does(tmp_path: Path) -> None:
+    # A simulation said "interrupted (KeyboardInterrupt)", a server "interrupted (SIGINT)".
+    def ctrl_c(record: covey.core.RoundRecord) -> None:
+        if record.round == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _sim(tmp_path / "run", 3, on_round=ctrl_c)
+    assert covey.History.load(tmp_path / "run").stopped_reason == "interrupted (SIGINT)"
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (meta["status"], meta["stopped_reason"]) == ("failed", "interrupted (SIGINT)")

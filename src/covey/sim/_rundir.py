@@ -99,8 +99,8 @@ def stop_reason(exc: BaseException) -> str:
     The notes covey adds to an error (the function that raised it, its client and
     round) follow the message, each in parentheses.
     """
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
+    if isinstance(exc, KeyboardInterrupt):  # worded as a deployed run's: Ctrl-C sends SIGINT
+        return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
     notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
     return f"{type(exc).__name__}: {exc}" + "".join(f" ({' '.join(n.split())})" for n in notes)
 
