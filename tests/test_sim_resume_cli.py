@@ -97,7 +97,7 @@ def test_a_killed_project_run_resumes_with_the_command_covey_prints(
     code, listed = _cli("runs", "list", "--dir", str(root / "runs"))
     assert f"stopped: {run.name}: continue it with `{command}`" in listed
 
-    code, said = _cli(*shlex.split(command)[1:], "--set", "rounds=3")
+    code, said = _cli(*shlex.split(command)[1:])  # the rounds it was started with
     assert code == 0, said
     assert f"resuming {run}" in said
     code, said = _cli("runs", "show", str(run))
@@ -136,3 +136,40 @@ def test_resume_refusals_of_covey_run_name_what_is_wrong(
     result = runner.invoke(app, ["run", str(root), "--resume", str(run), "--set", "rounds=1"])
     assert isinstance(result.exception, ValueError)
     assert "is finished (round 1 was its last)" in str(result.exception)
+
+
+INTERRUPTED = """
+
+def interrupted_in_round_1(config):
+    app = make_server(config)
+
+    def evaluate_until_1(rnd, weights):
+        if rnd == 1:
+            raise KeyboardInterrupt
+        return evaluate(rnd, weights)
+
+    return ServerApp(
+        app.strategy, app.initial_weights, rounds=app.rounds, evaluate_fn=evaluate_until_1
+    )
+"""
+
+
+def test_a_resume_without_set_rounds_runs_the_rounds_the_run_was_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = runner.invoke(app, ["new", "halt-fed", "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    root = tmp_path / "halt-fed"
+    with (root / "halt_fed" / "server_app.py").open("a") as f:
+        f.write(INTERRUPTED)
+    monkeypatch.syspath_prepend(str(root))
+    stopper = "server-app=halt_fed.server_app:interrupted_in_round_1"
+    code, said = _cli("run", str(root), "--set", "rounds=2", "--set", stopper)
+    assert code == 130, said
+    (run,) = root.glob("runs/sim-*")
+    code, said = _cli("run", str(root), "--resume", str(run))  # as `covey runs show` says
+    assert code == 0, said
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]
+    code, said = _cli("run", str(root), "--resume", str(run), "--set", "rounds=3")
+    assert code == 0, said  # an explicit --set rounds trains it on
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2, 3]

@@ -136,6 +136,8 @@ class ProjectSettings:
         if not isinstance(config, dict):
             fail(f"[tool.covey.config] in {project / 'pyproject.toml'} must be a table")
         self.run, self.config = run, dict(config)
+        self.given: set[str] = set()
+        """The ``[tool.covey]`` keys ``--set`` gave (``rounds``, say)."""
         for item in overrides:
             self._override(item)
         for key in ("server_app", "client_app"):
@@ -169,6 +171,7 @@ class ProjectSettings:
             value = text
         if key in RUN_KEYS:
             self.run[key] = value
+            self.given.add(key)
         elif self.federation is not None and key in FEDERATION_KEYS:
             self.federation[key] = value
         elif spelled := [k for k in (given, key, _toml(key)) if k in self.config]:

@@ -61,6 +61,24 @@ def same_settings(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
 console = output_console()
 
 
+def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
+    """The rounds the run in ``run_dir`` was asked for (its ``run.json``), else ``default``.
+
+    A run started with ``--set rounds=N`` resumes to round N without it; an
+    explicit ``--set rounds`` on the resume (``default``) trains it on to another round.
+    """
+    if "rounds" in settings.given:
+        return default
+    try:
+        kept = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    rounds = kept.get("rounds") if isinstance(kept, dict) else None
+    if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0:
+        return rounds
+    return default
+
+
 def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> Any:
     """``make_client(cid, config=config)``, refused (as that client's failure) if not a client."""
     client = make_client(cid, config=config)
@@ -98,6 +116,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
     else:
         run_dir = resume
+        rounds = _run_rounds(settings, run_dir, rounds)
     same_settings(run_dir, settings.app_config(), resume is not None)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
