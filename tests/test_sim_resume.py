@@ -269,6 +269,26 @@ def test_a_folder_without_a_simulation_checkpoint_is_refused(tmp_path: Path) -> 
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.parametrize("made_weights", [False, True])
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_round_1(
+    tmp_path: Path, made_weights: bool
+) -> None:
+    from covey.server._rundb import hold_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = hold_run(run)  # what a run killed as its clients start leaves: its lock only
+    if lock is not None:
+        os.close(lock)
+    if made_weights:  # killed as it made its store
+        (run / "weights").mkdir()
+    resumed = _sim(run, 3, strategy=covey.FedAdam(fraction_evaluate=0.0), resume=True)
+    whole = _sim(None, 3, strategy=covey.FedAdam(fraction_evaluate=0.0))
+    assert [r.round for r in resumed.history.rounds] == [0, 1, 2, 3]
+    assert resumed.weights["w"].tobytes() == whole.weights["w"].tobytes()
+    assert covey.History.load(run).rounds[-1].round == 3
+
+
 def test_a_deployed_run_folder_is_not_resumed_as_a_simulation(tmp_path: Path) -> None:
     with RunStore.create(tmp_path / "run", config={"backend": "grpc", "rounds": 2}):
         pass

@@ -42,8 +42,12 @@ logger = logging.getLogger("covey")
 @contextlib.contextmanager
 def run_folder(
     run_dir: str | Path | None, resume: bool = False
-) -> Iterator[tuple[Path | None, Path | None]]:
+) -> Iterator[tuple[Path | None, Path | None, bool]]:
     """Hold ``run_dir`` while the simulation writes it; yield its history and run.json paths.
+
+    The third value yielded is whether the run resumes: false for a folder that
+    holds only the ``run.lock`` of a run killed before its first checkpoint,
+    which starts again at round 1.
 
     The run's ``run.lock`` is held as a served run holds it, and the kernel
     drops the lock when the process exits, however it exits: a run whose
@@ -55,12 +59,13 @@ def run_folder(
             over its history), or ``resume`` is true and it does not exist.
     """
     if run_dir is None:
-        yield None, None
+        yield None, None, resume
         return
     folder = Path(run_dir)
     if resume and not folder.is_dir():
         raise ValueError(f"run_dir {folder} is no folder: there is no simulation in it to resume")
     folder.mkdir(parents=True, exist_ok=True)
+    left = (folder / LOCK_NAME).is_file()  # a run was started here (or is running)
     try:
         lock = hold_run(folder)
     except OSError as exc:
@@ -87,7 +92,16 @@ def run_folder(
                 f"would write over it: give this run a folder of its own{more}, or remove "
                 "the old run first"
             )
-        yield folder / "history.json", folder / "run.json"
+        if resume and not kept and left:
+            # Killed before its first checkpoint (its clients starting, say): there is
+            # no round to go on after, and the run starts at round 1, as it would have.
+            logger.warning(
+                "%s holds no round of the run started there (it stopped before its first "
+                "checkpoint): the resumed run starts at round 1",
+                folder,
+            )
+            resume = False
+        yield folder / "history.json", folder / "run.json", resume
     finally:
         if lock is not None:
             os.close(lock)

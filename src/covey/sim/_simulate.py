@@ -389,7 +389,7 @@ def simulate(
         "started": _dt.datetime.now(_dt.UTC).isoformat(),
         "status": "running",
     }
-    with run_folder(run_dir, resume) as (history_path, meta_path):
+    with run_folder(run_dir, resume) as (history_path, meta_path, resume):
         checkpoint = open_checkpoint(
             meta_path,
             resume=resume,
