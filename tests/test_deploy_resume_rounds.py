@@ -36,23 +36,28 @@ def _never_listens(port: int) -> None:
     raise AssertionError(f"the server listened on {port} to resume a finished run")
 
 
+def _resume(run_dir: Path, rounds: int) -> None:
+    """``serve(resume=True)`` of ``run_dir`` for ``rounds`` rounds, which must not listen."""
+    serve(
+        _strategy(),
+        rounds,
+        None,
+        "127.0.0.1:0",
+        insecure=True,
+        run_dir=run_dir,
+        resume=True,
+        plot=False,
+        on_listen=_never_listens,
+    )
+
+
 def test_a_finished_run_resumed_with_no_more_rounds_says_so_before_listening(
     tmp_path: Path,
 ) -> None:
     run_dir = tmp_path / "run"
     _finished(run_dir)
     with pytest.raises(ValueError, match=r"is finished \(round 0 was its last\)") as refused:
-        serve(
-            _strategy(),
-            0,
-            None,
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run_dir,
-            resume=True,
-            plot=False,
-            on_listen=_never_listens,
-        )
+        _resume(run_dir, 0)
     assert "nothing to resume with rounds=0" in str(refused.value)
     assert "more rounds than 0" in str(refused.value)
     with RunStore.open(run_dir) as store:  # left as it was, and its lock let go
@@ -94,17 +99,7 @@ def test_a_stopped_run_resumed_with_fewer_rounds_than_it_ran_is_refused_before_l
     with pytest.raises(
         ValueError, match=r"stopped after round 2: it cannot be resumed with rounds=1"
     ) as refused:
-        serve(
-            _strategy(),
-            1,
-            None,
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run_dir,
-            resume=True,
-            plot=False,
-            on_listen=_never_listens,
-        )
+        _resume(run_dir, 1)
     assert "resume it with rounds=2 or more" in str(refused.value)
     with RunStore.open(run_dir) as store:  # left as it was, and its lock let go
         assert store.status == "failed"

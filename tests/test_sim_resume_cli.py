@@ -50,6 +50,17 @@ def _cli(*args: str) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
+def _project(tmp: Path, name: str, app_code: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project made by `covey new NAME` whose server_app.py ends with ``app_code``."""
+    made = runner.invoke(app, ["new", name, "--dir", str(tmp)])
+    assert made.exit_code == 0, made.output
+    root = tmp / name
+    with (root / name.replace("-", "_") / "server_app.py").open("a") as f:
+        f.write(app_code)
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
 def _records(run: Path) -> list[dict[str, object]]:
     rounds = json.loads((run / "history.json").read_text())["rounds"]
     for record in rounds:
@@ -61,12 +72,7 @@ def _records(run: Path) -> list[dict[str, object]]:
 def test_a_killed_project_run_resumes_with_the_command_covey_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = runner.invoke(app, ["new", "cut-fed", "--dir", str(tmp_path)])
-    assert made.exit_code == 0, made.output
-    root = tmp_path / "cut-fed"
-    with (root / "cut_fed" / "server_app.py").open("a") as f:
-        f.write(KILLED)
-    monkeypatch.syspath_prepend(str(root))
+    root = _project(tmp_path, "cut-fed", KILLED, monkeypatch)
     env = dict(os.environ, COLUMNS="200")
     env["PYTHONPATH"] = os.pathsep.join([str(root), *sys.path])
     killed = subprocess.run(
@@ -117,10 +123,7 @@ def test_a_killed_project_run_resumes_with_the_command_covey_prints(
 def test_resume_refusals_of_covey_run_name_what_is_wrong(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = runner.invoke(app, ["new", "cut-fed", "--dir", str(tmp_path)])
-    assert made.exit_code == 0, made.output
-    root = tmp_path / "cut-fed"
-    monkeypatch.syspath_prepend(str(root))
+    root = _project(tmp_path, "cut-fed", "", monkeypatch)
     code, said = _cli("run", str(root), "--resume", str(tmp_path / "nowhere"))
     assert code == 2, said
     assert "no simulated run there (no run.json)" in said
@@ -157,12 +160,7 @@ def interrupted_in_round_1(config):
 def test_a_resume_without_set_rounds_runs_the_rounds_the_run_was_started_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = runner.invoke(app, ["new", "halt-fed", "--dir", str(tmp_path)])
-    assert made.exit_code == 0, made.output
-    root = tmp_path / "halt-fed"
-    with (root / "halt_fed" / "server_app.py").open("a") as f:
-        f.write(INTERRUPTED)
-    monkeypatch.syspath_prepend(str(root))
+    root = _project(tmp_path, "halt-fed", INTERRUPTED, monkeypatch)
     stopper = "server-app=halt_fed.server_app:interrupted_in_round_1"
     code, said = _cli("run", str(root), "--set", "rounds=2", "--set", stopper)
     assert code == 130, said

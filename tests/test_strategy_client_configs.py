@@ -594,13 +594,8 @@ def test_a_process_backend_config_over_the_string_limit_names_its_entry(
     assert list(seen(result.history.rounds[1], "fit")) == [1]
 
 
-@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
-def test_a_deployed_config_array_of_a_dtype_no_client_reads_fails_that_client_only() -> None:
-    """It used to end the client's stream ("client disconnected") with a TypeError."""
-
-    def own(round: int, client: ClientInfo) -> dict[str, Any]:
-        return {"z": np.zeros(3, complex)} if client.cid == 0 else {}
-
+def _served_round(own: Any) -> covey.History:
+    """One deployed round of two clients with per-client configs ``own``; each stream stays open."""
     strategy = covey.FedAvg(
         min_fit_clients=1, min_available_clients=2, fraction_evaluate=0.0, on_client_fit_config=own
     )
@@ -613,7 +608,17 @@ def test_a_deployed_config_array_of_a_dtype_no_client_reads_fails_that_client_on
             j.join(30)
     for j in joined:
         assert j.error is None  # each client's stream stays open
-    (failure,) = history.rounds[1].failures
+    return history
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_config_array_of_a_dtype_no_client_reads_fails_that_client_only() -> None:
+    """It used to end the client's stream ("client disconnected") with a TypeError."""
+
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return {"z": np.zeros(3, complex)} if client.cid == 0 else {}
+
+    (failure,) = _served_round(own).rounds[1].failures
     assert failure.error.startswith("cannot send the fit task to client site-")
     assert failure.error.endswith(
         "its config: an array of dtype complex128 cannot be sent (only bool, integer and "
@@ -675,18 +680,7 @@ def test_a_deployed_config_nested_too_deep_fails_that_client_only_naming_its_ent
     def own(round: int, client: ClientInfo) -> dict[str, Any]:
         return {"tree": _nested(40)} if client.cid == 0 else {"tree": _nested(31)}
 
-    strategy = covey.FedAvg(
-        min_fit_clients=1, min_available_clients=2, fraction_evaluate=0.0, on_client_fit_config=own
-    )
-    run = Served(strategy, 1, round_timeout=60.0, initial_weights=init())
-    joined = [Joined(run.port, Echo(k), name=f"site-{k}") for k in range(2)]
-    try:
-        history = run.join(120).history
-    finally:
-        for j in joined:
-            j.join(30)
-    for j in joined:
-        assert j.error is None
+    history = _served_round(own)
     (failure,) = history.rounds[1].failures
     assert failure.error.startswith("cannot send the fit task to client site-")
     assert failure.error.endswith(DEEP_SAID)
