@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from covey.deploy._cli_options import ServerName
 from covey.deploy._cli_tables import output_console
 
 console = output_console()
@@ -105,13 +106,7 @@ def site_command(
     ] = None,
     name: Annotated[str | None, typer.Option(help="The site's id (its certificate name).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
-    server_name: Annotated[
-        str | None,
-        typer.Option(
-            help="Check the server's certificate against this host name instead of "
-            "--server's host (an IP or a load balancer's name)."
-        ),
-    ] = None,
+    server_name: ServerName = None,
     once: Annotated[bool, typer.Option(help="Leave after the first query server ends.")] = False,
     ledger: Annotated[
         Path | None,

@@ -18,6 +18,7 @@ from covey.deploy._cli_errors import (
     required_params,
 )
 from covey.deploy._cli_logs import setup_logging
+from covey.deploy._cli_options import ServerName
 
 __all__ = ["client_command"]
 
@@ -121,13 +122,7 @@ def client_command(
     cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option(help="Client private key (PEM).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
-    server_name: Annotated[
-        str | None,
-        typer.Option(
-            help="Check the server's certificate against this host name instead of "
-            "--server's host (an IP or a load balancer's name)."
-        ),
-    ] = None,
+    server_name: ServerName = None,
     max_attempts: Annotated[
         int | None, typer.Option(help="Give up after this many failed attempts.")
     ] = None,
