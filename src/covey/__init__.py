@@ -140,20 +140,10 @@ _WHERE = {
 """The subpackage defining each public name, imported when the name is first read."""
 
 _SUBPACKAGES = [
-    "aggregate",
-    "clients",
+    *(n for n in __all__ if n.islower() and not n.startswith("_") and n not in _WHERE),
     "compress",  # not exported, but an attribute of covey since covey imported it
-    "core",
-    "data",
-    "deploy",
-    "models",
-    "privacy",
-    "secagg",
-    "server",
-    "sim",
-    "strategies",
-    "transport",
 ]
+"""The subpackages in ``__all__`` (its lower-case names no subpackage defines), and compress."""
 
 _load, __dir__ = lazy_exports(__name__, _WHERE, _SUBPACKAGES)
 
