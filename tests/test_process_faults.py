@@ -140,18 +140,18 @@ class _Pipe:
 
 def test_closing_gives_all_busy_workers_one_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C with every worker stuck in fit waits one grace period, not one per worker."""
-    from covey.sim import _process
+    from covey.sim import _pool
 
     clock = [0.0]
-    monkeypatch.setattr(_process, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(_pool, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     workers = []
     for _ in range(4):
-        worker = object.__new__(_process._Worker)
+        worker = object.__new__(_pool.Worker)
         worker.process = _StuckProcess(clock)
         worker.conn = _Pipe()  # type: ignore[assignment]
         worker.prefix = "covey-0-00000000-r0-"
         workers.append(worker)
-    _process._cleanup(workers, [], "covey-0-00000000-")
+    _pool.cleanup(workers, [], "covey-0-00000000-")
     assert all(w.process.killed for w in workers)
     assert clock[0] <= 5.0  # simulated seconds: the 5 s grace is shared by all four
 

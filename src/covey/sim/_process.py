@@ -24,19 +24,21 @@ import secrets
 import signal
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
 from covey.clients._client import ClientFn
-from covey.clients._quiet import ignoring
 from covey.core._codec import CodecError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
-from covey.sim import _logs, _shm, _start
-from covey.sim._worker import worker_main
+from covey.sim import _logs, _pace, _shm, _start
+from covey.sim._pool import Worker as _Worker
+from covey.sim._pool import cleanup as _cleanup
+from covey.sim._pool import never_started as _never_started
+from covey.sim._pool import too_many_files as _too_many_files
 from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
 
@@ -47,69 +49,6 @@ _SEGFAULT_HINT = (
     "worker maps them read-only, and torch.from_numpy, ctypes or a compiled extension "
     "ignore NumPy's read-only flag; copy before writing (torch.tensor(array), array.copy())"
 )
-
-
-_FORK_WARNING = r"This process .* is multi-threaded, use of fork\(\) may lead to deadlocks"
-
-
-def _never_started(method: str, exitcode: int | None) -> str:
-    """Why a worker whose ``worker_main`` never ran is gone: the likely causes, by start method."""
-    if method == "fork":
-        return f"worker process never started (exit code {exitcode}); see its error on stderr"
-    return (
-        f"worker process never started (exit code {exitcode}): with start_method={method!r} "
-        "each worker imports the main module anew and unpickles client_fn before it starts. "
-        "A script that starts the simulation at its top level, not under "
-        '`if __name__ == "__main__":`, ends every worker this way (multiprocessing\'s '
-        "RuntimeError on stderr), as does a client_fn a fresh interpreter cannot import "
-        "(defined in a notebook or the interactive prompt): guard the script's entry point, "
-        "define client_fn in an importable module, or use start_method='fork'"
-    )
-
-
-class _Worker:
-    __slots__ = ("conn", "name", "prefix", "process", "started")
-
-    def __init__(self, ctx: Any, client_fn: ClientFn, index: int, pool: str) -> None:
-        parent, child = ctx.Pipe(duplex=True)
-        self.name = f"covey-worker-{index}"
-        # Set by worker_main as it begins: a worker gone without it never started.
-        self.started = ctx.RawValue("b", 0)
-        self.process = ctx.Process(
-            target=worker_main,
-            args=(child, client_fn, pool, self.started, _logs.levels()),
-            name=self.name,
-            daemon=True,
-        )
-        try:
-            # Python 3.12+ warns of any thread, NumPy's OpenBLAS pool too; the method was
-            # chosen knowingly (see covey.sim._start), and the backend warns of its own.
-            # ``ignoring`` leaves the filters of other threads alone.
-            with ignoring(DeprecationWarning, _FORK_WARNING):
-                self.process.start()
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        self.conn: Connection = parent
-        #: The names of the reply files this worker writes.
-        self.prefix = f"{pool}r{self.process.pid}-"
-
-    def alive(self) -> bool:
-        return bool(self.process.is_alive())
-
-    def ask_stop(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self.conn.send_bytes(b"stop")
-
-    def stop(self, deadline: float) -> None:
-        """Wait until ``deadline`` (monotonic) for the worker to exit, then kill it."""
-        self.process.join(max(0.0, deadline - time.monotonic()))
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5.0)
-        self.conn.close()
 
 
 def _share(weights: dict[str, Any], mapped: Mapping[str, Any]) -> None:
@@ -130,52 +69,6 @@ def _share(weights: dict[str, Any], mapped: Mapping[str, Any]) -> None:
             weights[name] = view
 
 
-def _cleanup(workers: list[_Worker], files: list[str], pool: str) -> None:
-    # Every worker is told at once and given the same 5 s: workers stuck in a client's
-    # fit are killed together, so Ctrl-C does not wait 5 s for each in turn. A second
-    # Ctrl-C in those 5 s kills them at once (this runs once: a worker left now is left
-    # for good, and it ignores SIGINT), and the files go all the same.
-    try:
-        for worker in workers:
-            worker.ask_stop()
-        deadline = time.monotonic() + 5.0
-        for worker in workers:
-            with contextlib.suppress(Exception):
-                worker.stop(deadline)
-    except BaseException:
-        for worker in workers:  # a signal to each first: nothing here waits
-            with contextlib.suppress(Exception):
-                worker.process.kill()
-        for worker in workers:
-            with contextlib.suppress(Exception):
-                worker.process.join(1.0)
-                worker.conn.close()
-        raise
-    finally:
-        for path in files:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        files.clear()
-        # Replies written but never read: a timed-out round, a worker stopped mid-write.
-        _shm.sweep(pool)
-
-
-def _too_many_files(exc: OSError, started: int, wanted: int) -> OSError:
-    """The error of a pool that ran out of file descriptors while its workers started."""
-    try:
-        import resource
-
-        limit = f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} files"
-    except ImportError:  # pragma: no cover - not POSIX
-        limit = "a limited number of files"
-    return OSError(
-        exc.errno,
-        f"cannot start worker {started + 1} of num_workers={wanted}: {exc.strerror}; this "
-        f"process may open {limit} (ulimit -n) and each worker holds two; give fewer "
-        "num_workers or raise the limit",
-    )
-
-
 class ProcessTransport:
     """Clients live in a pool of worker processes; client ``cid`` lives in worker ``cid % n``.
 
@@ -187,9 +80,16 @@ class ProcessTransport:
             or ``"spawn"`` (``client_fn`` must pickle and be importable in the workers);
             None forks (warning once if this process runs other Python threads;
             see :mod:`covey.sim._start`).
+        max_waiting_bytes: A worker starts its next client only while its replies
+            the round loop has not folded yet total less than this (default 32 MiB),
+            so replies held for client-id order take at most about one model per
+            worker; None lets workers run ahead (faster when clients' times vary a
+            lot, at the cost of memory). Replies of 256 kB and less are not counted.
+            See :mod:`covey.sim._pace`.
 
     Raises:
-        ValueError: an unknown ``start_method``, or a ``client_fn`` it cannot send.
+        ValueError: an unknown ``start_method``, a bad ``max_waiting_bytes``, or a
+            ``client_fn`` it cannot send.
     """
 
     def __init__(
@@ -199,7 +99,17 @@ class ProcessTransport:
         *,
         num_workers: int | None = None,
         start_method: str | None = None,
+        max_waiting_bytes: int | None = _pace.DEFAULT_BUDGET,
     ) -> None:
+        if max_waiting_bytes is not None and (
+            isinstance(max_waiting_bytes, bool)
+            or not isinstance(max_waiting_bytes, int)
+            or max_waiting_bytes < 0
+        ):
+            raise ValueError(
+                f"max_waiting_bytes must be None or a non-negative int, got {max_waiting_bytes!r}"
+            )
+        self._budget = max_waiting_bytes
         if num_workers is None:
             num_workers = (
                 len(os.sched_getaffinity(0))
@@ -227,7 +137,7 @@ class ProcessTransport:
         self._workers: list[_Worker] = []
         try:
             for i in range(n):
-                self._workers.append(_Worker(self._ctx, client_fn, i, self._pool))
+                self._workers.append(_Worker(self._ctx, client_fn, i, self._pool, self._budget))
         except BaseException as exc:  # the workers started so far stop
             _cleanup(self._workers, self._files, self._pool)
             if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -291,7 +201,7 @@ class ProcessTransport:
                 with contextlib.suppress(Exception):
                     worker.conn.close()
                 _shm.sweep(worker.prefix)
-                self._workers[i] = _Worker(self._ctx, self._client_fn, i, self._pool)
+                self._workers[i] = _Worker(self._ctx, self._client_fn, i, self._pool, self._budget)
 
     def _lost(self, w: int, why: str) -> str:
         """Reap worker ``w``, whose pipe closed or spoke nonsense, and remove its files."""
@@ -340,19 +250,40 @@ class ProcessTransport:
         if _logs.is_logs(data):
             _logs.dispatch(data, worker.name, worker.process.pid)
             return None
+        if _pace.is_wait(data):
+            worker.waiting_at = _pace.waited_at(data)
+            return None
         reply_seq, message, blob = _shm.parse_reply(data)
+        # A file reply counts against its worker's budget until folded, freed or dropped.
+        credit = _pace.Credit(worker.give) if "file" in message else None
         if reply_seq != seq or message["cid"] not in pending:
             # A late reply from an earlier, timed-out exchange: its file goes unread.
             path = _shm.reply_file(message, worker.prefix)
             if path is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+            if credit is not None:
+                credit()
             return None
         del pending[message["cid"]]
         try:
-            return _shm.build_reply(message, worker.prefix, blob)
+            reply = _shm.build_reply(message, worker.prefix, blob, credit)
         except (WireError, CodecError, OSError) as exc:
+            if credit is not None:
+                credit()
             return Reply(message["cid"], message["kind"], error=f"unreadable reply: {exc}")
+        return reply if credit is None else _pace.PacedReply(reply, credit)
+
+    def _unstall(self, waiting: Iterable[int]) -> None:
+        """Give a credit to each worker left if all wait for one and none has a message."""
+        workers = [self._workers[w] for w in waiting]
+        if not all(worker.stalled() for worker in workers):
+            return
+        if wait([worker.conn for worker in workers], timeout=0):
+            return
+        # The replies are held by whoever reads them, unreleased: pacing must not stall it.
+        for worker in workers:
+            worker.give()
 
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
@@ -402,6 +333,7 @@ class ProcessTransport:
         deadline, timeout = limit
         by_conn = {self._workers[w].conn: w for w in pending}
         while by_conn:
+            self._unstall(by_conn.values())
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = wait(list(by_conn), timeout=remaining)
             if not ready:

@@ -23,7 +23,8 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -124,13 +125,16 @@ def new_file(prefix: str, size: int) -> Iterator[tuple[int, str]]:
         os.close(fd)
 
 
-def map_file(path: str, sizes: list[int], *, unlink: bool) -> list[dict[str, Array]]:
+def map_file(
+    path: str, sizes: list[int], *, unlink: bool, on_free: Callable[[], None] | None = None
+) -> list[dict[str, Array]]:
     """Map a file made by :func:`write_file` read-only and decode its parts without copying.
 
     Args:
         path: The file.
         sizes: Each part's encoded size, as :func:`write_file` returned them.
         unlink: Remove the file once mapped: its pages live as long as the arrays do.
+        on_free: Called once the mapping is freed (no array views it any more).
 
     Returns:
         Each part as read-only arrays that view the mapping.
@@ -153,6 +157,8 @@ def map_file(path: str, sizes: list[int], *, unlink: bool) -> list[dict[str, Arr
         mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
+    if on_free is not None:
+        weakref.finalize(mm, on_free)
     view = memoryview(mm)
     out = []
     offset = 0
@@ -198,14 +204,18 @@ def _alive(pid: int) -> bool:
 # -- replies -------------------------------------------------------------------------------
 
 
-def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | None = None) -> None:
+def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | None = None) -> int:
     """Send ``reply`` as JSON, its arrays after it in the message or in a file ``prefix...``.
 
     ``room``: the file the client trained in (see :mod:`covey.sim._room`); a
     result of exactly its arrays is sent as that file, without a copy.
+
+    Returns:
+        The size of the file sent, 0 if none (the arrays travelled in the message).
     """
     message: dict[str, Any] = {"seq": seq, "cid": reply.cid, "kind": reply.kind}
     path: str | None = None
+    file_size = 0
     blob = bytearray()
     try:
         if reply.error is None:
@@ -236,7 +246,10 @@ def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | N
         data = json.dumps(message, separators=(",", ":")).encode()
         if blob:
             data = b"".join((_INLINE, _JSON_LEN.pack(len(data)), data, blob))
+        if path is not None:
+            file_size = sum(aligned(part) for part in message["sizes"].values() if part)
     except Exception as exc:  # noqa: BLE001 - an unsendable result is the client's error
+        file_size = 0
         if path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -247,6 +260,7 @@ def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | N
     if room is not None and not room.sent:  # gone before the server hears of the reply
         room.release()
     conn.send_bytes(data)
+    return file_size
 
 
 def _encode_parts(parts: list[Weights], sizes: list[int], out: Any) -> None:
@@ -334,11 +348,17 @@ def _inline_parts(blob: memoryview, sizes: list[int]) -> list[dict[str, Array]]:
     return out
 
 
-def build_reply(message: Mapping[str, Any], prefix: str, blob: memoryview | None = None) -> Reply:
+def build_reply(
+    message: Mapping[str, Any],
+    prefix: str,
+    blob: memoryview | None = None,
+    on_free: Callable[[], None] | None = None,
+) -> Reply:
     """The :class:`Reply` of a parsed message.
 
     Its arrays view the mapped (and unlinked) file, or a copy of ``blob``, the
-    arrays that came in the message itself.
+    arrays that came in the message itself. ``on_free`` is called once the
+    file's mapping is freed.
     """
     cid, kind = message["cid"], message["kind"]
     path = reply_file(message, prefix)
@@ -357,7 +377,7 @@ def build_reply(message: Mapping[str, Any], prefix: str, blob: memoryview | None
         if blob is not None:
             parts = iter(_inline_parts(blob, present))
         else:
-            parts = iter(map_file(str(path), present, unlink=True))
+            parts = iter(map_file(str(path), present, unlink=True, on_free=on_free))
         arrays = next(parts) if sizes["arrays"] else {}
         extras = _wire.unflatten_extras(next(parts)) if sizes["extras"] else None
     error = message.get("error")

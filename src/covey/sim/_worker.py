@@ -22,7 +22,7 @@ from typing import Any
 from covey.clients._client import ClientFn, build_client, run_task
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
-from covey.sim import _room, _shm
+from covey.sim import _pace, _room, _shm
 from covey.sim._logs import WorkerLogs
 
 _Broadcast = tuple[Weights | None, Any]
@@ -97,6 +97,7 @@ def worker_main(
     pool: str,
     started: Any = None,
     levels: tuple[dict[str, int], int] | None = None,
+    pacing: tuple[Any, int] | None = None,
 ) -> None:
     """Run the tasks the parent sends over ``conn`` until it says stop or goes away.
 
@@ -107,6 +108,8 @@ def worker_main(
         started: A shared byte set to 1 here: a worker gone without it never started.
         levels: The parent's logger levels (see :func:`covey.sim._logs.levels`); given,
             the clients' log records go to the parent's loggers.
+        pacing: The semaphore the parent gives credits on and the budget in bytes
+            (see :mod:`covey.sim._pace`); None: no pacing.
     """
     if started is not None:
         started.value = 1
@@ -119,6 +122,7 @@ def worker_main(
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _own_output()
+    pacer = None if pacing is None else _pace.Pacer(*pacing, conn, logs.send_bytes)
     clients: dict[int, Any] = {}
     current: tuple[str | None, _Broadcast] = (None, (None, None))
     while True:
@@ -138,7 +142,9 @@ def worker_main(
             except Exception:  # noqa: BLE001 - reported to the server as each task's error
                 map_error = traceback.format_exc()
         broadcast = current[1] if path is not None else (None, None)
-        if not _run_batch(logs, seq, items, broadcast, map_error, clients, client_fn, prefix):
+        if not _run_batch(
+            logs, seq, items, broadcast, map_error, clients, client_fn, prefix, pacer
+        ):
             return
 
 
@@ -151,6 +157,7 @@ def _run_batch(
     clients: dict[int, Any],
     client_fn: ClientFn,
     prefix: str,
+    pacer: _pace.Pacer | None = None,
 ) -> bool:
     """Run one batch of tasks and send each reply; False once the parent is gone."""
     weights, extras = broadcast
@@ -158,11 +165,15 @@ def _run_batch(
         cid, kind = item[:2]
         room: _room.Room | None = None
         try:
+            if pacer is not None:  # a client starts once the server has folded enough
+                pacer.wait()
             if map_error is not None:
                 reply = Reply(cid, kind, error=map_error)
             else:
                 reply, room = _run_one(conn, item, weights, extras, clients, client_fn, prefix)
-            _shm.send_reply(conn, seq, reply, prefix, room)
+            size = _shm.send_reply(conn, seq, reply, prefix, room)
+            if pacer is not None:
+                pacer.sent(size)
         except (BrokenPipeError, OSError):
             return False
         finally:
