@@ -74,6 +74,31 @@ def test_a_robust_rule_no_round_can_satisfy_is_refused_and_one_few_may_is_warned
     assert "it samples 2 and leaves the model unchanged" in warned[0]
 
 
+def test_an_asynchronous_robust_rule_whose_buffer_is_short_of_its_need_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    # Every update aggregates buffer_size replies, however many clients join: with
+    # fewer than Krum needs, the server used to run every update as a logged no-op.
+    strategy = covey.Strategy(
+        aggregator=covey.aggregate.krum(1), buffer_size=4, fraction_evaluate=0.0, name="Async"
+    )
+    listened: list[int] = []
+    with pytest.raises(ValueError, match="Krum with f=1 needs at least 2f") as caught:
+        serve(
+            strategy,
+            1,
+            _weights(),
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=tmp_path / "run",
+            on_listen=listened.append,
+            wait_timeout=1,
+        )
+    assert "buffer_size=4" in str(caught.value)
+    assert listened == []
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
 def test_max_clients_that_is_no_count_of_clients_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="max_clients"):

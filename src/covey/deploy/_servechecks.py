@@ -6,7 +6,7 @@ import logging
 import math
 
 from covey.server._store import RunStore
-from covey.strategies._checks import unmet_rule_need
+from covey.strategies._checks import unmet_buffer_need, unmet_rule_need
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
@@ -95,6 +95,9 @@ def _check_rule_need(strategy: Strategy, max_clients: int) -> None:
     fewer clients than the rule needs, more clients joining may still fix it: a
     warning then, not a refusal.
     """
+    short = unmet_buffer_need(strategy)
+    if short is not None:
+        raise ValueError(short)
     unmet = unmet_rule_need(strategy, max_clients)
     if unmet is not None:
         raise ValueError(

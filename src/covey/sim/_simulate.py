@@ -26,7 +26,7 @@ from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.sim._start import check_start_method
-from covey.strategies._checks import unmet_rule_need
+from covey.strategies._checks import unmet_buffer_need, unmet_rule_need
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -175,6 +175,9 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             f"num_clients={num_clients}"
         )
     _check_evaluate_count(strategy, num_clients)
+    short = unmet_buffer_need(strategy)
+    if short is not None:
+        raise ValueError(short)
     unmet = unmet_rule_need(strategy, num_clients)
     if unmet is not None:
         raise ValueError(
