@@ -169,12 +169,8 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             )
             + f" but num_clients={num_clients}"
         )
-    if strategy.min_available_clients > num_clients:
-        raise ValueError(
-            f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}"
-        )
-    _check_evaluate_count(strategy, num_clients)
+    # Before min_available_clients: a robust preset waits for its rule's need, which
+    # says more than "min_available_clients=5 exceeds num_clients=3".
     short = unmet_buffer_need(strategy)
     if short is not None:
         raise ValueError(short)
@@ -185,6 +181,12 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             f"per round, but this run samples {unmet[2]} (num_clients={num_clients}, "
             f"fraction_fit={strategy.fraction_fit}, min_fit_clients={strategy.min_fit_clients})"
         )
+    if strategy.min_available_clients > num_clients:
+        raise ValueError(
+            f"min_available_clients={strategy.min_available_clients} exceeds "
+            f"num_clients={num_clients}"
+        )
+    _check_evaluate_count(strategy, num_clients)
     return strategy
 
 
