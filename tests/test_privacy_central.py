@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,15 @@ import pytest
 
 import covey
 from covey import privacy
-from covey.aggregate import Contribution, chain, run_round, server_adam, trimmed_mean
+from covey.aggregate import (
+    Contribution,
+    chain,
+    clip_norm,
+    krum,
+    run_round,
+    server_adam,
+    trimmed_mean,
+)
 from covey.aggregate._base import Aggregate
 from covey.privacy import _noise
 from covey.privacy._step import AdaptiveClipping, DPState, Mechanism, Shared, dp_step
@@ -293,7 +303,7 @@ def test_bad_central_settings_are_refused_at_once(settings: dict[str, object], m
 @pytest.mark.parametrize(
     ("make", "why"),
     [
-        (lambda: covey.Krum(f=1, fraction_fit=0.5, min_fit_clients=0), "needs at least 5"),
+        (lambda: covey.Krum(f=1, fraction_fit=0.5, min_fit_clients=0), r"needs at least 2f\+3 = 5"),
         (lambda: covey.QFedAvg(fraction_fit=0.5, min_fit_clients=0), "no numeric 'loss'"),
     ],
 )
@@ -310,10 +320,41 @@ def test_an_aggregator_that_cannot_take_the_private_mean_is_refused_before_train
         def evaluate(self, weights: covey.Weights, config: dict[str, Any]) -> covey.EvaluateResult:
             return covey.EvaluateResult(loss=0.0, num_examples=1)
 
-    dp = privacy.central(make(), noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_seed=0)
-    with pytest.raises(ValueError, match=f"cannot run on the one private mean.*{why}"):
+    def run() -> None:  # a rule that states its need is refused by central() itself
+        dp = privacy.central(make(), noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_seed=0)
         covey.simulate(lambda cid: Counting(), 10, 2, dp, {"w": np.zeros(3)})
+
+    with pytest.raises(ValueError, match=f"cannot run on the one private mean.*{why}"):
+        run()
     assert trained == []
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda: covey.Krum(f=1), "Krum with f=1 needs at least 2f+3 = 5 clients per round"),
+        (lambda: covey.MultiKrum(f=0), "Multi-Krum with f=0 needs at least 2f+3 = 3"),
+        (lambda: covey.Bulyan(f=1), "Bulyan with f=1 needs at least 4f+3 = 7"),
+        (
+            lambda: covey.Strategy(aggregator=chain(clip_norm(1.0), krum(1), server_adam())),
+            "Krum with f=1 needs at least 2f+3 = 5",
+        ),
+    ],
+)
+@pytest.mark.parametrize("wrap", ["central", "dp_ftrl"])
+def test_a_rule_that_needs_several_updates_is_refused_when_the_dp_strategy_is_made(
+    make: Any, why: str, wrap: str
+) -> None:
+    # The DP step hands the rule one private mean a round, so the rule's need is never
+    # met: deployed, the server used to listen and open its run folder before saying so.
+    settings: dict[str, Any] = {"noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5}
+    strategy = make()
+    if wrap == "central":
+        strategy = dataclasses.replace(strategy, fraction_fit=0.5, min_fit_clients=0)
+    else:
+        settings["tree_rounds"] = 2
+    with pytest.raises(ValueError, match=f"cannot run on the one private mean.*{re.escape(why)}"):
+        getattr(privacy, wrap)(strategy, **settings)
 
 
 def test_resume_restores_the_ledger_from_the_history() -> None:

@@ -74,6 +74,63 @@ def test_a_robust_rule_no_round_can_satisfy_is_refused_and_one_few_may_is_warned
     assert "it samples 2 and leaves the model unchanged" in warned[0]
 
 
+@pytest.mark.parametrize(
+    ("make", "need"),
+    [
+        (lambda **kw: covey.Krum(f=1, **kw), 5),
+        (lambda **kw: covey.MultiKrum(f=2, m=3, **kw), 7),
+        (lambda **kw: covey.Bulyan(f=1, **kw), 7),
+    ],
+)
+def test_a_robust_preset_waits_for_the_clients_its_rule_needs_and_warns_of_nothing(
+    make: Any, need: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With the strategy's default minimums (2), every deployed Krum(f=1) used to warn at
+    # start that its rounds might sample too few clients, and a round that started with
+    # 2 to 4 clients connected left the model unchanged.
+    strategy = make(fraction_evaluate=0.0)
+    assert strategy.min_available_clients == need
+    assert strategy.min_fit_clients == 2  # a round short of replies keeps the model, as before
+    with caplog.at_level(logging.WARNING, logger="covey"), pytest.raises(covey.FederationError):
+        serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, wait_timeout=0.3)
+    assert "needs at least" not in caplog.text
+    # What the user sets is kept, and warned of when short of the need.
+    caplog.clear()
+    short = make(fraction_evaluate=0.0, fraction_fit=0.5)
+    with caplog.at_level(logging.WARNING, logger="covey"), pytest.raises(covey.FederationError):
+        serve(short, 1, _weights(), "127.0.0.1:0", insecure=True, wait_timeout=0.3)
+    assert f"leaves the model unchanged; raise min_fit_clients to {need}" in caplog.text
+    assert make(min_available_clients=3).min_available_clients == 3
+    # Too few clients allowed for the need: the rule is named, not min_available_clients.
+    with pytest.raises(ValueError, match=f"needs at least .* = {need} clients per round"):
+        serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, max_clients=need - 1)
+
+
+def test_an_asynchronous_robust_rule_whose_buffer_is_short_of_its_need_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    # Every update aggregates buffer_size replies, however many clients join: with
+    # fewer than Krum needs, the server used to run every update as a logged no-op.
+    strategy = covey.Strategy(
+        aggregator=covey.aggregate.krum(1), buffer_size=4, fraction_evaluate=0.0, name="Async"
+    )
+    listened: list[int] = []
+    with pytest.raises(ValueError, match="Krum with f=1 needs at least 2f") as caught:
+        serve(
+            strategy,
+            1,
+            _weights(),
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=tmp_path / "run",
+            on_listen=listened.append,
+            wait_timeout=1,
+        )
+    assert "buffer_size=4" in str(caught.value)
+    assert listened == []
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
 def test_max_clients_that_is_no_count_of_clients_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="max_clients"):

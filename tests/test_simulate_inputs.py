@@ -198,6 +198,35 @@ def test_a_robust_rule_whose_need_no_round_meets_is_refused_before_any_round(
     assert result.weights["w"].tolist() != [0.0, 0.0]
 
 
+@pytest.mark.parametrize("buffer_size", [3, 4])
+def test_an_asynchronous_robust_rule_whose_buffer_is_short_of_its_need_is_refused(
+    buffer_size: int,
+) -> None:
+    # Each asynchronous update aggregates buffer_size replies: with fewer than Krum needs,
+    # every update used to be a logged no-op and the run returned the initial model.
+    built: list[int] = []
+
+    def client_fn(cid: int) -> covey.Client:
+        built.append(cid)
+        return PlusOne()
+
+    strategy = covey.Strategy(
+        aggregator=chain(clip_norm(10.0), krum(1)),
+        buffer_size=buffer_size,
+        fraction_evaluate=0.0,
+        name="AsyncKrum",
+    )
+    with pytest.raises(ValueError, match=re.escape("Krum with f=1 needs at least 2f+3 = 5")) as e:
+        covey.simulate(client_fn, 10, 2, strategy, {"w": np.zeros(2)})
+    assert f"buffer_size={buffer_size}" in str(e.value)
+    assert "AsyncKrum" in str(e.value)
+    assert built == []
+    # A buffer that holds enough replies: the rule runs and moves the model.
+    enough = dataclasses.replace(strategy, buffer_size=5, min_fit_clients=5)
+    result = covey.simulate(lambda cid: PlusOne(), 10, 1, enough, {"w": np.zeros(2)})
+    assert result.weights["w"].tolist() != [0.0, 0.0]
+
+
 @pytest.mark.parametrize("strategy", [covey.FedAvg(fraction_evaluate=0.0), covey.FedBuff()])
 def test_client_durations_that_are_one_number_are_refused_naming_the_option(
     strategy: covey.Strategy,

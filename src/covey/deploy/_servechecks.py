@@ -6,7 +6,7 @@ import logging
 import math
 
 from covey.server._store import RunStore
-from covey.strategies._checks import unmet_rule_need
+from covey.strategies._checks import unmet_buffer_need, unmet_rule_need
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
@@ -75,6 +75,8 @@ def check_capacity(strategy: Strategy, max_clients: int) -> None:
     """
     if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
         raise ValueError(f"max_clients must be a whole number above 0, got {max_clients!r}")
+    # First: a robust preset waits for its rule's need, and lowering that would not help.
+    _refuse_unmet_need(strategy, max_clients)
     wanted = {"min_available_clients": strategy.min_available_clients}
     if not strategy.asynchronous:  # a synchronous round waits for its fit clients too
         wanted["min_fit_clients"] = strategy.min_fit_clients
@@ -85,16 +87,14 @@ def check_capacity(strategy: Strategy, max_clients: int) -> None:
             f"the server takes at most max_clients={max_clients}: raise it "
             f"(serve(max_clients=...), covey server --max-clients) or lower {name}"
         )
-    _check_rule_need(strategy, max_clients)
+    _warn_of_short_minimums(strategy)
 
 
-def _check_rule_need(strategy: Strategy, max_clients: int) -> None:
-    """Refuse a rule that no round can satisfy, even with ``max_clients`` connected.
-
-    A round waits for the strategy's minimums connected; if that few would sample
-    fewer clients than the rule needs, more clients joining may still fix it: a
-    warning then, not a refusal.
-    """
+def _refuse_unmet_need(strategy: Strategy, max_clients: int) -> None:
+    """Refuse a rule that no round (or update) can satisfy, even with ``max_clients`` connected."""
+    short = unmet_buffer_need(strategy)
+    if short is not None:
+        raise ValueError(short)
     unmet = unmet_rule_need(strategy, max_clients)
     if unmet is not None:
         raise ValueError(
@@ -103,18 +103,32 @@ def _check_rule_need(strategy: Strategy, max_clients: int) -> None:
             f"{max_clients}, fraction_fit={strategy.fraction_fit}, min_fit_clients="
             f"{strategy.min_fit_clients}): raise max_clients or fraction_fit"
         )
+
+
+def _warn_of_short_minimums(strategy: Strategy) -> None:
+    """Warn if a round may start with too few clients connected for the rule to run.
+
+    A round waits for the strategy's minimums connected; if that few would sample
+    fewer clients than the rule needs, more clients joining may still fix it: a
+    warning, not a refusal. The robust presets wait for their need by default.
+    """
     least = max(strategy.min_available_clients, strategy.min_fit_clients, 1)
     unmet = unmet_rule_need(strategy, least)
-    if unmet is not None:
-        logger.warning(
-            "%s: %s clients per round, but with the %d clients a round waits for "
-            "(min_available_clients=%d, min_fit_clients=%d) it samples %d and leaves the "
-            "model unchanged; raise min_fit_clients or min_available_clients to %d",
-            strategy.name,
-            unmet[1],
-            least,
-            strategy.min_available_clients,
-            strategy.min_fit_clients,
-            unmet[2],
-            unmet[0],
-        )
+    if unmet is None:
+        return
+    need = unmet[0]
+    # Waiting for the need connected helps only if that many would all be sampled.
+    waiting_helps = unmet_rule_need(strategy, max(need, strategy.min_fit_clients)) is None
+    logger.warning(
+        "%s: %s clients per round, but with the %d clients a round waits for "
+        "(min_available_clients=%d, min_fit_clients=%d) it samples %d and leaves the "
+        "model unchanged; raise %s to %d",
+        strategy.name,
+        unmet[1],
+        least,
+        strategy.min_available_clients,
+        strategy.min_fit_clients,
+        unmet[2],
+        "min_fit_clients or min_available_clients" if waiting_helps else "min_fit_clients",
+        need,
+    )

@@ -27,7 +27,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
-from covey.aggregate._base import State
+from covey.aggregate._base import State, min_contributions
 from covey.core._weights import Array, Weights
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, round_event
@@ -363,7 +363,20 @@ def dp_step(inner: Step, mech: Mechanism, shared: Shared) -> Step:
         shared: The run's noise seed and sampled population (see :class:`Shared`).
 
     Returns:
-        A step whose state is a :class:`DPState`.
+        A step whose state is a :class:`DPState`. It states no need of its own (see
+        :func:`covey.aggregate._base.requiring`): the DP mean is made from any count.
+
+    Raises:
+        ValueError: if ``inner`` states that it needs several contributions a round
+            (Krum, Bulyan): it gets one, so it could never run. A rule that says
+            nothing is tried on one mean when the run starts (``init``).
     """
+    need = min_contributions(inner)
+    if need is not None and need[0] > 1:
+        raise ValueError(
+            f"{mech.name}: the strategy's aggregation cannot run on the one private mean it "
+            f"receives each round ({need[1]} clients per round); use a mean-based strategy "
+            "such as FedAvg, FedAdam or FedMedian"
+        )
     agg = _DPAggregation(inner, mech, shared)
     return Step(agg.init, agg.update)

@@ -97,3 +97,24 @@ def unmet_rule_need(strategy: Any, connected: int) -> tuple[int, str, int] | Non
     if strategy.selector is None:
         sampled = min(strategy.client_count("fit", connected), connected)
     return (need[0], need[1], sampled) if sampled < need[0] else None
+
+
+def unmet_buffer_need(strategy: Any) -> str | None:
+    """Why an asynchronous strategy's rule can never run: its buffer holds too few replies.
+
+    Each asynchronous update aggregates exactly ``buffer_size`` replies, however many
+    clients there are; a rule that needs more (Krum's ``2f + 3``) would leave the
+    model unchanged at every update. None if the strategy is synchronous, its rule
+    asks nothing, or the buffer is large enough.
+    """
+    from covey.aggregate._base import min_contributions
+
+    need = min_contributions(strategy.aggregator)
+    size = strategy.buffer_size
+    if need is None or size is None or size >= need[0]:
+        return None
+    return (
+        f"{strategy.name} would leave the model unchanged at every update: {need[1]} "
+        f"replies per update, but each asynchronous update aggregates buffer_size={size}: "
+        f"raise buffer_size to {need[0]} or more"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Unpack
+from typing import Any, Unpack
 
 from covey.aggregate import (
     Step,
@@ -31,6 +31,7 @@ from covey.aggregate import (
     trimmed_mean,
     weighted_mean,
 )
+from covey.aggregate._base import min_contributions
 from covey.aggregate._clip import polynomial_staleness
 from covey.core._messages import Config, plain
 from covey.strategies._checks import name_of
@@ -230,13 +231,15 @@ def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     Args:
         f: The number of Byzantine clients to tolerate (needs ``n >= 2f + 3``
             updates per round); see :func:`covey.aggregate.krum`.
-        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`);
+            ``min_available_clients`` defaults to ``2f + 3``, so that a round
+            waits for the clients the rule needs.
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
         Gradient Descent", NeurIPS 2017.
     """
-    return preset("Krum", chain(krum(f)), options, f=f)
+    return _robust("Krum", krum(f), options, f=f)
 
 
 def MultiKrum(
@@ -249,14 +252,15 @@ def MultiKrum(
         m: How many updates to average (None: ``n - f``).
         weighted: Average the chosen updates weighted by their number of examples
             (as Flower's ``Krum(num_clients_to_keep=m)`` does) instead of equally.
-        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`);
+            ``min_available_clients`` defaults to ``2f + 3``.
 
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
         Gradient Descent", NeurIPS 2017.
     """
-    step = chain(multi_krum(f, m, weighted=weighted))
-    return preset("MultiKrum", step, options, f=f, m=m, weighted=weighted)
+    step = multi_krum(f, m, weighted=weighted)
+    return _robust("MultiKrum", step, options, f=f, m=m, weighted=weighted)
 
 
 def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
@@ -264,13 +268,28 @@ def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
 
     Args:
         f: The number of Byzantine clients to tolerate; see :func:`covey.aggregate.bulyan`.
-        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
+        **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`);
+            ``min_available_clients`` defaults to ``4f + 3``.
 
     References:
         El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed
         Learning in Byzantium", ICML 2018.
     """
-    return preset("Bulyan", chain(bulyan(f)), options, f=f)
+    return _robust("Bulyan", bulyan(f), options, f=f)
+
+
+def _robust(name: str, step: Step, options: StrategyOptions, **hyperparameters: Any) -> Strategy:
+    """A preset around a rule that needs ``n`` updates a round: it waits for ``n`` clients.
+
+    Unless given, ``min_available_clients`` is the rule's need, so that no round
+    starts with fewer clients connected than the rule can use (with the default
+    ``fraction_fit=1`` every one of them trains). ``min_fit_clients`` keeps its
+    default: a round that gets fewer replies keeps the model, it does not stop the run.
+    """
+    need = min_contributions(step)
+    if need is not None:
+        options.setdefault("min_available_clients", need[0])
+    return preset(name, chain(step), options, **hyperparameters)
 
 
 def FedRFA(
