@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -124,3 +125,84 @@ def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_coun
     assert "is finished (round 0 was its last)" in flat
     assert "nothing to resume with rounds=0" in flat
     assert "listening" not in flat
+
+
+def _counts(run_dir: Path) -> tuple[object, object, object]:
+    """The round count of ``run.sqlite``, of ``history.json``, and the one a resume reads."""
+    from covey.deploy._cli_resume import recorded_rounds
+    from covey.server._rundb import open_read_only
+
+    conn = open_read_only(run_dir / "run.sqlite")
+    try:
+        (text,) = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
+    finally:
+        conn.close()
+    history = covey.History.load(run_dir).config.get("rounds")
+    return json.loads(text).get("rounds"), history, recorded_rounds(run_dir)
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_resume_for_more_rounds_stopped_before_its_first_new_round_keeps_one_count(
+    tmp_path: Path,
+) -> None:
+    # run.sqlite took the new count as the run was reopened, history.json only with
+    # its first new round: a server killed while it waited for clients left run.sqlite
+    # saying 2 and history.json (read first by a --resume without --rounds) saying 0.
+    run_dir = tmp_path / "run"
+    _finished(run_dir)
+    seen: list[tuple[object, object, object]] = []
+
+    def killed_while_waiting(port: int) -> None:  # what a kill -9 now leaves on disk
+        seen.append(_counts(run_dir))
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        serve(
+            _strategy(),
+            2,
+            None,
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            resume=True,
+            plot=False,
+            on_listen=killed_while_waiting,
+        )
+    assert seen == [(0, 0, 0)]
+    assert _counts(run_dir) == (0, 0, 0)
+    with pytest.raises(covey.FederationError, match="connected within"):  # no client came
+        serve(
+            _strategy(),
+            2,
+            None,
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            resume=True,
+            plot=False,
+            wait_timeout=0.2,
+        )
+    assert _counts(run_dir) == (0, 0, 0)
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_stopped_run_resumed_with_no_round_left_records_the_count_it_ended_at(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    served = Served(_strategy(), 2, run_dir=run_dir, address="127.0.0.1:0")
+    joined = Joined(served.port)
+    served.join(60)
+    joined.join(30)
+    with RunStore.open(run_dir) as store:  # as a run asked for 5 rounds, stopped after 2
+        store.set_rounds(5)
+        store.set_status("failed")
+    saved = json.loads((run_dir / "history.json").read_text())
+    saved["config"]["rounds"] = 5
+    (run_dir / "history.json").write_text(json.dumps(saved))
+    result = serve(
+        _strategy(), 2, None, "127.0.0.1:0", insecure=True, run_dir=run_dir, resume=True, plot=False
+    )
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]
+    assert _counts(run_dir) == (2, 2, 2)
+    assert summary(read_run("run", run_dir))["status"] == "finished"

@@ -325,6 +325,26 @@ class _Run:
     types: dict[str, type] | None = None
     background: BackgroundSaver | None = None
     outputs: RunOutputs | None = None
+    new_rounds: int | None = None
+    """A resumed run's new round count, recorded once it trains (or ends) at it."""
+
+    def record_rounds(self) -> bool:
+        """Record a resumed run's new round count in ``run.sqlite`` and its history.
+
+        Done as its first round is saved (or as it ends with none to run), not as
+        it is reopened: a run that stops before then keeps, in ``run.sqlite`` as in
+        ``history.json``, the count it had, and a ``--resume`` without ``--rounds``
+        reads the same count from either. Returns whether there was one to record.
+        """
+        if self.new_rounds is None:
+            return False
+        rounds, self.new_rounds = self.new_rounds, None
+        history = self.loop.history if self.loop is not None else self.history
+        if history is not None:
+            history.config = self.config
+        if self.store is not None:
+            self.store.set_rounds(rounds)
+        return True
 
     def saver(
         self,
@@ -342,6 +362,7 @@ class _Run:
         """
 
         def round_done(record: RoundRecord) -> None:
+            self.record_rounds()  # before the round's history.json says it
             if counter is not None:
                 record.bytes_sent, record.bytes_received = counter.take_counts()
             if self.loop is not None:  # the record is the history's last
@@ -375,9 +396,11 @@ class _Run:
         if self.store is None:
             return
         try:
+            # Ended with no round left to run: it ran to the new count, recorded now.
+            recorded = exc is None and self.record_rounds()
             if self.outputs is not None and self.loop is not None:
                 self.outputs.finish(self.loop.history)
-            elif exc is not None and history is not None:  # resumed, stopped before a round
+            elif (exc is not None or recorded) and history is not None:  # resumed, no round
                 write_outputs(self.store.run_dir, history, plot=False)
         except Exception as err:  # noqa: BLE001 - the run's own outcome is recorded below
             logger.warning("could not write the run's outputs: %s", err)
@@ -415,10 +438,10 @@ def _open_run(
     if opened is not None:
         point = resume_point(opened, initial_weights)
         config = {**point.config, "rounds": rounds}  # a resumed run may go on for more rounds
-        opened.set_rounds(rounds)  # run.sqlite says it as history.json does
-        if point.history is not None:
-            point.history.config = config
-        return _Run(opened, point.weights, config, point.start, point.history, point.state)
+        run = _Run(opened, point.weights, config, point.start, point.history, point.state)
+        if point.config.get("rounds") != rounds:  # recorded once a round is saved
+            run.new_rounds = rounds
+        return run
     if callable(initial_weights):
         initial_weights = initial_weights()
     if initial_weights is None:
