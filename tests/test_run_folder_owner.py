@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,3 +36,57 @@ def test_a_simulation_refused_a_served_runs_folder(tmp_path: Path) -> None:
             )
         written = {p.name for p in folder.iterdir()}
         assert not written & {"history.json", "run.json"}
+
+
+class Same(covey.Client):
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+
+HOLD = """
+import sys
+import subprocess
+import sys
+from pathlib import Path
+from covey.server._rundb import hold_run
+
+hold_run(Path(sys.argv[1]))
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_resume_of_a_run_still_running_says_to_wait_or_stop_it(tmp_path: Path) -> None:
+    # It said "give this run a folder of its own": no answer for a run to continue.
+    folder = tmp_path / "run"
+
+    def simulate(rounds: int, resume: bool) -> covey.sim.SimulationResult:
+        strategy = covey.FedAvg(fraction_evaluate=0.0)
+        weights = {"w": np.zeros(2)}
+        return covey.simulate(
+            lambda cid: Same(), 2, rounds, strategy, weights, run_dir=folder, resume=resume
+        )
+
+    simulate(1, False)
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:  # its streams closed, and waited for, as the block ends
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            with pytest.raises(ValueError, match="still running") as refused:
+                simulate(2, True)
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()  # it exits, letting go of the lock
+            holder.wait(30)
+    said = str(refused.value)
+    assert f"the run there is still running in pid {holder.pid}" in said
+    stop = f"stop it first (Ctrl-C in its terminal, or `kill {holder.pid}`), then resume it"
+    assert f"wait for it to end, or {stop}" in said
+    assert "folder of its own" not in said
+    result = simulate(2, True)  # once it ended, the resume goes on
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]

@@ -72,10 +72,13 @@ def run_folder(
         if is_held(folder) is not True:
             raise
         holder = (folder / LOCK_NAME).read_text(errors="replace").strip() or "unknown"
+        ours = holder == str(os.getpid())
+        if resume:  # the run to continue has not stopped: another folder is no answer
+            raise ValueError(_still_running(folder, holder, ours)) from exc
         who = (
             f"another run of this same process (pid {holder}; a simulation still going "
             "in another thread, say)"
-            if holder == str(os.getpid())
+            if ours
             else f"another covey process (pid {holder})"
         )
         raise ValueError(
@@ -105,6 +108,21 @@ def run_folder(
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _still_running(folder: Path, holder: str, ours: bool) -> str:
+    """Why a resume of the run in ``folder``, held by process ``holder``, is refused."""
+    if ours:
+        where, stop = f"this same process (pid {holder}; in another thread, say)", ""
+    elif holder.isdigit():
+        where, stop = f"pid {holder}", f", or `kill {holder}`"
+    else:
+        where, stop = "another covey process", ""
+    return (
+        f"run_dir {folder}: the run there is still running in {where}, which writes the "
+        f"folder until it ends; wait for it to end, or stop it first (Ctrl-C in its "
+        f"terminal{stop}), then resume it"
+    )
 
 
 def stop_reason(exc: BaseException) -> str:
