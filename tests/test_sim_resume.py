@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,6 +268,27 @@ def test_a_folder_without_a_simulation_checkpoint_is_refused(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="resume=True needs run_dir"):
         _sim(None, resume=True)
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_run_whose_run_sqlite_was_deleted_is_refused_naming_the_missing_file(
+    tmp_path: Path,
+) -> None:
+    # It was refused with guessed reasons (an asynchronous strategy's, top-k...).
+    run = tmp_path / "run"
+    _stopped(run)
+    (run / "run.sqlite").unlink()
+    with pytest.raises(ValueError, match="cannot be resumed") as refused:
+        _sim(run, 3, resume=True)
+    said = str(refused.value)
+    assert "its run.sqlite is missing (deleted or moved)" in said
+    assert "weights/ is still there (2 round files)" in said
+    assert "Put the run's run.sqlite back" in said
+    assert "covey.simulate(..., run_dir=<a new folder>)" in said
+    assert "asynchronous" not in said
+    shutil.rmtree(run / "weights")  # both gone: said so, beside the runs that keep none
+    with pytest.raises(ValueError, match=r"it has no run.sqlite and no weights/") as refused:
+        _sim(run, 3, resume=True)
+    assert "deleted or moved" in str(refused.value)
 
 
 @pytest.mark.parametrize("made_weights", [False, True])

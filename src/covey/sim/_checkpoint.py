@@ -32,11 +32,12 @@ from covey.compress import Scheme, TopK
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsSpec
 from covey.server._resume import resume_point, same_strategy
-from covey.server._roundfiles import check_storable
+from covey.server._roundfiles import WEIGHTS_DIR, check_storable
 from covey.server._rundb import DB_NAME
 from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import StateError, load_state, state_types
 from covey.server._store import RunStore
+from covey.sim._rundir import new_run_command
 from covey.strategies._strategy import Strategy
 
 __all__ = ["SimCheckpoint", "check_resumable", "open_checkpoint", "unresumable"]
@@ -269,17 +270,7 @@ def _open(folder: Path, rounds: int) -> RunStore:
     stopped one only when asked for no fewer.
     """
     if not (folder / DB_NAME).is_file():
-        kept = (folder / "run.json").is_file()
-        raise ValueError(
-            f"run_dir {folder} holds no simulation checkpoint to resume (no {DB_NAME})"
-            + (
-                ": its run kept none (an asynchronous strategy's, one compressed with top-k, "
-                "one whose aggregation state cannot be stored, or a simulation by an older "
-                "covey); run it again"
-                if kept
-                else ""
-            )
-        )
+        raise ValueError(_no_checkpoint(folder))
     store = RunStore.open(folder)  # the folder's lock is held by the run already
     try:
         if store.config.get("kind") != "simulated":
@@ -304,6 +295,32 @@ def _open(folder: Path, rounds: int) -> RunStore:
         store.close()
         raise
     return store
+
+
+def _no_checkpoint(folder: Path) -> str:
+    """Why the run in ``folder``, which has no ``run.sqlite``, cannot be resumed, and what to do."""
+    again = f"`{new_run_command(folder)}`"
+    weights = folder / WEIGHTS_DIR
+    if weights.is_dir():  # made with run.sqlite: the run kept a checkpoint, and lost half of it
+        files = sorted(weights.glob("round-*.safetensors"))
+        left = f"{len(files)} round file{'s' if len(files) != 1 else ''}" if files else "no file"
+        return (
+            f"run_dir {folder} cannot be resumed: its {DB_NAME} is missing (deleted or moved), "
+            f"though its {WEIGHTS_DIR}/ is still there ({left}); {DB_NAME} held the rounds' "
+            f"records and aggregation state, without which no round can be resumed from. Put "
+            f"the run's {DB_NAME} back (with its {DB_NAME}-wal, if one was beside it) and "
+            f"resume again, or run the simulation again from round 1 with {again} (a new "
+            "folder)"
+        )
+    if (folder / "run.json").is_file() or (folder / "history.json").is_file():
+        return (
+            f"run_dir {folder} holds no simulation checkpoint to resume: it has no {DB_NAME} "
+            f"and no {WEIGHTS_DIR}/. Either its run kept none (one whose aggregation state "
+            "cannot be stored, said as a warning as it started; an asynchronous strategy's; "
+            "one compressed with top-k; or a simulation by an older covey), or they were "
+            f"deleted or moved: put them back to resume it, or run it again with {again}"
+        )
+    return f"run_dir {folder} holds no simulation checkpoint to resume (no {DB_NAME})"
 
 
 def _plain(value: Any) -> Any:

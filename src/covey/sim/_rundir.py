@@ -28,6 +28,7 @@ __all__ = [
     "end_run_meta",
     "how_to_resume",
     "kept_history",
+    "new_run_command",
     "resume_command",
     "run_folder",
     "save_history",
@@ -196,6 +197,15 @@ def resume_command(folder: Path) -> str:
         return f"covey.simulate(..., run_dir={str(folder)!r}, resume=True)"
     here = project == Path.cwd().resolve()
     return f"covey run {'' if here else quote(str(project)) + ' '}--resume {quote(str(folder))}"
+
+
+def new_run_command(folder: Path) -> str:
+    """What runs the simulation in ``folder`` again, from round 1, in a folder of its own."""
+    project = _project_of(folder)
+    if project is None:
+        return "covey.simulate(..., run_dir=<a new folder>)"
+    here = project == Path.cwd().resolve()
+    return f"covey run{'' if here else ' ' + quote(str(project))}"
 
 
 def stopped_simulation_reason(folder: Path) -> str:
