@@ -8,8 +8,10 @@ finishes the run with the model and the history of a run never stopped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,7 +128,7 @@ def test_resume_refusals_of_covey_run_name_what_is_wrong(
     root = _project(tmp_path, "cut-fed", "", monkeypatch)
     code, said = _cli("run", str(root), "--resume", str(tmp_path / "nowhere"))
     assert code == 2, said
-    assert "no simulated run there (no run.json)" in said
+    assert "no such folder, so no simulated run to resume" in said
     code, said = _cli("run", str(root), "--federation", "local", "--resume", str(root))
     assert code == 2, said
     assert "covey server --resume" in said
@@ -171,3 +173,32 @@ def test_a_resume_without_set_rounds_runs_the_rounds_the_run_was_started_with(
     code, said = _cli("run", str(root), "--resume", str(run), "--set", "rounds=3")
     assert code == 0, said  # an explicit --set rounds trains it on
     assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2, 3]
+
+
+def test_a_project_run_killed_before_its_run_json_starts_again_from_round_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `covey run --resume` refused such a folder: "no simulated run there (no run.json)".
+    root = _project(tmp_path, "cut-fed", "", monkeypatch)
+    code, said = _cli("run", str(root), "--set", "rounds=2", "--set", "clients=4")
+    assert code == 0, said
+    (run,) = root.glob("runs/sim-*")
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]
+    for kept in [{"project.json", "run.lock"}, {"project.json"}]:  # killed as clients started
+        for path in run.iterdir():
+            if path.name not in kept:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        with caplog.at_level(logging.WARNING, logger="covey"):
+            code, said = _cli("run", str(root), "--resume", str(run), "--set", "clients=4")
+        assert code == 0, said
+        assert "the resumed run starts at round 1" in caplog.text
+        # to the rounds it was started with (project.json keeps them), not the project's 5
+        assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]
+        assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    # A folder that holds nothing a run writes is refused, naming what is missing.
+    (tmp_path / "other").mkdir()
+    code, said = _cli("run", str(root), "--resume", str(tmp_path / "other"))
+    assert code == 2, said
+    assert "no simulated run there: it holds none of the files a `covey run` writes" in said
+    assert "(project.json, run.lock, run.json, run.sqlite, history.json)" in said
+    assert f"start a new run with `covey run {root}`" in said

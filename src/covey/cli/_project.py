@@ -267,11 +267,10 @@ def run_command(
             f"--resume {resume} continues a simulated run; a served run is continued with "
             f"`covey server --resume {shlex.quote(str(resume))}` and the app it was started with"
         )
-    if resume is not None and not (resume / "run.json").is_file():
-        fail(
-            f"--resume {resume}: no simulated run there (no run.json); give a run folder "
-            "of this project, e.g. one listed by `covey runs list`"
-        )
+    if resume is not None:
+        from covey.cli._project_sim import check_resume_folder
+
+        check_resume_folder(resume, project)
     settings = ProjectSettings(project.resolve(), overrides or [], federation)
     if str(settings.project) not in sys.path:
         sys.path.insert(0, str(settings.project))

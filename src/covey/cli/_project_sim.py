@@ -16,11 +16,16 @@ from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 
-__all__ = ["SETTINGS_FILE", "same_settings", "simulate_project"]
+__all__ = ["SETTINGS_FILE", "check_resume_folder", "same_settings", "simulate_project"]
 
 SETTINGS_FILE = "project.json"
 """What a simulated project run's app was given (``[tool.covey.config]`` and the run's
-``clients`` and ``seed``, ``--set`` applied), kept so that a resume gives it the same."""
+``clients`` and ``seed``, ``--set`` applied), kept so that a resume gives it the same,
+and the rounds it runs to; written before the run starts, so a run killed before its
+``run.json`` can be resumed too."""
+
+RUN_FILES = (SETTINGS_FILE, "run.lock", "run.json", "run.sqlite", "history.json")
+"""The files a simulated ``covey run`` writes in its folder as it starts, in that order."""
 
 
 def _plain(value: Any) -> Any:
@@ -28,16 +33,39 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def same_settings(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+def check_resume_folder(resume: Path, project: Path) -> None:
+    """Refuse ``--resume`` of a folder that holds no simulated run, saying what is missing.
+
+    A folder holding any of :data:`RUN_FILES` goes on to the simulation: it resumes
+    the run, starts it again at round 1 if the run stopped before its first
+    checkpoint, or says why it cannot.
+    """
+    here = project.resolve() == Path.cwd().resolve()
+    again = f"`covey run{'' if here else ' ' + shlex.quote(str(project))}`"
+    pick = "give a run folder of this project, e.g. one listed by `covey runs list`"
+    if not resume.is_dir():
+        fail(
+            f"--resume {resume}: no such folder, so no simulated run to resume; {pick}, or "
+            f"start a new run with {again}"
+        )
+    if not any((resume / name).exists() for name in RUN_FILES):
+        fail(
+            f"--resume {resume}: no simulated run there: it holds none of the files a "
+            f"`covey run` writes as it starts ({', '.join(RUN_FILES)}); {pick}, or start a "
+            f"new run with {again}"
+        )
+
+
+def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: int) -> None:
     """Keep a new run's app settings in its folder; refuse a resume that changes one.
 
-    ``rounds`` may change (a stopped run may be resumed for more rounds). A run
-    folder without the file (a run of ``simulate()``) is not checked.
+    ``rounds`` is kept too, but may change (a stopped run may be resumed for more
+    rounds). A run folder without the file (a run of ``simulate()``) is not checked.
     """
     given = _plain({k: v for k, v in config.items() if k != "rounds"})
     path = run_dir / SETTINGS_FILE
     if not resume:
-        atomic_write(path, json.dumps(given, indent=2))
+        atomic_write(path, json.dumps({**given, "rounds": rounds}, indent=2))
         return
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
@@ -45,6 +73,7 @@ def same_settings(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
         return
     if not isinstance(kept, dict):
         return
+    kept.pop("rounds", None)
     changed = [
         f"{k} = {json.dumps(kept.get(k))} (now {json.dumps(given.get(k))})"
         for k in sorted(set(kept) | set(given))
@@ -62,20 +91,23 @@ console = output_console()
 
 
 def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
-    """The rounds the run in ``run_dir`` was asked for (its ``run.json``), else ``default``.
+    """The rounds the run in ``run_dir`` was asked for, else ``default``.
 
-    A run started with ``--set rounds=N`` resumes to round N without it; an
-    explicit ``--set rounds`` on the resume (``default``) trains it on to another round.
+    Its ``run.json`` says them, or the ``project.json`` of a run killed before it
+    wrote ``run.json``. A run started with ``--set rounds=N`` resumes to round N
+    without it; an explicit ``--set rounds`` on the resume (``default``) trains
+    it on to another round.
     """
     if "rounds" in settings.given:
         return default
-    try:
-        kept = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-    rounds = kept.get("rounds") if isinstance(kept, dict) else None
-    if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0:
-        return rounds
+    for name in ("run.json", SETTINGS_FILE):
+        try:
+            kept = json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        rounds = kept.get("rounds") if isinstance(kept, dict) else None
+        if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0:
+            return rounds
     return default
 
 
@@ -117,7 +149,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     else:
         run_dir = resume
         rounds = _run_rounds(settings, run_dir, rounds)
-    same_settings(run_dir, settings.app_config(), resume is not None)
+    same_settings(run_dir, settings.app_config(), resume is not None, rounds)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
         + ("" if resume is None else escape(f", resuming {run_dir}")),

@@ -47,8 +47,8 @@ def run_folder(
     """Hold ``run_dir`` while the simulation writes it; yield its history and run.json paths.
 
     The third value yielded is whether the run resumes: false for a folder that
-    holds only the ``run.lock`` of a run killed before its first checkpoint,
-    which starts again at round 1.
+    holds only the ``run.lock`` (or a ``covey run``'s ``project.json``) of a run
+    killed before its first checkpoint, which starts again at round 1.
 
     The run's ``run.lock`` is held as a served run holds it, and the kernel
     drops the lock when the process exits, however it exits: a run whose
@@ -66,7 +66,9 @@ def run_folder(
     if resume and not folder.is_dir():
         raise ValueError(f"run_dir {folder} is no folder: there is no simulation in it to resume")
     folder.mkdir(parents=True, exist_ok=True)
-    left = (folder / LOCK_NAME).is_file()  # a run was started here (or is running)
+    # A run was started here (or is running): its lock, or the settings `covey run`
+    # keeps (project.json) just before it starts the simulation.
+    left = (folder / LOCK_NAME).is_file() or (folder / "project.json").is_file()
     try:
         lock = hold_run(folder)
     except OSError as exc:
