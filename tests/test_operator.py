@@ -73,7 +73,7 @@ def test_a_run_folder_served_by_another_server_is_refused(tmp_path: Path) -> Non
     second = Served(
         strategy, 1, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0", wait_timeout=2
     )
-    with pytest.raises(OSError, match=r"in use by another covey server \(pid \d+\)"):
+    with pytest.raises(OSError, match=r"the run in .* is still running in pid \d+"):
         second.join(30)  # a second server on the run would wait for clients, then fail it
     clients = [Joined(first.port, name=f"c{k}") for k in range(2)]
     assert [r.round for r in first.join().history.rounds] == [0, 1]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,6 @@ class Same(covey.Client):
 
 HOLD = """
 import sys
-import subprocess
-import sys
 from pathlib import Path
 from covey.server._rundb import hold_run
 
@@ -54,6 +54,25 @@ hold_run(Path(sys.argv[1]))
 print("held", flush=True)
 sys.stdin.read()
 """
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[int]:
+    """``folder``'s run held by another live process (its pid yielded) for the block."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:  # its streams closed, and waited for, as the block ends
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            yield holder.pid
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()  # it exits, letting go of the lock
+            holder.wait(30)
 
 
 def test_a_resume_of_a_run_still_running_says_to_wait_or_stop_it(tmp_path: Path) -> None:
@@ -68,25 +87,30 @@ def test_a_resume_of_a_run_still_running_says_to_wait_or_stop_it(tmp_path: Path)
         )
 
     simulate(1, False)
-    with subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(folder)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:  # its streams closed, and waited for, as the block ends
-        try:
-            assert holder.stdout is not None
-            assert holder.stdout.readline().strip() == "held"
-            with pytest.raises(ValueError, match="still running") as refused:
-                simulate(2, True)
-        finally:
-            assert holder.stdin is not None
-            holder.stdin.close()  # it exits, letting go of the lock
-            holder.wait(30)
+    with _held(folder) as pid, pytest.raises(ValueError, match="still running") as refused:
+        simulate(2, True)
     said = str(refused.value)
-    assert f"the run there is still running in pid {holder.pid}" in said
-    stop = f"stop it first (Ctrl-C in its terminal, or `kill {holder.pid}`), then resume it"
+    assert f"the run there is still running in pid {pid}" in said
+    stop = f"stop it first (Ctrl-C in its terminal, or `kill {pid}`), then resume it"
     assert f"wait for it to end, or {stop}" in said
     assert "folder of its own" not in said
     result = simulate(2, True)  # once it ended, the resume goes on
     assert [r.round for r in result.history.rounds] == [0, 1, 2]
+
+
+def test_a_served_run_resumed_while_still_running_says_to_wait_or_stop_it(
+    tmp_path: Path,
+) -> None:
+    # It said "stop that server first, or give another run folder".
+    from covey.deploy import serve
+
+    folder = tmp_path / "run"
+    with RunStore.create(folder, config={"rounds": 1}, exclusive=True):
+        pass
+    with _held(folder) as pid, pytest.raises(OSError, match="still running") as refused:
+        serve(covey.FedAvg(), 2, None, insecure=True, run_dir=folder, resume=True)
+    said = str(refused.value)
+    assert f"the run in {folder} is still running in pid {pid}" in said
+    stop = f"stop it first (Ctrl-C in its terminal, or `kill {pid}`), then resume it"
+    assert f"wait for it to end, or {stop}" in said
+    assert "another run folder" not in said

@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from pathlib import Path
 
+from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._store import RunStore
 from covey.strategies._checks import unmet_buffer_need, unmet_rule_need
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
+
+
+def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
+    """The store of the run in ``run_dir``, held to resume it.
+
+    Raises:
+        OSError: Another process holds the run: it is still running (its pid is
+            named), and a resume waits for it to end or for it to be stopped.
+    """
+    try:
+        return RunStore.open(run_dir, exclusive=True)
+    except OSError as exc:
+        folder = Path(run_dir)
+        if is_held(folder) is not True:
+            raise
+        try:
+            holder = (folder / LOCK_NAME).read_text(errors="replace").strip()
+        except OSError:
+            holder = ""
+        where, kill = (
+            (f"pid {holder}", f", or `kill {holder}`")
+            if holder.isdigit()
+            else ("another covey process", "")
+        )
+        raise OSError(
+            f"the run in {folder} is still running in {where}, which writes the folder "
+            f"until it ends; wait for it to end, or stop it first (Ctrl-C in its terminal"
+            f"{kill}), then resume it"
+        ) from exc
 
 
 def stored_address(opened: RunStore) -> str:

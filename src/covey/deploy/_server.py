@@ -20,6 +20,7 @@ from covey.deploy._servechecks import (
     check_capacity,
     check_resumable,
     check_settings,
+    reopen,
     stored_address,
 )
 from covey.deploy._tls import server_tls
@@ -254,7 +255,7 @@ def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
     """The store of the run to resume, or None for a new run."""
     if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
-    return RunStore.open(run_dir, exclusive=True) if resume and run_dir is not None else None
+    return reopen(run_dir) if resume and run_dir is not None else None
 
 
 def _listen(
