@@ -202,3 +202,45 @@ def test_a_project_run_killed_before_its_run_json_starts_again_from_round_1(
     assert "no simulated run there: it holds none of the files a `covey run` writes" in said
     assert "(project.json, run.lock, run.json, run.sqlite, history.json)" in said
     assert f"start a new run with `covey run {root}`" in said
+
+
+LOADING = """
+
+_LOADED = []
+
+
+def interrupted_loading(config):
+    app = make_server(config)
+
+    def initial_weights():
+        if not _LOADED:  # Ctrl-C as the model loads, the first time only
+            _LOADED.append(True)
+            raise KeyboardInterrupt
+        return app.weights()
+
+    return ServerApp(
+        app.strategy, initial_weights, rounds=app.rounds, evaluate_fn=app.evaluate_fn
+    )
+"""
+
+
+def test_a_project_run_interrupted_before_its_first_round_says_how_to_start_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It blamed top-k or an asynchronous strategy for keeping no checkpoint, and
+    # `covey runs show` knew no such run.
+    root = _project(tmp_path, "load-fed", LOADING, monkeypatch)
+    stopper = "server-app=load_fed.server_app:interrupted_loading"
+    code, said = _cli("run", str(root), "--set", "rounds=2", "--set", "clients=4", "--set", stopper)
+    assert code == 130, said
+    (run,) = root.glob("runs/sim-*")
+    command = f"covey run {root} --resume {run}"
+    assert f"stopped before its first round; `{command}` starts it again at round 1" in said
+    assert "top-k" not in said
+    code, said = _cli("runs", "show", str(run))
+    assert code == 2, said
+    assert "its simulation stopped before its first round" in said
+    assert f"`{command}` starts it again at round 1" in said
+    code, said = _cli(*shlex.split(command)[1:], "--set", "clients=4", "--set", stopper)
+    assert code == 0, said
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]

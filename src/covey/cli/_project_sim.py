@@ -111,6 +111,31 @@ def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
     return default
 
 
+def _interrupted(run_dir: Path, kept: str | None) -> str:
+    """What a simulation stopped by Ctrl-C left in ``run_dir``, and what goes on with it.
+
+    ``kept`` says where the model after its last complete round is, if anywhere.
+    """
+    from covey.sim._rundir import resume_command
+
+    if not (run_dir / "history.json").is_file():  # as its model loaded or its clients started
+        return (
+            f"interrupted: the simulation in {run_dir} stopped before its first round; "
+            f"`{resume_command(run_dir)}` starts it again at round 1"
+        )
+    how = (
+        f"continue it after its last complete round with `{resume_command(run_dir)}`"
+        if (run_dir / "run.sqlite").is_file()
+        else "it keeps no checkpoint (compressed with top-k, or an asynchronous "
+        "strategy): `covey run` runs it again from the start, and the same seed gives "
+        "the same results"
+    )
+    return (
+        f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
+        f"rounds done{'; ' + kept if kept else ''}); {how}"
+    )
+
+
 def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> Any:
     """``make_client(cid, config=config)``, refused (as that client's failure) if not a client."""
     client = make_client(cid, config=config)
@@ -126,7 +151,6 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     import covey
     from covey.cli._runs import print_table, round_table, stopped_early
     from covey.server._outputs import new_run_dir, plot_history
-    from covey.sim._rundir import resume_command
     from covey.sim._simulate import _checked
     from covey.sim._start import check_start_method
 
@@ -185,20 +209,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         kept = keep_model(run_dir, models, console)
-        how = (
-            f"continue it after its last complete round with `{resume_command(run_dir)}`"
-            if (run_dir / "run.sqlite").is_file()
-            else "it keeps no checkpoint (compressed with top-k, or an asynchronous "
-            "strategy): `covey run` runs it again from the start, and the same seed gives "
-            "the same results"
-        )
-        console.print(
-            escape(
-                f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
-                f"rounds done{'; ' + kept if kept else ''}); {how}"
-            ),
-            soft_wrap=True,
-        )
+        console.print(escape(_interrupted(run_dir, kept)), soft_wrap=True)
         raise typer.Exit(130) from None
     except Exception:
         # The app's own function raised: the error is reported as any other (covey.cli.main).

@@ -26,7 +26,7 @@ from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
-from covey.sim._rundir import how_to_resume, stopped_simulation_reason
+from covey.sim._rundir import how_to_resume, resume_command, stopped_simulation_reason
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History
@@ -154,9 +154,30 @@ def find_run(run: str, runs_dir: Path) -> Path:
     for candidate in (Path(run), runs_dir / run):
         if (candidate / History.FILE_NAME).is_file():
             return candidate
+    for candidate in (Path(run), runs_dir / run):
+        _not_started(candidate)
     fail(
         f"no run {run!r}: give a run folder holding {History.FILE_NAME}, or a name "
         f"listed by `covey runs list --dir {runs_dir}`"
+    )
+
+
+def _not_started(folder: Path) -> None:
+    """Say so if ``folder`` holds a simulation stopped (or starting) before its first round.
+
+    Such a run wrote only its ``run.lock`` (or a ``covey run``'s ``project.json``).
+    """
+    if (folder / "run.sqlite").exists() or not any(
+        (folder / name).is_file() for name in ("project.json", "run.lock")
+    ):
+        return
+    if is_held(folder) is True:
+        holder = (folder / "run.lock").read_text(errors="replace").strip() or "unknown"
+        fail(f"{folder}: its run is starting (pid {holder}): no round is done yet to show")
+    fail(
+        f"{folder}: its simulation stopped before its first round (killed or interrupted "
+        f"as it started), so there is nothing to show; `{resume_command(folder)}` starts "
+        "it again at round 1"
     )
 
 
