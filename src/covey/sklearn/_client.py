@@ -13,6 +13,7 @@ from covey.clients._quiet import ignoring
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
+from covey.sklearn._support import check_kind, check_options
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -115,6 +116,13 @@ class SklearnClient(Client):
     MLP's ``warm_start``, which would refuse such a client, is switched off:
     ``partial_fit`` trains on from the global parameters anyway).
 
+    Estimators other than linear models and MLPs (trees, naive Bayes,
+    clustering) are refused here, and so are options with which a model
+    cannot train on from the global parameters: ``early_stopping=True`` and
+    ``class_weight="balanced"`` on a model trained with ``partial_fit``
+    (give the class weights as a dict instead), and
+    ``LogisticRegression(solver="liblinear")``, which ignores ``warm_start``.
+
     ``sample_weight`` (one weight per training example) is passed to every
     ``partial_fit`` (or ``fit``) call and weights ``train_accuracy``; an
     estimator whose training method takes no ``sample_weight`` is refused
@@ -174,6 +182,7 @@ class SklearnClient(Client):
         self.epochs = epochs
         from sklearn.base import is_classifier
 
+        check_kind(model)
         if not is_classifier(model):
             raise TypeError(
                 f"SklearnClient federates classifiers; {type(model).__name__} is not one "
@@ -190,6 +199,7 @@ class SklearnClient(Client):
             # partial_fit trains on from the parameters set anyway; an MLP's warm_start
             # only makes it refuse local labels that lack one of the classes
             model.set_params(warm_start=False)
+        check_options(model)
         method = "partial_fit" if hasattr(model, "partial_fit") else "fit"
         self.sample_weight = _sample_weight(sample_weight, model, method, len(self.y_train))
 

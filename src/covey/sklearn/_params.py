@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.core._weights import Array, Weights, WeightsError
+from covey.sklearn._support import check_kind, check_options
 
 __all__ = ["get_params", "initial_params", "is_mlp", "prime", "set_params"]
 
@@ -61,6 +62,10 @@ def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
     Returns:
         Named ``float`` arrays.
 
+    Raises:
+        TypeError: ``model`` is neither a linear model nor an MLP.
+        ValueError: ``model`` is not fitted (or primed) yet.
+
     Example:
         >>> from sklearn.linear_model import SGDClassifier
         >>> from covey.sklearn import get_params
@@ -68,6 +73,7 @@ def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
         >>> {k: v.shape for k, v in get_params(model).items()}
         {'coef': (1, 2), 'intercept': (1,)}
     """
+    check_kind(model)
     if is_mlp(model):
         if not hasattr(model, "coefs_"):
             raise ValueError(
@@ -162,8 +168,11 @@ def initial_params(
         Named arrays with the shapes :func:`get_params` gives after fitting.
 
     Raises:
+        TypeError: ``model`` is neither a linear model nor an MLP.
         ValueError: A classifier without ``classes``, a regressor with them,
-            or ``targets`` below 1.
+            ``targets`` below 1, or an option the model cannot train federated
+            with (``early_stopping=True``, ``class_weight="balanced"`` with
+            ``partial_fit``, ``solver="liblinear"``).
 
     References:
         Glorot and Bengio, "Understanding the difficulty of training deep
@@ -171,6 +180,8 @@ def initial_params(
     """
     from sklearn.base import is_regressor
 
+    check_kind(model)
+    check_options(model)
     regressor = is_regressor(model)
     if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
         raise ValueError(f"targets must be an int >= 1, got {targets!r}")
@@ -227,13 +238,19 @@ def prime(
             regressor.
 
     Raises:
-        ValueError: A classifier without ``classes``, or a regressor with them.
+        TypeError: ``model`` is neither a linear model nor an MLP.
+        ValueError: A classifier without ``classes``, a regressor with them, or
+            an option the model cannot train federated with, named with what
+            to use instead (``early_stopping=True`` or ``class_weight="balanced"``
+            with ``partial_fit``, ``LogisticRegression(solver="liblinear")``).
     """
     from sklearn.base import is_regressor
 
+    check_kind(model)
     fitted = hasattr(model, "coefs_") if is_mlp(model) else hasattr(model, "coef_")
     if fitted:
         return
+    check_options(model)
     x_arr = features(x)
     if is_regressor(model):
         if classes is not None:
@@ -285,7 +302,8 @@ def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) 
     from sklearn.base import clone
 
     # warm_start off: with it, a first partial_fit would refuse local labels lacking a class
-    twin = clone(model).set_params(solver="sgd", warm_start=False)
+    # early_stopping off: partial_fit refuses it (and lbfgs, which never stops early, ignores it)
+    twin = clone(model).set_params(solver="sgd", warm_start=False, early_stopping=False)
     twin.partial_fit(x, y, classes=np.asarray(classes))
     hyperparameters = model.get_params(deep=False)
     for name, value in vars(twin).items():
