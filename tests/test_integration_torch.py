@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -190,6 +191,71 @@ def test_torch_client_evaluate_reports_loss_and_accuracy() -> None:
         out = net(x)
     assert result.loss == pytest.approx(float(nn.functional.cross_entropy(out, y)), rel=1e-5)
     assert result.metrics["accuracy"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
+
+
+def _binary(n: int = 40) -> tuple[Any, Any, nn.Module]:
+    """Inputs, 0/1 labels (one in four is 1) and a logit model right on 35 of them."""
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    labels = (torch.arange(n) % 4 == 0).long()
+    x[:, 0] = torch.where(labels == 1, 2.0, -2.0)
+    x[::8, 0] *= -1  # every other positive is misclassified: 35 of 40 right
+    net = nn.Linear(3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[3.0, 0.0, 0.0]]))
+        net.bias.zero_()
+    return x, labels, net
+
+
+class _Squeezed(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Any) -> Any:
+        return self.inner(x).squeeze(1)
+
+
+@pytest.mark.parametrize("outputs", ["(B, 1)", "(B,)"])
+@pytest.mark.parametrize("targets", ["long (B,)", "float (B,)", "float (B, 1)", "bool (B,)"])
+def test_binary_accuracy_of_one_logit_per_example(outputs: str, targets: str) -> None:
+    x, labels, net = _binary()
+    model = net if outputs == "(B, 1)" else _Squeezed(net)
+    y = {
+        "long (B,)": labels,
+        "float (B,)": labels.float(),
+        "float (B, 1)": labels.float()[:, None],
+        "bool (B,)": labels.bool(),
+    }[targets]
+
+    def loss_fn(out: Any, target: Any) -> Any:
+        return nn.functional.binary_cross_entropy_with_logits(
+            out.reshape(-1), target.reshape(-1).float()
+        )
+
+    with torch.no_grad():
+        expected = float(((net(x)[:, 0] > 0) == (labels == 1)).float().mean())
+    assert expected == pytest.approx(0.875)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    _, n, metrics = evaluate_model(model, loss_fn, loader)
+    assert n == 40
+    assert metrics == {"accuracy": pytest.approx(expected)}
+
+
+def test_binary_accuracy_of_probabilities_under_bce_loss() -> None:
+    x, labels, net = _binary()
+    model = nn.Sequential(net, nn.Sigmoid())
+    loader = DataLoader(TensorDataset(x, labels.float()[:, None]), batch_size=8)
+    _, _, metrics = evaluate_model(model, nn.BCELoss(), loader)
+    assert metrics == {"accuracy": pytest.approx(0.875)}
+    client = TorchClient(model, nn.BCELoss(), torch.optim.SGD, loader)
+    result = client.evaluate(to_weights(model, copy=True), {"round": 1})
+    assert result.metrics == {"accuracy": pytest.approx(0.875)}
+
+
+def test_a_regression_loss_on_0_1_targets_has_no_accuracy() -> None:
+    x, labels, net = _binary()
+    loader = DataLoader(TensorDataset(x, labels.float()[:, None]), batch_size=8)
+    assert evaluate_model(net, nn.MSELoss(), loader)[2] == {}
 
 
 def test_regression_outputs_have_no_accuracy() -> None:

@@ -36,12 +36,52 @@ def _split(batch: Any) -> tuple[Any, Any]:
     return batch[0], batch[1]
 
 
+def _regression_or_probabilities(loss_fn: Any) -> tuple[bool, bool]:
+    """Whether ``loss_fn`` is a regression loss, and whether it takes probabilities."""
+    nn = torch_module().nn
+    regression = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.GaussianNLLLoss)
+    return isinstance(loss_fn, regression), isinstance(loss_fn, nn.BCELoss)
+
+
+def _correct(out: Any, y: Any, threshold: float) -> int | None:
+    """The correct predictions in a batch, or None when it is not a classification.
+
+    Class scores ``(batch, classes)`` with class indices ``(batch,)`` count by argmax;
+    one score per example (``(batch, 1)`` or ``(batch,)``) with 0/1 targets (ints,
+    floats or bools, of shape ``(batch,)`` or ``(batch, 1)``) counts as positive
+    above ``threshold``.
+    """
+    if out.ndim == 2 and out.shape[1] > 1:
+        if y.ndim == 1 and not y.is_floating_point() and not y.is_complex():
+            return int((out.argmax(dim=1) == y).sum())
+        return None
+    if out.ndim not in (1, 2) or out.numel() != len(y) or y.numel() != len(y):
+        return None
+    if y.is_complex() or out.is_complex():
+        return None
+    labels = y.reshape(-1)
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        return None
+    return int(((out.reshape(-1) > threshold) == (labels == 1)).sum())
+
+
 def evaluate_model(
     model: Any, loss_fn: Callable[[Any, Any], Any], loader: Iterable[Any], device: Any = "cpu"
 ) -> tuple[float, int, Metrics]:
     """The mean loss of ``model`` over ``loader`` (and its accuracy for classifiers).
 
     Use it for a central ``evaluate_fn`` on the server as well as in clients.
+
+    The accuracy is reported for two kinds of classifiers: class scores
+    ``(batch, classes)`` with class indices ``(batch,)`` as targets (the
+    predicted class is the argmax), and binary classifiers with one output
+    per example, ``(batch, 1)`` or ``(batch,)``, with 0/1 targets (ints,
+    floats or bools, ``(batch,)`` or ``(batch, 1)``). A binary output is taken
+    as a logit, as ``torch.nn.BCEWithLogitsLoss`` takes it, and predicts 1
+    above 0; with ``torch.nn.BCELoss`` as ``loss_fn`` it is a probability and
+    predicts 1 above 0.5. A regression loss (``MSELoss``, ``L1Loss``,
+    ``SmoothL1Loss``, ``HuberLoss``, ``GaussianNLLLoss``) gives no accuracy,
+    and neither does a loader with any batch that is not a classification.
 
     Args:
         model: The ``torch.nn.Module``, already on ``device``.
@@ -51,22 +91,24 @@ def evaluate_model(
 
     Returns:
         ``(mean loss, number of examples, metrics)``; metrics hold ``"accuracy"``
-        when the outputs are class scores ``(batch, classes)`` and the targets
-        class indices.
+        for the classifiers above.
     """
     torch = torch_module()
+    regression, probabilities = _regression_or_probabilities(loss_fn)
+    threshold = 0.5 if probabilities else 0.0
     model.eval()
     total, correct, seen = 0.0, 0, 0
-    classify = True
+    classify = not regression
     with torch.no_grad():
         for batch in loader:
             x, y = _move(_split(batch), device)
             out = model(x)
             total += float(loss_fn(out, y)) * len(y)
             seen += len(y)
-            classify = classify and out.ndim == 2 and y.ndim == 1 and not y.is_floating_point()
             if classify:
-                correct += int((out.argmax(dim=1) == y).sum())
+                hits = _correct(out, y, threshold)
+                classify = hits is not None
+                correct += hits or 0
     if seen == 0:
         raise ValueError("the data loader gave no examples to evaluate")
     metrics: Metrics = {"accuracy": correct / seen} if classify else {}
@@ -81,9 +123,9 @@ class TorchClient(Client):
     (local minus global weights, parameters and buffers alike). When the
     strategy is :func:`covey.FedProx`, the proximal term's gradient
     ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
-    ``evaluate`` returns the mean loss over ``test_loader`` and, when the
-    model's outputs are class scores ``(batch, classes)`` and the targets are
-    class indices, the ``"accuracy"``.
+    ``evaluate`` returns the mean loss over ``test_loader`` and, for a
+    classifier (class scores and class indices, or one logit per example and
+    0/1 targets: see :func:`evaluate_model`), the ``"accuracy"``.
 
     The fit config may override ``"epochs"`` (an int) per round.
 
@@ -192,8 +234,8 @@ class TorchClient(Client):
             config: The round's config (unused).
 
         Returns:
-            The mean loss, the number of examples and ``{"accuracy": ...}`` when
-            the outputs are class scores.
+            The mean loss, the number of examples and ``{"accuracy": ...}`` for
+            a classifier (see :func:`evaluate_model`).
         """
         load_weights(self.model, weights)
         loss, seen, metrics = evaluate_model(
