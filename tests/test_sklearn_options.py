@@ -96,3 +96,20 @@ def test_a_clustering_is_refused_naming_what_is_supported() -> None:
     x, y = _data()
     with pytest.raises(TypeError, match="MiniBatchKMeans has neither"):
         SklearnClient(MiniBatchKMeans(2, n_init=1), x, y, classes=CLASSES)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: SGDClassifier(loss="log_loss"), LogisticRegression, MLPClassifier]
+)
+def test_labels_outside_the_classes_are_named_when_the_client_is_built(
+    make: Callable[[], Any],
+) -> None:
+    x, y = _data()
+    three = np.arange(len(y)) % 3
+    with pytest.raises(ValueError, match=r"y_train holds labels \[2\] that are not among"):
+        SklearnClient(make(), x, three, classes=CLASSES)
+    with pytest.raises(ValueError, match=r"y_test holds labels \[2\] that are not among"):
+        SklearnClient(make(), x, y, classes=CLASSES, x_test=x, y_test=three)
+    labels = np.array(["no", "yes"])[y]
+    client = SklearnClient(make(), x, labels, classes=["yes", "no"], x_test=x, y_test=labels)
+    assert client.classes == ["yes", "no"]

@@ -65,6 +65,17 @@ def _labels(y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
     return arr
 
 
+def _check_labels(y: npt.NDArray[Any], classes: list[Any], name: str) -> None:
+    """Refuse labels that are not among ``classes`` (the model has no output for them)."""
+    known = set(classes)
+    unknown = [label for label in np.unique(y).tolist() if label not in known]
+    if unknown:
+        raise ValueError(
+            f"{name} holds labels {unknown[:10]} that are not among classes={classes}: "
+            "give every class label of the federation as classes"
+        )
+
+
 def _sample_weight(
     sample_weight: npt.ArrayLike | None, model: Any, method: str, n: int
 ) -> npt.NDArray[np.float64] | None:
@@ -134,7 +145,8 @@ class SklearnClient(Client):
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
         x_train: Local training features (an array or a SciPy sparse matrix).
         y_train: Local training labels.
-        classes: Every class label of the federation (a client may lack some).
+        classes: Every class label of the federation (a client may lack some; a
+            label of y_train or y_test outside them is refused).
         x_test: Local test features (None: evaluate on the training data).
         y_test: Local test labels.
         epochs: ``partial_fit`` passes per round.
@@ -179,6 +191,8 @@ class SklearnClient(Client):
             self.x_test, self.y_test = self.x_train, self.y_train
         else:
             self.x_test, self.y_test = features(x_test), _labels(y_test, "y_test")
+            _check_labels(self.y_test, self.classes, "y_test")
+        _check_labels(self.y_train, self.classes, "y_train")
         self.epochs = epochs
         from sklearn.base import is_classifier
 
