@@ -130,7 +130,10 @@ def set_params(model: Any, weights: Weights) -> None:
         model.intercepts_ = [new[f"intercepts.{i}"] for i in range(len(model.intercepts_))]
     else:
         model.coef_ = new["coef"]
-        model.intercept_ = new["intercept"]
+        # a single-target regressor fitted by scikit-learn holds a scalar intercept
+        # (HuberRegressor and the generalized linear models break on a 1-element array)
+        scalar = np.ndim(model.intercept_) == 0
+        model.intercept_ = new["intercept"][0] if scalar else new["intercept"]
         if getattr(model, "_standard_coef", None) is not None:
             # SGD with average=True trains on from its own (unaveraged) iterate and
             # running average, not from coef_: both start from the weights set.
@@ -170,7 +173,8 @@ def initial_params(
     Raises:
         TypeError: ``model`` is neither a linear model nor an MLP.
         ValueError: A classifier without ``classes``, a regressor with them,
-            ``targets`` below 1, or an option the model cannot train federated
+            ``targets`` below 1 or above 1 for a single-target regressor
+            (``SGDRegressor``, ``HuberRegressor``), or an option the model cannot train federated
             with (``early_stopping=True``, ``class_weight="balanced"`` with
             ``partial_fit``, ``solver="liblinear"``).
 
@@ -191,6 +195,7 @@ def initial_params(
             "as targets=, not classes"
         )
     if regressor:
+        _check_targets(model, targets)
         outputs = targets
     elif classes is None:
         raise ValueError(f"{type(model).__name__} is a classifier: give every class as classes=")
@@ -224,8 +229,9 @@ def prime(
 
     Models with ``partial_fit`` take one pass over ``x, y``, with every class
     named (an MLP with ``solver="lbfgs"`` takes the layers of a copy that does);
-    others (``LogisticRegression``, ``LinearRegression``, ``Ridge``) get
-    ``coef_`` and ``intercept_`` of zeros (and a classifier its ``classes_``).
+    other classifiers (``LogisticRegression``) get ``coef_`` and ``intercept_``
+    of zeros and their ``classes_``, and other regressors (``LinearRegression``,
+    ``Ridge``, ``HuberRegressor``, ``PoissonRegressor``) one ``fit`` on ``x, y``.
     Either way :func:`set_params` then overwrites what was learned. A model
     already fitted is left alone.
 
@@ -239,10 +245,11 @@ def prime(
 
     Raises:
         TypeError: ``model`` is neither a linear model nor an MLP.
-        ValueError: A classifier without ``classes``, a regressor with them, or
-            an option the model cannot train federated with, named with what
-            to use instead (``early_stopping=True`` or ``class_weight="balanced"``
-            with ``partial_fit``, ``LogisticRegression(solver="liblinear")``).
+        ValueError: A classifier without ``classes``, a regressor with them or
+            with several target columns it cannot predict, or an option the
+            model cannot train federated with, named with what to use instead
+            (``early_stopping=True`` or ``class_weight="balanced"`` with
+            ``partial_fit``, ``LogisticRegression(solver="liblinear")``).
     """
     from sklearn.base import is_regressor
 
@@ -276,20 +283,42 @@ def prime(
         raise WeightsError("local labels include classes outside `classes`")
 
 
+def _single_target(model: Any) -> bool:
+    """Whether ``model`` predicts one target column only (``SGDRegressor``, ``HuberRegressor``)."""
+    if is_mlp(model):  # an MLP fits any number of targets, whatever its tags say
+        return False
+    tags = getattr(model, "__sklearn_tags__", None)
+    return tags is not None and not tags().target_tags.multi_output
+
+
+def _check_targets(model: Any, targets: int) -> None:
+    if targets > 1 and _single_target(model):
+        raise ValueError(
+            f"{type(model).__name__} predicts one target, got {targets} target columns: "
+            "federate one model per target, or use a model with several outputs "
+            "(Ridge, LinearRegression, Lasso, ElasticNet, MLPRegressor)"
+        )
+
+
 def _prime_regressor(model: Any, x: Any, y: npt.NDArray[Any]) -> None:
-    """A regressor's structure: one ``partial_fit`` pass, or zeros in its fitted shapes."""
+    """A regressor's structure: one ``partial_fit`` pass, or one ``fit`` on the local data.
+
+    A fit, not zeros in the fitted shapes: some regressors need more fitted state
+    than ``coef_`` and ``intercept_`` to predict or to warm-start (a generalized
+    linear model's loss, ``HuberRegressor``'s ``scale_``).
+    """
+    if y.ndim == 2 and y.shape[1] == 1:  # one target: coef (features,), as initial_params
+        y = y.ravel()
+    _check_targets(model, 1 if y.ndim == 1 else y.shape[1])
     if hasattr(model, "partial_fit"):  # an MLPRegressor has it whatever its solver
         model.partial_fit(x, y)
         return
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y.ravel()
-    if y.ndim == 1:  # scikit-learn's shapes for one target: coef (features,), a float intercept
-        model.coef_ = np.zeros(x.shape[1])
-        model.intercept_ = 0.0
-    else:
-        model.coef_ = np.zeros((y.shape[1], x.shape[1]))
-        model.intercept_ = np.zeros(y.shape[1])
-    model.n_features_in_ = x.shape[1]
+    from sklearn.exceptions import ConvergenceWarning
+
+    from covey.clients._quiet import ignoring
+
+    with ignoring(ConvergenceWarning):  # what it learns is overwritten by set_params
+        model.fit(x, y)
 
 
 def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) -> None:
