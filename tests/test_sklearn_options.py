@@ -113,3 +113,12 @@ def test_labels_outside_the_classes_are_named_when_the_client_is_built(
     labels = np.array(["no", "yes"])[y]
     client = SklearnClient(make(), x, labels, classes=["yes", "no"], x_test=x, y_test=labels)
     assert client.classes == ["yes", "no"]
+
+
+def test_a_pipeline_is_refused_saying_to_federate_its_final_estimator() -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _data()
+    with pytest.raises(TypeError, match="Pipeline has neither: federate its final estimator"):
+        SklearnClient(make_pipeline(StandardScaler(), SGDClassifier()), x, y, classes=CLASSES)

@@ -43,11 +43,16 @@ def check_kind(model: Any) -> None:
     """
     if hasattr(model, "hidden_layer_sizes") or hasattr(model, "coef_") or _linear(model):
         return
+    hint = (
+        ": federate its final estimator, and transform each client's data with the "
+        "steps before it (fitted with the same settings everywhere)"
+        if hasattr(model, "steps")
+        else ", so its fitted state cannot be averaged across clients"
+    )
     raise TypeError(
         f"covey.sklearn federates the parameters of linear models (coef_ and intercept_: "
         f"SGDClassifier, LogisticRegression, Perceptron, SGDRegressor, Ridge, ...) and "
-        f"MLPs (MLPClassifier, MLPRegressor); {type(model).__name__} has neither, so its "
-        "fitted state cannot be averaged across clients"
+        f"MLPs (MLPClassifier, MLPRegressor); {type(model).__name__} has neither{hint}"
     )
 
 
