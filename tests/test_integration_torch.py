@@ -275,6 +275,19 @@ def test_bad_settings_are_refused() -> None:
         client.fit(to_weights(_net(), copy=True), {"round": 1, "epochs": "2"})
 
 
+def test_a_one_pass_iterator_of_batches_is_refused_when_the_client_is_built() -> None:
+    batches = list(_loader())
+    opt = torch.optim.SGD
+    with pytest.raises(TypeError, match="train_loader is a generator, an iterator that is used"):
+        TorchClient(_net(), nn.CrossEntropyLoss(), opt, (b for b in batches))
+    with pytest.raises(TypeError, match="test_loader is a list_iterator"):
+        TorchClient(_net(), nn.CrossEntropyLoss(), opt, batches, iter(batches))
+    client = TorchClient(_net(), nn.CrossEntropyLoss(), opt, batches, epochs=2)
+    weights = to_weights(_net(), copy=True)
+    for rnd in (1, 2):  # a list is passed over again every epoch and round
+        assert client.fit(weights, {"round": rnd}).num_examples == 40
+
+
 def test_simulated_federation_with_torch_clients() -> None:
     def client_fn(cid: int) -> TorchClient:
         return TorchClient(

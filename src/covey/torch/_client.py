@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -135,9 +135,11 @@ class TorchClient(Client):
             ``torch.nn.CrossEntropyLoss()``; the mean over a batch.
         optimizer_fn: ``parameters -> optimizer``, e.g.
             ``lambda p: torch.optim.SGD(p, lr=0.05)``.
-        train_loader: Batches ``(inputs, targets)`` to train on (any iterable,
-            usually a ``torch.utils.data.DataLoader``).
-        test_loader: Batches to evaluate on (None: evaluate on ``train_loader``).
+        train_loader: Batches ``(inputs, targets)`` to train on: an iterable
+            passed over again every round, usually a ``torch.utils.data.DataLoader``
+            or a list (a one-pass iterator, such as a generator, is refused).
+        test_loader: Batches to evaluate on, re-iterable too (None: evaluate on
+            ``train_loader``).
         epochs: Passes over ``train_loader`` per fit.
         device: Where to train, e.g. ``"cpu"`` or ``"cuda:0"``; the model is moved there.
 
@@ -169,6 +171,13 @@ class TorchClient(Client):
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
+            if isinstance(loader, Iterator):
+                raise TypeError(
+                    f"{name} is a {type(loader).__name__}, an iterator that is used up after "
+                    "one pass, and the client passes over its data every round: give a "
+                    "DataLoader or a list of batches"
+                )
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
