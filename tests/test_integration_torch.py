@@ -258,6 +258,31 @@ def test_a_regression_loss_on_0_1_targets_has_no_accuracy() -> None:
     assert evaluate_model(net, nn.MSELoss(), loader)[2] == {}
 
 
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.main, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: Any) -> Any:
+        return self.main(x), self.aux(x)
+
+
+def test_a_model_with_several_outputs_evaluates_its_loss() -> None:
+    ce = nn.CrossEntropyLoss()
+
+    def loss_fn(out: Any, y: Any) -> Any:
+        return ce(out[0], y) + 0.5 * ce(out[1], y)
+
+    model = _TwoHeads()
+    client = TorchClient(model, loss_fn, lambda p: torch.optim.SGD(p, lr=0.1), _loader())
+    weights = client.initial_weights()
+    assert client.fit(weights, {"round": 1}).num_examples == 40
+    result = client.evaluate(weights, {"round": 1})
+    assert result.num_examples == 40
+    assert result.loss > 0
+    assert result.metrics == {}
+
+
 def test_regression_outputs_have_no_accuracy() -> None:
     x = torch.randn(10, 3)
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=5)

@@ -49,8 +49,12 @@ def _correct(out: Any, y: Any, threshold: float) -> int | None:
     Class scores ``(batch, classes)`` with class indices ``(batch,)`` count by argmax;
     one score per example (``(batch, 1)`` or ``(batch,)``) with 0/1 targets (ints,
     floats or bools, of shape ``(batch,)`` or ``(batch, 1)``) counts as positive
-    above ``threshold``.
+    above ``threshold``. Outputs that are not one tensor (a tuple of a model's
+    heads, a dict) are not a classification either: only ``loss_fn`` reads them.
     """
+    torch = torch_module()
+    if not isinstance(out, torch.Tensor) or not isinstance(y, torch.Tensor):
+        return None
     if out.ndim == 2 and out.shape[1] > 1:
         if y.ndim == 1 and not y.is_floating_point() and not y.is_complex():
             return int((out.argmax(dim=1) == y).sum())
@@ -81,7 +85,8 @@ def evaluate_model(
     above 0; with ``torch.nn.BCELoss`` as ``loss_fn`` it is a probability and
     predicts 1 above 0.5. A regression loss (``MSELoss``, ``L1Loss``,
     ``SmoothL1Loss``, ``HuberLoss``, ``GaussianNLLLoss``) gives no accuracy,
-    and neither does a loader with any batch that is not a classification.
+    and neither does a loader with any batch that is not a classification
+    (outputs that are not one tensor, e.g. a tuple of heads, included).
 
     Args:
         model: The ``torch.nn.Module``, already on ``device``.
