@@ -147,8 +147,9 @@ class SklearnClient(Client):
         y_train: Local training labels.
         classes: Every class label of the federation (a client may lack some; a
             label of y_train or y_test outside them is refused).
-        x_test: Local test features (None: evaluate on the training data).
-        y_test: Local test labels.
+        x_test: Local test features (None, with ``y_test`` None: evaluate on
+            the training data).
+        y_test: Local test labels, one per row of ``x_test``.
         epochs: ``partial_fit`` passes per round.
         sample_weight: One finite weight >= 0 per training example, aligned
             with ``y_train`` (None: every example counts once).
@@ -187,10 +188,20 @@ class SklearnClient(Client):
             )
         self.classes = list(classes)
         _outputs(self.classes)  # at least two, distinct
+        if (x_test is None) != (y_test is None):
+            raise ValueError(
+                "x_test and y_test go together: give both, or neither to evaluate on the "
+                "training data"
+            )
         if x_test is None or y_test is None:
             self.x_test, self.y_test = self.x_train, self.y_train
         else:
             self.x_test, self.y_test = features(x_test), _labels(y_test, "y_test")
+            if self.x_test.shape[0] != len(self.y_test):
+                raise ValueError(
+                    f"x_test and y_test need the same length, got {self.x_test.shape[0]} "
+                    f"and {len(self.y_test)}"
+                )
             _check_labels(self.y_test, self.classes, "y_test")
         _check_labels(self.y_train, self.classes, "y_train")
         self.epochs = epochs
