@@ -283,6 +283,27 @@ def test_a_model_with_several_outputs_evaluates_its_loss() -> None:
     assert result.metrics == {}
 
 
+def test_a_summed_loss_gives_the_mean_loss_per_example_whatever_the_batch_size() -> None:
+    # reduction="sum" was multiplied by the batch size again: 4x the loss with batches of
+    # 4, 20x with batches of 20
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    weights = to_weights(net, copy=True)
+    mean = evaluate_model(net, nn.CrossEntropyLoss(), _loader())[0]
+    summed = nn.CrossEntropyLoss(reduction="sum")
+    for batch_size in (4, 20):
+        loader = DataLoader(_loader().dataset, batch_size=batch_size)
+        assert evaluate_model(net, summed, loader)[0] == pytest.approx(mean, rel=1e-5)
+        client = TorchClient(nn.Linear(4, 3), summed, lambda p: torch.optim.SGD(p, lr=0.0), loader)
+        assert client.evaluate(weights, {}).loss == pytest.approx(mean, rel=1e-5)
+        fitted = client.fit(weights, {"round": 1})  # lr 0: the loss at the weights sent
+        assert fitted.metrics["train_loss"] == pytest.approx(mean, rel=1e-5)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        TorchClient(_net(), nn.CrossEntropyLoss(reduction="none"), torch.optim.SGD, _loader())
+    with pytest.raises(ValueError, match="reduction='none'"):
+        evaluate_model(net, nn.CrossEntropyLoss(reduction="none"), _loader())
+
+
 def test_regression_outputs_have_no_accuracy() -> None:
     x = torch.randn(10, 3)
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=5)

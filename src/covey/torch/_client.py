@@ -36,6 +36,21 @@ def _split(batch: Any) -> tuple[Any, Any]:
     return batch[0], batch[1]
 
 
+def _summed(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` sums over a batch (``reduction="sum"``) rather than averaging.
+
+    Raises:
+        ValueError: ``loss_fn`` has ``reduction="none"`` (one loss per example).
+    """
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction == "none":
+        raise ValueError(
+            "loss_fn has reduction='none' and gives one loss per example: give a loss "
+            "reduced over the batch, reduction='mean' (the default) or 'sum'"
+        )
+    return reduction == "sum"
+
+
 def _regression_or_probabilities(loss_fn: Any) -> tuple[bool, bool]:
     """Whether ``loss_fn`` is a regression loss, and whether it takes probabilities."""
     nn = torch_module().nn
@@ -90,7 +105,8 @@ def evaluate_model(
 
     Args:
         model: The ``torch.nn.Module``, already on ``device``.
-        loss_fn: ``(outputs, targets) -> scalar tensor``, the mean over a batch.
+        loss_fn: ``(outputs, targets) -> scalar tensor``, the mean over a batch
+            (or the sum, for a loss with ``reduction="sum"``).
         loader: Batches ``(inputs, targets)``.
         device: Where to move each batch.
 
@@ -100,6 +116,7 @@ def evaluate_model(
     """
     torch = torch_module()
     regression, probabilities = _regression_or_probabilities(loss_fn)
+    summed = _summed(loss_fn)
     threshold = 0.5 if probabilities else 0.0
     model.eval()
     total, correct, seen = 0.0, 0, 0
@@ -108,7 +125,8 @@ def evaluate_model(
         for batch in loader:
             x, y = _move(_split(batch), device)
             out = model(x)
-            total += float(loss_fn(out, y)) * len(y)
+            batch_loss = float(loss_fn(out, y))
+            total += batch_loss if summed else batch_loss * len(y)
             seen += len(y)
             if classify:
                 hits = _correct(out, y, threshold)
@@ -137,7 +155,8 @@ class TorchClient(Client):
     Args:
         model: The model; its layout defines the weights (``state_dict`` order).
         loss_fn: ``(outputs, targets) -> scalar tensor``, e.g.
-            ``torch.nn.CrossEntropyLoss()``; the mean over a batch.
+            ``torch.nn.CrossEntropyLoss()``; the mean over a batch (or the sum,
+            for a loss with ``reduction="sum"``; ``reduction="none"`` is refused).
         optimizer_fn: ``parameters -> optimizer``, e.g.
             ``lambda p: torch.optim.SGD(p, lr=0.05)``.
         train_loader: Batches ``(inputs, targets)`` to train on: an iterable
@@ -186,6 +205,7 @@ class TorchClient(Client):
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
+        self._summed = _summed(loss_fn)
         self.optimizer_fn = optimizer_fn
         self.train_loader = train_loader
         self.test_loader = test_loader if test_loader is not None else train_loader
@@ -226,7 +246,8 @@ class TorchClient(Client):
                 if anchor is not None:
                     torch_add_proximal_grad(self.model, anchor, mu)
                 optimizer.step()
-                total += float(loss.detach()) * len(y)
+                batch_loss = float(loss.detach())
+                total += batch_loss if self._summed else batch_loss * len(y)
                 seen += len(y)
         if seen == 0:
             raise ValueError("train_loader gave no examples")
