@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -192,6 +193,117 @@ def test_torch_client_evaluate_reports_loss_and_accuracy() -> None:
     assert result.metrics["accuracy"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
 
 
+def _binary(n: int = 40) -> tuple[Any, Any, nn.Module]:
+    """Inputs, 0/1 labels (one in four is 1) and a logit model right on 35 of them."""
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    labels = (torch.arange(n) % 4 == 0).long()
+    x[:, 0] = torch.where(labels == 1, 2.0, -2.0)
+    x[::8, 0] *= -1  # every other positive is misclassified: 35 of 40 right
+    net = nn.Linear(3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[3.0, 0.0, 0.0]]))
+        net.bias.zero_()
+    return x, labels, net
+
+
+class _Squeezed(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Any) -> Any:
+        return self.inner(x).squeeze(1)
+
+
+@pytest.mark.parametrize("outputs", ["(B, 1)", "(B,)"])
+@pytest.mark.parametrize("targets", ["long (B,)", "float (B,)", "float (B, 1)", "bool (B,)"])
+def test_binary_accuracy_of_one_logit_per_example(outputs: str, targets: str) -> None:
+    x, labels, net = _binary()
+    model = net if outputs == "(B, 1)" else _Squeezed(net)
+    y = {
+        "long (B,)": labels,
+        "float (B,)": labels.float(),
+        "float (B, 1)": labels.float()[:, None],
+        "bool (B,)": labels.bool(),
+    }[targets]
+
+    def loss_fn(out: Any, target: Any) -> Any:
+        return nn.functional.binary_cross_entropy_with_logits(
+            out.reshape(-1), target.reshape(-1).float()
+        )
+
+    with torch.no_grad():
+        expected = float(((net(x)[:, 0] > 0) == (labels == 1)).float().mean())
+    assert expected == pytest.approx(0.875)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    _, n, metrics = evaluate_model(model, loss_fn, loader)
+    assert n == 40
+    assert metrics == {"accuracy": pytest.approx(expected)}
+
+
+def test_binary_accuracy_of_probabilities_under_bce_loss() -> None:
+    x, labels, net = _binary()
+    model = nn.Sequential(net, nn.Sigmoid())
+    loader = DataLoader(TensorDataset(x, labels.float()[:, None]), batch_size=8)
+    _, _, metrics = evaluate_model(model, nn.BCELoss(), loader)
+    assert metrics == {"accuracy": pytest.approx(0.875)}
+    client = TorchClient(model, nn.BCELoss(), torch.optim.SGD, loader)
+    result = client.evaluate(to_weights(model, copy=True), {"round": 1})
+    assert result.metrics == {"accuracy": pytest.approx(0.875)}
+
+
+def test_a_regression_loss_on_0_1_targets_has_no_accuracy() -> None:
+    x, labels, net = _binary()
+    loader = DataLoader(TensorDataset(x, labels.float()[:, None]), batch_size=8)
+    assert evaluate_model(net, nn.MSELoss(), loader)[2] == {}
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.main, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: Any) -> Any:
+        return self.main(x), self.aux(x)
+
+
+def test_a_model_with_several_outputs_evaluates_its_loss() -> None:
+    ce = nn.CrossEntropyLoss()
+
+    def loss_fn(out: Any, y: Any) -> Any:
+        return ce(out[0], y) + 0.5 * ce(out[1], y)
+
+    model = _TwoHeads()
+    client = TorchClient(model, loss_fn, lambda p: torch.optim.SGD(p, lr=0.1), _loader())
+    weights = client.initial_weights()
+    assert client.fit(weights, {"round": 1}).num_examples == 40
+    result = client.evaluate(weights, {"round": 1})
+    assert result.num_examples == 40
+    assert result.loss > 0
+    assert result.metrics == {}
+
+
+def test_a_summed_loss_gives_the_mean_loss_per_example_whatever_the_batch_size() -> None:
+    # reduction="sum" was multiplied by the batch size again: 4x the loss with batches of
+    # 4, 20x with batches of 20
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    weights = to_weights(net, copy=True)
+    mean = evaluate_model(net, nn.CrossEntropyLoss(), _loader())[0]
+    summed = nn.CrossEntropyLoss(reduction="sum")
+    for batch_size in (4, 20):
+        loader = DataLoader(_loader().dataset, batch_size=batch_size)
+        assert evaluate_model(net, summed, loader)[0] == pytest.approx(mean, rel=1e-5)
+        client = TorchClient(nn.Linear(4, 3), summed, lambda p: torch.optim.SGD(p, lr=0.0), loader)
+        assert client.evaluate(weights, {}).loss == pytest.approx(mean, rel=1e-5)
+        fitted = client.fit(weights, {"round": 1})  # lr 0: the loss at the weights sent
+        assert fitted.metrics["train_loss"] == pytest.approx(mean, rel=1e-5)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        TorchClient(_net(), nn.CrossEntropyLoss(reduction="none"), torch.optim.SGD, _loader())
+    with pytest.raises(ValueError, match="reduction='none'"):
+        evaluate_model(net, nn.CrossEntropyLoss(reduction="none"), _loader())
+
+
 def test_regression_outputs_have_no_accuracy() -> None:
     x = torch.randn(10, 3)
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=5)
@@ -207,6 +319,19 @@ def test_bad_settings_are_refused() -> None:
     client = TorchClient(_net(), nn.CrossEntropyLoss(), torch.optim.SGD, [])
     with pytest.raises(ValueError, match="config 'epochs'"):
         client.fit(to_weights(_net(), copy=True), {"round": 1, "epochs": "2"})
+
+
+def test_a_one_pass_iterator_of_batches_is_refused_when_the_client_is_built() -> None:
+    batches = list(_loader())
+    opt = torch.optim.SGD
+    with pytest.raises(TypeError, match="train_loader is a generator, an iterator that is used"):
+        TorchClient(_net(), nn.CrossEntropyLoss(), opt, (b for b in batches))
+    with pytest.raises(TypeError, match="test_loader is a list_iterator"):
+        TorchClient(_net(), nn.CrossEntropyLoss(), opt, batches, iter(batches))
+    client = TorchClient(_net(), nn.CrossEntropyLoss(), opt, batches, epochs=2)
+    weights = to_weights(_net(), copy=True)
+    for rnd in (1, 2):  # a list is passed over again every epoch and round
+        assert client.fit(weights, {"round": rnd}).num_examples == 40
 
 
 def test_simulated_federation_with_torch_clients() -> None:

@@ -10,8 +10,12 @@ import pytest
 import scipy.sparse
 from sklearn.datasets import load_diabetes, load_digits
 from sklearn.linear_model import (
+    GammaRegressor,
+    HuberRegressor,
+    Lasso,
     LinearRegression,
     LogisticRegression,
+    PoissonRegressor,
     Ridge,
     SGDClassifier,
     SGDRegressor,
@@ -201,3 +205,36 @@ def test_a_warm_started_mlp_client_may_lack_a_class() -> None:
     fitted = client.fit(initial_params(make(), x.shape[1], classes), {"round": 1}).weights
     assert fitted is not None
     assert fitted["coefs.1"].shape == (8, 3)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("make", [HuberRegressor, PoissonRegressor, GammaRegressor, Lasso])
+def test_a_primed_regressor_predicts_and_trains_on_from_the_parameters_set(
+    make: Callable[[], Any],
+) -> None:
+    data = load_diabetes()
+    x, y = data.data[:60], data.target[:60] / 100.0  # positive, as Gamma and Poisson need
+    model = make().set_params(warm_start=True)
+    prime(model, x, y)
+    start = initial_params(make(), x.shape[1], targets=1)
+    set_params(model, {"coef": np.full_like(start["coef"], 0.5), "intercept": np.array([0.1])})
+    linear = x[:3] @ np.full(x.shape[1], 0.5) + 0.1
+    expected = np.exp(linear) if make in (PoissonRegressor, GammaRegressor) else linear
+    np.testing.assert_allclose(model.predict(x[:3]), expected)
+    model.fit(x, y)  # warm-started from the parameters set
+    assert {k: v.shape for k, v in get_params(model).items()} == {
+        k: v.shape for k, v in start.items()
+    }
+
+
+@pytest.mark.parametrize("make", [SGDRegressor, HuberRegressor, PoissonRegressor])
+def test_several_targets_for_a_single_target_regressor_are_refused(
+    make: Callable[[], Any],
+) -> None:
+    data = load_diabetes()
+    x, y = data.data[:40], data.target[:40] / 100.0
+    name = make.__name__
+    with pytest.raises(ValueError, match=f"{name} predicts one target, got 2 target columns"):
+        initial_params(make(), x.shape[1], targets=2)
+    with pytest.raises(ValueError, match=f"{name} predicts one target, got 2 target columns"):
+        prime(make(), x, np.c_[y, y])

@@ -155,7 +155,8 @@ class LogisticClient(Client):
         cid: The client's id (seeds its shuffling).
         x: Local training features.
         y: Local training labels, integer class indices ``0..k-1``.
-        x_val: Local validation features for :meth:`evaluate` (default: training data).
+        x_val: Local validation features for :meth:`evaluate` (None, with
+            ``y_val`` None: the training data).
         y_val: Local validation labels.
         lr: Learning rate, a finite number > 0.
         epochs: Local epochs per round, at least 1.
@@ -177,6 +178,11 @@ class LogisticClient(Client):
         seed: int = 0,
     ) -> None:
         _settings(lr, epochs, batch_size, "")
+        if (x_val is None) != (y_val is None):
+            raise ValueError(
+                "x_val and y_val go together: give both, or neither to evaluate on the "
+                "training data"
+            )
         self.cid = cid
         self.x, self.y = x, y
         self.x_val = x if x_val is None else x_val

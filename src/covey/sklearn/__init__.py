@@ -1,7 +1,8 @@
 """scikit-learn integration: parameters of linear models and MLPs as Weights, and a ready client.
 
 ``SGDClassifier``, ``LogisticRegression``, ``MLPClassifier`` (and other linear
-classifiers with ``coef_`` and ``intercept_``) federate in a few lines::
+classifiers that train on from given parameters, with ``partial_fit`` or
+``warm_start``, such as ``Perceptron``) federate in a few lines::
 
     from sklearn.linear_model import SGDClassifier
     from covey.sklearn import SklearnClient, initial_params
@@ -9,6 +10,13 @@ classifiers with ``coef_`` and ``intercept_``) federate in a few lines::
     client_fn = lambda cid: SklearnClient(SGDClassifier(loss="log_loss"), *shards[cid],
                                           classes=[0, 1])
     start = initial_params(SGDClassifier(), num_features=30, classes=[0, 1])
+
+``get_params``, ``set_params``, ``initial_params`` and ``prime`` also serve
+linear regressors and MLP regressors, for a client written by hand. Estimators
+of other kinds (trees, naive Bayes, clustering, a ``Pipeline``), and options
+that cannot train on from the global parameters (``early_stopping``,
+``class_weight="balanced"`` with ``partial_fit``, the ``liblinear`` solver),
+are refused, naming what to use instead.
 
 scikit-learn is a core dependency of covey, but this subpackage imports it
 only where a function needs it.

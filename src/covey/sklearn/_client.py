@@ -13,6 +13,7 @@ from covey.clients._quiet import ignoring
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
+from covey.sklearn._support import check_kind, check_options
 
 __all__ = ["SklearnClient", "evaluate_model"]
 
@@ -62,6 +63,17 @@ def _labels(y: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
             "(multi-output classifiers are not supported)"
         )
     return arr
+
+
+def _check_labels(y: npt.NDArray[Any], classes: list[Any], name: str) -> None:
+    """Refuse labels that are not among ``classes`` (the model has no output for them)."""
+    known = set(classes)
+    unknown = [label for label in np.unique(y).tolist() if label not in known]
+    if unknown:
+        raise ValueError(
+            f"{name} holds labels {unknown[:10]} that are not among classes={classes}: "
+            "give every class label of the federation as classes"
+        )
 
 
 def _sample_weight(
@@ -115,6 +127,13 @@ class SklearnClient(Client):
     MLP's ``warm_start``, which would refuse such a client, is switched off:
     ``partial_fit`` trains on from the global parameters anyway).
 
+    Estimators other than linear models and MLPs (trees, naive Bayes,
+    clustering) are refused here, and so are options with which a model
+    cannot train on from the global parameters: ``early_stopping=True`` and
+    ``class_weight="balanced"`` on a model trained with ``partial_fit``
+    (give the class weights as a dict instead), and
+    ``LogisticRegression(solver="liblinear")``, which ignores ``warm_start``.
+
     ``sample_weight`` (one weight per training example) is passed to every
     ``partial_fit`` (or ``fit``) call and weights ``train_accuracy``; an
     estimator whose training method takes no ``sample_weight`` is refused
@@ -126,9 +145,11 @@ class SklearnClient(Client):
         model: An unfitted estimator, e.g. ``SGDClassifier(loss="log_loss")``.
         x_train: Local training features (an array or a SciPy sparse matrix).
         y_train: Local training labels.
-        classes: Every class label of the federation (a client may lack some).
-        x_test: Local test features (None: evaluate on the training data).
-        y_test: Local test labels.
+        classes: Every class label of the federation (a client may lack some; a
+            label of y_train or y_test outside them is refused).
+        x_test: Local test features (None, with ``y_test`` None: evaluate on
+            the training data).
+        y_test: Local test labels, one per row of ``x_test``.
         epochs: ``partial_fit`` passes per round.
         sample_weight: One finite weight >= 0 per training example, aligned
             with ``y_train`` (None: every example counts once).
@@ -167,13 +188,26 @@ class SklearnClient(Client):
             )
         self.classes = list(classes)
         _outputs(self.classes)  # at least two, distinct
+        if (x_test is None) != (y_test is None):
+            raise ValueError(
+                "x_test and y_test go together: give both, or neither to evaluate on the "
+                "training data"
+            )
         if x_test is None or y_test is None:
             self.x_test, self.y_test = self.x_train, self.y_train
         else:
             self.x_test, self.y_test = features(x_test), _labels(y_test, "y_test")
+            if self.x_test.shape[0] != len(self.y_test):
+                raise ValueError(
+                    f"x_test and y_test need the same length, got {self.x_test.shape[0]} "
+                    f"and {len(self.y_test)}"
+                )
+            _check_labels(self.y_test, self.classes, "y_test")
+        _check_labels(self.y_train, self.classes, "y_train")
         self.epochs = epochs
         from sklearn.base import is_classifier
 
+        check_kind(model)
         if not is_classifier(model):
             raise TypeError(
                 f"SklearnClient federates classifiers; {type(model).__name__} is not one "
@@ -190,6 +224,7 @@ class SklearnClient(Client):
             # partial_fit trains on from the parameters set anyway; an MLP's warm_start
             # only makes it refuse local labels that lack one of the classes
             model.set_params(warm_start=False)
+        check_options(model)
         method = "partial_fit" if hasattr(model, "partial_fit") else "fit"
         self.sample_weight = _sample_weight(sample_weight, model, method, len(self.y_train))
 

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.core._weights import Array, Weights, WeightsError
+from covey.sklearn._support import check_kind, check_options
 
 __all__ = ["get_params", "initial_params", "is_mlp", "prime", "set_params"]
 
@@ -61,6 +62,10 @@ def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
     Returns:
         Named ``float`` arrays.
 
+    Raises:
+        TypeError: ``model`` is neither a linear model nor an MLP.
+        ValueError: ``model`` is not fitted (or primed) yet.
+
     Example:
         >>> from sklearn.linear_model import SGDClassifier
         >>> from covey.sklearn import get_params
@@ -68,6 +73,7 @@ def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
         >>> {k: v.shape for k, v in get_params(model).items()}
         {'coef': (1, 2), 'intercept': (1,)}
     """
+    check_kind(model)
     if is_mlp(model):
         if not hasattr(model, "coefs_"):
             raise ValueError(
@@ -124,7 +130,10 @@ def set_params(model: Any, weights: Weights) -> None:
         model.intercepts_ = [new[f"intercepts.{i}"] for i in range(len(model.intercepts_))]
     else:
         model.coef_ = new["coef"]
-        model.intercept_ = new["intercept"]
+        # a single-target regressor fitted by scikit-learn holds a scalar intercept
+        # (HuberRegressor and the generalized linear models break on a 1-element array)
+        scalar = np.ndim(model.intercept_) == 0
+        model.intercept_ = new["intercept"][0] if scalar else new["intercept"]
         if getattr(model, "_standard_coef", None) is not None:
             # SGD with average=True trains on from its own (unaveraged) iterate and
             # running average, not from coef_: both start from the weights set.
@@ -162,8 +171,12 @@ def initial_params(
         Named arrays with the shapes :func:`get_params` gives after fitting.
 
     Raises:
+        TypeError: ``model`` is neither a linear model nor an MLP.
         ValueError: A classifier without ``classes``, a regressor with them,
-            or ``targets`` below 1.
+            ``targets`` below 1 or above 1 for a single-target regressor
+            (``SGDRegressor``, ``HuberRegressor``), or an option the model cannot train federated
+            with (``early_stopping=True``, ``class_weight="balanced"`` with
+            ``partial_fit``, ``solver="liblinear"``).
 
     References:
         Glorot and Bengio, "Understanding the difficulty of training deep
@@ -171,6 +184,8 @@ def initial_params(
     """
     from sklearn.base import is_regressor
 
+    check_kind(model)
+    check_options(model)
     regressor = is_regressor(model)
     if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
         raise ValueError(f"targets must be an int >= 1, got {targets!r}")
@@ -180,6 +195,7 @@ def initial_params(
             "as targets=, not classes"
         )
     if regressor:
+        _check_targets(model, targets)
         outputs = targets
     elif classes is None:
         raise ValueError(f"{type(model).__name__} is a classifier: give every class as classes=")
@@ -213,8 +229,9 @@ def prime(
 
     Models with ``partial_fit`` take one pass over ``x, y``, with every class
     named (an MLP with ``solver="lbfgs"`` takes the layers of a copy that does);
-    others (``LogisticRegression``, ``LinearRegression``, ``Ridge``) get
-    ``coef_`` and ``intercept_`` of zeros (and a classifier its ``classes_``).
+    other classifiers (``LogisticRegression``) get ``coef_`` and ``intercept_``
+    of zeros and their ``classes_``, and other regressors (``LinearRegression``,
+    ``Ridge``, ``HuberRegressor``, ``PoissonRegressor``) one ``fit`` on ``x, y``.
     Either way :func:`set_params` then overwrites what was learned. A model
     already fitted is left alone.
 
@@ -227,13 +244,20 @@ def prime(
             regressor.
 
     Raises:
-        ValueError: A classifier without ``classes``, or a regressor with them.
+        TypeError: ``model`` is neither a linear model nor an MLP.
+        ValueError: A classifier without ``classes``, a regressor with them or
+            with several target columns it cannot predict, or an option the
+            model cannot train federated with, named with what to use instead
+            (``early_stopping=True`` or ``class_weight="balanced"`` with
+            ``partial_fit``, ``LogisticRegression(solver="liblinear")``).
     """
     from sklearn.base import is_regressor
 
+    check_kind(model)
     fitted = hasattr(model, "coefs_") if is_mlp(model) else hasattr(model, "coef_")
     if fitted:
         return
+    check_options(model)
     x_arr = features(x)
     if is_regressor(model):
         if classes is not None:
@@ -259,20 +283,42 @@ def prime(
         raise WeightsError("local labels include classes outside `classes`")
 
 
+def _single_target(model: Any) -> bool:
+    """Whether ``model`` predicts one target column only (``SGDRegressor``, ``HuberRegressor``)."""
+    if is_mlp(model):  # an MLP fits any number of targets, whatever its tags say
+        return False
+    tags = getattr(model, "__sklearn_tags__", None)
+    return tags is not None and not tags().target_tags.multi_output
+
+
+def _check_targets(model: Any, targets: int) -> None:
+    if targets > 1 and _single_target(model):
+        raise ValueError(
+            f"{type(model).__name__} predicts one target, got {targets} target columns: "
+            "federate one model per target, or use a model with several outputs "
+            "(Ridge, LinearRegression, Lasso, ElasticNet, MLPRegressor)"
+        )
+
+
 def _prime_regressor(model: Any, x: Any, y: npt.NDArray[Any]) -> None:
-    """A regressor's structure: one ``partial_fit`` pass, or zeros in its fitted shapes."""
+    """A regressor's structure: one ``partial_fit`` pass, or one ``fit`` on the local data.
+
+    A fit, not zeros in the fitted shapes: some regressors need more fitted state
+    than ``coef_`` and ``intercept_`` to predict or to warm-start (a generalized
+    linear model's loss, ``HuberRegressor``'s ``scale_``).
+    """
+    if y.ndim == 2 and y.shape[1] == 1:  # one target: coef (features,), as initial_params
+        y = y.ravel()
+    _check_targets(model, 1 if y.ndim == 1 else y.shape[1])
     if hasattr(model, "partial_fit"):  # an MLPRegressor has it whatever its solver
         model.partial_fit(x, y)
         return
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y.ravel()
-    if y.ndim == 1:  # scikit-learn's shapes for one target: coef (features,), a float intercept
-        model.coef_ = np.zeros(x.shape[1])
-        model.intercept_ = 0.0
-    else:
-        model.coef_ = np.zeros((y.shape[1], x.shape[1]))
-        model.intercept_ = np.zeros(y.shape[1])
-    model.n_features_in_ = x.shape[1]
+    from sklearn.exceptions import ConvergenceWarning
+
+    from covey.clients._quiet import ignoring
+
+    with ignoring(ConvergenceWarning):  # what it learns is overwritten by set_params
+        model.fit(x, y)
 
 
 def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) -> None:
@@ -285,7 +331,8 @@ def _prime_mlp(model: Any, x: Any, y: npt.NDArray[Any], classes: Sequence[Any]) 
     from sklearn.base import clone
 
     # warm_start off: with it, a first partial_fit would refuse local labels lacking a class
-    twin = clone(model).set_params(solver="sgd", warm_start=False)
+    # early_stopping off: partial_fit refuses it (and lbfgs, which never stops early, ignores it)
+    twin = clone(model).set_params(solver="sgd", warm_start=False, early_stopping=False)
     twin.partial_fit(x, y, classes=np.asarray(classes))
     hyperparameters = model.get_params(deep=False)
     for name, value in vars(twin).items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,54 @@ def _split(batch: Any) -> tuple[Any, Any]:
     return batch[0], batch[1]
 
 
+def _summed(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` sums over a batch (``reduction="sum"``) rather than averaging.
+
+    Raises:
+        ValueError: ``loss_fn`` has ``reduction="none"`` (one loss per example).
+    """
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction == "none":
+        raise ValueError(
+            "loss_fn has reduction='none' and gives one loss per example: give a loss "
+            "reduced over the batch, reduction='mean' (the default) or 'sum'"
+        )
+    return reduction == "sum"
+
+
+def _regression_or_probabilities(loss_fn: Any) -> tuple[bool, bool]:
+    """Whether ``loss_fn`` is a regression loss, and whether it takes probabilities."""
+    nn = torch_module().nn
+    regression = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.GaussianNLLLoss)
+    return isinstance(loss_fn, regression), isinstance(loss_fn, nn.BCELoss)
+
+
+def _correct(out: Any, y: Any, threshold: float) -> int | None:
+    """The correct predictions in a batch, or None when it is not a classification.
+
+    Class scores ``(batch, classes)`` with class indices ``(batch,)`` count by argmax;
+    one score per example (``(batch, 1)`` or ``(batch,)``) with 0/1 targets (ints,
+    floats or bools, of shape ``(batch,)`` or ``(batch, 1)``) counts as positive
+    above ``threshold``. Outputs that are not one tensor (a tuple of a model's
+    heads, a dict) are not a classification either: only ``loss_fn`` reads them.
+    """
+    torch = torch_module()
+    if not isinstance(out, torch.Tensor) or not isinstance(y, torch.Tensor):
+        return None
+    if out.ndim == 2 and out.shape[1] > 1:
+        if y.ndim == 1 and not y.is_floating_point() and not y.is_complex():
+            return int((out.argmax(dim=1) == y).sum())
+        return None
+    if out.ndim not in (1, 2) or out.numel() != len(y) or y.numel() != len(y):
+        return None
+    if y.is_complex() or out.is_complex():
+        return None
+    labels = y.reshape(-1)
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        return None
+    return int(((out.reshape(-1) > threshold) == (labels == 1)).sum())
+
+
 def evaluate_model(
     model: Any, loss_fn: Callable[[Any, Any], Any], loader: Iterable[Any], device: Any = "cpu"
 ) -> tuple[float, int, Metrics]:
@@ -43,30 +91,47 @@ def evaluate_model(
 
     Use it for a central ``evaluate_fn`` on the server as well as in clients.
 
+    The accuracy is reported for two kinds of classifiers: class scores
+    ``(batch, classes)`` with class indices ``(batch,)`` as targets (the
+    predicted class is the argmax), and binary classifiers with one output
+    per example, ``(batch, 1)`` or ``(batch,)``, with 0/1 targets (ints,
+    floats or bools, ``(batch,)`` or ``(batch, 1)``). A binary output is taken
+    as a logit, as ``torch.nn.BCEWithLogitsLoss`` takes it, and predicts 1
+    above 0; with ``torch.nn.BCELoss`` as ``loss_fn`` it is a probability and
+    predicts 1 above 0.5. A regression loss (``MSELoss``, ``L1Loss``,
+    ``SmoothL1Loss``, ``HuberLoss``, ``GaussianNLLLoss``) gives no accuracy,
+    and neither does a loader with any batch that is not a classification
+    (outputs that are not one tensor, e.g. a tuple of heads, included).
+
     Args:
         model: The ``torch.nn.Module``, already on ``device``.
-        loss_fn: ``(outputs, targets) -> scalar tensor``, the mean over a batch.
+        loss_fn: ``(outputs, targets) -> scalar tensor``, the mean over a batch
+            (or the sum, for a loss with ``reduction="sum"``).
         loader: Batches ``(inputs, targets)``.
         device: Where to move each batch.
 
     Returns:
         ``(mean loss, number of examples, metrics)``; metrics hold ``"accuracy"``
-        when the outputs are class scores ``(batch, classes)`` and the targets
-        class indices.
+        for the classifiers above.
     """
     torch = torch_module()
+    regression, probabilities = _regression_or_probabilities(loss_fn)
+    summed = _summed(loss_fn)
+    threshold = 0.5 if probabilities else 0.0
     model.eval()
     total, correct, seen = 0.0, 0, 0
-    classify = True
+    classify = not regression
     with torch.no_grad():
         for batch in loader:
             x, y = _move(_split(batch), device)
             out = model(x)
-            total += float(loss_fn(out, y)) * len(y)
+            batch_loss = float(loss_fn(out, y))
+            total += batch_loss if summed else batch_loss * len(y)
             seen += len(y)
-            classify = classify and out.ndim == 2 and y.ndim == 1 and not y.is_floating_point()
             if classify:
-                correct += int((out.argmax(dim=1) == y).sum())
+                hits = _correct(out, y, threshold)
+                classify = hits is not None
+                correct += hits or 0
     if seen == 0:
         raise ValueError("the data loader gave no examples to evaluate")
     metrics: Metrics = {"accuracy": correct / seen} if classify else {}
@@ -81,21 +146,24 @@ class TorchClient(Client):
     (local minus global weights, parameters and buffers alike). When the
     strategy is :func:`covey.FedProx`, the proximal term's gradient
     ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
-    ``evaluate`` returns the mean loss over ``test_loader`` and, when the
-    model's outputs are class scores ``(batch, classes)`` and the targets are
-    class indices, the ``"accuracy"``.
+    ``evaluate`` returns the mean loss over ``test_loader`` and, for a
+    classifier (class scores and class indices, or one logit per example and
+    0/1 targets: see :func:`evaluate_model`), the ``"accuracy"``.
 
     The fit config may override ``"epochs"`` (an int) per round.
 
     Args:
         model: The model; its layout defines the weights (``state_dict`` order).
         loss_fn: ``(outputs, targets) -> scalar tensor``, e.g.
-            ``torch.nn.CrossEntropyLoss()``; the mean over a batch.
+            ``torch.nn.CrossEntropyLoss()``; the mean over a batch (or the sum,
+            for a loss with ``reduction="sum"``; ``reduction="none"`` is refused).
         optimizer_fn: ``parameters -> optimizer``, e.g.
             ``lambda p: torch.optim.SGD(p, lr=0.05)``.
-        train_loader: Batches ``(inputs, targets)`` to train on (any iterable,
-            usually a ``torch.utils.data.DataLoader``).
-        test_loader: Batches to evaluate on (None: evaluate on ``train_loader``).
+        train_loader: Batches ``(inputs, targets)`` to train on: an iterable
+            passed over again every round, usually a ``torch.utils.data.DataLoader``
+            or a list (a one-pass iterator, such as a generator, is refused).
+        test_loader: Batches to evaluate on, re-iterable too (None: evaluate on
+            ``train_loader``).
         epochs: Passes over ``train_loader`` per fit.
         device: Where to train, e.g. ``"cpu"`` or ``"cuda:0"``; the model is moved there.
 
@@ -127,9 +195,17 @@ class TorchClient(Client):
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
+            if isinstance(loader, Iterator):
+                raise TypeError(
+                    f"{name} is a {type(loader).__name__}, an iterator that is used up after "
+                    "one pass, and the client passes over its data every round: give a "
+                    "DataLoader or a list of batches"
+                )
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
+        self._summed = _summed(loss_fn)
         self.optimizer_fn = optimizer_fn
         self.train_loader = train_loader
         self.test_loader = test_loader if test_loader is not None else train_loader
@@ -170,7 +246,8 @@ class TorchClient(Client):
                 if anchor is not None:
                     torch_add_proximal_grad(self.model, anchor, mu)
                 optimizer.step()
-                total += float(loss.detach()) * len(y)
+                batch_loss = float(loss.detach())
+                total += batch_loss if self._summed else batch_loss * len(y)
                 seen += len(y)
         if seen == 0:
             raise ValueError("train_loader gave no examples")
@@ -192,8 +269,8 @@ class TorchClient(Client):
             config: The round's config (unused).
 
         Returns:
-            The mean loss, the number of examples and ``{"accuracy": ...}`` when
-            the outputs are class scores.
+            The mean loss, the number of examples and ``{"accuracy": ...}`` for
+            a classifier (see :func:`evaluate_model`).
         """
         load_weights(self.model, weights)
         loss, seen, metrics = evaluate_model(

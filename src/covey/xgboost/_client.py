@@ -101,7 +101,8 @@ class XGBoostClient(Client):
         x_train: Local training features.
         y_train: Local labels or targets.
         params: XGBoost parameters (``objective``, ``max_depth``, ``eta``, ...).
-        x_test: Local test features (None: evaluate on the training data).
+        x_test: Local test features (None, with ``y_test`` None: evaluate on the
+            training data).
         y_test: Local test labels.
         local_rounds: Boosting rounds per fit.
 
@@ -134,6 +135,11 @@ class XGBoostClient(Client):
         self.num_examples = int(self.train.num_row())
         if self.num_examples == 0:
             raise ValueError("x_train holds no examples")
+        if (x_test is None) != (y_test is None):
+            raise ValueError(
+                "x_test and y_test go together: give both, or neither to evaluate on the "
+                "training data"
+            )
         if x_test is None or y_test is None:
             self.x_test, self.y_test = np.asarray(x_train), np.asarray(y_train)
         else:
