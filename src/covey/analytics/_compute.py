@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from covey.analytics._tables import quote
+from covey.analytics._tables import columns, quote
 
 MAX_GROUPS = 100_000
 MAX_CELLS = 20_000_000
@@ -45,8 +45,26 @@ def _key(value: Any) -> str:
     return str(value)
 
 
+_FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
+
+
+def _text(col: str, kind: str) -> str:
+    """A DuckDB expression of a group column's value as the text of its domain's values.
+
+    A whole number in a FLOAT, DOUBLE or DECIMAL column (an integer column with a
+    NULL comes from pandas as float64) reads as the integer it is ('1', not '1.0'
+    nor '1.00'), as an integer in the domain does.
+    """
+    text = f"CAST({quote(col)} AS VARCHAR)"
+    if not kind.upper().startswith(_FRACTIONAL):
+        return text
+    value = f"CAST({quote(col)} AS DOUBLE)"
+    whole = f"isfinite({value}) AND {value} = trunc({value}) AND abs({value}) < 1e30"
+    return f"CASE WHEN {whole} THEN CAST(CAST({value} AS HUGEINT) AS VARCHAR) ELSE {text} END"
+
+
 def _group_index(
-    group_by: Sequence[str], domains: Mapping[str, Sequence[Any]]
+    group_by: Sequence[str], domains: Mapping[str, Sequence[Any]], types: Mapping[str, str]
 ) -> tuple[str, list[Any], int]:
     """A DuckDB expression of each row's group index (NULL outside the domain), its parameters."""
     if not group_by:
@@ -57,7 +75,8 @@ def _group_index(
     for col in reversed(group_by):
         values = [_key(v) for v in domains[col]]
         params.insert(0, values)
-        terms.append(f"(list_position(${{p}}, CAST({quote(col)} AS VARCHAR)) - 1) * {stride}")
+        text = _text(col, types.get(col, ""))
+        terms.append(f"(list_position(${{p}}, {text}) - 1) * {stride}")
         stride *= len(values)
     # parameters are numbered in group_by order
     exprs = [t.replace("${p}", f"${len(group_by) - i}") for i, t in enumerate(terms)]
@@ -349,7 +368,7 @@ def compute(
         column, the number of rows outside the domain, and per statistic the
         rows of each group it reads (those where its columns are not NULL).
     """
-    gexpr, params, groups = _group_index(group_by, domains)
+    gexpr, params, groups = _group_index(group_by, domains, columns(con, table))
     if groups > MAX_GROUPS:
         raise ValueError(f"the query has {groups} groups; the cap is {MAX_GROUPS}")
     for s in stats:
