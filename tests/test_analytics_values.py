@@ -9,8 +9,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pytest
 
-from covey.analytics import Policy, Site, query
+from covey.analytics import Policy, QueryError, Site, query
 
 
 def _pooled(frames: list[pd.DataFrame], sql: str) -> pd.DataFrame:
@@ -44,3 +45,45 @@ def test_a_numeric_group_column_stored_as_float_or_decimal_matches_its_integer_d
     assert df["COUNT(*)"].tolist() == want["count_star()"].tolist()
     assert df["SUM(x)"].tolist() == want["sum(x)"].tolist()
     assert df.attrs["outside_domain"] == 30  # the NULL and 3.00 rows, ten a site
+
+
+def test_secure_sums_and_variances_of_tiny_values_equal_the_plain_ones() -> None:
+    # bounds far below 1: the fixed-point scale must grow past 2^60 (SUM came back 0)
+    # and a squared deviation's scale must not overflow (VAR raised OverflowError)
+    x = np.array([1e-300, 2e-300, 3e-300] * 10)
+    policy = Policy(bounds={"x": (0.0, 1e-299)}, min_group_size=2)
+    sites = [Site({"t": pd.DataFrame({"x": x})}, policy, name=n) for n in "ab"]
+    sql = "SELECT SUM(x), AVG(x), VAR_POP(x) FROM t"
+    plain = query(sites, sql, secure=False).iloc[0]
+    secure = query(sites, sql, secure=True).iloc[0]
+    assert secure["SUM(x)"] == pytest.approx(plain["SUM(x)"], rel=1e-9)
+    assert secure["AVG(x)"] == pytest.approx(plain["AVG(x)"], rel=1e-9)
+    assert secure["VAR_POP(x)"] == plain["VAR_POP(x)"] == 0.0  # the squares underflow
+
+
+@pytest.mark.parametrize(
+    ("high", "sql"),
+    [(1e300, "SELECT SUM(x) FROM t"), (1e155, "SELECT VAR_POP(x) FROM t")],
+)
+@pytest.mark.parametrize("epsilon", [None, 1.0])
+def test_bounds_too_wide_for_the_fixed_point_are_refused_naming_them(
+    high: float, sql: str, epsilon: float | None
+) -> None:
+    # 2^31 rows of the bound (or of its square) overflowed float64: 'math domain error'
+    policy = Policy(bounds={"x": (-high, high)}, min_group_size=2)
+    sites = [Site({"t": pd.DataFrame({"x": [1.0, 2.0] * 5})}, policy, name=n) for n in "ab"]
+    with pytest.raises(QueryError, match="bounds of 'x' are too wide"):
+        query(sites, sql, secure=True, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_bounds_too_wide_for_a_variance_are_refused_before_any_budget_is_spent(
+    secure: bool,
+) -> None:
+    # the squared deviations' scale and sensitivity were found too wide only at the
+    # second stage, after the sites had spent budget on the first
+    policy = Policy(bounds={"x": (-1e160, 1e160)}, min_group_size=2)
+    sites = [Site({"t": pd.DataFrame({"x": [1.0, 2.0] * 5})}, policy, name=n) for n in "ab"]
+    with pytest.raises(QueryError, match="bounds of 'x' are too wide"):
+        query(sites, "SELECT VAR_POP(x) FROM t", secure=secure, epsilon=1.0)
+    assert [s.epsilon_spent for s in sites] == [0.0, 0.0]

@@ -30,8 +30,9 @@ import pandas as pd
 from covey.analytics import _dp
 from covey.analytics._compute import TOPK_MAX_BYTES
 from covey.analytics._exchange import Federation, StageResult, transport_for
+from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
-from covey.analytics._sql import Aggregate, Plan, QueryError, plan
+from covey.analytics._sql import Aggregate, Plan, QueryError
 from covey.analytics._stats import (
     BISECT_BINS,
     Quantiles,
@@ -41,9 +42,6 @@ from covey.analytics._stats import (
     survival,
 )
 from covey.privacy import Ledger
-
-DISTINCT_BUCKETS = 1 << 16
-"""The most rows a site may hold in one group under secure aggregation."""
 
 
 class _Query:
@@ -76,11 +74,11 @@ class _Query:
             for s in stats:
                 s["scale"] = fixed_point_scale(s, self.decl["bounds"], n)
                 if s["op"] in ("sum", "sq"):
-                    s["limbs"] = 2  # a high and a low limb: precision whatever the bounds
+                    s["limbs"] = 2  # a high and a low limb: 52 bits below the high one
         if self.multiplier is not None:
             mech = self.opt["mechanism"]
             for s in stats:
-                s["sensitivity"] = sensitivity(s, self.decl["bounds"], mech)
+                s["sensitivity"] = self.sensitivity(s)
             req["dp"] = {
                 "mechanism": mech,
                 "multiplier": self.multiplier,
@@ -189,7 +187,33 @@ class _Query:
 
     # -- the query ------------------------------------------------------------------------
 
+    def sensitivity(self, stat: dict[str, Any]) -> float:
+        """The sensitivity of a statistic under the merged bounds (finite, or refused)."""
+        found = sensitivity(stat, self.decl["bounds"], self.opt["mechanism"])
+        if not math.isfinite(found):
+            raise QueryError(
+                f"the bounds of {stat['col']!r} are too wide for DP: the sensitivity of "
+                f"its {'squared deviations' if stat['op'] == 'sq' else 'sums'} overflows"
+            )
+        return found
+
+    def check_squares(self) -> None:
+        """Refuse bounds too wide for a variance's squared deviations before any stage runs.
+
+        Their scale and sensitivity are set for the second stage; found only then, the
+        first stage's answers (and under DP their budget) would be spent for nothing.
+        """
+        for col in {a.column for a in self.plan.aggregates if a.func.startswith(("var", "std"))}:
+            low = float(self.decl["bounds"][col][0])
+            # the fewest rows the second stage assumes, the centre at one end of the bounds
+            probe: dict[str, Any] = {"op": "sq", "col": col, "center": [low], "rows": 1024}
+            if self.opt["secure"]:
+                fixed_point_scale(probe, self.decl["bounds"], len(self.fed.cids))
+            if self.opt["epsilon"] is not None:
+                self.sensitivity(probe)
+
     def execute(self) -> pd.DataFrame:
+        self.check_squares()
         stats, index = self.first_stats()
         if self.opt["epsilon"] is not None:
             self.releases = self.planned_releases(len(stats))
@@ -362,53 +386,6 @@ def first_stat_low(q: _Query, a: Aggregate) -> float:
     return float(q.decl["bounds"][a.column][0])
 
 
-def check_query(
-    sql: str,
-    *,
-    secure: bool = True,
-    epsilon: float | None = None,
-    mechanism: str = "laplace",
-    delta: float = 1e-6,
-) -> Plan:
-    """Check a query and its options before any site is asked.
-
-    Args:
-        sql: The SELECT (see :func:`query`).
-        secure: Whether answers go through secure aggregation.
-        epsilon: The DP budget of the query, or None.
-        mechanism: ``"laplace"`` or ``"gaussian"``.
-        delta: The delta the epsilon is accounted at.
-
-    Returns:
-        The query's plan.
-
-    Raises:
-        QueryError: The SQL is refused (naming the clause).
-        ValueError: An option is not valid.
-    """
-    p = plan(sql)
-    if mechanism not in _dp.MECHANISMS:
-        raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
-    if epsilon is not None and (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, int | float)
-        or not (epsilon > 0 and math.isfinite(epsilon))
-    ):
-        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
-    if epsilon is not None and any(a.func == "approx_distinct" for a in p.aggregates):
-        raise QueryError(
-            "APPROX_COUNT_DISTINCT is not answered with DP: noise on each of its "
-            f"{DISTINCT_BUCKETS} buckets swamps the count of empty ones it estimates from"
-        )
-    if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
-        raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
-    if secure and any(a.func in ("min", "max") for a in p.aggregates):
-        raise QueryError("MIN and MAX are never answered under secure aggregation")
-    return p
-
-
 def query(
     sites_or_server: Any,
     sql: str,
@@ -492,4 +469,4 @@ def query(
             transport.close()
 
 
-__all__: Sequence[str] = ["query"]
+__all__: Sequence[str] = ["check_query", "query"]
