@@ -87,3 +87,24 @@ def test_bounds_too_wide_for_a_variance_are_refused_before_any_budget_is_spent(
     with pytest.raises(QueryError, match="bounds of 'x' are too wide"):
         query(sites, "SELECT VAR_POP(x) FROM t", secure=secure, epsilon=1.0)
     assert [s.epsilon_spent for s in sites] == [0.0, 0.0]
+
+
+def test_nan_is_null_whatever_the_source(tmp_path: Path) -> None:
+    # pandas reads NaN as NULL, DuckDB's Parquet and CSV readers kept it a value above
+    # every bound: it was clipped to the top and counted in COUNT, SUM, AVG, MEDIAN
+    x = np.array([1.0, 2.0, np.nan, 3.0, np.nan] * 6)
+    frame = pd.DataFrame({"x": x})
+    frame.to_parquet(tmp_path / "t.parquet")
+    pd.DataFrame({"x": ["1.0", "2.0", "NaN", "3.0", "nan"] * 6}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    policy = Policy(bounds={"x": (0.0, 10.0)}, min_group_size=2)
+    sql = "SELECT COUNT(x), SUM(x), AVG(x), MEDIAN(x) FROM t"
+    answers = []
+    for source in (frame, str(tmp_path / "t.parquet"), str(tmp_path / "t.csv")):
+        df = query([Site({"t": source}, policy)], sql, secure=False)
+        answers.append(df.iloc[0].tolist())
+        assert df.attrs["clipped"] == {"x": 0}
+    assert answers[0][:3] == [18.0, 36.0, 2.0]
+    assert answers[0][3] == pytest.approx(2.0, abs=1e-5)
+    assert answers[1] == answers[2] == answers[0]
