@@ -108,3 +108,34 @@ def test_nan_is_null_whatever_the_source(tmp_path: Path) -> None:
     assert answers[0][:3] == [18.0, 36.0, 2.0]
     assert answers[0][3] == pytest.approx(2.0, abs=1e-5)
     assert answers[1] == answers[2] == answers[0]
+
+
+@pytest.mark.parametrize(("low", "high", "bins"), [(1, 2, 10), (-1, 1, 20), (0.5, 2.5, 20)])
+def test_histogram_bins_values_on_their_edges_as_numpy_does(
+    low: float, high: float, bins: int
+) -> None:
+    # (1.2 - 1) / 0.1 is 1.9999999999999996: a value written with one decimal fell a
+    # bin low (1.0 .. 2.0 in ten bins came back [1, 2, 0, 2, 0, 1, 2, 0, 2, 1])
+    x = np.arange(round(low * 100), round(high * 100) + 1) / 100
+    sites = [Site({"t": pd.DataFrame({"x": x})}, Policy(bounds={"x": (-5, 5)}, min_group_size=1))]
+    sql = f"SELECT HISTOGRAM(x, {low}, {high}, {bins}) FROM t"  # noqa: S608
+    df = query(sites, sql, secure=False)
+    want, _ = np.histogram(x, bins=bins, range=(low, high))
+    np.testing.assert_array_equal(np.asarray(df.iloc[0, 0], dtype=float), want)
+
+
+def test_the_sql_bins_put_values_on_their_edges_where_the_sorted_memo_does() -> None:
+    from covey.analytics._compute import compute
+    from covey.analytics._tables import load_tables
+
+    x = np.arange(-300, 301) / 100
+    con = load_tables({"t": pd.DataFrame({"x": x})})
+    for low, width, nbins in [(1.0, 0.1, 10), (-1.0, 0.1, 20), (0.5, 0.1, 20), (0.0, 0.3, 7)]:
+        stat = {"op": "bins", "col": "x", "low": [low], "width": [width], "bins": nbins}
+        bounds = {"x": (-5.0, 5.0)}
+        sql = compute(con, "t", None, (), {}, bounds, [stat]).vectors[0][0]
+        memo = compute(con, "t", None, (), {}, bounds, [stat], memo={}).vectors[0][0]
+        np.testing.assert_array_equal(sql, memo)
+        edges = low + width * np.arange(nbins + 1)
+        inside, _ = np.histogram(x, bins=edges)
+        np.testing.assert_array_equal(sql[1:-1], inside)

@@ -113,12 +113,12 @@ class SortedValues:
         out = np.zeros((len(self.offsets) - 1, nbins + 2))
         for g in range(len(self.offsets) - 1):
             vals = self.values[self.offsets[g] : self.offsets[g + 1]]
-            lo, w = float(low[g]), float(width[g])
-            start = int(np.searchsorted(vals, lo, side="left"))
-            stop = int(np.searchsorted(vals, lo + w * nbins, side="right"))
+            # the edges as numpy.histogram (linspace) makes them: lo + i * w, last bin closed
+            edges = float(low[g]) + float(width[g]) * np.arange(nbins + 1)
+            start = int(np.searchsorted(vals, edges[0], side="left"))
+            stop = int(np.searchsorted(vals, edges[-1], side="right"))
             inside = vals[start:stop]
-            # the same bucket formula as the SQL path: floor((v - lo) / w), last bin closed
-            idx = np.minimum(np.floor((inside - lo) / w).astype(np.int64), nbins - 1)
+            idx = np.minimum(np.searchsorted(edges, inside, side="right") - 1, nbins - 1)
             out[g, 1:-1] = np.bincount(idx, minlength=nbins)[:nbins]
             out[g, 0], out[g, -1] = start, len(vals) - stop
         return out
@@ -223,9 +223,14 @@ class _Stage:
             f"(${n + 2})[__g + 1] AS __w FROM ({self.base}) "
             f"WHERE __g IS NOT NULL AND {quote(col)} IS NOT NULL"
         )
+        # floor((v - lo) / w) can miss by one on an edge ((1.2 - 1) / 0.1 < 2): put the
+        # value back between the edges lo + k * w and lo + (k + 1) * w, as numpy does
+        k = f"LEAST(GREATEST(CAST(FLOOR((__v - __lo) / __w) AS BIGINT), 0), {nbins - 1})"
         bucket = (
             f"CASE WHEN __v < __lo THEN 0 WHEN __v > __lo + __w * {nbins} THEN {nbins + 1} "
-            f"ELSE LEAST(CAST(FLOOR((__v - __lo) / __w) AS BIGINT), {nbins - 1}) + 1 END"
+            f"ELSE {k} + 1 - CASE WHEN __v < __lo + {k} * __w THEN 1 ELSE 0 END "
+            f"+ CASE WHEN {k} < {nbins - 1} AND __v >= __lo + ({k} + 1) * __w THEN 1 ELSE 0 END "
+            "END"
         )
         base, self.base = self.base, inner
         try:
