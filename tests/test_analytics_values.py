@@ -139,3 +139,14 @@ def test_the_sql_bins_put_values_on_their_edges_where_the_sorted_memo_does() -> 
         edges = low + width * np.arange(nbins + 1)
         inside, _ = np.histogram(x, bins=edges)
         np.testing.assert_array_equal(sql[1:-1], inside)
+
+
+def test_too_many_groups_are_refused_by_the_server_naming_the_group_by() -> None:
+    # the sites refused each in turn, and under secure aggregation the analyst read
+    # 'secure aggregation aborted in stage mask: only 0 clients sent masked inputs'
+    domain = list(range(400))
+    policy = Policy(domains={"a": domain, "b": domain}, min_group_size=1)
+    frame = pd.DataFrame({"a": [1, 2], "b": [3, 4]})
+    sites = [Site({"t": frame}, policy, name=n) for n in "pq"]
+    with pytest.raises(QueryError, match=r"GROUP BY a, b: .*160000 groups"):
+        query(sites, "SELECT a, b, COUNT(*) FROM t GROUP BY a, b")

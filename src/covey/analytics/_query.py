@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from covey.analytics import _dp
-from covey.analytics._compute import TOPK_MAX_BYTES
+from covey.analytics._compute import MAX_GROUPS, TOPK_MAX_BYTES
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
@@ -52,6 +52,11 @@ class _Query:
     ) -> None:
         self.fed, self.plan, self.decl, self.opt = fed, p, decl, options
         self.groups = int(np.prod([len(decl["domains"][c]) for c in p.group_by] or [1]))
+        if self.groups > MAX_GROUPS:  # the sites would each refuse it, mid-stage
+            raise QueryError(
+                f"GROUP BY {', '.join(p.group_by)}: the sites' domains make {self.groups} "
+                f"groups; at most {MAX_GROUPS} are answered"
+            )
         self.multiplier: float | None = None
         self.releases = 0
         self.meta: dict[str, Any] = {"clipped": {}, "outside_domain": 0, "withheld_groups": 0}
