@@ -150,3 +150,16 @@ def test_too_many_groups_are_refused_by_the_server_naming_the_group_by() -> None
     sites = [Site({"t": frame}, policy, name=n) for n in "pq"]
     with pytest.raises(QueryError, match=r"GROUP BY a, b: .*160000 groups"):
         query(sites, "SELECT a, b, COUNT(*) FROM t GROUP BY a, b")
+
+
+def test_kaplan_meier_counts_a_time_on_a_point_at_that_point() -> None:
+    # ceil(2.1 / 0.3) is 8: a record leaving at 2.1 was counted at the point 2.4
+    from covey.analytics._compute import compute
+    from covey.analytics._tables import load_tables
+
+    times = np.round(np.arange(21) * 0.3, 10)
+    con = load_tables({"t": pd.DataFrame({"t": times, "e": 1})})
+    stat = {"op": "km", "col": "t", "event": "e", "low": 0.0, "step": 0.3, "points": 20}
+    got = compute(con, "t", None, (), {}, {"t": (0.0, 6.0)}, [stat]).vectors[0][0]
+    np.testing.assert_array_equal(got[1], np.ones(21))  # one record leaves at each point
+    np.testing.assert_array_equal(got[0], np.ones(21))

@@ -283,12 +283,19 @@ class _Stage:
             # they are written into the SQL: "inf" or "nan" there would name a column
             raise ValueError(f"a survival curve needs a finite start and step, got {low}, {step}")
         out = np.zeros((self.groups, 2, points + 1))
-        t = _clip(col, self.bounds)
-        k = f"LEAST(GREATEST(CAST(CEIL(({t} - {low!r}) / {step!r}) AS BIGINT), 0), {points})"
+        # the point k holds the times in (low + (k - 1) * step, low + k * step]; the
+        # ceiling alone can miss by one on a point (ceil(2.1 / 0.3) is 8): put it back
+        k0 = f"CAST(CEIL((__t - {low!r}) / {step!r}) AS BIGINT)"
+        k = (
+            f"{k0} - CASE WHEN __t <= {low!r} + ({k0} - 1) * {step!r} THEN 1 ELSE 0 END "
+            f"+ CASE WHEN __t > {low!r} + {k0} * {step!r} THEN 1 ELSE 0 END"
+        )
+        k = f"LEAST(GREATEST({k}, 0), {points})"
         ev = f"LEAST(GREATEST(CAST({quote(event)} AS DOUBLE), 0), 1)"
         sql = f"SUM({ev}), COUNT(*)"
         where = f"{quote(col)} IS NOT NULL AND {quote(event)} IS NOT NULL"
-        base, self.base = self.base, f"SELECT * FROM ({self.base}) WHERE {where}"  # noqa: S608
+        t = _clip(col, self.bounds)
+        base, self.base = self.base, f"SELECT *, {t} AS __t FROM ({self.base}) WHERE {where}"  # noqa: S608
         try:
             for g, b, d, n in self.rows(sql, group=f"__g, {k}"):
                 out[int(g), 0, int(b)] += float(d or 0)
