@@ -163,3 +163,20 @@ def test_kaplan_meier_counts_a_time_on_a_point_at_that_point() -> None:
     got = compute(con, "t", None, (), {}, {"t": (0.0, 6.0)}, [stat]).vectors[0][0]
     np.testing.assert_array_equal(got[1], np.ones(21))  # one record leaves at each point
     np.testing.assert_array_equal(got[0], np.ones(21))
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_a_query_past_one_sites_budget_is_refused_before_the_others_spend(secure: bool) -> None:
+    # the site with budget left answered (and was charged) before the spent one
+    # refused, so the query failed with the first site's budget gone for nothing
+    frame = pd.DataFrame({"x": np.arange(100.0)})
+    poor = Site({"t": frame}, Policy(bounds={"x": (0, 100)}, epsilon=1.0), name="poor")
+    rich = Site({"t": frame}, Policy(bounds={"x": (0, 100)}, epsilon=10.0), name="rich")
+    query([poor, rich], "SELECT COUNT(*) FROM t", secure=secure, epsilon=0.8)
+    spent = rich.epsilon_spent
+    with pytest.raises(PermissionError, match=r"poor: .*budget is spent"):
+        query([poor, rich], "SELECT SUM(x) FROM t", secure=secure, epsilon=0.8)
+    assert rich.epsilon_spent == spent
+    # a repeat the sites hold in their caches costs nothing, and still passes
+    query([poor, rich], "SELECT COUNT(*) FROM t", secure=secure, epsilon=0.8)
+    assert rich.epsilon_spent == spent

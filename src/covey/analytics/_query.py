@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -225,6 +226,10 @@ class _Query:
             self.multiplier = _dp.calibrate(
                 self.opt["mechanism"], float(self.opt["epsilon"]), self.opt["delta"], self.releases
             )
+            # every site checks the whole query against its budget first: one that
+            # cannot afford it would otherwise refuse after the others have spent
+            describe = {"sql": self.plan.sql, "secure": self.opt["secure"], "dp": {}}
+            self.fed.check_budgets(describe, self.request(copy.deepcopy(stats)), self.releases)
             analyst = self.opt.get("analyst")
             if analyst is not None:
                 # free again only when the sites' caches give the same noisy answer:

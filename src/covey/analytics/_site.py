@@ -292,7 +292,39 @@ class Site(Client):
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Check a query and declare what the server needs to plan it (bounds, domains)."""
         policy, _ = self._check(request)
+        first = request.get("first")
+        if isinstance(first, Mapping):  # would the whole query fit in the budget?
+            self._check_budget(first, request.get("releases"))
         return {"site": self.name, **policy.describe(), "spent": self.budget.spent}
+
+    def _check_budget(self, first: Mapping[str, Any], releases: Any) -> None:
+        """Refuse a DP query whose planned releases would pass the budget, charging nothing.
+
+        Asked before the first stage, so that a query one site cannot afford stops
+        before the others spend on it. A repeat (its first stage in the cache) costs
+        nothing and passes.
+        """
+        dp = first.get("dp")
+        if (
+            not isinstance(dp, Mapping)
+            or self._key(first, bool(first.get("secure"))) in self._cache
+        ):
+            return
+        mechanism, multiplier = str(dp.get("mechanism")), float(dp.get("multiplier", 0.0))
+        if mechanism not in _dp.MECHANISMS or not 0 < multiplier < math.inf:
+            raise PolicyError(f"bad noise request: {mechanism} at multiplier {multiplier}")
+        if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
+            raise PolicyError(f"bad noise request: {releases!r} releases")
+        self.budget.check(_dp.event(mechanism, multiplier, releases))
+
+    def _key(self, request: Mapping[str, Any], masked: bool) -> str:
+        """The cache key of a stage's request (an answer seen on its own has all the noise)."""
+        request = {**request, "op": "answer"}
+        if not masked and request.get("dp"):
+            request = {**request, "dp": {**request["dp"], "shares": 1}}
+        return hashlib.sha256(
+            json.dumps([request, masked], sort_keys=True, default=str).encode()
+        ).hexdigest()
 
     def answer(self, request: Mapping[str, Any], *, masked: bool = False) -> dict[str, Any]:
         """Answer one stage of a query: vectors of sums, suppressed and noised per policy.
@@ -306,9 +338,7 @@ class Site(Client):
         policy, p = self._check(request)
         if not masked and request.get("dp"):
             request = {**request, "dp": {**request["dp"], "shares": 1}}
-        key = hashlib.sha256(
-            json.dumps([request, masked], sort_keys=True, default=str).encode()
-        ).hexdigest()
+        key = self._key(request, masked)
         with self._lock:
             if key in self._cache:
                 return {**self._cache[key], "cached": True}
