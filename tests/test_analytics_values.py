@@ -180,3 +180,19 @@ def test_a_query_past_one_sites_budget_is_refused_before_the_others_spend(secure
     # a repeat the sites hold in their caches costs nothing, and still passes
     query([poor, rich], "SELECT COUNT(*) FROM t", secure=secure, epsilon=0.8)
     assert rich.epsilon_spent == spent
+
+
+def test_covey_query_prints_a_histogram_as_a_list_with_its_hidden_bins_as_dashes() -> None:
+    # a histogram's cells are NumPy arrays: printed by their repr, '[nan 20. 20. 20.]'
+    import io
+
+    from rich.console import Console
+
+    from covey.analytics._cli import result_table
+
+    x = np.repeat([1.5, 2.5, 3.5], 10)
+    sites = [Site({"t": pd.DataFrame({"x": x})}, Policy(bounds={"x": (0, 4)}, min_group_size=5))]
+    sql = "SELECT HISTOGRAM(x, 0, 4, 4) FROM t"
+    out = Console(file=io.StringIO(), width=200, color_system=None)
+    out.print(result_table(query(sites, sql, secure=False), sql))
+    assert "[-, 10, 10, 10]" in out.file.getvalue()  # type: ignore[attr-defined]
