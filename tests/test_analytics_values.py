@@ -196,3 +196,11 @@ def test_covey_query_prints_a_histogram_as_a_list_with_its_hidden_bins_as_dashes
     out = Console(file=io.StringIO(), width=200, color_system=None)
     out.print(result_table(query(sites, sql, secure=False), sql))
     assert "[-, 10, 10, 10]" in out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_an_alias_naming_a_group_by_column_is_refused() -> None:
+    # the answer's column of that name held the aggregate: the group keys were lost
+    from covey.analytics import plan
+
+    with pytest.raises(QueryError, match="alias 'g' is the name of a GROUP BY column"):
+        plan('SELECT g, COUNT(*) AS "g" FROM t GROUP BY g')
