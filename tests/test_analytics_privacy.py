@@ -13,7 +13,6 @@ import pytest
 
 from covey.analytics import (
     Analyst,
-    FederationQueryError,
     Policy,
     PolicyError,
     QueryError,
@@ -141,7 +140,7 @@ def test_a_site_budget_is_enforced_and_the_reason_shown() -> None:
     with pytest.raises(PolicyError, match="answers only with differential privacy"):
         query(sites, "SELECT COUNT(*) FROM p", secure=False)
     query(sites, "SELECT COUNT(*) FROM p", secure=False, epsilon=1.0)
-    with pytest.raises(FederationQueryError, match="privacy budget is spent"):
+    with pytest.raises(PolicyError, match="privacy budget is spent"):
         query(sites, "SELECT SUM(age) FROM p", secure=False, epsilon=1.0)
 
 
@@ -285,7 +284,7 @@ def test_a_site_refuses_once_its_ledger_would_pass_its_epsilon() -> None:
     assert 1.0 < spent[1] < 2.0
     before = site.budget.ledger
     # ... but a third would pass 2.5, as dp-accounting says of the ledger plus its event
-    with pytest.raises(FederationQueryError, match="privacy budget is spent"):
+    with pytest.raises(PolicyError, match="privacy budget is spent"):
         query(sites, "SELECT COUNT(*) FROM p WHERE age > 5", secure=False, epsilon=1.0)
     event = _dp.event("laplace", _dp.calibrate("laplace", 1.0, 1e-6, 1), 1)
     assert before.add(event).epsilon(1e-6) > 2.5

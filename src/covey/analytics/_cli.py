@@ -180,6 +180,8 @@ def _serve_queries(join: Callable[[], Any], once: bool) -> None:
 
 
 def _cell(value: Any) -> str:
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # a histogram's bins
+        value = value.tolist()
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.6g}"
     if isinstance(value, list | tuple):

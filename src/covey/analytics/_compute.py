@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from covey.analytics._tables import quote
+from covey.analytics._tables import columns, quote
 
 MAX_GROUPS = 100_000
 MAX_CELLS = 20_000_000
@@ -45,8 +45,26 @@ def _key(value: Any) -> str:
     return str(value)
 
 
+_FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
+
+
+def _text(col: str, kind: str) -> str:
+    """A DuckDB expression of a group column's value as the text of its domain's values.
+
+    A whole number in a FLOAT, DOUBLE or DECIMAL column (an integer column with a
+    NULL comes from pandas as float64) reads as the integer it is ('1', not '1.0'
+    nor '1.00'), as an integer in the domain does.
+    """
+    text = f"CAST({quote(col)} AS VARCHAR)"
+    if not kind.upper().startswith(_FRACTIONAL):
+        return text
+    value = f"CAST({quote(col)} AS DOUBLE)"
+    whole = f"isfinite({value}) AND {value} = trunc({value}) AND abs({value}) < 1e30"
+    return f"CASE WHEN {whole} THEN CAST(CAST({value} AS HUGEINT) AS VARCHAR) ELSE {text} END"
+
+
 def _group_index(
-    group_by: Sequence[str], domains: Mapping[str, Sequence[Any]]
+    group_by: Sequence[str], domains: Mapping[str, Sequence[Any]], types: Mapping[str, str]
 ) -> tuple[str, list[Any], int]:
     """A DuckDB expression of each row's group index (NULL outside the domain), its parameters."""
     if not group_by:
@@ -57,7 +75,8 @@ def _group_index(
     for col in reversed(group_by):
         values = [_key(v) for v in domains[col]]
         params.insert(0, values)
-        terms.append(f"(list_position(${{p}}, CAST({quote(col)} AS VARCHAR)) - 1) * {stride}")
+        text = _text(col, types.get(col, ""))
+        terms.append(f"(list_position(${{p}}, {text}) - 1) * {stride}")
         stride *= len(values)
     # parameters are numbered in group_by order
     exprs = [t.replace("${p}", f"${len(group_by) - i}") for i, t in enumerate(terms)]
@@ -94,12 +113,12 @@ class SortedValues:
         out = np.zeros((len(self.offsets) - 1, nbins + 2))
         for g in range(len(self.offsets) - 1):
             vals = self.values[self.offsets[g] : self.offsets[g + 1]]
-            lo, w = float(low[g]), float(width[g])
-            start = int(np.searchsorted(vals, lo, side="left"))
-            stop = int(np.searchsorted(vals, lo + w * nbins, side="right"))
+            # the edges as numpy.histogram (linspace) makes them: lo + i * w, last bin closed
+            edges = float(low[g]) + float(width[g]) * np.arange(nbins + 1)
+            start = int(np.searchsorted(vals, edges[0], side="left"))
+            stop = int(np.searchsorted(vals, edges[-1], side="right"))
             inside = vals[start:stop]
-            # the same bucket formula as the SQL path: floor((v - lo) / w), last bin closed
-            idx = np.minimum(np.floor((inside - lo) / w).astype(np.int64), nbins - 1)
+            idx = np.minimum(np.searchsorted(edges, inside, side="right") - 1, nbins - 1)
             out[g, 1:-1] = np.bincount(idx, minlength=nbins)[:nbins]
             out[g, 0], out[g, -1] = start, len(vals) - stop
         return out
@@ -204,9 +223,14 @@ class _Stage:
             f"(${n + 2})[__g + 1] AS __w FROM ({self.base}) "
             f"WHERE __g IS NOT NULL AND {quote(col)} IS NOT NULL"
         )
+        # floor((v - lo) / w) can miss by one on an edge ((1.2 - 1) / 0.1 < 2): put the
+        # value back between the edges lo + k * w and lo + (k + 1) * w, as numpy does
+        k = f"LEAST(GREATEST(CAST(FLOOR((__v - __lo) / __w) AS BIGINT), 0), {nbins - 1})"
         bucket = (
             f"CASE WHEN __v < __lo THEN 0 WHEN __v > __lo + __w * {nbins} THEN {nbins + 1} "
-            f"ELSE LEAST(CAST(FLOOR((__v - __lo) / __w) AS BIGINT), {nbins - 1}) + 1 END"
+            f"ELSE {k} + 1 - CASE WHEN __v < __lo + {k} * __w THEN 1 ELSE 0 END "
+            f"+ CASE WHEN {k} < {nbins - 1} AND __v >= __lo + ({k} + 1) * __w THEN 1 ELSE 0 END "
+            "END"
         )
         base, self.base = self.base, inner
         try:
@@ -259,12 +283,19 @@ class _Stage:
             # they are written into the SQL: "inf" or "nan" there would name a column
             raise ValueError(f"a survival curve needs a finite start and step, got {low}, {step}")
         out = np.zeros((self.groups, 2, points + 1))
-        t = _clip(col, self.bounds)
-        k = f"LEAST(GREATEST(CAST(CEIL(({t} - {low!r}) / {step!r}) AS BIGINT), 0), {points})"
+        # the point k holds the times in (low + (k - 1) * step, low + k * step]; the
+        # ceiling alone can miss by one on a point (ceil(2.1 / 0.3) is 8): put it back
+        k0 = f"CAST(CEIL((__t - {low!r}) / {step!r}) AS BIGINT)"
+        k = (
+            f"{k0} - CASE WHEN __t <= {low!r} + ({k0} - 1) * {step!r} THEN 1 ELSE 0 END "
+            f"+ CASE WHEN __t > {low!r} + {k0} * {step!r} THEN 1 ELSE 0 END"
+        )
+        k = f"LEAST(GREATEST({k}, 0), {points})"
         ev = f"LEAST(GREATEST(CAST({quote(event)} AS DOUBLE), 0), 1)"
         sql = f"SUM({ev}), COUNT(*)"
         where = f"{quote(col)} IS NOT NULL AND {quote(event)} IS NOT NULL"
-        base, self.base = self.base, f"SELECT * FROM ({self.base}) WHERE {where}"  # noqa: S608
+        t = _clip(col, self.bounds)
+        base, self.base = self.base, f"SELECT *, {t} AS __t FROM ({self.base}) WHERE {where}"  # noqa: S608
         try:
             for g, b, d, n in self.rows(sql, group=f"__g, {k}"):
                 out[int(g), 0, int(b)] += float(d or 0)
@@ -349,7 +380,7 @@ def compute(
         column, the number of rows outside the domain, and per statistic the
         rows of each group it reads (those where its columns are not NULL).
     """
-    gexpr, params, groups = _group_index(group_by, domains)
+    gexpr, params, groups = _group_index(group_by, domains, columns(con, table))
     if groups > MAX_GROUPS:
         raise ValueError(f"the query has {groups} groups; the cap is {MAX_GROUPS}")
     for s in stats:

@@ -162,15 +162,28 @@ class Budget:
             PermissionError: if the event would take the total over the budget.
         """
         with self._lock:
-            ledger = self._ledger.add(dp_event)
-            after = ledger.epsilon(self.delta)
-            if self.epsilon is not None and after > self.epsilon * (1 + 1e-9):
-                raise PermissionError(
-                    f"{self.owner}'s privacy budget is spent: epsilon {self._spent:.4g} of "
-                    f"{self.epsilon:.4g} used, this answer would take it to {after:.4g}"
-                )
+            ledger, after = self._after(dp_event, "answer")
             self._ledger, self._spent = ledger, after
             return after
+
+    def check(self, dp_event: dpa.DpEvent) -> float:
+        """The epsilon ``dp_event`` would take the total to, recording nothing.
+
+        Raises:
+            PermissionError: if that is over the budget.
+        """
+        with self._lock:
+            return self._after(dp_event, "query")[1]
+
+    def _after(self, dp_event: dpa.DpEvent, what: str) -> tuple[Ledger, float]:
+        ledger = self._ledger.add(dp_event)
+        after = ledger.epsilon(self.delta)
+        if self.epsilon is not None and after > self.epsilon * (1 + 1e-9):
+            raise PermissionError(
+                f"{self.owner}'s privacy budget is spent: epsilon {self._spent:.4g} of "
+                f"{self.epsilon:.4g} used, this {what} would take it to {after:.4g}"
+            )
+        return ledger, after
 
     def record(self, dp_event: dpa.DpEvent) -> float:
         """Record an event already released, even past the budget; return the epsilon spent.

@@ -125,6 +125,25 @@ class Federation:
         self.cids = sorted(ok)
         return ok
 
+    def check_budgets(
+        self, request: Mapping[str, Any], first: Mapping[str, Any], releases: int
+    ) -> None:
+        """Ask every answering site whether the DP query fits in its budget, before any stage.
+
+        Raises:
+            PolicyError: Naming each site that would refuse (nothing was charged).
+        """
+        payload = {**request, "op": "describe", "first": dict(first), "releases": releases}
+        answers = self._exchange(payload, self.cids)
+        short = {
+            self.names[cid]: str(got.get("refused", "the site did not answer in time"))
+            for cid in self.cids
+            if "refused" in (got := answers.get(cid, {"refused": None}))
+        }
+        if short:
+            reasons = "; ".join(f"{n}: {r}" for n, r in short.items())
+            raise PolicyError(f"the query is refused before any site answers it ({reasons})")
+
     def spent(self, request: Mapping[str, Any]) -> dict[str, float]:
         """Each answering site's DP budget spent so far, as it declares it (after a query)."""
         answers = self._exchange({**request, "op": "describe"}, self.cids)

@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -28,10 +29,11 @@ import numpy as np
 import pandas as pd
 
 from covey.analytics import _dp
-from covey.analytics._compute import TOPK_MAX_BYTES
+from covey.analytics._compute import MAX_GROUPS, TOPK_MAX_BYTES
 from covey.analytics._exchange import Federation, StageResult, transport_for
+from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
-from covey.analytics._sql import Aggregate, Plan, QueryError, plan
+from covey.analytics._sql import Aggregate, Plan, QueryError
 from covey.analytics._stats import (
     BISECT_BINS,
     Quantiles,
@@ -42,9 +44,6 @@ from covey.analytics._stats import (
 )
 from covey.privacy import Ledger
 
-DISTINCT_BUCKETS = 1 << 16
-"""The most rows a site may hold in one group under secure aggregation."""
-
 
 class _Query:
     """One query's state across its stages."""
@@ -54,6 +53,11 @@ class _Query:
     ) -> None:
         self.fed, self.plan, self.decl, self.opt = fed, p, decl, options
         self.groups = int(np.prod([len(decl["domains"][c]) for c in p.group_by] or [1]))
+        if self.groups > MAX_GROUPS:  # the sites would each refuse it, mid-stage
+            raise QueryError(
+                f"GROUP BY {', '.join(p.group_by)}: the sites' domains make {self.groups} "
+                f"groups; at most {MAX_GROUPS} are answered"
+            )
         self.multiplier: float | None = None
         self.releases = 0
         self.meta: dict[str, Any] = {"clipped": {}, "outside_domain": 0, "withheld_groups": 0}
@@ -76,11 +80,11 @@ class _Query:
             for s in stats:
                 s["scale"] = fixed_point_scale(s, self.decl["bounds"], n)
                 if s["op"] in ("sum", "sq"):
-                    s["limbs"] = 2  # a high and a low limb: precision whatever the bounds
+                    s["limbs"] = 2  # a high and a low limb: 52 bits below the high one
         if self.multiplier is not None:
             mech = self.opt["mechanism"]
             for s in stats:
-                s["sensitivity"] = sensitivity(s, self.decl["bounds"], mech)
+                s["sensitivity"] = self.sensitivity(s)
             req["dp"] = {
                 "mechanism": mech,
                 "multiplier": self.multiplier,
@@ -189,13 +193,43 @@ class _Query:
 
     # -- the query ------------------------------------------------------------------------
 
+    def sensitivity(self, stat: dict[str, Any]) -> float:
+        """The sensitivity of a statistic under the merged bounds (finite, or refused)."""
+        found = sensitivity(stat, self.decl["bounds"], self.opt["mechanism"])
+        if not math.isfinite(found):
+            raise QueryError(
+                f"the bounds of {stat['col']!r} are too wide for DP: the sensitivity of "
+                f"its {'squared deviations' if stat['op'] == 'sq' else 'sums'} overflows"
+            )
+        return found
+
+    def check_squares(self) -> None:
+        """Refuse bounds too wide for a variance's squared deviations before any stage runs.
+
+        Their scale and sensitivity are set for the second stage; found only then, the
+        first stage's answers (and under DP their budget) would be spent for nothing.
+        """
+        for col in {a.column for a in self.plan.aggregates if a.func.startswith(("var", "std"))}:
+            low = float(self.decl["bounds"][col][0])
+            # the fewest rows the second stage assumes, the centre at one end of the bounds
+            probe: dict[str, Any] = {"op": "sq", "col": col, "center": [low], "rows": 1024}
+            if self.opt["secure"]:
+                fixed_point_scale(probe, self.decl["bounds"], len(self.fed.cids))
+            if self.opt["epsilon"] is not None:
+                self.sensitivity(probe)
+
     def execute(self) -> pd.DataFrame:
+        self.check_squares()
         stats, index = self.first_stats()
         if self.opt["epsilon"] is not None:
             self.releases = self.planned_releases(len(stats))
             self.multiplier = _dp.calibrate(
                 self.opt["mechanism"], float(self.opt["epsilon"]), self.opt["delta"], self.releases
             )
+            # every site checks the whole query against its budget first: one that
+            # cannot afford it would otherwise refuse after the others have spent
+            describe = {"sql": self.plan.sql, "secure": self.opt["secure"], "dp": {}}
+            self.fed.check_budgets(describe, self.request(copy.deepcopy(stats)), self.releases)
             analyst = self.opt.get("analyst")
             if analyst is not None:
                 # free again only when the sites' caches give the same noisy answer:
@@ -362,53 +396,6 @@ def first_stat_low(q: _Query, a: Aggregate) -> float:
     return float(q.decl["bounds"][a.column][0])
 
 
-def check_query(
-    sql: str,
-    *,
-    secure: bool = True,
-    epsilon: float | None = None,
-    mechanism: str = "laplace",
-    delta: float = 1e-6,
-) -> Plan:
-    """Check a query and its options before any site is asked.
-
-    Args:
-        sql: The SELECT (see :func:`query`).
-        secure: Whether answers go through secure aggregation.
-        epsilon: The DP budget of the query, or None.
-        mechanism: ``"laplace"`` or ``"gaussian"``.
-        delta: The delta the epsilon is accounted at.
-
-    Returns:
-        The query's plan.
-
-    Raises:
-        QueryError: The SQL is refused (naming the clause).
-        ValueError: An option is not valid.
-    """
-    p = plan(sql)
-    if mechanism not in _dp.MECHANISMS:
-        raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
-    if epsilon is not None and (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, int | float)
-        or not (epsilon > 0 and math.isfinite(epsilon))
-    ):
-        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
-    if epsilon is not None and any(a.func == "approx_distinct" for a in p.aggregates):
-        raise QueryError(
-            "APPROX_COUNT_DISTINCT is not answered with DP: noise on each of its "
-            f"{DISTINCT_BUCKETS} buckets swamps the count of empty ones it estimates from"
-        )
-    if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
-        raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
-    if secure and any(a.func in ("min", "max") for a in p.aggregates):
-        raise QueryError("MIN and MAX are never answered under secure aggregation")
-    return p
-
-
 def query(
     sites_or_server: Any,
     sql: str,
@@ -492,4 +479,4 @@ def query(
             transport.close()
 
 
-__all__: Sequence[str] = ["query"]
+__all__: Sequence[str] = ["check_query", "query"]

@@ -37,6 +37,7 @@ SECURE_INPUT = "covey.analytics.answer"
 MAX_CACHE = 256
 ROW_CAP = 1 << 31  # the rows a site may hold, before any stage has counted them
 MAX_DOWNSCALE = 900  # a fixed-point scale stays at or above 2^-900 (float64 range)
+MAX_UPSCALE = 1000  # and at or below 2^1000 (values far below 1 keep their digits)
 
 
 def sensitivity(
@@ -64,7 +65,8 @@ def sensitivity(
         centers = np.asarray(stat["center"], dtype=float)
         if centers.size == 0:
             return 0.0
-        return float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
+        with np.errstate(over="ignore"):  # inf: refused by the server and the sites
+            return float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
     raise PolicyError(f"no differentially private answer for {op!r}")
 
 
@@ -106,19 +108,22 @@ def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) 
         return 1.0
     low, high = (float(b) for b in bounds[stat["col"]])
     if op == "sum":
-        top = max(abs(low), abs(high))
+        reach = max(abs(low), abs(high))
     else:
         centers = np.asarray(stat.get("center") or [low], dtype=float)
-        top = float(np.max(np.maximum((low - centers) ** 2, (high - centers) ** 2)))
+        with np.errstate(over="ignore"):
+            reach = float(np.max(np.maximum(np.abs(low - centers), np.abs(high - centers))))
     rows = int(stat.get("rows", ROW_CAP))
-    room = secure_bound(sites) / (rows * max(top, 1e-300))
-    exponent = math.floor(math.log2(room))
-    if exponent < -MAX_DOWNSCALE:
+    # in logarithms: rows times the largest value (a square for "sq") may pass float64
+    top = (1 if op == "sum" else 2) * math.log2(max(reach, 1e-300))
+    exponent = math.floor(math.log2(secure_bound(sites)) - math.log2(rows) - top)
+    if not math.isfinite(reach) or exponent < -MAX_DOWNSCALE:
         raise QueryError(
             f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
-            f"{rows} rows per site"
+            f"{rows} rows per site ({'squared deviations' if op == 'sq' else 'sums'} "
+            f"up to 2^{top:.0f}); declare bounds nearer the values"
         )
-    return float(2.0 ** min(exponent, 60))
+    return float(2.0 ** min(exponent, MAX_UPSCALE))
 
 
 def low_bits(bound: int) -> int:
@@ -136,7 +141,8 @@ def fixed_point(values: np.ndarray, scale: float, request: Mapping[str, Any]) ->
     integer vectors, ``hi = floor(values * scale)`` and the fraction left,
     ``lo = rint((values * scale - hi) * 2^b)`` with ``b = low_bits(bound)``: the
     scale only has to keep the largest sum the bounds allow within the ring, and
-    the low limb keeps the precision of the float64 value whatever the bounds. The
+    the low limb keeps 52 more bits below the high limb's unit (each site's sum to
+    about 2^-80 of its bounds' largest value). The
     server adds each limb over the sites and reads ``(hi + lo / 2^b) / scale``.
     """
     bound = int(request.get("bound", 0))
@@ -286,7 +292,39 @@ class Site(Client):
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Check a query and declare what the server needs to plan it (bounds, domains)."""
         policy, _ = self._check(request)
+        first = request.get("first")
+        if isinstance(first, Mapping):  # would the whole query fit in the budget?
+            self._check_budget(first, request.get("releases"))
         return {"site": self.name, **policy.describe(), "spent": self.budget.spent}
+
+    def _check_budget(self, first: Mapping[str, Any], releases: Any) -> None:
+        """Refuse a DP query whose planned releases would pass the budget, charging nothing.
+
+        Asked before the first stage, so that a query one site cannot afford stops
+        before the others spend on it. A repeat (its first stage in the cache) costs
+        nothing and passes.
+        """
+        dp = first.get("dp")
+        if (
+            not isinstance(dp, Mapping)
+            or self._key(first, bool(first.get("secure"))) in self._cache
+        ):
+            return
+        mechanism, multiplier = str(dp.get("mechanism")), float(dp.get("multiplier", 0.0))
+        if mechanism not in _dp.MECHANISMS or not 0 < multiplier < math.inf:
+            raise PolicyError(f"bad noise request: {mechanism} at multiplier {multiplier}")
+        if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
+            raise PolicyError(f"bad noise request: {releases!r} releases")
+        self.budget.check(_dp.event(mechanism, multiplier, releases))
+
+    def _key(self, request: Mapping[str, Any], masked: bool) -> str:
+        """The cache key of a stage's request (an answer seen on its own has all the noise)."""
+        request = {**request, "op": "answer"}
+        if not masked and request.get("dp"):
+            request = {**request, "dp": {**request["dp"], "shares": 1}}
+        return hashlib.sha256(
+            json.dumps([request, masked], sort_keys=True, default=str).encode()
+        ).hexdigest()
 
     def answer(self, request: Mapping[str, Any], *, masked: bool = False) -> dict[str, Any]:
         """Answer one stage of a query: vectors of sums, suppressed and noised per policy.
@@ -300,9 +338,7 @@ class Site(Client):
         policy, p = self._check(request)
         if not masked and request.get("dp"):
             request = {**request, "dp": {**request["dp"], "shares": 1}}
-        key = hashlib.sha256(
-            json.dumps([request, masked], sort_keys=True, default=str).encode()
-        ).hexdigest()
+        key = self._key(request, masked)
         with self._lock:
             if key in self._cache:
                 return {**self._cache[key], "cached": True}

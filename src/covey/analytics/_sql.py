@@ -453,4 +453,9 @@ def _plan(sql: str) -> Plan:
     names = [a.name for a in aggregates]
     if len(set(names)) != len(names):
         raise QueryError(f"two aggregates share a name: {names}; give them aliases")
+    for name in names:
+        if name in group_by:  # the answer's column of that name holds the group keys
+            raise QueryError(
+                f"the alias {name!r} is the name of a GROUP BY column; give another alias"
+            )
     return Plan(sql, table, where_sql, where_cols, tuple(group_by), tuple(aggregates))

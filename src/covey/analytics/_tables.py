@@ -65,6 +65,19 @@ def _copy(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> Non
         con.unregister(f"__src_{name}")
 
 
+def _nan_to_null(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Read NaN as NULL in a table's floating-point columns, as pandas does.
+
+    A DataFrame's NaN reaches DuckDB as NULL, but Parquet and CSV keep it a value,
+    which DuckDB orders above every number: it would be clipped to the top of the
+    bounds and summed, so the same data would answer otherwise from another source.
+    """
+    for col, kind in columns(con, name).items():
+        if kind.upper() in ("FLOAT", "DOUBLE", "REAL"):
+            column = '"' + col.replace('"', '""') + '"'  # any name the file gave it
+            con.execute(f"UPDATE {quote(name)} SET {column} = NULL WHERE isnan({column})")  # noqa: S608
+
+
 def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection holding ``tables`` (name -> source).
 
@@ -105,6 +118,8 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
                 f"table {name!r}: expected a DataFrame, a .parquet/.csv path or "
                 f"'sqlite:///path', got {type(source).__name__}"
             )
+    for name in tables:
+        _nan_to_null(con, name)
     # the tables are in memory now: whatever a query says, DuckDB reads no file
     # (read_csv('/etc/passwd'), ATTACH, COPY) and no setting can turn that back on
     con.execute("SET enable_external_access = false")

@@ -1,0 +1,62 @@
+"""The options of a query, checked before any site is asked."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from covey.analytics import _dp
+from covey.analytics._sql import Plan, QueryError, plan
+
+DISTINCT_BUCKETS = 1 << 16
+"""The buckets of ``APPROX_COUNT_DISTINCT`` (linear counting)."""
+
+
+def check_query(
+    sql: str,
+    *,
+    secure: bool = True,
+    epsilon: float | None = None,
+    mechanism: str = "laplace",
+    delta: float = 1e-6,
+) -> Plan:
+    """Check a query and its options before any site is asked.
+
+    Args:
+        sql: The SELECT (see :func:`query`).
+        secure: Whether answers go through secure aggregation.
+        epsilon: The DP budget of the query, or None.
+        mechanism: ``"laplace"`` or ``"gaussian"``.
+        delta: The delta the epsilon is accounted at.
+
+    Returns:
+        The query's plan.
+
+    Raises:
+        QueryError: The SQL is refused (naming the clause).
+        ValueError: An option is not valid.
+    """
+    p = plan(sql)
+    if mechanism not in _dp.MECHANISMS:
+        raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
+    if epsilon is not None and (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, int | float)
+        or not (epsilon > 0 and math.isfinite(epsilon))
+    ):
+        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+    if epsilon is not None and any(a.func == "approx_distinct" for a in p.aggregates):
+        raise QueryError(
+            "APPROX_COUNT_DISTINCT is not answered with DP: noise on each of its "
+            f"{DISTINCT_BUCKETS} buckets swamps the count of empty ones it estimates from"
+        )
+    if epsilon is not None and any(a.func in ("min", "max") for a in p.aggregates):
+        raise QueryError("MIN and MAX have no bounded sensitivity: they are never answered with DP")
+    if secure and any(a.func in ("min", "max") for a in p.aggregates):
+        raise QueryError("MIN and MAX are never answered under secure aggregation")
+    return p
+
+
+__all__: Sequence[str] = ["DISTINCT_BUCKETS", "check_query"]

@@ -1,0 +1,206 @@
+"""Values of every kind a site's table may hold, against DuckDB on the pooled rows."""
+
+from __future__ import annotations
+
+import decimal
+import sqlite3
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from covey.analytics import Policy, QueryError, Site, query
+
+
+def _pooled(frames: list[pd.DataFrame], sql: str) -> pd.DataFrame:
+    con = duckdb.connect()
+    con.register("t", pd.concat(frames, ignore_index=True))
+    return con.execute(sql).df()
+
+
+def test_a_numeric_group_column_stored_as_float_or_decimal_matches_its_integer_domain(
+    tmp_path: Path,
+) -> None:
+    # An integer column with a NULL comes to pandas (and from SQLite through it) as
+    # float64, and a DECIMAL column prints as '1.00': neither may miss a domain of ints.
+    ward = [1, 2, 2, None] * 10
+    with_null = pd.DataFrame({"ward": ward, "x": np.arange(40.0)})
+    with sqlite3.connect(tmp_path / "h.db") as db:
+        with_null.to_sql("t", db, index=False)
+    dec = pd.DataFrame(
+        {"ward": [decimal.Decimal(w or 3).quantize(decimal.Decimal("0.01")) for w in ward]}
+    ).assign(x=np.arange(40.0))
+    policy = Policy(bounds={"x": (0, 100)}, domains={"ward": [1, 2]}, min_group_size=2)
+    sites = [
+        Site({"t": with_null}, policy, name="frame"),
+        Site({"t": f"sqlite:///{tmp_path / 'h.db'}"}, policy, name="sqlite"),
+        Site({"t": dec}, policy, name="decimal"),
+    ]
+    sql = "SELECT ward, COUNT(*), SUM(x) FROM t GROUP BY ward"
+    df = query(sites, sql, secure=False)
+    frames = [with_null, with_null, dec.assign(ward=dec["ward"].astype(float))]
+    want = _pooled(frames, sql + " HAVING ward IN (1, 2) ORDER BY ward")
+    assert df["COUNT(*)"].tolist() == want["count_star()"].tolist()
+    assert df["SUM(x)"].tolist() == want["sum(x)"].tolist()
+    assert df.attrs["outside_domain"] == 30  # the NULL and 3.00 rows, ten a site
+
+
+def test_secure_sums_and_variances_of_tiny_values_equal_the_plain_ones() -> None:
+    # bounds far below 1: the fixed-point scale must grow past 2^60 (SUM came back 0)
+    # and a squared deviation's scale must not overflow (VAR raised OverflowError)
+    x = np.array([1e-300, 2e-300, 3e-300] * 10)
+    policy = Policy(bounds={"x": (0.0, 1e-299)}, min_group_size=2)
+    sites = [Site({"t": pd.DataFrame({"x": x})}, policy, name=n) for n in "ab"]
+    sql = "SELECT SUM(x), AVG(x), VAR_POP(x) FROM t"
+    plain = query(sites, sql, secure=False).iloc[0]
+    secure = query(sites, sql, secure=True).iloc[0]
+    assert secure["SUM(x)"] == pytest.approx(plain["SUM(x)"], rel=1e-9)
+    assert secure["AVG(x)"] == pytest.approx(plain["AVG(x)"], rel=1e-9)
+    assert secure["VAR_POP(x)"] == plain["VAR_POP(x)"] == 0.0  # the squares underflow
+
+
+@pytest.mark.parametrize(
+    ("high", "sql"),
+    [(1e300, "SELECT SUM(x) FROM t"), (1e155, "SELECT VAR_POP(x) FROM t")],
+)
+@pytest.mark.parametrize("epsilon", [None, 1.0])
+def test_bounds_too_wide_for_the_fixed_point_are_refused_naming_them(
+    high: float, sql: str, epsilon: float | None
+) -> None:
+    # 2^31 rows of the bound (or of its square) overflowed float64: 'math domain error'
+    policy = Policy(bounds={"x": (-high, high)}, min_group_size=2)
+    sites = [Site({"t": pd.DataFrame({"x": [1.0, 2.0] * 5})}, policy, name=n) for n in "ab"]
+    with pytest.raises(QueryError, match="bounds of 'x' are too wide"):
+        query(sites, sql, secure=True, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_bounds_too_wide_for_a_variance_are_refused_before_any_budget_is_spent(
+    secure: bool,
+) -> None:
+    # the squared deviations' scale and sensitivity were found too wide only at the
+    # second stage, after the sites had spent budget on the first
+    policy = Policy(bounds={"x": (-1e160, 1e160)}, min_group_size=2)
+    sites = [Site({"t": pd.DataFrame({"x": [1.0, 2.0] * 5})}, policy, name=n) for n in "ab"]
+    with pytest.raises(QueryError, match="bounds of 'x' are too wide"):
+        query(sites, "SELECT VAR_POP(x) FROM t", secure=secure, epsilon=1.0)
+    assert [s.epsilon_spent for s in sites] == [0.0, 0.0]
+
+
+def test_nan_is_null_whatever_the_source(tmp_path: Path) -> None:
+    # pandas reads NaN as NULL, DuckDB's Parquet and CSV readers kept it a value above
+    # every bound: it was clipped to the top and counted in COUNT, SUM, AVG, MEDIAN
+    x = np.array([1.0, 2.0, np.nan, 3.0, np.nan] * 6)
+    frame = pd.DataFrame({"x": x})
+    frame.to_parquet(tmp_path / "t.parquet")
+    pd.DataFrame({"x": ["1.0", "2.0", "NaN", "3.0", "nan"] * 6}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    policy = Policy(bounds={"x": (0.0, 10.0)}, min_group_size=2)
+    sql = "SELECT COUNT(x), SUM(x), AVG(x), MEDIAN(x) FROM t"
+    answers = []
+    for source in (frame, str(tmp_path / "t.parquet"), str(tmp_path / "t.csv")):
+        df = query([Site({"t": source}, policy)], sql, secure=False)
+        answers.append(df.iloc[0].tolist())
+        assert df.attrs["clipped"] == {"x": 0}
+    assert answers[0][:3] == [18.0, 36.0, 2.0]
+    assert answers[0][3] == pytest.approx(2.0, abs=1e-5)
+    assert answers[1] == answers[2] == answers[0]
+
+
+@pytest.mark.parametrize(("low", "high", "bins"), [(1, 2, 10), (-1, 1, 20), (0.5, 2.5, 20)])
+def test_histogram_bins_values_on_their_edges_as_numpy_does(
+    low: float, high: float, bins: int
+) -> None:
+    # (1.2 - 1) / 0.1 is 1.9999999999999996: a value written with one decimal fell a
+    # bin low (1.0 .. 2.0 in ten bins came back [1, 2, 0, 2, 0, 1, 2, 0, 2, 1])
+    x = np.arange(round(low * 100), round(high * 100) + 1) / 100
+    sites = [Site({"t": pd.DataFrame({"x": x})}, Policy(bounds={"x": (-5, 5)}, min_group_size=1))]
+    sql = f"SELECT HISTOGRAM(x, {low}, {high}, {bins}) FROM t"  # noqa: S608
+    df = query(sites, sql, secure=False)
+    want, _ = np.histogram(x, bins=bins, range=(low, high))
+    np.testing.assert_array_equal(np.asarray(df.iloc[0, 0], dtype=float), want)
+
+
+def test_the_sql_bins_put_values_on_their_edges_where_the_sorted_memo_does() -> None:
+    from covey.analytics._compute import compute
+    from covey.analytics._tables import load_tables
+
+    x = np.arange(-300, 301) / 100
+    con = load_tables({"t": pd.DataFrame({"x": x})})
+    for low, width, nbins in [(1.0, 0.1, 10), (-1.0, 0.1, 20), (0.5, 0.1, 20), (0.0, 0.3, 7)]:
+        stat = {"op": "bins", "col": "x", "low": [low], "width": [width], "bins": nbins}
+        bounds = {"x": (-5.0, 5.0)}
+        sql = compute(con, "t", None, (), {}, bounds, [stat]).vectors[0][0]
+        memo = compute(con, "t", None, (), {}, bounds, [stat], memo={}).vectors[0][0]
+        np.testing.assert_array_equal(sql, memo)
+        edges = low + width * np.arange(nbins + 1)
+        inside, _ = np.histogram(x, bins=edges)
+        np.testing.assert_array_equal(sql[1:-1], inside)
+
+
+def test_too_many_groups_are_refused_by_the_server_naming_the_group_by() -> None:
+    # the sites refused each in turn, and under secure aggregation the analyst read
+    # 'secure aggregation aborted in stage mask: only 0 clients sent masked inputs'
+    domain = list(range(400))
+    policy = Policy(domains={"a": domain, "b": domain}, min_group_size=1)
+    frame = pd.DataFrame({"a": [1, 2], "b": [3, 4]})
+    sites = [Site({"t": frame}, policy, name=n) for n in "pq"]
+    with pytest.raises(QueryError, match=r"GROUP BY a, b: .*160000 groups"):
+        query(sites, "SELECT a, b, COUNT(*) FROM t GROUP BY a, b")
+
+
+def test_kaplan_meier_counts_a_time_on_a_point_at_that_point() -> None:
+    # ceil(2.1 / 0.3) is 8: a record leaving at 2.1 was counted at the point 2.4
+    from covey.analytics._compute import compute
+    from covey.analytics._tables import load_tables
+
+    times = np.round(np.arange(21) * 0.3, 10)
+    con = load_tables({"t": pd.DataFrame({"t": times, "e": 1})})
+    stat = {"op": "km", "col": "t", "event": "e", "low": 0.0, "step": 0.3, "points": 20}
+    got = compute(con, "t", None, (), {}, {"t": (0.0, 6.0)}, [stat]).vectors[0][0]
+    np.testing.assert_array_equal(got[1], np.ones(21))  # one record leaves at each point
+    np.testing.assert_array_equal(got[0], np.ones(21))
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_a_query_past_one_sites_budget_is_refused_before_the_others_spend(secure: bool) -> None:
+    # the site with budget left answered (and was charged) before the spent one
+    # refused, so the query failed with the first site's budget gone for nothing
+    frame = pd.DataFrame({"x": np.arange(100.0)})
+    poor = Site({"t": frame}, Policy(bounds={"x": (0, 100)}, epsilon=1.0), name="poor")
+    rich = Site({"t": frame}, Policy(bounds={"x": (0, 100)}, epsilon=10.0), name="rich")
+    query([poor, rich], "SELECT COUNT(*) FROM t", secure=secure, epsilon=0.8)
+    spent = rich.epsilon_spent
+    with pytest.raises(PermissionError, match=r"poor: .*budget is spent"):
+        query([poor, rich], "SELECT SUM(x) FROM t", secure=secure, epsilon=0.8)
+    assert rich.epsilon_spent == spent
+    # a repeat the sites hold in their caches costs nothing, and still passes
+    query([poor, rich], "SELECT COUNT(*) FROM t", secure=secure, epsilon=0.8)
+    assert rich.epsilon_spent == spent
+
+
+def test_covey_query_prints_a_histogram_as_a_list_with_its_hidden_bins_as_dashes() -> None:
+    # a histogram's cells are NumPy arrays: printed by their repr, '[nan 20. 20. 20.]'
+    import io
+
+    from rich.console import Console
+
+    from covey.analytics._cli import result_table
+
+    x = np.repeat([1.5, 2.5, 3.5], 10)
+    sites = [Site({"t": pd.DataFrame({"x": x})}, Policy(bounds={"x": (0, 4)}, min_group_size=5))]
+    sql = "SELECT HISTOGRAM(x, 0, 4, 4) FROM t"
+    out = Console(file=io.StringIO(), width=200, color_system=None)
+    out.print(result_table(query(sites, sql, secure=False), sql))
+    assert "[-, 10, 10, 10]" in out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_an_alias_naming_a_group_by_column_is_refused() -> None:
+    # the answer's column of that name held the aggregate: the group keys were lost
+    from covey.analytics import plan
+
+    with pytest.raises(QueryError, match="alias 'g' is the name of a GROUP BY column"):
+        plan('SELECT g, COUNT(*) AS "g" FROM t GROUP BY g')
