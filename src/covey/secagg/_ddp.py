@@ -35,7 +35,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.core._history import History, RoundRecord
-from covey.core._hooks import RESUMED_AFTER_CRASH
+from covey.core._hooks import unsaved_releases
 from covey.privacy import Ledger, PrivacyHook
 from covey.privacy._accounting import statement
 from covey.secagg._dp import Noise
@@ -125,11 +125,13 @@ class DistributedAccounting:
         )
         entries = () if last is None else Ledger.from_json(last["ledger"]).entries
         self.ledger = Ledger(entries, self.noise.accountant)  # what was spent stays spent
-        if history.rounds and history.config.get(RESUMED_AFTER_CRASH):
+        unsaved = unsaved_releases(history)
+        for _ in range(unsaved):
             # The server died, perhaps after unmasking a round it had not saved: that round
             # is done again with the clients' fresh noise, a second release. Charged as one
             # with the fewest clients a round has (the least noise, the most epsilon).
             self.ledger = self.ledger.add(self.event(self.min_clients))
+        if unsaved:
             logger.warning(
                 "privacy: the server died without ending the run, perhaps after unmasking a "
                 "round it had not saved: that round, done again, is charged twice (epsilon %.4g)",
