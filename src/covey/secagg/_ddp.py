@@ -114,7 +114,25 @@ class DistributedAccounting:
         )
 
     def start(self, state: Any, seed: int | None, history: History) -> Any:
-        """Restore the ledger of a resumed run (empty for a new one)."""
+        """Restore the ledger of a resumed run (empty for a new one).
+
+        Raises:
+            ValueError: The run released rounds without this accounting (it was
+                started, or resumed, without distributed DP): no guarantee covers them.
+        """
+        bare = [
+            r.round
+            for r in history.rounds
+            if r.round >= 1 and r.aggregated and INFO_KEY not in r.aggregate_info
+        ]
+        if bare:
+            shown = ", ".join(map(str, bare[:10])) + (" ..." if len(bare) > 10 else "")
+            raise ValueError(
+                f"the run being resumed released rounds {shown} without distributed DP "
+                "noise: a privacy statement of this run would not cover them. Start a new "
+                "run with secure(..., noise=...) from its first round (its initial weights "
+                "may be this run's model)"
+            )
         last = next(
             (
                 r.aggregate_info[INFO_KEY]
