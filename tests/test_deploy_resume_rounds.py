@@ -124,3 +124,21 @@ def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_coun
     assert "is finished (round 0 was its last)" in flat
     assert "nothing to resume with rounds=0" in flat
     assert "listening" not in flat
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_resumed_run_deletes_the_output_files_a_killed_server_left_half_written(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    _finished(run_dir)
+    # a server killed while it rewrote history.json and plot.png leaves these behind
+    stale = [run_dir / ".history.json.0123456789ab.tmp", run_dir / ".plot.png.ba9876543210.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    served = Served(_strategy(), 1, run_dir=run_dir, resume=True, address="127.0.0.1:0")
+    joined = Joined(served.port)
+    served.join(60)
+    joined.join(30)
+    assert not [p.name for p in stale if p.exists()]
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
