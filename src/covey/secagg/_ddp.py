@@ -129,9 +129,9 @@ class DistributedAccounting:
             shown = ", ".join(map(str, bare[:10])) + (" ..." if len(bare) > 10 else "")
             raise ValueError(
                 f"the run being resumed released rounds {shown} without distributed DP "
-                "noise: a privacy statement of this run would not cover them. Start a new "
-                "run with secure(..., noise=...) from its first round (its initial weights "
-                "may be this run's model)"
+                "noise, or with noise not accounted (no clip=): a privacy statement of this "
+                "run would not cover them. Start a new run with secure(..., noise=...) from "
+                "its first round (its initial weights may be this run's model)"
             )
         last = next(
             (
