@@ -69,10 +69,12 @@ class PrivacyHook:
         rounds, clip = 0, dp.clip
         if last is not None:
             rounds = int(last["rounds"])
-            if Ledger.from_json(last["ledger"]) != self.mech.ledger(rounds):
+            if Ledger.from_json(last["ledger"]) != (ours := self.mech.ledger(rounds)):
                 raise ValueError(
                     "the run being resumed was accounted with other privacy parameters: "
-                    f"its ledger is {last['ledger']}"
+                    f"its ledger is {last['ledger']}, and this strategy would have accounted "
+                    f"its {rounds} rounds as {ours.to_json()}: resume it with the privacy "
+                    "parameters it was started with (its history's config names them)"
                 )
             clip = float(last.get("next_clip", last["clip"]))
             logger.info("privacy: resuming after %d accounted rounds", rounds)
