@@ -206,3 +206,21 @@ def test_a_stopped_run_resumed_with_no_round_left_records_the_count_it_ended_at(
     assert [r.round for r in result.history.rounds] == [0, 1, 2]
     assert _counts(run_dir) == (2, 2, 2)
     assert summary(read_run("run", run_dir))["status"] == "finished"
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_resumed_run_deletes_the_output_files_a_killed_server_left_half_written(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    _finished(run_dir)
+    # a server killed while it rewrote history.json and plot.png leaves these behind
+    stale = [run_dir / ".history.json.0123456789ab.tmp", run_dir / ".plot.png.ba9876543210.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    served = Served(_strategy(), 1, run_dir=run_dir, resume=True, address="127.0.0.1:0")
+    joined = Joined(served.port)
+    served.join(60)
+    joined.join(30)
+    assert not [p.name for p in stale if p.exists()]
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []

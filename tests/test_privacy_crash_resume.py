@@ -77,3 +77,40 @@ def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
     assert resumed.history[3].privacy["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
     warned = [r for r in caplog.records if "charged twice" in r.getMessage()]
     assert len(warned) == (charged - 3)
+
+
+def _status(run: Path) -> str:
+    with sqlite3.connect(run / "run.sqlite") as db:
+        status: str = db.execute("SELECT status FROM run WHERE id = 1").fetchone()[0]
+    return status
+
+
+def test_a_resume_that_stops_before_a_round_keeps_the_charge_for_the_next(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    _run(run, 2, None, resume=False)
+    _as_if_killed(run)
+    # resumed, it finds no clients and stops (marked failed) before saving a round
+    alone = Served(_strategy(None), 3, run_dir=run, resume=True, wait_timeout=0.2)
+    with pytest.raises(covey.FederationError):
+        alone.join()
+    assert _status(run) == "failed"
+    resumed = _run(run, 3, None, resume=True)
+    assert resumed.history[3].aggregate_info["dp"]["rounds"] == 4  # the death still charged
+    again = _run(run, 4, None, resume=True)  # the saved round 3 charged it: not again
+    assert again.history[4].aggregate_info["dp"]["rounds"] == 5
+
+
+def test_a_resumed_run_is_running_again_so_a_kill_is_charged(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _run(run, 2, None, resume=False)
+    with sqlite3.connect(run / "run.sqlite") as db:  # as Ctrl-C leaves it
+        db.execute("UPDATE run SET status = 'failed' WHERE id = 1")
+    served = Served(_strategy(None), 3, run_dir=run, resume=True)
+    assert _status(run) == "running"  # a SIGKILL now leaves it so: the next resume charges
+    clients = [Joined(served.port, name=f"c{k}") for k in range(3)]
+    served.join()
+    for client in clients:
+        client.join()
+    assert _status(run) == "finished"

@@ -227,6 +227,16 @@ def test_distributed_dp_resumed_after_a_crash_charges_the_round_redone(
     }
 
 
+def test_distributed_dp_refuses_to_resume_a_run_whose_rounds_had_no_noise() -> None:
+    n = 4
+    plain = covey.simulate(_zeros, n, 2, _secure(_fedavg(min_fit_clients=n)), _params(), seed=0)
+    noisy = _secure(_fedavg(min_fit_clients=n), noise=_distributed("gaussian", 3000.0))
+    history = covey.History.from_json(plain.history.to_json())
+    # its privacy statement would cover rounds 1 and 2, released without noise
+    with pytest.raises(ValueError, match=r"rounds 1, 2 .*without distributed DP"):
+        noisy.hooks[-1].start(None, None, history)
+
+
 def test_distributed_dp_stops_before_exceeding_target_epsilon() -> None:
     n, sigma = 8, 3000.0
     z = sigma * math.sqrt(n - 1) * UNIT

@@ -13,8 +13,17 @@ from typing import Any, Protocol, runtime_checkable
 from covey.core._history import History, RoundRecord
 
 RESUMED_AFTER_CRASH = "resumed_after_crash"
-"""Set (True) in a resumed history's config when the server before died without ending
-the run (SIGKILL, power loss): what it had sent since its last saved round is unknown."""
+"""Set in a resumed history's config when a server died without ending the run (SIGKILL,
+power loss) since its last saved round: what it had sent since is unknown. The value
+counts such servers (``True`` counts one): each may have released a round unsaved."""
+
+
+def unsaved_releases(history: History) -> int:
+    """How many rounds may have left dead servers unsaved (:data:`RESUMED_AFTER_CRASH`)."""
+    value = history.config.get(RESUMED_AFTER_CRASH)
+    if not history.rounds or value is None or value is False:
+        return 0
+    return 1 if value is True else max(int(value), 0)
 
 
 @runtime_checkable

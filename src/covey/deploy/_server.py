@@ -193,6 +193,7 @@ def serve(
     late.ready(run.store)
     goodbye = "the run is over"
     try:  # from here on, the run ends marked (Ctrl-C during on_listen included)
+        run.take_over()
         if on_listen is not None:
             on_listen(transport.port)
         logger.info("covey server listening on port %d", transport.port)
@@ -322,6 +323,7 @@ class _Run:
     start: int = 1
     history: History | None = None
     state: bytes | None = None
+    uncounted: int | None = None  # resumed: servers that died since its last saved round
     loop: Loop | None = None
     types: dict[str, type] | None = None
     background: BackgroundSaver | None = None
@@ -417,6 +419,11 @@ class _Run:
         except OSError as err:
             logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
 
+    def take_over(self) -> None:
+        """A resumed run is running again: a kill from now on leaves it marked as died."""
+        if self.store is not None and self.uncounted is not None:
+            self.store.take_over(self.uncounted)
+
     def take_weights(self) -> Weights:
         """The starting weights, forgotten here so only the loop holds them."""
         weights, self.weights = self.weights, None
@@ -439,7 +446,9 @@ def _open_run(
     if opened is not None:
         point = resume_point(opened, initial_weights)
         config = {**point.config, "rounds": rounds}  # a resumed run may go on for more rounds
-        run = _Run(opened, point.weights, config, point.start, point.history, point.state)
+        run = _Run(
+            opened, point.weights, config, point.start, point.history, point.state, point.uncounted
+        )
         if point.config.get("rounds") != rounds:  # recorded once a round is saved
             run.new_rounds = rounds
         return run

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from covey.core._history import History, RoundRecord
-from covey.core._hooks import RESUMED_AFTER_CRASH
+from covey.core._hooks import unsaved_releases
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
@@ -69,19 +69,22 @@ class PrivacyHook:
         rounds, clip = 0, dp.clip
         if last is not None:
             rounds = int(last["rounds"])
-            if Ledger.from_json(last["ledger"]) != self.mech.ledger(rounds):
+            if Ledger.from_json(last["ledger"]) != (ours := self.mech.ledger(rounds)):
                 raise ValueError(
                     "the run being resumed was accounted with other privacy parameters: "
-                    f"its ledger is {last['ledger']}"
+                    f"its ledger is {last['ledger']}, and this strategy would have accounted "
+                    f"its {rounds} rounds as {ours.to_json()}: resume it with the privacy "
+                    "parameters it was started with (its history's config names them)"
                 )
             clip = float(last.get("next_clip", last["clip"]))
             logger.info("privacy: resuming after %d accounted rounds", rounds)
-        if self._unsaved_release(history):
-            rounds += 1
+        if unsaved := self._unsaved_releases(history):
+            rounds += unsaved
             logger.warning(
                 "privacy: the server died without ending the run, after sending the model of a "
                 "round it had not saved, perhaps: that round, done again with new noise, is "
-                "charged twice (epsilon %.4g after %d accounted rounds)",
+                "charged twice%s (epsilon %.4g after %d accounted rounds)",
+                "" if unsaved == 1 else f" for each of the {unsaved} servers that died",
                 self.epsilon(rounds),
                 rounds,
             )
@@ -89,22 +92,20 @@ class PrivacyHook:
             return dp._replace(tree_seed=tree_seed)
         return dp._replace(rounds=rounds, clip=clip, tree_seed=tree_seed)
 
-    def _unsaved_release(self, history: History) -> bool:
-        """Whether a resumed run may have released a round its ledger does not count.
+    def _unsaved_releases(self, history: History) -> int:
+        """How many rounds a resumed run may have released that its ledger does not count.
 
         A deployed server sends round r's model (with round r + 1's tasks or round
         r's evaluation) before round r's checkpoint is committed. One that died
         there is resumed from round r - 1 and computes round r again with fresh
-        noise: a second release. Seeded noise (``noise_seed``, or a simulation's
+        noise: a second release, one for each server that died so since the last saved
+        round. Seeded noise (``noise_seed``, or a simulation's
         seed) draws the same noise again, and DP-FTRL's tree noise is seeded by its
         state, so only fresh Gaussian noise is charged again.
         """
-        return (
-            bool(history.rounds)
-            and bool(history.config.get(RESUMED_AFTER_CRASH))
-            and self.shared.seed is None
-            and self.mech.tree_rounds is None
-        )
+        if self.shared.seed is not None or self.mech.tree_rounds is not None:
+            return 0
+        return unsaved_releases(history)
 
     def before_round(self, round: int, state: Any) -> str | None:
         """Stop if this round would take epsilon past the target."""

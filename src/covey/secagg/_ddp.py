@@ -35,7 +35,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.core._history import History, RoundRecord
-from covey.core._hooks import RESUMED_AFTER_CRASH
+from covey.core._hooks import unsaved_releases
 from covey.privacy import Ledger, PrivacyHook
 from covey.privacy._accounting import statement
 from covey.secagg._dp import Noise
@@ -114,7 +114,25 @@ class DistributedAccounting:
         )
 
     def start(self, state: Any, seed: int | None, history: History) -> Any:
-        """Restore the ledger of a resumed run (empty for a new one)."""
+        """Restore the ledger of a resumed run (empty for a new one).
+
+        Raises:
+            ValueError: The run released rounds without this accounting (it was
+                started, or resumed, without distributed DP): no guarantee covers them.
+        """
+        bare = [
+            r.round
+            for r in history.rounds
+            if r.round >= 1 and r.aggregated and INFO_KEY not in r.aggregate_info
+        ]
+        if bare:
+            shown = ", ".join(map(str, bare[:10])) + (" ..." if len(bare) > 10 else "")
+            raise ValueError(
+                f"the run being resumed released rounds {shown} without distributed DP "
+                "noise, or with noise not accounted (no clip=): a privacy statement of this "
+                "run would not cover them. Start a new run with secure(..., noise=...) from "
+                "its first round (its initial weights may be this run's model)"
+            )
         last = next(
             (
                 r.aggregate_info[INFO_KEY]
@@ -125,11 +143,13 @@ class DistributedAccounting:
         )
         entries = () if last is None else Ledger.from_json(last["ledger"]).entries
         self.ledger = Ledger(entries, self.noise.accountant)  # what was spent stays spent
-        if history.rounds and history.config.get(RESUMED_AFTER_CRASH):
+        unsaved = unsaved_releases(history)
+        for _ in range(unsaved):
             # The server died, perhaps after unmasking a round it had not saved: that round
             # is done again with the clients' fresh noise, a second release. Charged as one
             # with the fewest clients a round has (the least noise, the most epsilon).
             self.ledger = self.ledger.add(self.event(self.min_clients))
+        if unsaved:
             logger.warning(
                 "privacy: the server died without ending the run, perhaps after unmasking a "
                 "round it had not saved: that round, done again, is charged twice (epsilon %.4g)",

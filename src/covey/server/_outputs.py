@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from covey.core._files import atomic_write
+from covey.core._files import TMP_SUFFIX, atomic_write
 from covey.core._history import History, HistoryFile
 
 if TYPE_CHECKING:
@@ -122,12 +122,19 @@ class RunOutputs:
     """
 
     def __init__(self, run_dir: str | Path, *, plot: bool = True, plot_every: float = 10.0) -> None:
-        """Outputs of the run in ``run_dir``; nothing is written yet."""
+        """Outputs of the run in ``run_dir``; nothing is written yet.
+
+        The temporary files of these outputs that a killed process left in
+        ``run_dir`` are deleted (one process writes a run's outputs at a time).
+        """
         self.run_dir = Path(run_dir)
         self.plot = plot
         self.plot_every = plot_every
         self._plotted: float | None = None
         self._history = HistoryFile(self.run_dir / History.FILE_NAME)
+        for name in (History.FILE_NAME, PLOT_NAME):  # what a killed server left half written
+            for stale in self.run_dir.glob(f".{name}.*{TMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)
 
     def round_done(self, history: History) -> None:
         """Write ``history.json``, and ``plot.png`` if the last one is old enough."""

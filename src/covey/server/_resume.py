@@ -38,6 +38,7 @@ class ResumePoint(NamedTuple):
     start: int
     history: History | None
     state: bytes | None
+    uncounted: int = 0  # servers that died since the last saved round (see RunRecords)
 
 
 def resume_point(
@@ -73,12 +74,16 @@ def resume_point(
         ) from None
     history.rounds = [r for r in history.rounds if r.round <= last]
     history.config = dict(opened.config)
-    if opened.info()["status"] == "running":  # no server ended it: it died (SIGKILL, power)
-        # Run hooks read it (a privacy ledger charges a round that may have left the
+    # A status still "running" means no server ended the run: it died (SIGKILL, power),
+    # perhaps after sending a round it had not saved. Deaths before it whose resumes
+    # saved no round are still counted in the store (RunRecords.take_over).
+    uncounted = opened.uncounted_releases + (opened.info()["status"] == "running")
+    if uncounted:
+        # Run hooks read it (a privacy ledger charges each round that may have left the
         # server unsaved); the store's settings keep no such key, so each resume decides.
-        history.config[RESUMED_AFTER_CRASH] = True
+        history.config[RESUMED_AFTER_CRASH] = uncounted
     logger.info("resuming the run in %s after round %d", opened.run_dir, last)
-    return ResumePoint(weights, history.config, last + 1, history, blob)
+    return ResumePoint(weights, history.config, last + 1, history, blob, uncounted)
 
 
 def _from_step_zero(

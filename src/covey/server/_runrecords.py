@@ -12,12 +12,18 @@ from typing import Any, Final, Literal
 
 from covey.server._rundb import RunDB
 
-__all__ = ["RunRecords", "Status"]
+__all__ = ["UNCOUNTED_KEY", "RunRecords", "Status"]
 
 Status = Literal["running", "finished", "failed"]
 """The state of a run: still going, done, or stopped by an error."""
 
 _STATUSES: Final = ("running", "finished", "failed")
+
+UNCOUNTED_KEY: Final = "uncounted_releases"
+"""The meta key counting the servers that died since the run's last saved round.
+
+Each may have sent a round's model it had not saved (a release the saved privacy
+ledger does not count); saving a round clears it, its ledger having charged them."""
 
 
 class RunRecords:
@@ -76,6 +82,38 @@ class RunRecords:
             conn.execute(
                 "UPDATE run SET status = ?, updated_at = ? WHERE id = 1", (status, time.time())
             )
+
+    @property
+    def uncounted_releases(self) -> int:
+        """Servers that died since the last saved round, as :meth:`take_over` recorded them."""
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (UNCOUNTED_KEY,)).fetchone()
+        try:
+            return max(int(row[0]), 0) if row is not None else 0
+        except ValueError:
+            raise ValueError(
+                f"run.sqlite is damaged: its meta value {UNCOUNTED_KEY} is {row[0]!r}"
+            ) from None
+
+    def take_over(self, uncounted: int) -> None:
+        """Mark a resumed run running again, keeping what its ledger has yet to charge.
+
+        Until a round is saved, ``uncounted`` (the servers that died since the last
+        saved round) stays recorded, so a resume that stops before saving a round
+        (interrupted, refused, short of clients) leaves it to the next one; and a
+        server killed now leaves the status ``"running"`` that marks it as died.
+        """
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE run SET status = 'running', updated_at = ? WHERE id = 1", (time.time(),)
+            )
+            if uncounted > 0:
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (UNCOUNTED_KEY, str(int(uncounted))),
+                )
+            else:
+                conn.execute("DELETE FROM meta WHERE key = ?", (UNCOUNTED_KEY,))
 
     def info(self) -> dict[str, Any]:
         """``created_at``, ``updated_at`` (Unix time), ``covey_version`` and ``status``."""

@@ -55,7 +55,7 @@ from covey.server._roundfiles import (
     write_weights,
 )
 from covey.server._rundb import DB_NAME, NewerFormatError, RunDB, hold_run
-from covey.server._runrecords import RunRecords, Status
+from covey.server._runrecords import UNCOUNTED_KEY, RunRecords, Status
 
 __all__ = ["RunStore", "Status"]
 
@@ -289,6 +289,8 @@ class RunStore(RunRecords):
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         (round, name, digest, record_text, server_state, time.time()),
                     )
+                    # its record's ledger has charged what dead servers may have released
+                    conn.execute("DELETE FROM meta WHERE key = ?", (UNCOUNTED_KEY,))
                 committed = True
             except (OSError, SafetensorError) as exc:
                 raise save_error(round, final, exc) from exc
