@@ -198,3 +198,19 @@ def test_bad_dp_ftrl_settings_are_refused_at_once(settings: dict[str, Any], matc
             tree_rounds=4,
             **settings,
         )
+
+
+def test_seeded_local_dp_rebuilt_each_round_draws_new_noise_each_round() -> None:
+    # A client built afresh for every task (client_cache=0, a restarted site) with
+    # a fixed seed: the same noise in two rounds would cancel in their difference.
+    def make() -> privacy.LocalDP:
+        return privacy.LocalDP(Fixed({"w": np.zeros(8)}), epsilon=1.0, delta=1e-5, clip=1.0, seed=7)
+
+    first = make().fit({"w": np.zeros(8)}, {"round": 1}).delta
+    second = make().fit({"w": np.zeros(8)}, {"round": 2}).delta
+    again = make().fit({"w": np.zeros(8)}, {"round": 1}).delta
+    assert first is not None
+    assert second is not None
+    assert again is not None
+    assert not np.array_equal(first["w"], second["w"])
+    np.testing.assert_array_equal(first["w"], again["w"])  # still reproducible

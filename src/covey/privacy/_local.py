@@ -149,7 +149,8 @@ class LocalDP(ClipUpdates):
         clip: The L2 bound on the update.
         accountant: ``"pld"`` (default: near exact for a Gaussian, so one upload
             reports its epsilon) or ``"rdp"`` for the composition over rounds.
-        seed: Seeds the noise (tests); None draws from the operating system's CSPRNG.
+        seed: Seeds the noise (tests), with the round and the count of this object's
+            uploads; None draws from the operating system's CSPRNG.
 
     References:
         Balle and Wang, ICML 2018 (the calibration); Dwork and Roth, "The
@@ -196,7 +197,12 @@ class LocalDP(ClipUpdates):
         else:
             clipped, norm = clip_to(update, self.clip)
         self._fits += 1
-        rng = _noise.generator(self.seed, _noise.LOCAL_NOISE, self._fits)
+        # The round is in the stream too: a seeded client built again for each task
+        # (client_cache=0, a restarted site) would otherwise draw its first noise
+        # every round, and two uploads' difference would carry none.
+        rnd = config.get("round")
+        rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) and rnd >= 0 else 0
+        rng = _noise.generator(self.seed, _noise.LOCAL_NOISE, rnd, self._fits)
         noise = _noise.gaussian(rng, clipped, self.sigma)
         delta = {
             name: (value + noise[name]).astype(update[name].dtype)
