@@ -419,3 +419,14 @@ def test_a_run_accounted_with_pld() -> None:
         privacy.epsilon(1.0, 0.5, 2, 1e-5, accountant="pld"), rel=1e-9
     )
     assert spent["epsilon"] < privacy.epsilon(1.0, 0.5, 2, 1e-5)  # tighter than RDP
+
+
+@pytest.mark.parametrize(("delta", "warned"), [(0.25, 1), (1e-5, 0)])
+def test_a_delta_not_below_one_over_the_clients_is_warned_of_once(
+    caplog: pytest.LogCaptureFixture, delta: float, warned: int
+) -> None:
+    dp = privacy.central(_strategy(fraction_fit=1.0), noise_multiplier=1.0, clip=1.0, delta=delta)
+    with caplog.at_level("WARNING", logger="covey"):
+        covey.simulate(_zeros, 4, 2, dp, _params())
+    said = [r for r in caplog.records if "is not below 1 / 4" in r.getMessage()]
+    assert len(said) == warned

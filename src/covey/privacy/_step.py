@@ -15,6 +15,7 @@ every round from a noisy count of the updates that were not clipped.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
@@ -33,6 +34,8 @@ from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, round_event
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("covey")
 
 Clipping = Literal["server", "client"]
 """Where updates are clipped: by the server (default) or by each client before upload."""
@@ -87,12 +90,14 @@ class Shared:
 
     ``seed`` is the noise seed of the run (None: fresh CSPRNG seeds), set by the
     hook when the run starts; ``population`` is how many clients the Poisson
-    selector sampled from in each round.
+    selector sampled from in each round; ``warned_delta`` whether the run was
+    told that its delta is not below one over that number.
     """
 
     seed: int | None = None
     started: bool = False
     population: dict[int, int] = field(default_factory=dict)
+    warned_delta: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +258,26 @@ class _DPAggregation:
             )
         return max(rate * population, 1.0)
 
+    def _check_delta(self, rnd: int) -> None:
+        """Warn once a run when delta is not below 1 / the clients sampled from.
+
+        A delta of 1/N allows a mechanism that publishes one of N clients' data
+        outright: the guarantee says little, whatever its epsilon.
+        """
+        population = self.shared.population.get(rnd)
+        if self.shared.warned_delta or not population or self.mech.delta * population < 1.0:
+            return
+        self.shared.warned_delta = True
+        logger.warning(
+            "%s: delta=%g is not below 1 / %d, one over the clients sampled from in round %d: "
+            "the (epsilon, delta) guarantee allows one client's data to be published outright "
+            "with probability delta; give a delta well below 1 / number of clients",
+            self.mech.name,
+            self.mech.delta,
+            population,
+            rnd,
+        )
+
     def _noise(self, state: DPState, rnd: int, std: float) -> dict[str, Array]:
         acc = _present(state.acc, "the round's sum")
         if self.mech.tree_rounds is None:
@@ -331,6 +356,7 @@ class _DPAggregation:
                 raise RuntimeError(f"{self.mech.name} got a contribution before Begin")
             return self._contribute(state, event), ()
         if isinstance(event, Begin):
+            self._check_delta(event.round)
             if self.mech.adaptive is not None:  # refuse now, not after the clients trained
                 self.mech.adaptive.split(self.mech.noise_multiplier, self._expected(event.round))
             inner_state, out = self.inner.update(state.inner, event)
