@@ -214,3 +214,28 @@ def test_seeded_local_dp_rebuilt_each_round_draws_new_noise_each_round() -> None
     assert again is not None
     assert not np.array_equal(first["w"], second["w"])
     np.testing.assert_array_equal(first["w"], again["w"])  # still reproducible
+
+
+def test_local_dp_with_a_ledger_path_accounts_across_rebuilt_clients(tmp_path: Any) -> None:
+    path = tmp_path / "ledger.json"
+
+    def make() -> privacy.LocalDP:
+        fixed = Fixed({"w": np.zeros(8)})
+        return privacy.LocalDP(fixed, epsilon=1.0, delta=1e-5, clip=1.0, ledger_path=path)
+
+    spent = [
+        float(make().fit({"w": np.zeros(8)}, {"round": r}).metrics["dp_epsilon"]) for r in (1, 2, 3)
+    ]
+    kept = make()
+    assert kept.ledger.rounds == 3
+    assert spent[2] == pytest.approx(kept.spent())
+    assert spent[0] < spent[1] < spent[2]  # each rebuilt client charged what went before
+    alone = privacy.LocalDP(Fixed({"w": np.zeros(8)}), epsilon=1.0, delta=1e-5, clip=1.0)
+    assert alone.fit({"w": np.zeros(8)}, {"round": 1}).metrics["dp_epsilon"] == spent[0]
+    with pytest.raises(ValueError, match="accounted with 'pld', not 'rdp'"):
+        privacy.LocalDP(
+            Fixed({}), epsilon=1.0, delta=1e-5, clip=1.0, ledger_path=path, accountant="rdp"
+        )
+    path.write_text("{")
+    with pytest.raises(ValueError, match="cannot read the privacy ledger"):
+        make()

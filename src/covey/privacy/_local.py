@@ -9,8 +9,10 @@ with ``clipping="client"``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +23,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.clients._client import Client, lend
+from covey.core._files import atomic_write
 from covey.core._messages import Config, EvaluateResult, FitResult
 from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
@@ -151,6 +154,11 @@ class LocalDP(ClipUpdates):
             reports its epsilon) or ``"rdp"`` for the composition over rounds.
         seed: Seeds the noise (tests), with the round and the count of this object's
             uploads; None draws from the operating system's CSPRNG.
+        ledger_path: A JSON file keeping the ledger across client objects: read when
+            the client is built (if it exists), written before each upload leaves.
+            Without it the ledger lives on this object only, so a client built
+            again (``client_cache``, a resumed simulation, a restarted site)
+            reports what it spent from then on, not in all.
 
     References:
         Balle and Wang, ICML 2018 (the calibration); Dwork and Roth, "The
@@ -166,6 +174,7 @@ class LocalDP(ClipUpdates):
         clip: float,
         accountant: Accountant = "pld",
         seed: int | None = None,
+        ledger_path: str | Path | None = None,
     ) -> None:
         super().__init__(client)
         if not clip > 0 or not math.isfinite(clip):
@@ -175,6 +184,9 @@ class LocalDP(ClipUpdates):
         self.sensitivity = 2.0 * self.clip
         self.sigma = analytic_gaussian_sigma(epsilon, delta, self.sensitivity)
         self.ledger = Ledger(accountant=accountant)
+        self.ledger_path = None if ledger_path is None else Path(ledger_path)
+        if self.ledger_path is not None and self.ledger_path.exists():
+            self.ledger = _read_ledger(self.ledger_path, accountant)
         self.seed = seed
         self._fits = 0
 
@@ -209,6 +221,8 @@ class LocalDP(ClipUpdates):
             for name, value in clipped.items()
         }
         self.ledger = self.ledger.add(dpa.GaussianDpEvent(self.sigma / self.sensitivity))
+        if self.ledger_path is not None:  # charged on disk before the upload leaves
+            atomic_write(self.ledger_path, json.dumps(self.ledger.to_json()))
         metrics = {
             **result.metrics,
             "dp_epsilon": self.spent(),
@@ -216,3 +230,17 @@ class LocalDP(ClipUpdates):
             "dp_clipped": float(norm > self.clip),
         }
         return FitResult(delta=delta, num_examples=result.num_examples, metrics=metrics)
+
+
+def _read_ledger(path: Path, accountant: Accountant) -> Ledger:
+    """The ledger kept in ``path``, checked entry by entry; an error naming the file."""
+    try:
+        ledger = Ledger.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"LocalDP: cannot read the privacy ledger {path}: {exc}") from None
+    if ledger.accountant != accountant:
+        raise ValueError(
+            f"LocalDP: the privacy ledger {path} is accounted with {ledger.accountant!r}, "
+            f"not {accountant!r}"
+        )
+    return ledger
