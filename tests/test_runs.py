@@ -131,6 +131,20 @@ def test_runs_list_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert "error: no run 'nope'" in missing.output
 
 
+def test_runs_show_gives_the_delta_of_the_epsilon_it_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    history = _history()
+    history.rounds[1].privacy = {"epsilon": 1.25, "delta": 1e-5}
+    (tmp_path / "dp").mkdir()
+    write_outputs(tmp_path / "dp", history, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", "dp", "--dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "1.2500" in shown.output
+    assert "delta=1e-05" in shown.output
+
+
 def test_runs_show_names_the_covey_that_started_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,7 +78,12 @@ def round_table(history: History, title: str = "Rounds") -> Table:
         table.add_column(f"{source}\n{name}", justify="right", no_wrap=True)
     epsilon = _epsilons(history)
     if epsilon:
-        table.add_column("privacy\nepsilon", justify="right", no_wrap=True)
+        # an epsilon means little without its delta: one in the header, else a column
+        deltas = _deltas(history)
+        one = f"\ndelta={next(iter(deltas.values())):g}" if len(set(deltas.values())) == 1 else ""
+        table.add_column("privacy\nepsilon" + one, justify="right", no_wrap=True)
+        if deltas and not one:
+            table.add_column("privacy\ndelta", justify="right", no_wrap=True)
     waited = any("wait" in r.durations for r in history.rounds)
     if waited:  # a deployed run: the wait for clients to connect, apart from the work
         table.add_column("seconds\nwaiting", justify="right", no_wrap=True)
@@ -96,6 +101,8 @@ def round_table(history: History, title: str = "Rounds") -> Table:
         cells += [_number(values[key].get(r.round)) for key in ROUND_COLUMNS]
         if epsilon:
             cells.append(_number(epsilon.get(r.round)))
+            if deltas and not one:
+                cells.append("-" if r.round not in deltas else f"{deltas[r.round]:g}")
         keys = ("wait", "total") if waited else ("total",)
         cells += ["-" if r.durations.get(k) is None else f"{r.durations[k]:.2f}" for k in keys]
         table.add_row(*cells)
@@ -108,6 +115,17 @@ def _epsilons(history: History) -> dict[int, float]:
     for r in history.rounds:
         privacy = getattr(r, "privacy", None)
         value = privacy.get("epsilon") if isinstance(privacy, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[r.round] = float(value)
+    return out
+
+
+def _deltas(history: History) -> dict[int, float]:
+    """The delta of each round's recorded epsilon."""
+    out: dict[int, float] = {}
+    for r in history.rounds:
+        privacy = getattr(r, "privacy", None)
+        value = privacy.get("delta") if isinstance(privacy, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[r.round] = float(value)
     return out
