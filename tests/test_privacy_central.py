@@ -292,6 +292,10 @@ def test_integer_arrays_and_bad_settings_are_refused() -> None:
         ({"adaptive": "yes"}, "adaptive must be True or an AdaptiveClipping"),
         ({"noise_multiplier": True}, "noise_multiplier must be a number"),
         ({"clip": "1"}, "clip must be a number"),
+        ({"noise_seed": -1}, "noise_seed must be a non-negative int"),
+        ({"noise_seed": 1.5}, "noise_seed must be a non-negative int"),
+        ({"target_epsilon": "3"}, "target_epsilon must be a number"),
+        ({"expected_clients": True}, "expected_clients must be a number"),
     ],
 )
 def test_bad_central_settings_are_refused_at_once(settings: dict[str, object], match: str) -> None:
@@ -430,3 +434,25 @@ def test_a_delta_not_below_one_over_the_clients_is_warned_of_once(
         covey.simulate(_zeros, 4, 2, dp, _params())
     said = [r for r in caplog.records if "is not below 1 / 4" in r.getMessage()]
     assert len(said) == warned
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"learning_rate": math.inf}, "learning_rate must be a finite number > 0"),
+        ({"count_stddev": math.inf}, "count_stddev must be a finite number > 0"),
+    ],
+)
+def test_an_infinite_adaptive_clipping_setting_is_refused(
+    settings: dict[str, float], match: str
+) -> None:
+    # an infinite step or count noise sends the clip to 0 or infinity after a round
+    with pytest.raises(ValueError, match=match):
+        AdaptiveClipping(**settings)
+
+
+def test_a_bad_dp_ftrl_noise_seed_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="noise_seed must be a non-negative int"):
+        privacy.dp_ftrl(
+            _strategy(), noise_multiplier=1.0, clip=1.0, delta=1e-5, tree_rounds=4, noise_seed=-2
+        )

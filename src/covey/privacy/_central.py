@@ -177,11 +177,22 @@ def _check(
     delta: float,
     target_epsilon: float | None = None,
     expected_clients: float | None = None,
+    noise_seed: int | None = None,
 ) -> None:
     """Refuse bad settings of a DP strategy before any client trains, naming the setting."""
-    for name, value in (("noise_multiplier", noise_multiplier), ("clip", clip), ("delta", delta)):
+    numbers = [("noise_multiplier", noise_multiplier), ("clip", clip), ("delta", delta)]
+    for name, value in (("target_epsilon", target_epsilon), ("expected_clients", expected_clients)):
+        if value is not None:
+            numbers.append((name, value))
+    for name, value in numbers:
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise ValueError(f"{name} must be a number, got {value!r}")
+    if noise_seed is not None and (
+        isinstance(noise_seed, bool)
+        or not isinstance(noise_seed, int | np.integer)
+        or noise_seed < 0
+    ):
+        raise ValueError(f"noise_seed must be a non-negative int, got {noise_seed!r}")
     if not noise_multiplier > 0 or not np.isfinite(noise_multiplier):
         raise ValueError(f"noise_multiplier must be a positive number, got {noise_multiplier!r}")
     if not clip > 0 or not np.isfinite(clip):
@@ -252,7 +263,7 @@ def central(
         Recurrent Language Models", ICLR 2018; Andrew et al., "Differentially
         Private Learning with Adaptive Clipping", NeurIPS 2021.
     """
-    _check(noise_multiplier, clip, delta, target_epsilon, expected_clients)
+    _check(noise_multiplier, clip, delta, target_epsilon, expected_clients, noise_seed)
     if strategy.asynchronous:
         raise ValueError("central DP needs synchronous rounds (no buffer_size)")
     if strategy.selector is not None:

@@ -78,7 +78,7 @@ def dp_ftrl(
         Kairouz, McMahan, Song, Thakkar, Thakurta and Xu, "Practical and Private
         (Deep) Learning without Sampling or Shuffling", ICML 2021.
     """
-    _check(noise_multiplier, clip, delta, target_epsilon, expected_clients)
+    _check(noise_multiplier, clip, delta, target_epsilon, expected_clients, noise_seed)
     if strategy.asynchronous:
         raise ValueError("DP-FTRL needs synchronous rounds (no buffer_size)")
     if strategy.fit_round is not None:

@@ -67,10 +67,10 @@ class AdaptiveClipping:
     def __post_init__(self) -> None:
         if not 0.0 < self.target_quantile < 1.0:
             raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.count_stddev is not None and not self.count_stddev > 0:
-            raise ValueError(f"count_stddev must be > 0, got {self.count_stddev}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.count_stddev is not None and not 0 < self.count_stddev < math.inf:
+            raise ValueError(f"count_stddev must be a finite number > 0, got {self.count_stddev}")
 
     def split(self, noise_multiplier: float, expected: float) -> tuple[float, float]:
         """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``."""
