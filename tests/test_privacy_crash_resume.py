@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,43 @@ def test_a_resumed_run_is_running_again_so_a_kill_is_charged(tmp_path: Path) -> 
     for client in clients:
         client.join()
     assert _status(run) == "finished"
+
+
+class _FitEvaluate(covey.Client):
+    """Adds one to every weight; evaluates to a loss of 0."""
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=0.0, num_examples=1)
+
+
+def test_a_run_that_failed_after_sending_an_unsaved_model_is_charged_it_again(
+    tmp_path: Path,
+) -> None:
+    # Round 2's noised model goes to the evaluating clients, then the server's own
+    # evaluation raises: the run fails (not killed) before round 2 is saved. The
+    # resumed run computes round 2 again with fresh noise, a second release.
+    run = tmp_path / "run"
+    strategy = privacy.central(
+        covey.FedAvg(min_available_clients=3, min_fit_clients=3, fraction_evaluate=1.0),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        expected_clients=3,
+    )
+
+    def evaluate(round: int, weights: Any) -> tuple[float, dict[str, float]]:
+        if round == 2:
+            raise RuntimeError("the evaluation data is gone")
+        return 0.0, {}
+
+    served = Served(strategy, 3, run_dir=run, evaluate_fn=evaluate)
+    clients = [Joined(served.port, _FitEvaluate(), name=f"c{k}") for k in range(3)]
+    with pytest.raises(Exception, match="evaluation data is gone"):
+        served.join()
+    for client in clients:
+        client.join()
+    resumed = _run(run, 2, None, resume=True)
+    assert resumed.history[2].aggregate_info["dp"]["rounds"] == 3

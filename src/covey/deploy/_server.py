@@ -414,6 +414,8 @@ class _Run:
             self.store.set_status("finished")
             return
         try:  # on a full disk this fails too: the error that stopped the run is raised
+            if self.loop is not None and self.loop.applied > (self.store.last_round() or 0):
+                self.store.owe_release()  # a model it changed and did not save may have left
             self.store.set_status("failed")
             self.store.log_event("server", "stopped", _describe(exc))
         except OSError as err:

@@ -180,6 +180,9 @@ class _LoopBase:
         self.seed = seed
         self.on_round = on_round
         self.history = History()
+        # The last round whose aggregate changed the model, which may then have left the
+        # server (the next round's tasks, federated evaluation) before it was saved.
+        self.applied = 0
         self.agg_state: Any = strategy.aggregator.init(self.weights)
         self.properties: dict[int, dict[str, Any]] = {}
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
@@ -387,6 +390,7 @@ class _LoopBase:
         except Exception as exc:
             raise self._stop(rnd, record, "applying the aggregate", exc) from exc
         self.weights = freeze(new)
+        self.applied = rnd
         record.aggregated = True
 
     def _stop(self, rnd: int, record: RoundRecord, what: str, exc: Exception) -> FederationError:

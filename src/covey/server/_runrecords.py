@@ -115,6 +115,21 @@ class RunRecords:
             else:
                 conn.execute("DELETE FROM meta WHERE key = ?", (UNCOUNTED_KEY,))
 
+    def owe_release(self) -> None:
+        """Count one more round that may have left the server unsaved (see :meth:`take_over`).
+
+        A server that stops with an error after a round changed the model and before
+        that round was saved may have sent it (the next tasks, federated evaluation):
+        a resume redoes it, a second release its saved ledger does not count.
+        """
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (UNCOUNTED_KEY,)).fetchone()
+            owed = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (UNCOUNTED_KEY, str(owed + 1)),
+            )
+
     def info(self) -> dict[str, Any]:
         """``created_at``, ``updated_at`` (Unix time), ``covey_version`` and ``status``."""
         with self._db.reading() as conn:
