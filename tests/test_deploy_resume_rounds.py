@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,9 +38,10 @@ def _never_listens(port: int) -> None:
     raise AssertionError(f"the server listened on {port} to resume a finished run")
 
 
-def _resume(run_dir: Path, rounds: int) -> None:
-    """``serve(resume=True)`` of ``run_dir`` for ``rounds`` rounds, which must not listen."""
-    serve(
+def _resume(run_dir: Path, rounds: int, **options: Any) -> Any:
+    """``serve(resume=True)`` of ``run_dir`` for ``rounds`` rounds (by default, not listening)."""
+    options.setdefault("on_listen", _never_listens)
+    return serve(
         _strategy(),
         rounds,
         None,
@@ -48,7 +50,7 @@ def _resume(run_dir: Path, rounds: int) -> None:
         run_dir=run_dir,
         resume=True,
         plot=False,
-        on_listen=_never_listens,
+        **options,
     )
 
 
@@ -157,31 +159,11 @@ def test_a_resume_for_more_rounds_stopped_before_its_first_new_round_keeps_one_c
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        serve(
-            _strategy(),
-            2,
-            None,
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run_dir,
-            resume=True,
-            plot=False,
-            on_listen=killed_while_waiting,
-        )
+        _resume(run_dir, 2, on_listen=killed_while_waiting)
     assert seen == [(0, 0, 0)]
     assert _counts(run_dir) == (0, 0, 0)
     with pytest.raises(covey.FederationError, match="connected within"):  # no client came
-        serve(
-            _strategy(),
-            2,
-            None,
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run_dir,
-            resume=True,
-            plot=False,
-            wait_timeout=0.2,
-        )
+        _resume(run_dir, 2, on_listen=None, wait_timeout=0.2)
     assert _counts(run_dir) == (0, 0, 0)
 
 
@@ -200,9 +182,7 @@ def test_a_stopped_run_resumed_with_no_round_left_records_the_count_it_ended_at(
     saved = json.loads((run_dir / "history.json").read_text())
     saved["config"]["rounds"] = 5
     (run_dir / "history.json").write_text(json.dumps(saved))
-    result = serve(
-        _strategy(), 2, None, "127.0.0.1:0", insecure=True, run_dir=run_dir, resume=True, plot=False
-    )
+    result = _resume(run_dir, 2, on_listen=None)
     assert [r.round for r in result.history.rounds] == [0, 1, 2]
     assert _counts(run_dir) == (2, 2, 2)
     assert summary(read_run("run", run_dir))["status"] == "finished"
