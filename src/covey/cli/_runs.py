@@ -76,10 +76,10 @@ def round_table(history: History, title: str = "Rounds") -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for source, name in ROUND_COLUMNS:
         table.add_column(f"{source}\n{name}", justify="right", no_wrap=True)
-    epsilon = _epsilons(history)
+    epsilon = _privacy(history, "epsilon")
     if epsilon:
         # an epsilon means little without its delta: one in the header, else a column
-        deltas = _deltas(history)
+        deltas = _privacy(history, "delta")
         one = f"\ndelta={next(iter(deltas.values())):g}" if len(set(deltas.values())) == 1 else ""
         table.add_column("privacy\nepsilon" + one, justify="right", no_wrap=True)
         if deltas and not one:
@@ -109,23 +109,12 @@ def round_table(history: History, title: str = "Rounds") -> Table:
     return table
 
 
-def _epsilons(history: History) -> dict[int, float]:
-    """The privacy budget spent by each round that records one (differential privacy on)."""
+def _privacy(history: History, key: str) -> dict[int, float]:
+    """Each round's recorded privacy value ``key`` (``"epsilon"``, ``"delta"``), if any."""
     out: dict[int, float] = {}
     for r in history.rounds:
         privacy = getattr(r, "privacy", None)
-        value = privacy.get("epsilon") if isinstance(privacy, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[r.round] = float(value)
-    return out
-
-
-def _deltas(history: History) -> dict[int, float]:
-    """The delta of each round's recorded epsilon."""
-    out: dict[int, float] = {}
-    for r in history.rounds:
-        privacy = getattr(r, "privacy", None)
-        value = privacy.get("delta") if isinstance(privacy, dict) else None
+        value = privacy.get(key) if isinstance(privacy, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[r.round] = float(value)
     return out
