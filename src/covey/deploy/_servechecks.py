@@ -9,7 +9,7 @@ from pathlib import Path
 
 from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._store import RunStore
-from covey.strategies._checks import unmet_buffer_need, unmet_rule_need
+from covey.strategies._checks import refuse_unmet_need, unmet_rule_need
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
@@ -124,17 +124,13 @@ def check_capacity(strategy: Strategy, max_clients: int) -> None:
 
 def _refuse_unmet_need(strategy: Strategy, max_clients: int) -> None:
     """Refuse a rule that no round (or update) can satisfy, even with ``max_clients`` connected."""
-    short = unmet_buffer_need(strategy)
-    if short is not None:
-        raise ValueError(short)
-    unmet = unmet_rule_need(strategy, max_clients)
-    if unmet is not None:
-        raise ValueError(
-            f"{strategy.name} would leave the model unchanged every round: {unmet[1]} "
-            f"clients per round, but a round samples at most {unmet[2]} (max_clients="
-            f"{max_clients}, fraction_fit={strategy.fraction_fit}, min_fit_clients="
-            f"{strategy.min_fit_clients}): raise max_clients or fraction_fit"
-        )
+    refuse_unmet_need(
+        strategy,
+        max_clients,
+        limit="max_clients",
+        samples="a round samples at most",
+        advice="raise max_clients or fraction_fit",
+    )
 
 
 def _warn_of_short_minimums(strategy: Strategy) -> None:

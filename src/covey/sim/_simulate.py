@@ -26,7 +26,7 @@ from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.sim._start import check_start_method
-from covey.strategies._checks import unmet_buffer_need, unmet_rule_need
+from covey.strategies._checks import refuse_unmet_need
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -171,16 +171,7 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
         )
     # Before min_available_clients: a robust preset waits for its rule's need, which
     # says more than "min_available_clients=5 exceeds num_clients=3".
-    short = unmet_buffer_need(strategy)
-    if short is not None:
-        raise ValueError(short)
-    unmet = unmet_rule_need(strategy, num_clients)
-    if unmet is not None:
-        raise ValueError(
-            f"{strategy.name} would leave the model unchanged every round: {unmet[1]} clients "
-            f"per round, but this run samples {unmet[2]} (num_clients={num_clients}, "
-            f"fraction_fit={strategy.fraction_fit}, min_fit_clients={strategy.min_fit_clients})"
-        )
+    refuse_unmet_need(strategy, num_clients, limit="num_clients", samples="this run samples")
     if strategy.min_available_clients > num_clients:
         raise ValueError(
             f"min_available_clients={strategy.min_available_clients} exceeds "

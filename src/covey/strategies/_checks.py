@@ -118,3 +118,32 @@ def unmet_buffer_need(strategy: Any) -> str | None:
         f"replies per update, but each asynchronous update aggregates buffer_size={size}: "
         f"raise buffer_size to {need[0]} or more"
     )
+
+
+def refuse_unmet_need(
+    strategy: Any, clients: int, *, limit: str, samples: str, advice: str = ""
+) -> None:
+    """Refuse a rule that no round (or update) of ``strategy`` can satisfy.
+
+    Args:
+        strategy: The strategy.
+        clients: The most clients a round can sample from.
+        limit: The name of that count in the message (``"num_clients"``).
+        samples: How a round's count is phrased (``"this run samples"``).
+        advice: What to raise, said after the counts (empty: nothing).
+
+    Raises:
+        ValueError: naming the rule's need and the counts, as
+            :func:`unmet_buffer_need` and :func:`unmet_rule_need` find them.
+    """
+    short = unmet_buffer_need(strategy)
+    if short is not None:
+        raise ValueError(short)
+    unmet = unmet_rule_need(strategy, clients)
+    if unmet is not None:
+        raise ValueError(
+            f"{strategy.name} would leave the model unchanged every round: {unmet[1]} "
+            f"clients per round, but {samples} {unmet[2]} ({limit}={clients}, "
+            f"fraction_fit={strategy.fraction_fit}, min_fit_clients="
+            f"{strategy.min_fit_clients})" + (f": {advice}" if advice else "")
+        )
