@@ -14,8 +14,9 @@ from covey.core._history import History, RoundRecord
 
 RESUMED_AFTER_CRASH = "resumed_after_crash"
 """Set in a resumed history's config when a server died without ending the run (SIGKILL,
-power loss) since its last saved round: what it had sent since is unknown. The value
-counts such servers (``True`` counts one): each may have released a round unsaved."""
+power loss), or failed after changing the model, since its last saved round: what it had
+sent since is unknown. The value counts such servers (``True`` counts one): each may
+have released a round unsaved."""
 
 
 def unsaved_releases(history: History) -> int:

@@ -20,7 +20,8 @@ Status = Literal["running", "finished", "failed"]
 _STATUSES: Final = ("running", "finished", "failed")
 
 UNCOUNTED_KEY: Final = "uncounted_releases"
-"""The meta key counting the servers that died since the run's last saved round.
+"""The meta key counting the servers that died (or failed after changing the model) since
+the run's last saved round.
 
 Each may have sent a round's model it had not saved (a release the saved privacy
 ledger does not count); saving a round clears it, its ledger having charged them."""
