@@ -54,6 +54,18 @@ def _resume(run_dir: Path, rounds: int, **options: Any) -> Any:
     )
 
 
+def _stopped_after_round_2(run_dir: Path, planned: int = 2) -> None:
+    """A served run of 2 rounds, left as a server asked for ``planned`` rounds and stopped."""
+    served = Served(_strategy(), 2, run_dir=run_dir, address="127.0.0.1:0")
+    joined = Joined(served.port)
+    served.join(60)
+    joined.join(30)
+    with RunStore.open(run_dir) as store:
+        if planned != 2:
+            store.set_rounds(planned)
+        store.set_status("failed")
+
+
 def test_a_finished_run_resumed_with_no_more_rounds_says_so_before_listening(
     tmp_path: Path,
 ) -> None:
@@ -93,12 +105,7 @@ def test_a_stopped_run_resumed_with_fewer_rounds_than_it_ran_is_refused_before_l
 ) -> None:
     # It used to go on: marked finished with rounds=1 recorded and rounds 0-2 kept.
     run_dir = tmp_path / "run"
-    served = Served(_strategy(), 2, run_dir=run_dir, address="127.0.0.1:0")
-    joined = Joined(served.port)
-    served.join(60)
-    joined.join(30)
-    with RunStore.open(run_dir) as store:  # as a server stopped after round 2 leaves it
-        store.set_status("failed")
+    _stopped_after_round_2(run_dir)
     with pytest.raises(
         ValueError, match=r"stopped after round 2: it cannot be resumed with rounds=1"
     ) as refused:
@@ -172,13 +179,7 @@ def test_a_stopped_run_resumed_with_no_round_left_records_the_count_it_ended_at(
     tmp_path: Path,
 ) -> None:
     run_dir = tmp_path / "run"
-    served = Served(_strategy(), 2, run_dir=run_dir, address="127.0.0.1:0")
-    joined = Joined(served.port)
-    served.join(60)
-    joined.join(30)
-    with RunStore.open(run_dir) as store:  # as a run asked for 5 rounds, stopped after 2
-        store.set_rounds(5)
-        store.set_status("failed")
+    _stopped_after_round_2(run_dir, planned=5)
     saved = json.loads((run_dir / "history.json").read_text())
     saved["config"]["rounds"] = 5
     (run_dir / "history.json").write_text(json.dumps(saved))
