@@ -413,6 +413,59 @@ def test_a_run_resumed_with_another_strategy_is_refused(tmp_path: Path) -> None:
         assert store.status == "finished"
 
 
+def test_a_run_resumed_with_other_hyperparameters_is_refused_before_listening(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Served(covey.FedAdam(fraction_evaluate=0.0, eta=0.1), 1, run_dir=tmp_path / "run")
+    clients = [Joined(first.port, name=f"c{k}") for k in range(2)]
+    first.join()
+    for c in clients:
+        c.join()
+    slower = covey.FedAdam(fraction_evaluate=0.0, eta=0.01)
+    with pytest.raises(
+        ValueError, match=r"other strategy settings.*eta 0\.1 \(the run's\) is 0\.01"
+    ):
+        covey.deploy.serve(
+            slower,
+            2,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=tmp_path / "run",
+            resume=True,
+        )  # it used to listen and go on with the other rate on the saved moments
+    with RunStore.open(tmp_path / "run", exclusive=True) as store:  # not marked failed
+        assert store.last_round() == 1
+        assert store.status == "finished"
+    # fewer clients a round is an operator's choice: said, and the run goes on
+    fewer = covey.FedAdam(fraction_evaluate=0.0, eta=0.1, fraction_fit=0.5, min_fit_clients=1)
+    again = Served(fewer, 2, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0")
+    clients = [Joined(again.port, name=f"c{k}") for k in range(2)]
+    assert again.join().history.rounds[-1].round == 2
+    for c in clients:
+        c.join()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("fraction_fit 1.0 (the run's) is 0.5 now" in m for m in said), said
+
+
+def test_secure_aggregation_s_graph_is_part_of_its_settings() -> None:
+    from covey.secagg import secure
+    from covey.server._resume import strategy_changes
+
+    def make(complete: bool | None) -> covey.Strategy:
+        with pytest.warns(UserWarning, match="honest-but-curious"):
+            return secure(covey.FedAvg(), clip_range=1.0, complete=complete)
+
+    full, sparse = make(True), make(False)
+    stored = full.describe()
+    assert strategy_changes(stored, full, ("hyperparameters",)) == []
+    assert strategy_changes(stored, sparse, ("hyperparameters",)) == [
+        "secagg.complete True (the run's) is False now"
+    ]
+    del stored["hyperparameters"]["secagg"]["complete"]  # a run started by an older covey
+    assert strategy_changes(stored, make(None), ("hyperparameters",)) == []
+
+
 @pytest.mark.parametrize("damaged", ["ca.key", "ca.pem"])
 def test_issuing_with_a_damaged_ca_names_the_file(fed: Path, damaged: str) -> None:
     (fed / damaged).write_text("junk\n")

@@ -27,7 +27,7 @@ from covey.deploy._tls import server_tls
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs, write_outputs
-from covey.server._resume import resume_point, same_strategy
+from covey.server._resume import resume_point, same_settings, same_strategy
 from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import load_state, state_types
@@ -167,6 +167,7 @@ def serve(
     opened = _reopen(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         same_strategy(opened, strategy)
+        same_settings(opened, strategy)
         scheme = _scheme(compression, opened, strategy)
         if opened is not None:  # a different strategy or compression is named first
             check_resumable(opened, rounds)

@@ -454,6 +454,7 @@ def secure(
         "dropout_rate": fit.threat.dropout_rate,
         "adversary": fit.threat.adversary,
         "signed": signed,
+        "complete": complete,
         "metrics": dict(metric_bounds),
         "noise": None if noise is None else noise.settings(),
         "l2_clip": dp.l2_clip,

@@ -12,6 +12,7 @@ since its clients would only fail in the first round.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from covey.server._state import check_state
 from covey.server._store import RunStore
 from covey.strategies._strategy import Strategy
 
-__all__ = ["ResumePoint", "resume_point", "same_strategy"]
+__all__ = ["ResumePoint", "resume_point", "same_settings", "same_strategy", "strategy_changes"]
 
 logger = logging.getLogger("covey")
 
@@ -160,3 +161,61 @@ def same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
             f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
             f"with {name}: resume it with {started}, or start a new run with --run-dir"
         )
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``value``'s leaves by dotted path (``{"secagg": {"bits": 16}}`` -> ``secagg.bits``)."""
+    if not isinstance(value, dict) or (prefix and not value):
+        return {prefix[:-1]: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}{key}."))
+    return out
+
+
+def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) -> list[str]:
+    """Each of ``parts`` of ``strategy.describe()`` that differs from the ``stored`` one.
+
+    Both are compared as JSON gives them back (tuples as lists). A setting the
+    stored run does not record (written by an older covey) counts as unchanged
+    when the strategy leaves it unset (None).
+
+    Returns:
+        One phrase per difference, e.g. ``"secagg.bits 16 (the run's) is 12 now"``.
+    """
+    if not isinstance(stored, dict):  # a run that recorded no strategy: nothing to compare
+        return []
+    given = json.loads(json.dumps(strategy.describe(), default=str))
+    changes = []
+    for part in parts:
+        if not isinstance(stored.get(part), dict):
+            continue
+        old, new = _flat(stored[part]), _flat(given.get(part) or {})
+        for key in sorted(set(old) | set(new)):
+            if key not in old and new.get(key) is None:
+                continue
+            if old.get(key) != new.get(key):
+                changes.append(f"{key} {old.get(key)!r} (the run's) is {new.get(key)!r} now")
+    return changes
+
+
+def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
+    """Refuse a deployed resume with other strategy hyperparameters; warn of other options.
+
+    Hyperparameters (a server optimizer's rates, the secure-aggregation range,
+    bits and graph, DP's noise, clip and sampling) decide what the saved state
+    and privacy ledger mean, so they must stay; options (fraction and minimums
+    of clients) may change between a run's servers and are logged.
+    """
+    if opened is None:
+        return
+    stored = opened.config.get("strategy")
+    changed = strategy_changes(stored, strategy, ("hyperparameters",))
+    if changed:
+        raise ValueError(
+            f"the run in {opened.run_dir} cannot be resumed with other strategy settings "
+            f"than it was started with: {'; '.join(changed)}. Resume it with the settings "
+            "it was started with, or start a new run with --run-dir"
+        )
+    for change in strategy_changes(stored, strategy, ("options",)):
+        logger.warning("resuming %s with another option: %s", opened.run_dir, change)

@@ -31,7 +31,7 @@ from typing import Any
 from covey.compress import Scheme, TopK
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsSpec
-from covey.server._resume import resume_point, same_strategy
+from covey.server._resume import resume_point, same_strategy, strategy_changes
 from covey.server._roundfiles import WEIGHTS_DIR, check_storable
 from covey.server._rundb import DB_NAME
 from covey.server._saver import BackgroundSaver, flushing
@@ -328,18 +328,17 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+_STRATEGY_PARTS = ("hyperparameters", "options")
+
+
 def _check_same(store: RunStore, strategy: Strategy, config: dict[str, Any]) -> None:
     """Refuse settings that would not continue the stored run, naming each that differs."""
     same_strategy(store, strategy)
     stored, given = store.config, _plain(config)
-    changes = []
-    if stored.get("strategy") != given.get("strategy"):
-        ours, theirs = stored.get("strategy") or {}, given.get("strategy") or {}
-        for part in sorted(set(ours) | set(theirs)):
-            if ours.get(part) != theirs.get(part):
-                changes.append(
-                    f"strategy {part} {ours.get(part)!r} (the run's) is {theirs.get(part)!r} now"
-                )
+    changes = [
+        f"strategy {change}"
+        for change in strategy_changes(stored.get("strategy"), strategy, _STRATEGY_PARTS)
+    ]
     for key in ("num_clients", "seed", "compression"):
         if stored.get(key) != given.get(key):
             changes.append(f"{key} was {stored.get(key)!r}, is {given.get(key)!r} now")
