@@ -439,3 +439,18 @@ def test_a_simulation_stopped_with_ctrl_c_says_so_as_a_deployed_run_does(tmp_pat
     assert covey.History.load(tmp_path / "run").stopped_reason == "interrupted (SIGINT)"
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (meta["status"], meta["stopped_reason"]) == ("failed", "interrupted (SIGINT)")
+
+
+def test_a_simulation_refused_before_it_starts_leaves_no_run_behind(tmp_path: Path) -> None:
+    # a list of arrays, not a mapping: refused before anything of the run is written,
+    # it used to leave runs/a holding a run.lock, shown as a run killed as it started
+    with pytest.raises(covey.core.WeightsError, match="mapping of names"):
+        _sim(tmp_path / "runs" / "a", initial_weights=[np.ones(3)])
+    assert not (tmp_path / "runs" / "a").exists()
+    mine = tmp_path / "mine"  # a folder the user made: only the lock goes
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept\n")
+    with pytest.raises(covey.core.WeightsError):
+        _sim(mine, initial_weights=[np.ones(3)])
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert _sim(tmp_path / "runs" / "a").history.rounds[-1].round == 2  # the folder is free

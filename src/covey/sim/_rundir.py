@@ -65,6 +65,7 @@ def run_folder(
     folder = Path(run_dir)
     if resume and not folder.is_dir():
         raise ValueError(f"run_dir {folder} is no folder: there is no simulation in it to resume")
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     # A run was started here (or is running): its lock, or the settings `covey run`
     # keeps (project.json) just before it starts the simulation.
@@ -108,9 +109,21 @@ def run_folder(
             )
             resume = False
         yield folder / "history.json", folder / "run.json", resume
+    except BaseException:
+        if not left and not any((folder / name).exists() for name in names):
+            _forget(folder, made)  # refused before it wrote anything: leave no run behind
+        raise
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _forget(folder: Path, made: bool) -> None:
+    """Remove the ``run.lock`` of a run that wrote nothing, and ``folder`` if made for it."""
+    with contextlib.suppress(OSError):
+        (folder / LOCK_NAME).unlink()
+        if made:
+            folder.rmdir()  # only if empty
 
 
 def _still_running(folder: Path, holder: str, ours: bool) -> str:
