@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from covey.clients._client import Client
+from covey.clients._qfair import loss_before_fit
 from covey.core._messages import Config, EvaluateResult, FitResult
 from covey.core._weights import Array, Weights, WeightsError
 
@@ -192,7 +193,11 @@ class LogisticClient(Client):
         self._val_bound = _label_bound(self.y_val, "y_val")
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
-        """Train for ``epochs`` epochs and return the new weights."""
+        """Train for ``epochs`` epochs and return the new weights.
+
+        When q-FedAvg asks (``config["loss_before_fit"]``), the loss of ``weights``
+        on the training data is reported too, under the name it gives.
+        """
         lr, epochs, batch_size = _settings(
             config.get("lr", self.lr),
             config.get("epochs", self.epochs),
@@ -200,17 +205,18 @@ class LogisticClient(Client):
             "config ",
         )
         _check_layout(weights, self.x, self._bound, "y")
+        asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
+        before = None if asked is None else logistic_evaluate(weights, self.x, self.y)[0]
         new: Weights = weights
         for epoch in range(epochs):
             rng = np.random.default_rng([self.seed, self.cid, int(config["round"]), epoch])
             order = rng.permutation(len(self.y))
             new = logistic_sgd_epoch(new, self.x, self.y, lr=lr, batch_size=batch_size, order=order)
         loss, acc = logistic_evaluate(new, self.x, self.y)
-        return FitResult(
-            weights=dict(new),
-            num_examples=len(self.y),
-            metrics={"train_loss": loss, "train_accuracy": acc},
-        )
+        metrics: dict[str, Any] = {"train_loss": loss, "train_accuracy": acc}
+        if asked is not None:
+            metrics[asked] = before
+        return FitResult(weights=dict(new), num_examples=len(self.y), metrics=metrics)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """Loss and accuracy on the local validation data."""

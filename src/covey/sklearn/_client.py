@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.clients import Client
+from covey.clients._qfair import loss_before_fit
 from covey.clients._quiet import ignoring
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Weights
@@ -237,17 +238,24 @@ class SklearnClient(Client):
 
         Args:
             weights: The global parameters (read-only arrays).
-            config: The round's config; ``"epochs"`` is read from it.
+            config: The round's config; ``"epochs"`` and q-FedAvg's
+                ``"loss_before_fit"`` are read from it.
 
         Returns:
             The local parameters (in the dtypes of ``weights``), the number of
             training examples (a count, whatever ``sample_weight`` holds) and
-            ``{"train_accuracy": ...}`` (weighted by ``sample_weight``).
+            ``{"train_accuracy": ...}`` (weighted by ``sample_weight``); when
+            q-FedAvg asks, also the loss of ``weights`` on the training data (as
+            :meth:`evaluate` computes it) under the name it gives.
         """
         epochs = config.get("epochs", self.epochs)
         if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
             raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
         self._load(weights)
+        asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
+        before = None
+        if asked is not None:
+            before, _ = evaluate_model(self.model, self.x_train, self.y_train, self.classes)
         from sklearn.exceptions import ConvergenceWarning
 
         weighted = {} if self.sample_weight is None else {"sample_weight": self.sample_weight}
@@ -264,11 +272,10 @@ class SklearnClient(Client):
         # in the global weights' dtypes (a model trained on float32 features has float32 ones)
         local = get_params(self.model)
         new = {k: v.astype(np.asarray(weights[k]).dtype, copy=False) for k, v in local.items()}
-        return FitResult(
-            weights=new,
-            num_examples=len(self.y_train),
-            metrics={"train_accuracy": accuracy},
-        )
+        metrics: dict[str, Any] = {"train_accuracy": accuracy}
+        if asked is not None:
+            metrics[asked] = before
+        return FitResult(weights=new, num_examples=len(self.y_train), metrics=metrics)
 
     def _check_every_class(self) -> None:
         local = sorted(np.unique(self.y_train).tolist())

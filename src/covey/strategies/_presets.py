@@ -33,6 +33,7 @@ from covey.aggregate import (
 )
 from covey.aggregate._base import min_contributions
 from covey.aggregate._clip import polynomial_staleness
+from covey.clients._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.core._messages import Config, plain
 from covey.strategies._checks import name_of
 from covey.strategies._names import not_a_class
@@ -325,14 +326,24 @@ def QFedAvg(
         q: The fairness parameter (0 is FedSGD-like averaging).
         client_lr: The clients' learning rate (``L = 1/client_lr``).
         loss_key: The fit metric with the client's loss at the received weights.
+            Every fit config names it as ``"loss_before_fit"``, and the built-in
+            clients (``TorchClient``, ``SklearnClient``, ``LogisticClient``)
+            report that loss, on their training data, under it.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
 
     References:
         Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation in Federated
         Learning", ICLR 2020.
     """
+    if not isinstance(loss_key, str) or not loss_key or len(loss_key) > MAX_KEY_CHARS:
+        raise ValueError(
+            f"loss_key must name a fit metric (1 to {MAX_KEY_CHARS} characters), got {loss_key!r}"
+        )
     step = chain(qfedavg(q, client_lr, loss_key=loss_key))
-    return preset("QFedAvg", step, options, q=q, client_lr=client_lr, loss_key=loss_key)
+    strategy = preset("QFedAvg", step, options, q=q, client_lr=client_lr, loss_key=loss_key)
+    # the built-in clients report their loss at the received weights when asked
+    entries = {**strategy.fit_config_entries, LOSS_BEFORE_FIT: loss_key}
+    return replace(strategy, fit_config_entries=entries)
 
 
 def Scaffold(

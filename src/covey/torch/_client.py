@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from covey.clients import Client, proximal_mu, torch_add_proximal_grad, torch_snapshot
+from covey.clients._qfair import loss_before_fit
 from covey.clients._torch import torch_module
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Array, Weights, subtract
@@ -222,15 +223,21 @@ class TorchClient(Client):
 
         Args:
             weights: The global model (read-only arrays).
-            config: The round's config; ``"epochs"`` and FedProx's ``"proximal_mu"``
-                are read from it.
+            config: The round's config; ``"epochs"``, FedProx's ``"proximal_mu"`` and
+                q-FedAvg's ``"loss_before_fit"`` are read from it.
 
         Returns:
             The delta (local minus global, in the global weights' dtypes), the
-            examples seen per epoch and ``{"train_loss": mean loss of the last epoch}``.
+            examples seen per epoch and ``{"train_loss": mean loss of the last epoch}``
+            (and, when q-FedAvg asks, the mean loss on ``train_loader`` at ``weights``
+            under the name it gives).
         """
         torch = torch_module()
         load_weights(self.model, weights)
+        asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
+        before = None
+        if asked is not None:
+            before = evaluate_model(self.model, self.loss_fn, self.train_loader, self.device)[0]
         mu = proximal_mu(config)
         anchor = torch_snapshot(self.model) if mu > 0 else None
         optimizer = self.optimizer_fn(self.model.parameters())
@@ -259,7 +266,10 @@ class TorchClient(Client):
                 for name, value in to_weights(self.model).items()
             }
             delta = subtract(local, weights)
-        return FitResult(delta=delta, num_examples=seen, metrics={"train_loss": total / seen})
+        metrics: dict[str, Any] = {"train_loss": total / seen}
+        if asked is not None:
+            metrics[asked] = before
+        return FitResult(delta=delta, num_examples=seen, metrics=metrics)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """The loss (and accuracy for classifiers) of ``weights`` on ``test_loader``.
