@@ -45,7 +45,7 @@ def test_the_reported_loss_is_the_loss_at_the_received_weights(digits: Any) -> N
     config = _task_config(covey.QFedAvg(loss_key="f_k"))
     result = client.fit(start, config)
     assert result.metrics["f_k"] == logistic_evaluate(start, client.x, client.y)[0]
-    assert result.metrics["train_loss"] < result.metrics["f_k"]  # after training
+    assert float(result.metrics["train_loss"]) < float(result.metrics["f_k"])  # after training
     plain = client.fit(start, _task_config(covey.FedAvg()))
     assert "f_k" not in plain.metrics  # not asked: not spent
     assert "loss" not in plain.metrics
