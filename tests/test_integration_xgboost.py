@@ -295,3 +295,25 @@ def test_a_client_refuses_a_malformed_global_model() -> None:
     weights = to_weights(json.dumps(doc).encode(), 1 << 16)
     with pytest.raises(WeightsError, match="the model's tree 0: node 0 links to node 50"):
         _client(0).fit(weights, {"round": 1})
+
+
+def test_process_workers_boost_after_the_parent_has_boosted() -> None:
+    # XGBoost runs on GNU OpenMP, whose thread pool does not survive a fork: once
+    # the parent had boosted, every forked worker waited forever in its first round
+    x, y = _data(7, n=400)
+    params = {**MULTI, "objective": "binary:logistic"}
+    params.pop("num_class")
+    xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=2)  # the parent's pool
+    shards = [(x[k::4], y[k::4]) for k in range(4)]
+    result = covey.simulate(
+        lambda cid: XGBoostClient(*shards[cid], params),
+        4,
+        2,
+        XGBoostBagging(fraction_evaluate=0.0, accept_failures=False),
+        initial_model(params, num_features=4),
+        backend="process",
+        num_workers=2,
+        start_method="fork",
+        round_timeout=60,
+    )
+    assert num_trees(from_weights(result.weights)) == 8  # 4 clients, 2 rounds

@@ -9,6 +9,7 @@ A client that trains in place trains in that file itself (:mod:`covey.sim._room`
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -47,21 +48,28 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="covey-parent-watch", daemon=True).start()
 
 
-def _one_torch_thread() -> None:
-    """Run torch on one thread in this worker, once torch is loaded (by the parent or a client).
+def _one_thread() -> None:
+    """Run torch and XGBoost on one thread in this worker, once loaded (by the parent or a client).
 
-    torch's CPU wheels run parallel ops on GNU OpenMP, whose thread pool does not
-    survive a fork: the first parallel op of a forked child (a BatchNorm, an add
-    over 100,000 values) waits forever for the parent's threads once the parent
-    had run one. One thread never enters that pool, and with one worker per CPU
-    it is also the most a worker should use. Called again after each client is
-    built, it also covers a ``client_fn`` that imports torch itself, so a run's
-    bits do not depend on whether the parent had loaded torch.
+    torch's CPU wheels and XGBoost run parallel work on GNU OpenMP, whose thread
+    pool does not survive a fork: the first parallel op of a forked child (a
+    BatchNorm, an add over 100,000 values, a boosting round) waits forever for
+    the parent's threads once the parent had run one (XGBoost's
+    ``initial_model`` does). One thread never enters that pool, and with one
+    worker per CPU it is also the most a worker should use. Called again after
+    each client is built, it also covers a ``client_fn`` that imports torch
+    itself, so a run's bits do not depend on whether the parent had loaded torch.
+    An ``nthread`` in a client's own XGBoost parameters overrides this one.
     """
     torch = sys.modules.get("torch")
     set_num_threads = getattr(torch, "set_num_threads", None)
     if set_num_threads is not None:
         set_num_threads(1)
+    xgb = sys.modules.get("xgboost")
+    set_config = getattr(xgb, "set_config", None)
+    if set_config is not None:
+        with contextlib.suppress(ValueError, TypeError):  # an XGBoost without the setting
+            set_config(nthread=1)
 
 
 def _fresh_hint() -> str:
@@ -118,7 +126,7 @@ def worker_main(
         logs.install(levels)
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
     _exit_with_parent()
-    _one_torch_thread()
+    _one_thread()
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _own_output()
@@ -202,7 +210,7 @@ def _run_one(
         client = clients.get(cid)
         if client is None:
             client = clients[cid] = build_client(client_fn, cid)
-            _one_torch_thread()
+            _one_thread()
         task = Task(kind, rnd, config, weights, payload)
         room = _room.for_task(client, task, prefix)
         if room is not None:
