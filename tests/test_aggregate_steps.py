@@ -413,3 +413,35 @@ def test_random_contributions_names_its_forms_and_refuses_others() -> None:
     assert all(c.weights is not None for c in random_contributions(params, 3, rng, form="weights"))
     with pytest.raises(ValueError, match="form must be 'mixed', 'delta' or 'weights'"):
         random_contributions(params, 3, rng, form="deltas")
+
+
+@pytest.mark.parametrize(
+    ("q", "loss", "eps"),
+    [(0.5, 0.0, 0.0), (5.0, 1e300, 1e-10), (15.0, 1e30, 1e-10)],
+)
+def test_qfedavg_refuses_a_loss_whose_weight_is_not_finite_for_that_client_only(
+    q: float, loss: float, eps: float
+) -> None:
+    # 0.0 ** -0.5 raised ZeroDivisionError and 1e300 ** 5.0 OverflowError out of the
+    # step, which stopped the run instead of refusing the one client.
+    params = {"w": np.zeros(2)}
+    step = qfedavg(q, 0.1, eps=eps)
+    state = step.init(params)
+    state, _ = step.update(state, Begin(1, params))
+    bad = Contribution(3, 1, delta={"w": np.ones(2)}, metrics={"loss": loss})
+    with pytest.raises(AggregationError, match=r"client 3.*loss="):
+        step.update(state, bad)
+    good = Contribution(4, 1, delta={"w": np.ones(2)}, metrics={"loss": 1.0})
+    state, _ = step.update(state, good)
+    state, out = step.update(state, End(1))
+    (agg,) = out
+    assert isinstance(agg, Aggregate)
+    assert agg.num_clients == 1
+
+
+def test_qfedavg_with_q_0_takes_a_zero_loss_without_eps() -> None:
+    # With q = 0, h_k = L whatever the loss (the first term of h_k vanishes).
+    params = {"w": np.zeros(2)}
+    c = Contribution(0, 1, delta={"w": np.ones(2)}, metrics={"loss": 0.0})
+    agg = aggregate(qfedavg(0.0, 0.1, eps=0.0), params, [c])
+    np.testing.assert_allclose(agg.apply(params)["w"], [1.0, 1.0])
