@@ -445,3 +445,17 @@ def test_qfedavg_with_q_0_takes_a_zero_loss_without_eps() -> None:
     c = Contribution(0, 1, delta={"w": np.ones(2)}, metrics={"loss": 0.0})
     agg = aggregate(qfedavg(0.0, 0.1, eps=0.0), params, [c])
     np.testing.assert_allclose(agg.apply(params)["w"], [1.0, 1.0])
+
+
+def test_clip_norm_scales_an_update_whose_squared_norm_overflows_to_the_bound() -> None:
+    """A squared norm past float64's range was inf, the factor C/inf = 0: the update vanished."""
+    params = {"w": np.zeros(3), "n": np.zeros(2, np.int64)}
+    huge = Contribution(0, 1, delta={"w": np.array([3e200, -4e200, 0.0]), "n": np.array([1, 0])})
+    step = clip_norm(5.0)
+    state = step.init(params)
+    state, _ = step.update(state, Begin(1, params))
+    state, (clipped,) = step.update(state, huge)
+    assert isinstance(clipped, Contribution)
+    assert clipped.delta is not None
+    np.testing.assert_allclose(clipped.delta["w"], [3.0, -4.0, 0.0])
+    assert clipped.delta["n"].tolist() == [0, 0]  # 1e-200 of a counter rounds to 0
