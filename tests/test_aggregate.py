@@ -465,3 +465,31 @@ def test_a_mask_from_weights_and_deltas_together_flips_by_its_entries(make: Any)
         result = agg.apply(params)
         assert result["b"].tolist() == new.tolist()
         np.testing.assert_array_equal(result["w"], np.ones(4))
+
+
+@pytest.mark.parametrize("make", [weighted_mean, mean])
+def test_a_tied_mask_keeps_its_entry_whether_clients_sent_weights_or_deltas(make: Any) -> None:
+    """Half the clients flip an entry: weights gave the tie to False, deltas kept the entry."""
+    params = {"b": np.array([True, False, True]), "w": np.zeros(3)}
+    kept, flipped = params["b"], ~params["b"]
+    as_weights = [
+        Contribution(0, 2, weights={"b": kept, "w": np.ones(3)}),
+        Contribution(1, 2, weights={"b": flipped, "w": np.ones(3)}),
+    ]
+    as_deltas = [
+        Contribution(0, 2, delta={"b": kept ^ params["b"], "w": np.ones(3)}),
+        Contribution(1, 2, delta={"b": flipped ^ params["b"], "w": np.ones(3)}),
+    ]
+    results = []
+    for forms in (as_weights, as_deltas, [as_weights[0], as_deltas[1]]):
+        step = chain(make())
+        _, agg = run_round(step, step.init(params), 1, params, forms)
+        assert agg is not None
+        results.append(agg.apply(params)["b"].tolist())
+    assert results == [params["b"].tolist()] * 3
+    # A majority still wins, from either form.
+    majority = [*as_weights, Contribution(2, 2, weights={"b": flipped, "w": np.ones(3)})]
+    step = chain(make())
+    _, agg = run_round(step, step.init(params), 1, params, majority)
+    assert agg is not None
+    assert agg.apply(params)["b"].tolist() == flipped.tolist()

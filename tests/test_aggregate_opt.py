@@ -10,11 +10,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import covey
 from covey.aggregate import (
     Aggregate,
     AggregationError,
     Begin,
     Contribution,
+    End,
     chain,
     mean,
     run_round,
@@ -24,6 +26,8 @@ from covey.aggregate import (
     server_yogi,
     weighted_mean,
 )
+from covey.core._weights import WeightsSpec
+from covey.strategies._fold import contribution, find_aggregate
 from covey.testing import check_aggregator
 
 Arrays = dict[str, np.ndarray]
@@ -288,3 +292,51 @@ def test_invalid_hyperparameters_are_refused(make: Callable[[], Any], message: s
 )
 def test_server_optimizers_pass_check_aggregator(make: Any) -> None:
     check_aggregator(make)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: server_sgd(0.5, momentum=0.9),
+        lambda: server_adam(0.1),
+        lambda: server_yogi(0.1),
+        lambda: server_adagrad(0.1),
+    ],
+)
+def test_an_overflowing_round_leaves_the_moments_as_they_were(make: Callable[[], Any]) -> None:
+    """The loop refuses a non-finite step and keeps the model; the moments kept inf or NaN.
+
+    Every later step was then NaN (or 0 past an infinite v) and refused too: one
+    round whose mean overflowed (finite updates of 1.5e308) stopped the run
+    learning for good.
+    """
+    params = {"w": np.zeros(2)}
+    step = chain(weighted_mean(), make())
+    huge = [covey.FitResult(delta={"w": np.full(2, 1.5e308)}, num_examples=1)] * 2
+    fine = [covey.FitResult(delta={"w": np.full(2, 0.1)}, num_examples=1)] * 2
+    strategy = covey.Strategy(aggregator=step)
+    state = step.init(params)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _, _, state = _fold_round(strategy, params, huge, state)
+    fresh = step.init(params)
+    for name in ("m", "v"):
+        for k in params:
+            np.testing.assert_array_equal(getattr(state[1], name)[k], getattr(fresh[1], name)[k])
+    new, ok, _ = _fold_round(strategy, params, fine, state)
+    assert ok
+    assert np.all(np.isfinite(new["w"]))
+    assert np.all(new["w"] > 0)
+
+
+def _fold_round(strategy: Any, params: Arrays, results: list[Any], state: Any) -> Any:
+    """One round as the loop runs it: the new weights, whether the loop takes them, the state."""
+    spec = WeightsSpec.of(params)
+    step = strategy.aggregator
+    state, _ = step.feed(state, Begin(1, params))
+    for cid, result in enumerate(results):
+        state, _ = step.feed(state, contribution(cid, result, spec))
+    state, out = step.feed(state, End(1))
+    aggregate = find_aggregate(out)
+    assert aggregate is not None
+    new = aggregate.apply(params)
+    return new, spec.conforms(new), state

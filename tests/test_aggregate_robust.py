@@ -302,3 +302,25 @@ def test_a_contribution_before_begin_is_an_error() -> None:
 )
 def test_robust_reducers_pass_check_aggregator(make: Any) -> None:
     check_aggregator(make)
+
+
+def test_robust_rules_ignore_a_minority_of_updates_near_the_float64_limit() -> None:
+    """Finite updates whose squared norms overflow: the Gram-matrix distances were NaN.
+
+    A NaN score is taken by argmin, so Krum chose the attackers' update (1.7e308
+    entries, finite, accepted by the round loop) over the honest ones; RFA started
+    from a mean from which every distance overflowed, and gave NaN every round.
+    """
+    rng = np.random.default_rng(0)
+    params = {"w": np.zeros(100)}
+    honest = [Contribution(i, 10, delta={"w": 2.0 + rng.normal(size=100)}) for i in range(5)]
+    bad = np.tile([1.7e308, -1.7e308], 50)
+    evil = [Contribution(100 + i, 10, delta={"w": bad}) for i in range(2)]
+    for step in (krum(2), multi_krum(2), median(), trimmed_mean(0.3), geometric_median()):
+        got = result(step, params, honest + evil)
+        assert np.all(np.abs(got) < 10.0), step
+    got = result(bulyan(1), params, [*honest, evil[0], honest[0]])
+    assert np.all(np.abs(got) < 10.0)
+    dist = pairwise_sq_distances(np.stack([bad, bad, np.ones(100)]))
+    assert dist[0, 1] == 0.0  # equal updates are at distance 0
+    assert dist[0, 2] == np.inf  # not NaN

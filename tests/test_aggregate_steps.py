@@ -413,3 +413,49 @@ def test_random_contributions_names_its_forms_and_refuses_others() -> None:
     assert all(c.weights is not None for c in random_contributions(params, 3, rng, form="weights"))
     with pytest.raises(ValueError, match="form must be 'mixed', 'delta' or 'weights'"):
         random_contributions(params, 3, rng, form="deltas")
+
+
+@pytest.mark.parametrize(
+    ("q", "loss", "eps"),
+    [(0.5, 0.0, 0.0), (5.0, 1e300, 1e-10), (15.0, 1e30, 1e-10)],
+)
+def test_qfedavg_refuses_a_loss_whose_weight_is_not_finite_for_that_client_only(
+    q: float, loss: float, eps: float
+) -> None:
+    # 0.0 ** -0.5 raised ZeroDivisionError and 1e300 ** 5.0 OverflowError out of the
+    # step, which stopped the run instead of refusing the one client.
+    params = {"w": np.zeros(2)}
+    step = qfedavg(q, 0.1, eps=eps)
+    state = step.init(params)
+    state, _ = step.update(state, Begin(1, params))
+    bad = Contribution(3, 1, delta={"w": np.ones(2)}, metrics={"loss": loss})
+    with pytest.raises(AggregationError, match=r"client 3.*loss="):
+        step.update(state, bad)
+    good = Contribution(4, 1, delta={"w": np.ones(2)}, metrics={"loss": 1.0})
+    state, _ = step.update(state, good)
+    state, out = step.update(state, End(1))
+    (agg,) = out
+    assert isinstance(agg, Aggregate)
+    assert agg.num_clients == 1
+
+
+def test_qfedavg_with_q_0_takes_a_zero_loss_without_eps() -> None:
+    # With q = 0, h_k = L whatever the loss (the first term of h_k vanishes).
+    params = {"w": np.zeros(2)}
+    c = Contribution(0, 1, delta={"w": np.ones(2)}, metrics={"loss": 0.0})
+    agg = aggregate(qfedavg(0.0, 0.1, eps=0.0), params, [c])
+    np.testing.assert_allclose(agg.apply(params)["w"], [1.0, 1.0])
+
+
+def test_clip_norm_scales_an_update_whose_squared_norm_overflows_to_the_bound() -> None:
+    """A squared norm past float64's range was inf, the factor C/inf = 0: the update vanished."""
+    params = {"w": np.zeros(3), "n": np.zeros(2, np.int64)}
+    huge = Contribution(0, 1, delta={"w": np.array([3e200, -4e200, 0.0]), "n": np.array([1, 0])})
+    step = clip_norm(5.0)
+    state = step.init(params)
+    state, _ = step.update(state, Begin(1, params))
+    state, (clipped,) = step.update(state, huge)
+    assert isinstance(clipped, Contribution)
+    assert clipped.delta is not None
+    np.testing.assert_allclose(clipped.delta["w"], [3.0, -4.0, 0.0])
+    assert clipped.delta["n"].tolist() == [0, 0]  # 1e-200 of a counter rounds to 0

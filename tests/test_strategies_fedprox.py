@@ -121,3 +121,20 @@ def test_fedprox_names_a_proximal_mu_that_is_no_number(mu: object) -> None:
     # and True was taken as mu = 1.0.
     with pytest.raises(ValueError, match="proximal_mu must be a finite number >= 0"):
         covey.FedProx(proximal_mu=mu)  # type: ignore[arg-type]
+
+
+def test_the_proximal_term_of_a_float16_model_is_summed_without_overflow() -> None:
+    # Squared and summed in float16, a million entries 0.3 from the global model
+    # (a term of 45,000, its sum of squares 90,000) overflowed to inf.
+    w: dict[str, np.ndarray] = {"W": np.full(10**6, 0.3, np.float16), "n": np.array([3])}
+    w0: dict[str, np.ndarray] = {"W": np.zeros(10**6, np.float16), "n": np.array([1])}
+    expected = 0.5 * float(np.sum(w["W"].astype(np.float64) ** 2))
+    assert clients.proximal_term(w, w0, 1.0) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_proximal_gradient_of_a_0d_array_is_an_array() -> None:
+    w, w0 = {"s": np.array(3.0)}, {"s": np.array(1.0)}
+    out = clients.proximal_grad({"s": np.array(0.5)}, w, w0, 2.0)
+    assert isinstance(out["s"], np.ndarray)
+    assert out["s"].shape == ()
+    assert float(out["s"]) == 4.5

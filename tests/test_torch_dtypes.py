@@ -68,3 +68,23 @@ def test_load_weights_takes_big_endian_arrays_and_refuses_complex_ones() -> None
         load_weights(net, bad)
     for name, value in to_weights(net).items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def test_the_torch_proximal_term_of_a_float16_model_is_finite_and_differentiable() -> None:
+    from covey import clients
+
+    torch.manual_seed(0)
+    net = nn.Linear(1000, 1000).half()
+    anchor = clients.torch_snapshot(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3)  # a sum of squares of about 90,000: past float16's 65504
+    term = clients.torch_proximal_term(net, anchor, 1.0)
+    expected = 0.5 * sum(
+        float(((p.detach().double() - anchor[n].double()) ** 2).sum())
+        for n, p in net.named_parameters()
+    )
+    assert float(term.detach()) == pytest.approx(expected, rel=1e-4)
+    term.backward()
+    assert net.weight.grad is not None
+    assert torch.isfinite(net.weight.grad).all()

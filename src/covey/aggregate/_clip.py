@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
+import numpy as np
+
 from covey.aggregate._base import Begin, Contribution, End, Event, State, Step
 from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm, update_of
 from covey.core._weights import Weights
@@ -82,12 +84,23 @@ def clip_norm(max_norm: float) -> Step:
 
     def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
         delta = update_of(event, params)
-        norm = math.sqrt(sq_norm(delta))
+        with np.errstate(over="ignore"):
+            norm = math.sqrt(sq_norm(delta))
         if norm <= bound:
             return event, False
+        if math.isinf(norm):  # finite values whose squared norm overflows: scale them first
+            delta, norm = _shrunk(delta)
         return replace(event, weights=None, delta=scaled(delta, bound / norm, params)), True
 
     return per_client("clip_norm()", "clipped", rewrite)
+
+
+def _shrunk(delta: Weights) -> tuple[Weights, float]:
+    """``delta / top`` (float64) and its norm, ``top`` its largest magnitude: nothing overflows."""
+    wide = {k: np.asarray(v, dtype=np.float64) for k, v in delta.items()}
+    top = max((float(np.max(np.abs(v))) for v in wide.values() if v.size), default=1.0)
+    shrunk = {k: v / top for k, v in wide.items()}
+    return shrunk, math.sqrt(sq_norm(shrunk))
 
 
 def skip_nonfinite() -> Step:

@@ -17,12 +17,24 @@ from covey.aggregate._robust import Combined, Matrix, buffered
 
 
 def pairwise_sq_distances(updates: Matrix) -> Matrix:
-    """Squared Euclidean distances between the rows of ``updates`` (an ``(n, n)`` matrix)."""
-    norms = np.einsum("ij,ij->i", updates, updates)
-    gram = updates @ updates.T
-    dist = norms[:, None] + norms[None, :] - 2.0 * gram
-    dist = 0.5 * (dist + dist.T)
-    np.maximum(dist, 0.0, out=dist)
+    """Squared Euclidean distances between the rows of ``updates`` (an ``(n, n)`` matrix).
+
+    Taken from the Gram matrix; a pair whose norms or product overflow (finite
+    updates near float64's limit, which a Byzantine client may send) would get
+    ``inf - inf = NaN``, which argmin picks first: such pairs are computed again
+    as ``sum((x_i - x_j)^2)``, which is exact for equal rows and at worst ``inf``.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.einsum("ij,ij->i", updates, updates)
+        gram = updates @ updates.T
+        dist = norms[:, None] + norms[None, :] - 2.0 * gram
+        dist = 0.5 * (dist + dist.T)
+        overflowed = ~np.isfinite(dist)  # before clamping: -inf would become 0
+        np.maximum(dist, 0.0, out=dist)
+        for i, j in zip(*np.nonzero(overflowed), strict=True):
+            if i < j:
+                diff = updates[i] - updates[j]
+                dist[i, j] = dist[j, i] = float(np.dot(diff, diff))
     np.fill_diagonal(dist, 0.0)
     out: Matrix = dist
     return out

@@ -163,6 +163,11 @@ def _finish(
             out[name] = a
         elif target.kind == "f":  # float16 summed in float32
             out[name] = a.astype(target)
+        elif target.kind == "b" and weights:
+            # The mean of the masks sent, as the share of clients that flip each entry:
+            # a tie keeps the entry, as it does for clients that sent deltas.
+            flips = np.where(param, 1.0 - a, a)
+            out[name] = np.asarray(param ^ (np.rint(flips) != 0))
         else:
             np.rint(a, out=a)
             # Within int64: float64 rounds a change of 2**63 - 1 up to 2**63, which

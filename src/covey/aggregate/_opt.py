@@ -4,7 +4,8 @@ With ``Delta_t`` the aggregate update of round ``t`` (the pseudo-gradient is
 ``-Delta_t``), a server optimizer keeps moments across rounds and turns
 ``Delta_t`` into the step actually added to the global model. They sit after a
 reducer: ``chain(weighted_mean(), server_adam(eta=1e-2))``. Non-float arrays
-(counters) receive the aggregate update unchanged.
+(counters) receive the aggregate update unchanged. A round whose step or moments
+overflow (to inf or NaN) leaves the moments as they were.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from covey.aggregate._base import Aggregate, Begin, Event, State, Step
-from covey.aggregate._flat import check_positive, needs_params
+from covey.aggregate._flat import check_positive, finite, needs_params
 from covey.core._weights import Array, Weights
 
 Rule = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
@@ -54,12 +55,17 @@ def _server_optimizer(name: str, rule: Rule, v0: float, *, wide: bool = False) -
             steps: dict[str, Array] = {}
             m: dict[str, Array] = {}
             v: dict[str, Array] = {}
-            for key, d in delta.items():
-                if key not in state.m:
-                    steps[key] = d
-                    continue
-                steps[key], m[key], v[key] = rule(d, state.m[key], state.v[key])
+            with np.errstate(over="ignore", invalid="ignore"):
+                for key, d in delta.items():
+                    if key not in state.m:
+                        steps[key] = d
+                        continue
+                    steps[key], m[key], v[key] = rule(d, state.m[key], state.v[key])
             out = replace(event, weights=None, delta=steps)
+            if not all(finite(part) for part in (steps, m, v)):
+                # The round loop refuses a step that is not finite and keeps the model;
+                # moments holding inf or NaN would make every later step so too.
+                return _OptState(None, state.m, state.v, state.steps), (out,)
             return _OptState(None, m, v, state.steps + 1), (out,)
         if isinstance(event, Begin):
             return state._replace(params=event.params), (event,)

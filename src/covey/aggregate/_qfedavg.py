@@ -65,9 +65,7 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
             params = needs_params(state.params, "qfedavg()")
             loss = _client_loss(event, loss_key)
             delta = update_of(event, params)
-            fq = (loss + smooth) ** fairness
-            h = fairness * (loss + smooth) ** (fairness - 1.0) * lipschitz**2 * sq_norm(delta)
-            h += lipschitz * fq
+            fq, h = _client_terms(event.cid, loss, loss_key, smooth, fairness, lipschitz, delta)
             acc = state.acc
             if acc is None:
                 acc = {k: np.zeros(v.shape, np.float64) for k, v in params.items()}
@@ -98,6 +96,31 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
         return state, (event,)
 
     return Step(init, update)
+
+
+def _client_terms(
+    cid: int, loss: float, loss_key: str, eps: float, q: float, lipschitz: float, delta: Weights
+) -> tuple[float, float]:
+    """``(F_k^q, h_k)`` of one client, or an AggregationError that refuses that client.
+
+    With ``q = 0``, ``h_k = L`` (the first term vanishes) whatever the loss. A loss
+    of 0 with ``eps = 0`` and ``0 < q < 1`` (``F^(q-1)`` infinite), or one so large
+    that ``F^q`` overflows, gives the client no finite weight.
+    """
+    base = loss + eps
+    try:
+        fq = base**q
+        first = 0.0 if q == 0.0 else q * base ** (q - 1.0) * lipschitz**2 * sq_norm(delta)
+    except (ZeroDivisionError, OverflowError):
+        fq = first = math.inf
+    h = first + lipschitz * fq
+    if not (math.isfinite(fq) and math.isfinite(h)):
+        raise AggregationError(
+            f"qfedavg: client {cid} reported {loss_key}={loss}, which with q={q} and "
+            f"eps={eps} gives it no finite weight (F^q or h_k overflows"
+            + (", or F^(q-1) is infinite: set eps > 0)" if base == 0.0 else ")")
+        )
+    return fq, h
 
 
 def _client_loss(event: Contribution, loss_key: str) -> float:

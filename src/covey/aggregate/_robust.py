@@ -208,15 +208,31 @@ def geometric_median(
 def weiszfeld(
     points: Matrix, alpha: Vector, max_iter: int, tol: float, eps: float
 ) -> tuple[Vector, int]:
-    """Smoothed Weiszfeld iterations from the weighted mean; returns the point and iterations."""
-    median: Vector = alpha @ points
-    objective = float(alpha @ np.linalg.norm(points - median, axis=1))
-    done = 0
-    for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+    """Smoothed Weiszfeld iterations from the weighted mean; returns the point and iterations.
+
+    Updates near float64's limit (finite, as a Byzantine client may send them) can
+    put the mean so far out that every distance from it overflows: every weight
+    ``b_k`` is then 0 and the next point ``0/0``. The iterations then start from
+    the coordinate-wise median instead, and stop at a point from which every
+    distance overflows.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        median: Vector = alpha @ points
         distances = np.linalg.norm(points - median, axis=1)
-        beta = alpha / np.maximum(eps, distances)
-        median = (beta @ points) / beta.sum()
-        previous, objective = objective, float(alpha @ np.linalg.norm(points - median, axis=1))
-        if abs(previous - objective) <= tol * objective:
-            break
+        if not np.isfinite(distances).any():
+            median = np.median(points, axis=0)
+            distances = np.linalg.norm(points - median, axis=1)
+        objective = float(alpha @ distances)
+        done = 0
+        for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+            distances = np.linalg.norm(points - median, axis=1)
+            beta = alpha / np.maximum(eps, distances)
+            total = float(beta.sum())
+            if not total > 0.0:  # every distance overflows: no point is nearer
+                break
+            median = (beta @ points) / total
+            previous = objective
+            objective = float(alpha @ np.linalg.norm(points - median, axis=1))
+            if abs(previous - objective) <= tol * objective:
+                break
     return median, done

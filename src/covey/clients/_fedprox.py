@@ -65,13 +65,20 @@ def proximal_mu(config: Config, default: float = 0.0) -> float:
 
 
 def proximal_term(weights: Weights, global_weights: Weights, mu: float) -> float:
-    """``mu/2 ||w - w_global||^2`` over the floating-point arrays."""
+    """``mu/2 ||w - w_global||^2`` over the floating-point arrays.
+
+    Half-precision differences are squared in float32 and summed in float64: in float16 a sum
+    of squares past 65504 overflows to inf.
+    """
     total = 0.0
     for name, w in weights.items():
         if w.dtype.kind != "f":
             continue
         d = np.ravel(w - global_weights[name])
-        total += float(np.dot(d, d))
+        if d.dtype.itemsize < 4:
+            total += float(np.sum(np.square(d, dtype=np.float32), dtype=np.float64))
+        else:
+            total += float(np.dot(d, d))
     return 0.5 * mu * total
 
 
@@ -95,7 +102,9 @@ def proximal_grad(
         if mu == 0.0 or w.dtype.kind != "f":
             out[name] = np.array(g, copy=True)
         else:
-            out[name] = g + (mu * (w - global_weights[name])).astype(g.dtype, copy=False)
+            # asarray: arithmetic on 0-d arrays gives NumPy scalars, which are no weights.
+            term = (mu * (w - global_weights[name])).astype(g.dtype, copy=False)
+            out[name] = np.asarray(g + term)
     return out
 
 
@@ -119,7 +128,12 @@ def torch_proximal_term(module: Any, global_params: Mapping[str, Any], mu: float
     torch = torch_module()
     params = named_parameters(module)
     anchors = as_tensors(global_params, params)
-    term: Any = sum((torch.sum((p - anchors[name]) ** 2) for name, p in params.items()), 0.0)
+    half = (torch.float16, torch.bfloat16)
+    term: Any = 0.0
+    for name, p in params.items():
+        d = p - anchors[name]
+        # Half precision is squared and summed in float32: in float16 a sum past 65504 is inf.
+        term = term + torch.sum((d.float() if d.dtype in half else d) ** 2)
     return 0.5 * mu * term
 
 
