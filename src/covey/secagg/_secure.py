@@ -278,6 +278,7 @@ class _Secure:
             "secagg_threshold": res.plan.threshold,
             "secagg_ring_bits": res.bits,
             "secagg_dropped": sorted(res.dropped),
+            "secagg_suspects": sorted(res.suspects),
             "secagg_seconds": dict(res.seconds),
         }
         failures = tuple((c, w) for c, w in {**res.excluded, **res.dropped}.items())
