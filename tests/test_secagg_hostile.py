@@ -133,3 +133,18 @@ def _shamir_size() -> int:
     from covey.secagg._client_stages import SHARE_BYTES
 
     return SHARE_BYTES
+
+
+@pytest.mark.parametrize("key", ["c_pk", "s_pk"])
+def test_a_low_order_public_key_is_refused_by_the_server_not_by_every_neighbour(
+    key: str,
+) -> None:
+    # The all-zero X25519 point makes every key agreement with it fail: forwarded,
+    # it would make each neighbour of client 0 abort, and the round with them.
+    transport = Hostile(
+        8, "secagg.advertise", 0, lambda r: Reply(r.cid, r.kind, {**r.result, key: bytes(32)})
+    )
+    res = _sum(transport)
+    assert res.survivors == list(range(1, 8))
+    assert "X25519" in res.excluded[0]
+    np.testing.assert_array_equal(res.total, _plain(transport, res.survivors))

@@ -117,6 +117,13 @@ def collect_keys(
         ):
             state.left[u] = "malformed key advertisement"
             continue
+        try:
+            _crypto.check_public(c_pk)
+            _crypto.check_public(s_pk)
+        except _crypto.CryptoError as exc:
+            # Forwarded, such a key would make every neighbour's key agreement fail.
+            state.left[u] = f"a key advertisement with an unusable X25519 public key: {exc}"
+            continue
         state.keys[u] = (c_pk, s_pk)
     _need(state, len(state.keys), "advertised keys")
     out: dict[int, dict[int, dict[str, Any]]] = {}
