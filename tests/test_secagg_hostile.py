@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+import covey
 from covey.clients._client import run_task
 from covey.core._messages import Reply, Task
-from covey.secagg import SecAggAbort, _shamir, register_input, secure_sum
+from covey.secagg import SecAggAbort, _shamir, register_input, secure, secure_sum
+from covey.server import open_loop
 from covey.transport._memory import MemoryTransport
 
 LENGTH, BOUND = 20, 1000
@@ -34,9 +36,13 @@ class Hostile:
         self.sites = {c: Site(c) for c in range(n)}
         self.inner = MemoryTransport(sorted(self.sites), self._handle)
         self.kind, self.cid, self.attack = kind, cid, attack
+        self.trainers: dict[int, Trainer] = {}
 
     def _handle(self, cid: int, task: Task) -> Reply:
         return run_task(self.sites[cid], cid, task)
+
+    def _handle_fit(self, cid: int, task: Task) -> Reply:
+        return run_task(self.trainers.setdefault(cid, Trainer(cid)), cid, task)
 
     def clients(self) -> list[int]:
         return sorted(self.sites)
@@ -50,6 +56,15 @@ class Hostile:
 
     def close(self) -> None:
         pass
+
+
+class Trainer(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        delta = {"w": np.full(3, 0.01 * self.cid, dtype=np.float32)}
+        return covey.FitResult(delta=delta, num_examples=10 + self.cid)
 
 
 def _sum(transport: Hostile, **kw: Any) -> Any:
@@ -93,18 +108,17 @@ def _shifted(share: bytes) -> bytes:
 )
 @pytest.mark.parametrize("complete", [True, False])
 def test_false_unmasking_shares_never_crash_the_server_nor_change_the_sum(
-    rewrite: Callable[[bytes], bytes], complete: bool, caplog: pytest.LogCaptureFixture
+    rewrite: Callable[[bytes], bytes], complete: bool
 ) -> None:
     # Client 0 (the lowest evaluation point: its share is among the first a
     # reconstruction would take) reveals false shares of every survivor's self mask.
     n = 8 if complete else 40
     transport = Hostile(n, "secagg.unmask", 0, _shares(rewrite))
-    with caplog.at_level(logging.WARNING, logger="covey"):
-        res = _sum(transport, complete=complete, seed=3)
+    res = _sum(transport, complete=complete, seed=3)
     assert res.survivors == list(range(n))
     np.testing.assert_array_equal(res.total, _plain(transport, res.survivors))
     assert sorted(res.suspects) == [0]
-    assert "client 0 revealed" in caplog.text
+    assert "share" in res.suspects[0]
 
 
 def test_false_shares_that_cannot_be_outvoted_abort_the_round_cleanly() -> None:
@@ -148,3 +162,20 @@ def test_a_low_order_public_key_is_refused_by_the_server_not_by_every_neighbour(
     assert res.survivors == list(range(1, 8))
     assert "X25519" in res.excluded[0]
     np.testing.assert_array_equal(res.total, _plain(transport, res.survivors))
+
+
+def test_secure_fedavg_names_the_client_whose_false_shares_were_outvoted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = Hostile(6, "secagg.unmask", 2, _shares(_shifted))
+    transport.inner = MemoryTransport(list(range(6)), transport._handle_fit)
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        strategy = secure(covey.FedAvg(fraction_evaluate=0.0), clip_range=1.0)
+    loop = open_loop(strategy, transport, {"w": np.zeros(3, np.float32)})
+    loop.client_names = {c: f"site-{c}" for c in range(6)}
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        history = loop.run(1)
+    record = history.rounds[-1]
+    assert sorted(record.fit_participants) == list(range(6))
+    assert record.aggregate_info["secagg_suspects"] == [2]
+    assert "round 1: site-2 in secure aggregation: revealed a false share" in caplog.text

@@ -267,7 +267,7 @@ def secure_sum(
         request = {"session": session, "alive": alive, "dropped": dropped}
         tasks = {v: Task(KINDS[3], round, {}, None, request) for v in alive}
         replies = _exchange(transport, tasks, timeout, {})
-        total = _finish(state, alive, dropped, replies, round)
+        total = ss.finish(state, alive, dropped, _mappings(replies))
         seconds["unmask"] = time.perf_counter() - t0
     except cs.ProtocolAbort as exc:
         # A client's own error says more than the stage's summary ("no key shares").
@@ -280,21 +280,6 @@ def secure_sum(
     dropped_why = {u: state.dropped.get(u, "no masked input") for u in dropped}
     suspects = dict(state.suspects)
     return SecureSumResult(total, alive, dropped_why, excluded, graph, bits, seconds, suspects)
-
-
-def _finish(
-    state: ss.ServerState,
-    alive: list[int],
-    dropped: list[int],
-    replies: Mapping[int, Any],
-    round: int,
-) -> np.ndarray:
-    """Unmask the sum; log each survivor whose revealed shares were refused, by name."""
-    try:
-        return ss.finish(state, alive, dropped, _mappings(replies))
-    finally:
-        for u, why in sorted(state.suspects.items()):
-            logger.warning("round %d: secure aggregation: client %d %s", round, u, why)
 
 
 def _collect_masked(

@@ -318,7 +318,10 @@ class _Secure:
             if self.summed
             else Contribution(-1, examples, delta=delta)
         )
-        return FitOutcome((contribution,), tuple(res.survivors), examples, metrics, failures, info)
+        suspects = tuple((c, f"in secure aggregation: {why}") for c, why in res.suspects.items())
+        return FitOutcome(
+            (contribution,), tuple(res.survivors), examples, metrics, failures, info, None, suspects
+        )
 
 
 def secure(

@@ -304,9 +304,9 @@ def _take(
         if u not in table:
             continue  # an owner whose secret is not asked for: ignored
         if not (v in holders[u] or (own and u == v)):
-            state.suspects.setdefault(v, f"revealed a share of client {u}, which it does not hold")
+            state.suspects.setdefault(v, "revealed a share of a secret it does not hold")
         elif not (isinstance(share, bytes) and len(share) == SHARE_BYTES):
-            state.suspects.setdefault(v, f"revealed a malformed share of client {u}")
+            state.suspects.setdefault(v, "revealed a malformed share")
         else:
             table[u][x] = share
 
@@ -324,7 +324,7 @@ def _reconstruct(state: ServerState, u: int, shares: dict[int, bytes], what: str
     by_point = {x: v for v, x in state.xs.items()}
     for x in false:
         state.suspects.setdefault(
-            by_point[x], f"revealed a false share of client {u}'s {what} (outvoted)"
+            by_point[x], f"revealed a false share of a {what}, outvoted by the other holders"
         )
     return secret
 
