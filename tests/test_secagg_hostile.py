@@ -179,3 +179,17 @@ def test_secure_fedavg_names_the_client_whose_false_shares_were_outvoted(
     assert sorted(record.fit_participants) == list(range(6))
     assert record.aggregate_info["secagg_suspects"] == [2]
     assert "round 1: site-2 in secure aggregation: revealed a false share" in caplog.text
+
+
+def test_shares_no_neighbour_can_open_stop_the_round_unrevealed_naming_the_sender() -> None:
+    # As the threat model says: not something the server can tell apart, so the
+    # neighbours abort and the round stops before anything is unmasked.
+    def attack(reply: Reply) -> Reply:
+        sealed = {k: bytes(len(v)) for k, v in reply.result["shares"].items()}
+        return Reply(reply.cid, reply.kind, {"shares": sealed})
+
+    transport = Hostile(5, "secagg.share", 4, attack)
+    with pytest.raises(SecAggAbort) as info:
+        _sum(transport)
+    assert info.value.stage == "mask"
+    assert "the shares from client 4 fail authentication" in info.value.dropped[0]
