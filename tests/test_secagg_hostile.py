@@ -193,3 +193,27 @@ def test_shares_no_neighbour_can_open_stop_the_round_unrevealed_naming_the_sende
         _sum(transport)
     assert info.value.stage == "mask"
     assert "the shares from client 4 fail authentication" in info.value.dropped[0]
+
+
+@pytest.mark.parametrize("error", ["ProtocolAbort: the server lists this client as dropped", None])
+def test_an_abort_in_the_unmasking_says_which_clients_did_not_reveal_and_why(
+    error: str | None,
+) -> None:
+    # Two of three clients refuse (or never answer) the unmasking: the abort
+    # names them, with their own reason, rather than only the missing shares.
+    class Refusing(Hostile):
+        def exchange(
+            self, tasks: Mapping[int, Task], *, timeout: float | None = None
+        ) -> Iterator[Reply]:
+            for reply in self.inner.exchange(tasks, timeout=timeout):
+                if reply.kind != "secagg.unmask" or reply.cid == 0:
+                    yield reply
+                elif error is not None:
+                    yield Reply(reply.cid, reply.kind, error=f"Traceback ...\n{error}")
+
+    transport = Refusing(3, "", -1, lambda r: r)
+    with pytest.raises(SecAggAbort) as info:
+        _sum(transport)
+    assert info.value.stage == "unmask"
+    assert sorted(info.value.dropped) == [1, 2]
+    assert info.value.dropped[1] == (error or "no reply in time")
