@@ -270,8 +270,9 @@ def _collect(
     """The revealed shares by owner: of the survivors' seeds ``b`` and the dropouts' mask keys.
 
     Only a share its sender can hold is taken (the owner's own share of ``b``, or
-    one from a neighbour the owner shared keys with), of the right size and in
-    the field; anything else makes its sender a suspect.
+    one from a neighbour the owner shared keys with), of the right size; anything
+    else makes its sender a suspect. A value outside the field is caught, like
+    any false share, when the secret is reconstructed.
     """
     b_shares: dict[int, dict[int, bytes]] = {u: {} for u in alive}
     s_shares: dict[int, dict[int, bytes]] = {u: {} for u in dropped}
