@@ -194,3 +194,12 @@ def test_clients_failing_after_key_sharing_are_recovered_in_secure_fedavg() -> N
     assert record.aggregate_info["secagg_dropped"] == [2, 5]
     assert sorted(f.cid for f in record.fit_failures) == [2, 5]
     np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 / scale(CLIP, BITS))
+
+
+def test_a_ring_too_wide_is_refused_naming_bits_and_max_examples() -> None:
+    # Checked for a federation of up to 1000 clients when the strategy is made: the
+    # message speaks of the user's settings, not of "1000 values".
+    with pytest.raises(ValueError, match="bits=40 and max_examples=100000") as info:
+        secure(covey.FedAvg(), clip_range=CLIP, bits=40)
+    assert "1000 clients" in str(info.value)
+    assert "62" in str(info.value)

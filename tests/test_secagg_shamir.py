@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
 
@@ -104,3 +105,28 @@ def test_random_field_is_in_range_and_not_constant() -> None:
     values = _shamir.random_field((10_000,))
     assert values.max() < PRIME
     assert len(np.unique(values)) > 9_900
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(0, 12),
+    st.data(),
+)
+def test_decode_outvotes_up_to_half_the_spare_shares_and_refuses_more(
+    t: int, spare: int, data: st.DataObject
+) -> None:
+    secret = bytes(range(32))
+    m = t + spare
+    shares = split(secret, t, list(range(1, m + 1)))
+    wrong = data.draw(st.sets(st.integers(1, m), max_size=m))
+    for x in wrong:  # a false share: one limb moved inside the field
+        limbs = np.frombuffer(shares[x], dtype="<u4").astype(np.int64)
+        limbs[x % limbs.size] = (limbs[x % limbs.size] + 1) % PRIME
+        shares[x] = limbs.astype("<u4").tobytes()
+    if 2 * len(wrong) <= spare:
+        got, false = _shamir.decode(shares, t, 32)
+        assert (got, false) == (secret, sorted(wrong))
+    else:  # beyond the decoding bound: a refusal or an answer, never another error
+        with contextlib.suppress(ShamirError):
+            _shamir.decode(shares, t, 32)

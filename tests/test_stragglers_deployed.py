@@ -7,6 +7,7 @@ only where a round must close without a client; no test asserts a duration.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,7 +61,10 @@ def _events(run_dir: Path) -> list[tuple[str, str, str]]:
         return [(client, event, detail) for _, client, event, detail in store.events()]
 
 
-def test_a_late_reply_is_discarded_and_never_folded_into_a_later_round(tmp_path: Path) -> None:
+def test_a_late_reply_is_discarded_and_never_folded_into_a_later_round(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="covey")
     gate = threading.Event()
     released: list[int] = []
 
@@ -101,6 +105,8 @@ def test_a_late_reply_is_discarded_and_never_folded_into_a_later_round(tmp_path:
     np.testing.assert_allclose(result.weights["w"], np.full(8, w))
     assert released == [1]
     assert any(c == "slow" and e == "late-reply" for c, e, _ in _events(tmp_path / "run"))
+    # The deadline's warning names the client as every other line does, not by its number.
+    assert "still working: ['slow']" in caplog.text
 
 
 def test_a_run_that_cannot_reach_its_minimum_stops_and_records_why(tmp_path: Path) -> None:

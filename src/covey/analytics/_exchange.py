@@ -7,6 +7,7 @@ objects in this process (simulation) or a gRPC server that sites joined.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, clip_columns, l
 from covey.clients import run_task
 from covey.core import Task
 from covey.transport import MemoryTransport, Transport
+
+logger = logging.getLogger("covey")
 
 MAX_SITE_REPLY_CELLS = 50_000_000
 DEFAULT_THREAT = secagg.ThreatModel(corrupt_rate=0.05, dropout_rate=0.0)
@@ -216,6 +219,8 @@ class Federation:
             raise FederationQueryError(
                 f"secure aggregation stopped: {exc}" + (f" ({why})" if why else "")
             ) from None
+        for cid, what in sorted(out.suspects.items()):
+            logger.warning("%s %s in secure aggregation", self.names.get(cid, cid), what)
         if out.dropped or out.excluded:
             gone = {**out.dropped, **out.excluded}
             names = ", ".join(f"{self.names.get(c, c)} ({why})" for c, why in gone.items())

@@ -59,6 +59,18 @@ def public_of(private: bytes) -> bytes:
         raise CryptoError(f"not an X25519 private key: {exc}") from None
 
 
+def check_public(public: bytes) -> None:
+    """Refuse an X25519 public key no key agreement can use (e.g. a low-order point).
+
+    Raises:
+        CryptoError: Naming why the key is unusable.
+    """
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError as exc:
+        raise CryptoError(f"not a usable X25519 public key ({exc})") from None
+
+
 def agree(private: bytes, peer_public: bytes, session: bytes, purpose: bytes) -> bytes:
     """A 32-byte key shared with the owner of ``peer_public``, bound to the session and purpose."""
     try:

@@ -59,6 +59,10 @@ class SecureSumResult:
         plan: The graph's degree and threshold.
         bits: The ring's width.
         seconds: Wall time of each stage.
+        suspects: Survivors whose unmasking reply held a share the server
+            refused (malformed, not theirs to hold, or false and outvoted by the
+            other holders), with why; their own vector is still in ``total``,
+            which the refused shares did not change.
     """
 
     total: np.ndarray
@@ -68,6 +72,7 @@ class SecureSumResult:
     plan: GraphPlan
     bits: int
     seconds: dict[str, float] = field(default_factory=dict)
+    suspects: dict[int, str] = field(default_factory=dict)
 
 
 # -- the server side ---------------------------------------------------------------------
@@ -261,19 +266,21 @@ def secure_sum(
         stage, t0 = "unmask", time.perf_counter()
         request = {"session": session, "alive": alive, "dropped": dropped}
         tasks = {v: Task(KINDS[3], round, {}, None, request) for v in alive}
-        replies = _exchange(transport, tasks, timeout, {})
+        # A survivor that does not reveal is named if the unmasking then falls short.
+        replies = _exchange(transport, tasks, timeout, failures)
         total = ss.finish(state, alive, dropped, _mappings(replies))
         seconds["unmask"] = time.perf_counter() - t0
     except cs.ProtocolAbort as exc:
         # A client's own error says more than the stage's summary ("no key shares").
-        why = {**state.left, **state.dropped, **failures}
+        why = {**state.left, **state.dropped, **failures, **state.suspects}
         raise SecAggAbort(str(exc), stage, why) from None
     excluded = {u: failures.get(u, why) for u, why in state.left.items()}
     for u in cid_list:
         if u not in state.routed and u not in excluded:
             excluded[u] = failures.get(u, "left before sharing keys")
     dropped_why = {u: state.dropped.get(u, "no masked input") for u in dropped}
-    return SecureSumResult(total, alive, dropped_why, excluded, graph, bits, seconds)
+    suspects = dict(state.suspects)
+    return SecureSumResult(total, alive, dropped_why, excluded, graph, bits, seconds, suspects)
 
 
 def _collect_masked(

@@ -37,7 +37,7 @@ from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._handlers import register_builtin_input
 from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
-from covey.secagg._ring import RangeError, quantize, ring_bits, scale
+from covey.secagg._ring import MAX_BITS, RangeError, quantize, ring_bits, scale
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
@@ -46,6 +46,7 @@ FIT_INPUT = "covey.secagg.fit"
 Reducer = Literal["auto", "weighted_mean", "mean"]
 _INDIVIDUAL = {"FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "FedRFA", "QFedAvg"}
 DEFAULT_THREAT = ThreatModel(corrupt_rate=0.05, dropout_rate=0.15)
+_CHECKED_CLIENTS = 1000  # secure() refuses settings whose sum over this many clients would wrap
 
 
 def _layout(weights: Weights) -> list[tuple[str, tuple[int, ...], int]]:
@@ -278,6 +279,7 @@ class _Secure:
             "secagg_threshold": res.plan.threshold,
             "secagg_ring_bits": res.bits,
             "secagg_dropped": sorted(res.dropped),
+            "secagg_suspects": sorted(res.suspects),
             "secagg_seconds": dict(res.seconds),
         }
         failures = tuple((c, w) for c, w in {**res.excluded, **res.dropped}.items())
@@ -317,7 +319,10 @@ class _Secure:
             if self.summed
             else Contribution(-1, examples, delta=delta)
         )
-        return FitOutcome((contribution,), tuple(res.survivors), examples, metrics, failures, info)
+        suspects = tuple((c, f"in secure aggregation: {why}") for c, why in res.suspects.items())
+        return FitOutcome(
+            (contribution,), tuple(res.survivors), examples, metrics, failures, info, None, suspects
+        )
 
 
 def secure(
@@ -437,7 +442,16 @@ def secure(
         None if directory is None else dict(directory),
     )
     # Fail now, not in round 1, when even a modest federation would overflow the ring.
-    ring_bits(1000, fit.bound() + (noise.tail_bound if noise else 0))
+    try:
+        ring_bits(_CHECKED_CLIENTS, fit.bound() + (noise.tail_bound if noise else 0))
+    except RangeError:
+        need = (_CHECKED_CLIENTS * (fit.bound() + (noise.tail_bound if noise else 0))).bit_length()
+        raise RangeError(
+            f"secure aggregation with bits={fit.bits} and max_examples={max_examples}"
+            + (" and noise" if noise else "")
+            + f" needs a {need + 1}-bit ring to sum {_CHECKED_CLIENTS} clients' updates, "
+            f"more than {MAX_BITS}: lower bits or max_examples"
+        ) from None
     if not signed:
         warnings.warn(
             "secure aggregation without signed keys protects against an honest-but-curious "

@@ -50,6 +50,7 @@ class ServerState:
     total: np.ndarray | None = None
     dropped: dict[int, str] = field(default_factory=dict)  # cid -> why, after key sharing
     left: dict[int, str] = field(default_factory=dict)  # cid -> why, before key sharing
+    suspects: dict[int, str] = field(default_factory=dict)  # survivor -> a share refused, why
     stage: str = "setup"
 
 
@@ -115,6 +116,13 @@ def collect_keys(
             or (name is not None and not (isinstance(name, str) and len(name) <= 256))
         ):
             state.left[u] = "malformed key advertisement"
+            continue
+        try:
+            _crypto.check_public(c_pk)
+            _crypto.check_public(s_pk)
+        except _crypto.CryptoError as exc:
+            # Forwarded, such a key would make every neighbour's key agreement fail.
+            state.left[u] = f"a key advertisement with an unusable X25519 public key: {exc}"
             continue
         state.keys[u] = (c_pk, s_pk)
     _need(state, len(state.keys), "advertised keys")
@@ -259,27 +267,67 @@ def _collect(
     dropped: list[int],
     replies: Mapping[int, Mapping[str, Any]],
 ) -> tuple[dict[int, dict[int, bytes]], dict[int, dict[int, bytes]]]:
-    """The revealed shares by owner: of the survivors' seeds ``b`` and the dropouts' mask keys."""
+    """The revealed shares by owner: of the survivors' seeds ``b`` and the dropouts' mask keys.
+
+    Only a share its sender can hold is taken (the owner's own share of ``b``, or
+    one from a neighbour the owner shared keys with), of the right size; anything
+    else makes its sender a suspect. A value outside the field is caught, like
+    any false share, when the secret is reconstructed.
+    """
     b_shares: dict[int, dict[int, bytes]] = {u: {} for u in alive}
     s_shares: dict[int, dict[int, bytes]] = {u: {} for u in dropped}
+    holders = {u: _holders(state, u) for u in (*alive, *dropped)}
     for v, msg in replies.items():
         if v not in alive or not isinstance(msg, Mapping):
             continue
         for kind, table in (("b", b_shares), ("s", s_shares)):
             got = msg.get(kind)
             if isinstance(got, Mapping):
-                _take(table, got, state.xs[v])
+                _take(state, table, holders, got, v, own=kind == "b")
     return b_shares, s_shares
 
 
-def _take(table: dict[int, dict[int, bytes]], got: Mapping[Any, Any], x: int) -> None:
+def _take(
+    state: ServerState,
+    table: dict[int, dict[int, bytes]],
+    holders: Mapping[int, set[int]],
+    got: Mapping[Any, Any],
+    v: int,
+    own: bool,
+) -> None:
+    x = state.xs[v]
     for key, share in got.items():
         try:
             u = int(key)
         except (TypeError, ValueError):
+            state.suspects.setdefault(v, "revealed a share under a key that is not a client id")
             continue
-        if u in table and isinstance(share, bytes) and len(share) == SHARE_BYTES:
+        if u not in table:
+            continue  # an owner whose secret is not asked for: ignored
+        if not (v in holders[u] or (own and u == v)):
+            state.suspects.setdefault(v, "revealed a share of a secret it does not hold")
+        elif not (isinstance(share, bytes) and len(share) == SHARE_BYTES):
+            state.suspects.setdefault(v, "revealed a malformed share")
+        else:
             table[u][x] = share
+
+
+def _reconstruct(state: ServerState, u: int, shares: dict[int, bytes], what: str) -> bytes:
+    """Client ``u``'s secret from the revealed shares; the senders of false ones become suspects."""
+    try:
+        secret, false = _shamir.decode(shares, state.plan.threshold, SECRET_BYTES)
+    except _shamir.ShamirError as exc:
+        senders = sorted(v for v, x in state.xs.items() if x in shares)
+        raise ProtocolAbort(
+            f"the shares of client {u}'s {what} revealed by clients {senders} do not "
+            f"reconstruct it ({exc}): at least one of them sent a false share"
+        ) from None
+    by_point = {x: v for v, x in state.xs.items()}
+    for x in false:
+        state.suspects.setdefault(
+            by_point[x], f"revealed a false share of a {what}, outvoted by the other holders"
+        )
+    return secret
 
 
 def _strip_dropped(
@@ -311,12 +359,13 @@ def finish(
             raise ProtocolAbort(
                 f"only {len(b_shares[u])} shares of client {u}'s self mask came back"
             )
-        b = _shamir.combine(b_shares[u], t, SECRET_BYTES)
+        b = _reconstruct(state, u, b_shares[u], "self mask")
         _crypto.add_stream(total, _crypto.agree_seed(b, state.session), -1)
     for u in dropped:
         if len(s_shares[u]) < t:
             raise ProtocolAbort(
                 f"only {len(s_shares[u])} shares of client {u}'s mask key came back"
             )
-        _strip_dropped(state, total, u, _shamir.combine(s_shares[u], t, SECRET_BYTES), set(alive))
+        s_sk = _reconstruct(state, u, s_shares[u], "mask key")
+        _strip_dropped(state, total, u, s_sk, set(alive))
     return _ring.from_ring(total, state.bits)

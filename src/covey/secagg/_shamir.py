@@ -134,6 +134,89 @@ def combine_limbs(
     return out
 
 
+def _through(base: Sequence[int], points: np.ndarray, prime: int) -> np.ndarray:
+    """``w[k, i]``: the weight of the value at ``base[i]`` in the value at ``points[k]``.
+
+    The Lagrange basis of the polynomial of degree ``len(base) - 1`` through the
+    base points, evaluated at points that are not among them.
+    """
+    p = np.uint64(prime)
+    t = len(base)
+    num = np.ones((points.size, t), dtype=np.uint64)
+    for j, xj in enumerate(base):
+        factor = (points + np.uint64(prime - xj)) % p  # points - x_j, mod p
+        others = np.arange(t) != j
+        num[:, others] = (num[:, others] * factor[:, None]) % p
+    inv = []
+    for i, xi in enumerate(base):
+        den = 1
+        for j, xj in enumerate(base):
+            if j != i:
+                den = den * (xi - xj) % prime
+        inv.append(pow(den, -1, prime))
+    out: np.ndarray = (num * np.asarray(inv, dtype=np.uint64)[None, :]) % p
+    return out
+
+
+def _agreeing(values: np.ndarray, xs: np.ndarray, rows: np.ndarray, prime: int) -> np.ndarray:
+    """Which shares (``values[k]`` at ``xs[k]``) lie on the polynomial through ``rows``."""
+    p = np.uint64(prime)
+    rest = np.ones(xs.size, dtype=bool)
+    rest[rows] = False
+    ok = ~rest
+    if rest.any():
+        w = _through([int(x) for x in xs[rows]], xs[rest], prime)
+        expect = np.zeros((int(rest.sum()), values.shape[1]), dtype=np.uint64)
+        for i, r in enumerate(rows):
+            expect = (expect + (w[:, i : i + 1] * values[r][None, :]) % p) % p
+        ok[rest] = (expect == values[rest]).all(axis=1)
+    return ok
+
+
+def decode(shares: Mapping[int, bytes], threshold: int, length: int) -> tuple[bytes, list[int]]:
+    """The secret from shares some of which may be false, and the points of the false ones.
+
+    Every share is checked against the polynomial its fellows define. False
+    shares are told apart from true ones only when the polynomial through some
+    ``threshold`` of them agrees with all but at most ``(m - threshold) // 2`` of
+    the ``m`` shares (then it is the only such polynomial, as in the unique
+    decoding of Reed-Solomon codes); candidate polynomials are those through
+    disjoint, then overlapping, runs of ``threshold`` points. A share with a
+    value outside the field is false from the start.
+
+    Raises:
+        ShamirError: With fewer than ``threshold`` shares, malformed ones, or false
+            shares that cannot be outvoted.
+    """
+    if len(shares) < threshold or threshold < 1:
+        raise ShamirError(f"{len(shares)} shares cannot reconstruct a {threshold}-of-n secret")
+    expected = 4 * -(-length * 8 // LIMB_BITS)
+    points = sorted(shares)
+    if any(len(shares[x]) != expected for x in points) or not all(0 < x < PRIME for x in points):
+        raise ShamirError(f"a share is not {expected} bytes or its point is outside the field")
+    raw = np.frombuffer(b"".join(shares[x] for x in points), dtype="<u4")
+    values = raw.reshape(len(points), -1).astype(np.uint64)
+    m = len(points)
+    needed = m - (m - threshold) // 2
+    inside = np.nonzero((values < np.uint64(PRIME)).all(axis=1))[0]
+    xs = np.asarray(points, dtype=np.uint64)
+    starts = [*range(0, inside.size - threshold + 1, threshold)]
+    starts += range(1, inside.size - threshold + 1)
+    for start in dict.fromkeys(starts):
+        rows = inside[start : start + threshold]
+        ok = _agreeing(values, xs, rows, PRIME)
+        if int(ok.sum()) >= needed:
+            weights = np.asarray(lagrange_at_zero([int(x) for x in xs[rows]]), dtype=np.uint64)
+            limbs = np.zeros(values.shape[1], dtype=np.uint64)
+            for w, r in zip(weights, rows, strict=True):
+                limbs = (limbs + (w * values[r]) % np.uint64(PRIME)) % np.uint64(PRIME)
+            false = [points[k] for k in np.nonzero(~ok)[0]]
+            return _from_limbs([int(v) for v in limbs], length), false
+    raise ShamirError(
+        f"the {m} shares do not agree on a secret and too few agree to outvote the false ones"
+    )
+
+
 def split(secret: bytes, threshold: int, xs: Sequence[int]) -> dict[int, bytes]:
     """Share the bytes ``secret`` among holders ``xs``; any ``threshold`` of them recover it.
 

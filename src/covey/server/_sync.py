@@ -288,6 +288,8 @@ class RoundLoop(_LoopBase):
     ) -> None:
         """Aggregate what a custom fit exchange (``strategy.fit_round``) returned."""
         record.aggregate_info.update(outcome.info)
+        for cid, what in outcome.warnings:
+            logger.warning("round %d: %s %s", rnd, self.who(cid), what)
         for cid, why in outcome.failures:
             self._record_failure(record.fit_failures, Failure(cid, "fit", why))
         # The rule of a round through the transport: with accept_failures off, every

@@ -30,6 +30,9 @@ class FitOutcome(NamedTuple):
         failures: ``(cid, why)`` for each client that failed.
         info: What to record in the round's ``aggregate_info``.
         error: Why the round must stop (the run then stops with this reason).
+        warnings: ``(cid, what)`` for each thing a client did that the round got
+            past (a share it revealed that the exchange refused): the loop logs
+            each, naming the client.
     """
 
     contributions: tuple[Contribution, ...] = ()
@@ -39,6 +42,7 @@ class FitOutcome(NamedTuple):
     failures: tuple[tuple[int, str], ...] = ()
     info: Mapping[str, Any] = MappingProxyType({})
     error: str | None = None
+    warnings: tuple[tuple[int, str], ...] = ()
 
 
 FitRound = Callable[[Any, Sequence[int], Any, "float | None"], FitOutcome]

@@ -150,13 +150,19 @@ class GrpcServerTransport:
                     "deadline passed with %d client(s) still working: %s; their replies "
                     "will be discarded",
                     len(expecting),
-                    sorted(expecting)[:10],
+                    [self._name(cid) for cid in sorted(expecting)[:10]],
                 )
         finally:
             sink.open = False
             # The next exchange carries a new model: do not keep this one alive.
             self._broadcast = (None, None)
             self._extras = (None, None)
+
+    def _name(self, cid: int) -> str:
+        """Client ``cid``'s name (its certificate's), as the other log lines call it."""
+        with self._lock:
+            conn = self._fleet.get(cid)
+        return conn.name if conn is not None else f"client {cid}"
 
     def _send(self, cid: int, task: Task, blob: _codec.Encoded | None, sink: Sink) -> str:
         """Send ``task`` to client ``cid``, its reply to go to ``sink``.
