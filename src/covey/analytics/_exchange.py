@@ -127,8 +127,12 @@ class Federation:
 
     def check_budgets(
         self, request: Mapping[str, Any], first: Mapping[str, Any], releases: int
-    ) -> None:
+    ) -> list[str]:
         """Ask every answering site whether the DP query fits in its budget, before any stage.
+
+        Returns:
+            The sites that will withhold their small groups: their policy does not
+            accept the query's noise in place of its minimum group size.
 
         Raises:
             PolicyError: Naming each site that would refuse (nothing was charged).
@@ -143,6 +147,7 @@ class Federation:
         if short:
             reasons = "; ".join(f"{n}: {r}" for n, r in short.items())
             raise PolicyError(f"the query is refused before any site answers it ({reasons})")
+        return [self.names[c] for c in self.cids if answers[c].get("withholds") is not False]
 
     def spent(self, request: Mapping[str, Any]) -> dict[str, float]:
         """Each answering site's DP budget spent so far, as it declares it (after a query)."""
