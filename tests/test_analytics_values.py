@@ -204,3 +204,13 @@ def test_an_alias_naming_a_group_by_column_is_refused() -> None:
 
     with pytest.raises(QueryError, match="alias 'g' is the name of a GROUP BY column"):
         plan('SELECT g, COUNT(*) AS "g" FROM t GROUP BY g')
+
+
+def test_approx_top_k_cuts_a_long_value_on_a_character_boundary() -> None:
+    # 12 euro signs are 36 bytes: the 32 bytes the trie reads end inside the 11th
+    long = "€" * 12
+    frame = pd.DataFrame({"w": [long] * 12 + ["naïve"] * 11})
+    site = Site({"t": frame}, Policy(min_group_size=5))
+    df = query([site], "SELECT APPROX_TOP_K(w, 2) FROM t", secure=False)
+    assert df.iloc[0, 0] == ["€" * 10, "naïve"]
+    assert df.attrs["precision"]["APPROX_TOP_K(w, 2)"] == {"counts": [[12, 11]]}

@@ -39,6 +39,22 @@ class Computed:
     support: list[np.ndarray]
 
 
+def utf8_prefix(text: str, limit: int) -> bytes:
+    """The UTF-8 bytes of ``text``, cut to at most ``limit`` on a character boundary.
+
+    Example:
+        >>> utf8_prefix("a€b", 3)
+        b'a'
+    """
+    raw = text.encode("utf-8", errors="surrogatepass")
+    if len(raw) <= limit:
+        return raw
+    cut = limit
+    while cut > 0 and raw[cut] & 0xC0 == 0x80:  # a continuation byte: inside a character
+        cut -= 1
+    return raw[:cut]
+
+
 def _key(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -271,7 +287,7 @@ class _Stage:
         for g, value, n in self.rows(sql, group=f"__g, CAST({quote(col)} AS VARCHAR)"):
             if value is None:
                 continue
-            raw = str(value).encode()[:TOPK_MAX_BYTES]
+            raw = utf8_prefix(str(value), TOPK_MAX_BYTES)
             slot = index[int(g)].get(raw[:depth]) if len(raw) >= depth else None
             if slot is not None:
                 nxt = raw[depth] if len(raw) > depth else END
