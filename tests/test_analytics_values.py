@@ -214,3 +214,31 @@ def test_approx_top_k_cuts_a_long_value_on_a_character_boundary() -> None:
     df = query([site], "SELECT APPROX_TOP_K(w, 2) FROM t", secure=False)
     assert df.iloc[0, 0] == ["€" * 10, "naïve"]
     assert df.attrs["precision"]["APPROX_TOP_K(w, 2)"] == {"counts": [[12, 11]]}
+
+
+def test_a_boolean_column_is_summed_and_averaged_as_zeros_and_ones() -> None:
+    # AVG of a flag is the share of trues (DuckDB sums a BOOLEAN but has no AVG of one)
+    rng = np.random.default_rng(3)
+    frames = [
+        pd.DataFrame(
+            {
+                "g": rng.choice(["a", "b"], n),
+                "flag": pd.array(rng.choice([True, False, None], n), dtype="boolean"),
+            }
+        )
+        for n in (60, 90)
+    ]
+    policy = Policy(bounds={"flag": (0, 1)}, domains={"g": ["a", "b"]}, min_group_size=3)
+    sites = [Site({"t": f}, policy, name=f"s{i}") for i, f in enumerate(frames)]
+    sql = "SELECT g, SUM(flag), AVG(flag), VAR_SAMP(flag), COUNT(flag) FROM t GROUP BY g"
+    df = query(sites, sql, secure=True)
+    want = _pooled(
+        frames,
+        "SELECT g, SUM(flag) AS s, AVG(CAST(flag AS INT)) AS a, "
+        "VAR_SAMP(CAST(flag AS INT)) AS v, COUNT(flag) AS n FROM t GROUP BY g ORDER BY g",
+    )
+    assert df["SUM(flag)"].tolist() == want["s"].astype(float).tolist()
+    assert df["COUNT(flag)"].tolist() == want["n"].astype(float).tolist()
+    np.testing.assert_allclose(df["AVG(flag)"], want["a"], rtol=1e-9)
+    np.testing.assert_allclose(df["VAR_SAMP(flag)"], want["v"], rtol=1e-9)
+    assert df.attrs["clipped"] == {"flag": 0}

@@ -110,7 +110,8 @@ def _clip(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
 
 def _outside(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
     low, high = (float(b) for b in bounds[col])
-    return f"COUNT(*) FILTER (WHERE {quote(col)} < {low!r} OR {quote(col)} > {high!r})"
+    value = f"CAST({quote(col)} AS DOUBLE)"  # as _clip reads it (a BOOLEAN as 0 or 1)
+    return f"COUNT(*) FILTER (WHERE {value} < {low!r} OR {value} > {high!r})"
 
 
 MEMO_COLUMNS = 4

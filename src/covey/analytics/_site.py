@@ -72,7 +72,9 @@ def sensitivity(
 
 
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+# a BOOLEAN reads as 0 or 1 (SUM counts the trues, AVG is their share)
 _NUMBER_TYPES = (*_INTEGERS, *("U" + t for t in _INTEGERS), "FLOAT", "DOUBLE", "DECIMAL", "REAL")
+_NUMBER_TYPES += ("BOOLEAN",)
 
 
 def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
@@ -83,8 +85,7 @@ def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
             cols.append(str(a.args[0]))
         for col in cols:
             kind = types.get(str(col), "")
-            event = a.func == "kaplan_meier" and col != a.column and kind == "BOOLEAN"
-            if not kind.upper().startswith(_NUMBER_TYPES) and not event:
+            if not kind.upper().startswith(_NUMBER_TYPES):
                 raise PolicyError(
                     f"{a.name} needs numbers, but column {col!r} at this site holds {kind}"
                 )
