@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from covey.analytics import _dp
-from covey.analytics._compute import MAX_GROUPS, TOPK_MAX_BYTES
+from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
@@ -182,9 +182,7 @@ class _Query:
             if a.func.startswith("quantile"):
                 # the first round is part of the first stage
                 total += (self.bisect_rounds(a) - 1) * (2 if a.func == "quantile_cont" else 1)
-            elif a.func == "top_k":
-                total += TOPK_MAX_BYTES + 1
-        return total
+        return total + TopK.stages(self.plan)
 
     def bisect_rounds(self, a: Aggregate) -> int:
         return check_rounds(self.decl["bounds"][a.column], self.precision(a))
