@@ -35,4 +35,5 @@ def test_the_hospitals_example_answers_the_seed_question(
         assert first.loc[condition, "AVG(age_at_diagnosis)"] == pytest.approx(mean, rel=1e-6)
     dp = answers["average age at diagnosis with DP (epsilon=1.0)"]
     assert dp.attrs["privacy"]["epsilon"] == pytest.approx(1.0, rel=1e-3)
+    assert dp.attrs["privacy"]["withholding"] == []  # within the policy's max_epsilon
     assert "most common conditions" in capsys.readouterr().out

@@ -10,7 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import TASK_KIND, Policy, PolicyError, QueryError, Site, plan, query
+from covey.analytics import (
+    TASK_KIND,
+    FederationQueryError,
+    Policy,
+    PolicyError,
+    QueryError,
+    Site,
+    plan,
+    query,
+)
 from covey.clients import run_task
 from covey.core import Task
 
@@ -289,3 +298,19 @@ def test_a_timeout_that_waits_for_nothing_is_refused_before_any_site_answers(
     site = Site({"patients": _frame(50)}, POLICY)
     with pytest.raises(ValueError, match="timeout must be None or a positive number"):
         query([site], "SELECT COUNT(*) FROM patients", secure=False, timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_refusal_mid_query_reads_the_sites_reason_first(secure: bool) -> None:
+    # found only when the sites run the query; under secure aggregation the analyst
+    # read "secure aggregation aborted in stage mask: only 0 clients sent ..." first
+    frame = pd.DataFrame({"name": ["x", "y"] * 10, "age": [30.0, 40.0] * 10})
+    policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
+    sites = [Site({"p": frame}, policy, name=n) for n in "ab"]
+    with pytest.raises(FederationQueryError) as info:
+        query(sites, "SELECT SUM(age) FROM p WHERE name > 5", secure=secure)
+    message = str(info.value)
+    assert message.startswith("a")
+    assert "stopped answering mid-query: this site could not" in message
+    assert "Error:" not in message  # no exception class path before the reason
+    assert "stage mask" not in message.split("could not")[0]

@@ -295,3 +295,22 @@ def test_a_site_refuses_once_its_ledger_would_pass_its_epsilon() -> None:
     query(sites, "SELECT COUNT(*) FROM p WHERE age > 6", secure=False, epsilon=0.2)
     assert spent[1] < site.epsilon_spent <= 2.5
     assert site.budget.to_json()["ledger"]["entries"][-1][1] == 1
+
+
+def test_a_top_k_query_is_charged_what_its_budget_check_counted() -> None:
+    # values of 32 bytes and more: the trie reads every byte it may; under DP the noise
+    # keeps prefixes alive to the last byte, so every stage the plan counts is run
+    words = ["x" * 40, "y" * 35, "z" * 32]
+    frame = pd.DataFrame({"w": [words[0]] * 300 + [words[1]] * 150 + [words[2]] * 50})
+    policy = Policy(min_group_size=5, epsilon=10.0)
+    sites = [Site({"t": frame}, policy, name=f"s{i}") for i in range(2)]
+    for k, site in enumerate(sites):
+        site._rng = np.random.default_rng(50 + k)  # seeded: the answer cannot flake
+    sql = "SELECT APPROX_TOP_K(w, 2), APPROX_TOP_K(w, 3) FROM t"
+    df = query(sites, sql, secure=False, epsilon=2.0)
+    privacy = df.attrs["privacy"]
+    # COUNT(*), and one trie of the column for both aggregates: one release per byte
+    assert privacy["releases"] == 1 + 32
+    for site in sites:  # the check before the query counted what the sites were charged
+        assert site.epsilon_spent == pytest.approx(privacy["epsilon"], rel=1e-6)
+    assert df.iloc[0, 0] == ["x" * 32, "y" * 32]

@@ -204,3 +204,42 @@ def test_an_alias_naming_a_group_by_column_is_refused() -> None:
 
     with pytest.raises(QueryError, match="alias 'g' is the name of a GROUP BY column"):
         plan('SELECT g, COUNT(*) AS "g" FROM t GROUP BY g')
+
+
+def test_approx_top_k_cuts_a_long_value_on_a_character_boundary() -> None:
+    # 12 euro signs are 36 bytes: the 32 bytes the trie reads end inside the 11th
+    long = "€" * 12
+    frame = pd.DataFrame({"w": [long] * 12 + ["naïve"] * 11})
+    site = Site({"t": frame}, Policy(min_group_size=5))
+    df = query([site], "SELECT APPROX_TOP_K(w, 2) FROM t", secure=False)
+    assert df.iloc[0, 0] == ["€" * 10, "naïve"]
+    assert df.attrs["precision"]["APPROX_TOP_K(w, 2)"] == {"counts": [[12, 11]]}
+
+
+def test_a_boolean_column_is_summed_and_averaged_as_zeros_and_ones() -> None:
+    # AVG of a flag is the share of trues (DuckDB sums a BOOLEAN but has no AVG of one)
+    rng = np.random.default_rng(3)
+    flags = (True, False, None)
+    frames = [
+        pd.DataFrame(
+            {
+                "g": rng.choice(["a", "b"], n),
+                "flag": pd.array([flags[i] for i in rng.integers(0, 3, n)], dtype="boolean"),
+            }
+        )
+        for n in (60, 90)
+    ]
+    policy = Policy(bounds={"flag": (0, 1)}, domains={"g": ["a", "b"]}, min_group_size=3)
+    sites = [Site({"t": f}, policy, name=f"s{i}") for i, f in enumerate(frames)]
+    sql = "SELECT g, SUM(flag), AVG(flag), VAR_SAMP(flag), COUNT(flag) FROM t GROUP BY g"
+    df = query(sites, sql, secure=True)
+    want = _pooled(
+        frames,
+        "SELECT g, SUM(flag) AS s, AVG(CAST(flag AS INT)) AS a, "
+        "VAR_SAMP(CAST(flag AS INT)) AS v, COUNT(flag) AS n FROM t GROUP BY g ORDER BY g",
+    )
+    assert df["SUM(flag)"].tolist() == want["s"].astype(float).tolist()
+    assert df["COUNT(flag)"].tolist() == want["n"].astype(float).tolist()
+    np.testing.assert_allclose(df["AVG(flag)"], want["a"], rtol=1e-9)
+    np.testing.assert_allclose(df["VAR_SAMP(flag)"], want["v"], rtol=1e-9)
+    assert df.attrs["clipped"] == {"flag": 0}

@@ -268,6 +268,7 @@ def test_the_guides_settings_files_are_what_covey_reads(tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(_data_block("docs/analytics.md", "[policy]"))
     assert load_policy(policy).bounds == {"age_at_diagnosis": (0.0, 110.0)}
+    assert load_policy(policy).max_epsilon == 1.0
     policy.write_text(_data_block("examples/hospitals-analytics/README.md", "[policy]"))
     assert load_policy(policy).min_group_size == 10  # the policy.toml of the example's sites
 

@@ -59,6 +59,7 @@ def hospitals(folder: Path, scale: float = 1.0) -> list[Site]:
         bounds={"age_at_diagnosis": (0, 110)},
         domains={"condition": CONDITIONS, "sex": ["F", "M"]},
         min_group_size=10,
+        max_epsilon=1.0,  # DP queries up to epsilon 1 need not withhold small groups
     )
     tables: list[Any] = []
     for i, (n, mean_age, weights) in enumerate(HOSPITALS):

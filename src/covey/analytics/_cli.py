@@ -58,6 +58,7 @@ def load_policy(path: Path | None) -> Any:
         "domains",
         "min_group_size",
         "epsilon",
+        "max_epsilon",
         "min_max",
         "distinct",
     }
@@ -212,6 +213,8 @@ def result_table(df: Any, title: str) -> Table:
         notes.append(
             f"privacy: epsilon {p['epsilon']:.4g} (delta {p['delta']:g}, {p['mechanism']})"
         )
+        if p.get("withholding"):
+            notes.append(f"small groups withheld by: {', '.join(p['withholding'])}")
     table.caption = Text("; ".join(notes))
     return table
 

@@ -39,6 +39,22 @@ class Computed:
     support: list[np.ndarray]
 
 
+def utf8_prefix(text: str, limit: int) -> bytes:
+    """The UTF-8 bytes of ``text``, cut to at most ``limit`` on a character boundary.
+
+    Example:
+        >>> utf8_prefix("a€b", 3)
+        b'a'
+    """
+    raw = text.encode("utf-8", errors="surrogatepass")
+    if len(raw) <= limit:
+        return raw
+    cut = limit
+    while cut > 0 and raw[cut] & 0xC0 == 0x80:  # a continuation byte: inside a character
+        cut -= 1
+    return raw[:cut]
+
+
 def _key(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -94,7 +110,8 @@ def _clip(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
 
 def _outside(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
     low, high = (float(b) for b in bounds[col])
-    return f"COUNT(*) FILTER (WHERE {quote(col)} < {low!r} OR {quote(col)} > {high!r})"
+    value = f"CAST({quote(col)} AS DOUBLE)"  # as _clip reads it (a BOOLEAN as 0 or 1)
+    return f"COUNT(*) FILTER (WHERE {value} < {low!r} OR {value} > {high!r})"
 
 
 MEMO_COLUMNS = 4
@@ -271,7 +288,7 @@ class _Stage:
         for g, value, n in self.rows(sql, group=f"__g, CAST({quote(col)} AS VARCHAR)"):
             if value is None:
                 continue
-            raw = str(value).encode()[:TOPK_MAX_BYTES]
+            raw = utf8_prefix(str(value), TOPK_MAX_BYTES)
             slot = index[int(g)].get(raw[:depth]) if len(raw) >= depth else None
             if slot is not None:
                 nxt = raw[depth] if len(raw) > depth else END

@@ -49,6 +49,11 @@ def event(mechanism: str, multiplier: float, releases: int) -> dpa.DpEvent:
     return dpa.SelfComposedDpEvent(one, releases)
 
 
+def cost(mechanism: str, multiplier: float, releases: int, delta: float) -> float:
+    """The epsilon at ``delta`` of ``releases`` releases at noise ``multiplier`` (RDP)."""
+    return Ledger().add(event(mechanism, multiplier, releases)).epsilon(delta)
+
+
 def calibrate(mechanism: str, epsilon: float, delta: float, releases: int) -> float:
     """The noise multiplier that makes ``releases`` releases cost ``epsilon`` at ``delta``.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,10 @@ MAX_SITE_REPLY_CELLS = 50_000_000
 DEFAULT_THREAT = secagg.ThreatModel(corrupt_rate=0.05, dropout_rate=0.0)
 COMPLETE_UP_TO = 20
 """Up to this many sites, secure aggregation pairs every site with every other (SecAgg)."""
+
+
+# how a site's refusal in a secure stage reaches the server: its masking task's error
+_REFUSAL = re.compile(r"^(?:[\w.]+\.)?(?:PolicyError|QueryError|PermissionError): (.+)$", re.S)
 
 
 class FederationQueryError(RuntimeError):
@@ -130,8 +135,12 @@ class Federation:
 
     def check_budgets(
         self, request: Mapping[str, Any], first: Mapping[str, Any], releases: int
-    ) -> None:
+    ) -> list[str]:
         """Ask every answering site whether the DP query fits in its budget, before any stage.
+
+        Returns:
+            The sites that will withhold their small groups: their policy does not
+            accept the query's noise in place of its minimum group size.
 
         Raises:
             PolicyError: Naming each site that would refuse (nothing was charged).
@@ -146,6 +155,7 @@ class Federation:
         if short:
             reasons = "; ".join(f"{n}: {r}" for n, r in short.items())
             raise PolicyError(f"the query is refused before any site answers it ({reasons})")
+        return [self.names[c] for c in self.cids if answers[c].get("withholds") is not False]
 
     def spent(self, request: Mapping[str, Any]) -> dict[str, float]:
         """Each answering site's DP budget spent so far, as it declares it (after a query)."""
@@ -215,6 +225,7 @@ class Federation:
                 complete=len(self.cids) <= COMPLETE_UP_TO or None,
             )
         except secagg.SecAggAbort as exc:
+            self._refused_mid_query(exc.dropped, f"secure aggregation stopped in stage {exc.stage}")
             why = "; ".join(f"{self.names.get(c, c)}: {w}" for c, w in sorted(exc.dropped.items()))
             raise FederationQueryError(
                 f"secure aggregation stopped: {exc}" + (f" ({why})" if why else "")
@@ -223,6 +234,7 @@ class Federation:
             logger.warning("%s %s in secure aggregation", self.names.get(cid, cid), what)
         if out.dropped or out.excluded:
             gone = {**out.dropped, **out.excluded}
+            self._refused_mid_query(gone, "secure aggregation went on without them")
             names = ", ".join(f"{self.names.get(c, c)} ({why})" for c, why in gone.items())
             raise FederationQueryError(f"sites left during secure aggregation: {names}")
         total = np.asarray(out.total, dtype=np.float64)
@@ -241,6 +253,25 @@ class Federation:
         result.outside_domain = int(total[start])
         result.withheld_groups = int(total[start + 1])
         return result
+
+    def _refused_mid_query(self, why: Mapping[int, str], then: str) -> None:
+        """Raise with the reasons of the sites that refused a secure stage, if any did.
+
+        A site's refusal (its policy, the SQL, its budget) reaches the server as the
+        error of its masking task, ``module.PolicyError: reason``: the analyst reads
+        the reason, as without secure aggregation, not the protocol's summary first.
+        """
+        refusals: dict[str, list[str]] = {}
+        for cid, text in sorted(why.items()):
+            found = _REFUSAL.match(text)
+            if found:
+                refusals.setdefault(found.group(1), []).append(str(self.names.get(cid, cid)))
+        if refusals:
+            reasons = "; ".join(
+                f"{', '.join(names)} stopped answering mid-query: {reason}"
+                for reason, names in refusals.items()
+            )
+            raise FederationQueryError(f"{reasons} ({then})")
 
     @staticmethod
     def _check(

@@ -59,6 +59,11 @@ class Policy:
             bucket of each value's unkeyed hash, so whoever sums it can tell whether
             a guessed value is among those of the rows selected: a column is listed
             only if its values may be seen (none by default).
+        max_epsilon: The most epsilon (at ``delta``) a DP query may cost at this site
+            for the site to answer it without withholding its small groups (None: the
+            budget ``epsilon``). A query whose noise is weaker, or any query when the
+            policy sets neither, is answered with the small groups withheld as without
+            DP: noise alone is a protection only as strong as the site accepts.
 
     Example:
         >>> p = Policy(bounds={"age": (0, 120)}, domains={"sex": ["F", "M"]})
@@ -75,6 +80,7 @@ class Policy:
     min_max: Sequence[str] = ()
     delta: float = 1e-6
     distinct: Sequence[str] = ()
+    max_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("tables", "columns", "min_max", "distinct"):
@@ -97,8 +103,14 @@ class Policy:
                 raise ValueError(f"bounds[{col!r}] must be finite with low < high, got {bound!r}")
         for col, values in self.domains.items():
             _check_domain(col, values)
-        if self.epsilon is not None and not self.epsilon > 0:
-            raise ValueError(f"epsilon must be positive, got {self.epsilon}")
+        for name in ("epsilon", "max_epsilon"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (value > 0 and math.isfinite(value))
+            ):
+                raise ValueError(f"{name} must be positive and finite, got {value!r}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
@@ -109,9 +121,18 @@ class Policy:
             "domains": {c: list(v) for c, v in self.domains.items()},
             "min_group_size": self.min_group_size,
             "epsilon": self.epsilon,
+            "max_epsilon": self.max_epsilon,
             "min_max": list(self.min_max),
             "distinct": list(self.distinct),
         }
+
+    @property
+    def dp_level(self) -> float | None:
+        """The most epsilon a query may cost for its noise to stand in for withholding.
+
+        ``max_epsilon``, else the budget ``epsilon``; None (always withhold) without either.
+        """
+        return self.max_epsilon if self.max_epsilon is not None else self.epsilon
 
     def check(self, plan: Plan, *, secure: bool, dp: bool) -> None:
         """Raise :class:`PolicyError` with the reason if this site does not answer ``plan``."""

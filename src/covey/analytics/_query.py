@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from covey.analytics import _dp
-from covey.analytics._compute import MAX_GROUPS, TOPK_MAX_BYTES
+from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
@@ -63,6 +63,7 @@ class _Query:
         self.meta: dict[str, Any] = {"clipped": {}, "outside_domain": 0, "withheld_groups": 0}
         self.spent: dict[str, float] = {}
         self.repeat = False  # a query the analyst was already charged for
+        self.withholding: list[str] = []  # sites whose policy finds the noise too weak
 
     # -- stages --------------------------------------------------------------------------
 
@@ -90,6 +91,8 @@ class _Query:
                 "multiplier": self.multiplier,
                 # an answer seen on its own (not masked) carries all of the noise
                 "shares": len(self.fed.cids) if self.opt["secure"] else 1,
+                # the whole query's releases: a site withholds in all its stages or none
+                "releases": self.releases,
             }
         return req
 
@@ -179,9 +182,7 @@ class _Query:
             if a.func.startswith("quantile"):
                 # the first round is part of the first stage
                 total += (self.bisect_rounds(a) - 1) * (2 if a.func == "quantile_cont" else 1)
-            elif a.func == "top_k":
-                total += TOPK_MAX_BYTES + 1
-        return total
+        return total + TopK.stages(self.plan)
 
     def bisect_rounds(self, a: Aggregate) -> int:
         return check_rounds(self.decl["bounds"][a.column], self.precision(a))
@@ -229,7 +230,9 @@ class _Query:
             # every site checks the whole query against its budget first: one that
             # cannot afford it would otherwise refuse after the others have spent
             describe = {"sql": self.plan.sql, "secure": self.opt["secure"], "dp": {}}
-            self.fed.check_budgets(describe, self.request(copy.deepcopy(stats)), self.releases)
+            self.withholding = self.fed.check_budgets(
+                describe, self.request(copy.deepcopy(stats)), self.releases
+            )
             analyst = self.opt.get("analyst")
             if analyst is not None:
                 # free again only when the sites' caches give the same noisy answer:
@@ -372,6 +375,7 @@ class _Query:
                 "mechanism": self.opt["mechanism"],
                 "noise_multiplier": self.multiplier,
                 "releases": self.releases,
+                "withholding": list(self.withholding),
                 "site_spent": dict(self.spent),
                 "analyst_spent": None if self.opt["analyst"] is None else self.opt["analyst"].spent,
             }

@@ -27,6 +27,7 @@ from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
 from covey.analytics._sql import Plan, QueryError, plan
 from covey.analytics._tables import columns, load_tables
+from covey.analytics._withholding import noise_request, noise_suffices, withhold
 from covey.clients import Client
 from covey.clients._client import register_builtin
 from covey.core import Task
@@ -71,7 +72,9 @@ def sensitivity(
 
 
 _INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+# a BOOLEAN reads as 0 or 1 (SUM counts the trues, AVG is their share)
 _NUMBER_TYPES = (*_INTEGERS, *("U" + t for t in _INTEGERS), "FLOAT", "DOUBLE", "DECIMAL", "REAL")
+_NUMBER_TYPES += ("BOOLEAN",)
 
 
 def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
@@ -82,8 +85,7 @@ def _check_numeric(p: Plan, types: Mapping[str, str]) -> None:
             cols.append(str(a.args[0]))
         for col in cols:
             kind = types.get(str(col), "")
-            event = a.func == "kaplan_meier" and col != a.column and kind == "BOOLEAN"
-            if not kind.upper().startswith(_NUMBER_TYPES) and not event:
+            if not kind.upper().startswith(_NUMBER_TYPES):
                 raise PolicyError(
                     f"{a.name} needs numbers, but column {col!r} at this site holds {kind}"
                 )
@@ -193,28 +195,6 @@ def flatten(answer: Mapping[str, Any], stats: Sequence[Mapping[str, Any]]) -> np
     return np.concatenate([*parts, np.asarray(tail, dtype=np.int64)])
 
 
-def _withhold(
-    got: Computed, stats: Sequence[Mapping[str, Any]], vectors: list[np.ndarray], k: int
-) -> tuple[dict[str, int], int, int]:
-    """Zero what fewer than ``k`` records make up; the counts sent beside the answer.
-
-    A statistic is zeroed in each group where fewer than ``k`` rows hold values of
-    its columns (the group's rows for ``COUNT(*)``): a sum over one bonus among
-    forty rows is that bonus. The clipped and out-of-domain counts are sent only
-    when at least ``k`` (else 0), and the withheld groups are those under ``k``,
-    empty ones included: if 0 and 1 were told apart, a condition naming one
-    record would read its values one comparison at a time.
-
-    Returns:
-        The clipped counts per column, the rows outside the domain, the withheld groups.
-    """
-    for s, v, reads in zip(stats, vectors, got.support, strict=True):
-        v[reads < k] = np.nan if s["op"] in ("min", "max") else 0.0
-    clipped = {c: n if n >= k else 0 for c, n in got.clipped.items()}
-    outside = got.outside_domain if got.outside_domain >= k else 0
-    return clipped, outside, int(np.sum(got.group_counts < k))
-
-
 class Site(Client):
     """A site that answers SQL analytics over its own tables, under its own policy.
 
@@ -292,10 +272,15 @@ class Site(Client):
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Check a query and declare what the server needs to plan it (bounds, domains)."""
         policy, _ = self._check(request)
+        reply = {"site": self.name, **policy.describe(), "spent": self.budget.spent}
         first = request.get("first")
         if isinstance(first, Mapping):  # would the whole query fit in the budget?
-            self._check_budget(first, request.get("releases"))
-        return {"site": self.name, **policy.describe(), "spent": self.budget.spent}
+            releases = request.get("releases")
+            self._check_budget(first, releases)
+            dp = first.get("dp")
+            if isinstance(dp, Mapping):  # and will the site withhold its small groups?
+                reply["withholds"] = not noise_suffices(policy, {**dp, "releases": releases}, 1)
+        return reply
 
     def _check_budget(self, first: Mapping[str, Any], releases: Any) -> None:
         """Refuse a DP query whose planned releases would pass the budget, charging nothing.
@@ -310,9 +295,7 @@ class Site(Client):
             or self._key(first, bool(first.get("secure"))) in self._cache
         ):
             return
-        mechanism, multiplier = str(dp.get("mechanism")), float(dp.get("multiplier", 0.0))
-        if mechanism not in _dp.MECHANISMS or not 0 < multiplier < math.inf:
-            raise PolicyError(f"bad noise request: {mechanism} at multiplier {multiplier}")
+        mechanism, multiplier, _ = noise_request(dp)
         if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
             raise PolicyError(f"bad noise request: {releases!r} releases")
         self.budget.check(_dp.event(mechanism, multiplier, releases))
@@ -353,17 +336,10 @@ class Site(Client):
                 if col is not None and col not in p.columns():
                     raise PolicyError(f"a statistic reads {col!r}, which the query does not name")
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
-        got = self._compute(p, domains, bounds, stats)
         dp = request.get("dp")
-        vectors = [v.copy() for v in got.vectors]
-        if dp is None:
-            clipped, outside, withheld = _withhold(got, stats, vectors, policy.min_group_size)
-        else:
-            # Withholding would let one record move a count from 0 to the minimum group
-            # size, past the sensitivity the noise is calibrated for; with DP the server
-            # suppresses small noisy totals instead (post-processing). The exact counts
-            # of clipped and out-of-domain rows would be releases without noise.
-            clipped, outside, withheld = dict.fromkeys(got.clipped, 0), 0, 0
+        skip = noise_suffices(policy, dp, len(stats))  # checks the noise request first
+        got = self._compute(p, domains, bounds, stats)
+        vectors, clipped, outside, withheld = withhold(got, stats, policy, dp, skip)
         spent = self.budget.spent
         if dp is not None:
             spent = self._noise(dp, stats, bounds, vectors)
@@ -412,10 +388,7 @@ class Site(Client):
         bounds: Mapping[str, Sequence[float]],
         vectors: list[np.ndarray],
     ) -> float:
-        mechanism, multiplier = str(dp["mechanism"]), float(dp["multiplier"])
-        shares = int(dp["shares"])
-        if not (0 < multiplier < math.inf and 1 <= shares <= 100_000):
-            raise PolicyError(f"bad noise request: multiplier {multiplier}, {shares} shares")
+        mechanism, multiplier, shares = noise_request(dp)
         for s in stats:
             mine = sensitivity(s, bounds, mechanism)
             declared = float(s.get("sensitivity", -1.0))

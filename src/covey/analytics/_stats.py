@@ -184,25 +184,46 @@ class TopK:
     """The most frequent values of a column by growing a prefix trie one byte per stage.
 
     A prefix (or a finished value) is kept only if at least the minimum group
-    size of records share it, so a rare value is never revealed.
+    size of records share it, so a rare value is never revealed. One trie per
+    column serves every ``APPROX_TOP_K`` of it, in at most :data:`TOPK_MAX_BYTES`
+    stages: a prefix grown to that many bytes is a finished value (the sites
+    read no more of a value), so no stage is spent confirming it.
     """
 
     def __init__(self, q: _Query) -> None:
         self.q = q
+        self._tries: dict[str, list[dict[bytes, float]]] = {}
+
+    @staticmethod
+    def stages(p: Plan) -> int:
+        """The most stages (each one release) the tries of ``p``'s aggregates can take."""
+        return TOPK_MAX_BYTES * len({a.column for a in p.aggregates if a.func == "top_k"})
 
     def run(self, a: Aggregate) -> tuple[list[list[str]], list[list[int]]]:
         """The top ``k`` values per group, most frequent first, and their counts."""
         k = int(a.args[0])
+        col = str(a.column)
+        if col not in self._tries:
+            self._tries[col] = self._grow(col)
+        values, counts_out = [], []
+        for done in self._tries[col]:
+            best = sorted(done.items(), key=lambda t: (-t[1], t[0]))[:k]
+            values.append([v.decode("utf-8", errors="replace") for v, _ in best])
+            counts_out.append([round(n) for _, n in best])
+        return values, counts_out
+
+    def _grow(self, col: str) -> list[dict[bytes, float]]:
+        """The finished values of ``col`` per group that the minimum lets through, counted."""
         threshold = max(1, int(self.q.decl["min_group_size"]))
         groups = self.q.groups
         live: list[list[bytes]] = [[b""] for _ in range(groups)]
         done: list[dict[bytes, float]] = [{} for _ in range(groups)]
-        for depth in range(TOPK_MAX_BYTES + 1):
+        for depth in range(TOPK_MAX_BYTES):
             if not any(live):
                 break
             stat = {
                 "op": "prefix",
-                "col": a.column,
+                "col": col,
                 "prefixes": [[p.hex() for p in ps] for ps in live],
                 "depth": depth,
             }
@@ -213,19 +234,16 @@ class TopK:
                 for i, prefix in enumerate(live[g]):
                     for sym in np.nonzero(counts[g, i] >= threshold)[0]:
                         n = float(counts[g, i, sym])
-                        if sym == END or depth == TOPK_MAX_BYTES:
+                        if sym == END:
                             done[g][prefix] = n
+                        elif depth == TOPK_MAX_BYTES - 1:  # as long as the sites read
+                            done[g][prefix + bytes([int(sym)])] = n
                         else:
                             grown.append((n, prefix + bytes([int(sym)])))
                 grown.sort(key=lambda t: (-t[0], t[1]))
                 nxt.append([p for _, p in grown[:MAX_PREFIXES]])
             live = nxt
-        values, counts_out = [], []
-        for g in range(groups):
-            best = sorted(done[g].items(), key=lambda t: (-t[1], t[0]))[:k]
-            values.append([v.decode("utf-8", errors="replace") for v, _ in best])
-            counts_out.append([round(n) for _, n in best])
-        return values, counts_out
+        return done
 
 
 def check_rounds(bounds: tuple[float, float], precision: float) -> int:

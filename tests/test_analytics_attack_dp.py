@@ -1,0 +1,91 @@
+"""A server asking for noise too weak to stand in for the minimum group size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covey.analytics import TASK_KIND, Policy, Site, query
+from covey.clients import run_task
+from covey.core import Task
+
+SQL = "SELECT sex, COUNT(*), SUM(salary) FROM t GROUP BY sex"
+
+
+def _frame() -> pd.DataFrame:
+    # one record is the whole of group "X": its salary is what a server wants
+    sex = ["F"] * 30 + ["M"] * 30 + ["X"]
+    salary = [50_000.0] * 60 + [123_456.0]
+    return pd.DataFrame({"sex": sex, "salary": salary})
+
+
+def _policy(**dp: Any) -> Policy:
+    return Policy(
+        bounds={"salary": (0, 2e5)}, domains={"sex": ["F", "M", "X"]}, min_group_size=10, **dp
+    )
+
+
+def _dishonest(site: Site, multiplier: float, **dp: Any) -> dict[str, Any]:
+    """A request no honest query makes: a noise multiplier that is next to no noise."""
+    request = {
+        "op": "answer",
+        "sql": SQL,
+        "secure": False,
+        "domains": {"sex": ["F", "M", "X"]},
+        "stats": [
+            {"op": "count", "sensitivity": 1.0},
+            {"op": "count_col", "col": "salary", "sensitivity": 1.0},
+            {"op": "sum", "col": "salary", "sensitivity": 2e5},
+        ],
+        "dp": {"mechanism": "laplace", "multiplier": multiplier, "shares": 1, **dp},
+    }
+    reply = run_task(site, 0, Task(TASK_KIND, 1, payload=request))
+    assert reply.error is None, reply.error
+    assert isinstance(reply.result, dict)
+    return reply.result
+
+
+@pytest.mark.parametrize(
+    "dp",
+    [
+        {},  # a policy without DP settings withholds whatever the request says
+        {"max_epsilon": 1.0},
+        # a budget large enough to pay for it: charged, and withheld all the same
+        {"epsilon": 1e10, "max_epsilon": 1.0},
+        {"epsilon": 1.0, "max_epsilon": 1e10},  # the budget refuses it first
+    ],
+)
+def test_a_tiny_noise_multiplier_does_not_unlock_a_group_of_one(dp: dict[str, Any]) -> None:
+    site = Site({"t": _frame()}, _policy(**dp))
+    result = _dishonest(site, 1e-9, releases=1)  # and it claims a query of one release
+    if dp.get("epsilon") == 1.0:
+        assert "privacy budget is spent" in result["refused"]
+        return
+    counts, _, sums = (np.asarray(v, dtype=float) for v in result["vectors"])
+    # F and M (30 each) are answered; the one record of X is withheld, not read
+    assert counts[:2] == pytest.approx([30, 30], abs=1e-3)
+    assert abs(counts[2]) < 1e-3
+    assert abs(sums[2]) < 1.0
+
+
+def test_noise_as_strong_as_the_policy_asks_skips_withholding() -> None:
+    site = Site({"t": _frame()}, _policy(max_epsilon=1.0))
+    # one release at multiplier 100: epsilon 0.01, within the site's level
+    result = _dishonest(site, 100.0)
+    counts = np.asarray(result["vectors"][0], dtype=float)
+    assert counts[2] != 0.0  # noise on the group of one, not a withheld zero
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_an_honest_dp_query_within_the_level_is_answered_without_withholding(
+    secure: bool,
+) -> None:
+    policy = _policy(epsilon=10.0, max_epsilon=1.0)
+    sites = [Site({"t": _frame()}, policy, name=f"s{i}") for i in range(2)]
+    df = query(sites, SQL, secure=secure, epsilon=1.0)
+    assert df.attrs["privacy"]["withholding"] == []
+    weak = query(sites, SQL + " ", secure=secure, epsilon=2.0)
+    assert weak.attrs["privacy"]["withholding"] == ["s0", "s1"]
