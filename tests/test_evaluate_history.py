@@ -169,3 +169,30 @@ def test_a_served_run_stopped_by_an_error_says_why_in_history_json(tmp_path: Pat
     saved = covey.History.load(tmp_path / "run")
     assert [r.round for r in saved] == [0, 1]
     assert saved.stopped_reason == "RuntimeError: enough"
+
+
+class Huge(covey.Client):
+    """Client 0 reports an int no float holds, as a fit metric and as its evaluation loss."""
+
+    def __init__(self, cid: int) -> None:
+        self.huge = 10**400 if cid == 0 else 1
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights=weights, num_examples=1, metrics={"count": self.huge})
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=self.huge, num_examples=1)
+
+
+def test_an_int_too_large_for_a_float_fails_that_client_not_the_run() -> None:
+    # Averaged as a float, it raised OverflowError in the round loop and stopped the run.
+    result = covey.simulate(Huge, 3, 1, covey.FedAvg(), {"w": np.zeros(1)})
+    record = result.history.rounds[1]
+    assert record.fit_participants == [1, 2]
+    assert record.evaluate_participants == [1, 2]
+    assert record.fit_metrics == {"count": 1.0}
+    assert record.evaluate_loss == 1.0
+    for failure in record.failures:
+        assert failure.cid == 0
+        assert "is an int of 1329 bits, too large for a float" in failure.error
+    assert [f.stage for f in record.failures] == ["fit", "evaluate"]
