@@ -196,3 +196,27 @@ def test_an_int_too_large_for_a_float_fails_that_client_not_the_run() -> None:
         assert failure.cid == 0
         assert "is an int of 1329 bits, too large for a float" in failure.error
     assert [f.stage for f in record.failures] == ["fit", "evaluate"]
+
+
+class Unsized(covey.Client):
+    """Evaluates without counting its examples (``num_examples=0``)."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights=weights, num_examples=1)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=0.5, num_examples=0, metrics={"auc": 0.75})
+
+
+def test_evaluate_metrics_combine_replies_that_count_no_examples() -> None:
+    # The custom function was not called when the replies held no examples in all,
+    # and its metrics were dropped without a word (fit_metrics was called).
+    def unweighted(results: Any) -> dict[str, Any]:
+        return {"sites": len(results), "auc": sum(m["auc"] for _, m in results) / len(results)}
+
+    strategy = covey.FedAvg(evaluate_metrics=unweighted)
+    result = covey.simulate(lambda cid: Unsized(), 3, 1, strategy, {"w": np.zeros(1)})
+    record = result.history.rounds[1]
+    assert record.evaluate_participants == [0, 1, 2]
+    assert record.evaluate_loss is None  # weighted by no example: none
+    assert record.evaluate_metrics == {"sites": 3, "auc": 0.75}

@@ -382,6 +382,7 @@ class RoundLoop(_LoopBase):
                 strategy.min_evaluate_clients,
             )
             return
-        if record.evaluate_examples > 0:
+        if record.evaluate_examples > 0:  # else the weighted loss is 0 / 0: none
             record.evaluate_loss = loss_sum / record.evaluate_examples
+        if results:  # evaluate_metrics may weigh them otherwise (or count the clients)
             record.evaluate_metrics = strategy.combined_metrics("evaluate", results)
