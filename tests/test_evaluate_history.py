@@ -151,7 +151,10 @@ def test_a_simulation_stopped_by_an_error_says_why_in_history_json(tmp_path: Pat
     with pytest.raises(ZeroDivisionError):
         covey.simulate(lambda cid: Plain(), 2, 3, strategy, {"w": np.zeros(2)}, run_dir=tmp_path)
     saved = covey.History.load(tmp_path)
-    assert saved.stopped_reason == "ZeroDivisionError: no examples to weigh"
+    assert saved.stopped_reason == (
+        "ZeroDivisionError: no examples to weigh (raised by evaluate_metrics "
+        f"{broken.__qualname__} in round 1, given 2 clients' metrics)"
+    )
     assert json.loads((tmp_path / "run.json").read_text())["stopped_reason"] == saved.stopped_reason
 
 
@@ -220,3 +223,28 @@ def test_evaluate_metrics_combine_replies_that_count_no_examples() -> None:
     assert record.evaluate_participants == [0, 1, 2]
     assert record.evaluate_loss is None  # weighted by no example: none
     assert record.evaluate_metrics == {"sites": 3, "auc": 0.75}
+
+
+def test_a_metrics_function_that_raises_is_named_with_its_round(tmp_path: Path) -> None:
+    # A metric some clients leave out makes a hand-written average raise KeyError:
+    # the run stopped with "KeyError: 'accuracy'" alone, naming neither the
+    # function nor the round.
+    class Some(Plain):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+            metrics: dict[str, Any] = {"accuracy": 1.0} if self.cid else {}
+            return EvaluateResult(loss=0.5, num_examples=10, metrics=metrics)
+
+    def mean_accuracy(results: Any) -> dict[str, Any]:
+        return {"accuracy": sum(m["accuracy"] for _, m in results) / len(results)}
+
+    strategy = covey.FedAvg(evaluate_metrics=mean_accuracy)
+    with pytest.raises(KeyError) as info:
+        covey.simulate(Some, 3, 2, strategy, {"w": np.zeros(1)}, run_dir=tmp_path / "run")
+    note = "raised by evaluate_metrics " + mean_accuracy.__qualname__ + " in round 1"
+    assert any(n.startswith(note) for n in getattr(info.value, "__notes__", ()))
+    reason = covey.History.load(tmp_path / "run").stopped_reason
+    assert reason is not None
+    assert note in reason
