@@ -149,6 +149,27 @@ def test_event_stream_sends_each_new_round(tmp_path: Path) -> None:
         sim.join(60)
 
 
+def test_a_round_redone_by_a_resumed_run_reaches_the_open_page(tmp_path: Path) -> None:
+    # A run killed after writing round 3 to history.json but before saving it
+    # redoes round 3 when resumed, and may get other numbers (clients built again):
+    # the page watching it must show the round's new numbers, not keep the old.
+    _simulate(tmp_path / "run", rounds=3)
+    path = tmp_path / "run" / "history.json"
+    with (
+        DashboardServer(tmp_path, poll=0.05) as server,
+        urllib.request.urlopen(server.url + "api/stream?id=run", timeout=20) as stream,  # noqa: S310
+    ):
+        kind, first = next_event(stream)
+        assert kind == "run"
+        assert first["rounds"][3]["central_loss"] != 123.0
+        data = json.loads(path.read_text())
+        data["rounds"][3]["central_loss"] = 123.0
+        path.write_text(json.dumps(data))
+        kind, change = next_event(stream, within=30)
+        rounds = change["rounds"] if kind == "run" else change["new_rounds"]
+        assert [r["central_loss"] for r in rounds if r["round"] == 3] == [123.0]
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     # run.sqlite-shm is SQLite's shared-memory index of the WAL, where every
     # reader (read-only ones too) marks what it reads; the data is in the others.

@@ -151,7 +151,10 @@ def test_a_simulation_stopped_by_an_error_says_why_in_history_json(tmp_path: Pat
     with pytest.raises(ZeroDivisionError):
         covey.simulate(lambda cid: Plain(), 2, 3, strategy, {"w": np.zeros(2)}, run_dir=tmp_path)
     saved = covey.History.load(tmp_path)
-    assert saved.stopped_reason == "ZeroDivisionError: no examples to weigh"
+    assert saved.stopped_reason == (
+        "ZeroDivisionError: no examples to weigh (raised by evaluate_metrics "
+        f"{broken.__qualname__} in round 1, given 2 clients' metrics)"
+    )
     assert json.loads((tmp_path / "run.json").read_text())["stopped_reason"] == saved.stopped_reason
 
 
@@ -169,3 +172,79 @@ def test_a_served_run_stopped_by_an_error_says_why_in_history_json(tmp_path: Pat
     saved = covey.History.load(tmp_path / "run")
     assert [r.round for r in saved] == [0, 1]
     assert saved.stopped_reason == "RuntimeError: enough"
+
+
+class Huge(covey.Client):
+    """Client 0 reports an int no float holds, as a fit metric and as its evaluation loss."""
+
+    def __init__(self, cid: int) -> None:
+        self.huge = 10**400 if cid == 0 else 1
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights=weights, num_examples=1, metrics={"count": self.huge})
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=self.huge, num_examples=1)
+
+
+def test_an_int_too_large_for_a_float_fails_that_client_not_the_run() -> None:
+    # Averaged as a float, it raised OverflowError in the round loop and stopped the run.
+    result = covey.simulate(Huge, 3, 1, covey.FedAvg(), {"w": np.zeros(1)})
+    record = result.history.rounds[1]
+    assert record.fit_participants == [1, 2]
+    assert record.evaluate_participants == [1, 2]
+    assert record.fit_metrics == {"count": 1.0}
+    assert record.evaluate_loss == 1.0
+    for failure in record.failures:
+        assert failure.cid == 0
+        assert "is an int of 1329 bits, too large for a float" in failure.error
+    assert [f.stage for f in record.failures] == ["fit", "evaluate"]
+
+
+class Unsized(covey.Client):
+    """Evaluates without counting its examples (``num_examples=0``)."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights=weights, num_examples=1)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=0.5, num_examples=0, metrics={"auc": 0.75})
+
+
+def test_evaluate_metrics_combine_replies_that_count_no_examples() -> None:
+    # The custom function was not called when the replies held no examples in all,
+    # and its metrics were dropped without a word (fit_metrics was called).
+    def unweighted(results: Any) -> dict[str, Any]:
+        return {"sites": len(results), "auc": sum(m["auc"] for _, m in results) / len(results)}
+
+    strategy = covey.FedAvg(evaluate_metrics=unweighted)
+    result = covey.simulate(lambda cid: Unsized(), 3, 1, strategy, {"w": np.zeros(1)})
+    record = result.history.rounds[1]
+    assert record.evaluate_participants == [0, 1, 2]
+    assert record.evaluate_loss is None  # weighted by no example: none
+    assert record.evaluate_metrics == {"sites": 3, "auc": 0.75}
+
+
+def test_a_metrics_function_that_raises_is_named_with_its_round(tmp_path: Path) -> None:
+    # A metric some clients leave out makes a hand-written average raise KeyError:
+    # the run stopped with "KeyError: 'accuracy'" alone, naming neither the
+    # function nor the round.
+    class Some(Plain):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+            metrics: dict[str, Any] = {"accuracy": 1.0} if self.cid else {}
+            return EvaluateResult(loss=0.5, num_examples=10, metrics=metrics)
+
+    def mean_accuracy(results: Any) -> dict[str, Any]:
+        return {"accuracy": sum(m["accuracy"] for _, m in results) / len(results)}
+
+    strategy = covey.FedAvg(evaluate_metrics=mean_accuracy)
+    with pytest.raises(KeyError) as info:
+        covey.simulate(Some, 3, 2, strategy, {"w": np.zeros(1)}, run_dir=tmp_path / "run")
+    note = "raised by evaluate_metrics " + mean_accuracy.__qualname__ + " in round 1"
+    assert any(n.startswith(note) for n in getattr(info.value, "__notes__", ()))
+    reason = covey.History.load(tmp_path / "run").stopped_reason
+    assert reason is not None
+    assert note in reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -247,3 +248,27 @@ def test_a_killed_servers_run_says_what_its_resume_needs(tmp_path: Path) -> None
     assert "--app" in said
     assert "--certs" in said
     assert "--insecure" in said
+
+
+def test_the_server_console_shows_only_the_metrics_that_are_numbers() -> None:
+    # A custom fit_metrics may give each client's value (a list), or a text: the
+    # console of `covey server` leaves them out rather than stop the run.
+    lines: list[str] = []
+    shown = ServerConsole(lines.append, 2, {})
+    per_client: Any = [0.5, 1.5]
+    shown.on_round(
+        RoundRecord(
+            1,
+            fit_participants=[0, 1],
+            fit_metrics={"train_loss": per_client},
+            evaluate_participants=[0, 1],
+            evaluate_loss=0.25,
+            evaluate_metrics={"accuracy": "n/a"},
+            central_metrics={"accuracy": 0.75},
+        )
+    )
+    text = "\n".join(lines)
+    assert "eval loss 0.2500" in text
+    assert "accuracy 0.7500" in text
+    assert "train loss" not in text
+    assert "eval accuracy" not in text

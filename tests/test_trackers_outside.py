@@ -261,6 +261,52 @@ def test_metric_names_mlflow_refuses_are_logged_not_fatal(tmp_path: Path) -> Non
     assert {"central/f1 _macro_", "central/top", "central/_/up"} <= set(run.data.metrics)
 
 
+def test_metrics_mlflow_would_store_as_one_or_refuse_as_too_long_keep_their_values(
+    tmp_path: Path,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    long = "per_class/" + "x" * 300
+
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        value = float(weights["w"].sum())
+        return value, {"recall@5": value, "recall_5": -value, long + "a": 1.0, long + "b": 2.0}
+
+    def client_fn(cid: int) -> covey.Client:
+        class Halving(covey.Client):
+            def fit(self, weights: Any, config: Any) -> covey.FitResult:
+                return covey.FitResult(weights={"w": weights["w"] / 2}, num_examples=1)
+
+        return Halving()
+
+    with MLflowLogger(tmp_path / "ml", params={long: 1, "lr@client": 2, "lr_client": 3}) as ml:
+        covey.simulate(
+            client_fn,
+            2,
+            2,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.ones(2)},
+            central,
+            on_round=ml,
+        )
+    client = MlflowClient(tracking_uri=(tmp_path / "ml").resolve().as_uri())
+    run = client.get_run(ml.run_id)
+    assert run.info.status == "FINISHED"
+    series = {
+        name: [(m.step, m.value) for m in client.get_metric_history(ml.run_id, name)]
+        for name in run.data.metrics
+    }
+    assert series["central/recall_5"] == [(0, -2.0), (1, -1.0), (2, -0.5)]
+    kept_apart = [v for k, v in series.items() if k.startswith("central/recall_5-")]
+    assert kept_apart == [[(0, 2.0), (1, 1.0), (2, 0.5)]]
+    cut = sorted(v for k, v in series.items() if k.startswith("central/per_class/"))
+    assert cut == [[(0, 1.0), (1, 1.0), (2, 1.0)], [(0, 2.0), (1, 2.0), (2, 2.0)]]
+    assert all(len(name) <= 250 for name in series)
+    assert sorted(run.data.params.values()) == ["1", "2", "3"]
+
+
 @pytest.mark.parametrize("name", ["TensorBoardLogger", "MLflowLogger"])
 @pytest.mark.parametrize("below", ["", "runs/one"])
 def test_a_log_folder_that_is_a_file_is_named(tmp_path: Path, name: str, below: str) -> None:

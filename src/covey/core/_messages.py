@@ -61,6 +61,16 @@ def _check_count(value: object, what: str) -> int:
 
 
 _METRIC_TYPES = (bool, int, float, str, bytes, np.generic, np.ndarray)
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+"""The largest float: an int metric or loss beyond it has no float value to average."""
+
+
+def _too_large(value: int, what: str) -> ValueError:
+    """The error for an int ``what`` that no float holds (averaging it would overflow)."""
+    return ValueError(
+        f"{what} is an int of {value.bit_length()} bits, too large for a float "
+        f"(at most about {_FLOAT_MAX:.3g}), so it cannot be averaged"
+    )
 
 
 def _check_metrics(value: object, what: str) -> None:
@@ -83,6 +93,8 @@ def _check_metrics(value: object, what: str) -> None:
                 f"{what}[{name!r}] is {type(metric).__name__}, expected a number, bool, "
                 "str or bytes"
             )
+        if type(metric) is int and not -_FLOAT_MAX <= metric <= _FLOAT_MAX:
+            raise _too_large(metric, f"{what}[{name!r}]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
@@ -235,6 +247,8 @@ class EvaluateResult:
                 raise TypeError(
                     f"EvaluateResult.loss must be a number, got {type(self.loss).__name__}"
                 ) from None
+        elif type(self.loss) is int and not -_FLOAT_MAX <= self.loss <= _FLOAT_MAX:
+            raise _too_large(self.loss, "EvaluateResult.loss")
         n = _check_count(self.num_examples, "EvaluateResult.num_examples")
         object.__setattr__(self, "num_examples", n)
         _check_metrics(self.metrics, "EvaluateResult.metrics")

@@ -129,9 +129,13 @@ def _find(root: Path, request: Request) -> tuple[str, Path]:
 
 
 def _delta(old: Run, new: Run) -> dict[str, Any] | None:
-    """What changed from ``old`` to ``new``, or None if the page must be redrawn whole."""
-    known = [r["round"] for r in old.rounds]
-    if [r["round"] for r in new.rounds[: len(known)]] != known:
+    """What changed from ``old`` to ``new``, or None if the page must be redrawn whole.
+
+    Rounds the page holds that changed (a round that a resumed run redid after
+    a crash, with other numbers) redraw it whole, as do rounds that went away.
+    """
+    known = old.rounds
+    if new.rounds[: len(known)] != known:
         return None
     return {
         "summary": summary(new),

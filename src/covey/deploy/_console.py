@@ -30,21 +30,29 @@ def _clock() -> str:
     return _dt.datetime.now().strftime("%H:%M:%S")
 
 
+def _number(value: object) -> float | None:
+    """``value`` as a float if it is a number (not a bool), else None.
+
+    A custom metrics function may give a metric of any type (a list of the
+    clients' values, a string): the console shows only the numbers.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
 def _metrics(record: RoundRecord) -> list[str]:
-    out: list[str] = []
-    if "train_loss" in record.fit_metrics:
-        out.append(f"train loss {float(record.fit_metrics['train_loss']):.4f}")
-    if record.evaluate_loss is not None:
-        out.append(f"eval loss {record.evaluate_loss:.4f}")
-    acc = record.evaluate_metrics.get("accuracy")
-    if isinstance(acc, int | float):
-        out.append(f"eval accuracy {float(acc):.4f}")
-    if record.central_loss is not None:
-        out.append(f"loss {record.central_loss:.4f}")
-    acc = record.central_metrics.get("accuracy")
-    if isinstance(acc, int | float):
-        out.append(f"accuracy {float(acc):.4f}")
-    return out
+    """The round's losses and accuracies that are numbers, as ``"label value"``."""
+    shown = (
+        ("train loss", record.fit_metrics.get("train_loss")),
+        ("eval loss", record.evaluate_loss),
+        ("eval accuracy", record.evaluate_metrics.get("accuracy")),
+        ("loss", record.central_loss),
+        ("accuracy", record.central_metrics.get("accuracy")),
+    )
+    return [
+        f"{label} {number:.4f}" for label, value in shown if (number := _number(value)) is not None
+    ]
 
 
 class ServerConsole:

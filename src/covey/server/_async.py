@@ -194,7 +194,7 @@ class AsyncLoop(_LoopBase):
             staleness.append(tau)
             contribution = None
             reply.release()  # folded: a reply kept in a file is unmapped now
-        record.fit_metrics = strategy.combined_metrics("fit", metrics) if metrics else {}
+        record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
         record.aggregate_info["staleness"] = staleness
         if dropped:
             record.aggregate_info["too_stale"] = dropped

@@ -280,7 +280,7 @@ class RoundLoop(_LoopBase):
                 + "; ".join(f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5])
                 + (" ..." if len(record.fit_failures) > 5 else "")
             )
-        record.fit_metrics = strategy.combined_metrics("fit", metrics) if metrics else {}
+        record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
         self._apply(state, rnd, record)
 
     def _fit_outcome(
@@ -384,6 +384,7 @@ class RoundLoop(_LoopBase):
                 strategy.min_evaluate_clients,
             )
             return
-        if record.evaluate_examples > 0:
+        if record.evaluate_examples > 0:  # else the weighted loss is 0 / 0: none
             record.evaluate_loss = loss_sum / record.evaluate_examples
-            record.evaluate_metrics = strategy.combined_metrics("evaluate", results)
+        if results:  # evaluate_metrics may weigh them otherwise (or count the clients)
+            record.evaluate_metrics = strategy.combined_metrics("evaluate", results, rnd)

@@ -450,14 +450,29 @@ class Strategy:
         fixed = self.fit_config_entries if kind == "fit" else ()
         return per_client_configs(make, what, kind, round, base, clients, fixed)
 
-    def combined_metrics(self, kind: str, results: Sequence[tuple[int, Metrics]]) -> Metrics:
+    def combined_metrics(
+        self, kind: str, results: Sequence[tuple[int, Metrics]], round: int | None = None
+    ) -> Metrics:
         """A round's metrics from :attr:`fit_metrics` (``kind="fit"``) or :attr:`evaluate_metrics`.
+
+        Args:
+            kind: ``"fit"`` or ``"evaluate"``.
+            results: ``(num_examples, metrics)`` of each client that replied.
+            round: The round, named in the note an error of the function gets.
 
         Raises:
             TypeError: naming the function, if it returns anything but a dict keyed by names.
+            Exception: what the function raised, with a note naming it (and the round).
         """
         combine = self.fit_metrics if kind == "fit" else self.evaluate_metrics
-        return checked_metrics(combine(results), f"{kind}_metrics {name_of(combine)}")
+        what = f"{kind}_metrics {name_of(combine)}"
+        try:
+            combined = combine(results)
+        except Exception as exc:  # the user's error, told where it came from
+            where = "" if round is None else f" in round {round}"
+            exc.add_note(f"raised by {what}{where}, given {len(results)} clients' metrics")
+            raise
+        return checked_metrics(combined, what)
 
     def client_count(self, kind: str, available: int) -> int:
         """:meth:`num_fit` (``kind="fit"``) or :meth:`num_evaluate` of ``available``, checked.

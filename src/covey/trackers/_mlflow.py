@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -17,6 +19,7 @@ from covey.core import RoundRecord
 from covey.trackers._scalars import log_folder, round_scalars
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
+_MAX_NAME = 250  # MLflow's longest metric or param name
 _REFUSED = re.compile(r"[^\w\-. :/]")
 """Characters MLflow refuses in metric and param names (it keeps the rest)."""
 
@@ -26,13 +29,42 @@ def mlflow_name(name: str) -> str:
 
     MLflow also refuses a name that is not a normalized path (``a//b``, ``x/``,
     ``../x``): empty parts are dropped, and ``.`` or ``..`` parts become ``_``.
+    A name longer than MLflow's 250 characters is cut, and ends with ``-`` and
+    8 hex digits of a hash of the whole name, so that names alike at the
+    start stay apart.
 
     Example:
         >>> mlflow_name("central/recall@5")
         'central/recall_5'
     """
     parts = _REFUSED.sub("_", name).split("/")
-    return "/".join("_" if p in (".", "..") else p for p in parts if p) or "_"
+    out = "/".join("_" if p in (".", "..") else p for p in parts if p) or "_"
+    return out if len(out) <= _MAX_NAME else _tagged(out[: _MAX_NAME - 9], name)
+
+
+def _tagged(stem: str, name: str) -> str:
+    """``stem-`` and 8 hex digits of a hash of ``name``."""
+    return f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def mlflow_names(names: Iterable[str]) -> dict[str, str]:
+    """Each of ``names`` as :func:`mlflow_name` gives it, kept apart from the others.
+
+    Two names MLflow would store as one (``recall@5`` and ``recall_5``) would
+    mix their values in one metric: each name that :func:`mlflow_name`
+    changed and that meets another is given ``-`` and 8 hex digits of a
+    hash of its own name instead.
+    """
+    wanted = {name: mlflow_name(name) for name in names}
+    taken: dict[str, int] = {}
+    for stored in wanted.values():
+        taken[stored] = taken.get(stored, 0) + 1
+    return {
+        name: stored
+        if taken[stored] == 1 or stored == name
+        else _tagged(stored[: _MAX_NAME - 9], name)
+        for name, stored in wanted.items()
+    }
 
 
 def _tracking_uri(store: str | Path) -> str:
@@ -110,7 +142,9 @@ class MLflowLogger:
         experiment_id = (
             found.experiment_id if found is not None else self.client.create_experiment(experiment)
         )
-        wanted = {mlflow_name(str(k)): str(v) for k, v in (params or {}).items()}
+        given = {str(k): str(v) for k, v in (params or {}).items()}
+        names = mlflow_names(given)
+        wanted = {names[k]: v for k, v in given.items()}
         if run_id is None:
             self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
         else:
@@ -145,13 +179,13 @@ class MLflowLogger:
         """Log the round's scalars at step ``record.round``.
 
         A character MLflow refuses in a name (``@``, ``(``, ...) is logged as ``_``:
-        ``recall@5`` becomes ``central/recall_5``.
+        ``recall@5`` becomes ``central/recall_5`` (see :func:`mlflow_names` for
+        names that would then meet, and names over MLflow's 250 characters).
         """
         stamp = int(time.time() * 1000)
-        metrics = [
-            Metric(mlflow_name(tag), value, stamp, record.round)
-            for tag, value in round_scalars(record).items()
-        ]
+        scalars = round_scalars(record)
+        names = mlflow_names(scalars)
+        metrics = [Metric(names[tag], value, stamp, record.round) for tag, value in scalars.items()]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
