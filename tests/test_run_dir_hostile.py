@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from covey.server._roundfiles import weights_file_name
+from covey.server._rundb import LOCK_NAME, hold_run, is_held
 from covey.server._store import RunStore
 
 
@@ -127,3 +129,38 @@ def test_a_weights_file_the_system_cannot_read_is_not_dropped_as_damaged(
     monkeypatch.undo()
     with RunStore.open(run_dir) as store:
         assert store.load_latest_valid()[0] == 3
+
+
+def _within(seconds: float, work: Callable[[], object], unblock: Path) -> object:
+    """``work()``'s result or exception, failing the test if it waits on the pipe ``unblock``."""
+    said: list[object] = []
+
+    def run() -> None:
+        try:
+            said.append(work())
+        except OSError as exc:
+            said.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():  # let the blocked reader go before failing
+        os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(seconds)
+        pytest.fail(f"waited on the named pipe {unblock}")
+    return said[0]
+
+
+def test_a_run_lock_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    # `covey run --resume`, `covey runs list` and the dashboard (for a running
+    # run) opened it to read and waited for a writer for ever.
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    lock = run_dir / LOCK_NAME
+    lock.unlink(missing_ok=True)
+    os.mkfifo(lock)
+    assert _within(10, lambda: is_held(run_dir), lock) is None
+    refused = _within(10, lambda: hold_run(run_dir), lock)
+    assert isinstance(refused, OSError), refused
+    assert "run.lock is not a regular file" in str(refused)
+    assert str(lock) in str(refused)
