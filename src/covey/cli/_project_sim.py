@@ -60,19 +60,27 @@ def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: i
     """Keep a new run's app settings in its folder; refuse a resume that changes one.
 
     ``rounds`` is kept too, but may change (a stopped run may be resumed for more
-    rounds). A run folder without the file (a run of ``simulate()``) is not checked.
+    rounds). A run folder without the file (a run of ``simulate()``) is not checked;
+    one whose file is damaged is refused, naming it.
     """
     given = _plain({k: v for k, v in config.items() if k != "rounds"})
     path = run_dir / SETTINGS_FILE
     if not resume:
         atomic_write(path, json.dumps({**given, "rounds": rounds}, indent=2))
         return
-    try:
-        kept = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.exists() and not path.is_symlink():  # a run of simulate() keeps none
         return
+    try:  # a named pipe would wait for a writer for ever
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else path
+    except (OSError, ValueError) as exc:
+        kept = exc
     if not isinstance(kept, dict):
-        return
+        why = kept if isinstance(kept, Exception) else "not a JSON object"
+        why = "not a regular file" if kept is path else why
+        fail(
+            f"--resume {run_dir}: {path} is damaged ({why}), so the settings the run was "
+            "started with cannot be checked; put back the run's own file, or start a new run"
+        )
     kept.pop("rounds", None)
     changed = [
         f"{k} = {json.dumps(kept.get(k))} (now {json.dumps(given.get(k))})"
@@ -101,6 +109,8 @@ def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
     if "rounds" in settings.given:
         return default
     for name in ("run.json", SETTINGS_FILE):
+        if not (run_dir / name).is_file():  # nor a named pipe, which would wait for ever
+            continue
         try:
             kept = json.loads((run_dir / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
