@@ -156,6 +156,22 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
     return client
 
 
+def _refused_resume(exc: Exception, resume: Path | None, models: RoundModels) -> None:
+    """Fail as a refusal of ``--resume`` if ``exc`` is the resume refusing its folder.
+
+    That is a ValueError raised before any round was evaluated, and not by the
+    app's own functions (those carry a note saying so): a finished run, another
+    kind of run, settings that differ, a damaged store.
+    """
+    if (
+        resume is not None
+        and isinstance(exc, ValueError)
+        and not models.models
+        and not getattr(exc, "__notes__", None)
+    ):
+        fail(f"--resume {resume}: {exc}")
+
+
 def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: Path | None) -> None:
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
@@ -221,7 +237,8 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         kept = keep_model(run_dir, models, console)
         console.print(escape(_interrupted(run_dir, kept)), soft_wrap=True)
         raise typer.Exit(130) from None
-    except Exception:
+    except Exception as exc:
+        _refused_resume(exc, resume, models)
         # The app's own function raised: the error is reported as any other (covey.cli.main).
         kept = keep_model(run_dir, models, console)
         if kept is not None:
