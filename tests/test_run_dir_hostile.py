@@ -164,3 +164,18 @@ def test_a_run_lock_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) ->
     assert isinstance(refused, OSError), refused
     assert "run.lock is not a regular file" in str(refused)
     assert str(lock) in str(refused)
+
+
+def test_a_weights_folder_that_is_a_file_is_named_and_no_round_is_dropped(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    kept = run_dir / "kept"
+    (run_dir / "weights").rename(kept)
+    (run_dir / "weights").write_text("not a folder")
+    said = r"^cannot read weights file \S*round-00003\.safetensors of round 3: Not a directory$"
+    with RunStore.open(run_dir) as store, pytest.raises(OSError, match=said):
+        store.load_latest_valid()
+    (run_dir / "weights").unlink()
+    kept.rename(run_dir / "weights")
+    with RunStore.open(run_dir) as store:
+        assert store.load_latest_valid()[0] == 3

@@ -171,9 +171,9 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
     except FileNotFoundError:
         raise ValueError(f"weights file {path} of round {round} is missing") from None
     except OSError as exc:  # not damage (a permission, the disk): the round is kept
-        raise OSError(
-            exc.errno, f"cannot read weights file {path} of round {round}: {exc.strerror or exc}"
-        ) from exc
+        error = OSError(f"cannot read weights file {path} of round {round}: {exc.strerror or exc}")
+        error.errno = exc.errno
+        raise error from exc
     actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
         raise ValueError(
