@@ -101,3 +101,40 @@ def test_a_weights_file_is_synced_and_readable_as_the_run_folder(
     # the data was never synced, and the file was left with mode 0600.
     assert final.stat().st_ino in synced
     assert final.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("json", r"not an XGBoost JSON model"),
+        ("size", r"'size' is 1000000000, outside the model buffer"),
+        ("names", r"XGBoost weights need 'model' and 'size'"),
+    ],
+)
+def test_an_xgboost_checkpoint_that_is_no_booster_is_refused_before_round_1(
+    damage: str, message: str
+) -> None:
+    pytest.importorskip("xgboost")
+    from covey.xgboost import XGBoostBagging, XGBoostClient, XGBoostCyclic, initial_model
+
+    params = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+    start = {k: v.copy() for k, v in initial_model(params, 4, capacity=1 << 16).items()}
+    if damage == "json":
+        start["model"][:8] = ord("A")
+    elif damage == "size":
+        start["size"][0] = 10**9
+    else:
+        start = {"weight": start["model"], "size": start["size"]}
+    built: list[int] = []
+
+    def client_fn(cid: int) -> XGBoostClient:
+        built.append(cid)
+        x = np.random.default_rng(cid).normal(size=(20, 4))
+        return XGBoostClient(x, (x[:, 0] > 0).astype(int), params)
+
+    # Before, every client failed in round 1 with the same error, and the run
+    # stopped as "0 of 2 sampled clients replied".
+    for strategy in (XGBoostBagging(fraction_evaluate=0.0), XGBoostCyclic(fraction_evaluate=0.0)):
+        with pytest.raises(covey.WeightsError, match=r"initial weights: .*" + message):
+            covey.simulate(client_fn, 2, 1, strategy, start)
+    assert built == []

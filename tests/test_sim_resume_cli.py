@@ -138,9 +138,13 @@ def test_resume_refusals_of_covey_run_name_what_is_wrong(
     code, said = _cli("run", str(root), "--resume", str(run), "--set", "lr=0.9", "--set", "seed=3")
     assert code == 2, said
     assert "the run was started with other settings: lr = 0.5 (now 0.9), seed = 0 (now 3)" in said
-    result = runner.invoke(app, ["run", str(root), "--resume", str(run), "--set", "rounds=1"])
-    assert isinstance(result.exception, ValueError)
-    assert "is finished (round 1 was its last)" in str(result.exception)
+    # A refusal of what it was given: one line naming the flag, status 2 (was an
+    # "error: ValueError: ... (run with -v for the traceback)" and status 1).
+    code, said = _cli("run", str(root), "--resume", str(run), "--set", "rounds=1")
+    assert code == 2, said
+    assert f"error: --resume {run}: the simulation in {run} is finished (round 1 was" in said
+    assert "ValueError" not in said
+    assert "traceback" not in said
 
 
 INTERRUPTED = """
@@ -244,3 +248,27 @@ def test_a_project_run_interrupted_before_its_first_round_says_how_to_start_it_a
     code, said = _cli(*shlex.split(command)[1:], "--set", "clients=4", "--set", stopper)
     assert code == 0, said
     assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]
+
+
+def test_a_damaged_project_json_is_named_not_taken_as_no_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, a project.json that did not parse was skipped as a run of simulate()
+    # (which keeps none), and a resume with other settings went on unchecked.
+    root = _project(tmp_path, "torn-fed", "", monkeypatch)
+    code, said = _cli("run", str(root), "--set", "rounds=1")
+    assert code == 0, said
+    (run,) = root.glob("runs/sim-*")
+    kept = run / "project.json"
+    more = ("--set", "rounds=2", "--set", "lr=0.9")
+    for damage in ('{"lr": 0.5, "epo', "[]"):
+        kept.write_text(damage)
+        code, said = _cli("run", str(root), "--resume", str(run), *more)
+        assert code == 2, said
+        assert f"{kept} is damaged" in said
+        assert "the settings the run was started with cannot be checked" in said
+    kept.unlink()
+    os.mkfifo(kept)  # read, it would wait for a writer for ever
+    code, said = _cli("run", str(root), "--resume", str(run), *more)
+    assert code == 2, said
+    assert "not a regular file" in said

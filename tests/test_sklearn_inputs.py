@@ -22,6 +22,7 @@ from sklearn.linear_model import (
 )
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
+import covey
 from covey import Weights
 from covey.sklearn import SklearnClient, get_params, initial_params, prime, set_params
 
@@ -238,3 +239,15 @@ def test_several_targets_for_a_single_target_regressor_are_refused(
         initial_params(make(), x.shape[1], targets=2)
     with pytest.raises(ValueError, match=f"{name} predicts one target, got 2 target columns"):
         prime(make(), x, np.c_[y, y])
+
+
+def test_complex_weights_are_refused_as_torch_refuses_them() -> None:
+    # Before, the imaginary part was dropped with only a ComplexWarning (as the
+    # model of a run whose file held complex arrays), and the model changed.
+    model = LogisticRegression()
+    prime(model, np.zeros((2, 3)), np.array([0, 1]), [0, 1])
+    before = get_params(model, copy=True)
+    given = {"coef": np.ones((1, 3)) * (1 + 2j), "intercept": np.zeros(1)}
+    with pytest.raises(covey.WeightsError, match=r"'coef' is complex, LogisticRegression's"):
+        set_params(model, given)
+    assert all(np.array_equal(get_params(model)[k], before[k]) for k in before)

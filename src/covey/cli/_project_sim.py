@@ -60,19 +60,27 @@ def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: i
     """Keep a new run's app settings in its folder; refuse a resume that changes one.
 
     ``rounds`` is kept too, but may change (a stopped run may be resumed for more
-    rounds). A run folder without the file (a run of ``simulate()``) is not checked.
+    rounds). A run folder without the file (a run of ``simulate()``) is not checked;
+    one whose file is damaged is refused, naming it.
     """
     given = _plain({k: v for k, v in config.items() if k != "rounds"})
     path = run_dir / SETTINGS_FILE
     if not resume:
         atomic_write(path, json.dumps({**given, "rounds": rounds}, indent=2))
         return
-    try:
-        kept = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.exists() and not path.is_symlink():  # a run of simulate() keeps none
         return
+    try:  # a named pipe would wait for a writer for ever
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else path
+    except (OSError, ValueError) as exc:
+        kept = exc
     if not isinstance(kept, dict):
-        return
+        why = kept if isinstance(kept, Exception) else "not a JSON object"
+        why = "not a regular file" if kept is path else why
+        fail(
+            f"--resume {run_dir}: {path} is damaged ({why}), so the settings the run was "
+            "started with cannot be checked; put back the run's own file, or start a new run"
+        )
     kept.pop("rounds", None)
     changed = [
         f"{k} = {json.dumps(kept.get(k))} (now {json.dumps(given.get(k))})"
@@ -101,6 +109,8 @@ def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
     if "rounds" in settings.given:
         return default
     for name in ("run.json", SETTINGS_FILE):
+        if not (run_dir / name).is_file():  # nor a named pipe, which would wait for ever
+            continue
         try:
             kept = json.loads((run_dir / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -144,6 +154,22 @@ def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> An
             f"client-app {spec}(cid, config) returned {type(client).__name__}, not a covey.Client"
         )
     return client
+
+
+def _refused_resume(exc: Exception, resume: Path | None, models: RoundModels) -> None:
+    """Fail as a refusal of ``--resume`` if ``exc`` is the resume refusing its folder.
+
+    That is a ValueError raised before any round was evaluated, and not by the
+    app's own functions (those carry a note saying so): a finished run, another
+    kind of run, settings that differ, a damaged store.
+    """
+    if (
+        resume is not None
+        and isinstance(exc, ValueError)
+        and not models.models
+        and not getattr(exc, "__notes__", None)
+    ):
+        fail(f"--resume {resume}: {exc}")
 
 
 def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: Path | None) -> None:
@@ -211,7 +237,8 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         kept = keep_model(run_dir, models, console)
         console.print(escape(_interrupted(run_dir, kept)), soft_wrap=True)
         raise typer.Exit(130) from None
-    except Exception:
+    except Exception as exc:
+        _refused_resume(exc, resume, models)
         # The app's own function raised: the error is reported as any other (covey.cli.main).
         kept = keep_model(run_dir, models, console)
         if kept is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
@@ -35,6 +36,7 @@ __all__ = [
     "record_json",
     "round_of_file",
     "save_error",
+    "stored_file",
     "sweep",
     "weights_file_name",
     "write_weights",
@@ -48,6 +50,24 @@ _CHUNK: Final = 1 << 20
 def weights_file_name(round: int) -> str:
     """The file name of a round's weights inside ``RUN_DIR/weights``."""
     return f"round-{round:05d}.safetensors"
+
+
+def stored_file(db: Path, round: int, name: str) -> str:
+    """``name``, the weights file ``db`` records for ``round``, checked to be that round's own.
+
+    The name is only ever the round's file in ``weights/``: a database naming
+    another path (``../history.json``, an absolute one) is damaged or was
+    tampered with, and its file is neither read nor deleted.
+
+    Raises:
+        ValueError: naming the database, the round and the name it holds.
+    """
+    if name != weights_file_name(round):
+        raise ValueError(
+            f"{db} records {name!r} as the weights file of round {round}, not "
+            f"{weights_file_name(round)!r} in {WEIGHTS_DIR}/: the database is damaged"
+        )
+    return name
 
 
 def round_of_file(name: str) -> int | None:
@@ -135,12 +155,25 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
         The arrays (writable), in the order they were saved in.
 
     Raises:
-        ValueError: The file is missing, corrupt, unreadable or of another round.
+        ValueError: The file is missing, corrupt, unreadable, not a regular file, or
+            of another round.
+        OSError: The system could not read it (a permission, the disk); nothing
+            says it is damaged.
     """
     try:
+        # A named pipe would block for ever, a link to a device be read without end.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ValueError(
+                f"weights file {path} of round {round} is not a regular file (a named pipe, "
+                "a device, or a link to one): it is not the file the round saved"
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"weights file {path} of round {round} is missing") from None
+    except OSError as exc:  # not damage (a permission, the disk): the round is kept
+        error = OSError(f"cannot read weights file {path} of round {round}: {exc.strerror or exc}")
+        error.errno = exc.errno
+        raise error from exc
     actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
         raise ValueError(

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -255,8 +256,11 @@ def hold_run(path: Path) -> int | None:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock
         return None
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)  # a pid: no secret
+    lock = path / LOCK_NAME  # opened without blocking: a named pipe would wait for ever
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{lock} is not a regular file (a pipe, a device): remove it")
         for attempt in range(4):  # an is_held probe holds it for an instant only
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -310,11 +314,13 @@ def is_held(path: Path) -> bool | None:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return None
-    try:
-        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+    try:  # non-blocking: a named pipe in its place would wait for a writer for ever
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # not the lock any covey holds
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

@@ -50,6 +50,7 @@ from covey.server._roundfiles import (
     record_json,
     round_of_file,
     save_error,
+    stored_file,
     sweep,
     weights_file_name,
     write_weights,
@@ -337,6 +338,7 @@ class RunStore(RunRecords):
         name, digest, record_text, state = row
         if name is None:
             raise ValueError(f"the weights of round {round} were pruned (keep_last)")
+        name = stored_file(self._run_dir / DB_NAME, round, name)
         weights = read_weights(round, self._weights_dir / name, digest)
         record = None if record_text is None else self._record(round, record_text)
         return weights, record, None if state is None else bytes(state)
@@ -431,9 +433,9 @@ class RunStore(RunRecords):
                     (floor,),
                 ).fetchall()
                 conn.execute("DELETE FROM rounds WHERE round > ?", (floor,))
-            for _, name in rows:
+            for r, name in rows:  # the round's own file, whatever its row names
                 if name is not None:
-                    (self._weights_dir / name).unlink(missing_ok=True)
+                    (self._weights_dir / weights_file_name(r)).unlink(missing_ok=True)
         return [int(r) for r, _ in rows]
 
     def history(self) -> History:
@@ -471,8 +473,8 @@ class RunStore(RunRecords):
                 [(r,) for r, _ in rows],
             )
         # Rows first, files second: a crash in between only leaves unreferenced files.
-        for _, name in rows:
-            (self._weights_dir / name).unlink(missing_ok=True)
+        for r, _ in rows:  # the round's own file, whatever its row names
+            (self._weights_dir / weights_file_name(r)).unlink(missing_ok=True)
 
     def _sweep(self) -> None:
         """Once per store, before its first save: delete what crashed saves left behind.

@@ -104,7 +104,8 @@ def set_params(model: Any, weights: Weights) -> None:
         weights: Named arrays as :func:`get_params` gives them.
 
     Raises:
-        WeightsError: A name is missing or unexpected, or a shape differs.
+        WeightsError: A name is missing or unexpected, a shape differs, or an
+            array is complex; the model is then left unchanged.
     """
     current = get_params(model, copy=False)
     missing = [n for n in current if n not in weights]
@@ -119,6 +120,11 @@ def set_params(model: Any, weights: Weights) -> None:
             raise WeightsError(
                 f"weight {name!r} has shape {np.shape(weights[name])}, "
                 f"{type(model).__name__}'s is {value.shape}"
+            )
+        if np.asarray(weights[name]).dtype.kind == "c":
+            raise WeightsError(
+                f"weight {name!r} is complex, {type(model).__name__}'s is {value.dtype}: "
+                "copying it would drop the imaginary part"
             )
     # in the model's own float dtype: SGD trained on float32 features refuses float64
     new = {

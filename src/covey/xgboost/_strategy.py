@@ -74,6 +74,25 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def check_start(params: Weights) -> None:
+    """Refuse, before round 1, a global model that is no booster XGBoost loads.
+
+    A checkpoint of another kind, or a damaged one, would otherwise fail on every
+    client in round 1 with the same error.
+
+    Raises:
+        WeightsError: ``initial weights: `` and what is wrong (the entries, the
+            declared size, the JSON, a malformed tree).
+    """
+    try:
+        model = from_weights(params)
+        doc = parse(model)
+        new_trees(doc, doc["learner"]["learner_model_param"], 0, "the model")
+        load_booster(model)
+    except (WeightsError, KeyError, TypeError) as exc:
+        raise WeightsError(f"initial weights: {exc}") from None
+
+
 class _BagState(NamedTuple):
     params: Weights | None = None
     models: tuple[tuple[int, bytes], ...] = ()
@@ -100,6 +119,7 @@ def bagging(*, weighted: bool = True) -> Step:
     """
 
     def init(params: Weights) -> _BagState:
+        check_start(params)
         return _BagState()
 
     def update(state: _BagState, event: Event) -> tuple[_BagState, tuple[Event, ...]]:
@@ -150,6 +170,7 @@ def cyclic() -> Step:
     """
 
     def init(params: Weights) -> tuple[Weights | None, tuple[Contribution, ...]]:
+        check_start(params)
         return None, ()
 
     def update(

@@ -1,0 +1,181 @@
+"""A run folder made or tampered with by others: its store reads and deletes only its own files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covey.server._roundfiles import weights_file_name
+from covey.server._rundb import LOCK_NAME, hold_run, is_held
+from covey.server._store import RunStore
+
+
+def _weights(r: int) -> dict[str, np.ndarray]:
+    return {"w": np.full(4, r, dtype=np.float32)}
+
+
+def _run(run_dir: Path, rounds: int = 4) -> None:
+    with RunStore.create(run_dir, config={}) as store:
+        for r in range(rounds):
+            store.save_round(r, _weights(r), None)
+
+
+def _name_file(run_dir: Path, round: int, name: str) -> None:
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        conn.execute("UPDATE rounds SET weights_file = ? WHERE round = ?", (name, round))
+    conn.close()
+
+
+def test_a_database_naming_a_file_outside_weights_never_reads_or_deletes_it(
+    tmp_path: Path,
+) -> None:
+    # Before, a resume read the named file and, its SHA-256 being wrong, deleted it
+    # when it dropped the round (discard_after): any file the server could delete.
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("not the run's")
+    beside = run_dir / "history.json"
+    beside.write_text("{}")
+    _name_file(run_dir, 3, str(outside))
+    _name_file(run_dir, 2, "../history.json")
+    with RunStore.open(run_dir) as store:
+        named = r"run\.sqlite records .*precious\.txt.* of round 3.*damaged"
+        with pytest.raises(ValueError, match=named):
+            store.load_round(3)
+        assert store.load_latest_valid()[0] == 1
+        assert store.discard_after(1) == [2, 3]
+    assert outside.read_text() == "not the run's"
+    assert beside.read_text() == "{}"
+    assert not (run_dir / "weights" / weights_file_name(3)).exists()  # the round's own file
+
+
+def test_pruning_deletes_only_the_rounds_own_files(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _run(run_dir, 2)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("not the run's")
+    _name_file(run_dir, 0, str(outside))
+    with RunStore.open(run_dir) as store:
+        store.save_round(2, _weights(2), None, keep_last=1)
+    assert outside.read_text() == "not the run's"
+    assert sorted(p.name for p in (run_dir / "weights").iterdir()) == [weights_file_name(2)]
+
+
+def test_a_weights_file_that_is_a_device_is_refused_naming_it(tmp_path: Path) -> None:
+    # A link to /dev/zero was read until memory ran out (MemoryError, no file named).
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    path = run_dir / "weights" / weights_file_name(3)
+    path.unlink()
+    path.symlink_to(os.devnull)
+    with RunStore.open(run_dir) as store:
+        with pytest.raises(ValueError, match=r"round-00003\.safetensors.*not a regular file"):
+            store.load_round(3)
+        assert store.load_latest_valid()[0] == 2
+
+
+def test_a_weights_file_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    # A named pipe blocked the resume for ever, before the server listened.
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    path = run_dir / "weights" / weights_file_name(3)
+    path.unlink()
+    os.mkfifo(path)
+    said: list[BaseException | int] = []
+
+    def load() -> None:
+        with RunStore.open(run_dir) as store:
+            try:
+                store.load_round(3)
+            except ValueError as exc:
+                said.append(exc)
+            said.append(store.load_latest_valid()[0])
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let the blocked reader go before failing
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(30)
+        pytest.fail("reading the run waited on a named pipe in weights/")
+    assert "not a regular file" in str(said[0]), said
+    assert said[1] == 2
+
+
+def test_a_weights_file_the_system_cannot_read_is_not_dropped_as_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    newest = run_dir / "weights" / weights_file_name(3)
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self.name == newest.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    unreadable = r"cannot read weights file .*round-00003.*denied"
+    with RunStore.open(run_dir) as store, pytest.raises(OSError, match=unreadable):
+        store.load_latest_valid()
+    monkeypatch.undo()
+    with RunStore.open(run_dir) as store:
+        assert store.load_latest_valid()[0] == 3
+
+
+def _within(seconds: float, work: Callable[[], object], unblock: Path) -> object:
+    """``work()``'s result or exception, failing the test if it waits on the pipe ``unblock``."""
+    said: list[object] = []
+
+    def run() -> None:
+        try:
+            said.append(work())
+        except OSError as exc:
+            said.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():  # let the blocked reader go before failing
+        os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(seconds)
+        pytest.fail(f"waited on the named pipe {unblock}")
+    return said[0]
+
+
+def test_a_run_lock_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    # `covey run --resume`, `covey runs list` and the dashboard (for a running
+    # run) opened it to read and waited for a writer for ever.
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    lock = run_dir / LOCK_NAME
+    lock.unlink(missing_ok=True)
+    os.mkfifo(lock)
+    assert _within(10, lambda: is_held(run_dir), lock) is None
+    refused = _within(10, lambda: hold_run(run_dir), lock)
+    assert isinstance(refused, OSError), refused
+    assert "run.lock is not a regular file" in str(refused)
+    assert str(lock) in str(refused)
+
+
+def test_a_weights_folder_that_is_a_file_is_named_and_no_round_is_dropped(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    kept = run_dir / "kept"
+    (run_dir / "weights").rename(kept)
+    (run_dir / "weights").write_text("not a folder")
+    said = r"^cannot read weights file \S*round-00003\.safetensors of round 3: Not a directory$"
+    with RunStore.open(run_dir) as store, pytest.raises(OSError, match=said):
+        store.load_latest_valid()
+    (run_dir / "weights").unlink()
+    kept.rename(run_dir / "weights")
+    with RunStore.open(run_dir) as store:
+        assert store.load_latest_valid()[0] == 3
