@@ -146,6 +146,31 @@ def test_runs_show_gives_the_delta_of_the_epsilon_it_shows(
     assert "delta=1e-05" in shown.output
 
 
+def test_runs_show_gives_the_runs_own_metrics_a_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # only train_loss, loss and accuracy had columns: "acc" or "f1" never showed
+    monkeypatch.setenv("COLUMNS", "250")
+    history = _history()
+    history.rounds[1].fit_metrics = {"acc": 0.625, "flag": True, "note": "x"}
+    history.rounds[1].evaluate_metrics = {"f1": 0.375}
+    history.rounds[1].central_metrics["m[0]"] = 0.125  # markup is shown as written
+    (tmp_path / "mine").mkdir()
+    write_outputs(tmp_path / "mine", history, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", "mine", "--dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    for text in ("acc", "0.6250", "f1", "0.3750", "m[0]", "0.1250"):
+        assert text in shown.output
+    assert "flag" not in shown.output  # not a number
+    many = _history()
+    many.rounds[1].fit_metrics = {f"m{k}": float(k) for k in range(9)}
+    (tmp_path / "many").mkdir()
+    write_outputs(tmp_path / "many", many, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", "many", "--dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "not shown: fit m6, fit m7, fit m8 (in history.json)" in shown.output
+
+
 def test_runs_show_names_the_covey_that_started_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,8 +65,36 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: The most columns added for a run's other metrics (the rest are named below the table).
+MAX_MORE_COLUMNS = 6
+
+
 def _number(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def metric_columns(history: History) -> tuple[list[tuple[str, str]], list[str]]:
+    """The table's metric columns: the usual ones, then the run's other numeric metrics.
+
+    Returns:
+        ``(source, name)`` of each column (at most :data:`MAX_MORE_COLUMNS` past the
+        usual ones, in the order the run first reported them), and
+        ``"source name"`` of each metric left out.
+    """
+    more: list[tuple[str, str]] = []
+    for r in history.rounds:
+        for source, metrics in (
+            ("fit", r.fit_metrics),
+            ("evaluate", r.evaluate_metrics),
+            ("central", r.central_metrics),
+        ):
+            for name, value in metrics.items():
+                key = (source, str(name))
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if number and key not in ROUND_COLUMNS and key not in more:
+                    more.append(key)
+    left = [f"{source} {name}" for source, name in more[MAX_MORE_COLUMNS:]]
+    return [*ROUND_COLUMNS, *more[:MAX_MORE_COLUMNS]], left
 
 
 def round_table(history: History, title: str = "Rounds") -> Table:
@@ -74,8 +102,11 @@ def round_table(history: History, title: str = "Rounds") -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     for column in ("round", "clients", "failed"):
         table.add_column(column, justify="right", no_wrap=True)
-    for source, name in ROUND_COLUMNS:
-        table.add_column(f"{source}\n{name}", justify="right", no_wrap=True)
+    columns, left = metric_columns(history)
+    if left:
+        table.caption = escape(f"not shown: {', '.join(left)} (in history.json)")
+    for source, name in columns:
+        table.add_column(f"{source}\n{escape(name)}", justify="right", no_wrap=True)
     epsilon = _privacy(history, "epsilon")
     if epsilon:
         # an epsilon means little without its delta: one in the header, else a column
@@ -90,7 +121,7 @@ def round_table(history: History, title: str = "Rounds") -> Table:
     table.add_column("seconds\ntotal" if waited else "seconds", justify="right", no_wrap=True)
     values = {
         (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
-        for source, name in ROUND_COLUMNS
+        for source, name in columns
     }
     for r in history.rounds:
         cells = [
@@ -98,7 +129,7 @@ def round_table(history: History, title: str = "Rounds") -> Table:
             str(len(r.fit_participants)) if r.round else "-",
             str(len(r.failures)) if r.round else "-",
         ]
-        cells += [_number(values[key].get(r.round)) for key in ROUND_COLUMNS]
+        cells += [_number(values[key].get(r.round)) for key in columns]
         if epsilon:
             cells.append(_number(epsilon.get(r.round)))
             if deltas and not one:
