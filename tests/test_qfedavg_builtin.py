@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import covey
-from covey.clients._qfair import loss_before_fit
+from covey.core._qfair import loss_before_fit
 from covey.data import load_digits
 from covey.models import LogisticClient, logistic_evaluate, logistic_init
 

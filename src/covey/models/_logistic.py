@@ -8,8 +8,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from covey.clients._client import Client
-from covey.clients._qfair import loss_before_fit
 from covey.core._messages import Config, EvaluateResult, FitResult
+from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, WeightsError
 
 FloatArray = NDArray[Any]

@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 from covey.clients import Client
-from covey.clients._qfair import loss_before_fit
 from covey.clients._quiet import ignoring
 from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core._qfair import loss_before_fit
 from covey.core._weights import Weights
 from covey.sklearn._params import _outputs, features, get_params, is_mlp, prime, set_params
 from covey.sklearn._support import check_kind, check_options

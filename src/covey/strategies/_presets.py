@@ -33,8 +33,8 @@ from covey.aggregate import (
 )
 from covey.aggregate._base import min_contributions
 from covey.aggregate._clip import polynomial_staleness
-from covey.clients._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.core._messages import Config, plain
+from covey.core._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.strategies._checks import name_of
 from covey.strategies._names import not_a_class
 from covey.strategies._options import StrategyOptions, preset

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from covey.clients import Client, proximal_mu, torch_add_proximal_grad, torch_snapshot
-from covey.clients._qfair import loss_before_fit
 from covey.clients._torch import torch_module
 from covey.core import Config, EvaluateResult, FitResult, Metrics
+from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
 from covey.torch._weights import load_weights, to_weights
 
