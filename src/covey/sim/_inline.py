@@ -11,6 +11,7 @@ client runs and after its last, and stops the run if they changed.
 
 from __future__ import annotations
 
+import traceback
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -101,6 +102,12 @@ def inline_transport(
     clients: OrderedDict[int, Any] = OrderedDict()
 
     def handler(cid: int, task: Task) -> Reply:
+        try:
+            return run(cid, task)
+        except SystemExit as exc:  # the client's, not this process's: it fails alone
+            return Reply(cid, task.kind, error=traceback.format_exc() + exited(exc, task.kind))
+
+    def run(cid: int, task: Task) -> Reply:
         client = clients.get(cid)
         if client is None:
             client = build_client(client_fn, cid)
@@ -113,3 +120,18 @@ def inline_transport(
         return run_task(client, cid, task)
 
     return InlineTransport(range(num_clients), handler)
+
+
+def exited(exc: SystemExit, kind: str) -> str:
+    """The hint for a client (or its ``client_fn``) that called ``sys.exit()`` inline.
+
+    A process worker or Ray actor dies of that call and the run goes on without
+    its client; this process runs the simulation itself, so the call ends the
+    client's task instead of the run (with no error and no history).
+    """
+    code = "" if exc.code is None else repr(exc.code)
+    return (
+        f"covey: the client called sys.exit({code}) (SystemExit) in its {kind} task: it "
+        "fails alone, and the run goes on without it (on the process backend its worker "
+        "dies of it)\n"
+    )
