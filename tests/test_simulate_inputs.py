@@ -147,6 +147,19 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
             {"strategy": covey.FedAvg(fraction_fit=0.1, min_fit_clients=0)},
             "the strategy samples no client per round: fraction_fit=0.1 of num_clients=4",
         ),
+        # A trace short of clients used to fail the round that first sampled one
+        # past it, any number of rounds into the run.
+        (
+            {"availability": np.ones((3, 5), dtype=bool)},
+            "the availability trace has 3 rows (trace[cid, t]) but num_clients=4",
+        ),
+        (
+            {
+                "availability": np.ones((3, 5), dtype=bool),
+                "strategy": covey.FedBuff(buffer_size=2),
+            },
+            "the availability trace has 3 rows (trace[cid, t]) but num_clients=4",
+        ),
     ],
 )
 def test_bad_simulate_options_are_refused_before_any_round(
