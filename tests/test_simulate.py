@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -370,6 +371,8 @@ class ExitingClient(RandomClient):
     def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
         if self.cid == 1 and config["round"] == 1:
             sys.exit(3)
+        if self.cid == 4 and config["round"] == 1:
+            raise asyncio.CancelledError  # a BaseException too, leaked by an event loop
         return super().fit(weights, config)
 
     def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
@@ -378,7 +381,7 @@ class ExitingClient(RandomClient):
         return EvaluateResult(loss=1.0, num_examples=1)
 
 
-def test_a_client_calling_sys_exit_fails_alone_inline() -> None:
+def test_a_client_calling_sys_exit_or_raising_a_base_exception_fails_alone_inline() -> None:
     # A process worker dies of sys.exit() and its client fails; inline, the same call
     # used to end the whole simulating process, with no error and no history.
     def client_fn(cid: int) -> covey.Client:
@@ -388,14 +391,19 @@ def test_a_client_calling_sys_exit_fails_alone_inline() -> None:
 
     result = covey.simulate(client_fn, 5, 2, covey.FedAvg(), initial())
     fit1 = {f.cid: f for f in result.history[1].fit_failures}
-    assert sorted(fit1) == [1, 3]
+    assert sorted(fit1) == [1, 3, 4]
     assert fit1[1].error == (
         "covey: the client called sys.exit(3) (SystemExit) in its fit task: it fails alone, "
         "and the run goes on without it (on the process backend its worker dies of it)"
     )
     assert "SystemExit: 3" in fit1[1].traceback
     assert "sys.exit(0)" in fit1[3].error
-    assert result.history[1].fit_participants == [0, 2, 4]
+    assert fit1[4].error == (
+        "covey: the client raised CancelledError, which is no Exception, in its fit task: "
+        "it fails alone, and the run goes on without it (on the process backend its worker "
+        "dies of it)"
+    )
+    assert result.history[1].fit_participants == [0, 2]
     assert result.history[2].fit_participants == [0, 1, 2, 4]
     evaluate = {f.cid: f.error for f in result.history[2].evaluate_failures}
     assert sorted(evaluate) == [2, 3]

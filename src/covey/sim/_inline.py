@@ -104,7 +104,9 @@ def inline_transport(
     def handler(cid: int, task: Task) -> Reply:
         try:
             return run(cid, task)
-        except SystemExit as exc:  # the client's, not this process's: it fails alone
+        except (Exception, KeyboardInterrupt):  # an error: the transport's; Ctrl-C: the run's
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
             return Reply(cid, task.kind, error=traceback.format_exc() + exited(exc, task.kind))
 
     def run(cid: int, task: Task) -> Reply:
@@ -122,16 +124,20 @@ def inline_transport(
     return InlineTransport(range(num_clients), handler)
 
 
-def exited(exc: SystemExit, kind: str) -> str:
-    """The hint for a client (or its ``client_fn``) that called ``sys.exit()`` inline.
+def exited(exc: BaseException, kind: str) -> str:
+    """The hint for a client (or its ``client_fn``) that raised what is no ``Exception``.
 
-    A process worker or Ray actor dies of that call and the run goes on without
-    its client; this process runs the simulation itself, so the call ends the
-    client's task instead of the run (with no error and no history).
+    ``sys.exit()`` or a ``BaseException`` such as asyncio's ``CancelledError``
+    kills a process worker or Ray actor, and the run goes on without its client;
+    this process runs the simulation itself, so the exception ends the client's
+    task instead of the run (which it ended with no error and no history).
     """
-    code = "" if exc.code is None else repr(exc.code)
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        what = f"called sys.exit({code}) (SystemExit)"
+    else:
+        what = f"raised {type(exc).__name__}, which is no Exception,"
     return (
-        f"covey: the client called sys.exit({code}) (SystemExit) in its {kind} task: it "
-        "fails alone, and the run goes on without it (on the process backend its worker "
-        "dies of it)\n"
+        f"covey: the client {what} in its {kind} task: it fails alone, and the run goes "
+        "on without it (on the process backend its worker dies of it)\n"
     )
