@@ -97,6 +97,10 @@ class Mistaken(covey.Client):
             "extra": {"weights": {"w": w + 1, "z": np.ones(1)}},
             "shape": {"weights": {"w": np.ones(w.size + 1)}},
             "dtype": {"weights": {"w": (w + 1).astype(np.float32)}},
+            # dtypes no pipe or network carries: the process worker used to say it
+            # could not send them, where the inline backend named the wrong dtype
+            "object_dtype": {"weights": {"w": (w + 1).astype(object)}},
+            "complex_delta": {"delta": {"w": np.ones(w.size, dtype=complex)}},
         }
         if self.mode in bad:
             return FitResult(**bad[self.mode], num_examples=1)
@@ -134,6 +138,8 @@ MISTAKES = {
     "extra": "client 1's weights do not match the model: unexpected ['z']",
     "shape": "client 1's weights: 'w' has shape (7,), expected (6,)",
     "dtype": "client 1's weights: 'w' has dtype float32, expected float64",
+    "object_dtype": "client 1's weights: 'w' has dtype object, expected float64",
+    "complex_delta": "client 1's delta: 'w' has dtype complex128, expected float64",
     "negative": "FitResult.num_examples must be a non-negative int, got -1",
     "float": "FitResult.num_examples must be a non-negative int, got 2.0",
     "in_place": "shared read-only arrays",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -361,6 +363,52 @@ def test_a_failing_client_fn_is_recorded() -> None:
     for rnd in (1, 2):
         assert [f.cid for f in result.history[rnd].fit_failures] == [1]
         assert "no data for client 1" in result.history[rnd].fit_failures[0].error
+
+
+class ExitingClient(RandomClient):
+    """Calls ``sys.exit`` in fit (round 1) or evaluate, as a script's helper or argparse would."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1 and config["round"] == 1:
+            sys.exit(3)
+        if self.cid == 4 and config["round"] == 1:
+            raise asyncio.CancelledError  # a BaseException too, leaked by an event loop
+        return super().fit(weights, config)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        if self.cid == 2:
+            sys.exit("no validation data")
+        return EvaluateResult(loss=1.0, num_examples=1)
+
+
+def test_a_client_calling_sys_exit_or_raising_a_base_exception_fails_alone_inline() -> None:
+    # A process worker dies of sys.exit() and its client fails; inline, the same call
+    # used to end the whole simulating process, with no error and no history.
+    def client_fn(cid: int) -> covey.Client:
+        if cid == 3:
+            raise SystemExit(0)  # in client_fn too
+        return ExitingClient(cid)
+
+    result = covey.simulate(client_fn, 5, 2, covey.FedAvg(), initial())
+    fit1 = {f.cid: f for f in result.history[1].fit_failures}
+    assert sorted(fit1) == [1, 3, 4]
+    assert fit1[1].error == (
+        "covey: the client called sys.exit(3) (SystemExit) in its fit task: it fails alone, "
+        "and the run goes on without it (on the process backend its worker dies of it)"
+    )
+    assert "SystemExit: 3" in fit1[1].traceback
+    assert "sys.exit(0)" in fit1[3].error
+    assert fit1[4].error == (
+        "covey: the client raised CancelledError, which is no Exception, in its fit task: "
+        "it fails alone, and the run goes on without it (on the process backend its worker "
+        "dies of it)"
+    )
+    assert result.history[1].fit_participants == [0, 2]
+    assert result.history[2].fit_participants == [0, 1, 2, 4]
+    evaluate = {f.cid: f.error for f in result.history[2].evaluate_failures}
+    assert sorted(evaluate) == [2, 3]
+    assert "sys.exit('no validation data')" in evaluate[2]
+    assert "in its evaluate task" in evaluate[2]
 
 
 def test_too_many_failures_raise_federation_error_with_history() -> None:

@@ -63,6 +63,35 @@ def test_a_client_declaring_absurdly_many_examples_is_one_failure(huge: int) -> 
         assert [f.cid for f in record.evaluate_failures] == [1]
 
 
+class LongDoubleMetric(covey.Client):
+    """Client 1 reports its metric as a NumPy long double (float128 on x86)."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        value: Any = np.longdouble(1.5) if self.cid == 1 else 0.5
+        return FitResult(
+            weights={k: v + 1 for k, v in weights.items()}, num_examples=1, metrics={"x": value}
+        )
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_long_double_metric_is_a_number_on_every_backend(backend: str) -> None:
+    # The process worker failed the client: its encoder recursed on the value forever.
+    result = covey.simulate(
+        LongDoubleMetric,
+        3,
+        1,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=2 if backend == "process" else None,
+    )
+    assert result.history[1].fit_failures == []
+    assert result.history[1].fit_metrics == {"x": pytest.approx(2.5 / 3)}
+
+
 def test_the_largest_allowed_count_still_aggregates() -> None:
     big = FitResult(weights={"w": np.ones(1)}, num_examples=2**53)
     small = FitResult(weights={"w": np.zeros(1)}, num_examples=1)
@@ -146,6 +175,19 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
         (
             {"strategy": covey.FedAvg(fraction_fit=0.1, min_fit_clients=0)},
             "the strategy samples no client per round: fraction_fit=0.1 of num_clients=4",
+        ),
+        # A trace short of clients used to fail the round that first sampled one
+        # past it, any number of rounds into the run.
+        (
+            {"availability": np.ones((3, 5), dtype=bool)},
+            "the availability trace has 3 rows (trace[cid, t]) but num_clients=4",
+        ),
+        (
+            {
+                "availability": np.ones((3, 5), dtype=bool),
+                "strategy": covey.FedBuff(buffer_size=2),
+            },
+            "the availability trace has 3 rows (trace[cid, t]) but num_clients=4",
         ),
     ],
 )

@@ -11,6 +11,7 @@ client runs and after its last, and stops the run if they changed.
 
 from __future__ import annotations
 
+import traceback
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -101,6 +102,14 @@ def inline_transport(
     clients: OrderedDict[int, Any] = OrderedDict()
 
     def handler(cid: int, task: Task) -> Reply:
+        try:
+            return run(cid, task)
+        except (Exception, KeyboardInterrupt):  # an error: the transport's; Ctrl-C: the run's
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
+            return Reply(cid, task.kind, error=traceback.format_exc() + exited(exc, task.kind))
+
+    def run(cid: int, task: Task) -> Reply:
         client = clients.get(cid)
         if client is None:
             client = build_client(client_fn, cid)
@@ -113,3 +122,22 @@ def inline_transport(
         return run_task(client, cid, task)
 
     return InlineTransport(range(num_clients), handler)
+
+
+def exited(exc: BaseException, kind: str) -> str:
+    """The hint for a client (or its ``client_fn``) that raised what is no ``Exception``.
+
+    ``sys.exit()`` or a ``BaseException`` such as asyncio's ``CancelledError``
+    kills a process worker or Ray actor, and the run goes on without its client;
+    this process runs the simulation itself, so the exception ends the client's
+    task instead of the run (which it ended with no error and no history).
+    """
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        what = f"called sys.exit({code}) (SystemExit)"
+    else:
+        what = f"raised {type(exc).__name__}, which is no Exception,"
+    return (
+        f"covey: the client {what} in its {kind} task: it fails alone, and the run goes "
+        "on without it (on the process backend its worker dies of it)\n"
+    )

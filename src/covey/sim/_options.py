@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["_check_durations", "_check_options", "_check_ray_options"]
+__all__ = ["_check_availability", "_check_durations", "_check_options", "_check_ray_options"]
 
 
 def _check_ray_options(resources: object, group: object, address: object) -> None:
@@ -65,3 +65,18 @@ def _check_durations(durations: object, num_clients: int) -> None:
             f"client_durations has {count} values but num_clients={num_clients}: "
             "give one value per client"
         )
+
+
+def _check_availability(availability: object, num_clients: int) -> None:
+    """Refuse an availability trace ``trace[cid, t]`` with fewer rows than clients.
+
+    Checked when a round samples a client past it, such a trace stopped the run in
+    whichever round first did, any number of rounds in.
+    """
+    if isinstance(availability, np.ndarray) and availability.ndim == 2:
+        rows = availability.shape[0]
+        if rows < num_clients:
+            raise ValueError(
+                f"the availability trace has {rows} rows (trace[cid, t]) but "
+                f"num_clients={num_clients}: give one row per client"
+            )

@@ -21,7 +21,12 @@ from covey.sim import _frozen
 from covey.sim._checkpoint import SimCheckpoint, check_resumable, open_checkpoint
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
 from covey.sim._inline import inline_transport
-from covey.sim._options import _check_durations, _check_options, _check_ray_options
+from covey.sim._options import (
+    _check_availability,
+    _check_durations,
+    _check_options,
+    _check_ray_options,
+)
 from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
@@ -369,6 +374,7 @@ def simulate(
     _check_options(seed, round_timeout, client_cache, num_workers)
     check_start_method(start_method)
     _check_durations(client_durations, num_clients)
+    _check_availability(availability, num_clients)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy, backend)
     config = run_config(

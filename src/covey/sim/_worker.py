@@ -21,10 +21,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from covey.clients._client import ClientFn, build_client, run_task
-from covey.core._messages import Reply, Task
-from covey.core._weights import Weights
+from covey.core._messages import FitResult, Reply, Task
+from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.sim import _pace, _room, _shm
 from covey.sim._logs import WorkerLogs
+from covey.strategies._fold import contribution
+from covey.transport.grpc._wire import ARRAY_KINDS
 
 _Broadcast = tuple[Weights | None, Any]
 
@@ -215,7 +217,7 @@ def _run_one(
         room = _room.for_task(client, task, prefix)
         if room is not None:
             task = replace(task, weights=room.weights)
-        return run_task(client, cid, task), room
+        return _sendable(run_task(client, cid, task), task), room
     except Exception:  # noqa: BLE001 - building the client failed: the task's error
         if room is not None:
             room.release()
@@ -229,3 +231,26 @@ def _run_one(
         raise
     finally:
         conn.context = None
+
+
+def _sendable(reply: Reply, task: Task) -> Reply:
+    """``reply``, or the server's own error for a fit result of arrays no pipe carries.
+
+    Arrays of a dtype the codec refuses (object, complex, strings, datetimes) would
+    fail as "cannot send the result"; the server refuses them anyway for not
+    matching the model, and on the inline and Ray backends says so (``client 1's
+    weights: 'w' has dtype object, expected float64``). Checked here against the
+    weights the task carried, the error is the same on every backend.
+    """
+    result = reply.result
+    if not isinstance(result, FitResult) or task.weights is None:
+        return reply
+    arrays = result.weights if result.weights is not None else result.delta
+    parts = [arrays or {}, *result.extras.values()]
+    if all(a.dtype.kind in ARRAY_KINDS for part in parts for a in part.values()):
+        return reply
+    try:
+        contribution(reply.cid, result, WeightsSpec.of(task.weights))
+    except WeightsError as exc:
+        return Reply(reply.cid, reply.kind, error=str(exc))
+    return reply

@@ -71,6 +71,16 @@ def _array_json(array: np.ndarray[Any, Any], elements: _Elements | None) -> dict
     return {"__array__": array.tolist(), "dtype": array.dtype.str}
 
 
+def _scalar(value: np.generic) -> Any:
+    """A NumPy scalar as the Python value it holds (a long double as a float)."""
+    item = value.item()
+    if isinstance(item, np.generic):  # a long double's item() is itself: no recursion
+        if item.dtype.kind != "f":
+            raise WireError(f"cannot send a value of type {type(value).__name__}")
+        return float(item)  # as weighted_metrics takes it
+    return item
+
+
 def _to_json(value: Any, max_string: int | None = None, elements: _Elements | None = None) -> Any:
     _check_length(value, max_string)
     if isinstance(value, bool) or value is None or isinstance(value, str | int):
@@ -80,7 +90,7 @@ def _to_json(value: Any, max_string: int | None = None, elements: _Elements | No
     if isinstance(value, bytes | bytearray | memoryview):
         return {"__bytes__": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, np.generic):
-        return _to_json(value.item(), max_string, elements)
+        return _to_json(_scalar(value), max_string, elements)
     if isinstance(value, np.ndarray):
         return _array_json(value, elements)
     if isinstance(value, Mapping):
