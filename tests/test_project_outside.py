@@ -116,6 +116,8 @@ def _refused(project: Path, *args: str) -> str:
         ("clients=0", ["clients = 0", "of 1 or more"]),
         ("rounds=-1", ["rounds = -1", "of 0 or more"]),
         ("clients=1", ["clients = 1", "min_fit_clients=2"]),
+        # every site failed in round 1: the template's split cannot give 300 sites 4 examples
+        ("clients=300", ["cannot be split into 300 sites", "[tool.covey] clients"]),
         ("seed=-3", ["seed = -3", "of 0 or more"]),
         ("runs-dir='pyproject.toml'", ["runs-dir = 'pyproject.toml'", "give a folder"]),
     ],

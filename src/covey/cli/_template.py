@@ -120,6 +120,21 @@ def dataset(seed: int = 0) -> Dataset:
     return load_digits(seed=seed)
 
 
+@cache
+def split(num_sites: int, alpha: float) -> list[Any]:
+    """Each site's share of the training data: label skew from a Dirichlet(alpha) draw."""
+    data = dataset()
+    try:
+        return dirichlet(data.y_train, num_sites, alpha, seed=0, min_size=4)
+    except ValueError as exc:
+        raise ValueError(
+            f"the bundled data ({len(data.y_train)} training examples) cannot be split "
+            f"into {num_sites} sites of 4 examples or more at alpha = {alpha}: set fewer "
+            "clients ([tool.covey] clients) or a larger alpha ([tool.covey.config] alpha, "
+            f"more even shares) in pyproject.toml ({exc})"
+        ) from None
+
+
 def site_data(cid: int, num_sites: int, config: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """Site ``cid``'s training and validation data: ``(x, y, x_val, y_val)``."""
     if not 0 <= cid < num_sites:
@@ -128,8 +143,7 @@ def site_data(cid: int, num_sites: int, config: dict[str, Any]) -> tuple[Any, An
             f"pyproject.toml), so a site's cid is 0 to {num_sites - 1}"
         )
     data = dataset()
-    alpha = float(config.get("alpha", 0.5))
-    parts = dirichlet(data.y_train, num_sites, alpha, seed=0, min_size=4)
+    parts = split(num_sites, float(config.get("alpha", 0.5)))
     x, y = data.client(parts[cid])
     n_val = max(1, len(y) // 5)
     return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
@@ -199,7 +213,7 @@ import covey
 from covey.deploy import ServerApp
 from covey.models import logistic_evaluate, logistic_init
 
-from $pkg.task import load_config, shape, test_set
+from $pkg.task import load_config, shape, split, test_set
 
 
 def evaluate(rnd: int, weights: covey.Weights) -> tuple[float, dict[str, Any]]:
@@ -220,6 +234,8 @@ def make_server(config: dict[str, Any]) -> ServerApp:
         min_available_clients=2,
     )
     features, classes = shape()
+    if "clients" in config:  # a split the sites cannot make is refused before round 1
+        split(int(config["clients"]), float(config.get("alpha", 0.5)))
     return ServerApp(
         strategy=strategy,
         initial_weights=logistic_init(features, classes),
