@@ -261,8 +261,8 @@ def query_command(
         raise typer.Exit(2) from None
     try:
         transport = GrpcServerTransport(server, tls=tls)
-    except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
-        said = escape(f"cannot listen on {server}: {exc}")
+    except (RuntimeError, OSError) as exc:  # RuntimeError: gRPC's, naming no cause
+        said = escape(str(exc) if isinstance(exc, OSError) else f"cannot listen on {server}: {exc}")
         errors.print(f"[red]error:[/] {said}", soft_wrap=True)
         raise typer.Exit(1) from None
     code, goodbye = 0, "the query is answered"
