@@ -427,3 +427,46 @@ def test_the_one_line_error_keeps_the_notes_naming_where_it_came_from(
     assert said.count("\n") == 1, said
     assert "KeyError: 'epochs' (raised by on_client_fit_config own for client 0 in round 3)" in said
     assert said.rstrip().endswith("(run with -v for the traceback)"), said
+
+
+def test_ctrl_c_before_a_command_runs_ends_with_130_and_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import covey.cli as cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as typer builds the command line from the signatures
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    monkeypatch.setattr("sys.argv", ["covey", "runs", "list"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ctrl_c_as_python_m_covey_loads_ends_with_130_and_no_traceback() -> None:
+    import subprocess
+    import sys
+
+    # Ctrl-C lands while `python -m covey` imports the command line.
+    script = (
+        "import builtins, runpy\n"
+        "real = builtins.__import__\n"
+        "def imp(name, *a, **k):\n"
+        "    if name == 'covey.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = imp\n"
+        "runpy.run_module('covey', run_name='__main__', alter_sys=True)\n"
+    )
+    src = str(Path(covey.__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
