@@ -470,3 +470,16 @@ def test_ctrl_c_as_python_m_covey_loads_ends_with_130_and_no_traceback() -> None
     )
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_site_given_a_table_file_that_is_not_there_is_a_mistake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("duckdb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out = _covey(
+        "site", "--table", "patients=nowhere.parquet", "--server", "127.0.0.1:9", "--insecure"
+    )
+    assert code == 2, out  # what it was given, not the work, is wrong
+    assert out.strip().splitlines()[-1] == "error: table 'patients': no file at nowhere.parquet"

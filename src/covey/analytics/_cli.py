@@ -139,6 +139,10 @@ def site_command(
             raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
         elif not insecure:
             raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
+    except (OSError, ValueError, TypeError) as exc:  # a table, ledger or certificate given
+        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
         # Between queries no query server listens, for as long as the analysts take: a
         # site waits for the next one however long that is (the retries are logged).
         _serve_queries(
