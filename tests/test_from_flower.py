@@ -145,6 +145,29 @@ def test_an_unknown_option_is_still_named() -> None:
 # -- custom strategies --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        (
+            lambda: covey.FedAvg(fraction_fitt=0.5),  # type: ignore[call-arg]
+            "; did you mean fraction_fit?",
+        ),
+        (
+            lambda: covey.FedAdam(etaa=0.1),  # type: ignore[call-arg]
+            "; did you mean eta?",
+        ),
+        (
+            lambda: covey.Strategy(min_fit_client=2),  # type: ignore[call-arg]
+            "; did you mean min_fit_clients?",
+        ),
+    ],
+)
+def test_a_misspelt_option_is_named_with_the_closest_one(make: Any, hint: str) -> None:
+    with pytest.raises(TypeError) as refused:
+        make()
+    assert str(refused.value).endswith(hint), refused.value
+
+
 def test_subclassing_a_preset_says_presets_are_functions() -> None:
     with pytest.raises(TypeError, match=r"covey\.FedAvg is a function.*covey\.Strategy"):
 

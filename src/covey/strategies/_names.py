@@ -9,6 +9,7 @@ error that says what to write instead; nothing here accepts the other names.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,12 +55,15 @@ FLOWER_METHODS = {
 }
 
 
-def unknown_options(name: str, unknown: Iterable[str]) -> TypeError:
+def unknown_options(name: str, unknown: Iterable[str], known: Iterable[str] = ()) -> TypeError:
     """The error for keyword arguments ``name`` does not take, with covey's names for Flower's.
+
+    A misspelt name gets the closest of the ``known`` ones.
 
     Args:
         name: What was called, e.g. ``"FedAvg"``.
         unknown: The keyword arguments it does not take.
+        known: The keyword arguments it takes.
 
     Returns:
         A TypeError to raise.
@@ -67,9 +71,17 @@ def unknown_options(name: str, unknown: Iterable[str]) -> TypeError:
     Example:
         >>> print(unknown_options("FedAvg", ["on_fit_config_fn"]))
         FedAvg() got unexpected keyword arguments: ['on_fit_config_fn']; Flower's on_fit_config_fn is covey's on_fit_config
+        >>> print(unknown_options("FedAvg", ["fraction_fitt"], ["fraction_fit", "seed"]))
+        FedAvg() got unexpected keyword arguments: ['fraction_fitt']; did you mean fraction_fit?
     """  # noqa: E501
     names = sorted(unknown)
-    hints = [f"Flower's {n} is covey's {FLOWER_OPTIONS[n]}" for n in names if n in FLOWER_OPTIONS]
+    choices = sorted(known)
+    hints = []
+    for n in names:
+        if n in FLOWER_OPTIONS:
+            hints.append(f"Flower's {n} is covey's {FLOWER_OPTIONS[n]}")
+        elif close := difflib.get_close_matches(n, choices, n=1):
+            hints.append(f"{n + ': ' if len(names) > 1 else ''}did you mean {close[0]}?")
     return TypeError(
         f"{name}() got unexpected keyword arguments: {names}"
         + "".join(f"; {hint}" for hint in hints)
