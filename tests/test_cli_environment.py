@@ -483,3 +483,23 @@ def test_a_site_given_a_table_file_that_is_not_there_is_a_mistake(
     )
     assert code == 2, out  # what it was given, not the work, is wrong
     assert out.strip().splitlines()[-1] == "error: table 'patients': no file at nowhere.parquet"
+
+
+def test_runs_list_takes_the_folder_as_an_argument_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.core import RoundRecord
+
+    monkeypatch.setenv("COLUMNS", "250")
+    (tmp_path / "study" / "one").mkdir(parents=True)
+    covey.History([RoundRecord(0, central_loss=1.0)]).save(
+        tmp_path / "study" / "one" / "history.json"
+    )
+    # As `covey dashboard runs/` and `covey runs report runs/study` take their folder.
+    code, out = _covey("runs", "list", str(tmp_path / "study"))
+    assert code == 0, out
+    assert f"Runs in {tmp_path / 'study'}" in out
+    assert " one " in out
+    code, out = _covey("runs", "list", str(tmp_path / "study"), "--dir", str(tmp_path / "other"))
+    assert code == 2, out
+    assert "give the folder once" in out
