@@ -82,6 +82,42 @@ def test_a_flower_style_tuple_from_evaluate_names_evaluate_result() -> None:
     assert all("covey.EvaluateResult(loss=" in f.error for f in failures), failures
 
 
+class NoConfig(covey.Client):
+    def fit(self, weights: Any) -> FitResult:  # type: ignore[override]
+        return FitResult(weights=dict(weights), num_examples=10)
+
+    def evaluate(self, weights: Any) -> EvaluateResult:  # type: ignore[override]
+        return EvaluateResult(loss=0.5, num_examples=10)
+
+
+def test_a_fit_or_evaluate_without_config_is_told_how_covey_calls_it() -> None:
+    # Python's own words, "takes 2 positional arguments but 3 were given", name no config.
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: NoConfig())
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("define it as def fit(self, weights, config)" in e for e in errors), errors
+
+    class Fits(AddOne):
+        evaluate = NoConfig.evaluate  # type: ignore[assignment]
+
+    result = _run(lambda cid: Fits(), strategy=covey.FedAvg(min_evaluate_clients=0))
+    failures = result.history.rounds[1].evaluate_failures
+    assert [f.error.startswith("TypeError: Fits.evaluate(weights) cannot") for f in failures] == [
+        True
+    ] * 3, failures
+
+
+def test_a_type_error_inside_fit_is_reported_as_it_is() -> None:
+    class Broken(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            return FitResult(weights=dict(weights), num_examples=len(None))  # type: ignore[arg-type]
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: Broken())
+    assert all("has no len()" in e for e in _fit_failures(info.value))
+
+
 # -- client_fn, evaluate_fn and strategy options -----------------------------------------
 
 
