@@ -503,3 +503,25 @@ def test_runs_list_takes_the_folder_as_an_argument_too(
     code, out = _covey("runs", "list", str(tmp_path / "study"), "--dir", str(tmp_path / "other"))
     assert code == 2, out
     assert "give the folder once" in out
+
+
+def test_an_app_whose_own_import_fails_is_not_told_to_change_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr("sys.path", list(sys.path))
+    (tmp_path / "needsmore.py").write_text("import covey\nimport not_installed_here\n")
+    code, out = _covey("server", "--app", "needsmore:server_app", "--insecure")
+    assert code == 2, out
+    said = " ".join(out.split())
+    assert said.startswith(
+        "error: --app needsmore:server_app: 'needsmore' was found, but an import"
+    )
+    assert f"(at {tmp_path / 'needsmore.py'}:2): No module named 'not_installed_here'" in said
+    assert "PYTHONPATH" not in said  # the module is where it should be
+    code, out = _covey("server", "--app", "nowhere_module:server_app", "--insecure")
+    assert code == 2, out
+    assert "run from the folder holding it" in out

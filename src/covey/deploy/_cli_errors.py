@@ -52,9 +52,16 @@ def load_object(spec: str, flag: str = "--app") -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None and (module_name + ".").startswith(missing + "."):
+            fail(
+                f"{flag} {spec}: cannot import {module_name!r} ({exc}); run from the folder "
+                "holding it or add that folder to PYTHONPATH"
+            )
+        # The module is there; an import inside it failed (a package not installed here).
         fail(
-            f"{flag} {spec}: cannot import {module_name!r} ({exc}); run from the folder "
-            "holding it or add that folder to PYTHONPATH"
+            f"{flag} {spec}: {module_name!r} was found, but an import in it failed{_where(exc)}: "
+            f"{exc}; install what it needs here, or fix that import"
         )
     obj: Any = module
     for part in attr.split("."):
@@ -62,6 +69,17 @@ def load_object(spec: str, flag: str = "--app") -> Any:
             fail(f"{flag} {spec}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at FILE:LINE)``: the last line of the user's code that ``exc`` passed through."""
+    tb, at = exc.__traceback__, ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.startswith("<") and "importlib" not in name:
+            at = f" (at {name}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return at
 
 
 def required_params(fn: Any) -> int:
