@@ -525,3 +525,23 @@ def test_an_app_whose_own_import_fails_is_not_told_to_change_folder(
     code, out = _covey("server", "--app", "nowhere_module:server_app", "--insecure")
     assert code == 2, out
     assert "run from the folder holding it" in out
+
+
+def test_a_misspelt_app_object_is_named_with_the_closest_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr("sys.path", list(sys.path))
+    (tmp_path / "spelt.py").write_text("def server_app():\n    pass\n")
+    code, out = _covey("server", "--app", "spelt:server_ap", "--insecure")
+    assert code == 2, out
+    assert out.strip() == (
+        "error: --app spelt:server_ap: module 'spelt' has no attribute 'server_ap'; "
+        "did you mean spelt:server_app?"
+    )
+    # ":key:" (the object's name and the colon after it) is text, not an emoji code.
+    code, out = _covey("server", "--app", "spelt:key", "--insecure")
+    assert out.strip() == "error: --app spelt:key: module 'spelt' has no attribute 'key'", out

@@ -269,7 +269,7 @@ def main() -> None:
     except Exception as exc:
         if verbose:
             raise
-        err = Console(stderr=True, highlight=False)
+        err = Console(stderr=True, highlight=False, emoji=False)
         extra = extra_for(exc)
         if isinstance(exc, MissingExtraError) or extra is not None:
             hint = "" if extra is None else f" (covey's {extra} extra installs it)"

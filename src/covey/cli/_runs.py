@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 console = output_console()
-warnings_console = Console(stderr=True, highlight=False)
+warnings_console = Console(stderr=True, highlight=False, emoji=False)
 
 runs_app = typer.Typer(
     help="Read the runs kept in run folders: `covey runs list`, `covey runs show RUN`.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import math
@@ -25,7 +26,7 @@ __all__ = [
     "required_params",
 ]
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # `--app pkg:key` is no :key: emoji
 
 USAGE_EXIT = 2
 """The exit code of a command given wrong flags or files (as for any usage error)."""
@@ -66,7 +67,16 @@ def load_object(spec: str, flag: str = "--app") -> Any:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            fail(f"{flag} {spec}: module {module_name!r} has no attribute {attr!r}")
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            fail(
+                f"{flag} {spec}: module {module_name!r} has no attribute {attr!r}"
+                + (
+                    f"; did you mean {module_name}:{attr.replace(part, close[0], 1)}?"
+                    if close
+                    else ""
+                )
+            )
         obj = getattr(obj, part)
     return obj
 
