@@ -108,6 +108,14 @@ def test_a_fit_or_evaluate_without_config_is_told_how_covey_calls_it() -> None:
     ] * 3, failures
 
 
+def test_clients_failing_alike_are_named_together_in_the_error_that_stops_the_run() -> None:
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: NoConfig())
+    said = str(info.value)
+    assert "failures: client 0, client 1, client 2: TypeError: NoConfig.fit(weights)" in said
+    assert said.count("cannot be called") == 1, said
+
+
 def test_a_type_error_inside_fit_is_reported_as_it_is() -> None:
     class Broken(AddOne):
         def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
