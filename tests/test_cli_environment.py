@@ -545,3 +545,19 @@ def test_a_misspelt_app_object_is_named_with_the_closest_one(
     # ":key:" (the object's name and the colon after it) is text, not an emoji code.
     code, out = _covey("server", "--app", "spelt:key", "--insecure")
     assert out.strip() == "error: --app spelt:key: module 'spelt' has no attribute 'key'", out
+
+
+def test_runs_list_of_a_folder_that_is_not_there_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    for args in (["runs", "list", "rnus"], ["runs", "list", "--dir", "rnus"]):
+        code, out = _covey(*args)
+        assert code == 2, out  # as `covey dashboard rnus` and `covey runs show rnus`
+        assert out.strip() == (
+            "error: rnus is not a folder; give the folder holding run folders (default runs/)"
+        )
+    code, out = _covey("runs", "list")  # no runs/ yet: nothing to list, no mistake
+    assert code == 0, out
+    assert out.startswith("no runs in runs")

@@ -343,6 +343,8 @@ def list_runs(
         if runs_dir != Path("runs") and runs_dir != folder:
             fail(f"runs list {folder} --dir {runs_dir}: give the folder once")
         runs_dir = folder
+    if runs_dir != Path("runs") and not runs_dir.is_dir():  # a typo, not a folder of no runs
+        fail(f"{runs_dir} is not a folder; give the folder holding run folders (default runs/)")
     notices: list[str] = []
     found = _runs_in(runs_dir, notices)
     if not found:
