@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import re
 from typing import Any
 
 import numpy as np
@@ -210,6 +211,26 @@ def test_a_misspelt_option_is_named_with_the_closest_one(make: Any, hint: str) -
     with pytest.raises(TypeError) as refused:
         make()
     assert str(refused.value).endswith(hint), refused.value
+
+
+@pytest.mark.parametrize(
+    ("strategy", "said"),
+    [
+        ("fedavg", "not the string 'fedavg': pass covey.FedAvg()"),
+        ("krum", "not the string 'krum': pass covey.Krum()"),
+        (covey.FedAvg, "not the function FedAvg itself: call it, covey.FedAvg()"),
+    ],
+)
+def test_a_strategy_given_by_name_or_uncalled_is_told_what_to_pass(
+    strategy: Any, said: str
+) -> None:
+    # Before, "'str' object has no attribute 'client_count'".
+    with pytest.raises(TypeError, match=re.escape(said)):
+        covey.simulate(lambda cid: AddOne(), 2, 1, strategy, init())
+    from covey.deploy import serve
+
+    with pytest.raises(TypeError, match=re.escape(said)):
+        serve(strategy, 1, init(), "127.0.0.1:0", insecure=True)
 
 
 def test_subclassing_a_preset_says_presets_are_functions() -> None:
