@@ -117,6 +117,18 @@ def test_clients_failing_alike_are_named_together_in_the_error_that_stops_the_ru
     assert said.count("cannot be called") == 1, said
 
 
+def test_a_client_object_given_as_client_fn_is_told_to_pass_a_function() -> None:
+    # Before, every client failed with "'AddOne' object is not callable".
+    with pytest.raises(covey.FederationError) as info:
+        _run(AddOne())
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all(
+        e.startswith("TypeError: client_fn is a client (AddOne object), not a function")
+        for e in errors
+    ), errors
+
+
 def test_a_type_error_inside_fit_is_reported_as_it_is() -> None:
     class Broken(AddOne):
         def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:

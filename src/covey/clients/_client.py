@@ -395,8 +395,16 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
 
     Raises:
         TypeError: if ``client_fn`` read ``node_config`` (or another attribute of a
-            Flower ``Context``) from the client id; chained to the original error.
+            Flower ``Context``) from the client id; chained to the original error. Or
+            if ``client_fn`` is a client object rather than a function making one.
     """
+    given: Any = client_fn  # typed a function; a client object is the usual slip
+    if not callable(given) and callable(getattr(given, "fit", None)):
+        raise TypeError(
+            f"client_fn is a client ({type(client_fn).__name__} object), not a function of "
+            f"the client id: pass {type(client_fn).__name__} itself if it takes the id, or "
+            "a function cid -> client"
+        )
     try:
         return client_fn(cid)
     except AttributeError as exc:
