@@ -427,3 +427,137 @@ def test_the_one_line_error_keeps_the_notes_naming_where_it_came_from(
     assert said.count("\n") == 1, said
     assert "KeyError: 'epochs' (raised by on_client_fit_config own for client 0 in round 3)" in said
     assert said.rstrip().endswith("(run with -v for the traceback)"), said
+
+
+def test_ctrl_c_before_a_command_runs_ends_with_130_and_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import covey.cli as cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as typer builds the command line from the signatures
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    monkeypatch.setattr("sys.argv", ["covey", "runs", "list"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ctrl_c_as_python_m_covey_loads_ends_with_130_and_no_traceback() -> None:
+    import subprocess
+    import sys
+
+    # Ctrl-C lands while `python -m covey` imports the command line.
+    script = (
+        "import builtins, runpy\n"
+        "real = builtins.__import__\n"
+        "def imp(name, *a, **k):\n"
+        "    if name == 'covey.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = imp\n"
+        "runpy.run_module('covey', run_name='__main__', alter_sys=True)\n"
+    )
+    src = str(Path(covey.__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_site_given_a_table_file_that_is_not_there_is_a_mistake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("duckdb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out = _covey(
+        "site", "--table", "patients=nowhere.parquet", "--server", "127.0.0.1:9", "--insecure"
+    )
+    assert code == 2, out  # what it was given, not the work, is wrong
+    assert out.strip().splitlines()[-1] == "error: table 'patients': no file at nowhere.parquet"
+
+
+def test_runs_list_takes_the_folder_as_an_argument_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.core import RoundRecord
+
+    monkeypatch.setenv("COLUMNS", "250")
+    (tmp_path / "study" / "one").mkdir(parents=True)
+    covey.History([RoundRecord(0, central_loss=1.0)]).save(
+        tmp_path / "study" / "one" / "history.json"
+    )
+    # As `covey dashboard runs/` and `covey runs report runs/study` take their folder.
+    code, out = _covey("runs", "list", str(tmp_path / "study"))
+    assert code == 0, out
+    assert f"Runs in {tmp_path / 'study'}" in out
+    assert " one " in out
+    code, out = _covey("runs", "list", str(tmp_path / "study"), "--dir", str(tmp_path / "other"))
+    assert code == 2, out
+    assert "give the folder once" in out
+
+
+def test_an_app_whose_own_import_fails_is_not_told_to_change_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr("sys.path", list(sys.path))
+    (tmp_path / "needsmore.py").write_text("import covey\nimport not_installed_here\n")
+    code, out = _covey("server", "--app", "needsmore:server_app", "--insecure")
+    assert code == 2, out
+    said = " ".join(out.split())
+    assert said.startswith(
+        "error: --app needsmore:server_app: 'needsmore' was found, but an import"
+    )
+    assert f"(at {tmp_path / 'needsmore.py'}:2): No module named 'not_installed_here'" in said
+    assert "PYTHONPATH" not in said  # the module is where it should be
+    code, out = _covey("server", "--app", "nowhere_module:server_app", "--insecure")
+    assert code == 2, out
+    assert "run from the folder holding it" in out
+
+
+def test_a_misspelt_app_object_is_named_with_the_closest_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr("sys.path", list(sys.path))
+    (tmp_path / "spelt.py").write_text("def server_app():\n    pass\n")
+    code, out = _covey("server", "--app", "spelt:server_ap", "--insecure")
+    assert code == 2, out
+    assert out.strip() == (
+        "error: --app spelt:server_ap: module 'spelt' has no attribute 'server_ap'; "
+        "did you mean spelt:server_app?"
+    )
+    # ":key:" (the object's name and the colon after it) is text, not an emoji code.
+    code, out = _covey("server", "--app", "spelt:key", "--insecure")
+    assert out.strip() == "error: --app spelt:key: module 'spelt' has no attribute 'key'", out
+
+
+def test_runs_list_of_a_folder_that_is_not_there_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    for args in (["runs", "list", "rnus"], ["runs", "list", "--dir", "rnus"]):
+        code, out = _covey(*args)
+        assert code == 2, out  # as `covey dashboard rnus` and `covey runs show rnus`
+        assert out.strip() == (
+            "error: rnus is not a folder; give the folder holding run folders (default runs/)"
+        )
+    code, out = _covey("runs", "list")  # no runs/ yet: nothing to list, no mistake
+    assert code == 0, out
+    assert out.startswith("no runs in runs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import re
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,62 @@ def test_a_flower_style_tuple_from_evaluate_names_evaluate_result() -> None:
     assert all("covey.EvaluateResult(loss=" in f.error for f in failures), failures
 
 
+class NoConfig(covey.Client):
+    def fit(self, weights: Any) -> FitResult:  # type: ignore[override]
+        return FitResult(weights=dict(weights), num_examples=10)
+
+    def evaluate(self, weights: Any) -> EvaluateResult:  # type: ignore[override]
+        return EvaluateResult(loss=0.5, num_examples=10)
+
+
+def test_a_fit_or_evaluate_without_config_is_told_how_covey_calls_it() -> None:
+    # Python's own words, "takes 2 positional arguments but 3 were given", name no config.
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: NoConfig())
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("define it as def fit(self, weights, config)" in e for e in errors), errors
+
+    class Fits(AddOne):
+        evaluate = NoConfig.evaluate  # type: ignore[assignment]
+
+    result = _run(lambda cid: Fits(), strategy=covey.FedAvg(min_evaluate_clients=0))
+    failures = result.history.rounds[1].evaluate_failures
+    assert [f.error.startswith("TypeError: Fits.evaluate(weights) cannot") for f in failures] == [
+        True
+    ] * 3, failures
+
+
+def test_clients_failing_alike_are_named_together_in_the_error_that_stops_the_run() -> None:
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: NoConfig())
+    said = str(info.value)
+    assert "failures: client 0, client 1, client 2: TypeError: NoConfig.fit(weights)" in said
+    assert said.count("cannot be called") == 1, said
+
+
+def test_a_client_object_given_as_client_fn_is_told_to_pass_a_function() -> None:
+    # Before, every client failed with "'AddOne' object is not callable".
+    with pytest.raises(covey.FederationError) as info:
+        _run(AddOne())
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all(
+        e.startswith("TypeError: client_fn is a client (AddOne object), not a function")
+        for e in errors
+    ), errors
+
+
+def test_a_type_error_inside_fit_is_reported_as_it_is() -> None:
+    class Broken(AddOne):
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            return FitResult(weights=dict(weights), num_examples=len(None))  # type: ignore[arg-type]
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(lambda cid: Broken())
+    assert all("has no len()" in e for e in _fit_failures(info.value))
+
+
 # -- client_fn, evaluate_fn and strategy options -----------------------------------------
 
 
@@ -143,6 +200,49 @@ def test_an_unknown_option_is_still_named() -> None:
 
 
 # -- custom strategies --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        (
+            lambda: covey.FedAvg(fraction_fitt=0.5),  # type: ignore[call-arg]
+            "; did you mean fraction_fit?",
+        ),
+        (
+            lambda: covey.FedAdam(etaa=0.1),  # type: ignore[call-arg]
+            "; did you mean eta?",
+        ),
+        (
+            lambda: covey.Strategy(min_fit_client=2),  # type: ignore[call-arg]
+            "; did you mean min_fit_clients?",
+        ),
+    ],
+)
+def test_a_misspelt_option_is_named_with_the_closest_one(make: Any, hint: str) -> None:
+    with pytest.raises(TypeError) as refused:
+        make()
+    assert str(refused.value).endswith(hint), refused.value
+
+
+@pytest.mark.parametrize(
+    ("strategy", "said"),
+    [
+        ("fedavg", "not the string 'fedavg': pass covey.FedAvg()"),
+        ("krum", "not the string 'krum': pass covey.Krum()"),
+        (covey.FedAvg, "not the function FedAvg itself: call it, covey.FedAvg()"),
+    ],
+)
+def test_a_strategy_given_by_name_or_uncalled_is_told_what_to_pass(
+    strategy: Any, said: str
+) -> None:
+    # Before, "'str' object has no attribute 'client_count'".
+    with pytest.raises(TypeError, match=re.escape(said)):
+        covey.simulate(lambda cid: AddOne(), 2, 1, strategy, init())
+    from covey.deploy import serve
+
+    with pytest.raises(TypeError, match=re.escape(said)):
+        serve(strategy, 1, init(), "127.0.0.1:0", insecure=True)
 
 
 def test_subclassing_a_preset_says_presets_are_functions() -> None:

@@ -115,6 +115,27 @@ def test_a_name_whose_address_is_taken_is_refused_not_half_bound(tmp_path: Path)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])  # noqa: S104
+def test_an_ip_address_whose_port_is_taken_is_refused_naming_the_cause(
+    tmp_path: Path, host: str
+) -> None:
+    # gRPC's own error for it ("Failed to bind to address ...; set GRPC_VERBOSITY=debug")
+    # names no cause and no way out.
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = squatter.getsockname()[1]
+        with pytest.raises(OSError, match=f"{port} is in use .*choose another port"):
+            serve(
+                covey.FedAvg(),
+                1,
+                initial(),
+                f"{host}:{port}",
+                insecure=True,
+                run_dir=tmp_path / "run",
+                wait_timeout=1.0,
+            )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_server_given_localhost_listens_on_each_of_its_addresses() -> None:
     _ipv6_loopback()
     transport = GrpcServerTransport("localhost:0")

@@ -133,6 +133,7 @@ def test_a_folder_named_like_markup_is_printed_as_named(
     """`--dir '[red]x[/]'` is printed as given in the title and in 'no runs in'."""
     monkeypatch.setenv("COLUMNS", "200")
     runs = tmp_path / "[red]x[/]"
+    runs.mkdir(parents=True)  # an empty folder: a missing one is a mistake, named as well
     empty = CliRunner().invoke(app, ["runs", "list", "--dir", str(runs)])
     assert f"no runs in {runs}" in empty.output
     _simulate(runs / "[bold]r", rounds=1)

@@ -1,5 +1,8 @@
 """``python -m covey`` runs the command line."""
 
-from covey.cli import main
+try:
+    from covey.cli import main
+except KeyboardInterrupt:  # Ctrl-C as the command line loads: no traceback
+    raise SystemExit(130) from None
 
 main()

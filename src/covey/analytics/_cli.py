@@ -140,6 +140,10 @@ def site_command(
             raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
         elif not insecure:
             raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
+    except (OSError, ValueError, TypeError) as exc:  # a table, ledger or certificate given
+        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
         # Between queries no query server listens, for as long as the analysts take: a
         # site waits for the next one however long that is (the retries are logged).
         _serve_queries(
@@ -264,8 +268,8 @@ def query_command(
         raise typer.Exit(2) from None
     try:
         transport = GrpcServerTransport(server, tls=tls)
-    except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
-        said = escape(f"cannot listen on {server}: {exc}")
+    except (RuntimeError, OSError) as exc:  # RuntimeError: gRPC's, naming no cause
+        said = escape(str(exc) if isinstance(exc, OSError) else f"cannot listen on {server}: {exc}")
         errors.print(f"[red]error:[/] {said}", soft_wrap=True)
         raise typer.Exit(1) from None
     code, goodbye = 0, "the query is answered"

@@ -255,15 +255,21 @@ def main() -> None:
     to it (the function that raised it, its client and round); its traceback is
     shown only with ``-v``/``--verbose``. An optional library that is missing ends in
     one line naming the extra that installs it (``pip install 'covey[analytics]'``).
+    Ctrl-C ends it with exit code 130 and no traceback, even before a command runs
+    (as the command line is built); a command that has work to keep says what it kept.
     """
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
     _tolerant_output()
     try:
         app(args=_without_traceback_flag(sys.argv[1:]) if verbose else None)
+    except KeyboardInterrupt:  # outside a command (a command's own ends in typer's Exit(130))
+        if verbose:
+            raise
+        raise SystemExit(130) from None
     except Exception as exc:
         if verbose:
             raise
-        err = Console(stderr=True, highlight=False)
+        err = Console(stderr=True, highlight=False, emoji=False)
         extra = extra_for(exc)
         if isinstance(exc, MissingExtraError) or extra is not None:
             hint = "" if extra is None else f" (covey's {extra} extra installs it)"

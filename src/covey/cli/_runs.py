@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 console = output_console()
-warnings_console = Console(stderr=True, highlight=False)
+warnings_console = Console(stderr=True, highlight=False, emoji=False)
 
 runs_app = typer.Typer(
     help="Read the runs kept in run folders: `covey runs list`, `covey runs show RUN`.",
@@ -358,10 +358,24 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
 
 
 @runs_app.command("list")
-def list_runs(runs_dir: RunsDir = Path("runs")) -> None:
-    """List the runs under --dir (default runs/, three levels deep) with status and last metrics."""
+def list_runs(
+    folder: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The folder holding run folders (as --dir; default runs/).", show_default=False
+        ),
+    ] = None,
+    runs_dir: RunsDir = Path("runs"),
+) -> None:
+    """List the runs under FOLDER or --dir (default runs/, three levels deep): status, metrics."""
     from covey.core._history import History
 
+    if folder is not None:  # `covey runs list runs/study`, as `covey dashboard runs/` reads
+        if runs_dir != Path("runs") and runs_dir != folder:
+            fail(f"runs list {folder} --dir {runs_dir}: give the folder once")
+        runs_dir = folder
+    if runs_dir != Path("runs") and not runs_dir.is_dir():  # a typo, not a folder of no runs
+        fail(f"{runs_dir} is not a folder; give the folder holding run folders (default runs/)")
     notices: list[str] = []
     found = _runs_in(runs_dir, notices)
     if not found:

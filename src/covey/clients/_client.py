@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
@@ -132,13 +133,39 @@ def _config(task: Task) -> Config:
 def _fit(client: Any, task: Task) -> FitResult:
     if task.weights is None:
         raise ValueError("a fit task carries no weights")
-    result = client.fit(task.weights, _config(task))
+    try:
+        result = client.fit(task.weights, _config(task))
+    except TypeError as exc:
+        _check_signature(client, "fit", exc)
+        raise
     if not isinstance(result, FitResult):
         raise TypeError(
             f"{type(client).__name__}.fit() returned {type(result).__name__}, "
             "expected covey.FitResult" + (_TUPLE_FIT if isinstance(result, tuple) else "")
         )
     return result
+
+
+def _check_signature(client: Any, method: str, exc: TypeError) -> None:
+    """Raise a TypeError saying how covey calls ``method`` if its signature cannot take that.
+
+    Called when the call raised ``exc``: a ``fit(self, weights)`` gets Python's
+    "takes 2 positional arguments but 3 were given", which says nothing of the config.
+    """
+    bound = getattr(client, method)
+    try:
+        signature = inspect.signature(bound)
+    except (TypeError, ValueError):  # a builtin or a C method: nothing to say
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"{type(client).__name__}.{method}({', '.join(signature.parameters)}) cannot be "
+            f"called as {method}(weights, config): covey gives it the weights and the "
+            f"round's config (a dict holding 'round'); define it as "
+            f"def {method}(self, weights, config)"
+        ) from exc
 
 
 _TUPLE_FIT = (
@@ -154,7 +181,11 @@ _TUPLE_EVALUATE = (
 def _evaluate(client: Any, task: Task) -> EvaluateResult:
     if task.weights is None:
         raise ValueError("an evaluate task carries no weights")
-    result = client.evaluate(task.weights, _config(task))
+    try:
+        result = client.evaluate(task.weights, _config(task))
+    except TypeError as exc:
+        _check_signature(client, "evaluate", exc)
+        raise
     if not isinstance(result, EvaluateResult):
         raise TypeError(
             f"{type(client).__name__}.evaluate() returned {type(result).__name__}, "
@@ -364,8 +395,16 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
 
     Raises:
         TypeError: if ``client_fn`` read ``node_config`` (or another attribute of a
-            Flower ``Context``) from the client id; chained to the original error.
+            Flower ``Context``) from the client id; chained to the original error. Or
+            if ``client_fn`` is a client object rather than a function making one.
     """
+    given: Any = client_fn  # typed a function; a client object is the usual slip
+    if not callable(given) and callable(getattr(given, "fit", None)):
+        raise TypeError(
+            f"client_fn is a client ({type(client_fn).__name__} object), not a function of "
+            f"the client id: pass {type(client_fn).__name__} itself if it takes the id, or "
+            "a function cid -> client"
+        )
     try:
         return client_fn(cid)
     except AttributeError as exc:

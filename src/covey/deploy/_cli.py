@@ -25,7 +25,7 @@ from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
 
 # Every line whole: a server's or client's output is often a log file or a journal,
 # where a line cut at 80 columns becomes two entries.
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 __all__ = ["load_object", "server_command"]
 

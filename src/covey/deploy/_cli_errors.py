@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import math
@@ -25,7 +26,7 @@ __all__ = [
     "required_params",
 ]
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # `--app pkg:key` is no :key: emoji
 
 USAGE_EXIT = 2
 """The exit code of a command given wrong flags or files (as for any usage error)."""
@@ -52,16 +53,43 @@ def load_object(spec: str, flag: str = "--app") -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None and (module_name + ".").startswith(missing + "."):
+            fail(
+                f"{flag} {spec}: cannot import {module_name!r} ({exc}); run from the folder "
+                "holding it or add that folder to PYTHONPATH"
+            )
+        # The module is there; an import inside it failed (a package not installed here).
         fail(
-            f"{flag} {spec}: cannot import {module_name!r} ({exc}); run from the folder "
-            "holding it or add that folder to PYTHONPATH"
+            f"{flag} {spec}: {module_name!r} was found, but an import in it failed{_where(exc)}: "
+            f"{exc}; install what it needs here, or fix that import"
         )
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            fail(f"{flag} {spec}: module {module_name!r} has no attribute {attr!r}")
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            fail(
+                f"{flag} {spec}: module {module_name!r} has no attribute {attr!r}"
+                + (
+                    f"; did you mean {module_name}:{attr.replace(part, close[0], 1)}?"
+                    if close
+                    else ""
+                )
+            )
         obj = getattr(obj, part)
     return obj
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at FILE:LINE)``: the last line of the user's code that ``exc`` passed through."""
+    tb, at = exc.__traceback__, ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.startswith("<") and "importlib" not in name:
+            at = f" (at {name}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return at
 
 
 def required_params(fn: Any) -> int:

@@ -23,7 +23,7 @@ def output_console(*, stderr: bool = False, highlight: bool = True) -> Console:
         stderr: Write to standard error rather than standard output.
         highlight: Let rich colour numbers and paths.
     """
-    out = Console(stderr=stderr, highlight=highlight)
+    out = Console(stderr=stderr, highlight=highlight, emoji=False)  # names are no :emoji:
     out.soft_wrap = not out.is_terminal
     return out
 
@@ -62,4 +62,5 @@ def print_table(table: Table, out: Console | None = None) -> None:
         force_terminal=out.is_terminal and not out.is_dumb_terminal,
         no_color=out.no_color,
         legacy_windows=out.legacy_windows,
+        emoji=False,
     ).print(table)

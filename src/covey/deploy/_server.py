@@ -32,6 +32,7 @@ from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import load_state, state_types
 from covey.server._store import RunStore
+from covey.strategies._names import a_strategy
 from covey.strategies._strategy import Strategy
 from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
@@ -159,6 +160,7 @@ def serve(
     """
     rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
     check_settings(rounds, round_timeout, wait_timeout, heartbeat)
+    strategy = a_strategy(strategy)
     check_capacity(strategy, max_clients)
     if keep_last is not None and (
         isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from covey.aggregate import Begin
@@ -277,8 +277,7 @@ class RoundLoop(_LoopBase):
             )
             raise self._fail(
                 f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; failures: "
-                + "; ".join(f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5])
-                + (" ..." if len(record.fit_failures) > 5 else "")
+                + _failures_said(record.fit_failures, self.who)
             )
         record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
         self._apply(state, rnd, record)
@@ -388,3 +387,18 @@ class RoundLoop(_LoopBase):
             record.evaluate_loss = loss_sum / record.evaluate_examples
         if results:  # evaluate_metrics may weigh them otherwise (or count the clients)
             record.evaluate_metrics = strategy.combined_metrics("evaluate", results, rnd)
+
+
+def _failures_said(failures: list[Failure], who: Callable[[int], str]) -> str:
+    """A round's failures in one line; clients that failed alike share one entry.
+
+    A client bug fails every client with the same words: said once, not once a client.
+    """
+    groups: dict[str, list[str]] = {}
+    for failure in failures:
+        groups.setdefault(failure.error, []).append(who(failure.cid))
+    said = []
+    for error, names in list(groups.items())[:5]:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        said.append(f"{', '.join(names[:5])}{more}: {error}")
+    return "; ".join(said) + (" ..." if len(groups) > 5 else "")

@@ -32,6 +32,7 @@ from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.sim._start import check_start_method
 from covey.strategies._checks import refuse_unmet_need
+from covey.strategies._names import a_strategy
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -144,7 +145,7 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
         raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
-    strategy = strategy if strategy is not None else FedAvg()
+    strategy = a_strategy(strategy) if strategy is not None else FedAvg()
     count = strategy.client_count("fit", num_clients)
     counter = strategy.source("num_fit", "")  # a subclass's num_fit(), or ""
     if strategy.selector is None and count == 0:

@@ -9,6 +9,7 @@ error that says what to write instead; nothing here accepts the other names.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,12 +55,15 @@ FLOWER_METHODS = {
 }
 
 
-def unknown_options(name: str, unknown: Iterable[str]) -> TypeError:
+def unknown_options(name: str, unknown: Iterable[str], known: Iterable[str] = ()) -> TypeError:
     """The error for keyword arguments ``name`` does not take, with covey's names for Flower's.
+
+    A misspelt name gets the closest of the ``known`` ones.
 
     Args:
         name: What was called, e.g. ``"FedAvg"``.
         unknown: The keyword arguments it does not take.
+        known: The keyword arguments it takes.
 
     Returns:
         A TypeError to raise.
@@ -67,9 +71,17 @@ def unknown_options(name: str, unknown: Iterable[str]) -> TypeError:
     Example:
         >>> print(unknown_options("FedAvg", ["on_fit_config_fn"]))
         FedAvg() got unexpected keyword arguments: ['on_fit_config_fn']; Flower's on_fit_config_fn is covey's on_fit_config
+        >>> print(unknown_options("FedAvg", ["fraction_fitt"], ["fraction_fit", "seed"]))
+        FedAvg() got unexpected keyword arguments: ['fraction_fitt']; did you mean fraction_fit?
     """  # noqa: E501
     names = sorted(unknown)
-    hints = [f"Flower's {n} is covey's {FLOWER_OPTIONS[n]}" for n in names if n in FLOWER_OPTIONS]
+    choices = sorted(known)
+    hints = []
+    for n in names:
+        if n in FLOWER_OPTIONS:
+            hints.append(f"Flower's {n} is covey's {FLOWER_OPTIONS[n]}")
+        elif close := difflib.get_close_matches(n, choices, n=1):
+            hints.append(f"{n + ': ' if len(names) > 1 else ''}did you mean {close[0]}?")
     return TypeError(
         f"{name}() got unexpected keyword arguments: {names}"
         + "".join(f"; {hint}" for hint in hints)
@@ -103,3 +115,48 @@ def not_a_class(preset: Callable[..., Any]) -> None:
         )
 
     setattr(preset, "__mro_entries__", mro_entries)  # noqa: B010 - a function has no such slot
+
+
+#: The presets a strategy is made with, as ``covey.NAME()``.
+PRESETS = (
+    "Bulyan",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedBuff",
+    "FedMedian",
+    "FedProx",
+    "FedRFA",
+    "FedTrimmedAvg",
+    "FedYogi",
+    "Krum",
+    "MultiKrum",
+    "QFedAvg",
+    "Scaffold",
+)
+
+
+def a_strategy(value: Any) -> Any:
+    """``value`` if it is a :class:`~covey.Strategy`; else a TypeError saying what to pass.
+
+    A strategy's name (``"fedavg"``) or a preset not called (``covey.FedAvg``) would
+    otherwise fail later, naming an attribute the string or the function lacks.
+
+    Raises:
+        TypeError: naming what was given and the call to make instead.
+    """
+    from covey.strategies._strategy import Strategy
+
+    if isinstance(value, Strategy):
+        return value
+    start = "strategy must be a covey.Strategy"
+    if isinstance(value, str):
+        by_case = {name.lower(): name for name in PRESETS}
+        close = difflib.get_close_matches(value.lower(), list(by_case), n=1, cutoff=0.5)
+        preset = by_case[close[0]] if close else "FedAvg"
+        raise TypeError(f"{start}, not the string {value!r}: pass covey.{preset}()")
+    name = getattr(value, "__name__", None)
+    if callable(value) and name in (*PRESETS, "Strategy"):
+        raise TypeError(f"{start}, not the function {name} itself: call it, covey.{name}()")
+    raise TypeError(f"{start} (e.g. covey.FedAvg()), got {type(value).__name__}")

@@ -39,5 +39,5 @@ def preset(
     """
     unknown = set(options) - set(StrategyOptions.__annotations__)
     if unknown:
-        raise unknown_options(name, unknown)
+        raise unknown_options(name, unknown, {*StrategyOptions.__annotations__, *hyperparameters})
     return Strategy(aggregator=aggregator, name=name, hyperparameters=hyperparameters, **options)

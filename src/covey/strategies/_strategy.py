@@ -143,7 +143,7 @@ class Strategy:
         accepted = parameters(cls)
         unknown = set() if accepted is None else set(kwargs) - accepted
         if unknown:
-            raise unknown_options(cls.__name__, unknown)
+            raise unknown_options(cls.__name__, unknown, (accepted or set()) - {"self"})
         return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -8,7 +8,8 @@ clients dialling ``127.0.0.1:9092`` would reach the other process. So the
 server resolves a name itself and binds each address on its own: an address in
 use refuses the start, naming it. An address this machine cannot listen on
 (``::1`` where IPv6 is off) is left out, as gRPC leaves it out. An IP address
-or a wildcard (``0.0.0.0``, ``[::]``) is handed to gRPC as it is.
+or a wildcard (``0.0.0.0``, ``[::]``) is handed to gRPC as it is, once a probe
+found its port free (gRPC's own error for a port in use names no cause).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _usable(ip: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise OSError(
-                    f"{_target(ip, port)} is in use (another server listens there)"
+                    f"{_target(ip, port)} is in use (another server listens there): stop "
+                    "it, or choose another port"
                 ) from None
             return False  # not an address of this machine, or its family is off
     return True
@@ -80,10 +82,15 @@ def listen_targets(address: str) -> list[str]:
     """
     host, port = check_address(address, listen=True)
     try:
-        ipaddress.ip_address(host)
+        literal = ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
+        if port:  # raises, naming the address, if another process listens there
+            # gRPC listens on both families for a wildcard: either one taken stops it.
+            wildcard = ("0.0.0.0", "::")  # noqa: S104 (what gRPC binds for it)
+            for probe in wildcard if literal.is_unspecified else (host,):
+                _usable(probe, port)
         return [address.strip()]
     ips = _resolve(host, port)
     usable = [ip for ip in ips if _usable(ip, port)]
