@@ -130,3 +130,15 @@ def test_decode_outvotes_up_to_half_the_spare_shares_and_refuses_more(
     else:  # beyond the decoding bound: a refusal or an answer, never another error
         with contextlib.suppress(ShamirError):
             _shamir.decode(shares, t, 32)
+
+
+def test_decode_finds_false_shares_in_every_run_of_threshold_points() -> None:
+    # 11 shares of a 5-of-n secret, false at points 2, 3 and 8: every run of 5
+    # consecutive points holds one, so no run's polynomial was tried that was true
+    secret = bytes(range(32))
+    shares = split(secret, 5, list(range(1, 12)))
+    for x in (2, 3, 8):
+        limbs = np.frombuffer(shares[x], dtype="<u4").astype(np.int64)
+        limbs[x % limbs.size] = (limbs[x % limbs.size] + 1) % PRIME
+        shares[x] = limbs.astype("<u4").tobytes()
+    assert _shamir.decode(shares, 5, 32) == (secret, [2, 3, 8])

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from covey.secagg._welch import true_shares
+
 PRIME = 2**31 + 11
 """The field's order: the smallest prime above 2^31 (as in Google's production SecAgg)."""
 LIMB_BITS = 31
@@ -181,7 +183,9 @@ def decode(shares: Mapping[int, bytes], threshold: int, length: int) -> tuple[by
     ``threshold`` of them agrees with all but at most ``(m - threshold) // 2`` of
     the ``m`` shares (then it is the only such polynomial, as in the unique
     decoding of Reed-Solomon codes); candidate polynomials are those through
-    disjoint, then overlapping, runs of ``threshold`` points. A share with a
+    disjoint, then overlapping, runs of ``threshold`` points, and when every run
+    holds a false share, the one through ``threshold`` shares that
+    Berlekamp-Welch finds true (:mod:`covey.secagg._welch`). A share with a
     value outside the field is false from the start.
 
     Raises:
@@ -206,15 +210,28 @@ def decode(shares: Mapping[int, bytes], threshold: int, length: int) -> tuple[by
         rows = inside[start : start + threshold]
         ok = _agreeing(values, xs, rows, PRIME)
         if int(ok.sum()) >= needed:
-            weights = np.asarray(lagrange_at_zero([int(x) for x in xs[rows]]), dtype=np.uint64)
-            limbs = np.zeros(values.shape[1], dtype=np.uint64)
-            for w, r in zip(weights, rows, strict=True):
-                limbs = (limbs + (w * values[r]) % np.uint64(PRIME)) % np.uint64(PRIME)
-            false = [points[k] for k in np.nonzero(~ok)[0]]
-            return _from_limbs([int(v) for v in limbs], length), false
+            return _secret(values, xs, rows, length), [points[k] for k in np.nonzero(~ok)[0]]
+    if inside.size > threshold:  # no run of points was all true: locate the false ones
+        found = true_shares(
+            values[inside], xs[inside], threshold, PRIME, random_field((values.shape[1],))
+        )
+        if found is not None:
+            rows = inside[found]
+            ok = _agreeing(values, xs, rows, PRIME)
+            if int(ok.sum()) >= needed:
+                return _secret(values, xs, rows, length), [points[k] for k in np.nonzero(~ok)[0]]
     raise ShamirError(
         f"the {m} shares do not agree on a secret and too few agree to outvote the false ones"
     )
+
+
+def _secret(values: np.ndarray, xs: np.ndarray, rows: np.ndarray, length: int) -> bytes:
+    """The secret of ``length`` bytes through the shares ``rows``."""
+    weights = np.asarray(lagrange_at_zero([int(x) for x in xs[rows]]), dtype=np.uint64)
+    limbs = np.zeros(values.shape[1], dtype=np.uint64)
+    for w, r in zip(weights, rows, strict=True):
+        limbs = (limbs + (w * values[r]) % np.uint64(PRIME)) % np.uint64(PRIME)
+    return _from_limbs([int(v) for v in limbs], length)
 
 
 def split(secret: bytes, threshold: int, xs: Sequence[int]) -> dict[int, bytes]:
