@@ -239,3 +239,22 @@ def test_local_dp_with_a_ledger_path_accounts_across_rebuilt_clients(tmp_path: A
     path.write_text("{")
     with pytest.raises(ValueError, match="cannot read the privacy ledger"):
         make()
+
+
+def test_the_history_gives_the_largest_local_budget_not_a_mean() -> None:
+    # the round's dp_epsilon was the example-weighted mean of the clients' budgets,
+    # understating what the most exposed client spent
+    def client(cid: int) -> privacy.LocalDP:
+        return privacy.LocalDP(
+            Fixed({"w": np.zeros(4)}), epsilon=[1.0, 4.0, 2.0][cid], delta=1e-5, clip=1.0, seed=cid
+        )
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=3, min_available_clients=3)
+    result = covey.simulate(client, 3, 2, strategy, {"w": np.zeros(4)})
+    spent = [
+        float(client(cid).fit({"w": np.zeros(4)}, {"round": 1}).metrics["dp_epsilon"])
+        for cid in range(3)
+    ]
+    assert result.history[1].fit_metrics["dp_epsilon"] == max(spent)
+    assert result.history[1].fit_metrics["dp_delta"] == 1e-5
+    assert result.history[1].fit_metrics["loss"] == 1.0  # the others are still means

@@ -12,23 +12,35 @@ MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
 """``[(num_examples, metrics), ...] -> metrics``: combines the clients' metrics of a round."""
 
 
+#: Privacy budgets clients report (``covey.privacy.LocalDP``): combined as the largest.
+LARGEST: frozenset[str] = frozenset({"dp_epsilon", "dp_delta"})
+
+
 def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     """Average numeric metrics over clients, weighted by their number of examples.
+
+    A privacy budget a client reports (``dp_epsilon``, ``dp_delta``, see
+    :data:`LARGEST`) is the largest any client reported: what the round's
+    release cost its most exposed client, which a mean would understate.
 
     Args:
         results: ``(num_examples, metrics)`` for each client.
 
     Returns:
         For each numeric metric, ``sum_k n_k m_k / sum_k n_k`` over the clients
-        that reported it; a 0-d array counts as its number (``loss.detach().numpy()``
-        gives one); other metrics (bools, strings, arrays of values) are left out.
+        that reported it (the largest value for the privacy budgets); a 0-d
+        array counts as its number (``loss.detach().numpy()`` gives one); other
+        metrics (bools, strings, arrays of values) are left out.
 
     Example:
         >>> weighted_metrics([(10, {"acc": 1.0}), (30, {"acc": 0.0})])
         {'acc': 0.25}
+        >>> weighted_metrics([(10, {"dp_epsilon": 4.0}), (30, {"dp_epsilon": 1.0})])
+        {'dp_epsilon': 4.0}
     """
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    largest: dict[str, float] = {}
     for n, metrics in results:
         for key, raw in metrics.items():
             value: object = raw  # an array too: the transports carry numeric arrays
@@ -36,6 +48,10 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
                 value = value.item()
             if isinstance(value, bool) or not isinstance(value, int | float | np.number):
                 continue
+            if key in LARGEST:
+                largest[key] = max(largest.get(key, float(value)), float(value))
+                continue
             sums[key] = sums.get(key, 0.0) + n * float(value)
             counts[key] = counts.get(key, 0) + n
-    return {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
+    combined = {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
+    return {**combined, **largest}
