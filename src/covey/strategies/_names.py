@@ -117,26 +117,6 @@ def not_a_class(preset: Callable[..., Any]) -> None:
     setattr(preset, "__mro_entries__", mro_entries)  # noqa: B010 - a function has no such slot
 
 
-#: The presets a strategy is made with, as ``covey.NAME()``.
-PRESETS = (
-    "Bulyan",
-    "FedAdagrad",
-    "FedAdam",
-    "FedAvg",
-    "FedAvgM",
-    "FedBuff",
-    "FedMedian",
-    "FedProx",
-    "FedRFA",
-    "FedTrimmedAvg",
-    "FedYogi",
-    "Krum",
-    "MultiKrum",
-    "QFedAvg",
-    "Scaffold",
-)
-
-
 def a_strategy(value: Any) -> Any:
     """``value`` if it is a :class:`~covey.Strategy`; else a TypeError saying what to pass.
 
@@ -146,17 +126,19 @@ def a_strategy(value: Any) -> Any:
     Raises:
         TypeError: naming what was given and the call to make instead.
     """
+    from covey.strategies._presets import PRESETS
     from covey.strategies._strategy import Strategy
 
     if isinstance(value, Strategy):
         return value
+    presets = [preset.__name__ for preset in PRESETS]
     start = "strategy must be a covey.Strategy"
     if isinstance(value, str):
-        by_case = {name.lower(): name for name in PRESETS}
+        by_case = {name.lower(): name for name in presets}
         close = difflib.get_close_matches(value.lower(), list(by_case), n=1, cutoff=0.5)
         preset = by_case[close[0]] if close else "FedAvg"
         raise TypeError(f"{start}, not the string {value!r}: pass covey.{preset}()")
     name = getattr(value, "__name__", None)
-    if callable(value) and name in (*PRESETS, "Strategy"):
+    if callable(value) and name in (*presets, "Strategy"):
         raise TypeError(f"{start}, not the function {name} itself: call it, covey.{name}()")
     raise TypeError(f"{start} (e.g. covey.FedAvg()), got {type(value).__name__}")

@@ -433,8 +433,11 @@ def FedBuff(
     return replace(strategy, buffer_size=buffer_size, max_staleness=max_staleness)
 
 
-for _preset in (
+#: The presets a strategy is made with, as ``covey.NAME()``.
+PRESETS: tuple[Callable[..., Strategy], ...] = (
     FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg,
     Krum, MultiKrum, Bulyan, FedRFA, QFedAvg, Scaffold, FedBuff,
-):  # fmt: skip
+)  # fmt: skip
+
+for _preset in PRESETS:
     not_a_class(_preset)
