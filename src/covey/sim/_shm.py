@@ -219,7 +219,7 @@ def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | N
     blob = bytearray()
     try:
         if reply.error is None:
-            text, arrays = _wire.result_to_wire(reply.result)
+            text, arrays = _wire.result_to_wire(reply.result, _LIMITS)
             extras = getattr(reply.result, "extras", None) or {}
             parts = {"arrays": arrays, "extras": _wire.flatten_extras(extras) if extras else None}
             present = [part for part in parts.values() if part]

@@ -195,7 +195,7 @@ def reply_frames(task_id: int, reply: Reply) -> Iterator[bytes]:
     extras: _codec.Encoded | None = None
     if reply.ok:
         try:
-            result_json, arrays = _wire.result_to_wire(reply.result)
+            result_json, arrays = _wire.result_to_wire(reply.result, _wire.WireLimits())
             blob = None if arrays is None else _codec.Encoded(arrays)
             more = getattr(reply.result, "extras", None)
             if more:

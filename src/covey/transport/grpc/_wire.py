@@ -378,8 +378,17 @@ def is_extras(value: Any) -> bool:
     )
 
 
-def result_to_wire(result: Any) -> tuple[bytes, Weights | None]:
-    """Split a task's result into JSON bytes and optional weights to send as chunks."""
+def result_to_wire(result: Any, limits: WireLimits | None = None) -> tuple[bytes, Weights | None]:
+    """Split a task's result into JSON bytes and optional weights to send as chunks.
+
+    With ``limits`` (those the reader applies), a metric or value the reader would
+    refuse for its size is refused here, naming where it is (``'metrics'.'blob'``),
+    instead of reaching the reader as an unreadable reply.
+    """
+
+    def encode(value: Any) -> bytes:
+        return dumps(value) if limits is None else dumps_within(value, limits)
+
     if isinstance(result, FitResult):
         form = "weights" if result.weights is not None else "delta"
         arrays = result.weights if result.weights is not None else result.delta
@@ -389,7 +398,7 @@ def result_to_wire(result: Any) -> tuple[bytes, Weights | None]:
             "num_examples": result.num_examples,
             "metrics": result.metrics,
         }
-        return dumps(head), arrays
+        return encode(head), arrays
     if isinstance(result, EvaluateResult):
         head = {
             "type": "evaluate",
@@ -397,13 +406,13 @@ def result_to_wire(result: Any) -> tuple[bytes, Weights | None]:
             "num_examples": result.num_examples,
             "metrics": result.metrics,
         }
-        return dumps(head), None
+        return encode(head), None
     if isinstance(result, Mapping) and any(isinstance(v, np.ndarray) for v in result.values()):
         # Large arrays in a dict result (e.g. a masked vector) travel as chunks, not JSON.
         arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
         rest = {k: v for k, v in result.items() if k not in arrays}
-        return dumps({"type": "value", "value": rest, "arrays": sorted(arrays)}), arrays
-    return dumps({"type": "value", "value": result}), None
+        return encode({"type": "value", "value": rest, "arrays": sorted(arrays)}), arrays
+    return encode({"type": "value", "value": result}), None
 
 
 def result_from_wire(
