@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def site_processes(tmp_path: Path) -> Iterator[tuple[Path, int, list[subprocess.
     frames = _frames()
     frames[0].to_parquet(tmp_path / "patients.parquet")
     frames[1].to_csv(tmp_path / "patients.csv", index=False)
-    with sqlite3.connect(tmp_path / "h.db") as con:
+    with closing(sqlite3.connect(tmp_path / "h.db")) as con, con:
         frames[2].to_sql("patients", con, index=False)
     sources = [
         str(tmp_path / "patients.parquet"),

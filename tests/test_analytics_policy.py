@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import duckdb
@@ -172,7 +173,7 @@ def test_values_outside_the_bounds_are_clipped_and_counted() -> None:
 def test_a_site_with_a_sqlite_database_parquet_and_csv_answers(tmp_path: Path) -> None:
     frames = [_frame(40, s) for s in range(3)]
     db = tmp_path / "hospital.db"
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:
         frames[0].to_sql("patients", con, index=False)
     frames[1].to_parquet(tmp_path / "patients.parquet")
     frames[2].to_csv(tmp_path / "patients.csv", index=False)
@@ -194,7 +195,7 @@ def test_a_site_with_a_sqlite_database_parquet_and_csv_answers(tmp_path: Path) -
 
 def test_a_missing_sqlite_table_or_file_is_a_clear_error(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:
         con.execute("CREATE TABLE other (x INTEGER)")
     with pytest.raises(ValueError, match="has no table 'patients'"):
         Site({"patients": f"sqlite:///{db}"}, POLICY)

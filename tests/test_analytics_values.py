@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import duckdb
@@ -27,7 +28,7 @@ def test_a_numeric_group_column_stored_as_float_or_decimal_matches_its_integer_d
     # float64, and a DECIMAL column prints as '1.00': neither may miss a domain of ints.
     ward = [1, 2, 2, None] * 10
     with_null = pd.DataFrame({"ward": ward, "x": np.arange(40.0)})
-    with sqlite3.connect(tmp_path / "h.db") as db:
+    with closing(sqlite3.connect(tmp_path / "h.db")) as db, db:
         with_null.to_sql("t", db, index=False)
     dec = pd.DataFrame(
         {"ward": [decimal.Decimal(w or 3).quantize(decimal.Decimal("0.01")) for w in ward]}

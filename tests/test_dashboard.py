@@ -7,6 +7,7 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +301,7 @@ def test_a_database_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
     (tmp_path / "x").mkdir()
-    with sqlite3.connect(tmp_path / "x" / "run.sqlite") as conn:
+    with closing(sqlite3.connect(tmp_path / "x" / "run.sqlite")) as conn, conn:
         conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
     conn.close()
     with pytest.raises(RunReadError, match="not a readable covey run database: no such table"):

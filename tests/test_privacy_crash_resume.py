@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def _run(run: Path, rounds: int, noise_seed: int | None, resume: bool) -> covey.
 
 def _as_if_killed(run: Path) -> None:
     """Leave the run's status as a SIGKILLed server leaves it."""
-    with sqlite3.connect(run / "run.sqlite") as db:
+    with closing(sqlite3.connect(run / "run.sqlite")) as db, db:
         db.execute("UPDATE run SET status = 'running' WHERE id = 1")
 
 
@@ -81,7 +82,7 @@ def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
 
 
 def _status(run: Path) -> str:
-    with sqlite3.connect(run / "run.sqlite") as db:
+    with closing(sqlite3.connect(run / "run.sqlite")) as db, db:
         status: str = db.execute("SELECT status FROM run WHERE id = 1").fetchone()[0]
     return status
 
@@ -106,7 +107,7 @@ def test_a_resume_that_stops_before_a_round_keeps_the_charge_for_the_next(
 def test_a_resumed_run_is_running_again_so_a_kill_is_charged(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _run(run, 2, None, resume=False)
-    with sqlite3.connect(run / "run.sqlite") as db:  # as Ctrl-C leaves it
+    with closing(sqlite3.connect(run / "run.sqlite")) as db, db:  # as Ctrl-C leaves it
         db.execute("UPDATE run SET status = 'failed' WHERE id = 1")
     served = Served(_strategy(None), 3, run_dir=run, resume=True)
     assert _status(run) == "running"  # a SIGKILL now leaves it so: the next resume charges

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def _run(run_dir: Path, rounds: int = 4) -> None:
 
 
 def _name_file(run_dir: Path, round: int, name: str) -> None:
-    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+    with closing(sqlite3.connect(run_dir / "run.sqlite")) as conn, conn:
         conn.execute("UPDATE rounds SET weights_file = ? WHERE round = ?", (name, round))
     conn.close()
 

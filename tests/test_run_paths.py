@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_a_site_table_in_a_sqlite_file_under_a_hash_folder(tmp_path: Path) -> No
     folder = tmp_path / "clinic #2"
     folder.mkdir()
     db = folder / "h.db"
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con, con:
         pd.DataFrame({"age": [30, 40], "sex": ["F", "M"]}).to_sql("patients", con, index=False)
     policy = Policy(bounds={"age": (0, 120)}, min_group_size=1)
     site = Site({"patients": f"sqlite:///{db}"}, policy, name="clinic")
