@@ -243,3 +243,31 @@ class _Good(covey.Client):
 def test_encoded_counts_its_bytes() -> None:
     enc = Encoded("q8", {"w": {"codes": np.zeros(10, np.uint8), "lo": np.zeros(1)}}, 3)
     assert enc.nbytes == 18
+
+
+class _Step(covey.Client):
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.ones(4)}, num_examples=1)
+
+
+@pytest.mark.parametrize("spec", [None, "q8", "topk:0.5"])
+def test_compressed_fits_take_simulated_time_and_stragglers_miss_the_deadline(
+    spec: str | None,
+) -> None:
+    # Before: a compressed fit task was not seen as training, so it took no simulated
+    # time, no round recorded a clock, and clients slower than the deadline took part.
+    result = covey.simulate(
+        lambda cid: _Step(),
+        6,
+        2,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(4)},
+        compression=spec,
+        client_durations=lambda cid, rng: float(cid),
+        round_deadline=3.5,
+    )
+    for record in result.history.rounds[1:]:
+        assert record.fit_participants == [0, 1, 2, 3]
+        assert [f.cid for f in record.fit_failures] == [4, 5]
+        assert all("straggler" in f.error for f in record.fit_failures)
+        assert record.aggregate_info["clock"] == 3.5 * record.round

@@ -365,3 +365,43 @@ def test_bfloat16_rounds_a_float64_value_once() -> None:
     x = np.r_[above, below, rng.standard_normal(2000) * 10.0 ** rng.uniform(-40, 38, 2000)]
     bits = Cast("bfloat16").encode({"w": x}, np.random.default_rng(0))["w"]["bf16"]
     np.testing.assert_array_equal(bits, [_bf16_exact(float(v)) for v in x])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "lo", "step"),
+    [
+        (np.float32, 1e300, 0.0),
+        (np.float32, 0.0, 1e37),
+        (np.float16, -1e5, 0.0),
+        (np.float16, 0.0, 300.0),
+    ],
+)
+def test_a_forged_scale_beyond_a_narrower_dtype_is_refused_without_a_warning(
+    dtype: Any, lo: float, step: float
+) -> None:
+    # Before: finite in float64, so decoded into Inf with "overflow encountered in cast"
+    # on the server (an exception under warnings-as-errors), then refused as non-finite.
+    x = {"w": np.zeros(6, dtype=dtype)}
+    parts = {
+        "w": {"codes": np.full(6, 255, np.uint8), "lo": np.array([lo]), "step": np.array([step])}
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(
+            WeightsError, match=f"'w' has a scale whose levels go beyond {dtype.__name__}"
+        ):
+            Quantize(8).decode(parts, WeightsSpec.of(x))
+
+
+def test_bfloat16_carries_float16_s_largest_values_and_refuses_larger_ones() -> None:
+    # Before: 65504 (or any float16 from 65408 up) rounds to bfloat16's 65536, which
+    # the server decoded into Inf with a warning: an honest update refused as non-finite.
+    x = {"h": np.array([65504.0, -65440.0, 65376.0, 1.0], dtype=np.float16)}
+    spec = WeightsSpec.of(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = Cast("bfloat16").decode(Cast("bfloat16").encode(x, np.random.default_rng(0)), spec)
+        np.testing.assert_array_equal(out["h"], [65504.0, -65504.0, 65280.0, 1.0])
+        forged = {"h": {"bf16": np.array([0x4781, 0, 0, 0], dtype=np.uint16)}}  # 65792
+        with pytest.raises(WeightsError, match="'h' has bfloat16 values beyond float16's range"):
+            Cast("bfloat16").decode(forged, spec)

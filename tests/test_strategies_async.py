@@ -255,6 +255,27 @@ def test_process_backend_gives_the_same_run() -> None:
     ]
 
 
+def test_compressed_bytes_count_in_the_update_a_reply_arrives_in_on_every_backend() -> None:
+    # Before: the process backend computes prefetched tasks in batches and counted their
+    # bytes then, not when the virtual clock delivers them: an update of three replies
+    # recorded 0 bytes or four replies' worth, and replies never used were counted.
+    kwargs: dict[str, Any] = {
+        "client_fn": digits_client,
+        "num_clients": 6,
+        "rounds": 4,
+        "strategy": covey.FedBuff(buffer_size=3, fraction_evaluate=0.0),
+        "initial_weights": logistic_init(64, 10),
+        "compression": "q8",
+    }
+    model = (64 * 10 + 10) * 8
+    upload = 64 * 10 + 10 + 2 * 2 * 8  # codes, and a minimum and a step per array
+    for backend in ("inline", "process"):
+        history = covey.simulate(**kwargs, backend=backend, num_workers=2).history
+        for record in history.rounds[1:]:
+            assert len(record.fit_participants) == 3, backend
+            assert (record.bytes_sent, record.bytes_received) == (3 * model, 3 * upload), backend
+
+
 def test_failures_are_recorded_and_the_run_goes_on() -> None:
     result = covey.simulate(
         lambda cid: Const(cid, fail=cid == 3),

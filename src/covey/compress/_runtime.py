@@ -226,10 +226,19 @@ class CompressedTransport:
         seed: Seeds the clients' stochastic rounding.
         run: A token naming this run, sent to clients so that a client object
             starts each run without the top-k residuals of an earlier one.
+        by_client: Hold each client's bytes (its last task's and the replies to it)
+            until :meth:`deliver` names the client: an asynchronous simulation
+            computes replies ahead of the update they arrive in.
     """
 
     def __init__(
-        self, inner: Any, scheme: Scheme | None, *, seed: int = 0, run: str | None = None
+        self,
+        inner: Any,
+        scheme: Scheme | None,
+        *,
+        seed: int = 0,
+        run: str | None = None,
+        by_client: bool = False,
     ) -> None:
         self.inner = inner
         self.scheme = scheme
@@ -237,6 +246,7 @@ class CompressedTransport:
         self.run = run
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._held: dict[int, list[int]] | None = {} if by_client else None
         self.num_workers = int(getattr(inner, "num_workers", 0))
         self._carried = None if scheme is None else _scheme_value(scheme)
 
@@ -254,6 +264,23 @@ class CompressedTransport:
         """How many times ``cid`` connected, if the inner transport counts it (else 0)."""
         joins = getattr(self.inner, "joins", None)
         return 0 if joins is None else int(joins(cid))
+
+    def deliver(self, cid: int) -> None:
+        """Count the bytes held for ``cid`` (with ``by_client``; a no-op otherwise)."""
+        held = None if self._held is None else self._held.pop(cid, None)
+        if held is not None:
+            self.bytes_sent += held[0]
+            self.bytes_received += held[1]
+
+    def _count(self, cid: int, sent: int, received: int) -> None:
+        """Count bytes sent to or received from ``cid``, or hold them (``by_client``)."""
+        if self._held is None:
+            self.bytes_sent += sent
+            self.bytes_received += received
+        elif sent:  # a new task: what an earlier one held was never delivered
+            self._held[cid] = [sent, received]
+        else:
+            self._held.setdefault(cid, [0, 0])[1] += received
 
     def take_counts(self) -> tuple[int, int]:
         """``(bytes sent, bytes received)`` since the last call, and reset them."""
@@ -277,7 +304,7 @@ class CompressedTransport:
                 extras = task.payload if task.kind == "fit" and task.payload else {}
                 size = _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
                 sizes[key] = size
-            self.bytes_sent += size
+            self._count(cid, size, 0)
             if task.kind == "fit" and self._carried is not None and task.weights is not None:
                 if id(task.weights) not in specs:
                     specs[id(task.weights)] = WeightsSpec.of(task.weights)
@@ -286,12 +313,12 @@ class CompressedTransport:
                 out[cid] = task
         for reply in self.inner.exchange(out, timeout=timeout):
             if reply.kind == KIND:
-                self.bytes_received += plain_nbytes(reply.result)
+                self._count(reply.cid, 0, plain_nbytes(reply.result))
                 sent = tasks.get(reply.cid)
                 spec = None if sent is None or sent.kind != "fit" else specs.get(id(sent.weights))
                 yield self._decode(reply, spec)
             else:
-                self.bytes_received += _result_nbytes(reply.result)
+                self._count(reply.cid, 0, _result_nbytes(reply.result))
                 yield reply
 
     def _decode(self, reply: Reply, spec: WeightsSpec | None) -> Reply:

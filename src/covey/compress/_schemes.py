@@ -30,6 +30,11 @@ from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
 Parts = dict[str, dict[str, Array]]
 
+_BF16_65536 = 0x4780
+"""The bfloat16 bits of 65536, what float16's values from 65408 up round to."""
+_BF16_INF = 0x7F80
+"""The bfloat16 bits of Inf (magnitudes from here on are Inf and NaN)."""
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -129,6 +134,8 @@ class Cast:
     once to nearest even, from float64 too); float16 has more mantissa but
     overflows above 65504. An array with NaN or Inf, or with a value beyond
     the target's range, is refused by :meth:`encode` with a ValueError naming it.
+    A float16 array's values from 65408 up round to 65536 in bfloat16 and are
+    decoded as 65504, float16's largest.
 
     Args:
         dtype: ``"float16"`` or ``"bfloat16"``.
@@ -169,8 +176,32 @@ class Cast:
                 out[n] = _part(parts, n, "f16", size, np.dtype(np.float16)).astype(d).reshape(s)
             else:
                 bits = _part(parts, n, "bf16", size, np.dtype(np.uint16))
-                out[n] = _from_bf16(bits, d).reshape(s)
+                if d == np.float16:
+                    out[n] = _bf16_to_float16(n, bits).reshape(s)
+                else:
+                    out[n] = _from_bf16(bits, d).reshape(s)
         return out
+
+
+def _bf16_to_float16(name: str, bits: Array) -> Array:
+    """bfloat16 ``bits`` of a float16 array as float16, within float16's range.
+
+    A float16 value of 65408 or more rounds to 65536 in bfloat16, beyond float16's
+    range: it is read back as 65504, float16's largest. A larger finite value,
+    which no float16 array encodes to, is refused (NaN and Inf decode as they
+    are, for the server's check of non-finite updates to refuse).
+    """
+    mag = bits & np.uint16(0x7FFF)
+    if bool(((mag > _BF16_65536) & (mag < _BF16_INF)).any()):
+        raise WeightsError(
+            f"encoded update: {name!r} has bfloat16 values beyond float16's range "
+            "(65504), which no float16 array encodes to"
+        )
+    with np.errstate(over="ignore"):  # 65536 overflows float16: set to 65504 below
+        out = _from_bf16(bits, np.dtype(np.float16))
+    top = mag == _BF16_65536
+    out[top] = np.copysign(np.float16(65504.0), out[top])
+    return out
 
 
 @dataclass(frozen=True)
@@ -241,8 +272,21 @@ class Quantize:
                     f"encoded update: {n!r} has a scale whose levels overflow float64 "
                     f"(minimum {lo:g}, step {step:g})"
                 )
+            if not _fits(d, lo, lo + top):  # and the lowest and highest levels a d
+                raise WeightsError(
+                    f"encoded update: {n!r} has a scale whose levels go beyond {d}'s range "
+                    f"(minimum {lo:g}, step {step:g})"
+                )
             out[n] = _dequantize(codes, size, lo, step, d, four=self.bits == 4).reshape(s)
         return out
+
+
+def _fits(dtype: np.dtype[Any], *values: float) -> bool:
+    """Whether float64 ``values`` stay finite as ``dtype`` (rounded to nearest, as decoded)."""
+    if dtype.itemsize >= 8:
+        return True
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.array(values).astype(dtype)).all())
 
 
 @dataclass(frozen=True)

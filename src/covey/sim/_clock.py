@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core._messages import Reply, Task
 from covey.transport._async import Durations
 from covey.transport._base import Transport
@@ -136,14 +137,18 @@ class ClientClock:
         return bool(self.online(np.array([cid]), rnd)[0])
 
 
+_FITS = ("fit", COMPRESSED_FIT)
+
+
 def trains(task: Task) -> bool:
     """Whether ``task`` runs the client's training (and so takes simulated time).
 
-    A fit does, and so does secure aggregation's masked input for a secure fit: the
-    exchange that carries the weights and calls the client's ``fit``.
+    A fit does, and so does a compressed fit (``"fit_compressed"``) and secure
+    aggregation's masked input for a secure fit: the exchanges that carry the weights
+    and call the client's ``fit``.
     """
     # "secagg.mask" by name: importing covey.secagg here would load its cryptography.
-    return task.kind == "fit" or (task.kind == "secagg.mask" and task.weights is not None)
+    return task.kind in _FITS or (task.kind == "secagg.mask" and task.weights is not None)
 
 
 def offline_error(rnd: int) -> str:

@@ -423,10 +423,12 @@ def simulate(
                 clocked.now = checkpoint.clock()  # the simulated seconds of the saved rounds
             # A run token: client objects that outlive a run start the next without its
             # top-k residuals (a client_fn may hand out the same objects run after run).
+            # Asynchronous: bytes count when the virtual clock delivers a reply.
+            token, held = secrets.token_hex(8), strategy.asynchronous
             counter = (
                 None
                 if scheme is None
-                else CompressedTransport(transport, scheme, seed=seed, run=secrets.token_hex(8))
+                else CompressedTransport(transport, scheme, seed=seed, run=token, by_client=held)
             )
             transport = counter if counter is not None else transport
             checkpoint.begin()
@@ -466,6 +468,7 @@ def simulate(
                     seed=seed,
                     prefetch=2 * workers,
                     wall_timeout=round_timeout,
+                    on_deliver=None if counter is None else counter.deliver,
                 )
             options = {"evaluate_fn": evaluate_fn, "seed": seed, "round_timeout": round_timeout}
             loop = _loop(strategy, loop_transport, checkpoint, options, round_done)

@@ -107,6 +107,9 @@ class SimulatedAsyncTransport:
         wall_timeout: Real seconds each exchange with ``transport`` may take (a
             simulation's ``round_timeout``): a client stuck in ``fit`` then fails
             its task instead of holding up the run. None waits without end.
+        on_deliver: Called with a client's id when the clock reaches its computed
+            reply, which may have been computed earlier, with a prefetched batch
+            (a simulation counts the bytes of each task and reply then).
     """
 
     def __init__(
@@ -117,8 +120,10 @@ class SimulatedAsyncTransport:
         seed: int = 0,
         prefetch: int = 1,
         wall_timeout: float | None = None,
+        on_deliver: Callable[[int], None] | None = None,
     ) -> None:
         self._transport = transport
+        self._on_deliver = on_deliver
         self._wall_timeout = wall_timeout
         self._durations = durations
         self._rng = np.random.default_rng([seed, 3])
@@ -188,6 +193,8 @@ class SimulatedAsyncTransport:
             del self._pending[cid]
             if pending.reply is None:  # an invariant of this module, not an input check
                 raise RuntimeError("internal error: pending.reply is unset")
+            if self._on_deliver is not None:
+                self._on_deliver(cid)
             return pending.reply
         return None
 
