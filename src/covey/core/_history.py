@@ -418,7 +418,7 @@ class History:
             if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
                 raise ValueError("it has no list of rounds")
             history = cls.from_dict(data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # JSON nested too deep
             raise ValueError(f"{path} is not a covey history: {exc}") from None
         left_out = _unknown_in(data)
         if left_out:

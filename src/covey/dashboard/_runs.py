@@ -152,7 +152,9 @@ def read_json(path: Path) -> Any:
         if size > MAX_JSON_BYTES:
             raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
         return json.loads(path.read_bytes(), parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer of more digits than Python
+        # converts; RecursionError: arrays or objects nested deeper than the parser recurses
         raise RunReadError(f"cannot read {path}: {exc}") from exc
 
 
@@ -216,7 +218,7 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
         run.meta.update(config if isinstance(config, dict) else {})
         run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
-    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except (TypeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
 
 
