@@ -177,3 +177,28 @@ def test_a_run_whose_process_dies_while_watched_turns_stopped(tmp_path: Path) ->
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def test_a_run_folder_named_in_bytes_that_are_not_utf8_gets_an_id_a_url_can_hold(
+    tmp_path: Path,
+) -> None:
+    """A folder named in Latin-1 (`café` as bytes) is listed and opened by its id.
+
+    Its name reached the page as a lone surrogate, on which the browser's
+    ``encodeURIComponent`` throws: the list of runs showed only "URI malformed".
+    """
+    import os
+    import urllib.parse
+
+    runs = tmp_path / "runs"
+    covey.simulate(lambda cid: Half(), 2, 1, covey.FedAvg(), {"w": np.ones(3)}, run_dir=runs / "ok")
+    folder = os.path.join(os.fsencode(runs), b"caf\xe9 run")
+    shutil.copytree(os.fsencode(runs / "ok"), folder)
+    with DashboardServer(runs, poll=0.1) as server:
+        with urllib.request.urlopen(server.url + "api/runs", timeout=30) as response:  # noqa: S310
+            ids = sorted(r["id"] for r in json.loads(response.read())["runs"])
+        assert ids == ["caf\\xe9 run", "ok"]
+        for run_id in ids:
+            url = server.url + "api/run?id=" + urllib.parse.quote(run_id.encode("utf-8"), safe="")
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+                assert json.loads(response.read())["rounds_done"] == 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,19 @@ def is_run(path: Path) -> bool:
     return (path / HISTORY).is_file() or (path / STORE).is_file()
 
 
+def run_id(name: str) -> str:
+    r"""A folder's name as a run id: text, its bytes that are not UTF-8 written as ``\xNN``.
+
+    Such bytes come out of :func:`os.listdir` as lone surrogates, which no browser
+    can put in a URL (``encodeURIComponent`` throws), so the page could list no run.
+
+    Example:
+        >>> run_id(os.fsdecode(b"caf\xe9 run"))
+        'caf\\xe9 run'
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
     """``(id, folder)`` of every run in ``root`` (or ``root`` itself if it is a run).
 
@@ -99,11 +113,12 @@ def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
         root: The runs folder.
 
     Returns:
-        The runs sorted by id; a run's folders are not searched for more runs.
+        The runs sorted by id (:func:`run_id` of the path relative to ``root``);
+        a run's folders are not searched for more runs.
     """
     root = Path(root)
     if is_run(root):
-        return [(root.resolve().name or "run", root)]
+        return [(run_id(root.resolve().name) or "run", root)]
     found: list[tuple[str, Path]] = []
 
     def walk(folder: Path, depth: int) -> None:
@@ -115,7 +130,7 @@ def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
             if len(found) >= MAX_RUNS:
                 return
             if is_run(child):
-                found.append((child.relative_to(root).as_posix(), child))
+                found.append((run_id(child.relative_to(root).as_posix()), child))
             elif depth < MAX_DEPTH:
                 walk(child, depth + 1)
 
