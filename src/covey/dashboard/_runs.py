@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from covey.core._history import _from_jsonable, _record
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
 from covey.sim._rundir import stopped_simulation_reason
 
@@ -174,7 +175,12 @@ def read_json(path: Path) -> Any:
 
 
 def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
-    """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys."""
+    """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys.
+
+    Each round's fields are checked as :meth:`covey.History.load` checks them (client
+    ids in lists, metrics in objects, failures as objects, ...): the page shows
+    what a run holds and must not be given a round of another shape.
+    """
     if not isinstance(raw, list):
         raise RunReadError(f"{where}: 'rounds' must be a list, got {type(raw).__name__}")
     rounds: dict[int, dict[str, Any]] = {}
@@ -184,6 +190,10 @@ def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
         number = item.get("round")
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise RunReadError(f"{where}: a round has no valid 'round' number: {number!r}")
+        try:
+            _record(_from_jsonable(item))
+        except (TypeError, ValueError) as exc:  # names the round and the field
+            raise RunReadError(f"{where}: {exc}") from exc
         rounds[number] = item
     return [rounds[k] for k in sorted(rounds)]
 
