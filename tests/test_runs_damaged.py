@@ -155,3 +155,35 @@ def test_json_too_deep_or_too_long_is_an_unreadable_run_not_a_crash(
     assert rows["deep"]["status"] == rows["long"]["status"] == "unreadable"
     assert "deep/history.json" in rows["deep"]["error"]
     assert "4300 digits" in rows["long"]["error"]
+
+
+def test_an_integer_too_big_for_a_float_reads_as_infinite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loss or metric of 400 digits is valid JSON: shown as inf, not an OverflowError."""
+    pytest.importorskip("starlette", reason="the dashboard extra is needed")
+    import urllib.request
+
+    from covey.dashboard import DashboardServer
+
+    monkeypatch.setenv("COLUMNS", "250")
+    path = tmp_path / "runs" / "huge" / History.FILE_NAME
+    data = json.loads(_good(path.parent))
+    data["rounds"][1]["central_loss"] = 10**400
+    data["rounds"][1]["central_metrics"] = {"accuracy": -(10**400)}
+    data["rounds"][1]["privacy"] = {"epsilon": 10**400, "delta": 1e-5}
+    path.write_text(json.dumps(data))
+    history = History.load(path.parent)
+    assert history.metric("loss") == [(0, 1.0), (1, float("inf"))]
+    assert history.metric("accuracy") == [(1, float("-inf"))]
+    for command in (["runs", "list", "--dir"], ["runs", "show"]):
+        where = str(tmp_path / "runs" / ("huge" if command[1] == "show" else ""))
+        result = CliRunner().invoke(app, [*command, where])
+        assert result.exit_code == 0, result.output
+        assert "inf" in result.output
+    with (
+        DashboardServer(tmp_path / "runs", poll=0.05) as server,
+        urllib.request.urlopen(server.url + "api/runs", timeout=30) as response,  # noqa: S310 (our server)
+    ):
+        (row,) = json.loads(response.read())["runs"]
+    assert row["best"] == {"name": "test loss", "value": 1.0, "round": 0}

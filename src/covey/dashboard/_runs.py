@@ -310,7 +310,11 @@ def _all_rounds_done(run: Run) -> bool:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too big for a float: infinite, not shown
+        return None
+    return number if math.isfinite(number) else None
 
 
 def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
