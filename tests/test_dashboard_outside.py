@@ -193,8 +193,7 @@ def test_a_run_folder_named_in_bytes_that_are_not_utf8_gets_an_id_a_url_can_hold
 
     runs = tmp_path / "runs"
     covey.simulate(lambda cid: Half(), 2, 1, covey.FedAvg(), {"w": np.ones(3)}, run_dir=runs / "ok")
-    folder = os.path.join(os.fsencode(runs), b"caf\xe9 run")
-    shutil.copytree(os.fsencode(runs / "ok"), folder)
+    shutil.copytree(runs / "ok", runs / os.fsdecode(b"caf\xe9 run"))  # named in Latin-1
     with DashboardServer(runs, poll=0.1) as server:
         with urllib.request.urlopen(server.url + "api/runs", timeout=30) as response:  # noqa: S310
             ids = sorted(r["id"] for r in json.loads(response.read())["runs"])
