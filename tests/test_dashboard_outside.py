@@ -123,7 +123,7 @@ def test_a_report_of_a_crafted_history_holds_no_markup_from_it(tmp_path: Path) -
     evil = "<script>window.__pwned=1</script>"
     for record in history["rounds"]:
         record["durations"] = {"total": evil}
-        record["central_metrics"] = {"accuracy": evil}  # (a loss not a number: unreadable)
+        record["central_loss"] = evil
     path.write_text(json.dumps(history))
     text = write_report(tmp_path / "r", tmp_path / "report.html").read_text()
     assert "window.__pwned" in text  # shown, as text

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from covey.core._history import _from_jsonable, _record
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
 from covey.sim._rundir import stopped_simulation_reason
 
@@ -174,12 +173,51 @@ def read_json(path: Path) -> Any:
         raise RunReadError(f"cannot read {path}: {exc}") from exc
 
 
+_ID_LISTS: Final[tuple[str, ...]] = ("fit_participants", "evaluate_participants")
+_FAILURES: Final[tuple[str, ...]] = ("fit_failures", "evaluate_failures")
+_OBJECTS: Final[tuple[str, ...]] = (
+    "fit_metrics",
+    "evaluate_metrics",
+    "central_metrics",
+    "durations",
+)
+
+
+def _wrong_field(item: dict[str, Any]) -> str | None:
+    """What is wrong with a field of a round the page reads, said as ``History.load`` says it.
+
+    Only the fields the page walks through are checked (a few type checks per
+    round, so a long run read again at each new round stays cheap); a number
+    where text belongs, or text where a number belongs, is shown as it is.
+    """
+
+    def got(name: str, want: str) -> str:
+        return f"{name!r} must be {want}, got {item[name]!r:.60}"
+
+    for name in (n for n in _ID_LISTS if n in item):
+        ids = item[name]
+        if not isinstance(ids, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in ids
+        ):
+            return got(name, "a list of client ids")
+    for name in (n for n in _FAILURES if n in item):
+        failures = item[name]
+        if not isinstance(failures, list) or not all(isinstance(f, dict) for f in failures):
+            return got(name, "a list of failures")
+    for name in (n for n in _OBJECTS if n in item):
+        if not isinstance(item[name], dict):
+            return got(name, "an object")
+    if item.get("privacy") is not None and not isinstance(item["privacy"], dict):
+        return got("privacy", "an object or null")
+    return None
+
+
 def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
     """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys.
 
-    Each round's fields are checked as :meth:`covey.History.load` checks them (client
-    ids in lists, metrics in objects, failures as objects, ...): the page shows
-    what a run holds and must not be given a round of another shape.
+    The fields of a round the page walks through (client ids, failures, metrics,
+    durations, privacy) must have the types :meth:`covey.History.load` wants,
+    else the run is unreadable, naming the round and the field.
     """
     if not isinstance(raw, list):
         raise RunReadError(f"{where}: 'rounds' must be a list, got {type(raw).__name__}")
@@ -190,10 +228,9 @@ def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
         number = item.get("round")
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise RunReadError(f"{where}: a round has no valid 'round' number: {number!r}")
-        try:
-            _record(_from_jsonable(item))
-        except (TypeError, ValueError) as exc:  # names the round and the field
-            raise RunReadError(f"{where}: {exc}") from exc
+        wrong = _wrong_field(item)
+        if wrong is not None:
+            raise RunReadError(f"{where}: round {number}: {wrong}")
         rounds[number] = item
     return [rounds[k] for k in sorted(rounds)]
 
