@@ -17,6 +17,7 @@ pytest.importorskip("starlette", reason="the dashboard extra is needed")
 
 import covey
 from covey.cli import app
+from covey.core import RoundRecord
 from covey.dashboard import DashboardServer
 from covey.server import RunStore
 
@@ -177,3 +178,74 @@ def test_a_run_whose_process_dies_while_watched_turns_stopped(tmp_path: Path) ->
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def test_a_run_folder_named_in_bytes_that_are_not_utf8_gets_an_id_a_url_can_hold(
+    tmp_path: Path,
+) -> None:
+    """A folder named in Latin-1 (`café` as bytes) is listed and opened by its id.
+
+    Its name reached the page as a lone surrogate, on which the browser's
+    ``encodeURIComponent`` throws: the list of runs showed only "URI malformed".
+    """
+    import os
+    import urllib.parse
+
+    runs = tmp_path / "runs"
+    covey.simulate(lambda cid: Half(), 2, 1, covey.FedAvg(), {"w": np.ones(3)}, run_dir=runs / "ok")
+    shutil.copytree(runs / "ok", runs / os.fsdecode(b"caf\xe9 run"))  # named in Latin-1
+    with DashboardServer(runs, poll=0.1) as server:
+        with urllib.request.urlopen(server.url + "api/runs", timeout=30) as response:  # noqa: S310
+            ids = sorted(r["id"] for r in json.loads(response.read())["runs"])
+        assert ids == ["caf\\xe9 run", "ok"]
+        for run_id in ids:
+            url = server.url + "api/run?id=" + urllib.parse.quote(run_id.encode("utf-8"), safe="")
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+                assert json.loads(response.read())["rounds_done"] == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("fit_participants", 5, "round 1: 'fit_participants' must be a list of client ids"),
+        ("fit_participants", [[0]], "round 1: 'fit_participants' must be a list of client ids"),
+        ("fit_failures", "boom", "round 1: 'fit_failures' must be a list of failures"),
+        ("privacy", 3, "round 1: 'privacy' must be an object or null"),
+    ],
+)
+def test_a_round_of_the_wrong_shape_is_named_not_served(
+    tmp_path: Path, field: str, value: Any, says: str
+) -> None:
+    """A round whose fields have the wrong types makes its run unreadable, with the reason.
+
+    Served as read, such a round stopped the page's script (the run stayed at
+    "Loading…"), and in a deployed run the clients table answered 500.
+    """
+    runs = tmp_path / "runs"
+    covey.simulate(
+        lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=runs / "sim"
+    )
+    store = RunStore.create(runs / "fed", config={"rounds": 2, "strategy": "FedAvg"})
+    try:
+        cid = store.client_id("site-a")
+        store.save_round(1, {"w": np.ones(2)}, RoundRecord(round=1, fit_participants=[cid]))
+    finally:
+        store.close()
+    covey.History([RoundRecord(round=0), RoundRecord(round=1, fit_participants=[cid])]).save(
+        runs / "fed" / "history.json"
+    )
+    for name in ("sim", "fed"):
+        path = runs / name / "history.json"
+        history = json.loads(path.read_text())
+        history["rounds"][1][field] = value
+        path.write_text(json.dumps(history))
+    with DashboardServer(runs, poll=0.1) as server:
+        status, body = _get(server.port, "/api/runs")
+        assert status == 200, body
+        rows = {r["id"]: r for r in json.loads(body)["runs"]}
+        for name in ("sim", "fed"):
+            assert rows[name]["status"] == "unreadable"
+            assert says in rows[name]["error"]
+            status, body = _get(server.port, f"/api/run?id={name}")
+            assert status == 422
+            assert says in json.loads(body)["error"]

@@ -106,3 +106,84 @@ def test_the_event_stream_says_a_deleted_run_is_gone(tmp_path: Path) -> None:
         kind, data = next_event(stream)
         assert kind == "error"
         assert "doomed is gone (deleted or moved)" in data["error"]
+
+
+def _nested_too_deep(folder: Path) -> None:
+    """A history.json whose JSON nests deeper than Python's parser recurses."""
+    folder.mkdir(parents=True)
+    depth = 200_000
+    (folder / History.FILE_NAME).write_text('{"rounds": ' + "[" * depth + "]" * depth + "}")
+
+
+def _integer_too_long(folder: Path) -> None:
+    """A history.json with an integer of more digits than Python converts."""
+    folder.mkdir(parents=True)
+    (folder / History.FILE_NAME).write_text('{"rounds": [{"round": ' + "1" * 5000 + "}]}")
+
+
+def test_json_too_deep_or_too_long_is_an_unreadable_run_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`covey runs list` and the dashboard list every other run and name the damaged ones."""
+    pytest.importorskip("starlette", reason="the dashboard extra is needed")
+    import urllib.error
+    import urllib.request
+
+    from covey.dashboard import DashboardServer
+
+    monkeypatch.setenv("COLUMNS", "250")
+    _good(tmp_path / "runs" / "ok")
+    _nested_too_deep(tmp_path / "runs" / "deep")
+    _integer_too_long(tmp_path / "runs" / "long")
+    with pytest.raises(ValueError, match=r"deep/history\.json is not a covey history"):
+        History.load(tmp_path / "runs" / "deep")
+    result = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "deep - unreadable" in out
+    assert "long - unreadable" in out
+    assert " ok " in out
+    with DashboardServer(tmp_path / "runs", poll=0.05) as server:
+        with urllib.request.urlopen(server.url + "api/runs", timeout=30) as response:  # noqa: S310 (our server)
+            rows = {r["id"]: r for r in json.loads(response.read())["runs"]}
+        for name in ("deep", "long"):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(server.url + f"api/run?id={name}", timeout=30)  # noqa: S310
+            assert caught.value.code == 422
+            assert name in json.loads(caught.value.read())["error"]
+    assert rows["ok"]["status"] != "unreadable"
+    assert rows["deep"]["status"] == rows["long"]["status"] == "unreadable"
+    assert "deep/history.json" in rows["deep"]["error"]
+    assert "4300 digits" in rows["long"]["error"]
+
+
+def test_an_integer_too_big_for_a_float_reads_as_infinite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loss or metric of 400 digits is valid JSON: shown as inf, not an OverflowError."""
+    pytest.importorskip("starlette", reason="the dashboard extra is needed")
+    import urllib.request
+
+    from covey.dashboard import DashboardServer
+
+    monkeypatch.setenv("COLUMNS", "250")
+    path = tmp_path / "runs" / "huge" / History.FILE_NAME
+    data = json.loads(_good(path.parent))
+    data["rounds"][1]["central_loss"] = 10**400
+    data["rounds"][1]["central_metrics"] = {"accuracy": -(10**400)}
+    data["rounds"][1]["privacy"] = {"epsilon": 10**400, "delta": 1e-5}
+    path.write_text(json.dumps(data))
+    history = History.load(path.parent)
+    assert history.metric("loss") == [(0, 1.0), (1, float("inf"))]
+    assert history.metric("accuracy") == [(1, float("-inf"))]
+    for command in (["runs", "list", "--dir"], ["runs", "show"]):
+        where = str(tmp_path / "runs" / ("huge" if command[1] == "show" else ""))
+        result = CliRunner().invoke(app, [*command, where])
+        assert result.exit_code == 0, result.output
+        assert "inf" in result.output
+    with (
+        DashboardServer(tmp_path / "runs", poll=0.05) as server,
+        urllib.request.urlopen(server.url + "api/runs", timeout=30) as response,  # noqa: S310 (our server)
+    ):
+        (row,) = json.loads(response.read())["runs"]
+    assert row["best"] == {"name": "test loss", "value": 1.0, "round": 0}

@@ -307,6 +307,39 @@ def test_metrics_mlflow_would_store_as_one_or_refuse_as_too_long_keep_their_valu
     assert sorted(run.data.params.values()) == ["1", "2", "3"]
 
 
+def test_a_name_mlflow_would_store_as_another_keeps_its_values_apart_across_rounds(
+    tmp_path: Path,
+) -> None:
+    """`recall@5` first, `recall_5` from round 2: each metric's series holds its own values.
+
+    Names were matched round by round, so `central/recall_5` held `recall@5` in
+    round 1 and `recall_5` in round 2.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    rounds: list[dict[str, Any]] = [
+        {"recall@5": 0.1, "recall-5": 0.5},
+        {"recall@5": 0.2, "recall_5": 0.9, "recall-5": 0.6},
+        {"recall_5": 0.8, "recall@5": 0.3},
+    ]
+    with MLflowLogger(tmp_path / "ml") as ml:
+        for number, metrics in enumerate(rounds, start=1):
+            ml(RoundRecord(round=number, central_metrics=dict(metrics)))
+    client = MlflowClient(tracking_uri=(tmp_path / "ml").resolve().as_uri())
+    values = {
+        tuple((m.step, m.value) for m in client.get_metric_history(ml.run_id, name))
+        for name in client.get_run(ml.run_id).data.metrics
+        if name.startswith("central/")
+    }
+    assert values == {
+        ((1, 0.1), (2, 0.2), (3, 0.3)),
+        ((2, 0.9), (3, 0.8)),
+        ((1, 0.5), (2, 0.6)),
+    }
+
+
 @pytest.mark.parametrize("name", ["TensorBoardLogger", "MLflowLogger"])
 @pytest.mark.parametrize("below", ["", "runs/one"])
 def test_a_log_folder_that_is_a_file_is_named(tmp_path: Path, name: str, below: str) -> None:

@@ -122,6 +122,14 @@ def _metric_items(record: RoundRecord, source: Source) -> list[tuple[str, Any]]:
     return ([("loss", loss)] if loss is not None else []) + list(metrics.items())
 
 
+def _as_float(value: int | float) -> float:
+    """``value`` as a float; an integer too big for one (valid JSON) is an infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON-ready data; NaN, infinities and bytes become tagged objects."""
     if isinstance(value, dict):
@@ -336,7 +344,7 @@ class History:
             else:
                 value = r.fit_metrics.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((r.round, float(value)))
+                out.append((r.round, _as_float(value)))
         return out
 
     def failures(self) -> list[tuple[int, Failure]]:
@@ -418,7 +426,7 @@ class History:
             if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
                 raise ValueError("it has no list of rounds")
             history = cls.from_dict(data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # JSON nested too deep
             raise ValueError(f"{path} is not a covey history: {exc}") from None
         left_out = _unknown_in(data)
         if left_out:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,19 @@ def is_run(path: Path) -> bool:
     return (path / HISTORY).is_file() or (path / STORE).is_file()
 
 
+def run_id(name: str) -> str:
+    r"""A folder's name as a run id: text, its bytes that are not UTF-8 written as ``\xNN``.
+
+    Such bytes come out of :func:`os.listdir` as lone surrogates, which no browser
+    can put in a URL (``encodeURIComponent`` throws), so the page could list no run.
+
+    Example:
+        >>> run_id(os.fsdecode(b"caf\xe9 run"))
+        'caf\\xe9 run'
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
     """``(id, folder)`` of every run in ``root`` (or ``root`` itself if it is a run).
 
@@ -99,11 +113,12 @@ def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
         root: The runs folder.
 
     Returns:
-        The runs sorted by id; a run's folders are not searched for more runs.
+        The runs sorted by id (:func:`run_id` of the path relative to ``root``);
+        a run's folders are not searched for more runs.
     """
     root = Path(root)
     if is_run(root):
-        return [(root.resolve().name or "run", root)]
+        return [(run_id(root.resolve().name) or "run", root)]
     found: list[tuple[str, Path]] = []
 
     def walk(folder: Path, depth: int) -> None:
@@ -115,7 +130,7 @@ def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
             if len(found) >= MAX_RUNS:
                 return
             if is_run(child):
-                found.append((child.relative_to(root).as_posix(), child))
+                found.append((run_id(child.relative_to(root).as_posix()), child))
             elif depth < MAX_DEPTH:
                 walk(child, depth + 1)
 
@@ -152,12 +167,58 @@ def read_json(path: Path) -> Any:
         if size > MAX_JSON_BYTES:
             raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
         return json.loads(path.read_bytes(), parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer of more digits than Python
+        # converts; RecursionError: arrays or objects nested deeper than the parser recurses
         raise RunReadError(f"cannot read {path}: {exc}") from exc
 
 
+_ID_LISTS: Final[tuple[str, ...]] = ("fit_participants", "evaluate_participants")
+_FAILURES: Final[tuple[str, ...]] = ("fit_failures", "evaluate_failures")
+_OBJECTS: Final[tuple[str, ...]] = (
+    "fit_metrics",
+    "evaluate_metrics",
+    "central_metrics",
+    "durations",
+)
+
+
+def _wrong_field(item: dict[str, Any]) -> str | None:
+    """What is wrong with a field of a round the page reads, said as ``History.load`` says it.
+
+    Only the fields the page walks through are checked (a few type checks per
+    round, so a long run read again at each new round stays cheap); a number
+    where text belongs, or text where a number belongs, is shown as it is.
+    """
+
+    def got(name: str, want: str) -> str:
+        return f"{name!r} must be {want}, got {item[name]!r:.60}"
+
+    for name in (n for n in _ID_LISTS if n in item):
+        ids = item[name]
+        if not isinstance(ids, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in ids
+        ):
+            return got(name, "a list of client ids")
+    for name in (n for n in _FAILURES if n in item):
+        failures = item[name]
+        if not isinstance(failures, list) or not all(isinstance(f, dict) for f in failures):
+            return got(name, "a list of failures")
+    for name in (n for n in _OBJECTS if n in item):
+        if not isinstance(item[name], dict):
+            return got(name, "an object")
+    if item.get("privacy") is not None and not isinstance(item["privacy"], dict):
+        return got("privacy", "an object or null")
+    return None
+
+
 def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
-    """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys."""
+    """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys.
+
+    The fields of a round the page walks through (client ids, failures, metrics,
+    durations, privacy) must have the types :meth:`covey.History.load` wants,
+    else the run is unreadable, naming the round and the field.
+    """
     if not isinstance(raw, list):
         raise RunReadError(f"{where}: 'rounds' must be a list, got {type(raw).__name__}")
     rounds: dict[int, dict[str, Any]] = {}
@@ -167,6 +228,9 @@ def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
         number = item.get("round")
         if isinstance(number, bool) or not isinstance(number, int) or number < 0:
             raise RunReadError(f"{where}: a round has no valid 'round' number: {number!r}")
+        wrong = _wrong_field(item)
+        if wrong is not None:
+            raise RunReadError(f"{where}: round {number}: {wrong}")
         rounds[number] = item
     return [rounds[k] for k in sorted(rounds)]
 
@@ -216,7 +280,7 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
         run.meta.update(config if isinstance(config, dict) else {})
         run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
-    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except (TypeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
 
 
@@ -283,7 +347,11 @@ def _all_rounds_done(run: Run) -> bool:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too big for a float: infinite, not shown
+        return None
+    return number if math.isfinite(number) else None
 
 
 def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:

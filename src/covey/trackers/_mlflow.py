@@ -153,6 +153,7 @@ class MLflowLogger:
         for i in range(0, len(items), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
         self._closed = False
+        self._names: dict[str, str] = {}  # each tag's MLflow name, kept for the run
 
     def _continue(
         self, run_id: str, experiment_id: str, experiment: str, wanted: dict[str, str]
@@ -184,10 +185,27 @@ class MLflowLogger:
         """
         stamp = int(time.time() * 1000)
         scalars = round_scalars(record)
-        names = mlflow_names(scalars)
+        names = self._names_of(scalars)
         metrics = [Metric(names[tag], value, stamp, record.round) for tag, value in scalars.items()]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
+
+    def _names_of(self, tags: Iterable[str]) -> dict[str, str]:
+        """The MLflow name of each tag: the one it was first logged under, for the whole run.
+
+        Tags new in this round are named by :func:`mlflow_names`; one whose name
+        an earlier tag holds (``recall@5`` logged first, ``recall_5`` from a later
+        round) ends with ``-`` and 8 hex digits of a hash of its own name instead.
+        """
+        new = [tag for tag in tags if tag not in self._names]
+        if new:
+            taken = set(self._names.values())
+            for tag, stored in mlflow_names(new).items():
+                if stored in taken:
+                    stored = _tagged(stored[: _MAX_NAME - 9], tag)
+                self._names[tag] = stored
+                taken.add(stored)
+        return self._names
 
     def close(self, status: str = "FINISHED") -> None:
         """End the MLflow run (``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``)."""
