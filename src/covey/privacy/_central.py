@@ -19,6 +19,7 @@ from covey.core._hooks import unsaved_releases
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
+from covey.strategies._checks import fit_only
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -157,7 +158,8 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
     """A selector taking each candidate independently with probability ``rate``.
 
     The draw is seeded like the noise (the run's noise seed, or fresh CSPRNG
-    seeds), so which clients took part is as hard to predict as the noise.
+    seeds), so which clients took part is as hard to predict as the noise. It
+    picks who trains only: federated evaluation samples by ``fraction_evaluate``.
 
     References:
         Zhu and Wang, "Poisson Subsampled Renyi Differential Privacy", ICML 2019.
@@ -168,7 +170,7 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
         draw = _noise.generator(shared.seed, _SAMPLING, round).random(len(candidates))
         return [int(c) for c, u in zip(candidates, draw, strict=True) if u < rate]
 
-    return select
+    return fit_only(select)
 
 
 def _check(
