@@ -186,7 +186,7 @@ class LocalDP(ClipUpdates):
         self.ledger = Ledger(accountant=accountant)
         self.ledger_path = None if ledger_path is None else Path(ledger_path)
         if self.ledger_path is not None and self.ledger_path.exists():
-            self.ledger = _read_ledger(self.ledger_path, accountant)
+            self.ledger = read_ledger(self.ledger_path, accountant)
         self.seed = seed
         self._fits = 0
 
@@ -222,7 +222,7 @@ class LocalDP(ClipUpdates):
         }
         self.ledger = self.ledger.add(dpa.GaussianDpEvent(self.sigma / self.sensitivity))
         if self.ledger_path is not None:  # charged on disk before the upload leaves
-            atomic_write(self.ledger_path, json.dumps(self.ledger.to_json()))
+            write_ledger(self.ledger_path, self.ledger)
         metrics = {
             **result.metrics,
             "dp_epsilon": self.spent(),
@@ -232,15 +232,20 @@ class LocalDP(ClipUpdates):
         return FitResult(delta=delta, num_examples=result.num_examples, metrics=metrics)
 
 
-def _read_ledger(path: Path, accountant: Accountant) -> Ledger:
+def read_ledger(path: Path, accountant: Accountant, who: str = "LocalDP") -> Ledger:
     """The ledger kept in ``path``, checked entry by entry; an error naming the file."""
     try:
         ledger = Ledger.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"LocalDP: cannot read the privacy ledger {path}: {exc}") from None
+        raise ValueError(f"{who}: cannot read the privacy ledger {path}: {exc}") from None
     if ledger.accountant != accountant:
         raise ValueError(
-            f"LocalDP: the privacy ledger {path} is accounted with {ledger.accountant!r}, "
+            f"{who}: the privacy ledger {path} is accounted with {ledger.accountant!r}, "
             f"not {accountant!r}"
         )
     return ledger
+
+
+def write_ledger(path: Path, ledger: Ledger) -> None:
+    """Keep ``ledger`` in ``path`` (atomically)."""
+    atomic_write(path, json.dumps(ledger.to_json()))
