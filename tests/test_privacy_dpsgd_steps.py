@@ -123,3 +123,30 @@ def test_a_ledger_path_keeps_the_budget_across_rebuilt_clients(tmp_path: Any) ->
     path.write_text("[")
     with pytest.raises(ValueError, match="DPSGD: cannot read the privacy ledger"):
         make(ledger_path=path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"noise_multiplier": "1"}, "noise_multiplier must be a finite number > 0, got '1'"),
+        ({"noise_multiplier": math.inf}, "noise_multiplier must be a finite number > 0"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be a finite number > 0, got -1.0"),
+        ({"delta": None}, r"delta must be a number in \(0, 1\), got None"),
+    ],
+)
+def test_dpsgd_names_a_bad_setting(settings: dict[str, Any], match: str) -> None:
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(8, 4), torch.arange(8) % 2)
+    options: dict[str, Any] = {
+        "noise_multiplier": 1.0,
+        "max_grad_norm": 1.0,
+        "delta": 1e-5,
+        **settings,
+    }
+    with pytest.raises(ValueError, match=match):
+        DPSGD(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            DataLoader(data, batch_size=4),
+            **options,
+        )

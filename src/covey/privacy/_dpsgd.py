@@ -27,7 +27,7 @@ from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._extras import MissingExtraError
 from covey.privacy._accounting import Accountant, Ledger, round_event
-from covey.privacy._local import read_ledger, write_ledger
+from covey.privacy._local import check_delta, read_ledger, real, write_ledger
 
 logger = logging.getLogger("covey")
 
@@ -91,10 +91,13 @@ class DPSGD:
     ) -> None:
         torch = torch_module()
         opacus = _opacus()
-        if not noise_multiplier > 0 or not max_grad_norm > 0:
-            raise ValueError("noise_multiplier and max_grad_norm must be > 0")
-        if not 0.0 < delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        for name, value in (
+            ("noise_multiplier", noise_multiplier),
+            ("max_grad_norm", max_grad_norm),
+        ):
+            if not real(value) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        check_delta(delta)
         if len(data_loader) == 0:
             raise ValueError("the data loader holds no examples to train on")
         self.ledger = Ledger(accountant=accountant)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -61,11 +62,10 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
         Balle and Wang, "Improving the Gaussian Mechanism for Differential
         Privacy: Analytical Calibration and Optimal Denoising", ICML 2018.
     """
-    if not epsilon > 0 or not math.isfinite(epsilon):
+    if not real(epsilon) or not epsilon > 0 or not math.isfinite(epsilon):
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-    if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    if not sensitivity > 0 or not math.isfinite(sensitivity):
+    check_delta(delta)
+    if not real(sensitivity) or not sensitivity > 0 or not math.isfinite(sensitivity):
         raise ValueError(f"sensitivity must be a finite number > 0, got {sensitivity!r}")
 
     def excess(log_sigma: float) -> float:
@@ -83,6 +83,17 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
     while _analytic_delta(sigma, epsilon, sensitivity) > delta:
         sigma *= 1.0 + 1e-9
     return sigma
+
+
+def real(value: Any) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (NumPy's included), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def check_delta(delta: Any) -> None:
+    """Refuse a delta that is not a number in (0, 1), naming it."""
+    if not real(delta) or not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
 
 
 def _update(result: FitResult, weights: Weights) -> dict[str, Array]:
@@ -177,8 +188,9 @@ class LocalDP(ClipUpdates):
         ledger_path: str | Path | None = None,
     ) -> None:
         super().__init__(client)
-        if not clip > 0 or not math.isfinite(clip):
+        if not real(clip) or not clip > 0 or not math.isfinite(clip):
             raise ValueError(f"clip must be a positive number, got {clip!r}")
+        check_delta(delta)
         self.clip = float(clip)
         self.delta = float(delta)
         self.sensitivity = 2.0 * self.clip
