@@ -273,3 +273,19 @@ def test_local_dp_names_a_setting_that_is_no_number(settings: dict[str, Any], ma
     options: dict[str, Any] = {"epsilon": 1.0, "delta": 1e-5, "clip": 1.0, **settings}
     with pytest.raises(ValueError, match=match):
         privacy.LocalDP(Fixed({"w": np.zeros(2)}), **options)
+
+
+def test_the_dp_ftrl_statement_names_the_replace_special_relation_it_is_accounted_under(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dp = privacy.dp_ftrl(
+        covey.FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        tree_rounds=2,
+    )
+    covey.simulate(lambda c: Fixed({"w": np.zeros(2)}), 4, 1, dp, {"w": np.zeros(2)})
+    (unit,) = [line for line in capsys.readouterr().out.splitlines() if "unit:" in line]
+    assert "replace special" in unit
+    assert "add or remove" not in unit

@@ -281,3 +281,13 @@ def test_noise_settings_given_as_numpy_numbers_are_taken_and_strings_named() -> 
         Noise("gaussian", "100")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target_epsilon must be > 0, got '8'"):
         Noise("gaussian", 100.0, clip=1.0, delta=1e-5, target_epsilon="8")  # type: ignore[arg-type]
+
+
+def test_the_distributed_dp_statement_names_the_zero_out_relation_it_is_accounted_under(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    strategy = _secure(_fedavg(min_fit_clients=4), noise=_distributed("gaussian", 3000.0))
+    covey.simulate(Fixed, 4, 1, strategy, _params(), seed=0)
+    (unit,) = [line for line in capsys.readouterr().out.splitlines() if "unit:" in line]
+    assert "zero-out" in unit
+    assert "add or remove" not in unit  # removing the client would remove its noise too

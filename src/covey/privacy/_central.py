@@ -39,13 +39,20 @@ class PrivacyHook:
     """
 
     def __init__(
-        self, mech: Mechanism, shared: Shared, noise_seed: int | None, unit: str, sampling: str
+        self,
+        mech: Mechanism,
+        shared: Shared,
+        noise_seed: int | None,
+        unit: str,
+        sampling: str,
+        relation: str = "add or remove one",
     ) -> None:
         self.mech = mech
         self.shared = shared
         self.noise_seed = noise_seed
         self.unit = unit
         self.sampling = sampling
+        self.relation = relation
         self._cache: dict[int, float] = {}
         self.printed: str | None = None
 
@@ -141,6 +148,7 @@ class PrivacyHook:
             accountant=self.mech.accountant,
             rounds=rounds,
             extra=[f"stopped:     {history.stopped_reason}"] if history.stopped_reason else [],
+            relation=self.relation,
         )
         print(self.printed)
 

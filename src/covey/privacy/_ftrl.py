@@ -107,6 +107,7 @@ def dp_ftrl(
         noise_seed,
         unit="one client (all of its data), at most once per tree",
         sampling=f"none (round-robin, each client once per {tree_rounds} rounds)",
+        relation="replace special: replaced by a special (zero) record",
     )
     return replace_strategy(
         strategy,
