@@ -456,3 +456,25 @@ def test_a_bad_dp_ftrl_noise_seed_is_refused_at_once() -> None:
         privacy.dp_ftrl(
             _strategy(), noise_multiplier=1.0, clip=1.0, delta=1e-5, tree_rounds=4, noise_seed=-2
         )
+
+
+class _Evaluates(Fixed):
+    def evaluate(self, weights: covey.Weights, config: dict[str, Any]) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=1.0, num_examples=1)
+
+
+@pytest.mark.parametrize("mechanism", ["central", "dp_ftrl"])
+def test_federated_evaluation_samples_by_fraction_evaluate_not_the_dp_selector(
+    mechanism: str,
+) -> None:
+    base = covey.FedAvg(fraction_fit=0.2, min_fit_clients=0, fraction_evaluate=0.5)
+    settings: dict[str, Any] = {"noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5}
+    if mechanism == "central":
+        dp = privacy.central(base, **settings)
+    else:
+        dp = privacy.dp_ftrl(base, tree_rounds=5, **settings)
+    result = covey.simulate(lambda c: _Evaluates({"w": np.zeros(3)}), 20, 3, dp, {"w": np.zeros(3)})
+    for record in result.history.rounds[1:]:
+        # half of the 20 clients, as fraction_evaluate says, not the round's trainers
+        assert len(record.evaluate_participants) == 10
+        assert record.evaluate_participants != record.fit_participants

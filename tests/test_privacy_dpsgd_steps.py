@@ -90,3 +90,63 @@ def test_the_seed_fixes_the_poisson_batches_too() -> None:
     (sizes_a, weight_a), (sizes_b, weight_b) = run(1), run(2)
     assert sizes_a == sizes_b
     assert torch.equal(weight_a, weight_b)
+
+
+def test_a_ledger_path_keeps_the_budget_across_rebuilt_clients(tmp_path: Any) -> None:
+    # A site rebuilt between rounds (a restart, a resumed simulation) must go on
+    # from what it spent, not report the steps since it was built again.
+    data = TensorDataset(torch.randn(24, 4), torch.arange(24) % 2)
+    path = tmp_path / "dpsgd-ledger.json"
+
+    def make(**options: Any) -> DPSGD:
+        net = torch.nn.Linear(4, 2)
+        return DPSGD(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            DataLoader(data, batch_size=8),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            delta=1e-5,
+            seed=0,
+            **options,
+        )
+
+    for _ in range(3):
+        make(ledger_path=path).train(epochs=1)
+    once = make()
+    once.train(epochs=3)  # the same steps on one object
+    kept = make(ledger_path=path)
+    assert kept.ledger == once.ledger
+    assert kept.epsilon() == pytest.approx(once.epsilon())
+    with pytest.raises(ValueError, match=r"DPSGD: the privacy ledger .* 'rdp', not 'pld'"):
+        make(ledger_path=path, accountant="pld")
+    path.write_text("[")
+    with pytest.raises(ValueError, match="DPSGD: cannot read the privacy ledger"):
+        make(ledger_path=path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"noise_multiplier": "1"}, "noise_multiplier must be a finite number > 0, got '1'"),
+        ({"noise_multiplier": math.inf}, "noise_multiplier must be a finite number > 0"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be a finite number > 0, got -1.0"),
+        ({"delta": None}, r"delta must be a number in \(0, 1\), got None"),
+    ],
+)
+def test_dpsgd_names_a_bad_setting(settings: dict[str, Any], match: str) -> None:
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(8, 4), torch.arange(8) % 2)
+    options: dict[str, Any] = {
+        "noise_multiplier": 1.0,
+        "max_grad_norm": 1.0,
+        "delta": 1e-5,
+        **settings,
+    }
+    with pytest.raises(ValueError, match=match):
+        DPSGD(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            DataLoader(data, batch_size=4),
+            **options,
+        )

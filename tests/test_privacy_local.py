@@ -258,3 +258,34 @@ def test_the_history_gives_the_largest_local_budget_not_a_mean() -> None:
     assert result.history[1].fit_metrics["dp_epsilon"] == max(spent)
     assert result.history[1].fit_metrics["dp_delta"] == 1e-5
     assert result.history[1].fit_metrics["loss"] == 1.0  # the others are still means
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"epsilon": "1"}, "epsilon must be a positive number, got '1'"),
+        ({"delta": None}, r"delta must be a number in \(0, 1\), got None"),
+        ({"delta": "1e-5"}, r"delta must be a number in \(0, 1\), got '1e-5'"),
+        ({"clip": "1"}, "clip must be a positive number, got '1'"),
+    ],
+)
+def test_local_dp_names_a_setting_that_is_no_number(settings: dict[str, Any], match: str) -> None:
+    options: dict[str, Any] = {"epsilon": 1.0, "delta": 1e-5, "clip": 1.0, **settings}
+    with pytest.raises(ValueError, match=match):
+        privacy.LocalDP(Fixed({"w": np.zeros(2)}), **options)
+
+
+def test_the_dp_ftrl_statement_names_the_replace_special_relation_it_is_accounted_under(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dp = privacy.dp_ftrl(
+        covey.FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        tree_rounds=2,
+    )
+    covey.simulate(lambda c: Fixed({"w": np.zeros(2)}), 4, 1, dp, {"w": np.zeros(2)})
+    (unit,) = [line for line in capsys.readouterr().out.splitlines() if "unit:" in line]
+    assert "replace special" in unit
+    assert "add or remove" not in unit

@@ -271,3 +271,23 @@ def test_accounted_noise_needs_its_parameters() -> None:
         Noise("skellam", 1.0, clip=1.0, delta=1e-5)
     with pytest.raises(ValueError, match="min_fit_clients >= 2"):
         secure(_fedavg(min_fit_clients=1), clip_range=1.0, noise=_distributed("gaussian", 9.0))
+
+
+def test_noise_settings_given_as_numpy_numbers_are_taken_and_strings_named() -> None:
+    f32: Any = np.float32  # read from a float32 array or config, say
+    noise = Noise("gaussian", f32(100.0), clip=f32(1.0), delta=f32(1e-5))
+    assert noise.sigma == 100.0
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0, got '100'"):
+        Noise("gaussian", "100")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target_epsilon must be > 0, got '8'"):
+        Noise("gaussian", 100.0, clip=1.0, delta=1e-5, target_epsilon="8")  # type: ignore[arg-type]
+
+
+def test_the_distributed_dp_statement_names_the_zero_out_relation_it_is_accounted_under(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    strategy = _secure(_fedavg(min_fit_clients=4), noise=_distributed("gaussian", 3000.0))
+    covey.simulate(Fixed, 4, 1, strategy, _params(), seed=0)
+    (unit,) = [line for line in capsys.readouterr().out.splitlines() if "unit:" in line]
+    assert "zero-out" in unit
+    assert "add or remove" not in unit  # removing the client would remove its noise too

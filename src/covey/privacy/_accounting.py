@@ -455,8 +455,12 @@ def statement(
     accountant: Accountant,
     rounds: int,
     extra: Iterable[str] = (),
+    relation: str = "add or remove one",
 ) -> str:
     """A privacy statement: what was protected, by which mechanism, at what (epsilon, delta).
+
+    ``relation`` names the neighbouring datasets the guarantee is stated for: the
+    one the mechanism is accounted under.
 
     References:
         Ponomareva et al., "How to DP-fy ML: A Practical Guide to Machine Learning
@@ -465,7 +469,7 @@ def statement(
     lines = [
         "Privacy statement",
         f"  mechanism:   {mechanism}",
-        f"  unit:        {unit} (add or remove one)",
+        f"  unit:        {unit} ({relation})",
         f"  sampling:    {sampling}",
         f"  rounds:      {rounds}",
         f"  accountant:  dp-accounting {accountant.upper()}",

@@ -19,6 +19,7 @@ from covey.core._hooks import unsaved_releases
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
+from covey.strategies._checks import fit_only
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -38,13 +39,20 @@ class PrivacyHook:
     """
 
     def __init__(
-        self, mech: Mechanism, shared: Shared, noise_seed: int | None, unit: str, sampling: str
+        self,
+        mech: Mechanism,
+        shared: Shared,
+        noise_seed: int | None,
+        unit: str,
+        sampling: str,
+        relation: str = "add or remove one",
     ) -> None:
         self.mech = mech
         self.shared = shared
         self.noise_seed = noise_seed
         self.unit = unit
         self.sampling = sampling
+        self.relation = relation
         self._cache: dict[int, float] = {}
         self.printed: str | None = None
 
@@ -140,6 +148,7 @@ class PrivacyHook:
             accountant=self.mech.accountant,
             rounds=rounds,
             extra=[f"stopped:     {history.stopped_reason}"] if history.stopped_reason else [],
+            relation=self.relation,
         )
         print(self.printed)
 
@@ -157,7 +166,8 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
     """A selector taking each candidate independently with probability ``rate``.
 
     The draw is seeded like the noise (the run's noise seed, or fresh CSPRNG
-    seeds), so which clients took part is as hard to predict as the noise.
+    seeds), so which clients took part is as hard to predict as the noise. It
+    picks who trains only: federated evaluation samples by ``fraction_evaluate``.
 
     References:
         Zhu and Wang, "Poisson Subsampled Renyi Differential Privacy", ICML 2019.
@@ -168,7 +178,7 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
         draw = _noise.generator(shared.seed, _SAMPLING, round).random(len(candidates))
         return [int(c) for c, u in zip(candidates, draw, strict=True) if u < rate]
 
-    return select
+    return fit_only(select)
 
 
 def _check(

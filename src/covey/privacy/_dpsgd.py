@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._extras import MissingExtraError
 from covey.privacy._accounting import Accountant, Ledger, round_event
+from covey.privacy._local import check_delta, read_ledger, real, write_ledger
 
 logger = logging.getLogger("covey")
 
@@ -57,6 +59,11 @@ class DPSGD:
             each from a stream of its own; None leaves both to Opacus (torch's
             global generator, or the data loader's ``generator`` for sampling).
             For a real deployment prefer ``secure_mode=True`` in Opacus.
+        ledger_path: A JSON file keeping the ledger across ``DPSGD`` objects: read
+            when built (if it exists), written at the end of every :meth:`train`,
+            before the trained weights can leave. Without it the ledger lives on
+            this object only, so a client built again (``client_cache``, a
+            resumed simulation, a restarted site) reports only what it spent since.
 
     Example:
         >>> dp = DPSGD(net, torch.optim.SGD(net.parameters(), lr=0.1), loader,  # doctest: +SKIP
@@ -80,16 +87,23 @@ class DPSGD:
         delta: float,
         accountant: Accountant = "rdp",
         seed: int | None = None,
+        ledger_path: str | Path | None = None,
     ) -> None:
         torch = torch_module()
         opacus = _opacus()
-        if not noise_multiplier > 0 or not max_grad_norm > 0:
-            raise ValueError("noise_multiplier and max_grad_norm must be > 0")
-        if not 0.0 < delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        for name, value in (
+            ("noise_multiplier", noise_multiplier),
+            ("max_grad_norm", max_grad_norm),
+        ):
+            if not real(value) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        check_delta(delta)
         if len(data_loader) == 0:
             raise ValueError("the data loader holds no examples to train on")
         self.ledger = Ledger(accountant=accountant)
+        self.ledger_path = None if ledger_path is None else Path(ledger_path)
+        if self.ledger_path is not None and self.ledger_path.exists():
+            self.ledger = read_ledger(self.ledger_path, accountant, "DPSGD")
         self.delta = float(delta)
         self.noise_multiplier = float(noise_multiplier)
         # Opacus warns that its noise is not from a CSPRNG unless secure_mode
@@ -152,6 +166,8 @@ class DPSGD:
         if steps:
             event = round_event(self.noise_multiplier, self.sampling_rate)
             self.ledger = self.ledger.add(event, steps)
+            if self.ledger_path is not None:
+                write_ledger(self.ledger_path, self.ledger)
         return total / batches if batches else math.nan
 
     def epsilon(self) -> float:

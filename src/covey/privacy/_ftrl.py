@@ -21,6 +21,7 @@ import numpy as np
 from covey.core._messages import plain
 from covey.privacy._central import PrivacyHook, _check
 from covey.privacy._step import Mechanism, Shared, dp_step
+from covey.strategies._checks import fit_only
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -37,7 +38,7 @@ def round_robin(tree_rounds: int, shared: Shared) -> Any:
         ordered = sorted(int(c) for c in candidates)
         return ordered[(round - 1) % tree_rounds :: tree_rounds]
 
-    return select
+    return fit_only(select)
 
 
 def dp_ftrl(
@@ -106,6 +107,7 @@ def dp_ftrl(
         noise_seed,
         unit="one client (all of its data), at most once per tree",
         sampling=f"none (round-robin, each client once per {tree_rounds} rounds)",
+        relation="replace special: replaced by a special (zero) record",
     )
     return replace_strategy(
         strategy,

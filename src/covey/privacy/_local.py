@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -61,11 +62,10 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
         Balle and Wang, "Improving the Gaussian Mechanism for Differential
         Privacy: Analytical Calibration and Optimal Denoising", ICML 2018.
     """
-    if not epsilon > 0 or not math.isfinite(epsilon):
+    if not real(epsilon) or not epsilon > 0 or not math.isfinite(epsilon):
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-    if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    if not sensitivity > 0 or not math.isfinite(sensitivity):
+    check_delta(delta)
+    if not real(sensitivity) or not sensitivity > 0 or not math.isfinite(sensitivity):
         raise ValueError(f"sensitivity must be a finite number > 0, got {sensitivity!r}")
 
     def excess(log_sigma: float) -> float:
@@ -83,6 +83,17 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
     while _analytic_delta(sigma, epsilon, sensitivity) > delta:
         sigma *= 1.0 + 1e-9
     return sigma
+
+
+def real(value: Any) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (NumPy's included), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def check_delta(delta: Any) -> None:
+    """Refuse a delta that is not a number in (0, 1), naming it."""
+    if not real(delta) or not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
 
 
 def _update(result: FitResult, weights: Weights) -> dict[str, Array]:
@@ -177,8 +188,9 @@ class LocalDP(ClipUpdates):
         ledger_path: str | Path | None = None,
     ) -> None:
         super().__init__(client)
-        if not clip > 0 or not math.isfinite(clip):
+        if not real(clip) or not clip > 0 or not math.isfinite(clip):
             raise ValueError(f"clip must be a positive number, got {clip!r}")
+        check_delta(delta)
         self.clip = float(clip)
         self.delta = float(delta)
         self.sensitivity = 2.0 * self.clip
@@ -186,7 +198,7 @@ class LocalDP(ClipUpdates):
         self.ledger = Ledger(accountant=accountant)
         self.ledger_path = None if ledger_path is None else Path(ledger_path)
         if self.ledger_path is not None and self.ledger_path.exists():
-            self.ledger = _read_ledger(self.ledger_path, accountant)
+            self.ledger = read_ledger(self.ledger_path, accountant)
         self.seed = seed
         self._fits = 0
 
@@ -222,7 +234,7 @@ class LocalDP(ClipUpdates):
         }
         self.ledger = self.ledger.add(dpa.GaussianDpEvent(self.sigma / self.sensitivity))
         if self.ledger_path is not None:  # charged on disk before the upload leaves
-            atomic_write(self.ledger_path, json.dumps(self.ledger.to_json()))
+            write_ledger(self.ledger_path, self.ledger)
         metrics = {
             **result.metrics,
             "dp_epsilon": self.spent(),
@@ -232,15 +244,20 @@ class LocalDP(ClipUpdates):
         return FitResult(delta=delta, num_examples=result.num_examples, metrics=metrics)
 
 
-def _read_ledger(path: Path, accountant: Accountant) -> Ledger:
+def read_ledger(path: Path, accountant: Accountant, who: str = "LocalDP") -> Ledger:
     """The ledger kept in ``path``, checked entry by entry; an error naming the file."""
     try:
         ledger = Ledger.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"LocalDP: cannot read the privacy ledger {path}: {exc}") from None
+        raise ValueError(f"{who}: cannot read the privacy ledger {path}: {exc}") from None
     if ledger.accountant != accountant:
         raise ValueError(
-            f"LocalDP: the privacy ledger {path} is accounted with {ledger.accountant!r}, "
+            f"{who}: the privacy ledger {path} is accounted with {ledger.accountant!r}, "
             f"not {accountant!r}"
         )
     return ledger
+
+
+def write_ledger(path: Path, ledger: Ledger) -> None:
+    """Keep ``ledger`` in ``path`` (atomically)."""
+    atomic_write(path, json.dumps(ledger.to_json()))

@@ -191,7 +191,8 @@ class DistributedAccounting:
         self.printed = statement(
             mechanism=f"distributed DP under secure aggregation ({name}, sigma="
             f"{self.noise.sigma:g} per client, clip={self.noise.clip:g})",
-            unit="one client's update (zero-out: replaced by zeros)",
+            unit="one client's update",
+            relation="zero-out: replaced by zeros",
             sampling="none claimed",
             epsilon=self.ledger.epsilon(self.delta),
             delta=self.delta,

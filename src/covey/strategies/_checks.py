@@ -9,11 +9,30 @@ error that names the function, not a failure deep inside covey.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from covey.core._messages import Config, Metrics
+
+_S = TypeVar("_S", bound=Callable[..., Any])
+
+_FIT_ONLY = "_covey_fit_only"
+
+
+def fit_only(selector: _S) -> _S:
+    """Mark ``selector`` as choosing who trains only (a DP mechanism's sampling).
+
+    Federated evaluation then samples by ``fraction_evaluate`` as without it,
+    instead of asking the selector (which would evaluate on the round's trainers).
+    """
+    selector.__dict__[_FIT_ONLY] = True
+    return selector
+
+
+def selects_evaluation(selector: Any) -> bool:
+    """Whether ``selector`` also picks the clients of federated evaluation."""
+    return selector is not None and not getattr(selector, _FIT_ONLY, False)
 
 
 def name_of(fn: Any) -> str:

@@ -25,6 +25,7 @@ from covey.strategies._checks import (
     checked_metrics,
     chosen_ids,
     name_of,
+    selects_evaluation,
 )
 from covey.strategies._clients import ClientConfigFn, ClientInfo, per_client_configs
 from covey.strategies._fitround import FitRound, takes_configs
@@ -285,7 +286,7 @@ class Strategy:
                 f"round {round} needs {count} clients but only {len(available)} are available"
             )
         rng = np.random.default_rng([seed, round, purpose])
-        if self.selector is not None:
+        if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
             chosen = chosen_ids(self.selector, self.selector(available, round, rng))
             if len(set(chosen)) != len(chosen):
                 raise ValueError(f"selector chose some clients more than once: {chosen}")
