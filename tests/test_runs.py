@@ -196,6 +196,20 @@ def test_the_server_console_counts_clients_past_those_needed() -> None:
     assert lines[3].endswith("client a left: disconnected (2 of 2 connected)")
 
 
+def test_the_server_console_counts_clients_that_joined_before_it_says_it_waits() -> None:
+    # Clients started before the server retry, and may join as soon as it listens.
+    lines: list[str] = []
+    console = ServerConsole(lines.append, 3, {})
+    console.on_event("a", "join")
+    console.waiting()
+    assert lines[-1].endswith("waiting for clients (1 of 3 connected)")
+    console.on_event("b", "join")
+    console.on_event("c", "join")
+    lines.clear()
+    console.waiting()  # as many as it needs: it waits for none
+    assert lines == []
+
+
 def test_the_server_console_names_a_few_clients_of_a_big_round_and_counts_the_rest() -> None:
     lines: list[str] = []
     names = {c: f"site-{c}" for c in range(1000)}

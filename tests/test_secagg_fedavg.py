@@ -130,6 +130,19 @@ def test_abort_stops_the_run_with_the_reason_recorded() -> None:
         covey.simulate(Flaky, 10, 1, strategy, _init(), seed=0)
 
 
+def test_clients_failing_alike_are_named_together_when_secure_aggregation_aborts() -> None:
+    class Broken(Toy):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            raise ValueError("no data on this site")
+
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    with pytest.raises(covey.FederationError, match="aborted") as info:
+        covey.simulate(Broken, 5, 1, strategy, _init(), seed=0)
+    said = str(info.value)
+    assert "failures: client 0, client 1, client 2, client 3, client 4: ValueError" in said
+    assert said.count("no data on this site") == 1, said
+
+
 def test_process_backend_gives_the_same_model() -> None:
     strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
     a = _run(strategy, n=6, rounds=1, backend="process", num_workers=2)

@@ -149,9 +149,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
 
     def listening(port: int) -> None:
         shown.line(f"covey server listening on port {port} (run folder {run})")
+        shown.waiting()  # before the port file: clients that read it have not joined yet
         if port_file is not None:
             atomic_write(port_file, str(port))
-        shown.waiting()
 
     plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
     try:

@@ -77,8 +77,16 @@ class ServerConsole:
         self._write(f"[dim]{_clock()}[/] {text}")
 
     def waiting(self) -> None:
-        """Say the server waits for its clients."""
-        self.line(f"waiting for clients (0 of {self.needed} connected)")
+        """Say the server waits for its clients, counting those that joined already.
+
+        Clients that dial before the server listens (they retry) may join between
+        its listening line and this one; once as many as it needs have, it waits
+        for none and says nothing.
+        """
+        with self._lock:
+            count = len(self._connected)
+        if count < self.needed:
+            self.line(f"waiting for clients ({count} of {self.needed} connected)")
 
     def on_event(self, name: str, event: str, detail: str = "") -> None:
         """A fleet event from the transport: joins, leaves, refusals."""

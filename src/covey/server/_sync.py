@@ -305,10 +305,7 @@ class RoundLoop(_LoopBase):
             record.aggregate_info.setdefault("error", error)
             self.history.rounds.append(record)
             if record.fit_failures:
-                error += "; failures: " + "; ".join(
-                    f"{self.who(f.cid)}: {f.error}" for f in record.fit_failures[:5]
-                )
-                error += " ..." if len(record.fit_failures) > 5 else ""
+                error += "; failures: " + _failures_said(record.fit_failures, self.who)
             raise self._fail(f"round {rnd}: {error}")
         update = self.strategy.aggregator.feed
         for contribution in outcome.contributions:
