@@ -216,3 +216,39 @@ def test_a_client_the_actors_cannot_import_is_a_clear_error(
         RayTransport(module.Local, 2, init_args={"num_cpus": 1})
     assert "register_pickle_by_value" in str(info.value)
     assert "\x1b[" not in str(info.value)
+
+
+class Exits(covey.Client):
+    """Client 1 calls ``sys.exit`` in fit, client 2 raises asyncio's ``CancelledError``."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            sys.exit(4)
+        if self.cid == 2:
+            import asyncio
+
+            raise asyncio.CancelledError
+        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
+
+
+def test_a_client_calling_sys_exit_fails_alone_and_its_actor_lives_on() -> None:
+    # One actor runs all four clients in one call: an exit that ended the actor
+    # would fail clients 0 and 3 too, and the round with them.
+    fit = {"w": np.zeros(2)}
+    with RayTransport(Exits, 4, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        pid = transport._where[("", 0)][0]
+        for rnd in (1, 2):
+            replies = {
+                r.cid: r
+                for r in transport.exchange({c: Task("fit", rnd, {}, fit) for c in range(4)})
+            }
+            assert sorted(c for c, r in replies.items() if r.ok) == [0, 3]
+            assert "called sys.exit(4) (SystemExit) in its fit task: it fails alone" in str(
+                replies[1].error
+            )
+            assert "raised CancelledError, which is no Exception" in str(replies[2].error)
+        assert transport._where[("", 0)][0] == pid
+        assert transport._actors[""][0] is not None

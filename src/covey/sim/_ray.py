@@ -33,7 +33,7 @@ from covey.core import _codec
 from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
-from covey.sim._inline import fingerprint, lent_weights_changed
+from covey.sim._inline import exited, fingerprint, lent_weights_changed
 from covey.sim._rayplan import (
     Resources,
     actors_for,
@@ -128,6 +128,12 @@ class ClientHost:
                 reply = run_task(self._client(cid), cid, task)
             except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
+            except KeyboardInterrupt:  # Ray cancelling the call: not the client's
+                raise
+            except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError
+                # The client's alone: left to end the actor, it would fail every client
+                # of this call and the ones the actor holds, as if the actor had died.
+                reply = Reply(cid, kind, error=traceback.format_exc() + exited(exc, kind))
             replies.append(reply)
         if weights is not None and fingerprint(weights) != self._weights[2]:
             self._weights = (None, None, ())  # the next chunk decodes them afresh
