@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -252,3 +254,31 @@ def test_a_client_calling_sys_exit_fails_alone_and_its_actor_lives_on() -> None:
             assert "raised CancelledError, which is no Exception" in str(replies[2].error)
         assert transport._where[("", 0)][0] == pid
         assert transport._actors[""][0] is not None
+
+
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
+    # Ray itself retries such an address for more than ten minutes before failing.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    script = (
+        "import numpy as np, covey\n"
+        "class C(covey.Client):\n"
+        "    def fit(self, weights, config):\n"
+        "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
+        "try:\n"
+        f"    covey.simulate(lambda cid: C(), 2, 1, None, {{'w': np.zeros(2)}}, backend='ray',\n"
+        f"                   ray_address='127.0.0.1:{port}')\n"
+        "except ConnectionError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=90
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"simulate() still waited for a Ray at 127.0.0.1:{port} after 90 s")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"refused: no Ray cluster answers at ray_address='127.0.0.1:{port}'" in out.stdout
+    assert "Connection refused" in out.stdout
+    assert "ray start --head" in out.stdout

@@ -38,6 +38,7 @@ from covey.sim._rayplan import (
     Resources,
     actors_for,
     check_fits,
+    check_reachable,
     ray_need,
     start_failed,
     unpicklable,
@@ -77,6 +78,23 @@ def _unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
         f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
         "for the clients of one call together; it is stopped and replaced)"
     )
+
+
+def _init(ray: Any, address: str | None, init_args: Mapping[str, Any] | None) -> bool:
+    """Start or join a Ray unless this process has one already; whether it did."""
+    if ray.is_initialized():
+        return False
+    if address is not None:
+        check_reachable(address)
+    # "local" starts a new Ray: None would join any Ray already running here.
+    kwargs: dict[str, Any] = {
+        "address": address if address is not None else "local",
+        "include_dashboard": False,
+        "log_to_driver": True,
+    }
+    kwargs.update(init_args or {})
+    ray.init(**kwargs)
+    return True
 
 
 class ClientHost:
@@ -181,17 +199,7 @@ class RayTransport:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
         if client_cache is not None and client_cache < 0:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
-        self._owns_ray = False
-        if not ray.is_initialized():
-            # "local" starts a new Ray: None would join any Ray already running here.
-            kwargs: dict[str, Any] = {
-                "address": address if address is not None else "local",
-                "include_dashboard": False,
-                "log_to_driver": True,
-            }
-            kwargs.update(init_args or {})
-            ray.init(**kwargs)
-            self._owns_ray = True
+        self._owns_ray = _init(ray, address, init_args)
         self._ray = ray
         self._clients = range(num_clients)
         self._group_of = client_group
