@@ -282,3 +282,33 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
     assert f"refused: no Ray cluster answers at ray_address='127.0.0.1:{port}'" in out.stdout
     assert "Connection refused" in out.stdout
     assert "ray start --head" in out.stdout
+
+
+def test_a_ray_address_other_than_the_ray_joined_already_is_refused() -> None:
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, address="local")
+    try:
+        joined = str(ray.get_runtime_context().gcs_address)
+        other = int(joined.rpartition(":")[2]) + 1
+        # Run on the Ray joined already, the cluster asked for being another: refused.
+        with pytest.raises(ValueError, match=rf"ray_address='127.0.0.1:{other}' names another"):
+            covey.simulate(
+                Plus,
+                2,
+                1,
+                None,
+                {"w": np.zeros(2)},
+                backend="ray",
+                ray_address=f"127.0.0.1:{other}",
+            )
+        assert ray.is_initialized()  # the caller's Ray is left as it was
+        # The Ray joined, named by its port, is the one the run uses.
+        port = joined.rpartition(":")[2]
+        result = covey.simulate(
+            Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", ray_address=f"127.0.0.1:{port}"
+        )
+        assert result.weights["w"].tolist() == [0.5, 0.5]
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()

@@ -38,6 +38,7 @@ from covey.sim._rayplan import (
     Resources,
     actors_for,
     check_fits,
+    check_joined,
     check_reachable,
     ray_need,
     start_failed,
@@ -83,6 +84,8 @@ def _unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
 def _init(ray: Any, address: str | None, init_args: Mapping[str, Any] | None) -> bool:
     """Start or join a Ray unless this process has one already; whether it did."""
     if ray.is_initialized():
+        if address is not None:
+            check_joined(address, str(ray.get_runtime_context().gcs_address))
         return False
     if address is not None:
         check_reachable(address)

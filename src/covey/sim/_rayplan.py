@@ -131,3 +131,26 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
             "6379 by default), check that it is running and reachable from here, or leave "
             "ray_address out to start a local Ray for this run"
         ) from exc
+
+
+def check_joined(address: str, joined: str) -> None:
+    """Refuse a cluster ``address`` other than the Ray this process joined already (``joined``).
+
+    An initialized Ray is used as it is; a run asked to join another cluster would
+    otherwise run there silently, with other resources. Addresses are compared by
+    port (Ray names a node by the machine's address where the caller may write
+    ``127.0.0.1``); ``"auto"`` and ``ray://`` addresses are not compared.
+
+    Raises:
+        ValueError: naming both addresses and the two ways out.
+    """
+    if address in ("auto", "local") or "://" in address:
+        return
+    port = address.rpartition(":")[2]
+    if port.isdigit() and int(port) != int(joined.rpartition(":")[2] or 0):
+        raise ValueError(
+            f"ray_address={address!r} names another Ray than the one this process has "
+            f"already joined ({joined}, with ray.init()), which a run uses as it is: call "
+            "ray.shutdown() first to join the cluster, or leave ray_address out to run "
+            "on the Ray already joined"
+        )
