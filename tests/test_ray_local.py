@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -216,3 +218,97 @@ def test_a_client_the_actors_cannot_import_is_a_clear_error(
         RayTransport(module.Local, 2, init_args={"num_cpus": 1})
     assert "register_pickle_by_value" in str(info.value)
     assert "\x1b[" not in str(info.value)
+
+
+class Exits(covey.Client):
+    """Client 1 calls ``sys.exit`` in fit, client 2 raises asyncio's ``CancelledError``."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            sys.exit(4)
+        if self.cid == 2:
+            import asyncio
+
+            raise asyncio.CancelledError
+        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
+
+
+def test_a_client_calling_sys_exit_fails_alone_and_its_actor_lives_on() -> None:
+    # One actor runs all four clients in one call: an exit that ended the actor
+    # would fail clients 0 and 3 too, and the round with them.
+    fit = {"w": np.zeros(2)}
+    with RayTransport(Exits, 4, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        pid = transport._where[("", 0)][0]
+        for rnd in (1, 2):
+            replies = {
+                r.cid: r
+                for r in transport.exchange({c: Task("fit", rnd, {}, fit) for c in range(4)})
+            }
+            assert sorted(c for c, r in replies.items() if r.ok) == [0, 3]
+            assert "called sys.exit(4) (SystemExit) in its fit task: it fails alone" in str(
+                replies[1].error
+            )
+            assert "raised CancelledError, which is no Exception" in str(replies[2].error)
+        assert transport._where[("", 0)][0] == pid
+        assert transport._actors[""][0] is not None
+
+
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
+    # Ray itself retries such an address for more than ten minutes before failing.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    script = (
+        "import numpy as np, covey\n"
+        "class C(covey.Client):\n"
+        "    def fit(self, weights, config):\n"
+        "        return covey.FitResult(weights=dict(weights), num_examples=1)\n"
+        "try:\n"
+        f"    covey.simulate(lambda cid: C(), 2, 1, None, {{'w': np.zeros(2)}}, backend='ray',\n"
+        f"                   ray_address='127.0.0.1:{port}')\n"
+        "except ConnectionError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=90
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"simulate() still waited for a Ray at 127.0.0.1:{port} after 90 s")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"refused: no Ray cluster answers at ray_address='127.0.0.1:{port}'" in out.stdout
+    assert "Connection refused" in out.stdout
+    assert "ray start --head" in out.stdout
+
+
+def test_a_ray_address_other_than_the_ray_joined_already_is_refused() -> None:
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, address="local")
+    try:
+        joined = str(ray.get_runtime_context().gcs_address)
+        other = int(joined.rpartition(":")[2]) + 1
+        # Run on the Ray joined already, the cluster asked for being another: refused.
+        with pytest.raises(ValueError, match=rf"ray_address='127.0.0.1:{other}' names another"):
+            covey.simulate(
+                Plus,
+                2,
+                1,
+                None,
+                {"w": np.zeros(2)},
+                backend="ray",
+                ray_address=f"127.0.0.1:{other}",
+            )
+        assert ray.is_initialized()  # the caller's Ray is left as it was
+        # The Ray joined, named by its port, is the one the run uses.
+        port = joined.rpartition(":")[2]
+        result = covey.simulate(
+            Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", ray_address=f"127.0.0.1:{port}"
+        )
+        assert result.weights["w"].tolist() == [0.5, 0.5]
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()

@@ -128,9 +128,10 @@ def exited(exc: BaseException, kind: str) -> str:
     """The hint for a client (or its ``client_fn``) that raised what is no ``Exception``.
 
     ``sys.exit()`` or a ``BaseException`` such as asyncio's ``CancelledError``
-    kills a process worker or Ray actor, and the run goes on without its client;
-    this process runs the simulation itself, so the exception ends the client's
-    task instead of the run (which it ended with no error and no history).
+    kills a process worker, and the run goes on without its client; this process
+    runs the simulation itself, and a Ray actor answers for the other clients of
+    its call, so there the exception ends the client's task instead (of the run,
+    which it ended with no error and no history; of the actor's other clients).
     """
     if isinstance(exc, SystemExit):
         code = "" if exc.code is None else repr(exc.code)

@@ -33,11 +33,13 @@ from covey.core import _codec
 from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
-from covey.sim._inline import fingerprint, lent_weights_changed
+from covey.sim._inline import exited, fingerprint, lent_weights_changed
 from covey.sim._rayplan import (
     Resources,
     actors_for,
     check_fits,
+    check_joined,
+    check_reachable,
     ray_need,
     start_failed,
     unpicklable,
@@ -77,6 +79,25 @@ def _unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
         f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
         "for the clients of one call together; it is stopped and replaced)"
     )
+
+
+def _init(ray: Any, address: str | None, init_args: Mapping[str, Any] | None) -> bool:
+    """Start or join a Ray unless this process has one already; whether it did."""
+    if ray.is_initialized():
+        if address is not None:
+            check_joined(address, str(ray.get_runtime_context().gcs_address))
+        return False
+    if address is not None:
+        check_reachable(address)
+    # "local" starts a new Ray: None would join any Ray already running here.
+    kwargs: dict[str, Any] = {
+        "address": address if address is not None else "local",
+        "include_dashboard": False,
+        "log_to_driver": True,
+    }
+    kwargs.update(init_args or {})
+    ray.init(**kwargs)
+    return True
 
 
 class ClientHost:
@@ -128,6 +149,12 @@ class ClientHost:
                 reply = run_task(self._client(cid), cid, task)
             except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
+            except KeyboardInterrupt:  # Ray cancelling the call: not the client's
+                raise
+            except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError
+                # The client's alone: left to end the actor, it would fail every client
+                # of this call and the ones the actor holds, as if the actor had died.
+                reply = Reply(cid, kind, error=traceback.format_exc() + exited(exc, kind))
             replies.append(reply)
         if weights is not None and fingerprint(weights) != self._weights[2]:
             self._weights = (None, None, ())  # the next chunk decodes them afresh
@@ -175,17 +202,7 @@ class RayTransport:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
         if client_cache is not None and client_cache < 0:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
-        self._owns_ray = False
-        if not ray.is_initialized():
-            # "local" starts a new Ray: None would join any Ray already running here.
-            kwargs: dict[str, Any] = {
-                "address": address if address is not None else "local",
-                "include_dashboard": False,
-                "log_to_driver": True,
-            }
-            kwargs.update(init_args or {})
-            ray.init(**kwargs)
-            self._owns_ray = True
+        self._owns_ray = _init(ray, address, init_args)
         self._ray = ray
         self._clients = range(num_clients)
         self._group_of = client_group

@@ -1,13 +1,15 @@
 """What a Ray run asks of its cluster: Ray's resource names, actors per group, checks.
 
-Pure functions of the resource specs and the cluster's totals, kept apart from the
-transport in ``_ray.py`` (they neither import nor start Ray).
+Pure functions of the resource specs and the cluster's totals, and a probe of the
+address to join, kept apart from the transport in ``_ray.py`` (they neither
+import nor start Ray).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import socket
 from collections.abc import Mapping
 
 Resources = Mapping[str, float]
@@ -96,3 +98,59 @@ def start_failed(client_fn: object, exc: Exception) -> str:
         else ""
     )
     return f"a Ray actor died while starting, unpickling client_fn ({name}): {cause}{hint}"
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a ``host:port`` cluster address at which nothing accepts a connection.
+
+    ``ray.init`` retries such an address for more than ten minutes before it fails;
+    one TCP connection to the head's port says at once whether anything listens
+    there. ``"auto"``, ``"local"`` and ``ray://`` addresses are left to Ray, which
+    answers those quickly.
+
+    Raises:
+        ConnectionError: naming the address and why nothing answered there.
+    """
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: Ray says what is wrong with it
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        if isinstance(exc, TimeoutError):
+            why = f"no answer within {timeout:g} s"
+        else:
+            why = exc.strerror or str(exc) or type(exc).__name__
+        raise ConnectionError(
+            f"no Ray cluster answers at ray_address={address!r} ({why}): "
+            "give the address and port of the head node (the --port of `ray start --head`, "
+            "6379 by default), check that it is running and reachable from here, or leave "
+            "ray_address out to start a local Ray for this run"
+        ) from exc
+
+
+def check_joined(address: str, joined: str) -> None:
+    """Refuse a cluster ``address`` other than the Ray this process joined already (``joined``).
+
+    An initialized Ray is used as it is; a run asked to join another cluster would
+    otherwise run there silently, with other resources. Addresses are compared by
+    port (Ray names a node by the machine's address where the caller may write
+    ``127.0.0.1``); ``"auto"`` and ``ray://`` addresses are not compared.
+
+    Raises:
+        ValueError: naming both addresses and the two ways out.
+    """
+    if address in ("auto", "local") or "://" in address:
+        return
+    port = address.rpartition(":")[2]
+    if port.isdigit() and int(port) != int(joined.rpartition(":")[2] or 0):
+        raise ValueError(
+            f"ray_address={address!r} names another Ray than the one this process has "
+            f"already joined ({joined}, with ray.init()), which a run uses as it is: call "
+            "ray.shutdown() first to join the cluster, or leave ray_address out to run "
+            "on the Ray already joined"
+        )
