@@ -126,6 +126,23 @@ def test_a_failed_load_weights_leaves_the_model_unchanged() -> None:
         assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_an_expanded_buffer_is_named_and_the_model_left_unchanged() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            # one row of memory seen as four: copy_ cannot write it
+            self.register_buffer("grid", torch.arange(3.0).expand(4, 3))
+
+    net = Net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    zeros = {k: np.zeros(v.shape, dtype=v.dtype) for k, v in to_weights(net).items()}
+    with pytest.raises(WeightsError, match=r"'grid' is an expanded tensor"):
+        load_weights(net, zeros)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def _hand_fit(weights: covey.Weights, mu: float) -> dict[str, np.ndarray]:
     """The same training as TorchClient.fit, written out by hand."""
     net = _net()

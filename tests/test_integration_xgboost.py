@@ -317,3 +317,26 @@ def test_process_workers_boost_after_the_parent_has_boosted() -> None:
         round_timeout=60,
     )
     assert num_trees(from_weights(result.weights)) == 8  # 4 clients, 2 rounds
+
+
+@pytest.mark.parametrize("objective", ["binary:logitraw", "binary:hinge", "multi:softmax"])
+def test_objectives_without_probabilities_are_scored_as_classifiers(objective: str) -> None:
+    from scipy.special import expit
+    from sklearn.metrics import accuracy_score, log_loss
+
+    classes = 3 if objective == "multi:softmax" else 2
+    x, y = _data(0, n=120, classes=classes)
+    params = {"objective": objective, "base_score": 0.5, "max_depth": 2, "nthread": 1}
+    if classes == 3:
+        params["num_class"] = 3
+    booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=3)
+    predicted = booster.predict(xgb.DMatrix(x))
+    loss, metrics = evaluate_booster(booster, x, y)
+    if objective == "binary:logitraw":  # a logit per example: its sigmoid is the probability
+        proba = expit(predicted.astype(np.float64))
+        assert loss == pytest.approx(log_loss(y, proba), rel=1e-9)
+        assert metrics == {"accuracy": pytest.approx(accuracy_score(y, proba > 0.5))}
+    else:  # the predicted class: the error rate is the loss
+        assert metrics == {"accuracy": pytest.approx(accuracy_score(y, predicted))}
+        assert loss == pytest.approx(1.0 - float(metrics["accuracy"]))
+    assert float(metrics["accuracy"]) > 0.7

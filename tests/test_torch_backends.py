@@ -146,3 +146,35 @@ def test_workers_run_torch_on_one_thread_when_only_the_clients_load_it() -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[(1, 1.0)]"
+
+
+def _loader_client(workers: int) -> Any:
+    def client_fn(cid: int) -> TorchClient:
+        g = torch.Generator().manual_seed(cid)
+        x, y = torch.randn(24, 6, generator=g), torch.randint(0, 3, (24,), generator=g)
+        loader = DataLoader(TensorDataset(x, y), batch_size=8, num_workers=workers)
+        return TorchClient(
+            _Net(), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), loader
+        )
+
+    return client_fn
+
+
+def test_a_data_loader_with_worker_processes_runs_in_the_process_backend() -> None:
+    # The pool's workers are daemons, which multiprocessing refuses any child: before
+    # the fix every fit failed with "daemonic processes are not allowed to have children".
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a forked worker runs on
+    try:
+        torch.manual_seed(0)
+        init = to_weights(_Net(), copy=True)
+        strategy = covey.FedAvg(fraction_evaluate=0.0)
+        alone = covey.simulate(_loader_client(0), 2, 1, strategy, init)
+        loaders = covey.simulate(
+            _loader_client(1), 2, 1, strategy, init, backend="process", round_timeout=120
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert loaders.history.failures() == []
+    for name in init:  # the loader's worker gives the same batches, in the same order
+        np.testing.assert_array_equal(loaders.weights[name], alone.weights[name])

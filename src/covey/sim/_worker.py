@@ -50,6 +50,18 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="covey-parent-watch", daemon=True).start()
 
 
+def _may_have_children() -> None:
+    """Let this worker start processes of its own, as a client's ``DataLoader(num_workers=2)`` does.
+
+    The pool starts its workers as daemons, so that the parent's exit ends
+    them, and multiprocessing refuses a daemon any child ("daemonic processes
+    are not allowed to have children"). The flag matters to the parent only;
+    here it is cleared. A child of the worker that outlives it is the
+    client's to end: a ``DataLoader``'s workers watch their parent and exit.
+    """
+    mp.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
+
+
 def _one_thread() -> None:
     """Run torch and XGBoost on one thread in this worker, once loaded (by the parent or a client).
 
@@ -128,6 +140,7 @@ def worker_main(
         logs.install(levels)
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
     _exit_with_parent()
+    _may_have_children()
     _one_thread()
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

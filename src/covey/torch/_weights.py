@@ -153,8 +153,10 @@ def load_weights(module: Any, weights: Weights) -> None:
         weights: One array per ``state_dict`` entry, with matching shapes.
 
     Raises:
-        WeightsError: A name is missing or unexpected, a shape differs, or a
-            complex array would go into a real tensor; the module is then left
+        WeightsError: A name is missing or unexpected, a shape differs, a
+            complex array would go into a real tensor, or a tensor of the
+            module is an expanded view that cannot be written
+            (``torch.arange(3).expand(4, 3)``); the module is then left
             unchanged. Other dtypes are cast to the module's (float64 weights
             into a float32 model, say).
     """
@@ -166,6 +168,13 @@ def load_weights(module: Any, weights: Weights) -> None:
         if shape != tuple(target.shape):
             raise WeightsError(
                 f"weight {name!r} has shape {shape}, the model's is {tuple(target.shape)}"
+            )
+        if any(st == 0 and n > 1 for st, n in zip(target.stride(), target.shape, strict=True)):
+            # an expanded tensor: copy_ would fail half-way, with earlier arrays copied
+            raise WeightsError(
+                f"the model's {name!r} is an expanded tensor whose elements share memory, "
+                "so it cannot be written in place: register it as a tensor of its own "
+                "(.clone() or .contiguous()), or as a non-persistent buffer"
             )
         if np.asarray(weights[name]).dtype.kind == "c" and not target.is_complex():
             raise WeightsError(

@@ -43,9 +43,13 @@ def initial_model(
 def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, Metrics]:
     """The loss of a booster on ``x, y``, and its accuracy for classifiers.
 
-    Binary objectives (``binary:logistic``) give the log loss and the accuracy
-    at 0.5; ``multi:softprob`` the multi-class log loss and the accuracy;
-    other objectives the mean squared error.
+    Binary objectives give the log loss and the accuracy at probability 0.5:
+    ``binary:logistic`` predicts the probability, ``binary:logitraw`` the
+    logit (taken through the sigmoid first). ``multi:softprob`` gives the
+    multi-class log loss and the accuracy. Objectives that predict a class
+    and no probability (``binary:hinge``, ``multi:softmax``) give the error
+    rate ``1 - accuracy`` as the loss, and the accuracy. Other objectives
+    give the mean squared error.
 
     Args:
         booster: An ``xgboost.Booster``, or weights holding one.
@@ -61,12 +65,18 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
     y_arr, x_arr = np.asarray(y), np.asarray(x)
     _check_features(booster, x_arr.shape[-1] if x_arr.ndim == 2 else -1, "x")
     pred = np.asarray(booster.predict(xgb.DMatrix(x_arr)), dtype=np.float64)
+    objective = _objective(booster)
     eps = 1e-12
     if pred.ndim == 2:  # class probabilities
         p = np.clip(pred[np.arange(len(y_arr)), y_arr.astype(np.int64)], eps, 1.0)
         accuracy = float(np.mean(pred.argmax(axis=1) == y_arr))
         return float(-np.mean(np.log(p))), {"accuracy": accuracy}
-    if _objective(booster).startswith("binary:"):
+    if objective in ("binary:hinge", "multi:softmax"):  # the predicted class, no probability
+        accuracy = float(np.mean(pred == y_arr))
+        return 1.0 - accuracy, {"accuracy": accuracy}
+    if objective.startswith("binary:"):
+        if objective == "binary:logitraw":  # a logit (margin), not a probability
+            pred = 0.5 * (1.0 + np.tanh(0.5 * pred))  # the sigmoid, without overflow
         p = np.clip(pred, eps, 1.0 - eps)
         loss = -np.mean(y_arr * np.log(p) + (1.0 - y_arr) * np.log(1.0 - p))
         return float(loss), {"accuracy": float(np.mean((pred > 0.5) == (y_arr > 0.5)))}
