@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from covey.core._files import read_regular
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
 from covey.sim._rundir import stopped_simulation_reason
 
@@ -151,9 +152,11 @@ def read_json(path: Path) -> Any:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
-        return json.loads(path.read_bytes(), parse_constant=_no_constant)
+        return json.loads(read_regular(path), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunReadError(f"cannot read {path}: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"cannot read {path}: its JSON nests too deeply") from None
 
 
 def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
@@ -218,6 +221,8 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
     except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
 
 
 def read_run(run_id: str, path: str | Path) -> Run:
