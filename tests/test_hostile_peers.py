@@ -36,6 +36,7 @@ from covey.transport.grpc import _wire
 from covey.transport.grpc._client import ClientTLS, connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, client_message, control, is_chunk
 from covey.transport.grpc._options import METHOD, SERVICE
+from covey.transport.grpc._refusal import Refused
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
@@ -193,8 +194,9 @@ def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
 class _HostileServer:
     """A server that welcomes a client and then sends the frames ``script(hello)`` yields."""
 
-    def __init__(self, script: Any) -> None:
+    def __init__(self, script: Any, heartbeat: float = 0.5) -> None:
         self.script = script
+        self.heartbeat = heartbeat
         self.replies: list[pb.ReplyHeader] = []
         self.replied = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -207,7 +209,9 @@ class _HostileServer:
 
     def _join(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         next(requests)
-        welcome = pb.Welcome(cid=0, name="victim", heartbeat_interval=0.5, protocol=PROTOCOL)
+        welcome = pb.Welcome(
+            cid=0, name="victim", heartbeat_interval=self.heartbeat, protocol=PROTOCOL
+        )
         yield control(pb.ServerMessage(welcome=welcome))
         threading.Thread(target=self._read, args=(requests,), daemon=True).start()
         yield from self.script()
@@ -265,6 +269,32 @@ def test_a_client_does_not_take_the_memory_a_server_announces() -> None:
         watcher.join(5)
         server.close()
     assert peak[0] - before < 128 * 1024 * 1024, (before, peak[0])
+
+
+@pytest.mark.parametrize("heartbeat", [float("inf"), 1e300, 1e10, 1e-9, -1.0, float("nan")])
+def test_a_client_refuses_a_welcome_stating_a_heartbeat_no_server_can_keep(
+    heartbeat: float,
+) -> None:
+    # An infinite or huge interval failed every session in the client's request stream
+    # (OverflowError, retried for ever); a tiny one made it give up on the server
+    # "silent for 0 s" at once and reconnect in a loop.
+    def script() -> Iterator[bytes]:
+        time.sleep(3.0)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script, heartbeat=heartbeat)
+    try:
+        with pytest.raises(Refused, match="stating a heartbeat interval of") as refused:
+            connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, retry_for=10.0, backoff=0.1)
+    finally:
+        server.close()
+    assert "0.01 to 86400 s" in str(refused.value)
+
+
+def test_a_server_refuses_a_heartbeat_its_clients_would_refuse() -> None:
+    for heartbeat in (1e10, 0.001):
+        with pytest.raises(ValueError, match=r"heartbeat must be between 0\.01 and 86400 seconds"):
+            GrpcServerTransport("127.0.0.1:0", heartbeat=heartbeat)
 
 
 # -- replies that start and never finish ----------------------------------------------------

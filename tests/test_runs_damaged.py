@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -187,3 +188,56 @@ def test_an_integer_too_big_for_a_float_reads_as_infinite(
     ):
         (row,) = json.loads(response.read())["runs"]
     assert row["best"] == {"name": "test loss", "value": 1.0, "round": 0}
+
+
+def test_json_nested_too_deeply_is_a_damaged_run_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It stopped `covey runs list` (every run, not just this one) with a RecursionError.
+    from covey.dashboard._runs import RunReadError, read_run
+
+    monkeypatch.setenv("COLUMNS", "250")
+    _good(tmp_path / "runs" / "ok")
+    (tmp_path / "runs" / "deep").mkdir()
+    (tmp_path / "runs" / "deep" / History.FILE_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "deep - unreadable" in out
+    assert "deep/history.json is not a covey history: its JSON nests too deeply" in out
+    assert "ok" in out
+    result = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "runs" / "deep")])
+    assert result.exit_code == 2, result.output
+    assert "nests too deeply" in result.output
+    with pytest.raises(RunReadError, match="nests too deeply"):
+        read_run("deep", tmp_path / "runs" / "deep")
+
+
+def _invoke(args: list[str], done: list[Any]) -> None:
+    done.append(CliRunner().invoke(app, args))
+
+
+def test_a_run_json_that_is_a_named_pipe_is_not_waited_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `covey runs list` and `covey runs show` opened it and waited for a writer for ever.
+    import os
+    import threading
+
+    monkeypatch.setenv("COLUMNS", "250")
+    _good(tmp_path / "runs" / "piped")
+    pipe = tmp_path / "runs" / "piped" / "run.json"
+    os.mkfifo(pipe)
+    listing = ["runs", "list", "--dir", str(tmp_path / "runs")]
+    for args in (listing, ["runs", "show", str(pipe.parent)]):
+        done: list[Any] = []
+        thread = threading.Thread(target=_invoke, args=(args, done), daemon=True)
+        thread.start()
+        thread.join(20)
+        if thread.is_alive():  # let the blocked reader go before failing
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(20)
+            pytest.fail(f"covey {' '.join(args[:2])} waited on the named pipe {pipe}")
+        result = done[0]
+        assert result.exit_code == 0, result.output
+        assert "piped" in result.output

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from covey.core._files import read_regular
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
@@ -226,12 +227,9 @@ def _why(folder: Path, status: str) -> str | None:
     if status == "unreadable":
         return f"unreadable: {_unreadable(folder / 'run.sqlite')}"
     if status == "failed":
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # no run.json, or damaged
-            reason = json.loads((folder / "run.json").read_text(encoding="utf-8")).get(
-                "stopped_reason"
-            )
-            if isinstance(reason, str) and reason:
-                return f"failed: {reason}{_resumable(folder)}"
+        reason = _run_json(folder).get("stopped_reason")
+        if isinstance(reason, str) and reason:
+            return f"failed: {reason}{_resumable(folder)}"
     if status == "stopped" and (folder / "run.json").is_file():
         return f"stopped: {stopped_simulation_reason(folder)}"
     if status == "stopped" and (folder / "run.sqlite").is_file():
@@ -261,13 +259,25 @@ def _unreadable(db: Path) -> str:
 
 def _simulation_status(folder: Path) -> str | None:
     """``failed``, ``running`` or ``stopped`` (killed), as a simulation's ``run.json`` says."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # no run.json, or damaged
-        status = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("status")
-        if status == "failed":
-            return "failed"
-        if status == "running":
-            return "stopped" if is_held(folder) is False else "running"
+    status = _run_json(folder).get("status")
+    if status == "failed":
+        return "failed"
+    if status == "running":
+        return "stopped" if is_held(folder) is False else "running"
     return None
+
+
+def _run_json(folder: Path) -> dict[str, Any]:
+    """A simulation's ``run.json`` as an object; empty if there is none, or it is damaged.
+
+    Anyone who can write the folder may have put anything there: a named pipe is
+    not waited on, and JSON nested too deeply is damaged like any other.
+    """
+    try:
+        data = json.loads(read_regular(folder / "run.json").decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # no run.json, or damaged
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def run_status(folder: Path, history: History) -> str:
@@ -452,7 +462,7 @@ def show_run(
     notices: list[str] = []
     try:
         history = load_history(folder, notices)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         fail(str(exc))
     config = history.config
     strategy = config.get("strategy")

@@ -1,5 +1,8 @@
 """The one way covey writes a file: atomically, durably, with its mode set from creation.
 
+And the way it reads a small file others may have put in a run folder
+(:func:`read_regular`): a named pipe or a device there is refused, never waited on.
+
 A reader (or a process that restarts after a crash) sees either the old file or
 the complete new one, never a torn write: the data goes to a temporary file in
 the same folder, is flushed to disk, and is renamed over the target; the folder
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,3 +97,20 @@ def fsync_dir(directory: str | Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_regular(path: str | Path) -> bytes:
+    """The bytes of ``path``, refused unless it is a regular file.
+
+    A named pipe put where a run keeps a file would make a plain ``read`` wait
+    for a writer for ever; it is opened without waiting and refused, as is a
+    device.
+
+    Raises:
+        OSError: naming ``path``, if it cannot be opened or is no regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file (a named pipe, a device): remove it")
+        return handle.read()

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from covey.core._files import atomic_write
+from covey.core._files import atomic_write, read_regular
 from covey.core._messages import Metrics
 from covey.core._version import covey_version
 
@@ -422,11 +422,13 @@ class History:
                 f"no {cls.FILE_NAME} in {path.parent}: is it a covey run folder?"
             )
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular(path).decode("utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
                 raise ValueError("it has no list of rounds")
             history = cls.from_dict(data)
-        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # JSON nested too deep
+        except RecursionError:
+            raise ValueError(f"{path} is not a covey history: its JSON nests too deeply") from None
+        except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{path} is not a covey history: {exc}") from None
         left_out = _unknown_in(data)
         if left_out:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from covey.core._files import read_regular
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
 from covey.sim._rundir import stopped_simulation_reason
 
@@ -166,11 +167,12 @@ def read_json(path: Path) -> Any:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
-        return json.loads(path.read_bytes(), parse_constant=_no_constant)
-    except (OSError, ValueError, RecursionError) as exc:
-        # ValueError: not UTF-8, not JSON, or an integer of more digits than Python
-        # converts; RecursionError: arrays or objects nested deeper than the parser recurses
+        return json.loads(read_regular(path), parse_constant=_no_constant)
+    except (OSError, ValueError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer of more digits than Python converts
         raise RunReadError(f"cannot read {path}: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"cannot read {path}: its JSON nests too deeply") from None
 
 
 _ID_LISTS: Final[tuple[str, ...]] = ("fit_participants", "evaluate_participants")
@@ -280,8 +282,10 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
         run.meta.update(config if isinstance(config, dict) else {})
         run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
-    except (TypeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
 
 
 def read_run(run_id: str, path: str | Path) -> Run:

@@ -11,6 +11,7 @@ from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._store import RunStore
 from covey.strategies._checks import refuse_unmet_need, unmet_rule_need
 from covey.strategies._strategy import Strategy
+from covey.transport.grpc._checks import check_heartbeat
 
 logger = logging.getLogger("covey")
 
@@ -97,6 +98,7 @@ def check_settings(
             or not (math.isfinite(value) and value > 0)
         ):
             raise ValueError(f"{name} must be a number of seconds above 0, got {value!r}")
+    check_heartbeat(heartbeat)  # within what a client takes
 
 
 def check_capacity(strategy: Strategy, max_clients: int) -> None:

@@ -26,6 +26,7 @@ from covey.transport.grpc import _wire
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
+    "HEARTBEATS",
     "MAX_TASK_BYTES",
     "AddressError",
     "TaskLimits",
@@ -35,6 +36,7 @@ __all__ = [
     "check_heartbeat",
     "own_name",
     "stated_properties",
+    "welcome_heartbeat",
 ]
 
 _HOST = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -223,11 +225,43 @@ def own_name(name: str, tls: object | None) -> str:
     return name
 
 
+HEARTBEATS = (0.01, 86400.0)
+"""The heartbeat intervals covey takes, in seconds: a server states one in its ``Welcome``.
+
+Above a day, waiting for the next beat overflows the system's timeouts (the
+stream then fails with an ``OverflowError``); below 0.01 s a client gives up on
+a server that has said nothing for six intervals at once, and reconnects for ever.
+"""
+
+
 def check_heartbeat(heartbeat: float) -> None:
-    """Refuse a heartbeat interval that is no number of seconds above 0."""
+    """Refuse a heartbeat interval that is no number of seconds in :data:`HEARTBEATS`."""
     if (
         isinstance(heartbeat, bool)
         or not isinstance(heartbeat, int | float)
         or not (math.isfinite(heartbeat) and heartbeat > 0)
     ):
         raise ValueError(f"heartbeat must be a number of seconds above 0, got {heartbeat!r}")
+    low, high = HEARTBEATS
+    if not low <= heartbeat <= high:
+        raise ValueError(
+            f"heartbeat must be between {low:g} and {high:g} seconds (a day), got {heartbeat!r}"
+        )
+
+
+def welcome_heartbeat(stated: float) -> float | None:
+    """The heartbeat interval a server's ``Welcome`` states; None if it states none (0).
+
+    Raises:
+        ValueError: naming the value, if it is not a number of seconds in :data:`HEARTBEATS`.
+    """
+    if stated == 0:
+        return None
+    low, high = HEARTBEATS
+    if not low <= stated <= high:  # NaN included
+        raise ValueError(
+            f"the server sent a Welcome stating a heartbeat interval of {stated!r} s, outside "
+            f"the {low:g} to {high:g} s a covey server states; check that the address is a "
+            "covey server's"
+        )
+    return stated

@@ -37,6 +37,7 @@ from covey.transport.grpc._checks import (
     check_heartbeat,
     own_name,
     stated_properties,
+    welcome_heartbeat,
 )
 from covey.transport.grpc._frames import (
     PROTOCOL,
@@ -239,10 +240,15 @@ class _Session:
             raise Refused(
                 server_protocol_refusal(welcome.protocol, covey_version(), welcome.version)
             )
+        try:
+            # The same on every connection: refused at once, not retried.
+            heartbeat = welcome_heartbeat(welcome.heartbeat_interval)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
         self.welcomed = True
         self.cid = result.cid = int(welcome.cid)
-        if welcome.heartbeat_interval > 0:
-            self.heartbeat = welcome.heartbeat_interval
+        if heartbeat is not None:
+            self.heartbeat = heartbeat
             self.outbound.put(_WAKE)
         logger.info(
             "connected as %s (id %d) to %s",

@@ -20,6 +20,7 @@ from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.transport.grpc import _wire
+from covey.transport.grpc._checks import check_heartbeat
 from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
 from covey.transport.grpc._service import FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
@@ -78,6 +79,7 @@ class GrpcServerTransport:
         max_inflight: int = MAX_INFLIGHT_BYTES,
     ) -> None:
         """Start listening on ``address``; clients may connect at once."""
+        check_heartbeat(heartbeat)  # a client refuses a Welcome stating another
         self._registry = Registry(client_id, on_event)
         self._lock = self._registry.lock
         self._fleet = self._registry.fleet
