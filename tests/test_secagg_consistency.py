@@ -90,6 +90,7 @@ def _sites(n: int, signed: bool = True) -> dict[int, Site]:
 def _run(server: Server, **kw: Any) -> Any:
     kw.setdefault("complete", True)
     kw.setdefault("threat", SEMI_MALICIOUS)
+    kw.setdefault("signed", any(s.secagg_identity is not None for s in server.sites.values()))
     return secure_sum(
         server,
         list(server.sites),
@@ -97,7 +98,6 @@ def _run(server: Server, **kw: Any) -> Any:
         input_kind="test.consistency",
         length=LENGTH,
         bound=BOUND,
-        signed=any(s.secagg_identity is not None for s in server.sites.values()),
         **kw,
     )
 
@@ -136,6 +136,16 @@ def test_unsigned_runs_are_unchanged() -> None:
     for _, task in server.sent:
         if task.kind == "secagg.unmask":
             assert set(task.payload) == {"session", "alive", "dropped"}
+
+
+def test_clients_with_identities_take_the_check_even_if_the_server_does_not_ask() -> None:
+    # A server cannot skip the check by not requiring signatures: clients that sign
+    # their keys sign the lists too, and the honest server runs the stage for them.
+    sites = _sites(5)
+    server = Server(sites)
+    result = _run(server, signed=False)
+    np.testing.assert_array_equal(result.total, _exact(sites))
+    assert "consistency" in result.seconds
 
 
 def _lie_to_client_0(server: Server, victim: int) -> None:

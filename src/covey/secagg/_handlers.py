@@ -195,9 +195,11 @@ def _lists(p: Mapping[str, Any], what: str) -> tuple[list[int], list[int]]:
             f"the {what} lists {len(alive) + len(dropped)} clients, more than {MAX_CLIENTS}"
         )
     for c in (*alive, *dropped):
-        if isinstance(c, bool) or not isinstance(c, int) or not -(2**63) <= c < 2**63:
+        if isinstance(c, bool | np.bool_) or not isinstance(c, int | np.integer):
             raise cs.ProtocolAbort(f"the {what} lists {c!r}, which is not a client id")
-    return alive, dropped
+        if not -(2**63) <= int(c) < 2**63:
+            raise cs.ProtocolAbort(f"the {what} lists {c!r}, which is not a client id")
+    return [int(c) for c in alive], [int(c) for c in dropped]
 
 
 def _consistency(client: Any, task: Task) -> dict[str, Any]:
