@@ -650,6 +650,50 @@ def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() ->
     assert "no secure-aggregation run in progress" in errors[5]  # the state was dropped
 
 
+def test_hostile_consistency_requests_are_refused_by_the_client() -> None:
+    import covey.secagg  # noqa: F401 - teaches the client runtime the SecAgg+ task kinds
+
+    session = bytes(range(32))
+    setup = {
+        "session": session,
+        "cid": 0,
+        "x": 1,
+        "neighbors": {"1": 2, "2": 3},
+        "threshold": 2,
+        "length": 4,
+        "bits": 32,
+        "bound": 100,
+    }
+    lists = {"session": session, "alive": [0, 1, 2], "dropped": []}
+    steps = [
+        ("secagg.advertise", setup),
+        ("secagg.consistency", {**lists, "alive": [0, True]}),  # a bool is no client id
+        ("secagg.advertise", setup),
+        ("secagg.consistency", lists),  # before the masked input
+        ("secagg.advertise", setup),
+        ("secagg.unmask", {**lists, "signatures": [b"x" * 64]}),
+    ]
+
+    def script() -> Iterator[bytes]:
+        for task_id, (kind, payload) in enumerate(steps, 1):
+            header = pb.TaskHeader(
+                task_id=task_id, kind=kind, round=1, config=b"{}", payload=_wire.dumps(payload)
+            )
+            yield control(pb.ServerMessage(task=header))
+            server.wait_replies(task_id)
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
+
+    server = _HostileServer(script)
+    try:
+        connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    errors = {r.task_id: r.error for r in server.replies}
+    assert "the consistency-check request lists True, which is not a client id" in errors[2]
+    assert "consistency-check request in stage advertised" in errors[4]
+    assert "the survivor-list signatures is not a mapping" in errors[6]
+
+
 @pytest.mark.parametrize(
     ("kind", "config", "refusal"),
     [

@@ -49,6 +49,8 @@ def test_three_secure_rounds_over_grpc_equal_plain_fedavg(tmp_path: Path) -> Non
     for record in history.rounds[1:]:
         assert len(record.fit_participants) == digits_app.NUM_CLIENTS
         assert record.aggregate_info["secagg_ring_bits"] > secagg_app.BITS
+        # Signed keys: the survivor list was signed and checked over the wire before unmasking.
+        assert "consistency" in record.aggregate_info["secagg_seconds"]
     plain = covey.simulate(
         digits_app.client_fn,
         digits_app.NUM_CLIENTS,

@@ -228,6 +228,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "secagg.advertise": "covey.secagg",
     "secagg.share": "covey.secagg",
     "secagg.mask": "covey.secagg",
+    "secagg.consistency": "covey.secagg",
     "secagg.unmask": "covey.secagg",
     "analyze": "covey.analytics",
 }
@@ -240,7 +241,14 @@ _REGISTERED_BY: dict[str, str] = {
     "fit_compressed": "covey.compress._runtime",
     # covey.secagg's handlers, with the input of secure FedAvg (covey.secagg.secure).
     **dict.fromkeys(
-        ("secagg.advertise", "secagg.share", "secagg.mask", "secagg.unmask"), "covey.secagg._secure"
+        (
+            "secagg.advertise",
+            "secagg.share",
+            "secagg.mask",
+            "secagg.consistency",
+            "secagg.unmask",
+        ),
+        "covey.secagg._secure",
     ),
 }
 

@@ -10,9 +10,14 @@ Four stages, each answering one message of the server:
 3. ``mask``: open the shares sent to it, then send ``y = x + PRG(b) +
    sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)`` (mod ``2^w``) over the
    neighbours that shared keys, bit-packed.
-4. ``unmask``: check the server's lists (disjoint, consistent with what it saw,
-   never both secrets of one peer) and reveal, for each neighbour, the share of
-   ``b`` if the server says it survived or of its mask key if it dropped.
+4. ``consistency`` (only for a client with an identity): check the server's
+   survivor and dropout lists as ``unmask`` does, and sign them (the consistency
+   check of the protocols' malicious-server variants).
+5. ``unmask``: check the server's lists (disjoint, consistent with what it saw,
+   never both secrets of one peer; with an identity, exactly the lists it signed,
+   signed by at least the threshold of its share holders) and reveal, for each
+   neighbour, the share of ``b`` if the server says it survived or of its mask
+   key if it dropped.
 
 Nothing here does I/O; the state is an immutable record the caller keeps.
 
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -114,6 +119,9 @@ class ClientState:
     keys: Mapping[int, tuple[bytes, bytes]] = field(default_factory=dict)  # v -> (c_pk, s_pk)
     held: Mapping[int, tuple[bytes, bytes]] = field(default_factory=dict)  # u -> (s, b) shares
     own: tuple[bytes, bytes] = (b"", b"")
+    signs: bool = False  # this client has an identity: it reveals only after the consistency check
+    names: Mapping[int, tuple[str, bytes]] = field(default_factory=dict)  # v -> (name, trusted pk)
+    view: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # the lists this client signed
 
 
 def _pair(u: int, v: int) -> bytes:
@@ -125,6 +133,21 @@ def key_message(session: bytes, cid: int, name: str, c_pk: bytes, s_pk: bytes) -
     label = name.encode()
     return (
         b"covey-secagg/keys" + session + struct.pack("<qI", cid, len(label)) + label + c_pk + s_pk
+    )
+
+
+def survivors_message(
+    session: bytes, cid: int, name: str, alive: Sequence[int], dropped: Sequence[int]
+) -> bytes:
+    """The bytes a client signs in the consistency check: the session and both lists, sorted."""
+    label = name.encode()
+    a, d = sorted(alive), sorted(dropped)
+    return (
+        b"covey-secagg/consistency"
+        + session
+        + struct.pack("<qI", cid, len(label))
+        + label
+        + struct.pack(f"<II{len(a)}q{len(d)}q", len(a), len(d), *a, *d)
     )
 
 
@@ -155,7 +178,7 @@ def advertise(setup: Setup, identity: Identity | None) -> tuple[ClientState, dic
         message = key_message(setup.session, setup.cid, identity.name, c_pk, s_pk)
         reply["name"] = identity.name
         reply["sig"] = _crypto.sign(identity.signing_key, message)
-    return ClientState(setup, "advertised", c_sk, s_sk), reply
+    return ClientState(setup, "advertised", c_sk, s_sk, signs=identity is not None), reply
 
 
 def share(
@@ -175,6 +198,7 @@ def share(
     parsed: dict[int, tuple[bytes, bytes]] = {}
     seen: set[bytes] = set()
     names: set[str] = set() if identity is None else {identity.name}
+    signers: dict[int, tuple[str, bytes]] = {}
     for v, entry in keys.items():
         c_pk, s_pk = entry.get("c_pk"), entry.get("s_pk")
         if not (isinstance(c_pk, bytes) and isinstance(s_pk, bytes)):
@@ -183,7 +207,8 @@ def share(
             raise ProtocolAbort(f"neighbour {v}'s keys are malformed or repeated")
         seen.update((c_pk, s_pk))
         if identity is not None:
-            _check_signed(identity, setup.session, v, entry, names)
+            name = _check_signed(identity, setup.session, v, entry, names)
+            signers[v] = (name, identity.peers[name])
         parsed[v] = (c_pk, s_pk)
     b = os.urandom(SECRET_BYTES)
     holders = [setup.x, *(setup.neighbors[v] for v in sorted(parsed))]
@@ -196,15 +221,20 @@ def share(
         plaintext = s_shares[xv] + b_shares[xv]
         sealed[str(v)] = _crypto.seal(key, plaintext, setup.session + _pair(setup.cid, v))
     new = replace(
-        state, stage="shared", b=b, keys=parsed, own=(s_shares[setup.x], b_shares[setup.x])
+        state,
+        stage="shared",
+        b=b,
+        keys=parsed,
+        own=(s_shares[setup.x], b_shares[setup.x]),
+        names=signers,
     )
     return new, {"shares": sealed}
 
 
 def _check_signed(
     identity: Identity, session: bytes, v: int, entry: Mapping[str, Any], names: set[str]
-) -> None:
-    """Refuse neighbour ``v``'s keys unless a trusted, not yet seen name signed them."""
+) -> str:
+    """Refuse neighbour ``v``'s keys unless a trusted, not yet seen name signed them; its name."""
     name, sig = entry.get("name"), entry.get("sig")
     if not isinstance(name, str) or not isinstance(sig, bytes):
         raise ProtocolAbort(f"neighbour {v}'s keys are not signed")
@@ -218,6 +248,7 @@ def _check_signed(
         _crypto.verify(trusted, sig, key_message(session, v, name, entry["c_pk"], entry["s_pk"]))
     except _crypto.CryptoError:
         raise ProtocolAbort(f"neighbour {v}'s keys are not signed by {name!r}") from None
+    return name
 
 
 def mask(
@@ -257,12 +288,8 @@ def mask(
     return replace(state, stage="masked", held=held), _ring.pack(y, setup.bits)
 
 
-def unmask(
-    state: ClientState, alive: list[int], dropped: list[int]
-) -> tuple[ClientState, dict[str, dict[str, bytes]]]:
-    """Stage 4: check the server's lists, then reveal one share per neighbour (never both)."""
-    if state.stage != "masked":
-        raise ProtocolAbort(f"unmasking request in stage {state.stage}")
+def _check_lists(state: ClientState, alive: list[int], dropped: list[int]) -> None:
+    """Refuse lists that repeat, overlap or disagree with this client's view of the round."""
     setup = state.setup
     alive_set, dropped_set = set(alive), set(dropped)
     if len(alive_set) != len(alive) or len(dropped_set) != len(dropped):
@@ -277,14 +304,106 @@ def unmask(
         raise ProtocolAbort(
             f"only {len(alive_set)} survivors, fewer than the threshold {setup.threshold}"
         )
-    mine = set(state.held)
     listed = (alive_set | dropped_set) & set(setup.neighbors)
-    if listed != mine:
+    if listed != set(state.held):
         raise ProtocolAbort(
             "the server's lists disagree with the neighbours that shared keys with this client"
         )
+
+
+def consistency(
+    state: ClientState, alive: list[int], dropped: list[int], identity: Identity | None
+) -> tuple[ClientState, dict[str, bytes]]:
+    """Stage 4 of a client with an identity: check the server's lists, then sign them.
+
+    The signature binds the session, this client's id and name, and both lists
+    (sorted). Its neighbours reveal shares only against lists that at least the
+    threshold of their share holders signed, so a server cannot show two clients
+    different lists (Bonawitz et al.'s ConsistencyCheck round).
+    """
+    if state.stage != "masked":
+        raise ProtocolAbort(f"consistency-check request in stage {state.stage}")
+    if identity is None or not state.signs:
+        raise ProtocolAbort(
+            "the server asks this client to sign the survivor list, but it has no identity "
+            "(it did not sign its keys)"
+        )
+    _check_lists(state, alive, dropped)
+    view = (tuple(sorted(alive)), tuple(sorted(dropped)))
+    message = survivors_message(state.setup.session, state.setup.cid, identity.name, *view)
+    signature = _crypto.sign(identity.signing_key, message)
+    return replace(state, stage="signed", view=view), {"sig": signature}
+
+
+def _check_signatures(state: ClientState, signatures: Mapping[int, Any]) -> None:
+    """Refuse to reveal unless the threshold of share holders signed exactly this client's view."""
+    setup, view = state.setup, state.view
+    if view is None:  # the caller checked: an invariant, not an input check
+        raise ProtocolAbort("internal error: no signed view")
+    if len(signatures) > len(setup.neighbors):
+        raise ProtocolAbort(
+            f"the server forwards {len(signatures)} survivor-list signatures, more than this "
+            f"client's {len(setup.neighbors)} neighbours"
+        )
+    alive = set(view[0])
+    for v, sig in sorted(signatures.items()):
+        if v not in state.names or v not in alive:
+            raise ProtocolAbort(
+                f"the server forwards a survivor-list signature of client {v}, which is not a "
+                "surviving neighbour that shared keys with this client"
+            )
+        name, public = state.names[v]
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise ProtocolAbort(f"neighbour {v}'s survivor-list signature is malformed")
+        try:
+            _crypto.verify(public, sig, survivors_message(setup.session, v, name, *view))
+        except _crypto.CryptoError:
+            raise ProtocolAbort(
+                f"neighbour {v}'s survivor-list signature is not {name!r}'s over the lists "
+                "this client signed: the server shows different lists to different clients, "
+                "or forged or replayed the signature"
+            ) from None
+    if len(signatures) + 1 < setup.threshold:
+        raise ProtocolAbort(
+            f"only {len(signatures) + 1} of this client's share holders (itself included) "
+            f"signed the survivor list; the threshold is {setup.threshold}"
+        )
+
+
+def unmask(
+    state: ClientState,
+    alive: list[int],
+    dropped: list[int],
+    signatures: Mapping[int, Any] | None = None,
+) -> tuple[ClientState, dict[str, dict[str, bytes]]]:
+    """Stage 5: check the server's lists (and signatures), then reveal one share per neighbour.
+
+    A client with an identity reveals only after the consistency check, against
+    exactly the lists it signed, with ``signatures`` (each neighbour's signature
+    of them, by neighbour) from at least ``threshold - 1`` of its neighbours.
+    """
+    if state.stage not in ("masked", "signed"):
+        raise ProtocolAbort(f"unmasking request in stage {state.stage}")
+    setup = state.setup
+    _check_lists(state, alive, dropped)
+    if state.signs:
+        if state.view is None:
+            raise ProtocolAbort(
+                "unmasking request without the consistency check: this client signs its keys "
+                "and reveals only against a survivor list its neighbours signed"
+            )
+        if (tuple(sorted(alive)), tuple(sorted(dropped))) != state.view:
+            raise ProtocolAbort(
+                "the unmasking request's survivor or dropout list differs from the one this "
+                "client signed"
+            )
+        _check_signatures(state, signatures or {})
+    mine = set(state.held)
+    alive_set, dropped_set = set(alive), set(dropped)
     reveal_b = {str(setup.cid): state.own[1]}
     reveal_b.update({str(u): state.held[u][1] for u in sorted(mine & alive_set)})
     reveal_s = {str(u): state.held[u][0] for u in sorted(mine & dropped_set)}
-    done = replace(state, stage="done", c_sk=b"", s_sk=b"", b=b"", held={}, own=(b"", b""))
+    done = replace(
+        state, stage="done", c_sk=b"", s_sk=b"", b=b"", held={}, own=(b"", b""), view=None
+    )
     return done, {"b": reveal_b, "s": reveal_s}

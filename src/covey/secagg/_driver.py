@@ -1,9 +1,9 @@
 """Running SecAgg+ from the server over any transport: :func:`secure_sum`.
 
 The protocol stages (:mod:`._client_stages`, :mod:`._server_stages`) are pure;
-this module carries their messages as the four task kinds the client handlers
-(:mod:`._handlers`) answer, through :meth:`Transport.exchange`, and turns
-failures into dropouts or a :class:`SecAggAbort`.
+this module carries their messages as the task kinds the client handlers
+(:mod:`._handlers`) answer (four, five with signed keys), through
+:meth:`Transport.exchange`, and turns failures into dropouts or a :class:`SecAggAbort`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class SecAggAbort(RuntimeError):
         reason: Why, e.g. too few survivors to unmask a dropped client.
         stage: The stage that stopped: ``setup`` (nothing was sent: too few clients
             for the threat model, or a sum too wide for the ring), ``advertise``,
-            ``share``, ``mask`` or ``unmask``.
+            ``share``, ``mask``, ``consistency`` (with signed keys: too few
+            clients signed the survivor list; nothing was revealed) or ``unmask``.
         dropped: Clients that dropped out or were excluded, with why.
     """
 
@@ -143,8 +144,11 @@ def secure_sum(
     """Add up a vector computed on each client so the server learns only the sum.
 
     Runs SecAgg+ (SecAgg when the graph must be complete) over ``transport``:
-    four exchanges with the clients, which tolerate clients dropping out after
-    they shared keys, up to what the threat model allows.
+    four exchanges with the clients (five when they sign their keys: the
+    consistency check, where each survivor signs the survivor and dropout lists
+    and reveals only against lists the threshold of its share holders signed),
+    which tolerate clients dropping out after they shared keys, up to what the
+    threat model allows.
 
     Args:
         transport: Any :class:`~covey.transport.Transport`.
@@ -158,7 +162,7 @@ def secure_sum(
             sum of ``len(cids)`` such vectors (plus noise) never wraps.
         threat: The threat model that fixes the graph's degree and threshold
             (default: 5% corrupt clients, 5% dropout, curious server).
-        timeout: Seconds each of the four exchanges may take.
+        timeout: Seconds each exchange (four, five with signed keys) may take.
         seed: Seeds the graph's permutation (tests only: it must be unpredictable).
         weights: Model weights sent with the masked-input task (for federated learning).
         config: Config sent with the masked-input task.
@@ -167,7 +171,9 @@ def secure_sum(
         noise: Distributed DP noise each client adds before masking.
         noise_entries: Add the noise to the first this many entries only (default: all).
         complete: Force the complete graph (True, SecAgg) or a sparse one (False).
-        signed: Require clients to sign their keys (they need a ``secagg_identity``).
+        signed: Require clients to sign their keys (they need a ``secagg_identity``),
+            and so the survivor list before they reveal shares. Clients that sign
+            their keys (those with an identity) always take the consistency check.
         directory: Each client name's Ed25519 public key: with ``signed``, the
             server checks every signature itself and leaves out a client whose
             keys do not verify (else its neighbours abort the round).
@@ -263,9 +269,17 @@ def secure_sum(
                 + (shortfall or f"fewer than {min_survivors}")
             )
 
-        stage, t0 = "unmask", time.perf_counter()
         request = {"session": session, "alive": alive, "dropped": dropped}
-        tasks = {v: Task(KINDS[3], round, {}, None, request) for v in alive}
+        stage = "consistency"  # with signed keys: the survivors sign the lists first
+        revealers, signatures = _consistency(
+            transport, state, round, request, timeout, (directory, failures, seconds)
+        )
+
+        stage, t0 = "unmask", time.perf_counter()
+        tasks = {
+            v: Task(KINDS[3], round, {}, None, _unmask_request(state, v, request, signatures))
+            for v in revealers
+        }
         # A survivor that does not reveal is named if the unmasking then falls short.
         replies = _exchange(transport, tasks, timeout, failures)
         total = ss.finish(state, alive, dropped, _mappings(replies))
@@ -281,6 +295,47 @@ def secure_sum(
     dropped_why = {u: state.dropped.get(u, "no masked input") for u in dropped}
     suspects = dict(state.suspects)
     return SecureSumResult(total, alive, dropped_why, excluded, graph, bits, seconds, suspects)
+
+
+def _consistency(
+    transport: Transport,
+    state: ss.ServerState,
+    round: int,
+    request: Mapping[str, Any],
+    timeout: float | None,
+    out: tuple[Mapping[str, bytes] | None, dict[int, str], dict[str, float]],
+) -> tuple[list[int], dict[int, bytes]]:
+    """The consistency check: the clients to ask to unmask, and the lists' signatures.
+
+    Runs when survivors signed their keys (no exchange otherwise). Each such
+    survivor signs the lists; one that does not (it dropped, or refused the
+    lists) stays in the sum but is not asked to unmask. ``out`` is the
+    directory (or None), and the failures and stage times to record into.
+    Raises ProtocolAbort when the others cannot unmask every secret asked for.
+    """
+    directory, failures, seconds = out
+    alive, dropped = request["alive"], request["dropped"]
+    if not any(u in state.names for u in alive):
+        return list(alive), {}
+    t0 = time.perf_counter()
+    tasks = {u: Task(KINDS[4], round, {}, None, dict(request)) for u in alive if u in state.names}
+    replies = _exchange(transport, tasks, timeout, failures)
+    signatures = ss.collect_signatures(
+        state, alive, dropped, _mappings(replies), directory, failures
+    )
+    revealers = [u for u in alive if u not in state.names or u in signatures]
+    ss.check_revealers(state, alive, dropped, revealers, "signing")
+    seconds["consistency"] = time.perf_counter() - t0
+    return revealers, signatures
+
+
+def _unmask_request(
+    state: ss.ServerState, v: int, request: Mapping[str, Any], signatures: Mapping[int, bytes]
+) -> dict[str, Any]:
+    """Client ``v``'s unmasking request: with its neighbours' signatures if it signs."""
+    if v not in state.names:
+        return dict(request)
+    return {**request, "signatures": ss.forwarded(state, v, signatures)}
 
 
 def _collect_masked(

@@ -1,8 +1,9 @@
 """The client side of secure aggregation: task handlers, input functions, per-run state.
 
-Importing this module teaches every client runtime the four task kinds of
+Importing this module teaches every client runtime the five task kinds of
 SecAgg+ (``secagg.advertise``, ``secagg.share``, ``secagg.mask``,
-``secagg.unmask``). Each handler decodes the server's message, calls the pure
+``secagg.consistency``, run only with signed keys, and ``secagg.unmask``).
+Each handler decodes the server's message, calls the pure
 stage function of :mod:`._client_stages` and keeps the client's state for the
 next stage (in the process where the client lives, one run per client,
 dropped when the run ends, fails or a new one starts). What a client sums is
@@ -26,7 +27,14 @@ InputFn = Callable[[Any, Any], np.ndarray]
 """``(client, payload) -> 1-D int64 vector`` with entries in ``[-bound, bound]``."""
 TaskInputFn = Callable[[Any, Task, Any], np.ndarray]
 
-KINDS = ("secagg.advertise", "secagg.share", "secagg.mask", "secagg.unmask")
+KINDS = (
+    "secagg.advertise",
+    "secagg.share",
+    "secagg.mask",
+    "secagg.unmask",
+    "secagg.consistency",
+)
+MAX_CLIENTS = 1_000_000  # the most clients a run of the protocol can have (covey.secagg.plan)
 _INPUTS: dict[str, TaskInputFn] = {}
 _STATES: dict[int, cs.ClientState] = {}  # id(client) -> its state in the current run
 
@@ -177,16 +185,44 @@ def _mask(client: Any, task: Task) -> dict[str, Any]:
     return {"masked": np.frombuffer(packed, dtype=np.uint8)}
 
 
+def _lists(p: Mapping[str, Any], what: str) -> tuple[list[int], list[int]]:
+    """The survivor and dropout lists of a request: client ids, at most MAX_CLIENTS in all."""
+    alive, dropped = p.get("alive"), p.get("dropped")
+    if not isinstance(alive, list) or not isinstance(dropped, list):
+        raise cs.ProtocolAbort(f"the {what} has no survivor and dropout lists")
+    if len(alive) + len(dropped) > MAX_CLIENTS:
+        raise cs.ProtocolAbort(
+            f"the {what} lists {len(alive) + len(dropped)} clients, more than {MAX_CLIENTS}"
+        )
+    for c in (*alive, *dropped):
+        if isinstance(c, bool | np.bool_) or not isinstance(c, int | np.integer):
+            raise cs.ProtocolAbort(f"the {what} lists {c!r}, which is not a client id")
+        if not -(2**63) <= int(c) < 2**63:
+            raise cs.ProtocolAbort(f"the {what} lists {c!r}, which is not a client id")
+    return [int(c) for c in alive], [int(c) for c in dropped]
+
+
+def _consistency(client: Any, task: Task) -> dict[str, Any]:
+    p = task.payload
+    state = _state(client, p)
+    _STATES.pop(id(client), None)  # back only if this stage succeeds
+    alive, dropped = _lists(p, "consistency-check request")
+    state, reply = cs.consistency(state, alive, dropped, getattr(client, "secagg_identity", None))
+    _STATES[id(client)] = state
+    return reply
+
+
 def _unmask(client: Any, task: Task) -> dict[str, Any]:
     p = task.payload
     state = _state(client, p)
     _STATES.pop(id(client), None)  # a run reveals at most once
-    alive, dropped = p.get("alive"), p.get("dropped")
-    if not isinstance(alive, list) or not isinstance(dropped, list):
-        raise cs.ProtocolAbort("the unmasking request has no survivor and dropout lists")
-    _, reply = cs.unmask(state, [int(c) for c in alive], [int(c) for c in dropped])
+    alive, dropped = _lists(p, "unmasking request")
+    signatures = p.get("signatures")
+    table = None if signatures is None else _int_keys(signatures, "the survivor-list signatures")
+    _, reply = cs.unmask(state, alive, dropped, table)
     return reply
 
 
-for _kind, _handler in zip(KINDS, (_advertise, _share, _mask, _unmask), strict=True):
+_STAGES = (_advertise, _share, _mask, _unmask, _consistency)
+for _kind, _handler in zip(KINDS, _STAGES, strict=True):
     register_builtin(_kind, _handler)

@@ -364,11 +364,12 @@ def secure(
             (a plain mean) and the noise is accounted round by round.
         complete: Force the complete graph (plain SecAgg) or a sparse one.
         signed: Clients sign their keys with their ``secagg_identity`` (Ed25519),
-            as a deployment with mTLS identities should; without it the protocol
-            protects against an honest-but-curious server only.
+            as a deployment with mTLS identities should, and sign the survivor
+            list before unmasking (the consistency check); without it the
+            protocol protects against an honest-but-curious server only.
         directory: With ``signed``, each client name's raw 32-byte Ed25519 public key
             (the directory the clients trust): the server then checks each
-            client's signature itself and leaves out one whose keys do not
+            client's signatures itself and leaves out one whose keys do not
             verify, where without it all that client's neighbours abort.
         reducer: ``"auto"`` recognizes the aggregator's mean by running it on a
             made-up round; name it when a server-side step is random (central DP noise).

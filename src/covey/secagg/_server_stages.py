@@ -26,6 +26,7 @@ from covey.secagg._client_stages import (
     ProtocolAbort,
     Setup,
     key_message,
+    survivors_message,
 )
 from covey.secagg._params import GraphPlan
 
@@ -45,6 +46,7 @@ class ServerState:
     bits: int
     bound: int
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # u -> (c_pk, s_pk)
+    names: dict[int, str] = field(default_factory=dict)  # u -> name, if u signed its keys
     routed: dict[int, set[int]] = field(default_factory=dict)  # u -> v that got u's shares
     masked: list[int] = field(default_factory=list)
     total: np.ndarray | None = None
@@ -137,6 +139,10 @@ def collect_keys(
                     entry[v]["sig"] = msg["sig"]
                     entry[v]["name"] = msg["name"]
         out[u] = entry
+    for u in state.keys:
+        msg = replies[u]
+        if isinstance(msg.get("sig"), bytes) and isinstance(msg.get("name"), str):
+            state.names[u] = msg["name"]
     return replace(state, stage="keys"), out
 
 
@@ -237,23 +243,72 @@ def request_unmask(state: ServerState) -> tuple[ServerState, list[int], list[int
     for u in dropped:
         state.dropped.setdefault(u, "no masked input")
     _need(state, len(alive), "sent masked inputs")
-    alive_set = set(alive)
+    check_revealers(state, alive, dropped, alive, "surviving")
+    return replace(state, stage="unmask"), alive, dropped
+
+
+def check_revealers(
+    state: ServerState, alive: list[int], dropped: list[int], revealers: list[int], who: str
+) -> None:
+    """Refuse to unmask unless each secret asked for has ``threshold`` holders in ``revealers``."""
+    asked = set(revealers)
     t = state.plan.threshold
     for u in alive:
-        holders = (_holders(state, u) | {u}) & alive_set
+        holders = (_holders(state, u) | {u}) & asked
         if len(holders) < t:
             raise ProtocolAbort(
-                f"client {u}'s self mask has {len(holders)} surviving share holders, fewer "
+                f"client {u}'s self mask has {len(holders)} {who} share holders, fewer "
                 f"than the threshold {t}"
             )
     for u in dropped:
-        holders = _holders(state, u) & alive_set
+        holders = _holders(state, u) & asked
         if len(holders) < t:
             raise ProtocolAbort(
-                f"dropped client {u}'s mask key has {len(holders)} surviving share holders, "
+                f"dropped client {u}'s mask key has {len(holders)} {who} share holders, "
                 f"fewer than the threshold {t}"
             )
-    return replace(state, stage="unmask"), alive, dropped
+
+
+def collect_signatures(
+    state: ServerState,
+    alive: list[int],
+    dropped: list[int],
+    replies: Mapping[int, Mapping[str, Any]],
+    directory: Mapping[str, bytes] | None,
+    failures: dict[int, str],
+) -> dict[int, bytes]:
+    """The consistency check, end: each signer's signature of the lists, checked as far as possible.
+
+    The server keeps a signature of the right size (with the directory, one that
+    verifies under the signer's name); a survivor without one stays in the sum
+    (its masked input arrived) but is not asked to unmask, as in Bonawitz et al.
+    """
+    kept: dict[int, bytes] = {}
+    for u in alive:
+        if u not in state.names:
+            continue
+        if u not in replies:
+            failures.setdefault(u, "no survivor-list signature")
+            continue
+        sig = replies[u].get("sig")
+        if not (isinstance(sig, bytes) and len(sig) == 64):
+            failures.setdefault(u, "a malformed survivor-list signature")
+            continue
+        if directory is not None:
+            name = state.names[u]
+            message = survivors_message(state.session, u, name, alive, dropped)
+            try:
+                _crypto.verify(directory.get(name, b""), sig, message)
+            except _crypto.CryptoError:
+                failures.setdefault(u, f"a survivor-list signature not by {name!r}")
+                continue
+        kept[u] = sig
+    return kept
+
+
+def forwarded(state: ServerState, u: int, signatures: Mapping[int, bytes]) -> dict[str, bytes]:
+    """The signatures client ``u`` checks before it reveals: those of its neighbours."""
+    return {str(v): signatures[v] for v in state.neighbors[u] if v in signatures}
 
 
 def _holders(state: ServerState, u: int) -> set[int]:
