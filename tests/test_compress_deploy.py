@@ -54,6 +54,27 @@ def test_a_scheme_and_its_spec_round_trip(spec: str) -> None:
     assert scheme_named(scheme.name) == scheme  # its own name reads back too
 
 
+@pytest.mark.parametrize("fraction", [np.float64(0.5), np.float32(0.5), 1])
+def test_a_top_k_fraction_given_as_a_numpy_number_travels_as_its_spec(fraction: Any) -> None:
+    # Before: TopK(np.float64(0.5)) travelled as "topk:np.float64(0.5)", which no client
+    # read back: every client failed every round, told it ran an older covey.
+    scheme = TopK(fraction)
+    assert scheme_named(scheme_spec(scheme) or "") == scheme == TopK(float(fraction))
+    result = covey.simulate(
+        lambda cid: _Step(), 2, 1, covey.FedAvg(fraction_evaluate=0.0), MODEL, compression=scheme
+    )
+    assert not result.history.rounds[1].fit_failures
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: TopK(True), lambda: TopK("0.1"), lambda: Quantize(True)],  # type: ignore[arg-type]
+)
+def test_a_scheme_refuses_a_parameter_that_is_no_number(make: Any) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        make()
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

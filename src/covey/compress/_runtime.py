@@ -272,12 +272,12 @@ class CompressedTransport:
             self.bytes_sent += held[0]
             self.bytes_received += held[1]
 
-    def _count(self, cid: int, sent: int, received: int) -> None:
-        """Count bytes sent to or received from ``cid``, or hold them (``by_client``)."""
+    def _count(self, cid: int, sent: int | None, received: int = 0) -> None:
+        """Count a task's bytes (``sent``) or a reply's for ``cid``, or hold them (by_client)."""
         if self._held is None:
-            self.bytes_sent += sent
+            self.bytes_sent += sent or 0
             self.bytes_received += received
-        elif sent:  # a new task: what an earlier one held was never delivered
+        elif sent is not None:  # a new task: what an earlier one held was never delivered
             self._held[cid] = [sent, received]
         else:
             self._held.setdefault(cid, [0, 0])[1] += received
@@ -304,7 +304,7 @@ class CompressedTransport:
                 extras = task.payload if task.kind == "fit" and task.payload else {}
                 size = _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
                 sizes[key] = size
-            self._count(cid, size, 0)
+            self._count(cid, size)
             if task.kind == "fit" and self._carried is not None and task.weights is not None:
                 if id(task.weights) not in specs:
                     specs[id(task.weights)] = WeightsSpec.of(task.weights)
@@ -313,12 +313,12 @@ class CompressedTransport:
                 out[cid] = task
         for reply in self.inner.exchange(out, timeout=timeout):
             if reply.kind == KIND:
-                self._count(reply.cid, 0, plain_nbytes(reply.result))
+                self._count(reply.cid, None, plain_nbytes(reply.result))
                 sent = tasks.get(reply.cid)
                 spec = None if sent is None or sent.kind != "fit" else specs.get(id(sent.weights))
                 yield self._decode(reply, spec)
             else:
-                self._count(reply.cid, 0, _result_nbytes(reply.result))
+                self._count(reply.cid, None, _result_nbytes(reply.result))
                 yield reply
 
     def _decode(self, reply: Reply, spec: WeightsSpec | None) -> Reply:

@@ -229,8 +229,9 @@ class Quantize:
     bits: int = 8
 
     def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
+        if isinstance(self.bits, bool) or self.bits not in (4, 8):
             raise ValueError(f"Quantize bits must be 4 or 8, got {self.bits!r}")
+        object.__setattr__(self, "bits", int(self.bits))
 
     @property
     def name(self) -> str:
@@ -309,8 +310,14 @@ class TopK:
     fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"TopK fraction must be in (0, 1], got {self.fraction!r}")
+        fraction = self.fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)):
+            raise ValueError(f"TopK fraction must be a number in (0, 1], got {fraction!r}")
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"TopK fraction must be in (0, 1], got {fraction!r}")
+        # A Python float: the spec a scheme travels as is its repr ("np.float64(0.05)"
+        # of a NumPy number would name no scheme to a client or a resumed run).
+        object.__setattr__(self, "fraction", float(fraction))
 
     @property
     def name(self) -> str:
