@@ -340,3 +340,12 @@ def test_objectives_without_probabilities_are_scored_as_classifiers(objective: s
         assert metrics == {"accuracy": pytest.approx(accuracy_score(y, predicted))}
         assert loss == pytest.approx(1.0 - float(metrics["accuracy"]))
     assert float(metrics["accuracy"]) > 0.7
+
+
+def test_labels_of_several_targets_are_refused_naming_the_columns() -> None:
+    x, y = _data(0)
+    params = {"objective": "reg:squarederror", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+    client = XGBoostClient(x, np.c_[y, -y], params)
+    # before the fix: XGBoost's "Check failed: info.labels.Size() == preds.Size()" and a C++ trace
+    with pytest.raises(ValueError, match=r"y_train has 2 target column\(s\), the global model 1"):
+        client.fit(initial_model(params, 4, capacity=1 << 16), {"round": 1})

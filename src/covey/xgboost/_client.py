@@ -93,6 +93,17 @@ def _check_features(booster: Any, columns: int, what: str) -> None:
         )
 
 
+def _check_targets(booster: Any, targets: int) -> None:
+    """Refuse labels of another number of target columns than the booster's (a C++ trace)."""
+    params = json.loads(booster.save_config())["learner"]["learner_model_param"]
+    expected = int(params.get("num_target", 1))
+    if targets != expected:
+        raise ValueError(
+            f"y_train has {targets} target column(s), the global model {expected}: "
+            "initial_model makes a booster of one target; federate one model per target"
+        )
+
+
 def _objective(booster: Any) -> str:
     config = json.loads(booster.save_config())
     return str(config["learner"]["objective"]["name"])
@@ -141,7 +152,9 @@ class XGBoostClient(Client):
         if isinstance(local_rounds, bool) or not isinstance(local_rounds, int) or local_rounds < 1:
             raise ValueError(f"local_rounds must be an int >= 1, got {local_rounds!r}")
         self.params = dict(params)
-        self.train = xgb.DMatrix(np.asarray(x_train), label=np.asarray(y_train))
+        labels = np.asarray(y_train)
+        self.targets = int(labels.shape[1]) if labels.ndim == 2 else 1
+        self.train = xgb.DMatrix(np.asarray(x_train), label=labels)
         self.num_examples = int(self.train.num_row())
         if self.num_examples == 0:
             raise ValueError("x_train holds no examples")
@@ -173,6 +186,7 @@ class XGBoostClient(Client):
             raise ValueError(f"config 'local_rounds' must be an int >= 1, got {rounds!r}")
         start = booster_from_weights(weights)
         _check_features(start, int(self.train.num_col()), "x_train")
+        _check_targets(start, self.targets)
         booster = xgb.train(self.params, self.train, num_boost_round=int(rounds), xgb_model=start)
         model = to_weights(booster.save_raw("json"), int(np.asarray(weights[MODEL]).size))
         return FitResult(weights=model, num_examples=self.num_examples)
