@@ -688,3 +688,37 @@ def test_a_second_reply_interleaved_into_the_first_drops_only_its_client() -> No
         raw.close()
         transport.close()
         honest.join(30)
+
+
+def test_a_reply_cut_off_by_a_lost_connection_is_logged_with_a_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A client process killed in the middle of its upload: gRPC's error on the server
+    # (a bare RpcError) says nothing, and the warning ended in ": " with no reason.
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    raw = _raw(transport.port, "cut")
+    try:
+        assert transport.wait_for_clients(1, 20)
+        (cid,) = transport.clients()
+        exchange, replies = _exchange(transport, {cid: Task("fit", 1, {}, {"w": np.zeros(4)})}, 20)
+        task = raw.next_task()
+        blob = bytes(_codec.encode({"w": np.ones(4)}))
+        header = pb.ReplyHeader(
+            task_id=task.task_id, kind="fit", result=FIT, weights_size=len(blob)
+        )
+
+        def cut() -> Iterator[bytes]:  # what gRPC hands the server of that stream
+            yield control(pb.ClientMessage(reply=header))
+            yield CHUNK_TAG + blob[:40]
+            raise grpc.RpcError()
+
+        with caplog.at_level("WARNING", logger="covey"):
+            transport._service._read(transport._registry.fleet[cid], cut())
+        exchange.join(30)
+        assert not replies[0].ok
+        said = [r.getMessage() for r in caplog.records if "in the middle of a reply" in r.message]
+        assert len(said) == 1, said
+        assert "(40 of 128 bytes received): the connection ended without" in said[0]
+    finally:
+        raw.close()
+        transport.close()

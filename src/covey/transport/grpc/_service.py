@@ -275,7 +275,10 @@ class FederationService:
                     conn.peer,
                     upload.filled,
                     upload.size,
-                    exc,
+                    # gRPC's error on this side says nothing of a peer that went away
+                    str(exc)
+                    or "the connection ended without closing the stream (the client's process "
+                    "ended, or the network between them failed)",
                 )
         except Exception:
             logger.exception("reading from client %s failed", conn.name)
