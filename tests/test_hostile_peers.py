@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -721,4 +722,65 @@ def test_a_reply_cut_off_by_a_lost_connection_is_logged_with_a_reason(
         assert "(40 of 128 bytes received): the connection ended without" in said[0]
     finally:
         raw.close()
+        transport.close()
+
+
+#: A client that joins, starts its reply to its first task, then waits to be killed.
+_HALF_A_REPLY = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import numpy as np, covey
+from _live import Raw
+from covey.core import _codec
+from covey.transport.grpc._frames import PROTOCOL
+from covey.transport.grpc.proto import covey_pb2 as pb
+raw = Raw(int(sys.argv[1]), pb.Hello(version=covey.__version__, name=sys.argv[3],
+                                    kinds=["fit"], protocol=PROTOCOL))
+task = raw.next_task()
+blob = bytes(_codec.encode({"w": np.ones(4)}))
+result = b'{"type":"fit","form":"weights","num_examples":1,"metrics":{}}'
+raw.send(reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=result,
+                              weights_size=len(blob)))
+raw.send_chunk(blob[:40])
+time.sleep(120)
+"""
+
+
+def test_a_client_killed_in_the_middle_of_its_reply_did_not_break_the_protocol() -> None:
+    # gRPC may end the stream of a connection that died before it marks the call
+    # cancelled: the killed client was then recorded as breaking the protocol.
+    events = Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    try:
+        for attempt in range(3):  # the race goes either way: try it a few times
+            name = f"killed-{attempt}"
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _HALF_A_REPLY,
+                    str(transport.port),
+                    str(Path(__file__).parent),
+                    name,
+                ]
+            )
+            try:
+                assert _until(lambda: len(transport.clients()) == 1, 60)
+                (cid,) = transport.clients()
+                tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)})}
+                exchange, replies = _exchange(transport, tasks, 60)
+                conn = transport._registry.fleet[cid]
+                assert _until(lambda: getattr(conn.upload, "filled", 0) == 40)  # noqa: B023
+                child.kill()  # its kernel closes the connection: no end of stream was sent
+                exchange.join(30)
+            finally:
+                child.kill()
+                child.wait(30)
+            (reply,) = replies
+            assert reply.error == (
+                "client disconnected in the middle of its reply (40 of 128 bytes received)"
+            )
+            assert _until(lambda: not transport.clients())
+        assert events.of("protocol-error") == []
+    finally:
         transport.close()
