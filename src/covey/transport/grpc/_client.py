@@ -15,14 +15,13 @@ import mmap
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from covey.clients._client import hand_over, run_task, task_kinds
+from covey.clients._client import hand_over, task_kinds
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._version import covey_version
@@ -71,6 +70,7 @@ from covey.transport.grpc._refusal import (
     transient_text,
 )
 from covey.transport.grpc._stream import Buffers, split_blobs
+from covey.transport.grpc._tasks import run_on_task_thread
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["ClientTLS", "ConnectResult", "connect"]
@@ -324,7 +324,7 @@ class _Session:
         except (_codec.CodecError, _wire.WireError, WeightsError) as exc:
             reply = Reply(cid, header.kind, error=f"refusing the task: {exc}")
         else:
-            reply = _run(self.client, cid, task)
+            reply = run_on_task_thread(self.client, cid, task)
         if not reply.ok:
             logger.warning(
                 "task %s of round %d failed: %s",
@@ -338,32 +338,6 @@ class _Session:
 
 
 _HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))
-
-
-def _run(client: Any, cid: int, task: Task) -> Reply:
-    """:func:`run_task`, where what is no ``Exception`` fails the task as well.
-
-    The task runs on the session's task thread. ``sys.exit()`` in ``fit`` (a
-    script's helper, argparse) or a ``CancelledError`` leaked by the client's
-    event loop ended that thread: the client stayed connected and never
-    replied, so the server waited for the reply (for ever, without a round
-    timeout) and took the client for busy in every later round. Ctrl-C is
-    raised in the main thread, never here.
-    """
-    try:
-        return run_task(client, cid, task)
-    except BaseException as exc:  # noqa: BLE001 - the client's, not this process's
-        if isinstance(exc, SystemExit):
-            code = "" if exc.code is None else repr(exc.code)
-            what = f"called sys.exit({code}) (SystemExit)"
-        else:
-            what = f"raised {type(exc).__name__}, which is no Exception,"
-        hint = (
-            f"covey: the client {what} in its {task.kind} task: the task fails and this "
-            "client goes on with the next one (a deployed client leaves only when the run "
-            "ends or it is stopped)\n"
-        )
-        return Reply(cid, task.kind, error=traceback.format_exc() + hint)
 
 
 def connect(
