@@ -423,9 +423,8 @@ def connect(
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     strikes = 0  # TLS handshakes the server closed in a row
     running: threading.Thread | None = None  # the last session's task thread
-    # A client training in place replies from its receive buffer, which the next
-    # task's arrays may then be written into (Buffers); any other client frees it at
-    # once, so it never holds the received model beside its result while replying.
+    # A client training in place replies from its receive buffer, which the next task's
+    # arrays may be written into (Buffers); others free it at once, never holding both.
     buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits, buffers)
@@ -440,9 +439,10 @@ def connect(
             break
         if session.welcomed:
             budget.success()
-        strikes = strikes + 1 if tls is not None and error.startswith(_CLOSED) else 0
+        strikes = strikes + 1 if error.startswith(_CLOSED) else 0  # with TLS or without
         if strikes >= HANDSHAKE_STRIKES:
-            raise Refused(handshake_refusal(strikes, tls.cert if tls is not None else None))
+            cert = tls.cert if tls is not None else None
+            raise Refused(handshake_refusal(strikes, cert, insecure=tls is None))
         delay = budget.next_delay()
         if delay is None:
             raise ConnectionError(given_up(address, budget.failures, result.sessions, error))
