@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -762,3 +763,98 @@ def test_a_second_reply_interleaved_into_the_first_drops_only_its_client() -> No
         raw.close()
         transport.close()
         honest.join(30)
+
+
+def test_a_reply_cut_off_by_a_lost_connection_is_logged_with_a_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A client process killed in the middle of its upload: gRPC's error on the server
+    # (a bare RpcError) says nothing, and the warning ended in ": " with no reason.
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    raw = _raw(transport.port, "cut")
+    try:
+        assert transport.wait_for_clients(1, 20)
+        (cid,) = transport.clients()
+        exchange, replies = _exchange(transport, {cid: Task("fit", 1, {}, {"w": np.zeros(4)})}, 20)
+        task = raw.next_task()
+        blob = bytes(_codec.encode({"w": np.ones(4)}))
+        header = pb.ReplyHeader(
+            task_id=task.task_id, kind="fit", result=FIT, weights_size=len(blob)
+        )
+
+        def cut() -> Iterator[bytes]:  # what gRPC hands the server of that stream
+            yield control(pb.ClientMessage(reply=header))
+            yield CHUNK_TAG + blob[:40]
+            raise grpc.RpcError()
+
+        with caplog.at_level("WARNING", logger="covey"):
+            transport._service._read(transport._registry.fleet[cid], cut())
+        exchange.join(30)
+        assert not replies[0].ok
+        said = [r.getMessage() for r in caplog.records if "in the middle of a reply" in r.message]
+        assert len(said) == 1, said
+        assert "(40 of 128 bytes received): the connection ended without" in said[0]
+    finally:
+        raw.close()
+        transport.close()
+
+
+#: A client that joins, starts its reply to its first task, then waits to be killed.
+_HALF_A_REPLY = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import numpy as np, covey
+from _live import Raw
+from covey.core import _codec
+from covey.transport.grpc._frames import PROTOCOL
+from covey.transport.grpc.proto import covey_pb2 as pb
+raw = Raw(int(sys.argv[1]), pb.Hello(version=covey.__version__, name=sys.argv[3],
+                                    kinds=["fit"], protocol=PROTOCOL))
+task = raw.next_task()
+blob = bytes(_codec.encode({"w": np.ones(4)}))
+result = b'{"type":"fit","form":"weights","num_examples":1,"metrics":{}}'
+raw.send(reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=result,
+                              weights_size=len(blob)))
+raw.send_chunk(blob[:40])
+time.sleep(120)
+"""
+
+
+def test_a_client_killed_in_the_middle_of_its_reply_did_not_break_the_protocol() -> None:
+    # gRPC may end the stream of a connection that died before it marks the call
+    # cancelled: the killed client was then recorded as breaking the protocol.
+    events = Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    try:
+        for attempt in range(3):  # the race goes either way: try it a few times
+            name = f"killed-{attempt}"
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _HALF_A_REPLY,
+                    str(transport.port),
+                    str(Path(__file__).parent),
+                    name,
+                ]
+            )
+            try:
+                assert _until(lambda: len(transport.clients()) == 1, 60)
+                (cid,) = transport.clients()
+                tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)})}
+                exchange, replies = _exchange(transport, tasks, 60)
+                conn = transport._registry.fleet[cid]
+                assert _until(lambda: getattr(conn.upload, "filled", 0) == 40)  # noqa: B023
+                child.kill()  # its kernel closes the connection: no end of stream was sent
+                exchange.join(30)
+            finally:
+                child.kill()
+                child.wait(30)
+            (reply,) = replies
+            assert reply.error == (
+                "client disconnected in the middle of its reply (40 of 128 bytes received)"
+            )
+            assert _until(lambda: not transport.clients())
+        assert events.of("protocol-error") == []
+    finally:
+        transport.close()

@@ -15,14 +15,13 @@ import mmap
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from covey.clients._client import hand_over, run_task, task_kinds
+from covey.clients._client import hand_over, task_kinds
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._version import covey_version
@@ -72,6 +71,7 @@ from covey.transport.grpc._refusal import (
     transient_text,
 )
 from covey.transport.grpc._stream import Buffers, split_blobs
+from covey.transport.grpc._tasks import run_on_task_thread
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["ClientTLS", "ConnectResult", "connect"]
@@ -330,7 +330,7 @@ class _Session:
         except (_codec.CodecError, _wire.WireError, WeightsError) as exc:
             reply = Reply(cid, header.kind, error=f"refusing the task: {exc}")
         else:
-            reply = _run(self.client, cid, task)
+            reply = run_on_task_thread(self.client, cid, task)
         if not reply.ok:
             logger.warning(
                 "task %s of round %d failed: %s",
@@ -344,32 +344,6 @@ class _Session:
 
 
 _HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))
-
-
-def _run(client: Any, cid: int, task: Task) -> Reply:
-    """:func:`run_task`, where what is no ``Exception`` fails the task as well.
-
-    The task runs on the session's task thread. ``sys.exit()`` in ``fit`` (a
-    script's helper, argparse) or a ``CancelledError`` leaked by the client's
-    event loop ended that thread: the client stayed connected and never
-    replied, so the server waited for the reply (for ever, without a round
-    timeout) and took the client for busy in every later round. Ctrl-C is
-    raised in the main thread, never here.
-    """
-    try:
-        return run_task(client, cid, task)
-    except BaseException as exc:  # noqa: BLE001 - the client's, not this process's
-        if isinstance(exc, SystemExit):
-            code = "" if exc.code is None else repr(exc.code)
-            what = f"called sys.exit({code}) (SystemExit)"
-        else:
-            what = f"raised {type(exc).__name__}, which is no Exception,"
-        hint = (
-            f"covey: the client {what} in its {task.kind} task: the task fails and this "
-            "client goes on with the next one (a deployed client leaves only when the run "
-            "ends or it is stopped)\n"
-        )
-        return Reply(cid, task.kind, error=traceback.format_exc() + hint)
 
 
 def connect(
@@ -455,9 +429,8 @@ def connect(
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     strikes = 0  # TLS handshakes the server closed in a row
     running: threading.Thread | None = None  # the last session's task thread
-    # A client training in place replies from its receive buffer, which the next
-    # task's arrays may then be written into (Buffers); any other client frees it at
-    # once, so it never holds the received model beside its result while replying.
+    # A client training in place replies from its receive buffer, which the next task's
+    # arrays may be written into (Buffers); others free it at once, never holding both.
     buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
     while not _idle(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits, buffers)
@@ -472,9 +445,10 @@ def connect(
             break
         if session.welcomed:
             budget.success()
-        strikes = strikes + 1 if tls is not None and error.startswith(_CLOSED) else 0
+        strikes = strikes + 1 if error.startswith(_CLOSED) else 0  # with TLS or without
         if strikes >= HANDSHAKE_STRIKES:
-            raise Refused(handshake_refusal(strikes, tls.cert if tls is not None else None))
+            cert = tls.cert if tls is not None else None
+            raise Refused(handshake_refusal(strikes, cert, insecure=tls is None))
         delay = budget.next_delay()
         if delay is None:
             raise ConnectionError(given_up(address, budget.failures, result.sessions, error))

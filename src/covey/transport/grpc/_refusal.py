@@ -199,6 +199,12 @@ def permanent_cause(exc: grpc.RpcError, server_name: str | None = None) -> str |
             "the server's certificate (or the CA's) is not yet valid by this machine's "
             "clock: check the clocks of this machine and of the one that issued it: " + details
         )
+    if code == grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in details:
+        return (
+            "the server does not speak TLS (was it started with --insecure?): a client "
+            "with TLS cannot join it; serve with --certs, or connect with --insecure for a "
+            f"local experiment: {details}"
+        )
     if code == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _TLS_MARKERS):
         return (
             "certificate not trusted: the TLS handshake with the server failed (a "
@@ -235,18 +241,28 @@ def handshake_closed(exc: grpc.RpcError) -> bool:
     )
 
 
-def handshake_refusal(strikes: int, certificate: bytes | None = None) -> str:
+def handshake_refusal(
+    strikes: int, certificate: bytes | None = None, *, insecure: bool = False
+) -> str:
     """The cause given when the server closed ``strikes`` TLS handshakes in a row.
 
     Args:
         strikes: The handshakes closed in a row.
         certificate: The client's own certificate (PEM), whose validity dates,
             by this machine's clock, may be the cause.
+        insecure: The client connects without TLS: the server, which closes a
+            connection that does not start a TLS handshake, requires it.
 
     Example:
         >>> handshake_refusal(3).split(";")[0]
         'certificate not trusted: the server closed the TLS handshake 3 times in a row'
     """
+    if insecure:
+        return (
+            f"the server requires TLS: it closed the connection {strikes} times in a row as "
+            "this client connected without TLS (--insecure); give --certs DIR and --name "
+            "(or --ca, --cert and --key) from the federation's `covey certs`"
+        )
     said = (
         f"certificate not trusted: the server closed the TLS handshake {strikes} times in a row; "
     )

@@ -22,7 +22,16 @@ import grpc
 
 from covey.core._messages import Reply
 
-__all__ = ["CLOSE", "FREED", "Connection", "Registry", "ShuttingDownError", "Sink", "peer_of"]
+__all__ = [
+    "CLOSE",
+    "CUT_OFF",
+    "FREED",
+    "Connection",
+    "Registry",
+    "ShuttingDownError",
+    "Sink",
+    "peer_of",
+]
 
 logger = logging.getLogger("covey")
 
@@ -50,6 +59,13 @@ class Sink:
         """An open sink with an empty reply queue."""
         self.replies: queue.Queue[Reply] = queue.Queue()
         self.open = True
+
+
+#: Why a reply stopped coming when gRPC gives no reason (its peer's connection died).
+CUT_OFF = (
+    "the connection ended without closing the stream (the client's process ended, or the "
+    "network between them failed)"
+)
 
 
 class Connection:
@@ -82,6 +98,21 @@ class Connection:
     def closed(self) -> bool:
         """Whether the connection has been dropped."""
         return not self.alive
+
+    def lost(self, grace: float = 1.0) -> bool:
+        """Whether its stream, found ended, ended because the connection itself did.
+
+        gRPC may end the request stream of a call whose connection died (a killed
+        client process) before it marks the call cancelled: a stream that ends in
+        the middle of a reply is a protocol break only if the call is still up
+        ``grace`` seconds later.
+        """
+        deadline = time.monotonic() + grace
+        while self.alive and self.context.is_active():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _stale(self) -> str:
         """The kind of a task it still works on whose round closed without its reply, or ""."""

@@ -49,6 +49,7 @@ from covey.transport.grpc._options import (
 )
 from covey.transport.grpc._registry import (
     CLOSE,
+    CUT_OFF,
     Connection,
     Registry,
     ShuttingDownError,
@@ -240,14 +241,15 @@ class FederationService:
     def _read(self, conn: Connection, requests: Iterator[bytes]) -> None:
         """Read one client's frames until its stream ends, then drop it."""
         upload: Upload | Skipped | None = None
-        upload_header = pb.ReplyHeader()
-        why = "disconnected"
+        upload_header, why = pb.ReplyHeader(), "disconnected"
         broke: Exception | None = None  # the protocol break, which ``why`` names
         try:
             for frame in requests:
                 conn.last_seen = time.monotonic()
                 upload, upload_header = self._take(conn, frame, upload, upload_header)
                 conn.upload = upload  # a drop names the reply it cut short
+            if upload is not None and conn.lost():  # a disconnect, not a protocol break
+                raise grpc.RpcError()
             if upload is not None:
                 raise _ProtocolError(
                     f"its stream ended in the middle of a reply to task {upload_header.task_id} "
@@ -267,7 +269,7 @@ class FederationService:
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
             self.registry.drop(conn, str(exc))
         except grpc.RpcError as exc:
-            if upload is not None:
+            if upload is not None:  # gRPC's error here says nothing of a peer that went away
                 logger.warning(
                     "client %s (%s): its stream failed in the middle of a reply (%d of %d "
                     "bytes received): %s",
@@ -275,7 +277,7 @@ class FederationService:
                     conn.peer,
                     upload.filled,
                     upload.size,
-                    exc,
+                    str(exc) or CUT_OFF,
                 )
         except Exception:
             logger.exception("reading from client %s failed", conn.name)
@@ -316,6 +318,8 @@ class FederationService:
         if body == "heartbeat":
             return upload, upload_header
         if body == "reply":
+            if upload is not None and conn.lost():  # a disconnect, not a protocol break
+                raise grpc.RpcError()
             if upload is not None:
                 raise _ProtocolError(
                     f"a new reply started before the reply to task {upload_header.task_id} "

@@ -1,0 +1,37 @@
+"""Running a task on a deployed client's task thread, which must outlive every task."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from covey.clients._client import run_task
+from covey.core._messages import Reply, Task
+
+__all__ = ["run_on_task_thread"]
+
+
+def run_on_task_thread(client: Any, cid: int, task: Task) -> Reply:
+    """:func:`run_task`, where what is no ``Exception`` fails the task as well.
+
+    The task runs on the session's task thread. ``sys.exit()`` in ``fit`` (a
+    script's helper, argparse) or a ``CancelledError`` leaked by the client's
+    event loop ended that thread: the client stayed connected and never
+    replied, so the server waited for the reply (for ever, without a round
+    timeout) and took the client for busy in every later round. Ctrl-C is
+    raised in the main thread, never here.
+    """
+    try:
+        return run_task(client, cid, task)
+    except BaseException as exc:  # noqa: BLE001 - the client's, not this process's
+        if isinstance(exc, SystemExit):
+            code = "" if exc.code is None else repr(exc.code)
+            what = f"called sys.exit({code}) (SystemExit)"
+        else:
+            what = f"raised {type(exc).__name__}, which is no Exception,"
+        hint = (
+            f"covey: the client {what} in its {task.kind} task: the task fails and this "
+            "client goes on with the next one (a deployed client leaves only when the run "
+            "ends or it is stopped)\n"
+        )
+        return Reply(cid, task.kind, error=traceback.format_exc() + hint)
