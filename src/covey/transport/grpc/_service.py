@@ -452,7 +452,7 @@ class FederationService:
             return
         sink, kind = entry
         if header.error:
-            reply = Reply(conn.cid, kind, error=header.error)
+            reply = Reply(conn.cid, kind, error=_wire.clipped_error(header.error))
         else:
             try:
                 reply = self._reply(conn.cid, kind, header, upload)
