@@ -179,3 +179,22 @@ def test_a_weights_folder_that_is_a_file_is_named_and_no_round_is_dropped(tmp_pa
     kept.rename(run_dir / "weights")
     with RunStore.open(run_dir) as store:
         assert store.load_latest_valid()[0] == 3
+
+
+def test_json_nested_too_deeply_in_the_database_is_damage_named_not_a_recursion_error(
+    tmp_path: Path,
+) -> None:
+    # `covey server --resume` stopped with a bare RecursionError naming no file.
+    deep = "[" * 100_000 + "]" * 100_000
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        conn.execute("UPDATE rounds SET record = ? WHERE round = 2", (deep,))
+    conn.close()
+    with RunStore.open(run_dir) as store, pytest.raises(ValueError, match=r"round 2 .* is damaged"):
+        store.history()
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        conn.execute("UPDATE run SET config = ?", (deep,))
+    conn.close()
+    with pytest.raises(ValueError, match=r"run\.sqlite: the run's settings are damaged"):
+        RunStore.open(run_dir)

@@ -256,7 +256,7 @@ def read_record(db: Path, round: int, text: str, created_by: Callable[[], str]) 
     """
     try:
         record = json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # nested too deeply: damaged too
         record = exc
     if not isinstance(record, dict):
         raise ValueError(
