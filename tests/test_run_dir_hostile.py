@@ -198,3 +198,26 @@ def test_json_nested_too_deeply_in_the_database_is_damage_named_not_a_recursion_
     conn.close()
     with pytest.raises(ValueError, match=r"run\.sqlite: the run's settings are damaged"):
         RunStore.open(run_dir)
+
+
+@pytest.mark.parametrize("names", ['[1, "w"]', "5"])
+def test_a_weights_file_naming_its_arrays_by_no_list_of_text_is_damaged_not_a_type_error(
+    tmp_path: Path, names: str
+) -> None:
+    # Loading the newest round for a resume stopped with a TypeError from sorting the names.
+    import hashlib
+
+    from safetensors.numpy import save
+
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    data = save(_weights(3), metadata={"covey_names": names, "covey_round": "3"})
+    (run_dir / "weights" / weights_file_name(3)).write_bytes(data)
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        digest = hashlib.sha256(data).hexdigest()
+        conn.execute("UPDATE rounds SET sha256 = ? WHERE round = 3", (digest,))
+    conn.close()
+    with RunStore.open(run_dir) as store:
+        with pytest.raises(ValueError, match="round 3 is unreadable: its array names are"):
+            store.load_round(3)
+        assert store.load_latest_valid()[0] == 2
