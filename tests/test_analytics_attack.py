@@ -234,3 +234,53 @@ def test_a_survival_start_that_is_not_a_number_cannot_name_a_closed_column(low: 
     reply = _forged(Site({"t": frame}, policy), "SELECT KAPLAN_MEIER(time, event, 1) FROM t", stat)
     assert "vectors" not in reply
     assert "does not ask for" in reply["refused"]
+
+
+# -- a site that answers a query with a malformed answer ------------------------------------
+
+
+def _answer_with(field: str, value: Any) -> Any:
+    def forge(result: dict[str, Any]) -> dict[str, Any]:
+        if field == "vectors":
+            return {**result, "vectors": [value(np.shape(v)) for v in result["vectors"]]}
+        return {**result, field: value}
+
+    return forge
+
+
+@pytest.mark.parametrize(
+    ("forge", "refusal"),
+    [
+        (_answer_with("clipped", [1, 2]), "s1 answered a malformed clipped count"),
+        (_answer_with("clipped", {"salary": "x"}), "s1 answered a malformed count: 'x'"),
+        (_answer_with("outside_domain", float("nan")), "s1 answered a malformed count: nan"),
+        (_answer_with("withheld_groups", {}), "s1 answered a malformed count: {}"),
+        (_answer_with("spent", "x"), "s1 answered a malformed budget spent: 'x'"),
+        (_answer_with("vectors", lambda s: np.full(s, np.nan)), "s1 answered non-finite values"),
+        (_answer_with("vectors", lambda s: np.full(s, np.inf)), "s1 answered non-finite values"),
+        (_answer_with("vectors", lambda s: [[1, 2], [3]]), "s1 answered a vector that is no array"),
+    ],
+    ids=["clipped-list", "clipped-str", "outside-nan", "withheld", "spent", "nan", "inf", "ragged"],
+)
+def test_a_site_answering_malformed_counts_or_non_finite_sums_is_named(
+    forge: Any, refusal: str
+) -> None:
+    # They stopped the query with a bare TypeError, ValueError or OverflowError naming no
+    # site, or (NaN, inf) were summed into the published answer.
+    from covey.analytics import FederationQueryError
+    from covey.core import Reply
+    from covey.transport import MemoryTransport
+
+    sites = [Site({"t": _frame()}, POLICY, name=f"s{i}") for i in range(3)]
+
+    def handler(cid: int, task: Task) -> Reply:
+        reply = run_task(sites[cid], cid, task)
+        answer = reply.result
+        if cid == 1 and isinstance(answer, dict) and "vectors" in answer:
+            return Reply(cid, reply.kind, result=forge(answer))
+        return reply
+
+    transport = MemoryTransport([0, 1, 2], handler)
+    sql = "SELECT sex, COUNT(*), AVG(salary) FROM t GROUP BY sex"
+    with pytest.raises(FederationQueryError, match=refusal.replace("(", r"\(")):
+        query(transport, sql, secure=False)

@@ -93,6 +93,37 @@ def test_a_deeply_nested_codec_header_is_a_codec_error() -> None:
         _codec.decode(prefix + header)
 
 
+def _encoding(header: bytes) -> bytes:
+    """An encoding whose JSON header is ``header`` and whose payload is empty."""
+    header += b" " * ((-len(header) - 32) % 64)
+    prefix = struct.pack(
+        "<8sIIQII", _codec.MAGIC, len(header), zlib.crc32(header), 0, zlib.crc32(b""), 0
+    )
+    return prefix + header
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [["w" * 500_000, "x" * 500_000, [1], 0, 8]],  # a dtype that is no dtype
+        [["w" * 500_000, "f8", [1], 0, 8]],  # outside the payload
+        [["w", "<U1", [1] * 60, 0, 4]],  # a dtype not allowed
+        [["w", "f8", [1], 0, 8], ["w", "f8", [1], 0, 8], "x" * 500_000],  # repeated
+        [["w", "f8", [1], 0, 8, "x" * 500_000]],  # six fields
+    ],
+    ids=["dtype", "outside", "kind", "repeated", "fields"],
+)
+def test_a_codec_error_quotes_at_most_a_few_hundred_characters_of_the_header(
+    entries: list[Any],
+) -> None:
+    # The error quoted whole what the peer wrote: up to a reply's size (megabytes), into
+    # the round's failures, the run's events and the log, at every refusal.
+    with pytest.raises(_codec.CodecError) as refused:
+        _codec.decode(_encoding(json.dumps(entries).encode()))
+    assert "corrupt header" in str(refused.value)
+    assert len(str(refused.value)) < 1000, len(str(refused.value))
+
+
 # -- 2. the client checks announced sizes against its spec -----------------------------------
 
 

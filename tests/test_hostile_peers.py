@@ -407,6 +407,71 @@ def test_forged_and_replayed_replies_are_skipped_without_flooding_the_log(
         transport.close()
 
 
+def test_a_clients_error_text_is_cut_to_its_start_and_end() -> None:
+    # A client's 7 MB error was kept whole: twice (error and traceback) in the run's
+    # history.json and run.sqlite every round, and logged, so a few rounds took the
+    # history past what the dashboard reads.
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    raw = _raw(transport.port, "loud")
+    try:
+        assert transport.wait_for_clients(1, 20)
+        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 20)
+        task = raw.next_task()
+        text = "Traceback (most recent call last):\n" + "x" * 7_000_000 + "\nValueError: bad"
+        raw.send(reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", error=text))
+        exchange.join(30)
+        (reply,) = replies
+        assert reply.error is not None
+        assert len(reply.error) < 17_000
+        assert reply.error.startswith("Traceback (most recent call last):")
+        assert reply.error.endswith("\nValueError: bad")
+        assert "characters left out" in reply.error
+    finally:
+        raw.close()
+        transport.close()
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        b'{"type":"fit","form":"' + b"x" * 1_000_000 + b'","num_examples":1,"metrics":{}}',
+        b'{"type":"fit","form":"weights","num_examples":"' + b"x" * 1_000_000 + b'"}',
+        b'{"type":"' + b"x" * 1_000_000 + b'"}',
+    ],
+    ids=["form", "examples", "type"],
+)
+def test_a_malformed_reply_is_refused_quoting_at_most_a_thousand_characters(
+    result: bytes,
+) -> None:
+    # The refusal quoted the peer's megabyte string whole: in the round's failure,
+    # the protocol-error event and the log.
+    events = Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    raw = _raw(transport.port, "verbose")
+    try:
+        assert transport.wait_for_clients(1, 20)
+        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in transport.clients()}
+        exchange, replies = _exchange(transport, tasks, 20)
+        task = raw.next_task()
+        blob = bytes(_codec.encode({"w": np.ones(4)}))
+        header = pb.ReplyHeader(
+            task_id=task.task_id, kind="fit", result=result, weights_size=len(blob)
+        )
+        raw.send(reply=header)
+        raw.send_chunk(blob)
+        exchange.join(30)
+        (reply,) = replies
+        assert (reply.error or "").startswith("malformed reply: ")
+        assert len(reply.error or "") < 1100
+        assert _until(lambda: bool(events.of("protocol-error")))
+        (refused,) = events.of("protocol-error")
+        assert len(refused[1]) < 1200
+    finally:
+        raw.close()
+        transport.close()
+
+
 # -- the bytes in flight over all connections ------------------------------------------------
 
 

@@ -180,3 +180,74 @@ def test_a_weights_folder_that_is_a_file_is_named_and_no_round_is_dropped(tmp_pa
     kept.rename(run_dir / "weights")
     with RunStore.open(run_dir) as store:
         assert store.load_latest_valid()[0] == 3
+
+
+def test_json_nested_too_deeply_in_the_database_is_damage_named_not_a_recursion_error(
+    tmp_path: Path,
+) -> None:
+    # `covey server --resume` stopped with a bare RecursionError naming no file.
+    deep = "[" * 100_000 + "]" * 100_000
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        conn.execute("UPDATE rounds SET record = ? WHERE round = 2", (deep,))
+    conn.close()
+    with RunStore.open(run_dir) as store, pytest.raises(ValueError, match=r"round 2 .* is damaged"):
+        store.history()
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        conn.execute("UPDATE run SET config = ?", (deep,))
+    conn.close()
+    with pytest.raises(ValueError, match=r"run\.sqlite: the run's settings are damaged"):
+        RunStore.open(run_dir)
+
+
+@pytest.mark.parametrize("names", ['[1, "w"]', "5"])
+def test_a_weights_file_naming_its_arrays_by_no_list_of_text_is_damaged_not_a_type_error(
+    tmp_path: Path, names: str
+) -> None:
+    # Loading the newest round for a resume stopped with a TypeError from sorting the names.
+    import hashlib
+
+    from safetensors.numpy import save
+
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    data = save(_weights(3), metadata={"covey_names": names, "covey_round": "3"})
+    (run_dir / "weights" / weights_file_name(3)).write_bytes(data)
+    with sqlite3.connect(run_dir / "run.sqlite") as conn:
+        digest = hashlib.sha256(data).hexdigest()
+        conn.execute("UPDATE rounds SET sha256 = ? WHERE round = 3", (digest,))
+    conn.close()
+    with RunStore.open(run_dir) as store:
+        with pytest.raises(ValueError, match="round 3 is unreadable: its array names are"):
+            store.load_round(3)
+        assert store.load_latest_valid()[0] == 2
+
+
+def test_resuming_a_folder_whose_json_nests_too_deeply_or_is_a_pipe_neither_crashes_nor_waits(
+    tmp_path: Path,
+) -> None:
+    # `covey server --resume` waited for ever on a history.json pipe, and it and `covey run
+    # --resume` stopped with a RecursionError on JSON nested 100000 levels deep.
+    import typer
+
+    from covey.cli._project_sim import same_settings
+    from covey.deploy._cli_resume import recorded_rounds
+    from covey.sim._checkpoint import SimCheckpoint
+
+    deep = "[" * 100_000 + "]" * 100_000
+    run_dir = tmp_path / "run"
+    with RunStore.create(run_dir, config={"rounds": 7}) as store:
+        store.save_round(0, _weights(0), None)
+    (run_dir / "history.json").write_text(deep)
+    assert recorded_rounds(run_dir) == 7  # from run.sqlite, past the damaged history
+    (run_dir / "history.json").unlink()
+    os.mkfifo(run_dir / "history.json")
+    assert _within(10, lambda: recorded_rounds(run_dir), run_dir / "history.json") == 7
+    (run_dir / "project.json").write_text(deep)
+    with pytest.raises(typer.Exit):
+        same_settings(run_dir, {}, resume=True, rounds=3)
+    (run_dir / "run.json").write_text(deep)
+    keeper = SimCheckpoint.__new__(SimCheckpoint)
+    keeper.start = 2
+    assert keeper.run_meta(run_dir / "run.json", {"rounds": 3}) == {"rounds": 3}

@@ -186,15 +186,27 @@ class Federation:
                 zip(result.vectors, vectors, request["stats"], strict=True)
             ):
                 if stat["op"] not in ("min", "max"):
+                    if not np.isfinite(v).all():  # a sum a site computed is never NaN or inf
+                        raise FederationQueryError(
+                            f"{name} answered non-finite values (NaN or inf) for its "
+                            f"{stat['op']} statistic"
+                        )
                     result.vectors[i] = acc + v
             if keep_per_site:
                 result.per_site[cid] = vectors
-            for col, n in dict(got.get("clipped", {})).items():
-                result.clipped[str(col)] = result.clipped.get(str(col), 0) + int(n)
-            result.outside_domain += int(got.get("outside_domain", 0))
-            result.withheld_groups += int(got.get("withheld_groups", 0))
+            clipped = got.get("clipped", {})
+            if not isinstance(clipped, Mapping):
+                raise FederationQueryError(f"{name} answered a malformed clipped count")
+            for col, n in clipped.items():
+                result.clipped[str(col)] = result.clipped.get(str(col), 0) + _count(n, name)
+            result.outside_domain += _count(got.get("outside_domain", 0), name)
+            result.withheld_groups += _count(got.get("withheld_groups", 0), name)
             result.cached += bool(got.get("cached"))
-            result.spent[name] = float(got.get("spent", 0.0))
+            spent = got.get("spent", 0.0)
+            if not _number(spent):
+                why = f"{name} answered a malformed budget spent: {spent!r:.40}"
+                raise FederationQueryError(why)
+            result.spent[name] = float(spent)
         return result
 
     def _secure_stage(
@@ -284,7 +296,12 @@ class Federation:
             )
         out = []
         for v, s in zip(raw, shapes, strict=True):
-            arr = np.asarray(v)
+            try:
+                arr = np.asarray(v)
+            except (ValueError, TypeError):  # ragged nesting: no vector at all
+                raise FederationQueryError(
+                    f"{name} answered a vector that is no array of numbers"
+                ) from None
             if (
                 arr.dtype.kind not in "iuf"
                 or arr.size != int(np.prod(s))
@@ -296,3 +313,17 @@ class Federation:
                 )
             out.append(arr.astype(np.float64).reshape(s))
         return out
+
+
+def _number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool)."""
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+    )
+
+
+def _count(value: Any, name: str) -> int:
+    """A count a site reported beside its vectors, or FederationQueryError naming the site."""
+    if not _number(value) or value < 0 or value != int(value):
+        raise FederationQueryError(f"{name} answered a malformed count: {value!r:.40}")
+    return int(value)

@@ -72,7 +72,7 @@ def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: i
         return
     try:  # a named pipe would wait for a writer for ever
         kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else path
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # nested too deeply: damaged too
         kept = exc
     if not isinstance(kept, dict):
         why = kept if isinstance(kept, Exception) else "not a JSON object"
@@ -113,7 +113,7 @@ def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
             continue
         try:
             kept = json.loads((run_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         rounds = kept.get("rounds") if isinstance(kept, dict) else None
         if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0:

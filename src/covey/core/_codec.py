@@ -283,6 +283,16 @@ def decode(data: bytes | bytearray | memoryview, *, verify: bool = True) -> dict
     return _arrays(entries, payload)
 
 
+def _brief(value: object, limit: int = 200) -> str:
+    """``repr(value)`` (an exception's message) for an error, cut to ``limit`` characters.
+
+    What a peer wrote in a header is quoted, not copied whole: an error goes to
+    logs and to the run's failures, and a name can be megabytes long.
+    """
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
     if not isinstance(entries, list):
         raise CodecError("corrupt header: expected a list of arrays")
@@ -297,11 +307,13 @@ def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
                 raise TypeError(f"shape {shape!r} is not a list of integers")
             shape = tuple(shape)
         except (TypeError, ValueError) as exc:
-            raise CodecError(f"corrupt header entry {entry!r}: {exc}") from None
+            raise CodecError(f"corrupt header entry {_brief(entry)}: {_brief(exc)}") from None
         if not isinstance(name, str) or name in out:
-            raise CodecError(f"corrupt header: bad or repeated array name {name!r}")
+            raise CodecError(f"corrupt header: bad or repeated array name {_brief(name)}")
         if dtype.kind not in "biuf" or any(d < 0 for d in shape):
-            raise CodecError(f"corrupt header: array {name!r} has dtype {dtype} shape {shape}")
+            raise CodecError(
+                f"corrupt header: array {_brief(name)} has dtype {dtype} shape {_brief(shape)}"
+            )
         count = math.prod(shape)  # exact: a huge shape must not wrap around
         if (
             not isinstance(offset, int)
@@ -310,11 +322,11 @@ def _arrays(entries: object, payload: memoryview) -> dict[str, Array]:
             or offset < 0
             or offset + nbytes > len(payload)
         ):
-            raise CodecError(f"corrupt header: array {name!r} lies outside the payload")
+            raise CodecError(f"corrupt header: array {_brief(name)} lies outside the payload")
         try:
             array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
         except ValueError as exc:  # e.g. too many dimensions for NumPy
-            raise CodecError(f"corrupt header: array {name!r}: {exc}") from None
+            raise CodecError(f"corrupt header: array {_brief(name)}: {_brief(exc)}") from None
         if array.flags.writeable:
             array.flags.writeable = False
         out[name] = array

@@ -31,11 +31,12 @@ def recorded_rounds(run: Path) -> int | None:
     import json
     import sqlite3
 
+    from covey.core._files import read_regular
     from covey.core._history import History
 
     try:  # history.json, then run.sqlite (an older covey kept the first count there)
-        rounds = json.loads((run / History.FILE_NAME).read_text())["config"]["rounds"]
-    except (OSError, ValueError, KeyError, TypeError):
+        rounds = json.loads(read_regular(run / History.FILE_NAME))["config"]["rounds"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         rounds = None
     if rounds is None:
         from covey.server._store import RunStore

@@ -184,6 +184,8 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
         metadata = _safetensors_metadata(data)
         arrays = safetensors.numpy.load(data)
         names: list[str] = json.loads(metadata["covey_names"])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"its array names are {type(names).__name__}, not a list of text")
         stored_round = int(metadata["covey_round"])
     except Exception as exc:
         raise ValueError(f"weights file {path} of round {round} is unreadable: {exc}") from exc
@@ -256,7 +258,7 @@ def read_record(db: Path, round: int, text: str, created_by: Callable[[], str]) 
     """
     try:
         record = json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # nested too deeply: damaged too
         record = exc
     if not isinstance(record, dict):
         raise ValueError(

@@ -428,7 +428,7 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
     config_text: str = row[0]
     try:
         settings = json.loads(config_text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # nested too deeply: damaged too
         settings = exc
     if not isinstance(settings, dict):
         raise ValueError(f"{db_path}: the run's settings are damaged ({settings})")

@@ -193,7 +193,7 @@ class SimCheckpoint:
         """``run.json`` of the run: ``meta``, or for a resumed run its own, running again."""
         if path is None or self.start <= 1 or not path.is_file():
             return meta
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, RecursionError):  # damaged: as new
             kept = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(kept, dict):
                 for key in ("ended", "stopped_reason"):

@@ -456,15 +456,16 @@ class FederationService:
             return
         sink, kind = entry
         if header.error:
-            reply = Reply(conn.cid, kind, error=header.error)
+            reply = Reply(conn.cid, kind, error=_wire.clipped_error(header.error))
         else:
             try:
                 reply = self._reply(conn.cid, kind, header, upload)
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
                 # A message that breaks the format or its limits: the round learns the
                 # client failed, and the client is dropped.
-                failed = (sink, Reply(conn.cid, kind, error=f"malformed reply: {exc}"))
-                raise _ProtocolError(f"refused a malformed {kind} reply: {exc}", failed) from None
+                why = _wire.clipped_error(str(exc), 1000)  # it may quote the peer at length
+                failed = (sink, Reply(conn.cid, kind, error=f"malformed reply: {why}"))
+                raise _ProtocolError(f"refused a malformed {kind} reply: {why}", failed) from None
         self.registry.route(sink, reply, conn.name)
 
     def _reply(self, cid: int, kind: str, header: pb.ReplyHeader, upload: Upload | None) -> Reply:

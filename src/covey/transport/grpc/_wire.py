@@ -341,6 +341,28 @@ def loads(data: bytes, limits: WireLimits | None = None) -> Any:
         raise WireError(f"malformed value in message: {exc}") from None
 
 
+MAX_ERROR_CHARS = 16 * 1024
+"""The most characters of a peer's error text kept (a failed task's traceback)."""
+
+
+def clipped_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    r"""A peer's error text cut to ``limit`` characters: its start and its end, saying so.
+
+    The end holds what went wrong (a traceback's last line, covey's hint); the
+    start where. Kept whole, a peer's megabytes of error would be stored in the
+    run's history and database, and logged, every round.
+
+    Example:
+        >>> clipped_error("a" * 10 + "b" * 10, limit=8)
+        'aaaa\n[... 12 characters left out ...]\nbbbb'
+    """
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    left_out = len(text) - 2 * half
+    return f"{text[:half]}\n[... {left_out} characters left out ...]\n{text[-half:]}"
+
+
 def flatten_extras(extras: Mapping[str, Weights]) -> dict[str, Any]:
     """Named weights mappings as one flat mapping (for the codec), keys ``[extra, name]``."""
     return {
