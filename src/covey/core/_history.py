@@ -433,11 +433,8 @@ class History:
         left_out = _unknown_in(data)
         if left_out:
             written = history.config.get("covey_version")
-            by = (
-                f"it was written by covey {written}"
-                if isinstance(written, str) and written
-                else "it records no covey version"
-            )
+            known = isinstance(written, str) and written
+            by = f"it was written by covey {written}" if known else "it records no covey version"
             warnings.warn(
                 f"{path}: left out field(s) covey {covey_version()} does not know: "
                 f"{', '.join(left_out)} ({by}; a newer covey adds fields, else check the "

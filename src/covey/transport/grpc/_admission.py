@@ -20,6 +20,7 @@ import grpc
 from cryptography import x509
 
 from covey.core._version import covey_version
+from covey.transport.grpc._checks import name_problem
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
 from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
 from covey.transport.grpc._registry import Connection, Registry, peer_of
@@ -81,6 +82,9 @@ class Admission:
 
     def _identify(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, bytes | None]:
         if self.tls is None:
+            why = name_problem(hello.name)
+            if why is not None:
+                self.refuse(context, "", grpc.StatusCode.INVALID_ARGUMENT, f"client name: {why}")
             return hello.name or peer_of(context), None
         auth = context.auth_context()
         pems = auth.get("x509_pem_cert") or []
@@ -88,7 +92,7 @@ class Admission:
         if not pems or not names:
             self.refuse(
                 context,
-                hello.name,
+                "" if name_problem(hello.name) else hello.name,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "no client certificate (this server requires mutual TLS)",
             )

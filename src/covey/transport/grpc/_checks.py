@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,10 +219,31 @@ def stated_properties(client: Any, extra: dict[str, Any] | None) -> dict[str, An
     return props
 
 
+MAX_NAME = 256
+"""Most characters of the name an insecure client gives in its ``Hello``."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a client (too long, or holding control characters), or None.
+
+    A server records each name it admits, and writes it in its log: a name of
+    megabytes, or one holding a line break (a forged log line), is refused.
+    """
+    if len(name) > MAX_NAME:
+        return f"a name of {len(name)} characters is over the limit of {MAX_NAME}"
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"the name holds the control character {bad!r}"
+    return None
+
+
 def own_name(name: str, tls: object | None) -> str:
     """The name an insecure client gives: its own, or one picked for this call's life."""
     if tls is None and not name:
         return f"anonymous-{secrets.token_hex(4)}"
+    why = None if tls is not None else name_problem(name)
+    if why is not None:
+        raise ValueError(f"name {name[:60]!r}: {why}")
     return name
 
 

@@ -71,7 +71,7 @@ from covey.transport.grpc._refusal import (
     transient_text,
 )
 from covey.transport.grpc._stream import Buffers, split_blobs
-from covey.transport.grpc._tasks import run_on_task_thread
+from covey.transport.grpc._tasks import run_on_task_thread, wait_for_task_thread
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["ClientTLS", "ConnectResult", "connect"]
@@ -432,7 +432,7 @@ def connect(
     # A client training in place replies from its receive buffer, which the next task's
     # arrays may be written into (Buffers); others free it at once, never holding both.
     buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
-    while not _idle(running, stop, budget):
+    while not wait_for_task_thread(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits, buffers)
         session.server_name = tls.server_name if tls is not None else None
         error = _session(session, open_channel(address, tls, options), result, stop)
@@ -459,23 +459,6 @@ def connect(
 
 
 _CLOSED = "handshake closed: "
-
-
-def _idle(running: threading.Thread | None, stop: threading.Event, budget: RetryBudget) -> bool:
-    """Wait for the task a lost session still runs; whether to stop instead of reconnecting.
-
-    A client runs one task at a time: a new session would be sent tasks that
-    run beside the old one on the same client object. The wait does not count
-    as time spent failing to connect (``retry_for``).
-    """
-    if running is not None and running.is_alive() and not stop.is_set():
-        logger.info("waiting for the task still running to finish before reconnecting")
-        start = time.monotonic()
-        while running.is_alive() and not stop.is_set():
-            running.join(0.1)  # and see ``stop`` within 0.1 s
-        if budget.since is not None:
-            budget.since += time.monotonic() - start
-    return stop.is_set()
 
 
 def _session(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import traceback
 from typing import Any
 
 from covey.clients._client import run_task
 from covey.core._messages import Reply, Task
+from covey.transport.grpc._refusal import RetryBudget
 
-__all__ = ["run_on_task_thread"]
+__all__ = ["run_on_task_thread", "wait_for_task_thread"]
+
+logger = logging.getLogger("covey")
 
 
 def run_on_task_thread(client: Any, cid: int, task: Task) -> Reply:
@@ -35,3 +41,22 @@ def run_on_task_thread(client: Any, cid: int, task: Task) -> Reply:
             "ends or it is stopped)\n"
         )
         return Reply(cid, task.kind, error=traceback.format_exc() + hint)
+
+
+def wait_for_task_thread(
+    running: threading.Thread | None, stop: threading.Event, budget: RetryBudget
+) -> bool:
+    """Wait for the task a lost session still runs; whether to stop instead of reconnecting.
+
+    A client runs one task at a time: a new session would be sent tasks that
+    run beside the old one on the same client object. The wait does not count
+    as time spent failing to connect (``retry_for``).
+    """
+    if running is not None and running.is_alive() and not stop.is_set():
+        logger.info("waiting for the task still running to finish before reconnecting")
+        start = time.monotonic()
+        while running.is_alive() and not stop.is_set():
+            running.join(0.1)  # and see ``stop`` within 0.1 s
+        if budget.since is not None:
+            budget.since += time.monotonic() - start
+    return stop.is_set()
