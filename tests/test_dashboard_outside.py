@@ -202,6 +202,10 @@ def test_a_run_folder_named_in_bytes_that_are_not_utf8_gets_an_id_a_url_can_hold
             url = server.url + "api/run?id=" + urllib.parse.quote(run_id.encode("utf-8"), safe="")
             with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
                 assert json.loads(response.read())["rounds_done"] == 1
+    from covey.dashboard import write_report
+
+    report = write_report(runs / os.fsdecode(b"caf\xe9 run"), tmp_path / "report.html")
+    assert "covey run caf\\xe9 run" in report.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
