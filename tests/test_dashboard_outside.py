@@ -202,6 +202,10 @@ def test_a_run_folder_named_in_bytes_that_are_not_utf8_gets_an_id_a_url_can_hold
             url = server.url + "api/run?id=" + urllib.parse.quote(run_id.encode("utf-8"), safe="")
             with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
                 assert json.loads(response.read())["rounds_done"] == 1
+    from covey.dashboard import write_report
+
+    report = write_report(runs / os.fsdecode(b"caf\xe9 run"), tmp_path / "report.html")
+    assert "covey run caf\\xe9 run" in report.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -249,3 +253,48 @@ def test_a_round_of_the_wrong_shape_is_named_not_served(
             status, body = _get(server.port, f"/api/run?id={name}")
             assert status == 422
             assert says in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("given", "bound", "url"),
+    [
+        ("127.0.0.2", "127.0.0.2", "http://127.0.0.2:8765/"),
+        ("[::1]", "::1", "http://[::1]:8765/"),
+        ("::1", "::1", "http://[::1]:8765/"),
+    ],
+)
+def test_the_command_takes_any_loopback_address_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, bound: str, url: str
+) -> None:
+    """`--host 127.0.0.2` is this machine only; `--host [::1]`, as URLs write it, binds ::1.
+
+    The command warned that anyone could reach a loopback address other than
+    127.0.0.1, and could not bind `[::1]` (the form the URL it prints uses).
+    """
+    from covey.dashboard import _server
+
+    calls: list[str] = []
+
+    def serve(runs_dir: Path, host: str, port: int, **kwargs: Any) -> None:
+        calls.append(host)
+        kwargs["on_listen"](port)
+
+    monkeypatch.setattr(_server, "serve_dashboard", serve)
+    result = CliRunner().invoke(app, ["dashboard", str(tmp_path), "--host", given])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    assert calls == [bound]
+    assert url in result.output
+
+
+def test_a_dashboard_server_takes_an_ipv6_address_in_brackets(tmp_path: Path) -> None:
+    """`DashboardServer(host="[::1]")` listens on ::1 and names itself by a working URL."""
+    covey.simulate(
+        lambda cid: Half(), 2, 1, covey.FedAvg(), {"w": np.ones(3)}, run_dir=tmp_path / "a"
+    )
+    with (
+        DashboardServer(tmp_path, host="[::1]") as server,
+        urllib.request.urlopen(server.url + "api/runs", timeout=30) as response,  # noqa: S310
+    ):
+        assert server.url.startswith("http://[::1]:")
+        assert json.loads(response.read())["runs"][0]["id"] == "a"

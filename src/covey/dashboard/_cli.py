@@ -27,7 +27,7 @@ def dashboard_command(
 ) -> None:
     """Serve a read-only web page of the runs in RUNS_DIR: live rounds, clients, comparisons."""
     try:
-        from covey.dashboard._server import serve_dashboard, tls_options
+        from covey.dashboard import _server
     except ImportError as exc:
         typer.echo(
             f"the dashboard needs its extra: pip install 'covey[dashboard]' ({exc})", err=True
@@ -35,7 +35,8 @@ def dashboard_command(
         raise typer.Exit(1) from None
     if not runs_dir.is_dir():
         raise typer.BadParameter(f"{runs_dir} is not a folder", param_hint="RUNS_DIR")
-    if host not in ("127.0.0.1", "localhost", "::1") and certs is None:
+    host = host.strip("[]")  # [::1], as URLs write it, is the address ::1
+    if not _server.is_loopback(host) and certs is None:
         typer.echo(
             f"warning: serving on {host} without --certs: anyone who can reach it sees the runs",
             err=True,
@@ -43,7 +44,7 @@ def dashboard_command(
     scheme = "https" if certs is not None else "http"
     if certs is not None:
         try:
-            tls_options(certs)
+            _server.tls_options(certs)
         except (OSError, ValueError) as exc:
             typer.echo(f"error: --certs {certs}: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -53,7 +54,7 @@ def dashboard_command(
         typer.echo(f"covey dashboard of {runs_dir} on {scheme}://{where}:{bound}/ (Ctrl-C stops)")
 
     try:
-        serve_dashboard(runs_dir, host, port, certs=certs, on_listen=listening)
+        _server.serve_dashboard(runs_dir, host, port, certs=certs, on_listen=listening)
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

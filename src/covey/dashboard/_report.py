@@ -22,6 +22,7 @@ from covey.dashboard._runs import (
     is_run,
     metric_value,
     read_run,
+    run_id,
     strategy_name,
 )
 
@@ -234,7 +235,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"{path} is in the run folder and is not an .html file: the report would "
             "overwrite the run's own files; give another name"
         )
-    run = read_run(name, run_dir)
+    run = read_run(run_id(name), run_dir)  # a name not in UTF-8 is written with \xNN
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # `-o paper/report.html` makes paper/
         atomic_write(path, render_report(run))

@@ -96,7 +96,7 @@ def _revoking(is_revoked: Callable[[bytes], bool]) -> type[asyncio.Protocol]:
     return Revoking
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """Whether ``host`` is an address (or the name) of this machine only."""
     if host.lower() == "localhost":
         return True
@@ -114,7 +114,7 @@ def _server(
     if certs is not None:
         tls = {**tls_options(certs), "http": _revoking(RevocationList(certs))}
     bare = host.strip("[]").lower()
-    hosts = (*LOOPBACK_HOSTS, bare, f"[{bare}]") if _is_loopback(host) else None
+    hosts = (*LOOPBACK_HOSTS, bare, f"[{bare}]") if is_loopback(host) else None
     config = uvicorn.Config(
         create_app(runs_dir, poll=poll, closing=closing, allowed_hosts=hosts),
         host=host,
@@ -151,6 +151,7 @@ def serve_dashboard(
     Raises:
         OSError: The address cannot be listened on (naming it).
     """
+    host = host.strip("[]")  # [::1], as URLs write it, is the address ::1
     server = _server(runs_dir, host, port, certs, poll)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -192,6 +193,7 @@ class DashboardServer:
             poll: Seconds between checks of a watched run's files.
         """
         self._scheme = "https" if certs is not None else "http"
+        host = host.strip("[]")  # [::1], as URLs write it, is the address ::1
         self._host = host
         self._server = _server(runs_dir, host, port, certs, poll)
         self._thread = threading.Thread(
