@@ -78,7 +78,7 @@ class Hospital(covey.Client):
         return covey.FitResult(
             weights=weights_of(self.net),
             num_examples=self.size,
-            metrics={"train_loss": loss, "epsilon": self.dp.epsilon(), "delta": DELTA},
+            metrics={"train_loss": loss, "dp_epsilon": self.dp.epsilon(), "dp_delta": DELTA},
         )
 
 

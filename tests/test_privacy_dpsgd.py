@@ -30,8 +30,8 @@ def test_hospitals_train_better_than_chance_and_report_epsilon() -> None:
 def test_client_ledger_agrees_with_opacus_and_grows_per_round() -> None:
     hospital = privacy_hospitals.Hospital(0, noise_multiplier=1.2)
     weights = privacy_hospitals.weights_of(privacy_hospitals.make_model())
-    first = hospital.fit(weights, {"round": 1}).metrics["epsilon"]
-    second = hospital.fit(weights, {"round": 2}).metrics["epsilon"]
+    first = hospital.fit(weights, {"round": 1}).metrics["dp_epsilon"]
+    second = hospital.fit(weights, {"round": 2}).metrics["dp_epsilon"]
     assert 0.0 < first < second
     # Opacus reads the same steps with its own RDP code (another RDP-to-DP conversion).
     assert hospital.dp.opacus_epsilon() == pytest.approx(second, rel=0.25)
