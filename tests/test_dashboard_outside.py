@@ -298,3 +298,11 @@ def test_a_dashboard_server_takes_an_ipv6_address_in_brackets(tmp_path: Path) ->
     ):
         assert server.url.startswith("http://[::1]:")
         assert json.loads(response.read())["runs"][0]["id"] == "a"
+
+
+def test_a_run_request_without_an_id_says_the_id_is_missing(dashboard: Any) -> None:
+    """It answered 404 "no run '' in ...", as if a run named '' had been asked for."""
+    for path in ("/api/run", "/api/run?id=", "/api/stream"):
+        status, body = _get(dashboard.port, path)
+        assert status == 400, (path, status)
+        assert b"?id=RUN" in body

@@ -122,6 +122,8 @@ class RunCache:
 
 def _find(root: Path, request: Request) -> tuple[str, Path]:
     run_id = request.query_params.get("id", "")
+    if not run_id:
+        raise HTTPException(400, "name the run: ?id=RUN (the ids are in api/runs)")
     for found_id, path in discover_runs(root):
         if found_id == run_id:
             return found_id, path
