@@ -205,3 +205,37 @@ def test_a_resumed_run_deletes_the_output_files_a_killed_server_left_half_writte
     joined.join(30)
     assert not [p.name for p in stale if p.exists()]
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_run_whose_weights_folder_cannot_be_written_is_refused_before_listening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It listened, took clients and trained a whole round before its first save failed.
+    import os
+    import tempfile
+
+    from covey.deploy import _servechecks
+
+    run_dir = tmp_path / "run"
+    _stopped_after_round_2(run_dir, planned=4)
+    weights = run_dir / "weights"
+    if os.geteuid() != 0:
+        weights.chmod(0o500)
+    else:  # permissions do not stop root: the folder refuses as an immutable one would
+        real = tempfile.mkstemp
+
+        def refusing(*args: Any, **kwargs: Any) -> tuple[int, str]:
+            if Path(kwargs.get("dir", "")) == weights:
+                raise PermissionError(1, "Operation not permitted")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(_servechecks.tempfile, "mkstemp", refusing)
+    try:
+        with pytest.raises(OSError, match=r"cannot be resumed: .*weights cannot be written"):
+            _resume(run_dir, 4)
+    finally:
+        weights.chmod(0o700)
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".covey-write-check")]
+    with RunStore.open(run_dir) as store:  # left as it was, and its lock let go
+        assert store.status == "failed"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 
+from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._store import RunStore
 from covey.strategies._checks import refuse_unmet_need, unmet_rule_need
@@ -77,6 +79,28 @@ def check_resumable(opened: RunStore, rounds: int) -> None:
             "or more (serve(rounds=...), covey server --rounds), or give a new run a folder "
             "of its own"
         )
+
+
+def check_writable(opened: RunStore) -> None:
+    """Refuse to resume a run whose folder cannot be written, before listening.
+
+    Each round's model is saved in the folder's ``weights``: a run resumed in a
+    folder made read-only would take clients and train a whole round before its
+    first save failed. A file is created and removed in each, as the check
+    (permissions alone do not say: an immutable folder refuses its owner too).
+    """
+    for folder in (opened.run_dir, opened.run_dir / WEIGHTS_DIR):
+        if not folder.is_dir():
+            continue  # the store makes it when it saves
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".covey-write-check-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OSError(
+                f"the run in {opened.run_dir} cannot be resumed: {folder} cannot be written "
+                f"({exc.strerror or exc}), and each round's model is saved there"
+            ) from None
 
 
 def check_settings(

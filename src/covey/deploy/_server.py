@@ -20,6 +20,7 @@ from covey.deploy._servechecks import (
     check_capacity,
     check_resumable,
     check_settings,
+    check_writable,
     reopen,
     stored_address,
 )
@@ -173,6 +174,7 @@ def serve(
         scheme = _scheme(compression, opened, strategy)
         if opened is not None:  # a different strategy or compression is named first
             check_resumable(opened, rounds)
+            check_writable(opened)
         if address is None:
             address = "127.0.0.1:9092" if opened is None else stored_address(opened)
         check_address(address, listen=True)
