@@ -47,6 +47,9 @@ class ProtocolAbort(RuntimeError):
     """A party refuses to go on: the reason says which check failed."""
 
 
+ProtocolAbort.__module__ = "covey.secagg"  # its public home, as failures show it
+
+
 @dataclass(frozen=True)
 class Identity:
     """A client's long-term Ed25519 identity and the identities it trusts.
