@@ -672,27 +672,22 @@ def test_a_client_given_the_model_refuses_weights_of_another_layout(sent: Any) -
     assert "the weights of the server's fit task" in reply.error
 
 
-def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() -> None:
-    import covey.secagg  # noqa: F401 - teaches the client runtime the SecAgg+ task kinds
-
-    session = bytes(range(32))
-    setup = {
+def _secagg_setup(session: bytes, length: int) -> dict[str, Any]:
+    """A well-formed SecAgg+ advertisement request for client 0 of three."""
+    return {
         "session": session,
         "cid": 0,
         "x": 1,
         "neighbors": {"1": 2, "2": 3},
         "threshold": 2,
-        "length": 10**12,  # no allocation follows from it: the input must have this length
+        "length": length,
         "bits": 32,
         "bound": 100,
     }
-    steps = [
-        ("secagg.share", {"session": session, "keys": {}}),  # before advertising
-        ("secagg.advertise", {**setup, "threshold": 7}),  # more than the neighbours
-        ("secagg.advertise", setup),
-        ("secagg.unmask", {"session": session, "alive": [0, 1, 2], "dropped": []}),
-        ("secagg.mask", {"session": bytes(32), "input_kind": "x", "shares": {}}),
-    ]
+
+
+def _secagg_errors(steps: list[tuple[str, dict[str, Any]]]) -> dict[int, str | None]:
+    """Send ``steps`` as tasks, each once the last is answered; each task's error by id."""
 
     def script() -> Iterator[bytes]:
         for task_id, (kind, payload) in enumerate(steps, 1):
@@ -708,56 +703,50 @@ def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() ->
         connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
     finally:
         server.close()
-    errors = {r.task_id: r.error for r in server.replies}
-    assert "no secure-aggregation run in progress" in errors[1]
-    assert "threshold 7 is not in [2, 3]" in errors[2]
+    return {r.task_id: r.error for r in server.replies}
+
+
+def test_secure_aggregation_messages_out_of_order_are_refused_by_the_client() -> None:
+    import covey.secagg  # noqa: F401 - teaches the client runtime the SecAgg+ task kinds
+
+    session = bytes(range(32))
+    # A length of 10**12 allocates nothing: the input must have this length.
+    setup = _secagg_setup(session, 10**12)
+    errors = _secagg_errors(
+        [
+            ("secagg.share", {"session": session, "keys": {}}),  # before advertising
+            ("secagg.advertise", {**setup, "threshold": 7}),  # more than the neighbours
+            ("secagg.advertise", setup),
+            ("secagg.unmask", {"session": session, "alive": [0, 1, 2], "dropped": []}),
+            ("secagg.mask", {"session": bytes(32), "input_kind": "x", "shares": {}}),
+        ]
+    )
+    assert "no secure-aggregation run in progress" in str(errors[1])
+    assert "threshold 7 is not in [2, 3]" in str(errors[2])
     assert not errors[3]  # a well-formed advertisement is answered
-    assert "unmasking request in stage advertised" in errors[4]
-    assert "no secure-aggregation run in progress" in errors[5]  # the state was dropped
+    assert "unmasking request in stage advertised" in str(errors[4])
+    assert "no secure-aggregation run in progress" in str(errors[5])  # the state was dropped
 
 
 def test_hostile_consistency_requests_are_refused_by_the_client() -> None:
     import covey.secagg  # noqa: F401 - teaches the client runtime the SecAgg+ task kinds
 
     session = bytes(range(32))
-    setup = {
-        "session": session,
-        "cid": 0,
-        "x": 1,
-        "neighbors": {"1": 2, "2": 3},
-        "threshold": 2,
-        "length": 4,
-        "bits": 32,
-        "bound": 100,
-    }
+    setup = _secagg_setup(session, 4)
     lists = {"session": session, "alive": [0, 1, 2], "dropped": []}
-    steps = [
-        ("secagg.advertise", setup),
-        ("secagg.consistency", {**lists, "alive": [0, True]}),  # a bool is no client id
-        ("secagg.advertise", setup),
-        ("secagg.consistency", lists),  # before the masked input
-        ("secagg.advertise", setup),
-        ("secagg.unmask", {**lists, "signatures": [b"x" * 64]}),
-    ]
-
-    def script() -> Iterator[bytes]:
-        for task_id, (kind, payload) in enumerate(steps, 1):
-            header = pb.TaskHeader(
-                task_id=task_id, kind=kind, round=1, config=b"{}", payload=_wire.dumps(payload)
-            )
-            yield control(pb.ServerMessage(task=header))
-            server.wait_replies(task_id)
-        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason="over")))
-
-    server = _HostileServer(script)
-    try:
-        connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
-    finally:
-        server.close()
-    errors = {r.task_id: r.error for r in server.replies}
-    assert "the consistency-check request lists True, which is not a client id" in errors[2]
-    assert "consistency-check request in stage advertised" in errors[4]
-    assert "the survivor-list signatures is not a mapping" in errors[6]
+    errors = _secagg_errors(
+        [
+            ("secagg.advertise", setup),
+            ("secagg.consistency", {**lists, "alive": [0, True]}),  # a bool is no client id
+            ("secagg.advertise", setup),
+            ("secagg.consistency", lists),  # before the masked input
+            ("secagg.advertise", setup),
+            ("secagg.unmask", {**lists, "signatures": [b"x" * 64]}),
+        ]
+    )
+    assert "the consistency-check request lists True, which is not a client id" in str(errors[2])
+    assert "consistency-check request in stage advertised" in str(errors[4])
+    assert "the survivor-list signatures is not a mapping" in str(errors[6])
 
 
 @pytest.mark.parametrize(
