@@ -12,6 +12,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -312,3 +313,29 @@ def test_a_ray_address_other_than_the_ray_joined_already_is_refused() -> None:
         assert ray.is_initialized()
     finally:
         ray.shutdown()
+
+
+class Unpicklable(covey.Client):
+    """Client 1 returns an object array of locks: no pickle carries it back from the actor."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            locks = np.empty(2, dtype=object)
+            locks[:] = [threading.Lock(), threading.Lock()]
+            return FitResult(weights={"w": locks}, num_examples=1)
+        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
+
+
+def test_a_reply_that_does_not_pickle_fails_its_client_alone_as_inline() -> None:
+    # The actor answers for a call's clients together: a reply Ray cannot send
+    # back would fail clients 0 and 2 with it.
+    fit = {"w": np.zeros(2)}
+    tasks = {c: Task("fit", 1, {}, fit) for c in range(3)}
+    with RayTransport(Unpicklable, 3, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        replies = {r.cid: r for r in transport.exchange(tasks)}
+    assert sorted(c for c, r in replies.items() if r.ok) == [0, 2]
+    # The server's own words for this mistake, as on the inline and process backends.
+    assert replies[1].error == "client 1's weights: 'w' has dtype object, expected float64"

@@ -42,8 +42,10 @@ from covey.sim._rayplan import (
     check_reachable,
     ray_need,
     start_failed,
+    unanswered,
     unpicklable,
 )
+from covey.sim._worker import _sendable
 
 logger = logging.getLogger("covey")
 
@@ -70,15 +72,6 @@ def _ray(local: bool = False) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
     return ray
-
-
-def _unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
-    """The failure of clients whose actor call was still unanswered at the deadline."""
-    return (
-        f"no reply in time: Ray actor {actor} had not answered the call of clients "
-        f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
-        "for the clients of one call together; it is stopped and replaced)"
-    )
 
 
 def _init(ray: Any, address: str | None, init_args: Mapping[str, Any] | None) -> bool:
@@ -146,7 +139,8 @@ class ClientHost:
         for cid, kind, rnd, config, payload in items:
             tasks[cid] = task = Task(kind, rnd, config, weights, payload)
             try:
-                reply = run_task(self._client(cid), cid, task)
+                # A reply whose arrays no pickle carries would fail its whole call.
+                reply = _sendable(run_task(self._client(cid), cid, task), task)
             except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
             except KeyboardInterrupt:  # Ray cancelling the call: not the client's
@@ -374,7 +368,7 @@ class RayTransport:
             yield from self._collect(pending, held, tasks, deadline)
             late = True  # _collect returns with calls pending only when the deadline passed
             for g, i, cids in list(pending.values()):
-                why = _unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
+                why = unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
                 yield from (Reply(cid, tasks[cid].kind, error=why) for cid in cids)
         finally:
             self._abandon(pending, late)
