@@ -12,6 +12,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -139,9 +140,9 @@ class Calls:
         self.sizes = sizes
         self.run = self
 
-    def remote(self, token: int, encoded: Any, items: list[Any]) -> Any:
+    def remote(self, token: int, encoded: Any, items: list[Any], *sent: Any) -> Any:
         self.sizes.append(len(items))
-        return self.actor.run.remote(token, encoded, items)
+        return self.actor.run.remote(token, encoded, items, *sent)
 
 
 def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call(
@@ -312,3 +313,62 @@ def test_a_ray_address_other_than_the_ray_joined_already_is_refused() -> None:
         assert ray.is_initialized()
     finally:
         ray.shutdown()
+
+
+class Unpicklable(covey.Client):
+    """Client 1 returns an object array of locks: no pickle carries it back from the actor."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            locks = np.empty(2, dtype=object)
+            locks[:] = [threading.Lock(), threading.Lock()]
+            return FitResult(weights={"w": locks}, num_examples=1)
+        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
+
+
+def test_a_reply_that_does_not_pickle_fails_its_client_alone_as_inline() -> None:
+    # The actor answers for a call's clients together: a reply Ray cannot send
+    # back would fail clients 0 and 2 with it.
+    fit = {"w": np.zeros(2)}
+    tasks = {c: Task("fit", 1, {}, fit) for c in range(3)}
+    with RayTransport(Unpicklable, 3, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        replies = {r.cid: r for r in transport.exchange(tasks)}
+    assert sorted(c for c, r in replies.items() if r.ok) == [0, 2]
+    # The server's own words for this mistake, as on the inline and process backends.
+    assert replies[1].error == "client 1's weights: 'w' has dtype object, expected float64"
+
+
+class Overwrites(covey.Client):
+    """Client 1 writes into its read-only weights through ctypes, as a compiled library may."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        w = weights["w"]
+        if self.cid == 1:
+            import ctypes
+
+            ctypes.memmove(w.ctypes.data, np.full(w.shape, 99.0).ctypes.data, w.nbytes)
+        return FitResult(weights={"w": w + 1}, num_examples=1)
+
+
+def test_weights_changed_in_the_object_store_are_refused_in_every_later_call() -> None:
+    # 40 clients on one actor go in calls of 16: the calls after client 1's read the
+    # same changed buffer, and their replies, trained on it, must be refused too.
+    fit = {"w": np.zeros(3)}
+    tasks = {c: Task("fit", 1, {}, fit) for c in range(40)}
+    with RayTransport(Overwrites, 40, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        replies = list(transport.exchange(tasks))
+        assert len(replies) == 40
+        assert [r.cid for r in replies if r.ok] == []
+        assert all("the global weights changed in place" in str(r.error) for r in replies)
+        assert fit["w"].tolist() == [0.0, 0.0, 0.0]  # the server's model is unchanged
+        # The next model goes out in a new buffer: its round is answered as usual.
+        again = {c: Task("fit", 2, {}, {"w": np.zeros(3)}) for c in (0, 2)}
+        assert [r.result.weights["w"].tolist() for r in transport.exchange(again)] == [
+            [1.0] * 3
+        ] * 2

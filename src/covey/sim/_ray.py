@@ -42,8 +42,10 @@ from covey.sim._rayplan import (
     check_reachable,
     ray_need,
     start_failed,
+    unanswered,
     unpicklable,
 )
+from covey.sim._worker import _sendable
 
 logger = logging.getLogger("covey")
 
@@ -70,15 +72,6 @@ def _ray(local: bool = False) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
     return ray
-
-
-def _unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
-    """The failure of clients whose actor call was still unanswered at the deadline."""
-    return (
-        f"no reply in time: Ray actor {actor} had not answered the call of clients "
-        f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
-        "for the clients of one call together; it is stopped and replaced)"
-    )
 
 
 def _init(ray: Any, address: str | None, init_args: Mapping[str, Any] | None) -> bool:
@@ -133,20 +126,28 @@ class ClientHost:
             self._clients.move_to_end(cid)
         return client
 
-    def run(self, token: int, encoded: Any, items: list[_Item]) -> list[Reply]:
-        """Run each ``(cid, kind, round, config, payload)`` item; one reply per item."""
+    def run(
+        self, token: int, encoded: Any, items: list[_Item], sent: tuple[int, ...] = ()
+    ) -> list[Reply]:
+        """Run each ``(cid, kind, round, config, payload)`` item; one reply per item.
+
+        ``sent`` is the fingerprint of the weights as the driver encoded them: the
+        object store's buffer is shared by the actors of a node, so one that a
+        client changed is seen changed by every later call, here and in them.
+        """
         weights: Weights | None = None
         if encoded is not None:
             if self._weights[0] != token:
                 # A read-only view of the object store's buffer: no copy.
                 decoded = _codec.decode(memoryview(encoded), verify=False)
-                self._weights = (token, decoded, fingerprint(decoded))
+                self._weights = (token, decoded, sent or fingerprint(decoded))
             weights = self._weights[1]
         replies, tasks = [], {}
         for cid, kind, rnd, config, payload in items:
             tasks[cid] = task = Task(kind, rnd, config, weights, payload)
             try:
-                reply = run_task(self._client(cid), cid, task)
+                # A reply whose arrays no pickle carries would fail its whole call.
+                reply = _sendable(run_task(self._client(cid), cid, task), task)
             except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
             except KeyboardInterrupt:  # Ray cancelling the call: not the client's
@@ -157,7 +158,6 @@ class ClientHost:
                 reply = Reply(cid, kind, error=traceback.format_exc() + exited(exc, kind))
             replies.append(reply)
         if weights is not None and fingerprint(weights) != self._weights[2]:
-            self._weights = (None, None, ())  # the next chunk decodes them afresh
             why = "their replies are refused (the server's model is unchanged)"
             return [Reply(r.cid, r.kind, error=lent_weights_changed(tasks, why)) for r in replies]
         return replies
@@ -311,15 +311,16 @@ class RayTransport:
             raise ValueError(f"client_group({cid}) is {group!r}, not one of {sorted(self._spec)}")
         return group, cid % self._spec[group][1]
 
-    def _publish(self, weights: Weights | None) -> tuple[int, Any, int]:
-        """``(token, object ref, bytes)`` of ``weights`` encoded in the object store."""
+    def _publish(self, weights: Weights | None) -> tuple[int, Any, int, tuple[int, ...]]:
+        """``(token, object ref, bytes, fingerprint)`` of ``weights`` in the object store."""
         if weights is None:
-            return 0, None, 0
+            return 0, None, 0, ()
         if self._published[0] is not weights:
             buffer = np.empty(_codec.encoded_size(weights), dtype=np.uint8)
             _codec.encode_into(weights, buffer.data)
             self._token += 1
-            self._published = (weights, (self._token, self._ray.put(buffer), buffer.nbytes))
+            put = (self._token, self._ray.put(buffer), buffer.nbytes, fingerprint(weights))
+            self._published = (weights, put)
         return self._published[1]  # type: ignore[no-any-return]
 
     def _revive(self) -> None:
@@ -344,15 +345,15 @@ class RayTransport:
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
         homes: dict[tuple[str, int, int], list[_Item]] = {}
-        refs: dict[int, tuple[Any, int]] = {0: (None, 0)}
+        refs: dict[int, tuple[Any, int, tuple[int, ...]]] = {0: (None, 0, ())}
         tokens: dict[int, int] = {}  # id(weights) -> token: each model goes out once
         for cid in sorted(tasks):
             task = tasks[cid]
             token = tokens.get(id(task.weights), -1)
             if token < 0:
-                token, ref, nbytes = self._publish(task.weights)
+                token, ref, nbytes, sent = self._publish(task.weights)
                 tokens[id(task.weights)] = token
-                refs[token] = ref, nbytes
+                refs[token] = ref, nbytes, sent
             g, i = self._home(cid)
             homes.setdefault((g, i, token), []).append(
                 (cid, task.kind, task.round, task.config, task.payload)
@@ -360,21 +361,21 @@ class RayTransport:
         pending: dict[Any, tuple[str, int, list[int]]] = {}
         held: dict[tuple[str, int], list[int]] = {}
         for (g, i, token), items in homes.items():
-            encoded, nbytes = refs[token]
+            encoded, nbytes, sent = refs[token]
             actor = self._actors[g][i]
             held.setdefault((g, i), []).extend(c for c, *_ in items)
             size = min(MAX_CHUNK, max(CHUNK, -(-len(items) // CHUNKS_PER_ACTOR)))
             size = max(1, min(size, CHUNK_BYTES // max(1, nbytes)))
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
-                ref = actor.run.remote(token, encoded, chunk)
+                ref = actor.run.remote(token, encoded, chunk, sent)
                 pending[ref] = (g, i, [c for c, *_ in chunk])
         late = False
         try:
             yield from self._collect(pending, held, tasks, deadline)
             late = True  # _collect returns with calls pending only when the deadline passed
             for g, i, cids in list(pending.values()):
-                why = _unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
+                why = unanswered(f"{g}/{i}" if g else str(i), cids, timeout)
                 yield from (Reply(cid, tasks[cid].kind, error=why) for cid in cids)
         finally:
             self._abandon(pending, late)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 Resources = Mapping[str, float]
 _RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
@@ -154,3 +154,12 @@ def check_joined(address: str, joined: str) -> None:
             "ray.shutdown() first to join the cluster, or leave ray_address out to run "
             "on the Ray already joined"
         )
+
+
+def unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
+    """The failure of clients whose actor call was still unanswered at the deadline."""
+    return (
+        f"no reply in time: Ray actor {actor} had not answered the call of clients "
+        f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
+        "for the clients of one call together; it is stopped and replaced)"
+    )
