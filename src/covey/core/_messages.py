@@ -8,9 +8,10 @@ their own kinds by registering a handler with :func:`covey.clients.register_task
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -47,6 +48,11 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.integer | np.floating):
         return value.item()
     return value
+
+
+def real(value: Any) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (NumPy's included), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
 def _check_count(value: object, what: str) -> int:

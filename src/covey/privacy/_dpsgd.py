@@ -26,8 +26,9 @@ else:
 from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._extras import MissingExtraError
+from covey.core._messages import real
 from covey.privacy._accounting import Accountant, Ledger, round_event
-from covey.privacy._local import check_delta, read_ledger, real, write_ledger
+from covey.privacy._local import check_delta, read_ledger, write_ledger
 
 logger = logging.getLogger("covey")
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +24,7 @@ else:
 
 from covey.clients._client import Client, lend
 from covey.core._files import atomic_write
-from covey.core._messages import Config, EvaluateResult, FitResult
+from covey.core._messages import Config, EvaluateResult, FitResult, real
 from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger
@@ -83,11 +82,6 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
     while _analytic_delta(sigma, epsilon, sensitivity) > delta:
         sigma *= 1.0 + 1e-9
     return sigma
-
-
-def real(value: Any) -> TypeGuard[float]:
-    """Whether ``value`` is a real number (NumPy's included), not a bool or a string."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
 def check_delta(delta: Any) -> None:

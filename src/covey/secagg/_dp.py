@@ -27,23 +27,18 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 
 import numpy as np
 
+from covey.core._messages import real
 from covey.privacy._accounting import Accountant
 
 Mechanism = Literal["skellam", "gaussian"]
 TAIL_SIGMAS = 12
 MIN_ACCOUNTED_SIGMA = 2.0
-
-
-def _real(value: Any) -> TypeGuard[float]:
-    """Whether ``value`` is a real number (NumPy's included), not a bool or a string."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
 @dataclass(frozen=True)
@@ -74,18 +69,18 @@ class Noise:
     def __post_init__(self) -> None:
         if self.mechanism not in ("skellam", "gaussian"):
             raise ValueError(f"mechanism must be 'skellam' or 'gaussian', got {self.mechanism!r}")
-        if not (_real(self.sigma) and math.isfinite(self.sigma)) or self.sigma < 0:
+        if not (real(self.sigma) and math.isfinite(self.sigma)) or self.sigma < 0:
             raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
         if self.clip is None:
             if self.delta is not None or self.target_epsilon is not None:
                 raise ValueError("accounted noise (delta=, target_epsilon=) needs its clip=")
             return
-        if not (_real(self.clip) and math.isfinite(self.clip) and self.clip > 0):
+        if not (real(self.clip) and math.isfinite(self.clip) and self.clip > 0):
             raise ValueError(f"clip must be a positive finite number, got {self.clip!r}")
-        if not _real(self.delta) or not 0.0 < self.delta < 1.0:
+        if not real(self.delta) or not 0.0 < self.delta < 1.0:
             raise ValueError(f"accounted noise needs delta in (0, 1), got {self.delta!r}")
         if self.target_epsilon is not None and not (
-            _real(self.target_epsilon) and self.target_epsilon > 0
+            real(self.target_epsilon) and self.target_epsilon > 0
         ):
             raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon!r}")
         if self.accountant not in ("rdp", "pld"):
