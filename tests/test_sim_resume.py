@@ -236,6 +236,16 @@ def test_a_resume_with_other_settings_is_refused_naming_what_differs(
     assert _sim(tmp_path / "run", 3, resume=True).history.rounds[-1].round == 3  # still resumable
 
 
+def test_a_run_resumed_on_another_backend_says_which_backend_serves_it(tmp_path: Path) -> None:
+    # run.json kept the backend the run started on, though another one trained it on.
+    _stopped(tmp_path / "run", backend="process", num_workers=1)
+    started = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert started["backend"] == "process"
+    _sim(tmp_path / "run", 3, resume=True, backend="inline")
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (meta["backend"], meta["status"], len(meta["resumed"])) == ("inline", "finished", 1)
+
+
 def test_a_finished_simulation_says_it_is_finished(tmp_path: Path) -> None:
     _sim(tmp_path / "run")
     with pytest.raises(

@@ -201,7 +201,8 @@ class SimCheckpoint:
                 resumed = kept.get("resumed")
                 now = _dt.datetime.now(_dt.UTC).isoformat()
                 kept["resumed"] = [*resumed, now] if isinstance(resumed, list) else [now]
-                return {**kept, "status": "running", "rounds": meta["rounds"]}
+                now_serving = {"rounds": meta["rounds"], "backend": meta["backend"]}
+                return {**kept, "status": "running", **now_serving}
         return meta
 
 
