@@ -61,6 +61,7 @@ from covey.transport.grpc._refusal import (
     Refused,
     RetryBudget,
     attempt_failure,
+    expired_certificate,
     given_up,
     handshake_closed,
     handshake_refusal,
@@ -449,6 +450,9 @@ def connect(
         if strikes >= HANDSHAKE_STRIKES:
             cert = tls.cert if tls is not None else None
             raise Refused(handshake_refusal(strikes, cert, insecure=tls is None))
+        expired = expired_certificate(tls.cert if tls is not None else None)
+        if expired is not None:
+            raise Refused(expired)
         delay = budget.next_delay()
         if delay is None:
             raise ConnectionError(given_up(address, budget.failures, result.sessions, error))

@@ -287,6 +287,23 @@ def handshake_refusal(
     )
 
 
+def expired_certificate(certificate: bytes | None) -> str | None:
+    """Why a client cannot connect with ``certificate`` any more (it expired), or None.
+
+    Checked before each retry: a client whose certificate expired while its
+    server was down would otherwise retry until ``retry_for`` is spent, though
+    no server will ever take it again.
+    """
+    dates = _validity(certificate)
+    if dates is None or _dt.datetime.now(_dt.UTC) <= dates[1]:
+        return None
+    return (
+        f"this client's certificate expired at {dates[1]:%Y-%m-%d %H:%M:%S} UTC (by this "
+        "machine's clock): no server accepts it; it needs a new one "
+        "(`covey certs issue NAME --overwrite`)"
+    )
+
+
 def _validity(certificate: bytes | None) -> tuple[_dt.datetime, _dt.datetime] | None:
     """The validity dates of a PEM certificate, or None if there is none or it does not parse."""
     if not certificate:
