@@ -136,6 +136,30 @@ def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_coun
     assert "listening" not in flat
 
 
+def test_covey_server_resume_refused_on_a_taken_port_does_not_say_the_run_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It printed "run stopped: the model after round 2 ..." though the run never started.
+    import socket
+
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COVEY_TINY_CLIENTS", "1")
+    sys.modules.pop("tiny_app", None)
+    run_dir = tmp_path / "run"
+    _stopped_after_round_2(run_dir, planned=4)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", address]
+        out = CliRunner().invoke(app, [*args, "--no-plot", "--resume", str(run_dir)])
+    flat = " ".join(out.output.split())
+    assert out.exit_code == 1, out.output
+    assert f"{address} is in use" in flat
+    assert "run stopped" not in flat
+    assert (run_dir / "weights" / "round-00002.safetensors").is_file()  # kept as it was
+
+
 def _counts(run_dir: Path) -> tuple[object, object, object]:
     """The round count of ``run.sqlite``, of ``history.json``, and the one a resume reads."""
     from covey.deploy._cli_resume import recorded_rounds

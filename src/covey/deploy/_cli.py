@@ -147,7 +147,10 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     shown = ServerConsole(console.print, needed, names)
     run, resuming, port_file = flags["run"], flags["resuming"], flags["port_file"]
 
+    listened: list[int] = []  # the port, once the server listens
+
     def listening(port: int) -> None:
+        listened.append(port)
         shown.line(f"covey server listening on port {port} (run folder {run})")
         shown.waiting()  # before the port file: clients that read it have not joined yet
         if port_file is not None:
@@ -196,7 +199,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        _show_model(run)
+        if listened:  # refused before listening: the run did not start, nor stop
+            _show_model(run)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         _forget(run, flags)
