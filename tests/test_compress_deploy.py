@@ -93,10 +93,13 @@ def test_a_resumed_run_keeps_its_scheme_and_refuses_another() -> None:
     assert run_scheme(None, {"compression": "topk:0.1"}) == TopK(0.1)
     assert run_scheme("topk:0.1", {"compression": "topk:0.1"}) == TopK(0.1)
     assert run_scheme(None, {}) is None
-    with pytest.raises(ValueError, match=r"started with compression 'topk:0\.1'"):
+    with pytest.raises(ValueError, match=r"started with compression 'topk:0\.1'") as refused:
         run_scheme("q8", {"compression": "topk:0.1"})
-    with pytest.raises(ValueError, match="started without compression"):
+    unset = "`serve(compression=)`, `covey server --compression` and the app's unset"
+    assert f"resume it with 'topk:0.1', or with no scheme given ({unset})" in str(refused.value)
+    with pytest.raises(ValueError, match="started without compression") as refused:
         run_scheme("q8", {})
+    assert f"'q8' is asked for now; resume it without compression ({unset})" in str(refused.value)
 
     class Mine(Quantize):
         pass

@@ -254,8 +254,13 @@ def run_scheme(compression: Scheme | str | None, stored: Mapping[str, Any] | Non
     kept = stored.get("compression")
     kept_scheme = None if kept is None else scheme_named(kept)
     if scheme is not None and scheme_spec(scheme) != kept:
-        started = "without compression" if kept is None else f"with compression {kept!r}"
+        asked = f"{scheme_spec(scheme)!r} is asked for now"
+        unset = "`serve(compression=)`, `covey server --compression` and the app's unset"
         raise ValueError(
-            f"the run was started {started}; resume it with that scheme (or give none to keep it)"
+            f"the run was started without compression, and {asked}; resume it without "
+            f"compression ({unset})"
+            if kept is None
+            else f"the run was started with compression {kept!r}, and {asked}; resume it with "
+            f"{kept!r}, or with no scheme given ({unset}) to keep it"
         )
     return kept_scheme
