@@ -143,6 +143,33 @@ def test_an_expanded_buffer_is_named_and_the_model_left_unchanged() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize(
+    ("entry", "value", "said"),
+    [
+        ("bn.num_batches_tracked", np.nan, r"'bn\.num_batches_tracked' holds NaN or inf"),
+        ("bn.num_batches_tracked", np.inf, r"'bn\.num_batches_tracked' holds NaN or inf"),
+        ("fc.weight", 1e300, r"'fc\.weight' holds 1e\+300, beyond the largest torch\.float32"),
+    ],
+    ids=["nan-into-int64", "inf-into-int64", "float64-beyond-float32"],
+)
+def test_values_a_cast_would_change_are_named_and_the_model_left_unchanged(
+    entry: str, value: float, said: str
+) -> None:
+    # NaN went into an int64 buffer as -9223372036854775808, and 1e300 into float32 as inf.
+    net = nn.Sequential()
+    net.add_module("fc", nn.Linear(3, 2))
+    net.add_module("bn", nn.BatchNorm1d(2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    weights = {k: v.astype(np.float64) for k, v in to_weights(net).items()}
+    weights[entry] = np.full(np.shape(weights[entry]), value)
+    with pytest.raises(WeightsError, match=said):
+        load_weights(net, weights)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    weights[entry] = np.zeros(np.shape(weights[entry]))  # float64 within range: cast, taken
+    load_weights(net, weights)
+
+
 def _hand_fit(weights: covey.Weights, mu: float) -> dict[str, np.ndarray]:
     """The same training as TorchClient.fit, written out by hand."""
     net = _net()

@@ -154,9 +154,10 @@ def load_weights(module: Any, weights: Weights) -> None:
 
     Raises:
         WeightsError: A name is missing or unexpected, a shape differs, a
-            complex array would go into a real tensor, or a tensor of the
-            module is an expanded view that cannot be written
-            (``torch.arange(3).expand(4, 3)``); the module is then left
+            complex array would go into a real tensor, NaN or inf would go into
+            an integer tensor, a value lies beyond a narrower float tensor's
+            range, or a tensor of the module is an expanded view that cannot be
+            written (``torch.arange(3).expand(4, 3)``); the module is then left
             unchanged. Other dtypes are cast to the module's (float64 weights
             into a float32 model, say).
     """
@@ -181,7 +182,34 @@ def load_weights(module: Any, weights: Weights) -> None:
                 f"weight {name!r} is complex, the model's is {target.dtype}: "
                 "copying it would drop the imaginary part"
             )
+        _check_cast(name, np.asarray(weights[name]), target, torch)
     sources = to_state_dict(weights)
     with torch.no_grad():
         for name, target in state.items():
             target.copy_(sources[name])
+
+
+def _check_cast(name: str, array: np.ndarray[Any, Any], target: Any, torch: Any) -> None:
+    """Refuse values a cast into ``target``'s dtype would change beyond rounding.
+
+    Checked only when the dtypes differ (a pass over the array): NaN or inf
+    into an integer or bool tensor (NaN becomes INT64_MIN), and finite values
+    beyond a narrower float's range (they become inf).
+    """
+    if array.dtype.kind != "f" or target.is_complex():
+        return
+    if not target.is_floating_point():
+        if not np.isfinite(array).all():
+            raise WeightsError(
+                f"weight {name!r} holds NaN or inf, the model's is {target.dtype}: "
+                "no integer stands for them"
+            )
+        return
+    limit = torch.finfo(target.dtype).max
+    if array.dtype.itemsize > target.element_size() and array.size:
+        largest = float(np.max(np.abs(array[np.isfinite(array)]), initial=0.0))
+        if largest > limit:
+            raise WeightsError(
+                f"weight {name!r} holds {largest:.4g}, beyond the largest {target.dtype} "
+                f"({limit:.4g}): it would become inf"
+            )
