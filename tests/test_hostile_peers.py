@@ -912,3 +912,21 @@ def test_a_client_killed_in_the_middle_of_its_reply_did_not_break_the_protocol()
         assert events.of("protocol-error") == []
     finally:
         transport.close()
+
+
+def test_a_hostile_servers_goodbye_reason_is_kept_cut_to_its_start_and_end() -> None:
+    # 4 MB of reason were logged and returned whole.
+    reason = "over: " + "x" * (4 << 20) + " the end"
+
+    def script() -> Iterator[bytes]:
+        yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=reason)))
+
+    server = _HostileServer(script)
+    try:
+        result = connect(Fit(), f"127.0.0.1:{server.port}", insecure=True, max_attempts=1)
+    finally:
+        server.close()
+    assert len(result.reason) < 1200
+    assert result.reason.startswith("over: x")
+    assert result.reason.endswith("x the end")
+    assert "characters left out" in result.reason

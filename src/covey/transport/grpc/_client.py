@@ -226,7 +226,7 @@ class _Session:
                 return Download(header, size, self.buffers)
             self.tasks.put((self.cid, header, None, True))
         elif body == "goodbye":
-            raise _Goodbye(message.goodbye.reason)
+            raise _Goodbye(_wire.clipped_error(message.goodbye.reason, 1000))  # a peer's text
         return None
 
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
@@ -253,7 +253,7 @@ class _Session:
             self.outbound.put(_WAKE)
         logger.info(
             "connected as %s (id %d) to %s",
-            welcome.name,
+            _wire.clipped_error(welcome.name, 300),
             self.cid,
             server_named(welcome.version),
         )
