@@ -366,3 +366,36 @@ def test_with_the_directory_the_server_leaves_out_a_bad_signature() -> None:
     np.testing.assert_array_equal(result.total, _exact(sites))
     assert not any(c == 4 and t.kind == "secagg.unmask" for c, t in server.sent)
     assert server.errors("secagg.unmask") == {}
+
+
+def _signed_run(session: bytes, ids: Mapping[str, Any]) -> dict[int, cs.ClientState]:
+    """Four signed clients' first three stages under ``session``; each client's state."""
+    cids = [0, 1, 2, 3]
+    setups = {
+        u: cs.Setup(session, u, u + 1, {v: v + 1 for v in cids if v != u}, 3, 4, 16, 10)
+        for u in cids
+    }
+    states, adverts = {}, {}
+    for u in cids:
+        states[u], adverts[u] = cs.advertise(setups[u], ids[f"c{u}"])
+    sealed: dict[int, dict[int, bytes]] = {u: {} for u in cids}
+    for u in cids:
+        keys = {v: adverts[v] for v in cids if v != u}
+        states[u], out = cs.share(states[u], keys, ids[f"c{u}"])
+        for v, blob in out["shares"].items():
+            sealed[int(v)][u] = blob
+    return {u: cs.mask(states[u], sealed[u], np.arange(4))[0] for u in cids}
+
+
+def test_signatures_of_an_earlier_run_under_the_same_session_are_refused() -> None:
+    # The server picks the session id: one that reuses it must not be able to replay
+    # the lists' signatures of an earlier run into a later one whose clients never signed.
+    session = bytes(range(32))
+    ids = identities([f"c{u}" for u in range(4)])
+    lists: tuple[list[int], list[int]] = ([0, 1, 2, 3], [])
+    first = _signed_run(session, ids)
+    old = {v: cs.consistency(first[v], *lists, ids[f"c{v}"])[1]["sig"] for v in (1, 2, 3)}
+    second = _signed_run(session, ids)
+    victim, _ = cs.consistency(second[0], *lists, ids["c0"])
+    with pytest.raises(ProtocolAbort, match="forged or replayed"):
+        cs.unmask(victim, *lists, old)

@@ -140,9 +140,18 @@ def key_message(session: bytes, cid: int, name: str, c_pk: bytes, s_pk: bytes) -
 
 
 def survivors_message(
-    session: bytes, cid: int, name: str, alive: Sequence[int], dropped: Sequence[int]
+    session: bytes,
+    cid: int,
+    name: str,
+    keys: tuple[bytes, bytes],
+    alive: Sequence[int],
+    dropped: Sequence[int],
 ) -> bytes:
-    """The bytes a client signs in the consistency check: the session and both lists, sorted."""
+    """The bytes a client signs in the consistency check: session, keys and both lists, sorted.
+
+    ``keys`` are the signer's round public keys ``(c_pk, s_pk)``: fresh in each run,
+    they tie the signature to this run even if a server reuses a session id.
+    """
     label = name.encode()
     a, d = sorted(alive), sorted(dropped)
     return (
@@ -150,6 +159,8 @@ def survivors_message(
         + session
         + struct.pack("<qI", cid, len(label))
         + label
+        + keys[0]
+        + keys[1]
         + struct.pack(f"<II{len(a)}q{len(d)}q", len(a), len(d), *a, *d)
     )
 
@@ -333,7 +344,8 @@ def consistency(
         )
     _check_lists(state, alive, dropped)
     view = (tuple(sorted(alive)), tuple(sorted(dropped)))
-    message = survivors_message(state.setup.session, state.setup.cid, identity.name, *view)
+    own = (_crypto.public_of(state.c_sk), _crypto.public_of(state.s_sk))
+    message = survivors_message(state.setup.session, state.setup.cid, identity.name, own, *view)
     signature = _crypto.sign(identity.signing_key, message)
     return replace(state, stage="signed", view=view), {"sig": signature}
 
@@ -359,7 +371,8 @@ def _check_signatures(state: ClientState, signatures: Mapping[int, Any]) -> None
         if not isinstance(sig, bytes) or len(sig) != 64:
             raise ProtocolAbort(f"neighbour {v}'s survivor-list signature is malformed")
         try:
-            _crypto.verify(public, sig, survivors_message(setup.session, v, name, *view))
+            message = survivors_message(setup.session, v, name, state.keys[v], *view)
+            _crypto.verify(public, sig, message)
         except _crypto.CryptoError:
             raise ProtocolAbort(
                 f"neighbour {v}'s survivor-list signature is not {name!r}'s over the lists "

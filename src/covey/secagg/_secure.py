@@ -366,7 +366,10 @@ def secure(
         signed: Clients sign their keys with their ``secagg_identity`` (Ed25519),
             as a deployment with mTLS identities should, and sign the survivor
             list before unmasking (the consistency check); without it the
-            protocol protects against an honest-but-curious server only.
+            protocol protects against an honest-but-curious server only. The
+            check needs the semi-malicious threat model's threshold: under a
+            curious one (a warning says so) a lying server can still split the
+            clients into two groups that each reach the threshold.
         directory: With ``signed``, each client name's raw 32-byte Ed25519 public key
             (the directory the clients trust): the server then checks each
             client's signatures itself and leaves out one whose keys do not
@@ -456,7 +459,17 @@ def secure(
     if not signed:
         warnings.warn(
             "secure aggregation without signed keys protects against an honest-but-curious "
-            "server only; pass signed=True with client identities in deployment",
+            "server only; pass signed=True with client identities in deployment, and a "
+            "semi-malicious threat model",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif fit.threat.adversary == "curious":
+        warnings.warn(
+            "signed keys under a curious threat model: its threshold is too low for the "
+            "consistency check, so a server that shows two groups of clients different "
+            "survivor lists can still learn a client's input; pass "
+            "threat=ThreatModel(..., adversary='semi-malicious')",
             UserWarning,
             stacklevel=2,
         )

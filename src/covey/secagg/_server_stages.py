@@ -296,7 +296,7 @@ def collect_signatures(
             continue
         if directory is not None:
             name = state.names[u]
-            message = survivors_message(state.session, u, name, alive, dropped)
+            message = survivors_message(state.session, u, name, state.keys[u], alive, dropped)
             try:
                 _crypto.verify(directory.get(name, b""), sig, message)
             except _crypto.CryptoError:
