@@ -306,6 +306,27 @@ def test_failures_are_recorded_and_the_run_goes_on() -> None:
         )
 
 
+def test_an_offline_client_is_not_asked_again_while_others_train() -> None:
+    # Two of five clients are always offline: their tasks fail at once, at the same
+    # virtual time. Retried at once, they failed again and again until the run
+    # stopped with "replies in a row failed", though three clients were online.
+    result = covey.simulate(
+        Const,
+        5,
+        6,
+        covey.FedBuff(buffer_size=2, concurrency=3),
+        {"w": np.zeros(2)},
+        client_durations=[1.0, 2.0, 3.0, 4.0, 5.0],
+        availability=lambda cid, version: cid >= 2,
+    )
+    assert len(result.history.rounds) == 7
+    for record in result.history.rounds[1:]:
+        failed = [f.cid for f in record.fit_failures]
+        assert set(failed) <= {0, 1}
+        assert len(failed) == len(set(failed)), (record.round, failed)
+        assert len(record.fit_participants) == 2
+
+
 def test_task_timeouts_free_the_client() -> None:
     result = covey.simulate(
         lambda cid: Const(cid),
