@@ -363,6 +363,24 @@ def test_bad_extras_are_refused_like_bad_updates() -> None:
     assert errors == {"client 0's extra 'x': 'w' has shape (3,), expected (2,)"}
 
 
+class _Shifted(SimulatedAsyncTransport):
+    """A clock that starts far from 0, as a deployed transport's monotonic clock does."""
+
+    def now(self) -> float:
+        return super().now() + 86_400.0
+
+
+def test_the_clock_of_the_records_counts_from_the_start_of_training() -> None:
+    def run(kind: type[SimulatedAsyncTransport]) -> list[float]:
+        transport = kind(inline_transport(Const, 4), durations=[1.0, 2.0, 3.0, 4.0])
+        loop = AsyncLoop(covey.FedBuff(buffer_size=2, concurrency=4), transport, {"w": np.zeros(2)})
+        return [r.aggregate_info["clock"] for r in loop.run(3).rounds[1:]]
+
+    plain = run(SimulatedAsyncTransport)
+    assert plain == [2.0, 3.0, 4.0]
+    assert run(_Shifted) == plain
+
+
 def test_the_loop_over_real_threads() -> None:
     init = logistic_init(64, 10)
     transport = ThreadedAsyncTransport(inline_transport(digits_client, 10), max_workers=4)

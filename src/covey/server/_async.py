@@ -51,7 +51,8 @@ class AsyncLoop(_LoopBase):
     client is training (an offline client would fail again at once). One
     :class:`~covey.core.RoundRecord` is written per global update, its round being the
     update's number; ``aggregate_info`` holds the updates' ``staleness`` and the
-    transport's ``clock``.
+    ``clock``: seconds since training started, on the transport's clock (virtual in
+    simulation), a resumed run going on from its last update's.
 
     Args:
         strategy: An asynchronous strategy (``buffer_size`` set), e.g. :func:`covey.FedBuff`.
@@ -97,6 +98,7 @@ class AsyncLoop(_LoopBase):
         self._payload: dict[str, Weights] | None = None
         self._config: tuple[int, Config] | None = None
         self._eligible = 0
+        self._clock0 = 0.0
 
     # -- the run ------------------------------------------------------------------------
 
@@ -112,6 +114,12 @@ class AsyncLoop(_LoopBase):
             self._finish(record)
         self._wait_for_clients()
         version = max(0, start - 1)
+        # The clock of the records counts seconds of the run: a transport's clock may
+        # start anywhere (deployed, the host's monotonic clock); a resumed run goes on
+        # from its last update's.
+        clocks = [r.aggregate_info.get("clock") for r in self.history.rounds]
+        last = [c for c in clocks if isinstance(c, (int, float))]
+        self._clock0 = self.transport.now() - (float(last[-1]) if last else 0.0)
         try:
             while version < updates:
                 version = self._one_update(version)
@@ -206,7 +214,7 @@ class AsyncLoop(_LoopBase):
         self._apply(state, rnd, record)
         self._buffered.clear()
         self._failed.clear()
-        record.aggregate_info["clock"] = self.transport.now()
+        record.aggregate_info["clock"] = self.transport.now() - self._clock0
         t1 = time.perf_counter()
         record.durations["fit"] = t1 - t0
         self._central(record)
