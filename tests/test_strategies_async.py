@@ -306,6 +306,27 @@ def test_failures_are_recorded_and_the_run_goes_on() -> None:
         )
 
 
+def test_an_offline_client_is_not_asked_again_while_others_train() -> None:
+    # Two of five clients are always offline: their tasks fail at once, at the same
+    # virtual time. Retried at once, they failed again and again until the run
+    # stopped with "replies in a row failed", though three clients were online.
+    result = covey.simulate(
+        Const,
+        5,
+        6,
+        covey.FedBuff(buffer_size=2, concurrency=3),
+        {"w": np.zeros(2)},
+        client_durations=[1.0, 2.0, 3.0, 4.0, 5.0],
+        availability=lambda cid, version: cid >= 2,
+    )
+    assert len(result.history.rounds) == 7
+    for record in result.history.rounds[1:]:
+        failed = [f.cid for f in record.fit_failures]
+        assert set(failed) <= {0, 1}
+        assert len(failed) == len(set(failed)), (record.round, failed)
+        assert len(record.fit_participants) == 2
+
+
 def test_task_timeouts_free_the_client() -> None:
     result = covey.simulate(
         lambda cid: Const(cid),
@@ -340,6 +361,24 @@ def test_bad_extras_are_refused_like_bad_updates() -> None:
     )
     errors = {f.error for _, f in result.history.failures()}
     assert errors == {"client 0's extra 'x': 'w' has shape (3,), expected (2,)"}
+
+
+class _Shifted(SimulatedAsyncTransport):
+    """A clock that starts far from 0, as a deployed transport's monotonic clock does."""
+
+    def now(self) -> float:
+        return super().now() + 86_400.0
+
+
+def test_the_clock_of_the_records_counts_from_the_start_of_training() -> None:
+    def run(kind: type[SimulatedAsyncTransport]) -> list[float]:
+        transport = kind(inline_transport(Const, 4), durations=[1.0, 2.0, 3.0, 4.0])
+        loop = AsyncLoop(covey.FedBuff(buffer_size=2, concurrency=4), transport, {"w": np.zeros(2)})
+        return [r.aggregate_info["clock"] for r in loop.run(3).rounds[1:]]
+
+    plain = run(SimulatedAsyncTransport)
+    assert plain == [2.0, 3.0, 4.0]
+    assert run(_Shifted) == plain
 
 
 def test_the_loop_over_real_threads() -> None:

@@ -46,10 +46,13 @@ class AsyncLoop(_LoopBase):
     flight, idle eligible clients are sampled (seeded) and sent the current model.
     A client whose update waits in the buffer gets no new task until the buffer is
     applied, so a buffer never holds two updates of one client (and with
-    ``buffer_size`` equal to the number of clients the run is FedAvg's). One
+    ``buffer_size`` equal to the number of clients the run is FedAvg's). A client
+    whose task failed is given another in the same update only when no other
+    client is training (an offline client would fail again at once). One
     :class:`~covey.core.RoundRecord` is written per global update, its round being the
     update's number; ``aggregate_info`` holds the updates' ``staleness`` and the
-    transport's ``clock``.
+    ``clock``: seconds since training started, on the transport's clock (virtual in
+    simulation), a resumed run going on from its last update's.
 
     Args:
         strategy: An asynchronous strategy (``buffer_size`` set), e.g. :func:`covey.FedBuff`.
@@ -90,10 +93,12 @@ class AsyncLoop(_LoopBase):
         self.idle_timeout = idle_timeout
         self._flights: dict[int, _Flight] = {}
         self._buffered: set[int] = set()
+        self._failed: set[int] = set()  # failed in this update: asked again only as a last resort
         self._rng = np.random.default_rng([seed, 2])
         self._payload: dict[str, Weights] | None = None
         self._config: tuple[int, Config] | None = None
         self._eligible = 0
+        self._clock0 = 0.0
 
     # -- the run ------------------------------------------------------------------------
 
@@ -109,6 +114,12 @@ class AsyncLoop(_LoopBase):
             self._finish(record)
         self._wait_for_clients()
         version = max(0, start - 1)
+        # The clock of the records counts seconds of the run: a transport's clock may
+        # start anywhere (deployed, the host's monotonic clock); a resumed run goes on
+        # from its last update's.
+        clocks = [r.aggregate_info.get("clock") for r in self.history.rounds]
+        last = [c for c in clocks if isinstance(c, (int, float))]
+        self._clock0 = self.transport.now() - (float(last[-1]) if last else 0.0)
         try:
             while version < updates:
                 version = self._one_update(version)
@@ -117,6 +128,7 @@ class AsyncLoop(_LoopBase):
                 self.transport.cancel(cid)
             self._flights.clear()
             self._buffered.clear()
+            self._failed.clear()
         return self.history
 
     def _wait_for_clients(self) -> None:
@@ -169,6 +181,7 @@ class AsyncLoop(_LoopBase):
                 contribution = contribution if folded else None
             if contribution is None:
                 failures_in_a_row += 1
+                self._failed.add(reply.cid)
                 if not strategy.accept_failures:
                     self.history.rounds.append(record)
                     raise self._fail(
@@ -200,7 +213,8 @@ class AsyncLoop(_LoopBase):
             record.aggregate_info["too_stale"] = dropped
         self._apply(state, rnd, record)
         self._buffered.clear()
-        record.aggregate_info["clock"] = self.transport.now()
+        self._failed.clear()
+        record.aggregate_info["clock"] = self.transport.now() - self._clock0
         t1 = time.perf_counter()
         record.durations["fit"] = t1 - t0
         self._central(record)
@@ -227,6 +241,10 @@ class AsyncLoop(_LoopBase):
         if free <= 0:
             return
         idle = sorted(c for c in eligible if c not in self._flights and c not in self._buffered)
+        # A client that failed in this update (offline, say) is asked again only when
+        # no other client is training: retrying it at once would fail at once.
+        fresh = [c for c in idle if c not in self._failed]
+        idle = fresh if fresh or busy else idle
         if not idle:
             return
         if strategy.selector is not None:
