@@ -115,14 +115,19 @@ def test_a_stopped_run_resumed_with_fewer_rounds_than_it_ran_is_refused_before_l
         assert store.status == "failed"
 
 
+def _tiny_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``tiny_app:server_app`` (one client) importable, fresh."""
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COVEY_TINY_CLIENTS", "1")
+    sys.modules.pop("tiny_app", None)
+
+
 def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # It used to take the app's count (2), listen and wait for clients, while the
     # run's history.json kept its own (0).
-    monkeypatch.syspath_prepend(str(APPS))
-    monkeypatch.setenv("COVEY_TINY_CLIENTS", "1")
-    sys.modules.pop("tiny_app", None)
+    _tiny_app(monkeypatch)
     run_dir = tmp_path / "run"
     args = ["server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
     args += ["--no-plot", "--wait-timeout", "1"]
@@ -142,9 +147,7 @@ def test_covey_server_resume_refused_on_a_taken_port_does_not_say_the_run_stoppe
     # It printed "run stopped: the model after round 2 ..." though the run never started.
     import socket
 
-    monkeypatch.syspath_prepend(str(APPS))
-    monkeypatch.setenv("COVEY_TINY_CLIENTS", "1")
-    sys.modules.pop("tiny_app", None)
+    _tiny_app(monkeypatch)
     run_dir = tmp_path / "run"
     _stopped_after_round_2(run_dir, planned=4)
     with socket.socket() as taken:

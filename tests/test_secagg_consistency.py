@@ -256,24 +256,7 @@ def test_a_server_skipping_the_consistency_check_is_refused() -> None:
 
 def _signed_masked_state() -> cs.ClientState:
     """Run four signed clients' first three stages by hand; return client 0's state."""
-    session = bytes(range(32))
-    cids = [0, 1, 2, 3]
-    ids = identities([f"c{u}" for u in cids])
-    setups = {
-        u: cs.Setup(session, u, u + 1, {v: v + 1 for v in cids if v != u}, 3, 4, 16, 10)
-        for u in cids
-    }
-    states, adverts = {}, {}
-    for u in cids:
-        states[u], adverts[u] = cs.advertise(setups[u], ids[f"c{u}"])
-    sealed: dict[int, dict[int, bytes]] = {u: {} for u in cids}
-    for u in cids:
-        keys = {v: adverts[v] for v in cids if v != u}
-        states[u], out = cs.share(states[u], keys, ids[f"c{u}"])
-        for v, blob in out["shares"].items():
-            sealed[int(v)][u] = blob
-    state, _ = cs.mask(states[0], sealed[0], np.arange(4))
-    return state
+    return _signed_run(bytes(range(32)), identities([f"c{u}" for u in range(4)]))[0]
 
 
 def test_a_client_without_identity_is_not_asked_to_sign_and_cannot() -> None:
