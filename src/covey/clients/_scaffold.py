@@ -54,6 +54,13 @@ __all__ = [  # noqa: RUF022 - plainly sorted, as the export-list test expects
 ]
 
 
+def server_control(config: Config) -> Weights | None:
+    """The server control variate ``c`` in a fit config (None if the strategy sent none)."""
+    extras = config.get("extras") or {}
+    c = extras.get(SERVER_CONTROL) if isinstance(extras, Mapping) else None
+    return c if isinstance(c, Mapping) else None
+
+
 class ControlVariate:
     """One client's SCAFFOLD control variate ``c_i``, kept across rounds.
 
@@ -96,8 +103,7 @@ class ControlVariate:
         Raises:
             ValueError: if the server sent no control variate (not a SCAFFOLD strategy).
         """
-        extras = config.get("extras") or {}
-        c = extras.get(SERVER_CONTROL) if isinstance(extras, Mapping) else None
+        c = server_control(config)
         if c is None:
             raise ValueError(
                 f"the fit config carries no {SERVER_CONTROL!r} extra: the server must run "

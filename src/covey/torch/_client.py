@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from covey.clients import Client, proximal_mu, torch_add_proximal_grad, torch_snapshot
+from covey.clients import (
+    Client,
+    ControlVariate,
+    proximal_mu,
+    torch_add_correction,
+    torch_add_proximal_grad,
+    torch_snapshot,
+    torch_tensors,
+)
+from covey.clients._scaffold import server_control
 from covey.clients._torch import torch_module
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._qfair import loss_before_fit
@@ -139,6 +149,29 @@ def evaluate_model(
     return total / seen, seen, metrics
 
 
+def _check_sgd(optimizer: Any) -> None:
+    """Refuse an optimizer with which SCAFFOLD's option II cannot estimate ``c_i``."""
+    torch = torch_module()
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise ValueError(
+            f"SCAFFOLD needs plain SGD local steps, but optimizer_fn gave an optimizer "
+            f"of type {type(optimizer).__name__}: the control variate c_i is estimated as "
+            "(x - y) / (sum of the learning rates), which holds for torch.optim.SGD only"
+        )
+    _sgd_lr(optimizer)
+
+
+def _sgd_lr(optimizer: Any) -> float:
+    """The one learning rate of all the optimizer's parameter groups."""
+    rates = {float(group["lr"]) for group in optimizer.param_groups}
+    if len(rates) != 1 or not next(iter(rates)) > 0:
+        raise ValueError(
+            f"SCAFFOLD needs one learning rate > 0 for all parameter groups of the "
+            f"optimizer, got {sorted(rates)}"
+        )
+    return rates.pop()
+
+
 class TorchClient(Client):
     """Train and evaluate a ``torch.nn.Module`` on local data loaders.
 
@@ -147,6 +180,12 @@ class TorchClient(Client):
     (local minus global weights, parameters and buffers alike). When the
     strategy is :func:`covey.FedProx`, the proximal term's gradient
     ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
+    When it is :func:`covey.Scaffold`, the client keeps its control variate ``c_i``
+    (a :class:`covey.clients.ControlVariate`), adds ``c - c_i`` to the gradient of
+    every trained parameter at every step, and sends its change (option II of
+    Karimireddy et al., ``(x - y) / (sum of the steps' learning rates)``): the
+    optimizer must then be a ``torch.optim.SGD`` with one learning rate for all
+    its parameter groups (another one is refused at its first fit, naming it).
     ``evaluate`` returns the mean loss over ``test_loader`` and, for a
     classifier (class scores and class indices, or one logit per example and
     0/1 targets: see :func:`evaluate_model`), the ``"accuracy"``.
@@ -167,6 +206,8 @@ class TorchClient(Client):
             ``train_loader``).
         epochs: Passes over ``train_loader`` per fit.
         device: Where to train, e.g. ``"cpu"`` or ``"cuda:0"``; the model is moved there.
+        scaffold_path: Under SCAFFOLD, a file in which the client keeps ``c_i`` between
+            runs (a deployed client that restarts resumes it); None keeps it in memory.
 
     Example:
         >>> import torch
@@ -192,6 +233,7 @@ class TorchClient(Client):
         *,
         epochs: int = 1,
         device: Any = "cpu",
+        scaffold_path: str | os.PathLike[str] | None = None,
     ) -> None:
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -211,6 +253,8 @@ class TorchClient(Client):
         self.train_loader = train_loader
         self.test_loader = test_loader if test_loader is not None else train_loader
         self.epochs = epochs
+        self._scaffold_path = scaffold_path
+        self._control: ControlVariate | None = None
 
     def _epochs(self, config: Config) -> int:
         epochs = config.get("epochs", self.epochs)
@@ -241,8 +285,15 @@ class TorchClient(Client):
         mu = proximal_mu(config)
         anchor = torch_snapshot(self.model) if mu > 0 else None
         optimizer = self.optimizer_fn(self.model.parameters())
+        correction = None
+        if server_control(config) is not None:  # SCAFFOLD
+            _check_sgd(optimizer)
+            if self._control is None:
+                self._control = ControlVariate(self._scaffold_path)
+            correction = torch_tensors(self._control.correction(weights, config), self.model)
         self.model.train()
         total, seen = 0.0, 0
+        steps, lr_sum = 0, 0.0
         for _ in range(self._epochs(config)):
             total, seen = 0.0, 0
             for batch in self.train_loader:
@@ -252,6 +303,10 @@ class TorchClient(Client):
                 loss.backward()
                 if anchor is not None:
                     torch_add_proximal_grad(self.model, anchor, mu)
+                if correction is not None:
+                    torch_add_correction(self.model, correction)
+                    lr_sum += _sgd_lr(optimizer)
+                    steps += 1
                 optimizer.step()
                 batch_loss = float(loss.detach())
                 total += batch_loss if self._summed else batch_loss * len(y)
@@ -269,6 +324,10 @@ class TorchClient(Client):
         metrics: dict[str, Any] = {"train_loss": total / seen}
         if asked is not None:
             metrics[asked] = before
+        if correction is not None and self._control is not None:
+            return self._control.fit_result(
+                local, num_examples=seen, steps=steps, lr=lr_sum / steps, metrics=metrics
+            )
         return FitResult(delta=delta, num_examples=seen, metrics=metrics)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
