@@ -331,3 +331,35 @@ def test_a_trimming_fraction_just_below_one_half_keeps_a_value(beta: float) -> N
     results = [covey.FitResult(weights={"w": np.array([v])}, num_examples=1) for v in (1.0, 4.0)]
     new = covey.FedTrimmedAvg(beta=beta).aggregate({"w": np.zeros(1)}, results)
     np.testing.assert_allclose(new["w"], [2.5])
+
+
+def test_a_client_without_examples_leaves_the_metric_averages_alone() -> None:
+    """0 * nan is nan: a client weighted 0 that reports NaN made every average NaN."""
+    sizes = (2, 0, 6)
+
+    class Client(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def metrics(self) -> dict[str, float]:
+            n = sizes[self.cid]
+            return {
+                "acc": self.cid / n if n else float("nan"),
+                "score": float("inf") if n == 0 else 1.0,
+            }
+
+        def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
+            return covey.FitResult(
+                weights=weights, num_examples=sizes[self.cid], metrics=self.metrics()
+            )
+
+        def evaluate(self, weights: Model, config: dict[str, Any]) -> covey.EvaluateResult:
+            return covey.EvaluateResult(
+                loss=1.0, num_examples=sizes[self.cid], metrics=self.metrics()
+            )
+
+    record = covey.simulate(Client, 3, 1, covey.FedAvg(), INIT).history.rounds[1]
+    want = {"acc": (2 * 0.0 + 6 * (2 / 6)) / 8, "score": 1.0}
+    assert record.fit_metrics == pytest.approx(want)
+    assert record.evaluate_metrics == pytest.approx(want)
+    assert covey.strategies.weighted_metrics([(0, {"acc": float("nan")})]) == {}

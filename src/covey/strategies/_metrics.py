@@ -30,7 +30,9 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
         For each numeric metric, ``sum_k n_k m_k / sum_k n_k`` over the clients
         that reported it (the largest value for the privacy budgets); a 0-d
         array counts as its number (``loss.detach().numpy()`` gives one); other
-        metrics (bools, strings, arrays of values) are left out.
+        metrics (bools, strings, arrays of values) are left out. A client with no
+        examples weighs nothing, so its value (a NaN of an empty test set) never
+        reaches the average.
 
     Example:
         >>> weighted_metrics([(10, {"acc": 1.0}), (30, {"acc": 0.0})])
@@ -50,6 +52,8 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
                 continue
             if key in LARGEST:
                 largest[key] = max(largest.get(key, float(value)), float(value))
+                continue
+            if n == 0:  # weighs nothing, nor may its NaN (0 * nan is nan)
                 continue
             sums[key] = sums.get(key, 0.0) + n * float(value)
             counts[key] = counts.get(key, 0) + n
