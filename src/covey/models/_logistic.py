@@ -8,6 +8,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from covey.clients._client import Client
+from covey.clients._fedprox import proximal_mu
+from covey.clients._scaffold import ControlVariate, server_control
 from covey.core._messages import Config, EvaluateResult, FitResult
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, WeightsError
@@ -39,6 +41,9 @@ def logistic_sgd_epoch(
     lr: float,
     batch_size: int,
     order: IntArray,
+    anchor: Weights | None = None,
+    mu: float = 0.0,
+    correction: Weights | None = None,
 ) -> dict[str, Array]:
     """One epoch of minibatch SGD on the mean softmax cross-entropy.
 
@@ -49,6 +54,10 @@ def logistic_sgd_epoch(
         lr: Learning rate.
         batch_size: Examples per step; the last batch may be smaller.
         order: The order in which to visit the examples (a permutation of ``n``).
+        anchor: FedProx: the global weights; with ``mu > 0`` every step adds the
+            proximal term's gradient ``mu (w - anchor)``.
+        mu: FedProx's proximal weight.
+        correction: SCAFFOLD: ``c - c_i``, added to every step's gradient.
 
     Returns:
         The new weights (fresh arrays).
@@ -58,6 +67,13 @@ def logistic_sgd_epoch(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         grad = logistic_grad({"W": W, "b": b}, x[idx], y[idx])
+        if anchor is not None and mu > 0:
+            grad = {
+                "W": grad["W"] + mu * (W - anchor["W"]),
+                "b": grad["b"] + mu * (b - anchor["b"]),
+            }
+        if correction is not None:
+            grad = {"W": grad["W"] + correction["W"], "b": grad["b"] + correction["b"]}
         W -= lr * grad["W"]
         b -= lr * grad["b"]
     return {"W": W, "b": b}
@@ -149,6 +165,9 @@ class LogisticClient(Client):
     """A client that trains logistic regression on its local data with minibatch SGD.
 
     The visiting order of each epoch is drawn from ``default_rng([seed, cid, round, epoch])``.
+    Under :func:`covey.FedProx` every step adds the proximal term's gradient
+    ``mu (w - w_global)``; under :func:`covey.Scaffold` the client keeps its control
+    variate ``c_i`` (in memory) and corrects every step by ``c - c_i`` (option II).
     The config may override ``lr``, ``epochs`` and ``batch_size`` per round
     (checked like the arguments: a ValueError names a bad one).
 
@@ -191,6 +210,7 @@ class LogisticClient(Client):
         self.lr, self.epochs, self.batch_size, self.seed = lr, epochs, batch_size, seed
         self._bound = _label_bound(self.y, "y")
         self._val_bound = _label_bound(self.y_val, "y_val")
+        self._control: ControlVariate | None = None
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Train for ``epochs`` epochs and return the new weights.
@@ -207,15 +227,36 @@ class LogisticClient(Client):
         _check_layout(weights, self.x, self._bound, "y")
         asked = loss_before_fit(config)  # q-FedAvg: the loss at the received weights
         before = None if asked is None else logistic_evaluate(weights, self.x, self.y)[0]
+        correction = None
+        if server_control(config) is not None:  # SCAFFOLD
+            if self._control is None:
+                self._control = ControlVariate()
+            correction = self._control.correction(weights, config)
+        mu = proximal_mu(config)
         new: Weights = weights
         for epoch in range(epochs):
             rng = np.random.default_rng([self.seed, self.cid, int(config["round"]), epoch])
             order = rng.permutation(len(self.y))
-            new = logistic_sgd_epoch(new, self.x, self.y, lr=lr, batch_size=batch_size, order=order)
+            new = logistic_sgd_epoch(
+                new,
+                self.x,
+                self.y,
+                lr=lr,
+                batch_size=batch_size,
+                order=order,
+                anchor=weights,
+                mu=mu,
+                correction=correction,
+            )
         loss, acc = logistic_evaluate(new, self.x, self.y)
         metrics: dict[str, Any] = {"train_loss": loss, "train_accuracy": acc}
         if asked is not None:
             metrics[asked] = before
+        if correction is not None and self._control is not None:
+            steps = epochs * -(-len(self.y) // batch_size)
+            return self._control.fit_result(
+                new, num_examples=len(self.y), steps=max(steps, 1), lr=lr, metrics=metrics
+            )
         return FitResult(weights=dict(new), num_examples=len(self.y), metrics=metrics)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
