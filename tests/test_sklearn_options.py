@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression, Perceptron, SGDClassifier, 
 from sklearn.naive_bayes import GaussianNB, MultinomialNB
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
+import covey
 from covey.sklearn import SklearnClient, get_params, initial_params, prime
 
 CLASSES = [0, 1]
@@ -122,3 +123,26 @@ def test_a_pipeline_is_refused_saying_to_federate_its_final_estimator() -> None:
     x, y = _data()
     with pytest.raises(TypeError, match="Pipeline has neither: federate its final estimator"):
         SklearnClient(make_pipeline(StandardScaler(), SGDClassifier()), x, y, classes=CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "named"),
+    [
+        (lambda: covey.FedProx(proximal_mu=0.1, fraction_evaluate=0.0), "proximal_mu=0.1"),
+        (lambda: covey.Scaffold(num_clients=3, fraction_evaluate=0.0), "SCAFFOLD"),
+    ],
+)
+def test_fedprox_and_scaffold_are_refused_rather_than_run_as_fedavg(
+    strategy: Callable[[], covey.Strategy], named: str
+) -> None:
+    x, y = _data(30)
+
+    def client(cid: int) -> SklearnClient:
+        part = slice(10 * cid, 10 * cid + 10)
+        return SklearnClient(SGDClassifier(random_state=0), x[part], y[part], classes=[0, 1])
+
+    start = initial_params(SGDClassifier(), x.shape[1], [0, 1])
+    with pytest.raises(covey.FederationError, match=named):
+        covey.simulate(client, 3, 1, strategy(), start)
+    plain = covey.simulate(client, 3, 1, covey.FedProx(proximal_mu=0.0), start)  # FedAvg
+    assert plain.history.rounds[1].aggregated

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from covey.clients import Client
+from covey.clients import Client, proximal_mu
 from covey.clients._quiet import ignoring
+from covey.clients._scaffold import server_control
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Weights
@@ -112,6 +113,28 @@ def _sample_weight(
     return weights
 
 
+def _refuse_gradient_changes(config: Config) -> None:
+    """Refuse FedProx (``mu > 0``) and SCAFFOLD: scikit-learn's training takes no extra gradient.
+
+    Trained as under FedAvg instead, the run would report FedProx's or SCAFFOLD's
+    name over FedAvg's numbers (or SCAFFOLD would fail every aggregation).
+    """
+    mu = proximal_mu(config)
+    if mu > 0:
+        raise ValueError(
+            f"the strategy is FedProx (proximal_mu={mu}), but SklearnClient trains with "
+            "scikit-learn's own fit/partial_fit, which cannot add the proximal term: use "
+            "covey.FedAvg (FedProx with proximal_mu=0), or a covey.Client whose training "
+            "adds covey.clients.proximal_grad"
+        )
+    if server_control(config) is not None:
+        raise ValueError(
+            "the strategy is SCAFFOLD, but SklearnClient trains with scikit-learn's own "
+            "fit/partial_fit, which cannot add the control-variate correction: use a "
+            "covey.Client with covey.clients.ControlVariate (or covey.models.LogisticClient)"
+        )
+
+
 class SklearnClient(Client):
     """Federate a scikit-learn classifier (``SGDClassifier``, ``LogisticRegression``, an MLP).
 
@@ -127,6 +150,9 @@ class SklearnClient(Client):
     client's training data; with ``partial_fit`` a client may lack some (an
     MLP's ``warm_start``, which would refuse such a client, is switched off:
     ``partial_fit`` trains on from the global parameters anyway).
+
+    FedProx with ``proximal_mu > 0`` and SCAFFOLD are refused at the first fit:
+    scikit-learn's training cannot add their terms to its gradients.
 
     Estimators other than linear models and MLPs (trees, naive Bayes,
     clustering) are refused here, and so are options with which a model
@@ -248,6 +274,7 @@ class SklearnClient(Client):
             q-FedAvg asks, also the loss of ``weights`` on the training data (as
             :meth:`evaluate` computes it) under the name it gives.
         """
+        _refuse_gradient_changes(config)
         epochs = config.get("epochs", self.epochs)
         if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
             raise ValueError(f"config 'epochs' must be an int >= 1, got {epochs!r}")
