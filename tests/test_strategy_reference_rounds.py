@@ -363,3 +363,31 @@ def test_a_client_without_examples_leaves_the_metric_averages_alone() -> None:
     assert record.fit_metrics == pytest.approx(want)
     assert record.evaluate_metrics == pytest.approx(want)
     assert covey.strategies.weighted_metrics([(0, {"acc": float("nan")})]) == {}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: covey.FedAvg(fraction_evaluate=0.0),
+        lambda: covey.FedAvgM(fraction_evaluate=0.0),
+        lambda: covey.FedAdam(fraction_evaluate=0.0),
+        lambda: covey.QFedAvg(q=0.0, loss_key="loss", fraction_evaluate=0.0),
+    ],
+)
+def test_a_sum_that_overflows_keeps_the_model_without_a_warning(make: Any) -> None:
+    """Warnings are errors here: an overflow warning used to stop the run instead."""
+
+    class Client(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, weights: Model, config: dict[str, Any]) -> covey.FitResult:
+            step = 1e308 if self.cid else 1.0
+            delta = {k: np.full(v.shape, step, v.dtype) for k, v in weights.items()}
+            return covey.FitResult(delta=delta, num_examples=3, metrics={"loss": 1.0})
+
+    init = {"w": np.zeros(3)}
+    result = covey.simulate(Client, 3, 2, make(), init)
+    assert [r.aggregated for r in result.history.rounds[1:]] == [False, False]
+    assert "non-finite" in result.history.rounds[1].aggregate_info["error"]
+    np.testing.assert_array_equal(result.weights["w"], init["w"])

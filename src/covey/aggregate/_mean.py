@@ -190,12 +190,16 @@ def _mean_step(weighted: bool) -> Step:
 
     def update(state: _MeanState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
-            return _mean_contribution(state, event, weighted)
+            # A sum that overflows (finite updates near float64's limit) gives an Inf the
+            # round loop refuses, keeping the model: no warning (an error under -W error).
+            with np.errstate(over="ignore", invalid="ignore"):
+                return _mean_contribution(state, event, weighted)
         if isinstance(event, Begin):
             ints = frozenset(k for k, v in event.params.items() if v.dtype.kind in "iu")
             return _MeanState(params=event.params, ints=ints), ()
         if isinstance(event, End):
-            return _mean_end(state, event)
+            with np.errstate(over="ignore", invalid="ignore"):
+                return _mean_end(state, event)
         return state, (event,)
 
     return Step(init, update)

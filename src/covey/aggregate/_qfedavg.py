@@ -69,8 +69,9 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
             acc = state.acc
             if acc is None:
                 acc = {k: np.zeros(v.shape, np.float64) for k, v in params.items()}
-            for k, d in delta.items():
-                acc[k] += (fq * lipschitz) * d
+            with np.errstate(over="ignore", invalid="ignore"):  # an Inf the loop refuses
+                for k, d in delta.items():
+                    acc[k] += (fq * lipschitz) * d
             return state._replace(
                 acc=acc,
                 h=state.h + h,
