@@ -36,19 +36,26 @@ def initial() -> dict[str, np.ndarray]:
     return {"weight": np.array([[0.1, 0.2, -0.1]]), "bias": np.array([0.3])}
 
 
-def client(cid: int, optimizer: Any = None, path: Path | None = None) -> TorchClient:
+def client(
+    cid: int, optimizer: Any = None, path: Path | None = None, momentum: float = 0.0
+) -> TorchClient:
     model = torch.nn.Linear(3, 1, dtype=torch.float64)
     return TorchClient(
         model,
         torch.nn.MSELoss(),
-        optimizer or (lambda p: torch.optim.SGD(p, lr=LR)),
+        optimizer or (lambda p: torch.optim.SGD(p, lr=LR, momentum=momentum)),
         batches(cid),
         scaffold_path=path,
     )
 
 
-def replay() -> dict[str, np.ndarray]:
-    """SCAFFOLD, option II, full participation, server_lr = 1, written from the paper."""
+def replay(momentum: float = 0.0) -> dict[str, np.ndarray]:
+    """SCAFFOLD, full participation, server_lr = 1, written from the paper.
+
+    Plain SGD uses option II, ``c_i+ = c_i - c + (x - y) / (K lr)``. That is the mean
+    of the local gradients, which under heavy-ball momentum ``(x - y) / (K lr)``
+    overstates about ``1 / (1 - momentum)`` times: there ``c_i+`` is that mean.
+    """
     w, b = initial()["weight"][0], initial()["bias"][0]
     cw, cb = np.zeros(3), 0.0
     ciw = [np.zeros(3) for _ in SIZES]
@@ -58,15 +65,22 @@ def replay() -> dict[str, np.ndarray]:
         for cid in range(len(SIZES)):
             x, t = data(cid)
             yw, yb, steps = w.copy(), b, 0
+            mw, mb = np.zeros(3), 0.0  # momentum buffers (torch.optim.SGD's)
+            sum_w, sum_b = np.zeros(3), 0.0
             for s in range(0, len(t), BATCH):
                 xb, tb = x[s : s + BATCH], t[s : s + BATCH, 0]
                 r = xb @ yw + yb - tb
                 gw, gb = 2 * xb.T @ r / len(tb), 2 * r.mean()
-                yw = yw - LR * (gw + cw - ciw[cid])
-                yb = yb - LR * (gb + cb - cib[cid])
+                sum_w, sum_b = sum_w + gw, sum_b + gb
+                dw, db = gw + cw - ciw[cid], gb + cb - cib[cid]
+                mw, mb = (dw, db) if steps == 0 else (momentum * mw + dw, momentum * mb + db)
+                yw, yb = yw - LR * mw, yb - LR * mb
                 steps += 1
-            new_w = ciw[cid] - cw + (w - yw) / (steps * LR)
-            new_b = cib[cid] - cb + (b - yb) / (steps * LR)
+            if momentum == 0.0:
+                new_w = ciw[cid] - cw + (w - yw) / (steps * LR)
+                new_b = cib[cid] - cb + (b - yb) / (steps * LR)
+            else:
+                new_w, new_b = sum_w / steps, sum_b / steps
             dws.append(yw - w)
             dbs.append(yb - b)
             dcws.append(new_w - ciw[cid])
@@ -77,16 +91,17 @@ def replay() -> dict[str, np.ndarray]:
     return {"weight": w[None, :], "bias": np.array([b])}
 
 
-def test_torch_client_trains_under_scaffold_as_the_paper_does() -> None:
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_torch_client_trains_under_scaffold_as_the_paper_does(momentum: float) -> None:
     result = covey.simulate(
-        client,
+        lambda cid: client(cid, momentum=momentum),
         num_clients=len(SIZES),
         rounds=ROUNDS,
         strategy=covey.Scaffold(num_clients=len(SIZES), fraction_evaluate=0.0),
         initial_weights=initial(),
     )
     assert all(r.aggregated for r in result.history.rounds[1:])
-    expected = replay()
+    expected = replay(momentum)
     for name, value in expected.items():
         np.testing.assert_allclose(result.weights[name], value, rtol=1e-10, atol=1e-12)
 
@@ -105,7 +120,7 @@ def test_torch_client_keeps_its_control_variate_on_disk(tmp_path: Path) -> None:
 
 
 def test_an_optimizer_other_than_sgd_is_refused_by_name() -> None:
-    with pytest.raises(covey.FederationError, match=r"SCAFFOLD needs plain SGD.*type Adam"):
+    with pytest.raises(covey.FederationError, match=r"SCAFFOLD needs.*SGD.*type Adam"):
         covey.simulate(
             lambda cid: client(cid, optimizer=lambda p: torch.optim.Adam(p, lr=LR)),
             num_clients=len(SIZES),

@@ -150,26 +150,50 @@ def evaluate_model(
 
 
 def _check_sgd(optimizer: Any) -> None:
-    """Refuse an optimizer with which SCAFFOLD's option II cannot estimate ``c_i``."""
+    """Refuse an optimizer other than SGD under SCAFFOLD (the paper's local steps)."""
     torch = torch_module()
     if not isinstance(optimizer, torch.optim.SGD):
         raise ValueError(
-            f"SCAFFOLD needs plain SGD local steps, but optimizer_fn gave an optimizer "
-            f"of type {type(optimizer).__name__}: the control variate c_i is estimated as "
-            "(x - y) / (sum of the learning rates), which holds for torch.optim.SGD only"
+            f"SCAFFOLD needs SGD local steps, but optimizer_fn gave an optimizer of type "
+            f"{type(optimizer).__name__}: give torch.optim.SGD (momentum and weight decay "
+            "are fine)"
         )
-    _sgd_lr(optimizer)
 
 
-def _sgd_lr(optimizer: Any) -> float:
-    """The one learning rate of all the optimizer's parameter groups."""
-    rates = {float(group["lr"]) for group in optimizer.param_groups}
-    if len(rates) != 1 or not next(iter(rates)) > 0:
-        raise ValueError(
-            f"SCAFFOLD needs one learning rate > 0 for all parameter groups of the "
-            f"optimizer, got {sorted(rates)}"
-        )
-    return rates.pop()
+class _GradientMean:
+    """The mean of the local loss's gradients over a fit's steps: SCAFFOLD's new ``c_i``.
+
+    With plain SGD it equals option II's ``c_i - c + (x - y) / (K lr)`` (the corrected
+    steps' mean minus the correction); unlike that formula it stays the mean gradient
+    under momentum, which moves ``y`` by more than ``K lr`` times it.
+    """
+
+    def __init__(self, model: Any) -> None:
+        torch = torch_module()
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in self.params.items()}
+        self.steps = 0
+
+    def add(self) -> None:
+        """Add the gradients ``backward()`` left, before any correction is added."""
+        torch = torch_module()
+        with torch.no_grad():
+            for name, p in self.params.items():
+                if p.grad is not None:
+                    grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+                    self.sums[name].add_(grad)
+        self.steps += 1
+
+    def mean(self, weights: Weights) -> dict[str, Array]:
+        """The mean gradient per entry of ``weights`` (zeros for buffers and frozen ones)."""
+        out: dict[str, Array] = {}
+        for name, value in weights.items():
+            total = self.sums.get(name)
+            if total is None or self.steps == 0:
+                out[name] = np.zeros(value.shape, value.dtype)
+            else:
+                out[name] = (total / self.steps).cpu().numpy().astype(value.dtype)
+        return out
 
 
 class TorchClient(Client):
@@ -182,10 +206,11 @@ class TorchClient(Client):
     ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
     When it is :func:`covey.Scaffold`, the client keeps its control variate ``c_i``
     (a :class:`covey.clients.ControlVariate`), adds ``c - c_i`` to the gradient of
-    every trained parameter at every step, and sends its change (option II of
-    Karimireddy et al., ``(x - y) / (sum of the steps' learning rates)``): the
-    optimizer must then be a ``torch.optim.SGD`` with one learning rate for all
-    its parameter groups (another one is refused at its first fit, naming it).
+    every trained parameter at every step, and sends its change; the new ``c_i``
+    is the mean of the loss's gradients over the round's steps, which is option II
+    of Karimireddy et al. for plain SGD and stays the mean gradient under
+    momentum. The optimizer must then be a ``torch.optim.SGD`` (another one is
+    refused at its first fit, naming it).
     ``evaluate`` returns the mean loss over ``test_loader`` and, for a
     classifier (class scores and class indices, or one logit per example and
     0/1 targets: see :func:`evaluate_model`), the ``"accuracy"``.
@@ -285,15 +310,15 @@ class TorchClient(Client):
         mu = proximal_mu(config)
         anchor = torch_snapshot(self.model) if mu > 0 else None
         optimizer = self.optimizer_fn(self.model.parameters())
-        correction = None
+        correction, gradients = None, None
         if server_control(config) is not None:  # SCAFFOLD
             _check_sgd(optimizer)
             if self._control is None:
                 self._control = ControlVariate(self._scaffold_path)
             correction = torch_tensors(self._control.correction(weights, config), self.model)
+            gradients = _GradientMean(self.model)
         self.model.train()
         total, seen = 0.0, 0
-        steps, lr_sum = 0, 0.0
         for _ in range(self._epochs(config)):
             total, seen = 0.0, 0
             for batch in self.train_loader:
@@ -301,12 +326,12 @@ class TorchClient(Client):
                 optimizer.zero_grad()
                 loss = self.loss_fn(self.model(x), y)
                 loss.backward()
+                if gradients is not None:
+                    gradients.add()
                 if anchor is not None:
                     torch_add_proximal_grad(self.model, anchor, mu)
                 if correction is not None:
                     torch_add_correction(self.model, correction)
-                    lr_sum += _sgd_lr(optimizer)
-                    steps += 1
                 optimizer.step()
                 batch_loss = float(loss.detach())
                 total += batch_loss if self._summed else batch_loss * len(y)
@@ -324,9 +349,14 @@ class TorchClient(Client):
         metrics: dict[str, Any] = {"train_loss": total / seen}
         if asked is not None:
             metrics[asked] = before
-        if correction is not None and self._control is not None:
+        if gradients is not None and self._control is not None:
             return self._control.fit_result(
-                local, num_examples=seen, steps=steps, lr=lr_sum / steps, metrics=metrics
+                local,
+                num_examples=seen,
+                steps=max(gradients.steps, 1),
+                lr=1.0,  # unused: the new c_i is given
+                metrics=metrics,
+                full_gradient=gradients.mean(weights),
             )
         return FitResult(delta=delta, num_examples=seen, metrics=metrics)
 
