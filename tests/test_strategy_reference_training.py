@@ -192,7 +192,15 @@ def test_fedbuff_follows_nguyen_et_al(buffer: int, lr: float, weighted: bool) ->
 def test_scaffold_refuses_more_control_variate_updates_than_num_clients() -> None:
     """``c += (1/N) sum dc_i`` over more than N clients means N is not the federation's size."""
     strategy = covey.Scaffold(num_clients=3, fraction_evaluate=0)
-    record = covey.simulate(ScaffoldClient, 6, 1, strategy, ZERO).history.rounds[1]
-    assert not record.aggregated
-    assert "num_clients=3" in record.aggregate_info["error"]
-    assert "6 clients" in record.aggregate_info["error"]
+    c = {"extras": {"scaffold_c": ZERO}}
+    results = [ScaffoldClient(cid).fit(ZERO, {"round": 1, **c}) for cid in range(6)]
+    with pytest.raises(covey.AggregationError, match=r"6 clients.*num_clients=3"):
+        strategy.aggregate(ZERO, results)
+
+
+@pytest.mark.parametrize("size", [3, 60])
+def test_scaffold_made_for_another_federation_size_is_refused_before_training(size: int) -> None:
+    """N too large moves c too slowly, too small too fast, even with few clients a round."""
+    strategy = covey.Scaffold(num_clients=size, fraction_fit=0.2, fraction_evaluate=0)
+    with pytest.raises(ValueError, match=f"num_clients={size}.*num_clients=6"):
+        covey.simulate(ScaffoldClient, 6, 1, strategy, ZERO)

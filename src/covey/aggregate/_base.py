@@ -294,10 +294,30 @@ def chain(*steps: Step) -> Step:
         return _chain_event(fixed, state, event)
 
     step = Step(init, update)
+    sizes = [size for size in map(federation_size, fixed) if size is not None]
+    if sizes:
+        for_federation(step, sizes[0])
     return requiring(step, *max(needs, key=lambda need: need[0])) if needs else step
 
 
 _NEED = "_covey_min_contributions"
+_FEDERATION = "_covey_federation_size"
+
+
+def for_federation(step: Step, num_clients: int) -> Step:
+    """``step``, marked as written for a federation of exactly ``num_clients`` clients.
+
+    SCAFFOLD's ``c`` moves by ``1/N`` of each client's change: a simulation of
+    another number of clients is refused before it starts.
+    """
+    setattr(step.update, _FEDERATION, num_clients)
+    return step
+
+
+def federation_size(step: Step) -> int | None:
+    """The federation size ``step`` was written for, if it says (see for_federation)."""
+    size = getattr(step.update, _FEDERATION, None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def requiring(step: Step, count: int, why: str) -> Step:

@@ -15,6 +15,7 @@ from covey.aggregate._base import (
     Event,
     State,
     Step,
+    for_federation,
 )
 from covey.aggregate._flat import check_count
 from covey.core._weights import Array, Weights, freeze
@@ -44,7 +45,8 @@ def scaffold(num_clients: int) -> Step:
     (``chain(scaffold(N), mean(), server_sgd(lr=eta_g))``). At ``End``,
     ``c = c + (1/N) sum_{i in S} Delta c_i``, that is ``|S|/N`` times the mean;
     more than ``N`` contributions in a round show that ``N`` is not the federation's
-    size, and the round fails with an AggregationError saying so.
+    size, and the round fails with an AggregationError saying so (a simulation of
+    another number of clients is refused before it starts).
 
     Args:
         num_clients: ``N``, the number of clients in the federation.
@@ -93,7 +95,7 @@ def scaffold(num_clients: int) -> Step:
             return _ScaffoldState(freeze(c)), (End(event.round, info),)
         return state, (event,)
 
-    return Step(init, update)
+    return for_federation(Step(init, update), total)
 
 
 def _fold_control(state: _ScaffoldState, event: Contribution) -> tuple[State, tuple[Event, ...]]:

@@ -31,7 +31,7 @@ from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.sim._start import check_start_method
-from covey.strategies._checks import refuse_unmet_need
+from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
 from covey.strategies._names import a_strategy
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
@@ -178,6 +178,7 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     # Before min_available_clients: a robust preset waits for its rule's need, which
     # says more than "min_available_clients=5 exceeds num_clients=3".
     refuse_unmet_need(strategy, num_clients, limit="num_clients", samples="this run samples")
+    refuse_other_federation(strategy, num_clients)
     if strategy.min_available_clients > num_clients:
         raise ValueError(
             f"min_available_clients={strategy.min_available_clients} exceeds "

@@ -166,3 +166,20 @@ def refuse_unmet_need(
             f"fraction_fit={strategy.fraction_fit}, min_fit_clients="
             f"{strategy.min_fit_clients})" + (f": {advice}" if advice else "")
         )
+
+
+def refuse_other_federation(strategy: Any, num_clients: int) -> None:
+    """Refuse a rule written for a federation of another size than the simulated one.
+
+    Raises:
+        ValueError: naming both sizes (SCAFFOLD's ``num_clients``).
+    """
+    from covey.aggregate._base import federation_size
+
+    size = federation_size(strategy.aggregator)
+    if size is not None and size != num_clients:
+        raise ValueError(
+            f"{strategy.name} was made for num_clients={size}, but the simulation has "
+            f"num_clients={num_clients}: SCAFFOLD moves c by 1/num_clients of each "
+            "client's change, so give it the federation's size"
+        )
