@@ -324,3 +324,24 @@ def test_robust_rules_ignore_a_minority_of_updates_near_the_float64_limit() -> N
     dist = pairwise_sq_distances(np.stack([bad, bad, np.ones(100)]))
     assert dist[0, 1] == 0.0  # equal updates are at distance 0
     assert dist[0, 2] == np.inf  # not NaN
+
+
+def test_krum_ranks_updates_that_share_a_large_common_part_by_their_true_distances() -> None:
+    """Krum and Multi-Krum pick by the true scores when updates agree to many digits.
+
+    Distances from |x|^2 + |y|^2 - 2 x.y lost everything to cancellation here, so the
+    selection was noise; Flower, which subtracts the vectors, picked by the true scores.
+    """
+    rng = np.random.default_rng(0)
+    common = np.full(1000, 1e3)
+    spread = (1e-6, 5e-6, 1e-6, 3e-6, 2e-6, 1e-6, 4e-6)
+    rows = np.stack([common + s * rng.normal(size=1000) for s in spread])
+    exact = np.array([[float(np.sum((a - b) ** 2)) for b in rows] for a in rows])
+    params = {"w": np.zeros(1000)}
+    contributions = [Contribution(cid, 1, delta={"w": row}) for cid, row in enumerate(rows)]
+    scores = krum_score_reference(rows, 1)
+    np.testing.assert_array_equal(result(krum(1), params, contributions), rows[np.argmin(scores)])
+    chosen = np.argsort(scores, kind="stable")[:3]
+    want = rows[chosen].mean(axis=0)
+    np.testing.assert_allclose(result(multi_krum(1, 3), params, contributions), want, rtol=1e-15)
+    np.testing.assert_allclose(pairwise_sq_distances(rows), exact, rtol=1e-6, atol=1e-20)

@@ -19,14 +19,26 @@ from covey.aggregate._robust import Combined, Matrix, buffered
 def pairwise_sq_distances(updates: Matrix) -> Matrix:
     """Squared Euclidean distances between the rows of ``updates`` (an ``(n, n)`` matrix).
 
-    Taken from the Gram matrix; a pair whose norms or product overflow (finite
-    updates near float64's limit, which a Byzantine client may send) would get
-    ``inf - inf = NaN``, which argmin picks first: such pairs are computed again
-    as ``sum((x_i - x_j)^2)``, which is exact for equal rows and at worst ``inf``.
+    Taken from the Gram matrix of the rows minus their coordinate-wise (lower)
+    median, a block of columns at a time: distances do not change with the shift,
+    and without it updates that share a large common part would lose their
+    distances to cancellation (``|x|^2 + |y|^2 - 2 x.y`` errs by about
+    ``1e-16 |x|^2``, more than the distance when the rows agree to 8 digits). A
+    pair whose norms or product overflow (finite updates near float64's limit,
+    which a Byzantine client may send) would get ``inf - inf = NaN``, which argmin
+    picks first: such pairs are computed again as ``sum((x_i - x_j)^2)``, which is
+    exact for equal rows and at worst ``inf``.
     """
+    n, size = updates.shape
+    middle = (n - 1) // 2
+    step = max(1, _BLOCK // max(n, 1))
+    gram = np.zeros((n, n))
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.einsum("ij,ij->i", updates, updates)
-        gram = updates @ updates.T
+        for start in range(0, size, step):
+            block = updates[:, start : start + step]
+            shifted = block - np.partition(block, middle, axis=0)[middle]
+            gram += shifted @ shifted.T
+        norms = np.diag(gram).copy()
         dist = norms[:, None] + norms[None, :] - 2.0 * gram
         dist = 0.5 * (dist + dist.T)
         overflowed = ~np.isfinite(dist)  # before clamping: -inf would become 0
@@ -38,6 +50,10 @@ def pairwise_sq_distances(updates: Matrix) -> Matrix:
     np.fill_diagonal(dist, 0.0)
     out: Matrix = dist
     return out
+
+
+_BLOCK = 1 << 20
+"""Elements of ``updates`` shifted at once (8 MiB of float64), whatever the model's size."""
 
 
 def krum_scores(dist: Matrix, neighbours: int) -> Vector:
