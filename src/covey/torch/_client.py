@@ -171,7 +171,11 @@ class _GradientMean:
     def __init__(self, model: Any) -> None:
         torch = torch_module()
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in self.params.items()}
+        # half precision sums in float32; float64 is not on every device (MPS)
+        wide = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+        self.sums = {
+            n: torch.zeros_like(p, dtype=wide.get(p.dtype, p.dtype)) for n, p in self.params.items()
+        }
         self.steps = 0
 
     def add(self) -> None:
