@@ -194,6 +194,16 @@ def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> N
         covey.Strategy(**options)
 
 
+@pytest.mark.parametrize("preset", [covey.Krum, covey.MultiKrum, covey.Bulyan])
+def test_flower_s_name_for_a_required_option_points_to_covey_s(preset: Any) -> None:
+    # Flower's Krum(num_malicious_clients=1) in place of covey's required f.
+    said = r"Flower's num_malicious_clients is covey's f\b"
+    with pytest.raises(TypeError, match=said):
+        preset(num_malicious_clients=1)
+    with pytest.raises(TypeError, match=said):
+        preset(num_malicious_clients=1, num_clients_to_keep=3)
+
+
 def test_an_unknown_option_is_still_named() -> None:
     with pytest.raises(TypeError, match="unexpected keyword arguments: \\['colour'\\]"):
         covey.FedAvg(colour=1)  # type: ignore[call-arg]

@@ -10,8 +10,13 @@ error that says what to write instead; nothing here accepts the other names.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Flower's strategy options (its legacy and its message API) and covey's counterparts.
 FLOWER_OPTIONS = {
@@ -86,6 +91,30 @@ def unknown_options(name: str, unknown: Iterable[str], known: Iterable[str] = ()
         f"{name}() got unexpected keyword arguments: {names}"
         + "".join(f"; {hint}" for hint in hints)
     )
+
+
+def flower_names(preset: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a preset with a required option so that Flower's name for it is named too.
+
+    ``Krum(num_malicious_clients=1)`` would otherwise fail on the missing ``f``
+    before the preset could say that ``f`` is Flower's ``num_malicious_clients``.
+
+    Args:
+        preset: The preset to wrap.
+
+    Returns:
+        The preset, refusing Flower's option names before it is called.
+    """
+    own = set(inspect.signature(preset).parameters)
+
+    @functools.wraps(preset)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        flower = [name for name in kwargs if name in FLOWER_OPTIONS and name not in own]
+        if flower:
+            raise unknown_options(preset.__name__, flower)
+        return preset(*args, **kwargs)
+
+    return call
 
 
 def refuse_flower_methods(cls: type) -> None:
