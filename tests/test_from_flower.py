@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,30 @@ def test_an_evaluate_fn_with_flower_s_three_arguments_is_refused_before_round_on
     # A third argument with a default is fine.
     ran = _run(lambda cid: AddOne(), evaluate_fn=lambda rnd, weights, config=None: (1.0, {}))
     assert [r.central_loss for r in ran.history.rounds] == [1.0, 1.0]
+
+
+def test_serve_refuses_flower_s_evaluate_fn_before_it_listens(tmp_path: Path) -> None:
+    from covey.deploy import serve
+
+    listened: list[int] = []
+
+    def evaluate_fn(server_round: int, parameters: Any, config: dict[str, Any]) -> Any:
+        return 0.0, {}
+
+    with pytest.raises(TypeError, match=r"evaluate_fn\(round, weights\).*config"):
+        serve(
+            covey.FedAvg(),
+            1,
+            init(),
+            "127.0.0.1:0",
+            insecure=True,
+            evaluate_fn=evaluate_fn,  # type: ignore[arg-type]
+            run_dir=tmp_path / "run",
+            on_listen=listened.append,
+            wait_timeout=1,
+        )
+    assert listened == []
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(
