@@ -229,6 +229,31 @@ def test_flower_s_name_for_a_required_option_points_to_covey_s(preset: Any) -> N
         preset(num_malicious_clients=1, num_clients_to_keep=3)
 
 
+@pytest.mark.parametrize(
+    ("preset", "flower", "covey_name"),
+    [
+        # Flower's message API strategies (flwr.serverapp.strategy), the ones 1.42 documents.
+        (covey.FedAvg, "train_metrics_aggr_fn", "fit_metrics"),
+        (covey.FedAvg, "evaluate_metrics_aggr_fn", "evaluate_metrics"),
+        (covey.FedAvg, "weighted_by_key", "num_examples"),
+        (covey.Krum, "num_malicious_nodes", "f"),
+        (covey.Bulyan, "num_malicious_nodes", "f"),
+        (covey.QFedAvg, "client_learning_rate", "client_lr"),
+        (covey.QFedAvg, "train_loss_key", "loss_key"),
+    ],
+)
+def test_flower_s_message_api_option_names_point_to_covey_s(
+    preset: Any, flower: str, covey_name: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
+        preset(**{flower: 1})
+
+
+def test_flower_s_multikrum_selection_count_points_to_m() -> None:
+    with pytest.raises(TypeError, match=r"Flower's num_nodes_to_select is covey's MultiKrum\(m="):
+        covey.MultiKrum(f=1, num_nodes_to_select=3)  # type: ignore[call-arg]
+
+
 def test_an_unknown_option_is_still_named() -> None:
     with pytest.raises(TypeError, match="unexpected keyword arguments: \\['colour'\\]"):
         covey.FedAvg(colour=1)  # type: ignore[call-arg]

@@ -39,6 +39,14 @@ FLOWER_OPTIONS = {
     "q_param": "q (QFedAvg)",
     "qffl_learning_rate": "client_lr (QFedAvg)",
     "inplace": "nothing: aggregation never writes into the clients' replies",
+    # Names only Flower's message API strategies (flwr.serverapp.strategy) use.
+    "train_metrics_aggr_fn": "fit_metrics",
+    "evaluate_metrics_aggr_fn": "evaluate_metrics",
+    "weighted_by_key": "nothing: means are weighted by each reply's num_examples",
+    "num_malicious_nodes": "f (Krum, MultiKrum, Bulyan)",
+    "num_nodes_to_select": "MultiKrum(m=...)",
+    "client_learning_rate": "client_lr (QFedAvg)",
+    "train_loss_key": "loss_key (QFedAvg: the metric of each client's loss before it trains)",
 }
 
 #: Strategy methods of Flower's that covey's round loop never calls, and what to do instead.
