@@ -158,6 +158,17 @@ def test_a_client_fn_that_reads_a_flower_context_is_told_it_gets_the_client_id(
     assert all("client_fn(cid)" in e and "partition" in e for e in errors), errors
 
 
+def test_a_client_fn_returning_flower_s_to_client_is_told_to_return_the_client() -> None:
+    def client_fn(cid: int) -> Any:
+        return AddOne(cid).to_client()  # type: ignore[attr-defined]
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(client_fn)
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("drop Flower's .to_client()" in e for e in errors), errors
+
+
 def test_an_evaluate_fn_with_flower_s_three_arguments_is_refused_before_round_one() -> None:
     calls: list[int] = []
 
