@@ -3,7 +3,10 @@
 Needs the extras: pip install 'covey[dashboard,tensorboard,mlflow]'
 
     python examples/dashboard_and_trackers.py            # two runs and their reports
-    python examples/dashboard_and_trackers.py --serve    # the same, watched live
+    python examples/dashboard_and_trackers.py --serve    # two more, watched live
+
+Each invocation names its runs by the time it started (runs/digits-alpha0.1-20261201-101500,
+with the same name under tb/ and in MLflow), so the dashboard compares them with earlier ones.
 
 Afterwards:
     covey dashboard runs/                  # http://127.0.0.1:8765/
@@ -29,6 +32,7 @@ parser.add_argument("--rounds", type=int, default=20)
 args = parser.parse_args()
 
 data = load_digits()
+started = time.strftime("%Y%m%d-%H%M%S")  # a run folder holding a run is never written over
 
 
 class DigitsClient(covey.Client):
@@ -57,7 +61,7 @@ if dashboard is not None:
     print(f"dashboard: {dashboard.url}")
 
 for alpha in (0.1, 1.0):  # strong and mild label skew: compare them in the dashboard
-    name = f"digits-alpha{alpha}"
+    name = f"digits-alpha{alpha}-{started}"
     parts = dirichlet(data.y_train, num_clients=50, alpha=alpha, seed=0)
     settings = {"clients": 50, "alpha": alpha, "strategy": "FedAvg", "fraction_fit": 0.2}
     with (

@@ -33,7 +33,7 @@ def test_the_hospitals_example_answers_the_seed_question(
     first = answers["average age at diagnosis"].set_index("condition")
     for condition, mean in expected.items():
         assert first.loc[condition, "AVG(age_at_diagnosis)"] == pytest.approx(mean, rel=1e-6)
-    dp = answers["average age at diagnosis with DP (epsilon=1.0)"]
+    dp = answers["average age at diagnosis from 18 with DP (epsilon=1.0)"]
     assert dp.attrs["privacy"]["epsilon"] == pytest.approx(1.0, rel=1e-3)
     assert dp.attrs["privacy"]["withholding"] == []  # within the policy's max_epsilon
     assert "most common conditions" in capsys.readouterr().out

@@ -50,6 +50,49 @@ def test_a_client_function_without_cid() -> None:
     )
 
 
+def test_a_client_function_reading_a_flower_context_is_told_it_gets_the_cid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flower_context_app.py").write_text(
+        "def client_fn(context):\n    return context.node_config['partition-id']\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out = covey(
+        "client", "--app", "flower_context_app:client_fn", "--cid", "0",
+        "--server", "127.0.0.1:1", "--insecure",
+    )  # fmt: skip
+    assert code == 2
+    line = last_line(out)
+    assert line.startswith("error: --app flower_context_app:client_fn --cid 0: ")
+    assert "not a context: use cid as the partition id" in line
+    assert "Traceback" not in out
+
+
+def test_a_server_app_with_flower_s_evaluate_fn_is_refused_before_it_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flower_evaluate_app.py").write_text(
+        "import numpy as np\n"
+        "import covey\n"
+        "from covey.deploy import ServerApp\n"
+        "def evaluate(server_round, parameters, config):\n"
+        "    return 0.0, {}\n"
+        "def server_app():\n"
+        "    return ServerApp(covey.FedAvg(), {'w': np.zeros(2)}, evaluate_fn=evaluate)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out = covey(
+        "server", "--app", "flower_evaluate_app:server_app", "--insecure",
+        "--address", "127.0.0.1:0", "--wait-timeout", "1",
+    )  # fmt: skip
+    assert code == 2
+    line = last_line(out)
+    assert line.startswith("error: --app flower_evaluate_app:server_app: ")
+    assert "Flower's third argument, config" in line
+    assert "listening" not in out
+    assert not Path("runs").exists()
+
+
 def test_demo_with_more_clients_than_the_data_allows() -> None:
     code, out = covey("demo", "--clients", "5000")
     assert code == 2

@@ -90,3 +90,30 @@ def test_every_export_has_a_docstring(name: str) -> None:
     if short in OPTIONAL:
         pytest.importorskip(OPTIONAL[short])
     assert not _documented(name), f"missing docstrings: {_documented(name)}"
+
+
+#: Pages whose text names files of the repository (scripts, tests, modules, examples).
+PAGES = [
+    "README.md",
+    "CONTRIBUTING.md",
+    *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").rglob("*.md"))),
+    *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "examples").rglob("*.md"))),
+    *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "examples").rglob("*.py"))),
+]
+#: Paths a page names on purpose although they do not exist.
+NOT_FILES = {
+    "tests/test_NAME.py",  # the test file `covey new NAME` writes
+    "src/covey/_weights.py",  # a benchmark's record of where code was before a move
+}
+_REPO_PATH = re.compile(r"\b(?:tests|benchmarks|examples|src/covey)/[\w./*-]+\.(?:py|md|toml)\b")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_file_a_page_names_exists(page: str) -> None:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    missing = sorted(
+        path
+        for path in set(_REPO_PATH.findall(text)) - NOT_FILES
+        if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists())
+    )
+    assert not missing, f"{page} names files that do not exist: {missing}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,17 @@ def test_a_client_fn_that_reads_a_flower_context_is_told_it_gets_the_client_id(
     assert all("client_fn(cid)" in e and "partition" in e for e in errors), errors
 
 
+def test_a_client_fn_returning_flower_s_to_client_is_told_to_return_the_client() -> None:
+    def client_fn(cid: int) -> Any:
+        return AddOne(cid).to_client()  # type: ignore[attr-defined]
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(client_fn)
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("drop Flower's .to_client()" in e for e in errors), errors
+
+
 def test_an_evaluate_fn_with_flower_s_three_arguments_is_refused_before_round_one() -> None:
     calls: list[int] = []
 
@@ -170,6 +182,30 @@ def test_an_evaluate_fn_with_flower_s_three_arguments_is_refused_before_round_on
     # A third argument with a default is fine.
     ran = _run(lambda cid: AddOne(), evaluate_fn=lambda rnd, weights, config=None: (1.0, {}))
     assert [r.central_loss for r in ran.history.rounds] == [1.0, 1.0]
+
+
+def test_serve_refuses_flower_s_evaluate_fn_before_it_listens(tmp_path: Path) -> None:
+    from covey.deploy import serve
+
+    listened: list[int] = []
+
+    def evaluate_fn(server_round: int, parameters: Any, config: dict[str, Any]) -> Any:
+        return 0.0, {}
+
+    with pytest.raises(TypeError, match=r"evaluate_fn\(round, weights\).*config"):
+        serve(
+            covey.FedAvg(),
+            1,
+            init(),
+            "127.0.0.1:0",
+            insecure=True,
+            evaluate_fn=evaluate_fn,  # type: ignore[arg-type]
+            run_dir=tmp_path / "run",
+            on_listen=listened.append,
+            wait_timeout=1,
+        )
+    assert listened == []
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(
@@ -192,6 +228,41 @@ def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> N
         covey.FedAvg(**options)
     with pytest.raises(TypeError, match=said):
         covey.Strategy(**options)
+
+
+@pytest.mark.parametrize("preset", [covey.Krum, covey.MultiKrum, covey.Bulyan])
+def test_flower_s_name_for_a_required_option_points_to_covey_s(preset: Any) -> None:
+    # Flower's Krum(num_malicious_clients=1) in place of covey's required f.
+    said = r"Flower's num_malicious_clients is covey's f\b"
+    with pytest.raises(TypeError, match=said):
+        preset(num_malicious_clients=1)
+    with pytest.raises(TypeError, match=said):
+        preset(num_malicious_clients=1, num_clients_to_keep=3)
+
+
+@pytest.mark.parametrize(
+    ("preset", "flower", "covey_name"),
+    [
+        # Flower's message API strategies (flwr.serverapp.strategy), the ones 1.42 documents.
+        (covey.FedAvg, "train_metrics_aggr_fn", "fit_metrics"),
+        (covey.FedAvg, "evaluate_metrics_aggr_fn", "evaluate_metrics"),
+        (covey.FedAvg, "weighted_by_key", "num_examples"),
+        (covey.Krum, "num_malicious_nodes", "f"),
+        (covey.Bulyan, "num_malicious_nodes", "f"),
+        (covey.QFedAvg, "client_learning_rate", "client_lr"),
+        (covey.QFedAvg, "train_loss_key", "loss_key"),
+    ],
+)
+def test_flower_s_message_api_option_names_point_to_covey_s(
+    preset: Any, flower: str, covey_name: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
+        preset(**{flower: 1})
+
+
+def test_flower_s_multikrum_selection_count_points_to_m() -> None:
+    with pytest.raises(TypeError, match=r"Flower's num_nodes_to_select is covey's MultiKrum\(m="):
+        covey.MultiKrum(f=1, num_nodes_to_select=3)  # type: ignore[call-arg]
 
 
 def test_an_unknown_option_is_still_named() -> None:

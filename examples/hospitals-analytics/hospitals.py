@@ -108,7 +108,7 @@ def main(scale: float = 1.0, epsilon: float = 1.0) -> dict[str, pd.DataFrame]:
             "most common conditions": query(
                 sites, "SELECT APPROX_TOP_K(condition, 3), COUNT(*) FROM patients"
             ),
-            f"average age at diagnosis with DP (epsilon={epsilon})": query(
+            f"average age at diagnosis from 18 with DP (epsilon={epsilon})": query(
                 sites,
                 "SELECT condition, AVG(age_at_diagnosis), COUNT(*) FROM patients "
                 "WHERE age_at_diagnosis >= 18 GROUP BY condition",

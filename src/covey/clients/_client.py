@@ -399,12 +399,13 @@ _CONTEXT_ATTRIBUTES = ("node_config", "run_config", "node_id", "run_id", "state"
 
 
 def build_client(client_fn: ClientFn, cid: int) -> Any:
-    """``client_fn(cid)``, with a hint when ``client_fn`` expected a context object.
+    """``client_fn(cid)``, with a hint when ``client_fn`` was written for Flower.
 
     Raises:
         TypeError: if ``client_fn`` read ``node_config`` (or another attribute of a
-            Flower ``Context``) from the client id; chained to the original error. Or
-            if ``client_fn`` is a client object rather than a function making one.
+            Flower ``Context``) from the client id, or called Flower's ``to_client()``;
+            chained to the original error. Or if ``client_fn`` is a client object
+            rather than a function making one.
     """
     given: Any = client_fn  # typed a function; a client object is the usual slip
     if not callable(given) and callable(getattr(given, "fit", None)):
@@ -417,6 +418,11 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
         return client_fn(cid)
     except AttributeError as exc:
         text = str(exc)
+        if text.endswith("has no attribute 'to_client'"):
+            raise TypeError(
+                f"{text}: covey's client_fn returns the covey.Client itself; drop Flower's "
+                ".to_client()"
+            ) from exc
         if text.startswith("'int' object has no attribute") and any(
             f"'{name}'" in text for name in _CONTEXT_ATTRIBUTES
         ):

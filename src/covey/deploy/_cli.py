@@ -57,6 +57,7 @@ def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
 def _server_app(spec: str | None) -> Any:
     """Load the ServerApp named by ``--app`` (an object, or a function returning one)."""
     from covey.deploy._server import ServerApp
+    from covey.server._base import check_evaluate_fn
 
     if spec is None:
         fail("give --app MODULE:OBJECT naming a covey.deploy.ServerApp (or app = ... in --config)")
@@ -76,6 +77,10 @@ def _server_app(spec: str | None) -> Any:
             f"--app {spec} is a {type(obj).__name__}; `covey server --app` needs a "
             "covey.deploy.ServerApp or a function of no arguments returning one"
         )
+    try:
+        check_evaluate_fn(obj.evaluate_fn)
+    except TypeError as exc:
+        fail(f"--app {spec}: {exc}")
     return obj
 
 

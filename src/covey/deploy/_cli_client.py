@@ -43,6 +43,8 @@ CLIENT_KEYS = {
 
 def _make_client(spec: str, cid: Any) -> Any:
     """The client ``--app`` names: a client object, or ``client_fn(cid)`` called with ``--cid``."""
+    from covey.clients._client import build_client
+
     obj = load_object(spec)
     if hasattr(obj, "fit") and not isinstance(obj, type):
         return obj
@@ -55,7 +57,7 @@ def _make_client(spec: str, cid: Any) -> Any:
             "(which part of the data this client holds, e.g. --cid 0)"
         )
     try:
-        client = obj(int(cid)) if needs != 0 and cid is not None else obj()
+        client = build_client(obj, int(cid)) if needs != 0 and cid is not None else obj()
     except (ValueError, LookupError, TypeError, OSError) as exc:
         given = f" --cid {cid}" if cid is not None else ""
         fail(f"--app {spec}{given}: the client could not be made: {type(exc).__name__}: {exc}")

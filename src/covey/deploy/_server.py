@@ -25,7 +25,13 @@ from covey.deploy._servechecks import (
     stored_address,
 )
 from covey.deploy._tls import server_tls
-from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line
+from covey.server._base import (
+    EvaluateFn,
+    FederationError,
+    RoundCallback,
+    _first_line,
+    check_evaluate_fn,
+)
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, same_settings, same_strategy
@@ -161,6 +167,7 @@ def serve(
     """
     rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
     check_settings(rounds, round_timeout, wait_timeout, heartbeat)
+    check_evaluate_fn(evaluate_fn)  # before clients join a run that would stop at round 0
     strategy = a_strategy(strategy)
     check_capacity(strategy, max_clients)
     if keep_last is not None and (

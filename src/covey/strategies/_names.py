@@ -10,8 +10,13 @@ error that says what to write instead; nothing here accepts the other names.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Flower's strategy options (its legacy and its message API) and covey's counterparts.
 FLOWER_OPTIONS = {
@@ -34,6 +39,14 @@ FLOWER_OPTIONS = {
     "q_param": "q (QFedAvg)",
     "qffl_learning_rate": "client_lr (QFedAvg)",
     "inplace": "nothing: aggregation never writes into the clients' replies",
+    # Names only Flower's message API strategies (flwr.serverapp.strategy) use.
+    "train_metrics_aggr_fn": "fit_metrics",
+    "evaluate_metrics_aggr_fn": "evaluate_metrics",
+    "weighted_by_key": "nothing: means are weighted by each reply's num_examples",
+    "num_malicious_nodes": "f (Krum, MultiKrum, Bulyan)",
+    "num_nodes_to_select": "MultiKrum(m=...)",
+    "client_learning_rate": "client_lr (QFedAvg)",
+    "train_loss_key": "loss_key (QFedAvg: the metric of each client's loss before it trains)",
 }
 
 #: Strategy methods of Flower's that covey's round loop never calls, and what to do instead.
@@ -86,6 +99,30 @@ def unknown_options(name: str, unknown: Iterable[str], known: Iterable[str] = ()
         f"{name}() got unexpected keyword arguments: {names}"
         + "".join(f"; {hint}" for hint in hints)
     )
+
+
+def flower_names(preset: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a preset with a required option so that Flower's name for it is named too.
+
+    ``Krum(num_malicious_clients=1)`` would otherwise fail on the missing ``f``
+    before the preset could say that ``f`` is Flower's ``num_malicious_clients``.
+
+    Args:
+        preset: The preset to wrap.
+
+    Returns:
+        The preset, refusing Flower's option names before it is called.
+    """
+    own = set(inspect.signature(preset).parameters)
+
+    @functools.wraps(preset)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        flower = [name for name in kwargs if name in FLOWER_OPTIONS and name not in own]
+        if flower:
+            raise unknown_options(preset.__name__, flower)
+        return preset(*args, **kwargs)
+
+    return call
 
 
 def refuse_flower_methods(cls: type) -> None:

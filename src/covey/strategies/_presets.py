@@ -36,7 +36,7 @@ from covey.aggregate._clip import polynomial_staleness
 from covey.core._messages import Config, plain
 from covey.core._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.strategies._checks import name_of
-from covey.strategies._names import not_a_class
+from covey.strategies._names import flower_names, not_a_class
 from covey.strategies._options import StrategyOptions, preset
 from covey.strategies._strategy import Strategy, _no_config
 
@@ -226,6 +226,7 @@ def FedTrimmedAvg(*, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> S
     return preset("FedTrimmedAvg", chain(trimmed_mean(beta)), options, beta=beta)
 
 
+@flower_names
 def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     """Keep the update with the best Krum score, tolerating ``f`` Byzantine clients.
 
@@ -243,6 +244,7 @@ def Krum(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     return _robust("Krum", krum(f), options, f=f)
 
 
+@flower_names
 def MultiKrum(
     *, f: int, m: int | None = None, weighted: bool = False, **options: Unpack[StrategyOptions]
 ) -> Strategy:
@@ -264,6 +266,7 @@ def MultiKrum(
     return _robust("MultiKrum", step, options, f=f, m=m, weighted=weighted)
 
 
+@flower_names
 def Bulyan(*, f: int, **options: Unpack[StrategyOptions]) -> Strategy:
     """Bulyan over Krum, tolerating ``f`` Byzantine clients (needs ``n >= 4f + 3``).
 
