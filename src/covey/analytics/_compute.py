@@ -20,7 +20,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from covey.analytics._tables import columns, quote
+from covey.analytics._sql import fold
+from covey.analytics._tables import columns, quote, table_name
 
 MAX_GROUPS = 100_000
 MAX_CELLS = 20_000_000
@@ -85,18 +86,18 @@ def _group_index(
     """A DuckDB expression of each row's group index (NULL outside the domain), its parameters."""
     if not group_by:
         return "0", [], 1
+    kinds = {fold(c): k for c, k in types.items()}  # SQL names ignore ASCII case
     terms: list[str] = []
     params: list[Any] = []
     stride = 1
-    for col in reversed(group_by):
+    # parameters are numbered in group_by order: the last column is $len(group_by)
+    for number, col in reversed(list(enumerate(group_by, start=1))):
         values = [_key(v) for v in domains[col]]
         params.insert(0, values)
-        text = _text(col, types.get(col, ""))
-        terms.append(f"(list_position(${{p}}, {text}) - 1) * {stride}")
+        text = _text(col, kinds.get(fold(col), ""))
+        terms.append(f"(list_position(${number}, {text}) - 1) * {stride}")
         stride *= len(values)
-    # parameters are numbered in group_by order
-    exprs = [t.replace("${p}", f"${len(group_by) - i}") for i, t in enumerate(terms)]
-    return " + ".join(exprs), params, stride
+    return " + ".join(terms), params, stride
 
 
 def _clip(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
@@ -163,10 +164,6 @@ class _Stage:
     def rows(
         self, select: str, extra: Sequence[Any] = (), group: str = "__g", *, outside: bool = False
     ) -> list[tuple[Any, ...]]:
-        n = len(self.params)
-        select, group = (
-            text.replace("$X", f"${n + 1}").replace("$Y", f"${n + 2}") for text in (select, group)
-        )
         where = "" if outside else "WHERE __g IS NOT NULL"
         sql = f"SELECT {group}, {select} FROM ({self.base}) {where} GROUP BY ALL"  # noqa: S608
         return self.con.execute(sql, [*self.params, *extra]).fetchall()
@@ -224,7 +221,8 @@ class _Stage:
 
     def squares(self, col: str, center: Sequence[float]) -> np.ndarray:
         out = np.zeros(self.groups)
-        expr = f"COALESCE(SUM(POW({_clip(col, self.bounds)} - ($X)[__g + 1], 2)), 0)"
+        n = len(self.params)  # the centres follow the stage's parameters
+        expr = f"COALESCE(SUM(POW({_clip(col, self.bounds)} - (${n + 1})[__g + 1], 2)), 0)"
         for g, value in self.rows(expr, [list(map(float, center))]):
             out[int(g)] = float(value)
         return out
@@ -403,7 +401,7 @@ def compute(
     for s in stats:
         shape(s, groups)
     cond = f"WHERE {where}" if where else ""
-    base = f"SELECT ({gexpr}) AS __g, * FROM {quote(table)} {cond}"  # noqa: S608
+    base = f"SELECT ({gexpr}) AS __g, * FROM {table_name(table)} {cond}"  # noqa: S608
     stage = _Stage(con, base, params, groups, bounds)
     clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
     support = sorted({support_expr(s) for s in stats})
