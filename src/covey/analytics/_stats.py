@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covey.analytics._compute import END, TOPK_MAX_BYTES
+from covey.analytics._dp import noise_threshold
 from covey.analytics._sql import Aggregate, Plan, QueryError
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 BISECT_BINS = 1024
 MAX_PREFIXES = 64
+TOPK_FALSE_CHANCE = 0.01
+"""Under DP, the most probability that noise alone grows one prefix of a trie."""
 
 
 def merge_declarations(p: Plan, decls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -212,9 +215,27 @@ class TopK:
             counts_out.append([round(n) for _, n in best])
         return values, counts_out
 
+    def threshold(self, cells: int) -> float:
+        """The count a prefix needs to be kept, among ``cells`` counts tested in a stage.
+
+        The minimum group size and, under DP, more than the noise reaches but rarely.
+        A count is noise plus the records that share the prefix; with noise as
+        strong as DP's at a small epsilon, the noise of one of the 257 extensions
+        of each prefix passes the minimum group size alone, and the trie would
+        grow bytes no record holds. The level is set so that noise alone passes
+        it on any cell of the whole trie with probability at most
+        :data:`TOPK_FALSE_CHANCE` (post-processing: it costs no privacy).
+        """
+        level = float(max(1, int(self.q.decl["min_group_size"])))
+        if self.q.multiplier is None:
+            return level
+        terms = 1 if self.q.opt["secure"] else len(self.q.fed.cids)
+        chance = TOPK_FALSE_CHANCE / (TOPK_MAX_BYTES * max(cells, 1))
+        noise = noise_threshold(self.q.opt["mechanism"], self.q.multiplier, terms, chance)
+        return max(level, noise)
+
     def _grow(self, col: str) -> list[dict[bytes, float]]:
         """The finished values of ``col`` per group that the minimum lets through, counted."""
-        threshold = max(1, int(self.q.decl["min_group_size"]))
         groups = self.q.groups
         live: list[list[bytes]] = [[b""] for _ in range(groups)]
         done: list[dict[bytes, float]] = [{} for _ in range(groups)]
@@ -228,6 +249,7 @@ class TopK:
                 "depth": depth,
             }
             counts = self.q.run([stat]).vectors[0]
+            threshold = self.threshold(sum(len(ps) for ps in live) * (END + 1))
             nxt: list[list[bytes]] = []
             for g in range(groups):
                 grown: list[tuple[float, bytes]] = []
