@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -299,6 +300,32 @@ def test_a_timeout_that_waits_for_nothing_is_refused_before_any_site_answers(
     site = Site({"patients": _frame(50)}, POLICY)
     with pytest.raises(ValueError, match="timeout must be None or a positive number"):
         query([site], "SELECT COUNT(*) FROM patients", secure=False, timeout=timeout)  # type: ignore[arg-type]
+
+
+class _Counting(Site):
+    asked = 0
+
+    def answer(self, request: Any, *, masked: bool = False) -> dict[str, Any]:
+        type(self).asked += 1
+        return super().answer(request, masked=masked)
+
+
+@pytest.mark.parametrize("precision", [0, -1.0, float("nan"), "0.1", True])
+def test_a_bad_quantile_precision_is_refused_before_any_site_computes(
+    precision: object,
+) -> None:
+    # the sites computed the first stage before "the quantile precision must be
+    # positive"; "0.1" failed with "could not convert string to float"
+    site = _Counting({"patients": _frame(50)}, POLICY)
+    with pytest.raises(ValueError, match="precision must be None or a positive number"):
+        query([site], "SELECT MEDIAN(age) FROM patients", secure=False, precision=precision)  # type: ignore[arg-type]
+    assert _Counting.asked == 0
+
+
+def test_an_analyst_that_is_no_analyst_is_refused_by_name() -> None:
+    site = Site({"patients": _frame(50)}, POLICY)
+    with pytest.raises(TypeError, match=r"analyst must be a covey\.analytics\.Analyst, got str"):
+        query([site], "SELECT COUNT(*) FROM patients", secure=False, epsilon=1.0, analyst="me")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("secure", [False, True])

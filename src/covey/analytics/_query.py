@@ -453,7 +453,15 @@ def query(
         >>> query(sites, "SELECT AVG(age), COUNT(*) FROM p", secure=False).iloc[0].tolist()
         [35.0, 4.0]
     """
-    p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism, delta=delta)
+    p = check_query(
+        sql,
+        secure=secure,
+        epsilon=epsilon,
+        mechanism=mechanism,
+        delta=delta,
+        precision=precision,
+        analyst=analyst,
+    )
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
