@@ -342,3 +342,14 @@ def test_a_refusal_mid_query_reads_the_sites_reason_first(secure: bool) -> None:
     assert "stopped answering mid-query: this site could not" in message
     assert "Error:" not in message  # no exception class path before the reason
     assert "stage mask" not in message.split("could not")[0]
+
+
+def test_one_answering_site_under_secure_aggregation_names_the_option_of_both_apis() -> None:
+    # the command line has no secure=False: its analyst read a Python keyword only
+    frame = _frame(30)
+    sites = [
+        Site({"patients": frame}, POLICY, name="a"),
+        Site({"patients": frame.drop(columns="age")}, POLICY, name="b"),
+    ]
+    with pytest.raises(FederationQueryError, match=r"secure=False \(covey query --no-secure\)"):
+        query(sites, "SELECT AVG(age) FROM patients")
