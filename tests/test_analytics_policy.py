@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -301,6 +302,32 @@ def test_a_timeout_that_waits_for_nothing_is_refused_before_any_site_answers(
         query([site], "SELECT COUNT(*) FROM patients", secure=False, timeout=timeout)  # type: ignore[arg-type]
 
 
+class _Counting(Site):
+    asked = 0
+
+    def answer(self, request: Any, *, masked: bool = False) -> dict[str, Any]:
+        type(self).asked += 1
+        return super().answer(request, masked=masked)
+
+
+@pytest.mark.parametrize("precision", [0, -1.0, float("nan"), "0.1", True])
+def test_a_bad_quantile_precision_is_refused_before_any_site_computes(
+    precision: object,
+) -> None:
+    # the sites computed the first stage before "the quantile precision must be
+    # positive"; "0.1" failed with "could not convert string to float"
+    site = _Counting({"patients": _frame(50)}, POLICY)
+    with pytest.raises(ValueError, match="precision must be None or a positive number"):
+        query([site], "SELECT MEDIAN(age) FROM patients", secure=False, precision=precision)  # type: ignore[arg-type]
+    assert _Counting.asked == 0
+
+
+def test_an_analyst_that_is_no_analyst_is_refused_by_name() -> None:
+    site = Site({"patients": _frame(50)}, POLICY)
+    with pytest.raises(TypeError, match=r"analyst must be a covey\.analytics\.Analyst, got str"):
+        query([site], "SELECT COUNT(*) FROM patients", secure=False, epsilon=1.0, analyst="me")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("secure", [False, True])
 def test_a_refusal_mid_query_reads_the_sites_reason_first(secure: bool) -> None:
     # found only when the sites run the query; under secure aggregation the analyst
@@ -315,3 +342,14 @@ def test_a_refusal_mid_query_reads_the_sites_reason_first(secure: bool) -> None:
     assert "stopped answering mid-query: this site could not" in message
     assert "Error:" not in message  # no exception class path before the reason
     assert "stage mask" not in message.split("could not")[0]
+
+
+def test_one_answering_site_under_secure_aggregation_names_the_option_of_both_apis() -> None:
+    # the command line has no secure=False: its analyst read a Python keyword only
+    frame = _frame(30)
+    sites = [
+        Site({"patients": frame}, POLICY, name="a"),
+        Site({"patients": frame.drop(columns="age")}, POLICY, name="b"),
+    ]
+    with pytest.raises(FederationQueryError, match=r"secure=False \(covey query --no-secure\)"):
+        query(sites, "SELECT AVG(age) FROM patients")

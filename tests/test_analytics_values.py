@@ -244,3 +244,27 @@ def test_a_boolean_column_is_summed_and_averaged_as_zeros_and_ones() -> None:
     np.testing.assert_allclose(df["AVG(flag)"], want["a"], rtol=1e-9)
     np.testing.assert_allclose(df["VAR_SAMP(flag)"], want["v"], rtol=1e-9)
     assert df.attrs["clipped"] == {"flag": 0}
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_distinct_values_and_top_k_read_a_number_alike_whatever_its_column_type(
+    secure: bool,
+) -> None:
+    # an integer column with a NULL comes from pandas as float64: its 7.0 was hashed
+    # and counted as the text '7.0', another site's 7 as '7', so the 50 codes counted
+    # as 100 distinct values and split their top-k counts
+    codes = np.arange(200) % 50
+    ints = pd.DataFrame({"code": codes})
+    floats = pd.DataFrame({"code": np.where(codes == 0, np.nan, codes)})
+    decimals = pd.DataFrame(
+        {"code": [decimal.Decimal(int(c)).quantize(decimal.Decimal("0.1")) for c in codes]}
+    )
+    policy = Policy(distinct=["code"], min_group_size=1)
+    sites = [
+        Site({"t": f}, policy, name=n) for f, n in ((ints, "i"), (floats, "f"), (decimals, "d"))
+    ]
+    sql = "SELECT APPROX_COUNT_DISTINCT(code), APPROX_TOP_K(code, 1) FROM t"
+    df = query(sites, sql, secure=secure)
+    assert df["APPROX_COUNT_DISTINCT(code)"].iloc[0] == pytest.approx(50, rel=0.01)
+    assert df["APPROX_TOP_K(code, 1)"].iloc[0] == ["1"]  # 0 is NULL at one site
+    assert df.attrs["precision"]["APPROX_TOP_K(code, 1)"]["counts"] == [[12]]

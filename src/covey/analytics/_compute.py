@@ -20,7 +20,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from covey.analytics._tables import columns, quote
+from covey.analytics._sql import fold
+from covey.analytics._tables import columns, quote, table_name
 
 MAX_GROUPS = 100_000
 MAX_CELLS = 20_000_000
@@ -64,17 +65,22 @@ def _key(value: Any) -> str:
 _FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
 
 
-def _text(col: str, kind: str) -> str:
+def _text(col: str, kind: str, *, numbers: bool = False) -> str:
     """A DuckDB expression of a group column's value as the text of its domain's values.
 
     A whole number in a FLOAT, DOUBLE or DECIMAL column (an integer column with a
     NULL comes from pandas as float64) reads as the integer it is ('1', not '1.0'
-    nor '1.00'), as an integer in the domain does.
+    nor '1.00'), as an integer in the domain does. With ``numbers`` (the values
+    counted by ``APPROX_COUNT_DISTINCT`` and ``APPROX_TOP_K``) another number
+    reads as its DOUBLE does ('1.5', not '1.50'), so that one value is one text at
+    every site, whichever numeric type its column has there.
     """
     text = f"CAST({quote(col)} AS VARCHAR)"
     if not kind.upper().startswith(_FRACTIONAL):
         return text
     value = f"CAST({quote(col)} AS DOUBLE)"
+    if numbers:
+        text = f"CAST({value} AS VARCHAR)"
     whole = f"isfinite({value}) AND {value} = trunc({value}) AND abs({value}) < 1e30"
     return f"CASE WHEN {whole} THEN CAST(CAST({value} AS HUGEINT) AS VARCHAR) ELSE {text} END"
 
@@ -85,18 +91,18 @@ def _group_index(
     """A DuckDB expression of each row's group index (NULL outside the domain), its parameters."""
     if not group_by:
         return "0", [], 1
+    kinds = {fold(c): k for c, k in types.items()}  # SQL names ignore ASCII case
     terms: list[str] = []
     params: list[Any] = []
     stride = 1
-    for col in reversed(group_by):
+    # parameters are numbered in group_by order: the last column is $len(group_by)
+    for number, col in reversed(list(enumerate(group_by, start=1))):
         values = [_key(v) for v in domains[col]]
         params.insert(0, values)
-        text = _text(col, types.get(col, ""))
-        terms.append(f"(list_position(${{p}}, {text}) - 1) * {stride}")
+        text = _text(col, kinds.get(fold(col), ""))
+        terms.append(f"(list_position(${number}, {text}) - 1) * {stride}")
         stride *= len(values)
-    # parameters are numbered in group_by order
-    exprs = [t.replace("${p}", f"${len(group_by) - i}") for i, t in enumerate(terms)]
-    return " + ".join(exprs), params, stride
+    return " + ".join(terms), params, stride
 
 
 def _clip(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
@@ -151,6 +157,7 @@ class _Stage:
         params: list[Any],
         groups: int,
         bounds: Mapping[str, Sequence[float]],
+        kinds: Mapping[str, str],
     ) -> None:
         self.con, self.base, self.params, self.groups, self.bounds = (
             con,
@@ -159,14 +166,15 @@ class _Stage:
             groups,
             bounds,
         )
+        self.kinds = {fold(c): k for c, k in kinds.items()}  # SQL names ignore ASCII case
+
+    def text(self, col: str) -> str:
+        """The column's values as text, one text per number whatever its type here."""
+        return _text(col, self.kinds.get(fold(col), ""), numbers=True)
 
     def rows(
         self, select: str, extra: Sequence[Any] = (), group: str = "__g", *, outside: bool = False
     ) -> list[tuple[Any, ...]]:
-        n = len(self.params)
-        select, group = (
-            text.replace("$X", f"${n + 1}").replace("$Y", f"${n + 2}") for text in (select, group)
-        )
         where = "" if outside else "WHERE __g IS NOT NULL"
         sql = f"SELECT {group}, {select} FROM ({self.base}) {where} GROUP BY ALL"  # noqa: S608
         return self.con.execute(sql, [*self.params, *extra]).fetchall()
@@ -224,7 +232,8 @@ class _Stage:
 
     def squares(self, col: str, center: Sequence[float]) -> np.ndarray:
         out = np.zeros(self.groups)
-        expr = f"COALESCE(SUM(POW({_clip(col, self.bounds)} - ($X)[__g + 1], 2)), 0)"
+        n = len(self.params)  # the centres follow the stage's parameters
+        expr = f"COALESCE(SUM(POW({_clip(col, self.bounds)} - (${n + 1})[__g + 1], 2)), 0)"
         for g, value in self.rows(expr, [list(map(float, center))]):
             out[int(g)] = float(value)
         return out
@@ -273,7 +282,7 @@ class _Stage:
 
     def distinct(self, col: str, m: int) -> np.ndarray:
         out = np.zeros((self.groups, m))
-        bucket = f"CAST(md5_number(CAST({quote(col)} AS VARCHAR)) % {int(m)} AS BIGINT)"
+        bucket = f"CAST(md5_number({self.text(col)}) % {int(m)} AS BIGINT)"
         sql = f"COUNT(*) FILTER (WHERE {quote(col)} IS NOT NULL)"
         for g, b, n in self.rows(sql, group=f"__g, {bucket}"):
             if b is not None and n:
@@ -285,7 +294,7 @@ class _Stage:
         width = max((len(ps) for ps in prefixes), default=0)
         out = np.zeros((self.groups, width, END + 1))
         sql = "COUNT(*)"
-        for g, value, n in self.rows(sql, group=f"__g, CAST({quote(col)} AS VARCHAR)"):
+        for g, value, n in self.rows(sql, group=f"__g, {self.text(col)}"):
             if value is None:
                 continue
             raw = utf8_prefix(str(value), TOPK_MAX_BYTES)
@@ -397,14 +406,15 @@ def compute(
         column, the number of rows outside the domain, and per statistic the
         rows of each group it reads (those where its columns are not NULL).
     """
-    gexpr, params, groups = _group_index(group_by, domains, columns(con, table))
+    kinds = columns(con, table)
+    gexpr, params, groups = _group_index(group_by, domains, kinds)
     if groups > MAX_GROUPS:
         raise ValueError(f"the query has {groups} groups; the cap is {MAX_GROUPS}")
     for s in stats:
         shape(s, groups)
     cond = f"WHERE {where}" if where else ""
-    base = f"SELECT ({gexpr}) AS __g, * FROM {quote(table)} {cond}"  # noqa: S608
-    stage = _Stage(con, base, params, groups, bounds)
+    base = f"SELECT ({gexpr}) AS __g, * FROM {table_name(table)} {cond}"  # noqa: S608
+    stage = _Stage(con, base, params, groups, bounds, kinds)
     clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
     support = sorted({support_expr(s) for s in stats})
     counts, simple, clipped, outside, reads = stage.simple(stats, clip_cols, support)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -102,6 +103,28 @@ def noise_share(
         b = rng.gamma(1.0 / shares, scale, size)
         return a - b
     raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
+
+
+def noise_threshold(mechanism: str, scale: float, terms: int, chance: float) -> float:
+    """A level that the total noise on one cell passes with probability at most ``chance``.
+
+    The total is one draw of the full noise (the shares of a secure sum add up
+    to it) or, without secure aggregation, the sum of ``terms`` sites' full draws.
+    Gaussian: the normal quantile of ``scale * sqrt(terms)``. Laplace: the
+    Chernoff bound of a sum of ``terms`` Laplace(scale) variables,
+    ``P(S > t) <= exp(-l t) / (1 - l^2 b^2)^terms``, at its best ``l``.
+
+    Example:
+        >>> round(noise_threshold("gaussian", 1.0, 1, 0.025), 2)
+        1.96
+    """
+    if not 0 < chance < 1:
+        raise ValueError(f"chance must be in (0, 1), got {chance}")
+    if mechanism == "gaussian":
+        return scale * math.sqrt(terms) * NormalDist().inv_cdf(1.0 - chance)
+    lam = np.linspace(1e-3, 1.0 - 1e-3, 999)  # l * b over (0, 1)
+    found = (math.log(1.0 / chance) - terms * np.log1p(-(lam**2))) / lam
+    return float(scale * np.min(found))
 
 
 def _mechanisms(ledger: Ledger) -> str:

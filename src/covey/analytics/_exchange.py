@@ -216,8 +216,8 @@ class Federation:
         if len(self.cids) < 2:
             refused = "; ".join(f"{n}: {r}" for n, r in self.refused.items())
             raise FederationQueryError(
-                "secure aggregation needs at least two answering sites; pass secure=False"
-                + (f" (refused: {refused})" if refused else "")
+                "secure aggregation needs at least two answering sites; pass secure=False "
+                "(covey query --no-secure)" + (f" (refused: {refused})" if refused else "")
             )
         stats = request["stats"]
         limbs = [int(stat.get("limbs", 1)) for stat in stats]

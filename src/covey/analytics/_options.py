@@ -19,6 +19,8 @@ def check_query(
     epsilon: float | None = None,
     mechanism: str = "laplace",
     delta: float = 1e-6,
+    precision: float | None = None,
+    analyst: object = None,
 ) -> Plan:
     """Check a query and its options before any site is asked.
 
@@ -28,6 +30,8 @@ def check_query(
         epsilon: The DP budget of the query, or None.
         mechanism: ``"laplace"`` or ``"gaussian"``.
         delta: The delta the epsilon is accounted at.
+        precision: The absolute precision of quantiles, or None.
+        analyst: The :class:`Analyst` charged, or None.
 
     Returns:
         The query's plan.
@@ -47,6 +51,14 @@ def check_query(
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
     if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+    if precision is not None and (
+        isinstance(precision, bool)
+        or not isinstance(precision, int | float)
+        or not (precision > 0 and math.isfinite(precision))
+    ):  # found only after the sites answered the first stage
+        raise ValueError(f"precision must be None or a positive number, got {precision!r}")
+    if analyst is not None and not isinstance(analyst, _dp.Analyst):
+        raise TypeError(f"analyst must be a covey.analytics.Analyst, got {type(analyst).__name__}")
     if epsilon is not None and any(a.func == "approx_distinct" for a in p.aggregates):
         raise QueryError(
             "APPROX_COUNT_DISTINCT is not answered with DP: noise on each of its "

@@ -7,14 +7,17 @@ with a reason the analyst sees. A site without a policy answers nothing.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from covey.analytics._sql import Plan
+from covey.analytics._sql import Plan, fold
 
 MAX_DOMAIN = 1000
+_LISTS = ("tables", "columns", "min_max", "distinct")
+_NAMED = (*_LISTS, "bounds", "domains")
 
 
 class PolicyError(PermissionError):
@@ -31,6 +34,23 @@ def _check_domain(col: str, values: Any) -> None:
     for v in values:
         if isinstance(v, float) or not isinstance(v, str | int):
             raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
+
+
+def _check_names(field_name: str, names: Any) -> None:
+    """Refuse a string for a list of names, and two names SQL reads as one (``age``, ``Age``)."""
+    if field_name in _LISTS and isinstance(names, str | bytes):  # "age" in "page": fail closed
+        raise TypeError(
+            f"{field_name} must be a list of names, got the string {names!r}; "
+            f"write {field_name}=[{names!r}]"
+        )
+    seen: dict[str, str] = {}
+    for key in names or ():
+        other = seen.setdefault(fold(str(key)), str(key))
+        if other != str(key):
+            raise ValueError(
+                f"{field_name} names {other!r} and {key!r}, which SQL reads as one name "
+                "(names ignore the case of ASCII letters); give it once"
+            )
 
 
 @dataclass(frozen=True)
@@ -83,13 +103,8 @@ class Policy:
     max_epsilon: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tables", "columns", "min_max", "distinct"):
-            value = getattr(self, name)
-            if isinstance(value, str | bytes):  # "age" in "page" would hold: fail closed
-                raise TypeError(
-                    f"{name} must be a list of names, got the string {value!r}; "
-                    f"write {name}=[{value!r}]"
-                )
+        for name in _NAMED:
+            _check_names(name, getattr(self, name))
         if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int):
             raise TypeError(f"min_group_size must be an int, got {self.min_group_size!r}")
         if self.min_group_size < 1:
@@ -113,6 +128,39 @@ class Policy:
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+    def spelled_as(self, plan: Plan) -> Policy:
+        """This policy with the names a query reads spelled as the query spells them.
+
+        SQL names ignore the case of ASCII letters, as DuckDB reads them: a policy
+        that bounds ``Age`` bounds ``age`` in ``AVG(age)``. Each name the query
+        reads is added beside the policy's own spelling, so every check and
+        lookup by the query's names finds it.
+        """
+        wanted: dict[str, list[str]] = {}
+        for name in (plan.table, *sorted(plan.columns())):
+            wanted.setdefault(fold(name), []).append(name)
+
+        def names(values: Sequence[str] | None) -> Sequence[str] | None:
+            if values is None:
+                return None
+            out = list(values)
+            for v in values:
+                out += [n for n in wanted.get(fold(str(v)), []) if n not in out]
+            return out
+
+        def keyed(mapping: Mapping[str, Any]) -> dict[str, Any]:
+            out = dict(mapping)
+            for key, value in mapping.items():
+                out.update(dict.fromkeys(wanted.get(fold(str(key)), []), value))
+            return out
+
+        view = copy.copy(self)  # frozen: the view is set field by field, not checked again
+        for name in ("tables", "columns", "min_max", "distinct"):
+            object.__setattr__(view, name, names(getattr(self, name)))
+        object.__setattr__(view, "bounds", keyed(self.bounds))
+        object.__setattr__(view, "domains", keyed(self.domains))
+        return view
 
     def describe(self) -> dict[str, Any]:
         """What the site declares publicly: bounds, domains, minimum group size, budget."""

@@ -36,6 +36,7 @@ from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sens
 from covey.analytics._sql import Aggregate, Plan, QueryError
 from covey.analytics._stats import (
     BISECT_BINS,
+    DP_BISECT_BINS,
     Quantiles,
     TopK,
     check_rounds,
@@ -59,6 +60,8 @@ class _Query:
                 f"groups; at most {MAX_GROUPS} are answered"
             )
         self.multiplier: float | None = None
+        # bins per bisection stage of a quantile: fewer under DP (see DP_BISECT_BINS)
+        self.bins = BISECT_BINS if options["epsilon"] is None else DP_BISECT_BINS
         self.releases = 0
         self.meta: dict[str, Any] = {"clipped": {}, "outside_domain": 0, "withheld_groups": 0}
         self.spent: dict[str, float] = {}
@@ -128,8 +131,8 @@ class _Query:
                         "op": "bins",
                         "col": col,
                         "low": [float(low)] * self.groups,
-                        "width": [(high - low) / BISECT_BINS] * self.groups,
-                        "bins": BISECT_BINS,
+                        "width": [(high - low) / self.bins] * self.groups,
+                        "bins": self.bins,
                     },
                 )
             elif a.func in ("sum", "avg", "var_samp", "var_pop", "stddev_samp", "stddev_pop"):
@@ -185,7 +188,7 @@ class _Query:
         return total + TopK.stages(self.plan)
 
     def bisect_rounds(self, a: Aggregate) -> int:
-        return check_rounds(self.decl["bounds"][a.column], self.precision(a))
+        return check_rounds(self.decl["bounds"][a.column], self.precision(a), self.bins)
 
     def precision(self, a: Aggregate) -> float:
         low, high = self.decl["bounds"][a.column]
@@ -450,7 +453,15 @@ def query(
         >>> query(sites, "SELECT AVG(age), COUNT(*) FROM p", secure=False).iloc[0].tolist()
         [35.0, 4.0]
     """
-    p = check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism, delta=delta)
+    p = check_query(
+        sql,
+        secure=secure,
+        epsilon=epsilon,
+        mechanism=mechanism,
+        delta=delta,
+        precision=precision,
+        analyst=analyst,
+    )
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)

@@ -25,7 +25,7 @@ from covey.analytics._compute import Computed, SortedValues, compute
 from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
-from covey.analytics._sql import Plan, QueryError, plan
+from covey.analytics._sql import Plan, QueryError, fold, plan
 from covey.analytics._tables import columns, load_tables
 from covey.analytics._withholding import noise_request, noise_suffices, withhold
 from covey.clients import Client
@@ -256,18 +256,21 @@ class Site(Client):
         if self.policy is None:
             raise PolicyError("this site has no policy, so it answers nothing")
         p = plan(str(request["sql"]))
+        # names as DuckDB reads them (ASCII case ignored): the policy's and the tables'
+        policy = self.policy.spelled_as(p)
         # the policy first: what it does not open is refused alike, whether the
         # site has it or not, so a refusal does not tell which columns exist
         dp = request.get("dp")
-        self.policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
-        if p.table not in self._tables:
+        policy.check(p, secure=bool(request.get("secure")), dp=dp is not None)
+        table = next((t for t in self._tables if fold(t) == fold(p.table)), None)
+        if table is None:
             raise PolicyError(f"this site has no table {p.table!r}")
-        known = self._columns[p.table]
+        known = {fold(c): kind for c, kind in self._columns[table].items()}
         for col in sorted(p.columns()):
-            if col not in known:
+            if fold(col) not in known:
                 raise PolicyError(f"table {p.table!r} has no column {col!r} at this site")
-        _check_numeric(p, known)
-        return self.policy, p
+        _check_numeric(p, {col: known[fold(col)] for col in p.columns()})
+        return policy, p
 
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Check a query and declare what the server needs to plan it (bounds, domains)."""

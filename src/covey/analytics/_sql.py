@@ -20,6 +20,20 @@ from sqlglot.tokens import Token, Tokenizer, TokenType  # type: ignore[attr-defi
 
 DIALECT = "duckdb"
 MAX_SQL = 20_000
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold(name: str) -> str:
+    """A name as SQL compares it: ASCII letters in any case are one (``Age`` is ``age``).
+
+    DuckDB reads identifiers, quoted or not, this way; other letters (``Â``, ``â``)
+    stay distinct.
+
+    Example:
+        >>> fold("Age") == fold("AGE"), fold("Âge") == fold("âge")
+        (True, False)
+    """
+    return name.translate(_ASCII_LOWER)
 
 
 class QueryError(ValueError):
@@ -392,7 +406,7 @@ def _group_by(tree: exp.Select, loc: _Locator) -> list[str]:
                 raise QueryError(
                     f"GROUP BY{loc.where('GROUP')} takes column names, got {node.sql(DIALECT)}"
                 )
-            if str(node.name) in group_by:
+            if fold(str(node.name)) in map(fold, group_by):
                 raise QueryError(
                     f"GROUP BY{loc.where('GROUP')} names {node.name!r} twice; name each column once"
                 )
@@ -439,11 +453,14 @@ def _plan(sql: str) -> Plan:
         if isinstance(node, exp.Star):
             raise QueryError(f"SELECT *{loc.where('*')} is row-level output and is not supported")
         if isinstance(node, exp.Column):
-            if node.name not in group_by:
+            folded = [fold(g) for g in group_by]
+            if fold(str(node.name)) not in folded:
                 raise QueryError(
                     f"the column {node.name}{loc.where(node.name)} is neither aggregated nor in "
                     "GROUP BY; row-level output is not supported"
                 )
+            # the answer's column is named as SELECT spells it (GROUP BY sex, SELECT SEX)
+            group_by[folded.index(fold(str(node.name)))] = str(node.name)
             continue
         text = texts[i] if i < len(texts) and texts[i] else node.sql(DIALECT)
         name = str(alias) if alias else text.strip()

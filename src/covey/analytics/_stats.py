@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covey.analytics._compute import END, TOPK_MAX_BYTES
+from covey.analytics._dp import noise_threshold
 from covey.analytics._sql import Aggregate, Plan, QueryError
 
 if TYPE_CHECKING:
@@ -20,7 +21,13 @@ if TYPE_CHECKING:
     from covey.analytics._query import _Query
 
 BISECT_BINS = 1024
+DP_BISECT_BINS = 16
+"""Bins per bisection stage under DP: the noise of every bin below the order statistic
+adds up in its rank, so a few bins over more stages (more releases, each noisier)
+land far closer than 1024 (about 8 times, for a median of 900 records at epsilon 0.5)."""
 MAX_PREFIXES = 64
+TOPK_FALSE_CHANCE = 0.01
+"""Under DP, the most probability that noise alone grows one prefix of a trie."""
 
 
 def merge_declarations(p: Plan, decls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,7 +92,7 @@ def survival(events: np.ndarray, exits: np.ndarray, min_exits: float = 1.0) -> l
 class Quantiles:
     """Quantiles of every quantile aggregate by bisection on histogram counts.
 
-    Each stage asks, per group, for the counts in ``BISECT_BINS`` equal bins of
+    Each stage asks, per group, for the counts in ``q.bins`` equal bins of
     the current interval (plus below and above); the interval shrinks to the
     bin that holds the wanted order statistic, until it is narrower than the
     precision.
@@ -133,8 +140,8 @@ class Quantiles:
                     "op": "bins",
                     "col": self.targets[i][0].column,
                     "low": state[i][0].tolist(),
-                    "width": ((state[i][1] - state[i][0]) / BISECT_BINS).tolist(),
-                    "bins": BISECT_BINS,
+                    "width": ((state[i][1] - state[i][0]) / self.q.bins).tolist(),
+                    "bins": self.q.bins,
                 }
                 for i in active
             ]
@@ -148,10 +155,11 @@ class Quantiles:
     ) -> None:
         """Shrink target ``i``'s intervals to the bin holding its order statistic."""
         low, high = state[i]
-        width = (high - low) / BISECT_BINS
+        bins = self.q.bins
+        width = (high - low) / bins
         cum = counts[:, :1] + np.cumsum(counts[:, 1:-1], axis=1)
         over = cum > self.targets[i][1][:, None]
-        j = np.where(over.any(axis=1), np.argmax(over, axis=1), BISECT_BINS - 1)
+        j = np.where(over.any(axis=1), np.argmax(over, axis=1), bins - 1)
         state[i] = (low + j * width, low + (j + 1) * width)
 
     def value(self, a: Aggregate) -> np.ndarray:
@@ -212,9 +220,27 @@ class TopK:
             counts_out.append([round(n) for _, n in best])
         return values, counts_out
 
+    def threshold(self, cells: int) -> float:
+        """The count a prefix needs to be kept, among ``cells`` counts tested in a stage.
+
+        The minimum group size and, under DP, more than the noise reaches but rarely.
+        A count is noise plus the records that share the prefix; with noise as
+        strong as DP's at a small epsilon, the noise of one of the 257 extensions
+        of each prefix passes the minimum group size alone, and the trie would
+        grow bytes no record holds. The level is set so that noise alone passes
+        it on any cell of the whole trie with probability at most
+        :data:`TOPK_FALSE_CHANCE` (post-processing: it costs no privacy).
+        """
+        level = float(max(1, int(self.q.decl["min_group_size"])))
+        if self.q.multiplier is None:
+            return level
+        terms = 1 if self.q.opt["secure"] else len(self.q.fed.cids)
+        chance = TOPK_FALSE_CHANCE / (TOPK_MAX_BYTES * max(cells, 1))
+        noise = noise_threshold(self.q.opt["mechanism"], self.q.multiplier, terms, chance)
+        return max(level, noise)
+
     def _grow(self, col: str) -> list[dict[bytes, float]]:
         """The finished values of ``col`` per group that the minimum lets through, counted."""
-        threshold = max(1, int(self.q.decl["min_group_size"]))
         groups = self.q.groups
         live: list[list[bytes]] = [[b""] for _ in range(groups)]
         done: list[dict[bytes, float]] = [{} for _ in range(groups)]
@@ -228,6 +254,7 @@ class TopK:
                 "depth": depth,
             }
             counts = self.q.run([stat]).vectors[0]
+            threshold = self.threshold(sum(len(ps) for ps in live) * (END + 1))
             nxt: list[list[bytes]] = []
             for g in range(groups):
                 grown: list[tuple[float, bytes]] = []
@@ -246,9 +273,9 @@ class TopK:
         return done
 
 
-def check_rounds(bounds: tuple[float, float], precision: float) -> int:
+def check_rounds(bounds: tuple[float, float], precision: float, bins: int = BISECT_BINS) -> int:
     """Bisection stages needed to narrow ``bounds`` to ``precision``."""
     low, high = bounds
     if not precision > 0:
         raise QueryError(f"the quantile precision must be positive, got {precision}")
-    return max(1, math.ceil(math.log((high - low) / precision) / math.log(BISECT_BINS)))
+    return max(1, math.ceil(math.log((high - low) / precision) / math.log(bins)))

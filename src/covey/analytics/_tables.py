@@ -15,15 +15,46 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from covey.analytics._sql import fold
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 SQLITE_PREFIX = "sqlite:///"
+MAX_NAME = 255
 
 
 def quote(name: str) -> str:
-    """A DuckDB identifier for a checked name."""
-    if not _NAME.match(name):
-        raise ValueError(f"{name!r} is not a valid table or column name")
+    """A DuckDB identifier for any column name: in double quotes, a double quote doubled."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or "\x00" in name:
+        raise ValueError(f"{name!r} is not a valid column name")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_name(name: str) -> str:
+    """A table's name, checked (letters, digits and underscores), as a DuckDB identifier."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid table name: give 1 to 63 ASCII letters, digits "
+            "and underscores, not starting with a digit"
+        )
     return '"' + name + '"'
+
+
+def check_names(table: str, names: Any) -> None:
+    """Refuse a table whose column names SQL cannot tell apart.
+
+    DuckDB reads ``age`` and ``Age`` as one name, and loading such columns renames
+    one of them (``Age_1``), which may already be another column's name: a query
+    would read other data than it names.
+    """
+    seen: dict[str, str] = {}
+    for raw in names:
+        name = str(raw)
+        other = seen.setdefault(fold(name), name)
+        if other is not name:
+            raise ValueError(
+                f"table {table!r} has the columns {other!r} and {name!r}, which SQL reads as "
+                "one name (names ignore the case of ASCII letters); rename one of them"
+            )
 
 
 def _string(text: str) -> str:
@@ -42,7 +73,7 @@ def _sqlite(con: duckdb.DuckDBPyConnection, name: str, source: str) -> None:
         ).fetchone()
         if found is None:
             raise ValueError(f"the SQLite database {path} has no table {name!r}")
-        frame = pd.read_sql_query(f"SELECT * FROM {quote(name)}", db)  # noqa: S608
+        frame = pd.read_sql_query(f"SELECT * FROM {table_name(name)}", db)  # noqa: S608
     finally:
         db.close()
     _copy(con, name, frame)
@@ -55,14 +86,28 @@ def _copy(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> Non
     before 2.0 makes its object columns INTEGER (then ``ward LIKE 'n%'`` fails
     to bind), so they are given as text.
     """
+    check_names(name, frame.columns)
     if frame.empty:
         text = [c for c in frame.columns if frame[c].dtype == object]
         frame = frame.astype(dict.fromkeys(text, "string"))
+    source = table_name("__src_" + name)
     con.register(f"__src_{name}", frame)
     try:
-        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {quote('__src_' + name)}")  # noqa: S608
+        con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {source}")  # noqa: S608
     finally:
         con.unregister(f"__src_{name}")
+
+
+def _file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
+    """The column names a Parquet or CSV file gives, before DuckDB renames any."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    # the header row read as data, split as DuckDB's reader of the table splits it
+    reader = f"read_csv({_string(str(path))}, header = false, all_varchar = true)"
+    row = con.execute(f"SELECT * FROM {reader} LIMIT 1").fetchone()  # noqa: S608
+    return [str(v) for v in (row or ()) if v is not None]
 
 
 def _nan_to_null(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -74,8 +119,8 @@ def _nan_to_null(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """
     for col, kind in columns(con, name).items():
         if kind.upper() in ("FLOAT", "DOUBLE", "REAL"):
-            column = '"' + col.replace('"', '""') + '"'  # any name the file gave it
-            con.execute(f"UPDATE {quote(name)} SET {column} = NULL WHERE isnan({column})")  # noqa: S608
+            column = quote(col)
+            con.execute(f"UPDATE {table_name(name)} SET {column} = NULL WHERE isnan({column})")  # noqa: S608
 
 
 def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
@@ -93,7 +138,7 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
         raise ValueError("a site needs at least one table: tables={name: source}")
     con = duckdb.connect(":memory:")
     for name, source in tables.items():
-        quote(name)
+        table_name(name)
         if isinstance(source, pd.DataFrame):
             _copy(con, name, source)
         elif isinstance(source, str) and source.startswith(SQLITE_PREFIX):
@@ -112,7 +157,8 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
                     f"table {name!r}: {path} is neither .parquet nor .csv "
                     "(use sqlite:///path for a SQLite database)"
                 )
-            con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM {reader}")  # noqa: S608
+            check_names(name, _file_columns(con, path))
+            con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {reader}")  # noqa: S608
         else:
             raise TypeError(
                 f"table {name!r}: expected a DataFrame, a .parquet/.csv path or "
@@ -129,5 +175,5 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
 
 def columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     """``{column: DuckDB type}`` of ``table``."""
-    rows = con.execute(f"DESCRIBE {quote(table)}").fetchall()
+    rows = con.execute(f"DESCRIBE {table_name(table)}").fetchall()
     return {str(r[0]): str(r[1]) for r in rows}

@@ -1,0 +1,100 @@
+"""Table and column names as SQL reads them: ASCII case ignored, any other character kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from covey.analytics import Policy, PolicyError, Site, query
+
+
+def _frames() -> list[pd.DataFrame]:
+    rng = np.random.default_rng(7)
+    return [
+        pd.DataFrame(
+            {
+                "Age": rng.integers(20, 90, 60).astype(float),
+                "Sex": rng.choice(["F", "M"], 60),
+                "âge": rng.uniform(0, 1, 60),
+                "age at dx": rng.uniform(0, 10, 60),
+                'we"ird': rng.uniform(-1, 1, 60),
+            }
+        )
+        for _ in range(3)
+    ]
+
+
+def _pooled(frames: list[pd.DataFrame], sql: str) -> pd.DataFrame:
+    con = duckdb.connect()
+    con.register("patients", pd.concat(frames, ignore_index=True))
+    return con.execute(sql).df()
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_names_in_another_case_than_the_table_or_policy_read_the_same_column(
+    secure: bool,
+) -> None:
+    # DuckDB reads AVG(age) over a column Age: the sites did not (no bounds for 'age')
+    frames = _frames()
+    policy = Policy(
+        tables=["PATIENTS"],
+        columns=["age", "SEX"],
+        bounds={"AGE": (0, 120)},
+        domains={"sex": ["F", "M"]},
+        min_group_size=5,
+    )
+    sites = [Site({"Patients": f}, policy, name=f"s{i}") for i, f in enumerate(frames)]
+    sql = "SELECT SEX, COUNT(*), AVG(age), SUM(Age) FROM patients WHERE AGE > 30 GROUP BY sex"
+    df = query(sites, sql, secure=secure)
+    want = _pooled(frames, sql + " ORDER BY sex")
+    assert df["SEX"].tolist() == ["F", "M"]
+    assert df["COUNT(*)"].tolist() == want["count_star()"].tolist()
+    assert df["AVG(age)"].tolist() == pytest.approx(want["avg(age)"].tolist(), rel=1e-9)
+    assert df["SUM(Age)"].tolist() == pytest.approx(want["sum(Age)"].tolist(), rel=1e-9)
+    assert df.attrs["refused"] == {}
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_unicode_spaced_and_quoted_column_names_are_answered(secure: bool) -> None:
+    # the sites failed with "ValueError: 'âge' is not a valid table or column name"
+    frames = _frames()
+    policy = Policy(
+        bounds={"âge": (0, 1), "age at dx": (0, 10), 'we"ird': (-1, 1)}, min_group_size=5
+    )
+    sites = [Site({"patients": f}, policy, name=f"s{i}") for i, f in enumerate(frames)]
+    sql = (
+        'SELECT AVG(âge), SUM("age at dx"), COUNT("we""ird"), AVG("we""ird") FROM patients '
+        'WHERE "age at dx" < 8 AND âge > 0.1'
+    )
+    got = query(sites, sql, secure=secure).iloc[0].tolist()
+    want = _pooled(frames, sql).iloc[0].tolist()
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_a_non_ascii_letter_in_another_case_is_another_name() -> None:
+    # as DuckDB reads it: ÂGE is not âge, and the site says so
+    frames = _frames()
+    policy = Policy(bounds={"âge": (0, 1)}, min_group_size=5)
+    sites = [Site({"patients": f}, policy, name=f"s{i}") for i, f in enumerate(frames)]
+    with pytest.raises(PolicyError, match="no bounds for 'ÂGE'"):
+        query(sites, "SELECT AVG(ÂGE) FROM patients", secure=False)
+
+
+def test_names_that_differ_only_in_case_are_refused_not_renamed(tmp_path: Path) -> None:
+    # DuckDB loads columns age, Age, Age_1 as age, Age_1, Age_1_1: AVG(Age_1) read
+    # the column Age
+    frame = pd.DataFrame({"age": [1.0] * 20, "Age": [2.0] * 20, "Age_1": [3.0] * 20})
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    policy = Policy(bounds={"Age_1": (0, 10)}, min_group_size=1)
+    for source in (frame, str(tmp_path / "t.parquet"), str(tmp_path / "t.csv")):
+        with pytest.raises(ValueError, match=r"columns 'age' and 'Age'.*rename one"):
+            Site({"t": source}, policy)
+    with pytest.raises(ValueError, match=r"bounds names 'age' and 'AGE'"):
+        Policy(bounds={"age": (0, 1), "AGE": (0, 2)})
+    with pytest.raises(ValueError, match=r"columns names 'sex' and 'Sex'"):
+        Policy(columns=["sex", "Sex"])
