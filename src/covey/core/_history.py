@@ -10,11 +10,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from covey.core._files import atomic_write, read_regular
+from covey.core._files import TooLargeError, atomic_write, read_regular
 from covey.core._messages import Metrics
 from covey.core._version import covey_version
 
 Source = Literal["central", "evaluate", "fit"]
+
+MAX_HISTORY_BYTES = 256 << 20
+"""The largest ``history.json`` :meth:`History.load` reads unless told more (as the dashboard):
+thousands of rounds of thousands of clients, each failure with its traceback."""
 
 
 @dataclass
@@ -388,12 +392,14 @@ class History:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> History:
+    def load(cls, run_dir: str | Path, *, max_bytes: int = MAX_HISTORY_BYTES) -> History:
         """Read the history of any run, simulated or deployed, from its run folder.
 
         Args:
             run_dir: The run folder (holding ``history.json``), or the
                 ``history.json`` file itself.
+            max_bytes: The largest file read (256 MiB by default); a larger one
+                is refused before any of it is read.
 
         Fields this covey does not know are left out, so that the history a newer
         covey wrote reads here; one ``UserWarning`` names them (and the covey
@@ -404,7 +410,7 @@ class History:
 
         Raises:
             FileNotFoundError: if there is no ``history.json`` there.
-            ValueError: if the file is not a covey history.
+            ValueError: if the file is not a covey history, or is larger than ``max_bytes``.
 
         Example:
             >>> import tempfile
@@ -421,7 +427,15 @@ class History:
                 f"no {cls.FILE_NAME} in {path.parent}: is it a covey run folder?"
             )
         try:
-            data = json.loads(read_regular(path).decode("utf-8"))
+            text = read_regular(path, max_bytes)
+        except TooLargeError as exc:
+            raise ValueError(
+                f"{path} is {exc.size:,} bytes, more than History.load reads ({exc.limit:,}, "
+                "max_bytes=): it is no run's history.json, or that of a run larger than "
+                "that; read it with History.load(..., max_bytes=) set above its size"
+            ) from None
+        try:
+            data = json.loads(text.decode("utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
                 raise ValueError("it has no list of rounds")
             history = cls.from_dict(data)
