@@ -138,3 +138,18 @@ def test_an_xgboost_checkpoint_that_is_no_booster_is_refused_before_round_1(
         with pytest.raises(covey.WeightsError, match=r"initial weights: .*" + message):
             covey.simulate(client_fn, 2, 1, strategy, start)
     assert built == []
+
+
+def test_a_simulations_run_dir_keeps_its_final_model_as_the_docs_say(tmp_path: Path) -> None:
+    # docs/deployment.md said simulate() keeps no weights files; with run_dir it keeps
+    # the newest two rounds', the final model among them, bit for bit.
+    from covey.server import RunStore
+
+    result = covey.simulate(
+        _client, 2, 3, covey.FedAvg(), logistic_init(64, 10), run_dir=tmp_path / "r"
+    )
+    kept = sorted(p.name for p in (tmp_path / "r" / "weights").iterdir())
+    assert kept == ["round-00002.safetensors", "round-00003.safetensors"]
+    with RunStore.open(tmp_path / "r") as store:
+        weights, _, _ = store.load_round(3)
+    assert all(np.array_equal(weights[n], result.weights[n]) for n in result.weights)

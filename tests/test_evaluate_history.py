@@ -248,3 +248,20 @@ def test_a_metrics_function_that_raises_is_named_with_its_round(tmp_path: Path) 
     reason = covey.History.load(tmp_path / "run").stopped_reason
     assert reason is not None
     assert note in reason
+
+
+def test_history_load_refuses_a_file_over_its_cap_before_reading_it(tmp_path: Path) -> None:
+    # Before, History.load read any file whole: a huge one took all the memory.
+    from covey.core._history import MAX_HISTORY_BYTES
+
+    covey.History([RoundRecord(0, central_loss=1.0)]).save(tmp_path / "history.json")
+    size = (tmp_path / "history.json").stat().st_size
+    with pytest.raises(ValueError, match=rf"history\.json is {size:,} bytes, more than History"):
+        covey.History.load(tmp_path, max_bytes=size - 1)
+    assert covey.History.load(tmp_path, max_bytes=size).rounds[0].central_loss == 1.0
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with open(huge / "history.json", "wb") as f:
+        f.truncate(MAX_HISTORY_BYTES + 1)  # sparse: no disk, no memory
+    with pytest.raises(ValueError, match=r"more than History\.load reads \(268,435,456, max_byt"):
+        covey.History.load(huge)

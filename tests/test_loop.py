@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -500,3 +502,33 @@ def test_result_records_validate_their_fields() -> None:
         EvaluateResult(loss=1.0, num_examples=-2)
     assert Reply(0, "fit").ok
     assert not Reply(0, "fit", error="x").ok
+
+
+def test_a_result_without_num_examples_says_what_to_pass() -> None:
+    # Before, Python's bare "missing 1 required keyword-only argument: 'num_examples'".
+    w = {"w": np.zeros(1)}
+    with pytest.raises(
+        TypeError,
+        match=r"FitResult needs num_examples=, the number of examples "
+        r"trained on .*FitResult\(weights=new, num_examples=len\(y\)\)",
+    ):
+        FitResult(weights=w)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"FitResult\(delta=update, num_examples="):
+        FitResult(delta=w)  # type: ignore[call-arg]
+    with pytest.raises(
+        TypeError,
+        match=r"EvaluateResult needs num_examples=, the number of "
+        r"examples evaluated .*EvaluateResult\(loss=loss, num_examples=len\(y\)\)",
+    ):
+        EvaluateResult(loss=0.5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"FitResult takes keyword arguments only, e\.g\. Fit"):
+        FitResult(w, 5)  # type: ignore[arg-type, call-arg]
+    fit = FitResult(weights=w, num_examples=2)
+    for same in (pickle.loads(pickle.dumps(fit)), copy.copy(fit), copy.deepcopy(fit)):  # noqa: S301
+        assert same.num_examples == 2
+        assert np.array_equal(same.weights["w"], w["w"])  # type: ignore[index]
+    evaluated = EvaluateResult(loss=0.5, num_examples=3, metrics={"accuracy": 0.9})
+    assert pickle.loads(pickle.dumps(evaluated)) == copy.deepcopy(evaluated) == evaluated  # noqa: S301
+    assert (evaluated.loss, evaluated.num_examples) == (0.5, 3)
+    assert evaluated == EvaluateResult(loss=0.5, num_examples=3, metrics={"accuracy": 0.9})
+    assert EvaluateResult(loss=0.5, num_examples=3).metrics == {}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import tracemalloc
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,14 +118,14 @@ def test_a_weights_file_the_system_cannot_read_is_not_dropped_as_damaged(
     run_dir = tmp_path / "run"
     _run(run_dir)
     newest = run_dir / "weights" / weights_file_name(3)
-    real = Path.read_bytes
+    real = os.open
 
-    def denied(self: Path) -> bytes:
-        if self.name == newest.name:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def denied(path: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(path).name == newest.name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(os, "open", denied)
     unreadable = r"cannot read weights file .*round-00003.*denied"
     with RunStore.open(run_dir) as store, pytest.raises(OSError, match=unreadable):
         store.load_latest_valid()
@@ -251,3 +253,50 @@ def test_resuming_a_folder_whose_json_nests_too_deeply_or_is_a_pipe_neither_cras
     keeper = SimCheckpoint.__new__(SimCheckpoint)
     keeper.start = 2
     assert keeper.run_meta(run_dir / "run.json", {"rounds": 3}) == {"rounds": 3}
+
+
+def test_a_huge_file_in_place_of_a_rounds_weights_is_refused_without_reading_it_whole(
+    tmp_path: Path,
+) -> None:
+    # Before, the file was read whole into memory, then found corrupt by its SHA-256:
+    # a file of many gigabytes put in its place took all the memory first.
+    import safetensors.numpy
+
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    newest = run_dir / "weights" / weights_file_name(3)
+    # 1. a well-formed file of another, huge model: its size agrees with its header
+    big = {"w": np.zeros(4, np.float32), "x": np.zeros(1 << 22, np.float32)}  # 16 MiB
+    safetensors.numpy.save_file(big, newest, metadata={"covey_round": "3"})
+    # 2. 64 MiB of zeros (sparse): no safetensors header at all
+    zeros = run_dir / "weights" / weights_file_name(2)
+    with open(zeros, "wb") as f:
+        f.truncate(64 << 20)
+    # 3. a file cut short, and one with bytes after its arrays
+    cut = run_dir / "weights" / weights_file_name(1)
+    cut.write_bytes(cut.read_bytes()[:-3])
+    grown = run_dir / "weights" / weights_file_name(0)
+    grown.write_bytes(grown.read_bytes() + b"\0" * 5)
+    tracemalloc.start()
+    with RunStore.open(run_dir) as store:
+        with pytest.raises(
+            ValueError, match=r"round-00003\.safetensors of round 3 is corrupt: its"
+        ):
+            store.load_round(3)
+        with pytest.raises(
+            ValueError,
+            match=r"round-00002\.safetensors of round 2 is corrupt: its header is not a "
+            r"safetensors header",
+        ):
+            store.load_round(2)
+        with pytest.raises(
+            ValueError, match=r"round-00001\.safetensors of round 1 is truncated: it holds \d+"
+        ):
+            store.load_round(1)
+        with pytest.raises(
+            ValueError, match=r"round-00000\.safetensors of round 0 is larger than its arrays"
+        ):
+            store.load_round(0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20  # read a chunk at a time, never whole

@@ -114,3 +114,57 @@ def test_a_served_run_resumed_while_still_running_says_to_wait_or_stop_it(
     stop = f"stop it first (Ctrl-C in its terminal, or `kill {pid}`), then resume it"
     assert f"wait for it to end, or {stop}" in said
     assert "another run folder" not in said
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_server_refuses_a_simulations_folder_before_writing_over_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, serve(run_dir=...) of a simulation that kept no checkpoint (top-k) wrote
+    # its own history.json over the simulation's, and serve(resume=True) of one that
+    # kept one went on with it as a served run, mixing the two in one folder.
+    from typer.testing import CliRunner
+
+    from covey.cli import app
+    from covey.deploy import serve
+
+    def simulate(folder: Path, compression: str | None) -> None:
+        strategy = covey.FedAvg(fraction_evaluate=0.0)
+        covey.simulate(
+            lambda cid: Same(),
+            2,
+            2,
+            strategy,
+            {"w": np.zeros(8)},
+            run_dir=folder,
+            compression=compression,
+        )
+
+    kept, topk = tmp_path / "kept", tmp_path / "topk"
+    simulate(kept, None)
+    simulate(topk, "topk:0.5")
+    before = {folder: _folder_files(folder) for folder in (kept, topk)}
+    for folder, files in (
+        (kept, "run.sqlite, history.json, run.json"),
+        (topk, "history.json, run.json"),
+    ):
+        with pytest.raises(FileExistsError, match=rf"already holds a run \({files}\); a new run"):
+            serve(covey.FedAvg(), 2, {"w": np.zeros(8)}, insecure=True, run_dir=folder)
+    with pytest.raises(ValueError, match=r"holds a simulation, not a served run: continue it wi"):
+        serve(covey.FedAvg(), 3, {"w": np.zeros(8)}, insecure=True, run_dir=kept, resume=True)
+    with RunStore.open(kept) as store:
+        assert store.status == "finished"
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    for folder in (kept, topk):
+        result = CliRunner().invoke(
+            app,
+            ["server", "--app", "tiny_app:server_app", "--insecure", "--run-dir", str(folder)],
+        )
+        assert result.exit_code == 2, result.output
+        assert "which a new run would write over; give another folder" in " ".join(
+            result.output.split()
+        )
+    assert {folder: _folder_files(folder) for folder in (kept, topk)} == before

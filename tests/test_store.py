@@ -656,3 +656,16 @@ def test_fleet_events_survive_a_sigkill_right_after_they_are_logged(run_dir: Pat
     with RunStore.open(run_dir) as store:
         assert len(store.events()) == 50
         assert store.clients() == {f"phone-{i}": i for i in range(50)}
+
+
+def test_history_has_the_runs_config_and_client_names(run_dir: Path) -> None:
+    # Before, store.history() had an empty config and no client names, unlike
+    # History.load of the same run: history.name_of(0) said "client 0".
+    with RunStore.create(run_dir, config={"rounds": 1, "seed": 3}) as store:
+        assert store.client_id("hospital-a") == 0
+        store.save_round(0, small(0), record(0))
+    with RunStore.open(run_dir) as store:
+        history = store.history()
+    assert history.config == {"rounds": 1, "seed": 3}
+    assert history.name_of(0) == "hospital-a"
+    assert [r.round for r in history.rounds] == [0]

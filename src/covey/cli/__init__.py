@@ -80,7 +80,7 @@ def demo(
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
     from covey.cli._demo import DemoConfig, plot_history
-    from covey.cli._model import save_model
+    from covey.cli._model import not_saved, save_model
     from covey.cli._runs import print_table, round_table
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail, output_file
@@ -146,8 +146,13 @@ def demo(
         f"run folder: {escape(str(run_dir))} (history.json{', plot.png' if plot else ''})",
         soft_wrap=True,
     )
-    if out is not None and save_model(run_dir, final.round, result.weights, console, out):
-        console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
+    if out is None:
+        return
+    if not save_model(run_dir, final.round, result.weights, console, out):
+        said = not_saved(run_dir, final.round, out)
+        console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
 
 
 def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> SimulationResult:

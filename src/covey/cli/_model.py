@@ -19,7 +19,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, check_evaluate_fn
 
-__all__ = ["MODEL_FILE", "RoundModels", "keep_model", "save_model"]
+__all__ = ["MODEL_FILE", "RoundModels", "keep_model", "not_saved", "save_model"]
 
 MODEL_FILE = "model.safetensors"
 
@@ -82,6 +82,27 @@ def save_model(
         console.print(f"[yellow]the model was not saved:[/] {escape(str(exc))}")
         return False
     return True
+
+
+def not_saved(run_dir: Path, last: int, to: Path | None = None) -> str:
+    """Why a finished run fails when its model could not be written, and what it kept.
+
+    Args:
+        run_dir: The run's folder.
+        last: The round the model is of.
+        to: The file the model was to be written to; None: ``model.safetensors`` in ``run_dir``.
+    """
+    from covey.server._roundfiles import WEIGHTS_DIR, weights_file_name
+
+    path = to or run_dir / MODEL_FILE
+    said = f"the run finished, but its model after round {last} could not be written to {path}"
+    kept = run_dir / WEIGHTS_DIR / weights_file_name(last)
+    if kept.is_file():
+        return (
+            f"{said}; the run folder keeps its rounds: history.json, and that model in "
+            f"{kept} (read it with covey.server.RunStore.open(folder).load_round({last}))"
+        )
+    return f"{said}; the run folder keeps its history.json"
 
 
 def keep_model(

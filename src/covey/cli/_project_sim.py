@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from covey.cli._model import MODEL_FILE, RoundModels, keep_model, save_model
+from covey.cli._model import MODEL_FILE, RoundModels, keep_model, not_saved, save_model
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
@@ -175,8 +175,7 @@ def _refused_resume(exc: Exception, resume: Path | None, models: RoundModels) ->
 def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: Path | None) -> None:
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
-    from covey.cli._runs import print_table, round_table, stopped_early
-    from covey.server._outputs import new_run_dir, plot_history
+    from covey.server._outputs import new_run_dir
     from covey.sim._simulate import _checked
     from covey.sim._start import check_start_method
 
@@ -244,16 +243,28 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         if kept is not None:
             console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
         raise
-    plot_history(result.history, run_dir / "plot.png", title=f"{settings.project.name}")
+    _finished(settings.project.name, run_dir, result)
+
+
+def _finished(name: str, run_dir: Path, result: Any) -> None:
+    """Report a finished run and keep its model; exit with status 1 if it cannot be kept."""
+    from covey.cli._runs import print_table, round_table, stopped_early
+    from covey.server._outputs import plot_history
+
+    plot_history(result.history, run_dir / "plot.png", title=name)
     print_table(round_table(result.history), console)
     early = stopped_early(result.history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
     files = "history.json, plot.png"
     last = result.history.rounds[-1].round if result.history.rounds else 0
-    if save_model(run_dir, last, result.weights, console):
+    saved = save_model(run_dir, last, result.weights, console)
+    if saved:
         files += f", {MODEL_FILE}"
     console.print(
         escape(f"run folder: {run_dir} ({files}); `covey runs show {shlex.quote(str(run_dir))}`"),
         soft_wrap=True,
     )
+    if not saved:  # the one thing a finished run is for: not a success
+        console.print(f"[red]error:[/] {escape(not_saved(run_dir, last))}", soft_wrap=True)
+        raise typer.Exit(1)

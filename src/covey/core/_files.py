@@ -99,18 +99,46 @@ def fsync_dir(directory: str | Path) -> None:
             os.close(fd)
 
 
-def read_regular(path: str | Path) -> bytes:
-    """The bytes of ``path``, refused unless it is a regular file.
+class TooLargeError(ValueError):
+    """A file larger than its reader takes: refused before any of it is read.
+
+    Attributes:
+        size: The file's size in bytes.
+        limit: The most bytes the reader takes.
+    """
+
+    def __init__(self, path: str | Path, size: int, limit: int) -> None:
+        """``path`` is ``size`` bytes, more than ``limit``."""
+        super().__init__(f"{path} is {size:,} bytes, more than the {limit:,} read")
+        self.size, self.limit = size, limit
+
+
+def read_regular(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, refused unless it is a regular file (of at most ``limit`` bytes).
 
     A named pipe put where a run keeps a file would make a plain ``read`` wait
     for a writer for ever; it is opened without waiting and refused, as is a
     device.
 
+    Args:
+        path: The file to read.
+        limit: The most bytes to read; None reads the whole file.
+
     Raises:
         OSError: naming ``path``, if it cannot be opened or is no regular file.
+        TooLargeError: naming ``path``, its size and ``limit``, if it is larger
+            (nothing is read).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        facts = os.fstat(fd)
+        if not stat.S_ISREG(facts.st_mode):
             raise OSError(f"{path} is not a regular file (a named pipe, a device): remove it")
-        return handle.read()
+        if limit is None:
+            return handle.read()
+        if facts.st_size > limit:
+            raise TooLargeError(path, facts.st_size, limit)
+        data = handle.read(limit + 1)  # a file that grew since fstat is caught too
+        if len(data) > limit:
+            raise TooLargeError(path, max(facts.st_size, len(data)), limit)
+        return data

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from covey.core._files import atomic_write, read_regular
+from covey.core._files import TooLargeError, atomic_write, read_regular
 from covey.core._messages import Metrics
 from covey.core._version import covey_version
 
 Source = Literal["central", "evaluate", "fit"]
+
+MAX_HISTORY_BYTES = 256 << 20
+"""The largest ``history.json`` :meth:`History.load` reads unless told more (as the dashboard):
+thousands of rounds of thousands of clients, each failure with its traceback."""
 
 
 @dataclass
@@ -389,12 +392,14 @@ class History:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> History:
+    def load(cls, run_dir: str | Path, *, max_bytes: int = MAX_HISTORY_BYTES) -> History:
         """Read the history of any run, simulated or deployed, from its run folder.
 
         Args:
             run_dir: The run folder (holding ``history.json``), or the
                 ``history.json`` file itself.
+            max_bytes: The largest file read (256 MiB by default); a larger one
+                is refused before any of it is read.
 
         Fields this covey does not know are left out, so that the history a newer
         covey wrote reads here; one ``UserWarning`` names them (and the covey
@@ -405,7 +410,7 @@ class History:
 
         Raises:
             FileNotFoundError: if there is no ``history.json`` there.
-            ValueError: if the file is not a covey history.
+            ValueError: if the file is not a covey history, or is larger than ``max_bytes``.
 
         Example:
             >>> import tempfile
@@ -422,7 +427,15 @@ class History:
                 f"no {cls.FILE_NAME} in {path.parent}: is it a covey run folder?"
             )
         try:
-            data = json.loads(read_regular(path).decode("utf-8"))
+            text = read_regular(path, max_bytes)
+        except TooLargeError as exc:
+            raise ValueError(
+                f"{path} is {exc.size:,} bytes, more than History.load reads ({exc.limit:,}, "
+                "max_bytes=): it is no run's history.json, or that of a run larger than "
+                "that; read it with History.load(..., max_bytes=) set above its size"
+            ) from None
+        try:
+            data = json.loads(text.decode("utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
                 raise ValueError("it has no list of rounds")
             history = cls.from_dict(data)
@@ -452,49 +465,3 @@ def _head(history: History) -> dict[str, Any]:
         "stopped_reason": history.stopped_reason,
         "clients": {str(cid): name for cid, name in sorted(history.clients.items())},
     }
-
-
-class HistoryFile:
-    """A run's ``history.json``, written again after every round at a cost that stays flat.
-
-    :meth:`History.save` turns every record into JSON each time, so a run that
-    saves its history after every round spends time growing with the round
-    number (quadratic over the run). This writer keeps the JSON text of each
-    record it wrote and turns a record into JSON again only while it is new:
-    the newest record at every write, and once more when the next round
-    follows it (a round callback may still add to it). The file holds the same
-    text :meth:`History.save` writes; a full :meth:`History.save` at the end of
-    the run writes whatever changed in older records since.
-
-    Args:
-        path: The ``history.json`` to write.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        """A writer of ``path``; nothing is written yet."""
-        self.path = Path(path)
-        self._records: list[RoundRecord] = []
-        self._texts: list[str] = []
-        self._settled = 0  # how many cached texts are final (all but the newest)
-
-    def write(self, history: History) -> None:
-        """Write ``history`` to the file atomically."""
-        rounds = history.rounds
-        same = 0
-        for cached, record in zip(self._records, rounds, strict=False):
-            if cached is not record:
-                break
-            same += 1
-        keep = min(same, self._settled, max(len(rounds) - 1, 0))
-        del self._records[keep:], self._texts[keep:]
-        for index in range(keep, len(rounds)):
-            record = rounds[index]
-            self._records.append(record)
-            text = json.dumps(_jsonable(asdict(record)), indent=2)
-            self._texts.append(textwrap.indent(text, "    "))
-        self._settled = max(len(rounds) - 1, 0)
-        head = json.dumps({**_head(history), "rounds": []}, indent=2)
-        if self._texts:
-            body = ",\n".join(self._texts)
-            head = head.removesuffix("[]\n}") + f"[\n{body}\n  ]\n}}"
-        atomic_write(self.path, head)

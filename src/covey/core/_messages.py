@@ -11,13 +11,14 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 import numpy as np
 
 from covey.core._weights import Weights, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
+_R = TypeVar("_R")
 Metrics = dict[str, Scalar]
 Config = dict[str, Any]
 
@@ -64,6 +65,28 @@ def _check_count(value: object, what: str) -> int:
     if value > MAX_EXAMPLES:
         raise ValueError(f"{what} must be at most 2**53, got an int of {value.bit_length()} bits")
     return value
+
+
+def _counted(
+    cls: type[_R], args: tuple[Any, ...], kwargs: Mapping[str, Any], given: str, what: str
+) -> _R:
+    """A new ``cls`` result, refused with what to pass if made without ``num_examples``.
+
+    Python's own "missing 1 required keyword-only argument" says nothing of what the
+    count is; type checkers still see the argument required (``__init__``). Called
+    with no argument at all, by ``pickle`` and ``copy``, it makes the object.
+    """
+    name = cls.__name__
+    if args:
+        raise TypeError(
+            f"{name} takes keyword arguments only, e.g. {name}({given}, num_examples=len(y))"
+        )
+    if kwargs and "num_examples" not in kwargs:
+        raise TypeError(
+            f"{name} needs num_examples=, the number of examples {what}, e.g. "
+            f"{name}({given}, num_examples=len(y))"
+        )
+    return object.__new__(cls)
 
 
 _METRIC_TYPES = (bool, int, float, str, bytes, np.generic, np.ndarray)
@@ -125,6 +148,10 @@ class FitResult:
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     extras: Mapping[str, Weights] = field(default_factory=dict)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FitResult:
+        given = "delta=update" if "delta" in kwargs else "weights=new"
+        return _counted(cls, args, kwargs, given, "trained on (FedAvg weighs each update by it)")
 
     def __init__(
         self,
@@ -244,6 +271,10 @@ class EvaluateResult:
     loss: float
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> EvaluateResult:
+        what = "evaluated (federated metrics weigh by it)"
+        return _counted(cls, args, kwargs, "loss=loss", what)
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, bool) or not isinstance(self.loss, int | float):

@@ -104,10 +104,16 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
             f"--run-dir {run_dir} is a file; give a new or empty folder, or leave --run-dir "
             "out for a fresh folder under runs/"
         )
-    if (run_dir / "run.sqlite").exists():
+    kept = [n for n in ("run.sqlite", "history.json", "run.json") if (run_dir / n).exists()]
+    if "run.sqlite" in kept and "run.json" not in kept:  # a served run (a simulation has both)
         fail(
             f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir} "
             "or give another folder"
+        )
+    if kept:
+        fail(
+            f"--run-dir {run_dir} already holds a run ({', '.join(kept)}), which a new run "
+            "would write over; give another folder"
         )
     return run_dir
 

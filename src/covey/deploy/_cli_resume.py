@@ -32,10 +32,11 @@ def recorded_rounds(run: Path) -> int | None:
     import sqlite3
 
     from covey.core._files import read_regular
-    from covey.core._history import History
+    from covey.core._history import MAX_HISTORY_BYTES, History
 
     try:  # history.json, then run.sqlite (an older covey kept the first count there)
-        rounds = json.loads(read_regular(run / History.FILE_NAME))["config"]["rounds"]
+        text = read_regular(run / History.FILE_NAME, MAX_HISTORY_BYTES)
+        rounds = json.loads(text)["config"]["rounds"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         rounds = None
     if rounds is None:

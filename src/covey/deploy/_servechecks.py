@@ -18,15 +18,45 @@ from covey.transport.grpc._checks import check_heartbeat
 logger = logging.getLogger("covey")
 
 
+RUN_FILES = ("run.sqlite", "history.json", "run.json")
+"""The files a run (served or simulated) keeps in its folder: a new run never writes over them."""
+
+
+def check_new_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Refuse a new run a folder that holds one, a simulation's included, before listening.
+
+    Its ``history.json`` (and a simulation's ``run.json``) would be written over.
+
+    Raises:
+        FileExistsError: naming the folder, the files of the run it holds and, for a
+            served run, how to continue it.
+    """
+    folder = Path(run_dir)
+    kept = [name for name in RUN_FILES if (folder / name).exists()]
+    if not kept:
+        return
+    served = "run.sqlite" in kept and "run.json" not in kept  # a simulation writes run.json
+    more = (
+        f": continue it with serve(..., resume=True) (covey server --resume {folder}), or "
+        if served
+        else "; a new run would write over it: "
+    )
+    raise FileExistsError(
+        f"run_dir {folder} already holds a run ({', '.join(kept)}){more}give this run a "
+        "folder of its own"
+    )
+
+
 def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
-    """The store of the run in ``run_dir``, held to resume it.
+    """The store of the served run in ``run_dir``, held to resume it.
 
     Raises:
         OSError: Another process holds the run: it is still running (its pid is
             named), and a resume waits for it to end or for it to be stopped.
+        ValueError: The folder holds a simulation, which a server does not continue.
     """
     try:
-        return RunStore.open(run_dir, exclusive=True)
+        opened = RunStore.open(run_dir, exclusive=True)
     except OSError as exc:
         folder = Path(run_dir)
         if is_held(folder) is not True:
@@ -45,6 +75,17 @@ def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
             f"until it ends; wait for it to end, or stop it first (Ctrl-C in its terminal"
             f"{kill}), then resume it"
         ) from exc
+    if opened.config.get("kind") == "simulated":
+        opened.close()
+        last = opened.run_dir / WEIGHTS_DIR
+        raise ValueError(
+            f"run_dir {opened.run_dir} holds a simulation, not a served run: continue it "
+            f"with covey.simulate(..., run_dir=..., resume=True) (a project's with `covey "
+            f"run --resume {opened.run_dir}`); to train its model on with real clients, "
+            f"serve it as a new run in a folder of its own, its weights (in {last}/, read "
+            "with covey.server.RunStore) as the initial weights"
+        )
+    return opened
 
 
 def stored_address(opened: RunStore) -> str:

@@ -18,6 +18,7 @@ from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._servechecks import (
     check_capacity,
+    check_new_run_dir,
     check_resumable,
     check_settings,
     check_writable,
@@ -265,9 +266,11 @@ def _scheme(
 
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
-    """The store of the run to resume, or None for a new run."""
+    """The store of the run to resume, or None for a new run (its folder checked)."""
     if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
+    if run_dir is not None and not resume:
+        check_new_run_dir(run_dir)
     return reopen(run_dir) if resume and run_dir is not None else None
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covey.core._files import TMP_SUFFIX, atomic_write
-from covey.core._history import History, HistoryFile
+from covey.core._history import History
+from covey.core._historyfile import HistoryFile
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import stat
 import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 import safetensors.numpy
@@ -143,8 +144,17 @@ def save_error(round: int, final: Path, exc: BaseException) -> OSError:
     return error
 
 
+MAX_HEADER_BYTES: Final = 100_000_000
+"""The longest safetensors header read (the ``safetensors`` library's own limit)."""
+
+
 def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
     """Read a round's weights file, checked against its recorded SHA-256.
+
+    Nothing beyond its header is read until the file is known to be the size
+    its header declares, and none of it is held in memory until its SHA-256
+    (computed a chunk at a time) is the one recorded: a truncated file, or a
+    huge one put in its place, is refused by name without taking the memory.
 
     Args:
         round: The round the file must hold.
@@ -155,31 +165,86 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
         The arrays (writable), in the order they were saved in.
 
     Raises:
-        ValueError: The file is missing, corrupt, unreadable, not a regular file, or
-            of another round.
+        ValueError: The file is missing, truncated, corrupt, unreadable, not a
+            regular file, or of another round.
         OSError: The system could not read it (a permission, the disk); nothing
             says it is damaged.
     """
     try:
         # A named pipe would block for ever, a link to a device be read without end.
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise ValueError(
-                f"weights file {path} of round {round} is not a regular file (a named pipe, "
-                "a device, or a link to one): it is not the file the round saved"
-            )
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise ValueError(f"weights file {path} of round {round} is missing") from None
-    except OSError as exc:  # not damage (a permission, the disk): the round is kept
-        error = OSError(f"cannot read weights file {path} of round {round}: {exc.strerror or exc}")
-        error.errno = exc.errno
-        raise error from exc
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != digest:
+    except OSError as exc:
+        raise _read_error(round, path, exc) from exc
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            facts = os.fstat(fd)
+            if not stat.S_ISREG(facts.st_mode):
+                raise ValueError(
+                    f"weights file {path} of round {round} is not a regular file (a named "
+                    "pipe, a device, or a link to one): it is not the file the round saved"
+                )
+            _check_size(round, path, handle, facts.st_size)
+            handle.seek(0)
+            sha = hashlib.sha256()
+            while chunk := handle.read(_CHUNK):
+                sha.update(chunk)
+            actual = sha.hexdigest()
+            if actual != digest:
+                raise ValueError(
+                    f"weights file {path} of round {round} is corrupt: its SHA-256 is "
+                    f"{actual}, expected {digest}"
+                )
+            handle.seek(0)
+            data = handle.read(facts.st_size + 1)
+        except OSError as exc:  # not damage (a permission, the disk): the round is kept
+            raise _read_error(round, path, exc) from exc
+    if len(data) != facts.st_size:  # written over in place while it was read
+        raise ValueError(f"weights file {path} of round {round} changed while it was read")
+    return _arrays_of(round, path, data)
+
+
+def _read_error(round: int, path: Path, exc: OSError) -> OSError:
+    """A round's weights file the system could not read: not damage, the round is kept."""
+    error = OSError(f"cannot read weights file {path} of round {round}: {exc.strerror or exc}")
+    error.errno = exc.errno
+    return error
+
+
+def _check_size(round: int, path: Path, handle: BinaryIO, size: int) -> None:
+    """Refuse a weights file whose size is not the one its safetensors header declares.
+
+    Reads the header only (its length is capped at :data:`MAX_HEADER_BYTES`).
+    """
+    where = f"weights file {path} of round {round}"
+    head = handle.read(8)
+    if len(head) < 8:
+        raise ValueError(f"{where} is truncated: it holds {size} bytes, not even a header")
+    (length,) = struct.unpack("<Q", head)
+    if length > MAX_HEADER_BYTES or 8 + length > size:
+        shown = f"{length:,}" if length < 1 << 40 else "more than a terabyte"
         raise ValueError(
-            f"weights file {path} of round {round} is corrupt: its SHA-256 is "
-            f"{actual}, expected {digest}"
+            f"{where} is corrupt or truncated: its header would be {shown} bytes "
+            f"long, in a file of {size:,} bytes"
         )
+    try:
+        header = json.loads(handle.read(length))
+        ends = [
+            int(entry["data_offsets"][1]) for name, entry in header.items() if name != _RESERVED
+        ]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        raise ValueError(f"{where} is corrupt: its header is not a safetensors header") from None
+    declared = 8 + length + max(ends, default=0)
+    if size != declared:
+        said = "truncated" if size < declared else "larger than its arrays"
+        raise ValueError(
+            f"{where} is {said}: it holds {size:,} bytes, its header declares {declared:,}"
+        )
+
+
+def _arrays_of(round: int, path: Path, data: bytes) -> dict[str, Array]:
+    """The arrays of a verified weights file, in the order they were saved in."""
     try:
         metadata = _safetensors_metadata(data)
         arrays = safetensors.numpy.load(data)

@@ -439,14 +439,15 @@ class RunStore(RunRecords):
         return [int(r) for r, _ in rows]
 
     def history(self) -> History:
-        """The run's :class:`History`, rebuilt from the saved round records."""
+        """The run's :class:`History`: the saved round records, its config and client names."""
         with self._db.reading() as conn:
             rows = conn.execute(
                 "SELECT round, record FROM rounds WHERE record IS NOT NULL ORDER BY round"
             ).fetchall()
         records = [self._record(r, text) for r, text in rows]
         try:
-            return History.from_dict({"rounds": records})
+            names = {str(cid): name for name, cid in self.clients().items()}
+            return History.from_dict({"rounds": records, "config": self.config, "clients": names})
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(
                 f"a round record in {self._run_dir / DB_NAME} is damaged "

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
-from covey.core._history import History, HistoryFile, RoundRecord
+from covey.core._history import History, RoundRecord
+from covey.core._historyfile import HistoryFile
 from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback

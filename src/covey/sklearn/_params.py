@@ -57,7 +57,8 @@ def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
     Args:
         model: A fitted estimator.
         copy: Return arrays the model does not share (it may change its own in
-            place when it trains on); ``False`` returns the model's arrays.
+            place when it trains on), in C order, as a file writer wants them;
+            ``False`` returns the model's arrays.
 
     Returns:
         Named ``float`` arrays.
@@ -89,7 +90,9 @@ def get_params(model: Any, *, copy: bool = True) -> dict[str, Array]:
                 "with covey.sklearn.prime(model, x, y, classes) (or fit it) first"
             )
         out = {"coef": model.coef_, "intercept": np.atleast_1d(model.intercept_)}
-    return {k: np.array(v, copy=True) if copy else np.asarray(v) for k, v in out.items()}
+    # C order: scikit-learn keeps some coef_ in Fortran order, which a safetensors
+    # writer (safetensors.numpy.save_file) would store transposed, silently.
+    return {k: np.array(v, copy=True, order="C") if copy else np.asarray(v) for k, v in out.items()}
 
 
 def set_params(model: Any, weights: Weights) -> None:

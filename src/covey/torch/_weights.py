@@ -35,7 +35,9 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
     Args:
         source: A ``torch.nn.Module`` or a ``state_dict``.
         copy: Return arrays that own their memory (e.g. to keep them while the
-            model trains on).
+            model trains on), in C order, as a file writer wants them (a
+            transposed tensor's would be stored transposed by
+            ``safetensors.numpy.save_file``, silently).
 
     Returns:
         ``{name: array}`` in the ``state_dict``'s order.
@@ -67,7 +69,9 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
                 f"{tensor.device.type}) cannot become a NumPy array: {exc}"
             ) from None
         if copy and shared:
-            array = np.array(array, copy=True)
+            array = np.array(array, copy=True, order="C")
+        elif copy:  # a copy already, in the tensor's strides (a transposed one's)
+            array = np.asarray(array, order="C")
         elif shared:
             array = array.view()
             array.setflags(write=False)
