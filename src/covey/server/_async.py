@@ -14,17 +14,21 @@ a task to one client, then take replies one at a time with ``next_reply`` (see
 from __future__ import annotations
 
 import logging
+import operator
 import time
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
 from covey.core._history import History, RoundRecord
-from covey.core._messages import Config, Metrics, Task
+from covey.core._messages import Config, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
+from covey.strategies._checks import not_among
 from covey.strategies._clients import client_info
 from covey.strategies._strategy import Strategy
 from covey.transport._async import AsyncTransport
@@ -37,6 +41,7 @@ class _Flight:
     kind: str
     version: int
     weights: Weights
+    then_fit: bool = False  # a properties task of a client picked to train once it replies
 
 
 class AsyncLoop(_LoopBase):
@@ -94,6 +99,7 @@ class AsyncLoop(_LoopBase):
         self._flights: dict[int, _Flight] = {}
         self._buffered: set[int] = set()
         self._failed: set[int] = set()  # failed in this update: asked again only as a last resort
+        self._owed: list[int] = []  # picked to train, their properties now in: a task is due
         self._rng = np.random.default_rng([seed, 2])
         self._payload: dict[str, Weights] | None = None
         self._config: tuple[int, Config] | None = None
@@ -129,6 +135,7 @@ class AsyncLoop(_LoopBase):
             self._flights.clear()
             self._buffered.clear()
             self._failed.clear()
+            self._owed.clear()
         return self.history
 
     def _wait_for_clients(self) -> None:
@@ -171,7 +178,7 @@ class AsyncLoop(_LoopBase):
                 logger.warning("dropping an unexpected reply from client %s", reply.cid)
                 continue
             if reply.kind == "properties":
-                self._store_properties(reply, rnd)
+                self._took_properties(reply, flight, rnd)
                 continue
             tau = version - flight.version
             contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
@@ -223,45 +230,47 @@ class AsyncLoop(_LoopBase):
         self._finish(record)
         return rnd
 
+    def _took_properties(self, reply: Reply, flight: _Flight, rnd: int) -> None:
+        """Keep a client's properties; one picked to train is owed its task now."""
+        self._store_properties(reply, rnd)
+        if flight.then_fit:
+            self._owed.append(reply.cid)
+
     # -- who trains next ----------------------------------------------------------------
 
     def _dispatch(self, version: int) -> None:
         strategy = self.strategy
         rnd = version + 1
         available = self.transport.clients()
-        if strategy.where is not None or strategy.sends_client_configs("fit"):
+        if strategy.where is not None:  # who may train depends on every client's properties
             for cid in self._unasked(available, rnd):
                 if cid not in self._flights:
                     self._flights[cid] = _Flight("properties", version, self.weights)
                     self.transport.submit(cid, Task("properties", rnd))
-        eligible = strategy.eligible(available, self.properties)
-        self._eligible = len(eligible)
-        busy = sum(1 for f in self._flights.values() if f.kind == "fit")
-        free = strategy.client_count("fit", len(eligible)) - busy
-        if free <= 0:
-            return
-        idle = sorted(c for c in eligible if c not in self._flights and c not in self._buffered)
-        # A client that failed in this update (offline, say) is asked again only when
-        # no other client is training: retrying it at once would fail at once.
-        fresh = [c for c in idle if c not in self._failed]
-        idle = fresh if fresh or busy else idle
-        if not idle:
-            return
-        if strategy.selector is not None:
-            picked = [int(c) for c in strategy.selector(idle, rnd, self._rng)]
-            unknown = set(picked) - set(idle)
-            if unknown:
-                raise ValueError(f"selector chose clients that are not idle: {sorted(unknown)}")
-            chosen = sorted(picked[:free])
-        elif free >= len(idle):
-            chosen = idle
+            eligible: Sequence[int] = strategy.eligible(available, self.properties)
         else:
-            chosen = sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
+            eligible = available  # not copied: a federation may have 100,000s of clients
+        self._eligible = len(eligible)
+        # Training, or picked to train and asked for its properties first (owed a task).
+        busy = sum(1 for f in self._flights.values() if f.kind == "fit" or f.then_fit)
+        busy += len(self._owed)
+        free = strategy.client_count("fit", len(eligible)) - busy
+        chosen = self._pick(eligible, free, busy, rnd) if free > 0 else []
+        owed, self._owed = self._owed, []
+        if not chosen and not owed:
+            return
         if self._config is None or self._config[0] != rnd:
             self._config = (rnd, strategy.fit_task_config(rnd))
         task = Task("fit", rnd, self._config[1], self.weights, self._payload)
         configs = None
-        if strategy.sends_client_configs("fit"):  # properties asked above; None if not in yet
+        if strategy.sends_client_configs("fit"):
+            # Only the clients picked are asked for their properties: each trains once
+            # they are in (or failed to come), as a round asks its sampled clients.
+            unasked = set(self._unasked(chosen, rnd))
+            for cid in sorted(unasked):
+                self._flights[cid] = _Flight("properties", version, self.weights, then_fit=True)
+                self.transport.submit(cid, Task("properties", rnd))
+            chosen = sorted(owed + [cid for cid in chosen if cid not in unasked])
             clients = client_info(chosen, self.properties, self.client_names)
             configs = strategy.client_task_configs("fit", rnd, dict(task.config), clients)
         for cid in chosen:
@@ -272,3 +281,84 @@ class AsyncLoop(_LoopBase):
                 else Task("fit", rnd, configs[cid], task.weights, task.payload)
             )
             self.transport.submit(cid, own, timeout=self.task_timeout)
+
+    def _pick(self, eligible: Sequence[int], free: int, busy: int, rnd: int) -> list[int]:
+        """Up to ``free`` idle clients of ``eligible`` to give a task, sorted (seeded).
+
+        O(free) for a range of clients: the idle ones are not listed.
+        """
+        strategy = self.strategy
+        taken = {*self._flights, *self._buffered, *self._owed}
+        idle = without(eligible, taken)
+        # A client that failed in this update (offline, say) is asked again only when
+        # no other client is training: retrying it at once would fail at once.
+        if self._failed:
+            fresh = without(eligible, taken | self._failed)
+            idle = fresh if len(fresh) or busy else idle
+        if not len(idle):
+            return []
+        if strategy.selector is not None:
+            picked = [int(c) for c in strategy.selector(idle, rnd, self._rng)]
+            unknown = not_among(picked, idle)
+            if unknown:
+                raise ValueError(f"selector chose clients that are not idle: {sorted(unknown)}")
+            return sorted(picked[:free])
+        if free >= len(idle):
+            return list(idle)
+        return sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
+
+
+def without(pool: Sequence[int], taken: Collection[int]) -> Sequence[int]:
+    """The ids of ``pool`` not in ``taken``, sorted; a view of a range, not a list of it."""
+    if isinstance(pool, range) and pool.step == 1:
+        return RangeWithout(pool, taken)
+    return sorted(c for c in pool if c not in taken)
+
+
+class RangeWithout(Sequence[int]):
+    """The ids of a range of step 1 except a few, indexed without listing them.
+
+    Args:
+        pool: The clients, ``range(start, stop)``.
+        taken: The ids left out (those outside ``pool`` are ignored).
+
+    Example:
+        >>> list(RangeWithout(range(6), {1, 4})), RangeWithout(range(6), {1, 4})[2]
+        ([0, 2, 3, 5], 3)
+    """
+
+    def __init__(self, pool: range, taken: Collection[int]) -> None:
+        self._pool = pool
+        self._taken = {c for c in taken if c in pool}
+        self._holes = sorted(self._taken)
+
+    def __len__(self) -> int:
+        return len(self._pool) - len(self._holes)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        size = len(self)
+        if i < 0:
+            i += size
+        if not 0 <= i < size:
+            raise IndexError(f"index {index} out of range for {size} clients")
+        value = self._pool.start + i
+        for hole in self._holes:  # ascending: each hole at or below the value shifts it
+            if hole > value:
+                break
+            value += 1
+        return value
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._pool and value not in self._taken
+
+    def __iter__(self) -> Iterator[int]:
+        return (c for c in self._pool if c not in self._taken)
