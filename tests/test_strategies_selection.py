@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -102,6 +102,27 @@ def test_many_clients_not_reporting_log_a_few_by_name_and_count_the_rest(
         "RuntimeError: no properties here"
         for r in (1, 2)  # asked again in the next round
     ], counted
+
+
+def test_fedbuff_tests_each_client_against_where_once_per_report() -> None:
+    # Each reply, properties included, tested every client against where= and
+    # counted the tasks in flight: quadratic in the federation's size (over five
+    # minutes before the first update at 100,000 clients).
+    tested: list[int] = []
+
+    def even(props: Mapping[str, Any]) -> bool:
+        tested.append(1)
+        return bool(props["even"])
+
+    class Even(Silent):
+        def properties(self) -> dict[str, Any]:
+            return {"even": self.cid % 2 == 0}
+
+    n = 2_000
+    strategy = covey.FedBuff(buffer_size=2, concurrency=2, where=even)
+    result = covey.simulate(Even, n, 3, strategy, {"w": np.zeros(1)}, client_cache=0)
+    assert all(c % 2 == 0 for r in result.history.rounds for c in r.fit_participants)
+    assert len(tested) <= 2 * n, len(tested)
 
 
 def test_too_few_eligible_clients_is_a_clear_error() -> None:
