@@ -79,7 +79,7 @@ def demo(
     ] = None,
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
-    from covey.cli._demo import DemoConfig, plot_history
+    from covey.cli._demo import DemoConfig, SplitError, demo_split, plot_history
     from covey.cli._model import save_model
     from covey.cli._runs import print_table, round_table
     from covey.data import load_digits
@@ -115,6 +115,10 @@ def demo(
         backend=backend,
         start_method=start_method,
     )
+    try:  # a split that cannot be drawn is refused before anything starts
+        demo_split(config, load_digits(seed=seed))
+    except SplitError as exc:
+        fail(str(exc))
     if run_dir is None:
         run_dir = new_run_dir("runs", "demo")
     elif run_dir.exists() and not run_dir.is_dir():
