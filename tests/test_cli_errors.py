@@ -102,6 +102,21 @@ def test_demo_with_more_clients_than_the_data_allows() -> None:
     assert not Path("runs").exists()  # nothing was started
 
 
+def test_demo_with_more_clients_than_the_label_skew_can_feed() -> None:
+    # 300 clients passed the check of the data's size, then the split failed after
+    # the run had started: exit 1, an empty run folder, and a hint at min_size and
+    # max_retries, which the demo has no flags for.
+    code, out = covey("demo", "--clients", "300", "--no-plot")
+    assert code == 2
+    line = last_line(out)
+    assert line.startswith("error: --clients 300 --alpha 0.5: no Dirichlet(0.5) split of the")
+    assert "raise --alpha or lower --clients" in line
+    assert "max_retries" not in line
+    assert not Path("runs").exists()  # nothing was started
+    code, out = covey("demo", "--clients", "300", "--alpha", "100", "--rounds", "1", "--no-plot")
+    assert code == 0, out
+
+
 @pytest.mark.parametrize("lr", ["0", "-0.5", "nan", "inf"])
 def test_demo_with_a_learning_rate_that_trains_nothing(lr: str) -> None:
     code, out = covey("demo", "--lr", lr)

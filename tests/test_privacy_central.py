@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,39 @@ def test_poisson_sampling_takes_each_client_with_probability_q() -> None:
     assert np.mean(counts) == pytest.approx(300, rel=0.05)
     assert len(set(counts)) > 1  # the number sampled varies: Poisson, not fixed-size
     assert shared.population[5] == 1000
+
+
+class _Ids(Sequence[int]):
+    """Client ids ``0 .. n - 1`` that count how many were read."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.read = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: Any) -> Any:
+        self.read += 1
+        return range(self.n)[index]
+
+    def __iter__(self) -> Iterator[int]:
+        self.read += self.n
+        return iter(range(self.n))
+
+
+def test_poisson_sampling_reads_only_the_candidates_it_takes() -> None:
+    # It zipped every candidate with its draw in Python: 0.36 s a round at 1,000,000
+    # clients to take a dozen. The draws are the same; only those taken are read.
+    shared = Shared(seed=11)
+    select = privacy.poisson_selector(0.001, shared)
+    rng = np.random.default_rng(0)
+    ids = _Ids(100_000)
+    chosen = select(ids, 3, rng)
+    expected = select(list(range(100_000)), 3, rng)
+    assert chosen == expected
+    assert 50 < len(chosen) < 200
+    assert ids.read == len(chosen)
+    assert all(type(c) is int for c in chosen)
 
 
 def test_run_stops_before_exceeding_target_epsilon(tmp_path: Path) -> None:

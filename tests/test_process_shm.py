@@ -291,3 +291,52 @@ def test_a_late_reply_is_dropped_and_its_file_removed(
         second = list(transport.exchange({1: Task("fit", 2, {}, weights)}))
         assert [(r.cid, r.ok) for r in second] == [(1, True)]
         assert len(mine()) == 1  # the broadcast only
+
+
+class Sized(covey.Client):
+    """Reports a size, and steps the model by a seeded amount."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        return {"size": 1 + self.cid % 3}
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        rng = np.random.default_rng([self.cid, config["round"]])
+        return FitResult(delta={"w": rng.normal(size=4) * config["lr"]}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=float(weights["w"].sum()), num_examples=1)
+
+
+def test_asking_properties_between_two_exchanges_of_one_model_keeps_its_file(
+    shm_files: list[str],
+) -> None:
+    # Round 1's evaluation wrote the model's file; round 2 asked its new clients for
+    # their properties (a task without weights), which unlinked that file, and then
+    # sent the same model to train: the worker that had not mapped it failed its
+    # clients with FileNotFoundError.
+    def run(backend: str) -> Any:
+        strategy = covey.FedAvg(
+            fraction_fit=0.25,
+            fraction_evaluate=0.025,
+            min_evaluate_clients=1,
+            accept_failures=False,
+            on_client_fit_config=lambda r, c: {"lr": (c.properties or {}).get("size", 0)},
+        )
+        return covey.simulate(
+            Sized,
+            40,
+            3,
+            strategy,
+            {"w": np.zeros(4)},
+            backend=backend,  # type: ignore[arg-type]
+            num_workers=2,
+        )
+
+    inline, process = run("inline"), run("process")
+    assert process.weights["w"].tobytes() == inline.weights["w"].tobytes()
+    assert [r.fit_participants for r in process.history.rounds] == [
+        r.fit_participants for r in inline.history.rounds
+    ]

@@ -53,6 +53,49 @@ def test_memory_does_not_grow_with_the_number_of_clients() -> None:
     assert large < small + 100_000, (small, large)
 
 
+def first_ten(candidates: Any, round: int, rng: np.random.Generator) -> list[int]:
+    """A selector that looks at ten candidates only, whatever the federation's size."""
+    return [int(candidates[i]) for i in range(10)]
+
+
+def selector_peak_bytes(num_clients: int) -> int:
+    """Peak Python allocations of 3 rounds whose clients a custom selector picks."""
+    strategy = covey.FedAvg(selector=first_ten, fraction_evaluate=0.0)
+    tracemalloc.start()
+    try:
+        covey.simulate(Seeded, num_clients, 3, strategy, init(), client_cache=0, seed=1)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_custom_selector_costs_nothing_per_client() -> None:
+    # The check that the selector chose available clients made a set of every client.
+    selector_peak_bytes(1_000)
+    small = selector_peak_bytes(1_000)
+    large = selector_peak_bytes(1_000_000)
+    assert large < small + 100_000, (small, large)
+
+
+def fedbuff_peak_bytes(num_clients: int) -> int:
+    """Peak Python allocations of 3 asynchronous updates of 10 clients of ``num_clients``."""
+    strategy = covey.FedBuff(buffer_size=5, concurrency=10)
+    tracemalloc.start()
+    try:
+        covey.simulate(Seeded, num_clients, 3, strategy, init(), client_cache=0, seed=1)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_fedbuff_holds_nothing_per_client() -> None:
+    # Each task given out listed (and sorted) every idle client of the federation.
+    fedbuff_peak_bytes(1_000)
+    small = fedbuff_peak_bytes(1_000)
+    large = fedbuff_peak_bytes(1_000_000)
+    assert large < small + 100_000, (small, large)
+
+
 def test_client_cache_bounds_the_clients_kept_built() -> None:
     built: list[int] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,36 @@ def test_prefetch_computes_several_tasks_per_exchange() -> None:
         transport.submit(cid, Task("fit", 1))
     assert [transport.next_reply().cid for _ in range(5)] == list(range(5))  # type: ignore[union-attr]
     assert sizes == [3, 2]
+
+
+def test_prefetch_takes_the_earliest_tasks_without_sorting_every_task_in_flight() -> None:
+    # Each batch sorted every task in flight to find the next few: with a properties
+    # task per client in flight (FedBuff with where=), quadratic in the clients.
+    batches: list[list[int]] = []
+
+    class Counting(MemoryTransport):
+        def exchange(self, tasks: Any, *, timeout: float | None = None) -> Any:
+            batches.append(sorted(tasks))
+            return super().exchange(tasks, timeout=timeout)
+
+    n = 100_000
+    transport = SimulatedAsyncTransport(
+        Counting(range(n), echo), prefetch=4, durations=lambda cid, rng: 1.0 + cid % 3
+    )
+    for cid in range(n):
+        transport.submit(cid, Task("fit" if cid < 6 else "properties", 1))
+    tracemalloc.start()
+    try:
+        first = transport.next_reply()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert first is not None
+    assert first.cid == 6
+    assert batches == [[6, 7, 8, 9]]
+    assert peak < 1_000_000, peak  # a list of every task in flight is several MB
+    got = [transport.next_reply() for _ in range(n - 1)]
+    assert [r.cid for r in got[-6:] if r is not None] == [0, 3, 1, 4, 2, 5]  # 1, 2, 3 s
 
 
 def test_durations_are_checked() -> None:

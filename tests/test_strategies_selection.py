@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -68,6 +68,61 @@ def test_clients_that_do_not_report_are_not_selected(caplog: pytest.LogCaptureFi
     for record in history.rounds[1:]:
         assert record.fit_participants == [0, 1, 2, 4, 5, 6]
     assert any("did not report its properties" in r.getMessage() for r in caplog.records)
+
+
+class Silent(covey.Client):
+    """Fails to report its properties unless its id is even."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        if self.cid % 2:
+            raise RuntimeError("no properties here")
+        return {"even": True}
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
+
+
+def test_many_clients_not_reporting_log_a_few_by_name_and_count_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A warning per client that did not report: 500 lines for this run, tens of
+    # thousands for a large federation whose clients come and go.
+    strategy = covey.FedAvg(where={"even": True}, fraction_fit=0.01, fraction_evaluate=0.0)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        covey.simulate(Silent, 1_000, 2, strategy, {"w": np.zeros(1)}, client_cache=0)
+    lines = [r.getMessage() for r in caplog.records]
+    named = [m for m in lines if "did not report its properties" in m]
+    assert 1 <= len(named) <= 2 * 10, len(named)
+    counted = [m for m in lines if "more clients did not report their properties" in m]
+    assert counted == [
+        f"round {r}: 490 more clients did not report their properties; the last: "
+        "RuntimeError: no properties here"
+        for r in (1, 2)  # asked again in the next round
+    ], counted
+
+
+def test_fedbuff_tests_each_client_against_where_once_per_report() -> None:
+    # Each reply, properties included, tested every client against where= and
+    # counted the tasks in flight: quadratic in the federation's size (over five
+    # minutes before the first update at 100,000 clients).
+    tested: list[int] = []
+
+    def even(props: Mapping[str, Any]) -> bool:
+        tested.append(1)
+        return bool(props["even"])
+
+    class Even(Silent):
+        def properties(self) -> dict[str, Any]:
+            return {"even": self.cid % 2 == 0}
+
+    n = 2_000
+    strategy = covey.FedBuff(buffer_size=2, concurrency=2, where=even)
+    result = covey.simulate(Even, n, 3, strategy, {"w": np.zeros(1)}, client_cache=0)
+    assert all(c % 2 == 0 for r in result.history.rounds for c in r.fit_participants)
+    assert len(tested) <= 2 * n, len(tested)
 
 
 def test_too_few_eligible_clients_is_a_clear_error() -> None:

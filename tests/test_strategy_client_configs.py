@@ -185,6 +185,30 @@ def test_fedbuff_sends_each_client_its_own_config() -> None:
             assert config["epochs"] - (cid + 1) in range(1, record.round + 1)
 
 
+def test_fedbuff_asks_only_the_clients_it_picks_for_their_properties() -> None:
+    # FedBuff asked every client of the federation for its properties before the
+    # first fit, building each one, where a round asks only the sampled clients.
+    built: list[int] = []
+
+    def client_fn(cid: int) -> Echo:
+        built.append(cid)
+        return Echo(cid)
+
+    buffered = covey.FedBuff(
+        buffer_size=3,
+        concurrency=3,
+        on_client_fit_config=by_size,
+        fit_metrics=gather,
+    )
+    result = covey.simulate(client_fn, 1_000, 3, buffered, init(), seed=1, client_cache=0)
+    trained = {cid for record in result.history.rounds for cid in record.fit_participants}
+    assert len(trained) >= 3
+    assert len(set(built)) <= 3 * 3 + 3, sorted(set(built))  # the clients given a task
+    for record in result.history.rounds[1:]:
+        for cid, config in seen(record, "fit").items():
+            assert config["epochs"] - (cid + 1) in range(1, record.round + 1)
+
+
 def test_compressed_fit_tasks_carry_each_clients_config() -> None:
     result = covey.simulate(Echo, N, 2, strategy(), init(), seed=3, compression="float16")
     check_rounds(result.history)

@@ -79,12 +79,11 @@ def demo(
     ] = None,
 ) -> None:
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
-    from covey.cli._demo import DemoConfig, plot_history
+    from covey.cli._demo import DemoConfig, SplitError, demo_split, plot_history
     from covey.cli._model import not_saved, save_model
     from covey.cli._runs import print_table, round_table
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail, output_file
-    from covey.server._outputs import new_run_dir
     from covey.sim._start import check_start_method
 
     if backend not in ("inline", "process"):
@@ -115,18 +114,11 @@ def demo(
         backend=backend,
         start_method=start_method,
     )
-    if run_dir is None:
-        run_dir = new_run_dir("runs", "demo")
-    elif run_dir.exists() and not run_dir.is_dir():
-        fail(
-            f"--run-dir {run_dir} is a file; give a folder (made if missing), or leave "
-            "--run-dir out for a fresh folder under runs/"
-        )
-    elif (run_dir / "run.json").exists() or (run_dir / "history.json").exists():
-        fail(
-            f"--run-dir {run_dir} already holds a run; give a new folder, or leave "
-            "--run-dir out for a fresh folder under runs/"
-        )
+    try:  # a split that cannot be drawn is refused before anything starts
+        demo_split(config, load_digits(seed=seed))
+    except SplitError as exc:
+        fail(str(exc))
+    run_dir = _demo_run_dir(run_dir)
     console.print(
         f"[bold]covey demo[/]: {clients} clients, Dirichlet({alpha}) label skew on digits, "
         f"NumPy logistic regression, {rounds} rounds of FedAvg with {fraction:.0%} of clients "
@@ -153,6 +145,26 @@ def demo(
         console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
         raise typer.Exit(1)
     console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
+
+
+def _demo_run_dir(run_dir: Path | None) -> Path:
+    """The demo's run folder: a fresh one under runs/, or the one given if it holds no run."""
+    from covey.deploy._cli_errors import fail
+    from covey.server._outputs import new_run_dir
+
+    if run_dir is None:
+        return new_run_dir("runs", "demo")
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(
+            f"--run-dir {run_dir} is a file; give a folder (made if missing), or leave "
+            "--run-dir out for a fresh folder under runs/"
+        )
+    if (run_dir / "run.json").exists() or (run_dir / "history.json").exists():
+        fail(
+            f"--run-dir {run_dir} already holds a run; give a new folder, or leave "
+            "--run-dir out for a fresh folder under runs/"
+        )
+    return run_dir
 
 
 def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> SimulationResult:

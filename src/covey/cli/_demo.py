@@ -36,6 +36,26 @@ class DemoConfig:
     start_method: str | None = None
 
 
+class SplitError(ValueError):
+    """The demo's label-skewed split cannot give every client two examples."""
+
+
+def demo_split(config: DemoConfig, data: Any) -> list[Any]:
+    """Each client's indices into the digits: a Dirichlet(alpha) split, two examples each.
+
+    Raises:
+        SplitError: naming the flags to change, if no draw gives every client two.
+    """
+    try:
+        return dirichlet(data.y_train, config.clients, config.alpha, seed=config.seed, min_size=2)
+    except ValueError:
+        raise SplitError(
+            f"--clients {config.clients} --alpha {config.alpha:g}: no Dirichlet("
+            f"{config.alpha:g}) split of the {len(data.y_train)} digits gave every one of "
+            f"{config.clients} clients two examples; raise --alpha or lower --clients"
+        ) from None
+
+
 def _client(config: DemoConfig, data: Any, parts: list[Any], cid: int) -> LogisticClient:
     """Client ``cid`` of the demo (a module-level function: it reaches spawned workers)."""
     x, y = data.client(parts[cid])
@@ -68,7 +88,7 @@ def run_demo(
     ``covey demo --out``), whatever stops the run.
     """
     data = load_digits(seed=config.seed)
-    parts = dirichlet(data.y_train, config.clients, config.alpha, seed=config.seed, min_size=2)
+    parts = demo_split(config, data)
 
     def evaluate(rnd: int, weights: Weights) -> tuple[float, Metrics]:
         loss, accuracy = logistic_evaluate(weights, data.x_test, data.y_test)

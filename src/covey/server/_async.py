@@ -13,18 +13,23 @@ a task to one client, then take replies one at a time with ``next_reply`` (see
 
 from __future__ import annotations
 
+import bisect
 import logging
+import operator
 import time
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
 from covey.core._history import History, RoundRecord
-from covey.core._messages import Config, Metrics, Task
+from covey.core._messages import Config, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
+from covey.strategies._checks import not_among
 from covey.strategies._clients import client_info
 from covey.strategies._strategy import Strategy
 from covey.transport._async import AsyncTransport
@@ -37,6 +42,7 @@ class _Flight:
     kind: str
     version: int
     weights: Weights
+    then_fit: bool = False  # a properties task of a client picked to train once it replies
 
 
 class AsyncLoop(_LoopBase):
@@ -94,6 +100,13 @@ class AsyncLoop(_LoopBase):
         self._flights: dict[int, _Flight] = {}
         self._buffered: set[int] = set()
         self._failed: set[int] = set()  # failed in this update: asked again only as a last resort
+        self._owed: list[int] = []  # picked to train, their properties now in: a task is due
+        self._training: set[int] = set()  # fit tasks in flight, and properties owed one
+        # Simulated clients under where=: who passes, as reports come in, and the
+        # (clients, update) whose new clients were last asked for their properties.
+        self._passing: set[int] = set()
+        self._passing_list: SortedIds | None = None
+        self._scanned: tuple[Sequence[int], int] | None = None
         self._rng = np.random.default_rng([seed, 2])
         self._payload: dict[str, Weights] | None = None
         self._config: tuple[int, Config] | None = None
@@ -127,8 +140,10 @@ class AsyncLoop(_LoopBase):
             for cid in list(self._flights):
                 self.transport.cancel(cid)
             self._flights.clear()
+            self._training.clear()
             self._buffered.clear()
             self._failed.clear()
+            self._owed.clear()
         return self.history
 
     def _wait_for_clients(self) -> None:
@@ -167,11 +182,12 @@ class AsyncLoop(_LoopBase):
             if reply is None:
                 raise self._fail(f"update {rnd}: no reply within {self.idle_timeout} s")
             flight = self._flights.pop(reply.cid, None)
+            self._training.discard(reply.cid)
             if flight is None or flight.kind != reply.kind:
                 logger.warning("dropping an unexpected reply from client %s", reply.cid)
                 continue
             if reply.kind == "properties":
-                self._store_properties(reply, rnd)
+                self._took_properties(reply, flight, rnd)
                 continue
             tau = version - flight.version
             contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
@@ -223,52 +239,227 @@ class AsyncLoop(_LoopBase):
         self._finish(record)
         return rnd
 
+    def _took_properties(self, reply: Reply, flight: _Flight, rnd: int) -> None:
+        """Keep a client's properties; one picked to train is owed its task now."""
+        self._store_properties(reply, rnd)
+        if self.strategy.where is not None and reply.cid in self.properties:
+            if self.strategy.eligible([reply.cid], self.properties):
+                self._passing.add(reply.cid)
+            else:
+                self._passing.discard(reply.cid)
+            self._passing_list = None
+        if flight.then_fit:
+            self._owed.append(reply.cid)
+
     # -- who trains next ----------------------------------------------------------------
 
     def _dispatch(self, version: int) -> None:
         strategy = self.strategy
         rnd = version + 1
         available = self.transport.clients()
-        if strategy.where is not None or strategy.sends_client_configs("fit"):
-            for cid in self._unasked(available, rnd):
-                if cid not in self._flights:
-                    self._flights[cid] = _Flight("properties", version, self.weights)
-                    self.transport.submit(cid, Task("properties", rnd))
-        eligible = strategy.eligible(available, self.properties)
-        self._eligible = len(eligible)
-        busy = sum(1 for f in self._flights.values() if f.kind == "fit")
-        free = strategy.client_count("fit", len(eligible)) - busy
-        if free <= 0:
+        eligible: Sequence[int] | None = None
+        if strategy.where is None:
+            eligible = available  # not copied: a federation may have 100,000s of clients
+            count = len(available)
+        elif self._tracks_where(available):
+            count = self._where_simulated(available, version, rnd)
+        else:  # deployed: clients come and go, each dispatch looks at them all
+            self._ask_where(available, version, rnd)
+            eligible = strategy.eligible(available, self.properties)
+            count = len(eligible)
+        self._eligible = count
+        # Training, or picked to train and asked for its properties first (owed a task).
+        busy = len(self._training) + len(self._owed)
+        free = strategy.client_count("fit", count) - busy
+        if free > 0 and eligible is None:
+            eligible = self._passing_sorted()
+        chosen = self._pick(eligible, free, busy, rnd) if free > 0 and eligible else []
+        owed, self._owed = self._owed, []
+        if not chosen and not owed:
             return
-        idle = sorted(c for c in eligible if c not in self._flights and c not in self._buffered)
-        # A client that failed in this update (offline, say) is asked again only when
-        # no other client is training: retrying it at once would fail at once.
-        fresh = [c for c in idle if c not in self._failed]
-        idle = fresh if fresh or busy else idle
-        if not idle:
-            return
-        if strategy.selector is not None:
-            picked = [int(c) for c in strategy.selector(idle, rnd, self._rng)]
-            unknown = set(picked) - set(idle)
-            if unknown:
-                raise ValueError(f"selector chose clients that are not idle: {sorted(unknown)}")
-            chosen = sorted(picked[:free])
-        elif free >= len(idle):
-            chosen = idle
-        else:
-            chosen = sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
         if self._config is None or self._config[0] != rnd:
             self._config = (rnd, strategy.fit_task_config(rnd))
         task = Task("fit", rnd, self._config[1], self.weights, self._payload)
         configs = None
-        if strategy.sends_client_configs("fit"):  # properties asked above; None if not in yet
+        if strategy.sends_client_configs("fit"):
+            # Only the clients picked are asked for their properties: each trains once
+            # they are in (or failed to come), as a round asks its sampled clients.
+            unasked = set(self._unasked(chosen, rnd))
+            for cid in sorted(unasked):
+                self._flights[cid] = _Flight("properties", version, self.weights, then_fit=True)
+                self._training.add(cid)
+                self.transport.submit(cid, Task("properties", rnd))
+            chosen = sorted(owed + [cid for cid in chosen if cid not in unasked])
             clients = client_info(chosen, self.properties, self.client_names)
             configs = strategy.client_task_configs("fit", rnd, dict(task.config), clients)
         for cid in chosen:
             self._flights[cid] = _Flight("fit", version, self.weights)
+            self._training.add(cid)
             own = (
                 task
                 if configs is None
                 else Task("fit", rnd, configs[cid], task.weights, task.payload)
             )
             self.transport.submit(cid, own, timeout=self.task_timeout)
+
+    def _ask_where(self, cids: Sequence[int], version: int, rnd: int) -> None:
+        """Ask the clients of ``cids`` whose properties ``where`` needs and are not in yet."""
+        for cid in self._unasked(cids, rnd):
+            if cid not in self._flights:
+                self._flights[cid] = _Flight("properties", version, self.weights)
+                self.transport.submit(cid, Task("properties", rnd))
+
+    def _tracks_where(self, available: Sequence[int]) -> bool:
+        """Whether who passes ``where`` is kept up to date reply by reply (simulated clients).
+
+        A range of clients that never reconnect: each report changes one client's
+        standing, so no reply needs a look at every client.
+        """
+        return isinstance(available, range) and self._joins() is None
+
+    def _where_simulated(self, available: Sequence[int], version: int, rnd: int) -> int:
+        """Ask new clients (once per update) for their properties; how many pass ``where``."""
+        if self._scanned != (available, rnd):
+            self._scanned = (available, rnd)
+            self._ask_where(available, version, rnd)
+        return len(self._passing)
+
+    def _passing_sorted(self) -> SortedIds:
+        """The clients that passed ``where``, sorted (kept until another one reports)."""
+        if self._passing_list is None:
+            self._passing_list = SortedIds(sorted(self._passing))
+        return self._passing_list
+
+    def _pick(self, eligible: Sequence[int], free: int, busy: int, rnd: int) -> list[int]:
+        """Up to ``free`` idle clients of ``eligible`` to give a task, sorted (seeded).
+
+        O(free) for a range of clients: the idle ones are not listed.
+        """
+        strategy = self.strategy
+        # Not copied into one set: under where= every client may have a task in flight.
+        taken = Union(self._flights, self._buffered, self._owed)
+        idle = without(eligible, taken)
+        # A client that failed in this update (offline, say) is asked again only when
+        # no other client is training: retrying it at once would fail at once.
+        if self._failed:
+            fresh = without(
+                eligible, Union(self._flights, self._buffered, self._owed, self._failed)
+            )
+            idle = fresh if len(fresh) or busy else idle
+        if not len(idle):
+            return []
+        if strategy.selector is not None:
+            picked = [int(c) for c in strategy.selector(idle, rnd, self._rng)]
+            unknown = not_among(picked, idle)
+            if unknown:
+                raise ValueError(f"selector chose clients that are not idle: {sorted(unknown)}")
+            return sorted(picked[:free])
+        if free >= len(idle):
+            return list(idle)
+        return sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
+
+
+class Union(Collection[int]):
+    """The ids in any of a few collections, tested in place rather than copied into a set."""
+
+    def __init__(self, *parts: Collection[int]) -> None:
+        self._parts = parts
+
+    def bound(self) -> int:
+        """At least as many as there are ids (the parts' sizes summed, at no cost)."""
+        return sum(len(part) for part in self._parts)
+
+    def __contains__(self, value: object) -> bool:
+        return any(value in part for part in self._parts)
+
+    def __iter__(self) -> Iterator[int]:
+        seen: set[int] = set()
+        for part in self._parts:
+            for cid in part:
+                if cid not in seen:
+                    seen.add(cid)
+                    yield cid
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def without(pool: Sequence[int], taken: Union) -> Sequence[int]:
+    """The ids of ``pool`` not in ``taken``, sorted; a view of a sorted pool, not a copy."""
+    if (isinstance(pool, range) and pool.step == 1) or isinstance(pool, SortedIds):
+        return Without(pool, taken)
+    return sorted(c for c in pool if c not in taken)
+
+
+class SortedIds(list[int]):
+    """A list of distinct client ids in ascending order (so :func:`without` views it)."""
+
+
+class Without(Sequence[int]):
+    """The ids of a sorted pool (a range of step 1, or :class:`SortedIds`) except those taken.
+
+    Indexed without listing the pool: only the positions of the taken ids are kept,
+    found from whichever is smaller, the pool or the ids taken.
+
+    Args:
+        pool: The clients, in ascending order.
+        taken: The ids left out (those not in ``pool`` are ignored).
+
+    Example:
+        >>> list(Without(range(6), Union({1, 4}))), Without(range(6), Union({1, 4}))[2]
+        ([0, 2, 3, 5], 3)
+    """
+
+    def __init__(self, pool: Sequence[int], taken: Union) -> None:
+        self._pool = pool
+        self._taken = taken
+        if taken.bound() < len(pool):
+            found = (self._position(c) for c in taken)
+            holes = {p for p in found if p is not None}
+        else:
+            holes = {i for i, c in enumerate(pool) if c in taken}
+        self._holes = sorted(holes)
+
+    def _position(self, cid: int) -> int | None:
+        """Where ``cid`` is in the pool, or None."""
+        pool = self._pool
+        if isinstance(pool, range):
+            return cid - pool.start if cid in pool else None
+        at = bisect.bisect_left(pool, cid)
+        return at if at < len(pool) and pool[at] == cid else None
+
+    def __len__(self) -> int:
+        return len(self._pool) - len(self._holes)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        size = len(self)
+        if i < 0:
+            i += size
+        if not 0 <= i < size:
+            raise IndexError(f"index {index} out of range for {size} clients")
+        for hole in self._holes:  # ascending: each hole at or before the position shifts it
+            if hole > i:
+                break
+            i += 1
+        return self._pool[i]
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or value in self._taken:
+            return False
+        try:
+            cid = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            return False
+        return self._position(cid) is not None
+
+    def __iter__(self) -> Iterator[int]:
+        return (c for c in self._pool if c not in self._taken)

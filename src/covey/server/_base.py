@@ -31,6 +31,9 @@ MOST_LOGGED = 10
 """Failures of one stage of a round logged one by one; one line at the round's end counts
 the rest (a fleet of hundreds of clients dropping out would log a line each)."""
 
+PROPERTIES = "properties"
+"""The stage counted in ``_LoopBase._logged`` for clients that did not report their properties."""
+
 EvaluateFn = Callable[[int, Weights], "tuple[float, Mapping[str, Scalar]] | None"]
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -189,6 +192,7 @@ class _LoopBase:
         self._reported_in: dict[int, int] = {}  # client -> its session (join count) then
         self._said_no_evaluate = False
         self._logged: dict[str, int] = {}  # stage -> failures of this round logged, and more
+        self._last_property_error = ""  # why the last client not named in the log failed
         self.property_error: str | None = None
         """Why the last client that failed to report its properties failed, for errors."""
         self.client_names: Mapping[int, str] = {}
@@ -210,7 +214,15 @@ class _LoopBase:
 
     def _finish(self, record: RoundRecord) -> None:
         for stage, count in self._logged.items():
-            if count > MOST_LOGGED:
+            if count > MOST_LOGGED and stage == PROPERTIES:
+                logger.warning(
+                    "%s %d: %d more clients did not report their properties; the last: %s",
+                    self._step,
+                    record.round,
+                    count - MOST_LOGGED,
+                    self._last_property_error,
+                )
+            elif count > MOST_LOGGED:
                 logger.warning(
                     "round %d: %d more clients failed in %s; every failure is in the round's "
                     "history",
@@ -266,7 +278,11 @@ class _LoopBase:
             self._unreported[reply.cid] = rnd
             why = _first_line(reply.error or f"it sent {type(reply.result).__name__}")
             self.property_error = f"{self.who(reply.cid)} did not report its properties: {why}"
-            logger.warning("%s", self.property_error)
+            count = self._logged[PROPERTIES] = self._logged.get(PROPERTIES, 0) + 1
+            if count <= MOST_LOGGED:  # the rest are counted at the round's end
+                logger.warning("%s", self.property_error)
+            else:
+                self._last_property_error = why
 
     # -- fit replies and the aggregate ------------------------------------------------------
 

@@ -176,7 +176,10 @@ class ProcessTransport:
         return path, named
 
     def _unlink_stale(self, keep: set[str | None]) -> None:
-        # Workers that mapped an older file keep their mapping after unlink.
+        # Workers that mapped an older file keep their mapping after unlink. The last
+        # file published stays, whatever this exchange sent: the next task with the same
+        # weights (a fit after a properties exchange) is sent that file again.
+        keep = keep | {self._published[2]}
         for old in [p for p in self._files if p not in keep]:
             with contextlib.suppress(OSError):
                 os.unlink(old)

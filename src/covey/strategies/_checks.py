@@ -8,7 +8,7 @@ error that names the function, not a failure deep inside covey.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -59,6 +59,18 @@ def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
             f"candidates, got {str(picked)[:80]!r}"
         )
     return sorted(int(c) for c in items)
+
+
+def not_among(chosen: Iterable[int], pool: Sequence[int]) -> list[int]:
+    """The ids of ``chosen`` that are not in ``pool``, in the order of ``chosen``.
+
+    A ``range`` (a simulation's clients) is tested in place: O(len(chosen)), where a
+    set of the pool would hold every client of the federation, each round.
+    """
+    if isinstance(pool, range):
+        return [c for c in chosen if c not in pool]
+    members = set(pool)
+    return [c for c in chosen if c not in members]
 
 
 def checked_config(value: Any, what: str) -> Config:

@@ -25,6 +25,7 @@ from covey.strategies._checks import (
     checked_metrics,
     chosen_ids,
     name_of,
+    not_among,
     selects_evaluation,
 )
 from covey.strategies._clients import ClientConfigFn, ClientInfo, per_client_configs
@@ -290,9 +291,9 @@ class Strategy:
             chosen = chosen_ids(self.selector, self.selector(available, round, rng))
             if len(set(chosen)) != len(chosen):
                 raise ValueError(f"selector chose some clients more than once: {chosen}")
-            unknown = set(chosen) - set(available)
+            unknown = not_among(chosen, available)
             if unknown:
-                raise ValueError(f"selector chose clients that are not available: {unknown}")
+                raise ValueError(f"selector chose clients that are not available: {set(unknown)}")
             return chosen
         if count == len(available):
             return sorted(int(c) for c in available)

@@ -199,14 +199,7 @@ class SimulatedAsyncTransport:
         return None
 
     def _compute(self, first: int) -> None:
-        batch = [first]
-        if self._prefetch > 1:
-            waiting = sorted(
-                (p.finish, p.seq, c)
-                for c, p in self._pending.items()
-                if c != first and p.reply is None and not p.timed_out
-            )
-            batch += [c for _, _, c in waiting[: self._prefetch - 1]]
+        batch = [first, *self._next_waiting(first, self._prefetch - 1)]
         tasks = {cid: self._pending[cid].task for cid in batch}
         try:
             for reply in self._transport.exchange(tasks, timeout=self._wall_timeout):
@@ -224,6 +217,31 @@ class SimulatedAsyncTransport:
         for cid in batch:
             if self._pending[cid].reply is None:
                 self._pending[cid].reply = Reply(cid, tasks[cid].kind, error=missing)
+
+    def _next_waiting(self, first: int, count: int) -> list[int]:
+        """The ``count`` tasks due soonest after ``first`` that are still to compute.
+
+        A best-first walk of the heap from its root (a parent is never due after its
+        children), so it looks at about as many entries as it returns, not at every
+        task in flight: FedBuff with ``where=`` has a properties task in flight per client.
+        """
+        heap, out = self._heap, list[int]()
+        frontier = [(heap[0], 0)] if heap and count > 0 else []
+        while frontier and len(out) < count:
+            (_, seq, cid), i = heapq.heappop(frontier)
+            pending = self._pending.get(cid)
+            if (
+                pending is not None
+                and pending.seq == seq
+                and cid != first
+                and pending.reply is None
+                and not pending.timed_out
+            ):
+                out.append(cid)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
 
     def cancel(self, cid: int) -> None:
         """Drop ``cid``'s task in flight."""
