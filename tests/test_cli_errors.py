@@ -167,3 +167,46 @@ def test_unexpected_errors_are_one_line_unless_verbose(tmp_path: Path) -> None:
     assert loud.returncode == 1
     assert "Traceback" in loud.stderr
     assert "the data folder is missing" in loud.stderr
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_an_address_the_server_cannot_listen_on_is_a_usage_error(taken: bool) -> None:
+    # A port in use exited 1 (as a failed run), and an address of another machine
+    # ended in gRPC's "Failed to bind" naming no cause.
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}" if taken else "192.0.2.1:9092"
+        code, out = covey(
+            "server", "--app", "digits_app:server_app", "--insecure", "--address", address
+        )
+    line = last_line(out)
+    assert code == 2, out
+    assert line.startswith(f"error: --address: cannot listen on {address}: "), line
+    assert line.endswith(
+        "is in use (another server listens there): stop it, or choose another port"
+        if taken
+        else "192.0.2.1 is not an address of this machine"
+    ), line
+    assert "Traceback" not in out
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())  # no run was left
+
+
+def test_a_project_federation_on_a_taken_port_names_its_setting(tmp_path: Path) -> None:
+    import socket
+
+    assert covey("new", "fed-port")[0] == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        code, out = covey(
+            "run", "fed-port", "--federation", "local", "--set", f'address="{address}"'
+        )
+    assert code == 2, out
+    assert last_line(out).startswith(
+        f"error: address ([tool.covey.federations.local] or --set): cannot listen on {address}: "
+        f"{address} is in use"
+    )

@@ -379,6 +379,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "made_run_dir": fed.get("run_dir") is None,
         "port_file": port_file,
         "address": address,
+        "address_flag": f"address {where}",
         "certs": certs,
         "insecure": insecure,
         "rounds": settings.run.get("rounds"),
