@@ -210,3 +210,33 @@ def test_a_project_federation_on_a_taken_port_names_its_setting(tmp_path: Path) 
         f"error: address ([tool.covey.federations.local] or --set): cannot listen on {address}: "
         f"{address} is in use"
     )
+
+
+def test_an_app_with_a_syntax_error_is_named_with_its_line(tmp_path: Path) -> None:
+    # It ended as an unexpected error (exit 1) naming the file's base name only.
+    (tmp_path / "typo_app.py").write_text("import covey\n\ndef client_fn(cid:\n    pass\n")
+    code, out = covey("client", "--app", "typo_app:client_fn", "--cid", "0", "--server", "x:1")
+    assert code == 2, out
+    line = last_line(out)
+    assert line.startswith(f"error: --app typo_app:client_fn: {tmp_path / 'typo_app.py'}, line 3: ")
+    assert line.endswith("(SyntaxError); fix that line"), line
+    assert "Traceback" not in out
+
+
+def test_an_error_raised_as_an_app_is_imported_says_where(tmp_path: Path) -> None:
+    (tmp_path / "raising_app.py").write_text("import covey\n\nSETTINGS = undefined_name\n")
+    run = [sys.executable, "-m", "covey", "server", "--app", "raising_app:server_app"]
+    out = subprocess.run(
+        [*run, "--insecure"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1, out.stderr
+    assert last_line(out.stderr) == (
+        "error: NameError: name 'undefined_name' is not defined (importing raising_app for "
+        f"--app raising_app:server_app (at {tmp_path / 'raising_app.py'}:3)) "
+        "(run with -v for the traceback)"
+    )

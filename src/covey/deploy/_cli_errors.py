@@ -52,6 +52,9 @@ def load_object(spec: str, flag: str = "--app") -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except SyntaxError as exc:  # a mistake in a file given: named with its line, exit 2
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
+        fail(f"{flag} {spec}: {where}: {exc.msg} ({type(exc).__name__}); fix that line")
     except ImportError as exc:
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         if missing is not None and (module_name + ".").startswith(missing + "."):
@@ -64,6 +67,9 @@ def load_object(spec: str, flag: str = "--app") -> Any:
             f"{flag} {spec}: {module_name!r} was found, but an import in it failed{_where(exc)}: "
             f"{exc}; install what it needs here, or fix that import"
         )
+    except Exception as exc:  # the module's own code raised as it was imported
+        exc.add_note(f"importing {module_name} for {flag} {spec}{_where(exc)}")
+        raise
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
