@@ -240,3 +240,23 @@ def test_an_error_raised_as_an_app_is_imported_says_where(tmp_path: Path) -> Non
         f"--app raising_app:server_app (at {tmp_path / 'raising_app.py'}:3)) "
         "(run with -v for the traceback)"
     )
+
+
+def test_a_project_federation_prints_a_client_command_to_paste(tmp_path: Path) -> None:
+    import shlex
+    import socket
+
+    assert covey("new", "fed-certs")[0] == 0
+    project = tmp_path / "fed-certs"
+    assert covey("certs", "init", "--dir", str(project / "my fed"))[0] == 0
+    settings = ["--set", 'certs="my fed"', "--set", "insecure=false"]
+    with socket.socket() as busy:  # the command is printed, then the taken port stops it
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        code, out = covey(
+            "run", str(project), "--federation", "local", *settings, "--set", f'address="{address}"'
+        )
+    assert code == 2, out
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("covey client")]
+    assert shlex.split(line)[-2:] == ["--certs", str(project / "my fed")], line

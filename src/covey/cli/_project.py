@@ -369,7 +369,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         + escape(
             f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
             f"--cid K --name NAME --server {dial} "
-            + ("--insecure" if insecure else f"--certs {certs}")
+            + ("--insecure" if insecure else f"--certs {shlex.quote(str(certs))}")
         ),
         soft_wrap=True,
     )
