@@ -260,3 +260,15 @@ def test_a_project_federation_prints_a_client_command_to_paste(tmp_path: Path) -
     assert code == 2, out
     (line,) = [line for line in out.splitlines() if line.strip().startswith("covey client")]
     assert shlex.split(line)[-2:] == ["--certs", str(project / "my fed")], line
+
+
+def test_a_start_method_that_does_not_exist_is_refused_with_the_inline_backend(
+    tmp_path: Path,
+) -> None:
+    # With backend = "inline" any start-method passed unchecked, and the run started.
+    assert covey("new", "inline-start")[0] == 0
+    project = tmp_path / "inline-start"
+    code, out = covey("run", str(project), "--set", "start-method='forkk'", "--set", "rounds=1")
+    assert code == 2, out
+    assert last_line(out).startswith("error: start-method = 'forkk' ([tool.covey] or --set): ")
+    assert not (project / "runs").exists()
