@@ -272,3 +272,21 @@ def test_a_start_method_that_does_not_exist_is_refused_with_the_inline_backend(
     assert code == 2, out
     assert last_line(out).startswith("error: start-method = 'forkk' ([tool.covey] or --set): ")
     assert not (project / "runs").exists()
+
+
+def test_a_malformed_app_is_refused_with_an_example_of_its_kind(tmp_path: Path) -> None:
+    # `covey client --app x` was told "e.g. --app myfed:server_app", a server's app;
+    # `--set server-app=5` was told "[tool.covey] needs server-app", though it was given.
+    code, out = covey("client", "--app", "x", "--cid", "0", "--server", "127.0.0.1:1")
+    assert code == 2
+    assert last_line(out) == "error: --app 'x': expected MODULE:OBJECT, e.g. --app myfed:client_fn"
+    assert covey("new", "app-kinds")[0] == 0
+    code, out = covey("run", "app-kinds", "--set", "server-app=5")
+    assert code == 2
+    assert last_line(out) == (
+        f"error: server-app = 5 ([tool.covey] in {tmp_path / 'app-kinds' / 'pyproject.toml'}, "
+        'or --set): give MODULE:FUNCTION as text, e.g. server-app = "myfed.server_app:make_server"'
+    )
+    code, out = covey("run", "app-kinds", "--set", "client-app='x'")
+    assert code == 2
+    assert last_line(out).endswith("e.g. client-app myfed.client_app:make_client")

@@ -50,6 +50,12 @@ FEDERATION_KEYS = {
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
 
+_APP_EXAMPLES = {
+    "server_app": "myfed.server_app:make_server",
+    "client_app": "myfed.client_app:make_client",
+}
+"""A value of each app setting, shown when one is given wrong."""
+
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
@@ -141,8 +147,14 @@ class ProjectSettings:
         for item in overrides:
             self._override(item)
         for key in ("server_app", "client_app"):
-            if not isinstance(self.run.get(key), str):
-                fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {key.replace('_', '-')}")
+            if key not in self.run:
+                fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {_toml(key)}")
+            if not isinstance(self.run[key], str):
+                fail(
+                    f"{_toml(key)} = {self.run[key]!r} ([tool.covey] in "
+                    f"{project / 'pyproject.toml'}, or --set): give MODULE:FUNCTION as text, "
+                    f'e.g. {_toml(key)} = "{_APP_EXAMPLES[key]}"'
+                )
         for key, least in (("clients", 1), ("rounds", 0), ("seed", 0)):
             value = self.run.get(key)
             if value is not None and (
@@ -274,7 +286,9 @@ def run_command(
     settings = ProjectSettings(project.resolve(), overrides or [], federation)
     if str(settings.project) not in sys.path:
         sys.path.insert(0, str(settings.project))
-    make_server = load_object(settings.run["server_app"], "server-app")
+    make_server = load_object(
+        settings.run["server_app"], "server-app", example=_APP_EXAMPLES["server_app"]
+    )
     make_client = _client_maker(settings.run["client_app"])
     try:
         server_app = make_server(settings.app_config())
@@ -304,7 +318,7 @@ def run_command(
 
 def _client_maker(spec: str) -> Any:
     """The ``client-app`` function, checked: it is called as ``make_client(cid, config=...)``."""
-    make_client = load_object(spec, "client-app")
+    make_client = load_object(spec, "client-app", example=_APP_EXAMPLES["client_app"])
     try:
         inspect.signature(make_client).bind(0, config={})
     except TypeError:

@@ -38,16 +38,17 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(USAGE_EXIT)
 
 
-def load_object(spec: str, flag: str = "--app") -> Any:
+def load_object(spec: str, flag: str = "--app", example: str = "myfed:server_app") -> Any:
     """Import ``pkg.module:attribute`` (the current folder is importable).
 
     Args:
         spec: ``MODULE:OBJECT``, e.g. ``myfed:server_app``.
         flag: The flag or setting ``spec`` came from, named in errors.
+        example: A ``spec`` of the right kind, shown when ``spec`` is malformed.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        fail(f"{flag} {spec!r}: expected MODULE:OBJECT, e.g. {flag} myfed:server_app")
+        fail(f"{flag} {spec!r}: expected MODULE:OBJECT, e.g. {flag} {example}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
