@@ -290,3 +290,36 @@ def test_a_malformed_app_is_refused_with_an_example_of_its_kind(tmp_path: Path) 
     code, out = covey("run", "app-kinds", "--set", "client-app='x'")
     assert code == 2
     assert last_line(out).endswith("e.g. client-app myfed.client_app:make_client")
+
+
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ('insecure = "false"', 'insecure = "false" in [server]: must be true or false'),
+        ('plot = "no"', 'plot = "no" in [server]: must be true or false'),
+        ("run-dir = 5", 'run_dir = 5 in [server]: must be text in quotes, e.g. run_dir = "5"'),
+        ("port_file = 3", "port_file = 3 in [server]: must be text in quotes"),
+    ],
+)
+def test_a_config_file_setting_of_the_wrong_type_is_refused(
+    tmp_path: Path, setting: str, why: str
+) -> None:
+    # insecure = "false" is text, which Python holds true: the server ran without TLS.
+    (tmp_path / "server.toml").write_text(
+        f'[server]\napp = "digits_app:server_app"\ncerts = "fed"\nwait_timeout = 1\n{setting}\n'
+    )
+    code, out = covey("server", "--config", "server.toml", "--address", "127.0.0.1:0")
+    assert code == 2, out
+    assert last_line(out).startswith(f"error: --config server.toml: {why}"), out
+    assert "WITHOUT TLS" not in out
+
+
+def test_a_client_config_file_switch_in_quotes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "client.toml").write_text('[client]\ninsecure = "true"\n')
+    args = ["--app", "digits_app:client_fn", "--cid", "0", "--server", "127.0.0.1:1"]
+    code, out = covey("client", "--config", "client.toml", *args)
+    assert code == 2, out
+    assert last_line(out) == (
+        'error: --config client.toml: insecure = "true" in [client]: must be true or false, '
+        "without quotes"
+    )

@@ -146,7 +146,36 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
             f"--config {config}: unknown setting{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(unknown)} in [{section}]; known: {', '.join(sorted(known))}"
         )
+    for key, value in settings.items():
+        # "false" in quotes is text, which Python holds true: insecure = "false" served without TLS.
+        if key in _SWITCHES and not isinstance(value, bool):
+            fail(
+                f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be "
+                f"true or false, without quotes"
+            )
+        if key in _TEXTS and not isinstance(value, str):
+            fail(
+                f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be text "
+                f'in quotes, e.g. {key} = "{value}"'
+            )
     return settings
+
+
+_SWITCHES = {"insecure", "plot", "verbose"}
+"""The ``--config`` keys of on/off flags: a TOML ``true`` or ``false``."""
+
+_TEXTS = {"app", "address", "certs", "run_dir", "resume", "port_file", "server", "name"}
+_TEXTS |= {"ca", "cert", "key", "server_name"}
+"""The ``--config`` keys of flags taking text (a path, an address, a name): a TOML string."""
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as TOML writes it (``true``, ``"text"``, ``5``), to quote a setting back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
 
 
 def compression_spec(spec: Any) -> str | None:
