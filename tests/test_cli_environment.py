@@ -414,7 +414,7 @@ def test_the_one_line_error_keeps_the_notes_naming_where_it_came_from(
     # it raises; without -v that note is all that says where the error came from.
     import covey.cli as cli
 
-    def failing(args: Any = None) -> None:
+    def failing(args: Any = None, **kwargs: Any) -> None:
         exc = KeyError("epochs")
         exc.add_note("raised by on_client_fit_config own for client 0 in round 3")
         raise exc
@@ -561,3 +561,55 @@ def test_runs_list_of_a_folder_that_is_not_there_says_so(
     code, out = _covey("runs", "list")  # no runs/ yet: nothing to list, no mistake
     assert code == 0, out
     assert out.startswith("no runs in runs")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["run", "--sett", "rounds=2"],
+            "error: No such option: --sett (Possible options: --set) "
+            "(`covey run --help` lists what it takes)",
+        ),
+        (
+            ["demo", "--fraction", "1.5"],
+            "error: Invalid value for '--fraction': Input should be less than or equal to 1 "
+            "(`covey demo --help` lists what it takes)",
+        ),
+        (["runz"], "error: No such command 'runz'. Did you mean 'run', 'runs'? "),
+        (["runs", "show", "x", "--last", "0"], "error: Invalid value for '--last': "),
+    ],
+)
+def test_a_mistake_the_command_line_parser_finds_ends_in_one_line(
+    argv: list[str],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It ended in a usage line, a hint and an error framed in a box: five lines in a log.
+    from covey.cli import main
+
+    monkeypatch.setenv("COLUMNS", "40")
+    for verbose in ([], ["-v"]):  # no traceback to show: the same line
+        monkeypatch.setattr("sys.argv", ["covey", *argv, *verbose])
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith(said), err
+
+
+def test_the_command_alone_still_prints_its_help(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from covey.cli import main
+
+    for argv, code in ((["runs"], 2), (["runs", "--help"], 0), (["--version"], 0)):
+        monkeypatch.setattr("sys.argv", ["covey", *argv])
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        assert stopped.value.code == code
+        out = capsys.readouterr()
+        assert ("covey runs" in out.out) if argv[0] == "runs" else out.out.startswith("covey ")
+        assert "error" not in out.err

@@ -8,7 +8,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -261,12 +261,18 @@ def main() -> None:
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
     _tolerant_output()
     try:
-        app(args=_without_traceback_flag(sys.argv[1:]) if verbose else None)
+        code = app(
+            args=_without_traceback_flag(sys.argv[1:]) if verbose else None,
+            prog_name="covey",  # as the help and errors name commands (not `python -m ...`)
+            standalone_mode=False,  # click's mistakes come here, to end in one line
+        )
     except KeyboardInterrupt:  # outside a command (a command's own ends in typer's Exit(130))
         if verbose:
             raise
         raise SystemExit(130) from None
     except Exception as exc:
+        if _from_click(exc):  # the command line itself: a misspelled option, a wrong value
+            _usage_error(exc)
         if verbose:
             raise
         err = Console(stderr=True, highlight=False, emoji=False)
@@ -288,6 +294,39 @@ def main() -> None:
             soft_wrap=True,  # one line, whatever the width: the first line of a log
         )
         raise SystemExit(1) from None
+    # A command's own typer.Exit(code) comes back as its code; a finished command's None is 0.
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _from_click(exc: BaseException) -> bool:
+    """Whether ``exc`` is click's (typer's) own: a usage error, or an abort at a prompt.
+
+    Told by its module, as typer ships click under its own name in some releases.
+    """
+    return type(exc).__module__.rpartition(".")[0].endswith("click") or (
+        type(exc).__module__ == "typer.exceptions"
+    )
+
+
+def _usage_error(exc: Exception) -> NoReturn:
+    """End a command-line mistake click found in one line: what is wrong, and where help is.
+
+    As covey's own mistakes end (``error: ...``, exit 2): one entry a line in a log,
+    rather than a usage line, a hint and a framed box. ``covey`` or ``covey runs``
+    alone has printed its help already (exit 2); an abort (end of input at a
+    prompt) exits 1.
+    """
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        raise SystemExit(2)
+    format_message = getattr(exc, "format_message", None)
+    if not callable(format_message):  # an abort
+        raise SystemExit(1)
+    ctx = getattr(exc, "ctx", None)
+    hint = "" if ctx is None else f" (`{ctx.command_path} --help` lists what it takes)"
+    message = " ".join(str(format_message()).split())
+    err = Console(stderr=True, highlight=False, emoji=False)
+    err.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", soft_wrap=True)
+    raise SystemExit(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":
