@@ -323,3 +323,27 @@ def test_a_client_config_file_switch_in_quotes_is_refused(tmp_path: Path) -> Non
         'error: --config client.toml: insecure = "true" in [client]: must be true or false, '
         "without quotes"
     )
+
+
+def test_covey_server_refuses_to_resume_a_simulated_run(tmp_path: Path) -> None:
+    # It served the simulation's folder on as a deployed run: `covey runs show` then
+    # gave the simulation's old stop reason for a run the server had stopped since.
+    assert covey("new", "sim-then-serve")[0] == 0
+    project = tmp_path / "sim-then-serve"
+    code, out = covey("run", str(project), "--set", "rounds=1")
+    assert code == 0, out
+    (run,) = (project / "runs").iterdir()
+    before = sorted(p.name for p in run.iterdir())
+    app_spec = "digits_app:server_app"
+    code, out = covey("server", "--app", app_spec, "--insecure", "--resume", str(run))
+    assert code == 2, out
+    assert last_line(out).startswith(
+        f"error: --resume {run} holds a simulated run; `covey server` continues deployed "
+        f"runs only: continue it with `covey run {project} --resume {run}`"
+    ), out
+    assert sorted(p.name for p in run.iterdir()) == before
+    # A federation's run-dir holding it was told to go on with `covey server --resume`.
+    code, out = covey("run", str(project), "--federation", "local", "--set", f'run-dir="{run}"')
+    assert code == 2, out
+    assert "holds a simulated run; give another folder" in last_line(out), out
+    assert "covey server --resume" not in out

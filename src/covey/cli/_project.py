@@ -369,6 +369,11 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         rounds=settings.run.get("rounds"),
         keep_last=keep_last,
     )
+    if (run_dir / "run.json").is_file():  # a simulation's: `covey server` cannot go on with it
+        fail(
+            f"run-dir {run_dir} {where} holds a simulated run; give another folder (a "
+            f"simulated run goes on with `covey run --resume {shlex.quote(str(run_dir))}`)"
+        )
     if (run_dir / "run.sqlite").exists():
         fail(
             f"run-dir {run_dir} {where} already holds a run; give another folder, or "

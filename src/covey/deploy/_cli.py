@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -91,6 +92,14 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
             )
         if not (resume / "run.sqlite").is_file():
             fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
+        if (resume / "run.json").is_file():  # served on, its folder would hold two kinds of run
+            from covey.sim._rundir import how_to_resume
+
+            fail(
+                f"--resume {resume} holds a simulated run; `covey server` continues deployed "
+                f"runs only: continue it with {how_to_resume(resume)}, or serve a new run "
+                "(--run-dir) from its model"
+            )
         return resume
     if run_dir is None:
         return new_run_dir("runs", "server")
@@ -123,7 +132,7 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
         if missing:
             fail(
                 f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
-                f"make one with `covey certs init --dir {certs}`"
+                f"make one with `covey certs init --dir {shlex.quote(str(certs))}`"
             )
         from covey.deploy._tls import tls_from_dir
 
