@@ -347,3 +347,22 @@ def test_covey_server_refuses_to_resume_a_simulated_run(tmp_path: Path) -> None:
     assert code == 2, out
     assert "holds a simulated run; give another folder" in last_line(out), out
     assert "covey server --resume" not in out
+
+
+def test_an_app_setting_set_to_another_kind_is_refused_before_the_run(tmp_path: Path) -> None:
+    # `--set lr=0,1` (a comma) gave the app the text "0,1": every client failed once
+    # the run had started, and the run stopped with exit status 1.
+    assert covey("new", "kinds")[0] == 0
+    project = tmp_path / "kinds"
+    code, out = covey("run", str(project), "--set", "lr=0,1")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --set lr=0,1: lr is a number in [tool.covey.config] (0.5), not text; give a "
+        "number, e.g. --set lr=0.5, or change its kind in pyproject.toml first"
+    )
+    code, out = covey("run", str(project), "--set", "epochs=true")
+    assert code == 2, out
+    assert "epochs is a number in [tool.covey.config] (2), not true or false" in out
+    assert not (project / "runs").exists()
+    code, out = covey("run", str(project), "--set", "lr=1", "--set", "rounds=1")  # whole: a number
+    assert code == 0, out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import keyword
 import re
 import shlex
@@ -187,6 +188,7 @@ class ProjectSettings:
         elif self.federation is not None and key in FEDERATION_KEYS:
             self.federation[key] = value
         elif spelled := [k for k in (given, key, _toml(key)) if k in self.config]:
+            _same_kind(item, self.config[spelled[0]], value)
             self.config[spelled[0]] = value  # the app's key as its table spells it
         else:
             self._refuse(item, key)
@@ -222,6 +224,33 @@ class ProjectSettings:
     def path(self, value: Any) -> Path | None:
         """A path setting, relative to the project folder."""
         return None if value is None else self.project / str(value)
+
+
+def _kind(value: Any) -> str | None:
+    """What kind of setting ``value`` is: ``"number"``, ``"true or false"``, ``"text"``; or None."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "number"
+    return "text" if isinstance(value, str) else None
+
+
+def _same_kind(item: str, kept: Any, value: Any) -> None:
+    """Refuse ``--set KEY=VALUE`` of an app setting whose VALUE is of another kind than its table's.
+
+    ``--set lr=0,1`` (a comma) is text where ``lr = 0.5`` is a number: the app would
+    fail in every client once the run started. A number for a number passes, whole or not.
+    """
+    was, now = _kind(kept), _kind(value)
+    if was is None or now is None or was == now:
+        return
+    key = item.partition("=")[0].strip()
+    a = "" if was == "true or false" else "a "
+    fail(
+        f"--set {item}: {key} is {a}{was} in [tool.covey.config] ({json.dumps(kept)}), "
+        f"not {now}; give {a}{was}, e.g. --set {key}={json.dumps(kept)}, or change its "
+        "kind in pyproject.toml first"
+    )
 
 
 def _toml(key: str) -> str:
