@@ -653,3 +653,15 @@ def test_ctrl_c_as_the_covey_command_loads_ends_with_130_and_no_traceback() -> N
         env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
     )
     assert light.stdout.strip() == "False", light.stderr  # what the script imports is light
+
+
+@pytest.mark.parametrize("command", ["run", "server", "client"])
+def test_the_help_of_a_command_s_own_verbose_flag_says_it_shows_the_traceback(
+    command: str,
+) -> None:
+    # `covey run -v` was "Log more." though a simulated run logs nothing more: what
+    # it does there is show an error's traceback, as every command's -v does.
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    (line,) = [line for line in result.output.splitlines() if "--verbose" in line]
+    assert "traceback" in line, line

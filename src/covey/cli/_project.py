@@ -292,7 +292,14 @@ def run_command(
         list[str] | None,
         typer.Option("--set", help="Override a setting for this run: KEY=VALUE (repeatable)."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show an error's traceback; with --federation, log fleet events too.",
+        ),
+    ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(

@@ -308,7 +308,10 @@ def server_command(
     plot: Annotated[
         bool | None, typer.Option("--plot/--no-plot", help="Draw plot.png after each round.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log fleet events.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Log fleet events, and show an error's traceback."),
+    ] = False,
     compression: Annotated[
         str | None,
         typer.Option(

@@ -137,7 +137,9 @@ def client_command(
             "(default 4096; set it near the model's size)."
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log progress, and show an error's traceback.")
+    ] = False,
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import connect
