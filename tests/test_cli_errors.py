@@ -366,3 +366,12 @@ def test_an_app_setting_set_to_another_kind_is_refused_before_the_run(tmp_path: 
     assert not (project / "runs").exists()
     code, out = covey("run", str(project), "--set", "lr=1", "--set", "rounds=1")  # whole: a number
     assert code == 0, out
+
+
+def test_demo_with_a_negative_seed_is_a_usage_error() -> None:
+    # It ran, then stopped with "error: ValueError: seed must be a non-negative integer"
+    # and exit status 1, as a failure of the work.
+    code, out = covey("demo", "--seed", "-1", "--clients", "4", "--rounds", "1", "--no-plot")
+    assert code == 2, out
+    assert "--seed" in out
+    assert not Path("runs").exists()

@@ -64,7 +64,7 @@ def demo(
     ] = 0.5,
     lr: Annotated[float, typer.Option(help="Clients' learning rate.")] = 0.5,
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of data split and sampling.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of data split and sampling.")] = 0,
     backend: Annotated[str, typer.Option(help="Simulation backend: inline or process.")] = "inline",
     start_method: Annotated[
         str | None,
