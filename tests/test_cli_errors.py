@@ -375,3 +375,20 @@ def test_demo_with_a_negative_seed_is_a_usage_error() -> None:
     assert code == 2, out
     assert "--seed" in out
     assert not Path("runs").exists()
+
+
+def test_a_project_federation_names_its_settings_for_certs_and_insecure() -> None:
+    # They were refused with the flags of `covey server` ("give --certs DIR or --insecure,
+    # not both"), though the user had given neither flag, only the table's settings.
+    assert covey("new", "tls-fed")[0] == 0
+    code, out = covey("run", "tls-fed", "--federation", "local", "--set", "certs='fed'")
+    assert code == 2, out
+    assert last_line(out).startswith(
+        "error: certs = 'fed' and insecure = true ([tool.covey.federations.local] or --set): "
+        "give one of them"
+    ), out
+    code, out = covey("run", "tls-fed", "--federation", "local", "--set", "insecure=false")
+    assert code == 2, out
+    assert last_line(out).startswith(
+        'error: no certs ([tool.covey.federations.local] or --set): give certs = "DIR"'
+    ), out

@@ -389,6 +389,16 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
     max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
+    if fed.get("certs") is not None and insecure:
+        fail(
+            f"certs = {fed['certs']!r} and insecure = true {where}: give one of them (with "
+            "certs, set insecure = false or remove it; --set insecure=false for one run)"
+        )
+    if fed.get("certs") is None and not insecure:
+        fail(
+            f'no certs {where}: give certs = "DIR" (a folder made by `covey certs init '
+            "--dir DIR`), or insecure = true for a local experiment without TLS"
+        )
     certs = _security(settings.path(fed.get("certs")), insecure)
     port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
     run_dir = settings.path(fed.get("run_dir"))
