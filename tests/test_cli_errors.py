@@ -392,3 +392,20 @@ def test_a_project_federation_names_its_settings_for_certs_and_insecure() -> Non
     assert last_line(out).startswith(
         'error: no certs ([tool.covey.federations.local] or --set): give certs = "DIR"'
     ), out
+
+
+def test_covey_run_inside_a_project_s_subfolder_names_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said only "run in a project made by `covey new NAME`", from inside one.
+    assert covey("new", "nested fed")[0] == 2  # not a name: no project
+    assert covey("new", "nested-fed")[0] == 0
+    monkeypatch.chdir(tmp_path / "nested-fed" / "nested_fed")
+    code, out = covey("run")
+    assert code == 2, out
+    assert last_line(out) == (
+        f"error: no pyproject.toml in {tmp_path / 'nested-fed' / 'nested_fed'}; this folder "
+        "is inside the project "
+        f"{tmp_path / 'nested-fed'}: run `covey run {tmp_path / 'nested-fed'}`, or run "
+        "`covey run` there"
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import keyword
 import re
 import shlex
@@ -22,6 +21,12 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from covey.cli._project_files import (
+    read_project,
+    same_kind,
+    toml_key,
+    unknown_keys,
+)
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
@@ -128,7 +133,7 @@ class ProjectSettings:
         config = table.pop("config", {})
         federations = table.pop("federations", {})
         run = {k.replace("-", "_"): v for k, v in table.items()}
-        _unknown(run, RUN_KEYS, "[tool.covey]")
+        unknown_keys(run, RUN_KEYS, "[tool.covey]")
         self.federation: dict[str, Any] | None = None
         if federation is not None:
             fed = federations.get(federation) if isinstance(federations, dict) else None
@@ -139,7 +144,7 @@ class ProjectSettings:
                     f"{project / 'pyproject.toml'}" + (f" (known: {known})" if known else "")
                 )
             self.federation = {k.replace("-", "_"): v for k, v in fed.items()}
-            _unknown(self.federation, FEDERATION_KEYS, f"[tool.covey.federations.{federation}]")
+            unknown_keys(self.federation, FEDERATION_KEYS, f"[tool.covey.federations.{federation}]")
         if not isinstance(config, dict):
             fail(f"[tool.covey.config] in {project / 'pyproject.toml'} must be a table")
         self.run, self.config = run, dict(config)
@@ -149,12 +154,12 @@ class ProjectSettings:
             self._override(item)
         for key in ("server_app", "client_app"):
             if key not in self.run:
-                fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {_toml(key)}")
+                fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {toml_key(key)}")
             if not isinstance(self.run[key], str):
                 fail(
-                    f"{_toml(key)} = {self.run[key]!r} ([tool.covey] in "
+                    f"{toml_key(key)} = {self.run[key]!r} ([tool.covey] in "
                     f"{project / 'pyproject.toml'}, or --set): give MODULE:FUNCTION as text, "
-                    f'e.g. {_toml(key)} = "{_APP_EXAMPLES[key]}"'
+                    f'e.g. {toml_key(key)} = "{_APP_EXAMPLES[key]}"'
                 )
         for key, least in (("clients", 1), ("rounds", 0), ("seed", 0)):
             value = self.run.get(key)
@@ -187,8 +192,8 @@ class ProjectSettings:
             self.given.add(key)
         elif self.federation is not None and key in FEDERATION_KEYS:
             self.federation[key] = value
-        elif spelled := [k for k in (given, key, _toml(key)) if k in self.config]:
-            _same_kind(item, self.config[spelled[0]], value)
+        elif spelled := [k for k in (given, key, toml_key(key)) if k in self.config]:
+            same_kind(item, self.config[spelled[0]], value)
             self.config[spelled[0]] = value  # the app's key as its table spells it
         else:
             self._refuse(item, key)
@@ -197,13 +202,13 @@ class ProjectSettings:
         """Fail on ``--set KEY=...`` naming no setting: a typo would otherwise pass unseen."""
         if key in FEDERATION_KEYS:
             fail(
-                f"--set {item}: {_toml(key)} is a setting of a federation; add "
+                f"--set {item}: {toml_key(key)} is a setting of a federation; add "
                 "--federation NAME to serve for real clients"
             )
         # Settings of covey as pyproject.toml spells them; the app's own as its table does.
-        known = {_toml(k) for k in RUN_KEYS} | set(self.config)
+        known = {toml_key(k) for k in RUN_KEYS} | set(self.config)
         if self.federation is not None:
-            known |= {_toml(k) for k in FEDERATION_KEYS}
+            known |= {toml_key(k) for k in FEDERATION_KEYS}
         given = item.partition("=")[0].strip()
         close = difflib.get_close_matches(given, sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -224,62 +229,6 @@ class ProjectSettings:
     def path(self, value: Any) -> Path | None:
         """A path setting, relative to the project folder."""
         return None if value is None else self.project / str(value)
-
-
-def _kind(value: Any) -> str | None:
-    """What kind of setting ``value`` is: ``"number"``, ``"true or false"``, ``"text"``; or None."""
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int | float):
-        return "number"
-    return "text" if isinstance(value, str) else None
-
-
-def _same_kind(item: str, kept: Any, value: Any) -> None:
-    """Refuse ``--set KEY=VALUE`` of an app setting whose VALUE is of another kind than its table's.
-
-    ``--set lr=0,1`` (a comma) is text where ``lr = 0.5`` is a number: the app would
-    fail in every client once the run started. A number for a number passes, whole or not.
-    """
-    was, now = _kind(kept), _kind(value)
-    if was is None or now is None or was == now:
-        return
-    key = item.partition("=")[0].strip()
-    a = "" if was == "true or false" else "a "
-    fail(
-        f"--set {item}: {key} is {a}{was} in [tool.covey.config] ({json.dumps(kept)}), "
-        f"not {now}; give {a}{was}, e.g. --set {key}={json.dumps(kept)}, or change its "
-        "kind in pyproject.toml first"
-    )
-
-
-def _toml(key: str) -> str:
-    """A setting's name as pyproject.toml spells it (``runs_dir`` -> ``runs-dir``)."""
-    return key.replace("_", "-")
-
-
-def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(_toml(k) for k in set(table) - known)
-    if unknown:
-        fail(
-            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where} "
-            f"of pyproject.toml; known: {', '.join(sorted(_toml(k) for k in known))}"
-        )
-
-
-def read_project(project: Path) -> dict[str, Any]:
-    """The ``[tool.covey]`` table of ``project/pyproject.toml``."""
-    path = project / "pyproject.toml"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        fail(f"no pyproject.toml in {project}; run in a project made by `covey new NAME`")
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        fail(f"{path}: cannot read it ({exc})")
-    table = data.get("tool", {}).get("covey")
-    if not isinstance(table, dict):
-        fail(f"{path} has no [tool.covey] table; see a project made by `covey new NAME`")
-    return dict(table)
 
 
 def run_command(
@@ -383,7 +332,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
     insecure = bool(_switch(fed, "insecure", where))
     plot = _switch(fed, "plot", where)
     times = {
-        key: number(fed.get(key), f"{_toml(key)} {where}")
+        key: number(fed.get(key), f"{toml_key(key)} {where}")
         for key in ("round_timeout", "wait_timeout", "heartbeat")
     }
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
@@ -462,7 +411,7 @@ def _switch(fed: dict[str, Any], key: str, where: str) -> bool | None:
     """A true/false setting of a federation table (None when not given)."""
     value = fed.get(key)
     if value is not None and not isinstance(value, bool):
-        fail(f"{_toml(key)} = {value!r} {where}: must be true or false")
+        fail(f"{toml_key(key)} = {value!r} {where}: must be true or false")
     return value
 
 
