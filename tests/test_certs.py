@@ -385,6 +385,22 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert "No client certificates" in result.output
 
 
+def test_cli_commands_to_paste_quote_a_folder_with_a_space(tmp_path: Path) -> None:
+    # "Next: covey certs issue CLIENT_ID --dir my fed" ran `issue` on the folder "my".
+    import shlex
+
+    d = tmp_path / "my fed ü"
+    result = runner.invoke(certs_app, ["init", "--dir", str(d)], env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    command = result.output.strip().splitlines()[-1].removeprefix("Next: ")
+    assert shlex.split(command) == ["covey", "certs", "issue", "CLIENT_ID", "--dir", str(d)]
+    (tmp_path / "no ca").mkdir()
+    result = runner.invoke(certs_app, ["issue", "a", "--dir", str(tmp_path / "no ca")])
+    assert result.exit_code == 2
+    command = " ".join(result.output.split()).partition("create one with: ")[2]
+    assert shlex.split(command) == ["covey", "certs", "init", "--dir", str(tmp_path / "no ca")]
+
+
 # --------------------------------------------------------------------------- #
 # A real mutual-TLS handshake with gRPC
 # --------------------------------------------------------------------------- #

@@ -413,13 +413,14 @@ def test_the_one_line_error_keeps_the_notes_naming_where_it_came_from(
     # covey adds a note naming the user's function (its client and round) to an error
     # it raises; without -v that note is all that says where the error came from.
     import covey.cli as cli
+    import covey.cli._app as commands
 
-    def failing(args: Any = None) -> None:
+    def failing(args: Any = None, **kwargs: Any) -> None:
         exc = KeyError("epochs")
         exc.add_note("raised by on_client_fit_config own for client 0 in round 3")
         raise exc
 
-    monkeypatch.setattr(cli, "app", failing)
+    monkeypatch.setattr(commands, "app", failing)
     monkeypatch.setattr("sys.argv", ["covey", "server"])
     with pytest.raises(SystemExit):
         cli.main()
@@ -433,11 +434,12 @@ def test_ctrl_c_before_a_command_runs_ends_with_130_and_no_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import covey.cli as cli
+    import covey.cli._app as commands
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # as typer builds the command line from the signatures
 
-    monkeypatch.setattr(cli, "app", interrupted)
+    monkeypatch.setattr(commands, "app", interrupted)
     monkeypatch.setattr("sys.argv", ["covey", "runs", "list"])
     with pytest.raises(SystemExit) as stopped:
         cli.main()
@@ -561,3 +563,105 @@ def test_runs_list_of_a_folder_that_is_not_there_says_so(
     code, out = _covey("runs", "list")  # no runs/ yet: nothing to list, no mistake
     assert code == 0, out
     assert out.startswith("no runs in runs")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["run", "--sett", "rounds=2"],
+            "error: No such option: --sett (Possible options: --set) "
+            "(`covey run --help` lists what it takes)",
+        ),
+        (
+            ["demo", "--fraction", "1.5"],
+            "error: Invalid value for '--fraction': Input should be less than or equal to 1 "
+            "(`covey demo --help` lists what it takes)",
+        ),
+        (["runz"], "error: No such command 'runz'. Did you mean 'run', 'runs'? "),
+        (["runs", "show", "x", "--last", "0"], "error: Invalid value for '--last': "),
+    ],
+)
+def test_a_mistake_the_command_line_parser_finds_ends_in_one_line(
+    argv: list[str],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It ended in a usage line, a hint and an error framed in a box: five lines in a log.
+    from covey.cli import main
+
+    monkeypatch.setenv("COLUMNS", "40")
+    for verbose in ([], ["-v"]):  # no traceback to show: the same line
+        monkeypatch.setattr("sys.argv", ["covey", *argv, *verbose])
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith(said), err
+
+
+def test_the_command_alone_still_prints_its_help(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from covey.cli import main
+
+    for argv, code in ((["runs"], 2), (["runs", "--help"], 0), (["--version"], 0)):
+        monkeypatch.setattr("sys.argv", ["covey", *argv])
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        assert stopped.value.code == code
+        out = capsys.readouterr()
+        assert ("covey runs" in out.out) if argv[0] == "runs" else out.out.startswith("covey ")
+        assert "error" not in out.err
+
+
+def test_ctrl_c_as_the_covey_command_loads_ends_with_130_and_no_traceback() -> None:
+    import subprocess
+    import sys
+
+    # The installed `covey` script runs `from covey.cli import main`, then `main()`:
+    # Ctrl-C as the commands loaded (a second on a busy machine) printed a traceback.
+    script = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def imp(name, globals=None, locals=None, fromlist=(), level=0):\n"
+        "    if name == 'covey.cli._app' or (name == 'covey.cli' and '_app' in fromlist):\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, globals, locals, fromlist, level)\n"
+        "from covey.cli import main\n"
+        "builtins.__import__ = imp\n"
+        "sys.argv = ['covey', 'runs', 'list']\n"
+        "sys.exit(main())\n"
+    )
+    src = str(Path(covey.__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, covey.cli; print('typer' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )
+    assert light.stdout.strip() == "False", light.stderr  # what the script imports is light
+
+
+@pytest.mark.parametrize("command", ["run", "server", "client"])
+def test_the_help_of_a_command_s_own_verbose_flag_says_it_shows_the_traceback(
+    command: str,
+) -> None:
+    # `covey run -v` was "Log more." though a simulated run logs nothing more: what
+    # it does there is show an error's traceback, as every command's -v does.
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    (line,) = [line for line in result.output.splitlines() if "--verbose" in line]
+    assert "traceback" in line, line

@@ -225,3 +225,245 @@ def test_unexpected_errors_are_one_line_unless_verbose(tmp_path: Path) -> None:
     assert loud.returncode == 1
     assert "Traceback" in loud.stderr
     assert "the data folder is missing" in loud.stderr
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_an_address_the_server_cannot_listen_on_is_a_usage_error(taken: bool) -> None:
+    # A port in use exited 1 (as a failed run), and an address of another machine
+    # ended in gRPC's "Failed to bind" naming no cause.
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}" if taken else "192.0.2.1:9092"
+        code, out = covey(
+            "server", "--app", "digits_app:server_app", "--insecure", "--address", address
+        )
+    line = last_line(out)
+    assert code == 2, out
+    assert line.startswith(f"error: --address: cannot listen on {address}: "), line
+    assert line.endswith(
+        "is in use (another server listens there): stop it, or choose another port"
+        if taken
+        else "192.0.2.1 is not an address of this machine"
+    ), line
+    assert "Traceback" not in out
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())  # no run was left
+
+
+def test_a_project_federation_on_a_taken_port_names_its_setting(tmp_path: Path) -> None:
+    import socket
+
+    assert covey("new", "fed-port")[0] == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        code, out = covey(
+            "run", "fed-port", "--federation", "local", "--set", f'address="{address}"'
+        )
+    assert code == 2, out
+    assert last_line(out).startswith(
+        f"error: address ([tool.covey.federations.local] or --set): cannot listen on {address}: "
+        f"{address} is in use"
+    )
+
+
+def test_an_app_with_a_syntax_error_is_named_with_its_line(tmp_path: Path) -> None:
+    # It ended as an unexpected error (exit 1) naming the file's base name only.
+    (tmp_path / "typo_app.py").write_text("import covey\n\ndef client_fn(cid:\n    pass\n")
+    code, out = covey("client", "--app", "typo_app:client_fn", "--cid", "0", "--server", "x:1")
+    assert code == 2, out
+    line = last_line(out)
+    assert line.startswith(f"error: --app typo_app:client_fn: {tmp_path / 'typo_app.py'}, line 3: ")
+    assert line.endswith("(SyntaxError); fix that line"), line
+    assert "Traceback" not in out
+
+
+def test_an_error_raised_as_an_app_is_imported_says_where(tmp_path: Path) -> None:
+    (tmp_path / "raising_app.py").write_text("import covey\n\nSETTINGS = undefined_name\n")
+    run = [sys.executable, "-m", "covey", "server", "--app", "raising_app:server_app"]
+    out = subprocess.run(
+        [*run, "--insecure"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1, out.stderr
+    assert last_line(out.stderr) == (
+        "error: NameError: name 'undefined_name' is not defined (importing raising_app for "
+        f"--app raising_app:server_app (at {tmp_path / 'raising_app.py'}:3)) "
+        "(run with -v for the traceback)"
+    )
+
+
+def test_a_project_federation_prints_a_client_command_to_paste(tmp_path: Path) -> None:
+    import shlex
+    import socket
+
+    assert covey("new", "fed-certs")[0] == 0
+    project = tmp_path / "fed-certs"
+    assert covey("certs", "init", "--dir", str(project / "my fed"))[0] == 0
+    settings = ["--set", 'certs="my fed"', "--set", "insecure=false"]
+    with socket.socket() as busy:  # the command is printed, then the taken port stops it
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        code, out = covey(
+            "run", str(project), "--federation", "local", *settings, "--set", f'address="{address}"'
+        )
+    assert code == 2, out
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("covey client")]
+    assert shlex.split(line)[-2:] == ["--certs", str(project / "my fed")], line
+
+
+def test_a_start_method_that_does_not_exist_is_refused_with_the_inline_backend(
+    tmp_path: Path,
+) -> None:
+    # With backend = "inline" any start-method passed unchecked, and the run started.
+    assert covey("new", "inline-start")[0] == 0
+    project = tmp_path / "inline-start"
+    code, out = covey("run", str(project), "--set", "start-method='forkk'", "--set", "rounds=1")
+    assert code == 2, out
+    assert last_line(out).startswith("error: start-method = 'forkk' ([tool.covey] or --set): ")
+    assert not (project / "runs").exists()
+
+
+def test_a_malformed_app_is_refused_with_an_example_of_its_kind(tmp_path: Path) -> None:
+    # `covey client --app x` was told "e.g. --app myfed:server_app", a server's app;
+    # `--set server-app=5` was told "[tool.covey] needs server-app", though it was given.
+    code, out = covey("client", "--app", "x", "--cid", "0", "--server", "127.0.0.1:1")
+    assert code == 2
+    assert last_line(out) == "error: --app 'x': expected MODULE:OBJECT, e.g. --app myfed:client_fn"
+    assert covey("new", "app-kinds")[0] == 0
+    code, out = covey("run", "app-kinds", "--set", "server-app=5")
+    assert code == 2
+    assert last_line(out) == (
+        f"error: server-app = 5 ([tool.covey] in {tmp_path / 'app-kinds' / 'pyproject.toml'}, "
+        'or --set): give MODULE:FUNCTION as text, e.g. server-app = "myfed.server_app:make_server"'
+    )
+    code, out = covey("run", "app-kinds", "--set", "client-app='x'")
+    assert code == 2
+    assert last_line(out).endswith("e.g. client-app myfed.client_app:make_client")
+
+
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ('insecure = "false"', 'insecure = "false" in [server]: must be true or false'),
+        ('plot = "no"', 'plot = "no" in [server]: must be true or false'),
+        ("run-dir = 5", 'run_dir = 5 in [server]: must be text in quotes, e.g. run_dir = "5"'),
+        ("port_file = 3", "port_file = 3 in [server]: must be text in quotes"),
+    ],
+)
+def test_a_config_file_setting_of_the_wrong_type_is_refused(
+    tmp_path: Path, setting: str, why: str
+) -> None:
+    # insecure = "false" is text, which Python holds true: the server ran without TLS.
+    (tmp_path / "server.toml").write_text(
+        f'[server]\napp = "digits_app:server_app"\ncerts = "fed"\nwait_timeout = 1\n{setting}\n'
+    )
+    code, out = covey("server", "--config", "server.toml", "--address", "127.0.0.1:0")
+    assert code == 2, out
+    assert last_line(out).startswith(f"error: --config server.toml: {why}"), out
+    assert "WITHOUT TLS" not in out
+
+
+def test_a_client_config_file_switch_in_quotes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "client.toml").write_text('[client]\ninsecure = "true"\n')
+    args = ["--app", "digits_app:client_fn", "--cid", "0", "--server", "127.0.0.1:1"]
+    code, out = covey("client", "--config", "client.toml", *args)
+    assert code == 2, out
+    assert last_line(out) == (
+        'error: --config client.toml: insecure = "true" in [client]: must be true or false, '
+        "without quotes"
+    )
+
+
+def test_covey_server_refuses_to_resume_a_simulated_run(tmp_path: Path) -> None:
+    # It served the simulation's folder on as a deployed run: `covey runs show` then
+    # gave the simulation's old stop reason for a run the server had stopped since.
+    assert covey("new", "sim-then-serve")[0] == 0
+    project = tmp_path / "sim-then-serve"
+    code, out = covey("run", str(project), "--set", "rounds=1")
+    assert code == 0, out
+    (run,) = (project / "runs").iterdir()
+    before = sorted(p.name for p in run.iterdir())
+    app_spec = "digits_app:server_app"
+    code, out = covey("server", "--app", app_spec, "--insecure", "--resume", str(run))
+    assert code == 2, out
+    assert last_line(out).startswith(
+        f"error: --resume {run} holds a simulated run; `covey server` continues deployed "
+        f"runs only: continue it with `covey run {project} --resume {run}`"
+    ), out
+    assert sorted(p.name for p in run.iterdir()) == before
+    # A federation's run-dir holding it was told to go on with `covey server --resume`.
+    code, out = covey("run", str(project), "--federation", "local", "--set", f'run-dir="{run}"')
+    assert code == 2, out
+    assert "holds a simulated run; give another folder" in last_line(out), out
+    assert "covey server --resume" not in out
+
+
+def test_an_app_setting_set_to_another_kind_is_refused_before_the_run(tmp_path: Path) -> None:
+    # `--set lr=0,1` (a comma) gave the app the text "0,1": every client failed once
+    # the run had started, and the run stopped with exit status 1.
+    assert covey("new", "kinds")[0] == 0
+    project = tmp_path / "kinds"
+    code, out = covey("run", str(project), "--set", "lr=0,1")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --set lr=0,1: lr is a number in [tool.covey.config] (0.5), not text; give a "
+        "number, e.g. --set lr=0.5, or change its kind in pyproject.toml first"
+    )
+    code, out = covey("run", str(project), "--set", "epochs=true")
+    assert code == 2, out
+    assert "epochs is a number in [tool.covey.config] (2), not true or false" in out
+    assert not (project / "runs").exists()
+    code, out = covey("run", str(project), "--set", "lr=1", "--set", "rounds=1")  # whole: a number
+    assert code == 0, out
+
+
+def test_demo_with_a_negative_seed_is_a_usage_error() -> None:
+    # It ran, then stopped with "error: ValueError: seed must be a non-negative integer"
+    # and exit status 1, as a failure of the work.
+    code, out = covey("demo", "--seed", "-1", "--clients", "4", "--rounds", "1", "--no-plot")
+    assert code == 2, out
+    assert "--seed" in out
+    assert not Path("runs").exists()
+
+
+def test_a_project_federation_names_its_settings_for_certs_and_insecure() -> None:
+    # They were refused with the flags of `covey server` ("give --certs DIR or --insecure,
+    # not both"), though the user had given neither flag, only the table's settings.
+    assert covey("new", "tls-fed")[0] == 0
+    code, out = covey("run", "tls-fed", "--federation", "local", "--set", "certs='fed'")
+    assert code == 2, out
+    assert last_line(out).startswith(
+        "error: certs = 'fed' and insecure = true ([tool.covey.federations.local] or --set): "
+        "give one of them"
+    ), out
+    code, out = covey("run", "tls-fed", "--federation", "local", "--set", "insecure=false")
+    assert code == 2, out
+    assert last_line(out).startswith(
+        'error: no certs ([tool.covey.federations.local] or --set): give certs = "DIR"'
+    ), out
+
+
+def test_covey_run_inside_a_project_s_subfolder_names_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said only "run in a project made by `covey new NAME`", from inside one.
+    assert covey("new", "nested fed")[0] == 2  # not a name: no project
+    assert covey("new", "nested-fed")[0] == 0
+    monkeypatch.chdir(tmp_path / "nested-fed" / "nested_fed")
+    code, out = covey("run")
+    assert code == 2, out
+    assert last_line(out) == (
+        f"error: no pyproject.toml in {tmp_path / 'nested-fed' / 'nested_fed'}; this folder "
+        "is inside the project "
+        f"{tmp_path / 'nested-fed'}: run `covey run {tmp_path / 'nested-fed'}`, or run "
+        "`covey run` there"
+    )

@@ -311,3 +311,38 @@ def test_the_server_console_shows_only_the_metrics_that_are_numbers() -> None:
     assert "accuracy 0.7500" in text
     assert "train loss" not in text
     assert "eval accuracy" not in text
+
+
+def test_runs_show_last_prints_only_the_last_rounds_and_their_failures(tmp_path: Path) -> None:
+    # A long run printed every round (a 3,000-round run, 3,000 lines): --last N cuts it.
+    records = [RoundRecord(0, central_loss=2.3, central_metrics={"accuracy": 0.1})]
+    for rnd in range(1, 61):
+        failures = [Failure(1, "fit", f"lost in round {rnd}", name="b")] if rnd % 20 == 0 else []
+        records.append(
+            RoundRecord(
+                rnd,
+                fit_participants=[0, 1],
+                fit_failures=failures,
+                central_loss=1.0 / rnd,
+                fit_metrics={"late_metric": 1.0} if rnd > 57 else {},
+            )
+        )
+    History(records, config={"backend": "inline", "rounds": 60}).save(tmp_path / "history.json")
+    runner = CliRunner(env={"COLUMNS": "200"})
+    every = runner.invoke(app, ["runs", "show", str(tmp_path)])
+    assert every.exit_code == 0, every.output
+    assert "lost in round 20" in every.output
+    out = runner.invoke(app, ["runs", "show", str(tmp_path), "--last", "3"])
+    assert out.exit_code == 0, out.output
+    rows = [line.split()[0] for line in out.output.splitlines() if line.strip()[:2].isdigit()]
+    assert rows == ["58", "59", "60", "60"], out.output  # three rounds, then the failure
+    assert "Rounds (the last 3 of 61)" in out.output
+    assert "late_metric" in out.output  # the columns of the rounds shown
+    assert "2 failures before round 58 not shown" in out.output
+    assert "lost in round 60" in out.output
+    assert "lost in round 40" not in out.output
+    assert runner.invoke(app, ["runs", "show", str(tmp_path), "--last", "0"]).exit_code == 2
+    whole = runner.invoke(app, ["runs", "show", str(tmp_path), "--last", "100"])
+    assert whole.exit_code == 0
+    assert "Rounds (the last" not in whole.output
+    assert "lost in round 20" in whole.output

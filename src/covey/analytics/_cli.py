@@ -248,6 +248,7 @@ def query_command(
     from covey.deploy._cli_tables import print_table
     from covey.transport.grpc import GrpcServerTransport
     from covey.transport.grpc._checks import check_address
+    from covey.transport.grpc._listen import ListenError
 
     if certs is None and not insecure:
         raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
@@ -268,6 +269,9 @@ def query_command(
         raise typer.Exit(2) from None
     try:
         transport = GrpcServerTransport(server, tls=tls)
+    except ListenError as exc:  # in use, not this machine's: a mistake in --server
+        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     except (RuntimeError, OSError) as exc:  # RuntimeError: gRPC's, naming no cause
         said = escape(str(exc) if isinstance(exc, OSError) else f"cannot listen on {server}: {exc}")
         errors.print(f"[red]error:[/] {said}", soft_wrap=True)

@@ -21,6 +21,12 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from covey.cli._project_files import (
+    read_project,
+    same_kind,
+    toml_key,
+    unknown_keys,
+)
 from covey.cli._template import FILES
 from covey.core._files import atomic_write
 from covey.deploy._cli_errors import fail, load_object
@@ -49,6 +55,12 @@ FEDERATION_KEYS = {
     "max_clients",
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
+
+_APP_EXAMPLES = {
+    "server_app": "myfed.server_app:make_server",
+    "client_app": "myfed.client_app:make_client",
+}
+"""A value of each app setting, shown when one is given wrong."""
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -121,7 +133,7 @@ class ProjectSettings:
         config = table.pop("config", {})
         federations = table.pop("federations", {})
         run = {k.replace("-", "_"): v for k, v in table.items()}
-        _unknown(run, RUN_KEYS, "[tool.covey]")
+        unknown_keys(run, RUN_KEYS, "[tool.covey]")
         self.federation: dict[str, Any] | None = None
         if federation is not None:
             fed = federations.get(federation) if isinstance(federations, dict) else None
@@ -132,7 +144,7 @@ class ProjectSettings:
                     f"{project / 'pyproject.toml'}" + (f" (known: {known})" if known else "")
                 )
             self.federation = {k.replace("-", "_"): v for k, v in fed.items()}
-            _unknown(self.federation, FEDERATION_KEYS, f"[tool.covey.federations.{federation}]")
+            unknown_keys(self.federation, FEDERATION_KEYS, f"[tool.covey.federations.{federation}]")
         if not isinstance(config, dict):
             fail(f"[tool.covey.config] in {project / 'pyproject.toml'} must be a table")
         self.run, self.config = run, dict(config)
@@ -141,8 +153,14 @@ class ProjectSettings:
         for item in overrides:
             self._override(item)
         for key in ("server_app", "client_app"):
-            if not isinstance(self.run.get(key), str):
-                fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {key.replace('_', '-')}")
+            if key not in self.run:
+                fail(f"{project / 'pyproject.toml'}: [tool.covey] needs {toml_key(key)}")
+            if not isinstance(self.run[key], str):
+                fail(
+                    f"{toml_key(key)} = {self.run[key]!r} ([tool.covey] in "
+                    f"{project / 'pyproject.toml'}, or --set): give MODULE:FUNCTION as text, "
+                    f'e.g. {toml_key(key)} = "{_APP_EXAMPLES[key]}"'
+                )
         for key, least in (("clients", 1), ("rounds", 0), ("seed", 0)):
             value = self.run.get(key)
             if value is not None and (
@@ -174,7 +192,8 @@ class ProjectSettings:
             self.given.add(key)
         elif self.federation is not None and key in FEDERATION_KEYS:
             self.federation[key] = value
-        elif spelled := [k for k in (given, key, _toml(key)) if k in self.config]:
+        elif spelled := [k for k in (given, key, toml_key(key)) if k in self.config]:
+            same_kind(item, self.config[spelled[0]], value)
             self.config[spelled[0]] = value  # the app's key as its table spells it
         else:
             self._refuse(item, key)
@@ -183,13 +202,13 @@ class ProjectSettings:
         """Fail on ``--set KEY=...`` naming no setting: a typo would otherwise pass unseen."""
         if key in FEDERATION_KEYS:
             fail(
-                f"--set {item}: {_toml(key)} is a setting of a federation; add "
+                f"--set {item}: {toml_key(key)} is a setting of a federation; add "
                 "--federation NAME to serve for real clients"
             )
         # Settings of covey as pyproject.toml spells them; the app's own as its table does.
-        known = {_toml(k) for k in RUN_KEYS} | set(self.config)
+        known = {toml_key(k) for k in RUN_KEYS} | set(self.config)
         if self.federation is not None:
-            known |= {_toml(k) for k in FEDERATION_KEYS}
+            known |= {toml_key(k) for k in FEDERATION_KEYS}
         given = item.partition("=")[0].strip()
         close = difflib.get_close_matches(given, sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -212,35 +231,6 @@ class ProjectSettings:
         return None if value is None else self.project / str(value)
 
 
-def _toml(key: str) -> str:
-    """A setting's name as pyproject.toml spells it (``runs_dir`` -> ``runs-dir``)."""
-    return key.replace("_", "-")
-
-
-def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(_toml(k) for k in set(table) - known)
-    if unknown:
-        fail(
-            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where} "
-            f"of pyproject.toml; known: {', '.join(sorted(_toml(k) for k in known))}"
-        )
-
-
-def read_project(project: Path) -> dict[str, Any]:
-    """The ``[tool.covey]`` table of ``project/pyproject.toml``."""
-    path = project / "pyproject.toml"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        fail(f"no pyproject.toml in {project}; run in a project made by `covey new NAME`")
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        fail(f"{path}: cannot read it ({exc})")
-    table = data.get("tool", {}).get("covey")
-    if not isinstance(table, dict):
-        fail(f"{path} has no [tool.covey] table; see a project made by `covey new NAME`")
-    return dict(table)
-
-
 def run_command(
     project: Annotated[Path, typer.Argument(help="The project folder.")] = Path(),
     federation: Annotated[
@@ -251,7 +241,14 @@ def run_command(
         list[str] | None,
         typer.Option("--set", help="Override a setting for this run: KEY=VALUE (repeatable)."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show an error's traceback; with --federation, log fleet events too.",
+        ),
+    ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -274,7 +271,9 @@ def run_command(
     settings = ProjectSettings(project.resolve(), overrides or [], federation)
     if str(settings.project) not in sys.path:
         sys.path.insert(0, str(settings.project))
-    make_server = load_object(settings.run["server_app"], "server-app")
+    make_server = load_object(
+        settings.run["server_app"], "server-app", example=_APP_EXAMPLES["server_app"]
+    )
     make_client = _client_maker(settings.run["client_app"])
     try:
         server_app = make_server(settings.app_config())
@@ -304,7 +303,7 @@ def run_command(
 
 def _client_maker(spec: str) -> Any:
     """The ``client-app`` function, checked: it is called as ``make_client(cid, config=...)``."""
-    make_client = load_object(spec, "client-app")
+    make_client = load_object(spec, "client-app", example=_APP_EXAMPLES["client_app"])
     try:
         inspect.signature(make_client).bind(0, config={})
     except TypeError:
@@ -333,12 +332,22 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
     insecure = bool(_switch(fed, "insecure", where))
     plot = _switch(fed, "plot", where)
     times = {
-        key: number(fed.get(key), f"{_toml(key)} {where}")
+        key: number(fed.get(key), f"{toml_key(key)} {where}")
         for key in ("round_timeout", "wait_timeout", "heartbeat")
     }
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
     max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
+    if fed.get("certs") is not None and insecure:
+        fail(
+            f"certs = {fed['certs']!r} and insecure = true {where}: give one of them (with "
+            "certs, set insecure = false or remove it; --set insecure=false for one run)"
+        )
+    if fed.get("certs") is None and not insecure:
+        fail(
+            f'no certs {where}: give certs = "DIR" (a folder made by `covey certs init '
+            "--dir DIR`), or insecure = true for a local experiment without TLS"
+        )
     certs = _security(settings.path(fed.get("certs")), insecure)
     port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
     run_dir = settings.path(fed.get("run_dir"))
@@ -355,6 +364,11 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         rounds=settings.run.get("rounds"),
         keep_last=keep_last,
     )
+    if (run_dir / "run.json").is_file():  # a simulation's: `covey server` cannot go on with it
+        fail(
+            f"run-dir {run_dir} {where} holds a simulated run; give another folder (a "
+            f"simulated run goes on with `covey run --resume {shlex.quote(str(run_dir))}`)"
+        )
     if (run_dir / "run.sqlite").exists():
         fail(
             f"run-dir {run_dir} {where} already holds a run; give another folder, or "
@@ -369,7 +383,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         + escape(
             f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
             f"--cid K --name NAME --server {dial} "
-            + ("--insecure" if insecure else f"--certs {certs}")
+            + ("--insecure" if insecure else f"--certs {shlex.quote(str(certs))}")
         ),
         soft_wrap=True,
     )
@@ -379,6 +393,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "made_run_dir": fed.get("run_dir") is None,
         "port_file": port_file,
         "address": address,
+        "address_flag": f"address {where}",
         "certs": certs,
         "insecure": insecure,
         "rounds": settings.run.get("rounds"),
@@ -396,7 +411,7 @@ def _switch(fed: dict[str, Any], key: str, where: str) -> bool | None:
     """A true/false setting of a federation table (None when not given)."""
     value = fed.get(key)
     if value is not None and not isinstance(value, bool):
-        fail(f"{_toml(key)} = {value!r} {where}: must be true or false")
+        fail(f"{toml_key(key)} = {value!r} {where}: must be true or false")
     return value
 
 

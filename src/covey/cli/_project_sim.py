@@ -184,11 +184,11 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     backend = str(run.get("backend", "inline"))
     if backend not in ("inline", "process"):
         fail(f"backend = {backend!r} in [tool.covey]: choose inline or process")
-    start_method = run.get("start_method") if backend == "process" else None
-    try:
-        check_start_method(start_method)
+    try:  # checked whatever the backend: the inline one only leaves it unused
+        check_start_method(run.get("start_method"))
     except ValueError as exc:
-        fail(f"start-method = {start_method!r} ([tool.covey] or --set): {exc}")
+        fail(f"start-method = {run.get('start_method')!r} ([tool.covey] or --set): {exc}")
+    start_method = run.get("start_method") if backend == "process" else None
     try:
         _checked(server_app.strategy, clients, rounds)
     except ValueError as exc:

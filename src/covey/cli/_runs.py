@@ -22,6 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from covey.cli._rounds import (
+    MAX_MORE_COLUMNS,
+    ROUND_COLUMNS,
+    metric_columns,
+    round_table,
+    shown_rounds,
+)
 from covey.core._files import read_regular
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
@@ -33,11 +40,13 @@ if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --hel
     from covey.core._history import History
 
 __all__ = [
+    "MAX_MORE_COLUMNS",
     "ROUND_COLUMNS",
     "TEXT_FLOOR",
     "find_run",
     "last_finished",
     "load_history",
+    "metric_columns",
     "print_notices",
     "print_table",
     "round_table",
@@ -55,103 +64,6 @@ runs_app = typer.Typer(
 )
 
 RunsDir = Annotated[Path, typer.Option("--dir", help="The folder holding run folders.")]
-
-#: The table's metric columns, as ``History.metric(name, source)`` names them.
-ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("fit", "train_loss"),
-    ("evaluate", "loss"),
-    ("evaluate", "accuracy"),
-    ("central", "loss"),
-    ("central", "accuracy"),
-)
-
-
-#: The most columns added for a run's other metrics (the rest are named below the table).
-MAX_MORE_COLUMNS = 6
-
-
-def _number(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def metric_columns(history: History) -> tuple[list[tuple[str, str]], list[str]]:
-    """The table's metric columns: the usual ones, then the run's other numeric metrics.
-
-    Returns:
-        ``(source, name)`` of each column (at most :data:`MAX_MORE_COLUMNS` past the
-        usual ones, in the order the run first reported them), and
-        ``"source name"`` of each metric left out.
-    """
-    more: list[tuple[str, str]] = []
-    for r in history.rounds:
-        for source, metrics in (
-            ("fit", r.fit_metrics),
-            ("evaluate", r.evaluate_metrics),
-            ("central", r.central_metrics),
-        ):
-            for name, value in metrics.items():
-                key = (source, str(name))
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                if number and key not in ROUND_COLUMNS and key not in more:
-                    more.append(key)
-    left = [f"{source} {name}" for source, name in more[MAX_MORE_COLUMNS:]]
-    return [*ROUND_COLUMNS, *more[:MAX_MORE_COLUMNS]], left
-
-
-def round_table(history: History, title: str = "Rounds") -> Table:
-    """A rich table of a run's rounds: participants, failures and metrics."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in ("round", "clients", "failed"):
-        table.add_column(column, justify="right", no_wrap=True)
-    columns, left = metric_columns(history)
-    if left:
-        table.caption = escape(f"not shown: {', '.join(left)} (in history.json)")
-    for source, name in columns:
-        table.add_column(f"{source}\n{escape(name)}", justify="right", no_wrap=True)
-    epsilon = _privacy(history, "epsilon")
-    if epsilon:
-        # an epsilon means little without its delta: one in the header, else a column
-        deltas = _privacy(history, "delta")
-        one = f"\ndelta={next(iter(deltas.values())):g}" if len(set(deltas.values())) == 1 else ""
-        table.add_column("privacy\nepsilon" + one, justify="right", no_wrap=True)
-        if deltas and not one:
-            table.add_column("privacy\ndelta", justify="right", no_wrap=True)
-    waited = any("wait" in r.durations for r in history.rounds)
-    if waited:  # a deployed run: the wait for clients to connect, apart from the work
-        table.add_column("seconds\nwaiting", justify="right", no_wrap=True)
-    table.add_column("seconds\ntotal" if waited else "seconds", justify="right", no_wrap=True)
-    values = {
-        (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
-        for source, name in columns
-    }
-    for r in history.rounds:
-        cells = [
-            str(r.round),
-            str(len(r.fit_participants)) if r.round else "-",
-            str(len(r.failures)) if r.round else "-",
-        ]
-        cells += [_number(values[key].get(r.round)) for key in columns]
-        if epsilon:
-            cells.append(_number(epsilon.get(r.round)))
-            if deltas and not one:
-                cells.append("-" if r.round not in deltas else f"{deltas[r.round]:g}")
-        keys = ("wait", "total") if waited else ("total",)
-        cells += ["-" if r.durations.get(k) is None else f"{r.durations[k]:.2f}" for k in keys]
-        table.add_row(*cells)
-    return table
-
-
-def _privacy(history: History, key: str) -> dict[int, float]:
-    """Each round's recorded privacy value ``key`` (``"epsilon"``, ``"delta"``), if any."""
-    from covey.core._history import _as_float
-
-    out: dict[int, float] = {}
-    for r in history.rounds:
-        privacy = getattr(r, "privacy", None)
-        value = privacy.get(key) if isinstance(privacy, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[r.round] = _as_float(value)
-    return out
 
 
 def stopped_early(history: History) -> str | None:
@@ -442,11 +354,11 @@ def list_runs(
     print_notices(notices)
 
 
-def _failures_table(history: History) -> Table:
+def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     table = Table(title="Failures", box=box.SIMPLE_HEAD, header_style="bold")
     for column in ("round", "client", "stage", "error"):
         table.add_column(column, overflow="fold", no_wrap=column in ("round", "stage"))
-    for rnd, failure in history.failures():
+    for rnd, failure in failures:
         who = failure.name or history.name_of(failure.cid)
         table.add_row(str(rnd), escape(who), failure.stage, escape(failure.error))
     return table
@@ -456,6 +368,17 @@ def _failures_table(history: History) -> Table:
 def show_run(
     run: Annotated[str, typer.Argument(help="A run folder, or a run's name under --dir.")],
     runs_dir: RunsDir = Path("runs"),
+    last: Annotated[
+        int | None,
+        typer.Option(
+            "--last",
+            min=1,
+            metavar="N",
+            help="Show only the last N rounds, and the failures of those rounds "
+            "(default: every round).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show one run: its settings, a table of its rounds, its clients and failures."""
     folder = find_run(run, runs_dir)
@@ -479,7 +402,7 @@ def show_run(
         facts.append(f"started by covey {config['covey_version']}")
     if facts:
         console.print(escape(", ".join(facts)))
-    print_table(round_table(history))
+    print_table(round_table(history, last=last))
     early = stopped_early(history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
@@ -490,6 +413,17 @@ def show_run(
         for cid, who in sorted(history.clients.items()):
             clients.add_row(str(cid), escape(who))
         print_table(clients)
-    if history.failures():
-        print_table(_failures_table(history))
+    failures = history.failures()
+    if last is not None and history.rounds:
+        first = shown_rounds(history, last).rounds[0].round
+        shown = [(rnd, failure) for rnd, failure in failures if rnd >= first]
+        if len(shown) < len(failures):
+            earlier = len(failures) - len(shown)
+            console.print(
+                f"{earlier} failure{'s' if earlier > 1 else ''} before round {first} not shown "
+                "(without --last: every round and failure)"
+            )
+        failures = shown
+    if failures:
+        print_table(_failures_table(history, failures))
     print_notices(notices)

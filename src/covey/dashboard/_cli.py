@@ -53,8 +53,13 @@ def dashboard_command(
         where = f"[{host}]" if ":" in host else host
         typer.echo(f"covey dashboard of {runs_dir} on {scheme}://{where}:{bound}/ (Ctrl-C stops)")
 
+    from covey.transport.grpc._listen import ListenError
+
     try:
         _server.serve_dashboard(runs_dir, host, port, certs=certs, on_listen=listening)
+    except ListenError as exc:  # the port in use, an address of another machine: 2
+        typer.echo(f"error: --host/--port: {exc}", err=True)
+        raise typer.Exit(2) from None
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -19,6 +19,7 @@ import uvicorn
 from covey.dashboard._app import LOOPBACK_HOSTS, create_app
 from covey.deploy._pem import check_ca, check_pair, server_folder
 from covey.deploy._revoked import RevocationList
+from covey.transport.grpc._listen import ListenError
 
 logger = logging.getLogger("covey")
 
@@ -149,7 +150,7 @@ def serve_dashboard(
         on_listen: Called with the bound port once the socket listens.
 
     Raises:
-        OSError: The address cannot be listened on (naming it).
+        ListenError: The address cannot be listened on (an OSError naming it).
     """
     host = host.strip("[]")  # [::1], as URLs write it, is the address ::1
     server = _server(runs_dir, host, port, certs, poll)
@@ -157,7 +158,8 @@ def serve_dashboard(
     try:
         sock = socket.create_server((host, port), family=family)
     except OSError as exc:
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     with sock:
         if on_listen is not None:
             on_listen(int(sock.getsockname()[1]))

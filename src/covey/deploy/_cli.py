@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,6 +97,14 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
             )
         if not (resume / "run.sqlite").is_file():
             fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
+        if (resume / "run.json").is_file():  # served on, its folder would hold two kinds of run
+            from covey.sim._rundir import how_to_resume
+
+            fail(
+                f"--resume {resume} holds a simulated run; `covey server` continues deployed "
+                f"runs only: continue it with {how_to_resume(resume)}, or serve a new run "
+                "(--run-dir) from its model"
+            )
         return resume
     if run_dir is None:
         return new_run_dir("runs", "server")
@@ -134,7 +143,7 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
         if missing:
             fail(
                 f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
-                f"make one with `covey certs init --dir {certs}`"
+                f"make one with `covey certs init --dir {shlex.quote(str(certs))}`"
             )
         from covey.deploy._tls import tls_from_dir
 
@@ -152,6 +161,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     from covey.core._files import atomic_write
     from covey.deploy._console import ServerConsole
     from covey.deploy._server import serve
+    from covey.transport.grpc._listen import ListenError
 
     names: dict[int, str] = {}
     needed = max(1, int(getattr(server_app.strategy, "min_available_clients", 1)))
@@ -207,6 +217,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             soft_wrap=True,
         )
         raise typer.Exit(1) from None
+    except ListenError as exc:  # a mistake in the address given, as the docs say: 2
+        _forget(run, flags)
+        fail(f"{flags.get('address_flag', '--address')}: {exc}")
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
@@ -306,7 +319,10 @@ def server_command(
     plot: Annotated[
         bool | None, typer.Option("--plot/--no-plot", help="Draw plot.png after each round.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log fleet events.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Log fleet events, and show an error's traceback."),
+    ] = False,
     compression: Annotated[
         str | None,
         typer.Option(

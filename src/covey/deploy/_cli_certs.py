@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
@@ -72,7 +73,7 @@ def _federation_dir(directory: Path) -> Path:
     if not (directory / _certs.CA_CERT).is_file():
         _fail(
             f"{directory} holds no federation CA ({_certs.CA_CERT} is missing); "
-            f"create one with: covey certs init --dir {directory}"
+            f"create one with: covey certs init --dir {shlex.quote(str(directory))}"
         )
     return directory
 
@@ -147,7 +148,11 @@ def init(
             "[bold yellow]warning:[/] gRPC's TLS cannot use ed25519 keys: `covey server` and "
             "`covey client` refuse these certificates; use --key-type ec or rsa for them."
         )
-    out.print(f"Next: covey certs issue CLIENT_ID --dir {escape(str(paths.directory))}")
+    # A command to paste: the folder quoted for the shell when it holds a space or the like.
+    out.print(
+        escape(f"Next: covey certs issue CLIENT_ID --dir {shlex.quote(str(paths.directory))}"),
+        soft_wrap=True,
+    )
 
 
 @certs_app.command("renew-server")

@@ -45,7 +45,7 @@ def _make_client(spec: str, cid: Any) -> Any:
     """The client ``--app`` names: a client object, or ``client_fn(cid)`` called with ``--cid``."""
     from covey.clients._client import build_client
 
-    obj = load_object(spec)
+    obj = load_object(spec, example="myfed:client_fn")
     if hasattr(obj, "fit") and not isinstance(obj, type):
         return obj
     if not callable(obj):
@@ -139,7 +139,9 @@ def client_command(
             "(default 4096; set it near the model's size)."
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log progress, and show an error's traceback.")
+    ] = False,
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import connect

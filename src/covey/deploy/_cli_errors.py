@@ -38,20 +38,24 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(USAGE_EXIT)
 
 
-def load_object(spec: str, flag: str = "--app") -> Any:
+def load_object(spec: str, flag: str = "--app", example: str = "myfed:server_app") -> Any:
     """Import ``pkg.module:attribute`` (the current folder is importable).
 
     Args:
         spec: ``MODULE:OBJECT``, e.g. ``myfed:server_app``.
         flag: The flag or setting ``spec`` came from, named in errors.
+        example: A ``spec`` of the right kind, shown when ``spec`` is malformed.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        fail(f"{flag} {spec!r}: expected MODULE:OBJECT, e.g. {flag} myfed:server_app")
+        fail(f"{flag} {spec!r}: expected MODULE:OBJECT, e.g. {flag} {example}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except SyntaxError as exc:  # a mistake in a file given: named with its line, exit 2
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
+        fail(f"{flag} {spec}: {where}: {exc.msg} ({type(exc).__name__}); fix that line")
     except ImportError as exc:
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         if missing is not None and (module_name + ".").startswith(missing + "."):
@@ -64,6 +68,9 @@ def load_object(spec: str, flag: str = "--app") -> Any:
             f"{flag} {spec}: {module_name!r} was found, but an import in it failed{_where(exc)}: "
             f"{exc}; install what it needs here, or fix that import"
         )
+    except Exception as exc:  # the module's own code raised as it was imported
+        exc.add_note(f"importing {module_name} for {flag} {spec}{_where(exc)}")
+        raise
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -139,7 +146,36 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
             f"--config {config}: unknown setting{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(unknown)} in [{section}]; known: {', '.join(sorted(known))}"
         )
+    for key, value in settings.items():
+        # "false" in quotes is text, which Python holds true: insecure = "false" served without TLS.
+        if key in _SWITCHES and not isinstance(value, bool):
+            fail(
+                f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be "
+                f"true or false, without quotes"
+            )
+        if key in _TEXTS and not isinstance(value, str):
+            fail(
+                f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be text "
+                f'in quotes, e.g. {key} = "{value}"'
+            )
     return settings
+
+
+_SWITCHES = {"insecure", "plot", "verbose"}
+"""The ``--config`` keys of on/off flags: a TOML ``true`` or ``false``."""
+
+_TEXTS = {"app", "address", "certs", "run_dir", "resume", "port_file", "server", "name"}
+_TEXTS |= {"ca", "cert", "key", "server_name"}
+"""The ``--config`` keys of flags taking text (a path, an address, a name): a TOML string."""
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as TOML writes it (``true``, ``"text"``, ``5``), to quote a setting back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
 
 
 def compression_spec(spec: Any) -> str | None:

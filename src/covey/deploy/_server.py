@@ -43,6 +43,7 @@ from covey.server._store import RunStore
 from covey.strategies._names import a_strategy
 from covey.strategies._strategy import Strategy
 from covey.transport.grpc._checks import check_address
+from covey.transport.grpc._listen import ListenError
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
@@ -282,7 +283,7 @@ def _listen(
     heartbeat: float,
     max_clients: int,
 ) -> GrpcServerTransport:
-    """The transport listening on ``address``; OSError naming the address if it cannot."""
+    """The transport listening on ``address``; ListenError naming the address if it cannot."""
     try:
         return GrpcServerTransport(
             address,
@@ -294,7 +295,7 @@ def _listen(
         )
     except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
         late.close()
-        raise OSError(f"cannot listen on {address}: {exc}") from None
+        raise ListenError(f"cannot listen on {address}: {exc}") from None
     except BaseException:
         late.close()
         raise

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from covey.transport.grpc._checks import check_address
 
-__all__ = ["PortTaken", "bind_all", "listen_targets"]
+__all__ = ["ListenError", "PortTaken", "bind_all", "listen_targets"]
 
 logger = logging.getLogger("covey")
 
@@ -39,20 +39,32 @@ def _resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise OSError(f"{host!r} does not resolve to an address: {exc.strerror}") from None
+        raise ListenError(f"{host!r} does not resolve to an address: {exc.strerror}") from None
     ips = [str(info[4][0]).partition("%")[0] for info in infos]
     if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
         ips += _LOOPBACK
     return list(dict.fromkeys(ips))
 
 
-def _usable(ip: str, port: int) -> bool:
-    """Whether ``ip:port`` can be listened on; OSError if another process listens there."""
+class ListenError(OSError):
+    """An address a server cannot listen on: in use, not resolving, not this machine's.
+
+    A mistake in the address given (the command line exits 2), not a failure of
+    the work: each message names the address and what to do.
+    """
+
+
+def _usable(ip: str, port: int) -> str | None:
+    """Why ``ip:port`` cannot be listened on, or None if it can.
+
+    Raises:
+        ListenError: Another process listens there.
+    """
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
         probe = socket.socket(family, socket.SOCK_STREAM)
     except OSError:  # no IPv6 (or IPv4) on this machine
-        return False
+        return f"this machine has no {'IPv6' if family == socket.AF_INET6 else 'IPv4'}"
     with probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
         if family == socket.AF_INET6:
@@ -61,19 +73,21 @@ def _usable(ip: str, port: int) -> bool:
             probe.bind((ip, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise OSError(
+                raise ListenError(
                     f"{_target(ip, port)} is in use (another server listens there): stop "
                     "it, or choose another port"
                 ) from None
-            return False  # not an address of this machine, or its family is off
-    return True
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{ip} is not an address of this machine"
+            return exc.strerror or str(exc)  # a port this user may not use, say
+    return None
 
 
 def listen_targets(address: str) -> list[str]:
     """The ``host:port`` targets to bind for ``address``: itself, or one per address of its name.
 
     Raises:
-        OSError: The name does not resolve, one of its addresses is in use, or
+        ListenError: The name does not resolve, one of its addresses is in use, or
             none of them can be listened on here.
 
     Example:
@@ -86,23 +100,27 @@ def listen_targets(address: str) -> list[str]:
     except ValueError:
         pass
     else:
-        if port:  # raises, naming the address, if another process listens there
+        if literal.is_unspecified:  # raises, naming the address, if another process listens
             # gRPC listens on both families for a wildcard: either one taken stops it.
-            wildcard = ("0.0.0.0", "::")  # noqa: S104 (what gRPC binds for it)
-            for probe in wildcard if literal.is_unspecified else (host,):
-                _usable(probe, port)
+            if port:
+                for probe in ("0.0.0.0", "::"):  # noqa: S104 (what gRPC binds for it)
+                    _usable(probe, port)
+        else:
+            why = _usable(host, port)
+            if why is not None:  # gRPC would say only that it failed to bind
+                raise ListenError(why)
         return [address.strip()]
     ips = _resolve(host, port)
-    usable = [ip for ip in ips if _usable(ip, port)]
+    usable = [ip for ip in ips if _usable(ip, port) is None]
     if not usable:
-        raise OSError(f"none of the addresses of {host} ({', '.join(ips)}) can be listened on")
+        raise ListenError(f"none of the addresses of {host} ({', '.join(ips)}) can be listened on")
     for ip in ips:
         if ip not in usable:
             logger.info("%s resolves to %s too, which this machine cannot listen on", host, ip)
     return [_target(ip, port) for ip in usable]
 
 
-class PortTaken(OSError):
+class PortTaken(ListenError):
     """The port the first address got (port 0) is taken on another address of the name."""
 
 
@@ -114,13 +132,13 @@ def bind_all(address: str, add_port: Callable[[str], int]) -> int:
     Raises:
         PortTaken: Port 0 was asked for, and the port the first address got is
             in use on another (bind again on a new server: another port is chosen).
-        OSError: An address cannot be bound (see :func:`listen_targets`).
-        RuntimeError: gRPC refused a bind (its way of saying so).
+        ListenError: An address cannot be bound (see :func:`listen_targets`), or
+            gRPC refused a bind.
     """
     try:
         targets = listen_targets(address)
-    except OSError as exc:
-        raise OSError(f"cannot listen on {address}: {exc}") from None
+    except ListenError as exc:
+        raise ListenError(f"cannot listen on {address}: {exc}") from None
     port = 0
     for target in targets:
         host = target.rpartition(":")[0]
@@ -129,14 +147,14 @@ def bind_all(address: str, add_port: Callable[[str], int]) -> int:
         chosen = port != 0 and targets[0].endswith(":0")  # the first bind picked this port
         try:
             got = add_port(target)
-        except RuntimeError:
+        except RuntimeError as exc:  # gRPC's way of saying it could not bind
             if chosen:
                 raise PortTaken(f"{target} is in use") from None
-            raise
+            raise ListenError(f"cannot listen on {address}: {exc}") from None
         if got == 0:
             if chosen:
                 raise PortTaken(f"{target} is in use")
-            raise OSError(f"cannot listen on {address}: {target} cannot be bound")
+            raise ListenError(f"cannot listen on {address}: {target} cannot be bound")
         port = got
     if len(targets) > 1:
         shown = ", ".join(f"{t.rpartition(':')[0]}:{port}" for t in targets)

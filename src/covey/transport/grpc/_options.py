@@ -19,7 +19,7 @@ import grpc
 
 from covey.transport.grpc._capacity import SPARE, Capacity
 from covey.transport.grpc._handshakes import HandshakeWatch
-from covey.transport.grpc._listen import PortTaken, bind_all
+from covey.transport.grpc._listen import ListenError, PortTaken, bind_all
 
 if TYPE_CHECKING:
     from covey.transport.grpc._service import FederationService
@@ -88,7 +88,7 @@ def start_server(
         The started server and the port it listens on.
 
     Raises:
-        OSError: The address cannot be listened on.
+        ListenError: The address cannot be listened on (an OSError).
     """
     # covey refuses streams past max_clients in words (logged, recorded, the client told
     # the server is full); gRPC's own cap, a few streams above, refuses without a word.
@@ -100,7 +100,7 @@ def start_server(
             # Port 0 on a name of several addresses: the port the first one got is taken
             # on another. A new server gets another port (gRPC cannot unbind one).
             if attempt == _ATTEMPTS - 1:
-                raise OSError(
+                raise ListenError(
                     f"cannot listen on {address}: the port each try got for its first "
                     f"address was in use on another ({exc})"
                 ) from None
