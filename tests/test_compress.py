@@ -271,3 +271,32 @@ def test_compressed_fits_take_simulated_time_and_stragglers_miss_the_deadline(
         assert [f.cid for f in record.fit_failures] == [4, 5]
         assert all("straggler" in f.error for f in record.fit_failures)
         assert record.aggregate_info["clock"] == 3.5 * record.round
+
+
+class _Evaluates(_Step):
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=1.0, num_examples=1)
+
+
+def test_bytes_sent_leave_out_offline_clients_and_keep_stragglers() -> None:
+    # Before: the model counted as sent to every sampled client, also to those the
+    # simulated availability had offline, which never received it.
+    result = covey.simulate(
+        lambda cid: _Evaluates(),
+        6,
+        2,
+        covey.FedAvg(min_fit_clients=2, min_evaluate_clients=1, min_available_clients=2),
+        {"w": np.zeros(4)},
+        compression="none",
+        availability=lambda cid, rnd: cid not in (1, 3),
+        client_durations=lambda cid, rng: float(cid),
+        round_deadline=3.5,
+    )
+    model = 4 * 8
+    for record in result.history.rounds[1:]:
+        assert record.fit_participants == [0, 2]
+        offline = [f.cid for f in record.fit_failures if "offline" in f.error]
+        assert offline == [1, 3]
+        # fit: the model to 0, 2 and the stragglers 4, 5; evaluate: to 0, 2, 4, 5
+        assert record.bytes_sent == 2 * 4 * model
+        assert record.bytes_received == 2 * model
