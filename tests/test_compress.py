@@ -15,7 +15,16 @@ import pytest
 from sklearn.datasets import load_digits
 
 import covey
-from covey.compress import Cast, Encoded, Identity, Quantize, TopK, scheme_named, topk_with_feedback
+from covey.compress import (
+    Cast,
+    Encoded,
+    Identity,
+    Quantize,
+    TopK,
+    scheme_named,
+    scheme_spec,
+    topk_with_feedback,
+)
 from covey.core import WeightsSpec
 from covey.models import logistic_sgd_epoch
 
@@ -300,3 +309,17 @@ def test_bytes_sent_leave_out_offline_clients_and_keep_stragglers() -> None:
         # fit: the model to 0, 2 and the stragglers 4, 5; evaluate: to 0, 2, 4, 5
         assert record.bytes_sent == 2 * 4 * model
         assert record.bytes_received == 2 * model
+
+
+@pytest.mark.parametrize(
+    ("fraction", "size", "k"), [(0.07, 100, 7), (0.14, 100, 14), (0.55, 100, 55), (0.07, 101, 8)]
+)
+def test_topk_sends_the_fraction_it_is_written_as(fraction: float, size: int, k: int) -> None:
+    # Before: k = ceil(0.07 * 100) = ceil(7.000000000000001) = 8 entries.
+    scheme = scheme_named(f"topk:{fraction}")
+    again = scheme_named(scheme_spec(scheme))  # type: ignore[arg-type]
+    delta = {"w": np.arange(1.0, size + 1.0)}
+    parts = scheme.encode(delta, np.random.default_rng(0))
+    assert parts["w"]["index"].size == k  # type: ignore[index]
+    out = again.decode(parts, WeightsSpec.of(delta))  # the receiving side agrees on k
+    assert np.count_nonzero(out["w"]) == k
