@@ -22,7 +22,7 @@ from _sse import next_event
 from covey.cli import app
 from covey.core import Failure, RoundRecord
 from covey.dashboard import DashboardServer, RunReadError, discover_runs, read_run
-from covey.dashboard import _runs as runs_module
+from covey.dashboard import _runjson as runjson_module
 from covey.server import RunStore
 from covey.sim import SimulationResult
 
@@ -87,7 +87,7 @@ def test_unreadable_runs_are_named_not_fatal(
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "history.json").write_text('{"rounds": [{"round": -1}]}')
     _simulate(tmp_path / "big")
-    monkeypatch.setattr(runs_module, "MAX_JSON_BYTES", 100)
+    monkeypatch.setattr(runjson_module, "MAX_JSON_BYTES", 100)
     with pytest.raises(RunReadError, match="over the 100-byte cap"):
         read_run("big", tmp_path / "big")
     with pytest.raises(RunReadError, match="no valid 'round' number"):
