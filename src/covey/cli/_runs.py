@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import re
 import sqlite3
 import warnings
 from pathlib import Path
@@ -22,12 +21,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from covey.cli._runtable import ROUND_COLUMNS, last_finished, round_table, stopped_early
 from covey.core._files import read_regular
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
-from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
-from covey.sim._rundir import how_to_resume, resume_command, stopped_simulation_reason
+from covey.server._rundb import (
+    LOCK_NAME,
+    is_held,
+    killed_server_reason,
+    open_read_only,
+    schema_refusal,
+)
+from covey.sim._rundir import (
+    SET_UP_FILES,
+    how_to_resume,
+    interrupted_set_up_reason,
+    is_set_up_only,
+    stopped_simulation_reason,
+)
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History
@@ -56,137 +68,6 @@ runs_app = typer.Typer(
 
 RunsDir = Annotated[Path, typer.Option("--dir", help="The folder holding run folders.")]
 
-#: The table's metric columns, as ``History.metric(name, source)`` names them.
-ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("fit", "train_loss"),
-    ("evaluate", "loss"),
-    ("evaluate", "accuracy"),
-    ("central", "loss"),
-    ("central", "accuracy"),
-)
-
-
-#: The most columns added for a run's other metrics (the rest are named below the table).
-MAX_MORE_COLUMNS = 6
-
-
-def _number(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def metric_columns(history: History) -> tuple[list[tuple[str, str]], list[str]]:
-    """The table's metric columns: the usual ones, then the run's other numeric metrics.
-
-    Returns:
-        ``(source, name)`` of each column (at most :data:`MAX_MORE_COLUMNS` past the
-        usual ones, in the order the run first reported them), and
-        ``"source name"`` of each metric left out.
-    """
-    more: list[tuple[str, str]] = []
-    for r in history.rounds:
-        for source, metrics in (
-            ("fit", r.fit_metrics),
-            ("evaluate", r.evaluate_metrics),
-            ("central", r.central_metrics),
-        ):
-            for name, value in metrics.items():
-                key = (source, str(name))
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                if number and key not in ROUND_COLUMNS and key not in more:
-                    more.append(key)
-    left = [f"{source} {name}" for source, name in more[MAX_MORE_COLUMNS:]]
-    return [*ROUND_COLUMNS, *more[:MAX_MORE_COLUMNS]], left
-
-
-def round_table(history: History, title: str = "Rounds") -> Table:
-    """A rich table of a run's rounds: participants, failures and metrics."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in ("round", "clients", "failed"):
-        table.add_column(column, justify="right", no_wrap=True)
-    columns, left = metric_columns(history)
-    if left:
-        table.caption = escape(f"not shown: {', '.join(left)} (in history.json)")
-    for source, name in columns:
-        table.add_column(f"{source}\n{escape(name)}", justify="right", no_wrap=True)
-    epsilon = _privacy(history, "epsilon")
-    if epsilon:
-        # an epsilon means little without its delta: one in the header, else a column
-        deltas = _privacy(history, "delta")
-        one = f"\ndelta={next(iter(deltas.values())):g}" if len(set(deltas.values())) == 1 else ""
-        table.add_column("privacy\nepsilon" + one, justify="right", no_wrap=True)
-        if deltas and not one:
-            table.add_column("privacy\ndelta", justify="right", no_wrap=True)
-    waited = any("wait" in r.durations for r in history.rounds)
-    if waited:  # a deployed run: the wait for clients to connect, apart from the work
-        table.add_column("seconds\nwaiting", justify="right", no_wrap=True)
-    table.add_column("seconds\ntotal" if waited else "seconds", justify="right", no_wrap=True)
-    values = {
-        (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
-        for source, name in columns
-    }
-    for r in history.rounds:
-        cells = [
-            str(r.round),
-            str(len(r.fit_participants)) if r.round else "-",
-            str(len(r.failures)) if r.round else "-",
-        ]
-        cells += [_number(values[key].get(r.round)) for key in columns]
-        if epsilon:
-            cells.append(_number(epsilon.get(r.round)))
-            if deltas and not one:
-                cells.append("-" if r.round not in deltas else f"{deltas[r.round]:g}")
-        keys = ("wait", "total") if waited else ("total",)
-        cells += ["-" if r.durations.get(k) is None else f"{r.durations[k]:.2f}" for k in keys]
-        table.add_row(*cells)
-    return table
-
-
-def _privacy(history: History, key: str) -> dict[int, float]:
-    """Each round's recorded privacy value ``key`` (``"epsilon"``, ``"delta"``), if any."""
-    from covey.core._history import _as_float
-
-    out: dict[int, float] = {}
-    for r in history.rounds:
-        privacy = getattr(r, "privacy", None)
-        value = privacy.get(key) if isinstance(privacy, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[r.round] = _as_float(value)
-    return out
-
-
-def stopped_early(history: History) -> str | None:
-    """Why a run ended before its last round (e.g. its privacy budget), as one line; or None.
-
-    It names the last round that finished: a round the run stopped in (its record
-    kept for its failures) did not, and a run that stopped before any round of
-    training finished says so rather than "after round 0".
-    """
-    if not history.stopped_reason:
-        return None
-    last = last_finished(history)
-    if last is None or last < 1:
-        return f"stopped before any round finished: {history.stopped_reason}"
-    stopped = _STOPPED_IN.match(history.stopped_reason)
-    step = "round" if stopped is None else stopped.group(1)  # an asynchronous run's updates
-    return f"stopped early after {step} {last}: {history.stopped_reason}"
-
-
-_STOPPED_IN = re.compile(r"(round|update) (\d+):")
-
-
-def last_finished(history: History) -> int | None:
-    """The last round of ``history`` that finished (None: not even round 0).
-
-    A run stopped by an error in round r keeps that round's record (its failures)
-    and says so at the start of its reason (``round r: ...``): that record is not
-    a finished round.
-    """
-    rounds = [r.round for r in history.rounds]
-    stopped = _STOPPED_IN.match(history.stopped_reason or "")
-    if rounds and stopped is not None and rounds[-1] == int(stopped.group(2)):
-        rounds.pop()
-    return rounds[-1] if rounds else None
-
 
 def find_run(run: str, runs_dir: Path) -> Path:
     """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
@@ -208,18 +89,20 @@ def _not_started(folder: Path) -> None:
 
     Such a run wrote only its ``run.lock`` (or a ``covey run``'s ``project.json``).
     """
-    if (folder / "run.sqlite").exists() or not any(
-        (folder / name).is_file() for name in ("project.json", "run.lock")
-    ):
+    if not is_set_up_only(folder):
         return
     if is_held(folder) is True:
-        holder = (folder / "run.lock").read_text(errors="replace").strip() or "unknown"
-        fail(f"{folder}: its run is starting (pid {holder}): no round is done yet to show")
-    fail(
-        f"{folder}: its simulation stopped before its first round (killed or interrupted "
-        f"as it started), so there is nothing to show; `{resume_command(folder)}` starts "
-        "it again at round 1"
-    )
+        fail(f"{folder}: its run is starting ({_holder(folder)}): no round is done yet to show")
+    fail(f"{folder}: {interrupted_set_up_reason(folder)}; there is nothing to show")
+
+
+def _holder(folder: Path) -> str:
+    """``pid N`` of the process that holds ``folder``'s run, as its ``run.lock`` says."""
+    try:
+        holder = (folder / LOCK_NAME).read_text(errors="replace").strip()
+    except OSError:
+        holder = ""
+    return f"pid {holder or 'unknown'}"
 
 
 def _why(folder: Path, status: str) -> str | None:
@@ -341,7 +224,7 @@ def print_notices(notices: list[str]) -> None:
         warnings_console.print(f"[bold yellow]warning:[/] {escape(notice)}", soft_wrap=True)
 
 
-def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, History | str]]:
+def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, History | str | None]]:
     """Each run in ``runs_dir`` (as the dashboard finds them, three levels deep).
 
     Args:
@@ -350,18 +233,22 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
 
     Returns:
         ``(name, folder, history)`` with the name relative to ``runs_dir``, and the
-        history, or why it cannot be read.
+        history, or why it cannot be read, or None for a simulation that has not
+        got past its set-up (:func:`~covey.sim._rundir.is_set_up_only`).
     """
     from covey.core._history import History
 
-    found: list[tuple[str, Path, History | str]] = []
+    found: list[tuple[str, Path, History | str | None]] = []
     if not runs_dir.is_dir():
         return found
     for name, folder in discover_runs(runs_dir):
-        if not (folder / History.FILE_NAME).is_file():
-            continue
         if folder == runs_dir:  # --dir is itself a run folder
             name = folder.resolve().name
+        if is_set_up_only(folder):
+            found.append((name, folder, None))
+            continue
+        if not (folder / History.FILE_NAME).is_file():
+            continue
         try:
             found.append((name, folder, load_history(folder, notices)))
         except (ValueError, OSError) as exc:  # damaged or half-written: listed, with why
@@ -407,39 +294,70 @@ def list_runs(
             justify="left" if column == "run" else "right",
         )
     damaged: list[str] = []
-    stopped: list[str] = []  # simulations that can resume
+    stopped: list[str] = []  # simulations that can go on, and how
     for name, folder, history in found:
-        stamp = (folder / History.FILE_NAME).stat().st_mtime
-        modified = _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
-        if isinstance(history, str):
-            table.add_row(escape(name), "-", "unreadable", *["-"] * 4, modified)
-            damaged.append(history)
-            continue
-        backend = history.config.get("backend", "-")
-        last = history.rounds[-1].round if history.rounds else "-"
-        planned = history.config.get("rounds", "?")
-        clients = history.config.get("num_clients") or len(history.clients) or "-"
-        status = run_status(folder, history)
-        if status == "unreadable":  # its run.sqlite: say why below the table
-            damaged.append(_unreadable(folder / "run.sqlite"))
-        if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
-            stopped.append(f"{name}: continue it with {how_to_resume(folder)}")
-        table.add_row(
-            escape(name),
-            "deployed" if backend == "grpc" else f"simulated ({backend})",
-            status,
-            f"{last}/{planned}",
-            str(clients),
-            _last(history, "accuracy"),
-            _last(history, "loss"),
-            modified,
-        )
+        table.add_row(*_row(name, folder, history, damaged, stopped))
     print_table(table)
     for why in damaged:
         console.print(f"[red]unreadable[/]: {escape(why)}")
     for how in stopped:
-        console.print(f"[yellow]stopped[/]: {escape(how)}", soft_wrap=True)
+        console.print(f"[yellow]{how}", soft_wrap=True)
     print_notices(notices)
+
+
+def _row(
+    name: str, folder: Path, history: History | str | None, damaged: list[str], stopped: list[str]
+) -> list[str]:
+    """The cells of a run's row in ``covey runs list``; what to say below the table is added.
+
+    Args:
+        name: The run's name.
+        folder: The run folder.
+        history: Its history, why it cannot be read, or None for a run not past its set-up.
+        damaged: Why runs cannot be read (said below the table).
+        stopped: How runs that stopped go on, as markup lines (said below the table).
+    """
+    modified = _modified(folder)
+    if history is None:  # killed (or still) setting up: nothing of it to read yet
+        status = "starting" if is_held(folder) is True else "interrupted"
+        if status == "interrupted":
+            why = interrupted_set_up_reason(folder, prefix=False)
+            stopped.append(f"interrupted during set-up[/]: {escape(f'{name}: {why}')}")
+        return [escape(name), "simulated", status, *["-"] * 4, modified]
+    if isinstance(history, str):
+        damaged.append(history)
+        return [escape(name), "-", "unreadable", *["-"] * 4, modified]
+    backend = history.config.get("backend", "-")
+    last = history.rounds[-1].round if history.rounds else "-"
+    planned = history.config.get("rounds", "?")
+    clients = history.config.get("num_clients") or len(history.clients) or "-"
+    status = run_status(folder, history)
+    if status == "unreadable":  # its run.sqlite: say why below the table
+        damaged.append(_unreadable(folder / "run.sqlite"))
+    if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
+        stopped.append(f"stopped[/]: {escape(f'{name}: continue it with {how_to_resume(folder)}')}")
+    return [
+        escape(name),
+        "deployed" if backend == "grpc" else f"simulated ({backend})",
+        status,
+        f"{last}/{planned}",
+        str(clients),
+        _last(history, "accuracy"),
+        _last(history, "loss"),
+        modified,
+    ]
+
+
+def _modified(folder: Path) -> str:
+    """When the newest of ``folder``'s run files changed (``-`` if none can be read)."""
+    names = ("history.json",) if (folder / "history.json").is_file() else SET_UP_FILES
+    stamps = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            stamps.append((folder / name).stat().st_mtime)
+    if not stamps:
+        return "-"
+    return _dt.datetime.fromtimestamp(max(stamps)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _failures_table(history: History) -> Table:

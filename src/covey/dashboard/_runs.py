@@ -1,7 +1,9 @@
 """Find runs in a folder and read them without ever writing to them.
 
 A run is a folder holding ``history.json`` (written by :func:`covey.simulate`
-and by deployed servers) and/or ``run.sqlite`` (the store of a deployed server).
+and by deployed servers) and/or ``run.sqlite`` (the store of a deployed server),
+or only the ``run.lock`` (or a ``covey run``'s ``project.json``) of a simulation
+setting up, or killed as it did.
 ``run.json`` beside ``history.json`` says what a simulation ran and whether it
 is done. The SQLite store is opened read-only (a ``mode=ro`` URI), so watching a
 live server never takes a write lock.
@@ -37,7 +39,12 @@ from covey.dashboard._runjson import (
     read_json,
 )
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
-from covey.sim._rundir import stopped_simulation_reason
+from covey.sim._rundir import (
+    SET_UP_FILES,
+    interrupted_set_up_reason,
+    is_set_up_only,
+    stopped_simulation_reason,
+)
 
 HISTORY: Final = "history.json"
 META: Final = "run.json"
@@ -84,15 +91,18 @@ class Run:
 
         ``"stopped"``: the store (or a simulation's ``run.json``) says running,
         but no process holds the run: it crashed or was killed (a deployed run
-        can be resumed).
+        can be resumed). A simulation that wrote only its ``run.lock`` (or
+        ``project.json``) is ``"starting"`` while a process holds it, else
+        ``"interrupted"`` (killed as it set up; ``meta["stopped_reason"]`` says
+        how to start it again).
         """
         value = self.meta.get("status")
         return value if isinstance(value, str) else "unknown"
 
 
 def is_run(path: Path) -> bool:
-    """Whether ``path`` is a run folder."""
-    return (path / HISTORY).is_file() or (path / STORE).is_file()
+    """Whether ``path`` is a run folder (one not past its set-up included)."""
+    return (path / HISTORY).is_file() or (path / STORE).is_file() or is_set_up_only(path)
 
 
 def run_id(name: str) -> str:
@@ -148,7 +158,7 @@ def signature(path: Path) -> Signature:
     changes no file, yet turns from running to stopped.
     """
     parts = []
-    for name in (HISTORY, META, STORE, STORE + "-wal"):
+    for name in (HISTORY, META, STORE, STORE + "-wal", *SET_UP_FILES):
         with contextlib.suppress(OSError):
             st = (path / name).stat()
             parts.append((name, st.st_size, st.st_mtime_ns))
@@ -222,6 +232,8 @@ def read_run(run_id: str, path: str | Path) -> Run:
     path = Path(path)
     if not is_run(path):
         raise RunReadError(f"{path} is not a run folder (no history.json or run.sqlite)")
+    if is_set_up_only(path):
+        return _set_up_run(run_id, path)
     db = path / STORE
     simulated = (path / META).is_file() or not db.is_file()  # a simulation keeps run.json
     run = Run(run_id, path, "simulated" if simulated else "deployed")
@@ -245,6 +257,23 @@ def read_run(run_id: str, path: str | Path) -> Run:
     if not run.meta.get("updated_at"):
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime
+    return run
+
+
+def _set_up_run(run_id: str, path: Path) -> Run:
+    """A simulation not past its set-up: starting (its lock held), or interrupted."""
+    run = Run(run_id, path, "simulated")
+    if is_held(path) is True:
+        run.meta["status"] = "starting"
+    else:
+        run.meta["status"] = "interrupted"
+        run.meta["stopped_reason"] = interrupted_set_up_reason(path)
+    stamps = []
+    for name in SET_UP_FILES:
+        with contextlib.suppress(OSError):
+            stamps.append((path / name).stat().st_mtime)
+    if stamps:
+        run.meta["updated_at"] = max(stamps)
     return run
 
 
@@ -319,9 +348,10 @@ def strategy_name(meta: dict[str, Any]) -> str:
 
 
 def summary(run: Run) -> dict[str, Any]:
-    """The run's row in the list of runs (JSON-ready)."""
+    """The run's row in the list of runs (JSON-ready); ``note``: why it stopped, if it did."""
     done = max((r["round"] for r in run.rounds), default=None)
     started = run.meta.get("started") or run.meta.get("created_at")
+    reason = run.meta.get("stopped_reason")
     return {
         "id": run.id,
         "kind": run.kind,
@@ -332,6 +362,7 @@ def summary(run: Run) -> dict[str, Any]:
         "best": best_metric(run.rounds),
         "started": started,
         "updated": run.meta.get("updated_at"),
+        "note": reason if isinstance(reason, str) else None,
     }
 
 

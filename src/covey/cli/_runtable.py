@@ -1,0 +1,153 @@
+"""The tables ``covey runs show`` and ``covey run`` print of a run's rounds, and how it stopped."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
+    from covey.core._history import History
+
+__all__ = [
+    "MAX_MORE_COLUMNS",
+    "ROUND_COLUMNS",
+    "last_finished",
+    "metric_columns",
+    "round_table",
+    "stopped_early",
+]
+
+#: The table's metric columns, as ``History.metric(name, source)`` names them.
+ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fit", "train_loss"),
+    ("evaluate", "loss"),
+    ("evaluate", "accuracy"),
+    ("central", "loss"),
+    ("central", "accuracy"),
+)
+
+
+#: The most columns added for a run's other metrics (the rest are named below the table).
+MAX_MORE_COLUMNS = 6
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def metric_columns(history: History) -> tuple[list[tuple[str, str]], list[str]]:
+    """The table's metric columns: the usual ones, then the run's other numeric metrics.
+
+    Returns:
+        ``(source, name)`` of each column (at most :data:`MAX_MORE_COLUMNS` past the
+        usual ones, in the order the run first reported them), and
+        ``"source name"`` of each metric left out.
+    """
+    more: list[tuple[str, str]] = []
+    for r in history.rounds:
+        for source, metrics in (
+            ("fit", r.fit_metrics),
+            ("evaluate", r.evaluate_metrics),
+            ("central", r.central_metrics),
+        ):
+            for name, value in metrics.items():
+                key = (source, str(name))
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if number and key not in ROUND_COLUMNS and key not in more:
+                    more.append(key)
+    left = [f"{source} {name}" for source, name in more[MAX_MORE_COLUMNS:]]
+    return [*ROUND_COLUMNS, *more[:MAX_MORE_COLUMNS]], left
+
+
+def round_table(history: History, title: str = "Rounds") -> Table:
+    """A rich table of a run's rounds: participants, failures and metrics."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column in ("round", "clients", "failed"):
+        table.add_column(column, justify="right", no_wrap=True)
+    columns, left = metric_columns(history)
+    if left:
+        table.caption = escape(f"not shown: {', '.join(left)} (in history.json)")
+    for source, name in columns:
+        table.add_column(f"{source}\n{escape(name)}", justify="right", no_wrap=True)
+    epsilon = _privacy(history, "epsilon")
+    if epsilon:
+        # an epsilon means little without its delta: one in the header, else a column
+        deltas = _privacy(history, "delta")
+        one = f"\ndelta={next(iter(deltas.values())):g}" if len(set(deltas.values())) == 1 else ""
+        table.add_column("privacy\nepsilon" + one, justify="right", no_wrap=True)
+        if deltas and not one:
+            table.add_column("privacy\ndelta", justify="right", no_wrap=True)
+    waited = any("wait" in r.durations for r in history.rounds)
+    if waited:  # a deployed run: the wait for clients to connect, apart from the work
+        table.add_column("seconds\nwaiting", justify="right", no_wrap=True)
+    table.add_column("seconds\ntotal" if waited else "seconds", justify="right", no_wrap=True)
+    values = {
+        (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
+        for source, name in columns
+    }
+    for r in history.rounds:
+        cells = [
+            str(r.round),
+            str(len(r.fit_participants)) if r.round else "-",
+            str(len(r.failures)) if r.round else "-",
+        ]
+        cells += [_number(values[key].get(r.round)) for key in columns]
+        if epsilon:
+            cells.append(_number(epsilon.get(r.round)))
+            if deltas and not one:
+                cells.append("-" if r.round not in deltas else f"{deltas[r.round]:g}")
+        keys = ("wait", "total") if waited else ("total",)
+        cells += ["-" if r.durations.get(k) is None else f"{r.durations[k]:.2f}" for k in keys]
+        table.add_row(*cells)
+    return table
+
+
+def _privacy(history: History, key: str) -> dict[int, float]:
+    """Each round's recorded privacy value ``key`` (``"epsilon"``, ``"delta"``), if any."""
+    from covey.core._history import _as_float
+
+    out: dict[int, float] = {}
+    for r in history.rounds:
+        privacy = getattr(r, "privacy", None)
+        value = privacy.get(key) if isinstance(privacy, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[r.round] = _as_float(value)
+    return out
+
+
+def stopped_early(history: History) -> str | None:
+    """Why a run ended before its last round (e.g. its privacy budget), as one line; or None.
+
+    It names the last round that finished: a round the run stopped in (its record
+    kept for its failures) did not, and a run that stopped before any round of
+    training finished says so rather than "after round 0".
+    """
+    if not history.stopped_reason:
+        return None
+    last = last_finished(history)
+    if last is None or last < 1:
+        return f"stopped before any round finished: {history.stopped_reason}"
+    stopped = _STOPPED_IN.match(history.stopped_reason)
+    step = "round" if stopped is None else stopped.group(1)  # an asynchronous run's updates
+    return f"stopped early after {step} {last}: {history.stopped_reason}"
+
+
+_STOPPED_IN = re.compile(r"(round|update) (\d+):")
+
+
+def last_finished(history: History) -> int | None:
+    """The last round of ``history`` that finished (None: not even round 0).
+
+    A run stopped by an error in round r keeps that round's record (its failures)
+    and says so at the start of its reason (``round r: ...``): that record is not
+    a finished round.
+    """
+    rounds = [r.round for r in history.rounds]
+    stopped = _STOPPED_IN.match(history.stopped_reason or "")
+    if rounds and stopped is not None and rounds[-1] == int(stopped.group(2)):
+        rounds.pop()
+    return rounds[-1] if rounds else None
