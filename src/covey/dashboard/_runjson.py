@@ -20,6 +20,27 @@ class RunReadError(ValueError):
     """A run folder whose files cannot be read (too big, not JSON, not a covey run)."""
 
 
+def within(path: Path, root: Path | None) -> Path:
+    """``path``, resolved; refused if it resolves outside ``root`` (None: not checked).
+
+    A run's file that is a symbolic link (or sits below one) to a file outside the
+    runs folder is not read: the dashboard shows what is in the folder it was given,
+    never a file elsewhere that someone who can write a run folder points it at.
+
+    Raises:
+        RunReadError: naming ``path`` and ``root``, if it resolves outside ``root``.
+    """
+    if root is None:
+        return path
+    real, top = path.resolve(), root.resolve()
+    if not real.is_relative_to(top):
+        raise RunReadError(
+            f"{path} is a link to a file outside {root}: the dashboard reads no file "
+            "outside the folder it shows (copy the file into the run folder instead)"
+        )
+    return real
+
+
 def no_constant(name: str) -> None:
     """``NaN`` and ``Infinity`` in a run's JSON become None (browsers reject them)."""
     return None

@@ -37,6 +37,7 @@ from covey.dashboard._runjson import (
     check_rounds,
     no_constant,
     read_json,
+    within,
 )
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
 from covey.sim._rundir import (
@@ -218,18 +219,21 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
 
 
-def read_run(run_id: str, path: str | Path) -> Run:
+def read_run(run_id: str, path: str | Path, *, root: str | Path | None = None) -> Run:
     """Read one run folder: its settings, rounds and (deployed) clients and events.
 
     Args:
         run_id: The id to give the run (e.g. one :func:`discover_runs` found).
         path: The run folder (holding ``history.json`` and/or ``run.sqlite``).
+        root: The runs folder: a file of the run that resolves outside it (a
+            symbolic link to a file elsewhere) is refused. None: not checked.
 
     Raises:
         RunReadError: if ``path`` is no run folder, or a file is too big, not JSON,
-            or not a covey run.
+            not a covey run, or outside ``root``.
     """
     path = Path(path)
+    top = None if root is None else Path(root)
     if not is_run(path):
         raise RunReadError(f"{path} is not a run folder (no history.json or run.sqlite)")
     if is_set_up_only(path):
@@ -239,14 +243,17 @@ def read_run(run_id: str, path: str | Path) -> Run:
     run = Run(run_id, path, "simulated" if simulated else "deployed")
     history = path / HISTORY
     if history.is_file():
-        _read_history(run, history)
+        _read_history(run, within(history, top))
     meta_file = path / META
     if meta_file.is_file():
-        meta = read_json(meta_file)
+        meta = read_json(within(meta_file, top))
         if isinstance(meta, dict):
             run.meta.update(meta)
     if db.is_file():
-        _read_store(run, db, want_rounds=not history.is_file())
+        for beside in ("-wal", "-shm"):  # SQLite reads them beside the database
+            if (path / (STORE + beside)).exists():
+                within(path / (STORE + beside), top)
+        _read_store(run, within(db, top), want_rounds=not history.is_file())
     if run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (
