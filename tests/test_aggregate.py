@@ -407,7 +407,7 @@ def test_a_large_model_is_folded_in_blocks_bit_for_bit() -> None:
     scratch: dict[str, np.ndarray] | None = None
     for c in contributions:
         assert c.weights is not None
-        acc_state, scratch = _mean._fold(acc_state, scratch, c.weights, 2.5)
+        acc_state, scratch, _ = _mean._fold(acc_state, scratch, c.weights, 2.5)
     assert scratch is not None
     assert {k: a.size for k, a in scratch.items()} == {"big": _mean._BLOCK, "small": 12}
 
@@ -493,3 +493,33 @@ def test_a_tied_mask_keeps_its_entry_whether_clients_sent_weights_or_deltas(make
     _, agg = run_round(step, step.init(params), 1, params, majority)
     assert agg is not None
     assert agg.apply(params)["b"].tolist() == flipped.tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("form", ["weights", "delta", "mixed"])
+@pytest.mark.parametrize("make", [weighted_mean, mean])
+def test_values_near_the_dtype_maximum_average_without_overflow(
+    dtype: Any, form: Form, make: Any
+) -> None:
+    """n_k * x_k and their sum pass the dtype's largest value; the mean does not."""
+    from covey.aggregate import _mean
+
+    top = float(np.finfo(dtype).max)
+    # "big" is over the block size: folded block by block, overflowing in its second block.
+    params = {"h": np.zeros(3, dtype), "big": np.zeros(_mean._BLOCK + 5, dtype)}
+    values = (0.9 * top, 0.5 * top, 0.7 * top, -0.2 * top)
+    contributions = []
+    for cid, value in enumerate(values):
+        local = {k: np.full(v.shape, value, dtype) for k, v in params.items()}
+        local["big"][: _mean._BLOCK] = 1.0  # the first block stays small
+        kind = "delta" if form == "delta" or (form == "mixed" and cid % 2 == 1) else "weights"
+        contributions.append(Contribution(cid, 10 + cid, **{kind: local}))  # type: ignore[arg-type]
+    new = aggregate_round(make(), params, contributions).apply(params)
+    n = [10 + cid if make is weighted_mean else 1 for cid in range(len(values))]
+    expected = sum(k / sum(n) * float(np.asarray(v, dtype)) for k, v in zip(n, values, strict=True))
+    for name in params:
+        assert new[name].dtype == dtype
+        assert np.all(np.isfinite(new[name])), name
+        tail = new[name][-3:].astype(np.float64)
+        np.testing.assert_allclose(tail, expected, rtol=1e-2 if dtype == np.float16 else 1e-5)
+    np.testing.assert_allclose(new["big"][:3].astype(np.float64), 1.0, rtol=1e-3)

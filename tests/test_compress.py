@@ -15,7 +15,16 @@ import pytest
 from sklearn.datasets import load_digits
 
 import covey
-from covey.compress import Cast, Encoded, Identity, Quantize, TopK, scheme_named, topk_with_feedback
+from covey.compress import (
+    Cast,
+    Encoded,
+    Identity,
+    Quantize,
+    TopK,
+    scheme_named,
+    scheme_spec,
+    topk_with_feedback,
+)
 from covey.core import WeightsSpec
 from covey.models import logistic_sgd_epoch
 
@@ -271,3 +280,46 @@ def test_compressed_fits_take_simulated_time_and_stragglers_miss_the_deadline(
         assert [f.cid for f in record.fit_failures] == [4, 5]
         assert all("straggler" in f.error for f in record.fit_failures)
         assert record.aggregate_info["clock"] == 3.5 * record.round
+
+
+class _Evaluates(_Step):
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=1.0, num_examples=1)
+
+
+def test_bytes_sent_leave_out_offline_clients_and_keep_stragglers() -> None:
+    # Before: the model counted as sent to every sampled client, also to those the
+    # simulated availability had offline, which never received it.
+    result = covey.simulate(
+        lambda cid: _Evaluates(),
+        6,
+        2,
+        covey.FedAvg(min_fit_clients=2, min_evaluate_clients=1, min_available_clients=2),
+        {"w": np.zeros(4)},
+        compression="none",
+        availability=lambda cid, rnd: cid not in (1, 3),
+        client_durations=lambda cid, rng: float(cid),
+        round_deadline=3.5,
+    )
+    model = 4 * 8
+    for record in result.history.rounds[1:]:
+        assert record.fit_participants == [0, 2]
+        offline = [f.cid for f in record.fit_failures if "offline" in f.error]
+        assert offline == [1, 3]
+        # fit: the model to 0, 2 and the stragglers 4, 5; evaluate: to 0, 2, 4, 5
+        assert record.bytes_sent == 2 * 4 * model
+        assert record.bytes_received == 2 * model
+
+
+@pytest.mark.parametrize(
+    ("fraction", "size", "k"), [(0.07, 100, 7), (0.14, 100, 14), (0.55, 100, 55), (0.07, 101, 8)]
+)
+def test_topk_sends_the_fraction_it_is_written_as(fraction: float, size: int, k: int) -> None:
+    # Before: k = ceil(0.07 * 100) = ceil(7.000000000000001) = 8 entries.
+    scheme = scheme_named(f"topk:{fraction}")
+    again = scheme_named(scheme_spec(scheme))  # type: ignore[arg-type]
+    delta = {"w": np.arange(1.0, size + 1.0)}
+    parts = scheme.encode(delta, np.random.default_rng(0))
+    assert parts["w"]["index"].size == k
+    out = again.decode(parts, WeightsSpec.of(delta))  # the receiving side agrees on k
+    assert np.count_nonzero(out["w"]) == k

@@ -22,7 +22,7 @@ from _sse import next_event
 from covey.cli import app
 from covey.core import Failure, RoundRecord
 from covey.dashboard import DashboardServer, RunReadError, discover_runs, read_run
-from covey.dashboard import _runs as runs_module
+from covey.dashboard import _runjson as runjson_module
 from covey.server import RunStore
 from covey.sim import SimulationResult
 
@@ -87,7 +87,7 @@ def test_unreadable_runs_are_named_not_fatal(
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "history.json").write_text('{"rounds": [{"round": -1}]}')
     _simulate(tmp_path / "big")
-    monkeypatch.setattr(runs_module, "MAX_JSON_BYTES", 100)
+    monkeypatch.setattr(runjson_module, "MAX_JSON_BYTES", 100)
     with pytest.raises(RunReadError, match="over the 100-byte cap"):
         read_run("big", tmp_path / "big")
     with pytest.raises(RunReadError, match="no valid 'round' number"):
@@ -320,3 +320,48 @@ def test_read_run_refuses_a_folder_that_is_no_run_and_takes_a_str(tmp_path: Path
             read_run("x", folder)
     _simulate(tmp_path / "run")
     assert read_run("run", str(tmp_path / "run")).rounds
+
+
+def test_files_that_link_outside_the_runs_folder_are_not_read(tmp_path: Path) -> None:
+    # Before: a history.json (run.json, run.sqlite) that was a symbolic link to a file
+    # anywhere was read and served, so whoever could write a run folder could show
+    # the dashboard's viewers a file from outside it.
+    import shutil
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    outside.mkdir()
+    for name in ("a", "b", "c", "d"):
+        _simulate(root / name, rounds=1)
+    secret = covey.History([RoundRecord(0)], config={"strategy": "SECRET-MARKER", "rounds": 0})
+    secret.save(outside / "secret.json")
+    (root / "a" / "history.json").unlink()
+    (root / "a" / "history.json").symlink_to(outside / "secret.json")
+    (outside / "run.json").write_text('{"status": "finished", "strategy": "SECRET-MARKER"}')
+    (root / "b" / "run.json").unlink()
+    (root / "b" / "run.json").symlink_to(outside / "run.json")
+    shutil.copy(root / "c" / "run.sqlite", outside / "run.sqlite")
+    (root / "c" / "run.sqlite").unlink()
+    (root / "c" / "run.sqlite").symlink_to(outside / "run.sqlite")
+    # A link that stays inside the runs folder is read as before.
+    (root / "d" / "run.json").rename(root / "d" / "kept.json")
+    (root / "d" / "run.json").symlink_to(Path("kept.json"))
+
+    for name, file in (("a", "history.json"), ("b", "run.json"), ("c", "run.sqlite")):
+        with pytest.raises(RunReadError, match=f"{file} is a link to a file outside"):
+            read_run(name, root / name, root=root)
+        read_run(name, root / name)  # without a root, as before: read
+    assert read_run("d", root / "d", root=root).status == "finished"
+    with DashboardServer(root) as server:
+        with urllib.request.urlopen(server.url + "api/runs", timeout=30) as response:  # noqa: S310
+            listing = response.read().decode()
+        rows = {r["id"]: r for r in json.loads(listing)["runs"]}
+        with pytest.raises(urllib.error.HTTPError, match="422"):
+            _get(server.url + "api/run?id=a")
+    assert "SECRET-MARKER" not in listing
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "a": "unreadable",
+        "b": "unreadable",
+        "c": "unreadable",
+        "d": "finished",
+    }
+    assert "is a link to a file outside" in rows["a"]["error"]

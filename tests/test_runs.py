@@ -346,3 +346,49 @@ def test_runs_show_last_prints_only_the_last_rounds_and_their_failures(tmp_path:
     assert whole.exit_code == 0
     assert "Rounds (the last" not in whole.output
     assert "lost in round 20" in whole.output
+
+
+def test_a_run_killed_during_set_up_is_listed_with_how_to_start_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: `covey runs list` and the dashboard did not list a folder holding only
+    # a run.lock (a simulation killed as it started), though `covey runs show` knew it.
+    import os
+
+    from covey.dashboard._runs import discover_runs, read_run, summary
+    from covey.server._rundb import hold_run
+    from covey.sim._rundir import resume_command
+
+    monkeypatch.setenv("COLUMNS", "400")
+    (tmp_path / "server-1").mkdir()
+    write_outputs(tmp_path / "server-1", _history(), plot=False)
+    killed, starting = tmp_path / "killed", tmp_path / "study" / "starting"
+    killed.mkdir()
+    (killed / "run.lock").write_text("4242\n")
+    starting.mkdir(parents=True)
+    lock = hold_run(starting)
+    try:
+        listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+        assert listed.exit_code == 0, listed.output
+        rows = {
+            line.split()[0]: line.split() for line in listed.output.splitlines() if line.strip()
+        }
+        assert rows["killed"][1:3] == ["simulated", "interrupted"]
+        assert rows["study/starting"][1:3] == ["simulated", "starting"]
+        assert "server-1" in rows
+        said = " ".join(listed.output.split())
+        command = resume_command(killed)
+        assert "interrupted during set-up: killed: its simulation stopped" in said
+        assert f"`{command}` starts it again at round 1" in said
+        shown = CliRunner().invoke(app, ["runs", "show", "killed", "--dir", str(tmp_path)])
+        assert f"`{command}` starts it again at round 1" in " ".join(shown.output.split())
+
+        found = dict(discover_runs(tmp_path))
+        assert set(found) == {"killed", "server-1", "study/starting"}
+        run = read_run("killed", found["killed"])
+        assert (run.kind, run.status, run.rounds) == ("simulated", "interrupted", [])
+        assert f"`{command}` starts it again at round 1" in summary(run)["note"]
+        assert read_run("study/starting", found["study/starting"]).status == "starting"
+    finally:
+        if lock is not None:
+            os.close(lock)

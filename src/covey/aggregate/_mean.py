@@ -8,6 +8,7 @@ order in which replies arrived.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -39,6 +40,9 @@ class _MeanState(NamedTuple):
     # Integer arrays: a weight sender's n_k * (w_k - w) goes into acc_weights, not
     # n_k * w_k: float64 holds the values only up to 2**53, their changes exactly.
     ints: frozenset[str] = frozenset()
+    # The sums are of (n_k / scale) * x_k: 1 unless one overflowed (see _fold).
+    scale_weights: float = 1.0
+    scale_delta: float = 1.0
 
 
 _BLOCK = BLOCK
@@ -80,37 +84,100 @@ def _first(values: Weights, factor: float) -> dict[str, Array]:
     return acc
 
 
-def _add(acc: dict[str, Array], values: Weights) -> None:
-    """``acc += x`` (a contribution of weight 1)."""
-    for name, x in values.items():
-        total = acc[name]
-        if total.size <= _BLOCK:
-            np.add(total, x, out=total, casting="unsafe")
-            continue
-        flat_x, flat_total = np.ravel(x), total.reshape(-1)
-        for start, stop in blocks(total.size):
-            into = flat_total[start:stop]
-            np.add(into, flat_x[start:stop], out=into, casting="unsafe")
-            release_pages(flat_x, start, stop)
+def _scale_for(after: float, scale: float) -> float:
+    """A power of two past ``2 * after`` and ``scale``: sums of ``(n_k / it) * x_k`` stay finite.
+
+    Each term is at most ``n_k / it`` times the dtype's largest value and the
+    ``n_k`` add up to ``after``, so the whole sum stays within half that value.
+    A power of two divides exactly (barring subnormals), so the mean is unchanged.
+    """
+    return max(math.ldexp(1.0, math.frexp(after)[1] + 1), 2.0 * scale)
+
+
+@np.errstate(over="raise")
+def _fold_from(
+    acc: dict[str, Array],
+    scratch: dict[str, Array],
+    values: Weights,
+    factor: float,
+    at: tuple[int, int] = (0, 0),
+) -> tuple[int, int] | None:
+    """Add ``factor * values`` to ``acc``, from array ``at[0]``'s element ``at[1]`` on.
+
+    Every sum goes into the scratch first, so an overflow leaves ``acc`` as it was
+    before the array (or block) it happened in: returns where it happened, None
+    when all is folded. A small array's sum swaps places with its accumulator.
+    Arrays over :data:`_BLOCK` elements are folded block by block, and the pages
+    of a contribution that views a mapped file are given back as each block is
+    folded: a large reply is never resident whole.
+    """
+    multiply, add = np.multiply, np.add
+    skip, first = at
+    index, start = skip, first
+    items = values.items() if skip == 0 else list(values.items())[skip:]
+    try:
+        for index, (name, x) in enumerate(items, skip):  # noqa: B007 (read on overflow)
+            buf = scratch[name]
+            total = acc[name]
+            # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
+            lift = x.dtype.kind == "f" and x.dtype != total.dtype
+            if total.size <= _BLOCK:
+                # Positional outputs: the same ufuncs, without parsing keywords on every call.
+                if factor == 1.0:
+                    add(total, x, buf, casting="unsafe")
+                else:
+                    if lift:
+                        buf[...] = x
+                        multiply(buf, factor, buf)
+                    else:
+                        multiply(x, factor, buf)
+                    add(total, buf, buf)
+                acc[name], scratch[name] = buf, total
+                continue
+            flat_x, flat_total = np.ravel(x), total.reshape(-1)
+            for start, stop in blocks(total.size):
+                if start < first:
+                    continue
+                part = buf[: stop - start]
+                if factor == 1.0:
+                    add(flat_total[start:stop], flat_x[start:stop], part, casting="unsafe")
+                elif lift:
+                    part[...] = flat_x[start:stop]
+                    multiply(part, factor, part)
+                    add(flat_total[start:stop], part, part)
+                else:
+                    multiply(flat_x[start:stop], factor, part)
+                    add(flat_total[start:stop], part, part)
+                flat_total[start:stop] = part
+                release_pages(flat_x, start, stop)
+            first = start = 0
+    except FloatingPointError:
+        return index, start
+    return None
 
 
 def _fold(
     acc: dict[str, Array] | None,
     scratch: dict[str, Array] | None,
     values: Weights,
-    factor: float,
-) -> tuple[dict[str, Array], dict[str, Array] | None]:
-    """Add ``factor * values`` to ``acc``.
+    n: float,
+    scale: float = 1.0,
+    after: float = 0.0,
+) -> tuple[dict[str, Array], dict[str, Array] | None, float]:
+    """Add ``(n / scale) * values`` to ``acc``; returns it, the scratch and the scale.
 
-    Arrays over :data:`_BLOCK` elements are folded block by block, and the
-    pages of a contribution that views a mapped file are given back as each
-    block is folded: a large reply is never resident whole.
+    ``acc`` holds a sum of ``(n_k / scale) * x_k``, ``scale`` 1 unless a sum
+    overflowed the dtype (values near its largest): then the sums so far are
+    divided by a power of two (:func:`_scale_for` of ``after``, the examples
+    summed once this contribution is in) and the fold goes on from where it stopped.
     """
     if acc is None:
-        return _first(values, factor), scratch
-    if factor == 1.0:
-        _add(acc, values)
-        return acc, scratch
+        try:
+            with np.errstate(over="raise"):
+                return _first(values, n / scale), scratch, scale
+        except FloatingPointError:
+            scale = _scale_for(after, scale)
+            return _first(values, n / scale), scratch, scale
     if scratch is None:
         # At most _BLOCK elements per array: the scratch stays small instead of
         # costing one more model copy.
@@ -118,38 +185,20 @@ def _fold(
             name: np.empty_like(a) if a.size <= _BLOCK else np.empty(_BLOCK, a.dtype)
             for name, a in acc.items()
         }
-    multiply, add = np.multiply, np.add
-    for name, x in values.items():
-        buf = scratch[name]
-        total = acc[name]
-        # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
-        lift = x.dtype.kind == "f" and x.dtype != total.dtype
-        if total.size <= _BLOCK:
-            # Positional outputs: the same ufuncs, without parsing keywords on every call.
-            if lift:
-                buf[...] = x
-                multiply(buf, factor, buf)
-            else:
-                multiply(x, factor, buf)
-            add(total, buf, total)
-            continue
-        flat_x, flat_total = np.ravel(x), total.reshape(-1)
-        for start, stop in blocks(total.size):
-            part = buf[: stop - start]
-            if lift:
-                part[...] = flat_x[start:stop]
-                multiply(part, factor, part)
-            else:
-                multiply(flat_x[start:stop], factor, part)
-            add(flat_total[start:stop], part, flat_total[start:stop])
-            release_pages(flat_x, start, stop)
-    return acc, scratch
+    at = _fold_from(acc, scratch, values, n / scale)
+    while at is not None:  # once: no term nor sum can overflow at the new scale
+        new = _scale_for(after, scale)
+        for a in acc.values():
+            np.multiply(a, scale / new, out=a)
+        scale = new
+        at = _fold_from(acc, scratch, values, n / scale, at)
+    return acc, scratch, scale
 
 
 def _finish(
     acc: dict[str, Array], total: float, params: Weights, *, weights: bool
 ) -> dict[str, Array]:
-    """Divide the sums by ``total``, each array back in the model's dtype.
+    """Divide the sums by ``total`` (of the sums' scale), each array back in the model's dtype.
 
     Integer arrays are rounded; for a mean of ``weights`` their sums are of changes
     (see :class:`_MeanState`), added back to the global arrays in their own dtype.
@@ -209,13 +258,13 @@ def _mean_contribution(
     state: _MeanState, event: Contribution, weighted: bool
 ) -> tuple[State, tuple[Event, ...]]:
     """Fold one contribution into the running sums."""
-    params, acc_w, acc_d, scratch, ex_w, total, clients, examples, ints = state
+    params, acc_w, acc_d, scratch, ex_w, total, clients, examples, ints, s_w, s_d = state
     if params is None:
         raise AggregationError("a Contribution arrived before Begin")
     n = float(event.num_examples) if weighted else 1.0
     if n == 0.0:
         return _MeanState(
-            params, acc_w, acc_d, scratch, ex_w, total, clients + 1, examples, ints
+            params, acc_w, acc_d, scratch, ex_w, total, clients + 1, examples, ints, s_w, s_d
         ), ()
     # A new tuple built positionally: NamedTuple._replace costs several calls per client.
     if event.weights is not None:
@@ -224,11 +273,11 @@ def _mean_contribution(
             values = dict(values)
             for name in ints:
                 values[name] = int_change(values[name], params[name])
-        acc_w, scratch = _fold(acc_w, scratch, values, n)
+        acc_w, scratch, s_w = _fold(acc_w, scratch, values, n, s_w, total + n)
         ex_w += n
     elif event.delta is not None:
         # An unsigned array's delta is a change modulo 2**bits: summed by its signed value.
-        acc_d, scratch = _fold(acc_d, scratch, signed(event.delta), n)
+        acc_d, scratch, s_d = _fold(acc_d, scratch, signed(event.delta), n, s_d, total + n)
     else:  # an invariant of this module, not an input check
         raise RuntimeError("internal error: event.delta is unset")
     return _MeanState(
@@ -241,7 +290,50 @@ def _mean_contribution(
         clients + 1,
         examples + event.num_examples,
         ints,
+        s_w,
+        s_d,
     ), ()
+
+
+def _combine(
+    state: _MeanState, acc_d: dict[str, Array], acc_w: dict[str, Array], params: Weights
+) -> tuple[dict[str, Array], float]:
+    """The delta senders' sum plus the weight senders' ``sum n (w - g)``, and its scale.
+
+    ``acc_w - n_w * g`` is added to the delta sum, both at the larger of their
+    scales (a power of two: exact); if that overflows, at four times that scale.
+    """
+    scale = max(state.scale_delta, state.scale_weights)
+    while True:
+        try:
+            with np.errstate(over="raise"):
+                return {
+                    name: _combined(state, name, a, acc_w[name], params[name], scale)
+                    for name, a in acc_d.items()
+                }, scale
+        except FloatingPointError:
+            scale *= 4.0
+
+
+def _combined(
+    state: _MeanState, name: str, a: Array, summed: Array, param: Array, scale: float
+) -> Array:
+    """One array of :func:`_combine`, a new array at ``scale``."""
+    s_w = state.scale_weights
+    out = np.array(a)  # a fresh array (a ufunc would turn a 0-d input into a scalar)
+    if state.scale_delta != scale:
+        np.multiply(out, state.scale_delta / scale, out=out)
+    if param.dtype.kind == "b":
+        # a delta of a mask is the entries that flip: sum n (w != g)
+        summed = np.where(param, state.examples_weights / s_w - summed, summed)
+    if s_w != scale:
+        summed = np.multiply(summed, s_w / scale, dtype=out.dtype)
+    np.add(out, summed, out=out)
+    if name in state.ints or param.dtype.kind == "b":
+        return out  # summed as changes already
+    g = np.multiply(param, state.examples_weights / scale, dtype=out.dtype)
+    np.subtract(out, g, out=out)
+    return out
 
 
 def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
@@ -262,25 +354,17 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
             event.round,
             state.clients,
             state.examples,
-            weights=_finish(state.acc_weights, state.total, params, weights=True),
+            weights=_finish(
+                state.acc_weights, state.total / state.scale_weights, params, weights=True
+            ),
             info=dict(event.info),
         )
     else:
-        acc = state.acc_delta
+        acc, scale = state.acc_delta, state.scale_delta
         if state.acc_weights is not None:
-            # sum n(w - g) = acc_w - n_w * g, folded into the delta sum
-            for name, a in acc.items():
-                summed = state.acc_weights[name]
-                if params[name].dtype.kind == "b":
-                    # a delta of a mask is the entries that flip: sum n (w != g)
-                    summed = np.where(params[name], state.examples_weights - summed, summed)
-                np.add(a, summed, out=a)
-                if name in state.ints or params[name].dtype.kind == "b":
-                    continue  # summed as changes already
-                g = np.multiply(params[name], state.examples_weights, dtype=a.dtype)
-                np.subtract(a, g, out=a)
+            acc, scale = _combine(state, acc, state.acc_weights, params)
         # Non-float arrays get a rounded delta of their own dtype, so apply() works.
-        delta = _finish(acc, state.total, params, weights=False)
+        delta = _finish(acc, state.total / scale, params, weights=False)
         agg = Aggregate(
             event.round, state.clients, state.examples, delta=delta, info=dict(event.info)
         )

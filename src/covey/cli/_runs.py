@@ -33,8 +33,20 @@ from covey.core._files import read_regular
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
-from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
-from covey.sim._rundir import how_to_resume, resume_command, stopped_simulation_reason
+from covey.server._rundb import (
+    LOCK_NAME,
+    is_held,
+    killed_server_reason,
+    open_read_only,
+    schema_refusal,
+)
+from covey.sim._rundir import (
+    SET_UP_FILES,
+    how_to_resume,
+    interrupted_set_up_reason,
+    is_set_up_only,
+    stopped_simulation_reason,
+)
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History
@@ -120,18 +132,20 @@ def _not_started(folder: Path) -> None:
 
     Such a run wrote only its ``run.lock`` (or a ``covey run``'s ``project.json``).
     """
-    if (folder / "run.sqlite").exists() or not any(
-        (folder / name).is_file() for name in ("project.json", "run.lock")
-    ):
+    if not is_set_up_only(folder):
         return
     if is_held(folder) is True:
-        holder = (folder / "run.lock").read_text(errors="replace").strip() or "unknown"
-        fail(f"{folder}: its run is starting (pid {holder}): no round is done yet to show")
-    fail(
-        f"{folder}: its simulation stopped before its first round (killed or interrupted "
-        f"as it started), so there is nothing to show; `{resume_command(folder)}` starts "
-        "it again at round 1"
-    )
+        fail(f"{folder}: its run is starting ({_holder(folder)}): no round is done yet to show")
+    fail(f"{folder}: {interrupted_set_up_reason(folder)}; there is nothing to show")
+
+
+def _holder(folder: Path) -> str:
+    """``pid N`` of the process that holds ``folder``'s run, as its ``run.lock`` says."""
+    try:
+        holder = (folder / LOCK_NAME).read_text(errors="replace").strip()
+    except OSError:
+        holder = ""
+    return f"pid {holder or 'unknown'}"
 
 
 def _why(folder: Path, status: str) -> str | None:
@@ -253,7 +267,7 @@ def print_notices(notices: list[str]) -> None:
         warnings_console.print(f"[bold yellow]warning:[/] {escape(notice)}", soft_wrap=True)
 
 
-def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, History | str]]:
+def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, History | str | None]]:
     """Each run in ``runs_dir`` (as the dashboard finds them, three levels deep).
 
     Args:
@@ -262,18 +276,22 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
 
     Returns:
         ``(name, folder, history)`` with the name relative to ``runs_dir``, and the
-        history, or why it cannot be read.
+        history, or why it cannot be read, or None for a simulation that has not
+        got past its set-up (:func:`~covey.sim._rundir.is_set_up_only`).
     """
     from covey.core._history import History
 
-    found: list[tuple[str, Path, History | str]] = []
+    found: list[tuple[str, Path, History | str | None]] = []
     if not runs_dir.is_dir():
         return found
     for name, folder in discover_runs(runs_dir):
-        if not (folder / History.FILE_NAME).is_file():
-            continue
         if folder == runs_dir:  # --dir is itself a run folder
             name = folder.resolve().name
+        if is_set_up_only(folder):
+            found.append((name, folder, None))
+            continue
+        if not (folder / History.FILE_NAME).is_file():
+            continue
         try:
             found.append((name, folder, load_history(folder, notices)))
         except (ValueError, OSError) as exc:  # damaged or half-written: listed, with why
@@ -319,39 +337,70 @@ def list_runs(
             justify="left" if column == "run" else "right",
         )
     damaged: list[str] = []
-    stopped: list[str] = []  # simulations that can resume
+    stopped: list[str] = []  # simulations that can go on, and how
     for name, folder, history in found:
-        stamp = (folder / History.FILE_NAME).stat().st_mtime
-        modified = _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
-        if isinstance(history, str):
-            table.add_row(escape(name), "-", "unreadable", *["-"] * 4, modified)
-            damaged.append(history)
-            continue
-        backend = history.config.get("backend", "-")
-        last = history.rounds[-1].round if history.rounds else "-"
-        planned = history.config.get("rounds", "?")
-        clients = history.config.get("num_clients") or len(history.clients) or "-"
-        status = run_status(folder, history)
-        if status == "unreadable":  # its run.sqlite: say why below the table
-            damaged.append(_unreadable(folder / "run.sqlite"))
-        if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
-            stopped.append(f"{name}: continue it with {how_to_resume(folder)}")
-        table.add_row(
-            escape(name),
-            "deployed" if backend == "grpc" else f"simulated ({backend})",
-            status,
-            f"{last}/{planned}",
-            str(clients),
-            _last(history, "accuracy"),
-            _last(history, "loss"),
-            modified,
-        )
+        table.add_row(*_row(name, folder, history, damaged, stopped))
     print_table(table)
     for why in damaged:
         console.print(f"[red]unreadable[/]: {escape(why)}")
     for how in stopped:
-        console.print(f"[yellow]stopped[/]: {escape(how)}", soft_wrap=True)
+        console.print(f"[yellow]{how}", soft_wrap=True)
     print_notices(notices)
+
+
+def _row(
+    name: str, folder: Path, history: History | str | None, damaged: list[str], stopped: list[str]
+) -> list[str]:
+    """The cells of a run's row in ``covey runs list``; what to say below the table is added.
+
+    Args:
+        name: The run's name.
+        folder: The run folder.
+        history: Its history, why it cannot be read, or None for a run not past its set-up.
+        damaged: Why runs cannot be read (said below the table).
+        stopped: How runs that stopped go on, as markup lines (said below the table).
+    """
+    modified = _modified(folder)
+    if history is None:  # killed (or still) setting up: nothing of it to read yet
+        status = "starting" if is_held(folder) is True else "interrupted"
+        if status == "interrupted":
+            why = interrupted_set_up_reason(folder, prefix=False)
+            stopped.append(f"interrupted during set-up[/]: {escape(f'{name}: {why}')}")
+        return [escape(name), "simulated", status, *["-"] * 4, modified]
+    if isinstance(history, str):
+        damaged.append(history)
+        return [escape(name), "-", "unreadable", *["-"] * 4, modified]
+    backend = history.config.get("backend", "-")
+    last = history.rounds[-1].round if history.rounds else "-"
+    planned = history.config.get("rounds", "?")
+    clients = history.config.get("num_clients") or len(history.clients) or "-"
+    status = run_status(folder, history)
+    if status == "unreadable":  # its run.sqlite: say why below the table
+        damaged.append(_unreadable(folder / "run.sqlite"))
+    if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
+        stopped.append(f"stopped[/]: {escape(f'{name}: continue it with {how_to_resume(folder)}')}")
+    return [
+        escape(name),
+        "deployed" if backend == "grpc" else f"simulated ({backend})",
+        status,
+        f"{last}/{planned}",
+        str(clients),
+        _last(history, "accuracy"),
+        _last(history, "loss"),
+        modified,
+    ]
+
+
+def _modified(folder: Path) -> str:
+    """When the newest of ``folder``'s run files changed (``-`` if none can be read)."""
+    names = ("history.json",) if (folder / "history.json").is_file() else SET_UP_FILES
+    stamps = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            stamps.append((folder / name).stat().st_mtime)
+    if not stamps:
+        return "-"
+    return _dt.datetime.fromtimestamp(max(stamps)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:

@@ -218,7 +218,10 @@ class CompressedTransport:
     arrays broadcast with each task, once per client that receives them, and
     the arrays of each reply (an encoded update's parts, or a plain fit
     reply's weights or delta, with the arrays sent besides it). Headers,
-    JSON and the transport's own framing are not counted.
+    JSON and the transport's own framing are not counted. A task the inner
+    transport says never reached its client (its ``reached(cid)`` false once
+    the client's reply came: a client the simulated availability has offline)
+    is not counted.
 
     Args:
         inner: The transport that reaches the clients.
@@ -272,15 +275,20 @@ class CompressedTransport:
             self.bytes_sent += held[0]
             self.bytes_received += held[1]
 
-    def _count(self, cid: int, sent: int | None, received: int = 0) -> None:
-        """Count a task's bytes (``sent``) or a reply's for ``cid``, or hold them (by_client)."""
+    def _count(self, cid: int, sent: int | None, received: int = 0, unsent: int = 0) -> None:
+        """Count a task's bytes (``sent``) or a reply's for ``cid``, or hold them (by_client).
+
+        ``unsent``: the bytes of ``cid``'s task, counted, that never reached it.
+        """
         if self._held is None:
-            self.bytes_sent += sent or 0
+            self.bytes_sent += (sent or 0) - unsent
             self.bytes_received += received
         elif sent is not None:  # a new task: what an earlier one held was never delivered
             self._held[cid] = [sent, received]
         else:
-            self._held.setdefault(cid, [0, 0])[1] += received
+            held = self._held.setdefault(cid, [0, 0])
+            held[0] -= unsent
+            held[1] += received
 
     def take_counts(self) -> tuple[int, int]:
         """``(bytes sent, bytes received)`` since the last call, and reset them."""
@@ -297,6 +305,7 @@ class CompressedTransport:
         # Keyed by the weights and payload a task carries, not the task: with per-client
         # configs each client has a task of its own, all carrying the same model.
         sizes: dict[tuple[str, int, int], int] = {}
+        task_bytes: dict[int, int] = {}
         for cid, task in tasks.items():
             key = (task.kind, id(task.weights), id(task.payload))
             size = sizes.get(key)
@@ -305,13 +314,17 @@ class CompressedTransport:
                 size = _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
                 sizes[key] = size
             self._count(cid, size)
+            task_bytes[cid] = size
             if task.kind == "fit" and self._carried is not None and task.weights is not None:
                 if id(task.weights) not in specs:
                     specs[id(task.weights)] = WeightsSpec.of(task.weights)
                 out[cid] = compressed_task(task, self._carried, self.seed, cid, self.run)
             else:
                 out[cid] = task
+        reached = getattr(self.inner, "reached", None)
         for reply in self.inner.exchange(out, timeout=timeout):
+            if reply.error is not None and reached is not None and not reached(reply.cid):
+                self._count(reply.cid, None, 0, unsent=task_bytes.get(reply.cid, 0))
             if reply.kind == KIND:
                 self._count(reply.cid, None, plain_nbytes(reply.result))
                 sent = tasks.get(reply.cid)

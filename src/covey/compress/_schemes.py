@@ -10,9 +10,11 @@ passed back in with the next update.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -295,7 +297,9 @@ class TopK:
     """Top-k sparsification: only the largest ``fraction`` of each float array's values.
 
     Sends the indices (uint32) and values of the ``ceil(fraction * size)``
-    entries of largest magnitude. With error feedback, what was not sent is
+    entries of largest magnitude, the fraction taken as the decimal it is written
+    as (``0.07`` of 100 values is 7, though ``0.07 * 100`` is 7.000000000000001 in
+    floating point). With error feedback, what was not sent is
     added to the client's next update (:func:`topk_with_feedback`), so nothing
     is lost, only delayed.
 
@@ -324,9 +328,22 @@ class TopK:
         """The scheme's name, e.g. ``"top0.01"``."""
         return f"top{self.fraction:g}"
 
+    @functools.cached_property
+    def _ratio(self) -> tuple[int, int]:
+        """The fraction as the decimal its shortest repr writes, a ratio of integers."""
+        return Fraction(repr(self.fraction)).as_integer_ratio()
+
     def k(self, size: int) -> int:
-        """How many of ``size`` values are sent."""
-        return min(size, max(1, math.ceil(self.fraction * size))) if size else 0
+        """How many of ``size`` values are sent: ``ceil(fraction * size)``, at least 1.
+
+        Example:
+            >>> TopK(0.07).k(100), TopK(0.07).k(101), TopK(0.01).k(10)
+            (7, 8, 1)
+        """
+        if not size:
+            return 0
+        num, den = self._ratio
+        return min(size, max(1, -(-num * size // den)))  # exact: no float rounding
 
     def encode(self, delta: Weights, rng: np.random.Generator) -> Parts:
         """Indices and values of the largest entries of each float array."""

@@ -23,7 +23,8 @@ from covey.core._extras import import_feature
 if TYPE_CHECKING:
     from covey.dashboard._app import create_app
     from covey.dashboard._report import render_report, write_report
-    from covey.dashboard._runs import Run, RunReadError, discover_runs, read_run
+    from covey.dashboard._runjson import RunReadError
+    from covey.dashboard._runs import Run, discover_runs, read_run
     from covey.dashboard._server import DashboardServer, serve_dashboard
 
 _WHERE = {
@@ -31,7 +32,7 @@ _WHERE = {
     "render_report": "_report",
     "write_report": "_report",
     "Run": "_runs",
-    "RunReadError": "_runs",
+    "RunReadError": "_runjson",
     "discover_runs": "_runs",
     "read_run": "_runs",
     "DashboardServer": "_server",

@@ -102,8 +102,9 @@ def _static_dir() -> Path:
 class RunCache:
     """Runs read from disk, kept until their files change (so many open pages cost one read)."""
 
-    def __init__(self) -> None:
-        """An empty cache."""
+    def __init__(self, root: Path | None = None) -> None:
+        """An empty cache of runs in ``root``: their files that resolve outside it are refused."""
+        self.root = root
         self._lock = threading.Lock()
         self._runs: dict[Path, tuple[Signature, Run]] = {}
 
@@ -114,7 +115,7 @@ class RunCache:
             hit = self._runs.get(path)
         if hit is not None and hit[0] == sig and hit[1].id == run_id:
             return hit[1]
-        run = read_run(run_id, path)
+        run = read_run(run_id, path, root=self.root)
         with self._lock:
             self._runs[path] = (sig, run)
         return run
@@ -225,7 +226,7 @@ def create_app(
     static = _static_dir()
     vendor = plotly_js()  # the chart library is checked now, not on the page's first request
     closing = closing if closing is not None else threading.Event()
-    cache = RunCache()
+    cache = RunCache(root)
 
     async def index(request: Request) -> Response:
         return FileResponse(static / "index.html", media_type="text/html")

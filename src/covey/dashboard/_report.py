@@ -235,7 +235,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"{path} is in the run folder and is not an .html file: the report would "
             "overwrite the run's own files; give another name"
         )
-    run = read_run(run_id(name), run_dir)  # a name not in UTF-8 is written with \xNN
+    # A name not in UTF-8 is written with \xNN; no file outside the run folder is read.
+    run = read_run(run_id(name), run_dir, root=run_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # `-o paper/report.html` makes paper/
         atomic_write(path, render_report(run))

@@ -1,7 +1,9 @@
 """Find runs in a folder and read them without ever writing to them.
 
 A run is a folder holding ``history.json`` (written by :func:`covey.simulate`
-and by deployed servers) and/or ``run.sqlite`` (the store of a deployed server).
+and by deployed servers) and/or ``run.sqlite`` (the store of a deployed server),
+or only the ``run.lock`` (or a ``covey run``'s ``project.json``) of a simulation
+setting up, or killed as it did.
 ``run.json`` beside ``history.json`` says what a simulation ran and whether it
 is done. The SQLite store is opened read-only (a ``mode=ro`` URI), so watching a
 live server never takes a write lock.
@@ -28,24 +30,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from covey.core._files import read_regular
+from covey.dashboard._runjson import (
+    RunReadError as RunReadError,
+)
+from covey.dashboard._runjson import (
+    check_rounds,
+    no_constant,
+    read_json,
+    within,
+)
 from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
-from covey.sim._rundir import stopped_simulation_reason
+from covey.sim._rundir import (
+    SET_UP_FILES,
+    interrupted_set_up_reason,
+    is_set_up_only,
+    stopped_simulation_reason,
+)
 
 HISTORY: Final = "history.json"
 META: Final = "run.json"
 STORE: Final = "run.sqlite"
-MAX_JSON_BYTES: Final = 256 << 20
-"""The largest ``history.json`` or ``run.json`` read (bigger files are refused)."""
 MAX_DEPTH: Final = 3
 """How deep below the runs folder runs are looked for."""
 MAX_RUNS: Final = 10_000
 MAX_EVENTS: Final = 100_000
 """The newest fleet events read from a deployed run's store (older ones are not shown)."""
-
-
-class RunReadError(ValueError):
-    """A run folder whose files cannot be read (too big, not JSON, not a covey run)."""
 
 
 @dataclass
@@ -83,15 +92,18 @@ class Run:
 
         ``"stopped"``: the store (or a simulation's ``run.json``) says running,
         but no process holds the run: it crashed or was killed (a deployed run
-        can be resumed).
+        can be resumed). A simulation that wrote only its ``run.lock`` (or
+        ``project.json``) is ``"starting"`` while a process holds it, else
+        ``"interrupted"`` (killed as it set up; ``meta["stopped_reason"]`` says
+        how to start it again).
         """
         value = self.meta.get("status")
         return value if isinstance(value, str) else "unknown"
 
 
 def is_run(path: Path) -> bool:
-    """Whether ``path`` is a run folder."""
-    return (path / HISTORY).is_file() or (path / STORE).is_file()
+    """Whether ``path`` is a run folder (one not past its set-up included)."""
+    return (path / HISTORY).is_file() or (path / STORE).is_file() or is_set_up_only(path)
 
 
 def run_id(name: str) -> str:
@@ -147,94 +159,13 @@ def signature(path: Path) -> Signature:
     changes no file, yet turns from running to stopped.
     """
     parts = []
-    for name in (HISTORY, META, STORE, STORE + "-wal"):
+    for name in (HISTORY, META, STORE, STORE + "-wal", *SET_UP_FILES):
         with contextlib.suppress(OSError):
             st = (path / name).stat()
             parts.append((name, st.st_size, st.st_mtime_ns))
     held = is_held(path)
     parts.append(("run.lock", -1 if held is None else int(held), 0))
     return Signature(tuple(parts))
-
-
-def _no_constant(name: str) -> None:
-    """``NaN`` and ``Infinity`` in a run's JSON become None (browsers reject them)."""
-    return None
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file written by a run, refusing files over :data:`MAX_JSON_BYTES`."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
-        return json.loads(read_regular(path), parse_constant=_no_constant)
-    except (OSError, ValueError) as exc:
-        # ValueError: not UTF-8, not JSON, or an integer of more digits than Python converts
-        raise RunReadError(f"cannot read {path}: {exc}") from exc
-    except RecursionError:
-        raise RunReadError(f"cannot read {path}: its JSON nests too deeply") from None
-
-
-_ID_LISTS: Final[tuple[str, ...]] = ("fit_participants", "evaluate_participants")
-_FAILURES: Final[tuple[str, ...]] = ("fit_failures", "evaluate_failures")
-_OBJECTS: Final[tuple[str, ...]] = (
-    "fit_metrics",
-    "evaluate_metrics",
-    "central_metrics",
-    "durations",
-)
-
-
-def _wrong_field(item: dict[str, Any]) -> str | None:
-    """What is wrong with a field of a round the page reads, said as ``History.load`` says it.
-
-    Only the fields the page walks through are checked (a few type checks per
-    round, so a long run read again at each new round stays cheap); a number
-    where text belongs, or text where a number belongs, is shown as it is.
-    """
-
-    def got(name: str, want: str) -> str:
-        return f"{name!r} must be {want}, got {item[name]!r:.60}"
-
-    for name in (n for n in _ID_LISTS if n in item):
-        ids = item[name]
-        if not isinstance(ids, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) for c in ids
-        ):
-            return got(name, "a list of client ids")
-    for name in (n for n in _FAILURES if n in item):
-        failures = item[name]
-        if not isinstance(failures, list) or not all(isinstance(f, dict) for f in failures):
-            return got(name, "a list of failures")
-    for name in (n for n in _OBJECTS if n in item):
-        if not isinstance(item[name], dict):
-            return got(name, "an object")
-    if item.get("privacy") is not None and not isinstance(item["privacy"], dict):
-        return got("privacy", "an object or null")
-    return None
-
-
-def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
-    """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys.
-
-    The fields of a round the page walks through (client ids, failures, metrics,
-    durations, privacy) must have the types :meth:`covey.History.load` wants,
-    else the run is unreadable, naming the round and the field.
-    """
-    if not isinstance(raw, list):
-        raise RunReadError(f"{where}: 'rounds' must be a list, got {type(raw).__name__}")
-    rounds: dict[int, dict[str, Any]] = {}
-    for item in raw:
-        if not isinstance(item, dict):
-            raise RunReadError(f"{where}: a round must be an object, got {type(item).__name__}")
-        number = item.get("round")
-        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-            raise RunReadError(f"{where}: a round has no valid 'round' number: {number!r}")
-        wrong = _wrong_field(item)
-        if wrong is not None:
-            raise RunReadError(f"{where}: round {number}: {wrong}")
-        rounds[number] = item
-    return [rounds[k] for k in sorted(rounds)]
 
 
 @contextlib.contextmanager
@@ -275,9 +206,9 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
     config_text, created, updated, status = row
     try:
         if want_rounds:
-            rows = [json.loads(text, parse_constant=_no_constant) for (text,) in records]
+            rows = [json.loads(text, parse_constant=no_constant) for (text,) in records]
             run.rounds = check_rounds(rows, str(db))
-        config = json.loads(config_text, parse_constant=_no_constant)
+        config = json.loads(config_text, parse_constant=no_constant)
         run.clients = {int(cid): str(name) for name, cid in clients}
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
         run.meta.update(config if isinstance(config, dict) else {})
@@ -288,33 +219,41 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
 
 
-def read_run(run_id: str, path: str | Path) -> Run:
+def read_run(run_id: str, path: str | Path, *, root: str | Path | None = None) -> Run:
     """Read one run folder: its settings, rounds and (deployed) clients and events.
 
     Args:
         run_id: The id to give the run (e.g. one :func:`discover_runs` found).
         path: The run folder (holding ``history.json`` and/or ``run.sqlite``).
+        root: The runs folder: a file of the run that resolves outside it (a
+            symbolic link to a file elsewhere) is refused. None: not checked.
 
     Raises:
         RunReadError: if ``path`` is no run folder, or a file is too big, not JSON,
-            or not a covey run.
+            not a covey run, or outside ``root``.
     """
     path = Path(path)
+    top = None if root is None else Path(root)
     if not is_run(path):
         raise RunReadError(f"{path} is not a run folder (no history.json or run.sqlite)")
+    if is_set_up_only(path):
+        return _set_up_run(run_id, path)
     db = path / STORE
     simulated = (path / META).is_file() or not db.is_file()  # a simulation keeps run.json
     run = Run(run_id, path, "simulated" if simulated else "deployed")
     history = path / HISTORY
     if history.is_file():
-        _read_history(run, history)
+        _read_history(run, within(history, top))
     meta_file = path / META
     if meta_file.is_file():
-        meta = read_json(meta_file)
+        meta = read_json(within(meta_file, top))
         if isinstance(meta, dict):
             run.meta.update(meta)
     if db.is_file():
-        _read_store(run, db, want_rounds=not history.is_file())
+        for beside in ("-wal", "-shm"):  # SQLite reads them beside the database
+            if (path / (STORE + beside)).exists():
+                within(path / (STORE + beside), top)
+        _read_store(run, within(db, top), want_rounds=not history.is_file())
     if run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (
@@ -325,6 +264,23 @@ def read_run(run_id: str, path: str | Path) -> Run:
     if not run.meta.get("updated_at"):
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime
+    return run
+
+
+def _set_up_run(run_id: str, path: Path) -> Run:
+    """A simulation not past its set-up: starting (its lock held), or interrupted."""
+    run = Run(run_id, path, "simulated")
+    if is_held(path) is True:
+        run.meta["status"] = "starting"
+    else:
+        run.meta["status"] = "interrupted"
+        run.meta["stopped_reason"] = interrupted_set_up_reason(path)
+    stamps = []
+    for name in SET_UP_FILES:
+        with contextlib.suppress(OSError):
+            stamps.append((path / name).stat().st_mtime)
+    if stamps:
+        run.meta["updated_at"] = max(stamps)
     return run
 
 
@@ -399,9 +355,10 @@ def strategy_name(meta: dict[str, Any]) -> str:
 
 
 def summary(run: Run) -> dict[str, Any]:
-    """The run's row in the list of runs (JSON-ready)."""
+    """The run's row in the list of runs (JSON-ready); ``note``: why it stopped, if it did."""
     done = max((r["round"] for r in run.rounds), default=None)
     started = run.meta.get("started") or run.meta.get("created_at")
+    reason = run.meta.get("stopped_reason")
     return {
         "id": run.id,
         "kind": run.kind,
@@ -412,6 +369,7 @@ def summary(run: Run) -> dict[str, Any]:
         "best": best_metric(run.rounds),
         "started": started,
         "updated": run.meta.get("updated_at"),
+        "note": reason if isinstance(reason, str) else None,
     }
 
 

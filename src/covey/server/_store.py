@@ -420,7 +420,10 @@ class RunStore(RunRecords):
         """Forget every round newer than ``round`` (all of them if None), files included.
 
         Use it to resume from an older round than :meth:`last_round`, e.g. the one
-        :meth:`load_latest_valid` returned.
+        :meth:`load_latest_valid` returned. Safe to die at any point: the rounds'
+        weights are unnamed first (no resume loads them, nor takes their files for
+        rounds the database lost), then their files and rows go; a resume after a
+        crash goes on from ``round`` again and discards them again.
 
         Returns:
             The rounds discarded.
@@ -428,15 +431,16 @@ class RunStore(RunRecords):
         floor = -1 if round is None else int(round)
         with self._save_lock:
             with self._db.transaction() as conn:
-                rows = conn.execute(
-                    "SELECT round, weights_file FROM rounds WHERE round > ? ORDER BY round",
+                rows = conn.execute("SELECT round FROM rounds WHERE round > ?", (floor,)).fetchall()
+                conn.execute(
+                    "UPDATE rounds SET weights_file = NULL, sha256 = NULL WHERE round > ?",
                     (floor,),
-                ).fetchall()
+                )
+            for (r,) in rows:  # the round's own file, whatever its row named
+                (self._weights_dir / weights_file_name(r)).unlink(missing_ok=True)
+            with self._db.transaction() as conn:
                 conn.execute("DELETE FROM rounds WHERE round > ?", (floor,))
-            for r, name in rows:  # the round's own file, whatever its row names
-                if name is not None:
-                    (self._weights_dir / weights_file_name(r)).unlink(missing_ok=True)
-        return [int(r) for r, _ in rows]
+        return sorted(int(r) for (r,) in rows)
 
     def history(self) -> History:
         """The run's :class:`History`: the saved round records, its config and client names."""

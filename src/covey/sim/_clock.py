@@ -186,6 +186,7 @@ class ClockedTransport:
         self.deadline = deadline
         self.now = 0.0
         self.rounds: list[tuple[int, int, int, float]] = []
+        self._offline: frozenset[int] = frozenset()
 
     @property
     def num_workers(self) -> int:
@@ -195,6 +196,13 @@ class ClockedTransport:
     def clients(self) -> Sequence[int]:
         """The clients of the wrapped transport."""
         return self._transport.clients()
+
+    def reached(self, cid: int) -> bool:
+        """Whether the last exchange's task reached ``cid`` (not if it was offline).
+
+        A straggler did receive its task: it fails for training too slowly.
+        """
+        return cid not in self._offline
 
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
@@ -209,9 +217,11 @@ class ClockedTransport:
         slowest = 0.0
         late = 0
         rng = np.random.default_rng([self.clock.seed, 3, rnd])
+        offline: set[int] = set()
         for cid, on in zip(cids.tolist(), up.tolist(), strict=True):
             task = tasks[cid]
             if not on:
+                offline.add(cid)
                 failed.append(Reply(cid, task.kind, error=offline_error(rnd)))
                 continue
             if trains(task):
@@ -233,6 +243,7 @@ class ClockedTransport:
             elapsed = self.deadline if late and self.deadline is not None else slowest
             self.now += elapsed
             self.rounds.append((rnd, int(up.sum()), late, elapsed))
+        self._offline = frozenset(offline)
         yield from failed
         if run:
             yield from self._transport.exchange(run, timeout=timeout)

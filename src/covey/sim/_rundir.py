@@ -25,8 +25,11 @@ if TYPE_CHECKING:  # NumPy is slow to load for `covey runs list`
     from covey.core._history import History
 
 __all__ = [
+    "SET_UP_FILES",
     "end_run_meta",
     "how_to_resume",
+    "interrupted_set_up_reason",
+    "is_set_up_only",
     "kept_history",
     "new_run_command",
     "resume_command",
@@ -38,6 +41,32 @@ __all__ = [
 ]
 
 logger = logging.getLogger("covey")
+
+SET_UP_FILES = (LOCK_NAME, "project.json")
+"""What a simulation writes as it sets up, before its first round: its lock, project settings."""
+
+
+def is_set_up_only(folder: Path) -> bool:
+    """Whether ``folder`` holds a simulation that never got past its set-up.
+
+    It holds a :data:`SET_UP_FILES` file but neither ``history.json`` nor ``run.sqlite``:
+    the run is starting, or was killed or interrupted as it started.
+    """
+    if (folder / "history.json").is_file() or (folder / DB_NAME).is_file():
+        return False
+    return any((folder / name).is_file() for name in SET_UP_FILES)
+
+
+def interrupted_set_up_reason(folder: Path, *, prefix: bool = True) -> str:
+    """Why a run :func:`is_set_up_only` and held by no process shows nothing, and what to do.
+
+    ``prefix``: begin with ``"interrupted during set-up: "``.
+    """
+    return (
+        ("interrupted during set-up: " if prefix else "")
+        + "its simulation stopped before its first round (killed or interrupted as it "
+        f"started); `{resume_command(folder)}` starts it again at round 1"
+    )
 
 
 @contextlib.contextmanager

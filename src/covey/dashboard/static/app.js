@@ -251,7 +251,7 @@ async function showList() {
   const rows = data.runs.map((r) => `<tr data-run-id="${esc(r.id)}">
     <td><input type="checkbox" value="${esc(r.id)}"></td>
     <td><a href="#/run/${encodeURIComponent(r.id)}">${esc(r.id)}</a></td>
-    <td class="status-${esc(r.status)}" title="${esc(r.error ?? "")}">${esc(r.status)}</td>
+    <td class="status-${esc(r.status)}" title="${esc(r.error ?? r.note ?? "")}">${esc(r.status)}</td>
     <td>${esc(r.kind ?? "–")}</td><td>${esc(r.strategy ?? "–")}</td>
     <td class="num">${esc(r.rounds_done ?? "–")} / ${esc(r.rounds_planned ?? "?")}</td>
     <td>${r.best ? esc(r.best.name) + " " + num(r.best.value) : "–"}</td>

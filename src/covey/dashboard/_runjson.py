@@ -1,0 +1,122 @@
+"""Reading a run's JSON (``history.json``, ``run.json``, round records) for the dashboard.
+
+Every file is read with a cap on its size, as a regular file (a named pipe is
+not waited on), and the fields of a round the page walks through are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+from covey.core._files import read_regular
+
+MAX_JSON_BYTES: Final = 256 << 20
+"""The largest ``history.json`` or ``run.json`` read (bigger files are refused)."""
+
+
+class RunReadError(ValueError):
+    """A run folder whose files cannot be read (too big, not JSON, not a covey run)."""
+
+
+def within(path: Path, root: Path | None) -> Path:
+    """``path``, resolved; refused if it resolves outside ``root`` (None: not checked).
+
+    A run's file that is a symbolic link (or sits below one) to a file outside the
+    runs folder is not read: the dashboard shows what is in the folder it was given,
+    never a file elsewhere that someone who can write a run folder points it at.
+
+    Raises:
+        RunReadError: naming ``path`` and ``root``, if it resolves outside ``root``.
+    """
+    if root is None:
+        return path
+    real, top = path.resolve(), root.resolve()
+    if not real.is_relative_to(top):
+        raise RunReadError(
+            f"{path} is a link to a file outside {root}: the dashboard reads no file "
+            "outside the folder it shows (copy the file into the run folder instead)"
+        )
+    return real
+
+
+def no_constant(name: str) -> None:
+    """``NaN`` and ``Infinity`` in a run's JSON become None (browsers reject them)."""
+    return None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file written by a run, refusing files over :data:`MAX_JSON_BYTES`."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
+        return json.loads(read_regular(path), parse_constant=no_constant)
+    except (OSError, ValueError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer of more digits than Python converts
+        raise RunReadError(f"cannot read {path}: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"cannot read {path}: its JSON nests too deeply") from None
+
+
+_ID_LISTS: Final[tuple[str, ...]] = ("fit_participants", "evaluate_participants")
+_FAILURES: Final[tuple[str, ...]] = ("fit_failures", "evaluate_failures")
+_OBJECTS: Final[tuple[str, ...]] = (
+    "fit_metrics",
+    "evaluate_metrics",
+    "central_metrics",
+    "durations",
+)
+
+
+def _wrong_field(item: dict[str, Any]) -> str | None:
+    """What is wrong with a field of a round the page reads, said as ``History.load`` says it.
+
+    Only the fields the page walks through are checked (a few type checks per
+    round, so a long run read again at each new round stays cheap); a number
+    where text belongs, or text where a number belongs, is shown as it is.
+    """
+
+    def got(name: str, want: str) -> str:
+        return f"{name!r} must be {want}, got {item[name]!r:.60}"
+
+    for name in (n for n in _ID_LISTS if n in item):
+        ids = item[name]
+        if not isinstance(ids, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in ids
+        ):
+            return got(name, "a list of client ids")
+    for name in (n for n in _FAILURES if n in item):
+        failures = item[name]
+        if not isinstance(failures, list) or not all(isinstance(f, dict) for f in failures):
+            return got(name, "a list of failures")
+    for name in (n for n in _OBJECTS if n in item):
+        if not isinstance(item[name], dict):
+            return got(name, "an object")
+    if item.get("privacy") is not None and not isinstance(item["privacy"], dict):
+        return got("privacy", "an object or null")
+    return None
+
+
+def check_rounds(raw: Any, where: str) -> list[dict[str, Any]]:
+    """Check that ``raw`` is a list of round dicts with distinct integer ``round`` keys.
+
+    The fields of a round the page walks through (client ids, failures, metrics,
+    durations, privacy) must have the types :meth:`covey.History.load` wants,
+    else the run is unreadable, naming the round and the field.
+    """
+    if not isinstance(raw, list):
+        raise RunReadError(f"{where}: 'rounds' must be a list, got {type(raw).__name__}")
+    rounds: dict[int, dict[str, Any]] = {}
+    for item in raw:
+        if not isinstance(item, dict):
+            raise RunReadError(f"{where}: a round must be an object, got {type(item).__name__}")
+        number = item.get("round")
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise RunReadError(f"{where}: a round has no valid 'round' number: {number!r}")
+        wrong = _wrong_field(item)
+        if wrong is not None:
+            raise RunReadError(f"{where}: round {number}: {wrong}")
+        rounds[number] = item
+    return [rounds[k] for k in sorted(rounds)]
