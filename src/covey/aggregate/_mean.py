@@ -239,10 +239,8 @@ def _mean_step(weighted: bool) -> Step:
 
     def update(state: _MeanState, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Contribution):
-            # A sum that overflows (finite updates near float64's limit) gives an Inf the
-            # round loop refuses, keeping the model: no warning (an error under -W error).
-            with np.errstate(over="ignore", invalid="ignore"):
-                return _mean_contribution(state, event, weighted)
+            # No np.errstate here: _fold catches its own overflow and rescales.
+            return _mean_contribution(state, event, weighted)
         if isinstance(event, Begin):
             ints = frozenset(k for k, v in event.params.items() if v.dtype.kind in "iu")
             return _MeanState(params=event.params, ints=ints), ()

@@ -18,6 +18,8 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
@@ -391,7 +393,10 @@ class _LoopBase:
             return
         record.aggregate_info.update(aggregate.info)
         try:
-            new = aggregate.apply(self.weights)
+            # A sum past the dtype's range is an Inf the check below refuses, keeping
+            # the model: not a warning (an error under -W error that would stop the run).
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = aggregate.apply(self.weights)
             self.spec.check(new, what=f"{self._step} {rnd}'s aggregate")
         except WeightsError as exc:
             logger.error(
