@@ -392,3 +392,26 @@ def test_a_run_killed_during_set_up_is_listed_with_how_to_start_it_again(
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def test_a_deployed_run_killed_before_its_history_was_written_is_listed_and_shown(
+    tmp_path: Path,
+) -> None:
+    # A server killed while it waited for its first clients leaves run.sqlite (status
+    # running) and no history.json: `covey runs list` skipped it ("no runs in ...")
+    # and `covey runs show` could not read it, while the dashboard listed it.
+    from covey.server._store import RunStore
+
+    run = tmp_path / "runs" / "study"
+    RunStore.create(run, config={"backend": "grpc", "rounds": 3}, exclusive=True).close()
+    assert not (run / "history.json").exists()
+    runner = CliRunner(env={"COLUMNS": "250"})
+    listed = runner.invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert listed.exit_code == 0, listed.output
+    assert "study" in listed.output
+    assert "stopped" in listed.output
+    assert "running" not in listed.output
+    shown = runner.invoke(app, ["runs", "show", str(run)])
+    assert shown.exit_code == 0, shown.output
+    assert "stopped" in shown.output
+    assert "covey server --resume" in " ".join(shown.output.split())

@@ -117,7 +117,7 @@ def find_run(run: str, runs_dir: Path) -> Path:
     from covey.core._history import History
 
     for candidate in (Path(run), runs_dir / run):
-        if (candidate / History.FILE_NAME).is_file():
+        if any((candidate / f).is_file() for f in (History.FILE_NAME, STORE)):
             return candidate
     for candidate in (Path(run), runs_dir / run):
         _not_started(candidate)
@@ -254,11 +254,33 @@ def load_history(folder: Path, notices: list[str]) -> History:
     """
     from covey.core._history import History
 
+    if not (folder / History.FILE_NAME).is_file() and (folder / STORE).is_file():
+        return _store_history(folder)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         history = History.load(folder)
     notices.extend(str(w.message) for w in caught if str(w.message) not in notices)
     return history
+
+
+STORE = "run.sqlite"  # a deployed run's store (a simulation with a checkpoint keeps one too)
+#: What the dashboard's reading of a run adds to its settings: not the run's config.
+_READ_META = ("status", "created_at", "updated_at", "stopped_reason")
+
+
+def _store_history(folder: Path) -> History:
+    """The history a deployed run's ``run.sqlite`` holds, read only.
+
+    A server killed before it wrote ``history.json`` (waiting for its first
+    clients) leaves its store alone: its rounds, settings and clients are there.
+    """
+    from covey.core._history import History
+    from covey.dashboard._runs import read_run
+
+    run = read_run(folder.name, folder)  # RunReadError is a ValueError
+    config = {k: v for k, v in run.meta.items() if k not in _READ_META}
+    clients = {str(cid): name for cid, name in run.clients.items()}
+    return History.from_dict({"rounds": run.rounds, "config": config, "clients": clients})
 
 
 def print_notices(notices: list[str]) -> None:
@@ -290,7 +312,7 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
         if is_set_up_only(folder):
             found.append((name, folder, None))
             continue
-        if not (folder / History.FILE_NAME).is_file():
+        if not any((folder / f).is_file() for f in (History.FILE_NAME, STORE)):
             continue
         try:
             found.append((name, folder, load_history(folder, notices)))
@@ -393,7 +415,7 @@ def _row(
 
 def _modified(folder: Path) -> str:
     """When the newest of ``folder``'s run files changed (``-`` if none can be read)."""
-    names = ("history.json",) if (folder / "history.json").is_file() else SET_UP_FILES
+    names = ("history.json",) if (folder / "history.json").is_file() else (*SET_UP_FILES, STORE)
     stamps = []
     for name in names:
         with contextlib.suppress(OSError):
