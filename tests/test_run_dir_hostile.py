@@ -300,3 +300,40 @@ def test_a_huge_file_in_place_of_a_rounds_weights_is_refused_without_reading_it_
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8 << 20  # read a chunk at a time, never whole
+
+
+def test_settings_files_and_a_privacy_ledger_over_their_cap_are_refused_unread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # run.json, project.json and a LocalDP ledger were read whole, whatever their size:
+    # a 2 GiB file put in a run folder took 2 GiB (and more to decode) to be refused.
+    import typer
+
+    import covey
+    from covey import privacy
+    from covey.cli._project_sim import same_settings
+
+    class Still(covey.Client):
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            return covey.FitResult(weights=weights, num_examples=1)
+
+    huge = 2**31  # sparse: no disk used
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / "project.json", "wb") as handle:
+        handle.truncate(huge)
+    with pytest.raises(typer.Exit):
+        same_settings(run_dir, {}, resume=True, rounds=3)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{huge:,} bytes, more than the" in said
+    ledger = tmp_path / "ledger.json"
+    with open(ledger, "wb") as handle:
+        handle.truncate(huge)
+    with pytest.raises(ValueError, match=f"{huge:,} bytes, more than the"):
+        privacy.LocalDP(
+            Still(),
+            epsilon=1.0,
+            delta=1e-5,
+            clip=1.0,
+            ledger_path=ledger,
+        )

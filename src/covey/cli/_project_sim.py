@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from covey.cli._model import MODEL_FILE, RoundModels, keep_model, not_saved, save_model
-from covey.core._files import atomic_write
+from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_regular
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 
@@ -71,7 +71,7 @@ def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: i
     if not path.exists() and not path.is_symlink():  # a run of simulate() keeps none
         return
     try:  # a named pipe would wait for a writer for ever
-        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else path
+        kept = json.loads(read_regular(path, MAX_SETTINGS_BYTES)) if path.is_file() else path
     except (OSError, ValueError, RecursionError) as exc:  # nested too deeply: damaged too
         kept = exc
     if not isinstance(kept, dict):
@@ -112,7 +112,7 @@ def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
         if not (run_dir / name).is_file():  # nor a named pipe, which would wait for ever
             continue
         try:
-            kept = json.loads((run_dir / name).read_text(encoding="utf-8"))
+            kept = json.loads(read_regular(run_dir / name, MAX_SETTINGS_BYTES))
         except (OSError, ValueError, RecursionError):
             continue
         rounds = kept.get("rounds") if isinstance(kept, dict) else None

@@ -29,7 +29,7 @@ from covey.cli._rounds import (
     round_table,
     shown_rounds,
 )
-from covey.core._files import read_regular
+from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.dashboard._runs import discover_runs
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
@@ -200,7 +200,7 @@ def _run_json(folder: Path) -> dict[str, Any]:
     not waited on, and JSON nested too deeply is damaged like any other.
     """
     try:
-        data = json.loads(read_regular(folder / "run.json").decode("utf-8"))
+        data = json.loads(read_regular(folder / "run.json", MAX_SETTINGS_BYTES).decode("utf-8"))
     except (OSError, ValueError, RecursionError):  # no run.json, or damaged
         return {}
     return data if isinstance(data, dict) else {}

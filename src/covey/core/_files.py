@@ -99,6 +99,11 @@ def fsync_dir(directory: str | Path) -> None:
             os.close(fd)
 
 
+MAX_SETTINGS_BYTES = 16 * 2**20
+"""The most bytes of a run's settings file (``run.json``, ``project.json``) or privacy
+ledger read: far above what covey writes, and a substituted huge file is refused unread."""
+
+
 class TooLargeError(ValueError):
     """A file larger than its reader takes: refused before any of it is read.
 

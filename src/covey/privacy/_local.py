@@ -23,7 +23,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.clients._client import Client, lend
-from covey.core._files import atomic_write
+from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_regular
 from covey.core._messages import Config, EvaluateResult, FitResult, real
 from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
@@ -241,7 +241,7 @@ class LocalDP(ClipUpdates):
 def read_ledger(path: Path, accountant: Accountant, who: str = "LocalDP") -> Ledger:
     """The ledger kept in ``path``, checked entry by entry; an error naming the file."""
     try:
-        ledger = Ledger.from_json(json.loads(path.read_text(encoding="utf-8")))
+        ledger = Ledger.from_json(json.loads(read_regular(path, MAX_SETTINGS_BYTES)))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"{who}: cannot read the privacy ledger {path}: {exc}") from None
     if ledger.accountant != accountant:

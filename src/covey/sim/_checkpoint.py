@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from covey.compress import Scheme, TopK
+from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsSpec
 from covey.server._resume import resume_point, same_strategy, strategy_changes
@@ -194,7 +195,7 @@ class SimCheckpoint:
         if path is None or self.start <= 1 or not path.is_file():
             return meta
         with contextlib.suppress(OSError, ValueError, RecursionError):  # damaged: as new
-            kept = json.loads(path.read_text(encoding="utf-8"))
+            kept = json.loads(read_regular(path, MAX_SETTINGS_BYTES).decode("utf-8"))
             if isinstance(kept, dict):
                 for key in ("ended", "stopped_reason"):
                     kept.pop(key, None)
