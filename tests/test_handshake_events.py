@@ -150,6 +150,34 @@ def test_failed_handshakes_are_events_naming_the_peer(tmp_path: Path) -> None:
         assert f"peer {client}" in detail
 
 
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_a_client_refusing_the_servers_host_name_is_not_blamed_for_its_certificate(
+    tmp_path: Path,
+) -> None:
+    fed = tmp_path / "fed"
+    init_federation(fed)  # the server certificate lists localhost and 127.0.0.1
+    issue_client(fed, "c0")
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    run = tmp_path / "run"
+    served = Served(strategy, 1, certs=fed, run_dir=run, round_timeout=20)
+    # A client with a good certificate that dials a name the server certificate lacks.
+    context = ssl.create_default_context(cafile=str(fed / "ca.pem"))
+    context.load_cert_chain(fed / "clients" / "c0.pem", fed / "clients" / "c0.key")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
+        peer = f"ipv4:127.0.0.1:{raw.getsockname()[1]}"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            context.wrap_socket(raw, server_hostname="elsewhere.example.org")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and peer not in dict(_refusals(run)):
+        time.sleep(0.1)
+    honest = Joined(served.port, Fit(), tls=tls_from_certs(fed, "c0"))
+    served.join(60)
+    honest.join()
+    detail = dict(_refusals(run))[peer]
+    assert "the client refused this server's certificate" in detail
+    assert "host name the certificate does not list; it lists localhost, 127.0.0.1" in detail
+
+
 def test_one_hosts_failures_are_reported_each_then_at_powers_of_two() -> None:
     from covey.transport.grpc._handshakes import HandshakeWatch
 

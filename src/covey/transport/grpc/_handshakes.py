@@ -13,6 +13,11 @@ either. A failure is logged with the peer's address and recorded as a
 ``refused`` fleet event; past a host's first 8 failures only the 16th, 32nd,
 64th... are reported, with the count, so a scanner cannot fill the run's log.
 
+gRPC does not say which end refused: a client that refuses this server's
+certificate (most often for a host name the certificate does not list) fails
+here just as a client this server refuses. The report names both, with the
+hosts the server certificate lists.
+
 On systems without ``/proc/self/fd`` nothing is recorded (gRPC's own log line
 remains). A connection that completes the handshake and closes within a poll
 interval without opening a stream is also reported (as not having made a call).
@@ -28,10 +33,10 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["HandshakeWatch", "parse_peer"]
+__all__ = ["HandshakeWatch", "certificate_hosts", "parse_peer"]
 
 logger = logging.getLogger("covey")
 
@@ -51,10 +56,26 @@ FIRST_REPORTED = 8
 """Failures of one host reported each; after them, only the 16th, 32nd, 64th..."""
 MAX_HOSTS = 10_000
 """Most hosts whose failures are counted; past it, the counts start again."""
-REASON = (
-    "TLS handshake failed or no call was made: no client certificate, one the "
-    "federation's CA did not sign, or not a covey client"
+FAILED = "TLS handshake failed or no call was made"
+WHY = (
+    "either the client refused this server's certificate (e.g. it dialled a host name the "
+    "certificate does not list{hosts}), or this server refused the client: no client "
+    "certificate, one the federation's CA did not sign, or not a covey client"
 )
+"""Why, in both directions: gRPC does not tell which end refused (``{hosts}``: those listed)."""
+
+
+def certificate_hosts(cert: bytes) -> list[str]:
+    """The DNS names and IP addresses a PEM certificate lists (empty if it cannot be read)."""
+    from cryptography import x509
+
+    try:
+        found = x509.load_pem_x509_certificate(cert)
+        san = found.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    names = [str(name) for name in san.get_values_for_type(x509.DNSName)]
+    return names + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
 def parse_peer(peer: str) -> Peer | None:
@@ -151,11 +172,15 @@ class HandshakeWatch:
     Args:
         record: ``(name, event, detail)``, called with ``(peer, "refused", why)`` for each
             reported failure.
+        hosts: The host names and addresses the server's certificate lists, named when a
+            client may have refused it.
     """
 
-    def __init__(self, record: Callable[[str, str, str], None]) -> None:
+    def __init__(self, record: Callable[[str, str, str], None], hosts: Sequence[str] = ()) -> None:
         """A watch that records through ``record``; :attr:`port` is set once the server listens."""
         self.record = record
+        listed = f"; it lists {', '.join(hosts)}" if hosts else ""
+        self._why = WHY.format(hosts=listed)
         self.port = 0
         self._lock = threading.Lock()
         self._pending: dict[Peer, float] = {}
@@ -271,7 +296,7 @@ class HandshakeWatch:
         count = self._failures[host] = self._failures.get(host, 0) + 1
         if count > FIRST_REPORTED and count & (count - 1):  # then the 16th, 32nd, 64th...
             return
-        detail = f"{REASON} (peer {name}; failure {count} from {host})"
+        detail = f"{FAILED}: {self._why} (peer {name}; failure {count} from {host})"
         logger.warning("refused a connection from %s: %s", name, detail)
         try:
             self.record(name, "refused", detail)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from covey.transport.grpc._capacity import SPARE, Capacity
-from covey.transport.grpc._handshakes import HandshakeWatch
+from covey.transport.grpc._handshakes import HandshakeWatch, certificate_hosts
 from covey.transport.grpc._listen import ListenError, PortTaken, bind_all
 
 if TYPE_CHECKING:
@@ -147,7 +147,8 @@ def _bind(
     else:
         # Dynamic credentials only for their per-connection hook: the watch notes who
         # connects, so that failed handshakes are reported with the peer's address.
-        watch = service.handshakes = HandshakeWatch(service.registry.event)
+        hosts = certificate_hosts(tls.cert)
+        watch = service.handshakes = HandshakeWatch(service.registry.event, hosts)
 
         def add(target: str) -> int:
             # Credentials of their own for each address: a second port given the same
