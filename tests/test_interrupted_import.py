@@ -196,3 +196,25 @@ def test_the_command_line_exits_130_on_an_error_that_ctrl_c_caused(
         cli.main()
     assert stopped.value.code == 130
     assert "ImportError" not in capsys.readouterr().err
+
+
+def test_ctrl_c_as_a_simulated_client_imports_a_module_stops_the_run(tmp_path: Path) -> None:
+    # The client's fit (inline: in this process) was interrupted, not the client failing:
+    # the run went on, the client's failure recorded, as if Ctrl-C had not been pressed.
+    class Importing(covey.Client):
+        def fit(self, weights: covey.Weights, config: covey.core.Config) -> covey.FitResult:
+            _import_interrupted()
+            return covey.FitResult(weights=weights, num_examples=1)
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        covey.simulate(
+            lambda cid: Importing(),
+            num_clients=2,
+            rounds=2,
+            strategy=covey.FedAvg(fraction_evaluate=0.0),
+            initial_weights={"w": np.ones(2)},
+            backend="inline",
+            run_dir=run,
+        )
+    assert covey.History.load(run).stopped_reason == "interrupted (SIGINT)"
