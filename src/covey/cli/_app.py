@@ -20,6 +20,7 @@ from rich.markup import escape
 
 import covey
 from covey.core._extras import MissingExtraError, extra_for
+from covey.core._interrupt import interrupt_in, interrupts_as_such
 from covey.deploy._cli_tables import output_console
 
 if TYPE_CHECKING:
@@ -179,7 +180,8 @@ def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> Simulation
     # With --out: the model after the last complete round, whatever stops the run.
     models = None if out is None else RoundModels(None)
     try:
-        result = run_demo(config, run_dir=run_dir, progress=True, models=models)
+        with interrupts_as_such():  # Ctrl-C that an import made an ImportError, say: Ctrl-C
+            result = run_demo(config, run_dir=run_dir, progress=True, models=models)
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         if models is not None:
@@ -296,6 +298,8 @@ def main() -> None:
             _usage_error(exc)
         if verbose:
             raise
+        if interrupt_in(exc) is not None:  # Ctrl-C that an import made an ImportError, say
+            raise SystemExit(130) from None
         err = Console(stderr=True, highlight=False, emoji=False)
         extra = extra_for(exc)
         if isinstance(exc, MissingExtraError) or extra is not None:

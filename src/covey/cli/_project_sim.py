@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from covey.cli._model import MODEL_FILE, RoundModels, keep_model, not_saved, save_model
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_regular
+from covey.core._interrupt import interrupts_as_such
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 
@@ -206,24 +207,26 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     )
     models = RoundModels(server_app.evaluate_fn)  # keeps the model after the last round done
     try:
-        result = covey.simulate(
-            functools.partial(
-                _client, make_client, settings.run["client_app"], settings.app_config()
-            ),
-            clients,
-            rounds,
-            server_app.strategy,
-            server_app.weights,  # called by simulate(): the step-0 model is freed after round 1
-            models.evaluate,
-            backend=backend,  # type: ignore[arg-type]
-            start_method=start_method,
-            seed=int(run.get("seed", server_app.seed)),
-            progress=True,
-            on_round=models.finished,
-            run_dir=run_dir,
-            resume=resume is not None,
-            compression=server_app.compression,
-        )
+        with interrupts_as_such():  # an error Ctrl-C caused (an ImportError, say): Ctrl-C
+            result = covey.simulate(
+                functools.partial(
+                    _client, make_client, settings.run["client_app"], settings.app_config()
+                ),
+                clients,
+                rounds,
+                server_app.strategy,
+                # called by simulate(): the step-0 model is freed after round 1
+                server_app.weights,
+                models.evaluate,
+                backend=backend,  # type: ignore[arg-type]
+                start_method=start_method,
+                seed=int(run.get("seed", server_app.seed)),
+                progress=True,
+                on_round=models.finished,
+                run_dir=run_dir,
+                resume=resume is not None,
+                compression=server_app.compression,
+            )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
         # the model after the last round that finished, as a finished run keeps its own

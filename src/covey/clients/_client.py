@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
 
@@ -302,7 +303,9 @@ def task_kinds() -> tuple[str, ...]:
 def run_task(client: Any, cid: int, task: Task) -> Reply:
     """Perform ``task`` on ``client`` and return its :class:`Reply`; never raises.
 
-    An exception inside the client becomes ``Reply.error`` with the traceback.
+    An exception inside the client becomes ``Reply.error`` with the traceback; one
+    that Ctrl-C caused (as the client imported a compiled module, say) is raised
+    as the ``KeyboardInterrupt`` it was: the run's, not the client's.
     """
     handler = _handler(task.kind)
     if handler is None:
@@ -321,7 +324,9 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
         ):
             task = _own_weights(task)
         return Reply(cid, task.kind, result=handler(client, task))
-    except Exception as exc:  # noqa: BLE001 - any error in the client's code becomes its reply's
+    except Exception as exc:  # any error in the client's code becomes its reply's
+        if interrupt_in(exc) is not None:
+            raise as_interrupt(exc) from exc
         return Reply(cid, task.kind, error=traceback.format_exc() + _hint(exc))
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from covey.core._interrupt import interrupts_as_such
 from covey.deploy._cli_errors import (
     address_flag,
     compression_spec,
@@ -180,32 +181,33 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
     try:
         stop_on_sigterm()
-        result = serve(
-            server_app.strategy,
-            _rounds(server_app, flags),
-            # serve calls it (resuming: to check its layout against the run's model,
-            # or to start again a run killed before round 0 was saved), and so keeps
-            # the only reference to the step-0 model
-            server_app.weights,
-            flags["address"],
-            evaluate_fn=server_app.evaluate_fn,
-            certs=flags["certs"],
-            insecure=flags["insecure"],
-            run_dir=run,
-            resume=resuming,
-            seed=server_app.seed,
-            round_timeout=_pick(flags["round_timeout"], s, "round_timeout", None),
-            wait_timeout=_pick(flags["wait_timeout"], s, "wait_timeout", 300.0),
-            heartbeat=_pick(flags["heartbeat"], s, "heartbeat", 5.0),
-            on_round=shown.on_round,
-            on_listen=listening,
-            on_event=shown.on_event,
-            client_names=names,
-            plot=plot,
-            compression=flags["compression"] or server_app.compression,
-            keep_last=flags["keep_last"],
-            max_clients=flags.get("max_clients", 1000),  # a project federation: the default
-        )
+        with interrupts_as_such():  # an error Ctrl-C caused (an ImportError, say): Ctrl-C
+            result = serve(
+                server_app.strategy,
+                _rounds(server_app, flags),
+                # serve calls it (resuming: to check its layout against the run's model,
+                # or to start again a run killed before round 0 was saved), and so keeps
+                # the only reference to the step-0 model
+                server_app.weights,
+                flags["address"],
+                evaluate_fn=server_app.evaluate_fn,
+                certs=flags["certs"],
+                insecure=flags["insecure"],
+                run_dir=run,
+                resume=resuming,
+                seed=server_app.seed,
+                round_timeout=_pick(flags["round_timeout"], s, "round_timeout", None),
+                wait_timeout=_pick(flags["wait_timeout"], s, "wait_timeout", 300.0),
+                heartbeat=_pick(flags["heartbeat"], s, "heartbeat", 5.0),
+                on_round=shown.on_round,
+                on_listen=listening,
+                on_event=shown.on_event,
+                client_names=names,
+                plot=plot,
+                compression=flags["compression"] or server_app.compression,
+                keep_last=flags["keep_last"],
+                max_clients=flags.get("max_clients", 1000),  # a project federation: the default
+            )
     except FileExistsError:
         _forget(run, flags)
         console.print(

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
 from covey.core._history import History, RoundRecord
+from covey.core._interrupt import interrupt_in, interrupts_as_such
 from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.deploy._names import ClientNames, LateStore
@@ -237,7 +238,8 @@ def serve(
         del initial_weights, start_weights, template
         if run.history is None:
             loop.history.config = run.config
-        loop.run(rounds, start=run.start)
+        with interrupts_as_such():  # Ctrl-C as a plot imports matplotlib: an ImportError
+            loop.run(rounds, start=run.start)
         run.end(None, names)
     except BaseException as exc:
         goodbye = _goodbye(exc)  # told to the clients even if the end cannot be recorded
@@ -306,7 +308,7 @@ def _goodbye(exc: BaseException) -> str:
     if isinstance(exc, FederationError):
         lines = str(exc).strip().splitlines() or ["the run failed"]
         return f"{STOPPED}{lines[0][:300]}"
-    if isinstance(exc, KeyboardInterrupt):
+    if interrupt_in(exc) is not None:  # an error Ctrl-C caused (an ImportError, say) too
         return f"{STOPPED}the server was interrupted"
     return f"{STOPPED}the server failed ({type(exc).__name__})"
 
@@ -315,15 +317,16 @@ def _describe(exc: BaseException) -> str:
     """The reason a run stopped, with the traceback of an unexpected error."""
     if isinstance(exc, FederationError) and exc.history.stopped_reason:
         return exc.history.stopped_reason
-    if isinstance(exc, KeyboardInterrupt):  # KeyboardInterrupt("SIGTERM"): see covey server
-        return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
+    interrupt = interrupt_in(exc)  # KeyboardInterrupt("SIGTERM"): see covey server
+    if interrupt is not None:  # or an error it caused (as a module imported, say)
+        return f"interrupted ({interrupt.args[0] if interrupt.args else 'SIGINT'})"
     return "".join(traceback.format_exception(exc))
 
 
 def _reason(exc: BaseException) -> str:
     """The one line a run records for ``exc``, with the notes covey added (who raised it)."""
     line = _first_line(_describe(exc))
-    if isinstance(exc, FederationError | KeyboardInterrupt):
+    if isinstance(exc, FederationError) or interrupt_in(exc) is not None:
         return line
     notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
     return line + "".join(f" ({' '.join(note.split())})" for note in notes)

@@ -19,6 +19,7 @@ from shlex import quote
 from typing import TYPE_CHECKING, Any
 
 from covey.core._files import atomic_write
+from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.server._rundb import DB_NAME, LOCK_NAME, hold_run, is_held
 
 if TYPE_CHECKING:  # NumPy is slow to load for `covey runs list`
@@ -176,20 +177,28 @@ def stop_reason(exc: BaseException) -> str:
     The notes covey adds to an error (the function that raised it, its client and
     round) follow the message, each in parentheses.
     """
-    if isinstance(exc, KeyboardInterrupt):  # worded as a deployed run's: Ctrl-C sends SIGINT
-        return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
+    interrupt = interrupt_in(exc)  # Ctrl-C as a module imported: an ImportError, say
+    if interrupt is not None:  # worded as a deployed run's: Ctrl-C sends SIGINT
+        return f"interrupted ({interrupt.args[0] if interrupt.args else 'SIGINT'})"
     notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
     return f"{type(exc).__name__}: {exc}" + "".join(f" ({' '.join(n.split())})" for n in notes)
 
 
 @contextlib.contextmanager
 def kept_history(history: History, path: Path | None) -> Iterator[None]:
-    """Write ``history`` to ``path`` however the block ends; if it raised, with why it stopped."""
+    """Write ``history`` to ``path`` however the block ends; if it raised, with why it stopped.
+
+    An error that Ctrl-C caused (in a module being imported, say) is raised as
+    the ``KeyboardInterrupt`` it was.
+    """
     try:
         yield
-    except BaseException as exc:
-        history.stopped_reason = history.stopped_reason or stop_reason(exc)
-        raise
+    except BaseException as caught:
+        history.stopped_reason = history.stopped_reason or stop_reason(caught)
+        exc = as_interrupt(caught)
+        if exc is caught:
+            raise
+        raise exc from caught
     finally:
         save_history(history, path)
 
