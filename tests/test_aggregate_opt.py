@@ -297,7 +297,8 @@ def test_server_optimizers_pass_check_aggregator(make: Any) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: server_sgd(0.5, momentum=0.9),
+        # lr 2: the step 2 * 1.5e308 overflows (the mean itself is finite)
+        lambda: server_sgd(2.0, momentum=0.9),
         lambda: server_adam(0.1),
         lambda: server_yogi(0.1),
         lambda: server_adagrad(0.1),
@@ -307,8 +308,8 @@ def test_an_overflowing_round_leaves_the_moments_as_they_were(make: Callable[[],
     """The loop refuses a non-finite step and keeps the model; the moments kept inf or NaN.
 
     Every later step was then NaN (or 0 past an infinite v) and refused too: one
-    round whose mean overflowed (finite updates of 1.5e308) stopped the run
-    learning for good.
+    round whose step or moments overflowed (finite updates of 1.5e308) stopped the
+    run learning for good.
     """
     params = {"w": np.zeros(2)}
     step = chain(weighted_mean(), make())
