@@ -94,7 +94,6 @@ def _scale_for(after: float, scale: float) -> float:
     return max(math.ldexp(1.0, math.frexp(after)[1] + 1), 2.0 * scale)
 
 
-@np.errstate(over="raise")
 def _fold_from(
     acc: dict[str, Array],
     scratch: dict[str, Array],
@@ -116,41 +115,42 @@ def _fold_from(
     index, start = skip, first
     items = values.items() if skip == 0 else list(values.items())[skip:]
     try:
-        for index, (name, x) in enumerate(items, skip):  # noqa: B007 (read on overflow)
-            buf = scratch[name]
-            total = acc[name]
-            # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
-            lift = x.dtype.kind == "f" and x.dtype != total.dtype
-            if total.size <= _BLOCK:
-                # Positional outputs: the same ufuncs, without parsing keywords on every call.
-                if factor == 1.0:
-                    add(total, x, buf, casting="unsafe")
-                else:
-                    if lift:
-                        buf[...] = x
-                        multiply(buf, factor, buf)
+        with np.errstate(over="raise"):  # an overflow stops the fold here
+            for index, (name, x) in enumerate(items, skip):  # noqa: B007 (read on overflow)
+                buf = scratch[name]
+                total = acc[name]
+                # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
+                lift = x.dtype.kind == "f" and x.dtype != total.dtype
+                if total.size <= _BLOCK:
+                    # Positional outputs: the same ufuncs, without parsing keywords on every call.
+                    if factor == 1.0:
+                        add(total, x, buf, casting="unsafe")
                     else:
-                        multiply(x, factor, buf)
-                    add(total, buf, buf)
-                acc[name], scratch[name] = buf, total
-                continue
-            flat_x, flat_total = np.ravel(x), total.reshape(-1)
-            for start, stop in blocks(total.size):
-                if start < first:
+                        if lift:
+                            buf[...] = x
+                            multiply(buf, factor, buf)
+                        else:
+                            multiply(x, factor, buf)
+                        add(total, buf, buf)
+                    acc[name], scratch[name] = buf, total
                     continue
-                part = buf[: stop - start]
-                if factor == 1.0:
-                    add(flat_total[start:stop], flat_x[start:stop], part, casting="unsafe")
-                elif lift:
-                    part[...] = flat_x[start:stop]
-                    multiply(part, factor, part)
-                    add(flat_total[start:stop], part, part)
-                else:
-                    multiply(flat_x[start:stop], factor, part)
-                    add(flat_total[start:stop], part, part)
-                flat_total[start:stop] = part
-                release_pages(flat_x, start, stop)
-            first = start = 0
+                flat_x, flat_total = np.ravel(x), total.reshape(-1)
+                for start, stop in blocks(total.size):
+                    if start < first:
+                        continue
+                    part = buf[: stop - start]
+                    if factor == 1.0:
+                        add(flat_total[start:stop], flat_x[start:stop], part, casting="unsafe")
+                    elif lift:
+                        part[...] = flat_x[start:stop]
+                        multiply(part, factor, part)
+                        add(flat_total[start:stop], part, part)
+                    else:
+                        multiply(flat_x[start:stop], factor, part)
+                        add(flat_total[start:stop], part, part)
+                    flat_total[start:stop] = part
+                    release_pages(flat_x, start, stop)
+                first = start = 0
     except FloatingPointError:
         return index, start
     return None

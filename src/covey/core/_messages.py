@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import numpy as np
 
@@ -65,6 +65,10 @@ def _check_count(value: object, what: str) -> int:
     if value > MAX_EXAMPLES:
         raise ValueError(f"{what} must be at most 2**53, got an int of {value.bit_length()} bits")
     return value
+
+
+_NO_COUNT: Any = object()
+"""``FitResult``'s ``num_examples`` when none was given (refused, saying what to pass)."""
 
 
 def _counted(
@@ -149,27 +153,46 @@ class FitResult:
     metrics: Metrics = field(default_factory=dict)
     extras: Mapping[str, Weights] = field(default_factory=dict)
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> FitResult:
-        given = "delta=update" if "delta" in kwargs else "weights=new"
-        return _counted(cls, args, kwargs, given, "trained on (FedAvg weighs each update by it)")
+    if TYPE_CHECKING:  # num_examples is required; at run time its absence is explained
 
-    def __init__(
-        self,
-        *,
-        weights: Weights | None = None,
-        delta: Weights | None = None,
-        num_examples: int,
-        metrics: Metrics | None = None,
-        extras: Mapping[str, Weights] | None = None,
-    ) -> None:
-        """Check and keep what a client's ``fit`` returns (see the class)."""
-        set_weights, set_delta, set_count, set_metrics, set_extras = _FIT_RESULT_SLOTS
-        set_weights(self, weights)
-        set_delta(self, delta)
-        set_count(self, num_examples)
-        set_metrics(self, {} if metrics is None else metrics)
-        set_extras(self, {} if extras is None else extras)
-        self.__post_init__()
+        def __init__(
+            self,
+            *,
+            weights: Weights | None = None,
+            delta: Weights | None = None,
+            num_examples: int,
+            metrics: Metrics | None = None,
+            extras: Mapping[str, Weights] | None = None,
+        ) -> None: ...
+
+    else:
+
+        def __init__(
+            self,
+            *args,
+            weights=None,
+            delta=None,
+            num_examples=_NO_COUNT,
+            metrics=None,
+            extras=None,
+        ):
+            """Check and keep what a client's ``fit`` returns (see the class)."""
+            if args or num_examples is _NO_COUNT:  # one test on the hot path, no frame
+                given = {"weights": weights} if delta is None else {"delta": delta}
+                _counted(
+                    FitResult,
+                    args,
+                    given,
+                    "delta=update" if delta is not None else "weights=new",
+                    "trained on (FedAvg weighs each update by it)",
+                )
+            set_weights, set_delta, set_count, set_metrics, set_extras = _FIT_RESULT_SLOTS
+            set_weights(self, weights)
+            set_delta(self, delta)
+            set_count(self, num_examples)
+            set_metrics(self, {} if metrics is None else metrics)
+            set_extras(self, {} if extras is None else extras)
+            self.__post_init__()
 
     def __post_init__(self) -> None:
         weights, delta = self.weights, self.delta
@@ -273,8 +296,10 @@ class EvaluateResult:
     metrics: Metrics = field(default_factory=dict)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> EvaluateResult:
-        what = "evaluated (federated metrics weigh by it)"
-        return _counted(cls, args, kwargs, "loss=loss", what)
+        if args or "num_examples" not in kwargs:
+            what = "evaluated (federated metrics weigh by it)"
+            return _counted(cls, args, kwargs, "loss=loss", what)
+        return object.__new__(cls)
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, bool) or not isinstance(self.loss, int | float):
