@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -208,6 +210,56 @@ def test_dirichlet_gives_every_client_one_example_classes() -> None:
     assert_partition(parts, 20_000, 100)
     sizes = np.array([len(part) for part in parts])
     np.testing.assert_allclose(sizes, 200, rtol=0.5)
+
+
+def _count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make ``dirichlet`` append 1 to the returned list for each whole draw it makes."""
+    import covey.data._partition as partition
+
+    draws: list[int] = []
+    draw = partition._dirichlet_draw
+
+    def counted(*args: Any) -> Any:
+        draws.append(1)
+        return draw(*args)
+
+    monkeypatch.setattr(partition, "_dirichlet_draw", counted)
+    return draws
+
+
+@pytest.mark.parametrize("min_size", [1, 3])
+def test_dirichlet_stops_when_no_draw_can_satisfy_min_size(
+    monkeypatch: pytest.MonkeyPatch, min_size: int
+) -> None:
+    # 2000 clients of 3 examples: every draw leaves ~150 clients empty (~800 under 3), so a
+    # draw leaving none is hopeless; all 100 redraws ran before the error (450 s at 100,000
+    # clients of 6 examples).
+    labels = np.arange(6000) % 10
+    draws = _count_draws(monkeypatch)
+    with pytest.raises(ValueError, match="stopped after") as raised:
+        dirichlet(labels, 2000, 0.5, seed=0, min_size=min_size)
+    assert len(draws) == 1
+    message = str(raised.value)
+    assert "stopped after 1 of max_retries=100 draws" in message
+    assert f"of num_clients=2000 clients under min_size={min_size} examples" in message
+    assert "alpha=0.5" in message
+    # The min_size it names gives a split with the same seed.
+    found = re.search(rf"lower min_size from {min_size} to (\d+)", message)
+    assert found is not None
+    best = int(found.group(1))
+    parts = dirichlet(labels, 2000, 0.5, seed=0, min_size=best)
+    assert_partition(parts, len(labels), 2000)
+    assert min(len(part) for part in parts) >= best
+
+
+def test_dirichlet_keeps_drawing_while_a_draw_may_succeed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1000 clients of 6 examples leave ~5 clients empty per draw: about one draw in 250 leaves
+    # none, so every retry is made.
+    labels = np.arange(6000) % 10
+    draws = _count_draws(monkeypatch)
+    with pytest.raises(ValueError, match=r"within max_retries=20 attempts.*increase max_retries"):
+        dirichlet(labels, 1000, 0.5, seed=0, max_retries=20)
+    assert len(draws) == 20
 
 
 def _dirichlet_reference(

@@ -142,7 +142,12 @@ def dirichlet(
     1,500 examples each and the middle ones about 19,000.) Small
     ``alpha`` (e.g. 0.1) gives each client few classes; large ``alpha`` (e.g. 100) approaches
     an IID split (any ``alpha`` above 1e100 draws as 1e100, which is IID up to rounding). The
-    whole draw is repeated until every client holds at least ``min_size`` examples.
+    whole draw is repeated until every client holds at least ``min_size`` examples, at most
+    ``max_retries`` times; the retries stop early once the draws so far have left on average
+    50 or more clients under ``min_size`` (many clients with few examples each, e.g. 100,000
+    clients of 6 examples at ``alpha=0.5``): a draw leaving none is then all but impossible,
+    with a chance of about e^-50 at most. The error names the ``min_size`` that gives a split
+    with this seed.
 
     Args:
         labels: 1-D array of class labels, one per example (any sortable dtype).
@@ -161,7 +166,8 @@ def dirichlet(
 
     Raises:
         ValueError: On invalid arguments, if ``num_clients * min_size`` exceeds the number of
-            examples, or if no draw satisfied ``min_size`` within ``max_retries`` attempts.
+            examples, or if no draw satisfied ``min_size`` within ``max_retries`` attempts (or
+            the draws so far left so many clients short that none would).
 
     References:
         Hsu, Qi and Brown, 2019. "Measuring the Effects of Non-Identical Data Distribution for
@@ -191,17 +197,45 @@ def dirichlet(
     (rounding,) = rng.spawn(1)
     client_of = np.empty(n, dtype=np.intp)
 
-    for _ in range(max_retries):
+    best = 0  # the largest smallest client of a failed draw: that min_size gives a split
+    short = 0  # clients left under min_size, summed over the failed draws
+    for draw in range(1, max_retries + 1):
         sizes = _dirichlet_draw(rng, rounding, by_class, class_sizes, concentration, client_of)
-        if sizes.min() >= min_size:
+        smallest = int(sizes.min())
+        if smallest >= min_size:
             order = np.argsort(client_of, kind="stable")
             return _finish(np.split(order, np.cumsum(sizes)[:-1]))
+        best = max(best, smallest)
+        short += int(np.count_nonzero(sizes < min_size))
+        if draw < max_retries and short >= _HOPELESS_SHORT * draw:
+            raise ValueError(
+                f"dirichlet: stopped after {draw} of max_retries={max_retries} draws: they "
+                f"left on average {short / draw:.0f} of num_clients={num_clients} clients "
+                f"under min_size={min_size} examples (alpha={alpha_value}, {n} examples), so "
+                f"a draw that leaves none has a chance of about e^-{short // draw} at most; "
+                f"{_remedy(min_size, best)}"
+            )
 
     raise ValueError(
         f"dirichlet: no draw gave every one of num_clients={num_clients} clients at least "
         f"min_size={min_size} examples within max_retries={max_retries} attempts "
-        f"(alpha={alpha_value}, {n} examples); increase alpha or max_retries, or lower "
-        f"min_size or num_clients"
+        f"(alpha={alpha_value}, {n} examples); increase max_retries, {_remedy(min_size, best)}"
+    )
+
+
+# Each client falls under ``min_size`` in a draw with some chance q, and one client short makes
+# the others less likely to be, so a draw leaves none short with a chance of at most about
+# exp(-mean), the mean being num_clients * q clients short. Failed draws that left on average
+# this many short are stopped: a setting whose draws succeed even once in a million has a mean
+# of at most 14 and leaves 50 short with a chance below 1e-12.
+_HOPELESS_SHORT = 50
+
+
+def _remedy(min_size: int, best: int) -> str:
+    """What to change after failed draws whose largest smallest client had ``best`` examples."""
+    return (
+        f"lower min_size from {min_size} to {best} (which gives a split with this seed), "
+        f"increase alpha, or lower num_clients"
     )
 
 
