@@ -67,7 +67,12 @@ def _check_count(value: object, what: str) -> int:
     return value
 
 
-_NO_COUNT: Any = object()
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"  # as help() and inspect.signature show the default
+
+
+_NO_COUNT: Any = _Required()
 """``FitResult``'s ``num_examples`` when none was given (refused, saying what to pass)."""
 
 
@@ -153,29 +158,17 @@ class FitResult:
     metrics: Metrics = field(default_factory=dict)
     extras: Mapping[str, Weights] = field(default_factory=dict)
 
-    if TYPE_CHECKING:  # num_examples is required; at run time its absence is explained
+    if not TYPE_CHECKING:  # at run time a missing num_examples is explained (below: typed)
 
         def __init__(
             self,
-            *,
+            *args: Any,
             weights: Weights | None = None,
             delta: Weights | None = None,
-            num_examples: int,
+            num_examples: int = _NO_COUNT,
             metrics: Metrics | None = None,
             extras: Mapping[str, Weights] | None = None,
-        ) -> None: ...
-
-    else:
-
-        def __init__(
-            self,
-            *args,
-            weights=None,
-            delta=None,
-            num_examples=_NO_COUNT,
-            metrics=None,
-            extras=None,
-        ):
+        ) -> None:
             """Check and keep what a client's ``fit`` returns (see the class)."""
             if args or num_examples is _NO_COUNT:  # one test on the hot path, no frame
                 given = {"weights": weights} if delta is None else {"delta": delta}
@@ -193,6 +186,18 @@ class FitResult:
             set_metrics(self, {} if metrics is None else metrics)
             set_extras(self, {} if extras is None else extras)
             self.__post_init__()
+
+    else:
+
+        def __init__(
+            self,
+            *,
+            weights: Weights | None = None,
+            delta: Weights | None = None,
+            num_examples: int,
+            metrics: Metrics | None = None,
+            extras: Mapping[str, Weights] | None = None,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         weights, delta = self.weights, self.delta
