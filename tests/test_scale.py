@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,13 +37,10 @@ def init() -> Arrays:
 
 def peak_bytes(num_clients: int) -> int:
     """Peak Python allocations of 3 rounds with 10 sampled clients out of ``num_clients``."""
-    strategy = covey.FedAvg(fraction_fit=1e-6, min_fit_clients=10, fraction_evaluate=0.0)
-    tracemalloc.start()
-    try:
-        covey.simulate(Seeded, num_clients, 3, strategy, init(), client_cache=0, seed=1)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return strategy_peak_bytes(
+        lambda: covey.FedAvg(fraction_fit=1e-6, min_fit_clients=10, fraction_evaluate=0.0),
+        num_clients,
+    )
 
 
 def test_memory_does_not_grow_with_the_number_of_clients() -> None:
@@ -58,15 +56,21 @@ def first_ten(candidates: Any, round: int, rng: np.random.Generator) -> list[int
     return [int(candidates[i]) for i in range(10)]
 
 
-def selector_peak_bytes(num_clients: int) -> int:
-    """Peak Python allocations of 3 rounds whose clients a custom selector picks."""
-    strategy = covey.FedAvg(selector=first_ten, fraction_evaluate=0.0)
+def strategy_peak_bytes(make: Callable[[], covey.Strategy], num_clients: int) -> int:
+    """Peak Python allocations of 3 rounds (or updates) of ``make()`` over ``num_clients``."""
     tracemalloc.start()
     try:
-        covey.simulate(Seeded, num_clients, 3, strategy, init(), client_cache=0, seed=1)
+        covey.simulate(Seeded, num_clients, 3, make(), init(), client_cache=0, seed=1)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def selector_peak_bytes(num_clients: int) -> int:
+    """Peak allocations of 3 rounds whose clients a custom selector picks."""
+    return strategy_peak_bytes(
+        lambda: covey.FedAvg(selector=first_ten, fraction_evaluate=0.0), num_clients
+    )
 
 
 def test_a_custom_selector_costs_nothing_per_client() -> None:
@@ -78,14 +82,8 @@ def test_a_custom_selector_costs_nothing_per_client() -> None:
 
 
 def fedbuff_peak_bytes(num_clients: int) -> int:
-    """Peak Python allocations of 3 asynchronous updates of 10 clients of ``num_clients``."""
-    strategy = covey.FedBuff(buffer_size=5, concurrency=10)
-    tracemalloc.start()
-    try:
-        covey.simulate(Seeded, num_clients, 3, strategy, init(), client_cache=0, seed=1)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    """Peak allocations of 3 asynchronous updates of 10 clients of ``num_clients``."""
+    return strategy_peak_bytes(lambda: covey.FedBuff(buffer_size=5, concurrency=10), num_clients)
 
 
 def test_fedbuff_holds_nothing_per_client() -> None:
