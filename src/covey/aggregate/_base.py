@@ -76,6 +76,9 @@ class Contribution:
     metrics: Metrics = field(default_factory=dict)
     staleness: int = 0
     extras: Mapping[str, Weights] = field(default_factory=dict)
+    # Set by the round loops' validation only: every floating-point value's square
+    # is finite, so sums of num_examples * value cannot overflow (see _mean.py).
+    _bounded: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -88,9 +91,16 @@ class Contribution:
         extras: Mapping[str, Weights] | None = None,
     ) -> None:
         """Client ``cid``'s contribution (see the class)."""
-        set_cid, set_count, set_weights, set_delta, set_metrics, set_staleness, set_extras = (
-            _CONTRIBUTION_SLOTS
-        )
+        (
+            set_cid,
+            set_count,
+            set_weights,
+            set_delta,
+            set_metrics,
+            set_staleness,
+            set_extras,
+            set_bounded,
+        ) = _CONTRIBUTION_SLOTS
         set_cid(self, cid)
         set_count(self, num_examples)
         set_weights(self, weights)
@@ -98,6 +108,7 @@ class Contribution:
         set_metrics(self, {} if metrics is None else metrics)
         set_staleness(self, staleness)
         set_extras(self, {} if extras is None else extras)
+        set_bounded(self, False)
 
     def as_delta(self, params: Weights) -> Weights:
         """The update relative to ``params`` (computed if the client sent weights)."""
@@ -117,8 +128,26 @@ class Contribution:
 
 
 _CONTRIBUTION_SLOTS = slot_setters(
-    Contribution, "cid", "num_examples", "weights", "delta", "metrics", "staleness", "extras"
+    Contribution,
+    "cid",
+    "num_examples",
+    "weights",
+    "delta",
+    "metrics",
+    "staleness",
+    "extras",
+    "_bounded",
 )
+
+
+def mark_bounded(contribution: Contribution) -> Contribution:
+    """Record that every floating-point value of ``contribution`` has a finite square.
+
+    For the round loops' validation, which computes those squares anyway: the
+    mean then folds it without guarding against overflow (see ``_mean.py``).
+    """
+    _CONTRIBUTION_SLOTS[-1](contribution, True)
+    return contribution
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,10 +43,22 @@ class _MeanState(NamedTuple):
     # The sums are of (n_k / scale) * x_k: 1 unless one overflowed (see _fold).
     scale_weights: float = 1.0
     scale_delta: float = 1.0
+    # Every contribution so far was bounded (see Contribution): with fewer than
+    # _UNGUARDED examples, a bounded one is folded without an overflow guard.
+    bounded: bool = True
 
 
 _BLOCK = BLOCK
 """Elements folded at once; the scratch of one array never holds more (8 MiB of float64)."""
+
+_UNGUARDED = 2.0**63
+"""Examples up to which sums of bounded contributions cannot overflow.
+
+A bounded value is under the square root of its dtype's largest (for float32
+1.8e19), so ``sum n_k * x_k`` over at most 2**63 (9.2e18) examples stays under
+half the largest; entering ``np.errstate`` for every reply would cost more than
+the rest of the fold of a small model.
+"""
 
 
 def _acc_dtype(dtype: np.dtype[np.generic]) -> np.dtype[np.generic]:
@@ -100,57 +112,72 @@ def _fold_from(
     values: Weights,
     factor: float,
     at: tuple[int, int] = (0, 0),
+    guard: bool = True,
 ) -> tuple[int, int] | None:
     """Add ``factor * values`` to ``acc``, from array ``at[0]``'s element ``at[1]`` on.
 
     Every sum goes into the scratch first, so an overflow leaves ``acc`` as it was
     before the array (or block) it happened in: returns where it happened, None
-    when all is folded. A small array's sum swaps places with its accumulator.
+    when all is folded (``guard=False`` when no sum can overflow: see
+    :data:`_UNGUARDED`). A small array's sum swaps places with its accumulator.
     Arrays over :data:`_BLOCK` elements are folded block by block, and the pages
     of a contribution that views a mapped file are given back as each block is
     folded: a large reply is never resident whole.
     """
+    if not guard:
+        return _fold_arrays(acc, scratch, values, factor, at)
+    with np.errstate(over="raise"):  # an overflow stops the fold where it happens
+        return _fold_arrays(acc, scratch, values, factor, at)
+
+
+def _fold_arrays(
+    acc: dict[str, Array],
+    scratch: dict[str, Array],
+    values: Weights,
+    factor: float,
+    at: tuple[int, int],
+) -> tuple[int, int] | None:
+    """The loop of :func:`_fold_from`, in whatever floating-point error state it is called."""
     multiply, add = np.multiply, np.add
     skip, first = at
     index, start = skip, first
     items = values.items() if skip == 0 else list(values.items())[skip:]
     try:
-        with np.errstate(over="raise"):  # an overflow stops the fold here
-            for index, (name, x) in enumerate(items, skip):  # noqa: B007 (read on overflow)
-                buf = scratch[name]
-                total = acc[name]
-                # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
-                lift = x.dtype.kind == "f" and x.dtype != total.dtype
-                if total.size <= _BLOCK:
-                    # Positional outputs: the same ufuncs, without parsing keywords on every call.
-                    if factor == 1.0:
-                        add(total, x, buf, casting="unsafe")
+        for index, (name, x) in enumerate(items, skip):  # noqa: B007 (read on overflow)
+            buf = scratch[name]
+            total = acc[name]
+            # float16 is multiplied in its float32 accumulator, never in float16 (overflow).
+            lift = x.dtype.kind == "f" and x.dtype != total.dtype
+            if total.size <= _BLOCK:
+                # Positional outputs: the same ufuncs, without parsing keywords on every call.
+                if factor == 1.0:
+                    add(total, x, buf, casting="unsafe")
+                else:
+                    if lift:
+                        buf[...] = x
+                        multiply(buf, factor, buf)
                     else:
-                        if lift:
-                            buf[...] = x
-                            multiply(buf, factor, buf)
-                        else:
-                            multiply(x, factor, buf)
-                        add(total, buf, buf)
-                    acc[name], scratch[name] = buf, total
+                        multiply(x, factor, buf)
+                    add(total, buf, buf)
+                acc[name], scratch[name] = buf, total
+                continue
+            flat_x, flat_total = np.ravel(x), total.reshape(-1)
+            for start, stop in blocks(total.size):
+                if start < first:
                     continue
-                flat_x, flat_total = np.ravel(x), total.reshape(-1)
-                for start, stop in blocks(total.size):
-                    if start < first:
-                        continue
-                    part = buf[: stop - start]
-                    if factor == 1.0:
-                        add(flat_total[start:stop], flat_x[start:stop], part, casting="unsafe")
-                    elif lift:
-                        part[...] = flat_x[start:stop]
-                        multiply(part, factor, part)
-                        add(flat_total[start:stop], part, part)
-                    else:
-                        multiply(flat_x[start:stop], factor, part)
-                        add(flat_total[start:stop], part, part)
-                    flat_total[start:stop] = part
-                    release_pages(flat_x, start, stop)
-                first = start = 0
+                part = buf[: stop - start]
+                if factor == 1.0:
+                    add(flat_total[start:stop], flat_x[start:stop], part, casting="unsafe")
+                elif lift:
+                    part[...] = flat_x[start:stop]
+                    multiply(part, factor, part)
+                    add(flat_total[start:stop], part, part)
+                else:
+                    multiply(flat_x[start:stop], factor, part)
+                    add(flat_total[start:stop], part, part)
+                flat_total[start:stop] = part
+                release_pages(flat_x, start, stop)
+            first = start = 0
     except FloatingPointError:
         return index, start
     return None
@@ -163,15 +190,19 @@ def _fold(
     n: float,
     scale: float = 1.0,
     after: float = 0.0,
+    guard: bool = True,
 ) -> tuple[dict[str, Array], dict[str, Array] | None, float]:
     """Add ``(n / scale) * values`` to ``acc``; returns it, the scratch and the scale.
 
     ``acc`` holds a sum of ``(n_k / scale) * x_k``, ``scale`` 1 unless a sum
     overflowed the dtype (values near its largest): then the sums so far are
     divided by a power of two (:func:`_scale_for` of ``after``, the examples
-    summed once this contribution is in) and the fold goes on from where it stopped.
+    summed once this contribution is in) and the fold goes on from where it
+    stopped. ``guard=False`` when no sum can overflow (see :data:`_UNGUARDED`).
     """
     if acc is None:
+        if not guard:
+            return _first(values, n / scale), scratch, scale
         try:
             with np.errstate(over="raise"):
                 return _first(values, n / scale), scratch, scale
@@ -185,7 +216,7 @@ def _fold(
             name: np.empty_like(a) if a.size <= _BLOCK else np.empty(_BLOCK, a.dtype)
             for name, a in acc.items()
         }
-    at = _fold_from(acc, scratch, values, n / scale)
+    at = _fold_from(acc, scratch, values, n / scale, guard=guard)
     while at is not None:  # once: no term nor sum can overflow at the new scale
         new = _scale_for(after, scale)
         for a in acc.values():
@@ -256,14 +287,14 @@ def _mean_contribution(
     state: _MeanState, event: Contribution, weighted: bool
 ) -> tuple[State, tuple[Event, ...]]:
     """Fold one contribution into the running sums."""
-    params, acc_w, acc_d, scratch, ex_w, total, clients, examples, ints, s_w, s_d = state
+    params, acc_w, acc_d, scratch, ex_w, total, clients, examples, ints, s_w, s_d, bounded = state
     if params is None:
         raise AggregationError("a Contribution arrived before Begin")
     n = float(event.num_examples) if weighted else 1.0
     if n == 0.0:
-        return _MeanState(
-            params, acc_w, acc_d, scratch, ex_w, total, clients + 1, examples, ints, s_w, s_d
-        ), ()
+        return state._replace(clients=clients + 1), ()
+    bounded = bounded and event._bounded
+    guard = not bounded or total + n > _UNGUARDED
     # A new tuple built positionally: NamedTuple._replace costs several calls per client.
     if event.weights is not None:
         values = event.weights
@@ -271,11 +302,12 @@ def _mean_contribution(
             values = dict(values)
             for name in ints:
                 values[name] = int_change(values[name], params[name])
-        acc_w, scratch, s_w = _fold(acc_w, scratch, values, n, s_w, total + n)
+        acc_w, scratch, s_w = _fold(acc_w, scratch, values, n, s_w, total + n, guard)
         ex_w += n
     elif event.delta is not None:
         # An unsigned array's delta is a change modulo 2**bits: summed by its signed value.
-        acc_d, scratch, s_d = _fold(acc_d, scratch, signed(event.delta), n, s_d, total + n)
+        delta = signed(event.delta)
+        acc_d, scratch, s_d = _fold(acc_d, scratch, delta, n, s_d, total + n, guard)
     else:  # an invariant of this module, not an input check
         raise RuntimeError("internal error: event.delta is unset")
     return _MeanState(
@@ -290,6 +322,7 @@ def _mean_contribution(
         ints,
         s_w,
         s_d,
+        bounded,
     ), ()
 
 

@@ -166,9 +166,20 @@ class WeightsSpec:
             weights: The mapping to test.
             finite: Also require every floating-point value to be finite.
         """
+        return self.conformity(weights, finite=finite) is not None
+
+    def conformity(self, weights: object, *, finite: bool = True) -> bool | None:
+        """:meth:`conforms`, telling also whether every value's square is finite.
+
+        None when ``weights`` do not conform; else, with ``finite``, True when every
+        floating-point array's sum of squares is finite, so that every value is
+        under the square root of its dtype's largest (a sum of ``n * value`` over
+        fewer than 2**63 examples then cannot overflow); False otherwise.
+        """
+        bounded = finite
         try:
             if len(weights) != len(self.names):  # type: ignore[arg-type]
-                return False
+                return None
             for name, shape, dtype, floating in self._layout:
                 value = weights[name]  # type: ignore[index]
                 if (
@@ -176,16 +187,18 @@ class WeightsSpec:
                     or (value.dtype is not dtype and value.dtype != dtype)
                     or not isinstance(value, np.ndarray)
                 ):
-                    return False
+                    return None
                 if not (floating and finite):
                     continue
                 # vdot inline (no frame per array): see _all_finite for why it is exact.
                 squares = _vdot(value, value) if value.size <= BLOCK else sum_of_squares(value)
-                if not _isfinite(squares) and not _all_finite(value):
-                    return False
+                if not _isfinite(squares):
+                    if not _all_finite(value):
+                        return None
+                    bounded = False
         except (KeyError, AttributeError, TypeError):
-            return False
-        return True
+            return None
+        return bounded
 
     def _float_names(self) -> list[str]:
         return [n for n, d in zip(self.names, self.dtypes, strict=True) if d.kind == "f"]

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
+from covey.aggregate._base import mark_bounded
 from covey.core._messages import FitResult
 from covey.core._weights import Array, Weights, WeightsSpec, freeze, native, subtract
 
@@ -41,12 +42,15 @@ def contribution(
             or holds a non-finite value.
     """
     weights, delta = result.weights, result.delta
-    # conforms() first: the message of check() is built only for a bad update.
+    # conformity() first: the message of check() is built only for a bad update.
     if weights is not None:
-        if not spec.conforms(weights):
+        bounded = spec.conformity(weights)
+        if bounded is None:
             spec.check(weights, what=f"client {cid}'s weights")
-    elif not spec.conforms(delta):
-        spec.check(delta, what=f"client {cid}'s delta")
+    else:
+        bounded = spec.conformity(delta)
+        if bounded is None:
+            spec.check(delta, what=f"client {cid}'s delta")
     extras = result.extras
     if extras:
         for name, extra in extras.items():
@@ -57,7 +61,8 @@ def contribution(
             raise ValueError("a stale contribution needs the model the client trained from")
         delta = subtract(weights, sent)
         weights = None
-    return Contribution(
+        bounded = False  # a difference of values under the bound may not be
+    made = Contribution(
         cid,
         result.num_examples,
         weights,
@@ -66,6 +71,7 @@ def contribution(
         staleness=staleness,
         extras=extras,
     )
+    return mark_bounded(made) if bounded else made
 
 
 def find_aggregate(events: Iterable[Event]) -> Aggregate | None:
