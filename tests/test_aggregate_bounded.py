@@ -58,7 +58,13 @@ def test_bounded_replies_after_an_unbounded_one_stay_guarded() -> None:
 def test_bounded_replies_past_2_63_examples_are_guarded(form: str) -> None:
     """2,100 replies of 2**53 examples: their sum of n * x passes float32's largest value."""
     value = np.array([0.98 * ROOT32], np.float32)
-    results = [FitResult(num_examples=MAX_EXAMPLES, **{form: {"w": value}}) for _ in range(2100)]
+    arrays = {"w": value}
+    results = [
+        FitResult(weights=arrays, num_examples=MAX_EXAMPLES)
+        if form == "weights"
+        else FitResult(delta=arrays, num_examples=MAX_EXAMPLES)
+        for _ in range(2100)
+    ]
     new, _ = fold(weighted_mean(), {"w": np.zeros(1, np.float32)}, results)
     assert np.isfinite(new["w"]).all()
     np.testing.assert_allclose(new["w"], value, rtol=1e-3)  # float32 sums of 2,100 terms
