@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from covey import FitResult
-from covey.aggregate import Contribution, weighted_mean
+from covey.aggregate import Begin, Contribution, End, _mean, mean, weighted_mean
 from covey.core._messages import MAX_EXAMPLES
-from covey.core._weights import WeightsSpec
-from covey.strategies._fold import contribution, fold
+from covey.core._weights import Array, WeightsSpec
+from covey.strategies._fold import contribution, find_aggregate, fold
 
 ROOT32 = float(np.sqrt(np.finfo(np.float32).max))  # 1.84e19
 
@@ -68,3 +68,61 @@ def test_bounded_replies_past_2_63_examples_are_guarded(form: str) -> None:
     new, _ = fold(weighted_mean(), {"w": np.zeros(1, np.float32)}, results)
     assert np.isfinite(new["w"]).all()
     np.testing.assert_allclose(new["w"], value, rtol=1e-3)  # float32 sums of 2,100 terms
+
+
+def _events(bounded: bool, replies: list[FitResult], spec: WeightsSpec) -> list[Contribution]:
+    made = [contribution(i, r, spec) for i, r in enumerate(replies)]
+    assert all(c._bounded for c in made)
+    if bounded:
+        return made
+    # The same replies unmarked: folded under the guard.
+    return [Contribution(c.cid, c.num_examples, weights=c.weights, delta=c.delta) for c in made]
+
+
+@pytest.mark.parametrize("reducer", [weighted_mean, mean])
+@pytest.mark.parametrize("big", [False, True])
+def test_unguarded_fold_is_bit_identical_to_the_guarded_one(reducer: object, big: bool) -> None:
+    """Every dtype and path of the fold: small arrays, arrays folded block by block, float16."""
+    rng = np.random.default_rng(7)
+    params: dict[str, Array] = {
+        "f64": rng.normal(size=(3, 7)),
+        # Over the block size: folded block by block, after arrays folded whole.
+        "f32": rng.normal(size=_mean._BLOCK + 3 if big else 12).astype(np.float32),
+        "f16": rng.normal(size=9).astype(np.float16),
+        "i32": rng.integers(-50, 50, size=8).astype(np.int32),
+        "u8": rng.integers(0, 255, size=4).astype(np.uint8),
+        "mask": rng.random(6) < 0.5,
+        "tiny": np.array(2.5),
+    }
+    spec = WeightsSpec.of(params)
+
+    def perturbed() -> dict[str, Array]:
+        out: dict[str, Array] = {}
+        for name, p in params.items():
+            if p.dtype.kind == "f":
+                out[name] = (p + rng.normal(size=p.shape)).astype(p.dtype)
+            elif p.dtype.kind == "b":
+                out[name] = rng.random(p.shape) < 0.5
+            else:
+                out[name] = (p + rng.integers(-3, 4, size=p.shape)).astype(p.dtype)
+        return out
+
+    replies = [FitResult(weights=perturbed(), num_examples=int(n)) for n in (3, 17, 1, 250)]
+    replies += [FitResult(delta=perturbed(), num_examples=int(n)) for n in (9, 40)]
+    results = []
+    for bounded in (True, False):
+        step = reducer()  # type: ignore[operator]
+        state = step.init(params)
+        state, _ = step.update(state, Begin(1, params))
+        for event in _events(bounded, replies, spec):
+            state, _ = step.update(state, event)
+        _, out = step.update(state, End(1))
+        results.append(find_aggregate(out))
+    fast, guarded = results
+    assert fast is not None
+    assert guarded is not None
+    assert fast.delta is not None
+    assert guarded.delta is not None
+    for name in params:
+        assert fast.delta[name].dtype == guarded.delta[name].dtype
+        assert fast.delta[name].tobytes() == guarded.delta[name].tobytes(), name

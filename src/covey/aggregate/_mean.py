@@ -112,22 +112,45 @@ def _fold_from(
     values: Weights,
     factor: float,
     at: tuple[int, int] = (0, 0),
-    guard: bool = True,
 ) -> tuple[int, int] | None:
     """Add ``factor * values`` to ``acc``, from array ``at[0]``'s element ``at[1]`` on.
 
     Every sum goes into the scratch first, so an overflow leaves ``acc`` as it was
     before the array (or block) it happened in: returns where it happened, None
-    when all is folded (``guard=False`` when no sum can overflow: see
-    :data:`_UNGUARDED`). A small array's sum swaps places with its accumulator.
+    when all is folded. A small array's sum swaps places with its accumulator.
     Arrays over :data:`_BLOCK` elements are folded block by block, and the pages
     of a contribution that views a mapped file are given back as each block is
     folded: a large reply is never resident whole.
     """
-    if not guard:
-        return _fold_arrays(acc, scratch, values, factor, at)
     with np.errstate(over="raise"):  # an overflow stops the fold where it happens
         return _fold_arrays(acc, scratch, values, factor, at)
+
+
+def _fold_unguarded(
+    acc: dict[str, Array], scratch: dict[str, Array], values: Weights, factor: float
+) -> None:
+    """:func:`_fold_arrays` where no sum can overflow (see :data:`_UNGUARDED`).
+
+    Small arrays are summed in place, without the swap that keeps ``acc`` intact
+    on an overflow; the first array over :data:`_BLOCK` elements hands the rest
+    to :func:`_fold_arrays`.
+    """
+    multiply, add = np.multiply, np.add
+    for name, x in values.items():
+        total = acc[name]
+        if total.size > _BLOCK:
+            _fold_arrays(acc, scratch, values, factor, (list(values).index(name), 0))
+            return
+        if factor == 1.0:
+            add(total, x, total, casting="unsafe")
+            continue
+        buf = scratch[name]
+        if x.dtype.kind == "f" and x.dtype != total.dtype:  # float16: see _fold_arrays
+            buf[...] = x
+            multiply(buf, factor, buf)
+        else:
+            multiply(x, factor, buf)
+        add(total, buf, total)
 
 
 def _fold_arrays(
@@ -216,7 +239,10 @@ def _fold(
             name: np.empty_like(a) if a.size <= _BLOCK else np.empty(_BLOCK, a.dtype)
             for name, a in acc.items()
         }
-    at = _fold_from(acc, scratch, values, n / scale, guard=guard)
+    if not guard:
+        _fold_unguarded(acc, scratch, values, n / scale)
+        return acc, scratch, scale
+    at = _fold_from(acc, scratch, values, n / scale)
     while at is not None:  # once: no term nor sum can overflow at the new scale
         new = _scale_for(after, scale)
         for a in acc.values():
