@@ -71,7 +71,9 @@ def contribution(
         staleness=staleness,
         extras=extras,
     )
-    return mark_bounded(made) if bounded else made
+    if bounded:
+        mark_bounded(made, True)
+    return made
 
 
 def find_aggregate(events: Iterable[Event]) -> Aggregate | None:
