@@ -328,7 +328,10 @@ def _mean_contribution(
             values = dict(values)
             for name in ints:
                 values[name] = int_change(values[name], params[name])
-        acc_w, scratch, s_w = _fold(acc_w, scratch, values, n, s_w, total + n, guard)
+        if guard or acc_w is None or scratch is None:
+            acc_w, scratch, s_w = _fold(acc_w, scratch, values, n, s_w, total + n, guard)
+        else:  # the common case (see _fold), without its frame
+            _fold_unguarded(acc_w, scratch, values, n / s_w)
         ex_w += n
     elif event.delta is not None:
         # An unsigned array's delta is a change modulo 2**bits: summed by its signed value.

@@ -307,7 +307,7 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
     that Ctrl-C caused (as the client imported a compiled module, say) is raised
     as the ``KeyboardInterrupt`` it was: the run's, not the client's.
     """
-    handler = _handler(task.kind)
+    handler = _HANDLERS.get(task.kind) or _handler(task.kind)  # no frame for a loaded kind
     if handler is None:
         return Reply(cid, task.kind, error=f"unknown task kind {task.kind!r}")
     if client is None:  # the commonest slip: a client_fn without its return

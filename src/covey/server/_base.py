@@ -336,8 +336,9 @@ class _LoopBase:
             why = f"refused by the aggregation step: {exc}"
             self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
             return state, False
-        finally:
-            _add_seconds(record, "aggregate", t0)
+        finally:  # _add_seconds without its frame: this runs once per client
+            durations = record.durations
+            durations["aggregate"] = durations.get("aggregate", 0.0) + time.perf_counter() - t0
         return state, True
 
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:

@@ -103,23 +103,20 @@ def inline_transport(
 
     def handler(cid: int, task: Task) -> Reply:
         try:
-            return run(cid, task)
+            client = clients.get(cid)
+            if client is None:
+                client = build_client(client_fn, cid)
+                if client_cache != 0:
+                    clients[cid] = client
+                    if client_cache is not None and len(clients) > client_cache:
+                        clients.popitem(last=False)
+            elif client_cache is not None:
+                clients.move_to_end(cid)
+            return run_task(client, cid, task)
         except (Exception, KeyboardInterrupt):  # an error: the transport's; Ctrl-C: the run's
             raise
         except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
             return Reply(cid, task.kind, error=traceback.format_exc() + exited(exc, task.kind))
-
-    def run(cid: int, task: Task) -> Reply:
-        client = clients.get(cid)
-        if client is None:
-            client = build_client(client_fn, cid)
-            if client_cache != 0:
-                clients[cid] = client
-                if client_cache is not None and len(clients) > client_cache:
-                    clients.popitem(last=False)
-        elif client_cache is not None:
-            clients.move_to_end(cid)
-        return run_task(client, cid, task)
 
     return InlineTransport(range(num_clients), handler)
 
