@@ -222,7 +222,10 @@ class TorchClient(Client):
     over ``train_loader`` with a fresh optimizer, and returns the update
     (local minus global weights, parameters and buffers alike). When the
     strategy is :func:`covey.FedProx`, the proximal term's gradient
-    ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
+    ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`);
+    with a summed loss (``reduction="sum"``) it is scaled by the batch's size, as the
+    loss is, so that every step descends the batch size times FedProx's objective
+    whichever the reduction.
     When it is :func:`covey.Scaffold`, the client keeps its control variate ``c_i``
     (a :class:`covey.clients.ControlVariate`), adds ``c - c_i`` to the gradient of
     every trained parameter at every step, and sends its change; the new ``c_i``
@@ -348,8 +351,8 @@ class TorchClient(Client):
                 loss.backward()
                 if gradients is not None:
                     gradients.add()
-                if anchor is not None:
-                    torch_add_proximal_grad(self.model, anchor, mu)
+                if anchor is not None:  # a summed loss is len(y) times the mean: so is the term
+                    torch_add_proximal_grad(self.model, anchor, mu * len(y) if self._summed else mu)
                 if correction is not None:
                     torch_add_correction(self.model, correction)
                 optimizer.step()
