@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import covey
+from covey import clients
 from covey.data import load_digits
 from covey.models import LogisticClient, logistic_grad, logistic_init
 
@@ -91,3 +92,24 @@ def test_scaffold_corrects_every_step_and_reports_option_two() -> None:
         c = {k: c[k] + sum(d[k] for d in dcs) / len(SIZES) for k in w}
     for k, v in w.items():
         np.testing.assert_allclose(result.weights[k], v, rtol=1e-9, atol=1e-12)
+
+
+def test_a_client_without_data_reports_no_change_of_its_control_variate() -> None:
+    """No local step taken: ``c_i`` stays as it was and ``Delta c_i`` is zero, not ``-c``."""
+    x, y = part(0)
+    empty = LogisticClient(3, x[:0], y[:0], x, y, lr=LR, batch_size=BATCH)
+    w = logistic_init(64, 10)
+    c = {k: np.full_like(v, 0.25) for k, v in w.items()}
+    config = {"round": 1, "extras": {clients.SERVER_CONTROL: c}}
+    for rnd in (1, 2):
+        result = empty.fit(w, {**config, "round": rnd})
+        assert result.num_examples == 0
+        change = result.extras[clients.CLIENT_DELTA]
+        assert result.delta is not None
+        for k in w:
+            np.testing.assert_array_equal(change[k], np.zeros_like(w[k]))
+            np.testing.assert_array_equal(result.delta[k], np.zeros_like(w[k]))
+    assert empty._control is not None
+    assert empty._control.value is not None
+    for k in w:
+        np.testing.assert_array_equal(empty._control.value[k], np.zeros_like(w[k]))

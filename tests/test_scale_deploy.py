@@ -71,7 +71,8 @@ def test_a_robust_rule_no_round_can_satisfy_is_refused_and_one_few_may_is_warned
         serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, wait_timeout=0.5)
     warned = [r.getMessage() for r in caplog.records if "Krum with f=1" in r.getMessage()]
     assert len(warned) == 1, caplog.text
-    assert "it samples 2 and leaves the model unchanged" in warned[0]
+    assert "may start with the 2 clients it waits for" in warned[0]
+    assert "leaves the model unchanged; raise min_available_clients to 5" in warned[0]
 
 
 @pytest.mark.parametrize(
@@ -94,12 +95,17 @@ def test_a_robust_preset_waits_for_the_clients_its_rule_needs_and_warns_of_nothi
     with caplog.at_level(logging.WARNING, logger="covey"), pytest.raises(covey.FederationError):
         serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, wait_timeout=0.3)
     assert "needs at least" not in caplog.text
-    # What the user sets is kept, and warned of when short of the need.
+    # A fraction that picks fewer is no matter: a round samples the need when it can.
     caplog.clear()
-    short = make(fraction_evaluate=0.0, fraction_fit=0.5)
+    few = make(fraction_evaluate=0.0, fraction_fit=0.5)
+    with caplog.at_level(logging.WARNING, logger="covey"), pytest.raises(covey.FederationError):
+        serve(few, 1, _weights(), "127.0.0.1:0", insecure=True, wait_timeout=0.3)
+    assert "needs at least" not in caplog.text
+    # What the user sets is kept, and warned of when short of the need.
+    short = make(fraction_evaluate=0.0, min_available_clients=2)
     with caplog.at_level(logging.WARNING, logger="covey"), pytest.raises(covey.FederationError):
         serve(short, 1, _weights(), "127.0.0.1:0", insecure=True, wait_timeout=0.3)
-    assert f"leaves the model unchanged; raise min_fit_clients to {need}" in caplog.text
+    assert f"leaves the model unchanged; raise min_available_clients to {need}" in caplog.text
     assert make(min_available_clients=3).min_available_clients == 3
     # Too few clients allowed for the need: the rule is named, not min_available_clients.
     with pytest.raises(ValueError, match=f"needs at least .* = {need} clients per round"):

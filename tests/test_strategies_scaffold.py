@@ -150,7 +150,10 @@ def test_helpful_errors() -> None:
         control.fit_result(x, num_examples=1, steps=1, lr=0.1)
     control.correction(x, {"extras": {"scaffold_c": c}})
     with pytest.raises(ValueError, match="steps must be"):
-        control.fit_result(x, num_examples=1, steps=0, lr=0.1)
+        control.fit_result(x, num_examples=1, steps=-1, lr=0.1)
+    moved = {**x, "b": x["b"] + 1.0}
+    with pytest.raises(ValueError, match=r"steps=0 .* weight 'b' changed"):
+        control.fit_result(moved, num_examples=1, steps=0, lr=0.1)
 
 
 def test_a_client_without_the_control_update_fails_the_round_safely() -> None:

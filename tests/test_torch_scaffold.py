@@ -37,24 +37,29 @@ def initial() -> dict[str, np.ndarray]:
 
 
 def client(
-    cid: int, optimizer: Any = None, path: Path | None = None, momentum: float = 0.0
+    cid: int,
+    optimizer: Any = None,
+    path: Path | None = None,
+    momentum: float = 0.0,
+    decay: float = 0.0,
 ) -> TorchClient:
     model = torch.nn.Linear(3, 1, dtype=torch.float64)
     return TorchClient(
         model,
         torch.nn.MSELoss(),
-        optimizer or (lambda p: torch.optim.SGD(p, lr=LR, momentum=momentum)),
+        optimizer or (lambda p: torch.optim.SGD(p, lr=LR, momentum=momentum, weight_decay=decay)),
         batches(cid),
         scaffold_path=path,
     )
 
 
-def replay(momentum: float = 0.0) -> dict[str, np.ndarray]:
+def replay(momentum: float = 0.0, decay: float = 0.0) -> dict[str, np.ndarray]:
     """SCAFFOLD, full participation, server_lr = 1, written from the paper.
 
     Plain SGD uses option II, ``c_i+ = c_i - c + (x - y) / (K lr)``. That is the mean
     of the local gradients, which under heavy-ball momentum ``(x - y) / (K lr)``
     overstates about ``1 / (1 - momentum)`` times: there ``c_i+`` is that mean.
+    SGD's weight decay adds ``decay * y`` to every step's gradient, so to the mean too.
     """
     w, b = initial()["weight"][0], initial()["bias"][0]
     cw, cb = np.zeros(3), 0.0
@@ -70,7 +75,7 @@ def replay(momentum: float = 0.0) -> dict[str, np.ndarray]:
             for s in range(0, len(t), BATCH):
                 xb, tb = x[s : s + BATCH], t[s : s + BATCH, 0]
                 r = xb @ yw + yb - tb
-                gw, gb = 2 * xb.T @ r / len(tb), 2 * r.mean()
+                gw, gb = 2 * xb.T @ r / len(tb) + decay * yw, 2 * r.mean() + decay * yb
                 sum_w, sum_b = sum_w + gw, sum_b + gb
                 dw, db = gw + cw - ciw[cid], gb + cb - cib[cid]
                 mw, mb = (dw, db) if steps == 0 else (momentum * mw + dw, momentum * mb + db)
@@ -91,17 +96,19 @@ def replay(momentum: float = 0.0) -> dict[str, np.ndarray]:
     return {"weight": w[None, :], "bias": np.array([b])}
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_torch_client_trains_under_scaffold_as_the_paper_does(momentum: float) -> None:
+@pytest.mark.parametrize(("momentum", "decay"), [(0.0, 0.0), (0.9, 0.0), (0.0, 0.3), (0.9, 0.3)])
+def test_torch_client_trains_under_scaffold_as_the_paper_does(
+    momentum: float, decay: float
+) -> None:
     result = covey.simulate(
-        lambda cid: client(cid, momentum=momentum),
+        lambda cid: client(cid, momentum=momentum, decay=decay),
         num_clients=len(SIZES),
         rounds=ROUNDS,
         strategy=covey.Scaffold(num_clients=len(SIZES), fraction_evaluate=0.0),
         initial_weights=initial(),
     )
     assert all(r.aggregated for r in result.history.rounds[1:])
-    expected = replay(momentum)
+    expected = replay(momentum, decay)
     for name, value in expected.items():
         np.testing.assert_allclose(result.weights[name], value, rtol=1e-10, atol=1e-12)
 

@@ -19,6 +19,11 @@ PyTorch (``torch`` is imported only when these are called)::
     loss.backward()
     # or, after loss.backward():  fedprox.torch_add_proximal_grad(model, global_params, mu)
 
+The local loss ``F_k`` is a mean over examples. A loss summed over the batch
+(``reduction="sum"``) is the batch size times it, so give the torch helpers
+``mu * len(batch)`` to keep the term in proportion (:class:`covey.torch.TorchClient`
+does).
+
 References:
     Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
 """
@@ -120,7 +125,8 @@ def torch_proximal_term(module: Any, global_params: Mapping[str, Any], mu: float
         module: The ``torch.nn.Module`` being trained.
         global_params: The global parameters by name: tensors (see
             :func:`torch_snapshot`) or NumPy arrays (copied on every call).
-        mu: The proximal weight.
+        mu: The proximal weight (times the batch size with a loss summed over
+            the batch).
 
     Returns:
         A scalar tensor.
@@ -149,7 +155,8 @@ def torch_add_proximal_grad(module: Any, global_params: Mapping[str, Any], mu: f
     Args:
         module: The ``torch.nn.Module`` being trained.
         global_params: The global parameters by name (tensors or NumPy arrays).
-        mu: The proximal weight.
+        mu: The proximal weight (times the batch size with a loss summed over
+            the batch).
     """
     if mu == 0.0:
         return

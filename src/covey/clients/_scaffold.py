@@ -143,7 +143,8 @@ class ControlVariate:
         Args:
             new_weights: The local weights ``y`` after training.
             num_examples: Examples trained on.
-            steps: ``K``, the local steps taken.
+            steps: ``K``, the local steps taken; 0 (a client without data) keeps
+                ``c_i`` as it was and reports no change of it.
             lr: The local learning rate.
             metrics: Metrics to report.
             full_gradient: If given, option I: ``c_i+`` is this gradient of the local
@@ -155,8 +156,8 @@ class ControlVariate:
         """
         if self._round is None or self.value is None:
             raise RuntimeError("call correction(weights, config) before fit_result()")
-        if steps < 1 or not lr > 0:
-            raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
+        if steps < 0 or not lr > 0:
+            raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
         x, c, rnd = self._round
         old = self.value
         new: dict[str, Array] = {}
@@ -165,7 +166,12 @@ class ControlVariate:
         for k, xk in x.items():
             y = np.asarray(new_weights[k])
             delta[k] = subtract({k: y}, {k: xk})[k]  # a bool array's delta: the flipped entries
-            if xk.dtype.kind != "f":
+            if steps == 0 and np.any(delta[k]):
+                raise ValueError(
+                    f"steps=0 (no local step), yet weight {k!r} changed: give the number "
+                    "of local steps taken"
+                )
+            if xk.dtype.kind != "f" or steps == 0:  # no step taken: nothing learnt of c_i
                 new[k] = old[k]
                 change[k] = np.zeros_like(xk)
                 continue

@@ -203,27 +203,24 @@ def _refuse_unmet_need(strategy: Strategy, max_clients: int) -> None:
 def _warn_of_short_minimums(strategy: Strategy) -> None:
     """Warn if a round may start with too few clients connected for the rule to run.
 
-    A round waits for the strategy's minimums connected; if that few would sample
-    fewer clients than the rule needs, more clients joining may still fix it: a
-    warning, not a refusal. The robust presets wait for their need by default.
+    A round waits for the strategy's minimums connected and samples at least the
+    rule's need when that many are there; if the minimums are below the need, a
+    round may start with fewer, train none and keep the model. More clients joining
+    may still fix it: a warning, not a refusal. The robust presets wait for their
+    need by default.
     """
     least = max(strategy.min_available_clients, strategy.min_fit_clients, 1)
     unmet = unmet_rule_need(strategy, least)
     if unmet is None:
         return
-    need = unmet[0]
-    # Waiting for the need connected helps only if that many would all be sampled.
-    waiting_helps = unmet_rule_need(strategy, max(need, strategy.min_fit_clients)) is None
     logger.warning(
-        "%s: %s clients per round, but with the %d clients a round waits for "
-        "(min_available_clients=%d, min_fit_clients=%d) it samples %d and leaves the "
-        "model unchanged; raise %s to %d",
+        "%s: %s clients per round, but a round may start with the %d clients it waits for "
+        "(min_available_clients=%d, min_fit_clients=%d), too few: it then trains none and "
+        "leaves the model unchanged; raise min_available_clients to %d",
         strategy.name,
         unmet[1],
         least,
         strategy.min_available_clients,
         strategy.min_fit_clients,
-        unmet[2],
-        "min_fit_clients or min_available_clients" if waiting_helps else "min_fit_clients",
-        need,
+        unmet[0],
     )

@@ -253,9 +253,9 @@ class LogisticClient(Client):
         if asked is not None:
             metrics[asked] = before
         if correction is not None and self._control is not None:
-            steps = epochs * -(-len(self.y) // batch_size)
+            steps = epochs * -(-len(self.y) // batch_size)  # 0 without data: c_i is kept
             return self._control.fit_result(
-                new, num_examples=len(self.y), steps=max(steps, 1), lr=lr, metrics=metrics
+                new, num_examples=len(self.y), steps=steps, lr=lr, metrics=metrics
             )
         return FitResult(weights=dict(new), num_examples=len(self.y), metrics=metrics)
 

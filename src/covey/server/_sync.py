@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from covey.aggregate import Begin
-from covey.aggregate._base import broadcast_extras
+from covey.aggregate._base import broadcast_extras, min_contributions
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
@@ -212,14 +212,9 @@ class RoundLoop(_LoopBase):
         if not self.simulated:  # a deployed round waits for its clients to connect
             record.durations["wait"] = time.perf_counter() - t0
         available = self._eligible(rnd, available)
-        count = strategy.client_count("fit", len(available))
-        if count > len(available):
-            raise self._fail(
-                f"round {rnd}: the strategy wants {count} clients to train but only "
-                f"{len(available)} are available (min_fit_clients={strategy.min_fit_clients})"
-                + (" counting clients that pass where=" if strategy.where is not None else "")
-                + (f"; {self.property_error}" if self.property_error else "")
-            )
+        count = self._fit_count(rnd, record, len(available))
+        if count is None:
+            return
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
         update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
@@ -280,7 +275,64 @@ class RoundLoop(_LoopBase):
                 + _failures_said(record.fit_failures, self.who)
             )
         record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
-        self._apply(state, rnd, record)
+        self._apply_if_enough(state, rnd, record, len(cids))
+
+    def _fit_count(self, rnd: int, record: RoundRecord, eligible: int) -> int | None:
+        """How many of the ``eligible`` clients train in round ``rnd``; None: none can.
+
+        The strategy's ``num_fit``, but at least what its rule needs (Krum's ``2f + 3``)
+        when that many are eligible (a ``selector`` chooses for itself); with fewer,
+        no client trains, the model is kept and the round says why.
+
+        Raises:
+            FederationError: the strategy wants more clients than are eligible.
+        """
+        strategy = self.strategy
+        count = strategy.client_count("fit", eligible)
+        if count > eligible:
+            raise self._fail(
+                f"round {rnd}: the strategy wants {count} clients to train but only "
+                f"{eligible} are available (min_fit_clients={strategy.min_fit_clients})"
+                + (" counting clients that pass where=" if strategy.where is not None else "")
+                + (f"; {self.property_error}" if self.property_error else "")
+            )
+        need = min_contributions(strategy.aggregator)
+        if need is None:
+            return count
+        if eligible < need[0]:
+            where = " pass where=" if strategy.where is not None else " are available"
+            self._keep_model(
+                rnd,
+                record,
+                f"{need[1]} clients per round, but only {eligible} clients{where}: no "
+                "client trains",
+            )
+            return None
+        return count if strategy.selector is not None else max(count, need[0])
+
+    def _apply_if_enough(self, state: Any, rnd: int, record: RoundRecord, sampled: int) -> None:
+        """Aggregate round ``rnd``, unless fewer clients replied than the rule needs.
+
+        Then the round keeps the model and says why once, naming the rule and the
+        replies, rather than the rule's own refusal at the end of the round.
+        """
+        need = min_contributions(self.strategy.aggregator)
+        replied = len(record.fit_participants)
+        if need is None or replied >= need[0]:
+            self._apply(state, rnd, record)
+            return
+        failed = len(record.fit_failures)
+        self._keep_model(
+            rnd,
+            record,
+            f"{need[1]} updates per round, but only {replied} of the {sampled} sampled "
+            f"clients replied ({failed} failed)",
+        )
+
+    def _keep_model(self, rnd: int, record: RoundRecord, why: str) -> None:
+        """Say once why round ``rnd`` cannot aggregate; the global model stays as it is."""
+        logger.warning("round %d: %s; the global model is unchanged", rnd, why)
+        record.aggregate_info["error"] = why
 
     def _fit_outcome(
         self, rnd: int, record: RoundRecord, state: Any, outcome: FitOutcome, sampled: int

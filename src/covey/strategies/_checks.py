@@ -115,9 +115,11 @@ def unmet_rule_need(strategy: Any, connected: int) -> tuple[int, str, int] | Non
     """``(need, why, sampled)`` if the aggregation rule needs more clients than a round samples.
 
     ``sampled`` is the most clients a synchronous round samples with ``connected``
-    clients connected (all of them with a ``selector``); ``need`` and ``why`` are
-    the rule's own (see :func:`covey.aggregate._base.requiring`). None if the rule
-    asks nothing, the strategy is asynchronous or the need is met.
+    clients connected: all of them with a ``selector``, else ``num_fit`` of them
+    raised to the rule's need (a round samples at least that many when there are
+    enough). ``need`` and ``why`` are the rule's own (see
+    :func:`covey.aggregate._base.requiring`). None if the rule asks nothing, the
+    strategy is asynchronous or the need is met.
     """
     from covey.aggregate._base import min_contributions
 
@@ -126,7 +128,7 @@ def unmet_rule_need(strategy: Any, connected: int) -> tuple[int, str, int] | Non
         return None
     sampled = connected
     if strategy.selector is None:
-        sampled = min(strategy.client_count("fit", connected), connected)
+        sampled = min(max(strategy.client_count("fit", connected), need[0]), connected)
     return (need[0], need[1], sampled) if sampled < need[0] else None
 
 

@@ -161,16 +161,25 @@ def _check_sgd(optimizer: Any) -> None:
 
 
 class _GradientMean:
-    """The mean of the local loss's gradients over a fit's steps: SCAFFOLD's new ``c_i``.
+    """The mean over a fit's steps of the gradients SGD applies: SCAFFOLD's new ``c_i``.
 
-    With plain SGD it equals option II's ``c_i - c + (x - y) / (K lr)`` (the corrected
-    steps' mean minus the correction); unlike that formula it stays the mean gradient
-    under momentum, which moves ``y`` by more than ``K lr`` times it.
+    Each step's gradient is the local loss's plus SGD's weight decay
+    (``weight_decay * w``, from the parameter's group of ``optimizer``), the
+    full gradient of the objective the optimizer descends. With plain SGD the mean
+    equals option II's ``c_i - c + (x - y) / (K lr)`` (the corrected steps' mean
+    minus the correction); unlike that formula it stays the mean gradient under
+    momentum, which moves ``y`` by more than ``K lr`` times it.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, optimizer: Any) -> None:
         torch = torch_module()
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        decay = {
+            id(p): float(group.get("weight_decay", 0.0))
+            for group in optimizer.param_groups
+            for p in group["params"]
+        }
+        self.decay = {n: decay.get(id(p), 0.0) for n, p in self.params.items()}
         # half precision sums in float32; float64 is not on every device (MPS)
         wide = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
         self.sums = {
@@ -179,13 +188,19 @@ class _GradientMean:
         self.steps = 0
 
     def add(self) -> None:
-        """Add the gradients ``backward()`` left, before any correction is added."""
+        """Add the gradients ``backward()`` left and the weight decay, before the correction.
+
+        Every trained parameter decays at every step, with a gradient or without:
+        the correction gives each one a gradient, and SGD then decays it.
+        """
         torch = torch_module()
         with torch.no_grad():
             for name, p in self.params.items():
                 if p.grad is not None:
                     grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
                     self.sums[name].add_(grad)
+                if self.decay[name]:
+                    self.sums[name].add_(p.detach(), alpha=self.decay[name])
         self.steps += 1
 
     def mean(self, weights: Weights) -> dict[str, Array]:
@@ -207,12 +222,16 @@ class TorchClient(Client):
     over ``train_loader`` with a fresh optimizer, and returns the update
     (local minus global weights, parameters and buffers alike). When the
     strategy is :func:`covey.FedProx`, the proximal term's gradient
-    ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`).
+    ``mu (w - w_global)`` is added to every step (see :func:`covey.clients.proximal_mu`);
+    with a summed loss (``reduction="sum"``) it is scaled by the batch's size, as the
+    loss is, so that every step descends the batch size times FedProx's objective
+    whichever the reduction.
     When it is :func:`covey.Scaffold`, the client keeps its control variate ``c_i``
     (a :class:`covey.clients.ControlVariate`), adds ``c - c_i`` to the gradient of
     every trained parameter at every step, and sends its change; the new ``c_i``
-    is the mean of the loss's gradients over the round's steps, which is option II
-    of Karimireddy et al. for plain SGD and stays the mean gradient under
+    is the mean over the round's steps of the gradients SGD applies (the loss's
+    plus its weight decay, ``weight_decay * w``), which is option II of
+    Karimireddy et al. for plain SGD and stays the mean gradient under
     momentum. The optimizer must then be a ``torch.optim.SGD`` (another one is
     refused at its first fit, naming it).
     ``evaluate`` returns the mean loss over ``test_loader`` and, for a
@@ -320,7 +339,7 @@ class TorchClient(Client):
             if self._control is None:
                 self._control = ControlVariate(self._scaffold_path)
             correction = torch_tensors(self._control.correction(weights, config), self.model)
-            gradients = _GradientMean(self.model)
+            gradients = _GradientMean(self.model, optimizer)
         self.model.train()
         total, seen = 0.0, 0
         for _ in range(self._epochs(config)):
@@ -332,8 +351,8 @@ class TorchClient(Client):
                 loss.backward()
                 if gradients is not None:
                     gradients.add()
-                if anchor is not None:
-                    torch_add_proximal_grad(self.model, anchor, mu)
+                if anchor is not None:  # a summed loss is len(y) times the mean: so is the term
+                    torch_add_proximal_grad(self.model, anchor, mu * len(y) if self._summed else mu)
                 if correction is not None:
                     torch_add_correction(self.model, correction)
                 optimizer.step()
