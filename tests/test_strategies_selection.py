@@ -196,3 +196,22 @@ def test_a_selector_that_repeats_a_client_is_refused() -> None:
     strategy = covey.Strategy(selector=lambda available, rnd, rng: [available[0], available[0]])
     with pytest.raises(ValueError, match="more than once"):
         strategy.sample([0, 1, 2], 2, 1, 0, purpose=0)
+
+
+def test_where_values_match_bools_only_with_bools() -> None:
+    """``{"gpu": 1}`` once matched a client reporting ``True`` (``True == 1`` in Python)."""
+    props: dict[int, dict[str, Any]] = {
+        0: {"gpu": True, "n": 1},
+        1: {"gpu": 1, "n": 1.0},
+        2: {"gpu": np.bool_(True), "n": np.int64(1)},
+        3: {"gpu": False, "n": 0},
+        4: {"n": 1},
+    }
+    ids = list(props)
+    assert covey.FedAvg(where={"gpu": True}).eligible(ids, props) == [0, 2]
+    assert covey.FedAvg(where={"gpu": 1}).eligible(ids, props) == [1]
+    assert covey.FedAvg(where={"gpu": np.bool_(True)}).eligible(ids, props) == [0, 2]
+    assert covey.FedAvg(where={"gpu": 0}).eligible(ids, props) == []
+    # Numbers of equal value match across int, float and NumPy's types.
+    assert covey.FedAvg(where={"n": 1}).eligible(ids, props) == [0, 1, 2, 4]
+    assert covey.FedAvg(where={"n": 1.0, "gpu": True}).eligible(ids, props) == [0, 2]

@@ -15,6 +15,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from covey.core._messages import Config
 from covey.strategies._checks import checked_config
 
@@ -122,3 +124,22 @@ def per_client_configs(
                 )
         out[client.cid] = {**base, **own} if own else base
     return out
+
+
+def has_values(properties: Mapping[str, Any], required: Mapping[str, Any]) -> bool:
+    """Whether ``properties`` hold every value of ``required`` (a ``where=`` dict).
+
+    Values compare by ``==``, except that a bool matches only a bool (NumPy's
+    included): ``{"gpu": 1}`` does not match a client reporting ``True``, nor
+    ``{"gpu": True}`` one reporting ``1``, while an int and a float of equal value
+    (``1`` and ``1.0``) match.
+    """
+    for key, wanted in required.items():
+        if key not in properties:
+            return False
+        got = properties[key]
+        if isinstance(got, bool | np.bool_) != isinstance(wanted, bool | np.bool_):
+            return False
+        if got != wanted:
+            return False
+    return True

@@ -28,7 +28,7 @@ from covey.strategies._checks import (
     not_among,
     selects_evaluation,
 )
-from covey.strategies._clients import ClientConfigFn, ClientInfo, per_client_configs
+from covey.strategies._clients import ClientConfigFn, ClientInfo, has_values, per_client_configs
 from covey.strategies._fitround import FitRound, takes_configs
 from covey.strategies._fold import fold
 from covey.strategies._metrics import MetricsFn, weighted_metrics
@@ -84,7 +84,7 @@ class Strategy:
             and ``rng`` is seeded from ``(seed, round, purpose)``.
         where: Which clients may be selected, from the properties they report
             (:meth:`covey.Client.properties`): a dict of required values such as
-            ``{"site": "hospital", "has_gpu": True}``, or a predicate
+            ``{"site": "hospital", "has_gpu": True}`` (a bool matches only a bool), or a predicate
             ``properties -> bool``. Applies to training and federated evaluation;
             fractions and minimums count the clients that pass. None: every client.
         buffer_size: Run asynchronously (FedBuff): keep ``num_fit`` clients
@@ -250,7 +250,7 @@ class Strategy:
             if props is None:
                 continue
             if isinstance(where, Mapping):
-                ok = all(key in props and props[key] == value for key, value in where.items())
+                ok = has_values(props, where)
             else:
                 try:
                     ok = bool(where(props))
