@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -280,7 +281,7 @@ def test_configs_reach_clients_with_the_1_based_round() -> None:
     strategy = covey.FedAvg(
         fraction_fit=0.5,
         fraction_evaluate=0.25,
-        on_fit_config=lambda rnd: {"lr": 0.1 * rnd, "round": -1},
+        on_fit_config=lambda rnd: {"lr": 0.1 * rnd, "round": rnd},  # the same value passes
         on_evaluate_config=lambda rnd: {"split": f"val{rnd}"},
     )
     result = covey.simulate(lambda cid: ConfigClient(cid, log), 8, 3, strategy, initial())
@@ -294,6 +295,38 @@ def test_configs_reach_clients_with_the_1_based_round() -> None:
         assert all(cfg == {"lr": pytest.approx(0.1 * rnd), "round": rnd} for _, cfg in fits)
         assert all(cfg == {"split": f"val{rnd}", "round": rnd} for _, cfg in evals)
     assert {cfg["round"] for _, _, cfg in log} == {1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("fit", "evaluate", "said"),
+    [
+        ({"round": -1}, {}, "on_fit_config set 'round' to -1 in round 1: covey sets"),
+        ({"extras": {}}, {}, "on_fit_config set 'extras' in round 1"),
+        ({"covey.scheme": "q8"}, {}, "on_fit_config set 'covey.scheme' in round 1"),
+        ({}, {"round": 0}, "on_evaluate_config set 'round' to 0 in round 1"),
+        ({"round": True}, {}, "on_fit_config set 'round' to True"),
+    ],
+)
+def test_config_entries_covey_sets_are_refused(
+    fit: dict[str, Any], evaluate: dict[str, Any], said: str
+) -> None:
+    """They were replaced silently (a client config setting them was refused already)."""
+    strategy = covey.FedAvg(on_fit_config=lambda rnd: fit, on_evaluate_config=lambda rnd: evaluate)
+    log: list[tuple[str, int, dict[str, Any]]] = []
+    with pytest.raises(ValueError, match=re.escape(said)):
+        covey.simulate(lambda cid: ConfigClient(cid, log), 4, 1, strategy, initial())
+
+
+def test_dp_clip_from_on_fit_config_is_refused_under_central_dp() -> None:
+    strategy = covey.privacy.central(
+        covey.FedAvg(on_fit_config=lambda rnd: {"dp_clip": 100.0}),
+        noise_multiplier=0.5,
+        clip=1.0,
+        delta=1e-5,
+        clipping="client",
+    )
+    with pytest.raises(ValueError, match="on_fit_config set 'dp_clip' in round 3"):
+        strategy.fit_task_config(3)
 
 
 def test_config_function_must_return_a_dict() -> None:

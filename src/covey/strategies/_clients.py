@@ -74,6 +74,34 @@ def reserved_keys(kind: str, fixed: Collection[str]) -> set[str]:
     return {*RESERVED, *fixed} if kind == "fit" else {"round"}
 
 
+def round_config(value: Any, what: str, kind: str, round: int, fixed: Collection[str]) -> Config:
+    """A copy of the ``kind`` config ``what`` returned for ``round``, checked.
+
+    Entries covey sets itself are refused: ``"round"`` set to another value than
+    the round (the same value passes: the runtime sets it anyway), ``"extras"``,
+    ``fixed`` entries (``"dp_clip"``) and names under ``"covey."`` would be
+    replaced or misread silently.
+
+    Raises:
+        TypeError: naming ``what``, if it returned no dict.
+        ValueError: naming ``what``, the round and the entry.
+    """
+    config = checked_config(value, what)
+    refused = reserved_keys(kind, fixed)
+    for key, entry in config.items():
+        if key == "round" and type(entry) is int and entry == round:
+            continue
+        if key in refused or (isinstance(key, str) and key.startswith(PREFIX)):
+            said = f" to {entry!r}" if key == "round" else ""
+            raise ValueError(
+                f"{what} set {key!r}{said} in round {round}: covey sets that entry of the "
+                f"{kind} config itself"
+                + (f" (to {round})" if key == "round" else "")
+                + "; give yours another name"
+            )
+    return config
+
+
 def per_client_configs(
     make: Callable[[int, ClientInfo], Any],
     what: str,

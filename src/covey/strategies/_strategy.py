@@ -28,7 +28,13 @@ from covey.strategies._checks import (
     not_among,
     selects_evaluation,
 )
-from covey.strategies._clients import ClientConfigFn, ClientInfo, has_values, per_client_configs
+from covey.strategies._clients import (
+    ClientConfigFn,
+    ClientInfo,
+    has_values,
+    per_client_configs,
+    round_config,
+)
 from covey.strategies._fitround import FitRound, takes_configs
 from covey.strategies._fold import fold
 from covey.strategies._metrics import MetricsFn, weighted_metrics
@@ -71,7 +77,8 @@ class Strategy:
             evaluation (0 turns it off).
         min_evaluate_clients: Least number sampled for, and replying to, evaluation.
         min_available_clients: Clients that must be connected before a round starts.
-        on_fit_config: ``round -> dict`` sent to clients with each fit task.
+        on_fit_config: ``round -> dict`` sent to clients with each fit task (entries covey
+            sets itself, such as ``"extras"`` or another ``"round"``, are refused).
         on_evaluate_config: ``round -> dict`` sent with each evaluate task.
         accept_failures: Go on with the clients that replied when some fail (if at
             least ``min_fit_clients`` replied); if False, any failed fit stops the run.
@@ -391,15 +398,15 @@ class Strategy:
         An override of :meth:`fit_config` in a subclass is called here, and what it
         returns is checked like ``on_fit_config``'s.
         """
-        config = checked_config(self.fit_config(round), self.source("fit_config", "on_fit_config"))
-        config.update(self.fit_config_entries)
+        what, fixed = self.source("fit_config", "on_fit_config"), self.fit_config_entries
+        config = round_config(self.fit_config(round), what, "fit", round, fixed)
+        config.update(fixed)
         return config
 
     def evaluate_task_config(self, round: int) -> Config:
         """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
-        return checked_config(
-            self.evaluate_config(round), self.source("evaluate_config", "on_evaluate_config")
-        )
+        what = self.source("evaluate_config", "on_evaluate_config")
+        return round_config(self.evaluate_config(round), what, "evaluate", round, ())
 
     def client_fit_config(self, round: int, client: ClientInfo) -> Config:
         """Entries of ``client``'s own for its fit task in ``round``, on top of :meth:`fit_config`.
