@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from covey.core._extras import import_feature
 from covey.core._files import TooLargeError, atomic_write, read_regular
 from covey.core._jsonvalues import as_float, from_jsonable, jsonable
 from covey.core._messages import Metrics
@@ -306,6 +308,67 @@ class History:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out.append((r.round, as_float(value)))
         return out
+
+    def best_round(
+        self, name: str, mode: Literal["max", "min"] = "max", source: Source = "central"
+    ) -> tuple[int, float]:
+        """The round whose model scored best on one metric, and that score.
+
+        Round 0 (the initial model) counts when it was evaluated. A tie goes to the
+        earliest round; NaN values are left out. Load that round's weights from the
+        run folder with :meth:`covey.server.RunStore.load_round`, if it still keeps them.
+
+        Args:
+            name: The metric (``"accuracy"``), or ``"loss"``, as :meth:`metric` names it.
+            mode: ``"max"`` when higher is better (accuracy), ``"min"`` when lower is (loss).
+            source: ``"central"`` (``evaluate_fn``), ``"evaluate"`` (federated
+                evaluation) or ``"fit"`` (clients' training metrics).
+
+        Returns:
+            ``(round, value)``.
+
+        Raises:
+            ValueError: ``mode`` or ``source`` is unknown, or no round records the
+                metric from that source (the metrics it does record are named).
+
+        Example:
+            >>> h = History([RoundRecord(1, central_loss=0.5), RoundRecord(2, central_loss=0.4)])
+            >>> h.best_round("loss", mode="min")
+            (2, 0.4)
+        """
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        points = [(r, v) for r, v in self.metric(name, source) if not math.isnan(v)]
+        if not points:
+            recorded = sorted({m for r in self.rounds for m, _ in _metric_items(r, source)})
+            elsewhere = [s for s in SOURCES if s != source and self.metric(name, s)]
+            raise ValueError(
+                f"no round records {name!r} (NaN aside) from source={source!r}: it records "
+                f"{recorded or 'nothing'} there"
+                + (f"; {name!r} is recorded from source={elsewhere[0]!r}" if elsewhere else "")
+            )
+        pick = max if mode == "max" else min
+        value = pick(v for _, v in points)
+        return next((r, v) for r, v in points if v == value)
+
+    def to_pandas(self) -> Any:
+        """The metrics as a ``pandas.DataFrame``: one row per round, one column per metric.
+
+        The index is the round number (``"round"``). A column is named
+        ``SOURCE_NAME``: ``central_loss`` and ``central_accuracy`` from
+        ``evaluate_fn``, ``evaluate_loss`` and ``evaluate_accuracy`` from federated
+        evaluation, ``fit_train_loss`` from the clients' training metrics. Only
+        numeric metrics are columns; a round that did not record one has NaN.
+
+        Returns:
+            The table (of floats).
+
+        Raises:
+            covey.core.MissingExtraError: pandas is not installed (it comes with
+                the ``analytics`` extra: ``pip install 'covey[analytics]'``).
+        """
+        table = import_feature("covey.core._historytable", "History.to_pandas")
+        return table.metrics_frame(self)
 
     def failures(self) -> list[tuple[int, Failure]]:
         """``(round, failure)`` for every failure of the run."""
