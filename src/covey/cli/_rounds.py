@@ -124,12 +124,12 @@ def round_table(history: History, title: str = "Rounds", last: int | None = None
 
 def _privacy(history: History, key: str) -> dict[int, float]:
     """Each round's recorded privacy value ``key`` (``"epsilon"``, ``"delta"``), if any."""
-    from covey.core._history import _as_float
+    from covey.core._jsonvalues import as_float
 
     out: dict[int, float] = {}
     for r in history.rounds:
         privacy = getattr(r, "privacy", None)
         value = privacy.get(key) if isinstance(privacy, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            out[r.round] = _as_float(value)
+            out[r.round] = as_float(value)
     return out

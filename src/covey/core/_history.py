@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from covey.core._extras import import_feature
 from covey.core._files import TooLargeError, atomic_write, read_regular
+from covey.core._jsonvalues import as_float, from_jsonable, jsonable
 from covey.core._messages import Metrics
 from covey.core._version import covey_version
 
@@ -123,49 +125,6 @@ def _metric_items(record: RoundRecord, source: Source) -> list[tuple[str, Any]]:
     else:
         loss, metrics = None, record.fit_metrics
     return ([("loss", loss)] if loss is not None else []) + list(metrics.items())
-
-
-def _as_float(value: int | float) -> float:
-    """``value`` as a float; an integer too big for one (valid JSON) is an infinity."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as JSON-ready data; NaN, infinities and bytes become tagged objects."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return {"__bytes__": value.hex()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"__float__": str(value)}
-    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # arrays (a custom metric)
-        return _jsonable(value.tolist())
-    if hasattr(value, "item") and callable(value.item):  # NumPy scalars, 0-d arrays
-        return _jsonable(value.item())
-    if value is not None and not isinstance(value, str | int | float):
-        raise TypeError(
-            f"cannot write a value of type {type(value).__name__} to the history (JSON): "
-            f"{value!r:.80}; metrics and infos must be numbers, strings, lists or dicts"
-        )
-    return value
-
-
-def _from_jsonable(value: Any) -> Any:
-    """Undo :func:`_jsonable`'s tags."""
-    if isinstance(value, dict):
-        if len(value) == 1 and "__bytes__" in value:
-            return bytes.fromhex(value["__bytes__"])
-        if len(value) == 1 and "__float__" in value:
-            return float(value["__float__"])
-        return {k: _from_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_jsonable(v) for v in value]
-    return value
 
 
 _ID_LISTS = ("fit_participants", "evaluate_participants")
@@ -347,8 +306,69 @@ class History:
             else:
                 value = r.fit_metrics.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((r.round, _as_float(value)))
+                out.append((r.round, as_float(value)))
         return out
+
+    def best_round(
+        self, name: str, mode: Literal["max", "min"] = "max", source: Source = "central"
+    ) -> tuple[int, float]:
+        """The round whose model scored best on one metric, and that score.
+
+        Round 0 (the initial model) counts when it was evaluated. A tie goes to the
+        earliest round; NaN values are left out. Load that round's weights from the
+        run folder with :meth:`covey.server.RunStore.load_round`, if it still keeps them.
+
+        Args:
+            name: The metric (``"accuracy"``), or ``"loss"``, as :meth:`metric` names it.
+            mode: ``"max"`` when higher is better (accuracy), ``"min"`` when lower is (loss).
+            source: ``"central"`` (``evaluate_fn``), ``"evaluate"`` (federated
+                evaluation) or ``"fit"`` (clients' training metrics).
+
+        Returns:
+            ``(round, value)``.
+
+        Raises:
+            ValueError: ``mode`` or ``source`` is unknown, or no round records the
+                metric from that source (the metrics it does record are named).
+
+        Example:
+            >>> h = History([RoundRecord(1, central_loss=0.5), RoundRecord(2, central_loss=0.4)])
+            >>> h.best_round("loss", mode="min")
+            (2, 0.4)
+        """
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        points = [(r, v) for r, v in self.metric(name, source) if not math.isnan(v)]
+        if not points:
+            recorded = sorted({m for r in self.rounds for m, _ in _metric_items(r, source)})
+            elsewhere = [s for s in SOURCES if s != source and self.metric(name, s)]
+            raise ValueError(
+                f"no round records {name!r} (NaN aside) from source={source!r}: it records "
+                f"{recorded or 'nothing'} there"
+                + (f"; {name!r} is recorded from source={elsewhere[0]!r}" if elsewhere else "")
+            )
+        pick = max if mode == "max" else min
+        value = pick(v for _, v in points)
+        return next((r, v) for r, v in points if v == value)
+
+    def to_pandas(self) -> Any:
+        """The metrics as a ``pandas.DataFrame``: one row per round, one column per metric.
+
+        The index is the round number (``"round"``). A column is named
+        ``SOURCE_NAME``: ``central_loss`` and ``central_accuracy`` from
+        ``evaluate_fn``, ``evaluate_loss`` and ``evaluate_accuracy`` from federated
+        evaluation, ``fit_train_loss`` from the clients' training metrics. Only
+        numeric metrics are columns; a round that did not record one has NaN.
+
+        Returns:
+            The table (of floats).
+
+        Raises:
+            covey.core.MissingExtraError: pandas is not installed (it comes with
+                the ``analytics`` extra: ``pip install 'covey[analytics]'``).
+        """
+        table = import_feature("covey.core._historytable", "History.to_pandas")
+        return table.metrics_frame(self)
 
     def failures(self) -> list[tuple[int, Failure]]:
         """``(round, failure)`` for every failure of the run."""
@@ -356,7 +376,7 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {**_head(self), "rounds": [_jsonable(asdict(r)) for r in self.rounds]}
+        return {**_head(self), "rounds": [jsonable(asdict(r)) for r in self.rounds]}
 
     def to_json(self, indent: int | None = 2) -> str:
         """The history as JSON text."""
@@ -369,11 +389,11 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         """Rebuild a history from :meth:`to_dict` output."""
-        rounds = [_record(raw) for raw in _from_jsonable(data["rounds"])]
+        rounds = [_record(raw) for raw in from_jsonable(data["rounds"])]
         clients = data.get("clients") or {}
         if not isinstance(clients, dict):
             raise ValueError(f"'clients' must map ids to names, got {type(clients).__name__}")
-        config = _from_jsonable(data.get("config", {}))
+        config = from_jsonable(data.get("config", {}))
         if not isinstance(config, dict):
             raise ValueError(f"'config' must be an object, got {type(config).__name__}")
         stopped = data.get("stopped_reason")
@@ -461,7 +481,7 @@ class History:
 def _head(history: History) -> dict[str, Any]:
     """Everything of ``history`` as JSON-ready data but its rounds."""
     return {
-        "config": _jsonable(history.config),
+        "config": jsonable(history.config),
         "stopped_reason": history.stopped_reason,
         "clients": {str(cid): name for cid, name in sorted(history.clients.items())},
     }

@@ -8,7 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from covey.core._files import atomic_write
-from covey.core._history import History, RoundRecord, _head, _jsonable
+from covey.core._history import History, RoundRecord, _head
+from covey.core._jsonvalues import jsonable
 
 __all__ = ["HistoryFile"]
 
@@ -49,7 +50,7 @@ class HistoryFile:
         for index in range(keep, len(rounds)):
             record = rounds[index]
             self._records.append(record)
-            text = json.dumps(_jsonable(asdict(record)), indent=2)
+            text = json.dumps(jsonable(asdict(record)), indent=2)
             self._texts.append(textwrap.indent(text, "    "))
         self._settled = max(len(rounds) - 1, 0)
         head = json.dumps({**_head(history), "rounds": []}, indent=2)

@@ -24,7 +24,8 @@ import numpy as np
 import safetensors.numpy
 
 from covey.core._files import atomic_write
-from covey.core._history import History, RoundRecord, _jsonable, unknown_fields
+from covey.core._history import History, RoundRecord, unknown_fields
+from covey.core._jsonvalues import jsonable
 from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._rundb import NewerFormatError
@@ -294,7 +295,7 @@ def record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:
     raw.setdefault("round", round)
     if raw["round"] != round:
         raise ValueError(f"record of round {raw['round']} saved as round {round}")
-    data = _jsonable(raw)
+    data = jsonable(raw)
     unknown = unknown_fields(data) if isinstance(data, dict) else []
     if unknown:
         raise ValueError(

@@ -43,6 +43,7 @@ from safetensors import SafetensorError
 from covey.core._history import History, RoundRecord
 from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
+from covey.server._kept import kept_rounds, prune, pruned_error
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
     read_record,
@@ -299,7 +300,7 @@ class RunStore(RunRecords):
                 if not committed:
                     final.unlink(missing_ok=True)
             if keep_last is not None:
-                self._prune(keep_last)
+                prune(self._db, self._weights_dir, keep_last)
 
     def last_round(self) -> int | None:
         """The newest saved round, or None if no round was saved."""
@@ -312,6 +313,10 @@ class RunStore(RunRecords):
         with self._db.reading() as conn:
             rows = conn.execute("SELECT round FROM rounds ORDER BY round").fetchall()
         return [int(r[0]) for r in rows]
+
+    def kept_rounds(self) -> list[int]:
+        """The saved rounds whose weights file is still kept (see ``keep_last``), oldest first."""
+        return kept_rounds(self._db)
 
     def load_round(
         self, round: int
@@ -326,7 +331,8 @@ class RunStore(RunRecords):
 
         Raises:
             KeyError: ``round`` was never saved.
-            ValueError: the round's weights file is missing, corrupt, or was pruned.
+            ValueError: the round's weights file is missing or corrupt, or was pruned
+                (the error names the rounds kept: :meth:`kept_rounds`).
         """
         with self._db.reading() as conn:
             row = conn.execute(
@@ -337,7 +343,7 @@ class RunStore(RunRecords):
             raise KeyError(f"round {round} was never saved in the run at {self._run_dir}")
         name, digest, record_text, state = row
         if name is None:
-            raise ValueError(f"the weights of round {round} were pruned (keep_last)")
+            raise pruned_error(self._run_dir, round, self.kept_rounds(), self.config)
         name = stored_file(self._run_dir / DB_NAME, round, name)
         weights = read_weights(round, self._weights_dir / name, digest)
         record = None if record_text is None else self._record(round, record_text)
@@ -465,21 +471,6 @@ class RunStore(RunRecords):
         )
 
     # -- internals -----------------------------------------------------------------
-
-    def _prune(self, keep_last: int) -> None:
-        with self._db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT round, weights_file FROM rounds WHERE weights_file IS NOT NULL"
-                " ORDER BY round DESC LIMIT -1 OFFSET ?",
-                (keep_last,),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE rounds SET weights_file = NULL, sha256 = NULL WHERE round = ?",
-                [(r,) for r, _ in rows],
-            )
-        # Rows first, files second: a crash in between only leaves unreferenced files.
-        for r, _ in rows:  # the round's own file, whatever its row names
-            (self._weights_dir / weights_file_name(r)).unlink(missing_ok=True)
 
     def _sweep(self) -> None:
         """Once per store, before its first save: delete what crashed saves left behind.

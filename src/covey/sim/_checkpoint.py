@@ -32,6 +32,7 @@ from covey.compress import Scheme, TopK
 from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights, WeightsSpec
+from covey.server._kept import SIMULATION_KEEPS
 from covey.server._resume import resume_point, same_strategy, strategy_changes
 from covey.server._roundfiles import WEIGHTS_DIR, check_storable
 from covey.server._rundb import DB_NAME
@@ -45,9 +46,8 @@ __all__ = ["SimCheckpoint", "check_resumable", "open_checkpoint", "unresumable"]
 
 logger = logging.getLogger("covey")
 
-KEEP_LAST = 2
-"""A simulation keeps the weights files of its newest rounds only (every round's record):
-the newest to resume from, and the one before should the newest be damaged."""
+KEEP_LAST = SIMULATION_KEEPS
+"""A simulation keeps the weights files of its newest rounds only (every round's record)."""
 
 
 def unresumable(strategy: Strategy, scheme: Scheme | None) -> str | None:

@@ -1,0 +1,51 @@
+"""Metric and record values as JSON: NaN, infinities and bytes kept by tagging them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["as_float", "from_jsonable", "jsonable"]
+
+
+def as_float(value: int | float) -> float:
+    """``value`` as a float; an integer too big for one (valid JSON) is an infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON-ready data; NaN, infinities and bytes become tagged objects."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return {"__bytes__": value.hex()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": str(value)}
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # arrays (a custom metric)
+        return jsonable(value.tolist())
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalars, 0-d arrays
+        return jsonable(value.item())
+    if value is not None and not isinstance(value, str | int | float):
+        raise TypeError(
+            f"cannot write a value of type {type(value).__name__} to the history (JSON): "
+            f"{value!r:.80}; metrics and infos must be numbers, strings, lists or dicts"
+        )
+    return value
+
+
+def from_jsonable(value: Any) -> Any:
+    """Undo :func:`jsonable`'s tags."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "__bytes__" in value:
+            return bytes.fromhex(value["__bytes__"])
+        if len(value) == 1 and "__float__" in value:
+            return float(value["__float__"])
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    return value

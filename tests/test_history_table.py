@@ -1,0 +1,120 @@
+"""The best round of a run by one metric, and a run's metrics as a pandas table."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import covey
+from covey import EvaluateResult, FitResult
+from covey.core import MissingExtraError, RoundRecord
+
+
+def history() -> covey.History:
+    return covey.History(
+        [
+            RoundRecord(0, central_loss=2.0, central_metrics={"accuracy": 0.1}),
+            RoundRecord(
+                1,
+                central_loss=1.0,
+                central_metrics={"accuracy": 0.5, "note": "text"},
+                evaluate_loss=0.7,
+                evaluate_metrics={"accuracy": 0.6},
+                fit_metrics={"train_loss": 0.9},
+            ),
+            RoundRecord(2, central_loss=1.5, central_metrics={"accuracy": 0.5, "loss": 9.0}),
+            RoundRecord(3, central_loss=math.nan, central_metrics={"accuracy": 0.3}),
+        ]
+    )
+
+
+def test_best_round_by_max_and_min_ties_to_the_earliest_and_skips_nan() -> None:
+    h = history()
+    assert h.best_round("accuracy") == (1, 0.5)  # round 2 ties: the earliest wins
+    assert h.best_round("loss", mode="min") == (1, 1.0)  # round 3's NaN is left out
+    assert h.best_round("loss", mode="max") == (0, 2.0)  # round 0, the initial model, counts
+    assert h.best_round("accuracy", source="evaluate") == (1, 0.6)
+    assert h.best_round("train_loss", mode="min", source="fit") == (1, 0.9)
+
+
+def test_best_round_names_what_is_recorded_when_the_metric_is_not() -> None:
+    h = history()
+    with pytest.raises(ValueError, match=r"no round records 'f1'.*\['accuracy', 'loss', 'note'\]"):
+        h.best_round("f1")
+    with pytest.raises(ValueError, match=r"'train_loss' is recorded from source='fit'"):
+        h.best_round("train_loss")
+    with pytest.raises(ValueError, match="mode must be 'max' or 'min', got 'best'"):
+        h.best_round("accuracy", mode="best")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown metric source 'server'"):
+        h.best_round("accuracy", source="server")  # type: ignore[arg-type]
+    nan_only = covey.History([RoundRecord(1, central_metrics={"accuracy": math.nan})])
+    with pytest.raises(ValueError, match=r"'accuracy' \(NaN aside\)"):
+        nan_only.best_round("accuracy")
+
+
+def test_to_pandas_has_one_row_per_round_and_one_column_per_numeric_metric() -> None:
+    frame = history().to_pandas()
+    assert isinstance(frame, pd.DataFrame)
+    assert frame.index.name == "round"
+    assert list(frame.index) == [0, 1, 2, 3]
+    assert list(frame.columns) == [
+        "central_loss",
+        "central_accuracy",
+        "evaluate_loss",
+        "evaluate_accuracy",
+        "fit_train_loss",
+    ]
+    # "loss" is the round's loss, as History.metric says, not a metric of that name
+    assert frame.loc[2, "central_loss"] == 1.5
+    assert math.isnan(frame.loc[0, "evaluate_loss"])
+    for column in ("central_accuracy", "evaluate_loss", "fit_train_loss"):
+        source, name = column.split("_", 1)
+        got = [(r, v) for r, v in frame[column].items() if not math.isnan(v)]
+        want = [(r, v) for r, v in history().metric(name, source) if not math.isnan(v)]  # type: ignore[arg-type]
+        assert got == want
+
+
+def test_to_pandas_of_an_empty_history_is_an_empty_table() -> None:
+    frame = covey.History().to_pandas()
+    assert frame.empty
+    assert frame.index.name == "round"
+    assert list(frame.columns) == []
+
+
+def test_to_pandas_without_pandas_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "covey.core._historytable", raising=False)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'covey\[analytics\]'") as info:
+        history().to_pandas()
+    assert isinstance(info.value, ImportError)
+
+
+class Learner(covey.Client):
+    """Gets better every round it trains, up to round 2; worse after."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        step = 1.0 if config["round"] <= 2 else -1.0
+        return FitResult(weights={"w": weights["w"] + step}, num_examples=10)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=-float(weights["w"][0]), num_examples=10, metrics={})
+
+
+def test_a_simulations_best_round_reads_from_its_history_and_table() -> None:
+    result = covey.simulate(
+        lambda cid: Learner(),
+        2,
+        4,
+        covey.FedAvg(),
+        {"w": np.zeros(1)},
+        evaluate_fn=lambda rnd, w: (-float(w["w"][0]), {"score": float(w["w"][0])}),
+    )
+    assert result.history.best_round("score") == (2, 2.0)
+    assert result.history.best_round("loss", mode="min", source="evaluate") == (2, -2.0)
+    frame = result.history.to_pandas()
+    assert frame["central_score"].idxmax() == 2
