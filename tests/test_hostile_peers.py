@@ -33,7 +33,7 @@ from covey.core._weights import WeightsSpec
 from covey.deploy._client import tls_from_certs
 from covey.deploy.certs import init_federation, issue_client
 from covey.server._store import RunStore
-from covey.transport.grpc import _service, _wire
+from covey.transport.grpc import _wire
 from covey.transport.grpc._client import ClientTLS, connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, client_message, control, is_chunk
 from covey.transport.grpc._options import METHOD, SERVICE
@@ -575,12 +575,7 @@ def _secure_raw(port: int, tls: ClientTLS, hello: pb.Hello) -> Raw:
 
 
 @pytest.mark.slow
-def test_a_certificate_holder_that_parks_streams_poses_and_never_answers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Mallory never hangs up after the goodbye either: the run ends once the
-    # server stops waiting for it, the sooner with a shorter wait.
-    monkeypatch.setattr(_service, "GOODBYE_DRAIN", 1.0)
+def test_a_certificate_holder_that_parks_streams_poses_and_never_answers(tmp_path: Path) -> None:
     fed = tmp_path / "fed"
     init_federation(fed)
     for name in ("c0", "c1", "mallory"):
