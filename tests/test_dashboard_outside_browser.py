@@ -65,7 +65,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def _wait(driver: Any) -> WebDriverWait[Any]:
     return WebDriverWait(
-        driver, 60, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+        driver,
+        60,
+        poll_frequency=0.05,  # not Selenium's 0.5 s: each wait ends soon after the page is ready
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
     )
 
 

@@ -135,7 +135,17 @@ def test_a_partition_mid_round_times_out_and_the_run_finishes(tmp_path: Path) ->
         _wait(lambda: _saved(run_dir) >= 2, 90, "round 2")
         time.sleep(0.3)  # round 3 is under way: its clients are fitting
         assert _ip("-n", server_ns, "link", "set", f"{veth}s", "down").returncode == 0
-        time.sleep(6.0)  # past the round's 4 s deadline and the 3 s heartbeat silence
+        down = time.monotonic()
+
+        def seen_on_both_sides() -> bool:
+            """Round 3 is over without them, and both cut-off clients gave up on the server."""
+            logs = [(tmp_path / f"client-{k}.log").read_text() for k in range(2)]
+            cut = all("no word from the server" in log for log in logs)
+            return _saved(run_dir) >= 3 and cut
+
+        # Up once the 3 s heartbeat silence has ended round 3 and both sessions; never
+        # later than 6 s (past the round's 4 s deadline and the silence either way).
+        _wait(lambda: seen_on_both_sides() or time.monotonic() - down > 6.0, 30, "the cut")
         assert _ip("-n", server_ns, "link", "set", f"{veth}s", "up").returncode == 0
         assert server.wait(120) == 0, (tmp_path / "server.log").read_text()[-3000:]
         outputs = []

@@ -583,8 +583,8 @@ def test_a_certificate_holder_that_parks_streams_poses_and_never_answers(tmp_pat
     mallory = tls_from_certs(fed, "mallory")
     strategy = covey.FedAvg(min_available_clients=3, min_fit_clients=2, fraction_evaluate=0.0)
     served = Served(
-        strategy, 3, certs=fed, run_dir=tmp_path / "run", round_timeout=3, max_clients=70
-    )
+        strategy, 3, certs=fed, run_dir=tmp_path / "run", round_timeout=1.5, max_clients=70
+    )  # every round waits out its deadline for mallory: keep it short
     parked = _Parked(served.port, 80, mallory)  # more than the server's slots
     honest: list[Joined] = []
     raw: Raw | None = None

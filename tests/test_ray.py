@@ -404,9 +404,12 @@ def test_per_client_state_gives_the_same_bits_as_inline(cluster: LocalRayCluster
 
 def test_mistakes_fail_the_client_as_on_the_other_backends(cluster: LocalRayCluster) -> None:
     strategy = covey.FedAvg(fraction_evaluate=0.0)
+    # One actor holds all three clients (one actor to start per run, not two): client
+    # 1's mistake must still fail client 1 alone, beside the others in its actor.
+    kw: dict[str, Any] = {"strategy": strategy, "num_clients": 3, "rounds": 2}
     for mode, error in MISTAKES.items():
-        inline = run(mistaken_fn(mode), "inline", strategy=strategy, num_clients=3, rounds=2)
-        ray_run = on_ray(cluster, mistaken_fn(mode), strategy=strategy, num_clients=3, rounds=2)
+        inline = run(mistaken_fn(mode), "inline", **kw)
+        ray_run = on_ray(cluster, mistaken_fn(mode), num_workers=1, **kw)
         assert rows(ray_run) == rows(inline), mode
         assert error in ray_run.history.rounds[1].fit_failures[0].error
         assert ray_run.weights["w"].tolist() == [2.0] * 6

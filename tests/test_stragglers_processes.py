@@ -45,7 +45,7 @@ def test_a_straggling_site_is_sent_no_stale_tasks_and_every_process_exits_0(
     server = _covey(
         *("server", "--app", "tiny_app:server_app", "--insecure", "--address", "127.0.0.1:0"),
         *("--port-file", str(port_file), "--run-dir", str(run), "--no-plot"),
-        *("--rounds", "3", "--round-timeout", "2", "--wait-timeout", "60"),
+        *("--rounds", "3", "--round-timeout", "1.5", "--wait-timeout", "60"),
         env=env,
         out=tmp_path / "server.out",
     )
@@ -58,7 +58,7 @@ def test_a_straggling_site_is_sent_no_stale_tasks_and_every_process_exits_0(
         assert port_file.exists(), (tmp_path / "server.out").read_text()
         address = f"127.0.0.1:{port_file.read_text().strip()}"
         for cid, name in enumerate(("a", "b", "slow")):
-            delay = {"COVEY_TINY_DELAY": "5"} if name == "slow" else {}
+            delay = {"COVEY_TINY_DELAY": "4"} if name == "slow" else {}  # > 2 deadlines
             clients[name] = _covey(
                 *("client", "--app", "tiny_app:client_fn", "--cid", str(cid), "--insecure"),
                 *("--server", address, "--name", name),
