@@ -2,11 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
-__all__ = ["_check_availability", "_check_durations", "_check_options", "_check_ray_options"]
+from covey.strategies._names import unknown_options
+
+__all__ = [
+    "FLOWER_SIMULATE",
+    "_check_availability",
+    "_check_durations",
+    "_check_options",
+    "_check_ray_options",
+    "flower_keywords",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Keywords of Flower's ``start_simulation`` and ``run_simulation`` and covey's counterparts
+#: (``client_resources`` and ``num_clients`` have the same name in both).
+FLOWER_SIMULATE = {
+    "num_rounds": "rounds",
+    "config": "rounds (ServerConfig(num_rounds=R) is rounds=R; its round_timeout is round_timeout)",
+    "num_supernodes": "num_clients",
+    "backend_name": "backend ('inline', 'process' or 'ray')",
+    "backend_config": "client_resources with backend='ray' (backend_config's 'client_resources')",
+    "ray_init_args": "ray_address (a running Ray cluster; None starts a local one)",
+    "server_app": "strategy, initial_weights and evaluate_fn",
+    "client_app": "client_fn (cid -> Client)",
+    "clients_ids": "num_clients (clients are numbered 0 .. num_clients - 1)",
+}
+
+
+def flower_keywords(fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap ``fn`` so that Flower's simulation keywords get an error naming covey's.
+
+    Any other keyword ``fn`` does not take keeps Python's own error.
+
+    Args:
+        fn: The function to wrap, :func:`covey.simulate`.
+
+    Returns:
+        ``fn``, refusing Flower's keywords before it is called.
+    """
+    own = set(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        flower = [name for name in kwargs if name in FLOWER_SIMULATE and name not in own]
+        if flower:
+            raise unknown_options(fn.__name__, flower, flower=FLOWER_SIMULATE)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def _check_ray_options(resources: object, group: object, address: object) -> None:

@@ -27,6 +27,7 @@ from covey.sim._options import (
     _check_durations,
     _check_options,
     _check_ray_options,
+    flower_keywords,
 )
 from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
@@ -257,6 +258,7 @@ def _loop(
     )
 
 
+@flower_keywords
 def simulate(
     client_fn: ClientFn,
     num_clients: int,

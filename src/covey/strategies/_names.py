@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -68,7 +68,12 @@ FLOWER_METHODS = {
 }
 
 
-def unknown_options(name: str, unknown: Iterable[str], known: Iterable[str] = ()) -> TypeError:
+def unknown_options(
+    name: str,
+    unknown: Iterable[str],
+    known: Iterable[str] = (),
+    flower: Mapping[str, str] = FLOWER_OPTIONS,
+) -> TypeError:
     """The error for keyword arguments ``name`` does not take, with covey's names for Flower's.
 
     A misspelt name gets the closest of the ``known`` ones.
@@ -77,6 +82,7 @@ def unknown_options(name: str, unknown: Iterable[str], known: Iterable[str] = ()
         name: What was called, e.g. ``"FedAvg"``.
         unknown: The keyword arguments it does not take.
         known: The keyword arguments it takes.
+        flower: Flower's names for what was called and covey's counterparts.
 
     Returns:
         A TypeError to raise.
@@ -91,8 +97,8 @@ def unknown_options(name: str, unknown: Iterable[str], known: Iterable[str] = ()
     choices = sorted(known)
     hints = []
     for n in names:
-        if n in FLOWER_OPTIONS:
-            hints.append(f"Flower's {n} is covey's {FLOWER_OPTIONS[n]}")
+        if n in flower:
+            hints.append(f"Flower's {n} is covey's {flower[n]}")
         elif close := difflib.get_close_matches(n, choices, n=1):
             hints.append(f"{n + ': ' if len(names) > 1 else ''}did you mean {close[0]}?")
     return TypeError(

@@ -1,0 +1,65 @@
+"""Flower's simulation keywords and config habits get errors that name covey's way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import EvaluateResult, FitResult
+
+
+class Same(covey.Client):
+    """Returns the weights it was given."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights=dict(weights), num_examples=1)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=0.0, num_examples=1)
+
+
+def _args() -> dict[str, Any]:
+    return {
+        "client_fn": lambda cid: Same(),
+        "num_clients": 2,
+        "rounds": 1,
+        "strategy": None,
+        "initial_weights": {"w": np.zeros(2)},
+    }
+
+
+@pytest.mark.parametrize(
+    ("flower", "covey_name"),
+    [
+        ("num_rounds", "rounds"),
+        ("num_supernodes", "num_clients"),
+        ("backend_config", "client_resources"),
+        ("backend_name", "backend"),
+        ("config", "rounds"),
+        ("ray_init_args", "ray_address"),
+    ],
+)
+def test_flower_simulate_keywords_point_to_covey_s(flower: str, covey_name: str) -> None:
+    args = _args()
+    if flower == "num_rounds":
+        del args["rounds"]
+    if flower == "num_supernodes":
+        del args["num_clients"]
+    args[flower] = 3
+    with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
+        covey.simulate(**args)
+
+
+def test_client_resources_is_covey_s_own_keyword() -> None:
+    # The same name in both: covey's check for the backend applies, not a translation.
+    with pytest.raises(ValueError, match="backend='ray' only"):
+        covey.simulate(**_args(), client_resources={"num_cpus": 1})
+
+
+def test_other_unknown_simulate_keywords_keep_python_s_error() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'") as info:
+        covey.simulate(**_args(), no_such_option=1)  # type: ignore[call-arg]
+    assert "Flower" not in str(info.value)
