@@ -124,7 +124,12 @@ def _config(task: Task) -> Config:
     changed a list in it would change what later clients see, which a process
     worker or a deployed client (each decoding its own copy) never does.
     """
-    config = {k: copy.deepcopy(v) if isinstance(v, _MUTABLE) else v for k, v in task.config.items()}
+    given = task.config
+    config = (
+        {k: copy.deepcopy(v) if isinstance(v, _MUTABLE) else v for k, v in given.items()}
+        if given
+        else {}  # the common empty config: no comprehension's frame
+    )
     config["round"] = task.round
     if task.kind == "fit" and task.payload is not None:
         config["extras"] = task.payload
