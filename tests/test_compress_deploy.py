@@ -54,6 +54,25 @@ def test_a_scheme_and_its_spec_round_trip(spec: str) -> None:
     assert scheme_named(scheme.name) == scheme  # its own name reads back too
 
 
+@pytest.mark.parametrize(
+    ("name", "spec"),
+    [
+        ("fp16", "float16"),
+        ("half", "float16"),
+        ("BF16", "bfloat16"),
+        ("Q8", "q8"),
+        ("int8", "q8"),
+        ("int4", "q4"),
+        ("TopK:0.25", "topk:0.25"),
+    ],
+)
+def test_common_names_of_a_scheme_name_it_in_any_case(name: str, spec: str) -> None:
+    scheme = scheme_named(name)
+    assert scheme == scheme_named(spec)
+    assert scheme_spec(scheme) == spec  # a run keeps the scheme's own spec
+    assert run_scheme(name, {"compression": spec}) == scheme  # so resuming under either works
+
+
 @pytest.mark.parametrize("fraction", [np.float64(0.5), np.float32(0.5), 1])
 def test_a_top_k_fraction_given_as_a_numpy_number_travels_as_its_spec(fraction: Any) -> None:
     # Before: TopK(np.float64(0.5)) travelled as "topk:np.float64(0.5)", which no client
@@ -82,6 +101,7 @@ def test_a_scheme_refuses_a_parameter_that_is_no_number(make: Any) -> None:
         ("topk:2", "fraction must be in (0, 1]"),
         ("topk:nan", "fraction must be in (0, 1]"),
         ("topk:x", "unknown compression"),
+        ("fp8", "unknown compression 'fp8'"),
     ],
 )
 def test_an_unknown_spec_is_refused_naming_the_known_ones(spec: str, message: str) -> None:

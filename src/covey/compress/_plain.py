@@ -32,6 +32,9 @@ SCHEMES: dict[str, Any] = {
     "topk": TopK,
 }
 
+ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "int8": "q8", "int4": "q4"}
+"""Other common names of the schemes, accepted by :func:`scheme_named` (case aside)."""
+
 SPECS = "none, float16, bfloat16, q8, q4, topk (1%) or topk:FRACTION (e.g. topk:0.05)"
 """The scheme specs :func:`scheme_named` accepts, as a sentence for error messages."""
 
@@ -41,7 +44,9 @@ _FIELDS = ("scheme", "num_examples", "metrics")
 def scheme_named(name: str) -> Scheme:
     """The scheme for a spec: none, float16, bfloat16, q8, q4, topk (1%) or topk:FRACTION.
 
-    A scheme's own :attr:`name` is accepted too (``"top0.05"`` for ``TopK(0.05)``).
+    A scheme's own :attr:`name` is accepted too (``"top0.05"`` for ``TopK(0.05)``),
+    and so are the common names ``fp16``, ``half``, ``bf16``, ``int8`` and ``int4``,
+    in any case (``"Q8"``, ``"FP16"``).
 
     Args:
         name: The spec.
@@ -58,14 +63,15 @@ def scheme_named(name: str) -> Scheme:
     """
     if not isinstance(name, str):
         raise ValueError(f"a compression scheme is named by a string, not {type(name).__name__}")
-    factory = SCHEMES.get(name)
+    lower = name.lower() if len(name) < 40 else name
+    factory = SCHEMES.get(ALIASES.get(lower, lower))
     if factory is not None:
         scheme: Scheme = factory()
         return scheme
     for prefix in ("topk:", "top"):
-        if name.startswith(prefix) and len(name) < 40:
+        if lower.startswith(prefix) and len(name) < 40:
             try:
-                fraction = float(name[len(prefix) :])
+                fraction = float(lower[len(prefix) :])
             except ValueError:
                 break
             if not 0.0 < fraction <= 1.0:  # NaN fails too
