@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,44 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]
     return proc.returncode, out
 
 
+def _until(proc: subprocess.Popen[str], text: str) -> str:
+    """What ``proc`` printed up to and including its first line holding ``text``."""
+    assert proc.stdout is not None
+    seen = ""
+    while text not in seen:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(10)
+            raise AssertionError(f"the client exited before printing {text!r}:\n{seen}")
+        seen += line
+    return seen
+
+
+def _client_first(k: int, *extra: str) -> tuple[subprocess.Popen[str], int, str]:
+    """``covey client`` started before its server: the process, the port it dials, its output.
+
+    Returns once the client is past its imports and retrying the port, so that a
+    server started then on the port, with a short wait for clients, sees it join
+    even on a loaded machine (where starting the command can take seconds).
+    """
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = _client(port, k, *extra)
+    try:
+        return proc, port, _until(proc, "retrying")
+    except BaseException:
+        _reap(proc)
+        raise
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs (a failed test), and wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 @pytest.mark.slow
 def test_the_client_command_exits_by_itself_every_time() -> None:
     strategy = covey.FedAvg(min_available_clients=4, min_fit_clients=4, fraction_evaluate=0.0)
@@ -69,9 +109,13 @@ def test_a_revoked_client_exits_at_once_naming_the_cause(tmp_path: Path) -> None
     init_federation(fed)
     issue_client(fed, "gone")
     revoke(fed, "gone")
-    served = Served(covey.FedAvg(), 1, certs=fed, wait_timeout=5)
-    code, out = _finish(_client(served.port, 0, "--certs", str(fed), "--name", "gone"))
-    assert code == 2, out
+    proc, port, seen = _client_first(0, "--certs", str(fed), "--name", "gone")
+    try:
+        served = Served(covey.FedAvg(), 1, certs=fed, wait_timeout=5, address=f"127.0.0.1:{port}")
+        code, out = _finish(proc)
+    finally:
+        _reap(proc)
+    assert code == 2, seen + out
     assert "revoked" in out
     with pytest.raises(covey.FederationError, match="only 0 of the 2 clients"):
         served.join(30)
@@ -141,11 +185,21 @@ def test_the_client_task_cap_must_be_positive(monkeypatch: pytest.MonkeyPatch) -
 def test_the_client_exits_non_zero_when_the_run_stops_without_finishing() -> None:
     """A supervisor must tell a failed or interrupted run from a finished one."""
     strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
-    served = Served(strategy, 1, initial_weights={"w": np.zeros(8)}, wait_timeout=3)
-    code, out = _finish(_client(served.port, 0, "--insecure", "--name", "lonely"))
+    proc, port, seen = _client_first(0, "--insecure", "--name", "lonely")
+    try:
+        served = Served(
+            strategy,
+            1,
+            initial_weights={"w": np.zeros(8)},
+            wait_timeout=5,
+            address=f"127.0.0.1:{port}",
+        )
+        code, out = _finish(proc)
+    finally:
+        _reap(proc)
     with pytest.raises(covey.FederationError):
         served.join(60)
-    assert code == 1, out
+    assert code == 1, seen + out
     assert "stopped: round 1: only 1 of the 2 clients" in " ".join(out.split())
 
 
@@ -159,20 +213,12 @@ def test_the_client_exits_zero_when_the_run_finishes() -> None:
 
 
 def test_ctrl_c_on_the_client_says_it_left() -> None:
-    proc = _client(9, 0, "--insecure")  # nothing listens on port 9: the client keeps retrying
-    seen = ""
-    try:
-        assert proc.stdout is not None
-        while "retrying" not in seen:  # connect() runs: past the imports, in its backoff
-            line = proc.stdout.readline()
-            assert line, f"the client exited early:\n{seen}"
-            seen += line
+    proc, _, seen = _client_first(0, "--insecure")  # nobody listens: the client keeps retrying
+    try:  # connect() runs: past the imports, in its backoff
         proc.send_signal(signal.SIGINT)
         code, out = _finish(proc, 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _reap(proc)
     assert code == 130, seen + out
     assert "Traceback" not in seen + out
     assert "interrupted: this client left the federation" in " ".join(out.split())
