@@ -43,8 +43,9 @@ typecheck: $(DEV_STAMP)
 docs: $(DEV_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# Two workers (the CI machine's two cores); each test file runs whole in one of them.
 test: lint typecheck docs chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) $(FLOWER_VENV) build dist site .mypy_cache .pytest_cache .ruff_cache

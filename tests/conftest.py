@@ -18,6 +18,24 @@ settings.register_profile(
 )
 settings.load_profile("covey")
 
+# Files whose tests must not run beside each other's: both start Ray on this
+# machine, and a local Ray and a test cluster up at once refuse each other's
+# connections. They share one group, run in one worker, in file order.
+_SHARED_GROUPS = {"test_ray.py": "ray", "test_ray_local.py": "ray"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group each test by its file for ``pytest -n 2 --dist loadgroup`` (``make test``).
+
+    A file's tests then run in one worker, in order, with its module fixtures
+    set up once; the Ray files run in the same worker as each other.
+    """
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, name)))
+
 
 @pytest.fixture
 def shm_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
