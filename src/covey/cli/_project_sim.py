@@ -177,7 +177,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
     from covey.server._outputs import new_run_dir
-    from covey.sim._simulate import _checked
+    from covey.sim._options import _checked
     from covey.sim._start import check_start_method
 
     run = settings.run
