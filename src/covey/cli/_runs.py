@@ -433,7 +433,11 @@ def show_run(
     why = _why(folder, status)
     if why:
         console.print(f"[red]{escape(why)}[/]")
-    facts = [f"{k} {config[k]}" for k in ("backend", "rounds", "seed", "address") if k in config]
+    facts = [
+        f"{k} {config[k]}"
+        for k in ("backend", "rounds", "seed", "address", "keep_last")
+        if k in config
+    ]
     if name:
         facts.insert(0, f"strategy {name}")
     if config.get("covey_version"):  # the covey that started the run

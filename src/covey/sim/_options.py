@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 
+from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
 from covey.strategies._names import a_strategy, unknown_options
 from covey.strategies._presets import FedAvg
@@ -18,6 +19,7 @@ __all__ = [
     "FLOWER_SIMULATE",
     "_check_availability",
     "_check_durations",
+    "_check_keep_last",
     "_check_options",
     "_check_ray_options",
     "_checked",
@@ -197,4 +199,26 @@ def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
             f"{strategy.fraction_evaluate} of num_clients={num_clients} rounds down to 0 "
             "and min_evaluate_clients=0; raise either, or set fraction_evaluate=0 to "
             "turn federated evaluation off"
+        )
+
+
+def _check_keep_last(keep_last: object, run_dir: object) -> None:
+    """Refuse a ``keep_last`` a simulation cannot keep to, naming the value.
+
+    A resume needs the newest complete round's file, and the one before should the
+    newest be damaged: a simulation keeps at least those two (a finished run may be
+    resumed with more rounds, so always), which ``keep_last=1`` would prune.
+    """
+    check_keep_last(keep_last)  # None, or a whole number of 1 or more
+    if keep_last == 1:
+        raise ValueError(
+            "keep_last=1 would leave a resume no fallback: a simulation keeps the weights "
+            "files of its newest two rounds at least, the one to resume from and the one "
+            "before should it be damaged; give keep_last=2 or more, or None to keep every "
+            "round's weights"
+        )
+    if run_dir is None and keep_last != SIMULATION_KEEPS:
+        raise ValueError(
+            f"keep_last={keep_last!r} needs run_dir: it says how many rounds' weights "
+            "files the run folder keeps, and without run_dir the simulation saves none"
         )

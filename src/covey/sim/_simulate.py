@@ -18,6 +18,7 @@ from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.server._kept import SIMULATION_KEEPS
 from covey.sim import _frozen
 from covey.sim._checkpoint import SimCheckpoint, check_resumable, open_checkpoint
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
@@ -25,6 +26,7 @@ from covey.sim._inline import inline_transport
 from covey.sim._options import (
     _check_availability,
     _check_durations,
+    _check_keep_last,
     _check_options,
     _check_ray_options,
     _checked,
@@ -220,6 +222,7 @@ def simulate(
     compression: Scheme | str | None = None,
     start_method: StartMethod | None = None,
     resume: bool = False,
+    keep_last: int | None = SIMULATION_KEEPS,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -251,6 +254,8 @@ def simulate(
             each completed round is checkpointed (``run.sqlite``, ``weights/``: the
             global model and aggregation state, written while the next round trains),
             so that ``resume=True`` can continue the run if its process dies.
+            Every round's record is kept; the weights files of the newest
+            ``keep_last`` rounds only.
         client_durations: For an asynchronous strategy (:func:`covey.FedBuff`): the
             simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
             per client (default 1.0). Time is virtual: nothing sleeps. In that mode
@@ -286,6 +291,16 @@ def simulate(
             resumed run gives the uninterrupted run's weights and history, bit for
             bit, if clients keep no state of their own between rounds. A run with
             top-k compression or an asynchronous strategy cannot resume.
+        keep_last: With ``run_dir``: keep the weights files of the newest
+            ``keep_last`` rounds (2 or more), or of every round with None, so that
+            ``RunStore.load_round`` can read any round's model. Older files are
+            deleted as rounds are saved; records stay, and results are the same
+            whatever it is. At least two are kept: a resume starts after the
+            newest complete round and falls back on the one before should the
+            newest file be damaged, so 1 is refused. A resumed run prunes with
+            the ``keep_last`` it is given now (and records it in its settings),
+            not the one it was started with. Without ``run_dir`` nothing is
+            saved, and a value other than 2 is refused.
 
     Returns:
         The final weights and the history.
@@ -293,6 +308,8 @@ def simulate(
     Raises:
         covey.FederationError: if a round cannot complete (too few clients replied);
             the error carries the history and weights so far.
+        ValueError: an option out of range (before any client is built), or a run
+            in ``run_dir`` that cannot be resumed with these settings.
 
     Example:
         >>> import numpy as np, covey
@@ -316,6 +333,7 @@ def simulate(
     check_start_method(start_method)
     _check_durations(client_durations, num_clients)
     _check_availability(availability, num_clients)
+    _check_keep_last(keep_last, run_dir)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy, backend)
     config = run_config(
@@ -341,6 +359,7 @@ def simulate(
             config=config,
             initial_weights=initial_weights,
             keeps_clients=backend == "process" or client_cache != 0,
+            keep_last=keep_last,
         )
         del initial_weights  # the checkpoint holds the model to start from
         meta = checkpoint.run_meta(meta_path, meta)
