@@ -177,7 +177,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
     from covey.server._outputs import new_run_dir
-    from covey.sim._options import _checked
+    from covey.sim._options import _check_keep_last, _checked
     from covey.sim._start import check_start_method
 
     run = settings.run
@@ -194,6 +194,15 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         _checked(server_app.strategy, clients, rounds)
     except ValueError as exc:
         fail(f"clients = {clients} ([tool.covey] or --set): {exc}")
+    keep_last = None if run.get("keep_last") == "all" else run.get("keep_last", 2)
+    try:
+        _check_keep_last(keep_last, "a run folder")  # every simulated `covey run` has one
+    except ValueError:
+        fail(
+            f"keep-last = {run.get('keep_last')!r} ([tool.covey] or --set): give how many "
+            "rounds keep their weights file, 2 or more (the newest to resume from and the one "
+            'before), or "all" to keep every round\'s'
+        )
     if resume is None:
         run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
     else:
@@ -226,6 +235,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
                 run_dir=run_dir,
                 resume=resume is not None,
                 compression=server_app.compression,
+                keep_last=keep_last,
             )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
