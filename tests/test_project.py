@@ -89,6 +89,36 @@ def test_run_starts_process_workers_the_way_the_project_says(project: Path) -> N
     assert "start-method = 'thread' ([tool.covey] or --set)" in out.stdout + out.stderr
 
 
+def test_run_keeps_as_many_rounds_weights_as_keep_last_says(project: Path) -> None:
+    base = ("run", "--set", "rounds=3", "--set", "runs-dir=kept")
+    out = covey_cli(*base, "--set", "keep-last=all", cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (folder,) = (project / "kept").iterdir()
+    names = sorted(p.name for p in (folder / "weights").glob("round-*.safetensors"))
+    assert names == [f"round-{r:05d}.safetensors" for r in range(4)]
+    assert covey.History.load(folder).config["keep_last"] is None
+    # resumed without --set keep-last, it keeps every round's file still
+    out = covey_cli("run", "--resume", str(folder), "--set", "rounds=4", cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = sorted(p.name for p in (folder / "weights").glob("round-*.safetensors"))
+    assert names == [f"round-{r:05d}.safetensors" for r in range(5)]
+    # and with it, prunes as it is told from then on
+    out = covey_cli(
+        "run", "--resume", str(folder), "--set", "rounds=5", "--set", "keep-last=3", cwd=project
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = sorted(p.name for p in (folder / "weights").glob("round-*.safetensors"))
+    assert names == [f"round-{r:05d}.safetensors" for r in (3, 4, 5)]
+    for value in ("1", "0", "'3'"):
+        out = covey_cli(*base, "--set", f"keep-last={value}", cwd=project)
+        assert out.returncode == 2, out.stdout + out.stderr
+        said = " ".join(out.stderr.split())
+        assert "keep-last = " in said
+        assert "2 or more" in said
+        assert "Traceback" not in out.stderr
+    assert len(list((project / "kept").iterdir())) == 1  # no run folder made
+
+
 def test_the_generated_projects_own_tests_pass(project: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],

@@ -91,4 +91,5 @@ def test_a_simulations_best_round_past_its_last_two_says_what_is_kept(tmp_path: 
     said = str(info.value)
     assert "round 2" in said
     assert "rounds 4 and 5" in said
-    assert "a simulation keeps the weights of its newest two rounds only" in said
+    assert "the simulation keeps the weights of its newest 2 rounds only" in said
+    assert "simulate(keep_last=None) keeps every round's weights" in said

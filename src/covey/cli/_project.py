@@ -39,6 +39,7 @@ console = output_console()
 RUN_KEYS = {"server_app", "client_app", "clients", "rounds", "backend", "seed", "runs_dir"}
 """Keys of ``[tool.covey]`` besides its ``config`` and ``federations`` tables."""
 RUN_KEYS.add("start_method")  # the process backend's, see covey.simulate
+RUN_KEYS.add("keep_last")  # the simulated run's; a federation table has its own
 
 FEDERATION_KEYS = {
     "address",
@@ -187,11 +188,11 @@ class ProjectSettings:
             value: Any = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text
-        if key in RUN_KEYS:
+        if self.federation is not None and key in FEDERATION_KEYS:  # keep-last: the served run's
+            self.federation[key] = value
+        elif key in RUN_KEYS:
             self.run[key] = value
             self.given.add(key)
-        elif self.federation is not None and key in FEDERATION_KEYS:
-            self.federation[key] = value
         elif spelled := [k for k in (given, key, toml_key(key)) if k in self.config]:
             same_kind(item, self.config[spelled[0]], value)
             self.config[spelled[0]] = value  # the app's key as its table spells it

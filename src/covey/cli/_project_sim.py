@@ -122,6 +122,33 @@ def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
     return default
 
 
+def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int | None:
+    """The ``keep-last`` a resumed run prunes with: the run's own, unless given on the resume.
+
+    As a run started with ``--set rounds=N`` resumes to round N without it, one
+    started with ``--set keep-last=all`` keeps every round's weights file when
+    resumed without it; a ``--set keep-last`` on the resume (``keep_last``) wins.
+    """
+    import sqlite3
+
+    from covey.server._rundb import DB_NAME, open_read_only
+
+    if "keep_last" in settings.given or not (run_dir / DB_NAME).is_file():
+        return keep_last
+    try:
+        conn = open_read_only(run_dir / DB_NAME)
+        try:
+            row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
+        finally:
+            conn.close()
+        config = json.loads(row[0])
+    except (sqlite3.Error, ValueError, TypeError, RecursionError):  # damaged: simulate() says
+        return keep_last
+    kept = config.get("keep_last", keep_last) if isinstance(config, dict) else keep_last
+    whole = isinstance(kept, int) and not isinstance(kept, bool) and kept >= 2
+    return kept if kept is None or whole else keep_last
+
+
 def _interrupted(run_dir: Path, kept: str | None) -> str:
     """What a simulation stopped by Ctrl-C left in ``run_dir``, and what goes on with it.
 
@@ -177,7 +204,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
     from covey.server._outputs import new_run_dir
-    from covey.sim._simulate import _checked
+    from covey.sim._options import _check_keep_last, _checked
     from covey.sim._start import check_start_method
 
     run = settings.run
@@ -194,11 +221,21 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         _checked(server_app.strategy, clients, rounds)
     except ValueError as exc:
         fail(f"clients = {clients} ([tool.covey] or --set): {exc}")
+    keep_last = None if run.get("keep_last") == "all" else run.get("keep_last", 2)
+    try:
+        _check_keep_last(keep_last, "a run folder")  # every simulated `covey run` has one
+    except ValueError:
+        fail(
+            f"keep-last = {run.get('keep_last')!r} ([tool.covey] or --set): give how many "
+            "rounds keep their weights file, 2 or more (the newest to resume from and the one "
+            'before), or "all" to keep every round\'s'
+        )
     if resume is None:
         run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
     else:
         run_dir = resume
         rounds = _run_rounds(settings, run_dir, rounds)
+        keep_last = _run_keep_last(settings, run_dir, keep_last)
     same_settings(run_dir, settings.app_config(), resume is not None, rounds)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
@@ -226,6 +263,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
                 run_dir=run_dir,
                 resume=resume is not None,
                 compression=server_app.compression,
+                keep_last=keep_last,
             )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")

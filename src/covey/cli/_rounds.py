@@ -1,12 +1,14 @@
 """The table of a run's rounds that ``covey runs show``, ``covey run`` and ``covey demo`` print.
 
 One row per round (all of them, or the last N of a long run): participants,
-failures, the usual metrics, up to six more numeric ones, privacy and seconds.
+failures, the usual metrics, up to six more numeric ones, privacy and seconds;
+and the last round a run finished, with why it stopped early.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -16,7 +18,15 @@ from rich.table import Table
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History
 
-__all__ = ["MAX_MORE_COLUMNS", "ROUND_COLUMNS", "metric_columns", "round_table", "shown_rounds"]
+__all__ = [
+    "MAX_MORE_COLUMNS",
+    "ROUND_COLUMNS",
+    "last_finished",
+    "metric_columns",
+    "round_table",
+    "shown_rounds",
+    "stopped_early",
+]
 
 
 #: The table's metric columns, as ``History.metric(name, source)`` names them.
@@ -133,3 +143,37 @@ def _privacy(history: History, key: str) -> dict[int, float]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[r.round] = as_float(value)
     return out
+
+
+def stopped_early(history: History) -> str | None:
+    """Why a run ended before its last round (e.g. its privacy budget), as one line; or None.
+
+    It names the last round that finished: a round the run stopped in (its record
+    kept for its failures) did not, and a run that stopped before any round of
+    training finished says so rather than "after round 0".
+    """
+    if not history.stopped_reason:
+        return None
+    last = last_finished(history)
+    if last is None or last < 1:
+        return f"stopped before any round finished: {history.stopped_reason}"
+    stopped = _STOPPED_IN.match(history.stopped_reason)
+    step = "round" if stopped is None else stopped.group(1)  # an asynchronous run's updates
+    return f"stopped early after {step} {last}: {history.stopped_reason}"
+
+
+_STOPPED_IN = re.compile(r"(round|update) (\d+):")
+
+
+def last_finished(history: History) -> int | None:
+    """The last round of ``history`` that finished (None: not even round 0).
+
+    A run stopped by an error in round r keeps that round's record (its failures)
+    and says so at the start of its reason (``round r: ...``): that record is not
+    a finished round.
+    """
+    rounds = [r.round for r in history.rounds]
+    stopped = _STOPPED_IN.match(history.stopped_reason or "")
+    if rounds and stopped is not None and rounds[-1] == int(stopped.group(2)):
+        rounds.pop()
+    return rounds[-1] if rounds else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import re
 import sqlite3
 import warnings
 from pathlib import Path
@@ -25,9 +24,11 @@ from rich.table import Table
 from covey.cli._rounds import (
     MAX_MORE_COLUMNS,
     ROUND_COLUMNS,
+    last_finished,
     metric_columns,
     round_table,
     shown_rounds,
+    stopped_early,
 )
 from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.dashboard._runs import discover_runs
@@ -76,40 +77,6 @@ runs_app = typer.Typer(
 )
 
 RunsDir = Annotated[Path, typer.Option("--dir", help="The folder holding run folders.")]
-
-
-def stopped_early(history: History) -> str | None:
-    """Why a run ended before its last round (e.g. its privacy budget), as one line; or None.
-
-    It names the last round that finished: a round the run stopped in (its record
-    kept for its failures) did not, and a run that stopped before any round of
-    training finished says so rather than "after round 0".
-    """
-    if not history.stopped_reason:
-        return None
-    last = last_finished(history)
-    if last is None or last < 1:
-        return f"stopped before any round finished: {history.stopped_reason}"
-    stopped = _STOPPED_IN.match(history.stopped_reason)
-    step = "round" if stopped is None else stopped.group(1)  # an asynchronous run's updates
-    return f"stopped early after {step} {last}: {history.stopped_reason}"
-
-
-_STOPPED_IN = re.compile(r"(round|update) (\d+):")
-
-
-def last_finished(history: History) -> int | None:
-    """The last round of ``history`` that finished (None: not even round 0).
-
-    A run stopped by an error in round r keeps that round's record (its failures)
-    and says so at the start of its reason (``round r: ...``): that record is not
-    a finished round.
-    """
-    rounds = [r.round for r in history.rounds]
-    stopped = _STOPPED_IN.match(history.stopped_reason or "")
-    if rounds and stopped is not None and rounds[-1] == int(stopped.group(2)):
-        rounds.pop()
-    return rounds[-1] if rounds else None
 
 
 def find_run(run: str, runs_dir: Path) -> Path:
@@ -466,7 +433,11 @@ def show_run(
     why = _why(folder, status)
     if why:
         console.print(f"[red]{escape(why)}[/]")
-    facts = [f"{k} {config[k]}" for k in ("backend", "rounds", "seed", "address") if k in config]
+    facts = [
+        f"{k} {config[k]}"
+        for k in ("backend", "rounds", "seed", "address", "keep_last")
+        if k in config
+    ]
     if name:
         facts.insert(0, f"strategy {name}")
     if config.get("covey_version"):  # the covey that started the run

@@ -4,7 +4,7 @@ Every saved round keeps its row (record, server state) for the life of the run;
 its weights file may go: :meth:`~covey.server.RunStore.save_round` with
 ``keep_last`` deletes all but the newest files (a deployed server's
 ``keep_last``, ``--keep-last``; a simulation with ``run_dir`` keeps its newest
-two). A pruned round's row names no file.
+two unless given ``keep_last``). A pruned round's row names no file.
 """
 
 from __future__ import annotations
@@ -15,14 +15,20 @@ from typing import Any
 from covey.server._roundfiles import weights_file_name
 from covey.server._rundb import RunDB
 
-__all__ = ["SIMULATION_KEEPS", "kept_rounds", "prune", "pruned_error"]
+__all__ = ["SIMULATION_KEEPS", "check_keep_last", "kept_rounds", "prune", "pruned_error"]
 
 SIMULATION_KEEPS = 2
-"""A simulation keeps the weights files of its newest rounds only (every round's record):
-the newest to resume from, and the one before should the newest be damaged."""
+"""A simulation keeps the weights files of its newest rounds only (every round's record),
+unless given another ``keep_last``: the newest to resume from, and the one before should
+the newest be damaged."""
 
 
-_WORDS = {2: "two"}
+def check_keep_last(keep_last: object) -> None:
+    """Refuse a ``keep_last`` that is neither None nor a whole number of 1 or more."""
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+    ):
+        raise ValueError(f"keep_last must be a positive integer or None, got {keep_last!r}")
 
 
 def kept_rounds(db: RunDB) -> list[int]:
@@ -72,11 +78,7 @@ def pruned_error(run_dir: Path, round: int, kept: list[int], config: dict[str, A
         config: The run's settings (a simulation's say ``"kind": "simulated"``).
     """
     if config.get("kind") == "simulated":
-        why = (
-            f"a simulation keeps the weights of its newest {_WORDS[SIMULATION_KEEPS]} rounds "
-            "only (and every round's record); to keep the best model as the run goes, "
-            "save it from evaluate_fn, which is given each round's weights"
-        )
+        why = _simulation_kept(config)
     else:
         why = (
             "the server kept the newest rounds' files only (keep_last, --keep-last); "
@@ -85,4 +87,23 @@ def pruned_error(run_dir: Path, round: int, kept: list[int], config: dict[str, A
     return ValueError(
         f"the weights of round {round} of the run in {run_dir} were pruned: the run keeps "
         f"{_listed(kept)}, as {why}"
+    )
+
+
+def _simulation_kept(config: dict[str, Any]) -> str:
+    """Why a simulation pruned a round's weights: how many rounds it keeps, and how to keep all."""
+    keep_last = config.get("keep_last", SIMULATION_KEEPS)  # a run of an older covey kept two
+    every = (
+        "simulate(keep_last=None) keeps every round's weights (a resumed run uses the "
+        "keep_last it is given), and evaluate_fn, which is given each round's weights, can "
+        "save the best model as the run goes"
+    )
+    if keep_last is None:
+        return (
+            "the simulation kept fewer rounds' files before it was resumed with "
+            f"keep_last=None (every round's weights from then on); {every}"
+        )
+    return (
+        f"the simulation keeps the weights of its newest {keep_last} rounds only "
+        f"(keep_last={keep_last}, and every round's record); {every}"
     )

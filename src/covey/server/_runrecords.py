@@ -56,10 +56,18 @@ class RunRecords:
 
         The ``rounds`` of :attr:`config` then says it, as the run's ``history.json`` does.
         """
+        self.update_config({"rounds": rounds})
+
+    def update_config(self, changes: dict[str, Any]) -> None:
+        """Record ``changes`` in the run's settings (:attr:`config`), keeping the others.
+
+        A resumed run may be given other values of some settings (a round count, a
+        simulation's ``keep_last``); nothing is written if none differs.
+        """
         config = self.config
-        if config.get("rounds") == rounds:
+        if all(key in config and config[key] == value for key, value in changes.items()):
             return
-        config["rounds"] = rounds
+        config.update(changes)
         text = json.dumps(config, allow_nan=False)
         with self._db.transaction() as conn:
             conn.execute(

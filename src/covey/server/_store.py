@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from covey.core._history import History, RoundRecord
 from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
-from covey.server._kept import kept_rounds, prune, pruned_error
+from covey.server._kept import check_keep_last, kept_rounds, prune, pruned_error
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
     read_record,
@@ -258,10 +258,7 @@ class RunStore(RunRecords):
         if isinstance(round, bool) or not isinstance(round, int | np.integer) or round < 0:
             raise ValueError(f"round must be a non-negative integer, got {round!r}")
         round = int(round)
-        if keep_last is not None and (
-            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-        ):
-            raise ValueError(f"keep_last must be a positive integer or None, got {keep_last!r}")
+        check_keep_last(keep_last)
         spec = WeightsSpec.of(weights)
         record_text = None if record is None else record_json(round, record)
         if server_state is not None:

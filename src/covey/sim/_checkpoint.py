@@ -3,10 +3,11 @@
 ``simulate(run_dir=...)`` keeps what a deployed server keeps in its run folder
 (``run.sqlite`` and ``weights/``, see :class:`~covey.server.RunStore`): each
 completed round's record, aggregation state (a strategy's optimizer state, a
-DP accountant's rounds) and global weights (the files of the newest two rounds
-are kept), written by the :class:`~covey.server._saver.BackgroundSaver` while
-the next round trains, each save atomic, so a process killed at any moment
-leaves its last complete round loadable. ``simulate(run_dir=..., resume=True)``
+DP accountant's rounds) and global weights (the files of the newest
+``keep_last`` rounds are kept, two by default, every round's with None),
+written by the :class:`~covey.server._saver.BackgroundSaver` while the next
+round trains, each save atomic, so a process killed at any moment leaves its
+last complete round loadable. ``simulate(run_dir=..., resume=True)``
 goes on after that round.
 
 Client sampling, availability, stragglers and the compression schemes'
@@ -45,9 +46,6 @@ from covey.strategies._strategy import Strategy
 __all__ = ["SimCheckpoint", "check_resumable", "open_checkpoint", "unresumable"]
 
 logger = logging.getLogger("covey")
-
-KEEP_LAST = SIMULATION_KEEPS
-"""A simulation keeps the weights files of its newest rounds only (every round's record)."""
 
 
 def unresumable(strategy: Strategy, scheme: Scheme | None) -> str | None:
@@ -91,6 +89,7 @@ class SimCheckpoint:
         start: The first round to run.
         history: The rounds done before (a resumed run), else None.
         state: The saved aggregation state (a resumed run), else None.
+        keep_last: How many rounds keep their weights file (None: every round).
     """
 
     store: RunStore | None
@@ -99,6 +98,7 @@ class SimCheckpoint:
     start: int = 1
     history: History | None = None
     state: bytes | None = None
+    keep_last: int | None = SIMULATION_KEEPS
     types: dict[str, type] | None = None
     background: BackgroundSaver | None = None
     ended: bool = False
@@ -152,7 +152,7 @@ class SimCheckpoint:
         if self.store is None or self.unstorable:
             return
         if self.background is None:
-            self.background = BackgroundSaver(self.store, keep_last=KEEP_LAST)
+            self.background = BackgroundSaver(self.store, keep_last=self.keep_last)
         try:
             self.background.submit_round(record, weights, agg_state, self.types)
         except StateError as exc:
@@ -216,6 +216,7 @@ def open_checkpoint(
     config: dict[str, Any],
     initial_weights: Weights,
     keeps_clients: bool,
+    keep_last: int | None = SIMULATION_KEEPS,
 ) -> SimCheckpoint:
     """The run's checkpoint store in ``folder``: a new one, or the run to resume.
 
@@ -228,6 +229,8 @@ def open_checkpoint(
         config: What the run's history records of its setup (:func:`run_config`).
         initial_weights: The step-0 model.
         keeps_clients: Whether clients are kept built from round to round.
+        keep_last: How many rounds keep their weights file (None: every round),
+            recorded in the run's settings; a resumed run's replaces the one it had.
 
     Returns:
         The store, and the weights and round to start from; without a store when
@@ -249,20 +252,32 @@ def open_checkpoint(
         except StateError as exc:
             logger.warning("%s keeps no checkpoint to resume from: %s", folder, exc)
             return SimCheckpoint(None, config, initial_weights)
+        config = {**config, "keep_last": keep_last}
         stored = {**config, "kind": "simulated", "model": spec.describe()}
-        return SimCheckpoint(None, config, initial_weights, types=types, new_run=(folder, stored))
+        return SimCheckpoint(
+            None,
+            config,
+            initial_weights,
+            keep_last=keep_last,
+            types=types,
+            new_run=(folder, stored),
+        )
     store = _open(folder, config["rounds"])
     try:
         _check_same(store, strategy, config)
         point = resume_point(store, initial_weights)
-        store.set_rounds(config["rounds"])  # run.sqlite says it as history.json does
+        # run.sqlite says them as history.json does
+        store.update_config({"rounds": config["rounds"], "keep_last": keep_last})
     except BaseException:
         store.close()
         raise
     _warn_of_client_state(strategy, keeps_clients, point.start)
     settings = {k: v for k, v in point.config.items() if k not in ("kind", "model")}
     settings["rounds"] = config["rounds"]  # a resumed run may be asked for more rounds
-    return SimCheckpoint(store, settings, point.weights, point.start, point.history, point.state)
+    settings["keep_last"] = keep_last  # and may keep more or fewer rounds' files
+    return SimCheckpoint(
+        store, settings, point.weights, point.start, point.history, point.state, keep_last
+    )
 
 
 def _open(folder: Path, rounds: int) -> RunStore:

@@ -9,14 +9,20 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 
-from covey.strategies._names import unknown_options
+from covey.server._kept import SIMULATION_KEEPS, check_keep_last
+from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
+from covey.strategies._names import a_strategy, unknown_options
+from covey.strategies._presets import FedAvg
+from covey.strategies._strategy import Strategy
 
 __all__ = [
     "FLOWER_SIMULATE",
     "_check_availability",
     "_check_durations",
+    "_check_keep_last",
     "_check_options",
     "_check_ray_options",
+    "_checked",
     "flower_keywords",
 ]
 
@@ -132,3 +138,87 @@ def _check_availability(availability: object, num_clients: int) -> None:
                 f"the availability trace has {rows} rows (trace[cid, t]) but "
                 f"num_clients={num_clients}: give one row per client"
             )
+
+
+def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strategy:
+    """The strategy to run (FedAvg by default), once the arguments of simulate() are valid."""
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    strategy = a_strategy(strategy) if strategy is not None else FedAvg()
+    count = strategy.client_count("fit", num_clients)
+    counter = strategy.source("num_fit", "")  # a subclass's num_fit(), or ""
+    if strategy.selector is None and count == 0:
+        raise ValueError(
+            "the strategy samples no client per round: "
+            + (
+                f"{counter} returns 0 for num_clients={num_clients}"
+                if counter
+                else f"fraction_fit={strategy.fraction_fit} of num_clients={num_clients} "
+                "rounds down to 0 and min_fit_clients=0; raise fraction_fit or min_fit_clients"
+            )
+        )
+    if count > num_clients:
+        # FedBuff(concurrency=c) sets min_fit_clients=c with fraction_fit=0
+        by_concurrency = strategy.asynchronous and not strategy.fraction_fit
+        by = "FedBuff's concurrency, " if by_concurrency else ""
+        raise ValueError(
+            (
+                f"the strategy keeps at least {count} clients training at once "
+                if strategy.asynchronous
+                else f"the strategy samples at least {count} clients per round "
+            )
+            + (
+                f"({counter} says so)"
+                if counter
+                else f"({by}min_fit_clients={strategy.min_fit_clients})"
+            )
+            + f" but num_clients={num_clients}"
+        )
+    # Before min_available_clients: a robust preset waits for its rule's need, which
+    # says more than "min_available_clients=5 exceeds num_clients=3".
+    refuse_unmet_need(strategy, num_clients, limit="num_clients", samples="this run samples")
+    refuse_other_federation(strategy, num_clients)
+    if strategy.min_available_clients > num_clients:
+        raise ValueError(
+            f"min_available_clients={strategy.min_available_clients} exceeds "
+            f"num_clients={num_clients}"
+        )
+    _check_evaluate_count(strategy, num_clients)
+    return strategy
+
+
+def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
+    """Refuse a federated evaluation asked for (``fraction_evaluate > 0``) that samples no one."""
+    asked = strategy.fraction_evaluate > 0.0 and strategy.selector is None
+    overridden = strategy.source("num_evaluate", "")  # a subclass's num_evaluate() decides
+    if asked and not overridden and strategy.client_count("evaluate", num_clients) == 0:
+        raise ValueError(
+            f"federated evaluation samples no client: fraction_evaluate="
+            f"{strategy.fraction_evaluate} of num_clients={num_clients} rounds down to 0 "
+            "and min_evaluate_clients=0; raise either, or set fraction_evaluate=0 to "
+            "turn federated evaluation off"
+        )
+
+
+def _check_keep_last(keep_last: object, run_dir: object) -> None:
+    """Refuse a ``keep_last`` a simulation cannot keep to, naming the value.
+
+    A resume needs the newest complete round's file, and the one before should the
+    newest be damaged: a simulation keeps at least those two (a finished run may be
+    resumed with more rounds, so always), which ``keep_last=1`` would prune.
+    """
+    check_keep_last(keep_last)  # None, or a whole number of 1 or more
+    if keep_last == 1:
+        raise ValueError(
+            "keep_last=1 would leave a resume no fallback: a simulation keeps the weights "
+            "files of its newest two rounds at least, the one to resume from and the one "
+            "before should it be damaged; give keep_last=2 or more, or None to keep every "
+            "round's weights"
+        )
+    if run_dir is None and keep_last != SIMULATION_KEEPS:
+        raise ValueError(
+            f"keep_last={keep_last!r} needs run_dir: it says how many rounds' weights "
+            "files the run folder keeps, and without run_dir the simulation saves none"
+        )

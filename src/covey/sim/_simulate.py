@@ -18,6 +18,7 @@ from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsError, copy
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
+from covey.server._kept import SIMULATION_KEEPS
 from covey.sim import _frozen
 from covey.sim._checkpoint import SimCheckpoint, check_resumable, open_checkpoint
 from covey.sim._clock import Availability, ClientClock, ClockedTransport
@@ -25,17 +26,16 @@ from covey.sim._inline import inline_transport
 from covey.sim._options import (
     _check_availability,
     _check_durations,
+    _check_keep_last,
     _check_options,
     _check_ray_options,
+    _checked,
     flower_keywords,
 )
 from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.sim._start import check_start_method
-from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
-from covey.strategies._names import a_strategy
-from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
 from covey.transport._base import Transport
@@ -141,68 +141,6 @@ def _clock(
     return ClientClock(durations, availability, seed=seed)
 
 
-def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strategy:
-    """The strategy to run (FedAvg by default), once the arguments of simulate() are valid."""
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
-    strategy = a_strategy(strategy) if strategy is not None else FedAvg()
-    count = strategy.client_count("fit", num_clients)
-    counter = strategy.source("num_fit", "")  # a subclass's num_fit(), or ""
-    if strategy.selector is None and count == 0:
-        raise ValueError(
-            "the strategy samples no client per round: "
-            + (
-                f"{counter} returns 0 for num_clients={num_clients}"
-                if counter
-                else f"fraction_fit={strategy.fraction_fit} of num_clients={num_clients} "
-                "rounds down to 0 and min_fit_clients=0; raise fraction_fit or min_fit_clients"
-            )
-        )
-    if count > num_clients:
-        # FedBuff(concurrency=c) sets min_fit_clients=c with fraction_fit=0
-        by_concurrency = strategy.asynchronous and not strategy.fraction_fit
-        by = "FedBuff's concurrency, " if by_concurrency else ""
-        raise ValueError(
-            (
-                f"the strategy keeps at least {count} clients training at once "
-                if strategy.asynchronous
-                else f"the strategy samples at least {count} clients per round "
-            )
-            + (
-                f"({counter} says so)"
-                if counter
-                else f"({by}min_fit_clients={strategy.min_fit_clients})"
-            )
-            + f" but num_clients={num_clients}"
-        )
-    # Before min_available_clients: a robust preset waits for its rule's need, which
-    # says more than "min_available_clients=5 exceeds num_clients=3".
-    refuse_unmet_need(strategy, num_clients, limit="num_clients", samples="this run samples")
-    refuse_other_federation(strategy, num_clients)
-    if strategy.min_available_clients > num_clients:
-        raise ValueError(
-            f"min_available_clients={strategy.min_available_clients} exceeds "
-            f"num_clients={num_clients}"
-        )
-    _check_evaluate_count(strategy, num_clients)
-    return strategy
-
-
-def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
-    """Refuse a federated evaluation asked for (``fraction_evaluate > 0``) that samples no one."""
-    asked = strategy.fraction_evaluate > 0.0 and strategy.selector is None
-    overridden = strategy.source("num_evaluate", "")  # a subclass's num_evaluate() decides
-    if asked and not overridden and strategy.client_count("evaluate", num_clients) == 0:
-        raise ValueError(
-            f"federated evaluation samples no client: fraction_evaluate="
-            f"{strategy.fraction_evaluate} of num_clients={num_clients} rounds down to 0 "
-            "and min_evaluate_clients=0; raise either, or set fraction_evaluate=0 to "
-            "turn federated evaluation off"
-        )
-
-
 def _scheme(compression: Scheme | str | None, strategy: Strategy, backend: str) -> Scheme | None:
     """The scheme clients compress their updates with, if asked and if it applies.
 
@@ -284,6 +222,7 @@ def simulate(
     compression: Scheme | str | None = None,
     start_method: StartMethod | None = None,
     resume: bool = False,
+    keep_last: int | None = SIMULATION_KEEPS,
 ) -> SimulationResult:
     """Simulate a federation of ``num_clients`` clients for ``rounds`` rounds.
 
@@ -315,6 +254,8 @@ def simulate(
             each completed round is checkpointed (``run.sqlite``, ``weights/``: the
             global model and aggregation state, written while the next round trains),
             so that ``resume=True`` can continue the run if its process dies.
+            Every round's record is kept; the weights files of the newest
+            ``keep_last`` rounds only.
         client_durations: For an asynchronous strategy (:func:`covey.FedBuff`): the
             simulated seconds a fit task takes, ``(cid, rng) -> seconds`` or one value
             per client (default 1.0). Time is virtual: nothing sleeps. In that mode
@@ -350,6 +291,16 @@ def simulate(
             resumed run gives the uninterrupted run's weights and history, bit for
             bit, if clients keep no state of their own between rounds. A run with
             top-k compression or an asynchronous strategy cannot resume.
+        keep_last: With ``run_dir``: keep the weights files of the newest
+            ``keep_last`` rounds (2 or more), or of every round with None, so that
+            ``RunStore.load_round`` can read any round's model. Older files are
+            deleted as rounds are saved; records stay, and results are the same
+            whatever it is. At least two are kept: a resume starts after the
+            newest complete round and falls back on the one before should the
+            newest file be damaged, so 1 is refused. A resumed run prunes with
+            the ``keep_last`` it is given now (and records it in its settings),
+            not the one it was started with. Without ``run_dir`` nothing is
+            saved, and a value other than 2 is refused.
 
     Returns:
         The final weights and the history.
@@ -357,6 +308,8 @@ def simulate(
     Raises:
         covey.FederationError: if a round cannot complete (too few clients replied);
             the error carries the history and weights so far.
+        ValueError: an option out of range (before any client is built), or a run
+            in ``run_dir`` that cannot be resumed with these settings.
 
     Example:
         >>> import numpy as np, covey
@@ -380,6 +333,7 @@ def simulate(
     check_start_method(start_method)
     _check_durations(client_durations, num_clients)
     _check_availability(availability, num_clients)
+    _check_keep_last(keep_last, run_dir)
     clock = _clock(strategy, client_durations, availability, round_deadline, seed)
     scheme = _scheme(compression, strategy, backend)
     config = run_config(
@@ -405,6 +359,7 @@ def simulate(
             config=config,
             initial_weights=initial_weights,
             keeps_clients=backend == "process" or client_cache != 0,
+            keep_last=keep_last,
         )
         del initial_weights  # the checkpoint holds the model to start from
         meta = checkpoint.run_meta(meta_path, meta)
