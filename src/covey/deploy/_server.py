@@ -35,6 +35,7 @@ from covey.server._base import (
     check_evaluate_fn,
 )
 from covey.server._factory import Loop, open_loop, run_config
+from covey.server._kept import check_keep_last
 from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, same_settings, same_strategy
 from covey.server._roundfiles import check_storable
@@ -173,10 +174,7 @@ def serve(
     check_evaluate_fn(evaluate_fn)  # before clients join a run that would stop at round 0
     strategy = a_strategy(strategy)
     check_capacity(strategy, max_clients)
-    if keep_last is not None and (
-        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-    ):
-        raise ValueError(f"keep_last must be a whole number above 0 or None, got {keep_last!r}")
+    check_keep_last(keep_last)
     opened = _reopen(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         same_strategy(opened, strategy)

@@ -278,7 +278,8 @@ def simulate(
         ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
         compression: Clients send their updates compressed with this scheme (see
             :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object); the
-            history then records the bytes of each round, both ways.
+            history then records the bytes of each round, both ways (``"none"``
+            counts them without compressing; without compression they are not counted).
         start_method: How the process backend starts its workers: ``"fork"`` (fast;
             ``client_fn`` may be any callable), ``"forkserver"`` or ``"spawn"`` (safe
             when this process runs other threads; ``client_fn`` must pickle and be
