@@ -228,6 +228,37 @@ def test_a_model_given_as_np_matrix_trains_as_a_plain_array() -> None:
     np.testing.assert_array_equal(out, np.full((2, 3), 2.0))
 
 
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_numpy_scalars_in_the_initial_model_train_as_0d_arrays(backend: Any) -> None:
+    # Before: refused ("weight 's' must be a NumPy array, got float32"), while a client's
+    # FitResult takes NumPy scalars as 0-d arrays.
+    model = {"w": np.zeros(2, np.float32), "s": np.float32(0.5), "n": np.int64(3)}
+    result = covey.simulate(
+        lambda cid: Sends(np.asarray), 2, 2, covey.FedAvg(), model, backend=backend
+    )
+    assert {k: (type(v), v.dtype, v.shape) for k, v in result.weights.items()} == {
+        "w": (np.ndarray, np.float32, (2,)),
+        "s": (np.ndarray, np.float32, ()),
+        "n": (np.ndarray, np.int64, ()),
+    }
+    assert float(result.weights["s"]) == 2.5
+    assert int(result.weights["n"]) == 5
+
+
+def test_numpy_scalars_in_a_served_model_are_0d_arrays() -> None:
+    result = _serve_with_sites({"w": np.zeros(3, np.float32), "s": np.float64(1.0)})
+    assert result.history.rounds[-1].fit_failures == []
+    assert result.weights["s"].shape == ()
+    assert result.weights["s"].dtype == np.float64
+
+
+def test_a_numpy_scalar_where_a_layout_needs_an_array_says_how_to_make_one() -> None:
+    with pytest.raises(
+        covey.WeightsError, match=r"'s' .* got float32 \(a NumPy scalar: np.asarray"
+    ):
+        covey.core.WeightsSpec.of({"s": np.float32(0.5)})
+
+
 def test_a_masked_array_in_the_model_is_refused_by_name() -> None:
     model = {"w": np.ma.masked_array(np.zeros(3), mask=[False, True, False])}
     with pytest.raises(covey.WeightsError, match="'w' is a masked array"):

@@ -99,9 +99,10 @@ class WeightsSpec:
                     "surrogate): it cannot be encoded as UTF-8, as files and messages need"
                 )
             if not isinstance(value, np.ndarray):
+                scalar = " (a NumPy scalar: np.asarray makes it a 0-d array)"
                 raise WeightsError(
                     f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
-                    + tensor_hint(value)
+                    + (scalar if isinstance(value, np.generic) else tensor_hint(value))
                 )
             if isinstance(value, np.ma.MaskedArray):
                 raise WeightsError(
@@ -262,10 +263,11 @@ def native(weights: Weights) -> Weights:
     machine) would make every update a client computes (in native order) look
     like another dtype; the global model is kept in native order instead. An
     array subclass (``np.matrix``, whose ``*`` is a matrix product; ``np.memmap``)
-    becomes a plain array over the same memory.
+    becomes a plain array over the same memory, and a NumPy scalar
+    (``np.float32(0)``) a 0-d array, as in a client's :class:`~covey.FitResult`.
     """
     if not isinstance(weights, Mapping) or all(
-        not isinstance(a, np.ndarray) or (type(a) is np.ndarray and a.dtype.isnative)
+        not isinstance(a, np.ndarray | np.generic) or (type(a) is np.ndarray and a.dtype.isnative)
         for a in weights.values()
     ):
         return weights  # (anything but named arrays is refused by the spec, by name)
@@ -273,6 +275,8 @@ def native(weights: Weights) -> Weights:
 
 
 def _native_array(value: Any) -> Any:
+    if isinstance(value, np.generic):  # a NumPy scalar: its 0-d array, as a client's reply
+        value = np.asarray(value)
     if not isinstance(value, np.ndarray) or isinstance(value, np.ma.MaskedArray):
         return value  # refused by the spec, by name
     array: Array = np.asarray(value)

@@ -15,7 +15,7 @@ from covey.compress import CompressedTransport, Scheme, check_applies, run_schem
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupt_in, interrupts_as_such
 from covey.core._messages import plain
-from covey.core._weights import Array, Weights, WeightsSpec
+from covey.core._weights import Array, Weights, WeightsSpec, native
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._servechecks import (
     check_capacity,
@@ -475,6 +475,7 @@ def _open_run(
         initial_weights = initial_weights()
     if initial_weights is None:
         raise ValueError("serve() needs initial_weights (unless resuming)")
+    initial_weights = native(initial_weights)  # NumPy scalars as 0-d arrays, native order
     spec = WeightsSpec.of(initial_weights)
     if run_dir is not None:
         check_storable(spec)
