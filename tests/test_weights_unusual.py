@@ -232,7 +232,7 @@ def test_a_model_given_as_np_matrix_trains_as_a_plain_array() -> None:
 def test_numpy_scalars_in_the_initial_model_train_as_0d_arrays(backend: Any) -> None:
     # Before: refused ("weight 's' must be a NumPy array, got float32"), while a client's
     # FitResult takes NumPy scalars as 0-d arrays.
-    model = {"w": np.zeros(2, np.float32), "s": np.float32(0.5), "n": np.int64(3)}
+    model: dict[str, Any] = {"w": np.zeros(2, np.float32), "s": np.float32(0.5), "n": np.int64(3)}
     result = covey.simulate(
         lambda cid: Sends(np.asarray), 2, 2, covey.FedAvg(), model, backend=backend
     )
@@ -256,7 +256,7 @@ def test_a_numpy_scalar_where_a_layout_needs_an_array_says_how_to_make_one() -> 
     with pytest.raises(
         covey.WeightsError, match=r"'s' .* got float32 \(a NumPy scalar: np.asarray"
     ):
-        covey.core.WeightsSpec.of({"s": np.float32(0.5)})
+        covey.core.WeightsSpec.of({"s": np.float32(0.5)})  # type: ignore[dict-item]
 
 
 def test_a_masked_array_in_the_model_is_refused_by_name() -> None:

@@ -48,6 +48,9 @@ def tensor_hint(value: object) -> str:
     )
 
 
+_SCALAR = " (a NumPy scalar: np.asarray makes it a 0-d array)"
+
+
 class WeightsError(ValueError):
     """Weights that do not match the global model (names, shapes, dtypes, values)."""
 
@@ -99,10 +102,9 @@ class WeightsSpec:
                     "surrogate): it cannot be encoded as UTF-8, as files and messages need"
                 )
             if not isinstance(value, np.ndarray):
-                scalar = " (a NumPy scalar: np.asarray makes it a 0-d array)"
                 raise WeightsError(
                     f"weight {name!r} must be a NumPy array, got {type(value).__name__}"
-                    + (scalar if isinstance(value, np.generic) else tensor_hint(value))
+                    + (_SCALAR if isinstance(value, np.generic) else tensor_hint(value))
                 )
             if isinstance(value, np.ma.MaskedArray):
                 raise WeightsError(
