@@ -171,6 +171,11 @@ def test_covey_runs_show_says_keep_last(tmp_path: Path) -> None:
     shown = CliRunner().invoke(app, ["runs", "show", str(run)], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "keep_last 3" in shown.output
+    every = tmp_path / "every"
+    sim(every, 2, keep_last=None)
+    shown = CliRunner().invoke(app, ["runs", "show", str(every)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "keep_last every round" in shown.output
 
 
 def test_the_process_backend_keeps_every_round_with_keep_last_none(tmp_path: Path) -> None:

@@ -433,10 +433,9 @@ def show_run(
     why = _why(folder, status)
     if why:
         console.print(f"[red]{escape(why)}[/]")
+    kept = {**config, "keep_last": "every round"} if config.get("keep_last", 0) is None else config
     facts = [
-        f"{k} {config[k]}"
-        for k in ("backend", "rounds", "seed", "address", "keep_last")
-        if k in config
+        f"{k} {kept[k]}" for k in ("backend", "rounds", "seed", "address", "keep_last") if k in kept
     ]
     if name:
         facts.insert(0, f"strategy {name}")
