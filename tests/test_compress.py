@@ -311,6 +311,51 @@ def test_bytes_sent_leave_out_offline_clients_and_keep_stragglers() -> None:
         assert record.bytes_received == 2 * model
 
 
+class _Extras(_Evaluates):
+    """Sends new weights and one model-shaped extra besides them."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(
+            weights={"w": weights["w"] + 1}, num_examples=1, extras={"e": {"w": np.ones(4)}}
+        )
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_an_uncompressed_run_counts_its_bytes_as_a_none_compressed_one(backend: Any) -> None:
+    # Before: only a run given compression= counted; a plain simulate() recorded None.
+    def run(compression: str | None, client: Any) -> covey.History:
+        return covey.simulate(
+            lambda cid: client(),
+            6,
+            2,
+            covey.FedAvg(min_fit_clients=2, min_evaluate_clients=1, min_available_clients=2),
+            {"w": np.zeros(4)},
+            compression=compression,
+            availability=lambda cid, rnd: cid not in (1, 3),
+            backend=backend,
+        ).history
+
+    model = 4 * 8
+    plain, counted = run(None, _Evaluates), run("none", _Evaluates)
+    for record, same in zip(plain.rounds[1:], counted.rounds[1:], strict=True):
+        # fit to the 4 online clients, evaluate to them again; offline ones are sent nothing
+        assert (record.bytes_sent, record.bytes_received) == (2 * 4 * model, 4 * model)
+        assert (record.bytes_sent, record.bytes_received) == (same.bytes_sent, same.bytes_received)
+    for record in run(None, _Extras).rounds[1:]:
+        assert record.bytes_received == 4 * 2 * model  # the weights and the extra
+
+
+def test_an_uncompressed_asynchronous_run_counts_no_bytes() -> None:
+    result = covey.simulate(
+        lambda cid: _Step(),
+        4,
+        2,
+        covey.FedBuff(buffer_size=2, fraction_evaluate=0.0),
+        {"w": np.zeros(4)},
+    )
+    assert all(r.bytes_sent is None and r.bytes_received is None for r in result.history.rounds)
+
+
 @pytest.mark.parametrize(
     ("fraction", "size", "k"), [(0.07, 100, 7), (0.14, 100, 14), (0.55, 100, 55), (0.07, 101, 8)]
 )

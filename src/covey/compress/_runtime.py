@@ -200,6 +200,12 @@ def _nbytes(weights: Weights | None) -> int:
     return 0 if weights is None else sum(int(a.nbytes) for a in weights.values())
 
 
+def _task_nbytes(task: Task) -> int:
+    """The bytes of a task's arrays: its weights, and a fit task's arrays sent besides them."""
+    extras = task.payload if task.kind == "fit" and task.payload else {}
+    return _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
+
+
 def _result_nbytes(result: Any) -> int:
     if isinstance(result, Encoded):
         return result.nbytes
@@ -300,6 +306,50 @@ class CompressedTransport:
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
         """Send ``tasks`` (fit tasks compressed) and yield decoded replies."""
+        if self._carried is None and self._held is None:
+            return self._counted(tasks, timeout)
+        return self._compressed(tasks, timeout)
+
+    def _counted(self, tasks: Mapping[int, Task], timeout: float | None) -> Iterator[Reply]:
+        """:meth:`exchange` with no scheme: the tasks and replies as they are, their bytes counted.
+
+        Counts what :meth:`_compressed` counts, with one step per reply: the
+        common fit reply's arrays are summed here, other results by
+        :func:`_result_nbytes`.
+        """
+        sizes: dict[tuple[str, int, int], int] = {}
+        sent = size = 0
+        last = None
+        for task in tasks.values():
+            if task is not last:  # a round's clients mostly share one task object
+                last = task
+                key = (task.kind, id(task.weights), id(task.payload))
+                size = sizes.get(key, -1)
+                if size < 0:
+                    size = sizes[key] = _task_nbytes(task)
+            sent += size
+        self.bytes_sent += sent
+        reached = getattr(self.inner, "reached", None)
+        for reply in self.inner.exchange(tasks, timeout=timeout):
+            result = reply.result
+            if type(result) is FitResult:
+                arrays = result.weights if result.delta is None else result.delta
+                received = 0
+                for array in arrays.values():  # type: ignore[union-attr]  # one is set
+                    received += array.nbytes
+                if result.extras:
+                    received += sum(_nbytes(w) for w in result.extras.values())
+                self.bytes_received += received
+            elif reply.error is not None:
+                if reached is not None and not reached(reply.cid):
+                    unsent = tasks.get(reply.cid)
+                    self.bytes_sent -= 0 if unsent is None else _task_nbytes(unsent)
+            elif result is not None:
+                self.bytes_received += _result_nbytes(result)
+            yield reply
+
+    def _compressed(self, tasks: Mapping[int, Task], timeout: float | None) -> Iterator[Reply]:
+        """:meth:`exchange` with a scheme, or holding each client's bytes (``by_client``)."""
         out: dict[int, Task] = {}
         specs: dict[int, WeightsSpec] = {}
         # Keyed by the weights and payload a task carries, not the task: with per-client
@@ -310,9 +360,7 @@ class CompressedTransport:
             key = (task.kind, id(task.weights), id(task.payload))
             size = sizes.get(key)
             if size is None:
-                extras = task.payload if task.kind == "fit" and task.payload else {}
-                size = _nbytes(task.weights) + sum(_nbytes(w) for w in extras.values())
-                sizes[key] = size
+                size = sizes[key] = _task_nbytes(task)
             self._count(cid, size)
             task_bytes[cid] = size
             if task.kind == "fit" and self._carried is not None and task.weights is not None:

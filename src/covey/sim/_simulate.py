@@ -277,9 +277,10 @@ def simulate(
         client_group: Ray: ``cid -> group name`` when resources differ per group.
         ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
         compression: Clients send their updates compressed with this scheme (see
-            :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object); the
-            history then records the bytes of each round, both ways (``"none"``
-            counts them without compressing; without compression they are not counted).
+            :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object). Each
+            synchronous round's record holds the bytes of its arrays both ways,
+            compressed or not; an asynchronous run counts them only with a scheme
+            (``"none"`` included).
         start_method: How the process backend starts its workers: ``"fork"`` (fast;
             ``client_fn`` may be any callable), ``"forkserver"`` or ``"spawn"`` (safe
             when this process runs other threads; ``client_fn`` must pickle and be
@@ -384,11 +385,12 @@ def simulate(
                 clocked.now = checkpoint.clock()  # the simulated seconds of the saved rounds
             # A run token: client objects that outlive a run start the next without its
             # top-k residuals (a client_fn may hand out the same objects run after run).
-            # Asynchronous: bytes count when the virtual clock delivers a reply.
+            # Asynchronous: bytes count when the virtual clock delivers a reply (compressed
+            # runs only); synchronous rounds count them always, as a served run's do.
             token, held = secrets.token_hex(8), strategy.asynchronous
             counter = (
                 None
-                if scheme is None
+                if scheme is None and held
                 else CompressedTransport(transport, scheme, seed=seed, run=token, by_client=held)
             )
             transport = counter if counter is not None else transport
