@@ -8,7 +8,7 @@ the digits within a stated margin of the uncompressed run.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -345,15 +345,28 @@ def test_an_uncompressed_run_counts_its_bytes_as_a_none_compressed_one(backend: 
         assert record.bytes_received == 4 * 2 * model  # the weights and the extra
 
 
-def test_an_uncompressed_asynchronous_run_counts_no_bytes() -> None:
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_an_uncompressed_asynchronous_run_counts_the_bytes_of_each_update(
+    backend: Literal["inline", "process"],
+) -> None:
+    # Before: only a compressed FedBuff simulation counted bytes; an uncompressed one
+    # recorded None in every update, so its traffic could not be compared with one.
     result = covey.simulate(
         lambda cid: _Step(),
         4,
-        2,
+        3,
         covey.FedBuff(buffer_size=2, fraction_evaluate=0.0),
         {"w": np.zeros(4)},
+        backend=backend,
+        num_workers=2,
     )
-    assert all(r.bytes_sent is None and r.bytes_received is None for r in result.history.rounds)
+    model = 4 * 8
+    first = result.history.rounds[0]
+    assert (first.bytes_sent, first.bytes_received) == (0, 0)  # round 0: no exchange
+    for record in result.history.rounds[1:]:
+        assert len(record.fit_participants) == 2
+        # each update: the two tasks of the replies it took in, and those two replies
+        assert (record.bytes_sent, record.bytes_received) == (2 * model, 2 * model)
 
 
 @pytest.mark.parametrize(

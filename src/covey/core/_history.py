@@ -55,8 +55,9 @@ class RoundRecord:
     ``privacy`` is the budget spent so far, ``{"epsilon": ..., "delta": ...}``,
     in a differentially private run (None otherwise). ``bytes_sent`` and
     ``bytes_received`` count the array bytes the server sent to and received
-    from clients in the round: every synchronous round's, and an asynchronous
-    run's with compression (None otherwise).
+    from clients in the round: every synchronous round's, and every global
+    update's of a simulated asynchronous run (None in a served asynchronous
+    run).
 
     Attributes:
         round: The round number (in an asynchronous run, the global update).

@@ -167,10 +167,9 @@ def _compression(scheme: Scheme | None) -> dict[str, str]:
     return {} if scheme is None else {"compression": scheme_spec(scheme) or scheme.name}
 
 
-def _count_bytes(counter: CompressedTransport | None, record: RoundRecord) -> None:
+def _count_bytes(counter: CompressedTransport, record: RoundRecord) -> None:
     """Move the bytes counted since the last round into ``record``."""
-    if counter is not None:
-        record.bytes_sent, record.bytes_received = counter.take_counts()
+    record.bytes_sent, record.bytes_received = counter.take_counts()
 
 
 def _loop(
@@ -278,9 +277,8 @@ def simulate(
         ray_address: Ray: a running cluster to join; None starts (and stops) a local Ray.
         compression: Clients send their updates compressed with this scheme (see
             :mod:`covey.compress`; a name such as ``"q8"`` or a scheme object). Each
-            synchronous round's record holds the bytes of its arrays both ways,
-            compressed or not; an asynchronous run counts them only with a scheme
-            (``"none"`` included).
+            round's record (an asynchronous run's: each global update's) holds the
+            bytes of its arrays both ways, compressed or not.
         start_method: How the process backend starts its workers: ``"fork"`` (fast;
             ``client_fn`` may be any callable), ``"forkserver"`` or ``"spawn"`` (safe
             when this process runs other threads; ``client_fn`` must pickle and be
@@ -385,15 +383,11 @@ def simulate(
                 clocked.now = checkpoint.clock()  # the simulated seconds of the saved rounds
             # A run token: client objects that outlive a run start the next without its
             # top-k residuals (a client_fn may hand out the same objects run after run).
-            # Asynchronous: bytes count when the virtual clock delivers a reply (compressed
-            # runs only); synchronous rounds count them always, as a served run's do.
+            # Asynchronous: bytes count when the virtual clock delivers a reply; synchronous
+            # rounds count them as each exchange goes, as a served run's do.
             token, held = secrets.token_hex(8), strategy.asynchronous
-            counter = (
-                None
-                if scheme is None and held
-                else CompressedTransport(transport, scheme, seed=seed, run=token, by_client=held)
-            )
-            transport = counter if counter is not None else transport
+            counter = CompressedTransport(transport, scheme, seed=seed, run=token, by_client=held)
+            transport = counter
             checkpoint.begin()
             write_run_meta(meta_path, meta)
         except BaseException:
@@ -431,7 +425,7 @@ def simulate(
                     seed=seed,
                     prefetch=2 * workers,
                     wall_timeout=round_timeout,
-                    on_deliver=None if counter is None else counter.deliver,
+                    on_deliver=counter.deliver,
                 )
             options = {"evaluate_fn": evaluate_fn, "seed": seed, "round_timeout": round_timeout}
             loop = _loop(strategy, loop_transport, checkpoint, options, round_done)
