@@ -102,6 +102,11 @@ def test_fedbuff_over_grpc_with_a_full_buffer_equals_fedavg() -> None:
     assert [r.round for r in deployed.history.rounds] == list(range(updates + 1))
     for name in fedavg.weights:
         np.testing.assert_allclose(deployed.weights[name], fedavg.weights[name], atol=1e-12)
+    # Each global update records the bytes of its exchanges both ways (None before):
+    # a model to each client and one back from each.
+    both = [(r.bytes_sent, r.bytes_received) for r in deployed.history.rounds[1:]]
+    model = (64 * 10 + 10) * 8
+    assert both == [(clients * model, clients * model)] * updates
 
 
 def test_a_revoked_client_is_refused_and_the_run_goes_on(tmp_path: Any) -> None:

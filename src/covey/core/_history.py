@@ -55,9 +55,7 @@ class RoundRecord:
     ``privacy`` is the budget spent so far, ``{"epsilon": ..., "delta": ...}``,
     in a differentially private run (None otherwise). ``bytes_sent`` and
     ``bytes_received`` count the array bytes the server sent to and received
-    from clients in the round: every synchronous round's, and every global
-    update's of a simulated asynchronous run (None in a served asynchronous
-    run).
+    from clients in the round (in an asynchronous run, in the global update).
 
     Attributes:
         round: The round number (in an asynchronous run, the global update).

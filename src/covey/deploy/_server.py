@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
+from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupt_in, interrupts_as_such
 from covey.core._messages import plain
@@ -156,8 +157,9 @@ def serve(
             after every round).
         compression: Clients compress their updates with this scheme (a spec such
             as ``"q8"`` or ``"topk:0.01"``, see :mod:`covey.compress`); kept in the
-            run's config, so resuming uses it again. A synchronous run's history
-            records each round's array bytes both ways (``bytes_sent``/``_received``).
+            run's config, so resuming uses it again. The history records each
+            round's (or global update's) array bytes both ways
+            (``bytes_sent``/``_received``).
         keep_last: Keep the weights files of the newest ``keep_last`` rounds only (1 or
             more); older ones are deleted as rounds are saved, their records stay.
             None keeps every round's file.
@@ -211,17 +213,21 @@ def serve(
             on_listen(transport.port)
         logger.info("covey server listening on port %d", transport.port)
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
-        sync = not strategy.asynchronous  # synchronous rounds are compressed and counted
+        sync = not strategy.asynchronous  # synchronous rounds are compressed; all are counted
         # The run's start time names it, the same after a resume: a client process that
         # outlives its server keeps its top-k residuals for this run, not for another.
         token = str(run.config.get("started", "")) or None
-        counter = CompressedTransport(transport, scheme, seed=seed, run=token) if sync else None
+        counter: CompressedTransport | CountedAsyncTransport = (
+            CompressedTransport(transport, scheme, seed=seed, run=token)
+            if sync
+            else CountedAsyncTransport(transport)
+        )
         # Nothing stored without a run folder; else the named tuples a resume rebuilds.
         template = None if run.store is None else strategy.aggregator.init(start_weights)
         run.types = None if template is None else state_types(template)
         loop = open_loop(
             run.flushing(strategy),
-            transport if counter is None else counter,
+            counter,
             start_weights,
             evaluate_fn=evaluate_fn,
             seed=seed,
