@@ -130,6 +130,35 @@ def test_a_client_object_given_as_client_fn_is_told_to_pass_a_function() -> None
     ), errors
 
 
+class NoId(covey.Client):
+    """A client whose constructor takes no client id."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights=dict(weights), num_examples=1)
+
+
+@pytest.mark.parametrize("client_fn", [lambda: NoId(), NoId], ids=["lambda", "class"])
+def test_a_client_fn_taking_no_client_id_is_told_covey_passes_one(client_fn: Any) -> None:
+    # Before, every client failed with "<lambda>() takes 0 positional arguments but 1 was given".
+    with pytest.raises(covey.FederationError) as info:
+        _run(client_fn)
+    errors = _fit_failures(info.value)
+    assert len(errors) == 3
+    assert all("cannot be called as client_fn(cid)" in e for e in errors), errors
+    assert all("the client id, an int from 0 to num_clients - 1" in e for e in errors), errors
+
+
+def test_a_type_error_inside_client_fn_is_reported_as_it_is() -> None:
+    def client_fn(cid: int) -> AddOne:
+        return AddOne(len(cid))  # type: ignore[arg-type]
+
+    with pytest.raises(covey.FederationError) as info:
+        _run(client_fn)
+    errors = _fit_failures(info.value)
+    assert all("has no len()" in e for e in errors), errors
+    assert not any("client_fn(cid)" in e for e in errors), errors
+
+
 def test_a_type_error_inside_fit_is_reported_as_it_is() -> None:
     class Broken(AddOne):
         def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:

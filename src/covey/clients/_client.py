@@ -415,7 +415,7 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
         TypeError: if ``client_fn`` read ``node_config`` (or another attribute of a
             Flower ``Context``) from the client id, or called Flower's ``to_client()``;
             chained to the original error. Or if ``client_fn`` is a client object
-            rather than a function making one.
+            rather than a function making one, or takes no client id.
     """
     given: Any = client_fn  # typed a function; a client object is the usual slip
     if not callable(given) and callable(getattr(given, "fit", None)):
@@ -426,6 +426,9 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
         )
     try:
         return client_fn(cid)
+    except TypeError as exc:
+        _check_client_fn(client_fn, exc)
+        raise
     except AttributeError as exc:
         text = str(exc)
         if text.endswith("has no attribute 'to_client'"):
@@ -443,6 +446,27 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
                 "to client_fn yourself, e.g. with functools.partial"
             ) from exc
         raise
+
+
+def _check_client_fn(client_fn: Any, exc: TypeError) -> None:
+    """Raise a TypeError saying how covey calls ``client_fn`` if its signature cannot take a cid.
+
+    Called when the call raised ``exc``: a ``lambda: MyClient()`` gets Python's
+    "takes 0 positional arguments but 1 was given", which says nothing of the id.
+    """
+    try:
+        signature = inspect.signature(client_fn)
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to say
+        return
+    try:
+        signature.bind(0)
+    except TypeError:
+        name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
+        raise TypeError(
+            f"{name}{signature} cannot be called as client_fn(cid): covey calls it with "
+            "the client id, an int from 0 to num_clients - 1; give it that parameter "
+            "(lambda cid: MyClient(), or a client class whose __init__ takes cid)"
+        ) from exc
 
 
 READ_ONLY_HINT = (
