@@ -345,6 +345,29 @@ def test_a_strategy_given_by_name_or_uncalled_is_told_what_to_pass(
         serve(strategy, 1, init(), "127.0.0.1:0", insecure=True)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "said"),
+    [
+        ("fedavg", "not the string 'fedavg': pass covey.FedAvg()"),
+        (covey.FedAvg, "not the function FedAvg itself: call it, covey.FedAvg()"),
+        (None, "strategy must be a covey.Strategy (e.g. covey.FedAvg()), got NoneType"),
+    ],
+)
+def test_a_wrapper_given_a_strategy_by_name_or_uncalled_is_told_what_to_pass(
+    strategy: Any, said: str
+) -> None:
+    # Before, "'str' object has no attribute 'asynchronous'".
+    from covey import privacy, secagg
+
+    dp = {"noise_multiplier": 1.0, "clip": 0.5, "delta": 1e-5}
+    with pytest.raises(TypeError, match=re.escape(said)):
+        privacy.central(strategy, **dp)
+    with pytest.raises(TypeError, match=re.escape(said)):
+        privacy.dp_ftrl(strategy, tree_rounds=4, **dp)
+    with pytest.raises(TypeError, match=re.escape(said)):
+        secagg.secure(strategy, clip_range=0.5)
+
+
 def test_subclassing_a_preset_says_presets_are_functions() -> None:
     with pytest.raises(TypeError, match=r"covey\.FedAvg is a function.*covey\.Strategy"):
 

@@ -20,6 +20,7 @@ from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
+from covey.strategies._names import a_strategy
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -274,6 +275,7 @@ def central(
         Recurrent Language Models", ICLR 2018; Andrew et al., "Differentially
         Private Learning with Adaptive Clipping", NeurIPS 2021.
     """
+    strategy = a_strategy(strategy)
     _check(noise_multiplier, clip, delta, target_epsilon, expected_clients, noise_seed)
     if strategy.asynchronous:
         raise ValueError("central DP needs synchronous rounds (no buffer_size)")

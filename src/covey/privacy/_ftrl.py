@@ -22,6 +22,7 @@ from covey.core._messages import plain
 from covey.privacy._central import PrivacyHook, _check
 from covey.privacy._step import Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
+from covey.strategies._names import a_strategy
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -79,6 +80,7 @@ def dp_ftrl(
         Kairouz, McMahan, Song, Thakkar, Thakurta and Xu, "Practical and Private
         (Deep) Learning without Sampling or Shuffling", ICML 2021.
     """
+    strategy = a_strategy(strategy)
     _check(noise_multiplier, clip, delta, target_epsilon, expected_clients, noise_seed)
     if strategy.asynchronous:
         raise ValueError("DP-FTRL needs synchronous rounds (no buffer_size)")

@@ -39,6 +39,7 @@ from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import MAX_BITS, RangeError, quantize, ring_bits, scale
 from covey.strategies._fitround import FitOutcome
+from covey.strategies._names import a_strategy
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -396,6 +397,7 @@ def secure(
     References:
         Bonawitz et al., CCS 2017; Bell et al., CCS 2020.
     """
+    strategy = a_strategy(strategy)
     if strategy.asynchronous:
         raise ValueError("secure aggregation needs synchronous rounds, not FedBuff's buffer")
     if strategy.fit_round is not None:
