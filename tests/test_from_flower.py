@@ -359,7 +359,7 @@ def test_a_wrapper_given_a_strategy_by_name_or_uncalled_is_told_what_to_pass(
     # Before, "'str' object has no attribute 'asynchronous'".
     from covey import privacy, secagg
 
-    dp = {"noise_multiplier": 1.0, "clip": 0.5, "delta": 1e-5}
+    dp: dict[str, Any] = {"noise_multiplier": 1.0, "clip": 0.5, "delta": 1e-5}
     with pytest.raises(TypeError, match=re.escape(said)):
         privacy.central(strategy, **dp)
     with pytest.raises(TypeError, match=re.escape(said)):

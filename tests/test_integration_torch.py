@@ -378,6 +378,39 @@ def test_a_one_pass_iterator_of_batches_is_refused_when_the_client_is_built() ->
         assert client.fit(weights, {"round": rnd}).num_examples == 40
 
 
+def test_a_loss_class_an_optimizer_or_a_dataset_is_refused_naming_what_to_give() -> None:
+    # Before, they failed in fit: "Boolean value of Tensor with more than one value is
+    # ambiguous", "'SGD' object is not callable", "len() of a 0-d tensor".
+    net, loss, opt, loader = _net(), nn.CrossEntropyLoss(), torch.optim.SGD, _loader()
+    with pytest.raises(TypeError, match=r"loss_fn is the class CrossEntropyLoss: give an instance"):
+        TorchClient(net, nn.CrossEntropyLoss, opt, loader)
+    with pytest.raises(TypeError, match=r"optimizer_fn is an optimizer \(SGD\): give a function"):
+        TorchClient(net, loss, torch.optim.SGD(net.parameters(), lr=0.1), loader)
+    dataset = loader.dataset
+    with pytest.raises(TypeError, match=r"train_loader is a TensorDataset.*DataLoader\(dataset"):
+        TorchClient(net, loss, opt, dataset)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="test_loader is a TensorDataset"):
+        TorchClient(net, loss, opt, loader, dataset)  # type: ignore[arg-type]
+
+
+def test_a_torch_model_given_as_initial_weights_is_told_to_give_its_weights() -> None:
+    # Before, simulate called the model as a function of no argument: "forward() missing
+    # 1 required positional argument".
+    def client_fn(cid: int) -> TorchClient:
+        return TorchClient(_net(), nn.CrossEntropyLoss(), torch.optim.SGD, _loader())
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    said = r"got Sequential: give the model's weights, covey\.torch\.to_weights\(model, copy=True\)"
+    with pytest.raises(WeightsError, match=said):
+        covey.simulate(client_fn, 2, 1, strategy, _net())
+    from covey.deploy import serve
+
+    with pytest.raises(WeightsError, match=said):
+        serve(strategy, 1, _net(), "127.0.0.1:0", insecure=True)
+    made = covey.simulate(client_fn, 2, 1, strategy, lambda: to_weights(_net(), copy=True))
+    assert sorted(made.weights) == sorted(to_weights(_net()))  # a function making them is called
+
+
 def test_simulated_federation_with_torch_clients() -> None:
     def client_fn(cid: int) -> TorchClient:
         return TorchClient(

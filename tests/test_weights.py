@@ -51,6 +51,17 @@ def test_of_refuses_what_cannot_be_a_model() -> None:
         WeightsSpec.of({"o": np.zeros(2, dtype=object)})
 
 
+def test_a_model_or_a_bare_array_given_as_weights_is_told_how_to_name_them() -> None:
+    from sklearn.linear_model import SGDClassifier
+
+    with pytest.raises(WeightsError, match=r"got SGDClassifier: .*covey\.sklearn\.get_params"):
+        WeightsSpec.of(SGDClassifier())
+    with pytest.raises(WeightsError, match=r'got ndarray: name the array, e\.g\. \{"w": array\}'):
+        WeightsSpec.of(np.zeros(3))  # type: ignore[arg-type]
+    with pytest.raises(WeightsError, match=r"got ABCMeta$"):  # a class is no estimator
+        WeightsSpec.of(SGDClassifier)
+
+
 def test_check_accepts_matching_weights() -> None:
     good = model()
     good["W"] = np.full((4, 3), 1e30, dtype=np.float32)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,18 +24,50 @@ Weights = Mapping[str, Array]
 
 
 def unnamed_hint(weights: object) -> str:
-    """For a list or tuple of arrays where named arrays belong, how to name them."""
+    """For a list or tuple of arrays (or a model, or a file) where named arrays belong."""
     if isinstance(weights, str | bytes | os.PathLike):
         return (
             ": give the arrays, not a file; read a safetensors file with "
             "safetensors.numpy.load_file(path), an .npz with dict(np.load(path))"
         )
+    if _made_by(weights, "torch"):
+        return ": give the model's weights, covey.torch.to_weights(model, copy=True)"
+    if _made_by(weights, "sklearn"):
+        return (
+            ": give the estimator's parameters, covey.sklearn.get_params(model) (or "
+            "covey.sklearn.initial_params(model, num_features, classes) before it is fitted)"
+        )
+    if isinstance(weights, np.ndarray):
+        return ': name the array, e.g. {"w": array}'
     if not isinstance(weights, list | tuple):
         return ""
     return (
         ": name each array, e.g. dict(zip(model.state_dict(), arrays)) for a torch model "
         'or {"coef": ..., "intercept": ...}'
     )
+
+
+def _made_by(value: object, library: str) -> bool:
+    """Whether ``value`` is an object of a class built on ``library``'s (a torch module, say)."""
+    if isinstance(value, type):
+        return False
+    return any(c.__module__.split(".")[0] == library for c in type(value).__mro__)
+
+
+@overload
+def made(initial_weights: Weights | Callable[[], Weights]) -> Weights: ...
+@overload
+def made(initial_weights: Weights | Callable[[], Weights] | None) -> Weights | None: ...
+def made(initial_weights: Weights | Callable[[], Weights] | None) -> Weights | None:
+    """The initial weights, from the function that makes them if given one.
+
+    A torch model is callable too, but it is not such a function: it is returned
+    as it is, for the layout check to refuse it naming how to get its weights.
+    """
+    given: Any = initial_weights
+    if callable(given) and not _made_by(given, "torch"):
+        return given()  # type: ignore[no-any-return]
+    return given  # type: ignore[no-any-return]
 
 
 def tensor_hint(value: object) -> str:

@@ -16,7 +16,7 @@ from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupt_in, interrupts_as_such
 from covey.core._messages import plain
-from covey.core._weights import Array, Weights, WeightsSpec, native
+from covey.core._weights import Array, Weights, WeightsSpec, made, native
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._servechecks import (
     check_capacity,
@@ -477,8 +477,7 @@ def _open_run(
         if point.config.get("rounds") != rounds:  # recorded once a round is saved
             run.new_rounds = rounds
         return run
-    if callable(initial_weights):
-        initial_weights = initial_weights()
+    initial_weights = made(initial_weights)  # a function making them is called
     if initial_weights is None:
         raise ValueError("serve() needs initial_weights (unless resuming)")
     initial_weights = native(initial_weights)  # NumPy scalars as 0-d arrays, native order

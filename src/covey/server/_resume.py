@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from covey.core._history import History
 from covey.core._hooks import RESUMED_AFTER_CRASH
-from covey.core._weights import Weights, WeightsSpec
+from covey.core._weights import Weights, WeightsSpec, made
 from covey.server._rundb import DB_NAME
 from covey.server._state import check_state
 from covey.server._store import RunStore
@@ -92,8 +92,7 @@ def _from_step_zero(
 ) -> ResumePoint:
     """A run whose server stopped before round 0 was saved, started again at step 0."""
     where = f"the run in {opened.run_dir} stopped before round 0 was saved"
-    if callable(initial_weights):
-        initial_weights = initial_weights()
+    initial_weights = made(initial_weights)
     if initial_weights is None:
         raise ValueError(
             f"{where}: give the app's initial weights to start it again from step 0 "
@@ -113,7 +112,7 @@ def _from_step_zero(
 
 def _layout(initial_weights: Weights | Callable[[], Weights]) -> WeightsSpec:
     """The layout of the app's initial weights (calling them if a function)."""
-    return WeightsSpec.of(initial_weights() if callable(initial_weights) else initial_weights)
+    return WeightsSpec.of(made(initial_weights))
 
 
 def _same_layout(opened: RunStore, last: int, saved: WeightsSpec, app: WeightsSpec) -> None:

@@ -15,7 +15,7 @@ from covey.compress import CompressedTransport, Scheme, check_applies, scheme_na
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
 from covey.core._messages import plain
-from covey.core._weights import Array, Weights, WeightsError, copy, native
+from covey.core._weights import Array, Weights, WeightsError, copy, made, native
 from covey.server._base import EvaluateFn, RoundCallback
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._kept import SIMULATION_KEEPS
@@ -324,8 +324,7 @@ def simulate(
     start = time.perf_counter()
     num_clients, rounds, seed = plain(num_clients), plain(rounds), plain(seed)
     client_cache, num_workers = plain(client_cache), plain(num_workers)
-    if callable(initial_weights):
-        initial_weights = initial_weights()
+    initial_weights = made(initial_weights)  # a function making them is called
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
     initial_weights = native(initial_weights)  # NumPy scalars as 0-d arrays, native order

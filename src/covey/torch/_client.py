@@ -62,6 +62,34 @@ def _summed(loss_fn: Any) -> bool:
     return reduction == "sum"
 
 
+def _check_arguments(
+    torch: Any, loss_fn: Any, optimizer_fn: Any, train_loader: Any, test_loader: Any
+) -> None:
+    """Refuse the usual slips in :class:`TorchClient`'s arguments, naming what to give."""
+    if isinstance(loss_fn, type):
+        name = loss_fn.__name__
+        raise TypeError(f"loss_fn is the class {name}: give an instance, {name}()")
+    if isinstance(optimizer_fn, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer_fn is an optimizer ({type(optimizer_fn).__name__}): give a function of the "
+            "parameters that makes one, e.g. lambda params: torch.optim.SGD(params, lr=0.01), "
+            "so that the client builds it on its own model"
+        )
+    data = torch.utils.data
+    for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
+        if isinstance(loader, Iterator):
+            raise TypeError(
+                f"{name} is a {type(loader).__name__}, an iterator that is used up after "
+                "one pass, and the client passes over its data every round: give a "
+                "DataLoader or a list of batches"
+            )
+        if isinstance(loader, data.Dataset) and not isinstance(loader, data.IterableDataset):
+            raise TypeError(
+                f"{name} is a {type(loader).__name__}, whose items are single examples: give "
+                "batches, e.g. DataLoader(dataset, batch_size=32, shuffle=True)"
+            )
+
+
 def _regression_or_probabilities(loss_fn: Any) -> tuple[bool, bool]:
     """Whether ``loss_fn`` is a regression loss, and whether it takes probabilities."""
     nn = torch_module().nn
@@ -286,13 +314,7 @@ class TorchClient(Client):
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
-            if isinstance(loader, Iterator):
-                raise TypeError(
-                    f"{name} is a {type(loader).__name__}, an iterator that is used up after "
-                    "one pass, and the client passes over its data every round: give a "
-                    "DataLoader or a list of batches"
-                )
+        _check_arguments(torch, loss_fn, optimizer_fn, train_loader, test_loader)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
