@@ -125,6 +125,26 @@ def test_data_with_other_features_than_the_model_is_named() -> None:
         evaluate_booster(start, np.hstack([x, x[:, :1]]), y)
 
 
+def test_a_booster_is_evaluated_from_itself_its_weights_or_its_bytes() -> None:
+    # Before, the model's bytes (from_weights) or a read-only mapping of the weights failed
+    # with "'bytes' object has no attribute 'num_features'".
+    from types import MappingProxyType
+
+    x, y = _data(0)
+    client = XGBoostClient(x, y, BINARY, local_rounds=2)
+    weights = client.fit(initial_model(BINARY, 4, capacity=1 << 16), {"round": 1}).weights
+    assert weights is not None
+    booster = xgb.Booster(model_file=bytearray(from_weights(weights)))
+    expected = evaluate_booster(booster, x, y)
+    assert expected[0] < 0.6
+    for given in (weights, MappingProxyType(dict(weights)), from_weights(weights)):
+        assert evaluate_booster(given, x, y) == expected
+    with pytest.raises(TypeError, match=r"needs an xgboost.Booster.*got list"):
+        evaluate_booster([weights], x, y)
+    with pytest.raises(WeightsError):
+        evaluate_booster(b"{not a model", x, y)
+
+
 def test_bagging_grows_every_clients_trees_each_round() -> None:
     result = covey.simulate(
         _client,

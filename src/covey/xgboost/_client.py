@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._weights import Array, Weights
 from covey.xgboost._model import (
     MODEL,
+    booster_from_bytes,
     booster_from_weights,
     empty_booster,
     to_weights,
@@ -52,7 +54,8 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
     give the mean squared error.
 
     Args:
-        booster: An ``xgboost.Booster``, or weights holding one.
+        booster: An ``xgboost.Booster``, the weights holding one, or its serialized
+            bytes (:func:`covey.xgboost.from_weights`).
         x: Features.
         y: Labels or targets.
 
@@ -60,8 +63,15 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
         ``(loss, metrics)``.
     """
     xgb = xgboost_module()
-    if isinstance(booster, dict):
+    if isinstance(booster, Mapping):
         booster = booster_from_weights(booster)
+    elif isinstance(booster, bytes | bytearray | memoryview):
+        booster = booster_from_bytes(booster)
+    elif not isinstance(booster, xgb.Booster):
+        raise TypeError(
+            f"evaluate_booster() needs an xgboost.Booster, the weights holding one or the "
+            f"model's bytes (covey.xgboost.from_weights), got {type(booster).__name__}"
+        )
     y_arr, x_arr = np.asarray(y), np.asarray(x)
     _check_features(booster, x_arr.shape[-1] if x_arr.ndim == 2 else -1, "x")
     pred = np.asarray(booster.predict(xgb.DMatrix(x_arr)), dtype=np.float64)

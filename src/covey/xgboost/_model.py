@@ -126,7 +126,16 @@ def booster_from_weights(weights: Weights) -> Any:
     Every tree is checked first (see ``covey.xgboost._validate``): XGBoost
     trusts the JSON it loads, and a malformed tree would crash the process.
     """
-    model = from_weights(weights)
+    return booster_from_bytes(from_weights(weights))
+
+
+def booster_from_bytes(model: bytes | bytearray | memoryview) -> Any:
+    """An ``xgboost.Booster`` from serialized JSON (what :func:`from_weights` gives), checked first.
+
+    Raises:
+        WeightsError: the bytes are no booster, or one of its trees is malformed.
+    """
+    model = bytes(model)
     doc = parse(model)
     new_trees(doc, doc["learner"]["learner_model_param"], 0, "the model")
     return load_booster(model)
