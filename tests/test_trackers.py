@@ -78,6 +78,44 @@ def test_round_scalars_flatten_every_number() -> None:
     }
 
 
+def test_a_list_of_round_callbacks_calls_each_in_order() -> None:
+    seen: list[tuple[str, int]] = []
+    history = _run(
+        [lambda r: seen.append(("a", r.round)), lambda r: seen.append(("b", r.round))], rounds=2
+    )
+    assert [r.round for r in history.rounds] == [0, 1, 2]
+    assert seen == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+@pytest.mark.parametrize(
+    ("on_round", "said"),
+    [
+        ("tb", r"on_round must be a function of the round's record .* got str"),
+        ([print, "tb"], r"on_round\[1\] must be a function of the round's record, got str"),
+    ],
+)
+def test_a_round_callback_that_is_no_function_is_refused_before_a_client_runs(
+    on_round: Any, said: str
+) -> None:
+    # Before, the first round trained and then failed with "'str' object is not callable".
+    from covey.deploy import serve
+
+    built: list[int] = []
+
+    def client_fn(cid: int) -> Half:
+        built.append(cid)
+        return Half()
+
+    with pytest.raises(TypeError, match=said):
+        covey.simulate(client_fn, 3, 2, covey.FedAvg(), {"w": np.ones(3)}, on_round=on_round)
+    assert built == []
+    listened: list[int] = []
+    with pytest.raises(TypeError, match=said):
+        serve(covey.FedAvg(), 1, {"w": np.ones(3)}, "127.0.0.1:0", insecure=True,
+              on_round=on_round, on_listen=listened.append)  # fmt: skip
+    assert listened == []
+
+
 def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the tensorboard extra is needed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

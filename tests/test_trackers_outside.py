@@ -93,16 +93,6 @@ def _serve(tmp_path: Path, rounds: int, resume: bool, on_round: Any) -> covey.Hi
     return result.history
 
 
-def _both(*loggers: Any) -> Any:
-    """One round callback calling each logger in turn."""
-
-    def log(record: RoundRecord) -> None:
-        for logger in loggers:
-            logger(record)
-
-    return log
-
-
 def _expected(history: covey.History) -> dict[str, list[tuple[int, float]]]:
     """What the trackers must hold: the numbers of every round (timings aside)."""
     out: dict[str, list[tuple[int, float]]] = {}
@@ -130,7 +120,7 @@ def test_a_resumed_deployed_run_is_logged_once_per_round(
         TensorBoardLogger(tb_dir) as tb,
         MLflowLogger(store, experiment="half", run_name="study", params={"clients": 2}) as ml,
     ):
-        _serve(tmp_path, 2, False, _both(tb, ml))
+        _serve(tmp_path, 2, False, [tb, ml])
     # The server stopped after round 2 (as after a crash): resume it to round 4,
     # logging into the same TensorBoard folder and the same MLflow run.
     with (
@@ -139,7 +129,7 @@ def test_a_resumed_deployed_run_is_logged_once_per_round(
             store, experiment="half", run_id=ml.run_id, params={"clients": 2, "rounds": 4}
         ) as ml2,
     ):
-        history = _serve(tmp_path, 4, True, _both(tb, ml2))
+        history = _serve(tmp_path, 4, True, [tb, ml2])
 
     assert [r.round for r in history.rounds] == [0, 1, 2, 3, 4]
     expected = _expected(history)
@@ -250,7 +240,7 @@ def test_metric_names_mlflow_refuses_are_logged_not_fatal(tmp_path: Path) -> Non
             covey.FedAvg(fraction_evaluate=0.0),
             {"w": np.ones(2)},
             central,
-            on_round=_both(tb, ml),
+            on_round=[tb, ml],
         )
     client = MlflowClient(tracking_uri=(tmp_path / "ml").resolve().as_uri())
     run = client.get_run(ml.run_id)

@@ -6,7 +6,7 @@ import contextlib
 import datetime as _dt
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +33,7 @@ from covey.server._base import (
     FederationError,
     RoundCallback,
     _first_line,
-    check_evaluate_fn,
+    checked_callbacks,
 )
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._kept import check_keep_last
@@ -107,7 +107,7 @@ def serve(
     wait_timeout: float | None = 300.0,
     heartbeat: float = 5.0,
     max_clients: int = 1000,
-    on_round: RoundCallback | None = None,
+    on_round: RoundCallback | Sequence[RoundCallback] | None = None,
     on_listen: Callable[[int], None] | None = None,
     on_event: Callable[[str, str, str], None] | None = None,
     client_names: dict[int, str] | None = None,
@@ -145,7 +145,7 @@ def serve(
         heartbeat: Seconds between heartbeats; silent clients are dropped after six.
         max_clients: Most clients connected at once; at least the strategy's
             ``min_available_clients`` and ``min_fit_clients``.
-        on_round: Called with each finished round's record.
+        on_round: Called with each finished round's record (or a list of such functions).
         on_listen: Called with the bound port once the server listens.
         on_event: Called with ``(client name, event, detail)`` for fleet events
             (``"join"``, ``"leave"``, ``"refused"``, ...).
@@ -173,7 +173,8 @@ def serve(
     """
     rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
     check_settings(rounds, round_timeout, wait_timeout, heartbeat)
-    check_evaluate_fn(evaluate_fn)  # before clients join a run that would stop at round 0
+    # Before clients join a run that would stop at round 0; a list of callbacks: one calling each.
+    on_round = checked_callbacks(evaluate_fn, on_round)
     strategy = a_strategy(strategy)
     check_capacity(strategy, max_clients)
     check_keep_last(keep_last)

@@ -151,6 +151,47 @@ def check_evaluate_fn(evaluate_fn: object) -> None:
         ) from None
 
 
+def round_callback(on_round: object) -> RoundCallback | None:
+    """``on_round`` as one callback: a list or tuple of callbacks is called in its order.
+
+    Checked before the run starts, so that a wrong value fails at once rather
+    than after the first round has trained.
+
+    Raises:
+        TypeError: ``on_round`` is neither a function of a round's record, nor a
+            list or tuple of them.
+    """
+    if on_round is None or callable(on_round):
+        return on_round
+    if isinstance(on_round, list | tuple):
+        for i, callback in enumerate(on_round):
+            if not callable(callback):
+                raise TypeError(
+                    f"on_round[{i}] must be a function of the round's record, "
+                    f"got {type(callback).__name__}"
+                )
+        callbacks: tuple[RoundCallback, ...] = tuple(on_round)
+
+        def each(record: RoundRecord) -> None:
+            for callback in callbacks:
+                callback(record)
+
+        return each
+    raise TypeError(
+        "on_round must be a function of the round's record (covey calls on_round(record)) "
+        f"or a list of them, got {type(on_round).__name__}"
+    )
+
+
+def checked_callbacks(evaluate_fn: object, on_round: object) -> RoundCallback | None:
+    """Check a run's ``evaluate_fn`` and return its ``on_round`` as one callback, before it starts.
+
+    See :func:`check_evaluate_fn` and :func:`round_callback`.
+    """
+    check_evaluate_fn(evaluate_fn)
+    return round_callback(on_round)
+
+
 class _LoopBase:
     """The state and the reply handling common to the round loop and the asynchronous loop.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +16,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
 from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsError, copy, made, native
-from covey.server._base import EvaluateFn, RoundCallback
+from covey.server._base import EvaluateFn, RoundCallback, checked_callbacks
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._kept import SIMULATION_KEEPS
 from covey.sim import _frozen
@@ -209,7 +209,7 @@ def simulate(
     num_workers: int | None = None,
     round_timeout: float | None = None,
     progress: bool = False,
-    on_round: RoundCallback | None = None,
+    on_round: RoundCallback | Sequence[RoundCallback] | None = None,
     run_dir: str | Path | None = None,
     client_durations: Durations | None = None,
     availability: Availability | None = None,
@@ -247,7 +247,8 @@ def simulate(
             runs clients one after another and cannot interrupt one: it bounds each
             client's own call, dropping a reply that took longer.
         progress: Draw a progress bar, updated once per round.
-        on_round: Called with each round's record as it finishes.
+        on_round: Called with each round's record as it finishes (or a list of such
+            functions, called in order).
         run_dir: If given, ``history.json`` is written there after every round,
             ``run.json`` (strategy, rounds, start time, status) at start and end, and
             each completed round is checkpointed (``run.sqlite``, ``weights/``: the
@@ -324,6 +325,7 @@ def simulate(
     start = time.perf_counter()
     num_clients, rounds, seed = plain(num_clients), plain(rounds), plain(seed)
     client_cache, num_workers = plain(client_cache), plain(num_workers)
+    on_round = checked_callbacks(evaluate_fn, on_round)  # a list of callbacks: one calling each
     initial_weights = made(initial_weights)  # a function making them is called
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
