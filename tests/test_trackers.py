@@ -62,6 +62,8 @@ def test_round_scalars_flatten_every_number() -> None:
         central_loss=float("nan"),
         central_metrics={"accuracy": 0.9},
         durations={"fit": 1.5},
+        bytes_sent=4000,
+        bytes_received=1000,
     )
     record.privacy = {"epsilon": 1.25, "delta": 1e-5, "accountant": "rdp"}
     assert round_scalars(record) == {
@@ -73,6 +75,8 @@ def test_round_scalars_flatten_every_number() -> None:
         "clients/evaluate": 0.0,
         "clients/failures": 1.0,
         "time/fit": 1.5,
+        "bytes/sent": 4000.0,
+        "bytes/received": 1000.0,
         "privacy/epsilon": 1.25,
         "privacy/delta": 1e-5,
     }

@@ -22,8 +22,10 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
     Tags: ``central/loss`` and ``central/<metric>`` (server-side evaluation),
     ``federated/loss`` and ``federated/<metric>`` (clients' evaluation),
     ``fit/<metric>`` (clients' training metrics), ``clients/fit``,
-    ``clients/evaluate``, ``clients/failures``, ``time/<stage>`` (seconds) and
-    ``privacy/<key>`` (e.g. ``privacy/epsilon``) when the round has a privacy record.
+    ``clients/evaluate``, ``clients/failures``, ``time/<stage>`` (seconds),
+    ``bytes/sent`` and ``bytes/received`` (the arrays' bytes the server sent and
+    received, when the round counted them) and ``privacy/<key>`` (e.g.
+    ``privacy/epsilon``) when the round has a privacy record.
 
     Args:
         record: The round, as given to an ``on_round`` callback.
@@ -51,6 +53,8 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
         _add(out, "clients/failures", len(record.failures))
     for stage, seconds in record.durations.items():
         _add(out, f"time/{stage}", seconds)
+    _add(out, "bytes/sent", record.bytes_sent)  # None where the round counted none
+    _add(out, "bytes/received", record.bytes_received)
     privacy = getattr(record, "privacy", None)
     if isinstance(privacy, dict):
         for key, value in privacy.items():
