@@ -38,7 +38,6 @@ from covey.compress import TopK
 
 SCHEMES: list[tuple[str, Any]] = [
     ("uncompressed", None),
-    ("none (counted)", "none"),
     ("float16", "float16"),
     ("bfloat16", "bfloat16"),
     ("8-bit stochastic", "q8"),
@@ -147,18 +146,13 @@ def table(n: int, rounds: int, deployed: bool) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     base_acc = raw = None
-    for label, scheme in SCHEMES:
-        if deployed and scheme == "none":
-            continue  # a served run counts the uncompressed bytes already
+    for label, scheme in SCHEMES:  # every run counts its bytes, uncompressed ones too
         acc, sent, received, seconds = run(n, rounds, scheme, deployed)
         base_acc = acc if base_acc is None else base_acc
-        counted = scheme is not None or deployed
-        if scheme == "none" or (deployed and scheme is None):
-            raw = received
-        ratio = f"{received / raw:.3f}" if raw and counted else "-"
-        shown = (f"{sent:,}", f"{received:,}") if counted else ("-", "-")
+        raw = received if raw is None else raw
+        ratio = f"{received / raw:.3f}" if raw else "-"
         print(
-            f"| {label} | {acc:.4f} | {acc - base_acc:+.4f} | {shown[0]} | {shown[1]} "
+            f"| {label} | {acc:.4f} | {acc - base_acc:+.4f} | {sent:,} | {received:,} "
             f"| {ratio} | {seconds:.2f} |"
         )
 
