@@ -108,10 +108,11 @@ def unknown_options(
 
 
 def flower_names(preset: Callable[P, R]) -> Callable[P, R]:
-    """Wrap a preset with a required option so that Flower's name for it is named too.
+    """Wrap a preset with a required option so that Flower's name or a misspelt one is named.
 
     ``Krum(num_malicious_clients=1)`` would otherwise fail on the missing ``f``
-    before the preset could say that ``f`` is Flower's ``num_malicious_clients``.
+    before the preset could say that ``f`` is Flower's ``num_malicious_clients``,
+    and ``Krum(num_malicious=1)`` without naming the keyword it does not take.
 
     Args:
         preset: The preset to wrap.
@@ -119,13 +120,25 @@ def flower_names(preset: Callable[P, R]) -> Callable[P, R]:
     Returns:
         The preset, refusing Flower's option names before it is called.
     """
-    own = set(inspect.signature(preset).parameters)
+    parameters = inspect.signature(preset).parameters
+    own = set(parameters)
+    required = [
+        n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    ]
 
     @functools.wraps(preset)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         flower = [name for name in kwargs if name in FLOWER_OPTIONS and name not in own]
         if flower:
             raise unknown_options(preset.__name__, flower)
+        missing = [name for name in required if name not in kwargs]
+        if missing:  # a misspelt option is named before the missing one
+            from covey.strategies._options import StrategyOptions  # it imports this module
+
+            known = own | set(StrategyOptions.__annotations__)
+            if unknown := [name for name in kwargs if name not in known]:
+                error = unknown_options(preset.__name__, unknown, known - {"options"})
+                raise TypeError(f"{error}; it needs {', '.join(missing)}")
         return preset(*args, **kwargs)
 
     return call

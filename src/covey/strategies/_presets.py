@@ -83,6 +83,7 @@ def FedAvgM(
     return preset("FedAvgM", step, options, server_lr=server_lr, server_momentum=server_momentum)
 
 
+@flower_names
 def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strategy:
     """FedProx: FedAvg whose clients add ``mu/2 ||w - w_global||^2`` to their local loss.
 
