@@ -8,14 +8,13 @@ as :class:`~covey.compress.CompressedTransport` counts a synchronous round's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from covey.compress._runtime import _result_nbytes, _task_nbytes
+from covey.compress._runtime import CountingWrapper, _result_nbytes, _task_nbytes
 from covey.core._messages import Reply, Task
 
 
-class CountedAsyncTransport:
+class CountedAsyncTransport(CountingWrapper):
     """An asynchronous transport whose tasks and replies are counted in bytes.
 
     Counted are the arrays of each task submitted (the weights and the arrays
@@ -32,21 +31,6 @@ class CountedAsyncTransport:
         self.inner = inner
         self.bytes_sent = 0
         self.bytes_received = 0
-
-    def clients(self) -> Sequence[int]:
-        """The inner transport's clients."""
-        clients: Sequence[int] = self.inner.clients()
-        return clients
-
-    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
-        """Wait for ``count`` clients, if the inner transport waits (a network's does)."""
-        wait = getattr(self.inner, "wait_for_clients", None)
-        return True if wait is None else bool(wait(count, timeout))
-
-    def joins(self, cid: int) -> int:
-        """How many times ``cid`` connected, if the inner transport counts it (else 0)."""
-        joins = getattr(self.inner, "joins", None)
-        return 0 if joins is None else int(joins(cid))
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
         """Send ``task`` to ``cid`` through the inner transport and count its arrays."""
@@ -67,12 +51,6 @@ class CountedAsyncTransport:
     def now(self) -> float:
         """Seconds on the inner transport's clock."""
         return float(self.inner.now())
-
-    def take_counts(self) -> tuple[int, int]:
-        """``(bytes sent, bytes received)`` since the last call, and reset them."""
-        counts = (self.bytes_sent, self.bytes_received)
-        self.bytes_sent = self.bytes_received = 0
-        return counts
 
     def close(self, *args: Any, **kwargs: Any) -> None:
         """Close the inner transport (with whatever it takes, e.g. a reason)."""

@@ -217,7 +217,39 @@ def _result_nbytes(result: Any) -> int:
     return 0
 
 
-class CompressedTransport:
+class CountingWrapper:
+    """A transport around ``inner`` that counts array bytes: what it hands on as it is.
+
+    Subclasses set ``inner``, ``bytes_sent`` and ``bytes_received``.
+    """
+
+    inner: Any
+    bytes_sent: int
+    bytes_received: int
+
+    def clients(self) -> Sequence[int]:
+        """The inner transport's clients."""
+        clients: Sequence[int] = self.inner.clients()
+        return clients
+
+    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
+        """Wait for ``count`` clients, if the inner transport waits (a network's does)."""
+        wait = getattr(self.inner, "wait_for_clients", None)
+        return True if wait is None else bool(wait(count, timeout))
+
+    def joins(self, cid: int) -> int:
+        """How many times ``cid`` connected, if the inner transport counts it (else 0)."""
+        joins = getattr(self.inner, "joins", None)
+        return 0 if joins is None else int(joins(cid))
+
+    def take_counts(self) -> tuple[int, int]:
+        """``(bytes sent, bytes received)`` since the last call, and reset them."""
+        counts = (self.bytes_sent, self.bytes_received)
+        self.bytes_sent = self.bytes_received = 0
+        return counts
+
+
+class CompressedTransport(CountingWrapper):
     """A transport whose fit rounds travel compressed; counts bytes both ways.
 
     Counted are the bytes of the arrays of each exchange: the weights and the
@@ -259,21 +291,6 @@ class CompressedTransport:
         self.num_workers = int(getattr(inner, "num_workers", 0))
         self._carried = None if scheme is None else _scheme_value(scheme)
 
-    def clients(self) -> Sequence[int]:
-        """The inner transport's clients."""
-        clients: Sequence[int] = self.inner.clients()
-        return clients
-
-    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
-        """Wait for ``count`` clients, if the inner transport waits (a network's does)."""
-        wait = getattr(self.inner, "wait_for_clients", None)
-        return True if wait is None else bool(wait(count, timeout))
-
-    def joins(self, cid: int) -> int:
-        """How many times ``cid`` connected, if the inner transport counts it (else 0)."""
-        joins = getattr(self.inner, "joins", None)
-        return 0 if joins is None else int(joins(cid))
-
     def deliver(self, cid: int) -> None:
         """Count the bytes held for ``cid`` (with ``by_client``; a no-op otherwise)."""
         held = None if self._held is None else self._held.pop(cid, None)
@@ -295,12 +312,6 @@ class CompressedTransport:
             held = self._held.setdefault(cid, [0, 0])
             held[0] -= unsent
             held[1] += received
-
-    def take_counts(self) -> tuple[int, int]:
-        """``(bytes sent, bytes received)`` since the last call, and reset them."""
-        counts = (self.bytes_sent, self.bytes_received)
-        self.bytes_sent = self.bytes_received = 0
-        return counts
 
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
