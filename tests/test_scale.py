@@ -251,3 +251,24 @@ def test_client_state_membership_takes_numpy_ids_and_never_raises(tmp_path: Any)
     assert -1 not in store
     assert "7" not in store
     assert True not in store
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_client_state_file_is_named_with_what_to_do(tmp_path: Any, damage: str) -> None:
+    # Before, "truncated: 7 bytes is shorter than the 32-byte prefix", naming no file.
+    from covey import CodecError
+    from covey.sim import ClientState
+
+    store = ClientState(tmp_path)
+    store.save(3, {"count": np.arange(100.0)})
+    path = store.path(3)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:7]
+    else:
+        data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CodecError, match=r"client 3.s state file .*3\.covey is damaged .*delete"):
+        store.load(3)
+    path.unlink()
+    assert store.load(3) is None

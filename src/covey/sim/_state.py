@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covey.core._codec import decode, encode
+from covey.core._codec import CodecError, decode, encode
 from covey.core._files import atomic_write
 from covey.core._weights import Array, Weights
 
@@ -58,7 +58,14 @@ class ClientState:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        return {name: np.array(value) for name, value in decode(data).items()}
+        try:
+            arrays = decode(data)
+        except CodecError as exc:
+            raise CodecError(
+                f"client {cid}'s state file {path} is damaged ({exc}); delete it to start "
+                "that client's state afresh"
+            ) from exc
+        return {name: np.array(value) for name, value in arrays.items()}
 
     def save(self, cid: int, arrays: Weights) -> None:
         """Replace client ``cid``'s arrays (atomically: a reader sees the old or the new)."""
