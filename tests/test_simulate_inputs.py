@@ -206,6 +206,20 @@ def test_bad_simulate_options_are_refused_before_any_round(
     assert built == []
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_dir_that_is_no_path_is_named(resume: bool) -> None:
+    # Before, "expected str, bytes or os.PathLike object, not int", naming no option.
+    from covey.deploy import serve
+
+    said = "run_dir must be a folder's path (a str or a pathlib.Path), got int"
+    with pytest.raises(TypeError, match=re.escape(said)):
+        covey.simulate(lambda cid: PlusOne(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)},
+                       run_dir=123, resume=resume)  # type: ignore[arg-type]  # fmt: skip
+    with pytest.raises(TypeError, match=re.escape(said)):
+        serve(covey.FedAvg(), 1, {"w": np.zeros(2)}, "127.0.0.1:0", insecure=True,
+              run_dir=123, resume=resume)  # type: ignore[arg-type]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("strategy", "message"),
     [

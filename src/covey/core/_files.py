@@ -25,6 +25,19 @@ TMP_SUFFIX = ".tmp"
 """Temporary files end with this; a sweep after a crash may delete any such leftovers."""
 
 
+def a_folder(value: object, what: str = "run_dir") -> Path:
+    """``value`` as a folder's :class:`~pathlib.Path`, if it is a path at all.
+
+    Raises:
+        TypeError: ``value`` is no ``str`` or ``os.PathLike`` (an int, say), named as ``what``.
+    """
+    if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
+        raise TypeError(
+            f"{what} must be a folder's path (a str or a pathlib.Path), got {type(value).__name__}"
+        )
+    return Path(value)
+
+
 def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 

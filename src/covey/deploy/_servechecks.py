@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from covey.core._files import a_folder
 from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._store import RunStore
@@ -30,8 +31,9 @@ def check_new_run_dir(run_dir: str | os.PathLike[str]) -> None:
     Raises:
         FileExistsError: naming the folder, the files of the run it holds and, for a
             served run, how to continue it.
+        TypeError: ``run_dir`` is no path.
     """
-    folder = Path(run_dir)
+    folder = a_folder(run_dir)
     kept = [name for name in RUN_FILES if (folder / name).exists()]
     if not kept:
         return
@@ -54,9 +56,10 @@ def reopen(run_dir: str | os.PathLike[str]) -> RunStore:
         OSError: Another process holds the run: it is still running (its pid is
             named), and a resume waits for it to end or for it to be stopped.
         ValueError: The folder holds a simulation, which a server does not continue.
+        TypeError: ``run_dir`` is no path.
     """
     try:
-        opened = RunStore.open(run_dir, exclusive=True)
+        opened = RunStore.open(a_folder(run_dir), exclusive=True)
     except OSError as exc:
         folder = Path(run_dir)
         if is_held(folder) is not True:

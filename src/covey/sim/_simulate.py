@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
+from covey.core._files import a_folder
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
 from covey.core._messages import plain
@@ -326,6 +327,7 @@ def simulate(
     num_clients, rounds, seed = plain(num_clients), plain(rounds), plain(seed)
     client_cache, num_workers = plain(client_cache), plain(num_workers)
     on_round = checked_callbacks(evaluate_fn, on_round)  # a list of callbacks: one calling each
+    run_dir = None if run_dir is None else a_folder(run_dir)
     initial_weights = made(initial_weights)  # a function making them is called
     if initial_weights is None:
         raise WeightsError("simulate() needs initial_weights: the global model at step 0")
