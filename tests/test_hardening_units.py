@@ -268,6 +268,28 @@ def test_bad_addresses_are_refused(address: str, listen: bool, message: str) -> 
         check_address(address, listen=listen)
 
 
+class _Plain(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights=dict(weights), num_examples=1)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (_Plain, r"got the class _Plain: make one, _Plain\(\.\.\.\)"),
+        (lambda cid: _Plain(), r"got the function .*<lambda>: call it, connect\(client_fn\(cid\)"),
+        (None, r"needs a client object \(a covey.Client\), got None"),
+    ],
+)
+def test_connect_refuses_what_is_no_client_before_dialling(given: Any, said: str) -> None:
+    # Before, a class failed with "Client.properties() missing 1 required positional
+    # argument: 'self'" and a client_fn dialled and retried as if it were a client.
+    from covey.deploy import connect
+
+    with pytest.raises(TypeError, match=said):
+        connect(given, "127.0.0.1:1", insecure=True, max_attempts=1)
+
+
 def test_good_addresses_pass() -> None:
     assert check_address("0.0.0.0:0", listen=True) == ("0.0.0.0", 0)  # noqa: S104
     assert check_address("[::1]:9092", listen=False) == ("::1", 9092)

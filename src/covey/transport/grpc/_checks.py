@@ -193,6 +193,28 @@ class WithProperties:
         return getattr(self._client, name)
 
 
+def check_client(client: Any) -> None:
+    """Refuse what is no client object before dialling: a client class, a ``client_fn``, None.
+
+    Raises:
+        TypeError: naming what was given and the call that makes a client of it.
+    """
+    if client is None:
+        raise TypeError("connect() needs a client object (a covey.Client), got None")
+    if isinstance(client, type):
+        name = client.__name__
+        raise TypeError(
+            f"connect() needs a client object, got the class {name}: make one, {name}(...)"
+        )
+    if callable(client) and not any(hasattr(client, m) for m in ("fit", "evaluate")):
+        name = getattr(client, "__qualname__", type(client).__name__)
+        raise TypeError(
+            f"connect() needs a client object, got the function {name}: call it, "
+            "connect(client_fn(cid), ...) (covey client --app MODULE:client_fn --cid N "
+            "does that call itself)"
+        )
+
+
 def stated_properties(client: Any, extra: dict[str, Any] | None) -> dict[str, Any]:
     """What a client states in its ``Hello``: ``client.properties()`` with ``extra`` over them.
 

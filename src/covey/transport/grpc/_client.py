@@ -32,6 +32,7 @@ from covey.transport.grpc._checks import (
     TaskLimits,
     WithProperties,
     check_address,
+    check_client,
     check_config,
     check_heartbeat,
     own_name,
@@ -411,9 +412,11 @@ def connect(
         covey.transport.grpc.AddressError: ``address`` is not ``host:port``.
         ValueError: a setting is out of range (a negative ``backoff``, a ``heartbeat``
             of 0, ...), naming it; or neither or both of ``tls`` and ``insecure``.
-        TypeError: ``client.properties()`` returned no dict, or values the network cannot
+        TypeError: ``client`` is a class, a ``client_fn`` or None rather than a client;
+            or ``client.properties()`` returned no dict, or values the network cannot
             carry (an error it raises is raised with a note naming it).
     """
+    check_client(client)
     tls = client_security(tls, insecure, server_name)
     check_address(address, listen=False)
     name = own_name(name, tls)
