@@ -76,7 +76,7 @@ def _server_app(spec: str | None) -> Any:
         obj = obj()
     if not isinstance(obj, ServerApp):
         fail(
-            f"--app {spec} is a {type(obj).__name__}; `covey server --app` needs a "
+            f"--app {spec} is of type {type(obj).__name__}; `covey server --app` needs a "
             "covey.deploy.ServerApp or a function of no arguments returning one"
         )
     try:

@@ -49,7 +49,7 @@ def _make_client(spec: str, cid: Any) -> Any:
     if hasattr(obj, "fit") and not isinstance(obj, type):
         return obj
     if not callable(obj):
-        fail(f"--app {spec} is a {type(obj).__name__}, not a client or a client function")
+        fail(f"--app {spec} is of type {type(obj).__name__}, not a client or a client function")
     needs = required_params(obj)
     if needs > 0 and cid is None:
         fail(
