@@ -118,3 +118,54 @@ def test_a_simulations_best_round_reads_from_its_history_and_table() -> None:
     assert result.history.best_round("loss", mode="min", source="evaluate") == (2, -2.0)
     frame = result.history.to_pandas()
     assert frame["central_score"].idxmax() == 2
+
+
+def test_to_pandas_with_costs_adds_participation_bytes_and_stage_times() -> None:
+    result = covey.simulate(
+        lambda cid: Learner(),
+        3,
+        2,
+        covey.FedAvg(),
+        {"w": np.zeros(4, dtype=np.float32)},
+        evaluate_fn=lambda rnd, w: (-float(w["w"][0]), {"score": float(w["w"][0])}),
+    )
+    plain = result.history.to_pandas()
+    frame = result.history.to_pandas(costs=True)
+    assert list(frame.columns[: len(plain.columns)]) == list(plain.columns)
+    costs = list(frame.columns[len(plain.columns) :])
+    assert costs[:7] == [
+        "clients_fit",
+        "failures_fit",
+        "examples_fit",
+        "clients_evaluate",
+        "failures_evaluate",
+        "bytes_sent",
+        "bytes_received",
+    ]
+    assert "seconds_fit" in costs
+    assert "seconds_total" in costs
+    assert list(frame["clients_fit"]) == [0.0, 3.0, 3.0]
+    assert list(frame["examples_fit"]) == [0.0, 30.0, 30.0]
+    for record in result.history.rounds[1:]:
+        assert frame.loc[record.round, "bytes_sent"] == record.bytes_sent
+        assert frame.loc[record.round, "bytes_received"] == record.bytes_received
+        # three clients got the 4-float32 model to train and to evaluate; they returned one
+        assert (record.bytes_sent, record.bytes_received) == (2 * 3 * 16, 3 * 16)
+    assert frame.loc[0, "bytes_sent"] == frame.loc[0, "bytes_received"] == 0.0  # evaluation only
+
+
+def test_to_pandas_with_costs_of_a_hand_made_history_fills_what_is_missing_with_nan() -> None:
+    h = covey.History(
+        [
+            RoundRecord(1, fit_participants=[0, 1], fit_examples=20, durations={"fit": 0.5}),
+            RoundRecord(2, bytes_sent=10, bytes_received=12, durations={"total": "slow"}),  # type: ignore[dict-item]
+        ]
+    )
+    frame = h.to_pandas(costs=True)
+    assert list(frame["clients_fit"]) == [2.0, 0.0]
+    assert frame.loc[1, "seconds_fit"] == 0.5
+    assert math.isnan(frame.loc[2, "seconds_fit"])
+    assert math.isnan(frame.loc[2, "seconds_total"])  # not a number: not made one
+    assert frame.loc[2, "bytes_received"] == 12.0
+    assert math.isnan(frame.loc[1, "bytes_sent"])
+    assert list(covey.History().to_pandas(costs=True).columns) == []

@@ -351,7 +351,7 @@ class History:
         value = pick(v for _, v in points)
         return next((r, v) for r, v in points if v == value)
 
-    def to_pandas(self) -> Any:
+    def to_pandas(self, *, costs: bool = False) -> Any:
         """The metrics as a ``pandas.DataFrame``: one row per round, one column per metric.
 
         The index is the round number (``"round"``). A column is named
@@ -359,6 +359,13 @@ class History:
         ``evaluate_fn``, ``evaluate_loss`` and ``evaluate_accuracy`` from federated
         evaluation, ``fit_train_loss`` from the clients' training metrics. Only
         numeric metrics are columns; a round that did not record one has NaN.
+
+        Args:
+            costs: Also each round's participation and costs, after the metrics:
+                ``clients_fit``, ``failures_fit``, ``examples_fit``,
+                ``clients_evaluate``, ``failures_evaluate``, ``bytes_sent``,
+                ``bytes_received`` (NaN where not counted) and ``seconds_STAGE``
+                for each stage of :attr:`RoundRecord.durations` the run timed.
 
         Returns:
             The table (of floats).
@@ -368,7 +375,7 @@ class History:
                 the ``analytics`` extra: ``pip install 'covey[analytics]'``).
         """
         table = import_feature("covey.core._historytable", "History.to_pandas")
-        return table.metrics_frame(self)
+        return table.metrics_frame(self, costs=costs)
 
     def failures(self) -> list[tuple[int, Failure]]:
         """``(round, failure)`` for every failure of the run."""

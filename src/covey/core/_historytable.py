@@ -1,5 +1,7 @@
 """A run's metrics as a pandas table: one row per round, one column per metric.
 
+On request, each round's participation, bytes and stage times follow the metrics.
+
 Imported only by :meth:`History.to_pandas`: pandas is optional (the
 ``analytics`` extra), and ``import covey`` never needs it.
 """
@@ -56,10 +58,31 @@ def column_names(history: History) -> list[tuple[Source, str]]:
     return columns
 
 
-def metrics_frame(history: History) -> pd.DataFrame:
+def _costs(record: RoundRecord) -> dict[str, float]:
+    """One round's participation, bytes and stage times, as :meth:`History.to_pandas` names them."""
+    sent, received = record.bytes_sent, record.bytes_received
+    return {
+        "clients_fit": float(len(record.fit_participants)),
+        "failures_fit": float(len(record.fit_failures)),
+        "examples_fit": float(record.fit_examples),
+        "clients_evaluate": float(len(record.evaluate_participants)),
+        "failures_evaluate": float(len(record.evaluate_failures)),
+        "bytes_sent": math.nan if sent is None else float(sent),
+        "bytes_received": math.nan if received is None else float(received),
+        **{
+            f"seconds_{stage}": as_float(t) if _is_number(t) else math.nan
+            for stage, t in record.durations.items()
+        },
+    }
+
+
+def metrics_frame(history: History, *, costs: bool = False) -> pd.DataFrame:
     """The table :meth:`History.to_pandas` returns."""
     columns = column_names(history)
     data: dict[str, list[float]] = {f"{s}_{n}": [] for s, n in columns}
+    extra = [_costs(record) for record in history.rounds] if costs else []
+    for name in dict.fromkeys(k for row in extra for k in row):
+        data[name] = [row.get(name, math.nan) for row in extra]
     for record in history.rounds:
         values = {source: _values(record, source) for source in SOURCES}
         for source, name in columns:
