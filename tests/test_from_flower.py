@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,56 @@ def test_a_wrapper_given_a_strategy_by_name_or_uncalled_is_told_what_to_pass(
         privacy.dp_ftrl(strategy, tree_rounds=4, **dp)
     with pytest.raises(TypeError, match=re.escape(said)):
         secagg.secure(strategy, clip_range=0.5)
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "flower", "said"),
+    [
+        ("central", {"clipping_norm": 1.0}, "Flower's clipping_norm is covey's clip"),
+        (
+            "central",
+            {"num_sampled_clients": 8},
+            "Flower's num_sampled_clients is covey's expected_clients",
+        ),
+        (
+            "central",
+            {"clip_norm_lr": 0.2},
+            "AdaptiveClipping(learning_rate=...), passed as adaptive=",
+        ),
+        ("central", {"clp": 1.0}, "['clp']; did you mean clip?"),
+        ("dp_ftrl", {"clipping_norm": 1.0}, "Flower's clipping_norm is covey's clip"),
+        ("secure", {"clipping_range": 8.0}, "Flower's clipping_range is covey's clip_range"),
+        ("secure", {"max_weight": 1000}, "Flower's max_weight is covey's max_examples"),
+        ("secure", {"reconstruction_threshold": 4}, "threat=ThreatModel(corrupt_rate=..."),
+        ("secure", {"bitz": 8}, "['bitz']; did you mean bits?"),
+    ],
+)
+def test_a_privacy_or_secagg_wrapper_given_flower_s_option_names_covey_s(
+    wrapper: str, flower: dict[str, Any], said: str
+) -> None:
+    # Before, Python's "central() got an unexpected keyword argument 'clipping_norm'".
+    from covey import privacy, secagg
+
+    required: dict[str, dict[str, Any]] = {
+        "central": {"noise_multiplier": 1.0, "delta": 1e-5},
+        "dp_ftrl": {"noise_multiplier": 1.0, "delta": 1e-5, "tree_rounds": 4},
+        "secure": {"clip_range": 8.0},
+    }
+    call: dict[str, Any] = {
+        "central": privacy.central,
+        "dp_ftrl": privacy.dp_ftrl,
+        "secure": secagg.secure,
+    }
+    # The required option Flower names otherwise is left out: the hint comes first.
+    given = {
+        k: v
+        for k, v in required[wrapper].items()
+        if not (k == "clip_range" and flower.keys() & {"clipping_range"})
+    }
+    with pytest.raises(TypeError, match=re.escape(f"{wrapper}() got unexpected keyword")) as info:
+        call[wrapper](covey.FedAvg(), **given, **flower)
+    assert said in str(info.value)
+    assert "noise_multiplier" in inspect.signature(privacy.central).parameters  # still shown
 
 
 def test_subclassing_a_preset_says_presets_are_functions() -> None:

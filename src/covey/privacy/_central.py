@@ -20,7 +20,7 @@ from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
-from covey.strategies._names import a_strategy
+from covey.strategies._names import FLOWER_DP_OPTIONS, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -220,6 +220,7 @@ def _check(
         raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
 
 
+@flower_keywords(FLOWER_DP_OPTIONS)
 def central(
     strategy: Strategy,
     *,

@@ -22,7 +22,7 @@ from covey.core._messages import plain
 from covey.privacy._central import PrivacyHook, _check
 from covey.privacy._step import Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
-from covey.strategies._names import a_strategy
+from covey.strategies._names import FLOWER_DP_OPTIONS, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -42,6 +42,7 @@ def round_robin(tree_rounds: int, shared: Shared) -> Any:
     return fit_only(select)
 
 
+@flower_keywords(FLOWER_DP_OPTIONS)
 def dp_ftrl(
     strategy: Strategy,
     *,

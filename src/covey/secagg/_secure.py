@@ -39,7 +39,7 @@ from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import MAX_BITS, RangeError, quantize, ring_bits, scale
 from covey.strategies._fitround import FitOutcome
-from covey.strategies._names import a_strategy
+from covey.strategies._names import FLOWER_SECAGG_OPTIONS, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
 from covey.strategies._subclass import replace_strategy
 
@@ -326,6 +326,7 @@ class _Secure:
         )
 
 
+@flower_keywords(FLOWER_SECAGG_OPTIONS)
 def secure(
     strategy: Strategy,
     *,

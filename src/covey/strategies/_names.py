@@ -107,6 +107,60 @@ def unknown_options(
     )
 
 
+#: Options of Flower's differential privacy wrappers (``DifferentialPrivacy*``) and covey's.
+FLOWER_DP_OPTIONS = {
+    "clipping_norm": "clip",
+    "initial_clipping_norm": "clip (the first clip, with adaptive=AdaptiveClipping(...))",
+    "num_sampled_clients": "expected_clients (the mean's divisor; by default fraction_fit "
+    "times the clients available)",
+    "target_clipped_quantile": "AdaptiveClipping(target_quantile=...), passed as adaptive=",
+    "clip_norm_lr": "AdaptiveClipping(learning_rate=...), passed as adaptive=",
+    "clipped_count_stddev": "AdaptiveClipping(count_stddev=...), passed as adaptive=",
+    "epsilon": "target_epsilon (the run stops before the round that would pass it)",
+}
+
+#: Options of Flower's ``SecAggPlusWorkflow`` and covey's for ``covey.secagg.secure``.
+FLOWER_SECAGG_OPTIONS = {
+    "clipping_range": "clip_range",
+    "quantization_range": "bits (fixed-point bits per value over [-clip_range, clip_range])",
+    "max_weight": "max_examples",
+    "num_shares": "threat=ThreatModel(corrupt_rate=..., dropout_rate=...), from which "
+    "the graph's degree follows",
+    "reconstruction_threshold": "threat=ThreatModel(corrupt_rate=..., dropout_rate=...), "
+    "from which the threshold follows",
+    "modulus_range": "nothing: the ring's size follows from bits, max_examples and the "
+    "number of clients (covey.secagg.ring_bits)",
+    "timeout": "round_timeout= of simulate() or serve()",
+}
+
+
+def flower_keywords(flower: Mapping[str, str]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Wrap a function so that a keyword it does not take is named with covey's own.
+
+    Flower's name gets covey's counterpart from ``flower``; a misspelt one the
+    closest keyword the function takes.
+
+    Args:
+        flower: Flower's option names and covey's counterparts.
+
+    Returns:
+        A decorator for a function with a fixed set of keyword arguments.
+    """
+
+    def wrap(func: Callable[P, R]) -> Callable[P, R]:
+        own = frozenset(inspect.signature(func).parameters)
+
+        @functools.wraps(func)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            if unknown := [name for name in kwargs if name not in own]:
+                raise unknown_options(func.__name__, unknown, own, flower)
+            return func(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
 def flower_names(preset: Callable[P, R]) -> Callable[P, R]:
     """Wrap a preset with a required option so that Flower's name or a misspelt one is named.
 
