@@ -467,3 +467,16 @@ def test_covey_run_inside_a_project_s_subfolder_names_the_project(
         f"{tmp_path / 'nested-fed'}: run `covey run {tmp_path / 'nested-fed'}`, or run "
         "`covey run` there"
     )
+
+
+def test_resuming_without_the_app_says_the_run_folder_keeps_no_code(tmp_path: Path) -> None:
+    # Before, the same words as for a new run: "give --app MODULE:OBJECT naming a ServerApp".
+    run = tmp_path / "stopped"
+    code, out = covey("server", "--resume", str(run), "--insecure")
+    assert code == 2, out
+    assert f"--resume {run} needs the run's app too" in " ".join(out.split())
+    assert "keeps the state, not the code" in " ".join(out.split())
+    code, out = covey("server", "--insecure")
+    assert code == 2, out
+    assert "needs the run's app" not in out
+    assert "give --app MODULE:OBJECT" in out

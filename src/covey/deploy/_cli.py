@@ -56,11 +56,17 @@ def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
     return flag if flag is not None else settings.get(key, default)
 
 
-def _server_app(spec: str | None) -> Any:
+def _server_app(spec: str | None, resume: Path | None = None) -> Any:
     """Load the ServerApp named by ``--app`` (an object, or a function returning one)."""
     from covey.deploy._server import ServerApp
     from covey.server._base import check_evaluate_fn
 
+    if spec is None and resume is not None:  # the folder keeps the run's state, not its code
+        fail(
+            f"--resume {resume} needs the run's app too: give --app MODULE:OBJECT naming the "
+            "covey.deploy.ServerApp it was started with (its strategy and model; the run folder "
+            "keeps the state, not the code), or app = ... in --config"
+        )
     if spec is None:
         fail("give --app MODULE:OBJECT naming a covey.deploy.ServerApp (or app = ... in --config)")
     obj = load_object(spec)
@@ -341,10 +347,10 @@ def server_command(
     s = read_settings(config, "server", SERVER_KEYS)
     setup_logging(console, verbose or bool(s.get("verbose", False)))
     scheme = compression_spec(_pick(compression, s, "compression", None))
-    server_app = _server_app(_pick(app, s, "app", None))
+    resume_dir = _path(_pick(resume, s, "resume", None))
+    server_app = _server_app(_pick(app, s, "app", None), resume_dir)
     insecure = insecure or bool(s.get("insecure", False))
     certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
-    resume_dir = _path(_pick(resume, s, "resume", None))
     given = _path(_pick(run_dir, s, "run_dir", None))
     listen_at = _listen_address(_pick(address, s, "address", None))  # before a folder is made
     flags = {
