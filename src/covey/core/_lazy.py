@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -55,6 +56,16 @@ def lazy_exports(
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(where) | modules)
+        # What a user may write after ``package.``: not the helpers the package
+        # imports for itself (``Any``, ``TYPE_CHECKING``, this function).
+        public = set(namespace.get("__all__", ())) | set(where) | modules
+        shown = {n for n in namespace if n.startswith("__") or n in public}
+        shown |= {n for n, v in namespace.items() if _submodule(v, package) and n[0] != "_"}
+        return sorted(shown | set(where) | modules)
 
     return __getattr__, __dir__
+
+
+def _submodule(value: Any, package: str) -> bool:
+    """Whether ``value`` is a module of ``package`` (set as its attribute once imported)."""
+    return isinstance(value, types.ModuleType) and value.__name__.startswith(f"{package}.")
