@@ -329,7 +329,6 @@ def test_the_top_level_holds_no_plumbing() -> None:
         assert not hasattr(covey, plumbing), f"covey.{plumbing} belongs in its layer"
 
 
-
 def test_dir_of_the_top_level_shows_what_a_user_writes_not_its_helpers() -> None:
     # Before, covey.<TAB> offered Any, TYPE_CHECKING, annotations and lazy_exports.
     shown = [name for name in dir(covey) if not name.startswith("__")]
@@ -338,6 +337,7 @@ def test_dir_of_the_top_level_shows_what_a_user_writes_not_its_helpers() -> None
         assert helper not in shown
     assert "compress" in shown  # a public subpackage outside __all__
     assert "__version__" in dir(covey)
+
 
 def test_errors_have_useful_bases() -> None:
     from covey.aggregate import AggregationError
