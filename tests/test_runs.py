@@ -184,6 +184,40 @@ def test_runs_show_names_the_covey_that_started_the_run(
     assert "started by covey 9.1.0" in shown.output
 
 
+def test_runs_show_gives_the_bytes_each_round_moved_and_the_compression(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither was shown: a compressed run looked like any other.
+    monkeypatch.setenv("COLUMNS", "250")
+    history = _history()
+    history.config["compression"] = "q8"
+    history.rounds[1].bytes_sent, history.rounds[1].bytes_received = 80_000_000, 20_500_000
+    (tmp_path / "small").mkdir()
+    write_outputs(tmp_path / "small", history, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", "small", "--dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "compression q8" in shown.output
+    assert "MB" in shown.output
+    row = next(line for line in shown.output.splitlines() if line.strip().startswith("1 "))
+    assert "80.0" in row
+    assert "20.5" in row
+    history.rounds[1].bytes_sent, history.rounds[1].bytes_received = 48_000, 12_000
+    del history.config["compression"]
+    (tmp_path / "kb").mkdir()
+    write_outputs(tmp_path / "kb", history, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", "kb", "--dir", str(tmp_path)])
+    assert "compression" not in shown.output
+    row = next(line for line in shown.output.splitlines() if line.strip().startswith("1 "))
+    assert "48.0" in row
+    assert "12.0" in row
+    assert "kB" in shown.output
+    uncounted = _history()  # a history written before bytes were counted: no such columns
+    (tmp_path / "old").mkdir()
+    write_outputs(tmp_path / "old", uncounted, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", "old", "--dir", str(tmp_path)])
+    assert "sent" not in shown.output
+
+
 def test_the_server_console_counts_clients_past_those_needed() -> None:
     from covey.deploy._console import ServerConsole
 

@@ -1,7 +1,8 @@
 """The table of a run's rounds that ``covey runs show``, ``covey run`` and ``covey demo`` print.
 
 One row per round (all of them, or the last N of a long run): participants,
-failures, the usual metrics, up to six more numeric ones, privacy and seconds;
+failures, the usual metrics, up to six more numeric ones, privacy, the bytes
+sent and received (``covey runs show``) and seconds;
 and the last round a run finished, with why it stopped early.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -16,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
-    from covey.core._history import History
+    from covey.core._history import History, RoundRecord
 
 __all__ = [
     "MAX_MORE_COLUMNS",
@@ -78,7 +80,9 @@ def shown_rounds(history: History, last: int | None) -> History:
     return dataclasses.replace(history, rounds=history.rounds[len(history.rounds) - last :])
 
 
-def round_table(history: History, title: str = "Rounds", last: int | None = None) -> Table:
+def round_table(
+    history: History, title: str = "Rounds", last: int | None = None, *, traffic: bool = False
+) -> Table:
     """A rich table of a run's rounds: participants, failures and metrics.
 
     Args:
@@ -86,6 +90,8 @@ def round_table(history: History, title: str = "Rounds", last: int | None = None
         title: The table's title.
         last: Show only the last ``last`` rounds (the title says how many of how
             many); None shows every round. The columns are those of the rounds shown.
+        traffic: Also the array bytes each round sent and received (when counted),
+            in kB or MB.
     """
     total = len(history.rounds)
     history = shown_rounds(history, last)
@@ -99,18 +105,11 @@ def round_table(history: History, title: str = "Rounds", last: int | None = None
         table.caption = escape(f"not shown: {', '.join(left)} (in history.json)")
     for source, name in columns:
         table.add_column(f"{source}\n{escape(name)}", justify="right", no_wrap=True)
-    epsilon = _privacy(history, "epsilon")
-    if epsilon:
-        # an epsilon means little without its delta: one in the header, else a column
-        deltas = _privacy(history, "delta")
-        one = f"\ndelta={next(iter(deltas.values())):g}" if len(set(deltas.values())) == 1 else ""
-        table.add_column("privacy\nepsilon" + one, justify="right", no_wrap=True)
-        if deltas and not one:
-            table.add_column("privacy\ndelta", justify="right", no_wrap=True)
-    waited = any("wait" in r.durations for r in history.rounds)
-    if waited:  # a deployed run: the wait for clients to connect, apart from the work
-        table.add_column("seconds\nwaiting", justify="right", no_wrap=True)
-    table.add_column("seconds\ntotal" if waited else "seconds", justify="right", no_wrap=True)
+    groups = [_privacy_columns(history), _traffic_columns(history) if traffic else None]
+    groups.append(_seconds_columns(history))
+    for headers, _ in filter(None, groups):
+        for header in headers:
+            table.add_column(header, justify="right", no_wrap=True)
     values = {
         (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
         for source, name in columns
@@ -122,14 +121,56 @@ def round_table(history: History, title: str = "Rounds", last: int | None = None
             str(len(r.failures)) if r.round else "-",
         ]
         cells += [_number(values[key].get(r.round)) for key in columns]
-        if epsilon:
-            cells.append(_number(epsilon.get(r.round)))
-            if deltas and not one:
-                cells.append("-" if r.round not in deltas else f"{deltas[r.round]:g}")
-        keys = ("wait", "total") if waited else ("total",)
-        cells += ["-" if r.durations.get(k) is None else f"{r.durations[k]:.2f}" for k in keys]
+        for _, more in filter(None, groups):
+            cells += more(r)
         table.add_row(*cells)
     return table
+
+
+Columns = tuple[list[str], Callable[["RoundRecord"], list[str]]]
+"""Some columns of the table: their headers, and a round's cells in them."""
+
+
+def _privacy_columns(history: History) -> Columns | None:
+    """The budget spent after each round, if the run is private: epsilon, and delta."""
+    epsilon = _privacy(history, "epsilon")
+    if not epsilon:
+        return None
+    # an epsilon means little without its delta: one in the header, else a column
+    deltas = _privacy(history, "delta")
+    one = f"\ndelta={next(iter(deltas.values())):g}" if len(set(deltas.values())) == 1 else ""
+    column = bool(deltas) and not one
+
+    def cells(r: RoundRecord) -> list[str]:
+        delta = ["-" if r.round not in deltas else f"{deltas[r.round]:g}"] if column else []
+        return [_number(epsilon.get(r.round)), *delta]
+
+    return ["privacy\nepsilon" + one, *(["privacy\ndelta"] if column else [])], cells
+
+
+def _traffic_columns(history: History) -> Columns | None:
+    """The array bytes each round sent and received, in kB or MB; None if none were counted."""
+    counts = [c for r in history.rounds for c in (r.bytes_sent, r.bytes_received) if c]
+    if not counts:
+        return None
+    unit, size = ("MB", 1e6) if max(counts) >= 1e6 else ("kB", 1e3)
+
+    def cells(r: RoundRecord) -> list[str]:
+        counted = (r.bytes_sent, r.bytes_received)
+        return ["-" if c is None else f"{c / size:,.1f}" for c in counted]
+
+    return [f"{unit}\nsent", f"{unit}\nreceived"], cells
+
+
+def _seconds_columns(history: History) -> Columns:
+    """Each round's seconds; a deployed run's wait for its clients apart from the work."""
+    waited = any("wait" in r.durations for r in history.rounds)
+    keys = ("wait", "total") if waited else ("total",)
+
+    def cells(r: RoundRecord) -> list[str]:
+        return ["-" if r.durations.get(k) is None else f"{r.durations[k]:.2f}" for k in keys]
+
+    return (["seconds\nwaiting", "seconds\ntotal"] if waited else ["seconds"]), cells
 
 
 def _privacy(history: History, key: str) -> dict[int, float]:

@@ -402,6 +402,21 @@ def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     return table
 
 
+def _settings(config: dict[str, Any], name: Any) -> list[str]:
+    """The run's settings ``covey runs show`` states above its table, e.g. ``"seed 0"``."""
+    kept = {**config, "keep_last": "every round"} if config.get("keep_last", 0) is None else config
+    facts = [
+        f"{k} {kept[k]}" for k in ("backend", "rounds", "seed", "address", "keep_last") if k in kept
+    ]
+    if name:
+        facts.insert(0, f"strategy {name}")
+    if isinstance(config.get("compression"), str):  # the clients' updates, e.g. "q8"
+        facts.append(f"compression {config['compression']}")
+    if config.get("covey_version"):  # the covey that started the run
+        facts.append(f"started by covey {config['covey_version']}")
+    return facts
+
+
 @runs_app.command("show")
 def show_run(
     run: Annotated[str, typer.Argument(help="A run folder, or a run's name under --dir.")],
@@ -433,17 +448,10 @@ def show_run(
     why = _why(folder, status)
     if why:
         console.print(f"[red]{escape(why)}[/]")
-    kept = {**config, "keep_last": "every round"} if config.get("keep_last", 0) is None else config
-    facts = [
-        f"{k} {kept[k]}" for k in ("backend", "rounds", "seed", "address", "keep_last") if k in kept
-    ]
-    if name:
-        facts.insert(0, f"strategy {name}")
-    if config.get("covey_version"):  # the covey that started the run
-        facts.append(f"started by covey {config['covey_version']}")
+    facts = _settings(config, name)
     if facts:
         console.print(escape(", ".join(facts)))
-    print_table(round_table(history, last=last))
+    print_table(round_table(history, last=last, traffic=True))
     early = stopped_early(history)
     if early is not None:
         console.print(f"[yellow]{escape(early)}[/]")
