@@ -24,6 +24,7 @@ from covey.core import Failure, RoundRecord
 from covey.dashboard import DashboardServer, RunReadError, discover_runs, read_run
 from covey.dashboard import _runjson as runjson_module
 from covey.server import RunStore
+from covey.server._outputs import write_outputs
 from covey.sim import SimulationResult
 
 
@@ -256,6 +257,27 @@ def test_runs_report_command(tmp_path: Path) -> None:
     missing = CliRunner().invoke(app, ["runs", "report", str(tmp_path)])
     assert missing.exit_code == 2  # a command-line mistake (docs/projects.md)
     assert "not a run folder" in missing.output
+
+
+def test_a_report_plots_the_bytes_of_a_run_that_counted_them(tmp_path: Path) -> None:
+    _simulate(tmp_path / "r", rounds=2)
+    out = tmp_path / "report.html"
+    assert (
+        CliRunner().invoke(app, ["runs", "report", str(tmp_path / "r"), "-o", str(out)]).exit_code
+        == 0
+    )
+    assert "Bytes per round (MB)" in out.read_text()
+    history = covey.History.load(tmp_path / "r")
+    for record in history.rounds:  # as a history written before bytes were counted
+        record.bytes_sent = record.bytes_received = None
+    (tmp_path / "old").mkdir()
+    write_outputs(tmp_path / "old", history, plot=False)
+    old = tmp_path / "old.html"
+    assert (
+        CliRunner().invoke(app, ["runs", "report", str(tmp_path / "old"), "-o", str(old)]).exit_code
+        == 0
+    )
+    assert "Bytes per round" not in old.read_text()
 
 
 def test_runs_report_makes_the_folder_of_its_out_file(tmp_path: Path) -> None:

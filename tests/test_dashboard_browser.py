@@ -134,6 +134,11 @@ def test_live_run_in_browser(browser: Any, tmp_path: Path) -> None:
                 assert y == pytest.approx([p[1] for p in points], rel=1e-12), name
             clients = _traces(browser, "chart-clients")
             assert clients["fit"][1] == [len(r.fit_participants) for r in history.rounds[1:]]
+            moved = _traces(browser, "chart-bytes")
+            assert moved["sent"][0] == list(range(1, rounds + 1))
+            for name, counted in (("sent", "bytes_sent"), ("received", "bytes_received")):
+                mb = [getattr(r, counted) / 1e6 for r in history.rounds[1:]]
+                assert moved[name][1] == pytest.approx(mb, rel=1e-12), name
             _screenshot(browser, tmp_path, "dashboard-run.png")
 
             browser.get(server.url + "#/")
@@ -175,6 +180,9 @@ def test_report_in_browser(browser: Any, tmp_path: Path) -> None:
     points = result.history.metric("loss", "central")
     assert loss[0] == [p[0] for p in points]
     assert loss[1] == pytest.approx([p[1] for p in points], rel=1e-12)
+    moved = _traces(browser, "", 3)  # loss, metrics, clients, then the bytes
+    sent = [r.bytes_sent / 1e6 for r in result.history.rounds[1:]]  # type: ignore[operator]
+    assert moved["sent"][1] == pytest.approx(sent, rel=1e-12)
     _screenshot(browser, tmp_path, "report.png")
 
 

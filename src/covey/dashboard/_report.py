@@ -104,6 +104,9 @@ def _figures(run: Run) -> list[Any]:
         marker_color="#c62828",
     )
     figures.append(clients)
+    traffic = _bytes_figure(go, layout, fit)
+    if traffic is not None:
+        figures.append(traffic)
     private = [r for r in rounds if isinstance(r.get("privacy"), dict)]
     if private:
         budget = go.Figure(layout={**layout, "title": {"text": "Privacy budget spent"}})
@@ -117,6 +120,26 @@ def _figures(run: Run) -> list[Any]:
             )
         figures.append(budget)
     return figures
+
+
+def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]]) -> Any:
+    """The array bytes each round sent and received, in MB; None if no round counted them."""
+
+    def megabytes(value: Any) -> float | None:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return value / 1e6 if number else None
+
+    keys = (("bytes_sent", "sent"), ("bytes_received", "received"))
+    moved = [r for r in fit if any(megabytes(r.get(k)) is not None for k, _ in keys)]
+    if not moved:
+        return None
+    title = {"text": "Bytes per round (MB)"}
+    figure = go.Figure(layout={**layout, "title": title, "barmode": "group"})
+    for key, name in keys:
+        figure.add_bar(
+            x=[r["round"] for r in moved], y=[megabytes(r.get(key)) for r in moved], name=name
+        )
+    return figure
 
 
 def _cell(value: Any) -> str:

@@ -140,6 +140,13 @@ function drawRunCharts(run) {
   plot("chart-durations", "Round duration (s)", stages.map((k) => ({
     x, y: fitRounds.map((r) => (r.durations || {})[k] ?? null), name: k, mode: "lines+markers",
   })));
+  const moved = fitRounds.filter((r) => typeof r.bytes_sent === "number" || typeof r.bytes_received === "number");
+  if (moved.length) {  // the array bytes of each round, both ways (compression shows here)
+    document.getElementById("chart-bytes").style.display = "";
+    plot("chart-bytes", "Bytes per round (MB)", [["bytes_sent", "sent"], ["bytes_received", "received"]].map(([k, name]) => ({
+      x: moved.map((r) => r.round), y: moved.map((r) => (typeof r[k] === "number" ? r[k] / 1e6 : null)), name, type: "bar",
+    })), { barmode: "group" });
+  }
   const privacy = rounds.filter((r) => privacyOf(r));
   if (privacy.length) {
     document.getElementById("chart-privacy").style.display = "";
@@ -206,6 +213,7 @@ function renderRun(run) {
   main.innerHTML = `<h1>Run <code>${esc(run.id)}</code></h1><div id="facts-box">${facts(run)}</div>
     <div class="charts"><div class="chart" id="chart-loss"></div><div class="chart" id="chart-metrics"></div>
     <div class="chart" id="chart-clients"></div><div class="chart" id="chart-durations"></div>
+    <div class="chart" id="chart-bytes" style="display: none"></div>
     <div class="chart" id="chart-privacy" style="display: none"></div></div>
     <h2>Rounds</h2><div class="scroll"><table id="rounds"><thead><tr><th>round</th><th>test loss</th>
     <th>test acc.</th><th>fed. loss</th><th>fed. acc.</th><th>clients</th><th>failures (reason)</th>
