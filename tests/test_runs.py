@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,15 @@ def _history() -> History:
         config={"backend": "grpc", "rounds": 1, "strategy": {"name": "FedAvg"}},
         clients={0: "hospital-a", 1: "hospital-b"},
     )
+
+
+def _show(tmp_path: Path, name: str, history: History, env: dict[str, str] | None = None) -> str:
+    """What ``covey runs show`` prints of ``history``, written as the run ``name``."""
+    (tmp_path / name).mkdir()
+    write_outputs(tmp_path / name, history, plot=False)
+    shown = CliRunner().invoke(app, ["runs", "show", name, "--dir", str(tmp_path)], env=env)
+    assert shown.exit_code == 0, shown.output
+    return shown.output
 
 
 def test_load_reads_a_run_folder_and_keeps_names(tmp_path: Path) -> None:
@@ -138,12 +148,9 @@ def test_runs_show_gives_the_delta_of_the_epsilon_it_shows(
     monkeypatch.setenv("COLUMNS", "200")
     history = _history()
     history.rounds[1].privacy = {"epsilon": 1.25, "delta": 1e-5}
-    (tmp_path / "dp").mkdir()
-    write_outputs(tmp_path / "dp", history, plot=False)
-    shown = CliRunner().invoke(app, ["runs", "show", "dp", "--dir", str(tmp_path)])
-    assert shown.exit_code == 0, shown.output
-    assert "1.2500" in shown.output
-    assert "delta=1e-05" in shown.output
+    output = _show(tmp_path, "dp", history)
+    assert "1.2500" in output
+    assert "delta=1e-05" in output
 
 
 def test_runs_show_gives_the_runs_own_metrics_a_column(
@@ -155,67 +162,47 @@ def test_runs_show_gives_the_runs_own_metrics_a_column(
     history.rounds[1].fit_metrics = {"acc": 0.625, "flag": True, "note": "x"}
     history.rounds[1].evaluate_metrics = {"f1": 0.375}
     history.rounds[1].central_metrics["m[0]"] = 0.125  # markup is shown as written
-    (tmp_path / "mine").mkdir()
-    write_outputs(tmp_path / "mine", history, plot=False)
-    shown = CliRunner().invoke(app, ["runs", "show", "mine", "--dir", str(tmp_path)])
-    assert shown.exit_code == 0, shown.output
+    output = _show(tmp_path, "mine", history)
     for text in ("acc", "0.6250", "f1", "0.3750", "m[0]", "0.1250"):
-        assert text in shown.output
-    assert "flag" not in shown.output  # not a number
+        assert text in output
+    assert "flag" not in output  # not a number
     many = _history()
     many.rounds[1].fit_metrics = {f"m{k}": float(k) for k in range(9)}
-    (tmp_path / "many").mkdir()
-    write_outputs(tmp_path / "many", many, plot=False)
-    shown = CliRunner().invoke(app, ["runs", "show", "many", "--dir", str(tmp_path)])
-    assert shown.exit_code == 0, shown.output
-    assert "not shown: fit m6, fit m7, fit m8 (in history.json)" in shown.output
+    output = _show(tmp_path, "many", many)
+    assert "not shown: fit m6, fit m7, fit m8 (in history.json)" in output
 
 
-def test_runs_show_names_the_covey_that_started_the_run(
+def test_runs_show_names_the_covey_that_started_the_run_and_its_compression(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     history = _history()
     history.config["covey_version"] = "9.1.0"
-    (tmp_path / "server-1").mkdir()
-    write_outputs(tmp_path / "server-1", history, plot=False)
-    shown = CliRunner().invoke(app, ["runs", "show", "server-1", "--dir", str(tmp_path)])
-    assert shown.exit_code == 0, shown.output
-    assert "started by covey 9.1.0" in shown.output
+    output = _show(tmp_path, "server-1", history)
+    assert "started by covey 9.1.0" in output
+    assert "compression" not in output
+    history.config["compression"] = "q8"  # the compression was not shown: a run like any other
+    assert "compression q8, started by covey 9.1.0" in _show(tmp_path, "q8", history)
 
 
-def test_runs_show_gives_the_bytes_each_round_moved_and_the_compression(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Neither was shown: a compressed run looked like any other.
-    monkeypatch.setenv("COLUMNS", "250")
+def test_runs_show_gives_the_bytes_each_round_moved(tmp_path: Path) -> None:
     history = _history()
-    history.config["compression"] = "q8"
     history.rounds[1].bytes_sent, history.rounds[1].bytes_received = 80_000_000, 20_500_000
-    (tmp_path / "small").mkdir()
-    write_outputs(tmp_path / "small", history, plot=False)
-    shown = CliRunner().invoke(app, ["runs", "show", "small", "--dir", str(tmp_path)])
-    assert shown.exit_code == 0, shown.output
-    assert "compression q8" in shown.output
-    assert "MB" in shown.output
-    row = next(line for line in shown.output.splitlines() if line.strip().startswith("1 "))
+    with_bytes = {**os.environ, "COLUMNS": "250"}
+    output = _show(tmp_path, "small", history, env=with_bytes)
+    assert "MB" in output
+    row = next(line for line in output.splitlines() if line.strip().startswith("1 "))
     assert "80.0" in row
     assert "20.5" in row
     history.rounds[1].bytes_sent, history.rounds[1].bytes_received = 48_000, 12_000
-    del history.config["compression"]
-    (tmp_path / "kb").mkdir()
-    write_outputs(tmp_path / "kb", history, plot=False)
-    shown = CliRunner().invoke(app, ["runs", "show", "kb", "--dir", str(tmp_path)])
-    assert "compression" not in shown.output
-    row = next(line for line in shown.output.splitlines() if line.strip().startswith("1 "))
+    output = _show(tmp_path, "kb", history, env=with_bytes)
+    row = next(line for line in output.splitlines() if line.strip().startswith("1 "))
     assert "48.0" in row
     assert "12.0" in row
-    assert "kB" in shown.output
+    assert "kB" in output
     uncounted = _history()  # a history written before bytes were counted: no such columns
-    (tmp_path / "old").mkdir()
-    write_outputs(tmp_path / "old", uncounted, plot=False)
-    shown = CliRunner().invoke(app, ["runs", "show", "old", "--dir", str(tmp_path)])
-    assert "sent" not in shown.output
+    output = _show(tmp_path, "old", uncounted, env=with_bytes)
+    assert "sent" not in output
 
 
 def test_the_server_console_counts_clients_past_those_needed() -> None:
