@@ -89,8 +89,51 @@ def test_a_served_run_keeps_the_weights_of_its_last_rounds_only(tmp_path: Path) 
             np.testing.assert_array_equal(store.load_round(rounds)[0]["w"], result.weights["w"])
 
 
+def test_a_served_run_resumed_without_keep_last_keeps_as_many_as_it_did(tmp_path: Path) -> None:
+    # It kept every round's file after a resume that did not repeat --keep-last (a crash
+    # gives no hint to copy): a large model's rounds would fill the disk.
+    run = tmp_path / "run"
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    for rounds, resume, keep in ((4, False, 3), (8, True, None), (10, True, 1)):
+        served = Served(strategy, rounds, run_dir=run, resume=resume, keep_last=keep, plot=False)
+        client = Joined(served.port)
+        result = served.join(120)
+        client.join(60)
+        assert result.history.rounds[-1].round == rounds
+        kept = 3 if keep is None else keep
+        files = sorted(p.name for p in (run / "weights").iterdir())
+        assert files == [f"round-{r:05d}.safetensors" for r in range(rounds - kept + 1, rounds + 1)]
+        with RunStore.open(run) as store:
+            assert store.config["keep_last"] == kept  # recorded: a later resume reads it
+        assert History.load(run).config["keep_last"] == kept
+    new = tmp_path / "all"
+    served = Served(strategy, 2, run_dir=new, plot=False)
+    client = Joined(served.port)
+    served.join(120)
+    client.join(60)
+    assert len(list((new / "weights").iterdir())) == 3  # rounds 0-2: None keeps every one
+    with RunStore.open(new) as store:
+        assert store.config["keep_last"] is None
+
+
 def test_keep_last_must_be_a_whole_number_above_0() -> None:
     bad: Any
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="keep_last"):
             serve(covey.FedAvg(), 1, {"w": np.zeros(1)}, insecure=True, keep_last=bad)
+
+
+def test_a_recorded_keep_last_that_is_not_valid_keeps_every_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    from covey.deploy._servechecks import kept_last
+
+    for recorded, expected in ((4, 4), (None, None), ("4", None), (0, None), (True, None)):
+        opened: Any = SimpleNamespace(config={"keep_last": recorded})
+        assert kept_last(None, opened) == expected
+        assert kept_last(2, opened) == 2  # one given now wins
+    before: Any = SimpleNamespace(config={})  # a run from before keep_last was recorded
+    assert kept_last(None, before) is None
+    assert "is not valid: every round is kept" in caplog.text

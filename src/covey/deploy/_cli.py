@@ -339,7 +339,8 @@ def server_command(
         ),
     ] = None,
     keep_last: Annotated[
-        int | None, typer.Option(help="Keep the weights of the newest N rounds only.")
+        int | None,
+        typer.Option(help="Keep the weights of the newest N rounds only (resume: the run's own)."),
     ] = None,
     max_clients: Annotated[int | None, typer.Option(help="Most clients at once (1000).")] = None,
 ) -> None:

@@ -7,8 +7,11 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from covey.compress import Scheme, check_applies, run_scheme
 from covey.core._files import a_folder
+from covey.server._kept import check_keep_last
 from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._rundb import LOCK_NAME, is_held
 from covey.server._store import RunStore
@@ -227,3 +230,51 @@ def _warn_of_short_minimums(strategy: Strategy) -> None:
         strategy.min_fit_clients,
         unmet[0],
     )
+
+
+def served_scheme(
+    compression: Scheme | str | None, opened: RunStore | None, strategy: Strategy
+) -> Scheme | None:
+    """The run's compression: ``compression``, else a resumed run's own.
+
+    Raises:
+        ValueError: an unknown scheme, one that does not apply to ``strategy``, or
+            compression asked of an asynchronous strategy.
+    """
+    scheme = run_scheme(compression, None if opened is None else opened.config)
+    check_applies(scheme, strategy)
+    if scheme is not None and strategy.asynchronous:
+        raise ValueError(f"{strategy.name} is asynchronous: compression needs sync rounds")
+    return scheme
+
+
+def kept_last(keep_last: int | None, opened: RunStore | None) -> int | None:
+    """How many rounds keep their weights file: ``keep_last``, else a resumed run's own.
+
+    A run started with ``--keep-last 5`` and resumed after a crash without it
+    goes on pruning to five, rather than keeping every round's file from then on.
+    A recorded value that is not a valid ``keep_last`` (a hand-edited file) keeps
+    every round: nothing is deleted on a guess.
+
+    Raises:
+        ValueError: ``keep_last`` is neither None nor a whole number of 1 or more.
+    """
+    check_keep_last(keep_last)
+    if keep_last is not None or opened is None:
+        return keep_last
+    recorded = opened.config.get("keep_last")
+    try:
+        check_keep_last(recorded)
+    except ValueError:
+        logger.warning(
+            "the run's recorded keep_last %r is not valid: every round is kept", recorded
+        )
+        return None
+    return recorded
+
+
+def record_keep_last(store: RunStore | None, config: dict[str, Any], keep_last: int | None) -> None:
+    """Record ``keep_last`` in the run's settings (``covey runs show`` and a resume read it)."""
+    config["keep_last"] = keep_last
+    if store is not None:
+        store.update_config({"keep_last": keep_last})

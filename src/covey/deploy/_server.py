@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from covey.compress import CompressedTransport, Scheme, check_applies, run_scheme, scheme_spec
+from covey.compress import CompressedTransport, Scheme, scheme_spec
 from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupt_in, interrupts_as_such
@@ -24,7 +24,10 @@ from covey.deploy._servechecks import (
     check_resumable,
     check_settings,
     check_writable,
+    kept_last,
+    record_keep_last,
     reopen,
+    served_scheme,
     stored_address,
 )
 from covey.deploy._tls import server_tls
@@ -36,7 +39,6 @@ from covey.server._base import (
     checked_callbacks,
 )
 from covey.server._factory import Loop, open_loop, run_config
-from covey.server._kept import check_keep_last
 from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, same_settings, same_strategy
 from covey.server._roundfiles import check_storable
@@ -162,7 +164,8 @@ def serve(
             (``bytes_sent``/``_received``).
         keep_last: Keep the weights files of the newest ``keep_last`` rounds only (1 or
             more); older ones are deleted as rounds are saved, their records stay.
-            None keeps every round's file.
+            None keeps every round's file; resuming, None keeps what the run kept
+            (its settings record it).
 
     Returns:
         The final weights and history.
@@ -177,12 +180,12 @@ def serve(
     on_round = checked_callbacks(evaluate_fn, on_round)
     strategy = a_strategy(strategy)
     check_capacity(strategy, max_clients)
-    check_keep_last(keep_last)
     opened = _reopen(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         same_strategy(opened, strategy)
         same_settings(opened, strategy)
-        scheme = _scheme(compression, opened, strategy)
+        scheme = served_scheme(compression, opened, strategy)
+        keep_last = kept_last(keep_last, opened)  # a resumed run's own unless given one
         if opened is not None:  # a different strategy or compression is named first
             check_resumable(opened, rounds)
             check_writable(opened)
@@ -199,6 +202,7 @@ def serve(
         try:
             bound = f"{address.rpartition(':')[0]}:{transport.port}"  # port 0: the one got
             run = _open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
+            record_keep_last(run.store, run.config, keep_last)
         except BaseException:
             transport.close()
             raise
@@ -255,22 +259,6 @@ def serve(
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
-
-
-def _scheme(
-    compression: Scheme | str | None, opened: RunStore | None, strategy: Strategy
-) -> Scheme | None:
-    """The run's compression (a resumed run keeps its own); closes ``opened`` if refused."""
-    try:
-        scheme = run_scheme(compression, None if opened is None else opened.config)
-        check_applies(scheme, strategy)
-        if scheme is not None and strategy.asynchronous:
-            raise ValueError(f"{strategy.name} is asynchronous: compression needs sync rounds")
-    except BaseException:
-        if opened is not None:
-            opened.close()
-        raise
-    return scheme
 
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
