@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +353,13 @@ def test_a_round_redone_after_a_resume_shows_once_in_tensorboard(tmp_path: Path)
     with TensorBoardLogger(tmp_path) as first:  # logged round 2, then died before saving it
         for rnd in range(3):
             first(RoundRecord(round=rnd, central_loss=1.0 / (rnd + 1)))
+    # TensorBoard reads a folder's event files in the order of their names, which start
+    # with the second they were opened in, then a per-process counter: two files of one
+    # second and one process sort wrongly once the counter passes 9 (9 > 10 as text), as
+    # when other tests in this worker opened writers before. A resume comes later.
+    opened = int(time.time())
+    while int(time.time()) == opened:
+        time.sleep(0.02)
     with TensorBoardLogger(tmp_path) as resumed:  # resumed from round 1: round 2 is redone
         for rnd in (2, 3):
             resumed(RoundRecord(round=rnd, central_loss=10.0 + rnd))
