@@ -21,6 +21,7 @@ import numpy as np
 
 from covey.aggregate import Aggregate, Begin, Contribution, End, Event, Step
 from covey.aggregate._scaffold import CLIENT_DELTA
+from covey.core._lazy import public_dir
 from covey.core._messages import Reply, Task
 from covey.core._weights import Array, Weights, WeightsSpec, freeze
 from covey.transport._base import Transport
@@ -344,3 +345,6 @@ class ThreadedAsyncTransport:
         self._inflight.clear()
         self._transport.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+__dir__ = public_dir(__name__)  # its names, not the modules it imports

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from covey.core._extras import import_feature
+from covey.core._lazy import public_dir
 
 if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when first used
     from covey.analytics._dp import Analyst
@@ -62,3 +63,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(import_feature(f"covey.analytics.{module}", f"covey.analytics.{name}"), name)
     globals()[name] = value
     return value
+
+
+__dir__ = public_dir(__name__)

@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["lazy_exports"]
+__all__ = ["lazy_exports", "public_dir"]
 
 
 def lazy_exports(
@@ -55,15 +55,34 @@ def lazy_exports(
         namespace[name] = value  # later reads find it without this hook
         return value
 
-    def __dir__() -> list[str]:
-        # What a user may write after ``package.``: not the helpers the package
-        # imports for itself (``Any``, ``TYPE_CHECKING``, this function).
-        public = set(namespace.get("__all__", ())) | set(where) | modules
-        shown = {n for n in namespace if n.startswith("__") or n in public}
-        shown |= {n for n, v in namespace.items() if _submodule(v, package) and n[0] != "_"}
-        return sorted(shown | set(where) | modules)
+    return __getattr__, public_dir(package, set(where) | modules)
 
-    return __getattr__, __dir__
+
+def public_dir(package: str, names: Iterable[str] = ()) -> Callable[[], list[str]]:
+    """The ``__dir__`` of a package whose public names may not be imported yet.
+
+    It lists what a user may write after ``package.`` (``covey.<TAB>``): the
+    names in ``__all__`` and ``names``, loaded or not, the public submodules
+    imported so far and the dunders; not the helpers the package imports for
+    itself (``Any``, ``TYPE_CHECKING``, ``importlib``).
+
+    Args:
+        package: The package's ``__name__``.
+        names: Public names beyond ``__all__`` (lazily loaded submodules, say).
+    """
+    namespace = sys.modules[package].__dict__
+    more = frozenset(names)
+
+    def __dir__() -> list[str]:
+        public = set(namespace.get("__all__", ())) | more
+        shown = {
+            n
+            for n, v in namespace.items()
+            if n.startswith("__") or n in public or (n[0] != "_" and _submodule(v, package))
+        }
+        return sorted(shown | public)
+
+    return __dir__
 
 
 def _submodule(value: Any, package: str) -> bool:

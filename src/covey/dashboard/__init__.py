@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from covey.core._extras import import_feature
+from covey.core._lazy import public_dir
 
 if TYPE_CHECKING:
     from covey.dashboard._app import create_app
@@ -62,3 +63,6 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'covey.dashboard' has no attribute {name!r}")
     return getattr(import_feature(f"covey.dashboard.{module}", f"covey.dashboard.{name}"), name)
+
+
+__dir__ = public_dir(__name__)

@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from covey.core._extras import MissingExtraError
+from covey.core._lazy import public_dir
 
 if TYPE_CHECKING:
     from covey.trackers._mlflow import MLflowLogger
@@ -59,3 +60,6 @@ def __getattr__(name: str) -> Any:
             f"pip install 'covey[{extra}]'"
         ) from exc
     return getattr(loaded, name)
+
+
+__dir__ = public_dir(__name__)
