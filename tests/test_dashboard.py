@@ -278,6 +278,17 @@ def test_a_report_plots_the_bytes_of_a_run_that_counted_them(tmp_path: Path) -> 
         == 0
     )
     assert "Bytes per round" not in old.read_text()
+    history.rounds[1].bytes_sent = 10**400  # any integer is valid JSON: no OverflowError
+    (tmp_path / "huge").mkdir()
+    write_outputs(tmp_path / "huge", history, plot=False)
+    huge = tmp_path / "huge.html"
+    assert (
+        CliRunner()
+        .invoke(app, ["runs", "report", str(tmp_path / "huge"), "-o", str(huge)])
+        .exit_code
+        == 0
+    )
+    assert "Bytes per round (MB)" in huge.read_text()
 
 
 def test_runs_report_makes_the_folder_of_its_out_file(tmp_path: Path) -> None:

@@ -169,3 +169,11 @@ def test_to_pandas_with_costs_of_a_hand_made_history_fills_what_is_missing_with_
     assert frame.loc[2, "bytes_received"] == 12.0
     assert math.isnan(frame.loc[1, "bytes_sent"])
     assert list(covey.History().to_pandas(costs=True).columns) == []
+
+
+def test_to_pandas_with_costs_takes_a_count_past_a_float_s_range_as_inf() -> None:
+    # A history.json may hold any integer: float() of it raised OverflowError.
+    h = covey.History([RoundRecord(1, bytes_sent=10**400, bytes_received=12)])
+    frame = covey.History.from_dict(h.to_dict()).to_pandas(costs=True)
+    assert frame.loc[1, "bytes_sent"] == math.inf
+    assert frame.loc[1, "bytes_received"] == 12.0

@@ -203,6 +203,13 @@ def test_runs_show_gives_the_bytes_each_round_moved(tmp_path: Path) -> None:
     uncounted = _history()  # a history written before bytes were counted: no such columns
     output = _show(tmp_path, "old", uncounted, env=with_bytes)
     assert "sent" not in output
+    history.rounds[1].bytes_sent = 10**400  # any integer is valid JSON: no OverflowError
+    row = next(
+        line
+        for line in _show(tmp_path, "huge", history, env=with_bytes).splitlines()
+        if line.strip().startswith("1 ")
+    )
+    assert "inf" in row
 
 
 def test_the_server_console_counts_clients_past_those_needed() -> None:

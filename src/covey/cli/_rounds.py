@@ -153,11 +153,13 @@ def _traffic_columns(history: History) -> Columns | None:
     counts = [c for r in history.rounds for c in (r.bytes_sent, r.bytes_received) if c]
     if not counts:
         return None
+    from covey.core._jsonvalues import as_float  # an int past a float's range: inf
+
     unit, size = ("MB", 1e6) if max(counts) >= 1e6 else ("kB", 1e3)
 
     def cells(r: RoundRecord) -> list[str]:
         counted = (r.bytes_sent, r.bytes_received)
-        return ["-" if c is None else f"{c / size:,.1f}" for c in counted]
+        return ["-" if c is None else f"{as_float(c) / size:,.1f}" for c in counted]
 
     return [f"{unit}\nsent", f"{unit}\nreceived"], cells
 

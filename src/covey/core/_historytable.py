@@ -67,8 +67,8 @@ def _costs(record: RoundRecord) -> dict[str, float]:
         "examples_fit": float(record.fit_examples),
         "clients_evaluate": float(len(record.evaluate_participants)),
         "failures_evaluate": float(len(record.evaluate_failures)),
-        "bytes_sent": math.nan if sent is None else float(sent),
-        "bytes_received": math.nan if received is None else float(received),
+        "bytes_sent": math.nan if sent is None else as_float(sent),
+        "bytes_received": math.nan if received is None else as_float(received),
         **{
             f"seconds_{stage}": as_float(t) if _is_number(t) else math.nan
             for stage, t in record.durations.items()

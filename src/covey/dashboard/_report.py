@@ -14,6 +14,7 @@ from typing import Any
 
 from covey.core._extras import import_feature
 from covey.core._files import atomic_write
+from covey.core._jsonvalues import as_float
 from covey.dashboard._app import plotly_js
 from covey.dashboard._runs import (
     Run,
@@ -127,7 +128,7 @@ def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]]) ->
 
     def megabytes(value: Any) -> float | None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        return value / 1e6 if number else None
+        return as_float(value) / 1e6 if number else None  # an int past a float's range: inf
 
     keys = (("bytes_sent", "sent"), ("bytes_received", "received"))
     moved = [r for r in fit if any(megabytes(r.get(k)) is not None for k, _ in keys)]
