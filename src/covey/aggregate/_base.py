@@ -321,6 +321,7 @@ def chain(*steps: Step) -> Step:
             return _chain_begin(fixed, state, event)
         return _chain_event(fixed, state, event)
 
+    setattr(update, STEPS, fixed)
     step = Step(init, update)
     sizes = [size for size in map(federation_size, fixed) if size is not None]
     if sizes:
@@ -329,6 +330,16 @@ def chain(*steps: Step) -> Step:
 
 
 _NEED = "_covey_min_contributions"
+MEAN = "_covey_mean"
+"""Set on the ``update`` of a mean step: whether it weighs by examples (see ``_short``)."""
+STEPS = "_covey_steps"
+"""Set on the ``update`` of a chain: its steps, in order."""
+WRAPS = "_covey_wraps"
+"""Set on the ``update`` of a step that acts as the step it names once a contribution passed.
+
+The checkpointing wrapper waits for the save in flight at the round's first
+contribution, and is the step it wraps after that.
+"""
 _FEDERATION = "_covey_federation_size"
 
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from covey.aggregate._base import (
+    MEAN,
     Aggregate,
     AggregationError,
     Begin,
@@ -306,6 +307,7 @@ def _mean_step(weighted: bool) -> Step:
                 return _mean_end(state, event)
         return state, (event,)
 
+    setattr(update, MEAN, weighted)  # the round loops may fold plain replies themselves
     return Step(init, update)
 
 

@@ -312,27 +312,27 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
     that Ctrl-C caused (as the client imported a compiled module, say) is raised
     as the ``KeyboardInterrupt`` it was: the run's, not the client's.
     """
-    handler = _HANDLERS.get(task.kind) or _handler(task.kind)  # no frame for a loaded kind
+    kind = task.kind
+    handler = _HANDLERS.get(kind) or _handler(kind)  # no frame for a loaded kind
     if handler is None:
-        return Reply(cid, task.kind, error=f"unknown task kind {task.kind!r}")
+        return Reply(cid, kind, error=f"unknown task kind {kind!r}")
     if client is None:  # the commonest slip: a client_fn without its return
-        return Reply(
-            cid, task.kind, error=f"client_fn({cid}) returned None, expected a covey.Client"
-        )
-    if task.kind in _NEEDS and not callable(getattr(client, _NEEDS[task.kind], None)):
-        return Reply(cid, task.kind, error=_not_a_client(client, cid, _NEEDS[task.kind]))
+        return Reply(cid, kind, error=f"client_fn({cid}) returned None, expected a covey.Client")
+    method = _NEEDS.get(kind)
+    if method is not None and not callable(getattr(client, method, None)):
+        return Reply(cid, kind, error=_not_a_client(client, cid, method))
     try:
         if (
-            task.weights is not None
-            and task.kind in _OWN_WEIGHTS
+            kind in _OWN_WEIGHTS
+            and task.weights is not None
             and getattr(client, "writes_weights", False) is True
         ):
             task = _own_weights(task)
-        return Reply(cid, task.kind, result=handler(client, task))
+        return Reply(cid, kind, result=handler(client, task))
     except Exception as exc:  # any error in the client's code becomes its reply's
         if interrupt_in(exc) is not None:
             raise as_interrupt(exc) from exc
-        return Reply(cid, task.kind, error=traceback.format_exc() + _hint(exc))
+        return Reply(cid, kind, error=traceback.format_exc() + _hint(exc))
 
 
 #: The task kinds whose handler uses the weights only to call the client: a client that

@@ -325,9 +325,23 @@ class CompressedTransport(CountingWrapper):
         """:meth:`exchange` with no scheme: the tasks and replies as they are, their bytes counted.
 
         Counts what :meth:`_compressed` counts, with one step per reply: the
-        common fit reply's arrays are summed here, other results by
-        :func:`_result_nbytes`.
+        common fit reply's arrays are summed here, other replies by :meth:`count_reply`.
         """
+        self.count_sent(tasks)
+        reached = getattr(self.inner, "reached", None)
+        for reply in self.inner.exchange(tasks, timeout=timeout):
+            result = reply.result
+            if type(result) is FitResult and result.delta is None and not result.extras:
+                received = 0
+                for array in result.weights.values():  # type: ignore[union-attr]  # it is set
+                    received += array.nbytes
+                self.bytes_received += received
+            else:
+                self.count_reply(reply, tasks, reached)
+            yield reply
+
+    def count_sent(self, tasks: Mapping[int, Task]) -> None:
+        """Count the bytes of ``tasks`` as sent (with no scheme, not held by client)."""
         sizes: dict[tuple[str, int, int], int] = {}
         sent = size = 0
         last = None
@@ -340,24 +354,36 @@ class CompressedTransport(CountingWrapper):
                     size = sizes[key] = _task_nbytes(task)
             sent += size
         self.bytes_sent += sent
-        reached = getattr(self.inner, "reached", None)
-        for reply in self.inner.exchange(tasks, timeout=timeout):
-            result = reply.result
-            if type(result) is FitResult:
-                arrays = result.weights if result.delta is None else result.delta
-                received = 0
-                for array in arrays.values():  # type: ignore[union-attr]  # one is set
-                    received += array.nbytes
-                if result.extras:
-                    received += sum(_nbytes(w) for w in result.extras.values())
-                self.bytes_received += received
-            elif reply.error is not None:
-                if reached is not None and not reached(reply.cid):
-                    unsent = tasks.get(reply.cid)
-                    self.bytes_sent -= 0 if unsent is None else _task_nbytes(unsent)
-            elif result is not None:
-                self.bytes_received += _result_nbytes(result)
-            yield reply
+
+    def count_reply(self, reply: Reply, tasks: Mapping[int, Task], reached: Any = None) -> None:
+        """Count the bytes of ``reply`` to one of ``tasks`` (with no scheme, not held by client).
+
+        A failed reply of a client that ``reached`` (the inner transport's
+        ``reached(cid)``, if it has one) says its task never got to takes back
+        the bytes of that task.
+        """
+        result = reply.result
+        if type(result) is FitResult:
+            arrays = result.weights if result.delta is None else result.delta
+            self.bytes_received += _nbytes(arrays) + sum(_nbytes(w) for w in result.extras.values())
+        elif reply.error is not None:
+            if reached is not None and not reached(reply.cid):
+                unsent = tasks.get(reply.cid)
+                self.bytes_sent -= 0 if unsent is None else _task_nbytes(unsent)
+        elif result is not None:
+            self.bytes_received += _result_nbytes(result)
+
+    def direct(self) -> Any:
+        """The inner transport, when it can run one task at a time here and this one only counts.
+
+        None unless this wrapper has no scheme and counts as each exchange goes,
+        and the inner transport runs tasks in this process (it has
+        ``run_one(cid, task)``): the round loop may then run a fit round's tasks
+        itself, counting with :meth:`count_sent` and :meth:`count_reply`.
+        """
+        if self._carried is not None or self._held is not None:
+            return None
+        return self.inner if callable(getattr(self.inner, "run_one", None)) else None
 
     def _compressed(self, tasks: Mapping[int, Task], timeout: float | None) -> Iterator[Reply]:
         """:meth:`exchange` with a scheme, or holding each client's bytes (``by_client``)."""

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from covey.aggregate import Contribution, Step
+from covey.aggregate._base import WRAPS
 from covey.core._history import RoundRecord
 from covey.core._weights import Weights
 from covey.server._state import dump_state
@@ -160,4 +161,5 @@ def flushing(strategy: Strategy, saver: Callable[[], BackgroundSaver | None]) ->
                 raise SaveError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
         return inner.update(state, event)
 
+    setattr(update, WRAPS, inner)  # once a contribution passed, it is ``inner``
     return replace_strategy(strategy, aggregator=Step(inner.init, update))

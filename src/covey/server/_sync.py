@@ -21,6 +21,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.server._direct import fit_directly
 from covey.server._saver import SaveError
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
@@ -227,36 +228,17 @@ class RoundLoop(_LoopBase):
             self._fit_outcome(rnd, record, state, outcome, len(cids))
             return
         metrics: list[tuple[int, Metrics]] = []
-        replies = self.transport.exchange(tasks, timeout=self.round_timeout)
-        del tasks
         answered: set[int] = set()
-        for reply in in_cid_order(replies, cids):
-            answered.add(reply.cid)
-            contribution = self._contribution(reply, record)
-            if contribution is None:
-                reply.release()
-                continue
-            try:
-                state, folded = self._fold(state, contribution, record)
-            except Exception as exc:
-                self.history.rounds.append(record)
-                if isinstance(exc, SaveError):  # awaited while round rnd folds its first reply
-                    raise self._fail(f"round {rnd}: {exc}") from exc
-                raise self._fail(
-                    f"round {rnd}: the aggregation step failed on client {reply.cid}'s "
-                    f"update: {type(exc).__name__}: {exc}"
-                ) from exc
-            if not folded:
-                reply.release()
-                continue
-            record.fit_participants.append(reply.cid)
-            record.fit_examples += contribution.num_examples
-            metrics.append((contribution.num_examples, contribution.metrics))
-            # Folded: a reply kept outside memory (a spilled file) is unmapped now,
-            # and its arrays let go before the next reply is awaited.
-            del contribution
-            reply.release()
-            del reply
+        direct = fit_directly(self, tasks, cids, state, record, metrics)
+        if direct is not None:  # inline clients into a mean: the short way, the same result
+            state, answered = direct, set(cids)
+        else:
+            replies = self.transport.exchange(tasks, timeout=self.round_timeout)
+            del tasks
+            for reply in in_cid_order(replies, cids):
+                answered.add(reply.cid)
+                state = self._take_reply(state, reply, record, metrics)
+                del reply  # its arrays let go before the next reply is awaited
         for cid in cids:
             if cid not in answered:
                 self._record_failure(record.fit_failures, Failure(cid, "fit", "no reply in time"))
@@ -276,6 +258,36 @@ class RoundLoop(_LoopBase):
             )
         record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
         self._apply_if_enough(state, rnd, record, len(cids))
+
+    def _take_reply(
+        self, state: Any, reply: Reply, record: RoundRecord, metrics: list[tuple[int, Metrics]]
+    ) -> Any:
+        """Fold one fit reply into the aggregation ``state`` and record it; the new state.
+
+        A failed or refused reply is recorded as the client's failure. A step that
+        fails on the update stops the run (:class:`FederationError`).
+        """
+        contribution = self._contribution(reply, record)
+        if contribution is None:
+            reply.release()
+            return state
+        try:
+            state, folded = self._fold(state, contribution, record)
+        except Exception as exc:
+            self.history.rounds.append(record)
+            if isinstance(exc, SaveError):  # awaited while round rnd folds its first reply
+                raise self._fail(f"round {record.round}: {exc}") from exc
+            raise self._fail(
+                f"round {record.round}: the aggregation step failed on client {reply.cid}'s "
+                f"update: {type(exc).__name__}: {exc}"
+            ) from exc
+        if folded:
+            record.fit_participants.append(reply.cid)
+            record.fit_examples += contribution.num_examples
+            metrics.append((contribution.num_examples, contribution.metrics))
+        # A reply kept outside memory (a spilled file) is unmapped now.
+        reply.release()
+        return state
 
     def _fit_count(self, rnd: int, record: RoundRecord, eligible: int) -> int | None:
         """How many of the ``eligible`` clients train in round ``rnd``; None: none can.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from covey.clients._client import ClientFn, build_client, run_task
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
-from covey.transport._memory import MemoryTransport
+from covey.transport._memory import Handler, MemoryTransport
 
 
 def fingerprint(weights: Weights) -> tuple[int, ...]:
@@ -41,6 +41,10 @@ def fingerprint(weights: Weights) -> tuple[int, ...]:
     return tuple(out)
 
 
+Lent = dict[int, tuple[Weights, tuple[int, ...]]]
+"""The weights a round lends its clients, by ``id``, with their fingerprints."""
+
+
 class InlineTransport(MemoryTransport):
     """A :class:`MemoryTransport` that stops the run if clients change the weights they share.
 
@@ -58,12 +62,39 @@ class InlineTransport(MemoryTransport):
             RuntimeError: once the last reply is taken, if the weights the tasks
                 carried changed while the clients ran.
         """
-        shared: dict[int, tuple[Weights, tuple[int, ...]]] = {}
-        for task in tasks.values():
-            if task.weights is not None and id(task.weights) not in shared:
-                shared[id(task.weights)] = (task.weights, fingerprint(task.weights))
+        lent = self.lend(tasks)
         yield from super().exchange(tasks, timeout=timeout)
-        for weights, before in shared.values():
+        self.check_lent(tasks, lent)
+
+    run_one: Handler
+    """``(cid, task) -> Reply``: client ``cid``'s reply to ``task``, run now; raises only Ctrl-C.
+
+    One step of :meth:`exchange` with no timeout, for a caller that runs a
+    round's tasks itself in client-id order, between :meth:`lend` and
+    :meth:`check_lent`. It is the handler itself: no call in between.
+    """
+
+    def __init__(self, clients: Sequence[int], handler: Handler) -> None:
+        super().__init__(clients, handler)
+        self.run_one = handler
+
+    @staticmethod
+    def lend(tasks: Mapping[int, Task]) -> Lent:
+        """Fingerprint the weights ``tasks`` carry, before their clients run."""
+        lent: Lent = {}
+        for task in tasks.values():
+            if task.weights is not None and id(task.weights) not in lent:
+                lent[id(task.weights)] = (task.weights, fingerprint(task.weights))
+        return lent
+
+    @staticmethod
+    def check_lent(tasks: Mapping[int, Task], lent: Lent) -> None:
+        """Check, once the clients of ``tasks`` ran, that the weights :meth:`lend` saw are intact.
+
+        Raises:
+            RuntimeError: naming the clients, if the weights changed.
+        """
+        for weights, before in lent.values():
             if fingerprint(weights) != before:
                 why = "the global model changed too, so the run stops"
                 raise RuntimeError(lent_weights_changed(tasks, why))
@@ -113,8 +144,10 @@ def inline_transport(
             elif client_cache is not None:
                 clients.move_to_end(cid)
             return run_task(client, cid, task)
-        except (Exception, KeyboardInterrupt):  # an error: the transport's; Ctrl-C: the run's
+        except KeyboardInterrupt:  # Ctrl-C: the run's
             raise
+        except Exception:  # noqa: BLE001 - client_fn's error is that client's reply
+            return Reply(cid, task.kind, error=traceback.format_exc())
         except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
             return Reply(cid, task.kind, error=traceback.format_exc() + exited(exc, task.kind))
 

@@ -1,0 +1,114 @@
+"""A fit round's short way: inline clients folded straight into a mean.
+
+The general round runs through layers that each earn their keep somewhere:
+the transport yields replies, the byte counter and the re-ordering wrap that
+stream, each reply becomes a :class:`~covey.aggregate.Contribution` and passes
+down the aggregation chain. When the clients run in this process one after
+another, the counter only counts, and the aggregation starts with a mean
+(FedAvg, FedAvgM, FedAdam...), the loop here runs each client itself and folds
+its checked weights into the mean's sums directly (:mod:`covey.aggregate._short`).
+
+It does what the general round does, in the same order: the same clients run
+with the same tasks, the same checks refuse the same replies, the same sums
+are taken in client-id order (the global model is the same to the bit), and
+the same bytes, participants, examples, metrics and failures are recorded.
+Any reply off the common case (a failure, a delta, extras, a value past the
+bound) goes the general way, one reply at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+from covey.aggregate._short import short_fold
+from covey.core._history import RoundRecord
+from covey.core._messages import FitResult, Metrics, Task
+
+if TYPE_CHECKING:
+    from covey.server._sync import RoundLoop
+
+
+def fit_directly(
+    loop: RoundLoop,
+    tasks: dict[int, Task],
+    cids: Sequence[int],
+    state: Any,
+    record: RoundRecord,
+    metrics: list[tuple[int, Metrics]],
+) -> Any | None:
+    """Run the fit ``tasks`` of clients ``cids`` the short way; the aggregation state after.
+
+    None, with nothing run, when the round cannot take it: the transport does
+    not run its clients here (or compresses, or holds bytes), a ``round_timeout``
+    is set, the aggregation does not start with a mean, or ``cids`` is not in
+    client-id order (a ``selector``'s), where the general round folds in ``cids``
+    order while clients run in id order.
+
+    Raises:
+        FederationError: as the general round, when an aggregation step fails.
+        RuntimeError: as the general round, when a client wrote into the weights
+            it was lent.
+    """
+    counter: Any = loop.transport  # a CompressedTransport when direct() is there
+    direct = getattr(counter, "direct", None)
+    inline = direct() if loop.round_timeout is None and callable(direct) else None
+    if inline is None:
+        return None
+    aggregator = loop.strategy.aggregator
+    folder = short_fold(aggregator, state)
+    if folder is None or any(a >= b for a, b in pairwise(cids)):
+        return None
+    counter.count_sent(tasks)
+    lent = inline.lend(tasks)
+    run_one, conformity = inline.run_one, loop.spec.conformity
+    participants = record.fit_participants
+    clock = time.perf_counter
+    # Kept here and added to the record and the counter before any reply goes the
+    # general way, and when the round ends or stops: the same totals, fewer writes.
+    seconds = 0.0
+    examples = received = 0
+    try:
+        for cid in cids:
+            reply = run_one(cid, tasks[cid])
+            result = reply.result
+            if type(result) is FitResult and result.delta is None and not result.extras:
+                weights = result.weights
+                for array in weights.values():  # type: ignore[union-attr]  # it is set
+                    received += array.nbytes
+                bounded = conformity(weights)
+                if bounded is not None:
+                    t0 = clock()
+                    count = result.num_examples
+                    taken = folder.take(weights, count, bounded)  # type: ignore[arg-type]
+                    seconds += clock() - t0
+                    if taken:
+                        participants.append(cid)
+                        examples += count
+                        metrics.append((count, result.metrics))
+                        continue
+            else:
+                counter.count_reply(reply, tasks)
+            seconds, examples, received = _settle(record, counter, seconds, examples, received)
+            state = loop._take_reply(folder.state(), reply, record, metrics)
+            folder = short_fold(aggregator, state)
+            if folder is None:  # pragma: no cover - the mean's state stays a mean's state
+                raise RuntimeError("internal error: the mean's state changed kind")
+    finally:
+        _settle(record, counter, seconds, examples, received)
+    inline.check_lent(tasks, lent)
+    return folder.state()
+
+
+def _settle(
+    record: RoundRecord, counter: Any, seconds: float, examples: int, received: int
+) -> tuple[float, int, int]:
+    """Add the seconds, examples and bytes kept so far to the record and the counter; zeros."""
+    if seconds:
+        durations = record.durations
+        durations["aggregate"] = durations.get("aggregate", 0.0) + seconds
+    record.fit_examples += examples
+    counter.bytes_received += received
+    return 0.0, 0, 0
