@@ -290,3 +290,20 @@ def test_a_client_writing_into_lent_weights_stops_the_run_either_way(
             simulate(monkeypatch, short=short, client=Writer, clients=5, rounds=3)
         messages.append(str(info.value))
     assert messages[0] == messages[1]
+
+
+def test_clients_that_cannot_be_built_and_a_small_client_cache_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def client_fn(cid: int) -> Any:
+        if cid == 7:
+            raise OSError("no data for client 7")
+        return Plain(cid)
+
+    history, slow, _ = same_run(monkeypatch, client=client_fn, clients=12, client_cache=4)
+    assert all(f.cid == 7 and "no data" in f.error for f in history.rounds[1].fit_failures)
+    assert len(history.rounds[1].fit_failures) == 1
+    assert 7 in slow
+    assert len(slow) < 4 * 12
+    _, slow, _ = same_run(monkeypatch, client=client_fn, clients=12, client_cache=0)
+    assert len(slow) < 4 * 12
