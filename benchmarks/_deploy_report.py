@@ -307,6 +307,7 @@ def markdown(
         f"memory: {info['memory_first_touch']['after_idle_gbps']:.2f} GB/s after 5 s idle, "
         f"{info['memory_first_touch']['again_gbps']:.2f} GB/s right after (freed memory "
         "goes back to the hypervisor within seconds, and touching it again is slow)."
+        + (f" Bytecode: {info['bytecode']}." if info.get("bytecode") else "")
         + (
             " (Machine figures measured when the report was rebuilt, not during the runs.)"
             if info.get("measured_at_report_time")

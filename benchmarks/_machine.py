@@ -7,11 +7,21 @@ and afterwards report the share of the CPUs other work used meanwhile.
 
 from __future__ import annotations
 
+import compileall
+import importlib.util
 import platform
+import sys
 import time
 from pathlib import Path
 
-__all__ = ["RUNNER_ENV", "cpu_model", "cpu_times", "machine_busy", "wait_until_idle"]
+__all__ = [
+    "RUNNER_ENV",
+    "compile_sources",
+    "cpu_model",
+    "cpu_times",
+    "machine_busy",
+    "wait_until_idle",
+]
 
 RUNNER_ENV = {
     # Nothing is sent off this machine: no telemetry, update checks or usage stats.
@@ -61,3 +71,23 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def compile_sources() -> str:
+    """Compile covey's package and the benchmark scripts to bytecode now; say what was done.
+
+    covey is installed editable (``pip install -e``), so its modules are
+    compiled on first import and cached in ``__pycache__``; an installed
+    wheel (Flower's here) was compiled when pip installed it. Where
+    ``PYTHONDONTWRITEBYTECODE`` is set nothing is cached, and every runner
+    process would compile covey's source again while being timed (0.1-0.2 s
+    of a simulation's start). Compiling up front gives every system cached
+    bytecode, as a regular install has.
+    """
+    spec = importlib.util.find_spec("covey")
+    dirs = [Path(__file__).resolve().parent]
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(p) for p in spec.submodule_search_locations]
+    ok = all(compileall.compile_dir(str(d), quiet=1, workers=1) for d in dirs)
+    flag = "set" if sys.flags.dont_write_bytecode else "unset"
+    return f"compiled up front{'' if ok else ' (with errors)'}; PYTHONDONTWRITEBYTECODE {flag}"

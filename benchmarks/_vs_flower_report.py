@@ -313,6 +313,8 @@ def machine_lines(info: dict[str, Any]) -> list[str]:
         f"OPENBLAS_L2_SIZE={info['OPENBLAS_L2_SIZE'] or '(unset)'} "
         "(inherited unchanged by every runner)",
     ]
+    if info.get("bytecode"):
+        lines.append(f"- Bytecode: {info['bytecode']}")
     for system, env in info["runners"].items():
         versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         blas = env["blas"][0] if env["blas"] else {}

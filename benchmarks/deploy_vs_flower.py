@@ -67,7 +67,7 @@ from _deploy_measure import (  # noqa: E402
 )
 from _deploy_report import report_from, status_text, write_report  # noqa: E402
 from _deploy_systems import RUNNERS  # noqa: E402
-from _machine import cpu_times, wait_until_idle  # noqa: E402
+from _machine import compile_sources, cpu_times, wait_until_idle  # noqa: E402
 from _mdtable import fmt  # noqa: E402
 
 from covey.core._files import atomic_write  # noqa: E402
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([exe, "benchmarks/deploy_vs_flower.py", *(argv or sys.argv[1:])])
     info = machine_info(args)
     info["stamp"] = stamp
+    info["bytecode"] = compile_sources()
     print(f"waiting for the load average to fall below {args.load_below} ...", flush=True)
     info["loadavg_start"] = wait_for_load(args.load_below, args.load_max_wait)
     atomic_write(

@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 
 import _proctree as pt  # noqa: E402
 import _workload as wl  # noqa: E402
-from _machine import RUNNER_ENV, cpu_times, wait_until_idle  # noqa: E402
+from _machine import RUNNER_ENV, compile_sources, cpu_times, wait_until_idle  # noqa: E402
 from _mdtable import write_results  # noqa: E402
 from _vs_flower_report import machine_info, markdown, ratios, summarize  # noqa: E402
 
@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.large:
         plan.append(("large", args.large_n, args.large_rounds))
+    bytecode = compile_sources()  # every runner starts from cached bytecode
     runs: list[dict[str, Any]] = []
     t_all = time.time()
     for workload, n, rounds in plan:
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(runs)
     rat = ratios(rows)
     info = machine_info(runs)
+    info["bytecode"] = bytecode
     md = markdown(command, args, info, rows, rat, stamp)
     print()
     print(md)
