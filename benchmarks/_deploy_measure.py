@@ -18,7 +18,7 @@ import platform
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "machine_info",
     "mem_available_kb",
     "memory_phases",
+    "start_kb",
     "wait_for_load",
 ]
 
@@ -76,6 +77,7 @@ class ProcPeak:
     name: str
     cmd: str
     peak_kb: int = 0
+    series: list[tuple[float, int]] = field(default_factory=list)  # (t, kB) at each tick
 
 
 class DeploySampler(pt.TreeSampler):
@@ -131,9 +133,14 @@ class DeploySampler(pt.TreeSampler):
                 cmd = _cmdline(pid)
                 peak = info.peak_kb if info is not None else 0
                 info = self.procs[pid] = ProcPeak(
-                    self._role(pid), cmd.split(" ")[1] if " " in cmd else cmd, cmd[:200], peak
+                    self._role(pid),
+                    cmd.split(" ")[1] if " " in cmd else cmd,
+                    cmd[:200],
+                    peak,
+                    info.series if info is not None else [],
                 )
             info.peak_kb = max(info.peak_kb, pss)
+            info.series.append((s.t, pss))
             sums[info.role] = sums.get(info.role, 0) + pss
         for role, kb in sums.items():
             self.role_peak_kb[role] = max(self.role_peak_kb.get(role, 0), kb)
@@ -146,6 +153,25 @@ class DeploySampler(pt.TreeSampler):
         elif s.pss_kb > self.budget_kb:
             self.memory_alarm = f"its processes' PSS exceeded {self.budget_kb / 2**20:g} GiB"
         return s
+
+
+def start_kb(series: list[tuple[float, int]], model_kb: float) -> int | None:
+    """A process's PSS once started and before it held a model: the plateau before the jump.
+
+    The highest sample before the first one more than a quarter of a model
+    above the first sample (start-up imports grow by tens of MB; a model of
+    hundreds arrives at once). None for a process that never held a model
+    (or was first seen holding one): then nothing is said.
+    """
+    if not series or model_kb <= 0:
+        return None
+    first = series[0][1]
+    plateau = first
+    for _, kb in series:
+        if kb > first + model_kb / 4:
+            return plateau
+        plateau = max(plateau, kb)
+    return None
 
 
 def memory_phases(out: dict[str, Any], series: list[tuple[float, int, int]]) -> None:
@@ -205,6 +231,12 @@ def derive(out: dict[str, Any], data: dict[str, Any], t_stop: float) -> None:
         out["gbps_fit_per_round"] = [moved / s / 1e9 for s in fits if s > 0]
         out["copies"] = {
             r: v["pss_mb"] * MB / model for r, v in out.get("max_process_pss_mb", {}).items()
+        }
+        # What a process adds past its start-up plateau (see start_kb) is the model's.
+        out["copies_above_start"] = {
+            r: (v["pss_mb"] - v["before_round1_mb"]) * MB / model
+            for r, v in out.get("max_process_pss_mb", {}).items()
+            if v.get("before_round1_mb") is not None
         }
 
 

@@ -63,6 +63,7 @@ from _deploy_measure import (  # noqa: E402
     derive,
     machine_info,
     memory_phases,
+    start_kb,
     wait_for_load,
 )
 from _deploy_report import report_from, status_text, write_report  # noqa: E402
@@ -225,6 +226,10 @@ def run_one(spec: Spec, args: argparse.Namespace, results_dir: Path) -> dict[str
     out["max_process_pss_mb"] = {
         r: {"pss_mb": v["peak_kb"] * 1024 / MB, "cmd": v["cmd"]} for r, v in per_role.items()
     }
+    for role, v in per_role.items():
+        start = start_kb(sampler.procs[v["pid"]].series, spec.elements * 4 / 1024)
+        if start is not None:
+            out["max_process_pss_mb"][role]["before_round1_mb"] = start * 1024 / MB
     out["process_count_by_role"] = {
         r: sum(1 for i in sampler.procs.values() if i.role == r) for r in per_role
     }

@@ -285,7 +285,9 @@ class RoundLoop(_LoopBase):
             record.fit_participants.append(reply.cid)
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))
-        # A reply kept outside memory (a spilled file) is unmapped now.
+        # A reply kept outside memory (a spilled file) is unmapped now, its arrays
+        # let go first.
+        del contribution
         reply.release()
         return state
 
