@@ -44,8 +44,8 @@ def fit_directly(
     None, with nothing run, when the round cannot take it: the transport does
     not run its clients here (or compresses, or holds bytes), a ``round_timeout``
     is set, the aggregation does not start with a mean, or ``cids`` is not in
-    client-id order (a ``selector``'s), where the general round folds in ``cids``
-    order while clients run in id order.
+    client-id order (the general round would fold in ``cids`` order while its
+    clients run in id order).
 
     Raises:
         FederationError: as the general round, when an aggregation step fails.
