@@ -33,7 +33,6 @@ from covey.sim._options import (
     _checked,
     flower_keywords,
 )
-from covey.sim._process import ProcessTransport
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
 from covey.sim._start import check_start_method
@@ -89,6 +88,8 @@ def _backend(
     if backend == "inline":
         return inline_transport(client_fn, num_clients, client_cache)
     if backend == "process":
+        from covey.sim._process import ProcessTransport  # loaded when asked for, as Ray's
+
         return ProcessTransport(
             client_fn, num_clients, num_workers=num_workers, start_method=start_method
         )
