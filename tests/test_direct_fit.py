@@ -307,3 +307,43 @@ def test_clients_that_cannot_be_built_and_a_small_client_cache_agree(
     assert len(slow) < 4 * 12
     _, slow, _ = same_run(monkeypatch, client=client_fn, clients=12, client_cache=0)
     assert len(slow) < 4 * 12
+
+
+@pytest.mark.parametrize(
+    ("shape", "batch"),
+    [pytest.param((4, 3), 16, id="small-model"), pytest.param((400, 400), 1, id="1.3-MB-model")],
+)
+def test_small_models_clients_run_in_batches_and_large_ones_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int], batch: int
+) -> None:
+    """A batch of clients runs before their replies are folded, unless it would hold a megabyte."""
+    from covey.aggregate._short import ShortFold
+
+    events: list[str] = []  # "fit" when a client runs, "fold" when its reply is offered
+
+    class Logged(Plain):
+        def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+            events.append("fit")
+            return super().fit(weights, config)
+
+    take = ShortFold.take
+
+    def logged_take(self: ShortFold, *args: Any) -> bool:
+        events.append("fold")
+        return take(self, *args)
+
+    monkeypatch.setattr(ShortFold, "take", logged_take)
+    covey.simulate(
+        client_fn=Logged,
+        num_clients=40,
+        rounds=1,
+        initial_weights={"w": np.zeros(shape), "b": np.zeros(shape[1])},
+        strategy=covey.FedAvg(fraction_fit=1.0, fraction_evaluate=0.0),
+    )
+    order = "".join("c" if e == "fit" else "f" for e in events)
+    # Every reply is offered to the short fold (the first two of a round go on the general way).
+    assert order.count("c") == order.count("f") == 40
+    if batch == 1:
+        assert order == "cf" * 40
+    else:
+        assert order == "c" * 16 + "f" * 16 + "c" * 16 + "f" * 16 + "c" * 8 + "f" * 8

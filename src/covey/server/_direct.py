@@ -19,13 +19,13 @@ bound) goes the general way, one reply at a time.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from covey.aggregate._short import short_fold
 from covey.core._history import RoundRecord
-from covey.core._messages import FitResult, Metrics, Task
+from covey.core._messages import FitResult, Metrics, Reply, Task
 
 if TYPE_CHECKING:
     from covey.server._sync import RoundLoop
@@ -71,8 +71,8 @@ def fit_directly(
     seconds = 0.0
     examples = received = 0
     try:
-        for cid in cids:
-            reply = run_one(cid, tasks[cid])
+        for reply in _replies(run_one, tasks, cids, loop.spec.nbytes):
+            cid = reply.cid
             result = reply.result
             if type(result) is FitResult and result.delta is None and not result.extras:
                 weights = result.weights
@@ -112,3 +112,41 @@ def _settle(
     record.fit_examples += examples
     counter.bytes_received += received
     return 0.0, 0, 0
+
+
+#: Most clients run back to back before their replies are checked and folded, and the
+#: most bytes of weights (the model's size times the clients) such a batch may hold.
+BATCH_CLIENTS = 16
+BATCH_BYTES = 1 << 20
+
+
+def _replies(
+    run_one: Callable[[int, Task], Reply], tasks: dict[int, Task], cids: Sequence[int], size: int
+) -> Iterator[Reply]:
+    """The replies of clients ``cids`` in order, the clients run a few at a time.
+
+    A small model's clients run back to back in batches of up to
+    :data:`BATCH_CLIENTS`, and their replies are then checked and folded one
+    after another: each part's code and data stay in the processor's caches,
+    where alternating client and fold evicts them (on the digits workload at
+    N = 1,000, a client's training took ~4 us longer right after the previous
+    reply's checks and fold than right after another client's training). A
+    batch holds at most :data:`BATCH_BYTES` of weights, so a large model's
+    clients run one at a time, each reply folded and let go before the next
+    client runs. When the fold stops the round with an error, the rest of that
+    batch has run already (at most 15 clients whose replies are then dropped,
+    as those of the clients after them never come).
+
+    Args:
+        run_one: Runs one client's task, returning its reply.
+        tasks: Each client's task.
+        cids: The clients, in the order to run them.
+        size: The model's size in bytes.
+    """
+    batch = max(1, min(BATCH_CLIENTS, BATCH_BYTES // max(size, 1)))
+    if batch == 1:
+        for cid in cids:
+            yield run_one(cid, tasks[cid])
+        return
+    for start in range(0, len(cids), batch):
+        yield from [run_one(cid, tasks[cid]) for cid in cids[start : start + batch]]
