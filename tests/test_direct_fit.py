@@ -347,3 +347,31 @@ def test_small_models_clients_run_in_batches_and_large_ones_one_at_a_time(
         assert order == "cf" * 40
     else:
         assert order == "c" * 16 + "f" * 16 + "c" * 16 + "f" * 16 + "c" * 8 + "f" * 8
+
+
+def test_clients_that_train_in_place_or_return_a_subclass_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class InPlace(Plain):
+        writes_weights = True
+
+        def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+            new = self.step(weights, int(config["round"]))
+            for name, array in weights.items():
+                array[...] = new[name]  # its own copy: the shared model stays intact
+            return covey.FitResult(weights=dict(weights), num_examples=4 + self.cid)
+
+    class Tagged(covey.FitResult):
+        pass
+
+    class Subclassed(Plain):
+        def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+            new = self.step(weights, int(config["round"]))
+            return Tagged(weights=new, num_examples=2 + self.cid)
+
+    history, slow, _ = same_run(monkeypatch, client=InPlace, clients=20, rounds=3)
+    assert len(slow) < 3 * 20  # folded short, through the runtime's general call
+    assert history.rounds[-1].fit_participants == list(range(20))
+    history, slow, _ = same_run(monkeypatch, client=Subclassed, clients=20, rounds=3)
+    assert slow == list(range(20)) * 3  # not a FitResult itself: every reply the general way
+    assert history.rounds[-1].fit_examples == sum(2 + c for c in range(20))

@@ -329,10 +329,39 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
         ):
             task = _own_weights(task)
         return Reply(cid, kind, result=handler(client, task))
-    except Exception as exc:  # any error in the client's code becomes its reply's
-        if interrupt_in(exc) is not None:
-            raise as_interrupt(exc) from exc
-        return Reply(cid, kind, error=traceback.format_exc() + _hint(exc))
+    except Exception as exc:  # noqa: BLE001 - any error in the client's code is its reply's
+        return _failed(cid, kind, exc)
+
+
+def fit_result(client: Any, cid: int, task: Task) -> FitResult | Reply:
+    """:func:`run_task` for a ``"fit"`` task, giving a client's :class:`FitResult` itself.
+
+    A round loop that folds a client's result at once needs no :class:`Reply`
+    around it: the result when the client succeeded, else the failed Reply
+    :func:`run_task` gives. Never raises but for Ctrl-C, as :func:`run_task`.
+    """
+    if (
+        client is None
+        or getattr(client, "writes_weights", False) is True
+        or not callable(getattr(client, "fit", None))
+    ):
+        reply = run_task(client, cid, task)
+        return reply if reply.error is not None else reply.result
+    try:
+        return _fit(client, task)
+    except Exception as exc:  # noqa: BLE001 - as in run_task
+        return _failed(cid, "fit", exc)
+
+
+def _failed(cid: int, kind: str, exc: Exception) -> Reply:
+    """The reply of a client whose task raised ``exc``; called while ``exc`` is handled.
+
+    Raises:
+        KeyboardInterrupt: if Ctrl-C caused ``exc``: the run's, not the client's.
+    """
+    if interrupt_in(exc) is not None:
+        raise as_interrupt(exc) from exc
+    return Reply(cid, kind, error=traceback.format_exc() + _hint(exc))
 
 
 #: The task kinds whose handler uses the weights only to call the client: a client that

@@ -378,12 +378,13 @@ class CompressedTransport(CountingWrapper):
 
         None unless this wrapper has no scheme and counts as each exchange goes,
         and the inner transport runs tasks in this process (it has
-        ``run_one(cid, task)``): the round loop may then run a fit round's tasks
-        itself, counting with :meth:`count_sent` and :meth:`count_reply`.
+        ``fit_one(cid, task)``, see :class:`~covey.sim._inline.InlineTransport`): the
+        round loop may then run a fit round's tasks itself, counting with
+        :meth:`count_sent` and :meth:`count_reply`.
         """
         if self._carried is not None or self._held is not None:
             return None
-        return self.inner if callable(getattr(self.inner, "run_one", None)) else None
+        return self.inner if callable(getattr(self.inner, "fit_one", None)) else None
 
     def _compressed(self, tasks: Mapping[int, Task], timeout: float | None) -> Iterator[Reply]:
         """:meth:`exchange` with a scheme, or holding each client's bytes (``by_client``)."""

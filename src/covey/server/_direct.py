@@ -63,7 +63,7 @@ def fit_directly(
         return None
     counter.count_sent(tasks)
     lent = inline.lend(tasks)
-    run_one, conformity = inline.run_one, loop.spec.conformity
+    fit_one, conformity = inline.fit_one, loop.spec.conformity
     participants = record.fit_participants
     clock = time.perf_counter
     # Kept here and added to the record and the counter before any reply goes the
@@ -71,9 +71,8 @@ def fit_directly(
     seconds = 0.0
     examples = received = 0
     try:
-        for reply in _replies(run_one, tasks, cids, loop.spec.nbytes):
-            cid = reply.cid
-            result = reply.result
+        results = _results(fit_one, tasks, cids, loop.spec.nbytes)
+        for cid, result in zip(cids, results, strict=True):
             if type(result) is FitResult and result.delta is None and not result.extras:
                 weights = result.weights
                 for array in weights.values():  # type: ignore[union-attr]  # it is set
@@ -89,7 +88,9 @@ def fit_directly(
                         examples += count
                         metrics.append((count, result.metrics))
                         continue
+                reply = Reply(cid, "fit", result=result)
             else:
+                reply = result if isinstance(result, Reply) else Reply(cid, "fit", result=result)
                 counter.count_reply(reply, tasks)
             seconds, examples, received = _settle(record, counter, seconds, examples, received)
             state = loop._take_reply(folder.state(), reply, record, metrics)
@@ -120,10 +121,10 @@ BATCH_CLIENTS = 16
 BATCH_BYTES = 1 << 20
 
 
-def _replies(
-    run_one: Callable[[int, Task], Reply], tasks: dict[int, Task], cids: Sequence[int], size: int
-) -> Iterator[Reply]:
-    """The replies of clients ``cids`` in order, the clients run a few at a time.
+def _results(
+    fit_one: Callable[[int, Task], Any], tasks: dict[int, Task], cids: Sequence[int], size: int
+) -> Iterator[Any]:
+    """What clients ``cids`` give back, in order (see ``fit_one``), the clients run a few at a time.
 
     A small model's clients run back to back in batches of up to
     :data:`BATCH_CLIENTS`, and their replies are then checked and folded one
@@ -138,7 +139,7 @@ def _replies(
     as those of the clients after them never come).
 
     Args:
-        run_one: Runs one client's task, returning its reply.
+        fit_one: Runs one client's fit task: its ``FitResult``, or its ``Reply``.
         tasks: Each client's task.
         cids: The clients, in the order to run them.
         size: The model's size in bytes.
@@ -146,7 +147,7 @@ def _replies(
     batch = max(1, min(BATCH_CLIENTS, BATCH_BYTES // max(size, 1)))
     if batch == 1:
         for cid in cids:
-            yield run_one(cid, tasks[cid])
+            yield fit_one(cid, tasks[cid])
         return
     for start in range(0, len(cids), batch):
-        yield from [run_one(cid, tasks[cid]) for cid in cids[start : start + batch]]
+        yield from [fit_one(cid, tasks[cid]) for cid in cids[start : start + batch]]

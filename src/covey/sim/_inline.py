@@ -11,14 +11,15 @@ client runs and after its last, and stops the run if they changed.
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from covey.clients._client import ClientFn, build_client, run_task
+from covey.clients._client import ClientFn, build_client, fit_result, run_task
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.transport._memory import Handler, MemoryTransport
@@ -66,17 +67,25 @@ class InlineTransport(MemoryTransport):
         yield from super().exchange(tasks, timeout=timeout)
         self.check_lent(tasks, lent)
 
-    run_one: Handler
-    """``(cid, task) -> Reply``: client ``cid``'s reply to ``task``, run now; raises only Ctrl-C.
+    fit_one: Callable[[int, Task], Any]
+    """``(cid, task) -> FitResult | Reply``: client ``cid``'s fit task, run now; raises only Ctrl-C.
 
     One step of :meth:`exchange` with no timeout, for a caller that runs a
-    round's tasks itself in client-id order, between :meth:`lend` and
-    :meth:`check_lent`. It is the handler itself: no call in between.
+    round's fit tasks itself in client-id order, between :meth:`lend` and
+    :meth:`check_lent`: the client's :class:`~covey.FitResult` itself when it
+    succeeded (see :func:`covey.clients._client.fit_result`), its
+    :class:`~covey.core.Reply` otherwise.
     """
 
-    def __init__(self, clients: Sequence[int], handler: Handler) -> None:
+    def __init__(
+        self,
+        clients: Sequence[int],
+        handler: Handler,
+        fit_one: Callable[[int, Task], Any] | None = None,
+    ) -> None:
+        """Serve ``clients`` with ``handler``; ``fit_one`` as above (default: ``handler``)."""
         super().__init__(clients, handler)
-        self.run_one = handler
+        self.fit_one = handler if fit_one is None else fit_one
 
     @staticmethod
     def lend(tasks: Mapping[int, Task]) -> Lent:
@@ -132,7 +141,7 @@ def inline_transport(
     """
     clients: OrderedDict[int, Any] = OrderedDict()
 
-    def handler(cid: int, task: Task) -> Reply:
+    def perform(run: Callable[[Any, int, Task], Any], cid: int, task: Task) -> Any:
         try:
             client = clients.get(cid)
             if client is None:
@@ -143,7 +152,7 @@ def inline_transport(
                         clients.popitem(last=False)
             elif client_cache is not None:
                 clients.move_to_end(cid)
-            return run_task(client, cid, task)
+            return run(client, cid, task)
         except KeyboardInterrupt:  # Ctrl-C: the run's
             raise
         except Exception:  # noqa: BLE001 - client_fn's error is that client's reply
@@ -151,7 +160,8 @@ def inline_transport(
         except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
             return Reply(cid, task.kind, error=traceback.format_exc() + exited(exc, task.kind))
 
-    return InlineTransport(range(num_clients), handler)
+    handler = functools.partial(perform, run_task)
+    return InlineTransport(range(num_clients), handler, functools.partial(perform, fit_result))
 
 
 def exited(exc: BaseException, kind: str) -> str:
