@@ -13,6 +13,7 @@ import ctypes
 import dataclasses
 import math
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,35 @@ def test_clients_that_train_in_place_or_return_a_subclass_agree(
     history, slow, _ = same_run(monkeypatch, client=Subclassed, clients=20, rounds=3)
     assert slow == list(range(20)) * 3  # not a FitResult itself: every reply the general way
     assert history.rounds[-1].fit_examples == sum(2 + c for c in range(20))
+
+
+@pytest.mark.parametrize("short", [True, False], ids=["short-way", "general-way"])
+def test_a_large_model_s_reply_is_let_go_before_the_next_client_runs(
+    monkeypatch: pytest.MonkeyPatch, short: bool
+) -> None:
+    """Folded replies of a 1.3 MB model are not held (by a loop variable, say) past their turn."""
+    replies: list[weakref.ref[np.ndarray]] = []
+    held: list[tuple[int, int]] = []
+
+    class Tracked(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+            if replies and replies[-1]() is not None:
+                held.append((int(config["round"]), self.cid))
+            new = {name: array + 1.0 for name, array in weights.items()}
+            replies.append(weakref.ref(new["w"]))
+            return covey.FitResult(weights=new, num_examples=1 + self.cid)
+
+    if not short:
+        monkeypatch.setattr(CompressedTransport, "direct", lambda self: None)
+    covey.simulate(
+        client_fn=Tracked,
+        num_clients=6,
+        rounds=2,
+        initial_weights={"w": np.zeros((400, 400)), "b": np.zeros(400)},
+        strategy=covey.FedAvg(fraction_fit=1.0, fraction_evaluate=0.0),
+    )
+    assert len(replies) == 12
+    assert held == []

@@ -31,7 +31,7 @@ from covey.compress._plain import (
     scheme_spec,
 )
 from covey.compress._schemes import Encoded, Scheme, TopK, topk_with_feedback
-from covey.core._messages import FitResult, Reply, Task
+from covey.core._messages import FitResult, Reply, Task, fit_nbytes
 from covey.core._replay import ByRound
 from covey.core._weights import Weights, WeightsSpec, subtract
 
@@ -210,8 +210,7 @@ def _result_nbytes(result: Any) -> int:
     if isinstance(result, Encoded):
         return result.nbytes
     if isinstance(result, FitResult):
-        up = _nbytes(result.weights) + _nbytes(result.delta)
-        return up + sum(_nbytes(w) for w in result.extras.values())
+        return fit_nbytes(result)
     if isinstance(result, Mapping):  # a protocol's reply, e.g. secure aggregation's masked vector
         return sum(int(v.nbytes) for v in result.values() if isinstance(v, np.ndarray))
     return 0
@@ -330,15 +329,12 @@ class CompressedTransport(CountingWrapper):
         self.count_sent(tasks)
         reached = getattr(self.inner, "reached", None)
         for reply in self.inner.exchange(tasks, timeout=timeout):
-            result = reply.result
-            if type(result) is FitResult and result.delta is None and not result.extras:
-                received = 0
-                for array in result.weights.values():  # type: ignore[union-attr]  # it is set
-                    received += array.nbytes
-                self.bytes_received += received
+            if type(reply.result) is FitResult:
+                self.bytes_received += fit_nbytes(reply.result)
             else:
                 self.count_reply(reply, tasks, reached)
             yield reply
+            del reply  # not kept while the next client runs
 
     def count_sent(self, tasks: Mapping[int, Task]) -> None:
         """Count the bytes of ``tasks`` as sent (with no scheme, not held by client)."""
@@ -364,8 +360,7 @@ class CompressedTransport(CountingWrapper):
         """
         result = reply.result
         if type(result) is FitResult:
-            arrays = result.weights if result.delta is None else result.delta
-            self.bytes_received += _nbytes(arrays) + sum(_nbytes(w) for w in result.extras.values())
+            self.bytes_received += fit_nbytes(result)
         elif reply.error is not None:
             if reached is not None and not reached(reply.cid):
                 unsent = tasks.get(reply.cid)
@@ -419,6 +414,7 @@ class CompressedTransport(CountingWrapper):
             else:
                 self._count(reply.cid, None, _result_nbytes(reply.result))
                 yield reply
+            del reply  # not kept while the next client runs
 
     def _decode(self, reply: Reply, spec: WeightsSpec | None) -> Reply:
         """The reply to a compressed fit task as the plain fit reply the loop expects.

@@ -238,6 +238,18 @@ def _all_arrays(weights: object) -> bool:
     return True
 
 
+def fit_nbytes(result: FitResult) -> int:
+    """The bytes of the arrays ``result`` carries: its weights or delta, and its extras."""
+    arrays: Weights = result.weights if result.delta is None else result.delta  # type: ignore[assignment]
+    total = 0
+    for array in arrays.values():
+        total += array.nbytes
+    for extra in result.extras.values() if result.extras else ():
+        for array in extra.values():
+            total += array.nbytes
+    return total
+
+
 def _arrays(weights: object, what: str) -> Weights:
     """``weights`` as plain NumPy arrays in this machine's byte order; anything else refused.
 

@@ -71,8 +71,9 @@ def fit_directly(
     seconds = 0.0
     examples = received = 0
     try:
-        results = _results(fit_one, tasks, cids, loop.spec.nbytes)
-        for cid, result in zip(cids, results, strict=True):
+        # Every name bound to a reply is let go before the next client runs (a loop
+        # variable outlives its iteration): no two of a large model's replies at once.
+        for cid, result in _results(fit_one, tasks, cids, loop.spec.nbytes):
             if type(result) is FitResult and result.delta is None and not result.extras:
                 weights = result.weights
                 for array in weights.values():  # type: ignore[union-attr]  # it is set
@@ -87,13 +88,16 @@ def fit_directly(
                         participants.append(cid)
                         examples += count
                         metrics.append((count, result.metrics))
+                        result = weights = array = None
                         continue
                 reply = Reply(cid, "fit", result=result)
             else:
                 reply = result if isinstance(result, Reply) else Reply(cid, "fit", result=result)
                 counter.count_reply(reply, tasks)
+            result = weights = array = None
             seconds, examples, received = _settle(record, counter, seconds, examples, received)
             state = loop._take_reply(folder.state(), reply, record, metrics)
+            del reply
             folder = short_fold(aggregator, state)
             if folder is None:  # pragma: no cover - the mean's state stays a mean's state
                 raise RuntimeError("internal error: the mean's state changed kind")
@@ -123,8 +127,8 @@ BATCH_BYTES = 1 << 20
 
 def _results(
     fit_one: Callable[[int, Task], Any], tasks: dict[int, Task], cids: Sequence[int], size: int
-) -> Iterator[Any]:
-    """What clients ``cids`` give back, in order (see ``fit_one``), the clients run a few at a time.
+) -> Iterator[tuple[int, Any]]:
+    """Each of clients ``cids`` with what it gives back (see ``fit_one``), in order.
 
     A small model's clients run back to back in batches of up to
     :data:`BATCH_CLIENTS`, and their replies are then checked and folded one
@@ -132,11 +136,11 @@ def _results(
     where alternating client and fold evicts them (on the digits workload at
     N = 1,000, a client's training took ~4 us longer right after the previous
     reply's checks and fold than right after another client's training). A
-    batch holds at most :data:`BATCH_BYTES` of weights, so a large model's
-    clients run one at a time, each reply folded and let go before the next
-    client runs. When the fold stops the round with an error, the rest of that
-    batch has run already (at most 15 clients whose replies are then dropped,
-    as those of the clients after them never come).
+    batch is at most :data:`BATCH_BYTES` of the model's size times its clients,
+    so a large model's clients run one at a time, each reply folded and let go
+    before the next client runs. When the fold stops the round with an error,
+    the rest of that batch has run already (at most 15 clients whose replies
+    are then dropped, as those of the clients after them never come).
 
     Args:
         fit_one: Runs one client's fit task: its ``FitResult``, or its ``Reply``.
@@ -147,7 +151,8 @@ def _results(
     batch = max(1, min(BATCH_CLIENTS, BATCH_BYTES // max(size, 1)))
     if batch == 1:
         for cid in cids:
-            yield fit_one(cid, tasks[cid])
+            yield cid, fit_one(cid, tasks[cid])  # nothing here holds it once handed over
         return
     for start in range(0, len(cids), batch):
-        yield from [fit_one(cid, tasks[cid]) for cid in cids[start : start + batch]]
+        part = cids[start : start + batch]
+        yield from zip(part, [fit_one(cid, tasks[cid]) for cid in part], strict=True)

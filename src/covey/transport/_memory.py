@@ -66,6 +66,7 @@ class MemoryTransport:
                     f"past the timeout of {timeout:g} s",
                 )
             yield reply
+            del reply  # not kept while the next client runs
 
     def close(self) -> None:
         """Nothing to release."""
