@@ -193,6 +193,8 @@ def test_float32_models_and_failures_that_stop_the_run_agree(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     same_run(monkeypatch, dtype=np.float32, client=Unruly, clients=15)
+    _, slow, _ = same_run(monkeypatch, dtype=np.float16, clients=15)  # summed in float32
+    assert slow == [0, 1] * 4
     strict = covey.FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, accept_failures=False)
     messages = []
     for short in (True, False):
