@@ -43,7 +43,7 @@ CLIENT_KEYS = {
 
 def _make_client(spec: str, cid: Any) -> Any:
     """The client ``--app`` names: a client object, or ``client_fn(cid)`` called with ``--cid``."""
-    from covey.clients._client import build_client
+    from covey.clients._build import build_client
 
     obj = load_object(spec, example="myfed:client_fn")
     if hasattr(obj, "fit") and not isinstance(obj, type):

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import ClientFn, build_client, fit_result, run_task
+from covey.clients._build import build_client
+from covey.clients._client import ClientFn, fit_result, run_task
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights
 from covey.transport._memory import Handler, MemoryTransport

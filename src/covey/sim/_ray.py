@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from covey.clients._client import ClientFn, build_client, run_task
+from covey.clients._build import build_client
+from covey.clients._client import ClientFn, run_task
 from covey.core import _codec
 from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task

@@ -20,7 +20,8 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from covey.clients._client import ClientFn, build_client, run_task
+from covey.clients._build import build_client
+from covey.clients._client import ClientFn, run_task
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.sim import _pace, _room, _shm
