@@ -323,16 +323,12 @@ class CompressedTransport(CountingWrapper):
     def _counted(self, tasks: Mapping[int, Task], timeout: float | None) -> Iterator[Reply]:
         """:meth:`exchange` with no scheme: the tasks and replies as they are, their bytes counted.
 
-        Counts what :meth:`_compressed` counts, with one step per reply: the
-        common fit reply's arrays are summed here, other replies by :meth:`count_reply`.
+        Counts what :meth:`_compressed` counts, each reply by :meth:`count_reply`.
         """
         self.count_sent(tasks)
         reached = getattr(self.inner, "reached", None)
         for reply in self.inner.exchange(tasks, timeout=timeout):
-            if type(reply.result) is FitResult:
-                self.bytes_received += fit_nbytes(reply.result)
-            else:
-                self.count_reply(reply, tasks, reached)
+            self.count_reply(reply, tasks, reached)
             yield reply
             del reply  # not kept while the next client runs
 
