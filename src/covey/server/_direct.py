@@ -18,6 +18,7 @@ bound) goes the general way, one reply at a time.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from covey.aggregate._short import short_fold
 from covey.core._history import RoundRecord
 from covey.core._messages import FitResult, Metrics, Reply, Task
+from covey.core._weights import Weights
 
 if TYPE_CHECKING:
     from covey.server._sync import RoundLoop
@@ -70,19 +72,19 @@ def fit_directly(
     # general way, and when the round ends or stops: the same totals, fewer writes.
     seconds = 0.0
     examples = received = 0
+    array: Any = None
     try:
         # Every name bound to a reply is let go before the next client runs (a loop
         # variable outlives its iteration): no two of a large model's replies at once.
-        for cid, result in _results(fit_one, tasks, cids, loop.spec.nbytes):
-            if type(result) is FitResult and result.delta is None and not result.extras:
-                weights = result.weights
-                for array in weights.values():  # type: ignore[union-attr]  # it is set
+        for cid, result, weights in _results(fit_one, tasks, cids, loop.spec.nbytes):
+            if weights is not None:  # a plain FitResult's (see _plain)
+                for array in weights.values():
                     received += array.nbytes
                 bounded = conformity(weights)
                 if bounded is not None:
                     t0 = clock()
                     count = result.num_examples
-                    taken = folder.take(weights, count, bounded)  # type: ignore[arg-type]
+                    taken = folder.take(weights, count, bounded)
                     seconds += clock() - t0
                     if taken:
                         participants.append(cid)
@@ -90,6 +92,10 @@ def fit_directly(
                         metrics.append((count, result.metrics))
                         result = weights = array = None
                         continue
+                if weights is not result.weights:  # the batch's copy: what the client gave
+                    result = FitResult(
+                        weights=weights, num_examples=result.num_examples, metrics=result.metrics
+                    )
                 reply = Reply(cid, "fit", result=result)
             else:
                 reply = result if isinstance(result, Reply) else Reply(cid, "fit", result=result)
@@ -125,22 +131,68 @@ BATCH_CLIENTS = 16
 BATCH_BYTES = 1 << 20
 
 
+def _plain(result: Any) -> Weights | None:
+    """The weights of a plain :class:`FitResult` (no subclass, delta or extras), else None."""
+    if type(result) is FitResult and result.delta is None and not result.extras:
+        return result.weights
+    return None
+
+
+_EXACT_REFCOUNTS = (
+    sys.implementation.name == "cpython"
+    and sys.version_info < (3, 14)
+    and getattr(sys, "_is_gil_enabled", lambda: True)()
+)
+"""Whether ``sys.getrefcount`` counts every reference: CPython 3.11 to 3.13 with its GIL
+(3.14's interpreter may hold references it does not count)."""
+
+
+def _unshared(result: FitResult, weights: Weights) -> bool:
+    """Whether nothing but the batch can reach ``result``'s arrays, so none needs a copy.
+
+    True when the result, its weights dict and each array (owning its memory, no
+    view of another) are referred to only by the batch's own names: no client,
+    model or buffer holds them, so no later client can change them. Counted by
+    ``sys.getrefcount`` where it counts every reference (:data:`_EXACT_REFCOUNTS`);
+    elsewhere False, and every held reply is copied. The references counted: the
+    caller's name, this function's parameter and ``getrefcount``'s argument (3),
+    and for the dict the result's field too (4); for each array, the dict's entry,
+    the loop's name and the argument (3).
+    """
+    count = sys.getrefcount
+    if not _EXACT_REFCOUNTS or count(result) > 3 or count(weights) > 4:
+        return False
+    for array in weights.values():  # noqa: SIM110 - a loop: the counts above hold in it
+        if not array.flags.owndata or count(array) > 3:  # a view owns none of its memory
+            return False
+    return True
+
+
 def _results(
     fit_one: Callable[[int, Task], Any], tasks: dict[int, Task], cids: Sequence[int], size: int
-) -> Iterator[tuple[int, Any]]:
-    """Each of clients ``cids`` with what it gives back (see ``fit_one``), in order.
+) -> Iterator[tuple[int, Any, Weights | None]]:
+    """Each of clients ``cids`` with what it gives back (see ``fit_one``) and its plain weights.
 
-    A small model's clients run back to back in batches of up to
-    :data:`BATCH_CLIENTS`, and their replies are then checked and folded one
+    The weights are those of a plain ``FitResult`` (see :func:`_plain`), None for
+    any other reply. A small model's clients run back to back in batches of up
+    to :data:`BATCH_CLIENTS`, and their replies are then checked and folded one
     after another: each part's code and data stay in the processor's caches,
     where alternating client and fold evicts them (on the digits workload at
     N = 1,000, a client's training took ~4 us longer right after the previous
-    reply's checks and fold than right after another client's training). A
-    batch is at most :data:`BATCH_BYTES` of the model's size times its clients,
-    so a large model's clients run one at a time, each reply folded and let go
-    before the next client runs. When the fold stops the round with an error,
-    the rest of that batch has run already (at most 15 clients whose replies
-    are then dropped, as those of the clients after them never come).
+    reply's checks and fold than right after another client's training).
+
+    A reply held while later clients run must not change under it: clients may
+    share a model or a buffer they return without copying (every simulated
+    client training one torch model, say), which the general way folds before
+    the next client runs. A batch therefore keeps a copy of each plain reply's
+    arrays that anything but the batch can still reach (see :func:`_unshared`;
+    at most :data:`BATCH_BYTES` of them, as the model's size times the clients),
+    and ends at the first reply off the common case, which is handed over before
+    any other client runs. A large model's clients run one at a
+    time, each reply folded and let go before the next client runs. When the
+    fold stops the round with an error, the rest of that batch has run already
+    (at most 15 clients whose replies are then dropped, as those of the clients
+    after them never come).
 
     Args:
         fit_one: Runs one client's fit task: its ``FitResult``, or its ``Reply``.
@@ -151,8 +203,18 @@ def _results(
     batch = max(1, min(BATCH_CLIENTS, BATCH_BYTES // max(size, 1)))
     if batch == 1:
         for cid in cids:
-            yield cid, fit_one(cid, tasks[cid])  # nothing here holds it once handed over
+            result = fit_one(cid, tasks[cid])
+            yield cid, result, _plain(result)  # nothing here holds it once handed over
+            result = None
         return
-    for start in range(0, len(cids), batch):
-        part = cids[start : start + batch]
-        yield from zip(part, [fit_one(cid, tasks[cid]) for cid in part], strict=True)
+    held: list[tuple[int, Any, Weights | None]] = []
+    for cid in cids:
+        result = fit_one(cid, tasks[cid])
+        weights = _plain(result)
+        if weights is not None and not _unshared(result, weights):
+            weights = {name: array.copy() for name, array in weights.items()}
+        held.append((cid, result, weights))
+        if weights is None or len(held) == batch:
+            yield from held
+            held = []
+    yield from held
