@@ -140,7 +140,9 @@ def _fit(client: Any, task: Task) -> FitResult:
     if task.weights is None:
         raise ValueError("a fit task carries no weights")
     try:
-        result = client.fit(task.weights, _config(task))
+        # A dict of its own: a client that rebinds entries (``weights[k] = new``)
+        # changes neither the task, the global model, nor another client's weights.
+        result = client.fit(dict(task.weights), _config(task))
     except TypeError as exc:
         _check_signature(client, "fit", exc)
         raise
@@ -188,7 +190,7 @@ def _evaluate(client: Any, task: Task) -> EvaluateResult:
     if task.weights is None:
         raise ValueError("an evaluate task carries no weights")
     try:
-        result = client.evaluate(task.weights, _config(task))
+        result = client.evaluate(dict(task.weights), _config(task))  # as in _fit
     except TypeError as exc:
         _check_signature(client, "evaluate", exc)
         raise
@@ -373,16 +375,17 @@ _OWN_WEIGHTS = frozenset({"fit", "evaluate"})
 def lend(client: Any, weights: Weights) -> Weights:
     """The weights to give ``client.fit`` when the caller needs ``weights`` unchanged afterwards.
 
-    ``weights`` itself, unless the client writes into its weights
-    (``writes_weights``); then a copy, so the caller can still compute the update
-    as the client's result minus ``weights``.
+    A new dict of the same (read-only) arrays, unless the client writes into its
+    weights (``writes_weights``); then a copy of the arrays, so the caller can
+    still compute the update as the client's result minus ``weights``. Either
+    way, entries the client rebinds (``weights[k] = new``) leave ``weights`` as it was.
 
     Args:
         client: The client about to be called.
         weights: The weights the task carried.
     """
     if getattr(client, "writes_weights", False) is not True:
-        return weights
+        return dict(weights)
     return {name: np.array(array, copy=True) for name, array in weights.items()}
 
 

@@ -111,15 +111,20 @@ def _too_large(value: int, what: str) -> ValueError:
     )
 
 
-def _check_metrics(value: object, what: str) -> None:
-    """Refuse metrics that are not named by strings or whose values no transport carries.
+def _own_metrics(value: object, what: str) -> dict[str, Any]:
+    """A copy of metrics ``value`` as another process receives them; refused if no transport can.
 
     The process backend and the network carry metrics as JSON: a name that is
     not a string came back as one (``3`` as ``"3"``), and a value of another
     type failed the client there while the inline and Ray backends took it.
+    The copy is taken when the result is made: a client that goes on changing
+    the dict it returned (one dict for every round, say) changes nothing the
+    server holds, and NumPy scalars become the Python values they hold
+    (``np.str_`` a ``str``), as on every other backend. Arrays are copied.
     """
     if not isinstance(value, Mapping):
         raise TypeError(f"{what} must be a dict of names to scalars, got {type(value).__name__}")
+    out: dict[str, Any] = {}
     for name, metric in value.items():
         if type(name) is not str:
             raise TypeError(f"{what} names a metric by {type(name).__name__} {name!r}, not a str")
@@ -133,6 +138,14 @@ def _check_metrics(value: object, what: str) -> None:
             )
         if type(metric) is int and not -_FLOAT_MAX <= metric <= _FLOAT_MAX:
             raise _too_large(metric, f"{what}[{name!r}]")
+        if isinstance(metric, np.generic):
+            metric = metric.item()
+            if isinstance(metric, np.generic):  # a long double's item() is itself
+                metric = float(metric)
+        elif isinstance(metric, np.ndarray):
+            metric = np.array(metric)
+        out[name] = metric
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
@@ -207,7 +220,7 @@ class FitResult:
         if type(n) is not int or n < 0 or n > MAX_EXAMPLES:
             object.__setattr__(self, "num_examples", _check_count(n, "FitResult.num_examples"))
         if self.metrics or type(self.metrics) is not dict:
-            _check_metrics(self.metrics, "FitResult.metrics")
+            object.__setattr__(self, "metrics", _own_metrics(self.metrics, "FitResult.metrics"))
         if weights is not None:
             if not _all_arrays(weights):
                 object.__setattr__(self, "weights", _arrays(weights, "FitResult.weights"))
@@ -319,7 +332,10 @@ class EvaluateResult:
         return object.__new__(cls)
 
     def __post_init__(self) -> None:
-        if isinstance(self.loss, bool) or not isinstance(self.loss, int | float):
+        loss: Any = self.loss
+        if isinstance(loss, bool | str | bytes | bytearray):  # float() takes "0.25"
+            raise TypeError(f"EvaluateResult.loss must be a number, got {type(loss).__name__}")
+        if not isinstance(loss, int | float):  # a NumPy or torch scalar, say
             try:
                 object.__setattr__(self, "loss", float(self.loss))
             except (TypeError, ValueError):
@@ -330,7 +346,7 @@ class EvaluateResult:
             raise _too_large(self.loss, "EvaluateResult.loss")
         n = _check_count(self.num_examples, "EvaluateResult.num_examples")
         object.__setattr__(self, "num_examples", n)
-        _check_metrics(self.metrics, "EvaluateResult.metrics")
+        object.__setattr__(self, "metrics", _own_metrics(self.metrics, "EvaluateResult.metrics"))
 
 
 @dataclass(frozen=True, slots=True)

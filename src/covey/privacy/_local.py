@@ -131,7 +131,7 @@ class ClipUpdates(Client):
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateResult:
         """The wrapped client's evaluation."""
-        result: EvaluateResult = self.client.evaluate(weights, config)
+        result: EvaluateResult = self.client.evaluate(dict(weights), config)
         return result
 
     def properties(self) -> dict[str, Any]:

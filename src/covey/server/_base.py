@@ -281,7 +281,8 @@ class _LoopBase:
     def _central(self, record: RoundRecord) -> None:
         if self.evaluate_fn is None:
             return
-        out = self.evaluate_fn(record.round, self.weights)
+        # A dict of its own: entries it rebinds or adds never reach the global model.
+        out = self.evaluate_fn(record.round, dict(self.weights))
         if out is None:
             return
         record.central_loss, record.central_metrics = _central_result(out)
