@@ -583,10 +583,14 @@ def test_a_deployed_config_over_the_message_limit_names_its_entry(
     # One client's config too large: that client's failure for the round.
     (failure,) = served(on_client_fit_config=own, fit_metrics=gather).rounds[1].failures
     named(failure.error)
-    # Every client's: the run's error names it.
+    # Every client's: the run stops before sending it, naming the function and the entry.
     with pytest.raises(covey.FederationError) as caught:
         served(on_fit_config=lambda rnd: config)
-    named(str(caught.value))
+    said = str(caught.value)
+    assert "on_fit_config returned a config for round 1 that clients cannot be sent" in said
+    assert f"(at {entry})" in said
+    assert size in said
+    assert f"limit of {limit}" in said
 
 
 @pytest.mark.parametrize(

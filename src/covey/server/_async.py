@@ -29,6 +29,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._messages import Config, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
+from covey.server._configs import client_configs, fit_config
 from covey.strategies._checks import not_among
 from covey.strategies._clients import client_info
 from covey.strategies._strategy import Strategy
@@ -278,7 +279,7 @@ class AsyncLoop(_LoopBase):
         if not chosen and not owed:
             return
         if self._config is None or self._config[0] != rnd:
-            self._config = (rnd, strategy.fit_task_config(rnd))
+            self._config = (rnd, fit_config(self, rnd))
         task = Task("fit", rnd, self._config[1], self.weights, self._payload)
         configs = None
         if strategy.sends_client_configs("fit"):
@@ -291,7 +292,7 @@ class AsyncLoop(_LoopBase):
                 self.transport.submit(cid, Task("properties", rnd))
             chosen = sorted(owed + [cid for cid in chosen if cid not in unasked])
             clients = client_info(chosen, self.properties, self.client_names)
-            configs = strategy.client_task_configs("fit", rnd, dict(task.config), clients)
+            configs = client_configs(strategy, "fit", rnd, dict(task.config), clients)
         for cid in chosen:
             self._flights[cid] = _Flight("fit", version, self.weights)
             self._training.add(cid)

@@ -21,6 +21,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
+from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
 from covey.server._saver import SaveError
 from covey.strategies._clients import client_info
@@ -195,7 +196,7 @@ class RoundLoop(_LoopBase):
             return dict.fromkeys(cids, task), None
         self._ask_properties(task.round, cids)
         clients = client_info(cids, self.properties, self.client_names)
-        configs = strategy.client_task_configs(task.kind, task.round, dict(task.config), clients)
+        configs = client_configs(strategy, task.kind, task.round, dict(task.config), clients)
         if configs is None:  # pragma: no cover - sends_client_configs said it gives some
             return dict.fromkeys(cids, task), None
         tasks = {
@@ -219,7 +220,7 @@ class RoundLoop(_LoopBase):
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
         update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
-        task = Task("fit", rnd, strategy.fit_task_config(rnd), self.weights, broadcast_extras(out))
+        task = Task("fit", rnd, fit_config(self, rnd), self.weights, broadcast_extras(out))
         tasks, configs = self._tasks(task, cids)
         if strategy.fit_round is not None:
             fit_round: Any = strategy.fit_round  # configs= only when clients have their own
@@ -406,7 +407,7 @@ class RoundLoop(_LoopBase):
             )
             return
         cids = strategy.sample(available, count, rnd, self.seed, purpose=1)
-        task = Task("evaluate", rnd, strategy.evaluate_task_config(rnd), self.weights)
+        task = Task("evaluate", rnd, evaluate_config(self, rnd), self.weights)
         tasks, _ = self._tasks(task, cids)
         results: list[tuple[int, Metrics]] = []
         loss_sum = 0.0
