@@ -97,7 +97,9 @@ def test_timeouts_cancel_and_waiting() -> None:
     assert first.cid == 2
     late = transport.next_reply()
     assert late is not None
-    assert (late.cid, late.error, transport.now()) == (0, "no reply in time", 2.5)
+    assert (late.cid, transport.now()) == (0, 2.5)
+    assert late.error is not None
+    assert late.error.startswith("no reply in time: its simulated duration (from client_durations)")
     assert transport.next_reply() is None
     assert calls == [2]  # cancelled and timed-out tasks never ran
 
@@ -368,7 +370,7 @@ def test_task_timeouts_free_the_client() -> None:
         client_durations=[1.0, 1.0, 1.0, 50.0],
         round_timeout=10.0,
     )
-    timeouts = [f for _, f in result.history.failures() if f.error == "no reply in time"]
+    timeouts = [f for _, f in result.history.failures() if f.error.startswith("no reply in time")]
     assert len(timeouts) >= 2  # timed out, sent a new task, timed out again
     assert {f.cid for f in timeouts} == {3}
     assert all(3 not in r.fit_participants for r in result.history.rounds)

@@ -193,6 +193,12 @@ def _check_evaluate_count(strategy: Strategy, num_clients: int) -> None:
     """Refuse a federated evaluation asked for (``fraction_evaluate > 0``) that samples no one."""
     asked = strategy.fraction_evaluate > 0.0 and strategy.selector is None
     overridden = strategy.source("num_evaluate", "")  # a subclass's num_evaluate() decides
+    if asked and not overridden and strategy.min_evaluate_clients > num_clients:
+        raise ValueError(
+            f"min_evaluate_clients={strategy.min_evaluate_clients} exceeds num_clients="
+            f"{num_clients}: federated evaluation would never run; lower it, or set "
+            "fraction_evaluate=0 to turn federated evaluation off"
+        )
     if asked and not overridden and strategy.client_count("evaluate", num_clients) == 0:
         raise ValueError(
             f"federated evaluation samples no client: fraction_evaluate="

@@ -39,6 +39,7 @@ from covey.sim._pool import Worker as _Worker
 from covey.sim._pool import cleanup as _cleanup
 from covey.sim._pool import never_started as _never_started
 from covey.sim._pool import too_many_files as _too_many_files
+from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
 
@@ -338,7 +339,10 @@ class ProcessTransport:
         while by_conn:
             self._unstall(by_conn.values())
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait(list(by_conn), timeout=remaining)
+            # At most LONGEST_WAIT at once: the OS refuses longer ones (a round_timeout of days).
+            ready = wait(list(by_conn), timeout=remaining and min(remaining, LONGEST_WAIT))
+            if not ready and remaining is not None and remaining > LONGEST_WAIT:
+                continue
             if not ready:
                 # Deadline. The workers left are still busy (a client stuck in fit would
                 # hold up every later round): stop them; the next exchange replaces them.

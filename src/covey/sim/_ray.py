@@ -47,6 +47,7 @@ from covey.sim._rayplan import (
     unpicklable,
 )
 from covey.sim._worker import _sendable
+from covey.transport._base import LONGEST_WAIT
 
 logger = logging.getLogger("covey")
 
@@ -402,13 +403,11 @@ class RayTransport:
             unanswered = sorted(
                 c for gg, ii, cids in pending.values() if (gg, ii) == (g, i) for c in cids
             )
+            listed = ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else "")
+            why = f"{len(unanswered)} clients unanswered ({listed})"
+            who = f"{g}/{i}" if g else str(i)
             logger.warning(
-                "Ray actor %s%d missed the deadline with %d clients unanswered (%s); "
-                "stopping it, a new one takes its clients",
-                f"{g}/" if g else "",
-                i,
-                len(unanswered),
-                ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else ""),
+                "Ray actor %s missed the deadline with %s; stopping it (replaced)", who, why
             )
 
     def _collect(
@@ -427,8 +426,9 @@ class RayTransport:
         while queues:
             heads = {q[0]: key for key, q in queues.items()}
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(list(heads), num_returns=1, timeout=remaining)
-            if not ready:
+            wait = remaining and min(remaining, LONGEST_WAIT)  # a wait of days: in turns
+            ready, _ = ray.wait(list(heads), num_returns=1, timeout=wait)
+            if not ready and (remaining is None or remaining <= LONGEST_WAIT):
                 return  # deadline: the loop records the missing clients
             for ref in ready:
                 key = heads[ref]
@@ -437,7 +437,7 @@ class RayTransport:
                     del queues[key]
                 g, i, cids = pending.pop(ref)
                 try:
-                    replies = ray.get(ref, timeout=max(1.0, remaining or 60.0))
+                    replies = ray.get(ref, timeout=max(1.0, min(remaining or 60.0, LONGEST_WAIT)))
                 except ray.exceptions.RayActorError as exc:
                     yield from self._dead(g, i, cids, held[(g, i)], tasks, exc)
                     continue

@@ -96,7 +96,12 @@ def run_folder(
     if resume and not folder.is_dir():
         raise ValueError(f"run_dir {folder} is no folder: there is no simulation in it to resume")
     made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # it, or a folder above it, is a file
+        raise ValueError(
+            f"run_dir {folder} cannot be a folder: it or a folder above it is a file"
+        ) from None
     # A run was started here (or is running): its lock, or the settings `covey run`
     # keeps (project.json) just before it starts the simulation.
     left = (folder / LOCK_NAME).is_file() or (folder / "project.json").is_file()

@@ -154,6 +154,12 @@ class SimulatedAsyncTransport:
             raise ValueError(f"client {cid}'s simulated duration is {value}, expected >= 0")
         return value
 
+    def _said(self, cid: int) -> str:
+        """Where client ``cid``'s simulated durations come from, for a timeout's error."""
+        if self._durations is None:
+            return "1 s for every client; simulate(client_durations=...) gives others"
+        return "from client_durations"
+
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
         """Schedule ``task``'s completion on the virtual clock."""
         if cid in self._pending:
@@ -187,7 +193,11 @@ class SimulatedAsyncTransport:
             self._now = max(self._now, finish)
             if pending.timed_out:
                 del self._pending[cid]
-                return Reply(cid, pending.task.kind, error="no reply in time")
+                why = (
+                    f"no reply in time: its simulated duration ({self._said(cid)}) is longer "
+                    "than the timeout"
+                )
+                return Reply(cid, pending.task.kind, error=why)
             if pending.reply is None:
                 self._compute(cid)
             del self._pending[cid]

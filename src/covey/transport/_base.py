@@ -13,6 +13,10 @@ from typing import Protocol, runtime_checkable
 
 from covey.core._messages import Reply, Task
 
+LONGEST_WAIT = 3600.0
+"""Seconds a transport waits for replies at once: the OS refuses waits of years (a
+``round_timeout`` of ``1e12`` or ``inf``), so a longer deadline is waited out in turns."""
+
 
 @runtime_checkable
 class Transport(Protocol):

@@ -19,6 +19,7 @@ from typing import Any
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, WeightsSpec
+from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import check_heartbeat
 from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
@@ -134,8 +135,10 @@ class GrpcServerTransport:
                 if remaining is not None and remaining <= 0:
                     break
                 try:
-                    reply = replies.get(timeout=remaining)
+                    reply = replies.get(timeout=remaining and min(remaining, LONGEST_WAIT))
                 except queue.Empty:
+                    if remaining is not None and remaining > LONGEST_WAIT:
+                        continue
                     break
                 if reply.kind == FREED:
                     entry = deferred.pop(reply.cid, None)
@@ -244,7 +247,7 @@ class GrpcServerTransport:
             wake = min([*deadlines, *([end] if end is not None else [])], default=None)
             try:
                 reply = self._async.replies.get(
-                    timeout=None if wake is None else max(0.0, wake - now)
+                    timeout=None if wake is None else min(max(0.0, wake - now), LONGEST_WAIT)
                 )
             except queue.Empty:
                 if end is not None and time.monotonic() >= end:
