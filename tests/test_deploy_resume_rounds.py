@@ -135,7 +135,7 @@ def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_coun
     assert first.exit_code == 0, first.output
     out = CliRunner().invoke(app, [*args, "--resume", str(run_dir)])
     flat = " ".join(out.output.split())
-    assert out.exit_code == 1, out.output
+    assert out.exit_code == 2, out.output  # a mistake no restart mends
     assert "is finished (round 0 was its last)" in flat
     assert "nothing to resume with rounds=0" in flat
     assert "listening" not in flat
@@ -266,3 +266,38 @@ def test_a_run_whose_weights_folder_cannot_be_written_is_refused_before_listenin
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".covey-write-check")]
     with RunStore.open(run_dir) as store:  # left as it was, and its lock let go
         assert store.status == "failed"
+
+
+def test_a_resumed_run_samples_with_its_own_seed_whatever_the_app_gives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rounds after a resume sample the clients the run's recorded seed draws, as uninterrupted."""
+
+    def strategy() -> covey.Strategy:
+        return covey.FedAvg(
+            fraction_fit=0.5, min_fit_clients=3, min_available_clients=6, fraction_evaluate=0.0
+        )
+
+    def served(rounds: int, seed: int, **options: Any) -> None:
+        run = Served(strategy(), rounds, run_dir=tmp_path / "run", seed=seed, **options)
+        joined = [Joined(run.port, name=f"site-{k}") for k in range(6)]
+        run.join(60)
+        for j in joined:
+            j.join(30)
+
+    served(2, seed=5)
+    with RunStore.open(tmp_path / "run") as store:
+        store.set_rounds(4)
+        store.set_status("failed")
+    with caplog.at_level("WARNING", logger="covey"):
+        served(4, seed=0, resume=True, address=None)
+    assert "with its own seed 5, not 0" in caplog.text
+    history = covey.History.load(tmp_path / "run")
+    assert history.config["seed"] == 5
+    cids = sorted(int(cid) for cid in history.clients)
+    drawn = {
+        seed: [sorted(strategy().sample(cids, 3, rnd, seed, purpose=0)) for rnd in (3, 4)]
+        for seed in (5, 0)
+    }
+    assert drawn[5] != drawn[0]  # else the test could not tell the seeds apart
+    assert [sorted(r.fit_participants) for r in history.rounds[3:5]] == drawn[5]

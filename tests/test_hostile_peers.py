@@ -173,6 +173,36 @@ def test_streams_that_never_say_hello_do_not_lock_honest_clients_out() -> None:
             honest.join(30)
 
 
+def test_streams_opening_with_junk_are_refused_logged_and_recorded_sparingly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flood of streams whose first frame is no Hello: each ended, a few lines and events."""
+    events = Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, on_event=events)
+    channel = grpc.insecure_channel(f"127.0.0.1:{transport.port}")
+    join = channel.stream_stream(METHOD)
+    codes: list[grpc.StatusCode] = []
+    try:
+        with caplog.at_level("WARNING", logger="covey"):
+            for first in [CHUNK_TAG + b"data"] + [b"\xff\x13garbage"] * 200:
+                try:
+                    for _ in join(iter([first])):
+                        pass
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+        assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 201
+        refused = events.of("refused")
+        assert 1 <= len(refused) < 10  # once in a while, with the count since the last
+        assert "its first frame was not Hello: a chunk frame (5 bytes)" in refused[0][1]
+        lines = [
+            r.getMessage() for r in caplog.records if "first frame was not Hello" in r.getMessage()
+        ]
+        assert 1 <= len(lines) < 10
+    finally:
+        channel.close()
+        transport.close()
+
+
 def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
     events = Events()
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=1.0, on_event=events)

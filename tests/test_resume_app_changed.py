@@ -86,7 +86,7 @@ def test_covey_server_resume_with_a_changed_app_says_which_array(
     args = ["server", "--app", "tiny_app:server_app", "--insecure", "--resume", str(run_dir)]
     args += ["--address", "127.0.0.1:0", "--rounds", "1", "--no-plot"]
     out = CliRunner().invoke(app, args)
-    assert out.exit_code == 1, out.output
+    assert out.exit_code == 2, out.output  # a mistake no restart mends
     flat = " ".join(out.output.split())
     assert "'w' is float64[4] in the run's model but float64[8] in the app's" in flat
     assert "listening" not in flat

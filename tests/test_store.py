@@ -110,6 +110,13 @@ def test_create_then_open_round_trip(run_dir: Path) -> None:
             store.load_round(5)
 
 
+def test_loading_the_last_round_of_a_run_that_saved_none_says_so(run_dir: Path) -> None:
+    with RunStore.create(run_dir, config=CONFIG) as store:
+        assert store.last_round() is None
+        with pytest.raises(KeyError, match="no round is saved yet in the run at"):
+            store.load_round(store.last_round())  # type: ignore[arg-type]
+
+
 def test_config_is_a_copy_and_must_be_json(run_dir: Path) -> None:
     with RunStore.create(run_dir, config={"a": [1, 2]}) as store:
         store.config["a"].append(3)

@@ -233,7 +233,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         if listened:  # refused before listening: the run did not start, nor stop
             _show_model(run)
-        raise typer.Exit(1) from None
+        # A setting refused before listening is a mistake no restart mends: 2, as for a flag.
+        mistake = isinstance(exc, ValueError) and not listened
+        raise typer.Exit(2 if mistake else 1) from None
     except KeyboardInterrupt as exc:
         _forget(run, flags)
         how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"

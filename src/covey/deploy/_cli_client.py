@@ -146,6 +146,7 @@ def client_command(
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import connect
     from covey.deploy._server import STOPPED
+    from covey.transport.grpc._checks import name_problem
     from covey.transport.grpc._refusal import Refused
 
     s = read_settings(config, "client", CLIENT_KEYS)
@@ -160,8 +161,11 @@ def client_command(
     attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
     retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
     the_cid = number(_pick(cid, s, "cid", None), "--cid", integer=True, zero=True)
-    client = _make_client(app_spec, the_cid)
     the_name = _pick(name, s, "name", None)
+    why = name_problem(str(the_name)) if the_name else None
+    if why is not None:  # no restart mends it: 2, before anything is loaded or dialled
+        fail(f"--name {str(the_name)[:60]!r}: {why}")
+    client = _make_client(app_spec, the_cid)
     insecure = insecure or bool(s.get("insecure", False))
     flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
     flags["server_name"] = _pick(server_name, s, "server_name", None)

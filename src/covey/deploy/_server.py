@@ -40,7 +40,7 @@ from covey.server._base import (
 )
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs, write_outputs
-from covey.server._resume import resume_point, same_settings, same_strategy
+from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
 from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import load_state, state_types
@@ -184,6 +184,7 @@ def serve(
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         same_strategy(opened, strategy)
         same_settings(opened, strategy)
+        seed = resumed_seed(opened, seed)
         scheme = served_scheme(compression, opened, strategy)
         keep_last = kept_last(keep_last, opened)  # a resumed run's own unless given one
         if opened is not None:  # a different strategy or compression is named first

@@ -218,3 +218,23 @@ def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
         )
     for change in strategy_changes(stored, strategy, ("options",)):
         logger.warning("resuming %s with another option: %s", opened.run_dir, change)
+
+
+def resumed_seed(opened: RunStore | None, seed: int) -> int:
+    """The seed a run samples clients with: a resumed run's own, recorded when it started.
+
+    The same clients are then sampled in each round as if the run had never
+    stopped, whatever seed the app gives now; a different one is logged.
+    """
+    kept = None if opened is None else opened.config.get("seed")
+    if opened is None or type(kept) is not int:
+        return seed
+    if kept != seed:
+        logger.warning(
+            "resuming %s with its own seed %d, not %d: the rounds sample clients as if it "
+            "had never stopped",
+            opened.run_dir,
+            kept,
+            seed,
+        )
+    return kept

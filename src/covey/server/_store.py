@@ -327,10 +327,13 @@ class RunStore(RunRecords):
             names are in the order they were saved in.
 
         Raises:
-            KeyError: ``round`` was never saved.
+            KeyError: ``round`` was never saved (None: no round was, as
+                :meth:`last_round` gives for such a run).
             ValueError: the round's weights file is missing or corrupt, or was pruned
                 (the error names the rounds kept: :meth:`kept_rounds`).
         """
+        if round is None:  # load_round(last_round()) of a run that saved none
+            raise KeyError(f"no round is saved yet in the run at {self._run_dir}")
         with self._db.reading() as conn:
             row = conn.execute(
                 "SELECT weights_file, sha256, record, server_state FROM rounds WHERE round = ?",

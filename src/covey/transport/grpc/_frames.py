@@ -89,6 +89,8 @@ def chunk_data(frame: bytes) -> memoryview:
 def _parse(message: Any, frame: bytes, what: str) -> Any:
     if not frame:
         raise FrameError(f"an empty frame where a {what} was expected")
+    if frame[:1] == CHUNK_TAG:
+        raise FrameError(f"a chunk frame ({len(frame)} bytes) where a {what} frame was expected")
     try:
         message.ParseFromString(frame)
     except DecodeError as exc:

@@ -145,6 +145,12 @@ class Greeting:
             entry.why = f"sent no Hello within {self.timeout:g} s of opening its stream"
             entry.context.cancel()
 
+    def refuse(self, context: grpc.ServicerContext, why: str) -> None:
+        """Log and record a stream refused for its first frame, as those refused here are."""
+        entry = _Waiting(context)
+        entry.why = why
+        self._report(entry)
+
     def _report(self, entry: _Waiting) -> None:
         """Log and record a refused stream, at most once per REPORT_SECONDS per peer host."""
         host = entry.peer.rpartition(":")[0] or entry.peer

@@ -153,11 +153,11 @@ class FederationService:
         if frame is None:
             return
         try:
-            first = client_message(frame)
+            first, why = client_message(frame), "its first message was not Hello"
         except FrameError as exc:
-            first = pb.ClientMessage()
-            logger.warning("refused a stream from %s: %s", peer_of(context), exc)
+            first, why = pb.ClientMessage(), f"its first frame was not Hello: {exc}"
         if first.WhichOneof("body") != "hello":
+            self.greeting.refuse(context, why)  # logged and recorded, a flood of them not
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         name, certificate = self.admission.admit(context, first.hello)
         try:
