@@ -298,6 +298,9 @@ def query_command(
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         code = 1
         goodbye = f"the query failed: {(str(exc).splitlines() or [''])[0][:300]}"
+    except BaseException as exc:  # a bug, Ctrl-C: the sites must not read that it was answered
+        goodbye = f"the query failed: {type(exc).__name__}"
+        raise
     finally:
         transport.close(goodbye)  # the sites print it
     sys.stdout.flush()

@@ -74,17 +74,59 @@ def calibrate(mechanism: str, epsilon: float, delta: float, releases: int) -> fl
         raise ValueError(f"epsilon must be positive, got {epsilon}")
     if releases < 1:
         raise ValueError(f"a query releases at least one vector, got {releases}")
-    return float(
-        dpa.calibrate_dp_mechanism(
-            dpa.rdp.RdpAccountant,
-            lambda m: event(mechanism, m, releases),
-            epsilon,
-            delta,
-            bracket_interval=dpa.LowerEndpointAndGuess(
-                0.01 if mechanism == "laplace" else 0.25, max(1.0, releases / epsilon)
-            ),
+    check_certifiable(mechanism, epsilon, delta, releases)
+    try:
+        multiplier = float(
+            dpa.calibrate_dp_mechanism(
+                dpa.rdp.RdpAccountant,
+                lambda m: event(mechanism, m, releases),
+                epsilon,
+                delta,
+                bracket_interval=dpa.LowerEndpointAndGuess(
+                    _LEAST_NOISE, max(1.0, releases / epsilon)
+                ),
+            )
         )
-    )
+    except dpa.mechanism_calibration.NoBracketIntervalFoundError:
+        most = cost(mechanism, _LEAST_NOISE, releases, delta)
+        raise ValueError(
+            f"epsilon {epsilon:g} is more than even {mechanism} noise of multiplier "
+            f"{_LEAST_NOISE:g} spends on this query ({most:.6g}); give a smaller epsilon"
+        ) from None
+    reached = cost(mechanism, multiplier, releases, delta)
+    if not 0 < reached <= epsilon:  # the search's answer, checked as the ledger will charge it
+        raise ValueError(
+            f"no {mechanism} noise multiplier found for epsilon {epsilon:g} at delta {delta:g} "
+            f"(closest: {multiplier:.6g}, which costs {reached:.6g})"
+        )
+    return multiplier
+
+
+_LEAST_NOISE = 1e-4
+"""The smallest noise multiplier calibration considers (Gaussian: epsilon ~5.5e7 per release)."""
+
+_MOST_NOISE = 1e5
+"""A multiplier whose cost is the accountant's floor for all purposes (within 1e-6 of it)."""
+
+
+def check_certifiable(mechanism: str, epsilon: float, delta: float, releases: int = 1) -> None:
+    """Refuse an ``epsilon`` below the smallest the accountant certifies at ``delta``.
+
+    The RDP accountant certifies no epsilon below a floor set by delta (and its
+    largest order), however much noise is added: about 0.0058 at delta 1e-6 for
+    one release. Asked for less, a search ends on a multiplier where its
+    arithmetic gives up and says 0.
+
+    Raises:
+        ValueError: naming the epsilon, the delta and the floor.
+    """
+    floor = cost(mechanism, _MOST_NOISE, releases, delta)
+    if epsilon <= floor:
+        raise ValueError(
+            f"epsilon {epsilon:g} is below the smallest the accountant certifies for this "
+            f"query at delta {delta:g} ({floor:.4g}, with any amount of {mechanism} noise); "
+            "give a larger epsilon, or a larger delta"
+        )
 
 
 def noise_share(
@@ -162,9 +204,13 @@ class Budget:
     """
 
     def __init__(self, epsilon: float | None, delta: float, owner: str = "the site") -> None:
-        if epsilon is not None and not (epsilon > 0 and math.isfinite(epsilon)):
+        if epsilon is not None and (
+            isinstance(epsilon, bool)
+            or not isinstance(epsilon, int | float)
+            or not (epsilon > 0 and math.isfinite(epsilon))
+        ):
             raise ValueError(f"a privacy budget must be a positive number, got {epsilon!r}")
-        if not 0.0 < delta < 1.0:
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {delta!r}")
         self.epsilon = epsilon
         self.delta = delta

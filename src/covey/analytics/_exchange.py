@@ -47,6 +47,14 @@ def transport_for(sites_or_server: Any) -> tuple[Transport, bool]:
         sites = list(sites_or_server)
         if not sites or not all(isinstance(s, Site) for s in sites):
             raise TypeError("query() takes a list of covey.analytics.Site or a transport")
+        first: dict[int, int] = {}
+        for i, site in enumerate(sites):
+            j = first.setdefault(id(site), i)
+            if j != i:  # it would answer twice: its rows counted twice, its budget spent twice
+                raise ValueError(
+                    f"query() was given the same Site twice (at positions {j} and {i}"
+                    f", named {site.name!r}); each site answers once"
+                )
 
         def handler(cid: int, task: Task) -> Any:
             return run_task(sites[cid], cid, task)

@@ -51,6 +51,10 @@ def check_query(
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
     if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+    if epsilon is not None:
+        _dp.check_certifiable(mechanism, float(epsilon), float(delta))
+    if not isinstance(secure, bool):  # None or "false" would pass for one or the other
+        raise ValueError(f"secure must be True or False, got {secure!r}")
     if precision is not None and (
         isinstance(precision, bool)
         or not isinstance(precision, int | float)

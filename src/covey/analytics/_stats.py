@@ -172,8 +172,9 @@ class Quantiles:
             out = mids[start] + frac * (mids[start + 1] - mids[start])
         else:
             out = mids[start]
-        # a record among the k lowest or highest is not hidden in a crowd of k: its
-        # value would be shown (QUANTILE_DISC(col, 1) is MAX), so it is withheld
+        # a record is shown only as one of a crowd of k at each end: at least k - 1
+        # other records below it and k - 1 above (QUANTILE_DISC(col, 1), the MAX, is
+        # withheld unless k is 1). Ranks count from 0: rank r has r records below it.
         k, n = float(self.q.decl["min_group_size"]), self.counts[a.name]
         low, high = self.ranks[a.name]
         crowded = (low >= k - 1) & (high <= n - k)

@@ -9,6 +9,7 @@ this module carries their messages as the task kinds the client handlers
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +119,20 @@ def _setup_payload(s: cs.Setup) -> dict[str, Any]:
     }
 
 
+def _checked_sizes(length: Any, bound: Any, timeout: Any) -> tuple[int, int]:
+    """``length`` and ``bound`` as ints; a ValueError naming any of the three that is not valid."""
+    for name, value in (("length", length), ("bound", bound)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (timeout > 0 and math.isfinite(timeout))
+    ):
+        raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout!r}")
+    return int(length), int(bound)
+
+
 def secure_sum(
     transport: Transport,
     cids: Sequence[int],
@@ -190,8 +205,7 @@ def secure_sum(
         SecAggAbort: When too few clients remain to finish without revealing anything.
     """
     cid_list = sorted(int(c) for c in cids)
-    if length < 0 or bound < 0:
-        raise ValueError(f"length and bound must be >= 0, got {length}, {bound}")
+    length, bound = _checked_sizes(length, bound, timeout)
     total_bound = bound + (noise.tail_bound if noise is not None else 0)
     try:
         graph = plan(len(cid_list), threat, complete=complete)

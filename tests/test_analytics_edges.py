@@ -1,0 +1,133 @@
+"""Edges of the analytics API.
+
+Options are checked up front, epsilons are those the accountant can certify,
+quantiles are shown as one of a crowd at each end, and a failed query says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import covey
+import covey.secagg
+from covey.analytics import Analyst, Policy, Site, query
+from covey.sim import inline_transport
+
+
+def sites(values: list[np.ndarray], policy: Policy) -> list[Site]:
+    return [Site({"p": pd.DataFrame({"x": v})}, policy, name=f"s{i}") for i, v in enumerate(values)]
+
+
+POLICY = Policy(bounds={"x": (0, 200)}, min_group_size=10, epsilon=100.0)
+
+
+def counts() -> list[Site]:
+    rng = np.random.default_rng(0)
+    return sites([rng.integers(20, 90, 300).astype(float) for _ in range(3)], POLICY)
+
+
+@pytest.mark.parametrize("secure", [None, "false", 0, 1])
+def test_secure_must_be_a_bool(secure: Any) -> None:
+    with pytest.raises(ValueError, match="secure must be True or False"):
+        query(counts(), "SELECT COUNT(*) FROM p", secure=secure)
+
+
+def test_an_epsilon_below_the_accountant_s_floor_is_refused_before_any_site_answers() -> None:
+    group = counts()
+    with pytest.raises(ValueError, match=r"below the smallest the accountant certifies .*0\.0057"):
+        query(group, "SELECT COUNT(*) FROM p", epsilon=0.005)
+    assert all(site.epsilon_spent == 0 for site in group)
+    df = query(group, "SELECT COUNT(*) FROM p", epsilon=0.01)  # above it: charged its epsilon
+    assert 0.0099 <= df.attrs["privacy"]["epsilon"] <= 0.01
+    assert group[0].epsilon_spent == pytest.approx(df.attrs["privacy"]["epsilon"])
+
+
+@pytest.mark.parametrize(("mechanism", "epsilon"), [("gaussian", 30.0), ("laplace", 90.0)])
+def test_a_large_epsilon_is_answered(mechanism: str, epsilon: float) -> None:
+    df = query(counts(), "SELECT COUNT(*) FROM p", epsilon=epsilon, mechanism=mechanism)
+    assert abs(df["COUNT(*)"][0] - 900) < 50
+    assert df.attrs["privacy"]["epsilon"] <= epsilon
+
+
+def test_a_quantile_is_shown_only_as_one_of_a_crowd_at_each_end() -> None:
+    values = np.arange(1.0, 101.0)  # 100 records over two sites; k = 10
+    group = sites([values[::2], values[1::2]], Policy(bounds={"x": (0, 200)}, min_group_size=10))
+    shown = {}
+    for q in (0.08, 0.09, 0.1, 0.9, 0.91, 0.92):
+        sql = f"SELECT QUANTILE_DISC(x, {q}) FROM p"  # noqa: S608 - a number, no input
+        df = query(group, sql, secure=False)
+        shown[q] = float(df.iloc[0, 0])
+    # 0-based rank r has r records below it and 99 - r above: shown for 9 <= r <= 90,
+    # where it is one of 10 at the low end and one of 10 at the high end.
+    assert np.isnan(shown[0.08])  # rank 7
+    assert np.isnan(shown[0.09])  # rank 8: 8 others below
+    assert shown[0.1] == pytest.approx(10.0, abs=1e-3)  # rank 9
+    assert shown[0.9] == pytest.approx(90.0, abs=1e-3)  # rank 89
+    assert shown[0.91] == pytest.approx(91.0, abs=1e-3)  # rank 90: 9 others above
+    assert np.isnan(shown[0.92])  # rank 91
+
+
+def test_the_same_site_twice_is_refused() -> None:
+    one = counts()[0]
+    with pytest.raises(ValueError, match="the same Site twice"):
+        query([one, one], "SELECT COUNT(*) FROM p", secure=False)
+
+
+def test_wrong_types_are_named() -> None:
+    with pytest.raises(ValueError, match="privacy budget must be a positive number, got '3'"):
+        Analyst(epsilon="3")  # type: ignore[arg-type]
+
+    class Quiet(covey.Client):
+        def __init__(self, cid: int) -> None:
+            pass
+
+    transport = inline_transport(Quiet, 3)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"bound": 1.5}, "bound must be a whole number"),
+        ({"bound": 1, "timeout": -1.0}, "timeout must be None or a positive number"),
+    ]
+    for options, match in cases:
+        with pytest.raises(ValueError, match=match):
+            covey.secagg.secure_sum(
+                transport, [0, 1, 2], round=1, input_kind="ones", length=4, **options
+            )
+
+
+def test_a_query_failing_unexpectedly_tells_the_sites_it_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    import covey.analytics._query as query_module
+    import covey.transport.grpc as grpc_module
+    from covey.cli import app
+
+    said: list[str] = []
+
+    class Server:
+        port = 1
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def wait_for_clients(self, count: int, timeout: float) -> bool:
+            return True
+
+        def close(self, goodbye: str = "") -> None:
+            said.append(goodbye)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(grpc_module, "GrpcServerTransport", Server)
+    monkeypatch.setattr(query_module, "query", broken)
+    result = CliRunner().invoke(
+        app,
+        ["query", "SELECT COUNT(*) FROM p", "--server", "127.0.0.1:0", "--insecure", "--no-secure"],
+    )
+    assert isinstance(result.exception, KeyError)
+    assert said == ["the query failed: KeyError"]
