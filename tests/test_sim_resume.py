@@ -224,8 +224,21 @@ def test_a_stopped_simulation_resumes_with_the_same_settings(tmp_path: Path) -> 
         ({"seed": 1}, "seed was 0, is 1 now"),
         ({"compression": "q8"}, "compression was None, is 'q8' now"),
         ({"initial_weights": {"w": np.ones(4)}}, "'w' is float64\\[3\\] in the run's model"),
+        ({"availability": 0.5}, "availability was None, is 0.5 now"),
+        ({"round_deadline": 2.0}, "round_deadline was None, is 2.0 now"),
+        ({"client_durations": [1.0] * 4}, "client_durations was None, is 'float64\\[4\\] sha"),
     ],
-    ids=["strategy", "hyperparameter", "num_clients", "seed", "compression", "model"],
+    ids=[
+        "strategy",
+        "hyperparameter",
+        "num_clients",
+        "seed",
+        "compression",
+        "model",
+        "availability",
+        "deadline",
+        "durations",
+    ],
 )
 def test_a_resume_with_other_settings_is_refused_naming_what_differs(
     tmp_path: Path, changed: dict[str, Any], named: str
@@ -234,6 +247,22 @@ def test_a_resume_with_other_settings_is_refused_naming_what_differs(
     with pytest.raises(ValueError, match=named):
         _sim(tmp_path / "run", 3, resume=True, **changed)
     assert _sim(tmp_path / "run", 3, resume=True).history.rounds[-1].round == 3  # still resumable
+
+
+def test_a_resumed_simulation_is_marked_running_while_it_runs(tmp_path: Path) -> None:
+    import sqlite3
+
+    _stopped(tmp_path / "run")
+    seen: list[str] = []
+
+    def status(record: Any) -> None:
+        with sqlite3.connect(tmp_path / "run" / "run.sqlite") as conn:
+            seen.append(conn.execute("SELECT status FROM run").fetchone()[0])
+
+    _sim(tmp_path / "run", 3, resume=True, on_round=status)
+    assert seen == ["running", "running"]  # rounds 2 and 3; it said failed before
+    with RunStore.open(tmp_path / "run") as store:
+        assert store.status == "finished"
 
 
 def test_a_run_resumed_on_another_backend_says_which_backend_serves_it(tmp_path: Path) -> None:

@@ -377,7 +377,7 @@ def test_task_timeouts_free_the_client() -> None:
 
 
 def test_a_buffer_larger_than_the_clients_is_an_error() -> None:
-    with pytest.raises(covey.FederationError, match="no client can be given a task"):
+    with pytest.raises(ValueError, match="buffer_size=4 exceeds num_clients=3"):  # up front
         covey.simulate(
             lambda cid: Const(cid), 3, 1, covey.FedBuff(buffer_size=4), {"w": np.zeros(2)}
         )

@@ -268,6 +268,7 @@ def open_checkpoint(
         point = resume_point(store, initial_weights)
         # run.sqlite says them as history.json does
         store.update_config({"rounds": config["rounds"], "keep_last": keep_last})
+        store.take_over(point.uncounted)  # running again (it said failed), as a served run
     except BaseException:
         store.close()
         raise
@@ -359,6 +360,11 @@ def _check_same(store: RunStore, strategy: Strategy, config: dict[str, Any]) -> 
     for key in ("num_clients", "seed", "compression"):
         if stored.get(key) != given.get(key):
             changes.append(f"{key} was {stored.get(key)!r}, is {given.get(key)!r} now")
+    # How clients come and go (recorded by runs of covey since it was, so checked then).
+    kept, now = stored.get("clients"), given.get("clients") or {}
+    for key, was in kept.items() if isinstance(kept, dict) else ():
+        if was != now.get(key):
+            changes.append(f"{key} was {was!r}, is {now.get(key)!r} now")
     if changes:
         raise ValueError(
             f"the simulation in {store.run_dir} cannot be resumed with other settings than "

@@ -16,7 +16,7 @@ without, and the same seed gives the same dropouts and stragglers on every backe
 
 from __future__ import annotations
 
-import math
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core._messages import Reply, Task
-from covey.transport._async import Durations
+from covey.transport._async import Durations, simulated_seconds
 from covey.transport._base import Transport
 
 Availability = float | Callable[[int, int], bool] | np.ndarray
@@ -84,6 +84,9 @@ class ClientClock:
         *,
         seed: int = 0,
     ) -> None:
+        given: Any = availability
+        if isinstance(given, np.integer | np.floating):  # np.float32(0.8): a number
+            availability = given.item()
         if isinstance(availability, float | int) and not isinstance(availability, bool):
             if not 0.0 <= float(availability) <= 1.0:
                 raise ValueError(f"availability must be a probability, got {availability}")
@@ -93,7 +96,7 @@ class ClientClock:
                     "an availability trace must be a 2-d array trace[cid, t], got shape "
                     f"{availability.shape}"
                 )
-            availability = availability.astype(bool, copy=False)
+            availability = _trace(availability)
         elif availability is not None and not callable(availability):
             raise TypeError(
                 "availability must be a probability, a (cid, round) -> bool callable or a "
@@ -107,13 +110,8 @@ class ClientClock:
         """Simulated seconds client ``cid``'s next fit takes."""
         if self.durations is None:
             return 1.0
-        if callable(self.durations):
-            value = float(self.durations(cid, rng))
-        else:
-            value = float(self.durations[cid])
-        if not value >= 0.0 or value == math.inf:
-            raise ValueError(f"client {cid}'s simulated duration is {value}, expected >= 0")
-        return value
+        given = self.durations(cid, rng) if callable(self.durations) else self.durations[cid]
+        return simulated_seconds(given, cid)
 
     def online(self, cids: np.ndarray, rnd: int) -> np.ndarray:
         """Which of ``cids`` are online in round ``rnd``, as a boolean array."""
@@ -129,12 +127,66 @@ class ClientClock:
                 )
             return np.asarray(avail[cids, (rnd - 1) % avail.shape[1]], dtype=bool)
         if callable(avail):
-            return np.fromiter((bool(avail(int(c), rnd)) for c in cids), bool, len(cids))
+            return np.fromiter((_said(avail(int(c), rnd), c, rnd) for c in cids), bool, len(cids))
         return uniform(self.seed, rnd, cids) < float(avail)
 
     def is_online(self, cid: int, rnd: int) -> bool:
         """Whether client ``cid`` is online in round ``rnd``."""
         return bool(self.online(np.array([cid]), rnd)[0])
+
+
+def _trace(trace: np.ndarray) -> np.ndarray:
+    """A boolean availability trace; one of other values (probabilities, say) refused."""
+    if trace.dtype == bool:
+        return trace
+    if trace.dtype.kind in "iuf" and np.isin(trace, (0, 1)).all():
+        return trace.astype(bool)
+    other = trace[~np.isin(trace, (0, 1))].flat[0].item()
+    raise ValueError(
+        f"an availability trace holds whether each client is online (True/False, or 0/1), "
+        f"got {trace.dtype} values such as {other!r}: for a probability of being online "
+        "give availability=p, or draw the trace yourself"
+    )
+
+
+def _said(online: Any, cid: Any, rnd: int) -> bool:
+    """What an availability function said of ``cid`` in ``rnd``: a bool (or 0/1), else an error."""
+    if isinstance(online, bool | np.bool_):
+        return bool(online)
+    if isinstance(online, int | np.integer) and online in (0, 1):
+        return bool(online)
+    raise TypeError(
+        f"availability({int(cid)}, {rnd}) returned {online!r} ({type(online).__name__}), not "
+        "True or False: for a probability of being online give availability=p"
+    )
+
+
+def clients_setup(
+    durations: Durations | None, availability: Availability | None, deadline: float | None
+) -> dict[str, Any]:
+    """How a simulation's clients come and go, as its run records it (a resume must match).
+
+    Numbers as they are; a function by its qualified name; a list or trace by its
+    shape and a digest of its values.
+    """
+
+    def said(value: Any) -> Any:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if callable(value):
+            return f"function {getattr(value, '__qualname__', type(value).__name__)}"
+        try:
+            values = np.asarray(value)
+            digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
+        except (TypeError, ValueError):
+            return type(value).__name__
+        return f"{values.dtype}{list(values.shape)} sha256:{digest}"
+
+    return {
+        "availability": said(availability),
+        "client_durations": said(durations),
+        "round_deadline": deadline if deadline is None else float(deadline),
+    }
 
 
 _FITS = ("fit", COMPRESSED_FIT)
@@ -179,8 +231,13 @@ class ClockedTransport:
     def __init__(
         self, transport: Transport, clock: ClientClock, *, deadline: float | None = None
     ) -> None:
-        if deadline is not None and not deadline > 0:
-            raise ValueError(f"the round deadline must be positive, got {deadline}")
+        if deadline is not None and (
+            isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0
+        ):
+            raise ValueError(
+                f"the round deadline (round_deadline) must be a positive number of simulated "
+                f"seconds, got {deadline!r}"
+            )
         self._transport = transport
         self.clock = clock
         self.deadline = deadline

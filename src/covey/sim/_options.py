@@ -176,6 +176,11 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
             )
             + f" but num_clients={num_clients}"
         )
+    if strategy.buffer_size is not None and strategy.buffer_size > num_clients:
+        raise ValueError(
+            f"FedBuff's buffer_size={strategy.buffer_size} exceeds num_clients={num_clients}: "
+            "an update needs that many distinct clients' replies"
+        )
     # Before min_available_clients: a robust preset waits for its rule's need, which
     # says more than "min_available_clients=5 exceeds num_clients=3".
     refuse_unmet_need(strategy, num_clients, limit="num_clients", samples="this run samples")

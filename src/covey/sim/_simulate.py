@@ -22,7 +22,7 @@ from covey.server._factory import Loop, open_loop, run_config
 from covey.server._kept import SIMULATION_KEEPS
 from covey.sim import _frozen
 from covey.sim._checkpoint import SimCheckpoint, check_resumable, open_checkpoint
-from covey.sim._clock import Availability, ClientClock, ClockedTransport
+from covey.sim._clock import Availability, ClientClock, ClockedTransport, clients_setup
 from covey.sim._inline import inline_transport
 from covey.sim._options import (
     _check_availability,
@@ -152,6 +152,13 @@ def _scheme(compression: Scheme | str | None, strategy: Strategy, backend: str) 
     """
     if compression is None:
         return None
+    if not isinstance(compression, str) and not all(
+        hasattr(compression, part) for part in ("name", "encode", "decode")
+    ):
+        raise TypeError(
+            f"compression must be a spec (none, float16, bfloat16, q8, q4, topk:FRACTION) or a "
+            f"scheme with name, encode and decode, got {type(compression).__name__}"
+        )
     check_applies(compression, strategy)
     scheme = scheme_named(compression) if isinstance(compression, str) else compression
     if backend != "inline" and scheme_spec(scheme) is None:
@@ -345,6 +352,7 @@ def simulate(
         strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
     )
     config.update(_compression(scheme))
+    config["clients"] = clients_setup(client_durations, availability, round_deadline)
     check_resumable(resume, run_dir, strategy, scheme)
     meta: dict[str, Any] = {
         "kind": "simulated",

@@ -420,6 +420,11 @@ def FedBuff(
         options["fraction_fit"] = 0.0
         options["min_fit_clients"] = concurrency
     options.setdefault("fraction_evaluate", 0.0)
+    if staleness is not None and not callable(staleness):  # else it fails at the first update
+        raise TypeError(
+            f"FedBuff(staleness=...) takes a function of the staleness tau (an int) to a "
+            f"factor, e.g. lambda tau: (1 + tau) ** -0.5, got {type(staleness).__name__}"
+        )
     steps: list[Step] = [
         staleness_weight(polynomial_staleness(0.5) if staleness is None else staleness),
         weighted_mean() if weighted else mean(),

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -75,6 +76,24 @@ class AsyncTransport(Protocol):
     def close(self) -> None:
         """Release every resource."""
         ...
+
+
+def simulated_seconds(value: Any, cid: int) -> float:
+    """Client ``cid``'s simulated duration ``value`` as seconds; a ValueError unless a number >= 0.
+
+    Text and bools are refused (``float("5")`` and ``float(True)`` would take them).
+    """
+    if isinstance(value, bool | str | bytes | np.bool_) or not isinstance(
+        value, int | float | np.integer | np.floating
+    ):
+        raise ValueError(
+            f"client {cid}'s simulated duration is {value!r} ({type(value).__name__}), "
+            "expected a number of seconds >= 0"
+        )
+    seconds = float(value)
+    if not seconds >= 0.0 or seconds == math.inf:
+        raise ValueError(f"client {cid}'s simulated duration is {seconds}, expected >= 0")
+    return seconds
 
 
 @dataclass
@@ -147,12 +166,8 @@ class SimulatedAsyncTransport:
         if self._durations is None:
             return 1.0
         if callable(self._durations):
-            value = float(self._durations(cid, self._rng))
-        else:
-            value = float(self._durations[cid])
-        if not value >= 0.0 or value == float("inf"):
-            raise ValueError(f"client {cid}'s simulated duration is {value}, expected >= 0")
-        return value
+            return simulated_seconds(self._durations(cid, self._rng), cid)
+        return simulated_seconds(self._durations[cid], cid)
 
     def _said(self, cid: int) -> str:
         """Where client ``cid``'s simulated durations come from, for a timeout's error."""

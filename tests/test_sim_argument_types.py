@@ -1,0 +1,71 @@
+"""simulate()'s clock and compression arguments: wrong types named, probabilities not bools."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+
+
+class Step(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+        return covey.FitResult(weights={"w": weights["w"] + 1.0}, num_examples=1)
+
+
+def run(clients: int = 10, **options: Any) -> Any:
+    options.setdefault("strategy", covey.FedAvg(fraction_evaluate=0.0, min_fit_clients=1))
+    return covey.simulate(Step, clients, 2, initial_weights={"w": np.zeros(2)}, **options)
+
+
+@pytest.mark.parametrize(
+    ("availability", "error", "match"),
+    [
+        (np.full((10, 3), 0.05), ValueError, r"trace holds whether .* such as 0\.05"),
+        (lambda cid, rnd: 0.05, TypeError, r"availability\(0, 1\) returned 0\.05 \(float\)"),
+    ],
+    ids=["trace-of-probabilities", "function-of-probabilities"],
+)
+def test_availability_given_as_probabilities_is_refused(
+    availability: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        run(availability=availability)
+
+
+def test_availability_takes_numpy_numbers_and_0_1_traces() -> None:
+    online = [len(r.fit_participants) for r in run(availability=np.float32(0.5)).history.rounds[1:]]
+    assert online == [len(r.fit_participants) for r in run(availability=0.5).history.rounds[1:]]
+    trace = np.zeros((10, 2), dtype=np.int8)
+    trace[:4, 0] = trace[:7, 1] = 1
+    rounds = run(availability=trace).history.rounds[1:]
+    assert [len(r.fit_participants) for r in rounds] == [4, 7]
+    rounds = run(availability=lambda cid, rnd: int(cid < 3)).history.rounds[1:]
+    assert [len(r.fit_participants) for r in rounds] == [3, 3]
+
+
+@pytest.mark.parametrize("deadline", ["3", True])
+def test_a_round_deadline_that_is_no_number_is_named(deadline: Any) -> None:
+    with pytest.raises(ValueError, match="round deadline \\(round_deadline\\) must be a positive"):
+        run(round_deadline=deadline)
+
+
+@pytest.mark.parametrize("said", [True, "5", None])
+def test_a_simulated_duration_that_is_no_number_is_named(said: Any) -> None:
+    with pytest.raises(ValueError, match=r"simulated duration is .* expected a number of seconds"):
+        run(client_durations=lambda cid, rng: said, round_deadline=10.0)
+
+
+def test_compression_and_fedbuff_options_of_the_wrong_kind_are_refused_up_front() -> None:
+    with pytest.raises(TypeError, match=r"compression must be a spec .* got int"):
+        run(compression=123)
+    with pytest.raises(TypeError, match=r"FedBuff\(staleness=...\) takes a function"):
+        covey.FedBuff(staleness=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="buffer_size=11 exceeds num_clients=10"):
+        run(strategy=covey.FedBuff(buffer_size=11))
