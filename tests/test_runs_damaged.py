@@ -158,6 +158,36 @@ def test_json_too_deep_or_too_long_is_an_unreadable_run_not_a_crash(
     assert "4300 digits" in rows["long"]["error"]
 
 
+def test_a_run_nested_just_below_the_parser_s_limit_is_refused_not_a_server_error(
+    tmp_path: Path,
+) -> None:
+    """Parsed in a thread, sent from the event loop: a depth one takes and the other does not."""
+    pytest.importorskip("starlette", reason="the dashboard extra is needed")
+    import urllib.error
+    import urllib.request
+
+    from covey.dashboard import DashboardServer
+
+    depths = range(900, 1000, 6)
+    for depth in depths:
+        folder = tmp_path / "runs" / f"d{depth}"
+        folder.mkdir(parents=True)
+        extra = "[" * depth + "]" * depth
+        text = '{"rounds": [{"round": 1, "central_loss": 1.0, "extra": ' + extra + "}]}"
+        (folder / History.FILE_NAME).write_text(text)
+    codes, said = {}, {}
+    with DashboardServer(tmp_path / "runs", poll=0.05) as server:
+        for depth in depths:
+            try:
+                url = server.url + f"api/run?id=d{depth}"
+                with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (ours)
+                    codes[depth] = response.status
+            except urllib.error.HTTPError as exc:
+                codes[depth], said[depth] = exc.code, json.loads(exc.read())["error"]
+    assert set(codes.values()) <= {200, 422}, codes
+    assert all(f"d{depth}" in error for depth, error in said.items()), said
+
+
 def test_an_integer_too_big_for_a_float_reads_as_infinite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -162,6 +162,21 @@ def test_mlflow_file_store_reads_back(tmp_path: Path) -> None:
         assert got == points, tag
 
 
+def test_mlflow_run_resumes_with_a_param_mlflow_cut_to_its_limit(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from covey.trackers import MLflowLogger
+
+    store = tmp_path / "mlruns"
+    params = {"clients": 100, "client_fn": "x" * 7000}  # MLflow keeps 6000 characters
+    with MLflowLogger(store, experiment="e", params=params) as first:
+        pass
+    with MLflowLogger(store, experiment="e", run_id=first.run_id, params=params) as again:
+        assert again.run_id == first.run_id
+    changed = {**params, "client_fn": "y" * 7000}
+    with pytest.raises(ValueError, match="MLflow keeps a run's params"):
+        MLflowLogger(store, experiment="e", run_id=first.run_id, params=changed)
+
+
 def test_mlflow_run_marked_failed_when_the_federation_fails(tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="the mlflow extra is needed")
     from mlflow.tracking import MlflowClient

@@ -70,6 +70,11 @@ def _json(value: Any) -> str:
         return json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
 
 
+def _too_deep(path: Path) -> str:
+    """Why a run read in a thread cannot be sent: its JSON nests deeper than this stack goes."""
+    return f"cannot show the run in {path}: its JSON nests too deeply"
+
+
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]", "::1")
 """The names of this machine a page served on a loopback address answers to (and its own).
 
@@ -172,11 +177,12 @@ async def _events(
                     last = None
                     raise RunReadError(f"the run folder {path} is gone (deleted or moved)")
                 run = await run_in_threadpool(cache.read, run_id, path)
-            except RunReadError as exc:
-                failed = True
-                yield f"event: error\ndata: {_json({'error': str(exc)})}\n\n"
-            else:
                 message = _message(last, run)
+            except (RunReadError, RecursionError) as exc:
+                failed = True
+                said = _too_deep(path) if isinstance(exc, RecursionError) else str(exc)
+                yield f"event: error\ndata: {_json({'error': said})}\n\n"
+            else:
                 if message:
                     yield message
                 elif failed:
@@ -251,9 +257,12 @@ def create_app(
         run_id, path = _find(root, request)
         try:
             run = await run_in_threadpool(cache.read, run_id, path)
+            body = _json(detail(run))
         except RunReadError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
-        return Response(_json(detail(run)), media_type="application/json")
+        except RecursionError:  # parsed in a thread, whose stack differs from this one's
+            return JSONResponse({"error": _too_deep(path)}, status_code=422)
+        return Response(body, media_type="application/json")
 
     async def stream(request: Request) -> Response:
         run_id, path = _find(root, request)

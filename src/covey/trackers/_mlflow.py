@@ -166,7 +166,7 @@ class MLflowLogger:
         if run is None or run.info.experiment_id != experiment_id:
             raise ValueError(f"run_id {run_id!r}: no such MLflow run in experiment {experiment!r}")
         held = run.data.params
-        changed = sorted(k for k, v in wanted.items() if k in held and held[k] != v)
+        changed = sorted(k for k, v in wanted.items() if k in held and not _same(held[k], v))
         if changed:
             raise ValueError(
                 f"run_id {run_id!r}: MLflow keeps a run's params; "
@@ -223,3 +223,14 @@ class MLflowLogger:
         tb: TracebackType | None,
     ) -> None:
         self.close("FINISHED" if exc_type is None else "FAILED")
+
+
+def _same(held: str, given: str) -> bool:
+    """Whether a param MLflow holds is ``given``, as MLflow stored it (cut to its limit)."""
+    if held == given:
+        return True
+    try:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as most
+    except ImportError:  # pragma: no cover - an MLflow without it
+        most = 6000
+    return len(held) >= most and len(given) > len(held) and given.startswith(held)
