@@ -369,3 +369,18 @@ def test_labels_of_several_targets_are_refused_naming_the_columns() -> None:
     # before the fix: XGBoost's "Check failed: info.labels.Size() == preds.Size()" and a C++ trace
     with pytest.raises(ValueError, match=r"y_train has 2 target column\(s\), the global model 1"):
         client.fit(initial_model(params, 4, capacity=1 << 16), {"round": 1})
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"booster": "dart"}, "params\\['booster'\\] = 'dart'"),
+        ({"booster": "gblinear"}, "params\\['booster'\\] = 'gblinear'"),
+        ({"multi_strategy": "multi_output_tree"}, "params\\['multi_strategy'\\]"),
+    ],
+)
+def test_a_booster_bagging_cannot_combine_is_refused_when_the_model_is_made(
+    extra: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        initial_model({**BINARY, **extra}, 4, capacity=1 << 16)

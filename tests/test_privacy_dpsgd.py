@@ -83,3 +83,23 @@ def test_an_unknown_accountant_or_an_empty_loader_is_named() -> None:
         DPSGD(net, optimizer, loader, accountant="pdl", **settings)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no examples"):
         DPSGD(net, optimizer, DataLoader(empty, batch_size=4), **settings)
+
+
+def test_a_delta_not_below_one_over_the_examples_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from covey.privacy import DPSGD
+
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(50, 4), torch.randint(0, 2, (50,)))
+    settings: dict[str, Any] = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "seed": 0}
+    with caplog.at_level("WARNING", logger="covey"):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        DPSGD(net, optimizer, DataLoader(data, batch_size=10), delta=1e-5, **settings)
+        assert "not below 1 /" not in caplog.text
+        net = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        DPSGD(net, optimizer, DataLoader(data, batch_size=10), delta=0.05, **settings)
+    assert "DPSGD: delta=0.05 is not below 1 / 50" in caplog.text

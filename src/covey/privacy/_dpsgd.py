@@ -101,6 +101,17 @@ class DPSGD:
         check_delta(delta)
         if len(data_loader) == 0:
             raise ValueError("the data loader holds no examples to train on")
+        try:
+            examples = len(data_loader.dataset)
+        except (AttributeError, TypeError):  # a dataset of no length (an iterable one)
+            examples = 0
+        if examples and delta >= 1.0 / examples:
+            logger.warning(  # (epsilon, delta) then allows leaking one example outright
+                "DPSGD: delta=%g is not below 1 / %d, one over the examples it protects: "
+                "give a delta well below 1 / number of examples",
+                delta,
+                examples,
+            )
         self.ledger = Ledger(accountant=accountant)
         self.ledger_path = None if ledger_path is None else Path(ledger_path)
         if self.ledger_path is not None and self.ledger_path.exists():

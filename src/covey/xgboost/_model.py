@@ -141,6 +141,27 @@ def booster_from_bytes(model: bytes | bytearray | memoryview) -> Any:
     return load_booster(model)
 
 
+def _check_supported(params: dict[str, Any]) -> None:
+    """Refuse training parameters whose trees the federated bagging cannot combine.
+
+    Only gradient-boosted trees with one value per leaf are aggregated: DART
+    (which rescales earlier trees as it drops them), linear boosters and
+    vector-leaf trees (``multi_strategy="multi_output_tree"``) are not.
+    """
+    booster = params.get("booster", "gbtree")
+    if booster != "gbtree":
+        raise ValueError(
+            f"params['booster'] = {booster!r}: covey.xgboost combines booster='gbtree' "
+            "models only (dart rescales earlier trees, gblinear has none)"
+        )
+    strategy = params.get("multi_strategy", "one_output_per_tree")
+    if strategy != "one_output_per_tree":
+        raise ValueError(
+            f"params['multi_strategy'] = {strategy!r}: covey.xgboost combines trees with "
+            "one value per leaf only (multi_strategy='one_output_per_tree', the default)"
+        )
+
+
 def empty_booster(params: dict[str, Any], num_features: int) -> bytes:
     """A booster with no trees: the starting global model, made without any data.
 
@@ -160,6 +181,7 @@ def empty_booster(params: dict[str, Any], num_features: int) -> bytes:
             "set params['base_score'] (e.g. 0.5 for binary:logistic): every client must "
             "boost from the same starting prediction"
         )
+    _check_supported(params)
     xgb = xgboost_module()
     x = np.zeros((1, num_features), dtype=np.float32)
     booster = xgb.train(dict(params), xgb.DMatrix(x, label=np.zeros(1)), num_boost_round=0)
