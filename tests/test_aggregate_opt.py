@@ -341,3 +341,45 @@ def _fold_round(strategy: Any, params: Arrays, results: list[Any], state: Any) -
     assert aggregate is not None
     new = aggregate.apply(params)
     return new, spec.conforms(new), state
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda **kw: server_sgd(lr=1.0, momentum=0.9, **kw),
+        lambda **kw: server_adam(eta=0.1, **kw),
+        lambda **kw: server_yogi(eta=0.1, **kw),
+        lambda **kw: server_adagrad(eta=0.1, **kw),
+    ],
+    ids=["sgd-momentum", "adam", "yogi", "adagrad"],
+)
+def test_running_statistics_take_the_clients_mean_not_an_optimizer_step(
+    optimizer: Callable[..., Any],
+) -> None:
+    """A momentum or adaptive step on a BatchNorm variance overshoots it below zero."""
+    params = {"fc.weight": np.ones(3), "bn.running_var": np.ones(3), "bn.running_mean": np.zeros(3)}
+    step = chain(weighted_mean(), optimizer())
+    state = step.init(params)
+    for rnd, var in enumerate([4.0, 0.5, 0.1, 0.05], start=1):
+        new = {"fc.weight": params["fc.weight"] + 1.0, "bn.running_var": np.full(3, var)}
+        new["bn.running_mean"] = np.full(3, float(rnd))
+        contributions = [Contribution(0, 1, weights=new), Contribution(1, 3, weights=new)]
+        state, agg = run_round(step, state, rnd, params, contributions)
+        assert agg is not None
+        params = agg.apply(params)
+        assert params["bn.running_var"].tolist() == pytest.approx([var] * 3)  # the clients' mean
+        assert params["bn.running_mean"].tolist() == pytest.approx([float(rnd)] * 3)
+    assert params["fc.weight"][0] != 5.0  # the weights still take the optimizer's steps
+    # average=() puts every float array through the optimizer, as before.
+    step = chain(weighted_mean(), server_sgd(momentum=0.9, average=()))
+    state = step.init({"bn.running_var": np.ones(1)})
+    _, agg = run_round(
+        step,
+        state,
+        1,
+        {"bn.running_var": np.ones(1)},
+        [Contribution(0, 1, weights={"bn.running_var": np.full(1, 3.0)})],
+    )
+    assert agg is not None
+    with pytest.raises(TypeError, match="average= takes a sequence of name patterns"):
+        server_sgd(average="*running_var")

@@ -283,7 +283,9 @@ def test_an_asynchronous_robust_rule_whose_buffer_is_short_of_its_need_is_refuse
     assert result.weights["w"].tolist() != [0.0, 0.0]
 
 
-@pytest.mark.parametrize("strategy", [covey.FedAvg(fraction_evaluate=0.0), covey.FedBuff()])
+@pytest.mark.parametrize(
+    "strategy", [covey.FedAvg(fraction_evaluate=0.0), covey.FedBuff(buffer_size=2)]
+)
 def test_client_durations_that_are_one_number_are_refused_naming_the_option(
     strategy: covey.Strategy,
 ) -> None:
@@ -552,7 +554,7 @@ def test_a_history_iterates_over_its_rounds() -> None:
     [
         ({"availability": 2.0}, "availability must be a probability"),
         ({"compression": "zzz"}, "unknown compression"),
-        ({"round_deadline": -1.0}, "the round deadline must be positive"),
+        ({"round_deadline": -1.0}, "the round deadline \\(round_deadline\\) must be a positive"),
     ],
 )
 def test_options_refused_with_the_process_backend_leave_no_worker_running(

@@ -4,13 +4,18 @@ With ``Delta_t`` the aggregate update of round ``t`` (the pseudo-gradient is
 ``-Delta_t``), a server optimizer keeps moments across rounds and turns
 ``Delta_t`` into the step actually added to the global model. They sit after a
 reducer: ``chain(weighted_mean(), server_adam(eta=1e-2))``. Non-float arrays
-(counters) receive the aggregate update unchanged. A round whose step or moments
-overflow (to inf or NaN) leaves the moments as they were.
+(counters) receive the aggregate update unchanged, and so do the arrays named by
+``average`` (a normalization layer's running statistics, by default): they are
+no weights being learned but statistics of the clients' data, and a momentum or
+adaptive step would overshoot their mean (a BatchNorm variance below zero makes
+the model's output NaN). A round whose step or moments overflow (to inf or NaN)
+leaves the moments as they were.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -22,6 +27,20 @@ from covey.core._weights import Array, Weights
 
 Rule = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
 """``(delta, m, v) -> (step, new m, new v)`` for one float array."""
+
+
+STATISTICS: tuple[str, ...] = ("*running_mean", "*running_var", "*moving_mean", "*moving_variance")
+"""The arrays server optimizers average by default (``fnmatch`` patterns of their names):
+the running statistics of PyTorch's (``running_mean``, ``running_var``) and Keras'
+(``moving_mean``, ``moving_variance``) normalization layers."""
+
+
+def _averaged(average: Sequence[str], name: str) -> Callable[[str], bool]:
+    """Whether an array's name matches one of ``average``'s patterns; refused if no patterns."""
+    if isinstance(average, str) or not all(isinstance(p, str) for p in average):
+        raise TypeError(f"{name} average= takes a sequence of name patterns, got {average!r}")
+    patterns = tuple(average)
+    return lambda key: any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
 class _OptState(NamedTuple):
@@ -40,9 +59,13 @@ def _moments(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
 
 
-def _server_optimizer(name: str, rule: Rule, v0: float, *, wide: bool = False) -> Step:
+def _server_optimizer(
+    name: str, rule: Rule, v0: float, average: Sequence[str], *, wide: bool = False
+) -> Step:
+    plain = _averaged(average, name)
+
     def init(params: Weights) -> State:
-        floats = {k: p for k, p in params.items() if p.dtype.kind == "f"}
+        floats = {k: p for k, p in params.items() if p.dtype.kind == "f" and not plain(k)}
         dtypes = {k: _moments(p.dtype) if wide else p.dtype for k, p in floats.items()}
         m = {k: np.zeros(p.shape, dtypes[k]) for k, p in floats.items()}
         v = {k: np.full(p.shape, v0, dtypes[k]) for k, p in floats.items()}
@@ -74,7 +97,13 @@ def _server_optimizer(name: str, rule: Rule, v0: float, *, wide: bool = False) -
     return Step(init, update)
 
 
-def server_sgd(lr: float = 1.0, momentum: float = 0.0, *, nesterov: bool = False) -> Step:
+def server_sgd(
+    lr: float = 1.0,
+    momentum: float = 0.0,
+    *,
+    nesterov: bool = False,
+    average: Sequence[str] = STATISTICS,
+) -> Step:
     """Server SGD with momentum (FedAvgM): ``v = momentum * v + Delta``, step ``lr * v``.
 
     With ``momentum=0`` and ``lr=1`` the aggregate passes unchanged in value; with
@@ -84,6 +113,8 @@ def server_sgd(lr: float = 1.0, momentum: float = 0.0, *, nesterov: bool = False
         lr: The server learning rate (``eta_g``).
         momentum: The server momentum (``beta``), in ``[0, 1)``.
         nesterov: Use Nesterov momentum.
+        average: Names (``fnmatch`` patterns) of arrays that take the clients' mean
+            as it is, with no step of the optimizer's (see :data:`STATISTICS`).
 
     Returns:
         A server-side step.
@@ -102,11 +133,16 @@ def server_sgd(lr: float = 1.0, momentum: float = 0.0, *, nesterov: bool = False
         step = d + beta * m if nesterov else m
         return (eta * step).astype(d.dtype, copy=False), m, v
 
-    return _server_optimizer("server_sgd()", rule, 0.0)
+    return _server_optimizer("server_sgd()", rule, 0.0, average)
 
 
 def server_adam(
-    eta: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    eta: float = 1e-2,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+    *,
+    average: Sequence[str] = STATISTICS,
 ) -> Step:
     """FedAdam: Adam on the pseudo-gradient, step ``eta m / (sqrt(v) + tau)``.
 
@@ -118,6 +154,8 @@ def server_adam(
         beta1: Decay of the first moment, in ``[0, 1)``.
         beta2: Decay of the second moment, in ``[0, 1)``.
         tau: Adaptivity: added to ``sqrt(v)``; larger is closer to server SGD.
+        average: Names of arrays that take the clients' mean as it is (see
+            :func:`server_sgd`).
 
     Returns:
         A server-side step.
@@ -133,11 +171,16 @@ def server_adam(
         v = (b2 * v + (1.0 - b2) * (x * x)).astype(x.dtype, copy=False)
         return (lr * m / (np.sqrt(v) + t)).astype(d.dtype, copy=False), m, v
 
-    return _server_optimizer("server_adam()", rule, t * t, wide=True)
+    return _server_optimizer("server_adam()", rule, t * t, average, wide=True)
 
 
 def server_yogi(
-    eta: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    eta: float = 1e-2,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+    *,
+    average: Sequence[str] = STATISTICS,
 ) -> Step:
     """FedYogi: like FedAdam but ``v = v - (1-b2) Delta^2 sign(v - Delta^2)``.
 
@@ -146,6 +189,8 @@ def server_yogi(
         beta1: Decay of the first moment, in ``[0, 1)``.
         beta2: Rate of the second-moment update, in ``[0, 1)``.
         tau: Adaptivity: added to ``sqrt(v)``.
+        average: Names of arrays that take the clients' mean as it is (see
+            :func:`server_sgd`).
 
     Returns:
         A server-side step.
@@ -163,10 +208,16 @@ def server_yogi(
         v = (v - (1.0 - b2) * d2 * np.sign(v - d2)).astype(x.dtype, copy=False)
         return (lr * m / (np.sqrt(v) + t)).astype(d.dtype, copy=False), m, v
 
-    return _server_optimizer("server_yogi()", rule, t * t, wide=True)
+    return _server_optimizer("server_yogi()", rule, t * t, average, wide=True)
 
 
-def server_adagrad(eta: float = 1e-1, beta1: float = 0.0, tau: float = 1e-3) -> Step:
+def server_adagrad(
+    eta: float = 1e-1,
+    beta1: float = 0.0,
+    tau: float = 1e-3,
+    *,
+    average: Sequence[str] = STATISTICS,
+) -> Step:
     """FedAdagrad: ``v = v + Delta^2``, step ``eta m / (sqrt(v) + tau)``.
 
     ``m = b1 m + (1-b1) Delta`` as in the paper's Algorithm 2; ``beta1=0`` (the
@@ -176,6 +227,8 @@ def server_adagrad(eta: float = 1e-1, beta1: float = 0.0, tau: float = 1e-3) -> 
         eta: The server learning rate.
         beta1: Decay of the first moment, in ``[0, 1)``.
         tau: Adaptivity: added to ``sqrt(v)``.
+        average: Names of arrays that take the clients' mean as it is (see
+            :func:`server_sgd`).
 
     Returns:
         A server-side step.
@@ -191,7 +244,7 @@ def server_adagrad(eta: float = 1e-1, beta1: float = 0.0, tau: float = 1e-3) -> 
         v = (v + x * x).astype(x.dtype, copy=False)
         return (lr * m / (np.sqrt(v) + t)).astype(d.dtype, copy=False), m, v
 
-    return _server_optimizer("server_adagrad()", rule, t * t, wide=True)
+    return _server_optimizer("server_adagrad()", rule, t * t, average, wide=True)
 
 
 def _fraction(value: float, what: str) -> float:
