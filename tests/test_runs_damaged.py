@@ -271,3 +271,22 @@ def test_a_run_json_that_is_a_named_pipe_is_not_waited_on(
         result = done[0]
         assert result.exit_code == 0, result.output
         assert "piped" in result.output
+
+
+@pytest.mark.parametrize("text", ['{"status": "fini', "", "[1]"])
+def test_a_damaged_run_json_makes_the_run_unreadable_in_runs_list_and_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """As the dashboard and `covey runs report` refuse it: one verdict, naming the file."""
+    monkeypatch.setenv("COLUMNS", "250")
+    folder = tmp_path / "runs" / "r"
+    _good(folder)
+    (folder / "run.json").write_text(text)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert listed.exit_code == 0, listed.output
+    out = " ".join(listed.output.split())
+    assert " unreadable " in out
+    assert "r/run.json" in out
+    shown = CliRunner().invoke(app, ["runs", "show", str(folder)])
+    assert "unreadable" in shown.output
+    assert "run.json" in " ".join(shown.output.split())

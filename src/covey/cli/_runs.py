@@ -118,7 +118,7 @@ def _holder(folder: Path) -> str:
 def _why(folder: Path, status: str) -> str | None:
     """Why a run is ``failed``, ``stopped`` (its process gone) or ``unreadable``; or None."""
     if status == "unreadable":
-        return f"unreadable: {_unreadable(folder / 'run.sqlite')}"
+        return f"unreadable: {_damaged(folder) or _unreadable(folder / 'run.sqlite')}"
     if status == "failed":
         reason = _run_json(folder).get("stopped_reason")
         if isinstance(reason, str) and reason:
@@ -160,6 +160,22 @@ def _simulation_status(folder: Path) -> str | None:
     return None
 
 
+def _damaged(folder: Path) -> str | None:
+    """Why a simulation's ``run.json`` cannot be read, if it is there and damaged; else None.
+
+    The dashboard and ``covey runs report`` refuse such a run: listed, it is
+    ``unreadable`` too, naming the file, whatever its history says.
+    """
+    path = folder / "run.json"
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        data = json.loads(read_regular(path, MAX_SETTINGS_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"cannot read {path}: {exc}"
+    return None if isinstance(data, dict) else f"{path} holds no JSON object"
+
+
 def _run_json(folder: Path) -> dict[str, Any]:
     """A simulation's ``run.json`` as an object; empty if there is none, or it is damaged.
 
@@ -180,6 +196,8 @@ def run_status(folder: Path, history: History) -> str:
     process holds (it was killed) is ``stopped``; one whose ``run.sqlite`` cannot be read is
     ``unreadable`` (it cannot be resumed, whatever its history says).
     """
+    if _damaged(folder) is not None:
+        return "unreadable"
     db = folder / "run.sqlite"
     if db.is_file():
         try:
@@ -364,8 +382,8 @@ def _row(
     planned = history.config.get("rounds", "?")
     clients = history.config.get("num_clients") or len(history.clients) or "-"
     status = run_status(folder, history)
-    if status == "unreadable":  # its run.sqlite: say why below the table
-        damaged.append(_unreadable(folder / "run.sqlite"))
+    if status == "unreadable":  # its run.json or run.sqlite: say why below the table
+        damaged.append(_damaged(folder) or _unreadable(folder / "run.sqlite"))
     if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
         stopped.append(f"stopped[/]: {escape(f'{name}: continue it with {how_to_resume(folder)}')}")
     return [
