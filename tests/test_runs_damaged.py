@@ -290,3 +290,16 @@ def test_a_damaged_run_json_makes_the_run_unreadable_in_runs_list_and_show(
     shown = CliRunner().invoke(app, ["runs", "show", str(folder)])
     assert "unreadable" in shown.output
     assert "run.json" in " ".join(shown.output.split())
+
+
+def test_a_history_holding_a_round_twice_shows_each_record_s_own_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    text = '{"rounds": [{"round": 1, "central_loss": 1.5}, {"round": 1, "central_loss": 2.5}]}'
+    (folder / History.FILE_NAME).write_text(text)
+    shown = CliRunner().invoke(app, ["runs", "show", str(folder)])
+    assert "1.5000" in shown.output  # the first record's loss (the second's was shown twice)
+    assert "2.5000" in shown.output

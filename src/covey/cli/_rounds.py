@@ -93,6 +93,8 @@ def round_table(
         traffic: Also the array bytes each round sent and received (when counted),
             in kB or MB.
     """
+    from covey.core._history import metric_value
+
     total = len(history.rounds)
     history = shown_rounds(history, last)
     if len(history.rounds) < total:
@@ -110,17 +112,14 @@ def round_table(
     for headers, _ in filter(None, groups):
         for header in headers:
             table.add_column(header, justify="right", no_wrap=True)
-    values = {
-        (source, name): dict(history.metric(name, source))  # type: ignore[arg-type]
-        for source, name in columns
-    }
     for r in history.rounds:
         cells = [
             str(r.round),
             str(len(r.fit_participants)) if r.round else "-",
             str(len(r.failures)) if r.round else "-",
         ]
-        cells += [_number(values[key].get(r.round)) for key in columns]
+        # each record's own values (a history holding a round twice shows both as they are)
+        cells += [_number(metric_value(r, name, source)) for source, name in columns]  # type: ignore[arg-type]
         for _, more in filter(None, groups):
             cells += more(r)
         table.add_row(*cells)

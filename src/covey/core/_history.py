@@ -213,6 +213,19 @@ def _record(raw: Any) -> RoundRecord:
     return RoundRecord(**raw)
 
 
+def metric_value(record: RoundRecord, name: str, source: Source = "central") -> float | None:
+    """One round's value of a metric (see :meth:`History.metric`), or None if it has none."""
+    if source == "central":
+        value: Any = record.central_loss if name == "loss" else record.central_metrics.get(name)
+    elif source == "evaluate":
+        value = record.evaluate_loss if name == "loss" else record.evaluate_metrics.get(name)
+    else:
+        value = record.fit_metrics.get(name)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return as_float(value)
+    return None
+
+
 @dataclass
 class History:
     """The record of a run: one :class:`RoundRecord` per round, starting at round 0.
@@ -297,17 +310,8 @@ class History:
         """
         if source not in SOURCES:
             raise ValueError(f"unknown metric source {source!r}; choose one of {list(SOURCES)}")
-        out: list[tuple[int, float]] = []
-        for r in self.rounds:
-            if source == "central":
-                value: Any = r.central_loss if name == "loss" else r.central_metrics.get(name)
-            elif source == "evaluate":
-                value = r.evaluate_loss if name == "loss" else r.evaluate_metrics.get(name)
-            else:
-                value = r.fit_metrics.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((r.round, as_float(value)))
-        return out
+        out = [(r.round, metric_value(r, name, source)) for r in self.rounds]
+        return [(rnd, value) for rnd, value in out if value is not None]
 
     def best_round(
         self, name: str, mode: Literal["max", "min"] = "max", source: Source = "central"
