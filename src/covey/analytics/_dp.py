@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
+from covey.core._messages import real
 from covey.privacy import Ledger
 from covey.privacy._accounting import statement
 
@@ -204,13 +205,9 @@ class Budget:
     """
 
     def __init__(self, epsilon: float | None, delta: float, owner: str = "the site") -> None:
-        if epsilon is not None and (
-            isinstance(epsilon, bool)
-            or not isinstance(epsilon, int | float)
-            or not (epsilon > 0 and math.isfinite(epsilon))
-        ):
+        if epsilon is not None and not (real(epsilon) and 0 < epsilon < math.inf):
             raise ValueError(f"a privacy budget must be a positive number, got {epsilon!r}")
-        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
+        if not (real(delta) and 0.0 < delta < 1.0):
             raise ValueError(f"delta must be in (0, 1), got {delta!r}")
         self.epsilon = epsilon
         self.delta = delta

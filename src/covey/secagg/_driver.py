@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._messages import Task
+from covey.core._messages import Task, real
 from covey.core._weights import Weights
 from covey.secagg import _client_stages as cs
 from covey.secagg import _server_stages as ss
@@ -124,11 +124,7 @@ def _checked_sizes(length: Any, bound: Any, timeout: Any) -> tuple[int, int]:
     for name, value in (("length", length), ("bound", bound)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not (timeout > 0 and math.isfinite(timeout))
-    ):
+    if timeout is not None and not (real(timeout) and 0 < timeout < math.inf):
         raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout!r}")
     return int(length), int(bound)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from covey.compress._runtime import KIND as COMPRESSED_FIT
-from covey.core._messages import Reply, Task
+from covey.core._messages import Reply, Task, real
 from covey.transport._async import Durations, simulated_seconds
 from covey.transport._base import Transport
 
@@ -231,9 +231,7 @@ class ClockedTransport:
     def __init__(
         self, transport: Transport, clock: ClientClock, *, deadline: float | None = None
     ) -> None:
-        if deadline is not None and (
-            isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0
-        ):
+        if deadline is not None and not (real(deadline) and deadline > 0):
             raise ValueError(
                 f"the round deadline (round_deadline) must be a positive number of simulated "
                 f"seconds, got {deadline!r}"

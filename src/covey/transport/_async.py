@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from covey.core._messages import Reply, Task
+from covey.core._messages import Reply, Task, real
 from covey.transport._base import Transport
 
 Durations = Callable[[int, np.random.Generator], float] | Sequence[float]
@@ -83,9 +83,7 @@ def simulated_seconds(value: Any, cid: int) -> float:
 
     Text and bools are refused (``float("5")`` and ``float(True)`` would take them).
     """
-    if isinstance(value, bool | str | bytes | np.bool_) or not isinstance(
-        value, int | float | np.integer | np.floating
-    ):
+    if not real(value):
         raise ValueError(
             f"client {cid}'s simulated duration is {value!r} ({type(value).__name__}), "
             "expected a number of seconds >= 0"
