@@ -187,6 +187,19 @@ def test_mtls_federation_equals_simulation(federation: Any) -> None:
     assert history.rounds[-1].central_metrics["accuracy"] > 0.8
 
 
+def test_mtls_federation_with_a_data_port_equals_simulation(federation: Any) -> None:
+    fed = federation()
+    server = fed.server("--data-port", "0")
+    clients = [fed.client(k) for k in range(N)]
+    assert fed.wait(server) == 0, fed.log("server.log")
+    for k, proc in enumerate(clients):
+        assert fed.wait(proc, 30) == 0, fed.log(f"client-{k}.log")
+        assert "opened data connections to 127.0.0.1:" in fed.log(f"client-{k}.log")
+    weights, history = fed.result()
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3, 4, 5]
+    _assert_close(weights, _simulated(5))
+
+
 def test_clients_killed_mid_round_are_survived(federation: Any) -> None:
     fed = federation(
         COVEY_TEST_SLOW_ROUND="3",

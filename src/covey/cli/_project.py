@@ -54,6 +54,7 @@ FEDERATION_KEYS = {
     "compression",
     "keep_last",
     "max_clients",
+    "data_port",
 }
 """Keys of a ``[tool.covey.federations.NAME]`` table (the flags of ``covey server``)."""
 
@@ -338,6 +339,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
     }
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
     max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
+    data_port = number(fed.get("data_port"), f"data-port {where}", integer=True, zero=True)
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
     if fed.get("certs") is not None and insecure:
         fail(
@@ -364,6 +366,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         insecure=insecure,
         rounds=settings.run.get("rounds"),
         keep_last=keep_last,
+        data_port=data_port,
     )
     if (run_dir / "run.json").is_file():  # a simulation's: `covey server` cannot go on with it
         fail(
@@ -402,6 +405,7 @@ def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool
         "compression": scheme,
         "keep_last": keep_last,
         "max_clients": 1000 if max_clients is None else max_clients,
+        "data_port": data_port,
         "resume_hint": hint,
         **times,
     }

@@ -48,6 +48,7 @@ SERVER_KEYS = {
     "compression",
     "keep_last",
     "max_clients",
+    "data_port",
 }
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
@@ -213,6 +214,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
                 compression=flags["compression"] or server_app.compression,
                 keep_last=flags["keep_last"],
                 max_clients=flags.get("max_clients", 1000),  # a project federation: the default
+                data_port=flags.get("data_port"),
             )
     except FileExistsError:
         _forget(run, flags)
@@ -345,6 +347,13 @@ def server_command(
         typer.Option(help="Keep the weights of the newest N rounds only (resume: the run's own)."),
     ] = None,
     max_clients: Annotated[int | None, typer.Option(help="Most clients at once (1000).")] = None,
+    data_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also listen on this port (0: a free one) for data connections: clients move "
+            "the model's bytes there, beside the gRPC stream (faster for large models)."
+        ),
+    ] = None,
 ) -> None:
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
@@ -374,6 +383,9 @@ def server_command(
         "max_clients": number(
             _pick(max_clients, s, "max_clients", 1000), "--max-clients", integer=True
         ),
+        "data_port": number(
+            _pick(data_port, s, "data_port", None), "--data-port", integer=True, zero=True
+        ),
     }
     flags["resume_hint"] = resume_hint(
         flags["run"],
@@ -384,6 +396,7 @@ def server_command(
         rounds=flags["rounds"],
         keep_last=flags["keep_last"],
         max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],
+        data_port=flags["data_port"],
     )
     _serve(server_app, s, flags)
 

@@ -84,6 +84,7 @@ def resume_hint(
     rounds: int | None = None,
     keep_last: int | None = None,
     max_clients: int | None = None,
+    data_port: int | None = None,
 ) -> str:
     """The ``covey server --resume`` command that continues ``run`` as it was started.
 
@@ -103,4 +104,6 @@ def resume_hint(
         parts.append(f"--keep-last {keep_last}")
     if max_clients is not None:  # else the resumed server admits the default 1000
         parts.append(f"--max-clients {max_clients}")
+    if data_port is not None:
+        parts.append(f"--data-port {data_port}")
     return " ".join(p for p in parts if p)

@@ -116,6 +116,7 @@ def serve(
     plot: bool = True,
     compression: Scheme | str | None = None,
     keep_last: int | None = None,
+    data_port: int | None = None,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
 
@@ -149,6 +150,10 @@ def serve(
             ``min_available_clients`` and ``min_fit_clients``.
         on_round: Called with each finished round's record (or a list of such functions).
         on_listen: Called with the bound port once the server listens.
+        data_port: Also listen on this TCP port (0: a free one) for data connections:
+            clients move the arrays of tasks and replies there as raw bytes, beside
+            their gRPC streams (under TLS too with ``certs``); faster for large models.
+            None: the arrays go on the streams. Clients use it on their own.
         on_event: Called with ``(client name, event, detail)`` for fleet events
             (``"join"``, ``"leave"``, ``"refused"``, ...).
         client_names: A dict this function keeps filled with each client id's
@@ -199,7 +204,7 @@ def serve(
         if opened is not None:  # a resumed run knows its clients already
             names.names.update({cid: name for name, cid in opened.clients().items()})
         # Listen first: an address that cannot be bound leaves no run folder behind.
-        transport = _listen(address, tls, late, names, heartbeat, max_clients)
+        transport = _listen(address, tls, late, names, heartbeat, max_clients, data_port)
         try:
             bound = f"{address.rpartition(':')[0]}:{transport.port}"  # port 0: the one got
             run = _open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
@@ -278,6 +283,7 @@ def _listen(
     names: ClientNames,
     heartbeat: float,
     max_clients: int,
+    data_port: int | None,
 ) -> GrpcServerTransport:
     """The transport listening on ``address``; ListenError naming the address if it cannot."""
     try:
@@ -288,6 +294,7 @@ def _listen(
             on_event=names.event,
             heartbeat=heartbeat,
             max_clients=max_clients,
+            data_port=data_port,
         )
     except RuntimeError as exc:  # gRPC's way of saying the port cannot be bound
         late.close()

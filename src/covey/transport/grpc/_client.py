@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -37,7 +36,6 @@ from covey.transport.grpc._checks import (
     check_heartbeat,
     own_name,
     stated_properties,
-    welcome_heartbeat,
 )
 from covey.transport.grpc._frames import (
     PROTOCOL,
@@ -47,8 +45,9 @@ from covey.transport.grpc._frames import (
     is_chunk,
     reply_frames,
     server_message,
-    server_protocol_refusal,
+    welcome_heartbeat_of,
 )
+from covey.transport.grpc._lane import ClientLanes
 from covey.transport.grpc._options import (
     METHOD,
     ClientTLS,
@@ -58,7 +57,6 @@ from covey.transport.grpc._options import (
 )
 from covey.transport.grpc._refusal import (
     HANDSHAKE_STRIKES,
-    VERSION_CHARS,
     Refused,
     RetryBudget,
     attempt_failure,
@@ -69,36 +67,15 @@ from covey.transport.grpc._refusal import (
     log_retry,
     permanent_cause,
     server_named,
-    stated_version,
     transient_text,
 )
 from covey.transport.grpc._stream import Buffers, split_blobs
-from covey.transport.grpc._tasks import run_on_task_thread, wait_for_task_thread
+from covey.transport.grpc._tasks import ConnectResult, run_on_task_thread, wait_for_task_thread
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["ClientTLS", "ConnectResult", "connect"]
 
 logger = logging.getLogger("covey")
-
-
-@dataclass
-class ConnectResult:
-    """How a client's participation ended.
-
-    Attributes:
-        reason: The server's goodbye message.
-        tasks: How many tasks this client performed.
-        sessions: How many times it connected (the server welcomed it); failed
-            connection attempts do not count.
-        cid: The id the server gave it.
-        kinds: How many tasks of each kind (``"fit"``, ``"evaluate"``, ...) it performed.
-    """
-
-    reason: str = ""
-    tasks: int = 0
-    sessions: int = 0
-    cid: int | None = None
-    kinds: dict[str, int] = field(default_factory=dict)
 
 
 class _Goodbye(Exception):
@@ -138,7 +115,9 @@ class _Session:
             properties=_wire.dumps(properties),
             kinds=list(task_kinds()),
             protocol=PROTOCOL,
+            data_lane=True,
         )
+        self.lanes = ClientLanes("", None, None)
         self.call: Any = None
         # The host the server's certificate is checked against, when not the address's.
         self.server_name: str | None = None
@@ -172,7 +151,12 @@ class _Session:
                 return
             if item is _WAKE:
                 continue
-            yield from item
+            try:
+                yield from item
+            except OSError as exc:  # its data connection failed: a new session
+                logger.warning("sending a reply failed: %s; reconnecting", exc or "closed")
+                self.call.cancel()
+                return
 
     def run(self, channel: grpc.Channel, result: ConnectResult, stop: threading.Event) -> None:
         join = channel.stream_stream(METHOD)  # frames as bytes, see _frames
@@ -223,30 +207,22 @@ class _Session:
         elif body == "task":
             header = message.task
             size = self.limits.check(header)
-            if size:
+            if size and header.data_lane:  # its bytes come on the data connection
+                if self.lanes.down is None:
+                    raise ConnectionError("the server sent a task's bytes on no data connection")
+                download = Download(header, size, self.buffers)
+                download.receive(self.lanes.down, self._heard)
+                self.tasks.put((self.cid, header, download.buffer, download.intact))
+            elif size:
                 return Download(header, size, self.buffers)
-            self.tasks.put((self.cid, header, None, True))
+            else:
+                self.tasks.put((self.cid, header, None, True))
         elif body == "goodbye":
             raise _Goodbye(_wire.clipped_error(message.goodbye.reason, 1000))  # a peer's text
         return None
 
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
-        if len(welcome.version) > VERSION_CHARS:
-            # Whatever sent it states the same again on every connection: refused at once.
-            raise Refused(
-                f"the server sent a Welcome stating a covey version of {len(welcome.version)} "
-                f"characters (at most {VERSION_CHARS}): {stated_version(welcome.version)}; "
-                "no covey states such a version: check that the address is a covey server's"
-            )
-        if welcome.protocol != PROTOCOL:
-            raise Refused(
-                server_protocol_refusal(welcome.protocol, covey_version(), welcome.version)
-            )
-        try:
-            # The same on every connection: refused at once, not retried.
-            heartbeat = welcome_heartbeat(welcome.heartbeat_interval)
-        except ValueError as exc:
-            raise Refused(str(exc)) from None
+        heartbeat = welcome_heartbeat_of(welcome)  # or Refused, at once: it would not change
         self.welcomed = True
         self.cid = result.cid = int(welcome.cid)
         if heartbeat is not None:
@@ -258,6 +234,12 @@ class _Session:
             self.cid,
             server_named(welcome.version),
         )
+        if welcome.data_port:  # the server holds back tasks until it hears they are open
+            self.lanes.open(welcome.data_port, welcome.data_token, SILENCE * self.heartbeat)
+            self.outbound.put([_DATA_READY])
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
 
     def _watch(self, stop: threading.Event, ended: threading.Event) -> None:
         while not ended.is_set():
@@ -281,6 +263,7 @@ class _Session:
             logger.info("dropping %d queued task(s): the session ended", dropped)
         self.tasks.put(_END)
         self.outbound.put(_END)
+        self.lanes.close()
         if self.call is not None:
             self.call.cancel()  # ends gRPC's threads for this call now, not at exit
         worker = self.worker
@@ -342,10 +325,11 @@ class _Session:
             )
         result.tasks += 1
         result.kinds[header.kind] = result.kinds.get(header.kind, 0) + 1
-        self.outbound.put(reply_frames(header.task_id, reply))
+        self.outbound.put(reply_frames(header.task_id, reply, self.lanes.up))
 
 
 _HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))
+_DATA_READY = control(pb.ClientMessage(heartbeat=pb.Heartbeat(data_ready=True)))
 
 
 def connect(
@@ -418,7 +402,8 @@ def connect(
     """
     check_client(client)
     tls = client_security(tls, insecure, server_name)
-    check_address(address, listen=False)
+    host = check_address(address, listen=False)[0]
+    pems = None if tls is None else (tls.ca, tls.cert, tls.key)
     name = own_name(name, tls)
     check_heartbeat(heartbeat)
     limits = TaskLimits.of(spec, max_task_bytes)
@@ -439,6 +424,7 @@ def connect(
     while not wait_for_task_thread(running, stop, budget):
         session = _Session(client, name, props, heartbeat, limits, buffers)
         session.server_name = tls.server_name if tls is not None else None
+        session.lanes = ClientLanes(host, pems, session.server_name)
         error = _session(session, open_channel(address, tls, options), result, stop)
         if session.welcomed:  # a connection attempt that failed is no session
             result.sessions += 1
@@ -490,7 +476,7 @@ def _session(
         return _CLOSED + text if handshake_closed(exc) else text
     except Refused:
         raise  # e.g. a server of another wire protocol: retrying cannot help
-    except ConnectionError as exc:
-        return str(exc)
+    except OSError as exc:  # ConnectionError, or a data connection that failed
+        return str(exc) or type(exc).__name__
     finally:
         channel.close()

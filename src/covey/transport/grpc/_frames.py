@@ -19,14 +19,18 @@ refused at the handshake.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from covey.core import _codec
-from covey.core._messages import Reply
-from covey.transport.grpc import _wire
-from covey.transport.grpc._refusal import VERSION_CHARS, server_named, stated_version
-from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, chunks, lazy_buffer
+from covey.core._messages import DeferredReply, Reply
+from covey.core._pages import trim_heap
+from covey.core._version import covey_version
+from covey.transport.grpc import _lane, _wire
+from covey.transport.grpc._checks import welcome_heartbeat
+from covey.transport.grpc._refusal import VERSION_CHARS, Refused, server_named, stated_version
+from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, Upload, chunks, lazy_buffer
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
@@ -151,6 +155,28 @@ def welcome_message(cid: int, name: str, heartbeat: float, version: str) -> pb.W
     )
 
 
+def welcome_heartbeat_of(welcome: pb.Welcome) -> float | None:
+    """The heartbeat interval a server's ``Welcome`` sets (None: keep the client's own).
+
+    Raises:
+        Refused: the Welcome states a version no covey states, another wire
+            protocol, or a heartbeat out of range: the same on every connection,
+            so the client gives up at once rather than retrying.
+    """
+    if len(welcome.version) > VERSION_CHARS:
+        raise Refused(
+            f"the server sent a Welcome stating a covey version of {len(welcome.version)} "
+            f"characters (at most {VERSION_CHARS}): {stated_version(welcome.version)}; "
+            "no covey states such a version: check that the address is a covey server's"
+        )
+    if welcome.protocol != PROTOCOL:
+        raise Refused(server_protocol_refusal(welcome.protocol, covey_version(), welcome.version))
+    try:
+        return welcome_heartbeat(welcome.heartbeat_interval)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
 def task_header(
     task_id: int, task: Any, blob: _codec.Encoded | None, extras: _codec.Encoded | None
 ) -> pb.TaskHeader:
@@ -191,8 +217,15 @@ def frames(*blobs: _codec.Encoded | None) -> Iterator[bytes]:
     return chunks(*blobs, prefix=CHUNK_TAG)
 
 
-def reply_frames(task_id: int, reply: Reply) -> Iterator[bytes]:
-    """The frames of a client's reply: its header, then its arrays as chunk frames."""
+def reply_frames(task_id: int, reply: Reply, lane: socket.socket | None = None) -> Iterator[bytes]:
+    """The frames of a client's reply: its header, then its arrays as chunk frames.
+
+    With ``lane`` (the client's data connection to the server), the arrays go
+    there instead, written once the header is out.
+
+    Raises:
+        OSError: the data connection failed (raised from the generator).
+    """
     blob: _codec.Encoded | None = None
     extras: _codec.Encoded | None = None
     if reply.ok:
@@ -214,7 +247,12 @@ def reply_frames(task_id: int, reply: Reply) -> Iterator[bytes]:
         result=result_json,
         weights_size=0 if blob is None else len(blob),
         extras_size=0 if extras is None else len(extras),
+        data_lane=lane is not None and (blob is not None or extras is not None),
     )
+    if header.data_lane and lane is not None:
+        yield control(pb.ClientMessage(reply=header))
+        _lane.send(lane, blob, extras)
+        return
     body = frames(blob, extras)
     # Only ``body`` refers to the arrays from here, and it is run to its end before
     # the last frame goes out: once the server has the whole reply (and may send
@@ -275,13 +313,33 @@ class Download:
                 f"the server sent more bytes than the {len(self.buffer)} its "
                 f"{self.header.kind} task announced"
             )
-        if self.filled < self.split:
-            self.checks[0].update(data[: self.split - self.filled])
-        if end > self.split:
-            self.checks[1].update(data[max(0, self.split - self.filled) :])
+        self._check(data)
         self.buffer[self.filled : end] = data
         self.filled = end
         return end == len(self.buffer)
+
+    def _check(self, data: memoryview) -> None:
+        """Feed the next bytes to the checksums of the weights and of the extra arrays."""
+        if self.filled < self.split:
+            self.checks[0].update(data[: self.split - self.filled])
+        if self.filled + len(data) > self.split:
+            self.checks[1].update(data[max(0, self.split - self.filled) :])
+
+    def receive(self, lane: socket.socket, heard: Callable[[], Any]) -> None:
+        """Read every announced byte from the data connection ``lane`` straight into the buffer.
+
+        ``heard`` is called after each piece (the server is alive). Raises OSError
+        if the connection fails or closes first.
+        """
+        with memoryview(self.buffer) as whole:
+            while self.filled < len(whole):
+                end = min(self.filled + _lane.PIECE, len(whole))
+                piece = whole[self.filled : end]
+                _lane.receive(lane, piece)
+                self._check(piece)
+                piece.release()
+                self.filled = end
+                heard()
 
     @property
     def intact(self) -> bool:
@@ -290,3 +348,33 @@ class Download:
         return self.filled == len(self.buffer) and all(
             check.ok() for size, check in zip(sizes, self.checks, strict=True) if size
         )
+
+
+def reply_of(
+    cid: int, kind: str, header: Any, upload: Upload | None, limits: _wire.WireLimits
+) -> Reply:
+    """The reply of a complete upload (``header``, a ``ReplyHeader``): decoded, or deferred.
+
+    A spilled reply is checked in full now (checksums, the encoding's headers, the
+    result's JSON and limits) and unmapped again; the round loop maps it when it
+    folds it and releases it right after.
+    """
+    if upload is None or not upload.spilled:
+        weights, extras = (None, None) if upload is None else upload.decode()
+        return Reply(
+            cid, kind, result=_wire.result_from_wire(header.result, weights, extras, limits)
+        )
+    spill = upload.spill()
+    data = header.result
+
+    def load() -> Any:
+        return _wire.result_from_wire(data, *spill.map(), limits)
+
+    try:
+        load()
+    except BaseException:
+        spill.close()
+        raise
+    spill.unmap()
+    trim_heap()  # the frames that carried it were freed into the heap
+    return DeferredReply(cid, kind, load, spill.unmap)

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from covey.core._messages import Reply
+from covey.transport.grpc._lane import cut
 
 __all__ = [
     "CLOSE",
@@ -94,6 +95,9 @@ class Connection:
         self.stray = 0  # replies it sent to tasks that were not pending
         self.refusal = ""  # set when it is dropped for good: its stream ends refusing it
         self.upload: Any = None  # the reply being received (``filled`` of ``size`` bytes)
+        self.lanes: list[Any] = [None, None]  # its data connections, down and up (see _lane)
+        # Set once it has opened the data connections it could (or was offered none).
+        self.data_ready = threading.Event()
 
     def closed(self) -> bool:
         """Whether the connection has been dropped."""
@@ -261,6 +265,9 @@ class Registry:
         for sink in waiting:  # their tasks find it gone
             sink.replies.put(Reply(conn.cid, FREED))
         conn.outbound.put(CLOSE)
+        for lane in conn.lanes:  # a read or a write blocked on one ends at once
+            cut(lane)
+        conn.data_ready.set()
         if not conn.refusal:  # a refused stream is ended by its own handler, with the reason
             with contextlib.suppress(Exception):
                 conn.context.cancel()
@@ -294,6 +301,46 @@ class Registry:
         self.event(conn.name, "late-reply", f"{detail} (peer {conn.peer})")
         if not size:
             conn.take(task_id)
+
+    def unable(self, conn: Connection, task_id: int, kind: str, error: str = "") -> None:
+        """Fail for a client a task it cannot be sent: of a kind it does not perform, say."""
+        entry = conn.take(task_id)
+        if entry is not None:
+            if not error:
+                error = f"client {conn.name} does not perform {kind!r} tasks (it performs: "
+                error += ", ".join(sorted(conn.kinds)) + ")"
+            self.route(entry[0], Reply(conn.cid, kind, error=error), conn.name)
+
+    def stray(self, conn: Connection, task_id: int, size: int) -> None:
+        """Report a reply to a task that is not pending (its ``size`` bytes to be skipped)."""
+        conn.stray += 1
+        if conn.stray & (conn.stray - 1) == 0:  # the 1st, 2nd, 4th, ...: never a flood
+            logger.warning(
+                "client %s (%s) replied to task %d, which is not pending; skipping its %d "
+                "bytes (%d such replies from it so far)",
+                conn.name,
+                conn.peer,
+                task_id,
+                size,
+                conn.stray,
+            )
+
+    def abandoned(self, conn: Connection, task_id: int, filled: int, size: int) -> None:
+        """Report a reply whose round closed with ``filled`` of its ``size`` bytes in."""
+        logger.warning(
+            "client %s (%s): the round of task %d closed with its reply %d of %d bytes in; "
+            "skipping the rest",
+            conn.name,
+            conn.peer,
+            task_id,
+            filled,
+            size,
+        )
+        self.event(
+            conn.name,
+            "late-reply",
+            f"task {task_id}: {filled} of {size} bytes when its round closed (peer {conn.peer})",
+        )
 
     def event(self, name: str, event: str, detail: str = "") -> None:
         """Report a fleet event; a failing recorder is logged, never raised."""

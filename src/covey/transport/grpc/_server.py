@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -21,9 +22,11 @@ from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, WeightsSpec
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc import _wire
-from covey.transport.grpc._checks import check_heartbeat
+from covey.transport.grpc._checks import check_address, check_heartbeat
+from covey.transport.grpc._lane import DataPort
+from covey.transport.grpc._listen import ListenError
 from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
-from covey.transport.grpc._service import FederationService, ServerTLS, start_server
+from covey.transport.grpc._service import SILENCE, FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
 
 __all__ = ["GrpcServerTransport", "ServerTLS"]
@@ -66,6 +69,9 @@ class GrpcServerTransport:
         heartbeat: Seconds between heartbeats; a client silent for six is dropped.
         max_clients: Most clients connected at once.
         max_inflight: Most bytes of replies being received at once, over all clients.
+        data_port: A TCP port (0: a free one) on which clients move the arrays of tasks
+            and replies as raw bytes beside their gRPC streams (see ``_lane``); None
+            to send them as chunk frames on the streams. Under TLS it has TLS too.
     """
 
     def __init__(
@@ -78,9 +84,14 @@ class GrpcServerTransport:
         heartbeat: float = 5.0,
         max_clients: int = 1000,
         max_inflight: int = MAX_INFLIGHT_BYTES,
+        data_port: int | None = None,
     ) -> None:
         """Start listening on ``address``; clients may connect at once."""
         check_heartbeat(heartbeat)  # a client refuses a Welcome stating another
+        if data_port is not None and (
+            type(data_port) is not int or not 0 <= data_port <= 65535  # bool refused too
+        ):
+            raise ValueError(f"data_port must be a port number (0 to 65535), got {data_port!r}")
         self._registry = Registry(client_id, on_event)
         self._lock = self._registry.lock
         self._fleet = self._registry.fleet
@@ -96,6 +107,22 @@ class GrpcServerTransport:
         self._extras: tuple[Any, _codec.Encoded | None] = (None, None)
         self._service = FederationService(self._registry, tls, heartbeat, max_inflight)
         self._server, self.port = start_server(address, tls, self._service, max_clients)
+        self.data_port: int | None = None  # the data port listened on, if any
+        if data_port is not None:
+            self._open_data_port(address, data_port, tls, SILENCE * heartbeat)
+
+    def _open_data_port(self, address: str, port: int, tls: ServerTLS | None, quiet: float) -> None:
+        """Listen for data connections on ``port`` of the gRPC server's host."""
+        host = check_address(address, listen=True)[0]
+        pems = None if tls is None else (tls.ca, tls.cert, tls.key)
+        try:
+            self._service.data = DataPort(host, port, pems, quiet)
+        except (OSError, ssl.SSLError) as exc:
+            self._server.stop(None)
+            raise ListenError(
+                f"cannot listen for data connections on {host}:{port}: {exc}"
+            ) from None
+        self.data_port = self._service.data.port
 
     # -- Transport ---------------------------------------------------------------------
 
@@ -290,6 +317,8 @@ class GrpcServerTransport:
             conn.outbound.put(("goodbye", reason))
             conn.outbound.put(CLOSE)
         self._server.stop(grace=5.0).wait(10.0)
+        if self._service.data is not None:
+            self._service.data.close()
         if self._service.handshakes is not None:
             self._service.handshakes.close()
         self._service.spill_files.close()

@@ -22,9 +22,8 @@ from typing import Any
 import grpc
 
 from covey.core import _codec
-from covey.core._messages import DeferredReply, Reply
-from covey.core._pages import trim_heap
-from covey.transport.grpc import _wire
+from covey.core._messages import Reply
+from covey.transport.grpc import _lane, _wire
 from covey.transport.grpc._admission import Admission, Refusal
 from covey.transport.grpc._capacity import Capacity, full_message
 from covey.transport.grpc._frames import (
@@ -34,6 +33,7 @@ from covey.transport.grpc._frames import (
     control,
     frames,
     is_chunk,
+    reply_of,
     task_header,
     welcome_message,
 )
@@ -135,6 +135,8 @@ class FederationService:
         self.handshakes: HandshakeWatch | None = None
         # The cap on streams at once (start_server sets it to the server's max_clients).
         self.capacity = Capacity(1000, registry.event)
+        # The data port clients move bulk bytes on, if the server has one (see _lane).
+        self.data: _lane.DataPort | None = None
 
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames, if the server has room for one more."""
@@ -187,12 +189,21 @@ class FederationService:
         )
         reader.start()
         welcome = welcome_message(cid, name, self.heartbeat, self.admission.version)
+        data = self.data if first.hello.data_lane else None
+        if data is not None:
+            welcome.data_port, welcome.data_token = data.port, data.offer(conn)
+        else:
+            conn.data_ready.set()
         yield control(pb.ServerMessage(welcome=welcome))
-        if (yield from self._send(conn)):
-            # The client hangs up once it reads the goodbye. Ending the stream first
-            # would close the connection while it may still send (a late reply), and
-            # its kernel would then drop the unread goodbye with the reset connection.
-            reader.join(GOODBYE_DRAIN)
+        try:
+            if (yield from self._send(conn)):
+                # The client hangs up once it reads the goodbye. Ending the stream first
+                # would close the connection while it may still send (a late reply), and
+                # its kernel would then drop the unread goodbye with the reset connection.
+                reader.join(GOODBYE_DRAIN)
+        finally:
+            if data is not None:
+                data.forget(welcome.data_token)
         if conn.refusal:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, conn.refusal)
 
@@ -218,25 +229,42 @@ class FederationService:
                 yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1])))
                 goodbye = True
                 continue
-            _, task_id, task, blob, extras = item
-            with conn.lock:
-                if task_id not in conn.pending:
-                    continue  # cancelled before it was sent
-            if conn.kinds and task.kind not in conn.kinds:
-                self._unable(conn, task_id, task.kind)
-                continue
-            try:
-                header = task_header(task_id, task, blob, extras)
-            except _wire.WireError as exc:  # that client's failure; its stream stays open
-                error = f"cannot send the {task.kind} task to client {conn.name}: {exc}"
-                self._unable(conn, task_id, task.kind, error)
-                continue
-            yield control(pb.ServerMessage(task=header))
-            for frame in frames(blob, extras):
-                if conn.closed():
-                    return False
-                yield frame
+            if not (yield from self._task(conn, *item[1:])):
+                return False
         return False
+
+    def _task(
+        self, conn: Connection, task_id: int, task: Any, blob: Any, extras: Any
+    ) -> Generator[bytes, None, bool]:
+        """Send one task: its header, then its arrays; False if the connection went meanwhile."""
+        conn.data_ready.wait(_lane.READY_WAIT)  # its first task waits for its data connections
+        with conn.lock:
+            if task_id not in conn.pending:
+                return True  # cancelled before it was sent
+        if conn.kinds and task.kind not in conn.kinds:
+            self.registry.unable(conn, task_id, task.kind)
+            return True
+        try:
+            header = task_header(task_id, task, blob, extras)
+        except _wire.WireError as exc:  # that client's failure; its stream stays open
+            error = f"cannot send the {task.kind} task to client {conn.name}: {exc}"
+            self.registry.unable(conn, task_id, task.kind, error)
+            return True
+        lane = conn.lanes[0] if header.weights_size or header.extras_size else None
+        header.data_lane = lane is not None
+        yield control(pb.ServerMessage(task=header))
+        if lane is not None:  # the arrays go on the data connection
+            try:
+                _lane.send(lane, blob, extras)
+            except OSError as exc:
+                self.registry.drop(conn, f"its data connection failed: {exc or 'closed'}")
+                return False
+            return True
+        for frame in frames(blob, extras):
+            if conn.closed():
+                return False
+            yield frame
+        return True
 
     def _read(self, conn: Connection, requests: Iterator[bytes]) -> None:
         """Read one client's frames until its stream ends, then drop it."""
@@ -268,21 +296,23 @@ class FederationService:
             logger.warning("refused %s from %s: %s", conn.name, conn.peer, exc)
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
             self.registry.drop(conn, str(exc))
-        except grpc.RpcError as exc:
-            if upload is not None:  # gRPC's error here says nothing of a peer that went away
+        except (grpc.RpcError, OSError) as exc:  # OSError: a data connection failed
+            cut_short = upload or conn.upload  # gRPC's error does not name the reply cut short
+            if cut_short is not None:
                 logger.warning(
                     "client %s (%s): its stream failed in the middle of a reply (%d of %d "
                     "bytes received): %s",
                     conn.name,
                     conn.peer,
-                    upload.filled,
-                    upload.size,
+                    cut_short.filled,
+                    cut_short.size,
                     str(exc) or CUT_OFF,
                 )
         except Exception:
             logger.exception("reading from client %s failed", conn.name)
+        upload = upload or conn.upload  # or the one a data connection cut short
         if upload is not None:
-            self._release(upload)
+            self.budget.settle(upload)
         # ``conn.upload`` stays set until the drop: the stream's end may drop it first.
         self.registry.drop(conn, why, names_upload=broke is not None)
         if isinstance(broke, _ProtocolError) and broke.failed is not None:
@@ -306,16 +336,14 @@ class FederationService:
             upload = self._chunk(conn, chunk_data(frame), upload, upload_header)
             if not upload.complete:
                 return upload, upload_header
-            self._release(upload)
-            if isinstance(upload, Upload):
-                self._deliver(conn, upload_header, upload)
-            else:  # skipped to the end: a client busy with a closed round's task is free again
-                conn.take(upload_header.task_id)
+            self._complete(conn, upload, upload_header)
             return None, upload_header
         message = client_message(frame)
         self.admission.check(conn)  # a certificate revoked since it joined
         body = message.WhichOneof("body")
         if body == "heartbeat":
+            if message.heartbeat.data_ready:
+                conn.data_ready.set()
             return upload, upload_header
         if body == "reply":
             if upload is not None and conn.lost():  # a disconnect, not a protocol break
@@ -326,8 +354,50 @@ class FederationService:
                     f"finished ({upload.filled} of {upload.size} bytes received)"
                 )
             header = message.reply
-            return self._start(conn, header), header
+            if header.data_lane and conn.lanes[1] is None:
+                raise _ProtocolError(
+                    f"its reply to task {header.task_id} announced its bytes on a data "
+                    "connection it has not opened"
+                )
+            upload = self._start(conn, header)
+            if header.data_lane:  # its bytes follow on the data connection, not as frames
+                self._from_lane(conn, upload, header)
+                return None, header
+            return upload, header
         raise _ProtocolError(f"unexpected {body} message")
+
+    def _complete(self, conn: Connection, upload: Upload | Skipped, header: pb.ReplyHeader) -> None:
+        """Hand over a reply whose bytes have all arrived (or count those of a skipped one)."""
+        self.budget.settle(upload)
+        if isinstance(upload, Upload):
+            self._deliver(conn, header, upload)
+        else:  # skipped to the end: a client busy with a closed round's task is free again
+            conn.take(header.task_id)
+
+    def _from_lane(
+        self, conn: Connection, upload: Upload | Skipped | None, header: pb.ReplyHeader
+    ) -> None:
+        """Read a reply's bytes from the data connection, checked as chunk frames are."""
+        lane = conn.lanes[1]
+        while upload is not None and not upload.complete:
+            if isinstance(upload, Upload) and self._unwanted(conn, header.task_id):
+                upload = self._abandon(conn, upload, header)
+            size = min(_lane.PIECE, upload.size - upload.filled)
+            if isinstance(upload, Upload) and not self.budget.reserve(size):
+                upload = self._overflow(conn, upload, header)
+            conn.upload = upload  # a drop names the reply it cut short
+            before = upload.filled
+            with upload.space(size) as view:
+                try:
+                    _lane.receive(lane, view, upload.wrote)
+                except BaseException:  # the piece was reserved whole, and not all of it came
+                    if isinstance(upload, Upload):
+                        self.budget.release(size - (upload.filled - before))
+                    raise
+            conn.last_seen = time.monotonic()
+        conn.upload = None  # complete: the reader's cleanup must not give its bytes back twice
+        if upload is not None:
+            self._complete(conn, upload, header)
 
     def _start(self, conn: Connection, header: pb.ReplyHeader) -> Upload | Skipped | None:
         """Where a reply's bytes go: checked against the pending task and the limits first."""
@@ -337,17 +407,7 @@ class FederationService:
         with conn.lock:
             entry = conn.pending.get(header.task_id)
         if entry is None:
-            conn.stray += 1
-            if conn.stray & (conn.stray - 1) == 0:  # the 1st, 2nd, 4th, ...: never a flood
-                logger.warning(
-                    "client %s (%s) replied to task %d, which is not pending; skipping its %d "
-                    "bytes (%d such replies from it so far)",
-                    conn.name,
-                    conn.peer,
-                    header.task_id,
-                    size,
-                    conn.stray,
-                )
+            self.registry.stray(conn, header.task_id, size)
             return Skipped(size) if size else None
         if not entry[0].open:  # a straggler's reply, begun after its round closed
             self.registry.late(conn, header.task_id, entry[1], size)
@@ -377,24 +437,9 @@ class FederationService:
         the reply's buffer and its share of the bytes in flight for as long as it
         stays connected.
         """
-        self._release(upload)
-        skipped = Skipped(upload.size)
-        skipped.filled = upload.filled
-        logger.warning(
-            "client %s (%s): the round of task %d closed with its reply %d of %d bytes in; "
-            "skipping the rest",
-            conn.name,
-            conn.peer,
-            header.task_id,
-            upload.filled,
-            upload.size,
-        )
-        self.registry.event(
-            conn.name,
-            "late-reply",
-            f"task {header.task_id}: {upload.filled} of {upload.size} bytes when its round "
-            f"closed (peer {conn.peer})",
-        )
+        self.budget.settle(upload)
+        skipped = Skipped.rest_of(upload)
+        self.registry.abandoned(conn, header.task_id, upload.filled, upload.size)
         return skipped
 
     def _chunk(
@@ -419,9 +464,8 @@ class FederationService:
 
     def _overflow(self, conn: Connection, upload: Upload, header: pb.ReplyHeader) -> Skipped:
         """Skip a reply that would pass the bytes in flight, and fail its task saying so."""
-        self._release(upload)
-        skipped = Skipped(upload.size)
-        skipped.filled = upload.filled
+        self.budget.settle(upload)
+        skipped = Skipped.rest_of(upload)
         error = (
             f"the server was receiving its limit of {self.budget.total} bytes of replies at "
             f"once; the reply to task {header.task_id} ({upload.size} bytes) was not kept"
@@ -431,22 +475,6 @@ class FederationService:
         if entry is not None:
             self.registry.route(entry[0], Reply(conn.cid, entry[1], error=error), conn.name)
         return skipped
-
-    def _release(self, upload: Upload | Skipped) -> None:
-        """Give back the bytes an upload reserved, once it completed or was abandoned."""
-        if isinstance(upload, Upload):
-            self.budget.release(upload.filled)
-            if not upload.complete:
-                upload.discard()
-
-    def _unable(self, conn: Connection, task_id: int, kind: str, error: str = "") -> None:
-        """Fail for a client a task it cannot be sent: of a kind it does not perform, say."""
-        entry = conn.take(task_id)
-        if entry is not None:
-            if not error:
-                error = f"client {conn.name} does not perform {kind!r} tasks (it performs: "
-                error += ", ".join(sorted(conn.kinds)) + ")"
-            self.registry.route(entry[0], Reply(conn.cid, kind, error=error), conn.name)
 
     def _deliver(self, conn: Connection, header: pb.ReplyHeader, upload: Upload | None) -> None:
         """Turn a complete reply into a :class:`Reply` for whoever waits for it."""
@@ -459,7 +487,7 @@ class FederationService:
             reply = Reply(conn.cid, kind, error=_wire.clipped_error(header.error))
         else:
             try:
-                reply = self._reply(conn.cid, kind, header, upload)
+                reply = reply_of(conn.cid, kind, header, upload, self.wire_limits)
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
                 # A message that breaks the format or its limits: the round learns the
                 # client failed, and the client is dropped.
@@ -467,34 +495,6 @@ class FederationService:
                 failed = (sink, Reply(conn.cid, kind, error=f"malformed reply: {why}"))
                 raise _ProtocolError(f"refused a malformed {kind} reply: {why}", failed) from None
         self.registry.route(sink, reply, conn.name)
-
-    def _reply(self, cid: int, kind: str, header: pb.ReplyHeader, upload: Upload | None) -> Reply:
-        """The reply of a complete upload: decoded now, or deferred if it was spilled to a file.
-
-        A spilled reply is checked in full now (checksums, the encoding's headers, the
-        result's JSON and limits) and unmapped again; the round loop maps it when it
-        folds it and releases it right after.
-        """
-        limits = self.wire_limits
-        if upload is None or not upload.spilled:
-            weights, extras = (None, None) if upload is None else upload.decode()
-            return Reply(
-                cid, kind, result=_wire.result_from_wire(header.result, weights, extras, limits)
-            )
-        spill = upload.spill()
-        data = header.result
-
-        def load() -> Any:
-            return _wire.result_from_wire(data, *spill.map(), limits)
-
-        try:
-            load()
-        except BaseException:
-            spill.close()
-            raise
-        spill.unmap()
-        trim_heap()  # the frames that carried it were freed into the heap
-        return DeferredReply(cid, kind, load, spill.unmap)
 
 
 _HEARTBEAT = control(pb.ServerMessage(heartbeat=pb.Heartbeat()))

@@ -187,6 +187,7 @@ class Upload:
         elif spill:
             self.file = _temporary()
         self.buffer = None if spill else lazy_buffer(self.size)
+        self._bounce: bytearray | None = None  # what a spilled message is read through
 
     @property
     def complete(self) -> bool:
@@ -203,18 +204,41 @@ class Upload:
         end = self.filled + len(data)
         if end > self.size:
             return False
-        split = self.sizes[0]
         view = memoryview(data)
-        if self.filled < split:
-            self.checks[0].update(view[: split - self.filled])
-        if end > split:
-            self.checks[1].update(view[max(0, split - self.filled) :])
+        self._check(view)
         if self.buffer is not None:
             self.buffer[self.filled : end] = view
         else:
             self.file.write(view)
         self.filled = end
         return True
+
+    def _check(self, view: memoryview) -> None:
+        """Feed the next bytes to the checksums of the weights and of the extra arrays."""
+        split, end = self.sizes[0], self.filled + len(view)
+        if self.filled < split:
+            self.checks[0].update(view[: split - self.filled])
+        if end > split:
+            self.checks[1].update(view[max(0, split - self.filled) :])
+
+    def space(self, size: int) -> memoryview:
+        """Where the next ``size`` bytes are read into (from a data connection), for :meth:`wrote`.
+
+        The message's own buffer when it is kept in memory, so the bytes land once;
+        for a spilled message, a piece of memory reused for every read.
+        """
+        size = min(size, self.size - self.filled)
+        if self.buffer is not None:
+            return memoryview(self.buffer)[self.filled : self.filled + size]
+        return _bounce(self, size)
+
+    def wrote(self, view: memoryview) -> None:
+        """Take the bytes just read into ``view`` (from :meth:`space`)."""
+        if self.buffer is None:
+            self.write(view)
+            return
+        self._check(view)
+        self.filled += len(view)
 
     def verify(self) -> None:
         """Raise :class:`~covey.core._codec.CodecError` (the upload discarded) on a bad checksum."""
@@ -377,6 +401,14 @@ class Skipped:
         """Skip ``size`` announced bytes."""
         self.size = size
         self.filled = 0
+        self._bounce: bytearray | None = None
+
+    @classmethod
+    def rest_of(cls, upload: Upload) -> Skipped:
+        """The bytes of ``upload`` still to come, skipped: counted on from where it stopped."""
+        skipped = cls(upload.size)
+        skipped.filled = upload.filled
+        return skipped
 
     @property
     def complete(self) -> bool:
@@ -387,6 +419,22 @@ class Skipped:
         """Count ``data``; False if it runs past the announced size."""
         self.filled += len(data)
         return self.filled <= self.size
+
+    def space(self, size: int) -> memoryview:
+        """A piece of memory to read the next ``size`` bytes into, and forget."""
+        return _bounce(self, min(size, self.size - self.filled))
+
+    def wrote(self, view: memoryview) -> None:
+        """Count the bytes just read into ``view``."""
+        self.filled += len(view)
+
+
+def _bounce(owner: Any, size: int) -> memoryview:
+    """``size`` bytes of memory ``owner`` keeps for reading pieces of a message through."""
+    bounce = getattr(owner, "_bounce", None)
+    if bounce is None or len(bounce) < size:
+        bounce = owner._bounce = bytearray(size)
+    return memoryview(bounce)[:size]
 
 
 MAX_INFLIGHT_BYTES = 16 * 1024**3
@@ -417,3 +465,10 @@ class UploadBudget:
         """Give back ``size`` reserved bytes."""
         with self._lock:
             self.used = max(0, self.used - size)
+
+    def settle(self, upload: Upload | Skipped) -> None:
+        """Give back the bytes an upload reserved, once it completed or was abandoned."""
+        if isinstance(upload, Upload):
+            self.release(upload.filled)
+            if not upload.complete:
+                upload.discard()

@@ -1,4 +1,7 @@
-"""Running a task on a deployed client's task thread, which must outlive every task."""
+"""Running a task on a deployed client's task thread, which must outlive every task.
+
+Also what a client's participation did (:class:`ConnectResult`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 from covey.clients._client import run_task
 from covey.core._messages import Reply, Task
 from covey.transport.grpc._refusal import RetryBudget
 
-__all__ = ["run_on_task_thread", "wait_for_task_thread"]
+__all__ = ["ConnectResult", "run_on_task_thread", "wait_for_task_thread"]
 
 logger = logging.getLogger("covey")
 
@@ -60,3 +64,23 @@ def wait_for_task_thread(
         if budget.since is not None:
             budget.since += time.monotonic() - start
     return stop.is_set()
+
+
+@dataclass
+class ConnectResult:
+    """How a client's participation ended.
+
+    Attributes:
+        reason: The server's goodbye message.
+        tasks: How many tasks this client performed.
+        sessions: How many times it connected (the server welcomed it); failed
+            connection attempts do not count.
+        cid: The id the server gave it.
+        kinds: How many tasks of each kind (``"fit"``, ``"evaluate"``, ...) it performed.
+    """
+
+    reason: str = ""
+    tasks: int = 0
+    sessions: int = 0
+    cid: int | None = None
+    kinds: dict[str, int] = field(default_factory=dict)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63ovey.proto\x12\x08\x63ovey.v1\"[\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproperties\x18\x03 \x01(\x0c\x12\r\n\x05kinds\x18\x04 \x03(\t\x12\x10\n\x08protocol\x18\x05 \x01(\r\"s\n\x07Welcome\x12\x0b\n\x03\x63id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x86\x01\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\x0c\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x14\n\x0cweights_size\x18\x06 \x01(\x04\x12\x13\n\x0b\x65xtras_size\x18\x07 \x01(\x04\"v\n\x0bReplyHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\x14\n\x0cweights_size\x18\x05 \x01(\x04\x12\x13\n\x0b\x65xtras_size\x18\x06 \x01(\x04\"\x0b\n\tHeartbeat\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x98\x01\n\rClientMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.covey.v1.HelloH\x00\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x15.covey.v1.ReplyHeaderH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.covey.v1.HeartbeatH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x03\x10\x04R\x05\x63hunk\"\xc0\x01\n\rServerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.covey.v1.WelcomeH\x00\x12$\n\x04task\x18\x02 \x01(\x0b\x32\x14.covey.v1.TaskHeaderH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.covey.v1.HeartbeatH\x00\x12$\n\x07goodbye\x18\x05 \x01(\x0b\x32\x11.covey.v1.GoodbyeH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x03\x10\x04R\x05\x63hunk2J\n\nFederation\x12<\n\x04Join\x12\x17.covey.v1.ClientMessage\x1a\x17.covey.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63ovey.proto\x12\x08\x63ovey.v1\"n\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproperties\x18\x03 \x01(\x0c\x12\r\n\x05kinds\x18\x04 \x03(\t\x12\x10\n\x08protocol\x18\x05 \x01(\r\x12\x11\n\tdata_lane\x18\x06 \x01(\x08\"\x9a\x01\n\x07Welcome\x12\x0b\n\x03\x63id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x11\n\tdata_port\x18\x07 \x01(\r\x12\x12\n\ndata_token\x18\x08 \x01(\x0c\"\x99\x01\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\x0c\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x14\n\x0cweights_size\x18\x06 \x01(\x04\x12\x13\n\x0b\x65xtras_size\x18\x07 \x01(\x04\x12\x11\n\tdata_lane\x18\x08 \x01(\x08\"\x89\x01\n\x0bReplyHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\x14\n\x0cweights_size\x18\x05 \x01(\x04\x12\x13\n\x0b\x65xtras_size\x18\x06 \x01(\x04\x12\x11\n\tdata_lane\x18\x07 \x01(\x08\"\x1f\n\tHeartbeat\x12\x12\n\ndata_ready\x18\x01 \x01(\x08\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x98\x01\n\rClientMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.covey.v1.HelloH\x00\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x15.covey.v1.ReplyHeaderH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.covey.v1.HeartbeatH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x03\x10\x04R\x05\x63hunk\"\xc0\x01\n\rServerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.covey.v1.WelcomeH\x00\x12$\n\x04task\x18\x02 \x01(\x0b\x32\x14.covey.v1.TaskHeaderH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.covey.v1.HeartbeatH\x00\x12$\n\x07goodbye\x18\x05 \x01(\x0b\x32\x11.covey.v1.GoodbyeH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x03\x10\x04R\x05\x63hunk2J\n\nFederation\x12<\n\x04Join\x12\x17.covey.v1.ClientMessage\x1a\x17.covey.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'covey_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HELLO']._serialized_start=25
-  _globals['_HELLO']._serialized_end=116
-  _globals['_WELCOME']._serialized_start=118
-  _globals['_WELCOME']._serialized_end=233
-  _globals['_TASKHEADER']._serialized_start=236
-  _globals['_TASKHEADER']._serialized_end=370
-  _globals['_REPLYHEADER']._serialized_start=372
-  _globals['_REPLYHEADER']._serialized_end=490
-  _globals['_HEARTBEAT']._serialized_start=492
-  _globals['_HEARTBEAT']._serialized_end=503
-  _globals['_GOODBYE']._serialized_start=505
-  _globals['_GOODBYE']._serialized_end=530
-  _globals['_CLIENTMESSAGE']._serialized_start=533
-  _globals['_CLIENTMESSAGE']._serialized_end=685
-  _globals['_SERVERMESSAGE']._serialized_start=688
-  _globals['_SERVERMESSAGE']._serialized_end=880
-  _globals['_FEDERATION']._serialized_start=882
-  _globals['_FEDERATION']._serialized_end=956
+  _globals['_HELLO']._serialized_end=135
+  _globals['_WELCOME']._serialized_start=138
+  _globals['_WELCOME']._serialized_end=292
+  _globals['_TASKHEADER']._serialized_start=295
+  _globals['_TASKHEADER']._serialized_end=448
+  _globals['_REPLYHEADER']._serialized_start=451
+  _globals['_REPLYHEADER']._serialized_end=588
+  _globals['_HEARTBEAT']._serialized_start=590
+  _globals['_HEARTBEAT']._serialized_end=621
+  _globals['_GOODBYE']._serialized_start=623
+  _globals['_GOODBYE']._serialized_end=648
+  _globals['_CLIENTMESSAGE']._serialized_start=651
+  _globals['_CLIENTMESSAGE']._serialized_end=803
+  _globals['_SERVERMESSAGE']._serialized_start=806
+  _globals['_SERVERMESSAGE']._serialized_end=998
+  _globals['_FEDERATION']._serialized_start=1000
+  _globals['_FEDERATION']._serialized_end=1074
 # @@protoc_insertion_point(module_scope)

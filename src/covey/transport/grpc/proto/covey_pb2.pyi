@@ -7,37 +7,43 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("version", "name", "properties", "kinds", "protocol")
+    __slots__ = ("version", "name", "properties", "kinds", "protocol", "data_lane")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    DATA_LANE_FIELD_NUMBER: _ClassVar[int]
     version: str
     name: str
     properties: bytes
     kinds: _containers.RepeatedScalarFieldContainer[str]
     protocol: int
-    def __init__(self, version: _Optional[str] = ..., name: _Optional[str] = ..., properties: _Optional[bytes] = ..., kinds: _Optional[_Iterable[str]] = ..., protocol: _Optional[int] = ...) -> None: ...
+    data_lane: bool
+    def __init__(self, version: _Optional[str] = ..., name: _Optional[str] = ..., properties: _Optional[bytes] = ..., kinds: _Optional[_Iterable[str]] = ..., protocol: _Optional[int] = ..., data_lane: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("cid", "name", "heartbeat_interval", "run_id", "protocol", "version")
+    __slots__ = ("cid", "name", "heartbeat_interval", "run_id", "protocol", "version", "data_port", "data_token")
     CID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_TOKEN_FIELD_NUMBER: _ClassVar[int]
     cid: int
     name: str
     heartbeat_interval: float
     run_id: str
     protocol: int
     version: str
-    def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ..., protocol: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    data_port: int
+    data_token: bytes
+    def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ..., protocol: _Optional[int] = ..., version: _Optional[str] = ..., data_port: _Optional[int] = ..., data_token: _Optional[bytes] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size", "extras_size")
+    __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size", "extras_size", "data_lane")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +51,7 @@ class TaskHeader(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXTRAS_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_LANE_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     kind: str
     round: int
@@ -52,27 +59,32 @@ class TaskHeader(_message.Message):
     payload: bytes
     weights_size: int
     extras_size: int
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., round: _Optional[int] = ..., config: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ...) -> None: ...
+    data_lane: bool
+    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., round: _Optional[int] = ..., config: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ..., data_lane: _Optional[bool] = ...) -> None: ...
 
 class ReplyHeader(_message.Message):
-    __slots__ = ("task_id", "kind", "error", "result", "weights_size", "extras_size")
+    __slots__ = ("task_id", "kind", "error", "result", "weights_size", "extras_size", "data_lane")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXTRAS_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_LANE_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     kind: str
     error: str
     result: bytes
     weights_size: int
     extras_size: int
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ...) -> None: ...
+    data_lane: bool
+    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ..., data_lane: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("data_ready",)
+    DATA_READY_FIELD_NUMBER: _ClassVar[int]
+    data_ready: bool
+    def __init__(self, data_ready: _Optional[bool] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ("reason",)
