@@ -312,6 +312,7 @@ def markdown(
         f"{info['memory_first_touch']['again_gbps']:.2f} GB/s right after (freed memory "
         "goes back to the hypervisor within seconds, and touching it again is slow)."
         + (f" Bytecode: {info['bytecode']}." if info.get("bytecode") else "")
+        + _data_port_line(info)
         + (
             " (Machine figures measured when the report was rebuilt, not during the runs.)"
             if info.get("measured_at_report_time")
@@ -386,3 +387,12 @@ def report_from(folder: Path, args: argparse.Namespace) -> int:
         info["loadavg_start"] = runs[0].get("loadavg_before", float("nan")) if runs else 0.0
     write_report(command, info, runs, run_args, None)
     return 0
+
+
+def _data_port_line(info: dict[str, Any]) -> str:
+    """How the covey servers moved the arrays (reports before the option say nothing)."""
+    if "data_port" not in info:
+        return ""
+    if info["data_port"]:
+        return " covey servers: `--data-port 0` (arrays on data connections beside the streams)."
+    return " covey servers: no data port (arrays as chunk frames on the gRPC streams)."

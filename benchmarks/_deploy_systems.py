@@ -65,6 +65,7 @@ def run_covey(run: Run, sampler: DeploySampler, times: Path, deadline: float) ->
             "--wait-timeout",
             str(args.timeout),
             *security,
+            *(["--data-port", "0"] if getattr(args, "data_port", False) else []),
         ],
         env,
     )

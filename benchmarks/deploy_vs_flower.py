@@ -106,6 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     p.add_argument(
+        "--data-port",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="covey servers listen on a data port (covey server --data-port 0): the arrays "
+        "go on data connections beside the gRPC streams; --no-data-port: on the streams",
+    )
+    p.add_argument(
         "--flower-bin",
         type=lambda text: Path(text).absolute(),  # runs start in their own folders
         default=ROOT / ".venv-flower" / "bin",
@@ -293,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args)
     info["stamp"] = stamp
     info["bytecode"] = compile_sources()
+    info["data_port"] = args.data_port
     print(f"waiting for the load average to fall below {args.load_below} ...", flush=True)
     info["loadavg_start"] = wait_for_load(args.load_below, args.load_max_wait)
     atomic_write(
