@@ -23,7 +23,7 @@ from covey.core._weights import Weights, WeightsSpec
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import check_address, check_heartbeat
-from covey.transport.grpc._lane import DataPort
+from covey.transport.grpc._lane import DataPort, cut
 from covey.transport.grpc._listen import ListenError
 from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
 from covey.transport.grpc._service import SILENCE, FederationService, ServerTLS, start_server
@@ -319,6 +319,9 @@ class GrpcServerTransport:
         self._server.stop(grace=5.0).wait(10.0)
         if self._service.data is not None:
             self._service.data.close()
+            for conn in conns:  # the streams are over: so are their data connections
+                for lane in conn.lanes:
+                    cut(lane)
         if self._service.handshakes is not None:
             self._service.handshakes.close()
         self._service.spill_files.close()
