@@ -495,6 +495,8 @@ def test_a_client_that_never_says_it_is_ready_gets_its_tasks_on_the_stream(
         task = raw.next_task()  # after the wait, as chunk frames on the stream
         assert not task.data_lane
         assert task.weights_size == len(_codec.Encoded(WEIGHTS))
+        # Waited for once: its later tasks go at once.
+        assert transport._registry.fleet[welcome.cid].data_ready.is_set()
     finally:
         raw.close()
         transport.close()

@@ -135,8 +135,7 @@ class FederationService:
         self.handshakes: HandshakeWatch | None = None
         # The cap on streams at once (start_server sets it to the server's max_clients).
         self.capacity = Capacity(1000, registry.event)
-        # The data port clients move bulk bytes on, if the server has one (see _lane).
-        self.data: _lane.DataPort | None = None
+        self.data: _lane.DataPort | None = None  # the data port, if any (see _lane)
 
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames, if the server has room for one more."""
@@ -237,7 +236,8 @@ class FederationService:
         self, conn: Connection, task_id: int, task: Any, blob: Any, extras: Any
     ) -> Generator[bytes, None, bool]:
         """Send one task: its header, then its arrays; False if the connection went meanwhile."""
-        conn.data_ready.wait(_lane.READY_WAIT)  # its first task waits for its data connections
+        if not conn.data_ready.wait(_lane.READY_WAIT):  # its first task waits for them, once
+            conn.data_ready.set()
         with conn.lock:
             if task_id not in conn.pending:
                 return True  # cancelled before it was sent
