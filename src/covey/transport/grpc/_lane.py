@@ -94,22 +94,26 @@ def cut(sock: socket.socket | None) -> None:
 def receive(
     sock: socket.socket, target: memoryview, took: Callable[[memoryview], Any] | None = None
 ) -> None:
-    """Fill ``target`` from ``sock``, handing each read's bytes to ``took`` as they land.
+    """Fill ``target`` from ``sock``, then hand the bytes that came to ``took``.
+
+    ``took`` gets them all, or as many as came before a failure.
 
     Raises:
         ConnectionError: the peer closed the connection first.
         OSError: the connection failed, or went silent past its timeout.
     """
     filled = 0
-    while filled < len(target):
-        got = sock.recv_into(target[filled:])
-        if not got:
-            raise ConnectionError(
-                f"the data connection closed {filled} bytes into a piece of {len(target)}"
-            )
-        if took is not None:
-            took(target[filled : filled + got])
-        filled += got
+    try:
+        while filled < len(target):
+            got = sock.recv_into(target[filled:])
+            if not got:
+                raise ConnectionError(
+                    f"the data connection closed {filled} bytes into a piece of {len(target)}"
+                )
+            filled += got
+    finally:
+        if took is not None and filled:
+            took(target[:filled])
 
 
 def send(
