@@ -257,7 +257,7 @@ class FederationService:
             try:
                 _lane.send(lane, blob, extras)
             except OSError as exc:
-                self.registry.drop(conn, f"its data connection failed: {exc or 'closed'}")
+                self.registry.drop(conn, f"lost its data connection ({exc or 'closed'})")
                 return False
             return True
         for frame in frames(blob, extras):
