@@ -960,3 +960,54 @@ def test_a_hostile_servers_goodbye_reason_is_kept_cut_to_its_start_and_end() -> 
     assert result.reason.startswith("over: x")
     assert result.reason.endswith("x the end")
     assert "characters left out" in result.reason
+
+
+def test_a_malformed_complete_reply_gives_its_bytes_back_once() -> None:
+    # A reply whose bytes all came but whose checksum is bad was given back to the
+    # budget twice (when complete, and again as the reader cleaned up after the
+    # refusal), taking another reply's reservation with it: the cap could be passed.
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    slow, bad = _raw(transport.port, "slow"), _raw(transport.port, "bad")
+    try:
+        assert transport.wait_for_clients(2, 20)
+        cids = {name: cid for cid, name in _names(transport).items()}
+        tasks = {cid: Task("fit", 1, {}, {"w": np.zeros(4)}) for cid in cids.values()}
+        exchange, replies = _exchange(transport, tasks, 30)
+        slow_task, bad_task = slow.next_task(), bad.next_task()
+        slow.send(
+            reply=pb.ReplyHeader(
+                task_id=slow_task.task_id, kind="fit", result=FIT, weights_size=1000
+            )
+        )
+        slow.send_chunk(bytes(500))  # half a reply, held
+        _wait(lambda: transport._service.budget.used == 500, "the held half")
+        blob = bytearray(_codec.encode({"w": np.ones(4)}))
+        blob[-3] ^= 0x40
+        bad.send(
+            reply=pb.ReplyHeader(
+                task_id=bad_task.task_id, kind="fit", result=FIT, weights_size=len(blob)
+            )
+        )
+        bad.send_chunk(bytes(blob))
+        _wait(lambda: cids["bad"] not in transport.clients(), "the malformed reply's refusal")
+        assert transport._service.budget.used == 500  # the held half, still reserved
+        slow.send_chunk(bytes(500))
+        exchange.join(30)
+        assert {r.cid: r.ok for r in replies} == {cids["slow"]: False, cids["bad"]: False}
+        assert transport._service.budget.used == 0
+    finally:
+        slow.close()
+        bad.close()
+        transport.close()
+
+
+def _names(transport: GrpcServerTransport) -> dict[int, str]:
+    with transport._registry.lock:
+        return {cid: conn.name for cid, conn in transport._registry.fleet.items()}
+
+
+def _wait(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

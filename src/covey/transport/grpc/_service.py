@@ -297,7 +297,7 @@ class FederationService:
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
             self.registry.drop(conn, str(exc))
         except (grpc.RpcError, OSError) as exc:  # OSError: a data connection failed
-            cut_short = upload or conn.upload  # gRPC's error does not name the reply cut short
+            cut_short = upload or (conn.upload if isinstance(exc, OSError) else None)
             if cut_short is not None:
                 logger.warning(
                     "client %s (%s): its stream failed in the middle of a reply (%d of %d "

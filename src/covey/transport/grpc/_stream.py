@@ -188,6 +188,7 @@ class Upload:
             self.file = _temporary()
         self.buffer = None if spill else lazy_buffer(self.size)
         self._bounce: bytearray | None = None  # what a spilled message is read through
+        self.settled = False  # whether its reserved bytes were given back (UploadBudget.settle)
 
     @property
     def complete(self) -> bool:
@@ -467,8 +468,9 @@ class UploadBudget:
             self.used = max(0, self.used - size)
 
     def settle(self, upload: Upload | Skipped) -> None:
-        """Give back the bytes an upload reserved, once it completed or was abandoned."""
-        if isinstance(upload, Upload):
+        """Give back the bytes an upload reserved, once it completed or was abandoned (once)."""
+        if isinstance(upload, Upload) and not upload.settled:
+            upload.settled = True
             self.release(upload.filled)
             if not upload.complete:
                 upload.discard()
