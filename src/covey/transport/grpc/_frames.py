@@ -30,7 +30,7 @@ from covey.core._version import covey_version
 from covey.transport.grpc import _lane, _wire
 from covey.transport.grpc._checks import welcome_heartbeat
 from covey.transport.grpc._refusal import VERSION_CHARS, Refused, server_named, stated_version
-from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, Upload, chunks, lazy_buffer
+from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, Upload, chunks, feed, lazy_buffer
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
@@ -319,11 +319,7 @@ class Download:
         return end == len(self.buffer)
 
     def _check(self, data: memoryview) -> None:
-        """Feed the next bytes to the checksums of the weights and of the extra arrays."""
-        if self.filled < self.split:
-            self.checks[0].update(data[: self.split - self.filled])
-        if self.filled + len(data) > self.split:
-            self.checks[1].update(data[max(0, self.split - self.filled) :])
+        feed(self.checks, self.split, self.filled, data)
 
     def receive(self, lane: socket.socket, heard: Callable[[], Any]) -> None:
         """Read every announced byte from the data connection ``lane`` straight into the buffer.

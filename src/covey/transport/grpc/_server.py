@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -117,7 +116,7 @@ class GrpcServerTransport:
         pems = None if tls is None else (tls.ca, tls.cert, tls.key)
         try:
             self._service.data = DataPort(host, port, pems, quiet)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError too: a certificate or key it cannot load
             self._server.stop(None)
             raise ListenError(
                 f"cannot listen for data connections on {host}:{port}: {exc}"

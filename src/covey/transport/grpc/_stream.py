@@ -215,12 +215,7 @@ class Upload:
         return True
 
     def _check(self, view: memoryview) -> None:
-        """Feed the next bytes to the checksums of the weights and of the extra arrays."""
-        split, end = self.sizes[0], self.filled + len(view)
-        if self.filled < split:
-            self.checks[0].update(view[: split - self.filled])
-        if end > split:
-            self.checks[1].update(view[max(0, split - self.filled) :])
+        feed(self.checks, self.sizes[0], self.filled, view)
 
     def space(self, size: int) -> memoryview:
         """Where the next ``size`` bytes are read into (from a data connection), for :meth:`wrote`.
@@ -428,6 +423,20 @@ class Skipped:
     def wrote(self, view: memoryview) -> None:
         """Count the bytes just read into ``view``."""
         self.filled += len(view)
+
+
+def feed(
+    checks: tuple[_codec.StreamCheck, _codec.StreamCheck], split: int, at: int, data: memoryview
+) -> None:
+    """Feed ``data``, a message's bytes from offset ``at`` on, to its two checksums.
+
+    ``checks`` are those of the weights (the first ``split`` bytes) and of the
+    extra arrays after them.
+    """
+    if at < split:
+        checks[0].update(data[: split - at])
+    if at + len(data) > split:
+        checks[1].update(data[max(0, split - at) :])
 
 
 def _bounce(owner: Any, size: int) -> memoryview:
