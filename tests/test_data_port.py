@@ -531,3 +531,60 @@ def test_covey_server_takes_a_data_port_and_keeps_it_in_the_resume_command(
     assert result.exit_code == 2, result.output  # refused before it listens
     assert "data_port must be a port number (0 to 65535), got 70000" in result.output
     assert not (tmp_path / "run" / "run.sqlite").exists()
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(app, [*base, "--address", "127.0.0.1:0", "--data-port", port])
+    finally:
+        taken.close()
+    assert result.exit_code == 2, result.output
+    assert "--data-port: cannot listen for data connections on 127.0.0.1:" in result.output
+
+
+def test_a_peer_trickling_its_token_loses_its_slot_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The handshake's time was per read: a byte every few seconds kept a slot for ever.
+    monkeypatch.setattr(_lane, "HANDSHAKE_SECONDS", 1.0)
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, data_port=0)
+    assert transport.data_port
+    try:
+        sock = socket.create_connection(("127.0.0.1", transport.data_port), timeout=20)
+        closed = False
+        for _ in range(30):  # a byte every 0.5 s, never the 33 of a whole token
+            try:
+                sock.sendall(b"\x01")
+                sock.settimeout(0.5)
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+            if closed:
+                break
+        assert closed, "the trickling peer kept its connection"
+        sock.close()
+    finally:
+        transport.close()
+
+
+def test_a_client_opening_slow_data_connections_is_not_taken_for_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Opening them blocks the thread that reads the stream; with a short heartbeat the
+    # client took the server's silence for a death, reconnected, and never trained.
+    lanes = _lane.open_lane
+
+    def slow(*args: Any, **kwargs: Any) -> socket.socket:
+        threading.Event().wait(1.5)  # more than six heartbeats of 0.1 s
+        return lanes(*args, **kwargs)
+
+    monkeypatch.setattr(_lane, "open_lane", slow)
+    strategy = covey.FedAvg(min_fit_clients=2, min_available_clients=2, fraction_evaluate=0)
+    served = Served(strategy, 2, initial_weights=WEIGHTS, data_port=0, heartbeat=0.1)
+    clients = [Joined(served.port, Fit(), name=f"c{k}") for k in range(2)]
+    result = served.join(90)
+    for joined in clients:
+        joined.join(30)
+        assert joined.error is None, joined.error
+        assert joined.result is not None
+        assert joined.result.sessions == 1
+    np.testing.assert_array_equal(result.weights["w"], WEIGHTS["w"] + 2)

@@ -170,6 +170,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     from covey.deploy._console import ServerConsole
     from covey.deploy._server import serve
     from covey.transport.grpc._listen import ListenError
+    from covey.transport.grpc._server import DataPortError
 
     names: dict[int, str] = {}
     needed = max(1, int(getattr(server_app.strategy, "min_available_clients", 1)))
@@ -229,7 +230,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         raise typer.Exit(1) from None
     except ListenError as exc:  # a mistake in the address given, as the docs say: 2
         _forget(run, flags)
-        fail(f"{flags.get('address_flag', '--address')}: {exc}")
+        flag = "--data-port" if isinstance(exc, DataPortError) else "--address"
+        fail(f"{flags.get('address_flag', flag)}: {exc}")
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)

@@ -138,7 +138,8 @@ class _Session:
             except queue.Empty:
                 if self.buffers is not None:
                     self.buffers.release()  # the last task's buffer, once its reply is sent
-                if time.monotonic() - self.last_heard > SILENCE * self.heartbeat and self.call:
+                quiet = time.monotonic() - self.last_heard > SILENCE * self.heartbeat
+                if quiet and self.call and not self.lanes.opening:  # opening: nothing is read
                     logger.warning(
                         "no word from the server for %.0f s; reconnecting",
                         SILENCE * self.heartbeat,

@@ -161,8 +161,15 @@ def open_lane(
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname=server_name or host)
         sock.sendall(bytes([direction]) + token)
-        if _exactly(sock, 1) != ACK:
-            raise ConnectionError("the server did not accept the data connection")
+        try:
+            answer = _exactly(sock, 1)
+        except ConnectionError:
+            answer = b""
+        if answer != ACK:
+            raise ConnectionError(
+                "the server closed the data connection without taking it (a token it does not "
+                "know, or as many connections being identified as it takes at once)"
+            )
         sock.settimeout(timeout)
         return sock
     except BaseException:
@@ -219,12 +226,26 @@ class LaneListener:
             ).start()
 
     def _identify(self, sock: socket.socket, peer: Any) -> None:
-        """Take a new data connection if its first bytes are a direction and a live token."""
+        """Take a new data connection if its first bytes are a direction and a live token.
+
+        It has :data:`HANDSHAKE_SECONDS` in all (TLS included), not per read: a
+        peer trickling a byte at a time cannot keep its slot.
+        """
+        try:
+            spare = sock.dup()  # shut down when time is up: ends the connection, TLS or not
+        except OSError as exc:
+            self._slots.release()
+            self._refuse(sock, peer, str(exc))
+            return
+        watchdog = threading.Timer(HANDSHAKE_SECONDS, lambda: cut(spare))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             sock.settimeout(HANDSHAKE_SECONDS)
             if self._context is not None:
                 sock = self._context.wrap_socket(sock, server_side=True)
             first = _exactly(sock, 1 + TOKEN_BYTES)
+            watchdog.cancel()
             if first[0] not in (DOWN, UP) or not self._attach(first[0], first[1:], sock):
                 self._refuse(sock, peer, "no client waits for it")
                 return
@@ -232,6 +253,8 @@ class LaneListener:
         except (OSError, ValueError) as exc:
             self._refuse(sock, peer, str(exc) or type(exc).__name__)
         finally:
+            watchdog.cancel()
+            spare.close()
             self._slots.release()
 
     def _refuse(self, sock: socket.socket, peer: Any, why: str) -> None:
@@ -342,11 +365,13 @@ class ClientLanes:
         self.server_name = server_name
         self.down: socket.socket | None = None  # the bytes of tasks
         self.up: socket.socket | None = None  # the bytes of replies
+        self.opening = False  # the stream is not read meanwhile: its silence is no death
 
     def open(self, port: int, token: bytes, timeout: float) -> None:
         """Open both connections to ``port``; a failure leaves the arrays on the stream."""
         if not port:
             return
+        self.opening = True
         try:
             if len(token) != TOKEN_BYTES or port > 65535:
                 raise ValueError(f"the server offered port {port} with {len(token)} token bytes")
@@ -362,11 +387,14 @@ class ClientLanes:
             logger.info("opened data connections to %s:%d", self.host, port)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             logger.warning(
-                "cannot open data connections to %s:%d (%s); the arrays go on the stream",
+                "cannot open data connections to %s:%d (%s); %s go on the stream",
                 self.host,
                 port,
                 exc or type(exc).__name__,
+                "the arrays" if self.down is None else "replies' arrays",
             )
+        finally:
+            self.opening = False
 
     def close(self) -> None:
         """Close both connections."""

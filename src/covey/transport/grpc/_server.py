@@ -28,9 +28,13 @@ from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
 from covey.transport.grpc._service import SILENCE, FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
 
-__all__ = ["GrpcServerTransport", "ServerTLS"]
+__all__ = ["DataPortError", "GrpcServerTransport", "ServerTLS"]
 
 logger = logging.getLogger("covey")
+
+
+class DataPortError(ListenError):
+    """The data port cannot be listened on (taken, say)."""
 
 
 def _busy(kind: str) -> str:
@@ -118,10 +122,11 @@ class GrpcServerTransport:
             self._service.data = DataPort(host, port, pems, quiet)
         except OSError as exc:  # ssl.SSLError too: a certificate or key it cannot load
             self._server.stop(None)
-            raise ListenError(
+            raise DataPortError(
                 f"cannot listen for data connections on {host}:{port}: {exc}"
             ) from None
         self.data_port = self._service.data.port
+        logger.info("listening for data connections on %s:%d", host, self.data_port)
 
     # -- Transport ---------------------------------------------------------------------
 
