@@ -268,6 +268,8 @@ def test_a_project_federation_on_a_taken_port_names_its_setting(tmp_path: Path) 
         f"error: address ([tool.covey.federations.local] or --set): cannot listen on {address}: "
         f"{address} is in use"
     )
+    # The run folder made for it goes, with the app settings kept in it as it started.
+    assert list((tmp_path / "fed-port" / "runs").iterdir()) == []
 
 
 def test_an_app_with_a_syntax_error_is_named_with_its_line(tmp_path: Path) -> None:

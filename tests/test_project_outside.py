@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -213,8 +214,11 @@ def test_a_run_dir_holding_a_run_points_to_how_to_continue_it(project: Path) -> 
     said = _fed(project, "run-dir='held'")
     assert "run-dir" in said
     assert "already holds a run" in said
-    assert f"covey server --resume {held} --app outside_fed.server_app:server_app" in said
-    assert "--insecure --rounds 1" in said
+    # It was `covey server --resume` with the app's function of no arguments, which
+    # reads pyproject.toml: this run's --set (rounds=1 here) was lost on the resume.
+    assert f"`covey run {project} --federation local --resume {held} " in said
+    assert "--set \"address='127.0.0.1:0'\" --set \"run-dir='held'\"" in said
+    assert "--set wait-timeout=1 --set rounds=1`" in said
     assert "--run-dir" not in said  # `covey run` has no such flag
 
 
@@ -367,13 +371,22 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
             server.communicate(timeout=30)
     assert server.returncode == 130, said
     hint = said.strip().splitlines()[-1].split("continue it with `")[1].rstrip("`")
-    assert " --app outside_fed.server_app:server_app --insecure --rounds 2" in hint
-    args = [*hint.split()[1:], "--address", "127.0.0.1:0", "--port-file", "res.port"]
+    run = sorted((project / "runs").glob("local-*"))[-1]
+    # It printed `covey server --resume` with the app's function of no arguments,
+    # which reads pyproject.toml: an app setting given by --set was lost.
+    assert hint == (
+        f"covey run --federation local --resume {run} --set \"address='127.0.0.1:0'\" "
+        "--set \"port-file='int.port'\" --set rounds=2"
+    )
+    args = shlex.split(hint)[1:]
+    assert args[-2:] == ["--set", "rounds=2"]
+    del args[-2:]  # kept in the run folder
+    args += ["--set", "port-file='res.port'"]  # the last --set of a key wins
     code, out = serve_project(
         project, args, project / "res.port", "outside_fed.client_app:client_fn", env
     )
     assert code == 0, out
-    run = Path(hint.split("--resume ")[1].split()[0])
+    assert f"resuming {run}" in " ".join(out.split())
     assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]  # --set rounds=2 kept
 
 

@@ -131,10 +131,20 @@ def test_resume_refusals_of_covey_run_name_what_is_wrong(
     assert "no such folder, so no simulated run to resume" in said
     code, said = _cli("run", str(root), "--federation", "local", "--resume", str(root))
     assert code == 2, said
-    assert "covey server --resume" in said
+    assert f"--resume {root}: no served run there (no run.sqlite)" in said
     code, said = _cli("run", str(root), "--set", "rounds=1")
     assert code == 0, said
     (run,) = root.glob("runs/sim-*")
+    code, said = _cli("run", str(root), "--federation", "local", "--resume", str(run))
+    assert code == 2, said
+    assert f"--resume {run} holds a simulated run; continue it without --federation" in said
+    served = tmp_path / "served"  # what a served run keeps: run.sqlite and no run.json
+    served.mkdir()
+    shutil.copy(run / "run.sqlite", served / "run.sqlite")
+    code, said = _cli("run", str(root), "--resume", str(served))
+    assert code == 2, said
+    assert f"--resume {served} holds a served run: continue it with `covey run" in said
+    assert not (served / "run.json").exists()
     code, said = _cli("run", str(root), "--resume", str(run), "--set", "lr=0.9", "--set", "seed=3")
     assert code == 2, said
     assert "the run was started with other settings: lr = 0.5 (now 0.9), seed = 0 (now 3)" in said
@@ -177,6 +187,34 @@ def test_a_resume_without_set_rounds_runs_the_rounds_the_run_was_started_with(
     code, said = _cli("run", str(root), "--resume", str(run), "--set", "rounds=3")
     assert code == 0, said  # an explicit --set rounds trains it on
     assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2, 3]
+
+
+def test_a_resume_without_set_keeps_the_settings_the_run_was_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `covey run --resume` refused it ("started with other settings: lr = 0.3 (now
+    # 0.5)") though the command it printed to continue the run had no --set.
+    root = _project(tmp_path, "kept-fed", INTERRUPTED, monkeypatch)
+    stopper = "server-app=kept_fed.server_app:interrupted_in_round_1"
+    given = ["--set", "rounds=2", "--set", "lr=0.3", "--set", "clients=6", "--set", "seed=4"]
+    code, said = _cli("run", str(root), *given, "--set", stopper)
+    assert code == 130, said
+    (run,) = root.glob("runs/sim-*")
+    command = f"covey run {root} --resume {run}"
+    assert command in " ".join(said.split())
+    code, said = _cli(*shlex.split(command)[1:])
+    assert code == 0, said
+    assert "6 simulated clients, 2 rounds" in said
+    code, said = _cli("run", str(root), *given)  # the same run, never stopped
+    assert code == 0, said
+    (whole,) = set(root.glob("runs/sim-*")) - {run}
+    assert _records(run) == _records(whole)
+    resumed, expected = load_file(run / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert all(np.array_equal(resumed[k], expected[k]) for k in expected)
+    # A --set on the resume that changes one is still refused, naming it.
+    code, said = _cli("run", str(root), "--resume", str(run), "--set", "lr=0.5")
+    assert code == 2, said
+    assert "started with other settings: lr = 0.3 (now 0.5)" in said
 
 
 def test_a_project_run_killed_before_its_run_json_starts_again_from_round_1(

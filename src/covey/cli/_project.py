@@ -150,8 +150,12 @@ class ProjectSettings:
         if not isinstance(config, dict):
             fail(f"[tool.covey.config] in {project / 'pyproject.toml'} must be a table")
         self.run, self.config = run, dict(config)
+        self.overrides = list(overrides)
+        """The ``--set`` items as given, for a printed command that repeats them."""
         self.given: set[str] = set()
         """The ``[tool.covey]`` keys ``--set`` gave (``rounds``, say)."""
+        self.given_config: set[str] = set()
+        """The ``[tool.covey.config]`` keys ``--set`` gave."""
         for item in overrides:
             self._override(item)
         for key in ("server_app", "client_app"):
@@ -163,6 +167,33 @@ class ProjectSettings:
                     f"{project / 'pyproject.toml'}, or --set): give MODULE:FUNCTION as text, "
                     f'e.g. {toml_key(key)} = "{_APP_EXAMPLES[key]}"'
                 )
+        self._check_numbers()
+        runs = self.run.get("runs_dir", "runs")
+        if not isinstance(runs, str) or (project / runs).is_file():
+            fail(
+                f"runs-dir = {runs!r} ([tool.covey] in {project / 'pyproject.toml'}, or --set): "
+                "give a folder (made if missing) to keep each run's folder in"
+            )
+
+    def restore(self, kept: dict[str, Any]) -> None:
+        """Take back the app settings a resumed run was started with, but those ``--set`` gives.
+
+        ``kept`` is what the run folder keeps (see
+        :func:`covey.cli._project_sim.same_settings`): ``clients``, ``rounds``,
+        ``seed`` and ``[tool.covey.config]``, ``--set`` applied. A ``--set`` on the
+        resume wins (the resume then refuses it unless it is ``rounds``, which may
+        take a stopped run further).
+        """
+        for key, value in kept.items():
+            if key in ("clients", "rounds", "seed") and key not in self.config:
+                if key not in self.given:
+                    self.run[key] = value
+            elif key not in self.given_config:
+                self.config[key] = value
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        project = self.project
         for key, least in (("clients", 1), ("rounds", 0), ("seed", 0)):
             value = self.run.get(key)
             if value is not None and (
@@ -172,12 +203,6 @@ class ProjectSettings:
                     f"{key} = {value!r} ([tool.covey] in {project / 'pyproject.toml'}, or "
                     f"--set): must be a whole number of {least} or more, e.g. --set {key}=10"
                 )
-        runs = self.run.get("runs_dir", "runs")
-        if not isinstance(runs, str) or (project / runs).is_file():
-            fail(
-                f"runs-dir = {runs!r} ([tool.covey] in {project / 'pyproject.toml'}, or --set): "
-                "give a folder (made if missing) to keep each run's folder in"
-            )
 
     def _override(self, item: str) -> None:
         given, sep, text = item.partition("=")
@@ -197,6 +222,7 @@ class ProjectSettings:
         elif spelled := [k for k in (given, key, toml_key(key)) if k in self.config]:
             same_kind(item, self.config[spelled[0]], value)
             self.config[spelled[0]] = value  # the app's key as its table spells it
+            self.given_config.add(spelled[0])
         else:
             self._refuse(item, key)
 
@@ -255,22 +281,23 @@ def run_command(
         Path | None,
         typer.Option(
             "--resume",
-            help="Continue the stopped simulation in this run folder after its last "
-            "complete round (with the settings it was started with).",
+            help="Continue the stopped run in this folder after its last complete round, "
+            "with the settings it was started with (a served run: with --federation).",
         ),
     ] = None,
 ) -> None:
     """Run the project in this folder: a simulation, or a server for a real federation."""
-    if resume is not None and federation is not None:
-        fail(
-            f"--resume {resume} continues a simulated run; a served run is continued with "
-            f"`covey server --resume {shlex.quote(str(resume))}` and the app it was started with"
-        )
     if resume is not None:
-        from covey.cli._project_sim import check_resume_folder
+        from covey.cli._project_serve import check_served_folder
+        from covey.cli._project_sim import check_resume_folder, kept_settings
 
-        check_resume_folder(resume, project)
+        if federation is None:
+            check_resume_folder(resume, project)
+        else:
+            check_served_folder(resume)
     settings = ProjectSettings(project.resolve(), overrides or [], federation)
+    if resume is not None and (kept := kept_settings(resume)) is not None:
+        settings.restore(kept)  # the app gets the settings the run was started with
     if str(settings.project) not in sys.path:
         sys.path.insert(0, str(settings.project))
     make_server = load_object(
@@ -300,7 +327,9 @@ def run_command(
 
         simulate_project(settings, server_app, make_client, resume)
     else:
-        _deploy(settings, server_app, federation or "", verbose)
+        from covey.cli._project_serve import serve_project
+
+        serve_project(settings, server_app, federation or "", verbose, resume)
 
 
 def _client_maker(spec: str) -> Any:
@@ -316,116 +345,3 @@ def _client_maker(spec: str) -> Any:
     except ValueError:  # no signature to read (a builtin): let the call decide
         pass
     return make_client
-
-
-def _deploy(settings: ProjectSettings, server_app: Any, name: str, verbose: bool) -> None:
-    from covey.deploy._cli import _run_folder, _security, _serve
-    from covey.deploy._cli import console as log_console
-    from covey.deploy._cli_errors import compression_spec, number, output_file
-    from covey.deploy._cli_logs import setup_logging
-    from covey.deploy._cli_resume import resume_hint
-    from covey.server._outputs import new_run_dir
-
-    fed = settings.federation or {}
-    where = f"([tool.covey.federations.{name}] or --set)"
-    setup_logging(log_console, verbose)
-    # Every setting is checked before any folder is made or port is bound.
-    scheme = compression_spec(fed.get("compression"))
-    insecure = bool(_switch(fed, "insecure", where))
-    plot = _switch(fed, "plot", where)
-    times = {
-        key: number(fed.get(key), f"{toml_key(key)} {where}")
-        for key in ("round_timeout", "wait_timeout", "heartbeat")
-    }
-    keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
-    max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
-    data_port = number(fed.get("data_port"), f"data-port {where}", integer=True, zero=True)
-    address = _address(fed.get("address", "127.0.0.1:9092"), where)
-    if fed.get("certs") is not None and insecure:
-        fail(
-            f"certs = {fed['certs']!r} and insecure = true {where}: give one of them (with "
-            "certs, set insecure = false or remove it; --set insecure=false for one run)"
-        )
-    if fed.get("certs") is None and not insecure:
-        fail(
-            f'no certs {where}: give certs = "DIR" (a folder made by `covey certs init '
-            "--dir DIR`), or insecure = true for a local experiment without TLS"
-        )
-    certs = _security(settings.path(fed.get("certs")), insecure)
-    port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
-    run_dir = settings.path(fed.get("run_dir"))
-    if run_dir is None:
-        runs = settings.path(settings.run.get("runs_dir", "runs")) or Path("runs")
-        run_dir = new_run_dir(runs, name)
-    elif run_dir.exists() and not run_dir.is_dir():
-        fail(f"run-dir {run_dir} {where} is a file; give a new or empty folder")
-    hint = resume_hint(
-        run_dir,
-        app=settings.run["server_app"].rsplit(":", 1)[0] + ":server_app",
-        certs=certs,
-        insecure=insecure,
-        rounds=settings.run.get("rounds"),
-        keep_last=keep_last,
-        data_port=data_port,
-    )
-    if (run_dir / "run.json").is_file():  # a simulation's: `covey server` cannot go on with it
-        fail(
-            f"run-dir {run_dir} {where} holds a simulated run; give another folder (a "
-            f"simulated run goes on with `covey run --resume {shlex.quote(str(run_dir))}`)"
-        )
-    if (run_dir / "run.sqlite").exists():
-        fail(
-            f"run-dir {run_dir} {where} already holds a run; give another folder, or "
-            f"continue that run with `{hint}` (server_app: the app's function of no "
-            "arguments, as in a project made by `covey new`)"
-        )
-    host, _, port = address.rpartition(":")
-    dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
-    console.print(
-        f"[bold]covey run --federation {escape(name)}[/]: serving "
-        f"{escape(settings.project.name)} on {escape(address)}; start each client with\n"
-        + escape(
-            f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
-            f"--cid K --name NAME --server {dial} "
-            + ("--insecure" if insecure else f"--certs {shlex.quote(str(certs))}")
-        ),
-        soft_wrap=True,
-    )
-    flags = {
-        "run": _run_folder(run_dir, None),
-        "resuming": False,
-        "made_run_dir": fed.get("run_dir") is None,
-        "port_file": port_file,
-        "address": address,
-        "address_flag": f"address {where}",
-        "certs": certs,
-        "insecure": insecure,
-        "rounds": settings.run.get("rounds"),
-        "plot": plot,
-        "compression": scheme,
-        "keep_last": keep_last,
-        "max_clients": 1000 if max_clients is None else max_clients,
-        "data_port": data_port,
-        "resume_hint": hint,
-        **times,
-    }
-    _serve(server_app, {}, flags)
-
-
-def _switch(fed: dict[str, Any], key: str, where: str) -> bool | None:
-    """A true/false setting of a federation table (None when not given)."""
-    value = fed.get(key)
-    if value is not None and not isinstance(value, bool):
-        fail(f"{toml_key(key)} = {value!r} {where}: must be true or false")
-    return value
-
-
-def _address(value: Any, where: str) -> str:
-    """The ``address`` setting, checked as ``host:port`` to listen on."""
-    from covey.transport.grpc._checks import check_address
-
-    try:
-        check_address(str(value), listen=True)
-    except ValueError as exc:
-        fail(f"address = {value!r} {where}: {exc}")
-    return str(value)

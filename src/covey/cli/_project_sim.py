@@ -17,7 +17,13 @@ from covey.core._interrupt import interrupts_as_such
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 
-__all__ = ["SETTINGS_FILE", "check_resume_folder", "same_settings", "simulate_project"]
+__all__ = [
+    "SETTINGS_FILE",
+    "check_resume_folder",
+    "kept_settings",
+    "same_settings",
+    "simulate_project",
+]
 
 SETTINGS_FILE = "project.json"
 """What a simulated project run's app was given (``[tool.covey.config]`` and the run's
@@ -55,6 +61,28 @@ def check_resume_folder(resume: Path, project: Path) -> None:
             f"`covey run` writes as it starts ({', '.join(RUN_FILES)}); {pick}, or start a "
             f"new run with {again}"
         )
+    if (resume / "run.sqlite").is_file() and not (resume / "run.json").exists():
+        fail(  # a simulation writes run.json before run.sqlite; a served run never does
+            f"--resume {resume} holds a served run: continue it with `covey run --federation "
+            f"NAME --resume {shlex.quote(str(resume))}` (NAME: the federation it was served "
+            "for), or `covey server --resume` and the app it was started with"
+        )
+
+
+def kept_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The app settings ``run_dir``'s run was started with (its :data:`SETTINGS_FILE`).
+
+    None when the folder keeps none, or the file is damaged (:func:`same_settings`
+    then refuses the resume, naming it).
+    """
+    path = run_dir / SETTINGS_FILE
+    if not path.is_file():  # nor a named pipe, which would wait for ever
+        return None
+    try:
+        kept = json.loads(read_regular(path, MAX_SETTINGS_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return kept if isinstance(kept, dict) else None
 
 
 def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: int) -> None:
@@ -91,8 +119,9 @@ def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: i
     if changed:
         fail(
             f"--resume {run_dir}: the run was started with other settings: "
-            f"{', '.join(changed)}; resume it with the settings it was started with (the "
-            "same --set), or start a new run"
+            f"{', '.join(changed)}; a resumed run keeps the settings it was started with: "
+            "leave out the --set that changes one (or take out a setting added to "
+            "pyproject.toml since), or start a new run"
         )
 
 

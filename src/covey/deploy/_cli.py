@@ -223,7 +223,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
             "[red]error:[/] "
             + escape(
                 f"a run already exists in {run}; resume it with "
-                f"`covey server --resume {run}` or pick another --run-dir"
+                f"`{flags.get('resume_hint') or resume_hint(run)}` or pick another --run-dir"
             ),
             soft_wrap=True,
         )
@@ -293,8 +293,15 @@ def stop_on_sigterm() -> None:
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:
-    """Remove the run folder made for this run if the run never started in it."""
-    if flags.get("made_run_dir") and run.is_dir() and not any(run.iterdir()):
+    """Remove the run folder made for this run if the run never started in it.
+
+    A project's served run keeps its app's settings there before it starts
+    (``project.json``): a folder holding only that is removed too.
+    """
+    if not flags.get("made_run_dir") or not run.is_dir():
+        return
+    if {p.name for p in run.iterdir()} <= {"project.json"}:
+        (run / "project.json").unlink(missing_ok=True)
         run.rmdir()
 
 

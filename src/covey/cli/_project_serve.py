@@ -1,0 +1,188 @@
+"""``covey run --federation NAME``: a project served for real clients, or a served run resumed.
+
+The settings are those of ``[tool.covey.federations.NAME]`` with ``--set``
+applied. The app's settings (``[tool.covey.config]``, ``clients``, ``rounds``,
+``seed``) are kept in the run folder as a simulated run keeps them, so that
+``covey run --federation NAME --resume DIR`` gives the app the settings the run
+was started with, ``--set`` ones included.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from covey.cli._project_files import toml_key
+from covey.deploy._cli_errors import fail
+from covey.deploy._cli_tables import output_console
+
+__all__ = ["check_served_folder", "project_resume_hint", "serve_project"]
+
+console = output_console()
+
+
+def check_served_folder(resume: Path) -> None:
+    """Refuse ``--federation NAME --resume`` of a folder that holds no served run."""
+    if (resume / "run.json").is_file():  # a simulation's (a served run writes none)
+        fail(
+            f"--resume {resume} holds a simulated run; continue it without --federation: "
+            f"`covey run --resume {shlex.quote(str(resume))}`"
+        )
+    if not (resume / "run.sqlite").is_file():
+        fail(
+            f"--resume {resume}: no served run there (no run.sqlite); give the run folder a "
+            "`covey run --federation NAME` printed, or start a new run without --resume"
+        )
+
+
+def project_resume_hint(settings: Any, name: str, run_dir: Path) -> str:
+    """The ``covey run --federation NAME --resume DIR`` that continues ``run_dir``, quoted.
+
+    It repeats this run's ``--set`` items: the app's settings are kept in the run
+    folder, but the federation's (``round-timeout``, ``data-port``...) are not.
+    """
+    here = settings.project == Path.cwd().resolve()
+    parts = ["covey run"] + ([] if here else [shlex.quote(str(settings.project))])
+    parts += ["--federation", shlex.quote(name), "--resume", shlex.quote(str(run_dir))]
+    parts += [f"--set {_word(item)}" for item in settings.overrides]
+    return " ".join(parts)
+
+
+def _word(text: str) -> str:
+    """``text`` as one word of a POSIX shell: ``"address='h:0'"`` rather than shlex's quoting."""
+    quoted = shlex.quote(text)
+    if quoted == text or any(c in text for c in '$`\\"!'):
+        return quoted
+    return f'"{text}"'
+
+
+def serve_project(
+    settings: Any, server_app: Any, name: str, verbose: bool, resume: Path | None
+) -> None:
+    """Serve the project's app for real clients (``resume``: continue that served run)."""
+    from covey.cli._project_sim import same_settings
+    from covey.deploy._cli import _security, _serve
+    from covey.deploy._cli import console as log_console
+    from covey.deploy._cli_errors import compression_spec, number, output_file
+    from covey.deploy._cli_logs import setup_logging
+
+    fed = settings.federation or {}
+    where = f"([tool.covey.federations.{name}] or --set)"
+    setup_logging(log_console, verbose)
+    # Every setting is checked before any folder is made or port is bound.
+    scheme = compression_spec(fed.get("compression"))
+    insecure = bool(_switch(fed, "insecure", where))
+    plot = _switch(fed, "plot", where)
+    times = {
+        key: number(fed.get(key), f"{toml_key(key)} {where}")
+        for key in ("round_timeout", "wait_timeout", "heartbeat")
+    }
+    keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
+    max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
+    data_port = number(fed.get("data_port"), f"data-port {where}", integer=True, zero=True)
+    address = _address(fed.get("address", "127.0.0.1:9092"), where)
+    if fed.get("certs") is not None and insecure:
+        fail(
+            f"certs = {fed['certs']!r} and insecure = true {where}: give one of them (with "
+            "certs, set insecure = false or remove it; --set insecure=false for one run)"
+        )
+    if fed.get("certs") is None and not insecure:
+        fail(
+            f'no certs {where}: give certs = "DIR" (a folder made by `covey certs init '
+            "--dir DIR`), or insecure = true for a local experiment without TLS"
+        )
+    certs = _security(settings.path(fed.get("certs")), insecure)
+    port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
+    run_dir = _served_run_dir(settings, name, where, resume)
+    hint = project_resume_hint(settings, name, run_dir)
+    rounds = settings.run.get("rounds")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    same_settings(run_dir, settings.app_config(), resume is not None, rounds or server_app.rounds)
+    host, _, port = address.rpartition(":")
+    dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
+    console.print(
+        f"[bold]covey run --federation {escape(name)}[/]: "
+        + ("serving" if resume is None else escape(f"resuming {run_dir}, serving"))
+        + f" {escape(settings.project.name)} on {escape(address)}; start each client with\n"
+        + escape(
+            f"  covey client --app {settings.run['client_app'].rsplit(':', 1)[0]}:client_fn "
+            f"--cid K --name NAME --server {dial} "
+            + ("--insecure" if insecure else f"--certs {shlex.quote(str(certs))}")
+        ),
+        soft_wrap=True,
+    )
+    flags = {
+        "run": run_dir,
+        "resuming": resume is not None,
+        "made_run_dir": resume is None and fed.get("run_dir") is None,
+        "port_file": port_file,
+        "address": address,
+        "address_flag": f"address {where}",
+        "certs": certs,
+        "insecure": insecure,
+        "rounds": rounds,
+        "plot": plot,
+        "compression": scheme,
+        "keep_last": keep_last,
+        "max_clients": 1000 if max_clients is None else max_clients,
+        "data_port": data_port,
+        "resume_hint": hint,
+        **times,
+    }
+    _serve(server_app, {}, flags)
+
+
+def _served_run_dir(settings: Any, name: str, where: str, resume: Path | None) -> Path:
+    """The run folder: the one resumed, ``run-dir``, or a new one under ``runs-dir``."""
+    from covey.deploy._cli import _run_folder
+    from covey.server._outputs import new_run_dir
+
+    fed = settings.federation
+    run_dir = settings.path(fed.get("run_dir"))
+    if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            fail(
+                f"--resume {resume} and run-dir = {fed['run_dir']!r} {where} are different "
+                f"folders; resume {run_dir} (the federation's run-dir), or take run-dir out of "
+                "the table to resume another folder"
+            )
+        return resume
+    if run_dir is None:
+        runs = settings.path(settings.run.get("runs_dir", "runs")) or Path("runs")
+        return new_run_dir(runs, name)
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(f"run-dir {run_dir} {where} is a file; give a new or empty folder")
+    if (run_dir / "run.json").is_file():  # a simulation's
+        fail(
+            f"run-dir {run_dir} {where} holds a simulated run; give another folder (a "
+            f"simulated run goes on with `covey run --resume {shlex.quote(str(run_dir))}`)"
+        )
+    if (run_dir / "run.sqlite").exists():
+        hint = project_resume_hint(settings, name, run_dir)
+        fail(
+            f"run-dir {run_dir} {where} already holds a run; give another folder, or "
+            f"continue that run with `{hint}`"
+        )
+    return _run_folder(run_dir, None)  # refuses other files a new run would write over
+
+
+def _switch(fed: dict[str, Any], key: str, where: str) -> bool | None:
+    """A true/false setting of a federation table (None when not given)."""
+    value = fed.get(key)
+    if value is not None and not isinstance(value, bool):
+        fail(f"{toml_key(key)} = {value!r} {where}: must be true or false")
+    return value
+
+
+def _address(value: Any, where: str) -> str:
+    """The ``address`` setting, checked as ``host:port`` to listen on."""
+    from covey.transport.grpc._checks import check_address
+
+    try:
+        check_address(str(value), listen=True)
+    except ValueError as exc:
+        fail(f"address = {value!r} {where}: {exc}")
+    return str(value)
