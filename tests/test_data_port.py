@@ -529,7 +529,11 @@ def test_covey_server_takes_a_data_port_and_keeps_it_in_the_resume_command(
     assert "--data-port must be a whole number 0 or more" in result.output
     result = CliRunner().invoke(app, [*base, "--data-port", "70000", "--wait-timeout", "1"])
     assert result.exit_code == 2, result.output  # refused before it listens
-    assert "data_port must be a port number (0 to 65535), got 70000" in result.output
+    # It was refused as `data_port must be ...` after the WITHOUT TLS warning.
+    assert "--data-port must be a port number, 0 to 65535 (0: a free one), got 70000" in (
+        result.output
+    )
+    assert "WITHOUT TLS" not in result.output
     assert not (tmp_path / "run" / "run.sqlite").exists()
     taken = socket.create_server(("127.0.0.1", 0))
     try:

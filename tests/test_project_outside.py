@@ -191,6 +191,7 @@ def _fed(project: Path, *sets: str) -> str:
         ("insecure=1", "insecure = 1 ([tool.covey.federations.local] or --set): must be"),
         ("port-file='missing/port'", "port-file ([tool.covey.federations.local] or --set)"),
         ("roundz=2", "did you mean rounds?"),
+        ("data-port=70000", "data-port ([tool.covey.federations.local] or --set) must be a port"),
     ],
 )
 def test_a_wrong_setting_of_a_federation_is_named_before_it_serves(

@@ -66,7 +66,7 @@ def serve_project(
     from covey.cli._project_sim import same_settings
     from covey.deploy._cli import _security, _serve
     from covey.deploy._cli import console as log_console
-    from covey.deploy._cli_errors import compression_spec, number, output_file
+    from covey.deploy._cli_errors import compression_spec, number, output_file, port_number
     from covey.deploy._cli_logs import setup_logging
 
     fed = settings.federation or {}
@@ -82,7 +82,7 @@ def serve_project(
     }
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
     max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
-    data_port = number(fed.get("data_port"), f"data-port {where}", integer=True, zero=True)
+    data_port = port_number(fed.get("data_port"), f"data-port {where}")
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
     if fed.get("certs") is not None and insecure:
         fail(

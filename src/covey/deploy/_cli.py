@@ -19,6 +19,7 @@ from covey.deploy._cli_errors import (
     load_object,
     number,
     output_file,
+    port_number,
     read_settings,
     required_params,
 )
@@ -392,9 +393,7 @@ def server_command(
         "max_clients": number(
             _pick(max_clients, s, "max_clients", 1000), "--max-clients", integer=True
         ),
-        "data_port": number(
-            _pick(data_port, s, "data_port", None), "--data-port", integer=True, zero=True
-        ),
+        "data_port": port_number(_pick(data_port, s, "data_port", None), "--data-port"),
     }
     flags["resume_hint"] = resume_hint(
         flags["run"],

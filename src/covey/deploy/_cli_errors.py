@@ -218,6 +218,14 @@ def number(value: Any, flag: str, *, integer: bool = False, zero: bool = False) 
     return value
 
 
+def port_number(value: Any, flag: str) -> int | None:
+    """``value`` of ``flag``, a port to listen on (0: a free one), checked; None passes."""
+    port = number(value, flag, integer=True, zero=True)
+    if port is not None and port > 65535:
+        fail(f"{flag} must be a port number, 0 to 65535 (0: a free one), got {port}")
+    return port  # type: ignore[no-any-return]
+
+
 def output_file(path: Path | None, flag: str) -> Path | None:
     """``path`` of ``flag``, a file the command will write, checked: its folder exists.
 
