@@ -31,7 +31,9 @@ def parse_args(description: str, *, backend: bool = False) -> argparse.Namespace
     parser.add_argument("--weights", type=Path, required=True, help="final weights (.npz)")
     if backend:
         parser.add_argument("--backend", default="inline")
-        parser.add_argument("--large-client", choices=["standard", "inplace"], default="standard")
+        parser.add_argument(
+            "--large-client", choices=["standard", "inplace", "fresh"], default="standard"
+        )
     return parser.parse_args()
 
 

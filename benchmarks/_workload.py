@@ -134,6 +134,20 @@ def large_update(w: np.ndarray, k: int, rnd: int) -> np.ndarray:
     return w + LARGE_NOISE * rng.standard_normal(LARGE_SIZE, dtype=np.float32)
 
 
+def large_update_fresh(w: np.ndarray, k: int, rnd: int) -> np.ndarray:
+    """:func:`large_update` in a new array of its own, holding one model-sized array, bit for bit.
+
+    ``w + LARGE_NOISE * noise`` holds two: NumPy makes a new array for the product
+    of an array and a Python float. Scaling the noise in place and adding ``w``
+    into it gives the same sums (addition is commutative) in the one array.
+    """
+    rng = np.random.default_rng(k + rnd)
+    out = rng.standard_normal(LARGE_SIZE, dtype=np.float32)
+    out *= LARGE_NOISE
+    out += w
+    return out
+
+
 LARGE_CHUNK = 1 << 16
 
 

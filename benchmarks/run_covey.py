@@ -54,6 +54,14 @@ class LargeClient(covey.Client):
         return covey.FitResult(weights={wl.LARGE_KEY: new}, num_examples=1)
 
 
+class FreshLargeClient(LargeClient):
+    """The same update in a new array of its own, computed in that one array."""
+
+    def fit(self, weights: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any:
+        new = wl.large_update_fresh(weights[wl.LARGE_KEY], self.k, int(config["round"]))
+        return covey.FitResult(weights={wl.LARGE_KEY: new}, num_examples=1)
+
+
 class InPlaceLargeClient(LargeClient):
     """The same update, written into the weights received (``writes_weights``), in chunks."""
 
@@ -82,7 +90,9 @@ def main() -> None:
         client_fn = functools.partial(DigitsClient, n_clients=n)
     else:
         initial = wl.large_initial()
-        client_fn = InPlaceLargeClient if args.large_client == "inplace" else LargeClient
+        client_fn = {"inplace": InPlaceLargeClient, "fresh": FreshLargeClient}.get(
+            args.large_client, LargeClient
+        )
 
     t_sim_start = time.time()
     result = covey.simulate(

@@ -84,10 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large-rounds", type=int, default=3)
     p.add_argument(
         "--large-client",
-        choices=["standard", "inplace"],
+        choices=["standard", "inplace", "fresh"],
         default="standard",
         help="the covey systems' client in the large case: 'inplace' trains in the weights "
-        "it receives (writes_weights = True), adding the same noise in chunks",
+        "it receives (writes_weights = True), adding the same noise in chunks; 'fresh' "
+        "returns a new array computed in that one array (noise scaled in place, w added)",
     )
     p.add_argument(
         "--systems",

@@ -114,16 +114,23 @@ def _kill_while_writing(real: Any) -> Any:
 
 
 class Marked(covey.Client):
-    """Client 3 marks its reply so the patched writer knows when to die."""
+    """Client 3 marks its reply so the patched writer knows when to die.
+
+    It keeps its result (as a client keeping state would): the worker copies it
+    into the reply's file with ``write_file`` rather than moving it there
+    (``covey.sim._move``, see ``test_process_move.py``).
+    """
 
     def __init__(self, cid: int) -> None:
         self.cid = cid
+        self.last: dict[str, np.ndarray] = {}
 
     def fit(self, weights: Any, config: Any) -> FitResult:
         b = np.full((3, 5), float(self.cid))
         if self.cid == 3 and config["round"] == 2:
             b[0, 0] = -3.0
-        return FitResult(weights={"w": weights["w"] + 1, "b": b}, num_examples=1)
+        self.last = {"w": weights["w"] + 1, "b": b}
+        return FitResult(weights=self.last, num_examples=1)
 
 
 def test_no_file_is_left_by_a_worker_killed_while_writing_a_reply(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ MAGIC = b"COVEYW\x00\x01"
 _PREFIX = struct.Struct("<8sIIQII")
 _ALIGN = 64
 MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: Bytes of an array :func:`encode_into` copies at a time when the caller gives pages back.
+STEP = 2 * 1024 * 1024
 
 
 class CodecError(ValueError):
@@ -73,10 +76,28 @@ def encoded_size(weights: Weights) -> int:
     return _Plan(weights).total
 
 
-def encode_into(weights: Weights, buffer: memoryview | bytearray) -> int:
+def encode_into(
+    weights: Weights,
+    buffer: memoryview | bytearray | Any,
+    *,
+    claim: Callable[[int, int], None] | None = None,
+    copied: Callable[[Array, int, int], None] | None = None,
+) -> int:
     """Encode ``weights`` into ``buffer`` (at least :func:`encoded_size` bytes).
 
     Lets a sender write straight into shared memory or a preallocated frame.
+    Every byte of the encoding is written once (the padding as zeros), so a
+    buffer written over gives the same bytes as a new one.
+
+    Args:
+        weights: The arrays to encode.
+        buffer: Where to write them.
+        claim: Called with ``(start, stop)`` before bytes ``start:stop`` of
+            ``buffer`` are written (to allocate a file's space as it fills).
+        copied: With it, each array is copied in steps of :data:`STEP` bytes and
+            ``copied(array, start, stop)`` called once bytes ``start:stop`` of an
+            array (C-contiguous, native byte order, the caller's own) are in
+            ``buffer``: the caller may give those source bytes' pages back.
 
     Returns:
         The number of bytes written.
@@ -85,17 +106,15 @@ def encode_into(weights: Weights, buffer: memoryview | bytearray) -> int:
     out = memoryview(buffer).cast("B")
     if len(out) < plan.total:
         raise ValueError(f"buffer holds {len(out)} bytes, encoding needs {plan.total}")
-    payload = out[plan.payload_start : plan.total]
+    base = plan.payload_start
+    payload = out[base : plan.total]
     dest = np.frombuffer(payload, dtype=np.uint8)
-    dest[:] = 0  # padding is deterministic, so equal weights give equal bytes
-    for array, offset in plan.arrays:
-        src = np.ascontiguousarray(array)
-        if src.dtype.byteorder == ">":
-            src = src.astype(src.dtype.newbyteorder("<"))
-        dest[offset : offset + src.nbytes] = src.reshape(-1).view(np.uint8)
+    _write_arrays(plan, dest, base, claim, copied)
+    if claim is not None:
+        claim(0, base)
     header_end = _PREFIX.size + len(plan.header)
     out[_PREFIX.size : header_end] = plan.header
-    out[header_end : plan.payload_start] = bytes(plan.payload_start - header_end)
+    out[header_end:base] = bytes(base - header_end)
     _PREFIX.pack_into(
         out,
         0,
@@ -107,6 +126,35 @@ def encode_into(weights: Weights, buffer: memoryview | bytearray) -> int:
         0,
     )
     return plan.total
+
+
+def _write_arrays(
+    plan: _Plan,
+    dest: np.ndarray,
+    base: int,
+    claim: Callable[[int, int], None] | None,
+    copied: Callable[[Array, int, int], None] | None,
+) -> None:
+    """The payload of :func:`encode_into`: each array at its offset, the padding zeroed."""
+    for array, offset in plan.arrays:
+        src = np.ascontiguousarray(array)
+        if src.dtype.byteorder == ">":
+            src = src.astype(src.dtype.newbyteorder("<"))
+        flat = src.reshape(-1).view(np.uint8)
+        size = src.nbytes
+        step = STEP if copied is not None else max(size, 1)
+        for start in range(0, size, step):
+            stop = min(size, start + step)
+            if claim is not None:
+                claim(base + offset + start, base + offset + stop)
+            dest[offset + start : offset + stop] = flat[start:stop]
+            if copied is not None and src is array:
+                copied(array, start, stop)
+        end = _aligned(offset + size)
+        if end > offset + size:  # padding is deterministic: equal weights give equal bytes
+            if claim is not None:
+                claim(base + offset + size, base + end)
+            dest[offset + size : end] = 0
 
 
 def reseal(buffer: memoryview | bytearray) -> None:

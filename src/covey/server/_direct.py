@@ -138,7 +138,7 @@ def _plain(result: Any) -> Weights | None:
     return None
 
 
-_EXACT_REFCOUNTS = (
+EXACT_REFCOUNTS = (
     sys.implementation.name == "cpython"
     and sys.version_info < (3, 14)
     and getattr(sys, "_is_gil_enabled", lambda: True)()
@@ -153,14 +153,14 @@ def _unshared(result: FitResult, weights: Weights) -> bool:
     True when the result, its weights dict and each array (owning its memory, no
     view of another) are referred to only by the batch's own names: no client,
     model or buffer holds them, so no later client can change them. Counted by
-    ``sys.getrefcount`` where it counts every reference (:data:`_EXACT_REFCOUNTS`);
+    ``sys.getrefcount`` where it counts every reference (:data:`EXACT_REFCOUNTS`);
     elsewhere False, and every held reply is copied. The references counted: the
     caller's name, this function's parameter and ``getrefcount``'s argument (3),
     and for the dict the result's field too (4); for each array, the dict's entry,
     the loop's name and the argument (3).
     """
     count = sys.getrefcount
-    if not _EXACT_REFCOUNTS or count(result) > 3 or count(weights) > 4:
+    if not EXACT_REFCOUNTS or count(result) > 3 or count(weights) > 4:
         return False
     for array in weights.values():  # noqa: SIM110 - a loop: the counts above hold in it
         if not array.flags.owndata or count(array) > 3:  # a view owns none of its memory

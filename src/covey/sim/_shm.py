@@ -63,11 +63,13 @@ def aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def reserve(fd: int, size: int, path: str) -> None:
+def reserve(fd: int, size: int, path: str, *, offset: int = 0, whole: int = 0) -> None:
     """Allocate the file's pages now, so that a full file system is an error, not a crash.
 
     Writing through a mapping into a shared-memory file system with no room
     left kills the process with SIGBUS (Docker gives ``/dev/shm`` 64 MB).
+    ``offset``: reserve bytes ``offset`` to ``offset + size`` only, of a file of
+    ``whole`` bytes filled a part at a time.
 
     Raises:
         OSError: There is no room for ``size`` bytes (the message says where and what to do).
@@ -75,15 +77,15 @@ def reserve(fd: int, size: int, path: str) -> None:
     if size <= 0 or not hasattr(os, "posix_fallocate"):
         return
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, offset, size)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EFBIG):
             return  # no fallocate on this file system: the mapping is written as before
         folder = os.path.dirname(path)
         raise OSError(
             exc.errno,
-            f"no room for {size / 2**20:.1f} MB of shared memory in {folder}: the process "
-            "backend keeps the model and each reply there; free space, enlarge it "
+            f"no room for {max(size, whole) / 2**20:.1f} MB of shared memory in {folder}: the "
+            "process backend keeps the model and each reply there; free space, enlarge it "
             "(docker run --shm-size=...), or use backend='inline'",
         ) from None
 
@@ -106,16 +108,18 @@ def write_file(prefix: str, parts: list[Weights]) -> tuple[str, list[int]]:
 
 
 @contextlib.contextmanager
-def new_file(prefix: str, size: int) -> Iterator[tuple[int, str]]:
+def new_file(prefix: str, size: int, *, reserved: bool = True) -> Iterator[tuple[int, str]]:
     """A new shared-memory file of ``size`` bytes, its space reserved: ``(descriptor, path)``.
 
     The descriptor is closed on leaving the block; the file is removed if the block
-    (or the reservation) raises.
+    (or the reservation) raises. ``reserved=False``: the caller reserves each part
+    before it writes it (see :func:`reserve`).
     """
     fd, path = tempfile.mkstemp(prefix=prefix, dir=shm_dir())
     try:
         os.ftruncate(fd, size)
-        reserve(fd, size, path)
+        if reserved:
+            reserve(fd, size, path)
         yield fd, path
     except BaseException:
         with contextlib.suppress(OSError):
@@ -204,11 +208,20 @@ def _alive(pid: int) -> bool:
 # -- replies -------------------------------------------------------------------------------
 
 
-def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | None = None) -> int:
+def send_reply(
+    conn: Output,
+    seq: int,
+    reply: Reply,
+    prefix: str,
+    room: Room | None = None,
+    moving: frozenset[int] = frozenset(),
+) -> int:
     """Send ``reply`` as JSON, its arrays after it in the message or in a file ``prefix...``.
 
     ``room``: the file the client trained in (see :mod:`covey.sim._room`); a
     result of exactly its arrays is sent as that file, without a copy.
+    ``moving``: the ids of the result's arrays whose pages may be given back as
+    they are copied into the file (see :mod:`covey.sim._move`).
 
     Returns:
         The size of the file sent, 0 if none (the arrays travelled in the message).
@@ -235,6 +248,11 @@ def send_reply(conn: Output, seq: int, reply: Reply, prefix: str, room: Room | N
                 if total <= INLINE_BYTES:
                     blob = bytearray(total)
                     _encode_parts(present, sizes, blob)
+                elif moving and len(present) == 1:
+                    from covey.sim._move import write_moving
+
+                    path, sizes = write_moving(prefix, present[0], moving)
+                    message["file"] = os.path.basename(path)
                 else:
                     path, sizes = write_file(prefix, present)
                     message["file"] = os.path.basename(path)

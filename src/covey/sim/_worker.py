@@ -24,7 +24,7 @@ from covey.clients._build import build_client
 from covey.clients._client import ClientFn, run_task
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, WeightsError, WeightsSpec
-from covey.sim import _pace, _room, _shm
+from covey.sim import _move, _pace, _room, _shm
 from covey.sim._logs import WorkerLogs
 from covey.strategies._fold import contribution
 from covey.transport.grpc._wire import ARRAY_KINDS
@@ -195,7 +195,8 @@ def _run_batch(
                 reply = Reply(cid, kind, error=map_error)
             else:
                 reply, room = _run_one(conn, item, weights, extras, clients, client_fn, prefix)
-            size = _shm.send_reply(conn, seq, reply, prefix, room)
+            moving = _move.movable(reply) if room is None else frozenset()
+            size = _shm.send_reply(conn, seq, reply, prefix, room, moving)
             if pacer is not None:
                 pacer.sent(size)
         except (BrokenPipeError, OSError):

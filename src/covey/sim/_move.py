@@ -1,0 +1,122 @@
+"""A worker's reply moved into shared memory: each page of its arrays given back once copied.
+
+A client that returns new arrays (``w + noise``) holds one model of its own;
+copying it into the reply's file made two per worker until the reply was sent
+and dropped. When nothing but the reply can reach those arrays (no client,
+model or buffer holds the result, its weights dict or an array), the worker
+copies each array into the file a step at a time, reserving the file's space
+as it fills, and gives the pages it has copied back to the system
+(``madvise(MADV_DONTNEED)``): the worker holds about one model, as a client
+that trains in place does (:mod:`covey.sim._room`). The reply's bytes are the
+same; only when its pages are freed changes. Whether nothing else holds the
+arrays is read from reference counts, exact on CPython 3.11 to 3.13 with its
+GIL; elsewhere (and off Linux) every reply is copied as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+from typing import Any
+
+import numpy as np
+
+from covey.core import _codec
+from covey.core._messages import FitResult
+from covey.core._weights import Array, Weights
+from covey.server._direct import EXACT_REFCOUNTS
+from covey.sim import _shm
+
+__all__ = ["movable", "write_moving"]
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_madvise: Any = None
+if sys.platform.startswith("linux") and _MADV_DONTNEED is not None:  # zero-filled after, there
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        _madvise.restype = ctypes.c_int
+    except (OSError, AttributeError):  # pragma: no cover - a libc without madvise
+        _madvise = None
+
+
+def movable(reply: Any) -> frozenset[int]:
+    """The ids of ``reply``'s arrays whose pages may be given back as they are copied.
+
+    Empty unless ``reply`` carries a plain :class:`FitResult` (weights or delta,
+    no extras) that nothing else can reach: the caller's one name for ``reply``
+    is the only reference to it, the reply's the only one to its result, the
+    result's the only one to its weights dict. Each array then counts if the
+    dict's entry is its only reference and it owns its memory (a view does not).
+    The references counted besides those: this function's names and
+    ``getrefcount``'s argument.
+    """
+    if _madvise is None or not EXACT_REFCOUNTS:
+        return frozenset()
+    count = sys.getrefcount
+    result = getattr(reply, "result", None)
+    if type(result) is not FitResult or result.extras:
+        return frozenset()
+    weights = result.weights if result.delta is None else result.delta
+    # reply: the caller's name, the parameter, the argument; result and weights:
+    # the field holding each, this function's name, the argument.
+    if count(reply) > 3 or count(result) > 3 or count(weights) > 3 or type(weights) is not dict:
+        return frozenset()
+    owned = []
+    for array in weights.values():  # the dict's entry, the loop's name, the argument
+        if type(array) is np.ndarray and array.flags.owndata and count(array) <= 3:
+            owned.append(id(array))
+    return frozenset(owned)
+
+
+def write_moving(prefix: str, weights: Weights, owned: frozenset[int]) -> tuple[str, list[int]]:
+    """:func:`covey.sim._shm.write_file` of one part, giving back the pages of ``owned`` arrays.
+
+    The file's space is reserved a step at a time as it is written, so that the
+    system never holds a reserved page for a source page not yet given back.
+
+    Raises:
+        OSError: There is no room in the shared-memory file system (the file is removed).
+    """
+    size = _codec.encoded_size(weights)
+    total = _shm.aligned(size)
+
+    def give_back(array: Array, start: int, stop: int) -> None:
+        if id(array) in owned:
+            _release(array, start, stop)
+
+    with (
+        _shm.new_file(prefix, total, reserved=False) as (fd, path),
+        mmap.mmap(fd, total, flags=mmap.MAP_SHARED) as mm,
+    ):
+
+        def claim(start: int, stop: int) -> None:
+            _shm.reserve(fd, stop - start, path, offset=start, whole=total)
+
+        try:
+            _codec.encode_into(weights, mm, claim=claim, copied=give_back)
+        except BaseException as exc:
+            # The frames of its traceback, and of any error it was raised while handling,
+            # view the mapping (a frame keeps its callers'), which then cannot close.
+            link: BaseException | None = exc
+            while link is not None:
+                link.__traceback__ = None
+                link = link.__context__
+            raise exc from None
+    return path, [size]
+
+
+def _release(array: Array, start: int, stop: int) -> None:
+    """Give back the pages wholly inside bytes ``start:stop`` of ``array`` (read as 0 after).
+
+    Bytes before ``start`` were given back already, so the page that holds
+    ``start`` goes too unless it begins before the array (the allocator's own).
+    """
+    address = array.ctypes.data
+    first = -(-address // _PAGE) * _PAGE
+    low = max((address + start) // _PAGE * _PAGE, first)
+    high = (address + stop) // _PAGE * _PAGE
+    if high > low:
+        _madvise(low, high - low, _MADV_DONTNEED)
