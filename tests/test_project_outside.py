@@ -9,6 +9,7 @@ left behind. A federation that would start anyway is bounded by a short
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 import signal
@@ -389,6 +390,50 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
     assert code == 0, out
     assert f"resuming {run}" in " ".join(out.split())
     assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]  # --set rounds=2 kept
+
+
+def test_a_killed_federation_is_named_with_the_command_that_continues_it(
+    project: Path,
+) -> None:
+    # `covey runs show` said `covey server --resume DIR` and an --app: the app's function
+    # of no arguments reads pyproject.toml, and the run's --set lr=... was lost.
+    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
+    for item in ("address='127.0.0.1:0'", "port-file='kill.port'", "rounds=2", "lr=0.25"):
+        command += ["--set", item]
+    server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
+    try:
+        until_listening(server, project / "kill.port")
+        for _ in range(600):  # until round 0 is saved: then there is a run to resume
+            runs = sorted((project / "runs").glob("local-*"), key=lambda p: p.stat().st_mtime)
+            if runs and saved_round(runs[-1]):
+                break
+            time.sleep(0.1)
+        server.kill()
+        server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=30)
+    run = runs[-1]
+    code, said = _cli("runs", "show", str(run))
+    said = " ".join(said.split())
+    assert code == 0, said
+    expected = f"covey run {project} --federation local --resume {run}"
+    assert f"{run}: stopped" in said
+    assert f"continue the run with `{expected}`" in said
+    code, said = _cli("run", str(project), "--resume", str(run))  # without --federation
+    assert code == 2, said
+    assert f"holds a served run: continue it with `{expected}`" in " ".join(said.split())
+    args = [*shlex.split(expected)[1:], "--set", "address='127.0.0.1:0'"]
+    args += ["--set", "port-file='again.port'"]
+    code, out = serve_project(
+        project, args, project / "again.port", "outside_fed.client_app:client_fn", env
+    )
+    assert code == 0, out
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]
+    kept = json.loads((run / "project.json").read_text())
+    assert kept["lr"] == 0.25  # the app was given the --set of the killed run
 
 
 def test_every_guide_is_in_the_docs_sites_navigation() -> None:

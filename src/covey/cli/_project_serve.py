@@ -68,6 +68,7 @@ def serve_project(
     from covey.deploy._cli import console as log_console
     from covey.deploy._cli_errors import compression_spec, number, output_file, port_number
     from covey.deploy._cli_logs import setup_logging
+    from covey.server._served import record_federation
 
     fed = settings.federation or {}
     where = f"([tool.covey.federations.{name}] or --set)"
@@ -101,6 +102,8 @@ def serve_project(
     rounds = settings.run.get("rounds")
     run_dir.mkdir(parents=True, exist_ok=True)
     same_settings(run_dir, settings.app_config(), resume is not None, rounds or server_app.rounds)
+    if resume is None:
+        record_federation(run_dir, settings.project, name)
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
     console.print(

@@ -62,10 +62,16 @@ def check_resume_folder(resume: Path, project: Path) -> None:
             f"new run with {again}"
         )
     if (resume / "run.sqlite").is_file() and not (resume / "run.json").exists():
-        fail(  # a simulation writes run.json before run.sqlite; a served run never does
-            f"--resume {resume} holds a served run: continue it with `covey run --federation "
-            f"NAME --resume {shlex.quote(str(resume))}` (NAME: the federation it was served "
-            "for), or `covey server --resume` and the app it was started with"
+        from covey.server._served import project_command
+
+        # A simulation writes run.json before run.sqlite; a served run never does.
+        command = project_command(resume)
+        fail(
+            f"--resume {resume} holds a served run: continue it with `{command}`"
+            if command is not None
+            else f"--resume {resume} holds a served run: continue it with `covey run "
+            f"--federation NAME --resume {shlex.quote(str(resume))}` (NAME: the federation "
+            "it was served for), or `covey server --resume` and the app it was started with"
         )
 
 

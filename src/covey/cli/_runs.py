@@ -37,10 +37,10 @@ from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.server._rundb import (
     LOCK_NAME,
     is_held,
-    killed_server_reason,
     open_read_only,
     schema_refusal,
 )
+from covey.server._served import killed_server_reason
 from covey.sim._rundir import (
     SET_UP_FILES,
     how_to_resume,

@@ -39,7 +39,8 @@ from covey.dashboard._runjson import (
     read_json,
     within,
 )
-from covey.server._rundb import is_held, killed_server_reason, open_read_only, schema_refusal
+from covey.server._rundb import is_held, open_read_only, schema_refusal
+from covey.server._served import killed_server_reason
 from covey.sim._rundir import (
     SET_UP_FILES,
     interrupted_set_up_reason,

@@ -25,6 +25,7 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
+from covey.server._served import FEDERATION_FILE
 
 # Every line whole: a server's or client's output is often a log file or a journal,
 # where a line cut at 80 columns becomes two entries.
@@ -296,13 +297,15 @@ def stop_on_sigterm() -> None:
 def _forget(run: Path, flags: dict[str, Any]) -> None:
     """Remove the run folder made for this run if the run never started in it.
 
-    A project's served run keeps its app's settings there before it starts
-    (``project.json``): a folder holding only that is removed too.
+    A project's served run keeps its app's settings and its federation there
+    before it starts: a folder holding only those is removed too.
     """
     if not flags.get("made_run_dir") or not run.is_dir():
         return
-    if {p.name for p in run.iterdir()} <= {"project.json"}:
-        (run / "project.json").unlink(missing_ok=True)
+    kept = {"project.json", FEDERATION_FILE}
+    if {p.name for p in run.iterdir()} <= kept:
+        for name in kept:
+            (run / name).unlink(missing_ok=True)
         run.rmdir()
 
 

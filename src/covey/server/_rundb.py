@@ -34,7 +34,6 @@ __all__ = [
     "RunDB",
     "hold_run",
     "is_held",
-    "killed_server_reason",
     "open_read_only",
     "schema_refusal",
 ]
@@ -286,18 +285,6 @@ def hold_run(path: Path) -> int | None:
         os.close(fd)
         raise OSError(exc.errno, exc.strerror, str(path / LOCK_NAME)) from None
     return fd
-
-
-def killed_server_reason(path: Path) -> str:
-    """Why the run in ``path`` stopped when no server holds it, and how to go on.
-
-    ``--resume`` needs the app and security the server was started with (unrecorded).
-    """
-    return (
-        "the server is not running (it crashed or was killed); continue the run with "
-        f"`covey server --resume {path}` and the --app (or --config) and --certs (or "
-        "--insecure) it was started with"
-    )
 
 
 def is_held(path: Path) -> bool | None:

@@ -1,0 +1,72 @@
+"""How a stopped served run goes on: ``covey server --resume``, or its project's ``covey run``.
+
+A run served by ``covey run --federation NAME`` keeps the project and the
+federation it was served for in its folder (:data:`FEDERATION_FILE`), so the
+command that continues it can be named when its server is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from covey.core._files import atomic_write, read_regular
+
+__all__ = ["FEDERATION_FILE", "killed_server_reason", "project_command", "record_federation"]
+
+FEDERATION_FILE = "federation.json"
+"""The project folder and federation name of a run served by ``covey run --federation``."""
+
+_MOST_BYTES = 64 * 1024
+
+
+def record_federation(run_dir: Path, project: Path, name: str) -> None:
+    """Keep in ``run_dir`` that its run serves ``project``'s federation ``name``."""
+    text = json.dumps({"project": str(project), "federation": name})
+    atomic_write(run_dir / FEDERATION_FILE, text)
+
+
+def project_command(path: Path) -> str | None:
+    """``covey run PROJECT --federation NAME --resume PATH`` for a project's served run, else None.
+
+    None when the folder keeps no :data:`FEDERATION_FILE`, or a damaged one.
+    """
+    file = path / FEDERATION_FILE
+    if not file.is_file():  # nor a named pipe, which would wait for ever
+        return None
+    try:
+        kept = json.loads(read_regular(file, _MOST_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(kept, dict):
+        return None
+    project, name = kept.get("project"), kept.get("federation")
+    if not isinstance(project, str) or not isinstance(name, str) or not project or not name:
+        return None
+    here = Path(project) == Path.cwd().resolve()
+    return " ".join(
+        ["covey run"]
+        + ([] if here else [shlex.quote(project)])
+        + ["--federation", shlex.quote(name), "--resume", shlex.quote(str(path))]
+    )
+
+
+def killed_server_reason(path: Path) -> str:
+    """Why the run in ``path`` stopped when no server holds it, and how to go on.
+
+    ``covey server --resume`` needs the app and security the server was started
+    with (unrecorded); a project's served run goes on with its ``covey run``.
+    """
+    command = project_command(path)
+    if command is not None:
+        return (
+            "the server is not running (it crashed or was killed); continue the run with "
+            f"`{command}` (the app's settings are kept in the run folder; give again any "
+            "--set of the federation's settings it was started with)"
+        )
+    return (
+        "the server is not running (it crashed or was killed); continue the run with "
+        f"`covey server --resume {path}` and the --app (or --config) and --certs (or "
+        "--insecure) it was started with"
+    )
