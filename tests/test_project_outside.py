@@ -351,27 +351,43 @@ def test_a_federation_takes_max_clients_and_refuses_one_it_cannot_serve(
     assert "listening" not in out.stdout + out.stderr
 
 
-@pytest.mark.slow
-def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: Path) -> None:
-    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
+def _stopped_after_round_0(
+    project: Path,
+    env: dict[str, str],
+    port_file: str,
+    sets: list[str],
+    how: signal.Signals = signal.SIGKILL,
+) -> tuple[int, str]:
+    """Serve ``covey run --federation local --set ...``, send ``how`` once round 0 is saved.
+
+    Returns:
+        The server's exit code and its output.
+    """
     command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
-    for item in ("address='127.0.0.1:0'", "port-file='int.port'", "rounds=2"):
+    for item in ("address='127.0.0.1:0'", f"port-file='{port_file}'", *sets):
         command += ["--set", item]
     server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
     try:
-        until_listening(server, project / "int.port")
+        until_listening(server, project / port_file)
         for _ in range(600):  # until round 0 is saved: then there is a run to resume
             runs = sorted((project / "runs").glob("local-*"), key=lambda p: p.stat().st_mtime)
             if runs and saved_round(runs[-1]):
                 break
             time.sleep(0.1)
-        server.send_signal(signal.SIGINT)
+        server.send_signal(how)
         said = server.communicate(timeout=60)[0]
     finally:
         if server.poll() is None:
             server.kill()
             server.communicate(timeout=30)
-    assert server.returncode == 130, said
+    return server.returncode, said
+
+
+@pytest.mark.slow
+def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: Path) -> None:
+    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
+    code, said = _stopped_after_round_0(project, env, "int.port", ["rounds=2"], signal.SIGINT)
+    assert code == 130, said
     hint = said.strip().splitlines()[-1].split("continue it with `")[1].rstrip("`")
     run = sorted((project / "runs").glob("local-*"))[-1]
     # It printed `covey server --resume` with the app's function of no arguments,
@@ -398,24 +414,9 @@ def test_a_killed_federation_is_named_with_the_command_that_continues_it(
     # `covey runs show` said `covey server --resume DIR` and an --app: the app's function
     # of no arguments reads pyproject.toml, and the run's --set lr=... was lost.
     env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "covey", "run", "--federation", "local"]
-    for item in ("address='127.0.0.1:0'", "port-file='kill.port'", "rounds=2", "lr=0.25"):
-        command += ["--set", item]
-    server = subprocess.Popen(command, cwd=project, env=env, stdout=PIPE, stderr=STDOUT, text=True)
-    try:
-        until_listening(server, project / "kill.port")
-        for _ in range(600):  # until round 0 is saved: then there is a run to resume
-            runs = sorted((project / "runs").glob("local-*"), key=lambda p: p.stat().st_mtime)
-            if runs and saved_round(runs[-1]):
-                break
-            time.sleep(0.1)
-        server.kill()
-        server.communicate(timeout=60)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate(timeout=30)
-    run = runs[-1]
+    code, _ = _stopped_after_round_0(project, env, "kill.port", ["rounds=2", "lr=0.25"])
+    assert code == -signal.SIGKILL
+    run = sorted((project / "runs").glob("local-*"), key=lambda p: p.stat().st_mtime)[-1]
     code, said = _cli("runs", "show", str(run))
     said = " ".join(said.split())
     assert code == 0, said

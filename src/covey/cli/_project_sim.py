@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from covey.cli._model import MODEL_FILE, RoundModels, keep_model, not_saved, save_model
-from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_regular
+from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object, read_regular
 from covey.core._interrupt import interrupts_as_such
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
@@ -81,14 +81,7 @@ def kept_settings(run_dir: Path) -> dict[str, Any] | None:
     None when the folder keeps none, or the file is damaged (:func:`same_settings`
     then refuses the resume, naming it).
     """
-    path = run_dir / SETTINGS_FILE
-    if not path.is_file():  # nor a named pipe, which would wait for ever
-        return None
-    try:
-        kept = json.loads(read_regular(path, MAX_SETTINGS_BYTES))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return kept if isinstance(kept, dict) else None
+    return read_json_object(run_dir / SETTINGS_FILE, MAX_SETTINGS_BYTES)
 
 
 def same_settings(run_dir: Path, config: dict[str, Any], resume: bool, rounds: int) -> None:

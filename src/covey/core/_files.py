@@ -12,11 +12,13 @@ is then synced so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 Writer = Callable[[Path], None]
 """Writes a file's whole content at the path it is given (e.g. ``safetensors`` ``save_file``)."""
@@ -160,3 +162,18 @@ def read_regular(path: str | Path, limit: int | None = None) -> bytes:
         if len(data) > limit:
             raise TooLargeError(path, max(facts.st_size, len(data)), limit)
         return data
+
+
+def read_json_object(path: str | Path, limit: int) -> dict[str, Any] | None:
+    """The JSON object in the regular file ``path`` (at most ``limit`` bytes), else None.
+
+    None when the file is missing, not a regular file (a named pipe would wait for
+    ever), larger than ``limit``, unreadable, not JSON or not an object.
+    """
+    if not Path(path).is_file():
+        return None
+    try:
+        value = json.loads(read_regular(path, limit))
+    except (OSError, ValueError, RecursionError):  # nested too deeply: damaged too
+        return None
+    return value if isinstance(value, dict) else None

@@ -11,7 +11,7 @@ import json
 import shlex
 from pathlib import Path
 
-from covey.core._files import atomic_write, read_regular
+from covey.core._files import atomic_write, read_json_object
 
 __all__ = ["FEDERATION_FILE", "killed_server_reason", "project_command", "record_federation"]
 
@@ -32,14 +32,8 @@ def project_command(path: Path) -> str | None:
 
     None when the folder keeps no :data:`FEDERATION_FILE`, or a damaged one.
     """
-    file = path / FEDERATION_FILE
-    if not file.is_file():  # nor a named pipe, which would wait for ever
-        return None
-    try:
-        kept = json.loads(read_regular(file, _MOST_BYTES))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(kept, dict):
+    kept = read_json_object(path / FEDERATION_FILE, _MOST_BYTES)
+    if kept is None:
         return None
     project, name = kept.get("project"), kept.get("federation")
     if not isinstance(project, str) or not isinstance(name, str) or not project or not name:
