@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
+import covey
+from covey import FitResult
 from covey.aggregate import (
     AggregationError,
     Contribution,
@@ -176,14 +178,35 @@ def test_bulyan_matches_the_reference(seed: int, f: int, extra: int) -> None:
 def weiszfeld_reference(x: np.ndarray, a: np.ndarray, iters: int, tol: float, eps: float):
     """Pillutla et al.'s smoothed Weiszfeld, written out."""
     v = (a[:, None] * x).sum(0)
-    obj = sum(a[i] * np.linalg.norm(x[i] - v) for i in range(len(x)))
     for _ in range(iters):
         b = np.array([a[i] / max(eps, np.linalg.norm(x[i] - v)) for i in range(len(x))])
-        v = (b[:, None] * x).sum(0) / b.sum()
-        prev, obj = obj, sum(a[i] * np.linalg.norm(x[i] - v) for i in range(len(x)))
-        if abs(prev - obj) <= tol * obj:
+        new = (b[:, None] * x).sum(0) / b.sum()
+        moved, v = np.linalg.norm(new - v), new
+        # stop on a small step, measured against the weighted median distance to the points
+        ranked = sorted(range(len(x)), key=lambda i: np.linalg.norm(x[i] - v))
+        weight, i = 0.0, 0
+        for i in ranked:
+            weight += a[i]
+            if weight >= 0.5:
+                break
+        if moved <= tol * np.linalg.norm(x[i] - v):
             break
     return v
+
+
+@pytest.mark.parametrize("big", [1e3, 1e6, 1e9, 1e12, 1e20, 1e38])
+def test_one_far_update_does_not_carry_the_geometric_median(big: float) -> None:
+    # The iterations stopped when the objective improved by less than 1e-6 of itself:
+    # one far update's distance dominates it, so they stopped still on the way (an
+    # update of 1e12 put the model at 2.5e4, 1e38 at 2.5e30; 1e10 for 5 rounds: 129).
+    rng = np.random.default_rng(0)
+    honest = [{"w": rng.normal(0, 0.1, 10)} for _ in range(7)]
+    results = [FitResult(weights=w, num_examples=10) for w in honest]
+    results.append(FitResult(weights={"w": np.full(10, big)}, num_examples=10))
+    got = covey.FedRFA().aggregate({"w": np.zeros(10)}, results)["w"]
+    exhaustive = covey.FedRFA(tol=0.0, max_iter=1000).aggregate({"w": np.zeros(10)}, results)["w"]
+    assert np.abs(got).max() < 0.3  # among the honest updates (each within 0.35 of 0)
+    np.testing.assert_allclose(got, exhaustive, atol=1e-4)
 
 
 @settings(max_examples=20)

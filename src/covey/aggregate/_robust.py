@@ -171,12 +171,16 @@ def geometric_median(
     Minimizes ``sum_k a_k ||v - x_k||`` with ``a_k`` proportional to the number of
     examples (or equal, if ``weighted`` is False). Starting from the weighted mean,
     each iteration sets ``b_k = a_k / max(eps, ||v - x_k||)`` and
-    ``v = sum_k b_k x_k / sum_k b_k``, until the objective improves by less than
-    ``tol`` times its value or ``max_iter`` iterations have run.
+    ``v = sum_k b_k x_k / sum_k b_k``, until ``v`` moves by at most ``tol`` times
+    the weighted median of its distances to the updates, or ``max_iter`` iterations
+    have run. (A step measured against the objective instead would stop early
+    near one far update: its distance dominates the objective, so the steps
+    towards the others look small.)
 
     Args:
         max_iter: Most Weiszfeld iterations.
-        tol: Relative improvement of the objective below which to stop.
+        tol: Stop once a step moves the point by at most this times the weighted
+            median of its distances to the updates.
         eps: Smoothing: distances below it count as ``eps`` (no division by zero).
         weighted: Weigh clients by their number of examples.
 
@@ -222,17 +226,23 @@ def weiszfeld(
         if not np.isfinite(distances).any():
             median = np.median(points, axis=0)
             distances = np.linalg.norm(points - median, axis=1)
-        objective = float(alpha @ distances)
         done = 0
         for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-            distances = np.linalg.norm(points - median, axis=1)
             beta = alpha / np.maximum(eps, distances)
             total = float(beta.sum())
             if not total > 0.0:  # every distance overflows: no point is nearer
                 break
-            median = (beta @ points) / total
-            previous = objective
-            objective = float(alpha @ np.linalg.norm(points - median, axis=1))
-            if abs(previous - objective) <= tol * objective:
+            step = (beta @ points) / total
+            moved = float(np.linalg.norm(step - median))
+            median = step
+            distances = np.linalg.norm(points - median, axis=1)
+            if moved <= tol * _weighted_median(distances, alpha):
                 break
     return median, done
+
+
+def _weighted_median(values: Vector, alpha: Vector) -> float:
+    """The weighted median of ``values`` (weights ``alpha``, summing to 1): the lower one."""
+    order = np.argsort(values)
+    at = int(np.searchsorted(np.cumsum(alpha[order]), 0.5))
+    return float(values[order[min(at, len(order) - 1)]])

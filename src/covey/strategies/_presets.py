@@ -304,7 +304,8 @@ def FedRFA(
 
     Args:
         max_iter: Most smoothed Weiszfeld iterations.
-        tol: Relative improvement of the objective below which to stop.
+        tol: Stop once a step moves the point by at most this times the weighted
+            median of its distances to the updates.
         eps: Smoothing: distances below it count as ``eps``; see
             :func:`covey.aggregate.geometric_median`.
         **options: :class:`~covey.Strategy` options (see :func:`covey.FedAvg`).
