@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -29,6 +30,7 @@ from covey.aggregate import (
     run_round,
     scaffold,
     server_adam,
+    server_sgd,
     skip_nonfinite,
     staleness_weight,
     weighted_mean,
@@ -264,6 +266,46 @@ def test_scaffold_leaves_out_clients_without_the_control_update() -> None:
 # -- composition ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("steps", "said"),
+    [
+        # It was FedAvg: the server step got no aggregate and passed everything on.
+        (
+            lambda: (server_adam(eta=0.1), weighted_mean()),
+            "the server step server_adam() comes before the reducer weighted_mean()",
+        ),
+        # It clipped nothing: no contribution comes after the reducer.
+        (
+            lambda: (weighted_mean(), clip_norm(1.0)),
+            "the per-client step clip_norm() comes after the reducer weighted_mean()",
+        ),
+        (
+            lambda: (weighted_mean(), server_sgd(), skip_nonfinite()),
+            "the per-client step skip_nonfinite() comes after the server step server_sgd()",
+        ),
+        (lambda: (weighted_mean(), median()), "weighted_mean() and median() are both reducers"),
+        # In a chain inside a chain too.
+        (
+            lambda: (chain(clip_norm(1.0), server_sgd()), weighted_mean()),
+            "the server step server_sgd() comes before the reducer weighted_mean()",
+        ),
+    ],
+)
+def test_a_chain_whose_steps_are_out_of_order_is_refused(steps: Any, said: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(said)):
+        chain(*steps())
+
+
+def test_steps_in_order_and_steps_of_no_kind_are_chained() -> None:
+    def passing(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        return state, (event,)
+
+    own = Step(lambda p: None, passing)  # written by hand: no kind, anywhere
+    chain(own, skip_nonfinite(), clip_norm(1.0), own, weighted_mean(), own, server_adam(), own)
+    chain(chain(skip_nonfinite(), clip_norm(1.0)), chain(median(), server_sgd()))
+    chain(server_sgd(), server_adam())  # server steps after one another
+
+
 def test_begin_reaches_every_step_of_a_chain() -> None:
     seen: list[tuple[str, int]] = []
 
@@ -275,7 +317,7 @@ def test_begin_reaches_every_step_of_a_chain() -> None:
 
         return Step(lambda p: None, update)
 
-    step = chain(spy("before"), weighted_mean(), spy("after"), median(), spy("last"))
+    step = chain(spy("before"), weighted_mean(), spy("after"), server_sgd(), spy("last"))
     state = step.init({"w": np.zeros(1)})
     state, out = step.update(state, Begin(4, {"w": np.zeros(1)}))
     assert seen == [("before", 4), ("after", 4), ("last", 4)]

@@ -311,6 +311,9 @@ def chain(*steps: Step) -> Step:
     if len(steps) == 1:
         return steps[0]
     fixed = tuple(steps)
+    from covey.aggregate._order import check_order
+
+    check_order(fixed)
     needs = [need for need in map(min_contributions, fixed) if need is not None]
 
     def init(params: Weights) -> State:

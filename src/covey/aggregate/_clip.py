@@ -17,6 +17,7 @@ import numpy as np
 
 from covey.aggregate._base import Begin, Contribution, End, Event, State, Step
 from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm, update_of
+from covey.aggregate._order import CLIENT, of_kind
 from covey.core._weights import Weights
 
 Rewrite = Callable[[Contribution, Weights], "tuple[Contribution | None, bool]"]
@@ -59,7 +60,7 @@ def per_client(name: str, key: str, rewrite: Rewrite) -> Step:
             return _PerClientState(), (End(event.round, info),)
         return state, (event,)
 
-    return Step(init, update)
+    return of_kind(Step(init, update), CLIENT, name)
 
 
 def clip_norm(max_norm: float) -> Step:

@@ -24,6 +24,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
+from covey.aggregate._order import REDUCER, of_kind
 from covey.core._weights import Weights, WeightsError, WeightsSpec
 
 Combine = Callable[[Weights, Sequence[Contribution]], Weights]
@@ -103,4 +104,4 @@ def reducer(combine: Combine) -> Step:
             return _Held(), (aggregate,)
         return state, (event,)
 
-    return Step(init, update)
+    return of_kind(Step(init, update), REDUCER, "reducer()")

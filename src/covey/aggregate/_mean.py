@@ -25,6 +25,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._flat import int_change, signed
+from covey.aggregate._order import REDUCER, of_kind
 from covey.core._pages import BLOCK, blocks, release_pages
 from covey.core._weights import Array, Weights
 
@@ -308,7 +309,7 @@ def _mean_step(weighted: bool) -> Step:
         return state, (event,)
 
     setattr(update, MEAN, weighted)  # the round loops may fold plain replies themselves
-    return Step(init, update)
+    return of_kind(Step(init, update), REDUCER, "weighted_mean()" if weighted else "mean()")
 
 
 def _mean_contribution(

@@ -23,6 +23,7 @@ import numpy as np
 
 from covey.aggregate._base import Aggregate, Begin, Event, State, Step
 from covey.aggregate._flat import check_positive, finite, needs_params
+from covey.aggregate._order import SERVER, of_kind
 from covey.core._weights import Array, Weights
 
 Rule = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
@@ -94,7 +95,7 @@ def _server_optimizer(
             return state._replace(params=event.params), (event,)
         return state, (event,)
 
-    return Step(init, update)
+    return of_kind(Step(init, update), SERVER, name)
 
 
 def server_sgd(

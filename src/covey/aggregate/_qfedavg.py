@@ -18,6 +18,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._flat import check_positive, needs_params, sq_norm, to_int, update_of
+from covey.aggregate._order import REDUCER, of_kind
 from covey.core._weights import Array, Weights
 
 
@@ -96,7 +97,7 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
             return _QState(), (agg,)
         return state, (event,)
 
-    return Step(init, update)
+    return of_kind(Step(init, update), REDUCER, "qfedavg()")
 
 
 def _client_terms(

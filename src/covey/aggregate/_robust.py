@@ -35,6 +35,7 @@ from covey.aggregate._flat import (
     unflatten,
     update_of,
 )
+from covey.aggregate._order import REDUCER, of_kind
 from covey.core._weights import Weights
 
 Matrix = NDArray[np.float64]
@@ -103,7 +104,7 @@ def buffered(name: str, combine: Combine) -> Step:
             return _BufferState(), (aggregate,)
         return state, (event,)
 
-    return Step(init, update)
+    return of_kind(Step(init, update), REDUCER, name)
 
 
 def median() -> Step:

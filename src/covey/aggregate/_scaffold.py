@@ -18,6 +18,7 @@ from covey.aggregate._base import (
     for_federation,
 )
 from covey.aggregate._flat import check_count
+from covey.aggregate._order import CLIENT, of_kind
 from covey.core._weights import Array, Weights, freeze
 
 SERVER_CONTROL = "scaffold_c"
@@ -95,7 +96,7 @@ def scaffold(num_clients: int) -> Step:
             return _ScaffoldState(freeze(c)), (End(event.round, info),)
         return state, (event,)
 
-    return for_federation(Step(init, update), total)
+    return for_federation(of_kind(Step(init, update), CLIENT, "scaffold()"), total)
 
 
 def _fold_control(state: _ScaffoldState, event: Contribution) -> tuple[State, tuple[Event, ...]]:

@@ -1,0 +1,77 @@
+"""The kind of each built-in step, and a chain refused when its steps are out of order.
+
+A reducer turns the round's contributions into one aggregate; a per-client
+step acts on each contribution, so it must come before the reducer; a server
+step acts on the aggregate, so it must come after it. A step out of place
+passes the events it cannot use on untouched: ``chain(server_adam(),
+weighted_mean())`` would be FedAvg, ``chain(weighted_mean(), clip_norm(1.0))``
+would clip nothing, and a second reducer would get no contribution. Such a
+chain is refused when it is built. Steps written by hand carry no kind and
+are not checked.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any, TypeVar
+
+__all__ = ["CLIENT", "REDUCER", "SERVER", "check_order", "of_kind"]
+
+CLIENT, REDUCER, SERVER = "per-client step", "reducer", "server step"
+_RANK = {CLIENT: 0, REDUCER: 1, SERVER: 2}
+KIND = "_covey_kind"
+"""Set on the ``update`` of a built-in step: ``(kind, name)``, e.g. ``("reducer", "median()")``."""
+
+
+_S = TypeVar("_S")
+
+
+def of_kind(step: _S, kind: str, name: str) -> _S:
+    """``step``, marked as a step of ``kind`` (:data:`CLIENT`, :data:`REDUCER`, :data:`SERVER`)."""
+    setattr(step.update, KIND, (kind, name))  # type: ignore[attr-defined]
+    return step
+
+
+def _kinds(step: Any) -> list[tuple[str, str]]:
+    """The kinds of ``step``, in event order: a chain's steps', a wrapper's inner step's."""
+    from covey.aggregate._base import STEPS, WRAPS
+
+    update = step.update
+    while (inner := getattr(update, WRAPS, None)) is not None:
+        update = inner.update
+    steps = getattr(update, STEPS, None)
+    if steps is not None:
+        return [kind for part in steps for kind in _kinds(part)]
+    kind = getattr(update, KIND, None)
+    return [kind] if isinstance(kind, tuple) else []
+
+
+def check_order(steps: tuple[Any, ...]) -> None:
+    """Refuse ``chain(*steps)`` if a step comes where it would get no event it acts on.
+
+    Raises:
+        ValueError: naming the step out of place and where it goes.
+    """
+    kinds = [kind for step in steps for kind in _kinds(step)]
+    for (kind, name), (later, after) in pairwise(kinds):
+        if kind == REDUCER and later == REDUCER:
+            raise ValueError(
+                f"chain(): {name} and {after} are both reducers; the second would get the "
+                "first's aggregate and no contribution, so it would do nothing: keep one"
+            )
+        if _RANK[later] >= _RANK[kind]:
+            continue
+        if later == CLIENT:
+            raise ValueError(
+                f"chain(): the per-client step {after} comes after the {kind} {name}, so it "
+                "would do nothing: it acts on each contribution, and after the reducer there "
+                f"is none; put it before the reducer, e.g. {_EXAMPLE}"
+            )
+        raise ValueError(
+            f"chain(): the server step {name} comes before the reducer {after}, so it would "
+            "do nothing: it acts on the round's aggregate, which only the reducer makes; put "
+            f"it after the reducer, e.g. {_EXAMPLE}"
+        )
+
+
+_EXAMPLE = "chain(clip_norm(1.0), weighted_mean(), server_adam())"
