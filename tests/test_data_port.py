@@ -223,7 +223,10 @@ def _closed_by_server(sock: socket.socket) -> bool:
 
 
 def test_only_a_live_token_opens_a_data_connection() -> None:
-    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, data_port=0)
+    events: list[tuple[str, str, str]] = []
+    transport = GrpcServerTransport(
+        "127.0.0.1:0", heartbeat=5.0, data_port=0, on_event=lambda *e: events.append(e)
+    )
     raw, welcome = _raw_client(transport)
     port, token = welcome.data_port, welcome.data_token
     try:
@@ -241,6 +244,13 @@ def test_only_a_live_token_opens_a_data_connection() -> None:
             _open(port, _lane.UP, token)  # the token is spent
         assert transport._service.data is not None
         assert transport._service.data.listener.refused == 5
+        # Recorded as the run's events as they are logged (the 1st, 2nd and 4th), each
+        # saying why (they were logged only, all as "no client waits for it").
+        refused = [e for e in events if e[1] == "refused"]
+        assert [e[0] for e in refused] == ["127.0.0.1"] * 3
+        assert "closed: its token is no connected client's (1 so far)" in refused[0][2]
+        assert "it asked for direction 7, which does not exist (2 so far)" in refused[1][2]
+        assert "its client has that connection already (4 so far)" in refused[2][2]
         down.close()
         up.close()
     finally:
@@ -273,8 +283,13 @@ def test_a_token_with_another_clients_certificate_is_refused(tmp_path: Path) -> 
     init_federation(fed, hosts=("127.0.0.1",))
     for name in ("alice", "mallory"):
         issue_client(fed, name)
+    events: list[tuple[str, str, str]] = []
     transport = GrpcServerTransport(
-        "127.0.0.1:0", tls=tls_from_dir(fed), heartbeat=5.0, data_port=0
+        "127.0.0.1:0",
+        tls=tls_from_dir(fed),
+        heartbeat=5.0,
+        data_port=0,
+        on_event=lambda *e: events.append(e),
     )
     alice = client_tls(fed / "ca.pem", fed / "clients" / "alice.pem", fed / "clients" / "alice.key")
     tokens: list[bytes] = []
@@ -313,6 +328,8 @@ def test_a_token_with_another_clients_certificate_is_refused(tmp_path: Path) -> 
             "127.0.0.1", transport.data_port or 0, _lane.UP, tokens[0], theirs, None, 10
         )
         sock.close()
+        refused = [e[2] for e in events if e[1] == "refused"]
+        assert any("it shows another certificate than its client's stream" in d for d in refused)
     finally:
         _lane.open_lane = lanes
         transport.close()

@@ -177,7 +177,8 @@ def open_lane(
         raise
 
 
-Attach = Callable[[int, bytes, socket.socket], bool]
+Attach = Callable[[int, bytes, socket.socket], str | None]
+Refused = Callable[[str, str], None]
 
 
 class LaneListener:
@@ -187,16 +188,24 @@ class LaneListener:
         host: The host the gRPC server listens on.
         port: The data port (0: a free one).
         context: TLS for the data port; None without TLS.
-        attach: ``(direction, token, socket) -> bool``: whether the connection
-            belongs to a connected client (which then owns it).
+        attach: ``(direction, token, socket) -> why``: None when the connection
+            belongs to a connected client (which then owns it), else why not.
+        refused: ``(host, detail)``, told of refused connections as they are logged
+            (the 1st, 2nd, 4th, ...), to record them as the run's events.
     """
 
     def __init__(
-        self, host: str, port: int, context: ssl.SSLContext | None, attach: Attach
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext | None,
+        attach: Attach,
+        refused: Refused | None = None,
     ) -> None:
         """Listen on ``host:port``; raises OSError if it cannot."""
         self._context = context
         self._attach = attach
+        self._told = refused
         self._slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
         if host in ("0.0.0.0", "::"):  # noqa: S104 - every address, as the stream's address says
             dual = host == "::" and socket.has_dualstack_ipv6()
@@ -246,8 +255,13 @@ class LaneListener:
                 sock = self._context.wrap_socket(sock, server_side=True)
             first = _exactly(sock, 1 + TOKEN_BYTES)
             watchdog.cancel()
-            if first[0] not in (DOWN, UP) or not self._attach(first[0], first[1:], sock):
-                self._refuse(sock, peer, "no client waits for it")
+            why = (
+                self._attach(first[0], first[1:], sock)
+                if first[0] in (DOWN, UP)
+                else f"it asked for direction {first[0]}, which does not exist"
+            )
+            if why is not None:
+                self._refuse(sock, peer, why)
                 return
             sock.sendall(ACK)
         except (OSError, ValueError) as exc:
@@ -265,6 +279,12 @@ class LaneListener:
             logger.warning(
                 "closed a data connection from %s: %s (%d so far)", _shown(peer), why, count
             )
+            if self._told is not None:
+                host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+                self._told(
+                    str(host),
+                    f"data connection from {_shown(peer)} closed: {why} ({count} so far)",
+                )
         cut(sock)
 
     def close(self) -> None:
@@ -288,17 +308,23 @@ class DataPort:
         port: The data port (0: a free one).
         tls: ``(ca, cert, key)`` PEMs when the streams have TLS; None without.
         timeout: Seconds a data connection may stay silent in the middle of a message.
+        refused: ``(host, detail)`` for refused data connections (see :class:`LaneListener`).
     """
 
     def __init__(
-        self, host: str, port: int, tls: tuple[bytes, bytes, bytes] | None, timeout: float
+        self,
+        host: str,
+        port: int,
+        tls: tuple[bytes, bytes, bytes] | None,
+        timeout: float,
+        refused: Refused | None = None,
     ) -> None:
         """Listen on ``host:port``; raises OSError if it cannot."""
         self._tokens: dict[bytes, Any] = {}
         self._lock = threading.Lock()
         self.timeout = timeout
         context = None if tls is None else server_context(*tls)
-        self.listener = LaneListener(host, port, context, self._attach)
+        self.listener = LaneListener(host, port, context, self._attach, refused)
         self.port = self.listener.port
 
     def offer(self, conn: Any) -> bytes:
@@ -313,20 +339,22 @@ class DataPort:
         with self._lock:
             self._tokens.pop(token, None)
 
-    def _attach(self, direction: int, token: bytes, sock: socket.socket) -> bool:
+    def _attach(self, direction: int, token: bytes, sock: socket.socket) -> str | None:
         with self._lock:
             conn = self._tokens.get(token)
-            if conn is None or not conn.alive or conn.lanes[direction - 1] is not None:
-                return False
+            if conn is None or not conn.alive:
+                return "its token is no connected client's"
+            if conn.lanes[direction - 1] is not None:
+                return "its client has that connection already"
             if conn.certificate is not None and not _same_certificate(sock, conn.certificate):
-                return False
+                return "it shows another certificate than its client's stream"
             sock.settimeout(self.timeout)
             conn.lanes[direction - 1] = sock
             if all(lane is not None for lane in conn.lanes):
                 del self._tokens[token]
         if not conn.alive:  # dropped meanwhile: the drop may have closed its lanes before
             cut(sock)
-        return True
+        return None
 
     def close(self) -> None:
         """Stop listening; no token opens anything any more."""

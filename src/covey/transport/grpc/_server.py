@@ -119,7 +119,7 @@ class GrpcServerTransport:
         host = check_address(address, listen=True)[0]
         pems = None if tls is None else (tls.ca, tls.cert, tls.key)
         try:
-            self._service.data = DataPort(host, port, pems, quiet)
+            self._service.data = DataPort(host, port, pems, quiet, self._data_refused)
         except OSError as exc:  # ssl.SSLError too: a certificate or key it cannot load
             self._server.stop(None)
             raise DataPortError(
@@ -127,6 +127,12 @@ class GrpcServerTransport:
             ) from None
         self.data_port = self._service.data.port
         logger.info("listening for data connections on %s:%d", host, self.data_port)
+
+    def _data_refused(self, host: str, detail: str) -> None:
+        """Record a refused data connection as the run's event, named by its host."""
+        on_event = self._registry.on_event
+        if on_event is not None:
+            on_event(host, "refused", detail)
 
     # -- Transport ---------------------------------------------------------------------
 
