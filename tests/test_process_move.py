@@ -27,7 +27,7 @@ MODEL = 1_000_003  # float32 entries: 4 MB, two steps of a copy, an odd size
 CONN: Any = types.SimpleNamespace(context=None)  # what _run_one needs of its pipe
 
 needs_moving = pytest.mark.skipif(
-    _move._madvise is None or not _move.EXACT_REFCOUNTS,
+    not _move.CAN_RELEASE_OWNED or not _move.EXACT_REFCOUNTS,
     reason="pages are given back on Linux with CPython's exact reference counts only",
 )
 
@@ -223,7 +223,7 @@ def test_process_runs_give_the_inline_bits(shm_files: list[str], client: type) -
 
 
 def _die_while_moving(real: Any) -> Any:
-    """``_release`` that, in the worker of client 3's round-2 reply, dies after one step."""
+    """``release_owned`` that, in the worker of client 3's round-2 reply, dies after one step."""
 
     def release(array: np.ndarray, start: int, stop: int) -> None:
         real(array, start, stop)
@@ -245,7 +245,7 @@ class MarkedFresh(Fresh):
 def test_no_file_is_left_by_a_worker_killed_while_moving_a_reply(
     shm_files: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_move, "_release", _die_while_moving(_move._release))
+    monkeypatch.setattr(_move, "release_owned", _die_while_moving(_move.release_owned))
     result = covey.simulate(
         MarkedFresh,
         6,

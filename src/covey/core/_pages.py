@@ -23,6 +23,7 @@ __all__ = [
     "blocks",
     "mapping_of",
     "referred",
+    "release_owned",
     "release_pages",
     "sum_of_squares",
     "trim_heap",
@@ -128,6 +129,43 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
+
+
+def _libc_madvise() -> Any:
+    """The C library's ``madvise`` on Linux (where ``MADV_DONTNEED`` zero-fills), else None."""
+    if not sys.platform.startswith("linux") or _DONTNEED is None:
+        return None
+    try:
+        advise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # pragma: no cover - a libc without madvise
+        return None
+    advise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    advise.restype = ctypes.c_int
+    return advise
+
+
+_MADVISE = _libc_madvise()
+CAN_RELEASE_OWNED = _MADVISE is not None
+"""Whether :func:`release_owned` gives pages back here (Linux); elsewhere it does nothing."""
+
+
+def release_owned(array: np.ndarray, start: int, stop: int) -> None:
+    """Give back the pages wholly inside bytes ``start:stop`` of ``array``'s own memory.
+
+    For an array in ordinary memory that nothing will read again: those bytes
+    read as 0 afterwards. Bytes before ``start`` are taken as given back already,
+    so the page that holds ``start`` goes too unless it begins before the array
+    (the allocator's own bytes).
+    """
+    if _MADVISE is None:
+        return
+    address = array.ctypes.data
+    page = mmap.PAGESIZE
+    first = -(-address // page) * page
+    low = max((address + start) // page * page, first)
+    high = (address + stop) // page * page
+    if high > low:
+        _MADVISE(low, high - low, _DONTNEED)
 
 
 def trim_heap() -> None:

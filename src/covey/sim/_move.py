@@ -15,7 +15,6 @@ GIL; elsewhere (and off Linux) every reply is copied as before.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import sys
 from typing import Any
@@ -24,22 +23,12 @@ import numpy as np
 
 from covey.core import _codec
 from covey.core._messages import FitResult
+from covey.core._pages import CAN_RELEASE_OWNED, release_owned
 from covey.core._weights import Array, Weights
 from covey.server._direct import EXACT_REFCOUNTS
 from covey.sim import _shm
 
 __all__ = ["movable", "write_moving"]
-
-_PAGE = mmap.PAGESIZE
-_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
-_madvise: Any = None
-if sys.platform.startswith("linux") and _MADV_DONTNEED is not None:  # zero-filled after, there
-    try:
-        _madvise = ctypes.CDLL(None, use_errno=True).madvise
-        _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        _madvise.restype = ctypes.c_int
-    except (OSError, AttributeError):  # pragma: no cover - a libc without madvise
-        _madvise = None
 
 
 def movable(reply: Any) -> frozenset[int]:
@@ -53,7 +42,7 @@ def movable(reply: Any) -> frozenset[int]:
     The references counted besides those: this function's names and
     ``getrefcount``'s argument.
     """
-    if _madvise is None or not EXACT_REFCOUNTS:
+    if not CAN_RELEASE_OWNED or not EXACT_REFCOUNTS:
         return frozenset()
     count = sys.getrefcount
     result = getattr(reply, "result", None)
@@ -85,7 +74,7 @@ def write_moving(prefix: str, weights: Weights, owned: frozenset[int]) -> tuple[
 
     def give_back(array: Array, start: int, stop: int) -> None:
         if id(array) in owned:
-            _release(array, start, stop)
+            release_owned(array, start, stop)
 
     with (
         _shm.new_file(prefix, total, reserved=False) as (fd, path),
@@ -106,17 +95,3 @@ def write_moving(prefix: str, weights: Weights, owned: frozenset[int]) -> tuple[
                 link = link.__context__
             raise exc from None
     return path, [size]
-
-
-def _release(array: Array, start: int, stop: int) -> None:
-    """Give back the pages wholly inside bytes ``start:stop`` of ``array`` (read as 0 after).
-
-    Bytes before ``start`` were given back already, so the page that holds
-    ``start`` goes too unless it begins before the array (the allocator's own).
-    """
-    address = array.ctypes.data
-    first = -(-address // _PAGE) * _PAGE
-    low = max((address + start) // _PAGE * _PAGE, first)
-    high = (address + stop) // _PAGE * _PAGE
-    if high > low:
-        _madvise(low, high - low, _MADV_DONTNEED)
