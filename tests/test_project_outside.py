@@ -396,6 +396,13 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
         f"covey run --federation local --resume {run} --set \"address='127.0.0.1:0'\" "
         "--set \"port-file='int.port'\" --set rounds=2"
     )
+    # `covey runs show` said "failed" and neither why nor how to go on.
+    code, shown = _cli("runs", "show", str(run))
+    assert code == 0, shown
+    assert (
+        "failed: interrupted (SIGINT); continue it after its last complete round with "
+        f"`covey run {project} --federation local --resume {run}`"
+    ) in " ".join(shown.split())
     args = shlex.split(hint)[1:]
     assert args[-2:] == ["--set", "rounds=2"]
     del args[-2:]  # kept in the run folder

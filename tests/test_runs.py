@@ -309,7 +309,7 @@ def test_a_killed_servers_run_says_what_its_resume_needs(tmp_path: Path) -> None
     from covey.cli._runs import _why
 
     (tmp_path / "run.sqlite").touch()
-    said = _why(tmp_path, "stopped")
+    said = _why(tmp_path, "stopped", History([]))
     assert said is not None
     assert f"covey server --resume {tmp_path}" in said
     assert "--app" in said

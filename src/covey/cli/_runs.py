@@ -40,7 +40,7 @@ from covey.server._rundb import (
     open_read_only,
     schema_refusal,
 )
-from covey.server._served import killed_server_reason
+from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import (
     SET_UP_FILES,
     how_to_resume,
@@ -115,12 +115,12 @@ def _holder(folder: Path) -> str:
     return f"pid {holder or 'unknown'}"
 
 
-def _why(folder: Path, status: str) -> str | None:
+def _why(folder: Path, status: str, history: History) -> str | None:
     """Why a run is ``failed``, ``stopped`` (its process gone) or ``unreadable``; or None."""
     if status == "unreadable":
         return f"unreadable: {_damaged(folder) or _unreadable(folder / 'run.sqlite')}"
-    if status == "failed":
-        reason = _run_json(folder).get("stopped_reason")
+    if status == "failed":  # a simulation's run.json says why, a served run's history
+        reason = _run_json(folder).get("stopped_reason") or history.stopped_reason
         if isinstance(reason, str) and reason:
             return f"failed: {reason}{_resumable(folder)}"
     if status == "stopped" and (folder / "run.json").is_file():
@@ -131,10 +131,11 @@ def _why(folder: Path, status: str) -> str | None:
 
 
 def _resumable(folder: Path) -> str:
-    """How to continue the failed simulation in ``folder`` from its checkpoint, if it has one."""
-    if (folder / "run.json").is_file() and (folder / "run.sqlite").is_file():
-        return f"; continue it after its last complete round with {how_to_resume(folder)}"
-    return ""
+    """How to continue the failed run in ``folder`` from its checkpoint, if it has one."""
+    if not (folder / "run.sqlite").is_file():
+        return ""
+    how = how_to_resume(folder) if (folder / "run.json").is_file() else how_to_continue(folder)
+    return f"; continue it after its last complete round with {how}"
 
 
 def _unreadable(db: Path) -> str:
@@ -463,7 +464,7 @@ def show_run(
     name = strategy.get("name") if isinstance(strategy, dict) else strategy
     status = run_status(folder, history)
     console.print(f"[bold]{escape(str(folder))}[/]: {status}")
-    why = _why(folder, status)
+    why = _why(folder, status, history)
     if why:
         console.print(f"[red]{escape(why)}[/]")
     facts = _settings(config, name)

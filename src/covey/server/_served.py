@@ -13,7 +13,13 @@ from pathlib import Path
 
 from covey.core._files import atomic_write, read_json_object
 
-__all__ = ["FEDERATION_FILE", "killed_server_reason", "project_command", "record_federation"]
+__all__ = [
+    "FEDERATION_FILE",
+    "how_to_continue",
+    "killed_server_reason",
+    "project_command",
+    "record_federation",
+]
 
 FEDERATION_FILE = "federation.json"
 """The project folder and federation name of a run served by ``covey run --federation``."""
@@ -46,21 +52,27 @@ def project_command(path: Path) -> str | None:
     )
 
 
+def how_to_continue(path: Path) -> str:
+    """The command that continues the served run in ``path``, quoted, and what it needs."""
+    command = project_command(path)
+    if command is not None:
+        return (
+            f"`{command}` (the app's settings are kept in the run folder; give again any "
+            "--set of the federation's settings it was started with)"
+        )
+    return (
+        f"`covey server --resume {path}` and the --app (or --config) and --certs (or "
+        "--insecure) it was started with"
+    )
+
+
 def killed_server_reason(path: Path) -> str:
     """Why the run in ``path`` stopped when no server holds it, and how to go on.
 
     ``covey server --resume`` needs the app and security the server was started
     with (unrecorded); a project's served run goes on with its ``covey run``.
     """
-    command = project_command(path)
-    if command is not None:
-        return (
-            "the server is not running (it crashed or was killed); continue the run with "
-            f"`{command}` (the app's settings are kept in the run folder; give again any "
-            "--set of the federation's settings it was started with)"
-        )
     return (
         "the server is not running (it crashed or was killed); continue the run with "
-        f"`covey server --resume {path}` and the --app (or --config) and --certs (or "
-        "--insecure) it was started with"
+        + how_to_continue(path)
     )
