@@ -170,6 +170,34 @@ def test_values_a_cast_would_change_are_named_and_the_model_left_unchanged(
     load_weights(net, weights)
 
 
+@pytest.mark.parametrize(
+    ("entry", "array", "said"),
+    [
+        # int64 into float16 became inf; a float beyond int64 became INT64_MIN; 2**64-1 -1.
+        ("fc.weight", np.full((2, 3), 100_000, np.int64), r"holds 1e\+05, beyond the largest"),
+        ("bn.num_batches_tracked", np.array(1e30), r"holds values from 1e\+30 to 1e\+30"),
+        ("bn.num_batches_tracked", np.array(2**64 - 1, np.uint64), r"beyond the model's torch"),
+        ("bn.num_batches_tracked", np.array(-(2**40), np.int64), None),  # fits: taken
+        ("fc.weight", np.full((2, 3), 60_000, np.int64), None),  # under 65504: taken
+    ],
+    ids=["int64-into-float16", "1e30-into-int64", "uint64-max-into-int64", "fits", "fits16"],
+)
+def test_integers_a_cast_would_change_are_named(entry: str, array: Any, said: str | None) -> None:
+    net = nn.Sequential()
+    net.add_module("fc", nn.Linear(3, 2).half())
+    net.add_module("bn", nn.BatchNorm1d(2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    weights = {**to_weights(net, copy=True), entry: array}
+    if said is None:
+        load_weights(net, weights)
+        assert float(net.state_dict()[entry].reshape(-1)[0]) == float(array.reshape(-1)[0])
+        return
+    with pytest.raises(WeightsError, match=said):
+        load_weights(net, weights)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def _hand_fit(weights: covey.Weights, mu: float) -> dict[str, np.ndarray]:
     """The same training as TorchClient.fit, written out by hand."""
     net = _net()

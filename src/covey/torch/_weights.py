@@ -159,8 +159,9 @@ def load_weights(module: Any, weights: Weights) -> None:
     Raises:
         WeightsError: A name is missing or unexpected, a shape differs, a
             complex array would go into a real tensor, NaN or inf would go into
-            an integer tensor, a value lies beyond a narrower float tensor's
-            range, or a tensor of the module is an expanded view that cannot be
+            an integer tensor, a value lies beyond an integer tensor's range or
+            a narrower float tensor's (integers too), or a tensor of the module
+            is an expanded view that cannot be
             written (``torch.arange(3).expand(4, 3)``); the module is then left
             unchanged. Other dtypes are cast to the module's (float64 weights
             into a float32 model, say).
@@ -196,24 +197,49 @@ def load_weights(module: Any, weights: Weights) -> None:
 def _check_cast(name: str, array: np.ndarray[Any, Any], target: Any, torch: Any) -> None:
     """Refuse values a cast into ``target``'s dtype would change beyond rounding.
 
-    Checked only when the dtypes differ (a pass over the array): NaN or inf
-    into an integer or bool tensor (NaN becomes INT64_MIN), and finite values
-    beyond a narrower float's range (they become inf).
+    Checked only when the cast can lose (a pass over the array): NaN or inf into
+    an integer or bool tensor (NaN becomes INT64_MIN), values beyond an integer
+    tensor's range (they wrap), and values beyond a narrower float's range,
+    integers included (they become inf).
     """
-    if array.dtype.kind != "f" or target.is_complex():
+    if target.is_complex() or array.dtype.kind not in "fiu" or not array.size:
         return
-    if not target.is_floating_point():
-        if not np.isfinite(array).all():
-            raise WeightsError(
-                f"weight {name!r} holds NaN or inf, the model's is {target.dtype}: "
-                "no integer stands for them"
-            )
+    if target.is_floating_point():
+        _check_float_range(name, array, target, torch)
+    else:
+        _check_int_range(name, array, target, torch)
+
+
+def _check_float_range(name: str, array: np.ndarray[Any, Any], target: Any, torch: Any) -> None:
+    if array.dtype.kind == "f" and array.dtype.itemsize <= target.element_size():
         return
     limit = torch.finfo(target.dtype).max
-    if array.dtype.itemsize > target.element_size() and array.size:
-        largest = float(np.max(np.abs(array[np.isfinite(array)]), initial=0.0))
-        if largest > limit:
-            raise WeightsError(
-                f"weight {name!r} holds {largest:.4g}, beyond the largest {target.dtype} "
-                f"({limit:.4g}): it would become inf"
-            )
+    values = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+    if not values.size:
+        return
+    largest = max(abs(float(values.min())), abs(float(values.max())))
+    if largest > limit:
+        raise WeightsError(
+            f"weight {name!r} holds {largest:.4g}, beyond the largest {target.dtype} "
+            f"({limit:.4g}): it would become inf"
+        )
+
+
+def _check_int_range(name: str, array: np.ndarray[Any, Any], target: Any, torch: Any) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise WeightsError(
+            f"weight {name!r} holds NaN or inf, the model's is {target.dtype}: "
+            "no integer stands for them"
+        )
+    if target.dtype == torch.bool:
+        return
+    info = torch.iinfo(target.dtype)
+    same = np.dtype(f"{'i' if info.min < 0 else 'u'}{target.element_size()}")
+    if array.dtype.kind in "iu" and np.can_cast(array.dtype, same):
+        return  # every value fits
+    low, high = array.min(), array.max()
+    if low < info.min or high > info.max:
+        raise WeightsError(
+            f"weight {name!r} holds values from {low} to {high}, beyond the model's "
+            f"{target.dtype} ({info.min} to {info.max}): the cast would change them"
+        )
