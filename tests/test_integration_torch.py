@@ -376,6 +376,37 @@ def test_a_summed_loss_gives_the_mean_loss_per_example_whatever_the_batch_size()
         evaluate_model(net, nn.CrossEntropyLoss(reduction="none"), _loader())
 
 
+LOSSES = [nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")]
+
+
+@pytest.mark.parametrize(
+    "loss_fn", [*LOSSES, nn.CrossEntropyLoss(ignore_index=2)], ids=["mean", "sum", "ignore-2"]
+)
+def test_targets_the_loss_ignores_count_for_nothing(loss_fn: Any) -> None:
+    # Padding targets (-100) counted as examples: a model right on every real target had
+    # accuracy 0.5, and each batch's mean loss was weighed by its padded size.
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    ignored = loss_fn.ignore_index
+    x = torch.randn(12, 4)
+    y = torch.tensor([0, 1, -1, -1, 1, 1, -1, 0, 1, 0, 0, -1])  # -1: padding
+    y[y == -1] = ignored
+    batches = [(x[:4], y[:4]), (x[4:5], y[4:5]), (x[5:], y[5:])]
+    kept = y != ignored
+    loss, n, metrics = evaluate_model(net, loss_fn, batches)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(net(x)[kept], y[kept])
+        right = (net(x).argmax(dim=1) == y)[kept]
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    assert n == 12  # the examples given
+    assert metrics["accuracy"] == pytest.approx(float(right.float().mean()))
+    client = TorchClient(nn.Linear(4, 3), loss_fn, lambda p: torch.optim.SGD(p, lr=0.0), batches)
+    fitted = client.fit(to_weights(net, copy=True), {"round": 1})  # lr 0: the loss at the weights
+    assert fitted.metrics["train_loss"] == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match=r"every target .* the loss ignores"):
+        evaluate_model(net, loss_fn, [(x[:2], torch.full((2,), ignored))])
+
+
 def test_regression_outputs_have_no_accuracy() -> None:
     x = torch.randn(10, 3)
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=5)

@@ -97,7 +97,47 @@ def _regression_or_probabilities(loss_fn: Any) -> tuple[bool, bool]:
     return isinstance(loss_fn, regression), isinstance(loss_fn, nn.BCELoss)
 
 
-def _correct(out: Any, y: Any, threshold: float) -> int | None:
+def _kept(loss_fn: Any, y: Any) -> Any:
+    """The targets ``loss_fn`` counts (a bool mask), when it ignores some; else None.
+
+    ``CrossEntropyLoss`` and ``NLLLoss`` skip class-index targets equal to their
+    ``ignore_index`` (-100 by default: padding) and average over the others.
+    """
+    torch = torch_module()
+    ignored = getattr(loss_fn, "ignore_index", None)
+    if type(ignored) is not int or not isinstance(y, torch.Tensor):
+        return None
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        return None  # class probabilities, not indices: nothing is ignored
+    return y != ignored
+
+
+class _LossMean:
+    """The mean loss over batches, each weighed by the targets its loss averaged over."""
+
+    __slots__ = ("counted", "seen", "summed", "total")
+
+    def __init__(self, summed: bool) -> None:
+        self.summed = summed  # the loss is a batch's sum, not its mean
+        self.total, self.counted, self.seen = 0.0, 0, 0
+
+    def add(self, loss_fn: Any, loss: Any, y: Any) -> Any:
+        """Count one batch's ``loss`` (a scalar tensor); the mask of its kept targets, or None."""
+        kept = _kept(loss_fn, y)
+        n = len(y) if kept is None else int(kept.sum())
+        if n:  # every target ignored: the batch's mean is NaN, and counts for nothing
+            value = float(loss)
+            self.total += value if self.summed else value * n
+        self.counted += n
+        self.seen += len(y)
+        return kept
+
+    def mean(self) -> float | None:
+        """The mean loss; None when every target was ignored."""
+        return self.total / self.counted if self.counted else None
+
+
+def _correct(out: Any, y: Any, threshold: float, kept: Any = None) -> int | None:
     """The correct predictions in a batch, or None when it is not a classification.
 
     Class scores ``(batch, classes)`` with class indices ``(batch,)`` count by argmax;
@@ -111,7 +151,8 @@ def _correct(out: Any, y: Any, threshold: float) -> int | None:
         return None
     if out.ndim == 2 and out.shape[1] > 1:
         if y.ndim == 1 and not y.is_floating_point() and not y.is_complex():
-            return int((out.argmax(dim=1) == y).sum())
+            right = out.argmax(dim=1) == y
+            return int((right if kept is None else right & kept).sum())
         return None
     if out.ndim not in (1, 2) or out.numel() != len(y) or y.numel() != len(y):
         return None
@@ -142,6 +183,10 @@ def evaluate_model(
     and neither does a loader with any batch that is not a classification
     (outputs that are not one tensor, e.g. a tuple of heads, included).
 
+    Targets the loss ignores (``ignore_index`` of ``CrossEntropyLoss`` or
+    ``NLLLoss``, -100 by default: padding) count neither in the mean loss, which
+    weighs each batch by the targets its loss averaged over, nor in the accuracy.
+
     Args:
         model: The ``torch.nn.Module``, already on ``device``.
         loss_fn: ``(outputs, targets) -> scalar tensor``, the mean over a batch
@@ -158,23 +203,24 @@ def evaluate_model(
     summed = _summed(loss_fn)
     threshold = 0.5 if probabilities else 0.0
     model.eval()
-    total, correct, seen = 0.0, 0, 0
+    losses, correct = _LossMean(summed), 0
     classify = not regression
     with torch.no_grad():
         for batch in loader:
             x, y = _move(_split(batch), device)
             out = model(x)
-            batch_loss = float(loss_fn(out, y))
-            total += batch_loss if summed else batch_loss * len(y)
-            seen += len(y)
+            kept = losses.add(loss_fn, loss_fn(out, y), y)
             if classify:
-                hits = _correct(out, y, threshold)
+                hits = _correct(out, y, threshold, kept)
                 classify = hits is not None
                 correct += hits or 0
-    if seen == 0:
+    mean = losses.mean()
+    if losses.seen == 0:
         raise ValueError("the data loader gave no examples to evaluate")
-    metrics: Metrics = {"accuracy": correct / seen} if classify else {}
-    return total / seen, seen, metrics
+    if mean is None:
+        raise ValueError("every target the data loader gave is one the loss ignores (ignore_index)")
+    metrics: Metrics = {"accuracy": correct / losses.counted} if classify else {}
+    return mean, losses.seen, metrics
 
 
 def _check_sgd(optimizer: Any) -> None:
@@ -363,9 +409,9 @@ class TorchClient(Client):
             correction = torch_tensors(self._control.correction(weights, config), self.model)
             gradients = _GradientMean(self.model, optimizer)
         self.model.train()
-        total, seen = 0.0, 0
+        losses = _LossMean(self._summed)
         for _ in range(self._epochs(config)):
-            total, seen = 0.0, 0
+            losses = _LossMean(self._summed)  # the last epoch's
             for batch in self.train_loader:
                 x, y = _move(_split(batch), self.device)
                 optimizer.zero_grad()
@@ -378,9 +424,8 @@ class TorchClient(Client):
                 if correction is not None:
                     torch_add_correction(self.model, correction)
                 optimizer.step()
-                batch_loss = float(loss.detach())
-                total += batch_loss if self._summed else batch_loss * len(y)
-                seen += len(y)
+                losses.add(self.loss_fn, loss.detach(), y)
+        seen = losses.seen
         if seen == 0:
             raise ValueError("train_loader gave no examples")
         with torch.no_grad():
@@ -391,7 +436,8 @@ class TorchClient(Client):
                 for name, value in to_weights(self.model).items()
             }
             delta = subtract(local, weights)
-        metrics: dict[str, Any] = {"train_loss": total / seen}
+        mean = losses.mean()  # None: every target of the epoch was ignored
+        metrics: dict[str, Any] = {} if mean is None else {"train_loss": mean}
         if asked is not None:
             metrics[asked] = before
         if gradients is not None and self._control is not None:
