@@ -109,6 +109,17 @@ def test_a_model_that_does_not_extend_the_global_one_is_refused() -> None:
     other = empty_booster({**BINARY, "objective": "binary:logistic"}, 5)
     with pytest.raises(WeightsError, match="other features, classes or targets"):
         merge_trees(base, [(other, 1.0)])
+    # Trees grown from another base_score, or for another objective, were appended
+    # as if they fit the global model's residuals.
+    start = empty_booster(BINARY, 4)
+    high = {**BINARY, "base_score": 0.9}
+    shifted = _boost(empty_booster(high, 4), high, seed=2, rounds=1)
+    with pytest.raises(WeightsError, match=r"boosts from base_score \[9E-1\], the global"):
+        merge_trees(start, [(shifted, 1.0)])
+    regression = {**BINARY, "objective": "reg:squarederror"}
+    squared = _boost(empty_booster(regression, 4), regression, seed=3, rounds=1)
+    with pytest.raises(WeightsError, match="trained for objective 'reg:squarederror'"):
+        merge_trees(start, [(squared, 1.0)])
 
 
 def _client(cid: int) -> XGBoostClient:

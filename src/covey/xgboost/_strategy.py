@@ -58,10 +58,12 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
     doc = parse(base)
     merged = _model(doc)
     params = doc["learner"]["learner_model_param"]
+    objective = (doc["learner"].get("objective") or {}).get("name")
     indptr: list[int] = list(merged["iteration_indptr"])
     known = len(merged["trees"])
     for i, (model, factor) in enumerate(clients):
-        trees, info, ends = new_trees(parse(model), params, known, f"client model {i}")
+        client = parse(model)
+        trees, info, ends = new_trees(client, params, known, f"client model {i}", objective)
         start = len(merged["trees"])
         for tree in trees:
             new = _scale_leaves(tree, factor)

@@ -111,9 +111,16 @@ def check_tree(tree: Any, num_feature: int, what: str) -> None:
 
 
 def new_trees(
-    client: dict[str, Any], params: dict[str, Any], known: int, what: str
+    client: dict[str, Any],
+    params: dict[str, Any],
+    known: int,
+    what: str,
+    objective: str | None = None,
 ) -> tuple[list[Any], list[int], list[int]]:
     """A client model's trees past the first ``known``, checked, with their groups and iterations.
+
+    ``objective``: the global model's; a client's trees grown for another one, or
+    from another ``base_score``, fit other residuals and are refused.
 
     Returns:
         The new trees, their ``tree_info`` (output group of each) and the end of
@@ -122,6 +129,18 @@ def new_trees(
     theirs = client["learner"]["learner_model_param"]
     if any(theirs.get(k) != params.get(k) for k in ("num_feature", "num_class", "num_target")):
         raise WeightsError(f"{what} has other features, classes or targets than the global")
+    if _scores(theirs.get("base_score")) != _scores(params.get("base_score")):
+        raise WeightsError(
+            f"{what} boosts from base_score {theirs.get('base_score')}, the global model from "
+            f"{params.get('base_score')}: its trees fit other residuals; give every client "
+            "the global model's base_score"
+        )
+    name = (client["learner"].get("objective") or {}).get("name")
+    if objective is not None and name != objective:
+        raise WeightsError(
+            f"{what} was trained for objective {name!r}, the global model for {objective!r}: "
+            "give every client the global model's objective"
+        )
     model = client["learner"]["gradient_booster"]["model"]
     trees, info, ptr = model["trees"], model.get("tree_info"), model.get("iteration_indptr")
     if len(trees) < known:
@@ -147,3 +166,13 @@ def new_trees(
         check_tree(tree, num_feature, f"{what}'s tree {t}")
     ends = [end - known for end in ptr[ptr.index(known) + 1 :]]
     return trees[known:], info[known:], ends
+
+
+def _scores(text: Any) -> tuple[float, ...] | Any:
+    """A ``base_score`` as numbers: XGBoost writes ``"5E-1"``, or ``"[5E-1]"`` since 2.0."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return tuple(float(part) for part in text.strip("[] ").split(","))
+    except ValueError:
+        return text
