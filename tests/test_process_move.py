@@ -13,6 +13,7 @@ import errno
 import os
 import signal
 import types
+import weakref
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,13 @@ class SameArrayTwice(covey.Client):
         return FitResult(weights={"w": new, "v": new}, num_examples=1)
 
 
+class WeaklyKept(covey.Client):
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        new = weights["w"] + 1
+        self.kept = weakref.ref(new)
+        return FitResult(weights={"w": new}, num_examples=1)
+
+
 class WithExtras(covey.Client):
     def fit(self, weights: Any, config: Any) -> FitResult:
         new = {"w": weights["w"] + 1}
@@ -105,7 +113,8 @@ def test_only_arrays_nothing_but_the_reply_holds_are_moved() -> None:
     assert _moving(New) == 1
     assert _moving(NewDelta) == 1
     # A client that keeps its result, at any level, keeps it whole: copied as before.
-    for client in (KeepsArray, KeepsDict, KeepsResult, ReturnsView, SameArrayTwice, WithExtras):
+    kept = (KeepsArray, KeepsDict, KeepsResult, ReturnsView, SameArrayTwice, WeaklyKept)
+    for client in (*kept, WithExtras):
         assert _moving(client) == 0, client.__name__
     assert _moving(Evaluates, "evaluate") == 0
 

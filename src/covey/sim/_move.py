@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import sys
+import weakref
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,8 @@ def movable(reply: Any) -> frozenset[int]:
     no extras) that nothing else can reach: the caller's one name for ``reply``
     is the only reference to it, the reply's the only one to its result, the
     result's the only one to its weights dict. Each array then counts if the
-    dict's entry is its only reference and it owns its memory (a view does not).
+    dict's entry is its only reference, no weak reference names it, and it owns
+    its memory (a view does not).
     The references counted besides those: this function's names and
     ``getrefcount``'s argument.
     """
@@ -55,7 +57,12 @@ def movable(reply: Any) -> frozenset[int]:
         return frozenset()
     owned = []
     for array in weights.values():  # the dict's entry, the loop's name, the argument
-        if type(array) is np.ndarray and array.flags.owndata and count(array) <= 3:
+        if (
+            type(array) is np.ndarray
+            and array.flags.owndata
+            and count(array) <= 3
+            and not weakref.getweakrefcount(array)  # a weak reference could reach it later
+        ):
             owned.append(id(array))
     return frozenset(owned)
 
