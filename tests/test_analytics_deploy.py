@@ -200,3 +200,27 @@ def test_a_site_dialling_an_address_its_certificate_does_not_name_gives_server_n
     assert joined, out
     assert answer["COUNT(*)"].tolist() == [120.0]
     assert site.returncode == 0, out
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--timeout", "-1"), ("--timeout", "nan"), ("--wait-timeout", "-5")]
+)
+def test_covey_query_refuses_a_bad_timeout_before_it_listens(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    # checked only once the sites had joined (exit status 1), the sites gone by then
+    timeouts = {"--timeout": "120", "--wait-timeout": "1", option: value}
+    cli = subprocess.run(
+        [
+            sys.executable, "-m", "covey", "query", "SELECT COUNT(*) FROM t",
+            "--server", "127.0.0.1:0", "--insecure", "--no-secure",
+            *(part for pair in timeouts.items() for part in pair),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert cli.returncode == 2, cli.stderr
+    assert f"{option} must be a positive number of seconds" in cli.stderr
+    assert "waiting for" not in cli.stderr

@@ -14,7 +14,7 @@ import pytest
 
 import covey
 import covey.secagg
-from covey.analytics import Analyst, Policy, Site, query
+from covey.analytics import Analyst, Policy, QueryError, Site, query
 from covey.sim import inline_transport
 
 
@@ -131,3 +131,54 @@ def test_a_query_failing_unexpectedly_tells_the_sites_it_failed(
     )
     assert isinstance(result.exception, KeyError)
     assert said == ["the query failed: KeyError"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT HISTOGRAM(x, 0, 1e400, 4) FROM p",
+        "SELECT HISTOGRAM(x, -1e308, 1e308, 4) FROM p",
+        "SELECT KAPLAN_MEIER(x, x, 1e400) FROM p",
+    ],
+)
+def test_an_overflowing_literal_is_refused_before_any_site_is_asked(sql: str) -> None:
+    # 1e400 reads as inf: the histogram came back all NaN, with RuntimeWarnings
+    from covey.analytics import plan
+
+    with pytest.raises(QueryError, match="finite"):
+        plan(sql)
+
+
+def test_approx_count_distinct_past_every_bucket_set_is_nan_not_infinite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import covey.analytics._query as query_module
+
+    monkeypatch.setattr(query_module, "DISTINCT_BUCKETS", 16)
+    policy = Policy(min_group_size=1, distinct=["x"])
+    many = sites([np.arange(2000.0)], policy)
+    df = query(many, "SELECT APPROX_COUNT_DISTINCT(x) FROM p", secure=False)
+    assert np.isnan(df.iloc[0, 0])
+    assert np.isnan(df.attrs["precision"]["APPROX_COUNT_DISTINCT(x)"][0])
+    few = sites([np.arange(4.0)], policy)
+    df = query(few, "SELECT APPROX_COUNT_DISTINCT(x) FROM p", secure=False)
+    assert np.isfinite(df.iloc[0, 0])
+
+
+def test_bounds_whose_range_passes_float64_refuse_quantiles_and_survival_by_name() -> None:
+    # high - low is inf: MEDIAN failed with "cannot convert float NaN to integer"
+    big = float(np.finfo(np.float64).max)
+    policy = Policy(bounds={"x": (-big, big), "e": (0, 1)}, min_group_size=1)
+    wide = [Site({"p": pd.DataFrame({"x": np.arange(20.0), "e": 1})}, policy)]
+    with pytest.raises(QueryError, match="bounds of 'x' are too wide for quantiles"):
+        query(wide, "SELECT MEDIAN(x) FROM p", secure=False)
+    with pytest.raises(QueryError, match="bounds of 'x' are too wide for a survival curve"):
+        query(wide, "SELECT KAPLAN_MEIER(x, e, 1e307) FROM p", secure=False)
+    assert query(wide, "SELECT SUM(x) FROM p", secure=False).iloc[0, 0] == 190.0
+
+
+def test_a_subnormal_quantile_precision_is_answered_not_an_overflow_error() -> None:
+    policy = Policy(bounds={"x": (0, 1)}, min_group_size=1)
+    one = sites([np.linspace(0, 1, 11)], policy)
+    df = query(one, "SELECT MEDIAN(x) FROM p", secure=False, precision=1e-310)
+    assert df.iloc[0, 0] == pytest.approx(0.5)

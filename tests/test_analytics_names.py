@@ -98,3 +98,20 @@ def test_names_that_differ_only_in_case_are_refused_not_renamed(tmp_path: Path) 
         Policy(bounds={"age": (0, 1), "AGE": (0, 2)})
     with pytest.raises(ValueError, match=r"columns names 'sex' and 'Sex'"):
         Policy(columns=["sex", "Sex"])
+
+
+def test_two_columns_of_one_name_are_refused_not_renamed(tmp_path: Path) -> None:
+    # DuckDB loaded the second 'x' as 'x_1', and SUM(x) read the first one alone
+    frame = pd.DataFrame([[1.0, 100.0], [2.0, 200.0]], columns=["x", "x"])
+    (tmp_path / "t.csv").write_text("x,x\n1,100\n2,200\n")
+    policy = Policy(bounds={"x": (0, 1000)}, min_group_size=1)
+    for source in (frame, str(tmp_path / "t.csv")):
+        with pytest.raises(ValueError, match=r"table 't' has two columns named 'x'; rename one"):
+            Site({"t": source}, policy)
+
+
+def test_two_tables_sql_reads_as_one_name_are_refused() -> None:
+    # DuckDB failed with 'Catalog Error: Table with name "visits" already exists!'
+    frame = pd.DataFrame({"x": [1.0]})
+    with pytest.raises(ValueError, match=r"tables 'Visits' and 'visits' are one name to SQL"):
+        Site({"Visits": frame, "visits": frame}, Policy(min_group_size=1))

@@ -88,6 +88,18 @@ def test_a_query_nested_too_deeply_is_refused_not_a_recursion_error(where: str) 
         query(sites, "SELECT COUNT(*) FROM patients WHERE " + where, secure=False)  # noqa: S608
 
 
+def test_a_where_deeper_than_the_sites_sql_engine_reads_is_refused_before_any_site() -> None:
+    # 1500 additions passed the server, then every site failed with a hint to check
+    # the literals' types (DuckDB reads at most 1000 levels)
+    sites = [Site({"patients": _frame(30)}, POLICY)]
+    where = "age" + " + 1" * 1500 + " > 0"
+    with pytest.raises(QueryError, match=r"WHERE nests too deeply \(over 500 levels\)"):
+        query(sites, "SELECT COUNT(*) FROM patients WHERE " + where, secure=False)  # noqa: S608
+    where = "age" + " + 1" * 400 + " > 0"
+    sql = "SELECT COUNT(*) FROM patients WHERE " + where  # noqa: S608
+    assert query(sites, sql, secure=False).iloc[0, 0] == 30
+
+
 @pytest.mark.parametrize(
     "sql",
     ["SELEC COUNT(*) FROM patients", "SELECT COUNT(* FROM patients", "SELECT 'open FROM t", ""],
@@ -218,6 +230,31 @@ def test_policy_checks_its_own_settings() -> None:
         Policy(min_group_size=0)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         Policy(epsilon=0)
+
+
+@pytest.mark.parametrize(
+    "bound", ["05", b"09", {0: "a", 5: "b"}, {0: 1, 5: 2}, (0, 5, 9), (0, True)]
+)
+def test_a_bound_that_is_not_a_pair_of_numbers_is_refused(bound: Any) -> None:
+    # iterated as a pair: "05" read as (0, 5), b"09" as the codes (48, 57), and a
+    # mapping was taken by the constructor and failed later in describe()
+    with pytest.raises(ValueError, match=r"bounds\['x'\] must be"):
+        Policy(bounds={"x": bound})
+
+
+def test_a_policy_file_with_a_quoted_bound_is_refused(tmp_path: Path) -> None:
+    import typer
+
+    from covey.analytics._cli import load_policy
+
+    path = tmp_path / "policy.toml"
+    path.write_text('[policy]\nbounds = { x = "09" }\n')
+    with pytest.raises(typer.BadParameter, match=r"bounds\['x'\] must be \(low, high\)"):
+        load_policy(path)
+    path.write_text("[policy]\nbounds = { x = [0, 9] }\n")
+    assert load_policy(path).bounds == {"x": (0.0, 9.0)}
+    numpy_pair = (np.float64(0.0), np.float64(9.0))
+    assert Policy(bounds={"x": numpy_pair}).describe()["bounds"] == {"x": [0.0, 9.0]}
 
 
 def test_a_single_name_given_as_a_string_is_refused_not_matched_by_substring() -> None:

@@ -314,3 +314,18 @@ def test_a_top_k_query_is_charged_what_its_budget_check_counted() -> None:
     for site in sites:  # the check before the query counted what the sites were charged
         assert site.epsilon_spent == pytest.approx(privacy["epsilon"], rel=1e-6)
     assert df.iloc[0, 0] == ["x" * 32, "y" * 32]
+
+
+def test_an_analyst_whose_events_are_missing_is_refused_not_reset() -> None:
+    # the recorded spent was ignored: an analyst restored without its events had
+    # spent nothing, and could spend its whole budget again
+    analyst = Analyst(epsilon=1.0)
+    analyst.charge_query("q1", _dp.event("laplace", 2.0, 1))
+    data = json.loads(json.dumps(analyst.to_json()))
+    assert Analyst.from_json(data).spent == analyst.spent
+    data["ledger"]["entries"] = []
+    with pytest.raises(ValueError, match=r"records epsilon .* events are missing"):
+        Analyst.from_json(data)
+    data["spent"] = "0.9"
+    with pytest.raises(ValueError, match="not a number"):
+        Analyst.from_json(data)

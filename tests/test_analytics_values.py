@@ -142,6 +142,32 @@ def test_the_sql_bins_put_values_on_their_edges_where_the_sorted_memo_does() -> 
         np.testing.assert_array_equal(sql[1:-1], inside)
 
 
+@pytest.mark.parametrize(("low", "high", "bins"), [(0, 0.9, 3), (0, 1.7, 5), (1e-5, 3e-5, 2)])
+def test_histogram_counts_values_equal_to_high_in_the_last_bin(
+    low: float, high: float, bins: int
+) -> None:
+    # low + bins * width rounds below high (0 + 3 * 0.3 < 0.9): the records at high
+    # itself fell above the last edge and were not counted
+    x = np.array([low, (low + high) / 2, high, high, high])
+    sites = [Site({"t": pd.DataFrame({"x": x})}, Policy(bounds={"x": (-5, 5)}, min_group_size=1))]
+    df = query(sites, f"SELECT HISTOGRAM(x, {low}, {high}, {bins}) FROM t", secure=False)  # noqa: S608
+    want, _ = np.histogram(x, bins=bins, range=(low, high))
+    np.testing.assert_array_equal(np.nan_to_num(np.asarray(df.iloc[0, 0], dtype=float)), want)
+
+
+def test_the_sql_bins_close_the_last_bin_at_high_as_the_sorted_memo_does() -> None:
+    from covey.analytics._compute import compute
+    from covey.analytics._tables import load_tables
+
+    con = load_tables({"t": pd.DataFrame({"x": [0.1, 0.2, 0.5, 0.9, 0.9]})})
+    stat = {"op": "bins", "col": "x", "low": [0.0], "width": [0.3], "high": [0.9], "bins": 3}
+    bounds = {"x": (-5.0, 5.0)}
+    sql = compute(con, "t", None, (), {}, bounds, [stat]).vectors[0][0]
+    memo = compute(con, "t", None, (), {}, bounds, [stat], memo={}).vectors[0][0]
+    np.testing.assert_array_equal(sql, [0, 2, 1, 2, 0])
+    np.testing.assert_array_equal(memo, sql)
+
+
 def test_too_many_groups_are_refused_by_the_server_naming_the_group_by() -> None:
     # the sites refused each in turn, and under secure aggregation the analyst read
     # 'secure aggregation aborted in stage mask: only 0 clients sent masked inputs'
@@ -268,3 +294,40 @@ def test_distinct_values_and_top_k_read_a_number_alike_whatever_its_column_type(
     assert df["APPROX_COUNT_DISTINCT(code)"].iloc[0] == pytest.approx(50, rel=0.01)
     assert df["APPROX_TOP_K(code, 1)"].iloc[0] == ["1"]  # 0 is NULL at one site
     assert df.attrs["precision"]["APPROX_TOP_K(code, 1)"]["counts"] == [[12]]
+
+
+@pytest.mark.parametrize("domain", [[True, False], [1, 0]])
+def test_a_boolean_column_stored_as_integer_at_one_site_is_one_column(
+    tmp_path: Path, domain: list[object]
+) -> None:
+    # SQLite stores a boolean as INTEGER 0/1: with the domain [True, False] every row
+    # of such a site fell outside it (and with [1, 0] those of a BOOLEAN column did)
+    frame = pd.DataFrame({"smoker": [True, False, True, True, False] * 4})
+    frame.to_parquet(tmp_path / "a.parquet")
+    with closing(sqlite3.connect(tmp_path / "b.db")) as db:
+        frame.to_sql("p", db, index=False)
+    policy = Policy(domains={"smoker": domain}, min_group_size=1, distinct=["smoker"])
+    sites = [
+        Site({"p": str(tmp_path / "a.parquet")}, policy, name="a"),
+        Site({"p": f"sqlite:///{tmp_path / 'b.db'}"}, policy, name="b"),
+    ]
+    df = query(sites, "SELECT smoker, COUNT(*) FROM p GROUP BY smoker", secure=False)
+    assert df["COUNT(*)"].tolist() == [24.0, 16.0]
+    assert df.attrs["outside_domain"] == 0
+    sql = "SELECT APPROX_TOP_K(smoker, 4), APPROX_COUNT_DISTINCT(smoker) FROM p"
+    df = query(sites, sql, secure=False)
+    assert df.iloc[0, 0] == ["1", "0"]
+    assert df.iloc[0, 1] == pytest.approx(2.0, abs=0.01)
+
+
+def test_kaplan_meier_refuses_an_event_column_not_coded_0_1_and_counts_values_outside() -> None:
+    # status 1 (censored) / 2 (event) was clamped to [0, 1]: every record an event,
+    # and nothing said so
+    frame = pd.DataFrame({"t": np.arange(1.0, 21.0), "status": [1, 2] * 10})
+    policy = Policy(bounds={"t": (0, 100), "status": (1, 2)}, min_group_size=1)
+    sql = "SELECT KAPLAN_MEIER(t, status, 25) FROM d"
+    with pytest.raises(PermissionError, match=r"event column 'status' is read as 0 .*\(1, 2\)"):
+        query([Site({"d": frame}, policy)], sql, secure=False)
+    policy = Policy(bounds={"t": (0, 100), "status": (0, 1)}, min_group_size=1)
+    df = query([Site({"d": frame}, policy)], sql, secure=False)
+    assert df.attrs["clipped"] == {"t": 0, "status": 10}

@@ -66,7 +66,9 @@ def load_policy(path: Path | None) -> Any:
     if unknown:
         raise typer.BadParameter(f"unknown policy settings {unknown}", param_hint="--policy")
     try:
-        bounds = {c: (float(b[0]), float(b[1])) for c, b in table.get("bounds", {}).items()}
+        bounds = table.get("bounds", {})
+        if isinstance(bounds, dict):  # a TOML array [low, high] as the pair (low, high)
+            bounds = {c: tuple(b) if isinstance(b, list) else b for c, b in bounds.items()}
         return Policy(**{**table, "bounds": bounds})
     except (TypeError, ValueError, IndexError) as exc:
         raise typer.BadParameter(f"{path}: {exc}", param_hint="--policy") from None
@@ -223,6 +225,14 @@ def result_table(df: Any, title: str) -> Table:
     return table
 
 
+def _check_seconds(**options: float) -> None:
+    """Refuse a ``--timeout`` or ``--wait-timeout`` that is not a positive number of seconds."""
+    for name, seconds in options.items():
+        if not (seconds > 0 and math.isfinite(seconds)):  # nan, inf, 0 or below
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} must be a positive number of seconds, got {seconds}")
+
+
 def query_command(
     sql: Annotated[str, typer.Argument(help="The SELECT to answer.")],
     server: Annotated[str, typer.Option(help="host:port this query server listens on.")],
@@ -258,6 +268,7 @@ def query_command(
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
         tls = tls_from_dir(certs) if certs is not None else None
+        _check_seconds(timeout=timeout, wait_timeout=wait_timeout)
         if secure and sites < 2:  # a lone site's answer cannot be hidden in a sum
             raise ValueError(
                 f"--sites {sites}: secure aggregation needs at least two sites; "

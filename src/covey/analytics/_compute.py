@@ -12,6 +12,7 @@ bin edges) travel as query parameters.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from covey.analytics._sorted import Memo, SortedValues
 from covey.analytics._sql import fold
 from covey.analytics._tables import columns, quote, table_name
 
@@ -56,13 +58,26 @@ def utf8_prefix(text: str, limit: int) -> bytes:
     return raw[:cut]
 
 
-def _key(value: Any) -> str:
+_FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
+_WHOLE = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+_NUMERIC = (*_WHOLE, *("U" + t for t in _WHOLE), *_FRACTIONAL, "BOOLEAN")
+
+
+def _key(value: Any, kind: str = "") -> str:
+    """A domain value as the text :func:`_text` gives the column's values at this site.
+
+    A boolean reads as 1 or 0 in a BOOLEAN or numeric column (a flag stored as
+    INTEGER, as SQLite stores every boolean, is the same flag) and as 'true' or
+    'false' in any other (text). In a BOOLEAN column the texts 'true' and 'false'
+    read as 1 and 0 too, as DuckDB prints the column's values.
+    """
+    if isinstance(value, str) and kind.upper() == "BOOLEAN":
+        value = {"true": True, "false": False}.get(value.lower(), value)
     if isinstance(value, bool):
+        if kind.upper().startswith(_NUMERIC):
+            return "1" if value else "0"
         return "true" if value else "false"
     return str(value)
-
-
-_FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
 
 
 def _text(col: str, kind: str, *, numbers: bool = False) -> str:
@@ -73,8 +88,11 @@ def _text(col: str, kind: str, *, numbers: bool = False) -> str:
     nor '1.00'), as an integer in the domain does. With ``numbers`` (the values
     counted by ``APPROX_COUNT_DISTINCT`` and ``APPROX_TOP_K``) another number
     reads as its DOUBLE does ('1.5', not '1.50'), so that one value is one text at
-    every site, whichever numeric type its column has there.
+    every site, whichever numeric type its column has there. A BOOLEAN reads as
+    the number it stands for, '1' or '0', as an INTEGER column of flags does.
     """
+    if kind.upper() == "BOOLEAN":
+        return f"CAST(CAST({quote(col)} AS INTEGER) AS VARCHAR)"
     text = f"CAST({quote(col)} AS VARCHAR)"
     if not kind.upper().startswith(_FRACTIONAL):
         return text
@@ -97,9 +115,10 @@ def _group_index(
     stride = 1
     # parameters are numbered in group_by order: the last column is $len(group_by)
     for number, col in reversed(list(enumerate(group_by, start=1))):
-        values = [_key(v) for v in domains[col]]
+        kind = kinds.get(fold(col), "")
+        values = [_key(v, kind) for v in domains[col]]
         params.insert(0, values)
-        text = _text(col, kinds.get(fold(col), ""))
+        text = _text(col, kind)
         terms.append(f"(list_position(${number}, {text}) - 1) * {stride}")
         stride *= len(values)
     return " + ".join(terms), params, stride
@@ -118,33 +137,6 @@ def _outside(col: str, bounds: Mapping[str, Sequence[float]]) -> str:
     low, high = (float(b) for b in bounds[col])
     value = f"CAST({quote(col)} AS DOUBLE)"  # as _clip reads it (a BOOLEAN as 0 or 1)
     return f"COUNT(*) FILTER (WHERE {value} < {low!r} OR {value} > {high!r})"
-
-
-MEMO_COLUMNS = 4
-
-
-class SortedValues:
-    """One column's clipped, non-null values sorted within each group (for bisection)."""
-
-    def __init__(self, groups: np.ndarray, values: np.ndarray, n_groups: int) -> None:
-        order = np.lexsort((values, groups))
-        self.values = values[order]
-        self.offsets = np.searchsorted(groups[order], np.arange(n_groups + 1))
-
-    def bins(self, low: Sequence[float], width: Sequence[float], nbins: int) -> np.ndarray:
-        """Counts below, in each of ``nbins`` bins from ``low`` by ``width``, and above."""
-        out = np.zeros((len(self.offsets) - 1, nbins + 2))
-        for g in range(len(self.offsets) - 1):
-            vals = self.values[self.offsets[g] : self.offsets[g + 1]]
-            # the edges as numpy.histogram (linspace) makes them: lo + i * w, last bin closed
-            edges = float(low[g]) + float(width[g]) * np.arange(nbins + 1)
-            start = int(np.searchsorted(vals, edges[0], side="left"))
-            stop = int(np.searchsorted(vals, edges[-1], side="right"))
-            inside = vals[start:stop]
-            idx = np.minimum(np.searchsorted(edges, inside, side="right") - 1, nbins - 1)
-            out[g, 1:-1] = np.bincount(idx, minlength=nbins)[:nbins]
-            out[g, 0], out[g, -1] = start, len(vals) - stop
-        return out
 
 
 class _Stage:
@@ -239,30 +231,36 @@ class _Stage:
         return out
 
     def bins(
-        self, col: str, low: Sequence[float], width: Sequence[float], nbins: int
+        self,
+        col: str,
+        low: Sequence[float],
+        width: Sequence[float],
+        nbins: int,
+        high: Sequence[float] | None = None,
     ) -> np.ndarray:
         out = np.zeros((self.groups, nbins + 2))
         n = len(self.params)
+        if high is None:
+            high = [float(lo) + float(w) * nbins for lo, w in zip(low, width, strict=True)]
         # the clipped value and the group's interval computed once per row
         inner = (
             f"SELECT __g, {_clip(col, self.bounds)} AS __v, (${n + 1})[__g + 1] AS __lo, "  # noqa: S608
-            f"(${n + 2})[__g + 1] AS __w FROM ({self.base}) "
+            f"(${n + 2})[__g + 1] AS __w, (${n + 3})[__g + 1] AS __hi FROM ({self.base}) "
             f"WHERE __g IS NOT NULL AND {quote(col)} IS NOT NULL"
         )
         # floor((v - lo) / w) can miss by one on an edge ((1.2 - 1) / 0.1 < 2): put the
         # value back between the edges lo + k * w and lo + (k + 1) * w, as numpy does
         k = f"LEAST(GREATEST(CAST(FLOOR((__v - __lo) / __w) AS BIGINT), 0), {nbins - 1})"
         bucket = (
-            f"CASE WHEN __v < __lo THEN 0 WHEN __v > __lo + __w * {nbins} THEN {nbins + 1} "
+            f"CASE WHEN __v < __lo THEN 0 WHEN __v > __hi THEN {nbins + 1} "
             f"ELSE {k} + 1 - CASE WHEN __v < __lo + {k} * __w THEN 1 ELSE 0 END "
             f"+ CASE WHEN {k} < {nbins - 1} AND __v >= __lo + ({k} + 1) * __w THEN 1 ELSE 0 END "
             "END"
         )
         base, self.base = self.base, inner
         try:
-            rows = self.rows(
-                "COUNT(*)", [list(map(float, low)), list(map(float, width))], f"__g, {bucket}"
-            )
+            params = [list(map(float, low)), list(map(float, width)), list(map(float, high))]
+            rows = self.rows("COUNT(*)", params, f"__g, {bucket}")
         finally:
             self.base = base
         for g, b, count in rows:
@@ -337,7 +335,7 @@ def _other(stage: _Stage, s: Mapping[str, Any]) -> np.ndarray:
     if op == "sq":
         return stage.squares(col, s["center"])
     if op == "bins":
-        return stage.bins(col, s["low"], s["width"], int(s["bins"]))
+        return stage.bins(col, s["low"], s["width"], int(s["bins"]), s.get("high"))
     if op == "distinct":
         return stage.distinct(col, int(s["m"]))
     if op == "prefix":
@@ -345,6 +343,16 @@ def _other(stage: _Stage, s: Mapping[str, Any]) -> np.ndarray:
     if op == "km":
         return stage.survival(col, s["event"], float(s["low"]), float(s["step"]), int(s["points"]))
     raise ValueError(f"unknown statistic {op!r}")
+
+
+def clip_columns(stats: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns whose clipped values a stage counts, in a fixed order.
+
+    A survival curve's event column is among them: it is read as 0 or 1, and a
+    value outside is counted as clipped.
+    """
+    cols = {str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")}
+    return sorted(cols | {str(s["event"]) for s in stats if s["op"] == "km"})
 
 
 def support_expr(stat: Mapping[str, Any]) -> str:
@@ -386,7 +394,7 @@ def compute(
     domains: Mapping[str, Sequence[Any]],
     bounds: Mapping[str, Sequence[float]],
     stats: Sequence[Mapping[str, Any]],
-    memo: dict[str, SortedValues] | None = None,
+    memo: Memo | dict[str, SortedValues] | None = None,
 ) -> Computed:
     """Compute ``stats`` over the rows of ``table`` that satisfy ``where``, per group.
 
@@ -399,13 +407,18 @@ def compute(
         bounds: The site's own ``{column: (low, high)}``; values are clipped to them.
         stats: The statistics requested, each a dict with ``"op"`` (see :func:`shape`).
         memo: Where a query's sorted column is kept between its stages, so the
-            bisection rounds of a quantile scan the table once (None: no memo).
+            bisection rounds of a quantile scan the table once (None: no memo; a
+            dict is kept in a :class:`Memo`, for one thread only).
 
     Returns:
         The count of rows per group, a vector per statistic, clipped counts per
         column, the number of rows outside the domain, and per statistic the
         rows of each group it reads (those where its columns are not NULL).
     """
+    if isinstance(memo, dict):
+        memo = Memo(memo)
+    # an event column is read as 0 or 1 (a site's policy declares those bounds for it)
+    bounds = {**{str(s["event"]): (0.0, 1.0) for s in stats if s["op"] == "km"}, **bounds}
     kinds = columns(con, table)
     gexpr, params, groups = _group_index(group_by, domains, kinds)
     if groups > MAX_GROUPS:
@@ -415,7 +428,7 @@ def compute(
     cond = f"WHERE {where}" if where else ""
     base = f"SELECT ({gexpr}) AS __g, * FROM {table_name(table)} {cond}"  # noqa: S608
     stage = _Stage(con, base, params, groups, bounds, kinds)
-    clip_cols = sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
+    clip_cols = clip_columns(stats)
     support = sorted({support_expr(s) for s in stats})
     counts, simple, clipped, outside, reads = stage.simple(stats, clip_cols, support)
     vectors: list[np.ndarray] = []
@@ -426,12 +439,9 @@ def compute(
         elif s["op"] == "count":
             vectors.append(counts.copy())
         elif s["op"] == "bins" and memo is not None:
-            key = memo_key + repr(s["col"])
-            if key not in memo:
-                while len(memo) >= MEMO_COLUMNS:
-                    memo.pop(next(iter(memo)))
-                memo[key] = stage.sorted_values(str(s["col"]))
-            vectors.append(memo[key].bins(s["low"], s["width"], int(s["bins"])))
+            col = str(s["col"])
+            values = memo.get(memo_key + repr(col), functools.partial(stage.sorted_values, col))
+            vectors.append(values.bins(s["low"], s["width"], int(s["bins"]), s.get("high")))
         else:
             vectors.append(_other(stage, s))
     per_stat = [reads[:, support.index(support_expr(s))].copy() for s in stats]

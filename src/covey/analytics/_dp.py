@@ -357,6 +357,10 @@ class Analyst(Budget):
     def from_json(cls, data: Any) -> Self:
         """Rebuild an analyst's budget from :meth:`to_json` output, to go on spending it.
 
+        Raises:
+            ValueError: The data is not an analyst's budget, or its events add up to
+                less than the epsilon it records as spent (events are missing).
+
         Example:
             >>> analyst = Analyst(epsilon=3.0)
             >>> _ = analyst.charge_query("q1", event("laplace", 2.0, 1))
@@ -364,6 +368,18 @@ class Analyst(Budget):
             True
         """
         analyst = super().from_json(data)
+        recorded = data.get("spent")
+        if recorded is not None and (
+            isinstance(recorded, bool) or not isinstance(recorded, int | float)
+        ):
+            raise ValueError(f"an analyst's budget records spent {recorded!r}, not a number")
+        # events lost (a truncated file, a bad merge) would reset what was spent
+        if recorded is not None and recorded > analyst.spent * (1 + 1e-6) + 1e-6:
+            raise ValueError(
+                f"the analyst's budget records epsilon {recorded:.6g} spent, but its events "
+                f"add up to {analyst.spent:.6g}: events are missing, so the budget would "
+                "under-count; restore it from a copy"
+            )
         queries = data.get("queries", [])
         if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
             raise ValueError("an analyst's 'queries' must be a list of strings")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from covey.analytics._sql import Plan, fold
 
@@ -34,6 +37,23 @@ def _check_domain(col: str, values: Any) -> None:
     for v in values:
         if isinstance(v, float) or not isinstance(v, str | int):
             raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
+
+
+def _check_bound(col: str, bound: Any) -> None:
+    """Refuse a bound that is not a pair of finite numbers ``(low, high)`` with ``low < high``.
+
+    A string, bytes or a mapping of two items is not a pair: ``"09"`` would read as
+    (0, 9), ``b"09"`` as the codes (48, 57).
+    """
+    pair = isinstance(bound, Sequence | np.ndarray) and not isinstance(bound, str | bytes)
+    if not pair or len(bound) != 2:
+        raise ValueError(f"bounds[{col!r}] must be (low, high), got {bound!r}")
+    for b in bound:
+        if isinstance(b, bool | np.bool_) or not isinstance(b, numbers.Real):
+            raise ValueError(f"bounds[{col!r}] must be two numbers (low, high), got {bound!r}")
+    low, high = (float(b) for b in bound)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"bounds[{col!r}] must be finite with low < high, got {bound!r}")
 
 
 def _check_names(field_name: str, names: Any) -> None:
@@ -109,13 +129,10 @@ class Policy:
             raise TypeError(f"min_group_size must be an int, got {self.min_group_size!r}")
         if self.min_group_size < 1:
             raise ValueError(f"min_group_size must be at least 1, got {self.min_group_size}")
+        if not isinstance(self.bounds, Mapping):
+            raise TypeError(f"bounds must be {{column: (low, high)}}, got {self.bounds!r}")
         for col, bound in self.bounds.items():
-            try:
-                low, high = (float(b) for b in bound)
-            except (TypeError, ValueError):
-                raise ValueError(f"bounds[{col!r}] must be (low, high), got {bound!r}") from None
-            if not (math.isfinite(low) and math.isfinite(high) and low < high):
-                raise ValueError(f"bounds[{col!r}] must be finite with low < high, got {bound!r}")
+            _check_bound(col, bound)
         for col, values in self.domains.items():
             _check_domain(col, values)
         for name in ("epsilon", "max_epsilon"):
@@ -226,7 +243,17 @@ class Policy:
                 f"{name}: the site declares no bounds for {column!r}; sums, means, variances, "
                 "histograms and quantiles need them"
             )
-        if func == "kaplan_meier" and str(args[0]) not in self.bounds:
+        if func == "kaplan_meier":
+            self._check_event(str(args[0]), name)
+
+    def _check_event(self, event: str, name: str) -> None:
+        """Refuse a survival curve whose event column is not declared as 0 or 1."""
+        if event not in self.bounds:
+            raise PolicyError(f"{name}: the site declares no bounds for the event column {event!r}")
+        low, high = (float(b) for b in self.bounds[event])
+        if (low, high) != (0.0, 1.0):
             raise PolicyError(
-                f"{name}: the site declares no bounds for the event column {args[0]!r}"
+                f"{name}: the event column {event!r} is read as 0 (censored) or 1 (event), "
+                f"but the site declares bounds ({low:g}, {high:g}) for it; code it 0/1 and "
+                "declare bounds (0, 1)"
             )

@@ -42,6 +42,7 @@ from covey.analytics._stats import (
     check_rounds,
     merge_declarations,
     survival,
+    survival_stat,
 )
 from covey.privacy import Ledger
 
@@ -123,6 +124,7 @@ class _Query:
             if a.func == "count_col":
                 need(("count_col", col), {"op": "count_col", "col": col})
             elif a.func in ("quantile_cont", "quantile_disc"):
+                self.bisect_rounds(a)  # bounds too wide are refused before any stage
                 need(("count_col", col), {"op": "count_col", "col": col})
                 low, high = bounds[col]
                 need(
@@ -132,6 +134,7 @@ class _Query:
                         "col": col,
                         "low": [float(low)] * self.groups,
                         "width": [(high - low) / self.bins] * self.groups,
+                        "high": [float(high)] * self.groups,
                         "bins": self.bins,
                     },
                 )
@@ -150,29 +153,14 @@ class _Query:
                         "col": col,
                         "low": [float(low)] * self.groups,
                         "width": [width] * self.groups,
+                        "high": [float(high)] * self.groups,
                         "bins": int(nbins),
                     },
                 )
             elif a.func == "approx_distinct":
                 need(("distinct", col), {"op": "distinct", "col": col, "m": DISTINCT_BUCKETS})
             elif a.func == "kaplan_meier":
-                low, high = bounds[col]
-                points = math.ceil((high - low) / float(a.args[1]))
-                if points > 10_000:
-                    raise QueryError(
-                        f"{a.name}: the time step gives {points} points; at most 10000"
-                    )
-                need(
-                    ("km", a.name),
-                    {
-                        "op": "km",
-                        "col": col,
-                        "event": a.args[0],
-                        "low": low,
-                        "step": float(a.args[1]),
-                        "points": points,
-                    },
-                )
+                need(("km", a.name), survival_stat(a, bounds[col]))
         return stats, index
 
     def planned_releases(self, first: int) -> int:
@@ -188,7 +176,8 @@ class _Query:
         return total + TopK.stages(self.plan)
 
     def bisect_rounds(self, a: Aggregate) -> int:
-        return check_rounds(self.decl["bounds"][a.column], self.precision(a), self.bins)
+        bounds = self.decl["bounds"][a.column]
+        return check_rounds(bounds, self.precision(a), self.bins, str(a.column))
 
     def precision(self, a: Aggregate) -> float:
         low, high = self.decl["bounds"][a.column]
@@ -316,7 +305,9 @@ class _Query:
             buckets = v[index[("distinct", a.column)]]
             zero = np.sum(buckets < 0.5, axis=1)
             m = buckets.shape[1]
-            est = np.where(zero > 0, -m * np.log(np.maximum(zero, 1) / m), np.inf)
+            # every bucket set: far more values than the buckets can tell (about m ln m
+            # and up): no estimate, NaN as its precision, rather than an infinite count
+            est = np.where(zero > 0, -m * np.log(np.maximum(zero, 1) / m), np.nan)
             t = est / m
             precision[a.name] = np.sqrt(m * (np.exp(t) - t - 1)) / np.maximum(est, 1)
             return est

@@ -45,13 +45,16 @@ def _histogram_bins(a: Aggregate, stat: Mapping[str, Any]) -> bool:
     """Whether ``stat`` asks for exactly the bins of the histogram ``a``."""
     low, high, nbins = a.args
     width = (float(high) - float(low)) / int(nbins)
-    lows, widths = stat.get("low"), stat.get("width")
-    if not isinstance(lows, Sequence) or not isinstance(widths, Sequence):
+    lows, widths, highs = stat.get("low"), stat.get("width"), stat.get("high", [])
+    if not (
+        isinstance(lows, Sequence) and isinstance(widths, Sequence) and isinstance(highs, Sequence)
+    ):
         return False
     return (
         stat.get("bins") == int(nbins)
         and all(_same(v, float(low)) for v in lows)
         and all(_same(v, width) for v in widths)
+        and all(_same(v, float(high)) for v in highs)
     )
 
 

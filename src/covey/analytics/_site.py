@@ -21,10 +21,11 @@ import duckdb
 import numpy as np
 
 from covey.analytics import _dp
-from covey.analytics._compute import Computed, SortedValues, compute
+from covey.analytics._compute import Computed, clip_columns, compute
 from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
+from covey.analytics._sorted import Memo
 from covey.analytics._sql import Plan, QueryError, fold, plan
 from covey.analytics._tables import columns, load_tables
 from covey.analytics._withholding import noise_request, noise_suffices, withhold
@@ -182,11 +183,6 @@ def _encode(
     return out
 
 
-def clip_columns(stats: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The columns whose clipped values a stage counts, in a fixed order."""
-    return sorted({str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")})
-
-
 def flatten(answer: Mapping[str, Any], stats: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """One int64 vector of an answer: the statistics, clipped counts, outside and withheld."""
     tail = [int(answer["clipped"].get(c, 0)) for c in clip_columns(stats)]
@@ -238,7 +234,7 @@ class Site(Client):
             self.budget = load_budget(self.ledger_file, limit, delta)
             save_budget(self.budget, self.ledger_file)  # a folder it cannot write fails now
         self._cache: dict[str, dict[str, Any]] = {}
-        self._sorted: dict[str, SortedValues] = {}
+        self._sorted = Memo()
         self._lock = threading.Lock()
         self._charging = threading.Lock()
         self._rng = np.random.default_rng(secrets.randbits(128))
@@ -367,17 +363,26 @@ class Site(Client):
         bounds: Mapping[str, Sequence[float]],
         stats: Sequence[Mapping[str, Any]],
     ) -> Computed:
-        """Run ``compute``; a DuckDB error becomes a refusal that quotes no row."""
+        """Run ``compute``; a DuckDB error becomes a refusal that quotes no row.
+
+        Each call runs on a cursor of its own (a connection to the same in-memory
+        database), as DuckDB asks of threads sharing a database: queries answered
+        at once (a federation's stages in threads, two analysts' queries) then
+        neither fail nor read each other's results.
+        """
         try:
-            return compute(
-                self._con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted
-            )
+            with self._con.cursor() as con:
+                return compute(
+                    con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted
+                )
         except duckdb.Error as exc:
             # DuckDB's message may quote a row's value (a failed cast): name only its kind
             kind = type(exc).__name__.removesuffix("Exception") or "Error"
+            # a literal of another type than its column fails to convert or to bind
+            typed = p.where is not None and kind in ("Conversion", "Binder")
             hint = (
                 f": check that the literals in WHERE {p.where} have the types of their columns"
-                if p.where is not None
+                if typed
                 else ""
             )
             raise QueryError(

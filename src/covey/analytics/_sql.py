@@ -10,6 +10,7 @@ condition they have not checked.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlglot.tokens import Token, Tokenizer, TokenType  # type: ignore[attr-defi
 
 DIALECT = "duckdb"
 MAX_SQL = 20_000
+MAX_WHERE_DEPTH = 500  # how deep a WHERE may nest: DuckDB at the sites reads at most 1000
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -281,6 +283,11 @@ def _histogram(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
     low, high, bins = (_literal(a, "HISTOGRAM", loc) for a in args[1:])
     if isinstance(low, str) or isinstance(high, str) or not low < high:
         raise QueryError(f"HISTOGRAM needs low < high, got {low!r}, {high!r}")
+    if not math.isfinite(float(high) - float(low)):  # 1e400 reads as inf
+        raise QueryError(
+            f"HISTOGRAM needs finite low and high whose difference is a finite float64, "
+            f"got {low!r}, {high!r}"
+        )
     if not isinstance(bins, int) or not 1 <= bins <= 10_000:
         raise QueryError(f"HISTOGRAM needs 1 to 10000 bins, got {bins!r}")
     return Aggregate(name, "histogram", _column(args[0], "HISTOGRAM", loc), (low, high, bins))
@@ -293,8 +300,8 @@ def _kaplan_meier(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
             f"KAPLAN_MEIER(time, event, step) takes 3 arguments{loc.where('KAPLAN_MEIER')}"
         )
     step = _literal(args[2], "KAPLAN_MEIER", loc)
-    if isinstance(step, str) or step <= 0:
-        raise QueryError(f"KAPLAN_MEIER needs a positive time step, got {step!r}")
+    if isinstance(step, str) or not (step > 0 and math.isfinite(step)):
+        raise QueryError(f"KAPLAN_MEIER needs a positive, finite time step, got {step!r}")
     time = _column(args[0], "KAPLAN_MEIER", loc)
     return Aggregate(name, "kaplan_meier", time, (_column(args[1], "KAPLAN_MEIER", loc), step))
 
@@ -436,6 +443,16 @@ def plan(sql: str) -> Plan:
         ) from None
 
 
+def _depth(node: exp.Expression) -> int:
+    """How many levels the expression ``node`` nests (without recursion)."""
+    deepest, todo = 0, [(node, 1)]
+    while todo:
+        current, level = todo.pop()
+        deepest = max(deepest, level)
+        todo.extend((child, level + 1) for child in current.iter_expressions())
+    return deepest
+
+
 def _plan(sql: str) -> Plan:
     loc = _Locator(sql)
     tree = _parse(sql, loc)
@@ -445,6 +462,8 @@ def _plan(sql: str) -> Plan:
     table = _table(tree, loc)
     group_by = _group_by(tree, loc)
     where = tree.args.get("where")
+    if where is not None and _depth(where.this) > MAX_WHERE_DEPTH:
+        raise QueryError(f"WHERE nests too deeply (over {MAX_WHERE_DEPTH} levels); simplify it")
     where_sql, where_cols = _check_where(where.this, loc) if where is not None else (None, ())
     texts = loc.select_texts()
     aggregates: list[Aggregate] = []

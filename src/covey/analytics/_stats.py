@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covey.analytics._compute import END, TOPK_MAX_BYTES
+from covey.analytics._compute import END, MAX_CELLS, TOPK_MAX_BYTES
 from covey.analytics._dp import noise_threshold
 from covey.analytics._sql import Aggregate, Plan, QueryError
 
@@ -25,7 +25,8 @@ DP_BISECT_BINS = 16
 """Bins per bisection stage under DP: the noise of every bin below the order statistic
 adds up in its rank, so a few bins over more stages (more releases, each noisier)
 land far closer than 1024 (about 8 times, for a median of 900 records at epsilon 0.5)."""
-MAX_PREFIXES = 64
+MAX_PREFIXES = 1024
+"""The most prefixes of one group a stage of the heavy-hitter trie grows (see :class:`TopK`)."""
 TOPK_FALSE_CHANCE = 0.01
 """Under DP, the most probability that noise alone grows one prefix of a trie."""
 
@@ -55,6 +56,32 @@ def merge_declarations(p: Plan, decls: list[dict[str, Any]]) -> dict[str, Any]:
             bounds[col] = (min(old[0], float(low)), max(old[1], float(high)))
     k = max(int(d.get("min_group_size", 1)) for d in decls)
     return {"domains": domains, "bounds": bounds, "min_group_size": k}
+
+
+def survival_stat(a: Aggregate, bounds: tuple[float, float]) -> dict[str, Any]:
+    """The statistic a ``KAPLAN_MEIER`` asks the sites for: a point every step over ``bounds``.
+
+    Raises:
+        QueryError: The bounds' range passes the largest float64, or the step
+            gives more than 10,000 points.
+    """
+    low, high = bounds
+    if not math.isfinite(high - low):
+        raise QueryError(
+            f"{a.name}: the bounds of {a.column!r} are too wide for a survival curve: "
+            "their range passes the largest float64; declare bounds nearer the values"
+        )
+    points = math.ceil((high - low) / float(a.args[1]))
+    if points > 10_000:
+        raise QueryError(f"{a.name}: the time step gives {points} points; at most 10000")
+    return {
+        "op": "km",
+        "col": a.column,
+        "event": a.args[0],
+        "low": low,
+        "step": float(a.args[1]),
+        "points": points,
+    }
 
 
 def survival(events: np.ndarray, exits: np.ndarray, min_exits: float = 1.0) -> list[float]:
@@ -141,6 +168,7 @@ class Quantiles:
                     "col": self.targets[i][0].column,
                     "low": state[i][0].tolist(),
                     "width": ((state[i][1] - state[i][0]) / self.q.bins).tolist(),
+                    "high": state[i][1].tolist(),
                     "bins": self.q.bins,
                 }
                 for i in active
@@ -193,15 +221,25 @@ class TopK:
     """The most frequent values of a column by growing a prefix trie one byte per stage.
 
     A prefix (or a finished value) is kept only if at least the minimum group
-    size of records share it, so a rare value is never revealed. One trie per
-    column serves every ``APPROX_TOP_K`` of it, in at most :data:`TOPK_MAX_BYTES`
-    stages: a prefix grown to that many bytes is a finished value (the sites
-    read no more of a value), so no stage is spent confirming it.
+    size of records share it, so a rare value is never revealed. A prefix is
+    grown while it could still hold one of the ``k`` most frequent values: until
+    ``k`` values are finished, every kept prefix is; after, only those whose
+    count reaches the ``k``-th finished value's (a value has no more records than
+    its prefix). So no value is missed for being under a crowd of lighter ones.
+    A stage grows at most :data:`MAX_PREFIXES` prefixes per group (fewer when
+    the groups would pass the sites' cap of cells), the heaviest; when the ones
+    left out could have held a value of the answer, the query is refused
+    naming the limit rather than answered with values that may not be the top.
+    One trie per column serves every ``APPROX_TOP_K`` of it, in at most
+    :data:`TOPK_MAX_BYTES` stages: a prefix grown to that many bytes is a
+    finished value (the sites read no more of a value), so no stage is spent
+    confirming it.
     """
 
     def __init__(self, q: _Query) -> None:
         self.q = q
         self._tries: dict[str, list[dict[bytes, float]]] = {}
+        self._cut: dict[str, list[float]] = {}
 
     @staticmethod
     def stages(p: Plan) -> int:
@@ -213,13 +251,30 @@ class TopK:
         k = int(a.args[0])
         col = str(a.column)
         if col not in self._tries:
-            self._tries[col] = self._grow(col)
+            most = max(
+                int(b.args[0])
+                for b in self.q.plan.aggregates
+                if b.func == "top_k" and b.column == a.column
+            )
+            self._tries[col], self._cut[col] = self._grow(col, most)
         values, counts_out = [], []
-        for done in self._tries[col]:
+        for done, cut in zip(self._tries[col], self._cut[col], strict=True):
             best = sorted(done.items(), key=lambda t: (-t[1], t[0]))[:k]
+            # a value left out has at most ``cut`` records: the answer stands if that is
+            # below its k-th count (a tie ranks as well), and with no prefix left out
+            if cut > -math.inf and (len(best) < k or cut > best[-1][1]):
+                raise QueryError(
+                    f"{a.name}: more than {self.limit()} prefixes of {col!r} in a group were "
+                    f"frequent enough to hold one of its {k} most frequent values (the most a "
+                    "stage grows); ask for fewer values or select fewer rows with WHERE"
+                )
             values.append([v.decode("utf-8", errors="replace") for v, _ in best])
             counts_out.append([round(n) for _, n in best])
         return values, counts_out
+
+    def limit(self) -> int:
+        """The most prefixes a stage grows per group: :data:`MAX_PREFIXES`, within the cells cap."""
+        return max(1, min(MAX_PREFIXES, MAX_CELLS // ((END + 1) * self.q.groups)))
 
     def threshold(self, cells: int) -> float:
         """The count a prefix needs to be kept, among ``cells`` counts tested in a stage.
@@ -240,11 +295,16 @@ class TopK:
         noise = noise_threshold(self.q.opt["mechanism"], self.q.multiplier, terms, chance)
         return max(level, noise)
 
-    def _grow(self, col: str) -> list[dict[bytes, float]]:
-        """The finished values of ``col`` per group that the minimum lets through, counted."""
+    def _grow(self, col: str, k: int) -> tuple[list[dict[bytes, float]], list[float]]:
+        """The finished values of ``col`` per group that the minimum lets through, counted.
+
+        Also, per group, the largest count of a prefix left out at the limit
+        (-inf when none was): no value missed has more records.
+        """
         groups = self.q.groups
         live: list[list[bytes]] = [[b""] for _ in range(groups)]
         done: list[dict[bytes, float]] = [{} for _ in range(groups)]
+        cut = [-math.inf] * groups
         for depth in range(TOPK_MAX_BYTES):
             if not any(live):
                 break
@@ -258,25 +318,68 @@ class TopK:
             threshold = self.threshold(sum(len(ps) for ps in live) * (END + 1))
             nxt: list[list[bytes]] = []
             for g in range(groups):
-                grown: list[tuple[float, bytes]] = []
-                for i, prefix in enumerate(live[g]):
-                    for sym in np.nonzero(counts[g, i] >= threshold)[0]:
-                        n = float(counts[g, i, sym])
-                        if sym == END:
-                            done[g][prefix] = n
-                        elif depth == TOPK_MAX_BYTES - 1:  # as long as the sites read
-                            done[g][prefix + bytes([int(sym)])] = n
-                        else:
-                            grown.append((n, prefix + bytes([int(sym)])))
-                grown.sort(key=lambda t: (-t[0], t[1]))
-                nxt.append([p for _, p in grown[:MAX_PREFIXES]])
+                grown = _extend(live[g], counts[g], threshold, depth, done[g])
+                kept, cut[g] = _prune(grown, done[g], k, self.limit(), cut[g])
+                nxt.append(kept)
             live = nxt
-        return done
+        return done, cut
 
 
-def check_rounds(bounds: tuple[float, float], precision: float, bins: int = BISECT_BINS) -> int:
-    """Bisection stages needed to narrow ``bounds`` to ``precision``."""
-    low, high = bounds
+def _extend(
+    live: list[bytes],
+    counts: np.ndarray,
+    threshold: float,
+    depth: int,
+    done: dict[bytes, float],
+) -> list[tuple[float, bytes]]:
+    """The extensions of ``live`` by one byte that reach ``threshold``; values end in ``done``."""
+    grown: list[tuple[float, bytes]] = []
+    for i, prefix in enumerate(live):
+        for sym in np.nonzero(counts[i] >= threshold)[0]:
+            n = float(counts[i, sym])
+            if sym == END:
+                done[prefix] = n
+            elif depth == TOPK_MAX_BYTES - 1:  # as long as the sites read
+                done[prefix + bytes([int(sym)])] = n
+            else:
+                grown.append((n, prefix + bytes([int(sym)])))
+    return grown
+
+
+def _prune(
+    grown: list[tuple[float, bytes]], done: dict[bytes, float], k: int, limit: int, cut: float
+) -> tuple[list[bytes], float]:
+    """The prefixes that could still hold a top-``k`` value, the heaviest ``limit`` of them.
+
+    Returns:
+        The prefixes kept, and the largest count of one left out at the limit so
+        far (``cut`` or more).
+    """
+    finished = sorted(done.values(), reverse=True)
+    floor = finished[k - 1] if len(finished) >= k else -math.inf
+    grown = sorted((t for t in grown if t[0] >= floor), key=lambda t: (-t[0], t[1]))
+    if len(grown) > limit:
+        cut = max(cut, grown[limit][0])
+    return [p for _, p in grown[:limit]], cut
+
+
+def check_rounds(
+    bounds: tuple[float, float], precision: float, bins: int = BISECT_BINS, col: str = "x"
+) -> int:
+    """Bisection stages needed to narrow ``bounds`` (of the column ``col``) to ``precision``.
+
+    Raises:
+        QueryError: The bounds' range passes the largest float64 (their bins
+            would be infinitely wide), or the precision is not positive.
+    """
+    low, high = (float(b) for b in bounds)
+    span = high - low
+    if not math.isfinite(span):
+        raise QueryError(
+            f"the bounds of {col!r} are too wide for quantiles: their range {high:g} - "
+            f"({low:g}) passes the largest float64; declare bounds nearer the values"
+        )
     if not precision > 0:
         raise QueryError(f"the quantile precision must be positive, got {precision}")
-    return max(1, math.ceil(math.log((high - low) / precision) / math.log(bins)))
+    # in logarithms: span / precision passes float64 for a precision below 2.2e-308
+    return max(1, math.ceil((math.log(span) - math.log(precision)) / math.log(bins)))

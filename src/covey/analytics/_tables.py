@@ -42,19 +42,22 @@ def table_name(name: str) -> str:
 def check_names(table: str, names: Any) -> None:
     """Refuse a table whose column names SQL cannot tell apart.
 
-    DuckDB reads ``age`` and ``Age`` as one name, and loading such columns renames
-    one of them (``Age_1``), which may already be another column's name: a query
-    would read other data than it names.
+    DuckDB reads ``age`` and ``Age`` as one name, and loading such columns (or two
+    columns of exactly one name) renames one of them (``Age_1``), which may already
+    be another column's name: a query would read other data than it names.
     """
     seen: dict[str, str] = {}
     for raw in names:
         name = str(raw)
-        other = seen.setdefault(fold(name), name)
-        if other is not name:
+        other = seen.get(fold(name))
+        if other == name:
+            raise ValueError(f"table {table!r} has two columns named {name!r}; rename one of them")
+        if other is not None:
             raise ValueError(
                 f"table {table!r} has the columns {other!r} and {name!r}, which SQL reads as "
                 "one name (names ignore the case of ASCII letters); rename one of them"
             )
+        seen[fold(name)] = name
 
 
 def _string(text: str) -> str:
@@ -136,9 +139,17 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     """
     if not isinstance(tables, Mapping) or not tables:
         raise ValueError("a site needs at least one table: tables={name: source}")
+    folded: dict[str, str] = {}
+    for name in tables:
+        table_name(name)
+        other = folded.setdefault(fold(name), name)
+        if other != name:
+            raise ValueError(
+                f"tables {other!r} and {name!r} are one name to SQL (names ignore the case "
+                "of ASCII letters); rename one of them"
+            )
     con = duckdb.connect(":memory:")
     for name, source in tables.items():
-        table_name(name)
         if isinstance(source, pd.DataFrame):
             _copy(con, name, source)
         elif isinstance(source, str) and source.startswith(SQLITE_PREFIX):
