@@ -41,6 +41,18 @@ def test_a_client_function_given_to_the_server() -> None:
     assert "Traceback" not in out
 
 
+def test_a_client_given_certificates_and_insecure_names_its_flags(tmp_path: Path) -> None:
+    # It said "give tls= or insecure=True, not both" (the Python API's words) and exited 1,
+    # the status that asks a service manager to start it again.
+    base = ["client", "--app", "digits_app:client_fn", "--cid", "0", "--server", "127.0.0.1:1"]
+    code, out = covey(*base, "--certs", str(tmp_path), "--name", "a", "--insecure")
+    assert code == 2, out
+    assert last_line(out) == "error: give --certs DIR or --insecure, not both"
+    code, out = covey(*base, "--ca", "ca.pem", "--cert", "c.pem", "--key", "c.key", "--insecure")
+    assert code == 2, out
+    assert last_line(out) == "error: give --ca/--cert/--key or --insecure, not both"
+
+
 def test_a_client_function_without_cid() -> None:
     code, out = covey("client", "--app", "digits_app:client_fn", "--server", "127.0.0.1:1")
     assert code == 2

@@ -72,6 +72,9 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
 
     certs_dir = _pick(flags["certs"], s, "certs", None)
     ca = _pick(flags["ca"], s, "ca", None)
+    if flags["insecure"] and (certs_dir is not None or ca is not None):
+        given = "--certs DIR" if certs_dir is not None else "--ca/--cert/--key"
+        fail(f"give {given} or --insecure, not both")
     try:
         if certs_dir is not None:
             if flags["name"] is None:
