@@ -38,6 +38,21 @@ def test_unrelated_names_get_no_prefix_hint() -> None:
     with pytest.raises(WeightsError) as caught:
         load_weights(torch.nn.Linear(3, 2), {"w": np.zeros((2, 3)), "b": np.zeros(2)})
     assert "start with" not in str(caught.value)
+    # A layer renamed from `new_fc` to `fc` was told "'new_' ... a wrapper's".
+    model = nn.Sequential()
+    model.add_module("fc", nn.Linear(3, 2))
+    renamed = {f"new_{k}": v for k, v in to_weights(model).items()}
+    with pytest.raises(WeightsError) as caught:
+        load_weights(model, renamed)
+    assert "start with" not in str(caught.value)
+
+
+def test_a_wrapper_prefix_is_named_whatever_the_order_of_the_names() -> None:
+    plain = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    wrapped = _Compiled(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)))
+    weights = dict(sorted(to_weights(plain).items(), reverse=True))  # read back in another order
+    with pytest.raises(WeightsError, match=r"model's names all start with '_orig_mod.'"):
+        load_weights(wrapped, weights)
 
 
 def test_dpsgd_weights_load_and_read_through_the_module_it_was_given() -> None:

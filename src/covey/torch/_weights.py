@@ -89,9 +89,9 @@ def _wrapper_hint(missing: list[str], extra: list[str]) -> str:
     if not missing or len(missing) != len(extra):
         return ""
     for longer, shorter, side in ((missing, extra, "model's"), (extra, missing, "weights'")):
-        if longer[0].endswith(shorter[0]) and len(longer[0]) > len(shorter[0]):
-            prefix = longer[0][: len(longer[0]) - len(shorter[0])]
-            if [prefix + n for n in shorter] == longer:
+        prefix, _, _ = longer[0].partition(".")
+        prefix += "."  # a whole module name: `new_fc` renamed `fc` is no wrapper
+        if sorted(prefix + n for n in shorter) == sorted(longer):
                 inner = "the module it wraps" if side == "model's" else "the wrapped module"
                 return (
                     f" (the {side} names all start with {prefix!r}: a wrapper's, as Opacus "
