@@ -174,6 +174,25 @@ def test_a_value_outside_the_range_is_named_by_its_array_and_index() -> None:
         assert "1.5" not in failure.error  # the index, never the value
 
 
+class CountsBatches(covey.Client):
+    """A float weight and a step counter, as a BatchNorm model's state_dict holds them."""
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        new = {"w": weights["w"] + 0.1, "steps": weights["steps"] + 20}
+        return covey.FitResult(weights=new, num_examples=3)
+
+
+def test_an_integer_counter_outside_the_range_is_told_to_leave_the_model() -> None:
+    # It was advised to raise clip_range, which would cost every float weight precision.
+    strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
+    init = {"w": np.zeros(4, np.float32), "steps": np.zeros((), np.int64)}
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(lambda cid: CountsBatches(), 3, 1, strategy, init)
+    for failure in info.value.history.rounds[-1].fit_failures:
+        assert "'steps' is an integer array whose change lies outside" in failure.error
+        assert "Keep integer state out of the model" in failure.error
+
+
 def test_a_client_cache_too_small_for_the_round_says_why_the_clients_drop() -> None:
     # A client's keys live with its object between the exchanges of a round: with a
     # client built for every task the protocol cannot run, and the error says so.

@@ -10,6 +10,7 @@ clipped. Masked vectors travel bit-packed, ``w`` bits an entry.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -131,6 +132,19 @@ def unpack(data: bytes, bits: int, count: int) -> np.ndarray:
             col |= words[w + 1] << np.uint64(64 - shift)
         vals[j] = col & mask
     return np.ascontiguousarray(vals.T).reshape(-1)[:count].astype(word(bits))
+
+
+def out_of_range(name: str, array: Any, exc: RangeError) -> RangeError:
+    """``exc`` of the array ``name`` (the model's ``array``), naming it and what to do."""
+    if np.asarray(array).dtype.kind not in "iu":
+        return RangeError(f"{name!r}: {exc}")
+    return RangeError(
+        f"{name!r} is an integer array whose change lies outside the clipping range: a "
+        "counter, such as BatchNorm's num_batches_tracked that grows by the batches of a "
+        "round? Keep integer state out of the model (BatchNorm(track_running_stats=False), "
+        "or a non-persistent buffer) rather than raising clip_range, which would cost every "
+        "float weight precision"
+    )
 
 
 def quantize(values: np.ndarray, clip: float, bits: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from covey.secagg._driver import SecAggAbort, secure_sum
 from covey.secagg._handlers import register_builtin_input
 from covey.secagg._options import check_directory, check_options, check_parts
 from covey.secagg._params import ThreatModel
-from covey.secagg._ring import MAX_BITS, RangeError, quantize, ring_bits, scale
+from covey.secagg._ring import MAX_BITS, RangeError, out_of_range, quantize, ring_bits, scale
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._names import FLOWER_SECAGG_OPTIONS, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
@@ -98,7 +98,7 @@ def _fit_input(client: Any, task: Task, spec: Any) -> np.ndarray:
         try:
             parts.append(quantize(delta, clip, bits) * weight)
         except RangeError as exc:  # name the array: an index alone is ambiguous
-            raise RangeError(f"{name!r}: {exc}") from None
+            raise out_of_range(name, task.weights[name], exc) from None
     tail = [n, *_metric_tail(result.metrics, spec["metrics"], n, bits)]
     parts.append(np.asarray(tail, dtype=np.int64))
     return np.concatenate(parts)
