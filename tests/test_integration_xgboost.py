@@ -122,6 +122,15 @@ def test_a_model_that_does_not_extend_the_global_one_is_refused() -> None:
         merge_trees(start, [(squared, 1.0)])
 
 
+def test_xgboost_models_averaged_by_fedavg_are_told_the_strategy_to_use() -> None:
+    # FedAvg averaged the models' bytes; the next round failed "not an XGBoost JSON
+    # model ...: Expecting value", which did not point at the strategy.
+    start = initial_model(BINARY, 4, capacity=1 << 16)
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(_client, 3, 2, covey.FedAvg(fraction_evaluate=0.0), start)
+    assert "aggregate XGBoost models with XGBoostBagging or XGBoostCyclic" in str(info.value)
+
+
 def _client(cid: int) -> XGBoostClient:
     return XGBoostClient(*_data(cid), BINARY, local_rounds=2)
 

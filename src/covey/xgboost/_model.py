@@ -99,10 +99,18 @@ def parse(model: bytes) -> dict[str, Any]:
         doc = json.loads(model)
         trees = doc["learner"]["gradient_booster"]["model"]["trees"]
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise WeightsError(f"not an XGBoost JSON model of a tree booster: {exc}") from None
+        raise WeightsError(
+            f"not an XGBoost JSON model of a tree booster: {exc}{_AVERAGED}"
+        ) from None
     if not isinstance(trees, list):
-        raise WeightsError("not an XGBoost JSON model: 'trees' is not a list")
+        raise WeightsError(f"not an XGBoost JSON model: 'trees' is not a list{_AVERAGED}")
     return doc  # type: ignore[no-any-return]
+
+
+_AVERAGED = (
+    " (a model's bytes averaged by a strategy for arrays, such as FedAvg, read so: "
+    "aggregate XGBoost models with XGBoostBagging or XGBoostCyclic)"
+)
 
 
 def num_trees(model: bytes) -> int:
