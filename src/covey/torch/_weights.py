@@ -92,11 +92,11 @@ def _wrapper_hint(missing: list[str], extra: list[str]) -> str:
         prefix, _, _ = longer[0].partition(".")
         prefix += "."  # a whole module name: `new_fc` renamed `fc` is no wrapper
         if sorted(prefix + n for n in shorter) == sorted(longer):
-                inner = "the module it wraps" if side == "model's" else "the wrapped module"
-                return (
-                    f" (the {side} names all start with {prefix!r}: a wrapper's, as Opacus "
-                    f"or torch.compile add; use {inner} instead)"
-                )
+            inner = "the module it wraps" if side == "model's" else "the wrapped module"
+            return (
+                f" (the {side} names all start with {prefix!r}: a wrapper's, as Opacus "
+                f"or torch.compile add; use {inner} instead)"
+            )
     return ""
 
 
