@@ -185,7 +185,7 @@ class CountsBatches(covey.Client):
 def test_an_integer_counter_outside_the_range_is_told_to_leave_the_model() -> None:
     # It was advised to raise clip_range, which would cost every float weight precision.
     strategy = _secure(covey.FedAvg(fraction_evaluate=0.0))
-    init = {"w": np.zeros(4, np.float32), "steps": np.zeros((), np.int64)}
+    init: dict[str, np.ndarray] = {"w": np.zeros(4, np.float32), "steps": np.zeros((), np.int64)}
     with pytest.raises(covey.FederationError) as info:
         covey.simulate(lambda cid: CountsBatches(), 3, 1, strategy, init)
     for failure in info.value.history.rounds[-1].fit_failures:
