@@ -401,7 +401,8 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
     assert code == 0, shown
     assert (
         "failed: interrupted (SIGINT); continue it after its last complete round with "
-        f"`covey run {project} --federation local --resume {run}`"
+        f"`covey run {project} --federation local --resume {run} --set \"address='127.0.0.1:0'\" "
+        "--set \"port-file='int.port'\" --set rounds=2`"
     ) in " ".join(shown.split())
     args = shlex.split(hint)[1:]
     assert args[-2:] == ["--set", "rounds=2"]
@@ -427,14 +428,19 @@ def test_a_killed_federation_is_named_with_the_command_that_continues_it(
     code, said = _cli("runs", "show", str(run))
     said = " ".join(said.split())
     assert code == 0, said
-    expected = f"covey run {project} --federation local --resume {run}"
+    # With the --set items it was started with: the federation's (the address, say)
+    # are kept nowhere else, and a resume without them served on another port.
+    expected = (
+        f"covey run {project} --federation local --resume {run} "
+        "--set \"address='127.0.0.1:0'\" --set \"port-file='kill.port'\" --set rounds=2 "
+        "--set lr=0.25"
+    )
     assert f"{run}: stopped" in said
     assert f"continue the run with `{expected}`" in said
     code, said = _cli("run", str(project), "--resume", str(run))  # without --federation
     assert code == 2, said
     assert f"holds a served run: continue it with `{expected}`" in " ".join(said.split())
-    args = [*shlex.split(expected)[1:], "--set", "address='127.0.0.1:0'"]
-    args += ["--set", "port-file='again.port'"]
+    args = [*shlex.split(expected)[1:], "--set", "port-file='again.port'"]  # the last wins
     code, out = serve_project(
         project, args, project / "again.port", "outside_fed.client_app:client_fn", env
     )

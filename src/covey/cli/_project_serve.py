@@ -18,6 +18,7 @@ from rich.markup import escape
 from covey.cli._project_files import toml_key
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
+from covey.server._served import record_federation, resume_command
 
 __all__ = ["check_served_folder", "project_resume_hint", "serve_project"]
 
@@ -44,19 +45,7 @@ def project_resume_hint(settings: Any, name: str, run_dir: Path) -> str:
     It repeats this run's ``--set`` items: the app's settings are kept in the run
     folder, but the federation's (``round-timeout``, ``data-port``...) are not.
     """
-    here = settings.project == Path.cwd().resolve()
-    parts = ["covey run"] + ([] if here else [shlex.quote(str(settings.project))])
-    parts += ["--federation", shlex.quote(name), "--resume", shlex.quote(str(run_dir))]
-    parts += [f"--set {_word(item)}" for item in settings.overrides]
-    return " ".join(parts)
-
-
-def _word(text: str) -> str:
-    """``text`` as one word of a POSIX shell: ``"address='h:0'"`` rather than shlex's quoting."""
-    quoted = shlex.quote(text)
-    if quoted == text or any(c in text for c in '$`\\"!'):
-        return quoted
-    return f'"{text}"'
+    return resume_command(settings.project, name, run_dir, settings.overrides)
 
 
 def serve_project(
@@ -68,7 +57,6 @@ def serve_project(
     from covey.deploy._cli import console as log_console
     from covey.deploy._cli_errors import compression_spec, number, output_file, port_number
     from covey.deploy._cli_logs import setup_logging
-    from covey.server._served import record_federation
 
     fed = settings.federation or {}
     where = f"([tool.covey.federations.{name}] or --set)"
@@ -102,8 +90,7 @@ def serve_project(
     rounds = settings.run.get("rounds")
     run_dir.mkdir(parents=True, exist_ok=True)
     same_settings(run_dir, settings.app_config(), resume is not None, rounds or server_app.rounds)
-    if resume is None:
-        record_federation(run_dir, settings.project, name)
+    record_federation(run_dir, settings.project, name, settings.overrides)  # the latest start's
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens
     console.print(

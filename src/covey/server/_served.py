@@ -19,6 +19,7 @@ __all__ = [
     "killed_server_reason",
     "project_command",
     "record_federation",
+    "resume_command",
 ]
 
 FEDERATION_FILE = "federation.json"
@@ -27,29 +28,46 @@ FEDERATION_FILE = "federation.json"
 _MOST_BYTES = 64 * 1024
 
 
-def record_federation(run_dir: Path, project: Path, name: str) -> None:
-    """Keep in ``run_dir`` that its run serves ``project``'s federation ``name``."""
-    text = json.dumps({"project": str(project), "federation": name})
+def record_federation(run_dir: Path, project: Path, name: str, sets: list[str]) -> None:
+    """Keep in ``run_dir`` that its run serves ``project``'s federation ``name`` with ``sets``."""
+    text = json.dumps({"project": str(project), "federation": name, "set": list(sets)})
     atomic_write(run_dir / FEDERATION_FILE, text)
 
 
+def resume_command(project: Path, name: str, run_dir: Path, sets: list[str]) -> str:
+    """``covey run PROJECT --federation NAME --resume RUN_DIR --set ...``, quoted for a shell.
+
+    The project is left out when it is the current folder.
+    """
+    here = Path(project) == Path.cwd().resolve()
+    parts = ["covey run"] + ([] if here else [shlex.quote(str(project))])
+    parts += ["--federation", shlex.quote(name), "--resume", shlex.quote(str(run_dir))]
+    parts += [f"--set {_word(item)}" for item in sets]
+    return " ".join(parts)
+
+
+def _word(text: str) -> str:
+    """``text`` as one word of a POSIX shell: ``"address='h:0'"`` rather than shlex's quoting."""
+    quoted = shlex.quote(text)
+    if quoted == text or any(c in text for c in '$`\\"!'):
+        return quoted
+    return f'"{text}"'
+
+
 def project_command(path: Path) -> str | None:
-    """``covey run PROJECT --federation NAME --resume PATH`` for a project's served run, else None.
+    """The :func:`resume_command` of a project's served run in ``path``, else None.
 
     None when the folder keeps no :data:`FEDERATION_FILE`, or a damaged one.
     """
     kept = read_json_object(path / FEDERATION_FILE, _MOST_BYTES)
     if kept is None:
         return None
-    project, name = kept.get("project"), kept.get("federation")
+    project, name, sets = kept.get("project"), kept.get("federation"), kept.get("set", [])
     if not isinstance(project, str) or not isinstance(name, str) or not project or not name:
         return None
-    here = Path(project) == Path.cwd().resolve()
-    return " ".join(
-        ["covey run"]
-        + ([] if here else [shlex.quote(project)])
-        + ["--federation", shlex.quote(name), "--resume", shlex.quote(str(path))]
-    )
+    if not isinstance(sets, list) or not all(isinstance(item, str) for item in sets):
+        return None
+    return resume_command(Path(project), name, path, sets)
 
 
 def how_to_continue(path: Path) -> str:
@@ -57,8 +75,8 @@ def how_to_continue(path: Path) -> str:
     command = project_command(path)
     if command is not None:
         return (
-            f"`{command}` (the app's settings are kept in the run folder; give again any "
-            "--set of the federation's settings it was started with)"
+            f"`{command}` (with the --set items of its latest start; the app's settings "
+            "are kept in the run folder)"
         )
     return (
         f"`covey server --resume {path}` and the --app (or --config) and --certs (or "
