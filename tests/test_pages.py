@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from covey.aggregate import Contribution, _mean, run_round, weighted_mean
-from covey.core._pages import mapping_of, release_pages, sum_of_squares
+from covey.core._pages import BLOCK, mapping_of, release_pages, sum_of_squares
 from covey.core._weights import WeightsSpec
 
 pytestmark = pytest.mark.skipif(
@@ -36,8 +36,10 @@ def resident_kib(array: np.ndarray) -> int:
 
 @pytest.fixture
 def mapped() -> Iterator[np.ndarray]:
-    """A read-only float32 array of three blocks and a bit, viewing a mapped file."""
-    values = np.random.default_rng(3).normal(size=3 * _mean._BLOCK + 777).astype(np.float32)
+    """A read-only float32 array of three read blocks and a bit, viewing a mapped file."""
+    values = (
+        np.random.default_rng(3).normal(size=3 * max(BLOCK, _mean._BLOCK) + 777).astype(np.float32)
+    )
     with tempfile.TemporaryFile() as f:
         f.write(values.tobytes())
         f.flush()

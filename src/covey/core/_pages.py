@@ -34,15 +34,15 @@ BLOCK = 1 << 20
 """Elements read at once when a large array is read block by block."""
 
 
-def blocks(size: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` of each block of :data:`BLOCK` elements in ``size`` elements.
+def blocks(size: int, step: int = BLOCK) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each block of ``step`` elements (:data:`BLOCK`) in ``size`` elements.
 
     Example:
         >>> list(blocks(BLOCK + 2))
         [(0, 1048576), (1048576, 1048578)]
     """
-    for start in range(0, size, BLOCK):
-        yield start, min(start + BLOCK, size)
+    for start in range(0, size, step):
+        yield start, min(start + step, size)
 
 
 _DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
