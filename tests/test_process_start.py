@@ -356,3 +356,54 @@ def test_a_packages_main_module_is_not_taken_for_an_unguarded_script(tmp_path: A
     main = _run_as_main(tmp_path / "__main__.py")
     assert not hasattr(main, "UNGUARDED")
     assert main.GUARDED == "forkserver"
+
+
+class FreezeCount(covey.Client):
+    """Reports, as a metric, how many objects its process's collector leaves frozen."""
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        import gc
+
+        frozen = float(gc.get_freeze_count())
+        return FitResult(weights=weights, num_examples=1, metrics={"frozen": frozen})
+
+
+def _frozen_in_workers(start_method: str) -> list[float]:
+    result = covey.simulate(
+        client_fn=lambda cid: FreezeCount(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(
+            fraction_evaluate=0.0,
+            fit_metrics=lambda ms: {"low": min(float(m["frozen"]) for _, m in ms)},
+        ),
+        initial_weights={"w": np.zeros(3)},
+        backend="process",
+        num_workers=2,
+        start_method=start_method,  # type: ignore[arg-type]
+    )
+    return [float(r.fit_metrics["low"]) for r in result.history.rounds[1:]]
+
+
+def test_forked_workers_keep_the_parents_objects_frozen() -> None:
+    """A collection in a worker would write into (and so copy) every page of the parent's heap."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    (low,) = _frozen_in_workers("fork")
+    assert low > 1000  # the parent's modules, functions, dicts: all frozen in the workers
+    assert gc.get_freeze_count() == 0  # and thawed here, collected as before
+
+
+def test_a_parent_that_froze_objects_itself_is_left_as_it_was() -> None:
+    import gc
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        (low,) = _frozen_in_workers("fork")
+        assert low > 1000
+        # Still frozen here (a frozen object freed meanwhile leaves the count).
+        assert gc.get_freeze_count() > frozen // 2
+    finally:
+        gc.unfreeze()

@@ -8,8 +8,10 @@ shared-memory files.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -36,6 +38,26 @@ def never_started(method: str, exitcode: int | None) -> str:
         "(defined in a notebook or the interactive prompt): guard the script's entry point, "
         "define client_fn in an importable module, or use start_method='fork'"
     )
+
+
+@contextlib.contextmanager
+def _frozen(ctx: Any) -> Iterator[None]:
+    """Fork with the parent's objects frozen (:func:`gc.freeze`), then thaw them in the parent.
+
+    A forked worker shares the parent's pages until it writes to them, and a
+    collection of the oldest generation writes into every object it visits: the
+    first one in a worker would copy each page of the parent's heap that holds
+    one. The worker keeps them frozen, out of its collections; the parent's stay
+    as they were. A parent that froze objects itself is left as it is.
+    """
+    if ctx.get_start_method() != "fork" or gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Worker:
@@ -74,7 +96,7 @@ class Worker:
             # Python 3.12+ warns of any thread, NumPy's OpenBLAS pool too; the method was
             # chosen knowingly (see covey.sim._start), and the backend warns of its own.
             # ``ignoring`` leaves the filters of other threads alone.
-            with ignoring(DeprecationWarning, _FORK_WARNING):
+            with ignoring(DeprecationWarning, _FORK_WARNING), _frozen(ctx):
                 self.process.start()
         except BaseException:
             parent.close()
