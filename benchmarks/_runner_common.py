@@ -65,6 +65,24 @@ def blas_info() -> list[dict[str, Any]]:
     return [{k: info.get(k) for k in keep} for info in threadpool_info()]
 
 
+def own_pss_kb() -> int | None:
+    """This process's PSS in kB (``/proc/self/smaps_rollup``), or None where there is none.
+
+    Read by each runner just before its simulation starts: the baseline that the
+    memory above it is counted from, taken at that moment and exactly (the
+    orchestrator's sampler reads every 50 ms or more, and in a short start-up its
+    last sample may fall in the middle of the imports).
+    """
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def write_report(
     args: argparse.Namespace,
     *,
@@ -77,6 +95,7 @@ def write_report(
     weights: Mapping[str, np.ndarray],
     versions: Mapping[str, str],
     extra: Mapping[str, Any] | None = None,
+    pss_at_sim_start_kb: int | None = None,
 ) -> None:
     args.weights.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in weights.items()}
@@ -93,6 +112,7 @@ def write_report(
         "t_sim_start": t_sim_start,
         "t_sim_end": t_sim_end,
         "sim_seconds": t_sim_end - t_sim_start,
+        "pss_at_sim_start_kb": pss_at_sim_start_kb,
         "eval_times": recorder.eval_times,
         "round_seconds": list(np.diff(recorder.eval_times).tolist()),
         "history": recorder.history,

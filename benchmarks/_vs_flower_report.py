@@ -84,6 +84,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 baseline_pss_mb=ok[0].get("baseline_pss_mb"),
                 above_baseline_mb=ok[0].get("above_baseline_mb"),
                 above_baseline_model_copies=ok[0].get("above_baseline_model_copies"),
+                above_baseline_model_copies_all=[r.get("above_baseline_model_copies") for r in ok],
+                above_baseline_model_copies_exact_all=[
+                    r.get("above_baseline_model_copies_exact") for r in ok
+                ],
                 weights_path=ok[0]["weights_path"],
             )
         rows.append(row)
@@ -260,6 +264,16 @@ def ratio_table(rat: list[dict[str, Any]]) -> list[str]:
     return table(header, ["---", *["---:"] * 9], rows)
 
 
+def _each_run(row: dict[str, Any]) -> str:
+    """The model copies of every run when there were several, and of the exact reads alone."""
+    runs = row.get("above_baseline_model_copies_all") or []
+    exact = [x for x in row.get("above_baseline_model_copies_exact_all") or [] if x is not None]
+    said = f"; runs: {', '.join(fmt(x, '{:.2f}') for x in runs)}" if len(runs) > 1 else ""
+    if exact:
+        said += f"; exact reads: {', '.join(fmt(x, '{:.2f}') for x in exact)}"
+    return said
+
+
 def large_table(rows: list[dict[str, Any]]) -> list[str]:
     """One row per system on the large model: times, memory above baseline, model copies."""
     lines: list[list[str] | str] = []
@@ -279,7 +293,7 @@ def large_table(rows: list[dict[str, Any]]) -> list[str]:
                 fmt(r["peak_pss_mb"], "{:.0f}"),
                 fmt(r["baseline_pss_mb"], "{:.0f}"),
                 f"{fmt(r['above_baseline_mb'], '{:.0f}')} MB "
-                f"({fmt(r['above_baseline_model_copies'], '{:.1f}')})",
+                f"({fmt(r['above_baseline_model_copies'], '{:.1f}')})" + _each_run(r),
                 ", ".join(fmt(x, "{:.0f}") for x in r["round_peak_pss_mb"]),
                 fmt(r.get("max_abs_diff_vs_covey"), "{:.1e}"),
                 fmt(r.get("max_abs_diff_vs_plain"), "{:.1e}"),

@@ -94,6 +94,7 @@ def main() -> None:
             args.large_client, LargeClient
         )
 
+    pss_start = common.own_pss_kb()
     t_sim_start = time.time()
     result = covey.simulate(
         client_fn=client_fn,
@@ -112,6 +113,7 @@ def main() -> None:
         t_start=T_START,
         t_imported=t_imported,
         t_sim_start=t_sim_start,
+        pss_at_sim_start_kb=pss_start,
         t_sim_end=t_sim_end,
         recorder=rec,
         weights=dict(result.weights),

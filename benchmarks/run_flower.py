@@ -127,6 +127,7 @@ def main() -> None:
     t_imported = time.time()
     if ARGS.workload == "digits":
         wl.load_data()
+    pss_start = common.own_pss_kb()
     t_sim_start = time.time()
     run_simulation(
         server_app=server_app,
@@ -148,6 +149,7 @@ def main() -> None:
         t_start=T_START,
         t_imported=t_imported,
         t_sim_start=t_sim_start,
+        pss_at_sim_start_kb=pss_start,
         t_sim_end=t_sim_end,
         recorder=RECORDER,
         weights=FINAL,

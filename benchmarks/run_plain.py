@@ -62,6 +62,7 @@ def main() -> None:
     rec = common.Recorder(args.workload)
     if args.workload == "digits":
         wl.load_data()
+    pss_start = common.own_pss_kb()
     t_sim_start = time.time()
     if args.workload == "digits":
         weights = run_digits(args.n, args.rounds, rec)
@@ -74,6 +75,7 @@ def main() -> None:
         t_start=T_START,
         t_imported=t_imported,
         t_sim_start=t_sim_start,
+        pss_at_sim_start_kb=pss_start,
         t_sim_end=t_sim_end,
         recorder=rec,
         weights=weights,
