@@ -128,11 +128,11 @@ def test_a_resumed_run_keeps_its_scheme_and_refuses_another() -> None:
         run_scheme(Mine(8), None)
 
 
-def test_serve_refuses_compression_for_an_asynchronous_strategy() -> None:
-    with pytest.raises(ValueError, match="FedBuff is asynchronous: compression needs sync rounds"):
-        covey.serve(
-            covey.FedBuff(buffer_size=2), 1, MODEL, "127.0.0.1:0", insecure=True, compression="q8"
-        )
+@pytest.mark.filterwarnings("ignore:secure aggregation without signed keys")
+def test_serve_refuses_compression_for_secure_aggregation() -> None:
+    strategy = covey.secagg.secure(covey.FedAvg(), clip_range=1.0)
+    with pytest.raises(ValueError, match="compression does not apply to"):
+        covey.serve(strategy, 1, MODEL, "127.0.0.1:0", insecure=True, compression="q8")
 
 
 def _delta(seed: int = 0) -> dict[str, np.ndarray]:

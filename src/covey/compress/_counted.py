@@ -3,49 +3,93 @@
 A served asynchronous run (FedBuff over the network) sends single tasks and
 takes replies one at a time through an :class:`~covey.transport.AsyncTransport`;
 :class:`CountedAsyncTransport` wraps it and counts the array bytes both ways,
-as :class:`~covey.compress.CompressedTransport` counts a synchronous round's.
+as :class:`~covey.compress.CompressedTransport` counts a synchronous round's,
+and given a scheme it compresses each fit task's update as that one does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from covey.compress._runtime import CountingWrapper, _result_nbytes, _task_nbytes
+from covey.compress._plain import plain_nbytes
+from covey.compress._runtime import (
+    KIND,
+    CountingWrapper,
+    _result_nbytes,
+    _scheme_value,
+    _task_nbytes,
+    compressed_task,
+    decode_reply,
+)
+from covey.compress._schemes import Scheme
 from covey.core._messages import Reply, Task
+from covey.core._weights import WeightsSpec
 
 
 class CountedAsyncTransport(CountingWrapper):
-    """An asynchronous transport whose tasks and replies are counted in bytes.
+    """An asynchronous transport whose tasks and replies are counted in bytes, and compressed.
 
     Counted are the arrays of each task submitted (the weights and the arrays
     sent besides them) and of each reply taken (its weights or delta and
-    extras); :meth:`take_counts` hands over what was counted since its last
-    call, which a run records in each global update. A task later cancelled was
-    sent all the same and stays counted; a failed reply carries no arrays.
+    extras; an encoded update's parts); :meth:`take_counts` hands over what was
+    counted since its last call, which a run records in each global update. A
+    task later cancelled was sent all the same and stays counted; a failed
+    reply carries no arrays.
+
+    With a ``scheme``, each fit task goes out as a ``"fit_compressed"`` task
+    and its client's encoded update comes back as the plain fit reply (a delta
+    from the model that task carried) the loop expects; a malformed one is that
+    client's failed reply, as in a synchronous round.
 
     Args:
         inner: The transport that reaches the clients.
+        scheme: How clients encode their updates (None: no rewriting, only counting).
+        seed: Seeds the clients' stochastic rounding.
+        run: A token naming this run (see :class:`~covey.compress.CompressedTransport`).
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(
+        self, inner: Any, scheme: Scheme | None = None, *, seed: int = 0, run: str | None = None
+    ) -> None:
         self.inner = inner
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.scheme = scheme
+        self.seed = seed
+        self.run = run
+        self._carried = None if scheme is None else _scheme_value(scheme)
+        # The layout of the model each client's compressed task carried, until it replies.
+        self._specs: dict[int, WeightsSpec] = {}
+        self._spec: WeightsSpec | None = None
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
-        """Send ``task`` to ``cid`` through the inner transport and count its arrays."""
-        self.inner.submit(cid, task, timeout=timeout)
+        """Send ``task`` to ``cid`` (compressed, with a scheme) and count its arrays."""
+        sent = task
+        self._specs.pop(cid, None)
+        if task.kind == "fit" and self._carried is not None and task.weights is not None:
+            spec = self._spec
+            if spec is None or not spec.conforms(task.weights, finite=False):
+                spec = self._spec = WeightsSpec.of(task.weights)
+            sent = compressed_task(task, self._carried, self.seed, cid, self.run)
+            self._specs[cid] = spec
+        self.inner.submit(cid, sent, timeout=timeout)
         self.bytes_sent += _task_nbytes(task)
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
-        """The inner transport's next reply, its arrays counted."""
+        """The next reply, decoded if it is an encoded update; its arrays counted."""
         reply: Reply | None = self.inner.next_reply(timeout)
-        if reply is not None and reply.error is None and reply.result is not None:
+        if reply is None:
+            return None
+        if reply.kind == KIND:
+            self.bytes_received += plain_nbytes(reply.result)
+            return decode_reply(reply, self.scheme, self._specs.pop(reply.cid, None))
+        if reply.error is None and reply.result is not None:
             self.bytes_received += _result_nbytes(reply.result)
         return reply
 
     def cancel(self, cid: int) -> None:
         """Forget ``cid``'s task in flight (its bytes, sent, stay counted)."""
+        self._specs.pop(cid, None)
         self.inner.cancel(cid)
 
     def now(self) -> float:

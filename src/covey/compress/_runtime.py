@@ -248,6 +248,32 @@ class CountingWrapper:
         return counts
 
 
+def decode_reply(reply: Reply, scheme: Scheme | None, spec: WeightsSpec | None) -> Reply:
+    """The reply to a compressed fit task as the plain fit reply a round loop expects.
+
+    ``spec`` is the layout of the model the task carried (None: no such task was
+    sent). A reply that is not a well-formed update in the run's ``scheme``
+    becomes a failed reply of that client, naming what is wrong; nothing else
+    changes.
+    """
+    if reply.error is not None:
+        return Reply(reply.cid, "fit", error=reply.error)
+    try:
+        if spec is None or scheme is None:
+            raise TypeError(f"a {KIND} reply from client {reply.cid}, which was sent no such task")
+        encoded = encoded_from_plain(reply.result, scheme, spec)
+        delta = scheme.decode(encoded.parts, spec)
+        result = FitResult(
+            delta=delta,
+            num_examples=encoded.num_examples,
+            metrics=encoded.metrics,
+            extras=encoded.extras,
+        )
+    except (TypeError, ValueError) as exc:
+        return Reply(reply.cid, "fit", error=f"refused the encoded update: {exc}")
+    return Reply(reply.cid, "fit", result=result)
+
+
 class CompressedTransport(CountingWrapper):
     """A transport whose fit rounds travel compressed; counts bytes both ways.
 
@@ -406,36 +432,11 @@ class CompressedTransport(CountingWrapper):
                 self._count(reply.cid, None, plain_nbytes(reply.result))
                 sent = tasks.get(reply.cid)
                 spec = None if sent is None or sent.kind != "fit" else specs.get(id(sent.weights))
-                yield self._decode(reply, spec)
+                yield decode_reply(reply, self.scheme, spec)
             else:
                 self._count(reply.cid, None, _result_nbytes(reply.result))
                 yield reply
             del reply  # not kept while the next client runs
-
-    def _decode(self, reply: Reply, spec: WeightsSpec | None) -> Reply:
-        """The reply to a compressed fit task as the plain fit reply the loop expects.
-
-        A reply that is not a well-formed update in the run's scheme becomes a
-        failed reply of that client, naming what is wrong; nothing else changes.
-        """
-        if reply.error is not None:
-            return Reply(reply.cid, "fit", error=reply.error)
-        try:
-            if spec is None or self.scheme is None:
-                raise TypeError(
-                    f"a {KIND} reply from client {reply.cid}, which was sent no such task"
-                )
-            encoded = encoded_from_plain(reply.result, self.scheme, spec)
-            delta = self.scheme.decode(encoded.parts, spec)
-            result = FitResult(
-                delta=delta,
-                num_examples=encoded.num_examples,
-                metrics=encoded.metrics,
-                extras=encoded.extras,
-            )
-        except (TypeError, ValueError) as exc:
-            return Reply(reply.cid, "fit", error=f"refused the encoded update: {exc}")
-        return Reply(reply.cid, "fit", result=result)
 
     def close(self) -> None:
         """Close the inner transport."""

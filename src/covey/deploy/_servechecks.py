@@ -238,13 +238,10 @@ def served_scheme(
     """The run's compression: ``compression``, else a resumed run's own.
 
     Raises:
-        ValueError: an unknown scheme, one that does not apply to ``strategy``, or
-            compression asked of an asynchronous strategy.
+        ValueError: an unknown scheme, or one that does not apply to ``strategy``.
     """
     scheme = run_scheme(compression, None if opened is None else opened.config)
     check_applies(scheme, strategy)
-    if scheme is not None and strategy.asynchronous:
-        raise ValueError(f"{strategy.name} is asynchronous: compression needs sync rounds")
     return scheme
 
 

@@ -224,14 +224,14 @@ def serve(
             on_listen(transport.port)
         logger.info("covey server listening on port %d", transport.port)
         start_weights = run.take_weights()  # the loop owns the model now: keep no copy here
-        sync = not strategy.asynchronous  # synchronous rounds are compressed; all are counted
+        sync = not strategy.asynchronous
         # The run's start time names it, the same after a resume: a client process that
         # outlives its server keeps its top-k residuals for this run, not for another.
         token = str(run.config.get("started", "")) or None
         counter: CompressedTransport | CountedAsyncTransport = (
             CompressedTransport(transport, scheme, seed=seed, run=token)
             if sync
-            else CountedAsyncTransport(transport)
+            else CountedAsyncTransport(transport, scheme, seed=seed, run=token)
         )
         # Nothing stored without a run folder; else the named tuples a resume rebuilds.
         template = None if run.store is None else strategy.aggregator.init(start_weights)
