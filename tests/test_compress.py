@@ -134,6 +134,34 @@ def test_topk_sends_bool_and_integer_arrays_whole_and_keeps_no_residual_for_them
         assert np.count_nonzero(residual["w"]) > 0
 
 
+def test_topk_error_feedback_of_a_0d_array_empties_once_sent() -> None:
+    # The sum of two 0-d arrays is a NumPy scalar: the residual must still be zeroed
+    # where it was sent, or every later round sends all earlier updates again.
+    spec = WeightsSpec.of({"s": np.array(0.0), "w": np.zeros(8)})
+    residual: dict[str, np.ndarray] | None = None
+    for _ in range(4):
+        delta = {"s": np.array(1.5), "w": np.arange(8.0)}
+        parts, residual = topk_with_feedback(TopK(0.25), delta, residual, spec)
+        assert TopK(0.25).decode(parts, spec)["s"] == 1.5
+        assert isinstance(residual["s"], np.ndarray)
+        assert residual["s"] == 0.0
+
+
+def test_topk_simulation_of_a_0d_weight_matches_plain_fedavg() -> None:
+    class Scalar(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            delta = {"s": np.array(1.0 + self.cid), "w": np.arange(8.0)}
+            return covey.FitResult(delta=delta, num_examples=1)
+
+    init = {"s": np.array(0.0), "w": np.zeros(8)}
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    result = covey.simulate(Scalar, 2, 4, strategy, init, compression="topk:1.0")
+    assert result.weights["s"] == 4 * 1.5
+
+
 def test_decode_refuses_malformed_encodings() -> None:
     w = {"w": np.zeros(10)}
     spec = WeightsSpec.of(w)

@@ -413,7 +413,9 @@ def topk_with_feedback(
             if x.dtype.kind != "f"
             else np.array(x, order="C")
             if residual is None
-            else np.add(x, residual[n], order="C")
+            # asarray: the sum of two 0-d arrays is a NumPy scalar, whose reshape is a
+            # copy, so zeroing what was sent would leave it in the residual for good.
+            else np.asarray(np.add(x, residual[n], order="C"))
         )
         for n, x in delta.items()
     }
