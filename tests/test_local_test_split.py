@@ -44,3 +44,14 @@ def test_xgboost_client_refuses_half_a_test_split() -> None:
     params = {"objective": "binary:logistic", "base_score": 0.5, "nthread": 1}
     with pytest.raises(ValueError, match="x_test and y_test go together"):
         XGBoostClient(x, y.astype(float), params, x_test=x[:4])
+
+
+def test_logistic_client_refuses_features_and_labels_of_different_lengths() -> None:
+    # It trained on the rows that had a label, then failed in evaluate with NumPy's
+    # "operands could not be broadcast together with shapes (12,) (11,)".
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"x and y need the same length .*got 12 and 11"):
+        LogisticClient(0, x, y[:11])
+    with pytest.raises(ValueError, match=r"x_val and y_val need the same length .*got 4 and 5"):
+        LogisticClient(0, x, y, x[:4], y[:5])
+    assert len(LogisticClient(0, x, y, x[:4], y[:4]).y_val) == 4

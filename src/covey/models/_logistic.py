@@ -161,6 +161,20 @@ def _check_layout(weights: Weights, x: FloatArray, bound: int, name: str) -> Non
         )
 
 
+def _check_rows(x: Any, y: Any, x_name: str, y_name: str) -> None:
+    """Refuse features and labels of different lengths.
+
+    Otherwise a client trains on the rows that have a label and then fails in NumPy
+    ("operands could not be broadcast together") when it evaluates.
+    """
+    rows, labels = len(x), len(y)
+    if rows != labels:
+        raise ValueError(
+            f"{x_name} and {y_name} need the same length (one label per row), "
+            f"got {rows} and {labels}"
+        )
+
+
 class LogisticClient(Client):
     """A client that trains logistic regression on its local data with minibatch SGD.
 
@@ -207,6 +221,8 @@ class LogisticClient(Client):
         self.x, self.y = x, y
         self.x_val = x if x_val is None else x_val
         self.y_val = y if y_val is None else y_val
+        _check_rows(self.x, self.y, "x", "y")
+        _check_rows(self.x_val, self.y_val, "x_val", "y_val")
         self.lr, self.epochs, self.batch_size, self.seed = lr, epochs, batch_size, seed
         self._bound = _label_bound(self.y, "y")
         self._val_bound = _label_bound(self.y_val, "y_val")
