@@ -414,27 +414,36 @@ class ExitingClient(RandomClient):
         return EvaluateResult(loss=1.0, num_examples=1)
 
 
-def test_a_client_calling_sys_exit_or_raising_a_base_exception_fails_alone_inline() -> None:
-    # A process worker dies of sys.exit() and its client fails; inline, the same call
-    # used to end the whole simulating process, with no error and no history.
-    def client_fn(cid: int) -> covey.Client:
-        if cid == 3:
-            raise SystemExit(0)  # in client_fn too
-        return ExitingClient(cid)
+def _exiting_client_fn(cid: int) -> covey.Client:
+    if cid == 3:
+        raise SystemExit(0)  # in client_fn too
+    return ExitingClient(cid)
 
-    result = covey.simulate(client_fn, 5, 2, covey.FedAvg(), initial())
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_client_calling_sys_exit_or_raising_a_base_exception_fails_alone(backend: str) -> None:
+    # Inline, the same call used to end the whole simulating process, with no error and
+    # no history; a process worker died of it, failing the clients queued behind it.
+    result = covey.simulate(
+        _exiting_client_fn,
+        5,
+        2,
+        covey.FedAvg(),
+        initial(),
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=2 if backend == "process" else None,
+    )
     fit1 = {f.cid: f for f in result.history[1].fit_failures}
     assert sorted(fit1) == [1, 3, 4]
     assert fit1[1].error == (
         "covey: the client called sys.exit(3) (SystemExit) in its fit task: it fails alone, "
-        "and the run goes on without it (on the process backend its worker dies of it)"
+        "and the run goes on without it"
     )
     assert "SystemExit: 3" in fit1[1].traceback
     assert "sys.exit(0)" in fit1[3].error
     assert fit1[4].error == (
         "covey: the client raised CancelledError, which is no Exception, in its fit task: "
-        "it fails alone, and the run goes on without it (on the process backend its worker "
-        "dies of it)"
+        "it fails alone, and the run goes on without it"
     )
     assert result.history[1].fit_participants == [0, 2]
     assert result.history[2].fit_participants == [0, 1, 2, 4]

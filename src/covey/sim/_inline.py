@@ -169,10 +169,10 @@ def exited(exc: BaseException, kind: str) -> str:
     """The hint for a client (or its ``client_fn``) that raised what is no ``Exception``.
 
     ``sys.exit()`` or a ``BaseException`` such as asyncio's ``CancelledError``
-    kills a process worker, and the run goes on without its client; this process
-    runs the simulation itself, and a Ray actor answers for the other clients of
-    its call, so there the exception ends the client's task instead (of the run,
-    which it ended with no error and no history; of the actor's other clients).
+    ends the client's task on every backend, not what runs it: here the whole
+    simulation (which it ended with no error and no history), in a process
+    worker the clients queued behind it, in a Ray actor the other clients of
+    its call.
     """
     if isinstance(exc, SystemExit):
         code = "" if exc.code is None else repr(exc.code)
@@ -181,5 +181,5 @@ def exited(exc: BaseException, kind: str) -> str:
         what = f"raised {type(exc).__name__}, which is no Exception,"
     return (
         f"covey: the client {what} in its {kind} task: it fails alone, and the run goes "
-        "on without it (on the process backend its worker dies of it)\n"
+        "on without it\n"
     )

@@ -25,6 +25,7 @@ from covey.clients._client import ClientFn, run_task
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.sim import _move, _pace, _room, _shm
+from covey.sim._inline import exited
 from covey.sim._logs import WorkerLogs
 from covey.strategies._fold import contribution
 from covey.transport.grpc._wire import ARRAY_KINDS
@@ -240,10 +241,16 @@ def _run_one(
         if cid not in clients:
             error += _fresh_hint()
         return Reply(cid, kind, error=error), None
-    except BaseException:
+    except KeyboardInterrupt:
         if room is not None:
             room.release()
         raise
+    except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
+        # The client's alone: left to end the worker, it would fail the clients queued
+        # behind it too, and cost a new worker.
+        if room is not None:
+            room.release()
+        return Reply(cid, kind, error=traceback.format_exc() + exited(exc, kind)), None
     finally:
         conn.context = None
 
