@@ -368,3 +368,31 @@ def test_krum_ranks_updates_that_share_a_large_common_part_by_their_true_distanc
     want = rows[chosen].mean(axis=0)
     np.testing.assert_allclose(result(multi_krum(1, 3), params, contributions), want, rtol=1e-15)
     np.testing.assert_allclose(pairwise_sq_distances(rows), exact, rtol=1e-6, atol=1e-20)
+
+
+BIG = float(np.finfo(np.float64).max) * 0.9
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [covey.FedTrimmedAvg(beta=0.0), covey.FedTrimmedAvg(beta=0.2), covey.FedMedian()],
+    ids=["trimmed-0", "trimmed-0.2", "median"],
+)
+def test_averages_of_values_near_the_largest_float_stay_finite(strategy: Any) -> None:
+    # Before: their sums overflowed (NumPy warned, an error here) and the round was refused,
+    # where mean() and weighted_mean() give the finite average.
+    rows = [BIG] * (4 if "Median" in strategy.name else 5)  # the median of 4: a mean of 2
+    results = [FitResult(weights={"w": np.array([v, 1.0])}, num_examples=1) for v in rows]
+    new = strategy.aggregate({"w": np.zeros(2)}, results)
+    assert new["w"][0] == pytest.approx(BIG)
+    assert new["w"][1] == 1.0
+
+
+def test_an_update_past_the_float_range_is_an_outlier_to_the_median() -> None:
+    # One client's weights minus the global model overflow to inf (NumPy warned of it);
+    # the median of the others' updates is taken, as of any other outlier.
+    start = {"w": np.array([-BIG, 0.0])}
+    sent = [np.array([BIG, 9.0]), np.array([-BIG, 1.0]), np.array([-BIG, 2.0])]
+    results = [FitResult(weights={"w": w}, num_examples=1) for w in sent]
+    new = covey.FedMedian().aggregate(start, results)
+    assert new["w"].tolist() == [-BIG, 2.0]

@@ -123,7 +123,7 @@ def median() -> Step:
     """
 
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
-        return np.median(updates, axis=0), {}
+        return _in_range(np.median, updates), {}
 
     return buffered("median()", combine)
 
@@ -153,11 +153,31 @@ def trimmed_mean(beta: float = 0.2) -> Step:
         n = len(updates)
         k = min(floor_fraction(cut, n), (n - 1) // 2)  # beta < 0.5 always leaves one
         if k == 0:
-            return updates.mean(axis=0), {"trimmed": 0}
+            return _in_range(np.mean, updates), {"trimmed": 0}
         ordered = np.sort(updates, axis=0)
-        return ordered[k : n - k].mean(axis=0), {"trimmed": k}
+        return _in_range(np.mean, ordered[k : n - k]), {"trimmed": k}
 
     return buffered("trimmed_mean()", combine)
+
+
+def _in_range(average: Callable[..., Any], rows: Matrix) -> Vector:
+    """``average(rows, axis=0)`` (a mean or a median), finite wherever the rows are.
+
+    A sum of values near the dtype's largest overflows where their average does
+    not: those columns are averaged again scaled down by a power of two past the
+    row count (so no sum can overflow) and scaled back, which a power of two does
+    exactly (above the subnormals). No NumPy warning either way.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(average(rows, axis=0))
+        lost = ~np.isfinite(out)
+        if lost.any():
+            columns = lost & np.isfinite(rows).all(axis=0)
+            if columns.any():
+                scale = 2 ** len(rows).bit_length()
+                again = np.asarray(average(rows[:, columns] / scale, axis=0))
+                out[columns] = again * scale
+    return out
 
 
 def geometric_median(

@@ -367,15 +367,18 @@ def subtract(weights: Weights, other: Weights) -> dict[str, Array]:
 
     Integers wrap around; for a bool array (modulo 2) the difference is the mask of
     the entries that differ, ``weights ^ other`` (NumPy has no bool subtraction).
+    A float difference past the dtype's range is inf, without NumPy's warning: the
+    steps that take it check what they produce.
     """
-    return {
-        name: np.asarray(
-            np.logical_xor(value, other[name])
-            if value.dtype.kind == "b"
-            else np.subtract(value, other[name], dtype=value.dtype, casting="same_kind")
-        )
-        for name, value in weights.items()
-    }
+    with np.errstate(over="ignore"):
+        return {
+            name: np.asarray(
+                np.logical_xor(value, other[name])
+                if value.dtype.kind == "b"
+                else np.subtract(value, other[name], dtype=value.dtype, casting="same_kind")
+            )
+            for name, value in weights.items()
+        }
 
 
 def global_norm(weights: Weights) -> float:
