@@ -409,3 +409,17 @@ def test_topk_sends_the_fraction_it_is_written_as(fraction: float, size: int, k:
     assert parts["w"]["index"].size == k
     out = again.decode(parts, WeightsSpec.of(delta))  # the receiving side agrees on k
     assert np.count_nonzero(out["w"]) == k
+
+
+@pytest.mark.parametrize("spec", ["none", "float16", "q8", "topk:0.5"])
+def test_every_scheme_encodes_a_big_endian_delta_into_what_it_decodes(spec: str) -> None:
+    # Before: Identity and top-k passed a big-endian array through, which their own
+    # decode refused ("must be 4 values of float64 ..., got ... of >f8").
+    scheme = scheme_named(spec)
+    delta = {"w": np.arange(4, dtype=">f8"), "n": np.arange(3, dtype=">i4")}
+    model = {"w": np.zeros(4), "n": np.zeros(3, np.int32)}
+    decoded = scheme.decode(scheme.encode(delta, np.random.default_rng(0)), WeightsSpec.of(model))
+    assert decoded["n"].tolist() == [0, 1, 2]
+    assert decoded["w"].dtype == np.float64
+    if spec in ("none", "float16"):
+        assert decoded["w"].tolist() == [0.0, 1.0, 2.0, 3.0]

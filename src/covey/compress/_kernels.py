@@ -20,8 +20,9 @@ CHUNK = 1 << 17
 
 
 def _flat(x: Array) -> Array:
-    """``x`` in one dimension, C order (a copy only if ``x`` is not C-contiguous)."""
-    return np.ascontiguousarray(x).reshape(-1)
+    """``x`` in one dimension, C order and native byte order (a copy only if it is not so)."""
+    dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+    return np.ascontiguousarray(x, dtype=dtype).reshape(-1)
 
 
 def _non_finite(name: str, scheme: str) -> ValueError:

@@ -101,7 +101,7 @@ def _decode_layout(parts: Parts, spec: WeightsSpec) -> None:
 
 
 def _raw(x: Array) -> dict[str, Array]:
-    return {"raw": np.ascontiguousarray(x).reshape(-1)}
+    return {"raw": _flat(x)}
 
 
 def _decode_raw(parts: Parts, name: str, shape: tuple[int, ...], dtype: Any) -> Array:
