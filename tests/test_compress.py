@@ -417,7 +417,7 @@ def test_every_scheme_encodes_a_big_endian_delta_into_what_it_decodes(spec: str)
     # decode refused ("must be 4 values of float64 ..., got ... of >f8").
     scheme = scheme_named(spec)
     delta = {"w": np.arange(4, dtype=">f8"), "n": np.arange(3, dtype=">i4")}
-    model = {"w": np.zeros(4), "n": np.zeros(3, np.int32)}
+    model: dict[str, np.ndarray] = {"w": np.zeros(4), "n": np.zeros(3, np.int32)}
     decoded = scheme.decode(scheme.encode(delta, np.random.default_rng(0)), WeightsSpec.of(model))
     assert decoded["n"].tolist() == [0, 1, 2]
     assert decoded["w"].dtype == np.float64
