@@ -80,6 +80,11 @@ def _tables(specs: list[str]) -> dict[str, str]:
         name, sep, source = spec.partition("=")
         if not sep or not name or not source:
             raise typer.BadParameter(f"expected NAME=SOURCE, got {spec!r}", param_hint="--table")
+        if name in out:  # the later one would replace the earlier one unseen
+            raise typer.BadParameter(
+                f"table {name!r} is given twice ({out[name]!r} and {source!r})",
+                param_hint="--table",
+            )
         out[name] = source
     return out
 
@@ -89,6 +94,44 @@ def default_ledger(tables: dict[str, str], name: str) -> Path:
     first = next(iter(tables.values()))
     source = Path(first.removeprefix("sqlite:///"))
     return source.parent / f"{name}.covey-budget.json"
+
+
+def hold_ledger(path: Path) -> int | None:
+    """Hold ``PATH.lock`` for this process: no second site may keep its budget in ``path``.
+
+    Two site processes sharing one ledger file would each rewrite it from their own
+    ledger, so one's charges would be lost (an under-count of the budget spent). The
+    lock is an advisory ``flock``, dropped by the kernel when the process exits, even
+    by ``kill -9``.
+
+    Returns:
+        The lock file's descriptor, or None where there is no ``flock`` (Windows) or no
+        folder to hold it in (the site names that folder when it keeps the ledger).
+
+    Raises:
+        OSError: Another process holds the ledger (its pid is named).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        return None
+    if not path.parent.is_dir():
+        return None
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OSError(
+            f"the ledger file {path} is in use by another covey site (pid {holder}): two "
+            "sites keeping one ledger would overwrite each other's charges; give this "
+            "one its own --ledger (or --name)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 _REJOIN_PAUSE = 1.0  # seconds a site waits before joining the next query server
@@ -131,6 +174,7 @@ def site_command(
     try:
         tables = _tables(table)
         kept = ledger if ledger is not None else default_ledger(tables, name or "site")
+        held = hold_ledger(kept)  # noqa: F841 - held until this process exits
         site = Site(tables, the_policy, name=name or "site", ledger=kept)
         errors.print(f"privacy budget kept in {escape(str(kept))}", soft_wrap=True)
         tls = None
@@ -190,7 +234,13 @@ def _cell(value: Any) -> str:
     if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # a histogram's bins
         value = value.tolist()
     if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.6g}"
+        if math.isnan(value):
+            return "-"
+        if value.is_integer() and abs(value) < 1e15:  # a count: every digit, never 6e+06
+            return f"{value + 0.0:.0f}"  # + 0.0: -0.0 reads 0
+        if 1e6 <= abs(value) < 1e15:  # a large sum: its whole part, not 9.91148e+06
+            return f"{value:.2f}"
+        return f"{value:.6g}"
     if isinstance(value, list | tuple):
         shown = ", ".join(_cell(v) for v in value[:8])
         return f"[{shown}{', ...' if len(value) > 8 else ''}]"

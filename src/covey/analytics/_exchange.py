@@ -129,7 +129,7 @@ class Federation:
         ok: dict[int, dict[str, Any]] = {}
         for cid in self.cids:
             got = answers.get(cid, {"refused": "the site did not answer in time"})
-            name = str(got.get("site", f"site-{cid}"))
+            name = str(got.get("site", self._transport_name(cid)))
             self.names[cid] = name if name not in self.names.values() else f"{name}#{cid}"
             if "refused" in got:
                 self.refused[self.names[cid]] = str(got["refused"])
@@ -140,6 +140,12 @@ class Federation:
             raise PolicyError(f"no site answers this query ({reasons})")
         self.cids = sorted(ok)
         return ok
+
+    def _transport_name(self, cid: int) -> str:
+        """What the transport calls site ``cid`` (its certificate's name), for a silent site."""
+        lookup = getattr(self.transport, "client_name", None)
+        name = lookup(cid) if callable(lookup) else None
+        return str(name) if name else f"site-{cid}"
 
     def check_budgets(
         self, request: Mapping[str, Any], first: Mapping[str, Any], releases: int

@@ -218,7 +218,8 @@ class Policy:
         if self.epsilon is not None and not dp:
             raise PolicyError(
                 f"this site answers only with differential privacy (budget epsilon="
-                f"{self.epsilon}); give epsilon="
+                f"{self.epsilon}); give the query an epsilon (query(..., epsilon=...), "
+                "covey query --epsilon)"
             )
 
     def _check_aggregate(

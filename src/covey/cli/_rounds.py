@@ -46,7 +46,11 @@ MAX_MORE_COLUMNS = 6
 
 
 def _number(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 1e-3:  # a delta of 1e-05 is not 0.0000
+        return f"{value:.3g}"
+    return f"{value:.4f}"
 
 
 def metric_columns(history: History) -> tuple[list[tuple[str, str]], list[str]]:

@@ -465,7 +465,7 @@ def secure(
             "server only; pass signed=True with client identities in deployment, and a "
             "semi-malicious threat model",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,  # past flower_keywords: the caller's line
         )
     elif fit.threat.adversary == "curious":
         warnings.warn(
@@ -474,7 +474,7 @@ def secure(
             "survivor lists can still learn a client's input; pass "
             "threat=ThreatModel(..., adversary='semi-malicious')",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     settings = {
         "clip_range": fit.clip_range,

@@ -200,11 +200,15 @@ class GrpcServerTransport:
             self._broadcast = (None, None)
             self._extras = (None, None)
 
-    def _name(self, cid: int) -> str:
-        """Client ``cid``'s name (its certificate's), as the other log lines call it."""
+    def client_name(self, cid: int) -> str | None:
+        """Client ``cid``'s name (its certificate's), or None if it is not connected."""
         with self._lock:
             conn = self._fleet.get(cid)
-        return conn.name if conn is not None else f"client {cid}"
+        return conn.name if conn is not None else None
+
+    def _name(self, cid: int) -> str:
+        """Client ``cid``'s name (its certificate's), as the other log lines call it."""
+        return self.client_name(cid) or f"client {cid}"
 
     def _send(self, cid: int, task: Task, blob: _codec.Encoded | None, sink: Sink) -> str:
         """Send ``task`` to client ``cid``, its reply to go to ``sink``.
