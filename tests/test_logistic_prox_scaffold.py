@@ -8,7 +8,13 @@ import pytest
 import covey
 from covey import clients
 from covey.data import load_digits
-from covey.models import LogisticClient, logistic_grad, logistic_init
+from covey.models import (
+    LogisticClient,
+    logistic_evaluate,
+    logistic_grad,
+    logistic_init,
+    logistic_sgd_epoch,
+)
 
 DATA = load_digits(seed=0)
 SIZES = (13, 40, 27)  # unequal, and not multiples of the batch
@@ -113,3 +119,18 @@ def test_a_client_without_data_reports_no_change_of_its_control_variate() -> Non
     assert empty._control.value is not None
     for k in w:
         np.testing.assert_array_equal(empty._control.value[k], np.zeros_like(w[k]))
+
+
+@pytest.mark.parametrize(
+    ("labels", "said"), [([0, 1, -1, 2], "got label -1"), ([0, 1, 5, 2], "label 5")]
+)
+def test_the_plain_functions_refuse_labels_that_are_no_class_index(
+    labels: list[int], said: str
+) -> None:
+    # Before: -1 silently trained and scored the last class; 5 failed with a bare IndexError.
+    x, y = np.ones((4, 3)), np.array(labels)
+    weights = logistic_init(3, 3)
+    with pytest.raises(ValueError, match=said):
+        logistic_sgd_epoch(weights, x, y, lr=0.1, batch_size=2, order=np.arange(4))
+    with pytest.raises(ValueError, match=said):
+        logistic_evaluate(weights, x, y)

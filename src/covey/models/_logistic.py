@@ -61,7 +61,12 @@ def logistic_sgd_epoch(
 
     Returns:
         The new weights (fresh arrays).
+
+    Raises:
+        ValueError: a label of ``y`` is not a class index of the weights (a negative
+            one would silently train the last class).
     """
+    _labels_fit(y, weights)
     W = np.array(weights["W"], dtype=np.float64 if weights["W"].dtype.kind != "f" else None)
     b = np.array(weights["b"], dtype=W.dtype)
     for start in range(0, len(order), batch_size):
@@ -88,9 +93,14 @@ def logistic_grad(weights: Weights, x: FloatArray, y: IntArray) -> dict[str, Arr
 
 
 def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``weights`` on ``(x, y)``."""
+    """Mean cross-entropy loss and accuracy of ``weights`` on ``(x, y)``.
+
+    Raises:
+        ValueError: a label of ``y`` is not a class index of the weights.
+    """
     if len(y) == 0:
         return 0.0, 0.0
+    _labels_fit(y, weights)
     logits = x @ weights["W"] + weights["b"]
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -130,6 +140,17 @@ def _label_bound(y: Any, name: str) -> int:
             "would silently train the last class's column)"
         )
     return int(arr.max()) + 1
+
+
+def _labels_fit(y: Any, weights: Weights) -> None:
+    """Refuse labels that are not class indices of ``weights`` (``0 .. classes - 1``)."""
+    bound = _label_bound(y, "y")
+    classes = np.shape(weights["W"])[-1]
+    if bound > classes:
+        raise ValueError(
+            f"y has label {bound - 1}, but the weights have {classes} classes "
+            f"(class indices must be below {classes})"
+        )
 
 
 def _check_layout(weights: Weights, x: FloatArray, bound: int, name: str) -> None:
