@@ -54,6 +54,42 @@ def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
         assert store.events()[-1][2:] == ("stopped", "interrupted (SIGTERM)")
 
 
+_TWICE = """
+import os, signal, sys, time
+from covey.deploy._cli import SAME_STOP, stop_on_sigterm
+
+stop_on_sigterm()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except KeyboardInterrupt as exc:
+    print("stopping:", exc.args[0], flush=True)
+os.kill(os.getpid(), signal.SIGTERM)  # the same stop again, as `timeout` sends it
+time.sleep(0.1)
+print("still stopping", flush=True)
+time.sleep(SAME_STOP)
+os.kill(os.getpid(), signal.SIGTERM)  # a second stop: at once
+time.sleep(5)
+print("not reached", flush=True)
+"""
+
+
+def test_one_stop_sent_twice_is_one_stop_and_a_later_one_ends_at_once() -> None:
+    """GNU ``timeout`` signals its command, then the command's process group: two SIGTERMs.
+
+    Before: the second, if it came after the first was handled, ended the server at
+    once, its run recorded as stopped without a reason and no resume command said.
+    """
+    import subprocess
+    import sys
+
+    child = subprocess.run(
+        [sys.executable, "-c", _TWICE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert child.stdout.splitlines() == ["stopping: SIGTERM", "still stopping"], child.stderr
+    assert child.returncode == -signal.SIGTERM
+
+
 def test_sigterm_stops_covey_client_as_ctrl_c_does(tmp_path: Path) -> None:
     """``docker stop`` of a client: it says it left and exits 143, not killed without a word."""
     import os
