@@ -33,8 +33,9 @@ class CountedAsyncTransport(CountingWrapper):
     sent besides them) and of each reply taken (its weights or delta and
     extras; an encoded update's parts); :meth:`take_counts` hands over what was
     counted since its last call, which a run records in each global update. A
-    task later cancelled was sent all the same and stays counted; a failed
-    reply carries no arrays.
+    task later cancelled was sent all the same and stays counted, one the inner
+    transport says never reached its client (its ``reached(cid)`` false once the
+    client's failed reply came) is taken back; a failed reply carries no arrays.
 
     With a ``scheme``, each fit task goes out as a ``"fit_compressed"`` task
     and its client's encoded update comes back as the plain fit reply (a delta
@@ -61,6 +62,8 @@ class CountedAsyncTransport(CountingWrapper):
         # The layout of the model each client's compressed task carried, until it replies.
         self._specs: dict[int, WeightsSpec] = {}
         self._spec: WeightsSpec | None = None
+        # The bytes of each client's latest task, taken back if it never reached the client.
+        self._sent: dict[int, int] = {}
 
     def submit(self, cid: int, task: Task, *, timeout: float | None = None) -> None:
         """Send ``task`` to ``cid`` (compressed, with a scheme) and count its arrays."""
@@ -73,13 +76,18 @@ class CountedAsyncTransport(CountingWrapper):
             sent = compressed_task(task, self._carried, self.seed, cid, self.run)
             self._specs[cid] = spec
         self.inner.submit(cid, sent, timeout=timeout)
-        self.bytes_sent += _task_nbytes(task)
+        size = self._sent[cid] = _task_nbytes(task)
+        self.bytes_sent += size
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
         """The next reply, decoded if it is an encoded update; its arrays counted."""
         reply: Reply | None = self.inner.next_reply(timeout)
         if reply is None:
             return None
+        size = self._sent.pop(reply.cid, 0)
+        reached = getattr(self.inner, "reached", None)
+        if reply.error is not None and reached is not None and not reached(reply.cid):
+            self.bytes_sent -= size  # held back while the client was busy, never sent
         if reply.kind == KIND:
             self.bytes_received += plain_nbytes(reply.result)
             return decode_reply(reply, self.scheme, self._specs.pop(reply.cid, None))
@@ -90,6 +98,7 @@ class CountedAsyncTransport(CountingWrapper):
     def cancel(self, cid: int) -> None:
         """Forget ``cid``'s task in flight (its bytes, sent, stay counted)."""
         self._specs.pop(cid, None)
+        self._sent.pop(cid, None)
         self.inner.cancel(cid)
 
     def now(self) -> float:

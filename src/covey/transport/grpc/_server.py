@@ -45,6 +45,12 @@ def _busy(kind: str) -> str:
     )
 
 
+_HELD = (
+    "busy: still working on an earlier task when this one's time ran out, so it was never "
+    "sent (a client runs one task at a time)"
+)
+
+
 def reply_limit(model_bytes: int, spec: WeightsSpec) -> int:
     """The most bytes a reply may declare, for a model of ``model_bytes`` encoded.
 
@@ -104,6 +110,8 @@ class GrpcServerTransport:
         self._inflight: dict[int, tuple[int, str, float | None]] = {}
         # cid -> (task_id, task, weights) submitted while it was busy: sent once it is free
         self._deferred: dict[int, tuple[int, Task, _codec.Encoded | None]] = {}
+        # Clients whose latest task never left this server (busy until it closed, gone)
+        self._unreached: set[int] = set()
         self._late = Sink()  # where the replies to cancelled tasks go: nowhere
         self._late.open = False
         self._broadcast: tuple[Weights | None, _codec.Encoded | None] = (None, None)
@@ -186,6 +194,7 @@ class GrpcServerTransport:
                     yield reply
             for cid in sorted(expecting & set(deferred)):
                 expecting.discard(cid)
+                self._unreached.add(cid)
                 yield Reply(cid, deferred[cid][0].kind, error=_busy(deferred[cid][2]))
             if expecting:
                 logger.warning(
@@ -210,6 +219,15 @@ class GrpcServerTransport:
         """Client ``cid``'s name (its certificate's), as the other log lines call it."""
         return self.client_name(cid) or f"client {cid}"
 
+    def reached(self, cid: int) -> bool:
+        """Whether client ``cid``'s latest task was sent to it.
+
+        False for a task held back while the client worked on an earlier one until
+        its time ran out, or one whose client was not connected: the byte counts of
+        a run take such a task's bytes back (see :class:`~covey.compress.CompressedTransport`).
+        """
+        return cid not in self._unreached
+
     def _send(self, cid: int, task: Task, blob: _codec.Encoded | None, sink: Sink) -> str:
         """Send ``task`` to client ``cid``, its reply to go to ``sink``.
 
@@ -221,6 +239,7 @@ class GrpcServerTransport:
         with self._lock:
             conn = self._fleet.get(cid)
             if conn is None or not conn.alive:
+                self._unreached.add(cid)
                 sink.replies.put(Reply(cid, task.kind, error="client is not connected"))
                 return ""
             busy = conn.wait_until_free(sink)
@@ -229,6 +248,7 @@ class GrpcServerTransport:
             with conn.lock:
                 task_id = next(self._task_ids)
                 conn.pending[task_id] = (sink, task.kind)
+            self._unreached.discard(cid)
         conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
         return ""
 
@@ -259,6 +279,7 @@ class GrpcServerTransport:
                 return  # cancelled (timed out) while it waited
             conn = self._fleet.get(cid)
             if conn is None or not conn.alive:
+                self._unreached.add(cid)
                 self._async.replies.put(Reply(cid, task.kind, error="client is not connected"))
                 return
             if conn.wait_until_free(self._async):
@@ -266,6 +287,7 @@ class GrpcServerTransport:
                 return
             with conn.lock:
                 conn.pending[task_id] = (self._async, task.kind)
+            self._unreached.discard(cid)
         conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
@@ -283,8 +305,11 @@ class GrpcServerTransport:
             if expired:
                 cid = expired[0]
                 _, kind, _ = self._inflight[cid]
+                held = cid in self._deferred  # never sent: the client was busy all along
+                if held:
+                    self._unreached.add(cid)
                 self.cancel(cid)
-                return Reply(cid, kind, error="no reply in time")
+                return Reply(cid, kind, error=_HELD if held else "no reply in time")
             wake = min([*deadlines, *([end] if end is not None else [])], default=None)
             try:
                 reply = self._async.replies.get(
