@@ -350,3 +350,30 @@ def test_covey_server_takes_the_apps_compression_unless_the_flag_gives_one(
     result = CliRunner().invoke(app, ["server", "--app", app_spec, "--insecure", *flag])
     assert result.exit_code == 0, result.output
     assert asked["compression"] == expected
+
+
+def test_covey_server_resuming_takes_the_runs_compression_not_the_apps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a run started with --compression topk:0.2 over the app's q4 printed a
+    # resume command without the flag, which the run then refused ("started with
+    # compression 'topk:0.2', and 'q4' is asked for now").
+    asked: dict[str, Any] = {}
+
+    def fake_serve(*args: Any, **kwargs: Any) -> ServeResult:
+        asked.update(kwargs)
+        return ServeResult({}, History(rounds=[RoundRecord(0)]), tmp_path)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("covey.deploy._server.serve", fake_serve)
+    from covey.server._store import RunStore
+
+    with RunStore.create(tmp_path / "run", config={"compression": "topk:0.2"}):
+        pass
+    app_spec = f"{__name__}:compressed_app"
+    result = CliRunner().invoke(
+        app, ["server", "--app", app_spec, "--insecure", "--resume", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    assert asked["resume"] is True
+    assert asked["compression"] is None  # serve() takes the run's own

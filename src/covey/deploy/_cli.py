@@ -216,7 +216,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
                 on_event=shown.on_event,
                 client_names=names,
                 plot=plot,
-                compression=flags["compression"] or server_app.compression,
+                # resuming, the run's own unless the flag names one (the app's may differ)
+                compression=flags["compression"] or (None if resuming else server_app.compression),
                 keep_last=flags["keep_last"],
                 max_clients=flags.get("max_clients", 1000),  # a project federation: the default
                 data_port=flags.get("data_port"),
