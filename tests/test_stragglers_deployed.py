@@ -554,3 +554,18 @@ def test_a_connection_lost_mid_reply_fails_its_task_naming_the_bytes_that_came()
     why = "disconnected in the middle of its reply (1000 of 4096 bytes received)"
     assert sink.replies.get_nowait().error == f"client {why}"
     assert events == [("flaky", "leave", why)]
+
+
+def test_a_reply_cut_off_by_the_end_of_the_run_is_told_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A task still in flight as a run ends is expected (FedBuff keeps clients busy to
+    # the last update); it was logged as a WARNING, as a round closing on it is.
+    registry = Registry(None, None)
+    conn = SimpleNamespace(name="site-2", peer="ipv4:127.0.0.1:1")
+    with caplog.at_level(logging.INFO, logger="covey"):
+        registry.abandoned(conn, 41, 0, 1024)  # type: ignore[arg-type]
+        registry.close()
+        registry.abandoned(conn, 42, 0, 1024)  # type: ignore[arg-type]
+    levels = [r.levelno for r in caplog.records if "closed (its round or the run)" in r.message]
+    assert levels == [logging.WARNING, logging.INFO]

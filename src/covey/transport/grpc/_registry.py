@@ -326,10 +326,14 @@ class Registry:
             )
 
     def abandoned(self, conn: Connection, task_id: int, filled: int, size: int) -> None:
-        """Report a reply whose round closed with ``filled`` of its ``size`` bytes in."""
-        logger.warning(
-            "client %s (%s): the round of task %d closed with its reply %d of %d bytes in; "
-            "skipping the rest",
+        """Report a reply whose round closed with ``filled`` of its ``size`` bytes in.
+
+        Once the run is over, replies still on their way are expected: logged at INFO.
+        """
+        logger.log(
+            logging.INFO if self.closed else logging.WARNING,
+            "client %s (%s): task %d closed (its round or the run) with its reply %d of %d "
+            "bytes in; skipping the rest",
             conn.name,
             conn.peer,
             task_id,

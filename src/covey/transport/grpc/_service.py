@@ -1,12 +1,11 @@
 """The gRPC service of the server: the ``Federation.Join`` stream of each client.
 
-Each connected client holds one bidirectional stream of frames
-(:mod:`._frames`: protobuf control messages, chunks as raw bytes). A reader
-thread per stream turns the client's frames into
-:class:`~covey.core._messages.Reply` objects; the stream's response generator
-sends task headers and chunk frames as gRPC's flow control allows, so memory
-in flight stays bounded. A reply large enough to be spilled to a file is
-checked when it completes and handed over as a
+Each connected client holds one bidirectional stream of frames (:mod:`._frames`:
+protobuf control messages, chunks as raw bytes). A reader thread per stream
+turns the client's frames into :class:`~covey.core._messages.Reply` objects;
+the stream's response generator sends task headers and chunk frames as gRPC's
+flow control allows, so memory in flight stays bounded. A reply large enough
+to be spilled to a file is checked when it completes and handed over as a
 :class:`~covey.core._messages.DeferredReply`, mapped only while it is folded.
 """
 
@@ -299,7 +298,8 @@ class FederationService:
         except (grpc.RpcError, OSError) as exc:  # OSError: a data connection failed
             cut_short = upload or (conn.upload if isinstance(exc, OSError) else None)
             if cut_short is not None:
-                logger.warning(
+                logger.log(
+                    logging.INFO if self.registry.closed else logging.WARNING,
                     "client %s (%s): its stream failed in the middle of a reply (%d of %d "
                     "bytes received): %s",
                     conn.name,
