@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from covey.core._files import hold_lock
 from covey.deploy._cli_options import ServerName
 from covey.deploy._cli_tables import output_console
 
@@ -111,27 +112,16 @@ def hold_ledger(path: Path) -> int | None:
     Raises:
         OSError: Another process holds the ledger (its pid is named).
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        return None
     if not path.parent.is_dir():
         return None
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise OSError(
-            f"the ledger file {path} is in use by another covey site (pid {holder}): two "
-            "sites keeping one ledger would overwrite each other's charges; give this "
+    return hold_lock(
+        path.with_name(path.name + ".lock"),
+        lambda pid: (
+            f"the ledger file {path} is in use by another covey site (pid {pid}): "
+            "two sites keeping one ledger would overwrite each other's charges; give this "
             "one its own --ledger (or --name)"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+        ),
+    )
 
 
 _REJOIN_PAUSE = 1.0  # seconds a site waits before joining the next query server

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,57 @@ def read_json_object(path: str | Path, limit: int) -> dict[str, Any] | None:
     except (OSError, ValueError, RecursionError):  # nested too deeply: damaged too
         return None
     return value if isinstance(value, dict) else None
+
+
+def hold_lock(lock: Path, in_use: Callable[[str], str], *, patient: bool = False) -> int | None:
+    """Hold the advisory lock ``lock`` for this process, its pid written in it.
+
+    The lock is a ``flock``: the kernel drops it when its holder exits, even by
+    ``kill -9``, so a crashed process never leaves a stale lock; it is released
+    when the returned descriptor closes.
+
+    Args:
+        lock: The lock file (made if missing).
+        in_use: The error's message, given the pid written by the holder.
+        patient: Try a few times over 0.35 s (another process's probe may hold
+            it for an instant).
+
+    Returns:
+        The lock file's descriptor, or None where there is no ``flock`` (Windows).
+
+    Raises:
+        OSError: Another process holds it (``in_use``), it is not a regular file,
+            or the pid cannot be written (a full disk, naming the file).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        return None
+    # Opened without blocking: a named pipe would wait for ever.
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{lock} is not a regular file (a pipe, a device): remove it")
+        tries = 4 if patient else 1
+        for attempt in range(tries):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OSError(in_use(holder)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError as exc:  # a full disk: say which file
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror, str(lock)) from None
+    return fd

@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
 
-from covey.core._files import TMP_SUFFIX, fsync_dir
+from covey.core._files import TMP_SUFFIX, fsync_dir, hold_lock
 from covey.core._version import covey_version
 
 __all__ = [
@@ -251,40 +251,14 @@ def hold_run(path: Path) -> int | None:
     Raises:
         OSError: Another process holds the run (its pid is named).
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        return None
-    lock = path / LOCK_NAME  # opened without blocking: a named pipe would wait for ever
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{lock} is not a regular file (a pipe, a device): remove it")
-        for attempt in range(4):  # an is_held probe holds it for an instant only
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == 3:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise OSError(
-            f"the run in {path} is in use by another covey server (pid {holder}); "
+    return hold_lock(
+        path / LOCK_NAME,
+        lambda pid: (
+            f"the run in {path} is in use by another covey server (pid {pid}); "
             "stop that server first, or give another run folder"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-    except OSError as exc:  # a full disk: say which file
-        os.close(fd)
-        raise OSError(exc.errno, exc.strerror, str(path / LOCK_NAME)) from None
-    return fd
+        ),
+        patient=True,  # an is_held probe holds it for an instant only
+    )
 
 
 def is_held(path: Path) -> bool | None:
