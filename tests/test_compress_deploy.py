@@ -335,9 +335,8 @@ def compressed_app() -> ServerApp:
 @pytest.mark.parametrize(
     ("flag", "expected"), [([], "q4"), (["--compression", "topk:0.2"], "topk:0.2")]
 )
-def test_covey_server_takes_the_apps_compression_unless_the_flag_gives_one(
-    flag: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _asked_of_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What `covey server` passes to serve(), which is faked: filled in once it is called."""
     asked: dict[str, Any] = {}
 
     def fake_serve(*args: Any, **kwargs: Any) -> ServeResult:
@@ -346,6 +345,13 @@ def test_covey_server_takes_the_apps_compression_unless_the_flag_gives_one(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("covey.deploy._server.serve", fake_serve)
+    return asked
+
+
+def test_covey_server_takes_the_apps_compression_unless_the_flag_gives_one(
+    flag: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = _asked_of_serve(tmp_path, monkeypatch)
     app_spec = f"{__name__}:compressed_app"
     result = CliRunner().invoke(app, ["server", "--app", app_spec, "--insecure", *flag])
     assert result.exit_code == 0, result.output
@@ -358,14 +364,7 @@ def test_covey_server_resuming_takes_the_runs_compression_not_the_apps(
     # Before: a run started with --compression topk:0.2 over the app's q4 printed a
     # resume command without the flag, which the run then refused ("started with
     # compression 'topk:0.2', and 'q4' is asked for now").
-    asked: dict[str, Any] = {}
-
-    def fake_serve(*args: Any, **kwargs: Any) -> ServeResult:
-        asked.update(kwargs)
-        return ServeResult({}, History(rounds=[RoundRecord(0)]), tmp_path)
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("covey.deploy._server.serve", fake_serve)
+    asked = _asked_of_serve(tmp_path, monkeypatch)
     from covey.server._store import RunStore
 
     with RunStore.create(tmp_path / "run", config={"compression": "topk:0.2"}):
