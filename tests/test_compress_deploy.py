@@ -332,9 +332,6 @@ def compressed_app() -> ServerApp:
     return ServerApp(covey.FedAvg(), {"w": np.zeros(3)}, rounds=1, compression="q4")
 
 
-@pytest.mark.parametrize(
-    ("flag", "expected"), [([], "q4"), (["--compression", "topk:0.2"], "topk:0.2")]
-)
 def _asked_of_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What `covey server` passes to serve(), which is faked: filled in once it is called."""
     asked: dict[str, Any] = {}
@@ -348,6 +345,9 @@ def _asked_of_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str
     return asked
 
 
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], "q4"), (["--compression", "topk:0.2"], "topk:0.2")]
+)
 def test_covey_server_takes_the_apps_compression_unless_the_flag_gives_one(
     flag: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
