@@ -182,3 +182,21 @@ def test_a_subnormal_quantile_precision_is_answered_not_an_overflow_error() -> N
     one = sites([np.linspace(0, 1, 11)], policy)
     df = query(one, "SELECT MEDIAN(x) FROM p", secure=False, precision=1e-310)
     assert df.iloc[0, 0] == pytest.approx(0.5)
+
+
+def test_a_mechanism_without_epsilon_is_refused_not_ignored() -> None:
+    # Before: `--mechanism gaussian` without `--epsilon` answered without noise, silently.
+    from typer.testing import CliRunner
+
+    from covey.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            *("query", "SELECT COUNT(*) FROM p", "--server", "127.0.0.1:0", "--insecure"),
+            *("--no-secure", "--mechanism", "gaussian", "--wait-timeout", "1"),
+        ],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 2
+    assert "give --epsilon too" in result.output

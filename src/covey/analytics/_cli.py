@@ -283,7 +283,9 @@ def query_command(
     insecure: Annotated[bool, typer.Option(help="Serve without TLS (local tests only).")] = False,
     secure: Annotated[bool, typer.Option(help="Sum answers by secure aggregation.")] = True,
     epsilon: Annotated[float | None, typer.Option(help="DP budget of this query.")] = None,
-    mechanism: Annotated[str, typer.Option(help="laplace or gaussian.")] = "laplace",
+    mechanism: Annotated[
+        str | None, typer.Option(help="laplace (the default) or gaussian, with --epsilon.")
+    ] = None,
     wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the sites.")] = 300.0,
     timeout: Annotated[float, typer.Option(help="Seconds per stage.")] = 120.0,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here.")] = None,
@@ -304,6 +306,11 @@ def query_command(
         raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
     output_file(port_file, "--port-file")
     output_file(json_out, "--json")
+    if mechanism is not None and epsilon is None:  # it would be ignored without a word
+        raise typer.BadParameter(
+            "a noise mechanism applies to a DP query: give --epsilon too", param_hint="--mechanism"
+        )
+    mechanism = mechanism or "laplace"
     try:  # everything that can be checked is, before a site waits on this server
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
