@@ -306,13 +306,13 @@ def query_command(
         raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
     output_file(port_file, "--port-file")
     output_file(json_out, "--json")
-    if mechanism is not None and epsilon is None:  # it would be ignored without a word
-        raise typer.BadParameter(
-            "a noise mechanism applies to a DP query: give --epsilon too", param_hint="--mechanism"
-        )
-    mechanism = mechanism or "laplace"
     try:  # everything that can be checked is, before a site waits on this server
-        check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
+        check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism or "laplace")
+        if mechanism is not None and epsilon is None:  # it would be ignored without a word
+            raise ValueError(
+                f"--mechanism {mechanism}: a noise mechanism applies to a DP query; "
+                "give --epsilon too"
+            )
         check_address(server, listen=True)
         tls = tls_from_dir(certs) if certs is not None else None
         _check_seconds(timeout=timeout, wait_timeout=wait_timeout)
@@ -347,7 +347,12 @@ def query_command(
                 f"{wait_timeout:g} s (--wait-timeout)"
             )
         df = query(
-            transport, sql, secure=secure, epsilon=epsilon, mechanism=mechanism, timeout=timeout
+            transport,
+            sql,
+            secure=secure,
+            epsilon=epsilon,
+            mechanism=mechanism or "laplace",
+            timeout=timeout,
         )
         print_table(result_table(df, sql), console)
         if json_out is not None:
