@@ -212,6 +212,8 @@ def test_a_stream_that_says_nothing_is_ended_after_the_hello_deadline() -> None:
         assert _until(lambda: parked.ended() == 3)
         assert parked.codes == [grpc.StatusCode.CANCELLED] * 3
         assert transport._service.greeting.waiting == 0
+        # Recorded by the server just after it ends the stream: wait for it, bounded.
+        assert _until(lambda: events.of("refused"))
         (_, detail), *_ = events.of("refused")
         assert "sent no Hello within 0.5 s" in detail
     finally:
