@@ -453,6 +453,34 @@ def test_a_client_calling_sys_exit_or_raising_a_base_exception_fails_alone(backe
     assert "in its evaluate task" in evaluate[2]
 
 
+class LaterExitingClient(RandomClient):
+    """Client 1 calls ``sys.exit`` in its fit of round 2, once it was built and ran in round 1."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1 and config["round"] == 2:
+            sys.exit(5)
+        return super().fit(weights, config)
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_built_client_calling_sys_exit_in_a_later_round_fails_alone(backend: str) -> None:
+    result = covey.simulate(
+        LaterExitingClient,
+        3,
+        3,
+        covey.FedAvg(fraction_evaluate=0.0),
+        initial(),
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=2 if backend == "process" else None,
+    )
+    assert [f.cid for f in result.history[2].fit_failures] == [1]
+    assert "called sys.exit(5) (SystemExit) in its fit task: it fails alone" in (
+        result.history[2].fit_failures[0].error
+    )
+    assert result.history[2].fit_participants == [0, 2]
+    assert result.history[3].fit_participants == [0, 1, 2]
+
+
 def test_too_many_failures_raise_federation_error_with_history() -> None:
     def client_fn(cid: int) -> covey.Client:
         return FlakyClient(cid, {2} if cid != 0 else set())

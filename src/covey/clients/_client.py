@@ -142,11 +142,13 @@ def _fit(client: Any, task: Task) -> FitResult:
     try:
         # A dict of its own: a client that rebinds entries (``weights[k] = new``)
         # changes neither the task, the global model, nor another client's weights.
-        result = client.fit(dict(task.weights), _config(task))
+        # The common empty config without _config's frame (a simulated round runs 1,000s).
+        config = _config(task) if task.config or task.payload is not None else {"round": task.round}
+        result = client.fit(dict(task.weights), config)
     except TypeError as exc:
         _check_signature(client, "fit", exc)
         raise
-    if not isinstance(result, FitResult):
+    if type(result) is not FitResult and not isinstance(result, FitResult):
         raise TypeError(
             f"{type(client).__name__}.fit() returned {type(result).__name__}, "
             "expected covey.FitResult" + (_TUPLE_FIT if isinstance(result, tuple) else "")

@@ -67,6 +67,7 @@ def fit_directly(
     lent = inline.lend(tasks)
     fit_one, conformity = inline.fit_one, loop.spec.conformity
     participants = record.fit_participants
+    nbytes = loop.spec.nbytes
     clock = time.perf_counter
     # Kept here and added to the record and the counter before any reply goes the
     # general way, and when the round ends or stops: the same totals, fewer writes.
@@ -76,12 +77,14 @@ def fit_directly(
     try:
         # Every name bound to a reply is let go before the next client runs (a loop
         # variable outlives its iteration): no two of a large model's replies at once.
-        for cid, result, weights in _results(fit_one, tasks, cids, loop.spec.nbytes):
+        for cid, result, weights in _results(fit_one, tasks, cids, nbytes):
             if weights is not None:  # a plain FitResult's (see _plain)
-                for array in weights.values():
-                    received += array.nbytes
                 bounded = conformity(weights)
-                if bounded is not None:
+                if bounded is None:
+                    for array in weights.values():
+                        received += array.nbytes
+                else:
+                    received += nbytes  # the model's layout: its size
                     t0 = clock()
                     count = result.num_examples
                     taken = folder.take(weights, count, bounded)

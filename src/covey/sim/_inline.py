@@ -11,7 +11,6 @@ client runs and after its last, and stops the run if they changed.
 
 from __future__ import annotations
 
-import functools
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -140,18 +139,34 @@ def inline_transport(
     that many recently used clients stay built (0: a client is built per task).
     The weights of each exchange are checked after it (see :class:`InlineTransport`).
     """
-    clients: OrderedDict[int, Any] = OrderedDict()
+    built = _Built(client_fn, client_cache)
+    return InlineTransport(range(num_clients), built.handle, built.fit_one)
 
-    def perform(run: Callable[[Any, int, Task], Any], cid: int, task: Task) -> Any:
+
+class _Built:
+    """The clients an inline transport built, running their tasks (see :func:`inline_transport`)."""
+
+    def __init__(self, client_fn: ClientFn, client_cache: int | None) -> None:
+        self.client_fn = client_fn
+        self.cache = client_cache
+        self.clients: OrderedDict[int, Any] = OrderedDict()
+
+    def perform(self, run: Callable[[Any, int, Task], Any], cid: int, task: Task) -> Any:
+        """``run(client, cid, task)``, client ``cid`` built if need be; a failed Reply if it raised.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C, the run's.
+        """
+        cache, clients = self.cache, self.clients
         try:
             client = clients.get(cid)
             if client is None:
-                client = build_client(client_fn, cid)
-                if client_cache != 0:
+                client = build_client(self.client_fn, cid)
+                if cache != 0:
                     clients[cid] = client
-                    if client_cache is not None and len(clients) > client_cache:
+                    if cache is not None and len(clients) > cache:
                         clients.popitem(last=False)
-            elif client_cache is not None:
+            elif cache is not None:
                 clients.move_to_end(cid)
             return run(client, cid, task)
         except KeyboardInterrupt:  # Ctrl-C: the run's
@@ -159,10 +174,28 @@ def inline_transport(
         except Exception:  # noqa: BLE001 - client_fn's error is that client's reply
             return Reply(cid, task.kind, error=traceback.format_exc())
         except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
-            return Reply(cid, task.kind, error=traceback.format_exc() + exited(exc, task.kind))
+            return _exited(cid, task.kind, exc)
 
-    handler = functools.partial(perform, run_task)
-    return InlineTransport(range(num_clients), handler, functools.partial(perform, fit_result))
+    def handle(self, cid: int, task: Task) -> Reply:
+        """Client ``cid``'s task run: its Reply (see :func:`~covey.clients._client.run_task`)."""
+        return self.perform(run_task, cid, task)  # type: ignore[no-any-return]
+
+    def fit_one(self, cid: int, task: Task) -> Any:
+        """``perform(fit_result, cid, task)``; one frame less for a client built and kept."""
+        client = self.clients.get(cid) if self.cache is None else None
+        if client is None:
+            return self.perform(fit_result, cid, task)
+        try:
+            return fit_result(client, cid, task)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - as in perform
+            return _exited(cid, task.kind, exc)
+
+
+def _exited(cid: int, kind: str, exc: BaseException) -> Reply:
+    """The failed reply of client ``cid`` whose task raised ``exc``, no ``Exception``; see below."""
+    return Reply(cid, kind, error=traceback.format_exc() + exited(exc, kind))
 
 
 def exited(exc: BaseException, kind: str) -> str:
