@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import typer
 
 from covey.analytics import Policy, Site
-from covey.analytics._cli import _cell, _tables, hold_ledger, result_table
+from covey.analytics._cli import _cell, _tables, answer_json, hold_ledger, result_table
 from covey.analytics._exchange import Federation
 from covey.analytics._policy import PolicyError
 from covey.analytics._query import query
@@ -32,6 +33,32 @@ def test_counts_and_large_sums_keep_every_digit() -> None:
     assert _cell(np.float64(np.nan)) == "-"
     assert _cell(float("inf")) == "inf"
     assert _cell(np.array([np.nan, 1_234_567.0, 12.0])) == "[-, 1234567, 12]"
+
+
+def test_the_json_answer_holds_the_table_the_sql_and_the_caption() -> None:
+    # --json wrote only the table: not which sites answered, what was refused or withheld,
+    # nor the privacy cost the printed caption gives.
+    df = pd.DataFrame({"g": ["a", "b"], "COUNT(*)": [12.0, np.nan]})
+    df.attrs.update(
+        {
+            "sites": ["site-0", "site-1"],
+            "refused": {"site-2": "over budget"},
+            "suppressed": [("b",)],
+            "min_group_size": np.int64(10),
+            "privacy": {"epsilon": np.float64(0.5), "delta": 0.0, "spent": float("nan")},
+        }
+    )
+    answer = json.loads(answer_json(df, "SELECT g, COUNT(*) FROM t GROUP BY g"))
+    assert answer["columns"] == ["g", "COUNT(*)"]
+    assert answer["data"] == [["a", 12.0], ["b", None]]
+    assert answer["sql"] == "SELECT g, COUNT(*) FROM t GROUP BY g"
+    assert answer["attrs"] == {
+        "sites": ["site-0", "site-1"],
+        "refused": {"site-2": "over budget"},
+        "suppressed": [["b"]],
+        "min_group_size": 10,
+        "privacy": {"epsilon": 0.5, "delta": 0.0, "spent": None},
+    }
 
 
 def test_the_printed_table_shows_an_exact_count() -> None:

@@ -152,6 +152,9 @@ def test_a_deployed_query_with_three_site_processes_equals_the_simulated_one(
     assert "AVG(age)" in cli.stdout
     answer = json.loads(out.read_text())
     got = pd.DataFrame(answer["data"], columns=answer["columns"])
+    assert answer["sql"] == SQL
+    assert sorted(answer["attrs"]["sites"]) == ["site-0", "site-1", "site-2"]
+    assert answer["attrs"]["suppressed"] == [["X"]]
     np.testing.assert_allclose(
         got["AVG(age)"].astype(float), simulated["AVG(age)"], rtol=1e-12, equal_nan=True
     )

@@ -8,6 +8,7 @@ joins again for the next query.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -265,6 +266,28 @@ def result_table(df: Any, title: str) -> Table:
     return table
 
 
+def answer_json(df: Any, sql: str) -> str:
+    """The answer as ``covey query --json`` writes it: the table and what the caption says.
+
+    The table as pandas' ``orient="split"`` gives it (``columns``, ``index`` and
+    ``data``, a suppressed group's values null), with the ``sql`` asked and
+    ``attrs``: the answering sites, the refusals, the suppressed groups, the
+    privacy cost, as :func:`~covey.analytics.query` keeps them in ``df.attrs``.
+    """
+    answer = json.loads(df.to_json(orient="split", default_handler=str))
+    answer["sql"] = sql
+    # NaN and infinities, which JSON has not, as null (as pandas writes them in the table)
+    attrs = json.dumps(df.attrs, default=_plain_json)
+    answer["attrs"] = json.loads(attrs, parse_constant=lambda _: None)
+    return json.dumps(answer)
+
+
+def _plain_json(value: Any) -> Any:
+    """A NumPy scalar or array as a plain value, anything else as its text (for ``json``)."""
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) else str(value)
+
+
 def _check_seconds(**options: float) -> None:
     """Refuse a ``--timeout`` or ``--wait-timeout`` that is not a positive number of seconds."""
     for name, seconds in options.items():
@@ -290,7 +313,7 @@ def query_command(
     timeout: Annotated[float, typer.Option(help="Seconds per stage.")] = 120.0,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here.")] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the answer as JSON.")
+        Path | None, typer.Option("--json", help="Also write it, with sites, privacy, as JSON.")
     ] = None,
 ) -> None:
     """Listen for sites, answer one SQL query over their tables, print the result."""
@@ -356,7 +379,7 @@ def query_command(
         )
         print_table(result_table(df, sql), console)
         if json_out is not None:
-            json_out.write_text(df.to_json(orient="split", default_handler=str))
+            json_out.write_text(answer_json(df, sql))
     except (ValueError, PermissionError, RuntimeError, TimeoutError) as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         code = 1
