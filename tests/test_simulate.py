@@ -592,6 +592,10 @@ BROKEN_REPLIES: dict[str, tuple[Callable[[Arrays], Any], str]] = {
         lambda w: FitResult(delta=_with(w, W=np.zeros(6)), num_examples=3),
         "client 2's delta: 'W' has shape (6,), expected (3, 2)",
     ),
+    "delta missing a name": (
+        lambda w: FitResult(delta=_with(w, b=None), num_examples=3),
+        "client 2's delta does not match the model: missing ['b']",
+    ),
     "not a FitResult": (
         lambda w: Raw({"weights": w}),
         "TypeError: BadClient.fit() returned dict, expected covey.FitResult",

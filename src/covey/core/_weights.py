@@ -87,6 +87,11 @@ class WeightsError(ValueError):
     """Weights that do not match the global model (names, shapes, dtypes, values)."""
 
 
+def _do(what: str) -> str:
+    """``"do"`` after weights (``"client 7's weights"``), ``"does"`` after a delta, an extra..."""
+    return "do" if what.endswith("weights") else "does"
+
+
 @dataclass(frozen=True, slots=True)
 class WeightsSpec:
     """The layout of a model: its array names, shapes and dtypes, in order.
@@ -189,7 +194,7 @@ class WeightsSpec:
                 arr = checked[name]
                 bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
                 raise WeightsError(f"{what}: {name!r} has {bad} non-finite value(s) (NaN or Inf)")
-        raise WeightsError(f"{what} do not match the model")  # pragma: no cover
+        raise WeightsError(f"{what} {_do(what)} not match the model")  # pragma: no cover
 
     def conforms(self, weights: object, *, finite: bool = True) -> bool:
         """Whether ``weights`` match this spec exactly (and are finite); never raises.
@@ -252,7 +257,7 @@ class WeightsSpec:
                 parts.append(f"missing {missing}")
             if extra:
                 parts.append(f"unexpected {extra}")
-            raise WeightsError(f"{what} do not match the model: {'; '.join(parts)}")
+            raise WeightsError(f"{what} {_do(what)} not match the model: {'; '.join(parts)}")
         for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
             value = weights[name]
             if not isinstance(value, np.ndarray):
