@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from covey.secagg import ThreatModel, complete_threshold, harary_parameters, plan
+from covey.secagg import ThreatModel, complete_threshold, harary_parameters, identities, plan
 
 # (n, corrupt, dropout, adversary) -> (degree, threshold upper bound), from the
 # published test vectors of the production finder.
@@ -55,6 +55,21 @@ def test_complete_graph_thresholds() -> None:
     assert complete_threshold(100, ThreatModel(0.05, 0.05, "semi-malicious")) == 54
     with pytest.raises(ValueError, match="cannot be both"):
         complete_threshold(10, ThreatModel(0.3, 0.3, "semi-malicious"))
+
+
+def test_plan_refuses_more_clients_than_the_protocol_takes() -> None:
+    # It fell back to the complete graph (n * (n - 1) neighbour entries) past 1,000,000.
+    with pytest.raises(ValueError, match="at most 1,000,000 clients in a round, got 1,000,001"):
+        plan(1_000_001)
+    with pytest.raises(ValueError, match="at most 1,000,000 clients"):
+        plan(10**7, complete=True)
+
+
+def test_an_identity_never_shows_its_private_key() -> None:
+    identity = identities(["site-a"])["site-a"]
+    assert identity.signing_key.hex() not in repr(identity)
+    assert "signing_key" not in repr(identity)
+    assert "site-a" in repr(identity)
 
 
 def test_plan_falls_back_to_the_complete_graph_for_small_federations() -> None:

@@ -316,6 +316,11 @@ class CompressedTransport(CountingWrapper):
         self.num_workers = int(getattr(inner, "num_workers", 0))
         self._carried = None if scheme is None else _scheme_value(scheme)
 
+    def client_name(self, cid: int) -> str | None:
+        """The inner transport's name for client ``cid``; None where it names none."""
+        name = getattr(self.inner, "client_name", None)
+        return name(cid) if callable(name) else None
+
     def deliver(self, cid: int) -> None:
         """Count the bytes held for ``cid`` (with ``by_client``; a no-op otherwise)."""
         held = None if self._held is None else self._held.pop(cid, None)

@@ -68,7 +68,7 @@ class Identity:
     """
 
     name: str
-    signing_key: bytes
+    signing_key: bytes = field(repr=False)  # a secret: never in a log line or a traceback
     peers: Mapping[str, bytes] = field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,28 @@ def _first_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
+_CLIENT_ID = re.compile(r"\b(client|neighbour) (\d{1,7})\b")
+
+
+def _named(text: str, transport: Transport) -> str:
+    """``text`` with each client id it gives followed by that client's name, where it has one.
+
+    The protocol's messages (a client's refusal, the server's own) name clients
+    by their ids in the round, which a deployed federation's operator never
+    sees: "the shares from client 2 fail authentication" becomes "... from
+    client 2 ('site-a') ...". Unchanged where the transport names no clients.
+    """
+    name = getattr(transport, "client_name", None)
+    if not callable(name):
+        return text
+
+    def with_name(match: re.Match[str]) -> str:
+        said = name(int(match.group(2)))
+        return f"{match.group(0)} ({said!r})" if isinstance(said, str) else match.group(0)
+
+    return _CLIENT_ID.sub(with_name, text)
+
+
 def _exchange(
     transport: Transport,
     tasks: Mapping[int, Task],
@@ -99,7 +122,7 @@ def _exchange(
         if reply.ok:
             results[reply.cid] = reply.result
         else:
-            out.setdefault(reply.cid, _first_line(reply.error or "failed"))
+            out.setdefault(reply.cid, _named(_first_line(reply.error or "failed"), transport))
     for cid in tasks:
         if cid not in results:
             out.setdefault(cid, "no reply in time")
@@ -297,7 +320,7 @@ def secure_sum(
     except cs.ProtocolAbort as exc:
         # A client's own error says more than the stage's summary ("no key shares").
         why = {**state.left, **state.dropped, **failures, **state.suspects}
-        raise SecAggAbort(str(exc), stage, why) from None
+        raise SecAggAbort(_named(str(exc), transport), stage, why) from None
     excluded = {u: failures.get(u, why) for u, why in state.left.items()}
     for u in cid_list:
         if u not in state.routed and u not in excluded:
@@ -359,7 +382,8 @@ def _collect_masked(
         if reply.cid not in tasks:
             continue
         if not reply.ok:
-            state.dropped.setdefault(reply.cid, _first_line(reply.error or "failed"))
+            said = _named(_first_line(reply.error or "failed"), transport)
+            state.dropped.setdefault(reply.cid, said)
             continue
         res = reply.result
         masked = res.get("masked") if isinstance(res, Mapping) else None

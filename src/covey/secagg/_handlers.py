@@ -21,6 +21,7 @@ from covey.clients._client import register_builtin
 from covey.core._messages import Task
 from covey.secagg import _client_stages as cs
 from covey.secagg._dp import Noise
+from covey.secagg._params import MAX_CLIENTS
 from covey.secagg._ring import RangeError
 
 InputFn = Callable[[Any, Any], np.ndarray]
@@ -34,7 +35,6 @@ KINDS = (
     "secagg.unmask",
     "secagg.consistency",
 )
-MAX_CLIENTS = 1_000_000  # the most clients a run of the protocol can have (covey.secagg.plan)
 _INPUTS: dict[str, TaskInputFn] = {}
 _STATES: dict[int, cs.ClientState] = {}  # id(client) -> its state in the current run
 

@@ -31,6 +31,9 @@ from typing import Literal
 
 from covey.core._messages import plain
 
+MAX_CLIENTS = 1_000_000
+"""The most clients a run of the protocol can have (its ids and graphs are checked against it)."""
+
 SECURITY_BITS = 40
 CORRECTNESS_BITS = 20
 _EPS = 1e-14  # guards floor/ceil of rate * n against rounding in the insecure direction
@@ -174,8 +177,8 @@ def harary_parameters(n: int, threat: ThreatModel | None = None) -> tuple[int, i
         (12, 6)
     """
     threat = threat or ThreatModel()
-    if not 1 <= n <= 1_000_000:
-        raise ValueError(f"the number of clients must be in [1, 1000000], got {n}")
+    if not 1 <= n <= MAX_CLIENTS:
+        raise ValueError(f"the number of clients must be in [1, {MAX_CLIENTS}], got {n}")
     for k in range(2, n - 1, 2):
         t = _threshold_for(n, k, threat)
         if t is not None:
@@ -251,6 +254,10 @@ def plan(n: int, threat: ThreatModel | None = None, *, complete: bool | None = N
     threat = threat or ThreatModel()
     if n < 2:
         raise ValueError(f"secure aggregation needs at least 2 clients, got {n}")
+    if n > MAX_CLIENTS:  # the complete graph of as many would be n * (n - 1) edges
+        raise ValueError(
+            f"secure aggregation takes at most {MAX_CLIENTS:,} clients in a round, got {n:,}"
+        )
     if complete is None and n <= SMALL:
         complete = True
     if complete is not True:

@@ -282,6 +282,8 @@ def collect_signatures(
     The server keeps a signature of the right size (with the directory, one that
     verifies under the signer's name); a survivor without one stays in the sum
     (its masked input arrived) but is not asked to unmask, as in Bonawitz et al.
+    One that sent a malformed signature, or one the directory refutes, is also
+    a suspect (``state.suspects``), with why.
     """
     kept: dict[int, bytes] = {}
     for u in alive:
@@ -290,19 +292,22 @@ def collect_signatures(
         if u not in replies:
             failures.setdefault(u, "no survivor-list signature")
             continue
-        sig = replies[u].get("sig")
+        sig: Any = replies[u].get("sig")
+        why = None
         if not (isinstance(sig, bytes) and len(sig) == 64):
-            failures.setdefault(u, "a malformed survivor-list signature")
-            continue
-        if directory is not None:
+            why = "sent a malformed survivor-list signature"
+        elif directory is not None:
             name = state.names[u]
             message = survivors_message(state.session, u, name, state.keys[u], alive, dropped)
             try:
                 _crypto.verify(directory.get(name, b""), sig, message)
             except _crypto.CryptoError:
-                failures.setdefault(u, f"a survivor-list signature not by {name!r}")
-                continue
-        kept[u] = sig
+                why = f"sent a survivor-list signature not by {name!r}"
+        if why is not None:  # hostile or broken, not a dropout: named, as a false share is
+            failures.setdefault(u, why)
+            state.suspects.setdefault(u, why)
+        else:
+            kept[u] = sig
     return kept
 
 
