@@ -142,6 +142,19 @@ def test_multi_krum_averages_the_m_best_scores(seed: int, f: int, extra: int, m:
     )
 
 
+def test_multi_krum_with_m_past_n_minus_f_keeps_the_f_outliers_out() -> None:
+    # m = 10 of 5 updates averaged all five, the attacker's 1e6 included, without a word.
+    params = {"w": np.zeros(2)}
+    values = [1e6, 1.01, 1.02, 1.03, 1.04]
+    contributions = [
+        Contribution(cid, 1, weights={"w": np.full(2, v)}) for cid, v in enumerate(values)
+    ]
+    _, agg = run_round(multi_krum(1, 10), multi_krum(1, 10).init(params), 1, params, contributions)
+    assert agg is not None
+    assert agg.info["selected"] == [1, 2, 3, 4]
+    np.testing.assert_allclose(result(multi_krum(1, 10), params, contributions), np.full(2, 1.025))
+
+
 def bulyan_reference(x: np.ndarray, f: int) -> np.ndarray:
     """El Mhamdi et al.: theta = n - 2f by repeated Krum, then beta = theta - 2f near the median."""
     remaining = list(range(len(x)))

@@ -113,7 +113,8 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
 
     Args:
         f: The number of Byzantine clients to tolerate (needs ``n >= 2f + 3``).
-        m: How many updates to average (default ``n - f``; ``m = 1`` is Krum).
+        m: How many updates to average (default ``n - f``; ``m = 1`` is Krum); in
+            a round of fewer than ``m + f`` updates, the ``n - f`` best.
         weighted: Average the selected updates weighted by their number of examples
             instead of equally.
 
@@ -130,7 +131,8 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
         n = len(updates)
         _require(n, 2 * byzantine + 3, "multi_krum", byzantine)
-        count = n - byzantine if keep is None else min(keep, n)
+        # Never more than n - f: m past it would average the f it must leave out.
+        count = n - byzantine if keep is None else min(keep, n - byzantine)
         scores = krum_scores(pairwise_sq_distances(updates), n - byzantine - 2)
         chosen = np.argsort(scores, kind="stable")[:count]
         info = {"selected": sorted(cids[i] for i in chosen)}
