@@ -70,6 +70,60 @@ def test_load_weights_takes_big_endian_arrays_and_refuses_complex_ones() -> None
         np.testing.assert_array_equal(value, before[name])
 
 
+class Tied(nn.Module):
+    """``out`` shares ``inp``'s weight: one tensor under two state_dict names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, 3, bias=False)
+        self.out = nn.Linear(3, 3, bias=False)
+        self.out.weight = self.inp.weight
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: Any) -> Any:
+        return self.head(torch.relu(self.out(torch.relu(self.inp(x)))))
+
+
+def test_tied_weights_take_their_names_common_value_or_their_mean() -> None:
+    # Two different values for one tensor: the first name's was dropped without a word
+    # (a q8 or DP round aggregates each name on its own, so they do differ).
+    from covey.torch import load_weights
+
+    net = Tied()
+    source = to_weights(Tied(), copy=True)
+    load_weights(net, source)
+    for name, value in to_weights(net).items():
+        np.testing.assert_array_equal(value, source[name])
+    apart = dict(source, **{"inp.weight": source["out.weight"] + 1.0})
+    load_weights(net, apart)
+    shared = net.inp.weight.detach().numpy()
+    assert net.out.weight is net.inp.weight
+    np.testing.assert_allclose(shared, source["out.weight"] + 0.5, rtol=1e-6)
+
+
+def test_a_tied_model_trains_on_both_names_aggregates_under_q8() -> None:
+    from covey.torch import load_weights
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 16, 3, generator=g), torch.randint(0, 2, (3, 16), generator=g)
+
+    def client_fn(cid: int) -> TorchClient:
+        data = DataLoader(TensorDataset(x[cid], y[cid]), batch_size=8)
+        return TorchClient(
+            Tied(), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), data
+        )
+
+    torch.manual_seed(0)
+    run = covey.simulate(
+        client_fn, 3, 2, covey.FedAvg(), to_weights(Tied(), copy=True), compression="q8"
+    )
+    assert run.history.failures() == []
+    final = Tied()
+    load_weights(final, run.weights)
+    mean = (run.weights["inp.weight"].astype(np.float64) + run.weights["out.weight"]) / 2
+    np.testing.assert_allclose(final.inp.weight.detach().numpy(), mean, rtol=1e-6)
+
+
 def test_the_torch_proximal_term_of_a_float16_model_is_finite_and_differentiable() -> None:
     from covey import clients
 

@@ -165,6 +165,11 @@ def load_weights(module: Any, weights: Weights) -> None:
             written (``torch.arange(3).expand(4, 3)``); the module is then left
             unchanged. Other dtypes are cast to the module's (float64 weights
             into a float32 model, say).
+
+    A tensor the module lists under several names (tied weights,
+    ``out.weight = inp.weight``) takes the names' common value, or their mean
+    where they differ (each compressed or noised on its own), so that neither
+    name's aggregate is dropped.
     """
     torch = torch_module()
     state = module.state_dict(keep_vars=True)
@@ -190,8 +195,40 @@ def load_weights(module: Any, weights: Weights) -> None:
         _check_cast(name, np.asarray(weights[name]), target, torch)
     sources = to_state_dict(weights)
     with torch.no_grad():
-        for name, target in state.items():
-            target.copy_(sources[name])
+        for names in _tied(state):
+            target = state[names[0]]
+            target.copy_(_one_value([sources[n] for n in names], target, torch))
+
+
+def _tied(state: Mapping[str, Any]) -> list[list[str]]:
+    """The names of ``state``'s entries, grouped by the tensor they are (tied weights share one).
+
+    A model that ties two layers (``out.weight = inp.weight``) lists that one
+    tensor under both names; each is one group, in ``state``'s order.
+    """
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for name, tensor in state.items():
+        key: tuple[Any, ...] = (name,)  # a tensor of no memory is never tied
+        if tensor.numel():
+            key = (tensor.device, tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def _one_value(values: list[Any], target: Any, torch: Any) -> Any:
+    """What a tensor listed under several names takes from their values.
+
+    The value itself when they are equal (as clients send them, and as a linear
+    aggregate of such values stays); their mean when they differ (compression
+    or noise applied to each name on its own), so no name's aggregate is lost.
+    """
+    first = values[0]
+    if len(values) == 1 or all(torch.equal(first, v) for v in values[1:]):
+        return first
+    if not (target.is_floating_point() or target.is_complex()):
+        return first  # an integer tensor has no mean of its own kind: the first name's
+    wide = torch.complex128 if target.is_complex() else torch.float64
+    return torch.stack([v.to(wide) for v in values]).mean(dim=0)
 
 
 def _check_cast(name: str, array: np.ndarray[Any, Any], target: Any, torch: Any) -> None:
