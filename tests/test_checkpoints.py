@@ -153,3 +153,22 @@ def test_a_simulations_run_dir_keeps_its_final_model_as_the_docs_say(tmp_path: P
     with RunStore.open(tmp_path / "r") as store:
         weights, _, _ = store.load_round(3)
     assert all(np.array_equal(weights[n], result.weights[n]) for n in result.weights)
+
+
+def test_the_best_round_loads_as_the_simulation_guide_shows(tmp_path: Path) -> None:
+    # The guide passed best_round's (round, value) to load_round, which failed with
+    # "int() argument must be ... not 'tuple'".
+    from covey.server import RunStore
+
+    strategy = covey.FedAvg(fraction_evaluate=1.0)
+    run_dir = tmp_path / "r"
+    result = covey.simulate(
+        _client, 2, 3, strategy, logistic_init(64, 10), run_dir=run_dir, keep_last=None
+    )
+    best, value = result.history.best_round("accuracy", source="evaluate")
+    with RunStore.open(run_dir) as store:
+        weights, record, _ = store.load_round(best)
+        assert set(weights) == set(result.weights)
+        assert record is not None
+        with pytest.raises(TypeError, match=r"got the tuple \(\d+, .*best_round gives"):
+            store.load_round((best, value))  # type: ignore[arg-type]

@@ -515,6 +515,28 @@ def test_a_client_fn_returning_none_is_named(backend: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_client_fn_returning_the_client_class_is_named(backend: str) -> None:
+    # `lambda cid: PlusOne` (the call forgotten) was told to define fit(self, weights,
+    # config), which its class does: "type.fit(self, weights, config) cannot be called".
+    def client_fn(cid: int) -> Any:
+        return PlusOne if cid == 1 else PlusOne()
+
+    result = covey.simulate(
+        client_fn,
+        3,
+        2,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=1,
+    )
+    said = "client_fn(1) returned the class PlusOne, not a client: return an instance of it"
+    for rnd in (1, 2):
+        record = result.history.rounds[rnd]
+        assert [(f.cid, f.error) for f in record.fit_failures] == [(1, f"{said} (PlusOne(...))")]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

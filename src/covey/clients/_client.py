@@ -322,6 +322,13 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
         return Reply(cid, kind, error=f"unknown task kind {kind!r}")
     if client is None:  # the commonest slip: a client_fn without its return
         return Reply(cid, kind, error=f"client_fn({cid}) returned None, expected a covey.Client")
+    if isinstance(client, type):  # the next one: the class itself, its call forgotten
+        return Reply(
+            cid,
+            kind,
+            error=f"client_fn({cid}) returned the class {client.__name__}, not a client: "
+            f"return an instance of it ({client.__name__}(...))",
+        )
     method = _NEEDS.get(kind)
     if method is not None and not callable(getattr(client, method, None)):
         return Reply(cid, kind, error=_not_a_client(client, cid, method))
@@ -346,6 +353,7 @@ def fit_result(client: Any, cid: int, task: Task) -> FitResult | Reply:
     """
     if (
         client is None
+        or isinstance(client, type)
         or getattr(client, "writes_weights", False) is True
         or not callable(getattr(client, "fit", None))
     ):

@@ -334,6 +334,12 @@ class RunStore(RunRecords):
         """
         if round is None:  # load_round(last_round()) of a run that saved none
             raise KeyError(f"no round is saved yet in the run at {self._run_dir}")
+        given: object = round  # typed int, but called with what a caller has
+        if isinstance(given, tuple):  # load_round(history.best_round(...)), not unpacked
+            raise TypeError(
+                f"load_round takes a round number, got the tuple {given!r}: "
+                "best_round gives (round, value), so pass its first item"
+            )
         with self._db.reading() as conn:
             row = conn.execute(
                 "SELECT weights_file, sha256, record, server_state FROM rounds WHERE round = ?",
