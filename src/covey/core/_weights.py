@@ -356,15 +356,7 @@ def add(weights: Weights, delta: Weights) -> dict[str, Array]:
     Integers wrap around; a bool array counts modulo 2, so its delta is the mask of
     the entries that flip (``weights ^ delta``), as :func:`subtract` makes it.
     """
-    # asarray: a ufunc returns a scalar, not an array, for 0-d inputs.
-    return {
-        name: np.asarray(
-            np.logical_xor(value, delta[name])
-            if value.dtype.kind == "b"
-            else np.add(value, delta[name], dtype=value.dtype, casting="same_kind")
-        )
-        for name, value in weights.items()
-    }
+    return _per_array(np.add, weights, delta)
 
 
 def subtract(weights: Weights, other: Weights) -> dict[str, Array]:
@@ -376,14 +368,20 @@ def subtract(weights: Weights, other: Weights) -> dict[str, Array]:
     steps that take it check what they produce.
     """
     with np.errstate(over="ignore"):
-        return {
-            name: np.asarray(
-                np.logical_xor(value, other[name])
-                if value.dtype.kind == "b"
-                else np.subtract(value, other[name], dtype=value.dtype, casting="same_kind")
-            )
-            for name, value in weights.items()
-        }
+        return _per_array(np.subtract, weights, other)
+
+
+def _per_array(op: np.ufunc, weights: Weights, other: Weights) -> dict[str, Array]:
+    """``op(weights, other)`` per array in its dtype; for a bool array ``weights ^ other``."""
+    # asarray: a ufunc returns a scalar, not an array, for 0-d inputs.
+    return {
+        name: np.asarray(
+            np.logical_xor(value, other[name])
+            if value.dtype.kind == "b"
+            else op(value, other[name], dtype=value.dtype, casting="same_kind")
+        )
+        for name, value in weights.items()
+    }
 
 
 def global_norm(weights: Weights) -> float:
