@@ -261,6 +261,7 @@ def serve(
         run.end(exc, names)
         raise
     finally:
+        run.loop = None  # the loop's round callback holds the run: no cycle outlives it
         transport.close(goodbye)
         if run.store is not None:
             run.store.close()

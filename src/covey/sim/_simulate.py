@@ -411,8 +411,13 @@ def simulate(
         history_file = None if history_path is None else HistoryFile(history_path)
         callbacks: list[RoundCallback] = []
         stop_progress: Callable[[], None] | None = None
+        # The loop for round_done, emptied when the run ends: a loop whose callback held
+        # the loop itself would keep the run's last model and sums (and a process pool's
+        # handles) until the collector's next full pass, long after the run returned.
+        running: list[Loop] = []
 
         def round_done(record: RoundRecord) -> None:
+            loop = running[0]
             _count_bytes(counter, record)
             if clocked is not None and clocked.rounds and clocked.rounds[-1][0] == record.round:
                 record.aggregate_info["clock"] = clocked.now  # simulated seconds, as FedBuff's
@@ -441,6 +446,7 @@ def simulate(
                 )
             options = {"evaluate_fn": evaluate_fn, "seed": seed, "round_timeout": round_timeout}
             loop = _loop(strategy, loop_transport, checkpoint, options, round_done)
+            running.append(loop)
             loop.history.config = checkpoint.config
             with kept_history(loop.history, history_path):  # however the run ends
                 loop.run(rounds, start=checkpoint.start)
@@ -452,6 +458,7 @@ def simulate(
             checkpoint.end(exc)
             raise
         finally:
+            running.clear()
             _frozen.thaw()
             meta["ended"] = _dt.datetime.now(_dt.UTC).isoformat()
             try:

@@ -193,6 +193,10 @@ class _Session:
                     )
                 download = self._control(frame, result)
         finally:
+            # gRPC's error for a lost stream is the call itself, held by the frames of its
+            # traceback, this one among them: the model half received is let go now, not
+            # at the collector's next full pass, while the client reconnects.
+            download = None
             ended.set()
             self.close()
 

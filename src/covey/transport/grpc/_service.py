@@ -296,18 +296,13 @@ class FederationService:
             self.registry.event(conn.name, "refused", f"{exc} (peer {conn.peer})")
             self.registry.drop(conn, str(exc))
         except (grpc.RpcError, OSError) as exc:  # OSError: a data connection failed
-            cut_short = upload or (conn.upload if isinstance(exc, OSError) else None)
-            if cut_short is not None:
-                logger.log(
-                    logging.INFO if self.registry.closed else logging.WARNING,
-                    "client %s (%s): its stream failed in the middle of a reply (%d of %d "
-                    "bytes received): %s",
-                    conn.name,
-                    conn.peer,
-                    cut_short.filled,
-                    cut_short.size,
-                    str(exc) or CUT_OFF,
-                )
+            cut = upload or (conn.upload if isinstance(exc, OSError) else None)
+            if cut is not None:
+                level = logging.INFO if self.registry.closed else logging.WARNING
+                what = f"({cut.filled} of {cut.size} bytes received): {str(exc) or CUT_OFF}"
+                said = "client %s (%s): its stream failed in the middle of a reply %s"
+                logger.log(level, said, conn.name, conn.peer, what)
+            cut = None  # see below
         except Exception:
             logger.exception("reading from client %s failed", conn.name)
         upload = upload or conn.upload  # or the one a data connection cut short
@@ -317,6 +312,9 @@ class FederationService:
         self.registry.drop(conn, why, names_upload=broke is not None)
         if isinstance(broke, _ProtocolError) and broke.failed is not None:
             self.registry.route(*broke.failed, conn.name)
+        # gRPC's error for a dead connection sits in a reference cycle with its traceback's
+        # frames, this one among them: a reply cut short (model-sized) is let go now.
+        conn.upload = upload = None
 
     def _take(
         self,
