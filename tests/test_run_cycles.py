@@ -46,7 +46,7 @@ class _AddOne(covey.Client):
 
 def _loops() -> list[object]:
     """The round loops the collector tracks, reachable or not."""
-    return [o for o in gc.get_objects() if isinstance(o, RoundLoop | AsyncLoop)]
+    return [o for o in gc.get_objects() if type(o) in (RoundLoop, AsyncLoop)]
 
 
 @pytest.fixture
@@ -155,7 +155,7 @@ def test_a_reply_cut_off_by_a_lost_client_is_let_go_with_its_stream(no_collectio
         exchange.join(30)
         (reply,) = replies
         assert "in the middle of its reply (1048576 of 33554432 bytes" in (reply.error or "")
-        assert [u for u in gc.get_objects() if isinstance(u, Upload)] == []
+        assert [u for u in gc.get_objects() if type(u) is Upload] == []
         assert transport._service.budget.used == 0
     finally:
         raw.close()
@@ -197,4 +197,4 @@ def test_a_task_cut_off_by_a_lost_server_is_let_go_with_its_stream(no_collection
             connect(_AddOne(), f"127.0.0.1:{port}", insecure=True, max_attempts=1)
     finally:
         server.stop(None)
-    assert [d for d in gc.get_objects() if isinstance(d, Download)] == []
+    assert [d for d in gc.get_objects() if type(d) is Download] == []
