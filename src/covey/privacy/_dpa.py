@@ -8,31 +8,44 @@ run that never accounts a budget never pays for it.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
+import threading
 from types import ModuleType
+from typing import Any
 
 
-def lazy_module(name: str) -> ModuleType:
-    """``name`` as a module whose code runs when one of its attributes is first read.
+class LazyModule:
+    """A module imported by a plain ``import`` the first time one of its attributes is read.
+
+    Two threads reading the first attribute at once both get the whole module:
+    the import runs under Python's import lock. (``importlib.util.LazyLoader``
+    does not ensure that before Python 3.13: the second thread could read the
+    module half executed, ``AttributeError: module 'dp_accounting' has no
+    attribute 'LaplaceDpEvent'`` in two concurrent DP queries.)
 
     Args:
         name: An importable module name.
-
-    Returns:
-        The module (already the real one if something imported it before).
     """
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no module named {name!r}")
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, attr: str) -> Any:
+        """The module's attribute ``attr``, the module imported first if need be."""
+        module = self._module
+        if module is None:
+            with self._lock:
+                if self._module is None:
+                    self._module = importlib.import_module(self._name)
+                module = self._module
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        """``<lazy module 'name'>``, and whether it is loaded yet."""
+        state = "loaded" if self._module is not None else "not loaded yet"
+        return f"<lazy module {self._name!r}, {state}>"
 
 
-dpa = lazy_module("dp_accounting")
+dpa: Any = LazyModule("dp_accounting")

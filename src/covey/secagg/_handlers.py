@@ -5,13 +5,17 @@ SecAgg+ (``secagg.advertise``, ``secagg.share``, ``secagg.mask``,
 ``secagg.consistency``, run only with signed keys, and ``secagg.unmask``).
 Each handler decodes the server's message, calls the pure
 stage function of :mod:`._client_stages` and keeps the client's state for the
-next stage (in the process where the client lives, one run per client,
-dropped when the run ends, fails or a new one starts). What a client sums is
-computed by an *input function* registered under a name.
+next stage (in the process where the client lives, by run: a run's state is
+dropped when the run ends or fails in this client, or when the client starts
+more than :data:`RUNS_PER_CLIENT` newer runs, so that one site can answer two
+analysts' secure queries at once). What a client sums is computed by an *input
+function* registered under a name.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,7 +40,10 @@ KINDS = (
     "secagg.consistency",
 )
 _INPUTS: dict[str, TaskInputFn] = {}
-_STATES: dict[int, cs.ClientState] = {}  # id(client) -> its state in the current run
+RUNS_PER_CLIENT = 4
+"""Most runs a client keeps state for at once; a newer one drops the oldest."""
+_STATES: dict[int, OrderedDict[bytes, cs.ClientState]] = {}  # id(client) -> session -> state
+_LOCK = threading.Lock()  # clients of one process may run stages of two runs at once
 
 
 def register_input(kind: str, fn: InputFn) -> None:
@@ -95,7 +102,27 @@ def _check_kind(kind: object) -> None:
 
 def forget(client: Any) -> None:
     """Drop any protocol state kept for ``client`` (its secrets with it)."""
-    _STATES.pop(id(client), None)
+    with _LOCK:
+        _STATES.pop(id(client), None)
+
+
+def _keep(client: Any, state: cs.ClientState) -> None:
+    """Keep ``state`` for its run's next stage, dropping the client's oldest run past the cap."""
+    with _LOCK:
+        runs = _STATES.setdefault(id(client), OrderedDict())
+        runs[state.setup.session] = state
+        while len(runs) > RUNS_PER_CLIENT:
+            runs.popitem(last=False)
+
+
+def _drop(client: Any, session: object) -> None:
+    """Drop the client's state of run ``session``, if it has one."""
+    with _LOCK:
+        runs = _STATES.get(id(client))
+        if runs is not None and isinstance(session, bytes):
+            runs.pop(session, None)
+            if not runs:
+                del _STATES[id(client)]
 
 
 # -- the client side ---------------------------------------------------------------------
@@ -111,24 +138,28 @@ def _int_keys(table: Any, what: str) -> dict[int, Any]:
 
 
 def _state(client: Any, payload: Mapping[str, Any]) -> cs.ClientState:
-    state = _STATES.get(id(client))
-    if state is None:
+    session = payload.get("session")
+    with _LOCK:
+        runs = _STATES.get(id(client))
+        state = runs.get(session) if runs is not None and isinstance(session, bytes) else None
+    if runs is None:
         raise cs.ProtocolAbort(
             "no secure-aggregation run in progress: this client holds no keys of the round "
             "(it was rebuilt or restarted since it advertised them, e.g. its worker process "
             "died, or a simulation's client_cache is smaller than the clients of a round), "
             "so it drops out of the round"
         )
-    if state.setup.session != payload.get("session"):
+    if state is None:
         raise cs.ProtocolAbort(
-            "no secure-aggregation run in progress with this session: a newer run replaced it"
+            "no secure-aggregation run in progress with this session: it ended or failed in "
+            f"this client, or {RUNS_PER_CLIENT} newer runs replaced it"
         )
     return state
 
 
 def _advertise(client: Any, task: Task) -> dict[str, Any]:
     p = task.payload
-    _STATES.pop(id(client), None)
+    _drop(client, p.get("session"))  # a session id used again starts afresh
     setup = cs.Setup(
         session=p["session"],
         cid=int(p["cid"]),
@@ -143,7 +174,7 @@ def _advertise(client: Any, task: Task) -> dict[str, Any]:
     if p.get("signed") and identity is None:
         raise cs.ProtocolAbort("the server requires signed keys but this client has no identity")
     state, reply = cs.advertise(setup, identity)
-    _STATES[id(client)] = state
+    _keep(client, state)
     return reply
 
 
@@ -153,16 +184,16 @@ def _share(client: Any, task: Task) -> dict[str, Any]:
     try:
         state, reply = cs.share(state, keys, getattr(client, "secagg_identity", None))
     except cs.ProtocolAbort:
-        _STATES.pop(id(client), None)
+        _drop(client, state.setup.session)
         raise
-    _STATES[id(client)] = state
+    _keep(client, state)
     return reply
 
 
 def _mask(client: Any, task: Task) -> dict[str, Any]:
     p = task.payload
     state = _state(client, p)
-    _STATES.pop(id(client), None)  # back only if this stage succeeds
+    _drop(client, state.setup.session)  # back only if this stage succeeds
     fn = _input(str(p.get("input_kind")))
     if fn is None:
         raise cs.ProtocolAbort(f"no secure-sum input registered as {p.get('input_kind')!r}")
@@ -181,7 +212,7 @@ def _mask(client: Any, task: Task) -> dict[str, Any]:
         values[:entries] += draws
     sealed = _int_keys(p.get("shares"), "the shares")
     state, packed = cs.mask(state, sealed, values)
-    _STATES[id(client)] = state
+    _keep(client, state)
     return {"masked": np.frombuffer(packed, dtype=np.uint8)}
 
 
@@ -205,17 +236,17 @@ def _lists(p: Mapping[str, Any], what: str) -> tuple[list[int], list[int]]:
 def _consistency(client: Any, task: Task) -> dict[str, Any]:
     p = task.payload
     state = _state(client, p)
-    _STATES.pop(id(client), None)  # back only if this stage succeeds
+    _drop(client, state.setup.session)  # back only if this stage succeeds
     alive, dropped = _lists(p, "consistency-check request")
     state, reply = cs.consistency(state, alive, dropped, getattr(client, "secagg_identity", None))
-    _STATES[id(client)] = state
+    _keep(client, state)
     return reply
 
 
 def _unmask(client: Any, task: Task) -> dict[str, Any]:
     p = task.payload
     state = _state(client, p)
-    _STATES.pop(id(client), None)  # a run reveals at most once
+    _drop(client, state.setup.session)  # a run reveals at most once
     alive, dropped = _lists(p, "unmasking request")
     signatures = p.get("signatures")
     table = None if signatures is None else _int_keys(signatures, "the survivor-list signatures")
