@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -81,11 +83,39 @@ def test_unsupported_sql_is_refused_naming_the_clause_and_where(sql: str, words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
 
 
-@pytest.mark.parametrize("where", ["(" * 4000 + "age > 1" + ")" * 4000, "NOT " * 4000 + "age > 1"])
-def test_a_query_nested_too_deeply_is_refused_not_a_recursion_error(where: str) -> None:
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("(" * 4000 + "age > 1" + ")" * 4000, "parentheses nest more than 24 deep"),
+        ("NOT " * 4000 + "age > 1", "the query has more than 24 NOTs"),
+    ],
+)
+def test_a_query_nested_too_deeply_is_refused_not_a_recursion_error(where: str, said: str) -> None:
     sites = [Site({"patients": _frame(30)}, POLICY)]
-    with pytest.raises(QueryError, match="nests too deeply"):
+    with pytest.raises(QueryError, match=said):
         query(sites, "SELECT COUNT(*) FROM patients WHERE " + where, secure=False)  # noqa: S608
+
+
+def _deep(frames: int, call: Callable[[], Any]) -> Any:
+    """``call()`` made ``frames`` Python frames deeper than here (a notebook, an app)."""
+    return call() if frames == 0 else _deep(frames - 1, call)
+
+
+@pytest.mark.parametrize("frames", [0, 900])
+def test_how_deep_a_query_may_nest_is_one_bound_whatever_the_callers_stack(frames: int) -> None:
+    # The bound was Python's recursion limit inside the parser: about 41 parentheses or
+    # 96 NOTs from a shallow stack, fewer from a deep one, and 96 NOTs passed the
+    # server's check but not the sites' (whose handler frames left the parser less).
+    sites = [Site({"patients": _frame(30)}, POLICY) for _ in range(2)]
+    deepest = "NOT (" * 12 + "(" * 12 + "age > 1" + ")" * 24
+    most_nots = "NOT " * 12 + "NOT (" * 12 + "age > 1" + ")" * 12
+    for where in (deepest, most_nots):
+        sql = "SELECT COUNT(*) FROM patients WHERE " + where  # noqa: S608
+        got = _deep(frames, functools.partial(query, sites, sql, secure=False))
+        assert got.iloc[0, 0] == 60
+    sql = "SELECT COUNT(*) FROM patients WHERE " + "(" * 25 + "age > 1" + ")" * 25
+    with pytest.raises(QueryError, match="parentheses nest more than 24 deep at line 1, column 61"):
+        _deep(frames, lambda: plan(sql))
 
 
 def test_a_where_deeper_than_the_sites_sql_engine_reads_is_refused_before_any_site() -> None:

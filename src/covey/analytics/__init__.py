@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # the real imports load duckdb, pandas and sqlglot: only when
     from covey.analytics._policy import Policy, PolicyError
     from covey.analytics._query import query
     from covey.analytics._site import TASK_KIND, Site
-    from covey.analytics._sql import QueryError, plan
+    from covey.analytics._sql import plan
+    from covey.analytics._sqltext import QueryError
 
 _WHERE = {
     "Analyst": "_dp",
@@ -39,7 +40,7 @@ _WHERE = {
     "query": "_query",
     "TASK_KIND": "_site",
     "Site": "_site",
-    "QueryError": "_sql",
+    "QueryError": "_sqltext",
     "plan": "_sql",
 }
 

@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 
 from covey.analytics._sorted import Memo, SortedValues
-from covey.analytics._sql import fold
+from covey.analytics._sqltext import fold
 from covey.analytics._tables import columns, quote, table_name
 
 MAX_GROUPS = 100_000

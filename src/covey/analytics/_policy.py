@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from covey.analytics._sql import Plan, fold
+from covey.analytics._sql import Plan
+from covey.analytics._sqltext import fold
 
 MAX_DOMAIN = 1000
 _LISTS = ("tables", "columns", "min_max", "distinct")

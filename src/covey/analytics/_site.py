@@ -26,7 +26,8 @@ from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
 from covey.analytics._sorted import Memo
-from covey.analytics._sql import Plan, QueryError, fold, plan
+from covey.analytics._sql import Plan, plan
+from covey.analytics._sqltext import QueryError, fold
 from covey.analytics._tables import columns, load_tables
 from covey.analytics._withholding import noise_request, noise_suffices, withhold
 from covey.clients import Client

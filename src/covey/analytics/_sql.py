@@ -11,35 +11,17 @@ condition they have not checked.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
-from sqlglot.tokens import Token, Tokenizer, TokenType  # type: ignore[attr-defined]
 
-DIALECT = "duckdb"
-MAX_SQL = 20_000
+from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
+
 MAX_WHERE_DEPTH = 500  # how deep a WHERE may nest: DuckDB at the sites reads at most 1000
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def fold(name: str) -> str:
-    """A name as SQL compares it: ASCII letters in any case are one (``Age`` is ``age``).
-
-    DuckDB reads identifiers, quoted or not, this way; other letters (``Â``, ``â``)
-    stay distinct.
-
-    Example:
-        >>> fold("Age") == fold("AGE"), fold("Âge") == fold("âge")
-        (True, False)
-    """
-    return name.translate(_ASCII_LOWER)
-
-
-class QueryError(ValueError):
-    """A query that federated analytics refuses: malformed, unsupported, or forbidden."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,60 +141,7 @@ _TABLE_ARGS = {
 }
 
 
-class _Locator:
-    """Finds where a keyword or name first appears in the SQL text (line and column)."""
-
-    def __init__(self, sql: str) -> None:
-        self.sql = sql
-        try:
-            self.tokens: list[Token] = Tokenizer(dialect=DIALECT).tokenize(sql)
-        except TokenError:
-            self.tokens = []
-
-    def where(self, text: str) -> str:
-        """``" at line L, column C"`` of the first token starting with ``text``, or ''."""
-        word = text.upper()
-        for tok in self.tokens:
-            if tok.text.upper() == word or tok.text.upper().startswith(word + " "):
-                return self.at(tok.start)
-        pos = self.sql.upper().find(word)
-        return self.at(pos) if pos >= 0 else ""
-
-    def nth(self, text: str, n: int) -> str:
-        """Like :meth:`where` for the ``n``-th occurrence (1-based)."""
-        hits = [t for t in self.tokens if t.text.upper() == text.upper()]
-        return self.at(hits[n - 1].start) if len(hits) >= n else ""
-
-    def at(self, offset: int) -> str:
-        """``" at line L, column C"`` of a character offset."""
-        line = self.sql.count("\n", 0, offset) + 1
-        col = offset - (self.sql.rfind("\n", 0, offset) + 1) + 1
-        return f" at line {line}, column {col}"
-
-    def select_texts(self) -> list[str]:
-        """The text of each SELECT item as written (top-level commas split them)."""
-        items: list[list[Token]] = [[]]
-        depth, started = 0, False
-        for tok in self.tokens:
-            if tok.token_type == TokenType.SELECT and not started:
-                started = True
-                continue
-            if not started:
-                continue
-            if depth == 0 and tok.token_type == TokenType.FROM:
-                break
-            if tok.token_type == TokenType.L_PAREN:
-                depth += 1
-            elif tok.token_type == TokenType.R_PAREN:
-                depth -= 1
-            if depth == 0 and tok.token_type == TokenType.COMMA:
-                items.append([])
-                continue
-            items[-1].append(tok)
-        return [self.sql[t[0].start : t[-1].end + 1] if t else "" for t in items]
-
-
-def _literal(node: exp.Expression | None, what: str, loc: _Locator) -> float | int | str:
+def _literal(node: exp.Expression | None, what: str, loc: SqlText) -> float | int | str:
     value = node
     negative = False
     if isinstance(value, exp.Neg):
@@ -226,7 +155,7 @@ def _literal(node: exp.Expression | None, what: str, loc: _Locator) -> float | i
     return -number if negative else number
 
 
-def _column(node: exp.Expression | None, func: str, loc: _Locator) -> str:
+def _column(node: exp.Expression | None, func: str, loc: SqlText) -> str:
     if isinstance(node, exp.Column) and not node.table:
         return str(node.name)
     shown = node.sql(DIALECT) if node is not None else "nothing"
@@ -244,7 +173,7 @@ def _fname(node: Any) -> str:
     return str(node.key).upper()
 
 
-def _count(node: exp.Count, name: str, loc: _Locator) -> Aggregate:
+def _count(node: exp.Count, name: str, loc: SqlText) -> Aggregate:
     arg = node.this
     if isinstance(arg, exp.Distinct):
         raise QueryError(
@@ -256,7 +185,7 @@ def _count(node: exp.Count, name: str, loc: _Locator) -> Aggregate:
     return Aggregate(name, "count_col", _column(arg, "COUNT", loc))
 
 
-def _quantile(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
+def _quantile(node: exp.Expression, name: str, loc: SqlText) -> Aggregate:
     fname = _fname(node)
     col = _column(node.this, fname, loc)
     q = _literal(node.args.get("expression") or node.args.get("quantile"), fname, loc)
@@ -266,7 +195,7 @@ def _quantile(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
     return Aggregate(name, kind, col, (float(q),))
 
 
-def _top_k(node: exp.ApproxTopK, name: str, loc: _Locator) -> Aggregate:
+def _top_k(node: exp.ApproxTopK, name: str, loc: SqlText) -> Aggregate:
     col = _column(node.this, "APPROX_TOP_K", loc)
     k = _literal(node.expression, "APPROX_TOP_K", loc)
     if not isinstance(k, int) or not 1 <= k <= 100:
@@ -274,7 +203,7 @@ def _top_k(node: exp.ApproxTopK, name: str, loc: _Locator) -> Aggregate:
     return Aggregate(name, "top_k", col, (k,))
 
 
-def _histogram(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
+def _histogram(node: exp.Anonymous, name: str, loc: SqlText) -> Aggregate:
     args = node.expressions
     if len(args) != 4:
         raise QueryError(
@@ -293,7 +222,7 @@ def _histogram(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
     return Aggregate(name, "histogram", _column(args[0], "HISTOGRAM", loc), (low, high, bins))
 
 
-def _kaplan_meier(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
+def _kaplan_meier(node: exp.Anonymous, name: str, loc: SqlText) -> Aggregate:
     args = node.expressions
     if len(args) != 3:
         raise QueryError(
@@ -306,7 +235,7 @@ def _kaplan_meier(node: exp.Anonymous, name: str, loc: _Locator) -> Aggregate:
     return Aggregate(name, "kaplan_meier", time, (_column(args[1], "KAPLAN_MEIER", loc), step))
 
 
-def _aggregate(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
+def _aggregate(node: exp.Expression, name: str, loc: SqlText) -> Aggregate:
     fname = _fname(node)
     if isinstance(node, exp.Count):
         return _count(node, name, loc)
@@ -334,7 +263,7 @@ def _aggregate(node: exp.Expression, name: str, loc: _Locator) -> Aggregate:
     )
 
 
-def _check_where(where: exp.Expression, loc: _Locator) -> tuple[str, tuple[str, ...]]:
+def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, ...]]:
     columns: list[str] = []
     for node in where.walk():
         if isinstance(node, exp.Select | exp.Subquery):
@@ -355,11 +284,9 @@ def _check_where(where: exp.Expression, loc: _Locator) -> tuple[str, tuple[str, 
     return where.sql(DIALECT), tuple(dict.fromkeys(columns))
 
 
-def _parse(sql: str, loc: _Locator) -> exp.Select:
+def _parse(sql: str, loc: SqlText) -> exp.Select:
     if not isinstance(sql, str) or not sql.strip():
         raise QueryError("the query is empty")
-    if len(sql) > MAX_SQL:
-        raise QueryError(f"the query is {len(sql)} characters long; the limit is {MAX_SQL}")
     try:
         trees = sqlglot.parse(sql, read=DIALECT)
     except (ParseError, TokenError) as exc:
@@ -385,7 +312,7 @@ def _parse(sql: str, loc: _Locator) -> exp.Select:
     return tree
 
 
-def _table(tree: exp.Select, loc: _Locator) -> str:
+def _table(tree: exp.Select, loc: SqlText) -> str:
     source = tree.args.get("from_") or tree.args.get("from")
     if source is None:
         raise QueryError("the query has no FROM clause")
@@ -404,7 +331,7 @@ def _table(tree: exp.Select, loc: _Locator) -> str:
     return str(table.name)
 
 
-def _group_by(tree: exp.Select, loc: _Locator) -> list[str]:
+def _group_by(tree: exp.Select, loc: SqlText) -> list[str]:
     group_by: list[str] = []
     group = tree.args.get("group")
     if group is not None:
@@ -435,12 +362,26 @@ def plan(sql: str) -> Plan:
         >>> p.table, p.group_by, p.aggregates[0].func
         ('patients', ('sex',), 'avg')
     """
-    try:
-        return _plan(sql)
-    except RecursionError:  # sqlglot parses and prints recursively
-        raise QueryError(
-            "the query nests too deeply (parentheses, NOT or operators); simplify it"
-        ) from None
+    # On a thread of its own: the parser's frames, not the caller's (a notebook, a
+    # site's task handler), decide how deep a query may nest, the same everywhere.
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["plan"] = _plan(sql)
+        except RecursionError:  # sqlglot parses and prints recursively
+            box["error"] = QueryError(
+                "the query nests too deeply (parentheses, NOT or operators); simplify it"
+            )
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="covey-sql-plan", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box.pop("error")
+    return box["plan"]  # type: ignore[no-any-return]
 
 
 def _depth(node: exp.Expression) -> int:
@@ -454,7 +395,8 @@ def _depth(node: exp.Expression) -> int:
 
 
 def _plan(sql: str) -> Plan:
-    loc = _Locator(sql)
+    loc = SqlText(sql)
+    loc.check_nesting()
     tree = _parse(sql, loc)
     for key, (word, why) in _REFUSED_CLAUSES.items():
         if key in tree.args and tree.args.get(key):

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from covey.analytics._sql import fold
+from covey.analytics._sqltext import fold
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 SQLITE_PREFIX = "sqlite:///"

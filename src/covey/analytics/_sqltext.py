@@ -1,0 +1,114 @@
+"""The SQL text of a query as the analyst wrote it: its tokens, positions and nesting.
+
+What a refusal says about where a clause starts (line and column) comes from here,
+and so do the bounds on nesting checked before the query is parsed.
+"""
+
+from __future__ import annotations
+
+from sqlglot.errors import TokenError
+from sqlglot.tokens import Token, Tokenizer, TokenType  # type: ignore[attr-defined]
+
+DIALECT = "duckdb"
+MAX_SQL = 20_000
+# The parser recurses per parenthesis and NOT (34 of Python's 1000 frames for each
+# "NOT (" together): these bounds keep the deepest query covey answers within them.
+MAX_PARENS = 24
+MAX_NOTS = 24
+_OPENING = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE})
+_CLOSING = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE})
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold(name: str) -> str:
+    """A name as SQL compares it: ASCII letters in any case are one (``Age`` is ``age``).
+
+    DuckDB reads identifiers, quoted or not, this way; other letters (``Â``, ``â``)
+    stay distinct.
+
+    Example:
+        >>> fold("Age") == fold("AGE"), fold("Âge") == fold("âge")
+        (True, False)
+    """
+    return name.translate(_ASCII_LOWER)
+
+
+class QueryError(ValueError):
+    """A query that federated analytics refuses: malformed, unsupported, or forbidden."""
+
+
+class SqlText:
+    """Finds where a keyword or name first appears in the SQL text (line and column)."""
+
+    def __init__(self, sql: str) -> None:
+        """Tokenize ``sql`` (refused past :data:`MAX_SQL` characters, before it is read)."""
+        if isinstance(sql, str) and len(sql) > MAX_SQL:
+            raise QueryError(f"the query is {len(sql)} characters long; the limit is {MAX_SQL}")
+        self.sql = sql
+        try:
+            self.tokens: list[Token] = Tokenizer(dialect=DIALECT).tokenize(sql)
+        except TokenError:
+            self.tokens = []
+
+    def where(self, text: str) -> str:
+        """``" at line L, column C"`` of the first token starting with ``text``, or ''."""
+        word = text.upper()
+        for tok in self.tokens:
+            if tok.text.upper() == word or tok.text.upper().startswith(word + " "):
+                return self.at(tok.start)
+        pos = self.sql.upper().find(word)
+        return self.at(pos) if pos >= 0 else ""
+
+    def nth(self, text: str, n: int) -> str:
+        """Like :meth:`where` for the ``n``-th occurrence (1-based)."""
+        hits = [t for t in self.tokens if t.text.upper() == text.upper()]
+        return self.at(hits[n - 1].start) if len(hits) >= n else ""
+
+    def at(self, offset: int) -> str:
+        """``" at line L, column C"`` of a character offset."""
+        line = self.sql.count("\n", 0, offset) + 1
+        col = offset - (self.sql.rfind("\n", 0, offset) + 1) + 1
+        return f" at line {line}, column {col}"
+
+    def check_nesting(self) -> None:
+        """Refuse parentheses nested past :data:`MAX_PARENS` or more NOTs than :data:`MAX_NOTS`."""
+        depth = nots = 0
+        for tok in self.tokens:
+            if tok.token_type in _OPENING:
+                depth += 1
+                if depth > MAX_PARENS:
+                    raise QueryError(
+                        f"parentheses nest more than {MAX_PARENS} deep{self.at(tok.start)}; "
+                        "simplify the query"
+                    )
+            elif tok.token_type in _CLOSING:
+                depth -= 1
+            elif tok.token_type == TokenType.NOT:
+                nots += 1
+                if nots > MAX_NOTS:
+                    raise QueryError(
+                        f"the query has more than {MAX_NOTS} NOTs (NOT number {nots}"
+                        f"{self.at(tok.start)}); simplify it"
+                    )
+
+    def select_texts(self) -> list[str]:
+        """The text of each SELECT item as written (top-level commas split them)."""
+        items: list[list[Token]] = [[]]
+        depth, started = 0, False
+        for tok in self.tokens:
+            if tok.token_type == TokenType.SELECT and not started:
+                started = True
+                continue
+            if not started:
+                continue
+            if depth == 0 and tok.token_type == TokenType.FROM:
+                break
+            if tok.token_type == TokenType.L_PAREN:
+                depth += 1
+            elif tok.token_type == TokenType.R_PAREN:
+                depth -= 1
+            if depth == 0 and tok.token_type == TokenType.COMMA:
+                items.append([])
+                continue
+            items[-1].append(tok)
+        return [self.sql[t[0].start : t[-1].end + 1] if t else "" for t in items]
