@@ -199,4 +199,16 @@ def test_a_mechanism_without_epsilon_is_refused_not_ignored() -> None:
         env={"COLUMNS": "250"},
     )
     assert result.exit_code == 2
-    assert "give --epsilon too" in result.output
+    assert "mechanism 'gaussian' applies to a DP query only: give an epsilon too" in result.output
+
+
+def test_a_mechanism_without_epsilon_is_refused_in_python_too() -> None:
+    # query(..., mechanism="gaussian") without epsilon answered the exact count.
+    policy = Policy(min_group_size=1)
+    two = sites([np.arange(20.0), np.arange(5.0)], policy)
+    for secure in (False, True):
+        with pytest.raises(ValueError, match="mechanism 'gaussian' applies to a DP query only"):
+            query(two, "SELECT COUNT(*) FROM p", secure=secure, mechanism="gaussian")
+    assert query(two, "SELECT COUNT(*) FROM p", secure=False).iloc[0, 0] == 25.0
+    noisy = query(two, "SELECT COUNT(*) FROM p", secure=False, epsilon=1.0)
+    assert noisy.attrs["privacy"]["mechanism"] == "laplace"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,19 @@ def test_demo_out_in_a_missing_folder_is_refused_before_the_run(
     code, said, err = _in_process("demo", "--run-dir", "r", "--out", "no/such/m.safetensors")
     assert code == 2, said + err
     assert "--out no/such/m.safetensors: the folder no/such does not exist" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_demo_out_that_is_a_pipe_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model is renamed into place: over a pipe or a device, the node itself went.
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("pipe")
+    code, said, err = _in_process("demo", "--run-dir", "r", "--out", "pipe")
+    assert code == 2, said + err
+    assert "--out pipe is not a regular file (a device, a pipe); give a file name" in err
+    assert stat.S_ISFIFO(os.stat("pipe").st_mode)
     assert not (tmp_path / "r").exists()
 
 

@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from covey.core._files import hold_lock
+from covey.core._files import hold_lock, write_output
 from covey.deploy._cli_options import ServerName
 from covey.deploy._cli_tables import output_console
 
@@ -330,12 +330,7 @@ def query_command(
     output_file(port_file, "--port-file")
     output_file(json_out, "--json")
     try:  # everything that can be checked is, before a site waits on this server
-        check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism or "laplace")
-        if mechanism is not None and epsilon is None:  # it would be ignored without a word
-            raise ValueError(
-                f"--mechanism {mechanism}: a noise mechanism applies to a DP query; "
-                "give --epsilon too"
-            )
+        check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
         tls = tls_from_dir(certs) if certs is not None else None
         _check_seconds(timeout=timeout, wait_timeout=wait_timeout)
@@ -360,9 +355,7 @@ def query_command(
     code, goodbye = 0, "the query is answered"
     try:
         if port_file is not None:
-            tmp = port_file.with_name(port_file.name + ".tmp")
-            tmp.write_text(str(transport.port))
-            tmp.replace(port_file)
+            write_output(port_file, str(transport.port))
         errors.print(f"waiting for {sites} site(s) on port {transport.port}")
         if not transport.wait_for_clients(sites, wait_timeout):
             raise TimeoutError(
@@ -374,12 +367,12 @@ def query_command(
             sql,
             secure=secure,
             epsilon=epsilon,
-            mechanism=mechanism or "laplace",
+            mechanism=mechanism,
             timeout=timeout,
         )
         print_table(result_table(df, sql), console)
         if json_out is not None:
-            json_out.write_text(answer_json(df, sql))
+            write_output(json_out, answer_json(df, sql))
     except (ValueError, PermissionError, RuntimeError, TimeoutError) as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         code = 1

@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 
 from covey.analytics import _dp
-from covey.analytics._sql import Plan, QueryError, plan
+from covey.analytics._sql import Plan, plan
+from covey.analytics._sqltext import QueryError
 
 DISTINCT_BUCKETS = 1 << 16
 """The buckets of ``APPROX_COUNT_DISTINCT`` (linear counting)."""
@@ -17,7 +18,7 @@ def check_query(
     *,
     secure: bool = True,
     epsilon: float | None = None,
-    mechanism: str = "laplace",
+    mechanism: str | None = None,
     delta: float = 1e-6,
     precision: float | None = None,
     analyst: object = None,
@@ -28,7 +29,7 @@ def check_query(
         sql: The SELECT (see :func:`query`).
         secure: Whether answers go through secure aggregation.
         epsilon: The DP budget of the query, or None.
-        mechanism: ``"laplace"`` or ``"gaussian"``.
+        mechanism: ``"laplace"`` (None: the default) or ``"gaussian"``; DP only.
         delta: The delta the epsilon is accounted at.
         precision: The absolute precision of quantiles, or None.
         analyst: The :class:`Analyst` charged, or None.
@@ -41,8 +42,11 @@ def check_query(
         ValueError: An option is not valid.
     """
     p = plan(sql)
-    if mechanism not in _dp.MECHANISMS:
+    if mechanism is not None and mechanism not in _dp.MECHANISMS:
         raise ValueError(f"mechanism must be one of {_dp.MECHANISMS}, got {mechanism!r}")
+    if mechanism is not None and epsilon is None:  # it would be ignored without a word
+        raise ValueError(f"mechanism {mechanism!r} applies to a DP query only: give an epsilon too")
+    mechanism = "laplace" if mechanism is None else mechanism
     if epsilon is not None and (
         isinstance(epsilon, bool)
         or not isinstance(epsilon, int | float)

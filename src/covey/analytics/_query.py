@@ -33,7 +33,8 @@ from covey.analytics._compute import MAX_GROUPS
 from covey.analytics._exchange import Federation, StageResult, transport_for
 from covey.analytics._options import DISTINCT_BUCKETS, check_query
 from covey.analytics._site import ROW_CAP, fixed_point_scale, secure_bound, sensitivity
-from covey.analytics._sql import Aggregate, Plan, QueryError
+from covey.analytics._sql import Aggregate, Plan
+from covey.analytics._sqltext import QueryError
 from covey.analytics._stats import (
     BISECT_BINS,
     DP_BISECT_BINS,
@@ -401,7 +402,7 @@ def query(
     secure: bool = True,
     epsilon: float | None = None,
     delta: float = 1e-6,
-    mechanism: str = "laplace",
+    mechanism: str | None = None,
     precision: float | None = None,
     timeout: float | None = None,
     threat: Any = None,
@@ -418,7 +419,7 @@ def query(
         epsilon: The DP budget of this query (None: no noise). Each site adds its
             share of the noise and charges its own budget.
         delta: The delta the epsilon is accounted at.
-        mechanism: ``"laplace"`` or ``"gaussian"``.
+        mechanism: ``"laplace"`` (None: the default) or ``"gaussian"``; with ``epsilon`` only.
         precision: Absolute precision of quantiles (default: a millionth of the bounds' range).
         timeout: Seconds to wait for the sites at each stage (None: no limit).
         threat: A :class:`covey.secagg.ThreatModel` for secure aggregation.
@@ -459,6 +460,7 @@ def query(
         or not (timeout > 0 and math.isfinite(timeout))
     ):
         raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout!r}")
+    mechanism = "laplace" if mechanism is None else mechanism
     transport, owned = transport_for(sites_or_server)
     try:
         fed = Federation(transport, timeout, threat)

@@ -101,7 +101,7 @@ def demo(
         fail(f"--start-method {start_method}: {exc}")
     if not (math.isfinite(lr) and lr > 0):
         fail(f"--lr {lr}: the learning rate must be a number above 0")
-    output_file(out, "--out")
+    output_file(out, "--out", device=False)
     most = len(load_digits(seed=seed).y_train) // 2
     if clients > most:
         fail(

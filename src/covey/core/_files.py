@@ -12,6 +12,7 @@ is then synced so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -87,6 +88,38 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o
             exc.filename = str(path)  # a failed write or fsync names no file on its own
         raise
     fsync_dir(path.parent)
+
+
+def write_output(path: str | Path, data: bytes | str) -> None:
+    """Write a file the user named: atomically (:func:`atomic_write`) unless it is a device.
+
+    A device or a pipe (``/dev/null``, ``/dev/stdout``, a named pipe; links to
+    one followed) is written into as it is: a rename over it would put a file
+    in its place, and ``--port-file /dev/null`` run as root left ``/dev/null`` a
+    regular file for every other program on the machine.
+
+    Raises:
+        OSError: naming ``path``, if it cannot be written; a pipe no process
+            reads is refused at once, not waited on.
+    """
+    try:
+        facts = os.stat(path)
+    except FileNotFoundError:
+        facts = None
+    if facts is None or stat.S_ISREG(facts.st_mode):
+        atomic_write(path, data)
+        return
+    if stat.S_ISDIR(facts.st_mode):
+        raise IsADirectoryError(f"{path} is a folder; give a file name")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # what a pipe without a reader says
+            raise OSError(exc.errno, "a named pipe that no process reads", str(path)) from None
+        raise
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _settle(path: Path, mode: int) -> None:

@@ -170,7 +170,7 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
 def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     """Serve the app with the console reporting, then say how the run ended."""
     import covey
-    from covey.core._files import atomic_write
+    from covey.core._files import write_output
     from covey.deploy._console import ServerConsole
     from covey.deploy._server import serve
     from covey.transport.grpc._listen import ListenError
@@ -188,7 +188,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         shown.line(f"covey server listening on port {port} (run folder {run})")
         shown.waiting()  # before the port file: clients that read it have not joined yet
         if port_file is not None:
-            atomic_write(port_file, str(port))
+            write_output(port_file, str(port))
 
     plot = bool(s.get("plot", True)) if flags["plot"] is None else bool(flags["plot"])
     try:

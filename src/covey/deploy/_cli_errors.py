@@ -226,11 +226,12 @@ def port_number(value: Any, flag: str) -> int | None:
     return port  # type: ignore[no-any-return]
 
 
-def output_file(path: Path | None, flag: str) -> Path | None:
+def output_file(path: Path | None, flag: str, *, device: bool = True) -> Path | None:
     """``path`` of ``flag``, a file the command will write, checked: its folder exists.
 
     Checked before anything starts, so that a run is not made and then stopped
-    by a file it cannot write. None passes.
+    by a file it cannot write. None passes. With ``device=False`` an existing
+    device or pipe is refused too (a file that is only ever renamed into place).
     """
     if path is None:
         return None
@@ -239,6 +240,8 @@ def output_file(path: Path | None, flag: str) -> Path | None:
         fail(f"{flag} {path}: the folder {folder} does not exist")
     if path.is_dir():
         fail(f"{flag} {path} is a folder; give a file name")
+    if not device and path.exists() and not path.is_file():
+        fail(f"{flag} {path} is not a regular file (a device, a pipe); give a file name")
     return path
 
 
