@@ -386,6 +386,12 @@ def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
     return dims
 
 
+def count_where(con: Any, table: str, where: str) -> int:
+    """The rows of ``table`` that the checked condition ``where`` keeps (DuckDB binds it)."""
+    row = con.execute(f"SELECT COUNT(*) FROM {table_name(table)} WHERE {where}").fetchone()  # noqa: S608
+    return int(row[0])
+
+
 def compute(
     con: duckdb.DuckDBPyConnection,
     table: str,

@@ -13,15 +13,15 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
 
 from covey.analytics import _dp
-from covey.analytics._compute import Computed, clip_columns, compute
+from covey.analytics._compute import Computed, clip_columns, compute, count_where
 from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
@@ -34,6 +34,8 @@ from covey.clients import Client
 from covey.clients._client import register_builtin
 from covey.core import Task
 from covey.secagg._handlers import register_builtin_input
+
+_T = TypeVar("_T")
 
 TASK_KIND = "analyze"
 SECURE_INPUT = "covey.analytics.answer"
@@ -270,8 +272,15 @@ class Site(Client):
         return policy, p
 
     def describe(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Check a query and declare what the server needs to plan it (bounds, domains)."""
-        policy, _ = self._check(request)
+        """Check a query and declare what the server needs to plan it (bounds, domains).
+
+        A WHERE this site's DuckDB cannot run on its table (a literal of another
+        type than the column here) is refused now, as a column of the wrong type
+        in SELECT is, rather than failing the query's first stage for every site.
+        """
+        policy, p = self._check(request)
+        if p.where is not None:
+            self._duckdb(lambda con: count_where(con, p.table, p.where), p)
         reply = {"site": self.name, **policy.describe(), "spent": self.budget.spent}
         first = request.get("first")
         if isinstance(first, Mapping):  # would the whole query fit in the budget?
@@ -371,11 +380,18 @@ class Site(Client):
         at once (a federation's stages in threads, two analysts' queries) then
         neither fail nor read each other's results.
         """
+        return self._duckdb(
+            lambda con: compute(
+                con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted
+            ),
+            p,
+        )
+
+    def _duckdb(self, run: Callable[[Any], _T], p: Plan) -> _T:
+        """``run(cursor)`` on a cursor of its own; a DuckDB error: a refusal that quotes no row."""
         try:
             with self._con.cursor() as con:
-                return compute(
-                    con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted
-                )
+                return run(con)
         except duckdb.Error as exc:
             # DuckDB's message may quote a row's value (a failed cast): name only its kind
             kind = type(exc).__name__.removesuffix("Exception") or "Error"

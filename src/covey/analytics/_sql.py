@@ -11,6 +11,7 @@ condition they have not checked.
 from __future__ import annotations
 
 import math
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -185,8 +186,7 @@ def _count(node: exp.Count, name: str, loc: SqlText) -> Aggregate:
     return Aggregate(name, "count_col", _column(arg, "COUNT", loc))
 
 
-def _quantile(node: exp.Expression, name: str, loc: SqlText) -> Aggregate:
-    fname = _fname(node)
+def _quantile(node: exp.Expression, name: str, loc: SqlText, fname: str) -> Aggregate:
     col = _column(node.this, fname, loc)
     q = _literal(node.args.get("expression") or node.args.get("quantile"), fname, loc)
     if isinstance(q, str) or not 0.0 <= q <= 1.0:
@@ -235,8 +235,12 @@ def _kaplan_meier(node: exp.Anonymous, name: str, loc: SqlText) -> Aggregate:
     return Aggregate(name, "kaplan_meier", time, (_column(args[1], "KAPLAN_MEIER", loc), step))
 
 
-def _aggregate(node: exp.Expression, name: str, loc: SqlText) -> Aggregate:
+def _aggregate(node: exp.Expression, name: str, loc: SqlText, written: str) -> Aggregate:
+    """The aggregate of SELECT item ``node`` named ``name``, written ``written`` in the query."""
     fname = _fname(node)
+    head = written.split("(", 1)[0].strip()
+    if isinstance(node, exp.Func) and "(" in written and head.replace("_", "").isalnum():
+        fname = head.upper()  # as the query spells it (QUANTILE_CONT, not PERCENTILE_CONT)
     if isinstance(node, exp.Count):
         return _count(node, name, loc)
     for cls, func in _SIMPLE.items():
@@ -246,7 +250,7 @@ def _aggregate(node: exp.Expression, name: str, loc: SqlText) -> Aggregate:
                 return Aggregate(name, "quantile_cont", col, (0.5,))
             return Aggregate(name, func, col)
     if isinstance(node, exp.PercentileCont | exp.PercentileDisc | exp.Quantile):
-        return _quantile(node, name, loc)
+        return _quantile(node, name, loc, fname)
     if isinstance(node, exp.ApproxTopK):
         return _top_k(node, name, loc)
     if isinstance(node, exp.Anonymous) and fname == "HISTOGRAM":
@@ -255,11 +259,29 @@ def _aggregate(node: exp.Expression, name: str, loc: SqlText) -> Aggregate:
         return _kaplan_meier(node, name, loc)
     if isinstance(node, exp.Window):
         raise QueryError(f"window functions (OVER){loc.where('OVER')} are not supported")
+    what = f"the function {fname}" if isinstance(node, exp.Func) else written
+    first = written.split("(", 1)[0].split()[0] if written.strip() else fname
     raise QueryError(
-        f"the function {fname}{loc.where(fname)} is not supported in federated analytics; "
-        "supported: COUNT, SUM, AVG, VAR_SAMP/VAR_POP/VARIANCE, STDDEV_SAMP/STDDEV_POP/STDDEV, "
-        "MIN, MAX, MEDIAN, QUANTILE_CONT, QUANTILE_DISC, HISTOGRAM, APPROX_COUNT_DISTINCT, "
-        "APPROX_TOP_K, KAPLAN_MEIER"
+        f"{what}{loc.where(first)} is not supported in federated analytics: each SELECT "
+        "item is a GROUP BY column or one of COUNT, SUM, AVG, VAR_SAMP/VAR_POP/VARIANCE, "
+        "STDDEV_SAMP/STDDEV_POP/STDDEV, MIN, MAX, MEDIAN, QUANTILE_CONT, QUANTILE_DISC, "
+        "HISTOGRAM, APPROX_COUNT_DISTINCT, APPROX_TOP_K, KAPLAN_MEIER over a column"
+    )
+
+
+_TYPED = frozenset({"DATE", "TIME", "TIMESTAMP", "TIMESTAMPNTZ", "TIMESTAMPTZ"})
+
+
+def _typed_literal(node: Any) -> bool:
+    """Whether ``node`` is part of a date or time literal (``DATE '2024-01-31'``)."""
+    cast = node.parent if isinstance(node, exp.DataType) else node
+    return (
+        type(cast) is exp.Cast
+        and isinstance(cast.this, exp.Literal)
+        and cast.this.is_string
+        and isinstance(cast.to, exp.DataType)
+        and not cast.to.expressions
+        and cast.to.this.name in _TYPED
     )
 
 
@@ -268,14 +290,14 @@ def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, .
     for node in where.walk():
         if isinstance(node, exp.Select | exp.Subquery):
             raise QueryError(f"subqueries in WHERE{loc.nth('SELECT', 2)} are not supported")
-        if not isinstance(node, _WHERE_NODES):
+        if not isinstance(node, _WHERE_NODES) and not _typed_literal(node):
             label = node.key.upper()
             if isinstance(node, exp.Func):
                 label = _fname(node)
             raise QueryError(
-                f"{label}{loc.where(label)} is not allowed in WHERE; use comparisons "
-                "(=, <>, <, <=, >, >=), BETWEEN, IN, LIKE, IS [NOT] NULL, AND, OR, NOT "
-                "and + - * / on columns and literals"
+                f"{label}{loc.where(label) or loc.where('WHERE')} is not allowed in WHERE; use "
+                "comparisons (=, <>, <, <=, >, >=), BETWEEN, IN, LIKE, IS [NOT] NULL, AND, OR, "
+                "NOT and + - * / on columns and literals (DATE '2024-01-31' among them)"
             )
         if isinstance(node, exp.Column):
             if node.table:
@@ -293,9 +315,12 @@ def _parse(sql: str, loc: SqlText) -> exp.Select:
         errors = getattr(exc, "errors", None) or []
         if errors:
             first = errors[0]
+            said = str(first.get("description"))
+            missing = re.match(r"Required keyword: '\w+' missing for <class '[\w.]*?(\w+)'>", said)
+            if missing is not None:  # sqlglot's words for a clause with nothing after it
+                said = f"{missing.group(1).upper()} is incomplete"
             raise QueryError(
-                f"malformed SQL at line {first.get('line')}, column {first.get('col')}: "
-                f"{first.get('description')}"
+                f"malformed SQL at line {first.get('line')}, column {first.get('col')}: {said}"
             ) from None
         raise QueryError(f"malformed SQL: {exc}") from None
     trees = [t for t in trees if t is not None]
@@ -394,13 +419,21 @@ def _depth(node: exp.Expression) -> int:
     return deepest
 
 
+def _refuse_clauses(tree: exp.Select, loc: SqlText) -> None:
+    """Refuse the first clause of :data:`_REFUSED_CLAUSES` the query has, saying where."""
+    for key, (word, why) in _REFUSED_CLAUSES.items():
+        if key in tree.args and tree.args.get(key):
+            at = loc.where(word.split()[0])
+            if not at and key == "joins":  # FROM t, u: a join without the word
+                raise QueryError(f"FROM{loc.where('FROM')} names more than one table, and {why}")
+            raise QueryError(f"{word}{at}: {why}")
+
+
 def _plan(sql: str) -> Plan:
     loc = SqlText(sql)
     loc.check_nesting()
     tree = _parse(sql, loc)
-    for key, (word, why) in _REFUSED_CLAUSES.items():
-        if key in tree.args and tree.args.get(key):
-            raise QueryError(f"{word}{loc.where(word.split()[0])}: {why}")
+    _refuse_clauses(tree, loc)
     table = _table(tree, loc)
     group_by = _group_by(tree, loc)
     where = tree.args.get("where")
@@ -425,7 +458,7 @@ def _plan(sql: str) -> Plan:
             continue
         text = texts[i] if i < len(texts) and texts[i] else node.sql(DIALECT)
         name = str(alias) if alias else text.strip()
-        aggregates.append(_aggregate(node, name, loc))
+        aggregates.append(_aggregate(node, name, loc, text.strip()))
     if not aggregates:
         raise QueryError("the query has no aggregate; row-level output is not supported")
     names = [a.name for a in aggregates]
