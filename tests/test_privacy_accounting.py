@@ -109,6 +109,8 @@ def test_ledger_is_json_and_composes_like_dp_accounting() -> None:
         {"accountant": "rdp", "entries": [[{"type": "os.system", "x": 1}, 1]]},
         {"accountant": "rdp", "entries": [[{"type": "GaussianDpEvent"}, 1]]},
         {"accountant": "rdp", "entries": [[{"type": "GaussianDpEvent", "noise_multiplier": 1}, 0]]},
+        # refused by dp-accounting's own words ("eps must be > 0. Got -1.0"), naming nothing
+        {"accountant": "rdp", "entries": [[{"type": "LaplaceDpEvent", "noise_multiplier": -1}, 1]]},
         {"accountant": "magic", "entries": []},
         {"accountant": "rdp", "entries": "nope"},
     ],

@@ -93,10 +93,10 @@ def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
             value = [event_from_json(v, _depth + 1) if isinstance(v, dict) else v for v in value]
             if not all(isinstance(v, dpa.DpEvent) or _number(v) for v in value):
                 raise ValueError(f"privacy ledger event {data['type']}: bad {attribute.name!r}")
-        elif not _number(value):
+        elif not _number(value) or value < 0:  # every parameter of a DP event is 0 or more
             raise ValueError(
                 f"privacy ledger event {data['type']}: {attribute.name!r} must be a number, "
-                f"got {value!r}"
+                f"0 or more, got {value!r}"
             )
         kwargs[attribute.name] = value
     return cls(**kwargs)
