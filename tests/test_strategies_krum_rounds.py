@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,14 +51,17 @@ def run(
         (lambda **kw: covey.Bulyan(f=1, **kw), "Bulyan with f=1 needs at least 4f+3 = 7"),
     ],
 )
+@pytest.mark.parametrize("saved", [False, True])
 def test_a_round_with_too_few_eligible_clients_says_so_once_and_trains_none(
-    make: Any, said: str, caplog: pytest.LogCaptureFixture
+    make: Any, said: str, saved: bool, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     # where= leaves 6 of 9 clients; the rule needs 7. Each round used to train the 6
-    # and log an aggregation failure.
+    # and log an aggregation failure; with a run folder it still did (the checkpoint's
+    # wrapper of the rule hid its need).
     strategy = make(where={"big": True}, fraction_evaluate=0.0)
+    options = {"run_dir": tmp_path / "run"} if saved else {}
     with caplog.at_level(logging.WARNING, logger="covey"):
-        result, fits = run(strategy, 9)
+        result, fits = run(strategy, 9, **options)
     assert fits == []
     expected = f"{said} clients per round, but only 6 clients pass where="
     for rnd in range(1, ROUNDS + 1):
@@ -117,3 +121,26 @@ def test_a_fraction_below_the_rules_need_is_no_longer_refused_at_start() -> None
     result, _ = run(strategy, 10)
     assert [len(r.fit_participants) for r in result.history.rounds[1:]] == [5] * ROUNDS
     assert all(r.aggregated for r in result.history.rounds[1:])
+
+
+def test_a_served_round_with_fewer_clients_than_krum_needs_trains_none(tmp_path: Path) -> None:
+    # Served with a run folder, Krum(f=1) and 4 clients: the server warned that such a
+    # round trains none, yet each round trained all 4 and then failed to aggregate.
+    from _live import Joined, Served
+
+    fits: list[tuple[int, int]] = []
+    strategy = covey.Krum(f=1, min_available_clients=4, fraction_evaluate=0.0)
+    served = Served(strategy, ROUNDS, run_dir=tmp_path / "run", initial_weights={"w": np.zeros(2)})
+    clients = [Joined(served.port, Tagged(k, fits), name=f"site-{k}") for k in range(4)]
+    result = served.join(90)
+    for client in clients:
+        client.join()
+    assert fits == []
+    for rnd in range(1, ROUNDS + 1):
+        record = result.history.rounds[rnd]
+        assert record.fit_participants == []
+        assert (
+            "Krum with f=1 needs at least 2f+3 = 5 clients per round, but only 4"
+            in (record.aggregate_info["error"])
+        )
+    assert result.weights["w"].tolist() == [0.0, 0.0]

@@ -356,9 +356,21 @@ def for_federation(step: Step, num_clients: int) -> Step:
     return step
 
 
+def innermost(step: Step) -> Any:
+    """The ``update`` of ``step``, or of the step it wraps (see :data:`WRAPS`), innermost.
+
+    What a step says of itself (its need, its federation, whether it is a mean) is
+    said by the step a run's checkpointing wraps, not by the wrapper.
+    """
+    update = step.update
+    while (inner := getattr(update, WRAPS, None)) is not None:
+        update = inner.update
+    return update
+
+
 def federation_size(step: Step) -> int | None:
     """The federation size ``step`` was written for, if it says (see for_federation)."""
-    size = getattr(step.update, _FEDERATION, None)
+    size = getattr(innermost(step), _FEDERATION, None)
     return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
@@ -374,7 +386,7 @@ def requiring(step: Step, count: int, why: str) -> Step:
 
 def min_contributions(step: Step) -> tuple[int, str] | None:
     """``(count, why)``: the contributions per round ``step`` needs, if it says (see requiring)."""
-    need = getattr(step.update, _NEED, None)
+    need = getattr(innermost(step), _NEED, None)
     if isinstance(need, tuple) and len(need) == 2:
         return int(need[0]), str(need[1])
     return None

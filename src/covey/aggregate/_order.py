@@ -34,11 +34,9 @@ def of_kind(step: _S, kind: str, name: str) -> _S:
 
 def _kinds(step: Any) -> list[tuple[str, str]]:
     """The kinds of ``step``, in event order: a chain's steps', a wrapper's inner step's."""
-    from covey.aggregate._base import STEPS, WRAPS
+    from covey.aggregate._base import STEPS, innermost
 
-    update = step.update
-    while (inner := getattr(update, WRAPS, None)) is not None:
-        update = inner.update
+    update = innermost(step)
     steps = getattr(update, STEPS, None)
     if steps is not None:
         return [kind for part in steps for kind in _kinds(part)]

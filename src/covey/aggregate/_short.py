@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from covey.aggregate._base import MEAN, STEPS, WRAPS, Step
+from covey.aggregate._base import MEAN, STEPS, Step, innermost
 from covey.aggregate._mean import _UNGUARDED, _fold_unguarded, _MeanState
 from covey.core._weights import Weights
 
@@ -92,23 +92,15 @@ def short_fold(step: Step, state: Any) -> ShortFold | None:
 
     None for any other step, and before ``Begin`` (no round's model yet).
     """
-    update = _unwrapped(step)
+    update = innermost(step)
     steps = getattr(update, STEPS, None)
     first = None
     if steps is not None:
         if not isinstance(state, tuple) or not state:
             return None
-        update, first = _unwrapped(steps[0]), state[0]
+        update, first = innermost(steps[0]), state[0]
     weighted = getattr(update, MEAN, None)
     mean = state if first is None else first
     if weighted is None or type(mean) is not _MeanState or mean.params is None:
         return None
     return ShortFold(state, first, bool(weighted))
-
-
-def _unwrapped(step: Step) -> Any:
-    """The ``update`` of ``step``, or of the step it wraps (see ``WRAPS``), innermost."""
-    update = step.update
-    while (inner := getattr(update, WRAPS, None)) is not None:
-        update = inner.update
-    return update
