@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -211,3 +212,32 @@ def test_connections_past_the_reading_budget_are_counted_not_traced(
     assert watch.untraced == (5 if watch.enabled else 0)
     if watch.enabled:
         assert [r.getMessage().split()[0] for r in caplog.records] == ["1", "2", "4"]
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_a_client_turned_away_by_a_full_server_is_not_reported_as_a_failed_handshake(
+    tmp_path: Path,
+) -> None:
+    # Its first knock was recorded as "the server is full"; each retry after it (while
+    # the full server's report was rate-limited) as a failed TLS handshake, blaming
+    # certificates that were fine.
+    fed = tmp_path / "fed"
+    init_federation(fed)
+    for name in ("c0", "c1"):
+        issue_client(fed, name)
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    run = tmp_path / "run"
+    served = Served(strategy, 1, certs=fed, run_dir=run, round_timeout=20, max_clients=1)
+    first = Joined(served.port, Fit(delay=1.0), tls=tls_from_certs(fed, "c0"))
+    stop = threading.Event()
+    time.sleep(0.5)  # the first client takes the one slot
+    second = Joined(
+        served.port, Fit(), tls=tls_from_certs(fed, "c1"), backoff=0.05, max_backoff=0.1, stop=stop
+    )
+    served.join(60)
+    stop.set()
+    first.join()
+    second.join()
+    refusals = _refusals(run)
+    assert any("the server is full" in detail for _, detail in refusals), refusals
+    assert not [d for _, d in refusals if "TLS handshake failed" in d], refusals

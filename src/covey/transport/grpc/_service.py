@@ -138,6 +138,8 @@ class FederationService:
 
     def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames, if the server has room for one more."""
+        if self.handshakes is not None:  # its handshake passed, full or not (not a TLS failure)
+            self.handshakes.saw(peer_of(context))
         if not self.capacity.take(context):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, full_message(self.capacity.most))
         try:
@@ -147,8 +149,6 @@ class FederationService:
 
     def _join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Serve one client's stream of frames: Hello, Welcome, then tasks out and replies in."""
-        if self.handshakes is not None:
-            self.handshakes.saw(peer_of(context))
         frame = self.greeting.first_frame(requests, context)
         if frame is None:
             return
