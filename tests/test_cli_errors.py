@@ -494,3 +494,52 @@ def test_resuming_without_the_app_says_the_run_folder_keeps_no_code(tmp_path: Pa
     assert code == 2, out
     assert "needs the run's app" not in out
     assert "give --app MODULE:OBJECT" in out
+
+
+def test_a_misspelled_table_is_named_as_a_table(tmp_path: Path) -> None:
+    # "[sever]" was "unknown setting sever in [server]".
+    (tmp_path / "server.toml").write_text('[sever]\napp = "digits_app:server_app"\n')
+    code, out = covey("server", "--config", "server.toml", "--insecure")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --config server.toml: unknown table [sever]; the settings go under [server]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "unquoted"), [('rounds = "20"', "rounds = 20"), ('cid = " 3"', "cid = 3")]
+)
+def test_a_number_in_quotes_names_the_file_and_the_key(
+    tmp_path: Path, setting: str, unquoted: str
+) -> None:
+    # It read "--rounds must be a whole number 0 or more, got '20'", naming no file.
+    section = "client" if setting.startswith("cid") else "server"
+    (tmp_path / "f.toml").write_text(f'[{section}]\napp = "digits_app:x"\n{setting}\n')
+    args = ["--insecure"] + (["--server", "127.0.0.1:1"] if section == "client" else [])
+    code, out = covey(section, "--config", "f.toml", *args)
+    assert code == 2, out
+    assert last_line(out) == (
+        f"error: --config f.toml: {setting} in [{section}]: must be a number, without quotes: "
+        f"{unquoted}"
+    )
+
+
+def test_a_run_folder_below_a_file_is_refused_by_flag(tmp_path: Path) -> None:
+    # It failed with "[Errno 20] Not a directory: 'afile/sub'", exit status 1.
+    (tmp_path / "afile").write_text("")
+    code, out = covey(
+        "server", "--app", "digits_app:server_app", "--insecure", "--run-dir", "afile/sub"
+    )
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --run-dir afile/sub: afile is a file, not a folder; give a folder's path"
+    )
+
+
+def test_resuming_where_run_sqlite_is_a_folder_says_so(tmp_path: Path) -> None:
+    (tmp_path / "run" / "run.sqlite").mkdir(parents=True)
+    code, out = covey("server", "--app", "digits_app:server_app", "--insecure", "--resume", "run")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --resume run: its run.sqlite is not a file (a folder?); no run to continue"
+    )

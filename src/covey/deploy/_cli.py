@@ -107,6 +107,8 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
                 f"give --run-dir {run_dir} (a new run) or --resume {resume} (continue that "
                 "one), not both"
             )
+        if (resume / "run.sqlite").exists() and not (resume / "run.sqlite").is_file():
+            fail(f"--resume {resume}: its run.sqlite is not a file (a folder?); no run to continue")
         if not (resume / "run.sqlite").is_file():
             fail(f"--resume {resume}: no covey run there (no run.sqlite); start one with --run-dir")
         if (resume / "run.json").is_file():  # served on, its folder would hold two kinds of run
@@ -120,6 +122,9 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
         return resume
     if run_dir is None:
         return new_run_dir("runs", "server")
+    below = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
+    if below is not None:
+        fail(f"--run-dir {run_dir}: {below} is a file, not a folder; give a folder's path")
     if run_dir.exists() and not run_dir.is_dir():
         fail(
             f"--run-dir {run_dir} is a file; give a new or empty folder, or leave --run-dir "

@@ -141,6 +141,12 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
         if not (table is data and k in others and isinstance(v, dict))
     }
     unknown = sorted(set(settings) - known)
+    tables = [k for k in unknown if isinstance(settings[k], dict)]
+    if tables:  # [sever]: a table, not a setting
+        fail(
+            f"--config {config}: unknown table{'s' if len(tables) > 1 else ''} "
+            f"{', '.join(f'[{t}]' for t in tables)}; the settings go under [{section}]"
+        )
     if unknown:
         fail(
             f"--config {config}: unknown setting{'s' if len(unknown) > 1 else ''} "
@@ -152,6 +158,11 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
             fail(
                 f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be "
                 f"true or false, without quotes"
+            )
+        if key not in _TEXTS and key != "compression" and _quoted_number(value):
+            fail(
+                f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be a "
+                f"number, without quotes: {key} = {value.strip()}"
             )
         if key in _TEXTS and not isinstance(value, str):
             fail(
@@ -167,6 +178,17 @@ _SWITCHES = {"insecure", "plot", "verbose"}
 _TEXTS = {"app", "address", "certs", "run_dir", "resume", "port_file", "server", "name"}
 _TEXTS |= {"ca", "cert", "key", "server_name"}
 """The ``--config`` keys of flags taking text (a path, an address, a name): a TOML string."""
+
+
+def _quoted_number(value: Any) -> bool:
+    """Whether ``value`` is text that reads as a number (``rounds = "20"``)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _toml_value(value: Any) -> str:
