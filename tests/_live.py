@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -21,8 +22,20 @@ from covey.transport.grpc._frames import (
     is_chunk,
     server_message,
 )
-from covey.transport.grpc._options import METHOD
+from covey.transport.grpc._options import METHOD, SERVICE
 from covey.transport.grpc.proto import covey_pb2 as pb
+
+
+def stand_in(join: Any, workers: int = 2) -> tuple[grpc.Server, int]:
+    """A started gRPC server on 127.0.0.1 whose ``Federation.Join`` is ``join``; its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(join)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
 
 
 class Fit(covey.Client):

@@ -7,7 +7,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,13 @@ from covey.transport.grpc._frames import (
     control,
     is_chunk,
 )
-from covey.transport.grpc._options import SERVICE
 from covey.transport.grpc._refusal import Refused
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc._stream import CHUNK_BYTES, Spill
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined, Raw
+from _live import Fit, Joined, Raw, stand_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -231,13 +229,7 @@ def _welcomed_by(welcome: pb.Welcome, attempts: int = 1, joins: list[int] | None
         yield control(pb.ServerMessage(welcome=welcome))
         context.abort(grpc.StatusCode.UNAVAILABLE, "should not get here")
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(join)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = stand_in(join, workers=4)
     try:
         client = Joined(port, name="new", max_attempts=attempts, backoff=0.01)
         client.join(30)

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,13 +35,13 @@ from covey.server._store import RunStore
 from covey.transport.grpc import _wire
 from covey.transport.grpc._client import ClientTLS, connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, client_message, control, is_chunk
-from covey.transport.grpc._options import METHOD, SERVICE
+from covey.transport.grpc._options import METHOD
 from covey.transport.grpc._refusal import Refused
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Events, Fit, Joined, Raw, Served
+from _live import Events, Fit, Joined, Raw, Served, stand_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -232,13 +231,7 @@ class _HostileServer:
         self.heartbeat = heartbeat
         self.replies: list[pb.ReplyHeader] = []
         self.replied = threading.Condition()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(self._join)}
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
+        self.server, self.port = stand_in(self._join, workers=4)
 
     def _join(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         next(requests)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +20,12 @@ import numpy as np
 import pytest
 
 import covey
-from _live import Joined, Raw, Served
+from _live import Joined, Raw, Served, stand_in
 from covey.core._messages import Reply, Task
 from covey.server._async import AsyncLoop
 from covey.server._sync import RoundLoop
 from covey.transport.grpc._client import connect
 from covey.transport.grpc._frames import CHUNK_TAG, PROTOCOL, Download, control
-from covey.transport.grpc._options import SERVICE
 from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc._stream import Upload
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -162,15 +159,6 @@ def test_a_reply_cut_off_by_a_lost_client_is_let_go_with_its_stream(no_collectio
         transport.close()
 
 
-def _until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
-
-
 def _half_a_task_then_gone(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
     """A server that welcomes a client, sends 1 MB of a 32 MB task, then fails its stream."""
     next(requests)
@@ -185,13 +173,7 @@ def _half_a_task_then_gone(requests: Iterator[bytes], context: Any) -> Iterator[
 def test_a_task_cut_off_by_a_lost_server_is_let_go_with_its_stream(no_collection: None) -> None:
     # The client's side of the same cycle: its reader kept the half-received model
     # while it reconnected (a second model-sized buffer once the next task came).
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"Join": grpc.stream_stream_rpc_method_handler(_half_a_task_then_gone)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = stand_in(_half_a_task_then_gone)
     try:
         with pytest.raises(ConnectionError, match="went away"):
             connect(_AddOne(), f"127.0.0.1:{port}", insecure=True, max_attempts=1)
