@@ -61,6 +61,7 @@ EXPECTED = {
         "Begin",
         "Broadcast",
         "Contribution",
+        "Dropped",
         "End",
         "Event",
         "Step",

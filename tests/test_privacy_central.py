@@ -421,6 +421,13 @@ def test_the_dp_step_itself_drops_nonfinite_updates() -> None:
     assert out is not None
     assert out.info["dp"]["nonfinite"] == [1]
     assert np.all(np.isfinite(out.apply(params)["w"]))
+    state, _ = step.feed(step.init(params), covey.aggregate.Begin(1, params))
+    _, dropped = step.feed(state, bad)  # the round records the client's fit as failed
+    assert dropped == (
+        covey.aggregate.Dropped(
+            1, "its update's norm is not finite, so no clip can bound it (central DP)"
+        ),
+    )
 
 
 def test_adaptive_clipping_with_too_few_clients_fails_before_training() -> None:

@@ -156,20 +156,70 @@ def test_helpful_errors() -> None:
         control.fit_result(moved, num_examples=1, steps=0, lr=0.1)
 
 
-def test_a_client_without_the_control_update_fails_the_round_safely() -> None:
+def test_clients_without_the_control_update_fail_by_name() -> None:
+    # Each such client's fit fails, saying what it lacks; with none left the run
+    # stops as any run whose clients all failed (before: the round kept the model
+    # and the run went on, every round the same).
     class Plain(covey.Client):
         def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
             assert "scaffold_c" in config["extras"]
             return covey.FitResult(delta={"w": np.ones(1)}, num_examples=1)
 
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(
+            lambda cid: Plain(),
+            3,
+            1,
+            covey.Scaffold(num_clients=3, fraction_evaluate=0.0),
+            {"w": np.zeros(1)},
+        )
+    assert "0 of 3 sampled clients replied" in str(info.value)
+    assert "it sent no 'scaffold_delta_c' extra" in str(info.value)
+    record = info.value.history[1]
+    np.testing.assert_array_equal(info.value.weights["w"], [0.0])
+    assert record.fit_participants == []
+
+
+def test_a_client_without_the_control_update_is_no_participant() -> None:
+    # Its update was left out of the aggregate, yet it was listed among the round's
+    # participants, its examples and metrics counted.
+    class Mixed(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+            delta = {"w": np.full(2, float(self.cid))}
+            extras = {} if self.cid == 0 else {"scaffold_delta_c": {"w": np.zeros(2)}}
+            return covey.FitResult(
+                delta=delta,
+                num_examples=10 * (self.cid + 1),
+                metrics={"m": float(self.cid)},
+                extras=extras,
+            )
+
     result = covey.simulate(
-        lambda cid: Plain(),
-        3,
-        1,
-        covey.Scaffold(num_clients=3, fraction_evaluate=0.0),
-        {"w": np.zeros(1)},
+        Mixed, 3, 1, covey.Scaffold(num_clients=3, fraction_evaluate=0.0), {"w": np.zeros(2)}
     )
     record = result.history[1]
-    assert not record.aggregated
-    assert "scaffold_delta_c" in record.aggregate_info["error"]
-    np.testing.assert_array_equal(result.weights["w"], [0.0])
+    assert record.aggregated
+    assert record.fit_participants == [1, 2]
+    assert record.fit_examples == 50
+    assert record.fit_metrics["m"] == pytest.approx((20 * 1 + 30 * 2) / 50)
+    (failure,) = record.fit_failures
+    assert failure.cid == 0
+    assert "left out by the aggregation: it sent no 'scaffold_delta_c' extra" in failure.error
+    assert record.aggregate_info["scaffold_missing"] == [0]
+    np.testing.assert_allclose(result.weights["w"], [1.5, 1.5])
+
+
+def test_a_dropping_step_says_which_client_it_dropped_and_why() -> None:
+    from covey.aggregate import Begin, Contribution, Dropped, skip_nonfinite
+
+    step = skip_nonfinite()
+    params = {"w": np.zeros(1)}
+    state, _ = step.feed(step.init(params), Begin(1, params))
+    bad = Contribution(7, 1, delta={"w": np.array([np.inf])})
+    state, out = step.feed(state, bad)
+    assert out == (Dropped(7, "its update or extras hold a NaN or an infinity (skip_nonfinite())"),)
+    good = Contribution(8, 1, delta={"w": np.ones(1)})
+    assert step.feed(state, good)[1] == (good,)

@@ -249,7 +249,19 @@ def _check_delta(delta: Weights, params: Weights, what: str) -> None:
             )
 
 
-Event = Begin | Contribution | End | Aggregate | Broadcast
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A per-client step left client ``cid``'s contribution out; the round records why.
+
+    Emitted in place of the contribution, it passes down the chain; the round loop
+    then counts the client's fit as failed (``why``), not as a participant.
+    """
+
+    cid: int
+    why: str
+
+
+Event = Begin | Contribution | End | Aggregate | Broadcast | Dropped
 State = Any
 Init = Callable[[Weights], State]
 Update = Callable[[State, Event], tuple[State, tuple[Event, ...]]]

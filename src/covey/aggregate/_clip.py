@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from covey.aggregate._base import Begin, Contribution, End, Event, State, Step
+from covey.aggregate._base import Begin, Contribution, Dropped, End, Event, State, Step
 from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm, update_of
 from covey.aggregate._order import CLIENT, of_kind
 from covey.core._weights import Weights
@@ -29,13 +29,15 @@ class _PerClientState(NamedTuple):
     noted: list[int] | None = None  # reused within a round: state passed in is consumed
 
 
-def per_client(name: str, key: str, rewrite: Rewrite) -> Step:
+def per_client(name: str, key: str, rewrite: Rewrite, dropped: str = "") -> Step:
     """A step that rewrites each contribution and lists the clients it acted on.
 
     Args:
         name: The step's name, for error messages.
         key: The ``End.info`` key under which the recorded client ids are listed.
         rewrite: ``(contribution, params) -> (contribution or None, record)``.
+        dropped: Why a contribution ``rewrite`` turns into None is left out (a
+            :class:`~covey.aggregate.Dropped` the round records as the client's failure).
 
     Returns:
         A per-client step.
@@ -52,7 +54,7 @@ def per_client(name: str, key: str, rewrite: Rewrite) -> Step:
                 if state.noted is None:  # an invariant of this module, not an input check
                     raise RuntimeError("internal error: state.noted is unset")
                 state.noted.append(event.cid)
-            return state, (() if new is None else (new,))
+            return state, ((Dropped(event.cid, f"{dropped} ({name})"),) if new is None else (new,))
         if isinstance(event, Begin):
             return _PerClientState(event.params, []), (event,)
         if isinstance(event, End):
@@ -122,7 +124,8 @@ def skip_nonfinite() -> Step:
         ok = finite(values) and all(finite(extra) for extra in event.extras.values())
         return (event, False) if ok else (None, True)
 
-    return per_client("skip_nonfinite()", "nonfinite", rewrite)
+    why = "its update or extras hold a NaN or an infinity"
+    return per_client("skip_nonfinite()", "nonfinite", rewrite, dropped=why)
 
 
 def polynomial_staleness(exponent: float = 0.5) -> Callable[[int], float]:

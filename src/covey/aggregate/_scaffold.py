@@ -11,6 +11,7 @@ from covey.aggregate._base import (
     Begin,
     Broadcast,
     Contribution,
+    Dropped,
     End,
     Event,
     State,
@@ -103,7 +104,8 @@ def _fold_control(state: _ScaffoldState, event: Contribution) -> tuple[State, tu
     """Add a client's control-variate change to the running sum (or note it missing)."""
     dc = event.extras.get(CLIENT_DELTA)
     if dc is None:  # not a SCAFFOLD client: its update is left out
-        return state._replace(missing=(*state.missing, event.cid)), ()
+        why = f"it sent no {CLIENT_DELTA!r} extra, its control-variate change (scaffold())"
+        return state._replace(missing=(*state.missing, event.cid)), (Dropped(event.cid, why),)
     acc = state.acc
     if acc is None:
         acc = {k: np.zeros(v.shape, np.float64) for k, v in state.c.items()}

@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
-from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
+from covey.aggregate import (
+    Aggregate,
+    AggregationError,
+    Begin,
+    Contribution,
+    Dropped,
+    End,
+    Event,
+    Step,
+)
 from covey.aggregate._base import State, min_contributions
 from covey.core._weights import Array, Weights
 from covey.privacy import _noise
@@ -354,7 +363,11 @@ class _DPAggregation:
         if isinstance(event, Contribution):
             if state.acc is None:
                 raise RuntimeError(f"{self.mech.name} got a contribution before Begin")
-            return self._contribute(state, event), ()
+            after = self._contribute(state, event)
+            if after.nonfinite != state.nonfinite:  # dropped: its fit counts as failed
+                why = "its update's norm is not finite, so no clip can bound it (central DP)"
+                return after, (Dropped(event.cid, why),)
+            return after, ()
         if isinstance(event, Begin):
             self._check_delta(event.round)
             if self.mech.adaptive is not None:  # refuse now, not after the clients trained

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.aggregate import AggregationError, Contribution, End
+from covey.aggregate import AggregationError, Contribution, Dropped, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
@@ -373,7 +373,7 @@ class _LoopBase:
         """
         t0 = time.perf_counter()
         try:
-            state, _ = self.strategy.aggregator.feed(state, contribution)
+            state, out = self.strategy.aggregator.feed(state, contribution)
         except AggregationError as exc:
             why = f"refused by the aggregation step: {exc}"
             self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
@@ -381,6 +381,11 @@ class _LoopBase:
         finally:  # _add_seconds without its frame: this runs once per client
             durations = record.durations
             durations["aggregate"] = durations.get("aggregate", 0.0) + time.perf_counter() - t0
+        for event in out:  # a step left it out (SCAFFOLD without its extra): no participant
+            if isinstance(event, Dropped) and event.cid == contribution.cid:
+                why = f"left out by the aggregation: {event.why}"
+                self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
+                return state, False
         return state, True
 
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:
