@@ -225,6 +225,27 @@ def test_evaluate_metrics_combine_replies_that_count_no_examples() -> None:
     assert record.evaluate_metrics == {"sites": 3, "auc": 0.75}
 
 
+def test_a_client_with_an_empty_test_set_evaluates_and_gives_no_loss() -> None:
+    # Its NaN loss (the mean over no example) made it a failed evaluation: its
+    # metrics were dropped and it counted against min_evaluate_clients.
+    class Some(Plain):
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+            if self.cid == 0:
+                return EvaluateResult(loss=float("nan"), num_examples=0, metrics={"acc": np.nan})
+            return EvaluateResult(loss=float(self.cid), num_examples=self.cid, metrics={"acc": 0.3})
+
+    strategy = covey.FedAvg(min_evaluate_clients=3)
+    result = covey.simulate(Some, 3, 1, strategy, {"w": np.zeros(1)})
+    record = result.history.rounds[1]
+    assert record.evaluate_participants == [0, 1, 2]
+    assert record.evaluate_failures == []
+    assert record.evaluate_loss == pytest.approx((1 * 1 + 2 * 2) / 3)
+    assert record.evaluate_metrics == {"acc": pytest.approx(0.3)}
+
+
 def test_a_metrics_function_that_raises_is_named_with_its_round(tmp_path: Path) -> None:
     # A metric some clients leave out makes a hand-written average raise KeyError:
     # the run stopped with "KeyError: 'accuracy'" alone, naming neither the

@@ -384,7 +384,8 @@ class RoundLoop(_LoopBase):
 
     # -- evaluation ---------------------------------------------------------------------
 
-    def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
+    def _evaluators(self, rnd: int) -> list[int] | None:
+        """The clients sampled to evaluate in round ``rnd``; None (said why) if none can."""
         strategy = self.strategy
         available = self._eligible(rnd, self.transport.clients())
         count = strategy.client_count("evaluate", len(available))
@@ -397,7 +398,7 @@ class RoundLoop(_LoopBase):
                     strategy.fraction_evaluate,
                     len(available),
                 )
-            return
+            return None
         if count > len(available):
             logger.warning(
                 "round %d: skipping federated evaluation: %d clients wanted, %d available",
@@ -405,8 +406,14 @@ class RoundLoop(_LoopBase):
                 count,
                 len(available),
             )
+            return None
+        return strategy.sample(available, count, rnd, self.seed, purpose=1)
+
+    def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
+        strategy = self.strategy
+        cids = self._evaluators(rnd)
+        if cids is None:
             return
-        cids = strategy.sample(available, count, rnd, self.seed, purpose=1)
         task = Task("evaluate", rnd, evaluate_config(self, rnd), self.weights)
         tasks, _ = self._tasks(task, cids)
         results: list[tuple[int, Metrics]] = []
@@ -422,17 +429,13 @@ class RoundLoop(_LoopBase):
                 self._record_failure(
                     record.evaluate_failures, Failure(reply.cid, "evaluate", _first_line(err), err)
                 )
-            elif not isinstance(res, EvaluateResult) or not math.isfinite(res.loss):
-                why = (
-                    f"its loss is {res.loss}, not a finite number"
-                    if isinstance(res, EvaluateResult)
-                    else f"reply is {type(res).__name__}, expected EvaluateResult"
-                )
+            elif (why := _unusable(res)) is not None:
                 self._record_failure(record.evaluate_failures, Failure(reply.cid, "evaluate", why))
             else:
                 record.evaluate_participants.append(reply.cid)
                 record.evaluate_examples += res.num_examples
-                loss_sum += res.num_examples * res.loss
+                if res.num_examples:  # 0 * NaN would be NaN
+                    loss_sum += res.num_examples * res.loss
                 results.append((res.num_examples, res.metrics))
         for cid in cids:
             if cid not in answered:
@@ -451,6 +454,19 @@ class RoundLoop(_LoopBase):
             record.evaluate_loss = loss_sum / record.evaluate_examples
         if results:  # evaluate_metrics may weigh them otherwise (or count the clients)
             record.evaluate_metrics = strategy.combined_metrics("evaluate", results, rnd)
+
+
+def _unusable(result: Any) -> str | None:
+    """Why an evaluate reply's result cannot be counted, or None.
+
+    A loss that is no finite number is refused, unless the reply counts no
+    example: the mean over an empty test set is NaN, and it weighs nothing.
+    """
+    if not isinstance(result, EvaluateResult):
+        return f"reply is {type(result).__name__}, expected EvaluateResult"
+    if result.num_examples and not math.isfinite(result.loss):
+        return f"its loss is {result.loss}, not a finite number"
+    return None
 
 
 def _failures_said(failures: list[Failure], who: Callable[[int], str]) -> str:
