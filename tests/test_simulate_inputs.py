@@ -667,3 +667,34 @@ def test_0d_array_metrics_are_averaged_like_numbers(backend: str) -> None:
     assert record.evaluate_metrics == {"accuracy": 0.25}
     flag: dict[str, Any] = {"flag": np.array(True)}
     assert covey.strategies.weighted_metrics([(1, flag)]) == {}
+
+
+@pytest.mark.parametrize("client_fn", [None, 3, "MyClient"])
+def test_a_client_fn_that_cannot_be_called_is_refused_before_any_round(client_fn: Any) -> None:
+    # Every client failed in round 1 with "'NoneType' object is not callable",
+    # naming no client_fn.
+    with pytest.raises(TypeError, match="client_fn must be a function cid -> client"):
+        covey.simulate(client_fn, 2, 1, covey.FedAvg(), {"w": np.zeros(1)})
+
+
+@pytest.mark.parametrize("option", ["progress", "resume"])
+def test_an_on_off_option_given_as_text_is_refused(option: str) -> None:
+    # progress="no" drew a bar, resume="yes" resumed: any text is true.
+    options: dict[str, Any] = {option: "no"}
+    simulate: Any = covey.simulate
+    with pytest.raises(TypeError, match=f"{option} must be True or False, got 'no'"):
+        simulate(lambda cid: covey.Client(), 2, 1, covey.FedAvg(), {"w": np.zeros(1)}, **options)
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "said"),
+    [
+        (covey.FedBuff, {"buffer_size": 2, "weighted": "no"}, "FedBuff weighted"),
+        (covey.MultiKrum, {"f": 1, "weighted": "no"}, "multi_krum weighted"),
+        (covey.aggregate.geometric_median, {"weighted": 1}, "geometric_median weighted"),
+    ],
+)
+def test_weighted_given_as_text_is_refused(make: Any, kwargs: dict[str, Any], said: str) -> None:
+    # FedBuff(weighted="no") weighed by examples, as weighted=True does.
+    with pytest.raises(TypeError, match=f"{said} must be True or False"):
+        make(**kwargs)

@@ -155,6 +155,13 @@ def check_count(value: Any, what: str, minimum: int = 0) -> int:
     return int(value)
 
 
+def check_switch(value: Any, what: str) -> bool:
+    """``value`` as True or False, or a clear TypeError (any text would read as true)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
     """``value`` as a finite float > 0 (or >= 0), or a clear ValueError."""
     ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool)

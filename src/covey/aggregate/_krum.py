@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from covey.aggregate._base import AggregationError, Step, requiring
-from covey.aggregate._flat import Vector, check_count
+from covey.aggregate._flat import Vector, check_count, check_switch
 from covey.aggregate._robust import Combined, Matrix, buffered
 
 
@@ -127,6 +127,7 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
     """
     byzantine = check_count(f, "multi_krum f")
     keep = None if m is None else check_count(m, "multi_krum m", minimum=1)
+    weighted = check_switch(weighted, "multi_krum weighted")
 
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
         n = len(updates)

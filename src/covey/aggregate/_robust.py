@@ -29,6 +29,7 @@ from covey.aggregate._flat import (
     Vector,
     check_count,
     check_positive,
+    check_switch,
     flatten,
     floor_fraction,
     needs_params,
@@ -215,6 +216,7 @@ def geometric_median(
     iterations = check_count(max_iter, "geometric_median max_iter", minimum=1)
     rel_tol = check_positive(tol, "geometric_median tol", allow_zero=True)
     smooth = check_positive(eps, "geometric_median eps")
+    weighted = check_switch(weighted, "geometric_median weighted")
 
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
         weights = examples if weighted else np.ones(len(updates))

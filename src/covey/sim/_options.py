@@ -107,6 +107,21 @@ def _check_options(
         raise ValueError(f"client_cache must be None or a non-negative int, got {client_cache!r}")
 
 
+def _check_flags(client_fn: object, progress: object, resume: object) -> None:
+    """Refuse a ``client_fn`` that cannot be called and on/off options that are no bool.
+
+    ``progress="no"`` drew a bar and ``resume="yes"`` resumed: any text is true.
+    """
+    if not callable(client_fn):
+        raise TypeError(
+            "client_fn must be a function cid -> client (or a Client class taking cid), "
+            f"got {type(client_fn).__name__}"
+        )
+    for name, value in (("progress", progress), ("resume", resume)):
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def _check_durations(durations: object, num_clients: int) -> None:
     """Refuse ``client_durations`` that is neither a function nor one value per client."""
     if durations is None or callable(durations):

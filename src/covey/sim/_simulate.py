@@ -27,6 +27,7 @@ from covey.sim._inline import inline_transport
 from covey.sim._options import (
     _check_availability,
     _check_durations,
+    _check_flags,
     _check_keep_last,
     _check_options,
     _check_ray_options,
@@ -342,6 +343,7 @@ def simulate(
     initial_weights = native(initial_weights)  # NumPy scalars as 0-d arrays, native order
     strategy = _checked(strategy, num_clients, rounds)
     _check_options(seed, round_timeout, client_cache, num_workers)
+    _check_flags(client_fn, progress, resume)
     check_start_method(start_method)
     _check_durations(client_durations, num_clients)
     _check_availability(availability, num_clients)

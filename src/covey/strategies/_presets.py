@@ -33,6 +33,7 @@ from covey.aggregate import (
 )
 from covey.aggregate._base import min_contributions
 from covey.aggregate._clip import polynomial_staleness
+from covey.aggregate._flat import check_switch
 from covey.core._messages import Config, plain
 from covey.core._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.strategies._checks import name_of
@@ -428,7 +429,7 @@ def FedBuff(
         )
     steps: list[Step] = [
         staleness_weight(polynomial_staleness(0.5) if staleness is None else staleness),
-        weighted_mean() if weighted else mean(),
+        weighted_mean() if check_switch(weighted, "FedBuff weighted") else mean(),
     ]
     if server_lr != 1.0:
         steps.append(server_sgd(server_lr))
