@@ -329,6 +329,22 @@ def test_an_overflowing_round_leaves_the_moments_as_they_were(make: Callable[[],
     assert np.all(new["w"] > 0)
 
 
+def test_a_round_that_overflows_adams_moments_says_so_in_its_record() -> None:
+    # Its step came out 0 (m / sqrt(inf)): the round read as aggregated, with nothing
+    # in its record to say its update was lost.
+    class Huge(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+            size = 1.5e308 if config["round"] == 1 else 0.1
+            return covey.FitResult(delta={"w": np.full(2, size)}, num_examples=1)
+
+    result = covey.simulate(
+        lambda cid: Huge(), 2, 2, covey.FedAdam(fraction_evaluate=0.0), {"w": np.zeros(2)}
+    )
+    said = result.history.rounds[1].aggregate_info["overflow"]
+    assert said == "server_adam(): the round's update overflowed its moments; they are kept"
+    assert "overflow" not in result.history.rounds[2].aggregate_info
+
+
 def _fold_round(strategy: Any, params: Arrays, results: list[Any], state: Any) -> Any:
     """One round as the loop runs it: the new weights, whether the loop takes them, the state."""
     spec = WeightsSpec.of(params)

@@ -89,6 +89,8 @@ def _server_optimizer(
             if not all(finite(part) for part in (steps, m, v)):
                 # The round loop refuses a step that is not finite and keeps the model;
                 # moments holding inf or NaN would make every later step so too.
+                said = f"{name}: the round's update overflowed its moments; they are kept"
+                out = replace(out, info={**out.info, "overflow": said})
                 return _OptState(None, state.m, state.v, state.steps), (out,)
             return _OptState(None, m, v, state.steps + 1), (out,)
         if isinstance(event, Begin):
