@@ -20,13 +20,9 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
             chained to the original error. Or if ``client_fn`` is a client object
             rather than a function making one, or takes no client id.
     """
-    given: Any = client_fn  # typed a function; a client object is the usual slip
-    if not callable(given) and callable(getattr(given, "fit", None)):
-        raise TypeError(
-            f"client_fn is a client ({type(client_fn).__name__} object), not a function of "
-            f"the client id: pass {type(client_fn).__name__} itself if it takes the id, or "
-            "a function cid -> client"
-        )
+    uncallable = not_callable(client_fn)
+    if uncallable is not None:
+        raise TypeError(uncallable)
     try:
         return client_fn(cid)
     except TypeError as exc:
@@ -49,6 +45,19 @@ def build_client(client_fn: ClientFn, cid: int) -> Any:
                 "to client_fn yourself, e.g. with functools.partial"
             ) from exc
         raise
+
+
+def not_callable(client_fn: object) -> str | None:
+    """Why ``client_fn`` cannot be called to build a client (a client object, None...), or None."""
+    if callable(client_fn):
+        return None
+    name = type(client_fn).__name__
+    if callable(getattr(client_fn, "fit", None)):  # a client object: the usual slip
+        return (
+            f"client_fn is a client ({name} object), not a function of the client id: pass "
+            f"{name} itself if it takes the id, or a function cid -> client"
+        )
+    return f"client_fn must be a function cid -> client (or a Client class taking cid), got {name}"
 
 
 def _check_client_fn(client_fn: Any, exc: TypeError) -> None:

@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 
+from covey.clients._build import not_callable
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
 from covey.strategies._names import a_strategy, unknown_options
@@ -112,11 +113,9 @@ def _check_flags(client_fn: object, progress: object, resume: object) -> None:
 
     ``progress="no"`` drew a bar and ``resume="yes"`` resumed: any text is true.
     """
-    if not callable(client_fn):
-        raise TypeError(
-            "client_fn must be a function cid -> client (or a Client class taking cid), "
-            f"got {type(client_fn).__name__}"
-        )
+    uncallable = not_callable(client_fn)
+    if uncallable is not None:
+        raise TypeError(uncallable)
     for name, value in (("progress", progress), ("resume", resume)):
         if not isinstance(value, bool | np.bool_):
             raise TypeError(f"{name} must be True or False, got {value!r}")
