@@ -163,15 +163,19 @@ def test_a_bad_server_address_leaves_no_run_folder(
 def test_the_client_refuses_a_task_larger_than_its_cap() -> None:
     strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
     served = Served(strategy, 1, initial_weights={"w": np.zeros(4096)}, round_timeout=5)
-    # The run fails as the client hangs up on its task: it then retries a server that is
-    # gone, as briefly as this allows, and exits 1.
+    # The client tells the server why and stops for good (exit 2, a refusal): it used
+    # to hang up, then reconnect and fetch the same model again, round after round,
+    # while the server read only that it had disconnected.
     code, out = _finish(
-        _client(served.port, 0, "--insecure", "--max-task-mb", "0.01", "--retry-for", "1")
+        _client(served.port, 0, "--insecure", "--max-task-mb", "0.01", "--retry-for", "30")
     )
-    assert code == 1, out
-    assert "more than this client accepts" in " ".join(out.split())  # rich wraps lines
-    with pytest.raises(covey.FederationError):
+    assert code == 2, out
+    said = " ".join(out.split())  # rich wraps lines
+    assert "more than this client accepts (10485 bytes)" in said
+    assert "raise --max-task-mb" in said
+    with pytest.raises(covey.FederationError) as info:
         served.join(60)
+    assert "more than this client accepts (10485 bytes)" in str(info.value)
 
 
 def test_the_client_task_cap_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:

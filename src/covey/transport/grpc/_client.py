@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 
-from covey.clients._client import hand_over, task_kinds
+from covey.clients._client import task_kinds
 from covey.core import _codec
-from covey.core._messages import Reply, Task
+from covey.core._messages import Reply
 from covey.core._version import covey_version
 from covey.core._weights import WeightsError, WeightsSpec
 from covey.transport.grpc import _wire
@@ -32,7 +32,6 @@ from covey.transport.grpc._checks import (
     WithProperties,
     check_address,
     check_client,
-    check_config,
     check_heartbeat,
     own_name,
     stated_properties,
@@ -69,8 +68,14 @@ from covey.transport.grpc._refusal import (
     server_named,
     transient_text,
 )
-from covey.transport.grpc._stream import Buffers, split_blobs
-from covey.transport.grpc._tasks import ConnectResult, run_on_task_thread, wait_for_task_thread
+from covey.transport.grpc._stream import Buffers
+from covey.transport.grpc._tasks import (
+    ConnectResult,
+    received_task,
+    refuse_task,
+    run_on_task_thread,
+    wait_for_task_thread,
+)
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = ["ClientTLS", "ConnectResult", "connect"]
@@ -79,9 +84,7 @@ logger = logging.getLogger("covey")
 
 
 class _Goodbye(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """The server said goodbye; the message is its reason."""
 
 
 SILENCE = 6  # heartbeat intervals of silence after which the peer is taken for gone
@@ -122,6 +125,7 @@ class _Session:
         # The host the server's certificate is checked against, when not the address's.
         self.server_name: str | None = None
         self.welcomed = False
+        self.refused = ""  # why this client refused a task, and so the server
         self.cid = -1
         self.worker: threading.Thread | None = None
         # Tasks run on their own thread, so the stream keeps being read (and the
@@ -176,6 +180,8 @@ class _Session:
             for frame in self.call:
                 self.last_heard = time.monotonic()
                 if is_chunk(frame):
+                    if download is None and self.refused:  # the refused task's bytes
+                        continue
                     if download is None:
                         raise ConnectionError(
                             f"the server sent a chunk frame of {len(frame) - 1} bytes for no task"
@@ -192,6 +198,9 @@ class _Session:
                         f"({download.filled} of {len(download.buffer)} bytes received)"
                     )
                 download = self._control(frame, result)
+        except grpc.RpcError:
+            if not self.refused:
+                raise
         finally:
             # gRPC's error for a lost stream is the call itself, held by the frames of its
             # traceback, this one among them: the model half received is let go now, not
@@ -199,6 +208,8 @@ class _Session:
             download = None
             ended.set()
             self.close()
+        if self.refused:
+            raise Refused(self.refused)
 
     def _control(self, frame: bytes, result: ConnectResult) -> Download | None:
         """Act on a control frame from the server; a task with arrays starts a download."""
@@ -211,7 +222,13 @@ class _Session:
             self._welcome(message.welcome, result)
         elif body == "task":
             header = message.task
-            size = self.limits.check(header)
+            if self.refused:
+                return None
+            try:
+                size = self.limits.check(header)
+            except ConnectionError as exc:  # its model will not shrink: leave for good
+                self.refused = refuse_task(header, str(exc), self.outbound.put, _END, self.call)
+                return None
             if size and header.data_lane:  # its bytes come on the data connection
                 if self.lanes.down is None:
                     raise ConnectionError("the server sent a task's bytes on no data connection")
@@ -222,7 +239,7 @@ class _Session:
                 return Download(header, size, self.buffers)
             else:
                 self.tasks.put((self.cid, header, None, True))
-        elif body == "goodbye":
+        elif body == "goodbye" and not self.refused:  # else this client's refusal is the end
             raise _Goodbye(_wire.clipped_error(message.goodbye.reason, 1000))  # a peer's text
         return None
 
@@ -287,9 +304,8 @@ class _Session:
             cid, header, buffer, intact = item
             del item
             self._perform(cid, header, buffer, intact, result)
-            # Let go of the received model now. Its buffer is kept for the next task
-            # with its pages given back for the kernel to reclaim (Buffers.release),
-            # or freed at once without a pool.
+            # Let go of the received model now: kept for the next task, its pages given
+            # back (Buffers.release), or freed at once without a pool.
             del buffer
             if self.buffers is not None:
                 self.buffers.release()
@@ -303,20 +319,7 @@ class _Session:
         result: ConnectResult,
     ) -> None:
         try:
-            if not intact:  # its checksums were computed as it arrived (Download)
-                raise _codec.CodecError("corrupt payload (checksum mismatch)")
-            weights, extras = split_blobs(
-                buffer, header.weights_size, header.extras_size, verify=False
-            )
-            self.limits.check_weights(header.kind, weights)
-            hand_over(self.client, header.kind, weights)  # this message is this task's alone
-            task = Task(
-                header.kind,
-                int(header.round),
-                check_config(_wire.loads(header.config, self.limits.wire)),
-                weights,
-                extras if extras is not None else _wire.loads(header.payload, self.limits.wire),
-            )
+            task = received_task(self.client, header, buffer, intact, self.limits)
         except (_codec.CodecError, _wire.WireError, WeightsError) as exc:
             reply = Reply(cid, header.kind, error=f"refusing the task: {exc}")
         else:
@@ -467,8 +470,8 @@ def _session(
         session.run(channel, result, stop)
         return "the server closed the stream"
     except _Goodbye as bye:
-        result.reason = bye.reason
-        logger.info("the server said goodbye: %s", bye.reason)
+        result.reason = str(bye)
+        logger.info("the server said goodbye: %s", bye)
         return None
     except grpc.RpcError as exc:
         if stop.is_set():

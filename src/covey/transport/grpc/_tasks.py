@@ -1,6 +1,7 @@
 """Running a task on a deployed client's task thread, which must outlive every task.
 
-Also what a client's participation did (:class:`ConnectResult`).
+Also the task a client received (:func:`received_task`) and what its participation
+did (:class:`ConnectResult`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,27 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from covey.clients._client import run_task
+from covey.clients._client import hand_over, run_task
+from covey.core import _codec
 from covey.core._messages import Reply, Task
+from covey.transport.grpc import _wire
+from covey.transport.grpc._checks import TaskLimits, check_config
+from covey.transport.grpc._frames import control
 from covey.transport.grpc._refusal import RetryBudget
+from covey.transport.grpc._stream import split_blobs
+from covey.transport.grpc.proto import covey_pb2 as pb
 
-__all__ = ["ConnectResult", "run_on_task_thread", "wait_for_task_thread"]
+__all__ = [
+    "ConnectResult",
+    "received_task",
+    "refuse_task",
+    "run_on_task_thread",
+    "wait_for_task_thread",
+]
 
 logger = logging.getLogger("covey")
 
@@ -84,3 +98,59 @@ class ConnectResult:
     sessions: int = 0
     cid: int | None = None
     kinds: dict[str, int] = field(default_factory=dict)
+
+
+def received_task(
+    client: Any, header: pb.TaskHeader, buffer: Any, intact: bool, limits: TaskLimits
+) -> Task:
+    """The task ``header`` and its received bytes (``buffer``) make, checked.
+
+    Raises:
+        covey.core._codec.CodecError: its bytes are corrupt (``intact`` False: their
+            checksums were computed as they arrived) or malformed.
+        covey.transport.grpc._wire.WireError: its config or payload is malformed.
+        covey.WeightsError: its weights are not those of the client's model.
+    """
+    if not intact:
+        raise _codec.CodecError("corrupt payload (checksum mismatch)")
+    weights, extras = split_blobs(buffer, header.weights_size, header.extras_size, verify=False)
+    limits.check_weights(header.kind, weights)
+    hand_over(client, header.kind, weights)  # this message is this task's alone
+    return Task(
+        header.kind,
+        int(header.round),
+        check_config(_wire.loads(header.config, limits.wire)),
+        weights,
+        extras if extras is not None else _wire.loads(header.payload, limits.wire),
+    )
+
+
+def refuse_task(
+    header: pb.TaskHeader, why: str, send: Callable[[Any], None], end: object, call: Any
+) -> str:
+    """Tell the server why a client refuses a task, and end the client's request stream.
+
+    The refusal goes as the task's failed reply, before the stream's end (gRPC
+    delivers them in order), so the server records why; reconnecting would only
+    fetch the same model again. The client drops the task's bytes until the
+    server ends the stream; a server that does not is cut off (``call.cancel()``)
+    after 10 s.
+
+    Args:
+        header: The task refused.
+        why: Why, in words.
+        send: Queues an item on the request stream.
+        end: The item that ends the request stream.
+        call: The stream's gRPC call.
+
+    Returns:
+        What the server was told (the client raises it as a Refused once the stream ends).
+    """
+    said = f"{why} (raise --max-task-mb, or connect(max_task_bytes=...))"
+    error = pb.ReplyHeader(task_id=header.task_id, kind=header.kind, error=said)
+    send([control(pb.ClientMessage(reply=error))])
+    send(end)
+    cut_off = threading.Timer(10.0, call.cancel)
+    cut_off.daemon = True  # never keeps the process from exiting
+    cut_off.start()
+    return said
