@@ -301,3 +301,28 @@ def test_a_resumed_run_samples_with_its_own_seed_whatever_the_app_gives(
     }
     assert drawn[5] != drawn[0]  # else the test could not tell the seeds apart
     assert [sorted(r.fit_participants) for r in history.rounds[3:5]] == drawn[5]
+
+
+def test_a_run_served_with_tls_and_resumed_without_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was resumed with insecure=True under the one line any insecure server logs.
+    from covey.deploy.certs import init_federation
+
+    fed, run_dir = tmp_path / "fed", tmp_path / "run"
+    init_federation(fed)
+    serve(_strategy(), 0, {"w": np.zeros(8)}, "127.0.0.1:0", certs=fed, run_dir=run_dir)
+    with RunStore.open(run_dir) as store:
+        assert store.config["tls"] is True
+    with caplog.at_level("WARNING", logger="covey"):
+        served = Served(_strategy(), 1, run_dir=run_dir, resume=True, address="127.0.0.1:0")
+        joined = Joined(served.port)
+        served.join(60)
+        joined.join()
+    said = [r.getMessage() for r in caplog.records if "was served with TLS" in r.getMessage()]
+    assert said == [
+        f"the run in {run_dir} was served with TLS and now goes on WITHOUT it: the model and "
+        "its clients' updates travel in the clear from this round on"
+    ]
+    with RunStore.open(run_dir) as store:
+        assert store.config["tls"] is False

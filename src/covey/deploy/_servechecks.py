@@ -275,3 +275,23 @@ def record_keep_last(store: RunStore | None, config: dict[str, Any], keep_last: 
     config["keep_last"] = keep_last
     if store is not None:
         store.update_config({"keep_last": keep_last})
+
+
+def record_tls(opened: RunStore | None, run: Any, tls: object) -> None:
+    """Record whether the run is served with TLS; warn if a resume drops the TLS it had.
+
+    Args:
+        opened: The run resumed, if any (its settings say how it was served).
+        run: The run as opened (its ``store`` and ``config``).
+        tls: The server's TLS material, None for ``insecure``.
+    """
+    served = tls is not None
+    if opened is not None and not served and opened.config.get("tls") is True:
+        logger.warning(
+            "the run in %s was served with TLS and now goes on WITHOUT it: the model and "
+            "its clients' updates travel in the clear from this round on",
+            opened.run_dir,
+        )
+    run.config["tls"] = served
+    if run.store is not None:
+        run.store.update_config({"tls": served})

@@ -26,6 +26,7 @@ from covey.deploy._servechecks import (
     check_writable,
     kept_last,
     record_keep_last,
+    record_tls,
     reopen,
     served_scheme,
     stored_address,
@@ -209,6 +210,7 @@ def serve(
             bound = f"{address.rpartition(':')[0]}:{transport.port}"  # port 0: the one got
             run = _open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
             record_keep_last(run.store, run.config, keep_last)
+            record_tls(opened, run, tls)
         except BaseException:
             transport.close()
             raise
