@@ -151,6 +151,29 @@ def test_max_clients_that_is_no_count_of_clients_is_refused(bad: object) -> None
         )
 
 
+def test_a_served_run_that_waits_for_no_client_is_refused_before_listening(
+    tmp_path: Path,
+) -> None:
+    # It ran every round with no client connected ("fit by none") and ended "finished".
+    listened: list[int] = []
+    strategy = covey.FedAvg(min_available_clients=0, min_fit_clients=0)
+    with pytest.raises(ValueError) as caught:
+        serve(
+            strategy,
+            3,
+            _weights(),
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=tmp_path / "run",
+            on_listen=listened.append,
+        )
+    assert str(caught.value).startswith(
+        "min_available_clients=0 and min_fit_clients=0: each round would start with no client"
+    )
+    assert listened == []
+    assert not (tmp_path / "run").exists()
+
+
 def test_covey_server_takes_max_clients_and_refuses_one_below_the_apps_minimum(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -180,6 +180,13 @@ def check_capacity(strategy: Strategy, max_clients: int) -> None:
     """
     if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
         raise ValueError(f"max_clients must be a whole number above 0, got {max_clients!r}")
+    waits = (strategy.min_available_clients, strategy.min_fit_clients)
+    if not strategy.asynchronous and waits == (0, 0):
+        raise ValueError(
+            "min_available_clients=0 and min_fit_clients=0: each round would start with no "
+            "client connected and train none, and the run finish having trained nothing; "
+            "raise min_available_clients (or min_fit_clients) to 1 or more"
+        )
     # First: a robust preset waits for its rule's need, and lowering that would not help.
     _refuse_unmet_need(strategy, max_clients)
     wanted = {"min_available_clients": strategy.min_available_clients}
