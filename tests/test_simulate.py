@@ -9,6 +9,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -811,3 +812,46 @@ def test_run_dir_gets_history_json(tmp_path: Any) -> None:
 def test_progress_bar_runs() -> None:
     result = covey.simulate(lambda cid: RandomClient(cid), 3, 2, fedavg(), initial(), progress=True)
     assert len(result.history) == 3
+
+
+class InterruptingClient(RandomClient):
+    """Client 3 raises KeyboardInterrupt in its fit of round 2."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 3 and config["round"] == 2:
+            raise KeyboardInterrupt
+        return super().fit(weights, config)
+
+
+def test_a_client_raising_keyboard_interrupt_in_a_worker_fails_alone() -> None:
+    # The worker died of it ("worker process died (exit code 1)"), failing the clients
+    # queued behind it and naming no KeyboardInterrupt. Workers ignore Ctrl-C: only the
+    # client could have raised it.
+    result = covey.simulate(
+        InterruptingClient, 8, 2, covey.FedAvg(), initial(), backend="process", num_workers=2
+    )
+    failures = result.history[2].fit_failures
+    assert [f.cid for f in failures] == [3]
+    assert failures[0].error == (
+        "covey: the client raised KeyboardInterrupt, which is no Exception, in its fit task: "
+        "it fails alone, and the run goes on without it"
+    )
+    assert result.history[2].fit_participants == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_ctrl_c_of_a_run_kept_in_a_folder_says_how_to_continue_it(tmp_path: Path) -> None:
+    # The KeyboardInterrupt's traceback said nothing of the run folder or of resuming.
+    with pytest.raises(KeyboardInterrupt) as info:
+        covey.simulate(
+            InterruptingClient, 8, 3, covey.FedAvg(), initial(), run_dir=tmp_path / "run"
+        )
+    (note,) = info.value.__notes__
+    assert note == (
+        f"covey: the run in {tmp_path / 'run'} keeps its complete rounds; continue it with "
+        f"`covey.simulate(..., run_dir={str(tmp_path / 'run')!r}, resume=True)` and the "
+        "client_fn and settings it was started with (a `covey demo` is run again instead)"
+    )
+    resumed = covey.simulate(
+        RandomClient, 8, 3, covey.FedAvg(), initial(), run_dir=tmp_path / "run", resume=True
+    )
+    assert [r.round for r in resumed.history.rounds] == [0, 1, 2, 3]

@@ -280,6 +280,19 @@ def stopped_simulation_reason(folder: Path) -> str:
     )
 
 
+def note_resume(exc: BaseException, folder: Path | None) -> None:
+    """Add to an interrupt (Ctrl-C) of a run kept in ``folder`` how to continue it.
+
+    The note prints under the ``KeyboardInterrupt``'s traceback, which said nothing
+    of the run folder nor of the rounds it keeps.
+    """
+    if folder is not None and interrupt_in(exc) is not None:
+        exc.add_note(
+            f"covey: the run in {folder} keeps its complete rounds; continue it with "
+            f"{how_to_resume(folder)}"
+        )
+
+
 def how_to_resume(folder: Path) -> str:
     """The command that continues the simulation in ``folder``, quoted, and what it needs."""
     command = f"`{resume_command(folder)}`"

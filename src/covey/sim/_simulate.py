@@ -35,7 +35,14 @@ from covey.sim._options import (
     flower_keywords,
 )
 from covey.sim._progress import progress_callback
-from covey.sim._rundir import end_run_meta, kept_history, run_folder, stop_reason, write_run_meta
+from covey.sim._rundir import (
+    end_run_meta,
+    kept_history,
+    note_resume,
+    run_folder,
+    stop_reason,
+    write_run_meta,
+)
 from covey.sim._start import check_start_method
 from covey.strategies._strategy import Strategy
 from covey.transport._async import Durations, SimulatedAsyncTransport
@@ -458,6 +465,7 @@ def simulate(
             meta["status"] = "failed"
             meta["stopped_reason"] = stop_reason(exc)
             checkpoint.end(exc)
+            note_resume(exc, run_dir)
             raise
         finally:
             running.clear()

@@ -241,13 +241,10 @@ def _run_one(
         if cid not in clients:
             error += _fresh_hint()
         return Reply(cid, kind, error=error), None
-    except KeyboardInterrupt:
-        if room is not None:
-            room.release()
-        raise
     except BaseException as exc:  # noqa: BLE001 - sys.exit(), a CancelledError: the client's
         # The client's alone: left to end the worker, it would fail the clients queued
-        # behind it too, and cost a new worker.
+        # behind it too, and cost a new worker. A KeyboardInterrupt too: workers ignore
+        # SIGINT (Ctrl-C stops the run in the simulating process), so the client raised it.
         if room is not None:
             room.release()
         return Reply(cid, kind, error=traceback.format_exc() + exited(exc, kind)), None
