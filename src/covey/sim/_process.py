@@ -46,9 +46,10 @@ from covey.transport.grpc._wire import WireError
 logger = logging.getLogger("covey")
 
 _SEGFAULT_HINT = (
-    ": a segmentation fault. A write into the read-only global weights does this: the "
-    "worker maps them read-only, and torch.from_numpy, ctypes or a compiled extension "
-    "ignore NumPy's read-only flag; copy before writing (torch.tensor(array), array.copy())"
+    ": a segmentation fault (in the client's code or a library it called). One common "
+    "cause: a write into the read-only global weights, which the worker maps read-only "
+    "while torch.from_numpy, ctypes or a compiled extension ignore NumPy's read-only flag; "
+    "copy before writing (torch.tensor(array), array.copy())"
 )
 
 
