@@ -157,7 +157,7 @@ def test_a_served_run_that_waits_for_no_client_is_refused_before_listening(
     # It ran every round with no client connected ("fit by none") and ended "finished".
     listened: list[int] = []
     strategy = covey.FedAvg(min_available_clients=0, min_fit_clients=0)
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="min_available_clients=0") as caught:
         serve(
             strategy,
             3,
