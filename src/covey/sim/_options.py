@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 
+from covey.aggregate._flat import check_switch
 from covey.clients._build import not_callable
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
@@ -116,9 +117,8 @@ def _check_flags(client_fn: object, progress: object, resume: object) -> None:
     uncallable = not_callable(client_fn)
     if uncallable is not None:
         raise TypeError(uncallable)
-    for name, value in (("progress", progress), ("resume", resume)):
-        if not isinstance(value, bool | np.bool_):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+    check_switch(progress, "progress")
+    check_switch(resume, "resume")
 
 
 def _check_durations(durations: object, num_clients: int) -> None:
