@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ import pytest
 
 import covey
 import covey.core._history as history_module
+import covey.core._historyfile as historyfile_module
 from _live import Joined, Served
 from covey.core._history import History, RoundRecord
+from covey.core._historyfile import HistoryFile
 from covey.deploy import serve
 from covey.server._outputs import RunOutputs
 from covey.server._store import RunStore
@@ -137,3 +140,38 @@ def test_a_recorded_keep_last_that_is_not_valid_keeps_every_round(
     before: Any = SimpleNamespace(config={})  # a run from before keep_last was recorded
     assert kept_last(None, before) is None
     assert "is not valid: every round is kept" in caplog.text
+
+
+def test_a_large_history_file_is_rewritten_within_a_share_of_the_runs_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rewriting the whole history.json after every round took time growing with the
+    # round number: 18 ms a round at round 5,000 of a tiny model, against 3 at its start.
+    clock = [0.0]
+
+    def slow_write(path: Any, data: Any) -> None:
+        clock[0] += 1.0  # every write takes a second here
+        Path(path).write_bytes(data)
+
+    monkeypatch.setattr(historyfile_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(historyfile_module, "atomic_write", slow_write)
+    monkeypatch.setattr(historyfile_module, "SMALL_FILE", 2_000)
+    path = tmp_path / History.FILE_NAME
+    writer = HistoryFile(path, share=0.25)  # after a 1 s write, none for the next 4 s
+    history = History(config={"rounds": 40})
+    written = []
+    for r in range(40):
+        history.rounds.append(RoundRecord(r, fit_participants=[0], central_loss=1.0 / (r + 1)))
+        clock[0] += 0.5  # the round's own time
+        if writer.write(history):
+            written.append(r)
+        on_disk = History.load(path)
+        assert on_disk.rounds[-1].round == written[-1]  # whole, and as of its last write
+    small = [r for r in range(40) if len(History(history.rounds[: r + 1]).to_json()) <= 2_000]
+    assert written[: len(small)] == small  # a small file: after every round
+    later = written[len(small) :]
+    # a 1 s write, then 3 s of rounds: a quarter of the time goes to the file
+    assert len(later) > 3
+    assert all(b - a == 6 for a, b in itertools.pairwise(later)), later
+    history.save(path)  # the end of the run writes it whole
+    assert path.read_text() == history.to_json()

@@ -443,3 +443,40 @@ def test_a_deployed_run_killed_before_its_history_was_written_is_listed_and_show
     assert shown.exit_code == 0, shown.output
     assert "stopped" in shown.output
     assert "covey server --resume" in " ".join(shown.output.split())
+
+
+def test_rounds_a_killed_runs_history_json_missed_are_read_from_its_store(
+    tmp_path: Path,
+) -> None:
+    # A long run of short rounds rewrites history.json less often than every round;
+    # killed, its store (run.sqlite) holds the rounds the file missed.
+    import numpy as np
+
+    import covey
+    from covey.cli._runs import load_history
+    from covey.dashboard._runs import read_run
+
+    class Adder(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            return covey.FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
+
+    run = tmp_path / "run"
+    full = covey.simulate(
+        lambda cid: Adder(),
+        2,
+        5,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        run_dir=run,
+        progress=False,
+    ).history
+    written = json.loads((run / "history.json").read_text())
+    written["rounds"] = written["rounds"][:3]  # as last written, rounds 0 to 2
+    (run / "history.json").write_text(json.dumps(written))
+    assert [r["round"] for r in read_run("run", run).rounds] == [0, 1, 2, 3, 4, 5]
+    history = load_history(run, [])
+    assert history.to_json() == full.to_json()
+    shown = CliRunner().invoke(app, ["runs", "show", str(run)])
+    assert shown.exit_code == 0, shown.output
+    rows = [line.split()[:3] for line in shown.output.splitlines() if line.strip()]
+    assert ["5", "2", "0"] in rows, shown.output  # round 5, two clients, none failed

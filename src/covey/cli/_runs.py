@@ -31,15 +31,10 @@ from covey.cli._rounds import (
     stopped_early,
 )
 from covey.core._files import MAX_SETTINGS_BYTES, read_regular
-from covey.dashboard._runs import discover_runs
+from covey.dashboard._runs import discover_runs, later_rounds
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
-from covey.server._rundb import (
-    LOCK_NAME,
-    is_held,
-    open_read_only,
-    schema_refusal,
-)
+from covey.server._rundb import LOCK_NAME, is_held, open_read_only, schema_refusal
 from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import (
     SET_UP_FILES,
@@ -246,6 +241,9 @@ def load_history(folder: Path, notices: list[str]) -> History:
         warnings.simplefilter("always", UserWarning)
         history = History.load(folder)
     notices.extend(str(w.message) for w in caught if str(w.message) not in notices)
+    with contextlib.suppress(ValueError):  # a store it cannot read: the command says so
+        later = later_rounds(folder, history.rounds[-1].round if history.rounds else -1)
+        history.rounds += History.from_dict({"rounds": later}).rounds  # history.json missed
     return history
 
 

@@ -183,7 +183,46 @@ def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
+def _rounds_after(conn: sqlite3.Connection, db: Path, after: int) -> list[dict[str, Any]]:
+    """The round records a store holds after round ``after``, checked.
+
+    A long run of short rounds writes ``history.json`` less often than every
+    round (:class:`~covey.core._historyfile.HistoryFile`): killed, its store has
+    the rounds the file missed.
+    """
+    records = conn.execute(
+        "SELECT record FROM rounds WHERE record IS NOT NULL AND round > ? ORDER BY round",
+        (after,),
+    ).fetchall()
+    if not records:
+        return []
+    try:
+        rows = [json.loads(text, parse_constant=no_constant) for (text,) in records]
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
+    return check_rounds(rows, str(db))
+
+
+def later_rounds(path: Path, after: int) -> list[dict[str, Any]]:
+    """The rounds after ``after`` that the store of the run in ``path`` holds, if any.
+
+    Raises:
+        RunReadError: if the store is there but cannot be read as a covey run's.
+    """
+    db = path / STORE
+    if not db.is_file():
+        return []
+    with _read_only(db) as conn:
+        newer = schema_refusal(conn, db)
+        if newer is not None:
+            raise RunReadError(newer)
+        return _rounds_after(conn, db, after)
+
+
+def _read_store(run: Run, db: Path) -> None:
+    """Fill ``run`` from its store, with the rounds after those of its ``history.json``."""
     with _read_only(db) as conn:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         newer = schema_refusal(conn, db, meta)
@@ -194,11 +233,7 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         ).fetchone()
         if meta.get("format") != "covey-run" or row is None:
             raise RunReadError(f"{db} is not a covey run database")
-        records = []
-        if want_rounds:
-            records = conn.execute(
-                "SELECT record FROM rounds WHERE record IS NOT NULL ORDER BY round"
-            ).fetchall()
+        later = _rounds_after(conn, db, run.rounds[-1]["round"] if run.rounds else -1)
         clients = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
         events = conn.execute(
             "SELECT time, client, event, detail FROM events ORDER BY seq DESC LIMIT ?",
@@ -206,9 +241,7 @@ def _read_store(run: Run, db: Path, *, want_rounds: bool) -> None:
         ).fetchall()
     config_text, created, updated, status = row
     try:
-        if want_rounds:
-            rows = [json.loads(text, parse_constant=no_constant) for (text,) in records]
-            run.rounds = check_rounds(rows, str(db))
+        run.rounds = run.rounds + later
         config = json.loads(config_text, parse_constant=no_constant)
         run.clients = {int(cid): str(name) for name, cid in clients}
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
@@ -254,7 +287,7 @@ def read_run(run_id: str, path: str | Path, *, root: str | Path | None = None) -
         for beside in ("-wal", "-shm"):  # SQLite reads them beside the database
             if (path / (STORE + beside)).exists():
                 within(path / (STORE + beside), top)
-        _read_store(run, within(db, top), want_rounds=not history.is_file())
+        _read_store(run, within(db, top))
     if run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (
