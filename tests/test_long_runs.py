@@ -175,3 +175,25 @@ def test_a_large_history_file_is_rewritten_within_a_share_of_the_runs_time(
     assert all(b - a == 6 for a, b in itertools.pairwise(later)), later
     history.save(path)  # the end of the run writes it whole
     assert path.read_text() == history.to_json()
+
+
+def test_saving_a_round_reads_no_more_of_the_store_in_a_long_run(tmp_path: Path) -> None:
+    # keep_last's pruning after every save looked for the rounds that keep a weights
+    # file by reading every round's row: a save cost more with each round saved.
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0  # go on
+
+    with RunStore.create(tmp_path / "run", config={}) as store:
+        assert store._db._conn is not None
+        store._db._conn.set_progress_handler(count, 1)
+        cost = {}
+        for r in range(400):
+            before = steps[0]
+            store.save_round(r, {"w": np.zeros(2)}, RoundRecord(r, central_loss=0.5), keep_last=2)
+            cost[r] = steps[0] - before
+    early = sum(cost[r] for r in range(40, 50))
+    late = sum(cost[r] for r in range(390, 400))
+    assert late < 1.3 * early, (early, late)

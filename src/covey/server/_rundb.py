@@ -75,6 +75,9 @@ _SCHEMA: Final = (
     " event TEXT NOT NULL,"
     " detail TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq)",
+    # The rounds that keep a weights file (keep_last prunes the others after every
+    # round): found without reading every round's row, however long the run.
+    "CREATE INDEX IF NOT EXISTS rounds_kept ON rounds (round) WHERE weights_file IS NOT NULL",
 )
 
 
