@@ -173,6 +173,11 @@ def test_a_large_history_file_is_rewritten_within_a_share_of_the_runs_time(
     # a 1 s write, then 3 s of rounds: a quarter of the time goes to the file
     assert len(later) > 3
     assert all(b - a == 6 for a, b in itertools.pairwise(later)), later
+    history.rounds.append(RoundRecord(40))
+    assert not writer.write(history)
+    history.config = {"rounds": 80}  # a resume's new count: written at once
+    assert writer.write(history)
+    assert History.load(path).config == {"rounds": 80}
     history.save(path)  # the end of the run writes it whole
     assert path.read_text() == history.to_json()
 

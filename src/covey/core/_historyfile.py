@@ -39,7 +39,8 @@ class HistoryFile:
     every round; a larger one (a long run of short rounds) is written when the
     time since its last write is at least ``1 / share`` times what that write
     took, so that rewriting it takes at most ``share`` of the run's time (5000
-    rounds of a tiny model took 18 ms a round at their end, not 3). The run's
+    rounds of a tiny model took 18 ms a round at their end, not 3); a change of
+    the run's settings or of why it stopped is written at once. The run's
     store (``run.sqlite``) keeps every round as it completes: readers of a
     killed run's folder take the rounds its ``history.json`` missed from there.
 
@@ -57,6 +58,7 @@ class HistoryFile:
         self._settled = 0  # how many cached texts are final (all but the newest)
         self._size = 0  # bytes of the cached texts
         self._due = 0.0  # time.monotonic() from which a large file is written again
+        self._said = ""  # the file's settings and stop reason, as last written
 
     def write(self, history: History) -> bool:
         """Write ``history`` to the file atomically, unless it is large and was just written.
@@ -68,9 +70,14 @@ class HistoryFile:
         """
         self._cache(history.rounds)
         start = time.monotonic()
-        if self._size > SMALL_FILE and start < self._due:
+        top = _head(history)
+        # The run's settings (a resume's new round count) and why it stopped are written
+        # as they change; clients' names (many, in a fleet) with the next round's write.
+        said = json.dumps([top["config"], top["stopped_reason"]])
+        if self._size > SMALL_FILE and start < self._due and said == self._said:
             return False
-        head = json.dumps({**_head(history), "rounds": []}, indent=2).encode("utf-8")
+        self._said = said
+        head = json.dumps({**top, "rounds": []}, indent=2).encode("utf-8")
         if self._texts:
             body = b",\n".join(self._texts)
             head = head.removesuffix(b"[]\n}") + b"[\n" + body + b"\n  ]\n}"
