@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,13 @@ def test_a_round_deadline_that_is_no_number_is_named(deadline: Any) -> None:
 @pytest.mark.parametrize("said", [True, "5", None])
 def test_a_simulated_duration_that_is_no_number_is_named(said: Any) -> None:
     with pytest.raises(ValueError, match=r"simulated duration is .* expected a number of seconds"):
+        run(client_durations=lambda cid, rng: said, round_deadline=10.0)
+
+
+@pytest.mark.parametrize("said", [math.inf, math.nan, -1.0])
+def test_a_simulated_duration_out_of_range_says_what_is_expected(said: float) -> None:
+    # "inf, expected >= 0" named a condition infinity meets
+    with pytest.raises(ValueError, match=r"is (inf|nan|-1.0), expected a finite number >= 0"):
         run(client_durations=lambda cid, rng: said, round_deadline=10.0)
 
 

@@ -259,7 +259,9 @@ def simulate(
             (long-lived Ray actors, local or on a cluster); all give the same bits.
         seed: Seeds client sampling.
         num_workers: Worker processes for the process backend; most actors per
-            client group for the Ray backend.
+            client group for the Ray backend. The inline backend, which runs every
+            client in this process one at a time, takes and ignores it, so that one
+            call switches backends by ``backend`` alone.
         round_timeout: Seconds clients have to reply in a round. The inline backend
             runs clients one after another and cannot interrupt one: it bounds each
             client's own call, dropping a reply that took longer.

@@ -90,7 +90,9 @@ def simulated_seconds(value: Any, cid: int) -> float:
         )
     seconds = float(value)
     if not seconds >= 0.0 or seconds == math.inf:
-        raise ValueError(f"client {cid}'s simulated duration is {seconds}, expected >= 0")
+        raise ValueError(
+            f"client {cid}'s simulated duration is {seconds}, expected a finite number >= 0"
+        )
     return seconds
 
 
