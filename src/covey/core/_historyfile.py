@@ -70,14 +70,13 @@ class HistoryFile:
         """
         self._cache(history.rounds)
         start = time.monotonic()
-        top = _head(history)
         # The run's settings (a resume's new round count) and why it stopped are written
         # as they change; clients' names (many, in a fleet) with the next round's write.
-        said = json.dumps([top["config"], top["stopped_reason"]])
+        said = json.dumps([jsonable(history.config), history.stopped_reason])
         if self._size > SMALL_FILE and start < self._due and said == self._said:
             return False
         self._said = said
-        head = json.dumps({**top, "rounds": []}, indent=2).encode("utf-8")
+        head = json.dumps({**_head(history), "rounds": []}, indent=2).encode("utf-8")
         if self._texts:
             body = b",\n".join(self._texts)
             head = head.removesuffix(b"[]\n}") + b"[\n" + body + b"\n  ]\n}"
