@@ -162,7 +162,14 @@ def test_a_demo_stopped_by_an_error_keeps_the_last_complete_rounds_model_at_out(
     assert (tmp_path / "m.safetensors").is_file()
 
 
-def test_ctrl_c_of_a_demo_with_out_keeps_the_last_complete_rounds_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code", "how"),
+    [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "interrupted (SIGTERM)")],
+)
+def test_a_stopped_demo_with_out_keeps_the_last_complete_rounds_model(
+    tmp_path: Path, sig: str, code: int, how: str
+) -> None:
+    """Ctrl-C, or SIGTERM (`docker stop`; before, it ended the demo without a word or a model)."""
     import signal
     import time
 
@@ -190,7 +197,7 @@ def test_ctrl_c_of_a_demo_with_out_keeps_the_last_complete_rounds_model(tmp_path
             proc.kill()
             out = proc.communicate(timeout=30)[0]
             pytest.fail(f"no round finished within 120 s; the demo printed:\n{out[-4000:]}")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         said = proc.communicate(timeout=60)[0]
     finally:
         if proc.poll() is None:
@@ -198,12 +205,12 @@ def test_ctrl_c_of_a_demo_with_out_keeps_the_last_complete_rounds_model(tmp_path
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-    assert proc.returncode == 130, said
-    (line,) = [line for line in said.splitlines() if line.startswith("interrupted:")]
+    assert proc.returncode == code, said
+    (line,) = [line for line in said.splitlines() if line.startswith("interrupted")]
     history = covey.History.load(tmp_path / "r")
     done = history.rounds[-1].round
     assert line == (
-        "interrupted: the demo in r stopped; its history.json keeps the rounds done: "
+        f"{how}: the demo in r stopped; its history.json keeps the rounds done: "
         f"`covey runs show r`; the model after round {done}, the last complete one, is in "
         "m.safetensors"
     )

@@ -27,39 +27,71 @@ from covey.cli import app
 pytestmark = pytest.mark.slow
 
 
-def test_ctrl_c_of_a_simulated_covey_run_says_how_to_resume_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "sig", "code", "how"),
+    [
+        ("inline", signal.SIGINT, 130, "interrupted"),
+        # a batch scheduler's or `timeout`'s stop: SIGTERM to the whole process group, the
+        # workers too. Before: no word, no model kept, the pool's shared memory left behind.
+        ("process", signal.SIGTERM, 143, "interrupted (SIGTERM)"),
+    ],
+)
+def test_a_stopped_simulated_covey_run_says_how_to_resume_it(
+    tmp_path: Path, backend: str, sig: signal.Signals, code: int, how: str
+) -> None:
+    import psutil
+
     made = CliRunner().invoke(app, ["new", "cut-fed", "--dir", str(tmp_path)])
     assert made.exit_code == 0, made.output
     root = tmp_path / "cut-fed"
     env = dict(os.environ, COLUMNS="200")
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "covey", "run", "--set", "rounds=100000"],
+        [
+            sys.executable,
+            "-m",
+            "covey",
+            "run",
+            "--set",
+            "rounds=100000",
+            "--set",
+            f"backend={backend}",
+        ],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         # A background process may inherit SIGINT ignored; Ctrl-C must reach this one.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        start_new_session=True,  # a process group of its own, to signal whole
     )
     try:
         deadline = time.monotonic() + 60
         while not _a_round_done(root) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _a_round_done(root), "no round finished within 60 s"
-        proc.send_signal(signal.SIGINT)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) == (2 if backend == "process" else 0)
+        for child in children:  # a worker dies of SIGTERM: it keeps no handler of `covey run`'s
+            assert not _catches(child.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         out, _ = proc.communicate(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=30)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     said = " ".join(out.decode(errors="replace").split())
-    assert proc.returncode == 130, said
+    assert proc.returncode == code, said
+    assert "Traceback" not in said  # nor a worker's, which inherited the handler
+    assert not alive
+    assert not list(Path("/dev/shm").glob(f"covey-{proc.pid}-*"))
     (run,) = root.glob("runs/*")
-    assert "interrupted: the simulation in " in said
+    assert f"{how}: the simulation in " in said
     assert run.name in said
     assert f"continue it after its last complete round with `covey run --resume {run}`" in said
-    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    meta = json.loads((run / "run.json").read_text())
+    assert (meta["status"], meta["stopped_reason"]) == ("failed", f"interrupted ({sig.name})")
     # One line names the model after the last round of the history, as it scored it.
     lines = [line for line in out.decode(errors="replace").splitlines() if "interrupted" in line]
     assert len(lines) == 1, said
@@ -68,6 +100,13 @@ def test_ctrl_c_of_a_simulated_covey_run_says_how_to_resume_it(tmp_path: Path) -
     assert f"the model after round {done}, the last complete one, is in " in said
     assert str(run / "model.safetensors") in lines[0]
     _check_model(run, history, done)
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler of its own for ``sig`` (Linux: SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (caught,) = [line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")]
+    return bool(int(caught, 16) >> (sig - 1) & 1)
 
 
 def _a_round_done(root: Path) -> bool:

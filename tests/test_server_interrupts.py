@@ -56,7 +56,7 @@ def test_sigterm_stops_covey_server_as_ctrl_c_does(tmp_path: Path) -> None:
 
 _TWICE = """
 import os, signal, sys, time
-from covey.deploy._cli import SAME_STOP, stop_on_sigterm
+from covey.core._interrupt import SAME_STOP, stop_on_sigterm
 
 stop_on_sigterm()
 try:

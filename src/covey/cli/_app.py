@@ -20,7 +20,7 @@ from rich.markup import escape
 
 import covey
 from covey.core._extras import MissingExtraError, extra_for
-from covey.core._interrupt import interrupt_in, interrupts_as_such
+from covey.core._interrupt import interrupt_in, interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_tables import output_console
 
 if TYPE_CHECKING:
@@ -180,6 +180,7 @@ def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> Simulation
     # With --out: the model after the last complete round, whatever stops the run.
     models = None if out is None else RoundModels(None)
     try:
+        stop_on_sigterm()  # `docker stop`, a batch scheduler: as Ctrl-C
         with interrupts_as_such():  # Ctrl-C that an import made an ImportError, say: Ctrl-C
             result = run_demo(config, run_dir=run_dir, progress=True, models=models)
     except covey.FederationError as exc:
@@ -189,17 +190,18 @@ def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> Simulation
             if kept is not None:
                 console.print(escape(kept), soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         kept = None if models is None else keep_model(run_dir, models, console, to=out)
+        term = exc.args == ("SIGTERM",)
         console.print(
             escape(
-                f"interrupted: the demo in {run_dir} stopped; its history.json keeps the rounds "
-                f"done: `covey runs show {shlex.quote(str(run_dir))}`"
+                f"interrupted{' (SIGTERM)' if term else ''}: the demo in {run_dir} stopped; its "
+                f"history.json keeps the rounds done: `covey runs show {shlex.quote(str(run_dir))}`"
                 + ("" if kept is None else f"; {kept}")
             ),
             soft_wrap=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if term else 130) from None
     return result
 
 

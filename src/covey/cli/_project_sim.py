@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from covey.cli._model import MODEL_FILE, RoundModels, keep_model, not_saved, save_model
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object, read_regular
-from covey.core._interrupt import interrupts_as_such
+from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 
@@ -177,16 +177,17 @@ def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int |
     return kept if kept is None or whole else keep_last
 
 
-def _interrupted(run_dir: Path, kept: str | None) -> str:
-    """What a simulation stopped by Ctrl-C left in ``run_dir``, and what goes on with it.
+def _interrupted(run_dir: Path, kept: str | None, exc: KeyboardInterrupt) -> str:
+    """What a simulation stopped by Ctrl-C or SIGTERM left in ``run_dir``, and what goes on.
 
     ``kept`` says where the model after its last complete round is, if anywhere.
     """
     from covey.sim._rundir import resume_command
 
+    said = "interrupted" if exc.args != ("SIGTERM",) else "interrupted (SIGTERM)"
     if not (run_dir / "history.json").is_file():  # as its model loaded or its clients started
         return (
-            f"interrupted: the simulation in {run_dir} stopped before its first round; "
+            f"{said}: the simulation in {run_dir} stopped before its first round; "
             f"`{resume_command(run_dir)}` starts it again at round 1"
         )
     how = (
@@ -197,7 +198,7 @@ def _interrupted(run_dir: Path, kept: str | None) -> str:
         "the same results"
     )
     return (
-        f"interrupted: the simulation in {run_dir} stopped (its history.json keeps the "
+        f"{said}: the simulation in {run_dir} stopped (its history.json keeps the "
         f"rounds done{'; ' + kept if kept else ''}); {how}"
     )
 
@@ -272,6 +273,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     )
     models = RoundModels(server_app.evaluate_fn)  # keeps the model after the last round done
     try:
+        stop_on_sigterm()  # a batch scheduler's or `docker stop`'s stop: as Ctrl-C
         with interrupts_as_such():  # an error Ctrl-C caused (an ImportError, say): Ctrl-C
             result = covey.simulate(
                 functools.partial(
@@ -301,10 +303,10 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
             show = f"`covey runs show {shlex.quote(str(run_dir))}`"
             console.print(escape(f"{kept}; {show}"), soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         kept = keep_model(run_dir, models, console)
-        console.print(escape(_interrupted(run_dir, kept)), soft_wrap=True)
-        raise typer.Exit(130) from None
+        console.print(escape(_interrupted(run_dir, kept, exc)), soft_wrap=True)
+        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     except Exception as exc:
         _refused_resume(exc, resume, models)
         # The app's own function raised: the error is reported as any other (covey.cli.main).

@@ -6,14 +6,27 @@ its first plot), the module's loader reports an ``ImportError("initialization
 failed")`` caused by the interrupt. A run stopped that way was interrupted, not
 failed: :func:`interrupt_in` finds the interrupt behind such an error, and
 :func:`as_interrupt` gives the ``KeyboardInterrupt`` to record and raise in its place.
+
+The command line's runs take SIGTERM as Ctrl-C too (:func:`stop_on_sigterm`), as
+``KeyboardInterrupt("SIGTERM")``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import time
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["as_interrupt", "interrupt_in", "interrupts_as_such"]
+__all__ = [
+    "SAME_STOP",
+    "as_interrupt",
+    "interrupt_in",
+    "interrupts_as_such",
+    "stop_on_sigterm",
+]
 
 
 def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
@@ -61,3 +74,32 @@ def interrupts_as_such() -> Iterator[None]:
         if exc is caught:
             raise
         raise exc from caught
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``docker stop``, ``systemctl stop``, a batch scheduler) stop as Ctrl-C does.
+
+    The first SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` in the main thread:
+    a run ends marked, its clients or workers are told, its folder is let go. A second
+    one ends the process at once, as SIGTERM does by default, unless it comes
+    within :data:`SAME_STOP` seconds of the first: GNU ``timeout`` signals its
+    command and then the command's whole process group, so one stop arrives twice.
+    """
+
+    def terminated(signum: int, frame: Any) -> None:
+        first = time.monotonic()
+
+        def again(signum: int, frame: Any) -> None:
+            if time.monotonic() - first < SAME_STOP:
+                return  # the same stop, delivered twice
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, again)
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
+SAME_STOP = 1.0
+"""Seconds after a first SIGTERM within which another is taken for the same stop."""

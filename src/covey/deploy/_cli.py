@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from covey.core._interrupt import interrupts_as_such
+from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import (
     address_flag,
     compression_spec,
@@ -285,35 +282,6 @@ def _show_model(run: Path) -> None:
     model = saved_model(run)
     if model is not None:
         console.print(escape(f"run stopped: {model}"), soft_wrap=True)
-
-
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``docker stop``, ``systemctl stop``) stop the run as Ctrl-C does.
-
-    The first SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` in the main thread:
-    the run ends marked, its clients are told, its folder is let go. A second
-    one ends the process at once, as SIGTERM does by default, unless it comes
-    within :data:`SAME_STOP` seconds of the first: GNU ``timeout`` signals its
-    command and then the command's whole process group, so one stop arrives twice.
-    """
-
-    def terminated(signum: int, frame: Any) -> None:
-        first = time.monotonic()
-
-        def again(signum: int, frame: Any) -> None:
-            if time.monotonic() - first < SAME_STOP:
-                return  # the same stop, delivered twice
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        signal.signal(signal.SIGTERM, again)
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, terminated)
-
-
-SAME_STOP = 1.0
-"""Seconds after a first SIGTERM within which another is taken for the same stop."""
 
 
 def _forget(run: Path, flags: dict[str, Any]) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from covey.deploy._cli import _pick, console, stop_on_sigterm
+from covey.core._interrupt import stop_on_sigterm
+from covey.deploy._cli import _pick, console
 from covey.deploy._cli_errors import (
     address_flag,
     fail,

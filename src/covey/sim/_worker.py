@@ -146,6 +146,9 @@ def worker_main(
     _one_thread()
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the handler by which `covey run` stops on SIGTERM: SIGTERM
+    # ends a worker as it ends one started otherwise (the parent replaces it or stops).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _own_output()
     pacer = None if pacing is None else _pace.Pacer(*pacing, conn, logs.send_bytes)
     clients: dict[int, Any] = {}
