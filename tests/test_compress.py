@@ -114,6 +114,31 @@ def test_error_feedback_accumulates_what_topk_drops() -> None:
     np.testing.assert_allclose(sent_total + residual["w"], delta_total, atol=1e-12)
 
 
+@pytest.mark.parametrize("subclass", [False, True])
+def test_an_update_overflowing_with_its_residual_is_named_so(subclass: bool) -> None:
+    """A finite update plus a finite residual past float32's range: not "NaN or Inf" in it.
+
+    Before: NumPy's overflow warning from covey's own code (an error under ``-W error``),
+    then the update refused as holding non-finite values, which it did not.
+    """
+
+    class Sub(TopK):
+        pass
+
+    scheme = Sub(0.25) if subclass else TopK(0.25)
+    spec = WeightsSpec.of({"w": np.zeros(4, np.float32)})
+    delta = {"w": np.array([3e38, 1.0, 1.0, 3e38], np.float32)}
+    _, residual = topk_with_feedback(scheme, delta, None, spec)  # keeps one 3e38 back
+    with pytest.raises(ValueError, match="update plus what top-k's error feedback") as caught:
+        topk_with_feedback(scheme, delta, residual, spec)
+    assert str(caught.value) == (
+        "'w': this round's update plus what top-k's error feedback kept back from earlier "
+        "rounds overflows float32 (largest 3.403e+38), though the update itself is finite"
+    )
+    with pytest.raises(ValueError, match="non-finite values"):  # one that holds an inf is so
+        topk_with_feedback(scheme, {"w": np.full(4, np.inf, np.float32)}, residual, spec)
+
+
 def test_topk_sends_bool_and_integer_arrays_whole_and_keeps_no_residual_for_them() -> None:
     rng = np.random.default_rng(3)
     delta = {
