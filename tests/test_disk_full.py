@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 import covey
 from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord
-from covey.deploy._server import STOPPED
+from covey.deploy._goodbye import STOPPED
 from covey.server._store import RunStore
 
 sys.path.insert(0, str(Path(__file__).parent))

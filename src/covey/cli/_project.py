@@ -47,6 +47,7 @@ FEDERATION_KEYS = {
     "insecure",
     "run_dir",
     "round_timeout",
+    "round_retries",
     "wait_timeout",
     "heartbeat",
     "port_file",

@@ -70,6 +70,7 @@ def serve_project(
         for key in ("round_timeout", "wait_timeout", "heartbeat")
     }
     keep_last = number(fed.get("keep_last"), f"keep-last {where}", integer=True)
+    retries = number(fed.get("round_retries"), f"round-retries {where}", integer=True, zero=True)
     max_clients = number(fed.get("max_clients"), f"max-clients {where}", integer=True)
     data_port = port_number(fed.get("data_port"), f"data-port {where}")
     address = _address(fed.get("address", "127.0.0.1:9092"), where)
@@ -117,6 +118,7 @@ def serve_project(
         "plot": plot,
         "compression": scheme,
         "keep_last": keep_last,
+        "round_retries": retries,
         "max_clients": 1000 if max_clients is None else max_clients,
         "data_port": data_port,
         "resume_hint": hint,

@@ -41,6 +41,7 @@ SERVER_KEYS = {
     "run_dir",
     "resume",
     "round_timeout",
+    "round_retries",
     "wait_timeout",
     "heartbeat",
     "port_file",
@@ -211,6 +212,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
                 resume=resuming,
                 seed=server_app.seed,
                 round_timeout=_pick(flags["round_timeout"], s, "round_timeout", None),
+                round_retries=flags.get("round_retries") or 0,
                 wait_timeout=_pick(flags["wait_timeout"], s, "wait_timeout", 300.0),
                 heartbeat=_pick(flags["heartbeat"], s, "heartbeat", 5.0),
                 on_round=shown.on_round,
@@ -318,6 +320,13 @@ def server_command(
     round_timeout: Annotated[
         float | None, typer.Option(help="Seconds a round waits for replies (default: no limit).")
     ] = None,
+    round_retries: Annotated[
+        int | None,
+        typer.Option(
+            help="Run a round again, up to N times, when it fell short only because clients "
+            "lost their connections (default 0: the run stops)."
+        ),
+    ] = None,
     wait_timeout: Annotated[
         float | None,
         typer.Option(help="Seconds to wait for enough clients before each round (default 300)."),
@@ -378,6 +387,12 @@ def server_command(
         "insecure": insecure,
         "rounds": number(_pick(rounds, s, "rounds", None), "--rounds", integer=True, zero=True),
         "round_timeout": number(_pick(round_timeout, s, "round_timeout", None), "--round-timeout"),
+        "round_retries": number(
+            _pick(round_retries, s, "round_retries", None),
+            "--round-retries",
+            integer=True,
+            zero=True,
+        ),
         "wait_timeout": number(_pick(wait_timeout, s, "wait_timeout", None), "--wait-timeout"),
         "heartbeat": number(_pick(heartbeat, s, "heartbeat", None), "--heartbeat"),
         "plot": plot,

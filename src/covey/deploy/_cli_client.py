@@ -149,7 +149,7 @@ def client_command(
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
     from covey.deploy._client import connect
-    from covey.deploy._server import STOPPED
+    from covey.deploy._goodbye import STOPPED
     from covey.transport.grpc._checks import name_problem
     from covey.transport.grpc._refusal import Refused
 

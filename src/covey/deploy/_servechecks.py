@@ -151,11 +151,16 @@ def check_writable(opened: RunStore) -> None:
 
 
 def check_settings(
-    rounds: int, round_timeout: float | None, wait_timeout: float | None, heartbeat: float
+    rounds: int,
+    round_timeout: float | None,
+    wait_timeout: float | None,
+    heartbeat: float,
+    round_retries: int = 0,
 ) -> None:
     """Refuse numbers that would end a run at once or never (a NaN wait waits forever)."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be an int, 0 or more, got {rounds!r}")
+    for name, count in (("rounds", rounds), ("round_retries", round_retries)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{name} must be an int, 0 or more, got {count!r}")
     for name, value in (
         ("round_timeout", round_timeout),
         ("wait_timeout", wait_timeout),

@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from covey.compress import CompressedTransport, Scheme, scheme_spec
 from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
-from covey.core._interrupt import interrupt_in, interrupts_as_such
+from covey.core._interrupt import interrupts_as_such
 from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec, made, native
+from covey.deploy._goodbye import describe, goodbye_of, reason_of
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._servechecks import (
     check_capacity,
@@ -34,28 +34,26 @@ from covey.deploy._servechecks import (
 from covey.deploy._tls import server_tls
 from covey.server._base import (
     EvaluateFn,
-    FederationError,
     RoundCallback,
-    _first_line,
     checked_callbacks,
 )
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
+from covey.server._retry import RoundRetries
 from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import load_state, state_types
 from covey.server._store import RunStore
+from covey.server._sync import RoundLoop
 from covey.strategies._names import a_strategy
 from covey.strategies._strategy import Strategy
 from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._listen import ListenError
+from covey.transport.grpc._registry import lost_connection
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
-
-STOPPED: Final = "the run stopped: "
-"""How the goodbye of a run that did not end normally begins (clients exit non-zero on it)."""
 
 
 @dataclass
@@ -118,6 +116,7 @@ def serve(
     compression: Scheme | str | None = None,
     keep_last: int | None = None,
     data_port: int | None = None,
+    round_retries: int = 0,
 ) -> ServeResult:
     """Serve a federation: wait for clients, run ``rounds`` rounds, say goodbye.
 
@@ -145,6 +144,10 @@ def serve(
             with no fewer (else ValueError).
         seed: Seeds client sampling.
         round_timeout: Seconds clients have to reply in a round; late replies are discarded.
+        round_retries: How many times a round is run again, once enough clients are
+            back (within ``wait_timeout``), when it fell short only because clients
+            lost their connections (an outage, the server's process paused); 0: such
+            a round stops the run, as any round that falls short. Synchronous runs.
         wait_timeout: Seconds to wait for enough clients before a round.
         heartbeat: Seconds between heartbeats; silent clients are dropped after six.
         max_clients: Most clients connected at once; at least the strategy's
@@ -181,7 +184,8 @@ def serve(
         ValueError: a setting out of range, e.g. ``max_clients`` below the strategy's minimums.
     """
     rounds, seed, max_clients = plain(rounds), plain(seed), plain(max_clients)
-    check_settings(rounds, round_timeout, wait_timeout, heartbeat)
+    round_retries = plain(round_retries)
+    check_settings(rounds, round_timeout, wait_timeout, heartbeat, round_retries)
     # Before clients join a run that would stop at round 0; a list of callbacks: one calling each.
     on_round = checked_callbacks(evaluate_fn, on_round)
     strategy = a_strategy(strategy)
@@ -252,6 +256,8 @@ def serve(
         )
         run.loop = loop
         loop.client_names = names.names  # failures are logged and reported by name
+        if isinstance(loop, RoundLoop):
+            loop.retries = RoundRetries(round_retries, lambda f: lost_connection(f.error))
         del initial_weights, start_weights, template
         if run.history is None:
             loop.history.config = run.config
@@ -259,7 +265,7 @@ def serve(
             loop.run(rounds, start=run.start)
         run.end(None, names)
     except BaseException as exc:
-        goodbye = _goodbye(exc)  # told to the clients even if the end cannot be recorded
+        goodbye = goodbye_of(exc)  # told to the clients even if the end cannot be recorded
         run.end(exc, names)
         raise
     finally:
@@ -305,35 +311,6 @@ def _listen(
     except BaseException:
         late.close()
         raise
-
-
-def _goodbye(exc: BaseException) -> str:
-    """What the clients are told when the run stops on ``exc`` (no traceback leaves the server)."""
-    if isinstance(exc, FederationError):
-        lines = str(exc).strip().splitlines() or ["the run failed"]
-        return f"{STOPPED}{lines[0][:300]}"
-    if interrupt_in(exc) is not None:  # an error Ctrl-C caused (an ImportError, say) too
-        return f"{STOPPED}the server was interrupted"
-    return f"{STOPPED}the server failed ({type(exc).__name__})"
-
-
-def _describe(exc: BaseException) -> str:
-    """The reason a run stopped, with the traceback of an unexpected error."""
-    if isinstance(exc, FederationError) and exc.history.stopped_reason:
-        return exc.history.stopped_reason
-    interrupt = interrupt_in(exc)  # KeyboardInterrupt("SIGTERM"): see covey server
-    if interrupt is not None:  # or an error it caused (as a module imported, say)
-        return f"interrupted ({interrupt.args[0] if interrupt.args else 'SIGINT'})"
-    return "".join(traceback.format_exception(exc))
-
-
-def _reason(exc: BaseException) -> str:
-    """The one line a run records for ``exc``, with the notes covey added (who raised it)."""
-    line = _first_line(_describe(exc))
-    if isinstance(exc, FederationError) or interrupt_in(exc) is not None:
-        return line
-    notes = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.strip()]
-    return line + "".join(f" ({' '.join(note.split())})" for note in notes)
 
 
 @dataclass
@@ -418,7 +395,7 @@ class _Run:
         if self.loop is not None:  # a round that stopped the run had no saver to name it
             names.name_history(self.loop.history)
         if exc is not None and history is not None and history.stopped_reason is None:
-            history.stopped_reason = _reason(exc)  # history.json too
+            history.stopped_reason = reason_of(exc)  # history.json too
         if self.store is None:
             return
         try:
@@ -440,7 +417,7 @@ class _Run:
             if self.loop is not None and self.loop.applied > (self.store.last_round() or 0):
                 self.store.owe_release()  # a model it changed and did not save may have left
             self.store.set_status("failed")
-            self.store.log_event("server", "stopped", _describe(exc))
+            self.store.log_event("server", "stopped", describe(exc))
         except OSError as err:
             logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
 

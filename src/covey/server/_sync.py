@@ -23,6 +23,7 @@ from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
+from covey.server._retry import RoundRetries, run_retried, shortfall
 from covey.server._saver import SaveError
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
@@ -102,6 +103,7 @@ class RoundLoop(_LoopBase):
         self.round_timeout = round_timeout
         self.wait_timeout = wait_timeout
         self.simulated = simulated
+        self.retries: RoundRetries | None = None  # serve(round_retries=...) sets it
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -126,14 +128,23 @@ class RoundLoop(_LoopBase):
                 logger.info("stopping before round %d: %s", rnd, reason)
                 self.history.stopped_reason = reason
                 break
-            self.run_round(rnd)
+            if self.retries is None or self.retries.times == 0:
+                self.run_round(rnd)
+            else:
+                run_retried(self, rnd, self.retries)
         for hook in hooks:
             hook.finish(self.history, self.agg_state)
         return self.history
 
-    def run_round(self, rnd: int) -> RoundRecord:
-        """Run one round: fit, aggregate, evaluate; return its record."""
+    def run_round(self, rnd: int, *, retried: Sequence[str] = ()) -> RoundRecord:
+        """Run one round: fit, aggregate, evaluate; return its record.
+
+        ``retried`` says why earlier attempts at this round were given up (see
+        :mod:`covey.server._retry`); the record keeps it in ``aggregate_info``.
+        """
         record = RoundRecord(round=rnd)
+        if retried:
+            record.aggregate_info["retried"] = list(retried)
         t0 = time.perf_counter()
         try:
             self._fit(rnd, record)
@@ -253,9 +264,11 @@ class RoundLoop(_LoopBase):
                 if strategy.accept_failures
                 else "and accept_failures=False"
             )
-            raise self._fail(
-                f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; failures: "
-                + _failures_said(record.fit_failures, self.who)
+            raise shortfall(
+                self._fail(
+                    f"round {rnd}: {ok} of {len(cids)} sampled clients replied, {why}; "
+                    "failures: " + _failures_said(record.fit_failures, self.who)
+                )
             )
         record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
         self._apply_if_enough(state, rnd, record, len(cids))
@@ -373,7 +386,7 @@ class RoundLoop(_LoopBase):
             self.history.rounds.append(record)
             if record.fit_failures:
                 error += "; failures: " + _failures_said(record.fit_failures, self.who)
-            raise self._fail(f"round {rnd}: {error}")
+            raise shortfall(self._fail(f"round {rnd}: {error}"))
         update = self.strategy.aggregator.feed
         for contribution in outcome.contributions:
             state, _ = update(state, contribution)

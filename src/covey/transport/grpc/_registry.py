@@ -31,6 +31,7 @@ __all__ = [
     "Registry",
     "ShuttingDownError",
     "Sink",
+    "lost_connection",
     "peer_of",
 ]
 
@@ -41,6 +42,23 @@ CLOSE = object()
 
 FREED = "covey:freed"
 """The kind of the marker reply a sink gets when a busy client it waits for is free."""
+
+
+_LOST = ("disconnected", "timed out (no heartbeat)", "replaced by a new connection")
+
+
+def lost_connection(error: str) -> bool:
+    """Whether a task failed with ``error`` because its client's connection was lost.
+
+    A dropped connection fails the tasks it owed with ``client <why>``: it closed,
+    fell silent, gave way to the same client's new connection, or lost its data
+    connection. One that broke the protocol (``disconnected: it broke ...``) was
+    dropped for what the client sent, and is no such loss.
+    """
+    why = error.removeprefix("client ")
+    if why == error or why.startswith("disconnected: "):
+        return False
+    return why.startswith(_LOST) or why.startswith("lost its data connection")
 
 
 def peer_of(context: grpc.ServicerContext) -> str:

@@ -1,0 +1,86 @@
+"""Running a round again when the clients it lost were lost to their connections.
+
+A deployed round that falls short of ``min_fit_clients`` stops the run. When
+every failure that cut it short is a lost connection (a client disconnected,
+fell silent past the heartbeat limit, or was replaced by its own new
+connection), the clients were not at fault: a network outage or a pause of
+the server's process (a suspended virtual machine, a debugger) drops them all
+at once, and they reconnect seconds later. With ``serve(round_retries=N)``
+such a round is run again, from the same model, once enough clients are back
+(waiting up to ``wait_timeout`` as before any round), at most ``N`` times;
+each attempt given up is listed in the round's ``aggregate_info["retried"]``.
+Any other failure (a client's error, a refused update, an aggregation that
+fails) stops the run as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from covey.core._history import Failure, RoundRecord
+from covey.server._base import FederationError
+
+if TYPE_CHECKING:
+    from covey.server._sync import RoundLoop
+
+__all__ = ["RoundRetries", "run_retried", "shortfall"]
+
+logger = logging.getLogger("covey")
+
+
+@dataclass(frozen=True)
+class RoundRetries:
+    """How often a round cut short by lost connections only is run again.
+
+    Args:
+        times: The most times one round is run again (0: never).
+        lost: Whether a failure is a lost connection (the transport's words for it).
+    """
+
+    times: int
+    lost: Callable[[Failure], bool]
+
+
+def shortfall(exc: FederationError) -> FederationError:
+    """``exc``, marked as the end of a round that fell short of its clients' replies."""
+    exc.shortfall = True  # type: ignore[attr-defined]
+    return exc
+
+
+def run_retried(loop: RoundLoop, rnd: int, retries: RoundRetries) -> RoundRecord:
+    """Run round ``rnd`` of ``loop``; again, up to ``retries.times``, if lost connections cut it.
+
+    Raises:
+        FederationError: the round fell short for another reason, or once more than
+            ``retries.times`` times (the history keeps the last attempt, as without
+            retries).
+    """
+    given_up: list[str] = []
+    while True:
+        try:
+            return loop.run_round(rnd, retried=given_up)
+        except FederationError as exc:
+            record = loop.history.rounds[-1] if loop.history.rounds else None
+            if (
+                len(given_up) >= retries.times
+                or not getattr(exc, "shortfall", False)
+                or record is None
+                or record.round != rnd
+                or not record.fit_failures
+                or not all(retries.lost(f) for f in record.fit_failures)
+            ):
+                raise
+            loop.history.rounds.pop()  # this attempt is no round of the run
+            loop.history.stopped_reason = None  # nor its end
+            given_up.append(str(exc))
+            logger.warning(
+                "%s; every client it lost lost its connection: running round %d again once "
+                "enough clients are back (retry %d of %d)",
+                exc,
+                rnd,
+                len(given_up),
+                retries.times,
+            )

@@ -1,0 +1,120 @@
+"""``serve(round_retries=N)``: a round cut short by lost connections alone is run again.
+
+A network outage, or the server's process paused past the heartbeat limit,
+drops every client of a round at once; they reconnect seconds later. Before,
+that round stopped the run (resumable only by hand). With ``round_retries``
+the round is run again from the same model once enough clients are back;
+any other failure still stops the run, and so does a round lost more often
+than allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.core._history import Failure
+from covey.transport.grpc._registry import lost_connection
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined, Raw, Served
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _strategy() -> covey.Strategy:
+    return covey.FedAvg(
+        fraction_fit=1.0, min_fit_clients=1, min_available_clients=1, fraction_evaluate=0.0
+    )
+
+
+def _drop_a_raw_client_in_round_1(port: int) -> None:
+    """A client that takes round 1's task and loses its connection (the call cancelled)."""
+    raw = Raw(port)
+    task = raw.next_task()
+    assert (task.kind, task.round) == ("fit", 1)
+    raw.call.cancel()
+
+
+def test_a_round_whose_clients_all_lost_their_connections_is_run_again(tmp_path: Path) -> None:
+    served = Served(_strategy(), 2, round_retries=1, run_dir=tmp_path / "run")
+    _drop_a_raw_client_in_round_1(served.port)
+    site = Joined(served.port, name="site")  # back, as a client reconnecting would be
+    result = served.join()
+    site.join()
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]
+    assert result.history.stopped_reason is None
+    first = result.history.rounds[1]
+    assert first.aggregate_info["retried"] == [
+        "round 1: 0 of 1 sampled clients replied, fewer than min_fit_clients=1; failures: "
+        "raw: client disconnected"
+    ]
+    assert not first.fit_failures  # the attempt that counted lost no client
+    np.testing.assert_array_equal(result.weights["w"], np.full(8, 2.0))
+    # the run folder keeps the same history: resumable and shown as it ran
+    kept = covey.History.load(tmp_path / "run")
+    assert kept.rounds[1].aggregate_info["retried"] == first.aggregate_info["retried"]
+
+
+def test_without_retries_such_a_round_stops_the_run_as_before() -> None:
+    served = Served(_strategy(), 2)
+    _drop_a_raw_client_in_round_1(served.port)
+    with pytest.raises(covey.FederationError, match="raw: client disconnected"):
+        served.join()
+
+
+class Broken(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        raise RuntimeError("no data today")
+
+
+def test_a_round_that_fell_short_for_a_clients_error_is_not_run_again() -> None:
+    served = Served(_strategy(), 2, round_retries=3)
+    site = Joined(served.port, Broken(), name="site")
+    with pytest.raises(covey.FederationError, match="no data today") as caught:
+        served.join()
+    site.join()
+    history = caught.value.history
+    assert [r.round for r in history.rounds] == [0, 1]
+    assert "retried" not in history.rounds[1].aggregate_info
+
+
+def test_a_round_lost_more_often_than_allowed_stops_the_run() -> None:
+    served = Served(_strategy(), 2, round_retries=1)
+    _drop_a_raw_client_in_round_1(served.port)
+    _drop_a_raw_client_in_round_1(served.port)  # the retry is lost too
+    with pytest.raises(covey.FederationError, match="raw: client disconnected") as caught:
+        served.join()
+    history = caught.value.history
+    assert [r.round for r in history.rounds] == [0, 1]
+    assert len(history.rounds[1].aggregate_info["retried"]) == 1
+    assert history.stopped_reason is not None
+    assert history.stopped_reason.startswith("round 1: 0 of 1 sampled clients replied")
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        ("client disconnected", True),
+        ("client disconnected in the middle of its reply (5 of 9 bytes received)", True),
+        ("client timed out (no heartbeat)", True),
+        ("client replaced by a new connection", True),
+        ("client lost its data connection (closed)", True),
+        ("client disconnected: it broke the protocol (a frame too large)", False),
+        ("no reply in time", False),
+        ("RuntimeError: disconnected", False),
+    ],
+)
+def test_which_failures_are_lost_connections(error: str, lost: bool) -> None:
+    assert lost_connection(Failure(0, "fit", error).error) is lost
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_round_retries_must_be_a_whole_number(bad: Any) -> None:
+    with pytest.raises(ValueError, match="round_retries must be an int, 0 or more"):
+        covey.deploy.serve(_strategy(), 1, {"w": np.zeros(2)}, "127.0.0.1:0", round_retries=bad)
