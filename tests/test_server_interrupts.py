@@ -90,25 +90,45 @@ def test_one_stop_sent_twice_is_one_stop_and_a_later_one_ends_at_once() -> None:
     assert child.returncode == -signal.SIGTERM
 
 
-def test_sigterm_stops_covey_client_as_ctrl_c_does(tmp_path: Path) -> None:
-    """``docker stop`` of a client: it says it left and exits 143, not killed without a word."""
+_POLICY = """[policy]
+columns = ["age"]
+bounds = { age = [0, 110] }
+min_group_size = 10
+"""
+
+
+@pytest.mark.parametrize("command", ["client", "site"])
+def test_sigterm_stops_covey_client_and_site_as_ctrl_c_does(tmp_path: Path, command: str) -> None:
+    """``docker stop`` of a client or a site: it says it left and exits 143, not killed silently.
+
+    A site said nothing before (killed by the signal, status -15).
+    """
     import os
     import subprocess
     import sys
     import time
 
-    with socket.socket() as probe:  # a port no one listens on: the client keeps retrying
+    with socket.socket() as probe:  # a port no one listens on: it keeps retrying
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     apps = Path(__file__).parent / "apps"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path]), "COLUMNS": "250"}
+    if command == "client":
+        args = ["client", "--app", "tiny_app:client_fn", "--cid", "0"]
+        said = "interrupted (SIGTERM): this client left the federation; start it again to rejoin"
+    else:
+        import pandas as pd
+
+        pd.DataFrame({"age": [30, 40, 50]}).to_csv(tmp_path / "a.csv", index=False)
+        (tmp_path / "policy.toml").write_text(_POLICY)
+        args = ["site", "--table", f"t={tmp_path / 'a.csv'}", "--policy"]
+        args += [str(tmp_path / "policy.toml"), "--name", "a"]
+        budget = tmp_path / "a.covey-budget.json"
+        said = f"interrupted (SIGTERM): site a left; its privacy budget is kept in {budget}"
     log = tmp_path / "client.err"
     with log.open("w") as err:
         client = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "covey", "client", "--app", "tiny_app:client_fn"),
-                *("--cid", "0", "--server", f"127.0.0.1:{port}", "--insecure"),
-            ],
+            [sys.executable, "-m", "covey", *args, "--server", f"127.0.0.1:{port}", "--insecure"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -117,7 +137,7 @@ def test_sigterm_stops_covey_client_as_ctrl_c_does(tmp_path: Path) -> None:
             deadline = time.monotonic() + 60
             while "could not connect" not in log.read_text():
                 assert client.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "the client never tried to connect"
+                assert time.monotonic() < deadline, "it never tried to connect"
                 time.sleep(0.05)
             client.send_signal(signal.SIGTERM)
             code = client.wait(60)
@@ -128,9 +148,7 @@ def test_sigterm_stops_covey_client_as_ctrl_c_does(tmp_path: Path) -> None:
     text = log.read_text()
     assert code == 143, text
     assert "Traceback" not in text
-    assert text.strip().splitlines()[-1] == (
-        "interrupted (SIGTERM): this client left the federation; start it again to rejoin"
-    )
+    assert " ".join(text.strip().splitlines()[-1].split()) == said
 
 
 def test_a_resumed_run_interrupted_before_its_next_round_says_why(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from covey.core._files import hold_lock, write_output
+from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_options import ServerName
 from covey.deploy._cli_tables import output_console
 
@@ -181,17 +182,26 @@ def site_command(
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     try:
+        stop_on_sigterm()  # docker stop, systemctl stop: the site leaves as on Ctrl-C
         # Between queries no query server listens, for as long as the analysts take: a
         # site waits for the next one however long that is (the retries are logged).
-        _serve_queries(
-            lambda: connect(
-                site, server, tls=tls, insecure=insecure, name=name or "", retry_for=None
-            ),
-            once,
-        )
+        with interrupts_as_such():
+            _serve_queries(
+                lambda: connect(
+                    site, server, tls=tls, insecure=insecure, name=name or "", retry_for=None
+                ),
+                once,
+            )
     except (OSError, ValueError, TypeError) as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt as exc:
+        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
+        errors.print(
+            escape(f"{how}: site {name or 'site'} left; its privacy budget is kept in {kept}"),
+            soft_wrap=True,
+        )
+        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # leave without gRPC's finalizers (see `covey client`)
