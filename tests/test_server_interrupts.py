@@ -97,11 +97,13 @@ min_group_size = 10
 """
 
 
-@pytest.mark.parametrize("command", ["client", "site"])
-def test_sigterm_stops_covey_client_and_site_as_ctrl_c_does(tmp_path: Path, command: str) -> None:
-    """``docker stop`` of a client or a site: it says it left and exits 143, not killed silently.
+@pytest.mark.parametrize("command", ["client", "site", "query"])
+def test_sigterm_stops_covey_client_site_and_query_as_ctrl_c_does(
+    tmp_path: Path, command: str
+) -> None:
+    """``docker stop`` of a client, a site or a query: it says so and exits 143.
 
-    A site said nothing before (killed by the signal, status -15).
+    A site and a query said nothing before (killed by the signal, status -15).
     """
     import os
     import subprocess
@@ -113,9 +115,13 @@ def test_sigterm_stops_covey_client_and_site_as_ctrl_c_does(tmp_path: Path, comm
         port = probe.getsockname()[1]
     apps = Path(__file__).parent / "apps"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(apps), *sys.path]), "COLUMNS": "250"}
+    started = "could not connect"
     if command == "client":
         args = ["client", "--app", "tiny_app:client_fn", "--cid", "0"]
         said = "interrupted (SIGTERM): this client left the federation; start it again to rejoin"
+    elif command == "query":
+        args, started = ["query", "SELECT COUNT(*) FROM t", "--sites", "2"], "waiting for 2"
+        said = "interrupted (SIGTERM): the query was not answered"
     else:
         import pandas as pd
 
@@ -135,7 +141,7 @@ def test_sigterm_stops_covey_client_and_site_as_ctrl_c_does(tmp_path: Path, comm
         )
         try:
             deadline = time.monotonic() + 60
-            while "could not connect" not in log.read_text():
+            while started not in log.read_text():
                 assert client.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "it never tried to connect"
                 time.sleep(0.05)

@@ -364,6 +364,7 @@ def query_command(
         raise typer.Exit(1) from None
     code, goodbye = 0, "the query is answered"
     try:
+        stop_on_sigterm()  # as Ctrl-C: the sites are told the query failed
         if port_file is not None:
             write_output(port_file, str(transport.port))
         errors.print(f"waiting for {sites} site(s) on port {transport.port}")
@@ -387,7 +388,11 @@ def query_command(
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         code = 1
         goodbye = f"the query failed: {(str(exc).splitlines() or [''])[0][:300]}"
-    except BaseException as exc:  # a bug, Ctrl-C: the sites must not read that it was answered
+    except KeyboardInterrupt as exc:
+        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
+        errors.print(f"{how}: the query was not answered")
+        code, goodbye = (143 if exc.args == ("SIGTERM",) else 130), f"the query failed: {how}"
+    except BaseException as exc:  # a bug: the sites must not read that it was answered
         goodbye = f"the query failed: {type(exc).__name__}"
         raise
     finally:
