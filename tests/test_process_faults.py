@@ -86,7 +86,14 @@ covey.simulate(lambda cid: C(), 2, 1, covey.FedAvg(fraction_evaluate=0.0),
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see processes exit")
-def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path, sig: signal.Signals) -> None:
+    """They exit, and take the pool's shared-memory files with them.
+
+    Before, the broadcast's file stayed in /dev/shm until a later pool swept it.
+    """
+    from covey.sim._shm import shm_dir
+
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(_KILLED_PARENT))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -98,8 +105,9 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
             assert time.monotonic() < end, "the clients never started"
             time.sleep(0.05)
         workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        assert list(Path(shm_dir()).glob(f"covey-{parent.pid}-*"))  # the round's broadcast
     finally:
-        parent.send_signal(signal.SIGKILL)
+        parent.send_signal(sig)  # a library's caller keeps SIGTERM's default: it dies
         parent.wait(30)
     # Both workers are inside a fit that never returns; with the parent gone they exit.
     end = time.monotonic() + 30
@@ -109,6 +117,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     for pid in alive:  # started by this test: do not leave them behind
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"worker processes {alive} outlived their killed parent"
+    assert not list(Path(shm_dir()).glob(f"covey-{parent.pid}-*"))
 
 
 class _StuckProcess:

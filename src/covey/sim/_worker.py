@@ -33,12 +33,14 @@ from covey.transport.grpc._wire import ARRAY_KINDS
 _Broadcast = tuple[Weights | None, Any]
 
 
-def _exit_with_parent() -> None:
+def _exit_with_parent(pool: str) -> None:
     """Exit this worker as soon as its parent is gone, even while a client is stuck in fit.
 
     A parent killed outright (SIGKILL, SIGTERM, out of memory) cannot stop its
     workers; a worker waiting for a task sees its pipe close, but one running a
     client never reads it. A thread blocked on the parent's sentinel covers both.
+    Nor can it remove the pool's shared-memory files (the broadcast, replies not
+    yet read): the worker does, at once, rather than leave them to the next pool.
     """
     parent = mp.parent_process()
     if parent is None:
@@ -47,6 +49,7 @@ def _exit_with_parent() -> None:
 
     def watch() -> None:
         wait([sentinel])
+        _shm.sweep(pool)
         os._exit(1)
 
     threading.Thread(target=watch, name="covey-parent-watch", daemon=True).start()
@@ -141,7 +144,7 @@ def worker_main(
     if levels is not None:
         logs.install(levels)
     prefix = f"{pool}r{os.getpid()}-"  # the parent accepts reply files of this name only
-    _exit_with_parent()
+    _exit_with_parent(pool)
     _may_have_children()
     _one_thread()
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
