@@ -75,6 +75,7 @@ def run_retried(loop: RoundLoop, rnd: int, retries: RoundRetries) -> RoundRecord
                 raise
             loop.history.rounds.pop()  # this attempt is no round of the run
             loop.history.stopped_reason = None  # nor its end
+            loop._logged.clear()  # the attempt's failures count apart from the next one's
             given_up.append(str(exc))
             logger.warning(
                 "%s; every client it lost lost its connection: running round %d again once "
