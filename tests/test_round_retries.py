@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import covey
+from covey.cli import app
 from covey.core._history import Failure
 from covey.transport.grpc._registry import lost_connection
 
@@ -59,6 +61,12 @@ def test_a_round_whose_clients_all_lost_their_connections_is_run_again(tmp_path:
     # the run folder keeps the same history: resumable and shown as it ran
     kept = covey.History.load(tmp_path / "run")
     assert kept.rounds[1].aggregate_info["retried"] == first.aggregate_info["retried"]
+    shown = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "run")], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[-1] == (
+        "round 1 was run again: round 1: 0 of 1 sampled clients replied, fewer than "
+        "min_fit_clients=1; failures: raw: client disconnected"
+    )
 
 
 def test_without_retries_such_a_round_stops_the_run_as_before() -> None:

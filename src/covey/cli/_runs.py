@@ -492,4 +492,8 @@ def show_run(
         failures = shown
     if failures:
         print_table(_failures_table(history, failures))
+    for record in shown_rounds(history, last).rounds:
+        retried = record.aggregate_info.get("retried")  # serve(round_retries=...)
+        for said in retried if isinstance(retried, list) else ():
+            console.print(escape(f"round {record.round} was run again: {said}"), soft_wrap=True)
     print_notices(notices)
