@@ -181,3 +181,41 @@ def test_a_resumed_run_interrupted_before_its_next_round_says_why(tmp_path: Path
     history = covey.History.load(run_dir)
     assert history.stopped_reason == "interrupted (SIGINT)"
     assert [r.round for r in history.rounds] == [0]
+
+
+def test_a_command_run_in_process_leaves_sigterm_as_it_found_it() -> None:
+    """`covey run` or `covey demo` called in a process that goes on (a test, a notebook)."""
+    import threading
+
+    from covey.core._interrupt import stopping_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with stopping_on_sigterm():
+            assert signal.getsignal(signal.SIGTERM) is not before
+        assert signal.getsignal(signal.SIGTERM) is before
+        with pytest.raises(RuntimeError), stopping_on_sigterm():
+            raise RuntimeError("the run failed")
+        assert signal.getsignal(signal.SIGTERM) is before
+        # Stopped by SIGTERM: the process is ending; the same stop sent again is taken
+        # for it, not left to kill the process before it said why it stopped.
+        with pytest.raises(KeyboardInterrupt), stopping_on_sigterm():
+            raise KeyboardInterrupt("SIGTERM")
+        assert signal.getsignal(signal.SIGTERM) is not before
+        signal.signal(signal.SIGTERM, before)
+        errors: list[BaseException] = []
+
+        def elsewhere() -> None:  # signal.signal() would raise off the main thread
+            try:
+                with stopping_on_sigterm():
+                    pass
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join(10)
+        assert not errors
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, before)

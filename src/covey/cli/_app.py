@@ -20,7 +20,7 @@ from rich.markup import escape
 
 import covey
 from covey.core._extras import MissingExtraError, extra_for
-from covey.core._interrupt import interrupt_in, interrupts_as_such, stop_on_sigterm
+from covey.core._interrupt import interrupt_in, interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_tables import output_console
 
 if TYPE_CHECKING:
@@ -180,8 +180,9 @@ def _run_demo(config: DemoConfig, run_dir: Path, out: Path | None) -> Simulation
     # With --out: the model after the last complete round, whatever stops the run.
     models = None if out is None else RoundModels(None)
     try:
-        stop_on_sigterm()  # `docker stop`, a batch scheduler: as Ctrl-C
-        with interrupts_as_such():  # Ctrl-C that an import made an ImportError, say: Ctrl-C
+        # SIGTERM (`docker stop`, a batch scheduler) as Ctrl-C; and Ctrl-C that an import
+        # made an ImportError, say, as Ctrl-C
+        with stopping_on_sigterm(), interrupts_as_such():
             result = run_demo(config, run_dir=run_dir, progress=True, models=models)
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")

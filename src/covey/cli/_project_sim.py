@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from covey.cli._model import MODEL_FILE, RoundModels, keep_model, not_saved, save_model
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object, read_regular
-from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
+from covey.core._interrupt import interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import output_console
 
@@ -273,8 +273,9 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     )
     models = RoundModels(server_app.evaluate_fn)  # keeps the model after the last round done
     try:
-        stop_on_sigterm()  # a batch scheduler's or `docker stop`'s stop: as Ctrl-C
-        with interrupts_as_such():  # an error Ctrl-C caused (an ImportError, say): Ctrl-C
+        # SIGTERM (a batch scheduler's or `docker stop`'s stop) as Ctrl-C; and an error
+        # Ctrl-C caused (an ImportError, say) as Ctrl-C
+        with stopping_on_sigterm(), interrupts_as_such():
             result = covey.simulate(
                 functools.partial(
                     _client, make_client, settings.run["client_app"], settings.app_config()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "interrupt_in",
     "interrupts_as_such",
     "stop_on_sigterm",
+    "stopping_on_sigterm",
 ]
 
 
@@ -85,6 +87,8 @@ def stop_on_sigterm() -> None:
     within :data:`SAME_STOP` seconds of the first: GNU ``timeout`` signals its
     command and then the command's whole process group, so one stop arrives twice.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers are the main thread's: a command run elsewhere keeps SIGTERM's
 
     def terminated(signum: int, frame: Any) -> None:
         first = time.monotonic()
@@ -99,6 +103,28 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt("SIGTERM")
 
     signal.signal(signal.SIGTERM, terminated)
+
+
+@contextlib.contextmanager
+def stopping_on_sigterm() -> Iterator[None]:
+    """:func:`stop_on_sigterm` for the block; the SIGTERM handler before it is put back after.
+
+    A command run in a process that goes on (a test's, a notebook's) leaves it as it was,
+    unless SIGTERM stopped it: the process is then ending, and the same stop sent again
+    (see :data:`SAME_STOP`) must not kill it before it has said so.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    stop_on_sigterm()
+    stopped = False
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        stopped = exc.args == ("SIGTERM",)
+        raise
+    finally:
+        if main and not stopped:
+            signal.signal(signal.SIGTERM, before)
 
 
 SAME_STOP = 1.0
