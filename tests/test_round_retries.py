@@ -126,3 +126,31 @@ def test_which_failures_are_lost_connections(error: str, lost: bool) -> None:
 def test_round_retries_must_be_a_whole_number(bad: Any) -> None:
     with pytest.raises(ValueError, match="round_retries must be an int, 0 or more"):
         covey.deploy.serve(_strategy(), 1, {"w": np.zeros(2)}, "127.0.0.1:0", round_retries=bad)
+
+
+def test_an_asynchronous_run_waits_for_clients_gone_to_come_back() -> None:
+    """FedBuff: every client gone at once (an outage, a paused server) is waited for.
+
+    Before: the run stopped at once, "no client can be given a task: 0 eligible".
+    """
+    strategy = covey.FedBuff(buffer_size=1, min_available_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 2)
+    _drop_a_raw_client_in_round_1(served.port)
+    site = Joined(served.port, name="site")
+    result = served.join()
+    site.join()
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]
+    assert [f.error for f in result.history.rounds[1].fit_failures] == ["client disconnected"]
+    np.testing.assert_array_equal(result.weights["w"], np.full(8, 2.0))
+
+
+def test_an_asynchronous_run_whose_clients_do_not_come_back_stops_saying_so() -> None:
+    strategy = covey.FedBuff(buffer_size=1, min_available_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 2, wait_timeout=1.0)
+    _drop_a_raw_client_in_round_1(served.port)
+    with pytest.raises(covey.FederationError) as caught:
+        served.join()
+    assert str(caught.value) == (
+        "update 1: 0 clients connected, fewer than min_available_clients=1, and no more came "
+        "within 1.0 s"
+    )

@@ -158,6 +158,41 @@ class AsyncLoop(_LoopBase):
                 f"min_available_clients={wanted}"
             )
 
+    def _wait_for_tasks(self, rnd: int) -> None:
+        """No client can be given a task: wait for clients gone to come back, else stop.
+
+        Clients gone (an outage, a pause of the server's process) leave fewer than
+        ``min_available_clients`` connected: the run waits for them up to the idle
+        time-out, as before its first update. With enough connected, every one is
+        training or in the buffer already, and the run stops.
+        """
+        wanted = self.strategy.min_available_clients
+        wait = getattr(self.transport, "wait_for_clients", None)
+        connected = len(self.transport.clients())
+        if wait is not None and connected < wanted:
+            # A transport whose clients cannot come back (a simulation's) returns at once.
+            came = wait(wanted, self.idle_timeout)
+            if came and len(self.transport.clients()) >= wanted:
+                logger.warning(
+                    "update %d: %d of the %d clients needed were connected; went on once "
+                    "enough were back",
+                    rnd,
+                    connected,
+                    wanted,
+                )
+                return
+            if not came:
+                raise self._fail(
+                    f"update {rnd}: {len(self.transport.clients())} clients connected, fewer "
+                    f"than min_available_clients={wanted}, and no more came within "
+                    f"{self.idle_timeout} s"
+                )
+        raise self._fail(
+            f"update {rnd}: no client can be given a task: {self._eligible} eligible, "
+            f"{len(self._buffered)} waiting in the buffer of buffer_size="
+            f"{self.buffer_size} (the buffer needs that many distinct clients)"
+        )
+
     def _one_update(self, version: int) -> int:
         """Collect ``buffer_size`` updates on top of global update ``version``, apply them."""
         strategy = self.strategy
@@ -174,11 +209,8 @@ class AsyncLoop(_LoopBase):
         while len(self._buffered) < self.buffer_size:
             self._dispatch(version)
             if not self._flights:
-                raise self._fail(
-                    f"update {rnd}: no client can be given a task: {self._eligible} eligible, "
-                    f"{len(self._buffered)} waiting in the buffer of buffer_size="
-                    f"{self.buffer_size} (the buffer needs that many distinct clients)"
-                )
+                self._wait_for_tasks(rnd)  # or stop: no client can be given a task
+                continue
             reply = self.transport.next_reply(self.idle_timeout)
             if reply is None:
                 raise self._fail(f"update {rnd}: no reply within {self.idle_timeout} s")
