@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import covey
 from covey.cli import app
 from covey.core._history import Failure
+from covey.server._retry import RETRY_HINT
 from covey.transport.grpc._registry import lost_connection
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -72,8 +73,9 @@ def test_a_round_whose_clients_all_lost_their_connections_is_run_again(tmp_path:
 def test_without_retries_such_a_round_stops_the_run_as_before() -> None:
     served = Served(_strategy(), 2)
     _drop_a_raw_client_in_round_1(served.port)
-    with pytest.raises(covey.FederationError, match="raw: client disconnected"):
+    with pytest.raises(covey.FederationError, match="raw: client disconnected") as caught:
         served.join()
+    assert RETRY_HINT in caught.value.__notes__  # which `covey server` prints as a hint
 
 
 class Broken(covey.Client):
@@ -90,6 +92,7 @@ def test_a_round_that_fell_short_for_a_clients_error_is_not_run_again() -> None:
     history = caught.value.history
     assert [r.round for r in history.rounds] == [0, 1]
     assert "retried" not in history.rounds[1].aggregate_info
+    assert RETRY_HINT not in getattr(caught.value, "__notes__", ())
 
 
 def test_a_round_lost_more_often_than_allowed_stops_the_run() -> None:

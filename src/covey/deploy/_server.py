@@ -40,7 +40,7 @@ from covey.server._base import (
 from covey.server._factory import Loop, open_loop, run_config
 from covey.server._outputs import RunOutputs, write_outputs
 from covey.server._resume import resume_point, resumed_seed, same_settings, same_strategy
-from covey.server._retry import RoundRetries
+from covey.server._retry import RoundRetries, retry_hint
 from covey.server._roundfiles import check_storable
 from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import load_state, state_types
@@ -266,6 +266,7 @@ def serve(
         run.end(None, names)
     except BaseException as exc:
         goodbye = goodbye_of(exc)  # told to the clients even if the end cannot be recorded
+        retry_hint(exc, run.loop)
         run.end(exc, names)
         raise
     finally:

@@ -26,7 +26,7 @@ from covey.server._base import FederationError
 if TYPE_CHECKING:
     from covey.server._sync import RoundLoop
 
-__all__ = ["RoundRetries", "run_retried", "shortfall"]
+__all__ = ["RETRY_HINT", "RoundRetries", "retry_hint", "run_retried", "shortfall"]
 
 logger = logging.getLogger("covey")
 
@@ -85,3 +85,25 @@ def run_retried(loop: RoundLoop, rnd: int, retries: RoundRetries) -> RoundRecord
                 len(given_up),
                 retries.times,
             )
+
+
+RETRY_HINT = (
+    "every client this round lost was lost to its connection (a network outage, the "
+    "server's process paused?): `--round-retries N` (serve(round_retries=N)) runs such a "
+    "round again once enough clients are back"
+)
+"""The note a run stopped by lost connections alone gets, when it does not retry."""
+
+
+def retry_hint(exc: BaseException, loop: object) -> None:
+    """Add :data:`RETRY_HINT` to ``exc`` if lost connections alone cut its round short."""
+    from covey.server._sync import RoundLoop  # the loop's module imports this one
+
+    if not isinstance(loop, RoundLoop) or not getattr(exc, "shortfall", False):
+        return
+    retries, rounds = loop.retries, loop.history.rounds
+    if retries is None or retries.times > 0 or not rounds:
+        return
+    failures = rounds[-1].fit_failures
+    if failures and all(retries.lost(f) for f in failures):
+        exc.add_note(RETRY_HINT)
