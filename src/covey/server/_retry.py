@@ -78,7 +78,7 @@ def run_retried(loop: RoundLoop, rnd: int, retries: RoundRetries) -> RoundRecord
             loop._logged.clear()  # the attempt's failures count apart from the next one's
             given_up.append(str(exc))
             logger.warning(
-                "%s; every client it lost lost its connection: running round %d again once "
+                "%s; only lost connections cut it short: running round %d again once "
                 "enough clients are back (retry %d of %d)",
                 exc,
                 rnd,
@@ -88,9 +88,9 @@ def run_retried(loop: RoundLoop, rnd: int, retries: RoundRetries) -> RoundRecord
 
 
 RETRY_HINT = (
-    "every client this round lost was lost to its connection (a network outage, the "
-    "server's process paused?): `--round-retries N` (serve(round_retries=N)) runs such a "
-    "round again once enough clients are back"
+    "only lost connections cut this round short (a network outage, the server's process "
+    "paused?): `--round-retries N` (serve(round_retries=N)) runs such a round again once "
+    "enough clients are back"
 )
 """The note a run stopped by lost connections alone gets, when it does not retry."""
 
