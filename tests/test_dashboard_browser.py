@@ -296,3 +296,20 @@ def test_privacy_budget_is_plotted(browser: Any, tmp_path: Path) -> None:
         assert "epsilon=0.8000" in browser.find_element(By.ID, "round-2").text
         browser.execute_script("document.getElementById('chart-privacy').scrollIntoView()")
         _screenshot(browser, tmp_path, "dashboard-privacy.png")
+
+
+def test_a_round_run_again_shows_why_its_attempt_was_given_up(browser: Any, tmp_path: Path) -> None:
+    """``serve(round_retries=...)`` keeps the attempts given up: the round's row lists them."""
+    run_demo(DemoConfig(clients=10, rounds=3), run_dir=tmp_path / "runs" / "re", progress=False)
+    path = tmp_path / "runs" / "re" / "history.json"
+    data = json.loads(path.read_text())
+    said = "round 2: 0 of 2 sampled clients replied; failures: a <b>: client disconnected"
+    data["rounds"][2]["aggregate_info"] = {"retried": [said]}
+    data["rounds"][3]["aggregate_info"] = {"retried": 7}  # not a list: shown as nothing
+    path.write_text(json.dumps(data))
+    with DashboardServer(tmp_path / "runs") as dashboard:
+        browser.get(dashboard.url + "#/run/re")
+        row = _wait(browser).until(lambda d: d.find_element(By.ID, "round-2"))
+        (note,) = row.find_elements(By.CSS_SELECTOR, ".fail")
+        assert note.text == f"run again: {said}"  # as text: the markup in it is not read
+        assert not browser.find_element(By.ID, "round-3").find_elements(By.CSS_SELECTOR, ".fail")

@@ -168,8 +168,11 @@ function clientName(run, cid) {
 
 function roundRow(run, r) {
   const names = (ids) => (ids || []).map((c) => esc(clientName(run, c))).join(", ");
+  // Attempts given up and run again (serve(round_retries=...)), each with why it fell short.
+  const retried = Array.isArray((r.aggregate_info || {}).retried) ? r.aggregate_info.retried : [];
   const failures = [...(r.fit_failures || []), ...(r.evaluate_failures || [])]
     .map((f) => `<div class="fail" title="${esc(f.traceback)}">${esc(clientName(run, f.cid))} (${esc(f.stage)}): ${esc(f.error)}</div>`)
+    .concat(retried.map((said) => `<div class="fail">run again: ${esc(said)}</div>`))
     .join("");
   const d = r.durations || {};
   const b = Object.entries(bytesOf(r)).map(([k, v]) => `${esc(k)} ${bytes(v)}`).join("<br>");
