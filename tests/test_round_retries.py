@@ -157,3 +157,26 @@ def test_an_asynchronous_run_whose_clients_do_not_come_back_stops_saying_so() ->
         "update 1: 0 clients connected, fewer than min_available_clients=1, and no more came "
         "within 1.0 s"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "config"),
+    [(["--round-retries", "-1"], None), ([], "[server]\nround_retries = 1.5\n")],
+)
+def test_covey_server_refuses_a_round_retries_that_is_no_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], config: str | None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    monkeypatch.setenv("COLUMNS", "250")
+    if config is not None:
+        (tmp_path / "server.toml").write_text(config)
+        args = ["--config", "server.toml"]
+    result = CliRunner().invoke(
+        app, ["server", "--app", "digits_app:server_app", "--insecure", *args]
+    )
+    assert result.exit_code == 2, result.output
+    got = args[-1] if config is None else "1.5"
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: --round-retries must be a whole number 0 or more, got {got}"
+    )
