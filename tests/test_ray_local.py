@@ -372,3 +372,26 @@ def test_weights_changed_in_the_object_store_are_refused_in_every_later_call() -
         assert [r.result.weights["w"].tolist() for r in transport.exchange(again)] == [
             [1.0] * 3
         ] * 2
+
+
+def test_covey_demo_on_ray_trains_the_model_inline_does(tmp_path: Any) -> None:
+    """``covey demo --backend ray`` starts a local Ray, trains, and stops it: the same bits."""
+    from safetensors.numpy import load_file
+
+    models = {}
+    for backend in ("inline", "ray"):
+        flags = ["--backend", backend, "--rounds", "2", "--clients", "10", "--no-plot"]
+        out = subprocess.run(
+            [sys.executable, "-m", "covey", "demo", *flags, "--run-dir", backend, "--out", "m.st"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"({backend} backend)" in out.stdout
+        models[backend] = load_file(str(tmp_path / "m.st"))
+    assert models["ray"].keys() == models["inline"].keys()
+    for name, array in models["inline"].items():
+        np.testing.assert_array_equal(models["ray"][name], array)

@@ -66,7 +66,12 @@ def demo(
     lr: Annotated[float, typer.Option(help="Clients' learning rate.")] = 0.5,
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Seed of data split and sampling.")] = 0,
-    backend: Annotated[str, typer.Option(help="Simulation backend: inline or process.")] = "inline",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Simulation backend: inline, process or ray (a local Ray, started and stopped)."
+        ),
+    ] = "inline",
     start_method: Annotated[
         str | None,
         typer.Option(help="How process workers start: fork, forkserver or spawn (default: auto)."),
@@ -91,8 +96,8 @@ def demo(
     from covey.deploy._cli_errors import fail, output_file
     from covey.sim._start import check_start_method
 
-    if backend not in ("inline", "process"):
-        fail(f"--backend {backend}: choose inline or process")
+    if backend not in ("inline", "process", "ray"):
+        fail(f"--backend {backend}: choose inline, process or ray")
     if start_method is not None and backend != "process":
         fail(f"--start-method {start_method}: applies to --backend process only")
     try:
