@@ -166,6 +166,11 @@ def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
         Aggregation", AISTATS 2022; Xie, Koyejo and Gupta, "Asynchronous
         Federated Optimization", 2019 (staleness functions).
     """
+    if fn is not None and not callable(fn):  # else it fails at the first stale update
+        raise TypeError(
+            "staleness_weight(fn) takes a function of the staleness tau (an int) to a factor, "
+            f"e.g. lambda tau: (1 + tau) ** -0.5, got {type(fn).__name__}"
+        )
     weigh = polynomial_staleness(0.5) if fn is None else fn
 
     def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:

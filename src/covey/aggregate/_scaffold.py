@@ -55,7 +55,10 @@ def scaffold(num_clients: int) -> Step:
 
     Returns:
         A per-client step that keeps ``c`` in its state; ``info["scaffold_clients"]``
-        counts the control-variate updates folded in.
+        counts the control-variate updates folded in. A new ``c`` past its dtype's
+        range (changes of 1e308) is not taken: ``c`` stays as it was and
+        ``info["scaffold_overflow"]`` names its arrays (else every client would
+        fail from the next round on, refusing a non-finite ``c``).
 
     References:
         Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for
@@ -90,10 +93,15 @@ def scaffold(num_clients: int) -> Step:
                     f"num_clients={total}; num_clients must be the number of clients in the "
                     "federation (c moves by 1/num_clients of each change)"
                 )
-            c = {
-                k: (v + state.acc[k] / total).astype(v.dtype) if v.dtype.kind == "f" else v
-                for k, v in state.c.items()
-            }
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is kept out below
+                c = {
+                    k: (v + state.acc[k] / total).astype(v.dtype) if v.dtype.kind == "f" else v
+                    for k, v in state.c.items()
+                }
+            overflow = [k for k, v in c.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+            if overflow:  # c past its dtype's range would fail every client from now on
+                info["scaffold_overflow"] = overflow
+                return _ScaffoldState(state.c), (End(event.round, info),)
             return _ScaffoldState(freeze(c)), (End(event.round, info),)
         return state, (event,)
 
@@ -109,7 +117,8 @@ def _fold_control(state: _ScaffoldState, event: Contribution) -> tuple[State, tu
     acc = state.acc
     if acc is None:
         acc = {k: np.zeros(v.shape, np.float64) for k, v in state.c.items()}
-    for k, a in acc.items():
-        if state.c[k].dtype.kind == "f":
-            a += dc[k]
+    with np.errstate(over="ignore", invalid="ignore"):  # a sum past float64: see End
+        for k, a in acc.items():
+            if state.c[k].dtype.kind == "f":
+                a += dc[k]
     return state._replace(acc=acc, clients=state.clients + 1), (event,)

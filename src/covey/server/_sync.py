@@ -23,6 +23,7 @@ from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
+from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
 from covey.server._saver import SaveError
 from covey.strategies._clients import client_info
@@ -430,7 +431,7 @@ class RoundLoop(_LoopBase):
         task = Task("evaluate", rnd, evaluate_config(self, rnd), self.weights)
         tasks, _ = self._tasks(task, cids)
         results: list[tuple[int, Metrics]] = []
-        loss_sum = 0.0
+        losses: list[tuple[int, float]] = []
         answered: set[int] = set()
         replies = self.transport.exchange(tasks, timeout=self.round_timeout)
         del tasks
@@ -447,8 +448,7 @@ class RoundLoop(_LoopBase):
             else:
                 record.evaluate_participants.append(reply.cid)
                 record.evaluate_examples += res.num_examples
-                if res.num_examples:  # 0 * NaN would be NaN
-                    loss_sum += res.num_examples * res.loss
+                losses.append((res.num_examples, res.loss))
                 results.append((res.num_examples, res.metrics))
         for cid in cids:
             if cid not in answered:
@@ -464,7 +464,7 @@ class RoundLoop(_LoopBase):
             )
             return
         if record.evaluate_examples > 0:  # else the weighted loss is 0 / 0: none
-            record.evaluate_loss = loss_sum / record.evaluate_examples
+            record.evaluate_loss = weighted_loss(losses, record.evaluate_examples)
         if results:  # evaluate_metrics may weigh them otherwise (or count the clients)
             record.evaluate_metrics = strategy.combined_metrics("evaluate", results, rnd)
 

@@ -1,0 +1,75 @@
+"""Finite values at the edge of float range, and a step given no function, from outside.
+
+Each failed before: a SCAFFOLD control variate pushed past float64 stopped the
+run from the next round on, a federated loss of one client at 1e308 made the
+round's loss infinite, and ``staleness_weight(3)`` failed at the first stale
+update with a bare ``'int' object is not callable``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import clients
+from covey.aggregate import chain, staleness_weight, weighted_mean
+
+
+class _Scaffold(covey.Client):
+    """A SCAFFOLD client; clients 1 and 2 send a control-variate change of 1e308 in round 1."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid, self.cv = cid, clients.ControlVariate()
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        if self.cid in (1, 2) and config["round"] == 1:
+            huge = {"w": np.full(3, 1e308)}
+            delta = {"w": np.full(3, 0.01)}
+            return covey.FitResult(delta=delta, num_examples=1, extras={"scaffold_delta_c": huge})
+        correction = self.cv.correction(weights, config)
+        w = weights["w"] - 0.1 * (weights["w"] - 1.0 + correction["w"])
+        return self.cv.fit_result({"w": w}, num_examples=1, steps=1, lr=0.1)
+
+
+def test_a_scaffold_control_variate_past_float64_is_not_taken() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no NumPy overflow warning from covey's code
+        result = covey.simulate(
+            _Scaffold,
+            4,
+            3,
+            covey.Scaffold(num_clients=4, fraction_fit=1.0, fraction_evaluate=0.0),
+            {"w": np.zeros(3)},
+        )
+    first = result.history.rounds[1]
+    assert first.aggregate_info["scaffold_overflow"] == ["w"]
+    assert [len(r.fit_failures) for r in result.history.rounds] == [0, 0, 0, 0]
+    assert np.isfinite(result.weights["w"]).all()
+
+
+class _Loss(covey.Client):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.zeros(2)}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        if self.cid == 0:
+            return covey.EvaluateResult(loss=1e308, num_examples=5)
+        return covey.EvaluateResult(loss=1.0, num_examples=100)
+
+
+def test_a_federated_loss_whose_products_overflow_is_still_the_weighted_mean() -> None:
+    result = covey.simulate(_Loss, 4, 1, covey.FedAvg(fraction_evaluate=1.0), {"w": np.zeros(2)})
+    loss = result.history.rounds[1].evaluate_loss
+    assert loss == pytest.approx(5 / 305 * 1e308 + 300 / 305)  # 1.639e306, not inf
+
+
+def test_staleness_weight_refuses_what_it_cannot_call() -> None:
+    with pytest.raises(TypeError, match=r"staleness_weight\(fn\) takes a function .* got int"):
+        chain(staleness_weight(3), weighted_mean())  # type: ignore[arg-type]
