@@ -73,3 +73,30 @@ def test_a_federated_loss_whose_products_overflow_is_still_the_weighted_mean() -
 def test_staleness_weight_refuses_what_it_cannot_call() -> None:
     with pytest.raises(TypeError, match=r"staleness_weight\(fn\) takes a function .* got int"):
         chain(staleness_weight(3), weighted_mean())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("values", "median"),
+    [([1e304, 1e304], 1e304), ([1.7e308] * 3 + [-1.7e308] * 2, 1.7e308)],
+)
+def test_fedrfa_finds_a_geometric_median_near_float64s_limit(
+    values: list[float], median: float
+) -> None:
+    """Before: the Weiszfeld step's weighted sum overflowed, and the round was refused."""
+
+    class Sends(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.value = values[cid]
+
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            return covey.FitResult(delta={"x": np.full(4, self.value)}, num_examples=10)
+
+    result = covey.simulate(
+        Sends,
+        len(values),
+        1,
+        covey.FedRFA(fraction_fit=1.0, fraction_evaluate=0.0),
+        {"x": np.zeros(4)},
+    )
+    assert result.history.rounds[1].aggregated
+    np.testing.assert_allclose(result.weights["x"], np.full(4, median), rtol=1e-12)

@@ -256,6 +256,8 @@ def weiszfeld(
             if not total > 0.0:  # every distance overflows: no point is nearer
                 break
             step = (beta @ points) / total
+            if not np.isfinite(step).all():  # the weighted sum passed float64: a convex
+                step = (beta / total) @ points  # combination of finite points does not
             moved = float(np.linalg.norm(step - median))
             median = step
             distances = np.linalg.norm(points - median, axis=1)
