@@ -119,17 +119,19 @@ def sq_norm(values: Weights) -> float:
     """The squared L2 norm of all arrays taken together.
 
     Half-precision arrays are squared and summed in float32: in float16 the
-    square of a norm past 256 overflows to infinity.
+    square of a norm past 256 overflows to infinity. A norm past the dtype's
+    range is infinite, without NumPy's warning: the callers check what they get.
     """
     total = 0.0
-    for value in values.values():
-        flat = np.ravel(value)
-        if flat.dtype.kind == "f":
-            if flat.dtype.itemsize < 4:
-                flat = flat.astype(np.float32)
-            total += float(np.dot(flat, flat))
-        else:
-            total += float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
+    with np.errstate(over="ignore"):
+        for value in values.values():
+            flat = np.ravel(value)
+            if flat.dtype.kind == "f":
+                if flat.dtype.itemsize < 4:
+                    flat = flat.astype(np.float32)
+                total += float(np.dot(flat, flat))
+            else:
+                total += float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
     return total
 
 
