@@ -100,3 +100,29 @@ def test_fedrfa_finds_a_geometric_median_near_float64s_limit(
     )
     assert result.history.rounds[1].aggregated
     np.testing.assert_allclose(result.weights["x"], np.full(4, median), rtol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["qfedavg", "clip_norm"])
+def test_an_update_whose_norm_passes_float64_warns_of_nothing(rule: str) -> None:
+    """Handled as documented (refused by q-FedAvg, clipped to the bound), and no warning."""
+
+    class Huge(covey.Client):
+        def __init__(self, cid: int) -> None:
+            self.value = 1e200 if cid == 0 else 1.0
+
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            delta = {"x": np.full(4, self.value)}
+            return covey.FitResult(delta=delta, num_examples=1, metrics={"loss": 1.0})
+
+    if rule == "qfedavg":
+        strategy = covey.QFedAvg(fraction_evaluate=0.0, min_fit_clients=2)
+    else:
+        clipped = chain(covey.aggregate.clip_norm(1.0), weighted_mean())
+        strategy = covey.Strategy(aggregator=clipped, fraction_evaluate=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = covey.simulate(Huge, 3, 1, strategy, {"x": np.zeros(4)})
+    if rule == "qfedavg":
+        assert [f.cid for f in result.history.rounds[1].fit_failures] == [0]
+    else:
+        np.testing.assert_allclose(result.weights["x"], 0.5)  # each update clipped to norm 1
