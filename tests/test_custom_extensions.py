@@ -588,3 +588,21 @@ def test_a_subclass_is_described_with_its_class_overrides_and_fields(tmp_path: P
     assert (options["total"], options["base_lr"], options["floor"]) == (5, 0.1, "nan")
     assert options["table"] == "tuple"
     assert "class" not in covey.FedAvg().describe()["options"]
+
+
+@pytest.mark.parametrize("kind", ["fit", "evaluate"])
+def test_a_metrics_function_returning_what_the_history_cannot_keep_is_named(kind: str) -> None:
+    # Before, the round took it; a run folder then failed to save the round, naming
+    # neither the function nor the round.
+    class Evaluating(_Shift):
+        def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+            return covey.EvaluateResult(loss=1.0, num_examples=2)
+
+    def _opaque(results: Any) -> Any:
+        return {"matrix": object()}
+
+    strategy = covey.Strategy(**{f"{kind}_metrics": _opaque})  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=f"{kind}_metrics .*_opaque in round 1 returned a value the history cannot"
+    ):
+        covey.simulate(Evaluating, 3, 1, strategy, _init())

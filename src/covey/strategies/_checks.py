@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from covey.core._jsonvalues import jsonable
 from covey.core._messages import Config, Metrics
 
 _S = TypeVar("_S", bound=Callable[..., Any])
@@ -80,23 +81,30 @@ def checked_config(value: Any, what: str) -> Config:
     return dict(value)
 
 
-def checked_metrics(value: Any, what: str) -> Metrics:
+def checked_metrics(value: Any, what: str, round: int | None = None) -> Metrics:
     """A copy of the metrics ``what`` returned, NumPy scalars made Python scalars.
 
     A ``np.float32`` kept as such would be left out by :meth:`covey.History.metric`
     during the run yet found in the same history read back from ``history.json``.
 
     Raises:
-        TypeError: naming ``what``, if the metrics are no dict keyed by names.
+        TypeError: naming ``what``, if the metrics are no dict keyed by names, or hold a
+            value the history cannot keep (a run folder would fail to save the round).
     """
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
         raise TypeError(
             f"{what} must return a dict of metric names to values, got {str(value)[:80]!r}"
         )
-    return {
+    metrics = {
         key: metric.item() if isinstance(metric, np.generic) or _zero_d(metric) else metric
         for key, metric in value.items()
     }
+    try:
+        jsonable(metrics)
+    except (TypeError, RecursionError) as exc:
+        where = "" if round is None else f" in round {round}"
+        raise TypeError(f"{what}{where} returned a value the history cannot keep: {exc}") from None
+    return metrics
 
 
 def _zero_d(value: Any) -> bool:

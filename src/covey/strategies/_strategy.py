@@ -481,7 +481,7 @@ class Strategy:
             where = "" if round is None else f" in round {round}"
             exc.add_note(f"raised by {what}{where}, given {len(results)} clients' metrics")
             raise
-        return checked_metrics(combined, what)
+        return checked_metrics(combined, what, round)
 
     def client_count(self, kind: str, available: int) -> int:
         """:meth:`num_fit` (``kind="fit"``) or :meth:`num_evaluate` of ``available``, checked.
