@@ -61,7 +61,7 @@ def test_demo_runs_and_writes_history_and_plot(tmp_path: Path, backend: str) -> 
 def test_demo_rejects_an_unknown_backend(tmp_path: Path) -> None:
     out = covey_cli("demo", "--backend", "gpu-cluster", "--run-dir", str(tmp_path), cwd=tmp_path)
     assert out.returncode != 0
-    assert "inline or process" in out.stdout + out.stderr
+    assert "choose inline, process or ray" in out.stdout + out.stderr
 
 
 def test_demo_checks_its_start_method(tmp_path: Path) -> None:

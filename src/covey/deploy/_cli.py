@@ -24,7 +24,6 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
-from covey.server._retry import RETRY_HINT
 from covey.server._served import FEDERATION_FILE
 
 # Every line whole: a server's or client's output is often a log file or a journal,
@@ -245,6 +244,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
     except (covey.FederationError, ValueError, OSError) as exc:
         _forget(run, flags)
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        from covey.server._retry import RETRY_HINT  # not at import: `--help` stays light
+
         if RETRY_HINT in getattr(exc, "__notes__", ()):
             console.print(escape(f"hint: {RETRY_HINT}"), soft_wrap=True)
         if listened:  # refused before listening: the run did not start, nor stop
