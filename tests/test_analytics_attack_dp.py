@@ -89,3 +89,60 @@ def test_an_honest_dp_query_within_the_level_is_answered_without_withholding(
     assert df.attrs["privacy"]["withholding"] == []
     weak = query(sites, SQL + " ", secure=secure, epsilon=2.0)
     assert weak.attrs["privacy"]["withholding"] == ["s0", "s1"]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_where_that_overflows_on_one_record_refuses_nothing(secure: bool) -> None:
+    # A site refused whenever DuckDB's WHERE failed on a row: a query whose WHERE
+    # overflowed on one record's salary (and on no other) was refused, at no cost
+    # and without noise, so that bisecting on K read the salary in ~13 queries at
+    # epsilon 0.01 each. The row is now left out, as one its WHERE is false on.
+    frame = _frame().assign(salary=lambda f: f["salary"].astype("int64"))
+    policy = Policy(bounds={"salary": (0, 2e5)}, min_group_size=1)
+    sites = [Site({"t": frame}, policy, name=f"s{i}") for i in range(2)]
+    sql = "SELECT COUNT(*) FROM t WHERE salary * salary * {k} > 5 AND sex = 'X'"
+    fits = (2**63 - 1) // 123_456**2
+    df = query(sites, sql.format(k=fits), secure=secure)  # 123,456 * 123,456 * k fits
+    assert df.attrs["refused"] == {}
+    assert float(df.iloc[0, 0]) == 2.0
+    df = query(sites, sql.format(k=fits + 1), secure=secure)  # and overflows: as if false
+    none = query(sites, "SELECT COUNT(*) FROM t WHERE salary < 0 AND sex = 'X'", secure=secure)
+    assert df.attrs["refused"] == none.attrs["refused"] == {}
+    assert df.equals(none)
+
+
+@pytest.mark.parametrize("codes", [["7", "8", "9"], ["7", "8", "x"]])
+def test_a_where_that_casts_a_text_column_is_refused_whatever_its_rows_hold(
+    codes: list[str],
+) -> None:
+    # "code = 7" casts each code to a number: refused before only when some row
+    # held a code that is not one, which told the analyst so
+    frame = pd.DataFrame({"code": codes * 5, "salary": [1.0, 2.0, 3.0] * 5})
+    site = Site({"t": frame}, Policy(bounds={"salary": (0, 10)}, min_group_size=1))
+    with pytest.raises(Exception, match=r"Conversion error.*literals in WHERE") as info:
+        query([site], "SELECT COUNT(*) FROM t WHERE code = 7", secure=False)
+    assert "'x'" not in str(info.value)
+    df = query([site], "SELECT COUNT(*) FROM t WHERE code = '7'", secure=False)
+    assert float(df.iloc[0, 0]) == 5.0
+
+
+def test_a_dp_query_that_duckdb_fails_on_is_charged_like_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import duckdb
+
+    from covey.analytics import _site
+
+    site = Site({"t": _frame()}, _policy(epsilon=10.0, max_epsilon=1.0))
+    honest = query([site], SQL, secure=False, epsilon=1.0)
+    assert honest.attrs["refused"] == {}
+    spent = site.epsilon_spent
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise duckdb.OutOfRangeException("Overflow in multiplication of INT64 (123456 * 2)")
+
+    monkeypatch.setattr(_site, "compute", failing)
+    refused = _dishonest(site, 100.0)
+    assert "could not run the query (OutOfRange error in DuckDB)" in refused["refused"]
+    assert "123456" not in refused["refused"]
+    assert site.epsilon_spent > spent  # a refusal that read the rows is paid for

@@ -386,10 +386,23 @@ def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
     return dims
 
 
-def count_where(con: Any, table: str, where: str) -> int:
-    """The rows of ``table`` that the checked condition ``where`` keeps (DuckDB binds it)."""
-    row = con.execute(f"SELECT COUNT(*) FROM {table_name(table)} WHERE {where}").fetchone()  # noqa: S608
-    return int(row[0])
+def check_where(con: Any, table: str, where: str) -> None:
+    """Bind and run ``where`` on one made-up row shaped like ``table``.
+
+    The row holds ``''`` in each text column and NULL in the others. A literal of
+    another type than its column (``age = 'old'``, or ``name = 1``, which casts
+    each name to a number) fails here, as it could on some row; what the table's
+    rows hold cannot make this fail, so a refusal tells nothing about them.
+    """
+    name = table_name(table)
+    texts = [quote(c) for c, kind in columns(con, table).items() if kind == "VARCHAR"]
+    empties = ", ".join("'' AS " + c for c in texts)
+    replace = f" REPLACE ({empties})" if texts else ""
+    row = (
+        f"SELECT {name}.*{replace} FROM (SELECT 1) AS __one "  # noqa: S608
+        f"LEFT JOIN (SELECT * FROM {name} LIMIT 0) AS {name} ON TRUE"
+    )
+    con.execute(f"SELECT COUNT(*) FROM ({row}) AS {name} WHERE {where}").fetchone()  # noqa: S608
 
 
 def compute(
@@ -407,7 +420,8 @@ def compute(
     Args:
         con: The site's DuckDB connection.
         table: The table (a checked name).
-        where: A DuckDB condition already checked by the site (or None).
+        where: A DuckDB condition already checked by the site (or None); a row
+            on which it fails to evaluate is left out, as one it is false on.
         group_by: Group columns; each has a domain in ``domains``.
         domains: ``{column: values}`` fixing the groups (their product, row-major).
         bounds: The site's own ``{column: (low, high)}``; values are clipped to them.
@@ -431,7 +445,9 @@ def compute(
         raise ValueError(f"the query has {groups} groups; the cap is {MAX_GROUPS}")
     for s in stats:
         shape(s, groups)
-    cond = f"WHERE {where}" if where else ""
+    # a row on which the condition fails (an overflow, a failed cast) is not kept:
+    # an error would tell the analyst what that one row holds
+    cond = f"WHERE TRY({where})" if where else ""
     base = f"SELECT ({gexpr}) AS __g, * FROM {table_name(table)} {cond}"  # noqa: S608
     stage = _Stage(con, base, params, groups, bounds, kinds)
     clip_cols = clip_columns(stats)

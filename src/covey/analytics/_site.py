@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 
 from covey.analytics import _dp
-from covey.analytics._compute import Computed, clip_columns, compute, count_where
+from covey.analytics._compute import Computed, check_where, clip_columns, compute
 from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._requests import check_stats
@@ -280,7 +280,7 @@ class Site(Client):
         """
         policy, p = self._check(request)
         if p.where is not None:
-            self._duckdb(lambda con: count_where(con, p.table, p.where), p)
+            self._duckdb(lambda con: check_where(con, p.table, p.where), p)
         reply = {"site": self.name, **policy.describe(), "spent": self.budget.spent}
         first = request.get("first")
         if isinstance(first, Mapping):  # would the whole query fit in the budget?
@@ -347,11 +347,17 @@ class Site(Client):
         bounds = {c: tuple(b) for c, b in policy.bounds.items()}
         dp = request.get("dp")
         skip = noise_suffices(policy, dp, len(stats))  # checks the noise request first
-        got = self._compute(p, domains, bounds, stats)
+        try:
+            got = self._compute(p, domains, bounds, stats)
+        except QueryError:
+            if dp is not None:  # the rows were read: a refusal costs what an answer would
+                self._charge(dp, stats, bounds)
+            raise
         vectors, clipped, outside, withheld = withhold(got, stats, policy, dp, skip)
         spent = self.budget.spent
         if dp is not None:
-            spent = self._noise(dp, stats, bounds, vectors)
+            spent = self._charge(dp, stats, bounds)
+            self._add_noise(dp, stats, vectors)
         answer = {
             "site": self.name,
             "vectors": _encode(request, stats, vectors),
@@ -380,12 +386,13 @@ class Site(Client):
         at once (a federation's stages in threads, two analysts' queries) then
         neither fail nor read each other's results.
         """
-        return self._duckdb(
-            lambda con: compute(
-                con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted
-            ),
-            p,
-        )
+
+        def run(con: Any) -> Computed:
+            if p.where is not None:  # types first, on no row (see check_where)
+                check_where(con, p.table, p.where)
+            return compute(con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted)
+
+        return self._duckdb(run, p)
 
     def _duckdb(self, run: Callable[[Any], _T], p: Plan) -> _T:
         """``run(cursor)`` on a cursor of its own; a DuckDB error: a refusal that quotes no row."""
@@ -406,14 +413,14 @@ class Site(Client):
                 f"this site could not run the query ({kind} error in DuckDB){hint}"
             ) from None
 
-    def _noise(
+    def _charge(
         self,
         dp: Mapping[str, Any],
         stats: Sequence[Mapping[str, Any]],
         bounds: Mapping[str, Sequence[float]],
-        vectors: list[np.ndarray],
     ) -> float:
-        mechanism, multiplier, shares = noise_request(dp)
+        """Check the noise request's sensitivities and charge its releases; the epsilon spent."""
+        mechanism, multiplier, _ = noise_request(dp)
         for s in stats:
             mine = sensitivity(s, bounds, mechanism)
             declared = float(s.get("sensitivity", -1.0))
@@ -428,10 +435,15 @@ class Site(Client):
             spent = self.budget.charge(_dp.event(mechanism, multiplier, len(stats)))
             if self.ledger_file is not None:
                 save_budget(self.budget, self.ledger_file)
+        return spent
+
+    def _add_noise(
+        self, dp: Mapping[str, Any], stats: Sequence[Mapping[str, Any]], vectors: list[np.ndarray]
+    ) -> None:
+        mechanism, multiplier, shares = noise_request(dp)
         for s, v in zip(stats, vectors, strict=True):
             scale = multiplier * float(s["sensitivity"])
             v += _dp.noise_share(mechanism, scale, shares, v.size, self._rng).reshape(v.shape)
-        return spent
 
 
 def _analyze(client: Any, task: Task) -> dict[str, Any]:
