@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -252,15 +253,40 @@ def _answer_with(field: str, value: Any) -> Any:
     ("forge", "refusal"),
     [
         (_answer_with("clipped", [1, 2]), "s1 answered a malformed clipped count"),
-        (_answer_with("clipped", {"salary": "x"}), "s1 answered a malformed count: 'x'"),
-        (_answer_with("outside_domain", float("nan")), "s1 answered a malformed count: nan"),
-        (_answer_with("withheld_groups", {}), "s1 answered a malformed count: {}"),
+        (
+            _answer_with("clipped", {"salary": "x"}),
+            "s1 answered a malformed clipped count of 'salary': 'x'",
+        ),
+        (
+            _answer_with("clipped", {"salary": 10**20}),
+            "s1 answered a malformed clipped count of 'salary': 100000000000000000000",
+        ),
+        (
+            _answer_with("clipped", {"age": 1}),
+            "s1 answered a clipped count for 'age', which no statistic of the query clips",
+        ),
+        (_answer_with("outside_domain", float("nan")), "s1 answered a malformed outside_domain"),
+        (_answer_with("outside_domain", 1e300), "s1 answered a malformed outside_domain: 1e+300"),
+        (_answer_with("withheld_groups", {}), "s1 answered a malformed withheld_groups: {}"),
+        (_answer_with("withheld_groups", 10**20), "s1 answered a malformed withheld_groups"),
+        (_answer_with("withheld_groups", -1), "s1 answered a malformed withheld_groups: -1"),
+        (_answer_with("withheld_groups", 0.5), "s1 answered a malformed withheld_groups: 0.5"),
         (_answer_with("spent", "x"), "s1 answered a malformed budget spent: 'x'"),
+        (_answer_with("spent", -1.0), "s1 answered a malformed budget spent: -1.0"),
         (_answer_with("vectors", lambda s: np.full(s, np.nan)), "s1 answered non-finite values"),
         (_answer_with("vectors", lambda s: np.full(s, np.inf)), "s1 answered non-finite values"),
         (_answer_with("vectors", lambda s: [[1, 2], [3]]), "s1 answered a vector that is no array"),
+        # counts without noise are whole numbers from 0 up
+        (_answer_with("vectors", lambda s: np.full(s, 0.5)), "s1 answered count values that are"),
+        (_answer_with("vectors", lambda s: np.full(s, -3.0)), "s1 answered count values that are"),
+        (_answer_with("vectors", lambda s: np.full(s, 1e300)), "s1 answered count values that"),
     ],
-    ids=["clipped-list", "clipped-str", "outside-nan", "withheld", "spent", "nan", "inf", "ragged"],
+    ids=[
+        *("clipped-list", "clipped-str", "clipped-huge", "clipped-unknown", "outside-nan"),
+        *("outside-1e300", "withheld", "withheld-huge", "withheld-negative", "withheld-half"),
+        *("spent", "spent-negative", "nan", "inf", "ragged", "count-half", "count-negative"),
+        "count-1e300",
+    ],
 )
 def test_a_site_answering_malformed_counts_or_non_finite_sums_is_named(
     forge: Any, refusal: str
@@ -282,5 +308,5 @@ def test_a_site_answering_malformed_counts_or_non_finite_sums_is_named(
 
     transport = MemoryTransport([0, 1, 2], handler)
     sql = "SELECT sex, COUNT(*), AVG(salary) FROM t GROUP BY sex"
-    with pytest.raises(FederationQueryError, match=refusal.replace("(", r"\(")):
+    with pytest.raises(FederationQueryError, match=re.escape(refusal)):
         query(transport, sql, secure=False)

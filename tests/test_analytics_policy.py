@@ -478,3 +478,23 @@ def test_a_date_literal_in_where_is_answered() -> None:
         sql = f"SELECT COUNT(*) FROM p WHERE {cast} > 1"  # noqa: S608
         with pytest.raises(QueryError):
             plan(sql)
+
+
+def test_query_with_its_arguments_swapped_names_their_order() -> None:
+    # said "the query is empty"
+    site = Site({"patients": _frame(50)}, POLICY)
+    with pytest.raises(QueryError, match=r"SQL text, got list \(query\(sites, sql\): the sites"):
+        query("SELECT COUNT(*) FROM patients", [site])  # type: ignore[arg-type]
+
+
+def test_an_answer_without_a_refusing_site_says_whose_rows_it_leaves_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the total came back as if it covered every site, with the refusal in df.attrs only
+    sites = [Site({"patients": _frame(50, seed=i)}, POLICY, name=f"h{i}") for i in range(2)]
+    closed = Site({"patients": _frame(50, seed=9)}, None, name="closed")  # answers nothing
+    with caplog.at_level("WARNING", logger="covey"):
+        df = query([*sites, closed], "SELECT COUNT(*) FROM patients", secure=False)
+    assert float(df.iloc[0, 0]) == 100.0
+    assert list(df.attrs["refused"]) == ["closed"]
+    assert "2 of 3 sites answer this query; the answer leaves out the rows of closed" in caplog.text

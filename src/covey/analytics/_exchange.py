@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from covey.transport import MemoryTransport, Transport
 logger = logging.getLogger("covey")
 
 MAX_SITE_REPLY_CELLS = 50_000_000
+MAX_COUNT = 1 << 53
+"""The largest count a site may report (rows, clipped values, groups): exact in float64."""
+COUNT_OPS = ("count", "count_col", "bins")
 DEFAULT_THREAT = secagg.ThreatModel(corrupt_rate=0.05, dropout_rate=0.0)
 COMPLETE_UP_TO = 20
 """Up to this many sites, secure aggregation pairs every site with every other (SecAgg)."""
@@ -138,6 +142,13 @@ class Federation:
         if not ok:
             reasons = "; ".join(f"{n}: {r}" for n, r in self.refused.items())
             raise PolicyError(f"no site answers this query ({reasons})")
+        if self.refused:  # the answer covers only the others' rows: say so where it is asked
+            logger.warning(
+                "%d of %d sites answer this query; the answer leaves out the rows of %s",
+                len(ok),
+                len(self.cids),
+                "; ".join(f"{n} (refused: {r})" for n, r in self.refused.items()),
+            )
         self.cids = sorted(ok)
         return ok
 
@@ -205,23 +216,37 @@ class Federation:
                             f"{name} answered non-finite values (NaN or inf) for its "
                             f"{stat['op']} statistic"
                         )
+                    if stat["op"] in COUNT_OPS and not request.get("dp"):
+                        _counts(v, name, stat["op"])
                     result.vectors[i] = acc + v
             if keep_per_site:
                 result.per_site[cid] = vectors
-            clipped = got.get("clipped", {})
-            if not isinstance(clipped, Mapping):
-                raise FederationQueryError(f"{name} answered a malformed clipped count")
-            for col, n in clipped.items():
-                result.clipped[str(col)] = result.clipped.get(str(col), 0) + _count(n, name)
-            result.outside_domain += _count(got.get("outside_domain", 0), name)
-            result.withheld_groups += _count(got.get("withheld_groups", 0), name)
-            result.cached += bool(got.get("cached"))
-            spent = got.get("spent", 0.0)
-            if not _number(spent):
-                why = f"{name} answered a malformed budget spent: {spent!r:.40}"
-                raise FederationQueryError(why)
-            result.spent[name] = float(spent)
+            self._tally(result, got, name, clip_columns(request["stats"]))
         return result
+
+    @staticmethod
+    def _tally(
+        result: StageResult, got: Mapping[str, Any], name: str, clip_cols: Sequence[str]
+    ) -> None:
+        """Add a site's clipped, outside and withheld counts and record its budget spent."""
+        clipped = got.get("clipped", {})
+        if not isinstance(clipped, Mapping):
+            raise FederationQueryError(f"{name} answered a malformed clipped count")
+        for col, n in clipped.items():
+            if col not in clip_cols:
+                raise FederationQueryError(
+                    f"{name} answered a clipped count for {str(col)!r:.40}, which no "
+                    "statistic of the query clips"
+                )
+            n = _count(n, name, f"clipped count of {col!r}")
+            result.clipped[str(col)] = result.clipped.get(str(col), 0) + n
+        result.outside_domain += _count(got.get("outside_domain", 0), name, "outside_domain")
+        result.withheld_groups += _count(got.get("withheld_groups", 0), name, "withheld_groups")
+        result.cached += bool(got.get("cached"))
+        spent = got.get("spent", 0.0)
+        if not _number(spent) or spent < 0:
+            raise FederationQueryError(f"{name} answered a malformed budget spent: {spent!r:.40}")
+        result.spent[name] = float(spent)
 
     def _secure_stage(
         self, request: Mapping[str, Any], shapes: list[tuple[int, ...]]
@@ -330,14 +355,28 @@ class Federation:
 
 
 def _number(value: Any) -> bool:
-    """Whether ``value`` is a finite int or float (not a bool)."""
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
-    )
+    """Whether ``value`` is a finite int or float (not a bool); an int of any size is finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
-def _count(value: Any, name: str) -> int:
-    """A count a site reported beside its vectors, or FederationQueryError naming the site."""
-    if not _number(value) or value < 0 or value != int(value):
-        raise FederationQueryError(f"{name} answered a malformed count: {value!r:.40}")
+def _count(value: Any, name: str, what: str = "count") -> int:
+    """A count a site reported beside its vectors, or FederationQueryError naming the site.
+
+    A whole number from 0 to :data:`MAX_COUNT` (no site holds more rows).
+    """
+    if not _number(value) or not 0 <= value <= MAX_COUNT or value != int(value):
+        raise FederationQueryError(f"{name} answered a malformed {what}: {value!r:.40}")
     return int(value)
+
+
+def _counts(v: np.ndarray, name: str, op: str) -> None:
+    """Refuse a noiseless count vector that is not whole numbers from 0 to MAX_COUNT."""
+    if v.size and not (
+        np.all(v >= 0) and np.all(v <= MAX_COUNT) and np.array_equal(v, np.floor(v))
+    ):
+        raise FederationQueryError(
+            f"{name} answered {op} values that are not whole numbers from 0 to {MAX_COUNT} "
+            "in a query without noise"
+        )

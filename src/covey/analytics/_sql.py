@@ -307,7 +307,12 @@ def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, .
 
 
 def _parse(sql: str, loc: SqlText) -> exp.Select:
-    if not isinstance(sql, str) or not sql.strip():
+    if not isinstance(sql, str):
+        raise QueryError(
+            f"the query must be SQL text, got {type(sql).__name__} "
+            "(query(sites, sql): the sites come first)"
+        )
+    if not sql.strip():
         raise QueryError("the query is empty")
     try:
         trees = sqlglot.parse(sql, read=DIALECT)
