@@ -209,3 +209,53 @@ def test_a_served_run_whose_evaluation_raises_names_the_last_complete_rounds_mod
     data = covey.data.load_digits()
     loss, _ = covey.models.logistic_evaluate(weights, data.x_test, data.y_test)
     assert loss == history.rounds[2].central_loss
+
+
+def test_a_finished_run_killed_before_its_model_was_written_gets_it_on_resume(
+    tmp_path: Path,
+) -> None:
+    # A SIGKILL after the run folder marked the run finished and before
+    # model.safetensors was written left a finished run without its model, which
+    # `--resume` refused ("there is nothing to resume"). The last round's weights,
+    # kept in the folder, are that model: the resume writes them.
+    made = CliRunner().invoke(app, ["new", "kill-fed", "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    root = tmp_path / "kill-fed"
+    env = dict(os.environ, COLUMNS="200")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    run = [sys.executable, "-m", "covey", "run"]
+    done = subprocess.run(
+        [*run, "--set", "rounds=2"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (folder,) = (root / "runs").iterdir()
+    model = folder / "model.safetensors"
+    with safe_open(str(model), "numpy") as f:
+        before = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    model.unlink()  # where the kill left the folder
+    again = subprocess.run(
+        [*run, "--resume", str(folder)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    said = " ".join(again.stdout.split())
+    assert "finished after round 2, but its model.safetensors was missing" in said
+    with safe_open(str(model), "numpy") as f:
+        assert sorted(f.keys()) == sorted(before)
+        for k in before:
+            assert (f.get_tensor(k) == before[k]).all()
+    # with the model there, a finished run is as before: nothing to resume
+    third = subprocess.run(
+        [*run, "--resume", str(folder)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert third.returncode == 2, third.stdout + third.stderr
+    assert "nothing to resume" in " ".join((third.stdout + third.stderr).split())

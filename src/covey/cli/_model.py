@@ -19,7 +19,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, check_evaluate_fn
 
-__all__ = ["MODEL_FILE", "RoundModels", "keep_model", "not_saved", "save_model"]
+__all__ = ["MODEL_FILE", "RoundModels", "keep_model", "not_saved", "restore_model", "save_model"]
 
 MODEL_FILE = "model.safetensors"
 
@@ -143,3 +143,35 @@ def keep_model(
     if done <= 0 or model is None or not save_model(run_dir, done, model, console, path):
         return None
     return f"the model after round {done}, the last complete one, is in {path}"
+
+
+def restore_model(run_dir: Path, rounds: int, console: Console) -> str | None:
+    """Write the model of a finished run whose ``model.safetensors`` is missing; say so.
+
+    A run killed after its store marked it finished and before the model was
+    written (SIGKILL, a power cut) keeps its last round's weights in the run
+    folder: those are the model. Nothing is done (None) unless the run in
+    ``run_dir`` is finished, ``rounds`` asks for no more rounds than it ran, and
+    its model file is missing.
+    """
+    from safetensors import SafetensorError
+
+    from covey.server._store import RunStore
+
+    if (run_dir / MODEL_FILE).exists():
+        return None
+    try:
+        with RunStore.open(run_dir) as store:
+            last = store.last_round()
+            if store.info()["status"] != "finished" or last is None or rounds > last:
+                return None
+            weights, _, _ = store.load_round(last)
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None  # the resume says what is wrong with the folder
+    if not save_model(run_dir, last, weights, console):
+        return None
+    return (
+        f"the run in {run_dir} finished after round {last}, but its {MODEL_FILE} was "
+        f"missing (the run was stopped before writing it): the model after round {last}, "
+        f"kept in its run folder, is now in {run_dir / MODEL_FILE}"
+    )

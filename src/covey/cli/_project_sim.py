@@ -11,7 +11,14 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from covey.cli._model import MODEL_FILE, RoundModels, keep_model, not_saved, save_model
+from covey.cli._model import (
+    MODEL_FILE,
+    RoundModels,
+    keep_model,
+    not_saved,
+    restore_model,
+    save_model,
+)
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object, read_regular
 from covey.core._interrupt import interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_errors import fail
@@ -265,6 +272,10 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         run_dir = resume
         rounds = _run_rounds(settings, run_dir, rounds)
         keep_last = _run_keep_last(settings, run_dir, keep_last)
+        restored = restore_model(run_dir, rounds, console)
+        if restored is not None:  # all that was left of a finished run
+            console.print(escape(restored), soft_wrap=True)
+            return
     same_settings(run_dir, settings.app_config(), resume is not None, rounds)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
