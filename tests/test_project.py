@@ -258,3 +258,35 @@ def test_run_serves_the_project_and_names_its_clients(project: Path, tmp_path: P
     assert shown.returncode == 0, shown.stderr
     assert "hospital-a" in shown.stdout
     assert "hospital-b" in shown.stdout
+
+
+def test_a_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path: Path) -> None:
+    # An XGBoost booster past the federation's capacity failed to aggregate in every
+    # round: `covey run` printed its table, kept the untrained model and said
+    # "finished" (exit status 0); the reason was in history.json only.
+    out = covey_cli("new", "agg-fed", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    root = tmp_path / "agg-fed"
+    server = root / "agg_fed" / "server_app.py"
+    text = server.read_text()
+    assert "strategy = covey.FedAvg(" in text
+    server.write_text(
+        text.replace(
+            "strategy = covey.FedAvg(",
+            "strategy = covey.Strategy(\n        aggregator=covey.aggregate.reducer(_refuse),",
+        )
+        + "\n\ndef _refuse(params: Any, contributions: Any) -> Any:\n"
+        "    raise covey.aggregate.AggregationError('the booster takes 11746 bytes')\n"
+    )
+    out = covey_cli("run", "--set", "rounds=2", cwd=root)
+    said = " ".join(out.stdout.split())
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert (
+        "no round aggregated: the model is the one the run started with; rounds 1 and 2: "
+        "AggregationError: the booster takes 11746 bytes" in said
+    )
+    assert "error: no round of the run aggregated" in said
+    (folder,) = (root / "runs").iterdir()
+    shown = covey_cli("runs", "show", str(folder), cwd=root)
+    assert shown.returncode == 0, shown.stderr
+    assert "no round aggregated" in " ".join(shown.stdout.split())

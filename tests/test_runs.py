@@ -480,3 +480,25 @@ def test_rounds_a_killed_runs_history_json_missed_are_read_from_its_store(
     assert shown.exit_code == 0, shown.output
     rows = [line.split()[:3] for line in shown.output.splitlines() if line.strip()]
     assert ["5", "2", "0"] in rows, shown.output  # round 5, two clients, none failed
+
+
+def test_rounds_that_did_not_aggregate_are_named_under_the_table() -> None:
+    from covey.cli._rounds import endings, not_aggregated
+
+    def record(rnd: int, error: str | None) -> RoundRecord:
+        info = {} if error is None else {"error": f"AggregationError: {error}"}
+        return RoundRecord(rnd, aggregated=error is None and rnd > 0, aggregate_info=info)
+
+    fine = History([record(0, None), record(1, None), record(2, None)])
+    assert not_aggregated(fine) is None
+    assert endings(fine) == []
+    some = History([record(r, "late" if r in (2, 9) else None) for r in range(10)])
+    assert not_aggregated(some) == (
+        "2 of 9 rounds did not aggregate (the model was left as it was); rounds 2 and 9: "
+        "AggregationError: late"
+    )
+    every = History([record(0, None), *(record(r, f"full {r}") for r in range(1, 9))])
+    assert endings(every) == [
+        "no round aggregated: the model is the one the run started with; rounds 1, 2, 3, 4, "
+        "5 and 3 more: AggregationError: full 8"
+    ]

@@ -91,7 +91,7 @@ def demo(
     """Train logistic regression on label-skewed digits across simulated clients with FedAvg."""
     from covey.cli._demo import DemoConfig, SplitError, demo_split, plot_history
     from covey.cli._model import not_saved, save_model
-    from covey.cli._runs import print_table, round_table
+    from covey.cli._runs import endings, print_table, round_table
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail, output_file
     from covey.sim._start import check_start_method
@@ -136,6 +136,8 @@ def demo(
     )
     result = _run_demo(config, run_dir, out)
     print_table(round_table(result.history), console)
+    for line in endings(result.history):
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     final = result.history.rounds[-1]
     accuracy = float(final.central_metrics.get("accuracy", float("nan")))
     if plot:

@@ -331,14 +331,13 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
 
 def _finished(name: str, run_dir: Path, result: Any) -> None:
     """Report a finished run and keep its model; exit with status 1 if it cannot be kept."""
-    from covey.cli._runs import print_table, round_table, stopped_early
+    from covey.cli._runs import endings, print_table, round_table
     from covey.server._outputs import plot_history
 
     plot_history(result.history, run_dir / "plot.png", title=name)
     print_table(round_table(result.history), console)
-    early = stopped_early(result.history)
-    if early is not None:
-        console.print(f"[yellow]{escape(early)}[/]")
+    for line in endings(result.history):
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     files = "history.json, plot.png"
     last = result.history.rounds[-1].round if result.history.rounds else 0
     saved = save_model(run_dir, last, result.weights, console)
@@ -350,4 +349,12 @@ def _finished(name: str, run_dir: Path, result: Any) -> None:
     )
     if not saved:  # the one thing a finished run is for: not a success
         console.print(f"[red]error:[/] {escape(not_saved(run_dir, last))}", soft_wrap=True)
+        raise typer.Exit(1)
+    trained = [r for r in result.history.rounds if r.round > 0]
+    if trained and not any(r.aggregated for r in trained):  # it trained nothing: no success
+        console.print(
+            "[red]error:[/] no round of the run aggregated (see above): its model is the one "
+            "it started with",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)

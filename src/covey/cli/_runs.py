@@ -24,6 +24,7 @@ from rich.table import Table
 from covey.cli._rounds import (
     MAX_MORE_COLUMNS,
     ROUND_COLUMNS,
+    endings,
     last_finished,
     metric_columns,
     round_table,
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_MORE_COLUMNS",
     "ROUND_COLUMNS",
     "TEXT_FLOOR",
+    "endings",
     "find_run",
     "last_finished",
     "load_history",
@@ -469,9 +471,8 @@ def show_run(
     if facts:
         console.print(escape(", ".join(facts)))
     print_table(round_table(history, last=last, traffic=True))
-    early = stopped_early(history)
-    if early is not None:
-        console.print(f"[yellow]{escape(early)}[/]")
+    for line in endings(history):
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     if history.clients:
         clients = Table(title="Clients", box=box.SIMPLE_HEAD, header_style="bold")
         clients.add_column("id", justify="right")
