@@ -134,3 +134,39 @@ def test_the_plain_functions_refuse_labels_that_are_no_class_index(
         logistic_sgd_epoch(weights, x, y, lr=0.1, batch_size=2, order=np.arange(4))
     with pytest.raises(ValueError, match=said):
         logistic_evaluate(weights, x, y)
+
+
+@pytest.mark.parametrize(
+    ("weights", "said"),
+    [
+        ({"W": np.zeros((3, 2))}, r"expected the arrays \['W', 'b'\], got \['W'\]"),
+        (
+            {"W": np.zeros((2, 3)), "b": np.zeros(3)},
+            r"'W' has shape \(2, 3\).*needs \(3, classes\)",
+        ),
+        ({"W": np.zeros((3, 2)), "b": np.zeros(5)}, r"'b' has shape \(5,\), 'W' of shape"),
+        ({"W": np.zeros(6), "b": np.zeros(2)}, r"'W' has shape \(6,\)"),
+    ],
+    ids=["names", "transposed", "bias", "flat"],
+)
+def test_the_plain_functions_refuse_weights_of_another_model_naming_the_array(
+    weights: dict[str, np.ndarray], said: str
+) -> None:
+    # Before: a bare KeyError: 'b', or NumPy's "shapes not aligned" / "could not be broadcast".
+    x, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
+    with pytest.raises(covey.WeightsError, match=said):
+        logistic_evaluate(weights, x, y)
+    with pytest.raises(covey.WeightsError, match=said):
+        logistic_grad(weights, x, y)
+    with pytest.raises(covey.WeightsError, match=said):
+        logistic_sgd_epoch(weights, x, y, lr=0.1, batch_size=2, order=np.arange(4))
+
+
+def test_the_plain_functions_refuse_rows_and_labels_that_do_not_pair() -> None:
+    weights = logistic_init(3, 2)
+    with pytest.raises(ValueError, match=r"x and y need the same length .* got 4 and 3"):
+        logistic_evaluate(weights, np.ones((4, 3)), np.array([0, 1, 0]))
+    with pytest.raises(ValueError, match=r"x must be a 2-D array of numbers .* shape \(4,\)"):
+        logistic_evaluate(weights, np.ones(4), np.array([0, 1, 0, 1]))
+    with pytest.raises(TypeError, match="weights must be a mapping of names to arrays"):
+        logistic_evaluate([np.zeros((3, 2)), np.zeros(2)], np.ones((4, 3)), np.zeros(4, int))  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -66,12 +67,12 @@ def logistic_sgd_epoch(
         ValueError: a label of ``y`` is not a class index of the weights (a negative
             one would silently train the last class).
     """
-    _labels_fit(y, weights)
+    x, y = _check_inputs(weights, x, y)
     W = np.array(weights["W"], dtype=np.float64 if weights["W"].dtype.kind != "f" else None)
     b = np.array(weights["b"], dtype=W.dtype)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        grad = logistic_grad({"W": W, "b": b}, x[idx], y[idx])
+        grad = _grad({"W": W, "b": b}, x[idx], y[idx])
         if anchor is not None and mu > 0:
             grad = {
                 "W": grad["W"] + mu * (W - anchor["W"]),
@@ -85,7 +86,17 @@ def logistic_sgd_epoch(
 
 
 def logistic_grad(weights: Weights, x: FloatArray, y: IntArray) -> dict[str, Array]:
-    """Gradient of the mean softmax cross-entropy of ``weights`` on the batch ``(x, y)``."""
+    """Gradient of the mean softmax cross-entropy of ``weights`` on the batch ``(x, y)``.
+
+    Raises:
+        ValueError: ``weights`` are not ``{"W": (features, classes), "b": (classes,)}``
+            for ``x``, ``x`` and ``y`` differ in length, or a label is not a class index.
+    """
+    x, y = _check_inputs(weights, x, y)
+    return _grad(weights, x, y)
+
+
+def _grad(weights: Weights, x: FloatArray, y: IntArray) -> dict[str, Array]:
     p = _softmax(x @ weights["W"] + weights["b"])
     p[np.arange(len(y)), y] -= 1.0
     p /= len(y)
@@ -96,11 +107,13 @@ def logistic_evaluate(weights: Weights, x: FloatArray, y: IntArray) -> tuple[flo
     """Mean cross-entropy loss and accuracy of ``weights`` on ``(x, y)``.
 
     Raises:
-        ValueError: a label of ``y`` is not a class index of the weights.
+        ValueError: ``weights`` are not ``{"W": (features, classes), "b": (classes,)}``
+            for ``x``, ``x`` and ``y`` differ in length, or a label of ``y`` is not a
+            class index of the weights.
     """
+    x, y = _check_inputs(weights, x, y)
     if len(y) == 0:
         return 0.0, 0.0
-    _labels_fit(y, weights)
     logits = x @ weights["W"] + weights["b"]
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -153,6 +166,28 @@ def _labels_fit(y: Any, weights: Weights) -> None:
         )
 
 
+def _check_inputs(weights: Any, x: Any, y: Any) -> tuple[FloatArray, IntArray]:
+    """``(x, y)`` as arrays; what the functions above would fail on deep in NumPy is refused.
+
+    Weights of another model (other names, shapes that do not fit ``x``), rows and
+    labels of different lengths and labels that are not class indices, each named.
+    """
+    if not isinstance(weights, Mapping):
+        raise TypeError(
+            f"weights must be a mapping of names to arrays ({{'W', 'b'}}), got "
+            f"{type(weights).__name__}"
+        )
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or x.dtype.kind not in "iuf":
+        raise ValueError(
+            f"x must be a 2-D array of numbers (rows, features), got {x.dtype} of shape {x.shape}"
+        )
+    _check_rows(x, y, "x", "y")
+    _check_layout({k: np.asarray(v) for k, v in weights.items()}, x, 0, "y")
+    _labels_fit(y, weights)
+    return x, y
+
+
 def _check_layout(weights: Weights, x: FloatArray, bound: int, name: str) -> None:
     """Refuse weights that are not ``{"W": (features, classes), "b": (classes,)}`` for ``x, y``.
 
@@ -168,8 +203,8 @@ def _check_layout(weights: Weights, x: FloatArray, bound: int, name: str) -> Non
     features = x.shape[1] if x.ndim == 2 else None
     if W.ndim != 2 or (features is not None and W.shape[0] != features):
         raise WeightsError(
-            f"weight 'W' has shape {W.shape}, logistic regression on this client's data "
-            f"needs ({features}, classes)"
+            f"weight 'W' has shape {W.shape}, logistic regression on data of {features} "
+            f"features needs ({features}, classes)"
         )
     if b.shape != (W.shape[1],):
         raise WeightsError(
