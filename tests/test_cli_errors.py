@@ -435,6 +435,10 @@ def test_an_app_setting_set_to_another_kind_is_refused_before_the_run(tmp_path: 
     code, out = covey("run", str(project), "--set", "epochs=true")
     assert code == 2, out
     assert "epochs is a number in [tool.covey.config] (2), not true or false" in out
+    for given, kind in (("lr=[1,2]", "a list"), ("lr={a=1}", "a table")):  # they were taken
+        code, out = covey("run", str(project), "--set", given)
+        assert code == 2, out
+        assert f"lr is a number in [tool.covey.config] (0.5), not {kind}; give a number" in out
     assert not (project / "runs").exists()
     code, out = covey("run", str(project), "--set", "lr=1", "--set", "rounds=1")  # whole: a number
     assert code == 0, out
@@ -542,4 +546,24 @@ def test_resuming_where_run_sqlite_is_a_folder_says_so(tmp_path: Path) -> None:
     assert code == 2, out
     assert last_line(out) == (
         "error: --resume run: its run.sqlite is not a file (a folder?); no run to continue"
+    )
+
+
+def test_a_run_folder_that_cannot_be_made_names_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both stopped with "error: FileNotFoundError: [Errno 2] No such file or directory",
+    # exit status 1, naming neither the flag nor the setting.
+    monkeypatch.chdir(tmp_path)
+    code, out = covey("demo", "--run-dir", "/proc/covey-nowhere", "--rounds", "1")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --run-dir /proc/covey-nowhere: cannot make the folder (No such file or directory)"
+    )
+    assert covey("new", "nowhere")[0] == 0
+    code, out = covey("run", str(tmp_path / "nowhere"), "--set", "runs-dir=/proc/covey-nowhere")
+    assert code == 2, out
+    assert " ".join(out.split()).endswith(
+        "error: runs-dir = '/proc/covey-nowhere' ([tool.covey] or --set): cannot make a run "
+        "folder in /proc/covey-nowhere (No such file or directory)"
     )

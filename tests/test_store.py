@@ -390,6 +390,36 @@ def test_corrupt_weights_file_is_detected_and_skipped(
         assert store.load_latest_valid()[0] == 2
 
 
+def test_a_long_run_of_damaged_rounds_is_said_in_a_few_lines(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A resume of a run whose every kept round was damaged printed a line per round.
+    with RunStore.create(run_dir, config={}) as store:
+        for r in range(12):
+            store.save_round(r, small(r), record(r))
+    for r in range(2, 12):
+        (run_dir / "weights" / weights_file_name(r)).write_bytes(b"garbage")
+    with RunStore.open(run_dir) as store, caplog.at_level(logging.WARNING, logger="covey"):
+        assert store.load_latest_valid()[0] == 1
+    messages = [m.getMessage() for m in caplog.records]
+    assert [m.split(" of ")[0] for m in messages[:3]] == [
+        "skipping round 11",
+        "skipping round 10",
+        "skipping round 9",
+    ]
+    assert messages[3:] == ["7 more rounds skipped likewise"]
+    (run_dir / "weights" / weights_file_name(0)).write_bytes(b"garbage")
+    (run_dir / "weights" / weights_file_name(1)).write_bytes(b"garbage")
+    caplog.clear()
+    with (
+        RunStore.open(run_dir) as store,
+        caplog.at_level(logging.WARNING, logger="covey"),
+        pytest.raises(ValueError, match=r"has valid weights \(rounds 0-11\)$"),
+    ):
+        store.load_latest_valid()
+    assert len(caplog.records) == 3
+
+
 def test_truncated_weights_file_is_detected(run_dir: Path) -> None:
     with RunStore.create(run_dir, config={}) as store:
         store.save_round(0, small(0), None)

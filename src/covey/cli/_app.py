@@ -161,11 +161,10 @@ def demo(
 
 def _demo_run_dir(run_dir: Path | None) -> Path:
     """The demo's run folder: a fresh one under runs/, or the one given if it holds no run."""
-    from covey.deploy._cli_errors import fail
-    from covey.server._outputs import new_run_dir
+    from covey.deploy._cli_errors import fail, fresh_run_dir
 
     if run_dir is None:
-        return new_run_dir("runs", "demo")
+        return fresh_run_dir("runs", "demo", "the run folder (leave out --run-dir: runs/)")
     if run_dir.exists() and not run_dir.is_dir():
         fail(
             f"--run-dir {run_dir} is a file; give a folder (made if missing), or leave "
@@ -176,6 +175,10 @@ def _demo_run_dir(run_dir: Path | None) -> Path:
             f"--run-dir {run_dir} already holds a run; give a new folder, or leave "
             "--run-dir out for a fresh folder under runs/"
         )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--run-dir {run_dir}: cannot make the folder ({exc.strerror or exc})")
     return run_dir
 
 

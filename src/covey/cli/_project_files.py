@@ -14,11 +14,15 @@ __all__ = ["project_above", "read_project", "same_kind", "toml_key", "unknown_ke
 
 
 def _kind(value: Any) -> str | None:
-    """What kind of setting ``value`` is: ``"number"``, ``"true or false"``, ``"text"``; or None."""
+    """What kind of setting ``value`` is: number, true or false, text, list, table; or None."""
     if isinstance(value, bool):
         return "true or false"
     if isinstance(value, int | float):
         return "number"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "table"
     return "text" if isinstance(value, str) else None
 
 
@@ -32,10 +36,11 @@ def same_kind(item: str, kept: Any, value: Any) -> None:
     if was is None or now is None or was == now:
         return
     key = item.partition("=")[0].strip()
-    a = "" if was == "true or false" else "a "
+    a = "" if was in ("true or false", "text") else "a "
+    an = "" if now in ("true or false", "text") else "a "
     fail(
         f"--set {item}: {key} is {a}{was} in [tool.covey.config] ({json.dumps(kept)}), "
-        f"not {now}; give {a}{was}, e.g. --set {key}={json.dumps(kept)}, or change its "
+        f"not {an}{now}; give {a}{was}, e.g. --set {key}={json.dumps(kept)}, or change its "
         "kind in pyproject.toml first"
     )
 

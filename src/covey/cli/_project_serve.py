@@ -130,7 +130,7 @@ def serve_project(
 def _served_run_dir(settings: Any, name: str, where: str, resume: Path | None) -> Path:
     """The run folder: the one resumed, ``run-dir``, or a new one under ``runs-dir``."""
     from covey.deploy._cli import _run_folder
-    from covey.server._outputs import new_run_dir
+    from covey.deploy._cli_errors import fresh_run_dir
 
     fed = settings.federation
     run_dir = settings.path(fed.get("run_dir"))
@@ -144,7 +144,7 @@ def _served_run_dir(settings: Any, name: str, where: str, resume: Path | None) -
         return resume
     if run_dir is None:
         runs = settings.path(settings.run.get("runs_dir", "runs")) or Path("runs")
-        return new_run_dir(runs, name)
+        return fresh_run_dir(runs, name, f"runs-dir = {str(runs)!r} {where}")
     if run_dir.exists() and not run_dir.is_dir():
         fail(f"run-dir {run_dir} {where} is a file; give a new or empty folder")
     if (run_dir / "run.json").is_file():  # a simulation's

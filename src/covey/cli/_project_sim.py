@@ -239,7 +239,7 @@ def _refused_resume(exc: Exception, resume: Path | None, models: RoundModels) ->
 def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: Path | None) -> None:
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
-    from covey.server._outputs import new_run_dir
+    from covey.deploy._cli_errors import fresh_run_dir
     from covey.sim._options import _check_keep_last, _checked
     from covey.sim._start import check_start_method
 
@@ -267,7 +267,8 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
             'before), or "all" to keep every round\'s'
         )
     if resume is None:
-        run_dir = new_run_dir(settings.path(run.get("runs_dir", "runs")) or "runs", "sim")
+        runs = settings.path(run.get("runs_dir", "runs")) or Path("runs")
+        run_dir = fresh_run_dir(runs, "sim", f"runs-dir = {str(runs)!r} ([tool.covey] or --set)")
     else:
         run_dir = resume
         rounds = _run_rounds(settings, run_dir, rounds)

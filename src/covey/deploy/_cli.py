@@ -97,7 +97,7 @@ def _server_app(spec: str | None, resume: Path | None = None) -> Any:
 
 def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
     """The run folder: the one to resume, the one given, or a fresh one under ``runs/``."""
-    from covey.server._outputs import new_run_dir
+    from covey.deploy._cli_errors import fresh_run_dir
 
     if resume is not None:
         if run_dir is not None and run_dir.resolve() != resume.resolve():
@@ -119,7 +119,7 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
             )
         return resume
     if run_dir is None:
-        return new_run_dir("runs", "server")
+        return fresh_run_dir("runs", "server", "the run folder (leave out --run-dir: runs/)")
     below = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
     if below is not None:
         fail(f"--run-dir {run_dir}: {below} is a file, not a folder; give a folder's path")

@@ -19,6 +19,7 @@ from rich.markup import escape
 __all__ = [
     "compression_spec",
     "fail",
+    "fresh_run_dir",
     "load_object",
     "number",
     "output_file",
@@ -36,6 +37,21 @@ def fail(message: str) -> NoReturn:
     """Print ``error: MESSAGE`` on one line and exit with code 2 (no traceback)."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(USAGE_EXIT)
+
+
+def fresh_run_dir(parent: str | os.PathLike[str], prefix: str, setting: str) -> Path:
+    """A new run folder under ``parent``, or fail naming ``setting`` if it cannot be made.
+
+    ``setting`` says where ``parent`` came from (``--run-dir``, ``runs-dir = ...``):
+    a folder below ``/proc`` or a read-only one otherwise stopped the command with
+    a bare ``FileNotFoundError`` or ``PermissionError`` (exit status 1).
+    """
+    from covey.server._outputs import new_run_dir
+
+    try:
+        return new_run_dir(parent, prefix)
+    except OSError as exc:
+        fail(f"{setting}: cannot make a run folder in {parent} ({exc.strerror or exc})")
 
 
 def load_object(spec: str, flag: str = "--app", example: str = "myfed:server_app") -> Any:

@@ -62,6 +62,7 @@ from covey.server._runrecords import UNCOUNTED_KEY, RunRecords, Status
 __all__ = ["RunStore", "Status"]
 
 logger = logging.getLogger("covey")
+SKIPS_SAID = 3  # damaged rounds named one by one when resuming; the older ones counted
 
 
 class RunStore(RunRecords):
@@ -361,14 +362,13 @@ class RunStore(RunRecords):
         """The newest round whose weights file (and server state) verify, to resume from.
 
         Rounds whose file is missing, corrupt or pruned, or whose server state
-        ``check_state`` refuses, are skipped with a logged warning. A resuming
-        server should then call :meth:`discard_after` with the returned round
-        before saving new rounds.
+        ``check_state`` refuses, are skipped with a logged warning (the newest
+        :data:`SKIPS_SAID` each, the others counted). A resuming server should
+        then call :meth:`discard_after` with the returned round.
 
         Args:
-            check_state: Raises ``ValueError`` for server state bytes that are
-                damaged (e.g. :func:`covey.server._state.check_state`); None
-                takes the state as it is.
+            check_state: Raises ``ValueError`` for damaged server state bytes (e.g.
+                :func:`covey.server._state.check_state`); None takes them as they are.
 
         Returns:
             ``(round, weights, record, server_state)``.
@@ -381,7 +381,7 @@ class RunStore(RunRecords):
         rounds = self.rounds()
         if not rounds:
             raise ValueError(f"the run at {self._run_dir} has no saved round")
-        for round in reversed(rounds):
+        for skipped, round in enumerate(reversed(rounds)):
             try:
                 weights, record, state = self.load_round(round)
                 if state is not None and check_state is not None:
@@ -390,11 +390,15 @@ class RunStore(RunRecords):
                 raise NewerFormatError(
                     f"round {round} of the run in {self._run_dir}: {exc}"
                 ) from None
-            except ValueError as exc:
-                logger.warning("skipping round %d of %s: %s", round, self._run_dir, exc)
+            except ValueError as exc:  # the newest few said; a long run's others counted
+                if skipped < SKIPS_SAID:
+                    logger.warning("skipping round %d of %s: %s", round, self._run_dir, exc)
                 continue
+            if skipped > SKIPS_SAID:
+                logger.warning("%d more rounds skipped likewise", skipped - SKIPS_SAID)
             return round, weights, record, state
-        raise ValueError(f"no saved round of the run at {self._run_dir} has valid weights")
+        said = f" (rounds {rounds[0]}-{rounds[-1]})" if len(rounds) > SKIPS_SAID else ""
+        raise ValueError(f"no saved round of the run at {self._run_dir} has valid weights{said}")
 
     def check_lost_rounds(self) -> int | None:
         """The last recorded round, after refusing files of rounds ``run.sqlite`` lost.
