@@ -311,6 +311,9 @@ def test_clients_that_drop_in_the_consistency_check_stay_in_the_sum() -> None:
     # 2 sent its masked input: its vector is in the sum, unmasked by the others.
     assert result.survivors == [0, 1, 2, 3, 4, 5, 6]
     assert sorted(result.dropped) == [7]
+    # and it is named: it left the round, though its update counts
+    assert list(result.silent) == [2]
+    assert "left after its masked input was taken (it is in the sum)" in result.silent[2]
     np.testing.assert_array_equal(result.total, _exact({c: sites[c] for c in range(7)}))
     asked = {c for c, t in server.sent if t.kind == "secagg.unmask"}
     assert asked == {0, 1, 3, 4, 5, 6}

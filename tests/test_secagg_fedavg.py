@@ -216,3 +216,31 @@ def test_a_ring_too_wide_is_refused_naming_bits_and_max_examples() -> None:
         secure(covey.FedAvg(), clip_range=CLIP, bits=40)
     assert "1000 clients" in str(info.value)
     assert "62" in str(info.value)
+
+
+def test_a_client_lost_in_the_unmasking_is_named_though_its_update_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The round completed with client 3's update in the mean and no word of it
+    # having left: not in the round's failures, not in aggregate_info.
+    from covey.clients import _client
+
+    unmask = _client._HANDLERS["secagg.unmask"]
+
+    def leaving(client: Any, task: Any) -> Any:
+        if client.cid == 3:
+            raise ConnectionError("the phone went offline")
+        return unmask(client, task)
+
+    monkeypatch.setitem(_client._HANDLERS, "secagg.unmask", leaving)
+    safe = covey.simulate(Toy, 10, 1, _secure(covey.FedAvg(fraction_evaluate=0.0)), _init(), seed=0)
+    plain = covey.simulate(Toy, 10, 1, covey.FedAvg(fraction_evaluate=0.0), _init(), seed=0)
+    record = safe.history.rounds[-1]
+    assert record.aggregated
+    assert record.aggregate_info["secagg_silent"] == [3]
+    assert record.aggregate_info["secagg_dropped"] == []
+    (failure,) = record.fit_failures
+    assert failure.cid == 3
+    assert "left after its masked input was taken (it is in the sum)" in failure.error
+    assert "the phone went offline" in failure.error
+    np.testing.assert_allclose(safe.weights["w"], plain.weights["w"], atol=2 / scale(CLIP, BITS))

@@ -103,6 +103,8 @@ def test_dropouts_after_key_sharing_and_after_masking_are_recovered() -> None:
     survivors = [c for c in sites if c not in (3, 17)]
     assert result.survivors == survivors
     assert set(result.dropped) == {3, 17}
+    # 5 and 22 left in the unmasking: in the sum, and named (they were not)
+    assert sorted(result.silent) == [5, 22]
     np.testing.assert_array_equal(result.total, _plain(sites, survivors))
 
 

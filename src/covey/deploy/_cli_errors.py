@@ -39,7 +39,7 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(USAGE_EXIT)
 
 
-def fresh_run_dir(parent: str | os.PathLike[str], prefix: str, setting: str) -> Path:
+def fresh_run_dir(parent: str | Path, prefix: str, setting: str) -> Path:
     """A new run folder under ``parent``, or fail naming ``setting`` if it cannot be made.
 
     ``setting`` says where ``parent`` came from (``--run-dir``, ``runs-dir = ...``):

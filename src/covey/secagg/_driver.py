@@ -62,6 +62,9 @@ class SecureSumResult:
         plan: The graph's degree and threshold.
         bits: The ring's width.
         seconds: Wall time of each stage.
+        silent: Survivors that answered neither the consistency check nor the
+            unmasking (the others' shares sufficed), with why; their vector is
+            in ``total``.
         suspects: Survivors whose unmasking reply held a share the server
             refused (malformed, not theirs to hold, or false and outvoted by the
             other holders), with why; their own vector is still in ``total``,
@@ -76,6 +79,7 @@ class SecureSumResult:
     bits: int
     seconds: dict[str, float] = field(default_factory=dict)
     suspects: dict[int, str] = field(default_factory=dict)
+    silent: dict[int, str] = field(default_factory=dict)
 
 
 # -- the server side ---------------------------------------------------------------------
@@ -327,7 +331,14 @@ def secure_sum(
             excluded[u] = failures.get(u, "left before sharing keys")
     dropped_why = {u: state.dropped.get(u, "no masked input") for u in dropped}
     suspects = dict(state.suspects)
-    return SecureSumResult(total, alive, dropped_why, excluded, graph, bits, seconds, suspects)
+    silent = {
+        u: f"left after its masked input was taken (it is in the sum): {failures.get(u, why)}"
+        for u, why in ((u, "not asked to unmask") for u in alive)
+        if u in failures or u not in revealers
+    }
+    return SecureSumResult(
+        total, alive, dropped_why, excluded, graph, bits, seconds, suspects, silent
+    )
 
 
 def _consistency(

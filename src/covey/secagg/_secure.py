@@ -280,10 +280,11 @@ class _Secure:
             "secagg_threshold": res.plan.threshold,
             "secagg_ring_bits": res.bits,
             "secagg_dropped": sorted(res.dropped),
+            "secagg_silent": sorted(res.silent),
             "secagg_suspects": sorted(res.suspects),
             "secagg_seconds": dict(res.seconds),
         }
-        failures = tuple((c, w) for c, w in {**res.excluded, **res.dropped}.items())
+        failures = tuple({**res.excluded, **res.dropped, **res.silent}.items())
         # No examples at all: every pre-scaled update was zero. The contribution carries
         # num_examples=0 and the weighted mean refuses it as it refuses such a plain
         # round (an AggregationError: recorded, the model kept, the run goes on).
