@@ -405,6 +405,9 @@ def test_natural_accepts_strings_and_lists() -> None:
         (lambda: dirichlet(LABELS, 5, np.nan), ValueError, r"alpha must be a finite number"),
         (lambda: dirichlet(LABELS, 5, np.inf), ValueError, r"alpha must be a finite number"),
         (lambda: dirichlet(LABELS, 5, "x"), TypeError, r"alpha must be a number"),  # type: ignore
+        # text that reads as a number was taken, where every other argument refuses it
+        (lambda: dirichlet(LABELS, 5, "1"), TypeError, r"got str '1'"),  # type: ignore
+        (lambda: dirichlet(LABELS, 5, True), TypeError, r"got bool True"),
         (lambda: dirichlet(LABELS, 5, 1.0, min_size=-1), ValueError, r"min_size must be >= 0"),
         (lambda: dirichlet(LABELS, 5, 1.0, max_retries=0), ValueError, r"max_retries must be"),
         (lambda: dirichlet([[0, 1]], 1, 1.0), ValueError, r"labels must be a 1-D array"),

@@ -8,6 +8,7 @@ array, and the indices within a client are sorted in ascending order.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any
 
@@ -177,10 +178,10 @@ def dirichlet(
     num_clients = _as_int("num_clients", num_clients, 1)
     min_size = _as_int("min_size", min_size, 0)
     max_retries = _as_int("max_retries", max_retries, 1)
-    try:
-        alpha_value = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"alpha must be a number, got {type(alpha).__name__} {alpha!r}") from None
+    if isinstance(alpha, str | bytes | bool) or not isinstance(alpha, numbers.Real):
+        # "1" would be read as 1 where every other argument refuses text
+        raise TypeError(f"alpha must be a number, got {type(alpha).__name__} {alpha!r}")
+    alpha_value = float(alpha)
     if not (math.isfinite(alpha_value) and alpha_value > 0):
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     n = len(label_array)
