@@ -372,7 +372,8 @@ def test_numbers_that_would_hang_or_misbehave_are_refused(
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"rounds": -1}, "rounds must be an int, 0 or more, got -1"),
+        ({"rounds": -1}, "rounds must be an int from 0 to 1,000,000,000, got -1"),
+        ({"rounds": 2**70}, "rounds must be an int from 0 to 1,000,000,000, got 11805916"),
         ({"wait_timeout": float("nan")}, "wait_timeout must be a number of seconds above 0"),
         ({"round_timeout": 0}, "round_timeout must be a number of seconds above 0, got 0"),
         ({"heartbeat": -1.0}, "heartbeat must be a number of seconds above 0, got -1.0"),

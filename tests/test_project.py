@@ -138,7 +138,7 @@ def test_run_rejects_unknown_settings(project: Path) -> None:
     assert "(known: local)" in out.stderr
 
 
-@pytest.mark.parametrize("value", ["five", "2.5", "true"])
+@pytest.mark.parametrize("value", ["five", "2.5", "true", "-1", str(2**70)])  # 2**70 was taken
 def test_run_refuses_a_count_that_is_not_a_whole_number(project: Path, value: str) -> None:
     runs = project / "runs"
     before = sorted(runs.iterdir()) if runs.exists() else []

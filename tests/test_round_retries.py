@@ -127,7 +127,7 @@ def test_which_failures_are_lost_connections(error: str, lost: bool) -> None:
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
 def test_round_retries_must_be_a_whole_number(bad: Any) -> None:
-    with pytest.raises(ValueError, match="round_retries must be an int, 0 or more"):
+    with pytest.raises(ValueError, match="round_retries must be an int from 0 to 1,000,000,000"):
         covey.deploy.serve(_strategy(), 1, {"w": np.zeros(2)}, "127.0.0.1:0", round_retries=bad)
 
 

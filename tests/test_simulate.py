@@ -241,7 +241,7 @@ def test_simulate_argument_validation() -> None:
         covey.simulate(lambda cid: RandomClient(cid), 3, 1, None, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_clients must be a positive int"):
         covey.simulate(lambda cid: RandomClient(cid), 0, 1, None, initial())
-    with pytest.raises(ValueError, match="rounds must be a non-negative int"):
+    with pytest.raises(ValueError, match="rounds must be an int from 0 to 1,000,000,000"):
         covey.simulate(lambda cid: RandomClient(cid), 3, -1, None, initial())
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         covey.simulate(lambda cid: RandomClient(cid), 3, 1, None, initial(), backend="gpu")  # type: ignore[arg-type]

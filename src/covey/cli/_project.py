@@ -194,15 +194,22 @@ class ProjectSettings:
         self._check_numbers()
 
     def _check_numbers(self) -> None:
+        from covey.core._messages import MAX_ROUNDS
+
         project = self.project
         for key, least in (("clients", 1), ("rounds", 0), ("seed", 0)):
             value = self.run.get(key)
+            most = MAX_ROUNDS if key == "rounds" else None
             if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < least
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < least
+                or (most is not None and value > most)
             ):
+                size = f"of {least} or more" if most is None else f"from {least} to {most:,}"
                 fail(
                     f"{key} = {value!r} ([tool.covey] in {project / 'pyproject.toml'}, or "
-                    f"--set): must be a whole number of {least} or more, e.g. --set {key}=10"
+                    f"--set): must be a whole number {size}, e.g. --set {key}=10"
                 )
 
     def _override(self, item: str) -> None:

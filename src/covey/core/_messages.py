@@ -38,6 +38,10 @@ MAX_EXAMPLES = 2**53
 """The most examples a result may declare: every count up to it is exact in float64,
 and weighing updates by it cannot overflow (10**400 examples would stop aggregation)."""
 
+MAX_ROUNDS = 10**9
+"""The most rounds a run may be asked for: a billion rounds of a millisecond are 11 days,
+and each round's number fits the run folder's integers and the messages' fields."""
+
 
 def plain(value: Any) -> Any:
     """``value`` as a Python number if it is a NumPy one (``np.int64(3)`` gives ``3``), else as is.

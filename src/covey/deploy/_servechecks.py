@@ -11,6 +11,7 @@ from typing import Any
 
 from covey.compress import Scheme, check_applies, run_scheme
 from covey.core._files import a_folder
+from covey.core._messages import MAX_ROUNDS
 from covey.server._kept import check_keep_last
 from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._rundb import LOCK_NAME, is_held
@@ -159,8 +160,8 @@ def check_settings(
 ) -> None:
     """Refuse numbers that would end a run at once or never (a NaN wait waits forever)."""
     for name, count in (("rounds", rounds), ("round_retries", round_retries)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"{name} must be an int, 0 or more, got {count!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_ROUNDS:
+            raise ValueError(f"{name} must be an int from 0 to {MAX_ROUNDS:,}, got {count!r}")
     for name, value in (
         ("round_timeout", round_timeout),
         ("wait_timeout", wait_timeout),

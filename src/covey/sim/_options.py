@@ -11,6 +11,7 @@ import numpy as np
 
 from covey.aggregate._flat import check_switch
 from covey.clients._build import not_callable
+from covey.core._messages import MAX_ROUNDS
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
 from covey.strategies._names import a_strategy, unknown_options
@@ -158,8 +159,8 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
     """The strategy to run (FedAvg by default), once the arguments of simulate() are valid."""
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
         raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= MAX_ROUNDS:
+        raise ValueError(f"rounds must be an int from 0 to {MAX_ROUNDS:,}, got {rounds!r}")
     strategy = a_strategy(strategy) if strategy is not None else FedAvg()
     count = strategy.client_count("fit", num_clients)
     counter = strategy.source("num_fit", "")  # a subclass's num_fit(), or ""
