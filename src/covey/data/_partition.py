@@ -178,7 +178,8 @@ def dirichlet(
     num_clients = _as_int("num_clients", num_clients, 1)
     min_size = _as_int("min_size", min_size, 0)
     max_retries = _as_int("max_retries", max_retries, 1)
-    if isinstance(alpha, str | bytes | bool) or not isinstance(alpha, numbers.Real):
+    given: object = alpha  # typed float, but called with what a caller has
+    if isinstance(given, str | bytes | bool) or not isinstance(given, numbers.Real):
         # "1" would be read as 1 where every other argument refuses text
         raise TypeError(f"alpha must be a number, got {type(alpha).__name__} {alpha!r}")
     alpha_value = float(alpha)
