@@ -567,3 +567,20 @@ def test_a_run_folder_that_cannot_be_made_names_the_setting(
         "error: runs-dir = '/proc/covey-nowhere' ([tool.covey] or --set): cannot make a run "
         "folder in /proc/covey-nowhere (No such file or directory)"
     )
+
+
+def test_a_misspelled_federation_setting_is_refused_on_a_simulated_run_too(
+    tmp_path: Path,
+) -> None:
+    # Read only by `covey run --federation local`: a simulated run ran, and the
+    # typo waited for the day the federation was served.
+    assert covey("new", "typo")[0] == 0
+    project = tmp_path / "typo"
+    toml = project / "pyproject.toml"
+    text = toml.read_text()
+    assert "insecure = true\n" in text
+    toml.write_text(text.replace("insecure = true\n", 'insecure = true\nadress = "x"\n'))
+    code, out = covey("run", str(project), "--set", "rounds=1")
+    assert code == 2, out
+    assert "unknown setting adress in [tool.covey.federations.local]" in " ".join(out.split())
+    assert not (project / "runs").exists()

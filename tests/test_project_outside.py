@@ -116,7 +116,7 @@ def _refused(project: Path, *args: str) -> str:
         ("lrr=0.1", ["no setting lrr", "did you mean lr?", "[tool.covey.config]"]),
         ("insecure=true", ["insecure is a setting of a federation", "--federation NAME"]),
         ("clients=0", ["clients = 0", "of 1 or more"]),
-        ("rounds=-1", ["rounds = -1", "of 0 or more"]),
+        ("rounds=-1", ["rounds = -1", "from 0 to 1,000,000,000"]),
         ("clients=1", ["clients = 1", "min_fit_clients=2"]),
         # every site failed in round 1: the template's split cannot give 300 sites 4 examples
         ("clients=300", ["cannot be split into 300 sites", "[tool.covey] clients"]),

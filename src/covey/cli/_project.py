@@ -119,6 +119,18 @@ def _installed(pkg: str) -> bool:
     return spec is not None and spec.origin not in (None, "namespace")
 
 
+
+def _check_federations(federations: Any, project: Path) -> None:
+    """Refuse a ``[tool.covey.federations]`` that is no table of tables, or an unknown key."""
+    where = project / "pyproject.toml"
+    if not isinstance(federations, dict):
+        fail(f"[tool.covey.federations] in {where} must hold tables, one per federation")
+    for name, fed in federations.items():
+        if not isinstance(fed, dict):
+            fail(f"[tool.covey.federations.{name}] in {where} must be a table of settings")
+        keys = {k.replace("-", "_"): v for k, v in fed.items()}
+        unknown_keys(keys, FEDERATION_KEYS, f"[tool.covey.federations.{name}]")
+
 class ProjectSettings:
     """A project's ``[tool.covey]`` table, checked, with ``--set`` overrides applied.
 
@@ -137,6 +149,7 @@ class ProjectSettings:
         federations = table.pop("federations", {})
         run = {k.replace("-", "_"): v for k, v in table.items()}
         unknown_keys(run, RUN_KEYS, "[tool.covey]")
+        _check_federations(federations, project)  # a typo shows on a simulated run too
         self.federation: dict[str, Any] | None = None
         if federation is not None:
             fed = federations.get(federation) if isinstance(federations, dict) else None
