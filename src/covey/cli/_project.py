@@ -119,7 +119,6 @@ def _installed(pkg: str) -> bool:
     return spec is not None and spec.origin not in (None, "namespace")
 
 
-
 def _check_federations(federations: Any, project: Path) -> None:
     """Refuse a ``[tool.covey.federations]`` that is no table of tables, or an unknown key."""
     where = project / "pyproject.toml"
@@ -130,6 +129,7 @@ def _check_federations(federations: Any, project: Path) -> None:
             fail(f"[tool.covey.federations.{name}] in {where} must be a table of settings")
         keys = {k.replace("-", "_"): v for k, v in fed.items()}
         unknown_keys(keys, FEDERATION_KEYS, f"[tool.covey.federations.{name}]")
+
 
 class ProjectSettings:
     """A project's ``[tool.covey]`` table, checked, with ``--set`` overrides applied.
