@@ -584,3 +584,26 @@ def test_a_misspelled_federation_setting_is_refused_on_a_simulated_run_too(
     assert code == 2, out
     assert "unknown setting adress in [tool.covey.federations.local]" in " ".join(out.split())
     assert not (project / "runs").exists()
+
+
+def test_an_error_of_the_server_apps_own_names_the_server_app(tmp_path: Path) -> None:
+    # A SafetensorError from a checkpoint make_server loaded read as covey's own.
+    assert covey("new", "ownerr")[0] == 0
+    project = tmp_path / "ownerr"
+    server = project / "ownerr" / "server_app.py"
+    text = server.read_text()
+    head = '    """The server app (``covey run`` calls this with the project settings)."""\n'
+    assert head in text
+    server.write_text(text.replace(head, head + '    raise OSError("header too large")\n'))
+    done = subprocess.run(
+        [sys.executable, "-m", "covey", "run", str(project), "--set", "rounds=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert " ".join(done.stderr.split()) == (
+        "error: OSError: header too large (raised by server-app "
+        "ownerr.server_app:make_server(config)) (run with -v for the traceback)"
+    )

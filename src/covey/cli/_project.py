@@ -329,6 +329,9 @@ def run_command(
         server_app = make_server(settings.app_config())
     except (TypeError, ValueError) as exc:
         fail(f"server-app {settings.run['server_app']}(config) failed: {exc}")
+    except Exception as exc:  # the app's own error (a damaged checkpoint it loads): say whose
+        exc.add_note(f"raised by server-app {settings.run['server_app']}(config)")
+        raise
     from covey.deploy import ServerApp
 
     if not isinstance(server_app, ServerApp):
