@@ -129,8 +129,12 @@ def test_the_traceback_flag_is_taken_by_every_command(
     from covey.cli import main
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "file.txt").write_text("")
-    args = ["covey", "demo", "--clients", "4", "--rounds", "1", "--run-dir", "file.txt/run"]
+
+    def failing(*args: object, **kwargs: object) -> None:  # an error of covey's own making
+        raise ValueError("the run folder cannot be a folder here")
+
+    monkeypatch.setattr("covey.cli._demo.run_demo", failing)
+    args = ["covey", "demo", "--clients", "4", "--rounds", "1"]
     monkeypatch.setattr("sys.argv", args)
     with pytest.raises(SystemExit) as quiet:
         main()

@@ -502,3 +502,38 @@ def test_rounds_that_did_not_aggregate_are_named_under_the_table() -> None:
         "no round aggregated: the model is the one the run started with; rounds 1, 2, 3, 4, "
         "5 and 3 more: AggregationError: full 8"
     ]
+
+
+def test_reading_a_finished_run_leaves_nothing_beside_its_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `covey runs show` and `runs list` left run.sqlite-shm and an empty
+    # run.sqlite-wal in the folder of a run that had closed cleanly.
+    import numpy as np
+
+    import covey
+    from covey.dashboard._runs import read_run
+
+    class Adder(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            return covey.FitResult(weights={"w": weights["w"] + 1}, num_examples=1)
+
+    run = tmp_path / "runs" / "run"
+    covey.simulate(
+        lambda cid: Adder(),
+        2,
+        2,
+        covey.FedAvg(fraction_evaluate=0.0),
+        {"w": np.zeros(2)},
+        run_dir=run,
+    )
+    before = sorted(p.name for p in run.iterdir())
+    assert "run.sqlite" in before
+    assert "run.sqlite-wal" not in before
+    monkeypatch.chdir(tmp_path)
+    for args in (["runs", "show", str(run)], ["runs", "list"]):
+        shown = CliRunner().invoke(app, args)
+        assert shown.exit_code == 0, shown.output
+        assert sorted(p.name for p in run.iterdir()) == before, args
+    assert [r["round"] for r in read_run("run", run).rounds] == [0, 1, 2]  # the dashboard
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -299,10 +299,11 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     """Open a run's ``run.sqlite`` to read it, never writing to it or beside it.
 
     A database in WAL mode needs its ``-shm`` index, which SQLite makes next
-    to it when it is first opened; in a folder the reader cannot write to (a
-    read-only mount, a colleague's run) that fails. A database with no
-    ``-wal`` file then holds every commit (its server closed it cleanly), so it
-    is read as immutable.
+    to it when it is first opened (and, read only, leaves there with an empty
+    ``-wal``); in a folder the reader cannot write to (a read-only mount, a
+    colleague's run) that fails. A database with no ``-wal`` file holds every
+    commit (its run closed it cleanly), so it is read as immutable when no run
+    holds the folder, or when the folder cannot be written to.
 
     Args:
         db: The ``run.sqlite`` file.
@@ -312,6 +313,8 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
         sqlite3.Error: The database cannot be opened or read.
     """
     uri = db.resolve().as_uri() + "?mode=ro"  # as_uri escapes "#", "?" and "%"
+    if not db.with_name(db.name + "-wal").exists() and is_held(db.parent) is False:
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
     conn = sqlite3.connect(uri, uri=True, timeout=timeout)
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now
