@@ -152,3 +152,16 @@ def test_the_resume_command_keeps_keep_last() -> None:
     # Without it, the resumed run would keep every round's weights file again.
     hint = resume_hint(Path("runs/s"), app="myfed:server_app", insecure=True, keep_last=2)
     assert hint == "covey server --resume runs/s --app myfed:server_app --insecure --keep-last 2"
+
+
+def test_a_covey_run_folder_moved_out_of_its_project_is_resumed_with_covey_run(
+    tmp_path: Path,
+) -> None:
+    # It said `covey.simulate(..., run_dir=..., resume=True)` for a project's run.
+    from covey.sim._rundir import resume_command
+
+    moved = tmp_path / "moved run"
+    moved.mkdir()
+    assert resume_command(moved) == f"covey.simulate(..., run_dir={str(moved)!r}, resume=True)"
+    (moved / "project.json").write_text("{}")  # what `covey run` keeps in its folders
+    assert resume_command(moved) == (f"covey run <its project's folder> --resume '{moved}'")

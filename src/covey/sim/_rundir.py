@@ -251,6 +251,8 @@ def _project_of(folder: Path) -> Path | None:
 def resume_command(folder: Path) -> str:
     """What continues the simulation in ``folder``: ``covey run --resume`` for a project's."""
     project = _project_of(folder)
+    if project is None and (folder / "project.json").is_file():  # moved out of its project
+        return f"covey run <its project's folder> --resume {quote(str(folder))}"
     if project is None:
         return f"covey.simulate(..., run_dir={str(folder)!r}, resume=True)"
     here = project == Path.cwd().resolve()
