@@ -260,14 +260,12 @@ def test_run_serves_the_project_and_names_its_clients(project: Path, tmp_path: P
     assert "hospital-b" in shown.stdout
 
 
-def test_a_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path: Path) -> None:
-    # An XGBoost booster past the federation's capacity failed to aggregate in every
-    # round: `covey run` printed its table, kept the untrained model and said
-    # "finished" (exit status 0); the reason was in history.json only.
-    out = covey_cli("new", "agg-fed", cwd=tmp_path)
+def _refusing_project(where: Path, name: str) -> Path:
+    """A new project whose strategy refuses every round's updates (an AggregationError)."""
+    out = covey_cli("new", name, cwd=where)
     assert out.returncode == 0, out.stdout + out.stderr
-    root = tmp_path / "agg-fed"
-    server = root / "agg_fed" / "server_app.py"
+    root = where / name
+    server = root / name.replace("-", "_") / "server_app.py"
     text = server.read_text()
     assert "strategy = covey.FedAvg(" in text
     server.write_text(
@@ -278,6 +276,14 @@ def test_a_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path: Path) 
         + "\n\ndef _refuse(params: Any, contributions: Any) -> Any:\n"
         "    raise covey.aggregate.AggregationError('the booster takes 11746 bytes')\n"
     )
+    return root
+
+
+def test_a_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path: Path) -> None:
+    # An XGBoost booster past the federation's capacity failed to aggregate in every
+    # round: `covey run` printed its table, kept the untrained model and said
+    # "finished" (exit status 0); the reason was in history.json only.
+    root = _refusing_project(tmp_path, "agg-fed")
     out = covey_cli("run", "--set", "rounds=2", cwd=root)
     said = " ".join(out.stdout.split())
     assert out.returncode == 1, out.stdout + out.stderr
@@ -290,3 +296,23 @@ def test_a_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path: Path) 
     shown = covey_cli("runs", "show", str(folder), cwd=root)
     assert shown.returncode == 0, shown.stderr
     assert "no round aggregated" in " ".join(shown.stdout.split())
+
+
+def test_a_served_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path: Path) -> None:
+    from _procs import serve_project
+
+    root = _refusing_project(tmp_path, "dagg-fed")
+    env = {**os.environ, "COLUMNS": "300", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = ["run", "--federation", "local"]
+    for item in ("address='127.0.0.1:0'", "port-file='fed.port'", "rounds=2", "wait-timeout=60"):
+        command += ["--set", item]
+    code, out = serve_project(
+        root, command, root / "fed.port", "dagg_fed.client_app:client_fn", env
+    )
+    said = " ".join(out.split())
+    assert code == 1, out
+    assert "run finished after round 2" in said
+    assert (
+        "no round aggregated: the model is the one the run started with; rounds 1 and 2: "
+        "AggregationError: the booster takes 11746 bytes" in said
+    )

@@ -273,6 +273,18 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
         f"history.json{' and plot.png' if plot else ''} in {escape(str(run))}"
     )
+    _endings(result.history, shown)
+
+
+def _endings(history: Any, shown: Any) -> None:
+    """Name the rounds that did not aggregate; exit with status 1 if none did."""
+    from covey.cli._rounds import endings
+
+    for said in endings(history):
+        shown.line(f"[yellow]{escape(said)}[/]")
+    trained = [r for r in history.rounds if r.round > 0]
+    if trained and not any(r.aggregated for r in trained):  # it trained nothing: no success
+        raise typer.Exit(1)
 
 
 def _rounds(server_app: Any, flags: dict[str, Any]) -> int:
