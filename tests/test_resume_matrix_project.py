@@ -27,6 +27,16 @@ from covey.cli import app
 pytestmark = pytest.mark.slow
 
 
+def _new_project(where: Path, name: str) -> tuple[Path, dict[str, str]]:
+    """A new `covey new` project in ``where``, and the environment to run it in."""
+    made = CliRunner().invoke(app, ["new", name, "--dir", str(where)])
+    assert made.exit_code == 0, made.output
+    root = where / name
+    env = dict(os.environ, COLUMNS="200")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    return root, env
+
+
 @pytest.mark.parametrize(
     ("backend", "sig", "code", "how"),
     [
@@ -41,11 +51,7 @@ def test_a_stopped_simulated_covey_run_says_how_to_resume_it(
 ) -> None:
     import psutil
 
-    made = CliRunner().invoke(app, ["new", "cut-fed", "--dir", str(tmp_path)])
-    assert made.exit_code == 0, made.output
-    root = tmp_path / "cut-fed"
-    env = dict(os.environ, COLUMNS="200")
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    root, env = _new_project(tmp_path, "cut-fed")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -218,29 +224,22 @@ def test_a_finished_run_killed_before_its_model_was_written_gets_it_on_resume(
     # model.safetensors was written left a finished run without its model, which
     # `--resume` refused ("there is nothing to resume"). The last round's weights,
     # kept in the folder, are that model: the resume writes them.
-    made = CliRunner().invoke(app, ["new", "kill-fed", "--dir", str(tmp_path)])
-    assert made.exit_code == 0, made.output
-    root = tmp_path / "kill-fed"
-    env = dict(os.environ, COLUMNS="200")
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    run = [sys.executable, "-m", "covey", "run"]
-    done = subprocess.run(
-        [*run, "--set", "rounds=2"], cwd=root, env=env, capture_output=True, text=True, timeout=300
-    )
+    root, env = _new_project(tmp_path, "kill-fed")
+
+    def covey_run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "covey", "run", *args]
+        return subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    done = covey_run("--set", "rounds=2")
     assert done.returncode == 0, done.stdout + done.stderr
     (folder,) = (root / "runs").iterdir()
     model = folder / "model.safetensors"
     with safe_open(str(model), "numpy") as f:
         before = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     model.unlink()  # where the kill left the folder
-    again = subprocess.run(
-        [*run, "--resume", str(folder)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = covey_run("--resume", str(folder))
     assert again.returncode == 0, again.stdout + again.stderr
     said = " ".join(again.stdout.split())
     assert "finished after round 2, but its model.safetensors was missing" in said
@@ -249,13 +248,6 @@ def test_a_finished_run_killed_before_its_model_was_written_gets_it_on_resume(
         for k in before:
             assert (f.get_tensor(k) == before[k]).all()
     # with the model there, a finished run is as before: nothing to resume
-    third = subprocess.run(
-        [*run, "--resume", str(folder)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    third = covey_run("--resume", str(folder))
     assert third.returncode == 2, third.stdout + third.stderr
     assert "nothing to resume" in " ".join((third.stdout + third.stderr).split())
