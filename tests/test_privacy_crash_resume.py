@@ -3,8 +3,9 @@
 A deployed server sends round r's model before round r's checkpoint commits; one
 killed there is resumed from round r - 1 and computes round r again with fresh
 noise, a second release the ledger must count. A run that ended (finished, or
-failed and saved) released nothing unsaved and is not charged again; neither is
-a run whose noise is seeded (the repeated round draws the same noise).
+failed and saved) released nothing unsaved and is not charged again. A run whose
+noise is seeded is not resumed after a crash: its repeated round would add the
+same noise to new updates.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _as_if_killed(run: Path) -> None:
 
 @pytest.mark.parametrize(
     ("killed", "noise_seed", "charged"),
-    [(True, None, 4), (False, None, 3), (True, 5, 3)],
-    ids=["killed", "ended", "killed-seeded"],
+    [(True, None, 4), (False, None, 3), (False, 5, 3)],
+    ids=["killed", "ended", "ended-seeded"],
 )
 def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
     tmp_path: Path,
@@ -79,6 +80,37 @@ def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
     assert resumed.history[3].privacy["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
     warned = [r for r in caplog.records if "charged twice" in r.getMessage()]
     assert len(warned) == (charged - 3)
+
+
+def _ftrl() -> covey.Strategy:
+    return privacy.dp_ftrl(
+        covey.FedAvg(min_available_clients=3, min_fit_clients=3, fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        tree_rounds=4,
+    )
+
+
+@pytest.mark.parametrize("ftrl", [False, True], ids=["noise_seed", "dp-ftrl"])
+def test_a_run_whose_repeated_round_repeats_its_noise_is_not_resumed_after_a_crash(
+    tmp_path: Path, ftrl: bool
+) -> None:
+    # It was resumed without a charge, "the repeated round draws the same noise":
+    # the same noise on updates the clients computed again (a GPU's, a shuffle's
+    # bits) gave two models of one round differing by the clipped updates alone.
+    run = tmp_path / "run"
+    make = _ftrl if ftrl else lambda: _strategy(5)
+    first = Served(make(), 2, run_dir=run)
+    clients = [Joined(first.port, name=f"c{k}") for k in range(3)]
+    first.join()
+    for client in clients:
+        client.join()
+    _as_if_killed(run)
+    again = Served(make(), 3, run_dir=run, resume=True, wait_timeout=5)
+    kind = "DP-FTRL's tree noise" if ftrl else "noise_seed"
+    with pytest.raises(ValueError, match=rf"with {kind}, add the same noise to the clients"):
+        again.join()
 
 
 def _status(run: Path) -> str:

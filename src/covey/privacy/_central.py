@@ -65,6 +65,7 @@ class PrivacyHook:
 
     def start(self, state: Any, seed: int | None, history: History) -> Any:
         """Fix the noise seed; on resume restore the accounted rounds and the clip."""
+        self._refuse_repeated_noise(seed, history)
         self.shared.seed = self.noise_seed if self.noise_seed is not None else seed
         self.shared.started = True
         dp = _dp_state(state)
@@ -100,6 +101,28 @@ class PrivacyHook:
         if last is None and rounds == 0:
             return dp._replace(tree_seed=tree_seed)
         return dp._replace(rounds=rounds, clip=clip, tree_seed=tree_seed)
+
+    def _refuse_repeated_noise(self, seed: int | None, history: History) -> None:
+        """Refuse to resume a served run whose redone round would repeat released noise.
+
+        A server that died may have sent round r's model before saving the round;
+        the resumed run computes round r again. With ``noise_seed`` or DP-FTRL's
+        tree noise it adds the same noise to updates that clients computed
+        again, and unless they are the same to the bit, the two models differ by
+        the clipped updates alone, noise-free.
+        """
+        repeats = self.noise_seed is not None or self.mech.tree_rounds is not None
+        if seed is not None or not repeats or not unsaved_releases(history):
+            return
+        kind = "DP-FTRL's tree noise" if self.mech.tree_rounds is not None else "noise_seed"
+        raise ValueError(
+            "a server of this run died without ending it, perhaps after sending the model "
+            "of a round it had not saved; resumed, the run would compute that round again "
+            f"and, with {kind}, add the same noise to the clients' new updates: two models "
+            "differing by their clipped updates alone, without noise. It is not resumed: "
+            "start a new run from its last saved model (and count the privacy this run "
+            "spent, in its history, toward your total)"
+        )
 
     def _unsaved_releases(self, history: History) -> int:
         """How many rounds a resumed run may have released that its ledger does not count.
