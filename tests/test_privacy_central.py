@@ -308,6 +308,16 @@ def test_integer_arrays_and_bad_settings_are_refused() -> None:
         dp.aggregator.init({"w": np.zeros(3), "steps": np.zeros(1, dtype=np.int64)})
     with pytest.raises(ValueError, match="noise_multiplier"):
         privacy.central(_strategy(), noise_multiplier=0.0, clip=1.0, delta=1e-5)
+    # taken, and the run died after round 1 in dp-accounting's arithmetic with a bare
+    # OverflowError (1e200) or ZeroDivisionError (1e-170)
+    for z in (1e200, 1e-170):
+        said = re.escape(f"noise_multiplier must be a number from 1e-12 to 1e+12, got {z!r}")
+        with pytest.raises(ValueError, match=said):
+            privacy.central(_strategy(), noise_multiplier=z, clip=1.0, delta=1e-5)
+        with pytest.raises(ValueError, match=said):
+            privacy.epsilon(noise_multiplier=z, sampling_rate=0.1, rounds=10, delta=1e-5)
+        with pytest.raises(ValueError, match=said):
+            privacy.dp_ftrl(_strategy(), noise_multiplier=z, clip=1.0, delta=1e-5, tree_rounds=4)
     with pytest.raises(ValueError, match="synchronous"):
         privacy.central(
             covey.FedBuff(buffer_size=2, fraction_evaluate=0.0),

@@ -229,9 +229,20 @@ def round_event(noise_multiplier: float, sampling_rate: float) -> dpa.DpEvent:
     return dpa.PoissonSampledDpEvent(sampling_rate, gaussian)
 
 
+NOISE_RANGE = (1e-12, 1e12)
+"""The noise multipliers covey accounts: beyond them dp-accounting's arithmetic overflows
+(a multiplier of 1e160 or 1e-170), and no meaningful guarantee lies outside."""
+
+
+def check_noise_multiplier(value: float, name: str = "noise_multiplier") -> None:
+    """Refuse a noise multiplier that is no number within :data:`NOISE_RANGE`, naming it."""
+    low, high = NOISE_RANGE
+    if not low <= value <= high:  # NaN too
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+
+
 def _check(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> None:
-    if not noise_multiplier > 0 or not math.isfinite(noise_multiplier):
-        raise ValueError(f"noise_multiplier must be a positive number, got {noise_multiplier!r}")
+    check_noise_multiplier(noise_multiplier)
     if not 0.0 < sampling_rate <= 1.0:
         raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:

@@ -17,7 +17,7 @@ import numpy as np
 from covey.core._history import History, RoundRecord
 from covey.core._hooks import unsaved_releases
 from covey.privacy import _noise
-from covey.privacy._accounting import Accountant, Ledger, statement
+from covey.privacy._accounting import Accountant, Ledger, check_noise_multiplier, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
 from covey.strategies._names import FLOWER_DP_OPTIONS, a_strategy, flower_keywords
@@ -103,26 +103,34 @@ class PrivacyHook:
         return dp._replace(rounds=rounds, clip=clip, tree_seed=tree_seed)
 
     def _refuse_repeated_noise(self, seed: int | None, history: History) -> None:
-        """Refuse to resume a served run whose redone round would repeat released noise.
+        """Refuse (DP-FTRL) or warn (``noise_seed``) when a redone round repeats its noise.
 
         A server that died may have sent round r's model before saving the round;
-        the resumed run computes round r again. With ``noise_seed`` or DP-FTRL's
-        tree noise it adds the same noise to updates that clients computed
-        again, and unless they are the same to the bit, the two models differ by
-        the clipped updates alone, noise-free.
+        the resumed run computes round r again. With DP-FTRL's tree noise or a
+        ``noise_seed`` it adds the same noise to updates the clients computed
+        again: unless they are the same to the bit, the two models differ by the
+        clipped updates alone, noise-free. A ``noise_seed`` is the user's choice
+        of reproducible runs (deterministic clients): a warning says the condition.
         """
-        repeats = self.noise_seed is not None or self.mech.tree_rounds is not None
-        if seed is not None or not repeats or not unsaved_releases(history):
+        if seed is not None or not unsaved_releases(history):
             return
-        kind = "DP-FTRL's tree noise" if self.mech.tree_rounds is not None else "noise_seed"
-        raise ValueError(
+        said = (
             "a server of this run died without ending it, perhaps after sending the model "
-            "of a round it had not saved; resumed, the run would compute that round again "
-            f"and, with {kind}, add the same noise to the clients' new updates: two models "
-            "differing by their clipped updates alone, without noise. It is not resumed: "
-            "start a new run from its last saved model (and count the privacy this run "
-            "spent, in its history, toward your total)"
+            "of a round it had not saved; resumed, the run computes that round again and, "
+            "with {}, adds the same noise to the clients' new updates: unless they are the "
+            "same to the bit, two models of the round differ by the clipped updates alone, "
+            "without noise"
         )
+        if self.noise_seed is not None:
+            logger.warning("privacy: %s", said.format("noise_seed"))
+        elif self.mech.tree_rounds is not None:
+            raise ValueError(
+                said.format("DP-FTRL's tree noise")
+                + ". It is not resumed: start a new run from its last saved model (counting "
+                "the privacy this run spent, in its history, toward your total); a run "
+                "whose clients send the same updates again can be resumed if it was started "
+                "with dp_ftrl(noise_seed=...)"
+            )
 
     def _unsaved_releases(self, history: History) -> int:
         """How many rounds a resumed run may have released that its ledger does not count.
@@ -228,8 +236,7 @@ def _check(
         or noise_seed < 0
     ):
         raise ValueError(f"noise_seed must be a non-negative int, got {noise_seed!r}")
-    if not noise_multiplier > 0 or not np.isfinite(noise_multiplier):
-        raise ValueError(f"noise_multiplier must be a positive number, got {noise_multiplier!r}")
+    check_noise_multiplier(noise_multiplier)
     if not clip > 0 or not np.isfinite(clip):
         raise ValueError(f"clip must be a positive number, got {clip!r}")
     if not 0.0 < delta < 1.0:

@@ -27,7 +27,7 @@ from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._extras import MissingExtraError
 from covey.core._messages import real
-from covey.privacy._accounting import Accountant, Ledger, round_event
+from covey.privacy._accounting import Accountant, Ledger, check_noise_multiplier, round_event
 from covey.privacy._local import check_delta, read_ledger, write_ledger
 
 logger = logging.getLogger("covey")
@@ -98,6 +98,7 @@ class DPSGD:
         ):
             if not real(value) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        check_noise_multiplier(noise_multiplier)
         check_delta(delta)
         if len(data_loader) == 0:
             raise ValueError("the data loader holds no examples to train on")
