@@ -150,3 +150,35 @@ def test_dpsgd_names_a_bad_setting(settings: dict[str, Any], match: str) -> None
             DataLoader(data, batch_size=4),
             **options,
         )
+
+
+def test_a_train_that_fails_part_way_charges_the_steps_it_took(tmp_path: Any) -> None:
+    # The steps before a loader's OSError changed the model and were charged to
+    # nothing: a caller retrying train() and uploading released them uncounted.
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))
+    ledger = tmp_path / "ledger.json"
+    dp = DPSGD(
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        DataLoader(data, batch_size=2),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        seed=0,
+        ledger_path=ledger,
+    )
+    x, y = data[:3]
+
+    def failing() -> Any:
+        yield x[:2], y[:2]
+        yield x[2:], y[2:]
+        raise OSError("the data share went away")
+
+    dp.data_loader = failing()  # type: ignore[assignment]
+    with pytest.raises(OSError, match="went away"):
+        dp.train(epochs=1)
+    assert dp.ledger.rounds == 2
+    assert dp.epsilon() > 0
+    assert ledger.is_file()

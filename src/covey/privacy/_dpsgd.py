@@ -159,29 +159,35 @@ class DPSGD:
         self.module.train()
         total, batches = 0.0, 0
         steps = 0
-        for _ in range(epochs):
-            for x, y in self.data_loader:
-                steps += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                out = self.module(x)
-                # Poisson sampling can draw an empty batch. It still takes its step, of
-                # noise alone, as the accountant assumes: a skipped step would leave the
-                # model unchanged and so tell that no example was drawn.
-                loss = loss_fn(out, y) if len(y) else out.sum()
-                # Opacus' per-example hooks fire on the first layer, whose input
-                # needs no gradient; torch warns of it, harmlessly.
-                with ignoring(message="Full backward hook is firing"):
-                    loss.backward()
-                self.optimizer.step()
-                if len(y):
-                    total += float(loss.detach())
-                    batches += 1
+        try:
+            for _ in range(epochs):
+                for x, y in self.data_loader:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out = self.module(x)
+                    # Poisson sampling can draw an empty batch. It still takes its step, of
+                    # noise alone, as the accountant assumes: a skipped step would leave the
+                    # model unchanged and so tell that no example was drawn.
+                    loss = loss_fn(out, y) if len(y) else out.sum()
+                    # Opacus' per-example hooks fire on the first layer, whose input
+                    # needs no gradient; torch warns of it, harmlessly.
+                    with ignoring(message="Full backward hook is firing"):
+                        loss.backward()
+                    steps += 1  # counted before it changes the model: never one too few
+                    self.optimizer.step()
+                    if len(y):
+                        total += float(loss.detach())
+                        batches += 1
+        finally:  # a loader or loss failing part-way: the steps taken are charged all the same
+            self._charge(steps)
+        return total / batches if batches else math.nan
+
+    def _charge(self, steps: int) -> None:
+        """Add ``steps`` noisy steps to the ledger (and its file)."""
         if steps:
             event = round_event(self.noise_multiplier, self.sampling_rate)
             self.ledger = self.ledger.add(event, steps)
             if self.ledger_path is not None:
                 write_ledger(self.ledger_path, self.ledger)
-        return total / batches if batches else math.nan
 
     def epsilon(self) -> float:
         """The client's epsilon so far at :attr:`delta`, from its dp-accounting ledger."""

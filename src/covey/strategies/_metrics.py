@@ -32,7 +32,8 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
         array counts as its number (``loss.detach().numpy()`` gives one); other
         metrics (bools, strings, arrays of values) are left out. A client with no
         examples weighs nothing, so its value (a NaN of an empty test set) never
-        reaches the average.
+        reaches the average. A NaN budget makes the round's largest NaN (unknown),
+        whichever client reported it.
 
     Example:
         >>> weighted_metrics([(10, {"acc": 1.0}), (30, {"acc": 0.0})])
@@ -51,7 +52,9 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
             if isinstance(value, bool) or not isinstance(value, int | float | np.number):
                 continue
             if key in LARGEST:
-                largest[key] = max(largest.get(key, float(value)), float(value))
+                # NaN (a budget a client could not state) wins whatever the order: max()
+                # kept it only when it came first, so the client's id decided
+                largest[key] = float(np.maximum(largest.get(key, float(value)), float(value)))
                 continue
             if n == 0:  # weighs nothing, nor may its NaN (0 * nan is nan)
                 continue
