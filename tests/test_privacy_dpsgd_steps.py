@@ -176,7 +176,7 @@ def test_a_train_that_fails_part_way_charges_the_steps_it_took(tmp_path: Any) ->
         yield x[2:], y[2:]
         raise OSError("the data share went away")
 
-    dp.data_loader = failing()  # type: ignore[assignment]
+    dp.data_loader = failing()
     with pytest.raises(OSError, match="went away"):
         dp.train(epochs=1)
     assert dp.ledger.rounds == 2

@@ -706,8 +706,8 @@ def test_weighted_given_as_text_is_refused(make: Any, kwargs: dict[str, Any], sa
 def test_a_nan_privacy_budget_makes_the_largest_nan_whichever_client_reported_it() -> None:
     # max() kept the NaN only when it came first: with the liar's id last, the round
     # read the honest clients' 2.0 as its largest local-DP epsilon.
-    honest = [(10, {"dp_epsilon": 2.0}) for _ in range(4)]
-    liar = (10, {"dp_epsilon": float("nan")})
+    honest: list[tuple[int, dict[str, Any]]] = [(10, {"dp_epsilon": 2.0}) for _ in range(4)]
+    liar: tuple[int, dict[str, Any]] = (10, {"dp_epsilon": float("nan")})
     for results in ([liar, *honest], [*honest, liar], [honest[0], liar, *honest[1:]]):
         combined = covey.strategies.weighted_metrics(results)
         assert np.isnan(combined["dp_epsilon"])
