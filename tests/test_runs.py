@@ -483,7 +483,8 @@ def test_rounds_a_killed_runs_history_json_missed_are_read_from_its_store(
 
 
 def test_rounds_that_did_not_aggregate_are_named_under_the_table() -> None:
-    from covey.cli._rounds import endings, not_aggregated
+    from covey.cli._rounds import endings
+    from covey.server._outputs import not_aggregated
 
     def record(rnd: int, error: str | None) -> RoundRecord:
         info = {} if error is None else {"error": f"AggregationError: {error}"}

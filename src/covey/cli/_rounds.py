@@ -27,7 +27,6 @@ __all__ = [
     "endings",
     "last_finished",
     "metric_columns",
-    "not_aggregated",
     "round_table",
     "shown_rounds",
     "stopped_early",
@@ -228,31 +227,8 @@ def last_finished(history: History) -> int | None:
     return rounds[-1] if rounds else None
 
 
-def not_aggregated(history: History) -> str | None:
-    """The rounds whose aggregation failed (the model left as it was), as one line; or None.
-
-    A run whose every round failed so (an XGBoost booster past the federation's
-    capacity, a strategy refusing every round's updates) finished with the model
-    it started with: the line says so first.
-    """
-    trained = [r for r in history.rounds if r.round > 0]
-    failed = [r for r in trained if not r.aggregated and "error" in r.aggregate_info]
-    if not failed:
-        return None
-    numbers = [str(r.round) for r in failed]
-    if len(numbers) > 5:
-        numbers = [*numbers[:5], f"{len(numbers) - 5:,} more"]
-    which = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
-    error = str(failed[-1].aggregate_info["error"])
-    error = error if len(error) <= 300 else error[:299] + "…"
-    if len(failed) == len(trained):
-        head = "no round aggregated: the model is the one the run started with"
-    else:
-        head = f"{len(failed):,} of {len(trained):,} rounds did not aggregate"
-        head += " (the model was left as it was)"
-    return f"{head}; round{'s' if len(failed) > 1 else ''} {which}: {error}"
-
-
 def endings(history: History) -> list[str]:
     """What to say under a run's table: why it stopped early, rounds that did not aggregate."""
+    from covey.server._outputs import not_aggregated  # not at import: NumPy is slow to load
+
     return [line for line in (stopped_early(history), not_aggregated(history)) if line]

@@ -278,9 +278,10 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
 
 def _endings(history: Any, shown: Any) -> None:
     """Name the rounds that did not aggregate; exit with status 1 if none did."""
-    from covey.cli._rounds import endings
+    from covey.server._outputs import not_aggregated
 
-    for said in endings(history):
+    said = not_aggregated(history)
+    if said is not None:
         shown.line(f"[yellow]{escape(said)}[/]")
     trained = [r for r in history.rounds if r.round > 0]
     if trained and not any(r.aggregated for r in trained):  # it trained nothing: no success

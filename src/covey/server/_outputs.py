@@ -14,7 +14,14 @@ from covey.core._historyfile import HistoryFile
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["PLOT_NAME", "RunOutputs", "new_run_dir", "plot_history", "write_outputs"]
+__all__ = [
+    "PLOT_NAME",
+    "RunOutputs",
+    "new_run_dir",
+    "not_aggregated",
+    "plot_history",
+    "write_outputs",
+]
 
 PLOT_NAME = "plot.png"
 """The plot a run folder keeps next to its ``history.json``."""
@@ -149,3 +156,28 @@ class RunOutputs:
     def finish(self, history: History) -> None:
         """Write both files for the run as it ended."""
         write_outputs(self.run_dir, history, plot=self.plot)
+
+
+def not_aggregated(history: History) -> str | None:
+    """The rounds whose aggregation failed (the model left as it was), as one line; or None.
+
+    A run whose every round failed so (an XGBoost booster past the federation's
+    capacity, a strategy refusing every round's updates) finished with the model
+    it started with: the line says so first.
+    """
+    trained = [r for r in history.rounds if r.round > 0]
+    failed = [r for r in trained if not r.aggregated and "error" in r.aggregate_info]
+    if not failed:
+        return None
+    numbers = [str(r.round) for r in failed]
+    if len(numbers) > 5:
+        numbers = [*numbers[:5], f"{len(numbers) - 5:,} more"]
+    which = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
+    error = str(failed[-1].aggregate_info["error"])
+    error = error if len(error) <= 300 else error[:299] + "…"
+    if len(failed) == len(trained):
+        head = "no round aggregated: the model is the one the run started with"
+    else:
+        head = f"{len(failed):,} of {len(trained):,} rounds did not aggregate"
+        head += " (the model was left as it was)"
+    return f"{head}; round{'s' if len(failed) > 1 else ''} {which}: {error}"
