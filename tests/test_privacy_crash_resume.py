@@ -28,15 +28,13 @@ from _live import Joined, Served
 pytestmark = pytest.mark.timeout(120)
 
 
-def _strategy(noise_seed: int | None) -> covey.Strategy:
-    return privacy.central(
-        covey.FedAvg(min_available_clients=3, min_fit_clients=3, fraction_evaluate=0.0),
-        noise_multiplier=1.0,
-        clip=1.0,
-        delta=1e-5,
-        expected_clients=3,
-        noise_seed=noise_seed,
-    )
+def _strategy(noise_seed: int | None, *, ftrl: bool = False) -> covey.Strategy:
+    """Central DP (or DP-FTRL, over trees of 4 rounds) of FedAvg on 3 clients."""
+    plain = covey.FedAvg(min_available_clients=3, min_fit_clients=3, fraction_evaluate=0.0)
+    dp = {"noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5, "noise_seed": noise_seed}
+    if ftrl:
+        return privacy.dp_ftrl(plain, tree_rounds=4, **dp)  # type: ignore[arg-type]
+    return privacy.central(plain, expected_clients=3, **dp)  # type: ignore[arg-type]
 
 
 def _run(run: Path, rounds: int, noise_seed: int | None, resume: bool) -> covey.deploy.ServeResult:
@@ -85,29 +83,19 @@ def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
     assert len(repeats) == (killed and noise_seed is not None)
 
 
-def _ftrl() -> covey.Strategy:
-    return privacy.dp_ftrl(
-        covey.FedAvg(min_available_clients=3, min_fit_clients=3, fraction_evaluate=0.0),
-        noise_multiplier=1.0,
-        clip=1.0,
-        delta=1e-5,
-        tree_rounds=4,
-    )
-
-
 def test_a_dp_ftrl_run_whose_server_died_is_not_resumed(tmp_path: Path) -> None:
     # It was resumed without a charge, "the repeated round draws the same noise":
     # the same tree noise on updates the clients computed again (a GPU's, a
     # shuffle's bits) gave two models of one round differing by the clipped
     # updates alone.
     run = tmp_path / "run"
-    first = Served(_ftrl(), 2, run_dir=run)
+    first = Served(_strategy(None, ftrl=True), 2, run_dir=run)
     clients = [Joined(first.port, name=f"c{k}") for k in range(3)]
     first.join()
     for client in clients:
         client.join()
     _as_if_killed(run)
-    again = Served(_ftrl(), 3, run_dir=run, resume=True, wait_timeout=5)
+    again = Served(_strategy(None, ftrl=True), 3, run_dir=run, resume=True, wait_timeout=5)
     with pytest.raises(ValueError, match=r"with DP-FTRL's tree noise, adds the same noise"):
         again.join()
 

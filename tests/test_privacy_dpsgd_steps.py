@@ -15,11 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from covey.privacy import DPSGD  # noqa: E402
 
 
-def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
-    torch.manual_seed(0)
-    net = torch.nn.Linear(4, 2)
-    data = TensorDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))
-    dp = DPSGD(
+def _dpsgd(net: Any, data: Any, **options: Any) -> Any:
+    """DP-SGD of ``net`` on ``data`` in batches of 2 (noise 1, clip 1, seed 0)."""
+    return DPSGD(
         net,
         torch.optim.SGD(net.parameters(), lr=0.1),
         DataLoader(data, batch_size=2),
@@ -27,7 +25,15 @@ def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
         max_grad_norm=1.0,
         delta=1e-5,
         seed=0,
+        **options,
     )
+
+
+def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))
+    dp = _dpsgd(net, data)
     # What Opacus' Poisson loader yields when it draws no example: zero-length tensors.
     x, y = data[:3]
     dp.data_loader = [(x, y), (x[:0], y[:0]), (x[:1], y[:1])]
@@ -159,16 +165,7 @@ def test_a_train_that_fails_part_way_charges_the_steps_it_took(tmp_path: Any) ->
     net = torch.nn.Linear(4, 2)
     data = TensorDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))
     ledger = tmp_path / "ledger.json"
-    dp = DPSGD(
-        net,
-        torch.optim.SGD(net.parameters(), lr=0.1),
-        DataLoader(data, batch_size=2),
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        delta=1e-5,
-        seed=0,
-        ledger_path=ledger,
-    )
+    dp = _dpsgd(net, data, ledger_path=ledger)
     x, y = data[:3]
 
     def failing() -> Any:
