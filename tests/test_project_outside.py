@@ -250,6 +250,33 @@ def test_the_process_backend_runs_the_project(project: Path) -> None:
     assert "run folder:" in said
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["backend=ray", "client-resources={num_cpus=-1}"], "'num_cpus' must be a number >= 0"),
+        (["backend=ray", "client-resources=3"], "client-resources = 3"),
+        (["backend=ray", "client-resources={a={num_cpus=1}}"], "one table for every client"),
+        (["backend=ray", "ray-address=6379"], "ray-address = 6379"),
+        (["ray-address='127.0.0.1:6379'"], 'applies to backend = "ray" only'),
+        (["backend=gpu"], "choose inline, process or ray"),
+    ],
+)
+def test_a_wrong_ray_setting_is_named_before_ray_starts(
+    project: Path, given: list[str], expected: str
+) -> None:
+    said = _refused(project, *(arg for item in given for arg in ("--set", item)))
+    assert expected in said, said
+
+
+def test_the_ray_backend_without_ray_names_the_extra(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    said = _refused(project, "--set", "backend=ray")
+    assert "needs the ray extra" in said
+    assert "pip install 'covey[ray]'" in said
+
+
 def test_a_compression_the_server_app_names_wrongly_is_refused(project: Path) -> None:
     said = _refused(project, "--set", "server-app=outside_fed.server_app:bad_compression")
     assert "ServerApp(compression=): unknown compression 'q9'" in said

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -392,6 +393,48 @@ def test_covey_demo_on_ray_trains_the_model_inline_does(tmp_path: Any) -> None:
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"({backend} backend)" in out.stdout
         models[backend] = load_file(str(tmp_path / "m.st"))
+    assert models["ray"].keys() == models["inline"].keys()
+    for name, array in models["inline"].items():
+        np.testing.assert_array_equal(models["ray"][name], array)
+
+
+def test_covey_run_on_ray_trains_the_project_as_inline_does(tmp_path: Any) -> None:
+    """``covey run`` with ``backend = "ray"``: a local Ray's actors import the project's apps.
+
+    Run from another folder and without PYTHONPATH, so the actors can only import
+    the project because the run puts its folder on their path.
+    """
+    from safetensors.numpy import load_file
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    made = subprocess.run(
+        [sys.executable, "-m", "covey", "new", "rayfed", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    models = {}
+    for backend in ("inline", "ray"):
+        runs = tmp_path / backend
+        flags = ["--set", f"backend={backend}", "--set", "rounds=2", "--set", f"runs-dir={runs}"]
+        out = subprocess.run(
+            [sys.executable, "-m", "covey", "run", str(tmp_path / "rayfed"), *flags],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=env,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"({backend} backend)" in out.stdout
+        (folder,) = runs.iterdir()
+        models[backend] = load_file(str(folder / "model.safetensors"))
     assert models["ray"].keys() == models["inline"].keys()
     for name, array in models["inline"].items():
         np.testing.assert_array_equal(models["ray"][name], array)

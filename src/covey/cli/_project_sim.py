@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,57 @@ def _refused_resume(exc: Exception, resume: Path | None, models: RoundModels) ->
         fail(f"--resume {resume}: {exc}")
 
 
+def _ray_options(settings: Any) -> dict[str, Any]:
+    """``simulate()``'s Ray options from ``[tool.covey]``, checked before anything starts.
+
+    A local Ray started for the run starts its actors with this process's
+    environment: the project folder goes first on their ``PYTHONPATH``, so that
+    they import the project's apps by name as this process does. Actors of a
+    cluster (``ray-address``) import them as that cluster's nodes can.
+    """
+    import importlib.util
+    from collections.abc import Mapping
+
+    from covey.cli._project_files import toml_key
+    from covey.sim._options import _check_ray_options
+    from covey.sim._rayplan import ray_need
+
+    run = settings.run
+    if run.get("backend", "inline") != "ray":
+        for key in ("client_resources", "ray_address"):
+            if key in run:
+                fail(f'{toml_key(key)} ([tool.covey] or --set) applies to backend = "ray" only')
+        return {}
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except ValueError:  # sys.modules["ray"] is None: importing Ray is blocked
+        found = False
+    if not found:
+        fail(
+            'backend = "ray" ([tool.covey] or --set) needs the ray extra (ray is not '
+            "installed): pip install 'covey[ray]'"
+        )
+    resources, address = run.get("client_resources"), run.get("ray_address")
+    try:
+        _check_ray_options(None, None, address)
+    except TypeError as exc:
+        fail(f"ray-address = {address!r} ([tool.covey] or --set): {exc}")
+    try:
+        _check_ray_options(resources, None, None)
+        if isinstance(resources, Mapping):
+            if any(isinstance(v, Mapping) for v in resources.values()):
+                raise ValueError("give one table for every client, e.g. {num_cpus = 1}")
+            ray_need(resources)
+    except (TypeError, ValueError) as exc:
+        fail(f"client-resources = {resources!r} ([tool.covey] or --set): {exc}")
+    if address is None:
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            dict.fromkeys(p for p in [str(settings.project), *paths] if p)
+        )
+    return {"client_resources": resources, "ray_address": address}
+
+
 def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: Path | None) -> None:
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
@@ -246,8 +298,9 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     run = settings.run
     clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
     backend = str(run.get("backend", "inline"))
-    if backend not in ("inline", "process"):
-        fail(f"backend = {backend!r} in [tool.covey]: choose inline or process")
+    if backend not in ("inline", "process", "ray"):
+        fail(f"backend = {backend!r} in [tool.covey]: choose inline, process or ray")
+    ray_options = _ray_options(settings)
     try:  # checked whatever the backend: the inline one only leaves it unused
         check_start_method(run.get("start_method"))
     except ValueError as exc:
@@ -307,6 +360,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
                 resume=resume is not None,
                 compression=server_app.compression,
                 keep_last=keep_last,
+                **ray_options,
             )
     except covey.FederationError as exc:
         console.print(f"[red]run stopped:[/] {escape(str(exc))}")
