@@ -407,23 +407,12 @@ def test_covey_run_on_ray_trains_the_project_as_inline_does(tmp_path: Any) -> No
     from safetensors.numpy import load_file
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    made = subprocess.run(
-        [sys.executable, "-m", "covey", "new", "rayfed", "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    models = {}
-    for backend in ("inline", "ray"):
-        runs = tmp_path / backend
-        flags = ["--set", f"backend={backend}", "--set", "rounds=2", "--set", f"runs-dir={runs}"]
+
+    def covey_cli(*args: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "covey", "run", str(tmp_path / "rayfed"), *flags],
+            [sys.executable, "-m", "covey", *args],
             cwd=elsewhere,
             capture_output=True,
             text=True,
@@ -432,7 +421,14 @@ def test_covey_run_on_ray_trains_the_project_as_inline_does(tmp_path: Any) -> No
             env=env,
         )
         assert out.returncode == 0, out.stdout + out.stderr
-        assert f"({backend} backend)" in out.stdout
+        return out.stdout
+
+    covey_cli("new", "rayfed", "--dir", str(tmp_path))
+    models = {}
+    for backend in ("inline", "ray"):
+        runs = tmp_path / backend
+        flags = ["--set", f"backend={backend}", "--set", "rounds=2", "--set", f"runs-dir={runs}"]
+        assert f"({backend} backend)" in covey_cli("run", str(tmp_path / "rayfed"), *flags)
         (folder,) = runs.iterdir()
         models[backend] = load_file(str(folder / "model.safetensors"))
     assert models["ray"].keys() == models["inline"].keys()
