@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -73,6 +74,24 @@ def test_a_straggler_that_leaves_is_not_logged_as_sending_a_late_reply(
     failed = current.replies.get_nowait()  # the open exchange learns it left
     assert (failed.kind, failed.error) == ("evaluate", "client disconnected")
     assert closed.replies.empty()
+
+
+def test_a_wait_for_clients_longer_than_the_os_takes_is_waited_out_in_turns() -> None:
+    registry = Registry()
+    waited: list[object] = []
+
+    def wait() -> None:
+        try:
+            waited.append(registry.wait_for(1, 1e10))  # above threading.TIMEOUT_MAX
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            waited.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    conn = Connection("late", registry.client_id("late"), cast(grpc.ServicerContext, _Context()))
+    registry.add(conn)
+    waiter.join(30)
+    assert waited == [True]
 
 
 def test_attempts_that_found_no_server_are_not_counted_as_sessions(

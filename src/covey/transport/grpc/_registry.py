@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from covey.core._messages import Reply
+from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc._lane import cut
 
 __all__ = [
@@ -211,7 +212,10 @@ class Registry:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self.changed.wait(remaining)
+                # In turns: the OS refuses a wait of centuries (a wait_timeout of 1e10).
+                self.changed.wait(
+                    LONGEST_WAIT if remaining is None else min(remaining, LONGEST_WAIT)
+                )
             return True
 
     def add(self, conn: Connection) -> Connection | None:
