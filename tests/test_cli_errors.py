@@ -51,6 +51,13 @@ def test_a_client_given_certificates_and_insecure_names_its_flags(tmp_path: Path
     code, out = covey(*base, "--ca", "ca.pem", "--cert", "c.pem", "--key", "c.key", "--insecure")
     assert code == 2, out
     assert last_line(out) == "error: give --ca/--cert/--key or --insecure, not both"
+    # --cert and --key were passed over for the files in --certs without a word.
+    code, out = covey(*base, "--certs", "fed", "--name", "a", "--cert", "c.pem", "--key", "c.key")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: give --certs DIR --name NAME or --ca/--cert/--key, not both: --cert --key "
+        "would be passed over for the files in fed"
+    )
 
 
 def test_a_client_function_without_cid() -> None:
@@ -607,3 +614,22 @@ def test_an_error_of_the_server_apps_own_names_the_server_app(tmp_path: Path) ->
         "error: OSError: header too large (raised by server-app "
         "ownerr.server_app:make_server(config)) (run with -v for the traceback)"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        # The run folder was made before this flag was checked, and left behind.
+        ("0", "error: --keep-last must be a whole number above 0, got 0"),
+        # Above 2**63 - 1 the run's database refused it at round 1.
+        ("10000000000", "keep_last must be None or a whole number from 1 to 1,000,000,000"),
+    ],
+)
+def test_a_server_refuses_a_keep_last_out_of_range_before_making_its_run_folder(
+    value: str, said: str
+) -> None:
+    base = ["server", "--app", "digits_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    code, out = covey(*base, "--keep-last", value, "--wait-timeout", "1")
+    assert code == 2, out
+    assert said in last_line(out)
+    assert not list(Path().glob("runs/*"))

@@ -178,12 +178,39 @@ def test_the_client_refuses_a_task_larger_than_its_cap() -> None:
     assert "more than this client accepts (10485 bytes)" in str(info.value)
 
 
-def test_the_client_task_cap_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("0", "--max-task-mb must be a number above 0, got 0.0"),
+        ("nan", "--max-task-mb must be a number above 0, got nan"),
+        # Was a bare OverflowError (its bytes are no integer).
+        ("inf", "--max-task-mb must be a number above 0, got inf"),
+        ("1e308", "--max-task-mb must be at most 1,099,511,627,776 (an exbibyte), got 1e+308"),
+    ],
+)
+def test_the_client_task_cap_must_be_a_size(
+    monkeypatch: pytest.MonkeyPatch, value: str, said: str
+) -> None:
     monkeypatch.syspath_prepend(str(APPS))
     args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure"]
-    result = CliRunner().invoke(app, [*args, "--server", "127.0.0.1:9", "--max-task-mb", "0"])
+    result = CliRunner().invoke(app, [*args, "--server", "127.0.0.1:9", "--max-task-mb", value])
     assert result.exit_code == 2
-    assert "--max-task-mb must be a positive number" in result.output
+    assert said in result.output
+
+
+@pytest.mark.parametrize("value", ["true", "1e308"])
+def test_the_client_task_cap_in_a_config_file_must_be_a_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # true was taken as 1 MB, and 1e308 raised an OverflowError.
+    monkeypatch.syspath_prepend(str(APPS))
+    settings = tmp_path / "client.toml"
+    settings.write_text(f"[client]\nmax_task_mb = {value}\n")
+    args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure"]
+    args += ["--server", "127.0.0.1:9", "--config", str(settings)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--max-task-mb must be" in result.output
 
 
 def test_the_client_exits_non_zero_when_the_run_stops_without_finishing() -> None:

@@ -96,7 +96,7 @@ def test_the_results_do_not_depend_on_keep_last(tmp_path: Path) -> None:
         assert records(other) == records(every)
 
 
-@pytest.mark.parametrize("value", [True, 0, -1, 2.5, "3", 1])
+@pytest.mark.parametrize("value", [True, 0, -1, 2.5, "3", 1, 10**9 + 1, 2**63])
 def test_a_bad_keep_last_is_refused_before_any_client_is_built(tmp_path: Path, value: Any) -> None:
     built: list[int] = []
 

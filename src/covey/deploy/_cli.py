@@ -395,9 +395,6 @@ def server_command(
     given = _path(_pick(run_dir, s, "run_dir", None))
     listen_at = _listen_address(_pick(address, s, "address", None))  # before a folder is made
     flags = {
-        "run": _run_folder(given, resume_dir),
-        "made_run_dir": given is None and resume_dir is None,
-        "resuming": resume_dir is not None,
         "port_file": output_file(_path(_pick(port_file, s, "port_file", None)), "--port-file"),
         "address": listen_at,
         "certs": certs_dir,
@@ -420,6 +417,10 @@ def server_command(
         ),
         "data_port": port_number(_pick(data_port, s, "data_port", None), "--data-port"),
     }
+    # Only once every flag is checked: a fresh run folder is made here.
+    flags["run"] = _run_folder(given, resume_dir)
+    flags["made_run_dir"] = given is None and resume_dir is None
+    flags["resuming"] = resume_dir is not None
     flags["resume_hint"] = resume_hint(
         flags["run"],
         app=app if config is not None else _pick(app, s, "app", None),

@@ -76,6 +76,12 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
     if flags["insecure"] and (certs_dir is not None or ca is not None):
         given = "--certs DIR" if certs_dir is not None else "--ca/--cert/--key"
         fail(f"give {given} or --insecure, not both")
+    files = [f"--{k}" for k in ("ca", "cert", "key") if _pick(flags[k], s, k, None) is not None]
+    if certs_dir is not None and files:  # else those files would be passed over unread
+        fail(
+            f"give --certs DIR --name NAME or --ca/--cert/--key, not both: {' '.join(files)} "
+            f"would be passed over for the files in {certs_dir}"
+        )
     try:
         if certs_dir is not None:
             if flags["name"] is None:
@@ -99,15 +105,20 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
     return None
 
 
-def _task_cap(mb: float | None) -> int:
+MOST_TASK_MB = 2**40
+"""The largest ``--max-task-mb``: an exbibyte, whose bytes still fit a 64-bit count."""
+
+
+def _task_cap(mb: object) -> int:
     """``--max-task-mb`` in bytes (the transport's default when not given)."""
     from covey.transport.grpc._checks import MAX_TASK_BYTES
 
     if mb is None:
         return MAX_TASK_BYTES
-    if not mb > 0:
-        fail(f"--max-task-mb must be a positive number of MB, got {mb}")
-    return max(1, int(float(mb) * 1024 * 1024))
+    mb = number(mb, "--max-task-mb")  # a finite number above 0 (not true, not "4096")
+    if mb > MOST_TASK_MB:
+        fail(f"--max-task-mb must be at most {MOST_TASK_MB:,} (an exbibyte), got {mb!r}")
+    return max(1, int(mb * 1024 * 1024))
 
 
 def client_command(
@@ -165,6 +176,7 @@ def client_command(
     attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
     retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
     the_cid = number(_pick(cid, s, "cid", None), "--cid", integer=True, zero=True)
+    task_cap = _task_cap(_pick(max_task_mb, s, "max_task_mb", None))
     the_name = _pick(name, s, "name", None)
     why = name_problem(str(the_name)) if the_name else None
     if why is not None:  # no restart mends it: 2, before anything is loaded or dialled
@@ -184,7 +196,7 @@ def client_command(
             name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
             max_attempts=attempts,
             retry_for=retry,
-            max_task_bytes=_task_cap(_pick(max_task_mb, s, "max_task_mb", None)),
+            max_task_bytes=task_cap,
         )
     except Refused as exc:
         console.print(f"[red]refused:[/] {escape(str(exc.cause))}", soft_wrap=True)

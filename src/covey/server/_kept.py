@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from covey.core._messages import MAX_ROUNDS
 from covey.server._roundfiles import weights_file_name
 from covey.server._rundb import RunDB
 
@@ -24,11 +25,19 @@ the newest be damaged."""
 
 
 def check_keep_last(keep_last: object) -> None:
-    """Refuse a ``keep_last`` that is neither None nor a whole number of 1 or more."""
+    """Refuse a ``keep_last`` that is neither None nor a whole number from 1 to ``MAX_ROUNDS``.
+
+    A run has no more rounds than that, and the run database holds 64-bit integers.
+    """
     if keep_last is not None and (
-        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+        isinstance(keep_last, bool)
+        or not isinstance(keep_last, int)
+        or not 1 <= keep_last <= MAX_ROUNDS
     ):
-        raise ValueError(f"keep_last must be a positive integer or None, got {keep_last!r}")
+        raise ValueError(
+            f"keep_last must be None or a whole number from 1 to {MAX_ROUNDS:,} (a run's "
+            f"most rounds), got {keep_last!r}"
+        )
 
 
 def kept_rounds(db: RunDB) -> list[int]:
