@@ -253,7 +253,10 @@ def test_the_process_backend_runs_the_project(project: Path) -> None:
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        (["backend=ray", "client-resources={num_cpus=-1}"], "'num_cpus' must be a number >= 0"),
+        (["backend=ray", "client-resources={num_cpus=-1}"], "'num_cpus' must be a finite number"),
+        # NaN and inf were let through, and failed inside Ray.
+        (["backend=ray", "client-resources={num_cpus=nan}"], "'num_cpus' must be a finite"),
+        (["backend=ray", "client-resources={num_gpus=inf}"], "'num_gpus' must be a finite"),
         (["backend=ray", "client-resources=3"], "client-resources = 3"),
         (["backend=ray", "client-resources={a={num_cpus=1}}"], "one table for every client"),
         (["backend=ray", "ray-address=6379"], "ray-address = 6379"),

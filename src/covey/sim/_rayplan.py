@@ -20,8 +20,12 @@ def ray_need(resources: Resources) -> dict[str, float]:
     """Ray's resource names for a covey resource spec (``num_cpus`` -> ``CPU``)."""
     need: dict[str, float] = {}
     for key, value in resources.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"client resource {key!r} must be a number >= 0, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value >= 0)  # NaN and inf failed inside Ray
+        ):
+            raise ValueError(f"client resource {key!r} must be a finite number >= 0, got {value!r}")
         need[_RESOURCE_KEYS.get(key, key)] = float(value)
     return need
 
