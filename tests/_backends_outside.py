@@ -110,6 +110,10 @@ class Mistaken(covey.Client):
             return FitResult(weights={"w": w + 1}, num_examples=2.0)  # type: ignore[arg-type]
         if self.mode == "metric_name":
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={3: 1.0})  # type: ignore[dict-item]
+        if self.mode == "metric_surrogate":  # stopped a run that logged to TensorBoard
+            return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"x\udcff": 1.0})
+        if self.mode == "metric_text":
+            return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": "v\udcff"})
         if self.mode == "metric_value":
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": object()})  # type: ignore[dict-item]
         if self.mode == "unlock":  # makes the shared array writable, then trains in place
@@ -145,6 +149,8 @@ MISTAKES = {
     "in_place": "shared read-only arrays",
     "metric_name": "FitResult.metrics names a metric by int 3, not a str",
     "metric_value": "FitResult.metrics['a'] is object, expected a number",
+    "metric_surrogate": "FitResult.metrics names a metric 'x\\udcff', which is not valid Unicode",
+    "metric_text": "FitResult.metrics['a'] is a str holding a lone surrogate",
     "unlock": "shared read-only arrays",
 }
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import numpy as np
 
-from covey.core._weights import Weights, unnamed_hint
+from covey.core._weights import Weights, is_unicode_text, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
 _R = TypeVar("_R")
@@ -132,6 +132,11 @@ def _own_metrics(value: object, what: str) -> dict[str, Any]:
     for name, metric in value.items():
         if type(name) is not str:
             raise TypeError(f"{what} names a metric by {type(name).__name__} {name!r}, not a str")
+        if not name.isascii() and not is_unicode_text(name):
+            raise ValueError(
+                f"{what} names a metric {name!r}, which is not valid Unicode text (it holds a "
+                "lone surrogate): it cannot be encoded as UTF-8, as logs, trackers and files need"
+            )
         if not isinstance(metric, _METRIC_TYPES) or (
             isinstance(metric, np.ndarray | np.generic)
             and metric.dtype.kind not in ("biuf" if isinstance(metric, np.ndarray) else "biufUS")
@@ -148,6 +153,11 @@ def _own_metrics(value: object, what: str) -> dict[str, Any]:
                 metric = float(metric)
         elif isinstance(metric, np.ndarray):
             metric = np.array(metric)
+        if isinstance(metric, str) and not metric.isascii() and not is_unicode_text(metric):
+            raise ValueError(
+                f"{what}[{name!r}] is a str holding a lone surrogate ({metric!r}): it cannot be "
+                "encoded as UTF-8, as logs, trackers and files need"
+            )
         out[name] = metric
     return out
 

@@ -133,7 +133,7 @@ class WeightsSpec:
         for name, value in weights.items():
             if not isinstance(name, str) or not name:
                 raise WeightsError(f"weight names must be non-empty strings, got {name!r}")
-            if not name.isascii() and not _is_unicode_text(name):
+            if not name.isascii() and not is_unicode_text(name):
                 raise WeightsError(
                     f"weight name {name!r} is not valid Unicode text (it holds a lone "
                     "surrogate): it cannot be encoded as UTF-8, as files and messages need"
@@ -272,7 +272,8 @@ class WeightsSpec:
         # The layout matches: what remains wrong is a non-finite value.
 
 
-def _is_unicode_text(name: str) -> bool:
+def is_unicode_text(name: str) -> bool:
+    """Whether ``name`` encodes as UTF-8 (it holds no lone surrogate)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
