@@ -82,3 +82,27 @@ def test_dpsgd_weights_load_and_read_through_the_module_it_was_given() -> None:
     assert list(trained) == list(global_model)
     assert not np.array_equal(trained["0.weight"], global_model["0.weight"])
     np.testing.assert_array_equal(trained["0.weight"], to_weights(dp.module)["_module.0.weight"])
+
+
+def test_initial_weights_that_are_views_of_the_trained_model_are_named_as_the_cause() -> None:
+    # It blamed a client for writing through NumPy's read-only flag, and nothing else.
+    import covey
+    from covey.torch import TorchClient
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+
+    def client_fn(cid: int) -> TorchClient:
+        optimizer = lambda p: torch.optim.SGD(p, lr=0.5)  # noqa: E731
+        return TorchClient(model, nn.CrossEntropyLoss(), optimizer, data)
+
+    strategy = covey.FedAvg(fraction_fit=1.0, fraction_evaluate=0.0)
+    with pytest.raises(RuntimeError) as caught:
+        covey.simulate(client_fn, 2, 2, strategy, to_weights(model), progress=False)
+    assert "round 1: the global weights changed in place" in str(caught.value)
+    assert "give to_weights(model, copy=True)" in str(caught.value)
+    # With a copy, the same clients train.
+    model = nn.Linear(4, 3)
+    result = covey.simulate(client_fn, 2, 2, strategy, to_weights(model, copy=True), progress=False)
+    assert not any(r.failures for r in result.history.rounds)

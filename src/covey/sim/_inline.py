@@ -125,8 +125,15 @@ def lent_weights_changed(tasks: Mapping[int, Task], consequence: str) -> str:
         "through a library that ignores NumPy's read-only flag (torch.from_numpy, ctypes, "
         f"a compiled extension), so later clients trained from a changed model; {consequence}. "
         "Copy before writing: torch.tensor(array) rather than torch.from_numpy(array), "
-        "or array.copy()"
+        "or array.copy()" + (_INITIAL_VIEWS if first.round == 1 else "")
     )
+
+
+_INITIAL_VIEWS = (
+    ". In the first round the weights are initial_weights as given: if they are views of "
+    "a model the clients go on to train (covey.torch.to_weights(model) shares the tensors' "
+    "memory), that training wrote into them; give to_weights(model, copy=True)"
+)
 
 
 def inline_transport(
