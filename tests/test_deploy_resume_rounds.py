@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -210,9 +211,31 @@ def test_a_stopped_run_resumed_with_no_round_left_records_the_count_it_ended_at(
     saved = json.loads((run_dir / "history.json").read_text())
     saved["config"]["rounds"] = 5
     (run_dir / "history.json").write_text(json.dumps(saved))
-    result = _resume(run_dir, 2, on_listen=None)
+    # No client comes back: it waits for its one client at most wait_timeout.
+    result = _resume(run_dir, 2, on_listen=None, wait_timeout=0.2)
     assert [r.round for r in result.history.rounds] == [0, 1, 2]
     assert _counts(run_dir) == (2, 2, 2)
+    assert summary(read_run("run", run_dir))["status"] == "finished"
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_run_resumed_with_no_round_left_tells_its_returning_client_the_run_is_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server killed after saving its last round stopped at once when resumed: its
+    # clients, reconnecting, found no server and exited 1 after --retry-for.
+    run_dir = tmp_path / "run"
+    _stopped_after_round_2(run_dir)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        served = Served(_strategy(), 2, run_dir=run_dir, resume=True, wait_timeout=60.0)
+        joined = Joined(served.port, max_attempts=3)
+        result = served.join(90)
+        joined.join(30)
+    assert "the run was over already (round 2 was its last)" in caplog.text
+    assert joined.error is None
+    assert joined.result is not None
+    assert (joined.result.reason, joined.result.tasks) == ("the run is over", 0)
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]
     assert summary(read_run("run", run_dir))["status"] == "finished"
 
 

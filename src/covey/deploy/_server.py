@@ -18,6 +18,7 @@ from covey.core._messages import plain
 from covey.core._weights import Array, Weights, WeightsSpec, made, native
 from covey.deploy._goodbye import describe, goodbye_of, reason_of
 from covey.deploy._names import ClientNames, LateStore
+from covey.deploy._over import tell_returning_clients
 from covey.deploy._servechecks import (
     check_capacity,
     check_new_run_dir,
@@ -264,6 +265,8 @@ def serve(
         with interrupts_as_such():  # Ctrl-C as a plot imports matplotlib: an ImportError
             loop.run(rounds, start=run.start)
         run.end(None, names)
+        if_over = run.resumed_with_no_round_left(rounds)  # killed after its last round's save
+        tell_returning_clients(if_over, transport, names.names, max_clients, wait_timeout, rounds)
     except BaseException as exc:
         goodbye = goodbye_of(exc)  # told to the clients even if the end cannot be recorded
         retry_hint(exc, run.loop)
@@ -421,6 +424,10 @@ class _Run:
             self.store.log_event("server", "stopped", describe(exc))
         except OSError as err:
             logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
+
+    def resumed_with_no_round_left(self, rounds: int) -> bool:
+        """Whether this is a resumed run whose last round was saved before (none to run)."""
+        return self.uncounted is not None and self.start > rounds
 
     def take_over(self) -> None:
         """A resumed run is running again: a kill from now on leaves it marked as died."""
