@@ -633,3 +633,23 @@ def test_a_server_refuses_a_keep_last_out_of_range_before_making_its_run_folder(
     assert code == 2, out
     assert said in last_line(out)
     assert not list(Path().glob("runs/*"))
+
+
+def test_a_server_losing_the_race_for_a_new_run_dir_exits_2_as_when_it_was_taken_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another server created the run between this one's check and its own: it said
+    # "a run already exists" and exited 1, the status that asks for a restart.
+    from covey.deploy import _server
+
+    def raced(*args: object, **kwargs: object) -> None:
+        raise FileExistsError("run.sqlite")
+
+    monkeypatch.setattr(_server, "serve", raced)
+    base = ["server", "--app", "digits_app:server_app", "--insecure", "--address", "127.0.0.1:0"]
+    code, out = covey(*base, "--run-dir", "taken")
+    assert code == 2, out
+    assert last_line(out).startswith(
+        "error: --run-dir taken already holds a run (another server started it meanwhile); "
+        "continue it with `covey server --resume taken"
+    )

@@ -226,17 +226,13 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
                 max_clients=flags.get("max_clients", 1000),  # a project federation: the default
                 data_port=flags.get("data_port"),
             )
-    except FileExistsError:
+    except FileExistsError:  # another server made the run there since the folder was checked
         _forget(run, flags)
-        console.print(
-            "[red]error:[/] "
-            + escape(
-                f"a run already exists in {run}; resume it with "
-                f"`{flags.get('resume_hint') or resume_hint(run)}` or pick another --run-dir"
-            ),
-            soft_wrap=True,
+        fail(  # 2, as when the run was there before: no restart mends it
+            f"--run-dir {run} already holds a run (another server started it meanwhile); "
+            f"continue it with `{flags.get('resume_hint') or resume_hint(run)}` or give "
+            "another folder"
         )
-        raise typer.Exit(1) from None
     except ListenError as exc:  # a mistake in the address given, as the docs say: 2
         _forget(run, flags)
         flag = "--data-port" if isinstance(exc, DataPortError) else "--address"
