@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from covey.deploy._client import client_tls
+from covey.deploy._tls import tls_from_dir
 from covey.deploy.certs import init_federation, issue_client
 from covey.deploy.certs._common import PrivateKey, cert_to_pem, key_to_pem, load_ca
 from covey.transport.grpc._admission import Admission
@@ -171,3 +172,34 @@ def test_covey_certificates_and_rsa_2048_pass(fed: Path) -> None:
     ok = _leaf(fed, "rsa", rsa.generate_private_key(65537, 2048), hashes.SHA256())
     client_tls(fed / "ca.pem", ok, fed / "rsa.key")
     assert _admit(ok.read_bytes(), "rsa").aborted is None
+
+
+def test_a_server_certificate_given_as_a_client_certificate_is_named_as_such(fed: Path) -> None:
+    # It was admitted by every local check, and the server's TLS refused it at the
+    # handshake: the client was told its CA did not accept it ("another federation?").
+    with pytest.raises(ValueError, match=r"server\.pem is not a client certificate") as refused:
+        client_tls(fed / "ca.pem", fed / "server.pem", fed / "server.key")
+    assert "its extended key usage allows serverAuth, not client authentication" in str(
+        refused.value
+    )
+    issue_client(fed, "site")
+    client_tls(fed / "ca.pem", fed / "clients" / "site.pem", fed / "clients" / "site.key")
+
+
+def test_a_server_folder_holding_a_client_certificate_as_its_own_is_refused(fed: Path) -> None:
+    issue_client(fed, "site")
+    for suffix in ("pem", "key"):
+        (fed / f"server.{suffix}").write_bytes((fed / "clients" / f"site.{suffix}").read_bytes())
+    with pytest.raises(ValueError, match=r"server\.pem is not a server certificate"):
+        tls_from_dir(fed)
+
+
+def test_a_common_name_holding_a_line_break_is_refused_not_logged_raw() -> None:
+    # The CA signed it, so it was admitted, and its name written over two log lines.
+    context = _admit(b"not read: the name is refused first", "site\nrefused evil")
+    assert context.aborted is not None
+    assert context.aborted[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        "the certificate's common name 'site\\nrefused evil' cannot name a client"
+        in (context.aborted[1])
+    )

@@ -115,10 +115,10 @@ def _task_cap(mb: object) -> int:
 
     if mb is None:
         return MAX_TASK_BYTES
-    mb = number(mb, "--max-task-mb")  # a finite number above 0 (not true, not "4096")
-    if mb > MOST_TASK_MB:
-        fail(f"--max-task-mb must be at most {MOST_TASK_MB:,} (an exbibyte), got {mb!r}")
-    return max(1, int(mb * 1024 * 1024))
+    size: float = number(mb, "--max-task-mb")  # a finite number above 0 (not true, not "4096")
+    if size > MOST_TASK_MB:
+        fail(f"--max-task-mb must be at most {MOST_TASK_MB:,} (an exbibyte), got {size!r}")
+    return max(1, int(size * 1024 * 1024))
 
 
 def client_command(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from covey.deploy._pem import check_ca, check_dates, check_pair
+from covey.deploy._pem import check_ca, check_dates, check_pair, check_purpose
 from covey.transport.grpc._client import ClientTLS, connect
 
 __all__ = ["client_tls", "connect", "tls_from_certs"]
@@ -44,6 +44,12 @@ def client_tls(
             str(cert),
             "the server would refuse it: have the federation issue a new one "
             "(`covey certs issue NAME --overwrite`)",
+        )
+        check_purpose(
+            tls.cert,
+            str(cert),
+            "client",
+            "give the certificate the federation issued to this client (`covey certs issue NAME`)",
         )
     return tls
 

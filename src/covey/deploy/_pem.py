@@ -17,10 +17,18 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from covey.transport.grpc._strength import weakness
 
-__all__ = ["check_ca", "check_dates", "check_pair", "missing_server_files", "server_folder"]
+__all__ = [
+    "check_ca",
+    "check_dates",
+    "check_pair",
+    "check_purpose",
+    "missing_server_files",
+    "server_folder",
+]
 
 logger = logging.getLogger("covey")
 
@@ -122,6 +130,39 @@ def check_dates(pem: bytes, name: str, renew: str) -> None:
             name,
             f"{not_before:%Y-%m-%d %H:%M:%S}",
             f"{now:%Y-%m-%d %H:%M:%S}",
+        )
+
+
+_PURPOSES = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+def check_purpose(pem: bytes, name: str, role: str, fix: str) -> None:
+    """Refuse a certificate whose extended key usage leaves out ``role``'s authentication.
+
+    The peer's TLS refuses such a certificate at the handshake ("unsupported
+    certificate purpose"), which only its own log says: the one that connects is
+    told its CA does not accept it, as if it came from another federation.
+
+    Args:
+        pem: The certificate file's bytes (the first certificate is checked).
+        name: The file, as named in messages.
+        role: ``"client"`` or ``"server"``.
+        fix: What to do, said after the cause.
+
+    Raises:
+        ValueError: The certificate names its usages, and ``role``'s is not one.
+    """
+    certificate = _certificate(pem, name)
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return  # no extended key usage: any purpose
+    if _PURPOSES[role] not in usage and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usage:
+        allowed = ", ".join(getattr(u, "_name", u.dotted_string) for u in usage) or "none"
+        raise ValueError(
+            f"{name} is not a {role} certificate: its extended key usage allows {allowed}, "
+            f"not {role} authentication, so the {'server' if role == 'client' else 'clients'} "
+            f"would refuse it; {fix}"
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from covey.deploy._pem import check_ca, check_dates, check_pair, server_folder
+from covey.deploy._pem import check_ca, check_dates, check_pair, check_purpose, server_folder
 from covey.deploy._revoked import RevocationList
 from covey.transport.grpc._server import ServerTLS
 
@@ -43,6 +43,12 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
         str(d / "server.pem"),
         "no client would accept it; renew it "
         f"with `covey certs renew-server --dir {d}` (where ca.key is)",
+    )
+    check_purpose(
+        tls.cert,
+        str(d / "server.pem"),
+        "server",
+        f"renew it with `covey certs renew-server --dir {d}` (where ca.key is)",
     )
     load_revoked(d)  # a damaged list refuses the start, not every client that joins
     return tls

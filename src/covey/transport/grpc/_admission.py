@@ -98,6 +98,14 @@ class Admission:
             )
         name = str(names[0].decode(errors="replace"))
         certificate = bytes(pems[0])
+        bad_name = name_problem(name)  # the CA signed it, but a line break would forge log lines
+        if bad_name is not None:
+            self.refuse(
+                context,
+                "",
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate's common name {name[:60]!r} cannot name a client: {bad_name}",
+            )
         why = self.problem(certificate) or self.weak(certificate)
         if why is not None:
             self.refuse(context, name, grpc.StatusCode.PERMISSION_DENIED, why)
