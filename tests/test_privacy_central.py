@@ -194,6 +194,35 @@ def test_adaptive_clipping_splits_the_noise() -> None:
         AdaptiveClipping().split(1.0, 10)
 
 
+def test_adaptive_clipping_with_too_little_count_noise_is_refused_before_clients_train() -> None:
+    # It was refused only as round 1 was aggregated, once every sampled client had trained.
+    with pytest.raises(ValueError, match=r"noise_multiplier < 2 \* count_stddev \(1.0 >= 0.8\)"):
+        privacy.central(
+            covey.FedAvg(fraction_fit=0.5),
+            noise_multiplier=1.0,
+            clip=1.0,
+            delta=1e-5,
+            adaptive=AdaptiveClipping(count_stddev=0.4),
+        )
+    fits: list[int] = []
+
+    class Counted(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            fits.append(1)
+            return covey.FitResult(weights=dict(weights), num_examples=1)
+
+    strategy = privacy.central(
+        covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        adaptive=True,
+    )
+    with pytest.raises(ValueError, match=r"by default 0\.05 x the 5 clients expected a round"):
+        covey.simulate(lambda cid: Counted(), 10, 2, strategy, {"w": np.zeros(2)}, progress=False)
+    assert fits == []
+
+
 def _hand_mean(contribs: list[np.ndarray], clip: float, z: float, m: float, seed: int, rnd: int):
     total = np.zeros(DIM)
     for d in contribs:

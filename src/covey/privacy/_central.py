@@ -9,7 +9,7 @@ Gaussian noise, and the budget is accounted by ``dp-accounting`` round by round
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -194,12 +194,16 @@ def _dp_state(state: Any) -> DPState:
     return state
 
 
-def poisson_selector(rate: float, shared: Shared) -> Any:
+def poisson_selector(
+    rate: float, shared: Shared, check: Callable[[int], object] | None = None
+) -> Any:
     """A selector taking each candidate independently with probability ``rate``.
 
     The draw is seeded like the noise (the run's noise seed, or fresh CSPRNG
     seeds), so which clients took part is as hard to predict as the noise. It
     picks who trains only: federated evaluation samples by ``fraction_evaluate``.
+    ``check``, if given, is called with the number of candidates before the draw
+    (to refuse a round its aggregation could not complete, before clients train).
 
     References:
         Zhu and Wang, "Poisson Subsampled Renyi Differential Privacy", ICML 2019.
@@ -207,11 +211,25 @@ def poisson_selector(rate: float, shared: Shared) -> Any:
 
     def select(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
         shared.population[round] = len(candidates)
+        if check is not None:
+            check(len(candidates))
         draw = _noise.generator(shared.seed, _SAMPLING, round).random(len(candidates))
         # Only the candidates taken are read: O(clients) in NumPy, not in Python.
         return [int(candidates[i]) for i in np.flatnonzero(draw < rate).tolist()]
 
     return fit_only(select)
+
+
+def _population_check(mech: Mechanism) -> Callable[[int], object] | None:
+    """What refuses adaptive clipping's count noise for a round's population (see ``split``).
+
+    The count noise defaults to a share of the clients expected, known only once a
+    round's candidates are: too few, and round 1 failed after its clients trained.
+    """
+    adaptive, z, rate = mech.adaptive, mech.noise_multiplier, mech.sampling_rate
+    if adaptive is None or adaptive.count_stddev is not None or mech.expected_clients is not None:
+        return None  # nothing to check, or checked when the strategy was made
+    return lambda population: adaptive.split(z, max((rate or 1.0) * population, 1.0))
 
 
 def _check(
@@ -331,6 +349,9 @@ def central(
     rate = strategy.fraction_fit
     if not rate > 0.0:
         raise ValueError("central DP needs fraction_fit > 0 (the Poisson sampling rate)")
+    if adapt is not None and (adapt.count_stddev is not None or expected_clients is not None):
+        # Known now: refused before any client trains, not as round 1 is aggregated.
+        adapt.split(float(noise_multiplier), float(expected_clients or 1.0))
     name = "DP-FedAvg" + (" with adaptive clipping" if adapt else "")
     mech = Mechanism(
         name=f"{name} (Gaussian, z={noise_multiplier:g}, clip={clip:g}, {clipping}-side)",
@@ -355,7 +376,7 @@ def central(
     return replace_strategy(
         strategy,
         aggregator=dp_step(strategy.aggregator, mech, shared),
-        selector=poisson_selector(rate, shared),
+        selector=poisson_selector(rate, shared, _population_check(mech)),
         # Not through on_fit_config: a subclass that overrides fit_config would drop it.
         fit_config_entries={**strategy.fit_config_entries, "dp_clip": clip}
         if clipping == "client"

@@ -85,10 +85,16 @@ class AdaptiveClipping:
         """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``."""
         sigma_b = self.count_stddev if self.count_stddev is not None else 0.05 * expected
         if noise_multiplier >= 2.0 * sigma_b:
+            given = (
+                ""
+                if self.count_stddev is not None
+                else f"; count_stddev is by default 0.05 x the {expected:g} clients expected "
+                "a round"
+            )
             raise ValueError(
                 f"adaptive clipping needs noise_multiplier < 2 * count_stddev "
-                f"({noise_multiplier} >= {2.0 * sigma_b}): raise count_stddev or sample "
-                "more clients per round"
+                f"({noise_multiplier} >= {2.0 * sigma_b:g}{given}): raise count_stddev or "
+                "sample more clients per round"
             )
         return (noise_multiplier**-2 - (2.0 * sigma_b) ** -2) ** -0.5, sigma_b
 
