@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,30 @@ from typing import Any
 from covey.core import RoundRecord
 
 
+def name_hash(name: str) -> str:
+    """8 hex digits of a hash of ``name`` (any text, lone surrogates included)."""
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _text(tag: str) -> str:
+    """``tag`` as UTF-8 can write it.
+
+    A tag holding a lone surrogate (U+DCFF, as a client's metric name may)
+    has it escaped with a backslash and ends with ``-`` and 8 hex digits of a
+    hash of the whole tag, so that it stays apart from a tag spelled with the escape.
+    """
+    try:
+        tag.encode()
+    except UnicodeEncodeError:
+        return f"{tag.encode('utf-8', 'backslashreplace').decode()}-{name_hash(tag)}"
+    return tag
+
+
 def _add(out: dict[str, float], tag: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
     if math.isfinite(value):
-        out[tag] = float(value)
+        out[_text(tag)] = float(value)
 
 
 def round_scalars(record: RoundRecord) -> dict[str, float]:
@@ -25,7 +45,9 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
     ``clients/evaluate``, ``clients/failures``, ``time/<stage>`` (seconds),
     ``bytes/sent`` and ``bytes/received`` (the arrays' bytes the server sent and
     received, when the round counted them) and ``privacy/<key>`` (e.g.
-    ``privacy/epsilon``) when the round has a privacy record.
+    ``privacy/epsilon``) when the round has a privacy record. A name UTF-8
+    cannot write (a lone surrogate such as U+DCFF) is escaped with a backslash
+    and ends with ``-`` and 8 hex digits of a hash of the whole tag.
 
     Args:
         record: The round, as given to an ``on_round`` callback.

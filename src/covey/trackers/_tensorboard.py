@@ -35,7 +35,18 @@ class TensorBoardLogger:
     """
 
     def __init__(self, logdir: str | Path, *, prefix: str = "") -> None:
-        """Open an event file in ``logdir``."""
+        """Open an event file in ``logdir``.
+
+        Raises:
+            ValueError: ``prefix`` holds text UTF-8 cannot write (a lone surrogate).
+        """
+        try:
+            prefix.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"TensorBoardLogger: prefix {prefix!r} holds {exc.object[exc.start : exc.end]!r}, "
+                "which UTF-8 cannot write; give a prefix of plain text"
+            ) from exc
         self.logdir = log_folder(logdir, "TensorBoardLogger")
         self._prefix = prefix
         self._writer = EventFileWriter(str(self.logdir))
@@ -47,6 +58,7 @@ class TensorBoardLogger:
         The first round logged is marked as a (re)start (``SessionLog.START``),
         so that TensorBoard drops what the folder holds from that step on: a
         resumed run that redoes a round shows it once, with its new values.
+        A metric name UTF-8 cannot write is logged escaped (see :func:`round_scalars`).
         """
         if not self._started:
             start = SessionLog(status=SessionLog.START)
