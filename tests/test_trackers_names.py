@@ -50,3 +50,64 @@ def test_tensorboard_refuses_a_prefix_utf8_cannot_write(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"prefix 'a\\udcff/' holds '\\udcff'"):
         TensorBoardLogger(tmp_path, prefix="a\udcff/")
+
+
+def test_a_metric_named_loss_never_overwrites_the_rounds_loss() -> None:
+    record = RoundRecord(
+        round=1,
+        central_loss=0.5,
+        central_metrics={"loss": 9.0, "loss_metric": 8.0},
+        evaluate_loss=0.25,
+        evaluate_metrics={"loss": 7.0},
+        fit_metrics={"loss": 6.0},
+    )
+    scalars = round_scalars(record)
+    assert scalars["central/loss"] == 0.5
+    assert scalars["federated/loss"] == 0.25
+    assert scalars["central/loss_metric"] == 9.0
+    assert scalars["central/loss_metric_metric"] == 8.0
+    assert scalars["federated/loss_metric"] == 7.0
+    assert scalars["fit/loss_metric"] == 6.0
+    # A metric named loss without the round's loss still does not take its tag.
+    alone = round_scalars(RoundRecord(round=1, central_metrics={"loss": 9.0}))
+    assert "central/loss" not in alone
+    assert alone["central/loss_metric"] == 9.0
+
+
+def test_trackers_keep_the_rounds_loss_beside_a_metric_named_loss(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is needed")
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from covey.trackers import MLflowLogger, TensorBoardLogger
+
+    with TensorBoardLogger(tmp_path / "tb") as tb, MLflowLogger(tmp_path / "ml") as ml:
+        for rnd in (1, 2):
+            record = RoundRecord(
+                round=rnd,
+                central_loss=1.0 / rnd,
+                central_metrics={"loss": 10.0 * rnd},
+                evaluate_loss=2.0 / rnd,
+                evaluate_metrics={"loss": 20.0 * rnd},
+            )
+            tb(record)
+            ml(record)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    history = {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)]
+        for tag in ("central/loss", "federated/loss", "central/loss_metric")
+    }
+    assert history == {
+        "central/loss": [(1, 1.0), (2, 0.5)],
+        "federated/loss": [(1, 2.0), (2, 1.0)],
+        "central/loss_metric": [(1, 10.0), (2, 20.0)],
+    }
+    for tag, points in [
+        ("central/loss", [(1, 1.0), (2, 0.5)]),
+        ("federated/loss", [(1, 2.0), (2, 1.0)]),
+        ("central/loss_metric", [(1, 10.0), (2, 20.0)]),
+        ("federated/loss_metric", [(1, 20.0), (2, 40.0)]),
+    ]:
+        got = sorted((m.step, m.value) for m in ml.client.get_metric_history(ml.run_id, tag))
+        assert got == points, tag

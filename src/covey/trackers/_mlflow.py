@@ -182,6 +182,9 @@ class MLflowLogger:
         A character MLflow refuses in a name (``@``, ``(``, ...) is logged as ``_``:
         ``recall@5`` becomes ``central/recall_5`` (see :func:`mlflow_names` for
         names that would then meet, and names over MLflow's 250 characters).
+        The tags are those of :func:`round_scalars`: a metric named ``loss`` is
+        logged as ``central/loss_metric`` (``federated/``, ``fit/``), never over
+        the round's ``central/loss``.
         """
         stamp = int(time.time() * 1000)
         scalars = round_scalars(record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,20 @@ def _text(tag: str) -> str:
     return tag
 
 
+_OWN = re.compile(r"loss(_metric)*")
+"""Metric names that would meet the round's own loss (``loss``) or the name given it instead."""
+
+
+def _metric(name: object) -> str:
+    """A metric's name in its tag: ``loss`` becomes ``loss_metric``, never the round's loss.
+
+    ``loss_metric`` then becomes ``loss_metric_metric`` (and so on), so that no
+    two metrics share a tag.
+    """
+    text = str(name)
+    return text + "_metric" if _OWN.fullmatch(text) else text
+
+
 def _add(out: dict[str, float], tag: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
@@ -45,9 +60,13 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
     ``clients/evaluate``, ``clients/failures``, ``time/<stage>`` (seconds),
     ``bytes/sent`` and ``bytes/received`` (the arrays' bytes the server sent and
     received, when the round counted them) and ``privacy/<key>`` (e.g.
-    ``privacy/epsilon``) when the round has a privacy record. A name UTF-8
-    cannot write (a lone surrogate such as U+DCFF) is escaped with a backslash
-    and ends with ``-`` and 8 hex digits of a hash of the whole tag.
+    ``privacy/epsilon``) when the round has a privacy record.
+
+    A metric named ``loss`` is logged as ``<group>/loss_metric`` (and one named
+    ``loss_metric`` as ``loss_metric_metric``), so that it never overwrites the
+    round's own loss. A name UTF-8 cannot write (a lone surrogate such as
+    U+DCFF) is escaped with a backslash and ends with ``-`` and 8 hex digits of
+    a hash of the whole tag.
 
     Args:
         record: The round, as given to an ``on_round`` callback.
@@ -63,12 +82,12 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
     out: dict[str, float] = {}
     _add(out, "central/loss", record.central_loss)
     for name, value in record.central_metrics.items():
-        _add(out, f"central/{name}", value)
+        _add(out, f"central/{_metric(name)}", value)
     _add(out, "federated/loss", record.evaluate_loss)
     for name, value in record.evaluate_metrics.items():
-        _add(out, f"federated/{name}", value)
+        _add(out, f"federated/{_metric(name)}", value)
     for name, value in record.fit_metrics.items():
-        _add(out, f"fit/{name}", value)
+        _add(out, f"fit/{_metric(name)}", value)
     if record.round > 0:
         _add(out, "clients/fit", len(record.fit_participants))
         _add(out, "clients/evaluate", len(record.evaluate_participants))

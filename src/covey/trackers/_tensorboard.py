@@ -58,7 +58,10 @@ class TensorBoardLogger:
         The first round logged is marked as a (re)start (``SessionLog.START``),
         so that TensorBoard drops what the folder holds from that step on: a
         resumed run that redoes a round shows it once, with its new values.
-        A metric name UTF-8 cannot write is logged escaped (see :func:`round_scalars`).
+        The tags are those of :func:`round_scalars`: a metric named ``loss``
+        is logged as ``central/loss_metric`` (``federated/``, ``fit/``), never
+        over the round's ``central/loss``, and a metric name UTF-8 cannot write
+        is logged escaped.
         """
         if not self._started:
             start = SessionLog(status=SessionLog.START)
