@@ -111,3 +111,97 @@ def test_trackers_keep_the_rounds_loss_beside_a_metric_named_loss(tmp_path: Path
     ]:
         got = sorted((m.step, m.value) for m in ml.client.get_metric_history(ml.run_id, tag))
         assert got == points, tag
+
+
+TRICKY = [
+    "acc",
+    "acc/top5",
+    "acc/top5/x",
+    "",
+    "/",
+    "//",
+    "_",
+    ".",
+    "..",
+    "../up",
+    "..x",
+    "top/",
+    "recall@5",
+    "recall_5",
+    "recall-5",
+    "recall_5-cf682a9a",
+    "ä" * 200,
+    "ä" * 200 + "b",
+    "x" * 300,
+    "x" * 300 + "y",
+    "x\udcff",
+    "loss",
+]
+
+
+def test_mlflow_names_are_valid_distinct_and_never_a_folder_of_another() -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name
+
+    from covey.trackers._mlflow import mlflow_name
+
+    for group in (True, False):
+        given = [f"central/{name}" for name in TRICKY] if group else TRICKY
+        stored = [mlflow_name(name, group=group) for name in given]
+        assert len(set(stored)) == len(given)  # distinct names stay distinct
+        assert stored == [mlflow_name(name, group=group) for name in given]  # and stable
+        for name in stored:
+            (_validate_metric_name if group else _validate_param_name)(name)
+            assert len(name) <= 250, name
+            assert all(len(part.encode()) <= 255 for part in name.split("/")), name
+            # A local store keeps a name as a file: none may be another's folder.
+            assert not any(other.startswith(name + "/") for other in stored), name
+
+
+def test_mlflow_file_store_logs_names_that_meet_as_paths_or_are_too_long(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    metrics = {name: float(k) for k, name in enumerate(TRICKY)}
+    params = {"a": 1, "a/b": 2, "ä" * 200: 3, "": 4, "/": 5}
+    with MLflowLogger(tmp_path, params=params) as ml:
+        for rnd in (1, 2):
+            ml(RoundRecord(round=rnd, central_loss=0.5 / rnd, central_metrics=dict(metrics)))
+    client = MlflowClient(tracking_uri=tmp_path.resolve().as_uri())
+    run = client.get_run(ml.run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(run.data.params.values()) == ["1", "2", "3", "4", "5"]
+    assert [m.value for m in client.get_metric_history(ml.run_id, "central/loss")] == [0.5, 0.25]
+    series = {
+        tuple((m.step, m.value) for m in client.get_metric_history(ml.run_id, name))
+        for name in run.data.metrics
+        if name.startswith("central/") and name != "central/loss"
+    }
+    # "loss" is logged as central/loss_metric; every metric keeps its own series.
+    assert series == {((1, value), (2, value)) for value in metrics.values()}
+    assert "central/acc" in run.data.metrics  # a name MLflow keeps stays as it is
+
+
+def test_a_resumed_mlflow_run_logs_each_metric_under_its_first_name(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    with MLflowLogger(tmp_path, params={"lr@client": 0.1}) as first:
+        first(RoundRecord(round=1, central_metrics={"recall@5": 0.1}))
+        first(RoundRecord(round=2, central_metrics={"recall@5": 0.2, "recall_5": 0.9}))
+    # Resumed in a new logger (as in a new process): recall_5 is logged first now.
+    with MLflowLogger(tmp_path, params={"lr@client": 0.1}, run_id=first.run_id) as again:
+        again(RoundRecord(round=3, central_metrics={"recall_5": 0.8, "recall@5": 0.3}))
+    client = MlflowClient(tracking_uri=tmp_path.resolve().as_uri())
+    run = client.get_run(first.run_id)
+    assert len(run.data.params) == 1
+    values = {
+        tuple((m.step, m.value) for m in client.get_metric_history(first.run_id, name))
+        for name in run.data.metrics
+        if name.startswith("central/")
+    }
+    assert values == {((1, 0.1), (2, 0.2), (3, 0.3)), ((2, 0.9), (3, 0.8))}

@@ -16,55 +16,68 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from covey.core import RoundRecord
-from covey.trackers._scalars import log_folder, round_scalars
+from covey.trackers._scalars import log_folder, name_hash, round_scalars
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
-_MAX_NAME = 250  # MLflow's longest metric or param name
-_REFUSED = re.compile(r"[^\w\-. :/]")
-"""Characters MLflow refuses in metric and param names (it keeps the rest)."""
+_MAX_PART = 200
+"""The most UTF-8 bytes of a name's last part: a local store keeps it as a file
+name (at most 255 bytes), and a name with its group stays within MLflow's 250
+characters."""
+_MAX_GROUP = 40  # the most characters of a group kept as a folder
+_REFUSED = re.compile(r"[^\w\-. :]")
+"""Characters MLflow refuses in a name's part, and ``/`` (which would make a folder)."""
+_TAGGED = re.compile(r"-[0-9a-f]{8}")
 
 
-def mlflow_name(name: str) -> str:
-    """``name`` as MLflow can store it: each character it refuses becomes ``_``.
+def mlflow_name(name: str, *, group: bool = True) -> str:
+    """``name`` as MLflow can store it, the same in every process and run.
 
-    MLflow also refuses a name that is not a normalized path (``a//b``, ``x/``,
-    ``../x``): empty parts are dropped, and ``.`` or ``..`` parts become ``_``.
-    A name longer than MLflow's 250 characters is cut, and ends with ``-`` and
-    8 hex digits of a hash of the whole name, so that names alike at the
-    start stay apart.
+    A name MLflow stores as it is stays as it is: ``central/accuracy``. Any
+    other is changed, and ends with ``-`` and 8 hex digits of a hash of the
+    whole name, so that no two names meet (``recall@5`` and ``recall_5``) and a
+    resumed run finds each metric under its name: each character MLflow refuses
+    becomes ``_``, as does a ``/`` after the group's (a local store makes
+    ``acc/top5`` a folder, which ``acc`` cannot be beside it), a leading ``.``
+    becomes ``_``, and a name over 200 bytes in UTF-8 is cut to fit.
+    A name already ending with ``-`` and 8 hex digits is changed too, so that
+    none is taken for another's.
+
+    Args:
+        name: A tag of :func:`round_scalars` (``group/metric``), or a param's name.
+        group: Keep the part before the first ``/`` as a folder (the tag's group,
+            e.g. ``central``); ``False`` for params, whose names have no group.
 
     Example:
+        >>> mlflow_name("central/accuracy")
+        'central/accuracy'
         >>> mlflow_name("central/recall@5")
-        'central/recall_5'
+        'central/recall_5-cf682a9a'
     """
-    parts = _REFUSED.sub("_", name).split("/")
-    out = "/".join("_" if p in (".", "..") else p for p in parts if p) or "_"
-    return out if len(out) <= _MAX_NAME else _tagged(out[: _MAX_NAME - 9], name)
+    head, slash, rest = name.partition("/") if group else ("", "", name)
+    if not slash or not _kept(head) or len(head) > _MAX_GROUP:
+        head, slash, rest = "", "", name  # no group, or one MLflow cannot keep as it is
+    if _kept(rest):
+        return head + slash + rest
+    stem = _REFUSED.sub("_", rest)
+    stem = ("_" + stem[1:]) if stem.startswith(".") else stem or "_"
+    stem = stem.encode()[: _MAX_PART - 9].decode(errors="ignore")
+    return f"{head}{slash}{stem}-{name_hash(name)}"
 
 
-def _tagged(stem: str, name: str) -> str:
-    """``stem-`` and 8 hex digits of a hash of ``name``."""
-    return f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+def _kept(part: str) -> bool:
+    """Whether MLflow (and a local store) keeps ``part`` of a name as it is."""
+    return (
+        bool(part)
+        and _REFUSED.search(part) is None
+        and not part.startswith(".")
+        and len(part.encode(errors="surrogatepass")) <= _MAX_PART
+        and _TAGGED.fullmatch(part[-9:]) is None
+    )
 
 
-def mlflow_names(names: Iterable[str]) -> dict[str, str]:
-    """Each of ``names`` as :func:`mlflow_name` gives it, kept apart from the others.
-
-    Two names MLflow would store as one (``recall@5`` and ``recall_5``) would
-    mix their values in one metric: each name that :func:`mlflow_name`
-    changed and that meets another is given ``-`` and 8 hex digits of a
-    hash of its own name instead.
-    """
-    wanted = {name: mlflow_name(name) for name in names}
-    taken: dict[str, int] = {}
-    for stored in wanted.values():
-        taken[stored] = taken.get(stored, 0) + 1
-    return {
-        name: stored
-        if taken[stored] == 1 or stored == name
-        else _tagged(stored[: _MAX_NAME - 9], name)
-        for name, stored in wanted.items()
-    }
+def mlflow_names(names: Iterable[str], *, group: bool = True) -> dict[str, str]:
+    """Each of ``names`` as :func:`mlflow_name` gives it; no two meet."""
+    return {name: mlflow_name(name, group=group) for name in names}
 
 
 def _tracking_uri(store: str | Path) -> str:
@@ -143,7 +156,7 @@ class MLflowLogger:
             found.experiment_id if found is not None else self.client.create_experiment(experiment)
         )
         given = {str(k): str(v) for k, v in (params or {}).items()}
-        names = mlflow_names(given)
+        names = mlflow_names(given, group=False)
         wanted = {names[k]: v for k, v in given.items()}
         if run_id is None:
             self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
@@ -179,12 +192,13 @@ class MLflowLogger:
     def __call__(self, record: RoundRecord) -> None:
         """Log the round's scalars at step ``record.round``.
 
-        A character MLflow refuses in a name (``@``, ``(``, ...) is logged as ``_``:
-        ``recall@5`` becomes ``central/recall_5`` (see :func:`mlflow_names` for
-        names that would then meet, and names over MLflow's 250 characters).
-        The tags are those of :func:`round_scalars`: a metric named ``loss`` is
-        logged as ``central/loss_metric`` (``federated/``, ``fit/``), never over
-        the round's ``central/loss``.
+        A name MLflow cannot store as it is (``recall@5``, ``acc/top5``, a name
+        over 200 bytes) is logged under a name of its own, the same in every
+        process: ``central/recall@5`` becomes ``central/recall_5-cf682a9a`` (see
+        :func:`mlflow_name`), so a resumed run (``run_id``) logs each metric
+        under the name it had. The tags are those of :func:`round_scalars`: a
+        metric named ``loss`` is logged as ``central/loss_metric``
+        (``federated/``, ``fit/``), never over the round's ``central/loss``.
         """
         stamp = int(time.time() * 1000)
         scalars = round_scalars(record)
@@ -194,18 +208,19 @@ class MLflowLogger:
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def _names_of(self, tags: Iterable[str]) -> dict[str, str]:
-        """The MLflow name of each tag: the one it was first logged under, for the whole run.
+        """The MLflow name of each tag (:func:`mlflow_name`), kept for the run.
 
-        Tags new in this round are named by :func:`mlflow_names`; one whose name
-        an earlier tag holds (``recall@5`` logged first, ``recall_5`` from a later
-        round) ends with ``-`` and 8 hex digits of a hash of its own name instead.
+        Two tags whose hashes meet (1 in 4 billion) would mix their values: the
+        later one then ends with 16 hex digits of a hash of its name instead.
         """
         new = [tag for tag in tags if tag not in self._names]
         if new:
             taken = set(self._names.values())
-            for tag, stored in mlflow_names(new).items():
+            for tag in new:
+                stored = mlflow_name(tag)
                 if stored in taken:
-                    stored = _tagged(stored[: _MAX_NAME - 9], tag)
+                    digest = hashlib.sha256(tag.encode(errors="surrogatepass")).hexdigest()
+                    stored = f"{stored[:-9]}-{digest[:16]}"
                 self._names[tag] = stored
                 taken.add(stored)
         return self._names
