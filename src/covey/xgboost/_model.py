@@ -97,7 +97,11 @@ def parse(model: bytes) -> dict[str, Any]:
     """The JSON document of a serialized booster, with a clear error if it is not one."""
     try:
         doc = json.loads(model)
-        trees = doc["learner"]["gradient_booster"]["model"]["trees"]
+        booster = doc["learner"]["gradient_booster"]
+        _check_booster(booster)
+        trees = booster["model"]["trees"]
+    except WeightsError:
+        raise
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise WeightsError(
             f"not an XGBoost JSON model of a tree booster: {exc}{_AVERAGED}"
@@ -105,6 +109,16 @@ def parse(model: bytes) -> dict[str, Any]:
     if not isinstance(trees, list):
         raise WeightsError(f"not an XGBoost JSON model: 'trees' is not a list{_AVERAGED}")
     return doc  # type: ignore[no-any-return]
+
+
+def _check_booster(booster: Any) -> None:
+    """Refuse a model of another booster than ``gbtree``, naming it (its JSON holds no trees)."""
+    name = booster.get("name") if isinstance(booster, dict) else None
+    if isinstance(name, str) and name != "gbtree":
+        raise WeightsError(
+            f"booster {name!r} is not supported by XGBoostBagging or XGBoostCyclic (dart "
+            "rescales earlier trees, gblinear has none): train with booster='gbtree'"
+        )
 
 
 _AVERAGED = (

@@ -55,15 +55,20 @@ def merge_trees(base: bytes, clients: Sequence[tuple[bytes, float]]) -> bytes:
             extend ``base`` (fewer trees, other features or classes), or one of
             its new trees is malformed (see ``covey.xgboost._validate``).
     """
+    return _merge(base, clients, [f"client model {i}" for i in range(len(clients))])
+
+
+def _merge(base: bytes, clients: Sequence[tuple[bytes, float]], names: Sequence[str]) -> bytes:
+    """:func:`merge_trees`, each client's model named in errors by ``names``."""
     doc = parse(base)
     merged = _model(doc)
     params = doc["learner"]["learner_model_param"]
     objective = (doc["learner"].get("objective") or {}).get("name")
     indptr: list[int] = list(merged["iteration_indptr"])
     known = len(merged["trees"])
-    for i, (model, factor) in enumerate(clients):
+    for (model, factor), what in zip(clients, names, strict=True):
         client = parse(model)
-        trees, info, ends = new_trees(client, params, known, f"client model {i}", objective)
+        trees, info, ends = new_trees(client, params, known, what, objective)
         start = len(merged["trees"])
         for tree in trees:
             new = _scale_leaves(tree, factor)
@@ -93,6 +98,25 @@ def check_start(params: Weights) -> None:
         load_booster(model)
     except (WeightsError, KeyError, TypeError) as exc:
         raise WeightsError(f"initial weights: {exc}") from None
+
+
+def _accepted(params: Weights, contribution: Contribution) -> bytes:
+    """A client's model bytes, if its new trees can join the global model ``params``.
+
+    Checked when the client's reply arrives, so that a client whose trees cannot
+    join (another objective or booster, a malformed or non-finite tree) fails
+    alone and the round goes on with the others.
+
+    Raises:
+        AggregationError: What is wrong with this client's model (the round loop
+            records the client's fit as failed).
+    """
+    try:
+        model = from_weights(contribution.as_weights(params))
+        load_booster(_merge(from_weights(params), [(model, 1.0)], ["the client's model"]))
+    except (WeightsError, ValueError) as exc:
+        raise AggregationError(str(exc)) from exc
+    return model
 
 
 class _BagState(NamedTuple):
@@ -130,7 +154,7 @@ def bagging(*, weighted: bool = True) -> Step:
         if isinstance(event, Contribution):
             if state.params is None:
                 raise AggregationError("a contribution arrived before the round began")
-            model = from_weights(event.as_weights(state.params))
+            model = _accepted(state.params, event)
             return state._replace(models=(*state.models, (event.num_examples, model))), ()
         if isinstance(event, End):
             if state.params is None or not state.models:

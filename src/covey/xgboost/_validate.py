@@ -43,9 +43,14 @@ def _ints(values: Any, what: str) -> list[int]:
 
 def _finite(values: Any, what: str) -> None:
     if not isinstance(values, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
     ):
         raise WeightsError(f"{what} must be a list of finite numbers")
+    if not all(math.isfinite(v) for v in values):
+        raise WeightsError(
+            f"{what} must be a list of finite numbers, holds inf or NaN: the trees were grown "
+            "with an infinite or NaN eta, or the training diverged"
+        )
 
 
 def _check_links(

@@ -1,0 +1,80 @@
+"""covey.xgboost: one client's unmergeable trees fail that client alone; user mistakes named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import covey
+
+xgb = pytest.importorskip("xgboost")
+
+from covey.xgboost import (  # noqa: E402
+    XGBoostBagging,
+    XGBoostClient,
+    XGBoostCyclic,
+    from_weights,
+    initial_model,
+    num_trees,
+)
+
+BINARY = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
+
+
+def _data(seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    return x, (x[:, 0] > 0).astype(float)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"objective": "binary:logitraw"}, "trained for objective 'binary:logitraw'"),
+        ({"booster": "dart"}, "booster 'dart' is not supported by XGBoostBagging"),
+        ({"eta": float("inf")}, "holds inf or NaN"),
+    ],
+    ids=["objective", "dart", "eta-inf"],
+)
+def test_a_client_whose_trees_cannot_be_merged_fails_alone(
+    bad: dict[str, object], message: str
+) -> None:
+    # Before, the merge refused the whole round: no round was aggregated, 0 trees.
+    def client(cid: int) -> XGBoostClient:
+        return XGBoostClient(*_data(cid), {**BINARY, **bad} if cid == 1 else BINARY)
+
+    result = covey.simulate(
+        client,
+        num_clients=3,
+        rounds=2,
+        strategy=XGBoostBagging(fraction_evaluate=0.0),
+        initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
+        backend="inline",
+    )
+    for record in result.history.rounds[1:]:
+        assert record.fit_participants == [0, 2]
+        assert "error" not in record.aggregate_info
+        [failure] = record.fit_failures
+        assert failure.cid == 1
+        assert message in failure.error
+        assert "FedAvg" not in failure.error
+    assert num_trees(from_weights(result.weights)) == 2 * 2
+
+
+def test_cyclic_names_a_dart_booster() -> None:
+    # Before, the round failed saying the bytes were averaged by a strategy such as FedAvg.
+    def client(cid: int) -> XGBoostClient:
+        return XGBoostClient(*_data(cid), {**BINARY, "booster": "dart"} if cid == 0 else BINARY)
+
+    result = covey.simulate(
+        client,
+        num_clients=2,
+        rounds=2,
+        strategy=XGBoostCyclic(fraction_evaluate=0.0),
+        initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
+        backend="inline",
+    )
+    error = result.history.rounds[1].aggregate_info["error"]
+    assert "booster 'dart' is not supported" in error
+    assert "FedAvg" not in error
+    assert num_trees(from_weights(result.weights)) == 1
