@@ -13,6 +13,7 @@ from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
     XGBoostCyclic,
+    evaluate_booster,
     from_weights,
     initial_model,
     num_trees,
@@ -78,3 +79,33 @@ def test_cyclic_names_a_dart_booster() -> None:
     assert "booster 'dart' is not supported" in error
     assert "FedAvg" not in error
     assert num_trees(from_weights(result.weights)) == 1
+
+
+MULTI = {"objective": "multi:softprob", "num_class": 3, "base_score": 0.5, "max_depth": 2}
+
+
+@pytest.mark.parametrize(
+    ("params", "labels", "message"),
+    [
+        (MULTI, [-1.0, 0.0, 1.0, 2.0], r"label -1\.0, .* are whole numbers 0\.\.2"),
+        (MULTI, [0.0, 3.0, 1.0, 2.0], r"label 3\.0, .* are whole numbers 0\.\.2"),
+        (MULTI, [0.0, 0.5, 1.0, 2.0], r"label 0\.5, .* are whole numbers 0\.\.2"),
+        ({**MULTI, "objective": "multi:softmax"}, [0.0, 1.0, 7.0, 2.0], r"label 7\.0"),
+        (BINARY, [0.0, 1.0, -1.0, 1.0], r"label -1\.0, .* are in \[0, 1\]"),
+    ],
+)
+def test_labels_outside_the_classes_are_named(
+    params: dict[str, object], labels: list[float], message: str
+) -> None:
+    # Before: negative labels gave a silently wrong loss, labels past the classes an IndexError.
+    x = _data(0, n=4)[0]
+    with pytest.raises(ValueError, match=message):
+        evaluate_booster(initial_model(params, 4, capacity=1 << 16), x, np.array(labels))
+
+
+@pytest.mark.parametrize("params", [MULTI, BINARY, {**BINARY, "objective": "reg:squarederror"}])
+def test_labels_of_another_length_than_x_are_named(params: dict[str, object]) -> None:
+    # Before: NumPy's "operands could not be broadcast together".
+    x, y = _data(0, n=10)
+    with pytest.raises(ValueError, match=r"y has 6 labels, x 10 rows \(examples\)"):
+        evaluate_booster(initial_model(params, 4, capacity=1 << 16), x, y[:6])

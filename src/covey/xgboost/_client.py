@@ -61,6 +61,11 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
 
     Returns:
         ``(loss, metrics)``.
+
+    Raises:
+        ValueError: ``x`` has other features than the booster, ``y`` another
+            length than ``x``'s rows, or a classifier's labels lie outside its
+            classes (whole numbers ``0..num_class - 1``; ``[0, 1]`` for binary).
     """
     xgb = xgboost_module()
     if isinstance(booster, Mapping):
@@ -74,8 +79,10 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
         )
     y_arr, x_arr = np.asarray(y), np.asarray(x)
     _check_features(booster, x_arr.shape[-1] if x_arr.ndim == 2 else -1, "x")
+    _check_rows(x_arr, y_arr, "x", "y")
     pred = np.asarray(booster.predict(xgb.DMatrix(x_arr)), dtype=np.float64)
     objective = _objective(booster)
+    _check_labels(y_arr, objective, _classes(booster, pred))
     eps = 1e-12
     if pred.ndim == 2:  # class probabilities
         p = np.clip(pred[np.arange(len(y_arr)), y_arr.astype(np.int64)], eps, 1.0)
@@ -91,6 +98,49 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
         loss = -np.mean(y_arr * np.log(p) + (1.0 - y_arr) * np.log(1.0 - p))
         return float(loss), {"accuracy": float(np.mean((pred > 0.5) == (y_arr > 0.5)))}
     return float(np.mean((pred - y_arr) ** 2)), {}
+
+
+def _check_rows(x: npt.NDArray[Any], y: npt.NDArray[Any], x_name: str, y_name: str) -> None:
+    """Refuse labels of another length than the features' rows (else a C++ or broadcast error)."""
+    rows = x.shape[0] if x.ndim else 1
+    labels = y.shape[0] if y.ndim else 1
+    if rows != labels:
+        raise ValueError(
+            f"{y_name} has {labels} labels, {x_name} {rows} rows (examples): give one label "
+            f"per row of {x_name}"
+        )
+
+
+def _classes(booster: Any, pred: npt.NDArray[Any]) -> int:
+    """The booster's number of classes (0 for a model that predicts no class)."""
+    if pred.ndim == 2:
+        return int(pred.shape[1])
+    params = json.loads(booster.save_config())["learner"]["learner_model_param"]
+    return int(params.get("num_class", 0))
+
+
+def _check_labels(y: npt.NDArray[Any], objective: str, classes: int) -> None:
+    """Refuse classifier labels outside the classes, which would give a wrong loss or an IndexError.
+
+    Multi-class labels must be whole numbers ``0..classes - 1``; binary labels
+    lie in ``[0, 1]``.
+    """
+    if not objective.startswith(("multi:", "binary:")) and classes < 2:
+        return
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"y holds {y.dtype} values, the labels of a classifier are numbers")
+    if classes > 1:
+        valid = np.isfinite(y) & (y >= 0) & (y < classes) & (np.mod(y, 1) == 0)
+        wanted = f"whole numbers 0..{classes - 1} (one per class of the model)"
+    else:
+        valid = (y >= 0) & (y <= 1)
+        wanted = "in [0, 1] (0 or 1 for a class)"
+    if not np.all(valid):
+        bad = y[~valid].ravel()[0].item()
+        raise ValueError(
+            f"y holds the label {bad!r}, the labels of objective {objective!r} are {wanted}: "
+            "give the labels the model was trained on"
+        )
 
 
 def _check_features(booster: Any, columns: int, what: str) -> None:
