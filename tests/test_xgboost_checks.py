@@ -109,3 +109,30 @@ def test_labels_of_another_length_than_x_are_named(params: dict[str, object]) ->
     x, y = _data(0, n=10)
     with pytest.raises(ValueError, match=r"y has 6 labels, x 10 rows \(examples\)"):
         evaluate_booster(initial_model(params, 4, capacity=1 << 16), x, y[:6])
+
+
+def test_labels_of_another_length_than_the_features_are_refused_by_the_client() -> None:
+    # Before: XGBoost's "Check failed: p_info->Size() % n_samples == 0" and a C++ trace.
+    x, y = _data(0, n=10)
+    with pytest.raises(ValueError, match=r"y_train has 6 labels, x_train 10 rows"):
+        XGBoostClient(x, y[:6], BINARY)
+    with pytest.raises(ValueError, match=r"y_test has 3 labels, x_test 10 rows"):
+        XGBoostClient(x, y, BINARY, x, y[:3])
+
+
+@pytest.mark.parametrize(
+    ("params", "features", "message"),
+    [
+        (BINARY, 0, r"num_features must be at least 1 .*got 0"),
+        ({**MULTI, "num_class": None}, 4, r"'multi:softprob' needs params\['num_class'\]"),
+        ({**BINARY, "objective": "multi:softmax"}, 4, r"'multi:softmax' needs params\['num_cl"),
+        ({**BINARY, "max_depth": -1}, 4, r"XGBoost refuses params: value -1 for .*max_depth"),
+    ],
+)
+def test_a_model_xgboost_cannot_make_is_refused_naming_the_argument(
+    params: dict[str, object], features: int, message: str
+) -> None:
+    # Before: XGBoostError, with a C++ stack trace for num_features=0.
+    with pytest.raises(ValueError, match=message) as info:
+        initial_model({k: v for k, v in params.items() if v is not None}, features)
+    assert "Stack trace" not in str(info.value)

@@ -32,7 +32,7 @@ def initial_model(
     Args:
         params: XGBoost parameters; ``base_score`` must be set (see
             :func:`covey.xgboost.empty_booster`).
-        num_features: Input features.
+        num_features: Input features (x's columns), at least 1.
         capacity: The largest model, in bytes of XGBoost JSON, the federation
             can hold; every round's model is sent in a buffer of this size.
 
@@ -212,9 +212,10 @@ class XGBoostClient(Client):
         if isinstance(local_rounds, bool) or not isinstance(local_rounds, int) or local_rounds < 1:
             raise ValueError(f"local_rounds must be an int >= 1, got {local_rounds!r}")
         self.params = dict(params)
-        labels = np.asarray(y_train)
+        labels, features = np.asarray(y_train), np.asarray(x_train)
+        _check_rows(features, labels, "x_train", "y_train")
         self.targets = int(labels.shape[1]) if labels.ndim == 2 else 1
-        self.train = xgb.DMatrix(np.asarray(x_train), label=labels)
+        self.train = xgb.DMatrix(features, label=labels)
         self.num_examples = int(self.train.num_row())
         if self.num_examples == 0:
             raise ValueError("x_train holds no examples")
@@ -227,6 +228,7 @@ class XGBoostClient(Client):
             self.x_test, self.y_test = np.asarray(x_train), np.asarray(y_train)
         else:
             self.x_test, self.y_test = np.asarray(x_test), np.asarray(y_test)
+            _check_rows(self.x_test, self.y_test, "x_test", "y_test")
         self.local_rounds = local_rounds
 
     def fit(self, weights: Weights, config: Config) -> FitResult:

@@ -138,8 +138,7 @@ def load_booster(model: bytes) -> Any:
     try:
         return xgb.Booster(model_file=bytearray(model))
     except xgb.core.XGBoostError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"XGBoost cannot load the model: {first}") from None
+        raise WeightsError(f"XGBoost cannot load the model: {_first_line(exc)}") from None
 
 
 def booster_from_weights(weights: Weights) -> Any:
@@ -193,18 +192,50 @@ def empty_booster(params: dict[str, Any], num_features: int) -> bytes:
 
     Args:
         params: XGBoost training parameters (objective, num_class, base_score, ...).
-        num_features: Input features.
+        num_features: Input features, at least 1.
 
     Returns:
         The JSON bytes of the booster.
+
+    Raises:
+        ValueError: ``base_score`` is not set, ``num_features`` is below 1, a
+            ``multi:`` objective has no ``num_class``, or XGBoost refuses ``params``.
     """
     if "base_score" not in params:
         raise ValueError(
             "set params['base_score'] (e.g. 0.5 for binary:logistic): every client must "
             "boost from the same starting prediction"
         )
+    if isinstance(num_features, bool) or not isinstance(num_features, int | np.integer):
+        raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
+    if num_features < 1:
+        raise ValueError(
+            f"num_features must be at least 1 (the input features, x's columns), got {num_features}"
+        )
     _check_supported(params)
+    _check_classes(params)
     xgb = xgboost_module()
-    x = np.zeros((1, num_features), dtype=np.float32)
-    booster = xgb.train(dict(params), xgb.DMatrix(x, label=np.zeros(1)), num_boost_round=0)
+    x = np.zeros((1, int(num_features)), dtype=np.float32)
+    try:
+        booster = xgb.train(dict(params), xgb.DMatrix(x, label=np.zeros(1)), num_boost_round=0)
+    except xgb.core.XGBoostError as exc:
+        raise ValueError(f"XGBoost refuses params: {_first_line(exc)}") from None
     return bytes(booster.save_raw("json"))
+
+
+def _check_classes(params: dict[str, Any]) -> None:
+    """Refuse a multi-class objective without a number of classes (XGBoost's own error is terse)."""
+    objective = params.get("objective")
+    if not isinstance(objective, str) or not objective.startswith("multi:"):
+        return
+    if params.get("num_class") is None:
+        raise ValueError(
+            f"objective {objective!r} needs params['num_class']: set it to the number of "
+            "classes (labels 0..num_class - 1)"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    """An XGBoost error's message without its C++ stack trace."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
