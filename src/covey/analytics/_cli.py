@@ -20,7 +20,6 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -28,6 +27,7 @@ from covey.core._files import hold_lock, write_output
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_options import ServerName
 from covey.deploy._cli_tables import output_console
+from covey.deploy._shown import escape
 
 console = output_console()
 errors = output_console(stderr=True)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from covey.cli._rounds import (
@@ -35,6 +34,7 @@ from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.dashboard._runs import discover_runs, later_rounds
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
+from covey.deploy._shown import escape
 from covey.server._rundb import LOCK_NAME, is_held, open_read_only, schema_refusal
 from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import (

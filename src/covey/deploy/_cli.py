@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import (
@@ -24,6 +23,7 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
+from covey.deploy._shown import escape
 from covey.server._served import FEDERATION_FILE
 
 # Every line whole: a server's or client's output is often a log file or a journal,

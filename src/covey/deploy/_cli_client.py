@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from covey.core._interrupt import stop_on_sigterm
 from covey.deploy._cli import _pick, console
@@ -20,6 +19,7 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_options import ServerName
+from covey.deploy._shown import escape
 
 __all__ = ["client_command"]
 

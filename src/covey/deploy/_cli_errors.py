@@ -14,7 +14,8 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from covey.deploy._shown import escape
 
 __all__ = [
     "compression_spec",

@@ -6,9 +6,8 @@ import datetime as _dt
 import threading
 from collections.abc import Callable, Mapping
 
-from rich.markup import escape
-
 from covey.core._history import RoundRecord
+from covey.deploy._shown import escape
 
 __all__ = ["MOST_NAMED", "ServerConsole"]
 

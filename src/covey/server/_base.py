@@ -23,6 +23,7 @@ import numpy as np
 from covey.aggregate import AggregationError, Contribution, Dropped, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
+from covey.core._text import printable
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
 from covey.strategies._fold import contribution, find_aggregate
 from covey.strategies._strategy import Strategy
@@ -401,8 +402,11 @@ class _LoopBase:
             return
         count = self._logged[failure.stage] = self._logged.get(failure.stage, 0) + 1
         if count <= MOST_LOGGED:
-            logger.warning(
-                "%s failed in %s: %s", self.who(failure.cid), failure.stage, failure.error
+            logger.warning(  # a client's own words: their control characters escaped
+                "%s failed in %s: %s",
+                printable(self.who(failure.cid)),
+                failure.stage,
+                printable(failure.error),
             )
 
     def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
