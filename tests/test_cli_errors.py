@@ -351,6 +351,20 @@ def test_a_start_method_that_does_not_exist_is_refused_with_the_inline_backend(
     assert code == 2, out
     assert last_line(out).startswith("error: start-method = 'forkk' ([tool.covey] or --set): ")
     assert not (project / "runs").exists()
+    # A real start method was taken and left unused; a wrong one was told "must be None".
+    code, out = covey("run", str(project), "--set", "start-method='spawn'", "--set", "rounds=1")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: start-method = 'spawn' ([tool.covey] or --set): applies to backend = "
+        "\"process\" only (the backend is 'inline')"
+    )
+    code, out = covey("run", str(project), "--set", "backend='process'", "--set", "start-method=1")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: start-method = 1 ([tool.covey] or --set): choose 'fork', 'forkserver' or "
+        "'spawn', or leave it out (covey picks)"
+    )
+    assert not (project / "runs").exists()
 
 
 def test_a_malformed_app_is_refused_with_an_example_of_its_kind(tmp_path: Path) -> None:
@@ -653,3 +667,20 @@ def test_a_server_losing_the_race_for_a_new_run_dir_exits_2_as_when_it_was_taken
         "error: --run-dir taken already holds a run (another server started it meanwhile); "
         "continue it with `covey server --resume taken"
     )
+
+
+def test_a_projects_server_factory_given_to_covey_server_points_at_its_server_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A project names make_server(config) as its server-app: given to covey server, it
+    # was taken for a client_fn.
+    (tmp_path / "proj_app.py").write_text(
+        "def make_server(config):\n    raise AssertionError('not to be called')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out = covey("server", "--app", "proj_app:make_server", "--insecure")
+    assert code == 2, out
+    line = last_line(out)
+    assert line.startswith("error: --app proj_app:make_server is a project's server factory")
+    assert "give --app proj_app:server_app" in line
+    assert "client_fn" not in line

@@ -138,6 +138,7 @@ def test_covey_server_resume_of_a_finished_run_without_rounds_keeps_its_own_coun
     flat = " ".join(out.output.split())
     assert out.exit_code == 2, out.output  # a mistake no restart mends
     assert "is finished (round 0 was its last)" in flat
+    assert "covey run --set rounds=1 or more" in flat
     assert "nothing to resume with rounds=0" in flat
     assert "listening" not in flat
 

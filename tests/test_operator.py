@@ -407,8 +407,10 @@ def test_a_run_resumed_with_another_strategy_is_refused(tmp_path: Path) -> None:
     again = Served(adam, 2, run_dir=tmp_path / "run", resume=True, address="127.0.0.1:0")
     with pytest.raises(
         ValueError, match="was started with FedAvg; it cannot be resumed with FedAdam"
-    ):
+    ) as refused:
         again.join(30)  # it used to fail at the first reply, on FedAvg's saved state
+    # Not "with --run-dir", a flag covey run and simulate() do not have.
+    assert str(refused.value).endswith("or start a new run in another folder")
     with RunStore.open(tmp_path / "run", exclusive=True) as store:  # the refusal let go of it
         assert store.last_round() == 1
         assert store.status == "finished"

@@ -153,6 +153,7 @@ def test_resume_refusals_of_covey_run_name_what_is_wrong(
     code, said = _cli("run", str(root), "--resume", str(run), "--set", "rounds=1")
     assert code == 2, said
     assert f"error: --resume {run}: the simulation in {run} is finished (round 1 was" in said
+    assert "covey run --set rounds=2 or more" in " ".join(said.split())  # how, with this tool
     assert "ValueError" not in said
     assert "traceback" not in said
 

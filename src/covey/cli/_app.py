@@ -103,7 +103,9 @@ def demo(
     try:
         check_start_method(start_method)
     except ValueError as exc:
-        fail(f"--start-method {start_method}: {exc}")
+        if "platform" in str(exc):
+            fail(f"--start-method {start_method}: {exc}")
+        fail(f"--start-method {start_method}: choose fork, forkserver or spawn, or leave it out")
     if not (math.isfinite(lr) and lr > 0):
         fail(f"--lr {lr}: the learning rate must be a number above 0")
     output_file(out, "--out", device=False)

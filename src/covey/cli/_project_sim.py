@@ -288,12 +288,27 @@ def _ray_options(settings: Any) -> dict[str, Any]:
     return {"client_resources": resources, "ray_address": address}
 
 
+def _start_method(start_method: Any, backend: str) -> Any:
+    """The ``start-method`` setting, checked: one this platform has, for the process backend."""
+    from covey.sim._start import check_start_method
+
+    where = f"start-method = {start_method!r} ([tool.covey] or --set)"
+    if start_method is not None and backend != "process":  # it would be left unused
+        fail(f'{where}: applies to backend = "process" only (the backend is {backend!r})')
+    try:
+        check_start_method(start_method)
+    except ValueError as exc:
+        if "platform" in str(exc):
+            fail(f"{where}: {exc}")
+        fail(f"{where}: choose 'fork', 'forkserver' or 'spawn', or leave it out (covey picks)")
+    return start_method
+
+
 def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: Path | None) -> None:
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
     from covey.deploy._cli_errors import fresh_run_dir
     from covey.sim._options import _check_keep_last, _checked
-    from covey.sim._start import check_start_method
 
     run = settings.run
     clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
@@ -301,11 +316,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     if backend not in ("inline", "process", "ray"):
         fail(f"backend = {backend!r} in [tool.covey]: choose inline, process or ray")
     ray_options = _ray_options(settings)
-    try:  # checked whatever the backend: the inline one only leaves it unused
-        check_start_method(run.get("start_method"))
-    except ValueError as exc:
-        fail(f"start-method = {run.get('start_method')!r} ([tool.covey] or --set): {exc}")
-    start_method = run.get("start_method") if backend == "process" else None
+    start_method = _start_method(run.get("start_method"), backend)
     try:
         _checked(server_app.strategy, clients, rounds)
     except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,6 +56,27 @@ SERVER_KEYS = {
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
 
+def _taking_arguments(spec: str, fn: Any) -> str:
+    """The error for ``--app`` naming a function of arguments: a project's factory, a client's."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        params = []
+    module = spec.partition(":")[0]
+    if params[:1] == ["config"]:  # a project's make_server(config)
+        return (
+            f"--app {spec} is a project's server factory, taking its config; "
+            "`covey server --app` needs a ServerApp or a function of no arguments returning "
+            f"one: give --app {module}:server_app (a project's own), or serve the project "
+            "with `covey run --federation NAME`"
+        )
+    return (
+        f"--app {spec} is a function taking arguments (a client_fn? give it to "
+        "`covey client --app`); `covey server --app` needs a ServerApp or a function "
+        "of no arguments returning one"
+    )
+
+
 def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
     return flag if flag is not None else settings.get(key, default)
 
@@ -77,11 +99,7 @@ def _server_app(spec: str | None, resume: Path | None = None) -> Any:
         return obj
     if callable(obj) and not isinstance(obj, type):
         if required_params(obj) > 0:
-            fail(
-                f"--app {spec} is a function taking arguments (a client_fn? give it to "
-                "`covey client --app`); `covey server --app` needs a ServerApp or a function "
-                "of no arguments returning one"
-            )
+            fail(_taking_arguments(spec, obj))
         obj = obj()
     if not isinstance(obj, ServerApp):
         fail(

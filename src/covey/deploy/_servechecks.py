@@ -117,8 +117,8 @@ def check_resumable(opened: RunStore, rounds: int) -> None:
         raise ValueError(
             f"the run in {opened.run_dir} is finished (round {last} was its last): there is "
             f"nothing to resume with rounds={rounds}; to train it on, resume it with more "
-            f"rounds than {last} (serve(rounds=...), covey server --rounds), or give a new "
-            "run a folder of its own"
+            f"rounds than {last} (serve(rounds=...), covey server --rounds, covey run "
+            f"--set rounds={last + 1} or more), or give a new run a folder of its own"
         )
     if rounds < last:
         raise ValueError(

@@ -158,7 +158,7 @@ def same_strategy(opened: RunStore | None, strategy: Strategy) -> None:
     if started is not None and started != name:
         raise ValueError(
             f"the run in {opened.run_dir} was started with {started}; it cannot be resumed "
-            f"with {name}: resume it with {started}, or start a new run with --run-dir"
+            f"with {name}: resume it with {started}, or start a new run in another folder"
         )
 
 
@@ -214,7 +214,7 @@ def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
         raise ValueError(
             f"the run in {opened.run_dir} cannot be resumed with other strategy settings "
             f"than it was started with: {'; '.join(changed)}. Resume it with the settings "
-            "it was started with, or start a new run with --run-dir"
+            "it was started with, or start a new run in another folder"
         )
     for change in strategy_changes(stored, strategy, ("options",)):
         logger.warning("resuming %s with another option: %s", opened.run_dir, change)
