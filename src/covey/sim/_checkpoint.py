@@ -302,7 +302,7 @@ def _open(folder: Path, rounds: int) -> RunStore:
                 f"the simulation in {folder} is finished (round {last} was its last): "
                 f"there is nothing to resume with rounds={rounds}; to train it on, resume "
                 f"it with more rounds than {last} (simulate(rounds=...), covey run --set "
-                f"rounds={last + 1} or more), or give a new run a folder of its own"
+                f"rounds={(last or 0) + 1} or more), or give a new run a folder of its own"
             )
         if rounds < (last or 0):
             raise ValueError(
