@@ -316,3 +316,23 @@ def test_a_served_run_none_of_whose_rounds_aggregated_fails_saying_why(tmp_path:
         "no round aggregated: the model is the one the run started with; rounds 1 and 2: "
         "AggregationError: the booster takes 11746 bytes" in said
     )
+
+
+def test_covey_runs_reads_the_runs_dir_the_project_names(tmp_path: Path) -> None:
+    # It looked in runs/ and said "no runs in runs" in a project keeping them elsewhere.
+    assert covey_cli("new", "elsewhere", cwd=tmp_path).returncode == 0
+    root = tmp_path / "elsewhere"
+    pyproject = root / "pyproject.toml"
+    text = pyproject.read_text()
+    assert 'runs-dir = "runs"' in text
+    pyproject.write_text(text.replace('runs-dir = "runs"', 'runs-dir = "experiments"'))
+    out = covey_cli("run", "--set", "rounds=1", "--set", "clients=3", cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (folder,) = (root / "experiments").iterdir()
+    listed = covey_cli("runs", "list", cwd=root)
+    assert listed.returncode == 0, listed.stderr
+    assert "Runs in experiments" in listed.stdout
+    assert folder.name in listed.stdout
+    shown = covey_cli("runs", "show", folder.name, cwd=root)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert str(Path("experiments") / folder.name) in " ".join(shown.stdout.split())

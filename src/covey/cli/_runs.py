@@ -30,12 +30,13 @@ from covey.cli._rounds import (
     shown_rounds,
     stopped_early,
 )
+from covey.cli._runsdir import STORE, find_run, project_runs
 from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 from covey.dashboard._runs import discover_runs, later_rounds
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.deploy._shown import escape
-from covey.server._rundb import LOCK_NAME, is_held, open_read_only, schema_refusal
+from covey.server._rundb import is_held, open_read_only, schema_refusal
 from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import (
     SET_UP_FILES,
@@ -74,42 +75,6 @@ runs_app = typer.Typer(
 )
 
 RunsDir = Annotated[Path, typer.Option("--dir", help="The folder holding run folders.")]
-
-
-def find_run(run: str, runs_dir: Path) -> Path:
-    """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
-    from covey.core._history import History
-
-    for candidate in (Path(run), runs_dir / run):
-        if any((candidate / f).is_file() for f in (History.FILE_NAME, STORE)):
-            return candidate
-    for candidate in (Path(run), runs_dir / run):
-        _not_started(candidate)
-    fail(
-        f"no run {run!r}: give a run folder holding {History.FILE_NAME}, or a name "
-        f"listed by `covey runs list --dir {runs_dir}`"
-    )
-
-
-def _not_started(folder: Path) -> None:
-    """Say so if ``folder`` holds a simulation stopped (or starting) before its first round.
-
-    Such a run wrote only its ``run.lock`` (or a ``covey run``'s ``project.json``).
-    """
-    if not is_set_up_only(folder):
-        return
-    if is_held(folder) is True:
-        fail(f"{folder}: its run is starting ({_holder(folder)}): no round is done yet to show")
-    fail(f"{folder}: {interrupted_set_up_reason(folder)}; there is nothing to show")
-
-
-def _holder(folder: Path) -> str:
-    """``pid N`` of the process that holds ``folder``'s run, as its ``run.lock`` says."""
-    try:
-        holder = (folder / LOCK_NAME).read_text(errors="replace").strip()
-    except OSError:
-        holder = ""
-    return f"pid {holder or 'unknown'}"
 
 
 def _why(folder: Path, status: str, history: History) -> str | None:
@@ -249,7 +214,6 @@ def load_history(folder: Path, notices: list[str]) -> History:
     return history
 
 
-STORE = "run.sqlite"  # a deployed run's store (a simulation with a checkpoint keeps one too)
 #: What the dashboard's reading of a run adds to its settings: not the run's config.
 _READ_META = ("status", "created_at", "updated_at", "stopped_reason")
 
@@ -324,6 +288,7 @@ def list_runs(
         if runs_dir != Path("runs") and runs_dir != folder:
             fail(f"runs list {folder} --dir {runs_dir}: give the folder once")
         runs_dir = folder
+    runs_dir = project_runs(runs_dir)  # a project's runs-dir, if it names one
     if runs_dir != Path("runs") and not runs_dir.is_dir():  # a typo, not a folder of no runs
         fail(f"{runs_dir} is not a folder; give the folder holding run folders (default runs/)")
     notices: list[str] = []
