@@ -141,7 +141,7 @@ def test_an_unknown_key_is_named_as_pyproject_spells_it(project: Path) -> None:
     finally:
         pyproject.write_text(text)
     assert "unknown setting runs-dirr in [tool.covey]" in said
-    assert "runs-dir" in said
+    assert "of pyproject.toml (did you mean runs-dir?); known: " in said  # as --set says
     assert "runs_dir" not in said
     assert "server_app" not in said
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import shlex
 import tomllib
@@ -53,9 +54,12 @@ def toml_key(key: str) -> str:
 def unknown_keys(table: dict[str, Any], known: set[str], where: str) -> None:
     unknown = sorted(toml_key(k) for k in set(table) - known)
     if unknown:
+        names = sorted(toml_key(k) for k in known)
+        close = [(k, difflib.get_close_matches(k, names, n=1)) for k in unknown]
+        hint = "".join(f" (did you mean {near[0]}?)" for _, near in close[:1] if near)
         fail(
             f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where} "
-            f"of pyproject.toml; known: {', '.join(sorted(toml_key(k) for k in known))}"
+            f"of pyproject.toml{hint}; known: {', '.join(names)}"
         )
 
 
