@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -538,3 +539,54 @@ def test_reading_a_finished_run_leaves_nothing_beside_its_database(
         assert sorted(p.name for p in run.iterdir()) == before, args
     assert [r["round"] for r in read_run("run", run).rounds] == [0, 1, 2]  # the dashboard
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_reading_a_killed_run_with_a_wal_writes_nothing_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run killed with `kill -9` leaves run.sqlite and run.sqlite-wal (no -shm):
+    # reading it in place made run.sqlite-shm in its folder, and touched it on every read.
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from covey.dashboard import DashboardServer
+    from covey.dashboard._runs import read_run
+    from covey.server import RunStore
+
+    live, killed = tmp_path / "live", tmp_path / "runs" / "killed"
+    store = RunStore.create(live, config={"rounds": 5, "strategy": "FedAvg"})
+    try:
+        for rnd in range(3):
+            store.save_round(rnd, {"w": np.ones(2)}, RoundRecord(round=rnd, central_loss=1.0 + rnd))
+        killed.mkdir(parents=True)
+        for name in ("run.sqlite", "run.sqlite-wal"):  # as the killed process left them
+            shutil.copyfile(live / name, killed / name)
+    finally:
+        store.close()
+    (killed / "run.lock").write_text("12345")  # held by no process now
+    assert (killed / "run.sqlite-wal").stat().st_size > 0
+
+    def files() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in killed.iterdir()}
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    before = files()
+    assert [r["round"] for r in read_run("killed", killed).rounds] == [0, 1, 2]
+    with DashboardServer(tmp_path / "runs") as server:
+        url = server.url + "api/run?id=killed"
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (our server)
+            shown = json.loads(response.read())
+    assert [r["central_loss"] for r in shown["rounds"]] == [1.0, 2.0, 3.0]
+    assert shown["status"] == "stopped"
+    monkeypatch.chdir(tmp_path)
+    for args in (["runs", "show", str(killed)], ["runs", "list", "--dir", "runs"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "stopped" in result.output, args
+    assert files() == before  # no run.sqlite-shm, nothing touched
+    assert list(scratch.iterdir()) == []  # the copies read are gone

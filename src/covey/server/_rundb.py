@@ -25,6 +25,7 @@ from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir, hold_lock
 from covey.core._version import covey_version
+from covey.server._readcopy import open_copy
 
 __all__ = [
     "DB_NAME",
@@ -303,7 +304,10 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     ``-wal``); in a folder the reader cannot write to (a read-only mount, a
     colleague's run) that fails. A database with no ``-wal`` file holds every
     commit (its run closed it cleanly), so it is read as immutable when no run
-    holds the folder, or when the folder cannot be written to.
+    holds the folder, or when the folder cannot be written to. One with a
+    ``-wal`` that no run holds (its run was killed) is read through a private
+    copy of both files (see :func:`~covey.server._readcopy.open_copy`), so its
+    last rounds are seen and no ``-shm`` is made or touched beside it.
 
     Args:
         db: The ``run.sqlite`` file.
@@ -313,13 +317,16 @@ def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
         sqlite3.Error: The database cannot be opened or read.
     """
     uri = db.resolve().as_uri() + "?mode=ro"  # as_uri escapes "#", "?" and "%"
-    if not db.with_name(db.name + "-wal").exists() and is_held(db.parent) is False:
-        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
+    wal = db.with_name(db.name + "-wal")
+    if is_held(db.parent) is False:  # no process writes to it: nothing changes under us
+        if not wal.exists():
+            return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
+        with suppress(OSError):  # e.g. no room for the copy: read it in place
+            return open_copy(db, timeout=timeout)
     conn = sqlite3.connect(uri, uri=True, timeout=timeout)
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now
     except sqlite3.OperationalError as exc:
-        wal = db.with_name(db.name + "-wal")
         if (
             not _cannot_write(exc)
             or os.access(db.parent, os.W_OK)
