@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 import urllib.error
@@ -112,7 +113,59 @@ def test_new_fields_and_non_finite_values_reach_the_page(tmp_path: Path) -> None
     with DashboardServer(tmp_path) as server:
         got = _get(server.url + "api/run?id=dp")
     assert [r["privacy"]["epsilon"] for r in got["rounds"]] == [0.0, 0.5, 1.0]
-    assert got["rounds"][1]["central_loss"] is None
+    assert got["rounds"][1]["central_loss"] == "NaN"  # JSON has no NaN: sent as text
+
+
+def _diverging(run_dir: Path) -> None:
+    """A run whose test loss is NaN in round 1 and infinite in round 2, its accuracy -inf."""
+
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        losses = {1: float("nan"), 2: float("inf")}
+        accuracy = float("-inf") if rnd == 2 else 0.5
+        return losses.get(rnd, 1.0), {"accuracy": accuracy}
+
+    covey.simulate(
+        lambda cid: Half(),
+        num_clients=2,
+        rounds=3,
+        strategy=covey.FedAvg(),
+        initial_weights={"w": np.ones(3)},
+        evaluate_fn=central,
+        run_dir=run_dir,
+    )
+
+
+def test_non_finite_losses_and_metrics_are_sent_as_text(tmp_path: Path) -> None:
+    # History.save tags them ({"__float__": "nan"}); the API sent the tag where a
+    # number belongs, and the page and the report showed "–", as for no value.
+    _diverging(tmp_path / "run")
+    with DashboardServer(tmp_path) as server:
+        got = _get(server.url + "api/run?id=run")
+        row = _get(server.url + "api/runs")["runs"][0]
+    rounds = got["rounds"]
+    assert [r["central_loss"] for r in rounds] == [1.0, "NaN", "Infinity", 1.0]
+    assert [r["central_metrics"]["accuracy"] for r in rounds] == [0.5, 0.5, "-Infinity", 0.5]
+    assert [float(r["central_loss"]) for r in rounds][2] == float("inf")  # as float() reads it
+    assert "__float__" not in json.dumps(got)
+    assert got["best"] == row["best"] == {"name": "test accuracy", "value": 0.5, "round": 0}
+
+
+def test_a_report_shows_non_finite_values(tmp_path: Path) -> None:
+    _diverging(tmp_path / "run")
+    out = tmp_path / "report.html"
+    done = CliRunner().invoke(app, ["runs", "report", str(tmp_path / "run"), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    text = out.read_text()
+    cells = [
+        re.findall(r'<td class="num">([^<]*)</td>', row)[1:3]  # test loss, test accuracy
+        for row in re.findall(r'<tr id="round-\d+">.*?</tr>', text, re.S)
+    ]
+    assert cells == [
+        ["1.0000", "0.5000"],
+        ["nan", "0.5000"],
+        ["inf", "-inf"],
+        ["1.0000", "0.5000"],
+    ]
 
 
 def test_event_stream_sends_each_new_round(tmp_path: Path) -> None:

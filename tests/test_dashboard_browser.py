@@ -313,3 +313,41 @@ def test_a_round_run_again_shows_why_its_attempt_was_given_up(browser: Any, tmp_
         (note,) = row.find_elements(By.CSS_SELECTOR, ".fail")
         assert note.text == f"run again: {said}"  # as text: the markup in it is not read
         assert not browser.find_element(By.ID, "round-3").find_elements(By.CSS_SELECTOR, ".fail")
+
+
+def test_non_finite_values_are_shown_not_plotted(browser: Any, tmp_path: Path) -> None:
+    """A NaN or infinite loss or accuracy is shown in its round's row, and left off the chart."""
+
+    class Same(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            return covey.FitResult(weights=weights, num_examples=1)
+
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        losses = {1: float("nan"), 2: float("inf")}
+        return losses.get(rnd, 1.0), {"accuracy": float("-inf") if rnd == 2 else 0.5}
+
+    covey.simulate(
+        lambda cid: Same(),
+        num_clients=2,
+        rounds=3,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.ones(3)},
+        evaluate_fn=central,
+        run_dir=tmp_path / "runs" / "nan",
+    )
+    with DashboardServer(tmp_path / "runs") as dashboard:
+        browser.get(dashboard.url + "#/run/nan")
+        wait = _wait(browser)
+        wait.until(lambda d: d.find_elements(By.ID, "round-3"))
+        shown = [
+            [td.text for td in browser.find_elements(By.CSS_SELECTOR, f"#round-{n} td")[1:3]]
+            for n in range(4)
+        ]
+        assert shown == [
+            ["1.0000", "0.5000"],
+            ["nan", "0.5000"],
+            ["inf", "-inf"],
+            ["1.0000", "0.5000"],
+        ]
+        wait.until(lambda d: _traces(d, "chart-loss"))
+        assert _traces(browser, "chart-loss")["test loss"] == ([0, 3], [1.0, 1.0])

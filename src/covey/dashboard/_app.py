@@ -36,6 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from covey.core._extras import missing_extra
+from covey.dashboard._runjson import tagged_float
 from covey.dashboard._runs import (
     Run,
     RunReadError,
@@ -52,11 +53,24 @@ KEEPALIVE: Final = 15.0
 """Seconds between keep-alive comments on an idle event stream."""
 
 
+_NON_FINITE: Final = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+"""How the API writes a non-finite number (JSON has none): as these strings."""
+
+
 def clean(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by None, so browsers can parse the JSON."""
+    """``value`` with every non-finite number as ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``.
+
+    JSON has no such numbers, and browsers refuse the bare ``NaN`` Python writes.
+    Run files hold them as floats or as the tag ``{"__float__": "nan"}`` that
+    :func:`covey.History.save` writes; both become the same string, which
+    JavaScript's ``Number()`` and Python's ``float()`` read back.
+    """
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) else _NON_FINITE[str(value)]
     if isinstance(value, dict):
+        tagged = tagged_float(value)
+        if tagged is not None:
+            return clean(tagged)
         return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [clean(v) for v in value]
@@ -64,10 +78,13 @@ def clean(value: Any) -> Any:
 
 
 def _json(value: Any) -> str:
-    try:  # run files are read with NaN/Infinity mapped to None, so this is the usual path
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    try:  # a run without a non-finite number is the usual case: sent as it is
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except ValueError:
-        return json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
+        text = None
+    if text is None or '"__float__"' in text:
+        text = json.dumps(clean(value), allow_nan=False, separators=(",", ":"))
+    return text
 
 
 def _too_deep(path: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from covey.core._extras import import_feature
 from covey.core._files import atomic_write
 from covey.core._jsonvalues import as_float
 from covey.dashboard._app import plotly_js
+from covey.dashboard._runjson import tagged_float
 from covey.dashboard._runs import (
     Run,
     RunReadError,
@@ -75,8 +77,10 @@ def _figures(run: Run) -> list[Any]:
     def lines(title: str, keys: list[tuple[tuple[str, str], str]]) -> Any:
         fig = go.Figure(layout={**layout, "title": {"text": title}})
         for (source, name), label in keys:
-            pts = [
-                (r["round"], v) for r in rounds if (v := metric_value(r, source, name)) is not None
+            pts = [  # a NaN or infinite value has no point: the table shows it
+                (r["round"], v)
+                for r in rounds
+                if (v := metric_value(r, source, name)) is not None and math.isfinite(v)
             ]
             fig.add_scatter(
                 x=[p[0] for p in pts],
@@ -144,9 +148,13 @@ def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]]) ->
 
 
 def _cell(value: Any) -> str:
-    """A table cell's HTML: a number, ``–`` for none, anything else escaped (run files are data)."""
-    if isinstance(value, float):
-        return f"{value:.4f}"
+    """A table cell's HTML: a number (``nan``, ``inf`` too), ``–`` for none, else escaped text.
+
+    Run files are data: text in them is escaped.
+    """
+    number = value if isinstance(value, float) else tagged_float(value)
+    if number is not None:
+        return f"{number:.4f}"  # NaN and infinities: nan, inf, -inf
     return "–" if value is None else html.escape(str(value))
 
 

@@ -41,9 +41,26 @@ def within(path: Path, root: Path | None) -> Path:
     return real
 
 
-def no_constant(name: str) -> None:
-    """``NaN`` and ``Infinity`` in a run's JSON become None (browsers reject them)."""
-    return None
+def tag_constant(name: str) -> dict[str, str]:
+    """``NaN``, ``Infinity`` and ``-Infinity`` in a run's JSON, tagged as covey writes them.
+
+    :func:`covey.History.save` writes a non-finite number as ``{"__float__": "nan"}``;
+    a file written otherwise (``json.dumps``) has the bare constant, read the same way.
+    """
+    return {"__float__": str(float(name))}
+
+
+def tagged_float(value: Any) -> float | None:
+    """The number a ``{"__float__": "nan"}`` tag stands for; None if ``value`` is no tag."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    text = value.get("__float__")
+    if not isinstance(text, str):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def read_json(path: Path) -> Any:
@@ -52,7 +69,7 @@ def read_json(path: Path) -> Any:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
-        return json.loads(read_regular(path), parse_constant=no_constant)
+        return json.loads(read_regular(path), parse_constant=tag_constant)
     except (OSError, ValueError) as exc:
         # ValueError: not UTF-8, not JSON, or an integer of more digits than Python converts
         raise RunReadError(f"cannot read {path}: {exc}") from exc

@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from covey.core._jsonvalues import as_float
 from covey.dashboard._runjson import (
     RunReadError as RunReadError,
 )
 from covey.dashboard._runjson import (
     check_rounds,
-    no_constant,
     read_json,
+    tag_constant,
+    tagged_float,
     within,
 )
 from covey.server._rundb import is_held, open_read_only, schema_refusal
@@ -197,7 +199,7 @@ def _rounds_after(conn: sqlite3.Connection, db: Path, after: int) -> list[dict[s
     if not records:
         return []
     try:
-        rows = [json.loads(text, parse_constant=no_constant) for (text,) in records]
+        rows = [json.loads(text, parse_constant=tag_constant) for (text,) in records]
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
     except RecursionError:
@@ -242,7 +244,7 @@ def _read_store(run: Run, db: Path) -> None:
     config_text, created, updated, status = row
     try:
         run.rounds = run.rounds + later
-        config = json.loads(config_text, parse_constant=no_constant)
+        config = json.loads(config_text, parse_constant=tag_constant)
         run.clients = {int(cid): str(name) for name, cid in clients}
         run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
         run.meta.update(config if isinstance(config, dict) else {})
@@ -338,14 +340,17 @@ def _all_rounds_done(run: Run) -> bool:
     return bool(max(int(r["round"]) for r in run.rounds) >= planned)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+def as_number(value: Any) -> float | None:
+    """``value`` as a float (NaN and infinities included), or None if it is no number.
+
+    A non-finite number is read as the tag :func:`covey.History.save` writes
+    (``{"__float__": "nan"}``); an integer too big for a float is an infinity.
+    """
+    if isinstance(value, bool):
         return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer too big for a float: infinite, not shown
-        return None
-    return number if math.isfinite(number) else None
+    if isinstance(value, int | float):
+        return as_float(value)
+    return tagged_float(value)
 
 
 def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -357,7 +362,9 @@ def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
         ("evaluate", "loss", min),
     ):
         points = [
-            (v, r["round"]) for r in rounds if (v := metric_value(r, source, name)) is not None
+            (v, r["round"])
+            for r in rounds
+            if (v := metric_value(r, source, name)) is not None and math.isfinite(v)
         ]
         if points:
             value, at = better(points, key=lambda p: p[0])
@@ -367,7 +374,7 @@ def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def metric_value(record: dict[str, Any], source: str, name: str) -> float | None:
-    """One metric of a round dict; ``name="loss"`` is the loss.
+    """One metric of a round dict (NaN or an infinity included); ``name="loss"`` is the loss.
 
     Args:
         record: A round as stored in ``history.json``.
@@ -375,9 +382,9 @@ def metric_value(record: dict[str, Any], source: str, name: str) -> float | None
         name: The metric.
     """
     if name == "loss" and source in ("central", "evaluate"):
-        return _number(record.get(f"{source}_loss"))
+        return as_number(record.get(f"{source}_loss"))
     metrics = record.get(f"{source}_metrics")
-    return _number(metrics.get(name)) if isinstance(metrics, dict) else None
+    return as_number(metrics.get(name)) if isinstance(metrics, dict) else None
 
 
 def strategy_name(meta: dict[str, Any]) -> str:

@@ -18,8 +18,12 @@ function plain(value) {
   return String(value ?? "").replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[c]));
 }
 
+// The API sends a NaN or infinite number (JSON has none) as one of these strings.
+const NON_FINITE = { NaN: "nan", Infinity: "inf", "-Infinity": "-inf" };
+
 function num(value, digits = 4) {
-  return typeof value === "number" ? value.toFixed(digits) : "–";
+  if (typeof value === "number") return value.toFixed(digits);
+  return typeof value === "string" && Object.hasOwn(NON_FINITE, value) ? NON_FINITE[value] : "–";
 }
 
 function when(value) {
@@ -29,7 +33,8 @@ function when(value) {
 }
 
 function seconds(value) {
-  return typeof value === "number" ? value.toFixed(3) + " s" : "–";
+  const text = num(value, 3);
+  return text === "–" ? text : text + " s";
 }
 
 function bytes(value) {
@@ -48,10 +53,15 @@ async function getJSON(url) {
 
 // ---- metrics of a round record (as written in history.json) ----
 
+// As sent: a number, a NaN or infinity as a string (see NON_FINITE), or anything else.
+function field(record, source, name) {
+  if (name === "loss" && source !== "fit") return record[source + "_loss"];
+  return (record[source + "_metrics"] || {})[name];
+}
+
+// A number to plot, else null (a NaN or infinity has no point on a chart).
 function metric(record, source, name) {
-  let value;
-  if (name === "loss" && source !== "fit") value = record[source + "_loss"];
-  else value = (record[source + "_metrics"] || {})[name];
+  const value = field(record, source, name);
   return typeof value === "number" ? value : null;
 }
 
@@ -181,8 +191,8 @@ function roundRow(run, r) {
   const priv = p ? Object.entries(p).map(([k, v]) => `${esc(k)}=${esc(shown(v))}`).join("<br>") : "–";
   return `<tr id="round-${r.round}" data-round="${r.round}">
     <td class="num">${r.round}</td>
-    <td class="num">${num(r.central_loss)}</td><td class="num">${num(metric(r, "central", "accuracy"))}</td>
-    <td class="num">${num(r.evaluate_loss)}</td><td class="num">${num(metric(r, "evaluate", "accuracy"))}</td>
+    <td class="num">${num(r.central_loss)}</td><td class="num">${num(field(r, "central", "accuracy"))}</td>
+    <td class="num">${num(r.evaluate_loss)}</td><td class="num">${num(field(r, "evaluate", "accuracy"))}</td>
     <td title="${names(r.fit_participants)}">${(r.fit_participants || []).length}
       <div class="small">${names(r.fit_participants)}</div></td>
     <td>${failures || "–"}</td>
