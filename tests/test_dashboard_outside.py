@@ -208,6 +208,31 @@ def test_a_run_folder_named_in_bytes_that_are_not_utf8_gets_an_id_a_url_can_hold
     assert "covey run caf\\xe9 run" in report.read_text(encoding="utf-8")
 
 
+def test_a_folder_named_like_an_escaped_byte_gets_its_own_id(tmp_path: Path) -> None:
+    r"""Folders named ``caf`` + byte 0xE9 and ``caf\xe9`` (a backslash, x, e, 9) differ.
+
+    Both got the id ``caf\xe9``, and both ids opened the first: the other could
+    not be opened, and its page showed the first one's rounds.
+    """
+    import os
+    import urllib.parse
+
+    runs = tmp_path / "runs"
+    covey.simulate(lambda cid: Half(), 2, 1, covey.FedAvg(), {"w": np.ones(3)}, run_dir=runs / "a")
+    covey.simulate(lambda cid: Half(), 2, 2, covey.FedAvg(), {"w": np.ones(3)}, run_dir=runs / "b")
+    (runs / "a").rename(runs / os.fsdecode(b"caf\xe9"))
+    (runs / "b").rename(runs / "caf\\xe9")
+    with DashboardServer(runs, poll=0.1) as server:
+        with urllib.request.urlopen(server.url + "api/runs", timeout=30) as response:  # noqa: S310
+            listed = {r["id"]: r["rounds_done"] for r in json.loads(response.read())["runs"]}
+        assert listed == {"caf\\xe9": 1, "caf\\\\xe9": 2}
+        for run_id, rounds in listed.items():
+            url = server.url + "api/run?id=" + urllib.parse.quote(run_id.encode("utf-8"), safe="")
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+                got = json.loads(response.read())
+            assert (got["id"], got["rounds_done"]) == (run_id, rounds)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [

@@ -114,12 +114,16 @@ def run_id(name: str) -> str:
 
     Such bytes come out of :func:`os.listdir` as lone surrogates, which no browser
     can put in a URL (``encodeURIComponent`` throws), so the page could list no run.
+    A backslash in the name is written twice, so no two folders get the same id
+    (one named with the byte 0xE9 and one named with the four characters ``\xe9``).
 
     Example:
         >>> run_id(os.fsdecode(b"caf\xe9 run"))
         'caf\\xe9 run'
+        >>> run_id("caf\\xe9 run")
+        'caf\\\\xe9 run'
     """
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return os.fsencode(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
