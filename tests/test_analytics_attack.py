@@ -78,6 +78,33 @@ def test_counts_beside_the_answer_do_not_tell_one_record_apart(
     assert _attrs(yes, secure) == _attrs(no, secure)
 
 
+def _clipped_beside_a_hidden_value(hidden: float, group: bool, secure: bool) -> Any:
+    """The clipped count beside an answer where one value past the bound or not is hidden."""
+    # 20 staff salaries past the bound; the hidden one is a group of one (the ceo)
+    # or the only bonus of a group of 20 (the per-column rule)
+    policy = Policy(bounds={"pay": (0, 100)}, domains={"dept": ["ceo", "staff"]}, min_group_size=10)
+    if group:
+        frame = pd.DataFrame({"dept": ["staff"] * 20 + ["ceo"], "pay": [150.0] * 20 + [hidden]})
+    else:
+        frame = pd.DataFrame(
+            {"dept": ["staff"] * 20 + ["ceo"] * 20, "pay": [150.0] * 20 + [hidden] + [np.nan] * 19}
+        )
+    parts = [frame.iloc[::2], frame.iloc[1::2]] if secure else [frame]
+    sites = [Site({"t": part}, policy, name=f"s{i}") for i, part in enumerate(parts)]
+    sql = "SELECT dept, COUNT(*), AVG(pay) FROM t GROUP BY dept"
+    df = query(sites, sql, secure=secure)
+    assert np.isnan(df.set_index("dept").loc["ceo", "AVG(pay)"])  # the value is hidden
+    return df.attrs["clipped"]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+@pytest.mark.parametrize("group", [True, False])
+def test_the_clipped_count_leaves_out_what_a_site_withholds(group: bool, secure: bool) -> None:
+    above = _clipped_beside_a_hidden_value(500.0, group, secure)
+    below = _clipped_beside_a_hidden_value(50.0, group, secure)
+    assert above == below == {"pay": 20}
+
+
 @pytest.mark.parametrize("secure", [False, True])
 def test_a_column_with_fewer_values_than_the_minimum_is_suppressed(secure: bool) -> None:
     sql = "SELECT SUM(bonus), AVG(bonus), COUNT(bonus), VAR_POP(bonus), COUNT(*) FROM t"

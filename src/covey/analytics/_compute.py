@@ -37,7 +37,7 @@ class Computed:
 
     group_counts: np.ndarray
     vectors: list[np.ndarray]
-    clipped: dict[str, int]
+    clipped: dict[str, np.ndarray]  # per column, the clipped values in each group
     outside_domain: int
     support: list[np.ndarray]
 
@@ -176,12 +176,12 @@ class _Stage:
         stats: Sequence[Mapping[str, Any]],
         clip_cols: Sequence[str],
         support: Sequence[str] = (),
-    ) -> tuple[np.ndarray, list[np.ndarray | None], dict[str, int], int, np.ndarray]:
+    ) -> tuple[np.ndarray, list[np.ndarray | None], dict[str, np.ndarray], int, np.ndarray]:
         """Counts, sums, non-null counts, min and max per group in one query.
 
         Returns:
             Rows per group, a vector per simple statistic (None for the others),
-            clipped values per column, rows outside the domain, and a column per
+            clipped values per column in each group, rows outside the domain, and a column per
             ``support`` expression (rows per group a statistic reads).
         """
         exprs: list[str] = ["COUNT(*)"]
@@ -219,7 +219,7 @@ class _Stage:
             if s["op"] not in ("min", "max"):
                 column = np.nan_to_num(column)
             out.append(column)
-        clipped = {c: int(np.nansum(table[:, first_clip + i])) for i, c in enumerate(clip_cols)}
+        clipped = {c: np.nan_to_num(table[:, first_clip + i]) for i, c in enumerate(clip_cols)}
         return table[:, 0], out, clipped, outside, np.nan_to_num(table[:, first_support:])
 
     def squares(self, col: str, center: Sequence[float]) -> np.ndarray:
@@ -432,7 +432,7 @@ def compute(
 
     Returns:
         The count of rows per group, a vector per statistic, clipped counts per
-        column, the number of rows outside the domain, and per statistic the
+        column in each group, the number of rows outside the domain, and per statistic the
         rows of each group it reads (those where its columns are not NULL).
     """
     if isinstance(memo, dict):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from covey.analytics import _dp
-from covey.analytics._compute import Computed
+from covey.analytics._compute import Computed, clip_columns
 from covey.analytics._policy import Policy, PolicyError
 
 
@@ -85,7 +85,10 @@ def withhold(
     forty rows is that bonus. The clipped and out-of-domain counts are sent only
     when at least ``k`` (else 0), and the withheld groups are those under ``k``,
     empty ones included: if 0 and 1 were told apart, a condition naming one
-    record would read its values one comparison at a time.
+    record would read its values one comparison at a time. A column's clipped
+    count leaves out the groups where every statistic clipping it is withheld
+    (see :func:`clipped_shown`): it would tell whether a hidden value is past
+    its bound.
 
     Under noise the policy accepts (``skip``, see :func:`noise_suffices`) nothing
     is withheld: withholding would let one record move a count from 0 to ``k``,
@@ -104,9 +107,27 @@ def withhold(
             v[reads < k] = np.nan if s["op"] in ("min", "max") else 0.0
     if dp is not None:
         return vectors, dict.fromkeys(got.clipped, 0), 0, 0
-    clipped = {c: n if n >= k else 0 for c, n in got.clipped.items()}
+    clipped = {c: n if n >= k else 0 for c, n in clipped_shown(got, stats, k).items()}
     outside = got.outside_domain if got.outside_domain >= k else 0
     return vectors, clipped, outside, int(np.sum(got.group_counts < k))
 
 
-__all__: Sequence[str] = ["noise_request", "noise_suffices", "withhold"]
+def clipped_shown(got: Computed, stats: Sequence[Mapping[str, Any]], k: int) -> dict[str, int]:
+    """The clipped values per column in the groups where a statistic clipping it is shown.
+
+    A value the site withholds (its group under ``k`` records, or the column's
+    values in the group under ``k``) is not counted: with a bound of 100, a
+    count of 21 beside 20 visible values at 150 would say the hidden one is
+    above 100 too.
+    """
+    out: dict[str, int] = {}
+    for col, per_group in got.clipped.items():
+        shown = np.zeros(per_group.shape, dtype=bool)
+        for s, reads in zip(stats, got.support, strict=True):
+            if col in clip_columns([s]):
+                shown |= reads >= k
+        out[col] = int(np.sum(per_group[shown]))
+    return out
+
+
+__all__: Sequence[str] = ["clipped_shown", "noise_request", "noise_suffices", "withhold"]
