@@ -287,6 +287,32 @@ def test_a_policy_file_with_a_quoted_bound_is_refused(tmp_path: Path) -> None:
     assert Policy(bounds={"x": numpy_pair}).describe()["bounds"] == {"x": [0.0, 9.0]}
 
 
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("", "no \\[policy\\] table"),
+        ("# the policy of site a\n", "no \\[policy\\] table"),
+        ("min_group_size = 5\n", "no \\[policy\\] table"),
+        ("[other]\nmin_group_size = 5\n", "no \\[policy\\] table"),
+        ("policy = 3\n", "policy = 3, not a table"),
+    ],
+)
+def test_a_policy_file_without_a_policy_table_is_refused(
+    tmp_path: Path, text: str, found: str
+) -> None:
+    import typer
+
+    from covey.analytics._cli import load_policy
+
+    # read as Policy() it would open every column of every table
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(typer.BadParameter, match=rf"policy.toml has {found}: .* \[policy\] table"):
+        load_policy(path)
+    path.write_text("[policy]\nmin_group_size = 5\n")
+    assert load_policy(path).min_group_size == 5
+
+
 def test_a_single_name_given_as_a_string_is_refused_not_matched_by_substring() -> None:
     # "name" in "name_hash" and "a" in "age" hold for strings: such a policy would open more
     frame = pd.DataFrame({"name": ["x"] * 20, "name_hash": ["h"] * 20, "a": [99.0] * 20})

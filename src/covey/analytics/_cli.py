@@ -53,7 +53,15 @@ def load_policy(path: Path | None) -> Any:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--policy") from None
-    table = data.get("policy", data)
+    table = data.get("policy")
+    if not isinstance(table, dict):
+        # an empty or cut file read as Policy() would open every column
+        found = "no [policy] table" if table is None else f"policy = {table!r:.40}, not a table"
+        raise typer.BadParameter(
+            f"{path} has {found}: a policy file holds its settings in a [policy] table "
+            "(a site without a policy answers nothing: leave out --policy for that)",
+            param_hint="--policy",
+        )
     known = {
         "tables",
         "columns",
