@@ -524,3 +524,83 @@ def test_an_answer_without_a_refusing_site_says_whose_rows_it_leaves_out(
     assert float(df.iloc[0, 0]) == 100.0
     assert list(df.attrs["refused"]) == ["closed"]
     assert "2 of 3 sites answer this query; the answer leaves out the rows of closed" in caplog.text
+
+
+@pytest.mark.parametrize("sql", [None, 42])
+def test_a_query_that_is_not_text_is_refused_as_bytes_and_lists_are(sql: Any) -> None:
+    # failed inside the SQL tokenizer with "object of type 'NoneType' has no len()"
+    site = Site({"patients": _frame(50)}, POLICY)
+    with pytest.raises(QueryError, match=r"the query must be SQL text, got (NoneType|int)"):
+        plan(sql)
+    with pytest.raises(QueryError, match=r"the query must be SQL text, got (NoneType|int)"):
+        query([site], sql, secure=False)
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "said"),
+    [
+        # OverflowError: int too large to convert to float
+        ({"bounds": {"x": (0, 10**400)}}, ValueError, r"bounds\['x'\] must be finite numbers"),
+        # unhashable type: 'list'
+        ({"domains": {"g": [[1]]}}, TypeError, r"domains\['g'\] values must be str, int or bool"),
+        ({"domains": {"g": [{"a": 1}]}}, TypeError, r"domains\['g'\] values must be str"),
+        # 'int' object is not iterable
+        ({"columns": 3}, TypeError, r"columns must be a list of names, got 3"),
+        ({"domains": 3}, TypeError, r"domains must be \{column: \[values\]\}, got 3"),
+        ({"bounds": 3}, TypeError, r"bounds must be \{column: \(low, high\)\}, got 3"),
+    ],
+)
+def test_a_policy_setting_of_the_wrong_shape_is_refused_naming_it(
+    settings: dict[str, Any], error: type[Exception], said: str
+) -> None:
+    with pytest.raises(error, match=said):
+        Policy(**settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[policy]\nbounds = { v = [0, 1" + "0" * 400 + "] }\n", r"bounds\['v'\] must be finite"),
+        ("[policy]\ndomains = { g = [[1]] }\n", r"domains\['g'\] values must be str"),
+    ],
+)
+def test_a_policy_file_with_a_setting_of_the_wrong_shape_is_refused(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    import typer
+
+    from covey.analytics._cli import load_policy
+
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(typer.BadParameter, match=said):
+        load_policy(path)
+
+
+@pytest.mark.parametrize(
+    ("frame", "said"),
+    [
+        (pd.DataFrame(), "table 'p' has no columns"),
+        (pd.DataFrame({"v": [1 + 2j]}), "column 'v' of type complex128 cannot be loaded"),
+        (pd.DataFrame({"v": np.array([1j], dtype=np.complex64)}), "column 'v' of type complex64"),
+        (pd.DataFrame({"v": pd.period_range("2020", periods=2, freq="M")}), r"type period\[M\]"),
+        (pd.DataFrame({"v": pd.interval_range(0, 2)}), r"column 'v' of type interval\["),
+        (pd.DataFrame({"v": pd.arrays.SparseArray([0.0, 1.0])}), r"column 'v' of type Sparse\["),
+        (pd.DataFrame({"a": [1, 2], "v": [1, b"\x00"]}), "column 'v' of type object cannot be"),
+    ],
+)
+def test_a_table_duckdb_cannot_load_is_refused_naming_its_column(
+    frame: pd.DataFrame, said: str
+) -> None:
+    # raw duckdb errors naming neither the table nor the column
+    with pytest.raises(ValueError, match=said):
+        Site({"p": frame}, POLICY)
+
+
+def test_a_sqlite_column_of_numbers_and_blobs_is_refused_naming_it(tmp_path: Path) -> None:
+    db = tmp_path / "mixed.db"
+    with closing(sqlite3.connect(db)) as con, con:
+        con.execute("CREATE TABLE p (id INTEGER, v)")  # an untyped column holds any value
+        con.executemany("INSERT INTO p VALUES (?, ?)", [(1, 1), (2, b"\x00"), (3, 2.5)])
+    with pytest.raises(ValueError, match=r"table 'p': column 'v' of type object cannot be loaded"):
+        Site({"p": f"sqlite:///{db}"}, POLICY)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +31,13 @@ class PolicyError(PermissionError):
 def _check_domain(col: str, values: Any) -> None:
     if isinstance(values, str) or not isinstance(values, Sequence):
         raise TypeError(f"domains[{col!r}] must be a list of values, got {values!r}")
+    for v in values:  # before the set of them: a list among them is not hashable
+        if isinstance(v, float) or not isinstance(v, str | int):
+            raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
     if not 1 <= len(values) <= MAX_DOMAIN or len(set(values)) != len(values):
         raise ValueError(
             f"domains[{col!r}] must hold 1 to {MAX_DOMAIN} distinct values, got {values!r}"
         )
-    for v in values:
-        if isinstance(v, float) or not isinstance(v, str | int):
-            raise TypeError(f"domains[{col!r}] values must be str, int or bool, got {v!r}")
 
 
 def _check_bound(col: str, bound: Any) -> None:
@@ -52,7 +52,13 @@ def _check_bound(col: str, bound: Any) -> None:
     for b in bound:
         if isinstance(b, bool | np.bool_) or not isinstance(b, numbers.Real):
             raise ValueError(f"bounds[{col!r}] must be two numbers (low, high), got {bound!r}")
-    low, high = (float(b) for b in bound)
+    try:
+        low, high = (float(b) for b in bound)
+    except OverflowError:  # an int past the largest float (10**400)
+        raise ValueError(
+            f"bounds[{col!r}] must be finite numbers, got one too large for a float: "
+            f"{str(bound)[:60]}..."
+        ) from None
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"bounds[{col!r}] must be finite with low < high, got {bound!r}")
 
@@ -64,6 +70,11 @@ def _check_names(field_name: str, names: Any) -> None:
             f"{field_name} must be a list of names, got the string {names!r}; "
             f"write {field_name}=[{names!r}]"
         )
+    if field_name in _LISTS and names is not None and not isinstance(names, Iterable):
+        raise TypeError(f"{field_name} must be a list of names, got {names!r}")
+    if field_name not in _LISTS and not isinstance(names, Mapping):  # bounds, domains
+        shape = "(low, high)" if field_name == "bounds" else "[values]"
+        raise TypeError(f"{field_name} must be {{column: {shape}}}, got {names!r}")
     seen: dict[str, str] = {}
     for key in names or ():
         other = seen.setdefault(fold(str(key)), str(key))
@@ -130,8 +141,6 @@ class Policy:
             raise TypeError(f"min_group_size must be an int, got {self.min_group_size!r}")
         if self.min_group_size < 1:
             raise ValueError(f"min_group_size must be at least 1, got {self.min_group_size}")
-        if not isinstance(self.bounds, Mapping):
-            raise TypeError(f"bounds must be {{column: (low, high)}}, got {self.bounds!r}")
         for col, bound in self.bounds.items():
             _check_bound(col, bound)
         for col, values in self.domains.items():

@@ -306,12 +306,17 @@ def _check_where(where: exp.Expression, loc: SqlText) -> tuple[str, tuple[str, .
     return where.sql(DIALECT), tuple(dict.fromkeys(columns))
 
 
-def _parse(sql: str, loc: SqlText) -> exp.Select:
+def _check_text(sql: Any) -> None:
+    """Refuse a query that is not a string (None, a number, bytes, a list) before reading it."""
     if not isinstance(sql, str):
         raise QueryError(
             f"the query must be SQL text, got {type(sql).__name__} "
             "(query(sites, sql): the sites come first)"
         )
+
+
+def _parse(sql: str, loc: SqlText) -> exp.Select:
+    _check_text(sql)
     if not sql.strip():
         raise QueryError("the query is empty")
     try:
@@ -435,6 +440,7 @@ def _refuse_clauses(tree: exp.Select, loc: SqlText) -> None:
 
 
 def _plan(sql: str) -> Plan:
+    _check_text(sql)  # the tokenizer fails on None or a number with a bare TypeError
     loc = SqlText(sql)
     loc.check_nesting()
     tree = _parse(sql, loc)

@@ -90,15 +90,54 @@ def _copy(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> Non
     to bind), so they are given as text.
     """
     check_names(name, frame.columns)
+    if len(frame.columns) == 0:
+        raise ValueError(f"table {name!r} has no columns; give a DataFrame with at least one")
+    for col, kind in frame.dtypes.items():
+        if kind.kind == "c" or isinstance(kind, _UNLOADED):
+            raise ValueError(_unloaded(name, col, kind))
     if frame.empty:
         text = [c for c in frame.columns if frame[c].dtype == object]
         frame = frame.astype(dict.fromkeys(text, "string"))
     source = table_name("__src_" + name)
-    con.register(f"__src_{name}", frame)
     try:
-        con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {source}")  # noqa: S608
-    finally:
-        con.unregister(f"__src_{name}")
+        con.register(f"__src_{name}", frame)
+        try:
+            con.execute(f"CREATE TABLE {table_name(name)} AS SELECT * FROM {source}")  # noqa: S608
+        finally:
+            con.unregister(f"__src_{name}")
+    except duckdb.Error as exc:
+        col = _failing_column(con, frame)
+        if col is None:
+            raise ValueError(f"table {name!r} cannot be loaded: {exc}") from None
+        raise ValueError(_unloaded(name, col, frame[col].dtype, exc)) from None
+
+
+_UNLOADED = (pd.PeriodDtype, pd.IntervalDtype, pd.SparseDtype)
+
+
+def _unloaded(table: str, col: Any, kind: Any, exc: Exception | None = None) -> str:
+    """Why a column of a DataFrame (or SQLite table) cannot be a column of a site's table."""
+    why = f" ({str(exc).splitlines()[0]})" if exc is not None else ""
+    return (
+        f"table {table!r}: column {str(col)!r} of type {kind} cannot be loaded{why}; "
+        "give numbers, text, booleans or dates, one type per column (not numbers and "
+        "blobs in one SQLite column), or leave the column out"
+    )
+
+
+def _failing_column(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> Any:
+    """The first column of ``frame`` DuckDB fails to load on its own (None: none does)."""
+    for col in frame.columns:
+        try:
+            con.register("__probe", frame[[col]])
+            try:
+                con.execute("CREATE TEMP TABLE __probe_t AS SELECT * FROM __probe")
+                con.execute("DROP TABLE __probe_t")
+            finally:
+                con.unregister("__probe")
+        except duckdb.Error:
+            return col
+    return None
 
 
 def _file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
