@@ -9,10 +9,14 @@ reason, by the server at join and by both commands before they start.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 __all__ = ["MIN_RSA_BITS", "weakness"]
 
@@ -20,6 +24,16 @@ __all__ = ["MIN_RSA_BITS", "weakness"]
 MIN_RSA_BITS = 2048
 
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+
+
+@functools.cache
+def _dsa_key() -> type:
+    """DSA's public key class (cryptography 51 deprecates DSA, warning as its name is read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        from cryptography.hazmat.primitives.asymmetric import dsa
+
+        return dsa.DSAPublicKey
 
 
 def weakness(certificate: x509.Certificate) -> str | None:
@@ -32,9 +46,10 @@ def weakness(certificate: x509.Certificate) -> str | None:
         The reason, e.g. ``"a 1024-bit RSA key (2048 bits at least)"``, or None.
     """
     key = certificate.public_key()
-    if isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) and key.key_size < MIN_RSA_BITS:
-        kind = "RSA" if isinstance(key, rsa.RSAPublicKey) else "DSA"
-        return f"a {key.key_size}-bit {kind} key ({MIN_RSA_BITS} bits at least)"
+    kind = "RSA" if isinstance(key, rsa.RSAPublicKey) else "DSA"
+    size: int = getattr(key, "key_size", 0)
+    if isinstance(key, (rsa.RSAPublicKey, _dsa_key())) and size < MIN_RSA_BITS:
+        return f"a {size}-bit {kind} key ({MIN_RSA_BITS} bits at least)"
     try:
         algorithm = certificate.signature_hash_algorithm
     except UnsupportedAlgorithm:  # unknown to cryptography: gRPC judged it at the handshake
