@@ -315,6 +315,10 @@ def test_a_token_with_another_clients_certificate_is_refused(tmp_path: Path) -> 
         _lane.open_lane = never  # alice's token stays unused
         joined = Joined(transport.port, Fit(), insecure=False, tls=alice)
         assert transport.wait_for_clients(1, 20)
+        deadline = time.monotonic() + 20  # the token is offered as alice is welcomed
+        while not tokens:
+            assert time.monotonic() < deadline, "no data-port token was offered to alice"
+            time.sleep(0.01)
         _lane.open_lane = lanes
         mallory = _lane.client_context(
             (fed / "ca.pem").read_bytes(),
