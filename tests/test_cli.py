@@ -67,11 +67,12 @@ def test_demo_rejects_an_unknown_backend(tmp_path: Path) -> None:
 def test_demo_checks_its_start_method(tmp_path: Path) -> None:
     out = covey_cli("demo", "--start-method", "spawn", "--run-dir", str(tmp_path), cwd=tmp_path)
     assert out.returncode != 0
-    assert "--start-method spawn: applies to --backend process only" in out.stdout + out.stderr
+    said = out.stdout + out.stderr
+    assert "--start-method spawn: applies to --backend process only (the backend is" in said
     out = covey_cli("demo", "--backend", "process", "--start-method", "thread", cwd=tmp_path)
     assert out.returncode != 0
     said = out.stdout + out.stderr
-    assert "--start-method thread: choose fork, forkserver or spawn, or leave it out" in said
+    assert "--start-method thread: choose 'fork', 'forkserver' or 'spawn', or leave it" in said
     assert "None" not in said  # the Python API's word, not a flag's value
 
 

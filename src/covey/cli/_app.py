@@ -94,18 +94,13 @@ def demo(
     from covey.cli._runs import endings, print_table, round_table
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail, output_file
-    from covey.sim._start import check_start_method
+    from covey.sim._start import start_method_refusal
 
     if backend not in ("inline", "process", "ray"):
         fail(f"--backend {backend}: choose inline, process or ray")
-    if start_method is not None and backend != "process":
-        fail(f"--start-method {start_method}: applies to --backend process only")
-    try:
-        check_start_method(start_method)
-    except ValueError as exc:
-        if "platform" in str(exc):
-            fail(f"--start-method {start_method}: {exc}")
-        fail(f"--start-method {start_method}: choose fork, forkserver or spawn, or leave it out")
+    why = start_method_refusal(start_method, backend, "--backend process")
+    if why is not None:
+        fail(f"--start-method {start_method}: {why}")
     if not (math.isfinite(lr) and lr > 0):
         fail(f"--lr {lr}: the learning rate must be a number above 0")
     output_file(out, "--out", device=False)

@@ -290,17 +290,11 @@ def _ray_options(settings: Any) -> dict[str, Any]:
 
 def _start_method(start_method: Any, backend: str) -> Any:
     """The ``start-method`` setting, checked: one this platform has, for the process backend."""
-    from covey.sim._start import check_start_method
+    from covey.sim._start import start_method_refusal
 
-    where = f"start-method = {start_method!r} ([tool.covey] or --set)"
-    if start_method is not None and backend != "process":  # it would be left unused
-        fail(f'{where}: applies to backend = "process" only (the backend is {backend!r})')
-    try:
-        check_start_method(start_method)
-    except ValueError as exc:
-        if "platform" in str(exc):
-            fail(f"{where}: {exc}")
-        fail(f"{where}: choose 'fork', 'forkserver' or 'spawn', or leave it out (covey picks)")
+    why = start_method_refusal(start_method, backend, 'backend = "process"')
+    if why is not None:
+        fail(f"start-method = {start_method!r} ([tool.covey] or --set): {why}")
     return start_method
 
 

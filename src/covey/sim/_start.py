@@ -233,3 +233,23 @@ def _warn_of_threads() -> None:
         len(names),
         ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""),
     )
+
+
+def start_method_refusal(value: object, backend: str, process: str) -> str | None:
+    """Why a command takes no ``value`` as its start method, or None.
+
+    Args:
+        value: The start method given (None: covey picks).
+        backend: The backend the command runs.
+        process: How the command names the process backend's setting, e.g.
+            ``"--backend process"``.
+    """
+    if value is not None and backend != "process":  # it would be left unused
+        return f"applies to {process} only (the backend is {backend!r})"
+    try:
+        check_start_method(value)
+    except ValueError as exc:
+        if "platform" in str(exc):
+            return str(exc)
+        return "choose 'fork', 'forkserver' or 'spawn', or leave it out (covey picks)"
+    return None
