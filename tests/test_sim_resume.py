@@ -273,6 +273,10 @@ def test_a_run_resumed_on_another_backend_says_which_backend_serves_it(tmp_path:
     _sim(tmp_path / "run", 3, resume=True, backend="inline")
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (meta["backend"], meta["status"], len(meta["resumed"])) == ("inline", "finished", 1)
+    # history.json and run.sqlite (which `covey runs` read) said "process" still.
+    assert covey.History.load(tmp_path / "run").config["backend"] == "inline"
+    with RunStore.open(tmp_path / "run") as store:
+        assert store.config["backend"] == "inline"
 
 
 def test_a_finished_simulation_says_it_is_finished(tmp_path: Path) -> None:

@@ -267,7 +267,8 @@ def open_checkpoint(
         _check_same(store, strategy, config)
         point = resume_point(store, initial_weights)
         # run.sqlite says them as history.json does
-        store.update_config({"rounds": config["rounds"], "keep_last": keep_last})
+        now = {"rounds": config["rounds"], "keep_last": keep_last, "backend": config.get("backend")}
+        store.update_config(now)
         store.take_over(point.uncounted)  # running again (it said failed), as a served run
     except BaseException:
         store.close()
@@ -276,6 +277,7 @@ def open_checkpoint(
     settings = {k: v for k, v in point.config.items() if k not in ("kind", "model")}
     settings["rounds"] = config["rounds"]  # a resumed run may be asked for more rounds
     settings["keep_last"] = keep_last  # and may keep more or fewer rounds' files
+    settings["backend"] = config.get("backend")  # and run on another backend, as run.json says
     return SimCheckpoint(
         store, settings, point.weights, point.start, point.history, point.state, keep_last
     )
