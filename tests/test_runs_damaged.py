@@ -303,3 +303,31 @@ def test_a_history_holding_a_round_twice_shows_each_record_s_own_values(
     shown = CliRunner().invoke(app, ["runs", "show", str(folder)])
     assert "1.5000" in shown.output  # the first record's loss (the second's was shown twice)
     assert "2.5000" in shown.output
+
+
+def test_a_damaged_history_beside_a_run_database_is_shown_from_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `covey runs show` refused the run though its run.sqlite kept every round.
+    import numpy as np
+
+    import covey
+
+    class Step(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+    run = tmp_path / "runs" / "cut"
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    covey.simulate(lambda cid: Step(), 2, 3, strategy, {"w": np.zeros(2)}, run_dir=run)
+    (run / History.FILE_NAME).write_text('{"rounds": [')
+    monkeypatch.setenv("COLUMNS", "250")
+    shown = CliRunner().invoke(app, ["runs", "show", str(run)])
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.split())
+    assert f"its rounds were read from {run / 'run.sqlite'} instead" in said
+    assert "strategy FedAvg" in said
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert listed.exit_code == 0, listed.output
+    assert "unreadable" not in listed.output
+    assert "3/3" in listed.output

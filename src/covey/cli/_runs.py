@@ -206,12 +206,34 @@ def load_history(folder: Path, notices: list[str]) -> History:
         return _store_history(folder)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        history = History.load(folder)
+        try:
+            history = History.load(folder)
+        except ValueError as exc:  # damaged; a store keeps every round too
+            if not (folder / STORE).is_file():
+                raise
+            history = _rounds_of_store(folder)
+            notices.append(f"{exc}; its rounds were read from {folder / STORE} instead")
+            return history
     notices.extend(str(w.message) for w in caught if str(w.message) not in notices)
     with contextlib.suppress(ValueError):  # a store it cannot read: the command says so
         later = later_rounds(folder, history.rounds[-1].round if history.rounds else -1)
         history.rounds += History.from_dict({"rounds": later}).rounds  # history.json missed
     return history
+
+
+def _rounds_of_store(folder: Path) -> History:
+    """The rounds and settings ``folder``'s ``run.sqlite`` holds (its history.json is damaged)."""
+    from covey.core._history import History
+
+    db = folder / STORE
+    try:
+        with contextlib.closing(open_read_only(db)) as conn:
+            row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
+        config = json.loads(row[0]) if row is not None else {}
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot read {db}: {exc}") from None
+    settings = config if isinstance(config, dict) else {}
+    return History.from_dict({"rounds": later_rounds(folder, -1), "config": settings})
 
 
 #: What the dashboard's reading of a run adds to its settings: not the run's config.
