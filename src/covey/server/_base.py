@@ -10,7 +10,6 @@ these once; the loops differ only in how they reach clients and when they aggreg
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
@@ -25,6 +24,7 @@ from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
 from covey.core._text import printable
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
+from covey.server._central import central_evaluation
 from covey.strategies._fold import contribution, find_aggregate
 from covey.strategies._strategy import Strategy
 
@@ -80,47 +80,6 @@ def _first_line(text: str) -> str:
     if i < len(lines) and lines[i].startswith(margin):
         return lines[i][len(margin) :].strip()
     return lines[-1].strip()
-
-
-_SCALARS = (bool, int, float, str, bytes)
-
-
-def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
-    """``evaluate_fn``'s ``(loss, metrics)``, checked, NumPy scalars made Python scalars.
-
-    Raises:
-        TypeError: naming what is wrong, if ``out`` is not a number and a dict of
-            names to scalars (an array as a metric would stop the run later, when
-            the history is written).
-    """
-    if not isinstance(out, tuple | list) or len(out) != 2:
-        raise TypeError(
-            f"evaluate_fn must return (loss, metrics) or None, got {type(out).__name__}"
-        )
-    loss, metrics = out
-    try:
-        if isinstance(loss, str | bytes):
-            raise TypeError
-        number = float(loss)  # Python and NumPy numbers, 0-d arrays and tensors
-    except (TypeError, ValueError):
-        raise TypeError(f"evaluate_fn's loss must be a number, got {type(loss).__name__}") from None
-    if not isinstance(metrics, Mapping):
-        raise TypeError(
-            "evaluate_fn's metrics must be a dict of names to scalars, "
-            f"got {type(metrics).__name__}"
-        )
-    checked: dict[str, Scalar] = {}
-    for key, value in metrics.items():
-        if not isinstance(value, _SCALARS) and callable(getattr(value, "item", None)):
-            with contextlib.suppress(TypeError, ValueError):  # NumPy scalars, 0-d arrays
-                value = value.item()
-        if not isinstance(key, str) or not isinstance(value, _SCALARS):
-            raise TypeError(
-                f"evaluate_fn's metric {key!r} must be a scalar named by a string, "
-                f"got {type(value).__name__}"
-            )
-        checked[key] = value
-    return number, checked
 
 
 def check_evaluate_fn(evaluate_fn: object) -> None:
@@ -282,11 +241,9 @@ class _LoopBase:
     def _central(self, record: RoundRecord) -> None:
         if self.evaluate_fn is None:
             return
-        # A dict of its own: entries it rebinds or adds never reach the global model.
-        out = self.evaluate_fn(record.round, dict(self.weights))
-        if out is None:
-            return
-        record.central_loss, record.central_metrics = _central_result(out)
+        out = central_evaluation(self.evaluate_fn, record.round, self.weights)
+        if out is not None:
+            record.central_loss, record.central_metrics = out
 
     # -- client properties ----------------------------------------------------------------
 

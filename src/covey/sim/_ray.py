@@ -33,8 +33,8 @@ from covey.clients._client import ClientFn, run_task
 from covey.core import _codec
 from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
-from covey.core._weights import Weights
-from covey.sim._inline import exited, fingerprint, lent_weights_changed
+from covey.core._weights import Weights, fingerprint
+from covey.sim._inline import exited, lent_weights_changed
 from covey.sim._rayplan import (
     Resources,
     actors_for,

@@ -1,0 +1,91 @@
+"""The server's own evaluation of the global model: ``evaluate_fn(round, weights)``, checked."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from covey.core._messages import Scalar
+from covey.core._weights import Weights, fingerprint
+
+__all__ = ["central_evaluation"]
+
+
+def central_evaluation(
+    evaluate_fn: Callable[..., Any], rnd: int, weights: Weights
+) -> tuple[float, dict[str, Scalar]] | None:
+    """``evaluate_fn(rnd, weights)``'s loss and metrics, checked; None if it returned None.
+
+    It gets a dict of its own (entries it rebinds or adds never reach the global
+    model) holding the server's read-only arrays, with no copy.
+
+    Raises:
+        RuntimeError: ``evaluate_fn`` changed the arrays in place, through a library
+            that ignores NumPy's read-only flag (``torch.from_numpy``): the global
+            model would have changed without a word.
+        ValueError: it wrote into them through NumPy (its error, and the fix).
+        TypeError: what it returned is not ``(loss, metrics)``.
+    """
+    before = fingerprint(weights)
+    try:
+        out = evaluate_fn(rnd, dict(weights))
+    except ValueError as exc:
+        if "read-only" not in str(exc) and "WRITEABLE" not in str(exc):
+            raise
+        raise ValueError(f"evaluate_fn raised {exc}; {_EVALUATE_COPY}") from exc
+    if fingerprint(weights) != before:
+        raise RuntimeError(
+            f"round {rnd}: evaluate_fn changed the global weights in place, through a "
+            "library that ignores NumPy's read-only flag; the run stops so that no round "
+            f"trains from a changed model. {_EVALUATE_COPY}"
+        )
+    return None if out is None else _central_result(out)
+
+
+_SCALARS = (bool, int, float, str, bytes)
+
+
+def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
+    """``evaluate_fn``'s ``(loss, metrics)``, checked, NumPy scalars made Python scalars.
+
+    Raises:
+        TypeError: naming what is wrong, if ``out`` is not a number and a dict of
+            names to scalars (an array as a metric would stop the run later, when
+            the history is written).
+    """
+    if not isinstance(out, tuple | list) or len(out) != 2:
+        raise TypeError(
+            f"evaluate_fn must return (loss, metrics) or None, got {type(out).__name__}"
+        )
+    loss, metrics = out
+    try:
+        if isinstance(loss, str | bytes):
+            raise TypeError
+        number = float(loss)  # Python and NumPy numbers, 0-d arrays and tensors
+    except (TypeError, ValueError):
+        raise TypeError(f"evaluate_fn's loss must be a number, got {type(loss).__name__}") from None
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            "evaluate_fn's metrics must be a dict of names to scalars, "
+            f"got {type(metrics).__name__}"
+        )
+    checked: dict[str, Scalar] = {}
+    for key, value in metrics.items():
+        if not isinstance(value, _SCALARS) and callable(getattr(value, "item", None)):
+            with contextlib.suppress(TypeError, ValueError):  # NumPy scalars, 0-d arrays
+                value = value.item()
+        if not isinstance(key, str) or not isinstance(value, _SCALARS):
+            raise TypeError(
+                f"evaluate_fn's metric {key!r} must be a scalar named by a string, "
+                f"got {type(value).__name__}"
+            )
+        checked[key] = value
+    return number, checked
+
+
+_EVALUATE_COPY = (
+    "the weights evaluate_fn receives are the server's own arrays, read-only: copy them "
+    "before changing them in place (torch.tensor(array), not torch.from_numpy(array); "
+    "or {name: array.copy() for name, array in weights.items()})"
+)
