@@ -553,7 +553,7 @@ def test_multikrum_preset_weighs_by_examples_when_asked_as_flower_s_does() -> No
     ids=["float64", "float16", "0-d", "strided", "bool"],
 )
 def test_the_inline_fingerprint_sees_a_change_to_any_single_element(array: np.ndarray) -> None:
-    from covey.sim._inline import fingerprint
+    from covey.core._weights import fingerprint
 
     before = fingerprint({"a": array})
     assert fingerprint({"a": array.copy()}) == before
@@ -643,6 +643,26 @@ def test_a_reducer_from_a_function_trains_as_fedavg_does() -> None:
     fedavg = _run(lambda cid: Scaled(cid), strategy=covey.FedAvg(fraction_evaluate=0.0), rounds=3)
     np.testing.assert_allclose(ours.weights["w"], fedavg.weights["w"], rtol=1e-12)
     assert ours.history.rounds[1].fit_participants == [0, 1, 2]
+
+
+def test_a_reducer_returning_numpy_scalars_for_0_d_weights_takes_them_as_arrays() -> None:
+    # NumPy arithmetic on a 0-d array gives a scalar: the guide's own aggregate_fit was
+    # refused every round ("'t' must be a NumPy array, got float64"), the model kept.
+    from covey.aggregate import reducer
+
+    def plain_mean(params: Any, contributions: Any) -> dict[str, Any]:
+        total = sum(c.num_examples for c in contributions)
+        return {
+            name: sum(c.num_examples * c.as_weights(params)[name] for c in contributions) / total
+            for name in params
+        }
+
+    step = covey.Strategy(aggregator=reducer(plain_mean))
+    start = {"w": np.zeros(2), "t": np.array(1.0)}
+    replies = [FitResult(weights={"w": np.ones(2), "t": np.array(3.0)}, num_examples=1)] * 2
+    new = step.aggregate(start, replies)
+    assert isinstance(new["t"], np.ndarray)
+    assert (new["t"].shape, float(new["t"])) == ((), 3.0)
 
 
 def test_a_reducer_whose_function_returns_the_wrong_layout_names_it() -> None:

@@ -25,7 +25,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._order import REDUCER, of_kind
-from covey.core._weights import Weights, WeightsError, WeightsSpec
+from covey.core._weights import Weights, WeightsError, WeightsSpec, native
 
 Combine = Callable[[Weights, Sequence[Contribution]], Weights]
 """``(params, contributions) -> new global weights``: one round's aggregation as a function."""
@@ -89,7 +89,8 @@ def reducer(combine: Combine) -> Step:
             if not state.contributions or state.params is None:
                 return _Held(), ()
             ordered = sorted(state.contributions, key=lambda c: c.cid)
-            new = combine(state.params, ordered)
+            # NumPy scalars as 0-d arrays (arithmetic on a 0-d array gives one), as a client's
+            new = native(combine(state.params, ordered))
             try:
                 WeightsSpec.of(state.params).check(new, what=f"the result of {label}")
             except WeightsError as exc:  # the loop records it and keeps the model
