@@ -138,3 +138,38 @@ def test_the_proximal_gradient_of_a_0d_array_is_an_array() -> None:
     assert isinstance(out["s"], np.ndarray)
     assert out["s"].shape == ()
     assert float(out["s"]) == 4.5
+
+
+def test_a_proximal_mu_set_by_the_round_or_client_config_too_is_refused() -> None:
+    # The round config's was dropped (clients got FedProx's), and a client config's won
+    # while the run recorded FedProx's value.
+    def round_config(rnd: int) -> dict[str, Any]:
+        return {"proximal_mu": 0.9}
+
+    def client_config(rnd: int, client: Any) -> dict[str, Any]:
+        return {"proximal_mu": 0.9}
+
+    for options in ({"on_fit_config": round_config}, {"on_client_fit_config": client_config}):
+        strategy = covey.FedProx(proximal_mu=0.3, fraction_evaluate=0.0, **options)
+        with pytest.raises(ValueError, match=r"'proximal_mu'.*covey sets that entry"):
+            covey.simulate(lambda cid: Seen(), 2, 1, strategy, {"w": np.zeros(2)}, progress=False)
+
+
+def test_fedprox_sends_its_mu_beside_the_round_config() -> None:
+    seen.clear()
+
+    def round_config(rnd: int) -> dict[str, Any]:
+        return {"lr": 0.5}
+
+    strategy = covey.FedProx(proximal_mu=0.3, fraction_evaluate=0.0, on_fit_config=round_config)
+    covey.simulate(lambda cid: Seen(), 2, 1, strategy, {"w": np.zeros(2)}, progress=False)
+    assert seen == [{"round": 1, "lr": 0.5, "proximal_mu": 0.3}] * 2
+
+
+seen: list[dict[str, Any]] = []
+
+
+class Seen(covey.Client):
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        seen.append(dict(config))
+        return covey.FitResult(weights=dict(weights), num_examples=1)

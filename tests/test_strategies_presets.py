@@ -136,8 +136,9 @@ def test_fedavg_keeps_its_signature_and_chain() -> None:
 
 def test_fedprox_sends_mu_with_the_users_config() -> None:
     strategy = covey.FedProx(proximal_mu=0.25, on_fit_config=lambda r: {"lr": 0.1 / r})
-    assert strategy.fit_config(2) == {"lr": 0.05, "proximal_mu": 0.25}
-    assert covey.FedProx(proximal_mu=0).fit_config(1) == {"proximal_mu": 0.0}
+    assert strategy.fit_config(2) == {"lr": 0.05}  # the user's; mu is a fixed entry
+    assert strategy.fit_task_config(2) == {"lr": 0.05, "proximal_mu": 0.25}
+    assert covey.FedProx(proximal_mu=0).fit_task_config(1) == {"proximal_mu": 0.0}
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="proximal_mu"):
             covey.FedProx(proximal_mu=bad)

@@ -34,12 +34,12 @@ from covey.aggregate import (
 from covey.aggregate._base import min_contributions
 from covey.aggregate._clip import polynomial_staleness
 from covey.aggregate._flat import check_switch
-from covey.core._messages import Config, plain
+from covey.core._messages import plain
 from covey.core._qfair import LOSS_BEFORE_FIT, MAX_KEY_CHARS
 from covey.strategies._checks import name_of
 from covey.strategies._names import flower_names, not_a_class
 from covey.strategies._options import StrategyOptions, preset
-from covey.strategies._strategy import Strategy, _no_config
+from covey.strategies._strategy import Strategy
 
 
 def FedAvg(**options: Unpack[StrategyOptions]) -> Strategy:
@@ -88,8 +88,8 @@ def FedAvgM(
 def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strategy:
     """FedProx: FedAvg whose clients add ``mu/2 ||w - w_global||^2`` to their local loss.
 
-    The server side is FedAvg; ``proximal_mu`` is sent in every fit config (merged
-    into ``on_fit_config``'s), and clients apply it with
+    The server side is FedAvg; ``proximal_mu`` is sent in every fit config (beside
+    ``on_fit_config``'s entries, which may not set it), and clients apply it with
     :func:`covey.clients.proximal_grad` or the torch helpers beside it.
     ``proximal_mu=0`` is exactly FedAvg.
 
@@ -108,16 +108,11 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
         or mu == float("inf")
     ):
         raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}")
-    mu = float(mu)
-    user = options.pop("on_fit_config", _no_config)
-
-    def on_fit_config(round: int) -> Config:
-        config = dict(user(round))
-        config["proximal_mu"] = mu
-        return config
-
-    options["on_fit_config"] = on_fit_config
-    return preset("FedProx", chain(weighted_mean()), options, proximal_mu=mu)
+    strategy = preset("FedProx", chain(weighted_mean()), options, proximal_mu=float(mu))
+    # A fixed entry: an on_fit_config (or on_client_fit_config) setting it too is refused,
+    # where it was dropped (or won, per client, with the run recording another value).
+    entries = {**strategy.fit_config_entries, "proximal_mu": float(mu)}
+    return replace(strategy, fit_config_entries=entries)
 
 
 def FedAdam(
