@@ -188,6 +188,21 @@ def test_fedbuff_default_staleness_is_one_over_sqrt() -> None:
         step.update(state, Contribution(0, 1, delta={"w": np.ones(1)}, staleness=2))
 
 
+@pytest.mark.parametrize("gives", [None, "a", "0.5", 2.0, 1e300, float("nan")])
+def test_a_staleness_function_giving_no_factor_from_0_to_1_is_named(gives: Any) -> None:
+    # None gave a bare TypeError from float(), "a" a bare ValueError; "0.5" was taken
+    # as 0.5 and 2 or 1e300 (an update weighed up for being stale) without a word.
+    def mine(tau: int) -> Any:
+        return gives
+
+    step = staleness_weight(mine)
+    state = step.init({"w": np.zeros(1)})
+    state, _ = step.update(state, Begin(1, {"w": np.zeros(1)}))
+    with pytest.raises(ValueError, match=r"the staleness function '.*mine' gave") as refused:
+        step.update(state, Contribution(0, 1, delta={"w": np.ones(1)}, staleness=2))
+    assert "must return a number from 0 to 1" in str(refused.value)
+
+
 # -- q-FedAvg ------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ reducer copies into the round's ``Aggregate.info``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
@@ -156,7 +157,8 @@ def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
     FedBuff's. Fresh updates (``s = 1``) pass unchanged.
 
     Args:
-        fn: ``staleness -> factor`` (default :func:`polynomial_staleness` with 0.5).
+        fn: ``staleness -> factor``, a number from 0 to 1 (default
+            :func:`polynomial_staleness` with 0.5).
 
     Returns:
         A per-client step; ``info["stale"]`` lists the clients whose update was scaled.
@@ -174,9 +176,15 @@ def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
     weigh = polynomial_staleness(0.5) if fn is None else fn
 
     def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
-        factor = float(weigh(event.staleness))
-        if not math.isfinite(factor) or factor < 0:
-            raise ValueError(f"staleness function gave {factor!r} for staleness {event.staleness}")
+        given: object = weigh(event.staleness)
+        factor = float(given) if isinstance(given, numbers.Real) else math.nan  # not "0.5"
+        if not (math.isfinite(factor) and 0 <= factor <= 1):
+            raise ValueError(
+                f"the staleness function {getattr(weigh, '__qualname__', weigh)!r} gave "
+                f"{given!r} for staleness {event.staleness}: it must return a number from 0 "
+                "to 1 (the weight of a stale update; 1 for a fresh one), e.g. "
+                "lambda tau: (1 + tau) ** -0.5"
+            )
         if factor == 1.0:
             return event, False
         delta = update_of(event, params)
