@@ -244,6 +244,9 @@ def test_serve_refuses_flower_s_evaluate_fn_before_it_listens(tmp_path: Path) ->
         ("evaluate_fn", "simulate"),
         ("fraction_train", "fraction_fit"),
         ("min_available_nodes", "min_available_clients"),
+        # These got no pointer at all.
+        ("arrayrecord_key", "nothing"),
+        ("configrecord_key", "nothing"),
     ],
 )
 def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> None:

@@ -47,6 +47,9 @@ FLOWER_OPTIONS = {
     "num_nodes_to_select": "MultiKrum(m=...)",
     "client_learning_rate": "client_lr (QFedAvg)",
     "train_loss_key": "loss_key (QFedAvg: the metric of each client's loss before it trains)",
+    "arrayrecord_key": "nothing: the model is one dict of named arrays (initial_weights)",
+    "configrecord_key": "nothing: on_fit_config's dict is the config clients get",
+    "first_aggregation_rule": "nothing: Bulyan selects with Krum, as its paper does",
 }
 
 #: Strategy methods of Flower's that covey's round loop never calls, and what to do instead.
