@@ -121,6 +121,26 @@ def test_false_unmasking_shares_never_crash_the_server_nor_change_the_sum(
     assert "share" in res.suspects[0]
 
 
+@pytest.mark.parametrize(
+    "reply", [{"b": {}, "s": {}}, {}, {"b": "junk"}, "junk"], ids=["empty", "none", "junk", "str"]
+)
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_survivor_that_answers_the_unmasking_but_withholds_its_shares_is_named(
+    reply: Any, complete: bool
+) -> None:
+    # It was counted as having revealed: neither silent nor a suspect, and an abort for
+    # want of its shares named no client.
+    def withhold(got: Reply) -> Reply:
+        return Reply(got.cid, got.kind, reply)
+
+    n = 8 if complete else 40
+    transport = Hostile(n, "secagg.unmask", 0, withhold)
+    res = _sum(transport, complete=complete, seed=3)
+    np.testing.assert_array_equal(res.total, _plain(transport, res.survivors))
+    assert sorted(res.suspects) == [0]
+    assert res.suspects[0].startswith("withheld shares it holds (of clients 0, ")
+
+
 def test_false_shares_that_cannot_be_outvoted_abort_the_round_cleanly() -> None:
     # Three holders, threshold 2: one false share among three cannot be told from
     # the true ones with certainty, so the round stops, unrevealed, rather than

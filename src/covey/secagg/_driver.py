@@ -319,7 +319,9 @@ def secure_sum(
         }
         # A survivor that does not reveal is named if the unmasking then falls short.
         replies = _exchange(transport, tasks, timeout, failures)
-        total = ss.finish(state, alive, dropped, _mappings(replies))
+        # A reply that is no mapping reveals nothing: its sender withheld its shares.
+        revealed = {u: r if isinstance(r, Mapping) else {} for u, r in replies.items()}
+        total = ss.finish(state, alive, dropped, revealed)
         seconds["unmask"] = time.perf_counter() - t0
     except cs.ProtocolAbort as exc:
         # A client's own error says more than the stage's summary ("no key shares").

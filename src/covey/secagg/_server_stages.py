@@ -338,12 +338,26 @@ def _collect(
     s_shares: dict[int, dict[int, bytes]] = {u: {} for u in dropped}
     holders = {u: _holders(state, u) for u in (*alive, *dropped)}
     for v, msg in replies.items():
-        if v not in alive or not isinstance(msg, Mapping):
+        if v not in alive:
             continue
-        for kind, table in (("b", b_shares), ("s", s_shares)):
-            got = msg.get(kind)
-            if isinstance(got, Mapping):
-                _take(state, table, holders, got, v, own=kind == "b")
+        if isinstance(msg, Mapping):
+            for kind, table in (("b", b_shares), ("s", s_shares)):
+                got = msg.get(kind)
+                if isinstance(got, Mapping):
+                    _take(state, table, holders, got, v, own=kind == "b")
+        # It answered: a share it holds and left out is withheld, and named as such.
+        x = state.xs[v]
+        kept = [
+            u
+            for table in (b_shares, s_shares)
+            for u in table
+            if (v in holders[u] or (u == v and table is b_shares)) and x not in table[u]
+        ]
+        if kept:
+            more = ", ..." if len(kept) > 5 else ""
+            state.suspects.setdefault(
+                v, f"withheld shares it holds (of clients {', '.join(map(str, kept[:5]))}{more})"
+            )
     return b_shares, s_shares
 
 
