@@ -79,7 +79,7 @@ def test_describe_gives_the_hyperparameters_back() -> None:
     assert described["name"] == "FedProx"
     assert described["hyperparameters"] == {"proximal_mu": 0.3}
     assert described["options"]["fraction_fit"] == 0.2
-    assert "on_fit_config" in described["options"]  # FedProx sends mu through it
+    assert "on_fit_config" not in described["options"]  # mu is a fixed entry, not a function
     assert covey.Krum(f=2).describe()["hyperparameters"] == {"f": 2}
     custom = covey.Strategy(where={"site": "hospital"}).describe()
     assert custom["name"] == "custom"
