@@ -91,3 +91,32 @@ def test_a_client_waiting_for_its_server_logs_a_bounded_number_of_warnings(
     # The first five, then 8, 16, ..., 2048: 14 lines, the rest at DEBUG.
     assert len(warned) == 14
     assert "(2048 failed attempts in a row" in warned[-1]
+
+
+class _StuckCall:
+    """A call that never started: gRPC reads none of its requests, so no beat checks it."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def test_a_call_stuck_before_the_server_says_anything_is_cancelled_after_the_silence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A site whose new connection met a server shutting down (a GOAWAY) waited in that
+    # call for ever: only the request stream checked for silence, and it was never read.
+    limits = _client.TaskLimits.of(None, 1 << 20)
+    session = _client._Session(object(), "site", {}, 0.05, limits)
+    session.call = _StuckCall()
+    stop, ended = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=session._watch, args=(stop, ended), daemon=True)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        watcher.start()
+        assert session.call.cancelled.wait(30), "the stuck call was never cancelled"
+        watcher.join(30)
+    assert not watcher.is_alive()
+    assert "no word from the server for 0 s; reconnecting" in caplog.text
+    assert not stop.is_set()

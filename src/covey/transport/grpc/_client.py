@@ -122,6 +122,7 @@ class _Session:
         )
         self.lanes = ClientLanes("", None, None)
         self.call: Any = None
+        self.gone = False  # the server was silent too long: the call is cancelled
         # The host the server's certificate is checked against, when not the address's.
         self.server_name: str | None = None
         self.welcomed = False
@@ -142,13 +143,7 @@ class _Session:
             except queue.Empty:
                 if self.buffers is not None:
                     self.buffers.release()  # the last task's buffer, once its reply is sent
-                quiet = time.monotonic() - self.last_heard > SILENCE * self.heartbeat
-                if quiet and self.call and not self.lanes.opening:  # opening: nothing is read
-                    logger.warning(
-                        "no word from the server for %.0f s; reconnecting",
-                        SILENCE * self.heartbeat,
-                    )
-                    self.call.cancel()
+                if self._gone():
                     return
                 yield _HEARTBEAT
                 continue
@@ -258,6 +253,7 @@ class _Session:
         )
         if welcome.data_port:  # the server holds back tasks until it hears they are open
             self.lanes.open(welcome.data_port, welcome.data_token, SILENCE * self.heartbeat)
+            self.last_heard = time.monotonic()  # the stream was not read meanwhile
             self.outbound.put([_DATA_READY])
 
     def _heard(self) -> None:
@@ -269,6 +265,18 @@ class _Session:
                 logger.info("leaving the federation (stop was set)")
                 self.call.cancel()
                 return
+            if self._gone():  # a call stuck before it started reads no requests to check it
+                return
+
+    def _gone(self) -> bool:
+        """Whether the server has said nothing for too long; if so the call is cancelled."""
+        quiet = time.monotonic() - self.last_heard > SILENCE * self.heartbeat
+        if not quiet or not self.call or self.lanes.opening or self.gone:  # opening: no reads
+            return False
+        self.gone = True
+        logger.warning("no word from the server for %.0f s; reconnecting", SILENCE * self.heartbeat)
+        self.call.cancel()
+        return True
 
     def close(self, deadline: float = 10.0) -> None:
         """End the session: stop the request stream, cancel the call, wait for the task thread.
