@@ -28,6 +28,24 @@ def _data(seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
     return x, (x[:, 0] > 0).astype(float)
 
 
+def _federation(
+    strategy: covey.Strategy, clients: int, *, bad_cid: int, bad: dict[str, object]
+) -> covey.sim.SimulationResult:
+    """Two inline rounds of ``clients`` XGBoost clients, ``bad_cid`` trained with ``bad``."""
+
+    def client(cid: int) -> XGBoostClient:
+        return XGBoostClient(*_data(cid), {**BINARY, **bad} if cid == bad_cid else BINARY)
+
+    return covey.simulate(
+        client,
+        num_clients=clients,
+        rounds=2,
+        strategy=strategy,
+        initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
+        backend="inline",
+    )
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
@@ -41,17 +59,7 @@ def test_a_client_whose_trees_cannot_be_merged_fails_alone(
     bad: dict[str, object], message: str
 ) -> None:
     # Before, the merge refused the whole round: no round was aggregated, 0 trees.
-    def client(cid: int) -> XGBoostClient:
-        return XGBoostClient(*_data(cid), {**BINARY, **bad} if cid == 1 else BINARY)
-
-    result = covey.simulate(
-        client,
-        num_clients=3,
-        rounds=2,
-        strategy=XGBoostBagging(fraction_evaluate=0.0),
-        initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
-        backend="inline",
-    )
+    result = _federation(XGBoostBagging(fraction_evaluate=0.0), 3, bad_cid=1, bad=bad)
     for record in result.history.rounds[1:]:
         assert record.fit_participants == [0, 2]
         assert "error" not in record.aggregate_info
@@ -64,17 +72,8 @@ def test_a_client_whose_trees_cannot_be_merged_fails_alone(
 
 def test_cyclic_names_a_dart_booster() -> None:
     # Before, the round failed saying the bytes were averaged by a strategy such as FedAvg.
-    def client(cid: int) -> XGBoostClient:
-        return XGBoostClient(*_data(cid), {**BINARY, "booster": "dart"} if cid == 0 else BINARY)
-
-    result = covey.simulate(
-        client,
-        num_clients=2,
-        rounds=2,
-        strategy=XGBoostCyclic(fraction_evaluate=0.0),
-        initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
-        backend="inline",
-    )
+    cyclic = XGBoostCyclic(fraction_evaluate=0.0)
+    result = _federation(cyclic, 2, bad_cid=0, bad={"booster": "dart"})
     error = result.history.rounds[1].aggregate_info["error"]
     assert "booster 'dart' is not supported" in error
     assert "FedAvg" not in error
