@@ -105,6 +105,28 @@ def test_the_clipped_count_leaves_out_what_a_site_withholds(group: bool, secure:
     assert above == below == {"pay": 20}
 
 
+def _clipped_beside_an_unread_value(hidden: float, secure: bool) -> Any:
+    """The clipped count of a survival curve beside a record whose time is NULL."""
+    # 40 records with times and events (20 events coded 2, past the bound) and one
+    # with no time: the curve leaves it out, so its event is in no answer
+    policy = Policy(bounds={"time": (0, 100), "event": (0, 1)}, min_group_size=10)
+    frame = pd.DataFrame(
+        {"time": [*np.arange(1.0, 41.0), np.nan], "event": [0.0] * 20 + [2.0] * 20 + [hidden]}
+    )
+    parts = [frame.iloc[::2], frame.iloc[1::2]] if secure else [frame]
+    sites = [Site({"t": part}, policy, name=f"s{i}") for i, part in enumerate(parts)]
+    df = query(sites, "SELECT COUNT(*), KAPLAN_MEIER(time, event, 50) AS km FROM t", secure=secure)
+    assert df["COUNT(*)"].tolist() == [41]
+    return df.attrs["clipped"]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_the_clipped_count_leaves_out_a_value_no_statistic_reads(secure: bool) -> None:
+    above = _clipped_beside_an_unread_value(5.0, secure)
+    below = _clipped_beside_an_unread_value(1.0, secure)
+    assert above == below == {"event": 20, "time": 0}
+
+
 @pytest.mark.parametrize("secure", [False, True])
 def test_a_column_with_fewer_values_than_the_minimum_is_suppressed(secure: bool) -> None:
     sql = "SELECT SUM(bonus), AVG(bonus), COUNT(bonus), VAR_POP(bonus), COUNT(*) FROM t"

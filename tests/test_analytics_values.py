@@ -331,3 +331,41 @@ def test_kaplan_meier_refuses_an_event_column_not_coded_0_1_and_counts_values_ou
     policy = Policy(bounds={"t": (0, 100), "status": (0, 1)}, min_group_size=1)
     df = query([Site({"d": frame}, policy)], sql, secure=False)
     assert df.attrs["clipped"] == {"t": 0, "status": 10}
+
+
+def test_kaplan_meier_counts_only_the_clipped_values_of_the_rows_it_reads() -> None:
+    # a time past its bound with no event, and an event past its bound with no
+    # time, are left out of the curve: they are not counted as clipped
+    frame = pd.DataFrame(
+        {
+            "t": [*np.arange(1.0, 21.0), 500.0, 500.0, np.nan, np.nan],
+            "status": [0, 1] * 10 + [np.nan, np.nan, 7.0, 7.0],
+        }
+    )
+    policy = Policy(bounds={"t": (0, 100), "status": (0, 1)}, min_group_size=1)
+    site = Site({"d": frame}, policy)
+    df = query([site], "SELECT KAPLAN_MEIER(t, status, 25) FROM d", secure=False)
+    assert df.attrs["clipped"] == {"t": 0, "status": 0}
+    # SUM reads every time there is, so the two past the bound are counted once
+    df = query([site], "SELECT SUM(t), KAPLAN_MEIER(t, status, 25) FROM d", secure=False)
+    assert df.attrs["clipped"] == {"t": 2, "status": 0}
+
+
+@pytest.mark.parametrize(("second", "clipped"), [(5, 20), (12, 32)])
+def test_a_time_two_survival_curves_read_is_counted_where_one_is_shown(
+    second: int, clipped: int
+) -> None:
+    # every time is past its bound; the curve over e2 reads only `second` of them
+    # and, under the minimum of 10, is withheld: its times are not counted (nor
+    # those of the 3 records with neither event, which no curve reads)
+    frame = pd.DataFrame(
+        {
+            "t": [500.0] * (23 + second),
+            "e1": [0.0, 1.0] * 10 + [np.nan] * (3 + second),
+            "e2": [np.nan] * 23 + [1.0] * second,
+        }
+    )
+    policy = Policy(bounds={"t": (0, 100), "e1": (0, 1), "e2": (0, 1)}, min_group_size=10)
+    sql = "SELECT KAPLAN_MEIER(t, e1, 50) AS a, KAPLAN_MEIER(t, e2, 50) AS b FROM d"
+    df = query([Site({"d": frame}, policy)], sql, secure=False)
+    assert df.attrs["clipped"] == {"t": clipped, "e1": 0, "e2": 0}

@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from covey.analytics._readers import clip_columns, readers_of, reads_columns, support_expr
 from covey.analytics._sorted import Memo, SortedValues
 from covey.analytics._sqltext import fold
 from covey.analytics._tables import columns, quote, table_name
@@ -37,7 +38,8 @@ class Computed:
 
     group_counts: np.ndarray
     vectors: list[np.ndarray]
-    clipped: dict[str, np.ndarray]  # per column, the clipped values in each group
+    # per column, by the statistics reading them (their indices), the clipped values in each group
+    clipped: dict[str, dict[tuple[int, ...], np.ndarray]]
     outside_domain: int
     support: list[np.ndarray]
 
@@ -176,13 +178,13 @@ class _Stage:
         stats: Sequence[Mapping[str, Any]],
         clip_cols: Sequence[str],
         support: Sequence[str] = (),
-    ) -> tuple[np.ndarray, list[np.ndarray | None], dict[str, np.ndarray], int, np.ndarray]:
+    ) -> tuple[np.ndarray, list[np.ndarray | None], list[np.ndarray], int, np.ndarray]:
         """Counts, sums, non-null counts, min and max per group in one query.
 
         Returns:
             Rows per group, a vector per simple statistic (None for the others),
-            clipped values per column in each group, rows outside the domain, and a column per
-            ``support`` expression (rows per group a statistic reads).
+            clipped values of each ``clip_cols`` column in each group, rows outside the
+            domain, and a column per ``support`` expression (rows per group a statistic reads).
         """
         exprs: list[str] = ["COUNT(*)"]
         slots: list[int | None] = []
@@ -219,8 +221,29 @@ class _Stage:
             if s["op"] not in ("min", "max"):
                 column = np.nan_to_num(column)
             out.append(column)
-        clipped = {c: np.nan_to_num(table[:, first_clip + i]) for i, c in enumerate(clip_cols)}
+        clipped = [np.nan_to_num(table[:, first_clip + i]) for i in range(len(clip_cols))]
         return table[:, 0], out, clipped, outside, np.nan_to_num(table[:, first_support:])
+
+    def clipped_by_readers(
+        self, stats: Sequence[Mapping[str, Any]], clip_cols: Sequence[str]
+    ) -> dict[str, dict[tuple[int, ...], np.ndarray]]:
+        """The clipped values per column in each group, by the statistics that read their rows.
+
+        A statistic reads a row only where its columns hold values (a survival
+        curve both its time and its event), so the rows are told apart by which
+        of the statistics' columns are NULL in them.
+        """
+        needed = sorted({c for s in stats for c in reads_columns(s)} | set(clip_cols))
+        held = "[" + ", ".join(f"{quote(c)} IS NOT NULL" for c in needed) + "]"
+        exprs = ", ".join(_outside(c, self.bounds) for c in clip_cols)
+        out: dict[str, dict[tuple[int, ...], np.ndarray]] = {c: {} for c in clip_cols}
+        for g, pattern, *counts in self.rows(exprs, group=f"__g, {held}"):
+            present = {c for c, p in zip(needed, pattern, strict=True) if p}
+            for col, n in zip(clip_cols, counts, strict=True):
+                if n:
+                    readers = readers_of(stats, col, present)
+                    out[col].setdefault(readers, np.zeros(self.groups))[int(g)] += float(n)
+        return out
 
     def squares(self, col: str, center: Sequence[float]) -> np.ndarray:
         out = np.zeros(self.groups)
@@ -345,27 +368,6 @@ def _other(stage: _Stage, s: Mapping[str, Any]) -> np.ndarray:
     raise ValueError(f"unknown statistic {op!r}")
 
 
-def clip_columns(stats: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The columns whose clipped values a stage counts, in a fixed order.
-
-    A survival curve's event column is among them: it is read as 0 or 1, and a
-    value outside is counted as clipped.
-    """
-    cols = {str(s["col"]) for s in stats if s["op"] in ("sum", "sq", "bins", "km")}
-    return sorted(cols | {str(s["event"]) for s in stats if s["op"] == "km"})
-
-
-def support_expr(stat: Mapping[str, Any]) -> str:
-    """The rows of a group a statistic reads: all, or those where its columns hold values."""
-    op = stat["op"]
-    if op == "count":
-        return "COUNT(*)"
-    if op == "km":
-        col, event = quote(str(stat["col"])), quote(str(stat["event"]))
-        return f"COUNT(*) FILTER (WHERE {col} IS NOT NULL AND {event} IS NOT NULL)"
-    return f"COUNT({quote(str(stat['col']))})"
-
-
 def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
     """The shape of a statistic's vector (checked against caps before computing)."""
     op = stat["op"]
@@ -432,8 +434,10 @@ def compute(
 
     Returns:
         The count of rows per group, a vector per statistic, clipped counts per
-        column in each group, the number of rows outside the domain, and per statistic the
-        rows of each group it reads (those where its columns are not NULL).
+        column in each group (told apart by the statistics reading them: a survival
+        curve leaves out a row whose time or event is NULL), the number of rows
+        outside the domain, and per statistic the rows of each group it reads
+        (those where its columns are not NULL).
     """
     if isinstance(memo, dict):
         memo = Memo(memo)
@@ -452,7 +456,12 @@ def compute(
     stage = _Stage(con, base, params, groups, bounds, kinds)
     clip_cols = clip_columns(stats)
     support = sorted({support_expr(s) for s in stats})
-    counts, simple, clipped, outside, reads = stage.simple(stats, clip_cols, support)
+    counts, simple, per_col, outside, reads = stage.simple(stats, clip_cols, support)
+    if any(s["op"] == "km" for s in stats):
+        # a survival curve leaves out the rows where its time or event is NULL
+        clipped = stage.clipped_by_readers(stats, clip_cols)
+    else:  # every statistic clipping a column reads each of its values
+        clipped = {c: {readers_of(stats, c): n} for c, n in zip(clip_cols, per_col, strict=True)}
     vectors: list[np.ndarray] = []
     memo_key = repr((table, where, tuple(group_by), sorted(domains.items())))
     for s, done in zip(stats, simple, strict=True):

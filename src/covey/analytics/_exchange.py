@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from covey import secagg
-from covey.analytics._compute import clip_columns, shape
+from covey.analytics._compute import shape
 from covey.analytics._policy import PolicyError
+from covey.analytics._readers import clip_columns
 from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, low_bits
 from covey.clients import run_task
 from covey.core import Task

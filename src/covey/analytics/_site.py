@@ -21,9 +21,10 @@ import duckdb
 import numpy as np
 
 from covey.analytics import _dp
-from covey.analytics._compute import Computed, check_where, clip_columns, compute
+from covey.analytics._compute import Computed, check_where, compute
 from covey.analytics._ledger_file import load_budget, save_budget
 from covey.analytics._policy import Policy, PolicyError
+from covey.analytics._readers import clip_columns
 from covey.analytics._requests import check_stats
 from covey.analytics._sorted import Memo
 from covey.analytics._sql import Plan, plan

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from covey.analytics import _dp
-from covey.analytics._compute import Computed, clip_columns
+from covey.analytics._compute import Computed
 from covey.analytics._policy import Policy, PolicyError
 
 
@@ -113,20 +113,22 @@ def withhold(
 
 
 def clipped_shown(got: Computed, stats: Sequence[Mapping[str, Any]], k: int) -> dict[str, int]:
-    """The clipped values per column in the groups where a statistic clipping it is shown.
+    """The clipped values per column that a statistic shown reads.
 
     A value the site withholds (its group under ``k`` records, or the column's
     values in the group under ``k``) is not counted: with a bound of 100, a
     count of 21 beside 20 visible values at 150 would say the hidden one is
-    above 100 too.
+    above 100 too. Nor is a value no statistic reads (a survival curve's event
+    in a row whose time is NULL): it is in no answer.
     """
     out: dict[str, int] = {}
-    for col, per_group in got.clipped.items():
-        shown = np.zeros(per_group.shape, dtype=bool)
-        for s, reads in zip(stats, got.support, strict=True):
-            if col in clip_columns([s]):
-                shown |= reads >= k
-        out[col] = int(np.sum(per_group[shown]))
+    for col, by_readers in got.clipped.items():
+        out[col] = 0
+        for readers, per_group in by_readers.items():
+            shown = np.zeros(per_group.shape, dtype=bool)
+            for i in readers:
+                shown |= got.support[i] >= k
+            out[col] += int(np.sum(per_group[shown]))
     return out
 
 
