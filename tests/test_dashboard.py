@@ -451,3 +451,105 @@ def test_files_that_link_outside_the_runs_folder_are_not_read(tmp_path: Path) ->
         "d": "finished",
     }
     assert "is a link to a file outside" in rows["a"]["error"]
+
+
+def test_a_damaged_history_beside_a_run_database_is_shown_from_the_database(
+    tmp_path: Path,
+) -> None:
+    # The dashboard listed such a run (history.json cut short by a kill) as unreadable,
+    # and `covey runs report` refused it, though its run.sqlite kept every round;
+    # `covey runs show` read it from there.
+    runs = tmp_path / "runs"
+    result = _simulate(runs / "cut")
+    history = runs / "cut" / "history.json"
+    text = history.read_text()
+    history.write_text(text[: len(text) // 2])
+    said = f"its rounds were read from {runs / 'cut' / 'run.sqlite'} instead"
+    run = read_run("cut", runs / "cut", root=runs)
+    assert run.warning is not None
+    assert run.warning.startswith(f"cannot read {history}: ")
+    assert run.warning.endswith(said)
+    assert run.status == "finished"
+    assert run.rounds == result.history.to_dict()["rounds"]
+    with DashboardServer(runs) as server:
+        row = _get(server.url + "api/runs")["runs"][0]
+        shown = _get(server.url + "api/run?id=cut")
+    assert (row["status"], row["rounds_done"], row["warning"]) == ("finished", 3, run.warning)
+    assert shown["warning"] == run.warning
+    assert shown["strategy"] == "FedAvg"
+    assert shown["rounds"] == result.history.to_dict()["rounds"]
+    out = tmp_path / "cut.html"
+    done = CliRunner().invoke(app, ["runs", "report", str(runs / "cut"), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    report = out.read_text()
+    assert said in report
+    assert 'id="round-3"' in report
+    history.write_text(text)  # repaired: no note
+    assert read_run("cut", runs / "cut", root=runs).warning is None
+
+
+def test_a_deployed_run_with_a_damaged_history_keeps_its_clients(tmp_path: Path) -> None:
+    run = tmp_path / "fed"
+    with RunStore.create(run, config={"rounds": 1, "strategy": "FedAdam"}) as store:
+        a = store.client_id("site-a")
+        store.log_event("site-a", "join", "ipv4:127.0.0.1:5000")
+        store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, central_loss=2.0))
+        store.save_round(1, {"w": np.ones(2)}, RoundRecord(round=1, fit_participants=[a]))
+        store.set_status("finished")
+    (run / "history.json").write_text('{"rounds": [{"round": 0}, {"rou')
+    with DashboardServer(tmp_path) as server:
+        shown = _get(server.url + "api/run?id=fed")
+    assert (shown["kind"], shown["status"], shown["strategy"]) == (
+        "deployed",
+        "finished",
+        "FedAdam",
+    )
+    assert [r["round"] for r in shown["rounds"]] == [0, 1]
+    assert shown["clients"][0]["name"] == "site-a"
+    assert shown["clients"][0]["fit_rounds"] == [1]
+    assert "its rounds were read from" in shown["warning"]
+
+
+def test_a_damaged_history_is_read_from_no_database_outside_the_runs_folder(
+    tmp_path: Path,
+) -> None:
+    # The fallback to run.sqlite refuses a store that links outside the runs folder,
+    # as the reading of history.json does; a history.json that links outside is
+    # refused, not passed over for the store.
+    import shutil
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    outside.mkdir()
+    for name in ("a", "b"):
+        _simulate(root / name, rounds=1)
+    shutil.copy(root / "a" / "run.sqlite", outside / "run.sqlite")
+    (root / "a" / "run.sqlite").unlink()
+    (root / "a" / "run.sqlite").symlink_to(outside / "run.sqlite")
+    (root / "a" / "history.json").write_text('{"rounds": [')
+    (outside / "history.json").write_text('{"rounds": [')
+    (root / "b" / "history.json").unlink()
+    (root / "b" / "history.json").symlink_to(outside / "history.json")
+    for name, file in (("a", "run.sqlite"), ("b", "history.json")):
+        with pytest.raises(RunReadError, match=f"{file} is a link to a file outside") as caught:
+            read_run(name, root / name, root=root)
+        assert "were read from" not in str(caught.value)
+    with DashboardServer(root) as server:
+        rows = {r["id"]: r for r in _get(server.url + "api/runs")["runs"]}
+        with pytest.raises(urllib.error.HTTPError, match="422"):
+            _get(server.url + "api/run?id=a")
+    assert {k: r["status"] for k, r in rows.items()} == {"a": "unreadable", "b": "unreadable"}
+    assert "run.sqlite is a link to a file outside" in rows["a"]["error"]
+    assert "history.json is a link to a file outside" in rows["b"]["error"]
+    assert "cannot read" in rows["a"]["error"]  # the damaged history is named too
+
+
+def test_a_damaged_history_beside_a_damaged_database_names_both(tmp_path: Path) -> None:
+    _simulate(tmp_path / "r", rounds=1)
+    (tmp_path / "r" / "history.json").write_text("{not json")
+    (tmp_path / "r" / "run.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(RunReadError) as caught:
+        read_run("r", tmp_path / "r")
+    said = str(caught.value)
+    assert f"cannot read {tmp_path / 'r' / 'history.json'}" in said
+    assert f"{tmp_path / 'r' / 'run.sqlite'}" in said
+    assert "were read from" not in said

@@ -248,7 +248,8 @@ def test_a_round_of_the_wrong_shape_is_named_not_served(
     """A round whose fields have the wrong types makes its run unreadable, with the reason.
 
     Served as read, such a round stopped the page's script (the run stayed at
-    "Loading…"), and in a deployed run the clients table answered 500.
+    "Loading…"), and in a deployed run the clients table answered 500. A run
+    whose ``run.sqlite`` keeps the rounds is shown from there instead, saying why.
     """
     runs = tmp_path / "runs"
     covey.simulate(
@@ -263,7 +264,9 @@ def test_a_round_of_the_wrong_shape_is_named_not_served(
     covey.History([RoundRecord(round=0), RoundRecord(round=1, fit_participants=[cid])]).save(
         runs / "fed" / "history.json"
     )
-    for name in ("sim", "fed"):
+    (runs / "plain").mkdir()
+    shutil.copy(runs / "sim" / "history.json", runs / "plain" / "history.json")
+    for name in ("sim", "fed", "plain"):
         path = runs / name / "history.json"
         history = json.loads(path.read_text())
         history["rounds"][1][field] = value
@@ -272,12 +275,19 @@ def test_a_round_of_the_wrong_shape_is_named_not_served(
         status, body = _get(server.port, "/api/runs")
         assert status == 200, body
         rows = {r["id"]: r for r in json.loads(body)["runs"]}
-        for name in ("sim", "fed"):
-            assert rows[name]["status"] == "unreadable"
-            assert says in rows[name]["error"]
+        assert rows["plain"]["status"] == "unreadable"
+        assert says in rows["plain"]["error"]
+        status, body = _get(server.port, "/api/run?id=plain")
+        assert status == 422
+        assert says in json.loads(body)["error"]
+        for name in ("sim", "fed"):  # their run.sqlite keeps every round as it was
+            assert says in rows[name]["warning"]
             status, body = _get(server.port, f"/api/run?id={name}")
-            assert status == 422
-            assert says in json.loads(body)["error"]
+            assert status == 200, body
+            run = json.loads(body)
+            assert says in run["warning"]
+            assert run["rounds"][-1]["round"] == (2 if name == "sim" else 1)
+            assert all(r[field] != value for r in run["rounds"] if field in r)
 
 
 @pytest.mark.parametrize(

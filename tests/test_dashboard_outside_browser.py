@@ -7,6 +7,7 @@ subset of HTML in trace names and titles, links included).
 
 from __future__ import annotations
 
+import shutil
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,7 +112,9 @@ def test_a_long_run_name_leaves_the_columns_in_view(browser: Any, tmp_path: Path
 def test_a_damaged_run_says_so_until_it_is_repaired(browser: Any, tmp_path: Path) -> None:
     """The page names a damaged history.json once, and drops the message when it reads again."""
     runs = tmp_path / "runs"
-    _simulate(runs / "watched")
+    _simulate(runs / "kept")
+    (runs / "watched").mkdir()  # its history.json alone, no run.sqlite to read instead
+    shutil.copy(runs / "kept" / "history.json", runs / "watched" / "history.json")
     history = runs / "watched" / "history.json"
     good = history.read_text()
     with DashboardServer(runs, poll=0.1) as server:
@@ -129,4 +132,42 @@ def test_a_damaged_run_says_so_until_it_is_repaired(browser: Any, tmp_path: Path
         assert len(browser.find_elements(By.CSS_SELECTOR, errors)) == 1
         history.write_text(good)  # repaired: the same rounds as before
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, errors))
+        assert browser.find_elements(By.ID, "round-2")
+
+
+def test_a_damaged_history_beside_a_run_database_is_shown_from_it(
+    browser: Any, tmp_path: Path
+) -> None:
+    """A history.json cut short by a kill: the rounds come from run.sqlite, and the page says so.
+
+    The run was listed as unreadable, and its page showed only the error,
+    though its run.sqlite kept every round.
+    """
+    runs = tmp_path / "runs"
+    _simulate(runs / "kept")
+    history = runs / "kept" / "history.json"
+    good = history.read_text()
+    with DashboardServer(runs, poll=0.1) as server:
+        browser.get(server.url + "#/run/kept")
+        wait = _wait(browser)
+        wait.until(lambda d: d.find_elements(By.ID, "round-2"))
+        history.write_text(good[: len(good) // 2])
+
+        def warned(d: Any) -> bool:
+            found = d.find_elements(By.ID, "warning")
+            return bool(found) and f"cannot read {history}" in found[0].text
+
+        wait.until(warned)
+        said = browser.find_element(By.ID, "warning").text
+        assert f"its rounds were read from {runs / 'kept' / 'run.sqlite'} instead" in said
+        assert browser.find_elements(By.ID, "round-2")
+        assert not browser.find_elements(By.CSS_SELECTOR, "#main > p.fail")
+        browser.get(server.url + "#/")
+        row = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '#runs tr[data-run-id="kept"]'))
+        assert "finished" in row.text
+        assert "history.json damaged: read from run.sqlite" in row.text
+        browser.get(server.url + "#/run/kept")
+        wait.until(lambda d: d.find_elements(By.ID, "warning"))
+        history.write_text(good)  # repaired: the note goes
+        wait.until(lambda d: not d.find_elements(By.ID, "warning"))
         assert browser.find_elements(By.ID, "round-2")

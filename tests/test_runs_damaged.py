@@ -331,3 +331,28 @@ def test_a_damaged_history_beside_a_run_database_is_shown_from_the_database(
     assert listed.exit_code == 0, listed.output
     assert "unreadable" not in listed.output
     assert "3/3" in listed.output
+
+
+def test_a_deployed_run_with_a_damaged_history_is_shown_with_its_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read from run.sqlite, its history kept no client names: the clients table was missing.
+    import numpy as np
+
+    from covey.server import RunStore
+
+    run = tmp_path / "fed"
+    with RunStore.create(run, config={"rounds": 1, "strategy": "FedAdam"}) as store:
+        a = store.client_id("site-a")
+        store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, central_loss=2.0))
+        store.save_round(1, {"w": np.ones(2)}, RoundRecord(round=1, fit_participants=[a]))
+        store.set_status("finished")
+    (run / History.FILE_NAME).write_text('{"rounds": [{"round": 0}, {"rou')
+    monkeypatch.setenv("COLUMNS", "250")
+    shown = CliRunner().invoke(app, ["runs", "show", str(run)])
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.split())
+    assert f"its rounds were read from {run / 'run.sqlite'} instead" in said
+    assert "strategy FedAdam" in said
+    assert "Clients" in said
+    assert "site-a" in said

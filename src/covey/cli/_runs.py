@@ -203,7 +203,7 @@ def load_history(folder: Path, notices: list[str]) -> History:
     from covey.core._history import History
 
     if not (folder / History.FILE_NAME).is_file() and (folder / STORE).is_file():
-        return _store_history(folder)
+        return _store_history(folder, notices)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:
@@ -211,9 +211,7 @@ def load_history(folder: Path, notices: list[str]) -> History:
         except ValueError as exc:  # damaged; a store keeps every round too
             if not (folder / STORE).is_file():
                 raise
-            history = _rounds_of_store(folder)
-            notices.append(f"{exc}; its rounds were read from {folder / STORE} instead")
-            return history
+            return _store_history(folder, notices, damaged=str(exc))
     notices.extend(str(w.message) for w in caught if str(w.message) not in notices)
     with contextlib.suppress(ValueError):  # a store it cannot read: the command says so
         later = later_rounds(folder, history.rounds[-1].round if history.rounds else -1)
@@ -221,35 +219,25 @@ def load_history(folder: Path, notices: list[str]) -> History:
     return history
 
 
-def _rounds_of_store(folder: Path) -> History:
-    """The rounds and settings ``folder``'s ``run.sqlite`` holds (its history.json is damaged)."""
-    from covey.core._history import History
-
-    db = folder / STORE
-    try:
-        with contextlib.closing(open_read_only(db)) as conn:
-            row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
-        config = json.loads(row[0]) if row is not None else {}
-    except (sqlite3.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"cannot read {db}: {exc}") from None
-    settings = config if isinstance(config, dict) else {}
-    return History.from_dict({"rounds": later_rounds(folder, -1), "config": settings})
-
-
 #: What the dashboard's reading of a run adds to its settings: not the run's config.
 _READ_META = ("status", "created_at", "updated_at", "stopped_reason")
 
 
-def _store_history(folder: Path) -> History:
-    """The history a deployed run's ``run.sqlite`` holds, read only.
+def _store_history(folder: Path, notices: list[str], damaged: str | None = None) -> History:
+    """The history a run's ``run.sqlite`` holds, read only, as the dashboard reads it.
 
     A server killed before it wrote ``history.json`` (waiting for its first
     clients) leaves its store alone: its rounds, settings and clients are there.
+    A run killed as it wrote ``history.json`` leaves it ``damaged`` (why, as
+    :meth:`History.load` said): the store keeps every round, and ``notices`` gets
+    a line saying they were read from there.
     """
     from covey.core._history import History
     from covey.dashboard._runs import read_run
 
-    run = read_run(folder.name, folder)  # RunReadError is a ValueError
+    run = read_run(folder.name, folder, damaged=damaged)  # RunReadError is a ValueError
+    if run.warning is not None:
+        notices.append(run.warning)
     config = {k: v for k, v in run.meta.items() if k not in _READ_META}
     clients = {str(cid): name for cid, name in run.clients.items()}
     return History.from_dict({"rounds": run.rounds, "config": config, "clients": clients})

@@ -217,6 +217,11 @@ def render_report(run: Run) -> str:
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in facts.items()
     )
+    warning = (
+        ""
+        if run.warning is None
+        else f'<p class="fail" id="warning">{html.escape(run.warning)}</p>'
+    )
     made = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = html.escape(f"covey run {run.id}")
     return f"""<!doctype html>
@@ -224,7 +229,7 @@ def render_report(run: Run) -> str:
 <style>{_STYLE}</style>
 <script>{plotly_js().read_text(encoding="utf-8")}</script></head>
 <body><h1>{title}</h1><p>Report written {made} by covey.</p>
-<table id="facts">{facts_html}</table>
+{warning}<table id="facts">{facts_html}</table>
 <div class="grid">{plots}</div>
 <h2>Rounds</h2>
 <table id="rounds"><thead><tr><th>round</th><th>test loss</th><th>test acc.</th><th>fed. loss</th>

@@ -41,6 +41,20 @@ def within(path: Path, root: Path | None) -> Path:
     return real
 
 
+def read_from_store(damaged: str, store: Path) -> str:
+    """What a run whose ``history.json`` is ``damaged`` says: its rounds come from ``store``.
+
+    A run killed as it wrote ``history.json`` leaves it cut short, while its
+    ``run.sqlite`` kept every round: the dashboard, its reports and ``covey runs``
+    show the run from there, with this note.
+
+    Example:
+        >>> read_from_store("cannot read r/history.json: ...", Path("r/run.sqlite"))
+        'cannot read r/history.json: ...; its rounds were read from r/run.sqlite instead'
+    """
+    return f"{damaged}; its rounds were read from {store} instead"
+
+
 def tag_constant(name: str) -> dict[str, str]:
     """``NaN``, ``Infinity`` and ``-Infinity`` in a run's JSON, tagged as covey writes them.
 

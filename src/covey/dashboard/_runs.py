@@ -21,11 +21,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -36,12 +33,14 @@ from covey.dashboard._runjson import (
 )
 from covey.dashboard._runjson import (
     check_rounds,
+    read_from_store,
     read_json,
-    tag_constant,
     tagged_float,
     within,
 )
-from covey.server._rundb import is_held, open_read_only, schema_refusal
+from covey.dashboard._runstore import STORE, read_store_within
+from covey.dashboard._runstore import later_rounds as later_rounds
+from covey.server._rundb import is_held
 from covey.server._served import killed_server_reason
 from covey.sim._rundir import (
     SET_UP_FILES,
@@ -52,12 +51,9 @@ from covey.sim._rundir import (
 
 HISTORY: Final = "history.json"
 META: Final = "run.json"
-STORE: Final = "run.sqlite"
 MAX_DEPTH: Final = 3
 """How deep below the runs folder runs are looked for."""
 MAX_RUNS: Final = 10_000
-MAX_EVENTS: Final = 100_000
-"""The newest fleet events read from a deployed run's store (older ones are not shown)."""
 
 
 @dataclass
@@ -79,6 +75,9 @@ class Run:
         rounds: One JSON dict per round, in round order.
         clients: Client names by id (deployed runs only).
         events: Fleet events ``(unix_time, client, event, detail)`` (deployed runs only).
+        warning: Why ``history.json`` could not be read, its rounds read from
+            ``run.sqlite`` instead (:func:`~covey.dashboard._runjson.read_from_store`);
+            None when it was read.
     """
 
     id: str
@@ -88,6 +87,7 @@ class Run:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     clients: dict[int, str] = field(default_factory=dict)
     events: list[tuple[float, str, str, str]] = field(default_factory=list)
+    warning: str | None = None
 
     @property
     def status(self) -> str:
@@ -175,102 +175,31 @@ def signature(path: Path) -> Signature:
     return Signature(tuple(parts))
 
 
-@contextlib.contextmanager
-def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
-    try:
-        conn = open_read_only(db)
-    except sqlite3.Error as exc:
-        raise RunReadError(f"cannot open {db} read-only: {exc}") from exc
-    try:
-        yield conn
-    except sqlite3.Error as exc:
-        raise RunReadError(f"{db} is not a readable covey run database: {exc}") from exc
-    finally:
-        conn.close()
-
-
-def _rounds_after(conn: sqlite3.Connection, db: Path, after: int) -> list[dict[str, Any]]:
-    """The round records a store holds after round ``after``, checked.
-
-    A long run of short rounds writes ``history.json`` less often than every
-    round (:class:`~covey.core._historyfile.HistoryFile`): killed, its store has
-    the rounds the file missed.
-    """
-    records = conn.execute(
-        "SELECT record FROM rounds WHERE record IS NOT NULL AND round > ? ORDER BY round",
-        (after,),
-    ).fetchall()
-    if not records:
-        return []
-    try:
-        rows = [json.loads(text, parse_constant=tag_constant) for (text,) in records]
-    except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
-    except RecursionError:
-        raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
-    return check_rounds(rows, str(db))
-
-
-def later_rounds(path: Path, after: int) -> list[dict[str, Any]]:
-    """The rounds after ``after`` that the store of the run in ``path`` holds, if any.
-
-    Raises:
-        RunReadError: if the store is there but cannot be read as a covey run's.
-    """
-    db = path / STORE
-    if not db.is_file():
-        return []
-    with _read_only(db) as conn:
-        newer = schema_refusal(conn, db)
-        if newer is not None:
-            raise RunReadError(newer)
-        return _rounds_after(conn, db, after)
-
-
-def _read_store(run: Run, db: Path) -> None:
-    """Fill ``run`` from its store, with the rounds after those of its ``history.json``."""
-    with _read_only(db) as conn:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        newer = schema_refusal(conn, db, meta)
-        if newer is not None:  # its tables may be laid out otherwise: read none of them
-            raise RunReadError(newer)
-        row = conn.execute(
-            "SELECT config, created_at, updated_at, status FROM run WHERE id = 1"
-        ).fetchone()
-        if meta.get("format") != "covey-run" or row is None:
-            raise RunReadError(f"{db} is not a covey run database")
-        later = _rounds_after(conn, db, run.rounds[-1]["round"] if run.rounds else -1)
-        clients = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
-        events = conn.execute(
-            "SELECT time, client, event, detail FROM events ORDER BY seq DESC LIMIT ?",
-            (MAX_EVENTS,),
-        ).fetchall()
-    config_text, created, updated, status = row
-    try:
-        run.rounds = run.rounds + later
-        config = json.loads(config_text, parse_constant=tag_constant)
-        run.clients = {int(cid): str(name) for name, cid in clients}
-        run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
-        run.meta.update(config if isinstance(config, dict) else {})
-        run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
-    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
-    except RecursionError:
-        raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
-
-
-def read_run(run_id: str, path: str | Path, *, root: str | Path | None = None) -> Run:
+def read_run(
+    run_id: str,
+    path: str | Path,
+    *,
+    root: str | Path | None = None,
+    damaged: str | None = None,
+) -> Run:
     """Read one run folder: its settings, rounds and (deployed) clients and events.
+
+    A ``history.json`` that cannot be read (cut short by a kill, not JSON) beside
+    a ``run.sqlite`` is passed over: the rounds come from the store, and
+    :attr:`Run.warning` says why.
 
     Args:
         run_id: The id to give the run (e.g. one :func:`discover_runs` found).
         path: The run folder (holding ``history.json`` and/or ``run.sqlite``).
         root: The runs folder: a file of the run that resolves outside it (a
             symbolic link to a file elsewhere) is refused. None: not checked.
+        damaged: Why ``history.json`` is damaged, as a stricter reader
+            (:meth:`covey.History.load`) found: it is not read. None: it is read.
 
     Raises:
         RunReadError: if ``path`` is no run folder, or a file is too big, not JSON,
-            not a covey run, or outside ``root``.
+            not a covey run, or outside ``root``; a damaged ``history.json`` only
+            if the store cannot be read either (or there is none).
     """
     path = Path(path)
     top = None if root is None else Path(root)
@@ -282,18 +211,19 @@ def read_run(run_id: str, path: str | Path, *, root: str | Path | None = None) -
     simulated = (path / META).is_file() or not db.is_file()  # a simulation keeps run.json
     run = Run(run_id, path, "simulated" if simulated else "deployed")
     history = path / HISTORY
-    if history.is_file():
-        _read_history(run, within(history, top))
+    if history.is_file() and damaged is None:
+        damaged = _read_history(run, within(history, top), db)  # a link outside: refused
+    if damaged is not None:
+        if not db.is_file():
+            raise RunReadError(damaged)
+        run = Run(run_id, path, run.kind, warning=read_from_store(damaged, db))
     meta_file = path / META
     if meta_file.is_file():
         meta = read_json(within(meta_file, top))
         if isinstance(meta, dict):
             run.meta.update(meta)
     if db.is_file():
-        for beside in ("-wal", "-shm"):  # SQLite reads them beside the database
-            if (path / (STORE + beside)).exists():
-                within(path / (STORE + beside), top)
-        _read_store(run, within(db, top))
+        read_store_within(run, db, top, damaged)
     if run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (
@@ -324,16 +254,31 @@ def _set_up_run(run_id: str, path: Path) -> Run:
     return run
 
 
-def _read_history(run: Run, history: Path) -> None:
-    """Fill ``run``'s rounds, settings and stop reason from its ``history.json``."""
-    data = read_json(history)
-    if not isinstance(data, dict):
-        raise RunReadError(f"{history} must hold a JSON object")
-    run.rounds = check_rounds(data.get("rounds"), str(history))
+def _read_history(run: Run, history: Path, db: Path) -> str | None:
+    """Fill ``run``'s rounds, settings and stop reason from its ``history.json``.
+
+    Returns:
+        None; or why the file cannot be read, if the store ``db`` is there to read
+        the rounds from instead.
+
+    Raises:
+        RunReadError: if the file cannot be read and there is no store.
+    """
+    try:
+        data = read_json(history)
+        if not isinstance(data, dict):
+            raise RunReadError(f"{history} must hold a JSON object")
+        rounds = check_rounds(data.get("rounds"), str(history))
+    except RunReadError as exc:
+        if not db.is_file():
+            raise
+        return str(exc)
+    run.rounds = rounds
     if isinstance(data.get("config"), dict):
         run.meta.update(data["config"])
     if isinstance(data.get("stopped_reason"), str):
         run.meta["stopped_reason"] = data["stopped_reason"]
+    return None
 
 
 def _all_rounds_done(run: Run) -> bool:
@@ -400,7 +345,11 @@ def strategy_name(meta: dict[str, Any]) -> str:
 
 
 def summary(run: Run) -> dict[str, Any]:
-    """The run's row in the list of runs (JSON-ready); ``note``: why it stopped, if it did."""
+    """The run's row in the list of runs (JSON-ready).
+
+    ``note`` says why it stopped, if it did; ``warning`` that its rounds were read
+    from ``run.sqlite`` because its ``history.json`` is damaged (else None).
+    """
     done = max((r["round"] for r in run.rounds), default=None)
     started = run.meta.get("started") or run.meta.get("created_at")
     reason = run.meta.get("stopped_reason")
@@ -415,6 +364,7 @@ def summary(run: Run) -> dict[str, Any]:
         "started": started,
         "updated": run.meta.get("updated_at"),
         "note": reason if isinstance(reason, str) else None,
+        "warning": run.warning,
     }
 
 

@@ -219,7 +219,8 @@ function facts(run) {
     <span><b>kind</b>${esc(run.kind)}</span><span><b>strategy</b>${esc(run.strategy)}</span>
     <span><b>rounds</b><span id="rounds-done">${esc(run.rounds_done ?? "–")}</span> / ${esc(run.rounds_planned ?? "?")}</span>
     <span><b>best</b>${best}</span><span><b>started</b>${when(run.started)}</span>
-    ${run.meta && run.meta.stopped_reason ? `<span><b>stopped early</b>${esc(run.meta.stopped_reason)}</span>` : ""}</div>`;
+    ${run.meta && run.meta.stopped_reason ? `<span><b>stopped early</b>${esc(run.meta.stopped_reason)}</span>` : ""}
+    ${run.warning ? `<span class="fail" id="warning"><b>read from run.sqlite</b>${esc(run.warning)}</span>` : ""}</div>`;
 }
 
 function renderRun(run) {
@@ -272,7 +273,8 @@ async function showList() {
   const rows = data.runs.map((r) => `<tr data-run-id="${esc(r.id)}">
     <td><input type="checkbox" value="${esc(r.id)}"></td>
     <td><a href="#/run/${encodeURIComponent(r.id)}">${esc(r.id)}</a></td>
-    <td class="status-${esc(r.status)}" title="${esc(r.error ?? r.note ?? "")}">${esc(r.status)}</td>
+    <td class="status-${esc(r.status)}" title="${esc(r.error ?? r.warning ?? r.note ?? "")}">${esc(r.status)}
+      ${r.warning ? `<div class="small fail">history.json damaged: read from run.sqlite</div>` : ""}</td>
     <td>${esc(r.kind ?? "–")}</td><td>${esc(r.strategy ?? "–")}</td>
     <td class="num">${esc(r.rounds_done ?? "–")} / ${esc(r.rounds_planned ?? "?")}</td>
     <td>${r.best ? esc(r.best.name) + " " + num(r.best.value) : "–"}</td>

@@ -1,0 +1,124 @@
+"""Reading a run's ``run.sqlite`` for the dashboard, read-only, its rounds checked.
+
+The store is opened read-only (a ``mode=ro`` URI), so watching a live server
+never takes a write lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from covey.dashboard._runjson import RunReadError, check_rounds, tag_constant, within
+from covey.server._rundb import open_read_only, schema_refusal
+
+if TYPE_CHECKING:
+    from covey.dashboard._runs import Run
+
+STORE: Final = "run.sqlite"
+MAX_EVENTS: Final = 100_000
+"""The newest fleet events read from a deployed run's store (older ones are not shown)."""
+
+
+@contextlib.contextmanager
+def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
+    try:
+        conn = open_read_only(db)
+    except sqlite3.Error as exc:
+        raise RunReadError(f"cannot open {db} read-only: {exc}") from exc
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        raise RunReadError(f"{db} is not a readable covey run database: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _rounds_after(conn: sqlite3.Connection, db: Path, after: int) -> list[dict[str, Any]]:
+    """The round records a store holds after round ``after``, checked.
+
+    A long run of short rounds writes ``history.json`` less often than every
+    round (:class:`~covey.core._historyfile.HistoryFile`): killed, its store has
+    the rounds the file missed.
+    """
+    records = conn.execute(
+        "SELECT record FROM rounds WHERE record IS NOT NULL AND round > ? ORDER BY round",
+        (after,),
+    ).fetchall()
+    if not records:
+        return []
+    try:
+        rows = [json.loads(text, parse_constant=tag_constant) for (text,) in records]
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
+    return check_rounds(rows, str(db))
+
+
+def later_rounds(path: Path, after: int) -> list[dict[str, Any]]:
+    """The rounds after ``after`` that the store of the run in ``path`` holds, if any.
+
+    Raises:
+        RunReadError: if the store is there but cannot be read as a covey run's.
+    """
+    db = path / STORE
+    if not db.is_file():
+        return []
+    with _read_only(db) as conn:
+        newer = schema_refusal(conn, db)
+        if newer is not None:
+            raise RunReadError(newer)
+        return _rounds_after(conn, db, after)
+
+
+def read_store(run: Run, db: Path) -> None:
+    """Fill ``run`` from its store, with the rounds after those of its ``history.json``."""
+    with _read_only(db) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        newer = schema_refusal(conn, db, meta)
+        if newer is not None:  # its tables may be laid out otherwise: read none of them
+            raise RunReadError(newer)
+        row = conn.execute(
+            "SELECT config, created_at, updated_at, status FROM run WHERE id = 1"
+        ).fetchone()
+        if meta.get("format") != "covey-run" or row is None:
+            raise RunReadError(f"{db} is not a covey run database")
+        later = _rounds_after(conn, db, run.rounds[-1]["round"] if run.rounds else -1)
+        clients = conn.execute("SELECT name, id FROM clients ORDER BY id").fetchall()
+        events = conn.execute(
+            "SELECT time, client, event, detail FROM events ORDER BY seq DESC LIMIT ?",
+            (MAX_EVENTS,),
+        ).fetchall()
+    config_text, created, updated, status = row
+    try:
+        run.rounds = run.rounds + later
+        config = json.loads(config_text, parse_constant=tag_constant)
+        run.clients = {int(cid): str(name) for name, cid in clients}
+        run.events = [(float(t), str(c), str(e), str(d)) for t, c, e, d in reversed(events)]
+        run.meta.update(config if isinstance(config, dict) else {})
+        run.meta.update(status=str(status), created_at=float(created), updated_at=float(updated))
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise RunReadError(f"{db} holds a malformed run: {exc}") from exc
+    except RecursionError:
+        raise RunReadError(f"{db} holds a malformed run: JSON nested too deeply") from None
+
+
+def read_store_within(run: Run, db: Path, top: Path | None, damaged: str | None) -> None:
+    """Fill ``run`` from its store ``db``, refused if it (or its WAL) lies outside ``top``.
+
+    Read for a ``damaged`` history, a store that cannot be read either names both.
+    """
+    try:
+        for beside in ("-wal", "-shm"):  # SQLite reads them beside the database
+            if db.with_name(STORE + beside).exists():
+                within(db.with_name(STORE + beside), top)
+        read_store(run, within(db, top))
+    except RunReadError as exc:
+        if damaged is None:
+            raise
+        raise RunReadError(f"{damaged}, and {exc}") from exc
