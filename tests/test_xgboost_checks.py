@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 import covey
+from covey.core import Config
 
 xgb = pytest.importorskip("xgboost")
 
@@ -13,10 +17,13 @@ from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
     XGBoostCyclic,
+    empty_booster,
     evaluate_booster,
     from_weights,
     initial_model,
     num_trees,
+    round_robin,
+    to_weights,
 )
 
 BINARY = {"objective": "binary:logistic", "base_score": 0.5, "max_depth": 2, "nthread": 1}
@@ -29,17 +36,28 @@ def _data(seed: int, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _federation(
-    strategy: covey.Strategy, clients: int, *, bad_cid: int, bad: dict[str, object]
+    strategy: covey.Strategy,
+    clients: int,
+    *,
+    bad_cid: int,
+    bad: dict[str, object],
+    rounds: int = 2,
+    sends: Callable[[bytes], bytes] | None = None,
 ) -> covey.sim.SimulationResult:
-    """Two inline rounds of ``clients`` XGBoost clients, ``bad_cid`` trained with ``bad``."""
+    """Inline rounds of ``clients`` XGBoost clients, ``bad_cid`` trained with ``bad``.
+
+    ``sends``: what ``bad_cid`` replies instead of its trained model, made from it.
+    """
 
     def client(cid: int) -> XGBoostClient:
+        if cid == bad_cid and sends is not None:
+            return _Forging(sends)
         return XGBoostClient(*_data(cid), {**BINARY, **bad} if cid == bad_cid else BINARY)
 
     return covey.simulate(
         client,
         num_clients=clients,
-        rounds=2,
+        rounds=rounds,
         strategy=strategy,
         initial_weights=initial_model(BINARY, 4, capacity=1 << 16),
         backend="inline",
@@ -70,14 +88,148 @@ def test_a_client_whose_trees_cannot_be_merged_fails_alone(
     assert num_trees(from_weights(result.weights)) == 2 * 2
 
 
-def test_cyclic_names_a_dart_booster() -> None:
-    # Before, the round failed saying the bytes were averaged by a strategy such as FedAvg.
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"objective": "binary:logitraw"}, "trained for objective 'binary:logitraw'"),
+        ({"booster": "dart"}, "booster 'dart' is not supported by XGBoostBagging"),
+        ({"eta": float("inf")}, "holds inf or NaN"),
+    ],
+    ids=["objective", "dart", "eta-inf"],
+)
+def test_cyclic_fails_a_client_whose_trees_cannot_join_and_keeps_the_model(
+    bad: dict[str, object], message: str
+) -> None:
+    # Before, the round's client took part and the round failed at its end, recorded as
+    # the round's aggregation error rather than as that client's failed fit.
     cyclic = XGBoostCyclic(fraction_evaluate=0.0)
-    result = _federation(cyclic, 2, bad_cid=0, bad={"booster": "dart"})
-    error = result.history.rounds[1].aggregate_info["error"]
-    assert "booster 'dart' is not supported" in error
-    assert "FedAvg" not in error
-    assert num_trees(from_weights(result.weights)) == 1
+    result = _federation(cyclic, 3, bad_cid=1, bad=bad, rounds=3)
+    first, second, third = result.history.rounds[1:]
+    assert [first.fit_participants, second.fit_participants, third.fit_participants] == [
+        [0],
+        [],
+        [2],
+    ]
+    [failure] = second.fit_failures
+    assert failure.cid == 1
+    assert failure.error.startswith("refused by the aggregation step: ")
+    assert message in failure.error
+    assert "FedAvg" not in failure.error
+    for record in (first, second, third):
+        assert "error" not in record.aggregate_info
+    # Client 2 boosted the booster of round 1, the latest valid one: no tree is lost.
+    assert num_trees(from_weights(result.weights)) == 2
+
+
+class _Forging(XGBoostClient):
+    """A client that trains honestly, then replies with ``sends(its model)``."""
+
+    def __init__(self, sends: Callable[[bytes], bytes]) -> None:
+        super().__init__(*_data(9), BINARY)
+        self.sends = sends
+
+    def fit(self, weights: covey.Weights, config: Config) -> covey.FitResult:
+        trained = super().fit(weights, config)
+        assert trained.weights is not None
+        forged = self.sends(from_weights(trained.weights))
+        capacity = int(np.asarray(weights["model"]).size)
+        return covey.FitResult(weights=to_weights(forged, capacity), num_examples=60)
+
+
+def _other_booster(params: dict[str, object], features: int) -> Callable[[bytes], bytes]:
+    """Reply with a booster of one tree grown for ``params`` on ``features`` features."""
+
+    def sends(model: bytes) -> bytes:
+        x = np.random.default_rng(3).normal(size=(30, features))
+        start = xgb.Booster(model_file=bytearray(empty_booster(params, features)))
+        label = (x[:, 0] > 0).astype(float)
+        booster = xgb.train(params, xgb.DMatrix(x, label=label), 1, xgb_model=start)
+        return bytes(booster.save_raw("json"))
+
+    return sends
+
+
+def _nan_leaf(model: bytes) -> bytes:
+    doc = json.loads(model)
+    tree = doc["learner"]["gradient_booster"]["model"]["trees"][-1]
+    leaf = tree["left_children"].index(-1)
+    tree["split_conditions"][leaf] = float("nan")
+    tree["base_weights"][leaf] = float("nan")
+    return json.dumps(doc).encode()
+
+
+def _without_model_param(model: bytes) -> bytes:
+    doc = json.loads(model)
+    del doc["learner"]["learner_model_param"]
+    return json.dumps(doc).encode()
+
+
+MULTI_OF_4 = {"objective": "multi:softprob", "num_class": 3, "base_score": 0.5, "max_depth": 2}
+FORGED = [
+    (lambda m: np.random.default_rng(0).bytes(len(m)), "not an XGBoost JSON model"),
+    (lambda m: b"", "not an XGBoost JSON model"),
+    (_other_booster(BINARY, 5), "(num_feature '5', the global model's '4')"),
+    (_other_booster({**MULTI_OF_4, "nthread": 1}, 4), "(num_class '3', the global model's '0')"),
+    (_nan_leaf, "holds inf or NaN"),
+    (_without_model_param, "lacks a field of an XGBoost model or has a malformed one"),
+]
+FORGED_IDS = ["random-bytes", "empty", "features", "classes", "nan-leaf", "no-model-param"]
+
+
+@pytest.mark.parametrize(("sends", "message"), FORGED, ids=FORGED_IDS)
+def test_cyclic_fails_a_forged_reply_by_name_and_goes_on(
+    sends: Callable[[bytes], bytes], message: str
+) -> None:
+    # Before, the round failed at its end (no booster, other features or classes, NaN)
+    # or the run stopped with a KeyError (a model without learner_model_param).
+    cyclic = XGBoostCyclic(fraction_evaluate=0.0)
+    result = _federation(cyclic, 3, bad_cid=1, bad={}, rounds=3, sends=sends)
+    assert [r.fit_participants for r in result.history.rounds[1:]] == [[0], [], [2]]
+    [failure] = result.history.rounds[2].fit_failures
+    assert failure.cid == 1
+    assert "refused by the aggregation step: the client's model" in failure.error
+    assert message in failure.error
+    assert "FedAvg" not in failure.error
+    assert all("error" not in r.aggregate_info for r in result.history.rounds[1:])
+    assert num_trees(from_weights(result.weights)) == 2
+
+
+@pytest.mark.parametrize(("sends", "message"), FORGED, ids=FORGED_IDS)
+def test_bagging_fails_a_forged_reply_by_name(
+    sends: Callable[[bytes], bytes], message: str
+) -> None:
+    # Before, a model without learner_model_param stopped the run with a KeyError, and
+    # random bytes were said to be averaged by a strategy such as FedAvg.
+    bagging = XGBoostBagging(fraction_evaluate=0.0)
+    result = _federation(bagging, 3, bad_cid=1, bad={}, sends=sends)
+    for record in result.history.rounds[1:]:
+        assert record.fit_participants == [0, 2]
+        [failure] = record.fit_failures
+        assert failure.cid == 1
+        assert message in failure.error
+        assert "FedAvg" not in failure.error
+    assert num_trees(from_weights(result.weights)) == 2 * 2
+
+
+def _crash(model: bytes) -> bytes:
+    raise RuntimeError("out of memory")
+
+
+def test_cyclic_goes_on_past_a_client_whose_fit_fails() -> None:
+    # Before, the round's one client failing left 0 of 1 replies: the run stopped.
+    cyclic = XGBoostCyclic(fraction_evaluate=0.0)
+    result = _federation(cyclic, 3, bad_cid=1, bad={}, rounds=3, sends=_crash)
+    assert [r.fit_participants for r in result.history.rounds[1:]] == [[0], [], [2]]
+    [failure] = result.history.rounds[2].fit_failures
+    assert (failure.cid, failure.stage) == (1, "fit")
+    assert "out of memory" in failure.error
+    assert num_trees(from_weights(result.weights)) == 2
+
+
+def test_round_robin_picks_no_client_of_none() -> None:
+    # Before: ZeroDivisionError.
+    assert round_robin([], 3, np.random.default_rng(0)) == []
+    assert round_robin([5, 2], 3, np.random.default_rng(0)) == [2]
 
 
 MULTI = {"objective": "multi:softprob", "num_class": 3, "base_score": 0.5, "max_depth": 2}

@@ -162,7 +162,8 @@ class Strategy:
     def __post_init__(self) -> None:
         self._check_numbers()
         self._check_functions()
-        if self.fraction_fit == 0.0 and self.min_fit_clients == 0:
+        chooses = self.selector is not None and self.buffer_size is None  # picks its own
+        if self.fraction_fit == 0.0 and self.min_fit_clients == 0 and not chooses:
             raise ValueError("fraction_fit=0 and min_fit_clients=0 would train no client")
         if not isinstance(self.aggregator, Step):
             raise TypeError(

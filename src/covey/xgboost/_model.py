@@ -93,21 +93,26 @@ def from_weights(weights: Weights) -> bytes:
     return buffer[:n].tobytes()
 
 
-def parse(model: bytes) -> dict[str, Any]:
-    """The JSON document of a serialized booster, with a clear error if it is not one."""
+def parse(model: bytes, what: str | None = None) -> dict[str, Any]:
+    """The JSON document of a serialized booster, with a clear error if it is not one.
+
+    ``what`` names a client's model in errors (``"client model 2"``); without it
+    the model is the global one, whose bytes a strategy for arrays may have averaged.
+    """
+    hint, prefix = (_AVERAGED, "") if what is None else ("", f"{what}: ")
     try:
         doc = json.loads(model)
         booster = doc["learner"]["gradient_booster"]
         _check_booster(booster)
         trees = booster["model"]["trees"]
-    except WeightsError:
-        raise
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except WeightsError as exc:
+        raise WeightsError(f"{prefix}{exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise WeightsError(
-            f"not an XGBoost JSON model of a tree booster: {exc}{_AVERAGED}"
+            f"{prefix}not an XGBoost JSON model of a tree booster: {exc}{hint}"
         ) from None
     if not isinstance(trees, list):
-        raise WeightsError(f"not an XGBoost JSON model: 'trees' is not a list{_AVERAGED}")
+        raise WeightsError(f"{prefix}not an XGBoost JSON model: 'trees' is not a list{hint}")
     return doc  # type: ignore[no-any-return]
 
 

@@ -67,8 +67,7 @@ def _merge(base: bytes, clients: Sequence[tuple[bytes, float]], names: Sequence[
     indptr: list[int] = list(merged["iteration_indptr"])
     known = len(merged["trees"])
     for (model, factor), what in zip(clients, names, strict=True):
-        client = parse(model)
-        trees, info, ends = new_trees(client, params, known, what, objective)
+        trees, info, ends = _new_trees(parse(model, what), params, known, what, objective)
         start = len(merged["trees"])
         for tree in trees:
             new = _scale_leaves(tree, factor)
@@ -79,6 +78,20 @@ def _merge(base: bytes, clients: Sequence[tuple[bytes, float]], names: Sequence[
     merged["iteration_indptr"] = indptr
     merged["gbtree_model_param"]["num_trees"] = str(len(merged["trees"]))
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _new_trees(
+    client: dict[str, Any], params: dict[str, Any], known: int, what: str, objective: str | None
+) -> tuple[list[Any], list[int], list[int]]:
+    """:func:`new_trees`; a client model missing a field, or with one of another type, named."""
+    try:
+        return new_trees(client, params, known, what, objective)
+    except WeightsError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise WeightsError(
+            f"{what} lacks a field of an XGBoost model or has a malformed one: {exc!r}"
+        ) from None
 
 
 def check_start(params: Weights) -> None:
@@ -100,8 +113,8 @@ def check_start(params: Weights) -> None:
         raise WeightsError(f"initial weights: {exc}") from None
 
 
-def _accepted(params: Weights, contribution: Contribution) -> bytes:
-    """A client's model bytes, if its new trees can join the global model ``params``.
+def _accepted(params: Weights, contribution: Contribution) -> tuple[bytes, bytes]:
+    """A client's model bytes, and the global model plus its new trees, if they can join.
 
     Checked when the client's reply arrives, so that a client whose trees cannot
     join (another objective or booster, a malformed or non-finite tree) fails
@@ -113,13 +126,16 @@ def _accepted(params: Weights, contribution: Contribution) -> bytes:
     """
     try:
         model = from_weights(contribution.as_weights(params))
-        load_booster(_merge(from_weights(params), [(model, 1.0)], ["the client's model"]))
+        merged = _merge(from_weights(params), [(model, 1.0)], ["the client's model"])
+        load_booster(merged)
     except (WeightsError, ValueError) as exc:
         raise AggregationError(str(exc)) from exc
-    return model
+    return model, merged
 
 
-class _BagState(NamedTuple):
+class _RoundState(NamedTuple):
+    """The round's global model and the ``(examples, model bytes)`` of each accepted client."""
+
     params: Weights | None = None
     models: tuple[tuple[int, bytes], ...] = ()
 
@@ -144,21 +160,21 @@ def bagging(*, weighted: bool = True) -> Step:
         Breiman, "Bagging Predictors", Machine Learning 24, 1996.
     """
 
-    def init(params: Weights) -> _BagState:
+    def init(params: Weights) -> _RoundState:
         check_start(params)
-        return _BagState()
+        return _RoundState()
 
-    def update(state: _BagState, event: Event) -> tuple[_BagState, tuple[Event, ...]]:
+    def update(state: _RoundState, event: Event) -> tuple[_RoundState, tuple[Event, ...]]:
         if isinstance(event, Begin):
-            return _BagState(event.params), ()
+            return _RoundState(event.params), ()
         if isinstance(event, Contribution):
             if state.params is None:
                 raise AggregationError("a contribution arrived before the round began")
-            model = _accepted(state.params, event)
+            model, _ = _accepted(state.params, event)
             return state._replace(models=(*state.models, (event.num_examples, model))), ()
         if isinstance(event, End):
             if state.params is None or not state.models:
-                return _BagState(), ()
+                return _RoundState(), ()
             total = sum(n for n, _ in state.models)
             if weighted and total <= 0:
                 raise AggregationError("every contribution has zero examples")
@@ -175,7 +191,7 @@ def bagging(*, weighted: bool = True) -> Step:
             out = Aggregate(
                 event.round, len(state.models), total, weights=new, info=dict(event.info)
             )
-            return _BagState(), (out,)
+            return _RoundState(), (out,)
         return state, (event,)
 
     return Step(init, update)
@@ -187,49 +203,47 @@ def cyclic() -> Step:
     Each round one client (see :func:`round_robin`) boosts the global model on
     its data; the new model is the global one plus the client's new trees,
     checked (the old trees are the server's own, whatever the client sent).
+    A client whose trees cannot extend the global model (no booster, another
+    objective, features or classes, a dart booster, non-finite values) is
+    refused as its reply arrives: its fit fails, naming why, and the global
+    model stays the latest valid booster, which the next client boosts.
 
     Returns:
-        A reducer step; a round with more than one contribution is an error.
+        A reducer step; a round with more than one accepted contribution is an error.
 
     References:
         Chen and Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016.
     """
 
-    def init(params: Weights) -> tuple[Weights | None, tuple[Contribution, ...]]:
+    def init(params: Weights) -> _RoundState:
         check_start(params)
-        return None, ()
+        return _RoundState()
 
-    def update(
-        state: tuple[Weights | None, tuple[Contribution, ...]], event: Event
-    ) -> tuple[tuple[Weights | None, tuple[Contribution, ...]], tuple[Event, ...]]:
-        params, got = state
+    def update(state: _RoundState, event: Event) -> tuple[_RoundState, tuple[Event, ...]]:
         if isinstance(event, Begin):
-            return (event.params, ()), ()
+            return _RoundState(event.params), ()
         if isinstance(event, Contribution):
-            return (params, (*got, event)), ()
+            if state.params is None:
+                raise AggregationError("a contribution arrived before the round began")
+            # The global model's own trees come from the server's copy, the new ones
+            # from the client, checked: the same booster an honest client sent.
+            _, merged = _accepted(state.params, event)
+            return state._replace(models=(*state.models, (event.num_examples, merged))), ()
         if isinstance(event, End):
-            if not got or params is None:
-                return (None, ()), ()
-            if len(got) > 1:
+            if state.params is None or not state.models:
+                return _RoundState(), ()  # no valid model this round: the global one stays
+            if len(state.models) > 1:
                 raise AggregationError(
-                    f"cyclic training takes one client per round, got {len(got)}: use "
-                    "XGBoostCyclic() or a selector that picks one client"
+                    f"cyclic training takes one client per round, got {len(state.models)}: "
+                    "use XGBoostCyclic() or a selector that picks one client"
                 )
-            capacity = int(np.asarray(params[MODEL]).size)
+            [(examples, merged)] = state.models
             try:
-                # The global model's own trees come from the server's copy, the new ones
-                # from the client, checked: the same booster an honest client sent.
-                model = merge_trees(
-                    from_weights(params), [(from_weights(got[0].as_weights(params)), 1.0)]
-                )
-                load_booster(model)
-                weights = to_weights(model, capacity)
-            except (WeightsError, ValueError) as exc:
+                weights = to_weights(merged, int(np.asarray(state.params[MODEL]).size))
+            except ValueError as exc:
                 raise AggregationError(str(exc)) from exc
-            out = Aggregate(
-                event.round, 1, got[0].num_examples, weights=weights, info=dict(event.info)
-            )
-            return (None, ()), (out,)
+            out = Aggregate(event.round, 1, examples, weights=weights, info=dict(event.info))
+            return _RoundState(), (out,)
         return state, (event,)
 
     return Step(init, update)
@@ -238,6 +252,8 @@ def cyclic() -> Step:
 def round_robin(candidates: Sequence[int], round: int, rng: np.random.Generator) -> list[int]:
     """A selector that picks one client per round, in turn: round 1 the first, and so on."""
     ordered = sorted(int(c) for c in candidates)
+    if not ordered:
+        return []
     return [ordered[(round - 1) % len(ordered)]]
 
 
@@ -262,7 +278,10 @@ def XGBoostCyclic(**options: Any) -> Strategy:
     """Federated gradient-boosted trees by cyclic training: clients boost the model in turn.
 
     One client per round, chosen by :func:`round_robin`; federated evaluation
-    samples as the options say.
+    samples as the options say. A round whose client fails, or sends a model
+    whose trees cannot extend the global one, is recorded among the round's
+    fit failures; the global model stays the latest valid booster and the run
+    goes on with the next client.
 
     Args:
         **options: :class:`~covey.Strategy` options except ``selector``,
@@ -281,6 +300,6 @@ def XGBoostCyclic(**options: Any) -> Strategy:
         **options,  # type: ignore[typeddict-item]
         "selector": round_robin,
         "fraction_fit": 0.0,
-        "min_fit_clients": 1,
+        "min_fit_clients": 0,  # the selector picks one; its failure keeps the model
     }
     return preset("XGBoostCyclic", cyclic(), checked)

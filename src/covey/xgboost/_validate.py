@@ -132,8 +132,13 @@ def new_trees(
         each new boosting iteration, counted from the first new tree.
     """
     theirs = client["learner"]["learner_model_param"]
-    if any(theirs.get(k) != params.get(k) for k in ("num_feature", "num_class", "num_target")):
-        raise WeightsError(f"{what} has other features, classes or targets than the global")
+    for key in ("num_feature", "num_class", "num_target"):
+        if theirs.get(key) != params.get(key):
+            raise WeightsError(
+                f"{what} has other features, classes or targets than the global model "
+                f"({key} {theirs.get(key)!r}, the global model's {params.get(key)!r}): "
+                "train every client on the global model's features and classes"
+            )
     if _scores(theirs.get("base_score")) != _scores(params.get("base_score")):
         raise WeightsError(
             f"{what} boosts from base_score {theirs.get('base_score')}, the global model from "
