@@ -8,12 +8,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from covey.core._extras import import_feature
 from covey.core._files import TooLargeError, atomic_write, read_regular
 from covey.core._jsonvalues import from_jsonable, jsonable
-from covey.core._metricnames import SOURCES, Source, metric_items, metric_value
+from covey.core._metricnames import FLOWER_ATTRIBUTES, SOURCES, Source, metric_items, metric_value
 from covey.core._roundrecord import Failure, RoundRecord, round_from_json, unknown_fields
 from covey.core._version import covey_version
 
@@ -96,6 +96,15 @@ class History:
             f"no round {round!r} in this history ({held}); history[r] looks a round up by "
             "its number, history.rounds[i] by position (history.rounds[-1] is the last)"
         )
+
+    if not TYPE_CHECKING:  # typed code keeps its checks of History's attributes
+
+        def __getattr__(self, name: str) -> Any:
+            """Only for attributes not found: Flower's names get an error naming covey's way."""
+            message = f"{type(self).__name__!r} object has no attribute {name!r}"
+            if name in FLOWER_ATTRIBUTES:
+                message += f"; Flower's History.{name} is covey's {FLOWER_ATTRIBUTES[name]}"
+            raise AttributeError(message, name=name, obj=self)
 
     def __repr__(self) -> str:
         """A summary: the rounds, the strategy, the metrics by source, the failures.

@@ -7,11 +7,20 @@ from typing import Any, Literal
 from covey.core._jsonvalues import as_float
 from covey.core._roundrecord import RoundRecord
 
-__all__ = ["SOURCES", "Source", "metric_items", "metric_value"]
+__all__ = ["FLOWER_ATTRIBUTES", "SOURCES", "Source", "metric_items", "metric_value"]
 
 Source = Literal["central", "evaluate", "fit"]
 
 SOURCES: tuple[Source, ...] = ("central", "evaluate", "fit")
+
+#: Flower's ``History`` attributes and how covey's history reads the same values.
+FLOWER_ATTRIBUTES = {
+    "losses_centralized": 'history.metric("loss")',
+    "metrics_centralized": "history.metric(name)",
+    "losses_distributed": 'history.metric("loss", source="evaluate")',
+    "metrics_distributed": 'history.metric(name, source="evaluate")',
+    "metrics_distributed_fit": 'history.metric(name, source="fit")',
+}
 
 
 def metric_items(record: RoundRecord, source: Source) -> list[tuple[str, Any]]:
