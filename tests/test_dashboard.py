@@ -553,3 +553,29 @@ def test_a_damaged_history_beside_a_damaged_database_names_both(tmp_path: Path) 
     assert f"cannot read {tmp_path / 'r' / 'history.json'}" in said
     assert f"{tmp_path / 'r' / 'run.sqlite'}" in said
     assert "were read from" not in said
+
+
+def test_a_report_plots_a_metric_named_loss_beside_the_round_s_loss() -> None:
+    from covey.dashboard._report import _series
+    from covey.dashboard._runs import metric_value
+
+    rounds = [
+        {
+            "round": 1,
+            "central_loss": 0.5,
+            "central_metrics": {"loss": 0.25, "loss_metric": 0.125},
+            "evaluate_loss": 2.0,
+            "evaluate_metrics": {"loss": 1.5},
+            "fit_metrics": {"loss": 3.0},
+        }
+    ]
+    assert _series(rounds) == {
+        ("central", "loss"): "test loss",
+        ("central", "loss_metric"): "test loss_metric",
+        ("central", "loss_metric_metric"): "test loss_metric_metric",
+        ("evaluate", "loss"): "federated loss",
+        ("evaluate", "loss_metric"): "federated loss_metric",
+        ("fit", "loss"): "train loss",
+    }
+    values = {key: metric_value(rounds[0], *key) for key in _series(rounds)}
+    assert list(values.values()) == [0.5, 0.25, 0.125, 2.0, 1.5, 3.0]

@@ -1,16 +1,21 @@
-"""How a history names what it holds: Flower's attribute names."""
+"""How a history names what it holds: Flower's attribute names, and metrics named like a loss."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import covey
+from covey import EvaluateResult, FitResult
+from covey.cli._rounds import metric_columns
 from covey.core import RoundRecord
 
 GUIDE = Path(__file__).parent.parent / "docs" / "migrating-from-flower.md"
@@ -101,3 +106,88 @@ def test_only_flower_s_names_get_covey_s_and_a_history_still_copies() -> None:
     ):
         assert twin == history
     assert dataclasses.asdict(history)["clients"] == {0: "a"}
+
+
+def named_like_a_loss() -> covey.History:
+    return covey.History(
+        [
+            RoundRecord(
+                1,
+                central_loss=0.5,
+                central_metrics={"loss": 0.25, "loss_metric": 0.125, "accuracy": 0.75},
+                evaluate_loss=2.0,
+                evaluate_metrics={"loss": 1.5},
+                fit_metrics={"loss": 3.0},
+            ),
+            RoundRecord(2, central_loss=0.4, central_metrics={"loss": 0.2}),
+        ]
+    )
+
+
+def test_a_metric_named_loss_is_read_as_loss_metric_beside_the_round_s_loss() -> None:
+    h = named_like_a_loss()
+    assert h.metric("loss") == [(1, 0.5), (2, 0.4)]
+    assert h.metric("loss_metric") == [(1, 0.25), (2, 0.2)]
+    assert h.metric("loss_metric_metric") == [(1, 0.125)]
+    assert h.metric("accuracy") == [(1, 0.75)]
+    assert h.metric("loss", source="evaluate") == [(1, 2.0)]
+    assert h.metric("loss_metric", source="evaluate") == [(1, 1.5)]
+    assert h.metric("loss", source="fit") == [(1, 3.0)]  # fit has no loss of its own
+    assert h.metric("loss_metric", source="fit") == []
+    assert h.best_round("loss_metric", mode="min") == (2, 0.2)
+    assert "'central': ['accuracy', 'loss', 'loss_metric', 'loss_metric_metric']" in repr(h)
+    assert covey.History.from_json(h.to_json()).metric("loss_metric") == h.metric("loss_metric")
+
+
+def test_to_pandas_and_the_rounds_table_show_a_metric_named_loss() -> None:
+    h = named_like_a_loss()
+    frame = h.to_pandas()
+    assert list(frame.columns) == [
+        "central_loss",
+        "central_loss_metric",
+        "central_loss_metric_metric",
+        "central_accuracy",
+        "evaluate_loss",
+        "evaluate_loss_metric",
+        "fit_loss",
+    ]
+    assert frame.loc[1, "central_loss_metric"] == 0.25
+    assert frame.loc[2, "central_loss"] == 0.4
+    columns, left = metric_columns(h)
+    assert ("central", "loss_metric") in columns
+    assert ("evaluate", "loss_metric") in columns
+    assert left == []
+
+
+class Loss(covey.Client):
+    """Evaluates to a loss of 1 and a metric named ``loss`` of 0.5."""
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights=dict(weights), num_examples=10)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> EvaluateResult:
+        return EvaluateResult(loss=1.0, num_examples=10, metrics={"loss": 0.5})
+
+
+def test_a_run_says_once_how_to_read_metrics_named_loss(caplog: pytest.LogCaptureFixture) -> None:
+    def evaluate_fn(rnd: int, weights: Any) -> tuple[float, dict[str, Any]]:
+        return 2.0, {"loss": 0.25}
+
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        result = covey.simulate(
+            lambda cid: Loss(), 2, 2, covey.FedAvg(), {"w": np.zeros(2)}, evaluate_fn=evaluate_fn
+        )
+    history = result.history
+    assert history.metric("loss") == [(0, 2.0), (1, 2.0), (2, 2.0)]
+    assert history.metric("loss_metric") == [(0, 0.25), (1, 0.25), (2, 0.25)]
+    assert history.metric("loss_metric", source="evaluate") == [(1, 0.5), (2, 0.5)]
+    said = [r.getMessage() for r in caplog.records if "named 'loss'" in r.getMessage()]
+    assert said == [
+        "round 0: evaluate_fn's metrics hold one named 'loss', read as "
+        'history.metric("loss_metric") (the trackers log it as central/loss_metric): '
+        'history.metric("loss") reads the round\'s loss',
+        "round 1: the evaluate metrics hold one named 'loss', read as "
+        'history.metric("loss_metric", source="evaluate") (the trackers log it as '
+        'federated/loss_metric): history.metric("loss", source="evaluate") reads the '
+        "round's loss",
+    ]

@@ -44,7 +44,9 @@ def test_best_round_by_max_and_min_ties_to_the_earliest_and_skips_nan() -> None:
 
 def test_best_round_names_what_is_recorded_when_the_metric_is_not() -> None:
     h = history()
-    with pytest.raises(ValueError, match=r"no round records 'f1'.*\['accuracy', 'loss', 'note'\]"):
+    with pytest.raises(
+        ValueError, match=r"no round records 'f1'.*\['accuracy', 'loss', 'loss_metric', 'note'\]"
+    ):
         h.best_round("f1")
     with pytest.raises(ValueError, match=r"'train_loss' is recorded from source='fit'"):
         h.best_round("train_loss")
@@ -65,14 +67,16 @@ def test_to_pandas_has_one_row_per_round_and_one_column_per_numeric_metric() -> 
     assert list(frame.columns) == [
         "central_loss",
         "central_accuracy",
+        "central_loss_metric",
         "evaluate_loss",
         "evaluate_accuracy",
         "fit_train_loss",
     ]
-    # "loss" is the round's loss, as History.metric says, not a metric of that name
+    # "loss" is the round's loss, as History.metric says; a metric of that name is loss_metric
     assert frame.loc[2, "central_loss"] == 1.5
+    assert frame.loc[2, "central_loss_metric"] == 9.0
     assert math.isnan(frame.loc[0, "evaluate_loss"])
-    for column in ("central_accuracy", "evaluate_loss", "fit_train_loss"):
+    for column in ("central_accuracy", "central_loss_metric", "evaluate_loss", "fit_train_loss"):
         source, name = column.split("_", 1)
         got = [(r, v) for r, v in frame[column].items() if not math.isnan(v)]
         want = [(r, v) for r, v in history().metric(name, source) if not math.isnan(v)]  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from covey.deploy._shown import escape
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History, RoundRecord
+    from covey.core._metricnames import Source
 
 __all__ = [
     "MAX_MORE_COLUMNS",
@@ -64,15 +65,15 @@ def metric_columns(history: History) -> tuple[list[tuple[str, str]], list[str]]:
         usual ones, in the order the run first reported them), and
         ``"source name"`` of each metric left out.
     """
+    from covey.core._metricnames import metric_items
+
     more: list[tuple[str, str]] = []
     for r in history.rounds:
-        for source, metrics in (
-            ("fit", r.fit_metrics),
-            ("evaluate", r.evaluate_metrics),
-            ("central", r.central_metrics),
-        ):
-            for name, value in metrics.items():
-                key = (source, str(name))
+        order: tuple[Source, ...] = ("fit", "evaluate", "central")
+        for source in order:
+            # named as History.metric reads them: a metric named loss is loss_metric
+            for name, value in metric_items(r, source):
+                key = (source, name)
                 number = isinstance(value, int | float) and not isinstance(value, bool)
                 if number and key not in ROUND_COLUMNS and key not in more:
                     more.append(key)

@@ -133,10 +133,22 @@ class History:
     def metric(self, name: str, source: Source = "central") -> list[tuple[int, float]]:
         """``(round, value)`` of one metric; ``name="loss"`` gives the loss.
 
+        From ``"central"`` and ``"evaluate"``, ``"loss"`` is the round's own loss
+        (``central_loss``, ``evaluate_loss``); a metric named ``loss`` there (say
+        ``evaluate_fn`` returned ``(loss, {"loss": x})``) is read as
+        ``"loss_metric"``, one named ``loss_metric`` as ``"loss_metric_metric"``,
+        the names the trackers log them under. From ``"fit"``, which has no loss
+        of its own, every metric is read by its own name.
+
         Args:
             name: The metric, e.g. ``"accuracy"``, or ``"loss"``.
             source: ``"central"`` (server-side evaluation), ``"evaluate"``
                 (federated evaluation) or ``"fit"`` (clients' training metrics).
+
+        Example:
+            >>> h = History([RoundRecord(1, central_loss=0.5, central_metrics={"loss": 0.7})])
+            >>> h.metric("loss"), h.metric("loss_metric")
+            ([(1, 0.5)], [(1, 0.7)])
 
         Raises:
             ValueError: if ``source`` is not one of those three.
@@ -194,8 +206,10 @@ class History:
         The index is the round number (``"round"``). A column is named
         ``SOURCE_NAME``: ``central_loss`` and ``central_accuracy`` from
         ``evaluate_fn``, ``evaluate_loss`` and ``evaluate_accuracy`` from federated
-        evaluation, ``fit_train_loss`` from the clients' training metrics. Only
-        numeric metrics are columns; a round that did not record one has NaN.
+        evaluation, ``fit_train_loss`` from the clients' training metrics: each
+        metric named as :meth:`metric` reads it (a central metric named ``loss``
+        is ``central_loss_metric``). Only numeric metrics are columns; a round
+        that did not record one has NaN.
 
         Args:
             costs: Also each round's participation and costs, after the metrics:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from covey.core._history import SOURCES, History, RoundRecord, Source
 from covey.core._jsonvalues import as_float
+from covey.core._metricnames import metric_items
 
 __all__ = ["column_names", "metrics_frame"]
 
@@ -26,17 +27,11 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
 def _values(record: RoundRecord, source: Source) -> dict[str, Any]:
     """The values one round records from ``source``, named as :meth:`History.metric` names them.
 
-    ``"loss"`` is the round's loss (``central_loss``, ``evaluate_loss``), never a
-    metric of that name, except from ``"fit"``, whose loss is a metric like any other.
+    ``"loss"`` is the round's loss (``central_loss``, ``evaluate_loss``); a metric
+    of that name is ``"loss_metric"``, except from ``"fit"``, whose loss is a
+    metric like any other.
     """
-    if source == "fit":
-        return {str(k): v for k, v in record.fit_metrics.items()}
-    if source == "central":
-        loss, metrics = record.central_loss, record.central_metrics
-    else:
-        loss, metrics = record.evaluate_loss, record.evaluate_metrics
-    values = {str(k): v for k, v in metrics.items() if k != "loss"}
-    return values if loss is None else {"loss": loss, **values}
+    return dict(metric_items(record, source))
 
 
 def column_names(history: History) -> list[tuple[Source, str]]:

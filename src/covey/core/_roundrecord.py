@@ -64,7 +64,8 @@ class RoundRecord:
         evaluate_examples: Their total number of examples.
         central_loss: The loss ``evaluate_fn`` gave for the model after the round
             (None without ``evaluate_fn``).
-        central_metrics: The metrics ``evaluate_fn`` gave.
+        central_metrics: The metrics ``evaluate_fn`` gave (:meth:`History.metric`
+            reads one named ``loss`` as ``"loss_metric"``: ``"loss"`` is ``central_loss``).
         durations: Wall-clock seconds of the round's stages. ``"fit"``: from
             sending the fit tasks to the new global model (the clients' training,
             the transfers and the wait for the slowest reply, and ``"aggregate"``);

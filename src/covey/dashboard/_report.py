@@ -16,6 +16,7 @@ from typing import Any
 from covey.core._extras import import_feature
 from covey.core._files import atomic_write
 from covey.core._jsonvalues import as_float
+from covey.core._metricnames import read_as
 from covey.dashboard._app import plotly_js
 from covey.dashboard._runjson import tagged_float
 from covey.dashboard._runs import (
@@ -50,7 +51,8 @@ def _series(rounds: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
             if source != "fit" and metric_value(r, source, "loss") is not None:
                 found[(source, "loss")] = f"{label} loss"
             metrics = r.get(f"{source}_metrics")
-            for name in metrics if isinstance(metrics, dict) else {}:
+            for stored in metrics if isinstance(metrics, dict) else {}:
+                name = read_as(str(stored), source)  # a metric named loss is loss_metric
                 if metric_value(r, source, name) is not None:
                     shown = name.removeprefix("train_") if source == "fit" else name
                     found[(source, name)] = f"{label} {shown}"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from covey.core._jsonvalues import as_float
+from covey.core._metricnames import stored_name
 from covey.dashboard._runjson import (
     RunReadError as RunReadError,
 )
@@ -325,6 +326,9 @@ def best_metric(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
 def metric_value(record: dict[str, Any], source: str, name: str) -> float | None:
     """One metric of a round dict (NaN or an infinity included); ``name="loss"`` is the loss.
 
+    Metrics are named as :meth:`covey.History.metric` reads them: from
+    ``"central"`` and ``"evaluate"``, a metric named ``loss`` is ``"loss_metric"``.
+
     Args:
         record: A round as stored in ``history.json``.
         source: ``"central"``, ``"evaluate"`` or ``"fit"``.
@@ -333,7 +337,7 @@ def metric_value(record: dict[str, Any], source: str, name: str) -> float | None
     if name == "loss" and source in ("central", "evaluate"):
         return as_number(record.get(f"{source}_loss"))
     metrics = record.get(f"{source}_metrics")
-    return as_number(metrics.get(name)) if isinstance(metrics, dict) else None
+    return as_number(metrics.get(stored_name(name, source))) if isinstance(metrics, dict) else None
 
 
 def strategy_name(meta: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from covey.aggregate import AggregationError, Contribution, Dropped, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
+from covey.core._metricnames import renamed_metrics
 from covey.core._text import printable
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
 from covey.server._central import central_evaluation
@@ -194,6 +195,7 @@ class _LoopBase:
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
         self._reported_in: dict[int, int] = {}  # client -> its session (join count) then
         self._said_no_evaluate = False
+        self._said_renamed: set[tuple[str, str]] = set()  # (source, metric) said read otherwise
         self._logged: dict[str, int] = {}  # stage -> failures of this round logged, and more
         self._last_property_error = ""  # why the last client not named in the log failed
         self.property_error: str | None = None
@@ -234,9 +236,33 @@ class _LoopBase:
                     stage,
                 )
         self._logged.clear()
+        self._say_renamed(record)
         self.history.rounds.append(record)
         if self.on_round is not None:
             self.on_round(record)
+
+    def _say_renamed(self, record: RoundRecord) -> None:
+        """Log once per metric that one named like the round's loss is read by another name."""
+        for source, name, read_as in renamed_metrics(record):
+            if (source, name) in self._said_renamed:
+                continue
+            self._said_renamed.add((source, name))
+            given = "evaluate_fn's metrics" if source == "central" else "the evaluate metrics"
+            where = "" if source == "central" else ', source="evaluate"'
+            group = "central" if source == "central" else "federated"
+            logger.warning(
+                '%s %d: %s hold one named %r, read as history.metric("%s"%s) (the '
+                'trackers log it as %s/%s): history.metric("loss"%s) reads the round\'s loss',
+                self._step,
+                record.round,
+                given,
+                name,
+                read_as,
+                where,
+                group,
+                read_as,
+                where,
+            )
 
     def _central(self, record: RoundRecord) -> None:
         if self.evaluate_fn is None:

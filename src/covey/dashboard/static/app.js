@@ -53,10 +53,19 @@ async function getJSON(url) {
 
 // ---- metrics of a round record (as written in history.json) ----
 
+// Metric names that meet the round's own loss: read as history.metric reads them, a metric
+// named loss as loss_metric (loss_metric as loss_metric_metric), as the trackers log them.
+const OWN_LOSS = /^loss(_metric)*$/;
+
+function readAs(name, source) {
+  return source !== "fit" && OWN_LOSS.test(name) ? name + "_metric" : name;
+}
+
 // As sent: a number, a NaN or infinity as a string (see NON_FINITE), or anything else.
 function field(record, source, name) {
   if (name === "loss" && source !== "fit") return record[source + "_loss"];
-  return (record[source + "_metrics"] || {})[name];
+  const stored = source !== "fit" && OWN_LOSS.test(name) ? name.slice(0, -"_metric".length) : name;
+  return (record[source + "_metrics"] || {})[stored];
 }
 
 // A number to plot, else null (a NaN or infinity has no point on a chart).
@@ -75,7 +84,8 @@ function seriesOf(rounds) {
       if (source !== "fit" && typeof r[source + "_loss"] === "number") {
         seen.set(source + ":loss", { source, name: "loss", label: label + " loss" });
       }
-      for (const [name, value] of Object.entries(r[source + "_metrics"] || {})) {
+      for (const [stored, value] of Object.entries(r[source + "_metrics"] || {})) {
+        const name = readAs(stored, source);
         if (typeof value === "number") {
           const shown = source === "fit" && name.startsWith("train_") ? name.slice(6) : name;
           seen.set(source + ":" + name, { source, name, label: label + " " + shown });
