@@ -20,7 +20,7 @@ import grpc
 from cryptography import x509
 
 from covey.core._version import covey_version
-from covey.transport.grpc._checks import name_problem
+from covey.transport.grpc._checks import kinds_problem, name_problem
 from covey.transport.grpc._frames import PROTOCOL, protocol_refusal
 from covey.transport.grpc._refusal import RUN_OVER, compatible, version_refusal
 from covey.transport.grpc._registry import Connection, Registry, peer_of
@@ -64,6 +64,9 @@ class Admission:
     def admit(self, context: grpc.ServicerContext, hello: pb.Hello) -> tuple[str, bytes | None]:
         """The client's name and certificate, or a refusal that ends the stream."""
         name, certificate = self._identify(context, hello)
+        why = kinds_problem(hello.kinds)  # before the connection keeps them
+        if why is not None:
+            self.refuse(context, name, grpc.StatusCode.INVALID_ARGUMENT, why)
         if not compatible(hello.version, self.version):
             self.refuse(
                 context,

@@ -16,6 +16,7 @@ import math
 import re
 import secrets
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
     "HEARTBEATS",
+    "MAX_KINDS",
     "MAX_TASK_BYTES",
     "AddressError",
     "TaskLimits",
@@ -35,6 +37,7 @@ __all__ = [
     "check_address",
     "check_config",
     "check_heartbeat",
+    "kinds_problem",
     "own_name",
     "stated_properties",
     "welcome_heartbeat",
@@ -256,6 +259,28 @@ def name_problem(name: str) -> str | None:
     bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
     if bad is not None:
         return f"the name holds the control character {bad!r}"
+    return None
+
+
+MAX_KINDS = 256
+"""Most task kinds a client's ``Hello`` may list (each at most :data:`MAX_NAME` characters)."""
+
+
+def kinds_problem(kinds: Sequence[str]) -> str | None:
+    """Why a ``Hello`` listing ``kinds`` cannot be admitted (too many, or one too long), or None.
+
+    A server keeps each connection's kinds while it is connected, and names them
+    when a task cannot be sent: a list of a million kinds, or one of megabytes,
+    is refused.
+    """
+    if len(kinds) > MAX_KINDS:
+        return f"{len(kinds)} task kinds are over the limit of {MAX_KINDS}"
+    long = next((kind for kind in kinds if len(kind) > MAX_NAME), None)
+    if long is not None:
+        return (
+            f"a task kind of {len(long)} characters ({long[:60]!r}...) is over the limit "
+            f"of {MAX_NAME}"
+        )
     return None
 
 

@@ -44,6 +44,8 @@ CLOSE = object()
 FREED = "covey:freed"
 """The kind of the marker reply a sink gets when a busy client it waits for is free."""
 
+NAMED_KINDS = 10
+"""The task kinds a failure names of a client that does not perform a task's kind."""
 
 _LOST = ("disconnected", "timed out (no heartbeat)", "replaced by a new connection")
 
@@ -329,8 +331,12 @@ class Registry:
         entry = conn.take(task_id)
         if entry is not None:
             if not error:
+                kinds = sorted(conn.kinds)
+                listed = ", ".join(kinds[:NAMED_KINDS])
+                if len(kinds) > NAMED_KINDS:  # the error is recorded and shown every round
+                    listed += f" and {len(kinds) - NAMED_KINDS} more"
                 error = f"client {conn.name} does not perform {kind!r} tasks (it performs: "
-                error += ", ".join(sorted(conn.kinds)) + ")"
+                error += f"{listed})"
             self.route(entry[0], Reply(conn.cid, kind, error=error), conn.name)
 
     def stray(self, conn: Connection, task_id: int, size: int) -> None:
