@@ -24,12 +24,13 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
-from covey.deploy._shown import escape
+from covey.deploy._shown import BriefHighlighter, escape
 from covey.server._served import FEDERATION_FILE
 
 # Every line whole: a server's or client's output is often a log file or a journal,
-# where a line cut at 80 columns becomes two entries.
-console = Console(stderr=True, soft_wrap=True, emoji=False)
+# where a line cut at 80 columns becomes two entries. A long line (a client's error)
+# is not coloured: rich would take minutes over it.
+console = Console(stderr=True, soft_wrap=True, emoji=False, highlighter=BriefHighlighter())
 
 __all__ = ["load_object", "server_command"]
 

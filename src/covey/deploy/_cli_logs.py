@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
+from covey.deploy._shown import BriefHighlighter
+
 __all__ = ["setup_logging"]
 
 
@@ -34,7 +36,8 @@ def setup_logging(console: Console, verbose: bool) -> None:
     """Log to standard error: rich's layout in a terminal, one plain line a record elsewhere."""
     handler: logging.Handler
     if console.is_terminal:
-        handler = RichHandler(console=console, show_path=False)
+        # a record naming a client's text (its error) may be long: not coloured then
+        handler = RichHandler(console=console, show_path=False, highlighter=BriefHighlighter())
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = _Stderr()

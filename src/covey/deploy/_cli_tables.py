@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from covey.deploy._shown import BriefHighlighter
+
 __all__ = ["TEXT_FLOOR", "output_console", "print_table"]
 
 
@@ -23,7 +25,8 @@ def output_console(*, stderr: bool = False, highlight: bool = True) -> Console:
         stderr: Write to standard error rather than standard output.
         highlight: Let rich colour numbers and paths.
     """
-    out = Console(stderr=stderr, highlight=highlight, emoji=False)  # names are no :emoji:
+    # names are no :emoji:; a long line (a client's error) is not coloured (see BriefHighlighter)
+    out = Console(stderr=stderr, highlight=highlight, emoji=False, highlighter=BriefHighlighter())
     out.soft_wrap = not out.is_terminal
     return out
 

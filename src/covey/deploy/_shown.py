@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from rich.highlighter import ReprHighlighter
 from rich.markup import escape as markup_escape
+from rich.text import Text
 
 from covey.core._text import printable
 
-__all__ = ["escape"]
+__all__ = ["HIGHLIGHTED", "BriefHighlighter", "escape"]
+
+HIGHLIGHTED = 200
+"""The longest line (in characters) the ``covey`` commands colour; longer ones are plain."""
 
 
 def escape(text: str) -> str:
@@ -16,3 +21,18 @@ def escape(text: str) -> str:
     the folders it reads: an escape sequence there would act on the terminal.
     """
     return markup_escape(printable(text))
+
+
+class BriefHighlighter(ReprHighlighter):
+    """Rich's colouring of numbers, strings and paths, for lines of :data:`HIGHLIGHTED` at most.
+
+    Rich takes time growing with the square of a line's length to colour it: 16 Ki
+    digits in a client's error took 24 s, holding the server's round loop (and its
+    heartbeats) meanwhile. A longer line, which carries a client's text, is shown
+    plain, in time linear in its length.
+    """
+
+    def highlight(self, text: Text) -> None:
+        """Colour ``text`` if it is short; leave it plain otherwise."""
+        if len(text) <= HIGHLIGHTED:
+            super().highlight(text)
