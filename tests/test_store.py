@@ -420,6 +420,28 @@ def test_a_long_run_of_damaged_rounds_is_said_in_a_few_lines(
     assert len(caplog.records) == 3
 
 
+def test_a_round_whose_model_holds_nan_is_skipped_naming_its_file(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its file verifies (its SHA-256 is the recorded one), so the resume took it and
+    # then refused it as the app's "initial weights", naming no round, at every restart.
+    with RunStore.create(run_dir, config={}) as store:
+        store.save_round(0, small(0), record(0))
+        store.save_round(1, small(1), record(1))
+        store.save_round(2, {"w": np.array([1.0, np.nan, np.inf], np.float32)}, record(2))
+    with RunStore.open(run_dir) as store, caplog.at_level(logging.WARNING, logger="covey"):
+        assert store.load_latest_valid()[0] == 1
+    (said,) = [m.getMessage() for m in caplog.records]
+    assert "skipping round 2" in said
+    assert "round-00002.safetensors of round 2 holds 2 non-finite value(s)" in said
+    assert "(NaN or Inf) in 'w'" in said
+    with RunStore.open(run_dir) as store:
+        store.discard_after(None)
+        store.save_round(0, {"w": np.array([np.nan], np.float32)}, record(0))
+        with pytest.raises(ValueError, match=r"no saved round .* has valid weights"):
+            store.load_latest_valid()
+
+
 def test_truncated_weights_file_is_detected(run_dir: Path) -> None:
     with RunStore.create(run_dir, config={}) as store:
         store.save_round(0, small(0), None)

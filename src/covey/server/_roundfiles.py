@@ -32,6 +32,7 @@ from covey.server._rundb import NewerFormatError
 
 __all__ = [
     "WEIGHTS_DIR",
+    "check_finite",
     "check_storable",
     "read_record",
     "read_weights",
@@ -204,6 +205,25 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
     if len(data) != facts.st_size:  # written over in place while it was read
         raise ValueError(f"weights file {path} of round {round} changed while it was read")
     return _arrays_of(round, path, data)
+
+
+def check_finite(round: int, path: Path, weights: Mapping[str, Array]) -> None:
+    """Refuse a saved round's model that holds NaN or Inf: a run cannot go on from it.
+
+    Its file may be intact (its SHA-256 the one recorded) and the values still be
+    damage: a server aggregates only finite updates, and starts only from a finite model.
+
+    Raises:
+        ValueError: naming the file, the array and how many of its values are not finite.
+    """
+    for name, array in weights.items():
+        if array.dtype.kind in "fc":
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise ValueError(
+                    f"weights file {path} of round {round} holds {bad} non-finite value(s) "
+                    f"(NaN or Inf) in {name!r}: a run cannot go on from that model"
+                )
 
 
 def _read_error(round: int, path: Path, exc: OSError) -> OSError:

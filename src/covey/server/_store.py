@@ -46,6 +46,7 @@ from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._kept import check_keep_last, kept_rounds, prune, pruned_error
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
+    check_finite,
     read_record,
     read_weights,
     record_json,
@@ -361,8 +362,8 @@ class RunStore(RunRecords):
     ) -> tuple[int, dict[str, Array], dict[str, Any] | None, bytes | None]:
         """The newest round whose weights file (and server state) verify, to resume from.
 
-        Rounds whose file is missing, corrupt or pruned, or whose server state
-        ``check_state`` refuses, are skipped with a logged warning (the newest
+        Rounds whose file is missing, corrupt, pruned or holds NaN or Inf, or whose
+        server state ``check_state`` refuses, are skipped with a logged warning (the newest
         :data:`SKIPS_SAID` each, the others counted). A resuming server should
         then call :meth:`discard_after` with the returned round.
 
@@ -384,12 +385,12 @@ class RunStore(RunRecords):
         for skipped, round in enumerate(reversed(rounds)):
             try:
                 weights, record, state = self.load_round(round)
+                check_finite(round, self._weights_dir / weights_file_name(round), weights)
                 if state is not None and check_state is not None:
                     check_state(state)
             except NewerFormatError as exc:  # never skipped: the redo would delete it
-                raise NewerFormatError(
-                    f"round {round} of the run in {self._run_dir}: {exc}"
-                ) from None
+                where = f"round {round} of the run in {self._run_dir}"
+                raise NewerFormatError(f"{where}: {exc}") from None
             except ValueError as exc:  # the newest few said; a long run's others counted
                 if skipped < SKIPS_SAID:
                     logger.warning("skipping round %d of %s: %s", round, self._run_dir, exc)
@@ -476,9 +477,8 @@ class RunStore(RunRecords):
 
     def _record(self, round: int, text: str) -> dict[str, Any]:
         """The stored record of ``round``, or ValueError naming the round and the file."""
-        return read_record(
-            self._run_dir / DB_NAME, round, text, lambda: self.info()["covey_version"]
-        )
+        db = self._run_dir / DB_NAME
+        return read_record(db, round, text, lambda: self.info()["covey_version"])
 
     # -- internals -----------------------------------------------------------------
 
