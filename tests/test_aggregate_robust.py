@@ -409,3 +409,19 @@ def test_an_update_past_the_float_range_is_an_outlier_to_the_median() -> None:
     results = [FitResult(weights={"w": w}, num_examples=1) for w in sent]
     new = covey.FedMedian().aggregate(start, results)
     assert new["w"].tolist() == [-BIG, 2.0]
+
+
+def test_rfa_falls_back_to_a_finite_median_of_an_even_count_near_the_largest_float() -> None:
+    # Every distance from the weighted mean overflows, so RFA starts from the
+    # coordinate-wise median; of an even count, its middle values' (a + b) / 2 was inf
+    # and the round was refused for a non-finite aggregate, where FedMedian gives it.
+    top = float(np.finfo(np.float64).max)
+    sent = []
+    for cid in range(6):
+        w = np.full(3, 0.9 * top * (1 if cid % 2 else -1))
+        w[0] = 0.95 * top
+        sent.append(FitResult(weights={"w": w}, num_examples=cid + 1))
+    start = {"w": np.zeros(3)}
+    new = covey.FedRFA().aggregate(start, sent)
+    assert np.isfinite(new["w"]).all()
+    assert new["w"].tolist() == covey.FedMedian().aggregate(start, sent)["w"].tolist()

@@ -240,14 +240,15 @@ def weiszfeld(
     Updates near float64's limit (finite, as a Byzantine client may send them) can
     put the mean so far out that every distance from it overflows: every weight
     ``b_k`` is then 0 and the next point ``0/0``. The iterations then start from
-    the coordinate-wise median instead, and stop at a point from which every
-    distance overflows.
+    the coordinate-wise median instead (as :func:`median` computes it: the mean of
+    two middle values near the limit stays finite), and stop at a point from
+    which every distance overflows.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         median: Vector = alpha @ points
         distances = np.linalg.norm(points - median, axis=1)
         if not np.isfinite(distances).any():
-            median = np.median(points, axis=0)
+            median = _in_range(np.median, points)  # (a+b)/2 of two near the limit overflows
             distances = np.linalg.norm(points - median, axis=1)
         done = 0
         for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
