@@ -16,6 +16,7 @@ import pytest
 import covey
 from _live import Joined, Served
 from covey.transport.grpc._wire import WireError, WireLimits, result_to_wire
+from covey.transport.grpc._wirecheck import check_result
 
 MB = 1 << 20
 
@@ -68,3 +69,99 @@ def test_a_deployed_metric_over_the_limit_fails_that_client_naming_it() -> None:
     assert failure.error.endswith("(at 'metrics'.'blob')")
     for j in joined:
         assert j.error is None  # the client's stream stays open
+
+
+TOO_LARGE: dict[int, dict[str, Any]] = {
+    1: {"note": "x" * (2 * MB)},
+    2: {"blob": b"y" * (5 * MB)},
+    3: {"hist": np.zeros(2 * MB)},
+    4: {"k" * (2 * MB): 1.0},
+    5: {"curve": np.array([np.nan, 1.0])},
+    6: {"deep": np.zeros((1,) * 31)},
+}
+"""Metrics no backend can send, by the client that reports them (client 0 reports none)."""
+
+
+class Oversized(covey.Client):
+    """Client ``cid`` reports ``TOO_LARGE[cid]`` from fit and from evaluate; client 0 is fine."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        update = {"w": np.full(3, float(self.cid + 1))}
+        return covey.FitResult(delta=update, num_examples=1, metrics=TOO_LARGE.get(self.cid, {}))
+
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=0.5, num_examples=1, metrics=TOO_LARGE.get(self.cid, {}))
+
+
+def test_a_metric_too_large_to_send_fails_its_client_alike_inline_and_in_processes() -> None:
+    # The inline backend took these results, so its global model averaged in updates the
+    # process backend (and a deployed federation) refused: the backends gave other models.
+    failed: dict[str, list[tuple[int, str, str]]] = {}
+    weights = {}
+    for backend in ("inline", "process"):
+        strategy = covey.FedAvg(fraction_evaluate=1.0, min_fit_clients=1, min_evaluate_clients=1)
+        result = covey.simulate(Oversized, 7, 1, strategy, _init(), backend=backend)
+        record = result.history.rounds[1]
+        failed[backend] = sorted((f.cid, f.stage, f.error) for f in record.failures)
+        weights[backend] = result.weights["w"]
+    assert failed["inline"] == failed["process"]
+    assert [(cid, stage) for cid, stage, _ in failed["inline"]] == [
+        (cid, stage) for cid in sorted(TOO_LARGE) for stage in ("evaluate", "fit")
+    ]
+    said = {cid: error for cid, stage, error in failed["inline"] if stage == "fit"}
+    assert said[1] == (
+        "cannot send the result: a string of 2097152 characters exceeds the limit of "
+        "1048576 characters (at 'metrics'.'note')"
+    )
+    assert said[3].endswith("exceeds the limit of 1048576 elements (at 'metrics'.'hist')")
+    assert said[4].endswith(
+        "a name of 2097152 characters exceeds the limit of 1048576 (at 'metrics')"
+    )
+    assert "NaN or infinity" in said[5]
+    assert said[6].endswith("nested deeper than 32 levels, the limit (at 'metrics')")
+    np.testing.assert_array_equal(weights["inline"], [1.0, 1.0, 1.0])  # client 0's update
+    np.testing.assert_array_equal(weights["process"], weights["inline"])
+
+
+SMALL = WireLimits(max_bytes=400, max_depth=5, max_string=20, max_elements=10)
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {},
+        {"a": 1.0, "b": "x" * 20, "c": b"y" * 15, "d": np.arange(10), "e": float("nan")},
+        {"a": "x" * 21},
+        {"a": b"y" * 16},
+        {"a": np.arange(6), "b": np.ones(5)},
+        {"a": np.zeros((1, 1))},
+        {"a": np.zeros((1, 1, 1))},
+        {"a": np.zeros((1, 0, 1, 1, 1))},
+        {"a": np.array([1.0, np.inf])},
+        {"x" * 21: 1},
+        {f"m{i}": i for i in range(30)},
+        {f"m{i}": -(10**300) for i in range(3)},
+        {"a": "\U0001f600" * 20},
+        {"a": True, "b": np.zeros(0)},
+    ],
+)
+def test_checking_a_result_refuses_exactly_what_encoding_it_refuses(metrics: Any) -> None:
+    for result in (
+        covey.FitResult(delta=_init(), num_examples=1, metrics=metrics),
+        covey.EvaluateResult(loss=float("inf"), num_examples=3, metrics=metrics),
+        {"metrics": metrics, "arrays": _init()},  # a task kind's own result
+    ):
+        refused = _refusal(result_to_wire, result)
+        assert _refusal(check_result, result) == refused
+
+
+def _refusal(call: Any, result: Any) -> str | None:
+    """The WireError ``call(result, SMALL)`` raises, as text; None if it raises none."""
+    try:
+        call(result, SMALL)
+    except WireError as exc:
+        return str(exc)
+    return None

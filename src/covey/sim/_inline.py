@@ -18,8 +18,9 @@ from typing import Any
 
 from covey.clients._build import build_client
 from covey.clients._client import ClientFn, fit_result, run_task
-from covey.core._messages import Reply, Task
+from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, fingerprint
+from covey.sim._sendable import sendable, unsendable
 from covey.transport._memory import Handler, MemoryTransport
 
 Lent = dict[int, tuple[Weights, tuple[int, ...]]]
@@ -164,20 +165,31 @@ class _Built:
             return _exited(cid, task.kind, exc)
 
     def handle(self, cid: int, task: Task) -> Reply:
-        """Client ``cid``'s task run: its Reply (see :func:`~covey.clients._client.run_task`)."""
-        return self.perform(run_task, cid, task)  # type: ignore[no-any-return]
+        """Client ``cid``'s task run: its Reply (see :func:`~covey.clients._client.run_task`).
+
+        A result the process backend could not send (a metric over the network's
+        limits) fails the client, with that backend's error (:mod:`covey.sim._sendable`).
+        """
+        return sendable(self.perform(run_task, cid, task))
 
     def fit_one(self, cid: int, task: Task) -> Any:
-        """``perform(fit_result, cid, task)``; one frame less for a client built and kept."""
+        """``perform(fit_result, cid, task)``; one frame less for a client built and kept.
+
+        A result that cannot be sent fails the client, as in :meth:`handle`.
+        """
         client = self.clients.get(cid) if self.cache is None else None
         if client is None:
-            return self.perform(fit_result, cid, task)
-        try:
-            return fit_result(client, cid, task)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - as in perform
-            return _exited(cid, task.kind, exc)
+            result = self.perform(fit_result, cid, task)
+        else:
+            try:
+                result = fit_result(client, cid, task)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - as in perform
+                return _exited(cid, task.kind, exc)
+        if isinstance(result, Reply) or (type(result) is FitResult and not result.metrics):
+            return result  # a failed reply, or the usual result: nothing to measure
+        return unsendable(cid, task.kind, result) or result
 
 
 def _exited(cid: int, kind: str, exc: BaseException) -> Reply:

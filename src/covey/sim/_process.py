@@ -39,6 +39,7 @@ from covey.sim._pool import Worker as _Worker
 from covey.sim._pool import cleanup as _cleanup
 from covey.sim._pool import never_started as _never_started
 from covey.sim._pool import too_many_files as _too_many_files
+from covey.sim._sendable import MAX_MESSAGE_BYTES
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
@@ -251,7 +252,7 @@ class ProcessTransport:
             covey.WireError: the worker sent something that is not a reply.
         """
         worker = self._workers[w]
-        data = worker.conn.recv_bytes(_shm.MAX_MESSAGE_BYTES)
+        data = worker.conn.recv_bytes(MAX_MESSAGE_BYTES)
         if _logs.is_logs(data):
             _logs.dispatch(data, worker.name, worker.process.pid)
             return None
@@ -393,7 +394,7 @@ class ProcessTransport:
             for conn in wait(conns, timeout=max(0.0, deadline - time.monotonic())):
                 worker = left[id(conn)]
                 try:
-                    data = worker.conn.recv_bytes(_shm.MAX_MESSAGE_BYTES)
+                    data = worker.conn.recv_bytes(MAX_MESSAGE_BYTES)
                     if _logs.is_logs(data):
                         _logs.dispatch(data, worker.name, worker.process.pid)
                 except (EOFError, OSError, WireError):

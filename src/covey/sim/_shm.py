@@ -35,14 +35,13 @@ from covey.core import _codec
 from covey.core._messages import Reply
 from covey.core._weights import Array, Weights
 from covey.sim._logs import Output
+from covey.sim._sendable import LIMITS as _LIMITS
+from covey.sim._sendable import MAX_MESSAGE_BYTES
 from covey.transport.grpc import _wire
 
 if TYPE_CHECKING:
     from covey.sim._room import Room
 
-#: Largest JSON message a worker may send (its arrays travel in a file, not here).
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_LIMITS = _wire.WireLimits(max_bytes=MAX_MESSAGE_BYTES)
 POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _NAME = re.compile(r"covey-(\d+)-[0-9a-f]+-[A-Za-z0-9_.-]+")
 #: Most bytes of encoded arrays a reply carries in its message rather than in a file.

@@ -27,6 +27,7 @@ from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.sim import _move, _pace, _room, _shm
 from covey.sim._inline import exited
 from covey.sim._logs import WorkerLogs
+from covey.sim._sendable import sendable
 from covey.strategies._fold import contribution
 from covey.transport.grpc._wire import ARRAY_KINDS
 
@@ -265,8 +266,11 @@ def _sendable(reply: Reply, task: Task) -> Reply:
     fail as "cannot send the result"; the server refuses them anyway for not
     matching the model, and on the inline and Ray backends says so (``client 1's
     weights: 'w' has dtype object, expected float64``). Checked here against the
-    weights the task carried, the error is the same on every backend.
+    weights the task carried, the error is the same on every backend. So is a
+    result too large to send (a metric of 2 million characters; see
+    :mod:`covey.sim._sendable`), checked first, as the inline backend does.
     """
+    reply = sendable(reply)
     result = reply.result
     if not isinstance(result, FitResult) or task.weights is None:
         return reply

@@ -68,6 +68,11 @@ class _Elements:
 def _array_json(array: np.ndarray[Any, Any], elements: _Elements | None) -> dict[str, Any]:
     if elements is not None:
         elements.add(array)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # JSON has no NaN
+        raise WireError(
+            f"an array of {array.size} elements holds NaN or infinity, which JSON has no "
+            "numbers for (send finite values, or a non-finite one as a float metric of its own)"
+        )
     return {"__array__": array.tolist(), "dtype": array.dtype.str}
 
 
@@ -94,13 +99,7 @@ def _to_json(value: Any, max_string: int | None = None, elements: _Elements | No
     if isinstance(value, np.ndarray):
         return _array_json(value, elements)
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            try:
-                out[str(k)] = _to_json(v, max_string, elements)
-            except WireError as exc:
-                raise _at(exc, repr(str(k))) from None
-        return out
+        return _mapping_json(value, max_string, elements)
     if isinstance(value, list | tuple):
         items: list[Any] = []
         for i, v in enumerate(value):
@@ -110,6 +109,19 @@ def _to_json(value: Any, max_string: int | None = None, elements: _Elements | No
                 raise _at(exc, f"[{i}]") from None
         return items
     raise WireError(f"cannot send a value of type {type(value).__name__} over the network")
+
+
+def _mapping_json(value: Mapping[Any, Any], max_string: int | None, elements: Any) -> Any:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if max_string is not None and len(str(k)) > max_string:  # named by its mapping
+            size = len(str(k))
+            raise WireError(f"a name of {size} characters exceeds the limit of {max_string}")
+        try:
+            out[str(k)] = _to_json(v, max_string, elements)
+        except WireError as exc:
+            raise _at(exc, repr(str(k))) from None
+    return out
 
 
 def _at(exc: WireError, step: str) -> WireError:
@@ -407,10 +419,12 @@ def result_to_wire(result: Any, limits: WireLimits | None = None) -> tuple[bytes
     refuse for its size is refused here, naming where it is (``'metrics'.'blob'``),
     instead of reaching the reader as an unreadable reply.
     """
+    head, arrays = result_head(result)
+    return (dumps(head) if limits is None else dumps_within(head, limits)), arrays
 
-    def encode(value: Any) -> bytes:
-        return dumps(value) if limits is None else dumps_within(value, limits)
 
+def result_head(result: Any) -> tuple[Any, Weights | None]:
+    """The JSON part of a task's result as :func:`result_to_wire` sends it, and its arrays."""
     if isinstance(result, FitResult):
         form = "weights" if result.weights is not None else "delta"
         arrays = result.weights if result.weights is not None else result.delta
@@ -420,7 +434,7 @@ def result_to_wire(result: Any, limits: WireLimits | None = None) -> tuple[bytes
             "num_examples": result.num_examples,
             "metrics": result.metrics,
         }
-        return encode(head), arrays
+        return head, arrays
     if isinstance(result, EvaluateResult):
         head = {
             "type": "evaluate",
@@ -428,13 +442,13 @@ def result_to_wire(result: Any, limits: WireLimits | None = None) -> tuple[bytes
             "num_examples": result.num_examples,
             "metrics": result.metrics,
         }
-        return encode(head), None
+        return head, None
     if isinstance(result, Mapping) and any(isinstance(v, np.ndarray) for v in result.values()):
         # Large arrays in a dict result (e.g. a masked vector) travel as chunks, not JSON.
         arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
         rest = {k: v for k, v in result.items() if k not in arrays}
-        return encode({"type": "value", "value": rest, "arrays": sorted(arrays)}), arrays
-    return encode({"type": "value", "value": result}), None
+        return {"type": "value", "value": rest, "arrays": sorted(arrays)}, arrays
+    return {"type": "value", "value": result}, None
 
 
 def result_from_wire(
