@@ -114,6 +114,9 @@ class Mistaken(covey.Client):
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"x\udcff": 1.0})
         if self.mode == "metric_text":
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": "v\udcff"})
+        if self.mode == "metric_count":  # 200,000 names made every round's record grow
+            many = {f"m{i}": 1.0 for i in range(1001)}
+            return FitResult(weights={"w": w + 1}, num_examples=1, metrics=many)
         if self.mode == "metric_value":
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": object()})  # type: ignore[dict-item]
         if self.mode == "unlock":  # makes the shared array writable, then trains in place
@@ -151,6 +154,7 @@ MISTAKES = {
     "metric_value": "FitResult.metrics['a'] is object, expected a number",
     "metric_surrogate": "FitResult.metrics names a metric 'x\\udcff', which is not valid Unicode",
     "metric_text": "FitResult.metrics['a'] is a str holding a lone surrogate",
+    "metric_count": "FitResult.metrics holds 1001 metrics, over the limit of 1000",
     "unlock": "shared read-only arrays",
 }
 

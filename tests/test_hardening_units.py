@@ -77,6 +77,16 @@ def test_sizes_a_peer_declares_are_capped() -> None:
         _wire.loads(json.dumps({"__array__": [2**70], "dtype": "<i8"}).encode())
 
 
+def test_a_reply_of_too_many_metrics_is_refused() -> None:
+    # 200,000 names (3 MB of JSON) were taken, and grew every round's record
+    metrics = {f"m{i}": 0.5 for i in range(1001)}
+    head = {"type": "evaluate", "loss": 0.5, "num_examples": 1, "metrics": metrics}
+    with pytest.raises(_wire.WireError, match="1001 metrics, over the limit of 1000"):
+        _wire.result_from_wire(json.dumps(head).encode(), None)
+    del metrics["m1000"]
+    assert len(_wire.result_from_wire(json.dumps(head).encode(), None).metrics) == 1000
+
+
 def test_limits_follow_the_model_spec() -> None:
     spec = WeightsSpec.of({"w": np.zeros((100, 100)), "b": np.zeros(100)})
     assert _wire.WireLimits.for_spec(spec).max_elements == 10_100

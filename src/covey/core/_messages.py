@@ -38,6 +38,10 @@ MAX_EXAMPLES = 2**53
 """The most examples a result may declare: every count up to it is exact in float64,
 and weighing updates by it cannot overflow (10**400 examples would stop aggregation)."""
 
+MAX_METRICS = 1000
+"""The most metrics one result may carry: a reply of 200,000 names (3 MB of JSON) made
+every round's record, the server's memory and ``history.json`` grow by tens of MB."""
+
 MAX_ROUNDS = 10**9
 """The most rounds a run may be asked for: a billion rounds of a millisecond are 11 days,
 and each round's number fits the run folder's integers and the messages' fields."""
@@ -128,6 +132,11 @@ def _own_metrics(value: object, what: str) -> dict[str, Any]:
     """
     if not isinstance(value, Mapping):
         raise TypeError(f"{what} must be a dict of names to scalars, got {type(value).__name__}")
+    if len(value) > MAX_METRICS:
+        raise ValueError(
+            f"{what} holds {len(value)} metrics, over the limit of {MAX_METRICS}: report "
+            "fewer (an array metric holds many values under one name)"
+        )
     out: dict[str, Any] = {}
     for name, metric in value.items():
         if type(name) is not str:
