@@ -49,6 +49,7 @@ from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
 from covey.strategies._names import a_strategy
 from covey.strategies._strategy import Strategy
+from covey.transport._base import ServerDiskError
 from covey.transport.grpc._checks import check_address
 from covey.transport.grpc._listen import ListenError
 from covey.transport.grpc._registry import lost_connection
@@ -216,6 +217,7 @@ def serve(
             run = _open_run(strategy, rounds, initial_weights, bound, run_dir, opened, seed, scheme)
             record_keep_last(run.store, run.config, keep_last)
             record_tls(opened, run, tls)
+            transport.spill_to(run.folder)  # large replies wait there, not in TMPDIR
         except BaseException:
             transport.close()
             raise
@@ -262,8 +264,7 @@ def serve(
         del initial_weights, start_weights, template
         if run.history is None:
             loop.history.config = run.config
-        with interrupts_as_such():  # Ctrl-C as a plot imports matplotlib: an ImportError
-            loop.run(rounds, start=run.start)
+        _run_loop(loop, rounds, run.start)
         run.end(None, names)
         if_over = run.resumed_with_no_round_left(rounds)  # killed after its last round's save
         tell_returning_clients(if_over, transport, names.names, max_clients, wait_timeout, rounds)
@@ -278,6 +279,15 @@ def serve(
         if run.store is not None:
             run.store.close()
     return ServeResult(dict(loop.weights), loop.history, Path(run_dir) if run_dir else None)
+
+
+def _run_loop(loop: Loop, rounds: int, start: int) -> None:
+    """Run ``loop``; a failure of the server's own disk stops it naming the round, no client."""
+    with interrupts_as_such():  # Ctrl-C as a plot imports matplotlib: an ImportError
+        try:
+            loop.run(rounds, start=start)
+        except ServerDiskError as exc:
+            raise loop.server_failed(exc) from exc
 
 
 def _reopen(run_dir: str | Path | None, resume: bool) -> RunStore | None:
@@ -424,6 +434,11 @@ class _Run:
             self.store.log_event("server", "stopped", describe(exc))
         except OSError as err:
             logger.error("could not record in %s why the run stopped: %s", self.store.run_dir, err)
+
+    @property
+    def folder(self) -> Path | None:
+        """The run folder, if the run has one."""
+        return None if self.store is None else self.store.run_dir
 
     def resumed_with_no_round_left(self, rounds: int) -> bool:
         """Whether this is a resumed run whose last round was saved before (none to run)."""

@@ -217,6 +217,14 @@ class _LoopBase:
             self.history.stopped_reason = message
         return FederationError(message, self.history, self.weights)
 
+    def server_failed(self, exc: Exception) -> FederationError:
+        """The error that stops the run on the server's own failure ``exc`` (its disk, say).
+
+        It names the round under way (not in the history yet), and no client.
+        """
+        rounds = self.history.rounds
+        return self._fail(f"{self._step} {rounds[-1].round + 1 if rounds else 0}: {exc}")
+
     def _finish(self, record: RoundRecord) -> None:
         for stage, count in self._logged.items():
             if count > MOST_LOGGED and stage == PROPERTIES:

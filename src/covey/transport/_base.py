@@ -18,6 +18,16 @@ LONGEST_WAIT = 3600.0
 ``round_timeout`` of ``1e12`` or ``inf``), so a longer deadline is waited out in turns."""
 
 
+class ServerDiskError(OSError):
+    """The server could not write what a client sent to its own disk (full, or read-only).
+
+    No failure of the client nor of the network: a transport raises it from
+    ``exchange`` or ``next_reply`` and the round loop stops the run with it,
+    naming the folder and the system's error, rather than failing the clients
+    or running the round again as one cut short by lost connections.
+    """
+
+
 @runtime_checkable
 class Transport(Protocol):
     """Carries tasks to clients and their replies back.

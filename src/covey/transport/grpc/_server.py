@@ -14,12 +14,13 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, WeightsSpec
-from covey.transport._base import LONGEST_WAIT
+from covey.transport._base import LONGEST_WAIT, ServerDiskError
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import check_address, check_heartbeat
 from covey.transport.grpc._lane import DataPort, cut
@@ -190,6 +191,7 @@ class GrpcServerTransport:
                     if entry is not None and self._send(reply.cid, entry[0], entry[1], sink):
                         deferred[reply.cid] = entry
                 elif reply.cid in expecting:
+                    self._check_disk()
                     expecting.discard(reply.cid)
                     yield reply
             for cid in sorted(expecting & set(deferred)):
@@ -208,6 +210,20 @@ class GrpcServerTransport:
             # The next exchange carries a new model: do not keep this one alive.
             self._broadcast = (None, None)
             self._extras = (None, None)
+
+    def spill_to(self, folder: str | Path | None) -> None:
+        """Keep replies too large for memory in ``folder`` (None: the system's temporary one)."""
+        self._service.spill_files.folder = folder
+
+    def _check_disk(self) -> None:
+        """Raise the server's disk failure, if receiving a reply met one (the run stops).
+
+        Raises:
+            ServerDiskError: a reply could not be written to the spill folder.
+        """
+        error = self._service.disk.error
+        if error is not None:
+            raise ServerDiskError(str(error)) from error
 
     def client_name(self, cid: int) -> str | None:
         """Client ``cid``'s name (its certificate's), or None if it is not connected."""
@@ -329,6 +345,7 @@ class GrpcServerTransport:
                         continue  # cancelled meanwhile
                     del self._inflight[reply.cid]
             if reply.kind != FREED:
+                self._check_disk()
                 return reply
             if waiting is not None:
                 self._submit(reply.cid, *waiting)

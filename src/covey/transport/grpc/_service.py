@@ -22,9 +22,12 @@ import grpc
 
 from covey.core import _codec
 from covey.core._messages import Reply
+from covey.transport._base import ServerDiskError
 from covey.transport.grpc import _lane, _wire
 from covey.transport.grpc._admission import Admission, Refusal
 from covey.transport.grpc._capacity import Capacity, full_message
+from covey.transport.grpc._faults import DiskFault
+from covey.transport.grpc._faults import ProtocolError as _ProtocolError
 from covey.transport.grpc._frames import (
     FrameError,
     chunk_data,
@@ -52,7 +55,6 @@ from covey.transport.grpc._registry import (
     Connection,
     Registry,
     ShuttingDownError,
-    Sink,
     peer_of,
 )
 from covey.transport.grpc._stream import (
@@ -82,22 +84,6 @@ SILENCE = 6  # heartbeat intervals of silence after which a client is taken for 
 GOODBYE_DRAIN = 5.0  # seconds a client has to hang up after the goodbye
 
 
-class _ProtocolError(Exception):
-    """A client sent messages out of the protocol's order or over its limits.
-
-    Args:
-        message: What the client did wrong.
-        failed: The reply that fails the client's task, and where it goes: handed
-            on only once the refusal is recorded and the client dropped, so whoever
-            reads the failed reply also finds the ``protocol-error`` event and the
-            client gone.
-    """
-
-    def __init__(self, message: str, failed: tuple[Sink, Reply] | None = None) -> None:
-        super().__init__(message)
-        self.failed = failed
-
-
 class FederationService:
     """The ``Federation.Join`` handler: identify a client, then stream tasks and read replies.
 
@@ -125,6 +111,7 @@ class FederationService:
         self.budget = UploadBudget(max_inflight)
         # Files of spilled replies, written over by later replies (see SpillFiles).
         self.spill_files = SpillFiles(keep_bytes=min(max_inflight, SpillFiles().keep_bytes))
+        self.disk = DiskFault()  # a spill file that could not be written: the run stops
         # Caps on the JSON of replies; the transport sets them from the model's spec.
         self.wire_limits = _wire.WireLimits()
         # A reply carries at most one model's worth of arrays; the transport
@@ -273,7 +260,7 @@ class FederationService:
         try:
             for frame in requests:
                 conn.last_seen = time.monotonic()
-                upload, upload_header = self._take(conn, frame, upload, upload_header)
+                upload, upload_header = self._taken(conn, frame, upload, upload_header)
                 conn.upload = upload  # a drop names the reply it cut short
             if upload is not None and conn.lost():  # a disconnect, not a protocol break
                 raise grpc.RpcError()
@@ -315,6 +302,18 @@ class FederationService:
         # gRPC's error for a dead connection sits in a reference cycle with its traceback's
         # frames, this one among them: a reply cut short (model-sized) is let go now.
         conn.upload = upload = None
+
+    def _taken(
+        self, conn: Connection, frame: bytes, upload: Any, upload_header: pb.ReplyHeader
+    ) -> tuple[Upload | Skipped | None, pb.ReplyHeader]:
+        """:meth:`_take`, unless the server's disk refused this client's reply (DiskFault)."""
+        if conn in self.disk.drained:
+            return None, upload_header
+        try:
+            return self._take(conn, frame, upload, upload_header)
+        except ServerDiskError as exc:  # the server's own disk, not the client's doing
+            self.disk.failed(self.registry, self.budget, conn, exc, upload or conn.upload)
+            return None, upload_header
 
     def _take(
         self,

@@ -8,19 +8,18 @@ chunks of at most :data:`CHUNK_BYTES`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import mmap
-import os
-import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from covey.core import _codec
 from covey.core._pages import referred, unshared
-from covey.transport.grpc import _wire
+from covey.transport.grpc._spill import Spill as Spill  # where the service takes them from
+from covey.transport.grpc._spill import SpillFiles as SpillFiles
+from covey.transport.grpc._spill import _temporary, spill_error
+from covey.transport.grpc._spill import split_blobs as split_blobs
 
 CHUNK_BYTES = 2 * 1024 * 1024
 
@@ -164,7 +163,8 @@ class Upload:
     :class:`Spill` when complete and mapped only while they are used, so replies
     waiting for their turn in the aggregation occupy the page cache rather than
     the process's memory. Checksums are verified as the bytes arrive, so nothing
-    is read back before it is used.
+    is read back before it is used. A file that cannot be made or written raises
+    :class:`~covey.transport._base.ServerDiskError` (the server's disk, not the peer).
     """
 
     def __init__(self, weights_size: int, extras_size: int, *, spill: bool | SpillFiles) -> None:
@@ -210,7 +210,10 @@ class Upload:
         if self.buffer is not None:
             self.buffer[self.filled : end] = view
         else:
-            self.file.write(view)
+            try:
+                self.file.write(view)
+            except OSError as exc:
+                raise spill_error(None if self.files is None else self.files.folder, exc) from exc
         self.filled = end
         return True
 
@@ -265,129 +268,6 @@ class Upload:
             else:
                 file.close()
         self.buffer = None
-
-
-class Spill:
-    """A complete message in an unlinked file, mapped only between :meth:`map` and :meth:`unmap`.
-
-    Args:
-        file: The open file holding the message's bytes.
-        sizes: Bytes of the encoded weights and of the extra arrays, back to back.
-    """
-
-    def __init__(self, file: Any, sizes: tuple[int, int], files: SpillFiles | None = None) -> None:
-        """Take over ``file``; closed (or given back to ``files``) by :meth:`close` or with this."""
-        file.flush()
-        self.file = file
-        self.sizes = sizes
-        self._map: mmap.mmap | None = None
-        if files is None:
-            self._closer = weakref.finalize(self, file.close)
-        else:
-            self._closer = weakref.finalize(self, functools.partial(files.give, file))
-
-    @property
-    def mapped(self) -> bool:
-        """Whether the file is mapped now."""
-        return self._map is not None
-
-    def map(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
-        """Map the file (once) and decode the weights and extras as views of the mapping."""
-        if self._map is None:
-            if self.file.closed:
-                raise ValueError("the spilled message was closed")
-            self._map = mmap.mmap(self.file.fileno(), sum(self.sizes), access=mmap.ACCESS_READ)
-        return split_blobs(memoryview(self._map), *self.sizes, verify=False)
-
-    def unmap(self) -> None:
-        """Unmap the file; arrays still viewing it keep the mapping until they go."""
-        mapped, self._map = self._map, None
-        if mapped is not None:
-            with contextlib.suppress(BufferError):  # arrays still view it: unmapped with them
-                mapped.close()
-
-    def close(self) -> None:
-        """Unmap the file and close it or give it back (its bytes are gone: it was unlinked)."""
-        self.unmap()
-        self._closer()
-
-
-def _temporary() -> Any:
-    """A new unlinked temporary file for a spilled message."""
-    return tempfile.TemporaryFile(prefix="covey-upload-")
-
-
-class SpillFiles:
-    """Unlinked temporary files for spilled messages, kept once released and written over again.
-
-    Writing into pages the page cache already holds for a file costs a fraction
-    of writing into new ones (which the kernel must allocate, zero and account),
-    so the files of one round's replies receive the next round's. Stale bytes past
-    a new message's end are never read: a message is mapped only up to its size.
-
-    Args:
-        keep: Most files kept.
-        keep_bytes: Most bytes of kept files, in all; a file that would pass it is closed.
-    """
-
-    def __init__(self, keep: int = 16, keep_bytes: int = 8 * 1024**3) -> None:
-        """An empty pool keeping at most ``keep`` files of ``keep_bytes`` bytes in all."""
-        self.keep = keep
-        self.keep_bytes = keep_bytes
-        self._files: list[tuple[Any, int]] = []
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def take(self) -> Any:
-        """A file positioned at its start: a kept one, else a new one."""
-        with self._lock:
-            file = self._files.pop()[0] if self._files else None
-        if file is None:
-            return _temporary()
-        file.seek(0)
-        return file
-
-    def give(self, file: Any) -> None:
-        """Keep ``file`` for a later message, or close it if the pool is full or closed."""
-        if file.closed:
-            return
-        size = os.fstat(file.fileno()).st_size
-        with self._lock:
-            kept = sum(s for _, s in self._files)
-            if not self.closed and len(self._files) < self.keep and kept + size <= self.keep_bytes:
-                self._files.append((file, size))
-                return
-        file.close()
-
-    def close(self) -> None:
-        """Close every kept file; files given back later are closed at once."""
-        with self._lock:
-            self.closed = True
-            files, self._files = self._files, []
-        for file, _ in files:
-            file.close()
-
-
-def split_blobs(
-    buffer: bytearray | memoryview | mmap.mmap | None,
-    weights_size: int,
-    extras_size: int,
-    *,
-    verify: bool = True,
-) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
-    """Decode the weights and the extra arrays received back to back in ``buffer``."""
-    if buffer is None:
-        return None, None
-    view = memoryview(buffer)
-    weights = _codec.decode(view[:weights_size], verify=verify) if weights_size else None
-    extras = (
-        _wire.unflatten_extras(
-            _codec.decode(view[weights_size : weights_size + extras_size], verify=verify)
-        )
-        if extras_size
-        else None
-    )
-    return weights, extras
 
 
 class Skipped:
