@@ -35,3 +35,38 @@ def test_records_go_to_the_standard_error_of_the_moment(monkeypatch: pytest.Monk
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         logging.getLogger("covey").setLevel(saved[2])
+
+
+def _logged_failure(verbose: bool, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What standard error shows for an error logged with its exception."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("covey").level)
+    try:
+        stderr = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stderr)
+        setup_logging(Console(file=io.StringIO(), force_terminal=False), verbose=verbose)
+        try:
+            raise OSError("cannot write run/run.sqlite: disk I/O error")
+        except OSError:
+            logging.getLogger("covey").exception("recording fleet event %s failed", "join")
+        return stderr.getvalue()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.getLogger("covey").setLevel(saved[2])
+
+
+def test_a_logged_exception_is_one_line_without_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
+    said = _logged_failure(False, monkeypatch)
+    assert said.count("\n") == 1, said
+    assert said.rstrip().endswith(
+        "ERROR recording fleet event join failed: OSError: cannot write run/run.sqlite: "
+        "disk I/O error"
+    )
+    assert "Traceback" not in said
+
+
+def test_verbose_shows_a_logged_exceptions_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    said = _logged_failure(True, monkeypatch)
+    assert "ERROR recording fleet event join failed\nTraceback (most recent call last):" in said
+    assert said.rstrip().endswith("OSError: cannot write run/run.sqlite: disk I/O error")
