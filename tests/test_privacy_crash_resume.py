@@ -78,6 +78,13 @@ def test_a_resume_after_a_crash_charges_the_round_that_may_have_left(
     assert resumed.history[3].privacy["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
     warned = [r for r in caplog.records if "charged twice" in r.getMessage()]
     assert len(warned) == (charged - 3)
+    for record in warned:  # a server killed, or stopped by SIGTERM: neither is known here
+        said = record.getMessage()
+        assert said.startswith(
+            "privacy: a server of this run stopped without saving round 3 (killed, "
+            "interrupted or failed), perhaps after sending its model: "
+        ), said
+        assert "died" not in said
     # a seeded run (reproducible, its clients deterministic) is told the condition
     repeats = [r for r in caplog.records if "adds the same noise" in r.getMessage()]
     assert len(repeats) == (killed and noise_seed is not None)

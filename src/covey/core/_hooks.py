@@ -27,6 +27,17 @@ def unsaved_releases(history: History) -> int:
     return 1 if value is True else max(int(value), 0)
 
 
+def stopped_unsaved(history: History) -> str:
+    """Says that a server stopped before saving the round after the history's last one.
+
+    Whether it was killed, interrupted or failed is not recorded, so none is named.
+    """
+    after = history.rounds[-1].round + 1 if history.rounds else 1
+    return (
+        f"a server of this run stopped without saving round {after} (killed, interrupted or failed)"
+    )
+
+
 @runtime_checkable
 class RunHook(Protocol):
     """Called by the round loop at the start, around each round, and at the end of a run."""

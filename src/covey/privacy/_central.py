@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from covey.core._history import History, RoundRecord
-from covey.core._hooks import unsaved_releases
+from covey.core._hooks import stopped_unsaved, unsaved_releases
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, check_noise_multiplier, statement
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
@@ -91,10 +91,10 @@ class PrivacyHook:
         if unsaved := self._unsaved_releases(history):
             rounds += unsaved
             logger.warning(
-                "privacy: the server died without ending the run, after sending the model of a "
-                "round it had not saved, perhaps: that round, done again with new noise, is "
-                "charged twice%s (epsilon %.4g after %d accounted rounds)",
-                "" if unsaved == 1 else f" for each of the {unsaved} servers that died",
+                "privacy: %s, perhaps after sending its model: that round, done again with new "
+                "noise, is charged twice%s (epsilon %.4g after %d accounted rounds)",
+                stopped_unsaved(history),
+                "" if unsaved == 1 else f" for each of the {unsaved} servers that stopped so",
                 self.epsilon(rounds),
                 rounds,
             )
@@ -115,8 +115,8 @@ class PrivacyHook:
         if seed is not None or not unsaved_releases(history):
             return
         said = (
-            "a server of this run died without ending it, perhaps after sending the model "
-            "of a round it had not saved; resumed, the run computes that round again and, "
+            f"{stopped_unsaved(history)}, perhaps after sending its model; resumed, the run "
+            "computes that round again and, "
             "with {}, adds the same noise to the clients' new updates: unless they are the "
             "same to the bit, two models of the round differ by the clipped updates alone, "
             "without noise"

@@ -35,7 +35,7 @@ else:
     from covey.privacy._dpa import dpa
 
 from covey.core._history import History, RoundRecord
-from covey.core._hooks import unsaved_releases
+from covey.core._hooks import stopped_unsaved, unsaved_releases
 from covey.privacy import Ledger, PrivacyHook
 from covey.privacy._accounting import statement
 from covey.secagg._dp import Noise
@@ -151,8 +151,9 @@ class DistributedAccounting:
             self.ledger = self.ledger.add(self.event(self.min_clients))
         if unsaved:
             logger.warning(
-                "privacy: the server died without ending the run, perhaps after unmasking a "
-                "round it had not saved: that round, done again, is charged twice (epsilon %.4g)",
+                "privacy: %s, perhaps after unmasking it: that round, done again, is charged "
+                "twice (epsilon %.4g)",
+                stopped_unsaved(history),
                 self.ledger.epsilon(self.delta),
             )
         return state
