@@ -115,7 +115,7 @@ class Mistaken(covey.Client):
         if self.mode == "metric_text":
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": "v\udcff"})
         if self.mode == "metric_count":  # 200,000 names made every round's record grow
-            many = {f"m{i}": 1.0 for i in range(1001)}
+            many: dict[str, Any] = {f"m{i}": 1.0 for i in range(1001)}
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics=many)
         if self.mode == "metric_value":
             return FitResult(weights={"w": w + 1}, num_examples=1, metrics={"a": object()})  # type: ignore[dict-item]
