@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from covey.core._messages import plain
+from covey.privacy._pld import PLD_DEFAULT as _PLD_DEFAULT
+from covey.privacy._pld import pld_interval
 
 if TYPE_CHECKING:
     import dp_accounting as dpa
@@ -147,50 +149,9 @@ def _make_accountant(
     if accountant == "rdp":
         return dpa.rdp.RdpAccountant()
     if accountant == "pld":
-        interval = _PLD_INTERVAL if event is None else pld_interval(event)
+        interval = _PLD_DEFAULT if event is None else pld_interval(event)
         return dpa.pld.PLDAccountant(value_discretization_interval=interval)
     raise ValueError(f"unknown accountant {accountant!r}; choose 'rdp' or 'pld'")
-
-
-_PLD_INTERVAL = 1e-4
-"""dp-accounting's default grid step for privacy losses."""
-
-_PLD_POINTS = 2_000_000
-"""The most grid points one mechanism's privacy loss distribution is given."""
-
-
-def pld_interval(event: dpa.DpEvent) -> float:
-    """The PLD grid step for ``event``: the default, coarser only for very little noise.
-
-    A Gaussian mechanism of noise multiplier ``z`` spreads its privacy loss over
-    about ``1 / z**2 + 20 / z`` (a Laplace one of parameter ``b`` over ``2 / b``),
-    and the accountant lays a grid of that span over the default step of 1e-4:
-    at ``z = 0.005`` (an epsilon near 1,000) that would be 10**10 points (150 GB),
-    so the step grows to keep at most :data:`_PLD_POINTS`. It only ever adds to
-    the epsilon reported (the grid rounds losses up), by at most a step per
-    composition, which is small next to an epsilon that large.
-    """
-    span = max((_loss_span(leaf) for leaf in _leaves(event)), default=0.0)
-    return max(_PLD_INTERVAL, span / _PLD_POINTS)
-
-
-def _leaves(event: dpa.DpEvent) -> Iterator[dpa.DpEvent]:
-    if isinstance(event, dpa.SelfComposedDpEvent | dpa.PoissonSampledDpEvent):
-        yield from _leaves(event.event)
-    elif isinstance(event, dpa.ComposedDpEvent):
-        for inner in event.events:
-            yield from _leaves(inner)
-    else:
-        yield event
-
-
-def _loss_span(event: dpa.DpEvent) -> float:
-    if isinstance(event, dpa.GaussianDpEvent) and event.noise_multiplier > 0:
-        z = float(event.noise_multiplier)
-        return 1.0 / z**2 + 20.0 / z
-    if isinstance(event, dpa.LaplaceDpEvent) and event.noise_multiplier > 0:
-        return 2.0 / float(event.noise_multiplier)
-    return 0.0
 
 
 def _tree_accountant() -> dpa.PrivacyAccountant:

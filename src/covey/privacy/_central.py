@@ -17,7 +17,14 @@ import numpy as np
 from covey.core._history import History, RoundRecord
 from covey.core._hooks import stopped_unsaved, unsaved_releases
 from covey.privacy import _noise
-from covey.privacy._accounting import Accountant, Ledger, check_noise_multiplier, statement
+from covey.privacy._accounting import (
+    Accountant,
+    Ledger,
+    check_noise_multiplier,
+    round_event,
+    statement,
+)
+from covey.privacy._pld import check_accountable
 from covey.privacy._step import AdaptiveClipping, Clipping, DPState, Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
 from covey.strategies._names import FLOWER_DP_OPTIONS, a_strategy, flower_keywords
@@ -349,6 +356,11 @@ def central(
     rate = strategy.fraction_fit
     if not rate > 0.0:
         raise ValueError("central DP needs fraction_fit > 0 (the Poisson sampling rate)")
+    check_accountable(
+        round_event(float(noise_multiplier), rate),
+        accountant,
+        f"central DP with noise_multiplier={noise_multiplier:g}",
+    )
     if adapt is not None and (adapt.count_stddev is not None or expected_clients is not None):
         # Known now: refused before any client trains, not as round 1 is aggregated.
         adapt.split(float(noise_multiplier), float(expected_clients or 1.0))

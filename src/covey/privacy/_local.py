@@ -28,6 +28,7 @@ from covey.core._messages import Config, EvaluateResult, FitResult, real
 from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger
+from covey.privacy._pld import check_accountable
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,11 @@ class LocalDP(ClipUpdates):
         self.sensitivity = 2.0 * self.clip
         self.sigma = analytic_gaussian_sigma(epsilon, delta, self.sensitivity)
         self.ledger = Ledger(accountant=accountant)
+        check_accountable(
+            dpa.GaussianDpEvent(self.sigma / self.sensitivity),
+            accountant,
+            f"LocalDP(epsilon={epsilon:g})",
+        )
         self.ledger_path = None if ledger_path is None else Path(ledger_path)
         if self.ledger_path is not None and self.ledger_path.exists():
             self.ledger = read_ledger(self.ledger_path, accountant)
