@@ -275,6 +275,24 @@ def _check(
         raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
 
 
+def refuse_own_sampling(strategy: Strategy, mechanism: str) -> None:
+    """Refuse a strategy class whose ``sample`` would pick the clients instead of the mechanism.
+
+    The round loop asks ``strategy.sample`` for each round's clients; the DP
+    strategies install a selector that it calls, and account for the sampling
+    that selector does. A subclass that overrides ``sample`` would bypass it: the
+    clients it picks (the same ones every round, say) would be charged as a
+    Poisson draw (or a round-robin), under an epsilon the run never had.
+    """
+    own = type(strategy).sample
+    if own is not Strategy.sample:
+        raise ValueError(
+            f"{mechanism} picks each round's clients itself, and its epsilon accounts for that "
+            f"sampling; {type(strategy).__name__} overrides sample(), which would choose them "
+            "instead and make the reported epsilon wrong: remove the override"
+        )
+
+
 @flower_keywords(FLOWER_DP_OPTIONS)
 def central(
     strategy: Strategy,
@@ -337,6 +355,7 @@ def central(
         raise ValueError("central DP needs synchronous rounds (no buffer_size)")
     if strategy.selector is not None:
         raise ValueError("central DP samples clients itself (Poisson); drop the selector")
+    refuse_own_sampling(strategy, "central DP (Poisson sampling)")
     if strategy.fit_round is not None:
         raise ValueError(
             "central DP cannot wrap a strategy with its own fit exchange (such as secure "
