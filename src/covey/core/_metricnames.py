@@ -12,10 +12,12 @@ by its own name.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from covey.core._jsonvalues import as_float
-from covey.core._roundrecord import RoundRecord
+
+if TYPE_CHECKING:  # read by the dashboard and `covey runs`, which start without NumPy
+    from covey.core._roundrecord import RoundRecord
 
 __all__ = [
     "FLOWER_ATTRIBUTES",
