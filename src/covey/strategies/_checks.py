@@ -8,6 +8,7 @@ error that names the function, not a failure deep inside covey.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +40,53 @@ def selects_evaluation(selector: Any) -> bool:
 def name_of(fn: Any) -> str:
     """A function's qualified name (or its type's, for a callable object)."""
     return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
+
+
+#: How the round loop calls each function a strategy is given (all arguments positional),
+#: and what it must be; None is allowed for the last three.
+CALLS = {
+    "on_fit_config": ("on_fit_config(round)", "function"),
+    "on_evaluate_config": ("on_evaluate_config(round)", "function"),
+    "fit_metrics": ("fit_metrics(results)", "function"),
+    "evaluate_metrics": ("evaluate_metrics(results)", "function"),
+    "on_client_fit_config": ("on_client_fit_config(round, client)", "(round, client) -> dict"),
+    "on_client_evaluate_config": (
+        "on_client_evaluate_config(round, client)",
+        "(round, client) -> dict",
+    ),
+    "selector": ("selector(candidates, round, rng)", "(candidates, round, rng) -> cids"),
+}
+
+
+def check_call(fn: object, attr: str) -> None:
+    """Refuse a function a strategy is given that cannot be called as the round loop calls it.
+
+    A dict given as ``on_fit_config`` would otherwise fail at the first round
+    with ``'dict' object is not callable``, and ``on_fit_config=lambda: {"lr":
+    0.1}`` with Python's bare ``takes 0 positional arguments but 1 was given``,
+    naming neither the option nor what covey passes.
+
+    Raises:
+        TypeError: naming the option, the call covey makes and the function's own signature.
+    """
+    call, shape = CALLS[attr]
+    if fn is None and shape != "function":
+        return
+    if not callable(fn):
+        kind = "function" if shape == "function" else f"{shape} function"
+        raise TypeError(f"{attr} must be a {kind}, got {type(fn).__name__}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or extension type: nothing to check
+        return
+    count = call.count(",") + 1
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        raise TypeError(
+            f"covey calls {call} but {attr} {name_of(fn)}{signature} cannot be called so: "
+            f"give it {'that parameter' if count == 1 else f'those {count} parameters'}"
+        ) from None
 
 
 def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:

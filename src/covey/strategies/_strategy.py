@@ -20,6 +20,8 @@ from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics, plain
 from covey.core._weights import Array, Weights
 from covey.strategies._checks import (
+    CALLS,
+    check_call,
     checked_config,
     checked_count,
     checked_metrics,
@@ -207,26 +209,13 @@ class Strategy:
     def _check_functions(self) -> None:
         """Refuse options that must be functions (or a bool) but are not, naming them.
 
-        A dict given as ``on_fit_config`` would otherwise fail at the first round
-        with ``'dict' object is not callable``.
+        A function that cannot be called as the round loop calls it (see
+        :func:`~covey.strategies._checks.check_call`) is refused too.
         """
-        for attr in ("on_fit_config", "on_evaluate_config", "fit_metrics", "evaluate_metrics"):
-            value = getattr(self, attr)
-            if not callable(value):
-                raise TypeError(f"{attr} must be a function, got {type(value).__name__}")
-        for attr in ("on_client_fit_config", "on_client_evaluate_config"):
-            value = getattr(self, attr)
-            if value is not None and not callable(value):
-                raise TypeError(
-                    f"{attr} must be a (round, client) -> dict function, got {type(value).__name__}"
-                )
+        for attr in CALLS:
+            check_call(getattr(self, attr), attr)
         if self.fit_round is not None and self.sends_client_configs("fit"):
             takes_configs(self.fit_round, self.source("client_fit_config", "on_client_fit_config"))
-        if self.selector is not None and not callable(self.selector):
-            raise TypeError(
-                "selector must be a (candidates, round, rng) -> cids function, "
-                f"got {type(self.selector).__name__}"
-            )
         if not isinstance(self.accept_failures, bool):
             raise TypeError(f"accept_failures must be True or False, got {self.accept_failures!r}")
 

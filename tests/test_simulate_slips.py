@@ -1,0 +1,75 @@
+"""The slips a first simulation makes are refused before round 1, naming the fix."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import FitResult
+
+
+class PlusOne(covey.Client):
+    """Adds one to every weight."""
+
+    def __init__(self, cid: int = 0) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def _simulate(client_fn: Any = PlusOne, **options: Any) -> covey.sim.SimulationResult:
+    simulate: Any = covey.simulate
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    result: covey.sim.SimulationResult = simulate(
+        client_fn, 3, 1, strategy, {"w": np.zeros(2)}, **options
+    )
+    return result
+
+
+@pytest.mark.parametrize(
+    ("options", "call"),
+    [
+        ({"on_fit_config": lambda: {"lr": 0.1}}, "on_fit_config(round)"),
+        ({"on_evaluate_config": lambda rnd, cid: {}}, "on_evaluate_config(round)"),
+        ({"fit_metrics": lambda: {}}, "fit_metrics(results)"),
+        ({"evaluate_metrics": lambda a, b: {}}, "evaluate_metrics(results)"),
+        ({"on_client_fit_config": lambda rnd: {}}, "on_client_fit_config(round, client)"),
+        ({"on_client_evaluate_config": lambda: {}}, "on_client_evaluate_config(round, client)"),
+        ({"selector": lambda candidates, rnd: candidates}, "selector(candidates, round, rng)"),
+    ],
+)
+def test_a_strategy_function_of_the_wrong_arguments_is_refused_when_made(
+    options: dict[str, Any], call: str
+) -> None:
+    # Before, on_fit_config=lambda: {...} was taken, and the run failed once started
+    # with Python's bare "<lambda>() takes 0 positional arguments but 1 was given".
+    attr = next(iter(options))
+    with pytest.raises(TypeError, match=re.escape(f"covey calls {call} but {attr} ")) as info:
+        covey.FedAvg(**options)
+    assert "cannot be called so: give it" in str(info.value)
+
+
+def _any_config(*args: Any) -> dict[str, Any]:
+    return {}
+
+
+def _scaled(rnd: int, extra: float = 1.0) -> dict[str, Any]:
+    return {"lr": 0.1 * extra}
+
+
+def test_strategy_functions_that_can_be_called_so_are_taken() -> None:
+    # Defaults and *args may take the call; only a mismatch is refused.
+    strategy = covey.FedAvg(
+        on_fit_config=_scaled,
+        on_evaluate_config=_any_config,
+        fit_metrics=covey.strategies.weighted_metrics,
+        selector=lambda candidates, rnd, rng: list(candidates)[:2],
+        fraction_evaluate=0.0,
+    )
+    result = covey.simulate(PlusOne, 3, 1, strategy, {"w": np.zeros(2)})
+    assert result.history.rounds[1].fit_participants == [0, 1]
