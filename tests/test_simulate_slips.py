@@ -73,3 +73,21 @@ def test_strategy_functions_that_can_be_called_so_are_taken() -> None:
     )
     result = covey.simulate(PlusOne, 3, 1, strategy, {"w": np.zeros(2)})
     assert result.history.rounds[1].fit_participants == [0, 1]
+
+
+def test_an_evaluate_fn_of_one_argument_is_told_to_take_round_and_weights() -> None:
+    # Before, it was told that "Flower's third argument, config, has no counterpart",
+    # though it takes no config at all.
+    with pytest.raises(TypeError, match=r"evaluate_fn\(round, weights\)") as info:
+        _simulate(evaluate_fn=lambda weights: (0.0, {}))
+    said = str(info.value)
+    assert "give it those two parameters, e.g. def evaluate_fn(round, weights)" in said
+    assert "Flower" not in said
+
+
+def test_flower_s_evaluate_fn_still_hears_of_its_config() -> None:
+    def evaluate_fn(server_round: int, parameters: Any, config: dict[str, Any]) -> Any:
+        return 0.0, {}
+
+    with pytest.raises(TypeError, match="Flower's third argument, config, has no counterpart"):
+        _simulate(evaluate_fn=evaluate_fn)

@@ -105,10 +105,16 @@ def check_evaluate_fn(evaluate_fn: object) -> None:
         signature.bind(0, {})
     except TypeError:
         name = getattr(evaluate_fn, "__qualname__", type(evaluate_fn).__name__)
+        try:  # it wants more arguments: Flower's (server_round, parameters, config)
+            signature.bind(0, {}, {})
+            fix = (
+                "Flower's third argument, config, has no counterpart: drop it or give it a default"
+            )
+        except TypeError:
+            fix = "give it those two parameters, e.g. def evaluate_fn(round, weights)"
         raise TypeError(
             f"covey calls evaluate_fn(round, weights) (weights: a dict of names to arrays) "
-            f"but {name}{signature} cannot be called so; Flower's third argument, config, "
-            "has no counterpart: drop it or give it a default"
+            f"but {name}{signature} cannot be called so; {fix}"
         ) from None
 
 
