@@ -91,3 +91,20 @@ def test_flower_s_evaluate_fn_still_hears_of_its_config() -> None:
 
     with pytest.raises(TypeError, match="Flower's third argument, config, has no counterpart"):
         _simulate(evaluate_fn=evaluate_fn)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("evaluate_func", "evaluate_fn"),
+        ("eval_fn", "evaluate_fn"),
+        ("progres", "progress"),
+        ("backnd", "backend"),
+        ("seeds", "seed"),
+    ],
+)
+def test_a_misspelt_simulate_keyword_names_the_closest_one(typo: str, meant: str) -> None:
+    # Before, Python's "got an unexpected keyword argument 'evaluate_func'" alone.
+    expected = f"simulate() got an unexpected keyword argument '{typo}'; did you mean {meant}?"
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        _simulate(**{typo: 1})

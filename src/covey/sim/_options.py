@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -50,7 +51,9 @@ FLOWER_SIMULATE = {
 def flower_keywords(fn: Callable[P, R]) -> Callable[P, R]:
     """Wrap ``fn`` so that Flower's simulation keywords get an error naming covey's.
 
-    Any other keyword ``fn`` does not take keeps Python's own error.
+    Any other keyword ``fn`` does not take keeps Python's own error, with the
+    closest keyword ``fn`` takes when there is one (``evaluate_func``: did you
+    mean evaluate_fn?).
 
     Args:
         fn: The function to wrap, :func:`covey.simulate`.
@@ -65,6 +68,12 @@ def flower_keywords(fn: Callable[P, R]) -> Callable[P, R]:
         flower = [name for name in kwargs if name in FLOWER_SIMULATE and name not in own]
         if flower:
             raise unknown_options(fn.__name__, flower, flower=FLOWER_SIMULATE)
+        for name in kwargs:
+            if name not in own and (close := difflib.get_close_matches(name, sorted(own), n=1)):
+                raise TypeError(
+                    f"{fn.__name__}() got an unexpected keyword argument {name!r}; "
+                    f"did you mean {close[0]}?"
+                )
         return fn(*args, **kwargs)
 
     return call
