@@ -108,3 +108,17 @@ def test_a_misspelt_simulate_keyword_names_the_closest_one(typo: str, meant: str
     expected = f"simulate() got an unexpected keyword argument '{typo}'; did you mean {meant}?"
     with pytest.raises(TypeError, match=re.escape(expected)):
         _simulate(**{typo: 1})
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+@pytest.mark.parametrize(
+    "client_fn", [lambda: PlusOne(), lambda cid, config: PlusOne()], ids=["none", "two"]
+)
+def test_a_client_fn_that_takes_no_client_id_is_refused_before_any_client_runs(
+    client_fn: Any, backend: str
+) -> None:
+    # Before, every sampled client failed in round 1 (a warning each), then the run
+    # stopped with a FederationError: the same hint, once per client.
+    with pytest.raises(TypeError, match=r"cannot be called as client_fn\(cid\)") as info:
+        _simulate(client_fn, backend=backend, num_workers=1)
+    assert "covey calls it with the client id" in str(info.value)

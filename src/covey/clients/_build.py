@@ -60,22 +60,33 @@ def not_callable(client_fn: object) -> str | None:
     return f"client_fn must be a function cid -> client (or a Client class taking cid), got {name}"
 
 
-def _check_client_fn(client_fn: Any, exc: TypeError) -> None:
-    """Raise a TypeError saying how covey calls ``client_fn`` if its signature cannot take a cid.
+def cannot_take_cid(client_fn: object) -> str | None:
+    """Why ``client_fn`` cannot be called as ``client_fn(cid)``, or None if it can (or may).
 
-    Called when the call raised ``exc``: a ``lambda: MyClient()`` gets Python's
-    "takes 0 positional arguments but 1 was given", which says nothing of the id.
+    A ``lambda: MyClient()`` gets Python's "takes 0 positional arguments but 1
+    was given" when called, which says nothing of the id.
     """
     try:
-        signature = inspect.signature(client_fn)
+        signature = inspect.signature(client_fn)  # type: ignore[arg-type]
     except (TypeError, ValueError):  # a builtin or an extension type: nothing to say
-        return
+        return None
     try:
         signature.bind(0)
     except TypeError:
         name = getattr(client_fn, "__qualname__", type(client_fn).__name__)
-        raise TypeError(
+        return (
             f"{name}{signature} cannot be called as client_fn(cid): covey calls it with "
             "the client id, an int from 0 to num_clients - 1; give it that parameter "
             "(lambda cid: MyClient(), or a client class whose __init__ takes cid)"
-        ) from exc
+        )
+    return None
+
+
+def _check_client_fn(client_fn: Any, exc: TypeError) -> None:
+    """Raise a TypeError saying how covey calls ``client_fn`` if its signature cannot take a cid.
+
+    Called when the call raised ``exc``.
+    """
+    why = cannot_take_cid(client_fn)
+    if why is not None:
+        raise TypeError(why) from exc

@@ -11,7 +11,7 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 
 from covey.aggregate._flat import check_switch
-from covey.clients._build import not_callable
+from covey.clients._build import cannot_take_cid, not_callable
 from covey.core._messages import MAX_ROUNDS
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
@@ -122,9 +122,11 @@ def _check_options(
 def _check_flags(client_fn: object, progress: object, resume: object) -> None:
     """Refuse a ``client_fn`` that cannot be called and on/off options that are no bool.
 
+    A ``client_fn`` that takes no client id (``lambda: MyClient()``) is refused
+    here, before any worker starts, rather than failing every sampled client.
     ``progress="no"`` drew a bar and ``resume="yes"`` resumed: any text is true.
     """
-    uncallable = not_callable(client_fn)
+    uncallable = not_callable(client_fn) or cannot_take_cid(client_fn)
     if uncallable is not None:
         raise TypeError(uncallable)
     check_switch(progress, "progress")
