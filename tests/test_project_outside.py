@@ -261,7 +261,8 @@ def test_the_process_backend_runs_the_project(project: Path) -> None:
         (["backend=ray", "client-resources={a={num_cpus=1}}"], "one table for every client"),
         (["backend=ray", "ray-address=6379"], "ray-address = 6379"),
         (["ray-address='127.0.0.1:6379'"], 'applies to backend = "ray" only'),
-        (["backend=gpu"], "choose inline, process or ray"),
+        # given with --set, the value was said to be "in [tool.covey]"
+        (["backend=gpu"], "backend = 'gpu' ([tool.covey] or --set): choose inline, process"),
     ],
 )
 def test_a_wrong_ray_setting_is_named_before_ray_starts(

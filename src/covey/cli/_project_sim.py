@@ -308,7 +308,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
     backend = str(run.get("backend", "inline"))
     if backend not in ("inline", "process", "ray"):
-        fail(f"backend = {backend!r} in [tool.covey]: choose inline, process or ray")
+        fail(f"backend = {backend!r} ([tool.covey] or --set): choose inline, process or ray")
     ray_options = _ray_options(settings)
     start_method = _start_method(run.get("start_method"), backend)
     try:
