@@ -36,6 +36,8 @@ def check_parts(threat: object, noise: object, metrics: object) -> None:
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics must map each metric's name to its bound, got {metrics!r}")
     for name, bound in metrics.items():
+        if not isinstance(name, str):  # a client's metrics are named by text: never found
+            raise ValueError(f"metrics names a metric by {type(name).__name__} {name!r}, not a str")
         ok = isinstance(bound, int | float) and not isinstance(bound, bool)
         if not (ok and math.isfinite(bound) and bound > 0):
             raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound!r}")
