@@ -21,6 +21,7 @@ import covey
 from covey.cli import app
 from covey.clients._client import run_task
 from covey.compress import (
+    Cast,
     CompressedTransport,
     Quantize,
     TopK,
@@ -107,6 +108,39 @@ def test_a_scheme_refuses_a_parameter_that_is_no_number(make: Any) -> None:
 def test_an_unknown_spec_is_refused_naming_the_known_ones(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         scheme_named(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "meant"),
+    [
+        ("flaot16", "float16"),
+        ("bfloat", "bfloat16"),
+        ("Q8 ", "q8"),
+        ("float32", "none"),
+        ("top-k:0.1", "topk:0.1"),
+        ("topk0.05", "topk:0.05"),
+        ("topk:10%", "topk:0.1"),
+        ("top_k", "topk"),
+    ],
+)
+def test_a_mistyped_spec_is_refused_naming_the_one_meant(spec: str, meant: str) -> None:
+    # Before: only the list of known specs, for a spec one letter off or a top-k
+    # fraction written as a percentage.
+    with pytest.raises(ValueError, match=f"did you mean {meant}\\?\\); choose one of") as info:
+        scheme_named(spec)
+    scheme_named(meant)  # the spec suggested is one
+    assert str(info.value).startswith(f"unknown compression {spec!r}")
+
+
+def test_a_top_k_fraction_given_as_a_percentage_is_refused_naming_the_fraction() -> None:
+    with pytest.raises(ValueError, match=r"in \(0, 1\] \(for 5% write topk:0.05\)"):
+        scheme_named("topk:5")
+
+
+@pytest.mark.parametrize(("dtype", "meant"), [("fp16", "float16"), ("BF16", "bfloat16")])
+def test_a_cast_to_another_name_of_its_dtype_is_refused_naming_it(dtype: str, meant: str) -> None:
+    with pytest.raises(ValueError, match=f"got {dtype!r} \\(did you mean {meant!r}\\?\\)"):
+        Cast(dtype)
 
 
 def test_a_resumed_run_keeps_its_scheme_and_refuses_another() -> None:

@@ -13,7 +13,9 @@ is refused with an error that names what is wrong.
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +41,12 @@ SPECS = "none, float16, bfloat16, q8, q4, topk (1%) or topk:FRACTION (e.g. topk:
 """The scheme specs :func:`scheme_named` accepts, as a sentence for error messages."""
 
 _FIELDS = ("scheme", "num_examples", "metrics")
+
+_TOPK_LIKE = re.compile(r"top[-_ ]?k?[-_:= ]*(?P<number>[0-9.]+(?:e-?[0-9]+)?)? *(?P<percent>%)?")
+"""What a top-k spec written another way looks like: ``top-k:0.1``, ``topk0.05``, ``topk:10%``."""
+
+_UNCOMPRESSED = ("float32", "fp32", "float64", "fp64", "identity", "uncompressed", "raw", "off")
+"""Names of no compression, which :func:`scheme_named` calls ``"none"``."""
 
 
 def scheme_named(name: str) -> Scheme:
@@ -75,9 +83,39 @@ def scheme_named(name: str) -> Scheme:
             except ValueError:
                 break
             if not 0.0 < fraction <= 1.0:  # NaN fails too
-                raise ValueError(f"compression {name!r}: the top-k fraction must be in (0, 1]")
+                percent = f" (for {fraction:g}% write topk:{fraction / 100!r})"
+                raise ValueError(
+                    f"compression {name!r}: the top-k fraction must be in (0, 1]"
+                    + (percent if 1.0 < fraction <= 100.0 else "")
+                )
             return TopK(fraction)
-    raise ValueError(f"unknown compression {name!r:.60}; choose one of {SPECS}")
+    hint = _close_spec(lower) if len(name) < 40 else None
+    raise ValueError(
+        f"unknown compression {name!r:.60}"
+        + (f" (did you mean {hint}?)" if hint else "")
+        + f"; choose one of {SPECS}"
+    )
+
+
+def _close_spec(lower: str) -> str | None:
+    """The spec a mistyped or otherwise written ``lower`` most likely means, or None."""
+    bare = "".join(lower.split())
+    if bare in _UNCOMPRESSED:
+        return "none"
+    if bare != lower and ALIASES.get(bare, bare) in SCHEMES:
+        return ALIASES.get(bare, bare)
+    match = _TOPK_LIKE.fullmatch(bare)
+    if match is not None:
+        number, percent = match["number"], match["percent"]
+        if number is None:
+            return None if percent else "topk"
+        try:
+            fraction = float(number) / (100.0 if percent else 1.0)
+        except ValueError:
+            return None
+        return f"topk:{fraction!r}" if 0.0 < fraction <= 1.0 else None
+    close = difflib.get_close_matches(bare, [*SCHEMES, *ALIASES], n=1, cutoff=0.6)
+    return ALIASES.get(close[0], close[0]) if close else None
 
 
 def scheme_spec(scheme: Scheme) -> str | None:

@@ -10,6 +10,7 @@ passed back in with the next update.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from collections.abc import Mapping
@@ -128,6 +129,10 @@ class Identity:
         }
 
 
+_CAST_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+"""Other names of the casts' dtypes, named by :class:`Cast`'s error."""
+
+
 @dataclass(frozen=True)
 class Cast:
     """Floating-point arrays cast to 16 bits: ``"float16"`` or ``"bfloat16"``.
@@ -147,7 +152,14 @@ class Cast:
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"Cast dtype must be 'float16' or 'bfloat16', got {self.dtype!r}")
+            given = self.dtype.lower() if isinstance(self.dtype, str) else ""
+            close = [_CAST_ALIASES[given]] if given in _CAST_ALIASES else []
+            if not close and 0 < len(given) < 40:
+                close = difflib.get_close_matches(given, ["float16", "bfloat16"], n=1)
+            raise ValueError(
+                f"Cast dtype must be 'float16' or 'bfloat16', got {self.dtype!r:.60}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
 
     @property
     def name(self) -> str:
