@@ -72,6 +72,9 @@ REFUSED = [
     (Quantize(8), np.array([1.0, np.nan, 2.0]), "non-finite"),
     (Quantize(4), np.array([1.0, np.inf]), "non-finite"),
     (Quantize(8), np.array([-1e308, 1e308]), "range"),
+    # Before: encoded, then refused by the server as a forged scale ("levels overflow").
+    (Quantize(8), np.array([np.finfo(np.float64).max, np.finfo(np.float64).max / 2]), "largest"),
+    (Quantize(4), np.array([np.finfo(np.float64).max / 2, np.finfo(np.float64).max]), "largest"),
     (Cast("float16"), np.array([7e4, 1.0]), "65504"),
     (Cast("float16"), np.array([np.nan, 1.0]), "non-finite"),
     (Cast("bfloat16"), np.array([1e39, 1.0]), "bfloat16"),

@@ -140,6 +140,11 @@ def _quantize(
             "it cannot be quantized"
         )
     step = (hi - lo) / levels if hi > lo else 0.0
+    if not math.isfinite(lo + levels * step):  # the highest level, as the decoder makes it
+        raise ValueError(
+            f"{name!r} reaches {hi:g}, so close to float64's largest value that its highest "
+            "quantization level, rounded, overflows: it cannot be quantized"
+        )
     four = levels == 15
     codes = np.empty((flat.size + 1) // 2 if four else flat.size, dtype=np.uint8)
     for start in range(0, flat.size, CHUNK):
