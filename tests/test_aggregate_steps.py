@@ -203,6 +203,19 @@ def test_a_staleness_function_giving_no_factor_from_0_to_1_is_named(gives: Any) 
     assert "must return a number from 0 to 1" in str(refused.value)
 
 
+def test_a_staleness_function_that_raises_is_named() -> None:
+    def mine(tau: int) -> float:
+        raise KeyError(tau)
+
+    step = staleness_weight(mine)
+    state = step.init({"w": np.zeros(1)})
+    state, _ = step.update(state, Begin(1, {"w": np.zeros(1)}))
+    with pytest.raises(ValueError, match=r"the staleness function '.*mine' raised KeyError") as e:
+        step.update(state, Contribution(4, 1, delta={"w": np.ones(1)}, staleness=2))
+    assert "for client 4's update of staleness 2" in str(e.value)
+    assert isinstance(e.value.__cause__, KeyError)
+
+
 # -- q-FedAvg ------------------------------------------------------------------------------
 
 

@@ -254,6 +254,24 @@ def test_max_staleness_drops_old_updates() -> None:
     assert all(1 not in r.fit_participants for r in rounds[:3])
 
 
+def test_a_staleness_function_that_raises_stops_the_run_naming_it() -> None:
+    # Its ZeroDivisionError used to escape bare: no function, client or update named,
+    # and the update under way missing from the history.
+    def mine(tau: int) -> float:
+        return 1.0 if tau == 0 else 1 / 0
+
+    with pytest.raises(covey.FederationError) as stopped:
+        two_clients_run(staleness=mine)
+    message = str(stopped.value)
+    assert message.startswith("update 3: the aggregation step failed on client 1's update")
+    assert "staleness function 'test_a_staleness" in message
+    assert "raised ZeroDivisionError: division by zero" in message
+    assert "for client 1's update of staleness 2" in message
+    history = stopped.value.history
+    assert [r.round for r in history.rounds] == [0, 1, 2, 3]
+    assert history.stopped_reason == message
+
+
 def test_fedbuff_never_waits_for_the_slowest_client() -> None:
     durations = [1.0] * 9 + [1e6]
     result = covey.simulate(

@@ -176,7 +176,15 @@ def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
     weigh = polynomial_staleness(0.5) if fn is None else fn
 
     def rewrite(event: Contribution, params: Weights) -> tuple[Contribution | None, bool]:
-        given: object = weigh(event.staleness)
+        try:
+            given: object = weigh(event.staleness)
+        except Exception as exc:  # a bare ZeroDivisionError named neither the function nor tau
+            raise ValueError(
+                f"the staleness function {getattr(weigh, '__qualname__', weigh)!r} raised "
+                f"{type(exc).__name__}: {exc} for client {event.cid}'s update of staleness "
+                f"{event.staleness}: it must return a number from 0 to 1 for every staleness "
+                "0, 1, 2, ..., e.g. lambda tau: (1 + tau) ** -0.5"
+            ) from exc
         factor = float(given) if isinstance(given, numbers.Real) else math.nan  # not "0.5"
         if not (math.isfinite(factor) and 0 <= factor <= 1):
             raise ValueError(

@@ -226,7 +226,7 @@ class AsyncLoop(_LoopBase):
             contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
             too_stale = strategy.max_staleness is not None and tau > strategy.max_staleness
             if contribution is not None and not too_stale:
-                state, folded = self._fold(state, contribution, record)
+                state, folded = self._fold_or_stop(state, contribution, record)
                 contribution = contribution if folded else None
             if contribution is None:
                 failures_in_a_row += 1

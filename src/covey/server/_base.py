@@ -26,6 +26,7 @@ from covey.core._metricnames import renamed_metrics
 from covey.core._text import printable
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
 from covey.server._central import central_evaluation
+from covey.server._saver import SaveError
 from covey.strategies._fold import contribution, find_aggregate
 from covey.strategies._strategy import Strategy
 
@@ -359,6 +360,26 @@ class _LoopBase:
         except WeightsError as exc:
             self._record_failure(record.fit_failures, Failure(cid, "fit", str(exc)))
             return None
+
+    def _fold_or_stop(
+        self, state: Any, contribution: Contribution, record: RoundRecord
+    ) -> tuple[Any, bool]:
+        """:meth:`_fold`, where a step that fails on the update stops the run.
+
+        The error raised is a :class:`FederationError` naming the client and what the
+        step raised (a staleness function's error, say), ``record`` kept in the history.
+        """
+        try:
+            return self._fold(state, contribution, record)
+        except Exception as exc:
+            self.history.rounds.append(record)
+            rnd = f"{self._step} {record.round}"
+            if isinstance(exc, SaveError):  # awaited while the first reply is folded
+                raise self._fail(f"{rnd}: {exc}") from exc
+            raise self._fail(
+                f"{rnd}: the aggregation step failed on client {contribution.cid}'s "
+                f"update: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _fold(
         self, state: Any, contribution: Contribution, record: RoundRecord

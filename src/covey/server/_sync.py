@@ -25,7 +25,6 @@ from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
-from covey.server._saver import SaveError
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._strategy import Strategy
@@ -286,16 +285,7 @@ class RoundLoop(_LoopBase):
         if contribution is None:
             reply.release()
             return state
-        try:
-            state, folded = self._fold(state, contribution, record)
-        except Exception as exc:
-            self.history.rounds.append(record)
-            if isinstance(exc, SaveError):  # awaited while round rnd folds its first reply
-                raise self._fail(f"round {record.round}: {exc}") from exc
-            raise self._fail(
-                f"round {record.round}: the aggregation step failed on client {reply.cid}'s "
-                f"update: {type(exc).__name__}: {exc}"
-            ) from exc
+        state, folded = self._fold_or_stop(state, contribution, record)
         if folded:
             record.fit_participants.append(reply.cid)
             record.fit_examples += contribution.num_examples
