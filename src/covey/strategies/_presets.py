@@ -406,6 +406,13 @@ def FedBuff(
         Nguyen et al., "Federated Learning with Buffered Asynchronous
         Aggregation", AISTATS 2022.
     """
+    buffer_size = plain(buffer_size)
+    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+        # None used to give synchronous rounds under FedBuff's name, without a word.
+        raise ValueError(
+            f"FedBuff's buffer_size must be an int >= 1 (the replies per global update), got "
+            f"{buffer_size!r}; for synchronous rounds use covey.FedAvg()"
+        )
     concurrency = plain(concurrency)
     if concurrency is not None and (
         isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
