@@ -193,6 +193,22 @@ def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call(
         ({"ray_address": 6379}, r"ray_address must be an address string .* got int"),
         ({"num_workers": 0}, r"num_workers must be None or a positive int, got 0"),
         ({"num_workers": 1.5}, r"num_workers must be None or a positive int, got 1.5"),
+        (
+            {"client_resources": {"num_cpus": 1e-5}},
+            r"client resource 'num_cpus' is 1e-05, less than the smallest amount Ray counts",
+        ),
+        (
+            {"client_resources": {"g": {"accel": 0.00005}}, "client_group": lambda cid: "g"},
+            r"client resource 'accel' is 5e-05, .* at least 0.0001",
+        ),
+        (
+            {"client_resources": {"object_store_memory": 10**8}},
+            r"'object_store_memory' is not one a Ray actor can hold: ask for 'memory'",
+        ),
+        (
+            {"client_resources": {"num_cpus": 1, "CPU": 2}},
+            r"client resources 'num_cpus' and 'CPU' both name Ray's 'CPU'",
+        ),
     ],
 )
 def test_wrong_ray_options_are_refused_before_ray_starts(options: Any, error: str) -> None:

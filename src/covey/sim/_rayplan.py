@@ -16,8 +16,17 @@ Resources = Mapping[str, float]
 _RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
+#: Ray counts resources in steps of this much: a smaller amount is refused by Ray itself.
+_RESOURCE_STEP = 1e-4
+
+
 def ray_need(resources: Resources) -> dict[str, float]:
-    """Ray's resource names for a covey resource spec (``num_cpus`` -> ``CPU``)."""
+    """Ray's resource names for a covey resource spec (``num_cpus`` -> ``CPU``).
+
+    Raises:
+        ValueError: for an amount or a name Ray would refuse only once it has started,
+            naming the resource and what to ask for instead.
+    """
     need: dict[str, float] = {}
     for key, value in resources.items():
         if (
@@ -26,7 +35,24 @@ def ray_need(resources: Resources) -> dict[str, float]:
             or not (math.isfinite(value) and value >= 0)  # NaN and inf failed inside Ray
         ):
             raise ValueError(f"client resource {key!r} must be a finite number >= 0, got {value!r}")
-        need[_RESOURCE_KEYS.get(key, key)] = float(value)
+        if 0 < value < _RESOURCE_STEP:
+            raise ValueError(
+                f"client resource {key!r} is {value!r}, less than the smallest amount Ray "
+                f"counts ({_RESOURCE_STEP:g}): ask for 0 or at least {_RESOURCE_STEP:g}"
+            )
+        if key == "object_store_memory":
+            raise ValueError(
+                "client resource 'object_store_memory' is not one a Ray actor can hold: "
+                "ask for 'memory' (bytes of RAM per client), or leave it out"
+            )
+        name = _RESOURCE_KEYS.get(key, key)
+        if name in need:
+            first = next(k for k in resources if _RESOURCE_KEYS.get(k, k) == name)
+            raise ValueError(
+                f"client resources {first!r} and {key!r} both name Ray's {name!r}: "
+                f"give one of them ({', '.join(_RESOURCE_KEYS)} are covey's names)"
+            )
+        need[name] = float(value)
     return need
 
 
