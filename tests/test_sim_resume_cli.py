@@ -218,6 +218,32 @@ def test_a_resume_without_set_keeps_the_settings_the_run_was_started_with(
     assert "started with other settings: lr = 0.3 (now 0.5)" in said
 
 
+def test_a_resume_without_set_backend_goes_on_on_the_backend_the_run_was_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run started with --set backend (a Ray run's GPUs, say), resumed with the
+    # command it printed, went on in this process on the project's inline backend.
+    root = _project(tmp_path, "moved-fed", INTERRUPTED, monkeypatch)
+    stopper = "server-app=moved_fed.server_app:interrupted_in_round_1"
+    given = ["--set", "rounds=2", "--set", "clients=4", "--set", 'backend="process"']
+    code, said = _cli("run", str(root), *given, "--set", stopper)
+    assert code == 130, said
+    (run,) = root.glob("runs/sim-*")
+    code, said = _cli("run", str(root), "--resume", str(run))
+    assert code == 0, said
+    assert "4 simulated clients, 2 rounds (process backend)" in said
+    assert json.loads((run / "run.json").read_text())["backend"] == "process"
+    code, said = _cli("run", str(root), "--resume", str(run), "--set", "rounds=3")
+    assert code == 0, said
+    assert "(process backend)" in said
+    # A --set backend on the resume wins.
+    code, said = _cli(
+        "run", str(root), "--resume", str(run), "--set", "rounds=4", "--set", 'backend="inline"'
+    )
+    assert code == 0, said
+    assert "4 simulated clients, 4 rounds (inline backend)" in said
+
+
 def test_a_project_run_killed_before_its_run_json_starts_again_from_round_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -158,19 +158,14 @@ def _run_rounds(settings: Any, run_dir: Path, default: int) -> int:
     return default
 
 
-def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int | None:
-    """The ``keep-last`` a resumed run prunes with: the run's own, unless given on the resume.
-
-    As a run started with ``--set rounds=N`` resumes to round N without it, one
-    started with ``--set keep-last=all`` keeps every round's weights file when
-    resumed without it; a ``--set keep-last`` on the resume (``keep_last``) wins.
-    """
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """The settings ``run_dir``'s ``run.sqlite`` keeps; none for a missing or damaged one."""
     import sqlite3
 
     from covey.server._rundb import DB_NAME, open_read_only
 
-    if "keep_last" in settings.given or not (run_dir / DB_NAME).is_file():
-        return keep_last
+    if not (run_dir / DB_NAME).is_file():
+        return {}
     try:
         conn = open_read_only(run_dir / DB_NAME)
         try:
@@ -179,8 +174,35 @@ def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int |
             conn.close()
         config = json.loads(row[0])
     except (sqlite3.Error, ValueError, TypeError, RecursionError):  # damaged: simulate() says
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _run_backend(settings: Any, run_dir: Path) -> None:
+    """Resume on the backend the run last ran on, unless ``--set backend`` is given on the resume.
+
+    A run started with ``--set backend="ray"`` (and a ``covey run --resume`` as
+    printed, with no ``--set``) would otherwise go on in this process on the
+    project's default backend.
+    """
+    if "backend" in settings.given:
+        return
+    kept = _run_config(run_dir).get("backend")
+    if kept in ("inline", "process", "ray"):
+        settings.run["backend"] = kept
+
+
+def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int | None:
+    """The ``keep-last`` a resumed run prunes with: the run's own, unless given on the resume.
+
+    As a run started with ``--set rounds=N`` resumes to round N without it, one
+    started with ``--set keep-last=all`` keeps every round's weights file when
+    resumed without it; a ``--set keep-last`` on the resume (``keep_last``) wins.
+    """
+    if "keep_last" in settings.given:
         return keep_last
-    kept = config.get("keep_last", keep_last) if isinstance(config, dict) else keep_last
+    config = _run_config(run_dir)
+    kept = config.get("keep_last", keep_last)
     whole = isinstance(kept, int) and not isinstance(kept, bool) and kept >= 2
     return kept if kept is None or whole else keep_last
 
@@ -305,6 +327,8 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     from covey.sim._options import _check_keep_last, _checked
 
     run = settings.run
+    if resume is not None:
+        _run_backend(settings, resume)
     clients, rounds = int(run.get("clients", 10)), int(run.get("rounds", server_app.rounds))
     backend = str(run.get("backend", "inline"))
     if backend not in ("inline", "process", "ray"):
