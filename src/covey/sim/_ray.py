@@ -65,9 +65,9 @@ CHUNK_BYTES = 64 * 2**20
 
 def _ray(local: bool = False) -> Any:
     if local and "ray" not in sys.modules:
-        # A Ray started here serves only this machine: let it bind to loopback
-        # instead of the machine's network address (Ray reads this when imported;
-        # a Ray the caller imported or joins already decides for itself).
+        # A Ray started here serves only this machine: no multi-node cluster on
+        # Windows or macOS, where Ray then binds to loopback (Ray reads this when
+        # imported). On Linux Ray's servers listen on every interface regardless.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
