@@ -64,15 +64,16 @@ def _federation(
     )
 
 
-@pytest.mark.parametrize(
-    ("bad", "message"),
-    [
-        ({"objective": "binary:logitraw"}, "trained for objective 'binary:logitraw'"),
-        ({"booster": "dart"}, "booster 'dart' is not supported by XGBoostBagging"),
-        ({"eta": float("inf")}, "holds inf or NaN"),
-    ],
-    ids=["objective", "dart", "eta-inf"],
-)
+#: Client settings whose trees no strategy can merge, and what the failure says.
+UNMERGEABLE = [
+    ({"objective": "binary:logitraw"}, "trained for objective 'binary:logitraw'"),
+    ({"booster": "dart"}, "booster 'dart' is not supported by XGBoostBagging"),
+    ({"eta": float("inf")}, "holds inf or NaN"),
+]
+UNMERGEABLE_IDS = ["objective", "dart", "eta-inf"]
+
+
+@pytest.mark.parametrize(("bad", "message"), UNMERGEABLE, ids=UNMERGEABLE_IDS)
 def test_a_client_whose_trees_cannot_be_merged_fails_alone(
     bad: dict[str, object], message: str
 ) -> None:
@@ -88,15 +89,7 @@ def test_a_client_whose_trees_cannot_be_merged_fails_alone(
     assert num_trees(from_weights(result.weights)) == 2 * 2
 
 
-@pytest.mark.parametrize(
-    ("bad", "message"),
-    [
-        ({"objective": "binary:logitraw"}, "trained for objective 'binary:logitraw'"),
-        ({"booster": "dart"}, "booster 'dart' is not supported by XGBoostBagging"),
-        ({"eta": float("inf")}, "holds inf or NaN"),
-    ],
-    ids=["objective", "dart", "eta-inf"],
-)
+@pytest.mark.parametrize(("bad", "message"), UNMERGEABLE, ids=UNMERGEABLE_IDS)
 def test_cyclic_fails_a_client_whose_trees_cannot_join_and_keeps_the_model(
     bad: dict[str, object], message: str
 ) -> None:
