@@ -244,6 +244,48 @@ def test_a_resume_without_set_backend_goes_on_on_the_backend_the_run_was_on(
     assert "4 simulated clients, 4 rounds (inline backend)" in said
 
 
+def test_a_resume_on_ray_keeps_the_client_resources_and_address_the_run_was_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Resumed as printed, with no --set, a run started with --set client-resources
+    # and ray-address went on on Ray with the default resources, on a new local Ray.
+    from covey.sim._inline import inline_transport
+
+    seen: list[tuple[object, object]] = []
+
+    def on_ray(client_fn: object, num_clients: int, **options: object) -> object:
+        seen.append((options["client_resources"], options["address"]))
+        return inline_transport(client_fn, num_clients, None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("covey.sim._ray.RayTransport", on_ray)
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    root = _project(tmp_path, "ray-fed", INTERRUPTED, monkeypatch)
+    stopper = "server-app=ray_fed.server_app:interrupted_in_round_1"
+    given = ["--set", "rounds=2", "--set", "clients=4", "--set", 'backend="ray"']
+    ray = ["--set", "client-resources={num_cpus=0.5}", "--set", "ray-address='127.0.0.1:6390'"]
+    code, said = _cli("run", str(root), *given, *ray, "--set", stopper)
+    assert code == 130, said
+    (run,) = root.glob("runs/sim-*")
+    code, said = _cli("run", str(root), "--resume", str(run))
+    assert code == 0, said
+    assert "(ray backend)" in said
+    assert seen[-1] == ({"num_cpus": 0.5}, "127.0.0.1:6390")
+    # A --set on the resume wins, and is what the next resume keeps.
+    more = ["--set", "rounds=3", "--set", "client-resources={num_cpus=1}"]
+    code, said = _cli("run", str(root), "--resume", str(run), *more)
+    assert code == 0, said
+    assert seen[-1] == ({"num_cpus": 1}, "127.0.0.1:6390")
+    code, said = _cli("run", str(root), "--resume", str(run), "--set", "rounds=4")
+    assert code == 0, said
+    assert seen[-1] == ({"num_cpus": 1}, "127.0.0.1:6390")
+    # Resumed on another backend, the Ray options are not carried over.
+    code, said = _cli(
+        "run", str(root), "--resume", str(run), "--set", "rounds=5", "--set", 'backend="inline"'
+    )
+    assert code == 0, said
+    assert len(seen) == 4  # the first run and three resumes on Ray
+
+
 def test_a_project_run_killed_before_its_run_json_starts_again_from_round_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

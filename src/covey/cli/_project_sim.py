@@ -183,13 +183,28 @@ def _run_backend(settings: Any, run_dir: Path) -> None:
 
     A run started with ``--set backend="ray"`` (and a ``covey run --resume`` as
     printed, with no ``--set``) would otherwise go on in this process on the
-    project's default backend.
+    project's default backend. A run that last ran on Ray goes on with the
+    ``client-resources`` and ``ray-address`` it ran with (on the cluster it
+    joined, or a local Ray of its own), each unless given on the resume.
     """
-    if "backend" in settings.given:
-        return
-    kept = _run_config(run_dir).get("backend")
-    if kept in ("inline", "process", "ray"):
+    config = _run_config(run_dir)
+    kept = config.get("backend")
+    if "backend" not in settings.given and kept in ("inline", "process", "ray"):
         settings.run["backend"] = kept
+    if kept != "ray" or settings.run.get("backend") != "ray":
+        return
+    resources = config.get("client_resources")
+    if "client_resources" in config and "client_resources" not in settings.given:
+        if isinstance(resources, dict) and not any(isinstance(v, dict) for v in resources.values()):
+            settings.run["client_resources"] = resources
+        elif resources is None:  # the default, whatever [tool.covey] says now
+            settings.run.pop("client_resources", None)
+    address = config.get("ray_address")
+    if "ray_address" in config and "ray_address" not in settings.given:
+        if isinstance(address, str):
+            settings.run["ray_address"] = address
+        elif address is None:  # a local Ray of its own
+            settings.run.pop("ray_address", None)
 
 
 def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int | None:

@@ -40,6 +40,7 @@ from covey.server._rundb import DB_NAME
 from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import StateError, load_state, state_types
 from covey.server._store import RunStore
+from covey.sim._options import RAY_SETTINGS
 from covey.sim._rundir import new_run_command
 from covey.strategies._strategy import Strategy
 
@@ -268,6 +269,8 @@ def open_checkpoint(
         point = resume_point(store, initial_weights)
         # run.sqlite says them as history.json does
         now = {"rounds": config["rounds"], "keep_last": keep_last, "backend": config.get("backend")}
+        # and the Ray options it runs with now (none off Ray)
+        now.update({k: config.get(k) for k in RAY_SETTINGS if k in config or k in store.config})
         store.update_config(now)
         store.take_over(point.uncounted)  # running again (it said failed), as a served run
     except BaseException:
@@ -278,6 +281,7 @@ def open_checkpoint(
     settings["rounds"] = config["rounds"]  # a resumed run may be asked for more rounds
     settings["keep_last"] = keep_last  # and may keep more or fewer rounds' files
     settings["backend"] = config.get("backend")  # and run on another backend, as run.json says
+    settings.update({k: v for k, v in now.items() if k in RAY_SETTINGS})
     return SimCheckpoint(
         store, settings, point.weights, point.start, point.history, point.state, keep_last
     )

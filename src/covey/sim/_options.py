@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import json
 from collections.abc import Callable, Mapping
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from covey.aggregate._flat import check_switch
 from covey.clients._build import cannot_take_cid, not_callable
 from covey.core._messages import MAX_ROUNDS
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
+from covey.sim._rayplan import ray_need
 from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
 from covey.strategies._names import a_strategy, unknown_options
 from covey.strategies._presets import FedAvg
@@ -28,6 +30,7 @@ __all__ = [
     "_check_ray_options",
     "_checked",
     "flower_keywords",
+    "ray_settings",
 ]
 
 P = ParamSpec("P")
@@ -95,6 +98,35 @@ def _check_ray_options(resources: object, group: object, address: object) -> Non
             "ray_address must be an address string such as '127.0.0.1:6379' or 'auto', "
             f"got {type(address).__name__}"
         )
+
+
+#: The Ray options a run on Ray records in its settings, for its resume to run as it did.
+RAY_SETTINGS = ("client_resources", "ray_address")
+
+
+def ray_settings(backend: str, resources: object, address: object) -> dict[str, Any]:
+    """What a run on ``backend`` records of its Ray options: none off Ray.
+
+    ``covey run --resume`` gives them back to the run it resumes (the cluster it
+    joined, what each client holds there). Checked here, before the run's folder
+    records them, as the Ray backend would check them.
+
+    Raises:
+        TypeError, ValueError: for options the Ray backend would refuse, naming them.
+    """
+    if backend != "ray":
+        return {}
+    _check_ray_options(resources, None, address)
+    if isinstance(resources, Mapping):
+        nested = any(isinstance(v, Mapping) for v in resources.values())
+        for name, table in resources.items() if nested else [("", resources)]:
+            if not isinstance(table, Mapping):
+                raise ValueError(
+                    f"client_resources[{name!r}] must be a mapping such as {{'num_cpus': 1}} "
+                    f"when another group's is, got {type(table).__name__}"
+                )
+            ray_need(table)
+    return {"client_resources": json.loads(json.dumps(resources)), "ray_address": address}
 
 
 def _check_options(

@@ -33,6 +33,7 @@ from covey.sim._options import (
     _check_ray_options,
     _checked,
     flower_keywords,
+    ray_settings,
 )
 from covey.sim._progress import progress_callback
 from covey.sim._rundir import (
@@ -364,6 +365,7 @@ def simulate(
         strategy, rounds=rounds, seed=seed, backend=backend, num_clients=num_clients
     )
     config.update(_compression(scheme))
+    config.update(ray_settings(backend, client_resources, ray_address))
     config["clients"] = clients_setup(client_durations, availability, round_deadline)
     check_resumable(resume, run_dir, strategy, scheme)
     meta: dict[str, Any] = {
