@@ -7,6 +7,7 @@ the processes this test process started).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -300,6 +301,61 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
     assert f"refused: no Ray cluster answers at ray_address='127.0.0.1:{port}'" in out.stdout
     assert "Connection refused" in out.stdout
     assert "ray start --head" in out.stdout
+
+
+def test_a_local_ray_ends_with_its_driver_killed_with_sigkill(tmp_path: Any) -> None:
+    # Killed with SIGKILL mid-run, a script's simulate(backend="ray") left the Ray
+    # it started running: its dashboard and runtime-env agents, a minute or more.
+    ready = tmp_path / "fitting"
+    script = (
+        "import sys, time, pathlib, numpy as np, covey\n"
+        "class Stuck(covey.Client):\n"
+        "    def fit(self, weights, config):\n"
+        f"        pathlib.Path({str(ready)!r}).write_text('fit')\n"
+        "        time.sleep(600)\n"
+        "covey.simulate(lambda cid: Stuck(), 2, 1, None, {'w': np.zeros(2)}, backend='ray')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ray: list[psutil.Process] = []
+    try:
+        for _ in range(1200):  # the Ray starts and client 0 fits in its actor
+            if ready.exists() or driver.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), driver.stderr.read().decode()[-2000:] if driver.stderr else ""
+        ray = psutil.Process(driver.pid).children(recursive=True)  # its Ray's, found by PID
+        assert ray
+        driver.kill()
+        driver.wait()
+        left = ray
+        for _ in range(300):  # at most 30 s: Ray's agents lived on for a minute
+            left = [p for p in left if _running(p)]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, f"the Ray's processes outlived their driver: {[p.pid for p in left]}"
+    finally:
+        driver.kill()
+        driver.wait()
+        if driver.stderr:
+            driver.stderr.close()
+        for process in ray:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+def _running(process: psutil.Process) -> bool:
+    """Whether ``process`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def test_a_ray_address_other_than_the_ray_joined_already_is_refused() -> None:

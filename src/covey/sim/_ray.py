@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -31,7 +30,6 @@ import numpy as np
 from covey.clients._build import build_client
 from covey.clients._client import ClientFn, run_task
 from covey.core import _codec
-from covey.core._extras import MissingExtraError
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, fingerprint
 from covey.sim._inline import exited, lent_weights_changed
@@ -39,13 +37,13 @@ from covey.sim._rayplan import (
     Resources,
     actors_for,
     check_fits,
-    check_joined,
-    check_reachable,
     ray_need,
     start_failed,
     unanswered,
     unpicklable,
 )
+from covey.sim._raystart import ray_module, start_or_join, watch_local
+from covey.sim._raywatch import unwatch
 from covey.sim._worker import _sendable
 from covey.transport._base import LONGEST_WAIT
 
@@ -61,38 +59,6 @@ CHUNKS_PER_ACTOR = 32
 #: Most bytes of model a chunk's clients are sent (a chunk of fit replies holds as much):
 #: a large model goes a few clients, or one, per call.
 CHUNK_BYTES = 64 * 2**20
-
-
-def _ray(local: bool = False) -> Any:
-    if local and "ray" not in sys.modules:
-        # A Ray started here serves only this machine: no multi-node cluster on
-        # Windows or macOS, where Ray then binds to loopback (Ray reads this when
-        # imported). On Linux Ray's servers listen on every interface regardless.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError("backend='ray' needs Ray: pip install 'covey[ray]'") from exc
-    return ray
-
-
-def _init(ray: Any, address: str | None, init_args: Mapping[str, Any] | None) -> bool:
-    """Start or join a Ray unless this process has one already; whether it did."""
-    if ray.is_initialized():
-        if address is not None:
-            check_joined(address, str(ray.get_runtime_context().gcs_address))
-        return False
-    if address is not None:
-        check_reachable(address)
-    # "local" starts a new Ray: None would join any Ray already running here.
-    kwargs: dict[str, Any] = {
-        "address": address if address is not None else "local",
-        "include_dashboard": False,
-        "log_to_driver": True,
-    }
-    kwargs.update(init_args or {})
-    ray.init(**kwargs)
-    return True
 
 
 class ClientHost:
@@ -198,13 +164,15 @@ class RayTransport:
         start_timeout: float = 120.0,
         init_args: Mapping[str, Any] | None = None,
     ) -> None:
-        ray = _ray(local=address is None)
+        ray = ray_module(local=address is None)
         groups = self._groups(client_resources, client_group)
         if num_actors is not None and num_actors < 1:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
         if client_cache is not None and client_cache < 0:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
-        self._owns_ray = _init(ray, address, init_args)
+        self._owns_ray = start_or_join(ray, address, init_args)
+        # A local Ray of its own ends with this process, even one killed with SIGKILL.
+        self._watchdog = watch_local(ray) if self._owns_ray and address is None else None
         self._ray = ray
         self._clients = range(num_clients)
         self._group_of = client_group
@@ -491,7 +459,10 @@ class RayTransport:
         self._published = (None, None)
         if self._owns_ray:
             self._owns_ray = False
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            finally:
+                unwatch(self._watchdog)  # after the Ray it watched
 
     def __enter__(self) -> RayTransport:
         return self
