@@ -73,12 +73,16 @@ def no_ray_left() -> Iterator[None]:
         assert not alive, f"Ray processes outlived the run: {[p.pid for p in alive]}"
 
 
-def test_resources_a_local_ray_lacks_are_refused_at_once() -> None:
+@pytest.mark.parametrize("address", [None, "local"])
+def test_resources_a_local_ray_lacks_are_refused_at_once(address: str | None) -> None:
+    # ray_address="local" (a new local Ray, as None) waited for the actors to start
+    # until start_timeout, then failed without naming what the Ray lacks.
     with pytest.raises(ValueError, match="the local Ray started for this run has") as info:
         RayTransport(
             Plus,
             4,
             client_resources={"num_cpus": 64},
+            address=address,
             start_timeout=20.0,
             init_args={"num_cpus": 2},
         )

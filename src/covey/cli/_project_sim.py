@@ -317,7 +317,7 @@ def _ray_options(settings: Any) -> dict[str, Any]:
             ray_need(resources)
     except (TypeError, ValueError) as exc:
         fail(f"client-resources = {resources!r} ([tool.covey] or --set): {exc}")
-    if address is None:
+    if address in (None, "local"):  # a local Ray started for the run
         paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
         os.environ["PYTHONPATH"] = os.pathsep.join(
             dict.fromkeys(p for p in [str(settings.project), *paths] if p)

@@ -143,7 +143,7 @@ class RayTransport:
         client_group: ``cid -> group name`` when resources differ per group; each
             resource is shared equally among the groups that need it.
         address: A running cluster to join (``"127.0.0.1:6379"``, ``"auto"``); None
-            starts a local Ray for this run and stops it at :meth:`close`.
+            (or ``"local"``) starts a local Ray for this run and stops it at :meth:`close`.
         num_actors: Most actors per group (default: as many as the resources allow).
         client_cache: Most clients each actor keeps built (None: all; 0: build per task).
         start_timeout: Seconds the actors have to start (a clear error if they cannot
@@ -164,7 +164,8 @@ class RayTransport:
         start_timeout: float = 120.0,
         init_args: Mapping[str, Any] | None = None,
     ) -> None:
-        ray = ray_module(local=address is None)
+        local = address in (None, "local")  # a Ray started for this run
+        ray = ray_module(local=local)
         groups = self._groups(client_resources, client_group)
         if num_actors is not None and num_actors < 1:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
@@ -172,7 +173,7 @@ class RayTransport:
             raise ValueError(f"client_cache must be >= 0 or None, got {client_cache}")
         self._owns_ray = start_or_join(ray, address, init_args)
         # A local Ray of its own ends with this process, even one killed with SIGKILL.
-        self._watchdog = watch_local(ray) if self._owns_ray and address is None else None
+        self._watchdog = watch_local(ray) if self._owns_ray and local else None
         self._ray = ray
         self._clients = range(num_clients)
         self._group_of = client_group
@@ -182,7 +183,7 @@ class RayTransport:
         self._token = 0
         self._published: tuple[Weights | None, Any] = (None, None)
         total = ray.cluster_resources()
-        if self._owns_ray and address is None:
+        if self._owns_ray and local:
             try:
                 check_fits(groups, total)
             except BaseException:
