@@ -139,6 +139,25 @@ def test_malformed_sql_gets_a_clear_error(sql: str) -> None:
         plan(sql)
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT MAX(age_at_diagnosis, 3) FROM patients",
+        "SELECT MIN(age_at_diagnosis, 2) AS low FROM patients",
+        "SELECT COUNT(age_at_diagnosis, sex) FROM patients",
+        "SELECT COUNT(*, sex) FROM patients",
+        "SELECT APPROX_COUNT_DISTINCT(sex, 0.1) FROM patients",
+        "SELECT QUANTILE_DISC(age_at_diagnosis, 0.5, 3) FROM patients",
+        "SELECT APPROX_TOP_K(sex, 2, 100) FROM patients",
+    ],
+)
+def test_an_aggregate_given_more_arguments_than_it_takes_is_refused_not_cut(sql: str) -> None:
+    # MAX(x, 3) is DuckDB's list of the 3 largest values: answering MAX(x) under that
+    # name would be another statistic than the one asked for
+    with pytest.raises(QueryError, match=r"takes \d arguments?, got \d"):
+        plan(sql)
+
+
 def test_aggregates_are_named_by_their_sql_text_or_alias() -> None:
     p = plan("SELECT sex, AVG(age_at_diagnosis), count(*) AS n FROM patients GROUP BY sex")
     assert [a.name for a in p.aggregates] == ["AVG(age_at_diagnosis)", "n"]

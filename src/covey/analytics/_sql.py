@@ -237,6 +237,21 @@ def _kaplan_meier(node: exp.Anonymous, name: str, loc: SqlText) -> Aggregate:
 
 def _aggregate(node: exp.Expression, name: str, loc: SqlText, written: str) -> Aggregate:
     """The aggregate of SELECT item ``node`` named ``name``, written ``written`` in the query."""
+    agg = _read_aggregate(node, name, loc, written)
+    head = written.split("(", 1)[0].strip().upper()
+    takes, given = (1 if head == "MEDIAN" else _ARITY.get(agg.func, 1)), loc.arguments(written)
+    if given != takes:  # MAX(x, 3) is DuckDB's 3 largest values, not MAX(x)
+        raise QueryError(
+            f"{head}{loc.where(head)} takes {takes} argument{'s' * (takes > 1)}, got {given} "
+            f"in {written}; federated analytics answers no other form of it"
+        )
+    return agg
+
+
+_ARITY = {"quantile_cont": 2, "quantile_disc": 2, "top_k": 2, "kaplan_meier": 3, "histogram": 4}
+
+
+def _read_aggregate(node: exp.Expression, name: str, loc: SqlText, written: str) -> Aggregate:
     fname = _fname(node)
     head = written.split("(", 1)[0].strip()
     if isinstance(node, exp.Func) and "(" in written and head.replace("_", "").isalnum():

@@ -91,6 +91,26 @@ class SqlText:
                         f"{self.at(tok.start)}); simplify it"
                     )
 
+    @staticmethod
+    def arguments(call: str) -> int:
+        """How many arguments the first call in ``call`` is given (``MAX(x, 3)``: 2)."""
+        try:
+            tokens = Tokenizer(dialect=DIALECT).tokenize(call)
+        except TokenError:
+            return 0
+        depth = given = 0
+        for tok in tokens:
+            if tok.token_type in _OPENING:
+                depth += 1
+                given = max(given, 1) if depth == 1 else given
+            elif tok.token_type in _CLOSING:
+                depth -= 1
+                if depth == 0:
+                    break
+            elif depth == 1 and tok.token_type == TokenType.COMMA:
+                given += 1
+        return given
+
     def select_texts(self) -> list[str]:
         """The text of each SELECT item as written (top-level commas split them)."""
         items: list[list[Token]] = [[]]
