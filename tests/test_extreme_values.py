@@ -70,6 +70,22 @@ def test_a_federated_loss_whose_products_overflow_is_still_the_weighted_mean() -
     assert loss == pytest.approx(5 / 305 * 1e308 + 300 / 305)  # 1.639e306, not inf
 
 
+class _Metric(_Loss):
+    def evaluate(self, weights: Any, config: Any) -> covey.EvaluateResult:
+        big = self.cid == 0
+        return covey.EvaluateResult(
+            loss=1.0, num_examples=5 if big else 100, metrics={"mse": 1e308 if big else 1.0}
+        )
+
+
+def test_a_federated_metric_whose_products_overflow_is_still_the_weighted_mean() -> None:
+    result = covey.simulate(_Metric, 4, 1, covey.FedAvg(fraction_evaluate=1.0), {"w": np.zeros(2)})
+    mse = result.history.rounds[1].evaluate_metrics["mse"]
+    assert mse == pytest.approx(5 / 305 * 1e308 + 300 / 305)  # as the loss: not inf
+    both = covey.strategies.weighted_metrics([(5, {"m": 1e308}), (5, {"m": 1e308})])
+    assert both == {"m": 1e308}
+
+
 def test_staleness_weight_refuses_what_it_cannot_call() -> None:
     with pytest.raises(TypeError, match=r"staleness_weight\(fn\) takes a function .* got int"):
         chain(staleness_weight(3), weighted_mean())  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,7 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     largest: dict[str, float] = {}
+    pairs: dict[str, list[tuple[int, float]]] = {}
     for n, metrics in results:
         for key, raw in metrics.items():
             value: object = raw  # an array too: the transports carry numeric arrays
@@ -60,5 +62,10 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
                 continue
             sums[key] = sums.get(key, 0.0) + n * float(value)
             counts[key] = counts.get(key, 0) + n
+            pairs.setdefault(key, []).append((n, float(value)))
     combined = {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
+    for key, mean in combined.items():
+        if not math.isfinite(mean) and all(math.isfinite(v) for _, v in pairs[key]):
+            # n_k * m_k overflowed though each value is finite (1e308 on 5 examples)
+            combined[key] = math.fsum((n / counts[key]) * v for n, v in pairs[key])
     return {**combined, **largest}
