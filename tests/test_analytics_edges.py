@@ -212,3 +212,14 @@ def test_a_mechanism_without_epsilon_is_refused_in_python_too() -> None:
     assert query(two, "SELECT COUNT(*) FROM p", secure=False).iloc[0, 0] == 25.0
     noisy = query(two, "SELECT COUNT(*) FROM p", secure=False, epsilon=1.0)
     assert noisy.attrs["privacy"]["mechanism"] == "laplace"
+
+
+@pytest.mark.parametrize("step", ["1e-320", "5e-324", "1e-300", "0.001"])
+def test_a_survival_step_giving_too_many_points_is_refused_by_name(step: str) -> None:
+    # a subnormal step made the number of points infinite: a bare OverflowError
+    frame = pd.DataFrame({"t": np.arange(20.0), "e": [1, 0] * 10})
+    policy = Policy(bounds={"t": (0, 100), "e": (0, 1)}, min_group_size=1)
+    sql = f"SELECT KAPLAN_MEIER(t, e, {step}) FROM p"  # noqa: S608
+    with pytest.raises(QueryError, match=r"points over the bounds of 't' .* at most 10000") as info:
+        query([Site({"p": frame}, policy)], sql, secure=False)
+    assert len(str(info.value)) < 300  # not the digits of a huge integer

@@ -72,9 +72,16 @@ def survival_stat(a: Aggregate, bounds: tuple[float, float]) -> dict[str, Any]:
             f"{a.name}: the bounds of {a.column!r} are too wide for a survival curve: "
             "their range passes the largest float64; declare bounds nearer the values"
         )
-    points = math.ceil((high - low) / float(a.args[1]))
-    if points > 10_000:
-        raise QueryError(f"{a.name}: the time step gives {points} points; at most 10000")
+    step = float(a.args[1])
+    span = (high - low) / step  # inf for a step of 1e-320: no ceiling, no OverflowError
+    if not span <= 10_000:
+        raise QueryError(
+            f"{a.name}: the time step {step:g} gives "
+            f"{f'{span:.4g}' if math.isfinite(span) else 'past 1e308'} points over the bounds of "
+            f"{a.column!r} ({low:g} to {high:g}); at most 10000: give a step of at least "
+            f"{(high - low) / 10_000:g}"
+        )
+    points = math.ceil(span)
     return {
         "op": "km",
         "col": a.column,
