@@ -177,6 +177,18 @@ def test_bounds_whose_range_passes_float64_refuse_quantiles_and_survival_by_name
     assert query(wide, "SELECT SUM(x) FROM p", secure=False).iloc[0, 0] == 190.0
 
 
+@pytest.mark.parametrize("epsilon", [None, 1.0])
+def test_bounds_whose_range_passes_float64_refuse_a_secure_variance_by_name(
+    epsilon: float | None,
+) -> None:
+    # the squared deviations' scale was computed from an infinite range first:
+    # "OverflowError: cannot convert float infinity to integer"
+    policy = Policy(bounds={"x": (-1e308, 1e308)}, min_group_size=1)
+    wide = sites([np.linspace(-1.0, 1.0, 20)] * 2, policy)
+    with pytest.raises(QueryError, match="bounds of 'x' are too wide for secure aggregation"):
+        query(wide, "SELECT VAR_SAMP(x) FROM p", secure=True, epsilon=epsilon)
+
+
 def test_a_subnormal_quantile_precision_is_answered_not_an_overflow_error() -> None:
     policy = Policy(bounds={"x": (0, 1)}, min_group_size=1)
     one = sites([np.linspace(0, 1, 11)], policy)

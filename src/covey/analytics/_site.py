@@ -121,10 +121,16 @@ def fixed_point_scale(stat: dict[str, Any], bounds: dict[str, Any], sites: int) 
         with np.errstate(over="ignore"):
             reach = float(np.max(np.maximum(np.abs(low - centers), np.abs(high - centers))))
     rows = int(stat.get("rows", ROW_CAP))
+    if not math.isfinite(reach):  # bounds (-1e308, 1e308): their range is inf
+        raise QueryError(
+            f"the bounds of {stat['col']!r} are too wide for secure aggregation: the "
+            f"{'range' if op == 'sq' else 'largest'} of the values they allow passes the "
+            "largest float64; declare bounds nearer the values"
+        )
     # in logarithms: rows times the largest value (a square for "sq") may pass float64
     top = (1 if op == "sum" else 2) * math.log2(max(reach, 1e-300))
     exponent = math.floor(math.log2(secure_bound(sites)) - math.log2(rows) - top)
-    if not math.isfinite(reach) or exponent < -MAX_DOWNSCALE:
+    if exponent < -MAX_DOWNSCALE:
         raise QueryError(
             f"the bounds of {stat['col']!r} are too wide for secure aggregation of "
             f"{rows} rows per site ({'squared deviations' if op == 'sq' else 'sums'} "
