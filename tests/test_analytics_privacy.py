@@ -329,3 +329,14 @@ def test_an_analyst_whose_events_are_missing_is_refused_not_reset() -> None:
     data["spent"] = "0.9"
     with pytest.raises(ValueError, match="not a number"):
         Analyst.from_json(data)
+
+
+def test_a_ledger_event_of_laplace_noise_zero_is_spent_infinite_not_a_zero_division() -> None:
+    # dp-accounting divides by the multiplier: restoring such an analyst (or a
+    # site's ledger file) failed with a bare ZeroDivisionError
+    event = {"type": "LaplaceDpEvent", "noise_multiplier": 0.0}
+    ledger = {"accountant": "rdp", "entries": [[event, 1]]}
+    assert Ledger.from_json(ledger).epsilon(1e-6) == float("inf")
+    data = {"epsilon": 3.0, "delta": 1e-6, "spent": 0.0, "ledger": ledger, "queries": []}
+    analyst = Analyst.from_json(data)
+    assert analyst.spent == float("inf")

@@ -139,7 +139,10 @@ def _rdp_curve(event_json: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     event = event_from_json(json.loads(event_json))
     acc = _tree_accountant() if _uses_tree(event) else dpa.rdp.RdpAccountant()
     with _quiet():
-        acc.compose(event)
+        try:
+            acc.compose(event)
+        except ZeroDivisionError:  # Laplace noise of multiplier 0: no noise, no guarantee
+            return tuple(acc._orders), tuple(math.inf for _ in acc._orders)
     return tuple(acc._orders), tuple(acc._rdp)
 
 
