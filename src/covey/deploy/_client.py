@@ -23,7 +23,7 @@ def client_tls(
         OSError: A file cannot be read.
         ValueError: ``cert`` is given without ``key`` or the other way round, a file
             is not PEM of the right kind, ``key`` is not the key of ``cert``, or
-            ``cert`` has expired by this machine's clock.
+            ``cert`` or ``ca`` has expired by this machine's clock.
     """
     if (cert is None) != (key is None):
         raise ValueError(
@@ -37,6 +37,13 @@ def client_tls(
         server_name=server_name,
     )
     check_ca(tls.ca, str(ca))
+    check_dates(
+        tls.ca,
+        str(ca),
+        "no server certificate it signed can be trusted any more: get the federation's "
+        "current CA certificate (a federation whose CA expired needs a new one, `covey certs "
+        "init`)",
+    )
     if tls.cert is not None and tls.key is not None:
         check_pair(tls.cert, tls.key, str(cert), str(key))
         check_dates(

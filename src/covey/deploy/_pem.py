@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -24,6 +24,7 @@ from covey.transport.grpc._strength import weakness
 __all__ = [
     "check_ca",
     "check_dates",
+    "check_issued",
     "check_pair",
     "check_purpose",
     "missing_server_files",
@@ -131,6 +132,44 @@ def check_dates(pem: bytes, name: str, renew: str) -> None:
             f"{not_before:%Y-%m-%d %H:%M:%S}",
             f"{now:%Y-%m-%d %H:%M:%S}",
         )
+
+
+def check_issued(cert: bytes, ca: bytes, cert_name: str, ca_name: str, fix: str) -> None:
+    """Refuse a certificate that no certificate of ``ca`` (or of its own chain) signed.
+
+    A federation's peers check each other against the same ``ca.pem``: a server
+    certificate from another federation (a folder mixed up on a restart) passes
+    every local check, and then every client refuses it at the handshake, told
+    only that the server's certificate is not trusted.
+
+    Args:
+        cert: The certificate file's bytes (its first certificate is checked; the
+            ones after it, an intermediate chain, may sign it).
+        ca: The CA file's bytes (one certificate or a bundle).
+        cert_name: The certificate file, as named in messages.
+        ca_name: The CA file, as named in messages.
+        fix: What to do, said after the cause.
+
+    Raises:
+        ValueError: No certificate of ``ca`` nor of ``cert``'s chain signed it.
+    """
+    leaf = _certificate(cert, cert_name)
+    try:
+        issuers = x509.load_pem_x509_certificates(ca) + x509.load_pem_x509_certificates(cert)[1:]
+    except ValueError:
+        raise ValueError(f"{ca_name} is not a PEM certificate") from None
+    for candidate in issuers:
+        try:
+            leaf.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        return
+    theirs, ours = leaf.issuer.rfc4514_string(), issuers[0].subject.rfc4514_string()
+    other = f"another CA of the same name, {theirs!r}" if theirs == ours else repr(theirs)
+    raise ValueError(
+        f"{cert_name} was not issued by the CA in {ca_name} ({ours!r}) but by {other}, "
+        f"e.g. another federation's: every peer that trusts {ca_name} would refuse it; {fix}"
+    )
 
 
 _PURPOSES = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}

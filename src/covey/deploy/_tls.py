@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from covey.deploy._pem import check_ca, check_dates, check_pair, check_purpose, server_folder
+from covey.deploy._pem import (
+    check_ca,
+    check_dates,
+    check_issued,
+    check_pair,
+    check_purpose,
+    server_folder,
+)
 from covey.deploy._revoked import RevocationList
 from covey.transport.grpc._server import ServerTLS
 
@@ -24,7 +31,8 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
     Raises:
         FileNotFoundError: A file of the federation is missing.
         ValueError: A file is damaged, ``server.key`` is not the key of ``server.pem``,
-            or the CA or server certificate has expired.
+            ``server.pem`` was not issued by ``ca.pem``, or the CA or server
+            certificate has expired.
     """
     from covey.deploy.certs import load_revoked
 
@@ -49,6 +57,14 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
         str(d / "server.pem"),
         "server",
         f"renew it with `covey certs renew-server --dir {d}` (where ca.key is)",
+    )
+    check_issued(
+        tls.cert,
+        tls.ca,
+        str(d / "server.pem"),
+        str(d / "ca.pem"),
+        "give the server the server.pem and server.key of this federation, or a new pair "
+        f"with `covey certs renew-server --dir {d}` (where ca.key is)",
     )
     load_revoked(d)  # a damaged list refuses the start, not every client that joins
     return tls
