@@ -126,13 +126,19 @@ def _read_revoked(root: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"revocation list {path} is missing") from None
+        raise FileNotFoundError(
+            f"revocation list {path} is missing: copy {REVOKED} into {root} from the "
+            "federation folder `covey certs init` made (`covey certs revoke` updates it); "
+            "a file holding [] revokes no one"
+        ) from None
     try:
         entries = json.loads(text)
         if not isinstance(entries, list):
             raise TypeError("not a list")
         cleaned: list[dict[str, Any]] = []
-        for entry in entries:
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "serial" not in entry:
+                raise TypeError(f'entry {index} is not an object with a "serial": {entry!r:.80}')
             serial = entry["serial"]
             number = serial if isinstance(serial, int) else int(str(serial), 16)
             if isinstance(number, bool) or number <= 0:
