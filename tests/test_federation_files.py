@@ -58,3 +58,22 @@ def test_a_client_with_an_expired_ca_refuses_to_start(fed: Path, tmp_path: Path)
         tls_from_certs(fed, "site")
     with pytest.raises(ValueError, match=r"ca\.pem expired at"):
         client_tls(fed / "ca.pem")
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"key": "nope.key"}, "cannot read the client private key {d}/nope.key: No such file"),
+        ({"cert": "clients"}, "cannot read the client certificate {d}/clients: Is a directory"),
+        ({"ca": "nope.pem"}, "cannot read the CA certificate {d}/nope.pem: No such file"),
+    ],
+)
+def test_a_client_file_that_cannot_be_read_is_named_with_what_it_holds(
+    fed: Path, given: dict[str, str], said: str
+) -> None:
+    # The error was Python's own, "[Errno 2] No such file or directory: 'nope.key'".
+    issue_client(fed, "site")
+    files = {"ca": "ca.pem", "cert": "clients/site.pem", "key": "clients/site.key", **given}
+    with pytest.raises(OSError, match=r"^cannot read the ") as refused:
+        client_tls(fed / files["ca"], fed / files["cert"], fed / files["key"])
+    assert str(refused.value).startswith(said.format(d=fed))

@@ -10,6 +10,14 @@ from covey.transport.grpc._client import ClientTLS, connect
 __all__ = ["client_tls", "connect", "tls_from_certs"]
 
 
+def _read(path: str | Path, what: str) -> bytes:
+    """The bytes of ``path``; an error names the file and what it was meant to hold."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise type(exc)(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def client_tls(
     ca: str | Path,
     cert: str | Path | None = None,
@@ -20,7 +28,7 @@ def client_tls(
     """Load a client's TLS material from PEM files, checked before any connection.
 
     Raises:
-        OSError: A file cannot be read.
+        OSError: A file cannot be read (the error names it and what it holds).
         ValueError: ``cert`` is given without ``key`` or the other way round, a file
             is not PEM of the right kind, ``key`` is not the key of ``cert``, or
             ``cert`` or ``ca`` has expired by this machine's clock.
@@ -31,9 +39,9 @@ def client_tls(
             "(--cert and --key) or neither"
         )
     tls = ClientTLS(
-        ca=Path(ca).read_bytes(),
-        cert=Path(cert).read_bytes() if cert is not None else None,
-        key=Path(key).read_bytes() if key is not None else None,
+        ca=_read(ca, "the CA certificate"),
+        cert=_read(cert, "the client certificate") if cert is not None else None,
+        key=_read(key, "the client private key") if key is not None else None,
         server_name=server_name,
     )
     check_ca(tls.ca, str(ca))
