@@ -200,7 +200,9 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
 
     names: dict[int, str] = {}
     needed = max(1, int(getattr(server_app.strategy, "min_available_clients", 1)))
-    shown = ServerConsole(console.print, needed, names)
+    # An asynchronous (FedBuff) run counts global updates, not rounds.
+    step = "round" if getattr(server_app.strategy, "buffer_size", None) is None else "update"
+    shown = ServerConsole(console.print, needed, names, step)
     run, resuming, port_file = flags["run"], flags["resuming"], flags["port_file"]
 
     listened: list[int] = []  # the port, once the server listens
@@ -285,7 +287,7 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
         _show_model(run)  # the app's own function raised: reported as any other error
         raise
     shown.line(
-        f"[green]run finished[/] after round {result.history.rounds[-1].round}; "
+        f"[green]run finished[/] after {shown.step} {result.history.rounds[-1].round}; "
         f"history.json{' and plot.png' if plot else ''} in {escape(str(run))}"
     )
     _endings(result.history, shown)

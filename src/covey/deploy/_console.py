@@ -61,13 +61,22 @@ class ServerConsole:
         write: Prints one line (e.g. a rich console's ``print``).
         needed: How many clients the run waits for (``min_available_clients``).
         names: The name of each client id, kept up to date by :func:`covey.serve`.
+        step: What one step of the run is called: ``"round"``, or ``"update"`` for the
+            global updates of an asynchronous (FedBuff) run.
     """
 
-    def __init__(self, write: Callable[[str], None], needed: int, names: Mapping[int, str]) -> None:
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        needed: int,
+        names: Mapping[int, str],
+        step: str = "round",
+    ) -> None:
         """A console that has seen no client yet."""
         self._write = write
         self.needed = needed
         self.names = names
+        self.step = step
         self._connected: set[str] = set()
         self._lock = threading.Lock()
 
@@ -115,9 +124,10 @@ class ServerConsole:
         return named or "none"
 
     def on_round(self, record: RoundRecord) -> None:
-        """A finished round: participants, durations, metrics and failures by name."""
+        """A finished round (or update): participants, durations, metrics and failures by name."""
+        step = self.step
         if record.round == 0:
-            self.line(f"round 0 (initial model): {', '.join(_metrics(record)) or 'no metrics'}")
+            self.line(f"{step} 0 (initial model): {', '.join(_metrics(record)) or 'no metrics'}")
             return
         # in the order of the round (a stage is recorded when it ends: "aggregate" before "fit")
         order = {k: i for i, k in enumerate(("fit", "aggregate", "evaluate", "central", "total"))}
@@ -125,7 +135,7 @@ class ServerConsole:
         took = ", ".join(f"{k} {record.durations[k]:.2f} s" for k in stages)
         if "wait" in record.durations:  # the wait for clients, apart from training
             took += f" (after waiting {record.durations['wait']:.2f} s for clients)"
-        parts = [f"round {record.round}: fit by {self.who(record.fit_participants)}"]
+        parts = [f"{step} {record.round}: fit by {self.who(record.fit_participants)}"]
         if record.evaluate_participants:
             parts.append(f"evaluated by {self.who(record.evaluate_participants)}")
         self.line("; ".join(parts))
@@ -133,10 +143,10 @@ class ServerConsole:
         if took:
             detail.append(f"took {took}")
         if detail:
-            self.line(f"round {record.round}: {', '.join(detail)}")
+            self.line(f"{step} {record.round}: {', '.join(detail)}")
         for failure in record.failures[:MOST_NAMED]:
             self.line(
-                f"[red]round {record.round}: {escape(failure.who)} failed in {failure.stage}:[/] "
+                f"[red]{step} {record.round}: {escape(failure.who)} failed in {failure.stage}:[/] "
                 f"{escape(failure.error)}"
             )
         rest = record.failures[MOST_NAMED:]
@@ -146,6 +156,6 @@ class ServerConsole:
                 by_stage[failure.stage] = by_stage.get(failure.stage, 0) + 1
             counts = ", ".join(f"{n} in {stage}" for stage, n in by_stage.items())
             self.line(
-                f"[red]round {record.round}: {len(rest)} more clients failed[/] ({counts}); "
+                f"[red]{step} {record.round}: {len(rest)} more clients failed[/] ({counts}); "
                 "every failure is in the run's history (`covey runs show`)"
             )

@@ -244,8 +244,8 @@ class _LoopBase:
                 )
             elif count > MOST_LOGGED:
                 logger.warning(
-                    "round %d: %d more clients failed in %s; every failure is in the round's "
-                    "history",
+                    "%s %d: %d more clients failed in %s; every failure is in the history",
+                    self._step,
                     record.round,
                     count - MOST_LOGGED,
                     stage,
@@ -282,7 +282,7 @@ class _LoopBase:
     def _central(self, record: RoundRecord) -> None:
         if self.evaluate_fn is None:
             return
-        out = central_evaluation(self.evaluate_fn, record.round, self.weights)
+        out = central_evaluation(self.evaluate_fn, record.round, self.weights, step=self._step)
         if out is not None:
             record.central_loss, record.central_metrics = out
 

@@ -13,9 +13,12 @@ __all__ = ["central_evaluation"]
 
 
 def central_evaluation(
-    evaluate_fn: Callable[..., Any], rnd: int, weights: Weights
+    evaluate_fn: Callable[..., Any], rnd: int, weights: Weights, *, step: str = "round"
 ) -> tuple[float, dict[str, Scalar]] | None:
     """``evaluate_fn(rnd, weights)``'s loss and metrics, checked; None if it returned None.
+
+    ``step`` is what ``rnd`` counts in errors: ``"round"``, or an asynchronous run's
+    ``"update"``.
 
     It gets a dict of its own (entries it rebinds or adds never reach the global
     model) holding the server's read-only arrays, with no copy.
@@ -36,8 +39,8 @@ def central_evaluation(
         raise ValueError(f"evaluate_fn raised {exc}; {_EVALUATE_COPY}") from exc
     if fingerprint(weights) != before:
         raise RuntimeError(
-            f"round {rnd}: evaluate_fn changed the global weights in place, through a "
-            "library that ignores NumPy's read-only flag; the run stops so that no round "
+            f"{step} {rnd}: evaluate_fn changed the global weights in place, through a "
+            f"library that ignores NumPy's read-only flag; the run stops so that no {step} "
             f"trains from a changed model. {_EVALUATE_COPY}"
         )
     return None if out is None else _central_result(out)

@@ -23,13 +23,15 @@ __all__ = ["client_configs", "evaluate_config", "fit_config", "sendable"]
 Config = dict[str, Any]
 
 
-def sendable(config: Mapping[str, Any], what: str, round: int) -> Config:
+def sendable(config: Mapping[str, Any], what: str, round: int, step: str = "round") -> Config:
     """``config`` as a client receives it over the network.
 
     Args:
         config: The config a strategy built.
         what: Who built it, for errors (``"on_fit_config"``).
         round: The round it is for.
+        step: What ``round`` counts, for errors: ``"round"``, or an asynchronous
+            run's ``"update"``.
 
     Raises:
         TypeError: naming ``what``, the round and the place, for a key that is
@@ -37,22 +39,22 @@ def sendable(config: Mapping[str, Any], what: str, round: int) -> Config:
         ValueError: naming ``what``, the round and the place, for a value no
             client can be sent (a set, an object) or one over a client's caps.
     """
-    _check_keys(config, what, round, "")
+    _check_keys(config, what, f"{step} {round}", "")
     try:
         value = _wire.loads(_wire.dumps_within(config, _wire.WireLimits()))
     except _wire.WireError as exc:
         raise ValueError(
-            f"{what} returned a config for round {round} that clients cannot be sent: {exc}"
+            f"{what} returned a config for {step} {round} that clients cannot be sent: {exc}"
         ) from None
     return value if isinstance(value, dict) else {}
 
 
-def _check_keys(value: Any, what: str, round: int, where: str) -> None:
+def _check_keys(value: Any, what: str, round: str, where: str) -> None:
     if isinstance(value, Mapping):
         for key, entry in value.items():
             if type(key) is not str:
                 raise TypeError(
-                    f"{what} returned a config for round {round} with the key {key!r} "
+                    f"{what} returned a config for {round} with the key {key!r} "
                     f"({type(key).__name__}){f' in {where}' if where else ''}: keys must be "
                     "strings (clients receive the config as JSON, where 0 becomes '0')"
                 )
@@ -83,7 +85,7 @@ def evaluate_config(loop: Any, round: int) -> Config:
 
 def _round_config(loop: Any, config: Config, what: str, round: int) -> Config:
     try:
-        return sendable(config, what, round)
+        return sendable(config, what, round, loop._step)
     except (TypeError, ValueError) as exc:
         raise loop._fail(str(exc)) from None
 

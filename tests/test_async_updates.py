@@ -1,0 +1,97 @@
+"""FedBuff's clock: what its messages call a step, what staleness counts, what it takes.
+
+An asynchronous run has global updates, not rounds: its errors and log lines
+say ``update N``. Staleness counts the models clients trained from, so an
+update whose aggregation failed (the model unchanged) makes no later update
+staler. A staleness function may return any real scalar NumPy gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.core import RoundRecord
+from covey.core._history import Failure
+from covey.deploy._console import ServerConsole
+from covey.server import AsyncLoop
+from covey.sim import inline_transport
+from covey.transport import SimulatedAsyncTransport
+
+
+class Const(covey.Client):
+    """Sends ``delta = cid + 1``; ``broken``: fails; ``empty``: 0 examples in update 2."""
+
+    def __init__(self, cid: int, broken: bool = False, empty: bool = False) -> None:
+        self.cid, self.broken, self.empty = cid, broken, empty
+
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        if self.broken:
+            raise RuntimeError(f"client {self.cid} is broken")
+        examples = 0 if self.empty and config["round"] == 2 else 1
+        return covey.FitResult(delta={"w": np.full(2, float(self.cid + 1))}, num_examples=examples)
+
+
+def two_clients(client_fn: Any = Const, **strategy: Any) -> covey.sim.SimulationResult:
+    """Client 0 takes 1 s, client 1 takes 3 s; each update is one reply (K=1)."""
+    return covey.simulate(
+        client_fn,
+        2,
+        4,
+        covey.FedBuff(buffer_size=1, concurrency=2, **strategy),
+        {"w": np.zeros(2)},
+        client_durations=[1.0, 3.0],
+    )
+
+
+# -- 1. "update N", not "round N" --------------------------------------------------------------
+
+
+def test_the_servers_lines_of_an_asynchronous_run_name_updates() -> None:
+    record = RoundRecord(3, fit_participants=[0, 1])
+    record.fit_failures.append(Failure(2, "fit", "it broke"))
+    record.durations["fit"] = 1.0
+    lines: list[str] = []
+    ServerConsole(lines.append, 1, {0: "a", 1: "b", 2: "c"}, "update").on_round(record)
+    ServerConsole(lines.append, 1, {}, "update").on_round(RoundRecord(0))
+    text = "\n".join(lines)
+    assert "update 3: fit by a, b" in text
+    assert "update 3: took fit 1.00 s" in text
+    assert "update 3: client 2 failed in fit:" in text
+    assert "update 0 (initial model)" in text
+    assert "round" not in text
+    rounds: list[str] = []  # a synchronous run's lines are as they were
+    ServerConsole(rounds.append, 1, {0: "a", 1: "b", 2: "c"}).on_round(record)
+    assert "round 3: fit by a, b" in "\n".join(rounds)
+    assert "round 3: client 2 failed in fit:" in "\n".join(rounds)
+
+
+def test_the_failures_past_those_logged_are_counted_in_the_update(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Clients 1 to 14 fail in update 2 (client 0 took update 1 alone): ten are logged
+    # one by one, the other four counted in one line that named "round 2".
+    transport = SimulatedAsyncTransport(inline_transport(lambda cid: Const(cid, cid > 0), 15))
+    loop = AsyncLoop(covey.FedBuff(buffer_size=1, concurrency=15), transport, {"w": np.zeros(2)})
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        history = loop.run(2)
+    assert len(history.rounds[2].fit_failures) == 14
+    counted = [r.getMessage() for r in caplog.records if "more clients failed" in r.getMessage()]
+    assert counted == ["update 2: 4 more clients failed in fit; every failure is in the history"]
+
+
+def test_a_config_no_client_can_be_sent_names_the_update() -> None:
+    def config(update: int) -> dict[str, Any]:
+        return {"tags": {"a", "b"}}  # a set: JSON has none
+
+    with pytest.raises(covey.FederationError) as stopped:
+        two_clients(on_fit_config=config)
+    assert "returned a config for update 1 that clients cannot be sent" in str(stopped.value)
+    with pytest.raises(covey.FederationError, match="returned a config for round 1 that"):
+        covey.simulate(
+            Const, 2, 1, covey.FedAvg(on_fit_config=config), {"w": np.zeros(2)}
+        )  # a synchronous run says "round", as before
