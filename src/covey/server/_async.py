@@ -13,13 +13,10 @@ a task to one client, then take replies one at a time with ``next_reply`` (see
 
 from __future__ import annotations
 
-import bisect
 import logging
-import operator
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import overload
 
 import numpy as np
 
@@ -30,6 +27,7 @@ from covey.core._messages import Config, Metrics, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
+from covey.server._idviews import SortedIds, Union, without
 from covey.strategies._checks import not_among
 from covey.strategies._clients import client_info
 from covey.strategies._strategy import Strategy
@@ -390,109 +388,3 @@ class AsyncLoop(_LoopBase):
         if free >= len(idle):
             return list(idle)
         return sorted(int(idle[i]) for i in self._rng.choice(len(idle), free, replace=False))
-
-
-class Union(Collection[int]):
-    """The ids in any of a few collections, tested in place rather than copied into a set."""
-
-    def __init__(self, *parts: Collection[int]) -> None:
-        self._parts = parts
-
-    def bound(self) -> int:
-        """At least as many as there are ids (the parts' sizes summed, at no cost)."""
-        return sum(len(part) for part in self._parts)
-
-    def __contains__(self, value: object) -> bool:
-        return any(value in part for part in self._parts)
-
-    def __iter__(self) -> Iterator[int]:
-        seen: set[int] = set()
-        for part in self._parts:
-            for cid in part:
-                if cid not in seen:
-                    seen.add(cid)
-                    yield cid
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def without(pool: Sequence[int], taken: Union) -> Sequence[int]:
-    """The ids of ``pool`` not in ``taken``, sorted; a view of a sorted pool, not a copy."""
-    if (isinstance(pool, range) and pool.step == 1) or isinstance(pool, SortedIds):
-        return Without(pool, taken)
-    return sorted(c for c in pool if c not in taken)
-
-
-class SortedIds(list[int]):
-    """A list of distinct client ids in ascending order (so :func:`without` views it)."""
-
-
-class Without(Sequence[int]):
-    """The ids of a sorted pool (a range of step 1, or :class:`SortedIds`) except those taken.
-
-    Indexed without listing the pool: only the positions of the taken ids are kept,
-    found from whichever is smaller, the pool or the ids taken.
-
-    Args:
-        pool: The clients, in ascending order.
-        taken: The ids left out (those not in ``pool`` are ignored).
-
-    Example:
-        >>> list(Without(range(6), Union({1, 4}))), Without(range(6), Union({1, 4}))[2]
-        ([0, 2, 3, 5], 3)
-    """
-
-    def __init__(self, pool: Sequence[int], taken: Union) -> None:
-        self._pool = pool
-        self._taken = taken
-        if taken.bound() < len(pool):
-            found = (self._position(c) for c in taken)
-            holes = {p for p in found if p is not None}
-        else:
-            holes = {i for i, c in enumerate(pool) if c in taken}
-        self._holes = sorted(holes)
-
-    def _position(self, cid: int) -> int | None:
-        """Where ``cid`` is in the pool, or None."""
-        pool = self._pool
-        if isinstance(pool, range):
-            return cid - pool.start if cid in pool else None
-        at = bisect.bisect_left(pool, cid)
-        return at if at < len(pool) and pool[at] == cid else None
-
-    def __len__(self) -> int:
-        return len(self._pool) - len(self._holes)
-
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[int]: ...
-
-    def __getitem__(self, index: int | slice) -> int | list[int]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = operator.index(index)
-        size = len(self)
-        if i < 0:
-            i += size
-        if not 0 <= i < size:
-            raise IndexError(f"index {index} out of range for {size} clients")
-        for hole in self._holes:  # ascending: each hole at or before the position shifts it
-            if hole > i:
-                break
-            i += 1
-        return self._pool[i]
-
-    def __contains__(self, value: object) -> bool:
-        if isinstance(value, bool) or value in self._taken:
-            return False
-        try:
-            cid = operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            return False
-        return self._position(cid) is not None
-
-    def __iter__(self) -> Iterator[int]:
-        return (c for c in self._pool if c not in self._taken)
