@@ -9,6 +9,7 @@ staler. A staleness function may return any real scalar NumPy gives.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -95,3 +96,24 @@ def test_a_config_no_client_can_be_sent_names_the_update() -> None:
         covey.simulate(
             Const, 2, 1, covey.FedAvg(on_fit_config=config), {"w": np.zeros(2)}
         )  # a synchronous run says "round", as before
+
+
+# -- 2. staleness counts the models produced ----------------------------------------------------
+
+
+def test_an_update_whose_aggregation_failed_makes_no_update_staler() -> None:
+    # t=1: client 0 (sent model 0) -> update 1, w=1. t=2: client 0 -> update 2 with
+    # num_examples=0: its weighted mean is undefined, the model stays w=1. t=3: client 1,
+    # sent model 0, trained from a model one new model old (not two: update 2 made
+    # none), scaled by 1/sqrt(2); then client 0, sent w=1 after update 2, one old too.
+    result = two_clients(lambda cid: Const(cid, empty=cid == 0))
+    rounds = result.history.rounds[1:]
+    assert [r.fit_participants for r in rounds] == [[0], [0], [1], [0]]
+    assert [r.aggregated for r in rounds] == [True, False, True, True]
+    assert "num_examples=0" in rounds[1].aggregate_info["error"]
+    assert [r.aggregate_info["staleness"] for r in rounds] == [[0], [0], [1], [1]]
+    expected = 1 + 2 / math.sqrt(2) + 1 / math.sqrt(2)
+    np.testing.assert_allclose(result.weights["w"], [expected, expected])
+    # Every update applied, client 1's update is two new models old.
+    applied = two_clients().history.rounds[1:]
+    assert [r.aggregate_info["staleness"] for r in applied] == [[0], [0], [2], [1]]

@@ -2,7 +2,8 @@
 
 The server keeps ``num_fit`` clients training at all times. Each reply's update
 is folded into the aggregation chain as it arrives, tagged with its staleness
-(how many global updates happened since the client's model was sent); every
+(how many new models global updates produced since the client's model was sent:
+an update whose aggregation failed, the model unchanged, does not count); every
 ``buffer_size`` replies the chain's ``End`` produces a global update, and the
 clients whose reply was used become free for new tasks. Nothing waits for a round.
 
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,7 @@ logger = logging.getLogger("covey")
 @dataclass
 class _Flight:
     kind: str
-    version: int
+    version: int  # the model's: how many new models the run had produced when it was sent
     weights: Weights
     then_fit: bool = False  # a properties task of a client picked to train once it replies
 
@@ -111,6 +113,8 @@ class AsyncLoop(_LoopBase):
         self._config: tuple[int, Config] | None = None
         self._eligible = 0
         self._clock0 = 0.0
+        # New models produced (updates whose aggregate was applied): the clock of staleness.
+        self._models = 0
 
     # -- the run ------------------------------------------------------------------------
 
@@ -220,7 +224,7 @@ class AsyncLoop(_LoopBase):
             if reply.kind == "properties":
                 self._took_properties(reply, flight, rnd)
                 continue
-            tau = version - flight.version
+            tau = self._models - flight.version  # an update that failed made no new model
             contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
             too_stale = strategy.max_staleness is not None and tau > strategy.max_staleness
             if contribution is not None and not too_stale:
@@ -270,6 +274,16 @@ class AsyncLoop(_LoopBase):
         self._finish(record)
         return rnd
 
+    def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
+        """Apply the update's aggregate; count the new model if one was produced.
+
+        An update whose aggregation failed (the model unchanged) makes no update
+        after it staler: staleness counts the models clients trained from.
+        """
+        super()._apply(state, rnd, record)
+        if record.aggregated:
+            self._models += 1
+
     def _took_properties(self, reply: Reply, flight: _Flight, rnd: int) -> None:
         """Keep a client's properties; one picked to train is owed its task now."""
         self._store_properties(reply, rnd)
@@ -293,9 +307,9 @@ class AsyncLoop(_LoopBase):
             eligible = available  # not copied: a federation may have 100,000s of clients
             count = len(available)
         elif self._tracks_where(available):
-            count = self._where_simulated(available, version, rnd)
+            count = self._where_simulated(available, rnd)
         else:  # deployed: clients come and go, each dispatch looks at them all
-            self._ask_where(available, version, rnd)
+            self._ask_where(available, rnd)
             eligible = strategy.eligible(available, self.properties)
             count = len(eligible)
         self._eligible = count
@@ -317,14 +331,14 @@ class AsyncLoop(_LoopBase):
             # they are in (or failed to come), as a round asks its sampled clients.
             unasked = set(self._unasked(chosen, rnd))
             for cid in sorted(unasked):
-                self._flights[cid] = _Flight("properties", version, self.weights, then_fit=True)
+                self._flights[cid] = _Flight("properties", self._models, self.weights, True)
                 self._training.add(cid)
                 self.transport.submit(cid, Task("properties", rnd))
             chosen = sorted(owed + [cid for cid in chosen if cid not in unasked])
             clients = client_info(chosen, self.properties, self.client_names)
             configs = client_configs(strategy, "fit", rnd, dict(task.config), clients)
         for cid in chosen:
-            self._flights[cid] = _Flight("fit", version, self.weights)
+            self._flights[cid] = _Flight("fit", self._models, self.weights)
             self._training.add(cid)
             own = (
                 task
@@ -333,11 +347,11 @@ class AsyncLoop(_LoopBase):
             )
             self.transport.submit(cid, own, timeout=self.task_timeout)
 
-    def _ask_where(self, cids: Sequence[int], version: int, rnd: int) -> None:
+    def _ask_where(self, cids: Sequence[int], rnd: int) -> None:
         """Ask the clients of ``cids`` whose properties ``where`` needs and are not in yet."""
         for cid in self._unasked(cids, rnd):
             if cid not in self._flights:
-                self._flights[cid] = _Flight("properties", version, self.weights)
+                self._flights[cid] = _Flight("properties", self._models, self.weights)
                 self.transport.submit(cid, Task("properties", rnd))
 
     def _tracks_where(self, available: Sequence[int]) -> bool:
@@ -348,11 +362,11 @@ class AsyncLoop(_LoopBase):
         """
         return isinstance(available, range) and self._joins() is None
 
-    def _where_simulated(self, available: Sequence[int], version: int, rnd: int) -> int:
+    def _where_simulated(self, available: Sequence[int], rnd: int) -> int:
         """Ask new clients (once per update) for their properties; how many pass ``where``."""
         if self._scanned != (available, rnd):
             self._scanned = (available, rnd)
-            self._ask_where(available, version, rnd)
+            self._ask_where(available, rnd)
         return len(self._passing)
 
     def _passing_sorted(self) -> SortedIds:
