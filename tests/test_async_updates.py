@@ -117,3 +117,51 @@ def test_an_update_whose_aggregation_failed_makes_no_update_staler() -> None:
     # Every update applied, client 1's update is two new models old.
     applied = two_clients().history.rounds[1:]
     assert [r.aggregate_info["staleness"] for r in applied] == [[0], [0], [2], [1]]
+
+
+# -- 3. what a staleness function may return ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "same"), [(np.array(0.5), 0.5), (np.array(1), 1), (np.array(0.25, np.float32), 0.25)]
+)
+def test_a_staleness_function_may_return_a_0d_array(value: Any, same: Any) -> None:
+    # A 0-d array (np.clip of a float, a reduction) was refused where its scalar was taken.
+    def run(factor: Any) -> covey.Weights:
+        return two_clients(staleness=lambda tau: 1.0 if tau == 0 else factor).weights
+
+    expected = 1 + 1 + float(same) * 2 + float(same) * 1
+    np.testing.assert_allclose(run(value)["w"], [expected, expected])
+    for scalar in (same, np.float64(same)):
+        np.testing.assert_array_equal(run(value)["w"], run(scalar)["w"])
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (True, "a bool, not a number"),
+        (np.True_, "a bool, not a number"),
+        (np.array(True), "a bool, not a number"),
+        (float("nan"), "not a finite number"),
+        (np.array(np.inf), "not a finite number"),
+        (-0.5, "a negative number"),
+        (np.float64(1.5), "above 1"),
+        (np.array([0.5]), "an array of shape (1,), not one number"),
+        ([0.5], "a list, not a real number"),
+        ("0.5", "a str, not a real number"),
+        (0.5j, "a complex, not a real number"),
+    ],
+)
+def test_a_staleness_function_returning_no_factor_stops_the_run_naming_it(
+    value: Any, why: str
+) -> None:
+    def mine(tau: int) -> Any:
+        return 1.0 if tau == 0 else value
+
+    with pytest.raises(covey.FederationError) as stopped:
+        two_clients(staleness=mine)
+    message = str(stopped.value)
+    assert message.startswith("update 3: the aggregation step failed on client 1's update")
+    assert "the staleness function " in message
+    assert ".mine' gave " in message
+    assert f"for staleness 2, {why}: it must return a number from 0 to 1" in message

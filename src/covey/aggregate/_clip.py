@@ -185,12 +185,12 @@ def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
                 f"{event.staleness}: it must return a number from 0 to 1 for every staleness "
                 "0, 1, 2, ..., e.g. lambda tau: (1 + tau) ** -0.5"
             ) from exc
-        factor = float(given) if isinstance(given, numbers.Real) else math.nan  # not "0.5"
-        if not (math.isfinite(factor) and 0 <= factor <= 1):
+        factor, wrong = _staleness_factor(given)
+        if wrong:
             raise ValueError(
                 f"the staleness function {getattr(weigh, '__qualname__', weigh)!r} gave "
-                f"{given!r} for staleness {event.staleness}: it must return a number from 0 "
-                "to 1 (the weight of a stale update; 1 for a fresh one), e.g. "
+                f"{given!r} for staleness {event.staleness}, {wrong}: it must return a number "
+                "from 0 to 1 (the weight of a stale update; 1 for a fresh one), e.g. "
                 "lambda tau: (1 + tau) ** -0.5"
             )
         if factor == 1.0:
@@ -199,3 +199,32 @@ def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
         return replace(event, weights=None, delta=scaled(delta, factor, params)), True
 
     return per_client("staleness_weight()", "stale", rewrite)
+
+
+def _staleness_factor(given: object) -> tuple[float, str]:
+    """A staleness function's value as a factor, and what is wrong with it ("" if nothing).
+
+    Any real scalar is taken: a Python or NumPy int or float, or a 0-d array of
+    one (what NumPy's functions of a scalar often return). A bool, a string, a
+    complex number, an array of several values, NaN, an infinity and a number
+    outside 0 to 1 are not.
+    """
+    if isinstance(given, np.ndarray):
+        if given.ndim != 0:
+            return math.nan, f"an array of shape {given.shape}, not one number"
+        given = given[()]  # the NumPy scalar it holds
+    if isinstance(given, bool | np.bool_):
+        return math.nan, "a bool, not a number"
+    if not isinstance(given, numbers.Real):  # "0.5" and 0.5j are refused, not converted
+        return math.nan, f"a {type(given).__name__}, not a real number"
+    try:
+        factor = float(given)
+    except (OverflowError, ValueError):  # an int too large for a float, say
+        return math.nan, "out of a float's range"
+    if not math.isfinite(factor):
+        return factor, "not a finite number"
+    if factor < 0:
+        return factor, "a negative number"
+    if factor > 1:
+        return factor, "above 1"
+    return factor, ""
