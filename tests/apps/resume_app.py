@@ -173,6 +173,8 @@ def strategy(name: str | None = None) -> covey.Strategy:
             noise_seed=7,
         ),
         "fedbuff": lambda: covey.FedBuff(buffer_size=2, concurrency=2, **_buff(opts)),
+        # Every client in each buffer, none stale: the same updates as FedAvg's rounds.
+        "fedbuff-full": lambda: covey.FedBuff(buffer_size=n, concurrency=n, **_buff(opts)),
     }
     strategy: covey.Strategy = builders[name]()
     return strategy
