@@ -84,7 +84,8 @@ def test_a_federated_evaluation_that_rounds_down_to_no_client_is_refused_by_name
         covey.simulate(lambda cid: Plain(), 3, 1, strategy, {"w": np.zeros(2)})
     off = covey.FedAvg(fraction_evaluate=0.0, min_evaluate_clients=0)  # turned off: fine
     result = covey.simulate(lambda cid: Plain(), 3, 1, off, {"w": np.zeros(2)})
-    assert result.history.metric("loss", "evaluate") == []
+    with pytest.raises(ValueError, match=r"from source='evaluate': it records nothing there"):
+        result.history.metric("loss", "evaluate")
 
 
 def test_a_deployed_run_says_when_fraction_evaluate_rounds_down_to_no_client(

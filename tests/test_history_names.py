@@ -133,7 +133,8 @@ def test_a_metric_named_loss_is_read_as_loss_metric_beside_the_round_s_loss() ->
     assert h.metric("loss", source="evaluate") == [(1, 2.0)]
     assert h.metric("loss_metric", source="evaluate") == [(1, 1.5)]
     assert h.metric("loss", source="fit") == [(1, 3.0)]  # fit has no loss of its own
-    assert h.metric("loss_metric", source="fit") == []
+    with pytest.raises(ValueError, match=r"'loss_metric' from source='fit'.*\['loss'\]"):
+        h.metric("loss_metric", source="fit")
     assert h.best_round("loss_metric", mode="min") == (2, 0.2)
     assert "'central': ['accuracy', 'loss', 'loss_metric', 'loss_metric_metric']" in repr(h)
     assert covey.History.from_json(h.to_json()).metric("loss_metric") == h.metric("loss_metric")

@@ -714,7 +714,8 @@ def test_central_evaluation_may_return_none() -> None:
         lambda cid: RandomClient(cid), 3, 2, fedavg(), initial(), evaluate_fn=lambda r, w: None
     )
     assert all(r.central_loss is None for r in result.history.rounds)
-    assert result.history.metric("loss") == []
+    with pytest.raises(ValueError, match=r"no round records 'loss' from source='central'"):
+        result.history.metric("loss")
 
 
 # -- history ----------------------------------------------------------------------------------

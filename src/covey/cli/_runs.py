@@ -186,8 +186,10 @@ def run_status(folder: Path, history: History) -> str:
 
 
 def _last(history: History, name: str) -> str:
+    from covey.core._history import metric_points
+
     for source in ("central", "evaluate"):
-        values = history.metric(name, source)
+        values = metric_points(history, name, source)
         if values:
             return f"{values[-1][1]:.4f}"
     return "-"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import warnings
@@ -150,13 +151,22 @@ class History:
             >>> h.metric("loss"), h.metric("loss_metric")
             ([(1, 0.5)], [(1, 0.7)])
 
+        Returns:
+            The values in round order; a round that did not record the metric
+            (or recorded no number) is left out, and a history of no rounds yet
+            gives ``[]``.
+
         Raises:
-            ValueError: if ``source`` is not one of those three.
+            ValueError: if ``source`` is not one of those three, or no round of
+                the history records the metric from that source (a typo, or
+                ``"accuracy"`` from ``"central"`` in a run without ``evaluate_fn``):
+                the error names the metrics recorded there, the source that
+                records the metric if another does, and the closest name.
         """
-        if source not in SOURCES:
-            raise ValueError(f"unknown metric source {source!r}; choose one of {list(SOURCES)}")
-        out = [(r.round, metric_value(r, name, source)) for r in self.rounds]
-        return [(rnd, value) for rnd, value in out if value is not None]
+        points = metric_points(self, name, source)
+        if not points and self.rounds and name not in recorded_names(self, source):
+            raise ValueError(_not_recorded(self, name, source))
+        return points
 
     def best_round(
         self, name: str, mode: Literal["max", "min"] = "max", source: Source = "central"
@@ -178,7 +188,8 @@ class History:
 
         Raises:
             ValueError: ``mode`` or ``source`` is unknown, or no round records the
-                metric from that source (the metrics it does record are named).
+                metric (NaN aside) from that source: the error names the metrics
+                it does record there, as :meth:`metric`'s does.
 
         Example:
             >>> h = History([RoundRecord(1, central_loss=0.5), RoundRecord(2, central_loss=0.4)])
@@ -187,15 +198,9 @@ class History:
         """
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        points = [(r, v) for r, v in self.metric(name, source) if not math.isnan(v)]
+        points = [(r, v) for r, v in metric_points(self, name, source) if not math.isnan(v)]
         if not points:
-            recorded = sorted({m for r in self.rounds for m, _ in metric_items(r, source)})
-            elsewhere = [s for s in SOURCES if s != source and self.metric(name, s)]
-            raise ValueError(
-                f"no round records {name!r} (NaN aside) from source={source!r}: it records "
-                f"{recorded or 'nothing'} there"
-                + (f"; {name!r} is recorded from source={elsewhere[0]!r}" if elsewhere else "")
-            )
+            raise ValueError(_not_recorded(self, name, source, nan=True))
         pick = max if mode == "max" else min
         value = pick(v for _, v in points)
         return next((r, v) for r, v in points if v == value)
@@ -334,6 +339,51 @@ class History:
                 stacklevel=2,
             )
         return history
+
+
+def recorded_names(history: History, source: Source) -> list[str]:
+    """The names of the values some round of ``history`` records from ``source``, sorted.
+
+    Named as :meth:`History.metric` reads them (``"loss"`` for the round's loss).
+    """
+    return sorted({m for r in history.rounds for m, _ in metric_items(r, source)})
+
+
+def metric_points(history: History, name: str, source: Source) -> list[tuple[int, float]]:
+    """:meth:`History.metric`, but ``[]`` for a metric no round records.
+
+    For code that draws or prints whichever metrics a run has.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown metric source {source!r}; choose one of {list(SOURCES)}")
+    out = [(r.round, metric_value(r, name, source)) for r in history.rounds]
+    return [(rnd, value) for rnd, value in out if value is not None]
+
+
+_SOURCE_HINTS = {
+    "central": "server-side evaluation: a run records it only with evaluate_fn",
+    "evaluate": "federated evaluation: a run with fraction_evaluate=0 records none",
+    "fit": "the clients' training metrics",
+}
+
+
+def _not_recorded(history: History, name: str, source: Source, *, nan: bool = False) -> str:
+    """Why :meth:`History.metric` or :meth:`History.best_round` has no value of ``name``."""
+    recorded = recorded_names(history, source)
+    there = (
+        f"it records {recorded} there"
+        if recorded
+        else f"it records nothing there (source={source!r} is {_SOURCE_HINTS[source]})"
+    )
+    message = f"no round records {name!r}{' (NaN aside)' if nan else ''} from source={source!r}: "
+    message += there
+    elsewhere = [s for s in SOURCES if s != source and name in recorded_names(history, s)]
+    if elsewhere:
+        where = " and ".join(f"source={s!r}" for s in elsewhere)
+        message += f"; {name!r} is recorded from {where}"
+    if name not in recorded and (close := difflib.get_close_matches(name, recorded, n=1)):
+        message += f"; did you mean {close[0]!r}?"
+    return message
 
 
 def _head(history: History) -> dict[str, Any]:

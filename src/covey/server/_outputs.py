@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covey.core._files import TMP_SUFFIX, atomic_write
-from covey.core._history import History
+from covey.core._history import History, metric_points
 from covey.core._historyfile import HistoryFile
 
 if TYPE_CHECKING:
@@ -66,8 +66,8 @@ def _figure(history: History, title: str) -> Figure:
         ("central", "central (server test set)", "-o"),
         ("evaluate", "evaluate (federated)", "--s"),
     ):
-        acc = history.metric("accuracy", source)  # type: ignore[arg-type]
-        loss = history.metric("loss", source)  # type: ignore[arg-type]
+        acc = metric_points(history, "accuracy", source)  # type: ignore[arg-type]
+        loss = metric_points(history, "loss", source)  # type: ignore[arg-type]
         if acc:
             ax_acc.plot(*np.array(acc).T, style, label=label, markersize=3)
         if loss:
