@@ -356,3 +356,30 @@ def test_a_deployed_run_with_a_damaged_history_is_shown_with_its_clients(
     assert "strategy FedAdam" in said
     assert "Clients" in said
     assert "site-a" in said
+
+
+def test_a_report_of_a_damaged_history_says_on_the_console_it_was_read_from_the_database(
+    tmp_path: Path,
+) -> None:
+    # The note was only inside the HTML file: the command said the report was written, no more.
+    import numpy as np
+
+    from covey.server import RunStore
+
+    run = tmp_path / "fed"
+    with RunStore.create(run, config={"rounds": 1, "strategy": "FedAvg"}) as store:
+        store.save_round(0, {"w": np.ones(2)}, RoundRecord(round=0, central_loss=2.0))
+        store.save_round(1, {"w": np.ones(2)}, RoundRecord(round=1, central_loss=1.0))
+        store.set_status("finished")
+    out = tmp_path / "report.html"
+    clean = CliRunner().invoke(app, ["runs", "report", str(run), "-o", str(out)])
+    assert clean.exit_code == 0, clean.output
+    assert "warning" not in clean.output
+    (run / History.FILE_NAME).write_text('{"rounds": [{"round": 0}, {"rou')
+    done = CliRunner().invoke(app, ["runs", "report", str(run), "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    said = " ".join(done.stderr.split())
+    assert said.startswith("warning: ")
+    assert f"its rounds were read from {run / 'run.sqlite'} instead" in said
+    assert f"report written to {out}" in done.stdout
+    assert 'id="warning"' in out.read_text()

@@ -17,7 +17,7 @@ def report_command(
 ) -> None:
     """Write one HTML file with the run's plots and every round, readable offline."""
     try:
-        from covey.dashboard._report import write_report
+        from covey.dashboard._report import report_with_warning
         from covey.dashboard._runs import RunReadError
     except ImportError as exc:
         typer.echo(
@@ -25,8 +25,10 @@ def report_command(
         )
         raise typer.Exit(1) from None
     try:
-        path = write_report(run, out)
+        path, warning = report_with_warning(run, out)
     except (RunReadError, ValueError, OSError) as exc:  # a RUN or --out that will not do
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"report written to {path}")
+    if warning is not None:  # as `covey runs show` says it, on standard error
+        typer.echo(f"warning: {warning}", err=True)

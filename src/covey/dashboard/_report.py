@@ -245,6 +245,10 @@ def render_report(run: Run) -> str:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of the run in ``run_dir`` to ``out`` (default ``./RUN-report.html``).
 
+    When the run's ``history.json`` is damaged and its rounds were read from
+    ``run.sqlite`` instead, the report says so at its top
+    (:func:`report_with_warning` also returns that warning).
+
     Args:
         run_dir: A run folder (``history.json`` and/or ``run.sqlite``).
         out: The HTML file to write; missing folders on its path are made.
@@ -256,6 +260,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         covey.dashboard.RunReadError: if the run's files cannot be read.
         ValueError: if ``out`` is a folder, or a file of the run itself (not ``.html``).
         OSError: if ``out`` cannot be written (the message names it).
+    """
+    return report_with_warning(run_dir, out)[0]
+
+
+def report_with_warning(
+    run_dir: str | Path, out: str | Path | None = None
+) -> tuple[Path, str | None]:
+    """:func:`write_report`; also the warning the report shows, if any (else None).
+
+    The warning says why the run's rounds were read from ``run.sqlite``: its
+    ``history.json`` is damaged. ``covey runs report`` prints it as well.
     """
     run_dir = Path(run_dir)
     if not is_run(run_dir):
@@ -281,4 +296,4 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         atomic_write(path, render_report(run))
     except OSError as exc:
         raise OSError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
-    return path
+    return path, run.warning
