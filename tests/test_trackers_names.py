@@ -205,3 +205,59 @@ def test_a_resumed_mlflow_run_logs_each_metric_under_its_first_name(tmp_path: Pa
         if name.startswith("central/")
     }
     assert values == {((1, 0.1), (2, 0.2), (3, 0.3)), ((2, 0.9), (3, 0.8))}
+
+
+def test_mlflow_names_that_differ_only_in_case_are_kept_apart() -> None:
+    # A local store keeps each name as a file: macOS and Windows took Acc and acc for one.
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from covey.trackers._mlflow import folded, mlflow_name, mlflow_names
+
+    given = ["central/acc", "central/Acc", "central/ACC", "central/Straße", "central/x"]
+    stored = mlflow_names(given)
+    assert stored["central/acc"] == "central/acc"  # the first keeps its name
+    assert stored["central/x"] == "central/x"
+    assert stored["central/Acc"] == mlflow_name("central/Acc", apart=True)
+    assert stored["central/Acc"].startswith("central/Acc-")
+    assert stored["central/ACC"].startswith("central/ACC-")
+    assert len({folded(name) for name in stored.values()}) == len(given)
+    assert mlflow_names(given) == stored  # the same in every process
+    params = mlflow_names(["LR", "lr", "lr@x", "LR@x"], group=False)
+    assert params["LR"] == "LR"
+    assert len({folded(name) for name in params.values()}) == 4
+    # Resumed: the names the run holds keep their metric, whichever is logged first now.
+    held = set(stored.values())
+    assert mlflow_names(["central/Acc", "central/acc"], held=held) == {
+        "central/Acc": stored["central/Acc"],
+        "central/acc": "central/acc",
+    }
+
+
+def test_mlflow_logs_metrics_of_another_case_apart_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        with MLflowLogger(tmp_path) as first:
+            first(RoundRecord(round=1, central_metrics={"acc": 0.1, "Acc": 0.5, "ACC": 0.7}))
+            first(RoundRecord(round=2, central_metrics={"acc": 0.2, "Acc": 0.6}))
+        with MLflowLogger(tmp_path, run_id=first.run_id) as again:  # resumed, Acc first
+            again(RoundRecord(round=3, central_metrics={"Acc": 0.65, "acc": 0.3}))
+    said = [r.getMessage() for r in caplog.records if "case-insensitive" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("MLflow: 'central/Acc' is logged as 'central/Acc-")
+    assert "'central/acc' as one file" in said[0]
+    client = MlflowClient(tracking_uri=tmp_path.resolve().as_uri())
+    names = sorted(n for n in client.get_run(first.run_id).data.metrics if n.startswith("central"))
+    assert len(names) == 3
+    assert len({name.casefold() for name in names}) == 3
+    values = {
+        tuple((m.step, m.value) for m in client.get_metric_history(first.run_id, name))
+        for name in names
+    }
+    assert values == {((1, 0.1), (2, 0.2), (3, 0.3)), ((1, 0.5), (2, 0.6), (3, 0.65)), ((1, 0.7),)}

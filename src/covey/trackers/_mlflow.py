@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,8 +30,10 @@ _REFUSED = re.compile(r"[^\w\-. :]")
 """Characters MLflow refuses in a name's part, and ``/`` (which would make a folder)."""
 _TAGGED = re.compile(r"-[0-9a-f]{8}")
 
+logger = logging.getLogger("covey")
 
-def mlflow_name(name: str, *, group: bool = True) -> str:
+
+def mlflow_name(name: str, *, group: bool = True, apart: bool = False) -> str:
     """``name`` as MLflow can store it, the same in every process and run.
 
     A name MLflow stores as it is stays as it is: ``central/accuracy``. Any
@@ -46,6 +50,8 @@ def mlflow_name(name: str, *, group: bool = True) -> str:
         name: A tag of :func:`round_scalars` (``group/metric``), or a param's name.
         group: Keep the part before the first ``/`` as a folder (the tag's group,
             e.g. ``central``); ``False`` for params, whose names have no group.
+        apart: Add the hash even to a name MLflow would store as it is
+            (:func:`mlflow_names` sets it apart from one that differs only in case).
 
     Example:
         >>> mlflow_name("central/accuracy")
@@ -56,7 +62,7 @@ def mlflow_name(name: str, *, group: bool = True) -> str:
     head, slash, rest = name.partition("/") if group else ("", "", name)
     if not slash or not _kept(head) or len(head) > _MAX_GROUP:
         head, slash, rest = "", "", name  # no group, or one MLflow cannot keep as it is
-    if _kept(rest):
+    if _kept(rest) and not apart:
         return head + slash + rest
     stem = _REFUSED.sub("_", rest)
     stem = ("_" + stem[1:]) if stem.startswith(".") else stem or "_"
@@ -75,9 +81,53 @@ def _kept(part: str) -> bool:
     )
 
 
-def mlflow_names(names: Iterable[str], *, group: bool = True) -> dict[str, str]:
-    """Each of ``names`` as :func:`mlflow_name` gives it; no two meet."""
-    return {name: mlflow_name(name, group=group) for name in names}
+def folded(name: str) -> str:
+    """``name`` as a case-insensitive file system (macOS, Windows) compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def mlflow_names(
+    names: Iterable[str],
+    *,
+    group: bool = True,
+    taken: Collection[str] = (),
+    held: Collection[str] = (),
+) -> dict[str, str]:
+    """Each of ``names`` as :func:`mlflow_name` gives it; no two meet, case aside.
+
+    A local MLflow store keeps each name as a file, and a case-insensitive file
+    system (macOS, Windows) takes ``central/Acc`` and ``central/acc`` for one
+    file, mixing their values. So a name that differs from an earlier one (of
+    ``names`` or ``taken``) only in case ends with ``-`` and 8 hex digits of a
+    hash of it, as a name MLflow cannot keep does: ``central/acc`` stays, and
+    ``central/Acc`` becomes ``central/Acc-…``. Two hashes that meet (1 in 4
+    billion) give the later name 16 hex digits instead.
+
+    Args:
+        names: Tags of :func:`round_scalars`, or params' names.
+        group: As for :func:`mlflow_name`.
+        taken: MLflow names already given to other names, in this process.
+        held: MLflow names the run already holds (a resumed run): a name whose
+            MLflow name is one of them keeps it.
+
+    Example:
+        >>> mlflow_names(["central/acc", "central/Acc"])
+        {'central/acc': 'central/acc', 'central/Acc': 'central/Acc-49a40d58'}
+    """
+    used = set(taken)
+    seen = {folded(n) for n in (*used, *held)}
+    out: dict[str, str] = {}
+    for name in names:
+        stored = mlflow_name(name, group=group)
+        if stored not in used and stored not in held and folded(stored) in seen:
+            stored = mlflow_name(name, group=group, apart=True)  # Acc beside acc
+        if stored in used or (stored not in held and folded(stored) in seen):
+            digest = hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()
+            stored = f"{stored[:-9]}-{digest[:16]}"
+        out[name] = stored
+        used.add(stored)
+        seen.add(folded(stored))
+    return out
 
 
 def _tracking_uri(store: str | Path) -> str:
@@ -157,6 +207,7 @@ class MLflowLogger:
         )
         given = {str(k): str(v) for k, v in (params or {}).items()}
         names = mlflow_names(given, group=False)
+        self._held: set[str] = set()
         wanted = {names[k]: v for k, v in given.items()}
         if run_id is None:
             self.run_id: str = self.client.create_run(experiment_id, run_name=run_name).info.run_id
@@ -167,6 +218,7 @@ class MLflowLogger:
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS])
         self._closed = False
         self._names: dict[str, str] = {}  # each tag's MLflow name, kept for the run
+        self._warned = False
 
     def _continue(
         self, run_id: str, experiment_id: str, experiment: str, wanted: dict[str, str]
@@ -178,6 +230,7 @@ class MLflowLogger:
             run = None
         if run is None or run.info.experiment_id != experiment_id:
             raise ValueError(f"run_id {run_id!r}: no such MLflow run in experiment {experiment!r}")
+        self._held = set(run.data.metrics)  # the names of the metrics logged before
         held = run.data.params
         changed = sorted(k for k, v in wanted.items() if k in held and not _same(held[k], v))
         if changed:
@@ -208,22 +261,34 @@ class MLflowLogger:
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def _names_of(self, tags: Iterable[str]) -> dict[str, str]:
-        """The MLflow name of each tag (:func:`mlflow_name`), kept for the run.
+        """The MLflow name of each tag (:func:`mlflow_names`), kept for the run.
 
-        Two tags whose hashes meet (1 in 4 billion) would mix their values: the
-        later one then ends with 16 hex digits of a hash of its name instead.
+        A tag that differs from another only in case is logged under a name of
+        its own, with one warning naming the first such pair.
         """
         new = [tag for tag in tags if tag not in self._names]
         if new:
-            taken = set(self._names.values())
-            for tag in new:
-                stored = mlflow_name(tag)
-                if stored in taken:
-                    digest = hashlib.sha256(tag.encode(errors="surrogatepass")).hexdigest()
-                    stored = f"{stored[:-9]}-{digest[:16]}"
+            given = mlflow_names(new, taken=set(self._names.values()), held=self._held)
+            for tag, stored in given.items():
+                if stored != mlflow_name(tag) and not self._warned:
+                    self._warn_apart(tag, stored)
                 self._names[tag] = stored
-                taken.add(stored)
         return self._names
+
+    def _warn_apart(self, tag: str, stored: str) -> None:
+        """Say once that ``tag`` is logged as ``stored``, apart from a name of another case."""
+        key = folded(mlflow_name(tag))
+        other = next((t for t, n in self._names.items() if folded(n) == key), None)
+        if other is None:  # two hashes that met, not names of another case
+            return
+        self._warned = True
+        logger.warning(
+            "MLflow: %r is logged as %r, since a case-insensitive file system would store it "
+            "and %r as one file; name the metrics apart by more than case to keep their names",
+            tag,
+            stored,
+            other,
+        )
 
     def close(self, status: str = "FINISHED") -> None:
         """End the MLflow run (``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``)."""
