@@ -184,7 +184,7 @@ def test_dp_ftrl_stops_before_its_budget() -> None:
     [
         ({"expected_clients": 0}, "expected_clients must be a positive"),
         ({"expected_clients": float("nan")}, "expected_clients must be a positive"),
-        ({"target_epsilon": -1.0}, "target_epsilon must be > 0"),
+        ({"target_epsilon": -1.0}, "target_epsilon must be a number > 0"),
     ],
 )
 def test_bad_dp_ftrl_settings_are_refused_at_once(settings: dict[str, Any], match: str) -> None:

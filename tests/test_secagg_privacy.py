@@ -279,7 +279,7 @@ def test_noise_settings_given_as_numpy_numbers_are_taken_and_strings_named() -> 
     assert noise.sigma == 100.0
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0, got '100'"):
         Noise("gaussian", "100")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="target_epsilon must be > 0, got '8'"):
+    with pytest.raises(ValueError, match="target_epsilon must be a number > 0 and finite, got '8'"):
         Noise("gaussian", 100.0, clip=1.0, delta=1e-5, target_epsilon="8")  # type: ignore[arg-type]
 
 

@@ -34,7 +34,7 @@ else:
 
 from covey.core._messages import real
 from covey.privacy import Ledger
-from covey.privacy._accounting import statement
+from covey.privacy._accounting import check_target_epsilon, statement
 
 MECHANISMS = ("laplace", "gaussian")
 
@@ -71,8 +71,7 @@ def calibrate(mechanism: str, epsilon: float, delta: float, releases: int) -> fl
     The search is ``dp_accounting.calibrate_dp_mechanism`` with the RDP accountant,
     the accountant a :class:`covey.privacy.Ledger` computes its epsilon with.
     """
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be positive, got {epsilon}")
+    check_target_epsilon(epsilon, "epsilon")
     if releases < 1:
         raise ValueError(f"a query releases at least one vector, got {releases}")
     check_certifiable(mechanism, epsilon, delta, releases)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from covey.core._messages import plain
+from covey.core._messages import plain, real
 from covey.privacy._pld import PLD_DEFAULT as _PLD_DEFAULT
 from covey.privacy._pld import pld_interval
 
@@ -215,8 +215,18 @@ def _check(noise_multiplier: float, sampling_rate: float, rounds: int, delta: fl
 
 
 def _check_delta(delta: float) -> None:
-    if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if not real(delta) or not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+
+
+def check_target_epsilon(value: Any, name: str = "target_epsilon") -> None:
+    """Refuse a budget that is no positive, finite number (a bool, NaN, infinity), naming it.
+
+    An infinite budget would never stop a run, and a NaN one would stop none
+    either (no epsilon compares above it): neither is a budget.
+    """
+    if not real(value) or not 0.0 < value < math.inf:
+        raise ValueError(f"{name} must be a number > 0 and finite, got {value!r}")
 
 
 def epsilon(
@@ -283,8 +293,7 @@ def calibrate(
         >>> round(calibrate(3.0, 1e-5, 0.01, 1000), 4)
         0.8646
     """
-    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
-        raise ValueError(f"target_epsilon must be a positive number, got {target_epsilon!r}")
+    check_target_epsilon(target_epsilon)
     rounds = plain(rounds)
     _check(1.0, sampling_rate, rounds, delta)
     if rounds < 1:

@@ -21,6 +21,7 @@ from covey.privacy._accounting import (
     Accountant,
     Ledger,
     check_noise_multiplier,
+    check_target_epsilon,
     round_event,
     statement,
 )
@@ -271,8 +272,9 @@ def _check(
             f"expected_clients must be a positive number (the divisor of the noisy sum), "
             f"got {expected_clients!r}"
         )
-    if target_epsilon is not None and not target_epsilon > 0:
-        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
+    if target_epsilon is not None:
+        # Infinity never stops a run: the way to run without a budget is no target.
+        check_target_epsilon(target_epsilon)
 
 
 def refuse_own_sampling(strategy: Strategy, mechanism: str) -> None:

@@ -38,6 +38,7 @@ from covey.core._history import History, RoundRecord
 from covey.core._hooks import stopped_unsaved, unsaved_releases
 from covey.privacy import Ledger, PrivacyHook
 from covey.privacy._accounting import statement
+from covey.privacy._pld import check_accountable
 from covey.secagg._dp import Noise
 from covey.secagg._ring import scale
 from covey.strategies._strategy import Strategy
@@ -212,18 +213,21 @@ class DPPlan(NamedTuple):
     hooks: tuple[Any, ...] = ()  # run hooks to add (distributed DP accounting)
 
 
-def dp_plan(strategy: Strategy, noise: Noise | None, unit_scale: float) -> DPPlan:
+def dp_plan(strategy: Strategy, noise: Noise | None, clip_range: float, bits: int) -> DPPlan:
     """Check that the strategy's DP composes with secure aggregation and say how.
 
     Args:
         strategy: The strategy being secured.
         noise: The distributed noise, if any.
-        unit_scale: Quantized units per unit of value.
+        clip_range: The range values are quantized over.
+        bits: The quantization's bits (with ``clip_range``, the quantized units).
 
     Raises:
-        ValueError: For server-side clipping, adaptive clipping, DP-FTRL, or central
-            and distributed DP together.
+        ValueError: For server-side clipping, adaptive clipping, DP-FTRL, central
+            and distributed DP together, or distributed noise so small next to one
+            client's quantized sensitivity that the PLD accountant cannot account it.
     """
+    unit_scale = scale(clip_range, bits)  # validates bits
     central = next((h for h in strategy.hooks if isinstance(h, PrivacyHook)), None)
     if central is not None:
         mech = central.mech
@@ -251,4 +255,12 @@ def dp_plan(strategy: Strategy, noise: Noise | None, unit_scale: float) -> DPPla
             f"min_fit_clients >= 2, got {strategy.min_fit_clients}"
         )
     hook = DistributedAccounting(noise, noise.clip * unit_scale, strategy.min_fit_clients)
+    # The fewest clients a round completes with bring the least noise: refused now what the
+    # accountant would refuse only when round 1 is accounted, after its clients trained.
+    check_accountable(
+        hook.event(strategy.min_fit_clients),
+        noise.accountant,
+        f"distributed DP with sigma={noise.sigma:g} quantized units and clip={noise.clip:g} "
+        f"at {bits} bits",
+    )
     return DPPlan(l2_clip=noise.clip, hooks=(hook,))

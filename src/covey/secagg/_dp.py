@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from covey.core._messages import real
-from covey.privacy._accounting import Accountant
+from covey.privacy._accounting import Accountant, check_target_epsilon
 
 Mechanism = Literal["skellam", "gaussian"]
 TAIL_SIGMAS = 12
@@ -79,10 +79,8 @@ class Noise:
             raise ValueError(f"clip must be a positive finite number, got {self.clip!r}")
         if not real(self.delta) or not 0.0 < self.delta < 1.0:
             raise ValueError(f"accounted noise needs delta in (0, 1), got {self.delta!r}")
-        if self.target_epsilon is not None and not (
-            real(self.target_epsilon) and self.target_epsilon > 0
-        ):
-            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon!r}")
+        if self.target_epsilon is not None:
+            check_target_epsilon(self.target_epsilon)
         if self.accountant not in ("rdp", "pld"):
             raise ValueError(f"accountant must be 'rdp' or 'pld', got {self.accountant!r}")
         if self.sigma < MIN_ACCOUNTED_SIGMA:

@@ -408,7 +408,7 @@ def secure(
     check_options(clip_range, max_examples, complete, signed, reducer)
     check_parts(threat, noise, metrics)
     check_directory(directory, signed)
-    dp = dp_plan(strategy, noise, scale(clip_range, bits))  # scale() validates bits
+    dp = dp_plan(strategy, noise, clip_range, bits)
     if dp.l2_clip is not None and dp.l2_clip > clip_range:
         raise ValueError(
             f"the DP clip {dp.l2_clip:g} exceeds clip_range {clip_range:g}: a clipped update "

@@ -1,0 +1,98 @@
+"""DP settings no run could keep are refused when the strategy or client is built.
+
+An infinite (or NaN, or negative) target_epsilon would never stop a run, and
+distributed DP noise too small for the PLD accountant was refused only when
+round 1 was accounted, after its clients trained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey import privacy
+from covey.analytics._dp import Budget, calibrate
+from covey.secagg import Noise, secure
+
+_BAD_BUDGETS = [float("inf"), float("nan"), -1.0, 0.0, 0, True, "8"]
+
+
+class _Step(covey.Client):
+    def fit(self, weights: covey.Weights, config: dict[str, Any]) -> covey.FitResult:
+        return covey.FitResult(delta={"w": np.full(4, 0.001)}, num_examples=3)
+
+
+def _fedavg(**options: Any) -> covey.Strategy:
+    return covey.FedAvg(**{"fraction_evaluate": 0.0, **options})
+
+
+@pytest.mark.parametrize("target", _BAD_BUDGETS, ids=repr)
+def test_central_and_dp_ftrl_refuse_a_target_epsilon_that_is_no_budget(target: Any) -> None:
+    settings = {"noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5, "target_epsilon": target}
+    with pytest.raises(ValueError, match="target_epsilon must be a number"):
+        privacy.central(_fedavg(), **settings)
+    with pytest.raises(ValueError, match="target_epsilon must be a number"):
+        privacy.dp_ftrl(_fedavg(), tree_rounds=4, **settings)
+
+
+@pytest.mark.parametrize("target", _BAD_BUDGETS, ids=repr)
+def test_distributed_noise_refuses_a_target_epsilon_that_is_no_budget(target: Any) -> None:
+    with pytest.raises(ValueError, match=r"target_epsilon must be a number > 0 and finite"):
+        Noise("gaussian", 100.0, clip=1.0, delta=1e-5, target_epsilon=target)
+
+
+@pytest.mark.parametrize("target", _BAD_BUDGETS, ids=repr)
+def test_calibration_refuses_a_target_epsilon_that_is_no_budget(target: Any) -> None:
+    with pytest.raises(ValueError, match=r"target_epsilon must be a number > 0 and finite"):
+        privacy.calibrate(target, 1e-5, 0.1, 10)
+    with pytest.raises(ValueError, match=r"epsilon must be a number > 0 and finite"):
+        calibrate("laplace", target, 1e-6, 1)
+
+
+@pytest.mark.parametrize("epsilon", _BAD_BUDGETS, ids=repr)
+def test_local_dp_and_analytics_budgets_refuse_an_epsilon_that_is_no_budget(epsilon: Any) -> None:
+    with pytest.raises(ValueError, match="epsilon must be a positive number"):
+        privacy.LocalDP(_Step(), epsilon=epsilon, delta=1e-5, clip=1.0)
+    with pytest.raises(ValueError, match="privacy budget must be a positive number"):
+        Budget(epsilon, 1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, -1e-5, 2.0, float("nan"), float("inf"), True, "1e-5"])
+def test_a_delta_outside_zero_one_is_refused_wherever_it_is_given(delta: Any) -> None:
+    with pytest.raises(ValueError, match="delta must be"):
+        privacy.central(_fedavg(), noise_multiplier=1.0, clip=1.0, delta=delta)
+    with pytest.raises(ValueError, match="delta must be"):
+        privacy.LocalDP(_Step(), epsilon=1.0, delta=delta, clip=1.0)
+    with pytest.raises(ValueError, match="delta"):
+        Noise("gaussian", 100.0, clip=1.0, delta=delta)
+    with pytest.raises(ValueError, match=r"delta must be a number in \(0, 1\)"):
+        privacy.epsilon(1.0, 0.1, 10, delta)
+    with pytest.raises(ValueError, match="delta must be"):
+        Budget(1.0, delta)
+
+
+def test_distributed_dp_too_fine_for_the_pld_accountant_is_refused_when_built() -> None:
+    noise = Noise("gaussian", 2.0, clip=1.0, delta=1e-5, accountant="pld")
+    with pytest.raises(
+        ValueError,
+        match=r"distributed DP with sigma=2 quantized units and clip=1 at 40 bits: "
+        r"the PLD accountant cannot account .*accountant='rdp'",
+    ):
+        secure(_fedavg(min_fit_clients=3), clip_range=1.0, bits=40, noise=noise)
+
+
+def test_distributed_dp_the_accountant_can_account_still_runs() -> None:
+    rdp = Noise("gaussian", 2.0, clip=1.0, delta=1e-5)
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        secure(_fedavg(min_fit_clients=3), clip_range=1.0, bits=40, noise=rdp)  # RDP accounts it
+    pld = Noise("gaussian", 50.0, clip=1.0, delta=1e-5, accountant="pld")
+    with pytest.warns(UserWarning, match="honest-but-curious"):
+        strategy = secure(_fedavg(min_fit_clients=3), clip_range=1.0, bits=8, noise=pld)
+    result = covey.simulate(lambda cid: _Step(), 3, 1, strategy, {"w": np.zeros(4)}, seed=0)
+    spent = (result.history.rounds[-1].privacy or {})["epsilon"]
+    assert math.isfinite(spent)
+    assert spent > 0
