@@ -25,6 +25,7 @@ from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
+from covey.strategies._checks import poisson_minimum
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._strategy import Strategy
@@ -168,18 +169,28 @@ class RoundLoop(_LoopBase):
     def _available(self, rnd: int, wanted: int) -> Sequence[int]:
         wait = getattr(self.transport, "wait_for_clients", None)
         if wait is not None and not wait(wanted, self.wait_timeout):
+            there = len(self.transport.clients())
             raise self._fail(
-                f"round {rnd}: only {len(self.transport.clients())} of the {wanted} clients "
+                f"round {rnd}: only {there} of the {wanted} clients "
                 f"needed (min_available_clients, min_fit_clients) connected within "
-                f"{self.wait_timeout} s"
+                f"{self.wait_timeout} s" + self._poisson_note(there)
             )
         available = self.transport.clients()
         if len(available) < wanted:
             raise self._fail(
                 f"round {rnd}: {len(available)} clients available, fewer than the {wanted} "
                 "needed (min_available_clients, min_fit_clients)"
+                + self._poisson_note(len(available))
             )
         return available
+
+    def _poisson_note(self, there: int) -> str:
+        """Under central DP, why min_fit_clients held the round: it bounds no round's clients."""
+        strategy = self.strategy
+        if strategy.min_fit_clients <= max(there, strategy.min_available_clients):
+            return ""
+        note = poisson_minimum(strategy, there, f"the {there} available")
+        return "" if note is None else f"; {note}"
 
     def _eligible(self, rnd: int, available: Sequence[int]) -> Sequence[int]:
         """The available clients that pass ``strategy.where``, asking new ones for properties."""

@@ -16,7 +16,11 @@ from covey.clients._build import cannot_take_cid, not_callable
 from covey.core._messages import MAX_ROUNDS
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.sim._rayplan import ray_need
-from covey.strategies._checks import refuse_other_federation, refuse_unmet_need
+from covey.strategies._checks import (
+    poisson_minimum,
+    refuse_other_federation,
+    refuse_unmet_need,
+)
 from covey.strategies._names import a_strategy, unknown_options
 from covey.strategies._presets import FedAvg
 from covey.strategies._strategy import Strategy
@@ -217,6 +221,9 @@ def _checked(strategy: Strategy | None, num_clients: int, rounds: int) -> Strate
                 "rounds down to 0 and min_fit_clients=0; raise fraction_fit or min_fit_clients"
             )
         )
+    poisson = poisson_minimum(strategy, num_clients, f"num_clients={num_clients}")
+    if count > num_clients and poisson is not None:
+        raise ValueError(poisson)
     if count > num_clients:
         # FedBuff(concurrency=c) sets min_fit_clients=c with fraction_fit=0
         by_concurrency = strategy.asynchronous and not strategy.fraction_fit

@@ -253,3 +253,26 @@ def refuse_other_federation(strategy: Any, num_clients: int) -> None:
             f"num_clients={num_clients}: SCAFFOLD moves c by 1/num_clients of each "
             "client's change, so give it the federation's size"
         )
+
+
+def poisson_minimum(strategy: Any, available: int, what: str) -> str | None:
+    """Why ``min_fit_clients`` above ``available`` clients stops a Poisson-sampled run, or None.
+
+    Under central DP each available client trains with probability ``fraction_fit``,
+    so ``min_fit_clients`` bounds no round's clients (``docs/privacy.md``): it only
+    makes a round wait for that many clients to be available. Said plainly, since
+    "needs N clients" would read as a number of trainers. ``what`` names the
+    clients there are (``"num_clients=4"``).
+    """
+    dp = strategy.hyperparameters.get("dp")
+    if not isinstance(dp, Mapping) or dp.get("sampling") != "poisson":
+        return None
+    rate = float(dp.get("sampling_rate") or 1.0)
+    return (
+        f"central DP picks each round's clients by a Poisson draw: every available client "
+        f"trains with probability fraction_fit={rate:g}, so a round expects {rate * available:g} "
+        f"of {available} (or central(expected_clients=...)), and min_fit_clients does not bound "
+        f"that number; min_fit_clients={strategy.min_fit_clients} only makes each round wait "
+        f"for that many clients available, more than {what}: lower min_fit_clients to at most "
+        f"{available} (0 runs each round with the clients there are)"
+    )
