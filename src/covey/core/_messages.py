@@ -69,7 +69,11 @@ def _check_count(value: object, what: str) -> int:
     if isinstance(value, np.integer):
         value = int(value)  # mask.sum(), x.shape[0] of some libraries
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be a non-negative int, got {value!r}")
+        tensor = hasattr(value, "item") and not isinstance(value, np.generic)  # torch, 0-d arrays
+        hint = f" (a {type(value).__name__}: use int(x) or x.item() for its number)"
+        raise ValueError(
+            f"{what} must be a non-negative int, got {value!r}{hint if tensor else ''}"
+        )
     if value > MAX_EXAMPLES:
         raise ValueError(f"{what} must be at most 2**53, got an int of {value.bit_length()} bits")
     return value
