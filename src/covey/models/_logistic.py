@@ -20,11 +20,42 @@ IntArray = NDArray[Any]
 
 
 def logistic_init(num_features: int, num_classes: int, dtype: Any = np.float64) -> dict[str, Array]:
-    """Zero weights ``{"W": (features, classes), "b": (classes,)}``."""
-    return {
-        "W": np.zeros((num_features, num_classes), dtype=dtype),
-        "b": np.zeros(num_classes, dtype=dtype),
-    }
+    """Zero weights ``{"W": (features, classes), "b": (classes,)}``.
+
+    Raises:
+        TypeError: ``num_features`` or ``num_classes`` is not an int (a string, a
+            float, a bool), or ``dtype`` is no floating-point NumPy dtype.
+        ValueError: ``num_features`` or ``num_classes`` is below 1.
+    """
+    features = _size(num_features, "num_features", "the input features, x's columns")
+    classes = _size(num_classes, "num_classes", "one past the largest label")
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        kind = None
+    if kind is None or not np.issubdtype(kind, np.floating):
+        raise TypeError(f"logistic_init(): dtype must be a floating-point dtype, got {dtype!r}")
+    return {"W": np.zeros((features, classes), dtype=kind), "b": np.zeros(classes, dtype=kind)}
+
+
+def _size(value: Any, name: str, meaning: str) -> int:
+    """``value`` as an int >= 1, else an error naming the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"logistic_init(): {name} must be an int ({meaning}), got "
+            f"{type(value).__name__} {value!r}" + (": use int(...)" if _numeric(value) else "")
+        )
+    if value < 1:
+        raise ValueError(f"logistic_init(): {name} must be at least 1 ({meaning}), got {value}")
+    return int(value)
+
+
+def _numeric(value: Any) -> bool:
+    """Whether ``value`` is a string or float that reads as a whole number (``"64"``, ``64.0``)."""
+    try:
+        return float(value) == int(float(value)) and not isinstance(value, bool)
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def _softmax(logits: FloatArray) -> FloatArray:

@@ -180,9 +180,10 @@ def initial_params(
         Named arrays with the shapes :func:`get_params` gives after fitting.
 
     Raises:
-        TypeError: ``model`` is neither a linear model nor an MLP.
-        ValueError: A classifier without ``classes``, a regressor with them,
-            ``targets`` below 1 or above 1 for a single-target regressor
+        TypeError: ``model`` is neither a linear model nor an MLP, or
+            ``num_features`` is not an int.
+        ValueError: ``num_features`` below 1, a classifier without ``classes``, a
+            regressor with them, ``targets`` below 1 or above 1 for a single-target regressor
             (``SGDRegressor``, ``HuberRegressor``), or an option the model cannot train federated
             with (``early_stopping=True``, ``class_weight="balanced"`` with
             ``partial_fit``, ``solver="liblinear"``).
@@ -196,6 +197,14 @@ def initial_params(
     check_kind(model)
     check_options(model)
     regressor = is_regressor(model)
+    if isinstance(num_features, bool) or not isinstance(num_features, int | np.integer):
+        raise TypeError(
+            f"initial_params(): num_features must be an int (the input features, x's columns), "
+            f"got {type(num_features).__name__} {num_features!r}"
+        )
+    if num_features < 1:
+        raise ValueError(f"initial_params(): num_features must be at least 1, got {num_features}")
+    num_features = int(num_features)
     if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
         raise ValueError(f"targets must be an int >= 1, got {targets!r}")
     if regressor and classes is not None:
