@@ -486,11 +486,21 @@ def test_a_metric_history_json_cannot_hold_is_named() -> None:
         covey.simulate(lambda cid: PerClass(), 2, 1, strategy, {"w": np.zeros(2)})
 
 
-@pytest.mark.parametrize("value", ["0.5", None, True, float("nan"), 1.5])
+@pytest.mark.parametrize("value", [float("nan"), 1.5, -0.1])
 def test_a_fraction_that_is_no_number_in_0_1_is_refused_by_name(value: Any) -> None:
     with pytest.raises(ValueError, match=r"fraction_fit must be in \[0, 1\], got"):
         covey.FedAvg(fraction_fit=value)
     with pytest.raises(ValueError, match=r"fraction_evaluate must be in \[0, 1\]"):
+        covey.FedMedian(fraction_evaluate=value)
+
+
+@pytest.mark.parametrize(("value", "kind"), [("0.5", "str"), (None, "NoneType"), (True, "bool")])
+def test_a_fraction_that_is_no_number_is_a_type_error_naming_the_type(
+    value: Any, kind: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"fraction_fit must be a number in \[0, 1\], got {kind}"):
+        covey.FedAvg(fraction_fit=value)
+    with pytest.raises(TypeError, match=rf"fraction_evaluate must be a number .*got {kind}"):
         covey.FedMedian(fraction_evaluate=value)
 
 

@@ -482,13 +482,25 @@ def test_asynchronous_strategies_are_validated() -> None:
     assert not covey.FedAvg().asynchronous
 
 
-@pytest.mark.parametrize("size", [None, 0, -1, 2.0, True, "4"])
-def test_fedbuff_refuses_a_buffer_size_that_is_no_count_of_replies(size: Any) -> None:
+@pytest.mark.parametrize(
+    ("size", "error", "got"),
+    [
+        (None, ValueError, "None"),
+        (0, ValueError, "0"),
+        (-1, ValueError, "-1"),
+        (2.0, TypeError, "float 2.0"),
+        (True, TypeError, "bool True"),
+        ("4", TypeError, "str '4'"),
+    ],
+)
+def test_fedbuff_refuses_a_buffer_size_that_is_no_count_of_replies(
+    size: Any, error: type[Exception], got: str
+) -> None:
     # None built synchronous rounds named FedBuff, without a word; 0 was refused as
-    # "None or an int >= 1", offering None.
-    with pytest.raises(ValueError, match="FedBuff's buffer_size must be an int >= 1") as refused:
+    # "None or an int >= 1", offering None. No int at all is a TypeError naming the type.
+    with pytest.raises(error, match="FedBuff's buffer_size must be an int >= 1") as refused:
         covey.FedBuff(buffer_size=size)
-    assert f"got {size!r}; for synchronous rounds use covey.FedAvg()" in str(refused.value)
+    assert f"got {got}; for synchronous rounds use covey.FedAvg()" in str(refused.value)
 
 
 def test_a_concurrency_past_the_clients_is_named() -> None:

@@ -151,8 +151,10 @@ def needs_params(params: Weights | None, step: str) -> Weights:
 
 
 def check_count(value: Any, what: str, minimum: int = 0) -> int:
-    """``value`` as an int >= ``minimum``, or a clear ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    """``value`` as an int >= ``minimum``, or a clear TypeError (no int) or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{what} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
         raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
@@ -165,11 +167,14 @@ def check_switch(value: Any, what: str) -> bool:
 
 
 def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
-    """``value`` as a finite float > 0 (or >= 0), or a clear ValueError."""
-    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool)
-    number = float(value) if ok else float("nan")
-    if not ok or not np.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
+    """``value`` as a finite float > 0 (or >= 0), or a clear TypeError (no number) or ValueError."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        raise TypeError(
+            f"{what} must be a finite number {bound}, got {type(value).__name__} {value!r}"
+        )
+    number = float(value)
+    if not np.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         raise ValueError(f"{what} must be a finite number {bound}, got {value!r}")
     return number
 

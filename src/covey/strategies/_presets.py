@@ -101,12 +101,11 @@ def FedProx(*, proximal_mu: float, **options: Unpack[StrategyOptions]) -> Strate
         Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
     """
     mu = plain(proximal_mu)
-    if (
-        isinstance(mu, bool)
-        or not isinstance(mu, int | float)
-        or not mu >= 0.0
-        or mu == float("inf")
-    ):
+    if isinstance(mu, bool) or not isinstance(mu, int | float):
+        raise TypeError(
+            f"proximal_mu must be a finite number >= 0, got {type(mu).__name__} {proximal_mu!r}"
+        )
+    if not mu >= 0.0 or mu == float("inf"):
         raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}")
     strategy = preset("FedProx", chain(weighted_mean()), options, proximal_mu=float(mu))
     # A fixed entry: an on_fit_config (or on_client_fit_config) setting it too is refused,
@@ -409,14 +408,23 @@ def FedBuff(
     buffer_size = plain(buffer_size)
     if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
         # None used to give synchronous rounds under FedBuff's name, without a word.
-        raise ValueError(
-            f"FedBuff's buffer_size must be an int >= 1 (the replies per global update), got "
-            f"{buffer_size!r}; for synchronous rounds use covey.FedAvg()"
+        wrong = buffer_size is not None and (
+            isinstance(buffer_size, bool) or not isinstance(buffer_size, int)
+        )
+        raise (TypeError if wrong else ValueError)(
+            "FedBuff's buffer_size must be an int >= 1 (the replies per global update), got "
+            + (f"{type(buffer_size).__name__} " if wrong else "")
+            + f"{buffer_size!r}; for synchronous rounds use covey.FedAvg()"
         )
     concurrency = plain(concurrency)
     if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        isinstance(concurrency, bool) or not isinstance(concurrency, int)
     ):
+        raise TypeError(
+            f"concurrency must be None or an int >= 1, got "
+            f"{type(concurrency).__name__} {concurrency!r}"
+        )
+    if concurrency is not None and concurrency < 1:
         raise ValueError(f"concurrency must be None or an int >= 1, got {concurrency!r}")
     if concurrency is not None:
         if "fraction_fit" in options or "min_fit_clients" in options:

@@ -193,17 +193,28 @@ class Strategy:
             object.__setattr__(self, attr, plain(getattr(self, attr)))
         for attr in ("fraction_fit", "fraction_evaluate"):
             value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) <= 1:
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(
+                    f"{attr} must be a number in [0, 1], got {type(value).__name__} {value!r}"
+                )
+            if not 0 <= float(value) <= 1:
                 raise ValueError(f"{attr} must be in [0, 1], got {value!r}")
         for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
             value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(
+                    f"{attr} must be a non-negative int, got {type(value).__name__} {value!r}"
+                )
+            if value < 0:
                 raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
         for attr, least in (("buffer_size", 1), ("max_staleness", 0)):
             value = getattr(self, attr)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < least
-            ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(
+                    f"{attr} must be None or an int >= {least}, got "
+                    f"{type(value).__name__} {value!r}"
+                )
+            if value is not None and value < least:
                 raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
 
     def _check_functions(self) -> None:
