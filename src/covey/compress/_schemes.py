@@ -96,6 +96,15 @@ def _part(parts: Parts, name: str, key: str, size: int, dtype: np.dtype[Any]) ->
     return arr
 
 
+def _native(spec: WeightsSpec) -> list[np.dtype[Any]]:
+    """The spec's dtypes in native byte order: what encoding sends, and decoding gives back.
+
+    A spec taken from a model in the other byte order (``'>f4'`` on x86) would
+    otherwise refuse the update its own encoder made (``float32``, not ``>f4``).
+    """
+    return [d if d.isnative else d.newbyteorder("=") for d in spec.dtypes]
+
+
 def _decode_layout(parts: Parts, spec: WeightsSpec) -> None:
     if not isinstance(parts, dict) or set(parts) != set(spec.names):
         raise WeightsError("encoded update: its names do not match the model")
@@ -125,7 +134,7 @@ class Identity:
         _decode_layout(parts, spec)
         return {
             n: _decode_raw(parts, n, s, d)
-            for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
+            for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True)
         }
 
 
@@ -182,7 +191,7 @@ class Cast:
         """Each array back to its own dtype."""
         _decode_layout(parts, spec)
         out: dict[str, Array] = {}
-        for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+        for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
             size = math.prod(s)
             if d.kind != "f":
                 out[n] = _decode_raw(parts, n, s, d)
@@ -270,7 +279,7 @@ class Quantize:
         out: dict[str, Array] = {}
         f64 = np.dtype(np.float64)
         levels = (1 << self.bits) - 1
-        for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+        for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
             size = math.prod(s)
             if d.kind != "f":
                 out[n] = _decode_raw(parts, n, s, d)
@@ -373,7 +382,7 @@ class TopK:
         """A dense array, zero where nothing was sent."""
         _decode_layout(parts, spec)
         out: dict[str, Array] = {}
-        for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+        for n, s, d in zip(spec.names, spec.shapes, _native(spec), strict=True):
             size = math.prod(s)
             if d.kind != "f":
                 out[n] = _decode_raw(parts, n, s, d)
