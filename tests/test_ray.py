@@ -26,6 +26,7 @@ if importlib.util.find_spec("ray") is None:
     pytest.skip("the Ray backend needs ray (covey[ray])", allow_module_level=True)
 
 import _backends_outside
+import _nearlimits
 import covey
 from _backends_outside import (
     MISTAKES,
@@ -55,6 +56,7 @@ def ray_module() -> Any:
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.cloudpickle.register_pickle_by_value(_backends_outside)
+    ray.cloudpickle.register_pickle_by_value(_nearlimits)
     return ray
 
 
@@ -413,6 +415,18 @@ def test_mistakes_fail_the_client_as_on_the_other_backends(cluster: LocalRayClus
         assert rows(ray_run) == rows(inline), mode
         assert error in ray_run.history.rounds[1].fit_failures[0].error
         assert ray_run.weights["w"].tolist() == [2.0] * 6
+
+
+def test_results_near_the_limits_fail_as_on_the_other_backends_and_deployed(
+    cluster: LocalRayCluster,
+) -> None:
+    # The table of test_result_limits_alike: the verdicts and errors a deployed client gives.
+    strategy = covey.FedAvg(min_fit_clients=1, fraction_evaluate=0.0)
+    kw: dict[str, Any] = {"strategy": strategy, "num_clients": len(_nearlimits.NEAR), "rounds": 1}
+    ray_run = on_ray(cluster, _nearlimits.Near, initial=_nearlimits.model(), **kw)
+    failed = {f.cid: f.error for f in ray_run.history.rounds[1].fit_failures}
+    refused = {cid: _nearlimits.refused(cid) for cid, (ok, _) in _nearlimits.NEAR.items() if not ok}
+    assert failed == refused
 
 
 def test_a_client_fn_that_does_not_pickle_is_a_clear_error(cluster: LocalRayCluster) -> None:

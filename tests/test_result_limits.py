@@ -116,7 +116,7 @@ def test_a_metric_too_large_to_send_fails_its_client_alike_inline_and_in_process
         "cannot send the result: a string of 2097152 characters exceeds the limit of "
         "1048576 characters (at 'metrics'.'note')"
     )
-    assert said[3].endswith("exceeds the limit of 1048576 elements (at 'metrics'.'hist')")
+    assert said[3].endswith("exceeds the limit of 4096 elements (at 'metrics'.'hist')")
     assert said[4].endswith(
         "a name of 2097152 characters exceeds the limit of 1048576 (at 'metrics')"
     )

@@ -167,10 +167,10 @@ class _Built:
     def handle(self, cid: int, task: Task) -> Reply:
         """Client ``cid``'s task run: its Reply (see :func:`~covey.clients._client.run_task`).
 
-        A result the process backend could not send (a metric over the network's
-        limits) fails the client, with that backend's error (:mod:`covey.sim._sendable`).
+        A result a deployed server would refuse (a metric over the network's limits)
+        fails the client, with the error of every backend (:mod:`covey.sim._sendable`).
         """
-        return sendable(self.perform(run_task, cid, task))
+        return sendable(self.perform(run_task, cid, task), task.weights)
 
     def fit_one(self, cid: int, task: Task) -> Any:
         """``perform(fit_result, cid, task)``; one frame less for a client built and kept.
@@ -189,7 +189,7 @@ class _Built:
                 return _exited(cid, task.kind, exc)
         if isinstance(result, Reply) or (type(result) is FitResult and not result.metrics):
             return result  # a failed reply, or the usual result: nothing to measure
-        return unsendable(cid, task.kind, result) or result
+        return unsendable(cid, task.kind, result, task.weights) or result
 
 
 def _exited(cid: int, kind: str, exc: BaseException) -> Reply:

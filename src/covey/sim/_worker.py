@@ -270,7 +270,7 @@ def _sendable(reply: Reply, task: Task) -> Reply:
     result too large to send (a metric of 2 million characters; see
     :mod:`covey.sim._sendable`), checked first, as the inline backend does.
     """
-    reply = sendable(reply)
+    reply = sendable(reply, task.weights)
     result = reply.result
     if not isinstance(result, FitResult) or task.weights is None:
         return reply

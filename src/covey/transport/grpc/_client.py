@@ -21,10 +21,8 @@ from typing import Any
 import grpc
 
 from covey.clients._client import task_kinds
-from covey.core import _codec
-from covey.core._messages import Reply
 from covey.core._version import covey_version
-from covey.core._weights import WeightsError, WeightsSpec
+from covey.core._weights import WeightsSpec
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import (
     MAX_TASK_BYTES,
@@ -71,9 +69,8 @@ from covey.transport.grpc._refusal import (
 from covey.transport.grpc._stream import Buffers
 from covey.transport.grpc._tasks import (
     ConnectResult,
-    received_task,
+    perform_task,
     refuse_task,
-    run_on_task_thread,
     wait_for_task_thread,
 )
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -326,12 +323,7 @@ class _Session:
         intact: bool,
         result: ConnectResult,
     ) -> None:
-        try:
-            task = received_task(self.client, header, buffer, intact, self.limits)
-        except (_codec.CodecError, _wire.WireError, WeightsError) as exc:
-            reply = Reply(cid, header.kind, error=f"refusing the task: {exc}")
-        else:
-            reply = run_on_task_thread(self.client, cid, task)
+        reply, sent = perform_task(self.client, cid, header, buffer, intact, self.limits)
         if not reply.ok:
             logger.warning(
                 "task %s of round %d failed: %s",
@@ -341,7 +333,7 @@ class _Session:
             )
         result.tasks += 1
         result.kinds[header.kind] = result.kinds.get(header.kind, 0) + 1
-        self.outbound.put(reply_frames(header.task_id, reply, self.lanes.up))
+        self.outbound.put(reply_frames(header.task_id, reply, self.lanes.up, sent))
 
 
 _HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))

@@ -217,11 +217,19 @@ def frames(*blobs: _codec.Encoded | None) -> Iterator[bytes]:
     return chunks(*blobs, prefix=CHUNK_TAG)
 
 
-def reply_frames(task_id: int, reply: Reply, lane: socket.socket | None = None) -> Iterator[bytes]:
+def reply_frames(
+    task_id: int,
+    reply: Reply,
+    lane: socket.socket | None = None,
+    limits: _wire.WireLimits | None = None,
+) -> Iterator[bytes]:
     """The frames of a client's reply: its header, then its arrays as chunk frames.
 
     With ``lane`` (the client's data connection to the server), the arrays go
-    there instead, written once the header is out.
+    there instead, written once the header is out. A result over ``limits``
+    (those the server reads it with, default :class:`~covey.transport.grpc._wire.WireLimits`;
+    see :func:`~covey.transport.grpc._wirecheck.result_limits`) is sent as the
+    task's failure instead, naming what is too large.
 
     Raises:
         OSError: the data connection failed (raised from the generator).
@@ -230,7 +238,7 @@ def reply_frames(task_id: int, reply: Reply, lane: socket.socket | None = None) 
     extras: _codec.Encoded | None = None
     if reply.ok:
         try:
-            result_json, arrays = _wire.result_to_wire(reply.result, _wire.WireLimits())
+            result_json, arrays = _wire.result_to_wire(reply.result, limits or _wire.WireLimits())
             blob = None if arrays is None else _codec.Encoded(arrays)
             more = getattr(reply.result, "extras", None)
             if more:

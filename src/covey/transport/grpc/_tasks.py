@@ -17,15 +17,18 @@ from typing import Any
 from covey.clients._client import hand_over, run_task
 from covey.core import _codec
 from covey.core._messages import Reply, Task
+from covey.core._weights import WeightsError
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import TaskLimits, check_config
 from covey.transport.grpc._frames import control
 from covey.transport.grpc._refusal import RetryBudget
 from covey.transport.grpc._stream import split_blobs
+from covey.transport.grpc._wirecheck import result_limits
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
     "ConnectResult",
+    "perform_task",
     "received_task",
     "refuse_task",
     "run_on_task_thread",
@@ -123,6 +126,24 @@ def received_task(
         weights,
         extras if extras is not None else _wire.loads(header.payload, limits.wire),
     )
+
+
+def perform_task(
+    client: Any, cid: int, header: pb.TaskHeader, buffer: Any, intact: bool, limits: TaskLimits
+) -> tuple[Reply, _wire.WireLimits]:
+    """The reply to the task ``header`` announced, and the limits the server reads it with.
+
+    A task the client refuses (see :func:`received_task`) is its failed reply.
+    The limits are those of the model the task carried
+    (:func:`~covey.transport.grpc._wirecheck.result_limits`): the client sends a
+    result over them as its failure, as every simulation backend does.
+    """
+    try:
+        task = received_task(client, header, buffer, intact, limits)
+    except (_codec.CodecError, _wire.WireError, WeightsError) as exc:
+        return Reply(cid, header.kind, error=f"refusing the task: {exc}"), _wire.WireLimits()
+    sent = result_limits(task.weights)
+    return run_on_task_thread(client, cid, task), sent
 
 
 def refuse_task(

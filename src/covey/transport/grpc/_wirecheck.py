@@ -1,8 +1,12 @@
 """Whether a task's result can be sent, checked without encoding it.
 
-A simulation backend that hands results over in memory (inline, Ray) refuses
-what the process backend's pipe and a deployed client's stream refuse, so a
-client fails alike on every backend (a metric of 2 million characters, say).
+One set of limits holds for a client's result wherever it runs:
+:func:`result_limits`, those a deployed server reads results with (at most
+4 MiB of JSON, arrays no larger than the model; see
+:meth:`~covey.transport.grpc._wire.WireLimits.for_spec`). A deployed client
+checks its result against them before sending it, and every simulation backend
+(inline, process, Ray) checks it against them too, so a client fails alike on
+every backend and over the network (a metric of 2 million characters, say).
 A result is first measured, sizes only: lengths of strings and names, elements
 and dimensions of arrays, and an upper bound of its JSON's size. Only one that
 might pass a limit is encoded, by the encoder that sends it
@@ -18,15 +22,32 @@ from typing import Any
 import numpy as np
 
 from covey.core._messages import EvaluateResult, FitResult
+from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.transport.grpc._wire import ARRAY_KINDS, WireLimits, dumps_within, result_head
 
-__all__ = ["check_result"]
+__all__ = ["check_result", "result_limits"]
 
 #: Most characters of JSON for one number of an array (``-2.2250738585072014e-308``)
 #: and the comma after it.
 _NUMBER = 25
 #: Most characters of JSON for a result's head besides its metrics.
 _HEAD = 256
+
+
+def result_limits(model: Weights | None) -> WireLimits:
+    """The limits on the result of a task that carried ``model`` (its weights, if any).
+
+    Those a deployed server reads the result with: :class:`WireLimits`' caps, and
+    arrays no larger than the model's (:meth:`WireLimits.for_spec`). A task that
+    carried no weights gets the caps alone.
+    """
+    if not model:
+        return WireLimits()
+    try:
+        spec = WeightsSpec.of(model)
+    except WeightsError:  # no model to size arrays by; the round loop refuses it anyway
+        return WireLimits()
+    return WireLimits.for_spec(spec)
 
 
 class _MayRefuse(Exception):
