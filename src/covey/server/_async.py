@@ -25,11 +25,12 @@ import numpy as np
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
 from covey.core._history import History, RoundRecord
-from covey.core._messages import Config, Metrics, Reply, Task
+from covey.core._messages import Config, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import SortedIds, Union, without
+from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import not_among
 from covey.strategies._clients import client_info
 from covey.strategies._strategy import Strategy
@@ -204,7 +205,7 @@ class AsyncLoop(_LoopBase):
         update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
         self._payload = broadcast_extras(out)
-        metrics: list[tuple[int, Metrics]] = []
+        metrics = RoundMetrics("fit")
         staleness: list[int] = []
         dropped: list[int] = []
         failures_in_a_row = 0
@@ -226,6 +227,7 @@ class AsyncLoop(_LoopBase):
                 continue
             tau = self._models - flight.version  # an update that failed made no new model
             contribution = self._contribution(reply, record, staleness=tau, sent=flight.weights)
+            contribution = metrics.admit(contribution, self._record_failure, record.fit_failures)
             too_stale = strategy.max_staleness is not None and tau > strategy.max_staleness
             if contribution is not None and not too_stale:
                 state, folded = self._fold_or_stop(state, contribution, record)

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from covey.aggregate._short import short_fold
 from covey.core._history import RoundRecord
-from covey.core._messages import FitResult, Metrics, Reply, Task
+from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights
 
 if TYPE_CHECKING:
+    from covey.server._roundmetrics import RoundMetrics
     from covey.server._sync import RoundLoop
 
 
@@ -39,7 +40,7 @@ def fit_directly(
     cids: Sequence[int],
     state: Any,
     record: RoundRecord,
-    metrics: list[tuple[int, Metrics]],
+    metrics: RoundMetrics,
 ) -> Any | None:
     """Run the fit ``tasks`` of clients ``cids`` the short way; the aggregation state after.
 
@@ -80,7 +81,7 @@ def fit_directly(
         for cid, result, weights in _results(fit_one, tasks, cids, nbytes):
             if weights is not None:  # a plain FitResult's (see _plain)
                 bounded = conformity(weights)
-                if bounded is None:
+                if bounded is None or metrics.refusal(result.metrics) is not None:
                     for array in weights.values():
                         received += array.nbytes
                 else:

@@ -18,13 +18,14 @@ from typing import Any
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras, min_contributions
 from covey.core._history import Failure, History, RoundRecord
-from covey.core._messages import EvaluateResult, Metrics, Reply, Task
+from covey.core._messages import EvaluateResult, Reply, Task
 from covey.core._weights import Weights
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
+from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import poisson_minimum
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
@@ -187,9 +188,8 @@ class RoundLoop(_LoopBase):
     def _poisson_note(self, there: int) -> str:
         """Under central DP, why min_fit_clients held the round: it bounds no round's clients."""
         strategy = self.strategy
-        if strategy.min_fit_clients <= max(there, strategy.min_available_clients):
-            return ""
-        note = poisson_minimum(strategy, there, f"the {there} available")
+        held = strategy.min_fit_clients > max(there, strategy.min_available_clients)
+        note = poisson_minimum(strategy, there, f"the {there} available") if held else None
         return "" if note is None else f"; {note}"
 
     def _eligible(self, rnd: int, available: Sequence[int]) -> Sequence[int]:
@@ -250,7 +250,7 @@ class RoundLoop(_LoopBase):
             outcome = fit_round(self.transport, cids, task, self.round_timeout, **more)
             self._fit_outcome(rnd, record, state, outcome, len(cids))
             return
-        metrics: list[tuple[int, Metrics]] = []
+        metrics = RoundMetrics("fit")
         answered: set[int] = set()
         direct = fit_directly(self, tasks, cids, state, record, metrics)
         if direct is not None:  # inline clients into a mean: the short way, the same result
@@ -285,14 +285,16 @@ class RoundLoop(_LoopBase):
         self._apply_if_enough(state, rnd, record, len(cids))
 
     def _take_reply(
-        self, state: Any, reply: Reply, record: RoundRecord, metrics: list[tuple[int, Metrics]]
+        self, state: Any, reply: Reply, record: RoundRecord, metrics: RoundMetrics
     ) -> Any:
         """Fold one fit reply into the aggregation ``state`` and record it; the new state.
 
-        A failed or refused reply is recorded as the client's failure. A step that
-        fails on the update stops the run (:class:`FederationError`).
+        A failed or refused reply is recorded as the client's failure (one whose
+        metrics take the round past its distinct names too, :class:`RoundMetrics`).
+        A step that fails on the update stops the run (:class:`FederationError`).
         """
         contribution = self._contribution(reply, record)
+        contribution = metrics.admit(contribution, self._record_failure, record.fit_failures)
         if contribution is None:
             reply.release()
             return state
@@ -431,7 +433,7 @@ class RoundLoop(_LoopBase):
             return
         task = Task("evaluate", rnd, evaluate_config(self, rnd), self.weights)
         tasks, _ = self._tasks(task, cids)
-        results: list[tuple[int, Metrics]] = []
+        results = RoundMetrics("evaluate")
         losses: list[tuple[int, float]] = []
         answered: set[int] = set()
         replies = self.transport.exchange(tasks, timeout=self.round_timeout)
@@ -444,7 +446,7 @@ class RoundLoop(_LoopBase):
                 self._record_failure(
                     record.evaluate_failures, Failure(reply.cid, "evaluate", _first_line(err), err)
                 )
-            elif (why := _unusable(res)) is not None:
+            elif (why := _unusable(res) or results.refusal(res.metrics)) is not None:
                 self._record_failure(record.evaluate_failures, Failure(reply.cid, "evaluate", why))
             else:
                 record.evaluate_participants.append(reply.cid)
