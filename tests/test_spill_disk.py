@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,73 @@ def test_without_a_run_folder_spills_go_to_tmpdir_and_a_refusal_names_it(
     assert isinstance(caught.value.__cause__, OSError)
     upload.discard()
     files.close()
+
+
+class _Slow:
+    """A spill file on a slow disk: each write takes a while (another client's reply)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def write(self, data: Any) -> int:
+        time.sleep(0.2)
+        return int(self.file.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+class _Trained(covey.Client):
+    """Adds one to every weight."""
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+
+def test_another_clients_reply_cut_off_as_the_server_stops_on_its_disk_is_not_blamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first reply's spill file refuses its bytes once the second reply is coming in,
+    # which is then cut off as the server stops on its disk's failure.
+    second = threading.Event()
+    real = tempfile.TemporaryFile
+    made: list[Any] = []
+
+    def refuse(data: Any) -> int:
+        second.wait(30)
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    def spill(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("prefix") != "covey-upload-":
+            return real(*args, **kwargs)
+        made.append(None)
+        if len(made) == 1:
+            first = _Full(real(*args, **kwargs))
+            first.write = refuse  # type: ignore[method-assign]
+            return first
+        second.set()
+        return _Slow(real(*args, **kwargs))
+
+    monkeypatch.setattr(_service, "SPILL_BYTES", 0)
+    monkeypatch.setattr(tempfile, "TemporaryFile", spill)
+    strategy = covey.FedAvg(min_available_clients=2, min_fit_clients=2, fraction_evaluate=0.0)
+    model = {"w": np.zeros(4_000_000)}  # replies of 32 MB: 16 chunk frames each
+    served = Served(strategy, 3, run_dir=tmp_path / "run", plot=False, initial_weights=model)
+    clients = [Joined(served.port, _Trained(), name=f"site-{k}") for k in range(2)]
+    with (
+        caplog.at_level(logging.INFO, logger="covey"),
+        pytest.raises(covey.FederationError, match="could not write a reply to its spill folder"),
+    ):
+        served.join()
+    for joined in clients:
+        joined.join()
+    (refused,) = [r.getMessage() for r in caplog.records if "cannot be kept" in r.getMessage()]
+    other = "site-1" if refused.startswith("client site-0") else "site-0"
+    blamed = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and f"client {other}" in r.getMessage()
+    ]
+    assert blamed == []
+    stopped = [m for m in caplog.messages if "closed as the server stops on its own failure" in m]
+    assert all(m.startswith(f"client {other} ") for m in stopped)

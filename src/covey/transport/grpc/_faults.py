@@ -65,6 +65,7 @@ class DiskFault:
         conn.upload = None
         if self.error is None:
             self.error = exc
+            registry.stopping = str(exc)  # other replies cut short are not their clients' doing
         self.drained.add(conn)
         got = "" if upload is None else f" ({upload.filled} of {upload.size} bytes received)"
         logger.error("client %s's reply%s cannot be kept: %s", conn.name, got, exc)

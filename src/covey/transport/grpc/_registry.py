@@ -197,9 +197,16 @@ class Registry:
         self.fleet: dict[int, Connection] = {}
         self.joins: dict[int, int] = {}  # cid -> how many times it connected
         self.closed = False
+        # Why the server stops on a fault of its own (its disk), if it does: replies cut
+        # short from then on are not their clients' doing (see :meth:`winding_down`).
+        self.stopping = ""
         # Held from a connection's (de)registration to its join (leave) event, so that a
         # client's events come in the order its connections came and went.
         self.membership = threading.RLock()
+
+    def winding_down(self) -> bool:
+        """Whether replies cut short are expected: the run is over, or the server is stopping."""
+        return self.closed or bool(self.stopping)
 
     def clients(self) -> list[int]:
         """Ids of the clients connected now, sorted."""
@@ -302,8 +309,11 @@ class Registry:
         if sink.open:
             sink.replies.put(reply)
         else:
-            logger.warning(
-                "discarding a late %s reply from client %s (its round is over)", reply.kind, name
+            logger.log(
+                logging.INFO if self.stopping else logging.WARNING,
+                "discarding a late %s reply from client %s (its round is over)",
+                reply.kind,
+                name,
             )
             self.event(name, "late-reply", reply.kind)
 
@@ -356,15 +366,20 @@ class Registry:
     def abandoned(self, conn: Connection, task_id: int, filled: int, size: int) -> None:
         """Report a reply whose round closed with ``filled`` of its ``size`` bytes in.
 
-        Once the run is over, replies still on their way are expected: logged at INFO.
+        Once the run is over, or while the server stops on a fault of its own (its
+        disk), replies still on their way are expected: logged at INFO, not blamed on
+        their clients.
         """
+        closed = "(its round or the run)"
+        if self.stopping:
+            closed = f"as the server stops on its own failure ({self.stopping})"
         logger.log(
-            logging.INFO if self.closed else logging.WARNING,
-            "client %s (%s): task %d closed (its round or the run) with its reply %d of %d "
-            "bytes in; skipping the rest",
+            logging.INFO if self.winding_down() else logging.WARNING,
+            "client %s (%s): task %d closed %s with its reply %d of %d bytes in; skipping the rest",
             conn.name,
             conn.peer,
             task_id,
+            closed,
             filled,
             size,
         )

@@ -285,7 +285,7 @@ class FederationService:
         except (grpc.RpcError, OSError) as exc:  # OSError: a data connection failed
             cut = upload or (conn.upload if isinstance(exc, OSError) else None)
             if cut is not None:
-                level = logging.INFO if self.registry.closed else logging.WARNING
+                level = logging.INFO if self.registry.winding_down() else logging.WARNING
                 what = f"({cut.filled} of {cut.size} bytes received): {str(exc) or CUT_OFF}"
                 said = "client %s (%s): its stream failed in the middle of a reply %s"
                 logger.log(level, said, conn.name, conn.peer, what)
