@@ -248,6 +248,27 @@ def test_qfedavg_needs_the_loss_metric() -> None:
         aggregate(qfedavg(loss_key="train_loss"), params, [bad])
 
 
+def test_qfedavg_gives_integer_and_bool_arrays_the_mean_change_outside_its_rule() -> None:
+    # A BatchNorm counter that advanced by 50 entered ||Dw_k||: the float step shrank
+    # about 2,700-fold, and the counter itself, scaled by 1 / sum h_k, never moved.
+    floats = {"w": np.zeros(2)}
+    params = {**floats, "steps": np.array(7, np.int64), "mask": np.array([False, True, True])}
+    flips = [[True, False, True], [True, False, False], [False, False, True], [True, True, True]]
+    contributions, plain = [], []
+    for k in range(4):
+        metrics: dict[str, Any] = {"loss": 1.0 + k}
+        delta = {"w": np.full(2, 0.1 * (k + 1))}
+        plain.append(Contribution(k, 10, delta=delta, metrics=metrics))
+        extra = {"steps": np.array(48 + 2 * k, np.int64), "mask": np.array(flips[k])}
+        contributions.append(Contribution(k, 10, delta={**delta, **extra}, metrics=metrics))
+    new = aggregate(qfedavg(0.2, 0.1), params, contributions).apply(params)
+    alone = aggregate(qfedavg(0.2, 0.1), floats, plain).apply(floats)
+    np.testing.assert_array_equal(new["w"], alone["w"])
+    assert new["steps"] == 7 + 51  # the mean change of 48, 50, 52 and 54
+    # entry 0 flips for 3 clients of 4, entry 1 for 1, entry 2 for 3
+    np.testing.assert_array_equal(new["mask"], [True, True, False])
+
+
 # -- SCAFFOLD's server step -------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from covey.core._weights import Array, Weights
 
 class _QState(NamedTuple):
     params: Weights | None = None
-    acc: dict[str, Array] | None = None  # sum_k F_k^q L d_k, float64
+    acc: dict[str, Array] | None = None  # sum_k F_k^q L d_k (float arrays), sum_k d_k (others)
     h: float = 0.0
     clients: int = 0
     examples: int = 0
@@ -40,6 +40,13 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
     global weights are ``w - sum_k D_k / sum_k h_k``. ``q = 0`` is FedSGD-like
     averaging; larger ``q`` gives more uniform accuracy across clients. It folds
     each update in as it arrives (memory O(model)); ``eps`` is added to every loss.
+
+    The rule applies to the float arrays, which alone make up ``||Dw_k||``.
+    Integer and bool arrays (a normalization layer's batch counter, a mask) are
+    no weights being learned: they take the clients' mean change, rounded (a
+    mask's entry flips when more than half the clients flip it), as under the
+    server optimizers. In the rule, a counter that advanced by 50 would shrink
+    every float step through ``h_k`` and, scaled by ``1 / sum h_k``, never move.
 
     Args:
         q: The fairness parameter, ``>= 0``.
@@ -66,13 +73,14 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
             params = needs_params(state.params, "qfedavg()")
             loss = _client_loss(event, loss_key)
             delta = update_of(event, params)
-            fq, h = _client_terms(event.cid, loss, loss_key, smooth, fairness, lipschitz, delta)
+            floats = {k: d for k, d in delta.items() if params[k].dtype.kind == "f"}
+            fq, h = _client_terms(event.cid, loss, loss_key, smooth, fairness, lipschitz, floats)
             acc = state.acc
             if acc is None:
                 acc = {k: np.zeros(v.shape, np.float64) for k, v in params.items()}
             with np.errstate(over="ignore", invalid="ignore"):  # an Inf the loop refuses
                 for k, d in delta.items():
-                    acc[k] += (fq * lipschitz) * d
+                    acc[k] += (fq * lipschitz) * d if k in floats else d
             return state._replace(
                 acc=acc,
                 h=state.h + h,
@@ -86,11 +94,7 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
                 return _QState(), ()
             if not state.h > 0.0 or not math.isfinite(state.h):
                 raise AggregationError(f"qfedavg: the normalizer sum h_k is {state.h}")
-            out: dict[str, Array] = {}
-            for k, a in state.acc.items():
-                dtype = state.params[k].dtype
-                value = a / state.h
-                out[k] = value.astype(dtype) if dtype.kind == "f" else to_int(value, dtype)
+            out = _finish(state.acc, state.params, state.h, state.clients)
             agg = Aggregate(
                 event.round, state.clients, state.examples, delta=out, info=dict(event.info)
             )
@@ -98,6 +102,20 @@ def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: flo
         return state, (event,)
 
     return of_kind(Step(init, update), REDUCER, "qfedavg()")
+
+
+def _finish(acc: dict[str, Array], params: Weights, h: float, clients: int) -> dict[str, Array]:
+    """The round's delta: float sums over ``sum h_k``, the others' mean change rounded."""
+    out: dict[str, Array] = {}
+    for k, a in acc.items():
+        dtype = params[k].dtype
+        if dtype.kind == "f":
+            out[k] = (a / h).astype(dtype)
+        elif dtype.kind == "b":  # the share of clients that flip each entry; a tie keeps it
+            out[k] = np.asarray(a / clients > 0.5)
+        else:
+            out[k] = to_int(a / clients, dtype)
+    return out
 
 
 def _client_terms(
