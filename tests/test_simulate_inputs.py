@@ -722,3 +722,18 @@ def test_a_nan_privacy_budget_makes_the_largest_nan_whichever_client_reported_it
         combined = covey.strategies.weighted_metrics(results)
         assert np.isnan(combined["dp_epsilon"])
     assert covey.strategies.weighted_metrics(honest) == {"dp_epsilon": 2.0}
+
+
+def test_a_metric_whose_weighted_sum_overflows_is_averaged_as_the_loss_is() -> None:
+    # n_k * m_k overflowed to inf: a diverging model's perplexity of 1e306 on 500
+    # examples averaged to inf, while the round's loss of the same value was finite.
+    results: list[tuple[int, dict[str, Any]]] = [(500, {"ppl": 1e306}), (300, {"ppl": 3e306})]
+    combined = covey.strategies.weighted_metrics(results)
+    assert combined["ppl"] == pytest.approx(1.75e306)
+    assert covey.strategies.weighted_metrics([(2, {"x": 1.7e308})] * 3) == {
+        "x": pytest.approx(1.7e308)
+    }
+    # an infinite value still gives an infinite mean, opposite ones NaN
+    assert covey.strategies.weighted_metrics([(1, {"x": np.inf}), (1, {"x": 1.0})]) == {"x": np.inf}
+    both = covey.strategies.weighted_metrics([(1, {"x": np.inf}), (1, {"x": -np.inf})])
+    assert np.isnan(both["x"])

@@ -34,7 +34,8 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
         metrics (bools, strings, arrays of values) are left out. A client with no
         examples weighs nothing, so its value (a NaN of an empty test set) never
         reaches the average. A NaN budget makes the round's largest NaN (unknown),
-        whichever client reported it.
+        whichever client reported it. Finite values whose ``n_k m_k`` overflows
+        (near float64's largest) still give a finite mean, as the loss does.
 
     Example:
         >>> weighted_metrics([(10, {"acc": 1.0}), (30, {"acc": 0.0})])
@@ -42,10 +43,8 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
         >>> weighted_metrics([(10, {"dp_epsilon": 4.0}), (30, {"dp_epsilon": 1.0})])
         {'dp_epsilon': 4.0}
     """
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    largest: dict[str, float] = {}
     pairs: dict[str, list[tuple[int, float]]] = {}
+    largest: dict[str, float] = {}
     for n, metrics in results:
         for key, raw in metrics.items():
             value: object = raw  # an array too: the transports carry numeric arrays
@@ -60,12 +59,23 @@ def weighted_metrics(results: Sequence[tuple[int, Metrics]]) -> Metrics:
                 continue
             if n == 0:  # weighs nothing, nor may its NaN (0 * nan is nan)
                 continue
-            sums[key] = sums.get(key, 0.0) + n * float(value)
-            counts[key] = counts.get(key, 0) + n
             pairs.setdefault(key, []).append((n, float(value)))
-    combined = {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
-    for key, mean in combined.items():
-        if not math.isfinite(mean) and all(math.isfinite(v) for _, v in pairs[key]):
-            # n_k * m_k overflowed though each value is finite (1e308 on 5 examples)
-            combined[key] = math.fsum((n / counts[key]) * v for n, v in pairs[key])
+    combined = {key: _mean(values) for key, values in pairs.items()}
     return {**combined, **largest}
+
+
+def _mean(pairs: list[tuple[int, float]]) -> float:
+    """The mean of ``(n_k, m_k)`` pairs (``n_k > 0``) weighted by ``n_k``.
+
+    Summed as ``n_k * m_k`` in order; if that overflows though every value is
+    finite (a perplexity of 1e306 on 500 examples), as ``(n_k / sum n) * m_k``.
+    """
+    count = 0
+    total = 0.0
+    for n, m in pairs:
+        total += n * m
+        count += n
+    mean = total / count
+    if not math.isfinite(mean) and all(math.isfinite(m) for _, m in pairs):
+        mean = sum((n / count) * m for n, m in pairs)
+    return mean
