@@ -26,6 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 import covey
+from covey.aggregate import Step, chain, server_adam, server_sgd, weighted_mean
 from covey.cli import app
 from covey.dashboard._runs import read_run, summary
 from covey.server._store import RunStore
@@ -247,6 +248,34 @@ def test_a_resume_with_other_settings_is_refused_naming_what_differs(
     with pytest.raises(ValueError, match=named):
         _sim(tmp_path / "run", 3, resume=True, **changed)
     assert _sim(tmp_path / "run", 3, resume=True).history.rounds[-1].round == 3  # still resumable
+
+
+@pytest.mark.parametrize(
+    ("started", "now", "named"),
+    [
+        (
+            server_adam(eta=0.1),
+            server_adam(eta=0.5),
+            "server_adam\\(eta=0.1, .*server_adam\\(eta=0.5",
+        ),
+        (server_adam(eta=0.1), server_sgd(0.5, momentum=0.9), "server_sgd\\(lr=0.5, momentum=0.9"),
+    ],
+    ids=["hyperparameter", "step"],
+)
+def test_a_resume_with_another_aggregator_of_ones_own_is_refused_naming_it(
+    tmp_path: Path, started: Step, now: Step, named: str
+) -> None:
+    # A Strategy(aggregator=chain(...)) recorded nothing of its chain: a resume with
+    # another server learning rate, or server SGD taking up Adam's moments as its
+    # velocity, trained on without a word.
+    def strategy(step: Step) -> covey.Strategy:
+        return covey.Strategy(aggregator=chain(weighted_mean(), step), fraction_evaluate=0.0)
+
+    _stopped(tmp_path / "run", strategy=strategy(started))
+    with pytest.raises(ValueError, match=f"strategy aggregator .*{named}"):
+        _sim(tmp_path / "run", 3, resume=True, strategy=strategy(now))
+    resumed = _sim(tmp_path / "run", 3, resume=True, strategy=strategy(started))
+    assert resumed.history.rounds[-1].round == 3
 
 
 def test_a_resumed_simulation_is_marked_running_while_it_runs(tmp_path: Path) -> None:

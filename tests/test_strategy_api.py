@@ -86,6 +86,26 @@ def test_describe_gives_the_hyperparameters_back() -> None:
     assert custom["options"]["where"] == {"site": "hospital"}
 
 
+def test_describe_gives_the_aggregation_step_with_its_arguments() -> None:
+    # A chain of one's own was recorded as "custom" with no hyperparameters: a
+    # history.json said nothing of the rule that ran, nor of its settings.
+    from covey.aggregate import Aggregate, Step, chain, clip_norm, krum, server_adam
+
+    step = chain(clip_norm(1.0), krum(f=1), server_adam(eta=0.3, average=()))
+    described = covey.Strategy(aggregator=step).describe()
+    assert described["aggregator"] == (
+        "chain(clip_norm(max_norm=1.0), krum(f=1), "
+        "server_adam(eta=0.3, beta1=0.9, beta2=0.99, tau=0.001, average=()))"
+    )
+    assert covey.FedAvg().describe()["aggregator"] == "weighted_mean()"
+
+    def own_update(state: Any, event: Any) -> tuple[Any, tuple[Aggregate, ...]]:
+        return state, ()
+
+    own = covey.Strategy(aggregator=Step(lambda params: None, own_update)).describe()
+    assert own["aggregator"].endswith("own_update")
+
+
 def test_a_numpy_scalar_is_accepted_as_a_0d_array() -> None:
     weights = {"w": np.ones(2), "t": np.add(np.array(1.0), np.array(2.0))}
     assert isinstance(weights["t"], np.float64)  # what np.add gives for 0-d arrays

@@ -18,7 +18,7 @@ import numpy as np
 
 from covey.aggregate._base import Begin, Contribution, Dropped, End, Event, State, Step
 from covey.aggregate._flat import check_positive, finite, needs_params, scaled, sq_norm, update_of
-from covey.aggregate._order import CLIENT, of_kind
+from covey.aggregate._order import CLIENT, described, of_kind
 from covey.core._weights import Weights
 
 Rewrite = Callable[[Contribution, Weights], "tuple[Contribution | None, bool]"]
@@ -66,6 +66,7 @@ def per_client(name: str, key: str, rewrite: Rewrite, dropped: str = "") -> Step
     return of_kind(Step(init, update), CLIENT, name)
 
 
+@described
 def clip_norm(max_norm: float) -> Step:
     """Scale each client's update down so that its L2 norm is at most ``max_norm``.
 
@@ -107,6 +108,7 @@ def _shrunk(delta: Weights) -> tuple[Weights, float]:
     return shrunk, math.sqrt(sq_norm(shrunk))
 
 
+@described
 def skip_nonfinite() -> Step:
     """Drop every contribution whose update or extras hold a NaN or an infinity.
 
@@ -149,6 +151,7 @@ def polynomial_staleness(exponent: float = 0.5) -> Callable[[int], float]:
     return weight
 
 
+@described
 def staleness_weight(fn: Callable[[int], float] | None = None) -> Step:
     """Scale each asynchronous update by a decreasing function of its staleness.
 

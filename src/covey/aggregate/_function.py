@@ -24,7 +24,7 @@ from covey.aggregate._base import (
     State,
     Step,
 )
-from covey.aggregate._order import REDUCER, of_kind
+from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._weights import Weights, WeightsError, WeightsSpec, native
 
 Combine = Callable[[Weights, Sequence[Contribution]], Weights]
@@ -36,6 +36,7 @@ class _Held(NamedTuple):
     contributions: list[Contribution] | None = None
 
 
+@described
 def reducer(combine: Combine) -> Step:
     """A reducer step that hands the round's contributions to ``combine`` at ``End``.
 

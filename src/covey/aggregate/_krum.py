@@ -13,6 +13,7 @@ import numpy as np
 
 from covey.aggregate._base import AggregationError, Step, requiring
 from covey.aggregate._flat import Vector, check_count, check_switch
+from covey.aggregate._order import described
 from covey.aggregate._robust import Combined, Matrix, buffered
 
 
@@ -76,6 +77,7 @@ def _require(n: int, needed: int, rule: str, f: int) -> None:
         )
 
 
+@described
 def krum(f: int) -> Step:
     """Keep the one update closest to its ``n - f - 2`` nearest neighbours (Krum).
 
@@ -108,6 +110,7 @@ def krum(f: int) -> Step:
     return requiring(buffered("krum()", combine), need, why)
 
 
+@described
 def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
     """Average the ``m`` updates with the lowest Krum scores (Multi-Krum).
 
@@ -149,6 +152,7 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
     return requiring(buffered("multi_krum()", combine), need, why)
 
 
+@described
 def bulyan(f: int) -> Step:
     """Select ``n - 2f`` updates by repeated Krum, then average each coordinate around its median.
 

@@ -25,7 +25,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._flat import int_change, signed
-from covey.aggregate._order import REDUCER, of_kind
+from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._pages import BLOCK, blocks, release_pages
 from covey.core._weights import Array, Weights
 
@@ -439,6 +439,7 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
     return _MeanState(), (agg,)
 
 
+@described
 def weighted_mean() -> Step:
     """Average the contributions weighted by their number of examples (FedAvg).
 
@@ -453,6 +454,7 @@ def weighted_mean() -> Step:
     return _mean_step(weighted=True)
 
 
+@described
 def mean() -> Step:
     """Average the contributions with equal weight, whatever their number of examples."""
     return _mean_step(weighted=False)

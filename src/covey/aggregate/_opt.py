@@ -23,7 +23,7 @@ import numpy as np
 
 from covey.aggregate._base import Aggregate, Begin, Event, State, Step
 from covey.aggregate._flat import check_positive, finite, needs_params
-from covey.aggregate._order import SERVER, of_kind
+from covey.aggregate._order import SERVER, described, of_kind
 from covey.core._weights import Array, Weights
 
 Rule = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
@@ -100,6 +100,7 @@ def _server_optimizer(
     return of_kind(Step(init, update), SERVER, name)
 
 
+@described
 def server_sgd(
     lr: float = 1.0,
     momentum: float = 0.0,
@@ -139,6 +140,7 @@ def server_sgd(
     return _server_optimizer("server_sgd()", rule, 0.0, average)
 
 
+@described
 def server_adam(
     eta: float = 1e-2,
     beta1: float = 0.9,
@@ -177,6 +179,7 @@ def server_adam(
     return _server_optimizer("server_adam()", rule, t * t, average, wide=True)
 
 
+@described
 def server_yogi(
     eta: float = 1e-2,
     beta1: float = 0.9,
@@ -214,6 +217,7 @@ def server_yogi(
     return _server_optimizer("server_yogi()", rule, t * t, average, wide=True)
 
 
+@described
 def server_adagrad(
     eta: float = 1e-1,
     beta1: float = 0.0,

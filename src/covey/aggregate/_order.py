@@ -12,10 +12,13 @@ are not checked.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-__all__ = ["CLIENT", "REDUCER", "SERVER", "check_order", "of_kind"]
+__all__ = ["CLIENT", "REDUCER", "SERVER", "check_order", "describe_step", "described", "of_kind"]
 
 CLIENT, REDUCER, SERVER = "per-client step", "reducer", "server step"
 _RANK = {CLIENT: 0, REDUCER: 1, SERVER: 2}
@@ -23,7 +26,59 @@ KIND = "_covey_kind"
 """Set on the ``update`` of a built-in step: ``(kind, name)``, e.g. ``("reducer", "median()")``."""
 
 
+DESCRIBED = "_covey_described"
+"""Set on the ``update`` of a built-in step: its call, e.g. ``"server_adam(eta=0.1, ...)"``."""
+
 _S = TypeVar("_S")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def described(factory: _F) -> _F:
+    """``factory`` (a built-in step's), whose steps record the call that made them.
+
+    Every argument is written out, defaults included, so that a run's record
+    (:meth:`covey.Strategy.describe`) says which rule ran with which settings,
+    and a resumed run with other settings is refused.
+    """
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def make(*args: Any, **kwargs: Any) -> Any:
+        step = factory(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = ", ".join(f"{key}={_said(value)}" for key, value in bound.arguments.items())
+        setattr(step.update, DESCRIBED, f"{factory.__name__}({given})")
+        return step
+
+    return cast(_F, make)
+
+
+def _said(value: Any) -> str:
+    """An argument as text: a function by its qualified name, anything else by its repr."""
+    if callable(value):
+        return str(getattr(value, "__qualname__", type(value).__qualname__))
+    return repr(value)
+
+
+def describe_step(step: Any) -> str:
+    """What ``step`` is, as text: a chain's steps, a built-in step's call, or a function's name.
+
+    Example:
+        >>> from covey.aggregate import chain, clip_norm, krum
+        >>> describe_step(chain(clip_norm(1.0), krum(1)))
+        'chain(clip_norm(max_norm=1.0), krum(f=1))'
+    """
+    from covey.aggregate._base import STEPS, innermost
+
+    update = innermost(step)
+    steps = getattr(update, STEPS, None)
+    if steps is not None:
+        return f"chain({', '.join(describe_step(part) for part in steps)})"
+    text = getattr(update, DESCRIBED, None)
+    if isinstance(text, str):
+        return text
+    return _said(update)
 
 
 def of_kind(step: _S, kind: str, name: str) -> _S:

@@ -18,7 +18,7 @@ from covey.aggregate._base import (
     Step,
 )
 from covey.aggregate._flat import check_positive, needs_params, sq_norm, to_int, update_of
-from covey.aggregate._order import REDUCER, of_kind
+from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._weights import Array, Weights
 
 
@@ -30,6 +30,7 @@ class _QState(NamedTuple):
     examples: int = 0
 
 
+@described
 def qfedavg(q: float = 0.2, lr: float = 0.1, *, loss_key: str = "loss", eps: float = 1e-10) -> Step:
     """q-FedAvg: weigh each update by the client's loss to the power ``q``.
 

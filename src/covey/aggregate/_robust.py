@@ -36,7 +36,7 @@ from covey.aggregate._flat import (
     unflatten,
     update_of,
 )
-from covey.aggregate._order import REDUCER, of_kind
+from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._weights import Weights
 
 Matrix = NDArray[np.float64]
@@ -108,6 +108,7 @@ def buffered(name: str, combine: Combine) -> Step:
     return of_kind(Step(init, update), REDUCER, name)
 
 
+@described
 def median() -> Step:
     """Coordinate-wise median of the clients' updates (FedMedian).
 
@@ -129,6 +130,7 @@ def median() -> Step:
     return buffered("median()", combine)
 
 
+@described
 def trimmed_mean(beta: float = 0.2) -> Step:
     """Coordinate-wise trimmed mean: drop the ``beta`` largest and smallest, average the rest.
 
@@ -181,6 +183,7 @@ def _in_range(average: Callable[..., Any], rows: Matrix) -> Vector:
     return out
 
 
+@described
 def geometric_median(
     *,
     max_iter: int = 100,

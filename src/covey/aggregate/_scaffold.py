@@ -19,7 +19,7 @@ from covey.aggregate._base import (
     for_federation,
 )
 from covey.aggregate._flat import check_count
-from covey.aggregate._order import CLIENT, of_kind
+from covey.aggregate._order import CLIENT, described, of_kind
 from covey.core._weights import Array, Weights, freeze
 
 SERVER_CONTROL = "scaffold_c"
@@ -35,6 +35,7 @@ class _ScaffoldState(NamedTuple):
     missing: tuple[int, ...] = ()
 
 
+@described
 def scaffold(num_clients: int) -> Step:
     """SCAFFOLD's server control variate ``c``: sent to clients, updated from their ``Delta c_i``.
 

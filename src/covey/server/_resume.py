@@ -187,6 +187,10 @@ def strategy_changes(stored: Any, strategy: Strategy, parts: tuple[str, ...]) ->
     given = json.loads(json.dumps(strategy.describe(), default=str))
     changes = []
     for part in parts:
+        if isinstance(stored.get(part), str):  # the aggregator (None: an older covey's run)
+            if stored[part] != given.get(part):
+                changes.append(f"{part} {stored[part]!r} (the run's) is {given.get(part)!r} now")
+            continue
         if not isinstance(stored.get(part), dict):
             continue
         old, new = _flat(stored[part]), _flat(given.get(part) or {})
@@ -209,7 +213,7 @@ def same_settings(opened: RunStore | None, strategy: Strategy) -> None:
     if opened is None:
         return
     stored = opened.config.get("strategy")
-    changed = strategy_changes(stored, strategy, ("hyperparameters",))
+    changed = strategy_changes(stored, strategy, ("hyperparameters", "aggregator"))
     if changed:
         raise ValueError(
             f"the run in {opened.run_dir} cannot be resumed with other strategy settings "

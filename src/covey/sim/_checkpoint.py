@@ -353,7 +353,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-_STRATEGY_PARTS = ("hyperparameters", "options")
+_STRATEGY_PARTS = ("hyperparameters", "options", "aggregator")
 
 
 def _check_same(store: RunStore, strategy: Strategy, config: dict[str, Any]) -> None:

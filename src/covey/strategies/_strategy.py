@@ -16,6 +16,7 @@ import numpy as np
 
 from covey.aggregate import Step, chain, weighted_mean
 from covey.aggregate._flat import floor_fraction
+from covey.aggregate._order import describe_step
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics, plain
 from covey.core._weights import Array, Weights
@@ -310,11 +311,15 @@ class Strategy:
         return sorted(int(available[int(i)]) for i in picks)
 
     def describe(self) -> dict[str, Any]:
-        """The strategy's name, hyperparameters and options, as JSON-ready values.
+        """The strategy's name, hyperparameters, options and aggregator, as JSON-ready values.
 
         Functions (config functions, a custom ``selector`` or ``where`` predicate)
-        are given by name. :meth:`covey.History.to_json` records this, so a
-        ``history.json`` says which strategy ran and how.
+        are given by name; ``"aggregator"`` is the aggregation step as text, each
+        built-in step with all its arguments (``"chain(weighted_mean(),
+        server_adam(eta=0.1, ...))"``), a step of one's own by its function's
+        name. :meth:`covey.History.to_json` records this, so a ``history.json``
+        says which strategy ran and how, and a resumed run with another
+        aggregator is refused.
 
         Example:
             >>> import covey
@@ -351,6 +356,7 @@ class Strategy:
             "name": self.name,
             "hyperparameters": dict(self.hyperparameters),
             "options": options,
+            "aggregator": describe_step(self.aggregator),
         }
 
     def aggregate(
