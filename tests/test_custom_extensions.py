@@ -423,6 +423,34 @@ def test_a_step_that_emits_no_aggregate_has_the_round_say_so() -> None:
     )
 
 
+def _twice() -> Step:
+    """A reducer of one's own that emits two Aggregates at the End of each round."""
+
+    def update(state: Any, event: Any) -> Any:
+        if isinstance(event, End):
+            ones = {k: np.ones_like(v) for k, v in state.items()}
+            first = Aggregate(event.round, 1, 1, delta=ones)
+            second = Aggregate(event.round, 1, 1, delta={k: 5 * v for k, v in ones.items()})
+            return state, (first, second)
+        if isinstance(event, Begin):
+            return dict(event.params), ()
+        return state, ()
+
+    return Step(lambda params: dict(params), update)
+
+
+def test_a_step_that_emits_two_aggregates_stops_the_run_naming_them() -> None:
+    # The round applied the first and dropped the second without a word, while
+    # Strategy steps after it would fold both (a server optimizer's moments, twice).
+    strategy = covey.Strategy(aggregator=_twice(), fraction_evaluate=0.0)
+    said = "the aggregation step emitted 2 Aggregates at the End of round 1"
+    with pytest.raises(covey.FederationError, match=said) as stopped:
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+    assert isinstance(stopped.value.__cause__, TypeError)
+    with pytest.raises(TypeError, match=said):
+        strategy.aggregate(_init(), [covey.FitResult(delta=_init(), num_examples=1)])
+
+
 @pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
 def test_a_failed_save_is_reported_as_one_not_as_an_aggregation_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

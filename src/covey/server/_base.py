@@ -445,6 +445,7 @@ class _LoopBase:
         """
         try:
             state, out = self.strategy.aggregator.feed(state, End(rnd))
+            aggregate = find_aggregate(out)
         except AggregationError as exc:
             logger.error(
                 "%s %d: aggregation failed, %s is unchanged: %s", self._step, rnd, self._model, exc
@@ -454,7 +455,6 @@ class _LoopBase:
         except Exception as exc:
             raise self._stop(rnd, record, "aggregation", exc) from exc
         self.agg_state = state
-        aggregate = find_aggregate(out)
         if aggregate is None:
             if record.fit_participants:  # a step of one's own that forgot to emit one, say
                 why = f"the aggregation step emitted no Aggregate at the End of {self._step} {rnd}"

@@ -77,8 +77,19 @@ def contribution(
 
 
 def find_aggregate(events: Iterable[Event]) -> Aggregate | None:
-    """The :class:`~covey.aggregate.Aggregate` among a step's output events, if any."""
-    return next((e for e in events if isinstance(e, Aggregate)), None)
+    """The :class:`~covey.aggregate.Aggregate` among a step's output events, if any.
+
+    Raises:
+        TypeError: The step emitted more than one: a round has one aggregate, and
+            taking either would silently drop the other.
+    """
+    found = [e for e in events if isinstance(e, Aggregate)]
+    if len(found) > 1:
+        raise TypeError(
+            f"the aggregation step emitted {len(found)} Aggregates at the End of round "
+            f"{found[0].round}; a round has one: emit a single Aggregate at End"
+        )
+    return found[0] if found else None
 
 
 def fold(
