@@ -8,7 +8,7 @@ crediting the amplification.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -48,3 +48,26 @@ def test_a_subclass_that_keeps_the_sampling_is_accepted() -> None:
         _Named(fraction_fit=0.1, min_fit_clients=0), noise_multiplier=1.0, clip=1.0, delta=1e-5
     )
     assert dp.name.startswith("DP-")
+
+
+def _central(strategy: covey.Strategy) -> covey.Strategy:
+    return privacy.central(strategy, noise_multiplier=1.0, clip=1.0, delta=1e-5)
+
+
+def _ftrl(strategy: covey.Strategy) -> covey.Strategy:
+    return privacy.dp_ftrl(strategy, noise_multiplier=1.0, clip=1.0, delta=1e-5, tree_rounds=2)
+
+
+@pytest.mark.parametrize("outer", [_central, _ftrl], ids=["central", "dp_ftrl"])
+@pytest.mark.parametrize("inner", [_central, _ftrl], ids=["central", "dp_ftrl"])
+def test_a_strategy_with_differential_privacy_already_is_refused_when_wrapped_again(
+    outer: Callable[[covey.Strategy], covey.Strategy],
+    inner: Callable[[covey.Strategy], covey.Strategy],
+) -> None:
+    # dp_ftrl(central(...)) was built, its round-robin replacing the Poisson draw that
+    # central's accountant charges, and failed only as the run started ("round 0 was
+    # not sampled by the selector it installs"); central(central(...)) said "drop the
+    # selector" of a user who gave none.
+    wrapped = inner(covey.FedAvg(fraction_fit=0.5, min_fit_clients=0))
+    with pytest.raises(ValueError, match=f"{wrapped.name} already has differential privacy"):
+        outer(wrapped)

@@ -277,6 +277,20 @@ def _check(
         check_target_epsilon(target_epsilon)
 
 
+def refuse_nested(strategy: Strategy, mechanism: str) -> None:
+    """Refuse a strategy that one of covey's DP mechanisms already wraps.
+
+    The outer mechanism would replace the inner one's sampling, which the inner
+    one's accountant still charges, and clip and noise the round a second time.
+    """
+    inner = [hook.mech.name for hook in strategy.hooks if isinstance(hook, PrivacyHook)]
+    if inner:
+        raise ValueError(
+            f"{mechanism}: {strategy.name} already has differential privacy ({inner[0]}); "
+            "apply only one mechanism, to the strategy without differential privacy"
+        )
+
+
 def refuse_own_sampling(strategy: Strategy, mechanism: str) -> None:
     """Refuse a strategy class whose ``sample`` would pick the clients instead of the mechanism.
 
@@ -355,6 +369,7 @@ def central(
     _check(noise_multiplier, clip, delta, target_epsilon, expected_clients, noise_seed)
     if strategy.asynchronous:
         raise ValueError("central DP needs synchronous rounds (no buffer_size)")
+    refuse_nested(strategy, "central DP")
     if strategy.selector is not None:
         raise ValueError("central DP samples clients itself (Poisson); drop the selector")
     refuse_own_sampling(strategy, "central DP (Poisson sampling)")

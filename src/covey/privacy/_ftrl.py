@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from covey.core._messages import plain
-from covey.privacy._central import PrivacyHook, _check, refuse_own_sampling
+from covey.privacy._central import PrivacyHook, _check, refuse_nested, refuse_own_sampling
 from covey.privacy._step import Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
 from covey.strategies._names import FLOWER_DP_OPTIONS, a_strategy, flower_keywords
@@ -85,6 +85,7 @@ def dp_ftrl(
     _check(noise_multiplier, clip, delta, target_epsilon, expected_clients, noise_seed)
     if strategy.asynchronous:
         raise ValueError("DP-FTRL needs synchronous rounds (no buffer_size)")
+    refuse_nested(strategy, "DP-FTRL")
     refuse_own_sampling(strategy, "DP-FTRL (round-robin, each client once per tree)")
     if strategy.fit_round is not None:
         raise ValueError(
