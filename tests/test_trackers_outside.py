@@ -372,3 +372,24 @@ def test_a_round_redone_after_a_resume_shows_once_in_tensorboard(tmp_path: Path)
     events.Reload()
     got = [(e.step, e.value) for e in events.Scalars("central/loss")]
     assert got == [(0, 1.0), (1, 0.5), (2, 12.0), (3, 13.0)]
+
+
+def test_mlflow_names_a_deleted_experiment_or_run_and_a_name_it_refuses(tmp_path: Path) -> None:
+    from covey.trackers import MLflowLogger
+
+    with MLflowLogger(tmp_path, experiment="gone") as first:
+        first(RoundRecord(round=1, central_loss=0.5))
+    found = first.client.get_experiment_by_name("gone")
+    assert found is not None
+    first.client.delete_run(first.run_id)
+    with pytest.raises(ValueError, match=r"run_id '\w+': that MLflow run was deleted"):
+        MLflowLogger(tmp_path, experiment="gone", run_id=first.run_id)
+    first.client.delete_experiment(found.experiment_id)
+    with pytest.raises(ValueError, match=r"experiment 'gone' \(id \d+\) is deleted.*restore"):
+        MLflowLogger(tmp_path, experiment="gone")
+    first.client.restore_experiment(found.experiment_id)
+    with MLflowLogger(tmp_path, experiment="gone") as again:
+        again(RoundRecord(round=1, central_loss=0.25))
+    for name in ("", "e" * 600):
+        with pytest.raises(ValueError, match=r"experiment '.*' cannot be created: "):
+            MLflowLogger(tmp_path, experiment=name)

@@ -173,8 +173,11 @@ class MLflowLogger:
 
     Raises:
         ValueError: MLflow cannot use ``store`` (e.g. a database URI without the
-            full ``mlflow`` package), ``run_id`` names no run of ``experiment`` in ``store``, or
-            ``params`` changes a value the run already holds.
+            full ``mlflow`` package), MLflow refuses ``experiment`` as a name (empty,
+            over 500 characters), ``experiment`` or ``run_id`` was deleted (MLflow
+            takes no run into a deleted experiment until it is restored), ``run_id``
+            names no run of ``experiment`` in ``store``, or ``params`` changes a value
+            the run already holds.
 
     Attributes:
         run_id: The MLflow run's id.
@@ -201,10 +204,7 @@ class MLflowLogger:
             self.client = MlflowClient(tracking_uri=uri)
         except MlflowException as exc:
             raise ValueError(_unsupported(uri, exc)) from exc
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = (
-            found.experiment_id if found is not None else self.client.create_experiment(experiment)
-        )
+        experiment_id = self._experiment(experiment)
         given = {str(k): str(v) for k, v in (params or {}).items()}
         names = mlflow_names(given, group=False)
         self._held: set[str] = set()
@@ -220,6 +220,32 @@ class MLflowLogger:
         self._names: dict[str, str] = {}  # each tag's MLflow name, kept for the run
         self._warned = False
 
+    def _experiment(self, experiment: str) -> str:
+        """The id of the active experiment named ``experiment``, created if missing.
+
+        Raises:
+            ValueError: MLflow refuses the name (empty, too long), or the experiment
+                was deleted (MLflow keeps a deleted experiment's name, and takes no
+                run into it, until it is restored or removed for good).
+        """
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                return self.client.create_experiment(experiment)
+            except MlflowException as exc:
+                said = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+                raise ValueError(
+                    f"MLflowLogger: experiment {experiment!r} cannot be created: {said}"
+                ) from exc
+        if found.lifecycle_stage != "active":
+            raise ValueError(
+                f"MLflowLogger: experiment {experiment!r} (id {found.experiment_id}) is "
+                "deleted, and MLflow takes no run into it: restore it "
+                f"(MlflowClient.restore_experiment({found.experiment_id!r})), remove it for "
+                "good (mlflow gc), or give another experiment name"
+            )
+        return str(found.experiment_id)
+
     def _continue(
         self, run_id: str, experiment_id: str, experiment: str, wanted: dict[str, str]
     ) -> dict[str, str]:
@@ -230,6 +256,12 @@ class MLflowLogger:
             run = None
         if run is None or run.info.experiment_id != experiment_id:
             raise ValueError(f"run_id {run_id!r}: no such MLflow run in experiment {experiment!r}")
+        if run.info.lifecycle_stage != "active":
+            raise ValueError(
+                f"run_id {run_id!r}: that MLflow run was deleted, and MLflow logs nothing "
+                f"more to it: restore it (MlflowClient.restore_run({run_id!r})), or start a "
+                "new run (no run_id)"
+            )
         self._held = set(run.data.metrics)  # the names of the metrics logged before
         held = run.data.params
         changed = sorted(k for k, v in wanted.items() if k in held and not _same(held[k], v))
