@@ -251,3 +251,42 @@ def test_a_finished_run_killed_before_its_model_was_written_gets_it_on_resume(
     third = covey_run("--resume", str(folder))
     assert third.returncode == 2, third.stdout + third.stderr
     assert "nothing to resume" in " ".join((third.stdout + third.stderr).split())
+
+
+def test_a_resumed_run_killed_before_its_model_was_written_gets_the_final_one(
+    tmp_path: Path,
+) -> None:
+    # A resumed run killed after it finished and before model.safetensors was
+    # written kept the model its first part wrote (of round 2, the history going
+    # to round 4), and `--resume` took the file for the run's model: it said
+    # "nothing to resume" and left the earlier model in place.
+    root, env = _new_project(tmp_path, "stale-fed")
+
+    def covey_run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "covey", "run", *args]
+        return subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    first = covey_run("--set", "rounds=2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    (folder,) = (root / "runs").iterdir()
+    model = folder / "model.safetensors"
+    earlier = model.read_bytes()
+    more = covey_run("--resume", str(folder), "--set", "rounds=4")
+    assert more.returncode == 0, more.stdout + more.stderr
+    with safe_open(str(model), "numpy") as f:
+        final = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    model.write_bytes(earlier)  # where a kill before the model was written left the folder
+    again = covey_run("--resume", str(folder))
+    assert again.returncode == 0, again.stdout + again.stderr
+    said = " ".join(again.stdout.split())
+    assert "finished after round 4, but its model.safetensors was the model after round 2" in said
+    with safe_open(str(model), "numpy") as f:
+        assert f.metadata()["covey_round"] == "4"
+        assert sorted(f.keys()) == sorted(final)
+        for k in final:
+            assert (f.get_tensor(k) == final[k]).all()
+    third = covey_run("--resume", str(folder))
+    assert third.returncode == 2, third.stdout + third.stderr
+    assert "nothing to resume" in " ".join((third.stdout + third.stderr).split())

@@ -8,6 +8,9 @@ keeps the model after its last complete round: the last round of its
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -145,33 +148,69 @@ def keep_model(
     return f"the model after round {done}, the last complete one, is in {path}"
 
 
+def model_round(path: Path) -> int | None:
+    """The round a run's model file says it holds (its ``covey_round``); None if it says none.
+
+    Only the file's header is read (its length capped as the run store caps it).
+    A file that is missing, unreadable, not a regular file, not safetensors or
+    without the metadata gives None.
+    """
+    from covey.server._roundfiles import MAX_HEADER_BYTES
+
+    try:
+        # A named pipe would block for ever: only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= MAX_HEADER_BYTES:
+                return None
+            stored = json.loads(f.read(length))["__metadata__"]["covey_round"]
+        return int(stored) if isinstance(stored, str) and stored.isdigit() else None
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+
+
 def restore_model(run_dir: Path, rounds: int, console: Console) -> str | None:
-    """Write the model of a finished run whose ``model.safetensors`` is missing; say so.
+    """Write the model of a finished run whose ``model.safetensors`` is missing or stale; say so.
 
     A run killed after its store marked it finished and before the model was
     written (SIGKILL, a power cut) keeps its last round's weights in the run
-    folder: those are the model. Nothing is done (None) unless the run in
-    ``run_dir`` is finished, ``rounds`` asks for no more rounds than it ran, and
-    its model file is missing.
+    folder: those are the model. A resumed run so killed still holds the model
+    its first part wrote, of an earlier round: it is replaced too. Nothing is
+    done (None) unless the run in ``run_dir`` is finished, ``rounds`` asks for
+    no more rounds than it ran, and its model file is missing or not of its
+    last round.
     """
     from safetensors import SafetensorError
 
     from covey.server._store import RunStore
 
-    if (run_dir / MODEL_FILE).exists():
-        return None
+    path = run_dir / MODEL_FILE
+    present = path.exists() or path.is_symlink()
+    held = model_round(path) if present else None
     try:
         with RunStore.open(run_dir) as store:
             last = store.last_round()
             if store.info()["status"] != "finished" or last is None or rounds > last:
+                return None
+            if present and held == last:
                 return None
             weights, _, _ = store.load_round(last)
     except (OSError, ValueError, KeyError, SafetensorError):
         return None  # the resume says what is wrong with the folder
     if not save_model(run_dir, last, weights, console):
         return None
+    if not present:
+        was = "missing"
+    elif held is None:
+        was = "not the model after its last round"
+    else:
+        was = f"the model after round {held}"
     return (
         f"the run in {run_dir} finished after round {last}, but its {MODEL_FILE} was "
-        f"missing (the run was stopped before writing it): the model after round {last}, "
-        f"kept in its run folder, is now in {run_dir / MODEL_FILE}"
+        f"{was} (the run was stopped before writing it): the model after round {last}, "
+        f"kept in its run folder, is now in {path}"
     )
