@@ -393,3 +393,21 @@ def test_mlflow_names_a_deleted_experiment_or_run_and_a_name_it_refuses(tmp_path
     for name in ("", "e" * 600):
         with pytest.raises(ValueError, match=r"experiment '.*' cannot be created: "):
             MLflowLogger(tmp_path, experiment=name)
+
+
+def test_a_closed_tracker_refuses_another_round_instead_of_mixing_runs(tmp_path: Path) -> None:
+    from covey.trackers import MLflowLogger, TensorBoardLogger
+
+    with MLflowLogger(tmp_path / "ml", run_name="first") as ml:
+        ml(RoundRecord(round=1, central_loss=0.5))
+    # before: logged into the finished first run, mixed with its rounds
+    with pytest.raises(ValueError, match=rf"MLflow run {ml.run_id} is closed.*run_id="):
+        ml(RoundRecord(round=1, central_loss=0.25))
+    history = ml.client.get_metric_history(ml.run_id, "central/loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+    with TensorBoardLogger(tmp_path / "tb") as tb:
+        tb(RoundRecord(round=1, central_loss=0.5))
+    # before: the tensorboard writer's bare "OSError: Writer is closed"
+    with pytest.raises(ValueError, match=r"TensorBoardLogger: the event file in .* is closed"):
+        tb(RoundRecord(round=1, central_loss=0.25))
+    tb.close()  # closing twice is harmless

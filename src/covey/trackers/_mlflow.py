@@ -284,7 +284,17 @@ class MLflowLogger:
         under the name it had. The tags are those of :func:`round_scalars`: a
         metric named ``loss`` is logged as ``central/loss_metric``
         (``federated/``, ``fit/``), never over the round's ``central/loss``.
+
+        Raises:
+            ValueError: the logger is closed (its MLflow run ended): a second run
+                would mix its rounds into the first's.
         """
+        if self._closed:
+            raise ValueError(
+                f"MLflowLogger: MLflow run {self.run_id} is closed (its logger left its `with` "
+                "block or was closed): make a new MLflowLogger for another run, or give it "
+                f"run_id={self.run_id!r} to log more rounds to this one"
+            )
         stamp = int(time.time() * 1000)
         scalars = round_scalars(record)
         names = self._names_of(scalars)

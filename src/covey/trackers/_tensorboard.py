@@ -51,6 +51,7 @@ class TensorBoardLogger:
         self._prefix = prefix
         self._writer = EventFileWriter(str(self.logdir))
         self._started = False
+        self._closed = False
 
     def __call__(self, record: RoundRecord) -> None:
         """Write the round's scalars at step ``record.round``, then flush.
@@ -62,7 +63,16 @@ class TensorBoardLogger:
         is logged as ``central/loss_metric`` (``federated/``, ``fit/``), never
         over the round's ``central/loss``, and a metric name UTF-8 cannot write
         is logged escaped.
+
+        Raises:
+            ValueError: the logger is closed (its event file is).
         """
+        if self._closed:
+            raise ValueError(
+                f"TensorBoardLogger: the event file in {self.logdir} is closed (its logger "
+                "left its `with` block or was closed): make a new TensorBoardLogger for "
+                "another run (the same folder continues it)"
+            )
         if not self._started:
             start = SessionLog(status=SessionLog.START)
             self._writer.add_event(
@@ -78,8 +88,9 @@ class TensorBoardLogger:
         self._writer.flush()
 
     def close(self) -> None:
-        """Flush and close the event file."""
+        """Flush and close the event file. Closing twice is harmless."""
         self._writer.close()
+        self._closed = True
 
     def __enter__(self) -> Self:
         return self
