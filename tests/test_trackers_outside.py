@@ -411,3 +411,27 @@ def test_a_closed_tracker_refuses_another_round_instead_of_mixing_runs(tmp_path:
     with pytest.raises(ValueError, match=r"TensorBoardLogger: the event file in .* is closed"):
         tb(RoundRecord(round=1, central_loss=0.25))
     tb.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("name", ["TensorBoardLogger", "MLflowLogger"])
+def test_a_log_folder_that_cannot_be_written_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # A folder there already on a read-only mount: before, the tensorboard writer's
+    # thread failed with a bare OSError on a bytes path (and printed its traceback),
+    # MLflow with one naming its `.trash` folder.
+    import errno
+    import tempfile
+
+    import covey.trackers
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)  # no file can be made there
+    logger = getattr(covey.trackers, name)
+    with pytest.raises(OSError, match=f"{name}: cannot write to {folder}: Read-only file system"):
+        logger(folder)
+    assert list(folder.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ def log_folder(path: str | Path, what: str) -> Path:
 
     Raises:
         NotADirectoryError: ``path`` or one of its parents is a file.
-        OSError: the folder cannot be made (e.g. no permission), naming it.
+        OSError: the folder cannot be made or written to (e.g. no permission, a
+            read-only file system), naming it.
     """
     folder = Path(path)
     for part in (folder, *folder.parents):
@@ -122,4 +124,9 @@ def log_folder(path: str | Path, what: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OSError(f"{what}: cannot make the folder {folder}: {exc.strerror or exc}") from exc
+    try:  # a folder there already may be read-only (a read-only mount, another user's)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(f"{what}: cannot write to {folder}: {exc.strerror or exc}") from exc
     return folder
