@@ -19,6 +19,43 @@ def torch_module() -> Any:
         ) from exc
 
 
+def torch_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` this machine has, or a ValueError saying what to give.
+
+    ``torch.device("cuda")`` is accepted on a machine without CUDA; only moving a
+    tensor there fails, with an AssertionError that names neither the argument
+    nor the fix. Checked here for CUDA and MPS (the backends torch can tell are
+    missing); other device types are left to torch.
+    """
+    torch = torch_module()
+    if not isinstance(device, str | int | torch.device) or isinstance(device, bool):
+        raise TypeError(
+            f"device must be a str such as 'cpu' or 'cuda:0', or a torch.device, got "
+            f"{type(device).__name__} {device!r}"
+        )
+    try:
+        out = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"device {device!r} is not a torch device ({exc}): give e.g. 'cpu' or 'cuda:0'"
+        ) from None
+    if out.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (out.index or 0) >= count:
+            fix = (
+                f"it has {count} CUDA device(s): give an index below {count}"
+                if count
+                else "it has no CUDA device, or torch was built without CUDA: give device='cpu'"
+            )
+            raise ValueError(f"device {device!r} is not available on this machine: {fix}")
+    if out.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {device!r} is not available: this machine (or torch build) has no MPS "
+            "support; give device='cpu'"
+        )
+    return out
+
+
 def named_parameters(module: Any) -> dict[str, Any]:
     """``{name: parameter}`` of a ``torch.nn.Module`` (the names its state_dict uses)."""
     return dict(module.named_parameters())

@@ -18,7 +18,7 @@ from covey.clients import (
     torch_tensors,
 )
 from covey.clients._scaffold import server_control
-from covey.clients._torch import torch_module
+from covey.clients._torch import torch_device, torch_module
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
@@ -199,6 +199,7 @@ def evaluate_model(
         for the classifiers above.
     """
     torch = torch_module()
+    device = torch_device(device)
     regression, probabilities = _regression_or_probabilities(loss_fn)
     summed = _summed(loss_fn)
     threshold = 0.5 if probabilities else 0.0
@@ -327,7 +328,8 @@ class TorchClient(Client):
         test_loader: Batches to evaluate on, re-iterable too (None: evaluate on
             ``train_loader``).
         epochs: Passes over ``train_loader`` per fit.
-        device: Where to train, e.g. ``"cpu"`` or ``"cuda:0"``; the model is moved there.
+        device: Where to train, e.g. ``"cpu"`` or ``"cuda:0"``; the model is moved there
+            (a CUDA or MPS device this machine lacks is refused with a ValueError).
         scaffold_path: Under SCAFFOLD, a file in which the client keeps ``c_i`` between
             runs (a deployed client that restarts resumes it); None keeps it in memory.
 
@@ -361,7 +363,7 @@ class TorchClient(Client):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         _check_arguments(torch, loss_fn, optimizer_fn, train_loader, test_loader)
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
         self._summed = _summed(loss_fn)

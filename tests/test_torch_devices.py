@@ -1,0 +1,72 @@
+"""covey.torch: a device the machine lacks, or a device argument that is none, is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from covey.torch import TorchClient, evaluate_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: the models are tiny and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _loader(n: int = 16, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)),
+        batch_size=8,
+    )
+
+
+def _client(device: Any) -> TorchClient:
+    return TorchClient(
+        nn.Linear(4, 3),
+        nn.CrossEntropyLoss(),
+        lambda p: torch.optim.SGD(p, lr=0.1),
+        _loader(),
+        device=device,
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda", 0)])
+def test_a_cuda_device_on_a_machine_without_one_is_refused_naming_it(device: Any) -> None:
+    with pytest.raises(ValueError, match=r"device .*cuda.* is not available.*device='cpu'"):
+        _client(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_central_evaluation_on_a_missing_cuda_device_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available.*device='cpu'"):
+        evaluate_model(nn.Linear(4, 3), nn.CrossEntropyLoss(), _loader(), device="cuda")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_an_mps_device_on_a_machine_without_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"device 'mps' is not available.*device='cpu'"):
+        _client("mps")
+
+
+def test_a_string_that_is_no_device_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a torch device.*'cpu' or 'cuda:0'"):
+        _client("gpu")
+
+
+@pytest.mark.parametrize("device", [3.5, True, None])
+def test_a_device_of_another_type_is_refused_naming_it(device: Any) -> None:
+    with pytest.raises(TypeError, match=r"device must be a str .* got "):
+        _client(device)
