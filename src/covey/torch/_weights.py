@@ -24,6 +24,23 @@ def _state(source: Any) -> Mapping[str, Any]:
     return state_dict()  # type: ignore[no-any-return]
 
 
+_EXTRA_STATE = "_extra_state"  # torch's name for a module's get_extra_state() entry
+
+
+def _tensors(state: Mapping[str, Any], torch: Any) -> dict[str, Any]:
+    """``state`` without the modules' extra state that is not a tensor.
+
+    A module with ``get_extra_state`` (a layer's settings, a tokenizer's
+    vocabulary) adds its return value to the ``state_dict`` as
+    ``<module>._extra_state``: any picklable object, which holds no weights.
+    """
+    return {
+        name: value
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor) or name.rpartition(".")[2] != _EXTRA_STATE
+    }
+
+
 def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
     """A module's ``state_dict`` (parameters and buffers) as named NumPy arrays.
 
@@ -40,7 +57,9 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
             ``safetensors.numpy.save_file``, silently).
 
     Returns:
-        ``{name: array}`` in the ``state_dict``'s order.
+        ``{name: array}`` in the ``state_dict``'s order. A module's extra state
+        that is not a tensor (``get_extra_state``, named ``..._extra_state``)
+        holds no weights and is left out; :func:`load_weights` leaves it as it is.
 
     Example:
         >>> import torch
@@ -51,7 +70,7 @@ def to_weights(source: Any, *, copy: bool = False) -> dict[str, Array]:
     """
     torch = torch_module()
     out: dict[str, Array] = {}
-    for name, tensor in _state(source).items():
+    for name, tensor in _tensors(_state(source), torch).items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"state_dict entry {name!r} is {type(tensor).__name__}, not a tensor")
         t = tensor.detach()
@@ -172,7 +191,7 @@ def load_weights(module: Any, weights: Weights) -> None:
     name's aggregate is dropped.
     """
     torch = torch_module()
-    state = module.state_dict(keep_vars=True)
+    state = _tensors(module.state_dict(keep_vars=True), torch)
     _check_names(weights, list(state))
     for name, target in state.items():  # every check before the first copy: all or nothing
         shape = tuple(np.shape(weights[name]))
