@@ -40,6 +40,30 @@ def _opacus() -> Any:
         raise MissingExtraError("DP-SGD needs Opacus: pip install 'covey[torch]'") from exc
 
 
+def _check_layers(module: Any) -> None:
+    """Refuse layers Opacus cannot train privately, naming each and how to replace it.
+
+    Opacus' own error gives its reasons as one list, without the layers' names.
+    """
+    validators = importlib.import_module("opacus.validators")
+    checks = validators.ModuleValidator.VALIDATORS
+    found = [
+        f"{name or 'the model'!r} ({type(layer).__name__})"
+        for name, layer in module.named_modules()
+        if type(layer) in checks
+        and any(p.requires_grad for p in layer.parameters())
+        and checks[type(layer)](layer)
+    ]
+    if found:
+        raise ValueError(
+            f"Opacus cannot train these layers with DP-SGD: {', '.join(found)}. A BatchNorm "
+            "mixes the examples of a batch, so no example has a gradient of its own; LSTM, "
+            "GRU and MultiheadAttention need Opacus' versions. "
+            "opacus.validators.ModuleValidator.fix(model) replaces them (BatchNorm by "
+            "GroupNorm); then build the optimizer on the fixed model's parameters"
+        )
+
+
 class DPSGD:
     """Private local training for a torch model: Opacus DP-SGD plus a per-client ledger.
 
@@ -47,7 +71,9 @@ class DPSGD:
         module: The ``torch.nn.Module`` to train. Opacus wraps it in place: load
             and read its weights through ``module`` itself (``covey.torch.to_weights``,
             ``load_weights``); :attr:`module`, the wrapper, names them with a
-            ``_module.`` prefix that the global model does not have.
+            ``_module.`` prefix that the global model does not have. Its layers
+            must be ones Opacus trains (no BatchNorm: a ValueError names them);
+            in eval mode or training mode, as it is left.
         optimizer: Its optimizer.
         data_loader: The client's training data; batches are redrawn by Poisson
             sampling with rate ``1 / len(data_loader)`` (Opacus' rate, which the
@@ -129,6 +155,11 @@ class DPSGD:
                 "(Opacus secure_mode needs torchcsprng)"
             )
         generator = None if seed is None else torch.Generator().manual_seed(seed)
+        _check_layers(module)
+        # Opacus refuses a module in eval mode (as one is after evaluating the global
+        # model); train() puts it in training mode anyway, so its mode is kept instead.
+        training = module.training
+        module.train()
         self.module, self.optimizer, self.data_loader = self.engine.make_private(
             module=module,
             optimizer=optimizer,
@@ -138,6 +169,7 @@ class DPSGD:
             poisson_sampling=True,
             noise_generator=generator,
         )
+        self.module.train(training)
         # the rate Opacus' Poisson loader samples at (1 / batches per epoch), not batch/n:
         # with drop_last or a partial last batch the two differ, and the ledger must
         # account what was drawn
