@@ -1,4 +1,4 @@
-"""covey.torch: a device the machine lacks, or a device argument that is none, is refused."""
+"""covey.torch: a device the machine lacks, or a batch that is no pair, is refused naming it."""
 
 from __future__ import annotations
 
@@ -70,3 +70,22 @@ def test_a_string_that_is_no_device_is_refused_naming_it() -> None:
 def test_a_device_of_another_type_is_refused_naming_it(device: Any) -> None:
     with pytest.raises(TypeError, match=r"device must be a str .* got "):
         _client(device)
+
+
+@pytest.mark.parametrize(
+    ("batches", "said"),
+    [
+        (
+            [(torch.randn(4, 4), torch.zeros(4, dtype=torch.long), torch.ones(4))],
+            "got a tuple of 3",
+        ),
+        ([[torch.randn(4, 4)]], "got a list of 1 item"),
+    ],
+)
+def test_a_batch_that_is_no_pair_is_named_with_its_length(batches: Any, said: str) -> None:
+    client = TorchClient(
+        nn.Linear(4, 3), nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), batches
+    )
+    weights = {k: v.detach().numpy().copy() for k, v in client.model.state_dict().items()}
+    with pytest.raises(TypeError, match=f"must be a pair \\(inputs, targets\\), {said}"):
+        client.fit(weights, {"round": 1})

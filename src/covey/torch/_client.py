@@ -40,9 +40,11 @@ def _move(batch: Any, device: Any) -> Any:
 
 def _split(batch: Any) -> tuple[Any, Any]:
     if not isinstance(batch, list | tuple) or len(batch) != 2:
+        got = type(batch).__name__
+        if isinstance(batch, list | tuple):  # a list or tuple is fine, of two items
+            got = f"a {got} of {len(batch)} item(s)"
         raise TypeError(
-            "each batch of the data loader must be a pair (inputs, targets), got "
-            f"{type(batch).__name__}"
+            f"each batch of the data loader must be a pair (inputs, targets), got {got}"
         )
     return batch[0], batch[1]
 
