@@ -1,4 +1,4 @@
-"""DP-SGD through Opacus: layers it cannot train are named, a model in eval mode is taken."""
+"""DP-SGD through Opacus: what it cannot train is named, a model in eval mode is taken."""
 
 from __future__ import annotations
 
@@ -54,3 +54,10 @@ def test_a_model_in_eval_mode_is_taken_and_trained() -> None:
     assert math.isfinite(loss)
     assert net.training
     assert dp.epsilon() > 0
+
+
+def test_a_model_already_made_private_is_refused_saying_to_keep_one_dpsgd() -> None:
+    net = _mlp()
+    _dpsgd(net).train(epochs=1)
+    with pytest.raises(ValueError, match=r"already made private by another DPSGD.*one DPSGD"):
+        _dpsgd(net)

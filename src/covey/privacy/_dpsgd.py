@@ -155,6 +155,12 @@ class DPSGD:
                 "(Opacus secure_mode needs torchcsprng)"
             )
         generator = None if seed is None else torch.Generator().manual_seed(seed)
+        if hasattr(module, "autograd_grad_sample_hooks"):  # Opacus' mark on a wrapped module
+            raise ValueError(
+                "this module was already made private by another DPSGD (Opacus wraps it "
+                "in place, once): build one DPSGD per model and call its train() every "
+                "round, or give a new model"
+            )
         _check_layers(module)
         # Opacus refuses a module in eval mode (as one is after evaluating the global
         # model); train() puts it in training mode anyway, so its mode is kept instead.
