@@ -60,6 +60,25 @@ def test_a_client_given_certificates_and_insecure_names_its_flags(tmp_path: Path
     )
 
 
+def test_a_client_certificate_without_its_ca_is_refused_naming_the_flags() -> None:
+    # With --insecure and no --ca, --cert and --key were ignored without a word.
+    base = ["client", "--app", "digits_app:client_fn", "--cid", "0", "--server", "127.0.0.1:1"]
+    base += ["--retry-for", "0"]  # were they used, nothing would be there to connect to
+    code, out = covey(*base, "--insecure", "--cert", "c.pem", "--key", "c.key")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --cert --key without --ca: --insecure connects without TLS, so they would be "
+        "passed over; give --ca CA.pem with them (mutual TLS), or --certs DIR --name NAME, "
+        "or leave them out with --insecure"
+    )
+    code, out = covey(*base, "--key", "c.key")
+    assert code == 2, out
+    assert last_line(out).startswith(
+        "error: --key without --ca: a client certificate is used only under TLS, which needs "
+        "the CA; give --ca CA.pem"
+    )
+
+
 def test_a_client_function_without_cid() -> None:
     code, out = covey("client", "--app", "digits_app:client_fn", "--server", "127.0.0.1:1")
     assert code == 2

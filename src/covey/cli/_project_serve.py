@@ -84,7 +84,7 @@ def serve_project(
             f'no certs {where}: give certs = "DIR" (a folder made by `covey certs init '
             "--dir DIR`), or insecure = true for a local experiment without TLS"
         )
-    certs = _security(settings.path(fed.get("certs")), insecure)
+    certs, tls = _security(settings.path(fed.get("certs")), insecure)
     port_file = output_file(settings.path(fed.get("port_file")), f"port-file {where}")
     run_dir = _served_run_dir(settings, name, where, resume)
     hint = project_resume_hint(settings, name, run_dir)
@@ -113,6 +113,7 @@ def serve_project(
         "address": address,
         "address_flag": f"address {where}",
         "certs": certs,
+        "tls": tls,
         "insecure": insecure,
         "rounds": rounds,
         "plot": plot,

@@ -161,8 +161,13 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
     return run_dir
 
 
-def _security(certs: Path | None, insecure: bool) -> Path | None:
-    """Check ``--certs`` / ``--insecure``: exactly one, and the folder is a federation's."""
+def _security(certs: Path | None, insecure: bool) -> tuple[Path | None, Any]:
+    """Check ``--certs`` / ``--insecure``: exactly one, and the folder is a federation's.
+
+    Returns the folder and the TLS material read from it (None without TLS), which
+    the server is given as read: read again, every warning about a file (a
+    certificate not valid yet, a key others can read) would be printed twice.
+    """
     if certs is None and not insecure:
         fail(
             "no --certs: give --certs DIR (a folder made by `covey certs init --dir DIR`), "
@@ -182,11 +187,11 @@ def _security(certs: Path | None, insecure: bool) -> Path | None:
         from covey.deploy._tls import tls_from_dir
 
         try:
-            tls_from_dir(certs)
+            return certs, tls_from_dir(certs)
         except (OSError, ValueError) as exc:
             fail(f"--certs {certs}: {exc}")
     # Without TLS, serve() itself warns (naming the address anyone can join at).
-    return certs
+    return certs, None
 
 
 def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
@@ -227,7 +232,8 @@ def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
                 server_app.weights,
                 flags["address"],
                 evaluate_fn=server_app.evaluate_fn,
-                certs=flags["certs"],
+                tls=flags.get("tls"),  # read from --certs once, when it was checked
+                certs=None if flags.get("tls") is not None else flags["certs"],
                 insecure=flags["insecure"],
                 run_dir=run,
                 resume=resuming,
@@ -408,13 +414,14 @@ def server_command(
     resume_dir = _path(_pick(resume, s, "resume", None))
     server_app = _server_app(_pick(app, s, "app", None), resume_dir)
     insecure = insecure or bool(s.get("insecure", False))
-    certs_dir = _security(_path(_pick(certs, s, "certs", None)), insecure)
+    certs_dir, tls = _security(_path(_pick(certs, s, "certs", None)), insecure)
     given = _path(_pick(run_dir, s, "run_dir", None))
     listen_at = _listen_address(_pick(address, s, "address", None))  # before a folder is made
     flags = {
         "port_file": output_file(_path(_pick(port_file, s, "port_file", None)), "--port-file"),
         "address": listen_at,
         "certs": certs_dir,
+        "tls": tls,
         "insecure": insecure,
         "rounds": number(_pick(rounds, s, "rounds", None), "--rounds", integer=True, zero=True),
         "round_timeout": number(_pick(round_timeout, s, "round_timeout", None), "--round-timeout"),

@@ -49,7 +49,14 @@ def _fail(message: str) -> NoReturn:
 
 
 def _call(function: Callable[[], _T]) -> _T:
-    """Run an API call, turning its expected errors into one red line and exit code 2."""
+    """Run an API call, turning its expected errors into one red line and exit code 2.
+
+    Its warnings (a CA key other users can read) are logged as ``covey server``'s are.
+    """
+    from covey.deploy._cli_errors import console
+    from covey.deploy._cli_logs import setup_logging
+
+    setup_logging(console, False)
     try:
         return function()
     except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:

@@ -77,6 +77,17 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
         given = "--certs DIR" if certs_dir is not None else "--ca/--cert/--key"
         fail(f"give {given} or --insecure, not both")
     files = [f"--{k}" for k in ("ca", "cert", "key") if _pick(flags[k], s, k, None) is not None]
+    if ca is None and certs_dir is None and files:  # --cert/--key alone: no TLS to use them in
+        fail(
+            f"{' '.join(files)} without --ca: "
+            + (
+                "--insecure connects without TLS, so they would be passed over; "
+                if flags["insecure"]
+                else "a client certificate is used only under TLS, which needs the CA; "
+            )
+            + "give --ca CA.pem with them (mutual TLS), or --certs DIR --name NAME"
+            + (", or leave them out with --insecure" if flags["insecure"] else "")
+        )
     if certs_dir is not None and files:  # else those files would be passed over unread
         fail(
             f"give --certs DIR --name NAME or --ca/--cert/--key, not both: {' '.join(files)} "

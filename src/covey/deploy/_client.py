@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from covey.deploy._keymode import warn_if_open
 from covey.deploy._pem import check_ca, check_dates, check_pair, check_purpose
 from covey.transport.grpc._client import ClientTLS, connect
 
@@ -26,6 +27,8 @@ def client_tls(
     server_name: str | None = None,
 ) -> ClientTLS:
     """Load a client's TLS material from PEM files, checked before any connection.
+
+    A ``key`` file other users can read is warned of (``chmod 600`` fixes it).
 
     Raises:
         OSError: A file cannot be read (the error names it and what it holds).
@@ -54,6 +57,7 @@ def client_tls(
     )
     if tls.cert is not None and tls.key is not None:
         check_pair(tls.cert, tls.key, str(cert), str(key))
+        warn_if_open(str(key), "the client's private key")
         check_dates(
             tls.cert,
             str(cert),

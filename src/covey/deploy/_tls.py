@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from covey.deploy._keymode import warn_if_open
 from covey.deploy._pem import (
     check_ca,
     check_dates,
@@ -26,7 +27,8 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
 
     The files are checked before the server listens: the CA and the server's
     certificate must be PEM, the key must be the certificate's, and the
-    revocation list must be readable.
+    revocation list must be readable. A key file other users can read is
+    warned of (``chmod 600`` fixes it).
 
     Raises:
         FileNotFoundError: A file of the federation is missing.
@@ -67,6 +69,7 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
         f"with `covey certs renew-server --dir {d}` (where ca.key is)",
     )
     load_revoked(d)  # a damaged list refuses the start, not every client that joins
+    warn_if_open(d / "server.key", "the server's private key")
     return tls
 
 

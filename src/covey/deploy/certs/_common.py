@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from covey.deploy._keymode import warn_if_open
+
 KeyType: TypeAlias = Literal["ec", "rsa", "ed25519"]
 """Kinds of key :func:`~covey.deploy.certs.init_federation` can make.
 
@@ -167,7 +169,10 @@ def existing_federation(directory: str | os.PathLike[str]) -> Path:
 
 
 def load_ca(root: Path) -> tuple[x509.Certificate, PrivateKey]:
-    """Read the CA certificate and its private key, checking that they match."""
+    """Read the CA certificate and its private key, checking that they match.
+
+    A key file other users can read is warned of (``chmod 600`` fixes it).
+    """
     key_path = root / CA_KEY
     if not key_path.is_file():
         raise FileNotFoundError(
@@ -188,6 +193,7 @@ def load_ca(root: Path) -> tuple[x509.Certificate, PrivateKey]:
         raise ValueError(f"unsupported CA key type in {key_path}: {type(key).__name__}")
     if cert.public_key() != key.public_key():
         raise ValueError(f"{key_path} is not the private key of {root / CA_CERT}")
+    warn_if_open(key_path, "the federation's CA private key")
     return cert, key
 
 

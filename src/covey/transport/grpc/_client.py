@@ -9,7 +9,6 @@ goodbye.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import queue
@@ -53,22 +52,23 @@ from covey.transport.grpc._options import (
     open_channel,
 )
 from covey.transport.grpc._refusal import (
-    HANDSHAKE_STRIKES,
     Refused,
     RetryBudget,
     attempt_failure,
-    expired_certificate,
+    end_if_refused,
     given_up,
     handshake_closed,
-    handshake_refusal,
     log_retry,
     permanent_cause,
     server_named,
     transient_text,
+    unanswered,
 )
 from covey.transport.grpc._stream import Buffers
 from covey.transport.grpc._tasks import (
     ConnectResult,
+    drop_queued,
+    join_task_thread,
     perform_task,
     refuse_task,
     wait_for_task_thread,
@@ -120,6 +120,10 @@ class _Session:
         self.lanes = ClientLanes("", None, None)
         self.call: Any = None
         self.gone = False  # the server was silent too long: the call is cancelled
+        # When the server must have welcomed this client (a monotonic time; None: gRPC's
+        # own bound), and why the attempt was given up once it had not.
+        self.answer_by: float | None = None
+        self.unanswered = ""
         # The host the server's certificate is checked against, when not the address's.
         self.server_name: str | None = None
         self.welcomed = False
@@ -266,12 +270,22 @@ class _Session:
                 return
 
     def _gone(self) -> bool:
-        """Whether the server has said nothing for too long; if so the call is cancelled."""
-        quiet = time.monotonic() - self.last_heard > SILENCE * self.heartbeat
+        """Whether the server has said nothing for too long; if so the call is cancelled.
+
+        Before its welcome, the attempt's own bound applies (``answer_by``): a peer that
+        takes the connection and never answers holds gRPC for its ~20 s handshake timeout.
+        """
+        now = time.monotonic()
+        late = not self.welcomed and self.answer_by is not None and now > self.answer_by
+        quiet = late or now - self.last_heard > SILENCE * self.heartbeat
         if not quiet or not self.call or self.lanes.opening or self.gone:  # opening: no reads
             return False
         self.gone = True
-        logger.warning("no word from the server for %.0f s; reconnecting", SILENCE * self.heartbeat)
+        if late:
+            self.unanswered = unanswered((self.answer_by or now) - self.last_heard)  # its bound
+        else:
+            said = "no word from the server for %.0f s; reconnecting"
+            logger.warning(said, SILENCE * self.heartbeat)
         self.call.cancel()
         return True
 
@@ -281,25 +295,13 @@ class _Session:
         Tasks still queued behind the running one are dropped, not run: their
         replies could not be sent, and the server has given up on them.
         """
-        dropped = 0
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.tasks.get_nowait()
-                dropped += 1
-        if dropped:
-            logger.info("dropping %d queued task(s): the session ended", dropped)
+        drop_queued(self.tasks)
         self.tasks.put(_END)
         self.outbound.put(_END)
         self.lanes.close()
         if self.call is not None:
             self.call.cancel()  # ends gRPC's threads for this call now, not at exit
-        worker = self.worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(deadline)
-            if worker.is_alive():
-                logger.warning(
-                    "the running task did not finish within %.0f s of the session's end", deadline
-                )
+        join_task_thread(self.worker, deadline)
 
     def _work(self, result: ConnectResult) -> None:
         while True:
@@ -433,6 +435,7 @@ def connect(
         session = _Session(client, name, props, heartbeat, limits, buffers)
         session.server_name = tls.server_name if tls is not None else None
         session.lanes = ClientLanes(host, pems, session.server_name)
+        session.answer_by = budget.attempt_deadline()  # within what is left of retry_for
         error = _session(session, open_channel(address, tls, options), result, stop)
         if session.welcomed:  # a connection attempt that failed is no session
             result.sessions += 1
@@ -444,12 +447,7 @@ def connect(
         if session.welcomed:
             budget.success()
         strikes = strikes + 1 if error.startswith(_CLOSED) else 0  # with TLS or without
-        if strikes >= HANDSHAKE_STRIKES:
-            cert = tls.cert if tls is not None else None
-            raise Refused(handshake_refusal(strikes, cert, insecure=tls is None))
-        expired = expired_certificate(tls.cert if tls is not None else None)
-        if expired is not None:
-            raise Refused(expired)
+        end_if_refused(strikes, tls.cert if tls is not None else None, insecure=tls is None)
         delay = budget.next_delay()
         if delay is None:
             raise ConnectionError(given_up(address, budget.failures, result.sessions, error))
@@ -477,6 +475,8 @@ def _session(
         if stop.is_set():
             result.reason = "stopped"
             return None
+        if session.unanswered:  # cancelled here, not refused by the server
+            return session.unanswered
         cause = permanent_cause(exc, session.server_name)
         if cause is not None:
             raise Refused(cause) from None

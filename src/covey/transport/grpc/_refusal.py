@@ -347,6 +347,34 @@ def log_retry(failures: int, failure: str, address: str, error: str, delay: floa
     )
 
 
+def end_if_refused(strikes: int, certificate: bytes | None, *, insecure: bool) -> None:
+    """Stop retrying once no later attempt could get through.
+
+    That is when the server closed ``strikes`` handshakes in a row, or the
+    client's own ``certificate`` has expired.
+
+    Raises:
+        Refused: Naming the cause.
+    """
+    if strikes >= HANDSHAKE_STRIKES:
+        raise Refused(handshake_refusal(strikes, certificate, insecure=insecure))
+    expired = expired_certificate(certificate)
+    if expired is not None:
+        raise Refused(expired)
+
+
+MIN_ATTEMPT_SECONDS = 5.0
+"""The least time an attempt is given to get through, however little is left of ``retry_for``."""
+
+
+def unanswered(seconds: float) -> str:
+    """Why an attempt was given up: the server took the connection and never answered."""
+    return (
+        f"no answer from the server within {seconds:.0f} s (it took the connection, "
+        "but the TLS handshake or the stream's set-up never finished)"
+    )
+
+
 def given_up(address: str, failures: int, sessions: int, error: str) -> str:
     """Why a client stopped retrying: it never reached its server, or lost it for good."""
     failed = "could not connect to" if sessions == 0 else "could not stay connected to"
@@ -370,6 +398,7 @@ class RetryBudget:
     max_attempts: int | None = None
     failures: int = 0
     since: float | None = None
+    started: float | None = None  # when the attempt under way started
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -400,14 +429,27 @@ class RetryBudget:
     def success(self) -> None:
         """A session got through: the next failure starts a new budget."""
         self.failures = 0
-        self.since = None
+        self.since = self.started = None
+
+    def attempt_deadline(self) -> float | None:
+        """Note that an attempt starts; when it must have got through (a monotonic time).
+
+        That is what is left of ``retry_for`` (the first failure's time counts from
+        its attempt's start), but at least :data:`MIN_ATTEMPT_SECONDS`; None
+        without ``retry_for``.
+        """
+        self.started = now = time.monotonic()
+        if self.retry_for is None:
+            return None
+        left = self.retry_for - (0.0 if self.since is None else now - self.since)
+        return now + max(MIN_ATTEMPT_SECONDS, left)
 
     def next_delay(self) -> float | None:
         """Record a failure; the delay before the next attempt, or None to give up."""
         now = time.monotonic()
         self.failures += 1
-        if self.since is None:
-            self.since = now
+        if self.since is None:  # failing since its attempt started
+            self.since = now if self.started is None else self.started
         if self.max_attempts is not None and self.failures >= self.max_attempts:
             return None
         if self.retry_for is not None and now - self.since >= self.retry_for:

@@ -6,7 +6,9 @@ did (:class:`ConnectResult`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 import traceback
@@ -175,3 +177,24 @@ def refuse_task(
     cut_off.daemon = True  # never keeps the process from exiting
     cut_off.start()
     return said
+
+
+def drop_queued(tasks: queue.Queue[Any]) -> None:
+    """Empty a session's queue of tasks not started: their replies could not be sent."""
+    dropped = 0
+    with contextlib.suppress(queue.Empty):
+        while True:
+            tasks.get_nowait()
+            dropped += 1
+    if dropped:
+        logger.info("dropping %d queued task(s): the session ended", dropped)
+
+
+def join_task_thread(worker: threading.Thread | None, deadline: float) -> None:
+    """Wait up to ``deadline`` seconds for a session's task thread (not from itself)."""
+    if worker is not None and worker is not threading.current_thread():
+        worker.join(deadline)
+        if worker.is_alive():
+            logger.warning(
+                "the running task did not finish within %.0f s of the session's end", deadline
+            )
