@@ -105,6 +105,36 @@ def test_mu_comes_from_the_config() -> None:
     assert clients.MU_KEY == "proximal_mu"
 
 
+@pytest.mark.parametrize(
+    ("value", "error", "shown"),
+    [
+        ("x", TypeError, "str 'x'"),
+        ("0.1", TypeError, "str '0.1'"),
+        (None, TypeError, "NoneType None"),
+        (True, TypeError, "bool True"),
+        (float("nan"), ValueError, "nan"),
+        (float("inf"), ValueError, "inf"),
+        (-0.5, ValueError, "-0.5"),
+    ],
+)
+def test_a_bad_mu_is_refused_naming_the_entry_and_the_value(
+    value: object, error: type[Exception], shown: str
+) -> None:
+    # Before: "x" failed with float()'s bare "could not convert string to float: 'x'",
+    # "0.1" and True were taken as numbers.
+    with pytest.raises(error) as raised:
+        clients.proximal_mu({"proximal_mu": value})
+    message = str(raised.value)
+    assert "fit config entry 'proximal_mu'" in message
+    assert "finite number >= 0" in message
+    assert shown in message
+
+
+def test_numpy_numbers_are_taken_as_mu() -> None:
+    assert clients.proximal_mu({"proximal_mu": np.float32(0.25)}) == 0.25
+    assert clients.proximal_mu({"proximal_mu": 2}) == 2.0
+
+
 def test_the_torch_helpers_need_torch_only_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,10 +63,24 @@ def proximal_mu(config: Config, default: float = 0.0) -> float:
 
     Returns:
         ``float(config["proximal_mu"])``, checked to be finite and ``>= 0``.
+
+    Raises:
+        TypeError: The entry is not a number (a string, a bool, None).
+        ValueError: The entry is negative, NaN or infinite.
     """
-    mu = float(config.get(MU_KEY, default))
+    where = f"fit config entry {MU_KEY!r}" if MU_KEY in config else f"{MU_KEY} default"
+    value = config.get(MU_KEY, default)
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{where} must be a finite number >= 0 (FedProx's proximal weight), "
+            f"got {type(value).__name__} {value!r}; send it as a float, e.g. 0.01"
+        )
+    mu = float(value)
     if not np.isfinite(mu) or mu < 0:
-        raise ValueError(f"{MU_KEY} must be a finite number >= 0, got {mu}")
+        raise ValueError(
+            f"{where} must be a finite number >= 0 (FedProx's proximal weight), "
+            f"got {value!r}; use 0 for plain FedAvg training"
+        )
     return mu
 
 
