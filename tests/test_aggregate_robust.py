@@ -425,3 +425,41 @@ def test_rfa_falls_back_to_a_finite_median_of_an_even_count_near_the_largest_flo
     new = covey.FedRFA().aggregate(start, sent)
     assert np.isfinite(new["w"]).all()
     assert new["w"].tolist() == covey.FedMedian().aggregate(start, sent)["w"].tolist()
+
+
+def _near_the_limit() -> tuple[np.ndarray, list[Contribution]]:
+    """Two attackers first, then five honest updates near 1e308: every distance overflows."""
+    sign = np.array([1.0, 1.0, -1.0, -1.0])
+    evil = [-sign * 1e308, np.array([1e308, -1e308, 1e308, -1e308])]
+    honest = [c * sign * 1e308 for c in (1.0, 0.9, 0.6, 0.93, 0.88)]
+    rows = np.stack(evil + honest)
+    return rows, [Contribution(cid, 1, delta={"w": row}) for cid, row in enumerate(rows)]
+
+
+def test_krum_ranks_updates_whose_every_distance_overflows() -> None:
+    # Before: every pairwise distance was inf, every score tied and Krum took the first
+    # update, an attacker's; Multi-Krum and Bulyan kept attackers beside honest updates.
+    rows, contributions = _near_the_limit()
+    with np.errstate(over="raise"):
+        assert np.isinf(pairwise_sq_distances(rows)[~np.eye(7, dtype=bool)]).all()
+    scores = krum_score_reference(rows / 1e308, 2)  # the same order as the true scores
+    assert np.argmin(scores) == 5  # the honest update at 0.93, in the thick of the honest
+    params = {"w": np.zeros(4)}
+    np.testing.assert_array_equal(result(krum(2), params, contributions), rows[5])
+    honest = np.array([1.0, 0.9, 0.6, 0.93, 0.88])
+    want = honest.mean() * np.array([1.0, 1.0, -1.0, -1.0]) * 1e308
+    np.testing.assert_allclose(result(multi_krum(2), params, contributions), want, rtol=1e-12)
+    got = result(bulyan(1), params, contributions)
+    assert np.all(np.sign(got) == rows[2] / 1e308)
+    assert np.all((np.abs(got) >= 0.6e308) & (np.abs(got) <= 1e308))
+
+
+def test_krum_refuses_a_round_whose_best_scores_are_infinite() -> None:
+    # Every update has infinite entries in the same place: no distance says anything.
+    params = {"w": np.zeros(2)}
+    contributions = [
+        Contribution(cid, 1, delta={"w": np.array([np.inf, float(cid)])}) for cid in range(5)
+    ]
+    for step, name in ((krum(1), "krum"), (multi_krum(1), "multi_krum")):
+        with pytest.raises(AggregationError, match=f"{name}: .* infinitely far"):
+            run_round(step, step.init(params), 1, params, contributions)

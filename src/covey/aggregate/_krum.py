@@ -9,12 +9,15 @@ median-centred mean of each coordinate.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 from covey.aggregate._base import AggregationError, Step, requiring
 from covey.aggregate._flat import Vector, check_count, check_switch
 from covey.aggregate._order import described
-from covey.aggregate._robust import Combined, Matrix, buffered
+from covey.aggregate._robust import Combined, Matrix, _in_range, buffered
 
 
 def pairwise_sq_distances(updates: Matrix) -> Matrix:
@@ -55,6 +58,39 @@ def pairwise_sq_distances(updates: Matrix) -> Matrix:
 
 _BLOCK = 1 << 20
 """Elements of ``updates`` shifted at once (8 MiB of float64), whatever the model's size."""
+
+
+def ranking_sq_distances(updates: Matrix) -> Matrix:
+    """Squared distances between the rows of ``updates``, all in one scale, to rank them by.
+
+    They are :func:`pairwise_sq_distances` unless one of those is not finite: then
+    the updates are first divided by the power of two just above their largest
+    finite absolute value (exact above the subnormals), which divides every squared
+    distance by the same factor and keeps Krum's order of the scores. Unscaled,
+    updates near float64's limit (entries of 1e308, which a Byzantine client may
+    send) have every distance at ``inf``, every score ties and argmin takes the
+    first update, whoever sent it. A distance left NaN (rows with infinite entries
+    in the same place) is ``inf``, never picked first.
+    """
+    dist = pairwise_sq_distances(updates)
+    if np.isfinite(dist).all():
+        return dist
+    finite = np.isfinite(updates)
+    top = float(np.max(np.abs(updates), where=finite, initial=0.0))
+    if top > 0.0:
+        with np.errstate(invalid="ignore"):
+            dist = pairwise_sq_distances(np.ldexp(updates, -int(np.frexp(top)[1])))
+    dist[np.isnan(dist)] = np.inf
+    return dist
+
+
+def _finite_choice(scores: Vector, chosen: NDArray[np.integer[Any]], rule: str) -> None:
+    if not np.isfinite(scores[chosen]).all():
+        raise AggregationError(
+            f"{rule}: the updates it would keep are infinitely far from their neighbours "
+            "(updates with infinite entries), so no choice among them is better than "
+            "another; the global model is left unchanged this round"
+        )
 
 
 def krum_scores(dist: Matrix, neighbours: int) -> Vector:
@@ -101,8 +137,9 @@ def krum(f: int) -> Step:
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
         n = len(updates)
         _require(n, 2 * byzantine + 3, "krum", byzantine)
-        scores = krum_scores(pairwise_sq_distances(updates), n - byzantine - 2)
+        scores = krum_scores(ranking_sq_distances(updates), n - byzantine - 2)
         best = int(np.argmin(scores))
+        _finite_choice(scores, np.array([best]), "krum")
         return updates[best].copy(), {"selected": [cids[best]]}
 
     need = 2 * byzantine + 3
@@ -137,15 +174,16 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
         _require(n, 2 * byzantine + 3, "multi_krum", byzantine)
         # Never more than n - f: m past it would average the f it must leave out.
         count = n - byzantine if keep is None else min(keep, n - byzantine)
-        scores = krum_scores(pairwise_sq_distances(updates), n - byzantine - 2)
+        scores = krum_scores(ranking_sq_distances(updates), n - byzantine - 2)
         chosen = np.argsort(scores, kind="stable")[:count]
+        _finite_choice(scores, chosen, "multi_krum")
         info = {"selected": sorted(cids[i] for i in chosen)}
         if weighted:
             w = examples[chosen]
             if w.sum() == 0.0:
                 raise AggregationError("multi_krum: the selected updates have num_examples=0")
             return (w @ updates[chosen]) / w.sum(), info
-        return updates[chosen].mean(axis=0), info
+        return _in_range(np.mean, updates[chosen]), info
 
     need = 2 * byzantine + 3
     why = f"Multi-Krum with f={f} needs at least 2f+3 = {need}"
@@ -177,7 +215,7 @@ def bulyan(f: int) -> Step:
     def combine(updates: Matrix, examples: Vector, cids: list[int]) -> Combined:
         n = len(updates)
         _require(n, 4 * byzantine + 3, "bulyan", byzantine)
-        selected = bulyan_select(pairwise_sq_distances(updates), byzantine)
+        selected = bulyan_select(ranking_sq_distances(updates), byzantine)
         info = {"selected": sorted(cids[i] for i in selected)}
         return bulyan_coordinates(updates[selected], byzantine), info
 
@@ -194,14 +232,21 @@ def bulyan_select(dist: Matrix, f: int) -> list[int]:
     for _ in range(n - 2 * f):
         sub = dist[np.ix_(remaining, remaining)]
         scores = krum_scores(sub, len(remaining) - f - 2)
-        selected.append(remaining.pop(int(np.argmin(scores))))
+        best = int(np.argmin(scores))
+        _finite_choice(scores, np.array([best]), "bulyan")
+        selected.append(remaining.pop(best))
     return selected
 
 
 def bulyan_coordinates(chosen: Matrix, f: int) -> Vector:
-    """Per coordinate, the mean of the ``len(chosen) - 2f`` values closest to the median."""
+    """Per coordinate, the mean of the ``len(chosen) - 2f`` values closest to the median.
+
+    Near float64's limit a value's distance to the median may overflow: it is then
+    ``inf``, farther than every finite one, as it is.
+    """
     beta = len(chosen) - 2 * f
-    centre = np.median(chosen, axis=0)
-    order = np.argsort(np.abs(chosen - centre), axis=0, kind="stable")[:beta]
-    combined: Vector = np.take_along_axis(chosen, order, axis=0).mean(axis=0)
-    return combined
+    centre = _in_range(np.median, chosen)
+    with np.errstate(over="ignore"):
+        gaps = np.abs(chosen - centre)
+    order = np.argsort(gaps, axis=0, kind="stable")[:beta]
+    return _in_range(np.mean, np.take_along_axis(chosen, order, axis=0))
