@@ -20,6 +20,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from covey.analytics import _sqlclauses
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
 
 MAX_WHERE_DEPTH = 500  # how deep a WHERE may nest: DuckDB at the sites reads at most 1000
@@ -118,28 +119,6 @@ _WHERE_NODES = (
     exp.Div,
     exp.Tuple,
 )
-_REFUSED_CLAUSES = {
-    "joins": ("JOIN", "joins across tables or sites are not supported"),
-    "order": ("ORDER BY", "ORDER BY is not supported: answers are aggregates, not rows"),
-    "limit": ("LIMIT", "LIMIT is not supported: answers are aggregates, not rows"),
-    "offset": ("OFFSET", "OFFSET is not supported"),
-    "having": ("HAVING", "HAVING is not supported; filter the returned DataFrame instead"),
-    "with_": ("WITH", "WITH (common table expressions) is not supported"),
-    "with": ("WITH", "WITH (common table expressions) is not supported"),
-    "qualify": ("QUALIFY", "QUALIFY is not supported"),
-    "windows": ("WINDOW", "WINDOW is not supported"),
-    "distinct": ("DISTINCT", "SELECT DISTINCT returns rows and is not supported"),
-    "laterals": ("LATERAL", "LATERAL is not supported"),
-    "pivots": ("PIVOT", "PIVOT is not supported"),
-    "sample": ("SAMPLE", "SAMPLE is not supported"),
-}
-
-
-_TABLE_ARGS = {
-    "sample": "TABLESAMPLE",
-    "when": "AT/BEFORE (time travel)",
-    "columns": "column aliases",
-}
 
 
 def _literal(node: exp.Expression | None, what: str, loc: SqlText) -> float | int | str:
@@ -362,42 +341,6 @@ def _parse(sql: str, loc: SqlText) -> exp.Select:
     return tree
 
 
-def _table(tree: exp.Select, loc: SqlText) -> str:
-    source = tree.args.get("from_") or tree.args.get("from")
-    if source is None:
-        raise QueryError("the query has no FROM clause")
-    table = source.this
-    if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier):
-        raise QueryError(f"FROM{loc.where('FROM')} must name one table, not a subquery")
-    if table.args.get("db") or table.args.get("catalog"):
-        raise QueryError(f"FROM{loc.where('FROM')} must name a table without a schema")
-    extra = sorted(k for k, v in table.args.items() if v and k not in ("this", "alias"))
-    alias = table.args.get("alias")
-    if alias is not None and alias.args.get("columns"):
-        extra.append("columns")
-    if extra:  # TABLESAMPLE, AT (VERSION => ...), ...: never silently answered over all rows
-        words = ", ".join(_TABLE_ARGS.get(k, k.upper()) for k in extra)
-        raise QueryError(f"FROM{loc.where('FROM')}: {words} on the table is not supported")
-    return str(table.name)
-
-
-def _group_by(tree: exp.Select, loc: SqlText) -> list[str]:
-    group_by: list[str] = []
-    group = tree.args.get("group")
-    if group is not None:
-        for node in group.expressions:
-            if not isinstance(node, exp.Column) or node.table:
-                raise QueryError(
-                    f"GROUP BY{loc.where('GROUP')} takes column names, got {node.sql(DIALECT)}"
-                )
-            if fold(str(node.name)) in map(fold, group_by):
-                raise QueryError(
-                    f"GROUP BY{loc.where('GROUP')} names {node.name!r} twice; name each column once"
-                )
-            group_by.append(str(node.name))
-    return group_by
-
-
 def plan(sql: str) -> Plan:
     """Parse and check ``sql``; raise :class:`QueryError` naming what is not supported.
 
@@ -444,24 +387,14 @@ def _depth(node: exp.Expression) -> int:
     return deepest
 
 
-def _refuse_clauses(tree: exp.Select, loc: SqlText) -> None:
-    """Refuse the first clause of :data:`_REFUSED_CLAUSES` the query has, saying where."""
-    for key, (word, why) in _REFUSED_CLAUSES.items():
-        if key in tree.args and tree.args.get(key):
-            at = loc.where(word.split()[0])
-            if not at and key == "joins":  # FROM t, u: a join without the word
-                raise QueryError(f"FROM{loc.where('FROM')} names more than one table, and {why}")
-            raise QueryError(f"{word}{at}: {why}")
-
-
 def _plan(sql: str) -> Plan:
     _check_text(sql)  # the tokenizer fails on None or a number with a bare TypeError
     loc = SqlText(sql)
     loc.check_nesting()
     tree = _parse(sql, loc)
-    _refuse_clauses(tree, loc)
-    table = _table(tree, loc)
-    group_by = _group_by(tree, loc)
+    _sqlclauses.refuse_clauses(tree, loc)
+    table = _sqlclauses.table(tree, loc)
+    group_by = _sqlclauses.group_by(tree, loc)
     where = tree.args.get("where")
     if where is not None and _depth(where.this) > MAX_WHERE_DEPTH:
         raise QueryError(f"WHERE nests too deeply (over {MAX_WHERE_DEPTH} levels); simplify it")
