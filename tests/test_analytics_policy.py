@@ -84,6 +84,40 @@ def test_unsupported_sql_is_refused_naming_the_clause_and_where(sql: str, words:
 
 
 @pytest.mark.parametrize(
+    ("source", "named"),
+    [
+        ("'/etc/passwd'", "names '/etc/passwd', which is no site's table"),
+        ('"/etc/passwd"', "names '/etc/passwd', which is no site's table"),
+        ("'data.parquet'", "names 'data.parquet', which is no site's table"),
+        ("'https://example.invalid/x.csv'", "names 'https://example.invalid/x.csv'"),
+        ('"my patients"', "names 'my patients', which is no site's table"),
+        ("read_csv('/etc/passwd')", "not the function READ_CSV"),
+        ("read_parquet('x.parquet')", "not the function READ_PARQUET"),
+    ],
+)
+def test_a_file_or_table_function_in_from_is_refused_before_any_site(
+    source: str, named: str
+) -> None:
+    # A quoted file name was planned as a table and sent to every site, which each
+    # refused it; the planner refuses it now, naming it
+    sql = f"SELECT COUNT(*) FROM {source}"  # noqa: S608
+    with pytest.raises(QueryError, match="FROM at line 1, column 17") as info:
+        plan(sql)
+    assert named in str(info.value)
+    asked: list[str] = []
+
+    class Watched(Site):
+        def answer(self, request: Any, *, masked: bool = False) -> Any:
+            asked.append(self.name)
+            return super().answer(request, masked=masked)
+
+    sites = [Watched({"patients": _frame(30)}, POLICY, name=n) for n in ("a", "b")]
+    with pytest.raises(QueryError, match="FROM at line 1, column 17"):
+        query(sites, sql, secure=False)
+    assert asked == []
+
+
+@pytest.mark.parametrize(
     ("where", "said"),
     [
         ("(" * 4000 + "age > 1" + ")" * 4000, "parentheses nest more than 24 deep"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
+from covey.analytics._sqltext import DIALECT, TABLE_NAME, QueryError, SqlText, fold
 
 _REFUSED_CLAUSES = {
     "joins": ("JOIN", "joins across tables or sites are not supported"),
@@ -39,6 +39,11 @@ def table(tree: exp.Select, loc: SqlText) -> str:
     if source is None:
         raise QueryError("the query has no FROM clause")
     table = source.this
+    if isinstance(table, exp.Table) and isinstance(table.this, exp.Func):
+        raise QueryError(
+            f"FROM{loc.where('FROM')} must name one table, not the function "
+            f"{table.this.sql(DIALECT).split('(')[0]}: sites read only their own tables"
+        )
     if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier):
         raise QueryError(f"FROM{loc.where('FROM')} must name one table, not a subquery")
     if table.args.get("db") or table.args.get("catalog"):
@@ -50,7 +55,14 @@ def table(tree: exp.Select, loc: SqlText) -> str:
     if extra:  # TABLESAMPLE, AT (VERSION => ...), ...: never silently answered over all rows
         words = ", ".join(_TABLE_ARGS.get(k, k.upper()) for k in extra)
         raise QueryError(f"FROM{loc.where('FROM')}: {words} on the table is not supported")
-    return str(table.name)
+    name = str(table.name)
+    if not TABLE_NAME.fullmatch(name):  # FROM '/etc/passwd' would have DuckDB read a file
+        raise QueryError(
+            f"FROM{loc.where('FROM')} names {name!r}, which is no site's table: a table's name "
+            "is 1 to 63 ASCII letters, digits and underscores, not starting with a digit, and "
+            "sites read no files, paths or URLs named in a query"
+        )
+    return name
 
 
 def group_by(tree: exp.Select, loc: SqlText) -> list[str]:

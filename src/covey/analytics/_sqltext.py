@@ -6,6 +6,8 @@ and so do the bounds on nesting checked before the query is parsed.
 
 from __future__ import annotations
 
+import re
+
 from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, Tokenizer, TokenType  # type: ignore[attr-defined]
 
@@ -17,6 +19,8 @@ MAX_PARENS = 24
 MAX_NOTS = 24
 _OPENING = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE})
 _CLOSING = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE})
+# A site's table names; anything else in FROM (a quoted path, a URL) names no table
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 

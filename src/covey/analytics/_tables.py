@@ -6,7 +6,6 @@ through Python's ``sqlite3``.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +14,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from covey.analytics._sqltext import fold
+from covey.analytics._sqltext import TABLE_NAME, fold
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 SQLITE_PREFIX = "sqlite:///"
 MAX_NAME = 255
 
@@ -31,7 +29,7 @@ def quote(name: str) -> str:
 
 def table_name(name: str) -> str:
     """A table's name, checked (letters, digits and underscores), as a DuckDB identifier."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not TABLE_NAME.fullmatch(name):
         raise ValueError(
             f"{name!r} is not a valid table name: give 1 to 63 ASCII letters, digits "
             "and underscores, not starting with a digit"
