@@ -14,7 +14,7 @@ import pytest
 
 import covey
 import covey.secagg
-from covey.analytics import Analyst, Policy, QueryError, Site, query
+from covey.analytics import Analyst, FederationQueryError, Policy, QueryError, Site, query
 from covey.sim import inline_transport
 
 
@@ -131,6 +131,47 @@ def test_a_query_failing_unexpectedly_tells_the_sites_it_failed(
     )
     assert isinstance(result.exception, KeyError)
     assert said == ["the query failed: KeyError"]
+
+
+class _Exiting(Site):
+    """A site whose own code calls ``sys.exit(3)`` in the given step of a query."""
+
+    def __init__(self, *args: Any, step: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step = step
+
+    def describe(self, request: Any) -> dict[str, Any]:
+        if self.step == "describe":
+            raise SystemExit(3)
+        return super().describe(request)
+
+    def answer(self, request: Any, *, masked: bool = False) -> dict[str, Any]:
+        if self.step == "answer":
+            raise SystemExit(3)
+        return super().answer(request, masked=masked)
+
+
+def _with_exiting(step: str) -> list[Site]:
+    frame = pd.DataFrame({"x": np.arange(40.0)})
+    policy = Policy(bounds={"x": (0, 200)}, min_group_size=10)
+    return [
+        Site({"p": frame}, policy, name="a"),
+        _Exiting({"p": frame}, policy, name="b", step=step),
+        Site({"p": frame}, policy, name="c"),
+    ]
+
+
+def test_a_site_calling_sys_exit_before_answering_is_refused_by_name() -> None:
+    # SystemExit from a site in this process ended the analyst's query() itself
+    df = query(_with_exiting("describe"), "SELECT COUNT(*) FROM p", secure=False)
+    assert df.iloc[0, 0] == 80
+    assert "sys.exit(3)" in df.attrs["refused"]["b"]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_site_calling_sys_exit_mid_query_fails_the_query_naming_it(secure: bool) -> None:
+    with pytest.raises(FederationQueryError, match=r"b .*sys\.exit\(3\) \(SystemExit\)"):
+        query(_with_exiting("answer"), "SELECT SUM(x) FROM p", secure=secure)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import itertools
 import logging
 import math
 import re
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from covey.analytics._policy import PolicyError
 from covey.analytics._readers import clip_columns
 from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, low_bits
 from covey.clients import run_task
-from covey.core import Task
+from covey.core import Reply, Task
 from covey.transport import MemoryTransport, Transport
 
 logger = logging.getLogger("covey")
@@ -60,17 +61,48 @@ def transport_for(sites_or_server: Any) -> tuple[Transport, bool]:
                     f"query() was given the same Site twice (at positions {j} and {i}"
                     f", named {site.name!r}); each site answers once"
                 )
-
-        def handler(cid: int, task: Task) -> Any:
-            return run_task(sites[cid], cid, task)
-
-        return MemoryTransport(list(range(len(sites))), handler), True
+        return _SiteTransport(sites), True
     if isinstance(sites_or_server, Transport):
         return sites_or_server, False
     raise TypeError(
         f"query() takes a list of covey.analytics.Site or a transport, "
         f"got {type(sites_or_server).__name__}"
     )
+
+
+class _SiteTransport(MemoryTransport):
+    """Sites in this process, reached by calls; one that fails is named as it names itself."""
+
+    def __init__(self, sites: list[Site]) -> None:
+        super().__init__(
+            list(range(len(sites))), lambda cid, task: run_site_task(sites[cid], cid, task)
+        )
+        self._sites = sites
+
+    def client_name(self, cid: int) -> str:
+        """The name site ``cid`` was given (``Site(..., name=...)``)."""
+        return str(self._sites[cid].name)
+
+
+def run_site_task(site: Site, cid: int, task: Task) -> Reply:
+    """:func:`run_task` for a site in this process, where what is no ``Exception`` fails it too.
+
+    ``sys.exit()`` in a site's code (a subclass's) or a ``CancelledError`` it leaks
+    fails that site alone, named in the answer, as a client fails alone in
+    training; it does not end the analyst's ``query()``. Ctrl-C still stops it.
+    """
+    try:
+        return run_task(site, cid, task)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the site's, not this process's
+        if isinstance(exc, SystemExit):
+            code = "" if exc.code is None else repr(exc.code)
+            what = f"called sys.exit({code}) (SystemExit)"
+        else:
+            what = f"raised {type(exc).__name__} (no Exception)"
+        hint = f"covey: the site {what} in its {task.kind} task\n"
+        return Reply(cid, task.kind, error=traceback.format_exc() + hint)
 
 
 @dataclass
