@@ -237,6 +237,20 @@ def test_a_subnormal_quantile_precision_is_answered_not_an_overflow_error() -> N
     assert df.iloc[0, 0] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("secure", [False, True])
+def test_bounds_too_narrow_for_the_default_precision_are_named_as_the_cause(secure: bool) -> None:
+    # a millionth of (0, 5e-324) is 0: "the quantile precision must be positive, got
+    # 0.0", though no precision was given
+    policy = Policy(bounds={"x": (0, 5e-324)}, min_group_size=1)
+    narrow = sites([np.linspace(-1, 1, 20)] * 2, policy)
+    said = r"the bounds of 'x' \(0 to 4\.94066e-324\) are too narrow for quantiles"
+    with pytest.raises(QueryError, match=said) as info:
+        query(narrow, "SELECT MEDIAN(x) FROM p", secure=secure)
+    assert "precision=" in str(info.value)
+    df = query(narrow, "SELECT MEDIAN(x) FROM p", secure=secure, precision=5e-324)
+    assert 0 <= df.iloc[0, 0] <= 5e-324
+
+
 def test_a_mechanism_without_epsilon_is_refused_not_ignored() -> None:
     # Before: `--mechanism gaussian` without `--epsilon` answered without noise, silently.
     from typer.testing import CliRunner

@@ -183,7 +183,15 @@ class _Query:
     def precision(self, a: Aggregate) -> float:
         low, high = self.decl["bounds"][a.column]
         given = self.opt["precision"]
-        return float(given) if given is not None else (high - low) * 1e-6
+        if given is not None:
+            return float(given)
+        if not (high - low) * 1e-6 > 0:  # bounds (0, 5e-324): a millionth of them is 0
+            raise QueryError(
+                f"the bounds of {a.column!r} ({low:g} to {high:g}) are too narrow for quantiles: "
+                "a millionth of their range, the default precision, is 0 in float64; declare "
+                "wider bounds or give a precision (query(..., precision=...))"
+            )
+        return float(high - low) * 1e-6
 
     # -- the query ------------------------------------------------------------------------
 
