@@ -251,6 +251,20 @@ def test_bounds_too_narrow_for_the_default_precision_are_named_as_the_cause(secu
     assert 0 <= df.iloc[0, 0] <= 5e-324
 
 
+def test_squares_past_float64_name_the_bounds_not_only_a_faulty_site() -> None:
+    # an honest site's squared deviations overflowed on its own rows, and the query
+    # said only that it "answered non-finite values (NaN or inf)"
+    policy = Policy(bounds={"x": (-1.5e308, 1.5e308)}, min_group_size=1)
+    huge = sites([np.array([1e308, 1e308, -1e308]), np.array([1.0, 2.0, 3.0])], policy)
+    said = (
+        r"s0 answered non-finite values \(NaN or inf\) for its sq statistic of 'x': either "
+        r"the squared deviations over its rows add up past the largest float64 \(the bounds "
+        r"of 'x' let them; declare bounds nearer the values\) or the site is faulty"
+    )
+    with pytest.raises(FederationQueryError, match=said):
+        query(huge, "SELECT VAR_POP(x) FROM p", secure=False)
+
+
 def test_a_mechanism_without_epsilon_is_refused_not_ignored() -> None:
     # Before: `--mechanism gaussian` without `--epsilon` answered without noise, silently.
     from typer.testing import CliRunner

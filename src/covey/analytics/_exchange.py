@@ -244,11 +244,8 @@ class Federation:
                 zip(result.vectors, vectors, request["stats"], strict=True)
             ):
                 if stat["op"] not in ("min", "max"):
-                    if not np.isfinite(v).all():  # a sum a site computed is never NaN or inf
-                        raise FederationQueryError(
-                            f"{name} answered non-finite values (NaN or inf) for its "
-                            f"{stat['op']} statistic"
-                        )
+                    if not np.isfinite(v).all():
+                        raise FederationQueryError(_non_finite(name, stat))
                     if stat["op"] in COUNT_OPS and not request.get("dp"):
                         _counts(v, name, stat["op"])
                     result.vectors[i] = acc + v
@@ -385,6 +382,25 @@ class Federation:
                 )
             out.append(arr.astype(np.float64).reshape(s))
         return out
+
+
+def _non_finite(name: str, stat: Mapping[str, Any]) -> str:
+    """Why site ``name`` answered NaN or inf for ``stat``: a faulty site, or a sum past float64.
+
+    No honest site counts NaN or inf, but a sum of values (or of their squared
+    deviations) over its own rows passes the largest float64 when bounds let
+    them be as large: the server cannot tell which, so it names both.
+    """
+    said = f"{name} answered non-finite values (NaN or inf) for its {stat['op']} statistic"
+    if stat["op"] not in ("sum", "sq"):
+        return said
+    col = stat.get("col")
+    what = "values" if stat["op"] == "sum" else "squared deviations"
+    return (
+        f"{said} of {col!r}: either the {what} over its rows add up past the largest "
+        f"float64 (the bounds of {col!r} let them; declare bounds nearer the values) or "
+        "the site is faulty"
+    )
 
 
 def _number(value: Any) -> bool:
