@@ -23,6 +23,7 @@ from covey.analytics._policy import PolicyError
 from covey.analytics._readers import clip_columns
 from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, low_bits
 from covey.clients import run_task
+from covey.clients._client import not_an_exception
 from covey.core import Reply, Task
 from covey.transport import MemoryTransport, Transport
 
@@ -96,11 +97,7 @@ def run_site_task(site: Site, cid: int, task: Task) -> Reply:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - the site's, not this process's
-        if isinstance(exc, SystemExit):
-            code = "" if exc.code is None else repr(exc.code)
-            what = f"called sys.exit({code}) (SystemExit)"
-        else:
-            what = f"raised {type(exc).__name__} (no Exception)"
+        what = not_an_exception(exc)
         hint = f"covey: the site {what} in its {task.kind} task\n"
         return Reply(cid, task.kind, error=traceback.format_exc() + hint)
 

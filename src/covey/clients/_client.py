@@ -412,6 +412,19 @@ def _own_weights(task: Task) -> Task:
     return replace(task, weights=own)
 
 
+def not_an_exception(exc: BaseException) -> str:
+    """How ``exc``, no ``Exception``, ended a task, for the hint of its failed reply.
+
+    Example:
+        >>> not_an_exception(SystemExit(3))
+        'called sys.exit(3) (SystemExit)'
+    """
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        return f"called sys.exit({code}) (SystemExit)"
+    return f"raised {type(exc).__name__}, which is no Exception,"
+
+
 def hand_over(client: Any, kind: str, weights: Weights | None) -> None:
     """Make a ``kind`` task's ``weights`` writable in place if ``client`` writes into its weights.
 

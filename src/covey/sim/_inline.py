@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from covey.clients._build import build_client
-from covey.clients._client import ClientFn, fit_result, run_task
+from covey.clients._client import ClientFn, fit_result, not_an_exception, run_task
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, fingerprint
 from covey.sim._sendable import sendable, unsendable, unsent
@@ -210,12 +210,7 @@ def exited(exc: BaseException, kind: str) -> str:
     worker the clients queued behind it, in a Ray actor the other clients of
     its call.
     """
-    if isinstance(exc, SystemExit):
-        code = "" if exc.code is None else repr(exc.code)
-        what = f"called sys.exit({code}) (SystemExit)"
-    else:
-        what = f"raised {type(exc).__name__}, which is no Exception,"
     return (
-        f"covey: the client {what} in its {kind} task: it fails alone, and the run goes "
-        "on without it\n"
+        f"covey: the client {not_an_exception(exc)} in its {kind} task: it fails alone, and "
+        "the run goes on without it\n"
     )

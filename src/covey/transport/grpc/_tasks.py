@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from covey.clients._client import hand_over, run_task
+from covey.clients._client import hand_over, not_an_exception, run_task
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import WeightsError
@@ -53,11 +53,7 @@ def run_on_task_thread(client: Any, cid: int, task: Task) -> Reply:
     try:
         return run_task(client, cid, task)
     except BaseException as exc:  # noqa: BLE001 - the client's, not this process's
-        if isinstance(exc, SystemExit):
-            code = "" if exc.code is None else repr(exc.code)
-            what = f"called sys.exit({code}) (SystemExit)"
-        else:
-            what = f"raised {type(exc).__name__}, which is no Exception,"
+        what = not_an_exception(exc)
         hint = (
             f"covey: the client {what} in its {task.kind} task: the task fails and this "
             "client goes on with the next one (a deployed client leaves only when the run "
