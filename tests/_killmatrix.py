@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,20 @@ def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(
         a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a
     )
+
+
+def federations_in(tmp: Path, rounds: int) -> Iterator[Callable[..., Federation]]:
+    """For a fixture: a maker of :class:`Federation` s of ``rounds`` rounds, all closed after.
+
+    ``make(strategy, **env)`` starts nothing; it sets the folder and the app's environment.
+    """
+    made: list[Federation] = []
+
+    def make(strategy: str, **env: str) -> Federation:
+        fed = Federation(tmp / strategy, strategy, {"COVEY_RM_ROUNDS": str(rounds), **env})
+        made.append(fed)
+        return fed
+
+    yield make
+    for fed in made:
+        fed.close()

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from _torchkit import one_thread  # noqa: E402
 from covey.torch import (  # noqa: E402
     TorchClient,
     evaluate_model,
@@ -31,11 +32,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the models are tiny and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    yield from one_thread()
 
 
 def _net() -> nn.Module:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import covey
-from _killmatrix import APPS, Federation, outcome, same, saved_round, wait_for
+from _killmatrix import APPS, Federation, federations_in, outcome, same, saved_round, wait_for
 
 sys.path.insert(0, str(APPS))
 import resume_app
@@ -33,16 +33,7 @@ ROUNDS = 5
 
 @pytest.fixture
 def federations(tmp_path: Path) -> Iterator[Any]:
-    made: list[Federation] = []
-
-    def make(strategy: str, **env: str) -> Federation:
-        fed = Federation(tmp_path / strategy, strategy, {"COVEY_RM_ROUNDS": str(ROUNDS), **env})
-        made.append(fed)
-        return fed
-
-    yield make
-    for fed in made:
-        fed.close()
+    yield from federations_in(tmp_path, ROUNDS)
 
 
 def _never_killed(strategy: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import covey
-from _killmatrix import APPS, Federation, outcome, saved_round, wait_for
+from _killmatrix import APPS, Federation, federations_in, outcome, saved_round, wait_for
 
 sys.path.insert(0, str(APPS))
 import resume_app
@@ -34,16 +34,7 @@ UPDATES = 6
 
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[Any]:
-    made: list[Federation] = []
-
-    def make(strategy: str, **env: str) -> Federation:
-        fed = Federation(tmp_path / strategy, strategy, {"COVEY_RM_ROUNDS": str(UPDATES), **env})
-        made.append(fed)
-        return fed
-
-    yield make
-    for fed in made:
-        fed.close()
+    yield from federations_in(tmp_path, UPDATES)
 
 
 def _killed_in_update(fed: Federation, update: int) -> None:

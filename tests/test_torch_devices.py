@@ -10,26 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from _torchkit import one_thread, tiny_loader  # noqa: E402
 from covey.torch import TorchClient, evaluate_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the models are tiny and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _loader(n: int = 16, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)),
-        batch_size=8,
-    )
+    yield from one_thread()
 
 
 def _client(device: Any) -> TorchClient:
@@ -37,7 +25,7 @@ def _client(device: Any) -> TorchClient:
         nn.Linear(4, 3),
         nn.CrossEntropyLoss(),
         lambda p: torch.optim.SGD(p, lr=0.1),
-        _loader(),
+        tiny_loader(),
         device=device,
     )
 
@@ -52,7 +40,7 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused_naming_it(device: Any
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_central_evaluation_on_a_missing_cuda_device_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match=r"device 'cuda' is not available.*device='cpu'"):
-        evaluate_model(nn.Linear(4, 3), nn.CrossEntropyLoss(), _loader(), device="cuda")
+        evaluate_model(nn.Linear(4, 3), nn.CrossEntropyLoss(), tiny_loader(), device="cuda")
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")

@@ -13,26 +13,14 @@ import covey
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from _torchkit import one_thread, tiny_loader  # noqa: E402
 from covey.torch import TorchClient, load_weights, to_weights  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the models are tiny and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _loader(n: int = 16, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)),
-        batch_size=8,
-    )
+    yield from one_thread()
 
 
 class _Tagged(nn.Module):
@@ -80,7 +68,7 @@ def test_a_model_with_extra_state_federates() -> None:
             _tagged_net(),
             nn.CrossEntropyLoss(),
             lambda p: torch.optim.SGD(p, lr=0.1),
-            _loader(seed=cid),
+            tiny_loader(seed=cid),
         )
 
     initial = to_weights(_tagged_net(), copy=True)
