@@ -622,29 +622,6 @@ def test_a_process_backend_config_over_the_string_limit_names_its_entry(
     assert list(seen(result.history.rounds[1], "fit")) == [1]
 
 
-@pytest.mark.parametrize("backend", ["inline", "process"])
-def test_a_simulated_config_over_the_message_limit_fails_that_client_as_deployed(
-    backend: Any,
-) -> None:
-    """5 MB of JSON in strings of 1 MiB each: simulations sent it, a deployed server does not."""
-    config = {f"part{i}": "z" * (MB - 100 * i) for i in range(5)}
-
-    def own(round: int, client: ClientInfo) -> dict[str, Any]:
-        return config if client.cid == 0 else {}
-
-    strategy = covey.FedAvg(
-        min_fit_clients=1, fraction_evaluate=0.0, on_client_fit_config=own, fit_metrics=gather
-    )
-    workers = 1 if backend == "process" else None
-    result = covey.simulate(Echo, 2, 1, strategy, init(), backend=backend, num_workers=workers)
-    (failure,) = result.history.rounds[1].failures
-    assert failure.cid == 0
-    assert failure.error.startswith("cannot send the fit task to client 0: its config: ")
-    assert "5241936 bytes of JSON exceed the limit of 4194304" in failure.error
-    assert failure.error.endswith("(at 'part0')")
-    assert list(seen(result.history.rounds[1], "fit")) == [1]
-
-
 def _served_round(own: Any) -> covey.History:
     """One deployed round of two clients with per-client configs ``own``; each stream stays open."""
     strategy = covey.FedAvg(

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from covey.core._messages import EvaluateResult, FitResult, Reply, Task
+from covey.core._messages import EvaluateResult, FitResult, Reply
 from covey.core._weights import Weights
-from covey.transport.grpc._wire import WireError, WireLimits, dumps_within
+from covey.transport.grpc._wire import WireError, WireLimits
 from covey.transport.grpc._wirecheck import check_result, result_limits
 
-__all__ = ["LIMITS", "MAX_MESSAGE_BYTES", "sendable", "unsendable", "unsent"]
+__all__ = ["LIMITS", "MAX_MESSAGE_BYTES", "sendable", "unsendable"]
 
 #: Largest JSON message a worker may send (its arrays travel in a file, not here).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -47,22 +47,3 @@ def sendable(reply: Reply, model: Weights | None) -> Reply:
     if reply.error is not None:
         return reply
     return unsendable(reply.cid, reply.kind, reply.result, model) or reply
-
-
-def unsent(cid: int, task: Task) -> Reply | None:
-    """Client ``cid``'s failed reply if a deployed server could not send it ``task``'s config.
-
-    The inline backend hands clients the config itself: checked here against the
-    caps a deployed server sends a task within (4 MiB of JSON, see
-    :func:`~covey.transport.grpc._frames.task_header`), a client's config over
-    them fails that client with the error it gets deployed and on the process
-    backend. The common empty config is not encoded.
-    """
-    if not task.config:
-        return None
-    try:
-        dumps_within(dict(task.config), WireLimits())
-    except WireError as exc:
-        error = f"cannot send the {task.kind} task to client {cid}: its config: {exc}"
-        return Reply(cid, task.kind, error=error)
-    return None

@@ -428,7 +428,7 @@ def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: 
 
     Raises:
         WireError: for a config or payload JSON cannot carry, or one larger than a
-            deployed client accepts (as the gRPC transport's ``task_header``): ``its config:``
+            worker accepts (as the gRPC transport's ``task_header``): ``its config:``
             then the size, the limit and the entry.
     """
     config_text = _within("config", config)
@@ -437,15 +437,9 @@ def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: 
 
 
 def _within(part: str, value: Any) -> str:
-    """``value`` as JSON a deployed client accepts; a ``WireError`` names ``part`` first.
-
-    The caps are those a deployed server sends a task within (4 MiB of JSON, see
-    :func:`~covey.transport.grpc._frames.task_header`), not the pipe's looser
-    :data:`~covey.sim._sendable.LIMITS`: a client's config of 10 MB fails that
-    client here as it does when deployed.
-    """
+    """``value`` as JSON a worker accepts; a ``WireError`` names ``part`` first."""
     try:
-        return _wire.dumps_within(value, _wire.WireLimits()).decode()
+        return _wire.dumps_within(value, _LIMITS).decode()
     except _wire.WireError as exc:
         raise _wire.WireError(f"its {part}: {exc}") from None
 
