@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from covey.aggregate import Step, chain, weighted_mean
 from covey.aggregate._flat import floor_fraction
 from covey.aggregate._order import describe_step
 from covey.core._hooks import RunHook
-from covey.core._messages import Config, FitResult, Metrics, plain
+from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
 from covey.strategies._checks import (
     CALLS,
@@ -42,6 +41,7 @@ from covey.strategies._fitround import FitRound, takes_configs
 from covey.strategies._fold import fold
 from covey.strategies._metrics import MetricsFn, weighted_metrics
 from covey.strategies._names import refuse_flower_methods, unknown_options
+from covey.strategies._numbers import check_numbers
 from covey.strategies._subclass import parameters, subclass_options
 
 ConfigFn = Callable[[int], Config]
@@ -49,18 +49,6 @@ Selector = Callable[[Sequence[int], int, np.random.Generator], Sequence[int]]
 """``(candidates, round, rng) -> chosen cids``: a custom client selection."""
 Where = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
 """Which clients may take part: required property values, or a predicate on properties."""
-
-
-_NUMBERS = (
-    "fraction_fit",
-    "fraction_evaluate",
-    "min_fit_clients",
-    "min_evaluate_clients",
-    "min_available_clients",
-    "buffer_size",
-    "max_staleness",
-)
-"""The :class:`Strategy` fields that are numbers."""
 
 
 def _no_config(round: int) -> Config:
@@ -163,7 +151,7 @@ class Strategy:
         refuse_flower_methods(cls)
 
     def __post_init__(self) -> None:
-        self._check_numbers()
+        check_numbers(self)
         self._check_functions()
         chooses = self.selector is not None and self.buffer_size is None  # picks its own
         if self.fraction_fit == 0.0 and self.min_fit_clients == 0 and not chooses:
@@ -183,40 +171,6 @@ class Strategy:
                 "asynchronous mode (buffer_size) runs no federated evaluation rounds: set "
                 "fraction_evaluate=0 and judge the model with a central evaluate_fn"
             )
-
-    def _check_numbers(self) -> None:
-        """Refuse fractions and counts out of range, naming them.
-
-        A NumPy number (``np.int64(3)``, a count computed with NumPy) is taken as
-        the Python number it is, and kept as one.
-        """
-        for attr in _NUMBERS:
-            object.__setattr__(self, attr, plain(getattr(self, attr)))
-        for attr in ("fraction_fit", "fraction_evaluate"):
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, Real):
-                raise TypeError(
-                    f"{attr} must be a number in [0, 1], got {type(value).__name__} {value!r}"
-                )
-            if not 0 <= float(value) <= 1:
-                raise ValueError(f"{attr} must be in [0, 1], got {value!r}")
-        for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(
-                    f"{attr} must be a non-negative int, got {type(value).__name__} {value!r}"
-                )
-            if value < 0:
-                raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
-        for attr, least in (("buffer_size", 1), ("max_staleness", 0)):
-            value = getattr(self, attr)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(
-                    f"{attr} must be None or an int >= {least}, got "
-                    f"{type(value).__name__} {value!r}"
-                )
-            if value is not None and value < least:
-                raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
 
     def _check_functions(self) -> None:
         """Refuse options that must be functions (or a bool) but are not, naming them.

@@ -1,0 +1,55 @@
+"""The checks of a :class:`~covey.strategies._strategy.Strategy`'s fractions and counts."""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any
+
+from covey.core._messages import plain
+
+__all__ = ["NUMBERS", "check_numbers"]
+
+NUMBERS = (
+    "fraction_fit",
+    "fraction_evaluate",
+    "min_fit_clients",
+    "min_evaluate_clients",
+    "min_available_clients",
+    "buffer_size",
+    "max_staleness",
+)
+"""The :class:`Strategy` fields that are numbers."""
+
+
+def check_numbers(strategy: Any) -> None:
+    """Refuse fractions and counts out of range, naming them.
+
+    A NumPy number (``np.int64(3)``, a count computed with NumPy) is taken as
+    the Python number it is, and kept as one.
+    """
+    for attr in NUMBERS:
+        object.__setattr__(strategy, attr, plain(getattr(strategy, attr)))
+    for attr in ("fraction_fit", "fraction_evaluate"):
+        value = getattr(strategy, attr)
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(
+                f"{attr} must be a number in [0, 1], got {type(value).__name__} {value!r}"
+            )
+        if not 0 <= float(value) <= 1:
+            raise ValueError(f"{attr} must be in [0, 1], got {value!r}")
+    for attr in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
+        value = getattr(strategy, attr)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{attr} must be a non-negative int, got {type(value).__name__} {value!r}"
+            )
+        if value < 0:
+            raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
+    for attr, least in (("buffer_size", 1), ("max_staleness", 0)):
+        value = getattr(strategy, attr)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(
+                f"{attr} must be None or an int >= {least}, got {type(value).__name__} {value!r}"
+            )
+        if value is not None and value < least:
+            raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
