@@ -463,3 +463,36 @@ def test_krum_refuses_a_round_whose_best_scores_are_infinite() -> None:
     for step, name in ((krum(1), "krum"), (multi_krum(1), "multi_krum")):
         with pytest.raises(AggregationError, match=f"{name}: .* infinitely far"):
             run_round(step, step.init(params), 1, params, contributions)
+
+
+def test_weighted_multi_krum_of_updates_near_the_largest_float_is_their_weighted_mean() -> None:
+    # Before: sum n_k x_k overflowed (NumPy warned, an error here; inf otherwise, and the
+    # round was refused) though every update, and their weighted mean, is finite.
+    honest = np.array([1.0, 0.9, 0.6, 0.93, 0.88])
+    sign = np.array([1.0, 1.0, -1.0, -1.0])
+    rows = [c * sign * 1e308 for c in honest]
+    examples = [10, 20, 30, 40, 50]
+    contributions = [
+        Contribution(cid, n, delta={"w": row})
+        for cid, (n, row) in enumerate(zip(examples, rows, strict=True))
+    ]
+    params = {"w": np.zeros(4)}
+    step = multi_krum(1, weighted=True)
+    _, agg = run_round(step, step.init(params), 1, params, contributions)
+    assert agg is not None
+    assert agg.info["selected"] == [0, 1, 3, 4]  # the update at 0.6 is the farthest
+    kept = np.array([0, 1, 3, 4])
+    w = np.array(examples, dtype=float)[kept]
+    want = float(w @ honest[kept] / w.sum()) * sign * 1e308
+    np.testing.assert_allclose(result(step, params, contributions), want, rtol=1e-12)
+
+
+def test_weighted_multi_krum_of_the_largest_float_is_that_float() -> None:
+    # Every update at float64's largest value: their mean is that value, not inf.
+    top = float(np.finfo(np.float64).max)
+    params = {"w": np.zeros(2)}
+    contributions = [
+        Contribution(cid, 3 * cid + 1, delta={"w": np.array([top, -top])}) for cid in range(5)
+    ]
+    for step in (multi_krum(1, weighted=True), multi_krum(1)):
+        assert result(step, params, contributions).tolist() == [top, -top]

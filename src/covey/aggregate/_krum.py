@@ -182,7 +182,13 @@ def multi_krum(f: int, m: int | None = None, *, weighted: bool = False) -> Step:
             w = examples[chosen]
             if w.sum() == 0.0:
                 raise AggregationError("multi_krum: the selected updates have num_examples=0")
-            return (w @ updates[chosen]) / w.sum(), info
+            total = float(w.sum())
+
+            def weighted_mean(rows: Matrix, axis: int) -> Vector:
+                out: Vector = (w @ rows) / total
+                return out
+
+            return _in_range(weighted_mean, updates[chosen], total), info
         return _in_range(np.mean, updates[chosen]), info
 
     need = 2 * byzantine + 3

@@ -9,6 +9,7 @@ updates (deltas), whether a client sent weights or a delta, and emit an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -163,23 +164,28 @@ def trimmed_mean(beta: float = 0.2) -> Step:
     return buffered("trimmed_mean()", combine)
 
 
-def _in_range(average: Callable[..., Any], rows: Matrix) -> Vector:
+def _in_range(average: Callable[..., Any], rows: Matrix, total: float | None = None) -> Vector:
     """``average(rows, axis=0)`` (a mean or a median), finite wherever the rows are.
 
     A sum of values near the dtype's largest overflows where their average does
-    not: those columns are averaged again scaled down by a power of two past the
-    row count (so no sum can overflow) and scaled back, which a power of two does
-    exactly (above the subnormals). No NumPy warning either way.
+    not: those columns are averaged again scaled down by a power of two past
+    ``total`` (what the sum is divided by: the row count unless given, the sum of
+    the weights for a weighted mean), so that no sum can overflow, and scaled
+    back, which a power of two does exactly (above the subnormals). An average
+    lies between its column's least and largest values, and is kept there: a
+    rounding at the very top of the range cannot make it ``inf``. No NumPy
+    warning either way.
     """
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         out = np.asarray(average(rows, axis=0))
         lost = ~np.isfinite(out)
         if lost.any():
             columns = lost & np.isfinite(rows).all(axis=0)
             if columns.any():
-                scale = 2 ** len(rows).bit_length()
-                again = np.asarray(average(rows[:, columns] / scale, axis=0))
-                out[columns] = again * scale
+                exponent = math.frexp(float(len(rows) if total is None else total))[1]
+                part = rows[:, columns]
+                again = np.ldexp(np.asarray(average(np.ldexp(part, -exponent), axis=0)), exponent)
+                out[columns] = np.clip(again, part.min(axis=0), part.max(axis=0))
     return out
 
 
