@@ -7,6 +7,9 @@ would tell the user the opposite.
 
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,9 @@ import pytest
 
 import covey
 from covey import privacy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _live import Joined, Served
 
 
 class _Step(covey.Client):
@@ -44,3 +50,28 @@ def test_without_dp_min_fit_clients_above_num_clients_keeps_its_message() -> Non
     strategy = covey.FedAvg(fraction_fit=0.5, fraction_evaluate=0.0, min_fit_clients=10)
     with pytest.raises(ValueError, match=r"samples at least 10 clients per round"):
         covey.simulate(lambda cid: _Step(), 4, 1, strategy, {"w": np.zeros(4)}, seed=0)
+
+
+def test_deployed_central_dp_waiting_for_min_fit_clients_names_the_poisson_draw() -> None:
+    # A deployed round waits for min_fit_clients connected; when fewer come, the stop
+    # says that under central DP that number bounds no round's clients, and to lower it.
+    strategy = privacy.central(
+        covey.FedAvg(
+            fraction_fit=0.3, fraction_evaluate=0.0, min_fit_clients=3, min_available_clients=1
+        ),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        noise_seed=0,
+    )
+    served = Served(strategy, 1, wait_timeout=1.0, initial_weights={"w": np.zeros(4)})
+    clients = [Joined(served.port, _Step(), retry_for=1.0) for _ in range(2)]
+    with pytest.raises(covey.FederationError, match="of the 3 clients needed") as caught:
+        served.join()
+    message = str(caught.value)
+    assert "central DP picks each round's clients by a Poisson draw" in message
+    assert "min_fit_clients does not bound that number" in message
+    assert "min_fit_clients=3 only makes each round wait for that many clients available" in message
+    assert re.search(r"more than the (\d) available: lower min_fit_clients to at most \1", message)
+    for client in clients:
+        client.join()
