@@ -22,31 +22,13 @@ from covey.clients._torch import torch_device, torch_module
 from covey.core import Config, EvaluateResult, FitResult, Metrics
 from covey.core._qfair import loss_before_fit
 from covey.core._weights import Array, Weights, subtract
+from covey.torch._batches import move, split, trained_output
 from covey.torch._weights import load_weights, to_weights
 
 __all__ = ["TorchClient", "evaluate_model"]
 
 OptimizerFn = Callable[[Iterable[Any]], Any]
 """``parameters -> torch.optim.Optimizer``, called at the start of every fit."""
-
-
-def _move(batch: Any, device: Any) -> Any:
-    if hasattr(batch, "to"):
-        return batch.to(device)
-    if isinstance(batch, list | tuple):
-        return type(batch)(_move(b, device) for b in batch)
-    return batch
-
-
-def _split(batch: Any) -> tuple[Any, Any]:
-    if not isinstance(batch, list | tuple) or len(batch) != 2:
-        got = type(batch).__name__
-        if isinstance(batch, list | tuple):  # a list or tuple is fine, of two items
-            got = f"a {got} of {len(batch)} item(s)"
-        raise TypeError(
-            f"each batch of the data loader must be a pair (inputs, targets), got {got}"
-        )
-    return batch[0], batch[1]
 
 
 def _summed(loss_fn: Any) -> bool:
@@ -210,7 +192,7 @@ def evaluate_model(
     classify = not regression
     with torch.no_grad():
         for batch in loader:
-            x, y = _move(_split(batch), device)
+            x, y = move(split(batch), device)
             out = model(x)
             kept = losses.add(loss_fn, loss_fn(out, y), y)
             if classify:
@@ -417,9 +399,9 @@ class TorchClient(Client):
         for _ in range(self._epochs(config)):
             losses = _LossMean(self._summed)  # the last epoch's
             for batch in self.train_loader:
-                x, y = _move(_split(batch), self.device)
+                x, y = move(split(batch), self.device)
                 optimizer.zero_grad()
-                loss = self.loss_fn(self.model(x), y)
+                loss = self.loss_fn(trained_output(self.model, x, y, self.train_loader), y)
                 loss.backward()
                 if gradients is not None:
                     gradients.add()
