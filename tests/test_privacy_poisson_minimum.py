@@ -75,3 +75,33 @@ def test_deployed_central_dp_waiting_for_min_fit_clients_names_the_poisson_draw(
     assert re.search(r"more than the (\d) available: lower min_fit_clients to at most \1", message)
     for client in clients:
         client.join()
+
+
+class _Site(_Step):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"site": "a" if self.cid < 3 else "b"}
+
+
+def test_central_dp_min_fit_clients_above_the_clients_that_pass_where_names_the_poisson_draw() -> (
+    None
+):
+    # 10 clients, 3 of which pass where=: every round stopped saying "the strategy
+    # wants 4 clients to train", though a Poisson draw bounds no round by min_fit_clients.
+    strategy = privacy.central(
+        covey.FedAvg(
+            fraction_fit=0.3, fraction_evaluate=0.0, min_fit_clients=4, where={"site": "a"}
+        ),
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        noise_seed=0,
+    )
+    with pytest.raises(covey.FederationError, match="only 3 are available") as caught:
+        covey.simulate(_Site, 10, 1, strategy, {"w": np.zeros(4)}, seed=0)
+    message = str(caught.value)
+    assert "central DP picks each round's clients by a Poisson draw" in message
+    assert "min_fit_clients=4 only makes each round wait" in message
+    assert "more than the 3 that pass where=: lower min_fit_clients to at most 3" in message

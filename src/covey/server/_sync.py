@@ -26,7 +26,7 @@ from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import poisson_minimum
+from covey.strategies._checks import poisson_note
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._strategy import Strategy
@@ -174,23 +174,16 @@ class RoundLoop(_LoopBase):
             raise self._fail(
                 f"round {rnd}: only {there} of the {wanted} clients "
                 f"needed (min_available_clients, min_fit_clients) connected within "
-                f"{self.wait_timeout} s" + self._poisson_note(there)
+                f"{self.wait_timeout} s" + poisson_note(self.strategy, there)
             )
         available = self.transport.clients()
         if len(available) < wanted:
             raise self._fail(
                 f"round {rnd}: {len(available)} clients available, fewer than the {wanted} "
                 "needed (min_available_clients, min_fit_clients)"
-                + self._poisson_note(len(available))
+                + poisson_note(self.strategy, len(available))
             )
         return available
-
-    def _poisson_note(self, there: int) -> str:
-        """Under central DP, why min_fit_clients held the round: it bounds no round's clients."""
-        strategy = self.strategy
-        held = strategy.min_fit_clients > max(there, strategy.min_available_clients)
-        note = poisson_minimum(strategy, there, f"the {there} available") if held else None
-        return "" if note is None else f"; {note}"
 
     def _eligible(self, rnd: int, available: Sequence[int]) -> Sequence[int]:
         """The available clients that pass ``strategy.where``, asking new ones for properties."""
@@ -327,6 +320,9 @@ class RoundLoop(_LoopBase):
                 f"{eligible} are available (min_fit_clients={strategy.min_fit_clients})"
                 + (" counting clients that pass where=" if strategy.where is not None else "")
                 + (f"; {self.property_error}" if self.property_error else "")
+                + poisson_note(
+                    strategy, eligible, "that pass where=" if strategy.where else "available"
+                )
             )
         need = min_contributions(strategy.aggregator)
         if need is None:

@@ -276,3 +276,17 @@ def poisson_minimum(strategy: Any, available: int, what: str) -> str | None:
         f"for that many clients available, more than {what}: lower min_fit_clients to at most "
         f"{available} (0 runs each round with the clients there are)"
     )
+
+
+def poisson_note(strategy: Any, there: int, which: str = "available") -> str:
+    """Under central DP, ``"; "`` and why min_fit_clients held a round, or ``""``.
+
+    ``there`` clients were ``which`` (``"available"``, ``"that pass where="``),
+    fewer than ``min_fit_clients`` (and, of those available, than the
+    ``min_available_clients`` the round waited for too): the round could not
+    start, though ``min_fit_clients`` bounds no Poisson-sampled round.
+    """
+    waited = strategy.min_available_clients if which == "available" else 0
+    held = strategy.min_fit_clients > max(there, waited)
+    note = poisson_minimum(strategy, there, f"the {there} {which}") if held else None
+    return "" if note is None else f"; {note}"
