@@ -182,7 +182,7 @@ def _in_range(average: Callable[..., Any], rows: Matrix, total: float | None = N
         if lost.any():
             columns = lost & np.isfinite(rows).all(axis=0)
             if columns.any():
-                exponent = math.frexp(float(len(rows) if total is None else total))[1]
+                exponent = max(math.frexp(float(len(rows) if total is None else total))[1], 0)
                 part = rows[:, columns]
                 again = np.ldexp(np.asarray(average(np.ldexp(part, -exponent), axis=0)), exponent)
                 out[columns] = np.clip(again, part.min(axis=0), part.max(axis=0))
