@@ -15,8 +15,8 @@ import pytest
 
 import covey
 from _live import Joined, Served
-from covey.transport.grpc._wire import WireError, WireLimits, result_to_wire
-from covey.transport.grpc._wirecheck import check_result
+from covey.transport.grpc._wire import WireError, WireLimits, dumps_within, result_to_wire
+from covey.transport.grpc._wirecheck import check_config, check_result
 
 MB = 1 << 20
 
@@ -156,6 +156,31 @@ def test_checking_a_result_refuses_exactly_what_encoding_it_refuses(metrics: Any
     ):
         refused = _refusal(result_to_wire, result)
         assert _refusal(check_result, result) == refused
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"lr": 0.1, "b": "x" * 20, "c": b"y" * 15, "d": np.arange(10), "e": float("nan")},
+        {"a": "x" * 21},
+        {"a": b"y" * 16},
+        {"a": [np.arange(6)], "b": {"c": np.ones(5)}},
+        {"a": np.zeros((1, 1, 1, 1))},
+        {"a": {"b": {"c": {"d": {"e": 1.0}}}}},
+        {"a": {"b": {"c": {"d": {"e": {"f": 1.0}}}}}},
+        {"a": np.array([1.0, np.inf])},
+        {"a": np.zeros(2, complex)},
+        {"x" * 21: 1},
+        {f"m{i}": "x" * 19 for i in range(30)},
+        {"a": object()},
+        {"a": [1, {2, 3}]},
+        {0: 1.0, "b": None},
+    ],
+)
+def test_checking_a_config_refuses_exactly_what_encoding_it_refuses(config: Any) -> None:
+    """As a deployed server sends a task's config (``task_header``), measured where it can be."""
+    assert _refusal(check_config, config) == _refusal(dumps_within, config)
 
 
 def _refusal(call: Any, result: Any) -> str | None:

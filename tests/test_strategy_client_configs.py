@@ -622,6 +622,96 @@ def test_a_process_backend_config_over_the_string_limit_names_its_entry(
     assert list(seen(result.history.rounds[1], "fit")) == [1]
 
 
+FIVE_MB = {f"part{i}": "z" * (MB - 100 * i) for i in range(5)}
+"""5 MB of JSON in strings of 1 MiB each: a deployed server refuses to send it."""
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_simulated_config_over_the_message_limit_fails_that_client_as_deployed(
+    backend: Any,
+) -> None:
+    """Simulations sent it (the process backend's pipe up to 64 MiB); a deployed server does not."""
+
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return FIVE_MB if client.cid == 0 else {}
+
+    strategy = covey.FedAvg(
+        min_fit_clients=1, fraction_evaluate=0.0, on_client_fit_config=own, fit_metrics=gather
+    )
+    workers = 1 if backend == "process" else None
+    result = covey.simulate(Echo, 2, 1, strategy, init(), backend=backend, num_workers=workers)
+    (failure,) = result.history.rounds[1].failures
+    assert failure.cid == 0
+    assert failure.error == (
+        "cannot send the fit task to client 0: its config: 5241936 bytes of JSON exceed the "
+        "limit of 4194304; the largest entry takes 1048578 bytes (at 'part0')"
+    )
+    assert list(seen(result.history.rounds[1], "fit")) == [1]
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ({"model": object()}, "cannot send a value of type object over the network (at 'model')"),
+        ({"lr": 0.1, "note": "y" * 2 * MB}, "2097152 characters exceeds the limit of 1048576"),
+        ({"hist": np.zeros(MB + 1, np.int8)}, "1048577 elements exceeds the limit of 1048576"),
+    ],
+)
+def test_an_inline_config_a_deployed_server_cannot_send_fails_that_client_alone(
+    config: dict[str, Any], said: str
+) -> None:
+    """Inline clients were handed it; deployed and process-backend clients fail."""
+
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return config if client.cid == 0 else {}
+
+    strategy = covey.FedAvg(
+        min_fit_clients=1, fraction_evaluate=0.0, on_client_fit_config=own, fit_metrics=gather
+    )
+    result = covey.simulate(Echo, 2, 1, strategy, init())
+    (failure,) = result.history.rounds[1].failures
+    assert failure.cid == 0
+    assert failure.error.startswith("cannot send the fit task to client 0: its config: ")
+    assert said in failure.error
+    assert list(seen(result.history.rounds[1], "fit")) == [1]
+
+
+class _Halving:
+    """A compression scheme of one's own, which inline clients are handed as the object."""
+
+    name = "halving"
+
+    def encode(self, delta: Any, rng: Any) -> dict[str, dict[str, np.ndarray]]:
+        return {n: {"h": (np.asarray(x) / 2).astype(np.float16).ravel()} for n, x in delta.items()}
+
+    def decode(self, parts: Any, spec: Any) -> dict[str, np.ndarray]:
+        return {
+            n: (parts[n]["h"].astype(d) * 2).reshape(s)
+            for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
+        }
+
+
+def test_an_inline_config_is_checked_beside_a_compression_scheme_of_ones_own() -> None:
+    """The scheme object is the framework's to hand over: only the config's own entries count."""
+
+    def own(round: int, client: ClientInfo) -> dict[str, Any]:
+        return FIVE_MB if client.cid == 0 else {"epochs": 2}
+
+    strategy = covey.FedAvg(
+        min_fit_clients=1, fraction_evaluate=0.0, on_client_fit_config=own, fit_metrics=gather
+    )
+    result = covey.simulate(Echo, 2, 1, strategy, init(), compression=_Halving())
+    (failure,) = result.history.rounds[1].failures
+    assert failure.error.startswith(
+        "cannot send the fit_compressed task to client 0: its config: 5242"
+    )
+    assert failure.error.endswith(
+        "exceed the limit of 4194304; the largest entry takes 1048578 bytes (at 'part0')"
+    )
+    assert seen(result.history.rounds[1], "fit") == {1: {"epochs": 2}}
+    np.testing.assert_allclose(result.weights["w"], [2.0, 2.0], atol=1e-2)
+
+
 def _served_round(own: Any) -> covey.History:
     """One deployed round of two clients with per-client configs ``own``; each stream stays open."""
     strategy = covey.FedAvg(

@@ -20,7 +20,7 @@ from covey.clients._build import build_client
 from covey.clients._client import ClientFn, fit_result, not_an_exception, run_task
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, fingerprint
-from covey.sim._sendable import sendable, unsendable
+from covey.sim._sendable import Unsent, sendable, unsendable
 from covey.transport._memory import Handler, MemoryTransport
 
 Lent = dict[int, tuple[Weights, tuple[int, ...]]]
@@ -138,6 +138,7 @@ class _Built:
         self.client_fn = client_fn
         self.cache = client_cache
         self.clients: OrderedDict[int, Any] = OrderedDict()
+        self.unsent = Unsent()
 
     def perform(self, run: Callable[[Any, int, Task], Any], cid: int, task: Task) -> Any:
         """``run(client, cid, task)``, client ``cid`` built if need be; a failed Reply if it raised.
@@ -167,16 +168,20 @@ class _Built:
     def handle(self, cid: int, task: Task) -> Reply:
         """Client ``cid``'s task run: its Reply (see :func:`~covey.clients._client.run_task`).
 
-        A result a deployed server would refuse (a metric over the network's limits)
-        fails the client, with the error of every backend (:mod:`covey.sim._sendable`).
+        A config a deployed server could not send it, or a result one would refuse (a
+        metric over the network's limits), fails the client, with the error of every
+        backend (:mod:`covey.sim._sendable`).
         """
-        return sendable(self.perform(run_task, cid, task), task.weights)
+        return self.unsent(cid, task) or sendable(self.perform(run_task, cid, task), task.weights)
 
     def fit_one(self, cid: int, task: Task) -> Any:
         """``perform(fit_result, cid, task)``; one frame less for a client built and kept.
 
-        A result that cannot be sent fails the client, as in :meth:`handle`.
+        A config or result that cannot be sent fails the client, as in :meth:`handle`.
         """
+        failed = self.unsent(cid, task)
+        if failed is not None:
+            return failed
         client = self.clients.get(cid) if self.cache is None else None
         if client is None:
             result = self.perform(fit_result, cid, task)

@@ -44,6 +44,7 @@ from covey.sim._rayplan import (
 )
 from covey.sim._raystart import ray_module, start_or_join, watch_local
 from covey.sim._raywatch import unwatch
+from covey.sim._sendable import Unsent
 from covey.sim._worker import _sendable
 from covey.transport._base import LONGEST_WAIT
 
@@ -312,14 +313,24 @@ class RayTransport:
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
-        """Send each actor its clients' tasks in chunks; yield replies as chunks complete."""
+        """Send each actor its clients' tasks in chunks; yield replies as chunks complete.
+
+        A task whose config a deployed server could not send fails its client
+        instead (:func:`~covey.sim._sendable.unsent`), as on every backend.
+        """
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
         homes: dict[tuple[str, int, int], list[_Item]] = {}
         refs: dict[int, tuple[Any, int, tuple[int, ...]]] = {0: (None, 0, ())}
         tokens: dict[int, int] = {}  # id(weights) -> token: each model goes out once
+        unsendable: list[Reply] = []  # a config a deployed server could not send fails its client
+        unsent = Unsent()
         for cid in sorted(tasks):
             task = tasks[cid]
+            failed = unsent(cid, task)
+            if failed is not None:
+                unsendable.append(failed)
+                continue
             token = tokens.get(id(task.weights), -1)
             if token < 0:
                 token, ref, nbytes, sent = self._publish(task.weights)
@@ -343,6 +354,7 @@ class RayTransport:
                 pending[ref] = (g, i, [c for c, *_ in chunk])
         late = False
         try:
+            yield from unsendable
             yield from self._collect(pending, held, tasks, deadline)
             late = True  # _collect returns with calls pending only when the deadline passed
             for g, i, cids in list(pending.values()):

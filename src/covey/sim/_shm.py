@@ -429,17 +429,20 @@ def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: 
     Raises:
         WireError: for a config or payload JSON cannot carry, or one larger than a
             worker accepts (as the gRPC transport's ``task_header``): ``its config:``
-            then the size, the limit and the entry.
+            then the size, the limit and the entry. A config is held to the caps a
+            deployed server sends it within (4 MiB of JSON), not the pipe's looser
+            :data:`~covey.sim._sendable.LIMITS`: a client's config a deployed server
+            could not send fails that client here too.
     """
-    config_text = _within("config", config)
-    payload_text = None if extras else _within("payload", payload)
+    config_text = _within("config", config, _wire.WireLimits())
+    payload_text = None if extras else _within("payload", payload, _LIMITS)
     return (cid, kind, rnd, config_text, payload_text)
 
 
-def _within(part: str, value: Any) -> str:
-    """``value`` as JSON a worker accepts; a ``WireError`` names ``part`` first."""
+def _within(part: str, value: Any, limits: _wire.WireLimits) -> str:
+    """``value`` as JSON within ``limits``; a ``WireError`` names ``part`` first."""
     try:
-        return _wire.dumps_within(value, _LIMITS).decode()
+        return _wire.dumps_within(value, limits).decode()
     except _wire.WireError as exc:
         raise _wire.WireError(f"its {part}: {exc}") from None
 

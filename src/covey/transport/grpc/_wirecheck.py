@@ -1,4 +1,4 @@
-"""Whether a task's result can be sent, checked without encoding it.
+"""Whether a task's result, or a task's config, can be sent, checked without encoding it.
 
 One set of limits holds for a client's result wherever it runs:
 :func:`result_limits`, those a deployed server reads results with (at most
@@ -12,6 +12,10 @@ and dimensions of arrays, and an upper bound of its JSON's size. Only one that
 might pass a limit is encoded, by the encoder that sends it
 (:func:`~covey.transport.grpc._wire.dumps_within`), which then gives the
 verdict and the error: the same on every backend by construction.
+
+A task's config is checked the same way (:func:`check_config`), against the
+caps a deployed server sends a task within
+(:func:`~covey.transport.grpc._frames.task_header`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from covey.core._messages import EvaluateResult, FitResult
 from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.transport.grpc._wire import ARRAY_KINDS, WireLimits, dumps_within, result_head
 
-__all__ = ["check_result", "result_limits"]
+__all__ = ["check_config", "check_result", "result_limits"]
 
 #: Most characters of JSON for one number of an array (``-2.2250738585072014e-308``)
 #: and the comma after it.
@@ -71,6 +75,23 @@ def check_result(result: Any, limits: WireLimits) -> None:
         size = limits.max_bytes + 1
     if size > limits.max_bytes:
         dumps_within(result_head(result)[0], limits)
+
+
+def check_config(config: Mapping[str, Any], limits: WireLimits) -> None:
+    """Refuse ``config`` as :func:`~covey.transport.grpc._frames.task_header` would.
+
+    A config that may pass a limit, or holds a value of a type JSON has not, is
+    encoded to give the verdict (the usual small config of numbers is only measured).
+
+    Raises:
+        WireError: the encoder's own error, naming the entry, the size and the limit.
+    """
+    try:
+        size = _measure(config, 0, limits, [0])
+    except _MayRefuse:
+        size = limits.max_bytes + 1
+    if size > limits.max_bytes:
+        dumps_within(dict(config), limits)
 
 
 def _metrics(metrics: dict[str, Any], limits: WireLimits) -> int:
