@@ -15,6 +15,10 @@ import pytest
 
 import covey
 from _live import Joined, Served
+from covey.clients._client import _HANDLERS
+from covey.core._messages import Task
+from covey.sim._sendable import unsendable
+from covey.transport.grpc import GrpcServerTransport
 from covey.transport.grpc._wire import WireError, WireLimits, dumps_within, result_to_wire
 from covey.transport.grpc._wirecheck import check_config, check_result
 
@@ -190,3 +194,35 @@ def _refusal(call: Any, result: Any) -> str | None:
     except WireError as exc:
         return str(exc)
     return None
+
+
+def _histogram(client: Any, task: Any) -> dict[str, Any]:
+    """A task of one's own that carries no model, answered with 10000 counts in its JSON."""
+    return {"hist": {"counts": np.arange(10_000)}}
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_result_of_a_task_without_a_model_is_read_with_the_caps_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As its client checks it, and as every simulation backend does (``result_limits(None)``).
+
+    The server read it with the last model's limit (arrays of at most 4096 elements for
+    a model of 3): the client sent it, and was dropped for a "malformed reply".
+    """
+    monkeypatch.setitem(_HANDLERS, "histogram", _histogram)
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    joined = Joined(transport.port, name="site", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(1, 20)
+        (cid,) = transport.clients()
+        (fit,) = transport.exchange({cid: Task("fit", 1, weights=_init())}, timeout=20)
+        assert fit.ok
+        (reply,) = transport.exchange({cid: Task("histogram", 1)}, timeout=20)
+        assert reply.error is None
+        assert np.array_equal(reply.result["hist"]["counts"], np.arange(10_000))
+        assert transport.clients() == [cid]
+    finally:
+        transport.close()
+        joined.join(30)
+    assert unsendable(0, "histogram", _histogram(None, None), None) is None  # simulated

@@ -106,6 +106,10 @@ class Connection:
         self.context = context
         self.outbound: queue.Queue[Any] = queue.Queue()
         self.pending: dict[int, tuple[Sink, str]] = {}  # task_id -> (where to, kind)
+        # Pending tasks sent without a model: their results are read with the caps
+        # alone, as their client checks them (``_wirecheck.result_limits``), not with
+        # the limits of the last model sent, which hold for the other tasks' results.
+        self.modelless: set[int] = set()
         self.waiting: list[Sink] = []  # exchanges waiting for it to finish a closed round's task
         self.alive = True
         self.last_seen = time.monotonic()
@@ -159,6 +163,7 @@ class Connection:
         """Forget pending task ``task_id`` (answered, failed or given up); its sink and kind."""
         with self.lock:
             entry = self.pending.pop(task_id, None)
+            self.modelless.discard(task_id)
             woken: list[Sink] = []
             if self.waiting and not self._stale():
                 woken, self.waiting = self.waiting, []

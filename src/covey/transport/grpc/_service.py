@@ -227,6 +227,8 @@ class FederationService:
         with conn.lock:
             if task_id not in conn.pending:
                 return True  # cancelled before it was sent
+            if not task.weights:  # its result is read with the caps alone
+                conn.modelless.add(task_id)
         if conn.kinds and task.kind not in conn.kinds:
             self.registry.unable(conn, task_id, task.kind)
             return True
@@ -475,6 +477,7 @@ class FederationService:
 
     def _deliver(self, conn: Connection, header: pb.ReplyHeader, upload: Upload | None) -> None:
         """Turn a complete reply into a :class:`Reply` for whoever waits for it."""
+        limits = _wire.WireLimits() if header.task_id in conn.modelless else self.wire_limits
         entry = conn.take(header.task_id)
         if entry is None:
             logger.warning("client %s replied to unknown task %d", conn.name, header.task_id)
@@ -484,7 +487,7 @@ class FederationService:
             reply = Reply(conn.cid, kind, error=_wire.clipped_error(header.error))
         else:
             try:
-                reply = reply_of(conn.cid, kind, header, upload, self.wire_limits)
+                reply = reply_of(conn.cid, kind, header, upload, limits)
             except (_codec.CodecError, _wire.WireError, ValueError, TypeError) as exc:
                 # A message that breaks the format or its limits: the round learns the
                 # client failed, and the client is dropped.
