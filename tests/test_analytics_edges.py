@@ -251,18 +251,41 @@ def test_bounds_too_narrow_for_the_default_precision_are_named_as_the_cause(secu
     assert 0 <= df.iloc[0, 0] <= 5e-324
 
 
+class _Infinite(Site):
+    """A faulty site: its squared deviations are inf, though it has no such rows."""
+
+    def answer(self, request: Any, *, masked: bool = False) -> dict[str, Any]:
+        got = super().answer(request, masked=masked)
+        ops = [s["op"] for s in request["stats"]]
+        vectors = [
+            np.full_like(v, np.inf) if op == "sq" else v
+            for v, op in zip(got["vectors"], ops, strict=True)
+        ]
+        return {**got, "vectors": vectors}
+
+
 def test_squares_past_float64_name_the_bounds_not_only_a_faulty_site() -> None:
     # an honest site's squared deviations overflowed on its own rows, and the query
-    # said only that it "answered non-finite values (NaN or inf)"
+    # said only that it "answered non-finite values (NaN or inf)"; the site now
+    # refuses itself, naming the aggregate (sums of the values, 0, do not overflow)
+    policy = Policy(bounds={"x": (-1e200, 1e200)}, min_group_size=1)
+    huge = sites([np.array([1e200, -1e200, 0.0]), np.array([1.0, 2.0, 3.0])], policy)
+    said = (
+        r"s0 stopped answering mid-query: VAR_POP\(x\) cannot be answered: the sum of the "
+        r"squared deviations from the mean of 'x' over this site's rows overflows float64"
+    )
+    with pytest.raises(FederationQueryError, match=said):
+        query(huge, "SELECT VAR_POP(x) FROM p", secure=False)
+    # a site that answers inf where its rows give no such sum may be faulty: the server says so
     policy = Policy(bounds={"x": (-1.5e308, 1.5e308)}, min_group_size=1)
-    huge = sites([np.array([1e308, 1e308, -1e308]), np.array([1.0, 2.0, 3.0])], policy)
+    faulty = [_Infinite({"p": pd.DataFrame({"x": [1.0, 2.0]})}, policy, name="s0")]
     said = (
         r"s0 answered non-finite values \(NaN or inf\) for its sq statistic of 'x': either "
         r"the squared deviations over its rows add up past the largest float64 \(the bounds "
         r"of 'x' let them; declare bounds nearer the values\) or the site is faulty"
     )
     with pytest.raises(FederationQueryError, match=said):
-        query(huge, "SELECT VAR_POP(x) FROM p", secure=False)
+        query(faulty, "SELECT VAR_POP(x) FROM p", secure=False)
 
 
 def test_a_mechanism_without_epsilon_is_refused_not_ignored() -> None:

@@ -218,8 +218,9 @@ class _Stage:
                 out.append(None)
                 continue
             column = table[:, slot].copy()
-            if s["op"] not in ("min", "max"):
-                column = np.nan_to_num(column)
+            if s["op"] not in ("min", "max"):  # a group no row reaches: 0, not NaN
+                # but a sum past float64 stays inf, refused by the site (not the largest float)
+                column = np.nan_to_num(column, nan=0.0, posinf=np.inf, neginf=-np.inf)
             out.append(column)
         clipped = [np.nan_to_num(table[:, first_clip + i]) for i in range(len(clip_cols))]
         return table[:, 0], out, clipped, outside, np.nan_to_num(table[:, first_support:])

@@ -19,9 +19,11 @@ import numpy as np
 
 from covey import secagg
 from covey.analytics._compute import shape
+from covey.analytics._overflow import overflow_message
 from covey.analytics._policy import PolicyError
 from covey.analytics._readers import clip_columns
 from covey.analytics._site import SECURE_INPUT, TASK_KIND, Site, low_bits
+from covey.analytics._sql import plan
 from covey.clients import run_task
 from covey.clients._client import not_an_exception
 from covey.core import Reply, Task
@@ -245,7 +247,11 @@ class Federation:
                         raise FederationQueryError(_non_finite(name, stat))
                     if stat["op"] in COUNT_OPS and not request.get("dp"):
                         _counts(v, name, stat["op"])
-                    result.vectors[i] = acc + v
+                    with np.errstate(over="ignore"):  # past float64: refused just below
+                        result.vectors[i] = acc + v
+                    if not np.isfinite(result.vectors[i]).all():
+                        p = plan(str(request["sql"]))
+                        raise FederationQueryError(overflow_message(p, stat, "across the sites"))
             if keep_per_site:
                 result.per_site[cid] = vectors
             self._tally(result, got, name, clip_columns(request["stats"]))

@@ -198,10 +198,11 @@ class _Query:
     def sensitivity(self, stat: dict[str, Any]) -> float:
         """The sensitivity of a statistic under the merged bounds (finite, or refused)."""
         found = sensitivity(stat, self.decl["bounds"], self.opt["mechanism"])
-        if not math.isfinite(found):
+        if not math.isfinite(found * (self.multiplier or 1.0)):  # so does the noise's scale
             raise QueryError(
                 f"the bounds of {stat['col']!r} are too wide for DP: the sensitivity of "
-                f"its {'squared deviations' if stat['op'] == 'sq' else 'sums'} overflows"
+                f"its {'squared deviations' if stat['op'] == 'sq' else 'sums'} (times the "
+                "noise multiplier, the noise's scale) overflows float64"
             )
         return found
 

@@ -23,6 +23,7 @@ import numpy as np
 from covey.analytics import _dp
 from covey.analytics._compute import Computed, check_where, compute
 from covey.analytics._ledger_file import load_budget, save_budget
+from covey.analytics._overflow import refuse_overflow
 from covey.analytics._policy import Policy, PolicyError
 from covey.analytics._readers import clip_columns
 from covey.analytics._requests import check_stats
@@ -365,6 +366,8 @@ class Site(Client):
         if dp is not None:
             spent = self._charge(dp, stats, bounds)
             self._add_noise(dp, stats, vectors)
+        # under DP already charged: whether a sum overflows depends on the rows
+        refuse_overflow(p, stats, vectors, "over this site's rows")
         answer = {
             "site": self.name,
             "vectors": _encode(request, stats, vectors),
@@ -450,7 +453,10 @@ class Site(Client):
         mechanism, multiplier, shares = noise_request(dp)
         for s, v in zip(stats, vectors, strict=True):
             scale = multiplier * float(s["sensitivity"])
-            v += _dp.noise_share(mechanism, scale, shares, v.size, self._rng).reshape(v.shape)
+            if not math.isfinite(scale):  # Gamma draws of scale inf: inf - inf is NaN
+                raise PolicyError(f"bad noise request: the noise scale of {s['op']} overflows")
+            with np.errstate(over="ignore", invalid="ignore"):  # past float64: refused after
+                v += _dp.noise_share(mechanism, scale, shares, v.size, self._rng).reshape(v.shape)
 
 
 def _analyze(client: Any, task: Task) -> dict[str, Any]:
