@@ -8,19 +8,27 @@ staler. A staleness function may return any real scalar NumPy gives.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
+from safetensors import SafetensorError
 
 import covey
+from covey.aggregate import Contribution
 from covey.core import RoundRecord
 from covey.core._history import Failure
 from covey.deploy._console import ServerConsole
 from covey.server import AsyncLoop
+from covey.server._saver import BackgroundSaver, SaveError, flushing
+from covey.server._store import RunStore
 from covey.sim import inline_transport
+from covey.strategies import ClientInfo
 from covey.transport import SimulatedAsyncTransport
 
 
@@ -165,3 +173,86 @@ def test_a_staleness_function_returning_no_factor_stops_the_run_naming_it(
     assert "the staleness function " in message
     assert ".mine' gave " in message
     assert f"for staleness 2, {why}: it must return a number from 0 to 1" in message
+
+
+# -- 4. what the aggregation step, the configs and the run folder call a step -------------------
+
+
+def test_the_aggregators_zero_examples_error_names_the_update() -> None:
+    # the weighted mean said "round 2: all 1 contributions have num_examples=0" (and the
+    # staleness weighting, a per-client step, passes the End on with what it counts)
+    result = two_clients(lambda cid: Const(cid, empty=cid == 0))
+    said = "AggregationError: update 2: all 1 contributions have num_examples=0"
+    assert result.history.rounds[2].aggregate_info["error"].startswith(said)
+    rounds = covey.simulate(
+        lambda cid: Const(cid, empty=True), 2, 2, covey.FedAvg(), {"w": np.zeros(2)}
+    )  # a synchronous run says "round", as before
+    said = "AggregationError: round 2: all 2 contributions have num_examples=0"
+    assert rounds.history.rounds[2].aggregate_info["error"].startswith(said)
+
+
+def test_a_config_setting_what_covey_sets_names_the_update() -> None:
+    def extras(rnd: int) -> dict[str, Any]:
+        return {"extras": 1}
+
+    def own_round(rnd: int, client: ClientInfo) -> dict[str, Any]:
+        return {"round": 7}
+
+    def broken(rnd: int, client: ClientInfo) -> dict[str, Any]:
+        raise KeyError("lr")
+
+    clients = [ClientInfo(0, None)]
+    # a synchronous run's configs say "round", as before
+    for strategy, step in ((covey.FedBuff, "update"), (covey.FedAvg, "round")):
+        with pytest.raises(ValueError, match=f"set 'extras' in {step} 3: covey sets"):
+            strategy(on_fit_config=extras).fit_task_config(3)
+        configs = strategy(on_client_fit_config=own_round)
+        with pytest.raises(ValueError, match=f"set 'round' for client 0 in {step} 3: covey sets"):
+            configs.client_task_configs("fit", 3, {}, clients)
+        with pytest.raises(KeyError) as raised:
+            strategy(on_client_fit_config=broken).client_task_configs("fit", 3, {}, clients)
+        assert f"for client 0 in {step} 3" in "\n".join(raised.value.__notes__)
+
+
+def _same(saver: BackgroundSaver) -> BackgroundSaver:
+    return saver
+
+
+def test_a_save_that_fails_names_the_update_of_an_asynchronous_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a deployed FedBuff run whose disk filled said "saving round 1 ... cannot save round 1"
+    save_file = safetensors.numpy.save_file
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    contribution = Contribution(0, 1, delta={"w": np.ones(2)})
+    # a synchronous run's words are as before
+    for options, step, one in (
+        ({"buffer_size": 2}, "update", "an update"),
+        ({}, "round", "a round"),
+    ):
+        monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
+        run_dir = tmp_path / step
+        config = {"strategy": {"name": "FedBuff" if options else "FedAvg", "options": options}}
+        saver = BackgroundSaver(RunStore.create(run_dir, config=config))
+        saver.submit(0, {"w": np.zeros(2)}, None)
+        saver.flush()
+        monkeypatch.setattr(safetensors.numpy, "save_file", full)
+        saver.submit(1, {"w": np.ones(2)}, None)
+        wrapped = flushing(covey.FedBuff(buffer_size=2), functools.partial(_same, saver))
+        update = wrapped.aggregator.update
+        caplog.clear()
+        with pytest.raises(SaveError) as failed:
+            update(None, contribution)
+        said = str(failed.value)
+        assert said.startswith(f"saving {step} 1 to {run_dir} failed: OSError: ")
+        file = run_dir / "weights" / "round-00001.safetensors"
+        assert f"cannot save {step} 1 to {file}: Error while serializing" in said
+        assert ("round" not in said.replace(str(file), "")) == (step == "update")
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("saving")]
+        assert [m.split(" to ")[0] for m in logged] == [
+            f"saving {one} failed: cannot save {step} 1"
+        ]
+        saver.store.close()

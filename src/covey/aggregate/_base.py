@@ -157,10 +157,13 @@ class End:
         round: The round.
         info: What per-client steps report (e.g. who was clipped); reducers copy
             it into the :class:`Aggregate` they emit.
+        step: What ``round`` counts, for errors: ``"round"``, or an asynchronous
+            run's ``"update"``; a step that emits an ``End`` of its own passes it on.
     """
 
     round: int
     info: dict[str, Any] = field(default_factory=dict)
+    step: str = "round"
 
 
 @dataclass(frozen=True, slots=True)

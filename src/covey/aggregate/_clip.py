@@ -60,7 +60,7 @@ def per_client(name: str, key: str, rewrite: Rewrite, dropped: str = "") -> Step
             return _PerClientState(event.params, []), (event,)
         if isinstance(event, End):
             info = {**event.info, key: list(state.noted or ())}
-            return _PerClientState(), (End(event.round, info),)
+            return _PerClientState(), (End(event.round, info, event.step),)
         return state, (event,)
 
     return of_kind(Step(init, update), CLIENT, name)

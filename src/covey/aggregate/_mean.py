@@ -410,7 +410,7 @@ def _mean_end(state: _MeanState, event: End) -> tuple[State, tuple[Event, ...]]:
         return _MeanState(), ()
     if state.total == 0.0:
         raise AggregationError(
-            f"round {event.round}: all {state.clients} contributions have "
+            f"{event.step} {event.round}: all {state.clients} contributions have "
             "num_examples=0, so their weighted mean is undefined"
         )
     params = state.params

@@ -87,7 +87,7 @@ def scaffold(num_clients: int) -> Step:
                         "control-variate change with covey.clients.ControlVariate"
                     )
             if state.acc is None:
-                return _ScaffoldState(state.c), (End(event.round, info),)
+                return _ScaffoldState(state.c), (End(event.round, info, event.step),)
             if state.clients > total:
                 raise AggregationError(
                     f"scaffold: {state.clients} clients sent a control-variate change but "
@@ -102,8 +102,8 @@ def scaffold(num_clients: int) -> Step:
             overflow = [k for k, v in c.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
             if overflow:  # c past its dtype's range would fail every client from now on
                 info["scaffold_overflow"] = overflow
-                return _ScaffoldState(state.c), (End(event.round, info),)
-            return _ScaffoldState(freeze(c)), (End(event.round, info),)
+                return _ScaffoldState(state.c), (End(event.round, info, event.step),)
+            return _ScaffoldState(freeze(c)), (End(event.round, info, event.step),)
         return state, (event,)
 
     return for_federation(of_kind(Step(init, update), CLIENT, "scaffold()"), total)

@@ -444,7 +444,7 @@ class _LoopBase:
         traceback kept in the history.
         """
         try:
-            state, out = self.strategy.aggregator.feed(state, End(rnd))
+            state, out = self.strategy.aggregator.feed(state, End(rnd, step=self._step))
             aggregate = find_aggregate(out)
         except AggregationError as exc:
             logger.error(

@@ -123,7 +123,7 @@ def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) 
     return sha.hexdigest()
 
 
-def save_error(round: int, final: Path, exc: BaseException) -> OSError:
+def save_error(round: int, final: Path, exc: BaseException, step: str = "round") -> OSError:
     """The error of a round that could not be saved, naming the round and the file.
 
     safetensors reports a full disk as a ``SafetensorError``; it becomes an
@@ -134,13 +134,14 @@ def save_error(round: int, final: Path, exc: BaseException) -> OSError:
         round: The round being saved.
         final: Its weights file (``RUN_DIR/weights/round-NNNNN.safetensors``).
         exc: What writing the weights file or the database raised.
+        step: What ``round`` counts: ``"round"``, or an asynchronous run's ``"update"``.
     """
     if isinstance(exc, OSError) and exc.strerror:
-        said = f"cannot save round {round} to {final}: {exc.strerror}"  # not its temporary
+        said = f"cannot save {step} {round} to {final}: {exc.strerror}"  # not its temporary
     elif isinstance(exc, OSError):  # the database's, naming its file
-        said = f"cannot save round {round}: {exc}"
+        said = f"cannot save {step} {round}: {exc}"
     else:
-        said = f"cannot save round {round} to {final}: {exc}"
+        said = f"cannot save {step} {round} to {final}: {exc}"
     error = OSError(said)
     error.errno = getattr(exc, "errno", None)
     return error

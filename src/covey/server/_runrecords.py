@@ -51,6 +51,17 @@ class RunRecords:
         value: dict[str, Any] = json.loads(self._config_text)
         return value
 
+    @property
+    def step(self) -> str:
+        """What the run's round numbers count in messages: ``"update"`` if it is asynchronous.
+
+        An asynchronous strategy (FedBuff) records its ``buffer_size`` in the run's settings.
+        """
+        strategy = self.config.get("strategy")
+        options = strategy.get("options") if isinstance(strategy, dict) else None
+        asynchronous = isinstance(options, dict) and options.get("buffer_size") is not None
+        return "update" if asynchronous else "round"
+
     def set_rounds(self, rounds: int) -> None:
         """Record ``rounds`` as the run's round count: a resumed run may be asked for more.
 

@@ -130,7 +130,8 @@ class BackgroundSaver:
             thread.join()
         error, self._error = self._error, None
         if error is not None:
-            logger.error("saving a round failed: %s", error)
+            what = "an update" if self.store.step == "update" else "a round"
+            logger.error("saving %s failed: %s", what, error)
             raise error
 
 
@@ -157,7 +158,8 @@ def flushing(strategy: Strategy, saver: Callable[[], BackgroundSaver | None]) ->
             try:
                 background.flush()
             except Exception as exc:
-                where = f"saving round {background.round} to {background.store.run_dir}"
+                store = background.store  # an asynchronous run's rounds are its updates
+                where = f"saving {store.step} {background.round} to {store.run_dir}"
                 raise SaveError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
         return inner.update(state, event)
 

@@ -294,7 +294,7 @@ class RunStore(RunRecords):
                     conn.execute("DELETE FROM meta WHERE key = ?", (UNCOUNTED_KEY,))
                 committed = True
             except (OSError, SafetensorError) as exc:
-                raise save_error(round, final, exc) from exc
+                raise save_error(round, final, exc, self.step) from exc
             finally:
                 if not committed:
                     final.unlink(missing_ok=True)

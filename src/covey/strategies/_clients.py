@@ -74,8 +74,13 @@ def reserved_keys(kind: str, fixed: Collection[str]) -> set[str]:
     return {*RESERVED, *fixed} if kind == "fit" else {"round"}
 
 
-def round_config(value: Any, what: str, kind: str, round: int, fixed: Collection[str]) -> Config:
+def round_config(
+    value: Any, what: str, kind: str, round: int, fixed: Collection[str], step: str = "round"
+) -> Config:
     """A copy of the ``kind`` config ``what`` returned for ``round``, checked.
+
+    ``step`` is what ``round`` counts in errors: ``"round"``, or an asynchronous
+    run's ``"update"``.
 
     Entries covey sets itself are refused: ``"round"`` set to another value than
     the round (the same value passes: the runtime sets it anyway), ``"extras"``,
@@ -94,7 +99,7 @@ def round_config(value: Any, what: str, kind: str, round: int, fixed: Collection
         if key in refused or (isinstance(key, str) and key.startswith(PREFIX)):
             said = f" to {entry!r}" if key == "round" else ""
             raise ValueError(
-                f"{what} set {key!r}{said} in round {round}: covey sets that entry of the "
+                f"{what} set {key!r}{said} in {step} {round}: covey sets that entry of the "
                 f"{kind} config itself"
                 + (f" (to {round})" if key == "round" else "")
                 + "; give yours another name"
@@ -110,6 +115,7 @@ def per_client_configs(
     base: Config,
     clients: Sequence[ClientInfo],
     fixed: Collection[str] = (),
+    step: str = "round",
 ) -> dict[int, Config]:
     """Each client's whole config: ``base`` with the entries ``make(round, client)`` returns.
 
@@ -121,6 +127,8 @@ def per_client_configs(
         base: The config every client of the round gets (fixed entries included).
         clients: The sampled clients, in the order the function is called.
         fixed: Entries covey adds to every fit config (``Strategy.fit_config_entries``).
+        step: What ``round`` counts in errors: ``"round"``, or an asynchronous run's
+            ``"update"``.
 
     Returns:
         ``{cid: config}``; a client given no entries of its own shares ``base``.
@@ -136,7 +144,7 @@ def per_client_configs(
         try:
             made = make(round, client)
         except Exception as exc:  # the user's error, told where it came from
-            exc.add_note(f"raised by {what} for client {client.cid} in round {round}")
+            exc.add_note(f"raised by {what} for client {client.cid} in {step} {round}")
             raise
         own = checked_config(made, what)
         for key in own:
@@ -147,7 +155,7 @@ def per_client_configs(
                 )
             if key in refused or key.startswith(PREFIX):
                 raise ValueError(
-                    f"{what} set {key!r} for client {client.cid} in round {round}: covey sets "
+                    f"{what} set {key!r} for client {client.cid} in {step} {round}: covey sets "
                     f"that entry of the {kind} config itself; give yours another name"
                 )
         out[client.cid] = {**base, **own} if own else base

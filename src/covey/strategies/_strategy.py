@@ -190,6 +190,11 @@ class Strategy:
         """Whether the strategy runs asynchronously (FedBuff), i.e. ``buffer_size`` is set."""
         return self.buffer_size is not None
 
+    @property
+    def _step(self) -> str:
+        """What a round number counts in messages: ``"update"`` when asynchronous."""
+        return "update" if self.asynchronous else "round"
+
     def eligible(
         self, available: Sequence[int], properties: Mapping[int, Mapping[str, Any]]
     ) -> list[int]:
@@ -360,14 +365,14 @@ class Strategy:
         returns is checked like ``on_fit_config``'s.
         """
         what, fixed = self.source("fit_config", "on_fit_config"), self.fit_config_entries
-        config = round_config(self.fit_config(round), what, "fit", round, fixed)
+        config = round_config(self.fit_config(round), what, "fit", round, fixed, self._step)
         config.update(fixed)
         return config
 
     def evaluate_task_config(self, round: int) -> Config:
         """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
         what = self.source("evaluate_config", "on_evaluate_config")
-        return round_config(self.evaluate_config(round), what, "evaluate", round, ())
+        return round_config(self.evaluate_config(round), what, "evaluate", round, (), self._step)
 
     def client_fit_config(self, round: int, client: ClientInfo) -> Config:
         """Entries of ``client``'s own for its fit task in ``round``, on top of :meth:`fit_config`.
@@ -418,7 +423,7 @@ class Strategy:
             what += f" {name_of(option)}"
         make = self.client_fit_config if kind == "fit" else self.client_evaluate_config
         fixed = self.fit_config_entries if kind == "fit" else ()
-        return per_client_configs(make, what, kind, round, base, clients, fixed)
+        return per_client_configs(make, what, kind, round, base, clients, fixed, self._step)
 
     def combined_metrics(
         self, kind: str, results: Sequence[tuple[int, Metrics]], round: int | None = None
