@@ -92,7 +92,7 @@ class Unsent:
 
     def __call__(self, cid: int, task: Task) -> Reply | None:
         """Client ``cid``'s failed reply if its config cannot be sent (see :func:`unsent`)."""
-        if task.config is self._sendable:
+        if not task.config or task.config is self._sendable:
             return None
         failed = unsent(cid, task)
         if failed is None:
