@@ -337,3 +337,45 @@ def test_settings_files_and_a_privacy_ledger_over_their_cap_are_refused_unread(
             clip=1.0,
             ledger_path=ledger,
         )
+
+
+def test_a_folder_in_place_of_a_rounds_weights_file_is_refused_naming_it(tmp_path: Path) -> None:
+    # A folder opened as the file did, and os.fdopen's IsADirectoryError named only the
+    # descriptor ("Is a directory: 7"): the resume stopped there instead of skipping the round.
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    path = run_dir / "weights" / weights_file_name(3)
+    path.unlink()
+    path.mkdir()
+    (path / "notes.txt").write_text("kept")
+    with RunStore.open(run_dir) as store:
+        with pytest.raises(ValueError, match=r"round-00003\.safetensors.*not a regular file"):
+            store.load_round(3)
+        assert store.load_latest_valid()[0] == 2
+        assert store.discard_after(2) == [3]  # the folder is not the run's: it is kept
+        assert store.rounds() == [0, 1, 2]
+    assert (path / "notes.txt").read_text() == "kept"
+
+
+def test_a_settings_file_that_is_a_folder_is_refused_naming_it(tmp_path: Path) -> None:
+    from covey.core._files import read_regular
+
+    folder = tmp_path / "run.json"
+    folder.mkdir()
+    with pytest.raises(OSError, match=r"run\.json is not a regular file"):
+        read_regular(folder, 1000)
+
+
+def test_a_hidden_folder_in_weights_is_kept_and_rounds_still_save(tmp_path: Path) -> None:
+    # Jupyter makes .ipynb_checkpoints in a folder it shows: the sweep of a crashed
+    # save's hidden leftovers tried to unlink it, and every save failed.
+    run_dir = tmp_path / "run"
+    _run(run_dir, 2)
+    hidden = run_dir / "weights" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    (hidden / "note.txt").write_text("kept")
+    with RunStore.open(run_dir) as store:
+        store.save_round(2, _weights(2), None, keep_last=2)
+        assert store.kept_rounds() == [1, 2]
+        assert store.load_round(2)[0]["w"][0] == 2
+    assert (hidden / "note.txt").read_text() == "kept"

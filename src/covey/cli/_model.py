@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -155,14 +154,16 @@ def model_round(path: Path) -> int | None:
     A file that is missing, unreadable, not a regular file, not safetensors or
     without the metadata gives None.
     """
+    from covey.core._files import regular_reader
     from covey.server._roundfiles import MAX_HEADER_BYTES
 
     try:
         # A named pipe would block for ever: only a regular file is read.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
+        opened = regular_reader(fd)
+        if opened is None:
+            return None
+        with opened[0] as f:
             head = f.read(8)
             length = int.from_bytes(head, "little") if len(head) == 8 else -1
             if not 0 < length <= MAX_HEADER_BYTES:

@@ -20,7 +20,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 Writer = Callable[[Path], None]
 """Writes a file's whole content at the path it is given (e.g. ``safetensors`` ``save_file``)."""
@@ -184,18 +184,41 @@ def read_regular(path: str | Path, limit: int | None = None) -> bytes:
             (nothing is read).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
-    with os.fdopen(fd, "rb") as handle:
-        facts = os.fstat(fd)
-        if not stat.S_ISREG(facts.st_mode):
-            raise OSError(f"{path} is not a regular file (a named pipe, a device): remove it")
+    opened = regular_reader(fd)
+    if opened is None:
+        raise OSError(f"{path} is not a regular file (a folder, a named pipe, a device): remove it")
+    handle, size = opened
+    with handle:
         if limit is None:
             return handle.read()
-        if facts.st_size > limit:
-            raise TooLargeError(path, facts.st_size, limit)
+        if size > limit:
+            raise TooLargeError(path, size, limit)
         data = handle.read(limit + 1)  # a file that grew since fstat is caught too
         if len(data) > limit:
-            raise TooLargeError(path, max(facts.st_size, len(data)), limit)
+            raise TooLargeError(path, max(size, len(data)), limit)
         return data
+
+
+def regular_reader(fd: int) -> tuple[BinaryIO, int] | None:
+    """A binary reader of the open file ``fd`` and its size; None if it is no regular file.
+
+    ``fd`` is closed when None is returned (a folder, a named pipe, a device) or
+    this raises, and by the reader otherwise. A folder opens for reading as a
+    file does, and ``os.fdopen`` then refuses it with an error that names the
+    descriptor's number rather than the file: the caller names the file instead.
+
+    Raises:
+        OSError: the system could not read the file's status.
+    """
+    try:
+        facts = os.fstat(fd)
+        if stat.S_ISREG(facts.st_mode):
+            return os.fdopen(fd, "rb"), facts.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
 
 
 def read_json_object(path: str | Path, limit: int) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from covey.core._messages import MAX_ROUNDS
-from covey.server._roundfiles import weights_file_name
+from covey.server._roundfiles import remove, weights_file_name
 from covey.server._rundb import RunDB
 
 __all__ = ["SIMULATION_KEEPS", "check_keep_last", "kept_rounds", "prune", "pruned_error"]
@@ -65,7 +65,7 @@ def prune(db: RunDB, weights_dir: Path, keep_last: int) -> None:
             "UPDATE rounds SET weights_file = NULL, sha256 = NULL WHERE round = ?", rows
         )
     for (r,) in rows:  # the round's own file, whatever its row named
-        (weights_dir / weights_file_name(r)).unlink(missing_ok=True)
+        remove(weights_dir / weights_file_name(r))
 
 
 def _listed(rounds: list[int]) -> str:

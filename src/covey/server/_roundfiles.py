@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
@@ -23,7 +22,7 @@ from typing import Any, BinaryIO, Final
 import numpy as np
 import safetensors.numpy
 
-from covey.core._files import atomic_write
+from covey.core._files import atomic_write, regular_reader
 from covey.core._history import History, RoundRecord, unknown_fields
 from covey.core._jsonvalues import jsonable
 from covey.core._version import covey_version
@@ -37,6 +36,7 @@ __all__ = [
     "read_record",
     "read_weights",
     "record_json",
+    "remove",
     "round_of_file",
     "save_error",
     "stored_file",
@@ -180,15 +180,19 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
         raise ValueError(f"weights file {path} of round {round} is missing") from None
     except OSError as exc:
         raise _read_error(round, path, exc) from exc
-    with os.fdopen(fd, "rb") as handle:
+    try:
+        opened = regular_reader(fd)
+    except OSError as exc:
+        raise _read_error(round, path, exc) from exc
+    if opened is None:
+        raise ValueError(
+            f"weights file {path} of round {round} is not a regular file (a folder, a "
+            "named pipe, a device, or a link to one): it is not the file the round saved"
+        )
+    handle, size = opened
+    with handle:
         try:
-            facts = os.fstat(fd)
-            if not stat.S_ISREG(facts.st_mode):
-                raise ValueError(
-                    f"weights file {path} of round {round} is not a regular file (a named "
-                    "pipe, a device, or a link to one): it is not the file the round saved"
-                )
-            _check_size(round, path, handle, facts.st_size)
+            _check_size(round, path, handle, size)
             handle.seek(0)
             sha = hashlib.sha256()
             while chunk := handle.read(_CHUNK):
@@ -200,10 +204,10 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
                     f"{actual}, expected {digest}"
                 )
             handle.seek(0)
-            data = handle.read(facts.st_size + 1)
+            data = handle.read(size + 1)
         except OSError as exc:  # not damage (a permission, the disk): the round is kept
             raise _read_error(round, path, exc) from exc
-    if len(data) != facts.st_size:  # written over in place while it was read
+    if len(data) != size:  # written over in place while it was read
         raise ValueError(f"weights file {path} of round {round} changed while it was read")
     return _arrays_of(round, path, data)
 
@@ -295,7 +299,22 @@ def sweep(weights_dir: Path, referenced: Collection[str]) -> None:
         stale_tmp = path.name.startswith(".")
         orphan = _ROUND_FILE.fullmatch(path.name) and path.name not in referenced
         if stale_tmp or orphan:
-            path.unlink(missing_ok=True)
+            remove(path)
+
+
+def remove(path: Path) -> None:
+    """Delete the file ``path`` if it is there; leave a folder of that name alone.
+
+    A folder is never one the run wrote (``.ipynb_checkpoints``, which Jupyter
+    makes in a folder it shows, or one put where a round's file belongs): it is
+    kept, with what it holds. A round whose file cannot be written over it says
+    so, naming it.
+    """
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        if not path.is_dir() or path.is_symlink():
+            raise
 
 
 def record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:

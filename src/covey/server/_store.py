@@ -50,6 +50,7 @@ from covey.server._roundfiles import (
     read_record,
     read_weights,
     record_json,
+    remove,
     round_of_file,
     save_error,
     stored_file,
@@ -454,7 +455,7 @@ class RunStore(RunRecords):
                     (floor,),
                 )
             for (r,) in rows:  # the round's own file, whatever its row named
-                (self._weights_dir / weights_file_name(r)).unlink(missing_ok=True)
+                remove(self._weights_dir / weights_file_name(r))
             with self._db.transaction() as conn:
                 conn.execute("DELETE FROM rounds WHERE round > ?", (floor,))
         return sorted(int(r) for (r,) in rows)
