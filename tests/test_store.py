@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -115,6 +116,24 @@ def test_loading_the_last_round_of_a_run_that_saved_none_says_so(run_dir: Path) 
         assert store.last_round() is None
         with pytest.raises(KeyError, match="no round is saved yet in the run at"):
             store.load_round(store.last_round())  # type: ignore[arg-type]
+
+
+def test_a_round_that_is_no_int_is_refused_naming_it(run_dir: Path) -> None:
+    # A str ("3", read from a command line) or a float failed with Python's bare
+    # "Unknown format code 'd' for object of type 'str'", True loaded round 1, and a
+    # round past SQLite's integers raised OverflowError.
+    with RunStore.create(run_dir, config=CONFIG) as store:
+        for r in range(3):
+            store.save_round(r, small(r), None)
+        for given in ("2", 2.0, np.float64(2.0), True, [2]):
+            with pytest.raises(
+                TypeError, match=r"round number \(an int\), got \w+ " + re.escape(repr(given))
+            ):
+                store.load_round(given)  # type: ignore[arg-type]
+        for given in (-1, 2**64):
+            with pytest.raises(KeyError, match=f"round {given} was never saved"):
+                store.load_round(given)
+        assert_identical(store.load_round(np.int64(2))[0], small(2))  # type: ignore[arg-type]
 
 
 def test_config_is_a_copy_and_must_be_json(run_dir: Path) -> None:

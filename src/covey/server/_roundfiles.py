@@ -37,6 +37,7 @@ __all__ = [
     "read_weights",
     "record_json",
     "remove",
+    "round_number",
     "round_of_file",
     "save_error",
     "stored_file",
@@ -71,6 +72,31 @@ def stored_file(db: Path, round: int, name: str) -> str:
             f"{weights_file_name(round)!r} in {WEIGHTS_DIR}/: the database is damaged"
         )
     return name
+
+
+def round_number(given: object, run_dir: Path) -> int:
+    """``given`` as the number of a round to load from the run in ``run_dir``.
+
+    Raises:
+        KeyError: ``given`` is None (what ``last_round()`` gives for a run that
+            saved none) or negative: no such round is saved.
+        TypeError: ``given`` is no int (a str, a float, a bool, ``best_round``'s tuple).
+    """
+    if given is None:  # load_round(last_round()) of a run that saved none
+        raise KeyError(f"no round is saved yet in the run at {run_dir}")
+    if isinstance(given, tuple):  # load_round(history.best_round(...)), not unpacked
+        raise TypeError(
+            f"load_round takes a round number, got the tuple {given!r}: "
+            "best_round gives (round, value), so pass its first item"
+        )
+    if isinstance(given, bool) or not isinstance(given, int | np.integer):
+        raise TypeError(
+            f"load_round takes a round number (an int), got {type(given).__name__} "
+            f"{given!r}; rounds() lists the rounds saved"
+        )
+    if given < 0:
+        raise KeyError(f"round {given} was never saved in the run at {run_dir}")
+    return int(given)
 
 
 def round_of_file(name: str) -> int | None:

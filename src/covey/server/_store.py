@@ -51,6 +51,7 @@ from covey.server._roundfiles import (
     read_weights,
     record_json,
     remove,
+    round_number,
     round_of_file,
     save_error,
     stored_file,
@@ -332,22 +333,17 @@ class RunStore(RunRecords):
         Raises:
             KeyError: ``round`` was never saved (None: no round was, as
                 :meth:`last_round` gives for such a run).
+            TypeError: ``round`` is not an int (a str, a float, a bool).
             ValueError: the round's weights file is missing or corrupt, or was pruned
                 (the error names the rounds kept: :meth:`kept_rounds`).
         """
-        if round is None:  # load_round(last_round()) of a run that saved none
-            raise KeyError(f"no round is saved yet in the run at {self._run_dir}")
-        given: object = round  # typed int, but called with what a caller has
-        if isinstance(given, tuple):  # load_round(history.best_round(...)), not unpacked
-            raise TypeError(
-                f"load_round takes a round number, got the tuple {given!r}: "
-                "best_round gives (round, value), so pass its first item"
-            )
-        with self._db.reading() as conn:
-            row = conn.execute(
-                "SELECT weights_file, sha256, record, server_state FROM rounds WHERE round = ?",
-                (int(round),),
-            ).fetchone()
+        round, row = round_number(round, self._run_dir), None
+        if round < 2**63:  # SQLite's largest integer: a larger round was never saved
+            with self._db.reading() as conn:
+                row = conn.execute(
+                    "SELECT weights_file, sha256, record, server_state FROM rounds WHERE round = ?",
+                    (round,),
+                ).fetchone()
         if row is None:
             raise KeyError(f"round {round} was never saved in the run at {self._run_dir}")
         name, digest, record_text, state = row
