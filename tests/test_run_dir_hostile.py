@@ -379,3 +379,22 @@ def test_a_hidden_folder_in_weights_is_kept_and_rounds_still_save(tmp_path: Path
         assert store.kept_rounds() == [1, 2]
         assert store.load_round(2)[0]["w"][0] == 2
     assert (hidden / "note.txt").read_text() == "kept"
+
+
+def test_an_aggregation_state_stored_as_text_is_damage_and_its_round_skipped(
+    tmp_path: Path,
+) -> None:
+    # bytes(state) of a str failed with a bare "TypeError: string argument without an
+    # encoding", which stopped the resume instead of skipping the round.
+    run_dir = tmp_path / "run"
+    with RunStore.create(run_dir, config={}) as store:
+        for r in range(3):
+            store.save_round(r, _weights(r), None, b"state-%d" % r)
+    with closing(sqlite3.connect(run_dir / "run.sqlite")) as conn, conn:
+        conn.execute("UPDATE rounds SET server_state = 'edited' WHERE round = 2")
+    with RunStore.open(run_dir) as store:
+        with pytest.raises(ValueError, match=r"state of round 2 in .*run\.sqlite is damaged"):
+            store.load_round(2)
+        r, weights, _, state = store.load_latest_valid()
+        assert (r, state) == (1, b"state-1")
+        assert weights["w"][0] == 1

@@ -41,6 +41,7 @@ __all__ = [
     "round_of_file",
     "save_error",
     "stored_file",
+    "stored_state",
     "sweep",
     "weights_file_name",
     "write_weights",
@@ -97,6 +98,25 @@ def round_number(given: object, run_dir: Path) -> int:
     if given < 0:
         raise KeyError(f"round {given} was never saved in the run at {run_dir}")
     return int(given)
+
+
+def stored_state(db: Path, round: int, state: object) -> bytes | None:
+    """The aggregation state ``db`` holds for ``round``: bytes, or None if it saved none.
+
+    A state stored as text or a number (the database edited by hand, or
+    damaged) is refused as damage, so that a resume skips the round.
+
+    Raises:
+        ValueError: naming the database, the round and what the state is.
+    """
+    if state is None:
+        return None
+    if isinstance(state, bytes | bytearray | memoryview):
+        return bytes(state)
+    raise ValueError(
+        f"the aggregation state of round {round} in {db} is damaged: it is "
+        f"{type(state).__name__}, not the bytes the round saved"
+    )
 
 
 def round_of_file(name: str) -> int | None:

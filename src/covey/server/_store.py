@@ -55,6 +55,7 @@ from covey.server._roundfiles import (
     round_of_file,
     save_error,
     stored_file,
+    stored_state,
     sweep,
     weights_file_name,
     write_weights,
@@ -352,7 +353,7 @@ class RunStore(RunRecords):
         name = stored_file(self._run_dir / DB_NAME, round, name)
         weights = read_weights(round, self._weights_dir / name, digest)
         record = None if record_text is None else self._record(round, record_text)
-        return weights, record, None if state is None else bytes(state)
+        return weights, record, stored_state(self._run_dir / DB_NAME, round, state)
 
     def load_latest_valid(
         self, check_state: Callable[[bytes], None] | None = None
