@@ -63,6 +63,28 @@ def test_a_run_killed_before_round_zero_resumes_from_step_zero(tmp_path: Path) -
         assert store.config["model"] == result.history.config["model"]
 
 
+def test_the_same_arrays_in_another_order_resume_from_step_zero(tmp_path: Path) -> None:
+    # The layout recorded as text was compared in order: the same arrays given in
+    # another order were refused, though a run that saved rounds takes them.
+    run_dir = tmp_path / "run"
+    _killed_before_round_zero(run_dir, {"w": np.arange(4.0), "b": np.zeros(2, np.float32)})
+    result = serve(
+        covey.FedAvg(),
+        0,
+        {"b": np.zeros(2, np.float32), "w": np.arange(4.0)},
+        "127.0.0.1:0",
+        insecure=True,
+        run_dir=run_dir,
+        resume=True,
+        evaluate_fn=_loss,
+        plot=False,
+    )
+    assert [r.round for r in result.history.rounds] == [0]
+    assert result.history.rounds[0].central_loss == 6.0
+    with RunStore.open(run_dir) as store:
+        assert store.rounds() == [0]
+
+
 def test_a_model_of_another_layout_is_refused_naming_both(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     _killed_before_round_zero(run_dir, {"w": np.arange(4.0)})

@@ -99,9 +99,10 @@ def _from_step_zero(
             "(serve(initial_weights=...))"
         )
     config = opened.config
-    given = WeightsSpec.of(initial_weights).describe()
+    spec = WeightsSpec.of(initial_weights)
+    given = spec.describe()
     recorded = config.get("model")
-    if recorded is not None and recorded != given:
+    if recorded is not None and recorded not in (given, _in_order_of(recorded, spec)):
         raise ValueError(
             f"{where}, with a model of layout {recorded}; the initial weights given are "
             f"{given}: resume it with the app it was started with"
@@ -134,6 +135,18 @@ def _same_layout(opened: RunStore, last: int, saved: WeightsSpec, app: WeightsSp
         "run's, and clients built for another model would fail in its next round: resume "
         "it with the app it was started with, or start a new run in another folder"
     )
+
+
+def _in_order_of(recorded: object, spec: WeightsSpec) -> str | None:
+    """``spec`` described with its arrays in the order the layout text ``recorded`` has them.
+
+    The same arrays in another order (a dict built in another order, a file's own
+    order) are the same model, as a run that saved rounds takes them.
+    """
+    if not isinstance(recorded, str):
+        return None
+    entries = [f"{n}: {layout}" for n, layout in _arrays(spec).items()]
+    return ", ".join(sorted(entries, key=recorded.find))
 
 
 def _arrays(spec: WeightsSpec) -> dict[str, str]:
