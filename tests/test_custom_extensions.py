@@ -634,3 +634,40 @@ def test_a_metrics_function_returning_what_the_history_cannot_keep_is_named(kind
         TypeError, match=f"{kind}_metrics .*_opaque in round 1 returned a value the history cannot"
     ):
         covey.simulate(Evaluating, 3, 1, strategy, _init())
+
+
+class _NoFinish:
+    """A run hook of one's own that forgot ``finish``."""
+
+    def start(self, state: Any, seed: Any, history: Any) -> Any:
+        return state
+
+    def before_round(self, round: int, state: Any) -> str | None:
+        return None
+
+    def after_round(self, record: Any, state: Any) -> None:
+        return None
+
+
+class _Hook(_NoFinish):
+    def finish(self, history: Any, state: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("hooks", "said"),
+    [
+        ((_NoFinish(),), r"hooks\[0\] \(_NoFinish\) is not a run hook .* lacks finish\(history"),
+        ((_Hook(), print), r"hooks\[1\] \(builtin_function_or_method\) is not a run hook"),
+        (_Hook(), "hooks must be a tuple of run hooks .* got _Hook: write hooks=\\(hook,\\)"),
+    ],
+)
+def test_a_run_hook_that_is_not_one_is_refused_when_the_strategy_is_made(
+    hooks: Any, said: str
+) -> None:
+    # Before: a hook without finish() failed after the last round with an AttributeError
+    # that lost the run's result; a hook not in a tuple with "'_Hook' object is not iterable".
+    with pytest.raises(TypeError, match=said):
+        covey.Strategy(hooks=hooks)
+    hooked = covey.Strategy(hooks=(_Hook(),), fraction_evaluate=0.0)
+    assert covey.simulate(_Shift, 3, 2, hooked, _init()).history.rounds[2].aggregated

@@ -89,6 +89,41 @@ def check_call(fn: object, attr: str) -> None:
         ) from None
 
 
+#: What a run hook (:class:`covey.core.RunHook`) implements, as the round loop calls it.
+HOOK_METHODS = {
+    "start": "start(state, seed, history)",
+    "before_round": "before_round(round, state)",
+    "after_round": "after_round(record, state)",
+    "finish": "finish(history, state)",
+}
+
+
+def check_hooks(hooks: Any) -> None:
+    """Refuse ``Strategy(hooks=...)`` that is not a tuple (or list) of run hooks, naming it.
+
+    A hook without ``finish`` was otherwise found only after the last round,
+    with an ``AttributeError`` that lost the run's result; a single hook not in
+    a tuple failed with ``'...' object is not iterable``.
+
+    Raises:
+        TypeError: naming the hook and the methods it lacks.
+    """
+    if not isinstance(hooks, tuple | list):
+        raise TypeError(
+            f"hooks must be a tuple of run hooks (covey.core.RunHook), got "
+            f"{type(hooks).__name__}: write hooks=(hook,) for one"
+        )
+    for i, hook in enumerate(hooks):
+        lacks = [
+            call for name, call in HOOK_METHODS.items() if not callable(getattr(hook, name, None))
+        ]
+        if lacks:
+            raise TypeError(
+                f"hooks[{i}] ({type(hook).__name__}) is not a run hook (covey.core.RunHook): "
+                f"it lacks {', '.join(lacks)}"
+            )
+
+
 def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
     """The client ids a custom ``selector`` returned, sorted.
 

@@ -22,6 +22,7 @@ from covey.core._weights import Array, Weights
 from covey.strategies._checks import (
     CALLS,
     check_call,
+    check_hooks,
     checked_config,
     checked_count,
     checked_metrics,
@@ -182,6 +183,7 @@ class Strategy:
             check_call(getattr(self, attr), attr)
         if self.fit_round is not None and self.sends_client_configs("fit"):
             takes_configs(self.fit_round, self.source("client_fit_config", "on_client_fit_config"))
+        check_hooks(self.hooks)
         if not isinstance(self.accept_failures, bool):
             raise TypeError(f"accept_failures must be True or False, got {self.accept_failures!r}")
 
