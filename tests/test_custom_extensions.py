@@ -9,6 +9,7 @@ it could not be).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from dataclasses import dataclass
@@ -671,3 +672,34 @@ def test_a_run_hook_that_is_not_one_is_refused_when_the_strategy_is_made(
         covey.Strategy(hooks=hooks)
     hooked = covey.Strategy(hooks=(_Hook(),), fraction_evaluate=0.0)
     assert covey.simulate(_Shift, 3, 2, hooked, _init()).history.rounds[2].aggregated
+
+
+def _reporting(info: Any, at: type) -> Step:
+    """A step of one's own that sends on ``End`` or ``Aggregate`` with ``info`` as its info."""
+
+    def update(state: Any, event: Any) -> Any:
+        if at is End and isinstance(event, End):
+            return state, (End(event.round, info=info),)
+        if at is Aggregate and isinstance(event, Aggregate):
+            out = Aggregate(event.round, 1, 1, delta=event.as_delta(state), info=info)
+            return state, (out,)
+        if isinstance(event, Begin):
+            return dict(event.params), (event,)
+        return state, (event,)
+
+    return Step(lambda params: dict(params), update)
+
+
+@pytest.mark.parametrize(("info", "at"), [(None, Aggregate), (["clipped"], End)])
+def test_an_info_that_is_no_dict_stops_the_run_naming_the_event(info: Any, at: type) -> None:
+    # Before: an Aggregate's info=None escaped the round loop as a bare "'NoneType' object
+    # is not iterable" and lost the run's history; an End's info=[...] stopped it with
+    # "dictionary update sequence element #0 has length 7; 2 is required".
+    steps = (_reporting(info, at), weighted_mean())
+    strategy = covey.Strategy(aggregator=chain(*(steps if at is End else steps[::-1])))
+    strategy = dataclasses.replace(strategy, fraction_evaluate=0.0)
+    said = f"{at.__name__}\\(round=1\\).info must be a dict of names to values .* got "
+    with pytest.raises(covey.FederationError, match=said) as stopped:
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+    assert isinstance(stopped.value.__cause__, TypeError)
+    assert "aggregate_info" in str(stopped.value)

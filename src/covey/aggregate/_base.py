@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from covey.core._jsonvalues import check_info
 from covey.core._messages import Metrics, slot_setters
 from covey.core._weights import Array, Weights, WeightsError, add, subtract
 
@@ -165,6 +166,9 @@ class End:
     info: dict[str, Any] = field(default_factory=dict)
     step: str = "round"
 
+    def __post_init__(self) -> None:
+        check_info(self.info, "End", self.round)
+
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
@@ -209,6 +213,7 @@ class Aggregate:
                 f"Aggregate(round={self.round}) needs exactly one of weights= or delta=, got "
                 + ("neither" if self.weights is None else "both")
             )
+        check_info(self.info, "Aggregate", self.round)
 
     def as_delta(self, params: Weights) -> Weights:
         """The update relative to ``params``."""

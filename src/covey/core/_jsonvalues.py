@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["as_float", "from_jsonable", "jsonable"]
+__all__ = ["as_float", "check_info", "from_jsonable", "jsonable"]
 
 
 def as_float(value: int | float) -> float:
@@ -14,6 +15,22 @@ def as_float(value: int | float) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def check_info(info: Any, event: str, round: int) -> None:
+    """Refuse an aggregation event's ``info`` that is no mapping, naming the event.
+
+    The round loop copies ``info`` into the round's ``aggregate_info``: a list or
+    None there failed as ``'NoneType' object is not iterable``, naming nothing.
+
+    Raises:
+        TypeError: naming the event and its round, if ``info`` is not a mapping.
+    """
+    if not isinstance(info, Mapping):
+        raise TypeError(
+            f"{event}(round={round}).info must be a dict of names to values (the round "
+            f"records it in aggregate_info), got {type(info).__name__}"
+        )
 
 
 def jsonable(value: Any) -> Any:
