@@ -703,3 +703,41 @@ def test_an_info_that_is_no_dict_stops_the_run_naming_the_event(info: Any, at: t
         covey.simulate(_Shift, 3, 1, strategy, _init())
     assert isinstance(stopped.value.__cause__, TypeError)
     assert "aggregate_info" in str(stopped.value)
+
+
+class _Picky(_Halving):
+    """A scheme of one's own whose decoder fails on the update of one client (client 1)."""
+
+    def decode(self, parts: Any, spec: Any) -> dict[str, np.ndarray]:
+        if float(parts["b"]["h"][0]) == 1.0:  # client 1 sends halves of 2
+            raise KeyError("scale")
+        return super().decode(parts, spec)
+
+
+class _Forgetful(_Halving):
+    """A scheme of one's own whose encoder returns nothing."""
+
+    def encode(self, delta: Any, rng: Any) -> Any:
+        return None
+
+
+def test_a_scheme_of_ones_own_that_fails_on_an_update_fails_that_client_only() -> None:
+    # Before: the KeyError of the decoder stopped the whole run, bare.
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    result = covey.simulate(_Shift, 3, 1, strategy, _init(), compression=_Picky())
+    record = result.history.rounds[1]
+    assert record.fit_participants == [0, 2]
+    [failure] = record.fit_failures
+    assert failure.cid == 1
+    assert failure.error == (
+        "refused the encoded update: _Picky.decode(parts, spec) raised KeyError: 'scale'"
+    )
+    assert np.array_equal(result.weights["b"], np.full(3, (1 * 1 + 3 * 3) / 4))
+
+
+def test_a_scheme_of_ones_own_that_encodes_no_parts_is_named() -> None:
+    # Before: each client failed with "'NoneType' object has no attribute 'items'".
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    said = r"_Forgetful.encode\(delta, rng\) must return \{name: \{part: array\}\} .* got NoneType"
+    with pytest.raises(covey.FederationError, match=said):
+        covey.simulate(_Shift, 3, 1, strategy, _init(), compression=_Forgetful())
