@@ -741,3 +741,23 @@ def test_a_scheme_of_ones_own_that_encodes_no_parts_is_named() -> None:
     said = r"_Forgetful.encode\(delta, rng\) must return \{name: \{part: array\}\} .* got NoneType"
     with pytest.raises(covey.FederationError, match=said):
         covey.simulate(_Shift, 3, 1, strategy, _init(), compression=_Forgetful())
+
+
+@pytest.mark.parametrize(
+    ("selector", "error", "said"),
+    [
+        (_pick_none, TypeError, "must return client ids .* got 'None'"),
+        (lambda candidates, round, rng: [0.5, 1.7], TypeError, r"got '\[0.5, 1.7\]'"),
+        (lambda candidates, round, rng: [True, False], TypeError, r"got '\[True, False\]'"),
+        (lambda candidates, round, rng: [0, 0], ValueError, r"more than once: \[0, 0\]"),
+    ],
+)
+def test_an_asynchronous_selector_returning_anything_but_client_ids_is_named(
+    selector: Any, error: type, said: str
+) -> None:
+    # Before: FedBuff cut [0.5, 1.7] to clients 0 and 1 and trained them, took True
+    # for client 1, failed on None with "'NoneType' object is not iterable", and on
+    # [0, 0] with the transport's "client 0 already has a task in flight".
+    strategy = covey.FedBuff(buffer_size=2, selector=selector, fraction_evaluate=0.0)
+    with pytest.raises(error, match=f"selector .*{said}"):
+        covey.simulate(_Shift, 4, 1, strategy, _init())

@@ -130,6 +130,16 @@ def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
     Raises:
         TypeError: naming the selector, if it returned anything but ids (ints).
     """
+    return sorted(picked_ids(selector, picked))
+
+
+def picked_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
+    """The client ids a custom ``selector`` returned, in its order, each once.
+
+    Raises:
+        TypeError: naming the selector, if it returned anything but ids (ints).
+        ValueError: naming the selector, if it chose a client more than once.
+    """
     items: list[Any] | None = None
     if isinstance(picked, np.ndarray):
         items = picked.tolist() if picked.ndim == 1 else None
@@ -142,7 +152,10 @@ def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
             f"selector {name_of(selector)} must return client ids (ints) chosen among its "
             f"candidates, got {str(picked)[:80]!r}"
         )
-    return sorted(int(c) for c in items)
+    ids = [int(c) for c in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"selector chose some clients more than once: {sorted(ids)[:80]}")
+    return ids
 
 
 def not_among(chosen: Iterable[int], pool: Sequence[int]) -> list[int]:

@@ -259,8 +259,6 @@ class Strategy:
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
             chosen = chosen_ids(self.selector, self.selector(available, round, rng))
-            if len(set(chosen)) != len(chosen):
-                raise ValueError(f"selector chose some clients more than once: {chosen}")
             unknown = not_among(chosen, available)
             if unknown:
                 raise ValueError(f"selector chose clients that are not available: {set(unknown)}")
