@@ -761,3 +761,19 @@ def test_an_asynchronous_selector_returning_anything_but_client_ids_is_named(
     strategy = covey.FedBuff(buffer_size=2, selector=selector, fraction_evaluate=0.0)
     with pytest.raises(error, match=f"selector .*{said}"):
         covey.simulate(_Shift, 4, 1, strategy, _init())
+
+
+def test_a_subclass_with_an_init_of_its_own_records_its_parameters(tmp_path: Path) -> None:
+    # Before: only fields were described, so base_lr was not in history.json and a run
+    # resumed with another base_lr went on with it, mixing two schedules in one run.
+    run = tmp_path / "run"
+    covey.simulate(_Shift, 3, 1, _Schedule(0.2, fraction_evaluate=0.0), _init(), run_dir=run)
+    assert _Schedule(0.2).describe()["options"]["base_lr"] == 0.2
+    with pytest.raises(ValueError, match=r"strategy base_lr 0.2 \(the run's\) is 0.5 now"):
+        covey.simulate(
+            _Shift, 3, 2, _Schedule(0.5, fraction_evaluate=0.0), _init(), run_dir=run, resume=True
+        )
+    resumed = covey.simulate(
+        _Shift, 3, 2, _Schedule(0.2, fraction_evaluate=0.0), _init(), run_dir=run, resume=True
+    )
+    assert resumed.history.rounds[-1].round == 2

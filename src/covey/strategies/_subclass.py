@@ -67,15 +67,19 @@ OVERRIDABLE = (
 def subclass_options(strategy: Strategy, base: type[Strategy]) -> dict[str, Any]:
     """What :meth:`~covey.Strategy.describe` adds for a subclass: its class, overrides, fields.
 
-    Values of its own fields that are not JSON scalars are given by type name
-    (a float that is not finite by its repr).
+    Its own fields, and the public attributes an ``__init__`` of its own set
+    (``object.__setattr__(self, "base_lr", base_lr)``), so that a resumed run
+    with other values is refused as for a field. Values that are not JSON
+    scalars are given by type name (a float that is not finite by its repr).
     """
     kind = type(strategy)
     out: dict[str, Any] = {"class": f"{kind.__module__}.{kind.__qualname__}"}
     for method in OVERRIDABLE:
         if getattr(kind, method) is not getattr(base, method):
             out[method] = getattr(kind, method).__qualname__
-    own = {f.name for f in fields(strategy)} - {f.name for f in fields(base)}
+    names = {f.name for f in fields(strategy)}
+    own = names - {f.name for f in fields(base)}
+    own |= {k for k in vars(strategy) if k not in names and not k.startswith("_")}
     for name in sorted(own):
         value = getattr(strategy, name)
         if isinstance(value, float) and not math.isfinite(value):
