@@ -777,3 +777,32 @@ def test_a_subclass_with_an_init_of_its_own_records_its_parameters(tmp_path: Pat
         _Shift, 3, 2, _Schedule(0.2, fraction_evaluate=0.0), _init(), run_dir=run, resume=True
     )
     assert resumed.history.rounds[-1].round == 2
+
+
+def _pick_site(candidates: Any, round: int, rng: Any) -> Any:
+    return [c for c in candidates if {"a": 1}["site"]]  # a lookup that fails
+
+
+def _hospital(properties: Any) -> bool:
+    return bool(1 / 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "note"),
+    [
+        ({"selector": _pick_site}, KeyError, "raised by selector _pick_site in round 1"),
+        ({"where": _hospital}, ZeroDivisionError, "raised by where= _hospital for client 0"),
+    ],
+)
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_error_of_a_selector_or_where_predicate_is_noted_with_its_name(
+    options: dict[str, Any], error: type, note: str, asynchronous: bool
+) -> None:
+    # Before: the bare KeyError (or ZeroDivisionError) named neither the function nor
+    # the round, as the errors of config and metrics functions do.
+    make = covey.FedBuff if asynchronous else covey.FedAvg
+    extra: dict[str, Any] = {"buffer_size": 2} if asynchronous else {}
+    strategy = make(fraction_evaluate=0.0, **extra, **options)
+    with pytest.raises(error) as raised:
+        covey.simulate(_Shift, 4, 1, strategy, _init())
+    assert note in raised.value.__notes__

@@ -31,7 +31,7 @@ from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import SortedIds, Union, without
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import not_among, picked_ids
+from covey.strategies._checks import not_among, picked_ids, selected
 from covey.strategies._clients import client_info
 from covey.strategies._strategy import Strategy
 from covey.transport._async import AsyncTransport
@@ -396,7 +396,8 @@ class AsyncLoop(_LoopBase):
         if not len(idle):
             return []
         if strategy.selector is not None:
-            picked = picked_ids(strategy.selector, strategy.selector(idle, rnd, self._rng))
+            chosen = selected(strategy.selector, idle, rnd, self._rng)
+            picked = picked_ids(strategy.selector, chosen)
             unknown = not_among(picked, idle)
             if unknown:
                 raise ValueError(f"selector chose clients that are not idle: {sorted(unknown)}")

@@ -124,6 +124,19 @@ def check_hooks(hooks: Any) -> None:
             )
 
 
+def selected(selector: Callable[..., Any], candidates: Sequence[int], round: int, rng: Any) -> Any:
+    """What ``selector(candidates, round, rng)`` returns; an error it raises noted with its name.
+
+    As the config and metrics functions' errors are: a bare ``KeyError`` of a
+    selector said neither which function raised it nor in which round.
+    """
+    try:
+        return selector(candidates, round, rng)
+    except Exception as exc:  # the user's error, told where it came from
+        exc.add_note(f"raised by selector {name_of(selector)} in round {round}")
+        raise
+
+
 def chosen_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
     """The client ids a custom ``selector`` returned, sorted.
 

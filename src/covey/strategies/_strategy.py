@@ -29,6 +29,7 @@ from covey.strategies._checks import (
     chosen_ids,
     name_of,
     not_among,
+    selected,
     selects_evaluation,
 )
 from covey.strategies._clients import (
@@ -226,6 +227,9 @@ class Strategy:
                     ok = bool(where(props))
                 except (KeyError, TypeError, ValueError):  # e.g. a property it lacks
                     ok = False
+                except Exception as exc:  # the user's error, told where it came from
+                    exc.add_note(f"raised by where= {name_of(where)} for client {cid}")
+                    raise
             if ok:
                 out.append(cid)
         return out
@@ -258,7 +262,7 @@ class Strategy:
             )
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
-            chosen = chosen_ids(self.selector, self.selector(available, round, rng))
+            chosen = chosen_ids(self.selector, selected(self.selector, available, round, rng))
             unknown = not_among(chosen, available)
             if unknown:
                 raise ValueError(f"selector chose clients that are not available: {set(unknown)}")
