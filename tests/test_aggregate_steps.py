@@ -429,6 +429,12 @@ def test_steps_pass_check_aggregator(make: Any) -> None:
     check_aggregator(make)
 
 
+def test_check_aggregator_given_a_step_instead_of_a_function_says_to_wrap_it() -> None:
+    # Before: Python's bare "'Step' object is not callable", from inside check_aggregator.
+    with pytest.raises(TypeError, match=r"takes a function that builds the step.* got Step: wrap"):
+        check_aggregator(chain(clip_norm(1.0), weighted_mean()))  # type: ignore[arg-type]
+
+
 def mutating_step() -> Step:
     """A broken reducer: scales the first contribution's delta in place."""
 

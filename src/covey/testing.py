@@ -127,7 +127,17 @@ def check_aggregator(
         contributions: ``(params, round, rng) -> contributions``; default
             :func:`random_contributions` (mixed weights and deltas).
         with_int: Include an integer array in the model.
+
+    Raises:
+        TypeError: if ``make_step`` is a step rather than a function that builds one.
     """
+    if isinstance(make_step, Step) or not callable(make_step):
+        raise TypeError(
+            "check_aggregator takes a function that builds the step, e.g. "
+            "check_aggregator(lambda: chain(clip_norm(1.0), weighted_mean())), got "
+            f"{type(make_step).__name__}"
+            + (": wrap it as lambda: step" if isinstance(make_step, Step) else "")
+        )
     rng = np.random.default_rng(seed)
     params = freeze(random_params(rng, with_int=with_int))
     make = contributions or (lambda p, r, g: random_contributions(p, num_clients, g))
