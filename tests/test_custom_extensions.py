@@ -806,3 +806,18 @@ def test_an_error_of_a_selector_or_where_predicate_is_noted_with_its_name(
     with pytest.raises(error) as raised:
         covey.simulate(_Shift, 4, 1, strategy, _init())
     assert note in raised.value.__notes__
+
+
+class _StopsWithTrue(_Hook):
+    """A run hook that means to stop before round 2 and says so with True, not a reason."""
+
+    def before_round(self, round: int, state: Any) -> Any:
+        return round == 2
+
+
+def test_a_run_hook_giving_no_reason_to_stop_is_named() -> None:
+    # Before: the run stopped before round 2 with history.stopped_reason True (a bool).
+    strategy = covey.Strategy(hooks=(_StopsWithTrue(),), fraction_evaluate=0.0)
+    said = r"_StopsWithTrue.before_round\(round, state\) must return a reason .* got True"
+    with pytest.raises(TypeError, match=said):
+        covey.simulate(_Shift, 3, 3, strategy, _init())

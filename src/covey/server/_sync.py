@@ -26,7 +26,7 @@ from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import poisson_note
+from covey.strategies._checks import poisson_note, stop_reason
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._strategy import Strategy
@@ -125,7 +125,7 @@ class RoundLoop(_LoopBase):
             self._central(record)
             self._finish(record)
         for rnd in range(start, rounds + 1):
-            reason = next((r for h in hooks if (r := h.before_round(rnd, self.agg_state))), None)
+            reason = stop_reason(hooks, rnd, self.agg_state)
             if reason is not None:
                 logger.info("stopping before round %d: %s", rnd, reason)
                 self.history.stopped_reason = reason

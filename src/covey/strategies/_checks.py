@@ -124,6 +124,28 @@ def check_hooks(hooks: Any) -> None:
             )
 
 
+def stop_reason(hooks: Sequence[Any], round: int, state: Any) -> str | None:
+    """The first reason a run hook's ``before_round`` gives to stop before ``round``, or None.
+
+    A hook that returns no reason (None, or anything false) lets the round run.
+
+    Raises:
+        TypeError: naming the hook, if it returns a true value that is no reason (a
+            str): ``True`` stopped the run with ``True`` as its ``stopped_reason``.
+    """
+    for hook in hooks:
+        reason = hook.before_round(round, state)
+        if not reason:
+            continue
+        if not isinstance(reason, str):
+            raise TypeError(
+                f"{type(hook).__name__}.before_round(round, state) must return a reason to "
+                f"stop the run (a str) or None to run round {round}, got {reason!r:.80}"
+            )
+        return reason
+    return None
+
+
 def selected(selector: Callable[..., Any], candidates: Sequence[int], round: int, rng: Any) -> Any:
     """What ``selector(candidates, round, rng)`` returns; an error it raises noted with its name.
 
