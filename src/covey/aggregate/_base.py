@@ -13,11 +13,11 @@ of the same type, so any sensible combination is one ``chain(...)``.
 
 Every step passes on the events it does not know, and :func:`chain` gives
 ``Begin`` to every step, even past a reducer that consumes it (server-side
-steps need the round's global weights). Steps report what they did through ``End.info`` (per-
-client steps, before the reducer) or ``Aggregate.info`` (after it); a reducer
-copies ``End.info`` into its ``Aggregate``. A step that needs clients to receive
-something with their fit task (SCAFFOLD's control variate) emits a
-:class:`Broadcast` when it sees ``Begin``.
+steps need the round's global weights). Steps report what they did through
+``End.info`` (per-client steps, before the reducer) or ``Aggregate.info``
+(after it); a reducer copies ``End.info`` into its ``Aggregate``. A step that
+needs clients to receive something with their fit task (SCAFFOLD's control
+variate) emits a :class:`Broadcast` when it sees ``Begin``.
 
 State is returned, never kept on an object. For speed, a reducer may reuse the
 array buffers of the state it is given: treat a state passed to ``update`` as
@@ -487,16 +487,3 @@ def broadcast_extras(events: tuple[Event, ...]) -> dict[str, Weights] | None:
             merged = {} if merged is None else merged
             merged.update(event.extras)
     return merged
-
-
-def is_float(array: Array) -> bool:
-    """Whether ``array`` holds floating-point values."""
-    return bool(array.dtype.kind == "f")
-
-
-def zeros_like(params: Weights) -> dict[str, Array]:
-    """Zero arrays shaped like ``params`` (float64 for non-float arrays)."""
-    return {
-        name: np.zeros(v.shape, dtype=v.dtype if v.dtype.kind == "f" else np.float64)
-        for name, v in params.items()
-    }
