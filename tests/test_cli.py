@@ -127,6 +127,42 @@ def test_demo_out_in_a_missing_folder_is_refused_before_the_run(
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_demo_out_in_a_folder_that_takes_no_file_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the whole run went, then its error named the temporary file the model
+    # is written through ('/proc/.x.5c95ba0273e9.tmp'), not the path given.
+    monkeypatch.chdir(tmp_path)
+    code, said, err = _in_process("demo", "--run-dir", "r", "--out", "/proc/x")
+    err = " ".join(err.split())
+    assert code == 2, said + err
+    assert "--out /proc/x: a file cannot be written in the folder /proc (" in err
+    assert "give a path in a folder you can write to" in err
+    assert ".tmp" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_demo_out_in_a_folder_the_user_cannot_write_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / ".m.x.tmp"))
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # as root, chmod would not refuse
+    code, said, err = _in_process("demo", "--run-dir", "r", "--out", "ro/m.safetensors")
+    err = " ".join(err.split())
+    assert code == 2, said + err
+    assert (
+        "--out ro/m.safetensors: a file cannot be written in the folder ro (Permission denied)"
+    ) in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_demo_out_that_is_a_pipe_is_refused_before_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,7 +46,7 @@ def test_covey_run_fails_when_its_model_cannot_be_written(
     # Before, exit status 0 with only a yellow line: the model lost, the run a success.
     assert result.exit_code == 1, said
     (run,) = root.glob("runs/sim-*")
-    assert "the model was not saved:" in said
+    assert f"the model was not saved to {run / 'model.safetensors'}:" in said
     assert "No space left on device" in said
     assert f"could not be written to {run / 'model.safetensors'}" in said
     kept = run / "weights" / "round-00001.safetensors"
@@ -76,3 +76,21 @@ def test_covey_demo_out_fails_when_the_model_cannot_be_written(
     assert "could not be written to m.safetensors" in said
     assert "r/weights/round-00001.safetensors" in said
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_model_that_cannot_be_written_is_named_not_its_temporary_file(tmp_path: Path) -> None:
+    # Before: "the model was not saved: [Errno 2] No such file or directory:
+    # '/proc/.x.5c95ba0273e9.tmp'", naming the temporary file it is written through.
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from covey.cli._model import save_model
+
+    out = io.StringIO()
+    to = tmp_path / "gone" / "m.safetensors"
+    console = Console(file=out, width=300, highlight=False)
+    assert not save_model(tmp_path, 3, {"w": np.zeros(2)}, console, to=to)
+    said = " ".join(out.getvalue().split())
+    assert said == f"the model was not saved to {to}: No such file or directory"

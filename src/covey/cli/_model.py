@@ -78,10 +78,13 @@ def save_model(
     from covey.core._weights import WeightsSpec
     from covey.server._roundfiles import write_weights
 
+    path = to or run_dir / MODEL_FILE
     try:
-        write_weights(to or run_dir / MODEL_FILE, last, weights, WeightsSpec.of(weights))
+        write_weights(path, last, weights, WeightsSpec.of(weights))
     except (OSError, ValueError, SafetensorError) as exc:
-        console.print(f"[yellow]the model was not saved:[/] {escape(str(exc))}")
+        # the file's own name, never that of the temporary it is written through
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        console.print(f"[yellow]the model was not saved to {escape(str(path))}:[/] {escape(why)}")
         return False
     return True
 

@@ -279,9 +279,36 @@ def output_file(path: Path | None, flag: str, *, device: bool = True) -> Path | 
         fail(f"{flag} {path}: the folder {folder} does not exist")
     if path.is_dir():
         fail(f"{flag} {path} is a folder; give a file name")
-    if not device and path.exists() and not path.is_file():
-        fail(f"{flag} {path} is not a regular file (a device, a pipe); give a file name")
+    if path.exists() and not path.is_file():
+        if not device:
+            fail(f"{flag} {path} is not a regular file (a device, a pipe); give a file name")
+        return path  # a device or pipe is written into as it is
+    why = _cannot_write_in(folder, path.name)
+    if why is not None:
+        fail(
+            f"{flag} {path}: a file cannot be written in the folder {folder} ({why}); "
+            "give a path in a folder you can write to"
+        )
     return path
+
+
+def _cannot_write_in(folder: Path, name: str) -> str | None:
+    """Why no file can be made in ``folder`` (tried with a temporary one), or None.
+
+    The file is written as a temporary file renamed into place: this is what the
+    folder must allow, whatever the permission bits say (``/proc``, a read-only mount).
+    """
+    import tempfile
+
+    from covey.core._files import TMP_SUFFIX
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def address_flag(value: Any, flag: str, *, listen: bool) -> str:
