@@ -435,3 +435,37 @@ def test_a_log_folder_that_cannot_be_written_is_named(
     with pytest.raises(OSError, match=f"{name}: cannot write to {folder}: Read-only file system"):
         logger(folder)
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "FOO://bar/baz"])
+def test_a_tracking_uri_of_an_unknown_scheme_is_refused_naming_what_works(uri: str) -> None:
+    # Before: MLflow's own words about its model registry ("Model registry
+    # functionality is unavailable; got unsupported URI ... for model registry data
+    # storage"), which named neither the problem nor what to give instead.
+    from covey.trackers import MLflowLogger
+
+    with pytest.raises(ValueError, match="cannot use the tracking URI") as info:
+        MLflowLogger(uri)
+    said = str(info.value)
+    scheme = uri.split(":", 1)[0].lower()
+    assert said.startswith(
+        f"MLflow cannot use the tracking URI {uri!r}: this MLflow knows no {scheme!r} store; "
+        "give a folder (a local file store), a file: URI, or an http:// or https:// "
+        "tracking server"
+    ), said
+    assert "model registry" not in said
+
+
+def test_a_file_uri_of_any_case_is_a_local_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covey.trackers import MLflowLogger
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    uri = store.resolve().as_uri().replace("file:", "FILE:", 1)
+    with MLflowLogger(uri, run_name="upper") as log:
+        log(RoundRecord(round=1, central_loss=0.5))
+    history = log.client.get_metric_history(log.run_id, "central/loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # kept there, no FILE: folder

@@ -137,19 +137,53 @@ def _tracking_uri(store: str | Path) -> str:
         uri = text
     else:
         uri = log_folder(text, "MLflowLogger").resolve().as_uri()
-    if uri.startswith("file:"):
+    if uri.lower().startswith("file:"):
+        uri = "file:" + uri[5:]  # MLflow takes only a lower-case FILE: for a file store
         # MLflow 3 keeps the file store in maintenance mode behind this documented
         # opt-in; a local folder is what this logger is for.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return uri
 
 
-def _unsupported(uri: str, exc: Exception) -> str:
-    """Why MLflow refused ``uri``, and what to install when it is a database."""
-    text = str(exc).strip()
-    first = text.splitlines()[0].split(". ")[0].strip() if text else type(exc).__name__
-    database = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
-    return f"MLflow cannot use the tracking URI {uri!r}: {first}" + (
+_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+_SAID_SCHEMES = ("", "file", "http", "https")  # named first in the message, as what they are
+
+
+def _schemes() -> set[str]:
+    """The tracking URI schemes this MLflow (and its plugins) can log to."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        known = set(_tracking_store_registry._registry)
+    except (ImportError, AttributeError):  # another MLflow release: what every one takes
+        known = {"", "file", "http", "https"}
+    return {str(scheme) for scheme in known}
+
+
+def _scheme_refusal(uri: str) -> str | None:
+    """Why ``uri`` names a store this MLflow cannot log to (its scheme is unknown), or None."""
+    scheme = uri.split(":", 1)[0].lower() if "://" in uri else ""
+    schemes = _schemes()
+    if scheme in schemes or scheme == "file":
+        return None
+    others = sorted(schemes.difference(_SAID_SCHEMES))
+    more = f", or a {', '.join(f'{s}://' for s in others)} URI" if others else ""
+    return (
+        f"MLflow cannot use the tracking URI {uri!r}: this MLflow knows no {scheme!r} "
+        "store; give a folder (a local file store), a file: URI, or an http:// or "
+        f"https:// tracking server{more}"
+    )
+
+
+def _unsupported(uri: str, exc: Exception | None = None) -> str:
+    """Why MLflow refused ``uri`` (its scheme, or ``exc``); what to install for a database."""
+    said = None if exc is not None else _scheme_refusal(uri)
+    if said is None:
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0].strip() if text else type(exc).__name__
+        said = f"MLflow cannot use the tracking URI {uri!r}: {first}"
+    database = uri.split(":", 1)[0].split("+", 1)[0] in _DATABASES
+    return said + (
         "; a database store needs the full MLflow package (pip install mlflow), as "
         "covey[mlflow] installs mlflow-skinny, which logs to a folder or a tracking server"
         if database
@@ -200,6 +234,8 @@ class MLflowLogger:
     ) -> None:
         """Create (or reuse) the experiment and start a run in it, or continue ``run_id``."""
         uri = _tracking_uri(store)
+        if _scheme_refusal(uri) is not None:  # before MLflow says it of its model registry
+            raise ValueError(_unsupported(uri))
         try:
             self.client = MlflowClient(tracking_uri=uri)
         except MlflowException as exc:
