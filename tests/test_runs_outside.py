@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import covey
 from covey.cli import app
 from covey.cli._runs import print_table
+from covey.core import RoundRecord
 
 
 class Shrink(covey.Client):
@@ -141,3 +142,50 @@ def test_a_folder_named_like_markup_is_printed_as_named(
     assert listed.exit_code == 0, listed.output
     assert f"Runs in {runs}" in " ".join(listed.output.split())
     assert "[bold]r" in listed.output
+
+
+def test_run_files_that_link_outside_the_runs_folder_are_not_read(tmp_path: Path) -> None:
+    # Before: `covey runs list` and `show` read a history.json (run.json, run.sqlite)
+    # that was a symbolic link to a file anywhere, which the dashboard refuses.
+    import shutil
+
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    outside.mkdir()
+    for name in ("a", "b", "c", "d"):
+        _simulate(root / name, rounds=1)
+    secret = covey.History([RoundRecord(0)], config={"strategy": "SECRET-MARKER"})
+    secret.save(outside / "secret.json")
+    (root / "a" / "history.json").unlink()
+    (root / "a" / "history.json").symlink_to(outside / "secret.json")
+    (outside / "run.json").write_text('{"status": "failed", "stopped_reason": "SECRET-MARKER"}')
+    (root / "b" / "run.json").unlink()
+    (root / "b" / "run.json").symlink_to(outside / "run.json")
+    shutil.copy(root / "c" / "run.sqlite", outside / "run.sqlite")
+    (root / "c" / "run.sqlite").unlink()
+    (root / "c" / "run.sqlite").symlink_to(outside / "run.sqlite")
+    (root / "d" / "run.json").rename(root / "d" / "kept.json")  # a link inside: read
+    (root / "d" / "run.json").symlink_to(Path("kept.json"))
+
+    listed = CliRunner().invoke(app, ["runs", "list", str(root)], env={"COLUMNS": "300"})
+    assert listed.exit_code == 0, listed.output
+    said = " ".join(listed.output.split())
+    assert "SECRET-MARKER" not in said
+    statuses = ("unreadable", "finished")
+    rows = {
+        line.split()[0]: [s for s in statuses if f" {s} " in line]
+        for line in listed.output.splitlines()[4:8]
+    }
+    assert rows == {"a": ["unreadable"], "b": ["unreadable"], "c": ["unreadable"]} | {
+        "d": ["finished"]
+    }
+    for name, file in (("a", "history.json"), ("b", "run.json"), ("c", "run.sqlite")):
+        link = root / name / file
+        assert f"unreadable: {link} is a link to a file outside {root}" in said
+        shown = CliRunner().invoke(app, ["runs", "show", str(root / name)])
+        assert shown.exit_code == 2, shown.output
+        assert f"error: {link} is a link to a file outside {root / name}" in " ".join(
+            shown.output.split()
+        )
+        assert "SECRET-MARKER" not in shown.output
+    shown = CliRunner().invoke(app, ["runs", "show", "d", "--dir", str(root)])
+    assert shown.exit_code == 0, shown.output

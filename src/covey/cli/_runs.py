@@ -32,6 +32,7 @@ from covey.cli._rounds import (
 )
 from covey.cli._runsdir import STORE, find_run, project_runs
 from covey.core._files import MAX_SETTINGS_BYTES, read_regular
+from covey.dashboard._runjson import run_files_within
 from covey.dashboard._runs import discover_runs, later_rounds
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
@@ -195,17 +196,28 @@ def _last(history: History, name: str) -> str:
     return "-"
 
 
-def load_history(folder: Path, notices: list[str]) -> History:
+def load_history(folder: Path, notices: list[str], root: Path | None = None) -> History:
     """:meth:`History.load` of ``folder``, its warnings added to ``notices`` (not printed).
 
     A history a newer covey wrote (fields this covey does not know) warns; the
     command prints each such warning once, as a line of its own
     (:func:`print_notices`), rather than in Python's warning format.
+
+    Args:
+        folder: The run folder.
+        notices: Where the warnings go.
+        root: The folder the command was given: a run file that is a link to a file
+            outside it is refused, as the dashboard refuses it. None: not checked.
+
+    Raises:
+        ValueError: The run cannot be read, or (``RunReadError``) a file of it links
+            outside ``root``.
     """
     from covey.core._history import History
 
+    run_files_within(folder, root)
     if not (folder / History.FILE_NAME).is_file() and (folder / STORE).is_file():
-        return _store_history(folder, notices)
+        return _store_history(folder, notices, root=root)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:
@@ -213,7 +225,7 @@ def load_history(folder: Path, notices: list[str]) -> History:
         except ValueError as exc:  # damaged; a store keeps every round too
             if not (folder / STORE).is_file():
                 raise
-            return _store_history(folder, notices, damaged=str(exc))
+            return _store_history(folder, notices, damaged=str(exc), root=root)
     notices.extend(str(w.message) for w in caught if str(w.message) not in notices)
     with contextlib.suppress(ValueError):  # a store it cannot read: the command says so
         later = later_rounds(folder, history.rounds[-1].round if history.rounds else -1)
@@ -225,7 +237,9 @@ def load_history(folder: Path, notices: list[str]) -> History:
 _READ_META = ("status", "created_at", "updated_at", "stopped_reason")
 
 
-def _store_history(folder: Path, notices: list[str], damaged: str | None = None) -> History:
+def _store_history(
+    folder: Path, notices: list[str], damaged: str | None = None, root: Path | None = None
+) -> History:
     """The history a run's ``run.sqlite`` holds, read only, as the dashboard reads it.
 
     A server killed before it wrote ``history.json`` (waiting for its first
@@ -237,7 +251,7 @@ def _store_history(folder: Path, notices: list[str], damaged: str | None = None)
     from covey.core._history import History
     from covey.dashboard._runs import read_run
 
-    run = read_run(folder.name, folder, damaged=damaged)  # RunReadError is a ValueError
+    run = read_run(folder.name, folder, root=root, damaged=damaged)  # RunReadError: ValueError
     if run.warning is not None:
         notices.append(run.warning)
     config = {k: v for k, v in run.meta.items() if k not in _READ_META}
@@ -277,7 +291,7 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
         if not any((folder / f).is_file() for f in (History.FILE_NAME, STORE)):
             continue
         try:
-            found.append((name, folder, load_history(folder, notices)))
+            found.append((name, folder, load_history(folder, notices, runs_dir)))
         except (ValueError, OSError) as exc:  # damaged or half-written: listed, with why
             found.append((name, folder, str(exc)))
     return found
@@ -433,7 +447,7 @@ def show_run(
     folder = find_run(run, runs_dir)
     notices: list[str] = []
     try:
-        history = load_history(folder, notices)
+        history = load_history(folder, notices, folder)  # as `covey runs report` reads it
     except (ValueError, OSError) as exc:
         fail(str(exc))
     config = history.config

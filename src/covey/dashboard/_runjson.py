@@ -24,8 +24,9 @@ def within(path: Path, root: Path | None) -> Path:
     """``path``, resolved; refused if it resolves outside ``root`` (None: not checked).
 
     A run's file that is a symbolic link (or sits below one) to a file outside the
-    runs folder is not read: the dashboard shows what is in the folder it was given,
-    never a file elsewhere that someone who can write a run folder points it at.
+    runs folder is not read: the dashboard (and ``covey runs``) shows what is in the
+    folder it was given, never a file elsewhere that someone who can write a run
+    folder points it at.
 
     Raises:
         RunReadError: naming ``path`` and ``root``, if it resolves outside ``root``.
@@ -35,10 +36,22 @@ def within(path: Path, root: Path | None) -> Path:
     real, top = path.resolve(), root.resolve()
     if not real.is_relative_to(top):
         raise RunReadError(
-            f"{path} is a link to a file outside {root}: the dashboard reads no file "
+            f"{path} is a link to a file outside {root}: covey reads no run file "
             "outside the folder it shows (copy the file into the run folder instead)"
         )
     return real
+
+
+def run_files_within(folder: Path, root: Path | None) -> None:
+    """Refuse the run in ``folder`` if one of its files links outside ``root`` (:func:`within`).
+
+    The files are ``history.json``, ``run.json``, ``run.sqlite`` and its ``-wal`` and
+    ``-shm``, which ``covey runs list`` and ``show`` read.
+    """
+    for name in ("history.json", "run.json", "run.sqlite", "run.sqlite-wal", "run.sqlite-shm"):
+        path = folder / name
+        if path.exists() or path.is_symlink():
+            within(path, root)
 
 
 def read_from_store(damaged: str, store: Path) -> str:
