@@ -79,7 +79,18 @@ folder = Path(sys.argv[1])
 out = {"status": run_status(folder, covey.History.load(folder))}
 out["dashboard"] = read_run("run", folder).status
 try:
-    RunStore.open(folder).close()
+    with RunStore.open(folder) as store:
+        out["read"] = [store.last_round(), store.status, store.load_round(1)[0]["w"].tolist()]
+        out["history"] = [r.round for r in store.history().rounds]
+        try:
+            store.set_status("failed")
+            out["write"] = "written"
+        except OSError as exc:
+            out["write"] = f"OSError: {exc}"
+except (OSError, ValueError) as exc:
+    out["read"] = f"{type(exc).__name__}: {exc}"
+try:
+    RunStore.open(folder, exclusive=True).close()
     out["resume"] = "opened"
 except (OSError, ValueError) as exc:
     out["resume"] = f"{type(exc).__name__}: {exc}"
@@ -89,6 +100,9 @@ print(json.dumps(out))
 
 def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> None:
     """A finished run on a read-only share or in a colleague's folder: listed, not resumable.
+
+    ``RunStore.open`` reads it (before, it failed: it opened every run to write),
+    and refuses only what writes, naming the folder.
 
     Root writes into any folder whatever its mode, so as root the folder is made
     read-only by a read-only bind mount of itself (a read-only share, exactly).
@@ -105,7 +119,12 @@ def test_a_run_in_a_folder_the_reader_cannot_write_is_read_and_not_resumed() -> 
         out = python_json(_READER, str(folder))
         assert out["status"] == "finished"
         assert out["dashboard"] == "finished"
-        assert out["resume"].startswith(f"OSError: cannot open {folder / 'run.sqlite'} to write")
+        assert out["read"] == [1, "finished", [1.0, 1.0]]
+        assert out["history"] == [0, 1]
+        assert out["write"].startswith(f"OSError: cannot write to the run in {folder}: "), out
+        assert "it was opened to read only" in out["write"]
+        assert out["resume"].startswith("OSError: "), out
+        assert str(folder) in out["resume"]
         assert sorted(p.name for p in folder.iterdir()) == ["history.json", "run.sqlite", "weights"]
     finally:
         if mounted:

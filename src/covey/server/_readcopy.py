@@ -1,4 +1,4 @@
-"""Read a stopped run's database through a private copy, writing nothing beside it.
+"""Read a run's database without writing to it or beside it, and tell whether a run is held.
 
 A run killed while it ran (``kill -9``, a power cut) leaves ``run.sqlite``
 with its newest commits still in ``run.sqlite-wal``. SQLite reads a WAL only
@@ -10,14 +10,20 @@ deleted when the connection closes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import weakref
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["open_copy"]
+__all__ = ["LOCK_NAME", "cannot_write", "is_held", "open_copy", "open_read_only"]
+
+LOCK_NAME: Final = "run.lock"
+"""Held (``flock``) by the one server process that runs the run."""
 
 
 class _CopyConnection(sqlite3.Connection):
@@ -32,7 +38,7 @@ class _CopyConnection(sqlite3.Connection):
             self._cleanup()
 
 
-def open_copy(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
+def open_copy(db: Path, *, timeout: float = 5.0, shared: bool = False) -> sqlite3.Connection:
     """Open a copy of ``db`` and its ``-wal`` taken into a temporary folder.
 
     Only for a database no process writes to (its run stopped): the two files
@@ -41,6 +47,7 @@ def open_copy(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
     Args:
         db: The ``run.sqlite`` file, with ``run.sqlite-wal`` beside it.
         timeout: Seconds to wait for a lock (none is held on the copy).
+        shared: The connection is used from several threads (each holding a lock).
 
     Raises:
         sqlite3.Error: The copy cannot be opened.
@@ -52,9 +59,104 @@ def open_copy(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
         shutil.copyfile(db, copy)
         wal = db.with_name(db.name + "-wal")
         shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-        conn = _CopyConnection(copy.resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout)
+        conn = _CopyConnection(
+            copy.resolve().as_uri() + "?mode=ro",
+            uri=True,
+            timeout=timeout,
+            check_same_thread=not shared,
+        )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     conn._cleanup = weakref.finalize(conn, shutil.rmtree, folder, ignore_errors=True)
     return conn
+
+
+def is_held(path: Path) -> bool | None:
+    """Whether a server process holds the run in ``path`` now.
+
+    (See :func:`~covey.server._rundb.hold_run`.)
+
+    Only reads: the probe takes a shared lock for an instant, which
+    :func:`~covey.server._rundb.hold_run` waits out.
+
+    Returns:
+        True or False; None when it cannot tell (no ``run.lock``: a run made by
+        an older covey, or no ``flock`` on this system).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:  # non-blocking: a named pipe in its place would wait for a writer for ever
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # not the lock any covey holds
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # lets go of the probe's lock
+    return False
+
+
+def open_read_only(db: Path, *, timeout: float = 5.0, shared: bool = False) -> sqlite3.Connection:
+    """Open a run's ``run.sqlite`` to read it, never writing to it or beside it.
+
+    A database in WAL mode needs its ``-shm`` index, which SQLite makes next
+    to it when it is first opened (and, read only, leaves there with an empty
+    ``-wal``); in a folder the reader cannot write to (a read-only mount, a
+    colleague's run) that fails. A database with no ``-wal`` file holds every
+    commit (its run closed it cleanly), so it is read as immutable when no run
+    holds the folder, or when the folder cannot be written to. One with a
+    ``-wal`` that no run holds (its run was killed) is read through a private
+    copy of both files (see :func:`open_copy`), so its
+    last rounds are seen and no ``-shm`` is made or touched beside it.
+
+    Args:
+        db: The ``run.sqlite`` file.
+        timeout: Seconds to wait for a writer's lock.
+        shared: The connection is used from several threads (each holding a lock).
+
+    Raises:
+        sqlite3.Error: The database cannot be opened or read.
+    """
+    uri = db.resolve().as_uri() + "?mode=ro"  # as_uri escapes "#", "?" and "%"
+
+    def connect(to: str) -> sqlite3.Connection:
+        return sqlite3.connect(to, uri=True, timeout=timeout, check_same_thread=not shared)
+
+    wal = db.with_name(db.name + "-wal")
+    if is_held(db.parent) is False:  # no process writes to it: nothing changes under us
+        if not wal.exists():
+            return connect(uri + "&immutable=1")
+        with suppress(OSError):  # e.g. no room for the copy: read it in place
+            return open_copy(db, timeout=timeout, shared=shared)
+    conn = connect(uri)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now
+    except sqlite3.OperationalError as exc:
+        if (
+            not cannot_write(exc)
+            or os.access(db.parent, os.W_OK)
+            or (wal.exists() and wal.stat().st_size > 0)
+        ):
+            return conn  # the caller's first query says what is wrong
+        conn.close()
+        return connect(uri + "&immutable=1")
+    except sqlite3.DatabaseError:
+        return conn  # not a database: the caller's first query says so
+    return conn
+
+
+def cannot_write(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed to open or write a file (or found no room), not on what it read."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(
+        ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_FULL", "SQLITE_IOERR")
+    )

@@ -33,6 +33,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "check_finite",
     "check_storable",
+    "lost_rounds_error",
     "read_record",
     "read_weights",
     "record_json",
@@ -191,6 +192,30 @@ def save_error(round: int, final: Path, exc: BaseException, step: str = "round")
     error = OSError(said)
     error.errno = getattr(exc, "errno", None)
     return error
+
+
+def lost_rounds_error(
+    db: Path, weights_dir: Path, last: int | None, ahead: list[str]
+) -> ValueError:
+    """The error of a run whose database ``db`` lost rounds whose files ``ahead`` are kept.
+
+    See :meth:`~covey.server.RunStore.check_lost_rounds`.
+
+    Args:
+        db: The run's ``run.sqlite``.
+        weights_dir: Its ``weights/`` folder.
+        last: The last round ``db`` records (None: no round).
+        ahead: The names of the files of later rounds, sorted.
+    """
+    recorded = "no round" if last is None else f"rounds up to {last}"
+    return ValueError(
+        f"{db} records {recorded}, but {weights_dir} holds "
+        f"{', '.join(ahead[:4])}{' ...' if len(ahead) > 4 else ''} of later rounds: the "
+        f"database lost its newest rounds (was {db.name}-wal left behind when the folder "
+        f"was copied, or damaged?). Put {db.name}-wal back next to {db.name} to resume "
+        "after the last round; to resume from the last recorded round instead, delete "
+        "those files"
+    )
 
 
 MAX_HEADER_BYTES: Final = 100_000_000

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import sqlite3
-import stat
 import tempfile
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Final
 
 from covey.core._files import TMP_SUFFIX, fsync_dir, hold_lock
 from covey.core._version import covey_version
-from covey.server._readcopy import open_copy
+from covey.server._readcopy import LOCK_NAME, cannot_write, is_held, open_read_only
 
 __all__ = [
     "DB_NAME",
@@ -43,8 +42,6 @@ SCHEMA_VERSION: Final = 1
 """The version of the SQLite schema this module reads and writes."""
 
 DB_NAME: Final = "run.sqlite"
-LOCK_NAME: Final = "run.lock"
-"""Held (``flock``) by the one server process that runs the run."""
 _FORMAT: Final = "covey-run"
 _SERVED_BY: Final = "served_by"
 """The meta key naming the covey version that served the run last."""
@@ -97,13 +94,19 @@ class RunDB:
 
     Args:
         run_dir: The run directory (for error messages).
-        connection: The open connection (autocommit mode, usable from any thread).
+        connection: The open connection (usable from any thread; autocommit mode
+            if ``writable``).
+        writable: The connection may write; if not, it is opened again to write
+            at the first write (:meth:`transaction`, :meth:`for_writing`).
     """
 
-    def __init__(self, run_dir: Path, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, run_dir: Path, connection: sqlite3.Connection, *, writable: bool = True
+    ) -> None:
         """Use :meth:`open`."""
         self._run_dir = run_dir
         self._conn: sqlite3.Connection | None = connection
+        self._writable = writable
         self._lock = threading.Lock()  # guards the connection
 
     @staticmethod
@@ -149,6 +152,11 @@ class RunDB:
     def open(cls, path: Path, *, serve: bool = False) -> tuple[RunDB, str]:
         """Open ``path/run.sqlite`` (which must exist); return it and the run's config text.
 
+        A run this user cannot write to (a read-only folder or file, such as a
+        finished run copied from another machine) is opened to read, writing
+        nothing to it or beside it (:func:`open_read_only`): everything that reads
+        works, and the first write raises an ``OSError`` naming the folder.
+
         Args:
             path: The run directory.
             serve: This covey is to serve the run: refuse it if a newer covey
@@ -158,28 +166,27 @@ class RunDB:
             ValueError: The file is not a covey run database, or its schema
                 version is unknown.
             NewerFormatError: ``serve`` and a newer covey release served the run last.
-            OSError: The file cannot be opened to write (a read-only folder).
+            OSError: ``serve`` and the file cannot be opened to write (a read-only folder).
         """
         db_path = path / DB_NAME
-        # mode=rw: never create a database here.
-        uri = db_path.resolve().as_uri() + "?mode=rw"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        try:
-            config_text = _check_run_db(conn, db_path)
+        if serve or _writable(path):
             try:
-                conn.execute("PRAGMA busy_timeout = 10000")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
+                conn, config_text = _open_to_write(path, serve=serve)
+            except OSError:
                 if serve:
-                    _claim(conn, path)
-            except sqlite3.OperationalError as exc:  # no room for the WAL files, ...
-                raise OSError(f"cannot open {db_path} to write the run: {exc}") from exc
+                    raise
+            else:
+                return cls(path, conn), config_text
+        try:
+            conn = open_read_only(db_path, shared=True)
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot open {db_path} to read the run: {exc}") from exc
+        try:
+            config_text = _check_run_db(conn, db_path, to="read")
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn), config_text
+        return cls(path, conn, writable=False), config_text
 
     def close(self) -> None:
         """Close the connection. Closing twice is harmless."""
@@ -199,6 +206,15 @@ class RunDB:
         with self._lock:
             yield self._db()
 
+    def for_writing(self) -> None:
+        """Make sure the run can be written, before a write that starts beside the database.
+
+        Raises:
+            OSError: The run was opened to read and cannot be written (see :meth:`open`).
+        """
+        with self._lock:
+            self._writer()
+
     @contextmanager
     def transaction(self, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
         """Hold the connection in one write transaction, committed unless the block raises.
@@ -216,7 +232,7 @@ class RunDB:
                 read-only folder, the database locked too long), naming the file.
         """
         with self._lock:
-            conn = self._db()
+            conn = self._writer()
             try:
                 if not sync:
                     conn.execute("PRAGMA synchronous = NORMAL")
@@ -242,6 +258,23 @@ class RunDB:
             raise ValueError(f"the RunStore of {self._run_dir} is closed")
         return self._conn
 
+    def _writer(self) -> sqlite3.Connection:
+        """The open connection, opened again to write if it was opened to read (lock held)."""
+        conn = self._db()
+        if self._writable:
+            return conn
+        try:
+            writer, _ = _open_to_write(self._run_dir)
+        except OSError as exc:
+            raise OSError(
+                f"cannot write to the run in {self._run_dir}: {exc.__cause__ or exc}; it was "
+                "opened to read only (give this user write permission on the folder and its "
+                "files, or copy the folder somewhere writable)"
+            ) from exc
+        self._conn, self._writable = writer, True
+        conn.close()
+        return writer
+
 
 def hold_run(path: Path) -> int | None:
     """Hold ``path/run.lock`` for this process (released when the returned fd closes).
@@ -263,81 +296,6 @@ def hold_run(path: Path) -> int | None:
         ),
         patient=True,  # an is_held probe holds it for an instant only
     )
-
-
-def is_held(path: Path) -> bool | None:
-    """Whether a server process holds the run in ``path`` now (see :func:`hold_run`).
-
-    Only reads: the probe takes a shared lock for an instant, which
-    :func:`hold_run` waits out.
-
-    Returns:
-        True or False; None when it cannot tell (no ``run.lock``: a run made by
-        an older covey, or no ``flock`` on this system).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    try:  # non-blocking: a named pipe in its place would wait for a writer for ever
-        fd = os.open(path / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None  # not the lock any covey holds
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # lets go of the probe's lock
-    return False
-
-
-def open_read_only(db: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
-    """Open a run's ``run.sqlite`` to read it, never writing to it or beside it.
-
-    A database in WAL mode needs its ``-shm`` index, which SQLite makes next
-    to it when it is first opened (and, read only, leaves there with an empty
-    ``-wal``); in a folder the reader cannot write to (a read-only mount, a
-    colleague's run) that fails. A database with no ``-wal`` file holds every
-    commit (its run closed it cleanly), so it is read as immutable when no run
-    holds the folder, or when the folder cannot be written to. One with a
-    ``-wal`` that no run holds (its run was killed) is read through a private
-    copy of both files (see :func:`~covey.server._readcopy.open_copy`), so its
-    last rounds are seen and no ``-shm`` is made or touched beside it.
-
-    Args:
-        db: The ``run.sqlite`` file.
-        timeout: Seconds to wait for a writer's lock.
-
-    Raises:
-        sqlite3.Error: The database cannot be opened or read.
-    """
-    uri = db.resolve().as_uri() + "?mode=ro"  # as_uri escapes "#", "?" and "%"
-    wal = db.with_name(db.name + "-wal")
-    if is_held(db.parent) is False:  # no process writes to it: nothing changes under us
-        if not wal.exists():
-            return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
-        with suppress(OSError):  # e.g. no room for the copy: read it in place
-            return open_copy(db, timeout=timeout)
-    conn = sqlite3.connect(uri, uri=True, timeout=timeout)
-    try:
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file now
-    except sqlite3.OperationalError as exc:
-        if (
-            not _cannot_write(exc)
-            or os.access(db.parent, os.W_OK)
-            or (wal.exists() and wal.stat().st_size > 0)
-        ):
-            return conn  # the caller's first query says what is wrong
-        conn.close()
-        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout)
-    except sqlite3.DatabaseError:
-        return conn  # not a database: the caller's first query says so
-    return conn
 
 
 def schema_refusal(
@@ -373,16 +331,44 @@ def schema_refusal(
     )
 
 
-def _cannot_write(exc: sqlite3.Error) -> bool:
-    """Whether SQLite failed to open or write a file (or found no room), not on what it read."""
-    name = getattr(exc, "sqlite_errorname", "")
-    return name.startswith(
-        ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_FULL", "SQLITE_IOERR")
-    )
+def _writable(path: Path) -> bool:
+    """Whether this user may write the run in ``path``: its folder and its database."""
+    return os.access(path, os.W_OK) and os.access(path / DB_NAME, os.W_OK)
 
 
-def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
-    """Check that ``conn`` is a covey run database this version can read; return its config."""
+def _open_to_write(path: Path, *, serve: bool = False) -> tuple[sqlite3.Connection, str]:
+    """A connection to ``path/run.sqlite`` that writes (see :meth:`RunDB.open`), and its config.
+
+    Raises:
+        OSError: The file cannot be opened to write, naming it (and why, as SQLite said).
+    """
+    db_path = path / DB_NAME
+    # mode=rw: never create a database here.
+    uri = db_path.resolve().as_uri() + "?mode=rw"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        config_text = _check_run_db(conn, db_path)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            if serve:
+                _claim(conn, path)
+        except sqlite3.OperationalError as exc:  # no room for the WAL files, ...
+            raise OSError(f"cannot open {db_path} to write the run: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn, config_text
+
+
+def _check_run_db(conn: sqlite3.Connection, db_path: Path, *, to: str = "write") -> str:
+    """Check that ``conn`` is a covey run database this version can read; return its config.
+
+    ``to``: what ``conn`` was opened to do (``"write"`` or ``"read"``), for the message.
+    """
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         other_schema = schema_refusal(conn, db_path, meta)
@@ -390,11 +376,11 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path) -> str:
             raise ValueError(other_schema)
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
     except sqlite3.OperationalError as exc:
-        if not _cannot_write(exc):
+        if not cannot_write(exc):
             raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
         folder = db_path.parent  # it cannot be opened: not that it is no run's
         why = "" if os.access(folder, os.W_OK) else f" (this user cannot write to {folder})"
-        raise OSError(f"cannot open {db_path} to write the run: {exc}{why}") from exc
+        raise OSError(f"cannot open {db_path} to {to} the run: {exc}{why}") from exc
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
     if meta.get("format") != _FORMAT or row is None:

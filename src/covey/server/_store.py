@@ -47,6 +47,7 @@ from covey.server._kept import check_keep_last, kept_rounds, prune, pruned_error
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
     check_finite,
+    lost_rounds_error,
     read_record,
     read_weights,
     record_json,
@@ -155,6 +156,12 @@ class RunStore(RunRecords):
     def open(cls, run_dir: str | os.PathLike[str], *, exclusive: bool = False) -> RunStore:
         """Open the run in ``run_dir``, e.g. to resume it.
 
+        A run this user cannot write to (a read-only folder, a finished run
+        copied from another machine with its files read-only) is opened to read
+        it, writing nothing to it or beside it: every method that only reads
+        works, and those that write (:meth:`save_round`, :meth:`set_status`, ...)
+        raise an ``OSError`` naming the folder.
+
         Args:
             run_dir: The run directory.
             exclusive: Hold the run's ``run.lock`` until :meth:`close`, so that no
@@ -166,7 +173,7 @@ class RunStore(RunRecords):
                 by a covey with an unknown schema version, or (``exclusive``) a
                 newer covey release served it last.
             OSError: ``exclusive`` and another process holds the run, or the
-                run cannot be written (a read-only folder).
+                run cannot be written (a read-only folder); or the run cannot be read.
         """
         path = Path(run_dir)
         if not path.exists():
@@ -280,6 +287,7 @@ class RunStore(RunRecords):
                     f"cannot save round {round}: round {last} is already saved and rounds "
                     "must be saved in increasing order (use discard_after to roll back)"
                 )
+            self._db.for_writing()  # a run opened to read: refused naming the folder
             self._sweep()
             name = weights_file_name(round)
             final = self._weights_dir / name
@@ -421,15 +429,7 @@ class RunStore(RunRecords):
         )
         if not ahead:
             return last
-        recorded = "no round" if last is None else f"rounds up to {last}"
-        raise ValueError(
-            f"{self._run_dir / DB_NAME} records {recorded}, but {self._weights_dir} holds "
-            f"{', '.join(ahead[:4])}{' ...' if len(ahead) > 4 else ''} of later rounds: the "
-            f"database lost its newest rounds (was {DB_NAME}-wal left behind when the folder "
-            f"was copied, or damaged?). Put {DB_NAME}-wal back next to {DB_NAME} to resume "
-            "after the last round; to resume from the last recorded round instead, delete "
-            "those files"
-        )
+        raise lost_rounds_error(self._run_dir / DB_NAME, self._weights_dir, last, ahead)
 
     def discard_after(self, round: int | None) -> list[int]:
         """Forget every round newer than ``round`` (all of them if None), files included.
