@@ -106,7 +106,21 @@ class PlusOne(covey.Client):
 @pytest.mark.parametrize(
     ("returned", "message"),
     [
-        (0.5, "evaluate_fn must return (loss, metrics) or None, got float"),
+        (0.5, "evaluate_fn must return (loss, metrics) or None, got float: return (loss, {})"),
+        # Flower's message API: one record of metrics, the loss among them
+        (
+            {"loss": 0.5, "accuracy": 0.9},
+            "got a dict: the loss goes apart from the metrics, as in return "
+            "metrics.pop('loss'), metrics",
+        ),
+        ({"accuracy": 0.9}, "got a dict: the loss goes apart from the metrics"),
+        # a client's (loss, num_examples, metrics)
+        (
+            (0.5, 10, {}),
+            "got a tuple of 3 items: a client's evaluate returns (loss, num_examples, "
+            "metrics), evaluate_fn returns (loss, metrics)",
+        ),
+        ([0.5], "evaluate_fn must return (loss, metrics) or None, got a list of 1 item"),
         ((0.5, 0.3), "evaluate_fn's metrics must be a dict of names to scalars, got float"),
         (("low", {}), "evaluate_fn's loss must be a number, got str"),
         ((0.5, {"confusion": np.eye(2)}), "evaluate_fn's metric 'confusion' must be a scalar"),

@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from covey.core._messages import Scalar
 from covey.core._weights import Weights, fingerprint
 
@@ -58,9 +60,7 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
             the history is written).
     """
     if not isinstance(out, tuple | list) or len(out) != 2:
-        raise TypeError(
-            f"evaluate_fn must return (loss, metrics) or None, got {type(out).__name__}"
-        )
+        raise TypeError(f"evaluate_fn must return (loss, metrics) or None, got {_shape_of(out)}")
     loss, metrics = out
     try:
         if isinstance(loss, str | bytes):
@@ -85,6 +85,27 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
             )
         checked[key] = value
     return number, checked
+
+
+def _shape_of(out: object) -> str:
+    """What ``evaluate_fn`` returned instead of ``(loss, metrics)``, and Flower's habit behind it.
+
+    Flower's message API has ``evaluate_fn`` return one record of metrics, the loss
+    among them; its clients' ``evaluate`` returns ``(loss, num_examples, metrics)``.
+    """
+    kind = type(out).__name__
+    if isinstance(out, Mapping):
+        loss = "metrics.pop('loss'), metrics" if "loss" in out else "loss, metrics"
+        return f"a {kind}: the loss goes apart from the metrics, as in return {loss}"
+    if isinstance(out, tuple | list):
+        hint = ""
+        if len(out) == 3:
+            hint = ": a client's evaluate returns (loss, num_examples, metrics), evaluate_fn "
+            hint += "returns (loss, metrics)"
+        return f"a {kind} of {len(out)} item{'' if len(out) == 1 else 's'}{hint}"
+    if isinstance(out, int | float | np.number) and not isinstance(out, bool):
+        return f"{kind}: return (loss, {{}}) for a loss with no metrics"
+    return kind
 
 
 _EVALUATE_COPY = (
