@@ -40,6 +40,11 @@ def _args() -> dict[str, Any]:
         ("backend_name", "backend"),
         ("config", "rounds"),
         ("ray_init_args", "ray_address"),
+        # the keywords of Flower's message API Strategy.start(...)
+        ("train_config", "on_fit_config"),
+        ("evaluate_config", "on_evaluate_config"),
+        ("initial_arrays", "initial_weights"),
+        ("grid", "num_clients"),
     ],
 )
 def test_flower_simulate_keywords_point_to_covey_s(flower: str, covey_name: str) -> None:
@@ -49,8 +54,11 @@ def test_flower_simulate_keywords_point_to_covey_s(flower: str, covey_name: str)
     if flower == "num_supernodes":
         del args["num_clients"]
     args[flower] = 3
-    with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
+    with pytest.raises(
+        TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"
+    ) as info:
         covey.simulate(**args)
+    assert "did you mean" not in str(info.value)  # evaluate_config is no evaluate_fn
 
 
 def test_client_resources_is_covey_s_own_keyword() -> None:

@@ -40,8 +40,9 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Keywords of Flower's ``start_simulation`` and ``run_simulation`` and covey's counterparts
-#: (``client_resources`` and ``num_clients`` have the same name in both).
+#: Keywords of Flower's ``start_simulation``, ``run_simulation`` and its message API's
+#: ``Strategy.start`` and covey's counterparts (``client_resources`` and ``num_clients``
+#: have the same name in both).
 FLOWER_SIMULATE = {
     "num_rounds": "rounds",
     "config": "rounds (ServerConfig(num_rounds=R) is rounds=R; its round_timeout is round_timeout)",
@@ -52,6 +53,12 @@ FLOWER_SIMULATE = {
     "server_app": "strategy, initial_weights and evaluate_fn",
     "client_app": "client_fn (cid -> Client)",
     "clients_ids": "num_clients (clients are numbered 0 .. num_clients - 1)",
+    "train_config": "the strategy's on_fit_config, a function round -> dict: "
+    "covey.FedAvg(on_fit_config=lambda round: {...})",
+    "evaluate_config": "the strategy's on_evaluate_config, a function round -> dict: "
+    "covey.FedAvg(on_evaluate_config=lambda round: {...})",
+    "initial_arrays": "initial_weights (a dict of names to NumPy arrays)",
+    "grid": "num_clients and backend (simulate runs the clients itself)",
 }
 
 
