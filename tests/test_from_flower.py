@@ -311,6 +311,27 @@ def test_flower_s_multikrum_selection_count_points_to_m() -> None:
         covey.MultiKrum(f=1, num_nodes_to_select=3)  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (
+            lambda: covey.Krum(num_malicious_clients=1, fraction_fitt=0.5),  # type: ignore[call-arg]
+            "['fraction_fitt', 'num_malicious_clients']; fraction_fitt: did you mean "
+            "fraction_fit?; Flower's num_malicious_clients is covey's f",
+        ),
+        (
+            lambda: covey.Bulyan(f=1, num_malicious_clients=1, colour=2),  # type: ignore[call-arg]
+            "['colour', 'num_malicious_clients']; Flower's num_malicious_clients is covey's f",
+        ),
+    ],
+)
+def test_flower_s_name_beside_another_unknown_option_names_both(make: Any, said: str) -> None:
+    # Before, the error listed Flower's name alone, and the other one failed only once
+    # that was fixed.
+    with pytest.raises(TypeError, match=re.escape(said)):
+        make()
+
+
 def test_an_unknown_option_is_still_named() -> None:
     with pytest.raises(TypeError, match="unexpected keyword arguments: \\['colour'\\]"):
         covey.FedAvg(colour=1)  # type: ignore[call-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,19 @@ def test_flower_simulate_keywords_point_to_covey_s(flower: str, covey_name: str)
     ) as info:
         covey.simulate(**args)
     assert "did you mean" not in str(info.value)  # evaluate_config is no evaluate_fn
+
+
+def test_flower_s_keyword_beside_another_unknown_one_names_both() -> None:
+    # Before, the error listed num_rounds alone, and the misspelt keyword failed next.
+    args = _args()
+    del args["rounds"]
+    said = (
+        "simulate() got unexpected keyword arguments: ['client_resource', 'num_rounds']; "
+        "client_resource: did you mean client_resources?; Flower's num_rounds is covey's rounds"
+    )
+    args.update(num_rounds=3, client_resource={"num_cpus": 1})
+    with pytest.raises(TypeError, match=re.escape(said)):
+        covey.simulate(**args)
 
 
 def test_client_resources_is_covey_s_own_keyword() -> None:

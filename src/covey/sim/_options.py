@@ -79,9 +79,9 @@ def flower_keywords(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        flower = [name for name in kwargs if name in FLOWER_SIMULATE and name not in own]
-        if flower:
-            raise unknown_options(fn.__name__, flower, flower=FLOWER_SIMULATE)
+        unknown = [name for name in kwargs if name not in own]
+        if any(name in FLOWER_SIMULATE for name in unknown):  # each unknown one named at once
+            raise unknown_options(fn.__name__, unknown, own, flower=FLOWER_SIMULATE)
         for name in kwargs:
             if name not in own and (close := difflib.get_close_matches(name, sorted(own), n=1)):
                 raise TypeError(

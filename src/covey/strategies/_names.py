@@ -185,17 +185,16 @@ def flower_names(preset: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(preset)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        flower = [name for name in kwargs if name in FLOWER_OPTIONS and name not in own]
-        if flower:
-            raise unknown_options(preset.__name__, flower)
-        missing = [name for name in required if name not in kwargs]
-        if missing:  # a misspelt option is named before the missing one
-            from covey.strategies._options import StrategyOptions  # it imports this module
+        from covey.strategies._options import StrategyOptions  # it imports this module
 
-            known = own | set(StrategyOptions.__annotations__)
-            if unknown := [name for name in kwargs if name not in known]:
-                error = unknown_options(preset.__name__, unknown, known - {"options"})
-                raise TypeError(f"{error}; it needs {', '.join(missing)}")
+        known = own | set(StrategyOptions.__annotations__)
+        unknown = [name for name in kwargs if name not in known]
+        if any(name in FLOWER_OPTIONS for name in unknown):  # each unknown one named at once
+            raise unknown_options(preset.__name__, unknown, known - {"options"})
+        missing = [name for name in required if name not in kwargs]
+        if missing and unknown:  # a misspelt option is named before the missing one
+            error = unknown_options(preset.__name__, unknown, known - {"options"})
+            raise TypeError(f"{error}; it needs {', '.join(missing)}")
         return preset(*args, **kwargs)
 
     return call
