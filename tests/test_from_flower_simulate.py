@@ -75,6 +75,26 @@ def test_flower_s_keyword_beside_another_unknown_one_names_both() -> None:
         covey.simulate(**args)
 
 
+@pytest.mark.parametrize(
+    ("flower", "covey_name"),
+    [
+        ("num_rounds", "rounds"),
+        ("config", "rounds"),
+        ("server_address", "address"),
+        ("certificates", "certs"),
+        ("initial_parameters", "initial_weights"),
+    ],
+)
+def test_flower_start_server_keywords_point_to_covey_s_serve(flower: str, covey_name: str) -> None:
+    # Flower's start_server(server_address=..., config=ServerConfig(num_rounds=3), ...);
+    # serve() refuses them before it listens (before, Python's bare unexpected keyword).
+    from covey.deploy import serve
+
+    options: dict[str, Any] = {flower: 3}
+    with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
+        serve(covey.FedAvg(), 1, {"w": np.zeros(2)}, **options)
+
+
 def test_client_resources_is_covey_s_own_keyword() -> None:
     # The same name in both: covey's check for the backend applies, not a translation.
     with pytest.raises(ValueError, match="backend='ray' only"):

@@ -47,7 +47,7 @@ from covey.server._saver import BackgroundSaver, flushing
 from covey.server._state import load_state, state_types
 from covey.server._store import RunStore
 from covey.server._sync import RoundLoop
-from covey.strategies._names import a_strategy
+from covey.strategies._names import FLOWER_SERVE, a_strategy, flower_keywords
 from covey.strategies._strategy import Strategy
 from covey.transport._base import ServerDiskError
 from covey.transport.grpc._checks import check_address
@@ -93,6 +93,7 @@ class ServeResult:
     run_dir: Path | None
 
 
+@flower_keywords(FLOWER_SERVE)
 def serve(
     strategy: Strategy,
     rounds: int,

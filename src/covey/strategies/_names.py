@@ -137,6 +137,17 @@ FLOWER_SECAGG_OPTIONS = {
 }
 
 
+#: Keywords of Flower's ``start_server`` and covey's counterparts in ``serve``.
+FLOWER_SERVE = {
+    "num_rounds": "rounds",
+    "config": "rounds (ServerConfig(num_rounds=R) is rounds=R; its round_timeout is round_timeout)",
+    "server_address": "address ('host:port')",
+    "certificates": "certs (a folder made by covey certs init) or tls=tls_from_dir(folder)",
+    "initial_parameters": "initial_weights (a dict of names to NumPy arrays)",
+    "grpc_max_message_length": "nothing: models of any size travel in chunks",
+}
+
+
 def flower_keywords(flower: Mapping[str, str]) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Wrap a function so that a keyword it does not take is named with covey's own.
 
