@@ -1,4 +1,4 @@
-"""Flower's simulation keywords and config habits get errors that name covey's way."""
+"""Flower's simulation, server and client keywords get errors that name covey's way."""
 
 from __future__ import annotations
 
@@ -93,6 +93,26 @@ def test_flower_start_server_keywords_point_to_covey_s_serve(flower: str, covey_
     options: dict[str, Any] = {flower: 3}
     with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
         serve(covey.FedAvg(), 1, {"w": np.zeros(2)}, **options)
+
+
+@pytest.mark.parametrize(
+    ("flower", "covey_name"),
+    [
+        ("server_address", "address"),
+        ("root_certificates", "tls"),
+        ("client_fn", "client"),
+        ("max_retries", "max_attempts"),
+        ("max_wait_time", "retry_for"),
+    ],
+)
+def test_flower_start_client_keywords_point_to_covey_s_connect(
+    flower: str, covey_name: str
+) -> None:
+    # Flower's start_client(server_address=..., client=..., root_certificates=...);
+    # refused before any connection (before, Python's bare unexpected keyword).
+    options: dict[str, Any] = {flower: 3}
+    with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
+        covey.connect(Same(), **options)
 
 
 def test_client_resources_is_covey_s_own_keyword() -> None:

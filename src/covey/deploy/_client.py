@@ -6,9 +6,14 @@ from pathlib import Path
 
 from covey.deploy._keymode import warn_if_open
 from covey.deploy._pem import check_ca, check_dates, check_pair, check_purpose
-from covey.transport.grpc._client import ClientTLS, connect
+from covey.strategies._names import FLOWER_CONNECT, flower_keywords
+from covey.transport.grpc._client import ClientTLS
+from covey.transport.grpc._client import connect as _connect
 
 __all__ = ["client_tls", "connect", "tls_from_certs"]
+
+# Flower's start_client keywords (server_address=, root_certificates=) get covey's names.
+connect = flower_keywords(FLOWER_CONNECT)(_connect)
 
 
 def _read(path: str | Path, what: str) -> bytes:

@@ -148,6 +148,20 @@ FLOWER_SERVE = {
 }
 
 
+#: Keywords of Flower's ``start_client`` and covey's counterparts in ``connect``.
+FLOWER_CONNECT = {
+    "server_address": "address ('host:port')",
+    "client_fn": "client (connect runs one covey.Client: pass it client_fn(cid) yourself)",
+    "root_certificates": "tls (covey.deploy.tls_from_certs(folder, name), or "
+    "client_tls(ca, cert, key))",
+    "max_retries": "max_attempts",
+    "max_wait_time": "retry_for (seconds)",
+    "grpc_max_message_length": "max_task_bytes (the largest task this client accepts)",
+    "authentication_keys": "tls: a client proves who it is with its certificate",
+    "transport": "nothing: covey speaks gRPC",
+}
+
+
 def flower_keywords(flower: Mapping[str, str]) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Wrap a function so that a keyword it does not take is named with covey's own.
 
