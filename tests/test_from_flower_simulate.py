@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,24 @@ def test_flower_start_client_keywords_point_to_covey_s_connect(
     options: dict[str, Any] = {flower: 3}
     with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
         covey.connect(Same(), **options)
+
+
+@pytest.mark.parametrize(
+    ("flower", "covey_name"),
+    [("server_fn", "strategy"), ("config", "rounds"), ("num_rounds", "rounds")],
+)
+def test_flower_server_app_options_point_to_covey_s(flower: str, covey_name: str) -> None:
+    # Flower's ServerApp(server_fn=...) or ServerApp(config=ServerConfig(...), strategy=...)
+    # (before, Python's bare unexpected keyword argument).
+    from covey.deploy import ServerApp
+
+    options: dict[str, Any] = {"strategy": covey.FedAvg(), flower: 3}
+    with pytest.raises(TypeError, match=rf"Flower's {flower} is covey's .*\b{covey_name}\b"):
+        ServerApp(**options)
+    with pytest.raises(TypeError, match=r"\['round'\]; did you mean rounds\?"):
+        ServerApp(covey.FedAvg(), {"w": np.zeros(2)}, round=2)  # type: ignore[call-arg]
+    app = ServerApp(covey.FedAvg(), {"w": np.zeros(2)}, rounds=2)  # covey's own still work
+    assert (app.rounds, replace(app, rounds=4).rounds) == (2, 4)
 
 
 def test_client_resources_is_covey_s_own_keyword() -> None:

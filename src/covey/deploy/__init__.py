@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from covey.core._lazy import lazy_exports
 
 if TYPE_CHECKING:  # loaded on first use: gRPC and cryptography are slow to import
+    from covey.deploy._app import ServerApp, ServeResult
     from covey.deploy._client import client_tls, connect, tls_from_certs
-    from covey.deploy._server import ServerApp, ServeResult, serve
+    from covey.deploy._server import serve
     from covey.deploy._tls import tls_from_dir
     from covey.transport.grpc._client import ClientTLS, ConnectResult
     from covey.transport.grpc._server import ServerTLS
@@ -32,8 +33,8 @@ if not TYPE_CHECKING:
         {
             "ClientTLS": "covey.transport.grpc._client",
             "ConnectResult": "covey.transport.grpc._client",
-            "ServeResult": "_server",
-            "ServerApp": "_server",
+            "ServeResult": "_app",
+            "ServerApp": "_app",
             "ServerTLS": "covey.transport.grpc._server",
             "client_tls": "_client",
             "connect": "_client",

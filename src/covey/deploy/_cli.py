@@ -84,7 +84,7 @@ def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
 
 def _server_app(spec: str | None, resume: Path | None = None) -> Any:
     """Load the ServerApp named by ``--app`` (an object, or a function returning one)."""
-    from covey.deploy._server import ServerApp
+    from covey.deploy._app import ServerApp
     from covey.server._base import check_evaluate_fn
 
     if spec is None and resume is not None:  # the folder keeps the run's state, not its code

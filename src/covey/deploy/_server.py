@@ -15,7 +15,8 @@ from covey.compress._counted import CountedAsyncTransport
 from covey.core._history import History, RoundRecord
 from covey.core._interrupt import interrupts_as_such
 from covey.core._messages import plain
-from covey.core._weights import Array, Weights, WeightsSpec, made, native
+from covey.core._weights import Weights, WeightsSpec, made, native
+from covey.deploy._app import ServeResult
 from covey.deploy._goodbye import describe, goodbye_of, reason_of
 from covey.deploy._names import ClientNames, LateStore
 from covey.deploy._over import tell_returning_clients
@@ -56,41 +57,6 @@ from covey.transport.grpc._registry import lost_connection
 from covey.transport.grpc._server import GrpcServerTransport, ServerTLS
 
 logger = logging.getLogger("covey")
-
-
-@dataclass
-class ServerApp:
-    """Everything the server side of a federation needs; what ``covey server --app`` loads.
-
-    Args:
-        strategy: What to do each round.
-        initial_weights: The global model at step 0 (or a function returning it).
-        rounds: How many rounds to run (the CLI's ``--rounds`` overrides it).
-        evaluate_fn: ``(round, weights) -> (loss, metrics)`` on the server.
-        seed: Seeds client sampling.
-        compression: How clients compress updates (:func:`serve`; ``--compression`` wins).
-    """
-
-    strategy: Strategy
-    initial_weights: Weights | Callable[[], Weights]
-    rounds: int = 3
-    evaluate_fn: EvaluateFn | None = None
-    seed: int = 0
-    compression: Scheme | str | None = None
-
-    def weights(self) -> Weights:
-        """The initial weights (calling ``initial_weights`` if it is a function)."""
-        w = self.initial_weights
-        return w() if callable(w) else w
-
-
-@dataclass
-class ServeResult:
-    """How a served run ended: final weights (read-only arrays), history, where its state lives."""
-
-    weights: dict[str, Array]
-    history: History
-    run_dir: Path | None
 
 
 @flower_keywords(FLOWER_SERVE)

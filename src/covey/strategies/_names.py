@@ -148,6 +148,15 @@ FLOWER_SERVE = {
 }
 
 
+#: Options of Flower's ``ServerApp`` and covey's counterparts in ``covey.deploy.ServerApp``.
+FLOWER_SERVER_APP = {
+    "server_fn": "strategy, initial_weights and rounds, given directly (what Flower's "
+    "server_fn(context) builds; a project's make_server(config) returns the ServerApp)",
+    "config": "rounds (ServerConfig(num_rounds=R) is rounds=R)",
+    "num_rounds": "rounds",
+    "initial_parameters": "initial_weights (a dict of names to NumPy arrays)",
+}
+
 #: Keywords of Flower's ``start_client`` and covey's counterparts in ``connect``.
 FLOWER_CONNECT = {
     "server_address": "address ('host:port')",
