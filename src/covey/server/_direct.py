@@ -81,7 +81,8 @@ def fit_directly(
         for cid, result, weights in _results(fit_one, tasks, cids, nbytes):
             if weights is not None:  # a plain FitResult's (see _plain)
                 bounded = conformity(weights)
-                if bounded is None or metrics.refusal(result.metrics) is not None:
+                named = result.metrics  # the usual empty metrics add no names: no call
+                if bounded is None or (named and metrics.refusal(named) is not None):
                     for array in weights.values():
                         received += array.nbytes
                 else:
@@ -93,7 +94,10 @@ def fit_directly(
                     if taken:
                         participants.append(cid)
                         examples += count
-                        metrics.append((count, result.metrics))
+                        if named:
+                            metrics.append((count, named))
+                        else:  # no names to count: the list's own append
+                            list.append(metrics, (count, named))
                         result = weights = array = None
                         continue
                 if weights is not result.weights:  # the batch's copy: what the client gave

@@ -179,9 +179,11 @@ class _Built:
 
         A config or result that cannot be sent fails the client, as in :meth:`handle`.
         """
-        failed = self.unsent(cid, task)
-        if failed is not None:
-            return failed
+        config = task.config
+        if config and config is not self.unsent.checked:  # checked once per round, not per client
+            failed = self.unsent(cid, task)
+            if failed is not None:
+                return failed
         client = self.clients.get(cid) if self.cache is None else None
         if client is None:
             result = self.perform(fit_result, cid, task)
@@ -192,7 +194,7 @@ class _Built:
                 raise
             except BaseException as exc:  # noqa: BLE001 - as in perform
                 return _exited(cid, task.kind, exc)
-        if isinstance(result, Reply) or (type(result) is FitResult and not result.metrics):
+        if (type(result) is FitResult and not result.metrics) or isinstance(result, Reply):
             return result  # a failed reply, or the usual result: nothing to measure
         return unsendable(cid, task.kind, result, task.weights) or result
 

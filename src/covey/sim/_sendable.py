@@ -88,15 +88,16 @@ class Unsent:
 
     def __init__(self) -> None:
         """No config checked yet."""
-        self._sendable: Any = None
+        #: The last config found sendable.
+        self.checked: Any = None
 
     def __call__(self, cid: int, task: Task) -> Reply | None:
         """Client ``cid``'s failed reply if its config cannot be sent (see :func:`unsent`)."""
-        if not task.config or task.config is self._sendable:
+        if not task.config or task.config is self.checked:
             return None
         failed = unsent(cid, task)
         if failed is None:
-            self._sendable = task.config
+            self.checked = task.config
         return failed
 
 
