@@ -310,6 +310,7 @@ def test_a_run_stopped_by_its_privacy_budget_says_so(project: Path) -> None:
         ("numpy", "would shadow the installed Python package 'numpy'"),
         ("scikit_learn", None),
         ("sklearn", "would shadow the installed Python package 'sklearn'"),
+        ("google", "would shadow the installed Python package 'google'"),  # protobuf's
         ("tests", "the project keeps its tests/ folder there"),
         ("runs", "the project keeps its runs/ folder there"),
     ],
@@ -325,6 +326,17 @@ def test_new_refuses_a_name_that_would_break_the_project(
     assert said.startswith(f"error: NAME {name!r}")
     assert expected in said
     assert not (tmp_path / name).exists()
+
+
+def test_new_takes_a_name_only_a_plain_folder_on_the_path_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "elsewhere" / "plainfed" / "notes").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "plainfed" / "README.md").write_text("no Python here")
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    code, said = _cli("new", "plainfed", "--dir", str(tmp_path / "projects"))
+    assert code == 0, said
+    assert (tmp_path / "projects" / "plainfed" / "plainfed" / "server_app.py").is_file()
 
 
 def test_new_refuses_a_dir_that_is_a_file(tmp_path: Path) -> None:

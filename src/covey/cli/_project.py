@@ -116,8 +116,16 @@ def _installed(pkg: str) -> bool:
     here = {"", ".", os.getcwd()}
     path = [p for p in sys.path if p not in here]
     spec = importlib.machinery.PathFinder.find_spec(pkg, path)
-    # A folder without __init__.py on the path (a namespace package) is no installed package.
-    return spec is not None and spec.origin not in (None, "namespace")
+    if spec is None:
+        return False
+    if spec.origin not in (None, "namespace"):
+        return True
+    # A namespace package: the project's own package would hide every module in it (as
+    # ``google`` holds protobuf), while a plain folder on the path holds none to hide.
+    import pkgutil
+
+    locations = list(spec.submodule_search_locations or ())
+    return any(True for _ in pkgutil.iter_modules(locations))
 
 
 def _check_federations(federations: Any, project: Path) -> None:
