@@ -379,3 +379,36 @@ def test_a_damaged_project_json_is_named_not_taken_as_no_settings(
     code, said = _cli("run", str(root), "--resume", str(run), *more)
     assert code == 2, said
     assert "not a regular file" in said
+
+
+def test_a_run_interrupted_after_its_last_round_is_completed_by_the_command_it_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C as the run closed its store, its rounds all done and kept: it printed
+    # `covey run --resume RUN`, which refused the run as finished (status 2).
+    from covey.sim._checkpoint import SimCheckpoint
+
+    root = _project(tmp_path, "late-fed", "", monkeypatch)
+    end = SimCheckpoint.end
+
+    def interrupted_end(self: SimCheckpoint, exc: BaseException | None, **kw: bool) -> None:
+        end(self, exc, **kw)
+        if exc is None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SimCheckpoint, "end", interrupted_end)
+    code, said = _cli("run", str(root), "--set", "rounds=2")
+    assert code == 130, said
+    monkeypatch.setattr(SimCheckpoint, "end", end)
+    (run,) = root.glob("runs/sim-*")
+    command = f"covey run {root} --resume {run}"
+    assert command in said
+    code, said = _cli(*shlex.split(command)[1:])
+    assert code == 0, said
+    assert f"run folder: {run} (history.json, plot.png, model.safetensors)" in said
+    assert (run / "plot.png").is_file()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert [r.round for r in covey.History.load(run).rounds] == [0, 1, 2]
+    code, said = _cli("runs", "show", str(run))
+    assert f"{run}: finished" in said
+    assert "SIGINT" not in said

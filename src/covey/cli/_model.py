@@ -218,3 +218,34 @@ def restore_model(run_dir: Path, rounds: int, console: Console) -> str | None:
         f"{was} (the run was stopped before writing it): the model after round {last}, "
         f"kept in its run folder, is now in {path}"
     )
+
+
+def finished_unmarked(run_dir: Path, rounds: int) -> tuple[History, Weights] | None:
+    """The history and last model of a run that finished but was stopped before it said so.
+
+    Ctrl-C or SIGTERM after the run's store marked its last round finished (as
+    the store closed, or ``run.json`` was written) leaves every round done and
+    kept, while ``run.json`` says the run was interrupted. None unless the store
+    is finished, ``rounds`` asks for no more rounds than it ran, ``run.json``
+    does not say finished and ``history.json`` holds the last round.
+    """
+    from safetensors import SafetensorError
+
+    from covey.core._files import MAX_SETTINGS_BYTES, read_json_object
+    from covey.server._store import RunStore
+
+    meta = read_json_object(run_dir / "run.json", MAX_SETTINGS_BYTES)
+    if meta is None or meta.get("status") == "finished":
+        return None
+    try:
+        with RunStore.open(run_dir) as store:
+            last = store.last_round()
+            if store.info()["status"] != "finished" or last is None or rounds > last:
+                return None
+            weights, _, _ = store.load_round(last)
+        history = History.load(run_dir)
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None  # the resume says what is wrong with the folder
+    if not history.rounds or history.rounds[-1].round != last:
+        return None
+    return history, weights

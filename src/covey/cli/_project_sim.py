@@ -15,6 +15,7 @@ from rich.markup import escape
 from covey.cli._model import (
     MODEL_FILE,
     RoundModels,
+    finished_unmarked,
     keep_model,
     not_saved,
     restore_model,
@@ -370,9 +371,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         run_dir = resume
         rounds = _run_rounds(settings, run_dir, rounds)
         keep_last = _run_keep_last(settings, run_dir, keep_last)
-        restored = restore_model(run_dir, rounds, console)
-        if restored is not None:  # all that was left of a finished run
-            console.print(escape(restored), soft_wrap=True)
+        if _nothing_left(settings.project.name, run_dir, rounds):
             return
     same_settings(run_dir, settings.app_config(), resume is not None, rounds)
     console.print(
@@ -426,6 +425,37 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
             console.print(escape(f"run stopped: {kept}"), soft_wrap=True)
         raise
     _finished(settings.project.name, run_dir, result)
+
+
+def _nothing_left(name: str, run_dir: Path, rounds: int) -> bool:
+    """End a resumed run that had done all its rounds; whether it had."""
+    restored = restore_model(run_dir, rounds, console)
+    if restored is not None:  # all that was left of a finished run
+        console.print(escape(restored), soft_wrap=True)
+        return True
+    return _end_finished(name, run_dir, rounds)
+
+
+def _end_finished(name: str, run_dir: Path, rounds: int) -> bool:
+    """End a run stopped after its last round was kept as a finished run ends; whether it was."""
+    from types import SimpleNamespace
+
+    done = finished_unmarked(run_dir, rounds)
+    if done is None:
+        return False
+    history, weights = done
+    meta = read_json_object(run_dir / "run.json", MAX_SETTINGS_BYTES) or {}
+    meta.pop("stopped_reason", None)
+    atomic_write(run_dir / "run.json", json.dumps({**meta, "status": "finished"}, indent=2))
+    console.print(
+        escape(
+            f"the run in {run_dir} had done its {history.rounds[-1].round} rounds when it "
+            "was stopped: it is finished now"
+        ),
+        soft_wrap=True,
+    )
+    _finished(name, run_dir, SimpleNamespace(history=history, weights=weights))
+    return True
 
 
 def _finished(name: str, run_dir: Path, result: Any) -> None:
