@@ -193,6 +193,15 @@ def _fed(project: Path, *sets: str) -> str:
         ("port-file='missing/port'", "port-file ([tool.covey.federations.local] or --set)"),
         ("roundz=2", "did you mean rounds?"),
         ("data-port=70000", "data-port ([tool.covey.federations.local] or --set) must be a port"),
+        # A path given as a number or a switch was taken as a folder named "3" or "True".
+        ("run-dir=3", "run-dir = 3 ([tool.covey.federations.local] or --set): give a path"),
+        ("port-file=true", "port-file = True ([tool.covey.federations.local] or --set): give"),
+        (
+            "certs=3",
+            "certs = 3 ([tool.covey.federations.local] or --set): give a path as text, "
+            'e.g. certs = "federation"',
+        ),
+        ("run-dir=''", "run-dir = '' ([tool.covey.federations.local] or --set): give a path"),
     ],
 )
 def test_a_wrong_setting_of_a_federation_is_named_before_it_serves(

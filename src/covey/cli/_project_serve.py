@@ -62,6 +62,7 @@ def serve_project(
     where = f"([tool.covey.federations.{name}] or --set)"
     setup_logging(log_console, verbose)
     # Every setting is checked before any folder is made or port is bound.
+    _check_paths(fed, where)
     scheme = compression_spec(fed.get("compression"))
     insecure = bool(_switch(fed, "insecure", where))
     plot = _switch(fed, "plot", where)
@@ -126,6 +127,21 @@ def serve_project(
         **times,
     }
     _serve(server_app, {}, flags)
+
+
+_PATH_EXAMPLES = {"certs": "federation", "run_dir": "runs/study-1", "port_file": "server.port"}
+"""A value of each path setting of a federation table, shown when one is given wrong."""
+
+
+def _check_paths(fed: dict[str, Any], where: str) -> None:
+    """Refuse a path setting that is no text (``run-dir = 3`` made a folder named ``3``)."""
+    for key, example in _PATH_EXAMPLES.items():
+        value = fed.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            fail(
+                f"{toml_key(key)} = {value!r} {where}: give a path as text, e.g. "
+                f'{toml_key(key)} = "{example}" (relative to the project folder)'
+            )
 
 
 def _served_run_dir(settings: Any, name: str, where: str, resume: Path | None) -> Path:
