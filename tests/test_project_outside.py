@@ -146,6 +146,30 @@ def test_an_unknown_key_is_named_as_pyproject_spells_it(project: Path) -> None:
     assert "server_app" not in said
 
 
+@pytest.mark.parametrize(
+    ("table", "misspelled"),
+    [
+        ("[tool.covey.config]", "[tool.covey.confg]"),
+        ("[tool.covey.federations.local]", "[tool.covey.federation.local]"),
+    ],
+)
+def test_a_misspelled_table_is_named_with_the_table_meant(
+    project: Path, table: str, misspelled: str
+) -> None:
+    # "unknown setting confg in [tool.covey]; known: backend, ..." named no table.
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text()
+    assert f"\n{table}\n" in text
+    pyproject.write_text(text.replace(f"\n{table}\n", f"\n{misspelled}\n"))
+    try:
+        said = _refused(project)
+    finally:
+        pyproject.write_text(text)
+    meant = "[tool.covey.config]" if "config" in table else "[tool.covey.federations.NAME]"
+    assert f"in [tool.covey] of pyproject.toml (did you mean {meant}?)" in said
+    assert "; tables: [tool.covey.config], [tool.covey.federations.NAME]" in said
+
+
 def test_a_server_app_returning_something_else_is_named(project: Path) -> None:
     said = _refused(project, "--set", "server-app=outside_fed.server_app:returns_int")
     assert "server-app outside_fed.server_app:returns_int(config) returned int" in said

@@ -157,7 +157,7 @@ class ProjectSettings:
         config = table.pop("config", {})
         federations = table.pop("federations", {})
         run = {k.replace("-", "_"): v for k, v in table.items()}
-        unknown_keys(run, RUN_KEYS, "[tool.covey]")
+        unknown_keys(run, RUN_KEYS, "[tool.covey]", ("config", "federations.NAME"))
         _check_federations(federations, project)  # a typo shows on a simulated run too
         self.federation: dict[str, Any] | None = None
         if federation is not None:

@@ -51,15 +51,24 @@ def toml_key(key: str) -> str:
     return key.replace("_", "-")
 
 
-def unknown_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+def unknown_keys(
+    table: dict[str, Any], known: set[str], where: str, tables: tuple[str, ...] = ()
+) -> None:
+    """Refuse a key of ``table`` (``where``) not in ``known``, naming the closest one.
+
+    ``tables`` are the tables ``where`` holds (``config`` and ``federations`` of
+    ``[tool.covey]``): a misspelled one (``[tool.covey.confg]``) is named with them.
+    """
     unknown = sorted(toml_key(k) for k in set(table) - known)
     if unknown:
         names = sorted(toml_key(k) for k in known)
-        close = [(k, difflib.get_close_matches(k, names, n=1)) for k in unknown]
-        hint = "".join(f" (did you mean {near[0]}?)" for _, near in close[:1] if near)
+        spelled = {t.partition(".")[0]: f"{where[:-1]}.{t}]" for t in tables}
+        near = difflib.get_close_matches(unknown[0], [*names, *spelled], n=1)
+        hint = f" (did you mean {spelled.get(near[0], near[0])}?)" if near else ""
+        also = f"; tables: {', '.join(spelled.values())}" if spelled else ""
         fail(
             f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where} "
-            f"of pyproject.toml{hint}; known: {', '.join(names)}"
+            f"of pyproject.toml{hint}; known: {', '.join(names)}{also}"
         )
 
 
