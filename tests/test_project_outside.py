@@ -344,6 +344,7 @@ def test_a_run_stopped_by_its_privacy_budget_says_so(project: Path) -> None:
         ("scikit_learn", None),
         ("sklearn", "would shadow the installed Python package 'sklearn'"),
         ("google", "would shadow the installed Python package 'google'"),  # protobuf's
+        ("class", "'class' is a Python keyword"),  # was "would shadow the Python module"
         ("tests", "the project keeps its tests/ folder there"),
         ("runs", "the project keeps its runs/ folder there"),
     ],

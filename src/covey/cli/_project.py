@@ -82,7 +82,9 @@ def new_command(
             "e.g. covey new my-federation"
         )
     pkg = name.replace("-", "_").lower()
-    if keyword.iskeyword(pkg) or pkg in sys.stdlib_module_names or pkg == "covey":
+    if keyword.iskeyword(pkg):
+        fail(f"NAME {name!r}: {pkg!r} is a Python keyword, which no package can be named")
+    if pkg in sys.stdlib_module_names or pkg == "covey":
         fail(f"NAME {name!r} would shadow the Python module {pkg!r}; choose another name")
     if pkg in ("tests", "runs"):
         fail(f"NAME {name!r}: the project keeps its {pkg}/ folder there; choose another name")
