@@ -218,6 +218,30 @@ def test_a_ring_too_wide_is_refused_naming_bits_and_max_examples() -> None:
     assert "62" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"clip_range": 1e-310}, "clip range 1e-310 is too small for 16-bit fixed point"),
+        ({"clip_range": CLIP, "metrics": {"loss": 1e-320}}, "metric 'loss' has a bound of 1e-320"),
+    ],
+)
+def test_a_range_too_small_for_fixed_point_is_refused(options: dict[str, Any], said: str) -> None:
+    # Its scale overflows a float: updates would quantize to garbage and unmask as zeros.
+    with pytest.raises(ValueError, match=said) as info:
+        secure(covey.FedAvg(), bits=BITS, **options)
+    assert "at least 2e-304" in str(info.value)
+
+
+def test_the_smallest_range_suggested_quantizes_and_unquantizes() -> None:
+    from covey.secagg._ring import quantize, smallest_range
+
+    for bits in (2, 16, 48):
+        tiny = smallest_range(bits)
+        q = quantize(np.array([tiny, -tiny, 0.0]), tiny, bits)
+        np.testing.assert_array_equal(q, [2 ** (bits - 1) - 1, -(2 ** (bits - 1) - 1), 0])
+        assert np.isfinite(scale(tiny, bits))
+
+
 def test_a_client_lost_in_the_unmasking_is_named_though_its_update_counts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

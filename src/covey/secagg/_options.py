@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from covey.secagg._dp import Noise
 from covey.secagg._params import ThreatModel
+from covey.secagg._ring import smallest_range
 
 
 def check_options(
@@ -25,8 +26,12 @@ def check_options(
         raise ValueError(f"signed must be True or False, got {signed!r}")
 
 
-def check_parts(threat: object, noise: object, metrics: object) -> None:
-    """Refuse a threat model, noise or metric table of the wrong type, naming it."""
+def check_parts(threat: object, noise: object, metrics: object, bits: int) -> None:
+    """Refuse a threat model, noise or metric table of the wrong type, naming it.
+
+    A metric's bound is also refused when it is too small for ``bits``-bit fixed
+    point (its scale would overflow, and every client would fail in the round).
+    """
     if threat is not None and not isinstance(threat, ThreatModel):
         raise ValueError(f"threat must be a covey.secagg.ThreatModel or None, got {threat!r}")
     if noise is not None and not isinstance(noise, Noise):
@@ -41,6 +46,12 @@ def check_parts(threat: object, noise: object, metrics: object) -> None:
         ok = isinstance(bound, int | float) and not isinstance(bound, bool)
         if not (ok and math.isfinite(bound) and bound > 0):
             raise ValueError(f"metric {name!r} needs a positive finite bound, got {bound!r}")
+        if isinstance(bits, int) and 2 <= bits <= 48 and bound < smallest_range(bits):
+            raise ValueError(
+                f"metric {name!r} has a bound of {bound!r}, too small for {bits}-bit fixed "
+                f"point (its scale overflows a float64): use a bound of at least "
+                f"{smallest_range(bits):g}, rescaling the metric if it is that small"
+            )
 
 
 def check_directory(directory: object, signed: bool) -> None:

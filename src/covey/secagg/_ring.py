@@ -9,7 +9,9 @@ clipped. Masked vectors travel bit-packed, ``w`` bits an entry.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -182,4 +184,16 @@ def scale(clip: float, bits: int) -> float:
         raise ValueError(f"clip range must be a positive finite number, got {clip!r}")
     if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not 2 <= bits <= 48:
         raise ValueError(f"quantization bits must be an int in [2, 48], got {bits!r}")
-    return float((1 << (bits - 1)) - 1) / clip
+    units = float((1 << (bits - 1)) - 1)
+    if not math.isfinite(units / clip):  # a subnormal range: the scale overflows a float
+        raise ValueError(
+            f"clip range {clip!r} is too small for {bits}-bit fixed point: "
+            f"{units:g} / {clip!r} overflows a float64; use a range of at least "
+            f"{smallest_range(bits):g} (rescale the values if they are that small)"
+        )
+    return units / clip
+
+
+def smallest_range(bits: int) -> float:
+    """A range just above the least one whose ``bits``-bit fixed-point scale is finite."""
+    return float(f"{float((1 << (bits - 1)) - 1) / sys.float_info.max * 1.1:.2g}")

@@ -406,7 +406,7 @@ def secure(
         raise ValueError("the strategy already runs a custom fit exchange")
     clip_range, max_examples = plain(clip_range), plain(max_examples)
     check_options(clip_range, max_examples, complete, signed, reducer)
-    check_parts(threat, noise, metrics)
+    check_parts(threat, noise, metrics, bits)
     check_directory(directory, signed)
     dp = dp_plan(strategy, noise, clip_range, bits)
     if dp.l2_clip is not None and dp.l2_clip > clip_range:
