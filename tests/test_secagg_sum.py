@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -276,3 +277,44 @@ def test_the_default_threat_model_survives_fifteen_percent_dropping() -> None:
         assert result.plan.complete is (n <= 30)
         assert set(result.dropped) == gone
         np.testing.assert_array_equal(result.total, _plain(sites, result.survivors))
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"threat": "curious"}, "threat must be a covey.secagg.ThreatModel or None, got 'curious'"),
+        ({"noise": "gaussian"}, "noise must be a covey.secagg.Noise or None, got 'gaussian'"),
+        ({"noise_entries": -1}, "noise_entries must be a whole number >= 0 and <= 50"),
+        ({"noise_entries": 51}, "noise_entries must be a whole number >= 0 and <= 50"),
+        ({"min_survivors": -1}, "min_survivors must be a whole number >= 0, got -1"),
+        ({"min_survivors": 2.5}, "min_survivors must be a whole number >= 0, got 2.5"),
+        ({"seed": "x"}, "seed must be a whole number >= 0 or None, got 'x'"),
+        ({"complete": "yes"}, "complete must be True, False or None, got 'yes'"),
+        ({"signed": "no"}, "signed must be True or False, got 'no'"),
+        ({"directory": {"a": bytes(32)}}, "a directory needs signed=True"),
+    ],
+)
+def test_options_of_the_wrong_kind_are_refused_before_anything_is_sent(
+    options: dict[str, object], said: str
+) -> None:
+    # As secure() refuses them: not an AttributeError, nor every client failing the round.
+    sites = _sites(5)
+    handled: list[int] = []
+
+    class Counting(Dropping):
+        def _handle(self, cid: int, task: Task) -> Reply:
+            handled.append(cid)
+            return super()._handle(cid, task)
+
+    transport = Counting(sites, {})
+    with pytest.raises(ValueError, match=re.escape(said)):
+        secure_sum(
+            transport,
+            list(sites),
+            round=1,
+            input_kind="test.vector",
+            length=50,
+            bound=1000,
+            **options,  # type: ignore[arg-type]
+        )
+    assert handled == []

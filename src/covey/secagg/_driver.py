@@ -24,6 +24,7 @@ from covey.secagg import _client_stages as cs
 from covey.secagg import _server_stages as ss
 from covey.secagg._dp import Noise
 from covey.secagg._handlers import KINDS
+from covey.secagg._options import check_sum_options
 from covey.secagg._params import GraphPlan, ThreatModel, plan
 from covey.secagg._ring import ring_bits
 from covey.transport._base import Transport
@@ -229,6 +230,8 @@ def secure_sum(
     """
     cid_list = sorted(int(c) for c in cids)
     length, bound = _checked_sizes(length, bound, timeout)
+    sizes = (length, noise_entries, min_survivors, seed)
+    check_sum_options(sizes, threat, noise, complete, signed, directory)
     total_bound = bound + (noise.tail_bound if noise is not None else 0)
     try:
         graph = plan(len(cid_list), threat, complete=complete)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
+
 from covey.secagg._dp import Noise
 from covey.secagg._params import ThreatModel
 from covey.secagg._ring import smallest_range
@@ -26,16 +28,60 @@ def check_options(
         raise ValueError(f"signed must be True or False, got {signed!r}")
 
 
+def _check_kinds(threat: object, noise: object) -> None:
+    if threat is not None and not isinstance(threat, ThreatModel):
+        raise ValueError(f"threat must be a covey.secagg.ThreatModel or None, got {threat!r}")
+    if noise is not None and not isinstance(noise, Noise):
+        raise ValueError(f"noise must be a covey.secagg.Noise or None, got {noise!r}")
+
+
+def _whole(name: str, value: object, *, optional: bool, most: int | None = None) -> None:
+    """Refuse ``value`` unless it is a whole number >= 0 (at most ``most``), or None if optional."""
+    if value is None and optional:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or value < 0
+        or (most is not None and value > most)
+    ):
+        upper = "" if most is None else f" and <= {most}"
+        none = " or None" if optional else ""
+        raise ValueError(f"{name} must be a whole number >= 0{upper}{none}, got {value!r}")
+
+
+def check_sum_options(
+    sizes: tuple[int, object, object, object],
+    threat: object,
+    noise: object,
+    complete: object,
+    signed: object,
+    directory: object,
+) -> None:
+    """Refuse :func:`secure_sum` options of the wrong kind before anything is sent, naming each.
+
+    ``sizes`` is the vector's length and the ``noise_entries``, ``min_survivors``
+    and ``seed`` given (the length already checked).
+    """
+    length, noise_entries, min_survivors, seed = sizes
+    _check_kinds(threat, noise)
+    _whole("noise_entries", noise_entries, optional=True, most=length)
+    _whole("min_survivors", min_survivors, optional=False)
+    _whole("seed", seed, optional=True)
+    if complete is not None and not isinstance(complete, bool):
+        raise ValueError(f"complete must be True, False or None, got {complete!r}")
+    if not isinstance(signed, bool):
+        raise ValueError(f"signed must be True or False, got {signed!r}")
+    check_directory(directory, signed)
+
+
 def check_parts(threat: object, noise: object, metrics: object, bits: int) -> None:
     """Refuse a threat model, noise or metric table of the wrong type, naming it.
 
     A metric's bound is also refused when it is too small for ``bits``-bit fixed
     point (its scale would overflow, and every client would fail in the round).
     """
-    if threat is not None and not isinstance(threat, ThreatModel):
-        raise ValueError(f"threat must be a covey.secagg.ThreatModel or None, got {threat!r}")
-    if noise is not None and not isinstance(noise, Noise):
-        raise ValueError(f"noise must be a covey.secagg.Noise or None, got {noise!r}")
+    _check_kinds(threat, noise)
     if metrics is None:
         return
     if not isinstance(metrics, Mapping):
