@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -403,6 +404,41 @@ def test_a_refusal_naming_another_client_gives_that_clients_name(wrapped: bool) 
     said = "covey.secagg.ProtocolAbort: the shares from client 1 ('site-1') fail authentication"
     assert result.dropped == {0: said}
     np.testing.assert_array_equal(result.total, _exact({c: sites[c] for c in range(1, 6)}))
+
+
+class LeavingServer(NamedServer):
+    """Names only the clients still connected, as a deployed server does: one that drops left."""
+
+    def __init__(self, sites: Mapping[int, Site]) -> None:
+        super().__init__(sites)
+        self.gone: set[int] = set()
+
+    def exchange(
+        self, tasks: Mapping[int, Task], *, timeout: float | None = None
+    ) -> Iterator[Reply]:
+        yield from super().exchange(tasks, timeout=timeout)
+        for cid, task in tasks.items():
+            if cid in self.drop.get(task.kind, set()):
+                self.gone.add(cid)
+
+    def client_name(self, cid: int) -> str | None:
+        return None if cid in self.gone else super().client_name(cid)
+
+
+def test_an_abort_names_the_clients_it_speaks_of_though_they_have_left() -> None:
+    # "client 0's self mask has 4 signing share holders": client 0 dropped out, so a
+    # deployed server no longer names it; its name from the start of the run is given.
+    sites = _sites(6)  # threshold 5
+    server = LeavingServer(sites)
+    server.drop = {"secagg.consistency": {0, 1}}
+    with pytest.raises(SecAggAbort) as info:
+        _run(server)
+    assert server.gone == {0, 1}
+    assert "client 0 ('site-0')'s self mask" in str(info.value)
+    named = re.findall(r"client (\d+) \('site-(\d+)'\)", str(info.value))
+    assert named
+    assert all(cid == name for cid, name in named)
+    assert not re.search(r"client \d+(?! \()", str(info.value))
 
 
 def _signed_run(session: bytes, ids: Mapping[str, Any]) -> dict[int, cs.ClientState]:

@@ -12,13 +12,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from covey.core._messages import Task, real
+from covey.core._messages import Reply, Task, real
 from covey.core._weights import Weights
 from covey.secagg import _client_stages as cs
 from covey.secagg import _server_stages as ss
@@ -111,6 +111,39 @@ def _named(text: str, transport: Transport) -> str:
         return f"{match.group(0)} ({said!r})" if isinstance(said, str) else match.group(0)
 
     return _CLIENT_ID.sub(with_name, text)
+
+
+class _KeepsNames:
+    """``transport`` whose ``client_name`` still names a client that has left since the start.
+
+    A deployed server names only the clients connected now, yet the clients a
+    protocol message speaks of are often those that left ("client 3's self mask
+    has 4 signing share holders"): their names are taken when the run starts.
+    """
+
+    def __init__(self, transport: Transport, cids: Sequence[int]) -> None:
+        self.inner = transport
+        name = getattr(transport, "client_name", None)
+        self._live = name if callable(name) else None
+        self._names = {c: self._name_now(c) for c in cids}
+
+    def _name_now(self, cid: int) -> str | None:
+        said = self._live(cid) if self._live is not None else None
+        return said if isinstance(said, str) else None
+
+    def clients(self) -> Sequence[int]:
+        return self.inner.clients()
+
+    def exchange(
+        self, tasks: Mapping[int, Task], *, timeout: float | None = None
+    ) -> Iterator[Reply]:
+        return self.inner.exchange(tasks, timeout=timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def client_name(self, cid: int) -> str | None:
+        return self._name_now(cid) or self._names.get(cid)
 
 
 def _exchange(
@@ -239,6 +272,7 @@ def secure_sum(
     except ValueError as exc:  # too few clients for the threat model, or too wide a sum
         raise SecAggAbort(str(exc), "setup", {}) from None
     state, setups = ss.setup(cid_list, graph, length, total_bound, bits, seed)
+    transport = _KeepsNames(transport, cid_list)
     failures: dict[int, str] = {}
     seconds: dict[str, float] = {}
     session = state.session
