@@ -428,9 +428,11 @@ def _collect_masked(
     state: ss.ServerState,
 ) -> ss.ServerState:
     """Send the masked-input tasks and add each masked vector to the server's state."""
+    answered: set[int] = set()
     for reply in transport.exchange(tasks, timeout=timeout):
         if reply.cid not in tasks:
             continue
+        answered.add(reply.cid)
         if not reply.ok:
             said = _named(_first_line(reply.error or "failed"), transport)
             state.dropped.setdefault(reply.cid, said)
@@ -438,6 +440,9 @@ def _collect_masked(
         res = reply.result
         masked = res.get("masked") if isinstance(res, Mapping) else None
         state = ss.add_masked(state, reply.cid, masked)
+    for cid in tasks:  # said as in the other stages, not "no masked input"
+        if cid not in answered:
+            state.dropped.setdefault(cid, "no reply in time")
     return state
 
 
