@@ -32,9 +32,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from covey.aggregate._delta import check_delta
 from covey.core._jsonvalues import check_info
 from covey.core._messages import Metrics, slot_setters
-from covey.core._weights import Array, Weights, WeightsError, add, subtract
+from covey.core._weights import Array, Weights, add, subtract
 
 
 class AggregationError(ValueError):
@@ -213,6 +214,12 @@ class Aggregate:
                 f"Aggregate(round={self.round}) needs exactly one of weights= or delta=, got "
                 + ("neither" if self.weights is None else "both")
             )
+        if not isinstance(self.num_clients, int | np.integer) or isinstance(self.num_clients, bool):
+            raise TypeError(
+                f"Aggregate(round={self.round}).num_clients must be an int (how many "
+                f"contributions were combined), got {type(self.num_clients).__name__} "
+                f"{self.num_clients!r:.80}"
+            )
         check_info(self.info, "Aggregate", self.round)
 
     def as_delta(self, params: Weights) -> Weights:
@@ -235,26 +242,8 @@ class Aggregate:
             return dict(self.weights)
         if self.delta is None:  # an invariant of this module, not an input check
             raise RuntimeError("internal error: self.delta is unset")
-        _check_delta(self.delta, params, f"round {self.round}'s aggregate delta")
+        check_delta(self.delta, params, f"round {self.round}'s aggregate delta")
         return add(params, self.delta)
-
-
-def _check_delta(delta: Weights, params: Weights, what: str) -> None:
-    """Refuse a delta (from a step of one's own) that ``add`` would broadcast or fail on."""
-    if not isinstance(delta, Mapping) or set(delta) != set(params):
-        names = sorted(delta) if isinstance(delta, Mapping) else type(delta).__name__
-        raise WeightsError(f"{what}: its arrays are {names}, expected {sorted(params)}")
-    for name, value in params.items():
-        d = delta[name]
-        if not isinstance(d, np.ndarray | np.generic) or d.shape != value.shape:
-            got = d.shape if isinstance(d, np.ndarray | np.generic) else type(d).__name__
-            raise WeightsError(f"{what}: {name!r} has shape {got}, expected {value.shape}")
-        if (value.dtype.kind == "b") != (d.dtype.kind == "b") or not np.can_cast(
-            d.dtype, value.dtype, "same_kind"
-        ):
-            raise WeightsError(
-                f"{what}: {name!r} has dtype {d.dtype}, which a {value.dtype} array cannot take"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,10 +252,28 @@ class Dropped:
 
     Emitted in place of the contribution, it passes down the chain; the round loop
     then counts the client's fit as failed (``why``), not as a participant.
+
+    Args:
+        cid: The id of the client whose contribution the step was given: a
+            ``Dropped`` naming another client stops the run.
+        why: A non-empty str, recorded as ``"left out by the aggregation: <why>"``.
     """
 
     cid: int
     why: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.why, str):
+            raise TypeError(
+                f"Dropped(cid={self.cid!r}).why must be a str saying why the contribution "
+                f"was left out (the round records it as the client's failure), got "
+                f"{type(self.why).__name__}"
+            )
+        if not self.why.strip():
+            raise ValueError(
+                f"Dropped(cid={self.cid!r}).why is {self.why!r}: say why the contribution "
+                "was left out (the round records it as the client's failure)"
+            )
 
 
 Event = Begin | Contribution | End | Aggregate | Broadcast | Dropped

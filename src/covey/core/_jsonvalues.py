@@ -18,19 +18,27 @@ def as_float(value: int | float) -> float:
 
 
 def check_info(info: Any, event: str, round: int) -> None:
-    """Refuse an aggregation event's ``info`` that is no mapping, naming the event.
+    """Refuse an aggregation event's ``info`` that the round's history cannot keep.
 
     The round loop copies ``info`` into the round's ``aggregate_info``: a list or
-    None there failed as ``'NoneType' object is not iterable``, naming nothing.
+    None there failed as ``'NoneType' object is not iterable``, naming nothing, and
+    a value JSON cannot hold (a set, an object) failed only when the run was saved.
+    Each value is converted as the history does (:func:`jsonable`): once a round.
 
     Raises:
-        TypeError: naming the event and its round, if ``info`` is not a mapping.
+        TypeError: naming the event and its round, if ``info`` is not a mapping or
+            one of its values cannot be written to the history.
     """
     if not isinstance(info, Mapping):
         raise TypeError(
             f"{event}(round={round}).info must be a dict of names to values (the round "
             f"records it in aggregate_info), got {type(info).__name__}"
         )
+    for key, value in info.items():
+        try:
+            jsonable(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TypeError(f"{event}(round={round}).info[{key!r}]: {exc}") from None
 
 
 def jsonable(value: Any) -> Any:

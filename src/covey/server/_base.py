@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.aggregate import AggregationError, Contribution, Dropped, End
+from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import FitResult, Reply, Scalar
 from covey.core._metricnames import renamed_metrics
@@ -27,7 +27,7 @@ from covey.core._text import printable
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
 from covey.server._central import central_evaluation
 from covey.server._saver import SaveError
-from covey.strategies._fold import contribution, find_aggregate
+from covey.strategies._fold import contribution, dropped_why, find_aggregate
 from covey.strategies._strategy import Strategy
 
 logger = logging.getLogger("covey")
@@ -400,11 +400,11 @@ class _LoopBase:
         finally:  # _add_seconds without its frame: this runs once per client
             durations = record.durations
             durations["aggregate"] = durations.get("aggregate", 0.0) + time.perf_counter() - t0
-        for event in out:  # a step left it out (SCAFFOLD without its extra): no participant
-            if isinstance(event, Dropped) and event.cid == contribution.cid:
-                why = f"left out by the aggregation: {event.why}"
-                self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
-                return state, False
+        left = dropped_why(out, contribution.cid) if out else None
+        if left is not None:  # a step left it out (SCAFFOLD without its extra): no participant
+            why = f"left out by the aggregation: {left}"
+            self._record_failure(record.fit_failures, Failure(contribution.cid, "fit", why))
+            return state, False
         return state, True
 
     def _record_failure(self, failures: list[Failure], failure: Failure) -> None:

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
+from covey.aggregate import (
+    Aggregate,
+    AggregationError,
+    Begin,
+    Contribution,
+    Dropped,
+    End,
+    Event,
+    Step,
+)
 from covey.aggregate._base import mark_bounded
 from covey.core._messages import FitResult
 from covey.core._weights import Array, Weights, WeightsSpec, freeze, native, subtract
@@ -90,6 +99,28 @@ def find_aggregate(events: Iterable[Event]) -> Aggregate | None:
             f"{found[0].round}; a round has one: emit a single Aggregate at End"
         )
     return found[0] if found else None
+
+
+def dropped_why(events: Iterable[Event], cid: int) -> str | None:
+    """Why client ``cid``'s contribution was left out, if a step's output events drop it.
+
+    Raises:
+        TypeError: naming the event, if a :class:`~covey.aggregate.Dropped` among
+            ``events`` names another client: a step emits it in place of the
+            contribution it was given, and one naming a client it was not given
+            would leave ``cid``'s update out while counting ``cid`` as a participant.
+    """
+    why = None
+    for event in events:
+        if isinstance(event, Dropped):
+            if event.cid != cid:
+                raise TypeError(
+                    f"the aggregation step emitted Dropped(cid={event.cid!r}) for client "
+                    f"{cid}'s contribution; a Dropped replaces the contribution it leaves "
+                    f"out: emit Dropped({cid}, why)"
+                )
+            why = event.why
+    return why
 
 
 def fold(

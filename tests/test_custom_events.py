@@ -1,0 +1,124 @@
+"""Malformed events from aggregation steps of one's own are named where they are made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from covey.aggregate import Aggregate, Begin, Contribution, Dropped, End, Step, chain, mean
+
+
+class _Shift(covey.Client):
+    """Sends a delta of ones times (cid + 1)."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(
+            delta={k: np.full_like(v, self.cid + 1.0) for k, v in weights.items()},
+            num_examples=1 + self.cid,
+        )
+
+
+def _init() -> dict[str, np.ndarray]:
+    return {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
+
+
+def _dropping(cid: int | None) -> Step:
+    """Leaves client 1's contribution out with a Dropped naming ``cid`` (None: client 1)."""
+
+    def update(state: Any, event: Any) -> Any:
+        if isinstance(event, Contribution) and event.cid == 1:
+            return state, (Dropped(event.cid if cid is None else cid, "too large"),)
+        return state, (event,)
+
+    return Step(lambda params: None, update)
+
+
+def test_a_dropped_naming_its_own_client_fails_that_fit() -> None:
+    strategy = covey.Strategy(aggregator=chain(_dropping(None), mean()), fraction_evaluate=0.0)
+    record = covey.simulate(_Shift, 3, 1, strategy, _init()).history.rounds[1]
+    assert record.fit_participants == [0, 2]
+    assert [(f.cid, f.error) for f in record.fit_failures] == [
+        (1, "left out by the aggregation: too large")
+    ]
+
+
+@pytest.mark.parametrize("cid", [99, 0])
+def test_a_dropped_naming_another_client_stops_the_run_naming_both(cid: int) -> None:
+    # Before: client 1's update was left out of the mean while the round still
+    # counted client 1 as a participant, and client ``cid`` was untouched.
+    strategy = covey.Strategy(aggregator=chain(_dropping(cid), mean()), fraction_evaluate=0.0)
+    said = f"emitted Dropped\\(cid={cid}\\) for client 1's contribution.*Dropped\\(1, why\\)"
+    with pytest.raises(covey.FederationError, match=said) as stopped:
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+    assert isinstance(stopped.value.__cause__, TypeError)
+
+
+@pytest.mark.parametrize(("why", "error"), [(None, TypeError), (3, TypeError), (" ", ValueError)])
+def test_a_dropped_needs_a_reason_in_words(why: Any, error: type) -> None:
+    # Before: Dropped(0, None) was recorded as "left out by the aggregation: None".
+    with pytest.raises(error, match=r"Dropped\(cid=0\)\.why"):
+        Dropped(0, why)
+
+
+def _reporting(info: Any, at: type) -> Step:
+    """A step of one's own that sends on ``End`` or ``Aggregate`` with ``info`` as its info."""
+
+    def update(state: Any, event: Any) -> Any:
+        if at is End and isinstance(event, End):
+            return state, (End(event.round, info=info),)
+        if at is Aggregate and isinstance(event, Aggregate):
+            out = Aggregate(event.round, 1, 1, delta=event.as_delta(state), info=info)
+            return state, (out,)
+        if isinstance(event, Begin):
+            return dict(event.params), (event,)
+        return state, (event,)
+
+    return Step(lambda params: dict(params), update)
+
+
+@pytest.mark.parametrize(
+    ("info", "at", "got"),
+    [
+        ({"seen": object()}, Aggregate, "object"),
+        ({"clipped": {1, 2}}, End, "set"),
+        ({"nested": [{"a": {3}}]}, Aggregate, "set"),
+    ],
+)
+def test_an_info_value_the_history_cannot_keep_stops_the_run_naming_the_event(
+    info: Any, at: type, got: str
+) -> None:
+    # Before: the run went on, and history.to_json() (or saving the run) failed
+    # afterwards without naming the step or the event.
+    steps = (_reporting(info, at), mean())
+    strategy = covey.Strategy(aggregator=chain(*(steps if at is End else steps[::-1])))
+    strategy = covey.Strategy(aggregator=strategy.aggregator, fraction_evaluate=0.0)
+    key = next(iter(info))
+    said = f"{at.__name__}\\(round=1\\)\\.info\\['{key}'\\]: cannot write a value of type {got}"
+    with pytest.raises(covey.FederationError, match=said) as stopped:
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+    assert isinstance(stopped.value.__cause__, TypeError)
+
+
+def test_an_info_of_json_values_is_kept() -> None:
+    info = {"n": np.int64(3), "x": float("nan"), "ids": [1, 2], "arr": np.arange(2), "b": b"z"}
+    assert Aggregate(1, 1, 1, delta=_init(), info=info).info is info
+    assert End(1, info={"none": None, "s": "text", "d": {"k": True}}).info["s"] == "text"
+
+
+@pytest.mark.parametrize(("count", "got"), [("x", "str 'x'"), (True, "bool True"), (2.0, "float")])
+def test_an_aggregate_client_count_that_is_no_int_is_named(count: Any, got: str) -> None:
+    # Before: Aggregate(num_clients="x") was accepted.
+    with pytest.raises(
+        TypeError, match=rf"Aggregate\(round=1\)\.num_clients must be an int.*{got}"
+    ):
+        Aggregate(1, count, 1, delta=_init())
+
+
+def test_an_aggregate_client_count_may_be_a_numpy_integer() -> None:
+    assert Aggregate(1, np.int64(2), 1, delta=_init()).num_clients == 2  # type: ignore[arg-type]
