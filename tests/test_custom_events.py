@@ -122,3 +122,26 @@ def test_an_aggregate_client_count_that_is_no_int_is_named(count: Any, got: str)
 
 def test_an_aggregate_client_count_may_be_a_numpy_integer() -> None:
     assert Aggregate(1, np.int64(2), 1, delta=_init()).num_clients == 2  # type: ignore[arg-type]
+
+
+def _gpus(properties: Any) -> Any:
+    return np.array([properties.get("gpu", 0)]) > 0  # an array, not a bool
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_where_predicate_returning_no_bool_is_named(asynchronous: bool) -> None:
+    # Before: the array's truth raised ValueError, read as "not eligible": every
+    # client was left out and the run ended with "only 0 are available".
+    make = covey.FedBuff if asynchronous else covey.FedAvg
+    extra: dict[str, Any] = {"buffer_size": 2} if asynchronous else {}
+    strategy = make(fraction_evaluate=0.0, where=_gpus, **extra)
+    said = "where= _gpus returned ndarray for client 0: it must return a bool"
+    with pytest.raises(TypeError, match=said):
+        covey.simulate(_Shift, 4, 1, strategy, _init())
+
+
+@pytest.mark.parametrize("passed", [True, np.bool_(True)])
+def test_a_where_predicate_may_return_a_numpy_bool(passed: Any) -> None:
+    strategy = covey.FedAvg(fraction_evaluate=0.0, where=lambda props: passed)
+    history = covey.simulate(_Shift, 2, 1, strategy, _init()).history
+    assert history.rounds[1].fit_participants == [0, 1]

@@ -85,7 +85,8 @@ class Strategy:
         where: Which clients may be selected, from the properties they report
             (:meth:`covey.Client.properties`): a dict of required values such as
             ``{"site": "hospital", "has_gpu": True}`` (a bool matches only a bool), or a predicate
-            ``properties -> bool``. Applies to training and federated evaluation;
+            ``properties -> bool`` (a return value of another type, an array say, is
+            refused naming the predicate). Applies to training and federated evaluation;
             fractions and minimums count the clients that pass. None: every client.
         buffer_size: Run asynchronously (FedBuff): keep ``num_fit`` clients
             training at all times and update the global model every
@@ -224,12 +225,17 @@ class Strategy:
                 ok = has_values(props, where)
             else:
                 try:
-                    ok = bool(where(props))
+                    ok = where(props)
                 except (KeyError, TypeError, ValueError):  # e.g. a property it lacks
                     ok = False
                 except Exception as exc:  # the user's error, told where it came from
                     exc.add_note(f"raised by where= {name_of(where)} for client {cid}")
                     raise
+                if not isinstance(ok, bool | np.bool_):  # an array's truth would raise
+                    raise TypeError(
+                        f"where= {name_of(where)} returned {type(ok).__name__} for client "
+                        f"{cid}: it must return a bool (True if the client may take part)"
+                    )
             if ok:
                 out.append(cid)
         return out
