@@ -125,7 +125,7 @@ def test_an_aggregate_client_count_may_be_a_numpy_integer() -> None:
 
 
 def _gpus(properties: Any) -> Any:
-    return np.array([properties.get("gpu", 0)]) > 0  # an array, not a bool
+    return np.array([properties.get("gpu", 0), 1]) > 0  # two truths, not one
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
@@ -135,13 +135,23 @@ def test_a_where_predicate_returning_no_bool_is_named(asynchronous: bool) -> Non
     make = covey.FedBuff if asynchronous else covey.FedAvg
     extra: dict[str, Any] = {"buffer_size": 2} if asynchronous else {}
     strategy = make(fraction_evaluate=0.0, where=_gpus, **extra)
-    said = "where= _gpus returned ndarray for client 0: it must return a bool"
+    said = "where= _gpus returned ndarray for client 0, which has no truth value"
     with pytest.raises(TypeError, match=said):
         covey.simulate(_Shift, 4, 1, strategy, _init())
 
 
-@pytest.mark.parametrize("passed", [True, np.bool_(True)])
+@pytest.mark.parametrize("passed", [True, np.bool_(True), 1, "yes", np.array([True])])
 def test_a_where_predicate_may_return_a_numpy_bool(passed: Any) -> None:
     strategy = covey.FedAvg(fraction_evaluate=0.0, where=lambda props: passed)
     history = covey.simulate(_Shift, 2, 1, strategy, _init()).history
     assert history.rounds[1].fit_participants == [0, 1]
+
+
+def test_a_where_predicate_returning_none_leaves_the_client_out() -> None:
+    # A natural predicate such as ``props.get("gpu")`` gives None where it is missing.
+    def gpu(props: Any) -> Any:
+        return props.get("gpu")
+
+    strategy = covey.FedAvg(fraction_evaluate=0.0, min_available_clients=1, where=gpu)
+    with pytest.raises(Exception, match="available"):
+        covey.simulate(_Shift, 2, 1, strategy, _init())

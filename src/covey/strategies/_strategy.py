@@ -85,8 +85,8 @@ class Strategy:
         where: Which clients may be selected, from the properties they report
             (:meth:`covey.Client.properties`): a dict of required values such as
             ``{"site": "hospital", "has_gpu": True}`` (a bool matches only a bool), or a predicate
-            ``properties -> bool`` (a return value of another type, an array say, is
-            refused naming the predicate). Applies to training and federated evaluation;
+            ``properties -> bool`` (a return value with no truth value, an array
+            say, is refused naming the predicate). Applies to training and federated evaluation;
             fractions and minimums count the clients that pass. None: every client.
         buffer_size: Run asynchronously (FedBuff): keep ``num_fit`` clients
             training at all times and update the global model every
@@ -231,11 +231,14 @@ class Strategy:
                 except Exception as exc:  # the user's error, told where it came from
                     exc.add_note(f"raised by where= {name_of(where)} for client {cid}")
                     raise
-                if not isinstance(ok, bool | np.bool_):  # an array's truth would raise
+                try:  # a truth value as Python reads it (None and 0 are false)
+                    ok = bool(ok)
+                except Exception as exc:  # an array of several values has none
                     raise TypeError(
                         f"where= {name_of(where)} returned {type(ok).__name__} for client "
-                        f"{cid}: it must return a bool (True if the client may take part)"
-                    )
+                        f"{cid}, which has no truth value: it must return a bool (True if "
+                        "the client may take part)"
+                    ) from exc
             if ok:
                 out.append(cid)
         return out
