@@ -172,7 +172,9 @@ def test_a_served_run_stopped_by_an_error_says_why_in_history_json(tmp_path: Pat
     joined.join(30)
     saved = covey.History.load(tmp_path / "run")
     assert [r.round for r in saved] == [0, 1]
-    assert saved.stopped_reason == "RuntimeError: enough"
+    assert saved.stopped_reason == (
+        f"RuntimeError: enough (raised by on_round {stop_after_round_1.__qualname__} in round 1)"
+    )
 
 
 class Huge(covey.Client):

@@ -120,6 +120,45 @@ def test_a_round_callback_that_is_no_function_is_refused_before_a_client_runs(
     assert listened == []
 
 
+@pytest.mark.parametrize(
+    ("on_round", "said"),
+    [
+        (lambda: None, r"covey calls on_round\(record\) .* but on_round <lambda>\(\) cannot"),
+        ([print, lambda a, b: None], r"but on_round\[1\] <lambda>\(a, b\) cannot be called so"),
+    ],
+)
+def test_a_round_callback_of_the_wrong_signature_is_refused_before_a_client_runs(
+    on_round: Any, said: str
+) -> None:
+    # Before, round 0 trained and then stopped the run with Python's bare
+    # "<lambda>() takes 0 positional arguments but 1 was given".
+    built: list[int] = []
+
+    def client_fn(cid: int) -> Half:
+        built.append(cid)
+        return Half()
+
+    with pytest.raises(TypeError, match=said):
+        covey.simulate(client_fn, 3, 2, covey.FedAvg(), {"w": np.ones(3)}, on_round=on_round)
+    assert built == []
+
+
+def test_a_round_callback_that_raises_is_named_with_the_round() -> None:
+    def log_round(record: RoundRecord) -> None:
+        if record.round == 1:
+            raise KeyError("accuracy")
+
+    with pytest.raises(KeyError) as caught:
+        _run([print, log_round], rounds=2)
+    assert caught.value.__notes__ == [
+        "raised by on_round[1] test_a_round_callback_that_raises_is_named_with_the_round."
+        "<locals>.log_round in round 1"
+    ]
+    with pytest.raises(KeyError) as caught:
+        _run(log_round, rounds=2)
+    assert caught.value.__notes__[-1].startswith("raised by on_round test_a_round_callback")
+
+
 def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the tensorboard extra is needed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -10,7 +10,6 @@ these once; the loops differ only in how they reach clients and when they aggreg
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import traceback
@@ -21,10 +20,15 @@ import numpy as np
 
 from covey.aggregate import AggregationError, Contribution, End
 from covey.core._history import Failure, History, RoundRecord
-from covey.core._messages import FitResult, Reply, Scalar
+from covey.core._messages import FitResult, Reply
 from covey.core._metricnames import renamed_metrics
 from covey.core._text import printable
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec, freeze, native
+from covey.server._callbacks import EvaluateFn as EvaluateFn
+from covey.server._callbacks import RoundCallback as RoundCallback
+from covey.server._callbacks import check_evaluate_fn as check_evaluate_fn
+from covey.server._callbacks import checked_callbacks as checked_callbacks
+from covey.server._callbacks import round_callback as round_callback
 from covey.server._central import central_evaluation
 from covey.server._saver import SaveError
 from covey.strategies._fold import contribution, dropped_why, find_aggregate
@@ -38,9 +42,6 @@ the rest (a fleet of hundreds of clients dropping out would log a line each)."""
 
 PROPERTIES = "properties"
 """The stage counted in ``_LoopBase._logged`` for clients that did not report their properties."""
-
-EvaluateFn = Callable[[int, Weights], "tuple[float, Mapping[str, Scalar]] | None"]
-RoundCallback = Callable[[RoundRecord], None]
 
 
 class FederationError(RuntimeError):
@@ -82,82 +83,6 @@ def _first_line(text: str) -> str:
     if i < len(lines) and lines[i].startswith(margin):
         return lines[i][len(margin) :].strip()
     return lines[-1].strip()
-
-
-def check_evaluate_fn(evaluate_fn: object) -> None:
-    """Refuse an ``evaluate_fn`` that cannot be called as ``evaluate_fn(round, weights)``.
-
-    Flower's takes ``(server_round, parameters, config)``: without this check it
-    would fail only after the clients were started, with a bare ``missing 1
-    required positional argument``.
-
-    Raises:
-        TypeError: naming the call covey makes and what the function wants.
-    """
-    if evaluate_fn is None:
-        return
-    if not callable(evaluate_fn):
-        raise TypeError(f"evaluate_fn must be a function, got {type(evaluate_fn).__name__}")
-    try:
-        signature = inspect.signature(evaluate_fn)
-    except (TypeError, ValueError):  # a builtin or extension type: nothing to check
-        return
-    try:
-        signature.bind(0, {})
-    except TypeError:
-        name = getattr(evaluate_fn, "__qualname__", type(evaluate_fn).__name__)
-        try:  # it wants more arguments: Flower's (server_round, parameters, config)
-            signature.bind(0, {}, {})
-            fix = (
-                "Flower's third argument, config, has no counterpart: drop it or give it a default"
-            )
-        except TypeError:
-            fix = "give it those two parameters, e.g. def evaluate_fn(round, weights)"
-        raise TypeError(
-            f"covey calls evaluate_fn(round, weights) (weights: a dict of names to arrays) "
-            f"but {name}{signature} cannot be called so; {fix}"
-        ) from None
-
-
-def round_callback(on_round: object) -> RoundCallback | None:
-    """``on_round`` as one callback: a list or tuple of callbacks is called in its order.
-
-    Checked before the run starts, so that a wrong value fails at once rather
-    than after the first round has trained.
-
-    Raises:
-        TypeError: ``on_round`` is neither a function of a round's record, nor a
-            list or tuple of them.
-    """
-    if on_round is None or callable(on_round):
-        return on_round
-    if isinstance(on_round, list | tuple):
-        for i, callback in enumerate(on_round):
-            if not callable(callback):
-                raise TypeError(
-                    f"on_round[{i}] must be a function of the round's record, "
-                    f"got {type(callback).__name__}"
-                )
-        callbacks: tuple[RoundCallback, ...] = tuple(on_round)
-
-        def each(record: RoundRecord) -> None:
-            for callback in callbacks:
-                callback(record)
-
-        return each
-    raise TypeError(
-        "on_round must be a function of the round's record (covey calls on_round(record)) "
-        f"or a list of them, got {type(on_round).__name__}"
-    )
-
-
-def checked_callbacks(evaluate_fn: object, on_round: object) -> RoundCallback | None:
-    """Check a run's ``evaluate_fn`` and return its ``on_round`` as one callback, before it starts.
-
-    See :func:`check_evaluate_fn` and :func:`round_callback`.
-    """
-    check_evaluate_fn(evaluate_fn)
-    return round_callback(on_round)
 
 
 class _LoopBase:
