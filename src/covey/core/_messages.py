@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import numpy as np
 
-from covey.core._weights import Weights, is_unicode_text, unnamed_hint
+from covey.core._metricvalues import FLOAT_MAX, item_of, own_metrics, too_large
+from covey.core._metricvalues import MAX_METRICS as MAX_METRICS
+from covey.core._weights import Weights, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
 _R = TypeVar("_R")
@@ -37,10 +39,6 @@ def slot_setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ..
 MAX_EXAMPLES = 2**53
 """The most examples a result may declare: every count up to it is exact in float64,
 and weighing updates by it cannot overflow (10**400 examples would stop aggregation)."""
-
-MAX_METRICS = 1000
-"""The most metrics one result may carry: a reply of 200,000 names (3 MB of JSON) made
-every round's record, the server's memory and ``history.json`` grow by tens of MB."""
 
 MAX_ROUNDS = 10**9
 """The most rounds a run may be asked for: a billion rounds of a millisecond are 11 days,
@@ -108,71 +106,6 @@ def _counted(
             f"{name}({given}, num_examples=len(y))"
         )
     return object.__new__(cls)
-
-
-_METRIC_TYPES = (bool, int, float, str, bytes, np.generic, np.ndarray)
-_FLOAT_MAX = float(np.finfo(np.float64).max)
-"""The largest float: an int metric or loss beyond it has no float value to average."""
-
-
-def _too_large(value: int, what: str) -> ValueError:
-    """The error for an int ``what`` that no float holds (averaging it would overflow)."""
-    return ValueError(
-        f"{what} is an int of {value.bit_length()} bits, too large for a float "
-        f"(at most about {_FLOAT_MAX:.3g}), so it cannot be averaged"
-    )
-
-
-def _own_metrics(value: object, what: str) -> dict[str, Any]:
-    """A copy of metrics ``value`` as another process receives them; refused if no transport can.
-
-    The process backend and the network carry metrics as JSON: a name that is
-    not a string came back as one (``3`` as ``"3"``), and a value of another
-    type failed the client there while the inline and Ray backends took it.
-    The copy is taken when the result is made: a client that goes on changing
-    the dict it returned (one dict for every round, say) changes nothing the
-    server holds, and NumPy scalars become the Python values they hold
-    (``np.str_`` a ``str``), as on every other backend. Arrays are copied.
-    """
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{what} must be a dict of names to scalars, got {type(value).__name__}")
-    if len(value) > MAX_METRICS:
-        raise ValueError(
-            f"{what} holds {len(value)} metrics, over the limit of {MAX_METRICS}: report "
-            "fewer (an array metric holds many values under one name)"
-        )
-    out: dict[str, Any] = {}
-    for name, metric in value.items():
-        if type(name) is not str:
-            raise TypeError(f"{what} names a metric by {type(name).__name__} {name!r}, not a str")
-        if not name.isascii() and not is_unicode_text(name):
-            raise ValueError(
-                f"{what} names a metric {name!r}, which is not valid Unicode text (it holds a "
-                "lone surrogate): it cannot be encoded as UTF-8, as logs, trackers and files need"
-            )
-        if not isinstance(metric, _METRIC_TYPES) or (
-            isinstance(metric, np.ndarray | np.generic)
-            and metric.dtype.kind not in ("biuf" if isinstance(metric, np.ndarray) else "biufUS")
-        ):
-            raise TypeError(
-                f"{what}[{name!r}] is {type(metric).__name__}, expected a number, bool, "
-                "str or bytes"
-            )
-        if type(metric) is int and not -_FLOAT_MAX <= metric <= _FLOAT_MAX:
-            raise _too_large(metric, f"{what}[{name!r}]")
-        if isinstance(metric, np.generic):
-            metric = metric.item()
-            if isinstance(metric, np.generic):  # a long double's item() is itself
-                metric = float(metric)
-        elif isinstance(metric, np.ndarray):
-            metric = np.array(metric)
-        if isinstance(metric, str) and not metric.isascii() and not is_unicode_text(metric):
-            raise ValueError(
-                f"{what}[{name!r}] is a str holding a lone surrogate ({metric!r}): it cannot be "
-                "encoded as UTF-8, as logs, trackers and files need"
-            )
-        out[name] = metric
-    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
@@ -247,7 +180,7 @@ class FitResult:
         if type(n) is not int or n < 0 or n > MAX_EXAMPLES:
             object.__setattr__(self, "num_examples", _check_count(n, "FitResult.num_examples"))
         if self.metrics or type(self.metrics) is not dict:
-            object.__setattr__(self, "metrics", _own_metrics(self.metrics, "FitResult.metrics"))
+            object.__setattr__(self, "metrics", own_metrics(self.metrics, "FitResult.metrics"))
         if weights is not None:
             if not _all_arrays(weights):
                 object.__setattr__(self, "weights", _arrays(weights, "FitResult.weights"))
@@ -364,16 +297,17 @@ class EvaluateResult:
             raise TypeError(f"EvaluateResult.loss must be a number, got {type(loss).__name__}")
         if not isinstance(loss, int | float):  # a NumPy or torch scalar, say
             try:
-                object.__setattr__(self, "loss", float(self.loss))
+                # item_of: a torch loss that requires grad warned when made a float
+                object.__setattr__(self, "loss", float(item_of(loss)))
             except (TypeError, ValueError):
                 raise TypeError(
                     f"EvaluateResult.loss must be a number, got {type(self.loss).__name__}"
                 ) from None
-        elif type(self.loss) is int and not -_FLOAT_MAX <= self.loss <= _FLOAT_MAX:
-            raise _too_large(self.loss, "EvaluateResult.loss")
+        elif type(self.loss) is int and not -FLOAT_MAX <= self.loss <= FLOAT_MAX:
+            raise too_large(self.loss, "EvaluateResult.loss")
         n = _check_count(self.num_examples, "EvaluateResult.num_examples")
         object.__setattr__(self, "num_examples", n)
-        object.__setattr__(self, "metrics", _own_metrics(self.metrics, "EvaluateResult.metrics"))
+        object.__setattr__(self, "metrics", own_metrics(self.metrics, "EvaluateResult.metrics"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from covey.core._messages import Scalar
+from covey.core._metricvalues import item_of
 from covey.core._weights import Weights, fingerprint
 
 __all__ = ["central_evaluation"]
@@ -65,7 +65,7 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
     try:
         if isinstance(loss, str | bytes):
             raise TypeError
-        number = float(loss)  # Python and NumPy numbers, 0-d arrays and tensors
+        number = float(item_of(loss))  # Python and NumPy numbers, 0-d arrays and tensors
     except (TypeError, ValueError):
         raise TypeError(f"evaluate_fn's loss must be a number, got {type(loss).__name__}") from None
     if not isinstance(metrics, Mapping):
@@ -75,9 +75,7 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
         )
     checked: dict[str, Scalar] = {}
     for key, value in metrics.items():
-        if not isinstance(value, _SCALARS) and callable(getattr(value, "item", None)):
-            with contextlib.suppress(TypeError, ValueError):  # NumPy scalars, 0-d arrays
-                value = value.item()
+        value = item_of(value)  # NumPy scalars, 0-d arrays and tensors
         if not isinstance(key, str) or not isinstance(value, _SCALARS):
             raise TypeError(
                 f"evaluate_fn's metric {key!r} must be a scalar named by a string, "

@@ -1,0 +1,119 @@
+"""The values a client's metrics may hold, checked and copied as every transport carries them."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from covey.core._weights import is_unicode_text
+
+MAX_METRICS = 1000
+"""The most metrics one result may carry: a reply of 200,000 names (3 MB of JSON) made
+every round's record, the server's memory and ``history.json`` grow by tens of MB."""
+
+_SCALARS = (bool, int, float, str, bytes)
+
+
+def item_of(value: Any) -> Any:
+    """The number a one-element array or tensor of any library holds, else ``value`` as is.
+
+    A 0-d torch tensor (``loss``, ``correct.sum()``) gives its number through
+    ``item()``, as NumPy's scalars do; torch is never imported here, and a
+    tensor that requires grad is detached first (torch warns when one is
+    turned into a number). Values ``item()`` cannot turn into one number (an
+    array of several) are returned as they are.
+    """
+    if isinstance(value, _SCALARS) or not callable(getattr(value, "item", None)):
+        return value
+    torch = sys.modules.get("torch")
+    tensor = getattr(torch, "Tensor", None)
+    if tensor is not None and isinstance(value, tensor):
+        value = value.detach()
+    with contextlib.suppress(TypeError, ValueError, RuntimeError):  # torch: several elements
+        return value.item()
+    return value
+
+
+METRIC_TYPES = (bool, int, float, str, bytes, np.generic, np.ndarray)
+FLOAT_MAX = float(np.finfo(np.float64).max)
+"""The largest float: an int metric or loss beyond it has no float value to average."""
+
+
+def too_large(value: int, what: str) -> ValueError:
+    """The error for an int ``what`` that no float holds (averaging it would overflow)."""
+    return ValueError(
+        f"{what} is an int of {value.bit_length()} bits, too large for a float "
+        f"(at most about {FLOAT_MAX:.3g}), so it cannot be averaged"
+    )
+
+
+def own_metrics(value: object, what: str) -> dict[str, Any]:
+    """A copy of metrics ``value`` as another process receives them; refused if no transport can.
+
+    The process backend and the network carry metrics as JSON: a name that is
+    not a string came back as one (``3`` as ``"3"``), and a value of another
+    type failed the client there while the inline and Ray backends took it.
+    The copy is taken when the result is made: a client that goes on changing
+    the dict it returned (one dict for every round, say) changes nothing the
+    server holds, and NumPy scalars become the Python values they hold
+    (``np.str_`` a ``str``), as on every other backend. Arrays are copied.
+    """
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict of names to scalars, got {type(value).__name__}")
+    if len(value) > MAX_METRICS:
+        raise ValueError(
+            f"{what} holds {len(value)} metrics, over the limit of {MAX_METRICS}: report "
+            "fewer (an array metric holds many values under one name)"
+        )
+    out: dict[str, Any] = {}
+    for name, metric in value.items():
+        if type(name) is not str:
+            raise TypeError(f"{what} names a metric by {type(name).__name__} {name!r}, not a str")
+        if not name.isascii() and not is_unicode_text(name):
+            raise ValueError(
+                f"{what} names a metric {name!r}, which is not valid Unicode text (it holds a "
+                "lone surrogate): it cannot be encoded as UTF-8, as logs, trackers and files need"
+            )
+        out[name] = _own_value(metric, f"{what}[{name!r}]")
+    return out
+
+
+def _own_value(metric: Any, where: str) -> Any:
+    """One metric's value as every transport carries it; refused, naming ``where``, if none can.
+
+    A one-element tensor (a torch ``loss``) counts as its number, as
+    ``evaluate_fn``'s metrics and ``EvaluateResult.loss`` take it.
+    """
+    if not isinstance(metric, METRIC_TYPES):
+        metric = item_of(metric)
+    if not isinstance(metric, METRIC_TYPES) or (
+        isinstance(metric, np.ndarray | np.generic)
+        and metric.dtype.kind not in ("biuf" if isinstance(metric, np.ndarray) else "biufUS")
+    ):
+        several = not isinstance(metric, np.ndarray | np.generic) and hasattr(metric, "item")
+        hint = (
+            " (it holds several values: report one number, x.mean().item() say, or an array "
+            "of them, np.asarray(x) or a torch tensor's x.detach().cpu().numpy())"
+        )
+        raise TypeError(
+            f"{where} is {type(metric).__name__}, expected a number, bool, str or bytes"
+            f"{hint if several else ''}"
+        )
+    if type(metric) is int and not -FLOAT_MAX <= metric <= FLOAT_MAX:
+        raise too_large(metric, where)
+    if isinstance(metric, np.generic):
+        metric = metric.item()
+        if isinstance(metric, np.generic):  # a long double's item() is itself
+            metric = float(metric)
+    elif isinstance(metric, np.ndarray):
+        metric = np.array(metric)
+    if isinstance(metric, str) and not metric.isascii() and not is_unicode_text(metric):
+        raise ValueError(
+            f"{where} is a str holding a lone surrogate ({metric!r}): it cannot be "
+            "encoded as UTF-8, as logs, trackers and files need"
+        )
+    return metric
