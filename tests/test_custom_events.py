@@ -8,20 +8,8 @@ import numpy as np
 import pytest
 
 import covey
+from _shift import Shift as _Shift
 from covey.aggregate import Aggregate, Begin, Contribution, Dropped, End, Step, chain, mean
-
-
-class _Shift(covey.Client):
-    """Sends a delta of ones times (cid + 1)."""
-
-    def __init__(self, cid: int) -> None:
-        self.cid = cid
-
-    def fit(self, weights: Any, config: Any) -> covey.FitResult:
-        return covey.FitResult(
-            delta={k: np.full_like(v, self.cid + 1.0) for k, v in weights.items()},
-            num_examples=1 + self.cid,
-        )
 
 
 def _init() -> dict[str, np.ndarray]:
