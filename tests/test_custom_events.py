@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import covey
-from _shift import Shift as _Shift
-from covey.aggregate import Aggregate, Begin, Contribution, Dropped, End, Step, chain, mean
+from _steps import Shift as _Shift
+from _steps import reporting as _reporting
+from covey.aggregate import Aggregate, Contribution, Dropped, End, Step, chain, mean
 
 
 def _init() -> dict[str, np.ndarray]:
@@ -52,22 +53,6 @@ def test_a_dropped_needs_a_reason_in_words(why: Any, error: type) -> None:
     # Before: Dropped(0, None) was recorded as "left out by the aggregation: None".
     with pytest.raises(error, match=r"Dropped\(cid=0\)\.why"):
         Dropped(0, why)
-
-
-def _reporting(info: Any, at: type) -> Step:
-    """A step of one's own that sends on ``End`` or ``Aggregate`` with ``info`` as its info."""
-
-    def update(state: Any, event: Any) -> Any:
-        if at is End and isinstance(event, End):
-            return state, (End(event.round, info=info),)
-        if at is Aggregate and isinstance(event, Aggregate):
-            out = Aggregate(event.round, 1, 1, delta=event.as_delta(state), info=info)
-            return state, (out,)
-        if isinstance(event, Begin):
-            return dict(event.params), (event,)
-        return state, (event,)
-
-    return Step(lambda params: dict(params), update)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import covey
-from _shift import Shift as _Shift
+from _steps import Shift as _Shift
+from _steps import reporting as _reporting
 from covey.aggregate import Aggregate, Begin, Contribution, End, Step, chain, weighted_mean
 from covey.deploy import connect, serve
 from covey.server._state import StateError
@@ -660,22 +661,6 @@ def test_a_run_hook_that_is_not_one_is_refused_when_the_strategy_is_made(
         covey.Strategy(hooks=hooks)
     hooked = covey.Strategy(hooks=(_Hook(),), fraction_evaluate=0.0)
     assert covey.simulate(_Shift, 3, 2, hooked, _init()).history.rounds[2].aggregated
-
-
-def _reporting(info: Any, at: type) -> Step:
-    """A step of one's own that sends on ``End`` or ``Aggregate`` with ``info`` as its info."""
-
-    def update(state: Any, event: Any) -> Any:
-        if at is End and isinstance(event, End):
-            return state, (End(event.round, info=info),)
-        if at is Aggregate and isinstance(event, Aggregate):
-            out = Aggregate(event.round, 1, 1, delta=event.as_delta(state), info=info)
-            return state, (out,)
-        if isinstance(event, Begin):
-            return dict(event.params), (event,)
-        return state, (event,)
-
-    return Step(lambda params: dict(params), update)
 
 
 @pytest.mark.parametrize(("info", "at"), [(None, Aggregate), (["clipped"], End)])

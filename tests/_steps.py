@@ -1,0 +1,39 @@
+"""A client and a step of one's own for the tests of aggregation steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import covey
+from covey.aggregate import Aggregate, Begin, End, Step
+
+
+class Shift(covey.Client):
+    """Sends a delta of ones times (cid + 1), over cid + 1 examples."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        return covey.FitResult(
+            delta={k: np.full_like(v, self.cid + 1.0) for k, v in weights.items()},
+            num_examples=1 + self.cid,
+        )
+
+
+def reporting(info: Any, at: type) -> Step:
+    """A step of one's own that sends on ``End`` or ``Aggregate`` with ``info`` as its info."""
+
+    def update(state: Any, event: Any) -> Any:
+        if at is End and isinstance(event, End):
+            return state, (End(event.round, info=info),)
+        if at is Aggregate and isinstance(event, Aggregate):
+            out = Aggregate(event.round, 1, 1, delta=event.as_delta(state), info=info)
+            return state, (out,)
+        if isinstance(event, Begin):
+            return dict(event.params), (event,)
+        return state, (event,)
+
+    return Step(lambda params: dict(params), update)
