@@ -1,4 +1,4 @@
-"""A client and a step of one's own for the tests of aggregation steps."""
+"""A client, a step and a compression scheme of one's own, for the tests of extensions."""
 
 from __future__ import annotations
 
@@ -37,3 +37,18 @@ def reporting(info: Any, at: type) -> Step:
         return state, (event,)
 
     return Step(lambda params: dict(params), update)
+
+
+class Halving:
+    """A compression scheme of one's own: float arrays sent as float16 halves (a toy)."""
+
+    name = "halving"
+
+    def encode(self, delta: Any, rng: Any) -> dict[str, dict[str, np.ndarray]]:
+        return {n: {"h": (np.asarray(x) / 2).astype(np.float16).ravel()} for n, x in delta.items()}
+
+    def decode(self, parts: Any, spec: Any) -> dict[str, np.ndarray]:
+        return {
+            n: (parts[n]["h"].astype(d) * 2).reshape(s)
+            for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
+        }

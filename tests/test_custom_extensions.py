@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import covey
+from _steps import Halving as _Halving
 from _steps import Shift as _Shift
 from _steps import reporting as _reporting
 from covey.aggregate import Aggregate, Begin, Contribution, End, Step, chain, weighted_mean
@@ -351,27 +352,12 @@ def test_a_metrics_function_returning_no_dict_is_named(kind: str) -> None:
         covey.simulate(Evaluating, 3, 1, strategy, _init())
 
 
-class _Halving:
-    """A compression scheme of one's own: float arrays sent as float16 halves (a toy)."""
-
-    name = "halving"
-
-    def encode(self, delta: Any, rng: Any) -> dict[str, dict[str, np.ndarray]]:
-        return {n: {"h": (np.asarray(x) / 2).astype(np.float16).ravel()} for n, x in delta.items()}
-
-    def decode(self, parts: Any, spec: Any) -> dict[str, np.ndarray]:
-        return {
-            n: (parts[n]["h"].astype(d) * 2).reshape(s)
-            for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
-        }
-
-
 def test_a_scheme_of_ones_own_compresses_inline_and_is_refused_elsewhere() -> None:
     strategy = covey.FedAvg(fraction_evaluate=0.0)
     result = covey.simulate(_Shift, 3, 1, strategy, _init(), compression=_Halving())
     assert result.history.rounds[1].bytes_received == 3 * 9 * 2  # float16 halves
     assert np.array_equal(result.weights["b"], np.full(3, (1 * 1 + 2 * 2 + 3 * 3) / 6))
-    with pytest.raises(ValueError, match="_Halving is a scheme of your own"):
+    with pytest.raises(ValueError, match="Halving is a scheme of your own"):
         covey.simulate(_Shift, 3, 1, strategy, _init(), compression=_Halving(), backend="process")
 
 

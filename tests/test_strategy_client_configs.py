@@ -15,6 +15,7 @@ import pytest
 
 import covey
 from _live import Joined, Served
+from _steps import Halving as _Halving
 from covey.secagg import secure
 from covey.strategies import ClientInfo
 
@@ -674,21 +675,6 @@ def test_an_inline_config_a_deployed_server_cannot_send_fails_that_client_alone(
     assert failure.error.startswith("cannot send the fit task to client 0: its config: ")
     assert said in failure.error
     assert list(seen(result.history.rounds[1], "fit")) == [1]
-
-
-class _Halving:
-    """A compression scheme of one's own, which inline clients are handed as the object."""
-
-    name = "halving"
-
-    def encode(self, delta: Any, rng: Any) -> dict[str, dict[str, np.ndarray]]:
-        return {n: {"h": (np.asarray(x) / 2).astype(np.float16).ravel()} for n, x in delta.items()}
-
-    def decode(self, parts: Any, spec: Any) -> dict[str, np.ndarray]:
-        return {
-            n: (parts[n]["h"].astype(d) * 2).reshape(s)
-            for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
-        }
 
 
 def test_an_inline_config_is_checked_beside_a_compression_scheme_of_ones_own() -> None:
