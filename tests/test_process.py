@@ -271,3 +271,32 @@ def test_process_transport_directly(shm_files: list[str]) -> None:
         assert not os.path.exists(shm_files[0])  # the stale file is gone already
     with pytest.raises(ValueError, match="num_workers must be at least 1"):
         ProcessTransport(lambda cid: Exploding(cid, "raise"), 5, num_workers=0)
+
+
+def _payload_size(client: Any, task: Task) -> int:
+    return sum(len(part) for part in task.payload.values())
+
+
+MB = 1024 * 1024
+
+
+def test_a_task_payload_a_deployed_server_cannot_send_fails_that_client_alone(
+    shm_files: list[str],
+) -> None:
+    """The pipe carried up to 64 MiB of it; a deployed server sends at most 4 MiB of JSON."""
+    covey.clients.register_task("payload_size", _payload_size)
+    large = {f"part{i}": "z" * (MB - 100 * i) for i in range(5)}
+    named = {"arrays": {"a": np.zeros(MB // 2 + 1)}}  # sent as arrays, as a deployed server does
+    with ProcessTransport(lambda cid: covey.Client(), 3, num_workers=1) as transport:
+        tasks = {
+            0: Task("payload_size", 1, payload=large),
+            1: Task("payload_size", 1, payload={"small": "z" * 10}),
+            2: Task("payload_size", 1, payload=named),
+        }
+        replies = {r.cid: r for r in transport.exchange(tasks)}
+    assert replies[0].error == (
+        "cannot send the payload_size task to client 0: its payload: 5241936 bytes of JSON "
+        "exceed the limit of 4194304; the largest entry takes 1048578 bytes (at 'part0')"
+    )
+    assert replies[1].result == 10
+    assert replies[2].result == 1

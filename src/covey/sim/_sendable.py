@@ -15,6 +15,8 @@ server could not send fails that client alone, with the deployed error, on
 every backend. Only what a deployed server would encode is checked: a
 compression scheme of one's own, which the inline backend hands its clients as
 the object (a deployed server names a scheme by its spec), stands as its name.
+The process backend holds a task's JSON payload to the same caps
+(:func:`~covey.sim._shm.task_item`).
 """
 
 from __future__ import annotations

@@ -432,10 +432,16 @@ def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: 
             then the size, the limit and the entry. A config is held to the caps a
             deployed server sends it within (4 MiB of JSON), not the pipe's looser
             :data:`~covey.sim._sendable.LIMITS`: a client's config a deployed server
-            could not send fails that client here too.
+            could not send fails that client here too. So is a payload, unless it is
+            named arrays (:func:`~covey.transport.grpc._wire.is_extras`), which a
+            deployed server sends as arrays, not JSON, and the pipe carries within its
+            own limits.
     """
     config_text = _within("config", config, _wire.WireLimits())
-    payload_text = None if extras else _within("payload", payload, _LIMITS)
+    payload_text = None
+    if not extras:
+        limits = _LIMITS if _wire.is_extras(payload) else _wire.WireLimits()
+        payload_text = _within("payload", payload, limits)
     return (cid, kind, rnd, config_text, payload_text)
 
 
