@@ -48,6 +48,43 @@ def test_a_dropped_naming_another_client_stops_the_run_naming_both(cid: int) -> 
     assert isinstance(stopped.value.__cause__, TypeError)
 
 
+def test_strategy_aggregate_by_hand_refuses_a_dropped_naming_another_client() -> None:
+    # Before: aggregate() left client 1's update out and returned the mean of the others.
+    strategy = covey.Strategy(aggregator=chain(_dropping(0), mean()))
+    results = [_Shift(cid).fit(_init(), {}) for cid in range(3)]
+    said = r"emitted Dropped\(cid=0\) for client 1's contribution.*Dropped\(1, why\)"
+    with pytest.raises(TypeError, match=said):
+        strategy.aggregate(_init(), results)
+    # Naming its own client, it leaves that update out, as a round does.
+    kept = covey.Strategy(aggregator=chain(_dropping(None), mean()))
+    np.testing.assert_array_equal(kept.aggregate(_init(), results)["b"], [2.0, 2.0])
+
+
+def _dropping_at_end(state: Any, event: Any) -> Any:
+    if isinstance(event, End):
+        return state, (event, Dropped(2, "too late"))
+    return state, (event,)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_dropped_at_end_stops_the_run_naming_it(asynchronous: bool) -> None:
+    # Before: the Dropped was ignored, and client 2 counted as a participant.
+    step = chain(Step(lambda params: None, _dropping_at_end), mean())
+    options: dict[str, Any] = {"buffer_size": 2} if asynchronous else {}
+    strategy = covey.Strategy(aggregator=step, fraction_evaluate=0.0, **options)
+    at = "update" if asynchronous else "round"
+    said = (
+        rf"{at} 1: aggregation raised TypeError: the aggregation step emitted "
+        rf"Dropped\(cid=2\) at the End of {at} 1, where there is no contribution"
+    )
+    with pytest.raises(covey.FederationError, match=said) as stopped:
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+    assert isinstance(stopped.value.__cause__, TypeError)
+    by_hand = covey.Strategy(aggregator=step)
+    with pytest.raises(TypeError, match=r"Dropped\(cid=2\) at the End of round 1, where"):
+        by_hand.aggregate(_init(), [_Shift(cid).fit(_init(), {}) for cid in range(3)])
+
+
 @pytest.mark.parametrize(("why", "error"), [(None, TypeError), (3, TypeError), (" ", ValueError)])
 def test_a_dropped_needs_a_reason_in_words(why: Any, error: type) -> None:
     # Before: Dropped(0, None) was recorded as "left out by the aggregation: None".

@@ -369,8 +369,9 @@ class _LoopBase:
         traceback kept in the history.
         """
         try:
-            state, out = self.strategy.aggregator.feed(state, End(rnd, step=self._step))
-            aggregate = find_aggregate(out)
+            end = End(rnd, step=self._step)
+            state, out = self.strategy.aggregator.feed(state, end)
+            aggregate = find_aggregate(out, end)
         except AggregationError as exc:
             logger.error(
                 "%s %d: aggregation failed, %s is unchanged: %s", self._step, rnd, self._model, exc

@@ -85,19 +85,33 @@ def contribution(
     return made
 
 
-def find_aggregate(events: Iterable[Event]) -> Aggregate | None:
-    """The :class:`~covey.aggregate.Aggregate` among a step's output events, if any.
+def find_aggregate(events: Iterable[Event], end: End | None = None) -> Aggregate | None:
+    """The :class:`~covey.aggregate.Aggregate` among a step's output events at ``end``, if any.
 
     Raises:
-        TypeError: The step emitted more than one: a round has one aggregate, and
-            taking either would silently drop the other.
+        TypeError: The step emitted more than one (a round has one aggregate, and
+            taking either would silently drop the other), or a
+            :class:`~covey.aggregate.Dropped` (which replaces a contribution: at
+            ``End`` there is none to leave out, and the round has counted its client).
     """
+    events = tuple(events)
     found = [e for e in events if isinstance(e, Aggregate)]
+    at = f"{end.step} {end.round}" if end is not None else None
     if len(found) > 1:
+        at = at or f"round {found[0].round}"
         raise TypeError(
-            f"the aggregation step emitted {len(found)} Aggregates at the End of round "
-            f"{found[0].round}; a round has one: emit a single Aggregate at End"
+            f"the aggregation step emitted {len(found)} Aggregates at the End of {at}; "
+            "a round has one: emit a single Aggregate at End"
         )
+    for event in events:
+        if isinstance(event, Dropped):
+            where = f"the End of {at}" if at else "End"
+            raise TypeError(
+                f"the aggregation step emitted Dropped(cid={event.cid!r}) at {where}, where "
+                "there is no contribution to leave out (the round has counted every one it "
+                f"was given): emit Dropped({event.cid!r}, why) in place of that client's "
+                "Contribution, when the step is given it"
+            )
     return found[0] if found else None
 
 
@@ -143,7 +157,9 @@ def fold(
         The new global weights (read-only arrays) and the aggregator's new state.
 
     Raises:
-        TypeError: if a result is not a :class:`~covey.FitResult`.
+        TypeError: if a result is not a :class:`~covey.FitResult`, or the step emits a
+            :class:`~covey.aggregate.Dropped` naming another client than the
+            contribution it was given, or one at ``End`` (as in a round loop).
         covey.WeightsError: if a result does not match the model.
         covey.AggregationError: if the step gives no aggregate or an invalid one.
     """
@@ -156,9 +172,11 @@ def fold(
     for cid, result in enumerate(results):
         if not isinstance(result, FitResult):
             raise TypeError(f"result {cid} is {type(result).__name__}, expected covey.FitResult")
-        state, _ = aggregator.feed(state, contribution(cid, result, spec))
-    state, out = aggregator.feed(state, End(round))
-    aggregate = find_aggregate(out)
+        state, out = aggregator.feed(state, contribution(cid, result, spec))
+        dropped_why(out, cid)  # a Dropped naming another client is refused, as in a round
+    end = End(round)
+    state, out = aggregator.feed(state, end)
+    aggregate = find_aggregate(out, end)
     if aggregate is None:
         raise AggregationError(f"round {round}: the aggregation step produced no aggregate")
     new = aggregate.apply(params)
