@@ -361,6 +361,29 @@ def test_a_scheme_of_ones_own_compresses_inline_and_is_refused_elsewhere() -> No
         covey.simulate(_Shift, 3, 1, strategy, _init(), compression=_Halving(), backend="process")
 
 
+class _Nameless(_Halving):
+    name = None  # type: ignore[assignment]
+
+
+class _Numbered(_Halving):
+    @property
+    def name(self) -> Any:  # type: ignore[override]
+        return 3
+
+
+@pytest.mark.parametrize(
+    ("scheme", "got"), [(_Nameless(), "NoneType None"), (_Numbered(), "int 3")]
+)
+def test_a_scheme_of_ones_own_whose_name_is_no_str_is_refused_when_given(
+    scheme: Any, got: str
+) -> None:
+    # Before: the run went on, its history recording {"compression": 3}.
+    strategy = covey.FedAvg(fraction_evaluate=0.0)
+    said = f"compression {type(scheme).__name__}'s name is {got}: a scheme's name must be a str"
+    with pytest.raises(TypeError, match=said):
+        covey.simulate(_Shift, 3, 1, strategy, _init(), compression=scheme)
+
+
 def test_the_extension_points_have_public_names() -> None:
     # Strategy(hooks=...) named covey.core._hooks.RunHook, Strategy(fit_round=...)
     # returns a FitOutcome only covey.strategies._strategy held, and serve() raised a
@@ -780,3 +803,12 @@ def test_a_run_hook_giving_no_reason_to_stop_is_named() -> None:
     said = r"_StopsWithTrue.before_round\(round, state\) must return a reason .* got True"
     with pytest.raises(TypeError, match=said):
         covey.simulate(_Shift, 3, 3, strategy, _init())
+
+
+def test_a_compressing_transport_refuses_a_scheme_whose_name_is_no_str() -> None:
+    from covey.compress import CompressedTransport
+    from covey.compress._counted import CountedAsyncTransport
+
+    for wrapper in (CompressedTransport, CountedAsyncTransport):
+        with pytest.raises(TypeError, match="compression _Numbered's name is int 3"):
+            wrapper(None, _Numbered())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from covey.compress._plain import plain_nbytes
+from covey.compress._plain import check_scheme, plain_nbytes
 from covey.compress._runtime import (
     KIND,
     CountingWrapper,
@@ -47,11 +47,16 @@ class CountedAsyncTransport(CountingWrapper):
         scheme: How clients encode their updates (None: no rewriting, only counting).
         seed: Seeds the clients' stochastic rounding.
         run: A token naming this run (see :class:`~covey.compress.CompressedTransport`).
+
+    Raises:
+        TypeError: ``scheme`` lacks ``name``, ``encode`` or ``decode``, or its
+            ``name`` is not a str.
     """
 
     def __init__(
         self, inner: Any, scheme: Scheme | None = None, *, seed: int = 0, run: str | None = None
     ) -> None:
+        check_scheme(scheme)
         self.inner = inner
         self.bytes_sent = 0
         self.bytes_received = 0

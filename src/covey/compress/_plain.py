@@ -255,6 +255,30 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
     return Encoded(scheme.name, parts, num, metrics, extras)
 
 
+def check_scheme(compression: object) -> None:
+    """Refuse a ``compression`` that is neither a spec nor a scheme with a str ``name``.
+
+    Raises:
+        TypeError: ``compression`` lacks ``name``, ``encode`` or ``decode``, or its
+            ``name`` is not a str (each encoded update carries it, and the run's
+            history records it).
+    """
+    if compression is None or isinstance(compression, str):
+        return
+    if not all(hasattr(compression, part) for part in ("name", "encode", "decode")):
+        raise TypeError(
+            f"compression must be a spec (none, float16, bfloat16, q8, q4, topk:FRACTION) or a "
+            f"scheme with name, encode and decode, got {type(compression).__name__}"
+        )
+    name = getattr(compression, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(
+            f"compression {type(compression).__name__}'s name is {type(name).__name__} "
+            f"{name!r:.60}: a scheme's name must be a str (each encoded update carries it, "
+            "and the run's history records it), e.g. name = 'halving'"
+        )
+
+
 def check_applies(scheme: Scheme | str | None, strategy: Strategy) -> None:
     """Refuse compression for a strategy whose fit round is its own exchange.
 

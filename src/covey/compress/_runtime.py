@@ -24,6 +24,7 @@ import numpy as np
 
 from covey.clients._client import lend, register_builtin
 from covey.compress._plain import (
+    check_scheme,
     encoded_from_plain,
     encoded_to_plain,
     plain_nbytes,
@@ -338,6 +339,10 @@ class CompressedTransport(CountingWrapper):
         by_client: Hold each client's bytes (its last task's and the replies to it)
             until :meth:`deliver` names the client: an asynchronous simulation
             computes replies ahead of the update they arrive in.
+
+    Raises:
+        TypeError: ``scheme`` lacks ``name``, ``encode`` or ``decode``, or its
+            ``name`` is not a str.
     """
 
     def __init__(
@@ -349,6 +354,7 @@ class CompressedTransport(CountingWrapper):
         run: str | None = None,
         by_client: bool = False,
     ) -> None:
+        check_scheme(scheme)
         self.inner = inner
         self.scheme = scheme
         self.seed = seed

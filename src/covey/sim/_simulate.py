@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from covey.clients._client import ClientFn
 from covey.compress import CompressedTransport, Scheme, check_applies, scheme_named, scheme_spec
+from covey.compress._plain import check_scheme
 from covey.core._files import a_folder
 from covey.core._history import History, RoundRecord
 from covey.core._historyfile import HistoryFile
@@ -161,13 +162,7 @@ def _scheme(compression: Scheme | str | None, strategy: Strategy, backend: str) 
     """
     if compression is None:
         return None
-    if not isinstance(compression, str) and not all(
-        hasattr(compression, part) for part in ("name", "encode", "decode")
-    ):
-        raise TypeError(
-            f"compression must be a spec (none, float16, bfloat16, q8, q4, topk:FRACTION) or a "
-            f"scheme with name, encode and decode, got {type(compression).__name__}"
-        )
+    check_scheme(compression)
     check_applies(compression, strategy)
     scheme = scheme_named(compression) if isinstance(compression, str) else compression
     if backend != "inline" and scheme_spec(scheme) is None:
