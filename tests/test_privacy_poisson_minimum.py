@@ -99,9 +99,19 @@ def test_central_dp_min_fit_clients_above_the_clients_that_pass_where_names_the_
         delta=1e-5,
         noise_seed=0,
     )
-    with pytest.raises(covey.FederationError, match="only 3 are available") as caught:
+    with pytest.raises(covey.FederationError, match="only 3 clients pass where=") as caught:
         covey.simulate(_Site, 10, 1, strategy, {"w": np.zeros(4)}, seed=0)
     message = str(caught.value)
-    assert "central DP picks each round's clients by a Poisson draw" in message
-    assert "min_fit_clients=4 only makes each round wait" in message
-    assert "more than the 3 that pass where=: lower min_fit_clients to at most 3" in message
+    # Its first part said "the strategy wants 4 clients to train but only 3 are
+    # available", and its last that min_fit_clients makes rounds wait for clients
+    # available (10 were): the draw is made from the 3 that pass where=.
+    assert message.startswith(
+        "round 1: only 3 clients pass where=, fewer than min_fit_clients=4; central DP picks "
+        "each round's clients by a Poisson draw: every client that passes where= trains with "
+        "probability fraction_fit=0.3, so a round expects 0.9 of 3"
+    )
+    assert "wants" not in message
+    assert (
+        "min_fit_clients=4 only makes each round need that many clients that pass where=, "
+        "more than the 3 that do: lower min_fit_clients to at most 3" in message
+    )

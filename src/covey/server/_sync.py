@@ -26,7 +26,7 @@ from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import poisson_note, stop_reason
+from covey.strategies._checks import poisson_note, stop_reason, too_few_to_fit
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._strategy import Strategy
@@ -315,15 +315,7 @@ class RoundLoop(_LoopBase):
         strategy = self.strategy
         count = strategy.client_count("fit", eligible)
         if count > eligible:
-            raise self._fail(
-                f"round {rnd}: the strategy wants {count} clients to train but only "
-                f"{eligible} are available (min_fit_clients={strategy.min_fit_clients})"
-                + (" counting clients that pass where=" if strategy.where is not None else "")
-                + (f"; {self.property_error}" if self.property_error else "")
-                + poisson_note(
-                    strategy, eligible, "that pass where=" if strategy.where else "available"
-                )
-            )
+            raise self._fail(too_few_to_fit(strategy, rnd, count, eligible, self.property_error))
         need = min_contributions(strategy.aggregator)
         if need is None:
             return count

@@ -338,25 +338,33 @@ def refuse_other_federation(strategy: Any, num_clients: int) -> None:
         )
 
 
-def poisson_minimum(strategy: Any, available: int, what: str) -> str | None:
+def poisson_minimum(strategy: Any, available: int, what: str, where: bool = False) -> str | None:
     """Why ``min_fit_clients`` above ``available`` clients stops a Poisson-sampled run, or None.
 
     Under central DP each available client trains with probability ``fraction_fit``,
     so ``min_fit_clients`` bounds no round's clients (``docs/privacy.md``): it only
     makes a round wait for that many clients to be available. Said plainly, since
     "needs N clients" would read as a number of trainers. ``what`` names the
-    clients there are (``"num_clients=4"``).
+    clients there are (``"num_clients=4"``). ``where``: ``available`` counts the
+    clients that pass the strategy's ``where=``, whom the draw is made from and
+    whom a round needs ``min_fit_clients`` of.
     """
     dp = strategy.hyperparameters.get("dp")
     if not isinstance(dp, Mapping) or dp.get("sampling") != "poisson":
         return None
     rate = float(dp.get("sampling_rate") or 1.0)
+    pool = "client that passes where=" if where else "available client"
+    held = (
+        "need that many clients that pass where="
+        if where
+        else "wait for that many clients available"
+    )
     return (
-        f"central DP picks each round's clients by a Poisson draw: every available client "
+        f"central DP picks each round's clients by a Poisson draw: every {pool} "
         f"trains with probability fraction_fit={rate:g}, so a round expects {rate * available:g} "
         f"of {available} (or central(expected_clients=...)), and min_fit_clients does not bound "
-        f"that number; min_fit_clients={strategy.min_fit_clients} only makes each round wait "
-        f"for that many clients available, more than {what}: lower min_fit_clients to at most "
+        f"that number; min_fit_clients={strategy.min_fit_clients} only makes each round {held}, "
+        f"more than {what}: lower min_fit_clients to at most "
         f"{available} (0 runs each round with the clients there are)"
     )
 
@@ -369,7 +377,36 @@ def poisson_note(strategy: Any, there: int, which: str = "available") -> str:
     ``min_available_clients`` the round waited for too): the round could not
     start, though ``min_fit_clients`` bounds no Poisson-sampled round.
     """
-    waited = strategy.min_available_clients if which == "available" else 0
+    where = which != "available"
+    waited = 0 if where else strategy.min_available_clients
     held = strategy.min_fit_clients > max(there, waited)
-    note = poisson_minimum(strategy, there, f"the {there} {which}") if held else None
+    what = f"the {there} that do" if where else f"the {there} {which}"
+    note = poisson_minimum(strategy, there, what, where) if held else None
     return "" if note is None else f"; {note}"
+
+
+def too_few_to_fit(
+    strategy: Any, round: int, count: int, eligible: int, property_error: str | None
+) -> str:
+    """Why round ``round`` cannot start: ``count`` clients to train, only ``eligible`` there.
+
+    Under central DP's Poisson draw, ``min_fit_clients`` (which ``count`` then is)
+    is no number of trainers: the message says how many clients there are, fewer
+    than ``min_fit_clients``, then why that holds the round (:func:`poisson_note`).
+    ``property_error``: why a client's properties were not known, if one failed.
+    """
+    where = strategy.where is not None
+    note = poisson_note(strategy, eligible, "that pass where=" if where else "available")
+    if note:
+        there = "pass where=" if where else "are available"
+        head = (
+            f"round {round}: only {eligible} clients {there}, fewer than "
+            f"min_fit_clients={strategy.min_fit_clients}"
+        )
+    else:
+        head = (
+            f"round {round}: the strategy wants {count} clients to train but only "
+            f"{eligible} are available (min_fit_clients={strategy.min_fit_clients})"
+            + (" counting clients that pass where=" if where else "")
+        )
+    return head + (f"; {property_error}" if property_error else "") + note
