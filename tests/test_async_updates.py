@@ -191,6 +191,32 @@ def test_the_aggregators_zero_examples_error_names_the_update() -> None:
     assert rounds.history.rounds[2].aggregate_info["error"].startswith(said)
 
 
+def _misshapen(params: Any) -> Any:
+    return None
+
+
+def _emitting_misshapen(state: Any, event: Any) -> Any:
+    """A reducer of one's own whose aggregate delta has the wrong shape."""
+    if isinstance(event, covey.aggregate.End):
+        delta = {"w": np.ones(3)}
+        return state, (covey.aggregate.Aggregate(event.round, 1, 1, delta=delta),)
+    if isinstance(event, Contribution):
+        return state, ()
+    return state, (event,)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_misshapen_aggregate_delta_names_the_update(asynchronous: bool) -> None:
+    # Aggregate.apply said "round 2's aggregate delta" in an asynchronous run too
+    step = covey.aggregate.Step(_misshapen, _emitting_misshapen)
+    options: dict[str, Any] = {"buffer_size": 1} if asynchronous else {}
+    strategy = covey.Strategy(aggregator=step, fraction_evaluate=0.0, **options)
+    result = covey.simulate(Const, 2, 2, strategy, {"w": np.zeros(2)})
+    at = "update" if asynchronous else "round"
+    said = f"{at} 2's aggregate delta: 'w' has shape (3,), expected (2,)"
+    assert result.history.rounds[2].aggregate_info["error"] == said
+
+
 def test_a_config_setting_what_covey_sets_names_the_update() -> None:
     def extras(rnd: int) -> dict[str, Any]:
         return {"extras": 1}

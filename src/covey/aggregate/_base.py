@@ -230,8 +230,11 @@ class Aggregate:
             raise RuntimeError("internal error: self.weights is unset")
         return subtract(self.weights, params)
 
-    def apply(self, params: Weights) -> dict[str, Array]:
+    def apply(self, params: Weights, step: str = "round") -> dict[str, Array]:
         """The new global weights: ``weights`` or ``params + delta``.
+
+        ``step`` says what ``round`` counts in an error (as :attr:`End.step`):
+        ``"round"``, or an asynchronous run's ``"update"``.
 
         Raises:
             covey.WeightsError: if ``delta`` does not have the names and shapes of
@@ -242,7 +245,7 @@ class Aggregate:
             return dict(self.weights)
         if self.delta is None:  # an invariant of this module, not an input check
             raise RuntimeError("internal error: self.delta is unset")
-        check_delta(self.delta, params, f"round {self.round}'s aggregate delta")
+        check_delta(self.delta, params, f"{step} {self.round}'s aggregate delta")
         return add(params, self.delta)
 
 

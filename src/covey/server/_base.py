@@ -392,7 +392,7 @@ class _LoopBase:
             # A sum past the dtype's range is an Inf the check below refuses, keeping
             # the model: not a warning (an error under -W error that would stop the run).
             with np.errstate(over="ignore", invalid="ignore"):
-                new = aggregate.apply(self.weights)
+                new = aggregate.apply(self.weights, self._step)
             self.spec.check(new, what=f"{self._step} {rnd}'s aggregate")
         except WeightsError as exc:
             logger.error(
