@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -116,7 +118,118 @@ def test_a_call_stuck_before_the_server_says_anything_is_cancelled_after_the_sil
     with caplog.at_level(logging.WARNING, logger="covey"):
         watcher.start()
         assert session.call.cancelled.wait(30), "the stuck call was never cancelled"
+        ended.set()  # the cancelled call ends: the watch is over
         watcher.join(30)
     assert not watcher.is_alive()
     assert "no word from the server for 0 s; reconnecting" in caplog.text
     assert not stop.is_set()
+
+
+class _DeafCall(_StuckCall):
+    """A call whose reading never ends, cancelled or not.
+
+    gRPC waits for its core to finish the read under way, which a connection torn down by a
+    GOAWAY may never do.
+    """
+
+    def __init__(self, released: threading.Event) -> None:
+        super().__init__()
+        self.released = released
+
+    def __iter__(self) -> _DeafCall:
+        return self
+
+    def __next__(self) -> bytes:
+        self.released.wait()  # the test lets go of it at its end
+        raise StopIteration
+
+
+class _DeafChannel:
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.calls: list[_DeafCall] = []
+        self.closed = 0
+
+    def stream_stream(self, method: str) -> Any:
+        def join(requests: Any) -> _DeafCall:
+            self.calls.append(_DeafCall(self.released))
+            return self.calls[-1]
+
+        return join
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_cancelled_call_that_never_ends_is_given_up_and_the_client_reconnects(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A site whose call was cancelled for the server's silence (its server shutting down)
+    # waited for that call to end for ever, and never joined the server started after it.
+    channel = _DeafChannel()
+    monkeypatch.setattr(_client, "open_channel", lambda *args: channel)
+    monkeypatch.setattr(_client, "CANCEL_GRACE", 0.2, raising=False)
+    joined = Joined(9, heartbeat=0.05, retry_for=None, max_attempts=2, backoff=0.01)
+    try:
+        with caplog.at_level(logging.WARNING, logger="covey"):
+            joined.thread.join(60)
+            assert not joined.thread.is_alive(), "the client waited for its cancelled call"
+    finally:
+        channel.released.set()
+    assert isinstance(joined.error, ConnectionError)
+    assert "after 2 attempt(s): the call cancelled 0 s ago did not end" in str(joined.error)
+    assert len(channel.calls) == 2  # it reconnected once, then gave up as max_attempts says
+    assert all(call.cancelled.is_set() for call in channel.calls)
+    assert channel.closed == 2
+    assert caplog.text.count("no word from the server") == 2
+
+
+class _RacedSession(_client._Session):
+    """A session whose check-then-set of ``gone`` is raced on purpose.
+
+    Its ``gone`` holds the first two threads that read it False until both have (or the
+    second is kept out, for a second).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.meeting = threading.Barrier(2, timeout=1.0)
+
+    @property
+    def gone(self) -> bool:
+        value = bool(self.__dict__.get("gone_value", False))
+        if not value:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.meeting.wait()
+        return value
+
+    @gone.setter
+    def gone(self, value: bool) -> None:
+        self.__dict__["gone_value"] = value
+
+
+class _CountedCall:
+    def __init__(self) -> None:
+        self.cancels = 0
+
+    def cancel(self) -> None:
+        self.cancels += 1
+
+
+def test_silence_seen_by_two_threads_at_once_cancels_the_call_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limits = _client.TaskLimits.of(None, 1 << 20)
+    session = _RacedSession(object(), "site", {}, 0.05, limits)
+    session.call = _CountedCall()
+    session.last_heard -= 10.0  # silent for long enough
+    seen: list[bool] = []
+    threads = [threading.Thread(target=lambda: seen.append(session._gone())) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert seen == [True, True]  # both threads see the call cancelled: both stop
+    assert session.call.cancels == 1
+    assert caplog.text.count("no word from the server") == 1

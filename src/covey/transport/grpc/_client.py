@@ -23,6 +23,9 @@ from covey.clients._client import task_kinds
 from covey.core._version import covey_version
 from covey.core._weights import WeightsSpec
 from covey.transport.grpc import _wire
+from covey.transport.grpc._attempt import CLOSED as _CLOSED
+from covey.transport.grpc._attempt import Goodbye as _Goodbye
+from covey.transport.grpc._attempt import end_of as _session
 from covey.transport.grpc._checks import (
     MAX_TASK_BYTES,
     TaskLimits,
@@ -57,11 +60,8 @@ from covey.transport.grpc._refusal import (
     attempt_failure,
     end_if_refused,
     given_up,
-    handshake_closed,
     log_retry,
-    permanent_cause,
     server_named,
-    transient_text,
     unanswered,
 )
 from covey.transport.grpc._stream import Buffers
@@ -80,11 +80,8 @@ __all__ = ["ClientTLS", "ConnectResult", "connect"]
 logger = logging.getLogger("covey")
 
 
-class _Goodbye(Exception):
-    """The server said goodbye; the message is its reason."""
-
-
 SILENCE = 6  # heartbeat intervals of silence after which the peer is taken for gone
+CANCEL_GRACE = 10.0  # seconds a cancelled call has to end before it is given up
 
 _END = object()
 _WAKE = object()  # re-read the heartbeat interval
@@ -119,7 +116,12 @@ class _Session:
         )
         self.lanes = ClientLanes("", None, None)
         self.call: Any = None
+        # Read and written by the reading, the request and the session's threads: the
+        # checks and settings of gone, leaving and cancelled_at go under this lock.
+        self._lock = threading.Lock()
         self.gone = False  # the server was silent too long: the call is cancelled
+        self.leaving = False  # stop was set: the call is cancelled
+        self.cancelled_at: float | None = None  # when the call was first cancelled (monotonic)
         # When the server must have welcomed this client (a monotonic time; None: gRPC's
         # own bound), and why the attempt was given up once it had not.
         self.answer_by: float | None = None
@@ -156,7 +158,7 @@ class _Session:
                 yield from item
             except OSError as exc:  # its data connection failed: a new session
                 logger.warning("sending a reply failed: %s; reconnecting", exc or "closed")
-                self.call.cancel()
+                self.cancel()
                 return
 
     def run(self, channel: grpc.Channel, result: ConnectResult, stop: threading.Event) -> None:
@@ -167,10 +169,25 @@ class _Session:
         )
         self.worker.start()
         ended = threading.Event()
-        watcher = threading.Thread(
-            target=self._watch, args=(stop, ended), name="covey-stop", daemon=True
+        failed: list[BaseException] = []
+        reader = threading.Thread(
+            target=self._read, args=(result, ended, failed), name="covey-read", daemon=True
         )
-        watcher.start()
+        reader.start()
+        try:
+            self._watch(stop, ended)  # on this thread, which a stuck call cannot hold
+        except ConnectionError:
+            if not self.refused:  # else its refusal is why it ended
+                raise
+        finally:
+            self.close()
+        if failed:
+            raise failed.pop()
+        if self.refused:
+            raise Refused(self.refused)
+
+    def _read(self, result: ConnectResult, ended: threading.Event, failed: list[Any]) -> None:
+        """Read the server's frames until the call ends; what ended it goes in ``failed``."""
         download: Download | None = None
         try:
             for frame in self.call:
@@ -194,18 +211,17 @@ class _Session:
                         f"({download.filled} of {len(download.buffer)} bytes received)"
                     )
                 download = self._control(frame, result)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
             if not self.refused:
-                raise
+                failed.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - raised by run, on the session's thread
+            failed.append(exc)
         finally:
             # gRPC's error for a lost stream is the call itself, held by the frames of its
             # traceback, this one among them: the model half received is let go now, not
             # at the collector's next full pass, while the client reconnects.
             download = None
             ended.set()
-            self.close()
-        if self.refused:
-            raise Refused(self.refused)
 
     def _control(self, frame: bytes, result: ConnectResult) -> Download | None:
         """Act on a control frame from the server; a task with arrays starts a download."""
@@ -223,7 +239,7 @@ class _Session:
             try:
                 size = self.limits.check(header)
             except ConnectionError as exc:  # its model will not shrink: leave for good
-                self.refused = refuse_task(header, str(exc), self.outbound.put, _END, self.call)
+                self.refused = refuse_task(header, str(exc), self.outbound.put, _END, self)
                 return None
             if size and header.data_lane:  # its bytes come on the data connection
                 if self.lanes.down is None:
@@ -261,32 +277,65 @@ class _Session:
         self.last_heard = time.monotonic()
 
     def _watch(self, stop: threading.Event, ended: threading.Event) -> None:
-        while not ended.is_set():
-            if stop.wait(0.1):
-                logger.info("leaving the federation (stop was set)")
-                self.call.cancel()
+        """Until the call ends (``ended``), cancel it on ``stop`` or the server's silence.
+
+        gRPC ends a cancelled call's reading only once its core has completed the
+        read under way, which a connection being torn down (a GOAWAY) may never do:
+        a call not ended :data:`CANCEL_GRACE` seconds after it was cancelled is given
+        up, so the client reconnects on a new channel rather than wait for ever.
+
+        Raises:
+            ConnectionError: the cancelled call did not end in time.
+        """
+        while not ended.wait(0.1):
+            if stop.is_set():
+                self._leave()
+            else:  # a call stuck before it started reads no requests to check it
+                self._gone()
+            at = self.cancelled_at
+            if at is not None and time.monotonic() - at > CANCEL_GRACE:
+                raise ConnectionError(
+                    f"the call cancelled {CANCEL_GRACE:.0f} s ago did not end; giving it up"
+                )
+
+    def _leave(self) -> None:
+        """Cancel the call once: stop was set."""
+        with self._lock:
+            if self.leaving:
                 return
-            if self._gone():  # a call stuck before it started reads no requests to check it
-                return
+            self.leaving = True
+        logger.info("leaving the federation (stop was set)")
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the call, from any thread; if it does not end, ``_watch`` gives it up."""
+        with self._lock:
+            if self.cancelled_at is None:
+                self.cancelled_at = time.monotonic()
+        self.call.cancel()
 
     def _gone(self) -> bool:
         """Whether the server has said nothing for too long; if so the call is cancelled.
 
         Before its welcome, the attempt's own bound applies (``answer_by``): a peer that
         takes the connection and never answers holds gRPC for its ~20 s handshake timeout.
+        The request stream's thread and the session's both ask; one of them cancels.
         """
         now = time.monotonic()
-        late = not self.welcomed and self.answer_by is not None and now > self.answer_by
-        quiet = late or now - self.last_heard > SILENCE * self.heartbeat
-        if not quiet or not self.call or self.lanes.opening or self.gone:  # opening: no reads
-            return False
-        self.gone = True
-        if late:
-            self.unanswered = unanswered((self.answer_by or now) - self.last_heard)  # its bound
-        else:
+        with self._lock:
+            if self.gone:
+                return True
+            late = not self.welcomed and self.answer_by is not None and now > self.answer_by
+            quiet = late or now - self.last_heard > SILENCE * self.heartbeat
+            if not quiet or not self.call or self.lanes.opening:  # opening: no reads
+                return False
+            self.gone = True
+            if late:
+                self.unanswered = unanswered((self.answer_by or now) - self.last_heard)
+        if not late:
             said = "no word from the server for %.0f s; reconnecting"
             logger.warning(said, SILENCE * self.heartbeat)
-        self.call.cancel()
+        self.cancel()
         return True
 
     def close(self, deadline: float = 10.0) -> None:
@@ -326,13 +375,6 @@ class _Session:
         result: ConnectResult,
     ) -> None:
         reply, sent = perform_task(self.client, cid, header, buffer, intact, self.limits)
-        if not reply.ok:
-            logger.warning(
-                "task %s of round %d failed: %s",
-                header.kind,
-                header.round,
-                (reply.error or "").strip().splitlines()[-1:],
-            )
         result.tasks += 1
         result.kinds[header.kind] = result.kinds.get(header.kind, 0) + 1
         self.outbound.put(reply_frames(header.task_id, reply, self.lanes.up, sent))
@@ -455,36 +497,3 @@ def connect(
         log_retry(budget.failures, failure, address, error, delay)
         stop.wait(delay)
     return result
-
-
-_CLOSED = "handshake closed: "
-
-
-def _session(
-    session: _Session, channel: grpc.Channel, result: ConnectResult, stop: threading.Event
-) -> str | None:
-    """Run one session; None when the participation is over, else why the session ended."""
-    try:
-        session.run(channel, result, stop)
-        return "the server closed the stream"
-    except _Goodbye as bye:
-        result.reason = str(bye)
-        logger.info("the server said goodbye: %s", bye)
-        return None
-    except grpc.RpcError as exc:
-        if stop.is_set():
-            result.reason = "stopped"
-            return None
-        if session.unanswered:  # cancelled here, not refused by the server
-            return session.unanswered
-        cause = permanent_cause(exc, session.server_name)
-        if cause is not None:
-            raise Refused(cause) from None
-        text = transient_text(exc)
-        return _CLOSED + text if handshake_closed(exc) else text
-    except Refused:
-        raise  # e.g. a server of another wire protocol: retrying cannot help
-    except OSError as exc:  # ConnectionError, or a data connection that failed
-        return str(exc) or type(exc).__name__
-    finally:
-        channel.close()

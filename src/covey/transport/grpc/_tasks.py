@@ -131,6 +131,8 @@ def perform_task(
 ) -> tuple[Reply, _wire.WireLimits]:
     """The reply to the task ``header`` announced, and the limits the server reads it with.
 
+    A failed task is logged as a warning, with the last line of its error.
+
     A task the client refuses (see :func:`received_task`) is its failed reply.
     The limits are those of the model the task carried
     (:func:`~covey.transport.grpc._wirecheck.result_limits`): the client sends a
@@ -139,9 +141,18 @@ def perform_task(
     try:
         task = received_task(client, header, buffer, intact, limits)
     except (_codec.CodecError, _wire.WireError, WeightsError) as exc:
-        return Reply(cid, header.kind, error=f"refusing the task: {exc}"), _wire.WireLimits()
-    sent = result_limits(task.weights)
-    return run_on_task_thread(client, cid, task), sent
+        reply, sent = Reply(cid, header.kind, error=f"refusing the task: {exc}"), _wire.WireLimits()
+    else:
+        sent = result_limits(task.weights)
+        reply = run_on_task_thread(client, cid, task)
+    if not reply.ok:
+        logger.warning(
+            "task %s of round %d failed: %s",
+            header.kind,
+            header.round,
+            (reply.error or "").strip().splitlines()[-1:],
+        )
+    return reply, sent
 
 
 def refuse_task(
