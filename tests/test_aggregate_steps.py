@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import covey
 from covey.aggregate import (
     Aggregate,
     AggregationError,
@@ -353,6 +354,31 @@ def test_steps_in_order_and_steps_of_no_kind_are_chained() -> None:
     chain(own, skip_nonfinite(), clip_norm(1.0), own, weighted_mean(), own, server_adam(), own)
     chain(chain(skip_nonfinite(), clip_norm(1.0)), chain(median(), server_sgd()))
     chain(server_sgd(), server_adam())  # server steps after one another
+
+
+@pytest.mark.parametrize(
+    ("step", "said"),
+    [
+        (lambda: server_adam(), "(server_adam())"),
+        (lambda: clip_norm(1.0), "(clip_norm())"),
+        (lambda: chain(clip_norm(1.0), server_adam()), "(clip_norm(), server_adam())"),
+        (lambda: chain(skip_nonfinite(), scaffold(3)), "(skip_nonfinite(), scaffold())"),
+    ],
+)
+def test_an_aggregator_without_a_reducer_is_refused(step: Any, said: str) -> None:
+    # It ran every round, each logging that no aggregate came, and never changed the model.
+    with pytest.raises(ValueError, match=re.escape(f"the aggregator {said} has no reducer")):
+        covey.Strategy(aggregator=step())
+
+
+def test_a_chain_without_a_reducer_is_still_a_part_of_a_longer_chain() -> None:
+    def passing(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        return state, (event,)
+
+    own = Step(lambda p: None, passing)  # written by hand: it may be the reducer
+    covey.Strategy(aggregator=chain(chain(skip_nonfinite(), clip_norm(1.0)), weighted_mean()))
+    covey.Strategy(aggregator=chain(clip_norm(1.0), own, server_adam()))
+    covey.Strategy(aggregator=own)
 
 
 def test_begin_reaches_every_step_of_a_chain() -> None:

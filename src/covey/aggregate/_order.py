@@ -18,7 +18,16 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any, TypeVar, cast
 
-__all__ = ["CLIENT", "REDUCER", "SERVER", "check_order", "describe_step", "described", "of_kind"]
+__all__ = [
+    "CLIENT",
+    "REDUCER",
+    "SERVER",
+    "check_order",
+    "check_reduces",
+    "describe_step",
+    "described",
+    "of_kind",
+]
 
 CLIENT, REDUCER, SERVER = "per-client step", "reducer", "server step"
 _RANK = {CLIENT: 0, REDUCER: 1, SERVER: 2}
@@ -125,6 +134,43 @@ def check_order(steps: tuple[Any, ...]) -> None:
             "do nothing: it acts on the round's aggregate, which only the reducer makes; put "
             f"it after the reducer, e.g. {_EXAMPLE}"
         )
+
+
+def _leaf_kinds(step: Any) -> list[tuple[str, str] | None]:
+    """The kind of every step in ``step``, in event order; None for a step of no kind."""
+    from covey.aggregate._base import STEPS, innermost
+
+    update = innermost(step)
+    steps = getattr(update, STEPS, None)
+    if steps is not None:
+        return [kind for part in steps for kind in _leaf_kinds(part)]
+    kind = getattr(update, KIND, None)
+    return [kind if isinstance(kind, tuple) else None]
+
+
+def check_reduces(step: Any) -> None:
+    """Refuse an aggregator made only of built-in steps none of which is a reducer.
+
+    Per-client and server steps pass on what they do not act on, and only a
+    reducer emits the round's aggregate: without one no round would change the
+    model (each would log that no aggregate came). A step written by hand may
+    be the reducer, so an aggregator holding one is not checked. A chain without
+    a reducer is fine as a part of a longer chain; only the whole is checked.
+
+    Raises:
+        ValueError: naming the steps and what to add.
+    """
+    kinds = _leaf_kinds(step)
+    known = [kind for kind in kinds if kind is not None]
+    if len(known) < len(kinds) or any(kind == REDUCER for kind, _ in known):
+        return
+    names = ", ".join(name for _, name in known)
+    raise ValueError(
+        f"the aggregator ({names}) has no reducer: per-client and server steps act on each "
+        "contribution or on the round's aggregate, which only a reducer (weighted_mean(), "
+        "median(), krum(f), ...) makes, so no round would change the model; add one, "
+        f"e.g. {_EXAMPLE}"
+    )
 
 
 _EXAMPLE = "chain(clip_norm(1.0), weighted_mean(), server_adam())"

@@ -15,7 +15,7 @@ import numpy as np
 
 from covey.aggregate import Step, chain, weighted_mean
 from covey.aggregate._flat import floor_fraction
-from covey.aggregate._order import describe_step
+from covey.aggregate._order import check_reduces, describe_step
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
 from covey.core._weights import Array, Weights
@@ -163,6 +163,7 @@ class Strategy:
             raise TypeError(
                 f"aggregator must be a covey.aggregate.Step, got {type(self.aggregator).__name__}"
             )
+        check_reduces(self.aggregator)
         if self.where is not None and not isinstance(self.where, Mapping | Callable):
             raise TypeError(
                 f"where must be a dict of property values or a predicate, got {self.where!r}"
