@@ -319,6 +319,20 @@ def test_a_fraction_of_the_clients_is_counted_exactly(
     assert strategy.num_evaluate(clients) == want
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_narrow_numpy_fraction_counts_as_the_decimal_it_was_written_as(dtype: Any) -> None:
+    """np.float32(0.7) is 0.6999999881: 62 of 90 clients trained where 0.7 trains 63."""
+    strategy = covey.FedAvg(fraction_fit=dtype(0.7), fraction_evaluate=dtype(0.58))
+    assert (strategy.num_fit(90), strategy.num_evaluate(50)) == (63, 29)
+    assert strategy.fraction_fit == 0.7
+    assert type(strategy.fraction_fit) is float
+    values = np.arange(20.0) ** 2
+    results = [covey.FitResult(weights={"w": np.array([v])}, num_examples=1) for v in values]
+    beta: Any = np.float32(0.45)  # what a float32 array of a sweep gives
+    new = covey.FedTrimmedAvg(beta=beta).aggregate({"w": np.zeros(1)}, results)
+    np.testing.assert_allclose(new["w"], [values[9:11].mean()])  # 9 cut from each end, not 8
+
+
 def test_trimmed_mean_cuts_beta_n_values_computed_exactly() -> None:
     values = np.arange(100.0) ** 2
     results = [covey.FitResult(weights={"w": np.array([v])}, num_examples=1) for v in values]

@@ -179,6 +179,18 @@ def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
     return number
 
 
+def written_fraction(value: Any) -> Any:
+    """A NumPy float narrower than float64 as the decimal it prints as; anything else as is.
+
+    ``np.float32(0.7)`` is ``0.699999988...``, which as a float64 is no rounding of
+    0.7 that :func:`floor_fraction` can tell from a fraction just under it: 0.7 of
+    90 clients would be 62. Its shortest decimal, ``0.7``, is what was written.
+    """
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8 and np.isfinite(value):
+        return float(str(value))
+    return value
+
+
 def floor_fraction(fraction: float, count: int) -> int:
     """``floor(fraction * count)`` as in exact arithmetic: how many of ``count`` a fraction is.
 

@@ -36,6 +36,7 @@ from covey.aggregate._flat import (
     needs_params,
     unflatten,
     update_of,
+    written_fraction,
 )
 from covey.aggregate._order import REDUCER, described, of_kind
 from covey.core._weights import Weights
@@ -149,7 +150,7 @@ def trimmed_mean(beta: float = 0.2) -> Step:
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
         Statistical Rates", ICML 2018.
     """
-    cut = check_positive(beta, "trimmed_mean beta", allow_zero=True)
+    cut = check_positive(written_fraction(beta), "trimmed_mean beta", allow_zero=True)
     if cut >= 0.5:
         raise ValueError(f"trimmed_mean beta must be in [0, 0.5), got {beta!r}")
 

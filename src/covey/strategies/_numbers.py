@@ -5,6 +5,7 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any
 
+from covey.aggregate._flat import written_fraction
 from covey.core._messages import plain
 
 __all__ = ["NUMBERS", "check_numbers"]
@@ -28,7 +29,10 @@ def check_numbers(strategy: Any) -> None:
     the Python number it is, and kept as one.
     """
     for attr in NUMBERS:
-        object.__setattr__(strategy, attr, plain(getattr(strategy, attr)))
+        value = getattr(strategy, attr)
+        if attr.startswith("fraction_"):  # np.float32(0.7) of 90 clients is 63, not 62
+            value = written_fraction(value)
+        object.__setattr__(strategy, attr, plain(value))
     for attr in ("fraction_fit", "fraction_evaluate"):
         value = getattr(strategy, attr)
         if isinstance(value, bool) or not isinstance(value, Real):
