@@ -101,7 +101,7 @@ def _update(result: FitResult, weights: Weights) -> dict[str, Array]:
 
 def clip_to(update: Weights, clip: float) -> tuple[dict[str, Array], float]:
     """``update`` scaled so its global L2 norm is at most ``clip``, and its norm before."""
-    norm = math.sqrt(_noise.sq_norm(update))
+    norm = _noise.norm(update)
     scale = min(1.0, clip / norm) if norm > 0 else 1.0
     return {name: np.asarray(v, dtype=np.float64) * scale for name, v in update.items()}, norm
 

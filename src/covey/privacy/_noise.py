@@ -8,6 +8,7 @@ predict or remove it. Noise is drawn in float64.
 
 from __future__ import annotations
 
+import math
 import secrets
 
 import numpy as np
@@ -48,19 +49,43 @@ def check_float(params: Weights, what: str) -> None:
         )
 
 
-def sq_norm(values: Weights) -> float:
-    """The squared L2 norm of all arrays of ``values`` taken together.
+_CHUNK = 1 << 16
+"""Values widened to float64 at a time when a norm is taken (a bounded temporary)."""
 
-    Half-precision arrays are squared and summed in float32: in float16 the
-    square of a norm past 256 overflows to infinity.
+
+def sq_norm(values: Weights) -> float:
+    """The squared L2 norm of all arrays of ``values`` taken together, summed in float64.
+
+    Narrower floats are widened a chunk at a time: summed in float32, the squares of a
+    model of millions of values lose up to 1e-3 of the norm (an update a little over
+    the clip would pass as under it), and a float32 update past about 1.8e19 would
+    square to infinity (dropped as not finite, though it is).
     """
     total = 0.0
-    for value in values.values():
-        flat = np.ravel(value)
-        if flat.dtype.kind == "f" and flat.dtype.itemsize < 4:
-            flat = flat.astype(np.float32)
-        total += float(np.vdot(flat, flat).real)
+    with np.errstate(over="ignore", invalid="ignore"):  # the callers check what they get
+        for value in values.values():
+            flat = np.ravel(value)
+            if flat.dtype == np.float64:
+                total += float(np.dot(flat, flat))
+                continue
+            for start in range(0, flat.size, _CHUNK):
+                part = flat[start : start + _CHUNK].astype(np.float64)
+                total += float(np.dot(part, part))
     return total
+
+
+def norm(values: Weights) -> float:
+    """The L2 norm of all arrays of ``values`` taken together: infinite only if a value is.
+
+    A float64 update past about 1.3e154 squares to infinity; its norm is then taken
+    over the values divided by the largest of them, so that it is clipped, not
+    dropped as not finite.
+    """
+    sq = sq_norm(values)
+    if math.isfinite(sq) or not all(np.isfinite(v).all() for v in values.values()):
+        return math.sqrt(sq)  # NaN or infinity for a value that is
+    top = max((float(np.max(np.abs(v), initial=0.0)) for v in values.values()), default=0.0)
+    return top * math.sqrt(sq_norm({name: np.divide(v, top) for name, v in values.items()}))
 
 
 def gaussian(rng: np.random.Generator, like: Weights, std: float) -> dict[str, Array]:

@@ -238,7 +238,7 @@ class _DPAggregation:
         if self.mech.tree_rounds is not None and event.cid in state.seen:
             return state._replace(clipped=(*state.clipped, -1 - event.cid))
         delta = event.as_delta(params)
-        norm = math.sqrt(_noise.sq_norm(delta))
+        norm = _noise.norm(delta)
         if not math.isfinite(norm):  # NaN or Inf: clipping cannot bound it, so drop it
             return state._replace(nonfinite=(*state.nonfinite, event.cid))
         scale = 1.0 if norm <= state.clip else state.clip / norm
