@@ -8,6 +8,7 @@ round 1 was accounted, after its clients trained.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -96,3 +97,34 @@ def test_distributed_dp_the_accountant_can_account_still_runs() -> None:
     spent = (result.history.rounds[-1].privacy or {})["epsilon"]
     assert math.isfinite(spent)
     assert spent > 0
+
+
+@pytest.mark.parametrize("bad", [True, "1", None], ids=repr)
+@pytest.mark.parametrize("name", ["noise_multiplier", "sampling_rate"])
+def test_epsilon_and_calibrate_refuse_a_setting_that_is_no_number(name: str, bad: Any) -> None:
+    # True was taken as 1 (an epsilon, a multiplier); a string or None raised a bare
+    # TypeError from a comparison.
+    settings: dict[str, Any] = {"noise_multiplier": 1.0, "sampling_rate": 0.1, name: bad}
+    with pytest.raises(ValueError, match=f"{name} must be a number"):
+        privacy.epsilon(rounds=10, delta=1e-5, **settings)
+    if name == "sampling_rate":
+        with pytest.raises(ValueError, match="sampling_rate must be a number"):
+            privacy.calibrate(3.0, 1e-5, bad, 10)
+
+
+@pytest.mark.parametrize("bad", [True, "1", None], ids=repr)
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("target_quantile", "a number in (0, 1)"),
+        ("learning_rate", "a finite number > 0"),
+        ("count_stddev", "a finite number > 0"),
+    ],
+)
+def test_adaptive_clipping_refuses_a_setting_that_is_no_number(
+    name: str, said: str, bad: Any
+) -> None:
+    if name == "count_stddev" and bad is None:
+        return  # None is count_stddev's default: 0.05 x the clients expected
+    with pytest.raises(ValueError, match=re.escape(f"{name} must be {said}, got {bad!r}")):
+        privacy.AdaptiveClipping(**{name: bad})

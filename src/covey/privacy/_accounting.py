@@ -201,14 +201,14 @@ NOISE_RANGE = (1e-12, 1e12)
 def check_noise_multiplier(value: float, name: str = "noise_multiplier") -> None:
     """Refuse a noise multiplier that is no number within :data:`NOISE_RANGE`, naming it."""
     low, high = NOISE_RANGE
-    if not low <= value <= high:  # NaN too
+    if not real(value) or not low <= value <= high:  # NaN too; a bool is no multiplier
         raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
 
 
 def _check(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> None:
     check_noise_multiplier(noise_multiplier)
-    if not 0.0 < sampling_rate <= 1.0:
-        raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
+    if not real(sampling_rate) or not 0.0 < sampling_rate <= 1.0:
+        raise ValueError(f"sampling_rate must be a number in (0, 1], got {sampling_rate!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     _check_delta(delta)

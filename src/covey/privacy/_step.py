@@ -38,6 +38,7 @@ from covey.aggregate import (
     Step,
 )
 from covey.aggregate._base import State, min_contributions
+from covey.core._messages import real
 from covey.core._weights import Array, Weights
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, round_event
@@ -74,12 +75,18 @@ class AdaptiveClipping:
     count_stddev: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.target_quantile < 1.0:
-            raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
-        if not 0 < self.learning_rate < math.inf:
-            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
-        if self.count_stddev is not None and not 0 < self.count_stddev < math.inf:
-            raise ValueError(f"count_stddev must be a finite number > 0, got {self.count_stddev}")
+        if not real(self.target_quantile) or not 0.0 < self.target_quantile < 1.0:
+            raise ValueError(
+                f"target_quantile must be a number in (0, 1), got {self.target_quantile!r}"
+            )
+        if not real(self.learning_rate) or not 0 < self.learning_rate < math.inf:
+            raise ValueError(
+                f"learning_rate must be a finite number > 0, got {self.learning_rate!r}"
+            )
+        if self.count_stddev is not None and (
+            not real(self.count_stddev) or not 0 < self.count_stddev < math.inf
+        ):
+            raise ValueError(f"count_stddev must be a finite number > 0, got {self.count_stddev!r}")
 
     def split(self, noise_multiplier: float, expected: float) -> tuple[float, float]:
         """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``."""
