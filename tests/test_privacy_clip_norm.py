@@ -72,3 +72,28 @@ def test_client_side_clipping_scales_a_huge_finite_update_to_the_clip() -> None:
     result = privacy.ClipUpdates(_Huge()).fit({"w": np.zeros(4)}, {"dp_clip": 0.5})
     assert result.delta is not None
     assert _norm64(dict(result.delta)) == pytest.approx(0.5, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_an_adaptive_clip_step_past_what_a_float_holds_is_refused_by_name(seed: int) -> None:
+    # The step overflowed (OverflowError: math range error) or sent the clip to 0,
+    # where it stayed and the model could never move again.
+    mech = Mechanism(
+        name="t",
+        noise_multiplier=1.0,
+        clip=1.0,
+        delta=1e-5,
+        sampling_rate=1.0,
+        expected_clients=1,
+        adaptive=privacy.AdaptiveClipping(learning_rate=1e4, count_stddev=1000.0),
+    )
+    step = dp_step(chain(weighted_mean()), mech, Shared(seed=seed))
+    params = {"w": np.zeros(3)}
+    update = Contribution(0, 1, delta={"w": np.full(3, 5.0)})
+    with pytest.raises(ValueError, match=r"adaptive clipping: the next clip.*lower learning_rate"):
+        run_round(step, step.init(params), 1, params, [update])
+
+
+def test_adaptive_clipping_steps_the_clip_geometrically() -> None:
+    rule = privacy.AdaptiveClipping(target_quantile=0.5, learning_rate=0.2)
+    assert rule.next_clip(2.0, 0.75) == pytest.approx(2.0 * math.exp(-0.2 * 0.25))

@@ -88,6 +88,25 @@ class AdaptiveClipping:
         ):
             raise ValueError(f"count_stddev must be a finite number > 0, got {self.count_stddev!r}")
 
+    def next_clip(self, clip: float, noisy_fraction: float) -> float:
+        """The clip after a round whose noisy fraction of unclipped updates was ``noisy_fraction``.
+
+        Raises:
+            ValueError: if the geometric step takes the clip past what a float holds
+                (to infinity, or to 0, where it would stay): a learning rate far too
+                large for the noise on the count.
+        """
+        exponent = -self.learning_rate * (noisy_fraction - self.target_quantile)
+        new = clip * math.exp(exponent) if exponent < 709.0 else math.inf
+        if not 0.0 < new < math.inf:
+            raise ValueError(
+                f"adaptive clipping: the next clip, {clip:g} x exp({exponent:.4g}) (learning_rate "
+                f"{self.learning_rate:g}, noisy unclipped fraction {noisy_fraction:.4g}, "
+                f"target_quantile {self.target_quantile:g}), is {new:g}, which no update could be "
+                "clipped to: lower learning_rate (0.2 is usual)"
+            )
+        return new
+
     def split(self, noise_multiplier: float, expected: float) -> tuple[float, float]:
         """``(update noise multiplier, count stddev)`` whose pair costs ``noise_multiplier``."""
         sigma_b = self.count_stddev if self.count_stddev is not None else 0.05 * expected
@@ -325,8 +344,7 @@ class _DPAggregation:
             rng = _noise.generator(self.shared.seed, _noise.COUNT_NOISE, event.round)
             shifted = state.unclipped - 0.5 * state.contributed + float(rng.normal(0.0, sigma_b))
             noisy_fraction = shifted / m + 0.5
-            a = self.mech.adaptive
-            new_clip = clip * math.exp(-a.learning_rate * (noisy_fraction - a.target_quantile))
+            new_clip = self.mech.adaptive.next_clip(clip, noisy_fraction)
         std = z * clip
         mean: dict[str, Array] = {}
         for name, noise in self._noise(state, event.round, std).items():
