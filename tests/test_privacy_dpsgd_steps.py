@@ -179,3 +179,31 @@ def test_a_train_that_fails_part_way_charges_the_steps_it_took(tmp_path: Any) ->
     assert dp.ledger.rounds == 2
     assert dp.epsilon() > 0
     assert ledger.is_file()
+
+
+def test_a_seeded_site_built_again_on_its_ledger_draws_new_noise(tmp_path: Any) -> None:
+    # Seeded as at its first build, the rebuilt site drew the same batches and noise:
+    # from the same weights its two rounds' models were equal, and in general they
+    # differed by the gradients alone, without noise.
+    data = TensorDataset(torch.randn(24, 4), torch.arange(24) % 2)
+    path = tmp_path / "dpsgd-ledger.json"
+    start = torch.nn.Linear(4, 2).state_dict()
+
+    def round_on_a_new_site() -> Any:
+        net = torch.nn.Linear(4, 2)
+        net.load_state_dict(start)
+        site = DPSGD(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            DataLoader(data, batch_size=8),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            delta=1e-5,
+            seed=0,
+            ledger_path=path,
+        )
+        site.train(epochs=1)
+        return net.weight.detach().clone()
+
+    first, second = round_on_a_new_site(), round_on_a_new_site()
+    assert not torch.equal(first, second)

@@ -64,6 +64,11 @@ def _check_layers(module: Any) -> None:
         )
 
 
+def _stream(seed: int, *keys: int) -> int:
+    """A 32-bit seed for torch, drawn from ``(seed, *keys)``."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
 class DPSGD:
     """Private local training for a torch model: Opacus DP-SGD plus a per-client ledger.
 
@@ -83,8 +88,11 @@ class DPSGD:
         delta: The delta the client reports its epsilon at (below 1 / examples).
         accountant: ``"rdp"`` (default) or ``"pld"`` for the client's ledger.
         seed: Seeds Opacus' noise and the Poisson sampling of batches (tests),
-            each from a stream of its own; None leaves both to Opacus (torch's
-            global generator, or the data loader's ``generator`` for sampling).
+            each from a stream of its own, which a ledger read from ``ledger_path``
+            moves on by the steps it holds (a site built again draws new noise).
+            None leaves both to Opacus (torch's global generator, or the data
+            loader's ``generator`` for sampling). Without ``ledger_path`` a seeded
+            object built again draws its first build's noise again.
             For a real deployment prefer ``secure_mode=True`` in Opacus.
         ledger_path: A JSON file keeping the ledger across ``DPSGD`` objects: read
             when built (if it exists), written at the end of every :meth:`train`,
@@ -154,7 +162,14 @@ class DPSGD:
                 "DP-SGD noise comes from torch's default generator, not a CSPRNG "
                 "(Opacus secure_mode needs torchcsprng)"
             )
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        # A site built again goes on from the steps its ledger_path has charged: seeded
+        # as at its first build, it would draw that build's noise and batches again,
+        # and two rounds' updates would differ by their gradients alone, without noise.
+        streams = () if not self.ledger.rounds else (self.ledger.rounds,)
+        generator = None
+        if seed is not None:
+            noise_seed = _stream(seed, 2, *streams) if streams else seed
+            generator = torch.Generator().manual_seed(noise_seed)
         if hasattr(module, "autograd_grad_sample_hooks"):  # Opacus' mark on a wrapped module
             raise ValueError(
                 "this module was already made private by another DPSGD (Opacus wraps it "
@@ -185,7 +200,7 @@ class DPSGD:
             # own generator, else torch's global one. A stream of its own, apart from
             # the noise's, makes the batches follow the seed too.
             self.data_loader.batch_sampler.generator = torch.Generator().manual_seed(
-                int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+                _stream(seed, 1, *streams)
             )
 
     def train(self, epochs: int = 1, loss_fn: Any = None) -> float:
