@@ -13,6 +13,7 @@ import secrets
 
 import numpy as np
 
+from covey.aggregate._flat import sq_norm
 from covey.core._weights import Array, Weights
 
 # Purposes, mixed into the seed so that independent noises never share a stream.
@@ -47,31 +48,6 @@ def check_float(params: Weights, what: str) -> None:
             f"{what} cannot add noise to non-floating-point arrays {bad}: noising them "
             "would round the noise away; keep integer state out of the model"
         )
-
-
-_CHUNK = 1 << 16
-"""Values widened to float64 at a time when a norm is taken (a bounded temporary)."""
-
-
-def sq_norm(values: Weights) -> float:
-    """The squared L2 norm of all arrays of ``values`` taken together, summed in float64.
-
-    Narrower floats are widened a chunk at a time: summed in float32, the squares of a
-    model of millions of values lose up to 1e-3 of the norm (an update a little over
-    the clip would pass as under it), and a float32 update past about 1.8e19 would
-    square to infinity (dropped as not finite, though it is).
-    """
-    total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):  # the callers check what they get
-        for value in values.values():
-            flat = np.ravel(value)
-            if flat.dtype == np.float64:
-                total += float(np.dot(flat, flat))
-                continue
-            for start in range(0, flat.size, _CHUNK):
-                part = flat[start : start + _CHUNK].astype(np.float64)
-                total += float(np.dot(part, part))
-    return total
 
 
 def norm(values: Weights) -> float:
