@@ -169,6 +169,22 @@ def test_a_run_lock_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) ->
     assert str(lock) in str(refused)
 
 
+def test_a_run_lock_that_is_a_folder_is_refused_by_name(tmp_path: Path) -> None:
+    # Before, the raw IsADirectoryError of opening it.
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    lock = run_dir / LOCK_NAME
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    with pytest.raises(OSError) as info:
+        RunStore.open(run_dir, exclusive=True)
+    assert not isinstance(info.value, IsADirectoryError)
+    assert str(info.value) == f"{lock} is a folder, not the lock file covey keeps there: remove it"
+    assert is_held(run_dir) is None
+    with RunStore.open(run_dir) as store:  # read as before
+        assert store.last_round() == 3
+
+
 def test_a_weights_folder_that_is_a_file_is_named_and_no_round_is_dropped(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     _run(run_dir)

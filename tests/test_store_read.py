@@ -181,3 +181,32 @@ def test_a_run_in_a_read_only_folder_is_read(tmp_path: Path) -> None:
     finally:
         for path in (folder, *folder.rglob("*")):
             path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_opening_a_run_exclusively_where_its_folder_cannot_be_written_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    folder = tmp_path / "run"
+    _finished_run(folder)
+    (folder / "run.lock").unlink(missing_ok=True)
+    real_open = os.open
+
+    def denied(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith("run.lock"):  # as for a user without write on the folder
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(OSError, match="the run folder cannot be written") as info:
+        RunStore.open(folder, exclusive=True)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert "Errno" not in message
+    assert message.startswith(f"cannot open the run in {folder} to serve or resume it: ")
+    assert f"(Permission denied: {folder / 'run.lock'})" in message
+    assert "no other process serves the same run" in message
+    with RunStore.open(folder) as store:  # reading it needs no write
+        assert store.last_round() == 2
+

@@ -253,15 +253,20 @@ def hold_lock(lock: Path, in_use: Callable[[str], str], *, patient: bool = False
         The lock file's descriptor, or None where there is no ``flock`` (Windows).
 
     Raises:
-        OSError: Another process holds it (``in_use``), it is not a regular file,
-            or the pid cannot be written (a full disk, naming the file).
+        OSError: Another process holds it (``in_use``), it is not a regular file
+            (a folder, a pipe), or the pid cannot be written (a full disk, naming the file).
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock
         return None
     # Opened without blocking: a named pipe would wait for ever.
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
+    except IsADirectoryError:
+        raise OSError(
+            f"{lock} is a folder, not the lock file covey keeps there: remove it"
+        ) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{lock} is not a regular file (a pipe, a device): remove it")

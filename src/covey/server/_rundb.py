@@ -22,9 +22,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
 
-from covey.core._files import TMP_SUFFIX, fsync_dir, hold_lock
+from covey.core._files import TMP_SUFFIX, fsync_dir
 from covey.core._version import covey_version
 from covey.server._readcopy import LOCK_NAME, cannot_write, is_held, open_read_only
+from covey.server._runlock import hold_run
 
 __all__ = [
     "DB_NAME",
@@ -274,28 +275,6 @@ class RunDB:
         self._conn, self._writable = writer, True
         conn.close()
         return writer
-
-
-def hold_run(path: Path) -> int | None:
-    """Hold ``path/run.lock`` for this process (released when the returned fd closes).
-
-    The lock is an advisory ``flock``: the kernel drops it when its holder
-    exits, even by ``kill -9``, so a crashed server never leaves a stale lock.
-
-    Returns:
-        The lock file's descriptor, or None where there is no ``flock`` (Windows).
-
-    Raises:
-        OSError: Another process holds the run (its pid is named).
-    """
-    return hold_lock(
-        path / LOCK_NAME,
-        lambda pid: (
-            f"the run in {path} is in use by another covey server (pid {pid}); "
-            "stop that server first, or give another run folder"
-        ),
-        patient=True,  # an is_held probe holds it for an instant only
-    )
 
 
 def schema_refusal(
