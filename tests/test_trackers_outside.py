@@ -456,6 +456,32 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_refused_naming_what_works(uri: s
     assert "model registry" not in said
 
 
+
+def test_an_unknown_scheme_is_refused_naming_the_schemes_mlflow_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, covey read the schemes from MLflow's private store registry (with a
+    # fixed list where a release had none there) and refused a URI before MLflow
+    # was asked; now MLflow decides, and its refusal's list of schemes is named.
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    import covey.trackers._mlflow as tracking
+    from covey.trackers import MLflowLogger
+
+    def refused(tracking_uri: str) -> Any:
+        raise UnsupportedModelRegistryStoreURIException(
+            tracking_uri, ["", "file", "http", "https", "acme"]
+        )
+
+    monkeypatch.setattr(tracking, "MlflowClient", refused)
+    with pytest.raises(ValueError, match="cannot use the tracking URI") as info:
+        MLflowLogger("foo://bar")
+    assert str(info.value) == (
+        "MLflow cannot use the tracking URI 'foo://bar': this MLflow knows no 'foo' store; "
+        "give a folder (a local file store), a file: URI, or an http:// or https:// "
+        "tracking server, or a acme:// URI"
+    )
+
 def test_a_file_uri_of_any_case_is_a_local_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -149,24 +149,18 @@ _DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 _SAID_SCHEMES = ("", "file", "http", "https")  # named first in the message, as what they are
 
 
-def _schemes() -> set[str]:
-    """The tracking URI schemes this MLflow (and its plugins) can log to."""
-    try:
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+def _scheme_refusal(uri: str, exc: MlflowException) -> str | None:
+    """Why ``uri`` names a store this MLflow cannot log to (its scheme is unknown), or None.
 
-        known = set(_tracking_store_registry._registry)
-    except (ImportError, AttributeError):  # another MLflow release: what every one takes
-        known = {"", "file", "http", "https"}
-    return {str(scheme) for scheme in known}
-
-
-def _scheme_refusal(uri: str) -> str | None:
-    """Why ``uri`` names a store this MLflow cannot log to (its scheme is unknown), or None."""
-    scheme = uri.split(":", 1)[0].lower() if "://" in uri else ""
-    schemes = _schemes()
-    if scheme in schemes or scheme == "file":
+    MLflow refuses a URI of a scheme no store (built in, or of a plugin) is
+    registered for with an error about its model registry; that error lists the
+    schemes it knows (``supported_uri_schemes``). Any other error: None.
+    """
+    schemes = getattr(exc, "supported_uri_schemes", None)
+    if not isinstance(schemes, Collection) or isinstance(schemes, str):
         return None
-    others = sorted(schemes.difference(_SAID_SCHEMES))
+    scheme = uri.split(":", 1)[0].lower() if "://" in uri else ""
+    others = sorted({str(s) for s in schemes}.difference(_SAID_SCHEMES))
     more = f", or a {', '.join(f'{s}://' for s in others)} URI" if others else ""
     return (
         f"MLflow cannot use the tracking URI {uri!r}: this MLflow knows no {scheme!r} "
@@ -175,9 +169,9 @@ def _scheme_refusal(uri: str) -> str | None:
     )
 
 
-def _unsupported(uri: str, exc: Exception | None = None) -> str:
+def _unsupported(uri: str, exc: MlflowException) -> str:
     """Why MLflow refused ``uri`` (its scheme, or ``exc``); what to install for a database."""
-    said = None if exc is not None else _scheme_refusal(uri)
+    said = _scheme_refusal(uri, exc)
     if said is None:
         text = str(exc).strip()
         first = text.splitlines()[0].split(". ")[0].strip() if text else type(exc).__name__
@@ -234,8 +228,6 @@ class MLflowLogger:
     ) -> None:
         """Create (or reuse) the experiment and start a run in it, or continue ``run_id``."""
         uri = _tracking_uri(store)
-        if _scheme_refusal(uri) is not None:  # before MLflow says it of its model registry
-            raise ValueError(_unsupported(uri))
         try:
             self.client = MlflowClient(tracking_uri=uri)
         except MlflowException as exc:
