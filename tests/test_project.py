@@ -156,8 +156,24 @@ def test_a_federation_table_may_set_compression(project: Path) -> None:
     before = sorted(runs.iterdir()) if runs.exists() else []
     out = covey_cli("run", "--federation", "local", "--set", "compression='bogus'", cwd=project)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "--compression" in out.stderr
-    assert "unknown compression" in " ".join(out.stderr.split()).lower()
+    said = " ".join(out.stderr.split())
+    # Before, named as the flag of `covey server` (`--compression: ...`), not the setting.
+    assert "compression ([tool.covey.federations.local] or --set): unknown compression" in said
+    assert "--compression" not in said
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # no run folder made
+
+
+def test_a_compression_that_is_no_text_is_refused_naming_the_table(project: Path) -> None:
+    runs = project / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    out = covey_cli("run", "--federation", "local", "--set", "compression=3", cwd=project)
+    assert out.returncode == 2, out.stdout + out.stderr
+    said = " ".join(out.stderr.split())
+    assert (
+        "compression ([tool.covey.federations.local] or --set) must name a compression "
+        'scheme as text (e.g. compression = "q8"), got 3'
+    ) in said, said
+    assert "--compression" not in said
     assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # no run folder made
 
 

@@ -63,7 +63,7 @@ def serve_project(
     setup_logging(log_console, verbose)
     # Every setting is checked before any folder is made or port is bound.
     _check_paths(fed, where)
-    scheme = compression_spec(fed.get("compression"))
+    scheme = compression_spec(fed.get("compression"), f"compression {where}")
     insecure = bool(_switch(fed, "insecure", where))
     plot = _switch(fed, "plot", where)
     times = {

@@ -217,17 +217,28 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def compression_spec(spec: Any) -> str | None:
-    """The ``--compression`` spec, checked: an unknown scheme fails with the known ones."""
+def compression_spec(spec: Any, flag: str = "--compression") -> str | None:
+    """The compression spec of ``flag``, checked: an unknown scheme fails with the known ones.
+
+    Args:
+        spec: The spec given (text; a settings file's value may be of any type).
+        flag: The flag or setting, named in the error (``--compression``, or where a
+            settings file gives it).
+    """
     from covey.compress import scheme_named
 
     if spec is None:
         return None
+    if not isinstance(spec, str):  # `compression = 3` in a TOML table
+        fail(
+            f"{flag} must name a compression scheme as text (e.g. compression = \"q8\"), "
+            f"got {spec!r}"
+        )
     try:
-        scheme_named(str(spec))
+        scheme_named(spec)
     except ValueError as exc:
-        fail(f"--compression: {exc}")
-    return str(spec)
+        fail(f"{flag}: {exc}")
+    return spec
 
 
 def number(value: Any, flag: str, *, integer: bool = False, zero: bool = False) -> Any:
