@@ -6,6 +6,7 @@ Its runs are read back by `covey runs` and `History.load`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -175,6 +176,39 @@ def test_a_compression_that_is_no_text_is_refused_naming_the_table(project: Path
     ) in said, said
     assert "--compression" not in said
     assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # no run folder made
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        (
+            'lr = "fast"',
+            "lr = 'fast' in [tool.covey.config] of pyproject.toml (or --set lr=...) "
+            "must be a number above 0, e.g. lr = 0.5",
+        ),
+        (
+            "epochs = 2.5",
+            "epochs = 2.5 in [tool.covey.config] of pyproject.toml (or --set "
+            "epochs=...) must be a whole number above 0, e.g. epochs = 2",
+        ),
+    ],
+)
+def test_an_app_setting_of_the_wrong_kind_is_refused_before_the_run(
+    tmp_path: Path, line: str, said: str
+) -> None:
+    # Before, every client failed in round 1 ("could not convert string to float:
+    # 'fast'"), or epochs = 2.5 trained 2 epochs.
+    assert covey_cli("new", "kinds", cwd=tmp_path).returncode == 0
+    root = tmp_path / "kinds"
+    pyproject = root / "pyproject.toml"
+    key = line.split(" ", 1)[0]
+    text = pyproject.read_text()
+    pyproject.write_text(re.sub(rf"(?m)^{key} = .*$", line, text, count=1))
+    out = covey_cli("run", cwd=root)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert said in " ".join(out.stderr.split()), out.stderr
+    assert "failed in fit" not in out.stdout + out.stderr
+    assert not (root / "runs").exists()
 
 
 def test_run_folders_started_in_the_same_second_differ(tmp_path: Path) -> None:

@@ -114,6 +114,32 @@ def load_config() -> dict[str, Any]:
     return config
 
 
+SETTINGS = {
+    "lr": ("a number above 0", "0.5"),
+    "epochs": ("a whole number above 0", "2"),
+    "batch_size": ("a whole number above 0", "16"),
+    "fraction": ("a number above 0 and at most 1", "0.5"),
+    "alpha": ("a number above 0", "0.5"),
+}
+"""Each app setting of ``[tool.covey.config]``: what it must be, and an example."""
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Refuse an app setting of the wrong kind, naming it, before a site trains with it."""
+    for key, (what, example) in SETTINGS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        whole = "whole" in what
+        kind = int if whole else (int, float)
+        fits = isinstance(value, kind) and not isinstance(value, bool) and value > 0
+        if not fits or (key == "fraction" and value > 1):
+            raise ValueError(
+                f"{key} = {value!r} in [tool.covey.config] of pyproject.toml (or --set "
+                f"{key}=...) must be {what}, e.g. {key} = {example}"
+            )
+
+
 @cache
 def dataset(seed: int = 0) -> Dataset:
     """The whole dataset (a real site would load only its own data)."""
@@ -175,13 +201,14 @@ from typing import Any
 
 from covey.models import LogisticClient
 
-from $pkg.task import load_config, site_data
+from $pkg.task import check_config, load_config, site_data
 
 NUM_SITES = 10  # how the bundled data is split when sites are started by hand
 
 
 def make_client(cid: int, config: dict[str, Any]) -> LogisticClient:
     """The client of site ``cid`` (``covey run`` calls this with the project settings)."""
+    check_config(config)
     sites = int(config.get("clients", NUM_SITES))
     x, y, x_val, y_val = site_data(cid, sites, config)
     return LogisticClient(
@@ -213,7 +240,7 @@ import covey
 from covey.deploy import ServerApp
 from covey.models import logistic_evaluate, logistic_init
 
-from $pkg.task import load_config, shape, split, test_set
+from $pkg.task import check_config, load_config, shape, split, test_set
 
 
 def evaluate(rnd: int, weights: covey.Weights) -> tuple[float, dict[str, Any]]:
@@ -225,6 +252,7 @@ def evaluate(rnd: int, weights: covey.Weights) -> tuple[float, dict[str, Any]]:
 
 def make_server(config: dict[str, Any]) -> ServerApp:
     """The server app (``covey run`` calls this with the project settings)."""
+    check_config(config)  # a setting of the wrong kind is refused before round 1
     fraction = float(config.get("fraction", 0.5))
     strategy = covey.FedAvg(
         fraction_fit=fraction,
