@@ -120,6 +120,45 @@ def test_run_keeps_as_many_rounds_weights_as_keep_last_says(project: Path) -> No
     assert len(list((project / "kept").iterdir())) == 1  # no run folder made
 
 
+def test_a_resume_past_its_rounds_is_refused_before_anything_is_printed(project: Path) -> None:
+    out = covey_cli("run", "--set", "rounds=2", "--set", "runs-dir=past", cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (folder,) = (project / "past").iterdir()
+    out = covey_cli("run", "--resume", str(folder), "--set", "rounds=1", cwd=project)
+    assert out.returncode == 2, out.stdout + out.stderr
+    # Before, the header ("covey run: 10 simulated clients, 1 rounds ..., resuming
+    # ...") was printed first, as if the run were going on.
+    assert out.stdout == ""
+    said = " ".join(out.stderr.split())
+    assert (
+        f"--resume {folder}: the simulation in {folder} is finished (round 2 was its last)" in said
+    )
+    assert "nothing to resume with rounds=1" in said
+    assert [r.round for r in covey.History.load(folder).rounds] == [0, 1, 2]
+
+
+def test_a_served_resume_past_its_rounds_is_refused_before_anything_is_printed(
+    project: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from covey.server import RunStore
+
+    folder = tmp_path / "served"
+    with RunStore.create(folder, config={"address": "127.0.0.1:0"}) as store:
+        for r in range(3):
+            store.save_round(r, {"w": np.zeros(2)}, None)
+        store.set_status("finished")
+    out = covey_cli(
+        "run", "--federation", "local", "--resume", str(folder), "--set", "rounds=1", cwd=project
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout == ""  # before: "covey run --federation local: resuming ..., serving"
+    said = " ".join(out.stderr.split())
+    assert f"the run in {folder} is finished (round 2 was its last)" in said
+    assert "nothing to resume with rounds=1" in said
+
+
 def test_the_generated_projects_own_tests_pass(project: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],

@@ -90,6 +90,8 @@ def serve_project(
     run_dir = _served_run_dir(settings, name, where, resume)
     hint = project_resume_hint(settings, name, run_dir)
     rounds = settings.run.get("rounds")
+    if resume is not None:  # refused before the header says it resumes
+        _check_rounds_left(run_dir, server_app, rounds)
     run_dir.mkdir(parents=True, exist_ok=True)
     same_settings(run_dir, settings.app_config(), resume is not None, rounds or server_app.rounds)
     record_federation(run_dir, settings.project, name, settings.overrides)  # the latest start's
@@ -127,6 +129,29 @@ def serve_project(
         **times,
     }
     _serve(server_app, {}, flags)
+
+
+def _check_rounds_left(run_dir: Path, server_app: Any, rounds: Any) -> None:
+    """Refuse to resume the served run in ``run_dir`` with fewer rounds than it ran.
+
+    The rounds are those the server would resume with; a folder that cannot be
+    read here is left to the server, which says why.
+    """
+    from covey.deploy._cli import _rounds
+    from covey.deploy._servechecks import check_resumable
+    from covey.server._store import RunStore
+
+    wanted = _rounds(server_app, {"rounds": rounds, "run": run_dir, "resuming": True})
+    try:
+        opened = RunStore.open(run_dir)  # to read: nothing is written
+    except (OSError, ValueError):
+        return
+    try:
+        check_resumable(opened, wanted)
+    except ValueError as exc:
+        fail(str(exc))
+    finally:
+        opened.close()
 
 
 _PATH_EXAMPLES = {"certs": "federation", "run_dir": "runs/study-1", "port_file": "server.port"}

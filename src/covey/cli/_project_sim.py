@@ -340,6 +340,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
     from covey.deploy._cli_errors import fresh_run_dir
+    from covey.sim._checkpoint import rounds_refusal
     from covey.sim._options import _check_keep_last, _checked
 
     run = settings.run
@@ -373,6 +374,8 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         keep_last = _run_keep_last(settings, run_dir, keep_last)
         if _nothing_left(settings.project.name, run_dir, rounds):
             return
+        if (refused := rounds_refusal(run_dir, rounds)) is not None:  # before the header
+            fail(f"--resume {run_dir}: {refused}")
     same_settings(run_dir, settings.app_config(), resume is not None, rounds)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"

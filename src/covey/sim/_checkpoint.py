@@ -44,7 +44,7 @@ from covey.sim._options import RAY_SETTINGS
 from covey.sim._rundir import new_run_command
 from covey.strategies._strategy import Strategy
 
-__all__ = ["SimCheckpoint", "check_resumable", "open_checkpoint", "unresumable"]
+__all__ = ["SimCheckpoint", "check_resumable", "open_checkpoint", "rounds_refusal", "unresumable"]
 
 logger = logging.getLogger("covey")
 
@@ -302,24 +302,53 @@ def _open(folder: Path, rounds: int) -> RunStore:
                 f"run_dir {folder} holds a deployed run, not a simulation: continue it "
                 f"with `covey server --resume {folder}`"
             )
-        last = store.last_round()
-        if store.info()["status"] == "finished" and rounds <= (last or 0):
-            raise ValueError(
-                f"the simulation in {folder} is finished (round {last} was its last): "
-                f"there is nothing to resume with rounds={rounds}; to train it on, resume "
-                f"it with more rounds than {last} (simulate(rounds=...), covey run --set "
-                f"rounds={(last or 0) + 1} or more), or give a new run a folder of its own"
-            )
-        if rounds < (last or 0):
-            raise ValueError(
-                f"the simulation in {folder} stopped after round {last}: it cannot be "
-                f"resumed with rounds={rounds}, fewer rounds than it ran; resume it with "
-                f"rounds={last} or more, or give a new run a folder of its own"
-            )
+        refused = _rounds_refusal(folder, store, rounds)
+        if refused is not None:
+            raise ValueError(refused)
     except BaseException:
         store.close()
         raise
     return store
+
+
+def _rounds_refusal(folder: Path, store: RunStore, rounds: int) -> str | None:
+    """Why the simulation ``store`` in ``folder`` cannot be resumed with ``rounds``, or None.
+
+    A finished run is continued only when asked for more rounds than it ran, a
+    stopped one only when asked for no fewer.
+    """
+    last = store.last_round()
+    if store.info()["status"] == "finished" and rounds <= (last or 0):
+        return (
+            f"the simulation in {folder} is finished (round {last} was its last): "
+            f"there is nothing to resume with rounds={rounds}; to train it on, resume "
+            f"it with more rounds than {last} (simulate(rounds=...), covey run --set "
+            f"rounds={(last or 0) + 1} or more), or give a new run a folder of its own"
+        )
+    if rounds < (last or 0):
+        return (
+            f"the simulation in {folder} stopped after round {last}: it cannot be "
+            f"resumed with rounds={rounds}, fewer rounds than it ran; resume it with "
+            f"rounds={last} or more, or give a new run a folder of its own"
+        )
+    return None
+
+
+def rounds_refusal(folder: Path, rounds: int) -> str | None:
+    """Why the simulation in ``folder`` cannot be resumed with ``rounds``, read before it starts.
+
+    None where it can, and where ``folder`` holds no simulation checkpoint this
+    covey can read (resuming says why).
+    """
+    if not (folder / DB_NAME).is_file():
+        return None
+    try:
+        with RunStore.open(folder) as store:  # to read: nothing is written
+            if store.config.get("kind") != "simulated":
+                return None
+            return _rounds_refusal(folder, store, rounds)
+    except (OSError, ValueError):
+        return None
 
 
 def _no_checkpoint(folder: Path) -> str:
