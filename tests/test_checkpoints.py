@@ -51,6 +51,21 @@ def test_a_file_path_as_initial_weights_says_to_read_the_file(tmp_path: Path) ->
             covey.simulate(_client, 2, 1, covey.FedAvg(), given)  # type: ignore[arg-type]
 
 
+def test_a_safe_open_handle_as_initial_weights_says_to_load_the_file(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file(logistic_init(64, 10), path)
+    # Before, "got safe_open" and nothing more.
+    said = r"got safe_open: a safetensors.safe_open handle .*safetensors.numpy.load_file\(path\)"
+    with safe_open(path, "np") as handle:
+        with pytest.raises(covey.WeightsError, match=said):
+            covey.simulate(_client, 2, 1, covey.FedAvg(), handle)
+    result = covey.simulate(_client, 2, 1, covey.FedAvg(), load_file(path))  # as it says
+    assert [r.round for r in result.history.rounds] == [0, 1]
+
+
 def test_a_torch_state_dict_as_initial_weights_names_to_weights() -> None:
     torch = pytest.importorskip("torch")
     state = torch.nn.Linear(3, 2).state_dict()

@@ -30,6 +30,11 @@ def unnamed_hint(weights: object) -> str:
             ": give the arrays, not a file; read a safetensors file with "
             "safetensors.numpy.load_file(path), an .npz with dict(np.load(path))"
         )
+    if type(weights).__name__ == "safe_open" and callable(getattr(weights, "get_tensor", None)):
+        return (
+            ": a safetensors.safe_open handle reads the file, it is not its arrays; read "
+            "them with safetensors.numpy.load_file(path)"
+        )
     if _made_by(weights, "torch"):
         return ": give the model's weights, covey.torch.to_weights(model, copy=True)"
     if _made_by(weights, "sklearn"):
