@@ -622,6 +622,32 @@ def test_a_client_reading_server_round_is_told_covey_sends_round() -> None:
     assert result.history.rounds[1].fit_failures == []
 
 
+
+def test_a_flower_set_parameters_zipping_the_weights_is_told_they_are_a_dict() -> None:
+    torch = pytest.importorskip("torch")
+    from collections import OrderedDict
+
+    class FlowerStyle(covey.Client):
+        def __init__(self) -> None:
+            self.net = torch.nn.Linear(2, 1)
+
+        def set_parameters(self, parameters: Any) -> None:  # as Flower's quickstart has it
+            params_dict = zip(self.net.state_dict().keys(), parameters)
+            state_dict = OrderedDict({k: torch.tensor(v) for k, v in params_dict})
+            self.net.load_state_dict(state_dict, strict=True)
+
+        def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+            self.set_parameters(weights)
+            return FitResult(weights=dict(weights), num_examples=1)
+
+    initial = {"weight": np.zeros((1, 2), np.float32), "bias": np.zeros(1, np.float32)}
+    with pytest.raises(covey.FederationError) as info:
+        covey.simulate(lambda cid: FlowerStyle(), 2, 1, covey.FedAvg(), initial)
+    errors = _fit_failures(info.value)
+    # Before, torch's "new(): invalid data type 'str'" alone.
+    assert all("invalid data type 'str'" in e for e in errors), errors
+    assert all("covey.torch.load_weights(net, weights)" in e for e in errors), errors
+
 def test_a_list_of_arrays_as_weights_is_told_to_name_them() -> None:
     with pytest.raises(TypeError, match=r"got list: name each array.*state_dict"):
         FitResult(weights=[np.ones(2)], num_examples=1)  # type: ignore[arg-type]
