@@ -59,9 +59,8 @@ def test_a_safe_open_handle_as_initial_weights_says_to_load_the_file(tmp_path: P
     save_file(logistic_init(64, 10), path)
     # Before, "got safe_open" and nothing more.
     said = r"got safe_open: a safetensors.safe_open handle .*safetensors.numpy.load_file\(path\)"
-    with safe_open(path, "np") as handle:
-        with pytest.raises(covey.WeightsError, match=said):
-            covey.simulate(_client, 2, 1, covey.FedAvg(), handle)
+    with safe_open(path, "np") as handle, pytest.raises(covey.WeightsError, match=said):
+        covey.simulate(_client, 2, 1, covey.FedAvg(), handle)
     result = covey.simulate(_client, 2, 1, covey.FedAvg(), load_file(path))  # as it says
     assert [r.round for r in result.history.rounds] == [0, 1]
 

@@ -622,7 +622,6 @@ def test_a_client_reading_server_round_is_told_covey_sends_round() -> None:
     assert result.history.rounds[1].fit_failures == []
 
 
-
 def test_a_flower_set_parameters_zipping_the_weights_is_told_they_are_a_dict() -> None:
     torch = pytest.importorskip("torch")
     from collections import OrderedDict
@@ -632,7 +631,7 @@ def test_a_flower_set_parameters_zipping_the_weights_is_told_they_are_a_dict() -
             self.net = torch.nn.Linear(2, 1)
 
         def set_parameters(self, parameters: Any) -> None:  # as Flower's quickstart has it
-            params_dict = zip(self.net.state_dict().keys(), parameters)
+            params_dict = zip(self.net.state_dict().keys(), parameters)  # noqa: B905
             state_dict = OrderedDict({k: torch.tensor(v) for k, v in params_dict})
             self.net.load_state_dict(state_dict, strict=True)
 
@@ -647,6 +646,7 @@ def test_a_flower_set_parameters_zipping_the_weights_is_told_they_are_a_dict() -
     # Before, torch's "new(): invalid data type 'str'" alone.
     assert all("invalid data type 'str'" in e for e in errors), errors
     assert all("covey.torch.load_weights(net, weights)" in e for e in errors), errors
+
 
 def test_a_list_of_arrays_as_weights_is_told_to_name_them() -> None:
     with pytest.raises(TypeError, match=r"got list: name each array.*state_dict"):

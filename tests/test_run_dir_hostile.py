@@ -176,7 +176,7 @@ def test_a_run_lock_that_is_a_folder_is_refused_by_name(tmp_path: Path) -> None:
     lock = run_dir / LOCK_NAME
     lock.unlink(missing_ok=True)
     lock.mkdir()
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match="is a folder, not the lock file") as info:
         RunStore.open(run_dir, exclusive=True)
     assert not isinstance(info.value, IsADirectoryError)
     assert str(info.value) == f"{lock} is a folder, not the lock file covey keeps there: remove it"

@@ -209,4 +209,3 @@ def test_opening_a_run_exclusively_where_its_folder_cannot_be_written_says_why(
     assert "no other process serves the same run" in message
     with RunStore.open(folder) as store:  # reading it needs no write
         assert store.last_round() == 2
-

@@ -456,7 +456,6 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_refused_naming_what_works(uri: s
     assert "model registry" not in said
 
 
-
 def test_an_unknown_scheme_is_refused_naming_the_schemes_mlflow_lists(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -481,6 +480,7 @@ def test_an_unknown_scheme_is_refused_naming_the_schemes_mlflow_lists(
         "give a folder (a local file store), a file: URI, or an http:// or https:// "
         "tracking server, or a acme:// URI"
     )
+
 
 def test_a_file_uri_of_any_case_is_a_local_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -340,7 +340,6 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
     """Simulate the project with its ``[tool.covey]`` settings (``resume``: continue that run)."""
     import covey
     from covey.deploy._cli_errors import fresh_run_dir
-    from covey.sim._checkpoint import rounds_refusal
     from covey.sim._options import _check_keep_last, _checked
 
     run = settings.run
@@ -374,8 +373,6 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         keep_last = _run_keep_last(settings, run_dir, keep_last)
         if _nothing_left(settings.project.name, run_dir, rounds):
             return
-        if (refused := rounds_refusal(run_dir, rounds)) is not None:  # before the header
-            fail(f"--resume {run_dir}: {refused}")
     same_settings(run_dir, settings.app_config(), resume is not None, rounds)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
@@ -431,12 +428,21 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
 
 
 def _nothing_left(name: str, run_dir: Path, rounds: int) -> bool:
-    """End a resumed run that had done all its rounds; whether it had."""
+    """End a resumed run that had done all its rounds; whether it had.
+
+    A run past ``rounds`` is refused here, before the run's header is printed.
+    """
+    from covey.sim._checkpoint import rounds_refusal
+
     restored = restore_model(run_dir, rounds, console)
     if restored is not None:  # all that was left of a finished run
         console.print(escape(restored), soft_wrap=True)
         return True
-    return _end_finished(name, run_dir, rounds)
+    if _end_finished(name, run_dir, rounds):
+        return True
+    if (refused := rounds_refusal(run_dir, rounds)) is not None:
+        fail(f"--resume {run_dir}: {refused}")
+    return False
 
 
 def _end_finished(name: str, run_dir: Path, rounds: int) -> bool:

@@ -231,8 +231,7 @@ def compression_spec(spec: Any, flag: str = "--compression") -> str | None:
         return None
     if not isinstance(spec, str):  # `compression = 3` in a TOML table
         fail(
-            f"{flag} must name a compression scheme as text (e.g. compression = \"q8\"), "
-            f"got {spec!r}"
+            f'{flag} must name a compression scheme as text (e.g. compression = "q8"), got {spec!r}'
         )
     try:
         scheme_named(spec)
