@@ -90,10 +90,10 @@ def serve_project(
     run_dir = _served_run_dir(settings, name, where, resume)
     hint = project_resume_hint(settings, name, run_dir)
     rounds = settings.run.get("rounds")
-    if resume is not None:  # refused before the header says it resumes
-        _check_rounds_left(run_dir, server_app, rounds)
     run_dir.mkdir(parents=True, exist_ok=True)
     same_settings(run_dir, settings.app_config(), resume is not None, rounds or server_app.rounds)
+    if resume is not None:  # refused before the header says it resumes
+        _check_rounds_left(run_dir, server_app, rounds)
     record_federation(run_dir, settings.project, name, settings.overrides)  # the latest start's
     host, _, port = address.rpartition(":")
     dial = f"{host}:PORT" if port == "0" else address  # port 0: the one printed once it listens

@@ -373,7 +373,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         keep_last = _run_keep_last(settings, run_dir, keep_last)
         if _nothing_left(settings.project.name, run_dir, rounds):
             return
-    same_settings(run_dir, settings.app_config(), resume is not None, rounds)
+    _same_run(settings, run_dir, resume is not None, rounds)
     console.print(
         f"[bold]covey run[/]: {clients} simulated clients, {rounds} rounds ({backend} backend)"
         + ("" if resume is None else escape(f", resuming {run_dir}")),
@@ -428,21 +428,21 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
 
 
 def _nothing_left(name: str, run_dir: Path, rounds: int) -> bool:
-    """End a resumed run that had done all its rounds; whether it had.
-
-    A run past ``rounds`` is refused here, before the run's header is printed.
-    """
-    from covey.sim._checkpoint import rounds_refusal
-
+    """End a resumed run that had done all its rounds; whether it had."""
     restored = restore_model(run_dir, rounds, console)
     if restored is not None:  # all that was left of a finished run
         console.print(escape(restored), soft_wrap=True)
         return True
-    if _end_finished(name, run_dir, rounds):
-        return True
-    if (refused := rounds_refusal(run_dir, rounds)) is not None:
+    return _end_finished(name, run_dir, rounds)
+
+
+def _same_run(settings: Any, run_dir: Path, resume: bool, rounds: int) -> None:
+    """:func:`same_settings`; and refuse a resume past ``rounds`` before the header says it."""
+    from covey.sim._checkpoint import rounds_refusal
+
+    same_settings(run_dir, settings.app_config(), resume, rounds)
+    if resume and (refused := rounds_refusal(run_dir, rounds)) is not None:
         fail(f"--resume {run_dir}: {refused}")
-    return False
 
 
 def _end_finished(name: str, run_dir: Path, rounds: int) -> bool:
