@@ -369,3 +369,30 @@ def test_a_time_two_survival_curves_read_is_counted_where_one_is_shown(
     sql = "SELECT KAPLAN_MEIER(t, e1, 50) AS a, KAPLAN_MEIER(t, e2, 50) AS b FROM d"
     df = query([Site({"d": frame}, policy)], sql, secure=False)
     assert df.attrs["clipped"] == {"t": clipped, "e1": 0, "e2": 0}
+
+
+def test_a_date_group_column_stored_as_date_or_timestamp_matches_its_date_domain(
+    tmp_path: Path,
+) -> None:
+    # pandas keeps dates as datetime64 (a TIMESTAMP at the site, '2024-01-01 00:00:00'),
+    # a CSV holds them as DATE ('2024-01-01'): one domain of days groups both.
+    days = pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-02", None] * 10)
+    stamps = pd.DataFrame({"day": days, "x": np.arange(40.0)})
+    stamps.to_csv(tmp_path / "dates.csv", index=False)
+    policy = Policy(
+        bounds={"x": (0, 100)},
+        domains={"day": ["2024-01-01", "2024-01-02", "not a day"]},
+        min_group_size=2,
+    )
+    sites = [
+        Site({"t": stamps}, policy, name="timestamps"),
+        Site({"t": str(tmp_path / "dates.csv")}, policy, name="dates"),
+    ]
+    sql = "SELECT day, COUNT(*), SUM(x) FROM t GROUP BY day"
+    got = query(sites, sql, secure=False)
+    want = _pooled([stamps, stamps], sql).dropna().sort_values("day")
+    assert got["day"].tolist() == ["2024-01-01", "2024-01-02", "not a day"]
+    assert got["COUNT(*)"].tolist()[:2] == want["count_star()"].astype(float).tolist()
+    assert got["SUM(x)"].tolist()[:2] == want["sum(x)"].tolist()
+    assert got.attrs["outside_domain"] == 20  # the NULL days, in no group
+    assert got.attrs["suppressed"] == [("not a day",)]

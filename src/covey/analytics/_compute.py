@@ -12,6 +12,7 @@ bin edges) travel as query parameters.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,7 @@ def utf8_prefix(text: str, limit: int) -> bytes:
 _FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
 _WHOLE = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
 _NUMERIC = (*_WHOLE, *("U" + t for t in _WHOLE), *_FRACTIONAL, "BOOLEAN")
+_DATETIME = ("DATE", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "DATETIME")
 
 
 def _key(value: Any, kind: str = "") -> str:
@@ -80,6 +82,19 @@ def _key(value: Any, kind: str = "") -> str:
             return "1" if value else "0"
         return "true" if value else "false"
     return str(value)
+
+
+def _instant(value: Any) -> datetime.datetime | None:
+    """A DATE or TIMESTAMP column's domain value as the instant it names (None: none).
+
+    ``'2024-01-31'`` is that day's midnight, whether a site stores it as DATE or as
+    TIMESTAMP (pandas' datetime64), whose texts differ (``2024-01-31 00:00:00``).
+    """
+    try:
+        got = datetime.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return got if got.tzinfo is None else None
 
 
 def _text(col: str, kind: str, *, numbers: bool = False) -> str:
@@ -118,11 +133,15 @@ def _group_index(
     # parameters are numbered in group_by order: the last column is $len(group_by)
     for number, col in reversed(list(enumerate(group_by, start=1))):
         kind = kinds.get(fold(col), "")
-        values = [_key(v, kind) for v in domains[col]]
-        params.insert(0, values)
-        text = _text(col, kind)
-        terms.append(f"(list_position(${number}, {text}) - 1) * {stride}")
-        stride *= len(values)
+        if kind.upper() in _DATETIME:  # one instant, however the site stores it
+            params.insert(0, [_instant(v) for v in domains[col]])
+            at = f"list_position(${number}, CAST({quote(col)} AS TIMESTAMP))"
+            at = f"CASE WHEN {quote(col)} IS NOT NULL THEN {at} END"  # a NULL is no None
+        else:
+            params.insert(0, [_key(v, kind) for v in domains[col]])
+            at = f"list_position(${number}, {_text(col, kind)})"
+        terms.append(f"({at} - 1) * {stride}")
+        stride *= len(domains[col])
     return " + ".join(terms), params, stride
 
 
