@@ -53,3 +53,19 @@ def test_a_ledger_in_a_missing_folder_is_refused_naming_the_folder(tmp_path: Pat
     with pytest.raises(OSError, match=r"folder .*nowhere does not exist") as info:
         save_budget(Budget(5.0, 1e-6, owner="the site"), path)
     assert ".tmp" not in str(info.value)
+
+
+def test_a_ledger_file_with_a_count_past_int64_is_refused_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    from covey.analytics._dp import event
+
+    path = tmp_path / "site.covey-budget.json"
+    budget = Budget(5.0, 1e-6, owner="the site")
+    budget.charge(event("laplace", 2.0, 1))
+    save_budget(budget, path)
+    data = json.loads(path.read_text())
+    data["ledger"]["entries"][0][1] = 10**400  # damage: no float holds its epsilon
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"site\.covey-budget\.json.*up to 2\*\*63 - 1"):
+        load_budget(path, 5.0, 1e-6)

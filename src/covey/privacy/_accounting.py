@@ -336,6 +336,18 @@ def calibrate(
     )
 
 
+MAX_COUNT = 2**63 - 1
+"""The most times a ledger entry may repeat its event: past it, its epsilon is no float."""
+
+
+def _check_count(count: Any) -> None:
+    """Refuse a ledger count that is no int from 1 to :data:`MAX_COUNT`, naming it."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+        raise ValueError(
+            f"a privacy ledger count must be a positive int up to 2**63 - 1, got {count!r:.60}"
+        )
+
+
 @dataclass(frozen=True)
 class Ledger:
     """Every privacy event of a run, in order, with repeats run-length encoded.
@@ -360,9 +372,8 @@ class Ledger:
                 make a ledger that reads back as damaged, or take spent budget away).
             TypeError: if ``event`` is of a kind a ledger cannot record.
         """
+        _check_count(plain(count))
         count = plain(count)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"a privacy ledger count must be a positive int, got {count!r}")
         data = event_to_json(event)
         if self.entries and self.entries[-1][0] == data:
             last, n = self.entries[-1]
@@ -423,8 +434,7 @@ class Ledger:
             if not (isinstance(item, list | tuple) and len(item) == 2):
                 raise ValueError(f"a privacy ledger entry must be [event, count], got {item!r}")
             event, count = item
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValueError(f"a privacy ledger count must be a positive int, got {count!r}")
+            _check_count(count)
             entries.append((event_to_json(event_from_json(event)), count))
         return cls(tuple(entries), data["accountant"])
 
