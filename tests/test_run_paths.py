@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -172,6 +173,31 @@ def test_the_resume_command_keeps_keep_last() -> None:
     # Without it, the resumed run would keep every round's weights file again.
     hint = resume_hint(Path("runs/s"), app="myfed:server_app", insecure=True, keep_last=2)
     assert hint == "covey server --resume runs/s --app myfed:server_app --insecure --keep-last 2"
+
+
+def test_the_resume_command_keeps_the_deadlines_the_run_folder_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    from covey.deploy import _cli
+
+    # The run folder keeps no round timeout: a resume pasted without it waited
+    # for a paused client for ever, and one without --wait-timeout waited 300 s.
+    seen: dict[str, Any] = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    monkeypatch.setattr(_cli, "_serve", lambda app, s, flags: seen.update(flags))
+    base = ["server", "--app", "tiny_app:server_app", "--insecure", "--run-dir", "run"]
+    timing = ["--round-timeout", "4.5", "--round-retries", "2", "--wait-timeout", "900"]
+    result = CliRunner().invoke(app, [*base, *timing, "--heartbeat", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert shlex.split(seen["resume_hint"])[7:] == [*timing, "--heartbeat", "0.25"]
+    seen.clear()
+    result = CliRunner().invoke(app, [*base[:-1], "run-2"])
+    assert result.exit_code == 0, result.output
+    assert "timeout" not in seen["resume_hint"]
+    assert "--round-retries" not in seen["resume_hint"]
 
 
 def test_a_covey_run_folder_moved_out_of_its_project_is_resumed_with_covey_run(

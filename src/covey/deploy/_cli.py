@@ -455,8 +455,13 @@ def server_command(
         keep_last=flags["keep_last"],
         max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],
         data_port=flags["data_port"],
+        timing={key: flags[key] for key in _UNKEPT},
     )
     _serve(server_app, s, flags)
+
+
+#: Settings a run folder does not keep: the resume command repeats them.
+_UNKEPT = ("round_timeout", "round_retries", "wait_timeout", "heartbeat")
 
 
 def _listen_address(value: Any) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from shlex import quote
 
@@ -85,8 +86,13 @@ def resume_hint(
     keep_last: int | None = None,
     max_clients: int | None = None,
     data_port: int | None = None,
+    timing: Mapping[str, float | int | None] | None = None,
 ) -> str:
     """The ``covey server --resume`` command that continues ``run`` as it was started.
+
+    ``timing`` holds the settings the run folder does not keep (``round_timeout``,
+    ``round_retries``, ``wait_timeout``, ``heartbeat``): each one given is repeated,
+    so the resumed server keeps the deadlines of the one it continues.
 
     Paths are quoted for a POSIX shell (a folder named ``my run`` gives
     ``--resume 'my run'``), so the command can be pasted as it is.
@@ -106,4 +112,8 @@ def resume_hint(
         parts.append(f"--max-clients {max_clients}")
     if data_port is not None:
         parts.append(f"--data-port {data_port}")
+    for key, value in (timing or {}).items():
+        if value is not None and not (key == "round_retries" and value == 0):
+            exact = str(int(value)) if float(value).is_integer() else repr(float(value))
+            parts.append(f"--{key.replace('_', '-')} {exact}")
     return " ".join(p for p in parts if p)
