@@ -198,6 +198,18 @@ def test_the_resume_command_keeps_the_deadlines_the_run_folder_does_not(
     assert result.exit_code == 0, result.output
     assert "timeout" not in seen["resume_hint"]
     assert "--round-retries" not in seen["resume_hint"]
+    # A --config file is read again on resume: only the command line's are repeated.
+    settings = tmp_path / "server.toml"
+    settings.write_text("[server]\nround_timeout = 7.0\n")
+    seen.clear()
+    given = [*base[:-1], "run-3", "--config", str(settings), "--heartbeat", "0.5"]
+    result = CliRunner().invoke(app, given)
+    assert result.exit_code == 0, result.output
+    assert seen["round_timeout"] == 7.0
+    hint = shlex.split(seen["resume_hint"])
+    assert hint[4:6] == ["--config", str(settings)]
+    assert hint[-2:] == ["--heartbeat", "0.5"]
+    assert "--round-timeout" not in hint
 
 
 def test_a_covey_run_folder_moved_out_of_its_project_is_resumed_with_covey_run(

@@ -442,6 +442,9 @@ def server_command(
         "data_port": port_number(_pick(data_port, s, "data_port", None), "--data-port"),
     }
     # Only once every flag is checked: a fresh run folder is made here.
+    # Those of --config are read again from it; the command line's are repeated.
+    typed = {"round_timeout": round_timeout, "round_retries": round_retries}
+    typed |= {"wait_timeout": wait_timeout, "heartbeat": heartbeat}
     flags["run"] = _run_folder(given, resume_dir)
     flags["made_run_dir"] = given is None and resume_dir is None
     flags["resuming"] = resume_dir is not None
@@ -455,13 +458,9 @@ def server_command(
         keep_last=flags["keep_last"],
         max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],
         data_port=flags["data_port"],
-        timing={key: flags[key] for key in _UNKEPT},
+        timing={key: flags[key] for key, value in typed.items() if value is not None},
     )
     _serve(server_app, s, flags)
-
-
-#: Settings a run folder does not keep: the resume command repeats them.
-_UNKEPT = ("round_timeout", "round_retries", "wait_timeout", "heartbeat")
 
 
 def _listen_address(value: Any) -> str | None:
