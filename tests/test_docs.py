@@ -92,6 +92,53 @@ def test_every_export_has_a_docstring(name: str) -> None:
     assert not _documented(name), f"missing docstrings: {_documented(name)}"
 
 
+def _hidden_signatures(module_name: str) -> list[str]:
+    """Exported classes whose ``inspect.signature`` is a bare ``(*args, **kwargs)``."""
+    module = importlib.import_module(module_name)
+    hidden = []
+    for name in getattr(module, "__all__", []):
+        obj = getattr(module, name)
+        if not inspect.isclass(obj) or issubclass(obj, BaseException):
+            continue
+        if getattr(obj, "_is_protocol", False):  # a Protocol is not built by its users
+            continue
+        try:
+            params = list(inspect.signature(obj).parameters.values())
+        except (TypeError, ValueError):
+            continue
+        if params and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            hidden.append(f"{module_name}.{name}")
+    return hidden
+
+
+@pytest.mark.parametrize("name", ["covey", *(f"covey.{n}" for n in subpackages())])
+def test_help_of_an_exported_class_shows_its_arguments(name: str) -> None:
+    # help(), call tips and editors read inspect.signature: a __new__ that checks the
+    # arguments early must not hide them behind (*args, **kwargs).
+    short = name.removeprefix("covey.")
+    if short in OPTIONAL:
+        pytest.importorskip(OPTIONAL[short])
+    assert not _hidden_signatures(name), f"signature hidden: {_hidden_signatures(name)}"
+
+
+def test_help_of_strategy_and_results_names_their_fields() -> None:
+    from covey.deploy import ServerApp
+
+    assert "fraction_fit" in inspect.signature(covey.Strategy).parameters
+    assert list(inspect.signature(covey.EvaluateResult).parameters) == [
+        "loss",
+        "num_examples",
+        "metrics",
+    ]
+    assert "initial_weights" in inspect.signature(ServerApp).parameters
+
+    class Tuned(covey.Strategy):  # a subclass with its own __init__ shows its own
+        def __init__(self, alpha: float = 1.0) -> None:
+            super().__init__()
+
+    assert list(inspect.signature(Tuned).parameters) == ["alpha"]
+
+
 #: Pages whose text names files of the repository (scripts, tests, modules, examples).
 PAGES = [
     "README.md",

@@ -17,6 +17,7 @@ import numpy as np
 
 from covey.core._metricvalues import FLOAT_MAX, item_of, own_metrics, too_large
 from covey.core._metricvalues import MAX_METRICS as MAX_METRICS
+from covey.core._signature import InitSignature
 from covey.core._weights import Weights, unnamed_hint
 
 Scalar = bool | int | float | str | bytes
@@ -284,6 +285,7 @@ class EvaluateResult:
     loss: float
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    __signature__ = InitSignature()  # help(EvaluateResult) shows the fields, not __new__'s
 
     def __new__(cls, *args: Any, **kwargs: Any) -> EvaluateResult:
         if args or "num_examples" not in kwargs:

@@ -9,6 +9,7 @@ from typing import Any
 
 from covey.compress import Scheme
 from covey.core._history import History
+from covey.core._signature import InitSignature
 from covey.core._weights import Array, Weights
 from covey.server._base import EvaluateFn
 from covey.strategies._names import FLOWER_SERVER_APP, unknown_options
@@ -38,6 +39,7 @@ class ServerApp:
     evaluate_fn: EvaluateFn | None = None
     seed: int = 0
     compression: Scheme | str | None = None
+    __signature__ = InitSignature()  # help(ServerApp) shows the fields, not __new__'s
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ServerApp:
         # Flower's ServerApp(server_fn=...) and ServerApp(config=ServerConfig(...)) are

@@ -18,6 +18,7 @@ from covey.aggregate._flat import floor_fraction
 from covey.aggregate._order import check_reduces, describe_step
 from covey.core._hooks import RunHook
 from covey.core._messages import Config, FitResult, Metrics
+from covey.core._signature import InitSignature
 from covey.core._weights import Array, Weights
 from covey.strategies._checks import (
     CALLS,
@@ -139,6 +140,7 @@ class Strategy:
     fit_config_entries: Mapping[str, Any] = field(default_factory=dict)
     on_client_fit_config: ClientConfigFn | None = None
     on_client_evaluate_config: ClientConfigFn | None = None
+    __signature__ = InitSignature()  # help(Strategy) shows the fields, not __new__'s
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
         # Before the dataclass's __init__ refuses them: Flower's names get covey's. A
