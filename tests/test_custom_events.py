@@ -10,7 +10,7 @@ import pytest
 import covey
 from _steps import Shift as _Shift
 from _steps import reporting as _reporting
-from covey.aggregate import Aggregate, Contribution, Dropped, End, Step, chain, mean
+from covey.aggregate import Aggregate, Begin, Contribution, Dropped, End, Step, chain, mean
 
 
 def _init() -> dict[str, np.ndarray]:
@@ -165,3 +165,28 @@ def test_a_where_predicate_returning_none_leaves_the_client_out() -> None:
     strategy = covey.FedAvg(fraction_evaluate=0.0, min_available_clients=1, where=gpu)
     with pytest.raises(Exception, match="available"):
         covey.simulate(_Shift, 2, 1, strategy, _init())
+
+
+def _dropping_at_begin(state: Any, event: Any) -> Any:
+    if isinstance(event, Begin):
+        return state, (event, Dropped(2, "too late"))
+    return state, (event,)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_dropped_at_begin_stops_the_run_naming_it(asynchronous: bool) -> None:
+    # Before: the Dropped was ignored, and client 2 trained and counted as a participant.
+    step = chain(Step(lambda params: None, _dropping_at_begin), mean())
+    options: dict[str, Any] = {"buffer_size": 2} if asynchronous else {}
+    strategy = covey.Strategy(aggregator=step, fraction_evaluate=0.0, **options)
+    at = "update" if asynchronous else "round"
+    said = (
+        rf"{at} 1: aggregation raised TypeError: the aggregation step emitted "
+        rf"Dropped\(cid=2\) at the Begin of {at} 1, where there is no contribution"
+    )
+    with pytest.raises(covey.FederationError, match=said) as stopped:
+        covey.simulate(_Shift, 3, 1, strategy, _init())
+    assert isinstance(stopped.value.__cause__, TypeError)
+    by_hand = covey.Strategy(aggregator=step)
+    with pytest.raises(TypeError, match=r"Dropped\(cid=2\) at the Begin of round 3, where"):
+        by_hand.aggregate(_init(), [_Shift(cid).fit(_init(), {}) for cid in range(3)], round=3)

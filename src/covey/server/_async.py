@@ -33,6 +33,7 @@ from covey.server._idviews import SortedIds, Union, without
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import not_among, picked_ids, selected
 from covey.strategies._clients import client_info
+from covey.strategies._fold import refuse_dropped_at_begin
 from covey.strategies._strategy import Strategy
 from covey.transport._async import AsyncTransport
 
@@ -196,14 +197,25 @@ class AsyncLoop(_LoopBase):
             f"{self.buffer_size} (the buffer needs that many distinct clients)"
         )
 
+    def _begin(self, rnd: int, record: RoundRecord) -> tuple[Any, tuple[Any, ...]]:
+        """Feed the chain update ``rnd``'s Begin: its new state and events.
+
+        A Dropped among them stops the run: it would replace no contribution.
+        """
+        state, out = self.strategy.aggregator.feed(self.agg_state, Begin(rnd, self.weights))
+        try:
+            refuse_dropped_at_begin(out, rnd, self._step)
+        except TypeError as exc:
+            raise self._stop(rnd, record, "aggregation", exc) from exc
+        return state, out
+
     def _one_update(self, version: int) -> int:
         """Collect ``buffer_size`` updates on top of global update ``version``, apply them."""
         strategy = self.strategy
         rnd = version + 1
         record = RoundRecord(round=rnd)
         t0 = time.perf_counter()
-        update = strategy.aggregator.feed
-        state, out = update(self.agg_state, Begin(rnd, self.weights))
+        state, out = self._begin(rnd, record)
         self._payload = broadcast_extras(out)
         metrics = RoundMetrics("fit")
         staleness: list[int] = []

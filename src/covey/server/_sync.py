@@ -29,6 +29,7 @@ from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import poisson_note, stop_reason, too_few_to_fit
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
+from covey.strategies._fold import refuse_dropped_at_begin
 from covey.strategies._strategy import Strategy
 from covey.transport._base import Transport
 
@@ -235,6 +236,10 @@ class RoundLoop(_LoopBase):
         cids = strategy.sample(available, count, rnd, self.seed, purpose=0)
         update = strategy.aggregator.feed
         state, out = update(self.agg_state, Begin(rnd, self.weights))
+        try:  # a Dropped there would replace no contribution
+            refuse_dropped_at_begin(out, rnd, self._step)
+        except TypeError as exc:
+            raise self._stop(rnd, record, "aggregation", exc) from exc
         task = Task("fit", rnd, fit_config(self, rnd), self.weights, broadcast_extras(out))
         tasks, configs = self._tasks(task, cids)
         if strategy.fit_round is not None:

@@ -115,6 +115,26 @@ def find_aggregate(events: Iterable[Event], end: End | None = None) -> Aggregate
     return found[0] if found else None
 
 
+def refuse_dropped_at_begin(events: Iterable[Event], round: int, step: str = "round") -> None:
+    """Refuse a :class:`~covey.aggregate.Dropped` among a step's output events at ``Begin``.
+
+    A ``Dropped`` replaces the contribution it leaves out; at ``Begin`` no client
+    has replied yet, so it would replace nothing and be lost without a word.
+
+    Raises:
+        TypeError: naming the ``Dropped``, its cid and the round (``step`` says what
+            ``round`` counts: ``"round"``, or ``"update"`` in an asynchronous run).
+    """
+    for event in events:
+        if isinstance(event, Dropped):
+            raise TypeError(
+                f"the aggregation step emitted Dropped(cid={event.cid!r}) at the Begin of "
+                f"{step} {round}, where there is no contribution to leave out (no client has "
+                f"replied yet): emit Dropped({event.cid!r}, why) in place of that client's "
+                "Contribution, when the step is given it"
+            )
+
+
 def dropped_why(events: Iterable[Event], cid: int) -> str | None:
     """Why client ``cid``'s contribution was left out, if a step's output events drop it.
 
@@ -159,7 +179,7 @@ def fold(
     Raises:
         TypeError: if a result is not a :class:`~covey.FitResult`, or the step emits a
             :class:`~covey.aggregate.Dropped` naming another client than the
-            contribution it was given, or one at ``End`` (as in a round loop).
+            contribution it was given, or one at ``Begin`` or ``End`` (as in a round loop).
         covey.WeightsError: if a result does not match the model.
         covey.AggregationError: if the step gives no aggregate or an invalid one.
     """
@@ -168,7 +188,8 @@ def fold(
     spec.check(global_weights, what="global weights")
     params = freeze(global_weights)
     state = aggregator.init(params) if state is None else state
-    state, _ = aggregator.feed(state, Begin(round, params))
+    state, out = aggregator.feed(state, Begin(round, params))
+    refuse_dropped_at_begin(out, round)  # as a round loop does
     for cid, result in enumerate(results):
         if not isinstance(result, FitResult):
             raise TypeError(f"result {cid} is {type(result).__name__}, expected covey.FitResult")

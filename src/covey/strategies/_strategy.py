@@ -356,8 +356,8 @@ class Strategy:
             covey.WeightsError: if a result does not match ``global_weights``.
             covey.AggregationError: if the results cannot be combined.
             TypeError: if the step emits a :class:`~covey.aggregate.Dropped` naming
-                another client than the contribution it was given, or one at ``End``,
-                as a round of :func:`covey.simulate` refuses them.
+                another client than the contribution it was given, or one at ``Begin``
+                or ``End``, as a round of :func:`covey.simulate` refuses them.
 
         Example:
             >>> import numpy as np, covey
