@@ -165,6 +165,26 @@ def test_a_selector_choosing_unavailable_clients_is_refused() -> None:
         run(strategy, rounds=1)
 
 
+def test_a_selector_choosing_a_client_that_fails_where_is_not_called_unavailable() -> None:
+    # Before: "selector chose clients that are not available: {1}", though client 1
+    # was available and only failed where=.
+    def bank(candidates: Sequence[int], rnd: int, rng: Any) -> list[int]:
+        return [1]
+
+    strategy = covey.FedAvg(where={"site": "hospital"}, selector=bank, fraction_evaluate=0.0)
+    said = (
+        r"^selector .*bank chose clients not among its candidates in round 1, the available "
+        r"clients that pass where=\{'site': 'hospital'\}: \[1\] are not available or do "
+        r"not pass where="
+    )
+    with pytest.raises(ValueError, match=said):
+        run(strategy, rounds=1)
+    # Without where=, its candidates are the available clients.
+    alone = covey.FedAvg(selector=lambda c, r, g: [99], fraction_evaluate=0.0)
+    with pytest.raises(ValueError, match=r"in round 1: \[99\] are not available$"):
+        run(alone, rounds=1)
+
+
 def test_asynchronous_mode_selects_by_properties_too() -> None:
     Site.asked = {}
     result = covey.simulate(

@@ -193,6 +193,25 @@ def picked_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
     return ids
 
 
+def outside_candidates(
+    selector: Callable[..., Any], unknown: Sequence[int], where: object, round: int
+) -> ValueError:
+    """The error for a ``selector`` that chose ``unknown``, clients not among its candidates.
+
+    Its candidates are the available clients that pass ``where``: with a ``where``,
+    a client left out may be available and fail it, so the error does not call it
+    unavailable.
+    """
+    said = f"selector {name_of(selector)} chose clients not among its candidates in round {round}"
+    if where is None:
+        return ValueError(f"{said}: {sorted(unknown)} are not available")
+    test = f"where={dict(where)!r}" if isinstance(where, Mapping) else f"where= {name_of(where)}"
+    return ValueError(
+        f"{said}, the available clients that pass {test}: {sorted(unknown)} are not available "
+        f"or do not pass {test}"
+    )
+
+
 def not_among(chosen: Iterable[int], pool: Sequence[int]) -> list[int]:
     """The ids of ``chosen`` that are not in ``pool``, in the order of ``chosen``.
 

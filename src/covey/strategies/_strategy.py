@@ -30,6 +30,7 @@ from covey.strategies._checks import (
     chosen_ids,
     name_of,
     not_among,
+    outside_candidates,
     selected,
     selects_evaluation,
 )
@@ -277,7 +278,7 @@ class Strategy:
             chosen = chosen_ids(self.selector, selected(self.selector, available, round, rng))
             unknown = not_among(chosen, available)
             if unknown:
-                raise ValueError(f"selector chose clients that are not available: {set(unknown)}")
+                raise outside_candidates(self.selector, unknown, self.where, round)
             return chosen
         if count == len(available):
             return sorted(int(c) for c in available)
