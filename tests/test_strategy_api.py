@@ -74,6 +74,34 @@ def test_aggregate_refuses_what_a_round_refuses() -> None:
         covey.FedAvg().aggregate(initial, [empty])
 
 
+@pytest.mark.parametrize(
+    ("round", "error", "said"),
+    [
+        (0, ValueError, r"got 0: the round loops number training rounds from 1"),
+        (-2, ValueError, r"got -2: the round loops"),
+        (True, TypeError, r"got bool True"),
+        (1.0, TypeError, r"got float 1\.0"),
+        ("1", TypeError, r"got str '1'"),
+    ],
+)
+def test_aggregate_refuses_a_round_no_loop_runs(round: Any, error: type, said: str) -> None:
+    # Before: round=0, a negative round, a bool or a float was taken and given to the steps.
+    initial = _model()
+    results = [_result(cid, initial) for cid in range(3)]
+    with pytest.raises(error, match=r"^round must be an int >= 1.*" + said):
+        covey.FedAvg().aggregate(initial, results, round=round)
+
+
+def test_aggregate_takes_a_round_from_1_a_numpy_integer_too() -> None:
+    initial = _model()
+    results = [_result(cid, initial) for cid in range(3)]
+    first = covey.FedAvg().aggregate(initial, results, round=1)
+    later: Any
+    for later in (7, np.int64(7)):
+        new = covey.FedAvg().aggregate(initial, results, round=later)
+        assert all(np.array_equal(new[k], first[k]) for k in first)
+
+
 def test_describe_gives_the_hyperparameters_back() -> None:
     described = covey.FedProx(proximal_mu=0.3, fraction_fit=0.2).describe()
     assert described["name"] == "FedProx"

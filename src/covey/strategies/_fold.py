@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from covey.aggregate import (
     Aggregate,
     AggregationError,
@@ -177,12 +179,15 @@ def fold(
         The new global weights (read-only arrays) and the aggregator's new state.
 
     Raises:
-        TypeError: if a result is not a :class:`~covey.FitResult`, or the step emits a
+        TypeError: if ``round`` is not an int, a result is not a
+            :class:`~covey.FitResult`, or the step emits a
             :class:`~covey.aggregate.Dropped` naming another client than the
             contribution it was given, or one at ``Begin`` or ``End`` (as in a round loop).
+        ValueError: if ``round`` is below 1.
         covey.WeightsError: if a result does not match the model.
         covey.AggregationError: if the step gives no aggregate or an invalid one.
     """
+    round = _round_number(round)
     global_weights = native(global_weights)  # as a round loop keeps its model
     spec = WeightsSpec.of(global_weights)
     spec.check(global_weights, what="global weights")
@@ -203,3 +208,23 @@ def fold(
     new = aggregate.apply(params)
     spec.check(new, what=f"round {round}'s aggregate")
     return freeze(new), state
+
+
+def _round_number(round: object) -> int:
+    """``round`` as the round loops number a training round: an int from 1 (0 trains none).
+
+    Raises:
+        TypeError: for anything but an int (a bool, a float, a str), a NumPy integer included.
+        ValueError: for a round below 1.
+    """
+    if isinstance(round, bool | np.bool_) or not isinstance(round, int | np.integer):
+        raise TypeError(
+            f"round must be an int >= 1, the training round the steps see, got "
+            f"{type(round).__name__} {round!r:.40}"
+        )
+    if round < 1:
+        raise ValueError(
+            f"round must be an int >= 1, got {round}: the round loops number training rounds "
+            "from 1 (round 0 evaluates the initial model and trains none)"
+        )
+    return int(round)

@@ -348,12 +348,14 @@ class Strategy:
         Args:
             global_weights: The model the clients trained from.
             results: The clients' :class:`~covey.FitResult` objects.
-            round: The round number the steps see.
+            round: The round number the steps see: an int from 1, as the round loops
+                number training rounds.
 
         Returns:
             The new global weights (read-only arrays; copy them to change them).
 
         Raises:
+            ValueError: if ``round`` is below 1 (``TypeError`` if it is no int, a bool say).
             covey.WeightsError: if a result does not match ``global_weights``.
             covey.AggregationError: if the results cannot be combined.
             TypeError: if the step emits a :class:`~covey.aggregate.Dropped` naming
