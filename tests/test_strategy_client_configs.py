@@ -789,3 +789,55 @@ def test_a_deployed_config_nested_too_deep_fails_that_client_only_naming_its_ent
     assert failure.error.startswith("cannot send the fit task to client site-")
     assert failure.error.endswith(DEEP_SAID)
     assert len(history.rounds[1].fit_participants) == 1
+
+
+def lr_of(round: int) -> dict[str, Any]:
+    return {"lr": {1: 0.1}[round]}  # no entry for round 2: a KeyError there
+
+
+def scored(round: int, weights: Any) -> tuple[float, dict[str, Any]]:
+    if round == 2:
+        raise KeyError("accuracy")
+    return 0.0, {}
+
+
+@pytest.mark.parametrize(
+    ("option", "asynchronous"),
+    [("on_fit_config", False), ("on_evaluate_config", False), ("on_fit_config", True)],
+)
+def test_an_error_in_a_round_config_function_says_which_and_the_round(
+    option: str, asynchronous: bool
+) -> None:
+    # Before: a bare KeyError: 2, naming neither the function nor the round.
+    options: dict[str, Any] = {option: lr_of}
+    options.update({"buffer_size": 2, "fraction_evaluate": 0.0} if asynchronous else {})
+    with pytest.raises(KeyError) as info:
+        covey.simulate(Echo, 3, 3, covey.Strategy(**options), init())
+    at = "update" if asynchronous else "round"
+    assert info.value.args == (2,)  # the function's own error, its type and words unchanged
+    assert info.value.__notes__ == [f"raised by {option} lr_of in {at} 2"]
+
+
+def test_an_error_in_an_override_of_fit_config_names_the_override_and_the_round() -> None:
+    class Stepped(covey.Strategy):
+        def fit_config(self, round: int) -> dict[str, Any]:
+            return lr_of(round)
+
+    with pytest.raises(KeyError) as info:
+        covey.simulate(Echo, 3, 2, Stepped(), init())
+    assert info.value.__notes__ == ["raised by Stepped.fit_config() in round 2"]
+    # A config that is no dict is covey's own error, not the function's: no note.
+    listed: Any = lambda r: [r]  # noqa: E731
+    with pytest.raises(TypeError, match="on_fit_config must return a dict") as wrong:
+        covey.Strategy(on_fit_config=listed).fit_config(1)
+    assert not getattr(wrong.value, "__notes__", None)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_error_in_evaluate_fn_says_which_and_the_round(asynchronous: bool) -> None:
+    # Before: a bare KeyError: 'accuracy', naming neither evaluate_fn nor the round.
+    options: dict[str, Any] = {"buffer_size": 2, "fraction_evaluate": 0.0} if asynchronous else {}
+    with pytest.raises(KeyError, match="accuracy") as info:
+        covey.simulate(Echo, 3, 3, covey.Strategy(**options), init(), evaluate_fn=scored)
+    at = "update" if asynchronous else "round"
+    assert info.value.__notes__ == [f"raised by evaluate_fn scored in {at} 2"]

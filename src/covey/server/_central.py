@@ -10,6 +10,7 @@ import numpy as np
 from covey.core._messages import Scalar
 from covey.core._metricvalues import item_of
 from covey.core._weights import Weights, fingerprint
+from covey.strategies._checks import name_of
 
 __all__ = ["central_evaluation"]
 
@@ -31,14 +32,19 @@ def central_evaluation(
             model would have changed without a word.
         ValueError: it wrote into them through NumPy (its error, and the fix).
         TypeError: what it returned is not ``(loss, metrics)``.
+        Exception: what ``evaluate_fn`` raised, with a note naming it and the round.
     """
     before = fingerprint(weights)
     try:
         out = evaluate_fn(rnd, dict(weights))
-    except ValueError as exc:
-        if "read-only" not in str(exc) and "WRITEABLE" not in str(exc):
-            raise
-        raise ValueError(f"evaluate_fn raised {exc}; {_EVALUATE_COPY}") from exc
+    except Exception as exc:  # the user's error, told where it came from
+        note = f"raised by evaluate_fn {name_of(evaluate_fn)} in {step} {rnd}"
+        if isinstance(exc, ValueError) and ("read-only" in str(exc) or "WRITEABLE" in str(exc)):
+            said = ValueError(f"evaluate_fn raised {exc}; {_EVALUATE_COPY}")
+            said.add_note(note)
+            raise said from exc
+        exc.add_note(note)
+        raise
     if fingerprint(weights) != before:
         raise RuntimeError(
             f"{step} {rnd}: evaluate_fn changed the global weights in place, through a "

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from covey.core._messages import Config
-from covey.strategies._checks import checked_config
+from covey.strategies._checks import checked_config, name_of
 
 
 class ClientInfo(NamedTuple):
@@ -105,6 +105,39 @@ def round_config(
                 + "; give yours another name"
             )
     return config
+
+
+def called(make: Callable[[int], Any], what: str, round: int, step: str = "round") -> Any:
+    """``make(round)``; an error it raises noted with ``what`` and the round, type unchanged."""
+    try:
+        return make(round)
+    except Exception as exc:  # the user's error, told where it came from
+        exc.add_note(f"raised by {what} in {step} {round}")
+        raise
+
+
+def option_config(strategy: Any, option: str, round: int) -> Config:
+    """What ``strategy``'s ``option`` (``"on_fit_config"``) returns for ``round``, checked.
+
+    Raises:
+        TypeError: naming ``option``, if it returned no dict.
+        Exception: what the function raised, with a note naming it and the round.
+    """
+    make = getattr(strategy, option)
+    return checked_config(called(make, f"{option} {name_of(make)}", round, strategy._step), option)
+
+
+def made_config(strategy: Any, kind: str, round: int) -> Any:
+    """What ``strategy.fit_config(round)`` (``kind="fit"``) or ``evaluate_config`` returns.
+
+    The default method notes the errors of its option's function
+    (:func:`option_config`); an error a subclass's override raises is noted here
+    with the override's name and the round.
+    """
+    method = f"{kind}_config"
+    what = strategy.source(method, f"on_{method}")
+    make = getattr(strategy, method)
+    return make(round) if what == f"on_{method}" else called(make, what, round, strategy._step)
 
 
 def per_client_configs(

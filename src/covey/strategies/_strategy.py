@@ -24,7 +24,6 @@ from covey.strategies._checks import (
     CALLS,
     check_call,
     check_hooks,
-    checked_config,
     checked_count,
     checked_metrics,
     chosen_ids,
@@ -38,6 +37,8 @@ from covey.strategies._clients import (
     ClientConfigFn,
     ClientInfo,
     has_values,
+    made_config,
+    option_config,
     per_client_configs,
     round_config,
 )
@@ -374,11 +375,11 @@ class Strategy:
 
     def fit_config(self, round: int) -> Config:
         """The config sent with fit tasks in ``round`` (the runtime adds ``"round"``)."""
-        return checked_config(self.on_fit_config(round), "on_fit_config")
+        return option_config(self, "on_fit_config", round)
 
     def evaluate_config(self, round: int) -> Config:
         """The config sent with evaluate tasks in ``round``."""
-        return checked_config(self.on_evaluate_config(round), "on_evaluate_config")
+        return option_config(self, "on_evaluate_config", round)
 
     def fit_task_config(self, round: int) -> Config:
         """What the round loops send with fit tasks: :meth:`fit_config`, then the fixed entries.
@@ -387,14 +388,17 @@ class Strategy:
         returns is checked like ``on_fit_config``'s.
         """
         what, fixed = self.source("fit_config", "on_fit_config"), self.fit_config_entries
-        config = round_config(self.fit_config(round), what, "fit", round, fixed, self._step)
+        config = round_config(
+            made_config(self, "fit", round), what, "fit", round, fixed, self._step
+        )
         config.update(fixed)
         return config
 
     def evaluate_task_config(self, round: int) -> Config:
         """What the round loop sends with evaluate tasks: :meth:`evaluate_config`, checked."""
         what = self.source("evaluate_config", "on_evaluate_config")
-        return round_config(self.evaluate_config(round), what, "evaluate", round, (), self._step)
+        made = made_config(self, "evaluate", round)
+        return round_config(made, what, "evaluate", round, (), self._step)
 
     def client_fit_config(self, round: int, client: ClientInfo) -> Config:
         """Entries of ``client``'s own for its fit task in ``round``, on top of :meth:`fit_config`.
