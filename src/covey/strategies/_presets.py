@@ -355,6 +355,14 @@ def Scaffold(
     clients use :class:`covey.clients.ControlVariate` to correct their local
     gradients and report their control-variate change.
 
+    A client advances its ``c_i`` when it builds its reply, and is not told whether
+    the server counted it: a reply the server discards after the client trained
+    (a non-finite value or a wrong layout, past ``round_timeout``) leaves that
+    client's ``c_i`` advanced while ``c`` never adds its ``Delta c_i / N``, so ``c``
+    differs from the mean of the ``c_i`` by that share for the rest of the run. Such
+    clients are the round's ``fit_failures``; ``accept_failures=False`` stops the
+    run at the first (see "SCAFFOLD" in docs/strategies.md).
+
     Args:
         num_clients: ``N``, the number of clients in the federation.
         server_lr: The global step size ``eta_g``.
