@@ -17,10 +17,12 @@ from covey.xgboost import (  # noqa: E402
     XGBoostBagging,
     XGBoostClient,
     XGBoostCyclic,
+    booster_from_weights,
     empty_booster,
     evaluate_booster,
     from_weights,
     initial_model,
+    merge_trees,
     num_trees,
     round_robin,
     to_weights,
@@ -280,3 +282,72 @@ def test_a_model_xgboost_cannot_make_is_refused_naming_the_argument(
     with pytest.raises(ValueError, match=message) as info:
         initial_model({k: v for k, v in params.items() if v is not None}, features)
     assert "Stack trace" not in str(info.value)
+
+
+def _trained() -> bytes:
+    """A binary booster of two trees, on four features."""
+    start = xgb.Booster(model_file=bytearray(empty_booster(BINARY, 4)))
+    booster = xgb.train(BINARY, xgb.DMatrix(*_data(0)), 2, xgb_model=start)
+    return bytes(booster.save_raw("json"))
+
+
+def _edited(model: bytes, edit: Callable[[dict[str, object]], None]) -> bytes:
+    doc = json.loads(model)
+    edit(doc)
+    return json.dumps(doc).encode()
+
+
+def _leaf_vector(size: str) -> Callable[[dict[str, object]], None]:
+    def edit(doc: dict[str, object]) -> None:
+        tree = doc["learner"]["gradient_booster"]["model"]["trees"][-1]  # type: ignore[index]
+        tree["tree_param"]["size_leaf_vector"] = size
+
+    return edit
+
+
+def test_a_client_tree_of_negative_leaf_vectors_is_refused_before_xgboost_loads_it() -> None:
+    # Before, a size_leaf_vector below 0 passed the check and XGBoost, loading the
+    # merged model, crashed the server with a segmentation fault.
+    base = empty_booster(BINARY, 4)
+    with pytest.raises(covey.core.WeightsError, match="leaf vectors of -1: not supported"):
+        merge_trees(base, [(_edited(_trained(), _leaf_vector("-1")), 1.0)])
+    old = _edited(_trained(), _leaf_vector("0"))  # as XGBoost 1.x writes one value per leaf
+    assert num_trees(merge_trees(base, [(old, 1.0)])) == 2
+
+
+def _model_param(key: str, value: str | None) -> Callable[[dict[str, object]], None]:
+    def edit(doc: dict[str, object]) -> None:
+        params = doc["learner"]["learner_model_param"]  # type: ignore[index]
+        if value is None:
+            del params[key]
+        else:
+            params[key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("num_class", "abc", "learner_model_param 'num_class' is 'abc'"),
+        ("num_feature", None, "learner_model_param lacks 'num_feature'"),
+        ("num_target", "-2", "learner_model_param 'num_target' is '-2'"),
+    ],
+)
+def test_a_global_model_of_malformed_counts_is_refused_naming_the_count(
+    key: str, value: str | None, message: str
+) -> None:
+    # Before, a count that is no number raised a bare ValueError (or KeyError), and a
+    # num_target below 1 passed every check: XGBoost then hung allocating its outputs.
+    model = _edited(_trained(), _model_param(key, value))
+    with pytest.raises(covey.core.WeightsError, match=message):
+        merge_trees(model, [(model, 1.0)])
+    if key != "num_target":  # XGBoost would hang on this one in the old code
+        with pytest.raises(covey.core.WeightsError, match=message):
+            booster_from_weights(to_weights(model, 1 << 20))
+
+
+def test_a_start_without_model_param_is_refused_naming_the_field() -> None:
+    model = _edited(_trained(), lambda doc: doc["learner"].pop("learner_model_param"))  # type: ignore[attr-defined]
+    with pytest.raises(covey.core.WeightsError, match="lacks a field of an XGBoost model"):
+        booster_from_weights(to_weights(model, 1 << 20))

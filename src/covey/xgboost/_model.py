@@ -17,7 +17,7 @@ import numpy as np
 
 from covey.core._extras import MissingExtraError
 from covey.core._weights import Array, Weights, WeightsError
-from covey.xgboost._validate import new_trees
+from covey.xgboost._validate import check_model
 
 __all__ = [
     "MODEL",
@@ -163,7 +163,7 @@ def booster_from_bytes(model: bytes | bytearray | memoryview) -> Any:
     """
     model = bytes(model)
     doc = parse(model)
-    new_trees(doc, doc["learner"]["learner_model_param"], 0, "the model")
+    check_model(doc, "the model")
     return load_booster(model)
 
 

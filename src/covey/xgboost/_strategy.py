@@ -14,7 +14,7 @@ from covey.core._weights import Weights, WeightsError
 from covey.strategies import Strategy
 from covey.strategies._options import StrategyOptions, preset
 from covey.xgboost._model import MODEL, from_weights, load_booster, parse, to_weights
-from covey.xgboost._validate import new_trees
+from covey.xgboost._validate import check_model, new_trees
 
 __all__ = ["XGBoostBagging", "XGBoostCyclic", "bagging", "cyclic", "merge_trees", "round_robin"]
 
@@ -107,7 +107,7 @@ def check_start(params: Weights) -> None:
     try:
         model = from_weights(params)
         doc = parse(model)
-        new_trees(doc, doc["learner"]["learner_model_param"], 0, "the model")
+        check_model(doc, "the model")
         load_booster(model)
     except (WeightsError, KeyError, TypeError) as exc:
         raise WeightsError(f"initial weights: {exc}") from None

@@ -16,7 +16,7 @@ from typing import Any
 
 from covey.core._weights import WeightsError
 
-__all__ = ["check_tree", "new_trees"]
+__all__ = ["check_model", "check_tree", "new_trees"]
 
 _ROOT_PARENT = 2147483647  # XGBoost's marker for "no parent"
 _NODE_ARRAYS = (
@@ -97,7 +97,7 @@ def check_tree(tree: Any, num_feature: int, what: str) -> None:
         arrays = {key: tree[key] for key in _NODE_ARRAYS}
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{what} lacks a field or has a malformed one: {exc}") from None
-    if n < 1 or leaf_size > 1:
+    if n < 1 or leaf_size not in (0, 1):  # 0: XGBoost 1.x's "one value"; below 0 crashes it
         raise WeightsError(f"{what}: {n} nodes with leaf vectors of {leaf_size}: not supported")
     for key, values in arrays.items():
         if not isinstance(values, list) or len(values) != n:
@@ -113,6 +113,43 @@ def check_tree(tree: Any, num_feature: int, what: str) -> None:
     if any(tree.get(key) for key in _CATEGORY_ARRAYS) or any(tree.get("split_type") or []):
         raise WeightsError(f"{what}: categorical splits are not supported")
     _check_links(left, right, parents, what)
+
+
+_COUNTS = (("num_feature", 0), ("num_class", 0), ("num_target", 1))
+"""The model's counts XGBoost sizes its outputs by, each with its least value."""
+
+
+def _check_counts(params: Any) -> None:
+    """Refuse counts of features, classes or targets that are no whole number, or too small.
+
+    XGBoost reads them unchecked: ``num_target`` below 1 wraps to billions of outputs
+    (XGBoost hangs allocating them), so they are checked before it loads the model.
+    """
+    if not isinstance(params, dict):
+        raise WeightsError("the global model's learner_model_param is not a JSON object")
+    if "num_feature" not in params:
+        raise WeightsError("the global model's learner_model_param lacks 'num_feature'")
+    for key, least in _COUNTS:
+        value = params.get(key, str(least))
+        text = value if isinstance(value, str) else ""
+        if not text.isdecimal() or not text.isascii() or int(text) < least:
+            raise WeightsError(
+                f"the global model's learner_model_param {key!r} is {value!r}: XGBoost "
+                f"writes a whole number of at least {least}, as a string"
+            )
+
+
+def check_model(doc: dict[str, Any], what: str) -> None:
+    """Raise WeightsError unless ``doc`` (a parsed booster) holds only well-formed trees.
+
+    Its counts (features, classes, targets), ``tree_info``, iterations and every
+    tree are checked, as :func:`new_trees` checks a client's new ones.
+    """
+    try:
+        params = doc["learner"]["learner_model_param"]
+    except (KeyError, TypeError) as exc:
+        raise WeightsError(f"{what} lacks a field of an XGBoost model: {exc!r}") from None
+    new_trees(doc, params, 0, what)
 
 
 def new_trees(
@@ -131,6 +168,7 @@ def new_trees(
         The new trees, their ``tree_info`` (output group of each) and the end of
         each new boosting iteration, counted from the first new tree.
     """
+    _check_counts(params)
     theirs = client["learner"]["learner_model_param"]
     for key in ("num_feature", "num_class", "num_target"):
         if theirs.get(key) != params.get(key):
