@@ -341,3 +341,21 @@ def test_a_run_request_without_an_id_says_the_id_is_missing(dashboard: Any) -> N
         status, body = _get(dashboard.port, path)
         assert status == 400, (path, status)
         assert b"?id=RUN" in body
+
+
+@pytest.mark.parametrize("given", ["", "[]", " "])
+def test_an_empty_host_is_refused_not_bound_to_every_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """`--host ""` (an unset variable) listened on 0.0.0.0 and printed `http://:8765/`."""
+    from covey.dashboard import _server
+
+    calls: list[str] = []
+    monkeypatch.setattr(_server, "serve_dashboard", lambda *a, **k: calls.append(a[1]))
+    result = CliRunner().invoke(app, ["dashboard", str(tmp_path), "--host", given])
+    assert result.exit_code == 2, result.output
+    assert "--host" in result.output
+    assert "every address" in result.output
+    assert calls == []
+    with pytest.raises(ValueError, match="host is empty"):
+        DashboardServer(tmp_path, host=given)

@@ -35,6 +35,10 @@ def dashboard_command(
         raise typer.Exit(1) from None
     if not runs_dir.is_dir():
         raise typer.BadParameter(f"{runs_dir} is not a folder", param_hint="RUNS_DIR")
+    try:
+        _server.check_host(host)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--host") from None
     host = host.strip("[]")  # [::1], as URLs write it, is the address ::1
     if not _server.is_loopback(host) and certs is None:
         typer.echo(

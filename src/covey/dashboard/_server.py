@@ -107,9 +107,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_host(host: str) -> None:
+    """Refuse an empty address, which would listen on every address of this machine.
+
+    Raises:
+        ValueError: ``host`` is empty (or ``[]``), naming what to give instead.
+    """
+    if not host.strip("[]").strip():
+        raise ValueError(
+            f"the dashboard's host is empty ({host!r}), which would listen on every address "
+            "of this machine: give 127.0.0.1 (this machine only), or 0.0.0.0 with certs "
+            "for every address"
+        )
+
+
 def _server(
     runs_dir: str | Path, host: str, port: int, certs: str | Path | None, poll: float
 ) -> _Server:
+    check_host(host)
     closing = threading.Event()
     tls: dict[str, Any] = {}
     if certs is not None:
@@ -151,6 +166,7 @@ def serve_dashboard(
 
     Raises:
         ListenError: The address cannot be listened on (an OSError naming it).
+        ValueError: ``host`` is empty (it would listen on every address).
     """
     host = host.strip("[]")  # [::1], as URLs write it, is the address ::1
     server = _server(runs_dir, host, port, certs, poll)
@@ -193,6 +209,9 @@ class DashboardServer:
             port: The port; 0 picks a free one (see :attr:`port`).
             certs: A federation folder for HTTPS with client certificates.
             poll: Seconds between checks of a watched run's files.
+
+        Raises:
+            ValueError: ``host`` is empty (it would listen on every address).
         """
         self._scheme = "https" if certs is not None else "http"
         host = host.strip("[]")  # [::1], as URLs write it, is the address ::1
