@@ -579,3 +579,29 @@ def test_a_report_plots_a_metric_named_loss_beside_the_round_s_loss() -> None:
     }
     values = {key: metric_value(rounds[0], *key) for key in _series(rounds)}
     assert list(values.values()) == [0.5, 0.25, 0.125, 2.0, 1.5, 3.0]
+
+
+@pytest.mark.parametrize(("rounds", "bars"), [(600, False), (3, True)])
+def test_a_report_of_a_long_run_draws_lines_every_round_kept(rounds: int, bars: bool) -> None:
+    """A 20,000-round report drew a marker or bar per round: a browser took minutes to open it."""
+    from covey.dashboard._report import _figures
+    from covey.dashboard._runs import Run
+
+    records = [
+        {
+            "round": k,
+            "central_loss": 1.0 / (k + 1),
+            "fit_participants": [0, 1] if k else [],
+            "bytes_sent": 10,
+            "bytes_received": 5,
+            "privacy": {"epsilon": k / 10},
+        }
+        for k in range(rounds + 1)
+    ]
+    figures = _figures(Run("r", Path("r"), "simulated", rounds=records))
+    drawn = {(t.type, getattr(t, "mode", None)) for figure in figures for t in figure.data}
+    if bars:
+        assert drawn == {("scatter", "lines+markers"), ("bar", None)}
+    else:
+        assert drawn == {("scatter", "lines")}
+        assert {len(t.x) for figure in figures for t in figure.data} == {rounds, rounds + 1}

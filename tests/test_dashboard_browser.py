@@ -351,3 +351,66 @@ def test_non_finite_values_are_shown_not_plotted(browser: Any, tmp_path: Path) -
         ]
         wait.until(lambda d: _traces(d, "chart-loss"))
         assert _traces(browser, "chart-loss")["test loss"] == ([0, 3], [1.0, 1.0])
+
+
+MODES_JS = """
+return ['chart-loss', 'chart-clients', 'chart-durations', 'chart-bytes'].map(id => {
+  const el = document.getElementById(id);
+  const data = el && el.data ? el.data : [];
+  return data.map(t => [id, t.type || 'scatter', t.mode || '', t.x.length]);
+}).flat();
+"""
+
+
+def _write_run(folder: Path, rounds: int) -> None:
+    folder.mkdir(parents=True)
+    records = [
+        {
+            "round": k,
+            "central_loss": 1.0 / (k + 1),
+            "central_metrics": {"accuracy": k / rounds},
+            "fit_participants": [0, 1] if k else [],
+            "evaluate_participants": [],
+            "durations": {"fit": 0.1, "total": 0.2} if k else {},
+            "bytes_sent": 10 if k else 0,
+            "bytes_received": 5 if k else 0,
+        }
+        for k in range(rounds + 1)
+    ]
+    text = json.dumps({"config": {"rounds": rounds}, "rounds": records})
+    (folder / "history.json").write_text(text)
+
+
+def test_a_long_run_is_drawn_as_lines_every_round_kept(browser: Any, tmp_path: Path) -> None:
+    """A run of thousands of rounds drew a marker (or a bar) per round on every chart.
+
+    On each new round the page redraws its charts: a 20,000-round run kept the
+    browser busy for a minute, past Chromium's renderer timeout. Past 500
+    rounds the series are plain lines; each round is still a point, and a
+    short run keeps its markers and bars.
+    """
+    _write_run(tmp_path / "runs" / "long", 600)
+    _write_run(tmp_path / "runs" / "short", 3)
+    with DashboardServer(tmp_path / "runs") as dashboard:
+        modes = {}
+        for name in ("long", "short"):
+            browser.get(dashboard.url + "#/run/" + name)
+            browser.refresh()
+            _wait(browser).until(lambda d: len(d.execute_script(MODES_JS)) >= 6)
+            modes[name] = browser.execute_script(MODES_JS)
+    long_drawn = {(chart, kind, mode) for chart, kind, mode, _ in modes["long"]}
+    assert long_drawn == {
+        ("chart-loss", "scatter", "lines"),
+        ("chart-clients", "scatter", "lines"),
+        ("chart-durations", "scatter", "lines"),
+        ("chart-bytes", "scatter", "lines"),
+    }
+    assert {n for chart, _, _, n in modes["long"] if chart == "chart-loss"} == {601}
+    assert {n for chart, _, _, n in modes["long"] if chart != "chart-loss"} == {600}
+    short_drawn = {(chart, kind, mode) for chart, kind, mode, _ in modes["short"]}
+    assert short_drawn == {
+        ("chart-loss", "scatter", "lines+markers"),
+        ("chart-clients", "bar", ""),
+        ("chart-durations", "scatter", "lines+markers"),
+        ("chart-bytes", "bar", ""),
+    }

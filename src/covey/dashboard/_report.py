@@ -11,7 +11,7 @@ import datetime as _dt
 import html
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from covey.core._extras import import_feature
 from covey.core._files import atomic_write
@@ -84,11 +84,10 @@ def _figures(run: Run) -> list[Any]:
                 for r in rounds
                 if (v := metric_value(r, source, name)) is not None and math.isfinite(v)
             ]
-            fig.add_scatter(
-                x=[p[0] for p in pts],
-                y=[p[1] for p in pts],
-                name=_plain(label),
-                mode="lines+markers",
+            fig.add_trace(
+                _trace(
+                    go, len(pts), x=[p[0] for p in pts], y=[p[1] for p in pts], name=_plain(label)
+                )
             )
         return fig
 
@@ -100,16 +99,16 @@ def _figures(run: Run) -> list[Any]:
     clients = go.Figure(
         layout={**layout, "title": {"text": "Clients per round"}, "barmode": "group"}
     )
-    clients.add_bar(x=x, y=[len(r.get("fit_participants") or []) for r in fit], name="fit")
-    clients.add_bar(
-        x=x, y=[len(r.get("evaluate_participants") or []) for r in fit], name="evaluate"
-    )
-    clients.add_bar(
-        x=x,
-        y=[len(r.get("fit_failures") or []) + len(r.get("evaluate_failures") or []) for r in fit],
-        name="failed",
-        marker_color="#c62828",
-    )
+    for name, y in (
+        ("fit", [len(r.get("fit_participants") or []) for r in fit]),
+        ("evaluate", [len(r.get("evaluate_participants") or []) for r in fit]),
+        (
+            "failed",
+            [len(r.get("fit_failures") or []) + len(r.get("evaluate_failures") or []) for r in fit],
+        ),
+    ):
+        color = "#c62828" if name == "failed" else None
+        clients.add_trace(_trace(go, len(x), bars=True, x=x, y=y, name=name, color=color))
     figures.append(clients)
     traffic = _bytes_figure(go, layout, fit)
     if traffic is not None:
@@ -119,11 +118,14 @@ def _figures(run: Run) -> list[Any]:
         budget = go.Figure(layout={**layout, "title": {"text": "Privacy budget spent"}})
         keys = sorted({k for r in private for k in r["privacy"] if "epsilon" in k})
         for key in keys:
-            budget.add_scatter(
-                x=[r["round"] for r in private],
-                y=[r["privacy"].get(key) for r in private],
-                name=_plain(key),
-                mode="lines+markers",
+            budget.add_trace(
+                _trace(
+                    go,
+                    len(private),
+                    x=[r["round"] for r in private],
+                    y=[r["privacy"].get(key) for r in private],
+                    name=_plain(key),
+                )
             )
         figures.append(budget)
     return figures
@@ -143,10 +145,35 @@ def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]]) ->
     title = {"text": "Bytes per round (MB)"}
     figure = go.Figure(layout={**layout, "title": title, "barmode": "group"})
     for key, name in keys:
-        figure.add_bar(
-            x=[r["round"] for r in moved], y=[megabytes(r.get(key)) for r in moved], name=name
+        figure.add_trace(
+            _trace(
+                go,
+                len(moved),
+                bars=True,
+                x=[r["round"] for r in moved],
+                y=[megabytes(r.get(key)) for r in moved],
+                name=name,
+            )
         )
     return figure
+
+
+MARKED: Final = 500
+"""Past this many rounds a series is drawn as a plain line, without a marker or bar per round.
+
+A chart of tens of thousands of markers or bars takes a browser minutes to draw.
+"""
+
+
+def _trace(
+    go: Any, points: int, *, bars: bool = False, color: str | None = None, **data: Any
+) -> Any:
+    """A series of ``points`` rounds: bars (or lines with markers), past :data:`MARKED` a line."""
+    if points > MARKED:
+        return go.Scatter(mode="lines", line_color=color, **data)
+    if bars:
+        return go.Bar(marker_color=color, **data)
+    return go.Scatter(mode="lines+markers", line_color=color, **data)
 
 
 def _cell(value: Any) -> str:

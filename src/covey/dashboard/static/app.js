@@ -131,13 +131,24 @@ function plot(id, title, traces, extra = {}) {
     { displaylogo: false, responsive: true, displayModeBar: "hover" });
 }
 
+// Past this many points a line is drawn without its markers, and bars as lines: a long run's
+// charts (thousands of rounds, redrawn at each new round) would take seconds to draw.
+const MARKED = 500;
+
+// How a per-round series is drawn: bars (or lines with markers) for a short run, plain lines
+// for a long one.
+function drawn(n, bars) {
+  if (n > MARKED) return { type: "scatter", mode: "lines" };
+  return bars ? { type: "bar" } : { type: "scatter", mode: "lines+markers" };
+}
+
 function line(rounds, s) {
   const x = [], y = [];
   for (const r of rounds) {
     const v = metric(r, s.source, s.name);
     if (v !== null) { x.push(r.round); y.push(v); }
   }
-  return { x, y, name: plain(s.label), mode: "lines+markers", type: "scatter" };
+  return { x, y, name: plain(s.label), ...drawn(x.length, false) };
 }
 
 function drawRunCharts(run) {
@@ -149,22 +160,24 @@ function drawRunCharts(run) {
   plot("chart-metrics", "Metrics", others.map((s) => line(rounds, s)));
   const fitRounds = rounds.filter((r) => r.round > 0);
   const x = fitRounds.map((r) => r.round);
+  const bars = drawn(x.length, true);
   plot("chart-clients", "Clients per round", [
-    { x, y: fitRounds.map((r) => (r.fit_participants || []).length), name: "fit", type: "bar" },
-    { x, y: fitRounds.map((r) => (r.evaluate_participants || []).length), name: "evaluate", type: "bar" },
+    { x, y: fitRounds.map((r) => (r.fit_participants || []).length), name: "fit", ...bars },
+    { x, y: fitRounds.map((r) => (r.evaluate_participants || []).length), name: "evaluate", ...bars },
     { x, y: fitRounds.map((r) => (r.fit_failures || []).length + (r.evaluate_failures || []).length),
-      name: "failed", type: "bar", marker: { color: "#c62828" } },
+      name: "failed", ...bars, marker: { color: "#c62828" }, line: { color: "#c62828" } },
   ], { barmode: "group" });
   const stages = ["wait", "fit", "evaluate", "central", "total"]  // wait: a deployed round's, for clients
     .filter((k) => fitRounds.some((r) => (r.durations || {})[k] != null));
   plot("chart-durations", "Round duration (s)", stages.map((k) => ({
-    x, y: fitRounds.map((r) => (r.durations || {})[k] ?? null), name: k, mode: "lines+markers",
+    x, y: fitRounds.map((r) => (r.durations || {})[k] ?? null), name: k, ...drawn(x.length, false),
   })));
   const moved = fitRounds.filter((r) => typeof r.bytes_sent === "number" || typeof r.bytes_received === "number");
   if (moved.length) {  // the array bytes of each round, both ways (compression shows here)
     document.getElementById("chart-bytes").style.display = "";
     plot("chart-bytes", "Bytes per round (MB)", [["bytes_sent", "sent"], ["bytes_received", "received"]].map(([k, name]) => ({
-      x: moved.map((r) => r.round), y: moved.map((r) => (typeof r[k] === "number" ? r[k] / 1e6 : null)), name, type: "bar",
+      x: moved.map((r) => r.round), y: moved.map((r) => (typeof r[k] === "number" ? r[k] / 1e6 : null)), name,
+      ...drawn(moved.length, true),
     })), { barmode: "group" });
   }
   const privacy = rounds.filter((r) => privacyOf(r));
@@ -175,7 +188,8 @@ function drawRunCharts(run) {
       for (const [k, v] of Object.entries(privacyOf(r))) if (typeof v === "number" && k.includes("epsilon")) keys.add(k);
     }
     plot("chart-privacy", "Privacy budget spent", [...keys].map((k) => ({
-      x: privacy.map((r) => r.round), y: privacy.map((r) => privacyOf(r)[k]), name: plain(k), mode: "lines+markers",
+      x: privacy.map((r) => r.round), y: privacy.map((r) => privacyOf(r)[k]), name: plain(k),
+      ...drawn(privacy.length, false),
     })));
   }
 }
