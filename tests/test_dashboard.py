@@ -605,3 +605,35 @@ def test_a_report_of_a_long_run_draws_lines_every_round_kept(rounds: int, bars: 
     else:
         assert drawn == {("scatter", "lines")}
         assert {len(t.x) for figure in figures for t in figure.data} == {rounds, rounds + 1}
+
+
+def test_a_failed_simulation_says_how_to_continue_it_as_runs_show_does(tmp_path: Path) -> None:
+    """The page gave a failed run's reason alone; `covey runs show` adds the resume command."""
+
+    class Same(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            return covey.FitResult(weights=weights, num_examples=1)
+
+    def central(rnd: int, weights: Any) -> tuple[float, dict[str, float]]:
+        if rnd == 2:
+            raise RuntimeError("<b>diverged</b>")
+        return 1.0, {}
+
+    run_dir = tmp_path / "runs" / "failed"
+    with pytest.raises(RuntimeError, match="diverged"):
+        covey.simulate(
+            lambda cid: Same(),
+            2,
+            4,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.ones(2)},
+            central,
+            run_dir=run_dir,
+        )
+    from covey.dashboard._runs import summary
+
+    note = summary(read_run("failed", run_dir))["note"]
+    assert note.startswith("RuntimeError: <b>diverged</b>; continue it after its last complete")
+    assert f"run_dir={str(run_dir)!r}, resume=True" in note
+    shown = CliRunner().invoke(app, ["runs", "show", str(run_dir)], env={"COLUMNS": "400"})
+    assert f"failed: {note}" in " ".join(shown.output.split())

@@ -42,9 +42,10 @@ from covey.dashboard._runjson import (
 from covey.dashboard._runstore import STORE, read_store_within
 from covey.dashboard._runstore import later_rounds as later_rounds
 from covey.server._rundb import is_held
-from covey.server._served import killed_server_reason
+from covey.server._served import how_to_continue, killed_server_reason
 from covey.sim._rundir import (
     SET_UP_FILES,
+    how_to_resume,
     interrupted_set_up_reason,
     is_set_up_only,
     stopped_simulation_reason,
@@ -225,17 +226,33 @@ def read_run(
             run.meta.update(meta)
     if db.is_file():
         read_store_within(run, db, top, damaged)
-    if run.status == "running" and is_held(path) is False:
-        run.meta["status"] = "stopped"
-        run.meta["stopped_reason"] = (
-            stopped_simulation_reason(path) if simulated else killed_server_reason(path)
-        )
+    _how_to_go_on(run, db, simulated)
     if "status" not in run.meta and run.rounds and _all_rounds_done(run):
         run.meta["status"] = "finished"  # history.json alone: older covey, or History.save
     if not run.meta.get("updated_at"):
         with contextlib.suppress(OSError):
             run.meta["updated_at"] = history.stat().st_mtime
     return run
+
+
+def _how_to_go_on(run: Run, db: Path, simulated: bool) -> None:
+    """Mark a run no process holds any more ``stopped``; say how a stopped or failed run goes on.
+
+    A failed run with a checkpoint (``run.sqlite``) gets the command that continues
+    it after its reason, as ``covey runs show`` prints it.
+    """
+    path = run.path
+    if run.status == "running" and is_held(path) is False:
+        run.meta["status"] = "stopped"
+        run.meta["stopped_reason"] = (
+            stopped_simulation_reason(path) if simulated else killed_server_reason(path)
+        )
+    reason = run.meta.get("stopped_reason")
+    if run.status == "failed" and db.is_file() and isinstance(reason, str) and reason:
+        how = how_to_resume(path) if simulated else how_to_continue(path)
+        run.meta["stopped_reason"] = (
+            f"{reason}; continue it after its last complete round with {how}"
+        )
 
 
 def _set_up_run(run_id: str, path: Path) -> Run:
