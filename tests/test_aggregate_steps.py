@@ -111,7 +111,7 @@ def test_clip_norm_of_a_float16_model_takes_its_norm_without_overflow() -> None:
 
 
 def test_clip_norm_of_a_large_float32_update_just_over_the_bound_clips_it() -> None:
-    """Summed in float32, these million squares lose about 1.6e-4 of the norm: over, read as under."""
+    """Summed in float32, these squares lose about 1.6e-4 of the norm: over, read as under."""
     update = np.full(1_000_000, 1e-3, dtype=np.float32)
     update[0] = 1.0
     true_norm = float(np.sqrt(np.sum(np.square(update.astype(np.float64)))))
