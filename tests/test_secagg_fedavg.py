@@ -232,6 +232,14 @@ def test_a_range_too_small_for_fixed_point_is_refused(options: dict[str, Any], s
     assert "at least 2e-304" in str(info.value)
 
 
+@pytest.mark.parametrize("clip_range", [True, False])
+def test_a_bool_clip_range_is_refused_naming_it(clip_range: bool) -> None:
+    # True is an int to Python: it would have been taken as a range of 1.0.
+    said = f"clip_range must be a positive finite number, got {clip_range}"
+    with pytest.raises(ValueError, match=said):
+        secure(covey.FedAvg(), clip_range=clip_range, bits=BITS)
+
+
 def test_the_smallest_range_suggested_quantizes_and_unquantizes() -> None:
     from covey.secagg._ring import quantize, smallest_range
 

@@ -16,7 +16,8 @@ def check_options(
     clip_range: float, max_examples: int, complete: object, signed: object, reducer: object
 ) -> None:
     """Refuse option values ``secure()`` does not know, before anything is built."""
-    if not (isinstance(clip_range, int | float) and math.isfinite(clip_range) and clip_range > 0):
+    number = isinstance(clip_range, int | float) and not isinstance(clip_range, bool)
+    if not (number and math.isfinite(clip_range) and clip_range > 0):
         raise ValueError(f"clip_range must be a positive finite number, got {clip_range!r}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
