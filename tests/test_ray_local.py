@@ -307,6 +307,34 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
     assert "ray start --head" in out.stdout
 
 
+def test_a_ray_client_address_where_nothing_listens_is_refused_at_once() -> None:
+    # Ray waits 30 s for a Ray Client server, then fails without naming the address.
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    address = f"ray://127.0.0.1:{port}"
+    with pytest.raises(ConnectionError, match=f"no Ray cluster answers at ray_address='{address}'"):
+        covey.simulate(Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", ray_address=address)
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("address", "error"),
+    [
+        ("", "ray_address is empty"),
+        ("127.0.0.1:head", "ray_address='127.0.0.1:head' has the port 'head', not a number"),
+    ],
+)
+def test_a_malformed_ray_address_is_refused_naming_it(address: str, error: str) -> None:
+    import ray
+
+    with pytest.raises(ValueError, match=error):
+        covey.simulate(Plus, 2, 1, None, {"w": np.zeros(2)}, backend="ray", ray_address=address)
+    assert not ray.is_initialized()
+
+
 def test_a_local_ray_ends_with_its_driver_killed_with_sigkill(tmp_path: Any) -> None:
     # Killed with SIGKILL mid-run, a script's simulate(backend="ray") left the Ray
     # it started running: its dashboard and runtime-env agents, a minute or more.

@@ -135,17 +135,34 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
 
     ``ray.init`` retries such an address for more than ten minutes before it fails;
     one TCP connection to the head's port says at once whether anything listens
-    there. ``"auto"``, ``"local"`` and ``ray://`` addresses are left to Ray, which
-    answers those quickly.
+    there. A Ray Client address (``ray://host[:port]``, port 10001 by default) is
+    checked the same way: Ray would wait 30 s for it and then not name it.
+    ``"auto"``, ``"local"`` and other schemes are left to Ray.
 
     Raises:
         ConnectionError: naming the address and why nothing answered there.
+        ValueError: for an empty address, or a port that is not a number.
     """
-    if address in ("auto", "local") or "://" in address:
+    if not address.strip():
+        raise ValueError(
+            "ray_address is empty: give the head node's host:port, or leave it out to "
+            "start a local Ray for this run"
+        )
+    target, client = address, address.startswith("ray://")
+    if client:
+        target = address[len("ray://") :].split("/", 1)[0]
+        if target and (target.endswith("]") or ":" not in target):
+            target += ":10001"  # Ray Client's default port
+    if address in ("auto", "local") or "://" in target:
         return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        return  # not host:port: Ray says what is wrong with it
+    host, sep, port = target.rpartition(":")
+    if not sep or target.endswith("]"):
+        return  # a bare host: Ray says what is wrong with it
+    if not port.isdigit():
+        raise ValueError(
+            f"ray_address={address!r} has the port {port!r}, not a number: give host:port, "
+            "such as '127.0.0.1:6379'"
+        )
     host = host.strip("[]") or "127.0.0.1"
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
@@ -155,11 +172,16 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
             why = f"no answer within {timeout:g} s"
         else:
             why = exc.strerror or str(exc) or type(exc).__name__
+        head = (
+            "the port of the head node's Ray Client server (10001 by default)"
+            if client
+            else "the address and port of the head node (the --port of `ray start --head`, "
+            "6379 by default)"
+        )
         raise ConnectionError(
-            f"no Ray cluster answers at ray_address={address!r} ({why}): "
-            "give the address and port of the head node (the --port of `ray start --head`, "
-            "6379 by default), check that it is running and reachable from here, or leave "
-            "ray_address out to start a local Ray for this run"
+            f"no Ray cluster answers at ray_address={address!r} ({why}): give {head}, "
+            "check that it is running and reachable from here, or leave ray_address out to "
+            "start a local Ray for this run"
         ) from exc
 
 
