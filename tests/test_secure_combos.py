@@ -204,6 +204,30 @@ def test_a_client_cache_too_small_for_the_round_says_why_the_clients_drop() -> N
     assert "holds no keys of the round" in str(info.value)
 
 
+def test_a_client_built_where_a_collected_one_was_does_not_inherit_its_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python gives a new object the id of one just collected (client_cache=0 and Ray
+    # actors rebuild clients): keys kept by id alone went to the new client. Every
+    # object is given one id here, as the two would have.
+    import gc
+    from types import SimpleNamespace
+
+    from covey.secagg import ProtocolAbort
+    from covey.secagg import _handlers as handlers
+
+    monkeypatch.setattr(handlers, "id", lambda obj: 12345, raising=False)
+    session = b"s" * 16
+    first = Site(0)
+    handlers._keep(first, SimpleNamespace(setup=SimpleNamespace(session=session)))  # type: ignore[arg-type]
+    del first
+    gc.collect()
+    later = Site(1)
+    with pytest.raises(ProtocolAbort, match="holds no keys of the round"):
+        handlers._state(later, {"session": session})
+    assert 12345 not in handlers._STATES  # the collected client's secrets went with it
+
+
 def test_simulated_stragglers_drop_out_of_a_secure_round_as_of_a_plain_one() -> None:
     # Training happens in the masked-input exchange, which the simulated clock must time.
     def speed(cid: int, rng: Any) -> float:

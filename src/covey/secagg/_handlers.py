@@ -15,6 +15,7 @@ function* registered under a name.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,7 +43,11 @@ KINDS = (
 _INPUTS: dict[str, TaskInputFn] = {}
 RUNS_PER_CLIENT = 4
 """Most runs a client keeps state for at once; a newer one drops the oldest."""
-_STATES: dict[int, OrderedDict[bytes, cs.ClientState]] = {}  # id(client) -> session -> state
+_Runs = OrderedDict[bytes, cs.ClientState]  # session -> state
+_STATES: dict[int, tuple[object, _Runs]] = {}  # id(client) -> (weakref to it, or it), runs
+"""A client's runs by its id, with a reference that tells the client from a later object
+that Python gave the same id once the client was collected (a simulation's client_cache
+builds clients anew): that one must not inherit its secrets."""
 _LOCK = threading.Lock()  # clients of one process may run stages of two runs at once
 
 
@@ -106,10 +111,46 @@ def forget(client: Any) -> None:
         _STATES.pop(id(client), None)
 
 
+def _collected(key: int, ref: object) -> None:
+    """Drop the runs of a client that was garbage collected (no lock: called from the GC)."""
+    entry = _STATES.get(key)
+    if entry is not None and entry[0] is ref:
+        _STATES.pop(key, None)
+
+
+def _runs(client: Any) -> _Runs | None:
+    """The client's runs, None if it has none; call with ``_LOCK`` held.
+
+    Runs kept under the client's id for another object, collected since, are not its.
+    """
+    key = id(client)
+    entry = _STATES.get(key)
+    if entry is not None:
+        owner = entry[0]
+        if (owner() if isinstance(owner, weakref.ref) else owner) is client:
+            return entry[1]
+        _STATES.pop(key, None)
+    return None
+
+
+def _new_runs(client: Any) -> _Runs:
+    """A new, empty table of runs for ``client``; call with ``_LOCK`` held."""
+    key = id(client)
+    try:  # a weak reference, so that the runs go with the client
+        owner = weakref.ref(client, lambda ref: _collected(key, ref))
+    except TypeError:  # no weak references to it: hold it while it has runs
+        owner = client
+    runs: _Runs = OrderedDict()
+    _STATES[key] = (owner, runs)
+    return runs
+
+
 def _keep(client: Any, state: cs.ClientState) -> None:
     """Keep ``state`` for its run's next stage, dropping the client's oldest run past the cap."""
     with _LOCK:
-        runs = _STATES.setdefault(id(client), OrderedDict())
+        runs = _runs(client)
+        if runs is None:
+            runs = _new_runs(client)
         runs[state.setup.session] = state
         while len(runs) > RUNS_PER_CLIENT:
             runs.popitem(last=False)
@@ -118,7 +159,7 @@ def _keep(client: Any, state: cs.ClientState) -> None:
 def _drop(client: Any, session: object) -> None:
     """Drop the client's state of run ``session``, if it has one."""
     with _LOCK:
-        runs = _STATES.get(id(client))
+        runs = _runs(client)
         if runs is not None and isinstance(session, bytes):
             runs.pop(session, None)
             if not runs:
@@ -140,7 +181,7 @@ def _int_keys(table: Any, what: str) -> dict[int, Any]:
 def _state(client: Any, payload: Mapping[str, Any]) -> cs.ClientState:
     session = payload.get("session")
     with _LOCK:
-        runs = _STATES.get(id(client))
+        runs = _runs(client)
         state = runs.get(session) if runs is not None and isinstance(session, bytes) else None
     if runs is None:
         raise cs.ProtocolAbort(
