@@ -20,8 +20,8 @@ needs clients to receive something with their fit task (SCAFFOLD's control
 variate) emits a :class:`Broadcast` when it sees ``Begin``.
 
 State is returned, never kept on an object. For speed, a reducer may reuse the
-array buffers of the state it is given: treat a state passed to ``update`` as
-consumed and continue only with the state it returns.
+array buffers of the state it is given (continue only with the state it returns);
+a step that passes a contribution on leaves that state as it was (AggregationError).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class AggregationError(ValueError):
 
     Raised at ``End``, the round loop keeps the global model for that round; raised
     on a ``Contribution`` (before the step changes any state), it refuses that one
-    client's update, which the loop records as a failed fit.
+    client's update, which the loop records as a failed fit; the round goes on from
+    the chain's state before it, which the steps before must not have changed.
     """
 
 

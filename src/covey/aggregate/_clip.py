@@ -27,7 +27,11 @@ Rewrite = Callable[[Contribution, Weights], "tuple[Contribution | None, bool]"]
 
 class _PerClientState(NamedTuple):
     params: Weights | None = None
-    noted: list[int] | None = None  # reused within a round: state passed in is consumed
+    noted: list[int] | None = None  # reused within a round: see held
+    # How many of noted's entries this state holds. When a later step refuses a
+    # contribution, the round goes on from the state before it: an entry noted
+    # for the refused one lies past that state's ``held`` and is not its own.
+    held: int = 0
 
 
 def per_client(name: str, key: str, rewrite: Rewrite, dropped: str = "") -> Step:
@@ -52,18 +56,31 @@ def per_client(name: str, key: str, rewrite: Rewrite, dropped: str = "") -> Step
             params = needs_params(state.params, name)
             new, record = rewrite(event, params)
             if record:
-                if state.noted is None:  # an invariant of this module, not an input check
-                    raise RuntimeError("internal error: state.noted is unset")
-                state.noted.append(event.cid)
+                state = _noted(state, event.cid)
             return state, ((Dropped(event.cid, f"{dropped} ({name})"),) if new is None else (new,))
         if isinstance(event, Begin):
             return _PerClientState(event.params, []), (event,)
         if isinstance(event, End):
-            info = {**event.info, key: list(state.noted or ())}
+            info = {**event.info, key: (state.noted or [])[: state.held]}
             return _PerClientState(), (End(event.round, info, event.step),)
         return state, (event,)
 
     return of_kind(Step(init, update), CLIENT, name)
+
+
+def _noted(state: _PerClientState, cid: int) -> _PerClientState:
+    """``state`` with client ``cid`` noted: appended to the round's list.
+
+    Entries past ``state.held`` were noted for a contribution a later step refused,
+    after which the round went on from ``state``: they are dropped first.
+    """
+    noted = state.noted
+    if noted is None:  # an invariant of this module, not an input check
+        raise RuntimeError("internal error: state.noted is unset")
+    if len(noted) > state.held:
+        del noted[state.held :]
+    noted.append(cid)
+    return _PerClientState(state.params, noted, state.held + 1)
 
 
 @described

@@ -33,6 +33,8 @@ class _ScaffoldState(NamedTuple):
     acc: dict[str, Array] | None = None
     clients: int = 0
     missing: tuple[int, ...] = ()
+    # The sum's other buffer: the next change is added into it (see _fold_control).
+    spare: dict[str, Array] | None = None
 
 
 @described
@@ -110,16 +112,34 @@ def scaffold(num_clients: int) -> Step:
 
 
 def _fold_control(state: _ScaffoldState, event: Contribution) -> tuple[State, tuple[Event, ...]]:
-    """Add a client's control-variate change to the running sum (or note it missing)."""
+    """Add a client's control-variate change to the running sum (or note it missing).
+
+    The new sum goes into the state's spare buffer, and the two swap places: the
+    sum of the state given stays as it was. A step after this one in the chain
+    may refuse the contribution (an AggregationError), and the round loop then
+    goes on from the state it gave, whose sum must not hold the refused change;
+    once the loop goes on from the new state instead, the old sum is not needed
+    again and its buffer takes the next change. The same additions in the same
+    order as in one buffer (the same floats), with no copy per contribution: the
+    cost is one more float64 buffer of ``c``'s float arrays, from a round's second change.
+    """
     dc = event.extras.get(CLIENT_DELTA)
     if dc is None:  # not a SCAFFOLD client: its update is left out
         why = f"it sent no {CLIENT_DELTA!r} extra, its control-variate change (scaffold())"
         return state._replace(missing=(*state.missing, event.cid)), (Dropped(event.cid, why),)
-    acc = state.acc
-    if acc is None:
+    old, spare = state.acc, state.spare
+    if old is None:  # the round's first change: a fresh sum the given state does not hold
         acc = {k: np.zeros(v.shape, np.float64) for k, v in state.c.items()}
+        with np.errstate(over="ignore", invalid="ignore"):  # a sum past float64: see End
+            for k, a in acc.items():
+                if state.c[k].dtype.kind == "f":
+                    a += dc[k]
+        return state._replace(acc=acc, clients=state.clients + 1), (event,)
+    if spare is None:
+        spare = {k: np.empty_like(a) for k, a in old.items() if state.c[k].dtype.kind == "f"}
+    acc = dict(old)  # the other arrays stay zeros, never written
     with np.errstate(over="ignore", invalid="ignore"):  # a sum past float64: see End
-        for k, a in acc.items():
-            if state.c[k].dtype.kind == "f":
-                a += dc[k]
-    return state._replace(acc=acc, clients=state.clients + 1), (event,)
+        for k, a in spare.items():
+            acc[k] = np.add(old[k], dc[k], out=a)
+    spare = {k: old[k] for k in spare}
+    return state._replace(acc=acc, clients=state.clients + 1, spare=spare), (event,)
