@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-import time
+import threading
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +27,7 @@ from covey.core._files import hold_lock, write_output
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_options import ServerName
 from covey.deploy._cli_tables import output_console
+from covey.deploy._leave import LEAVE_GRACE, Leaving, leaving
 from covey.deploy._shown import escape
 
 console = output_console()
@@ -189,51 +190,70 @@ def site_command(
     except (OSError, ValueError, TypeError) as exc:  # a table, ledger or certificate given
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    said = f"site {name or 'site'} left; its privacy budget is kept in {kept}"
+    leave = Leaving(
+        lambda how: errors.print(escape(f"{how}: {said}"), soft_wrap=True),
+        # a charge being written to the ledger is finished before the process ends
+        before_exit=lambda: site._charging.acquire(timeout=LEAVE_GRACE),
+    )
     try:
-        stop_on_sigterm()  # docker stop, systemctl stop: the site leaves as on Ctrl-C
-        # Between queries no query server listens, for as long as the analysts take: a
-        # site waits for the next one however long that is (the retries are logged).
-        with interrupts_as_such():
+        # docker stop, systemctl stop: the site leaves as on Ctrl-C. Between queries no
+        # query server listens, for as long as the analysts take: a site waits for the
+        # next one however long that is (the retries are logged).
+        with leaving(leave), interrupts_as_such():
             _serve_queries(
                 lambda: connect(
-                    site, server, tls=tls, insecure=insecure, name=name or "", retry_for=None
+                    site,
+                    server,
+                    tls=tls,
+                    insecure=insecure,
+                    name=name or "",
+                    retry_for=None,
+                    stop=leave.stop,
                 ),
                 once,
+                leave.stop,
             )
     except (OSError, ValueError, TypeError) as exc:
+        if leave.stop.is_set():  # what the stop broke off
+            leave.leave()
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
-        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
-        errors.print(
-            escape(f"{how}: site {name or 'site'} left; its privacy budget is kept in {kept}"),
-            soft_wrap=True,
-        )
-        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+        leave.leave(exc)  # at once, as the normal end (see Leaving)
+    if leave.stop.is_set():  # the interrupt itself was lost on the way (in a finalizer)
+        leave.leave()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # leave without gRPC's finalizers (see `covey client`)
 
 
-def _serve_queries(join: Callable[[], Any], once: bool) -> None:
-    """Join query servers one after another (only the first with ``once``).
+def _serve_queries(
+    join: Callable[[], Any], once: bool, stop: threading.Event | None = None
+) -> None:
+    """Join query servers one after another (only the first with ``once``), until ``stop``.
 
     A query server that is closing refuses a site that comes back at once (its
     run is over); without ``once`` that is the end of one query, not of the site,
     so the site waits a moment and joins the next query server.
     """
+    stop = stop or threading.Event()
     from covey.transport.grpc import Refused
     from covey.transport.grpc._refusal import RUN_OVER
 
-    while True:
+    while not stop.is_set():
         try:
             result = join()
         except Refused as exc:
+            if stop.is_set():
+                return
             if once or RUN_OVER not in exc.cause:
                 raise
             errors.print("the query server is closing; waiting for the next one")
-            time.sleep(_REJOIN_PAUSE)
+            stop.wait(_REJOIN_PAUSE)
             continue
+        if stop.is_set():  # left the query server for the stop, not answered by it
+            return
         errors.print(f"answered {result.tasks} task(s); server said: {escape(result.reason)}")
         if once:
             return

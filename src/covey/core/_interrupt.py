@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
@@ -78,10 +78,11 @@ def interrupts_as_such() -> Iterator[None]:
         raise exc from caught
 
 
-def stop_on_sigterm() -> None:
+def stop_on_sigterm(on_stop: Callable[[], None] | None = None) -> None:
     """Make SIGTERM (``docker stop``, ``systemctl stop``, a batch scheduler) stop as Ctrl-C does.
 
-    The first SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` in the main thread:
+    The first SIGTERM calls ``on_stop`` (if given), then raises
+    ``KeyboardInterrupt("SIGTERM")`` in the main thread:
     a run ends marked, its clients or workers are told, its folder is let go. A second
     one ends the process at once, as SIGTERM does by default, unless it comes
     within :data:`SAME_STOP` seconds of the first: GNU ``timeout`` signals its
@@ -100,6 +101,8 @@ def stop_on_sigterm() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, again)
+        if on_stop is not None:
+            on_stop()
         raise KeyboardInterrupt("SIGTERM")
 
     signal.signal(signal.SIGTERM, terminated)

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from covey.core._interrupt import stop_on_sigterm
 from covey.deploy._cli import _pick, console
 from covey.deploy._cli_errors import (
     address_flag,
@@ -19,6 +18,7 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_options import ServerName
+from covey.deploy._leave import Leaving, leaving
 from covey.deploy._shown import escape
 
 __all__ = ["client_command"]
@@ -196,29 +196,39 @@ def client_command(
     insecure = insecure or bool(s.get("insecure", False))
     flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
     flags["server_name"] = _pick(server_name, s, "server_name", None)
-    try:
-        stop_on_sigterm()  # docker stop, systemctl stop: the client leaves as on Ctrl-C
-        tls = _client_tls(s, {**flags, "insecure": insecure})
-        result = connect(
-            client,
-            address,
-            tls=tls,
-            insecure=insecure,
-            name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
-            max_attempts=attempts,
-            retry_for=retry,
-            max_task_bytes=task_cap,
+    leave = Leaving(
+        lambda how: console.print(
+            f"{how}: this client left the federation; start it again to rejoin"
         )
+    )
+    try:
+        with leaving(leave):  # docker stop, systemctl stop: the client leaves as on Ctrl-C
+            tls = _client_tls(s, {**flags, "insecure": insecure})
+            result = connect(
+                client,
+                address,
+                tls=tls,
+                insecure=insecure,
+                name=the_name or (f"client-{the_cid}" if the_cid is not None else ""),
+                max_attempts=attempts,
+                retry_for=retry,
+                max_task_bytes=task_cap,
+                stop=leave.stop,
+            )
     except Refused as exc:
+        if leave.stop.is_set():
+            leave.leave()
         console.print(f"[red]refused:[/] {escape(str(exc.cause))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (ConnectionError, OSError, ValueError) as exc:
+        if leave.stop.is_set():  # what the stop broke off
+            leave.leave()
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
-        how = "interrupted" if not exc.args else f"interrupted ({exc.args[0]})"
-        console.print(f"{how}: this client left the federation; start it again to rejoin")
-        raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+        leave.leave(exc)  # at once, without gRPC's finalizers (see Leaving)
+    if leave.stop.is_set():  # the interrupt itself was lost on the way (in a finalizer)
+        leave.leave()
     if result.reason.startswith(STOPPED):  # the run failed or was interrupted: not done
         console.print(
             f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -36,12 +37,23 @@ class Goodbye(Exception):
     """The server said goodbye; the message is its reason."""
 
 
-def close_channel(channel: Any, grace: float = CLOSE_GRACE) -> None:
-    """Close ``channel``, waiting at most ``grace`` seconds for gRPC to let go of it."""
+def close_channel(
+    channel: Any, grace: float = CLOSE_GRACE, stop: threading.Event | None = None
+) -> None:
+    """Close ``channel``, waiting at most ``grace`` seconds for gRPC to let go of it.
+
+    A client leaving (``stop`` set, before or during the wait) waits no longer: it
+    connects no more, and the process is ending.
+    """
     closer = threading.Thread(target=channel.close, name="covey-close", daemon=True)
     closer.start()
-    closer.join(grace)
-    if closer.is_alive():
+    until = time.monotonic() + grace
+    while closer.is_alive() and (stop is None or not stop.is_set()):
+        left = until - time.monotonic()
+        if left <= 0:
+            break
+        closer.join(min(left, 0.1))
+    if closer.is_alive() and (stop is None or not stop.is_set()):
         logger.warning(
             "the lost connection's channel did not close within %.0f s; reconnecting without it",
             grace,
@@ -76,4 +88,4 @@ def end_of(session: Any, channel: Any, result: ConnectResult, stop: threading.Ev
             return None
         return str(session.unanswered or exc) or type(exc).__name__
     finally:
-        close_channel(channel)
+        close_channel(channel, stop=stop)
