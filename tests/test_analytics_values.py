@@ -396,3 +396,39 @@ def test_a_date_group_column_stored_as_date_or_timestamp_matches_its_date_domain
     assert got["SUM(x)"].tolist()[:2] == want["sum(x)"].tolist()
     assert got.attrs["outside_domain"] == 20  # the NULL days, in no group
     assert got.attrs["suppressed"] == [("not a day",)]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_distinct_values_and_top_k_read_a_day_alike_stored_as_date_or_timestamp(
+    tmp_path: Path, secure: bool
+) -> None:
+    # pandas keeps dates as datetime64 (a TIMESTAMP at the site, '2024-01-01 00:00:00'),
+    # a CSV holds them as DATE ('2024-01-01'): the 30 days counted as 60 distinct
+    # values, and a day's records were split between its two texts in the top k
+    days = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(120) % 30, unit="D")
+    stamps = pd.DataFrame({"day": days.where(np.arange(120) % 30 != 5)})  # day 5 is NULL
+    stamps.to_csv(tmp_path / "dates.csv", index=False)
+    evening = pd.DataFrame({"day": [pd.Timestamp("2024-01-02 18:30:00")] * 3})
+    policy = Policy(distinct=["day"], min_group_size=1)
+    sites = [
+        Site({"t": stamps}, policy, name="timestamps"),
+        Site({"t": str(tmp_path / "dates.csv")}, policy, name="dates"),
+        Site({"t": evening}, policy, name="evening"),  # another time of a day: its own value
+    ]
+    assert "TIMESTAMP" in sites[0]._columns["t"]["day"]
+    assert sites[1]._columns["t"]["day"] == "DATE"
+    sql = "SELECT APPROX_COUNT_DISTINCT(day), APPROX_TOP_K(day, 2) FROM t"
+    got = query(sites, sql, secure=secure)
+    pooled = pd.concat([stamps, stamps, evening], ignore_index=True)
+    con = duckdb.connect()
+    con.register("p", pooled)
+    want = con.execute(
+        "SELECT COUNT(DISTINCT CAST(day AS DATE)) FILTER (WHERE day = CAST(day AS DATE)) "
+        "+ COUNT(DISTINCT day) FILTER (WHERE day <> CAST(day AS DATE)), "
+        "COUNT(*) FILTER (WHERE day = DATE '2024-01-01') FROM p"
+    ).fetchone()
+    assert want == (30, 8)
+    assert got["APPROX_COUNT_DISTINCT(day)"].iloc[0] == pytest.approx(want[0], rel=0.01)
+    # shown as a DATE reads (a day's midnight is the day); 18:30 is not that day
+    assert sorted(got["APPROX_TOP_K(day, 2)"].iloc[0]) == ["2024-01-01", "2024-01-02"]
+    assert got.attrs["precision"]["APPROX_TOP_K(day, 2)"]["counts"] == [[want[1]] * 2]

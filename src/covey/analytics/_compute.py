@@ -12,7 +12,6 @@ bin edges) travel as query parameters.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from covey.analytics._coltext import DATETIME, instant, key, text_of
 from covey.analytics._readers import clip_columns, readers_of, reads_columns, support_expr
 from covey.analytics._sorted import Memo, SortedValues
 from covey.analytics._sqltext import fold
@@ -61,65 +61,6 @@ def utf8_prefix(text: str, limit: int) -> bytes:
     return raw[:cut]
 
 
-_FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
-_WHOLE = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
-_NUMERIC = (*_WHOLE, *("U" + t for t in _WHOLE), *_FRACTIONAL, "BOOLEAN")
-_DATETIME = ("DATE", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "DATETIME")
-
-
-def _key(value: Any, kind: str = "") -> str:
-    """A domain value as the text :func:`_text` gives the column's values at this site.
-
-    A boolean reads as 1 or 0 in a BOOLEAN or numeric column (a flag stored as
-    INTEGER, as SQLite stores every boolean, is the same flag) and as 'true' or
-    'false' in any other (text). In a BOOLEAN column the texts 'true' and 'false'
-    read as 1 and 0 too, as DuckDB prints the column's values.
-    """
-    if isinstance(value, str) and kind.upper() == "BOOLEAN":
-        value = {"true": True, "false": False}.get(value.lower(), value)
-    if isinstance(value, bool):
-        if kind.upper().startswith(_NUMERIC):
-            return "1" if value else "0"
-        return "true" if value else "false"
-    return str(value)
-
-
-def _instant(value: Any) -> datetime.datetime | None:
-    """A DATE or TIMESTAMP column's domain value as the instant it names (None: none).
-
-    ``'2024-01-31'`` is that day's midnight, whether a site stores it as DATE or as
-    TIMESTAMP (pandas' datetime64), whose texts differ (``2024-01-31 00:00:00``).
-    """
-    try:
-        got = datetime.datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return got if got.tzinfo is None else None
-
-
-def _text(col: str, kind: str, *, numbers: bool = False) -> str:
-    """A DuckDB expression of a group column's value as the text of its domain's values.
-
-    A whole number in a FLOAT, DOUBLE or DECIMAL column (an integer column with a
-    NULL comes from pandas as float64) reads as the integer it is ('1', not '1.0'
-    nor '1.00'), as an integer in the domain does. With ``numbers`` (the values
-    counted by ``APPROX_COUNT_DISTINCT`` and ``APPROX_TOP_K``) another number
-    reads as its DOUBLE does ('1.5', not '1.50'), so that one value is one text at
-    every site, whichever numeric type its column has there. A BOOLEAN reads as
-    the number it stands for, '1' or '0', as an INTEGER column of flags does.
-    """
-    if kind.upper() == "BOOLEAN":
-        return f"CAST(CAST({quote(col)} AS INTEGER) AS VARCHAR)"
-    text = f"CAST({quote(col)} AS VARCHAR)"
-    if not kind.upper().startswith(_FRACTIONAL):
-        return text
-    value = f"CAST({quote(col)} AS DOUBLE)"
-    if numbers:
-        text = f"CAST({value} AS VARCHAR)"
-    whole = f"isfinite({value}) AND {value} = trunc({value}) AND abs({value}) < 1e30"
-    return f"CASE WHEN {whole} THEN CAST(CAST({value} AS HUGEINT) AS VARCHAR) ELSE {text} END"
-
-
 def _group_index(
     group_by: Sequence[str], domains: Mapping[str, Sequence[Any]], types: Mapping[str, str]
 ) -> tuple[str, list[Any], int]:
@@ -133,13 +74,13 @@ def _group_index(
     # parameters are numbered in group_by order: the last column is $len(group_by)
     for number, col in reversed(list(enumerate(group_by, start=1))):
         kind = kinds.get(fold(col), "")
-        if kind.upper() in _DATETIME:  # one instant, however the site stores it
-            params.insert(0, [_instant(v) for v in domains[col]])
+        if kind.upper() in DATETIME:  # one instant, however the site stores it
+            params.insert(0, [instant(v) for v in domains[col]])
             at = f"list_position(${number}, CAST({quote(col)} AS TIMESTAMP))"
             at = f"CASE WHEN {quote(col)} IS NOT NULL THEN {at} END"  # a NULL is no None
         else:
-            params.insert(0, [_key(v, kind) for v in domains[col]])
-            at = f"list_position(${number}, {_text(col, kind)})"
+            params.insert(0, [key(v, kind) for v in domains[col]])
+            at = f"list_position(${number}, {text_of(col, kind)})"
         terms.append(f"({at} - 1) * {stride}")
         stride *= len(domains[col])
     return " + ".join(terms), params, stride
@@ -183,7 +124,7 @@ class _Stage:
 
     def text(self, col: str) -> str:
         """The column's values as text, one text per number whatever its type here."""
-        return _text(col, self.kinds.get(fold(col), ""), numbers=True)
+        return text_of(col, self.kinds.get(fold(col), ""), numbers=True)
 
     def rows(
         self, select: str, extra: Sequence[Any] = (), group: str = "__g", *, outside: bool = False
