@@ -92,10 +92,13 @@ def demo(
     from covey.cli._demo import DemoConfig, SplitError, demo_split, plot_history
     from covey.cli._model import not_saved, save_model
     from covey.cli._runs import endings, print_table, round_table
+    from covey.core._messages import MAX_ROUNDS
     from covey.data import load_digits
     from covey.deploy._cli_errors import fail, output_file
     from covey.sim._start import start_method_refusal
 
+    if rounds > MAX_ROUNDS:  # refused before the run starts, as a usage error
+        fail(f"--rounds {rounds}: at most {MAX_ROUNDS:,} rounds")
     if backend not in ("inline", "process", "ray"):
         fail(f"--backend {backend}: choose inline, process or ray")
     why = start_method_refusal(start_method, backend, "--backend process")

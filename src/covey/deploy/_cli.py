@@ -354,7 +354,10 @@ def server_command(
     certs: Annotated[
         Path | None, typer.Option(help="Federation folder from `covey certs init`.")
     ] = None,
-    insecure: Annotated[bool, typer.Option(help="Serve without TLS (local tests only).")] = False,
+    insecure: Annotated[
+        bool | None,
+        typer.Option("--insecure/--no-insecure", help="Serve without TLS (local tests only)."),
+    ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Where the run state is kept.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Resume the run kept in this folder.")] = None,
     round_timeout: Annotated[
@@ -413,7 +416,7 @@ def server_command(
     scheme = compression_spec(_pick(compression, s, "compression", None))
     resume_dir = _path(_pick(resume, s, "resume", None))
     server_app = _server_app(_pick(app, s, "app", None), resume_dir)
-    insecure = insecure or bool(s.get("insecure", False))
+    insecure = bool(_pick(insecure, s, "insecure", False))  # --no-insecure wins over the file
     certs_dir, tls = _security(_path(_pick(certs, s, "certs", None)), insecure)
     given = _path(_pick(run_dir, s, "run_dir", None))
     listen_at = _listen_address(_pick(address, s, "address", None))  # before a folder is made

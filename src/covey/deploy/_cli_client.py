@@ -149,7 +149,9 @@ def client_command(
     ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
     cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option(help="Client private key (PEM).")] = None,
-    insecure: Annotated[bool, typer.Option(help="Connect without TLS.")] = False,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure/--no-insecure", help="Connect without TLS.")
+    ] = None,
     server_name: ServerName = None,
     max_attempts: Annotated[
         int | None, typer.Option(help="Give up after this many failed attempts.")
@@ -193,7 +195,7 @@ def client_command(
     if why is not None:  # no restart mends it: 2, before anything is loaded or dialled
         fail(f"--name {str(the_name)[:60]!r}: {why}")
     client = _make_client(app_spec, the_cid)
-    insecure = insecure or bool(s.get("insecure", False))
+    insecure = bool(_pick(insecure, s, "insecure", False))  # --no-insecure wins over the file
     flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
     flags["server_name"] = _pick(server_name, s, "server_name", None)
     leave = Leaving(

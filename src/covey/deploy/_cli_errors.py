@@ -142,16 +142,14 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
     """
     if config is None:
         return {}
-    try:
-        data = tomllib.loads(config.read_text(encoding="utf-8"))
-    except OSError as exc:
-        fail(f"--config {config}: cannot read it ({exc.strerror or exc})")
-    except tomllib.TOMLDecodeError as exc:
-        fail(f"--config {config}: not valid TOML ({exc})")
+    data = _read_toml(config)
     table = data.get(section, data)
     if not isinstance(table, dict):
         fail(f"--config {config}: [{section}] must be a table of settings")
     others = {"server", "client"} - {section}
+    if table is not data:  # a setting or a table beside [server] would be passed over
+        beside = {k: v for k, v in data.items() if k not in others | {section}}
+        _nothing_beside(config, section, beside)
     settings = {
         k.replace("-", "_"): v
         for k, v in table.items()
@@ -187,6 +185,51 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
                 f'in quotes, e.g. {key} = "{value}"'
             )
     return settings
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest ``--config`` file read: a settings file is a few lines (not ``/dev/zero``)."""
+
+
+def _read_toml(config: Path) -> dict[str, Any]:
+    """The TOML table of the ``--config`` file, or fail naming what is wrong with the file."""
+    try:
+        with open(config, "rb") as f:  # a pipe (`--config <(...)`) is read as a file is
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        fail(f"--config {config}: cannot read it ({exc.strerror or exc})")
+    if len(raw) > MAX_CONFIG_BYTES:
+        fail(
+            f"--config {config}: larger than {MAX_CONFIG_BYTES:,} bytes; give the TOML file of "
+            "the command's settings"
+        )
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        fail(
+            f"--config {config}: not a TOML file (byte {exc.start} is not UTF-8 text); give the "
+            "TOML file of the command's settings"
+        )
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"--config {config}: not valid TOML ({exc})")
+
+
+def _nothing_beside(config: Path, section: str, beside: dict[str, Any]) -> None:
+    """Fail naming the settings and tables found beside ``[section]``, if any.
+
+    ``rounds = 5`` above ``[server]`` (or a ``[sevrer]`` table after it) was
+    passed over, so that the run went on with the default.
+    """
+    if not beside:
+        return
+    tables = [f"[{k}]" for k, v in beside.items() if isinstance(v, dict)]
+    keys = [k for k, v in beside.items() if not isinstance(v, dict)]
+    said = []
+    if keys:
+        said.append(f"setting{'s' if len(keys) > 1 else ''} {', '.join(keys)} above [{section}]")
+    if tables:
+        said.append(f"unknown table{'s' if len(tables) > 1 else ''} {', '.join(tables)}")
+    fail(f"--config {config}: {' and '.join(said)}; the settings go under [{section}]")
 
 
 _SWITCHES = {"insecure", "plot", "verbose"}

@@ -1,0 +1,117 @@
+"""A ``--config`` file is read as the flags are: every mistake in it is named, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from covey.cli import app
+from covey.core._messages import MAX_ROUNDS
+
+MAX_CONFIG_BYTES = 1 << 20  # covey.deploy._cli_errors.MAX_CONFIG_BYTES
+
+APPS = Path(__file__).parent / "apps"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(APPS))
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+def covey(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["server", "client"])
+def test_a_file_that_is_not_text_is_named(tmp_path: Path, command: str) -> None:
+    # It ended in "error: UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff", exit 1.
+    (tmp_path / "settings.toml").write_bytes(b"\xff\xfe[server]\n")
+    code, out = covey(command, "--config", "settings.toml")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --config settings.toml: not a TOML file (byte 0 is not UTF-8 text); give the "
+        "TOML file of the command's settings"
+    )
+
+
+def test_a_file_too_large_for_settings_is_refused_unread(tmp_path: Path) -> None:
+    # It was read whole: `--config /dev/zero` filled the memory.
+    (tmp_path / "big.toml").write_text("#" * MAX_CONFIG_BYTES + "\n[server]\n")
+    code, out = covey("server", "--config", "big.toml")
+    assert code == 2, out
+    assert last_line(out) == (
+        f"error: --config big.toml: larger than {MAX_CONFIG_BYTES:,} bytes; give the TOML file "
+        "of the command's settings"
+    )
+
+
+def test_a_setting_above_the_table_is_named(tmp_path: Path) -> None:
+    # rounds = 0 above [server] was passed over: the app's own rounds ran.
+    (tmp_path / "server.toml").write_text('rounds = 0\n[server]\napp = "digits_app:server_app"\n')
+    code, out = covey("server", "--config", "server.toml", "--insecure")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --config server.toml: setting rounds above [server]; the settings go under [server]"
+    )
+
+
+def test_a_misspelled_table_beside_the_right_one_is_named(tmp_path: Path) -> None:
+    # [sevrer] was passed over whenever the file had a [server] table too.
+    (tmp_path / "fed.toml").write_text(
+        '[server]\napp = "digits_app:server_app"\n[sevrer]\nrounds = 0\n[client]\ncid = 1\n'
+    )
+    code, out = covey("server", "--config", "fed.toml", "--insecure")
+    assert code == 2, out
+    assert last_line(out) == (
+        "error: --config fed.toml: unknown table [sevrer]; the settings go under [server]"
+    )
+
+
+def test_one_file_holds_the_server_and_the_client_settings(tmp_path: Path) -> None:
+    (tmp_path / "fed.toml").write_text(
+        '[server]\napp = "digits_app:client_fn"\n[client]\ncid = 1\n'
+    )
+    code, out = covey("server", "--config", "fed.toml", "--insecure")
+    assert code == 2, out
+    assert "error: --app digits_app:client_fn is a function taking arguments" in out
+
+
+@pytest.mark.parametrize(
+    ("command", "settings"),
+    [
+        ("server", '[server]\napp = "digits_app:server_app"\ninsecure = true\n'),
+        (
+            "client",
+            '[client]\napp = "digits_app:client_fn"\ncid = 0\nserver = "127.0.0.1:1"\n'
+            "insecure = true\n",
+        ),
+    ],
+)
+def test_no_insecure_on_the_command_line_overrides_the_file(
+    tmp_path: Path, command: str, settings: str
+) -> None:
+    # --no-insecure was taken as no flag at all: the file's insecure = true served without TLS.
+    (tmp_path / "fed.toml").write_text(settings)
+    # Served or dialled (as before), it ends at once: no round to run, one attempt.
+    at_once = ["--rounds", "0", "--address", "127.0.0.1:0"] if command == "server" else []
+    at_once += ["--max-attempts", "1"] if command == "client" else []
+    code, out = covey(command, "--config", "fed.toml", "--no-insecure", *at_once)
+    assert code == 2, out
+    assert last_line(out).startswith("error: no --certs: give --certs DIR")
+
+
+def test_demo_rounds_beyond_the_most_are_a_usage_error(tmp_path: Path) -> None:
+    # It printed the demo's header, then "error: ValueError: rounds must be ..." with exit 1.
+    code, out = covey("demo", "--rounds", str(MAX_ROUNDS + 1))
+    assert code == 2, out
+    assert last_line(out) == f"error: --rounds {MAX_ROUNDS + 1}: at most {MAX_ROUNDS:,} rounds"
+    assert not (tmp_path / "runs").exists()
