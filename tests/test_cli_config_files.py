@@ -115,3 +115,14 @@ def test_demo_rounds_beyond_the_most_are_a_usage_error(tmp_path: Path) -> None:
     assert code == 2, out
     assert last_line(out) == f"error: --rounds {MAX_ROUNDS + 1}: at most {MAX_ROUNDS:,} rounds"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_project_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    # `covey run` ended in "error: UnicodeDecodeError: ..." with exit status 1.
+    (tmp_path / "pyproject.toml").write_bytes(b"\xff\xfe[tool.covey]\n")
+    code, out = covey("run")
+    assert code == 2, out
+    assert " ".join(out.split()) == (
+        f"error: {tmp_path / 'pyproject.toml'}: cannot read it (byte 0 is not UTF-8 text); a "
+        "TOML file is UTF-8"
+    )

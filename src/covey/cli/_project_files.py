@@ -88,6 +88,8 @@ def read_project(project: Path) -> dict[str, Any]:
         fail(f"no pyproject.toml in {project}{where}")
     except (OSError, tomllib.TOMLDecodeError) as exc:
         fail(f"{path}: cannot read it ({exc})")
+    except UnicodeDecodeError as exc:  # a binary file, another encoding: a mistake, exit 2
+        fail(f"{path}: cannot read it (byte {exc.start} is not UTF-8 text); a TOML file is UTF-8")
     table = data.get("tool", {}).get("covey")
     if not isinstance(table, dict):
         fail(f"{path} has no [tool.covey] table; see a project made by `covey new NAME`")
