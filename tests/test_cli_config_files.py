@@ -126,3 +126,11 @@ def test_a_project_file_that_is_not_text_is_named(tmp_path: Path) -> None:
         f"error: {tmp_path / 'pyproject.toml'}: cannot read it (byte 0 is not UTF-8 text); a "
         "TOML file is UTF-8"
     )
+
+
+def test_the_resume_command_gives_a_huge_deadline_as_written() -> None:
+    # --wait-timeout 1e300 was repeated as its 301 digits.
+    from covey.deploy._cli_resume import resume_hint
+
+    hint = resume_hint(Path("run"), insecure=True, timing={"wait_timeout": 1e300, "heartbeat": 5})
+    assert hint == "covey server --resume run --insecure --wait-timeout 1e+300 --heartbeat 5"

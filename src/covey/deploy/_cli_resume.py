@@ -114,6 +114,8 @@ def resume_hint(
         parts.append(f"--data-port {data_port}")
     for key, value in (timing or {}).items():
         if value is not None and not (key == "round_retries" and value == 0):
-            exact = str(int(value)) if float(value).is_integer() else repr(float(value))
+            # 600 as 600, 1e300 as 1e+300 (not its 301 digits), 0.5 as 0.5
+            whole = float(value).is_integer() and abs(value) < 1e15
+            exact = str(int(value)) if whole else repr(float(value))
             parts.append(f"--{key.replace('_', '-')} {exact}")
     return " ".join(p for p in parts if p)
