@@ -134,3 +134,12 @@ def test_the_resume_command_gives_a_huge_deadline_as_written() -> None:
 
     hint = resume_hint(Path("run"), insecure=True, timing={"wait_timeout": 1e300, "heartbeat": 5})
     assert hint == "covey server --resume run --insecure --wait-timeout 1e+300 --heartbeat 5"
+
+
+def test_the_demo_says_how_many_clients_a_round_takes_below_two() -> None:
+    # --fraction 0 printed "with 0% of clients per round", and each round trained two.
+    code, out = covey("demo", "--fraction", "0", "--rounds", "0", "--no-plot", "--run-dir", "d")
+    assert code == 0, out
+    assert "with 2 of the 100 clients (the fewest; --fraction 0 gives fewer) per round" in (
+        " ".join(out.split())
+    )

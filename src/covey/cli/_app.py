@@ -131,8 +131,8 @@ def demo(
     run_dir = _demo_run_dir(run_dir)
     console.print(
         f"[bold]covey demo[/]: {clients} clients, Dirichlet({alpha}) label skew on digits, "
-        f"NumPy logistic regression, {rounds} rounds of FedAvg with {fraction:.0%} of clients "
-        f"per round ({backend} backend)"
+        f"NumPy logistic regression, {rounds} rounds of FedAvg with "
+        f"{_per_round(clients, fraction)} per round ({backend} backend)"
     )
     result = _run_demo(config, run_dir, out)
     print_table(round_table(result.history), console)
@@ -157,6 +157,13 @@ def demo(
         console.print(f"[red]error:[/] {escape(said)}", soft_wrap=True)
         raise typer.Exit(1)
     console.print(escape(f"model: {out} (after round {final.round})"), soft_wrap=True)
+
+
+def _per_round(clients: int, fraction: float) -> str:
+    """The demo's clients per round in words: ``10% of clients``, or the two it takes at least."""
+    if math.floor(clients * fraction) < 2:  # --fraction 0 trained two clients a round, not 0%
+        return f"2 of the {clients} clients (the fewest; --fraction {fraction:g} gives fewer)"
+    return f"{fraction:.0%} of clients"
 
 
 def _demo_run_dir(run_dir: Path | None) -> Path:
