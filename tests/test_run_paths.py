@@ -212,6 +212,41 @@ def test_the_resume_command_keeps_the_deadlines_the_run_folder_does_not(
     assert "--round-timeout" not in hint
 
 
+def test_the_resume_command_repeats_a_tls_choice_the_command_line_made_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    from covey.deploy import _cli
+
+    # The file says insecure = true and the command line --no-insecure --certs: the
+    # resume command repeated --config alone, and the resumed server went without TLS.
+    seen: dict[str, Any] = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    monkeypatch.setattr(_cli, "_serve", lambda app, s, flags: seen.update(flags))
+    made = CliRunner().invoke(app, ["certs", "init", "--dir", "fed"])
+    assert made.exit_code == 0, made.output
+    (tmp_path / "server.toml").write_text("[server]\ninsecure = true\n")
+    base = ["server", "--app", "tiny_app:server_app", "--config", "server.toml"]
+    result = CliRunner().invoke(app, [*base, "--no-insecure", "--certs", "fed", "--run-dir", "a"])
+    assert result.exit_code == 0, result.output
+    assert seen["tls"] is not None
+    hint = shlex.split(seen["resume_hint"])
+    assert hint[hint.index("--no-insecure") : hint.index("--no-insecure") + 3] == [
+        *("--no-insecure", "--certs", "fed"),
+    ]
+    seen.clear()  # the file's own choice is read from it again: not repeated
+    result = CliRunner().invoke(app, [*base, "--run-dir", "b"])
+    assert result.exit_code == 0, result.output
+    assert seen["tls"] is None
+    assert "insecure" not in seen["resume_hint"]
+    seen.clear()
+    result = CliRunner().invoke(app, [*base, "--insecure", "--run-dir", "c"])
+    assert result.exit_code == 0, result.output
+    assert "--insecure" in shlex.split(seen["resume_hint"])
+
+
 def test_a_covey_run_folder_moved_out_of_its_project_is_resumed_with_covey_run(
     tmp_path: Path,
 ) -> None:

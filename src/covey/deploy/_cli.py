@@ -416,6 +416,7 @@ def server_command(
     scheme = compression_spec(_pick(compression, s, "compression", None))
     resume_dir = _path(_pick(resume, s, "resume", None))
     server_app = _server_app(_pick(app, s, "app", None), resume_dir)
+    tls_given = certs is not None or insecure is not None  # on the command line
     insecure = bool(_pick(insecure, s, "insecure", False))  # --no-insecure wins over the file
     certs_dir, tls = _security(_path(_pick(certs, s, "certs", None)), insecure)
     given = _path(_pick(run_dir, s, "run_dir", None))
@@ -457,6 +458,7 @@ def server_command(
         config=config,
         certs=certs_dir,
         insecure=insecure,
+        tls_given=tls_given,
         rounds=flags["rounds"],
         keep_last=flags["keep_last"],
         max_clients=None if flags["max_clients"] == 1000 else flags["max_clients"],

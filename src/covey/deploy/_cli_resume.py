@@ -82,6 +82,7 @@ def resume_hint(
     config: Path | None = None,
     certs: Path | None = None,
     insecure: bool = False,
+    tls_given: bool = False,
     rounds: int | None = None,
     keep_last: int | None = None,
     max_clients: int | None = None,
@@ -92,7 +93,10 @@ def resume_hint(
 
     ``timing`` holds the settings the run folder does not keep (``round_timeout``,
     ``round_retries``, ``wait_timeout``, ``heartbeat``): each one given is repeated,
-    so the resumed server keeps the deadlines of the one it continues.
+    so the resumed server keeps the deadlines of the one it continues. With a
+    ``config`` file, read again on resume, the TLS choice is repeated only if the
+    command line made it (``tls_given``), and then in full: ``--no-insecure`` beside
+    ``--certs``, so that a file saying ``insecure = true`` does not win on resume.
 
     Paths are quoted for a POSIX shell (a folder named ``my run`` gives
     ``--resume 'my run'``), so the command can be pasted as it is.
@@ -104,6 +108,8 @@ def resume_hint(
         parts.append(f"--app {quote(app)}")
     if config is None:
         parts.append("--insecure" if insecure else f"--certs {quote(str(certs))}" if certs else "")
+    elif tls_given:
+        parts.append("--insecure" if insecure else f"--no-insecure --certs {quote(str(certs))}")
     if rounds is not None:
         parts.append(f"--rounds {rounds}")
     if keep_last is not None:  # else the resumed run keeps every round's file again
