@@ -633,7 +633,9 @@ def test_a_failed_simulation_says_how_to_continue_it_as_runs_show_does(tmp_path:
     from covey.dashboard._runs import summary
 
     note = summary(read_run("failed", run_dir))["note"]
-    assert note.startswith("RuntimeError: <b>diverged</b>; continue it after its last complete")
+    assert note.startswith("RuntimeError: <b>diverged</b> (raised by evaluate_fn ")
+    assert ".central in round 2)" in note
+    assert "; continue it after its last complete" in note
     assert f"run_dir={str(run_dir)!r}, resume=True" in note
     shown = CliRunner().invoke(app, ["runs", "show", str(run_dir)], env={"COLUMNS": "400"})
     assert f"failed: {note}" in " ".join(shown.output.split())
