@@ -143,3 +143,26 @@ def test_the_demo_says_how_many_clients_a_round_takes_below_two() -> None:
     assert "with 2 of the 100 clients (the fewest; --fraction 0 gives fewer) per round" in (
         " ".join(out.split())
     )
+
+
+def test_a_policy_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    # It ended in "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff", exit 1.
+    (tmp_path / "policy.toml").write_bytes(b"\xff\xfe[policy]\n")
+    code, out = covey(
+        "site", "--table", "t=t.csv", "--server", "127.0.0.1:1", "--policy", "policy.toml"
+    )
+    assert code == 2, out
+    said = " ".join(out.replace("│", " ").split())
+    assert "policy.toml: not a TOML file (byte 0 is not UTF-8 text)" in said, out
+    assert "UnicodeDecodeError" not in out
+
+
+def test_a_policy_file_too_large_is_refused_unread(tmp_path: Path) -> None:
+    # It was read whole: `--policy /dev/zero` filled the memory.
+    (tmp_path / "big.toml").write_text("#" * MAX_CONFIG_BYTES + "\n[policy]\n")
+    code, out = covey(
+        "site", "--table", "t=t.csv", "--server", "127.0.0.1:1", "--policy", "big.toml"
+    )
+    assert code == 2, out
+    said = " ".join(out.replace("│", " ").split())
+    assert f"big.toml: larger than {MAX_CONFIG_BYTES:,} bytes" in said, out

@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import threading
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +24,7 @@ from rich.text import Text
 
 from covey.core._files import hold_lock, write_output
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
+from covey.deploy._cli_errors import TomlFileError, read_toml_file
 from covey.deploy._cli_options import ServerName
 from covey.deploy._cli_tables import output_console
 from covey.deploy._leave import LEAVE_GRACE, Leaving, leaving
@@ -51,9 +51,9 @@ def load_policy(path: Path | None) -> Any:
     if path is None:
         return None
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--policy") from None
+        data = read_toml_file(path, "the TOML file of the site's [policy]")
+    except TomlFileError as exc:  # a binary file or /dev/zero: named, not read whole
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--policy") from None
     table = data.get("policy")
     if not isinstance(table, dict):
         # an empty or cut file read as Policy() would open every column

@@ -188,30 +188,48 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
 
 
 MAX_CONFIG_BYTES = 1 << 20
-"""The largest ``--config`` file read: a settings file is a few lines (not ``/dev/zero``)."""
+"""The largest ``--config`` or ``--policy`` file read: a few lines (not ``/dev/zero``)."""
+
+
+class TomlFileError(ValueError):
+    """A file given for TOML settings is unreadable, too large, not text or not TOML."""
+
+
+def read_toml_file(path: Path, wanted: str) -> dict[str, Any]:
+    """The TOML table of the file at ``path``, read up to :data:`MAX_CONFIG_BYTES`.
+
+    Args:
+        path: The file (a pipe such as ``<(...)`` is read as a file is).
+        wanted: What the file should be, e.g. ``"the TOML file of the command's settings"``,
+            said after a file too large or not text.
+
+    Raises:
+        TomlFileError: Naming what is wrong with the file, without its path (the caller
+            puts the flag and the path before it).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise TomlFileError(f"cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise TomlFileError(f"larger than {MAX_CONFIG_BYTES:,} bytes; give {wanted}")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TomlFileError(
+            f"not a TOML file (byte {exc.start} is not UTF-8 text); give {wanted}"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TomlFileError(f"not valid TOML ({exc})") from None
 
 
 def _read_toml(config: Path) -> dict[str, Any]:
     """The TOML table of the ``--config`` file, or fail naming what is wrong with the file."""
     try:
-        with open(config, "rb") as f:  # a pipe (`--config <(...)`) is read as a file is
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        fail(f"--config {config}: cannot read it ({exc.strerror or exc})")
-    if len(raw) > MAX_CONFIG_BYTES:
-        fail(
-            f"--config {config}: larger than {MAX_CONFIG_BYTES:,} bytes; give the TOML file of "
-            "the command's settings"
-        )
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        fail(
-            f"--config {config}: not a TOML file (byte {exc.start} is not UTF-8 text); give the "
-            "TOML file of the command's settings"
-        )
-    except tomllib.TOMLDecodeError as exc:
-        fail(f"--config {config}: not valid TOML ({exc})")
+        return read_toml_file(config, "the TOML file of the command's settings")
+    except TomlFileError as exc:
+        fail(f"--config {config}: {exc}")
 
 
 def _nothing_beside(config: Path, section: str, beside: dict[str, Any]) -> None:
