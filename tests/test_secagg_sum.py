@@ -288,6 +288,9 @@ def test_the_default_threat_model_survives_fifteen_percent_dropping() -> None:
     ("options", "said"),
     [
         ({"threat": "curious"}, "threat must be a covey.secagg.ThreatModel or None, got 'curious'"),
+        ({"round": True}, "round must be a whole number >= 0, got True"),
+        ({"round": -1}, "round must be a whole number >= 0, got -1"),
+        ({"round": 1.5}, "round must be a whole number >= 0, got 1.5"),
         ({"noise": "gaussian"}, "noise must be a covey.secagg.Noise or None, got 'gaussian'"),
         ({"noise_entries": -1}, "noise_entries must be a whole number >= 0 and <= 50"),
         ({"noise_entries": 51}, "noise_entries must be a whole number >= 0 and <= 50"),
@@ -316,10 +319,9 @@ def test_options_of_the_wrong_kind_are_refused_before_anything_is_sent(
         secure_sum(
             transport,
             list(sites),
-            round=1,
             input_kind="test.vector",
             length=50,
             bound=1000,
-            **options,  # type: ignore[arg-type]
+            **{"round": 1, **options},  # type: ignore[arg-type]
         )
     assert handled == []

@@ -180,14 +180,18 @@ def _setup_payload(s: cs.Setup) -> dict[str, Any]:
     }
 
 
-def _checked_sizes(length: Any, bound: Any, timeout: Any) -> tuple[int, int]:
-    """``length`` and ``bound`` as ints; a ValueError naming any of the three that is not valid."""
-    for name, value in (("length", length), ("bound", bound)):
+def _checked_sizes(round: Any, length: Any, bound: Any, timeout: Any) -> tuple[int, int, int]:
+    """``round``, ``length`` and ``bound`` as ints; a ValueError naming any that is not valid.
+
+    ``round=True`` (a bool is an int to Python) went out as round 1, and ``round=-1``
+    as a round no loop runs.
+    """
+    for name, value in (("round", round), ("length", length), ("bound", bound)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     if timeout is not None and not (real(timeout) and 0 < timeout < math.inf):
         raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout!r}")
-    return int(length), int(bound)
+    return int(round), int(length), int(bound)
 
 
 def secure_sum(
@@ -262,7 +266,7 @@ def secure_sum(
         SecAggAbort: When too few clients remain to finish without revealing anything.
     """
     cid_list = sorted(int(c) for c in cids)
-    length, bound = _checked_sizes(length, bound, timeout)
+    round, length, bound = _checked_sizes(round, length, bound, timeout)
     sizes = (length, noise_entries, min_survivors, seed)
     check_sum_options(sizes, threat, noise, complete, signed, directory)
     total_bound = bound + (noise.tail_bound if noise is not None else 0)
