@@ -207,6 +207,14 @@ def test_an_actor_is_not_handed_many_copies_of_a_large_model_in_one_call(
             r"client resource 'accel' is 5e-05, .* at least 0.0001",
         ),
         (
+            {"client_resources": {"memory": 0.5}},
+            r"client resource 'memory' is 0.5: Ray's memory is in bytes, a whole number",
+        ),
+        (
+            {"client_resources": {"g": {"memory": 1.5e9 + 0.25}}, "client_group": lambda c: "g"},
+            r"client resource 'memory' is 1500000000.25: Ray's memory is in bytes",
+        ),
+        (
             {"client_resources": {"object_store_memory": 10**8}},
             r"'object_store_memory' is not one a Ray actor can hold: ask for 'memory'",
         ),
@@ -558,3 +566,32 @@ def test_covey_run_on_ray_trains_the_project_as_inline_does(tmp_path: Any) -> No
     assert models["ray"].keys() == models["inline"].keys()
     for name, array in models["inline"].items():
         np.testing.assert_array_equal(models["ray"][name], array)
+
+
+def test_memory_is_asked_for_in_whole_bytes() -> None:
+    from covey.sim._rayplan import ray_need
+
+    assert ray_need({"memory": 2 * 1024**3, "num_cpus": 0.5}) == {"memory": 2**31, "CPU": 0.5}
+    assert ray_need({"memory": 1e9}) == {"memory": 1e9}  # a whole number written as a float
+    assert ray_need({"memory": 0}) == {"memory": 0.0}  # none asked for, as for any resource
+    with pytest.raises(ValueError, match=r"'memory' is 0.5: Ray's memory is in bytes"):
+        ray_need({"memory": 0.5})
+    with pytest.raises(ValueError, match=r"'memory' must be a finite number >= 0, got -1"):
+        ray_need({"memory": -1})
+
+
+def test_a_group_not_in_client_resources_is_shown_as_client_group_returned_it() -> None:
+    # It said "client_group(3) is '1'", as if the group '1' were missing: 1 was returned.
+    transport = RayTransport.__new__(RayTransport)  # the lookup alone, without a Ray
+    transport._spec = {"1": ({"CPU": 1.0}, 2), "b": ({"CPU": 1.0}, 1)}
+    transport._group_of = lambda cid: 1 if cid == 3 else "c"  # type: ignore[assignment, return-value]
+    assert transport._home(3) == ("1", 1)  # a key 1 of client_resources is the group "1"
+    with pytest.raises(ValueError, match=r"^client_group\(4\) returned 'c' \(str\), not one of"):
+        transport._home(4)
+    transport._spec = {"a": ({"CPU": 1.0}, 2)}
+    with pytest.raises(
+        ValueError,
+        match=r"^client_group\(3\) returned 1 \(int\), not one of the groups of "
+        r"client_resources \['a'\]$",
+    ):
+        transport._home(3)

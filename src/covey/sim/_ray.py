@@ -278,9 +278,14 @@ class RayTransport:
         return self._clients
 
     def _home(self, cid: int) -> tuple[str, int]:
-        group = "" if self._group_of is None else str(self._group_of(cid))
+        named = None if self._group_of is None else self._group_of(cid)
+        group = "" if self._group_of is None else str(named)
         if group not in self._spec:
-            raise ValueError(f"client_group({cid}) is {group!r}, not one of {sorted(self._spec)}")
+            # the value as returned: 1 shown as '1' read as a group name that was there
+            raise ValueError(
+                f"client_group({cid}) returned {named!r} ({type(named).__name__}), not one of "
+                f"the groups of client_resources {sorted(self._spec)}"
+            )
         return group, cid % self._spec[group][1]
 
     def _publish(self, weights: Weights | None) -> tuple[int, Any, int, tuple[int, ...]]:

@@ -35,6 +35,11 @@ def ray_need(resources: Resources) -> dict[str, float]:
             or not (math.isfinite(value) and value >= 0)  # NaN and inf failed inside Ray
         ):
             raise ValueError(f"client resource {key!r} must be a finite number >= 0, got {value!r}")
+        if _RESOURCE_KEYS.get(key, key) == "memory" and value != int(value):
+            raise ValueError(  # Ray counts it in bytes: 0.5 asked for half a byte
+                f"client resource {key!r} is {value!r}: Ray's memory is in bytes, a whole "
+                f"number of bytes of RAM per client such as {2 * 1024**3} (2 GiB)"
+            )
         if 0 < value < _RESOURCE_STEP:
             raise ValueError(
                 f"client resource {key!r} is {value!r}, less than the smallest amount Ray "
