@@ -60,29 +60,33 @@ def test_strategy_aggregate_by_hand_refuses_a_dropped_naming_another_client() ->
     np.testing.assert_array_equal(kept.aggregate(_init(), results)["b"], [2.0, 2.0])
 
 
-def _dropping_at_end(state: Any, event: Any) -> Any:
-    if isinstance(event, End):
-        return state, (event, Dropped(2, "too late"))
-    return state, (event,)
+def _dropping_at(kind: type) -> Any:
+    def update(state: Any, event: Any) -> Any:
+        if isinstance(event, kind):
+            return state, (event, Dropped(2, "too late"))
+        return state, (event,)
+
+    return update
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_a_dropped_at_end_stops_the_run_naming_it(asynchronous: bool) -> None:
+@pytest.mark.parametrize("kind", [Begin, End])
+def test_a_dropped_at_begin_or_end_stops_the_run_naming_it(kind: type, asynchronous: bool) -> None:
     # Before: the Dropped was ignored, and client 2 counted as a participant.
-    step = chain(Step(lambda params: None, _dropping_at_end), mean())
+    step = chain(Step(lambda params: None, _dropping_at(kind)), mean())
     options: dict[str, Any] = {"buffer_size": 2} if asynchronous else {}
     strategy = covey.Strategy(aggregator=step, fraction_evaluate=0.0, **options)
-    at = "update" if asynchronous else "round"
+    at, name = ("update" if asynchronous else "round"), kind.__name__
     said = (
         rf"{at} 1: aggregation raised TypeError: the aggregation step emitted "
-        rf"Dropped\(cid=2\) at the End of {at} 1, where there is no contribution"
+        rf"Dropped\(cid=2\) at the {name} of {at} 1, where there is no contribution"
     )
     with pytest.raises(covey.FederationError, match=said) as stopped:
         covey.simulate(_Shift, 3, 1, strategy, _init())
     assert isinstance(stopped.value.__cause__, TypeError)
     by_hand = covey.Strategy(aggregator=step)
-    with pytest.raises(TypeError, match=r"Dropped\(cid=2\) at the End of round 1, where"):
-        by_hand.aggregate(_init(), [_Shift(cid).fit(_init(), {}) for cid in range(3)])
+    with pytest.raises(TypeError, match=rf"Dropped\(cid=2\) at the {name} of round 3, where"):
+        by_hand.aggregate(_init(), [_Shift(cid).fit(_init(), {}) for cid in range(3)], round=3)
 
 
 @pytest.mark.parametrize(("why", "error"), [(None, TypeError), (3, TypeError), (" ", ValueError)])
@@ -165,28 +169,3 @@ def test_a_where_predicate_returning_none_leaves_the_client_out() -> None:
     strategy = covey.FedAvg(fraction_evaluate=0.0, min_available_clients=1, where=gpu)
     with pytest.raises(Exception, match="available"):
         covey.simulate(_Shift, 2, 1, strategy, _init())
-
-
-def _dropping_at_begin(state: Any, event: Any) -> Any:
-    if isinstance(event, Begin):
-        return state, (event, Dropped(2, "too late"))
-    return state, (event,)
-
-
-@pytest.mark.parametrize("asynchronous", [False, True])
-def test_a_dropped_at_begin_stops_the_run_naming_it(asynchronous: bool) -> None:
-    # Before: the Dropped was ignored, and client 2 trained and counted as a participant.
-    step = chain(Step(lambda params: None, _dropping_at_begin), mean())
-    options: dict[str, Any] = {"buffer_size": 2} if asynchronous else {}
-    strategy = covey.Strategy(aggregator=step, fraction_evaluate=0.0, **options)
-    at = "update" if asynchronous else "round"
-    said = (
-        rf"{at} 1: aggregation raised TypeError: the aggregation step emitted "
-        rf"Dropped\(cid=2\) at the Begin of {at} 1, where there is no contribution"
-    )
-    with pytest.raises(covey.FederationError, match=said) as stopped:
-        covey.simulate(_Shift, 3, 1, strategy, _init())
-    assert isinstance(stopped.value.__cause__, TypeError)
-    by_hand = covey.Strategy(aggregator=step)
-    with pytest.raises(TypeError, match=r"Dropped\(cid=2\) at the Begin of round 3, where"):
-        by_hand.aggregate(_init(), [_Shift(cid).fit(_init(), {}) for cid in range(3)], round=3)
