@@ -175,19 +175,25 @@ def test_the_resume_command_keeps_keep_last() -> None:
     assert hint == "covey server --resume runs/s --app myfed:server_app --insecure --keep-last 2"
 
 
+@pytest.fixture
+def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The flags ``covey server`` serves with, its run not started, in ``tmp_path``."""
+    from covey.deploy import _cli
+
+    flags: dict[str, Any] = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
+    monkeypatch.setattr(_cli, "_serve", lambda app, s, given: flags.update(given))
+    return flags
+
+
 def test_the_resume_command_keeps_the_deadlines_the_run_folder_does_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, seen: dict[str, Any]
 ) -> None:
     import shlex
 
-    from covey.deploy import _cli
-
     # The run folder keeps no round timeout: a resume pasted without it waited
     # for a paused client for ever, and one without --wait-timeout waited 300 s.
-    seen: dict[str, Any] = {}
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
-    monkeypatch.setattr(_cli, "_serve", lambda app, s, flags: seen.update(flags))
     base = ["server", "--app", "tiny_app:server_app", "--insecure", "--run-dir", "run"]
     timing = ["--round-timeout", "4.5", "--round-retries", "2", "--wait-timeout", "900"]
     result = CliRunner().invoke(app, [*base, *timing, "--heartbeat", "0.25"])
@@ -213,18 +219,12 @@ def test_the_resume_command_keeps_the_deadlines_the_run_folder_does_not(
 
 
 def test_the_resume_command_repeats_a_tls_choice_the_command_line_made_over_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, seen: dict[str, Any]
 ) -> None:
     import shlex
 
-    from covey.deploy import _cli
-
     # The file says insecure = true and the command line --no-insecure --certs: the
     # resume command repeated --config alone, and the resumed server went without TLS.
-    seen: dict[str, Any] = {}
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))
-    monkeypatch.setattr(_cli, "_serve", lambda app, s, flags: seen.update(flags))
     made = CliRunner().invoke(app, ["certs", "init", "--dir", "fed"])
     assert made.exit_code == 0, made.output
     (tmp_path / "server.toml").write_text("[server]\ninsecure = true\n")
