@@ -5,30 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from covey.cli import app
+from _clirun import (
+    covey,
+    in_tmp,  # noqa: F401 - the fixture, used by pytestmark
+    last_line,
+)
 from covey.core._messages import MAX_ROUNDS
 
 MAX_CONFIG_BYTES = 1 << 20  # covey.deploy._cli_errors.MAX_CONFIG_BYTES
 
-APPS = Path(__file__).parent / "apps"
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(APPS))
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-def covey(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
-def last_line(output: str) -> str:
-    return output.strip().splitlines()[-1]
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.mark.parametrize("command", ["server", "client"])

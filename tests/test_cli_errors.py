@@ -8,27 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from covey.cli import app
+from _clirun import (
+    covey,
+    in_tmp,  # noqa: F401 - the fixture, used by pytestmark
+    last_line,
+)
 
-APPS = Path(__file__).parent / "apps"
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(APPS))
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-def covey(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
-def last_line(output: str) -> str:
-    return output.strip().splitlines()[-1]
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def test_a_client_function_given_to_the_server() -> None:
