@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 import covey
-from covey.aggregate import Aggregate, Begin, End, Step
+from covey.aggregate import Aggregate, AggregationError, Begin, Contribution, End, Event, Step
 
 
 class Shift(covey.Client):
@@ -21,6 +21,17 @@ class Shift(covey.Client):
             delta={k: np.full_like(v, self.cid + 1.0) for k, v in weights.items()},
             num_examples=1 + self.cid,
         )
+
+
+def refuse_client(cid: int) -> Step:
+    """A step of one's own refusing ``cid``'s contributions, passing every other event on."""
+
+    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
+        if isinstance(event, Contribution) and event.cid == cid:
+            raise AggregationError(f"client {cid} is not welcome")
+        return state, (event,)
+
+    return Step(lambda params: None, update)
 
 
 def reporting(info: Any, at: type) -> Step:

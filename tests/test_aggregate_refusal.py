@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import covey
+from _steps import refuse_client
 from covey import FitResult
 from covey.aggregate import (
     Aggregate,
@@ -35,17 +36,6 @@ from covey.aggregate._scaffold import CLIENT_DELTA, SERVER_CONTROL
 
 NUM_CLIENTS = 4
 REFUSED = 1
-
-
-def refuse_client(cid: int) -> Step:
-    """A step of one's own refusing ``cid``'s contributions, passing every other event on."""
-
-    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
-        if isinstance(event, Contribution) and event.cid == cid:
-            raise AggregationError(f"client {cid} is not welcome")
-        return state, (event,)
-
-    return Step(lambda params: None, update)
 
 
 class ControlReporter(covey.Client):

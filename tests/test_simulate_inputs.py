@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 
 import covey
+from _steps import refuse_client
 from covey import EvaluateResult, FitResult
 from covey.aggregate import (
-    AggregationError,
-    Contribution,
-    Event,
-    Step,
     chain,
     clip_norm,
     krum,
@@ -420,17 +417,6 @@ class LossReporter(covey.Client):
         loss = float("nan") if self.cid == 1 else 1.0 + self.cid
         new = {k: v + 1 for k, v in weights.items()}
         return FitResult(weights=new, num_examples=1, metrics={"loss": loss})
-
-
-def refuse_client(cid: int) -> Step:
-    """A per-client step refusing ``cid``'s contributions, passing every other event on."""
-
-    def update(state: Any, event: Event) -> tuple[Any, tuple[Event, ...]]:
-        if isinstance(event, Contribution) and event.cid == cid:
-            raise AggregationError(f"client {cid} is not welcome")
-        return state, (event,)
-
-    return Step(lambda params: None, update)
 
 
 def test_a_contribution_the_step_refuses_fails_that_client_only() -> None:
