@@ -10,7 +10,6 @@ goodbye.
 from __future__ import annotations
 
 import logging
-import mmap
 import queue
 import threading
 import time
@@ -42,7 +41,6 @@ from covey.transport.grpc._frames import (
     FrameError,
     control,
     is_chunk,
-    reply_frames,
     server_message,
     welcome_heartbeat_of,
 )
@@ -65,12 +63,12 @@ from covey.transport.grpc._refusal import (
     unanswered,
 )
 from covey.transport.grpc._stream import Buffers
-from covey.transport.grpc._tasks import (
-    ConnectResult,
-    drop_queued,
+from covey.transport.grpc._tasks import ConnectResult, drop_queued, refuse_task
+from covey.transport.grpc._taskthread import (
+    Shared,
     join_task_thread,
-    perform_task,
-    refuse_task,
+    left_behind,
+    serve_tasks,
     wait_for_task_thread,
 )
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -98,8 +96,14 @@ class _Session:
         heartbeat: float,
         limits: TaskLimits,
         buffers: Buffers | None = None,
+        shared: Shared | None = None,
     ) -> None:
         self.client = client
+        # The result it changes while it is live, and the right to run a task on the client.
+        self.shared = shared if shared is not None else Shared()
+        self.token = self.shared.begin()
+        self.ended = threading.Event()  # close() was called: a task waiting to run is dropped
+        self.stop: threading.Event | None = None  # set to leave: close() waits for no task
         self.limits = limits
         # The receive buffer of the last task, for the next (see Buffers).
         self.buffers = buffers
@@ -164,8 +168,9 @@ class _Session:
     def run(self, channel: grpc.Channel, result: ConnectResult, stop: threading.Event) -> None:
         join = channel.stream_stream(METHOD)  # frames as bytes, see _frames
         self.call = join(self.requests())
+        self.stop = stop
         self.worker = threading.Thread(
-            target=self._work, args=(result,), name="covey-task", daemon=True
+            target=serve_tasks, args=(self, _END), name=f"covey-task-{self.token}", daemon=True
         )
         self.worker.start()
         ended = threading.Event()
@@ -258,7 +263,10 @@ class _Session:
     def _welcome(self, welcome: pb.Welcome, result: ConnectResult) -> None:
         heartbeat = welcome_heartbeat_of(welcome)  # or Refused, at once: it would not change
         self.welcomed = True
-        self.cid = result.cid = int(welcome.cid)
+        self.cid = int(welcome.cid)
+        with self.shared.changing(self.token) as live:  # None: a call given up
+            if live is not None:
+                live.cid = self.cid
         if heartbeat is not None:
             self.heartbeat = heartbeat
             self.outbound.put(_WAKE)
@@ -344,40 +352,15 @@ class _Session:
         Tasks still queued behind the running one are dropped, not run: their
         replies could not be sent, and the server has given up on them.
         """
+        self.ended.set()
         drop_queued(self.tasks)
         self.tasks.put(_END)
         self.outbound.put(_END)
         self.lanes.close()
         if self.call is not None:
             self.call.cancel()  # ends gRPC's threads for this call now, not at exit
-        join_task_thread(self.worker, deadline)
-
-    def _work(self, result: ConnectResult) -> None:
-        while True:
-            item = self.tasks.get()
-            if item is _END:
-                return
-            cid, header, buffer, intact = item
-            del item
-            self._perform(cid, header, buffer, intact, result)
-            # Let go of the received model now: kept for the next task, its pages given
-            # back (Buffers.release), or freed at once without a pool.
-            del buffer
-            if self.buffers is not None:
-                self.buffers.release()
-
-    def _perform(
-        self,
-        cid: int,
-        header: pb.TaskHeader,
-        buffer: bytearray | mmap.mmap | None,
-        intact: bool,
-        result: ConnectResult,
-    ) -> None:
-        reply, sent = perform_task(self.client, cid, header, buffer, intact, self.limits)
-        result.tasks += 1
-        result.kinds[header.kind] = result.kinds.get(header.kind, 0) + 1
-        self.outbound.put(reply_frames(header.task_id, reply, self.lanes.up, sent))
+        join_task_thread(self.worker, deadline, self.stop)
+        self.shared.abandon(self.token)  # a task finishing later changes nothing
 
 
 _HEARTBEAT = control(pb.ClientMessage(heartbeat=pb.Heartbeat()))
@@ -464,7 +447,7 @@ def connect(
     if properties:
         client = WithProperties(client, dict(properties))
     stop = stop or threading.Event()
-    result = ConnectResult()
+    shared = Shared(ConnectResult())
     options = grpc_options()
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -473,27 +456,32 @@ def connect(
     # A client training in place replies from its receive buffer, which the next task's
     # arrays may be written into (Buffers); others free it at once, never holding both.
     buffers = Buffers() if getattr(client, "writes_weights", False) is True else None
-    while not wait_for_task_thread(running, stop, budget):
-        session = _Session(client, name, props, heartbeat, limits, buffers)
-        session.server_name = tls.server_name if tls is not None else None
-        session.lanes = ClientLanes(host, pems, session.server_name)
-        session.answer_by = budget.attempt_deadline()  # within what is left of retry_for
-        error = _session(session, open_channel(address, tls, options), result, stop)
-        if session.welcomed:  # a connection attempt that failed is no session
-            result.sessions += 1
-        if error is None:
-            return result
-        running = session.worker
-        if stop.is_set():
-            break
-        if session.welcomed:
-            budget.success()
-        strikes = strikes + 1 if error.startswith(_CLOSED) else 0  # with TLS or without
-        end_if_refused(strikes, tls.cert if tls is not None else None, insecure=tls is None)
-        delay = budget.next_delay()
-        if delay is None:
-            raise ConnectionError(given_up(address, budget.failures, result.sessions, error))
-        failure = attempt_failure(session.welcomed, result.sessions)
-        log_retry(budget.failures, failure, address, error, delay)
-        stop.wait(delay)
-    return result
+    result = shared.result
+    try:
+        while not wait_for_task_thread(running, stop, budget, shared):
+            session = _Session(client, name, props, heartbeat, limits, buffers, shared)
+            session.server_name = tls.server_name if tls is not None else None
+            session.lanes = ClientLanes(host, pems, session.server_name)
+            session.answer_by = budget.attempt_deadline()  # within what is left of retry_for
+            error = _session(session, open_channel(address, tls, options), result, stop)
+            shared.abandon(session.token)  # had the call not even started
+            if session.welcomed:  # a connection attempt that failed is no session
+                result.sessions += 1
+            if error is None:
+                return result
+            running = session.worker
+            if stop.is_set():
+                break
+            if session.welcomed:
+                budget.success()
+            strikes = strikes + 1 if error.startswith(_CLOSED) else 0  # with TLS or without
+            end_if_refused(strikes, tls.cert if tls is not None else None, insecure=tls is None)
+            delay = budget.next_delay()
+            if delay is None:
+                raise ConnectionError(given_up(address, budget.failures, result.sessions, error))
+            failure = attempt_failure(session.welcomed, result.sessions)
+            log_retry(budget.failures, failure, address, error, delay)
+            stop.wait(delay)
+        return result
+    finally:
+        left_behind(shared)  # a task still running is not waited for

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from covey.core._weights import WeightsError
 from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import TaskLimits, check_config
 from covey.transport.grpc._frames import control
-from covey.transport.grpc._refusal import RetryBudget
 from covey.transport.grpc._stream import split_blobs
 from covey.transport.grpc._wirecheck import result_limits
 from covey.transport.grpc.proto import covey_pb2 as pb
@@ -34,7 +32,6 @@ __all__ = [
     "received_task",
     "refuse_task",
     "run_on_task_thread",
-    "wait_for_task_thread",
 ]
 
 logger = logging.getLogger("covey")
@@ -60,25 +57,6 @@ def run_on_task_thread(client: Any, cid: int, task: Task) -> Reply:
             "ends or it is stopped)\n"
         )
         return Reply(cid, task.kind, error=traceback.format_exc() + hint)
-
-
-def wait_for_task_thread(
-    running: threading.Thread | None, stop: threading.Event, budget: RetryBudget
-) -> bool:
-    """Wait for the task a lost session still runs; whether to stop instead of reconnecting.
-
-    A client runs one task at a time: a new session would be sent tasks that
-    run beside the old one on the same client object. The wait does not count
-    as time spent failing to connect (``retry_for``).
-    """
-    if running is not None and running.is_alive() and not stop.is_set():
-        logger.info("waiting for the task still running to finish before reconnecting")
-        start = time.monotonic()
-        while running.is_alive() and not stop.is_set():
-            running.join(0.1)  # and see ``stop`` within 0.1 s
-        if budget.since is not None:
-            budget.since += time.monotonic() - start
-    return stop.is_set()
 
 
 @dataclass
@@ -195,13 +173,3 @@ def drop_queued(tasks: queue.Queue[Any]) -> None:
             dropped += 1
     if dropped:
         logger.info("dropping %d queued task(s): the session ended", dropped)
-
-
-def join_task_thread(worker: threading.Thread | None, deadline: float) -> None:
-    """Wait up to ``deadline`` seconds for a session's task thread (not from itself)."""
-    if worker is not None and worker is not threading.current_thread():
-        worker.join(deadline)
-        if worker.is_alive():
-            logger.warning(
-                "the running task did not finish within %.0f s of the session's end", deadline
-            )

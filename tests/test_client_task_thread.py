@@ -1,0 +1,149 @@
+"""A deployed client's task thread: bounded waits for a task that hangs, and late results.
+
+Hanging is made with events, never with sleeps; no test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from _live import Joined
+from covey.core._messages import Reply
+from covey.transport.grpc import _client, _taskthread
+from covey.transport.grpc._frames import PROTOCOL
+from covey.transport.grpc._server import GrpcServerTransport
+from covey.transport.grpc._tasks import ConnectResult
+from covey.transport.grpc._wire import WireLimits
+from covey.transport.grpc.proto import covey_pb2 as pb
+
+
+class Hung(covey.Client):
+    """A client whose first fit hangs until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.started.set()
+        assert self.release.wait(60), "the test never let the fit go"
+        return covey.FitResult(weights=weights, num_examples=1)
+
+
+@pytest.mark.slow
+def test_a_client_whose_fit_hangs_after_its_connection_dropped_reconnects_and_hears_goodbye(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It waited for that fit without bound: never reconnected, never heard the run end.
+    monkeypatch.setattr(_client._Session.close, "__defaults__", (0.1,))
+    monkeypatch.setattr(_taskthread, "TASK_WAIT", 0.2)
+    joins: list[str] = []
+    rejoined = threading.Event()
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        if event == "join":
+            joins.append(name)
+            if len(joins) == 2:
+                rejoined.set()
+
+    hung = Hung()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=on_event)
+    client = Joined(transport.port, hung, name="hung")
+    try:
+        with caplog.at_level(logging.INFO, logger="covey"):
+            assert transport.wait_for_clients(1, 30)
+            (cid,) = transport.clients()
+            transport.submit(cid, covey.core.Task("fit", 1, {}, {"w": np.zeros(2)}))
+            assert hung.started.wait(30)
+            transport._registry.drop(transport._registry.fleet[cid], "cut off by the test")
+            assert rejoined.wait(30), "the client never reconnected while its fit hung"
+            transport.close("the run is over")
+            client.join(30)  # the goodbye reached it, its fit still hanging
+    finally:
+        transport.close("the run is over")
+        hung.release.set()
+    assert client.result is not None
+    assert client.result.reason == "the run is over"
+    assert client.result.tasks == 0  # the fit that hung had its connection gone
+    assert "the fit task of round 1 (thread covey-task-1) still runs" in caplog.text
+    assert "leaving while the fit task of round 1 (thread covey-task-1) still runs" in caplog.text
+
+
+class _Gated:
+    """``perform_task`` whose tasks each wait for the test to let them go."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, threading.Event] = {}
+        self.release: dict[int, threading.Event] = {}
+        self.order: list[int] = []
+
+    def gate(self, task_id: int) -> None:
+        self.started[task_id] = threading.Event()
+        self.release[task_id] = threading.Event()
+
+    def __call__(self, client: Any, cid: int, header: Any, *rest: Any) -> Any:
+        self.order.append(header.task_id)
+        self.started[header.task_id].set()
+        assert self.release[header.task_id].wait(30), "the test never let the task go"
+        self.order.append(-header.task_id)
+        return Reply(cid, header.kind, error="late" if header.task_id == 1 else None), WireLimits()
+
+
+def _session(shared: _taskthread.Shared) -> Any:
+    limits = _client.TaskLimits.of(None, 1 << 20)
+    session = _client._Session(object(), "c", {}, 5.0, limits, None, shared)
+    session.worker = threading.Thread(target=_taskthread.serve_tasks, args=(session, _client._END))
+    session.worker.start()
+    return session
+
+
+def _replies(session: Any) -> list[Any]:
+    items = []
+    while not session.outbound.empty():
+        items.append(session.outbound.get_nowait())
+    return [item for item in items if item is not _client._END]
+
+
+def test_a_task_that_ends_after_its_session_changes_nothing_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gated = _Gated()
+    monkeypatch.setattr(_taskthread, "perform_task", gated)
+    shared = _taskthread.Shared(ConnectResult())
+    old = _session(shared)
+    gated.gate(1)
+    old.tasks.put((0, pb.TaskHeader(task_id=1, kind="fit", round=1), None, True))
+    assert gated.started[1].wait(30)
+    old.close(deadline=0)  # its connection is gone: the task runs on, abandoned
+    new = _session(shared)  # the session after it
+    gated.gate(2)
+    new.tasks.put((0, pb.TaskHeader(task_id=2, kind="evaluate", round=2), None, True))
+    gated.release[1].set()  # the old task ends late, its session over
+    old.worker.join(30)
+    assert gated.started[2].wait(30)
+    gated.release[2].set()
+    new.close()
+    new.worker.join(30)
+    assert gated.order == [1, -1, 2, -2]  # one task at a time, on the client object
+    assert shared.result.tasks == 1  # the live session's task alone
+    assert shared.result.kinds == {"evaluate": 1}
+    assert _replies(old) == []  # its reply had no connection to go to
+    assert len(_replies(new)) == 1
+    assert shared.running == ""
+
+
+def test_a_welcome_read_after_its_session_ended_changes_no_id() -> None:
+    shared = _taskthread.Shared(ConnectResult())
+    limits = _client.TaskLimits.of(None, 1 << 20)
+    old = _client._Session(object(), "c", {}, 5.0, limits, None, shared)
+    new = _client._Session(object(), "c", {}, 5.0, limits, None, shared)
+    new._welcome(pb.Welcome(cid=7, name="c", protocol=PROTOCOL), shared.result)
+    # A call given up (it did not end once cancelled) reads its welcome late.
+    old._welcome(pb.Welcome(cid=3, name="c", protocol=PROTOCOL), shared.result)
+    assert shared.result.cid == 7
