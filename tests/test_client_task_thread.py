@@ -6,14 +6,18 @@ Hanging is made with events, never with sleeps; no test asserts a duration.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import covey
-from _live import Joined
+from _live import Joined, Served
+from covey.cli import app
 from covey.core._messages import Reply
 from covey.transport.grpc import _client, _taskthread
 from covey.transport.grpc._frames import PROTOCOL
@@ -21,6 +25,8 @@ from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc._tasks import ConnectResult
 from covey.transport.grpc._wire import WireLimits
 from covey.transport.grpc.proto import covey_pb2 as pb
+
+APPS = Path(__file__).parent / "apps"
 
 
 class Hung(covey.Client):
@@ -147,3 +153,28 @@ def test_a_welcome_read_after_its_session_ended_changes_no_id() -> None:
     # A call given up (it did not end once cancelled) reads its welcome late.
     old._welcome(pb.Welcome(cid=3, name="c", protocol=PROTOCOL), shared.result)
     assert shared.result.cid == 7
+
+
+def test_the_client_command_ends_at_once_with_its_code_after_its_last_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its end went through Python's finalization, which waits on gRPC's shutdown: seconds
+    # after `done:` on a busy machine. It flushes and ends the process instead.
+    monkeypatch.syspath_prepend(str(APPS))
+    ended: list[int] = []
+
+    def end(code: int) -> None:
+        ended.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", end)
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 1, initial_weights={"w": np.zeros(8)})
+    args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure"]
+    result = CliRunner().invoke(app, [*args, "--server", f"127.0.0.1:{served.port}"])
+    served.join(60)
+    assert ended == [0], result.output
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("done: 1 task(s) in 1 session(s)"), result.output
+    assert "Traceback" not in result.output

@@ -18,7 +18,7 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_options import ServerName
-from covey.deploy._leave import Leaving, leaving
+from covey.deploy._leave import Leaving, end_now, leaving
 from covey.deploy._shown import escape
 
 __all__ = ["client_command"]
@@ -236,8 +236,9 @@ def client_command(
             f"[red]stopped:[/] {escape(result.reason[len(STOPPED) :])} "
             f"(after {result.tasks} task(s) in {result.sessions} session(s))"
         )
-        raise typer.Exit(1)
+        end_now(1)  # without Python's finalization, which waits on gRPC's (see end_now)
     console.print(
         f"done: {result.tasks} task(s) in {result.sessions} session(s); "
         f"server said: {escape(result.reason)}"
     )
+    end_now(0)

@@ -5,10 +5,11 @@ SIGTERM), and also set :attr:`Leaving.stop`, which their connection loop watches
 an interrupt that lands where it is not passed on (in a finalizer gRPC runs on the
 main thread as a channel is let go, say) still ends the session within a heartbeat
 check. They then print what they left, flush their output and end the process
-with ``os._exit``, as their normal end does: leaving through Python's finalization
-waits on gRPC's own shutdown, which a connection being torn down can hold for a
-minute. Should the main thread not get there within :data:`LEAVE_GRACE` seconds of
-the stop (held where a signal cannot reach it), a watchdog leaves in its place.
+with ``os._exit`` (:func:`end_now`), as their normal end does: leaving through
+Python's finalization waits on gRPC's own shutdown, which a connection being torn
+down can hold for a minute. Should the main thread not get there within
+:data:`LEAVE_GRACE` seconds of the stop (held where a signal cannot reach it), a
+watchdog leaves in its place.
 """
 
 from __future__ import annotations
@@ -23,10 +24,23 @@ from typing import Any, NoReturn
 
 from covey.core._interrupt import stop_on_sigterm
 
-__all__ = ["LEAVE_GRACE", "Leaving", "leaving"]
+__all__ = ["LEAVE_GRACE", "Leaving", "end_now", "leaving"]
 
 LEAVE_GRACE = 5.0
 """Seconds after a stop within which the command leaves, whatever its main thread does."""
+
+
+def end_now(code: int) -> NoReturn:
+    """Flush the output and end the process with ``code`` at once, as a command's last step.
+
+    Python's finalization after a command that used gRPC waits on gRPC's own
+    shutdown and the teardown of every module loaded: seconds on a busy machine,
+    after the command's last line was printed.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 class Leaving:
@@ -75,10 +89,7 @@ class Leaving:
                 self._before_exit()
             self._say("interrupted (SIGTERM)" if sigterm else "interrupted")
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(143 if sigterm else 130)
+            end_now(143 if sigterm else 130)
 
 
 @contextlib.contextmanager
