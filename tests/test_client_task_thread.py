@@ -168,12 +168,15 @@ def test_the_client_command_ends_at_once_with_its_code_after_its_last_line(
         raise SystemExit(code)
 
     monkeypatch.setattr(os, "_exit", end)
+    flushed: list[bool] = []
+    monkeypatch.setattr(logging, "shutdown", lambda: flushed.append(True))
     strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
     served = Served(strategy, 1, initial_weights={"w": np.zeros(8)})
     args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--insecure"]
     result = CliRunner().invoke(app, [*args, "--server", f"127.0.0.1:{served.port}"])
     served.join(60)
     assert ended == [0], result.output
+    assert flushed == [True]  # log files the app opened are flushed first
     assert result.exit_code == 0
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("done: 1 task(s) in 1 session(s)"), result.output

@@ -15,6 +15,7 @@ watchdog leaves in its place.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -37,6 +38,8 @@ def end_now(code: int) -> NoReturn:
     shutdown and the teardown of every module loaded: seconds on a busy machine,
     after the command's last line was printed.
     """
+    with contextlib.suppress(Exception):
+        logging.shutdown()  # log files the app opened are flushed and closed
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
