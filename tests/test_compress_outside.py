@@ -408,3 +408,23 @@ def test_bfloat16_carries_float16_s_largest_values_and_refuses_larger_ones() -> 
         forged = {"h": {"bf16": np.array([0x4781, 0, 0, 0], dtype=np.uint16)}}  # 65792
         with pytest.raises(WeightsError, match="'h' has bfloat16 values beyond float16's range"):
             Cast("bfloat16").decode(forged, spec)
+
+
+@pytest.mark.slow
+def test_topk_indexes_an_array_of_more_than_2_to_the_32_values() -> None:
+    # Before: the indices were cast to uint32, so those past 2**32 wrapped around: the
+    # client sent the values at the wrapped positions, and the server refused the update
+    # as one whose indices were not strictly increasing.
+    size = (1 << 32) + 8
+    try:
+        x = np.zeros(size, dtype=np.float16)  # untouched pages: no memory taken
+    except MemoryError:
+        pytest.skip("no address space for an array of 2**32 float16 values")
+    x[7], x[size - 3] = 1.0, 5.0
+    scheme = TopK(2 / size)
+    parts = scheme.encode({"w": x}, np.random.default_rng(0))["w"]
+    assert parts["index"].dtype == np.uint64
+    assert parts["index"].tolist() == [7, size - 3]
+    assert parts["value"].tolist() == [1.0, 5.0]
+    out = scheme.decode({"w": parts}, WeightsSpec.of({"w": x}))["w"]
+    assert (out[7], out[size - 3], out[5]) == (1.0, 5.0, 0.0)

@@ -18,6 +18,17 @@ from covey.core._weights import Array
 CHUNK = 1 << 17
 """Values an encoder works on at a time: its temporaries are a few slices this long."""
 
+UINT32_INDEXED = 1 << 32
+"""The most values an array may have for top-k to send its indices as uint32 (else uint64)."""
+
+
+def index_dtype(size: int) -> np.dtype[Any]:
+    """The dtype of top-k's indices into an array of ``size`` values: uint32, or uint64 beyond.
+
+    uint32 indices of an array of more than 2**32 values would wrap around.
+    """
+    return np.dtype(np.uint32 if size <= UINT32_INDEXED else np.uint64)
+
 
 def _flat(x: Array) -> Array:
     """``x`` in one dimension, C order and native byte order (a copy only if it is not so)."""
@@ -181,7 +192,7 @@ def _unpack4(packed: Array, size: int) -> Array:
 
 
 def _top_indices(name: str, flat: Array, k: int) -> Array:
-    """The sorted indices (uint32) of ``k`` entries of ``flat`` of largest magnitude.
+    """The sorted indices (:func:`index_dtype`) of ``k`` entries of ``flat`` of largest magnitude.
 
     Works a slice at a time: each slice's ``k`` largest are candidates, and the
     candidates are cut back to ``k`` whenever they outgrow ``2k``,
@@ -202,9 +213,9 @@ def _top_indices(name: str, flat: Array, k: int) -> Array:
             idx, mag = _cut(idx, mag, k)
             held = k
     if not idx:  # an empty array
-        return np.zeros(0, dtype=np.uint32)
+        return np.zeros(0, dtype=index_dtype(0))
     idx, mag = _cut(idx, mag, k)
-    out: Array = np.sort(idx[0]).astype(np.uint32)
+    out: Array = np.sort(idx[0]).astype(index_dtype(flat.size))
     return out
 
 

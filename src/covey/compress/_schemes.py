@@ -28,6 +28,7 @@ from covey.compress._kernels import (
     _to_bf16,
     _to_f16,
     _top_indices,
+    index_dtype,
 )
 from covey.core._weights import Array, Weights, WeightsError, WeightsSpec
 
@@ -317,11 +318,12 @@ def _fits(dtype: np.dtype[Any], *values: float) -> bool:
 class TopK:
     """Top-k sparsification: only the largest ``fraction`` of each float array's values.
 
-    Sends the indices (uint32) and values of the ``ceil(fraction * size)``
-    entries of largest magnitude, the fraction taken as the decimal it is written
-    as (``0.07`` of 100 values is 7, though ``0.07 * 100`` is 7.000000000000001 in
-    floating point). With error feedback, what was not sent is
-    added to the client's next update (:func:`topk_with_feedback`), so nothing
+    Sends the indices (uint32; uint64 for an array of more than 2**32 values) and
+    values of the ``ceil(fraction * size)`` entries of largest magnitude, the
+    fraction taken as the decimal it is written as (``0.07`` of 100 values is 7,
+    though ``0.07 * 100`` is 7.000000000000001 in floating point). With error
+    feedback, what was not sent is added to the client's next update
+    (:func:`topk_with_feedback`), so nothing
     is lost, only delayed.
 
     Args:
@@ -388,7 +390,7 @@ class TopK:
                 out[n] = _decode_raw(parts, n, s, d)
                 continue
             k = self.k(size)
-            idx = _part(parts, n, "index", k, np.dtype(np.uint32))
+            idx = _part(parts, n, "index", k, index_dtype(size))
             if k and int(idx[-1]) >= size:
                 raise WeightsError(f"encoded update: {n!r} has an index out of range")
             if k > 1 and not bool(np.all(idx[1:] > idx[:-1])):
