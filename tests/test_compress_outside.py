@@ -428,3 +428,59 @@ def test_topk_indexes_an_array_of_more_than_2_to_the_32_values() -> None:
     assert parts["value"].tolist() == [1.0, 5.0]
     out = scheme.decode({"w": parts}, WeightsSpec.of({"w": x}))["w"]
     assert (out[7], out[size - 3], out[5]) == (1.0, 5.0, 0.0)
+
+
+def _decoded_by_own_scheme(scheme: Any, model: dict[str, np.ndarray]) -> Any:
+    class Step(covey.Client):
+        def fit(self, weights: Any, config: dict[str, Any]) -> covey.FitResult:
+            return covey.FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
+
+    return covey.simulate(
+        lambda cid: Step(), 2, 1, covey.FedAvg(fraction_evaluate=0.0), model, compression=scheme
+    )
+
+
+def test_a_subclass_of_a_scheme_may_send_parts_of_its_own() -> None:
+    # Before: the server expected the parts of the scheme subclassed, and refused every
+    # update: "'w' carries ['codes', 'lo', 'step', 'tag'], expected ['codes', 'lo', 'step']".
+    class Tagged(Quantize):
+        @property
+        def name(self) -> str:
+            return "tagged-q8"
+
+        def encode(self, delta: Any, rng: np.random.Generator) -> Any:
+            parts = super().encode(delta, rng)
+            for arrays in parts.values():
+                arrays["tag"] = np.zeros(1, dtype=np.uint8)
+            return parts
+
+        def decode(self, parts: Any, spec: WeightsSpec) -> Any:
+            return super().decode({n: _untagged(p) for n, p in parts.items()}, spec)
+
+    result = _decoded_by_own_scheme(Tagged(8), {"w": np.zeros(8)})
+    assert not result.history.rounds[1].fit_failures
+    np.testing.assert_allclose(result.weights["w"], np.ones(8))
+
+
+def _untagged(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in arrays.items() if k != "tag"}
+
+
+def test_a_scheme_of_one_s_own_may_encode_integer_arrays() -> None:
+    # Before: every integer array had to travel as "raw", whatever the scheme's decode read.
+    class Narrow:
+        name = "narrow"
+
+        def encode(self, delta: Any, rng: np.random.Generator) -> Any:
+            return {n: {"small": x.astype(np.int8).reshape(-1)} for n, x in delta.items()}
+
+        def decode(self, parts: Any, spec: WeightsSpec) -> Any:
+            return {
+                n: parts[n]["small"].astype(d).reshape(s)
+                for n, s, d in zip(spec.names, spec.shapes, spec.dtypes, strict=True)
+            }
+
+    model = {"w": np.zeros(4), "steps": np.zeros(3, dtype=np.int64)}
+    result = _decoded_by_own_scheme(Narrow(), model)
+    assert not result.history.rounds[1].fit_failures
+    np.testing.assert_array_equal(result.weights["steps"], np.ones(3, dtype=np.int64))

@@ -134,16 +134,20 @@ def scheme_spec(scheme: Scheme) -> str | None:
 
 
 def _expected_keys(scheme: Scheme, dtype: np.dtype[Any]) -> set[str] | None:
-    """The part keys ``scheme`` sends for an array of ``dtype`` (None: a scheme of one's own)."""
+    """The part keys ``scheme`` sends for an array of ``dtype`` (None: a scheme of one's own).
+
+    A subclass of a scheme here is a scheme of one's own (it has no spec): it may
+    send other parts, and integer arrays as it likes, for its own ``decode`` to read.
+    """
+    if scheme_spec(scheme) is None:
+        return None
     if dtype.kind != "f" or isinstance(scheme, Identity):
         return {"raw"}
     if isinstance(scheme, Cast):
         return {"f16"} if scheme.dtype == "float16" else {"bf16"}
     if isinstance(scheme, Quantize):
         return {"codes", "lo", "step"}
-    if isinstance(scheme, TopK):
-        return {"index", "value"}
-    return None
+    return {"index", "value"}
 
 
 def encoded_to_plain(encoded: Encoded) -> dict[str, Any]:
