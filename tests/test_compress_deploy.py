@@ -86,6 +86,17 @@ def test_a_top_k_fraction_given_as_a_numpy_number_travels_as_its_spec(fraction: 
     assert not result.history.rounds[1].fit_failures
 
 
+@pytest.mark.parametrize("fraction", [np.float32(0.1), np.float16(0.1), np.float32(0.07)])
+def test_a_top_k_fraction_of_a_narrower_float_is_the_decimal_it_is_written_as(
+    fraction: Any,
+) -> None:
+    # Before: TopK(np.float32(0.1)) took 0.10000000149011612, and sent 11 of 100 values.
+    scheme = TopK(fraction)
+    assert scheme == TopK(float(str(fraction)))
+    assert scheme.k(100) == round(float(str(fraction)) * 100)
+    assert scheme_spec(scheme) == "topk:" + str(fraction)
+
+
 @pytest.mark.parametrize(
     "make",
     [lambda: TopK(True), lambda: TopK("0.1"), lambda: Quantize(True)],  # type: ignore[arg-type]

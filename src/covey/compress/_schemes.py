@@ -337,13 +337,17 @@ class TopK:
     fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        fraction = self.fraction
+        fraction: Any = self.fraction  # typed float, given any number
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)):
             raise ValueError(f"TopK fraction must be a number in (0, 1], got {fraction!r}")
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"TopK fraction must be in (0, 1], got {fraction!r}")
         # A Python float: the spec a scheme travels as is its repr ("np.float64(0.05)"
-        # of a NumPy number would name no scheme to a client or a resumed run).
+        # of a NumPy number would name no scheme to a client or a resumed run). A narrower
+        # float is read as the decimal it is written as: float(np.float32(0.1)) is
+        # 0.10000000149011612, which would send 11 of 100 values, not 10.
+        if isinstance(fraction, np.floating) and fraction.dtype.itemsize < 8:
+            fraction = str(fraction)
         object.__setattr__(self, "fraction", float(fraction))
 
     @property
