@@ -120,6 +120,9 @@ class PlusOne(covey.Client):
         ([0.5], "evaluate_fn must return (loss, metrics) or None, got a list of 1 item"),
         ((0.5, 0.3), "evaluate_fn's metrics must be a dict of names to scalars, got float"),
         (("low", {}), "evaluate_fn's loss must be a number, got str"),
+        # a client's bool loss is refused too; float(True) made it a loss of 1.0
+        ((True, {}), "evaluate_fn's loss must be a number, got bool"),
+        ((np.bool_(False), {}), "evaluate_fn's loss must be a number, got bool"),
         ((0.5, {"confusion": np.eye(2)}), "evaluate_fn's metric 'confusion' must be a scalar"),
     ],
 )
@@ -134,6 +137,26 @@ def test_a_bad_evaluate_fn_result_names_what_is_wrong(
             strategy=covey.FedAvg(fraction_evaluate=0.0),
             initial_weights={"w": np.zeros(2)},
             evaluate_fn=lambda rnd, weights: returned,
+            run_dir=tmp_path,
+        )
+
+
+def test_an_evaluate_fn_loss_too_large_for_a_float_is_named(tmp_path: Any) -> None:
+    # float(10**400) raised a bare OverflowError, naming neither evaluate_fn nor the loss
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "evaluate_fn's loss is an int of 1329 bits, too large for a float "
+            "(at most about 1.8e+308)"
+        ),
+    ):
+        covey.simulate(
+            lambda cid: PlusOne(),
+            num_clients=2,
+            rounds=1,
+            strategy=covey.FedAvg(fraction_evaluate=0.0),
+            initial_weights={"w": np.zeros(2)},
+            evaluate_fn=lambda rnd, weights: (10**400, {}),
             run_dir=tmp_path,
         )
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from covey.core._messages import Scalar
-from covey.core._metricvalues import item_of
+from covey.core._metricvalues import FLOAT_MAX, item_of
 from covey.core._weights import Weights, fingerprint
 from covey.strategies._checks import name_of
 
@@ -68,12 +68,7 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
     if not isinstance(out, tuple | list) or len(out) != 2:
         raise TypeError(f"evaluate_fn must return (loss, metrics) or None, got {_shape_of(out)}")
     loss, metrics = out
-    try:
-        if isinstance(loss, str | bytes):
-            raise TypeError
-        number = float(item_of(loss))  # Python and NumPy numbers, 0-d arrays and tensors
-    except (TypeError, ValueError):
-        raise TypeError(f"evaluate_fn's loss must be a number, got {type(loss).__name__}") from None
+    number = _loss_of(loss)
     if not isinstance(metrics, Mapping):
         raise TypeError(
             "evaluate_fn's metrics must be a dict of names to scalars, "
@@ -89,6 +84,28 @@ def _central_result(out: object) -> tuple[float, dict[str, Scalar]]:
             )
         checked[key] = value
     return number, checked
+
+
+def _loss_of(loss: object) -> float:
+    """``evaluate_fn``'s loss as a float; a bool (as a client's is) or no number refused.
+
+    Raises:
+        TypeError: ``loss`` is no number (a bool, a string).
+        ValueError: it is an int too large for a float (past about ``1.8e308``).
+    """
+    value = item_of(loss)  # Python and NumPy numbers, 0-d arrays and tensors
+    try:
+        if isinstance(value, bool | np.bool_ | str | bytes):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"evaluate_fn's loss must be a number, got {type(loss).__name__}") from None
+    except OverflowError:
+        bits = value.bit_length() if isinstance(value, int) else "too many"
+        raise ValueError(
+            f"evaluate_fn's loss is an int of {bits} bits, too large for a float "
+            f"(at most about {FLOAT_MAX:.3g})"
+        ) from None
 
 
 def _shape_of(out: object) -> str:
