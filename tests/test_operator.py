@@ -376,6 +376,12 @@ def test_numbers_that_would_hang_or_misbehave_are_refused(
         ({"rounds": 2**70}, "rounds must be an int from 0 to 1,000,000,000, got 11805916"),
         ({"wait_timeout": float("nan")}, "wait_timeout must be a number of seconds above 0"),
         ({"round_timeout": 0}, "round_timeout must be a number of seconds above 0, got 0"),
+        # math.isfinite(10**400) raised a bare OverflowError
+        (
+            {"round_timeout": 10**400},
+            "round_timeout must be a number of seconds above 0, got an int of 1329 bits, too "
+            "large for a float",
+        ),
         ({"heartbeat": -1.0}, "heartbeat must be a number of seconds above 0, got -1.0"),
     ],
 )

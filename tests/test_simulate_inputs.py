@@ -193,6 +193,12 @@ def test_numpy_scalars_from_evaluate_fn_become_python_scalars() -> None:
         ({"seed": 1.5}, "seed must be a non-negative int, got 1.5"),
         ({"round_timeout": -1}, "round_timeout must be None or a positive number, got -1"),
         ({"round_timeout": 0}, "round_timeout must be None or a positive number, got 0"),
+        # the process backend's deadline overflowed in round 1 (OverflowError)
+        (
+            {"round_timeout": 10**400},
+            "round_timeout must be None or a positive number, got an int of 1329 bits, too large "
+            "for a float; None sets no limit",
+        ),
         ({"client_cache": -1}, "client_cache must be None or a non-negative int, got -1"),
         (
             {"strategy": covey.FedBuff(buffer_size=2), "round_deadline": 1.0},

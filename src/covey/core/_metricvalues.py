@@ -43,6 +43,15 @@ FLOAT_MAX = float(np.finfo(np.float64).max)
 """The largest float: an int metric or loss beyond it has no float value to average."""
 
 
+def fits_a_float(value: int) -> bool:
+    """Whether a float holds ``value`` (up to rounding): ``float(10**400)`` overflows."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def too_large(value: int, what: str) -> ValueError:
     """The error for an int ``what`` that no float holds (averaging it would overflow)."""
     return ValueError(

@@ -12,6 +12,7 @@ from typing import Any
 from covey.compress import Scheme, check_applies, run_scheme
 from covey.core._files import a_folder
 from covey.core._messages import MAX_ROUNDS
+from covey.core._metricvalues import fits_a_float
 from covey.server._kept import check_keep_last
 from covey.server._roundfiles import WEIGHTS_DIR
 from covey.server._rundb import LOCK_NAME, is_held
@@ -169,6 +170,12 @@ def check_settings(
     ):
         if value is None and name != "heartbeat":
             continue
+        given: object = value  # typed a float, given an int: 10**400 is no float
+        if isinstance(given, int) and not fits_a_float(given):
+            raise ValueError(
+                f"{name} must be a number of seconds above 0, got an int of "
+                f"{given.bit_length()} bits, too large for a float"
+            )
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)

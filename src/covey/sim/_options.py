@@ -14,6 +14,7 @@ import numpy as np
 from covey.aggregate._flat import check_switch
 from covey.clients._build import cannot_take_cid, not_callable
 from covey.core._messages import MAX_ROUNDS
+from covey.core._metricvalues import fits_a_float
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.sim._rayplan import ray_need
 from covey.strategies._checks import (
@@ -156,6 +157,12 @@ def _check_options(
         or not round_timeout > 0
     ):
         raise ValueError(f"round_timeout must be None or a positive number, got {round_timeout!r}")
+    if isinstance(round_timeout, int) and not fits_a_float(round_timeout):
+        # no float holds it: the process backend's deadline, monotonic() + it, overflowed
+        raise ValueError(
+            "round_timeout must be None or a positive number, got an int of "
+            f"{round_timeout.bit_length()} bits, too large for a float; None sets no limit"
+        )
     if client_cache is not None and (
         isinstance(client_cache, bool) or not isinstance(client_cache, int) or client_cache < 0
     ):
