@@ -766,3 +766,46 @@ def test_a_metric_whose_weighted_sum_overflows_is_averaged_as_the_loss_is() -> N
     assert covey.strategies.weighted_metrics([(1, {"x": np.inf}), (1, {"x": 1.0})]) == {"x": np.inf}
     both = covey.strategies.weighted_metrics([(1, {"x": np.inf}), (1, {"x": -np.inf})])
     assert np.isnan(both["x"])
+
+
+def offline_lookup(cid: int, rnd: int) -> bool:
+    """An availability function whose table lacks client 1."""
+    return {0: True, 2: True}[cid]
+
+
+def slow_lookup(cid: int, rng: Any) -> float:
+    """A duration function whose table lacks client 1."""
+    return {0: 1.0, 2: 2.0}[cid]
+
+
+@pytest.mark.parametrize(
+    ("options", "note"),
+    [
+        (
+            {"availability": offline_lookup},
+            "raised by availability offline_lookup for client 1 in round 1",
+        ),
+        (
+            {"client_durations": slow_lookup, "round_deadline": 1.5},
+            "raised by client_durations slow_lookup for client 1",
+        ),
+        (
+            {"client_durations": slow_lookup, "strategy": covey.FedBuff(buffer_size=2)},
+            "raised by client_durations slow_lookup for client 1",
+        ),
+    ],
+)
+def test_an_error_of_an_availability_or_durations_function_is_noted_with_it(
+    options: dict[str, Any], note: str
+) -> None:
+    # a bare KeyError: 1 said neither which function raised nor for which client
+    kwargs: dict[str, Any] = {"strategy": covey.FedAvg(fraction_evaluate=0.0), **options}
+    with pytest.raises(KeyError) as caught:
+        covey.simulate(
+            lambda cid: PlusOne(),
+            num_clients=3,
+            rounds=1,
+            initial_weights={"w": np.zeros(2)},
+            **kwargs,
+        )
+    assert caught.value.__notes__ == [note]

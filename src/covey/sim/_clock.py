@@ -24,6 +24,7 @@ import numpy as np
 
 from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core._messages import Reply, Task, real
+from covey.strategies._checks import name_of
 from covey.transport._async import Durations, simulated_seconds
 from covey.transport._base import Transport
 
@@ -110,7 +111,13 @@ class ClientClock:
         """Simulated seconds client ``cid``'s next fit takes."""
         if self.durations is None:
             return 1.0
-        given = self.durations(cid, rng) if callable(self.durations) else self.durations[cid]
+        if not callable(self.durations):
+            return simulated_seconds(self.durations[cid], cid)
+        try:
+            given = self.durations(cid, rng)
+        except Exception as exc:  # the user's error, told where it came from
+            exc.add_note(f"raised by client_durations {name_of(self.durations)} for client {cid}")
+            raise
         return simulated_seconds(given, cid)
 
     def online(self, cids: np.ndarray, rnd: int) -> np.ndarray:
@@ -127,7 +134,7 @@ class ClientClock:
                 )
             return np.asarray(avail[cids, (rnd - 1) % avail.shape[1]], dtype=bool)
         if callable(avail):
-            return np.fromiter((_said(avail(int(c), rnd), c, rnd) for c in cids), bool, len(cids))
+            return np.fromiter((_asked(avail, int(c), rnd) for c in cids), bool, len(cids))
         return uniform(self.seed, rnd, cids) < float(avail)
 
     def is_online(self, cid: int, rnd: int) -> bool:
@@ -147,6 +154,18 @@ def _trace(trace: np.ndarray) -> np.ndarray:
         f"got {trace.dtype} values such as {other!r}: for a probability of being online "
         "give availability=p, or draw the trace yourself"
     )
+
+
+def _asked(availability: Callable[[int, int], Any], cid: int, rnd: int) -> bool:
+    """Whether an availability function says ``cid`` is online in ``rnd``; its error noted."""
+    try:
+        online = availability(cid, rnd)
+    except Exception as exc:  # the user's error, told where it came from
+        exc.add_note(
+            f"raised by availability {name_of(availability)} for client {cid} in round {rnd}"
+        )
+        raise
+    return _said(online, cid, rnd)
 
 
 def _said(online: Any, cid: Any, rnd: int) -> bool:

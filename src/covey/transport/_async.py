@@ -166,7 +166,13 @@ class SimulatedAsyncTransport:
         if self._durations is None:
             return 1.0
         if callable(self._durations):
-            return simulated_seconds(self._durations(cid, self._rng), cid)
+            try:
+                given = self._durations(cid, self._rng)
+            except Exception as exc:  # the user's error, told where it came from
+                name = getattr(self._durations, "__qualname__", type(self._durations).__name__)
+                exc.add_note(f"raised by client_durations {name} for client {cid}")
+                raise
+            return simulated_seconds(given, cid)
         return simulated_seconds(self._durations[cid], cid)
 
     def _said(self, cid: int) -> str:
