@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -55,6 +56,39 @@ def test_a_worker_stuck_past_the_deadline_is_replaced(shm_files: list[str]) -> N
         assert "timeout of 2 s" in failure.error
     # The stuck worker was stopped and replaced: the next round has every client.
     assert result.history[3].fit_participants == list(range(6))
+
+
+class StuckFirst(Stuck):
+    stuck_in = 1
+
+
+def test_a_worker_stopped_at_the_deadline_is_not_reported_as_dead(
+    caplog: pytest.LogCaptureFixture, shm_files: list[str]
+) -> None:
+    # It was: the next round warned "worker 1 had died (exit code -9)", as of a worker
+    # the system killed (out of memory, say), though covey had stopped it on purpose.
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        result = covey.simulate(
+            StuckFirst,
+            4,
+            2,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(2)},
+            backend="process",
+            num_workers=2,
+            round_timeout=1.0,
+        )
+    assert [f.cid for f in result.history[1].fit_failures] == [3]
+    assert result.history[2].fit_participants == [0, 1, 2, 3]
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "had died" in m], said
+    assert any(
+        m.startswith(
+            "worker 1 missed the deadline with 1 clients unanswered (3); stopping it, "
+            "a new one takes its clients (rebuilt with client_fn)"
+        )
+        for m in said
+    ), said
 
 
 def _gone(pid: int) -> bool:

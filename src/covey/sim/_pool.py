@@ -72,7 +72,17 @@ class Worker:
             (see :mod:`covey.sim._pace`); None: no pacing.
     """
 
-    __slots__ = ("conn", "credits", "given", "name", "prefix", "process", "started", "waiting_at")
+    __slots__ = (
+        "conn",
+        "credits",
+        "ended",
+        "given",
+        "name",
+        "prefix",
+        "process",
+        "started",
+        "waiting_at",
+    )
 
     def __init__(
         self, ctx: Any, client_fn: ClientFn, index: int, pool: str, budget: int | None = None
@@ -81,6 +91,8 @@ class Worker:
         self.name = f"covey-worker-{index}"
         # Set by worker_main as it begins: a worker gone without it never started.
         self.started = ctx.RawValue("b", 0)
+        #: Why the parent killed it ("stopped" at a deadline, "failed": no reply sent), or None.
+        self.ended: str | None = None
         #: Pacing: credits given so far, and the count the worker said it waits at.
         self.credits = None if budget is None else ctx.Semaphore(0)
         self.given = 0

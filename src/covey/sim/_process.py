@@ -191,7 +191,15 @@ class ProcessTransport:
     def _revive(self) -> None:
         for i, worker in enumerate(self._workers):
             if not worker.alive():
-                if worker.started.value:
+                if worker.ended == "stopped":
+                    pass  # at a deadline, whose warning said so: it did not die of itself
+                elif worker.ended == "failed":
+                    logger.warning(
+                        "worker %d was stopped: it sent a message that is no reply; starting a "
+                        "new one, its clients are rebuilt with client_fn",
+                        i,
+                    )
+                elif worker.started.value:
                     logger.warning(
                         "worker %d had died (exit code %s); starting a new one, its clients "
                         "are rebuilt with client_fn",
@@ -217,6 +225,7 @@ class ProcessTransport:
         if process.is_alive():
             process.kill()
             process.join(5.0)
+            worker.ended = why
         _shm.sweep(worker.prefix)
         if why == "died" and not worker.started.value:
             return _never_started(self._ctx.get_start_method(), process.exitcode)
@@ -229,7 +238,7 @@ class ProcessTransport:
         """Stop worker ``w``, still busy at the deadline, and fail the clients it did not answer."""
         logger.warning(
             "worker %d missed the deadline with %d clients unanswered (%s); stopping it, "
-            "a new one takes its clients",
+            "a new one takes its clients (rebuilt with client_fn)",
             w,
             len(late),
             ", ".join(map(str, sorted(late)[:10])) + (" ..." if len(late) > 10 else ""),
