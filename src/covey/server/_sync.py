@@ -453,7 +453,7 @@ class RoundLoop(_LoopBase):
                 )
         if len(record.evaluate_participants) < min(strategy.min_evaluate_clients, len(cids)):
             logger.warning(
-                "round %d: only %d clients evaluated, fewer than min_evaluate_clients=%d",
+                "round %d: only %d client(s) evaluated, fewer than min_evaluate_clients=%d",
                 rnd,
                 len(record.evaluate_participants),
                 strategy.min_evaluate_clients,

@@ -260,7 +260,8 @@ def simulate(
             call switches backends by ``backend`` alone.
         round_timeout: Seconds clients have to reply in a round. The inline backend
             runs clients one after another and cannot interrupt one: it bounds each
-            client's own call, dropping a reply that took longer.
+            client's own call, dropping a reply that took longer. ``None`` (the
+            default) sets no limit: a client that never returns holds the run.
         progress: Draw a progress bar, updated once per round.
         on_round: Called with each round's record as it finishes (or a list of such
             functions, called in order).
