@@ -160,7 +160,8 @@ class Federation:
     def describe(self, request: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
         """Ask every site whether it answers ``request`` and what it declares."""
         if not self.cids:
-            raise FederationQueryError("no site is connected")
+            gone = "; ".join(f"{n}: {r}" for n, r in self._left().items())
+            raise FederationQueryError("no site is connected" + (f" ({gone})" if gone else ""))
         answers = self._exchange({**request, "op": "describe"}, self.cids)
         ok: dict[int, dict[str, Any]] = {}
         for cid in self.cids:
@@ -171,6 +172,8 @@ class Federation:
                 self.refused[self.names[cid]] = str(got["refused"])
             else:
                 ok[cid] = dict(got)
+        left = self._left()
+        self.refused.update(left)
         if not ok:
             reasons = "; ".join(f"{n}: {r}" for n, r in self.refused.items())
             raise PolicyError(f"no site answers this query ({reasons})")
@@ -178,11 +181,30 @@ class Federation:
             logger.warning(
                 "%d of %d sites answer this query; the answer leaves out the rows of %s",
                 len(ok),
-                len(self.cids),
+                len(self.cids) + len(left),
                 "; ".join(f"{n} (refused: {r})" for n, r in self.refused.items()),
             )
         self.cids = sorted(ok)
         return ok
+
+    def _left(self) -> dict[str, str]:
+        """The sites that joined the transport and left before the query, named, with why.
+
+        Each is named as the transport knows it (its certificate's name), as a site
+        that never answers is; it is no part of the query, but is named in its
+        ``refused``, so that a site missing from the answer is never silent.
+        """
+        lookup = getattr(self.transport, "left_clients", None)
+        gone = lookup() if callable(lookup) else {}
+        out: dict[str, str] = {}
+        for cid, (name, why) in sorted(gone.items()):
+            if cid in self.cids:  # back since
+                continue
+            name = str(name) or f"site-{cid}"
+            if name in self.names.values() or name in out:
+                name = f"{name}#{cid}"
+            out[name] = f"the site left before the query ({why})"
+        return out
 
     def _transport_name(self, cid: int) -> str:
         """What the transport calls site ``cid`` (its certificate's name), for a silent site."""

@@ -201,6 +201,7 @@ class Registry:
         self.changed = threading.Condition(self.lock)
         self.fleet: dict[int, Connection] = {}
         self.joins: dict[int, int] = {}  # cid -> how many times it connected
+        self.left: dict[int, tuple[str, str]] = {}  # cid -> (name, why): gone, not back
         self.closed = False
         # Why the server stops on a fault of its own (its disk), if it does: replies cut
         # short from then on are not their clients' doing (see :meth:`winding_down`).
@@ -244,6 +245,7 @@ class Registry:
             old = self.fleet.get(conn.cid)
             self.fleet[conn.cid] = conn
             self.joins[conn.cid] = self.joins.get(conn.cid, 0) + 1
+            self.left.pop(conn.cid, None)
             self.changed.notify_all()
         return old
 
@@ -285,6 +287,7 @@ class Registry:
                 conn.alive = False
                 if self.fleet.get(conn.cid) is conn:
                     del self.fleet[conn.cid]
+                    self.left[conn.cid] = (conn.name, why)
                 self.changed.notify_all()
             upload = conn.upload
             if upload is not None and not names_upload:

@@ -231,6 +231,11 @@ class GrpcServerTransport:
             conn = self._fleet.get(cid)
         return conn.name if conn is not None else None
 
+    def left_clients(self) -> dict[int, tuple[str, str]]:
+        """The clients that connected and left, not connected now: ``cid -> (name, why)``."""
+        with self._lock:
+            return dict(self._registry.left)
+
     def _name(self, cid: int) -> str:
         """Client ``cid``'s name (its certificate's), as the other log lines call it."""
         return self.client_name(cid) or f"client {cid}"
