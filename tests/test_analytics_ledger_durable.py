@@ -69,3 +69,36 @@ def test_a_ledger_file_with_a_count_past_int64_is_refused_naming_the_file(
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"site\.covey-budget\.json.*up to 2\*\*63 - 1"):
         load_budget(path, 5.0, 1e-6)
+
+
+@pytest.mark.parametrize("spent", ["NaN", "Infinity", "-Infinity", "-0.5", "1e999"])
+def test_a_ledger_file_whose_spent_is_not_a_finite_epsilon_is_refused_by_name(
+    tmp_path: Path, spent: str
+) -> None:
+    # NaN compared as "not above the events": the file loaded, the damage unseen
+    from covey.analytics._dp import event
+
+    path = tmp_path / "site.covey-budget.json"
+    budget = Budget(5.0, 1e-6, owner="the site")
+    budget.charge(event("laplace", 2.0, 1))
+    save_budget(budget, path)
+    text = path.read_text()
+    damaged = text.replace(f'"spent": {budget.spent!r}', f'"spent": {spent}')
+    assert damaged != text
+    path.write_text(damaged)
+    with pytest.raises(ValueError, match=r"records spent .*not a finite epsilon >= 0") as info:
+        load_budget(path, 5.0, 1e-6)
+    assert str(path) in str(info.value)
+    assert path.read_text() == damaged  # refused, not repaired
+
+
+@pytest.mark.parametrize("spent", [float("nan"), float("inf"), -1.0])
+def test_an_analyst_budget_whose_spent_is_not_a_finite_epsilon_is_refused(spent: float) -> None:
+    from covey.analytics import Analyst
+    from covey.analytics._dp import event
+
+    analyst = Analyst(epsilon=5.0)
+    analyst.charge_query("q1", event("laplace", 2.0, 1))
+    data = {**analyst.to_json(), "spent": spent}
+    with pytest.raises(ValueError, match=r"the analyst's budget records spent .*not a finite"):
+        Analyst.from_json(data)

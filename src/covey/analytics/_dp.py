@@ -183,6 +183,30 @@ def _mechanisms(ledger: Ledger) -> str:
     return " and ".join(sorted(names)) or "none yet"
 
 
+def recorded_spent(data: dict[str, Any], where: str) -> float | None:
+    """The epsilon a kept budget records as spent (None: it records none), checked.
+
+    The events are what counts; the total is checked against them. A total that
+    is no finite number >= 0 (NaN, inf, negative: JSON reads ``NaN``) is damage,
+    refused by name rather than replaced by the events' sum: what else in the file
+    is damaged cannot be known, and the file guards a privacy budget.
+
+    Raises:
+        ValueError: naming ``where`` and its ``spent``.
+    """
+    recorded = data.get("spent")
+    if recorded is None:
+        return None
+    if not real(recorded):
+        raise ValueError(f"{where} records spent {recorded!r}, not a number")
+    if not (math.isfinite(recorded) and recorded >= 0):
+        raise ValueError(
+            f"{where} records spent {recorded!r}, not a finite epsilon >= 0: it is damaged; "
+            "restore it from a copy"
+        )
+    return float(recorded)
+
+
 class Budget:
     """An epsilon limit and a :class:`covey.privacy.Ledger` of what was spent under it.
 
@@ -357,8 +381,9 @@ class Analyst(Budget):
         """Rebuild an analyst's budget from :meth:`to_json` output, to go on spending it.
 
         Raises:
-            ValueError: The data is not an analyst's budget, or its events add up to
-                less than the epsilon it records as spent (events are missing).
+            ValueError: The data is not an analyst's budget, its recorded ``spent`` is
+                no finite number >= 0 (damaged), or its events add up to less than the
+                epsilon it records as spent (events are missing).
 
         Example:
             >>> analyst = Analyst(epsilon=3.0)
@@ -367,11 +392,7 @@ class Analyst(Budget):
             True
         """
         analyst = super().from_json(data)
-        recorded = data.get("spent")
-        if recorded is not None and (
-            isinstance(recorded, bool) or not isinstance(recorded, int | float)
-        ):
-            raise ValueError(f"an analyst's budget records spent {recorded!r}, not a number")
+        recorded = recorded_spent(data, "the analyst's budget")
         # events lost (a truncated file, a bad merge) would reset what was spent
         if recorded is not None and recorded > analyst.spent * (1 + 1e-6) + 1e-6:
             raise ValueError(

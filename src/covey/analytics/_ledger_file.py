@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from covey.analytics._dp import Budget
+from covey.analytics._dp import Budget, recorded_spent
 from covey.core._files import atomic_write
 
 FORMAT = 1
@@ -37,7 +37,8 @@ def load_budget(path: Path, epsilon: float | None, delta: float) -> Budget:
 
     Raises:
         ValueError: The file is too large, not JSON, not a budget, kept at another delta,
-            or its events add up to less than the epsilon it records as spent.
+            its recorded ``spent`` is no finite number >= 0, or its events add up to less
+            than the epsilon it records as spent.
         NewerLedgerError: A newer covey wrote it (another format, entries this
             covey does not know).
     """
@@ -95,11 +96,9 @@ def _check_spent(path: Path, data: dict[str, Any], kept: Budget) -> None:
     The events are what counts; a recorded total above them means events were lost
     (a hand edit, a bad merge), and going on from the events would under-count.
     """
-    recorded = data.get("spent")
+    recorded = recorded_spent(data, f"the ledger file {path}")
     if recorded is None:
         return
-    if isinstance(recorded, bool) or not isinstance(recorded, int | float):
-        raise ValueError(f"the ledger file {path} records spent {recorded!r}, not a number")
     if recorded > kept.spent * (1 + SPENT_TOLERANCE) + SPENT_TOLERANCE:
         raise ValueError(
             f"the ledger file {path} records epsilon {recorded:.6g} spent, but its events "
