@@ -128,3 +128,66 @@ def test_adaptive_clipping_refuses_a_setting_that_is_no_number(
         return  # None is count_stddev's default: 0.05 x the clients expected
     with pytest.raises(ValueError, match=re.escape(f"{name} must be {said}, got {bad!r}")):
         privacy.AdaptiveClipping(**{name: bad})
+
+
+_BIG = 2**1100  # an int past the largest float: it compares, but float() of it overflows
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("noise_multiplier", lambda: privacy.epsilon(_BIG, 0.1, 10, 1e-5)),
+        ("sampling_rate", lambda: privacy.epsilon(1.0, _BIG, 10, 1e-5)),
+        ("rounds", lambda: privacy.epsilon(1.0, 0.1, _BIG, 1e-5)),
+        ("delta", lambda: privacy.epsilon(1.0, 0.1, 10, _BIG)),
+        ("target_epsilon", lambda: privacy.calibrate(_BIG, 1e-5, 0.1, 10)),
+        ("rounds", lambda: privacy.calibrate(1.0, 1e-5, 0.1, _BIG)),
+        ("epsilon", lambda: privacy.analytic_gaussian_sigma(_BIG, 1e-5)),
+        ("sensitivity", lambda: privacy.analytic_gaussian_sigma(1.0, 1e-5, _BIG)),
+        ("learning_rate", lambda: privacy.AdaptiveClipping(learning_rate=_BIG)),
+        ("count_stddev", lambda: privacy.AdaptiveClipping(count_stddev=_BIG)),
+        ("clip", lambda: privacy.central(_fedavg(), noise_multiplier=1.0, clip=_BIG, delta=1e-5)),
+        (
+            "target_epsilon",
+            lambda: privacy.central(
+                _fedavg(), noise_multiplier=1.0, clip=1.0, delta=1e-5, target_epsilon=_BIG
+            ),
+        ),
+        (
+            "expected_clients",
+            lambda: privacy.central(
+                _fedavg(), noise_multiplier=1.0, clip=1.0, delta=1e-5, expected_clients=_BIG
+            ),
+        ),
+        (
+            "tree_rounds",
+            lambda: privacy.dp_ftrl(
+                _fedavg(), noise_multiplier=1.0, clip=1.0, delta=1e-5, tree_rounds=_BIG
+            ),
+        ),
+        ("a privacy budget", lambda: Budget(_BIG, 1e-6)),
+    ],
+)
+def test_an_int_too_large_for_a_float_is_refused_naming_the_setting(name: str, make: Any) -> None:
+    # Before: Python's own OverflowError from deep inside (or 330 digits in the message).
+    with pytest.raises(ValueError, match=re.escape(name)) as info:
+        make()
+    assert "an int too large for a float (1101 bits)" in str(info.value)
+
+
+def test_a_ledger_event_with_an_int_too_large_for_a_float_is_refused_by_name() -> None:
+    event = {"type": "LaplaceDpEvent", "noise_multiplier": _BIG}
+    with pytest.raises(ValueError, match="'noise_multiplier' must be a number, 0 or more, got an"):
+        privacy.Ledger.from_json({"accountant": "rdp", "entries": [[event, 1]]})
+
+
+def test_an_analytics_setting_too_large_for_a_float_is_refused_naming_it() -> None:
+    from covey.analytics import Policy
+    from covey.analytics._options import check_query
+
+    with pytest.raises(ValueError, match=r"epsilon must be .*an int too large for a float"):
+        check_query("SELECT COUNT(*) FROM t", epsilon=_BIG)
+    with pytest.raises(ValueError, match=r"precision must be .*an int too large for a float"):
+        check_query("SELECT COUNT(*) FROM t", precision=_BIG)
+    with pytest.raises(ValueError, match=r"max_epsilon must be .*an int too large for a float"):
+        Policy(max_epsilon=_BIG)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
-from covey.core._messages import real
+from covey.core._messages import finite, real, shown
 from covey.privacy import Ledger
 from covey.privacy._accounting import check_target_epsilon, statement
 
@@ -228,8 +228,8 @@ class Budget:
     """
 
     def __init__(self, epsilon: float | None, delta: float, owner: str = "the site") -> None:
-        if epsilon is not None and not (real(epsilon) and 0 < epsilon < math.inf):
-            raise ValueError(f"a privacy budget must be a positive number, got {epsilon!r}")
+        if epsilon is not None and not (finite(epsilon) and epsilon > 0):
+            raise ValueError(f"a privacy budget must be a positive number, got {shown(epsilon)}")
         if not (real(delta) and 0.0 < delta < 1.0):
             raise ValueError(f"delta must be in (0, 1), got {delta!r}")
         self.epsilon = epsilon

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from covey.analytics import _dp
 from covey.analytics._sql import Plan, plan
 from covey.analytics._sqltext import QueryError
+from covey.core._messages import finite, shown
 
 DISTINCT_BUCKETS = 1 << 16
 """The buckets of ``APPROX_COUNT_DISTINCT`` (linear counting)."""
@@ -50,11 +50,11 @@ def check_query(
     if epsilon is not None and (
         isinstance(epsilon, bool)
         or not isinstance(epsilon, int | float)
-        or not (epsilon > 0 and math.isfinite(epsilon))
+        or not (finite(epsilon) and epsilon > 0)  # an int past the largest float too
     ):
-        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+        raise ValueError(f"epsilon must be a positive number, got {shown(epsilon)}")
     if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+        raise ValueError(f"delta must be a number in (0, 1), got {shown(delta)}")
     if epsilon is not None:
         _dp.check_certifiable(mechanism, float(epsilon), float(delta))
     if not isinstance(secure, bool):  # None or "false" would pass for one or the other
@@ -62,9 +62,9 @@ def check_query(
     if precision is not None and (
         isinstance(precision, bool)
         or not isinstance(precision, int | float)
-        or not (precision > 0 and math.isfinite(precision))
+        or not (finite(precision) and precision > 0)
     ):  # found only after the sites answered the first stage
-        raise ValueError(f"precision must be None or a positive number, got {precision!r}")
+        raise ValueError(f"precision must be None or a positive number, got {shown(precision)}")
     if analyst is not None and not isinstance(analyst, _dp.Analyst):
         raise TypeError(f"analyst must be a covey.analytics.Analyst, got {type(analyst).__name__}")
     if epsilon is not None and any(a.func == "approx_distinct" for a in p.aggregates):

@@ -18,6 +18,7 @@ import numpy as np
 
 from covey.analytics._sql import Plan
 from covey.analytics._sqltext import fold
+from covey.core._messages import finite, shown
 
 MAX_DOMAIN = 1000
 _LISTS = ("tables", "columns", "min_max", "distinct")
@@ -150,9 +151,9 @@ class Policy:
             if value is not None and (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not (value > 0 and math.isfinite(value))
+                or not (finite(value) and value > 0)  # an int past the largest float too
             ):
-                raise ValueError(f"{name} must be positive and finite, got {value!r}")
+                raise ValueError(f"{name} must be positive and finite, got {shown(value)}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 

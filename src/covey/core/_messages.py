@@ -8,6 +8,7 @@ their own kinds by registering a handler with :func:`covey.clients.register_task
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,30 @@ def plain(value: Any) -> Any:
 def real(value: Any) -> TypeGuard[float]:
     """Whether ``value`` is a real number (NumPy's included), not a bool or a string."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def finite(value: Any) -> TypeGuard[float]:
+    """Whether ``value`` is a real number that is finite as a float.
+
+    An int past the largest float (``2**1100``) is not: it compares as finite, but
+    the first ``float()`` of it raises a bare ``OverflowError``.
+    """
+    if not real(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message; an int too large for a float is named by its size.
+
+    Its digits say nothing (and past 4300 of them Python refuses to write them).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and not finite(value):
+        return f"an int too large for a float ({value.bit_length()} bits)"
+    return repr(value)
 
 
 def _check_count(value: object, what: str) -> int:

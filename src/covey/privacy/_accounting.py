@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from covey.core._messages import plain, real
+from covey.core._messages import finite, plain, real, shown
 from covey.privacy._pld import PLD_DEFAULT as _PLD_DEFAULT
 from covey.privacy._pld import pld_interval
 
@@ -72,7 +72,7 @@ def event_to_json(event: dpa.DpEvent) -> dict[str, Any]:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, int | float) and finite(value)  # no bool; no int past a float
 
 
 def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
@@ -98,7 +98,7 @@ def event_from_json(data: Any, _depth: int = 0) -> dpa.DpEvent:
         elif not _number(value) or value < 0:  # every parameter of a DP event is 0 or more
             raise ValueError(
                 f"privacy ledger event {data['type']}: {attribute.name!r} must be a number, "
-                f"0 or more, got {value!r}"
+                f"0 or more, got {shown(value)}"
             )
         kwargs[attribute.name] = value
     return cls(**kwargs)
@@ -202,21 +202,21 @@ def check_noise_multiplier(value: float, name: str = "noise_multiplier") -> None
     """Refuse a noise multiplier that is no number within :data:`NOISE_RANGE`, naming it."""
     low, high = NOISE_RANGE
     if not real(value) or not low <= value <= high:  # NaN too; a bool is no multiplier
-        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {shown(value)}")
 
 
 def _check(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> None:
     check_noise_multiplier(noise_multiplier)
     if not real(sampling_rate) or not 0.0 < sampling_rate <= 1.0:
-        raise ValueError(f"sampling_rate must be a number in (0, 1], got {sampling_rate!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+        raise ValueError(f"sampling_rate must be a number in (0, 1], got {shown(sampling_rate)}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= MAX_COUNT:
+        raise ValueError(f"rounds must be a non-negative int up to 2**63 - 1, got {shown(rounds)}")
     _check_delta(delta)
 
 
 def _check_delta(delta: float) -> None:
     if not real(delta) or not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+        raise ValueError(f"delta must be a number in (0, 1), got {shown(delta)}")
 
 
 def check_target_epsilon(value: Any, name: str = "target_epsilon") -> None:
@@ -225,8 +225,8 @@ def check_target_epsilon(value: Any, name: str = "target_epsilon") -> None:
     An infinite budget would never stop a run, and a NaN one would stop none
     either (no epsilon compares above it): neither is a budget.
     """
-    if not real(value) or not 0.0 < value < math.inf:
-        raise ValueError(f"{name} must be a number > 0 and finite, got {value!r}")
+    if not finite(value) or not value > 0.0:  # an int past the largest float too
+        raise ValueError(f"{name} must be a number > 0 and finite, got {shown(value)}")
 
 
 def epsilon(

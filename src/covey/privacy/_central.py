@@ -16,6 +16,7 @@ import numpy as np
 
 from covey.core._history import History, RoundRecord
 from covey.core._hooks import stopped_unsaved, unsaved_releases
+from covey.core._messages import finite, shown
 from covey.privacy import _noise
 from covey.privacy._accounting import (
     Accountant,
@@ -263,14 +264,14 @@ def _check(
     ):
         raise ValueError(f"noise_seed must be a non-negative int, got {noise_seed!r}")
     check_noise_multiplier(noise_multiplier)
-    if not clip > 0 or not np.isfinite(clip):
-        raise ValueError(f"clip must be a positive number, got {clip!r}")
+    if not finite(clip) or not clip > 0:  # an int past the largest float too
+        raise ValueError(f"clip must be a positive number, got {shown(clip)}")
     if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    if expected_clients is not None and not 0 < expected_clients < float("inf"):
+        raise ValueError(f"delta must be in (0, 1), got {shown(delta)}")
+    if expected_clients is not None and not (finite(expected_clients) and expected_clients > 0):
         raise ValueError(
             f"expected_clients must be a positive number (the divisor of the noisy sum), "
-            f"got {expected_clients!r}"
+            f"got {shown(expected_clients)}"
         )
     if target_epsilon is not None:
         # Infinity never stops a run: the way to run without a budget is no target.

@@ -26,7 +26,7 @@ else:
 from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._extras import MissingExtraError
-from covey.core._messages import real
+from covey.core._messages import finite, shown
 from covey.privacy._accounting import Accountant, Ledger, check_noise_multiplier, round_event
 from covey.privacy._local import check_delta, read_ledger, write_ledger
 
@@ -130,8 +130,8 @@ class DPSGD:
             ("noise_multiplier", noise_multiplier),
             ("max_grad_norm", max_grad_norm),
         ):
-            if not real(value) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            if not finite(value) or not value > 0:  # an int past the largest float too
+                raise ValueError(f"{name} must be a finite number > 0, got {shown(value)}")
         check_noise_multiplier(noise_multiplier)
         check_delta(delta)
         if len(data_loader) == 0:

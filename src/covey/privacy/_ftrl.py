@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from covey.core._messages import plain
+from covey.core._messages import plain, shown
+from covey.privacy._accounting import MAX_COUNT
 from covey.privacy._central import PrivacyHook, _check, refuse_nested, refuse_own_sampling
 from covey.privacy._step import Mechanism, Shared, dp_step
 from covey.strategies._checks import fit_only
@@ -94,8 +95,14 @@ def dp_ftrl(
             "aggregation's) hides them"
         )
     tree_rounds = plain(tree_rounds)
-    if isinstance(tree_rounds, bool) or not isinstance(tree_rounds, int) or tree_rounds < 1:
-        raise ValueError(f"tree_rounds must be a positive int, got {tree_rounds!r}")
+    if (
+        isinstance(tree_rounds, bool)
+        or not isinstance(tree_rounds, int)
+        or not 1 <= tree_rounds <= MAX_COUNT
+    ):
+        raise ValueError(
+            f"tree_rounds must be a positive int up to 2**63 - 1, got {shown(tree_rounds)}"
+        )
     mech = Mechanism(
         name=f"DP-FTRL (tree aggregation, z={noise_multiplier:g}, clip={clip:g})",
         noise_multiplier=float(noise_multiplier),

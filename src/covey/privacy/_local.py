@@ -24,7 +24,7 @@ else:
 
 from covey.clients._client import Client, lend
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_regular
-from covey.core._messages import Config, EvaluateResult, FitResult, real
+from covey.core._messages import Config, EvaluateResult, FitResult, finite, real, shown
 from covey.core._weights import Array, Weights, subtract
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger
@@ -62,11 +62,11 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
         Balle and Wang, "Improving the Gaussian Mechanism for Differential
         Privacy: Analytical Calibration and Optimal Denoising", ICML 2018.
     """
-    if not real(epsilon) or not epsilon > 0 or not math.isfinite(epsilon):
-        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+    if not finite(epsilon) or not epsilon > 0:
+        raise ValueError(f"epsilon must be a positive number, got {shown(epsilon)}")
     check_delta(delta)
-    if not real(sensitivity) or not sensitivity > 0 or not math.isfinite(sensitivity):
-        raise ValueError(f"sensitivity must be a finite number > 0, got {sensitivity!r}")
+    if not finite(sensitivity) or not sensitivity > 0:
+        raise ValueError(f"sensitivity must be a finite number > 0, got {shown(sensitivity)}")
 
     def excess(log_sigma: float) -> float:
         return _analytic_delta(math.exp(log_sigma), epsilon, sensitivity) - delta
@@ -88,7 +88,7 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
 def check_delta(delta: Any) -> None:
     """Refuse a delta that is not a number in (0, 1), naming it."""
     if not real(delta) or not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+        raise ValueError(f"delta must be a number in (0, 1), got {shown(delta)}")
 
 
 def _update(result: FitResult, weights: Weights) -> dict[str, Array]:
@@ -183,8 +183,8 @@ class LocalDP(ClipUpdates):
         ledger_path: str | Path | None = None,
     ) -> None:
         super().__init__(client)
-        if not real(clip) or not clip > 0 or not math.isfinite(clip):
-            raise ValueError(f"clip must be a positive number, got {clip!r}")
+        if not finite(clip) or not clip > 0:
+            raise ValueError(f"clip must be a positive number, got {shown(clip)}")
         check_delta(delta)
         self.clip = float(clip)
         self.delta = float(delta)

@@ -38,7 +38,7 @@ from covey.aggregate import (
     Step,
 )
 from covey.aggregate._base import State, min_contributions
-from covey.core._messages import real
+from covey.core._messages import finite, real, shown
 from covey.core._weights import Array, Weights
 from covey.privacy import _noise
 from covey.privacy._accounting import Accountant, Ledger, round_event
@@ -79,14 +79,16 @@ class AdaptiveClipping:
             raise ValueError(
                 f"target_quantile must be a number in (0, 1), got {self.target_quantile!r}"
             )
-        if not real(self.learning_rate) or not 0 < self.learning_rate < math.inf:
+        if not finite(self.learning_rate) or not self.learning_rate > 0:
             raise ValueError(
-                f"learning_rate must be a finite number > 0, got {self.learning_rate!r}"
+                f"learning_rate must be a finite number > 0, got {shown(self.learning_rate)}"
             )
         if self.count_stddev is not None and (
-            not real(self.count_stddev) or not 0 < self.count_stddev < math.inf
+            not finite(self.count_stddev) or not self.count_stddev > 0
         ):
-            raise ValueError(f"count_stddev must be a finite number > 0, got {self.count_stddev!r}")
+            raise ValueError(
+                f"count_stddev must be a finite number > 0, got {shown(self.count_stddev)}"
+            )
 
     def next_clip(self, clip: float, noisy_fraction: float) -> float:
         """The clip after a round whose noisy fraction of unclipped updates was ``noisy_fraction``.
