@@ -351,3 +351,43 @@ def test_a_start_without_model_param_is_refused_naming_the_field() -> None:
     model = _edited(_trained(), lambda doc: doc["learner"].pop("learner_model_param"))  # type: ignore[attr-defined]
     with pytest.raises(covey.core.WeightsError, match="lacks a field of an XGBoost model"):
         booster_from_weights(to_weights(model, 1 << 20))
+
+
+def test_a_global_model_of_a_billion_classes_is_refused_before_xgboost_loads_it() -> None:
+    # Before, num_class 1e9 passed every check: XGBoost then hung allocating its outputs.
+    model = _edited(_trained(), _model_param("num_class", "1000000000"))
+    with pytest.raises(covey.core.WeightsError, match=r"num_class '1000000000' .*over the cap"):
+        booster_from_weights(to_weights(model, 1 << 20))
+
+
+@pytest.mark.parametrize("base_score", ["[5E-1,5E-1]", "[1E-1,2E-1,3E-1,4E-1]", "[x]"])
+def test_a_base_score_of_the_wrong_length_is_refused_naming_it(base_score: str) -> None:
+    # Before, a model of one output with two base scores loaded, and failed only at predict.
+    model = _edited(_trained(), _model_param("base_score", base_score))
+    with pytest.raises(covey.core.WeightsError, match="'base_score'"):
+        booster_from_weights(to_weights(model, 1 << 20))
+
+
+@pytest.mark.parametrize(
+    ("params", "labels"),
+    [
+        ({"objective": "multi:softprob", "num_class": 300}, lambda rng: rng.integers(0, 300, 600)),
+        (
+            {"objective": "reg:squarederror", "multi_strategy": "one_output_per_tree"},
+            lambda rng: rng.normal(size=(600, 3)),
+        ),
+    ],
+    ids=["300-classes", "3-targets"],
+)
+def test_models_of_many_classes_or_targets_and_their_base_scores_load(
+    params: dict[str, object], labels: Callable[[np.random.Generator], np.ndarray]
+) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4))
+    booster = xgb.train({**params, "max_depth": 1, "nthread": 1}, xgb.DMatrix(x, labels(rng)), 1)
+    model = bytes(booster.save_raw("json"))
+    loaded = booster_from_weights(to_weights(model, 1 << 24))
+    assert num_trees(merge_trees(model, [(model, 1.0)])) == num_trees(model)
+    assert loaded.predict(xgb.DMatrix(x[:2])).shape[0] == 2
+    old = _edited(model, _model_param("base_score", "[5E-1]"))  # one for all, as XGBoost 2 wrote
+    booster_from_weights(to_weights(old, 1 << 24))

@@ -118,12 +118,20 @@ def check_tree(tree: Any, num_feature: int, what: str) -> None:
 _COUNTS = (("num_feature", 0), ("num_class", 0), ("num_target", 1))
 """The model's counts XGBoost sizes its outputs by, each with its least value."""
 
+MAX_OUTPUTS = 2**16
+"""The most outputs (classes times targets) of a model: one tree each per iteration.
+
+XGBoost sizes its buffers by them unchecked: ``num_class`` 1e9 hangs it allocating
+them. Far above any model XGBoost trains (a few hundred classes, tens of targets).
+"""
+
 
 def _check_counts(params: Any) -> None:
-    """Refuse counts of features, classes or targets that are no whole number, or too small.
+    """Refuse counts of features, classes or targets that are no whole number, or too large.
 
     XGBoost reads them unchecked: ``num_target`` below 1 wraps to billions of outputs
-    (XGBoost hangs allocating them), so they are checked before it loads the model.
+    and ``num_class`` 1e9 asks for as many (XGBoost hangs allocating them), so they are
+    checked before it loads the model, and ``base_score`` against them.
     """
     if not isinstance(params, dict):
         raise WeightsError("the global model's learner_model_param is not a JSON object")
@@ -137,6 +145,40 @@ def _check_counts(params: Any) -> None:
                 f"the global model's learner_model_param {key!r} is {value!r}: XGBoost "
                 f"writes a whole number of at least {least}, as a string"
             )
+    outputs = _outputs(params)
+    if outputs > MAX_OUTPUTS:
+        raise WeightsError(
+            f"the global model's learner_model_param has num_class {params.get('num_class')!r} "
+            f"and num_target {params.get('num_target', '1')!r}: {outputs} outputs, over the "
+            f"cap of {MAX_OUTPUTS}"
+        )
+    _check_base_score(params.get("base_score"), outputs)
+
+
+def _outputs(params: dict[str, Any]) -> int:
+    """The model's outputs (output groups): classes (or 1) times targets."""
+    return max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
+
+
+def _check_base_score(text: Any, outputs: int) -> None:
+    """Refuse a ``base_score`` that is no list of numbers, one or one per output.
+
+    XGBoost loads a wrong count without complaint and fails only when it predicts.
+    """
+    if text is None:
+        return  # XGBoost's default
+    scores = _scores(text)
+    if not isinstance(scores, tuple):
+        raise WeightsError(
+            f"the global model's learner_model_param 'base_score' is {str(text)[:80]!r}: "
+            "XGBoost writes numbers, as a string such as '[5E-1]'"
+        )
+    if len(scores) not in (1, outputs):
+        raise WeightsError(
+            f"the global model's learner_model_param 'base_score' holds {len(scores)} "
+            f"numbers; the model has {outputs} output{'s' * (outputs != 1)} (num_class, "
+            f"num_target): XGBoost takes one, or one per output"
+        )
 
 
 def check_model(doc: dict[str, Any], what: str) -> None:
@@ -196,7 +238,7 @@ def new_trees(
             f"{what} has {len(trees)} trees, fewer than the global model's {known}: "
             "it does not extend it"
         )
-    groups = max(int(params.get("num_class", "0")), 1) * max(int(params.get("num_target", "1")), 1)
+    groups = _outputs(params)
     if not isinstance(info, list) or len(info) != len(trees):
         raise WeightsError(f"{what}: tree_info does not hold one group per tree")
     if any(not isinstance(g, int) or not 0 <= g < groups for g in info):
