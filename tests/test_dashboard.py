@@ -90,6 +90,7 @@ def test_unreadable_runs_are_named_not_fatal(
     (tmp_path / "odd" / "history.json").write_text('{"rounds": [{"round": -1}]}')
     _simulate(tmp_path / "big")
     monkeypatch.setattr(runjson_module, "MAX_JSON_BYTES", 100)
+    monkeypatch.setattr(runjson_module, "MAX_SETTINGS_BYTES", 100)  # run.json's, as covey runs'
     with pytest.raises(RunReadError, match="over the 100-byte cap"):
         read_run("big", tmp_path / "big")
     with pytest.raises(RunReadError, match="no valid 'round' number"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -383,3 +385,56 @@ def test_a_report_of_a_damaged_history_says_on_the_console_it_was_read_from_the_
     assert f"its rounds were read from {run / 'run.sqlite'} instead" in said
     assert f"report written to {out}" in done.stdout
     assert 'id="warning"' in out.read_text()
+
+
+def _damage_run_json(folder: Path, how: str) -> None:
+    import os
+
+    path = folder / "run.json"
+    if how == "a list":
+        path.write_text('[{"status": "finished"}]')
+    elif how == "a named pipe":
+        os.mkfifo(path)
+    else:  # not UTF-8
+        path.write_bytes(b'{"status": "fini\xffshed"}')
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("a list", "holds no JSON object (it holds a list)"),
+        ("a named pipe", "is not a regular file"),
+        ("not UTF-8", "can't decode byte 0xff"),
+    ],
+)
+def test_the_dashboard_and_covey_runs_refuse_a_damaged_run_json_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, why: str
+) -> None:
+    # The dashboard passed over a list or a named pipe (the run looked fine) and
+    # `covey runs` said otherwise: one reader now gives one verdict, naming why.
+    pytest.importorskip("starlette", reason="the dashboard extra is needed")
+    from covey.dashboard import DashboardServer, RunReadError, read_run
+    from covey.dashboard._runjson import read_run_json
+
+    monkeypatch.setenv("COLUMNS", "400")
+    folder = tmp_path / "runs" / "r"
+    _good(folder)
+    _damage_run_json(folder, how)
+    with pytest.raises(RunReadError, match=re.escape(why)) as info:
+        read_run_json(folder)
+    said = str(info.value)
+    assert str(folder / "run.json") in said
+    with pytest.raises(RunReadError) as again:
+        read_run("r", folder)
+    assert str(again.value) == said
+    with (
+        DashboardServer(tmp_path / "runs") as server,
+        urllib.request.urlopen(server.url + "api/runs", timeout=30) as response,  # noqa: S310
+    ):
+        (row,) = json.loads(response.read())["runs"]
+    assert row["status"] == "unreadable"
+    assert row["error"] == said
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert listed.exit_code == 0, listed.output
+    assert " unreadable " in " ".join(listed.output.split())
+    assert said in "".join(listed.output.split("\n"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import sqlite3
 import warnings
 from pathlib import Path
@@ -31,8 +30,7 @@ from covey.cli._rounds import (
     stopped_early,
 )
 from covey.cli._runsdir import STORE, find_run, project_runs
-from covey.core._files import MAX_SETTINGS_BYTES, read_regular
-from covey.dashboard._runjson import run_files_within
+from covey.dashboard._runjson import RunReadError, read_run_json, run_files_within
 from covey.dashboard._runs import discover_runs, later_rounds
 from covey.deploy._cli_errors import fail
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
@@ -130,14 +128,11 @@ def _damaged(folder: Path) -> str | None:
     The dashboard and ``covey runs report`` refuse such a run: listed, it is
     ``unreadable`` too, naming the file, whatever its history says.
     """
-    path = folder / "run.json"
-    if not path.exists() and not path.is_symlink():
-        return None
     try:
-        data = json.loads(read_regular(path, MAX_SETTINGS_BYTES).decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        return f"cannot read {path}: {exc}"
-    return None if isinstance(data, dict) else f"{path} holds no JSON object"
+        read_run_json(folder)
+    except RunReadError as exc:  # as the dashboard says it
+        return str(exc)
+    return None
 
 
 def _run_json(folder: Path) -> dict[str, Any]:
@@ -147,10 +142,9 @@ def _run_json(folder: Path) -> dict[str, Any]:
     not waited on, and JSON nested too deeply is damaged like any other.
     """
     try:
-        data = json.loads(read_regular(folder / "run.json", MAX_SETTINGS_BYTES).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):  # no run.json, or damaged
+        return read_run_json(folder) or {}
+    except RunReadError:  # damaged: the run is unreadable (see _damaged)
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def run_status(folder: Path, history: History) -> str:

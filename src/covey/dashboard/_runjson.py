@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from covey.core._files import read_regular
+from covey.core._files import MAX_SETTINGS_BYTES, read_regular
 
 MAX_JSON_BYTES: Final = 256 << 20
 """The largest ``history.json`` or ``run.json`` read (bigger files are refused)."""
@@ -90,18 +90,43 @@ def tagged_float(value: Any) -> float | None:
         return None
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file written by a run, refusing files over :data:`MAX_JSON_BYTES`."""
+def read_json(path: Path, limit: int | None = None) -> Any:
+    """Parse a JSON file written by a run, refusing files over ``limit`` bytes.
+
+    ``limit``: None is :data:`MAX_JSON_BYTES`.
+    """
+    limit = MAX_JSON_BYTES if limit is None else limit
     try:
         size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise RunReadError(f"{path} is {size} bytes, over the {MAX_JSON_BYTES}-byte cap")
-        return json.loads(read_regular(path), parse_constant=tag_constant)
+        if size > limit:
+            raise RunReadError(f"{path} is {size} bytes, over the {limit}-byte cap")
+        return json.loads(read_regular(path, limit), parse_constant=tag_constant)
     except (OSError, ValueError) as exc:
         # ValueError: not UTF-8, not JSON, or an integer of more digits than Python converts
         raise RunReadError(f"cannot read {path}: {exc}") from exc
     except RecursionError:
         raise RunReadError(f"cannot read {path}: its JSON nests too deeply") from None
+
+
+def read_run_json(folder: Path, root: Path | None = None) -> dict[str, Any] | None:
+    """A simulation's ``run.json`` in ``folder`` as an object; None if there is none.
+
+    The one reader of the dashboard, its reports and ``covey runs``, so that they
+    give one verdict on a damaged file: anyone who can write the folder may have
+    put anything there, and a named pipe is not waited on.
+
+    Raises:
+        RunReadError: naming the file and why, if it is no regular file (a named
+            pipe, a folder), over :data:`~covey.core._files.MAX_SETTINGS_BYTES`, not
+            UTF-8, not JSON, no JSON object, or a link outside ``root``.
+    """
+    path = folder / "run.json"
+    if not path.exists() and not path.is_symlink():
+        return None
+    data = read_json(within(path, root), MAX_SETTINGS_BYTES)
+    if not isinstance(data, dict):
+        raise RunReadError(f"{path} holds no JSON object (it holds a {type(data).__name__})")
+    return data
 
 
 _ID_LISTS: Final[tuple[str, ...]] = ("fit_participants", "evaluate_participants")

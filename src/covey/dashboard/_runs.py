@@ -36,6 +36,7 @@ from covey.dashboard._runjson import (
     check_rounds,
     read_from_store,
     read_json,
+    read_run_json,
     tagged_float,
     within,
 )
@@ -219,11 +220,7 @@ def read_run(
         if not db.is_file():
             raise RunReadError(damaged)
         run = Run(run_id, path, run.kind, warning=read_from_store(damaged, db))
-    meta_file = path / META
-    if meta_file.is_file():
-        meta = read_json(within(meta_file, top))
-        if isinstance(meta, dict):
-            run.meta.update(meta)
+    run.meta.update(read_run_json(path, top) or {})  # damaged: refused, naming why
     if db.is_file():
         read_store_within(run, db, top, damaged)
     _how_to_go_on(run, db, simulated)
