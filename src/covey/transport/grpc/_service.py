@@ -3,19 +3,19 @@
 Each connected client holds one bidirectional stream of frames (:mod:`._frames`:
 protobuf control messages, chunks as raw bytes). A reader thread per stream
 turns the client's frames into :class:`~covey.core._messages.Reply` objects;
-the stream's response generator sends task headers and chunk frames as gRPC's
-flow control allows, so memory in flight stays bounded. A reply large enough
-to be spilled to a file is checked when it completes and handed over as a
-:class:`~covey.core._messages.DeferredReply`, mapped only while it is folded.
+the stream's response generator (:mod:`._outbound`) sends task headers and
+chunk frames as gRPC's flow control allows, so memory in flight stays bounded.
+A reply large enough to be spilled to a file is checked when it completes and
+handed over as a :class:`~covey.core._messages.DeferredReply`, mapped only
+while it is folded.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -33,10 +33,8 @@ from covey.transport.grpc._frames import (
     chunk_data,
     client_message,
     control,
-    frames,
     is_chunk,
     reply_of,
-    task_header,
     welcome_message,
 )
 from covey.transport.grpc._greeting import Greeting
@@ -49,8 +47,8 @@ from covey.transport.grpc._options import (
     grpc_options,
     start_server,
 )
+from covey.transport.grpc._outbound import SILENCE, TaskStream
 from covey.transport.grpc._registry import (
-    CLOSE,
     CUT_OFF,
     Connection,
     Registry,
@@ -80,11 +78,10 @@ __all__ = [
 
 logger = logging.getLogger("covey")
 
-SILENCE = 6  # heartbeat intervals of silence after which a client is taken for gone
 GOODBYE_DRAIN = 5.0  # seconds a client has to hang up after the goodbye
 
 
-class FederationService:
+class FederationService(TaskStream):
     """The ``Federation.Join`` handler: identify a client, then stream tasks and read replies.
 
     Args:
@@ -191,68 +188,6 @@ class FederationService:
                 data.forget(welcome.data_token)
         if conn.refusal:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, conn.refusal)
-
-    def _send(self, conn: Connection) -> Generator[bytes, None, bool]:
-        """The response stream: heartbeats, goodbyes, task headers and their chunk frames.
-
-        Only this generator writes to the stream, so a task's chunk frames are never
-        interleaved with anything else. Returns whether it ended after a goodbye.
-        """
-        goodbye = False
-        while conn.alive:
-            try:
-                item = conn.outbound.get(timeout=self.heartbeat)
-            except queue.Empty:
-                if time.monotonic() - conn.last_seen > SILENCE * self.heartbeat:
-                    self.registry.drop(conn, "timed out (no heartbeat)")
-                    return False
-                yield _HEARTBEAT
-                continue
-            if item is CLOSE:
-                return goodbye
-            if item[0] == "goodbye":
-                yield control(pb.ServerMessage(goodbye=pb.Goodbye(reason=item[1])))
-                goodbye = True
-                continue
-            if not (yield from self._task(conn, *item[1:])):
-                return False
-        return False
-
-    def _task(
-        self, conn: Connection, task_id: int, task: Any, blob: Any, extras: Any
-    ) -> Generator[bytes, None, bool]:
-        """Send one task: its header, then its arrays; False if the connection went meanwhile."""
-        if not conn.data_ready.wait(_lane.READY_WAIT):  # its first task waits for them, once
-            conn.data_ready.set()
-        with conn.lock:
-            if task_id not in conn.pending:
-                return True  # cancelled before it was sent
-            if not task.weights:  # its result is read with the caps alone
-                conn.modelless.add(task_id)
-        if conn.kinds and task.kind not in conn.kinds:
-            self.registry.unable(conn, task_id, task.kind)
-            return True
-        try:
-            header = task_header(task_id, task, blob, extras)
-        except _wire.WireError as exc:  # that client's failure; its stream stays open
-            error = f"cannot send the {task.kind} task to client {conn.name}: {exc}"
-            self.registry.unable(conn, task_id, task.kind, error)
-            return True
-        lane = conn.lanes[0] if header.weights_size or header.extras_size else None
-        header.data_lane = lane is not None
-        yield control(pb.ServerMessage(task=header))
-        if lane is not None:  # the arrays go on the data connection
-            try:
-                _lane.send(lane, blob, extras)
-            except OSError as exc:
-                self.registry.drop(conn, f"lost its data connection ({exc or 'closed'})")
-                return False
-            return True
-        for frame in frames(blob, extras):
-            if conn.closed():
-                return False
-            yield frame
-        return True
 
     def _read(self, conn: Connection, requests: Iterator[bytes]) -> None:
         """Read one client's frames until its stream ends, then drop it."""
@@ -495,6 +430,3 @@ class FederationService:
                 failed = (sink, Reply(conn.cid, kind, error=f"malformed reply: {why}"))
                 raise _ProtocolError(f"refused a malformed {kind} reply: {why}", failed) from None
         self.registry.route(sink, reply, conn.name)
-
-
-_HEARTBEAT = control(pb.ServerMessage(heartbeat=pb.Heartbeat()))

@@ -2,7 +2,8 @@
 
 Nothing that arrives from the network is unpickled. Small structured data
 (configs, metrics, payloads) is JSON, with bytes and non-finite floats tagged;
-arrays travel as codec-encoded weights next to the JSON.
+arrays travel as codec-encoded weights next to the JSON. What a peer sends is
+read within caps by :mod:`._wireread`, whose names this module also offers.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ import base64
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from covey.core._messages import EvaluateResult, FitResult
-from covey.core._weights import Weights, WeightsSpec
-
-
-class WireError(ValueError):
-    """A message that cannot be decoded into a task or a result."""
+from covey.core._weights import Weights
+from covey.transport.grpc._wireread import ARRAY_KINDS as ARRAY_KINDS
+from covey.transport.grpc._wireread import WireError as WireError
+from covey.transport.grpc._wireread import WireLimits as WireLimits
+from covey.transport.grpc._wireread import loads as loads
 
 
 def _check_length(value: Any, max_string: int | None) -> None:
@@ -133,113 +133,6 @@ def _at(exc: WireError, step: str) -> WireError:
     return WireError(f"{message} (at {where})")
 
 
-@dataclass(frozen=True)
-class WireLimits:
-    """Caps on what one JSON message from a peer may declare, checked before allocating.
-
-    Args:
-        max_bytes: Most bytes of JSON text in one message.
-        max_depth: Deepest nesting of lists and objects (arrays included).
-        max_string: Longest string (or base64 text of ``bytes``), in characters.
-        max_elements: Most elements of one embedded array (and of all arrays together).
-    """
-
-    max_bytes: int = 4 * 1024 * 1024
-    max_depth: int = 32
-    max_string: int = 1024 * 1024
-    max_elements: int = 1 << 20
-
-    @classmethod
-    def for_spec(cls, spec: WeightsSpec | None) -> WireLimits:
-        """Limits for a federation training ``spec``: arrays no larger than the model's.
-
-        Small arrays in configs and results (a histogram, a per-class count) stay
-        allowed; a declared array larger than the whole model is refused.
-        """
-        if spec is None:
-            return cls()
-        elements = sum(math.prod(shape) for shape in spec.shapes)
-        return cls(max_elements=max(4096, min(elements, cls.max_elements)))
-
-
-#: The dtype kinds an array in a JSON message may have: bool, integers, floats.
-ARRAY_KINDS = "biuf"
-
-
-class _Reader:
-    """Decodes one message's JSON tree, refusing whatever exceeds ``limits``."""
-
-    def __init__(self, limits: WireLimits) -> None:
-        self.limits = limits
-        self.elements = 0
-
-    def value(self, value: Any, depth: int) -> Any:
-        if depth > self.limits.max_depth:
-            raise WireError(f"message nested deeper than {self.limits.max_depth} levels")
-        if isinstance(value, str):
-            self.string(value)
-            return value
-        if isinstance(value, dict):
-            return self.mapping(value, depth)
-        if isinstance(value, list):
-            return [self.value(v, depth + 1) for v in value]
-        return value
-
-    def string(self, text: str) -> None:
-        if len(text) > self.limits.max_string:
-            raise WireError(
-                f"a string of {len(text)} characters exceeds the limit of {self.limits.max_string}"
-            )
-
-    def mapping(self, value: dict[str, Any], depth: int) -> Any:
-        if "__bytes__" in value and len(value) == 1:
-            text = value["__bytes__"]
-            if not isinstance(text, str):
-                raise WireError("a bytes value is not base64 text")
-            self.string(text)
-            return base64.b64decode(text, validate=True)
-        if "__float__" in value and len(value) == 1:
-            text = value["__float__"]
-            if text not in ("nan", "inf", "-inf"):
-                raise WireError(f"a tagged float must be nan, inf or -inf, not {text!r:.40}")
-            return float(text)
-        if "__array__" in value and len(value) == 2 and "dtype" in value:
-            return self.array(value["__array__"], value["dtype"], depth)
-        for key in value:
-            self.string(key)
-        return {k: self.value(v, depth + 1) for k, v in value.items()}
-
-    def array(self, data: Any, dtype_text: Any, depth: int) -> np.ndarray[Any, Any]:
-        if not isinstance(dtype_text, str) or len(dtype_text) > 32:
-            raise WireError(f"an array's dtype must be a short string, not {dtype_text!r:.40}")
-        try:
-            dtype = np.dtype(dtype_text)
-        except (TypeError, ValueError, SyntaxError):  # NumPy parses "," with ast
-            raise WireError(f"unknown array dtype {dtype_text!r}") from None
-        if dtype.kind not in ARRAY_KINDS:
-            raise WireError(
-                f"array dtype {dtype_text!r} is not allowed (only bool, integer and float arrays)"
-            )
-        self.elements += self.count(data, depth + 1)
-        if self.elements > self.limits.max_elements:
-            raise WireError(
-                f"arrays of {self.elements} elements exceed the limit of {self.limits.max_elements}"
-            )
-        try:
-            return np.asarray(data, dtype=dtype)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise WireError(f"malformed {dtype} array: {exc}") from None
-
-    def count(self, data: Any, depth: int) -> int:
-        if depth > self.limits.max_depth:
-            raise WireError(f"message nested deeper than {self.limits.max_depth} levels")
-        if isinstance(data, list):
-            return sum(self.count(v, depth + 1) for v in data)
-        if isinstance(data, bool | int | float):
-            return 1
-        raise WireError(f"an array holds a {type(data).__name__}, not a number")
-
-
 def dumps(value: Any) -> bytes:
     """JSON bytes for ``value`` (scalars, bytes, small arrays, dicts, lists)."""
     return json.dumps(_to_json(value), separators=(",", ":"), allow_nan=False).encode()
@@ -294,7 +187,7 @@ def dumps_within(value: Any, limits: WireLimits) -> bytes:
 def _check_depth(tree: Any, max_depth: int) -> None:
     """Refuse a JSON tree a peer's reader would find nested deeper than ``max_depth``.
 
-    Depths are counted as :class:`_Reader` counts them: the root at 0, a tagged
+    Depths are counted as :class:`._wireread._Reader` counts them: the root at 0, a tagged
     bytes or float value as one level, an array's numbers ``ndim + 1`` below it.
     A mapping's too-deep entry is named by its key.
     """
@@ -320,37 +213,6 @@ def _check_depth(tree: Any, max_depth: int) -> None:
 def _tagged(node: dict[str, Any]) -> bool:
     """Whether ``node`` is a tagged bytes or float value (one level, as a peer reads it)."""
     return len(node) == 1 and ("__bytes__" in node or "__float__" in node)
-
-
-def loads(data: bytes, limits: WireLimits | None = None) -> Any:
-    """The value :func:`dumps` encoded; raises :class:`WireError` on bad or oversized input.
-
-    Args:
-        data: The JSON bytes a peer sent.
-        limits: Caps on sizes and nesting (default :class:`WireLimits`).
-
-    Returns:
-        The decoded value; arrays are bool, integer or float NumPy arrays.
-    """
-    if not data:
-        return None
-    limits = limits or WireLimits()
-    if len(data) > limits.max_bytes:
-        raise WireError(f"a message of {len(data)} bytes exceeds the limit of {limits.max_bytes}")
-    try:
-        tree = json.loads(data)
-    except RecursionError:
-        raise WireError(f"message nested deeper than {limits.max_depth} levels") from None
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise WireError(f"malformed JSON in message: {exc}") from None
-    try:
-        return _Reader(limits).value(tree, 0)
-    except RecursionError:
-        raise WireError(f"message nested deeper than {limits.max_depth} levels") from None
-    except WireError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise WireError(f"malformed value in message: {exc}") from None
 
 
 MAX_ERROR_CHARS = 16 * 1024
