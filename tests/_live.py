@@ -38,6 +38,14 @@ def stand_in(join: Any, workers: int = 2) -> tuple[grpc.Server, int]:
     return server, port
 
 
+def cap_reply(transport: Any, task_id: int, most: int) -> None:
+    """Set the most bytes a reply to pending task ``task_id`` may declare, as a test's own cap."""
+    for conn in list(transport._registry.fleet.values()):
+        with conn.lock:
+            if task_id in conn.limits:
+                conn.limits[task_id] = (most, conn.limits[task_id][1])
+
+
 class Fit(covey.Client):
     """Adds one to every weight, after ``delay`` seconds."""
 

@@ -31,7 +31,7 @@ from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined, Raw, Served
+from _live import Fit, Joined, Raw, Served, cap_reply
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -416,7 +416,7 @@ def _truncated(live: _LiveLanes) -> None:
 
 
 def _oversized(live: _LiveLanes) -> None:
-    live.transport._service.max_reply = 4096
+    cap_reply(live.transport, live.task.task_id, 4096)
     live.reply(8192, bytes(8192))
 
 

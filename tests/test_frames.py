@@ -34,7 +34,7 @@ from covey.transport.grpc._stream import CHUNK_BYTES, Spill
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined, Raw, stand_in
+from _live import Fit, Joined, Raw, cap_reply, stand_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,7 +126,7 @@ def _unexpected(live: _Live) -> None:
 
 
 def _oversized(live: _Live) -> None:
-    live.transport._service.max_reply = 8 * CHUNK_BYTES
+    cap_reply(live.transport, live.task.task_id, 8 * CHUNK_BYTES)
     live.raw.send(**_header(live.task.task_id, 4 * CHUNK_BYTES))
     live.raw.send_chunk(bytes(CHUNK_BYTES + 1))
 

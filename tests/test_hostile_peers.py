@@ -41,7 +41,7 @@ from covey.transport.grpc._server import GrpcServerTransport
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Events, Fit, Joined, Raw, Served, stand_in
+from _live import Events, Fit, Joined, Raw, Served, cap_reply, stand_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -342,13 +342,14 @@ def test_replies_that_stall_hold_neither_memory_nor_budget_past_their_round(
     honest = Joined(transport.port, name="honest", max_attempts=1)
     try:
         assert transport.wait_for_clients(17, 20)
-        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        model = {"w": np.zeros(4)}  # one model for all
         tasks = {cid: Task("fit", 1, {}, model) for cid in transport.clients()}
         exchange, replies = _exchange(transport, tasks, 60)
         sent = [raw.next_task() for raw in raws]
-        # Raised once the exchange has set its model's limit (it does before any task goes).
+        # Raised over the limit of their model (set as each task was handed over).
         declared = 15 * 1024 * 1024  # kept in memory (under the spill size), if taken
-        transport._service.max_reply = declared
+        for task in sent:
+            cap_reply(transport, task.task_id, declared)
         before = _rss()
         for raw, task in zip(raws, sent, strict=True):
             header = pb.ReplyHeader(
@@ -514,11 +515,12 @@ def test_declared_sizes_do_not_use_up_the_bytes_in_flight_of_honest_clients(
     try:
         assert transport.wait_for_clients(4, 20)
         cid = _cid_of(transport, "honest")
-        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        model = {"w": np.zeros(4)}  # one model for all
         tasks = {c: Task("fit", 1, {}, model) for c in transport.clients()}
         exchange, replies = _exchange(transport, tasks, 60)
         sent = [raw.next_task() for raw in raws]
-        transport._service.max_reply = declared  # once the exchange has set its model's limit
+        for task in sent:  # raised over the limit of their model
+            cap_reply(transport, task.task_id, declared)
         for raw, task in zip(raws, sent, strict=True):
             header = pb.ReplyHeader(
                 task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
@@ -553,17 +555,18 @@ def test_a_reply_past_the_bytes_in_flight_fails_its_task_and_keeps_its_client(
     try:
         assert transport.wait_for_clients(2, 20)
         names = {conn.name: c for c, conn in transport._registry.fleet.items()}
-        model = {"w": np.zeros(4)}  # one model for all: the exchange sets its limit once
+        model = {"w": np.zeros(4)}  # one model for all
         tasks = {c: Task("fit", 1, {}, model) for c in transport.clients()}
         exchange, replies = _exchange(transport, tasks, 60)
         task = hoard.next_task()
-        transport._service.max_reply = 4 * mib  # once the exchange has set its model's limit
+        cap_reply(transport, task.task_id, 4 * mib)  # raised over the limit of its model
         hoard.send(
             reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=3 * mib)
         )
         hoard.send_chunk(bytes(2 * mib))
         assert _until(lambda: transport._service.budget.used == 2 * mib)
         task = big.next_task()
+        cap_reply(transport, task.task_id, 4 * mib)
         big.send(
             reply=pb.ReplyHeader(task_id=task.task_id, kind="fit", result=FIT, weights_size=2 * mib)
         )

@@ -64,8 +64,6 @@ class TaskStream:
         with conn.lock:
             if task_id not in conn.pending:
                 return True  # cancelled before it was sent
-            if not task.weights:  # its result is read with the caps alone
-                conn.modelless.add(task_id)
         if conn.kinds and task.kind not in conn.kinds:
             self.registry.unable(conn, task_id, task.kind)
             return True

@@ -23,13 +23,16 @@ import grpc
 from covey.core._messages import Reply
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc._lane import cut
+from covey.transport.grpc._wireread import WireLimits
 
 __all__ = [
     "CLOSE",
     "CUT_OFF",
     "FREED",
+    "NO_MODEL",
     "Connection",
     "Registry",
+    "ReplyLimits",
     "ShuttingDownError",
     "Sink",
     "lost_connection",
@@ -46,6 +49,12 @@ FREED = "covey:freed"
 
 NAMED_KINDS = 10
 """The task kinds a failure names of a client that does not perform a task's kind."""
+
+ReplyLimits = tuple[int, WireLimits]
+"""The caps on one task's reply: the most bytes of arrays, and the caps on its JSON."""
+
+NO_MODEL: ReplyLimits = (64 * 1024 * 1024, WireLimits())
+"""The caps on a reply to a task sent without a model (and to a task not pending)."""
 
 _LOST = ("disconnected", "timed out (no heartbeat)", "replaced by a new connection")
 
@@ -106,10 +115,11 @@ class Connection:
         self.context = context
         self.outbound: queue.Queue[Any] = queue.Queue()
         self.pending: dict[int, tuple[Sink, str]] = {}  # task_id -> (where to, kind)
-        # Pending tasks sent without a model: their results are read with the caps
-        # alone, as their client checks them (``_wirecheck.result_limits``), not with
-        # the limits of the last model sent, which hold for the other tasks' results.
-        self.modelless: set[int] = set()
+        # What a reply to each pending task may hold: the most bytes of arrays it may
+        # declare, and the caps on its JSON. Both are the task's own, from the model it
+        # was sent with (a task without one has the caps alone, as its client checks
+        # them: ``_wirecheck.result_limits``), not those of the last model sent.
+        self.limits: dict[int, ReplyLimits] = {}
         self.waiting: list[Sink] = []  # exchanges waiting for it to finish a closed round's task
         self.alive = True
         self.last_seen = time.monotonic()
@@ -123,6 +133,11 @@ class Connection:
         self.lanes: list[Any] = [None, None]  # its data connections, down and up (see _lane)
         # Set once it has opened the data connections it could (or was offered none).
         self.data_ready = threading.Event()
+
+    def limits_of(self, task_id: int) -> ReplyLimits:
+        """The caps on a reply to ``task_id``: its own, or :data:`NO_MODEL`'s if not pending."""
+        with self.lock:
+            return self.limits.get(task_id, NO_MODEL)
 
     def closed(self) -> bool:
         """Whether the connection has been dropped."""
@@ -163,7 +178,7 @@ class Connection:
         """Forget pending task ``task_id`` (answered, failed or given up); its sink and kind."""
         with self.lock:
             entry = self.pending.pop(task_id, None)
-            self.modelless.discard(task_id)
+            self.limits.pop(task_id, None)
             woken: list[Sink] = []
             if self.waiting and not self._stale():
                 woken, self.waiting = self.waiting, []

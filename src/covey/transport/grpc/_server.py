@@ -25,7 +25,7 @@ from covey.transport.grpc import _wire
 from covey.transport.grpc._checks import check_address, check_heartbeat
 from covey.transport.grpc._lane import DataPort, cut
 from covey.transport.grpc._listen import ListenError
-from covey.transport.grpc._registry import CLOSE, FREED, Registry, Sink
+from covey.transport.grpc._registry import CLOSE, FREED, NO_MODEL, Registry, ReplyLimits, Sink
 from covey.transport.grpc._service import SILENCE, FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
 
@@ -65,6 +65,19 @@ def reply_limit(model_bytes: int, spec: WeightsSpec) -> int:
     # 12 header characters per name character at most: a \uXXXX escape, escaped again.
     per_array = 3 * (2 * 64 + 128) * len(spec.names) + 3 * 12 * names
     return 4 * model_bytes + per_array + 1024 * 1024
+
+
+def task_limits(task: Task, blob: _codec.Encoded | None) -> ReplyLimits:
+    """The caps on the reply to ``task``, sent with ``blob`` (its weights, encoded).
+
+    They are the task's own: a reply is read against the model it answers, not
+    the one sent last (another client's, in an exchange of personal models, or a
+    later one in an asynchronous run). A task without a model has the caps alone.
+    """
+    if not task.weights or blob is None:
+        return NO_MODEL
+    spec = WeightsSpec.of(task.weights)
+    return reply_limit(len(blob), spec), _wire.WireLimits.for_spec(spec)
 
 
 class GrpcServerTransport:
@@ -117,6 +130,7 @@ class GrpcServerTransport:
         self._late.open = False
         self._broadcast: tuple[Weights | None, _codec.Encoded | None] = (None, None)
         self._extras: tuple[Any, _codec.Encoded | None] = (None, None)
+        self._reply_limits: tuple[_codec.Encoded | None, ReplyLimits] = (None, NO_MODEL)
         self._service = FederationService(self._registry, tls, heartbeat, max_inflight)
         self._server, self.port = start_server(address, tls, self._service, max_clients)
         self.data_port: int | None = None  # the data port listened on, if any
@@ -210,6 +224,7 @@ class GrpcServerTransport:
             # The next exchange carries a new model: do not keep this one alive.
             self._broadcast = (None, None)
             self._extras = (None, None)
+            self._reply_limits = (None, NO_MODEL)
 
     def spill_to(self, folder: str | Path | None) -> None:
         """Keep replies too large for memory in ``folder`` (None: the system's temporary one)."""
@@ -269,6 +284,7 @@ class GrpcServerTransport:
             with conn.lock:
                 task_id = next(self._task_ids)
                 conn.pending[task_id] = (sink, task.kind)
+                conn.limits[task_id] = self._limits(task, blob)
             self._unreached.discard(cid)
         conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
         return ""
@@ -308,6 +324,7 @@ class GrpcServerTransport:
                 return
             with conn.lock:
                 conn.pending[task_id] = (self._async, task.kind)
+                conn.limits[task_id] = self._limits(task, blob)
             self._unreached.discard(cid)
         conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
 
@@ -399,10 +416,15 @@ class GrpcServerTransport:
             return blob
         blob = _codec.Encoded(weights)
         self._broadcast = (weights, blob)
-        spec = WeightsSpec.of(weights)
-        self._service.max_reply = reply_limit(len(blob), spec)
-        self._service.wire_limits = _wire.WireLimits.for_spec(spec)
         return blob
+
+    def _limits(self, task: Task, blob: _codec.Encoded | None) -> ReplyLimits:
+        """:func:`task_limits`, worked out once for the tasks that share ``blob``."""
+        cached, limits = self._reply_limits
+        if blob is None or cached is not blob:
+            limits = task_limits(task, blob)
+            self._reply_limits = (blob, limits)
+        return limits
 
     def _encode_extras(self, task: Task) -> _codec.Encoded | None:
         """Encode the arrays a fit task carries beside the weights, once per round.

@@ -98,7 +98,7 @@ class FederationService(TaskStream):
         heartbeat: float,
         max_inflight: int = MAX_INFLIGHT_BYTES,
     ) -> None:
-        """A service for ``registry``; replies are capped at 64 MiB until a model is sent."""
+        """A service for ``registry``; each reply is capped by its task (``Connection.limits``)."""
         self.registry = registry
         self.tls = tls
         self.heartbeat = heartbeat
@@ -109,11 +109,6 @@ class FederationService(TaskStream):
         # Files of spilled replies, written over by later replies (see SpillFiles).
         self.spill_files = SpillFiles(keep_bytes=min(max_inflight, SpillFiles().keep_bytes))
         self.disk = DiskFault()  # a spill file that could not be written: the run stops
-        # Caps on the JSON of replies; the transport sets them from the model's spec.
-        self.wire_limits = _wire.WireLimits()
-        # A reply carries at most one model's worth of arrays; the transport
-        # raises this once it knows the model's size.
-        self.max_reply = 64 * 1024 * 1024
         # Under TLS, who connected and whether their handshake passed (set by start_server).
         self.handshakes: HandshakeWatch | None = None
         # The cap on streams at once (start_server sets it to the server's max_clients).
@@ -336,8 +331,12 @@ class FederationService(TaskStream):
     def _start(self, conn: Connection, header: pb.ReplyHeader) -> Upload | Skipped | None:
         """Where a reply's bytes go: checked against the pending task and the limits first."""
         size = header.weights_size + header.extras_size
-        if size > self.max_reply:
-            raise _ProtocolError(f"reply of {size} bytes exceeds the limit of {self.max_reply}")
+        most = conn.limits_of(header.task_id)[0]
+        if size > most:
+            raise _ProtocolError(
+                f"reply of {size} bytes to task {header.task_id} exceeds the limit of {most} "
+                "for that task"
+            )
         with conn.lock:
             entry = conn.pending.get(header.task_id)
         if entry is None:
@@ -412,7 +411,7 @@ class FederationService(TaskStream):
 
     def _deliver(self, conn: Connection, header: pb.ReplyHeader, upload: Upload | None) -> None:
         """Turn a complete reply into a :class:`Reply` for whoever waits for it."""
-        limits = _wire.WireLimits() if header.task_id in conn.modelless else self.wire_limits
+        limits = conn.limits_of(header.task_id)[1]
         entry = conn.take(header.task_id)
         if entry is None:
             logger.warning("client %s replied to unknown task %d", conn.name, header.task_id)
