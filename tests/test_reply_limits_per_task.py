@@ -24,7 +24,7 @@ from covey.transport.grpc._stream import CHUNK_BYTES
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Events, Raw
+from _live import Events, Fit, Joined, Raw
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -142,3 +142,48 @@ def test_personal_models_of_one_exchange_each_bound_their_own_reply() -> None:
         first.close()
         second.close()
         transport.close()
+
+
+# -- a reply of another kind than its task's ---------------------------------------------------
+
+
+@pytest.mark.parametrize("error", ["", "it failed"], ids=["result", "failure"])
+def test_a_reply_of_another_kind_than_its_task_is_refused_naming_both(error: str) -> None:
+    events = Events()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=events)
+    raw = _raw(transport.port, "mislabels")
+    honest = Joined(transport.port, Fit(), name="honest", max_attempts=1)
+    try:
+        cids = _cids(transport, 2)
+        tasks = {cid: Task("fit", 1, {}, SMALL) for cid in cids.values()}
+        replies: list[Any] = []
+        exchange = threading.Thread(
+            target=lambda: replies.extend(transport.exchange(tasks, timeout=60)), daemon=True
+        )
+        exchange.start()
+        task = raw.next_task()
+        blob = b"" if error else bytes(_codec.encode({"w": SMALL["w"] + 1}))
+        header = pb.ReplyHeader(
+            task_id=task.task_id,
+            kind="evaluate",
+            result=b"" if error else FIT,
+            error=error,
+            weights_size=len(blob),
+        )
+        raw.send(reply=header)
+        if blob:
+            raw.send_chunk(blob)
+        exchange.join(60)
+        got = {reply.cid: reply for reply in replies}
+        said = f"refused a reply of kind 'evaluate' to task {task.task_id}, a 'fit' task"
+        assert said in (got[cids["mislabels"]].error or "")
+        assert got[cids["mislabels"]].kind == "fit"
+        assert got[cids["honest"]].ok, got[cids["honest"]].error  # the round goes on
+        (refused,) = events.of("protocol-error")
+        assert refused[0] == "mislabels"
+        assert said in refused[1]
+        assert transport.clients() == [cids["honest"]]  # the server serves on
+    finally:
+        raw.close()
+        transport.close()
+        honest.join(30)

@@ -53,6 +53,7 @@ from covey.transport.grpc._registry import (
     Connection,
     Registry,
     ShuttingDownError,
+    Sink,
     peer_of,
 )
 from covey.transport.grpc._stream import (
@@ -342,6 +343,8 @@ class FederationService(TaskStream):
         if entry is None:
             self.registry.stray(conn, header.task_id, size)
             return Skipped(size) if size else None
+        if header.kind != entry[1]:
+            self._wrong_kind(conn, header, entry[0], entry[1])
         if not entry[0].open:  # a straggler's reply, begun after its round closed
             self.registry.late(conn, header.task_id, entry[1], size)
             return Skipped(size) if size else None
@@ -355,6 +358,17 @@ class FederationService(TaskStream):
             )
         spill = self.spill_files if size >= SPILL_BYTES else False
         return Upload(header.weights_size, header.extras_size, spill=spill)
+
+    @staticmethod
+    def _wrong_kind(conn: Connection, header: pb.ReplyHeader, sink: Sink, kind: str) -> None:
+        """Refuse a reply whose kind is not its task's: its task fails, its client is dropped."""
+        why = (
+            f"refused a reply of kind {header.kind!r:.300} to task {header.task_id}, "
+            f"a {kind!r} task (a reply's kind must be its task's)"
+        )
+        conn.take(header.task_id)
+        failed = (sink, Reply(conn.cid, kind, error=why)) if sink.open else None
+        raise _ProtocolError(why, failed)
 
     @staticmethod
     def _unwanted(conn: Connection, task_id: int) -> bool:
