@@ -77,8 +77,8 @@ def test_a_client_whose_fit_hangs_after_its_connection_dropped_reconnects_and_he
     assert client.result is not None
     assert client.result.reason == "the run is over"
     assert client.result.tasks == 0  # the fit that hung had its connection gone
-    assert "the fit task of round 1 (thread covey-task-1) still runs" in caplog.text
-    assert "leaving while the fit task of round 1 (thread covey-task-1) still runs" in caplog.text
+    assert "the fit task of update 1 (thread covey-task-1) still runs" in caplog.text
+    assert "leaving while the fit task of update 1 (thread covey-task-1) still runs" in caplog.text
 
 
 class _Gated:

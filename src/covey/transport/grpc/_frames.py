@@ -178,9 +178,16 @@ def welcome_heartbeat_of(welcome: pb.Welcome) -> float | None:
 
 
 def task_header(
-    task_id: int, task: Any, blob: _codec.Encoded | None, extras: _codec.Encoded | None
+    task_id: int,
+    task: Any,
+    blob: _codec.Encoded | None,
+    extras: _codec.Encoded | None,
+    unit: str = "",
 ) -> pb.TaskHeader:
     """The header announcing ``task`` (a :class:`~covey.core.Task`) and its arrays.
+
+    ``unit`` is what ``task.round`` counts: ``"update"`` for a task of an
+    asynchronous run, empty for a round (as a server that sends no unit means).
 
     Raises:
         covey.transport.grpc._wire.WireError: if its config or payload holds a value the
@@ -209,6 +216,7 @@ def task_header(
         payload=payload,
         weights_size=0 if blob is None else len(blob),
         extras_size=0 if extras is None else len(extras),
+        unit=unit,
     )
 
 

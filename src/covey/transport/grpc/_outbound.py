@@ -56,9 +56,12 @@ class TaskStream:
         return False
 
     def _task(
-        self, conn: Connection, task_id: int, task: Any, blob: Any, extras: Any
+        self, conn: Connection, task_id: int, task: Any, blob: Any, extras: Any, unit: str
     ) -> Generator[bytes, None, bool]:
-        """Send one task: its header, then its arrays; False if the connection went meanwhile."""
+        """Send one task: its header, then its arrays; False if the connection went meanwhile.
+
+        ``unit`` is what its number counts (``"update"``, or empty for a round).
+        """
         if not conn.data_ready.wait(_lane.READY_WAIT):  # its first task waits for them, once
             conn.data_ready.set()
         with conn.lock:
@@ -68,7 +71,7 @@ class TaskStream:
             self.registry.unable(conn, task_id, task.kind)
             return True
         try:
-            header = task_header(task_id, task, blob, extras)
+            header = task_header(task_id, task, blob, extras, unit)
         except _wire.WireError as exc:  # that client's failure; its stream stays open
             error = f"cannot send the {task.kind} task to client {conn.name}: {exc}"
             self.registry.unable(conn, task_id, task.kind, error)

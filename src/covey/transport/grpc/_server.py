@@ -286,7 +286,7 @@ class GrpcServerTransport:
                 conn.pending[task_id] = (sink, task.kind)
                 conn.limits[task_id] = self._limits(task, blob)
             self._unreached.discard(cid)
-        conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
+        conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task), ""))
         return ""
 
     # -- AsyncTransport: one task at a time, for asynchronous (FedBuff) runs -----------
@@ -326,7 +326,8 @@ class GrpcServerTransport:
                 conn.pending[task_id] = (self._async, task.kind)
                 conn.limits[task_id] = self._limits(task, blob)
             self._unreached.discard(cid)
-        conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task)))
+        # The asynchronous loop numbers its tasks by the updates of the model, not rounds.
+        conn.outbound.put(("task", task_id, task, blob, self._encode_extras(task), "update"))
 
     def next_reply(self, timeout: float | None = None) -> Reply | None:
         """The next reply to a submitted task, a time-out error, or None after ``timeout``."""

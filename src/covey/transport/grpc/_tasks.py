@@ -125,8 +125,9 @@ def perform_task(
         reply = run_on_task_thread(client, cid, task)
     if not reply.ok:
         logger.warning(
-            "task %s of round %d failed: %s",
+            "task %s of %s %d failed: %s",
             header.kind,
+            "update" if header.unit == "update" else "round",  # no unit: an older server's
             header.round,
             (reply.error or "").strip().splitlines()[-1:],
         )

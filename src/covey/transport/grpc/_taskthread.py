@@ -97,7 +97,8 @@ def serve_tasks(session: Any, end: object) -> None:
             return
         cid, header, buffer, intact = item
         del item
-        task = f"{header.kind} task of round {header.round}"
+        unit = "update" if header.unit == "update" else "round"  # no unit: an older server's
+        task = f"{header.kind} task of {unit} {header.round}"
         with session.shared.alone(task, session.ended) as free:
             if free:
                 _perform(session, task, cid, header, buffer, intact)
