@@ -508,7 +508,7 @@ def test_array_metrics_from_a_custom_fit_metrics_are_written_to_history_json(
 def test_a_metric_history_json_cannot_hold_is_named() -> None:
     # Refused in the round that made it, naming the function: a run folder failed to
     # save that round, and a history kept in memory failed only when written.
-    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=lambda results: {"x": object()})  # type: ignore[dict-item]
+    strategy = covey.FedAvg(fraction_evaluate=0.0, fit_metrics=lambda results: {"x": object()})
     with pytest.raises(
         TypeError, match=r"fit_metrics .* in round 1 .* cannot write a value of type object"
     ):

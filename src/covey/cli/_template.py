@@ -109,7 +109,7 @@ def load_config() -> dict[str, Any]:
     """
     with open(PROJECT / "pyproject.toml", "rb") as f:
         table: dict[str, Any] = tomllib.load(f)["tool"]["covey"]
-    config = {k: table[k] for k in ("clients", "rounds", "seed") if k in table}
+    config: dict[str, Any] = {k: table[k] for k in ("clients", "rounds", "seed") if k in table}
     config.update(table.get("config", {}))
     return config
 
@@ -297,6 +297,7 @@ def test_a_site_trains_and_the_loss_falls() -> None:
     client = make_client(0, config)
     result = client.fit(weights, {"round": 1})
     assert result.num_examples > 0
+    assert result.weights is not None  # the client returns its new weights, not a delta
     assert set(result.weights) == set(weights)
     before = client.evaluate(weights, {"round": 1}).loss
     after = client.evaluate(result.weights, {"round": 1}).loss

@@ -43,6 +43,9 @@ class Client:
             copy (on the process backend, in the shared memory of its reply:
             returned as they are, those arrays are sent without another copy).
             False by default.
+        secagg_identity: The client's long-term identity for secure aggregation
+            with ``signed=True``: a :class:`covey.secagg.Identity` it signs its round
+            keys with (None by default: the client signs nothing).
 
     Example:
         >>> import numpy as np
@@ -55,6 +58,7 @@ class Client:
     """
 
     writes_weights: ClassVar[bool] = False
+    secagg_identity: object | None = None  # a covey.secagg.Identity (a layer above this one)
 
     def fit(self, weights: Weights, config: Config) -> FitResult:
         """Train on local data starting from ``weights``.

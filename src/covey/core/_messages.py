@@ -165,7 +165,7 @@ class FitResult:
             weights: Weights | None = None,
             delta: Weights | None = None,
             num_examples: int = _NO_COUNT,
-            metrics: Metrics | None = None,
+            metrics: Mapping[str, Scalar] | None = None,
             extras: Mapping[str, Weights] | None = None,
         ) -> None:
             """Check and keep what a client's ``fit`` returns (see the class)."""
@@ -194,7 +194,7 @@ class FitResult:
             weights: Weights | None = None,
             delta: Weights | None = None,
             num_examples: int,
-            metrics: Metrics | None = None,
+            metrics: Mapping[str, Scalar] | None = None,
             extras: Mapping[str, Weights] | None = None,
         ) -> None: ...
 
@@ -304,13 +304,20 @@ class EvaluateResult:
     Args:
         loss: The loss of the received model on local data.
         num_examples: Number of examples evaluated; federated metrics weigh by it.
-        metrics: Other scalars, e.g. ``{"accuracy": 0.91}``.
+        metrics: Other scalars, e.g. ``{"accuracy": 0.91}`` (any mapping of names to
+            scalars; kept as a dict).
     """
 
     loss: float
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     __signature__ = InitSignature()  # help(EvaluateResult) shows the fields, not __new__'s
+
+    if TYPE_CHECKING:  # any mapping of names to scalars is taken (a dict[str, float] too)
+
+        def __init__(
+            self, *, loss: float, num_examples: int, metrics: Mapping[str, Scalar] | None = None
+        ) -> None: ...
 
     def __new__(cls, *args: Any, **kwargs: Any) -> EvaluateResult:
         if args or "num_examples" not in kwargs:
@@ -334,7 +341,8 @@ class EvaluateResult:
             raise too_large(self.loss, "EvaluateResult.loss")
         n = _check_count(self.num_examples, "EvaluateResult.num_examples")
         object.__setattr__(self, "num_examples", n)
-        object.__setattr__(self, "metrics", own_metrics(self.metrics, "EvaluateResult.metrics"))
+        metrics = {} if self.metrics is None else self.metrics  # None: no metrics, as in FitResult
+        object.__setattr__(self, "metrics", own_metrics(metrics, "EvaluateResult.metrics"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from covey.core._messages import Metrics
 
-MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Metrics]
-"""``[(num_examples, metrics), ...] -> metrics``: combines the clients' metrics of a round."""
+MetricsFn = Callable[[Sequence[tuple[int, Metrics]]], Mapping[str, Any]]
+"""``[(num_examples, metrics), ...] -> metrics``: combines the clients' metrics of a round.
+
+It may return any mapping of names to values the history can keep as JSON (a
+``dict[str, float]``, or a list of each client's values under one name).
+"""
 
 
 #: Privacy budgets clients report (``covey.privacy.LocalDP``): combined as the largest.
