@@ -180,3 +180,25 @@ def test_covey_server_refuses_a_round_retries_that_is_no_count(
     assert result.output.strip().splitlines()[-1] == (
         f"error: --round-retries must be a whole number 0 or more, got {got}"
     )
+
+
+def test_an_asynchronous_run_refuses_round_retries_before_listening() -> None:
+    # FedBuff has no round to run again: the option used to be taken and ignored.
+    strategy = covey.FedBuff(buffer_size=1, min_available_clients=1)
+    listened: list[int] = []
+    with pytest.raises(ValueError, match="leave round_retries") as caught:
+        covey.deploy.serve(
+            strategy,
+            1,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            round_retries=2,
+            on_listen=listened.append,
+            wait_timeout=1.0,
+        )
+    assert str(caught.value).startswith(
+        "round_retries=2 runs a synchronous round again, but FedBuff is asynchronous "
+        "(buffer_size=1)"
+    )
+    assert listened == []

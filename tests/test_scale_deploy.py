@@ -125,6 +125,21 @@ def test_an_asynchronous_robust_rule_whose_buffer_is_short_of_its_need_is_refuse
     assert "buffer_size=4" in said
 
 
+def test_a_buffer_above_max_clients_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    # An update needs buffer_size distinct clients' replies: with no more than
+    # max_clients connected it fills only if clients leave and others take their places.
+    strategy = covey.FedBuff(buffer_size=5, min_available_clients=1, fraction_evaluate=0.0)
+    with caplog.at_level(logging.WARNING, logger="covey"), pytest.raises(covey.FederationError):
+        serve(strategy, 1, _weights(), "127.0.0.1:0", insecure=True, max_clients=4, wait_timeout=1)
+    warned = [r.getMessage() for r in caplog.records if "max_clients=4" in r.getMessage()]
+    assert warned == [
+        "FedBuff's buffer_size=5 exceeds max_clients=4: an update needs that many distinct "
+        "clients' replies, more than the server takes at once, so it fills only if clients "
+        "whose replies wait in the buffer leave and others take their places; raise "
+        "max_clients (covey server --max-clients) or lower buffer_size"
+    ]
+
+
 def _refused_before_listening(strategy: covey.Strategy, tmp_path: Path) -> str:
     """Why ``serve`` refused ``strategy``; it neither listened nor made its run folder."""
     listened: list[int] = []

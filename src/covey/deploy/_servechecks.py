@@ -213,6 +213,42 @@ def check_capacity(strategy: Strategy, max_clients: int) -> None:
             f"(serve(max_clients=...), covey server --max-clients) or lower {name}"
         )
     _warn_of_short_minimums(strategy)
+    _warn_of_a_buffer_above_capacity(strategy, max_clients)
+
+
+def check_retries(strategy: Strategy, round_retries: int) -> None:
+    """Refuse ``round_retries`` for an asynchronous strategy, which has no round to run again.
+
+    It used to be taken and ignored: a FedBuff run waits for clients gone to come
+    back (up to ``wait_timeout``) on its own.
+    """
+    if round_retries and strategy.asynchronous:
+        raise ValueError(
+            f"round_retries={round_retries} runs a synchronous round again, but "
+            f"{strategy.name} is asynchronous (buffer_size={strategy.buffer_size}): it has "
+            "no round to run again, and waits up to wait_timeout for clients gone to come "
+            "back on its own; leave round_retries (covey server --round-retries) at 0"
+        )
+
+
+def _warn_of_a_buffer_above_capacity(strategy: Strategy, max_clients: int) -> None:
+    """Warn if an update needs more distinct clients than the server takes at once.
+
+    Not refused: a client whose reply waits in the buffer may leave and another
+    take its place. Without such turnover the run stops when every connected
+    client waits in the buffer ("no client can be given a task").
+    """
+    if strategy.buffer_size is None or strategy.buffer_size <= max_clients:
+        return
+    logger.warning(
+        "%s's buffer_size=%d exceeds max_clients=%d: an update needs that many distinct "
+        "clients' replies, more than the server takes at once, so it fills only if clients "
+        "whose replies wait in the buffer leave and others take their places; raise "
+        "max_clients (covey server --max-clients) or lower buffer_size",
+        strategy.name,
+        strategy.buffer_size,
+        max_clients,
+    )
 
 
 def _refuse_unmet_need(strategy: Strategy, max_clients: int) -> None:

@@ -24,6 +24,7 @@ from covey.deploy._servechecks import (
     check_capacity,
     check_new_run_dir,
     check_resumable,
+    check_retries,
     check_settings,
     check_writable,
     kept_last,
@@ -116,7 +117,8 @@ def serve(
         round_retries: How many times a round is run again, once enough clients are
             back (within ``wait_timeout``), when it fell short only because clients
             lost their connections (an outage, the server's process paused); 0: such
-            a round stops the run, as any round that falls short. Synchronous runs.
+            a round stops the run, as any round that falls short. Synchronous runs
+            only: an asynchronous strategy (FedBuff) refuses it (ValueError).
         wait_timeout: Seconds to wait for enough clients before a round.
         heartbeat: Seconds between heartbeats; silent clients are dropped after six.
         max_clients: Most clients connected at once; at least the strategy's
@@ -159,6 +161,7 @@ def serve(
     on_round = checked_callbacks(evaluate_fn, on_round)
     strategy = a_strategy(strategy)
     check_capacity(strategy, max_clients)
+    check_retries(strategy, round_retries)
     opened = _reopen(run_dir, resume)
     try:  # a refusal from here on lets go of the reopened run (and its lock)
         same_strategy(opened, strategy)
