@@ -350,3 +350,35 @@ def test_a_run_served_with_tls_and_resumed_without_says_so(
     ]
     with RunStore.open(run_dir) as store:
         assert store.config["tls"] is False
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_what_a_stopped_asynchronous_run_says_counts_updates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its server logs "update 2", but the line naming its model, the resume refusals
+    # and the end of a resume with nothing left said "round 2".
+    from covey.deploy._cli_resume import saved_model
+
+    strategy = covey.FedBuff(buffer_size=1, min_available_clients=1)
+    run_dir = tmp_path / "run"
+    served = Served(strategy, 2, run_dir=run_dir)
+    joined = Joined(served.port, name="site")
+    served.join(60)
+    joined.join(30)
+    with RunStore.open(run_dir) as store:
+        store.set_status("failed")
+    weights = run_dir / "weights" / "round-00002.safetensors"
+    said = saved_model(run_dir)
+    assert said == f"the model after update 2, the last complete one, is in {weights}"
+    options: dict[str, Any] = {"run_dir": run_dir, "resume": True, "plot": False}
+    with pytest.raises(ValueError, match=r"stopped after update 2: it cannot be resumed"):
+        serve(strategy, 1, None, "127.0.0.1:0", insecure=True, on_listen=_never_listens, **options)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        served = Served(strategy, 2, wait_timeout=60.0, **options)
+        joined = Joined(served.port, name="site", max_attempts=3)
+        served.join(90)
+        joined.join(30)
+    assert "the run was over already (update 2 was its last)" in caplog.text
+    with pytest.raises(ValueError, match=r"is finished \(update 2 was its last\)"):
+        serve(strategy, 2, None, "127.0.0.1:0", insecure=True, on_listen=_never_listens, **options)

@@ -67,12 +67,13 @@ def saved_model(run: Path) -> str | None:
     try:
         with RunStore.open(run) as store:
             last = store.last_round()
+            step = store.step  # "update" for an asynchronous run, as its log says
     except (OSError, ValueError, sqlite3.Error):
         return None
     path = run / WEIGHTS_DIR / weights_file_name(last or 0)
     if not last or not path.is_file():
         return None
-    return f"the model after round {last}, the last complete one, is in {path}"
+    return f"the model after {step} {last}, the last complete one, is in {path}"
 
 
 def resume_hint(

@@ -33,6 +33,7 @@ def tell_returning_clients(
     max_clients: int,
     wait_timeout: float | None,
     last: int,
+    step: str = "round",
 ) -> None:
     """Wait until every client the run knows is back (or a while passes), to tell them.
 
@@ -47,14 +48,16 @@ def tell_returning_clients(
         wait_timeout: The run's wait for clients; the wait is at most this and
             :data:`TELL_FOR`.
         last: The run's last round.
+        step: What a round number counts: ``"round"``, or ``"update"`` when asynchronous.
     """
     count = min(len(known), max_clients)
     if not over or count == 0:
         return
     timeout = TELL_FOR if wait_timeout is None else min(TELL_FOR, wait_timeout)
     logger.warning(
-        "the run was over already (round %d was its last): telling the %d client(s) it knows "
+        "the run was over already (%s %d was its last): telling the %d client(s) it knows "
         "so as they come back, for up to %.0f s (Ctrl-C to stop now)",
+        step,
         last,
         count,
         timeout,

@@ -114,16 +114,17 @@ def check_resumable(opened: RunStore, rounds: int) -> None:
     mark a run finished whose recorded count is below the rounds it holds.
     """
     last = opened.last_round() or 0
+    step = opened.step  # "update" for an asynchronous run
     if opened.info()["status"] == "finished" and rounds <= last:
         raise ValueError(
-            f"the run in {opened.run_dir} is finished (round {last} was its last): there is "
+            f"the run in {opened.run_dir} is finished ({step} {last} was its last): there is "
             f"nothing to resume with rounds={rounds}; to train it on, resume it with more "
             f"rounds than {last} (serve(rounds=...), covey server --rounds, covey run "
             f"--set rounds={last + 1} or more), or give a new run a folder of its own"
         )
     if rounds < last:
         raise ValueError(
-            f"the run in {opened.run_dir} stopped after round {last}: it cannot be resumed "
+            f"the run in {opened.run_dir} stopped after {step} {last}: it cannot be resumed "
             f"with rounds={rounds}, fewer rounds than it ran; resume it with rounds={last} "
             "or more (serve(rounds=...), covey server --rounds), or give a new run a folder "
             "of its own"

@@ -237,7 +237,10 @@ def serve(
         _run_loop(loop, rounds, run.start)
         run.end(None, names)
         if_over = run.resumed_with_no_round_left(rounds)  # killed after its last round's save
-        tell_returning_clients(if_over, transport, names.names, max_clients, wait_timeout, rounds)
+        step = "update" if strategy.asynchronous else "round"
+        tell_returning_clients(
+            if_over, transport, names.names, max_clients, wait_timeout, rounds, step
+        )
     except BaseException as exc:
         goodbye = goodbye_of(exc)  # told to the clients even if the end cannot be recorded
         retry_hint(exc, run.loop)

@@ -83,7 +83,7 @@ def resume_point(
         # Run hooks read it (a privacy ledger charges each round that may have left the
         # server unsaved); the store's settings keep no such key, so each resume decides.
         history.config[RESUMED_AFTER_CRASH] = uncounted
-    logger.info("resuming the run in %s after round %d", opened.run_dir, last)
+    logger.info("resuming the run in %s after %s %d", opened.run_dir, opened.step, last)
     return ResumePoint(weights, history.config, last + 1, history, blob, uncounted)
 
 
