@@ -186,6 +186,23 @@ def test_runs_show_names_the_covey_that_started_the_run_and_its_compression(
     assert "compression q8, started by covey 9.1.0" in _show(tmp_path, "q8", history)
 
 
+def test_runs_show_counts_an_asynchronous_runs_updates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its tables said "round" while its server's log and its errors say "update".
+    monkeypatch.setenv("COLUMNS", "200")
+    history = _history()
+    history.config["strategy"] = {"name": "FedBuff", "options": {"buffer_size": 2}}
+    headers = [line.split() for line in _show(tmp_path, "fedbuff", history).splitlines()]
+    assert ["Updates"] in headers
+    assert ["update", "client", "stage", "error"] in headers  # the failures'
+    assert any(line[:3] == ["update", "clients", "failed"] for line in headers)
+    assert not any("round" in line or "Rounds" in line for line in headers)
+    headers = [line.split() for line in _show(tmp_path, "fedavg", _history()).splitlines()]
+    assert ["Rounds"] in headers
+    assert ["round", "client", "stage", "error"] in headers
+
+
 def test_runs_show_gives_the_bytes_each_round_moved(tmp_path: Path) -> None:
     history = _history()
     history.rounds[1].bytes_sent, history.rounds[1].bytes_received = 80_000_000, 20_500_000

@@ -815,6 +815,19 @@ def test_progress_bar_runs() -> None:
     assert len(result.history) == 3
 
 
+def test_the_progress_bar_of_an_asynchronous_run_counts_updates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It said "round 2/2" while everything else of a FedBuff run says "update".
+    strategy = covey.FedBuff(buffer_size=2)
+    covey.simulate(lambda cid: RandomClient(cid), 3, 2, strategy, initial(), progress=True)
+    drawn = capsys.readouterr().out
+    assert "update 2/2" in drawn
+    assert "round" not in drawn
+    covey.simulate(lambda cid: RandomClient(cid), 3, 2, fedavg(), initial(), progress=True)
+    assert "round 2/2" in capsys.readouterr().out
+
+
 class InterruptingClient(RandomClient):
     """Client 3 raises KeyboardInterrupt in its fit of round 2."""
 

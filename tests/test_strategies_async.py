@@ -378,6 +378,20 @@ def test_an_offline_client_is_not_asked_again_while_others_train() -> None:
         assert len(record.fit_participants) == 2
 
 
+def test_an_offline_clients_failure_names_the_update_as_a_rounds_names_the_round() -> None:
+    # It read "offline at version 1 (simulated)" in the record of update 1.
+    result = covey.simulate(
+        Const,
+        3,
+        1,
+        covey.FedBuff(buffer_size=2, concurrency=3),
+        {"w": np.zeros(2)},
+        availability=lambda cid, version: cid >= 1,
+    )
+    errors = {f.error for f in result.history.rounds[1].fit_failures}
+    assert errors == {"offline in update 1 (simulated availability)"}
+
+
 def test_task_timeouts_free_the_client() -> None:
     result = covey.simulate(
         lambda cid: Const(cid),

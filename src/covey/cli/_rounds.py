@@ -31,6 +31,7 @@ __all__ = [
     "metric_columns",
     "round_table",
     "shown_rounds",
+    "step_of",
     "stopped_early",
 ]
 
@@ -88,6 +89,17 @@ def shown_rounds(history: History, last: int | None) -> History:
     return dataclasses.replace(history, rounds=history.rounds[len(history.rounds) - last :])
 
 
+def step_of(history: History) -> str:
+    """What the run's round numbers count: ``"update"`` if it is asynchronous, else ``"round"``.
+
+    An asynchronous strategy (FedBuff) records its ``buffer_size`` among its options.
+    """
+    strategy = history.config.get("strategy")
+    options = strategy.get("options") if isinstance(strategy, dict) else None
+    asynchronous = isinstance(options, dict) and options.get("buffer_size") is not None
+    return "update" if asynchronous else "round"
+
+
 def round_table(
     history: History, title: str = "Rounds", last: int | None = None, *, traffic: bool = False
 ) -> Table:
@@ -100,15 +112,21 @@ def round_table(
             many); None shows every round. The columns are those of the rounds shown.
         traffic: Also the array bytes each round sent and received (when counted),
             in kB or MB.
+
+    An asynchronous run's table counts global updates: its first column is
+    ``update``, and its default title ``Updates``.
     """
     from covey.core._history import metric_value
 
+    step = step_of(history)
+    if step == "update" and title == "Rounds":
+        title = "Updates"
     total = len(history.rounds)
     history = shown_rounds(history, last)
     if len(history.rounds) < total:
         title = f"{title} (the last {len(history.rounds):,} of {total:,})"
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in ("round", "clients", "failed"):
+    for column in (step, "clients", "failed"):
         table.add_column(column, justify="right", no_wrap=True)
     columns, left = metric_columns(history)
     if left:

@@ -27,6 +27,7 @@ from covey.cli._rounds import (
     metric_columns,
     round_table,
     shown_rounds,
+    step_of,
     stopped_early,
 )
 from covey.cli._runsdir import STORE, find_run, project_runs
@@ -398,8 +399,9 @@ def _modified(folder: Path) -> str:
 
 def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     table = Table(title="Failures", box=box.SIMPLE_HEAD, header_style="bold")
-    for column in ("round", "client", "stage", "error"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("round", "stage"))
+    step = step_of(history)  # "update" in an asynchronous run
+    for column in (step, "client", "stage", "error"):
+        table.add_column(column, overflow="fold", no_wrap=column in (step, "stage"))
     for rnd, failure in failures:
         who = failure.name or history.name_of(failure.cid)
         table.add_row(str(rnd), escape(who), failure.stage, escape(failure.error))

@@ -104,8 +104,11 @@ def _console() -> Console:
     return console
 
 
-def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
-    """A started progress bar of ``rounds`` rounds: its per-round callback and its stop."""
+def progress_callback(rounds: int, step: str = "round") -> tuple[RoundCallback, Callable[[], None]]:
+    """A started progress bar of ``rounds`` rounds: its per-round callback and its stop.
+
+    ``step`` names what a round counts on the bar: ``"update"`` for an asynchronous run.
+    """
     # rich draws from Python's global generator when first imported (rich.style's ids):
     # a bar must not shift the draws of clients that use ``random`` seeded by the caller.
     state = random.getstate()
@@ -122,7 +125,7 @@ def progress_callback(rounds: int) -> tuple[RoundCallback, Callable[[], None]]:
         random.setstate(state)
 
     progress = Progress(
-        TextColumn("[bold]round"),
+        TextColumn(f"[bold]{step}"),
         MofNCompleteColumn(),
         BarColumn(),
         TextColumn("{task.fields[status]}"),

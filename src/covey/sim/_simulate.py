@@ -121,13 +121,13 @@ def _backend(
 
 
 def _callbacks(
-    rounds: int, progress: bool, on_round: RoundCallback | None
+    rounds: int, progress: bool, on_round: RoundCallback | None, step: str = "round"
 ) -> tuple[list[RoundCallback], Callable[[], None] | None]:
     """The per-round callbacks (a progress bar, the user's), and how to stop the bar."""
     callbacks: list[RoundCallback] = []
     stop_progress: Callable[[], None] | None = None
     if progress:
-        cb, stop_progress = progress_callback(rounds)
+        cb, stop_progress = progress_callback(rounds, step)
         callbacks.append(cb)
     if on_round is not None:
         callbacks.append(on_round)
@@ -442,7 +442,8 @@ def simulate(
         _frozen.freeze()
         try:
             # The bar starts here, so that however the run ends, the finally below stops it.
-            callbacks, stop_progress = _callbacks(rounds, progress, on_round)
+            step = "update" if strategy.asynchronous else "round"
+            callbacks, stop_progress = _callbacks(rounds, progress, on_round, step)
             loop_transport: Transport | SimulatedAsyncTransport = transport
             if strategy.asynchronous:
                 workers = int(getattr(transport, "num_workers", 0))

@@ -188,7 +188,8 @@ class SimulatedAsyncTransport:
         model = self._durations
         if isinstance(model, ClientModel) and not model.is_online(cid, task.round):
             seq = next(self._seq)
-            offline = Reply(cid, task.kind, error=f"offline at version {task.round} (simulated)")
+            said = f"offline in update {task.round} (simulated availability)"  # as a round's
+            offline = Reply(cid, task.kind, error=said)
             self._pending[cid] = _Pending(task, self._now, seq, False, offline)
             heapq.heappush(self._heap, (self._now, seq, cid))
             return
