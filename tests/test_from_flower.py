@@ -242,9 +242,6 @@ def test_serve_refuses_flower_s_evaluate_fn_before_it_listens(tmp_path: Path) ->
         ("evaluate_fn", "simulate"),
         ("fraction_train", "fraction_fit"),
         ("min_available_nodes", "min_available_clients"),
-        # These got no pointer at all.
-        ("arrayrecord_key", "nothing"),
-        ("configrecord_key", "nothing"),
     ],
 )
 def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> None:
@@ -254,6 +251,27 @@ def test_flower_option_names_point_to_covey_s(flower: str, covey_name: str) -> N
         covey.FedAvg(**options)
     with pytest.raises(TypeError, match=said):
         covey.Strategy(**options)
+
+
+@pytest.mark.parametrize(
+    ("flower", "why"),
+    [
+        # These got no pointer at all, then "Flower's arrayrecord_key is covey's nothing: ...".
+        ("arrayrecord_key", "the model is one dict of named arrays"),
+        ("configrecord_key", "on_fit_config's dict is the config clients get"),
+        ("inplace", "aggregation never writes into the clients' replies"),
+        ("weighted_by_key", "means are weighted by each reply's num_examples"),
+        ("eta_l", "the clients' learning rate is their own setting; send it with on_fit_config"),
+    ],
+)
+def test_flower_options_covey_has_none_of_are_said_so(flower: str, why: str) -> None:
+    said = f"Flower's {flower} has no counterpart in covey: {why}"
+    options: dict[str, Any] = {flower: None}
+    for make in (covey.FedAvg, covey.Strategy):
+        with pytest.raises(TypeError) as raised:
+            make(**options)
+        assert said in str(raised.value)
+        assert "covey's nothing" not in str(raised.value)
 
 
 @pytest.mark.parametrize("preset", [covey.Krum, covey.MultiKrum, covey.Bulyan])
@@ -292,7 +310,6 @@ def test_a_misspelt_required_option_is_named_with_the_one_missing(
         # Flower's message API strategies (flwr.serverapp.strategy), the ones 1.42 documents.
         (covey.FedAvg, "train_metrics_aggr_fn", "fit_metrics"),
         (covey.FedAvg, "evaluate_metrics_aggr_fn", "evaluate_metrics"),
-        (covey.FedAvg, "weighted_by_key", "num_examples"),
         (covey.Krum, "num_malicious_nodes", "f"),
         (covey.Bulyan, "num_malicious_nodes", "f"),
         (covey.QFedAvg, "client_learning_rate", "client_lr"),

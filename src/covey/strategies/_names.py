@@ -33,7 +33,7 @@ FLOWER_OPTIONS = {
     "server_learning_rate": "server_lr (FedAvgM, Scaffold, FedBuff)",
     "beta_1": "beta1",
     "beta_2": "beta2",
-    "eta_l": "the clients' own learning rate: send it with on_fit_config",
+    "eta_l": "nothing: the clients' learning rate is their own setting; send it with on_fit_config",
     "num_malicious_clients": "f (Krum, MultiKrum, Bulyan)",
     "num_clients_to_keep": "MultiKrum(m=...)",
     "q_param": "q (QFedAvg)",
@@ -71,6 +71,24 @@ FLOWER_METHODS = {
 }
 
 
+def flower_hint(name: str, counterpart: str) -> str:
+    """What Flower's option ``name`` is in covey, in words.
+
+    ``counterpart`` is covey's name (``"on_fit_config"``), or ``"nothing: WHY"``
+    for an option covey has no counterpart to.
+
+    Example:
+        >>> flower_hint("on_fit_config_fn", "on_fit_config")
+        "Flower's on_fit_config_fn is covey's on_fit_config"
+        >>> flower_hint("transport", "nothing: covey speaks gRPC")
+        "Flower's transport has no counterpart in covey: covey speaks gRPC"
+    """
+    none, sep, why = counterpart.partition("nothing: ")
+    if sep and not none:
+        return f"Flower's {name} has no counterpart in covey: {why}"
+    return f"Flower's {name} is covey's {counterpart}"
+
+
 def unknown_options(
     name: str,
     unknown: Iterable[str],
@@ -101,7 +119,7 @@ def unknown_options(
     hints = []
     for n in names:
         if n in flower:
-            hints.append(f"Flower's {n} is covey's {flower[n]}")
+            hints.append(flower_hint(n, flower[n]))
         elif close := difflib.get_close_matches(n, choices, n=1):
             hints.append(f"{n + ': ' if len(names) > 1 else ''}did you mean {close[0]}?")
     return TypeError(
