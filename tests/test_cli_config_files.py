@@ -153,3 +153,54 @@ def test_a_policy_file_too_large_is_refused_unread(tmp_path: Path) -> None:
     assert code == 2, out
     said = " ".join(out.replace("│", " ").split())
     assert f"big.toml: larger than {MAX_CONFIG_BYTES:,} bytes" in said, out
+
+
+@pytest.mark.parametrize(
+    ("command", "settings", "said"),
+    [
+        (
+            "server",
+            '[server]\napp = "digits_app:server_app"\ninsecure = true\nrounds = "ten"\n',
+            "error: server.rounds in fed.toml must be a whole number 0 or more, got 'ten'",
+        ),
+        (
+            "server",
+            '[server]\napp = "digits_app:server_app"\ninsecure = true\nround-timeout = -1\n',
+            "error: server.round-timeout in fed.toml must be a number above 0, got -1",
+        ),
+        (
+            "server",
+            'app = "digits_app:server_app"\ninsecure = true\nkeep_last = 0\n',
+            "error: keep_last in fed.toml must be a whole number above 0, got 0",
+        ),
+        (
+            "client",
+            '[client]\napp = "digits_app:client_fn"\nserver = "127.0.0.1:1"\ninsecure = true\n'
+            "cid = 0\nmax_task_mb = -5\n",
+            "error: client.max_task_mb in fed.toml must be a number above 0, got -5",
+        ),
+        (
+            "client",
+            '[client]\napp = "digits_app:client_fn"\nserver = "127.0.0.1"\ninsecure = true\n',
+            "error: client.server in fed.toml '127.0.0.1' has no port; give HOST:PORT "
+            "(e.g. 127.0.0.1:9092)",
+        ),
+    ],
+)
+def test_a_bad_value_in_the_file_names_its_key_and_the_file(
+    tmp_path: Path, command: str, settings: str, said: str
+) -> None:
+    # It named the flag (--rounds), which the user had never typed.
+    (tmp_path / "fed.toml").write_text(settings)
+    code, out = covey(command, "--config", "fed.toml")
+    assert code == 2, out
+    assert last_line(out) == said
+
+
+def test_a_bad_value_on_the_command_line_names_its_flag_over_the_file(tmp_path: Path) -> None:
+    (tmp_path / "fed.toml").write_text(
+        '[server]\napp = "digits_app:server_app"\ninsecure = true\nrounds = 3\n'
+    )
+    code, out = covey("server", "--config", "fed.toml", "--rounds", "-1")
+    assert code == 2, out
+    assert last_line(out) == "error: --rounds must be a whole number 0 or more, got -1"

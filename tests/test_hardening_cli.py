@@ -210,7 +210,7 @@ def test_the_client_task_cap_in_a_config_file_must_be_a_size(
     args += ["--server", "127.0.0.1:9", "--config", str(settings)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
-    assert "--max-task-mb must be" in result.output
+    assert f"client.max_task_mb in {settings} must be" in result.output
 
 
 def test_the_client_exits_non_zero_when_the_run_stops_without_finishing() -> None:

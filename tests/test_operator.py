@@ -341,11 +341,14 @@ def test_a_query_on_a_busy_port_says_so() -> None:
         (["server", "--wait-timeout", "nan"], "--wait-timeout must be a number above 0, got nan"),
         (
             ["server", "--config", "bad.toml"],
-            "--rounds must be a whole number 0 or more, got 'ten'",
+            "server.rounds in bad.toml must be a whole number 0 or more, got 'ten'",
         ),
         (["client", "--retry-for", "nan"], "--retry-for must be a number 0 or more, got nan"),
         (["client", "--max-attempts", "0"], "--max-attempts must be a whole number above 0, got 0"),
-        (["client", "--config", "bad.toml"], "--cid must be a whole number 0 or more, got 'x'"),
+        (
+            ["client", "--config", "bad.toml"],
+            "client.cid in bad.toml must be a whole number 0 or more, got 'x'",
+        ),
     ],
 )
 def test_numbers_that_would_hang_or_misbehave_are_refused(

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from covey.core._interrupt import interrupts_as_such, stop_on_sigterm
 from covey.deploy._cli_errors import (
+    Settings,
     address_flag,
     compression_spec,
     fail,
@@ -413,37 +414,37 @@ def server_command(
     """Run the server of a federation over gRPC (mutual TLS unless --insecure)."""
     s = read_settings(config, "server", SERVER_KEYS)
     setup_logging(console, verbose or bool(s.get("verbose", False)))
-    scheme = compression_spec(_pick(compression, s, "compression", None))
+    scheme = compression_spec(
+        _pick(compression, s, "compression", None),
+        s.name(compression, "compression", "--compression"),
+    )
     resume_dir = _path(_pick(resume, s, "resume", None))
     server_app = _server_app(_pick(app, s, "app", None), resume_dir)
     tls_given = certs is not None or insecure is not None  # on the command line
     insecure = bool(_pick(insecure, s, "insecure", False))  # --no-insecure wins over the file
     certs_dir, tls = _security(_path(_pick(certs, s, "certs", None)), insecure)
     given = _path(_pick(run_dir, s, "run_dir", None))
-    listen_at = _listen_address(_pick(address, s, "address", None))  # before a folder is made
+    listen_at = _listen_address(  # before a folder is made
+        _pick(address, s, "address", None), s.name(address, "address", "--address")
+    )
     flags = {
         "port_file": output_file(_path(_pick(port_file, s, "port_file", None)), "--port-file"),
         "address": listen_at,
         "certs": certs_dir,
         "tls": tls,
         "insecure": insecure,
-        "rounds": number(_pick(rounds, s, "rounds", None), "--rounds", integer=True, zero=True),
-        "round_timeout": number(_pick(round_timeout, s, "round_timeout", None), "--round-timeout"),
-        "round_retries": number(
-            _pick(round_retries, s, "round_retries", None),
-            "--round-retries",
-            integer=True,
-            zero=True,
-        ),
-        "wait_timeout": number(_pick(wait_timeout, s, "wait_timeout", None), "--wait-timeout"),
-        "heartbeat": number(_pick(heartbeat, s, "heartbeat", None), "--heartbeat"),
+        "rounds": _number(rounds, s, "rounds", integer=True, zero=True),
+        "round_timeout": _number(round_timeout, s, "round_timeout"),
+        "round_retries": _number(round_retries, s, "round_retries", integer=True, zero=True),
+        "wait_timeout": _number(wait_timeout, s, "wait_timeout"),
+        "heartbeat": _number(heartbeat, s, "heartbeat"),
         "plot": plot,
         "compression": scheme,
-        "keep_last": number(_pick(keep_last, s, "keep_last", None), "--keep-last", integer=True),
-        "max_clients": number(
-            _pick(max_clients, s, "max_clients", 1000), "--max-clients", integer=True
+        "keep_last": _number(keep_last, s, "keep_last", integer=True),
+        "max_clients": _number(max_clients, s, "max_clients", 1000, integer=True),
+        "data_port": port_number(
+            _pick(data_port, s, "data_port", None), s.name(data_port, "data_port", "--data-port")
         ),
-        "data_port": port_number(_pick(data_port, s, "data_port", None), "--data-port"),
     }
     # Only once every flag is checked: a fresh run folder is made here.
     # Those of --config are read again from it; the command line's are repeated.
@@ -468,9 +469,19 @@ def server_command(
     _serve(server_app, s, flags)
 
 
-def _listen_address(value: Any) -> str | None:
-    """``--address``, checked (None: the run's own address, or the default)."""
-    return None if value is None else address_flag(value, "--address", listen=True)
+def _listen_address(value: Any, flag: str) -> str | None:
+    """``--address`` (or where ``flag`` says it came from), checked; None: the run's own."""
+    return None if value is None else address_flag(value, flag, listen=True)
+
+
+def _number(given: Any, s: Settings, key: str, default: Any = None, **kind: bool) -> Any:
+    """The number of ``key``, from the command line (``given``) or ``s``, checked.
+
+    An error names the flag if the command line gave it, else the file's key, which
+    the user may never have typed as a flag.
+    """
+    flag = "--" + key.replace("_", "-")
+    return number(_pick(given, s, key, default), s.name(given, key, flag), **kind)
 
 
 def _path(value: Any) -> Path | None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from covey.deploy._cli import _pick, console
+from covey.deploy._cli import _number, _pick, console
 from covey.deploy._cli_errors import (
     address_flag,
     fail,
@@ -120,15 +120,15 @@ MOST_TASK_MB = 2**40
 """The largest ``--max-task-mb``: an exbibyte, whose bytes still fit a 64-bit count."""
 
 
-def _task_cap(mb: object) -> int:
-    """``--max-task-mb`` in bytes (the transport's default when not given)."""
+def _task_cap(mb: object, flag: str = "--max-task-mb") -> int:
+    """``--max-task-mb`` (or the ``flag`` it came from) in bytes (the transport's default)."""
     from covey.transport.grpc._checks import MAX_TASK_BYTES
 
     if mb is None:
         return MAX_TASK_BYTES
-    size: float = number(mb, "--max-task-mb")  # a finite number above 0 (not true, not "4096")
+    size: float = number(mb, flag)  # a finite number above 0 (not true, not "4096")
     if size > MOST_TASK_MB:
-        fail(f"--max-task-mb must be at most {MOST_TASK_MB:,} (an exbibyte), got {size!r}")
+        fail(f"{flag} must be at most {MOST_TASK_MB:,} (an exbibyte), got {size!r}")
     return max(1, int(size * 1024 * 1024))
 
 
@@ -185,11 +185,14 @@ def client_command(
         fail("give --app MODULE:OBJECT naming the client or client_fn (or app = ... in --config)")
     if address is None:
         fail("give --server HOST:PORT, the address the server listens on")
-    address = address_flag(address, "--server", listen=False)
-    attempts = number(_pick(max_attempts, s, "max_attempts", None), "--max-attempts", integer=True)
-    retry = number(_pick(retry_for, s, "retry_for", 600.0), "--retry-for", zero=True)
-    the_cid = number(_pick(cid, s, "cid", None), "--cid", integer=True, zero=True)
-    task_cap = _task_cap(_pick(max_task_mb, s, "max_task_mb", None))
+    address = address_flag(address, s.name(server, "server", "--server"), listen=False)
+    attempts = _number(max_attempts, s, "max_attempts", integer=True)
+    retry = _number(retry_for, s, "retry_for", 600.0, zero=True)
+    the_cid = _number(cid, s, "cid", integer=True, zero=True)
+    task_cap = _task_cap(
+        _pick(max_task_mb, s, "max_task_mb", None),
+        s.name(max_task_mb, "max_task_mb", "--max-task-mb"),
+    )
     the_name = _pick(name, s, "name", None)
     why = name_problem(str(the_name)) if the_name else None
     if why is not None:  # no restart mends it: 2, before anything is loaded or dialled

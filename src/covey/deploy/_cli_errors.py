@@ -18,6 +18,7 @@ from rich.console import Console
 from covey.deploy._shown import escape
 
 __all__ = [
+    "Settings",
     "compression_spec",
     "fail",
     "fresh_run_dir",
@@ -130,7 +131,43 @@ def required_params(fn: Any) -> int:
     )
 
 
-def read_settings(config: Path | None, section: str, known: set[str]) -> dict[str, Any]:
+class Settings(dict[str, Any]):
+    """The settings of a ``--config`` file, by flag name, knowing the file they came from."""
+
+    def __init__(
+        self,
+        values: dict[str, Any] | None = None,
+        *,
+        config: Path | None = None,
+        section: str | None = None,
+        spelled: dict[str, str] | None = None,
+    ) -> None:
+        """``values`` read from ``[section]`` of ``config`` (None: the whole file)."""
+        super().__init__(values or {})
+        self.config = config
+        self.section = section
+        self.spelled = spelled or {}
+
+    def name(self, given: Any, key: str, flag: str) -> str:
+        """Where a value came from, for errors: ``flag``, or the file's key if the file gave it.
+
+        Args:
+            given: The command line's value (None: not given there).
+            key: The setting's key (``round_timeout``).
+            flag: The command line's flag (``--round-timeout``).
+
+        Returns:
+            ``flag`` when the command line gave the value, else ``server.round_timeout in
+            fed.toml`` (the key as the file spells it), so that one who never typed the flag
+            is pointed to the line to fix.
+        """
+        if given is not None or self.config is None or key not in self:
+            return flag
+        spelled = self.spelled.get(key, key)
+        return f"{self.section + '.' if self.section else ''}{spelled} in {self.config}"
+
+
+def read_settings(config: Path | None, section: str, known: set[str]) -> Settings:
     """The settings of ``[section]`` (or of the whole file) in the TOML file ``config``.
 
     Keys may use ``-`` or ``_``; every key must name a flag of the command.
@@ -141,7 +178,7 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
         known: The flags the file may set (in ``snake_case``).
     """
     if config is None:
-        return {}
+        return Settings()
     data = _read_toml(config)
     table = data.get(section, data)
     if not isinstance(table, dict):
@@ -184,7 +221,9 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> dict[st
                 f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be text "
                 f'in quotes, e.g. {key} = "{value}"'
             )
-    return settings
+    spelled = {k.replace("-", "_"): k for k in table}
+    nested = section if table is not data else None
+    return Settings(settings, config=config, section=nested, spelled=spelled)
 
 
 MAX_CONFIG_BYTES = 1 << 20
