@@ -204,3 +204,21 @@ def test_a_bad_value_on_the_command_line_names_its_flag_over_the_file(tmp_path: 
     code, out = covey("server", "--config", "fed.toml", "--rounds", "-1")
     assert code == 2, out
     assert last_line(out) == "error: --rounds must be a whole number 0 or more, got -1"
+
+
+def test_insecure_on_the_command_line_overrides_the_file_s_certificates(tmp_path: Path) -> None:
+    # The file's certs (or ca/cert/key) and --insecure were refused as "not both".
+    (tmp_path / "fed.toml").write_text(
+        '[client]\napp = "digits_app:client_fn"\ncid = 0\nserver = "127.0.0.1:1"\n'
+        'certs = "fed"\nname = "a"\nca = "ca.pem"\nserver_name = "fed.example"\n'
+    )
+    code, out = covey("client", "--config", "fed.toml", "--insecure", "--max-attempts", "1")
+    assert "not both" not in out
+    assert code == 1, out  # it dialled, without TLS: nothing listens there
+    (tmp_path / "fed.toml").write_text(
+        '[client]\napp = "digits_app:client_fn"\ncid = 0\nserver = "127.0.0.1:1"\ninsecure = true\n'
+    )
+    code, out = covey("client", "--config", "fed.toml", "--certs", "fed", "--name", "a")
+    assert code == 2, out  # --certs is read, not the file's insecure = true
+    assert last_line(out).startswith("error: fed/ca.pem not found")
+    assert "not both" not in out

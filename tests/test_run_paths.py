@@ -247,6 +247,40 @@ def test_the_resume_command_repeats_a_tls_choice_the_command_line_made_over_the_
     assert "--insecure" in shlex.split(seen["resume_hint"])
 
 
+def test_the_command_line_s_tls_choice_wins_over_the_file_s_certs(
+    tmp_path: Path, seen: dict[str, Any]
+) -> None:
+    import shlex
+
+    # The file's certs = "fed" and --insecure were refused as "give --certs DIR or
+    # --insecure, not both", though --no-insecure overrode a file's insecure = true.
+    made = CliRunner().invoke(app, ["certs", "init", "--dir", "fed"])
+    assert made.exit_code == 0, made.output
+    (tmp_path / "server.toml").write_text('[server]\ncerts = "fed"\n')
+    base = ["server", "--app", "tiny_app:server_app", "--config", "server.toml"]
+    result = CliRunner().invoke(app, [*base, "--insecure", "--run-dir", "a"])
+    assert result.exit_code == 0, result.output
+    assert seen["tls"] is None
+    assert seen["certs"] is None
+    hint = shlex.split(seen["resume_hint"])
+    assert "--insecure" in hint
+    assert "--certs" not in hint
+    # The hint pasted gets past the TLS choice (to the run folder, here never started).
+    resumed = CliRunner().invoke(app, hint[1:])
+    assert "not both" not in resumed.output
+    assert "error: --resume a: no covey run there (no run.sqlite)" in resumed.output
+    # --certs on the command line overrides the file's insecure = true the same way.
+    (tmp_path / "server.toml").write_text("[server]\ninsecure = true\n")
+    seen.clear()
+    result = CliRunner().invoke(app, [*base, "--certs", "fed", "--run-dir", "b"])
+    assert result.exit_code == 0, result.output
+    assert seen["tls"] is not None
+    # Both on the command line are still refused.
+    result = CliRunner().invoke(app, [*base, "--certs", "fed", "--insecure", "--run-dir", "c"])
+    assert result.exit_code == 2, result.output
+    assert "error: give --certs DIR or --insecure, not both" in result.output
+
+
 def test_a_covey_run_folder_moved_out_of_its_project_is_resumed_with_covey_run(
     tmp_path: Path,
 ) -> None:

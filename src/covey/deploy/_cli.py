@@ -421,8 +421,8 @@ def server_command(
     resume_dir = _path(_pick(resume, s, "resume", None))
     server_app = _server_app(_pick(app, s, "app", None), resume_dir)
     tls_given = certs is not None or insecure is not None  # on the command line
-    insecure = bool(_pick(insecure, s, "insecure", False))  # --no-insecure wins over the file
-    certs_dir, tls = _security(_path(_pick(certs, s, "certs", None)), insecure)
+    certs, insecure = tls_choice(certs, insecure, s)  # the command line's wins over the file's
+    certs_dir, tls = _security(_path(certs), insecure)
     given = _path(_pick(run_dir, s, "run_dir", None))
     listen_at = _listen_address(  # before a folder is made
         _pick(address, s, "address", None), s.name(address, "address", "--address")
@@ -467,6 +467,20 @@ def server_command(
         timing={key: flags[key] for key, value in typed.items() if value is not None},
     )
     _serve(server_app, s, flags)
+
+
+def tls_choice(certs: Any, insecure: bool | None, s: Settings) -> tuple[Any, bool]:
+    """``--certs`` and ``--insecure`` as given, the file's where the command line chose nothing.
+
+    A TLS choice on the command line overrides the file's whole: ``--insecure`` over
+    the file's ``certs = "..."``, ``--certs`` or ``--no-insecure`` over its
+    ``insecure = true``. Both on the command line are still refused as "not both".
+    """
+    if insecure is True:
+        return certs, True
+    if certs is not None or insecure is False:
+        return _pick(certs, s, "certs", None), False
+    return s.get("certs"), bool(s.get("insecure", False))
 
 
 def _listen_address(value: Any, flag: str) -> str | None:

@@ -116,6 +116,24 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
     return None
 
 
+_TLS_KEYS = {"certs", "ca", "cert", "key", "server_name"}
+"""The ``--config`` keys of a TLS connection, passed over when ``--insecure`` is given."""
+
+
+def _file_tls(s: dict[str, Any], insecure: bool | None, *, chosen: bool) -> dict[str, Any]:
+    """The file's settings less the TLS choice the command line overrides.
+
+    ``--insecure`` overrides the file's ``certs``, ``ca``, ``cert``, ``key`` and
+    ``server_name``; ``--certs`` or ``--ca`` (``chosen``) its ``insecure = true``, as
+    ``--no-insecure`` does.
+    """
+    if insecure is True:
+        return {k: v for k, v in s.items() if k not in _TLS_KEYS}
+    if chosen:
+        return {k: v for k, v in s.items() if k != "insecure"}
+    return s
+
+
 MOST_TASK_MB = 2**40
 """The largest ``--max-task-mb``: an exbibyte, whose bytes still fit a 64-bit count."""
 
@@ -198,9 +216,10 @@ def client_command(
     if why is not None:  # no restart mends it: 2, before anything is loaded or dialled
         fail(f"--name {str(the_name)[:60]!r}: {why}")
     client = _make_client(app_spec, the_cid)
-    insecure = bool(_pick(insecure, s, "insecure", False))  # --no-insecure wins over the file
+    s_tls = _file_tls(s, insecure, chosen=certs is not None or ca is not None)
+    insecure = bool(_pick(insecure, s_tls, "insecure", False))  # --no-insecure wins over the file
     flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}
-    flags["server_name"] = _pick(server_name, s, "server_name", None)
+    flags["server_name"] = _pick(server_name, s_tls, "server_name", None)
     leave = Leaving(
         lambda how: console.print(
             f"{how}: this client left the federation; start it again to rejoin"
@@ -208,7 +227,7 @@ def client_command(
     )
     try:
         with leaving(leave):  # docker stop, systemctl stop: the client leaves as on Ctrl-C
-            tls = _client_tls(s, {**flags, "insecure": insecure})
+            tls = _client_tls(s_tls, {**flags, "insecure": insecure})
             result = connect(
                 client,
                 address,
