@@ -21,6 +21,7 @@ from rich.markup import escape
 import covey
 from covey.core._extras import MissingExtraError, extra_for
 from covey.core._interrupt import interrupt_in, interrupts_as_such, stopping_on_sigterm
+from covey.deploy._cli_errors import folder_flag
 from covey.deploy._cli_tables import output_console
 
 if TYPE_CHECKING:
@@ -77,7 +78,12 @@ def demo(
         typer.Option(help="How process workers start: fork, forkserver or spawn (default: auto)."),
     ] = None,
     run_dir: Annotated[
-        Path | None, typer.Option(help="Where to write history.json and plot.png.")
+        Path | None,
+        typer.Option(
+            help="Where to write history.json and plot.png.",
+            parser=folder_flag("--run-dir"),
+            metavar="PATH",
+        ),
     ] = None,
     plot: Annotated[bool, typer.Option(help="Write plot.png.")] = True,
     out: Annotated[

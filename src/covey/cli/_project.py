@@ -194,7 +194,7 @@ class ProjectSettings:
                 )
         self._check_numbers()
         runs = self.run.get("runs_dir", "runs")
-        if not isinstance(runs, str) or (project / runs).is_file():
+        if not isinstance(runs, str) or not runs or (project / runs).is_file():
             fail(
                 f"runs-dir = {runs!r} ([tool.covey] in {project / 'pyproject.toml'}, or --set): "
                 "give a folder (made if missing) to keep each run's folder in"

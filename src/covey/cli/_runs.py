@@ -33,7 +33,7 @@ from covey.cli._rounds import (
 from covey.cli._runsdir import STORE, find_run, project_runs
 from covey.dashboard._runjson import RunReadError, read_run_json, run_files_within
 from covey.dashboard._runs import discover_runs, later_rounds
-from covey.deploy._cli_errors import fail
+from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.deploy._shown import escape
 from covey.server._rundb import is_held, open_read_only, schema_refusal
@@ -74,7 +74,12 @@ runs_app = typer.Typer(
     no_args_is_help=True,
 )
 
-RunsDir = Annotated[Path, typer.Option("--dir", help="The folder holding run folders.")]
+RunsDir = Annotated[
+    Path,
+    typer.Option(
+        "--dir", help="The folder holding run folders.", parser=folder_flag("--dir"), metavar="PATH"
+    ),
+]
 
 
 def _why(folder: Path, status: str, history: History) -> str | None:
@@ -297,7 +302,10 @@ def list_runs(
     folder: Annotated[
         Path | None,
         typer.Argument(
-            help="The folder holding run folders (as --dir; default runs/).", show_default=False
+            help="The folder holding run folders (as --dir; default runs/).",
+            show_default=False,
+            parser=folder_flag("FOLDER"),
+            metavar="[FOLDER]",
         ),
     ] = None,
     runs_dir: RunsDir = Path("runs"),

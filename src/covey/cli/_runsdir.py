@@ -36,6 +36,8 @@ def find_run(run: str, runs_dir: Path) -> Path:
     """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
     from covey.core._history import History
 
+    if run == "":  # Path("") is the current folder
+        fail('RUN is empty (""); give a run folder, or a run\'s name under --dir')
     runs_dir = project_runs(runs_dir)  # a project's runs-dir, if it names one
     for candidate in (Path(run), runs_dir / run):
         if any((candidate / f).is_file() for f in (History.FILE_NAME, STORE)):

@@ -8,9 +8,19 @@ from typing import Annotated
 import typer
 
 
+def _folder(value: str) -> Path:
+    """RUNS_DIR as given, refusing empty text: ``Path("")`` would be the current folder."""
+    if value == "":
+        raise typer.BadParameter('empty (""); give a folder of runs, or leave RUNS_DIR out')
+    return Path(value)
+
+
 def dashboard_command(
     runs_dir: Annotated[
-        Path, typer.Argument(help="A folder of runs (or one run folder).", file_okay=False)
+        Path,
+        typer.Argument(
+            help="A folder of runs (or one run folder).", parser=_folder, metavar="RUNS_DIR"
+        ),
     ] = Path("runs"),
     host: Annotated[
         str, typer.Option(help="Address to listen on (default: this machine only).")

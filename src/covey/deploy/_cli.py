@@ -16,7 +16,9 @@ from covey.deploy._cli_errors import (
     address_flag,
     compression_spec,
     fail,
+    folder_flag,
     load_object,
+    no_empty_folder,
     number,
     output_file,
     port_number,
@@ -359,8 +361,20 @@ def server_command(
         bool | None,
         typer.Option("--insecure/--no-insecure", help="Serve without TLS (local tests only)."),
     ] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Where the run state is kept.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Resume the run kept in this folder.")] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the run state is kept.", parser=folder_flag("--run-dir"), metavar="PATH"
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Resume the run kept in this folder.",
+            parser=folder_flag("--resume"),
+            metavar="PATH",
+        ),
+    ] = None,
     round_timeout: Annotated[
         float | None, typer.Option(help="Seconds a round waits for replies (default: no limit).")
     ] = None,
@@ -418,6 +432,8 @@ def server_command(
         _pick(compression, s, "compression", None),
         s.name(compression, "compression", "--compression"),
     )
+    for key in ("resume", "run_dir"):  # the command line's are checked as they are parsed
+        no_empty_folder(s.get(key), s.name(None, key, ""))
     resume_dir = _path(_pick(resume, s, "resume", None))
     server_app = _server_app(_pick(app, s, "app", None), resume_dir)
     tls_given = certs is not None or insecure is not None  # on the command line

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,8 +22,10 @@ __all__ = [
     "Settings",
     "compression_spec",
     "fail",
+    "folder_flag",
     "fresh_run_dir",
     "load_object",
+    "no_empty_folder",
     "number",
     "output_file",
     "read_settings",
@@ -39,6 +42,29 @@ def fail(message: str) -> NoReturn:
     """Print ``error: MESSAGE`` on one line and exit with code 2 (no traceback)."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(USAGE_EXIT)
+
+
+def no_empty_folder(value: Any, flag: str) -> None:
+    """Fail if ``value``, the folder of ``flag`` (or of a setting), is empty text.
+
+    ``Path("")`` is the current folder: ``--run-dir ""`` (a shell variable never
+    set, say) put the run's files beside whatever the current folder holds.
+    """
+    if isinstance(value, str | Path) and str(value) == "":
+        fail(f'{flag} is empty (""); give a folder, or leave it out')
+
+
+def folder_flag(flag: str) -> Callable[[str], Path]:
+    """A Typer parser of the folder ``flag`` takes, refusing empty text (:func:`no_empty_folder`).
+
+    Typer reads ``""`` as ``Path("")``, which is ``.``: the parser sees the text as given.
+    """
+
+    def parse(value: str) -> Path:
+        no_empty_folder(value, flag)
+        return Path(value)
+
+    return parse
 
 
 def fresh_run_dir(parent: str | Path, prefix: str, setting: str) -> Path:
