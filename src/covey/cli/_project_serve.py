@@ -53,10 +53,11 @@ def serve_project(
 ) -> None:
     """Serve the project's app for real clients (``resume``: continue that served run)."""
     from covey.cli._project_sim import same_settings
-    from covey.deploy._cli import _security, _serve
+    from covey.deploy._cli import _serve
     from covey.deploy._cli import console as log_console
     from covey.deploy._cli_errors import compression_spec, number, output_file, port_number
     from covey.deploy._cli_logs import setup_logging
+    from covey.deploy._cli_security import _security
 
     fed = settings.federation or {}
     where = f"([tool.covey.federations.{name}] or --set)"

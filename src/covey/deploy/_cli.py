@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from covey.deploy._cli_errors import (
 )
 from covey.deploy._cli_logs import setup_logging
 from covey.deploy._cli_resume import recorded_rounds, resume_hint, saved_model
+from covey.deploy._cli_security import _security, tls_choice
 from covey.deploy._shown import BriefHighlighter, escape
 from covey.server._served import FEDERATION_FILE
 
@@ -162,39 +162,6 @@ def _run_folder(run_dir: Path | None, resume: Path | None) -> Path:
             "would write over; give another folder"
         )
     return run_dir
-
-
-def _security(certs: Path | None, insecure: bool) -> tuple[Path | None, Any]:
-    """Check ``--certs`` / ``--insecure``: exactly one, and the folder is a federation's.
-
-    Returns the folder and the TLS material read from it (None without TLS), which
-    the server is given as read: read again, every warning about a file (a
-    certificate not valid yet, a key others can read) would be printed twice.
-    """
-    if certs is None and not insecure:
-        fail(
-            "no --certs: give --certs DIR (a folder made by `covey certs init --dir DIR`), "
-            "or --insecure for a local experiment without TLS"
-        )
-    if certs is not None and insecure:
-        fail("give --certs DIR or --insecure, not both")
-    if certs is not None:
-        from covey.deploy._pem import missing_server_files
-
-        missing = missing_server_files(certs)
-        if missing:
-            fail(
-                f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
-                f"make one with `covey certs init --dir {shlex.quote(str(certs))}`"
-            )
-        from covey.deploy._tls import tls_from_dir
-
-        try:
-            return certs, tls_from_dir(certs)
-        except (OSError, ValueError) as exc:
-            fail(f"--certs {certs}: {exc}")
-    # Without TLS, serve() itself warns (naming the address anyone can join at).
-    return certs, None
 
 
 def _serve(server_app: Any, s: dict[str, Any], flags: dict[str, Any]) -> None:
@@ -483,20 +450,6 @@ def server_command(
         timing={key: flags[key] for key, value in typed.items() if value is not None},
     )
     _serve(server_app, s, flags)
-
-
-def tls_choice(certs: Any, insecure: bool | None, s: Settings) -> tuple[Any, bool]:
-    """``--certs`` and ``--insecure`` as given, the file's where the command line chose nothing.
-
-    A TLS choice on the command line overrides the file's whole: ``--insecure`` over
-    the file's ``certs = "..."``, ``--certs`` or ``--no-insecure`` over its
-    ``insecure = true``. Both on the command line are still refused as "not both".
-    """
-    if insecure is True:
-        return certs, True
-    if certs is not None or insecure is False:
-        return _pick(certs, s, "certs", None), False
-    return s.get("certs"), bool(s.get("insecure", False))
 
 
 def _listen_address(value: Any, flag: str) -> str | None:
