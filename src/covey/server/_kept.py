@@ -68,16 +68,18 @@ def prune(db: RunDB, weights_dir: Path, keep_last: int) -> None:
         remove(weights_dir / weights_file_name(r))
 
 
-def _listed(rounds: list[int]) -> str:
+def _listed(rounds: list[int], step: str = "round") -> str:
     if not rounds:
-        return "no round's weights"
+        return f"no {step}'s weights"
     if len(rounds) == 1:
-        return f"the weights of round {rounds[0]} only"
+        return f"the weights of {step} {rounds[0]} only"
     head = ", ".join(str(r) for r in rounds[:-1])
-    return f"the weights of rounds {head} and {rounds[-1]} only"
+    return f"the weights of {step}s {head} and {rounds[-1]} only"
 
 
-def pruned_error(run_dir: Path, round: int, kept: list[int], config: dict[str, Any]) -> ValueError:
+def pruned_error(
+    run_dir: Path, round: int, kept: list[int], config: dict[str, Any], step: str = "round"
+) -> ValueError:
     """The error for loading round ``round``, whose weights file was pruned.
 
     Args:
@@ -85,17 +87,18 @@ def pruned_error(run_dir: Path, round: int, kept: list[int], config: dict[str, A
         round: The round asked for.
         kept: The rounds that keep their weights (:func:`kept_rounds`).
         config: The run's settings (a simulation's say ``"kind": "simulated"``).
+        step: What ``round`` counts: ``"round"``, or an asynchronous run's ``"update"``.
     """
     if config.get("kind") == "simulated":
         why = _simulation_kept(config)
     else:
         why = (
-            "the server kept the newest rounds' files only (keep_last, --keep-last); "
-            "serve without it to keep every round's weights"
+            f"the server kept the newest {step}s' files only (keep_last, --keep-last); "
+            f"serve without it to keep every {step}'s weights"
         )
     return ValueError(
-        f"the weights of round {round} of the run in {run_dir} were pruned: the run keeps "
-        f"{_listed(kept)}, as {why}"
+        f"the weights of {step} {round} of the run in {run_dir} were pruned: the run keeps "
+        f"{_listed(kept, step)}, as {why}"
     )
 
 

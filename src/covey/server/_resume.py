@@ -91,7 +91,7 @@ def _from_step_zero(
     opened: RunStore, initial_weights: Weights | Callable[[], Weights] | None
 ) -> ResumePoint:
     """A run whose server stopped before round 0 was saved, started again at step 0."""
-    where = f"the run in {opened.run_dir} stopped before round 0 was saved"
+    where = f"the run in {opened.run_dir} stopped before {opened.step} 0 was saved"
     initial_weights = made(initial_weights)
     if initial_weights is None:
         raise ValueError(
@@ -131,9 +131,9 @@ def _same_layout(opened: RunStore, last: int, saved: WeightsSpec, app: WeightsSp
     shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
     raise ValueError(
         f"the app's initial weights do not have the layout of the model the run in "
-        f"{opened.run_dir} continues from (round {last}): {shown}. The saved model is the "
-        "run's, and clients built for another model would fail in its next round: resume "
-        "it with the app it was started with, or start a new run in another folder"
+        f"{opened.run_dir} continues from ({opened.step} {last}): {shown}. The saved model is "
+        f"the run's, and clients built for another model would fail in its next {opened.step}: "
+        "resume it with the app it was started with, or start a new run in another folder"
     )
 
 

@@ -58,7 +58,7 @@ def weights_file_name(round: int) -> str:
     return f"round-{round:05d}.safetensors"
 
 
-def stored_file(db: Path, round: int, name: str) -> str:
+def stored_file(db: Path, round: int, name: str, step: str = "round") -> str:
     """``name``, the weights file ``db`` records for ``round``, checked to be that round's own.
 
     The name is only ever the round's file in ``weights/``: a database naming
@@ -70,13 +70,13 @@ def stored_file(db: Path, round: int, name: str) -> str:
     """
     if name != weights_file_name(round):
         raise ValueError(
-            f"{db} records {name!r} as the weights file of round {round}, not "
+            f"{db} records {name!r} as the weights file of {step} {round}, not "
             f"{weights_file_name(round)!r} in {WEIGHTS_DIR}/: the database is damaged"
         )
     return name
 
 
-def round_number(given: object, run_dir: Path) -> int:
+def round_number(given: object, run_dir: Path, step: str = "round") -> int:
     """``given`` as the number of a round to load from the run in ``run_dir``.
 
     Raises:
@@ -85,7 +85,7 @@ def round_number(given: object, run_dir: Path) -> int:
         TypeError: ``given`` is no int (a str, a float, a bool, ``best_round``'s tuple).
     """
     if given is None:  # load_round(last_round()) of a run that saved none
-        raise KeyError(f"no round is saved yet in the run at {run_dir}")
+        raise KeyError(f"no {step} is saved yet in the run at {run_dir}")
     if isinstance(given, tuple):  # load_round(history.best_round(...)), not unpacked
         raise TypeError(
             f"load_round takes a round number, got the tuple {given!r}: "
@@ -97,11 +97,11 @@ def round_number(given: object, run_dir: Path) -> int:
             f"{given!r}; rounds() lists the rounds saved"
         )
     if given < 0:
-        raise KeyError(f"round {given} was never saved in the run at {run_dir}")
+        raise KeyError(f"{step} {given} was never saved in the run at {run_dir}")
     return int(given)
 
 
-def stored_state(db: Path, round: int, state: object) -> bytes | None:
+def stored_state(db: Path, round: int, state: object, step: str = "round") -> bytes | None:
     """The aggregation state ``db`` holds for ``round``: bytes, or None if it saved none.
 
     A state stored as text or a number (the database edited by hand, or
@@ -115,8 +115,8 @@ def stored_state(db: Path, round: int, state: object) -> bytes | None:
     if isinstance(state, bytes | bytearray | memoryview):
         return bytes(state)
     raise ValueError(
-        f"the aggregation state of round {round} in {db} is damaged: it is "
-        f"{type(state).__name__}, not the bytes the round saved"
+        f"the aggregation state of {step} {round} in {db} is damaged: it is "
+        f"{type(state).__name__}, not the bytes the {step} saved"
     )
 
 
@@ -195,7 +195,7 @@ def save_error(round: int, final: Path, exc: BaseException, step: str = "round")
 
 
 def lost_rounds_error(
-    db: Path, weights_dir: Path, last: int | None, ahead: list[str]
+    db: Path, weights_dir: Path, last: int | None, ahead: list[str], step: str = "round"
 ) -> ValueError:
     """The error of a run whose database ``db`` lost rounds whose files ``ahead`` are kept.
 
@@ -206,14 +206,15 @@ def lost_rounds_error(
         weights_dir: Its ``weights/`` folder.
         last: The last round ``db`` records (None: no round).
         ahead: The names of the files of later rounds, sorted.
+        step: What ``last`` counts: ``"round"``, or an asynchronous run's ``"update"``.
     """
-    recorded = "no round" if last is None else f"rounds up to {last}"
+    recorded = f"no {step}" if last is None else f"{step}s up to {last}"
     return ValueError(
         f"{db} records {recorded}, but {weights_dir} holds "
-        f"{', '.join(ahead[:4])}{' ...' if len(ahead) > 4 else ''} of later rounds: the "
-        f"database lost its newest rounds (was {db.name}-wal left behind when the folder "
+        f"{', '.join(ahead[:4])}{' ...' if len(ahead) > 4 else ''} of later {step}s: the "
+        f"database lost its newest {step}s (was {db.name}-wal left behind when the folder "
         f"was copied, or damaged?). Put {db.name}-wal back next to {db.name} to resume "
-        "after the last round; to resume from the last recorded round instead, delete "
+        f"after the last {step}; to resume from the last recorded {step} instead, delete "
         "those files"
     )
 
@@ -222,7 +223,7 @@ MAX_HEADER_BYTES: Final = 100_000_000
 """The longest safetensors header read (the ``safetensors`` library's own limit)."""
 
 
-def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
+def read_weights(round: int, path: Path, digest: str, step: str = "round") -> dict[str, Array]:
     """Read a round's weights file, checked against its recorded SHA-256.
 
     Nothing beyond its header is read until the file is known to be the size
@@ -234,6 +235,7 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
         round: The round the file must hold.
         path: The weights file.
         digest: The hex SHA-256 recorded when it was saved.
+        step: What ``round`` counts: ``"round"``, or an asynchronous run's ``"update"``.
 
     Returns:
         The arrays (writable), in the order they were saved in.
@@ -248,22 +250,22 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
         # A named pipe would block for ever, a link to a device be read without end.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
-        raise ValueError(f"weights file {path} of round {round} is missing") from None
+        raise ValueError(f"weights file {path} of {step} {round} is missing") from None
     except OSError as exc:
-        raise _read_error(round, path, exc) from exc
+        raise _read_error(round, path, exc, step) from exc
     try:
         opened = regular_reader(fd)
     except OSError as exc:
-        raise _read_error(round, path, exc) from exc
+        raise _read_error(round, path, exc, step) from exc
     if opened is None:
         raise ValueError(
-            f"weights file {path} of round {round} is not a regular file (a folder, a "
-            "named pipe, a device, or a link to one): it is not the file the round saved"
+            f"weights file {path} of {step} {round} is not a regular file (a folder, a "
+            f"named pipe, a device, or a link to one): it is not the file the {step} saved"
         )
     handle, size = opened
     with handle:
         try:
-            _check_size(round, path, handle, size)
+            _check_size(round, path, handle, size, step)
             handle.seek(0)
             sha = hashlib.sha256()
             while chunk := handle.read(_CHUNK):
@@ -271,19 +273,19 @@ def read_weights(round: int, path: Path, digest: str) -> dict[str, Array]:
             actual = sha.hexdigest()
             if actual != digest:
                 raise ValueError(
-                    f"weights file {path} of round {round} is corrupt: its SHA-256 is "
+                    f"weights file {path} of {step} {round} is corrupt: its SHA-256 is "
                     f"{actual}, expected {digest}"
                 )
             handle.seek(0)
             data = handle.read(size + 1)
         except OSError as exc:  # not damage (a permission, the disk): the round is kept
-            raise _read_error(round, path, exc) from exc
+            raise _read_error(round, path, exc, step) from exc
     if len(data) != size:  # written over in place while it was read
-        raise ValueError(f"weights file {path} of round {round} changed while it was read")
-    return _arrays_of(round, path, data)
+        raise ValueError(f"weights file {path} of {step} {round} changed while it was read")
+    return _arrays_of(round, path, data, step)
 
 
-def check_finite(round: int, path: Path, weights: Mapping[str, Array]) -> None:
+def check_finite(round: int, path: Path, weights: Mapping[str, Array], step: str = "round") -> None:
     """Refuse a saved round's model that holds NaN or Inf: a run cannot go on from it.
 
     Its file may be intact (its SHA-256 the one recorded) and the values still be
@@ -297,24 +299,24 @@ def check_finite(round: int, path: Path, weights: Mapping[str, Array]) -> None:
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
             if bad:
                 raise ValueError(
-                    f"weights file {path} of round {round} holds {bad} non-finite value(s) "
+                    f"weights file {path} of {step} {round} holds {bad} non-finite value(s) "
                     f"(NaN or Inf) in {name!r}: a run cannot go on from that model"
                 )
 
 
-def _read_error(round: int, path: Path, exc: OSError) -> OSError:
+def _read_error(round: int, path: Path, exc: OSError, step: str) -> OSError:
     """A round's weights file the system could not read: not damage, the round is kept."""
-    error = OSError(f"cannot read weights file {path} of round {round}: {exc.strerror or exc}")
+    error = OSError(f"cannot read weights file {path} of {step} {round}: {exc.strerror or exc}")
     error.errno = exc.errno
     return error
 
 
-def _check_size(round: int, path: Path, handle: BinaryIO, size: int) -> None:
+def _check_size(round: int, path: Path, handle: BinaryIO, size: int, step: str) -> None:
     """Refuse a weights file whose size is not the one its safetensors header declares.
 
     Reads the header only (its length is capped at :data:`MAX_HEADER_BYTES`).
     """
-    where = f"weights file {path} of round {round}"
+    where = f"weights file {path} of {step} {round}"
     head = handle.read(8)
     if len(head) < 8:
         raise ValueError(f"{where} is truncated: it holds {size} bytes, not even a header")
@@ -340,7 +342,7 @@ def _check_size(round: int, path: Path, handle: BinaryIO, size: int) -> None:
         )
 
 
-def _arrays_of(round: int, path: Path, data: bytes) -> dict[str, Array]:
+def _arrays_of(round: int, path: Path, data: bytes, step: str) -> dict[str, Array]:
     """The arrays of a verified weights file, in the order they were saved in."""
     try:
         metadata = _safetensors_metadata(data)
@@ -350,9 +352,9 @@ def _arrays_of(round: int, path: Path, data: bytes) -> dict[str, Array]:
             raise ValueError(f"its array names are {type(names).__name__}, not a list of text")
         stored_round = int(metadata["covey_round"])
     except Exception as exc:
-        raise ValueError(f"weights file {path} of round {round} is unreadable: {exc}") from exc
+        raise ValueError(f"weights file {path} of {step} {round} is unreadable: {exc}") from exc
     if stored_round != round or sorted(names) != sorted(arrays):
-        raise ValueError(f"weights file {path} does not hold the weights of round {round}")
+        raise ValueError(f"weights file {path} does not hold the weights of {step} {round}")
     return {name: arrays[name] for name in names}
 
 
@@ -423,7 +425,9 @@ def record_json(round: int, record: Mapping[str, Any] | RoundRecord) -> str:
         raise ValueError(f"record of round {round} is not JSON-serializable: {exc}") from exc
 
 
-def read_record(db: Path, round: int, text: str, created_by: Callable[[], str]) -> dict[str, Any]:
+def read_record(
+    db: Path, round: int, text: str, created_by: Callable[[], str], step: str = "round"
+) -> dict[str, Any]:
     """The record of ``round`` stored in ``db`` as ``text``, checked to rebuild.
 
     A field this covey does not know is refused, not left out: it is damage, or
@@ -439,13 +443,13 @@ def read_record(db: Path, round: int, text: str, created_by: Callable[[], str]) 
         record = exc
     if not isinstance(record, dict):
         raise ValueError(
-            f"the record of round {round} in {db} is damaged ({record}); the run's history "
+            f"the record of {step} {round} in {db} is damaged ({record}); the run's history "
             "cannot be read"
         )
     unknown = unknown_fields(record)
     if unknown:  # never skipped by a resume as damage: the redo would delete the round
         raise NewerFormatError(
-            f"the record of round {round} in {db} has field(s) {', '.join(unknown)} that "
+            f"the record of {step} {round} in {db} has field(s) {', '.join(unknown)} that "
             f"covey {covey_version()} does not know: it is damaged, or a newer covey served "
             f"the run (it was created by covey {created_by()}); resume it with that version"
         )

@@ -346,7 +346,8 @@ class RunStore(RunRecords):
             ValueError: the round's weights file is missing or corrupt, or was pruned
                 (the error names the rounds kept: :meth:`kept_rounds`).
         """
-        round, row = round_number(round, self._run_dir), None
+        step = self.step
+        round, row = round_number(round, self._run_dir, step), None
         if round < 2**63:  # SQLite's largest integer: a larger round was never saved
             with self._db.reading() as conn:
                 row = conn.execute(
@@ -354,14 +355,14 @@ class RunStore(RunRecords):
                     (round,),
                 ).fetchone()
         if row is None:
-            raise KeyError(f"round {round} was never saved in the run at {self._run_dir}")
+            raise KeyError(f"{step} {round} was never saved in the run at {self._run_dir}")
         name, digest, record_text, state = row
         if name is None:
-            raise pruned_error(self._run_dir, round, self.kept_rounds(), self.config)
-        name = stored_file(self._run_dir / DB_NAME, round, name)
-        weights = read_weights(round, self._weights_dir / name, digest)
+            raise pruned_error(self._run_dir, round, self.kept_rounds(), self.config, step)
+        name = stored_file(self._run_dir / DB_NAME, round, name, step)
+        weights = read_weights(round, self._weights_dir / name, digest, step)
         record = None if record_text is None else self._record(round, record_text)
-        return weights, record, stored_state(self._run_dir / DB_NAME, round, state)
+        return weights, record, stored_state(self._run_dir / DB_NAME, round, state, step)
 
     def load_latest_valid(
         self, check_state: Callable[[bytes], None] | None = None
@@ -385,27 +386,27 @@ class RunStore(RunRecords):
                 or ``weights/`` holds files of rounds the database lost.
         """
         self.check_lost_rounds()
-        rounds = self.rounds()
+        rounds, step = self.rounds(), self.step
         if not rounds:
-            raise ValueError(f"the run at {self._run_dir} has no saved round")
+            raise ValueError(f"the run at {self._run_dir} has no saved {step}")
         for skipped, round in enumerate(reversed(rounds)):
             try:
                 weights, record, state = self.load_round(round)
-                check_finite(round, self._weights_dir / weights_file_name(round), weights)
+                check_finite(round, self._weights_dir / weights_file_name(round), weights, step)
                 if state is not None and check_state is not None:
                     check_state(state)
             except NewerFormatError as exc:  # never skipped: the redo would delete it
-                where = f"round {round} of the run in {self._run_dir}"
+                where = f"{step} {round} of the run in {self._run_dir}"
                 raise NewerFormatError(f"{where}: {exc}") from None
             except ValueError as exc:  # the newest few said; a long run's others counted
                 if skipped < SKIPS_SAID:
-                    logger.warning("skipping round %d of %s: %s", round, self._run_dir, exc)
+                    logger.warning("skipping %s %d of %s: %s", step, round, self._run_dir, exc)
                 continue
             if skipped > SKIPS_SAID:
-                logger.warning("%d more rounds skipped likewise", skipped - SKIPS_SAID)
+                logger.warning("%d more %ss skipped likewise", skipped - SKIPS_SAID, step)
             return round, weights, record, state
-        said = f" (rounds {rounds[0]}-{rounds[-1]})" if len(rounds) > SKIPS_SAID else ""
-        raise ValueError(f"no saved round of the run at {self._run_dir} has valid weights{said}")
+        said = f" ({step}s {rounds[0]}-{rounds[-1]})" if len(rounds) > SKIPS_SAID else ""
+        raise ValueError(f"no saved {step} of the run at {self._run_dir} has valid weights{said}")
 
     def check_lost_rounds(self) -> int | None:
         """The last recorded round, after refusing files of rounds ``run.sqlite`` lost.
@@ -429,7 +430,7 @@ class RunStore(RunRecords):
         )
         if not ahead:
             return last
-        raise lost_rounds_error(self._run_dir / DB_NAME, self._weights_dir, last, ahead)
+        raise lost_rounds_error(self._run_dir / DB_NAME, self._weights_dir, last, ahead, self.step)
 
     def discard_after(self, round: int | None) -> list[int]:
         """Forget every round newer than ``round`` (all of them if None), files included.
@@ -476,7 +477,7 @@ class RunStore(RunRecords):
     def _record(self, round: int, text: str) -> dict[str, Any]:
         """The stored record of ``round``, or ValueError naming the round and the file."""
         db = self._run_dir / DB_NAME
-        return read_record(db, round, text, lambda: self.info()["covey_version"])
+        return read_record(db, round, text, lambda: self.info()["covey_version"], self.step)
 
     # -- internals -----------------------------------------------------------------
 
