@@ -176,9 +176,14 @@ def test_covey_server_refuses_a_round_retries_that_is_no_count(
         app, ["server", "--app", "digits_app:server_app", "--insecure", *args]
     )
     assert result.exit_code == 2, result.output
-    got = args[-1] if config is None else "1.5"
+    # A value from the file is named by its key there, one typed by its flag.
+    named, got = (
+        ("--round-retries", "-1")
+        if config is None
+        else ("server.round_retries in server.toml", "1.5")
+    )
     assert result.output.strip().splitlines()[-1] == (
-        f"error: --round-retries must be a whole number 0 or more, got {got}"
+        f"error: {named} must be a whole number 0 or more, got {got}"
     )
 
 
