@@ -29,7 +29,6 @@ from collections.abc import Sequence
 import numpy as np
 
 import covey
-from covey.core import Config, Metrics
 from covey.data import dirichlet, load_digits
 from covey.models import LogisticClient, logistic_init
 from covey.secagg import Identity, new_signing_key, secure
@@ -39,17 +38,17 @@ parts = dirichlet(data.y_train, num_clients=4, alpha=0.5, seed=0)
 
 
 class Shift(covey.Client):
-    def fit(self, weights: covey.Weights, config: Config) -> covey.FitResult:
+    def fit(self, weights: covey.Weights, config: covey.Config) -> covey.FitResult:
         metrics: dict[str, float] = {"train_loss": 0.5}
         delta = {"w": np.ones(2)}
         return covey.FitResult(delta=delta, num_examples=10, metrics=metrics)
 
-    def evaluate(self, weights: covey.Weights, config: Config) -> covey.EvaluateResult:
+    def evaluate(self, weights: covey.Weights, config: covey.Config) -> covey.EvaluateResult:
         metrics: dict[str, float] = {"accuracy": 0.5}
         return covey.EvaluateResult(loss=0.1, num_examples=10, metrics=metrics)
 
 
-def mean_loss(results: Sequence[tuple[int, Metrics]]) -> dict[str, float]:
+def mean_loss(results: Sequence[tuple[int, covey.Metrics]]) -> dict[str, float]:
     return {"clients": float(len(results))}
 
 

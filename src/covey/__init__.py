@@ -49,7 +49,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each loads on 
     from covey import compress as compress  # a subpackage, not in __all__
     from covey.aggregate import AggregationError
     from covey.clients import Client
-    from covey.core import CodecError, EvaluateResult, FitResult, History, Weights, WeightsError
+    from covey.core import (
+        CodecError,
+        Config,
+        EvaluateResult,
+        FitResult,
+        History,
+        Metrics,
+        Weights,
+        WeightsError,
+    )
     from covey.deploy import ServerApp, connect, serve
     from covey.server import FederationError
     from covey.sim import simulate
@@ -79,6 +88,7 @@ __all__ = [
     "Bulyan",
     "Client",
     "CodecError",
+    "Config",
     "EvaluateResult",
     "FedAdagrad",
     "FedAdam",
@@ -94,6 +104,7 @@ __all__ = [
     "FitResult",
     "History",
     "Krum",
+    "Metrics",
     "MultiKrum",
     "QFedAvg",
     "Scaffold",
@@ -123,7 +134,11 @@ _WHERE = {
     "AggregationError": "aggregate",
     "Client": "clients",
     **dict.fromkeys(
-        ["CodecError", "EvaluateResult", "FitResult", "History", "Weights", "WeightsError"], "core"
+        (
+            *("CodecError", "Config", "EvaluateResult", "FitResult", "History", "Metrics"),
+            *("Weights", "WeightsError"),
+        ),
+        "core",
     ),
     **dict.fromkeys(["ServerApp", "connect", "serve"], "deploy"),
     "FederationError": "server",
