@@ -298,6 +298,12 @@ class AsyncLoop(_LoopBase):
         if record.aggregated:
             self._models += 1
 
+    def _forgot(self, connected: set[int]) -> None:
+        """Who passed ``where`` is kept of the connected clients only, as their properties are."""
+        if not self._passing <= connected:
+            self._passing &= connected
+            self._passing_list = None
+
     def _took_properties(self, reply: Reply, flight: _Flight, rnd: int) -> None:
         """Keep a client's properties; one picked to train is owed its task now."""
         self._store_properties(reply, rnd)

@@ -58,6 +58,14 @@ class FederationError(RuntimeError):
         self.weights = weights
 
 
+DEPARTED_KEPT = 256
+"""Clients gone from a deployed run whose properties are kept before they are forgotten.
+
+A client that connects again is asked again anyway: what is kept of one that left
+only waits to be dropped, once there are more than twice the clients kept at the
+last look plus this many (so the fleet is looked at no more often than that).
+"""
+
 _TRACEBACK = "Traceback (most recent call last):"
 _GROUP = "  + Exception Group Traceback (most recent call last):"
 
@@ -126,6 +134,7 @@ class _LoopBase:
         self.properties: dict[int, dict[str, Any]] = {}
         self._unreported: dict[int, int] = {}  # client -> the round it did not report in
         self._reported_in: dict[int, int] = {}  # client -> its session (join count) then
+        self._prune_above = DEPARTED_KEPT  # clients kept past this: forget those that left
         self._said_no_evaluate = False
         self._said_renamed: set[tuple[str, str]] = set()  # (source, metric) said read otherwise
         self._logged: dict[str, int] = {}  # stage -> failures of this round logged, and more
@@ -226,6 +235,8 @@ class _LoopBase:
         A client that connected again since it reported (a restarted site) is asked again.
         """
         joins = self._joins()
+        if joins is not None:
+            self._forget_departed()
         if joins is not None and self.properties:
             for cid in available:
                 if cid in self.properties and self._reported_in.get(cid) != joins(cid):
@@ -235,6 +246,27 @@ class _LoopBase:
             for cid in available
             if cid not in self.properties and self._unreported.get(cid) != rnd
         ]
+
+    def _forget_departed(self) -> None:
+        """Forget what is kept of the clients no longer connected, once they are many.
+
+        A deployed client that connects again is asked for its properties again, so
+        nothing kept of one that left is used again: a fleet whose clients come and
+        go (phones) would otherwise keep growing the server's memory for good.
+        """
+        kept = max(len(self.properties), len(self._reported_in), len(self._unreported))
+        if kept <= self._prune_above:
+            return
+        connected = set(self.transport.clients())  # type: ignore[attr-defined]
+        for by_client in (self.properties, self._reported_in, self._unreported):
+            for cid in [cid for cid in by_client if cid not in connected]:
+                del by_client[cid]
+        self._forgot(connected)
+        kept = max(len(self.properties), len(self._reported_in), len(self._unreported))
+        self._prune_above = 2 * kept + DEPARTED_KEPT
+
+    def _forgot(self, connected: set[int]) -> None:
+        """What a loop keeps per client beside the properties, cut down to ``connected``."""
 
     def _store_properties(self, reply: Reply, rnd: int) -> None:
         if reply.ok and isinstance(reply.result, dict):
