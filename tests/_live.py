@@ -38,6 +38,16 @@ def stand_in(join: Any, workers: int = 2) -> tuple[grpc.Server, int]:
     return server, port
 
 
+def next_reply(transport: Any, within: float = 60.0) -> Any:
+    """The transport's next reply to a submitted task, polled for up to ``within`` s."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        reply = transport.next_reply(timeout=1.0)
+        if reply is not None:
+            return reply
+    raise AssertionError("no reply came")
+
+
 def cap_reply(transport: Any, task_id: int, most: int) -> None:
     """Set the most bytes a reply to pending task ``task_id`` may declare, as a test's own cap."""
     for conn in list(transport._registry.fleet.values()):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from covey.transport.grpc._stream import CHUNK_BYTES
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Events, Fit, Joined, Raw
+from _live import Events, Fit, Joined, Raw, next_reply
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,15 +40,6 @@ def _raw(port: int, name: str) -> Raw:
 def _cids(transport: GrpcServerTransport, count: int) -> dict[str, int]:
     assert transport.wait_for_clients(count, 20)
     return {conn.name: cid for cid, conn in transport._registry.fleet.items()}
-
-
-def _reply(transport: GrpcServerTransport) -> Any:
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        reply = transport.next_reply(timeout=1.0)
-        if reply is not None:
-            return reply
-    raise AssertionError("no reply came")
 
 
 def _send_reply(raw: Raw, task_id: int, blob: bytes) -> None:
@@ -76,7 +66,7 @@ def test_a_reply_past_the_limit_of_its_own_task_is_refused_whatever_was_sent_sin
                 task_id=task.task_id, kind="fit", result=FIT, weights_size=declared
             )
         )
-        reply = _reply(transport)
+        reply = next_reply(transport)
         assert reply.cid == cids["small"]
         assert not reply.ok
         assert f"reply of {declared} bytes to task {task.task_id} exceeds the limit of" in (
@@ -106,7 +96,7 @@ def test_a_reply_sized_for_its_own_task_is_taken_after_a_smaller_model_was_sent(
         blob = bytes(_codec.encode({"w": LARGE["w"] + 1}))
         assert len(blob) > 2_000_000  # over the limit of the small model's replies
         _send_reply(large, task.task_id, blob)
-        reply = _reply(transport)
+        reply = next_reply(transport)
         assert reply.cid == cids["large"]
         assert reply.ok, reply.error
         np.testing.assert_array_equal(reply.result.weights["w"], LARGE["w"] + 1)

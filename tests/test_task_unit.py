@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from covey.core._messages import Task
 from covey.transport.grpc._server import GrpcServerTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Joined
+from _live import Joined, next_reply
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,15 +32,6 @@ def _failed_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "failed: " in r.getMessage()]
 
 
-def _reply(transport: GrpcServerTransport) -> Any:
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        reply = transport.next_reply(timeout=1.0)
-        if reply is not None:
-            return reply
-    raise AssertionError("no reply came")
-
-
 def test_a_failed_task_of_an_asynchronous_run_is_named_by_its_update(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -52,7 +42,7 @@ def test_a_failed_task_of_an_asynchronous_run_is_named_by_its_update(
             assert transport.wait_for_clients(1, 20)
             (cid,) = transport.clients()
             transport.submit(cid, Task("fit", 7, {}, MODEL))  # as the FedBuff loop does
-            assert "out of data" in (_reply(transport).error or "")
+            assert "out of data" in (next_reply(transport).error or "")
             replies: list[Any] = []
             exchange = threading.Thread(
                 target=lambda: replies.extend(
