@@ -100,6 +100,18 @@ class PlusOne(covey.Client):
         return FitResult(weights={k: v + 1 for k, v in weights.items()}, num_examples=1)
 
 
+def _run_with_evaluate_fn(run_dir: Any, evaluate_fn: Any) -> None:
+    covey.simulate(
+        lambda cid: PlusOne(),
+        num_clients=2,
+        rounds=1,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.zeros(2)},
+        evaluate_fn=evaluate_fn,
+        run_dir=run_dir,
+    )
+
+
 @pytest.mark.parametrize(
     ("returned", "message"),
     [
@@ -130,15 +142,7 @@ def test_a_bad_evaluate_fn_result_names_what_is_wrong(
     tmp_path: Any, returned: Any, message: str
 ) -> None:
     with pytest.raises(TypeError, match=re.escape(message)):
-        covey.simulate(
-            lambda cid: PlusOne(),
-            num_clients=2,
-            rounds=1,
-            strategy=covey.FedAvg(fraction_evaluate=0.0),
-            initial_weights={"w": np.zeros(2)},
-            evaluate_fn=lambda rnd, weights: returned,
-            run_dir=tmp_path,
-        )
+        _run_with_evaluate_fn(tmp_path, lambda rnd, weights: returned)
 
 
 def test_an_evaluate_fn_loss_too_large_for_a_float_is_named(tmp_path: Any) -> None:
@@ -150,15 +154,7 @@ def test_an_evaluate_fn_loss_too_large_for_a_float_is_named(tmp_path: Any) -> No
             "(at most about 1.8e+308)"
         ),
     ):
-        covey.simulate(
-            lambda cid: PlusOne(),
-            num_clients=2,
-            rounds=1,
-            strategy=covey.FedAvg(fraction_evaluate=0.0),
-            initial_weights={"w": np.zeros(2)},
-            evaluate_fn=lambda rnd, weights: (10**400, {}),
-            run_dir=tmp_path,
-        )
+        _run_with_evaluate_fn(tmp_path, lambda rnd, weights: (10**400, {}))
 
 
 def numpy_evaluate(rnd: int, weights: Any) -> Any:
