@@ -92,14 +92,22 @@ class Admission:
         auth = context.auth_context()
         pems = auth.get("x509_pem_cert") or []
         names = auth.get("x509_common_name") or []
-        if not pems or not names:
+        if not pems:
             self.refuse(
                 context,
                 "" if name_problem(hello.name) else hello.name,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "no client certificate (this server requires mutual TLS)",
             )
-        name = str(names[0].decode(errors="replace"))
+        name = str(names[0].decode(errors="replace")) if names else ""
+        if not name:  # a certificate of another PKI that names its holder in its SAN only
+            self.refuse(
+                context,
+                "" if name_problem(hello.name) else hello.name,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the client certificate has no common name (CN), which names the client in "
+                "the federation: issue it one with `covey certs issue NAME`",
+            )
         certificate = bytes(pems[0])
         bad_name = name_problem(name)  # the CA signed it, but a line break would forge log lines
         if bad_name is not None:

@@ -81,10 +81,10 @@ class Capacity:
                 return False
             suppressed, self._suppressed, self._last = self._suppressed, 0, now
         peer = peer_of(context)
-        names = context.auth_context().get("x509_common_name") or []
+        names = context.auth_context().get("x509_common_name") or [b""]
         # By host, not host:port: each attempt comes from a new port, and the run's
         # events (the dashboard's clients) would gain a name per refusal.
-        name = names[0].decode(errors="replace") if names else peer.rpartition(":")[0] or peer
+        name = names[0].decode(errors="replace") or peer.rpartition(":")[0] or peer
         more = f" ({suppressed} more refused since the last report)" if suppressed else ""
         detail = f"{full_message(self.most)}{more} (peer {peer})"
         logger.warning("refused %s from %s: %s", name, peer, detail)

@@ -52,9 +52,9 @@ class _Waiting:
         self.context = context
         self.peer = peer_of(context)
         # Under mutual TLS the certificate names the peer before it says anything.
-        names = context.auth_context().get("x509_common_name") or []
-        self.certified = bool(names)
-        self.name = names[0].decode(errors="replace") if names else self.peer
+        names = context.auth_context().get("x509_common_name") or [b""]
+        self.certified = bool(names[0])  # a certificate without a common name names no one
+        self.name = names[0].decode(errors="replace") or self.peer
         self.why = ""
 
 
