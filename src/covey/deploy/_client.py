@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from covey.deploy._keymode import warn_if_open
-from covey.deploy._pem import check_ca, check_dates, check_pair, check_purpose
+from covey.deploy._pem import (
+    check_ca,
+    check_common_name,
+    check_dates,
+    check_pair,
+    check_purpose,
+    read_pem,
+)
 from covey.strategies._names import FLOWER_CONNECT, flower_keywords
 from covey.transport.grpc._client import ClientTLS
 from covey.transport.grpc._client import connect as _connect
@@ -14,14 +21,6 @@ __all__ = ["client_tls", "connect", "tls_from_certs"]
 
 # Flower's start_client keywords (server_address=, root_certificates=) get covey's names.
 connect = flower_keywords(FLOWER_CONNECT)(_connect)
-
-
-def _read(path: str | Path, what: str) -> bytes:
-    """The bytes of ``path``; an error names the file and what it was meant to hold."""
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise type(exc)(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def client_tls(
@@ -38,8 +37,9 @@ def client_tls(
     Raises:
         OSError: A file cannot be read (the error names it and what it holds).
         ValueError: ``cert`` is given without ``key`` or the other way round, a file
-            is not PEM of the right kind, ``key`` is not the key of ``cert``, or
-            ``cert`` or ``ca`` has expired by this machine's clock.
+            is not PEM of the right kind or is over 4 MiB, ``key`` is not the key of
+            ``cert``, ``cert`` names no client (no common name), or ``cert`` or ``ca``
+            has expired by this machine's clock.
     """
     if (cert is None) != (key is None):
         raise ValueError(
@@ -47,9 +47,9 @@ def client_tls(
             "(--cert and --key) or neither"
         )
     tls = ClientTLS(
-        ca=_read(ca, "the CA certificate"),
-        cert=_read(cert, "the client certificate") if cert is not None else None,
-        key=_read(key, "the client private key") if key is not None else None,
+        ca=read_pem(ca, "the CA certificate"),
+        cert=read_pem(cert, "the client certificate") if cert is not None else None,
+        key=read_pem(key, "the client private key") if key is not None else None,
         server_name=server_name,
     )
     check_ca(tls.ca, str(ca))
@@ -69,12 +69,9 @@ def client_tls(
             "the server would refuse it: have the federation issue a new one "
             "(`covey certs issue NAME --overwrite`)",
         )
-        check_purpose(
-            tls.cert,
-            str(cert),
-            "client",
-            "give the certificate the federation issued to this client (`covey certs issue NAME`)",
-        )
+        fix = "give the certificate the federation issued to this client (`covey certs issue NAME`)"
+        check_purpose(tls.cert, str(cert), "client", fix)
+        check_common_name(tls.cert, str(cert), fix)
     return tls
 
 

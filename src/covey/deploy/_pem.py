@@ -16,22 +16,54 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, PublicKeyAlgorithmOID
 
 from covey.transport.grpc._strength import weakness
 
 __all__ = [
+    "MAX_PEM_BYTES",
     "check_ca",
+    "check_common_name",
     "check_dates",
     "check_issued",
     "check_pair",
     "check_purpose",
     "missing_server_files",
+    "read_pem",
     "server_folder",
 ]
 
 logger = logging.getLogger("covey")
+
+MAX_PEM_BYTES = 4 << 20
+"""The largest certificate, key or CA bundle file read (a public CA bundle holds about 250 KB)."""
+
+
+def read_pem(path: str | Path, what: str) -> bytes:
+    """The bytes of the PEM file ``path``, read up to :data:`MAX_PEM_BYTES`.
+
+    A file that goes past it (a log or a model given by mistake, ``/dev/zero``)
+    is refused after that many bytes rather than read into memory whole.
+
+    Args:
+        path: The file.
+        what: What it was meant to hold, as named in errors ("the CA certificate").
+
+    Raises:
+        OSError: It cannot be read (the error names it and what it holds).
+        ValueError: It is larger than :data:`MAX_PEM_BYTES`.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise type(exc)(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise ValueError(
+            f"{path} is larger than {MAX_PEM_BYTES:,} bytes: not {what} (a PEM file of a few KB)"
+        )
+    return data
 
 
 def _certificate(pem: bytes, name: str) -> x509.Certificate:
@@ -57,6 +89,28 @@ def check_ca(pem: bytes, name: str) -> None:
         raise ValueError(f"{name} is too weak: {why}")
 
 
+_CURVES = ("secp256r1", "secp384r1")
+"""The EC curves gRPC's TLS signs a handshake with (BoringSSL, as gRPC configures it)."""
+
+
+def _unusable(certificate: x509.Certificate, private: object) -> str | None:
+    """What kind of key ``private`` is when gRPC's TLS cannot use it, else None.
+
+    gRPC cannot load a certificate on another EC curve (P-224, secp256k1, the
+    brainpool curves) or an RSA-PSS one: the server's port is then reported as
+    not bound, and a client's every connection as refused. It loads a P-521 or
+    EdDSA key, and then offers no signature algorithm for it: every handshake
+    fails with NO_COMMON_SIGNATURE_ALGORITHMS.
+    """
+    if isinstance(private, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        return "an EdDSA (Ed25519/Ed448) key"
+    if isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name not in _CURVES:
+        return f"an EC key on the curve {private.curve.name}"
+    if certificate.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
+        return "an RSA-PSS key (its certificate names the RSASSA-PSS algorithm)"
+    return None
+
+
 def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
     """Check that ``cert`` is a PEM certificate and ``key`` its unencrypted private key.
 
@@ -68,7 +122,8 @@ def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
 
     Raises:
         ValueError: Either is not what it should be, the key is another certificate's,
-            it is of a kind gRPC cannot use (Ed25519, Ed448), or it is too weak
+            it is of a kind gRPC cannot use (Ed25519, Ed448, an EC curve but P-256 and
+            P-384, RSA-PSS), or it is too weak
             (an RSA key under 2048 bits, a SHA-1 or MD5 signature).
 
     Example:
@@ -84,13 +139,12 @@ def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
         raise ValueError(f"{key_name} is encrypted; covey needs an unencrypted key") from None
     except (ValueError, UnsupportedAlgorithm):
         raise ValueError(f"{key_name} is not a PEM private key") from None
-    if isinstance(private, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        # BoringSSL, as gRPC configures it, offers no EdDSA signature algorithm:
-        # every handshake would fail with NO_COMMON_SIGNATURE_ALGORITHMS.
+    unusable = _unusable(certificate, private)
+    if unusable is not None:
         raise ValueError(
-            f"{key_name} is an EdDSA (Ed25519/Ed448) key, which gRPC's TLS cannot use: "
-            "use an EC (P-256) or RSA (2048 bits or more) key, e.g. a federation made "
-            "with `covey certs init --key-type ec`"
+            f"{key_name} is {unusable}, which gRPC's TLS cannot use: "
+            "use an EC (P-256 or P-384) or RSA (2048 bits or more) key, e.g. a federation "
+            "made with `covey certs init --key-type ec`"
         )
     why = weakness(certificate)
     if why is not None:
@@ -202,6 +256,29 @@ def check_purpose(pem: bytes, name: str, role: str, fix: str) -> None:
             f"{name} is not a {role} certificate: its extended key usage allows {allowed}, "
             f"not {role} authentication, so the {'server' if role == 'client' else 'clients'} "
             f"would refuse it; {fix}"
+        )
+
+
+def check_common_name(pem: bytes, name: str, fix: str) -> None:
+    """Refuse a client certificate without a common name: the server names its client by it.
+
+    A certificate of another PKI may name its holder in its subject alternative
+    names only; the server refuses it once the handshake has passed.
+
+    Args:
+        pem: The certificate file's bytes (the first certificate is checked).
+        name: The file, as named in messages.
+        fix: What to do, said after the cause.
+
+    Raises:
+        ValueError: The certificate's subject holds no common name, or an empty one.
+    """
+    certificate = _certificate(pem, name)
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or not names[0].value:
+        raise ValueError(
+            f"{name} has no common name (CN), which names the client in the federation, "
+            f"so the server would refuse it; {fix}"
         )
 
 

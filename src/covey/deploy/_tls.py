@@ -12,6 +12,7 @@ from covey.deploy._pem import (
     check_issued,
     check_pair,
     check_purpose,
+    read_pem,
     server_folder,
 )
 from covey.deploy._revoked import RevocationList
@@ -40,9 +41,9 @@ def tls_from_dir(directory: str | Path) -> ServerTLS:
 
     d = server_folder(directory)
     tls = ServerTLS(
-        ca=(d / "ca.pem").read_bytes(),
-        cert=(d / "server.pem").read_bytes(),
-        key=(d / "server.key").read_bytes(),
+        ca=read_pem(d / "ca.pem", "the CA certificate"),
+        cert=read_pem(d / "server.pem", "the server certificate"),
+        key=read_pem(d / "server.key", "the server private key"),
         is_revoked=RevocationList(d),
     )
     check_ca(tls.ca, str(d / "ca.pem"))
