@@ -185,6 +185,25 @@ def test_a_run_lock_that_is_a_folder_is_refused_by_name(tmp_path: Path) -> None:
         assert store.last_round() == 3
 
 
+def test_a_run_lock_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    # Before, the link was followed and the pid written over the file it points to,
+    # even by a resume then refused.
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("kept as it is")
+    lock = run_dir / LOCK_NAME
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(victim)
+    with pytest.raises(OSError, match="is a symbolic link, not the lock file") as info:
+        RunStore.open(run_dir, exclusive=True)
+    assert str(lock) in str(info.value)
+    assert victim.read_text() == "kept as it is"
+    assert lock.is_symlink()
+    with RunStore.open(run_dir) as store:  # read as before
+        assert store.last_round() == 3
+
+
 def test_a_weights_folder_that_is_a_file_is_named_and_no_round_is_dropped(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     _run(run_dir)

@@ -254,18 +254,28 @@ def hold_lock(lock: Path, in_use: Callable[[str], str], *, patient: bool = False
 
     Raises:
         OSError: Another process holds it (``in_use``), it is not a regular file
-            (a folder, a pipe), or the pid cannot be written (a full disk, naming the file).
+            (a folder, a pipe, a symbolic link: never followed), or the pid cannot
+            be written (a full disk, naming the file).
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock
         return None
-    # Opened without blocking: a named pipe would wait for ever.
+    # Opened without blocking: a named pipe would wait for ever. A link is not
+    # followed: the pid written below would truncate the file it points to.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pid: no secret
+        fd = os.open(lock, flags, 0o644)  # a pid: no secret
     except IsADirectoryError:
         raise OSError(
             f"{lock} is a folder, not the lock file covey keeps there: remove it"
+        ) from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP or not os.path.islink(lock):
+            raise
+        raise OSError(
+            f"{lock} is a symbolic link, not the lock file covey keeps there (the pid "
+            "covey writes in it would be written over the file it points to): remove it"
         ) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
