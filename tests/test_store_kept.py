@@ -93,3 +93,24 @@ def test_a_simulations_best_round_past_its_last_two_says_what_is_kept(tmp_path: 
     assert "rounds 4 and 5" in said
     assert "the simulation keeps the weights of its newest 2 rounds only" in said
     assert "simulate(keep_last=None) keeps every round's weights" in said
+
+
+def test_a_pruned_rounds_aggregation_state_goes_with_its_file(tmp_path: Path) -> None:
+    # Before, every round's state (a server optimizer's moments, twice the model) stayed
+    # in run.sqlite: with keep_last, the folder still grew by that much every round.
+    run_dir = tmp_path / "run"
+    state = bytes(1 << 20)
+    with RunStore.create(run_dir, config={}) as store:
+        for r in range(12):
+            store.save_round(r, small(r), None, state, keep_last=2)
+        assert store.kept_rounds() == [10, 11]
+        assert store.rounds() == list(range(12))
+        with store._db.reading() as conn:
+            held = conn.execute(
+                "SELECT round FROM rounds WHERE server_state IS NOT NULL ORDER BY round"
+            ).fetchall()
+        assert [r for (r,) in held] == [10, 11]
+        assert store.load_round(11)[2] == state
+        assert store.load_latest_valid()[0] == 11
+    on_disk = sum(path.stat().st_size for path in run_dir.glob("run.sqlite*"))
+    assert on_disk < 6 * len(state)  # the states of 12 rounds took more than 12 MB

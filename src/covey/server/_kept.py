@@ -1,10 +1,11 @@
 """Which rounds of a run still keep their weights file, and the error for one that does not.
 
-Every saved round keeps its row (record, server state) for the life of the run;
-its weights file may go: :meth:`~covey.server.RunStore.save_round` with
-``keep_last`` deletes all but the newest files (a deployed server's
-``keep_last``, ``--keep-last``; a simulation with ``run_dir`` keeps its newest
-two unless given ``keep_last``). A pruned round's row names no file.
+Every saved round keeps its row (its record) for the life of the run; its
+weights file and its aggregation state, which only a resume from it reads, may
+go: :meth:`~covey.server.RunStore.save_round` with ``keep_last`` deletes all
+but the newest files (a deployed server's ``keep_last``, ``--keep-last``; a
+simulation with ``run_dir`` keeps its newest two unless given ``keep_last``).
+A pruned round's row names no file and holds no state.
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ def prune(db: RunDB, weights_dir: Path, keep_last: int) -> None:
             " ORDER BY round DESC LIMIT -1 OFFSET ?",
             (keep_last,),
         ).fetchall()
+        # A pruned round is never resumed from: its aggregation state (a server
+        # optimizer's moments, twice the model) goes with its file, and SQLite
+        # reuses its pages for the next round's.
         conn.executemany(
-            "UPDATE rounds SET weights_file = NULL, sha256 = NULL WHERE round = ?", rows
+            "UPDATE rounds SET weights_file = NULL, sha256 = NULL, server_state = NULL"
+            " WHERE round = ?",
+            rows,
         )
     for (r,) in rows:  # the round's own file, whatever its row named
         remove(weights_dir / weights_file_name(r))

@@ -255,10 +255,11 @@ class RunStore(RunRecords):
             weights: The global weights after the round.
             record: What happened in the round: a :class:`RoundRecord` or its
                 dict (as in :meth:`History.to_dict`), or None.
-            server_state: Opaque bytes to resume the server (e.g. the pickled
-                aggregator state), or None.
+            server_state: Opaque bytes to resume the server (e.g. the aggregator
+                state, as :func:`~covey.server._state.dump_state` stores it), or None.
             keep_last: If given, delete the weights files of all but the newest
-                ``keep_last`` rounds (their rows, records and states remain).
+                ``keep_last`` rounds, and their aggregation states (their rows and
+                records remain).
 
         Raises:
             ValueError: ``round`` is not newer than the last saved round, the
