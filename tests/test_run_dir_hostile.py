@@ -433,3 +433,53 @@ def test_an_aggregation_state_stored_as_text_is_damage_and_its_round_skipped(
         r, weights, _, state = store.load_latest_valid()
         assert (r, state) == (1, b"state-1")
         assert weights["w"][0] == 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_run_sqlite_deleted_under_a_run_stops_it_rather_than_lose_its_rounds(
+    tmp_path: Path, how: str
+) -> None:
+    # Before, SQLite went on committing to the deleted file without an error, and every
+    # round saved after was lost with the process.
+    run_dir = tmp_path / "run"
+    db = run_dir / "run.sqlite"
+    with RunStore.create(run_dir, config={}, exclusive=True) as store:
+        store.save_round(0, _weights(0), None)
+        for path in run_dir.glob("run.sqlite*"):
+            path.unlink()
+        if how == "replaced":
+            _run(tmp_path / "other", rounds=1)
+            (tmp_path / "other" / "run.sqlite").rename(db)
+        with pytest.raises(OSError, match="it was deleted or replaced while this run") as info:
+            store.save_round(1, _weights(1), None)
+        assert str(db) in str(info.value)
+        assert str(info.value).startswith("cannot save round 1: ")
+    assert not (run_dir / "weights" / weights_file_name(1)).exists()
+
+
+def test_a_simulation_whose_run_sqlite_is_deleted_stops_naming_it(tmp_path: Path) -> None:
+    import covey
+    from covey.core._history import RoundRecord
+
+    run_dir = tmp_path / "run"
+
+    def delete(record: RoundRecord) -> None:
+        if record.round == 2:
+            for path in run_dir.glob("run.sqlite*"):
+                path.unlink()
+
+    class Half(covey.Client):
+        def fit(self, weights: Any, config: Any) -> covey.FitResult:
+            return covey.FitResult(weights={k: v / 2 for k, v in weights.items()}, num_examples=1)
+
+    with pytest.raises(covey.FederationError, match="deleted or replaced") as info:
+        covey.simulate(
+            lambda cid: Half(),
+            2,
+            5,
+            covey.FedAvg(fraction_evaluate=0.0),
+            _weights(1),
+            run_dir=run_dir,
+            on_round=delete,
+        )
+    assert str(run_dir / "run.sqlite") in str(info.value)

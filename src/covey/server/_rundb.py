@@ -109,6 +109,7 @@ class RunDB:
         self._conn: sqlite3.Connection | None = connection
         self._writable = writable
         self._lock = threading.Lock()  # guards the connection
+        self._file = _identity(run_dir / DB_NAME) if writable else None  # the file written
 
     @staticmethod
     def create(path: Path, config_text: str, version: str) -> None:
@@ -234,6 +235,7 @@ class RunDB:
         """
         with self._lock:
             conn = self._writer()
+            self._check_in_place()
             try:
                 if not sync:
                     conn.execute("PRAGMA synchronous = NORMAL")
@@ -273,8 +275,36 @@ class RunDB:
                 "files, or copy the folder somewhere writable)"
             ) from exc
         self._conn, self._writable = writer, True
+        self._file = _identity(self._run_dir / DB_NAME)
         conn.close()
         return writer
+
+    def _check_in_place(self) -> None:
+        """Refuse to write once ``run.sqlite`` is no longer the file this store opened.
+
+        SQLite goes on writing a file deleted (or replaced) under it, with no
+        error: every round committed after would be lost when the process ends.
+
+        Raises:
+            OSError: naming the file, and that it was deleted or replaced.
+        """
+        if self._file is None or _identity(self._run_dir / DB_NAME) == self._file:
+            return
+        db_path = self._run_dir / DB_NAME
+        raise OSError(
+            f"cannot write {db_path}: it was deleted or replaced while this run had it open, "
+            "so what the run writes would be lost; the run stops here (a run folder's files "
+            "are the run's own: move or delete them only once it has stopped)"
+        )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path``, or None if there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def schema_refusal(
