@@ -50,6 +50,28 @@ def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
 
 
+def test_a_folder_turned_read_only_names_the_file_not_its_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the error named the temporary `.history.json.<hex>.tmp` it could not make.
+    target = tmp_path / "history.json"
+    target.write_text("old")
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(PermissionError) as caught:
+        atomic_write(target, "new")
+    monkeypatch.undo()
+    assert caught.value.filename == str(target)
+    assert str(caught.value) == f"[Errno {errno.EACCES}] {os.strerror(errno.EACCES)}: '{target}'"
+    assert target.read_text() == "old"
+
+
 def test_a_simulation_whose_disk_fills_stops_its_workers_and_names_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shm_files: list[str]
 ) -> None:

@@ -67,7 +67,10 @@ def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, mode)
+    try:
+        fd = os.open(tmp, flags, mode)
+    except OSError as exc:  # a read-only folder: the file is named, not its temporary
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "r+b") as handle:  # writable and readable: Windows fsync needs it
             if hasattr(os, "fchmod"):
