@@ -115,6 +115,40 @@ def test_a_simulation_whose_disk_fills_stops_its_workers_and_names_the_file(
     assert saved in (whole[:2], whole[1:], whole)
 
 
+def test_a_simulation_whose_folder_turns_read_only_names_the_round_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: `[Errno 13] Permission denied: '.../.history.json.c1f092e0e212.tmp'`,
+    # naming neither the round nor the file.
+    run_dir = tmp_path / "run"
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any) -> int:
+        if Path(path).name.startswith(".history.json."):  # its temporary file
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    def turn_read_only(record: RoundRecord) -> None:
+        if record.round == 2:  # round 3's history.json is refused (the weights, never)
+            monkeypatch.setattr(os, "open", read_only)
+
+    with pytest.raises(OSError, match=r"history\.json") as caught:
+        covey.simulate(
+            lambda cid: Plus(),
+            2,
+            6,
+            covey.FedAvg(fraction_evaluate=0.0),
+            {"w": np.zeros(4)},
+            run_dir=run_dir,
+            on_round=turn_read_only,
+        )
+    monkeypatch.undo()
+    said = f"round 3: cannot write {run_dir / 'history.json'}: {os.strerror(errno.EACCES)}"
+    assert str(caught.value) == said
+    assert caught.value.errno == errno.EACCES
+    assert [r.round for r in History.load(run_dir).rounds] == [0, 1, 2]
+
+
 def test_a_round_the_disk_cannot_hold_is_named_and_the_saved_rounds_stay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

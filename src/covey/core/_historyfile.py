@@ -67,6 +67,10 @@ class HistoryFile:
 
         Returns:
             Whether the file was written.
+
+        Raises:
+            OSError: The file could not be written (a full disk, a read-only folder),
+                naming the run's newest round and the file; the old file is kept.
         """
         self._cache(history.rounds)
         start = time.monotonic()
@@ -80,7 +84,10 @@ class HistoryFile:
         if self._texts:
             body = b",\n".join(self._texts)
             head = head.removesuffix(b"[]\n}") + b"[\n" + body + b"\n  ]\n}"
-        atomic_write(self.path, head)
+        try:
+            atomic_write(self.path, head)
+        except OSError as exc:  # a full disk, a folder turned read-only: the round is named
+            raise _unwritten(self.path, history, exc) from exc
         self._due = start + (time.monotonic() - start) / self.share
         return True
 
@@ -100,3 +107,17 @@ class HistoryFile:
             self._texts.append(textwrap.indent(text, "    ").encode("utf-8"))
             self._size += len(self._texts[-1]) + 2
         self._settled = max(len(rounds) - 1, 0)
+
+
+def _unwritten(path: Path, history: History, exc: OSError) -> OSError:
+    """The error of a ``history.json`` that could not be written, naming the round and the file.
+
+    The ``errno`` is kept; the run's newest round is the one whose end wrote it.
+    """
+    why = exc.strerror or str(exc)
+    said = f"cannot write {path}: {why}"
+    if history.rounds:
+        said = f"round {history.rounds[-1].round}: {said}"
+    error = OSError(said)
+    error.errno = exc.errno
+    return error
