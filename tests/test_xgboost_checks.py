@@ -391,3 +391,13 @@ def test_models_of_many_classes_or_targets_and_their_base_scores_load(
     assert loaded.predict(xgb.DMatrix(x[:2])).shape[0] == 2
     old = _edited(model, _model_param("base_score", "[5E-1]"))  # one for all, as XGBoost 2 wrote
     booster_from_weights(to_weights(old, 1 << 24))
+
+
+@pytest.mark.parametrize("base_score", ["[NaN]", "[inf]", "-Infinity", "[5E-1,nan]"])
+def test_a_base_score_that_is_not_finite_is_refused_naming_it(base_score: str) -> None:
+    # Before, a NaN or infinite base_score loaded, and every prediction came out NaN or inf.
+    model = _edited(_trained(), _model_param("base_score", base_score))
+    if base_score == "[5E-1,nan]":
+        model = _edited(model, _model_param("num_target", "2"))
+    with pytest.raises(covey.core.WeightsError, match=r"'base_score' is .*not finite"):
+        booster_from_weights(to_weights(model, 1 << 20))

@@ -161,7 +161,7 @@ def _outputs(params: dict[str, Any]) -> int:
 
 
 def _check_base_score(text: Any, outputs: int) -> None:
-    """Refuse a ``base_score`` that is no list of numbers, one or one per output.
+    """Refuse a ``base_score`` that is no list of finite numbers, one or one per output.
 
     XGBoost loads a wrong count without complaint and fails only when it predicts.
     """
@@ -178,6 +178,12 @@ def _check_base_score(text: Any, outputs: int) -> None:
             f"the global model's learner_model_param 'base_score' holds {len(scores)} "
             f"numbers; the model has {outputs} output{'s' * (outputs != 1)} (num_class, "
             f"num_target): XGBoost takes one, or one per output"
+        )
+    if not all(math.isfinite(score) for score in scores):
+        raise WeightsError(
+            f"the global model's learner_model_param 'base_score' is {str(text)[:80]!r}, "
+            "not finite: XGBoost boosts from a finite base_score; train the model again "
+            "from a finite one"
         )
 
 
