@@ -197,6 +197,15 @@ def test_open_refuses_what_is_not_a_run(tmp_path: Path) -> None:
         RunStore.open(a_file)
 
 
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_open_says_an_empty_run_database_is_empty(tmp_path: Path, exclusive: bool) -> None:
+    # Before, a zero-byte run.sqlite was refused as "no such table: meta".
+    (tmp_path / "run.sqlite").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"run\.sqlite is empty \(0 bytes\).*remove it"):
+        RunStore.open(tmp_path, exclusive=exclusive)
+    assert (tmp_path / "run.sqlite").stat().st_size == 0
+
+
 def test_open_refuses_an_unknown_schema_version(run_dir: Path) -> None:
     RunStore.create(run_dir, config={}).close()
     conn = sqlite3.connect(run_dir / "run.sqlite")

@@ -386,12 +386,12 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path, *, to: str = "write")
         row = conn.execute("SELECT config FROM run WHERE id = 1").fetchone()
     except sqlite3.OperationalError as exc:
         if not cannot_write(exc):
-            raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
+            raise ValueError(_not_a_run(db_path, exc)) from exc
         folder = db_path.parent  # it cannot be opened: not that it is no run's
         why = "" if os.access(folder, os.W_OK) else f" (this user cannot write to {folder})"
         raise OSError(f"cannot open {db_path} to {to} the run: {exc}{why}") from exc
     except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{db_path} is not a covey run database: {exc}") from exc
+        raise ValueError(_not_a_run(db_path, exc)) from exc
     if meta.get("format") != _FORMAT or row is None:
         raise ValueError(f"{db_path} is not a covey run database")
     config_text: str = row[0]
@@ -402,6 +402,17 @@ def _check_run_db(conn: sqlite3.Connection, db_path: Path, *, to: str = "write")
     if not isinstance(settings, dict):
         raise ValueError(f"{db_path}: the run's settings are damaged ({settings})")
     return config_text
+
+
+def _not_a_run(db_path: Path, exc: sqlite3.Error) -> str:
+    """Why ``db_path`` is no run: an empty file (a run cut off as it began, say) is said so."""
+    with suppress(OSError):
+        if db_path.stat().st_size == 0:
+            return (
+                f"{db_path} is empty (0 bytes), not a covey run database: remove it to "
+                "start a new run in its folder, or restore it from a copy"
+            )
+    return f"{db_path} is not a covey run database: {exc}"
 
 
 def _release(version: str) -> tuple[int, int] | None:
