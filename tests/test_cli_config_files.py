@@ -69,7 +69,8 @@ def test_one_file_holds_the_server_and_the_client_settings(tmp_path: Path) -> No
     )
     code, out = covey("server", "--config", "fed.toml", "--insecure")
     assert code == 2, out
-    assert "error: --app digits_app:client_fn is a function taking arguments" in out
+    said = "error: server.app in fed.toml digits_app:client_fn is a function taking arguments"
+    assert said in out
 
 
 @pytest.mark.parametrize(
@@ -185,12 +186,41 @@ def test_a_policy_file_too_large_is_refused_unread(tmp_path: Path) -> None:
             "error: client.server in fed.toml '127.0.0.1' has no port; give HOST:PORT "
             "(e.g. 127.0.0.1:9092)",
         ),
+        (
+            "server",
+            '[server]\napp = "digits_app:server_app"\ninsecure = true\nport_file = "no/p"\n',
+            "error: server.port_file in fed.toml no/p: the folder no does not exist",
+        ),
+        (
+            "server",
+            '[server]\napp = "digits_app:server_app"\ncerts = "nofed"\n',
+            "error: server.certs in fed.toml nofed is not a federation folder (missing ca.pem, "
+            "server.pem, server.key); make one with `covey certs init --dir nofed`",
+        ),
+        (
+            "server",
+            '[server]\napp = "digits_app:nothing"\ninsecure = true\n',
+            "error: server.app in fed.toml digits_app:nothing: module 'digits_app' has no "
+            "attribute 'nothing'",
+        ),
+        (
+            "server",
+            '[server]\napp = "digits_app"\ninsecure = true\n',
+            "error: server.app in fed.toml 'digits_app': expected MODULE:OBJECT, e.g. "
+            "'myfed:server_app'",
+        ),
+        (
+            "client",
+            '[client]\napp = "digits_app:server_app"\nserver = "127.0.0.1:1"\ninsecure = true\n',
+            "error: client.app in fed.toml digits_app:server_app returned a ServerApp, not a "
+            "covey client (no fit)",
+        ),
     ],
 )
 def test_a_bad_value_in_the_file_names_its_key_and_the_file(
     tmp_path: Path, command: str, settings: str, said: str
 ) -> None:
-    # It named the flag (--rounds), which the user had never typed.
+    # It named the flag (--rounds, --port-file, --certs, --app), which the user had never typed.
     (tmp_path / "fed.toml").write_text(settings)
     code, out = covey(command, "--config", "fed.toml")
     assert code == 2, out

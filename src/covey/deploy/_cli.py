@@ -60,8 +60,8 @@ SERVER_KEYS = {
 """The settings a ``--config`` file may give ``covey server`` (its flags)."""
 
 
-def _taking_arguments(spec: str, fn: Any) -> str:
-    """The error for ``--app`` naming a function of arguments: a project's factory, a client's."""
+def _taking_arguments(spec: str, fn: Any, flag: str = "--app") -> str:
+    """The error for ``--app`` (``flag``) naming a function of arguments: a factory, a client's."""
     try:
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -69,13 +69,13 @@ def _taking_arguments(spec: str, fn: Any) -> str:
     module = spec.partition(":")[0]
     if params[:1] == ["config"]:  # a project's make_server(config)
         return (
-            f"--app {spec} is a project's server factory, taking its config; "
+            f"{flag} {spec} is a project's server factory, taking its config; "
             "`covey server --app` needs a ServerApp or a function of no arguments returning "
             f"one: give --app {module}:server_app (a project's own), or serve the project "
             "with `covey run --federation NAME`"
         )
     return (
-        f"--app {spec} is a function taking arguments (a client_fn? give it to "
+        f"{flag} {spec} is a function taking arguments (a client_fn? give it to "
         "`covey client --app`); `covey server --app` needs a ServerApp or a function "
         "of no arguments returning one"
     )
@@ -85,8 +85,11 @@ def _pick(flag: Any, settings: dict[str, Any], key: str, default: Any) -> Any:
     return flag if flag is not None else settings.get(key, default)
 
 
-def _server_app(spec: str | None, resume: Path | None = None) -> Any:
-    """Load the ServerApp named by ``--app`` (an object, or a function returning one)."""
+def _server_app(spec: str | None, resume: Path | None = None, flag: str = "--app") -> Any:
+    """Load the ServerApp named by ``--app`` (an object, or a function returning one).
+
+    ``flag``: where ``spec`` came from, named in errors (a ``--config`` file's key).
+    """
     from covey.deploy._app import ServerApp
     from covey.server._base import check_evaluate_fn
 
@@ -98,22 +101,22 @@ def _server_app(spec: str | None, resume: Path | None = None) -> Any:
         )
     if spec is None:
         fail("give --app MODULE:OBJECT naming a covey.deploy.ServerApp (or app = ... in --config)")
-    obj = load_object(spec)
+    obj = load_object(spec, flag)
     if isinstance(obj, ServerApp):
         return obj
     if callable(obj) and not isinstance(obj, type):
         if required_params(obj) > 0:
-            fail(_taking_arguments(spec, obj))
+            fail(_taking_arguments(spec, obj, flag))
         obj = obj()
     if not isinstance(obj, ServerApp):
         fail(
-            f"--app {spec} is of type {type(obj).__name__}; `covey server --app` needs a "
+            f"{flag} {spec} is of type {type(obj).__name__}; `covey server --app` needs a "
             "covey.deploy.ServerApp or a function of no arguments returning one"
         )
     try:
         check_evaluate_fn(obj.evaluate_fn)
     except TypeError as exc:
-        fail(f"--app {spec}: {exc}")
+        fail(f"{flag} {spec}: {exc}")
     return obj
 
 
@@ -402,16 +405,20 @@ def server_command(
     for key in ("resume", "run_dir"):  # the command line's are checked as they are parsed
         no_empty_folder(s.get(key), s.name(None, key, ""))
     resume_dir = _path(_pick(resume, s, "resume", None))
-    server_app = _server_app(_pick(app, s, "app", None), resume_dir)
+    server_app = _server_app(_pick(app, s, "app", None), resume_dir, s.name(app, "app", "--app"))
     tls_given = certs is not None or insecure is not None  # on the command line
+    certs_flag = s.name(certs, "certs", "--certs")
     certs, insecure = tls_choice(certs, insecure, s)  # the command line's wins over the file's
-    certs_dir, tls = _security(_path(certs), insecure)
+    certs_dir, tls = _security(_path(certs), insecure, certs_flag)
     given = _path(_pick(run_dir, s, "run_dir", None))
     listen_at = _listen_address(  # before a folder is made
         _pick(address, s, "address", None), s.name(address, "address", "--address")
     )
     flags = {
-        "port_file": output_file(_path(_pick(port_file, s, "port_file", None)), "--port-file"),
+        "port_file": output_file(
+            _path(_pick(port_file, s, "port_file", None)),
+            s.name(port_file, "port_file", "--port-file"),
+        ),
         "address": listen_at,
         "certs": certs_dir,
         "tls": tls,

@@ -42,28 +42,31 @@ CLIENT_KEYS = {
 """The settings a ``--config`` file may give ``covey client`` (its flags)."""
 
 
-def _make_client(spec: str, cid: Any) -> Any:
-    """The client ``--app`` names: a client object, or ``client_fn(cid)`` called with ``--cid``."""
+def _make_client(spec: str, cid: Any, flag: str = "--app") -> Any:
+    """The client ``--app`` names: a client object, or ``client_fn(cid)`` called with ``--cid``.
+
+    ``flag``: where ``spec`` came from, named in errors (a ``--config`` file's key).
+    """
     from covey.clients._build import build_client
 
-    obj = load_object(spec, example="myfed:client_fn")
+    obj = load_object(spec, flag, example="myfed:client_fn")
     if hasattr(obj, "fit") and not isinstance(obj, type):
         return obj
     if not callable(obj):
-        fail(f"--app {spec} is of type {type(obj).__name__}, not a client or a client function")
+        fail(f"{flag} {spec} is of type {type(obj).__name__}, not a client or a client function")
     needs = required_params(obj)
     if needs > 0 and cid is None:
         fail(
-            f"--app {spec} is a client function of a client id: give --cid N "
+            f"{flag} {spec} is a client function of a client id: give --cid N "
             "(which part of the data this client holds, e.g. --cid 0)"
         )
     try:
         client = build_client(obj, int(cid)) if needs != 0 and cid is not None else obj()
     except (ValueError, LookupError, TypeError, OSError) as exc:
         given = f" --cid {cid}" if cid is not None else ""
-        fail(f"--app {spec}{given}: the client could not be made: {type(exc).__name__}: {exc}")
+        fail(f"{flag} {spec}{given}: the client could not be made: {type(exc).__name__}: {exc}")
     if not hasattr(client, "fit"):
-        fail(f"--app {spec} returned a {type(client).__name__}, not a covey client (no fit)")
+        fail(f"{flag} {spec} returned a {type(client).__name__}, not a covey client (no fit)")
     return client
 
 
@@ -215,7 +218,7 @@ def client_command(
     why = name_problem(str(the_name)) if the_name else None
     if why is not None:  # no restart mends it: 2, before anything is loaded or dialled
         fail(f"--name {str(the_name)[:60]!r}: {why}")
-    client = _make_client(app_spec, the_cid)
+    client = _make_client(app_spec, the_cid, s.name(app, "app", "--app"))
     s_tls = _file_tls(s, insecure, chosen=certs is not None or ca is not None)
     insecure = bool(_pick(insecure, s_tls, "insecure", False))  # --no-insecure wins over the file
     flags = {"certs": certs, "ca": ca, "cert": cert, "key": key, "name": the_name}

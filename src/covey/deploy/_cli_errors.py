@@ -92,7 +92,9 @@ def load_object(spec: str, flag: str = "--app", example: str = "myfed:server_app
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        fail(f"{flag} {spec!r}: expected MODULE:OBJECT, e.g. {flag} {example}")
+        # A --config file's key ("server.app in fed.toml") is shown an example value alone.
+        example = repr(example) if " in " in flag else f"{flag} {example}"
+        fail(f"{flag} {spec!r}: expected MODULE:OBJECT, e.g. {example}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -25,8 +25,10 @@ def tls_choice(certs: Any, insecure: bool | None, s: Settings) -> tuple[Any, boo
     return s.get("certs"), bool(s.get("insecure", False))
 
 
-def _security(certs: Path | None, insecure: bool) -> tuple[Path | None, Any]:
+def _security(certs: Path | None, insecure: bool, flag: str = "--certs") -> tuple[Path | None, Any]:
     """Check ``--certs`` / ``--insecure``: exactly one, and the folder is a federation's.
+
+    ``flag``: where ``certs`` came from, named in errors (a ``--config`` file's key).
 
     Returns the folder and the TLS material read from it (None without TLS), which
     the server is given as read: read again, every warning about a file (a
@@ -45,7 +47,7 @@ def _security(certs: Path | None, insecure: bool) -> tuple[Path | None, Any]:
         missing = missing_server_files(certs)
         if missing:
             fail(
-                f"--certs {certs} is not a federation folder (missing {', '.join(missing)}); "
+                f"{flag} {certs} is not a federation folder (missing {', '.join(missing)}); "
                 f"make one with `covey certs init --dir {shlex.quote(str(certs))}`"
             )
         from covey.deploy._tls import tls_from_dir
@@ -53,6 +55,6 @@ def _security(certs: Path | None, insecure: bool) -> tuple[Path | None, Any]:
         try:
             return certs, tls_from_dir(certs)
         except (OSError, ValueError) as exc:
-            fail(f"--certs {certs}: {exc}")
+            fail(f"{flag} {certs}: {exc}")
     # Without TLS, serve() itself warns (naming the address anyone can join at).
     return certs, None
