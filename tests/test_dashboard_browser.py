@@ -414,3 +414,55 @@ def test_a_long_run_is_drawn_as_lines_every_round_kept(browser: Any, tmp_path: P
         ("chart-durations", "scatter", "lines+markers"),
         ("chart-bytes", "bar", ""),
     }
+
+
+# The titles of a chart's axis and of the chart itself.
+TITLES_JS = """
+const el = document.getElementById(arguments[0]);
+return el && el.layout ? [el.layout.xaxis.title.text, el.layout.title.text] : null;
+"""
+
+
+def test_an_asynchronous_run_is_shown_in_updates(browser: Any, tmp_path: Path) -> None:
+    """A FedBuff run's page, and the list beside a synchronous run, count updates, not rounds."""
+
+    def central(update: int, weights: Any) -> tuple[float, dict[str, float]]:
+        return float(np.abs(weights["w"]).sum()), {}
+
+    runs = tmp_path / "runs"
+    strategy = covey.FedBuff(buffer_size=2)
+    covey.simulate(
+        lambda cid: Half(), 4, 3, strategy, {"w": np.ones(2)}, central, run_dir=runs / "fedbuff"
+    )
+    with DashboardServer(runs) as dashboard:
+        browser.get(dashboard.url + "#/run/fedbuff")
+        wait = _wait(browser)
+        wait.until(lambda d: d.find_elements(By.ID, "round-3"))
+        wait.until(lambda d: d.execute_script(TITLES_JS, "chart-clients"))
+        assert browser.execute_script(TITLES_JS, "chart-clients") == [
+            "update",
+            "Clients per update",
+        ]
+        assert browser.execute_script(TITLES_JS, "chart-loss")[0] == "update"
+        assert browser.execute_script(TITLES_JS, "chart-durations")[1] == "Update duration (s)"
+        header = browser.find_element(By.CSS_SELECTOR, "#rounds thead th").text
+        assert header == "update"
+        facts = browser.find_element(By.ID, "facts").text
+        assert "updates" in facts
+        assert "rounds" not in facts
+        assert "Rounds" not in browser.find_element(By.ID, "main").text
+        run_demo(DemoConfig(clients=4, rounds=2), run_dir=runs / "fedavg", progress=False)
+        browser.get(dashboard.url + "#/")
+        table = wait.until(lambda d: d.find_element(By.ID, "runs"))
+        headers = [th.text for th in table.find_elements(By.CSS_SELECTOR, "thead th")]
+        assert "updates / rounds" in headers
+        row = browser.find_element(By.CSS_SELECTOR, 'tr[data-run-id="fedbuff"]')
+        assert "3 / 3 updates" in row.text
+        row = browser.find_element(By.CSS_SELECTOR, 'tr[data-run-id="fedavg"]')
+        assert "2 / 2 rounds" in row.text
+        # A synchronous run's page is as it was.
+        browser.get(dashboard.url + "#/run/fedavg")
+        wait.until(lambda d: d.find_elements(By.ID, "round-2"))
+        wait.until(lambda d: d.execute_script(TITLES_JS, "chart-clients"))
+        assert browser.execute_script(TITLES_JS, "chart-clients") == ["round", "Clients per round"]
+        assert browser.find_element(By.CSS_SELECTOR, "#rounds thead th").text == "round"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.table import Table
 
+from covey.core._runstep import step_of_settings
 from covey.deploy._shown import escape
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
@@ -30,6 +31,7 @@ __all__ = [
     "last_finished",
     "metric_columns",
     "round_table",
+    "settings_facts",
     "shown_rounds",
     "step_of",
     "stopped_early",
@@ -94,10 +96,7 @@ def step_of(history: History) -> str:
 
     An asynchronous strategy (FedBuff) records its ``buffer_size`` among its options.
     """
-    strategy = history.config.get("strategy")
-    options = strategy.get("options") if isinstance(strategy, dict) else None
-    asynchronous = isinstance(options, dict) and options.get("buffer_size") is not None
-    return "update" if asynchronous else "round"
+    return step_of_settings(history.config)
 
 
 def round_table(
@@ -223,10 +222,10 @@ def stopped_early(history: History) -> str | None:
     if not history.stopped_reason:
         return None
     last = last_finished(history)
-    if last is None or last < 1:
-        return f"stopped before any round finished: {history.stopped_reason}"
     stopped = _STOPPED_IN.match(history.stopped_reason)
-    step = "round" if stopped is None else stopped.group(1)  # an asynchronous run's updates
+    step = step_of(history) if stopped is None else stopped.group(1)  # "update": asynchronous
+    if last is None or last < 1:
+        return f"stopped before any {step} finished: {history.stopped_reason}"
     return f"stopped early after {step} {last}: {history.stopped_reason}"
 
 
@@ -252,3 +251,26 @@ def endings(history: History) -> list[str]:
     from covey.server._outputs import not_aggregated  # not at import: NumPy is slow to load
 
     return [line for line in (stopped_early(history), not_aggregated(history)) if line]
+
+
+def settings_facts(config: dict[str, Any], name: Any) -> list[str]:
+    """The run's settings ``covey runs show`` states above its table, e.g. ``"seed 0"``.
+
+    An asynchronous run's count is of updates (``updates 8``), its ``keep_last``
+    of ``every update``.
+    """
+    step = step_of_settings(config)  # "update" in an asynchronous run
+    every = f"every {step}"
+    kept = {**config, "keep_last": every} if config.get("keep_last", 0) is None else config
+    facts = [
+        f"{f'{step}s' if k == 'rounds' else k} {kept[k]}"
+        for k in ("backend", "rounds", "seed", "address", "keep_last")
+        if k in kept
+    ]
+    if name:
+        facts.insert(0, f"strategy {name}")
+    if isinstance(config.get("compression"), str):  # the clients' updates, e.g. "q8"
+        facts.append(f"compression {config['compression']}")
+    if config.get("covey_version"):  # the covey that started the run
+        facts.append(f"started by covey {config['covey_version']}")
+    return facts

@@ -26,6 +26,7 @@ from covey.cli._rounds import (
     last_finished,
     metric_columns,
     round_table,
+    settings_facts,
     shown_rounds,
     step_of,
     stopped_early,
@@ -84,25 +85,26 @@ RunsDir = Annotated[
 
 def _why(folder: Path, status: str, history: History) -> str | None:
     """Why a run is ``failed``, ``stopped`` (its process gone) or ``unreadable``; or None."""
+    step = step_of(history)  # "update" in an asynchronous run
     if status == "unreadable":
         return f"unreadable: {_damaged(folder) or _unreadable(folder / 'run.sqlite')}"
     if status == "failed":  # a simulation's run.json says why, a served run's history
         reason = _run_json(folder).get("stopped_reason") or history.stopped_reason
         if isinstance(reason, str) and reason:
-            return f"failed: {reason}{_resumable(folder)}"
+            return f"failed: {reason}{_resumable(folder, step)}"
     if status == "stopped" and (folder / "run.json").is_file():
-        return f"stopped: {stopped_simulation_reason(folder)}"
+        return f"stopped: {stopped_simulation_reason(folder, step)}"
     if status == "stopped" and (folder / "run.sqlite").is_file():
         return f"stopped: {killed_server_reason(folder)}"
     return None
 
 
-def _resumable(folder: Path) -> str:
+def _resumable(folder: Path, step: str) -> str:
     """How to continue the failed run in ``folder`` from its checkpoint, if it has one."""
     if not (folder / "run.sqlite").is_file():
         return ""
     how = how_to_resume(folder) if (folder / "run.json").is_file() else how_to_continue(folder)
-    return f"; continue it after its last complete round with {how}"
+    return f"; continue it after its last complete {step} with {how}"
 
 
 def _unreadable(db: Path) -> str:
@@ -330,7 +332,10 @@ def list_runs(
     table = Table(
         title=f"Runs in {escape(str(runs_dir))}", box=box.SIMPLE_HEAD, header_style="bold"
     )
-    for column in ("run", "kind", "status", "rounds", "clients", "accuracy", "loss", "modified"):
+    # What the runs' numbers count: "rounds", "updates" (FedBuff), or both, each row its own.
+    steps = sorted({step_of(h) for _, _, h in found if isinstance(h, History)}, reverse=True)
+    done = "/".join(f"{step}s" for step in steps) or "rounds"
+    for column in ("run", "kind", "status", done, "clients", "accuracy", "loss", "modified"):
         text = column in ("run", "kind", "modified")  # these fold in a narrow terminal
         table.add_column(
             column,
@@ -341,7 +346,7 @@ def list_runs(
     damaged: list[str] = []
     stopped: list[str] = []  # simulations that can go on, and how
     for name, folder, history in found:
-        table.add_row(*_row(name, folder, history, damaged, stopped))
+        table.add_row(*_row(name, folder, history, damaged, stopped, len(steps) > 1))
     print_table(table)
     for why in damaged:
         console.print(f"[red]unreadable[/]: {escape(why)}")
@@ -351,7 +356,12 @@ def list_runs(
 
 
 def _row(
-    name: str, folder: Path, history: History | str | None, damaged: list[str], stopped: list[str]
+    name: str,
+    folder: Path,
+    history: History | str | None,
+    damaged: list[str],
+    stopped: list[str],
+    mixed: bool = False,
 ) -> list[str]:
     """The cells of a run's row in ``covey runs list``; what to say below the table is added.
 
@@ -361,6 +371,7 @@ def _row(
         history: Its history, why it cannot be read, or None for a run not past its set-up.
         damaged: Why runs cannot be read (said below the table).
         stopped: How runs that stopped go on, as markup lines (said below the table).
+        mixed: Runs of both units are listed: the count names its own (``3/8 updates``).
     """
     modified = _modified(folder)
     if history is None:  # killed (or still) setting up: nothing of it to read yet
@@ -385,7 +396,7 @@ def _row(
         escape(name),
         "deployed" if backend == "grpc" else f"simulated ({backend})",
         status,
-        f"{last}/{planned}",
+        f"{last}/{planned}" + (f" {step_of(history)}s" if mixed else ""),
         str(clients),
         _last(history, "accuracy"),
         _last(history, "loss"),
@@ -414,21 +425,6 @@ def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
         who = failure.name or history.name_of(failure.cid)
         table.add_row(str(rnd), escape(who), failure.stage, escape(failure.error))
     return table
-
-
-def _settings(config: dict[str, Any], name: Any) -> list[str]:
-    """The run's settings ``covey runs show`` states above its table, e.g. ``"seed 0"``."""
-    kept = {**config, "keep_last": "every round"} if config.get("keep_last", 0) is None else config
-    facts = [
-        f"{k} {kept[k]}" for k in ("backend", "rounds", "seed", "address", "keep_last") if k in kept
-    ]
-    if name:
-        facts.insert(0, f"strategy {name}")
-    if isinstance(config.get("compression"), str):  # the clients' updates, e.g. "q8"
-        facts.append(f"compression {config['compression']}")
-    if config.get("covey_version"):  # the covey that started the run
-        facts.append(f"started by covey {config['covey_version']}")
-    return facts
 
 
 @runs_app.command("show")
@@ -462,7 +458,7 @@ def show_run(
     why = _why(folder, status, history)
     if why:
         console.print(f"[red]{escape(why)}[/]")
-    facts = _settings(config, name)
+    facts = settings_facts(config, name)
     if facts:
         console.print(escape(", ".join(facts)))
     print_table(round_table(history, last=last, traffic=True))
@@ -477,13 +473,13 @@ def show_run(
         print_table(clients)
     failures = history.failures()
     if last is not None and history.rounds:
-        first = shown_rounds(history, last).rounds[0].round
+        first, step = shown_rounds(history, last).rounds[0].round, step_of(history)
         shown = [(rnd, failure) for rnd, failure in failures if rnd >= first]
         if len(shown) < len(failures):
             earlier = len(failures) - len(shown)
             console.print(
-                f"{earlier} failure{'s' if earlier > 1 else ''} before round {first} not shown "
-                "(without --last: every round and failure)"
+                f"{earlier} failure{'s' if earlier > 1 else ''} before {step} {first} not "
+                f"shown (without --last: every {step} and failure)"
             )
         failures = shown
     if failures:

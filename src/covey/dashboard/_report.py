@@ -67,12 +67,12 @@ def _plain(text: str) -> str:
 def _figures(run: Run) -> list[Any]:
     go = import_feature("plotly.graph_objects", "covey.dashboard's reports")
 
-    rounds = run.rounds
+    rounds, step = run.rounds, run.step  # "update" in an asynchronous run
     layout: dict[str, Any] = {
         "height": 320,
         "template": "plotly_white",
         "margin": {"l": 55, "r": 15, "t": 40, "b": 75},
-        "xaxis": {"title": {"text": "round"}},
+        "xaxis": {"title": {"text": step}},
         "legend": {"orientation": "h", "y": -0.32},
     }
 
@@ -97,7 +97,7 @@ def _figures(run: Run) -> list[Any]:
     fit = [r for r in rounds if r["round"] > 0]
     x = [r["round"] for r in fit]
     clients = go.Figure(
-        layout={**layout, "title": {"text": "Clients per round"}, "barmode": "group"}
+        layout={**layout, "title": {"text": f"Clients per {step}"}, "barmode": "group"}
     )
     for name, y in (
         ("fit", [len(r.get("fit_participants") or []) for r in fit]),
@@ -110,7 +110,7 @@ def _figures(run: Run) -> list[Any]:
         color = "#c62828" if name == "failed" else None
         clients.add_trace(_trace(go, len(x), bars=True, x=x, y=y, name=name, color=color))
     figures.append(clients)
-    traffic = _bytes_figure(go, layout, fit)
+    traffic = _bytes_figure(go, layout, fit, step)
     if traffic is not None:
         figures.append(traffic)
     private = [r for r in rounds if isinstance(r.get("privacy"), dict)]
@@ -131,7 +131,7 @@ def _figures(run: Run) -> list[Any]:
     return figures
 
 
-def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]]) -> Any:
+def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]], step: str) -> Any:
     """The array bytes each round sent and received, in MB; None if no round counted them."""
 
     def megabytes(value: Any) -> float | None:
@@ -142,7 +142,7 @@ def _bytes_figure(go: Any, layout: dict[str, Any], fit: list[dict[str, Any]]) ->
     moved = [r for r in fit if any(megabytes(r.get(k)) is not None for k, _ in keys)]
     if not moved:
         return None
-    title = {"text": "Bytes per round (MB)"}
+    title = {"text": f"Bytes per {step} (MB)"}
     figure = go.Figure(layout={**layout, "title": title, "barmode": "group"})
     for key, name in keys:
         figure.add_trace(
@@ -230,13 +230,14 @@ def render_report(run: Run) -> str:
     ]
     plots = "\n".join(f'<div id="figure-{i}">{part}</div>' for i, part in enumerate(html_parts))
     best = best_metric(run.rounds)
-    best_text = f"{best['name']} {best['value']:.4f} (round {best['round']})" if best else "–"
+    step = run.step  # "update" in an asynchronous run
+    best_text = f"{best['name']} {best['value']:.4f} ({step} {best['round']})" if best else "–"
     started = run.meta.get("started") or run.meta.get("created_at") or "–"
     facts = {
         "kind": run.kind,
         "status": run.status,
         "strategy": strategy_name(run.meta),
-        "rounds": max((r["round"] for r in run.rounds), default="–"),
+        f"{step}s": max((r["round"] for r in run.rounds), default="–"),
         "best": best_text,
         "started": started,
     }
@@ -260,8 +261,8 @@ def render_report(run: Run) -> str:
 <body><h1>{title}</h1><p>Report written {made} by covey.</p>
 {warning}<table id="facts">{facts_html}</table>
 <div class="grid">{plots}</div>
-<h2>Rounds</h2>
-<table id="rounds"><thead><tr><th>round</th><th>test loss</th><th>test acc.</th><th>fed. loss</th>
+<h2>{step.capitalize()}s</h2>
+<table id="rounds"><thead><tr><th>{step}</th><th>test loss</th><th>test acc.</th><th>fed. loss</th>
 <th>fed. acc.</th><th>fit clients</th><th>failures (reason)</th><th>seconds</th><th>privacy</th>
 </tr></thead><tbody>
 {_round_rows(run)}

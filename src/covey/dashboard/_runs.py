@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from covey.core._jsonvalues import as_float
 from covey.core._metricnames import stored_name
+from covey.core._runstep import step_of_settings
 from covey.dashboard._runjson import (
     RunReadError as RunReadError,
 )
@@ -81,6 +82,8 @@ class Run:
         warning: Why ``history.json`` could not be read, its rounds read from
             ``run.sqlite`` instead (:func:`~covey.dashboard._runjson.read_from_store`);
             None when it was read.
+        step: What its round numbers count: ``"update"`` in an asynchronous (FedBuff)
+            run, as the settings of its ``history.json`` or store say, else ``"round"``.
     """
 
     id: str
@@ -91,6 +94,7 @@ class Run:
     clients: dict[int, str] = field(default_factory=dict)
     events: list[tuple[float, str, str, str]] = field(default_factory=list)
     warning: str | None = None
+    step: str = "round"
 
     @property
     def status(self) -> str:
@@ -220,9 +224,13 @@ def read_run(
         if not db.is_file():
             raise RunReadError(damaged)
         run = Run(run_id, path, run.kind, warning=read_from_store(damaged, db))
+    # A simulation's run.json names its strategy only: the options are history.json's.
+    asynchronous = step_of_settings(run.meta) == "update"
     run.meta.update(read_run_json(path, top) or {})  # damaged: refused, naming why
     if db.is_file():
         read_store_within(run, db, top, damaged)
+    if asynchronous or step_of_settings(run.meta) == "update":
+        run.step = "update"
     _how_to_go_on(run, db, simulated)
     if "status" not in run.meta and run.rounds and _all_rounds_done(run):
         run.meta["status"] = "finished"  # history.json alone: older covey, or History.save
@@ -239,16 +247,17 @@ def _how_to_go_on(run: Run, db: Path, simulated: bool) -> None:
     it after its reason, as ``covey runs show`` prints it.
     """
     path = run.path
+    step = run.step  # "update" in an asynchronous run
     if run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (
-            stopped_simulation_reason(path) if simulated else killed_server_reason(path)
+            stopped_simulation_reason(path, step) if simulated else killed_server_reason(path)
         )
     reason = run.meta.get("stopped_reason")
     if run.status == "failed" and db.is_file() and isinstance(reason, str) and reason:
         how = how_to_resume(path) if simulated else how_to_continue(path)
         run.meta["stopped_reason"] = (
-            f"{reason}; continue it after its last complete round with {how}"
+            f"{reason}; continue it after its last complete {step} with {how}"
         )
 
 
@@ -366,7 +375,9 @@ def summary(run: Run) -> dict[str, Any]:
     """The run's row in the list of runs (JSON-ready).
 
     ``note`` says why it stopped, if it did; ``warning`` that its rounds were read
-    from ``run.sqlite`` because its ``history.json`` is damaged (else None).
+    from ``run.sqlite`` because its ``history.json`` is damaged (else None);
+    ``step`` what its round numbers count: ``"update"`` in an asynchronous (FedBuff)
+    run, else ``"round"``, as the page names them.
     """
     done = max((r["round"] for r in run.rounds), default=None)
     started = run.meta.get("started") or run.meta.get("created_at")
@@ -374,6 +385,7 @@ def summary(run: Run) -> dict[str, Any]:
     return {
         "id": run.id,
         "kind": run.kind,
+        "step": run.step,
         "status": run.status,
         "strategy": strategy_name(run.meta),
         "rounds_done": done,

@@ -111,7 +111,8 @@ def check_resumable(opened: RunStore, rounds: int) -> None:
     """Refuse to resume a run with fewer rounds than it ran (a finished one: no more).
 
     Otherwise the server would listen and wait for clients to train no round, or
-    mark a run finished whose recorded count is below the rounds it holds.
+    mark a run finished whose recorded count is below the rounds it holds. An
+    asynchronous run's messages count updates, as its ``rounds`` does.
     """
     last = opened.last_round() or 0
     step = opened.step  # "update" for an asynchronous run
@@ -119,13 +120,13 @@ def check_resumable(opened: RunStore, rounds: int) -> None:
         raise ValueError(
             f"the run in {opened.run_dir} is finished ({step} {last} was its last): there is "
             f"nothing to resume with rounds={rounds}; to train it on, resume it with more "
-            f"rounds than {last} (serve(rounds=...), covey server --rounds, covey run "
+            f"{step}s than {last} (serve(rounds=...), covey server --rounds, covey run "
             f"--set rounds={last + 1} or more), or give a new run a folder of its own"
         )
     if rounds < last:
         raise ValueError(
             f"the run in {opened.run_dir} stopped after {step} {last}: it cannot be resumed "
-            f"with rounds={rounds}, fewer rounds than it ran; resume it with rounds={last} "
+            f"with rounds={rounds}, fewer {step}s than it ran; resume it with rounds={last} "
             "or more (serve(rounds=...), covey server --rounds), or give a new run a folder "
             "of its own"
         )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from covey.core._files import TMP_SUFFIX, atomic_write
 from covey.core._history import History, metric_points
 from covey.core._historyfile import HistoryFile
+from covey.core._runstep import step_of_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -163,8 +164,9 @@ def not_aggregated(history: History) -> str | None:
 
     A run whose every round failed so (an XGBoost booster past the federation's
     capacity, a strategy refusing every round's updates) finished with the model
-    it started with: the line says so first.
+    it started with: the line says so first. An asynchronous run's are updates.
     """
+    step = step_of_settings(history.config)
     trained = [r for r in history.rounds if r.round > 0]
     failed = [r for r in trained if not r.aggregated and "error" in r.aggregate_info]
     if not failed:
@@ -176,8 +178,8 @@ def not_aggregated(history: History) -> str | None:
     error = str(failed[-1].aggregate_info["error"])
     error = error if len(error) <= 300 else error[:299] + "…"
     if len(failed) == len(trained):
-        head = "no round aggregated: the model is the one the run started with"
+        head = f"no {step} aggregated: the model is the one the run started with"
     else:
-        head = f"{len(failed):,} of {len(trained):,} rounds did not aggregate"
+        head = f"{len(failed):,} of {len(trained):,} {step}s did not aggregate"
         head += " (the model was left as it was)"
-    return f"{head}; round{'s' if len(failed) > 1 else ''} {which}: {error}"
+    return f"{head}; {step}{'s' if len(failed) > 1 else ''} {which}: {error}"

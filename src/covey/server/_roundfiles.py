@@ -33,6 +33,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "check_finite",
     "check_storable",
+    "damaged_record_error",
     "lost_rounds_error",
     "read_record",
     "read_weights",
@@ -192,6 +193,21 @@ def save_error(round: int, final: Path, exc: BaseException, step: str = "round")
     error = OSError(said)
     error.errno = getattr(exc, "errno", None)
     return error
+
+
+def damaged_record_error(db: Path, exc: Exception, step: str = "round") -> ValueError:
+    """The error of a run whose records in ``db`` do not make a history (``exc``: why not).
+
+    ``step`` is what the run's numbers count: ``"round"``, or an asynchronous run's
+    ``"update"``, which the record's own number is then said in too.
+    """
+    said = str(exc)
+    if step != "round" and said.startswith("round "):  # History's "round 3: ..."
+        said = f"{step} {said.removeprefix('round ')}"
+    return ValueError(
+        f"{'an update' if step == 'update' else 'a round'} record in {db} is damaged "
+        f"({type(exc).__name__}: {said}); the run's history cannot be read"
+    )
 
 
 def lost_rounds_error(

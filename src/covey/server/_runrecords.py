@@ -10,6 +10,7 @@ import json
 import time
 from typing import Any, Final, Literal
 
+from covey.core._runstep import step_of_settings
 from covey.server._rundb import RunDB
 
 __all__ = ["UNCOUNTED_KEY", "RunRecords", "Status"]
@@ -57,10 +58,7 @@ class RunRecords:
 
         An asynchronous strategy (FedBuff) records its ``buffer_size`` in the run's settings.
         """
-        strategy = self.config.get("strategy")
-        options = strategy.get("options") if isinstance(strategy, dict) else None
-        asynchronous = isinstance(options, dict) and options.get("buffer_size") is not None
-        return "update" if asynchronous else "round"
+        return step_of_settings(self.config)
 
     def set_rounds(self, rounds: int) -> None:
         """Record ``rounds`` as the run's round count: a resumed run may be asked for more.

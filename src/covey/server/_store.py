@@ -47,6 +47,7 @@ from covey.server._kept import check_keep_last, kept_rounds, prune, pruned_error
 from covey.server._roundfiles import (
     WEIGHTS_DIR,
     check_finite,
+    damaged_record_error,
     lost_rounds_error,
     read_record,
     read_weights,
@@ -470,10 +471,7 @@ class RunStore(RunRecords):
             names = {str(cid): name for name, cid in self.clients().items()}
             return History.from_dict({"rounds": records, "config": self.config, "clients": names})
         except (TypeError, KeyError, ValueError) as exc:
-            raise ValueError(
-                f"a round record in {self._run_dir / DB_NAME} is damaged "
-                f"({type(exc).__name__}: {exc}); the run's history cannot be read"
-            ) from None
+            raise damaged_record_error(self._run_dir / DB_NAME, exc, self.step) from None
 
     def _record(self, round: int, text: str) -> dict[str, Any]:
         """The stored record of ``round``, or ValueError naming the round and the file."""

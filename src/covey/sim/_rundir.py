@@ -268,8 +268,12 @@ def new_run_command(folder: Path) -> str:
     return f"covey run{'' if here else ' ' + quote(str(project))}"
 
 
-def stopped_simulation_reason(folder: Path) -> str:
-    """Why the simulation in ``folder`` is not running though unfinished, and how to go on."""
+def stopped_simulation_reason(folder: Path, step: str = "round") -> str:
+    """Why the simulation in ``folder`` is not running though unfinished, and how to go on.
+
+    ``step`` is what the run's numbers count: ``"round"``, or an asynchronous run's
+    ``"update"``.
+    """
     if not (folder / DB_NAME).is_file():
         return (
             "the simulation's process was killed or crashed before it finished; it kept no "
@@ -278,7 +282,7 @@ def stopped_simulation_reason(folder: Path) -> str:
         )
     return (
         "the simulation's process was killed or crashed before it finished; continue it "
-        f"after its last complete round with {how_to_resume(folder)}"
+        f"after its last complete {step} with {how_to_resume(folder)}"
     )
 
 

@@ -116,6 +116,16 @@ function bytesOf(record) {
 
 // ---- charts ----
 
+// What a run's numbers count: "update" in an asynchronous (FedBuff) run, else "round" (the
+// API's step). Cap(...) starts a title with it.
+function stepOf(run) {
+  return run && run.step === "update" ? "update" : "round";
+}
+
+function cap(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 const LAYOUT = {
   margin: { l: 55, r: 15, t: 34, b: 75 },
   legend: { orientation: "h", y: -0.32 },
@@ -124,10 +134,11 @@ const LAYOUT = {
   plot_bgcolor: "#fff",
 };
 
-function plot(id, title, traces, extra = {}) {
+function plot(id, title, traces, extra = {}, step = "round") {
   const element = document.getElementById(id);
   if (!element) return;
-  Plotly.react(element, traces, { ...LAYOUT, title: { text: plain(title), font: { size: 14 }, x: 0.01, xanchor: "left" }, ...extra },
+  const xaxis = { ...LAYOUT.xaxis, title: { text: plain(step) } };
+  Plotly.react(element, traces, { ...LAYOUT, xaxis, title: { text: plain(title), font: { size: 14 }, x: 0.01, xanchor: "left" }, ...extra },
     { displaylogo: false, responsive: true, displayModeBar: "hover" });
 }
 
@@ -153,32 +164,33 @@ function line(rounds, s) {
 
 function drawRunCharts(run) {
   const rounds = run.rounds;
+  const step = stepOf(run);
   const all = seriesOf(rounds);
   const losses = all.filter((s) => s.name === "loss" || s.name === "train_loss");
   const others = all.filter((s) => !(s.name === "loss" || s.name === "train_loss"));
-  plot("chart-loss", "Loss", losses.map((s) => line(rounds, s)));
-  plot("chart-metrics", "Metrics", others.map((s) => line(rounds, s)));
+  plot("chart-loss", "Loss", losses.map((s) => line(rounds, s)), {}, step);
+  plot("chart-metrics", "Metrics", others.map((s) => line(rounds, s)), {}, step);
   const fitRounds = rounds.filter((r) => r.round > 0);
   const x = fitRounds.map((r) => r.round);
   const bars = drawn(x.length, true);
-  plot("chart-clients", "Clients per round", [
+  plot("chart-clients", "Clients per " + step, [
     { x, y: fitRounds.map((r) => (r.fit_participants || []).length), name: "fit", ...bars },
     { x, y: fitRounds.map((r) => (r.evaluate_participants || []).length), name: "evaluate", ...bars },
     { x, y: fitRounds.map((r) => (r.fit_failures || []).length + (r.evaluate_failures || []).length),
       name: "failed", ...bars, marker: { color: "#c62828" }, line: { color: "#c62828" } },
-  ], { barmode: "group" });
+  ], { barmode: "group" }, step);
   const stages = ["wait", "fit", "evaluate", "central", "total"]  // wait: a deployed round's, for clients
     .filter((k) => fitRounds.some((r) => (r.durations || {})[k] != null));
-  plot("chart-durations", "Round duration (s)", stages.map((k) => ({
+  plot("chart-durations", cap(step) + " duration (s)", stages.map((k) => ({
     x, y: fitRounds.map((r) => (r.durations || {})[k] ?? null), name: k, ...drawn(x.length, false),
-  })));
+  })), {}, step);
   const moved = fitRounds.filter((r) => typeof r.bytes_sent === "number" || typeof r.bytes_received === "number");
   if (moved.length) {  // the array bytes of each round, both ways (compression shows here)
     document.getElementById("chart-bytes").style.display = "";
-    plot("chart-bytes", "Bytes per round (MB)", [["bytes_sent", "sent"], ["bytes_received", "received"]].map(([k, name]) => ({
+    plot("chart-bytes", "Bytes per " + step + " (MB)", [["bytes_sent", "sent"], ["bytes_received", "received"]].map(([k, name]) => ({
       x: moved.map((r) => r.round), y: moved.map((r) => (typeof r[k] === "number" ? r[k] / 1e6 : null)), name,
       ...drawn(moved.length, true),
-    })), { barmode: "group" });
+    })), { barmode: "group" }, step);
   }
   const privacy = rounds.filter((r) => privacyOf(r));
   if (privacy.length) {
@@ -190,7 +202,7 @@ function drawRunCharts(run) {
     plot("chart-privacy", "Privacy budget spent", [...keys].map((k) => ({
       x: privacy.map((r) => r.round), y: privacy.map((r) => privacyOf(r)[k]), name: plain(k),
       ...drawn(privacy.length, false),
-    })));
+    })), {}, step);
   }
 }
 
@@ -232,16 +244,17 @@ function clientsTable(run) {
     <td>${esc(c.last_event ?? "–")}</td>
     <td class="num">${c.fit_rounds.length}</td><td class="small">${esc(c.fit_rounds.join(", "))}</td></tr>`).join("");
   return `<h2>Clients</h2><div class="scroll"><table id="clients"><thead><tr><th>state</th><th>name</th>
-    <th>id</th><th>last seen</th><th>last event</th><th>fit rounds</th><th>which</th></tr></thead>
+    <th>id</th><th>last seen</th><th>last event</th><th>fit ${stepOf(run)}s</th><th>which</th></tr></thead>
     <tbody>${rows}</tbody></table></div>`;
 }
 
 function facts(run) {
-  const best = run.best ? `${esc(run.best.name)} ${num(run.best.value)} (round ${run.best.round})` : "–";
+  const step = stepOf(run);
+  const best = run.best ? `${esc(run.best.name)} ${num(run.best.value)} (${step} ${run.best.round})` : "–";
   return `<div class="facts" id="facts">
     <span><b>status</b><span class="status-${esc(run.status)}" id="status">${esc(run.status)}</span></span>
     <span><b>kind</b>${esc(run.kind)}</span><span><b>strategy</b>${esc(run.strategy)}</span>
-    <span><b>rounds</b><span id="rounds-done">${esc(run.rounds_done ?? "–")}</span> / ${esc(run.rounds_planned ?? "?")}</span>
+    <span><b>${step}s</b><span id="rounds-done">${esc(run.rounds_done ?? "–")}</span> / ${esc(run.rounds_planned ?? "?")}</span>
     <span><b>best</b>${best}</span><span><b>started</b>${when(run.started)}</span>
     ${run.meta && run.meta.stopped_reason ? `<span><b>stopped early</b>${esc(run.meta.stopped_reason)}</span>` : ""}
     ${run.warning ? `<span class="fail" id="warning"><b>read from run.sqlite</b>${esc(run.warning)}</span>` : ""}</div>`;
@@ -253,7 +266,7 @@ function renderRun(run) {
     <div class="chart" id="chart-clients"></div><div class="chart" id="chart-durations"></div>
     <div class="chart" id="chart-bytes" style="display: none"></div>
     <div class="chart" id="chart-privacy" style="display: none"></div></div>
-    <h2>Rounds</h2><div class="scroll"><table id="rounds"><thead><tr><th>round</th><th>test loss</th>
+    <h2>${cap(stepOf(run))}s</h2><div class="scroll"><table id="rounds"><thead><tr><th>${stepOf(run)}</th><th>test loss</th>
     <th>test acc.</th><th>fed. loss</th><th>fed. acc.</th><th>clients</th><th>failures (reason)</th>
     <th>duration</th><th>bytes</th><th>privacy</th></tr></thead><tbody>
     ${run.rounds.map((r) => roundRow(run, r)).join("")}</tbody></table></div>
@@ -294,18 +307,22 @@ function showRun(id) {
 
 async function showList() {
   const data = await getJSON("api/runs");
+  // What the runs' numbers count (an unreadable run's is unknown): one word, or both and per row.
+  const steps = [...new Set(data.runs.filter((r) => r.step).map(stepOf))].sort().reverse();
+  const mixed = steps.length > 1;
   const rows = data.runs.map((r) => `<tr data-run-id="${esc(r.id)}">
     <td><input type="checkbox" value="${esc(r.id)}"></td>
     <td><a href="#/run/${encodeURIComponent(r.id)}">${esc(r.id)}</a></td>
     <td class="status-${esc(r.status)}" title="${esc(r.error ?? r.warning ?? r.note ?? "")}">${esc(r.status)}
       ${r.warning ? `<div class="small fail">history.json damaged: read from run.sqlite</div>` : ""}</td>
     <td>${esc(r.kind ?? "–")}</td><td>${esc(r.strategy ?? "–")}</td>
-    <td class="num">${esc(r.rounds_done ?? "–")} / ${esc(r.rounds_planned ?? "?")}</td>
+    <td class="num">${esc(r.rounds_done ?? "–")} / ${esc(r.rounds_planned ?? "?")}${
+      mixed && r.step ? ` <span class="small">${stepOf(r)}s</span>` : ""}</td>
     <td>${r.best ? esc(r.best.name) + " " + num(r.best.value) : "–"}</td>
     <td>${when(r.started)}</td></tr>`).join("");
   main.innerHTML = `<h1>Runs in <code>${esc(data.root)}</code></h1>
     <table id="runs"><thead><tr><th></th><th>run</th><th>status</th><th>kind</th><th>strategy</th>
-    <th>rounds</th><th>best</th><th>started</th></tr></thead><tbody>${rows}</tbody></table>
+    <th>${steps.map((step) => step + "s").join(" / ") || "rounds"}</th><th>best</th><th>started</th></tr></thead><tbody>${rows}</tbody></table>
     <p><button id="compare">Compare selected runs</button></p>`;
   document.getElementById("compare").onclick = () => {
     const ids = [...document.querySelectorAll("#runs input:checked")].map((i) => encodeURIComponent(i.value));
@@ -328,7 +345,10 @@ async function showCompare(ids) {
   const draw = () => {
     const s = series.get(select.value);
     if (!s) return;
-    plot("chart-compare", s.label, runs.map((run) => ({ ...line(run.rounds, s), name: plain(run.id) })));
+    // Runs of one kind share their unit; synchronous and asynchronous ones overlaid count both.
+    const steps = [...new Set(runs.map(stepOf))].sort().reverse();
+    plot("chart-compare", s.label, runs.map((run) => ({ ...line(run.rounds, s), name: plain(run.id) })), {},
+      steps.join(" / "));
   };
   select.onchange = draw;
   draw();
