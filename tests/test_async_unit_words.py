@@ -195,3 +195,40 @@ def test_a_resume_with_too_few_is_refused_in_the_run_s_unit(
         store.set_status("finished")
         with pytest.raises(ValueError, match=f"resume it with more {step}s than 3 "):
             check_resumable(store, 3)
+
+
+# -- a FedBuff selector that chooses nobody -----------------------------------------------------
+
+
+def test_a_fedbuff_selector_that_chooses_nobody_is_named() -> None:
+    # It was "update 1: no client can be given a task: 8 eligible, 0 waiting in the buffer".
+    def none_of_them(candidates: Any, update: int, rng: Any) -> list[int]:
+        return []
+
+    with pytest.raises(covey.FederationError) as stopped:
+        covey.simulate(
+            lambda cid: Const(),
+            8,
+            2,
+            covey.FedBuff(buffer_size=2, selector=none_of_them),
+            {"w": np.zeros(2)},
+        )
+    said = str(stopped.value)
+    assert said.startswith("update 1: selector "), said
+    assert "none_of_them chose none of the 8 idle clients it was given" in said
+    assert "Have the selector choose at least one of its candidates" in said
+
+
+def test_a_fedbuff_selector_s_error_is_noted_with_the_update() -> None:
+    def broken(candidates: Any, update: int, rng: Any) -> list[int]:
+        raise KeyError("site")
+
+    with pytest.raises(KeyError) as raised:
+        covey.simulate(
+            lambda cid: Const(),
+            4,
+            1,
+            covey.FedBuff(buffer_size=2, selector=broken),
+            {"w": np.zeros(2)},
+        )
+    assert any("raised by selector" in n and "in update 1" in n for n in raised.value.__notes__)

@@ -31,7 +31,7 @@ from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import SortedIds, Union, without
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import not_among, picked_ids, selected
+from covey.strategies._checks import chose_none, name_of, not_among, picked_ids, selected
 from covey.strategies._clients import client_info
 from covey.strategies._fold import refuse_dropped_at_begin
 from covey.strategies._strategy import Strategy
@@ -114,6 +114,7 @@ class AsyncLoop(_LoopBase):
         self._payload: dict[str, Weights] | None = None
         self._config: tuple[int, Config] | None = None
         self._eligible = 0
+        self._declined = 0  # idle clients the selector chose none of, at its last call
         self._clock0 = 0.0
         # New models produced (updates whose aggregate was applied): the clock of staleness.
         self._models = 0
@@ -191,6 +192,9 @@ class AsyncLoop(_LoopBase):
                     f"than min_available_clients={wanted}, and no more came within "
                     f"{self.idle_timeout} s"
                 )
+        if self._declined and self.strategy.selector is not None:
+            selector = self.strategy.selector
+            raise self._fail(chose_none(selector, self._declined, rnd, self.buffer_size))
         raise self._fail(
             f"update {rnd}: no client can be given a task: {self._eligible} eligible, "
             f"{len(self._buffered)} waiting in the buffer of buffer_size="
@@ -338,6 +342,7 @@ class AsyncLoop(_LoopBase):
         free = strategy.client_count("fit", count) - busy
         if free > 0 and eligible is None:
             eligible = self._passing_sorted()
+        self._declined = 0  # set again if the selector chooses none of the idle clients
         chosen = self._pick(eligible, free, busy, rnd) if free > 0 and eligible else []
         owed, self._owed = self._owed, []
         if not chosen and not owed:
@@ -414,11 +419,15 @@ class AsyncLoop(_LoopBase):
         if not len(idle):
             return []
         if strategy.selector is not None:
-            chosen = selected(strategy.selector, idle, rnd, self._rng)
+            chosen = selected(strategy.selector, idle, rnd, self._rng, "update")
             picked = picked_ids(strategy.selector, chosen)
             unknown = not_among(picked, idle)
             if unknown:
-                raise ValueError(f"selector chose clients that are not idle: {sorted(unknown)}")
+                raise ValueError(
+                    f"selector {name_of(strategy.selector)} chose clients that are not idle: "
+                    f"{sorted(unknown)}"
+                )
+            self._declined = 0 if picked else len(idle)
             return sorted(picked[:free])
         if free >= len(idle):
             return list(idle)

@@ -146,16 +146,23 @@ def stop_reason(hooks: Sequence[Any], round: int, state: Any) -> str | None:
     return None
 
 
-def selected(selector: Callable[..., Any], candidates: Sequence[int], round: int, rng: Any) -> Any:
+def selected(
+    selector: Callable[..., Any],
+    candidates: Sequence[int],
+    round: int,
+    rng: Any,
+    step: str = "round",
+) -> Any:
     """What ``selector(candidates, round, rng)`` returns; an error it raises noted with its name.
 
     As the config and metrics functions' errors are: a bare ``KeyError`` of a
-    selector said neither which function raised it nor in which round.
+    selector said neither which function raised it nor in which round (``step``:
+    an asynchronous run's ``"update"``).
     """
     try:
         return selector(candidates, round, rng)
     except Exception as exc:  # the user's error, told where it came from
-        exc.add_note(f"raised by selector {name_of(selector)} in round {round}")
+        exc.add_note(f"raised by selector {name_of(selector)} in {step} {round}")
         raise
 
 
@@ -191,6 +198,22 @@ def picked_ids(selector: Callable[..., Any], picked: Any) -> list[int]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"selector chose some clients more than once: {sorted(ids)[:80]}")
     return ids
+
+
+def chose_none(selector: Callable[..., Any], idle: int, update: int, buffer_size: int) -> str:
+    """Why a FedBuff run stops whose ``selector`` chose none of ``idle`` clients, none training.
+
+    A synchronous round with an empty choice trains no client and keeps the model;
+    a FedBuff update waits for ``buffer_size`` replies, and would wait for ever.
+    """
+    return (
+        f"update {update}: selector {name_of(selector)} chose none of the {idle} idle "
+        f"client{'s' if idle != 1 else ''} it was given, and no client is training: a "
+        f"FedBuff update waits for buffer_size={buffer_size} replies, so it cannot go on "
+        "(an empty choice only skips a synchronous round). Have the selector choose at "
+        "least one of its "
+        "candidates when no client is training; to leave clients out for good, use where="
+    )
 
 
 def outside_candidates(
