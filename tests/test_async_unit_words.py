@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import covey
 from covey.cli import app
-from covey.deploy._servechecks import check_resumable
+from covey.deploy._servechecks import check_new_run_dir, check_resumable
 from covey.server import RunStore
 
 ASYNC = {"rounds": 8, "strategy": {"name": "FedBuff", "options": {"buffer_size": 2}}}
@@ -232,3 +232,66 @@ def test_a_fedbuff_selector_s_error_is_noted_with_the_update() -> None:
             {"w": np.zeros(2)},
         )
     assert any("raised by selector" in n and "in update 1" in n for n in raised.value.__notes__)
+
+
+# -- simulate's functions and run_dir -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (
+            {"availability": lambda cid: True},
+            "availability <lambda>(cid) cannot be called as availability(cid, round) -> bool",
+        ),
+        (
+            {"client_durations": lambda cid: 1.0, "strategy": covey.FedBuff(buffer_size=1)},
+            "client_durations <lambda>(cid) cannot be called as "
+            "client_durations(cid, rng) -> seconds",
+        ),
+        (
+            {"availability": lambda cid, rnd, extra: True},
+            "availability <lambda>(cid, rnd, extra) cannot be called as",
+        ),
+    ],
+)
+def test_a_function_of_the_wrong_signature_is_refused_before_the_run(
+    options: dict[str, Any], said: str, tmp_path: Path
+) -> None:
+    strategy = options.pop("strategy", covey.FedAvg())
+    with pytest.raises(TypeError) as refused:
+        covey.simulate(
+            lambda cid: Const(), 3, 2, strategy, {"w": np.zeros(2)}, run_dir=tmp_path, **options
+        )
+    assert str(refused.value).startswith(said)
+    assert not (tmp_path / "history.json").exists()  # refused before the run started
+
+
+def test_functions_that_take_the_arguments_as_they_like_still_run() -> None:
+    class Online:
+        def __call__(self, *ids: int) -> bool:
+            return True
+
+    result = covey.simulate(
+        lambda cid: Const(),
+        3,
+        2,
+        covey.FedBuff(buffer_size=1),
+        {"w": np.zeros(2)},
+        availability=Online(),
+        client_durations=lambda cid, rng, scale=1.0: scale,
+    )
+    assert len(result.history.rounds) == 3
+
+
+def test_an_empty_run_dir_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It wrote history.json, run.json, run.lock and run.sqlite into the current folder.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="run_dir") as e:
+        covey.simulate(lambda cid: Const(), 2, 1, covey.FedAvg(), {"w": np.zeros(2)}, run_dir="")
+    assert str(e.value) == 'run_dir is empty (""); give a folder, or leave it out'
+    with pytest.raises(ValueError, match="run_dir is empty"):  # serve's, before it listens
+        check_new_run_dir("")
+    assert list(tmp_path.iterdir()) == []

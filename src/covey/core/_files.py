@@ -34,11 +34,15 @@ def a_folder(value: object, what: str = "run_dir") -> Path:
 
     Raises:
         TypeError: ``value`` is no ``str`` or ``os.PathLike`` (an int, say), named as ``what``.
+        ValueError: ``value`` is empty text, which a ``Path`` reads as the current folder
+            (a run's files would go beside whatever it holds).
     """
     if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
         raise TypeError(
             f"{what} must be a folder's path (a str or a pathlib.Path), got {type(value).__name__}"
         )
+    if os.fspath(value) == "":  # Path("") is Path("."): the current folder
+        raise ValueError(f'{what} is empty (""); give a folder, or leave it out')
     return Path(value)
 
 

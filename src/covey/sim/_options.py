@@ -18,6 +18,7 @@ from covey.core._metricvalues import fits_a_float
 from covey.server._kept import SIMULATION_KEEPS, check_keep_last
 from covey.sim._rayplan import ray_need
 from covey.strategies._checks import (
+    name_of,
     poisson_minimum,
     refuse_other_federation,
     refuse_unmet_need,
@@ -183,9 +184,36 @@ def _check_flags(client_fn: object, progress: object, resume: object) -> None:
     check_switch(resume, "resume")
 
 
+def _cannot_take_two(fn: Callable[..., Any], what: str, how: str) -> str | None:
+    """Why ``fn``, given as ``what``, cannot be called with two arguments, or None if it can.
+
+    ``how`` says what covey calls it with. A function of one parameter failed in the
+    run with Python's bare "takes 1 positional argument but 2 were given".
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to say
+        return None
+    try:
+        signature.bind(0, 0)
+    except TypeError:
+        return f"{what} {name_of(fn)}{signature} cannot be called as {how}"
+    return None
+
+
 def _check_durations(durations: object, num_clients: int) -> None:
-    """Refuse ``client_durations`` that is neither a function nor one value per client."""
-    if durations is None or callable(durations):
+    """Refuse ``client_durations`` that is no ``(cid, rng)`` function nor one value per client."""
+    if callable(durations):
+        why = _cannot_take_two(
+            durations,
+            "client_durations",
+            "client_durations(cid, rng) -> seconds: covey calls it with the client id and a "
+            "NumPy Generator for each fit task, and takes the simulated seconds it returns",
+        )
+        if why is not None:
+            raise TypeError(why)
+        return
+    if durations is None:
         return
     try:
         count = len(durations)  # type: ignore[arg-type]
@@ -202,11 +230,22 @@ def _check_durations(durations: object, num_clients: int) -> None:
 
 
 def _check_availability(availability: object, num_clients: int) -> None:
-    """Refuse an availability trace ``trace[cid, t]`` with fewer rows than clients.
+    """Refuse an availability function or trace that cannot answer for every client.
+
+    A function must take ``(cid, round)``; a trace ``trace[cid, t]`` needs a row per client.
 
     Checked when a round samples a client past it, such a trace stopped the run in
     whichever round first did, any number of rounds in.
     """
+    if callable(availability) and not isinstance(availability, np.ndarray):
+        why = _cannot_take_two(
+            availability,
+            "availability",
+            "availability(cid, round) -> bool: covey calls it with the client id and the "
+            "round (an asynchronous run's update), and takes whether the client is online",
+        )
+        if why is not None:
+            raise TypeError(why)
     if isinstance(availability, np.ndarray) and availability.ndim == 2:
         rows = availability.shape[0]
         if rows < num_clients:
