@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +19,9 @@ from covey.deploy._tls import tls_from_dir
 from covey.deploy.certs import init_federation, issue_client
 from covey.deploy.certs._common import PrivateKey, cert_to_pem, key_to_pem, load_ca
 from covey.transport.grpc._admission import Admission
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _admission import Aborted, Context, Events
 
 
 def _leaf(fed: Path, name: str, key: PrivateKey, algorithm: hashes.HashAlgorithm) -> Path:
@@ -105,41 +108,13 @@ def fed(tmp_path: Path) -> Path:
     return init_federation(tmp_path / "fed").directory
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    def __init__(self, pem: bytes, name: str) -> None:
-        self.auth = {"x509_pem_cert": [pem], "x509_common_name": [name.encode()]}
-        self.aborted: tuple[Any, str] | None = None
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return self.auth
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:5"
-
-    def abort(self, code: Any, why: str) -> None:
-        self.aborted = (code, why)
-        raise _Aborted(why)
-
-
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, ...]] = []
-
-    def event(self, *args: str) -> None:
-        self.events.append(args)
-
-
-def _admit(pem: bytes, name: str) -> _Context:
+def _admit(pem: bytes, name: str) -> Context:
     from covey.transport.grpc.proto import covey_pb2 as pb
 
-    context = _Context(pem, name)
-    admission = Admission(_Events(), tls=object())  # type: ignore[arg-type]
+    context = Context({"x509_pem_cert": [pem], "x509_common_name": [name.encode()]})
+    admission = Admission(Events(), tls=object())  # type: ignore[arg-type]
     hello = pb.Hello(version=admission.version, name=name)
-    with contextlib.suppress(_Aborted):
+    with contextlib.suppress(Aborted):
         admission._identify(context, hello)
     return context
 

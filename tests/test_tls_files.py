@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -30,6 +30,9 @@ from covey.deploy.certs import init_federation, issue_client
 from covey.deploy.certs._common import PrivateKey, cert_to_pem, key_to_pem, load_ca
 from covey.transport.grpc._admission import Admission
 from covey.transport.grpc.proto import covey_pb2 as pb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _admission import Aborted, Context, Events
 
 
 @pytest.fixture
@@ -146,34 +149,6 @@ def test_a_client_certificate_without_a_common_name_is_refused_by_the_client(fed
         client_tls(fed / "ca.pem", pem, fed / "nocn.key")
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    def __init__(self, auth: dict[str, list[bytes]]) -> None:
-        self.auth = auth
-        self.aborted: tuple[Any, str] | None = None
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return self.auth
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:5"
-
-    def abort(self, code: Any, why: str) -> None:
-        self.aborted = (code, why)
-        raise _Aborted(why)
-
-
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, ...]] = []
-
-    def event(self, *args: str) -> None:
-        self.events.append(args)
-
-
 @pytest.mark.parametrize("names", [[b""], []])
 def test_a_client_certificate_without_a_common_name_is_refused_by_the_server(
     fed: Path, names: list[bytes]
@@ -182,10 +157,10 @@ def test_a_client_certificate_without_a_common_name_is_refused_by_the_server(
     # non-empty string", which the client took for a failure to retry.
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hospital A")])
     pem = _leaf(fed, "nocn", ec.generate_private_key(ec.SECP256R1()), subject)
-    context = _Context({"x509_pem_cert": [pem.read_bytes()], "x509_common_name": names})
-    events = _Events()
+    context = Context({"x509_pem_cert": [pem.read_bytes()], "x509_common_name": names})
+    events = Events()
     admission = Admission(events, tls=object())  # type: ignore[arg-type]
-    with contextlib.suppress(_Aborted):
+    with contextlib.suppress(Aborted):
         admission._identify(context, pb.Hello(version=admission.version, name="client-0"))
     assert context.aborted is not None
     assert context.aborted[0] == grpc.StatusCode.PERMISSION_DENIED
