@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from covey.privacy import DPSGD  # noqa: E402
 
 
-def _dpsgd(net: Any, data: Any, **options: Any) -> Any:
-    """DP-SGD of ``net`` on ``data`` in batches of 2 (noise 1, clip 1, seed 0)."""
+def _dpsgd(net: Any, data: Any, batch_size: int = 2, **options: Any) -> Any:
+    """DP-SGD of ``net`` on ``data`` in batches of ``batch_size`` (noise 1, clip 1, seed 0)."""
     return DPSGD(
         net,
         torch.optim.SGD(net.parameters(), lr=0.1),
-        DataLoader(data, batch_size=2),
+        DataLoader(data, batch_size=batch_size),
         noise_multiplier=1.0,
         max_grad_norm=1.0,
         delta=1e-5,
@@ -60,17 +60,9 @@ def test_an_empty_poisson_batch_still_takes_its_noisy_step() -> None:
 def test_epochs_that_train_nothing_are_refused(epochs: object) -> None:
     net = torch.nn.Linear(4, 2)
     data = TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
-    dp = DPSGD(
-        net,
-        torch.optim.SGD(net.parameters(), lr=0.1),
-        DataLoader(data, batch_size=4),
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        delta=1e-5,
-        seed=0,
-    )
+    dp = _dpsgd(net, data, 4)
     with pytest.raises(ValueError, match="epochs must be an int >= 1"):
-        dp.train(epochs)  # type: ignore[arg-type]
+        dp.train(epochs)
     assert dp.ledger.rounds == 0
 
 
@@ -80,15 +72,7 @@ def test_the_seed_fixes_the_poisson_batches_too() -> None:
     def run(global_seed: int) -> tuple[list[int], Any]:
         torch.manual_seed(0)
         net = torch.nn.Linear(4, 2)
-        dp = DPSGD(
-            net,
-            torch.optim.SGD(net.parameters(), lr=0.1),
-            DataLoader(data, batch_size=8),
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            delta=1e-5,
-            seed=0,
-        )
+        dp = _dpsgd(net, data, 8)
         torch.manual_seed(global_seed)  # whatever else drew from torch's global generator
         dp.train(epochs=1)
         return [len(y) for _, y in dp.data_loader], net.weight.detach().clone()
@@ -106,16 +90,7 @@ def test_a_ledger_path_keeps_the_budget_across_rebuilt_clients(tmp_path: Any) ->
 
     def make(**options: Any) -> DPSGD:
         net = torch.nn.Linear(4, 2)
-        return DPSGD(
-            net,
-            torch.optim.SGD(net.parameters(), lr=0.1),
-            DataLoader(data, batch_size=8),
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            delta=1e-5,
-            seed=0,
-            **options,
-        )
+        return _dpsgd(net, data, 8, **options)
 
     for _ in range(3):
         make(ledger_path=path).train(epochs=1)
@@ -192,16 +167,7 @@ def test_a_seeded_site_built_again_on_its_ledger_draws_new_noise(tmp_path: Any) 
     def round_on_a_new_site() -> Any:
         net = torch.nn.Linear(4, 2)
         net.load_state_dict(start)
-        site = DPSGD(
-            net,
-            torch.optim.SGD(net.parameters(), lr=0.1),
-            DataLoader(data, batch_size=8),
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            delta=1e-5,
-            seed=0,
-            ledger_path=path,
-        )
+        site = _dpsgd(net, data, 8, ledger_path=path)
         site.train(epochs=1)
         return net.weight.detach().clone()
 
