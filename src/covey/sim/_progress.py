@@ -9,7 +9,9 @@ at all (``None`` in a windowed or embedded interpreter, a closed stream, a pipe
 whose reader has gone) loses the bar, not the run: the bar's writes are dropped
 there, and rich never gets to exit the process on a broken pipe. Nor does the
 bar draw from Python's global ``random`` generator: a run's clients draw the same
-numbers with and without it.
+numbers with and without it. No figure on it is ever cut short (``0.9…``): piped
+to a file or a log, the bar is one whole line; in a terminal too narrow for it,
+the round's metrics go on the lines below the bar, wrapped between words.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from __future__ import annotations
 import importlib
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
 from covey.core._history import RoundRecord
 from covey.server._base import RoundCallback
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+    from rich.progress import Progress
 
 __all__ = ["LenientStream", "progress_callback"]
 
@@ -101,7 +104,60 @@ def _console() -> Console:
             importlib.import_module("ipywidgets")
         except ImportError:
             console = Console(file=stream, force_jupyter=False)
+    if not console.is_terminal and not console.is_jupyter:
+        # Piped to a file or a log: the bar's one line at its full width, not cut at 80.
+        console.width = _WHOLE_LINE
     return console
+
+
+_WHOLE_LINE = 1 << 14  # the widest a piped bar's line may be
+
+
+class _Fitted:
+    """The bar's line, or in a terminal too narrow for it, the bar above its metrics.
+
+    rich would cut the line's columns to fit (``ro… loss 0.4821  accuracy 0.…``);
+    here the round, the bar and the time keep their line, the bar shrinking, and
+    the metrics go below it, wrapped between words.
+
+    Args:
+        progress: The bar, its columns in the order of :func:`progress_callback`:
+            what a step is, the count, the bar, the metrics, the time.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.measure import Measurement
+        from rich.progress import BarColumn, ProgressColumn
+        from rich.table import Column, Table
+        from rich.text import Text
+
+        tasks = self._progress.tasks
+        line = self._progress.make_tasks_table(tasks)
+        if Measurement.get(console, options.update_width(_WHOLE_LINE), line).maximum <= (
+            options.max_width
+        ):
+            yield line
+            return
+        columns = [c for c in self._progress.columns if isinstance(c, ProgressColumn)]
+        step, count, _, status, elapsed = columns
+        bar = BarColumn(bar_width=None)  # as wide as the line leaves it
+        for task in tasks:
+            head = Table.grid(
+                Column(no_wrap=True),
+                Column(no_wrap=True),
+                Column(),
+                Column(no_wrap=True),
+                padding=(0, 1),
+            )
+            head.add_row(*(column(task) for column in (step, count, bar, elapsed)))
+            yield head
+            metrics = status(task)
+            if isinstance(metrics, Text) and metrics.plain:
+                metrics.overflow = "fold"  # a name longer than the line itself
+                yield metrics
 
 
 def progress_callback(rounds: int, step: str = "round") -> tuple[RoundCallback, Callable[[], None]]:
@@ -124,7 +180,11 @@ def progress_callback(rounds: int, step: str = "round") -> tuple[RoundCallback, 
     finally:
         random.setstate(state)
 
-    progress = Progress(
+    class _FittedProgress(Progress):
+        def get_renderables(self) -> Iterable[RenderableType]:
+            yield _Fitted(self)
+
+    progress = _FittedProgress(
         TextColumn(f"[bold]{step}"),
         MofNCompleteColumn(),
         BarColumn(),
