@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,3 +70,20 @@ def test_a_narrow_terminal_gets_every_figure_of_the_bar_whole(
     words = " ".join(last.split())
     for figure in _figures():
         assert figure in words
+
+
+def test_an_ascii_output_gets_three_dots_for_rich_s_ellipsis(tmp_path: Path) -> None:
+    src = str(Path(covey.__file__).parent.parent)
+    env = {"PYTHONPATH": src, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env.update(PYTHONIOENCODING="ascii", COLUMNS="30", NO_COLOR="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "covey", "server", "--help"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"..." in done.stdout  # the help's options cut to fit 30 columns
+    assert b"\\u2026" not in done.stdout

@@ -272,12 +272,17 @@ def _without_traceback_flag(args: list[str]) -> list[str]:
 
 
 def _lenient(error: UnicodeError) -> tuple[str | bytes, int]:
-    r"""Encode what an encoding lacks: a file name's stray bytes as they were, else ``\xe9``."""
+    r"""Encode what an encoding lacks: a file name's stray bytes as they were, else ``\xe9``.
+
+    The ellipsis rich ends a word cut to fit with (``--a…`` in a narrow help) is ``...``.
+    """
     if not isinstance(error, UnicodeEncodeError):
         raise error
     chunk = error.object[error.start : error.end]
     if all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):  # bytes a file name kept (surrogateescape)
         return bytes(ord(c) - 0xDC00 for c in chunk), error.end
+    if chunk == "…" * len(chunk):
+        return "..." * len(chunk), error.end
     return codecs.backslashreplace_errors(error)
 
 
