@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import covey
 from covey import History
-from covey.core import Failure, RoundRecord
-from covey.server._roundfiles import weights_file_name
+from covey.core import Failure, RoundRecord, WeightsSpec
+from covey.models import LogisticClient, logistic_init
+from covey.server._roundfiles import weights_file_name, write_weights
 from covey.server._store import RunStore
 
 # Shared with the subprocess of the crash test: weights are a function of the round.
@@ -756,3 +758,35 @@ def test_history_has_the_runs_config_and_client_names(run_dir: Path) -> None:
     assert history.config == {"rounds": 1, "seed": 3}
     assert history.name_of(0) == "hospital-a"
     assert [r.round for r in history.rounds] == [0]
+
+
+def test_the_same_weights_make_the_same_weights_file(tmp_path: Path) -> None:
+    # safetensors keeps a file's metadata in a hash map whose order changes from
+    # one write to the next: two runs of the same seed, or the same round written
+    # twice, gave weights files (and SHA-256s) of other bytes for the same arrays.
+    weights = {"W": np.arange(6.0).reshape(2, 3), "b": np.zeros(3)}
+    spec = WeightsSpec.of(weights)
+    paths = [tmp_path / f"round-{i}.safetensors" for i in range(20)]
+    digests = {write_weights(path, 3, weights, spec) for path in paths}
+    assert len(digests) == 1
+    assert len({path.read_bytes() for path in paths}) == 1
+    with safetensors.safe_open(str(paths[0]), framework="numpy") as f:
+        assert f.metadata() == {"covey_names": '["W", "b"]', "covey_round": "3"}
+        assert (f.get_tensor("W") == weights["W"]).all()
+
+
+def test_two_runs_of_the_same_seed_write_the_same_weights_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), np.arange(40) % 2
+
+    def client_fn(cid: int) -> LogisticClient:
+        return LogisticClient(cid, x[cid::4], y[cid::4], lr=0.5)
+
+    def run(folder: Path) -> dict[str, bytes]:
+        strategy = covey.FedAvg(fraction_fit=0.5)
+        covey.simulate(client_fn, 4, 2, strategy, logistic_init(3, 2), seed=5, run_dir=folder)
+        return {p.name: p.read_bytes() for p in sorted((folder / "weights").iterdir())}
+
+    first = run(tmp_path / "a")
+    assert first
+    assert all(run(tmp_path / f"b{i}") == first for i in range(3))

@@ -28,6 +28,7 @@ from covey.core._jsonvalues import jsonable
 from covey.core._version import covey_version
 from covey.core._weights import Array, Weights, WeightsSpec
 from covey.server._rundb import NewerFormatError
+from covey.server._sortedmeta import sort_metadata
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -163,6 +164,7 @@ def write_weights(final: Path, round: int, weights: Weights, spec: WeightsSpec) 
 
     def write(tmp: Path) -> None:
         safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
+        sort_metadata(tmp)
         with open(tmp, "rb") as f:
             while chunk := f.read(_CHUNK):
                 sha.update(chunk)
