@@ -1,8 +1,49 @@
-"""Stand-ins for what the server's admission check is given: a call's context and events."""
+"""Stand-ins for what the server's admission check is given: call contexts, events, certificates."""
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from covey.deploy.certs._common import PrivateKey, cert_to_pem, key_to_pem, load_ca
+
+
+def client_cert(
+    fed: Path,
+    file: str,
+    key: PrivateKey,
+    subject: x509.Name,
+    algorithm: hashes.HashAlgorithm | None = None,
+) -> Path:
+    """Write ``fed/file.pem`` and ``.key``: a client certificate the federation CA signed.
+
+    Signed with ``algorithm`` (SHA-256 by default), valid for a day, its key readable
+    by its owner alone.
+    """
+    ca_cert, ca_key = load_ca(fed)
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, algorithm or hashes.SHA256())  # type: ignore[arg-type]
+    )
+    (fed / f"{file}.pem").write_bytes(cert_to_pem(cert))
+    (fed / f"{file}.key").write_bytes(key_to_pem(key))
+    os.chmod(fed / f"{file}.key", 0o600)
+    return fed / f"{file}.pem"
 
 
 class Aborted(Exception):

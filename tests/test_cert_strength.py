@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import sys
 from pathlib import Path
 
@@ -12,37 +11,22 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from covey.deploy._client import client_tls
 from covey.deploy._tls import tls_from_dir
 from covey.deploy.certs import init_federation, issue_client
-from covey.deploy.certs._common import PrivateKey, cert_to_pem, key_to_pem, load_ca
+from covey.deploy.certs._common import PrivateKey
 from covey.transport.grpc._admission import Admission
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _admission import Aborted, Context, Events
+from _admission import Aborted, Context, Events, client_cert
 
 
 def _leaf(fed: Path, name: str, key: PrivateKey, algorithm: hashes.HashAlgorithm) -> Path:
-    """Write ``fed/name.pem`` and ``.key``: a client certificate signed by the federation CA."""
-    ca_cert, ca_key = load_ca(fed)
-    now = _dt.datetime.now(_dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, algorithm)  # type: ignore[arg-type]
-    )
-    (fed / f"{name}.pem").write_bytes(cert_to_pem(cert))
-    (fed / f"{name}.key").write_bytes(key_to_pem(key))
-    return fed / f"{name}.pem"
+    """Write ``fed/name.pem`` and ``.key``: a client certificate named ``name``."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    return client_cert(fed, name, key, subject, algorithm)
 
 
 # A client certificate signed with SHA-1 by another PKI's RSA CA, valid until 2109

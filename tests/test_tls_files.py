@@ -11,55 +11,29 @@ retried. A huge file given as a certificate was read into memory whole.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import os
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from covey.deploy._client import client_tls
 from covey.deploy._pem import check_pair
 from covey.deploy._tls import tls_from_dir
 from covey.deploy.certs import init_federation, issue_client
-from covey.deploy.certs._common import PrivateKey, cert_to_pem, key_to_pem, load_ca
 from covey.transport.grpc._admission import Admission
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _admission import Aborted, Context, Events
+from _admission import Aborted, Context, Events, client_cert
 
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Path:
     return init_federation(tmp_path / "fed").directory
-
-
-def _leaf(fed: Path, file: str, key: PrivateKey, subject: x509.Name) -> Path:
-    """Write ``fed/file.pem`` and ``.key``: a client certificate signed by the federation CA."""
-    ca_cert, ca_key = load_ca(fed)
-    now = _dt.datetime.now(_dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (fed / f"{file}.pem").write_bytes(cert_to_pem(cert))
-    (fed / f"{file}.key").write_bytes(key_to_pem(key))
-    os.chmod(fed / f"{file}.key", 0o600)
-    return fed / f"{file}.pem"
 
 
 def _named(name: str) -> x509.Name:
@@ -72,7 +46,7 @@ def _named(name: str) -> x509.Name:
 def test_an_ec_key_on_a_curve_grpc_cannot_use_is_refused_naming_it(
     fed: Path, curve: ec.EllipticCurve
 ) -> None:
-    pem = _leaf(fed, "site", ec.generate_private_key(curve), _named("site"))
+    pem = client_cert(fed, "site", ec.generate_private_key(curve), _named("site"))
     said = rf"site\.key is an EC key on the curve {curve.name}, which gRPC's TLS cannot use"
     with pytest.raises(ValueError, match=said):
         client_tls(fed / "ca.pem", pem, fed / "site.key")
@@ -82,7 +56,7 @@ def test_an_ec_key_on_a_curve_grpc_cannot_use_is_refused_naming_it(
 
 def test_p256_and_p384_keys_pass(fed: Path) -> None:
     for curve in (ec.SECP256R1(), ec.SECP384R1()):
-        pem = _leaf(fed, curve.name, ec.generate_private_key(curve), _named("site"))
+        pem = client_cert(fed, curve.name, ec.generate_private_key(curve), _named("site"))
         client_tls(fed / "ca.pem", pem, fed / f"{curve.name}.key")
 
 
@@ -144,7 +118,7 @@ def test_an_rsa_pss_key_is_refused() -> None:
 
 def test_a_client_certificate_without_a_common_name_is_refused_by_the_client(fed: Path) -> None:
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hospital A")])
-    pem = _leaf(fed, "nocn", ec.generate_private_key(ec.SECP256R1()), subject)
+    pem = client_cert(fed, "nocn", ec.generate_private_key(ec.SECP256R1()), subject)
     with pytest.raises(ValueError, match=r"nocn\.pem has no common name \(CN\)"):
         client_tls(fed / "ca.pem", pem, fed / "nocn.key")
 
@@ -156,7 +130,7 @@ def test_a_client_certificate_without_a_common_name_is_refused_by_the_server(
     # gRPC gives an empty name for it: the stream failed with "client name must be a
     # non-empty string", which the client took for a failure to retry.
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hospital A")])
-    pem = _leaf(fed, "nocn", ec.generate_private_key(ec.SECP256R1()), subject)
+    pem = client_cert(fed, "nocn", ec.generate_private_key(ec.SECP256R1()), subject)
     context = Context({"x509_pem_cert": [pem.read_bytes()], "x509_common_name": names})
     events = Events()
     admission = Admission(events, tls=object())  # type: ignore[arg-type]
