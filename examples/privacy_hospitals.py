@@ -74,7 +74,7 @@ class Hospital(covey.Client):
         with torch.no_grad():
             for name, p in self.net.named_parameters():
                 p.copy_(torch.from_numpy(np.array(weights[name])))
-        loss = self.dp.train(epochs=1)
+        loss = self.dp.train(epochs=1, round=config["round"])
         return covey.FitResult(
             weights=weights_of(self.net),
             num_examples=self.size,

@@ -173,3 +173,44 @@ def test_a_seeded_site_built_again_on_its_ledger_draws_new_noise(tmp_path: Any) 
 
     first, second = round_on_a_new_site(), round_on_a_new_site()
     assert not torch.equal(first, second)
+
+
+def test_a_seeded_site_built_again_each_round_without_a_ledger_draws_new_noise() -> None:
+    # Without a ledger_path a rebuilt seeded site knew nothing of the rounds before:
+    # every round it drew its first build's batches and noise, so two rounds' updates
+    # from one model were equal (and in general differed by their gradients alone).
+    data = TensorDataset(torch.randn(24, 4), torch.arange(24) % 2)
+    start = torch.nn.Linear(4, 2).state_dict()
+
+    def round_on_a_new_site(rnd: int) -> Any:
+        net = torch.nn.Linear(4, 2)
+        net.load_state_dict(start)
+        _dpsgd(net, data, 8).train(epochs=1, round=rnd)
+        return net.weight.detach().clone()
+
+    first, second = round_on_a_new_site(1), round_on_a_new_site(2)
+    assert not torch.equal(first, second)
+    # ... while a run started again with the same seed draws the same noise.
+    assert torch.equal(round_on_a_new_site(1), first)
+
+
+def test_one_site_training_one_round_twice_draws_new_noise() -> None:
+    data = TensorDataset(torch.randn(24, 4), torch.arange(24) % 2)
+    net = torch.nn.Linear(4, 2)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    site = _dpsgd(net, data, 8)
+    site.train(epochs=1, round=3)
+    first = net.weight.detach().clone()
+    net.load_state_dict(start)
+    site.train(epochs=1, round=3)
+    assert not torch.equal(net.weight.detach(), first)
+
+
+@pytest.mark.parametrize("rnd", [-1, 1.0, True, "1"])
+def test_a_round_that_is_no_round_number_is_refused(rnd: object) -> None:
+    net = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    dp = _dpsgd(net, data, 4)
+    with pytest.raises(ValueError, match="round must be an int >= 0"):
+        dp.train(1, round=rnd)
+    assert dp.ledger.rounds == 0

@@ -91,9 +91,10 @@ class DPSGD:
             each from a stream of its own, which a ledger read from ``ledger_path``
             moves on by the steps it holds (a site built again draws new noise).
             None leaves both to Opacus (torch's global generator, or the data
-            loader's ``generator`` for sampling). Without ``ledger_path`` a seeded
-            object built again draws its first build's noise again.
-            For a real deployment prefer ``secure_mode=True`` in Opacus.
+            loader's ``generator`` for sampling). A site built again for each round
+            without ``ledger_path`` passes the round to :meth:`train`, which
+            reseeds both streams from it: else it draws its first build's noise
+            again. For a real deployment prefer ``secure_mode=True`` in Opacus.
         ledger_path: A JSON file keeping the ledger across ``DPSGD`` objects: read
             when built (if it exists), written at the end of every :meth:`train`,
             before the trained weights can leave. Without it the ledger lives on
@@ -166,6 +167,7 @@ class DPSGD:
         # as at its first build, it would draw that build's noise and batches again,
         # and two rounds' updates would differ by their gradients alone, without noise.
         streams = () if not self.ledger.rounds else (self.ledger.rounds,)
+        self.seed = seed
         generator = None
         if seed is not None:
             noise_seed = _stream(seed, 2, *streams) if streams else seed
@@ -203,11 +205,28 @@ class DPSGD:
                 _stream(seed, 1, *streams)
             )
 
-    def train(self, epochs: int = 1, loss_fn: Any = None) -> float:
-        """Train ``epochs`` passes of DP-SGD; return the mean training loss."""
+    def train(self, epochs: int = 1, loss_fn: Any = None, *, round: int | None = None) -> float:
+        """Train ``epochs`` passes of DP-SGD; return the mean training loss.
+
+        Args:
+            epochs: Passes over the data (Poisson-sampled batches).
+            loss_fn: The loss (default: cross entropy).
+            round: The round being trained (``config["round"]`` in ``fit``). With a
+                ``seed``, the noise and the batches are drawn from streams of
+                ``(seed, round, steps in the ledger)``: a site built again every
+                round (``client_cache``, a resumed simulation, a restarted site)
+                draws new noise each round even without ``ledger_path``, and a
+                run started again with the same seed draws the same. None goes
+                on with this object's streams.
+        """
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        if round is not None:
+            if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+                raise ValueError(f"round must be an int >= 0 or None, got {round!r}")
+            if self.seed is not None:
+                self._reseed(self.seed, round)
         loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.module.train()
         total, batches = 0.0, 0
@@ -233,6 +252,20 @@ class DPSGD:
         finally:  # a loader or loss failing part-way: the steps taken are charged all the same
             self._charge(steps)
         return total / batches if batches else math.nan
+
+    def _reseed(self, seed: int, round: int) -> None:
+        """Seed the noise and the batches from ``(seed, round, steps charged so far)``.
+
+        The steps tell apart two trainings of one round by one object (or by sites
+        sharing a ``ledger_path``); purposes 3 and 4 keep these streams apart from
+        the ones seeded when built (2 and 1), however the keys line up.
+        """
+        torch = torch_module()
+        keys = (round, self.ledger.rounds)
+        self.optimizer.generator = torch.Generator().manual_seed(_stream(seed, 3, *keys))
+        self.data_loader.batch_sampler.generator = torch.Generator().manual_seed(
+            _stream(seed, 4, *keys)
+        )
 
     def _charge(self, steps: int) -> None:
         """Add ``steps`` noisy steps to the ledger (and its file)."""
