@@ -215,3 +215,93 @@ def test_mlflow_run_marked_failed_when_the_federation_fails(tmp_path: Path) -> N
     client = MlflowClient(tracking_uri=store.resolve().as_uri())
     assert client.get_run(log.run_id).info.status == "FAILED"
     assert [m.value for m in client.get_metric_history(log.run_id, "central/loss")] == [1.0]
+
+
+def _diverged(rnd: int) -> RoundRecord:
+    return RoundRecord(
+        round=rnd,
+        fit_participants=[0],
+        fit_metrics={"train_loss": float("inf")},
+        evaluate_loss=float("-inf"),
+        central_loss=float("nan"),
+        central_metrics={"accuracy": 0.5},
+    )
+
+
+def test_round_scalars_keep_nan_and_infinities_when_asked() -> None:
+    scalars = round_scalars(_diverged(1), nonfinite=True)
+    assert np.isnan(scalars.pop("central/loss"))
+    assert scalars["fit/train_loss"] == float("inf")
+    assert scalars["federated/loss"] == float("-inf")
+    assert scalars["central/accuracy"] == 0.5
+    assert "central/loss" not in round_scalars(_diverged(1))  # left out by default
+
+
+def test_tensorboard_logs_nan_and_infinities(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is needed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from covey.trackers import TensorBoardLogger
+
+    with TensorBoardLogger(tmp_path / "tb") as log:
+        log(_diverged(1))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert np.isnan(events.Scalars("central/loss")[0].value)
+    assert events.Scalars("fit/train_loss")[0].value == float("inf")
+    assert events.Scalars("federated/loss")[0].value == float("-inf")
+    assert events.Scalars("central/accuracy")[0].value == 0.5
+
+
+def test_mlflow_logs_nan_and_infinities(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    from mlflow.tracking import MlflowClient
+
+    from covey.trackers import MLflowLogger
+
+    store = tmp_path / "mlruns"
+    with MLflowLogger(store) as log:
+        log(_diverged(1))
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    values = {
+        tag: [m.value for m in client.get_metric_history(log.run_id, tag)]
+        for tag in ("central/loss", "fit/train_loss", "federated/loss", "central/accuracy")
+    }
+    assert np.isnan(values["central/loss"][0])
+    assert values["fit/train_loss"] == [float("inf")]
+    assert values["federated/loss"] == [float("-inf")]
+    assert values["central/accuracy"] == [0.5]
+
+
+def test_mlflow_store_refusing_nan_warns_once_per_metric(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is needed")
+    import math
+
+    from mlflow.exceptions import MlflowException
+
+    from covey.trackers import MLflowLogger
+
+    with MLflowLogger(tmp_path / "mlruns") as log:
+        logged: list[list[Any]] = []
+
+        def log_batch(run_id: str, metrics: Any = (), **kwargs: Any) -> None:
+            if any(not math.isfinite(m.value) for m in metrics):
+                raise MlflowException("Got invalid value nan for metric")
+            logged.append(list(metrics))
+
+        monkeypatch.setattr(log.client, "log_batch", log_batch)
+        with caplog.at_level("WARNING", logger="covey"):
+            log(_diverged(1))
+            log(_diverged(2))
+    # Each round's finite values are logged all the same.
+    assert len(logged) == 2
+    for batch in logged:
+        keys = {m.key for m in batch}
+        assert "central/accuracy" in keys
+        assert keys.isdisjoint({"central/loss", "federated/loss", "fit/train_loss"})
+    warned = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(warned) == 3  # one for each metric, at its first round only
+    assert any("central/loss = nan of round 1" in text for text in warned)
+    assert not any("of round 2" in text for text in warned)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import time
@@ -247,6 +248,7 @@ class MLflowLogger:
         self._closed = False
         self._names: dict[str, str] = {}  # each tag's MLflow name, kept for the run
         self._warned = False
+        self._refused: set[str] = set()  # tags whose non-finite values the store refused
 
     def _experiment(self, experiment: str) -> str:
         """The id of the active experiment named ``experiment``, created if missing.
@@ -312,6 +314,9 @@ class MLflowLogger:
         under the name it had. The tags are those of :func:`round_scalars`: a
         metric named ``loss`` is logged as ``central/loss_metric``
         (``federated/``, ``fit/``), never over the round's ``central/loss``.
+        A NaN or infinite value (a diverging run) is logged as it is; a tracking
+        store that refuses it has the round's other values logged and a warning,
+        once per metric, naming the metric and the round.
 
         Raises:
             ValueError: the logger is closed (its MLflow run ended): a second run
@@ -324,11 +329,36 @@ class MLflowLogger:
                 f"run_id={self.run_id!r} to log more rounds to this one"
             )
         stamp = int(time.time() * 1000)
-        scalars = round_scalars(record)
+        scalars = round_scalars(record, nonfinite=True)
         names = self._names_of(scalars)
         metrics = [Metric(names[tag], value, stamp, record.round) for tag, value in scalars.items()]
-        if metrics:
+        if not metrics:
+            return
+        try:
             self.client.log_batch(self.run_id, metrics=metrics)
+        except MlflowException:
+            kept = [m for m in metrics if math.isfinite(m.value)]
+            if len(kept) == len(metrics):
+                raise  # refused for another reason than a NaN or infinity
+            self.client.log_batch(self.run_id, metrics=kept)  # raises if refused anyway
+            for tag, value in scalars.items():
+                if not math.isfinite(value):
+                    self._warn_nonfinite(tag, value, record.round)
+
+    def _warn_nonfinite(self, tag: str, value: float, round: int) -> None:
+        """Say, once per metric, that this store refused ``tag``'s non-finite value."""
+        if tag in self._refused:
+            return
+        self._refused.add(tag)
+        logger.warning(
+            "MLflow: the tracking store refused %s = %s of round %d (not a finite number), "
+            "so it is not logged; later non-finite values of %s are left out without this "
+            "warning",
+            tag,
+            value,
+            round,
+            tag,
+        )
 
     def _names_of(self, tags: Iterable[str]) -> dict[str, str]:
         """The MLflow name of each tag (:func:`mlflow_names`), kept for the run.

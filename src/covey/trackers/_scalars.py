@@ -6,6 +6,7 @@ import hashlib
 import math
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,20 @@ def _metric(name: object) -> str:
     return text + "_metric" if _OWN.fullmatch(text) else text
 
 
-def _add(out: dict[str, float], tag: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    if math.isfinite(value):
-        out[_text(tag)] = float(value)
+def _adder(out: dict[str, float], nonfinite: bool) -> Callable[[str, Any], None]:
+    """Add a number to ``out`` under its tag (a NaN or infinity only if ``nonfinite``)."""
+
+    def add(tag: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        if nonfinite or math.isfinite(value):
+            out[_text(tag)] = float(value)
+
+    return add
 
 
-def round_scalars(record: RoundRecord) -> dict[str, float]:
-    """Every finite number of a round, by tag.
+def round_scalars(record: RoundRecord, *, nonfinite: bool = False) -> dict[str, float]:
+    """Every finite number of a round, by tag (with ``nonfinite``, NaN and infinities too).
 
     Tags: ``central/loss`` and ``central/<metric>`` (server-side evaluation),
     ``federated/loss`` and ``federated/<metric>`` (clients' evaluation),
@@ -71,9 +77,12 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
 
     Args:
         record: The round, as given to an ``on_round`` callback.
+        nonfinite: Keep the values that are NaN or infinite (a diverging run's
+            loss), for a tracker that stores them; by default they are left out.
 
     Returns:
-        ``{tag: value}``; metrics that are not finite numbers are left out.
+        ``{tag: value}``; metrics that are not numbers are left out, and so are
+        NaN and infinite values unless ``nonfinite``.
 
     Example:
         >>> from covey.core import RoundRecord
@@ -81,26 +90,27 @@ def round_scalars(record: RoundRecord) -> dict[str, float]:
         {'central/loss': 0.5, 'clients/fit': 2.0, 'clients/evaluate': 0.0, 'clients/failures': 0.0}
     """
     out: dict[str, float] = {}
-    _add(out, "central/loss", record.central_loss)
+    add = _adder(out, nonfinite)
+    add("central/loss", record.central_loss)
     for name, value in record.central_metrics.items():
-        _add(out, f"central/{_metric(name)}", value)
-    _add(out, "federated/loss", record.evaluate_loss)
+        add(f"central/{_metric(name)}", value)
+    add("federated/loss", record.evaluate_loss)
     for name, value in record.evaluate_metrics.items():
-        _add(out, f"federated/{_metric(name)}", value)
+        add(f"federated/{_metric(name)}", value)
     for name, value in record.fit_metrics.items():
-        _add(out, f"fit/{_metric(name)}", value)
+        add(f"fit/{_metric(name)}", value)
     if record.round > 0:
-        _add(out, "clients/fit", len(record.fit_participants))
-        _add(out, "clients/evaluate", len(record.evaluate_participants))
-        _add(out, "clients/failures", len(record.failures))
+        add("clients/fit", len(record.fit_participants))
+        add("clients/evaluate", len(record.evaluate_participants))
+        add("clients/failures", len(record.failures))
     for stage, seconds in record.durations.items():
-        _add(out, f"time/{stage}", seconds)
-    _add(out, "bytes/sent", record.bytes_sent)  # None where the round counted none
-    _add(out, "bytes/received", record.bytes_received)
+        add(f"time/{stage}", seconds)
+    add("bytes/sent", record.bytes_sent)  # None where the round counted none
+    add("bytes/received", record.bytes_received)
     privacy = getattr(record, "privacy", None)
     if isinstance(privacy, dict):
         for key, value in privacy.items():
-            _add(out, f"privacy/{key}", value)
+            add(f"privacy/{key}", value)
     return out
 
 

@@ -62,7 +62,8 @@ class TensorBoardLogger:
         The tags are those of :func:`round_scalars`: a metric named ``loss``
         is logged as ``central/loss_metric`` (``federated/``, ``fit/``), never
         over the round's ``central/loss``, and a metric name UTF-8 cannot write
-        is logged escaped.
+        is logged escaped. A NaN or infinite value (a diverging run) is logged
+        as it is, as TensorBoard shows it.
 
         Raises:
             ValueError: the logger is closed (its event file is).
@@ -81,7 +82,7 @@ class TensorBoardLogger:
             self._started = True
         values = [
             Summary.Value(tag=self._prefix + tag, simple_value=value)
-            for tag, value in round_scalars(record).items()
+            for tag, value in round_scalars(record, nonfinite=True).items()
         ]
         event = Event(wall_time=time.time(), step=record.round, summary=Summary(value=values))
         self._writer.add_event(event)
