@@ -67,7 +67,8 @@ class AsyncLoop(_LoopBase):
         strategy: An asynchronous strategy (``buffer_size`` set), e.g. :func:`covey.FedBuff`.
         transport: How to reach the clients.
         initial_weights: The global model before the first update.
-        evaluate_fn: ``(update, weights) -> (loss, metrics)``, run at 0 and after each update.
+        evaluate_fn: ``(update, weights) -> (loss, metrics)``, run at 0 and after updates
+            as the strategy's ``evaluate_every`` says (each, by default).
         seed: Seeds the choice of clients.
         task_timeout: Seconds (on the transport's clock) a client has for one task.
         idle_timeout: Seconds to wait for any reply before giving up (None: no limit).
@@ -127,6 +128,7 @@ class AsyncLoop(_LoopBase):
         ``start`` is the first update to run: a resumed run passes the one after
         its last saved update (and has its model, history and state restored).
         """
+        self.last_round = updates
         if start <= 1 and not self._round_zero_done():  # a resumed run may have it saved
             record = RoundRecord(round=0)
             self._central(record)

@@ -143,6 +143,8 @@ class _LoopBase:
         """Why the last client that failed to report its properties failed, for errors."""
         self.client_names: Mapping[int, str] = {}
         """Each client's chosen name by id, kept up to date by a deployed server."""
+        self.last_round: int | None = None
+        """The run's last round (or update), which is evaluated whatever ``evaluate_every``."""
 
     def who(self, cid: int) -> str:
         """Client ``cid`` as people call it in logs and errors: its name, else ``client <cid>``."""
@@ -213,8 +215,13 @@ class _LoopBase:
                 where,
             )
 
+    def _evaluates(self, rnd: int) -> bool:
+        """Whether round ``rnd`` is evaluated: 0, every ``evaluate_every``-th, and the last."""
+        every = self.strategy.evaluate_every
+        return every == 1 or rnd % every == 0 or rnd == self.last_round
+
     def _central(self, record: RoundRecord) -> None:
-        if self.evaluate_fn is None:
+        if self.evaluate_fn is None or not self._evaluates(record.round):
             return
         out = central_evaluation(self.evaluate_fn, record.round, self.weights, step=self._step)
         if out is not None:

@@ -76,7 +76,7 @@ class RoundLoop(_LoopBase):
         transport: How to reach the clients.
         initial_weights: The global model before round 1 (step 0).
         evaluate_fn: ``(round, weights) -> (loss, metrics)`` run on the server at
-            round 0 and after every round, or None.
+            round 0 and after rounds as ``strategy.evaluate_every`` says, or None.
         seed: Seeds client sampling; the same seed samples the same clients.
         round_timeout: Seconds a round's clients have to reply (None: no limit).
         wait_timeout: Seconds to wait for ``min_available_clients`` to connect
@@ -117,6 +117,7 @@ class RoundLoop(_LoopBase):
         are kept and ``history.stopped_reason`` says why.
         """
         hooks = self.strategy.hooks
+        self.last_round = rounds
         for hook in hooks:
             self.agg_state = hook.start(
                 self.agg_state, self.seed if self.simulated else None, self.history
@@ -421,7 +422,7 @@ class RoundLoop(_LoopBase):
 
     def _federated_evaluate(self, rnd: int, record: RoundRecord) -> None:
         strategy = self.strategy
-        cids = self._evaluators(rnd)
+        cids = self._evaluators(rnd) if self._evaluates(rnd) else None
         if cids is None:
             return
         task = Task("evaluate", rnd, evaluate_config(self, rnd), self.weights)

@@ -6,7 +6,7 @@ from numbers import Real
 from typing import Any
 
 from covey.aggregate._flat import written_fraction
-from covey.core._messages import plain
+from covey.core._messages import MAX_ROUNDS, plain
 
 __all__ = ["NUMBERS", "check_numbers"]
 
@@ -18,6 +18,7 @@ NUMBERS = (
     "min_available_clients",
     "buffer_size",
     "max_staleness",
+    "evaluate_every",
 )
 """The :class:`Strategy` fields that are numbers."""
 
@@ -49,6 +50,7 @@ def check_numbers(strategy: Any) -> None:
             )
         if value < 0:
             raise ValueError(f"{attr} must be a non-negative int, got {value!r}")
+    _check_evaluate_every(strategy.evaluate_every)
     for attr, least in (("buffer_size", 1), ("max_staleness", 0)):
         value = getattr(strategy, attr)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -57,3 +59,17 @@ def check_numbers(strategy: Any) -> None:
             )
         if value is not None and value < least:
             raise ValueError(f"{attr} must be None or an int >= {least}, got {value!r}")
+
+
+def _check_evaluate_every(every: object) -> None:
+    """Refuse an ``evaluate_every`` that is no count of rounds from 1 to ``MAX_ROUNDS``."""
+    if isinstance(every, bool) or not isinstance(every, int):
+        raise TypeError(
+            f"evaluate_every must be an int from 1 to {MAX_ROUNDS:,} (evaluate every that "
+            f"many rounds), got {type(every).__name__} {every!r}"
+        )
+    if not 1 <= every <= MAX_ROUNDS:
+        raise ValueError(
+            f"evaluate_every must be an int from 1 to {MAX_ROUNDS:,} (evaluate every that "
+            f"many rounds; 1: every round), got {every!r}"
+        )

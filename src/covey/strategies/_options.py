@@ -18,6 +18,7 @@ class StrategyOptions(TypedDict, total=False):
     min_fit_clients: int
     fraction_evaluate: float
     min_evaluate_clients: int
+    evaluate_every: int
     min_available_clients: int
     on_fit_config: ConfigFn
     on_evaluate_config: ConfigFn

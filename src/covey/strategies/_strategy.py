@@ -72,6 +72,8 @@ class Strategy:
         fraction_evaluate: Fraction of available clients sampled for federated
             evaluation (0 turns it off).
         min_evaluate_clients: Least number sampled for, and replying to, evaluation.
+        evaluate_every: Evaluate (federated, and the server's ``evaluate_fn``) after every
+            this many rounds, counted from round 1, and after the run's last round; 1: every.
         min_available_clients: Clients that must be connected before a round starts.
         on_fit_config: ``round -> dict`` sent to clients with each fit task (entries covey
             sets itself, such as ``"extras"`` or another ``"round"``, are refused).
@@ -125,6 +127,7 @@ class Strategy:
     min_fit_clients: int = 2
     fraction_evaluate: float = 1.0
     min_evaluate_clients: int = 2
+    evaluate_every: int = 1
     min_available_clients: int = 2
     on_fit_config: ConfigFn = _no_config
     on_evaluate_config: ConfigFn = _no_config
@@ -311,6 +314,8 @@ class Strategy:
             "min_available_clients": self.min_available_clients,
             "accept_failures": self.accept_failures,
         }
+        if self.evaluate_every != 1:  # unrecorded by runs before it, which evaluated every round
+            options["evaluate_every"] = self.evaluate_every
         if self.asynchronous:
             options["buffer_size"] = self.buffer_size
             options["max_staleness"] = self.max_staleness
