@@ -281,7 +281,7 @@ class CountingWrapper:
         return True if wait is None else bool(wait(count, timeout))
 
     def joins(self, cid: int) -> int:
-        """How many times ``cid`` connected, if the inner transport counts it (else 0)."""
+        """``cid``'s session (new with each connection), if the inner transport has one (else 0)."""
         joins = getattr(self.inner, "joins", None)
         return 0 if joins is None else int(joins(cid))
 

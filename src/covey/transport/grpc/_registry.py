@@ -10,11 +10,13 @@ events (join, rejoin, leave, refused, late-reply, protocol-error).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "CLOSE",
     "CUT_OFF",
     "FREED",
+    "LEFT_KEPT",
     "NO_MODEL",
     "Connection",
     "Registry",
@@ -48,6 +51,14 @@ FREED = "covey:freed"
 """The kind of the marker reply a sink gets when a busy client it waits for is free."""
 
 NAMED_KINDS = 10
+"""The task kinds a failure names of a client that does not perform a task's kind."""
+
+LEFT_KEPT = 1024
+"""The most departed clients a registry remembers (the latest to leave), with why they left.
+
+A fleet whose clients come and go for weeks (phones) would otherwise grow the
+server's memory with every client that ever left.
+"""
 """The task kinds a failure names of a client that does not perform a task's kind."""
 
 ReplyLimits = tuple[int, WireLimits]
@@ -197,6 +208,12 @@ class Registry:
     ``lock`` guards ``fleet`` (and whatever the transport keeps beside it);
     ``changed`` is notified whenever a client joins or leaves.
 
+    ``left`` names the clients gone and not back, the latest :data:`LEFT_KEPT`
+    of them (the oldest departures are forgotten first); ``joins`` holds the
+    session of each client connected or in ``left``: a number the registry
+    raises with every connection, so a client forgotten and back is never
+    taken for the session it had.
+
     Args:
         client_id: ``name -> int``: the stable id of a client name; default:
             ids in order of first connection.
@@ -215,8 +232,10 @@ class Registry:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.fleet: dict[int, Connection] = {}
-        self.joins: dict[int, int] = {}  # cid -> how many times it connected
-        self.left: dict[int, tuple[str, str]] = {}  # cid -> (name, why): gone, not back
+        self.joins: dict[int, int] = {}  # cid -> the session of its latest connection
+        # cid -> (name, why): gone, not back; the latest LEFT_KEPT, oldest first
+        self.left: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self._sessions = itertools.count(1)
         self.closed = False
         # Why the server stops on a fault of its own (its disk), if it does: replies cut
         # short from then on are not their clients' doing (see :meth:`winding_down`).
@@ -259,7 +278,7 @@ class Registry:
                 raise ShuttingDownError("the server is shutting down")
             old = self.fleet.get(conn.cid)
             self.fleet[conn.cid] = conn
-            self.joins[conn.cid] = self.joins.get(conn.cid, 0) + 1
+            self.joins[conn.cid] = next(self._sessions)
             self.left.pop(conn.cid, None)
             self.changed.notify_all()
         return old
@@ -302,7 +321,7 @@ class Registry:
                 conn.alive = False
                 if self.fleet.get(conn.cid) is conn:
                     del self.fleet[conn.cid]
-                    self.left[conn.cid] = (conn.name, why)
+                    self._departed(conn, why)
                 self.changed.notify_all()
             upload = conn.upload
             if upload is not None and not names_upload:
@@ -326,6 +345,18 @@ class Registry:
             with contextlib.suppress(Exception):
                 conn.context.cancel()
         logger.info("client %s (%d) left: %s", conn.name, conn.cid, why)
+
+    def _departed(self, conn: Connection, why: str) -> None:
+        """Remember that ``conn``'s client left, forgetting the oldest departures beyond the cap.
+
+        Called with ``lock`` held.
+        """
+        self.left.pop(conn.cid, None)
+        self.left[conn.cid] = (conn.name, why)
+        while len(self.left) > LEFT_KEPT:
+            cid, _ = self.left.popitem(last=False)
+            if cid not in self.fleet:
+                self.joins.pop(cid, None)
 
     def route(self, sink: Sink, reply: Reply, name: str) -> None:
         """Hand a reply to its sink, or discard it (and say so) if the sink is closed."""

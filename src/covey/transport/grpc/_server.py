@@ -168,7 +168,11 @@ class GrpcServerTransport:
         return self._registry.wait_for(count, timeout)
 
     def joins(self, cid: int) -> int:
-        """How many times client ``cid`` has connected (a new session may bring new properties)."""
+        """The session of client ``cid``'s connection: it changes each time the client connects.
+
+        A new session may bring new properties. 0 for a client not connected and
+        not among the latest to leave (see :data:`~covey.transport.grpc._registry.LEFT_KEPT`).
+        """
         with self._lock:
             return self._registry.joins.get(cid, 0)
 
