@@ -272,7 +272,18 @@ class ProcessTransport:
         # A file reply counts against its worker's budget until folded, freed or dropped.
         credit = _pace.Credit(worker.give) if "file" in message else None
         if reply_seq != seq or message["cid"] not in pending:
-            # A late reply from an earlier, timed-out exchange: its file goes unread.
+            # A late reply from an earlier, timed-out exchange (or one already answered):
+            # its file goes unread.
+            logger.debug(
+                "worker %d: dropping a stale %s reply of client %s from exchange %d "
+                "(exchange %d is running%s)",
+                w,
+                message["kind"],
+                message["cid"],
+                reply_seq,
+                seq,
+                "" if reply_seq != seq else "; the client has answered it already",
+            )
             path = _shm.reply_file(message, worker.prefix)
             if path is not None:
                 with contextlib.suppress(OSError):
