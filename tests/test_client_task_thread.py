@@ -181,3 +181,83 @@ def test_the_client_command_ends_at_once_with_its_code_after_its_last_line(
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("done: 1 task(s) in 1 session(s)"), result.output
     assert "Traceback" not in result.output
+
+
+def _waits(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The log records of a task waiting for another."""
+    return [r for r in caplog.records if " waits for " in r.getMessage()]
+
+
+def test_a_task_waiting_for_one_an_earlier_connection_left_running_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An INFO line alone: a client without --verbose showed nothing while its task waited.
+    gated = _Gated()
+    monkeypatch.setattr(_taskthread, "perform_task", gated)
+    shared = _taskthread.Shared(ConnectResult())
+    old = _session(shared)
+    gated.gate(1)
+    old.tasks.put((0, pb.TaskHeader(task_id=1, kind="fit", round=1), None, True))
+    assert gated.started[1].wait(30)
+    old.close(deadline=0)
+    with caplog.at_level(logging.INFO, logger="covey"):
+        new = _session(shared)
+        gated.gate(2)
+        new.tasks.put((0, pb.TaskHeader(task_id=2, kind="fit", round=2), None, True))
+        for _ in range(600):  # until the task says it waits (a bound, not a timing)
+            if _waits(caplog):
+                break
+            new.worker.join(0.05)
+        gated.release[1].set()
+        assert gated.started[2].wait(30)
+        gated.release[2].set()
+        new.close()
+        new.worker.join(30)
+        old.worker.join(30)
+    [record] = _waits(caplog)
+    assert record.levelno == logging.WARNING
+    warning = record.getMessage()
+    assert warning.startswith("the fit task of round 2 waits for the fit task of round 1 (thread ")
+    assert "left running by an earlier connection: a client runs one task at a time" in warning
+    assert "the fit task of round 2 starts after waiting" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_server_times_out_a_task_queued_behind_a_hung_one_and_then_calls_the_client_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_client._Session.close, "__defaults__", (0.1,))
+    monkeypatch.setattr(_taskthread, "TASK_WAIT", 0.2)
+    rejoined = threading.Event()
+
+    def on_event(name: str, event: str, detail: str) -> None:
+        if event in ("join", "rejoin") and name == "hung":
+            rejoined.set()
+
+    hung = Hung()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0, on_event=on_event)
+    client = Joined(transport.port, hung, name="hung")
+    task = covey.core.Task("fit", 1, {}, {"w": np.zeros(2)})
+    try:
+        assert transport.wait_for_clients(1, 30)
+        (cid,) = transport.clients()
+        assert list(transport.exchange({cid: task}, timeout=0.5)) == []  # the fit hangs
+        assert hung.started.wait(30)
+        rejoined.clear()
+        transport._registry.drop(transport._registry.fleet[cid], "cut off by the test")
+        assert rejoined.wait(30), "the client never reconnected while its fit hung"
+        assert transport.wait_for_clients(1, 30)
+        # Sent on the new connection, queued behind the hung fit: no reply before the deadline.
+        assert list(transport.exchange({cid: task}, timeout=0.5)) == []
+        assert transport.reached(cid)  # it was sent: its bytes count
+        # The server knows the client still has that task: the next one is not sent.
+        [busy] = list(transport.exchange({cid: task}, timeout=0.5))
+        assert busy.error is not None and busy.error.startswith("busy: still working on its fit")
+        assert not transport.reached(cid)
+        hung.release.set()  # the hung fit ends; the queued one runs, its late reply dropped
+        [reply] = list(transport.exchange({cid: task}, timeout=60))
+        assert reply.ok, reply.error
+    finally:
+        hung.release.set()
+        transport.close("the run is over")
+        client.join(30)

@@ -74,13 +74,28 @@ class Shared:
 
     @contextlib.contextmanager
     def alone(self, task: str, ended: threading.Event) -> Iterator[bool]:
-        """Whether ``task`` may run: once no other task does, unless its session ``ended`` first."""
+        """Whether ``task`` may run: once no other task does, unless its session ``ended`` first.
+
+        A session runs its tasks one after another on its own thread, so a task
+        that has to wait here waits for one an earlier session left running (a
+        task that hung past :data:`TASK_WAIT`): a WARNING says so, as the server
+        sees the client connected but its task unanswered (``no reply in time``,
+        then ``busy``) until that one ends.
+        """
         if not self._lane.acquire(blocking=False):
-            logger.info("the %s waits for the %s to finish", task, self.running or "task before")
+            logger.warning(
+                "the %s waits for the %s, left running by an earlier connection: a client "
+                "runs one task at a time, so it starts once that one ends",
+                task,
+                self.running or "task before",
+            )
+            start = time.monotonic()
             while not self._lane.acquire(timeout=0.1):
                 if ended.is_set():
+                    logger.info("the %s is dropped: its connection ended while it waited", task)
                     yield False
                     return
+            logger.info("the %s starts after waiting %.0f s", task, time.monotonic() - start)
         self.running = f"{task} (thread {threading.current_thread().name})"
         try:
             yield True
