@@ -252,7 +252,8 @@ def test_a_server_times_out_a_task_queued_behind_a_hung_one_and_then_calls_the_c
         assert transport.reached(cid)  # it was sent: its bytes count
         # The server knows the client still has that task: the next one is not sent.
         [busy] = list(transport.exchange({cid: task}, timeout=0.5))
-        assert busy.error is not None and busy.error.startswith("busy: still working on its fit")
+        assert busy.error is not None
+        assert busy.error.startswith("busy: still working on its fit")
         assert not transport.reached(cid)
         hung.release.set()  # the hung fit ends; the queued one runs, its late reply dropped
         [reply] = list(transport.exchange({cid: task}, timeout=60))

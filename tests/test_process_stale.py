@@ -30,7 +30,7 @@ def test_a_reply_of_an_exchange_given_up_on_is_dropped_with_a_debug_line(
     shm_files: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     with ProcessTransport(lambda cid: Rounds(), 2, num_workers=1) as transport:
-        first = transport.exchange(_tasks(1, [0, 1]))
+        first: Any = transport.exchange(_tasks(1, [0, 1]))  # a generator, to be closed
         assert next(first).cid == 0
         first.close()  # its reader gave up on it: client 1's reply is still to come
         with caplog.at_level(logging.DEBUG, logger="covey"):

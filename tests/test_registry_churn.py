@@ -59,7 +59,8 @@ def test_a_client_forgotten_and_back_is_never_taken_for_its_old_session() -> Non
     session = registry.joins[first.cid]
     registry.drop(first, "disconnected")
     _churn(registry, LEFT_KEPT)  # enough departures after it that it is forgotten
-    assert first.cid not in registry.left and first.cid not in registry.joins
+    assert first.cid not in registry.left
+    assert first.cid not in registry.joins
     again = _join(registry, "site")  # a server that kept its properties asks it again
     assert again.cid == first.cid
     assert registry.joins[again.cid] != session

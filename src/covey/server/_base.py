@@ -230,7 +230,7 @@ class _LoopBase:
     # -- client properties ----------------------------------------------------------------
 
     def _joins(self) -> Callable[[int], int] | None:
-        """A client's session (new with each connection), on transports that have one (a network's)."""
+        """A client's session (new with each connection), on transports with one (a network's)."""
         joins: Callable[[int], int] | None = getattr(
             getattr(self, "transport", None), "joins", None
         )
