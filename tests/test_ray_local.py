@@ -474,6 +474,25 @@ def test_a_config_a_deployed_server_cannot_send_fails_its_client_alone_as_inline
     )
 
 
+def test_a_payload_a_deployed_server_cannot_send_fails_its_client_alone_as_inline() -> None:
+    # Ray pickled any payload to its actors: 5 MB of JSON reached the client, where a
+    # deployed server (and the inline and process backends) fail it.
+    big = {f"part{i}": "z" * (1024 * 1024 - 100 * i) for i in range(5)}
+    payloads: list[Any] = [{"model": object()}, big, {"rows": 3}]
+    tasks = {c: Task("properties", 1, payload=p) for c, p in enumerate(payloads)}
+    with RayTransport(Plus, 3, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        replies = {r.cid: r for r in transport.exchange(tasks)}
+    assert sorted(c for c, r in replies.items() if r.ok) == [2]
+    assert replies[0].error == (
+        "cannot send the properties task to client 0: its payload: cannot send a value of "
+        "type object over the network (at 'model')"
+    )
+    assert replies[1].error == (
+        "cannot send the properties task to client 1: its payload: 5241936 bytes of JSON "
+        "exceed the limit of 4194304; the largest entry takes 1048578 bytes (at 'part0')"
+    )
+
+
 class Overwrites(covey.Client):
     """Client 1 writes into its read-only weights through ctypes, as a compiled library may."""
 

@@ -17,10 +17,11 @@ import covey
 from _live import Joined, Served
 from covey.clients._client import _HANDLERS
 from covey.core._messages import Task
+from covey.sim import ProcessTransport, inline_transport
 from covey.sim._sendable import unsendable
 from covey.transport.grpc import GrpcServerTransport
 from covey.transport.grpc._wire import WireError, WireLimits, dumps_within, result_to_wire
-from covey.transport.grpc._wirecheck import check_config, check_result
+from covey.transport.grpc._wirecheck import check_config, check_payload, check_result
 
 MB = 1 << 20
 
@@ -185,6 +186,55 @@ def test_checking_a_result_refuses_exactly_what_encoding_it_refuses(metrics: Any
 def test_checking_a_config_refuses_exactly_what_encoding_it_refuses(config: Any) -> None:
     """As a deployed server sends a task's config (``task_header``), measured where it can be."""
     assert _refusal(check_config, config) == _refusal(dumps_within, config)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "x" * 21,
+        ["x" * 19] * 30,
+        [1, {2, 3}],
+        {"a": object()},
+        {"a": {"b": [1.0, 2.0]}},
+        3,
+    ],
+)
+def test_checking_a_payload_refuses_exactly_what_encoding_it_refuses(payload: Any) -> None:
+    """As a deployed server sends a task's payload (``task_header``), measured where it can be."""
+    assert _refusal(check_payload, payload) == _refusal(dumps_within, payload)
+
+
+def _payload_size(client: Any, task: Task) -> int:
+    return len(str(task.payload))
+
+
+def test_a_task_payload_a_deployed_server_cannot_send_fails_its_client_on_every_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The inline backend handed its client a payload a deployed server (and the process
+    # backend) could not send: a task kind of one's own worked simulated, failed deployed.
+    monkeypatch.setitem(_HANDLERS, "payload_size", _payload_size)
+    large = {f"part{i}": "z" * (MB - 100 * i) for i in range(5)}
+    named = {"arrays": {"a": np.zeros(MB // 2 + 1)}}  # sent as arrays, as a deployed server does
+    payloads: list[Any] = [large, {"small": "z" * 10}, named, {"model": object()}, "y" * (2 * MB)]
+    tasks = {cid: Task("payload_size", 1, payload=p) for cid, p in enumerate(payloads)}
+    inline = inline_transport(lambda cid: covey.Client(), 5)
+    errors = {"inline": {r.cid: r.error for r in inline.exchange(tasks)}}
+    with ProcessTransport(lambda cid: covey.Client(), 5, num_workers=1) as processes:
+        errors["process"] = {r.cid: r.error for r in processes.exchange(tasks)}
+    assert errors["inline"] == errors["process"]
+    assert errors["inline"][0] == (
+        "cannot send the payload_size task to client 0: its payload: 5241936 bytes of JSON "
+        "exceed the limit of 4194304; the largest entry takes 1048578 bytes (at 'part0')"
+    )
+    assert errors["inline"][1] is None
+    assert errors["inline"][2] is None
+    assert errors["inline"][3] == (
+        "cannot send the payload_size task to client 3: its payload: cannot send a value of "
+        "type object over the network (at 'model')"
+    )
+    assert errors["inline"][4] is not None
+    assert errors["inline"][4].startswith("cannot send the payload_size task to client 4: its ")
 
 
 def _refusal(call: Any, result: Any) -> str | None:

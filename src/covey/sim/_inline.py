@@ -168,8 +168,8 @@ class _Built:
     def handle(self, cid: int, task: Task) -> Reply:
         """Client ``cid``'s task run: its Reply (see :func:`~covey.clients._client.run_task`).
 
-        A config a deployed server could not send it, or a result one would refuse (a
-        metric over the network's limits), fails the client, with the error of every
+        A config or payload a deployed server could not send it, or a result one would
+        refuse (a metric over the network's limits), fails the client, with the error of every
         backend (:mod:`covey.sim._sendable`).
         """
         return self.unsent(cid, task) or sendable(self.perform(run_task, cid, task), task.weights)
@@ -177,10 +177,10 @@ class _Built:
     def fit_one(self, cid: int, task: Task) -> Any:
         """``perform(fit_result, cid, task)``; one frame less for a client built and kept.
 
-        A config or result that cannot be sent fails the client, as in :meth:`handle`.
+        A config, payload or result that cannot be sent fails the client, as in
+        :meth:`handle`.
         """
-        config = task.config
-        if config and config is not self.unsent.checked:  # checked once per round, not per client
+        if self.unsent.fresh(task):  # checked once per round, not per client
             failed = self.unsent(cid, task)
             if failed is not None:
                 return failed

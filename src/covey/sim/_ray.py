@@ -320,15 +320,15 @@ class RayTransport:
     ) -> Iterator[Reply]:
         """Send each actor its clients' tasks in chunks; yield replies as chunks complete.
 
-        A task whose config a deployed server could not send fails its client
-        instead (:func:`~covey.sim._sendable.unsent`), as on every backend.
+        A task whose config or payload a deployed server could not send fails its
+        client instead (:func:`~covey.sim._sendable.unsent`), as on every backend.
         """
         self._revive()
         deadline = None if timeout is None else time.monotonic() + timeout
         homes: dict[tuple[str, int, int], list[_Item]] = {}
         refs: dict[int, tuple[Any, int, tuple[int, ...]]] = {0: (None, 0, ())}
         tokens: dict[int, int] = {}  # id(weights) -> token: each model goes out once
-        unsendable: list[Reply] = []  # a config a deployed server could not send fails its client
+        unsendable: list[Reply] = []  # a task a deployed server could not send fails its client
         unsent = Unsent()
         for cid in sorted(tasks):
             task = tasks[cid]

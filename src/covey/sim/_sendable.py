@@ -8,15 +8,16 @@ error, on every backend and over the network. The process backend's pipe
 then carries the result as JSON within the looser :data:`LIMITS` of the pipe
 itself (its arrays travel in a file, not here).
 
-A client's config is checked likewise (:func:`unsent`), against the caps a
-deployed server sends a task within (4 MiB of JSON, strings of at most 1 MiB;
-see :func:`~covey.transport.grpc._frames.task_header`): a config a deployed
-server could not send fails that client alone, with the deployed error, on
-every backend. Only what a deployed server would encode is checked: a
-compression scheme of one's own, which the inline backend hands its clients as
-the object (a deployed server names a scheme by its spec), stands as its name.
-The process backend holds a task's JSON payload to the same caps
-(:func:`~covey.sim._shm.task_item`).
+A client's config and a task's JSON payload (a query's, a task kind of one's
+own) are checked likewise (:func:`unsent`), against the caps a deployed server
+sends a task within (4 MiB of JSON, strings of at most 1 MiB; see
+:func:`~covey.transport.grpc._frames.task_header`): a task a deployed server
+could not send fails that client alone, with the deployed error, on every
+backend (the process backend's own check is :func:`~covey.sim._shm.task_item`).
+Only what a deployed server would encode is checked: a compression scheme of
+one's own, which the inline backend hands its clients as the object (a
+deployed server names a scheme by its spec), stands as its name; a payload of
+named arrays travels as arrays, not JSON.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ from covey.compress._runtime import CONFIG_KEY as COMPRESSION
 from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core._messages import EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
-from covey.transport.grpc._wire import WireError, WireLimits
-from covey.transport.grpc._wirecheck import check_config, check_result, result_limits
+from covey.transport.grpc._wire import WireError, WireLimits, is_extras
+from covey.transport.grpc._wirecheck import (
+    check_config,
+    check_payload,
+    check_result,
+    result_limits,
+)
 
 __all__ = ["LIMITS", "MAX_MESSAGE_BYTES", "Unsent", "sendable", "unsendable", "unsent"]
 
@@ -68,39 +74,72 @@ def unsent(cid: int, task: Task) -> Reply | None:
     """Client ``cid``'s failed reply if a deployed server could not send it ``task``, else None.
 
     The error is the deployed server's: ``cannot send the fit task to client 0: its
-    config:`` then the size, the limit and the entry (or the type no JSON value
-    has). The common empty config is not measured.
+    config:`` (or ``its payload:``) then the size, the limit and the entry (or the
+    type no JSON value has). The common empty config and missing payload are not
+    measured.
     """
+    return _config_unsent(cid, task) or _payload_unsent(cid, task)
+
+
+def _config_unsent(cid: int, task: Task) -> Reply | None:
     if not task.config:
         return None
     try:
         check_config(_as_sent(task), _SENT)
     except WireError as exc:
-        error = f"cannot send the {task.kind} task to client {cid}: its config: {exc}"
-        return Reply(cid, task.kind, error=error)
+        return _failed(cid, task, "config", exc)
     return None
 
 
-class Unsent:
-    """:func:`unsent`, once for the config a round's tasks share (one object, not a copy).
+def _payload_unsent(cid: int, task: Task) -> Reply | None:
+    payload = task.payload
+    if payload is None or is_extras(payload):  # named arrays travel as arrays
+        return None
+    try:
+        check_payload(payload, _SENT)
+    except WireError as exc:
+        return _failed(cid, task, "payload", exc)
+    return None
 
-    It keeps the last config found sendable: covey hands clients copies, and
-    changes no config once it is on a task, so that one needs no check again.
+
+def _failed(cid: int, task: Task, part: str, exc: WireError) -> Reply:
+    error = f"cannot send the {task.kind} task to client {cid}: its {part}: {exc}"
+    return Reply(cid, task.kind, error=error)
+
+
+class Unsent:
+    """:func:`unsent`, once for the config (and payload) a round's tasks share.
+
+    It keeps the last config and the last payload found sendable: covey hands
+    clients copies, and changes neither once it is on a task, so those need no
+    check again.
     """
 
     def __init__(self) -> None:
         """No config checked yet."""
         #: The last config found sendable.
         self.checked: Any = None
+        #: The last payload found sendable.
+        self.payload: Any = None
+
+    def fresh(self, task: Task) -> bool:
+        """Whether ``task`` has a config or a payload not found sendable yet."""
+        config = bool(task.config) and task.config is not self.checked
+        return config or (task.payload is not None and task.payload is not self.payload)
 
     def __call__(self, cid: int, task: Task) -> Reply | None:
-        """Client ``cid``'s failed reply if its config cannot be sent (see :func:`unsent`)."""
-        if not task.config or task.config is self.checked:
-            return None
-        failed = unsent(cid, task)
-        if failed is None:
+        """Client ``cid``'s failed reply if its task cannot be sent (see :func:`unsent`)."""
+        if task.config and task.config is not self.checked:
+            failed = _config_unsent(cid, task)
+            if failed is not None:
+                return failed
             self.checked = task.config
-        return failed
+        if task.payload is not None and task.payload is not self.payload:
+            failed = _payload_unsent(cid, task)
+            if failed is not None:
+                return failed
+            self.payload = task.payload
+        return None
 
 
 def _as_sent(task: Task) -> Mapping[str, Any]:

@@ -13,8 +13,8 @@ might pass a limit is encoded, by the encoder that sends it
 (:func:`~covey.transport.grpc._wire.dumps_within`), which then gives the
 verdict and the error: the same on every backend by construction.
 
-A task's config is checked the same way (:func:`check_config`), against the
-caps a deployed server sends a task within
+A task's config and JSON payload are checked the same way (:func:`check_config`,
+:func:`check_payload`), against the caps a deployed server sends a task within
 (:func:`~covey.transport.grpc._frames.task_header`).
 """
 
@@ -29,7 +29,7 @@ from covey.core._messages import EvaluateResult, FitResult
 from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.transport.grpc._wire import ARRAY_KINDS, WireLimits, dumps_within, result_head
 
-__all__ = ["check_config", "check_result", "result_limits"]
+__all__ = ["check_config", "check_payload", "check_result", "result_limits"]
 
 #: Most characters of JSON for one number of an array (``-2.2250738585072014e-308``)
 #: and the comma after it.
@@ -92,6 +92,24 @@ def check_config(config: Mapping[str, Any], limits: WireLimits) -> None:
         size = limits.max_bytes + 1
     if size > limits.max_bytes:
         dumps_within(dict(config), limits)
+
+
+def check_payload(payload: Any, limits: WireLimits) -> None:
+    """Refuse a task's JSON ``payload`` as :func:`~covey.transport.grpc._frames.task_header` would.
+
+    As :func:`check_config`; a payload of named arrays
+    (:func:`~covey.transport.grpc._wire.is_extras`) travels as arrays, not JSON,
+    and is the caller's to leave out.
+
+    Raises:
+        WireError: the encoder's own error, naming the entry, the size and the limit.
+    """
+    try:
+        size = _measure(payload, 0, limits, [0])
+    except _MayRefuse:
+        size = limits.max_bytes + 1
+    if size > limits.max_bytes:
+        dumps_within(payload, limits)
 
 
 def _metrics(metrics: dict[str, Any], limits: WireLimits) -> int:
