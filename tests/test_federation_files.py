@@ -64,7 +64,7 @@ def test_a_client_with_an_expired_ca_refuses_to_start(fed: Path, tmp_path: Path)
     ("given", "said"),
     [
         ({"key": "nope.key"}, "cannot read the client private key {d}/nope.key: No such file"),
-        ({"cert": "clients"}, "cannot read the client certificate {d}/clients: Is a directory"),
+        ({"cert": "clients"}, "cannot read the client certificate {d}/clients: it is a folder"),
         ({"ca": "nope.pem"}, "cannot read the CA certificate {d}/nope.pem: No such file"),
     ],
 )

@@ -17,7 +17,7 @@ from typing import Any, Self
 import uvicorn
 
 from covey.dashboard._app import LOOPBACK_HOSTS, create_app
-from covey.deploy._pem import check_ca, check_pair, server_folder
+from covey.deploy._pem import check_ca, check_pair, read_pem, server_folder
 from covey.deploy._revoked import RevocationList
 from covey.transport.grpc._listen import ListenError
 
@@ -45,12 +45,12 @@ def tls_options(certs: str | Path) -> dict[str, Any]:
 
     d = server_folder(certs)
     check_pair(
-        (d / "server.pem").read_bytes(),
-        (d / "server.key").read_bytes(),
+        read_pem(d / "server.pem", "the server certificate"),
+        read_pem(d / "server.key", "the server private key"),
         str(d / "server.pem"),
         str(d / "server.key"),
     )
-    check_ca((d / "ca.pem").read_bytes(), str(d / "ca.pem"))
+    check_ca(read_pem(d / "ca.pem", "the CA certificate"), str(d / "ca.pem"))
     load_revoked(d)  # a damaged list refuses the start, not every browser
     return {
         "ssl_certfile": str(d / "server.pem"),

@@ -59,7 +59,13 @@ def _call(function: Callable[[], _T]) -> _T:
     setup_logging(console, False)
     try:
         return function()
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:
+    except (
+        FileExistsError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        ValueError,
+    ) as error:
         _fail(str(error))
     except PermissionError as error:  # pragma: no cover - depends on the machine
         _fail(f"permission denied: {error}")
@@ -77,6 +83,8 @@ def _federation_dir(directory: Path) -> Path:
         raise typer.BadParameter(f"{directory} does not exist", param_hint="'--dir'")
     if not directory.is_dir():
         raise typer.BadParameter(f"{directory} is not a directory", param_hint="'--dir'")
+    if (directory / _certs.CA_CERT).is_dir():
+        _fail(f"{directory / _certs.CA_CERT} is a folder, not the federation's CA certificate")
     if not (directory / _certs.CA_CERT).is_file():
         _fail(
             f"{directory} holds no federation CA ({_certs.CA_CERT} is missing); "

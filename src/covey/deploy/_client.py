@@ -85,13 +85,13 @@ def tls_from_certs(
     """
     d = Path(directory)
     cert, key = d / "clients" / f"{client_id}.pem", d / "clients" / f"{client_id}.key"
-    if not (d / "ca.pem").is_file():
+    if not (d / "ca.pem").exists():  # a folder in its place: reading it says so
         raise FileNotFoundError(
             f"{d / 'ca.pem'} not found: give the federation folder made by "
             "`covey certs init` (it holds ca.pem and clients/NAME.pem)"
         )
     for path in (cert, key):
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(
                 f"{path} not found; issue the client's certificate with "
                 f"`covey certs issue {client_id} --dir {d}`"

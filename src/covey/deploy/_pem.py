@@ -23,6 +23,7 @@ from covey.transport.grpc._strength import weakness
 
 __all__ = [
     "MAX_PEM_BYTES",
+    "cannot_read",
     "check_ca",
     "check_common_name",
     "check_dates",
@@ -38,6 +39,21 @@ logger = logging.getLogger("covey")
 
 MAX_PEM_BYTES = 4 << 20
 """The largest certificate, key or CA bundle file read (a public CA bundle holds about 250 KB)."""
+
+
+def cannot_read(exc: OSError, what: str, path: str | Path) -> OSError:
+    """``exc``, raised reading ``path``, as an error of the same type naming the file.
+
+    A folder where the file should be is said to be one (not "Is a directory").
+
+    Args:
+        exc: What reading the file raised.
+        what: What the file was meant to hold, as named in errors ("the CA certificate").
+        path: The file.
+    """
+    if isinstance(exc, IsADirectoryError):
+        return IsADirectoryError(f"cannot read {what} {path}: it is a folder, not a file")
+    return type(exc)(f"cannot read {what} {path}: {exc.strerror or exc}")
 
 
 def read_pem(path: str | Path, what: str) -> bytes:
@@ -58,7 +74,7 @@ def read_pem(path: str | Path, what: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
-        raise type(exc)(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise cannot_read(exc, what, path) from None
     if len(data) > MAX_PEM_BYTES:
         raise ValueError(
             f"{path} is larger than {MAX_PEM_BYTES:,} bytes: not {what} (a PEM file of a few KB)"
@@ -283,8 +299,11 @@ def check_common_name(pem: bytes, name: str, fix: str) -> None:
 
 
 def missing_server_files(directory: Path) -> list[str]:
-    """Which of ``ca.pem``, ``server.pem`` and ``server.key`` are not in ``directory``."""
-    return [n for n in ("ca.pem", "server.pem", "server.key") if not (directory / n).is_file()]
+    """Which of ``ca.pem``, ``server.pem`` and ``server.key`` are not in ``directory``.
+
+    One that is there but is no file (a folder) is not missing: reading it says what it is.
+    """
+    return [n for n in ("ca.pem", "server.pem", "server.key") if not (directory / n).exists()]
 
 
 def server_folder(directory: str | Path) -> Path:

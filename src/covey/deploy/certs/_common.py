@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
@@ -160,6 +161,10 @@ def existing_federation(directory: str | os.PathLike[str]) -> Path:
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"federation directory {root} does not exist")
+    if (root / CA_CERT).is_dir():
+        raise IsADirectoryError(
+            f"{root / CA_CERT} is a folder, not the federation's CA certificate"
+        )
     if not (root / CA_CERT).is_file():
         raise FileNotFoundError(
             f"{root} holds no federation CA ({CA_CERT} is missing); "
@@ -174,6 +179,8 @@ def load_ca(root: Path) -> tuple[x509.Certificate, PrivateKey]:
     A key file other users can read is warned of (``chmod 600`` fixes it).
     """
     key_path = root / CA_KEY
+    if key_path.is_dir():
+        raise IsADirectoryError(f"{key_path} is a folder, not the CA private key")
     if not key_path.is_file():
         raise FileNotFoundError(
             f"the CA private key {key_path} is missing: certificates can only be "
@@ -185,8 +192,14 @@ def load_ca(root: Path) -> tuple[x509.Certificate, PrivateKey]:
         raise ValueError(f"{root / CA_CERT} is not a PEM certificate") from None
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (ValueError, TypeError):
-        raise ValueError(f"{key_path} is not an unencrypted PEM private key") from None
+    except TypeError:  # what cryptography raises for a key that needs a password
+        raise ValueError(
+            f"{key_path} is encrypted (protected by a password); covey needs an unencrypted "
+            f"key: decrypt it into a file of mode 0600, e.g. `openssl pkey -in {CA_KEY} -out "
+            f"plain.key`, and put that in its place"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{key_path} is not a PEM private key") from None
     if not isinstance(
         key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
     ):

@@ -11,6 +11,7 @@ from typing import Any
 from cryptography import x509
 
 from covey.core._files import atomic_write
+from covey.deploy._pem import cannot_read
 from covey.deploy.certs._common import (
     CERT_MODE,
     CLIENTS_DIRNAME,
@@ -89,6 +90,7 @@ def load_revoked(directory: str | os.PathLike[str]) -> frozenset[int]:
 
     Raises:
         FileNotFoundError: ``revoked.json`` is missing.
+        OSError: ``revoked.json`` cannot be read (a folder in its place: IsADirectoryError).
         ValueError: ``revoked.json`` is malformed.
     """
     return frozenset(int(entry["serial"], 16) for entry in _read_revoked(Path(directory)))
@@ -131,6 +133,8 @@ def _read_revoked(root: Path) -> list[dict[str, Any]]:
             "federation folder `covey certs init` made (`covey certs revoke` updates it); "
             "a file holding [] revokes no one"
         ) from None
+    except OSError as exc:  # a folder in its place, a file this user cannot read
+        raise cannot_read(exc, "the revocation list", path) from None
     try:
         entries = json.loads(text)
         if not isinstance(entries, list):
