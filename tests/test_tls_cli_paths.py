@@ -54,6 +54,91 @@ def _folder_in_place_of(path: Path) -> None:
     path.mkdir()
 
 
+# --- covey client --insecure ------------------------------------------------------------------
+
+
+def test_covey_client_insecure_warns_once_on_standard_error(tmp_path: Path) -> None:
+    strategy = covey.FedAvg(min_available_clients=1, min_fit_clients=1, fraction_evaluate=0.0)
+    served = Served(strategy, 1, initial_weights={"w": np.zeros(8)})
+    env = {**os.environ, "COLUMNS": "250"}
+    src = Path(covey.__file__).parents[1]  # the covey under test, wherever the folder runs
+    env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(src), os.environ.get("PYTHONPATH", "")])
+    args = ["client", "--app", "tiny_app:client_fn", "--cid", "0", "--retry-for", "30"]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "covey",
+            *args,
+            "--server",
+            f"127.0.0.1:{served.port}",
+            "--insecure",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    served.join(60)
+    assert run.returncode == 0, run.stderr
+    said = f"connecting WITHOUT TLS: anyone on the way to 127.0.0.1:{served.port} can see"
+    assert run.stderr.count("WITHOUT TLS") == 1, run.stderr
+    assert said in run.stderr
+    assert "WITHOUT TLS" not in run.stdout  # what a script reads is as it was
+    assert run.stderr.strip().splitlines()[-1].startswith("done: 1 task(s)"), run.stderr
+
+
+def test_covey_site_insecure_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covey.analytics import _cli
+
+    (tmp_path / "t.csv").write_text("x\n1\n2\n")
+
+    def joined(*args: Any) -> None:
+        raise ValueError("no query server in this test")
+
+    monkeypatch.setattr(_cli, "_serve_queries", joined)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        code, out = _covey(
+            *("site", "--table", f"t={tmp_path / 't.csv'}", "--server", "127.0.0.1:1"),
+            *("--insecure", "--name", "a", "--ledger", str(tmp_path / "a.json")),
+        )
+    assert code == 1, out
+    assert "no query server in this test" in out
+    said = [r.getMessage() for r in caplog.records if "WITHOUT TLS" in r.getMessage()]
+    assert said == [
+        "connecting WITHOUT TLS: anyone on the way to 127.0.0.1:1 can see the model "
+        "and pose as the server"
+    ]
+
+
+def test_covey_query_insecure_warns_as_covey_server_does(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from covey.transport import grpc as grpc_module
+
+    def listening(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no listening in this test")
+
+    monkeypatch.setattr(grpc_module, "GrpcServerTransport", listening)
+    with caplog.at_level(logging.WARNING, logger="covey"):
+        code, out = _covey(
+            "query",
+            "SELECT COUNT(*) FROM p",
+            "--server",
+            "127.0.0.1:9",
+            "--insecure",
+            "--no-secure",
+        )
+    assert code == 1, out
+    said = [r.getMessage() for r in caplog.records if "WITHOUT TLS" in r.getMessage()]
+    assert said == [
+        "serving WITHOUT TLS: anyone who can reach 127.0.0.1:9 can join and see the model"
+    ]
+
+
 # --- a folder where a file should be ----------------------------------------------------------
 
 
@@ -126,6 +211,49 @@ def test_a_ca_file_that_is_a_folder_is_named_as_one(fed: Path) -> None:
     code, out = _covey("certs", "issue", "b", "--dir", str(fed))
     assert code == 2, out
     assert "ca.pem is a folder, not the federation's CA certificate" in out
+
+
+# --- a client name that is a path --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", "a\\b", "", ".", ".."])
+def test_a_client_name_that_is_no_file_name_is_refused(fed: Path, name: str) -> None:
+    # Outside clients/: a certificate and key put there were loaded as the client's.
+    for suffix in (".pem", ".key"):
+        shutil.copy(fed / "clients" / f"a{suffix}", fed / f"x{suffix}")
+    with pytest.raises(ValueError, match=f"^client id {re.escape(repr(name))}: ") as refused:
+        tls_from_certs(fed, name)
+    assert "give the name its certificate was issued to" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/x", ""])
+def test_covey_client_refuses_a_name_that_is_a_path(
+    fed: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(APPS))
+    code, out = _covey(
+        *("client", "--app", "tiny_app:client_fn", "--cid", "0", "--server", "127.0.0.1:1"),
+        *("--certs", str(fed), "--name", name),
+    )
+    assert code == 2, out
+    assert f"error: --name {name!r}: " in out
+
+
+def test_covey_site_refuses_a_name_that_is_a_path(fed: Path, tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("x\n1\n")
+    code, out = _covey(
+        *("site", "--table", f"t={tmp_path / 't.csv'}", "--server", "127.0.0.1:1"),
+        *("--certs", str(fed), "--name", "../x", "--ledger", str(tmp_path / "a.json")),
+    )
+    assert code == 2, out
+    assert "--name '../x': it holds the path separator '/'" in out
+
+
+def test_a_client_name_of_the_federation_still_works(fed: Path) -> None:
+    issue_client(fed, "site-1.b_2")
+    assert (
+        tls_from_certs(fed, "site-1.b_2").cert == (fed / "clients" / "site-1.b_2.pem").read_bytes()
+    )
 
 
 # --- an encrypted CA key -----------------------------------------------------------------------

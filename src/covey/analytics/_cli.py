@@ -167,6 +167,7 @@ def site_command(
     from covey.analytics._site import Site
     from covey.deploy import connect, tls_from_certs
     from covey.deploy._cli_errors import address_flag
+    from covey.deploy._client import file_name_problem, warn_without_tls
 
     server = address_flag(server, "--server", listen=False)  # before a ledger is made
     the_policy = load_policy(policy)
@@ -182,11 +183,16 @@ def site_command(
         if certs is not None:
             if name is None:
                 raise typer.BadParameter("--certs needs --name (the site's certificate name)")
+            why = file_name_problem(name)
+            if why is not None:  # it names clients/NAME.pem: no path, inside the folder
+                raise typer.BadParameter(f"--name {name[:60]!r}: {why}")
             tls = tls_from_certs(certs, name, server_name=server_name)
         elif server_name is not None:
             raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
         elif not insecure:
             raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
+        else:  # said once, not at every query server the site joins
+            warn_without_tls(server)
     except (OSError, ValueError, TypeError) as exc:  # a table, ledger or certificate given
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -334,6 +340,17 @@ def _check_seconds(**options: float) -> None:
             raise ValueError(f"{option} must be a positive number of seconds, got {seconds}")
 
 
+def _query_tls(certs: Path | None, server: str) -> Any:
+    """The query server's TLS material from ``--certs``; None, warned of, with ``--insecure``."""
+    from covey.deploy import tls_from_dir
+    from covey.deploy._tls import warn_serving_without_tls
+
+    if certs is not None:
+        return tls_from_dir(certs)
+    warn_serving_without_tls(server)  # as `covey server --insecure` says
+    return None
+
+
 def query_command(
     sql: Annotated[str, typer.Argument(help="The SELECT to answer.")],
     server: Annotated[str, typer.Option(help="host:port this query server listens on.")],
@@ -356,7 +373,6 @@ def query_command(
 ) -> None:
     """Listen for sites, answer one SQL query over their tables, print the result."""
     from covey.analytics._query import check_query, query
-    from covey.deploy import tls_from_dir
     from covey.deploy._cli_errors import output_file
     from covey.deploy._cli_tables import print_table
     from covey.transport.grpc import GrpcServerTransport
@@ -370,7 +386,7 @@ def query_command(
     try:  # everything that can be checked is, before a site waits on this server
         check_query(sql, secure=secure, epsilon=epsilon, mechanism=mechanism)
         check_address(server, listen=True)
-        tls = tls_from_dir(certs) if certs is not None else None
+        tls = _query_tls(certs, server)
         _check_seconds(timeout=timeout, wait_timeout=wait_timeout)
         if secure and sites < 2:  # a lone site's answer cannot be hidden in a sum
             raise ValueError(

@@ -72,7 +72,7 @@ def _make_client(spec: str, cid: Any, flag: str = "--app") -> Any:
 
 def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
     """The client's TLS material from ``--certs`` + ``--name`` or ``--ca/--cert/--key``."""
-    from covey.deploy._client import client_tls, tls_from_certs
+    from covey.deploy._client import client_tls, file_name_problem, tls_from_certs
 
     certs_dir = _pick(flags["certs"], s, "certs", None)
     ca = _pick(flags["ca"], s, "ca", None)
@@ -100,6 +100,9 @@ def _client_tls(s: dict[str, Any], flags: dict[str, Any]) -> Any:
         if certs_dir is not None:
             if flags["name"] is None:
                 fail("--certs needs --name NAME (the client name its certificate was issued to)")
+            why = file_name_problem(str(flags["name"]))
+            if why is not None:  # it names clients/NAME.pem: no path, inside the folder
+                fail(f"--name {str(flags['name'])[:60]!r}: {why}")
             return tls_from_certs(certs_dir, flags["name"], server_name=flags["server_name"])
         if ca is not None:
             cert, key = _pick(flags["cert"], s, "cert", None), _pick(flags["key"], s, "key", None)
@@ -193,7 +196,7 @@ def client_command(
     ] = False,
 ) -> None:
     """Run a client next to its data and join the federation at --server."""
-    from covey.deploy._client import connect
+    from covey.deploy._client import connect, warn_without_tls
     from covey.deploy._goodbye import STOPPED
     from covey.transport.grpc._checks import name_problem
     from covey.transport.grpc._refusal import Refused
@@ -231,6 +234,8 @@ def client_command(
     try:
         with leaving(leave):  # docker stop, systemctl stop: the client leaves as on Ctrl-C
             tls = _client_tls(s_tls, {**flags, "insecure": insecure})
+            if tls is None:  # --insecure: said once, before the first attempt
+                warn_without_tls(address)
             result = connect(
                 client,
                 address,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from covey.deploy._keymode import warn_if_open
@@ -17,10 +18,23 @@ from covey.strategies._names import FLOWER_CONNECT, flower_keywords
 from covey.transport.grpc._client import ClientTLS
 from covey.transport.grpc._client import connect as _connect
 
-__all__ = ["client_tls", "connect", "tls_from_certs"]
+__all__ = ["client_tls", "connect", "file_name_problem", "tls_from_certs", "warn_without_tls"]
+
+logger = logging.getLogger("covey")
 
 # Flower's start_client keywords (server_address=, root_certificates=) get covey's names.
 connect = flower_keywords(FLOWER_CONNECT)(_connect)
+
+
+def warn_without_tls(address: str) -> None:
+    """Warn that a client connects to ``address`` without TLS, as a server serving without it does.
+
+    Logged (to standard error under ``covey client``), never printed on standard output.
+    """
+    said = (
+        "connecting WITHOUT TLS: anyone on the way to %s can see the model and pose as the server"
+    )
+    logger.warning(said, address)
 
 
 def client_tls(
@@ -75,6 +89,26 @@ def client_tls(
     return tls
 
 
+def file_name_problem(client_id: object) -> str | None:
+    """Why ``client_id`` cannot name the files ``clients/CLIENT_ID.pem`` and ``.key``, or None.
+
+    A name holding a path separator (``../x``, ``/etc/x``) would reach outside the
+    folder's ``clients/``; an empty one, ``.`` or ``..`` names no file of its own.
+    """
+    if not isinstance(client_id, str):
+        return f"a client id is text, not {type(client_id).__name__}"
+    fix = "give the name its certificate was issued to (`covey certs list` shows them)"
+    if client_id in ("", ".", ".."):
+        return f"it names no certificate of its own in the federation folder's clients/; {fix}"
+    bad = next((c for c in ("/", "\\") if c in client_id), None)
+    if bad is not None:
+        return (
+            f"it holds the path separator {bad!r}: a name is no path, and this one could "
+            f"name a file outside the federation folder's clients/; {fix}"
+        )
+    return None
+
+
 def tls_from_certs(
     directory: str | Path, client_id: str, *, server_name: str | None = None
 ) -> ClientTLS:
@@ -82,8 +116,16 @@ def tls_from_certs(
 
     ``server_name`` is the host the server's certificate is checked against when the
     address dialled is not one it names (an IP, a load balancer's name).
+
+    Raises:
+        ValueError: ``client_id`` is no file name: empty, ``.`` or ``..``, or holding a
+            path separator (it names ``clients/CLIENT_ID.pem`` inside ``directory``).
+        OSError: A file is missing or cannot be read (a folder in its place).
     """
     d = Path(directory)
+    why = file_name_problem(client_id)
+    if why is not None:
+        raise ValueError(f"client id {client_id!r}: {why}")
     cert, key = d / "clients" / f"{client_id}.pem", d / "clients" / f"{client_id}.key"
     if not (d / "ca.pem").exists():  # a folder in its place: reading it says so
         raise FileNotFoundError(

@@ -18,7 +18,7 @@ from covey.deploy._pem import (
 from covey.deploy._revoked import RevocationList
 from covey.transport.grpc._server import ServerTLS
 
-__all__ = ["server_tls", "tls_from_dir"]
+__all__ = ["server_tls", "tls_from_dir", "warn_serving_without_tls"]
 
 logger = logging.getLogger("covey")
 
@@ -90,6 +90,11 @@ def server_tls(
     if tls is not None and insecure:
         raise ValueError("give TLS material or insecure=True, not both")
     if insecure:
-        said = "serving WITHOUT TLS: anyone who can reach %s can join and see the model"
-        logger.warning(said, address.removesuffix(":0"))  # port 0: it is logged once chosen
+        warn_serving_without_tls(address)
     return tls
+
+
+def warn_serving_without_tls(address: str) -> None:
+    """Warn that a server listens at ``address`` without TLS (a port 0 is logged once chosen)."""
+    said = "serving WITHOUT TLS: anyone who can reach %s can join and see the model"
+    logger.warning(said, address.removesuffix(":0"))
