@@ -517,6 +517,9 @@ def test_a_second_process_with_the_same_identity_ends_the_first_for_good() -> No
     first.join(30)  # it used to reconnect and replace the second, and so on without end
     assert isinstance(first.error, Refused), first.error
     assert "another client connected as twin" in first.error.cause
+    # An insecure run names its clients by connect(name=...): that is what must differ.
+    assert "needs its own name (connect(name=...)" in first.error.cause
+    assert "certificate" not in first.error.cause
     other = Joined(served.port, name="other")
     assert [r.round for r in served.join().history.rounds] == [0, 1]
     for c in (second, other):

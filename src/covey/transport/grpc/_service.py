@@ -152,9 +152,14 @@ class FederationService(TaskStream):
         # A connection it replaces is told for good, so that two processes holding one
         # identity do not take turns replacing each other; a client that reconnects has
         # left the old one.
+        own = (
+            "certificate"
+            if certificate is not None
+            else "name (connect(name=...), covey client --name)"
+        )
         refusal = (
             f"another client connected as {name} (from {conn.peer}); "
-            "each client process needs its own certificate"
+            f"each client process needs its own {own}"
         )
         try:
             self.registry.join(conn, refusal)
