@@ -599,6 +599,46 @@ def test_memory_is_asked_for_in_whole_bytes() -> None:
         ray_need({"memory": -1})
 
 
+def test_numpy_numbers_are_resources_as_the_numbers_they_are() -> None:
+    from covey.sim._options import ray_settings
+    from covey.sim._rayplan import ray_need
+
+    # np.int64(2**30) was refused as no "finite number >= 0"; np.float32 too
+    asked = {"num_cpus": np.float32(0.5), "memory": np.int64(2**30), "accel": np.uint8(2)}
+    assert ray_need(asked) == {"CPU": 0.5, "memory": 2.0**30, "accel": 2.0}
+    assert ray_settings("ray", asked, None)["client_resources"] == {
+        "num_cpus": 0.5,
+        "memory": 2**30,
+        "accel": 2,
+    }
+    with pytest.raises(ValueError, match=r"'num_cpus' must be a finite number >= 0, got np.True_"):
+        ray_need({"num_cpus": np.bool_(True)})
+    with pytest.raises(ValueError, match=r"'memory' must be a finite number >= 0, got np.float64"):
+        ray_need({"memory": np.float64("nan")})
+
+
+@pytest.mark.parametrize(
+    ("resources", "error"),
+    [
+        # Ray's count wrapped around: an actor asking for 1e16 bytes ran holding none
+        ({"memory": 10**16}, r"'memory' is 10000000000000000, more than Ray can count \(at most "),
+        ({"memory": 1e30}, r"'memory' is 1e\+30, more than Ray can count .* bytes\)$"),
+        ({"memory": 10**400}, r"'memory' is 1000.*, more than Ray can count"),  # no OverflowError
+        ({"num_gpus": 1e15}, r"'num_gpus' is 1000000000000000.0, .* \(at most 922337203685477\)$"),
+        ({"": 1}, r"client resource names must be non-empty strings .*, got ''"),
+        ({2: 1}, r"client resource names must be non-empty strings .*, got 2"),
+    ],
+)
+def test_an_amount_or_a_name_ray_cannot_take_is_refused_naming_it(
+    resources: dict[Any, Any], error: str
+) -> None:
+    from covey.sim._rayplan import ray_need
+
+    with pytest.raises(ValueError, match=error):
+        ray_need(resources)
+    assert ray_need({"memory": 9 * 10**14, "num_cpus": 1}) == {"memory": 9e14, "CPU": 1.0}
+
+
 def test_a_group_not_in_client_resources_is_shown_as_client_group_returned_it() -> None:
     # It said "client_group(3) is '1'", as if the group '1' were missing: 1 was returned.
     transport = RayTransport.__new__(RayTransport)  # the lookup alone, without a Ray

@@ -139,7 +139,9 @@ def ray_settings(backend: str, resources: object, address: object) -> dict[str, 
                     f"when another group's is, got {type(table).__name__}"
                 )
             ray_need(table)
-    return {"client_resources": json.loads(json.dumps(resources)), "ray_address": address}
+    # NumPy numbers (np.int64(2**30) of memory) recorded as the numbers they are
+    plain = json.dumps(resources, default=lambda v: v.item() if isinstance(v, np.generic) else v)
+    return {"client_resources": json.loads(plain), "ray_address": address}
 
 
 def _check_options(

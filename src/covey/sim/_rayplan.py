@@ -12,12 +12,17 @@ import re
 import socket
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 Resources = Mapping[str, float]
 _RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
 #: Ray counts resources in steps of this much: a smaller amount is refused by Ray itself.
 _RESOURCE_STEP = 1e-4
+#: The most Ray counts of a resource: amounts are int64 counts of _RESOURCE_STEP, and
+#: a larger one wraps around (an actor asking for 1e16 bytes of memory held none).
+_RESOURCE_MOST = (2**63 - 1) * _RESOURCE_STEP
 
 
 def ray_need(resources: Resources) -> dict[str, float]:
@@ -29,12 +34,21 @@ def ray_need(resources: Resources) -> dict[str, float]:
     """
     need: dict[str, float] = {}
     for key, value in resources.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(  # Ray would wait for a resource no node has, then time out
+                f"client resource names must be non-empty strings such as 'num_cpus', got {key!r}"
+            )
         if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not (math.isfinite(value) and value >= 0)  # NaN and inf failed inside Ray
-        ):
+            isinstance(value, bool | np.bool_)
+            or not isinstance(value, int | float | np.integer | np.floating)
+            or not (value >= 0 and (isinstance(value, int) or math.isfinite(value)))
+        ):  # NaN and inf failed inside Ray
             raise ValueError(f"client resource {key!r} must be a finite number >= 0, got {value!r}")
+        if value > _RESOURCE_MOST:
+            raise ValueError(  # Ray's count overflowed: a memory of 1e16 was granted as none
+                f"client resource {key!r} is {value!r}, more than Ray can count "
+                f"(at most {int(_RESOURCE_MOST)}{' bytes' if key == 'memory' else ''})"
+            )
         if _RESOURCE_KEYS.get(key, key) == "memory" and value != int(value):
             raise ValueError(  # Ray counts it in bytes: 0.5 asked for half a byte
                 f"client resource {key!r} is {value!r}: Ray's memory is in bytes, a whole "
