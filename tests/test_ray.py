@@ -283,7 +283,7 @@ def test_client_error_and_killed_actor_are_reported_and_the_run_goes_on(
     assert Path(marker).exists()
     dead = {f.cid: f.error for f in r2.fit_failures}
     assert 5 in dead
-    assert "died running client 5" in dead[5]
+    assert "died in its call of clients 1, 5, " in dead[5]  # which of the two: unknown
     assert all("Ray actor" in e and "died" in e for e in dead.values())
     # The killed actor held the odd clients (cid % 2 actors); only they can be lost.
     assert all(cid % 2 == 1 for cid in dead)

@@ -287,6 +287,43 @@ def test_a_client_calling_sys_exit_fails_alone_and_its_actor_lives_on() -> None:
         assert transport._actors[""][0] is not None
 
 
+class EndsItsProcess(covey.Client):
+    """Client 1 ends its actor's process in fit (``os._exit``), as a crash would."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        if self.cid == 1:
+            os._exit(3)
+        return FitResult(weights={"w": weights["w"] + self.cid}, num_examples=1)
+
+
+def test_an_actor_that_died_blames_no_client_it_cannot_know_it_was_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Client 0 had replied and clients 2 and 3 never ran, yet each was told that the
+    # actor "died running client 0" (2, 3): only client 1 ended it.
+    monkeypatch.setattr("covey.sim._ray.CHUNK", 2)  # calls of clients 0, 1 and 2, 3
+    fit = {"w": np.zeros(2)}
+    with RayTransport(EndsItsProcess, 4, num_actors=1, init_args={"num_cpus": 1}) as transport:
+        pid = transport._where[("", 0)][0]
+        tasks = {c: Task("fit", 1, {}, fit) for c in range(4)}
+        errors = {r.cid: str(r.error) for r in transport.exchange(tasks)}
+    assert sorted(errors) == [0, 1, 2, 3]
+    assert all(not e.startswith(f"Ray actor 0 (pid {pid}) died running") for e in errors.values())
+    for cid in (0, 1):
+        assert errors[cid].startswith(
+            f"Ray actor 0 (pid {pid}) died in its call of clients 0, 1, which runs them one "
+            "after another and answers for them together: the one it was running is not known"
+        )
+    for cid in (2, 3):
+        assert errors[cid].startswith(
+            f"Ray actor 0 (pid {pid}) died before running client {cid}, queued behind the "
+            "call it died in; it held 4 clients this round: "
+        )
+
+
 def test_a_cluster_address_where_nothing_listens_is_refused_at_once() -> None:
     # Ray itself retries such an address for more than ten minutes before failing.
     with socket.socket() as s:
@@ -604,7 +641,8 @@ def test_numpy_numbers_are_resources_as_the_numbers_they_are() -> None:
     from covey.sim._rayplan import ray_need
 
     # np.int64(2**30) was refused as no "finite number >= 0"; np.float32 too
-    asked = {"num_cpus": np.float32(0.5), "memory": np.int64(2**30), "accel": np.uint8(2)}
+    asked: dict[str, Any] = {"num_cpus": np.float32(0.5), "memory": np.int64(2**30)}
+    asked["accel"] = np.uint8(2)
     assert ray_need(asked) == {"CPU": 0.5, "memory": 2.0**30, "accel": 2.0}
     assert ray_settings("ray", asked, None)["client_resources"] == {
         "num_cpus": 0.5,
@@ -612,7 +650,7 @@ def test_numpy_numbers_are_resources_as_the_numbers_they_are() -> None:
         "accel": 2,
     }
     with pytest.raises(ValueError, match=r"'num_cpus' must be a finite number >= 0, got np.True_"):
-        ray_need({"num_cpus": np.bool_(True)})
+        ray_need({"num_cpus": np.bool_(True)})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"'memory' must be a finite number >= 0, got np.float64"):
         ray_need({"memory": np.float64("nan")})
 

@@ -37,6 +37,7 @@ from covey.sim._rayplan import (
     Resources,
     actors_for,
     check_fits,
+    died,
     ray_need,
     start_failed,
     unanswered,
@@ -443,7 +444,8 @@ class RayTransport:
         exc: Exception,
     ) -> Iterator[Reply]:
         pid, node = self._where.get((g, i), (-1, "?"))
-        if self._actors[g][i] is not None:
+        first = self._actors[g][i] is not None  # the actor's oldest call: the one it died in
+        if first:
             shown = ", ".join(map(str, held[:20])) + (" ..." if len(held) > 20 else "")
             logger.error(
                 "Ray actor %s%d (pid %d on node %s) died; it held clients %s this round",
@@ -455,13 +457,9 @@ class RayTransport:
             )
             self._actors[g][i] = None
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        actor = f"Ray actor {g + '/' if g else ''}{i} (pid {pid})"
         for cid in cids:
-            yield Reply(
-                cid,
-                tasks[cid].kind,
-                error=f"Ray actor {g + '/' if g else ''}{i} (pid {pid}) died running client "
-                f"{cid}, one of the {len(held)} clients it held this round: {cause}",
-            )
+            yield Reply(cid, tasks[cid].kind, error=died(actor, cid, cids, first, held, cause))
 
     def close(self) -> None:
         """Stop the actors; stop Ray too if this transport started it."""

@@ -234,3 +234,26 @@ def unanswered(actor: str, cids: Sequence[int], timeout: float | None) -> str:
         f"{', '.join(map(str, cids))} after the timeout of {timeout:g} s (an actor answers "
         "for the clients of one call together; it is stopped and replaced)"
     )
+
+
+def died(
+    actor: str, cid: int, call: Sequence[int], first: bool, held: Sequence[int], cause: str
+) -> str:
+    """The failure of client ``cid`` of an actor's ``call`` that ended with the actor's death.
+
+    Only a call of one client tells which client the actor died running: a call runs
+    its clients one after another and answers for them together. ``first`` is the
+    call the actor was running; its later calls never started.
+    """
+    shown = ", ".join(map(str, call[:10])) + (" ..." if len(call) > 10 else "")
+    if not first:
+        what = f"before running client {cid}, queued behind the call it died in"
+    elif len(call) == 1:
+        what = f"running client {cid}"
+    else:
+        what = (
+            f"in its call of clients {shown}, which runs them one after another and answers "
+            "for them together: the one it was running is not known, and the replies of "
+            "all of them are lost"
+        )
+    return f"{actor} died {what}; it held {len(held)} clients this round: {cause}"
