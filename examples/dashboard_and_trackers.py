@@ -26,13 +26,7 @@ from covey.data import dirichlet, load_digits
 from covey.models import logistic_evaluate, logistic_init, logistic_sgd_epoch
 from covey.trackers import MLflowLogger, TensorBoardLogger
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--serve", action="store_true", help="serve the dashboard during the runs")
-parser.add_argument("--rounds", type=int, default=20)
-args = parser.parse_args()
-
 data = load_digits()
-started = time.strftime("%Y%m%d-%H%M%S")  # a run folder holding a run is never written over
 
 
 class DigitsClient(covey.Client):
@@ -56,41 +50,52 @@ def central(round, weights):
     return loss, {"accuracy": accuracy}
 
 
-dashboard = DashboardServer("runs", port=8765).start() if args.serve else None
-if dashboard is not None:
-    print(f"dashboard: {dashboard.url}")
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", action="store_true", help="serve the dashboard during the runs")
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    serve, rounds = args.serve, args.rounds
+    started = time.strftime("%Y%m%d-%H%M%S")  # a run folder holding a run is never written over
+    dashboard = DashboardServer("runs", port=8765).start() if serve else None
+    if dashboard is not None:
+        print(f"dashboard: {dashboard.url}")
 
-for alpha in (0.1, 1.0):  # strong and mild label skew: compare them in the dashboard
-    name = f"digits-alpha{alpha}-{started}"
-    parts = dirichlet(data.y_train, num_clients=50, alpha=alpha, seed=0)
-    settings = {"clients": 50, "alpha": alpha, "strategy": "FedAvg", "fraction_fit": 0.2}
-    with (
-        TensorBoardLogger(f"tb/{name}") as tensorboard,
-        MLflowLogger("mlruns", experiment="digits", run_name=name, params=settings) as mlflow,
-    ):
+    for alpha in (0.1, 1.0):  # strong and mild label skew: compare them in the dashboard
+        name = f"digits-alpha{alpha}-{started}"
+        parts = dirichlet(data.y_train, num_clients=50, alpha=alpha, seed=0)
+        settings = {"clients": 50, "alpha": alpha, "strategy": "FedAvg", "fraction_fit": 0.2}
+        with (
+            TensorBoardLogger(f"tb/{name}") as tensorboard,
+            MLflowLogger("mlruns", experiment="digits", run_name=name, params=settings) as mlflow,
+        ):
 
-        def log(record: RoundRecord) -> None:
-            tensorboard(record)
-            mlflow(record)
-            if args.serve:
-                time.sleep(0.3)  # slow enough to watch the rounds arrive
+            def log(record: RoundRecord) -> None:
+                tensorboard(record)
+                mlflow(record)
+                if serve:
+                    time.sleep(0.3)  # slow enough to watch the rounds arrive
 
-        def client_fn(cid: int, parts: list[np.ndarray] = parts) -> DigitsClient:
-            return DigitsClient(*data.client(parts[cid]))
+            def client_fn(cid: int, parts: list[np.ndarray] = parts) -> DigitsClient:
+                return DigitsClient(*data.client(parts[cid]))
 
-        result = covey.simulate(
-            client_fn=client_fn,
-            num_clients=50,
-            rounds=args.rounds,
-            strategy=covey.FedAvg(fraction_fit=0.2, fraction_evaluate=0.1),
-            initial_weights=logistic_init(64, 10),
-            evaluate_fn=central,
-            on_round=log,
-            run_dir=f"runs/{name}",
-        )
-    print(f"{name}: test accuracy {result.history.metric('accuracy')[-1][1]:.3f}")
-    print(f"report: {write_report(f'runs/{name}', f'{name}-report.html')}")
+            result = covey.simulate(
+                client_fn=client_fn,
+                num_clients=50,
+                rounds=rounds,
+                strategy=covey.FedAvg(fraction_fit=0.2, fraction_evaluate=0.1),
+                initial_weights=logistic_init(64, 10),
+                evaluate_fn=central,
+                on_round=log,
+                run_dir=f"runs/{name}",
+            )
+        print(f"{name}: test accuracy {result.history.metric('accuracy')[-1][1]:.3f}")
+        print(f"report: {write_report(f'runs/{name}', f'{name}-report.html')}")
 
-if dashboard is not None:
-    input("press Enter to stop the dashboard ")
-    dashboard.stop()
+    if dashboard is not None:
+        input("press Enter to stop the dashboard ")
+        dashboard.stop()
+
+
+if __name__ == "__main__":
+    main()
