@@ -306,6 +306,8 @@ class History:
         if path.is_dir():
             path = path / cls.FILE_NAME
         if not path.is_file():
+            if not path.exists() and path.name != cls.FILE_NAME:  # a folder not there
+                raise FileNotFoundError(f"no run folder {path}: there is no such file or folder")
             raise FileNotFoundError(
                 f"no {cls.FILE_NAME} in {path.parent}: is it a covey run folder?"
             )
