@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -690,3 +691,23 @@ def test_a_projects_server_factory_given_to_covey_server_points_at_its_server_ap
     assert line.startswith("error: --app proj_app:make_server is a project's server factory")
     assert "give --app proj_app:server_app" in line
     assert "client_fn" not in line
+
+
+def test_an_app_in_a_folder_that_an_installed_package_shadows_names_both(tmp_path: Path) -> None:
+    # A folder json/ here holding myapp.py: `json` is the standard library's, which has no
+    # myapp; the error said only "No module named 'json.myapp'", as if the file were not there.
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "myapp.py").write_text("client_fn = None\n")
+    base = ["--cid", "0", "--server", "127.0.0.1:1", "--insecure"]
+    code, out = covey("client", "--app", "json.myapp:client_fn", *base)
+    assert code == 2, out
+    line = last_line(out)
+    assert line.startswith("error: --app json.myapp:client_fn: cannot import 'json.myapp'")
+    assert line.endswith("not the folder json/ here: rename that folder)")
+    assert json.__file__ in line  # where the other json is
+    # A package of one's own that lacks the module is not said to be another one.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "__init__.py").write_text("")
+    code, out = covey("client", "--app", "mine.nothere:client_fn", *base)
+    assert code == 2, out
+    assert "rename" not in last_line(out)

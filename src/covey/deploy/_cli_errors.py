@@ -82,6 +82,19 @@ def fresh_run_dir(parent: str | Path, prefix: str, setting: str) -> Path:
         fail(f"{setting}: cannot make a run folder in {parent} ({exc.strerror or exc})")
 
 
+def _shadowed(missing: str) -> str:
+    """Where the package holding ``missing`` came from, when a folder here has its name."""
+    parent = missing.rpartition(".")[0]
+    module = sys.modules.get(parent)
+    where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), None)
+    if not parent or where is None:
+        return ""
+    local = Path.cwd().joinpath(*parent.split("."))
+    if not local.is_dir() or Path(where).resolve().is_relative_to(local.resolve()):
+        return ""
+    return f" ({parent!r} is {where}, not the folder {parent}/ here: rename that folder)"
+
+
 def load_object(spec: str, flag: str = "--app", example: str = "myfed:server_app") -> Any:
     """Import ``pkg.module:attribute`` (the current folder is importable).
 
@@ -107,7 +120,7 @@ def load_object(spec: str, flag: str = "--app", example: str = "myfed:server_app
         if missing is not None and (module_name + ".").startswith(missing + "."):
             fail(
                 f"{flag} {spec}: cannot import {module_name!r} ({exc}); run from the folder "
-                "holding it or add that folder to PYTHONPATH"
+                f"holding it or add that folder to PYTHONPATH{_shadowed(missing)}"
             )
         # The module is there; an import inside it failed (a package not installed here).
         fail(
