@@ -398,6 +398,26 @@ def test_a_database_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
         read_run("x", tmp_path / "x")
 
 
+def test_an_empty_run_database_is_said_to_be_empty_as_resuming_says(tmp_path: Path) -> None:
+    # A zero-byte run.sqlite (a run killed as it made its store) read as a database
+    # without tables: the page and `covey runs` said "no such table: meta", while
+    # resuming the run said the file is empty.
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "run.sqlite").write_bytes(b"")
+    said = "run.sqlite is empty (0 bytes), not a covey run database: remove it"
+    with pytest.raises(RunReadError, match=re.escape(said)):
+        read_run("x", tmp_path / "x")
+    with pytest.raises(ValueError, match=re.escape(said)):
+        RunStore.open(tmp_path / "x")
+    with DashboardServer(tmp_path) as dashboard:
+        (row,) = _get(dashboard.url + "api/runs")["runs"]
+    assert row["status"] == "unreadable"
+    assert said in row["error"]
+    shown = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "x")])
+    assert shown.exit_code != 0
+    assert "(0 bytes)" in shown.output
+
+
 def test_read_run_refuses_a_folder_that_is_no_run_and_takes_a_str(tmp_path: Path) -> None:
     # It gave an empty "simulated" run for a missing or empty folder, and a str path
     # failed with "unsupported operand type(s) for /".

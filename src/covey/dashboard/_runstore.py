@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from covey.dashboard._runjson import RunReadError, check_rounds, tag_constant, within
-from covey.server._rundb import open_read_only, schema_refusal
+from covey.server._rundb import empty_store_reason, open_read_only, schema_refusal
 
 if TYPE_CHECKING:
     from covey.dashboard._runs import Run
@@ -33,7 +33,9 @@ def _read_only(db: Path) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except sqlite3.Error as exc:
-        raise RunReadError(f"{db} is not a readable covey run database: {exc}") from exc
+        empty = empty_store_reason(db)  # SQLite reads it as a database without tables
+        said = empty or f"{db} is not a readable covey run database: {exc}"
+        raise RunReadError(said) from exc
     finally:
         conn.close()
 
