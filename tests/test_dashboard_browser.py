@@ -416,6 +416,50 @@ def test_a_long_run_is_drawn_as_lines_every_round_kept(browser: Any, tmp_path: P
     }
 
 
+def _table_rounds(driver: Any) -> list[str]:
+    rows = driver.find_elements(By.CSS_SELECTOR, "#rounds tbody tr")
+    return [r.get_attribute("data-round") for r in rows]
+
+
+def test_a_long_run_s_table_shows_its_newest_rounds_and_earlier_ones_on_demand(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The rounds table drew a row per round: a 20,000-round run took most of a minute to open.
+
+    It shows the newest 200 rounds; a button adds 200 earlier ones at a time,
+    and a live run's new rounds push the oldest rows out.
+    """
+    _write_run(tmp_path / "runs" / "long", 450)
+    with DashboardServer(tmp_path / "runs", poll=0.05) as dashboard:
+        browser.get(dashboard.url + "#/run/long")
+        browser.refresh()
+        wait = _wait(browser)
+        wait.until(lambda d: d.find_elements(By.ID, "round-450"))
+        assert _table_rounds(browser) == [str(k) for k in range(251, 451)]
+        assert "251 earlier rounds not shown" in browser.find_element(By.ID, "not-shown").text
+        # Every round is still on the charts.
+        assert len(_traces(browser, "chart-loss")["test loss"][0]) == 451
+        browser.find_element(By.ID, "earlier").click()
+        wait.until(lambda d: d.find_elements(By.ID, "round-51"))
+        assert _table_rounds(browser) == [str(k) for k in range(51, 451)]
+        assert browser.find_element(By.ID, "earlier").text == "Show 51 earlier rounds"
+        browser.find_element(By.ID, "earlier").click()
+        wait.until(lambda d: d.find_elements(By.ID, "round-0"))
+        assert _table_rounds(browser) == [str(k) for k in range(451)]
+        assert not browser.find_elements(By.ID, "earlier")
+
+        browser.refresh()
+        wait.until(lambda d: d.find_elements(By.ID, "round-450"))
+        history = tmp_path / "runs" / "long" / "history.json"
+        data = json.loads(history.read_text())
+        for k in range(451, 454):
+            data["rounds"].append({**data["rounds"][-1], "round": k})
+        history.write_text(json.dumps(data))
+        wait.until(lambda d: d.find_elements(By.ID, "round-453"))
+        assert _table_rounds(browser) == [str(k) for k in range(254, 454)]
+        assert "254 earlier rounds" in browser.find_element(By.ID, "not-shown").text
+
+
 # The titles of a chart's axis and of the chart itself.
 TITLES_JS = """
 const el = document.getElementById(arguments[0]);

@@ -260,17 +260,56 @@ function facts(run) {
     ${run.warning ? `<span class="fail" id="warning"><b>read from run.sqlite</b>${esc(run.warning)}</span>` : ""}</div>`;
 }
 
+// The rounds table first shows the newest TABLE_ROWS rounds: a run of 20,000 rounds drew a row
+// for each (300,000 elements) and took most of a minute to open. "Show earlier" adds as many
+// again; a live run's new rows push the oldest out, so the table keeps its length.
+const TABLE_ROWS = 200;
+let tableFrom = 0;  // the index in run.rounds of the table's first row
+let tableRows = TABLE_ROWS;  // how many rows the table keeps
+
+function earlierButton(run) {
+  if (tableFrom <= 0) return "";
+  const more = Math.min(TABLE_ROWS, tableFrom);
+  return `<button id="earlier">Show ${more} earlier ${stepOf(run)}s</button>
+    <span class="small" id="not-shown">${tableFrom} earlier ${stepOf(run)}s not shown in the table</span>`;
+}
+
+function drawEarlierButton(run) {
+  document.getElementById("earlier-box").innerHTML = earlierButton(run);
+  const button = document.getElementById("earlier");
+  if (!button) return;
+  button.onclick = () => {
+    const from = Math.max(0, tableFrom - TABLE_ROWS);
+    const html = run.rounds.slice(from, tableFrom).map((r) => roundRow(run, r)).join("");
+    document.querySelector("#rounds tbody").insertAdjacentHTML("afterbegin", html);
+    tableRows += tableFrom - from;
+    tableFrom = from;
+    drawEarlierButton(run);
+  };
+}
+
+// Add the rows of new rounds to the table, dropping its oldest past the rows it keeps.
+function appendRows(run, rounds) {
+  const body = document.querySelector("#rounds tbody");
+  for (const r of rounds) body.insertAdjacentHTML("beforeend", roundRow(run, r));
+  while (body.rows.length > tableRows) { body.rows[0].remove(); tableFrom += 1; }
+  drawEarlierButton(run);
+}
+
 function renderRun(run) {
+  tableRows = TABLE_ROWS;
+  tableFrom = Math.max(0, run.rounds.length - tableRows);
   main.innerHTML = `<h1>Run <code>${esc(run.id)}</code></h1><div id="facts-box">${facts(run)}</div>
     <div class="charts"><div class="chart" id="chart-loss"></div><div class="chart" id="chart-metrics"></div>
     <div class="chart" id="chart-clients"></div><div class="chart" id="chart-durations"></div>
     <div class="chart" id="chart-bytes" style="display: none"></div>
     <div class="chart" id="chart-privacy" style="display: none"></div></div>
-    <h2>${cap(stepOf(run))}s</h2><div class="scroll"><table id="rounds"><thead><tr><th>${stepOf(run)}</th><th>test loss</th>
+    <h2>${cap(stepOf(run))}s</h2><p id="earlier-box"></p><div class="scroll"><table id="rounds"><thead><tr><th>${stepOf(run)}</th><th>test loss</th>
     <th>test acc.</th><th>fed. loss</th><th>fed. acc.</th><th>clients</th><th>failures (reason)</th>
     <th>duration</th><th>bytes</th><th>privacy</th></tr></thead><tbody>
-    ${run.rounds.map((r) => roundRow(run, r)).join("")}</tbody></table></div>
+    ${run.rounds.slice(tableFrom).map((r) => roundRow(run, r)).join("")}</tbody></table></div>
     <div id="clients-box">${clientsTable(run)}</div>`;
+  drawEarlierButton(run);
   drawRunCharts(run);
 }
 
@@ -289,8 +328,7 @@ function showRun(id) {
       client_names: change.client_names });
     run.rounds.push(...change.new_rounds);
     document.getElementById("facts-box").innerHTML = facts(run);
-    const body = document.querySelector("#rounds tbody");
-    for (const r of change.new_rounds) body.insertAdjacentHTML("beforeend", roundRow(run, r));
+    appendRows(run, change.new_rounds);
     document.getElementById("clients-box").innerHTML = clientsTable(run);
     drawRunCharts(run);
   });
