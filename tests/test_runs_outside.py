@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,24 @@ def test_list_finds_the_runs_the_dashboard_finds(
     shown = CliRunner().invoke(app, ["runs", "show", "exp-1/seed-1", "--dir", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     assert "finished" in shown.output
+
+
+def test_a_run_named_with_bytes_that_are_not_utf8_is_shown_by_its_listed_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `runs list` writes such a byte \xNN (as the dashboard names the run), and
+    # `runs show` took no such name: "no run 'caf\\xe9'".
+    monkeypatch.setenv("COLUMNS", "200")
+    _simulate(tmp_path / os.fsdecode(b"caf\xe9") / "seed-0", rounds=2)
+    _simulate(tmp_path / "back\\slash", rounds=1)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert " caf\\xe9/seed-0 " in listed.output
+    assert " back\\\\slash " in listed.output
+    for name, rounds in (("caf\\xe9/seed-0", "rounds 2"), ("back\\\\slash", "rounds 1")):
+        shown = CliRunner().invoke(app, ["runs", "show", name, "--dir", str(tmp_path)])
+        assert shown.exit_code == 0, shown.output
+        assert rounds in shown.output
 
 
 def test_a_folder_named_like_markup_is_printed_as_named(

@@ -35,14 +35,18 @@ def project_runs(runs_dir: Path) -> Path:
 def find_run(run: str, runs_dir: Path) -> Path:
     """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
     from covey.core._history import History
+    from covey.dashboard._runs import run_name
 
     if run == "":  # Path("") is the current folder
         fail('RUN is empty (""); give a run folder, or a run\'s name under --dir')
     runs_dir = project_runs(runs_dir)  # a project's runs-dir, if it names one
-    for candidate in (Path(run), runs_dir / run):
+    # A name as `covey runs list` shows it: bytes of a folder name that are not UTF-8
+    # are written \xNN there (a backslash \\), as the dashboard names the run.
+    candidates = [Path(run), runs_dir / run, runs_dir / run_name(run)]
+    for candidate in candidates:
         if any((candidate / f).is_file() for f in (History.FILE_NAME, STORE)):
             return candidate
-    for candidate in (Path(run), runs_dir / run):
+    for candidate in candidates:
         _not_started(candidate)
     fail(
         f"no run {run!r}: give a run folder holding {History.FILE_NAME}, or a name "

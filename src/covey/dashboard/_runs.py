@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -131,6 +132,28 @@ def run_id(name: str) -> str:
         'caf\\\\xe9 run'
     """
     return os.fsencode(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_ESCAPED: Final = re.compile(rb"\\\\|\\x([0-9a-f]{2})")
+
+
+def run_name(run_id: str) -> str:
+    r"""The folder name :func:`run_id` wrote as ``run_id``: ``\xNN`` back to its byte.
+
+    ``covey runs list`` shows such ids, so ``covey runs show`` takes them back.
+
+    Example:
+        >>> run_name(run_id(os.fsdecode(b"caf\xe9 run"))) == os.fsdecode(b"caf\xe9 run")
+        True
+        >>> run_name(run_id("caf\\xe9 run"))
+        'caf\\xe9 run'
+    """
+
+    def byte(match: re.Match[bytes]) -> bytes:
+        hex_digits = match.group(1)
+        return b"\\" if hex_digits is None else bytes([int(hex_digits, 16)])
+
+    return os.fsdecode(_ESCAPED.sub(byte, os.fsencode(run_id)))
 
 
 def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
