@@ -120,6 +120,9 @@ def test_live_run_in_browser(browser: Any, tmp_path: Path) -> None:
             assert browser.execute_script("return window.__sameDocument;") == "yes"
 
             history = result["live"].history
+            # The charts are redrawn at most once a second: wait for the last rounds.
+            points = len(history.metric("loss", "central"))
+            wait.until(lambda d: len(_traces(d, "chart-loss")["test loss"][0]) == points)
             rows = browser.find_elements(By.CSS_SELECTOR, "#rounds tbody tr")
             assert [int(r.get_attribute("data-round")) for r in rows] == list(range(rounds + 1))
             expected = {
@@ -458,6 +461,45 @@ def test_a_long_run_s_table_shows_its_newest_rounds_and_earlier_ones_on_demand(
         wait.until(lambda d: d.find_elements(By.ID, "round-453"))
         assert _table_rounds(browser) == [str(k) for k in range(254, 454)]
         assert "254 earlier rounds" in browser.find_element(By.ID, "not-shown").text
+
+
+COUNT_JS = """
+window.__updates = 0;
+window.__draws = 0;
+stream.addEventListener("update", () => { window.__updates += 1; });
+const react = Plotly.react;
+Plotly.react = (element, ...rest) => {
+  if (element.id === "chart-loss") window.__draws += 1;
+  return react(element, ...rest);
+};
+"""
+
+
+def test_a_fast_live_run_s_charts_are_redrawn_less_often_than_rounds_come(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Each new round redrew every chart: a fast run of thousands of rounds froze the page.
+
+    The charts are redrawn at most once a second; the last redraw holds every round.
+    """
+    _write_run(tmp_path / "runs" / "live", 1000)
+    history = tmp_path / "runs" / "live" / "history.json"
+    data = json.loads(history.read_text())
+    with DashboardServer(tmp_path / "runs", poll=0.01) as dashboard:
+        browser.get(dashboard.url + "#/run/live")
+        browser.refresh()
+        wait = _wait(browser)
+        wait.until(lambda d: d.find_elements(By.ID, "round-1000"))
+        browser.execute_script(COUNT_JS)
+        for k in range(1001, 1041):
+            data["rounds"].append({**data["rounds"][-1], "round": k})
+            history.write_text(json.dumps(data))
+            last = f"round-{k}"
+            wait.until(lambda d: d.find_elements(By.ID, last))  # noqa: B023 (waited for here)
+        wait.until(lambda d: len(_traces(d, "chart-loss")["test loss"][0]) == 1041)
+        updates, draws = browser.execute_script("return [window.__updates, window.__draws];")
+    assert updates >= 20
+    assert draws * 2 <= updates
 
 
 # The titles of a chart's axis and of the chart itself.

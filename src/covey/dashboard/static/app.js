@@ -296,6 +296,32 @@ function appendRows(run, rounds) {
   drawEarlierButton(run);
 }
 
+// A live run's charts are redrawn at most once a second, and for at most a fifth of the time:
+// a fast run of thousands of rounds sent rounds faster than the charts were redrawn, and the
+// page stopped answering. The first change after a quiet second is drawn at once.
+let chartTimer = null;
+let chartsDrawnAt = -Infinity;
+let chartsCost = 0;
+
+function stopCharts() {
+  if (chartTimer) { clearTimeout(chartTimer); chartTimer = null; }
+}
+
+function drawChartsNow(run) {
+  stopCharts();
+  const start = performance.now();
+  drawRunCharts(run);
+  chartsDrawnAt = performance.now();
+  chartsCost = chartsDrawnAt - start;
+}
+
+function drawChartsSoon(run) {
+  if (chartTimer) return;  // it draws the run as it is then, new rounds included
+  const wait = chartsDrawnAt + Math.max(1000, 4 * chartsCost) - performance.now();
+  if (wait <= 0) { drawChartsNow(run); return; }
+  chartTimer = setTimeout(() => drawChartsNow(run), wait);
+}
+
 function renderRun(run) {
   tableRows = TABLE_ROWS;
   tableFrom = Math.max(0, run.rounds.length - tableRows);
@@ -310,7 +336,7 @@ function renderRun(run) {
     ${run.rounds.slice(tableFrom).map((r) => roundRow(run, r)).join("")}</tbody></table></div>
     <div id="clients-box">${clientsTable(run)}</div>`;
   drawEarlierButton(run);
-  drawRunCharts(run);
+  drawChartsNow(run);
 }
 
 function showRun(id) {
@@ -330,7 +356,7 @@ function showRun(id) {
     document.getElementById("facts-box").innerHTML = facts(run);
     appendRows(run, change.new_rounds);
     document.getElementById("clients-box").innerHTML = clientsTable(run);
-    drawRunCharts(run);
+    drawChartsSoon(run);
   });
   stream.addEventListener("error", (e) => {
     if (!e.data) return;
@@ -397,6 +423,7 @@ async function showCompare(ids) {
 async function route() {
   if (stream) { stream.close(); stream = null; }
   if (listTimer) { clearInterval(listTimer); listTimer = null; }
+  stopCharts();
   live.textContent = "";
   const hash = location.hash || "#/";
   try {
