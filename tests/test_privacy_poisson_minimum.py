@@ -106,7 +106,8 @@ def test_central_dp_min_fit_clients_above_the_clients_that_pass_where_names_the_
     # available", and its last that min_fit_clients makes rounds wait for clients
     # available (10 were): the draw is made from the 3 that pass where=.
     assert message.startswith(
-        "round 1: only 3 clients pass where=, fewer than min_fit_clients=4; central DP picks "
+        "round 1: only 3 clients pass where={'site': 'a'}, fewer than min_fit_clients=4; "
+        "central DP picks "
         "each round's clients by a Poisson draw: every client that passes where= trains with "
         "probability fraction_fit=0.3, so a round expects 0.9 of 3"
     )

@@ -126,8 +126,31 @@ def test_fedbuff_tests_each_client_against_where_once_per_report() -> None:
 
 
 def test_too_few_eligible_clients_is_a_clear_error() -> None:
-    with pytest.raises(covey.FederationError, match="counting clients that pass where="):
+    # It said "only 2 are available ... counting clients that pass where=", naming
+    # no filter, where sample() said "only 2 are available" of the same clients.
+    with pytest.raises(covey.FederationError) as caught:
         run(covey.FedAvg(where={"site": "bank"}, min_fit_clients=3))
+    assert str(caught.value).startswith(
+        "round 1: the strategy wants 3 clients to train but only 2 clients pass "
+        "where={'site': 'bank'} (min_fit_clients=3)"
+    ), caught.value
+
+
+def test_sampling_too_many_names_the_counts_and_the_filter_alike() -> None:
+    # Under where= it said "only 2 are available", though every client was available.
+    def bank(props: Mapping[str, Any]) -> bool:
+        return bool(props["site"] == "bank")
+
+    said = "round 4 needs 3 clients but only 2 clients"
+    for strategy, expected in [
+        (covey.FedAvg(), f"{said} are available"),
+        (covey.FedAvg(where={"site": "bank"}), f"{said} pass where={{'site': 'bank'}}"),
+        (covey.FedAvg(where=bank), f"{said} pass where= "),
+    ]:
+        with pytest.raises(ValueError, match="needs 3 clients") as caught:
+            strategy.sample([1, 5], 3, 4, seed=0, purpose=0)
+        assert str(caught.value).startswith(expected), caught.value
+    assert str(caught.value).endswith("bank"), caught.value
 
 
 def test_uniform_sampling_is_seeded_and_reproducible() -> None:

@@ -26,7 +26,7 @@ from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
 from covey.server._retry import RoundRetries, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
-from covey.strategies._checks import poisson_note, stop_reason, too_few_to_fit
+from covey.strategies._checks import clients_there, poisson_note, stop_reason, too_few_to_fit
 from covey.strategies._clients import client_info
 from covey.strategies._fitround import FitOutcome
 from covey.strategies._fold import refuse_dropped_at_begin
@@ -326,12 +326,9 @@ class RoundLoop(_LoopBase):
         if need is None:
             return count
         if eligible < need[0]:
-            where = " pass where=" if strategy.where is not None else " are available"
+            there = clients_there(eligible, strategy.where)
             self._keep_model(
-                rnd,
-                record,
-                f"{need[1]} clients per round, but only {eligible} clients{where}: no "
-                "client trains",
+                rnd, record, f"{need[1]} clients per round, but only {there}: no client trains"
             )
             return None
         return count if strategy.selector is not None else max(count, need[0])
@@ -412,10 +409,10 @@ class RoundLoop(_LoopBase):
             return None
         if count > len(available):
             logger.warning(
-                "round %d: skipping federated evaluation: %d clients wanted, %d available",
+                "round %d: skipping federated evaluation: %d clients wanted, only %s",
                 rnd,
                 count,
-                len(available),
+                clients_there(len(available), strategy.where),
             )
             return None
         return strategy.sample(available, count, rnd, self.seed, purpose=1)

@@ -228,11 +228,27 @@ def outside_candidates(
     said = f"selector {name_of(selector)} chose clients not among its candidates in round {round}"
     if where is None:
         return ValueError(f"{said}: {sorted(unknown)} are not available")
-    test = f"where={dict(where)!r}" if isinstance(where, Mapping) else f"where= {name_of(where)}"
+    test = where_text(where)
     return ValueError(
         f"{said}, the available clients that pass {test}: {sorted(unknown)} are not available "
         f"or do not pass {test}"
     )
+
+
+def where_text(where: object) -> str:
+    """A ``where=`` filter as a message shows it: ``where={'site': 'a'}`` or its function's name."""
+    return f"where={dict(where)!r}" if isinstance(where, Mapping) else f"where= {name_of(where)}"
+
+
+def clients_there(count: int, where: object) -> str:
+    """``"3 clients are available"``, or under a filter ``"3 clients pass where={...}"``.
+
+    The one wording of every message about too few clients, sampled or not: a
+    ``where=`` filter is named, as its clients may be available and fail it.
+    """
+    if where is None:
+        return f"{count} clients are available"
+    return f"{count} clients pass {where_text(where)}"
 
 
 def not_among(chosen: Iterable[int], pool: Sequence[int]) -> list[int]:
@@ -439,16 +455,12 @@ def too_few_to_fit(
     """
     where = strategy.where is not None
     note = poisson_note(strategy, eligible, "that pass where=" if where else "available")
+    there = clients_there(eligible, strategy.where)
     if note:
-        there = "pass where=" if where else "are available"
-        head = (
-            f"round {round}: only {eligible} clients {there}, fewer than "
-            f"min_fit_clients={strategy.min_fit_clients}"
-        )
+        head = f"round {round}: only {there}, fewer than min_fit_clients={strategy.min_fit_clients}"
     else:
         head = (
-            f"round {round}: the strategy wants {count} clients to train but only "
-            f"{eligible} are available (min_fit_clients={strategy.min_fit_clients})"
-            + (" counting clients that pass where=" if where else "")
+            f"round {round}: the strategy wants {count} clients to train but only {there} "
+            f"(min_fit_clients={strategy.min_fit_clients})"
         )
     return head + (f"; {property_error}" if property_error else "") + note

@@ -27,6 +27,7 @@ from covey.strategies._checks import (
     checked_count,
     checked_metrics,
     chosen_ids,
+    clients_there,
     name_of,
     not_among,
     outside_candidates,
@@ -275,7 +276,8 @@ class Strategy:
         """
         if count > len(available):
             raise ValueError(
-                f"round {round} needs {count} clients but only {len(available)} are available"
+                f"round {round} needs {count} clients but only "
+                f"{clients_there(len(available), self.where)}"
             )
         rng = np.random.default_rng([seed, round, purpose])
         if self.selector is not None and (purpose == 0 or selects_evaluation(self.selector)):
