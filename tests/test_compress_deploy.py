@@ -272,6 +272,16 @@ def _tamper_unknown_field(p: dict[str, Any]) -> None:
     p["pickle"] = b"\x80"
 
 
+def _tamper_twice(p: dict[str, Any]) -> None:
+    # The same part's name as other JSON text: the last of the two silently won.
+    p[json.dumps(["part", "W", "step"], separators=(",", ":"))] = np.array([2.0])
+
+
+def _tamper_extra_twice(p: dict[str, Any]) -> None:
+    p[_key("extra", "c", "W")] = np.zeros((64, 10))
+    p[r'["extra", "c", "\u0057"]'] = np.ones((64, 10))  # "W" escaped
+
+
 def _tamper_examples(p: dict[str, Any]) -> None:
     p["num_examples"] = True
 
@@ -288,6 +298,8 @@ def _tamper_scheme(p: dict[str, Any]) -> None:
         (_tamper_extra_part, "'W' carries ['codes', 'lo', 'raw', 'step']"),
         (_tamper_missing_name, "names do not match the model (missing ['b']"),
         (_tamper_unknown_field, "unexpected field 'pickle'"),
+        (_tamper_twice, "encoded update: part 'step' of 'W' is sent twice ('[\"part\",\"W\""),
+        (_tamper_extra_twice, "encoded update: array 'W' of extra 'c' is sent twice"),
         (_tamper_examples, "num_examples must be an integer"),
         (_tamper_scheme, "encoded with 'q4', not 'q8'"),
     ],

@@ -213,11 +213,25 @@ def _head(value: Any, scheme: Scheme) -> tuple[int, dict[str, Any]]:
     return num, dict(metrics)
 
 
+def _refuse_twice(arrays: Mapping[str, Any], kind: str, outer: str, inner: str, key: str) -> None:
+    """Refuse a part (or an extra's array) already in ``arrays``: sent twice, under ``key``.
+
+    Two JSON texts may spell one name (``["part","W","step"]``, an escaped letter):
+    the second would replace the first without a word.
+    """
+    if inner in arrays:
+        what = f"part {inner!r} of {outer!r}"
+        if kind != "part":
+            what = f"array {inner!r} of extra {outer!r}"
+        raise WeightsError(f"encoded update: {what:.200} is sent twice ({key!r:.80})")
+
+
 def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded:
     """The :class:`Encoded` a peer sent as plain data, checked before it is decoded.
 
     Checked: the scheme is the run's, the fields are known, every value is an
-    array, the update's names are the model's and each carries exactly the parts
+    array, no part or extra comes twice (two spellings of one name's JSON), the
+    update's names are the model's and each carries exactly the parts
     the scheme sends for its dtype. Sizes, dtypes, index ranges and scales are
     then checked by the scheme's ``decode``, which allocates only from ``spec``.
 
@@ -242,7 +256,9 @@ def encoded_from_plain(value: Any, scheme: Scheme, spec: WeightsSpec) -> Encoded
         kind, outer, inner = _array_name(key, longest)
         if not isinstance(array, np.ndarray):
             raise WeightsError(f"encoded update: {key!r:.80} is not an array")
-        (parts if kind == "part" else extras).setdefault(outer, {})[inner] = array
+        arrays = (parts if kind == "part" else extras).setdefault(outer, {})
+        _refuse_twice(arrays, kind, outer, inner, key)
+        arrays[inner] = array
     if set(parts) != set(spec.names):
         missing, unknown = set(spec.names) - set(parts), set(parts) - set(spec.names)
         raise WeightsError(
