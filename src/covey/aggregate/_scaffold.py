@@ -7,6 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from covey.aggregate._base import (
+    STEPS,
     AggregationError,
     Begin,
     Broadcast,
@@ -17,6 +18,7 @@ from covey.aggregate._base import (
     State,
     Step,
     for_federation,
+    innermost,
 )
 from covey.aggregate._flat import check_count
 from covey.aggregate._order import CLIENT, described, of_kind
@@ -26,6 +28,10 @@ SERVER_CONTROL = "scaffold_c"
 """The name under which the server control variate ``c`` reaches clients (``config["extras"]``)."""
 CLIENT_DELTA = "scaffold_delta_c"
 """The name of the extra in which a client sends ``c_i+ - c_i``."""
+APPLIED_ROUND = "scaffold_applied_round"
+"""The fit config entry that tells a client the last round whose applied aggregate took
+its ``Delta c_i`` (0: none yet), so that it keeps a change of ``c_i`` only once ``c`` has it."""
+_CONTROL = "_covey_scaffold_control"
 
 
 class _ScaffoldState(NamedTuple):
@@ -108,7 +114,17 @@ def scaffold(num_clients: int) -> Step:
             return _ScaffoldState(freeze(c)), (End(event.round, info, event.step),)
         return state, (event,)
 
-    return for_federation(of_kind(Step(init, update), CLIENT, "scaffold()"), total)
+    step = for_federation(of_kind(Step(init, update), CLIENT, "scaffold()"), total)
+    setattr(step.update, _CONTROL, True)
+    return step
+
+
+def tracks_control(step: Step) -> bool:
+    """Whether ``step`` is or holds :func:`scaffold` (its clients are told what ``c`` took)."""
+    update = innermost(step)
+    if getattr(update, _CONTROL, False):
+        return True
+    return any(tracks_control(inner) for inner in getattr(update, STEPS, ()))
 
 
 def _fold_control(state: _ScaffoldState, event: Contribution) -> tuple[State, tuple[Event, ...]]:

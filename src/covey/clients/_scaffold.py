@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from covey.aggregate._scaffold import CLIENT_DELTA, SERVER_CONTROL
+from covey.aggregate._scaffold import APPLIED_ROUND, CLIENT_DELTA, SERVER_CONTROL
 from covey.clients._torch import as_tensors, named_parameters, torch_module
 from covey.core._codec import decode, encode
 from covey.core._files import atomic_write
@@ -72,14 +72,25 @@ class ControlVariate:
     memory: two more references to arrays, no copies), so that a round a
     resumed server sends again starts from the ``c_i`` it started from the
     first time.
+
+    A server that says which round last took this client's update (the fit
+    config's ``"scaffold_applied_round"``, sent by the synchronous round loop
+    under SCAFFOLD) gets the ``c_i+`` of a reply kept only once it names that
+    reply's round: until the next task it is :attr:`pending` (and, given a
+    ``path``, in ``PATH.pending``), and dropped if the server never applied it,
+    so ``c`` stays the mean of the clients' ``c_i``. Without that entry the new
+    ``c_i`` is kept as the reply is built.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else Path(path)
         self._kept: ByRound[dict[str, Array]] = ByRound()
-        self._round: tuple[Weights, Weights, int | None] | None = None
+        self._round: tuple[Weights, Weights, int | None, bool] | None = None
+        self._pending: tuple[int, dict[str, Array]] | None = None
         if self.path is not None and self.path.exists():
             self.value = {k: np.array(v) for k, v in decode(self.path.read_bytes()).items()}
+        if self.path is not None:
+            self._pending = read_pending(pending_path(self.path))
 
     @property
     def value(self) -> dict[str, Array] | None:
@@ -111,8 +122,9 @@ class ControlVariate:
             )
         spec = WeightsSpec.of(weights)
         spec.check(c, what="the server control variate")
-        rnd = config.get("round")
-        rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None
+        rnd = _round_of(config.get("round"))
+        told = _round_of(config.get(APPLIED_ROUND))
+        self._settle(told, APPLIED_ROUND in config)
         self._kept.at(rnd)  # a round sent again starts from the c_i it had the first time
         if self.value is None:
             self.value = {k: np.zeros(v.shape, v.dtype) for k, v in weights.items()}
@@ -122,7 +134,7 @@ class ControlVariate:
             except WeightsError as exc:
                 where = f" (delete {self.path} to start over)" if self.path else ""
                 raise WeightsError(f"{exc}{where}") from None
-        self._round = (weights, c, rnd)
+        self._round = (weights, c, rnd, told is not None and rnd is not None)
         return {
             k: (c[k] - self.value[k]) if w.dtype.kind == "f" else np.zeros_like(w)
             for k, w in weights.items()
@@ -158,7 +170,7 @@ class ControlVariate:
             raise RuntimeError("call correction(weights, config) before fit_result()")
         if steps < 0 or not lr > 0:
             raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
-        x, c, rnd = self._round
+        x, c, rnd, held = self._round
         old = self.value
         new: dict[str, Array] = {}
         delta: dict[str, Array] = {}
@@ -182,9 +194,14 @@ class ControlVariate:
             # asarray: arithmetic on 0-d arrays gives NumPy scalars, which are no weights.
             new[k] = np.asarray(new[k])
             change[k] = np.asarray(new[k] - old[k])
-        self._kept.advance(rnd, new)
         self._round = None
-        self._save()
+        if held and rnd is not None:  # kept once the server says c took the change
+            self._pending = (rnd, new)
+            if self.path is not None:
+                write_pending(pending_path(self.path), rnd, new)
+        else:  # a server that does not say (FedBuff's loop): taken as sent
+            self._kept.advance(rnd, new)
+            self._save()
         return FitResult(
             delta=delta,
             num_examples=num_examples,
@@ -192,11 +209,57 @@ class ControlVariate:
             extras={CLIENT_DELTA: change},
         )
 
+    @property
+    def pending(self) -> dict[str, Array] | None:
+        """The ``c_i+`` of the last reply, until the next task says whether ``c`` took it."""
+        return None if self._pending is None else self._pending[1]
+
+    def _settle(self, told: int | None, said: bool) -> None:
+        """Keep the last reply's ``c_i+`` if round ``told`` is its round, else drop it.
+
+        A server that says nothing (``said`` false) is taken to have applied it.
+        """
+        if self._pending is None:
+            return
+        (made, new), self._pending = self._pending, None
+        if told == made or not said:
+            self._kept.advance(made, new)
+            self._save()
+        if self.path is not None:
+            pending_path(self.path).unlink(missing_ok=True)
+
     def _save(self) -> None:
         if self.path is None or self.value is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, bytes(encode(self.value)))
+
+
+def _round_of(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def pending_path(path: Path) -> Path:
+    """Where a client keeps the ``c_i+`` it sent, until the server says ``c`` took it."""
+    return path.with_name(path.name + ".pending")
+
+
+def write_pending(path: Path, rnd: int, value: Mapping[str, Array]) -> None:
+    """Keep ``value``, made in round ``rnd``, at ``path`` (atomically)."""
+    arrays = {"round": np.array(rnd, np.int64), **{f"c/{k}": v for k, v in value.items()}}
+    atomic_write(path, bytes(encode(arrays)))
+
+
+def read_pending(path: Path) -> tuple[int, dict[str, Array]] | None:
+    """What :func:`write_pending` kept at ``path`` (None if nothing is)."""
+    if not path.exists():
+        return None
+    arrays = decode(path.read_bytes())
+    made = arrays.get("round")
+    if made is None or made.shape != () or made.dtype.kind != "i":
+        raise WeightsError(f"{path} holds no round of a control variate: delete it to start over")
+    value = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("c/")}
+    return int(made), value
 
 
 def torch_tensors(values: Mapping[str, Any], module: Any) -> dict[str, Any]:

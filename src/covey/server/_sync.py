@@ -20,6 +20,7 @@ from covey.aggregate._base import broadcast_extras, min_contributions
 from covey.core._history import Failure, History, RoundRecord
 from covey.core._messages import EvaluateResult, Reply, Task
 from covey.core._weights import Weights
+from covey.server._applied import AppliedRounds
 from covey.server._base import EvaluateFn, FederationError, RoundCallback, _first_line, _LoopBase
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
@@ -107,6 +108,7 @@ class RoundLoop(_LoopBase):
         self.wait_timeout = wait_timeout
         self.simulated = simulated
         self.retries: RoundRetries | None = None  # serve(round_retries=...) sets it
+        self._applied = AppliedRounds()  # under SCAFFOLD, told to each client with its task
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -243,6 +245,7 @@ class RoundLoop(_LoopBase):
             raise self._stop(rnd, record, "aggregation", exc) from exc
         task = Task("fit", rnd, fit_config(self, rnd), self.weights, broadcast_extras(out))
         tasks, configs = self._tasks(task, cids)
+        tasks = self._applied.told(strategy.aggregator, tasks, self.history)
         if strategy.fit_round is not None:
             fit_round: Any = strategy.fit_round  # configs= only when clients have their own
             more = {} if configs is None else {"configs": configs}
