@@ -324,7 +324,7 @@ def test_a_stopped_run_names_the_last_round_that_finished(
 def test_a_killed_servers_run_says_what_its_resume_needs(tmp_path: Path) -> None:
     # `covey server --resume RUN` alone is refused (it needs the app and the security
     # the server was started with, which the run does not record): the hint says so.
-    from covey.cli._runs import _why
+    from covey.cli._runstatus import why_stopped as _why
 
     (tmp_path / "run.sqlite").touch()
     said = _why(tmp_path, "stopped", History([]))

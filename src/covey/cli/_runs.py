@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import sqlite3
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -32,19 +31,18 @@ from covey.cli._rounds import (
     stopped_early,
 )
 from covey.cli._runsdir import STORE, find_run, project_runs
-from covey.dashboard._runjson import RunReadError, read_run_json, run_files_within
+from covey.cli._runstatus import damaged_run_json, run_status, unreadable_store, why_stopped
+from covey.dashboard._runjson import run_files_within
 from covey.dashboard._runs import discover_runs, later_rounds
 from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.deploy._shown import escape
-from covey.server._rundb import is_held, open_read_only, schema_refusal
-from covey.server._served import how_to_continue, killed_server_reason
+from covey.server._rundb import is_held
 from covey.sim._rundir import (
     SET_UP_FILES,
     how_to_resume,
     interrupted_set_up_reason,
     is_set_up_only,
-    stopped_simulation_reason,
 )
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
@@ -81,111 +79,6 @@ RunsDir = Annotated[
         "--dir", help="The folder holding run folders.", parser=folder_flag("--dir"), metavar="PATH"
     ),
 ]
-
-
-def _why(folder: Path, status: str, history: History) -> str | None:
-    """Why a run is ``failed``, ``stopped`` (its process gone) or ``unreadable``; or None."""
-    step = step_of(history)  # "update" in an asynchronous run
-    if status == "unreadable":
-        return f"unreadable: {_damaged(folder) or _unreadable(folder / 'run.sqlite')}"
-    if status == "failed":  # a simulation's run.json says why, a served run's history
-        reason = _run_json(folder).get("stopped_reason") or history.stopped_reason
-        if isinstance(reason, str) and reason:
-            return f"failed: {reason}{_resumable(folder, step)}"
-    if status == "stopped" and (folder / "run.json").is_file():
-        return f"stopped: {stopped_simulation_reason(folder, step)}"
-    if status == "stopped" and (folder / "run.sqlite").is_file():
-        return f"stopped: {killed_server_reason(folder)}"
-    return None
-
-
-def _resumable(folder: Path, step: str) -> str:
-    """How to continue the failed run in ``folder`` from its checkpoint, if it has one."""
-    if not (folder / "run.sqlite").is_file():
-        return ""
-    how = how_to_resume(folder) if (folder / "run.json").is_file() else how_to_continue(folder)
-    return f"; continue it after its last complete {step} with {how}"
-
-
-def _unreadable(db: Path) -> str:
-    """Why ``db`` cannot be read: another schema (naming the versions), or SQLite's error."""
-    try:
-        with contextlib.closing(open_read_only(db)) as conn:
-            newer = schema_refusal(conn, db)
-            if newer is not None:
-                return newer
-            conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
-    except sqlite3.Error as exc:
-        return f"{db} cannot be read: {exc}"
-    return f"{db} cannot be read"
-
-
-def _simulation_status(folder: Path) -> str | None:
-    """``failed``, ``running`` or ``stopped`` (killed), as a simulation's ``run.json`` says."""
-    status = _run_json(folder).get("status")
-    if status == "failed":
-        return "failed"
-    if status == "running":
-        return "stopped" if is_held(folder) is False else "running"
-    return None
-
-
-def _damaged(folder: Path) -> str | None:
-    """Why a simulation's ``run.json`` cannot be read, if it is there and damaged; else None.
-
-    The dashboard and ``covey runs report`` refuse such a run: listed, it is
-    ``unreadable`` too, naming the file, whatever its history says.
-    """
-    try:
-        read_run_json(folder)
-    except RunReadError as exc:  # as the dashboard says it
-        return str(exc)
-    return None
-
-
-def _run_json(folder: Path) -> dict[str, Any]:
-    """A simulation's ``run.json`` as an object; empty if there is none, or it is damaged.
-
-    Anyone who can write the folder may have put anything there: a named pipe is
-    not waited on, and JSON nested too deeply is damaged like any other.
-    """
-    try:
-        return read_run_json(folder) or {}
-    except RunReadError:  # damaged: the run is unreadable (see _damaged)
-        return {}
-
-
-def run_status(folder: Path, history: History) -> str:
-    """``running``/``finished``/``failed`` for a deployed run; for a simulated one, how far.
-
-    A run whose store (or a simulation's ``run.json``) says running but that no
-    process holds (it was killed) is ``stopped``; one whose ``run.sqlite`` cannot be read is
-    ``unreadable`` (it cannot be resumed, whatever its history says).
-    """
-    if _damaged(folder) is not None:
-        return "unreadable"
-    db = folder / "run.sqlite"
-    if db.is_file():
-        try:
-            with contextlib.closing(open_read_only(db)) as conn:
-                if schema_refusal(conn, db) is not None:
-                    return "unreadable"
-                row = conn.execute("SELECT status FROM run WHERE id = 1").fetchone()
-        except sqlite3.Error:
-            return "unreadable"
-        if row is not None:
-            running = str(row[0]) == "running"
-            return "stopped" if running and is_held(folder) is False else str(row[0])
-    status = _simulation_status(folder)
-    if status == "failed":  # a failed run also records why it stopped: it failed
-        return status
-    if history.stopped_reason:
-        return "stopped"
-    if status is not None:
-        return status
-    planned = history.config.get("rounds")
-    last = history.rounds[-1].round if history.rounds else -1
-    return "finished" if isinstance(planned, int) and last >= planned else "partial"
 
 
 def _last(history: History, name: str) -> str:
@@ -389,7 +282,7 @@ def _row(
     clients = history.config.get("num_clients") or len(history.clients) or "-"
     status = run_status(folder, history)
     if status == "unreadable":  # its run.json or run.sqlite: say why below the table
-        damaged.append(_damaged(folder) or _unreadable(folder / "run.sqlite"))
+        damaged.append(damaged_run_json(folder) or unreadable_store(folder / "run.sqlite"))
     if status == "stopped" and (folder / "run.sqlite").is_file() and backend != "grpc":
         stopped.append(f"stopped[/]: {escape(f'{name}: continue it with {how_to_resume(folder)}')}")
     return [
@@ -455,9 +348,11 @@ def show_run(
     name = strategy.get("name") if isinstance(strategy, dict) else strategy
     status = run_status(folder, history)
     console.print(f"[bold]{escape(str(folder))}[/]: {status}")
-    why = _why(folder, status, history)
-    if why:
-        console.print(f"[red]{escape(why)}[/]")
+    why = why_stopped(folder, status, history)
+    if why:  # an interrupt or a kill is no failure: said in yellow
+        console.print(
+            f"[{'red' if status in ('failed', 'unreadable') else 'yellow'}]{escape(why)}[/]"
+        )
     facts = settings_facts(config, name)
     if facts:
         console.print(escape(", ".join(facts)))

@@ -8,7 +8,9 @@ failed: :func:`interrupt_in` finds the interrupt behind such an error, and
 :func:`as_interrupt` gives the ``KeyboardInterrupt`` to record and raise in its place.
 
 The command line's runs take SIGTERM as Ctrl-C too (:func:`stop_on_sigterm`), as
-``KeyboardInterrupt("SIGTERM")``.
+``KeyboardInterrupt("SIGTERM")``. A run stopped either way is recorded as
+``failed`` with the reason ``interrupted (SIGINT)`` or ``interrupted (SIGTERM)``,
+and shown as ``interrupted`` (:func:`shown_status`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
+    "INTERRUPTED_REASONS",
     "SAME_STOP",
     "as_interrupt",
     "interrupt_in",
     "interrupts_as_such",
+    "shown_status",
     "stop_on_sigterm",
     "stopping_on_sigterm",
 ]
@@ -51,6 +55,27 @@ def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
         else:
             current = current.__context__
     return None
+
+
+INTERRUPTED_REASONS: Final = ("interrupted (SIGINT)", "interrupted (SIGTERM)")
+"""The reasons a simulation's ``run.json`` and a served run's history record for a run
+stopped by Ctrl-C or SIGTERM (an interrupt without args is Ctrl-C's)."""
+
+
+def shown_status(status: str, reason: object) -> str:
+    """The status to show of a run recorded as ``status`` that stopped for ``reason``.
+
+    A run stopped by Ctrl-C or SIGTERM is recorded as ``failed`` (older covey did
+    the same, so the files are read alike); it is shown as ``interrupted``: whoever
+    stopped it saw no failure. Any other status or reason is shown as it is.
+
+    Example:
+        >>> shown_status("failed", "interrupted (SIGINT)")
+        'interrupted'
+        >>> shown_status("failed", "ValueError: bad input")
+        'failed'
+    """
+    return "interrupted" if status == "failed" and reason in INTERRUPTED_REASONS else status
 
 
 def as_interrupt(exc: BaseException) -> BaseException:

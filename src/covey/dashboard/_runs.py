@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from covey.core._interrupt import shown_status
 from covey.core._jsonvalues import as_float
 from covey.core._metricnames import stored_name
 from covey.core._runstep import step_of_settings
@@ -99,14 +100,16 @@ class Run:
 
     @property
     def status(self) -> str:
-        """``"running"``, ``"finished"``, ``"failed"``, ``"stopped"`` or ``"unknown"``.
+        """``"running"``, ``"finished"``, ``"failed"``, ``"interrupted"``, ``"stopped"``, ...
 
         ``"stopped"``: the store (or a simulation's ``run.json``) says running,
         but no process holds the run: it crashed or was killed (a deployed run
         can be resumed). A simulation that wrote only its ``run.lock`` (or
         ``project.json``) is ``"starting"`` while a process holds it, else
         ``"interrupted"`` (killed as it set up; ``meta["stopped_reason"]`` says
-        how to start it again).
+        how to start it again). A run stopped by Ctrl-C or SIGTERM (recorded as
+        failed, for that reason) is ``"interrupted"`` too; ``meta["stopped_reason"]``
+        says how to continue it, if it can be.
         """
         value = self.meta.get("status")
         return value if isinstance(value, str) else "unknown"
@@ -266,8 +269,9 @@ def read_run(
 def _how_to_go_on(run: Run, db: Path, simulated: bool) -> None:
     """Mark a run no process holds any more ``stopped``; say how a stopped or failed run goes on.
 
-    A failed run with a checkpoint (``run.sqlite``) gets the command that continues
-    it after its reason, as ``covey runs show`` prints it.
+    A run recorded as failed because Ctrl-C or SIGTERM stopped it is marked
+    ``interrupted``. A failed or interrupted run with a checkpoint (``run.sqlite``)
+    gets the command that continues it after its reason, as ``covey runs show`` prints it.
     """
     path = run.path
     step = run.step  # "update" in an asynchronous run
@@ -276,8 +280,14 @@ def _how_to_go_on(run: Run, db: Path, simulated: bool) -> None:
         run.meta["stopped_reason"] = (
             stopped_simulation_reason(path, step) if simulated else killed_server_reason(path)
         )
+    stops = [d for _, who, e, d in run.events if (who, e) == ("server", "stopped") and d.strip()]
+    if not simulated and "stopped_reason" not in run.meta and stops:  # before history.json
+        run.meta["stopped_reason"] = stops[-1].strip().splitlines()[0]
     reason = run.meta.get("stopped_reason")
-    if run.status == "failed" and db.is_file() and isinstance(reason, str) and reason:
+    if shown_status(run.status, reason) == "interrupted":  # by Ctrl-C or SIGTERM: no failure
+        run.meta["status"] = "interrupted"
+    going_on = run.status in ("failed", "interrupted") and db.is_file()
+    if going_on and isinstance(reason, str) and reason:
         how = how_to_resume(path) if simulated else how_to_continue(path)
         run.meta["stopped_reason"] = (
             f"{reason}; continue it after its last complete {step} with {how}"
