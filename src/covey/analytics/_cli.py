@@ -169,6 +169,8 @@ def site_command(
     from covey.deploy._cli_errors import address_flag
     from covey.deploy._client import file_name_problem, warn_without_tls
 
+    if certs is not None and insecure:  # refused as `covey client` refuses it, before a ledger
+        raise typer.BadParameter("give --certs DIR or --insecure, not both")
     server = address_flag(server, "--server", listen=False)  # before a ledger is made
     the_policy = load_policy(policy)
     if the_policy is None:
@@ -381,6 +383,8 @@ def query_command(
 
     if certs is None and not insecure:
         raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
+    if certs is not None and insecure:  # as `covey server` refuses it
+        raise typer.BadParameter("give --certs DIR or --insecure, not both")
     output_file(port_file, "--port-file")
     output_file(json_out, "--json")
     try:  # everything that can be checked is, before a site waits on this server
