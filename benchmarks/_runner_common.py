@@ -34,7 +34,11 @@ def parse_args(description: str, *, backend: bool = False) -> argparse.Namespace
         parser.add_argument(
             "--large-client", choices=["standard", "inplace", "fresh"], default="standard"
         )
-    return parser.parse_args()
+    args = parser.parse_args()
+    for flag, value in (("--n", args.n), ("--rounds", args.rounds)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    return args
 
 
 class Recorder:

@@ -20,16 +20,27 @@ __all__ = ["machine_info", "markdown", "ratios", "summarize"]
 
 
 def max_abs_diff(path_a: str, path_b: str) -> float:
-    """The largest absolute difference between two runs' final weights (.npz)."""
+    """The largest absolute difference between two runs' final weights (.npz).
+
+    NaN where the two cannot be compared (other names or shapes) or where one run
+    holds a NaN the other does not: a run that diverged is never reported as
+    matching. Entries equal in both (the same infinity, NaN in both) differ by 0.
+    """
     with np.load(path_a) as a, np.load(path_b) as b:
         if sorted(a.files) != sorted(b.files):
             return float("nan")
         worst = 0.0
         for k in a.files:
-            x, y = a[k], b[k]
+            x, y = a[k].astype(np.float64), b[k].astype(np.float64)
             if x.shape != y.shape:
                 return float("nan")
-            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y))))
+            same = (x == y) | (np.isnan(x) & np.isnan(y))
+            with np.errstate(invalid="ignore"):
+                diff = np.where(same, 0.0, np.abs(x - y))
+            if np.isnan(diff).any():
+                return float("nan")
+            if diff.size:
+                worst = max(worst, float(diff.max()))
         return worst
 
 

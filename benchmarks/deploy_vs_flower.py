@@ -165,7 +165,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         p.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
+    if not args.systems:
+        p.error(f"--systems names no system; choose from {SYSTEMS}")
+    problem = _bad_numbers(args)
+    if problem:
+        p.error(problem)
     return args
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    """What is wrong with the counts, sizes and times given, or None."""
+    for flag, values in (
+        ("--n", args.n),
+        ("--flower-n", args.flower_n),
+        ("--tls-n", args.tls_n),
+        ("--rounds", [args.rounds]),
+        ("--big-clients", [args.big_clients]),
+        ("--big-rounds", [args.big_rounds]),
+        ("--huge-clients", [args.huge_clients]),
+    ):
+        bad = [v for v in values if v < 1]
+        if bad:
+            return f"{flag} must be at least 1, got {bad[0]}"
+    for flag, value in (
+        ("--big-mb", args.big_mb),
+        ("--huge-gib", args.huge_gib),
+        ("--timeout", args.timeout),
+        ("--interval", args.interval),
+        ("--sampler-duty", args.sampler_duty),
+        ("--mem-budget-gib", args.mem_budget_gib),
+    ):
+        if not value > 0:  # also refuses nan
+            return f"{flag} must be greater than 0, got {value}"
+    if not 0 <= args.idle_below <= 1:
+        return f"--idle-below is a share of all CPUs, from 0 to 1; got {args.idle_below}"
+    return None
 
 
 def run_one(spec: Spec, args: argparse.Namespace, results_dir: Path) -> dict[str, Any]:

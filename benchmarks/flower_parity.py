@@ -162,13 +162,23 @@ def main() -> None:
     parser.add_argument("--flower-python", default=".venv-flower/bin/python")
     parser.add_argument("--ray", action="store_true", help="also FedAvg on Flower's Ray engine")
     args = parser.parse_args()
-    flower_out = subprocess.run(
+    if not Path(args.flower_python).is_file():
+        parser.error(
+            f"--flower-python {args.flower_python}: no such file; `make bench-flower` "
+            "creates .venv-flower with flwr[simulation]==1.42.0"
+        )
+    done = subprocess.run(
         [args.flower_python, str(HERE / "_parity_flower.py"), *(["--ray"] if args.ray else [])],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
-    ).stdout
-    flower = json.loads(flower_out)
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.splitlines()[-15:])
+        sys.exit(
+            f"the Flower half failed ({args.flower_python} exited with {done.returncode}):\n{tail}"
+        )
+    flower = json.loads(done.stdout)
     columns = ["weights", "central loss", "federated loss", "fit metric", "evaluate metric"]
     print("| scenario | " + " | ".join(f"max abs diff: {c}" for c in columns) + " |")
     print("|" + " --- |" * (len(columns) + 1))

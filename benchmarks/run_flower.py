@@ -36,7 +36,17 @@ import numpy as np  # noqa: E402
 # Deprecation notices are informational here; never let them turn into errors.
 warnings.simplefilter("default", DeprecationWarning)
 
-import flwr  # noqa: E402
+# The flags first, so that --help and a wrong flag are answered without flwr.
+ARGS = common.parse_args(__doc__ or "")
+
+try:
+    import flwr
+except ImportError:
+    sys.exit(
+        f"run_flower.py: flwr is not installed in {sys.executable}; this runner needs a "
+        "venv with 'flwr[simulation]==1.42.0' numpy scikit-learn (`make bench-flower` "
+        "creates .venv-flower)"
+    )
 from flwr.app import (  # noqa: E402
     Array,
     ArrayRecord,
@@ -51,7 +61,6 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
-ARGS = common.parse_args(__doc__ or "")
 RECORDER = common.Recorder(ARGS.workload)
 FINAL: dict[str, np.ndarray] = {}
 

@@ -128,10 +128,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         p.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
+    if not args.systems:
+        p.error(f"--systems names no system; choose from {SYSTEMS}")
+    problem = _bad_numbers(args)
+    if problem:
+        p.error(problem)
     if args.flower_python is None:
         default = ROOT / ".venv-flower" / "bin" / "python"
         args.flower_python = default if default.exists() else None
+    elif "flower" in args.systems and not args.flower_python.is_file():
+        p.error(f"--flower-python {args.flower_python}: no such file")
     return args
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    """What is wrong with the counts, times and shares given, or None."""
+    for flag, values in (
+        ("--n", args.n),
+        ("--covey-only-n", args.covey_only_n),
+        ("--rounds", [args.rounds]),
+        ("--big-n", [args.big_n]),
+        ("--big-rounds", [args.big_rounds]),
+        ("--large-n", [args.large_n]),
+        ("--large-rounds", [args.large_rounds]),
+        ("--repeat", [args.repeat]),
+    ):
+        bad = [v for v in values if v < 1]
+        if bad:
+            return f"{flag} must be at least 1, got {bad[0]}"
+    for flag, value in (
+        ("--timeout", args.timeout),
+        ("--interval", args.interval),
+        ("--sampler-duty", args.sampler_duty),
+    ):
+        if not value > 0:  # also refuses nan
+            return f"{flag} must be greater than 0, got {value}"
+    if not 0 <= args.idle_below <= 1:
+        return f"--idle-below is a share of all CPUs, from 0 to 1; got {args.idle_below}"
+    if not args.idle_max_wait >= 0:
+        return f"--idle-max-wait must be 0 or more, got {args.idle_max_wait}"
+    return None
 
 
 def runner_command(

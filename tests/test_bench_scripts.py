@@ -1,0 +1,245 @@
+"""The benchmark scripts from outside: their flags, their refusals, their comparisons.
+
+Nothing here measures anything: the scripts are run (or their argument parsing is
+called) on inputs that must be refused, and the weight comparison of
+``vs_flower.py`` is fed files written here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_modules() -> Iterator[dict[str, ModuleType]]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {
+            name: importlib.import_module(name)
+            for name in ("vs_flower", "_vs_flower_report", "deploy_vs_flower")
+        }
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _refused(module: ModuleType, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        module.parse_args(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--n", "0"], "--n"),
+        (["--n", "10", "-3"], "--n"),
+        (["--covey-only-n", "0"], "--covey-only-n"),
+        (["--rounds", "0"], "--rounds"),
+        (["--big-rounds", "0"], "--big-rounds"),
+        (["--large-n", "0"], "--large-n"),
+        (["--large-rounds", "0"], "--large-rounds"),
+        (["--repeat", "0"], "--repeat"),
+        (["--timeout", "-1"], "--timeout"),
+        (["--interval", "0"], "--interval"),
+        (["--sampler-duty", "0"], "--sampler-duty"),
+        (["--sampler-duty", "nan"], "--sampler-duty"),
+        (["--idle-below", "25"], "--idle-below"),
+        (["--idle-max-wait", "-5"], "--idle-max-wait"),
+        (["--systems", ","], "--systems"),
+    ],
+)
+def test_vs_flower_refuses_values_that_measure_nothing(
+    bench_modules: dict[str, ModuleType],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    named: str,
+) -> None:
+    err = _refused(bench_modules["vs_flower"], argv, capsys)
+    assert named in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--n", "0"], "--n"),
+        (["--flower-n", "10", "0"], "--flower-n"),
+        (["--tls-n", "-1"], "--tls-n"),
+        (["--rounds", "0"], "--rounds"),
+        (["--big-clients", "0"], "--big-clients"),
+        (["--big-rounds", "0"], "--big-rounds"),
+        (["--huge-clients", "0"], "--huge-clients"),
+        (["--big-mb", "0"], "--big-mb"),
+        (["--huge-gib", "-2"], "--huge-gib"),
+        (["--timeout", "0"], "--timeout"),
+        (["--interval", "0"], "--interval"),
+        (["--sampler-duty", "0"], "--sampler-duty"),
+        (["--mem-budget-gib", "0"], "--mem-budget-gib"),
+        (["--idle-below", "25"], "--idle-below"),
+        (["--systems", " , "], "--systems"),
+    ],
+)
+def test_deploy_vs_flower_refuses_values_that_measure_nothing(
+    bench_modules: dict[str, ModuleType],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    named: str,
+) -> None:
+    err = _refused(bench_modules["deploy_vs_flower"], argv, capsys)
+    assert named in err
+
+
+def test_deploy_vs_flower_keeps_the_documented_commands(
+    bench_modules: dict[str, ModuleType],
+) -> None:
+    deploy = bench_modules["deploy_vs_flower"]
+    args = deploy.parse_args([])
+    assert args.n == [10, 100]
+    assert args.big_rounds == 2
+    assert "covey-inplace" in args.systems
+    args = deploy.parse_args(
+        [
+            "--systems",
+            "covey,sockets",
+            "--no-digits",
+            "--no-huge",
+            "--load-max-wait",
+            "10",
+            "--tls-n",
+            "--flower-n",
+            "--mem-guard-gib",
+            "0",
+            "--big-mb",
+            "0.5",
+        ]
+    )
+    assert args.systems == ["covey", "sockets"]
+    assert args.tls_n == []
+    assert args.flower_n == []
+
+
+def test_vs_flower_refuses_a_flower_python_that_is_not_there(
+    bench_modules: dict[str, ModuleType], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-venv" / "bin" / "python"
+    err = _refused(
+        bench_modules["vs_flower"], ["--systems", "flower", "--flower-python", str(missing)], capsys
+    )
+    assert str(missing) in err
+    assert "no such file" in err
+
+
+def test_vs_flower_keeps_the_documented_commands(bench_modules: dict[str, ModuleType]) -> None:
+    vs = bench_modules["vs_flower"]
+    args = vs.parse_args([])
+    assert args.n == [10, 100, 1000]
+    assert args.systems == [
+        "covey",
+        "covey-process",
+        "plain",
+        "flower",
+    ]
+    args = vs.parse_args(
+        [
+            "--systems",
+            "covey-process",
+            "--n",
+            "10",
+            "--rounds",
+            "1",
+            "--large-client",
+            "fresh",
+            "--repeat",
+            "3",
+            "--interval",
+            "0.002",
+            "--sampler-duty",
+            "1",
+            "--idle-max-wait",
+            "0",
+        ]
+    )
+    assert args.systems == ["covey-process"]
+    assert args.sampler_duty == 1
+    # Without flower among the systems, a --flower-python not (yet) there is not used.
+    args = vs.parse_args(["--systems", "plain", "--flower-python", "/nowhere/python"])
+    assert args.systems == ["plain"]
+
+
+def _npz(path: Path, **arrays: Any) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_max_abs_diff_never_calls_a_diverged_run_equal(
+    bench_modules: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    diff = bench_modules["_vs_flower_report"].max_abs_diff
+    w = np.zeros((3, 2))
+    b = np.array([0.5, -0.25])
+    good = _npz(tmp_path / "good.npz", W=w, b=b)
+    nan_w = w.copy()
+    nan_w[1, 1] = np.nan
+    diverged = _npz(tmp_path / "diverged.npz", W=nan_w, b=b)
+    assert diff(good, good) == 0.0
+    assert math.isnan(diff(good, diverged))
+    assert math.isnan(diff(diverged, good))
+    assert diff(diverged, diverged) == 0.0  # the same NaN in both: nothing differs
+    inf_b = np.array([np.inf, -0.25])
+    assert (
+        diff(_npz(tmp_path / "i1.npz", W=w, b=inf_b), _npz(tmp_path / "i2.npz", W=w, b=inf_b)) == 0
+    )
+    shifted = _npz(tmp_path / "shifted.npz", W=w, b=b + np.array([0.0, 0.125]))
+    assert diff(good, shifted) == 0.125
+    assert math.isnan(diff(good, _npz(tmp_path / "other.npz", W=w)))
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_runners_refuse_no_clients_and_no_rounds(tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path / "r.json"), "--weights", str(tmp_path / "w.npz")]
+    for flag in ("--n", "--rounds"):
+        done = _run(str(BENCH / "run_plain.py"), flag, "0", *out)
+        assert done.returncode == 2
+        assert f"{flag} must be at least 1" in done.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def _has_flwr() -> bool:
+    return importlib.util.find_spec("flwr") is not None
+
+
+@pytest.mark.skipif(_has_flwr(), reason="needs a Python without flwr")
+def test_flower_runners_say_flwr_is_missing(tmp_path: Path) -> None:
+    done = _run(str(BENCH / "run_flower.py"), "--help")
+    assert done.returncode == 0
+    assert "--workload" in done.stdout
+    out = ["--out", str(tmp_path / "r.json"), "--weights", str(tmp_path / "w.npz")]
+    done = _run(str(BENCH / "run_flower.py"), "--n", "2", "--rounds", "1", *out)
+    assert done.returncode == 1
+    assert "flwr is not installed" in done.stderr
+    assert "Traceback" not in done.stderr
+    missing = tmp_path / "python"
+    done = _run(str(BENCH / "flower_parity.py"), "--flower-python", str(missing))
+    assert done.returncode == 2
+    assert f"{missing}: no such file" in done.stderr
+    done = _run(str(BENCH / "flower_parity.py"), "--flower-python", sys.executable)
+    assert done.returncode == 1
+    assert "the Flower half failed" in done.stderr
+    assert "No module named 'flwr'" in done.stderr
