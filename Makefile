@@ -62,7 +62,13 @@ $(FLOWER_STAMP):
 	$(FLOWER_VENV)/bin/python -m pip install --quiet 'flwr[simulation]==1.42.0' numpy scikit-learn
 	touch $(FLOWER_STAMP)
 
-bench-flower: $(STAMP) $(FLOWER_STAMP)
+# The covey-ray row needs covey's ray extra in .venv.
+RAY_STAMP := $(VENV)/.covey-ray-installed
+$(RAY_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[ray]'
+	touch $(STAMP) $(RAY_STAMP)
+
+bench-flower: $(RAY_STAMP) $(FLOWER_STAMP)
 	$(BIN)/python benchmarks/vs_flower.py --systems covey,covey-process,covey-ray,plain,flower \
 		--flower-python $(FLOWER_VENV)/bin/python $(BENCH_ARGS)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -243,3 +244,23 @@ def test_flower_runners_say_flwr_is_missing(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "the Flower half failed" in done.stderr
     assert "No module named 'flwr'" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_bench_flower_installs_what_its_systems_need() -> None:
+    root = BENCH.parent
+    done = subprocess.run(
+        ["make", "-n", "-B", "bench-flower"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    run = next(line for line in lines if "benchmarks/vs_flower.py" in line)
+    assert "covey-ray" in run
+    # The covey-ray row runs in .venv: covey's ray extra must be installed there.
+    assert any(".venv/bin/python -m pip install" in line and "[ray]" in line for line in lines)
+    assert any("flwr[simulation]==1.42.0" in line for line in lines)
