@@ -16,7 +16,7 @@ that a simulation can record bytes per round in its history.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,10 +280,11 @@ class CountingWrapper:
         wait = getattr(self.inner, "wait_for_clients", None)
         return True if wait is None else bool(wait(count, timeout))
 
-    def joins(self, cid: int) -> int:
-        """``cid``'s session (new with each connection), if the inner transport has one (else 0)."""
-        joins = getattr(self.inner, "joins", None)
-        return 0 if joins is None else int(joins(cid))
+    @property
+    def joins(self) -> Callable[[int], int] | None:
+        """The inner transport's ``joins(cid)``; None for simulated clients (they never rejoin)."""
+        joins: Callable[[int], int] | None = getattr(self.inner, "joins", None)
+        return joins
 
     def take_counts(self) -> tuple[int, int]:
         """``(bytes sent, bytes received)`` since the last call, and reset them."""

@@ -25,6 +25,7 @@ from covey.server._base import EvaluateFn, FederationError, RoundCallback, _firs
 from covey.server._configs import client_configs, evaluate_config, fit_config
 from covey.server._direct import fit_directly
 from covey.server._means import weighted_loss
+from covey.server._passing import KeptWhere
 from covey.server._retry import RoundRetries, run_retried, shortfall
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import clients_there, poisson_note, stop_reason, too_few_to_fit
@@ -109,6 +110,7 @@ class RoundLoop(_LoopBase):
         self.simulated = simulated
         self.retries: RoundRetries | None = None  # serve(round_retries=...) sets it
         self._applied = AppliedRounds()  # under SCAFFOLD, told to each client with its task
+        self._where_kept = KeptWhere()
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -193,8 +195,7 @@ class RoundLoop(_LoopBase):
         """The available clients that pass ``strategy.where``, asking new ones for properties."""
         if self.strategy.where is None:
             return available  # not copied: a federation may have 100,000s of clients
-        self._ask_properties(rnd, available)
-        return self.strategy.eligible(available, self.properties)
+        return self._where_kept.eligible(self, rnd, available)
 
     def _ask_properties(self, rnd: int, cids: Sequence[int]) -> None:
         """Ask the clients of ``cids`` whose properties are unknown for them, and keep them."""
@@ -203,6 +204,7 @@ class RoundLoop(_LoopBase):
             ask = dict.fromkeys(unknown, Task("properties", rnd))
             for reply in self.transport.exchange(ask, timeout=self.round_timeout):
                 self._store_properties(reply, rnd)
+                self._where_kept.reported(reply.cid)
 
     def _tasks(self, task: Task, cids: Sequence[int]) -> tuple[dict[int, Task], Any]:
         """Each client's task: ``task`` itself, or a copy with the client's own config.

@@ -1,0 +1,89 @@
+"""where= in simulated rounds: each client judged once, not every client every round."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+import covey
+from covey import FitResult
+from covey.core import RoundRecord
+
+
+class Grouped(covey.Client):
+    """A stateless client in group ``cid % 4``."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def properties(self) -> dict[str, Any]:
+        return {"group": self.cid % 4}
+
+    def fit(self, weights: Any, config: dict[str, Any]) -> FitResult:
+        return FitResult(weights={k: v + 1.0 for k, v in weights.items()}, num_examples=1)
+
+    def evaluate(self, weights: Any, config: dict[str, Any]) -> covey.EvaluateResult:
+        return covey.EvaluateResult(loss=float(self.cid), num_examples=1)
+
+
+def init() -> dict[str, np.ndarray]:
+    return {"w": np.zeros(3)}
+
+
+def strategy(where: Any) -> covey.Strategy:
+    return covey.FedAvg(fraction_fit=0.05, fraction_evaluate=0.05, where=where)
+
+
+class AskedEveryRound(covey.Strategy):
+    """A strategy whose own eligible() a round asks every round, as a deployed round does."""
+
+    def eligible(
+        self, available: Sequence[int], properties: Mapping[int, Mapping[str, Any]]
+    ) -> list[int]:
+        return super().eligible(available, properties)
+
+
+def participants(history: covey.History) -> list[tuple[list[int], list[int]]]:
+    return [(r.fit_participants, r.evaluate_participants) for r in history.rounds]
+
+
+def test_a_where_predicate_judges_each_simulated_client_once() -> None:
+    judged: list[int] = []
+
+    def in_group_one(props: Mapping[str, Any]) -> bool:
+        judged.append(props["group"])
+        return bool(props["group"] == 1)
+
+    result = covey.simulate(Grouped, 400, 4, strategy(in_group_one), init(), client_cache=0)
+    # Each of the 400 clients once: a round judged all 400 for training and again for
+    # evaluation, 3,200 calls in four rounds, and so O(N) per round.
+    assert len(judged) == 400
+    for fit, evaluated in participants(result.history)[1:]:
+        assert len(fit) == 5
+        assert {cid % 4 for cid in fit} == {1}, fit
+        assert len(evaluated) == 5
+        assert {cid % 4 for cid in evaluated} == {1}, evaluated
+
+
+def test_kept_judgement_samples_the_clients_a_round_judging_all_samples() -> None:
+    kept = covey.simulate(Grouped, 400, 3, strategy({"group": 2}), init(), seed=3)
+    every = AskedEveryRound(fraction_fit=0.05, fraction_evaluate=0.05, where={"group": 2})
+    judged_each_round = covey.simulate(Grouped, 400, 3, every, init(), seed=3)
+    assert participants(kept.history) == participants(judged_each_round.history)
+    assert (kept.weights["w"] == judged_each_round.weights["w"]).all()
+
+
+def test_a_where_dict_changed_between_rounds_applies_from_the_next_round() -> None:
+    where: dict[str, Any] = {"group": 1}
+
+    def switch(record: RoundRecord) -> None:
+        if record.round == 1:
+            where["group"] = 3
+        if record.round == 2:
+            where["group"] = 0
+
+    result = covey.simulate(Grouped, 400, 3, strategy(where), init(), on_round=switch)
+    groups = [{cid % 4 for cid in fit} for fit, _ in participants(result.history)[1:]]
+    assert groups == [{1}, {3}, {0}]
