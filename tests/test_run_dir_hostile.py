@@ -483,3 +483,25 @@ def test_a_simulation_whose_run_sqlite_is_deleted_stops_naming_it(tmp_path: Path
             on_round=delete,
         )
     assert str(run_dir / "run.sqlite") in str(info.value)
+
+
+def test_reading_a_small_file_under_a_large_cap_takes_memory_for_the_file_only(
+    tmp_path: Path,
+) -> None:
+    from covey.core._files import TooLargeError, read_regular
+
+    path = tmp_path / "run.json"
+    path.write_bytes(b'{"status": "running"}')
+    tracemalloc.start()
+    try:
+        data = read_regular(path, 64 * 1024 * 1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == b'{"status": "running"}'
+    # Reading limit + 1 bytes took a buffer of the cap (64 MiB) for a 21-byte file.
+    assert peak < 1_000_000, peak
+    path.write_bytes(b"x" * 100)
+    with pytest.raises(TooLargeError, match="100 bytes, more than the 99 read"):
+        read_regular(path, 99)
+    assert read_regular(path, 100) == b"x" * 100

@@ -200,7 +200,11 @@ def read_regular(path: str | Path, limit: int | None = None) -> bytes:
             return handle.read()
         if size > limit:
             raise TooLargeError(path, size, limit)
-        data = handle.read(limit + 1)  # a file that grew since fstat is caught too
+        # As big as fstat said, and a byte more: a read of limit + 1 bytes would take
+        # that much memory for a moment whatever the file's size (16 MiB for a run.json).
+        data = handle.read(size + 1)
+        if len(data) > size:  # it grew since fstat: read on, to the limit, to catch it
+            data += handle.read(limit + 1 - len(data))
         if len(data) > limit:
             raise TooLargeError(path, max(size, len(data)), limit)
         return data
