@@ -272,3 +272,26 @@ def test_a_damaged_client_state_file_is_named_with_what_to_do(tmp_path: Any, dam
         store.load(3)
     path.unlink()
     assert store.load(3) is None
+
+
+def test_fedbuff_checks_its_client_model_once_not_every_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from covey.transport._async import ClientModel
+
+    checks: list[object] = []
+    meta = type(ClientModel)
+    check = meta.__instancecheck__
+
+    def counted(cls: Any, instance: object) -> bool:
+        if cls is ClientModel:
+            checks.append(instance)
+        return bool(check(cls, instance))
+
+    monkeypatch.setattr(meta, "__instancecheck__", counted)
+    result = covey.simulate(
+        Seeded, 100, 20, covey.FedBuff(buffer_size=5, concurrency=10), init(), availability=0.9
+    )
+    assert len(result.history.rounds) == 21
+    # Two checks a task (is it online, how long it takes): about 60 us each, per task.
+    assert len(checks) <= 2, len(checks)
