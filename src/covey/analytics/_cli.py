@@ -165,9 +165,8 @@ def site_command(
 ) -> None:
     """Serve analytics queries over local tables, answering under the site's policy."""
     from covey.analytics._site import Site
-    from covey.deploy import connect, tls_from_certs
+    from covey.deploy import connect
     from covey.deploy._cli_errors import address_flag
-    from covey.deploy._client import file_name_problem, warn_without_tls
 
     if certs is not None and insecure:  # refused as `covey client` refuses it, before a ledger
         raise typer.BadParameter("give --certs DIR or --insecure, not both")
@@ -181,20 +180,7 @@ def site_command(
         held = hold_ledger(kept)  # noqa: F841 - held until this process exits
         site = Site(tables, the_policy, name=name or "site", ledger=kept)
         errors.print(f"privacy budget kept in {escape(str(kept))}", soft_wrap=True)
-        tls = None
-        if certs is not None:
-            if name is None:
-                raise typer.BadParameter("--certs needs --name (the site's certificate name)")
-            why = file_name_problem(name)
-            if why is not None:  # it names clients/NAME.pem: no path, inside the folder
-                raise typer.BadParameter(f"--name {name[:60]!r}: {why}")
-            tls = tls_from_certs(certs, name, server_name=server_name)
-        elif server_name is not None:
-            raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
-        elif not insecure:
-            raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
-        else:  # said once, not at every query server the site joins
-            warn_without_tls(server)
+        tls = _site_tls(certs, name, server_name, insecure, server)
     except (OSError, ValueError, TypeError) as exc:  # a table, ledger or certificate given
         errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -234,6 +220,28 @@ def site_command(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # leave without gRPC's finalizers (see `covey client`)
+
+
+def _site_tls(
+    certs: Path | None, name: str | None, server_name: str | None, insecure: bool, server: str
+) -> Any:
+    """The site's TLS settings from ``--certs``/``--name``; None with ``--insecure`` (warned)."""
+    from covey.deploy import tls_from_certs
+    from covey.deploy._client import file_name_problem, warn_without_tls
+
+    if certs is not None:
+        if name is None:
+            raise typer.BadParameter("--certs needs --name (the site's certificate name)")
+        why = file_name_problem(name)
+        if why is not None:  # it names clients/NAME.pem: no path, inside the folder
+            raise typer.BadParameter(f"--name {name[:60]!r}: {why}")
+        return tls_from_certs(certs, name, server_name=server_name)
+    if server_name is not None:
+        raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
+    if not insecure:
+        raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
+    warn_without_tls(server)  # said once, not at every query server the site joins
+    return None
 
 
 def _serve_queries(
@@ -353,6 +361,14 @@ def _query_tls(certs: Path | None, server: str) -> Any:
     return None
 
 
+def _one_tls_choice(certs: Path | None, insecure: bool) -> None:
+    """Refuse a query server given neither ``--certs`` nor ``--insecure``, or both."""
+    if certs is None and not insecure:
+        raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
+    if certs is not None and insecure:  # as `covey server` refuses it
+        raise typer.BadParameter("give --certs DIR or --insecure, not both")
+
+
 def query_command(
     sql: Annotated[str, typer.Argument(help="The SELECT to answer.")],
     server: Annotated[str, typer.Option(help="host:port this query server listens on.")],
@@ -381,10 +397,7 @@ def query_command(
     from covey.transport.grpc._checks import check_address
     from covey.transport.grpc._listen import ListenError
 
-    if certs is None and not insecure:
-        raise typer.BadParameter("give --certs DIR, or --insecure for a local experiment")
-    if certs is not None and insecure:  # as `covey server` refuses it
-        raise typer.BadParameter("give --certs DIR or --insecure, not both")
+    _one_tls_choice(certs, insecure)
     output_file(port_file, "--port-file")
     output_file(json_out, "--json")
     try:  # everything that can be checked is, before a site waits on this server
