@@ -159,7 +159,8 @@ def _tamper(plain: dict[str, Any], rnd: int) -> None:
     """Tamper with an encoded update, a different way each round.
 
     Round 1 an index out of range, 2 int64 indices, 3 fifty times the values,
-    4 2-D indices, 5 another scheme's name, 6 more bytes than a reply may announce.
+    4 2-D indices, 5 another scheme's name, 6 more bytes than a reply may announce
+    (the client sends that as its failure, as the task's header states the cap).
     """
     index, value = json.dumps(["part", "W", "index"]), json.dumps(["part", "W", "value"])
     if rnd == 1:
@@ -194,7 +195,7 @@ REFUSALS = {
     3: "'W'/'value' must be 64 values of float64 in one dimension, got shape (3200,)",
     4: "got shape (8, 8) of uint32",
     5: "update encoded with 'q8', not 'top0.1'",
-    6: "disconnected",
+    6: "bytes of arrays in a reply to its fit_compressed task",
 }
 
 

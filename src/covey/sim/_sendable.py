@@ -3,8 +3,10 @@
 Each backend checks a client's result against the limits a deployed server
 reads it with (:func:`~covey.transport.grpc._wirecheck.result_limits`: at most
 4 MiB of JSON, strings of at most 1 MiB, arrays no larger than the task's
-model), so a client whose metric is too large fails alone, with the same
-error, on every backend and over the network. The process backend's pipe
+model; the bytes of a task kind's arrays of one's own within the cap of
+:func:`~covey.transport.grpc._wirecheck.reply_bytes_limit`), so a client whose
+metric or reply is too large fails alone, with the same error, on every backend
+and over the network. The process backend's pipe
 then carries the result as JSON within the looser :data:`LIMITS` of the pipe
 itself (its arrays travel in a file, not here).
 
@@ -33,6 +35,7 @@ from covey.transport.grpc._wire import WireError, WireLimits, is_extras
 from covey.transport.grpc._wirecheck import (
     check_config,
     check_payload,
+    check_reply_bytes,
     check_result,
     result_limits,
 )
@@ -52,15 +55,20 @@ def unsendable(cid: int, kind: str, result: Any, model: Weights | None) -> Reply
     """Client ``cid``'s failed reply if its ``result`` cannot be sent, else None.
 
     ``model`` is the weights its task carried (None if none): arrays in the
-    result may be no larger than the model, as for a deployed server.
+    result's JSON may be no larger than the model, and the arrays of a task
+    kind's result of one's own (a dict holding NumPy arrays) take at most the
+    bytes a deployed server takes in a reply to that task (about four times the
+    model, 64 MiB without one), as for a deployed server.
     """
-    if (type(result) is FitResult or type(result) is EvaluateResult) and not result.metrics:
+    usual = type(result) is FitResult or type(result) is EvaluateResult
+    if usual and not result.metrics:
         return None  # the usual case: nothing of a client's size to send
     try:
         check_result(result, result_limits(model))
     except WireError as exc:
         return Reply(cid, kind, error=f"cannot send the result: {exc}")
-    return None
+    too_large = None if usual else check_reply_bytes(kind, result, model)
+    return None if too_large is None else Reply(cid, kind, error=too_large)
 
 
 def sendable(reply: Reply, model: Weights | None) -> Reply:

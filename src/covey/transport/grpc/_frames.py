@@ -19,6 +19,7 @@ refused at the handshake.
 from __future__ import annotations
 
 import importlib
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +32,7 @@ from covey.transport.grpc import _lane, _wire
 from covey.transport.grpc._checks import welcome_heartbeat
 from covey.transport.grpc._refusal import VERSION_CHARS, Refused, server_named, stated_version
 from covey.transport.grpc._stream import CHUNK_BYTES, Buffers, Upload, chunks, feed, lazy_buffer
+from covey.transport.grpc._wirecheck import reply_bytes_error
 from covey.transport.grpc.proto import covey_pb2 as pb
 
 __all__ = [
@@ -50,6 +52,8 @@ __all__ = [
     "task_header",
     "welcome_message",
 ]
+
+logger = logging.getLogger("covey")
 
 #: The wire protocol this covey speaks: 2 = chunks as raw tagged frames.
 PROTOCOL = 2
@@ -230,14 +234,18 @@ def reply_frames(
     reply: Reply,
     lane: socket.socket | None = None,
     limits: _wire.WireLimits | None = None,
+    most: int = 0,
+    task: str = "",
 ) -> Iterator[bytes]:
     """The frames of a client's reply: its header, then its arrays as chunk frames.
 
     With ``lane`` (the client's data connection to the server), the arrays go
     there instead, written once the header is out. A result over ``limits``
     (those the server reads it with, default :class:`~covey.transport.grpc._wire.WireLimits`;
-    see :func:`~covey.transport.grpc._wirecheck.result_limits`) is sent as the
-    task's failure instead, naming what is too large.
+    see :func:`~covey.transport.grpc._wirecheck.result_limits`), or whose arrays
+    take more than ``most`` bytes (the cap the task's header states; 0: none
+    stated, as by an older server), is sent as the task's failure instead, naming
+    what is too large, and logged as the failure of ``task`` (its description).
 
     Raises:
         OSError: the data connection failed (raised from the generator).
@@ -252,7 +260,12 @@ def reply_frames(
             if more:
                 extras = _codec.Encoded(_wire.flatten_extras(more))
         except Exception as exc:  # noqa: BLE001 - an unsendable result is reported, not fatal
-            reply = Reply(reply.cid, reply.kind, error=f"cannot send the result: {exc}")
+            reply = _unsendable(reply, f"cannot send the result: {exc}", task)
+        else:
+            size = (0 if blob is None else len(blob)) + (0 if extras is None else len(extras))
+            if most and size > most:  # the server would drop the connection for it
+                blob = extras = None
+                reply = _unsendable(reply, reply_bytes_error(reply.kind, size, most), task)
     if not reply.ok:
         header = pb.ReplyHeader(task_id=task_id, kind=reply.kind, error=reply.error or "failed")
         yield control(pb.ClientMessage(reply=header))
@@ -281,6 +294,12 @@ def reply_frames(
         last = frame
     if last:
         yield last
+
+
+def _unsendable(reply: Reply, error: str, task: str) -> Reply:
+    """The failed reply that replaces ``reply`` when its result cannot be sent; logged."""
+    logger.warning("the %s failed: %s", task or f"{reply.kind} task", error)
+    return Reply(reply.cid, reply.kind, error=error)
 
 
 class Download:

@@ -76,6 +76,8 @@ class TaskStream:
             error = f"cannot send the {task.kind} task to client {conn.name}: {exc}"
             self.registry.unable(conn, task_id, task.kind, error)
             return True
+        # The cap on its reply's arrays, so that its client refuses a larger reply itself.
+        header.reply_bytes = conn.limits_of(task_id)[0]
         lane = conn.lanes[0] if header.weights_size or header.extras_size else None
         header.data_lane = lane is not None
         yield control(pb.ServerMessage(task=header))

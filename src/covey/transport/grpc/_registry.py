@@ -25,6 +25,7 @@ import grpc
 from covey.core._messages import Reply
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc._lane import cut
+from covey.transport.grpc._wirecheck import NO_MODEL_REPLY_BYTES
 from covey.transport.grpc._wireread import WireLimits
 
 __all__ = [
@@ -64,7 +65,7 @@ server's memory with every client that ever left.
 ReplyLimits = tuple[int, WireLimits]
 """The caps on one task's reply: the most bytes of arrays, and the caps on its JSON."""
 
-NO_MODEL: ReplyLimits = (64 * 1024 * 1024, WireLimits())
+NO_MODEL: ReplyLimits = (NO_MODEL_REPLY_BYTES, WireLimits())
 """The caps on a reply to a task sent without a model (and to a task not pending)."""
 
 _LOST = ("disconnected", "timed out (no heartbeat)", "replaced by a new connection")

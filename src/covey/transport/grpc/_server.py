@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from covey.compress._kernels import index_dtype
 from covey.core import _codec
 from covey.core._messages import Reply, Task
 from covey.core._weights import Weights, WeightsSpec
@@ -30,6 +28,7 @@ from covey.transport.grpc._listen import ListenError
 from covey.transport.grpc._registry import CLOSE, FREED, NO_MODEL, Registry, ReplyLimits, Sink
 from covey.transport.grpc._service import SILENCE, FederationService, ServerTLS, start_server
 from covey.transport.grpc._stream import MAX_INFLIGHT_BYTES
+from covey.transport.grpc._wirecheck import reply_limit
 
 __all__ = ["DataPortError", "GrpcServerTransport", "ServerTLS"]
 
@@ -52,38 +51,6 @@ _HELD = (
     "busy: still working on an earlier task when this one's time ran out, so it was never "
     "sent (a client runs one task at a time)"
 )
-
-
-def reply_limit(model_bytes: int, spec: WeightsSpec) -> int:
-    """The most bytes a reply may declare, for a model of ``model_bytes`` encoded.
-
-    A reply carries an update and at most one model of extras (SCAFFOLD's). A
-    compressed update takes up to three times a weight's bytes (top-k of a float16
-    array: a uint32 index and a value per entry), five times for an array of more
-    than 2**32 values (a uint64 index), in up to three arrays per weight, each
-    aligned to 64 bytes and named in the header by a key holding the weight's
-    name: for a model of many small arrays that is more than the arrays' bytes.
-    """
-    names = sum(len(name) for name in spec.names)
-    # 12 header characters per name character at most: a \uXXXX escape, escaped again.
-    per_array = 3 * (2 * 64 + 128) * len(spec.names) + 3 * 12 * names
-    return max(4 * model_bytes, sparse_bytes(spec) + model_bytes) + per_array + 1024 * 1024
-
-
-def sparse_bytes(spec: WeightsSpec) -> int:
-    """The bytes of the largest top-k update of a model: an index and a value per entry.
-
-    Top-k at a fraction near 1 sends every float entry with its index, as its
-    integer arrays whole: for a float16 array of more than 2**32 values (uint64
-    indices) five times the array's bytes, more than the ``4 * model`` that
-    bounds a reply otherwise.
-    """
-    total = 0
-    for shape, dtype in zip(spec.shapes, spec.dtypes, strict=True):
-        size = math.prod(shape)
-        index = index_dtype(size).itemsize if dtype.kind == "f" else 0
-        total += size * (dtype.itemsize + index)
-    return total
 
 
 def task_limits(task: Task, blob: _codec.Encoded | None) -> ReplyLimits:

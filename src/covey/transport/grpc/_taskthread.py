@@ -132,7 +132,10 @@ def _perform(session: Any, task: str, cid: int, header: Any, buffer: Any, intact
             return
         live.tasks += 1
         live.kinds[header.kind] = live.kinds.get(header.kind, 0) + 1
-        session.outbound.put(reply_frames(header.task_id, reply, session.lanes.up, sent))
+        frames = reply_frames(
+            header.task_id, reply, session.lanes.up, sent, header.reply_bytes, task
+        )
+        session.outbound.put(frames)
 
 
 def wait_for_task_thread(

@@ -16,20 +16,44 @@ verdict and the error: the same on every backend by construction.
 A task's config and JSON payload are checked the same way (:func:`check_config`,
 :func:`check_payload`), against the caps a deployed server sends a task within
 (:func:`~covey.transport.grpc._frames.task_header`).
+
+The bytes of a reply's arrays are capped too, by the model of the task it answers
+(:func:`reply_bytes_limit`: about four times the model, 64 MiB for a task that
+carries none). A deployed server states the cap in each task's header, and its
+client sends a reply over it as its failure (:func:`reply_bytes_error`) instead
+of being dropped for it; every simulation backend refuses a task kind's result of
+one's own with the same error (:func:`check_reply_bytes`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from covey.compress._kernels import index_dtype
+from covey.core import _codec
 from covey.core._messages import EvaluateResult, FitResult
 from covey.core._weights import Weights, WeightsError, WeightsSpec
 from covey.transport.grpc._wire import ARRAY_KINDS, WireLimits, dumps_within, result_head
 
-__all__ = ["check_config", "check_payload", "check_result", "result_limits"]
+__all__ = [
+    "NO_MODEL_REPLY_BYTES",
+    "check_config",
+    "check_payload",
+    "check_reply_bytes",
+    "check_result",
+    "reply_bytes_error",
+    "reply_bytes_limit",
+    "reply_limit",
+    "result_limits",
+    "sparse_bytes",
+]
+
+#: The most bytes of arrays a reply to a task that carries no model may announce.
+NO_MODEL_REPLY_BYTES = 64 * 1024 * 1024
 
 #: Most characters of JSON for one number of an array (``-2.2250738585072014e-308``)
 #: and the comma after it.
@@ -52,6 +76,82 @@ def result_limits(model: Weights | None) -> WireLimits:
     except WeightsError:  # no model to size arrays by; the round loop refuses it anyway
         return WireLimits()
     return WireLimits.for_spec(spec)
+
+
+def reply_limit(model_bytes: int, spec: WeightsSpec) -> int:
+    """The most bytes a reply may declare, for a model of ``model_bytes`` encoded.
+
+    A reply carries an update and at most one model of extras (SCAFFOLD's). A
+    compressed update takes up to three times a weight's bytes (top-k of a float16
+    array: a uint32 index and a value per entry), five times for an array of more
+    than 2**32 values (a uint64 index), in up to three arrays per weight, each
+    aligned to 64 bytes and named in the header by a key holding the weight's
+    name: for a model of many small arrays that is more than the arrays' bytes.
+    """
+    names = sum(len(name) for name in spec.names)
+    # 12 header characters per name character at most: a \uXXXX escape, escaped again.
+    per_array = 3 * (2 * 64 + 128) * len(spec.names) + 3 * 12 * names
+    return max(4 * model_bytes, sparse_bytes(spec) + model_bytes) + per_array + 1024 * 1024
+
+
+def sparse_bytes(spec: WeightsSpec) -> int:
+    """The bytes of the largest top-k update of a model: an index and a value per entry.
+
+    Top-k at a fraction near 1 sends every float entry with its index, as its
+    integer arrays whole: for a float16 array of more than 2**32 values (uint64
+    indices) five times the array's bytes, more than the ``4 * model`` that
+    bounds a reply otherwise.
+    """
+    total = 0
+    for shape, dtype in zip(spec.shapes, spec.dtypes, strict=True):
+        size = math.prod(shape)
+        index = index_dtype(size).itemsize if dtype.kind == "f" else 0
+        total += size * (dtype.itemsize + index)
+    return total
+
+
+def reply_bytes_limit(model: Weights | None) -> int:
+    """The most bytes of arrays a reply to a task that carried ``model`` may announce.
+
+    :func:`reply_limit` of the model encoded, as a deployed server caps the reply
+    (and states in the task's header); :data:`NO_MODEL_REPLY_BYTES` for a task
+    without a model.
+    """
+    if not model:
+        return NO_MODEL_REPLY_BYTES
+    try:
+        spec = WeightsSpec.of(model)
+    except WeightsError:  # no model to size arrays by; the round loop refuses it anyway
+        return NO_MODEL_REPLY_BYTES
+    return reply_limit(_codec.encoded_size(model), spec)
+
+
+def reply_bytes_error(kind: str, size: int, most: int) -> str:
+    """The failure of a reply to a ``kind`` task whose arrays take ``size`` bytes, over ``most``."""
+    return (
+        f"cannot send the result: its arrays take {size} bytes, more than the limit of "
+        f"{most} bytes of arrays in a reply to its {kind} task (about four times the "
+        "task's model, 64 MiB for a task that carries none)"
+    )
+
+
+def check_reply_bytes(kind: str, result: Any, model: Weights | None) -> str | None:
+    """:func:`reply_bytes_error` if the arrays of ``result`` (its own kind's) pass their cap.
+
+    ``result`` is a task kind's of one's own: a mapping whose NumPy arrays travel
+    encoded, beside its JSON. A fit result's arrays match the model (the round
+    loop refuses others), far below the cap. Arrays the codec cannot encode are
+    left to the check that sends them.
+    """
+    arrays = result_head(result)[1]
+    if not arrays:
+        return None
+    try:
+        size = _codec.encoded_size(arrays)
+    except Exception:  # noqa: BLE001 - not encodable: refused where it is encoded
+        return None
+    most = reply_bytes_limit(model)
+    return reply_bytes_error(kind, size, most) if size > most else None
 
 
 class _MayRefuse(Exception):

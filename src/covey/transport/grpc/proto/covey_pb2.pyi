@@ -43,7 +43,7 @@ class Welcome(_message.Message):
     def __init__(self, cid: _Optional[int] = ..., name: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., run_id: _Optional[str] = ..., protocol: _Optional[int] = ..., version: _Optional[str] = ..., data_port: _Optional[int] = ..., data_token: _Optional[bytes] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size", "extras_size", "data_lane", "unit")
+    __slots__ = ("task_id", "kind", "round", "config", "payload", "weights_size", "extras_size", "data_lane", "unit", "reply_bytes")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class TaskHeader(_message.Message):
     EXTRAS_SIZE_FIELD_NUMBER: _ClassVar[int]
     DATA_LANE_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
+    REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     kind: str
     round: int
@@ -62,7 +63,8 @@ class TaskHeader(_message.Message):
     extras_size: int
     data_lane: bool
     unit: str
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., round: _Optional[int] = ..., config: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ..., data_lane: _Optional[bool] = ..., unit: _Optional[str] = ...) -> None: ...
+    reply_bytes: int
+    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[str] = ..., round: _Optional[int] = ..., config: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., weights_size: _Optional[int] = ..., extras_size: _Optional[int] = ..., data_lane: _Optional[bool] = ..., unit: _Optional[str] = ..., reply_bytes: _Optional[int] = ...) -> None: ...
 
 class ReplyHeader(_message.Message):
     __slots__ = ("task_id", "kind", "error", "result", "weights_size", "extras_size", "data_lane")
