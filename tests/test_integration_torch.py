@@ -491,7 +491,7 @@ def test_cnn_example_learns_non_iid_digits() -> None:
         import torch_digits
     finally:
         sys.path.remove(str(EXAMPLES))
-    accuracy = torch_digits.compare(num_clients=8, rounds=8, mu=0.1)
+    accuracy = torch_digits.compare(torch_digits.Digits(num_clients=8), rounds=8, mu=0.1)
     assert set(accuracy) == {"FedAvg", "FedProx(mu=0.1)"}
     assert all(a > 0.7 for a in accuracy.values()), accuracy
 

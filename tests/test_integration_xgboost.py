@@ -235,7 +235,7 @@ def test_federated_boosters_beat_every_client_alone() -> None:
         import xgboost_federated as example
     finally:
         sys.path.remove(str(EXAMPLES))
-    scores = example.compare(num_clients=4, per_client=150, rounds=5)
+    scores = example.compare(example.Clients(num_clients=4, per_client=150), rounds=5)
     alone = [v for k, v in scores.items() if k.endswith("alone")]
     assert len(alone) == 4
     loss, accuracy = scores["bagging"]
