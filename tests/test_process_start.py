@@ -21,6 +21,7 @@ import pytest
 
 import covey
 from covey import FitResult
+from covey.core._gcstart import AT_IMPORT
 from covey.sim import ProcessTransport, SimulationResult, _logs, _start
 from covey.transport.grpc import WireError
 
@@ -389,10 +390,43 @@ def test_forked_workers_keep_the_parents_objects_frozen() -> None:
     """A collection in a worker would write into (and so copy) every page of the parent's heap."""
     import gc
 
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= AT_IMPORT  # at most the interpreter's own (CPython 3.12)
     (low,) = _frozen_in_workers("fork")
     assert low > 1000  # the parent's modules, functions, dicts: all frozen in the workers
     assert gc.get_freeze_count() == 0  # and thawed here, collected as before
+
+
+# Objects frozen before covey is imported stand for the interpreter's own: CPython 3.12
+# starts with a few hundred in the permanent generation, and they turned the freeze off.
+_FROZEN_AT_START = """
+import gc, sys
+gc.freeze()
+import numpy as np, covey
+start = gc.get_freeze_count()
+class Count(covey.Client):
+    def fit(self, weights, config):
+        frozen = float(gc.get_freeze_count())
+        return covey.FitResult(weights=weights, num_examples=1, metrics={"frozen": frozen})
+low = lambda ms: {"low": min(float(m["frozen"]) for _, m in ms)}
+result = covey.simulate(
+    lambda cid: Count(), num_clients=2, rounds=1, backend="process", start_method="fork",
+    strategy=covey.FedAvg(fraction_evaluate=0.0, fit_metrics=low),
+    initial_weights={"w": np.zeros(3)},
+)
+print(start, result.history.rounds[1].fit_metrics["low"], gc.get_freeze_count())
+"""
+
+
+def test_objects_frozen_before_covey_is_imported_do_not_turn_the_freeze_off() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FROZEN_AT_START], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    start, low, after = (float(n) for n in done.stdout.split())
+    assert low > start + 1000  # the parent's modules, functions, dicts: frozen in the workers
+    assert after == 0  # and thawed after the run
 
 
 def test_a_parent_that_froze_objects_itself_is_left_as_it_was() -> None:

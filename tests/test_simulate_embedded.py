@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import covey
+from covey.core._gcstart import AT_IMPORT
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _procs import python_json
@@ -45,7 +46,7 @@ def test_objects_the_application_froze_stay_frozen_after_a_run() -> None:
 
 
 def test_a_run_gives_back_what_it_froze_even_with_another_run_in_a_thread() -> None:
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= AT_IMPORT  # at most the interpreter's own (CPython 3.12)
     results: list[Any] = []
     threads = [threading.Thread(target=lambda: results.append(_run())) for _ in range(2)]
     for thread in threads:

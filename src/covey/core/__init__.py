@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from covey.core import _gcstart as _gcstart  # counted at `import covey`, before any run
 from covey.core._lazy import lazy_exports
 
 if TYPE_CHECKING:  # loaded on first use: NumPy is slow to import

@@ -10,13 +10,16 @@ The permanent generation is the process's, not the run's: an application
 that froze its own objects (a pre-fork server keeping its pages shared with
 its workers) must find them frozen after a simulation, and two simulations
 in two threads share one freeze. So the objects are frozen only when nothing
-is frozen yet, and given back when the last simulation that froze them ends.
+is frozen yet (beyond the interpreter's own, see :mod:`covey.core._gcstart`),
+and given back when the last simulation that froze them ends.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
+
+from covey.core import _gcstart
 
 _lock = threading.Lock()
 _runs = 0  # simulations running under the freeze this module made
@@ -31,7 +34,7 @@ def freeze() -> None:
     global _runs, _ours
     with _lock:
         if _runs == 0:
-            _ours = gc.get_freeze_count() == 0
+            _ours = not _gcstart.others_frozen()  # the interpreter's own do not count
             if _ours:
                 gc.freeze()
         _runs += 1

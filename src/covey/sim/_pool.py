@@ -17,6 +17,7 @@ from typing import Any
 
 from covey.clients._client import ClientFn
 from covey.clients._quiet import ignoring
+from covey.core import _gcstart
 from covey.sim import _logs, _shm
 from covey.sim._worker import worker_main
 
@@ -48,9 +49,10 @@ def _frozen(ctx: Any) -> Iterator[None]:
     collection of the oldest generation writes into every object it visits: the
     first one in a worker would copy each page of the parent's heap that holds
     one. The worker keeps them frozen, out of its collections; the parent's stay
-    as they were. A parent that froze objects itself is left as it is.
+    as they were. A parent that froze objects itself is left as it is (the
+    interpreter's own frozen objects do not count: :mod:`covey.core._gcstart`).
     """
-    if ctx.get_start_method() != "fork" or gc.get_freeze_count():
+    if ctx.get_start_method() != "fork" or _gcstart.others_frozen():
         yield
         return
     gc.freeze()
