@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -341,7 +341,7 @@ def freeze(weights: Weights) -> dict[str, Array]:
     out: dict[str, Array] = {}
     for name, value in weights.items():
         try:
-            view = np.asarray(memoryview(value).toreadonly())  # type: ignore[arg-type]
+            view = np.asarray(memoryview(cast(Any, value)).toreadonly())  # stubs differ by NumPy
         except (TypeError, ValueError):  # a dtype the buffer protocol cannot carry
             view = value.view()
         if view.dtype != value.dtype or view.shape != value.shape:

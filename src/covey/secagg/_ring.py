@@ -170,7 +170,7 @@ def quantize(values: np.ndarray, clip: float, bits: int) -> np.ndarray:
         )
     rng = np.random.default_rng(np.frombuffer(os.urandom(16), dtype=np.uint64))
     # floor(s + U) with U uniform in [0, 1) rounds s up with probability frac(s).
-    scaled = rng.random(x.shape)
+    scaled = np.asarray(rng.random(x.shape), dtype=np.float64)  # an array, whatever the stubs say
     scaled += x * scale(clip, bits)
     np.floor(scaled, out=scaled)
     top = (1 << (bits - 1)) - 1
