@@ -17,6 +17,7 @@ import covey
 from covey.cli import app
 from covey.cli._runs import print_table
 from covey.core import RoundRecord
+from covey.dashboard._runs import run_name
 
 
 class Shrink(covey.Client):
@@ -145,6 +146,25 @@ def test_a_run_named_with_bytes_that_are_not_utf8_is_shown_by_its_listed_name(
         shown = CliRunner().invoke(app, ["runs", "show", name, "--dir", str(tmp_path)])
         assert shown.exit_code == 0, shown.output
         assert rounds in shown.output
+
+
+def test_runs_show_heads_a_run_named_with_bytes_not_utf8_as_runs_list_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its heading wrote the byte as the lone surrogate Python reads it as, caf\udce9,
+    # where `runs list` and the dashboard write caf\xe9.
+    monkeypatch.setenv("COLUMNS", "200")
+    _simulate(tmp_path / os.fsdecode(b"caf\xe9"), rounds=1)
+    _simulate(tmp_path / "back\\slash", rounds=1)
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path)])
+    assert " caf\\xe9 " in listed.output
+    for name in ("caf\\xe9", "back\\\\slash"):
+        by_name = ["runs", "show", name, "--dir", str(tmp_path)]
+        by_path = ["runs", "show", str(tmp_path / run_name(name))]
+        for args in (by_name, by_path):
+            shown = CliRunner().invoke(app, args)
+            assert shown.exit_code == 0, shown.output
+            assert shown.output.splitlines()[0] == f"{tmp_path / name}: finished"
 
 
 def test_a_folder_named_like_markup_is_printed_as_named(

@@ -33,7 +33,7 @@ from covey.cli._rounds import (
 from covey.cli._runsdir import STORE, find_run, project_runs
 from covey.cli._runstatus import damaged_run_json, run_status, unreadable_store, why_stopped
 from covey.dashboard._runjson import run_files_within
-from covey.dashboard._runs import discover_runs, later_rounds
+from covey.dashboard._runs import discover_runs, later_rounds, run_id
 from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.deploy._shown import escape
@@ -309,6 +309,16 @@ def _modified(folder: Path) -> str:
     return _dt.datetime.fromtimestamp(max(stamps)).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _shown_folder(folder: Path) -> str:
+    r"""``folder`` as ``covey runs list`` and the dashboard name runs (:func:`run_id`).
+
+    A byte of a folder's name that is not UTF-8 is written ``\xNN`` (not as the
+    lone surrogate Python reads it as), a backslash in a name twice.
+    """
+    parts = (part if part == folder.anchor else run_id(part) for part in folder.parts)
+    return str(Path(*parts))
+
+
 def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     table = Table(title="Failures", box=box.SIMPLE_HEAD, header_style="bold")
     step = step_of(history)  # "update" in an asynchronous run
@@ -347,7 +357,7 @@ def show_run(
     strategy = config.get("strategy")
     name = strategy.get("name") if isinstance(strategy, dict) else strategy
     status = run_status(folder, history)
-    console.print(f"[bold]{escape(str(folder))}[/]: {status}")
+    console.print(f"[bold]{escape(_shown_folder(folder))}[/]: {status}")
     why = why_stopped(folder, status, history)
     if why:  # an interrupt or a kill is no failure: said in yellow
         console.print(
