@@ -438,3 +438,35 @@ def test_the_dashboard_and_covey_runs_refuse_a_damaged_run_json_alike(
     assert listed.exit_code == 0, listed.output
     assert " unreadable " in " ".join(listed.output.split())
     assert said in "".join(listed.output.split("\n"))
+
+
+@pytest.mark.parametrize("how", ["a named pipe", "a folder"])
+def test_a_history_that_is_no_regular_file_is_listed_as_unreadable_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # `covey runs list` and the dashboard left such a run out, without a word of why.
+    import os
+
+    from covey.dashboard._runs import RunReadError, discover_runs, read_run
+
+    monkeypatch.setenv("COLUMNS", "400")
+    _good(tmp_path / "runs" / "ok")
+    history = tmp_path / "runs" / "odd" / History.FILE_NAME
+    history.parent.mkdir()
+    if how == "a named pipe":
+        os.mkfifo(history)
+    else:
+        history.mkdir()
+    why = f"{history} is not a regular file (a folder, a named pipe, a device)"
+    listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert listed.exit_code == 0, listed.output
+    out = "".join(listed.output.split("\n"))
+    assert " odd - unreadable " in " ".join(listed.output.split())
+    assert f"unreadable: {why}" in out
+    shown = CliRunner().invoke(app, ["runs", "show", str(history.parent)])
+    assert shown.exit_code == 2, shown.output
+    assert why in "".join(shown.output.split("\n"))
+    found = dict(discover_runs(tmp_path / "runs"))
+    assert sorted(found) == ["odd", "ok"]
+    with pytest.raises(RunReadError, match=re.escape(f"{history.name} is not a regular file")):
+        read_run("odd", found["odd"])

@@ -33,7 +33,7 @@ from covey.cli._rounds import (
 from covey.cli._runsdir import STORE, find_run, project_runs
 from covey.cli._runstatus import damaged_run_json, run_status, unreadable_store, why_stopped
 from covey.dashboard._runjson import run_files_within
-from covey.dashboard._runs import discover_runs, later_rounds, run_id
+from covey.dashboard._runs import discover_runs, has_history, later_rounds, run_id
 from covey.deploy._cli_errors import fail, folder_flag
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.deploy._shown import escape
@@ -111,13 +111,13 @@ def load_history(folder: Path, notices: list[str], root: Path | None = None) -> 
     from covey.core._history import History
 
     run_files_within(folder, root)
-    if not (folder / History.FILE_NAME).is_file() and (folder / STORE).is_file():
+    if not has_history(folder) and (folder / STORE).is_file():
         return _store_history(folder, notices, root=root)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:
             history = History.load(folder)
-        except ValueError as exc:  # damaged; a store keeps every round too
+        except (ValueError, OSError) as exc:  # damaged, a pipe; a store keeps every round too
             if not (folder / STORE).is_file():
                 raise
             return _store_history(folder, notices, damaged=str(exc), root=root)
@@ -172,8 +172,6 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
         history, or why it cannot be read, or None for a simulation that has not
         got past its set-up (:func:`~covey.sim._rundir.is_set_up_only`).
     """
-    from covey.core._history import History
-
     found: list[tuple[str, Path, History | str | None]] = []
     if not runs_dir.is_dir():
         return found
@@ -182,8 +180,6 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
             name = folder.resolve().name
         if is_set_up_only(folder):
             found.append((name, folder, None))
-            continue
-        if not any((folder / f).is_file() for f in (History.FILE_NAME, STORE)):
             continue
         try:
             found.append((name, folder, load_history(folder, notices, runs_dir)))

@@ -35,7 +35,7 @@ def project_runs(runs_dir: Path) -> Path:
 def find_run(run: str, runs_dir: Path) -> Path:
     """The folder of ``run``: a path to a run folder, or a run's name under ``runs_dir``."""
     from covey.core._history import History
-    from covey.dashboard._runs import run_name
+    from covey.dashboard._runs import is_run, run_name
 
     if run == "":  # Path("") is the current folder
         fail('RUN is empty (""); give a run folder, or a run\'s name under --dir')
@@ -44,7 +44,7 @@ def find_run(run: str, runs_dir: Path) -> Path:
     # are written \xNN there (a backslash \\), as the dashboard names the run.
     candidates = [Path(run), runs_dir / run, runs_dir / run_name(run)]
     for candidate in candidates:
-        if any((candidate / f).is_file() for f in (History.FILE_NAME, STORE)):
+        if is_run(candidate) and not is_set_up_only(candidate):  # damaged: says why
             return candidate
     for candidate in candidates:
         _not_started(candidate)

@@ -293,6 +293,8 @@ class History:
 
         Raises:
             FileNotFoundError: if there is no ``history.json`` there.
+            OSError: naming it, if the ``history.json`` is no regular file (a folder,
+                a named pipe, a device).
             ValueError: if the file is not a covey history, or is larger than ``max_bytes``.
 
         Example:
@@ -305,8 +307,8 @@ class History:
         path = Path(run_dir)
         if path.is_dir():
             path = path / cls.FILE_NAME
-        if not path.is_file():
-            if not path.exists() and path.name != cls.FILE_NAME:  # a folder not there
+        if not path.exists():  # a named pipe or a folder there is refused as it is read
+            if path.name != cls.FILE_NAME:  # a folder not there
                 raise FileNotFoundError(f"no run folder {path}: there is no such file or folder")
             raise FileNotFoundError(
                 f"no {cls.FILE_NAME} in {path.parent}: is it a covey run folder?"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -32,6 +31,8 @@ from covey.core._interrupt import shown_status
 from covey.core._jsonvalues import as_float
 from covey.core._metricnames import stored_name
 from covey.core._runstep import step_of_settings
+from covey.dashboard._runid import run_id as run_id
+from covey.dashboard._runid import run_name as run_name
 from covey.dashboard._runjson import (
     RunReadError as RunReadError,
 )
@@ -116,47 +117,18 @@ class Run:
 
 
 def is_run(path: Path) -> bool:
-    """Whether ``path`` is a run folder (one not past its set-up included)."""
-    return (path / HISTORY).is_file() or (path / STORE).is_file() or is_set_up_only(path)
+    """Whether ``path`` is a run folder (one not past its set-up included).
 
-
-def run_id(name: str) -> str:
-    r"""A folder's name as a run id: text, its bytes that are not UTF-8 written as ``\xNN``.
-
-    Such bytes come out of :func:`os.listdir` as lone surrogates, which no browser
-    can put in a URL (``encodeURIComponent`` throws), so the page could list no run.
-    A backslash in the name is written twice, so no two folders get the same id
-    (one named with the byte 0xE9 and one named with the four characters ``\xe9``).
-
-    Example:
-        >>> run_id(os.fsdecode(b"caf\xe9 run"))
-        'caf\\xe9 run'
-        >>> run_id("caf\\xe9 run")
-        'caf\\\\xe9 run'
+    A ``history.json`` that is no regular file (a named pipe, a folder, a broken
+    link) makes one too: the run is damaged, and is shown as unreadable, saying why,
+    rather than left out without a word.
     """
-    return os.fsencode(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return has_history(path) or (path / STORE).is_file() or is_set_up_only(path)
 
 
-_ESCAPED: Final = re.compile(rb"\\\\|\\x([0-9a-f]{2})")
-
-
-def run_name(run_id: str) -> str:
-    r"""The folder name :func:`run_id` wrote as ``run_id``: ``\xNN`` back to its byte.
-
-    ``covey runs list`` shows such ids, so ``covey runs show`` takes them back.
-
-    Example:
-        >>> run_name(run_id(os.fsdecode(b"caf\xe9 run"))) == os.fsdecode(b"caf\xe9 run")
-        True
-        >>> run_name(run_id("caf\\xe9 run"))
-        'caf\\xe9 run'
-    """
-
-    def byte(match: re.Match[bytes]) -> bytes:
-        hex_digits = match.group(1)
-        return b"\\" if hex_digits is None else bytes([int(hex_digits, 16)])
-
-    return os.fsdecode(_ESCAPED.sub(byte, os.fsencode(run_id)))
+def has_history(path: Path) -> bool:
+    """Whether the folder ``path`` holds a ``history.json`` of any kind (a link, a pipe)."""
+    return os.path.lexists(path / HISTORY)
 
 
 def discover_runs(root: str | Path) -> list[tuple[str, Path]]:
@@ -244,7 +216,7 @@ def read_run(
     simulated = (path / META).is_file() or not db.is_file()  # a simulation keeps run.json
     run = Run(run_id, path, "simulated" if simulated else "deployed")
     history = path / HISTORY
-    if history.is_file() and damaged is None:
+    if has_history(path) and damaged is None:  # no regular file: unreadable
         damaged = _read_history(run, within(history, top), db)  # a link outside: refused
     if damaged is not None:
         if not db.is_file():
