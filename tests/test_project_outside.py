@@ -478,7 +478,7 @@ def test_an_interrupted_federation_resumes_with_the_command_it_prints(project: P
     assert code == 0, shown
     assert f"{run}: interrupted" in " ".join(shown.split())
     assert (
-        "interrupted (SIGINT); continue it after its last complete round with "
+        "interrupted (SIGINT); continue it from its start (no round of it finished) with "
         f"`covey run {project} --federation local --resume {run} --set \"address='127.0.0.1:0'\" "
         "--set \"port-file='int.port'\" --set rounds=2`"
     ) in " ".join(shown.split())

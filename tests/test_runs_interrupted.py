@@ -6,7 +6,9 @@ What is stored stays as older covey wrote it (``failed``, with the reason
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +29,27 @@ class Same(covey.Client):
         return covey.FitResult(weights=weights, num_examples=1)
 
 
-def _stopped_simulation(run_dir: Path, stop: BaseException) -> None:
-    """A simulation of 4 rounds that ``stop`` ends in its second round."""
+def _simulate(run_dir: Path, **options: Any) -> covey.sim.SimulationResult:
+    return covey.simulate(
+        lambda cid: Same(),
+        num_clients=3,
+        rounds=4,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.ones(2)},
+        run_dir=run_dir,
+        **options,
+    )
+
+
+def _stopped_simulation(run_dir: Path, stop: BaseException, in_round: int = 1) -> None:
+    """A simulation of 4 rounds that ``stop`` ends as round ``in_round`` is recorded."""
 
     def on_round(record: covey.core.RoundRecord) -> None:
-        if record.round == 1:
+        if record.round == in_round:
             raise stop
 
     with pytest.raises(type(stop)):
-        covey.simulate(
-            lambda cid: Same(),
-            num_clients=3,
-            rounds=4,
-            strategy=covey.FedAvg(fraction_evaluate=0.0),
-            initial_weights={"w": np.ones(2)},
-            run_dir=run_dir,
-            on_round=on_round,
-        )
+        _simulate(run_dir, on_round=on_round)
 
 
 def _cli(*args: str) -> str:
@@ -140,9 +146,39 @@ def test_an_interrupted_server_is_shown_as_interrupted(
         assert store.status == "failed"  # stored as before
     shown = _cli("runs", "show", str(run_dir))
     assert f"{run_dir}: interrupted" in shown
-    hint = "interrupted (SIGINT); continue it after its last complete round with `covey server"
-    assert hint in shown
+    # No round of it finished (round 0 at most): the resume starts it at round 1 again.
+    hint = "interrupted (SIGINT); continue it from its start (no round of it finished) with "
+    assert f"{hint}`covey server" in shown
     assert " interrupted " in _cli("runs", "list", str(tmp_path))
     row = summary(read_run("run", run_dir))
     assert row["status"] == "interrupted"
-    assert row["note"].startswith("interrupted (SIGINT); continue it after its last complete ")
+    assert row["note"].startswith(hint)
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_simulation_stopped_before_any_round_finished_is_continued_from_its_start(
+    tmp_path: Path, killed: bool
+) -> None:
+    # `covey runs show` and the dashboard said "continue it after its last complete
+    # round" of a run that had finished none: the resume runs it from round 1.
+    run_dir = tmp_path / "r0"
+    _stopped_simulation(run_dir, KeyboardInterrupt(), in_round=0)
+    if killed:  # as a process killed in its round 1 leaves its files: still running
+        for name, now in (("run.json", {"status": "running"}), ("history.json", {})):
+            data = json.loads((run_dir / name).read_text())
+            data.pop("stopped_reason")
+            (run_dir / name).write_text(json.dumps({**data, **now}))
+        with contextlib.closing(sqlite3.connect(run_dir / "run.sqlite")) as db, db:
+            db.execute("UPDATE run SET status = 'running'")
+    shown = _cli("runs", "show", str(run_dir))
+    assert f"{run_dir}: {'stopped' if killed else 'interrupted'}" in shown
+    said = "continue it from its start (no round of it finished) with `covey.simulate("
+    assert said in shown
+    assert "last complete" not in shown
+    assert said in summary(read_run("r0", run_dir))["note"]
+    resumed = _simulate(run_dir, resume=True)
+    assert [r.round for r in resumed.history.rounds] == [0, 1, 2, 3, 4]
+    assert resumed.history.rounds[1].fit_participants  # round 1 trained in the resume
+    run_dir = tmp_path / "r1"
+    _stopped_simulation(run_dir, KeyboardInterrupt(), in_round=1)
+    assert "continue it after its last complete round with" in _cli("runs", "show", str(run_dir))

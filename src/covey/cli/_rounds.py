@@ -10,14 +10,13 @@ whose aggregation failed.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.table import Table
 
-from covey.core._runstep import step_of_settings
+from covey.core._runstep import STOPPED_IN, last_finished_step, step_of_settings
 from covey.deploy._shown import escape
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
@@ -222,14 +221,11 @@ def stopped_early(history: History) -> str | None:
     if not history.stopped_reason:
         return None
     last = last_finished(history)
-    stopped = _STOPPED_IN.match(history.stopped_reason)
+    stopped = STOPPED_IN.match(history.stopped_reason)
     step = step_of(history) if stopped is None else stopped.group(1)  # "update": asynchronous
     if last is None or last < 1:
         return f"stopped before any {step} finished: {history.stopped_reason}"
     return f"stopped early after {step} {last}: {history.stopped_reason}"
-
-
-_STOPPED_IN = re.compile(r"(round|update) (\d+):")
 
 
 def last_finished(history: History) -> int | None:
@@ -239,11 +235,7 @@ def last_finished(history: History) -> int | None:
     and says so at the start of its reason (``round r: ...``): that record is not
     a finished round.
     """
-    rounds = [r.round for r in history.rounds]
-    stopped = _STOPPED_IN.match(history.stopped_reason or "")
-    if rounds and stopped is not None and rounds[-1] == int(stopped.group(2)):
-        rounds.pop()
-    return rounds[-1] if rounds else None
+    return last_finished_step([r.round for r in history.rounds], history.stopped_reason)
 
 
 def endings(history: History) -> list[str]:

@@ -12,12 +12,12 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covey.cli._rounds import step_of
+from covey.cli._rounds import last_finished, step_of
 from covey.core._interrupt import shown_status
 from covey.dashboard._runjson import RunReadError, read_run_json
 from covey.server._rundb import is_held, open_read_only, schema_refusal
 from covey.server._served import how_to_continue, killed_server_reason
-from covey.sim._rundir import how_to_resume, stopped_simulation_reason
+from covey.sim._rundir import how_to_resume, resumed_from, stopped_simulation_reason
 
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History
@@ -28,15 +28,16 @@ __all__ = ["damaged_run_json", "run_status", "unreadable_store", "why_stopped"]
 def why_stopped(folder: Path, status: str, history: History) -> str | None:
     """Why a run is ``failed``, ``interrupted``, ``stopped`` (gone) or ``unreadable``; or None."""
     step = step_of(history)  # "update" in an asynchronous run
+    last = last_finished(history)
     if status == "unreadable":
         return f"unreadable: {damaged_run_json(folder) or unreadable_store(folder / 'run.sqlite')}"
     if status in ("failed", "interrupted"):
         reason = _stopped_reason(folder, history)
         if reason:  # "interrupted (SIGINT)" names itself
             said = reason if status == "interrupted" else f"failed: {reason}"
-            return f"{said}{_resumable(folder, step)}"
+            return f"{said}{_resumable(folder, step, last)}"
     if status == "stopped" and (folder / "run.json").is_file():
-        return f"stopped: {stopped_simulation_reason(folder, step)}"
+        return f"stopped: {stopped_simulation_reason(folder, step, last)}"
     if status == "stopped" and (folder / "run.sqlite").is_file():
         return f"stopped: {killed_server_reason(folder)}"
     return None
@@ -67,12 +68,15 @@ def _logged_stop(db: Path) -> str | None:
     return None
 
 
-def _resumable(folder: Path, step: str) -> str:
-    """How to continue the failed or interrupted run in ``folder`` from its checkpoint, if any."""
+def _resumable(folder: Path, step: str, last: int | None) -> str:
+    """How to continue the failed or interrupted run in ``folder`` from its checkpoint, if any.
+
+    ``last``: its last finished ``step`` (None: none), which the resume goes on after.
+    """
     if not (folder / "run.sqlite").is_file():
         return ""
     how = how_to_resume(folder) if (folder / "run.json").is_file() else how_to_continue(folder)
-    return f"; continue it after its last complete {step} with {how}"
+    return f"; continue it {resumed_from(step, last)} with {how}"
 
 
 def unreadable_store(db: Path) -> str:

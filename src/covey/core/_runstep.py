@@ -13,10 +13,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["step_of_settings"]
+__all__ = ["STOPPED_IN", "last_finished_step", "step_of_settings"]
+
+STOPPED_IN = re.compile(r"(round|update) (\d+):")
+"""How a run stopped by an error in a round begins its reason: ``round 3: ...``."""
 
 
 def step_of_settings(config: Mapping[str, Any]) -> str:
@@ -25,3 +29,23 @@ def step_of_settings(config: Mapping[str, Any]) -> str:
     options = strategy.get("options") if isinstance(strategy, Mapping) else None
     asynchronous = isinstance(options, Mapping) and options.get("buffer_size") is not None
     return "update" if asynchronous else "round"
+
+
+def last_finished_step(steps: Sequence[int], stopped_reason: object) -> int | None:
+    """The last of a run's round (or update) numbers ``steps`` that finished; None if none.
+
+    A run stopped by an error in round r keeps that round's record (its failures)
+    and says so at the start of its ``stopped_reason`` (``round r: ...``): that
+    round did not finish.
+
+    Example:
+        >>> last_finished_step([0, 1, 2], "round 2: the test set is gone")
+        1
+        >>> last_finished_step([0, 1, 2], None)
+        2
+    """
+    done = list(steps)
+    stopped = STOPPED_IN.match(stopped_reason) if isinstance(stopped_reason, str) else None
+    if done and stopped is not None and done[-1] == int(stopped.group(2)):
+        done.pop()
+    return done[-1] if done else None

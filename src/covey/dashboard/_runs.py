@@ -30,7 +30,7 @@ from typing import Any, Final
 from covey.core._interrupt import shown_status
 from covey.core._jsonvalues import as_float
 from covey.core._metricnames import stored_name
-from covey.core._runstep import step_of_settings
+from covey.core._runstep import last_finished_step, step_of_settings
 from covey.dashboard._runid import run_id as run_id
 from covey.dashboard._runid import run_name as run_name
 from covey.dashboard._runjson import (
@@ -53,6 +53,7 @@ from covey.sim._rundir import (
     how_to_resume,
     interrupted_set_up_reason,
     is_set_up_only,
+    resumed_from,
     stopped_simulation_reason,
 )
 
@@ -247,10 +248,11 @@ def _how_to_go_on(run: Run, db: Path, simulated: bool) -> None:
     """
     path = run.path
     step = run.step  # "update" in an asynchronous run
+    last = last_finished_step([r["round"] for r in run.rounds], run.meta.get("stopped_reason"))
     if run.status == "running" and is_held(path) is False:
         run.meta["status"] = "stopped"
         run.meta["stopped_reason"] = (
-            stopped_simulation_reason(path, step) if simulated else killed_server_reason(path)
+            stopped_simulation_reason(path, step, last) if simulated else killed_server_reason(path)
         )
     stops = [d for _, who, e, d in run.events if (who, e) == ("server", "stopped") and d.strip()]
     if not simulated and "stopped_reason" not in run.meta and stops:  # before history.json
@@ -261,9 +263,7 @@ def _how_to_go_on(run: Run, db: Path, simulated: bool) -> None:
     going_on = run.status in ("failed", "interrupted") and db.is_file()
     if going_on and isinstance(reason, str) and reason:
         how = how_to_resume(path) if simulated else how_to_continue(path)
-        run.meta["stopped_reason"] = (
-            f"{reason}; continue it after its last complete {step} with {how}"
-        )
+        run.meta["stopped_reason"] = f"{reason}; continue it {resumed_from(step, last)} with {how}"
 
 
 def _set_up_run(run_id: str, path: Path) -> Run:

@@ -34,6 +34,7 @@ __all__ = [
     "kept_history",
     "new_run_command",
     "resume_command",
+    "resumed_from",
     "run_folder",
     "save_history",
     "stop_reason",
@@ -268,11 +269,29 @@ def new_run_command(folder: Path) -> str:
     return f"covey run{'' if here else ' ' + quote(str(project))}"
 
 
-def stopped_simulation_reason(folder: Path, step: str = "round") -> str:
+def resumed_from(step: str, last: int | None) -> str:
+    """Where a resume goes on in a run whose last finished ``step`` is ``last`` (None: none).
+
+    After it; but a run that finished no round of training (its round 0, the
+    evaluation of the initial model, at most) starts again from its initial
+    weights at round 1, as a resume of it does.
+
+    Example:
+        >>> resumed_from("round", 3)
+        'after its last complete round'
+        >>> resumed_from("round", 0)
+        'from its start (no round of it finished)'
+    """
+    if last is None or last < 1:
+        return f"from its start (no {step} of it finished)"
+    return f"after its last complete {step}"
+
+
+def stopped_simulation_reason(folder: Path, step: str = "round", last: int | None = 1) -> str:
     """Why the simulation in ``folder`` is not running though unfinished, and how to go on.
 
     ``step`` is what the run's numbers count: ``"round"``, or an asynchronous run's
-    ``"update"``.
+    ``"update"``; ``last`` is the last of them that finished (None: none).
     """
     if not (folder / DB_NAME).is_file():
         return (
@@ -282,7 +301,7 @@ def stopped_simulation_reason(folder: Path, step: str = "round") -> str:
         )
     return (
         "the simulation's process was killed or crashed before it finished; continue it "
-        f"after its last complete {step} with {how_to_resume(folder)}"
+        f"{resumed_from(step, last)} with {how_to_resume(folder)}"
     )
 
 
