@@ -182,3 +182,21 @@ def test_a_simulation_stopped_before_any_round_finished_is_continued_from_its_st
     run_dir = tmp_path / "r1"
     _stopped_simulation(run_dir, KeyboardInterrupt(), in_round=1)
     assert "continue it after its last complete round with" in _cli("runs", "show", str(run_dir))
+
+
+@pytest.mark.parametrize(("rounds", "said"), [(0, "from its start"), (2, "after its last")])
+def test_covey_run_interrupted_says_where_a_resume_goes_on(
+    tmp_path: Path, rounds: int, said: str
+) -> None:
+    from covey.cli._project_sim import _interrupted
+
+    covey.simulate(
+        lambda cid: Same(),
+        num_clients=3,
+        rounds=rounds,
+        strategy=covey.FedAvg(fraction_evaluate=0.0),
+        initial_weights={"w": np.ones(2)},
+        run_dir=tmp_path / "r",
+    )
+    text = _interrupted(tmp_path / "r", None, KeyboardInterrupt())
+    assert f"continue it {said}" in text

@@ -223,6 +223,19 @@ def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int |
     return kept if kept is None or whole else keep_last
 
 
+def _resumed_from(run_dir: Path) -> str:
+    """Where resuming the simulation in ``run_dir`` goes on, as its history.json says."""
+    from covey.cli._rounds import last_finished
+    from covey.core import History
+    from covey.sim._rundir import resumed_from
+
+    try:
+        last = last_finished(History.load(run_dir))
+    except (OSError, ValueError):  # unreadable: said when it is resumed
+        return "after its last complete round"
+    return resumed_from("round", last)
+
+
 def _interrupted(run_dir: Path, kept: str | None, exc: KeyboardInterrupt) -> str:
     """What a simulation stopped by Ctrl-C or SIGTERM left in ``run_dir``, and what goes on.
 
@@ -237,7 +250,7 @@ def _interrupted(run_dir: Path, kept: str | None, exc: KeyboardInterrupt) -> str
             f"`{resume_command(run_dir)}` starts it again at round 1"
         )
     how = (
-        f"continue it after its last complete round with `{resume_command(run_dir)}`"
+        f"continue it {_resumed_from(run_dir)} with `{resume_command(run_dir)}`"
         if (run_dir / "run.sqlite").is_file()
         else "it keeps no checkpoint (compressed with top-k, or an asynchronous "
         "strategy): `covey run` runs it again from the start, and the same seed gives "
