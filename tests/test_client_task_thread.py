@@ -116,9 +116,8 @@ def _replies(session: Any) -> list[Any]:
     return [item for item in items if item is not _client._END]
 
 
-def test_a_task_that_ends_after_its_session_changes_nothing_shared(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _abandoned(monkeypatch: pytest.MonkeyPatch) -> tuple[_Gated, Any, Any]:
+    """A session whose fit task (id 1) is running, gated, as its connection goes."""
     gated = _Gated()
     monkeypatch.setattr(_taskthread, "perform_task", gated)
     shared = _taskthread.Shared(ConnectResult())
@@ -127,6 +126,13 @@ def test_a_task_that_ends_after_its_session_changes_nothing_shared(
     old.tasks.put((0, pb.TaskHeader(task_id=1, kind="fit", round=1), None, True))
     assert gated.started[1].wait(30)
     old.close(deadline=0)  # its connection is gone: the task runs on, abandoned
+    return gated, shared, old
+
+
+def test_a_task_that_ends_after_its_session_changes_nothing_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gated, shared, old = _abandoned(monkeypatch)
     new = _session(shared)  # the session after it
     gated.gate(2)
     new.tasks.put((0, pb.TaskHeader(task_id=2, kind="evaluate", round=2), None, True))
@@ -192,14 +198,7 @@ def test_a_task_waiting_for_one_an_earlier_connection_left_running_is_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # An INFO line alone: a client without --verbose showed nothing while its task waited.
-    gated = _Gated()
-    monkeypatch.setattr(_taskthread, "perform_task", gated)
-    shared = _taskthread.Shared(ConnectResult())
-    old = _session(shared)
-    gated.gate(1)
-    old.tasks.put((0, pb.TaskHeader(task_id=1, kind="fit", round=1), None, True))
-    assert gated.started[1].wait(30)
-    old.close(deadline=0)
+    gated, shared, old = _abandoned(monkeypatch)
     with caplog.at_level(logging.INFO, logger="covey"):
         new = _session(shared)
         gated.gate(2)

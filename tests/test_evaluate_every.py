@@ -6,7 +6,6 @@ Simulated, resumed and served over gRPC on 127.0.0.1 (threads, no TLS).
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 
 import covey
 from covey.core._messages import MAX_ROUNDS
-from covey.deploy import connect, serve
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _live import Joined, Served
@@ -108,48 +106,21 @@ def test_fedbuff_evaluates_centrally_every_n_updates() -> None:
 def test_a_served_run_evaluates_every_n_rounds_and_the_last() -> None:
     evaluated: list[int] = []
     central: list[int] = []
-    port: list[int] = []
-    listening = threading.Event()
-    result: list[Any] = []
-
-    def on_listen(p: int) -> None:
-        port.append(p)
-        listening.set()
-
-    def server() -> None:
-        strategy = covey.FedAvg(evaluate_every=2, min_available_clients=2)
-        result.append(
-            serve(
-                strategy,
-                5,
-                {"w": np.ones(3)},
-                "127.0.0.1:0",
-                evaluate_fn=_central(central),
-                insecure=True,
-                wait_timeout=60,
-                round_timeout=60,
-                on_listen=on_listen,
-            )
-        )
-
-    threads = [threading.Thread(target=server)]
-    threads[0].start()
-    assert listening.wait(30)
-    for k in range(2):
-        client = Halver(evaluated)
-        address = f"127.0.0.1:{port[0]}"
-        threads.append(
-            threading.Thread(
-                target=connect, args=(client, address), kwargs={"insecure": True, "name": f"s{k}"}
-            )
-        )
-        threads[-1].start()
-    for t in threads:
-        t.join(120)
-        assert not t.is_alive()
+    served = Served(
+        covey.FedAvg(evaluate_every=2, min_available_clients=2),
+        5,
+        initial_weights={"w": np.ones(3)},
+        evaluate_fn=_central(central),
+        wait_timeout=60,
+        round_timeout=60,
+    )
+    joined = [Joined(served.port, Halver(evaluated), insecure=True, name=f"s{k}") for k in (0, 1)]
+    result = served.join(120)
+    for one in joined:
+        one.join(120)
     assert sorted(set(evaluated)) == [2, 4, 5]
     assert central == [0, 2, 4, 5]
-    assert _rounds_with(result[0].history, "evaluate_loss") == [2, 4, 5]
+    assert _rounds_with(result.history, "evaluate_loss") == [2, 4, 5]
 
 
 @pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
