@@ -186,12 +186,7 @@ def check_config(config: Mapping[str, Any], limits: WireLimits) -> None:
     Raises:
         WireError: the encoder's own error, naming the entry, the size and the limit.
     """
-    try:
-        size = _measure(config, 0, limits, [0])
-    except _MayRefuse:
-        size = limits.max_bytes + 1
-    if size > limits.max_bytes:
-        dumps_within(dict(config), limits)
+    _check_json(config, limits)
 
 
 def check_payload(payload: Any, limits: WireLimits) -> None:
@@ -204,12 +199,17 @@ def check_payload(payload: Any, limits: WireLimits) -> None:
     Raises:
         WireError: the encoder's own error, naming the entry, the size and the limit.
     """
+    _check_json(payload, limits)
+
+
+def _check_json(value: Any, limits: WireLimits) -> None:
+    """Measure ``value`` as JSON; encode it for the verdict only if it may pass a limit."""
     try:
-        size = _measure(payload, 0, limits, [0])
+        size = _measure(value, 0, limits, [0])
     except _MayRefuse:
         size = limits.max_bytes + 1
     if size > limits.max_bytes:
-        dumps_within(payload, limits)
+        dumps_within(dict(value) if isinstance(value, Mapping) else value, limits)
 
 
 def _metrics(metrics: dict[str, Any], limits: WireLimits) -> int:
