@@ -167,5 +167,5 @@ def test_a_where_predicate_returning_none_leaves_the_client_out() -> None:
         return props.get("gpu")
 
     strategy = covey.FedAvg(fraction_evaluate=0.0, min_available_clients=1, where=gpu)
-    with pytest.raises(Exception, match="available"):
+    with pytest.raises(Exception, match="only 0 clients pass where="):
         covey.simulate(_Shift, 2, 1, strategy, _init())
