@@ -188,7 +188,7 @@ def test_a_simulation_stopped_before_any_round_finished_is_continued_from_its_st
 def test_covey_run_interrupted_says_where_a_resume_goes_on(
     tmp_path: Path, rounds: int, said: str
 ) -> None:
-    from covey.cli._project_sim import _interrupted
+    from covey.cli._project_stop import interrupted_note
 
     covey.simulate(
         lambda cid: Same(),
@@ -198,5 +198,5 @@ def test_covey_run_interrupted_says_where_a_resume_goes_on(
         initial_weights={"w": np.ones(2)},
         run_dir=tmp_path / "r",
     )
-    text = _interrupted(tmp_path / "r", None, KeyboardInterrupt())
+    text = interrupted_note(tmp_path / "r", None, KeyboardInterrupt())
     assert f"continue it {said}" in text

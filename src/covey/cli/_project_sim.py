@@ -21,6 +21,7 @@ from covey.cli._model import (
     restore_model,
     save_model,
 )
+from covey.cli._project_stop import interrupted_note
 from covey.core._files import MAX_SETTINGS_BYTES, atomic_write, read_json_object, read_regular
 from covey.core._interrupt import interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_errors import fail
@@ -223,45 +224,6 @@ def _run_keep_last(settings: Any, run_dir: Path, keep_last: int | None) -> int |
     return kept if kept is None or whole else keep_last
 
 
-def _resumed_from(run_dir: Path) -> str:
-    """Where resuming the simulation in ``run_dir`` goes on, as its history.json says."""
-    from covey.cli._rounds import last_finished
-    from covey.core import History
-    from covey.sim._rundir import resumed_from
-
-    try:
-        last = last_finished(History.load(run_dir))
-    except (OSError, ValueError):  # unreadable: said when it is resumed
-        return "after its last complete round"
-    return resumed_from("round", last)
-
-
-def _interrupted(run_dir: Path, kept: str | None, exc: KeyboardInterrupt) -> str:
-    """What a simulation stopped by Ctrl-C or SIGTERM left in ``run_dir``, and what goes on.
-
-    ``kept`` says where the model after its last complete round is, if anywhere.
-    """
-    from covey.sim._rundir import resume_command
-
-    said = "interrupted" if exc.args != ("SIGTERM",) else "interrupted (SIGTERM)"
-    if not (run_dir / "history.json").is_file():  # as its model loaded or its clients started
-        return (
-            f"{said}: the simulation in {run_dir} stopped before its first round; "
-            f"`{resume_command(run_dir)}` starts it again at round 1"
-        )
-    how = (
-        f"continue it {_resumed_from(run_dir)} with `{resume_command(run_dir)}`"
-        if (run_dir / "run.sqlite").is_file()
-        else "it keeps no checkpoint (compressed with top-k, or an asynchronous "
-        "strategy): `covey run` runs it again from the start, and the same seed gives "
-        "the same results"
-    )
-    return (
-        f"{said}: the simulation in {run_dir} stopped (its history.json keeps the "
-        f"rounds done{'; ' + kept if kept else ''}); {how}"
-    )
-
-
 def _client(make_client: Any, spec: str, config: dict[str, Any], cid: int) -> Any:
     """``make_client(cid, config=config)``, refused (as that client's failure) if not a client."""
     client = make_client(cid, config=config)
@@ -428,7 +390,7 @@ def simulate_project(settings: Any, server_app: Any, make_client: Any, resume: P
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         kept = keep_model(run_dir, models, console)
-        console.print(escape(_interrupted(run_dir, kept, exc)), soft_wrap=True)
+        console.print(escape(interrupted_note(run_dir, kept, exc)), soft_wrap=True)
         raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
     except Exception as exc:
         _refused_resume(exc, resume, models)

@@ -1,0 +1,46 @@
+"""What ``covey run`` says of a simulation stopped by Ctrl-C or SIGTERM, and how it goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["interrupted_note"]
+
+
+def resumed_after(run_dir: Path) -> str:
+    """Where resuming the simulation in ``run_dir`` goes on, as its history.json says."""
+    from covey.cli._rounds import last_finished
+    from covey.core import History
+    from covey.sim._rundir import resumed_from
+
+    try:
+        last = last_finished(History.load(run_dir))
+    except (OSError, ValueError):  # unreadable: said when it is resumed
+        return "after its last complete round"
+    return resumed_from("round", last)
+
+
+def interrupted_note(run_dir: Path, kept: str | None, exc: KeyboardInterrupt) -> str:
+    """What a simulation stopped by Ctrl-C or SIGTERM left in ``run_dir``, and what goes on.
+
+    ``kept`` says where the model after its last complete round is, if anywhere.
+    """
+    from covey.sim._rundir import resume_command
+
+    said = "interrupted" if exc.args != ("SIGTERM",) else "interrupted (SIGTERM)"
+    if not (run_dir / "history.json").is_file():  # as its model loaded or its clients started
+        return (
+            f"{said}: the simulation in {run_dir} stopped before its first round; "
+            f"`{resume_command(run_dir)}` starts it again at round 1"
+        )
+    how = (
+        f"continue it {resumed_after(run_dir)} with `{resume_command(run_dir)}`"
+        if (run_dir / "run.sqlite").is_file()
+        else "it keeps no checkpoint (compressed with top-k, or an asynchronous "
+        "strategy): `covey run` runs it again from the start, and the same seed gives "
+        "the same results"
+    )
+    return (
+        f"{said}: the simulation in {run_dir} stopped (its history.json keeps the "
+        f"rounds done{'; ' + kept if kept else ''}); {how}"
+    )
