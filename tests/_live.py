@@ -221,3 +221,30 @@ class Raw:
         self.out.put(None)
         self.call.cancel()
         self.channel.close()
+
+
+def serve_interrupted(run_dir: Any, *, resume: bool = False) -> int:
+    """A 2-round run in ``run_dir`` served and stopped by Ctrl-C as it listens; its port.
+
+    Ctrl-C comes as the console says the server listens (``on_listen``).
+    """
+    ports: list[int] = []
+
+    def interrupted(port: int) -> None:
+        ports.append(port)
+        raise KeyboardInterrupt
+
+    try:
+        serve(
+            covey.FedAvg(fraction_evaluate=0.0),
+            2,
+            {"w": np.zeros(2)},
+            "127.0.0.1:0",
+            insecure=True,
+            run_dir=run_dir,
+            resume=resume,
+            on_listen=interrupted,
+        )
+    except KeyboardInterrupt:
+        return ports[0]
+    raise AssertionError("the server was not interrupted")

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 import covey
+from _live import serve_interrupted
 from covey.cli import app
 from covey.core._interrupt import shown_status
 from covey.dashboard._runs import read_run, summary
@@ -107,23 +108,6 @@ def test_an_interrupt_raised_with_other_args_is_a_failure() -> None:
     assert shown_status("stopped", "interrupted (SIGINT)") == "stopped"
 
 
-def _interrupted_server(run_dir: Path, resume: bool) -> None:
-    def interrupted(port: int) -> None:  # Ctrl-C as the console says it listens
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        serve(
-            covey.FedAvg(fraction_evaluate=0.0),
-            2,
-            {"w": np.zeros(2)},
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run_dir,
-            resume=resume,
-            on_listen=interrupted,
-        )
-
-
 @pytest.mark.parametrize("history_written", [True, False])
 def test_an_interrupted_server_is_shown_as_interrupted(
     tmp_path: Path, history_written: bool
@@ -140,7 +124,7 @@ def test_an_interrupted_server_is_shown_as_interrupted(
             insecure=True,
             run_dir=run_dir,
         )
-    _interrupted_server(run_dir, resume=history_written)
+    serve_interrupted(run_dir, resume=history_written)
     assert (run_dir / "history.json").is_file() is history_written
     with RunStore.open(run_dir) as store:
         assert store.status == "failed"  # stored as before

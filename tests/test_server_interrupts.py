@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import covey
+from _live import serve_interrupted
 from _procs import interrupt_tiny_server
 from covey.deploy._server import serve
 from covey.server._store import RunStore
@@ -17,26 +18,11 @@ from covey.server._store import RunStore
 
 def test_ctrl_c_as_the_server_starts_listening_marks_the_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    ports: list[int] = []
-
-    def interrupted(port: int) -> None:  # Ctrl-C as the console says it listens
-        ports.append(port)
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        serve(
-            covey.FedAvg(fraction_evaluate=0.0),
-            2,
-            {"w": np.zeros(2)},
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run_dir,
-            on_listen=interrupted,
-        )
+    port = serve_interrupted(run_dir)
     with RunStore.open(run_dir, exclusive=True) as store:  # let go of: it resumes
         assert store.status == "failed"
         assert store.events()[-1][2:] == ("stopped", "interrupted (SIGINT)")
-    with socket.create_server(("127.0.0.1", ports[0])):  # no longer listening there
+    with socket.create_server(("127.0.0.1", port)):  # no longer listening there
         pass
 
 
@@ -163,21 +149,7 @@ def test_a_resumed_run_interrupted_before_its_next_round_says_why(tmp_path: Path
     strategy = covey.FedAvg(fraction_evaluate=0.0)
     serve(strategy, 0, {"w": np.zeros(2)}, "127.0.0.1:0", insecure=True, run_dir=run_dir)
     assert covey.History.load(run_dir).stopped_reason is None
-
-    def interrupted(port: int) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        serve(
-            strategy,
-            2,
-            {"w": np.zeros(2)},
-            "127.0.0.1:0",
-            insecure=True,
-            run_dir=run_dir,
-            resume=True,
-            on_listen=interrupted,
-        )
+    serve_interrupted(run_dir, resume=True)
     history = covey.History.load(run_dir)
     assert history.stopped_reason == "interrupted (SIGINT)"
     assert [r.round for r in history.rounds] == [0]
