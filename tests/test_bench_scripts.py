@@ -8,6 +8,7 @@ called) on inputs that must be refused, and the weight comparison of
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import shutil
 import subprocess
