@@ -208,6 +208,48 @@ def test_max_abs_diff_never_calls_a_diverged_run_equal(
     assert math.isnan(diff(good, _npz(tmp_path / "other.npz", W=w)))
 
 
+def _bench_run(system: str, weights: str) -> dict[str, Any]:
+    numbers = ("wall_seconds", "sim_seconds", "cpu_seconds", "startup_seconds", "peak_pss_mb")
+    shares = ("loadavg_before", "busy_before", "others_cpu_share", "sampler_cpu_share")
+    return {
+        "workload": "digits",
+        "n_clients": 10,
+        "system": system,
+        "ok": True,
+        "max_processes": 1,
+        "final_accuracy": 0.9,
+        "round_seconds": [1.0, 1.0],
+        "round_peak_pss_mb": [1.0, 1.0],
+        "weights_path": weights,
+        **dict.fromkeys(numbers, 1.0),
+        **dict.fromkeys(shares, 0.0),
+    }
+
+
+def test_every_repeat_is_compared_not_only_the_first(
+    bench_modules: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    # Before, only each system's first repeat was compared: a later repeat that
+    # diverged or drifted was reported as matching covey.
+    w = np.zeros((3, 2))
+    good = _npz(tmp_path / "good.npz", W=w)
+    drifted = _npz(tmp_path / "drifted.npz", W=w + 0.25)
+    diverged = _npz(tmp_path / "diverged.npz", W=np.full((3, 2), np.nan))
+    runs = [
+        _bench_run("covey", good),
+        _bench_run("plain", good),
+        _bench_run("flower", good),
+        _bench_run("covey", good),
+        _bench_run("plain", drifted),
+        _bench_run("flower", diverged),
+    ]
+    rows = {r["system"]: r for r in bench_modules["_vs_flower_report"].summarize(runs)}
+    assert rows["covey"]["max_abs_diff_vs_covey"] == 0.0
+    assert rows["plain"]["max_abs_diff_vs_covey"] == 0.25
+    assert math.isnan(rows["flower"]["max_abs_diff_vs_covey"])
+    assert math.isnan(rows["flower"]["max_abs_diff_vs_plain"])
+
+
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *argv], capture_output=True, text=True, timeout=120, check=False
