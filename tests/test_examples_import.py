@@ -130,3 +130,7 @@ def test_the_xgboost_client_trains_as_a_deployed_client_would(
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _fits_as_deployed("xgboost_federated", "client_fn", server, monkeypatch)
+
+
+def test_the_quickstart_trains_as_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fits_as_deployed("quickstart", "DigitsClient", "server", monkeypatch)
