@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from covey.clients._current import within
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
@@ -343,7 +344,7 @@ def run_task(client: Any, cid: int, task: Task) -> Reply:
             and getattr(client, "writes_weights", False) is True
         ):
             task = _own_weights(task)
-        return Reply(cid, kind, result=handler(client, task))
+        return Reply(cid, kind, result=within(cid, task.round, handler, client, task))
     except Exception as exc:  # noqa: BLE001 - any error in the client's code is its reply's
         return _failed(cid, kind, exc)
 
@@ -364,7 +365,7 @@ def fit_result(client: Any, cid: int, task: Task) -> FitResult | Reply:
         reply = run_task(client, cid, task)
         return reply if reply.error is not None else reply.result
     try:
-        return _fit(client, task)
+        return within(cid, task.round, _fit, client, task)
     except Exception as exc:  # noqa: BLE001 - as in run_task
         return _failed(cid, "fit", exc)
 
