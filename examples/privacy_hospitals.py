@@ -22,6 +22,7 @@ from covey.privacy import DPSGD
 
 HOSPITALS = 4
 DELTA = 1e-3  # below 1 / (patients per hospital)
+SEED = 0  # reproducible noise (tests); leave it None in a real deployment
 
 
 def load(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -66,7 +67,10 @@ class Hospital(covey.Client):
             noise_multiplier=noise_multiplier,
             max_grad_norm=1.0,
             delta=DELTA,
-            seed=k,
+            # One seed for the run; client=k gives each hospital noise and batches of
+            # its own, the same in simulation and deployed, and train() adds the round.
+            seed=SEED,
+            client=k,
         )
         self.size = len(part)
 

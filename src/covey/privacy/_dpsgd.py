@@ -10,6 +10,7 @@ Needs ``pip install 'covey[torch]'`` (torch 2.13.0 and opacus).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import math
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 else:
     from covey.privacy._dpa import dpa
 
+from covey.clients._current import current_task
 from covey.clients._quiet import ignoring
 from covey.clients._torch import torch_module
 from covey.core._extras import MissingExtraError
@@ -69,6 +71,25 @@ def _stream(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
+def _check_client(client: object) -> None:
+    if client is None or (isinstance(client, str) and client):
+        return
+    if isinstance(client, bool) or not isinstance(client, int) or client < 0:
+        raise ValueError(
+            f"client must be an int >= 0 or a non-empty str naming the client, got {client!r}"
+        )
+
+
+def _who(client: int | str) -> tuple[int, int]:
+    """``client`` as two keys of a seed: an id and a name never give the same keys.
+
+    A name goes through SHA-256 (not ``hash``, which changes with each process).
+    """
+    if isinstance(client, int):
+        return (0, client)
+    return (1, int.from_bytes(hashlib.sha256(client.encode()).digest()[:8], "big"))
+
+
 class DPSGD:
     """Private local training for a torch model: Opacus DP-SGD plus a per-client ledger.
 
@@ -88,13 +109,20 @@ class DPSGD:
         delta: The delta the client reports its epsilon at (below 1 / examples).
         accountant: ``"rdp"`` (default) or ``"pld"`` for the client's ledger.
         seed: Seeds Opacus' noise and the Poisson sampling of batches (tests),
-            each from a stream of its own, which a ledger read from ``ledger_path``
-            moves on by the steps it holds (a site built again draws new noise).
-            None leaves both to Opacus (torch's global generator, or the data
-            loader's ``generator`` for sampling). A site built again for each round
-            without ``ledger_path`` passes the round to :meth:`train`, which
-            reseeds both streams from it: else it draws its first build's noise
-            again. For a real deployment prefer ``secure_mode=True`` in Opacus.
+            each from a stream of its own, drawn from the seed and the client
+            (``client``, else the id of the client performing the task), so that
+            clients given one seed draw noise of their own, which a ledger read
+            from ``ledger_path`` moves on by the steps it holds (a site built
+            again draws new noise). :meth:`train` reseeds both streams from the
+            round as well (see there). None leaves both to Opacus (torch's global
+            generator, or the data loader's ``generator`` for sampling). For a
+            real deployment prefer ``secure_mode=True`` in Opacus.
+        client: Who this client is, for the seed: an int >= 0 (the partition or
+            ``cid`` its data was chosen by) or a name (the site's). None: the id
+            covey's runtime gives the client performing the task (the ``cid`` of
+            ``client_fn`` in simulation; in a deployed run, the id the server
+            keeps for the client's name, another number than in simulation).
+            Give it to draw the same noise in a simulation and a deployed run.
         ledger_path: A JSON file keeping the ledger across ``DPSGD`` objects: read
             when built (if it exists), written at the end of every :meth:`train`,
             before the trained weights can leave. Without it the ledger lives on
@@ -124,6 +152,7 @@ class DPSGD:
         accountant: Accountant = "rdp",
         seed: int | None = None,
         ledger_path: str | Path | None = None,
+        client: int | str | None = None,
     ) -> None:
         torch = torch_module()
         opacus = _opacus()
@@ -135,6 +164,7 @@ class DPSGD:
                 raise ValueError(f"{name} must be a finite number > 0, got {shown(value)}")
         check_noise_multiplier(noise_multiplier)
         check_delta(delta)
+        _check_client(client)
         if len(data_loader) == 0:
             raise ValueError("the data loader holds no examples to train on")
         try:
@@ -168,9 +198,14 @@ class DPSGD:
         # and two rounds' updates would differ by their gradients alone, without noise.
         streams = () if not self.ledger.rounds else (self.ledger.rounds,)
         self.seed = seed
+        self.client = client
+        self._warned = False
+        who = self._who()
+        # Purposes 1 and 2 (batches, noise) for a seed alone, 5 and 6 mixing in the client.
+        purposes = (1, 2) if not who else (5, 6)
         generator = None
         if seed is not None:
-            noise_seed = _stream(seed, 2, *streams) if streams else seed
+            noise_seed = _stream(seed, purposes[1], *who, *streams) if streams or who else seed
             generator = torch.Generator().manual_seed(noise_seed)
         if hasattr(module, "autograd_grad_sample_hooks"):  # Opacus' mark on a wrapped module
             raise ValueError(
@@ -202,8 +237,15 @@ class DPSGD:
             # own generator, else torch's global one. A stream of its own, apart from
             # the noise's, makes the batches follow the seed too.
             self.data_loader.batch_sampler.generator = torch.Generator().manual_seed(
-                _stream(seed, 1, *streams)
+                _stream(seed, purposes[0], *who, *streams)
             )
+
+    def _who(self) -> tuple[int, ...]:
+        """The client's keys for the seed: ``client``, else the task's client id, else none."""
+        if self.client is not None:
+            return _who(self.client)
+        task = current_task()
+        return () if task is None else _who(task.cid)
 
     def train(self, epochs: int = 1, loss_fn: Any = None, *, round: int | None = None) -> float:
         """Train ``epochs`` passes of DP-SGD; return the mean training loss.
@@ -211,22 +253,33 @@ class DPSGD:
         Args:
             epochs: Passes over the data (Poisson-sampled batches).
             loss_fn: The loss (default: cross entropy).
-            round: The round being trained (``config["round"]`` in ``fit``). With a
-                ``seed``, the noise and the batches are drawn from streams of
-                ``(seed, round, steps in the ledger)``: a site built again every
+            round: The round being trained (``config["round"]`` in ``fit``).
+                None: the round of the task the client is performing (covey's
+                runtime tells it, simulated and deployed alike). With a ``seed``,
+                the noise and the batches are drawn from streams of ``(seed,
+                client, round, steps in the ledger)``: a site built again every
                 round (``client_cache``, a resumed simulation, a restarted site)
                 draws new noise each round even without ``ledger_path``, and a
-                run started again with the same seed draws the same. None goes
-                on with this object's streams.
+                run started again with the same seed draws the same. Outside a
+                task and without ``round`` it goes on with this object's streams,
+                and a seeded one logs a warning once: built again each round
+                without ``ledger_path``, it would draw the same noise every round.
         """
         torch = torch_module()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        if round is not None:
-            if isinstance(round, bool) or not isinstance(round, int) or round < 0:
-                raise ValueError(f"round must be an int >= 0 or None, got {round!r}")
-            if self.seed is not None:
+        if round is not None and (
+            isinstance(round, bool) or not isinstance(round, int) or round < 0
+        ):
+            raise ValueError(f"round must be an int >= 0 or None, got {round!r}")
+        task = current_task()
+        if round is None and task is not None:
+            round = task.round
+        if self.seed is not None:
+            if round is not None:
                 self._reseed(self.seed, round)
+            elif not self._warned:
+                self._warn_unseeded()
         loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.module.train()
         total, batches = 0.0, 0
@@ -254,18 +307,43 @@ class DPSGD:
         return total / batches if batches else math.nan
 
     def _reseed(self, seed: int, round: int) -> None:
-        """Seed the noise and the batches from ``(seed, round, steps charged so far)``.
+        """Seed the noise and the batches from ``(seed, client, round, steps charged so far)``.
 
         The steps tell apart two trainings of one round by one object (or by sites
-        sharing a ``ledger_path``); purposes 3 and 4 keep these streams apart from
-        the ones seeded when built (2 and 1), however the keys line up.
+        sharing a ``ledger_path``); the client, clients given one seed. Purposes 3
+        and 4 (7 and 8 with a client) keep these streams apart from the ones seeded
+        when built (2 and 1, or 6 and 5), however the keys line up.
         """
         torch = torch_module()
-        keys = (round, self.ledger.rounds)
-        self.optimizer.generator = torch.Generator().manual_seed(_stream(seed, 3, *keys))
+        who = self._who()
+        # purposes 7 and 8 when the client is known: its streams are its own
+        noise, batches = (3, 4) if not who else (7, 8)
+        keys = (*who, round, self.ledger.rounds)
+        self.optimizer.generator = torch.Generator().manual_seed(_stream(seed, noise, *keys))
         self.data_loader.batch_sampler.generator = torch.Generator().manual_seed(
-            _stream(seed, 4, *keys)
+            _stream(seed, batches, *keys)
         )
+
+    def _warn_unseeded(self) -> None:
+        """Say, once, what a seeded DPSGD told neither its round nor its client draws again."""
+        self._warned = True
+        again = []
+        if self.ledger_path is None:
+            again.append(
+                "built again each round it draws the same noise and batches every round "
+                "(pass train(round=config['round']))"
+            )
+        if self.client is None:
+            again.append(
+                "every client given this seed draws the same noise "
+                "(pass DPSGD(client=...), the client's id or name)"
+            )
+        if again:
+            logger.warning(
+                "DPSGD: seed=%d, trained outside a covey task without round=: %s",
+                self.seed,
+                "; ".join(again),
+            )
 
     def _charge(self, steps: int) -> None:
         """Add ``steps`` noisy steps to the ledger (and its file)."""
