@@ -17,7 +17,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from covey.clients._current import TASK as _TASK
 from covey.clients._current import within
+from covey.clients._hints import hint
 from covey.core._interrupt import as_interrupt, interrupt_in
 from covey.core._messages import Config, EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
@@ -364,10 +366,13 @@ def fit_result(client: Any, cid: int, task: Task) -> FitResult | Reply:
     ):
         reply = run_task(client, cid, task)
         return reply if reply.error is not None else reply.result
+    token = _TASK.set((cid, task.round))  # as within(), without its call: per client and round
     try:
-        return within(cid, task.round, _fit, client, task)
+        return _fit(client, task)
     except Exception as exc:  # noqa: BLE001 - as in run_task
         return _failed(cid, "fit", exc)
+    finally:
+        _TASK.reset(token)
 
 
 def _failed(cid: int, kind: str, exc: Exception) -> Reply:
@@ -378,7 +383,7 @@ def _failed(cid: int, kind: str, exc: Exception) -> Reply:
     """
     if interrupt_in(exc) is not None:
         raise as_interrupt(exc) from exc
-    return Reply(cid, kind, error=traceback.format_exc() + _hint(exc))
+    return Reply(cid, kind, error=traceback.format_exc() + hint(exc))
 
 
 #: The task kinds whose handler uses the weights only to call the client: a client that
@@ -462,38 +467,3 @@ def _not_a_client(client: object, cid: int, method: str) -> str:
         f"client_fn({cid}) returned {kind}, not a client: it has no {method}() method "
         "(expected a covey.Client)"
     )
-
-
-READ_ONLY_HINT = (
-    "covey: the weights a client receives are shared read-only arrays (no copy is "
-    "made for each client); copy before changing them in place: "
-    "w = {name: array.copy() for name, array in weights.items()}"
-)
-
-
-#: What torch says of a name (text) where it expects an array: a Flower ``set_parameters``
-#: zipping ``state_dict().keys()`` with covey's weights, a dict, gets its names.
-_GOT_A_NAME = ("invalid data type 'str'", "(got str)", "received <class 'str'>")
-
-NAMES_HINT = (
-    "if it came from a Flower-style set_parameters: a client's weights are a dict of name "
-    "to array, not a list of arrays, so zip(net.state_dict().keys(), weights) pairs names "
-    "with names; load them with covey.torch.load_weights(net, weights), or take "
-    "weights[name] for each name"
-)
-
-
-def _hint(exc: BaseException) -> str:
-    """A last line saying what to do, for the mistakes clients commonly make."""
-    text = str(exc)
-    if isinstance(exc, ValueError) and ("read-only" in text or "WRITEABLE flag" in text):
-        return READ_ONLY_HINT + "\n"
-    if isinstance(exc, TypeError | RuntimeError) and any(s in text for s in _GOT_A_NAME):
-        said = text.strip().splitlines()[0] if text.strip() else ""
-        return f"covey: {type(exc).__name__}: {said} ({NAMES_HINT})\n"
-    if isinstance(exc, KeyError) and exc.args == ("server_round",):
-        return (
-            "covey: the config a client receives has the round as config['round']; "
-            "'server_round' is there only if on_fit_config (or on_evaluate_config) sends it\n"
-        )
-    return ""

@@ -1,10 +1,14 @@
 """The task a client is performing: its id and round, for code that runs inside ``fit``.
 
 The runtime (:func:`covey.clients.run_task`) sets it around each task, in the
-thread (and context) the client runs in, whichever backend or transport called
-it: the inline, process and Ray backends and a deployed client alike. Code a
-client calls, such as :class:`covey.privacy.DPSGD`, reads it to know which
-client and which round it trains for when it is not told.
+thread the client runs in, whichever backend or transport called it: the
+inline, process and Ray backends and a deployed client alike. Code a client
+calls, such as :class:`covey.privacy.DPSGD`, reads it to know which client and
+which round it trains for when it is not told.
+
+It holds a plain ``(cid, round)`` tuple, set and put back around each task: the
+simulation's inner loop pays for it on every client and round, and building a
+named tuple there cost more than the rest of it.
 """
 
 from __future__ import annotations
@@ -28,18 +32,20 @@ class TaskContext(NamedTuple):
     round: int
 
 
-_TASK: ContextVar[TaskContext | None] = ContextVar("covey_task", default=None)
+TASK: ContextVar[tuple[int, int] | None] = ContextVar("covey_task", default=None)
+"""The calling code's ``(cid, round)``, None outside a task; the runtime sets it."""
 
 
 def current_task() -> TaskContext | None:
     """The task the calling code runs in, or None outside one (a ``fit`` called directly)."""
-    return _TASK.get()
+    task = TASK.get()
+    return None if task is None else TaskContext(*task)
 
 
 def within(cid: int, round: int, call: Callable[..., _T], *args: object) -> _T:
     """``call(*args)`` with :func:`current_task` telling client ``cid`` and ``round``."""
-    token = _TASK.set(TaskContext(cid, round))
+    token = TASK.set((cid, round))
     try:
         return call(*args)
     finally:
-        _TASK.reset(token)
+        TASK.reset(token)
