@@ -16,7 +16,19 @@ import pytest
 
 import covey
 from covey import clients
-from covey.aggregate._scaffold import APPLIED_ROUND
+from covey.aggregate import (
+    Begin,
+    Broadcast,
+    Contribution,
+    Dropped,
+    Event,
+    Step,
+    chain,
+    mean,
+    run_round,
+    scaffold,
+)
+from covey.aggregate._scaffold import APPLIED_ROUND, CLIENT_DELTA
 
 N = 3
 MODEL = {"w": np.zeros(4), "b": np.zeros(2)}
@@ -115,3 +127,54 @@ def test_a_server_that_says_nothing_gets_the_change_kept_at_once() -> None:
     assert control.pending is None
     assert control.value is not None
     np.testing.assert_array_equal(control.value["w"], -1.0)
+
+
+def _drop_client(cid: int, rnd: int) -> Step:
+    """A step of one's own that leaves client ``cid``'s update of round ``rnd`` out."""
+
+    def init(params: covey.Weights) -> int:
+        return 0
+
+    def update(state: int, event: Event) -> tuple[int, tuple[Event, ...]]:
+        if isinstance(event, Begin):
+            return event.round, (event,)
+        if isinstance(event, Contribution) and (event.cid, state) == (cid, rnd):
+            return state, (Dropped(cid, "left out by a step of one's own"),)
+        return state, (event,)
+
+    return Step(init, update)
+
+
+def test_c_stays_the_mean_when_a_step_after_scaffold_drops_a_contribution() -> None:
+    Drifting.seen, Drifting.fail = {}, (-1, -1, "")
+    strategy = covey.Strategy(
+        aggregator=chain(scaffold(N), _drop_client(1, 1), mean()),
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+    )
+    result = covey.simulate(Drifting, N, 3, strategy, MODEL)
+    assert [f.cid for f in result.history.rounds[1].fit_failures] == [1]
+    assert result.history.rounds[1].aggregate_info["scaffold_clients"] == N - 1
+    for rnd in (2, 3):
+        seen = Drifting.seen[rnd]
+        c = seen[0][0]
+        for k in MODEL:
+            mean_c_i = sum(seen[cid][1][k] for cid in range(N)) / N
+            np.testing.assert_allclose(c[k], mean_c_i, atol=1e-12, err_msg=f"round {rnd} {k}")
+
+
+def test_a_nested_chain_after_scaffold_that_drops_leaves_no_change_in_c() -> None:
+    x = {"w": np.zeros(2)}
+    step = chain(scaffold(2), chain(_drop_client(1, 1), mean()))
+    given = [
+        Contribution(
+            cid, 1, delta={"w": np.ones(2)}, extras={CLIENT_DELTA: {"w": np.full(2, cid + 1.0)}}
+        )
+        for cid in (0, 1)
+    ]
+    state, aggregate = run_round(step, step.init(x), 1, x, given)
+    assert aggregate is not None
+    assert aggregate.info["scaffold_clients"] == 1
+    _, out = step.feed(state, Begin(2, x))
+    (sent,) = [e for e in out if isinstance(e, Broadcast)]
+    np.testing.assert_array_equal(sent.extras["scaffold_c"]["w"], 0.5)  # client 0's 1.0 over N=2

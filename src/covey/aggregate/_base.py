@@ -345,15 +345,18 @@ def chain(*steps: Step) -> Step:
     from covey.aggregate._order import check_order
 
     check_order(fixed)
+    from covey.aggregate._chainrun import chain_begin, chain_event, withdrawing
+
     needs = [need for need in map(min_contributions, fixed) if need is not None]
+    withdraw = withdrawing(fixed)
 
     def init(params: Weights) -> State:
         return tuple(step.init(params) for step in fixed)
 
     def update(state: State, event: Event) -> tuple[State, tuple[Event, ...]]:
         if isinstance(event, Begin):
-            return _chain_begin(fixed, state, event)
-        return _chain_event(fixed, state, event)
+            return chain_begin(fixed, state, event)
+        return chain_event(fixed, state, event, withdraw)
 
     setattr(update, STEPS, fixed)
     step = Step(init, update)
@@ -421,51 +424,6 @@ def min_contributions(step: Step) -> tuple[int, str] | None:
     if isinstance(need, tuple) and len(need) == 2:
         return int(need[0]), str(need[1])
     return None
-
-
-def _chain_begin(
-    steps: tuple[Step, ...], state: State, event: Begin
-) -> tuple[State, tuple[Event, ...]]:
-    """Pass ``Begin`` through every step of a chain, even past a reducer that consumes it.
-
-    Server-side steps need the round's global weights. What steps emit besides
-    Begin (a Broadcast) flows on to the steps after them.
-    """
-    states = list(state)
-    current = event
-    extra: list[Event] = []
-    for i, step in enumerate(steps):
-        states[i], emitted = step.feed(states[i], current)
-        upstream, extra = extra, []
-        for e in emitted:
-            if isinstance(e, Begin):
-                current = e
-            else:
-                extra.append(e)
-        for e in upstream:
-            states[i], more = step.feed(states[i], e)
-            extra.extend(more)
-    return tuple(states), (current, *extra)
-
-
-def _chain_event(
-    steps: tuple[Step, ...], state: State, event: Event
-) -> tuple[State, tuple[Event, ...]]:
-    """Pass any other event down a chain: each step's output feeds the next."""
-    states = list(state)
-    events: tuple[Event, ...] = (event,)
-    for i, step in enumerate(steps):
-        if len(events) == 1:
-            states[i], events = step.feed(states[i], events[0])
-        else:
-            out: list[Event] = []
-            for e in events:
-                states[i], emitted = step.feed(states[i], e)
-                out.extend(emitted)
-            events = tuple(out)
-        if not events:
-            break
-    return tuple(states), events
 
 
 def run_round(

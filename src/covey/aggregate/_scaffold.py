@@ -20,6 +20,7 @@ from covey.aggregate._base import (
     for_federation,
     innermost,
 )
+from covey.aggregate._chainrun import withdraws
 from covey.aggregate._flat import check_count
 from covey.aggregate._order import CLIENT, described, of_kind
 from covey.core._weights import Array, Weights, freeze
@@ -116,7 +117,8 @@ def scaffold(num_clients: int) -> Step:
 
     step = for_federation(of_kind(Step(init, update), CLIENT, "scaffold()"), total)
     setattr(step.update, _CONTROL, True)
-    return step
+    # A contribution a later step drops leaves no change in c: its client drops it too.
+    return withdraws(step)
 
 
 def tracks_control(step: Step) -> bool:
