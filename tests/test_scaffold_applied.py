@@ -120,7 +120,7 @@ def test_a_deployed_client_keeps_the_unconfirmed_change_across_a_restart(
 
 
 def test_a_server_that_says_nothing_gets_the_change_kept_at_once() -> None:
-    # FedBuff's loop, or a server of an earlier version: the client keeps its c_i+ as sent.
+    # A server of an earlier version: the client keeps its c_i+ as sent.
     control = clients.ControlVariate()
     control.correction({"w": np.zeros(2)}, _config(1, {"w": np.zeros(2)}, None))
     control.fit_result({"w": np.ones(2)}, num_examples=1, steps=1, lr=1.0)

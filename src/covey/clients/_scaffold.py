@@ -74,9 +74,9 @@ class ControlVariate:
     first time.
 
     A server that says which round last took this client's update (the fit
-    config's ``"scaffold_applied_round"``, sent by the synchronous round loop
-    under SCAFFOLD) gets the ``c_i+`` of a reply kept only once it names that
-    reply's round: until the next task it is :attr:`pending` (and, given a
+    config's ``"scaffold_applied_round"``, sent by the round loop and by
+    FedBuff's under SCAFFOLD) gets the ``c_i+`` of a reply kept only once it
+    names that reply's round (its task's ``"round"``): until the next task it is :attr:`pending` (and, given a
     ``path``, in ``PATH.pending``), and dropped if the server never applied it,
     so ``c`` stays the mean of the clients' ``c_i``. Without that entry the new
     ``c_i`` is kept as the reply is built.
@@ -199,7 +199,7 @@ class ControlVariate:
             self._pending = (rnd, new)
             if self.path is not None:
                 write_pending(pending_path(self.path), rnd, new)
-        else:  # a server that does not say (FedBuff's loop): taken as sent
+        else:  # a server that does not say (an earlier version): taken as sent
             self._kept.advance(rnd, new)
             self._save()
         return FitResult(

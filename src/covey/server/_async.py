@@ -24,9 +24,11 @@ import numpy as np
 
 from covey.aggregate import Begin
 from covey.aggregate._base import broadcast_extras
+from covey.aggregate._scaffold import tracks_control
 from covey.core._history import History, RoundRecord
 from covey.core._messages import Config, Reply, Task
 from covey.core._weights import Weights
+from covey.server._applied import SENT, AppliedRounds
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
 from covey.server._idviews import SortedIds, Union, without
@@ -46,6 +48,7 @@ class _Flight:
     version: int  # the model's: how many new models the run had produced when it was sent
     weights: Weights
     then_fit: bool = False  # a properties task of a client picked to train once it replies
+    round: int = 0  # the update a fit task was sent in (its config's "round")
 
 
 class AsyncLoop(_LoopBase):
@@ -119,6 +122,7 @@ class AsyncLoop(_LoopBase):
         self._clock0 = 0.0
         # New models produced (updates whose aggregate was applied): the clock of staleness.
         self._models = 0
+        self._applied = AppliedRounds()  # under SCAFFOLD, told to each client with its task
 
     # -- the run ------------------------------------------------------------------------
 
@@ -225,6 +229,7 @@ class AsyncLoop(_LoopBase):
         self._payload = broadcast_extras(out)
         metrics = RoundMetrics("fit")
         staleness: list[int] = []
+        sent: list[int] = []  # the round of each participant's task (SCAFFOLD's clients are told)
         dropped: list[int] = []
         failures_in_a_row = 0
         while len(self._buffered) < self.buffer_size:
@@ -276,10 +281,12 @@ class AsyncLoop(_LoopBase):
             record.fit_examples += contribution.num_examples
             metrics.append((contribution.num_examples, contribution.metrics))
             staleness.append(tau)
+            sent.append(flight.round)
             contribution = None
             reply.release()  # folded: a reply kept in a file is unmapped now
         record.fit_metrics = strategy.combined_metrics("fit", metrics, rnd) if metrics else {}
         record.aggregate_info["staleness"] = staleness
+        self._note_sent(record, sent)
         if dropped:
             record.aggregate_info["too_stale"] = dropped
         self._apply(state, rnd, record)
@@ -293,6 +300,15 @@ class AsyncLoop(_LoopBase):
         record.durations["total"] = time.perf_counter() - t0
         self._finish(record)
         return rnd
+
+    def _note_sent(self, record: RoundRecord, sent: list[int]) -> None:
+        """Under SCAFFOLD, list the round of each participant's task in the update's record.
+
+        Its clients are told the round of the task whose reply an applied update
+        took, read from the history (see :mod:`covey.server._applied`).
+        """
+        if tracks_control(self.strategy.aggregator):
+            record.aggregate_info[SENT] = sent
 
     def _apply(self, state: Any, rnd: int, record: RoundRecord) -> None:
         """Apply the update's aggregate; count the new model if one was produced.
@@ -364,15 +380,18 @@ class AsyncLoop(_LoopBase):
             chosen = sorted(owed + [cid for cid in chosen if cid not in unasked])
             clients = client_info(chosen, self.properties, self.client_names)
             configs = client_configs(strategy, "fit", rnd, dict(task.config), clients)
+        tasks = {
+            cid: task
+            if configs is None
+            else Task("fit", rnd, configs[cid], task.weights, task.payload)
+            for cid in chosen
+        }
+        # Under SCAFFOLD, which of its replies an applied update took (see _applied).
+        tasks = self._applied.told(strategy.aggregator, tasks, self.history)
         for cid in chosen:
-            self._flights[cid] = _Flight("fit", self._models, self.weights)
+            self._flights[cid] = _Flight("fit", self._models, self.weights, round=rnd)
             self._training.add(cid)
-            own = (
-                task
-                if configs is None
-                else Task("fit", rnd, configs[cid], task.weights, task.payload)
-            )
-            self.transport.submit(cid, own, timeout=self.task_timeout)
+            self.transport.submit(cid, tasks[cid], timeout=self.task_timeout)
 
     def _ask_where(self, cids: Sequence[int], rnd: int) -> None:
         """Ask the clients of ``cids`` whose properties ``where`` needs and are not in yet."""
