@@ -31,7 +31,8 @@ from covey.core._weights import Weights
 from covey.server._applied import SENT, AppliedRounds
 from covey.server._base import EvaluateFn, RoundCallback, _LoopBase
 from covey.server._configs import client_configs, fit_config
-from covey.server._idviews import SortedIds, Union, without
+from covey.server._idviews import Union, without
+from covey.server._passing import KeptWhere
 from covey.server._roundmetrics import RoundMetrics
 from covey.strategies._checks import chose_none, name_of, not_among, picked_ids, selected
 from covey.strategies._clients import client_info
@@ -111,8 +112,7 @@ class AsyncLoop(_LoopBase):
         self._training: set[int] = set()  # fit tasks in flight, and properties owed one
         # Simulated clients under where=: who passes, as reports come in, and the
         # (clients, update) whose new clients were last asked for their properties.
-        self._passing: set[int] = set()
-        self._passing_list: SortedIds | None = None
+        self._where_kept = KeptWhere()
         self._scanned: tuple[Sequence[int], int] | None = None
         self._rng = np.random.default_rng([seed, 2])
         self._payload: dict[str, Weights] | None = None
@@ -320,21 +320,10 @@ class AsyncLoop(_LoopBase):
         if record.aggregated:
             self._models += 1
 
-    def _forgot(self, connected: set[int]) -> None:
-        """Who passed ``where`` is kept of the connected clients only, as their properties are."""
-        if not self._passing <= connected:
-            self._passing &= connected
-            self._passing_list = None
-
     def _took_properties(self, reply: Reply, flight: _Flight, rnd: int) -> None:
         """Keep a client's properties; one picked to train is owed its task now."""
         self._store_properties(reply, rnd)
-        if self.strategy.where is not None and reply.cid in self.properties:
-            if self.strategy.eligible([reply.cid], self.properties):
-                self._passing.add(reply.cid)
-            else:
-                self._passing.discard(reply.cid)
-            self._passing_list = None
+        self._where_kept.reported(reply.cid, self.properties)
         if flight.then_fit:
             self._owed.append(reply.cid)
 
@@ -348,7 +337,7 @@ class AsyncLoop(_LoopBase):
         if strategy.where is None:
             eligible = available  # not copied: a federation may have 100,000s of clients
             count = len(available)
-        elif self._tracks_where(available):
+        elif isinstance(available, range) and self._joins() is None:
             count = self._where_simulated(available, rnd)
         else:  # deployed: clients come and go, each dispatch looks at them all
             self._ask_where(available, rnd)
@@ -359,7 +348,7 @@ class AsyncLoop(_LoopBase):
         busy = len(self._training) + len(self._owed)
         free = strategy.client_count("fit", count) - busy
         if free > 0 and eligible is None:
-            eligible = self._passing_sorted()
+            eligible = self._where_kept.passing()  # not copied: picked from by a view
         self._declined = 0  # set again if the selector chooses none of the idle clients
         chosen = self._pick(eligible, free, busy, rnd) if free > 0 and eligible else []
         owed, self._owed = self._owed, []
@@ -400,26 +389,21 @@ class AsyncLoop(_LoopBase):
                 self._flights[cid] = _Flight("properties", self._models, self.weights)
                 self.transport.submit(cid, Task("properties", rnd))
 
-    def _tracks_where(self, available: Sequence[int]) -> bool:
-        """Whether who passes ``where`` is kept up to date reply by reply (simulated clients).
+    def _where_simulated(self, available: range, rnd: int) -> int:
+        """How many simulated clients pass ``where``, asking new ones for their properties.
 
-        A range of clients that never reconnect: each report changes one client's
-        standing, so no reply needs a look at every client.
+        Simulated clients never connect again: each is judged once, when its
+        properties come in, and those still to report are asked once per update,
+        so an update costs what its clients cost, not a look at every client.
+        ``where`` replaced, or a dict ``where`` changed, judges them all again.
         """
-        return isinstance(available, range) and self._joins() is None
-
-    def _where_simulated(self, available: Sequence[int], rnd: int) -> int:
-        """Ask new clients (once per update) for their properties; how many pass ``where``."""
+        kept = self._where_kept
         if self._scanned != (available, rnd):
             self._scanned = (available, rnd)
-            self._ask_where(available, rnd)
-        return len(self._passing)
-
-    def _passing_sorted(self) -> SortedIds:
-        """The clients that passed ``where``, sorted (kept until another one reports)."""
-        if self._passing_list is None:
-            self._passing_list = SortedIds(sorted(self._passing))
-        return self._passing_list
+            if len(self.properties) < len(available):
+                self._ask_where(kept.unreported(available, self.properties), rnd)
+        kept.judge(self.strategy, available, self.properties)
+        return kept.count
 
     def _pick(self, eligible: Sequence[int], free: int, busy: int, rnd: int) -> list[int]:
         """Up to ``free`` idle clients of ``eligible`` to give a task, sorted (seeded).

@@ -4,9 +4,9 @@ A round's clients are sampled among those that pass the strategy's ``where``.
 Deployed clients come and go and may connect again with other properties, so a
 deployed round looks at every connected client. Simulated clients (a ``range``
 of ids, none of which ever connects again) report once: each is judged when
-its properties come in, and a round of 100,000 clients then costs what its
-sampled clients cost, not a look at every client's properties, as the FedBuff
-loop does.
+its properties come in, and those still to report are kept too, so a round (a
+FedBuff update) of 100,000 clients costs what its sampled clients cost, not a
+look at every client's properties.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class KeptWhere:
 
     The whole range is judged again if ``where`` is replaced, or a dict ``where``
     changed in place. A strategy that overrides :meth:`covey.Strategy.eligible`
-    is asked every round, as a deployed round asks it.
+    is asked every round, as a deployed round asks it (FedBuff's updates ask it
+    of each client as it reports, as they always did).
     """
 
     def __init__(self) -> None:
@@ -44,11 +45,16 @@ class KeptWhere:
         self._passing: set[int] = set()
         self._sorted: SortedIds | None = None
         self._new: list[int] = []  # clients that reported since the last round
+        # The clients of a range that have not reported (found once, then kept as they report).
+        self._missing: set[int] | None = None
+        self._missing_in: range | None = None
 
-    def reported(self, cid: int) -> None:
+    def reported(self, cid: int, properties: Mapping[int, Any]) -> None:
         """Note that ``cid`` answered a properties task (judged at the next round)."""
         if self._clients is not None:
             self._new.append(cid)
+        if self._missing is not None and cid in properties:
+            self._missing.discard(cid)
 
     def eligible(self, loop: _Loop, rnd: int, available: Sequence[int]) -> Sequence[int]:
         """The clients of ``available`` that pass ``where``, asking new ones for properties."""
@@ -58,12 +64,26 @@ class KeptWhere:
             loop._ask_properties(rnd, available)
             return strategy.eligible(available, properties)
         if len(properties) < len(available):  # some have not reported: ask them
-            loop._ask_properties(rnd, available)
-        return self._judged(strategy, available, properties)
+            loop._ask_properties(rnd, self.unreported(available, properties))
+        self.judge(strategy, available, properties)
+        return SortedIds(self.passing())  # a copy: a selector may change the list it is given
 
-    def _judged(
+    def unreported(self, clients: range, properties: Mapping[int, Any]) -> list[int]:
+        """The clients of ``clients`` that have not reported their properties, ascending.
+
+        All of them are looked at once; later calls cost what the clients still
+        to report cost, not a look at every client.
+        """
+        if self._missing is None or clients != self._missing_in:
+            missing = [cid for cid in clients if cid not in properties]
+            self._missing, self._missing_in = set(missing), clients
+            return missing
+        return sorted(self._missing)
+
+    def judge(
         self, strategy: Strategy, clients: range, properties: Mapping[int, Mapping[str, Any]]
-    ) -> SortedIds:
+    ) -> None:
+        """Judge the clients that reported since the last call; all again if ``where`` changed."""
         where = strategy.where
         if clients != self._clients or where is not self._where or self._changed(where):
             self._clients, self._where = clients, where
@@ -78,9 +98,17 @@ class KeptWhere:
             self._passing.difference_update(new)
             self._passing.update(passed)
             self._sorted = None
+
+    @property
+    def count(self) -> int:
+        """How many clients passed ``where`` at the last :meth:`judge`."""
+        return len(self._passing)
+
+    def passing(self) -> SortedIds:
+        """The clients that passed ``where`` at the last :meth:`judge`, sorted (not a copy)."""
         if self._sorted is None:
             self._sorted = SortedIds(sorted(self._passing))
-        return SortedIds(self._sorted)  # a copy: a selector may change the list it is given
+        return self._sorted
 
     def _changed(self, where: Any) -> bool:
         """Whether a dict ``where`` holds other entries than when the clients were judged."""

@@ -204,7 +204,7 @@ class RoundLoop(_LoopBase):
             ask = dict.fromkeys(unknown, Task("properties", rnd))
             for reply in self.transport.exchange(ask, timeout=self.round_timeout):
                 self._store_properties(reply, rnd)
-                self._where_kept.reported(reply.cid)
+                self._where_kept.reported(reply.cid, self.properties)
 
     def _tasks(self, task: Task, cids: Sequence[int]) -> tuple[dict[int, Task], Any]:
         """Each client's task: ``task`` itself, or a copy with the client's own config.
