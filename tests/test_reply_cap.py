@@ -188,3 +188,62 @@ def test_simulation_refuses_a_task_kinds_reply_over_the_cap_as_deployed(
         "the task's model, 64 MiB for a task that carries none)"
     )
     assert errors[1] is None
+
+
+#: A model of 2.4 MB: a fit's update and extras may take about 10.6 MB of arrays.
+BIG_MODEL = {"w": np.zeros(LARGE)}
+
+
+class _Extras(covey.Client):
+    """A fit answering its update with model-sized extras: five for client 0, one for others.
+
+    An update and five extras, 14.4 MB, pass the cap; an update and one extra (as
+    SCAFFOLD sends) do not. Odd clients report a metric too.
+    """
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        delta = {"w": np.zeros_like(weights["w"])}
+        extras = {f"extra{i}": delta for i in range(5 if self.cid in (0, 1) else 1)}
+        metrics = {"loss": 0.5} if self.cid % 2 else {}
+        return covey.FitResult(delta=delta, num_examples=1, metrics=metrics, extras=extras)
+
+
+def _deployed_error(result: covey.FitResult) -> str:
+    """The failure a deployed client sends for ``result`` instead of its arrays."""
+    most = reply_bytes_limit(BIG_MODEL)
+    frames = reply_frames(1, Reply(0, "fit", result=result), most=most, task="fit task")
+    header = pb.ClientMessage.FromString(next(frames))
+    return header.reply.error
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_simulation_refuses_a_fits_extras_over_the_cap_as_deployed(backend: str) -> None:
+    # A fit result's update and extras were not held to the cap in simulation: a
+    # client sending a few model-sized extras trained there and failed deployed.
+    run = covey.simulate(
+        _Extras,
+        4,
+        1,
+        covey.FedAvg(fraction_evaluate=0.0),
+        BIG_MODEL,
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=1 if backend == "process" else None,
+    )
+    (record,) = run.history.rounds[1:]
+    assert record.fit_participants == [2, 3]
+    errors = {f.cid: f.error for f in record.fit_failures}
+    for cid in (0, 1):
+        expected = _deployed_error(_Extras(cid).fit(BIG_MODEL, {}))
+        assert expected.startswith("cannot send the result: its arrays take "), expected
+        assert errors[cid] == expected
+
+
+def test_an_inline_exchange_refuses_a_fits_extras_over_the_cap_as_deployed() -> None:
+    tasks = {cid: Task("fit", 1, {}, BIG_MODEL) for cid in range(3)}
+    replies = {r.cid: r for r in inline_transport(_Extras, 3).exchange(tasks)}
+    for cid in (0, 1):
+        assert replies[cid].error == _deployed_error(_Extras(cid).fit(BIG_MODEL, {}))
+    assert replies[2].ok

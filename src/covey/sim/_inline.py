@@ -194,7 +194,8 @@ class _Built:
                 raise
             except BaseException as exc:  # noqa: BLE001 - as in perform
                 return _exited(cid, task.kind, exc)
-        if (type(result) is FitResult and not result.metrics) or isinstance(result, Reply):
+        usual = type(result) is FitResult and not result.metrics and not result.extras
+        if usual or isinstance(result, Reply):
             return result  # a failed reply, or the usual result: nothing to measure
         return unsendable(cid, task.kind, result, task.weights) or result
 

@@ -3,7 +3,8 @@
 Each backend checks a client's result against the limits a deployed server
 reads it with (:func:`~covey.transport.grpc._wirecheck.result_limits`: at most
 4 MiB of JSON, strings of at most 1 MiB, arrays no larger than the task's
-model; the bytes of a task kind's arrays of one's own within the cap of
+model; the bytes of a task kind's arrays of one's own, and of a fit result's
+update and extras together, within the cap of
 :func:`~covey.transport.grpc._wirecheck.reply_bytes_limit`), so a client whose
 metric or reply is too large fails alone, with the same error, on every backend
 and over the network. The process backend's pipe
@@ -34,6 +35,7 @@ from covey.core._weights import Weights
 from covey.transport.grpc._wire import WireError, WireLimits, is_extras
 from covey.transport.grpc._wirecheck import (
     check_config,
+    check_fit_bytes,
     check_payload,
     check_reply_bytes,
     check_result,
@@ -60,14 +62,25 @@ def unsendable(cid: int, kind: str, result: Any, model: Weights | None) -> Reply
     bytes a deployed server takes in a reply to that task (about four times the
     model, 64 MiB without one), as for a deployed server.
     """
-    usual = type(result) is FitResult or type(result) is EvaluateResult
+    fit = type(result) is FitResult
+    usual = fit or type(result) is EvaluateResult
     if usual and not result.metrics:
+        if fit and result.extras:
+            return _fit_too_large(cid, kind, result, model)
         return None  # the usual case: nothing of a client's size to send
     try:
         check_result(result, result_limits(model))
     except WireError as exc:
         return Reply(cid, kind, error=f"cannot send the result: {exc}")
+    if fit:
+        return _fit_too_large(cid, kind, result, model) if result.extras else None
     too_large = None if usual else check_reply_bytes(kind, result, model)
+    return None if too_large is None else Reply(cid, kind, error=too_large)
+
+
+def _fit_too_large(cid: int, kind: str, result: FitResult, model: Weights | None) -> Reply | None:
+    """Client ``cid``'s failed reply if its fit result's update and extras pass their cap."""
+    too_large = check_fit_bytes(kind, result, model)
     return None if too_large is None else Reply(cid, kind, error=too_large)
 
 

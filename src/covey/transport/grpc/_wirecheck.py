@@ -22,7 +22,8 @@ The bytes of a reply's arrays are capped too, by the model of the task it answer
 carries none). A deployed server states the cap in each task's header, and its
 client sends a reply over it as its failure (:func:`reply_bytes_error`) instead
 of being dropped for it; every simulation backend refuses a task kind's result of
-one's own with the same error (:func:`check_reply_bytes`).
+one's own (:func:`check_reply_bytes`), and a fit result whose update and extras
+pass the cap (:func:`check_fit_bytes`), with the same error.
 """
 
 from __future__ import annotations
@@ -37,11 +38,18 @@ from covey.compress._kernels import index_dtype
 from covey.core import _codec
 from covey.core._messages import EvaluateResult, FitResult
 from covey.core._weights import Weights, WeightsError, WeightsSpec
-from covey.transport.grpc._wire import ARRAY_KINDS, WireLimits, dumps_within, result_head
+from covey.transport.grpc._wire import (
+    ARRAY_KINDS,
+    WireLimits,
+    dumps_within,
+    flatten_extras,
+    result_head,
+)
 
 __all__ = [
     "NO_MODEL_REPLY_BYTES",
     "check_config",
+    "check_fit_bytes",
     "check_payload",
     "check_reply_bytes",
     "check_result",
@@ -148,6 +156,25 @@ def check_reply_bytes(kind: str, result: Any, model: Weights | None) -> str | No
         return None
     try:
         size = _codec.encoded_size(arrays)
+    except Exception:  # noqa: BLE001 - not encodable: refused where it is encoded
+        return None
+    most = reply_bytes_limit(model)
+    return reply_bytes_error(kind, size, most) if size > most else None
+
+
+def check_fit_bytes(kind: str, result: FitResult, model: Weights | None) -> str | None:
+    """:func:`reply_bytes_error` if a fit result's update and extras pass their cap together.
+
+    A deployed client sends the update and the extras as two encoded blobs, and
+    the server takes at most :func:`reply_bytes_limit` bytes of both: an update
+    matches the model, but a result may carry any number of model-sized extras.
+    Arrays the codec cannot encode are left to the check that sends them.
+    """
+    arrays = result.weights if result.delta is None else result.delta
+    try:
+        size = _codec.encoded_size(arrays or {})
+        if result.extras:
+            size += _codec.encoded_size(flatten_extras(result.extras))
     except Exception:  # noqa: BLE001 - not encodable: refused where it is encoded
         return None
     most = reply_bytes_limit(model)
