@@ -271,8 +271,77 @@ def test_a_run_json_that_is_a_named_pipe_is_not_waited_on(
             thread.join(20)
             pytest.fail(f"covey {' '.join(args[:2])} waited on the named pipe {pipe}")
         result = done[0]
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == (0 if args is listing else 2), result.output
         assert "piped" in result.output
+
+
+def _run_bounded(args: list[str], pipe: Path) -> Any:
+    """`covey ARGS`'s result, failing (not hanging) if it waits on the named pipe ``pipe``."""
+    import os
+    import threading
+
+    done: list[Any] = []
+    thread = threading.Thread(target=_invoke, args=(args, done), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # let the blocked reader go before failing
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(20)
+        pytest.fail(f"covey {' '.join(args[:2])} waited on the named pipe {pipe}")
+    return done[0]
+
+
+@pytest.mark.parametrize("how", ["a named pipe", "a folder"])
+def test_runs_show_refuses_a_run_json_that_is_no_regular_file_without_its_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # `covey runs show` printed the rounds of such a run below one line, as a sound run's.
+    import os
+
+    monkeypatch.setenv("COLUMNS", "400")
+    folder = tmp_path / "runs" / "odd"
+    _good(folder)
+    path = folder / "run.json"
+    if how == "a named pipe":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    result = _run_bounded(["runs", "show", str(folder)], path)
+    out = "".join(result.output.split("\n"))
+    assert result.exit_code == 2, result.output
+    assert f"{path} is not a regular file" in out
+    assert "Rounds" not in result.output
+
+
+@pytest.mark.parametrize("how", ["a named pipe", "a folder"])
+def test_a_set_up_run_whose_history_is_no_regular_file_names_the_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # A run.lock beside it made the run read as one killed as it set up, its history unnamed.
+    import os
+
+    from covey.dashboard._runs import RunReadError, read_run
+
+    monkeypatch.setenv("COLUMNS", "400")
+    folder = tmp_path / "runs" / "odd"
+    folder.mkdir(parents=True)
+    (folder / "run.lock").write_text("")
+    history = folder / History.FILE_NAME
+    if how == "a named pipe":
+        os.mkfifo(history)
+    else:
+        history.mkdir()
+    why = f"{history} is not a regular file (a folder, a named pipe, a device)"
+    shown = _run_bounded(["runs", "show", str(folder)], history)
+    assert shown.exit_code == 2, shown.output
+    assert why in "".join(shown.output.split("\n"))
+    assert "set-up" not in shown.output
+    listed = _run_bounded(["runs", "list", "--dir", str(tmp_path / "runs")], history)
+    assert listed.exit_code == 0, listed.output
+    assert " odd - unreadable " in " ".join(listed.output.split())
+    assert f"unreadable: {why}" in "".join(listed.output.split("\n"))
+    with pytest.raises(RunReadError, match=re.escape(why)):
+        read_run("odd", folder)
 
 
 @pytest.mark.parametrize("text", ['{"status": "fini', "", "[1]"])

@@ -31,7 +31,13 @@ from covey.cli._rounds import (
     stopped_early,
 )
 from covey.cli._runsdir import STORE, find_run, project_runs
-from covey.cli._runstatus import damaged_run_json, run_status, unreadable_store, why_stopped
+from covey.cli._runstatus import (
+    damaged_run_json,
+    run_status,
+    unopenable_run_json,
+    unreadable_store,
+    why_stopped,
+)
 from covey.dashboard._runjson import run_files_within
 from covey.dashboard._runs import discover_runs, has_history, later_rounds, run_id
 from covey.deploy._cli_errors import fail, folder_flag
@@ -315,6 +321,21 @@ def _shown_folder(folder: Path) -> str:
     return str(Path(*parts))
 
 
+def _shown_history(folder: Path, notices: list[str]) -> History:
+    """The history ``covey runs show`` shows, read as ``covey runs report`` reads it.
+
+    A ``run.json`` that cannot be opened (a named pipe, a folder) refuses the run:
+    its rounds, printed below one line, would read as a sound run's.
+    """
+    unopenable = unopenable_run_json(folder)
+    if unopenable is not None:
+        fail(f"{unopenable}; the run's status and settings cannot be read")
+    try:
+        return load_history(folder, notices, folder)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+
+
 def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     table = Table(title="Failures", box=box.SIMPLE_HEAD, header_style="bold")
     step = step_of(history)  # "update" in an asynchronous run
@@ -345,10 +366,7 @@ def show_run(
     """Show one run: its settings, a table of its rounds, its clients and failures."""
     folder = find_run(run, runs_dir)
     notices: list[str] = []
-    try:
-        history = load_history(folder, notices, folder)  # as `covey runs report` reads it
-    except (ValueError, OSError) as exc:
-        fail(str(exc))
+    history = _shown_history(folder, notices)
     config = history.config
     strategy = config.get("strategy")
     name = strategy.get("name") if isinstance(strategy, dict) else strategy

@@ -8,6 +8,7 @@ written, so runs of every covey version read alike.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,13 @@ from covey.sim._rundir import how_to_resume, resumed_from, stopped_simulation_re
 if TYPE_CHECKING:  # imported where used: NumPy is slow to load for `covey --help`
     from covey.core._history import History
 
-__all__ = ["damaged_run_json", "run_status", "unreadable_store", "why_stopped"]
+__all__ = [
+    "damaged_run_json",
+    "run_status",
+    "unopenable_run_json",
+    "unreadable_store",
+    "why_stopped",
+]
 
 
 def why_stopped(folder: Path, status: str, history: History) -> str | None:
@@ -112,6 +119,27 @@ def damaged_run_json(folder: Path) -> str | None:
         read_run_json(folder)
     except RunReadError as exc:  # as the dashboard says it
         return str(exc)
+    return None
+
+
+def unopenable_run_json(folder: Path) -> str | None:
+    """Why a simulation's ``run.json`` cannot even be opened to read, if it is there; else None.
+
+    A named pipe, a folder, a device or a broken link is no file to read (a named
+    pipe is not waited on), nor is a file its reader may not open: the run's
+    rounds are not shown as if nothing were wrong. A file that opens but does
+    not hold a JSON object is :func:`damaged_run_json`'s to name.
+    """
+    path = folder / "run.json"
+    if not os.path.lexists(path):
+        return None
+    if not path.is_file():
+        return damaged_run_json(folder) or f"{path} is not a regular file: remove it"
+    try:
+        with path.open("rb"):  # a regular file: opening it never waits
+            pass
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
     return None
 
 

@@ -52,9 +52,11 @@ def is_set_up_only(folder: Path) -> bool:
     """Whether ``folder`` holds a simulation that never got past its set-up.
 
     It holds a :data:`SET_UP_FILES` file but neither ``history.json`` nor ``run.sqlite``:
-    the run is starting, or was killed or interrupted as it started.
+    the run is starting, or was killed or interrupted as it started. A ``history.json``
+    of any kind (a folder, a named pipe, a broken link) counts: the run is damaged, and
+    its readers name that file, rather than call the run set up only.
     """
-    if (folder / "history.json").is_file() or (folder / DB_NAME).is_file():
+    if os.path.lexists(folder / "history.json") or (folder / DB_NAME).is_file():
         return False
     return any((folder / name).is_file() for name in SET_UP_FILES)
 
