@@ -5,9 +5,14 @@ Routes (all ``GET``; the app has no route that changes anything):
 * ``/`` the page; ``/static/...`` its script and style; ``/vendor/plotly.min.js``
   the chart library, served from the installed ``plotly`` package;
 * ``/api/runs`` the list of runs;
-* ``/api/run?id=RUN`` one run: settings, rounds, clients;
-* ``/api/stream?id=RUN`` server-sent events: the whole run first (``run``), then
-  each change (``update``: new rounds, status, clients) as it lands on disk.
+* ``/api/run?id=RUN`` one run: settings, rounds, clients; ``&view=first`` as the
+  page opens it (:func:`~covey.dashboard._page.first_view`: its newest rounds whole,
+  every round thinned to chart points);
+* ``/api/rounds?id=RUN&start=I&stop=J`` the run's rounds from index ``I`` up to
+  ``J``, at most :data:`~covey.dashboard._page.MAX_PAGE` of them (the table's older rows);
+* ``/api/stream?id=RUN`` server-sent events: the run as the page opens it first
+  (``run``, bounded as ``view=first``), then each change (``update``: new rounds,
+  status, clients) as it lands on disk.
 
 The runs are files written by other processes (a simulation, a server), so
 changes are found by checking the files' sizes and modification times every
@@ -20,7 +25,7 @@ import asyncio
 import json
 import math
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -36,6 +41,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from covey.core._extras import missing_extra
+from covey.dashboard._page import first_view, rounds_page
 from covey.dashboard._runjson import tagged_float
 from covey.dashboard._runs import (
     Run,
@@ -153,6 +159,29 @@ def _find(root: Path, request: Request) -> tuple[str, Path]:
     raise HTTPException(404, f"no run {run_id!r} in {root}")
 
 
+async def _run_json(
+    root: Path, cache: RunCache, request: Request, shown: Callable[[Run], Any]
+) -> Response:
+    """What ``shown`` makes of the run the request names, as JSON (422 saying why if unreadable)."""
+    run_id, path = _find(root, request)
+    try:
+        run = await run_in_threadpool(cache.read, run_id, path)
+        body = _json(shown(run))
+    except RunReadError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+    except RecursionError:  # parsed in a thread, whose stack differs from this one's
+        return JSONResponse({"error": _too_deep(path)}, status_code=422)
+    return Response(body, media_type="application/json")
+
+
+def _index(request: Request, name: str) -> int:
+    """The whole number ``name`` the request's query gives (400 naming it if none)."""
+    text = request.query_params.get(name, "")
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise HTTPException(400, f"give {name} as a whole number of at most 12 digits: ?{name}=N")
+    return int(text)
+
+
 def _delta(old: Run, new: Run) -> dict[str, Any] | None:
     """What changed from ``old`` to ``new``, or None if the page must be redrawn whole.
 
@@ -174,7 +203,7 @@ def _delta(old: Run, new: Run) -> dict[str, Any] | None:
 async def _events(
     run_id: str, path: Path, poll: float, closing: threading.Event, cache: RunCache
 ) -> AsyncIterator[str]:
-    """Server-sent events of one run: ``run`` (all of it), then ``update`` per change.
+    """Server-sent events of one run: ``run`` (as the page opens it), then ``update`` per change.
 
     ``error`` says the run cannot be read (damaged, deleted); ``ok`` that it reads
     again with nothing changed, so the page drops the error.
@@ -217,7 +246,7 @@ async def _events(
 def _message(old: Run | None, new: Run) -> str:
     """The event telling the page how ``old`` became ``new`` ("" if nothing it shows changed)."""
     if old is None or (change := _delta(old, new)) is None:
-        return f"event: run\ndata: {_json(detail(new))}\n\n"
+        return f"event: run\ndata: {_json(first_view(new))}\n\n"
     if change["new_rounds"] or change["summary"] != summary(old) or new.events != old.events:
         return f"event: update\ndata: {_json(change)}\n\n"
     return ""
@@ -271,15 +300,16 @@ def create_app(
         return Response(_json({"root": str(root), "runs": rows}), media_type="application/json")
 
     async def one_run(request: Request) -> Response:
-        run_id, path = _find(root, request)
-        try:
-            run = await run_in_threadpool(cache.read, run_id, path)
-            body = _json(detail(run))
-        except RunReadError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
-        except RecursionError:  # parsed in a thread, whose stack differs from this one's
-            return JSONResponse({"error": _too_deep(path)}, status_code=422)
-        return Response(body, media_type="application/json")
+        view = request.query_params.get("view", "all")
+        if view not in ("all", "first"):
+            raise HTTPException(400, f"view must be 'all' or 'first', not {view!r}")
+        return await _run_json(root, cache, request, first_view if view == "first" else detail)
+
+    async def some_rounds(request: Request) -> Response:
+        start, stop = _index(request, "start"), _index(request, "stop")
+        if stop < start:
+            raise HTTPException(400, f"stop ({stop}) must not be below start ({start})")
+        return await _run_json(root, cache, request, lambda run: rounds_page(run, start, stop))
 
     async def stream(request: Request) -> Response:
         run_id, path = _find(root, request)
@@ -297,6 +327,7 @@ def create_app(
             Route("/vendor/plotly.min.js", vendor_plotly),
             Route("/api/runs", runs),
             Route("/api/run", one_run),
+            Route("/api/rounds", some_rounds),
             Route("/api/stream", stream),
             Mount("/static", StaticFiles(directory=static), name="static"),
         ],

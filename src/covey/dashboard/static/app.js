@@ -162,8 +162,15 @@ function line(rounds, s) {
   return { x, y, name: plain(s.label), ...drawn(x.length, false) };
 }
 
+// How many clients a round had: a chart point counts them (n_fit, ...), a whole round lists them.
+function count(r, counted, lists) {
+  return typeof r[counted] === "number" ? r[counted] : lists.reduce((n, k) => n + (r[k] || []).length, 0);
+}
+
+// The charts draw run.chart: a point per round (the whole run thinned, see the API's
+// view=first), then the rounds that came live.
 function drawRunCharts(run) {
-  const rounds = run.rounds;
+  const rounds = run.chart;
   const step = stepOf(run);
   const all = seriesOf(rounds);
   const losses = all.filter((s) => s.name === "loss" || s.name === "train_loss");
@@ -174,9 +181,9 @@ function drawRunCharts(run) {
   const x = fitRounds.map((r) => r.round);
   const bars = drawn(x.length, true);
   plot("chart-clients", "Clients per " + step, [
-    { x, y: fitRounds.map((r) => (r.fit_participants || []).length), name: "fit", ...bars },
-    { x, y: fitRounds.map((r) => (r.evaluate_participants || []).length), name: "evaluate", ...bars },
-    { x, y: fitRounds.map((r) => (r.fit_failures || []).length + (r.evaluate_failures || []).length),
+    { x, y: fitRounds.map((r) => count(r, "n_fit", ["fit_participants"])), name: "fit", ...bars },
+    { x, y: fitRounds.map((r) => count(r, "n_evaluate", ["evaluate_participants"])), name: "evaluate", ...bars },
+    { x, y: fitRounds.map((r) => count(r, "n_failed", ["fit_failures", "evaluate_failures"])),
       name: "failed", ...bars, marker: { color: "#c62828" }, line: { color: "#c62828" } },
   ], { barmode: "group" }, step);
   const stages = ["wait", "fit", "evaluate", "central", "total"]  // wait: a deployed round's, for clients
@@ -261,10 +268,12 @@ function facts(run) {
 }
 
 // The rounds table first shows the newest TABLE_ROWS rounds: a run of 20,000 rounds drew a row
-// for each (300,000 elements) and took most of a minute to open. "Show earlier" adds as many
-// again; a live run's new rows push the oldest out, so the table keeps its length.
+// for each (300,000 elements) and took most of a minute to open. "Show earlier" fetches as many
+// again (api/rounds); a live run's new rows push the oldest out, so the table keeps its length.
+// The page opens with those rounds only (12 MB for 20,000 rounds sent whole).
 const TABLE_ROWS = 200;
-let tableFrom = 0;  // the index in run.rounds of the table's first row
+const CHART_POINTS = 2000;  // a live run's chart points are thinned past twice as many
+let tableFrom = 0;  // the index among the run's rounds of the table's first row
 let tableRows = TABLE_ROWS;  // how many rows the table keeps
 
 function earlierButton(run) {
@@ -278,9 +287,20 @@ function drawEarlierButton(run) {
   document.getElementById("earlier-box").innerHTML = earlierButton(run);
   const button = document.getElementById("earlier");
   if (!button) return;
-  button.onclick = () => {
+  button.onclick = async () => {
+    button.disabled = true;
     const from = Math.max(0, tableFrom - TABLE_ROWS);
-    const html = run.rounds.slice(from, tableFrom).map((r) => roundRow(run, r)).join("");
+    const url = `api/rounds?id=${encodeURIComponent(run.id)}&start=${from}&stop=${tableFrom}`;
+    let page;
+    try {
+      page = await getJSON(url);
+    } catch (error) {
+      button.disabled = false;
+      main.insertAdjacentHTML("afterbegin", `<p class="fail stream-error">${esc(error.message)}</p>`);
+      return;
+    }
+    if (page.start !== from || page.stop !== tableFrom) { button.disabled = false; return; }  // redrawn since
+    const html = page.rounds.map((r) => roundRow(run, r)).join("");
     document.querySelector("#rounds tbody").insertAdjacentHTML("afterbegin", html);
     tableRows += tableFrom - from;
     tableFrom = from;
@@ -324,7 +344,7 @@ function drawChartsSoon(run) {
 
 function renderRun(run) {
   tableRows = TABLE_ROWS;
-  tableFrom = Math.max(0, run.rounds.length - tableRows);
+  tableFrom = run.rounds_from;
   main.innerHTML = `<h1>Run <code>${esc(run.id)}</code></h1><div id="facts-box">${facts(run)}</div>
     <div class="charts"><div class="chart" id="chart-loss"></div><div class="chart" id="chart-metrics"></div>
     <div class="chart" id="chart-clients"></div><div class="chart" id="chart-durations"></div>
@@ -333,7 +353,7 @@ function renderRun(run) {
     <h2>${cap(stepOf(run))}s</h2><p id="earlier-box"></p><div class="scroll"><table id="rounds"><thead><tr><th>${stepOf(run)}</th><th>test loss</th>
     <th>test acc.</th><th>fed. loss</th><th>fed. acc.</th><th>clients</th><th>failures (reason)</th>
     <th>duration</th><th>bytes</th><th>privacy</th></tr></thead><tbody>
-    ${run.rounds.slice(tableFrom).map((r) => roundRow(run, r)).join("")}</tbody></table></div>
+    ${run.rounds.map((r) => roundRow(run, r)).join("")}</tbody></table></div>
     <div id="clients-box">${clientsTable(run)}</div>`;
   drawEarlierButton(run);
   drawChartsNow(run);
@@ -353,6 +373,11 @@ function showRun(id) {
     Object.assign(run, change.summary, { meta: change.meta, clients: change.clients,
       client_names: change.client_names });
     run.rounds.push(...change.new_rounds);
+    run.rounds.splice(0, Math.max(0, run.rounds.length - TABLE_ROWS));  // the table has its rows
+    run.chart.push(...change.new_rounds);
+    if (run.chart.length > 2 * CHART_POINTS) {  // every other point, the newest kept
+      run.chart = run.chart.filter((_, i) => i % 2 === 0 || i === run.chart.length - 1);
+    }
     document.getElementById("facts-box").innerHTML = facts(run);
     appendRows(run, change.new_rounds);
     document.getElementById("clients-box").innerHTML = clientsTable(run);
@@ -397,9 +422,9 @@ async function showList() {
 // ---- runs overlaid ----
 
 async function showCompare(ids) {
-  const runs = await Promise.all(ids.map((id) => getJSON("api/run?id=" + encodeURIComponent(id))));
+  const runs = await Promise.all(ids.map((id) => getJSON("api/run?view=first&id=" + encodeURIComponent(id))));
   const series = new Map();
-  for (const run of runs) for (const s of seriesOf(run.rounds)) series.set(s.key, s);
+  for (const run of runs) for (const s of seriesOf(run.chart)) series.set(s.key, s);
   const options = [...series.values()].map((s) => `<option value="${esc(s.key)}">${esc(s.label)}</option>`).join("");
   main.innerHTML = `<h1>Compare ${runs.length} runs</h1><p>metric <select id="compare-metric">${options}</select></p>
     <div class="chart" id="chart-compare" style="height: 420px"></div>`;
@@ -411,7 +436,7 @@ async function showCompare(ids) {
     if (!s) return;
     // Runs of one kind share their unit; synchronous and asynchronous ones overlaid count both.
     const steps = [...new Set(runs.map(stepOf))].sort().reverse();
-    plot("chart-compare", s.label, runs.map((run) => ({ ...line(run.rounds, s), name: plain(run.id) })), {},
+    plot("chart-compare", s.label, runs.map((run) => ({ ...line(run.chart, s), name: plain(run.id) })), {},
       steps.join(" / "));
   };
   select.onchange = draw;
