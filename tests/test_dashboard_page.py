@@ -139,3 +139,28 @@ def test_older_rounds_come_a_bounded_page_at_a_time(tmp_path: Path) -> None:
             assert _status(url + query) == 400, query
         assert _status(server.url + "api/rounds?id=nope&start=0&stop=1") == 404
         assert _status(server.url + "api/run?id=long&view=most") == 400
+
+
+def test_a_deployed_run_s_clients_reach_the_page_with_their_newest_rounds(tmp_path: Path) -> None:
+    # Each client's rounds (every one of a 20,000-round run) went to the page on opening,
+    # and again with each new round.
+    from covey.dashboard._app import _delta
+    from covey.dashboard._page import first_view
+    from covey.dashboard._runs import Run
+
+    def run(rounds: int) -> Run:
+        records = [
+            {"round": k, "fit_participants": [0] if k else [], "evaluate_participants": [0, 1]}
+            for k in range(rounds + 1)
+        ]
+        return Run("fed", tmp_path, "deployed", rounds=records, clients={0: "a", 1: "b"})
+
+    (a, b) = first_view(run(120))["clients"]
+    assert (a["fit_count"], a["fit_rounds"]) == (120, list(range(71, 121)))
+    assert (a["evaluate_count"], a["evaluate_rounds"]) == (121, list(range(71, 121)))
+    assert (b["fit_count"], b["fit_rounds"], b["evaluate_count"]) == (0, [], 121)
+    change = _delta(run(120), run(121))
+    assert change is not None
+    assert [r["round"] for r in change["new_rounds"]] == [121]
+    (a, _) = change["clients"]
+    assert (a["fit_count"], a["fit_rounds"]) == (121, list(range(72, 122)))

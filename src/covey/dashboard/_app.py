@@ -41,7 +41,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from covey.core._extras import missing_extra
-from covey.dashboard._page import first_view, rounds_page
+from covey.dashboard._page import first_view, page_clients, rounds_page
 from covey.dashboard._runjson import tagged_float
 from covey.dashboard._runs import (
     Run,
@@ -196,7 +196,7 @@ def _delta(old: Run, new: Run) -> dict[str, Any] | None:
         "meta": new.meta,
         "new_rounds": new.rounds[len(known) :],
         "client_names": {str(k): v for k, v in new.clients.items()},
-        "clients": detail(new)["clients"],
+        "clients": page_clients(detail(new)["clients"]),
     }
 
 

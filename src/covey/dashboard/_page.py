@@ -27,6 +27,8 @@ CHART_POINTS: Final = 2000
 """The most points per series the first view holds for the charts."""
 MAX_PAGE: Final = 1000
 """The most rounds one request for older rounds gets."""
+CLIENT_ROUNDS: Final = 50
+"""The newest rounds of each client the page gets (with how many it took part in)."""
 
 _NUMBERS: Final = ("central_loss", "evaluate_loss", "bytes_sent", "bytes_received")
 _OBJECTS: Final = ("central_metrics", "evaluate_metrics", "fit_metrics", "durations")
@@ -74,6 +76,25 @@ def chart_points(rounds: list[dict[str, Any]], limit: int = CHART_POINTS) -> lis
     return [chart_point(rounds[i]) for i in picked]
 
 
+def page_clients(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A deployed run's clients as the page gets them: the newest rounds of each, and counts.
+
+    Each client's lists of rounds grow with the run, and a live page gets the
+    clients again at each new round: ``fit_count`` and ``evaluate_count`` say
+    how many rounds it took part in, its lists hold the newest :data:`CLIENT_ROUNDS`.
+    """
+    return [
+        {
+            **row,
+            "fit_count": len(row["fit_rounds"]),
+            "evaluate_count": len(row["evaluate_rounds"]),
+            "fit_rounds": row["fit_rounds"][-CLIENT_ROUNDS:],
+            "evaluate_rounds": row["evaluate_rounds"][-CLIENT_ROUNDS:],
+        }
+        for row in rows
+    ]
+
+
 def first_view(run: Run) -> dict[str, Any]:
     """The run as the page opens it (JSON-ready): :func:`detail` with bounded rounds.
 
@@ -87,6 +108,7 @@ def first_view(run: Run) -> dict[str, Any]:
         rounds_from=start,
         rounds_total=len(run.rounds),
         chart=chart_points(run.rounds),
+        clients=page_clients(view["clients"]),
     )
     return view
 

@@ -249,7 +249,8 @@ function clientsTable(run) {
     <td><span class="dot ${c.connected ? "on" : ""}"></span>${c.connected ? "connected" : "not connected"}</td>
     <td>${esc(c.name)}</td><td class="num">${esc(c.id ?? "–")}</td><td>${when(c.last_seen)}</td>
     <td>${esc(c.last_event ?? "–")}</td>
-    <td class="num">${c.fit_rounds.length}</td><td class="small">${esc(c.fit_rounds.join(", "))}</td></tr>`).join("");
+    <td class="num">${c.fit_count ?? c.fit_rounds.length}</td><td class="small">${
+      (c.fit_count > c.fit_rounds.length ? "…, " : "") + esc(c.fit_rounds.join(", "))}</td></tr>`).join("");
   return `<h2>Clients</h2><div class="scroll"><table id="clients"><thead><tr><th>state</th><th>name</th>
     <th>id</th><th>last seen</th><th>last event</th><th>fit ${stepOf(run)}s</th><th>which</th></tr></thead>
     <tbody>${rows}</tbody></table></div>`;
