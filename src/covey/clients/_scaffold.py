@@ -76,8 +76,9 @@ class ControlVariate:
     A server that says which round last took this client's update (the fit
     config's ``"scaffold_applied_round"``, sent by the round loop and by
     FedBuff's under SCAFFOLD) gets the ``c_i+`` of a reply kept only once it
-    names that reply's round (its task's ``"round"``): until the next task it is :attr:`pending` (and, given a
-    ``path``, in ``PATH.pending``), and dropped if the server never applied it,
+    names that reply's round (its task's ``"round"``): until the next task it
+    is :attr:`pending` (and, given a ``path``, in ``PATH.pending``), and
+    dropped if the server never applied it,
     so ``c`` stays the mean of the clients' ``c_i``. Without that entry the new
     ``c_i`` is kept as the reply is built.
     """
