@@ -11,6 +11,7 @@ than allowed.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from typer.testing import CliRunner
 import covey
 from covey.cli import app
 from covey.core._history import Failure
+from covey.deploy import tls_from_certs
+from covey.deploy.certs import init_federation, issue_client, revoke
 from covey.server._retry import RETRY_HINT
 from covey.transport.grpc._registry import lost_connection
 
@@ -108,6 +111,52 @@ def test_a_round_lost_more_often_than_allowed_stops_the_run() -> None:
     assert history.stopped_reason.startswith("round 1: 0 of 1 sampled clients replied")
 
 
+class RevokedInFit(covey.Client):
+    """Has its own certificate revoked in its first fit, and never replies to it."""
+
+    def __init__(self, fed: Path, name: str, done: threading.Event) -> None:
+        self.fed, self.name, self.done = fed, name, done
+
+    def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        revoke(self.fed, self.name)  # the operator shuts the site out mid-round
+        self.done.wait(60)  # the server drops it at its next heartbeat
+        raise RuntimeError("the server should have dropped this client")
+
+
+def test_a_round_cut_short_by_a_revoked_client_is_run_again_without_it(tmp_path: Path) -> None:
+    # Revoking a site is how an operator shuts it out of a running federation; a
+    # round that sampled it fell short and stopped the run, even with retries.
+    fed = init_federation(tmp_path / "fed").directory
+    names = ["a", "b", "c"]
+    for name in names:
+        issue_client(fed, name)
+    strategy = covey.FedAvg(
+        fraction_fit=1.0, min_fit_clients=2, min_available_clients=2, fraction_evaluate=0.0
+    )
+    served = Served(strategy, 2, certs=fed, round_retries=1)
+    done = threading.Event()
+    sites = [
+        Joined(
+            served.port,
+            RevokedInFit(fed, name, done) if name == "a" else None,
+            tls=tls_from_certs(fed, name),
+            retry_for=1.0,  # "a", shut out, gives up soon after the run is over
+        )
+        for name in names
+    ]
+    try:
+        result = served.join()
+    finally:
+        done.set()
+        for site in sites:
+            site.join()
+    assert [r.round for r in result.history.rounds] == [0, 1, 2]
+    retried = result.history.rounds[1].aggregate_info["retried"]
+    assert len(retried) == 1
+    assert "a: client certificate revoked" in retried[0]
+    assert sorted(result.history.clients.values()) == names
+
+
 @pytest.mark.parametrize(
     ("error", "lost"),
     [
@@ -116,6 +165,8 @@ def test_a_round_lost_more_often_than_allowed_stops_the_run() -> None:
         ("client timed out (no heartbeat)", True),
         ("client replaced by a new connection", True),
         ("client lost its data connection (closed)", True),
+        ("client certificate revoked", True),
+        ("client certificate expired at 2026-01-02 03:04:05 UTC; issue the client a new one", True),
         ("client disconnected: it broke the protocol (a frame too large)", False),
         ("no reply in time", False),
         ("RuntimeError: disconnected", False),

@@ -2,8 +2,9 @@
 
 A deployed round that falls short of ``min_fit_clients`` stops the run. When
 every failure that cut it short is a lost connection (a client disconnected,
-fell silent past the heartbeat limit, or was replaced by its own new
-connection), the clients were not at fault: a network outage or a pause of
+fell silent past the heartbeat limit, was replaced by its own new
+connection, or was shut out as its certificate was revoked), the clients'
+updates were not at fault: a network outage or a pause of
 the server's process (a suspended virtual machine, a debugger) drops them all
 at once, and they reconnect seconds later. With ``serve(round_retries=N)``
 such a round is run again, from the same model, once enough clients are back

@@ -68,21 +68,30 @@ ReplyLimits = tuple[int, WireLimits]
 NO_MODEL: ReplyLimits = (NO_MODEL_REPLY_BYTES, WireLimits())
 """The caps on a reply to a task sent without a model (and to a task not pending)."""
 
-_LOST = ("disconnected", "timed out (no heartbeat)", "replaced by a new connection")
+_LOST = (
+    "disconnected",
+    "timed out (no heartbeat)",
+    "replaced by a new connection",
+    "lost its data connection",
+    "certificate revoked",
+    "certificate expired",
+)
 
 
 def lost_connection(error: str) -> bool:
     """Whether a task failed with ``error`` because its client's connection was lost.
 
     A dropped connection fails the tasks it owed with ``client <why>``: it closed,
-    fell silent, gave way to the same client's new connection, or lost its data
-    connection. One that broke the protocol (``disconnected: it broke ...``) was
-    dropped for what the client sent, and is no such loss.
+    fell silent, gave way to the same client's new connection, lost its data
+    connection, or was shut out as its certificate was revoked or expired (the
+    operator's doing, not its update's: the round can go on without it). One that
+    broke the protocol (``disconnected: it broke ...``) was dropped for what the
+    client sent, and is no such loss.
     """
     why = error.removeprefix("client ")
     if why == error or why.startswith("disconnected: "):
         return False
-    return why.startswith(_LOST) or why.startswith("lost its data connection")
+    return why.startswith(_LOST)
 
 
 def peer_of(context: grpc.ServicerContext) -> str:
