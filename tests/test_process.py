@@ -269,6 +269,13 @@ def test_process_transport_directly(shm_files: list[str]) -> None:
         )
         assert len(shm_files) == 2
         assert not os.path.exists(shm_files[0])  # the stale file is gone already
+        late = transport.exchange({0: Task("fit", 1, {}, weights)})
+    # Read after the block, an exchange would start workers again that outlived it, with
+    # their files: it is refused instead.
+    with pytest.raises(RuntimeError, match="this ProcessTransport is closed"):
+        next(late)
+    assert transport.num_workers == 5
+    assert not any(w.process.is_alive() for w in transport._workers)
     with pytest.raises(ValueError, match="num_workers must be at least 1"):
         ProcessTransport(lambda cid: Exploding(cid, "raise"), 5, num_workers=0)
 

@@ -176,10 +176,10 @@ def test_simulation_refuses_a_task_kinds_reply_over_the_cap_as_deployed(
         1: Task("grow", 1, {"size": 1000}, MODEL),
     }
     if backend == "inline":
-        replies = inline_transport(lambda cid: covey.Client(), 2).exchange(tasks)
+        replies = list(inline_transport(lambda cid: covey.Client(), 2).exchange(tasks))
     else:
         with ProcessTransport(lambda cid: covey.Client(), 2, num_workers=1) as processes:
-            replies = processes.exchange(tasks)
+            replies = list(processes.exchange(tasks))
     errors = {r.cid: r.error for r in replies}
     size = _codec.encoded_size({"zeros": np.zeros(LARGE)})
     assert errors[0] == (

@@ -314,7 +314,18 @@ class ProcessTransport:
     def exchange(
         self, tasks: Mapping[int, Task], *, timeout: float | None = None
     ) -> Iterator[Reply]:
-        """Send each worker its clients' tasks, then yield replies as they arrive."""
+        """Send each worker its clients' tasks, then yield replies as they arrive.
+
+        Raises:
+            RuntimeError: the transport is closed (its workers would start again and
+                outlive it); the replies are read as the iterator is, so read them
+                before the ``with`` block ends.
+        """
+        if not self._finalizer.alive:
+            raise RuntimeError(
+                "this ProcessTransport is closed: an exchange needs it open until its "
+                "replies are read (read them inside its `with` block)"
+            )
         self._revive()
         self._seq += 1
         seq = self._seq
