@@ -148,15 +148,18 @@ def check_reply_bytes(kind: str, result: Any, model: Weights | None) -> str | No
 
     ``result`` is a task kind's of one's own: a mapping whose NumPy arrays travel
     encoded, beside its JSON. A fit result's arrays match the model (the round
-    loop refuses others), far below the cap. Arrays the codec cannot encode are
-    left to the check that sends them.
+    loop refuses others), far below the cap. Arrays the codec cannot encode (a
+    string or complex dtype, a name not a string) fail as a deployed client's
+    do: ``cannot send the result: weight 'x' has dtype complex128; ...``.
     """
     arrays = result_head(result)[1]
     if not arrays:
         return None
     try:
         size = _codec.encoded_size(arrays)
-    except Exception:  # noqa: BLE001 - not encodable: refused where it is encoded
+    except WeightsError as exc:  # what encoding it to send raises
+        return f"cannot send the result: {exc}"
+    except Exception:  # noqa: BLE001 - refused where it is encoded, with its own error
         return None
     most = reply_bytes_limit(model)
     return reply_bytes_error(kind, size, most) if size > most else None

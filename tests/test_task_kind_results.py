@@ -1,0 +1,84 @@
+"""A task kind's result of one's own is refused alike in simulation and deployed.
+
+A result holding arrays that cannot be sent (a string or complex dtype, a name
+that is not a string) failed a deployed client's task (``cannot send the result:
+weight 'x' has dtype complex128; ...``) and the process backend's, but passed on
+the inline and Ray backends: a run that worked in simulation failed deployed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import covey
+from _live import Joined
+from covey.clients._client import _HANDLERS
+from covey.core._messages import Reply, Task
+from covey.sim import ProcessTransport, inline_transport
+from covey.transport.grpc import GrpcServerTransport
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")]
+
+#: Results of a task kind of one's own, keyed by their name in the task's payload.
+RESULTS: dict[str, Any] = {
+    "complex": {"x": np.array([1j])},
+    "text": {"x": np.array(["a"]), "n": 1},
+    "number_name": {3: np.ones(2)},
+    "fine": {"x": np.arange(3.0), "n": 1},
+}
+
+ERRORS = {
+    "complex": "cannot send the result: weight 'x' has dtype complex128; only bool, integer "
+    "and floating-point arrays are supported",
+    "text": "cannot send the result: weight 'x' has dtype <U1; only bool, integer and "
+    "floating-point arrays are supported",
+    "number_name": "cannot send the result: weight names must be non-empty strings, got 3",
+    "fine": None,
+}
+
+
+def _answer(client: Any, task: Task) -> Any:
+    return RESULTS[task.payload["name"]]
+
+
+def _tasks() -> dict[int, Task]:
+    return {i: Task("answer", 1, payload={"name": name}) for i, name in enumerate(RESULTS)}
+
+
+def _errors(replies: Any) -> dict[str, str | None]:
+    names = list(RESULTS)
+    return {names[r.cid]: r.error for r in replies}
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_simulation_refuses_unsendable_arrays_of_a_task_kind_as_deployed(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(_HANDLERS, "answer", _answer)
+    n = len(RESULTS)
+    if backend == "inline":
+        replies = list(inline_transport(lambda cid: covey.Client(), n).exchange(_tasks()))
+    else:
+        with ProcessTransport(lambda cid: covey.Client(), n, num_workers=1) as processes:
+            replies = list(processes.exchange(_tasks()))
+    assert _errors(replies) == ERRORS
+
+
+def test_a_deployed_client_refuses_the_same_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_HANDLERS, "answer", _answer)
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    client = Joined(transport.port, covey.Client(), name="site", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(1, 20)
+        (cid,) = transport.clients()
+        replies: list[Reply] = []
+        for task in _tasks().values():
+            (reply,) = transport.exchange({cid: task})
+            replies.append(Reply(len(replies), reply.kind, reply.result, reply.error))
+    finally:
+        transport.close()
+        client.join(30)
+    assert _errors(replies) == ERRORS
