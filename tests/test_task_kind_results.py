@@ -82,3 +82,81 @@ def test_a_deployed_client_refuses_the_same_arrays(monkeypatch: pytest.MonkeyPat
         transport.close()
         client.join(30)
     assert _errors(replies) == ERRORS
+
+
+#: What a task kind of one's own answers, and what a deployed server reads of it.
+VALUES: dict[str, tuple[Any, Any]] = {
+    "number_keys": ({0: 1, 1: "b"}, {"0": 1, "1": "b"}),
+    "tuple": ((1, 2.5), [1, 2.5]),
+    "scalar": (np.float32(1.5), 1.5),
+    "nested": ({"counts": (np.int64(3),), 2: None}, {"counts": [3], "2": None}),
+    "with_arrays": ({"n": np.int32(2), "x": np.arange(2.0)}, {"n": 2, "x": np.arange(2.0)}),
+}
+
+
+def _value(client: Any, task: Task) -> Any:
+    """Answers the value its payload names, and what it was sent as the payload."""
+    return {"sent": task.payload["sent"], "answer": VALUES[task.payload["name"]][0]}
+
+
+def _value_tasks() -> dict[int, Task]:
+    sent = {"keys": {7: (1, 2)}, "scalar": np.float64(0.5)}
+    return {
+        i: Task("value", 1, payload={"name": name, "sent": sent}) for i, name in enumerate(VALUES)
+    }
+
+
+def _received(replies: Any) -> dict[str, Any]:
+    names = list(VALUES)
+    out = {}
+    for r in replies:
+        assert r.error is None, r.error
+        assert r.result["sent"] == {"keys": {"7": [1, 2]}, "scalar": 0.5}
+        assert type(r.result["sent"]["scalar"]) is float
+        out[names[r.cid]] = r.result["answer"]
+    return out
+
+
+def _check_received(received: dict[str, Any]) -> None:
+    for name, (_, want) in VALUES.items():
+        got = received[name]
+        if name == "with_arrays":
+            assert got.keys() == want.keys()
+            assert type(got["n"]) is int
+            np.testing.assert_array_equal(got["x"], want["x"])
+        else:
+            assert got == want, name
+            assert type(got) is type(want), name
+            if name == "scalar":
+                assert type(got) is float
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_every_backend_hands_over_a_task_kinds_payload_and_result_as_deployed(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(_HANDLERS, "value", _value)
+    n = len(VALUES)
+    if backend == "inline":
+        replies = list(inline_transport(lambda cid: covey.Client(), n).exchange(_value_tasks()))
+    else:
+        with ProcessTransport(lambda cid: covey.Client(), n, num_workers=1) as processes:
+            replies = list(processes.exchange(_value_tasks()))
+    _check_received(_received(replies))
+
+
+def test_a_deployed_server_reads_a_task_kinds_values_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_HANDLERS, "value", _value)
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    client = Joined(transport.port, covey.Client(), name="site", max_attempts=1)
+    try:
+        assert transport.wait_for_clients(1, 20)
+        (cid,) = transport.clients()
+        replies: list[Reply] = []
+        for task in _value_tasks().values():
+            (reply,) = transport.exchange({cid: task})
+            replies.append(Reply(len(replies), reply.kind, reply.result, reply.error))
+    finally:
+        transport.close()
+        client.join(30)
+    _check_received(_received(replies))

@@ -14,13 +14,14 @@ from __future__ import annotations
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from covey.clients._build import build_client
 from covey.clients._client import ClientFn, fit_result, not_an_exception, run_task
 from covey.core._messages import FitResult, Reply, Task
 from covey.core._weights import Weights, fingerprint
-from covey.sim._sendable import Unsent, sendable, unsendable
+from covey.sim._sendable import Unsent, as_received, as_sent, sendable, unsendable
 from covey.transport._memory import Handler, MemoryTransport
 
 Lent = dict[int, tuple[Weights, tuple[int, ...]]]
@@ -170,9 +171,16 @@ class _Built:
 
         A config or payload a deployed server could not send it, or a result one would
         refuse (a metric over the network's limits), fails the client, with the error of every
-        backend (:mod:`covey.sim._sendable`).
+        backend (:mod:`covey.sim._sendable`). The client reads the payload, and the
+        server the result, as they arrive deployed (:func:`~covey.sim._sendable.as_sent`).
         """
-        return self.unsent(cid, task) or sendable(self.perform(run_task, cid, task), task.weights)
+        failed = self.unsent(cid, task)
+        if failed is not None:
+            return failed
+        sent = as_sent(task.payload)
+        if sent is not task.payload:
+            task = replace(task, payload=sent)
+        return as_received(sendable(self.perform(run_task, cid, task), task.weights))
 
     def fit_one(self, cid: int, task: Task) -> Any:
         """``perform(fit_result, cid, task)``; one frame less for a client built and kept.

@@ -45,7 +45,7 @@ from covey.sim._rayplan import (
 )
 from covey.sim._raystart import ray_module, start_or_join, watch_local
 from covey.sim._raywatch import unwatch
-from covey.sim._sendable import Unsent
+from covey.sim._sendable import Unsent, as_received, as_sent
 from covey.sim._worker import _sendable
 from covey.transport._base import LONGEST_WAIT
 
@@ -114,10 +114,10 @@ class ClientHost:
             weights = self._weights[1]
         replies, tasks = [], {}
         for cid, kind, rnd, config, payload in items:
-            tasks[cid] = task = Task(kind, rnd, config, weights, payload)
+            tasks[cid] = task = Task(kind, rnd, config, weights, as_sent(payload))
             try:
                 # A reply whose arrays no pickle carries would fail its whole call.
-                reply = _sendable(run_task(self._client(cid), cid, task), task)
+                reply = as_received(_sendable(run_task(self._client(cid), cid, task), task))
             except Exception:  # noqa: BLE001 - a failing client_fn or task is that client's error
                 reply = Reply(cid, kind, error=traceback.format_exc())
             except KeyboardInterrupt:  # Ray cancelling the call: not the client's

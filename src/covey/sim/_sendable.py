@@ -32,7 +32,14 @@ from covey.compress._runtime import CONFIG_KEY as COMPRESSION
 from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core._messages import EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
-from covey.transport.grpc._wire import WireError, WireLimits, is_extras
+from covey.transport.grpc._wire import (
+    WireError,
+    WireLimits,
+    dumps,
+    is_extras,
+    result_from_wire,
+    result_head,
+)
 from covey.transport.grpc._wirecheck import (
     check_config,
     check_fit_bytes,
@@ -41,8 +48,18 @@ from covey.transport.grpc._wirecheck import (
     check_result,
     result_limits,
 )
+from covey.transport.grpc._wireread import loads
 
-__all__ = ["LIMITS", "MAX_MESSAGE_BYTES", "Unsent", "sendable", "unsendable", "unsent"]
+__all__ = [
+    "LIMITS",
+    "MAX_MESSAGE_BYTES",
+    "Unsent",
+    "as_received",
+    "as_sent",
+    "sendable",
+    "unsendable",
+    "unsent",
+]
 
 #: Largest JSON message a worker may send (its arrays travel in a file, not here).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -89,6 +106,40 @@ def sendable(reply: Reply, model: Weights | None) -> Reply:
     if reply.error is not None:
         return reply
     return unsendable(reply.cid, reply.kind, reply.result, model) or reply
+
+
+def as_received(reply: Reply) -> Reply:
+    """``reply`` as a deployed server reads it, for a backend that hands over the object.
+
+    A task kind's result of one's own travels as JSON beside its top-level arrays:
+    a tuple arrives as a list, a key that is a number as a string, a NumPy scalar as
+    the number it holds. The inline and Ray backends give the server that value,
+    as the process backend and a deployed client do, so code that reads it works
+    alike everywhere. A fit or evaluate result, and a failed reply, are unchanged.
+    """
+    result = reply.result
+    if reply.error is not None or result is None or isinstance(result, FitResult | EvaluateResult):
+        return reply
+    head, arrays = result_head(result)
+    try:
+        received = result_from_wire(dumps(head), arrays, limits=LIMITS)
+    except WireError:  # refused before (see sendable), where it is said why
+        return reply
+    return Reply(reply.cid, reply.kind, result=received)
+
+
+def as_sent(payload: Any) -> Any:
+    """A task's JSON ``payload`` as a deployed client reads it (see :func:`as_received`).
+
+    A payload of named arrays (:func:`~covey.transport.grpc._wire.is_extras`) is
+    unchanged: it travels as those arrays.
+    """
+    if payload is None or is_extras(payload):
+        return payload
+    try:
+        return loads(dumps(payload), LIMITS)
+    except WireError:  # refused before (see unsent), where it is said why
+        return payload
 
 
 def unsent(cid: int, task: Task) -> Reply | None:
