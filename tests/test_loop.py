@@ -434,7 +434,10 @@ def test_run_task_turns_exceptions_and_unknown_kinds_into_errors() -> None:
     assert reply.error is not None
     assert "KeyError: 'missing shard'" in reply.error
     unknown = covey.clients.run_task(Broken(), 4, Task("dance", 1))
-    assert unknown.error == "unknown task kind 'dance'"
+    assert unknown.error == (
+        "unknown task kind 'dance': no handler is registered for it where this client runs: "
+        "register it in a module the client's code imports (covey.clients.register_task)"
+    )
     no_weights = covey.clients.run_task(Broken(), 4, Task("fit", 1))
     assert no_weights.error is not None
     assert "carries no weights" in no_weights.error
