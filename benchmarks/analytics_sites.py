@@ -60,24 +60,59 @@ def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+MIN_ROWS = 1000  # every site's every group passes the minimum group size (10)
+
+
+class Mismatch(AssertionError):
+    """A federated answer that is not DuckDB's on the pooled rows."""
+
+
 def check(ours: pd.DataFrame, theirs: pd.DataFrame, name: str) -> None:
-    """Assert the federated answer equals DuckDB's (means 1e-9, medians within 1e-4)."""
+    """Raise ``Mismatch`` unless the federated answer is DuckDB's (means 1e-9, medians 1e-4).
+
+    Every group DuckDB finds in the pooled rows must be in the federated answer, with
+    every aggregate within the tolerance (a NaN, a withheld or suppressed group, is no
+    match); ``assert`` is not used, so ``python -O`` checks the same.
+    """
+    ours = ours.set_index("condition")
     theirs = theirs.set_index("condition")
-    for _, row in ours.iterrows():
-        ref = theirs.loc[row["condition"]]
-        for col, value in zip(ours.columns[1:], ref.to_numpy(), strict=True):
+    missing = sorted(set(theirs.index) - set(ours.index))
+    if missing:
+        raise Mismatch(f"{name}: the federated answer has no row for {missing}")
+    if len(ours.columns) != len(theirs.columns):
+        raise Mismatch(f"{name}: columns {list(ours.columns)}, DuckDB's {list(theirs.columns)}")
+    for group, ref in theirs.iterrows():
+        for col, value in zip(ours.columns, ref.to_numpy(), strict=True):  # DuckDB: avg(age)
+            got = float(ours.loc[group, col])
             tol = 1e-4 if "MEDIAN" in col else 1e-9 * max(1.0, abs(float(value)))
-            assert abs(float(row[col]) - float(value)) <= tol, (name, col, row[col], value)
+            if not abs(got - float(value)) <= tol:  # also a NaN
+                raise Mismatch(f"{name}: {col} of {group!r} is {got}, DuckDB says {value}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, refused with a message naming the flag when they measure nothing."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per site")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.sites < 2:
+        parser.error(f"--sites must be at least 2 (secure aggregation needs two), got {args.sites}")
+    if args.rows < MIN_ROWS:
+        parser.error(
+            f"--rows must be at least {MIN_ROWS:,}, got {args.rows}: with fewer a site may "
+            "withhold a group under the minimum group size (10), and the federated answer "
+            "would rightly differ from DuckDB's on the pooled rows"
+        )
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    return args
 
 
 def main() -> None:
     """Run the benchmark and print a Markdown table (and JSON with --json)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    args = parse_args()
     policy = Policy(
         bounds={"age": (0, 110), "bmi": (10, 70)},
         domains={"condition": CONDITIONS, "sex": ["F", "M"]},
