@@ -57,7 +57,9 @@ def serve_child(args: argparse.Namespace) -> None:
         min_available_clients=needed,
         fraction_evaluate=0.0,
     )
-    with contextlib.suppress(covey.FederationError):  # how the idle phase ends (or killed)
+    # The idle phase ends by being killed (or at its deadline); the rounds must finish.
+    ends = contextlib.suppress(covey.FederationError) if idle else contextlib.nullcontext()
+    with ends:
         serve(
             strategy,
             max(1, args.rounds),
@@ -123,6 +125,22 @@ def joined(log: Path) -> int:
     return log.read_text().count(" joined as ") if log.exists() else 0
 
 
+def finished(
+    server: subprocess.Popen[bytes], run_dir: Path, rounds: int, deadline: float, log: Path
+) -> None:
+    """Exit naming what went wrong unless the server ran all its rounds and ended well."""
+    if server.poll() is None:
+        raise SystemExit(f"rounds phase: not over within --deadline {deadline:g} s; log: {log}")
+    if server.returncode != 0:
+        raise SystemExit(f"rounds phase: the server failed (exit status {server.returncode})")
+    done = 0
+    if (run_dir / "run.sqlite").exists():
+        with contextlib.closing(sqlite3.connect(run_dir / "run.sqlite")) as con:
+            (done,) = con.execute("SELECT count(*) FROM rounds WHERE round > 0").fetchone()
+    if done != rounds:
+        raise SystemExit(f"rounds phase: the server ran {done} of {rounds} rounds; log: {log}")
+
+
 def phase(args: argparse.Namespace, folder: Path, rounds: int) -> dict[str, Any]:
     """Start the server and the client processes; measure; kill every child by its pid."""
     log, port_file, run_dir = folder / "server.log", folder / "port", folder / "run"
@@ -155,10 +173,16 @@ def phase(args: argparse.Namespace, folder: Path, rounds: int) -> dict[str, Any]
             count = min(share, args.clients - k * share)
             child = [*me, "--child", "clients", "--first", str(k * share), "--count", str(count)]
             children.append(subprocess.Popen(child))
-        while joined(log) < args.clients and time.monotonic() < end:
+        while joined(log) < args.clients and time.monotonic() < end and server.poll() is None:
             time.sleep(0.05)
         out["connect_s"] = time.monotonic() - start
         out["joined"] = joined(log)
+        if rounds == 0 and out["joined"] < args.clients:
+            raise SystemExit(
+                f"idle phase: {out['joined']} of {args.clients} clients joined"
+                + (" before --deadline" if server.poll() is None else "; the server exited")
+                + f"; server log: {log}"
+            )
         if rounds == 0:
             time.sleep(2.0)  # the last joins settle
             cpu0, _, _ = proc_stats(server.pid)
@@ -182,6 +206,7 @@ def phase(args: argparse.Namespace, folder: Path, rounds: int) -> dict[str, Any]
                 with contextlib.suppress(OSError):  # it ended between the two calls
                     peak = max(peak, proc_stats(server.pid)[1])
                 time.sleep(0.2)
+            finished(server, run_dir, rounds, args.deadline, log)
             lines = log.read_text().splitlines()
             out |= {
                 "rounds_s": time.monotonic() - start - out["connect_s"],
@@ -194,14 +219,37 @@ def phase(args: argparse.Namespace, folder: Path, rounds: int) -> dict[str, Any]
                 ),
             }
     finally:
-        for child in children:  # each by its own pid
+        for child in reversed(children):  # each by its own pid, the clients first
             if child.poll() is None:
                 child.kill()
             child.wait()
     return out
 
 
-def main() -> None:
+def check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags of a run (not a child), or None."""
+    if not 1 <= args.clients <= 1000:
+        return f"--clients must be 1 to 1000, got {args.clients}"
+    if not 1 <= args.procs <= args.clients:
+        return f"--procs must be 1 to --clients ({args.clients}), got {args.procs}"
+    if args.rounds < 1:
+        return f"--rounds must be at least 1, got {args.rounds}"
+    if not 0 < args.fraction <= 1:  # also refuses nan
+        return (
+            f"--fraction is a share of the fleet, greater than 0 and at most 1; got {args.fraction}"
+        )
+    for flag, value in (
+        ("--idle", args.idle),
+        ("--heartbeat", args.heartbeat),
+        ("--deadline", args.deadline),
+    ):
+        if not 0 < value < float("inf"):
+            return f"{flag} must be a number of seconds greater than 0, got {value}"
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; a run's are refused, naming the flag, when they measure nothing."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=300)
     p.add_argument("--procs", type=int, default=2)
@@ -216,15 +264,20 @@ def main() -> None:
     p.add_argument("--run-dir", default="")
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--count", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.child is None and (problem := check_args(args)) is not None:
+        p.error(problem)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.child == "server":
         serve_child(args)
         return
     if args.child == "clients":
         clients_child(args)
         return
-    if not 1 <= args.clients <= 1000:
-        p.error("--clients must be 1 to 1000")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "idle").mkdir()
         (Path(tmp) / "rounds").mkdir()
