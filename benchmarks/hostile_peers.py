@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import socket
 import subprocess
 import sys
 import tempfile
@@ -171,6 +170,30 @@ def _honest(port: int, name: str, out: dict[str, Any]) -> None:
     out[name] = (time.monotonic() - start, result.tasks, result.sessions, result.reason)
 
 
+def _listening(server: subprocess.Popen[bytes], port_file: Path, log: Path) -> int:
+    """The server's port, once it listens; exit naming its log if it ends first."""
+    end = time.monotonic() + 120
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if server.poll() is not None or time.monotonic() > end:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+            sys.exit(
+                f"the server exited (status {server.returncode}) before it listened; log: {log}"
+            )
+        time.sleep(0.1)
+    return int(port_file.read_text())
+
+
+def _wait_honest(threads: list[threading.Thread], server: subprocess.Popen[bytes]) -> None:
+    """Wait for the honest clients: at most 600 s, and 30 s once the server has ended."""
+    end = time.monotonic() + 600
+    while any(t.is_alive() for t in threads) and time.monotonic() < end:
+        if server.poll() is not None:
+            end = min(end, time.monotonic() + 30)  # they retry for minutes otherwise
+        time.sleep(0.2)
+
+
 def _rss(pid: int) -> int:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
@@ -182,24 +205,33 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def main() -> None:
-    """Run a server, the attacks and two honest clients; print the figures."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; unknown attacks, no rounds and no model are refused, naming the flag."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("attacks", nargs="*", help="park, stall and/or empty (none: a baseline)")
     parser.add_argument("--mb", type=float, default=7.0, help="model size in MB")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.role:
-        _role(args.role, args.port)
-        return
+        return args
     unknown = set(args.attacks) - {"park", "stall", "empty"}
     if unknown:
         parser.error(f"unknown attacks {sorted(unknown)}; choose from park, stall, empty")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    if not 0 < args.mb < float("inf"):  # also refuses nan
+        parser.error(f"--mb must be a size greater than 0, got {args.mb}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    return args
+
+
+def main() -> None:
+    """Run a server, the attacks and two honest clients; print the figures."""
+    args = parse_args()
+    if args.role:
+        _role(args.role, args.port)
+        return
     work = Path(tempfile.mkdtemp(prefix="covey-hostile-"))
     (work / "hostile_app.py").write_text(APP)
     clients = 2 + sum(SIZES.get(a, 0) for a in args.attacks)
@@ -212,7 +244,9 @@ def main() -> None:
     }
     covey_bin = str(Path(sys.executable).with_name("covey"))
     command = [covey_bin, "server", "--app", "hostile_app:server_app", "--insecure"]
-    command += ["--address", f"127.0.0.1:{port}", "--round-timeout", "6", "--heartbeat", "1"]
+    port_file = work / "port"
+    command += ["--address", "127.0.0.1:0", "--port-file", str(port_file)]
+    command += ["--round-timeout", "6", "--heartbeat", "1"]
     command += ["--run-dir", str(work / "run")]
     log = (work / "server.log").open("wb")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -224,18 +258,19 @@ def main() -> None:
             time.sleep(0.2)
 
     threading.Thread(target=watch, daemon=True).start()
-    time.sleep(5)
+    port = _listening(server, port_file, work / "server.log")
     attackers = []
     for attack in sorted(args.attacks, key=lambda a: a == "park"):  # park last
         role = [sys.executable, __file__, "--role", attack, "--port", str(port)]
         attackers.append(subprocess.Popen(role, env=env, stderr=subprocess.DEVNULL))
         time.sleep(4)
     honest: dict[str, Any] = {}
-    threads = [threading.Thread(target=_honest, args=(port, n, honest)) for n in ("a", "b")]
+    threads = [
+        threading.Thread(target=_honest, args=(port, n, honest), daemon=True) for n in ("a", "b")
+    ]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(600)
+    _wait_honest(threads, server)
     try:
         server.wait(60)
     except subprocess.TimeoutExpired:
@@ -253,6 +288,8 @@ def main() -> None:
     print(f"server log: {work / 'server.log'}")
     for name, (seconds, tasks, sessions, reason) in sorted(honest.items()):
         print(f"honest {name}: {tasks} tasks in {seconds:.1f} s, {sessions} session(s): {reason}")
+    for name in sorted({"a", "b"} - set(honest)):
+        print(f"honest {name}: did not finish (the server's exit status: {server.returncode})")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import math
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -307,3 +309,140 @@ def test_make_bench_flower_installs_what_its_systems_need() -> None:
     # The covey-ray row runs in .venv: covey's ray extra must be installed there.
     assert any(".venv/bin/python -m pip install" in line and "[ray]" in line for line in lines)
     assert any("flwr[simulation]==1.42.0" in line for line in lines)
+
+
+@pytest.fixture(scope="module")
+def more_bench() -> Iterator[dict[str, ModuleType]]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {
+            name: importlib.import_module(name)
+            for name in ("analytics_sites", "fleet_scale", "hostile_peers")
+        }
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "named"),
+    [
+        ("analytics_sites", ["--sites", "1"], "--sites"),
+        ("analytics_sites", ["--rows", "20"], "--rows"),
+        ("analytics_sites", ["--repeat", "0"], "--repeat"),
+        ("fleet_scale", ["--clients", "0"], "--clients"),
+        ("fleet_scale", ["--procs", "0"], "--procs"),
+        ("fleet_scale", ["--clients", "4", "--procs", "5"], "--procs"),
+        ("fleet_scale", ["--rounds", "0"], "--rounds"),
+        ("fleet_scale", ["--idle", "0"], "--idle"),
+        ("fleet_scale", ["--fraction", "0"], "--fraction"),
+        ("fleet_scale", ["--fraction", "1.5"], "--fraction"),
+        ("fleet_scale", ["--heartbeat", "-1"], "--heartbeat"),
+        ("fleet_scale", ["--deadline", "nan"], "--deadline"),
+        ("hostile_peers", ["--rounds", "0"], "--rounds"),
+        ("hostile_peers", ["--mb", "-1"], "--mb"),
+        ("hostile_peers", ["--mb", "nan"], "--mb"),
+        ("hostile_peers", ["stall", "flood"], "flood"),
+    ],
+)
+def test_analytics_fleet_and_hostile_scripts_refuse_values_that_measure_nothing(
+    more_bench: dict[str, ModuleType],
+    capsys: pytest.CaptureFixture[str],
+    script: str,
+    argv: list[str],
+    named: str,
+) -> None:
+    err = _refused(more_bench[script], argv, capsys)
+    assert named in err
+
+
+def test_analytics_fleet_and_hostile_scripts_keep_the_documented_commands(
+    more_bench: dict[str, ModuleType],
+) -> None:
+    args = more_bench["analytics_sites"].parse_args(
+        ["--sites", "5", "--rows", "1000000", "--repeat", "3", "--json", "out.json"]
+    )
+    assert (args.sites, args.rows, args.repeat) == (5, 1_000_000, 3)
+    fleet = more_bench["fleet_scale"].parse_args
+    args = fleet(
+        ["--clients", "300", "--procs", "2", "--idle", "30", "--rounds", "20", "--fraction", "0.1"]
+    )
+    assert (args.clients, args.procs, args.rounds, args.fraction) == (300, 2, 20, 0.1)
+    assert (
+        fleet(
+            [
+                "--clients",
+                "300",
+                "--procs",
+                "2",
+                "--idle",
+                "5",
+                "--rounds",
+                "10",
+                "--fraction",
+                "1.0",
+            ]
+        ).idle
+        == 5
+    )
+    # The children get the parent's flags and need no checking of their own.
+    assert fleet(["--child", "clients", "--count", "3", "--procs", "0"]).count == 3
+    assert more_bench["hostile_peers"].parse_args(["park", "stall", "empty"]).mb == 7.0
+
+
+def test_analytics_sites_check_takes_no_missing_or_withheld_group_for_a_match(
+    more_bench: dict[str, ModuleType],
+) -> None:
+    check = more_bench["analytics_sites"].check
+    duck = pd.DataFrame({"condition": ["asthma", "copd"], "avg(age)": [50.0, 60.0]})
+    ours = pd.DataFrame({"condition": ["copd", "asthma"], "AVG(age)": [60.0, 50.0]})
+    check(ours, duck, "same")  # rows in another order
+    with pytest.raises(AssertionError, match=r"no row for \['copd'\]"):
+        check(ours.iloc[1:], duck, "missing")
+    withheld = ours.assign(**{"AVG(age)": [60.0, np.nan]})
+    with pytest.raises(AssertionError, match="'asthma' is nan"):
+        check(withheld, duck, "withheld")
+
+
+def test_fleet_scale_names_a_rounds_phase_that_did_not_finish(
+    more_bench: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    finished = more_bench["fleet_scale"].finished
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with sqlite3.connect(run_dir / "run.sqlite") as con:
+        con.execute("CREATE TABLE rounds (round INTEGER PRIMARY KEY, record TEXT)")
+        con.executemany("INSERT INTO rounds VALUES (?, '{}')", [(0,), (1,), (2,)])
+    con.close()
+    log = tmp_path / "server.log"
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    finished(done, run_dir, 2, 60.0, log)
+    with pytest.raises(SystemExit, match="ran 2 of 3 rounds"):
+        finished(done, run_dir, 3, 60.0, log)
+    with pytest.raises(SystemExit, match="ran 0 of 3 rounds"):
+        finished(done, tmp_path / "nothing", 3, 60.0, log)
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    failed.wait()
+    with pytest.raises(SystemExit, match="exit status 3"):
+        finished(failed, run_dir, 2, 60.0, log)
+    going = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(SystemExit, match="not over within --deadline 60 s"):
+            finished(going, run_dir, 2, 60.0, log)
+    finally:
+        going.kill()
+        going.wait()
+
+
+def test_hostile_peers_stops_when_its_server_ends_before_listening(
+    more_bench: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    listening = more_bench["hostile_peers"]._listening
+    port_file, log = tmp_path / "port", tmp_path / "server.log"
+    ended = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(SystemExit, match=r"exited \(status 1\) before it listened"):
+        listening(ended, port_file, log)
+    port_file.write_text("4321")
+    up = subprocess.Popen([sys.executable, "-c", "pass"])
+    up.wait()
+    assert listening(up, port_file, log) == 4321
