@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 
 import covey.analytics._site as site_module
-from covey.analytics import Analyst, FederationQueryError, Policy, PolicyError, Site, query
+from covey.analytics import (
+    Analyst,
+    FederationQueryError,
+    Policy,
+    PolicyError,
+    QueryError,
+    Site,
+    query,
+)
 from covey.transport.grpc import GrpcServerTransport
 
 POLICY = Policy(bounds={"x": (0, 10)}, min_group_size=5)
@@ -131,3 +139,36 @@ def test_a_ledger_file_at_another_delta_or_not_a_ledger_is_refused(tmp_path: Pat
     path.write_text('{"epsilon": null, "delta": 1e-06, "ledger": {"entries": [["x", 1]]}}')
     with pytest.raises(ValueError, match="not a site's budget"):
         Site({"t": pd.DataFrame({"x": [1.0]})}, POLICY, ledger=path)
+
+
+def test_a_query_too_large_for_the_sites_is_refused_before_the_analyst_pays() -> None:
+    values = list(range(300))
+    policy = Policy(
+        bounds={"x": (0, 10)}, domains={"a": values, "b": values}, min_group_size=5, epsilon=10
+    )
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {"a": rng.integers(0, 300, 40), "b": rng.integers(0, 300, 40), "x": rng.uniform(0, 10, 40)}
+    )
+    sites = [Site({"t": table}, policy, name=f"s{i}") for i in range(2)]
+    analyst = Analyst(epsilon=3.0)
+    sql = "SELECT a, b, HISTOGRAM(x, 0, 10, 300) AS h FROM t GROUP BY a, b"
+    limit = "would need 27,180,000 numbers .* the sites compute at most 20,000,000"
+    with pytest.raises(QueryError, match=f"h over 90,000 group.*{limit}"):
+        query(sites, sql, secure=False, epsilon=1.0, analyst=analyst)
+    assert analyst.spent == 0.0
+    assert [s.epsilon_spent for s in sites] == [0.0, 0.0]
+    # without DP, a median's 1024 bins a stage over as many groups: named as the SQL says
+    with pytest.raises(QueryError, match="MEDIAN\\(x\\) over 90,000 group"):
+        query(
+            [
+                Site(
+                    {"t": table},
+                    Policy(bounds={"x": (0, 10)}, domains={"a": values, "b": values}),
+                    name=f"p{i}",
+                )
+                for i in range(2)
+            ],
+            "SELECT a, b, MEDIAN(x) FROM t GROUP BY a, b",
+            secure=False,
+        )

@@ -40,6 +40,7 @@ from covey.analytics._stats import (
     DP_BISECT_BINS,
     Quantiles,
     TopK,
+    check_cells,
     check_rounds,
     merge_declarations,
     survival,
@@ -162,7 +163,7 @@ class _Query:
                 need(("distinct", col), {"op": "distinct", "col": col, "m": DISTINCT_BUCKETS})
             elif a.func == "kaplan_meier":
                 need(("km", a.name), survival_stat(a, bounds[col]))
-        return stats, index
+        return check_cells(self.plan, stats, self.groups), index
 
     def planned_releases(self, first: int) -> int:
         total = first

@@ -32,6 +32,48 @@ TOPK_FALSE_CHANCE = 0.01
 """Under DP, the most probability that noise alone grows one prefix of a trie."""
 
 
+_CELLS_OF = {  # the statistics whose vectors grow with more than the groups
+    "bins": ("quantile_cont", "quantile_disc", "histogram"),
+    "distinct": ("approx_distinct",),
+    "km": ("kaplan_meier",),
+}
+
+
+def _cells_per_group(stat: dict[str, Any]) -> int:
+    if stat["op"] == "bins":
+        return int(stat["bins"]) + 2
+    if stat["op"] == "distinct":
+        return int(stat["m"])
+    return 2 * (int(stat["points"]) + 1)
+
+
+def check_cells(p: Plan, stats: list[dict[str, Any]], groups: int) -> list[dict[str, Any]]:
+    """Refuse, naming the aggregates, a first stage whose vectors a site would not compute.
+
+    Found at the first stage, it would be after the analyst was charged under DP; each
+    later stage asks for vectors of the same size (the trie's are capped on their own).
+    """
+    for stat in stats:
+        if stat["op"] not in _CELLS_OF:
+            continue
+        funcs = _CELLS_OF[stat["op"]]
+        cells = _cells_per_group(stat) * groups
+        if cells > MAX_CELLS:
+            names = [
+                a.name
+                for a in p.aggregates
+                if a.column == stat["col"]
+                and a.func in funcs
+                and (a.func != "histogram" or int(a.args[2]) == stat["bins"])
+            ]
+            raise QueryError(
+                f"{', '.join(names)} over {groups:,} group(s) would need {cells:,} numbers "
+                f"from each site in one stage; the sites compute at most {MAX_CELLS:,}: "
+                "group by columns of fewer values, or ask for fewer bins"
+            )
+    return stats
+
+
 def merge_declarations(p: Plan, decls: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine the sites' declarations: union of domains and bounds, the largest minimum size.
 
