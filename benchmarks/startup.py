@@ -29,10 +29,18 @@ def best_of(command: list[str], repeat: int) -> float:
     return best
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; ``--repeat`` under 1 (no run, an infinite best time) is refused."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory() as runs:
         commands = {

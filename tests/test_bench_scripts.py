@@ -317,7 +317,7 @@ def more_bench() -> Iterator[dict[str, ModuleType]]:
     try:
         yield {
             name: importlib.import_module(name)
-            for name in ("analytics_sites", "fleet_scale", "hostile_peers")
+            for name in ("analytics_sites", "fleet_scale", "hostile_peers", "startup")
         }
     finally:
         sys.path.remove(str(BENCH))
@@ -342,6 +342,7 @@ def more_bench() -> Iterator[dict[str, ModuleType]]:
         ("hostile_peers", ["--mb", "-1"], "--mb"),
         ("hostile_peers", ["--mb", "nan"], "--mb"),
         ("hostile_peers", ["stall", "flood"], "flood"),
+        ("startup", ["--repeat", "0"], "--repeat"),
     ],
 )
 def test_analytics_fleet_and_hostile_scripts_refuse_values_that_measure_nothing(
