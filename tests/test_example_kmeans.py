@@ -1,0 +1,169 @@
+"""examples/federated_kmeans.py: task kinds of one's own give the same centroids everywhere.
+
+The example registers its kinds when it is imported; a deployed client (``covey
+client --app federated_kmeans:client_fn``, as its docstring says) and a worker
+process started afresh learn them so. Its sums are of integer pixels, exact in
+any order, so every route gives the simulated centroids bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import covey.clients._client as client_module
+from _live import Joined
+from covey.sim import ProcessTransport
+from covey.transport.grpc import GrpcServerTransport
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture
+def kmeans(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The example, imported as ``covey client`` imports it (its kinds registered for the test)."""
+    monkeypatch.setattr(client_module, "_HANDLERS", dict(client_module._HANDLERS))
+    monkeypatch.setattr(sys, "path", [str(EXAMPLES), *sys.path])
+    monkeypatch.delitem(sys.modules, "federated_kmeans", raising=False)
+    import federated_kmeans
+
+    yield federated_kmeans
+    sys.modules.pop("federated_kmeans", None)
+
+
+def _env() -> dict[str, str]:
+    src = str(ROOT / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, *sys.path]), "COLUMNS": "250"}
+
+
+def _clients(port: int, count: int) -> list[subprocess.Popen[bytes]]:
+    """``covey client --app federated_kmeans:client_fn`` for each site, run from examples/."""
+    return [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "covey", "client"),
+                *("--app", "federated_kmeans:client_fn", "--cid", str(cid)),
+                *("--server", f"127.0.0.1:{port}", "--insecure", "--max-attempts", "5"),
+            ],
+            cwd=EXAMPLES,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for cid in range(count)
+    ]
+
+
+def _ended(procs: list[subprocess.Popen[bytes]]) -> list[str]:
+    """Wait (bounded) for ``procs``; their output. A process still running is killed."""
+    out = []
+    for proc in procs:
+        try:
+            text, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text, _ = proc.communicate(timeout=10)
+        out.append(text.decode(errors="replace"))
+    return out
+
+
+def test_the_simulated_k_means_is_near_sklearn_s_on_the_pooled_data(
+    kmeans: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = kmeans.simulate()
+    assert 1 < len(result.inertia) < kmeans.ROUNDS  # it stopped once no centroid moved
+    assert result.inertia == sorted(result.inertia, reverse=True)
+    said = kmeans.report(result)
+    assert said["federated"] <= 1.01 * said["sklearn"]
+    assert "federated k-means inertia" in capsys.readouterr().out
+
+
+def test_deployed_clients_in_this_process_give_the_simulated_centroids(
+    kmeans: ModuleType,
+) -> None:
+    want = kmeans.simulate()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    clients = [
+        Joined(transport.port, kmeans.client_fn(cid), name=f"site-{cid}", max_attempts=1)
+        for cid in range(kmeans.NUM_CLIENTS)
+    ]
+    try:
+        assert transport.wait_for_clients(kmeans.NUM_CLIENTS, 30)
+        got = kmeans.kmeans(transport)
+    finally:
+        transport.close()
+        for client in clients:
+            client.join(30)
+    assert [c.error for c in clients] == [None] * kmeans.NUM_CLIENTS
+    np.testing.assert_array_equal(got.centroids, want.centroids)
+    assert len(got.inertia) == len(want.inertia)
+    np.testing.assert_allclose(got.inertia, want.inertia, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_covey_client_processes_as_the_docstring_says_give_the_simulated_centroids(
+    kmeans: ModuleType,
+) -> None:
+    assert "covey client --app federated_kmeans:client_fn --cid 0" in (kmeans.__doc__ or "")
+    want = kmeans.simulate()
+    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
+    procs = _clients(transport.port, kmeans.NUM_CLIENTS)
+    try:
+        joined = transport.wait_for_clients(kmeans.NUM_CLIENTS, 120)
+        got = kmeans.kmeans(transport) if joined else None
+    finally:
+        transport.close()
+        logs = _ended(procs)
+    assert got is not None, logs
+    assert [p.returncode for p in procs] == [0] * kmeans.NUM_CLIENTS, logs
+    np.testing.assert_array_equal(got.centroids, want.centroids)
+
+
+@pytest.mark.slow
+def test_the_example_served_and_its_clients_print_the_simulated_inertia(
+    kmeans: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kmeans.report(kmeans.simulate())
+    simulated = capsys.readouterr().out
+    server = subprocess.Popen(
+        [sys.executable, "federated_kmeans.py", "--serve", "127.0.0.1:0"],
+        cwd=EXAMPLES,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    procs = [server]
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline().decode()  # ends at once if the server failed
+        port = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", first)
+        assert port is not None, first
+        procs += _clients(int(port.group(1)), kmeans.NUM_CLIENTS)
+    finally:
+        logs = _ended(procs)
+    assert [p.returncode for p in procs] == [0] * len(procs), logs
+    assert logs[0].splitlines()[-2:] == simulated.splitlines()
+
+
+@pytest.mark.parametrize("method", ["spawn"])
+def test_worker_processes_started_afresh_give_the_simulated_centroids(
+    kmeans: ModuleType, method: str
+) -> None:
+    # A worker unpickles client_fn by importing its module, which registers the kinds.
+    want = kmeans.simulate()
+    with ProcessTransport(
+        kmeans.client_fn, kmeans.NUM_CLIENTS, num_workers=2, start_method=method
+    ) as processes:
+        got = kmeans.kmeans(processes)
+    np.testing.assert_array_equal(got.centroids, want.centroids)
