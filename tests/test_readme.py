@@ -48,6 +48,7 @@ GUIDES = [
     "docs/privacy.md",
     "docs/secagg.md",
     "docs/analytics.md",
+    "docs/custom-tasks.md",
     "docs/dashboard.md",
 ]
 PAGES = TUTORIALS + GUIDES
