@@ -841,3 +841,91 @@ def test_an_error_in_evaluate_fn_says_which_and_the_round(asynchronous: bool) ->
         covey.simulate(Echo, 3, 3, covey.Strategy(**options), init(), evaluate_fn=scored)
     at = "update" if asynchronous else "round"
     assert info.value.__notes__ == [f"raised by evaluate_fn scored in {at} 2"]
+
+
+def typed(value: Any) -> Any:
+    """``value`` with each key and leaf named by its type: what JSON alone would hide."""
+    if isinstance(value, Mapping):
+        return {f"{type(k).__name__} {k}": typed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [type(value).__name__, *(typed(v) for v in value)]
+    return f"{type(value).__module__}.{type(value).__name__}"
+
+
+class Typed(Echo):
+    """Reports the types of the config it was sent (its keys' too), not only the values."""
+
+    def _seen(self, config: Mapping[str, Any]) -> str:
+        own = {k: v for k, v in config.items() if k not in ("round", "extras")}
+        return json.dumps([self.cid, typed(own)], sort_keys=True)
+
+
+def with_int_keys(round: int, client: ClientInfo) -> dict[str, Any]:
+    """A client's own entries with a key that is no string, beside a tuple and a NumPy scalar."""
+    return {"sizes": {0: 32, 1: 64}, "shape": (3, 4), "lr": np.float32(0.5)}
+
+
+AS_DEPLOYED = {
+    "str sizes": {"str 0": "builtins.int", "str 1": "builtins.int"},
+    "str shape": ["list", "builtins.int", "builtins.int"],
+    "str lr": "builtins.float",
+}
+"""What a client of any backend is given for :func:`with_int_keys`: its config as JSON."""
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+@pytest.mark.parametrize("kind", ["fit", "evaluate"])
+def test_a_clients_own_config_with_int_keys_reaches_every_backend_as_deployed(
+    backend: str, kind: str
+) -> None:
+    """Every backend gives the config's JSON, as deployed.
+
+    Inline clients were handed the dict itself (an int key, a tuple, np.float32)
+    and process clients its JSON: ``config["sizes"][0]`` worked inline only.
+    """
+    options: dict[str, Any] = {f"on_client_{kind}_config": with_int_keys}
+    strategy = covey.FedAvg(
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+        fit_metrics=gather,
+        evaluate_metrics=gather,
+        **options,
+    )
+    workers = 1 if backend == "process" else None
+    result = covey.simulate(Typed, 2, 1, strategy, init(), backend=backend, num_workers=workers)  # type: ignore[arg-type]
+    record = result.history.rounds[1]
+    assert not record.failures
+    assert seen(record, kind) == {0: AS_DEPLOYED, 1: AS_DEPLOYED}
+
+
+def test_an_asynchronous_clients_own_config_with_int_keys_reaches_it_as_deployed() -> None:
+    buffered = covey.FedBuff(
+        buffer_size=2, concurrency=2, on_client_fit_config=with_int_keys, fit_metrics=gather
+    )
+    result = covey.simulate(Typed, 2, 1, buffered, init(), seed=1)
+    got = seen(result.history.rounds[1], "fit")
+    assert len(got) == 2
+    assert all(config == AS_DEPLOYED for config in got.values())
+
+
+@pytest.mark.filterwarnings("ignore:serving WITHOUT TLS")
+def test_a_deployed_clients_own_config_with_int_keys_is_what_simulations_give() -> None:
+    """The deployed client reads the config's JSON: simulations now give the same."""
+    served = Served(
+        covey.FedAvg(
+            min_fit_clients=2,
+            min_available_clients=2,
+            fraction_evaluate=0.0,
+            on_client_fit_config=with_int_keys,
+            fit_metrics=gather,
+        ),
+        1,
+        round_timeout=60.0,
+        initial_weights=init(),
+    )
+    joined = [Joined(served.port, Typed(k), name=f"site-{k}") for k in range(2)]
+    history = served.join(120).history
+    for j in joined:
+        j.join(30)
+        assert j.error is None
+    assert seen(history.rounds[1], "fit") == {0: AS_DEPLOYED, 1: AS_DEPLOYED}

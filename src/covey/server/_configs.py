@@ -97,7 +97,11 @@ def client_configs(
 
     A client given no entries of its own shares ``base``, already sendable. A
     config that cannot be sent fails that client alone, as its transport finds
-    (one client's entries stop no round), so it is passed on as it is.
+    (one client's entries stop no round), so it is passed on as it is. One whose
+    only fault is a key that is no string (``{0: 32}``) is sent, deployed and by
+    every backend, as its JSON (``{"0": 32}``, tuples as lists, NumPy scalars as
+    numbers): the inline and Ray clients, which could be handed the dict itself,
+    get that too, so code that reads it works alike everywhere.
     """
     configs: dict[int, Config] | None = strategy.client_task_configs(kind, round, base, clients)
     if configs is None:
@@ -107,6 +111,17 @@ def client_configs(
     for cid, config in configs.items():
         try:
             out[cid] = config if config is base else sendable(config, what, round)
-        except (TypeError, ValueError):
+        except TypeError:  # a key that is no string: sent as JSON makes it one
+            out[cid] = _as_sent(config)
+        except ValueError:
             out[cid] = config
     return out
+
+
+def _as_sent(config: Config) -> Config:
+    """``config`` as a deployed client reads it; as it is if it cannot be sent (see above)."""
+    try:
+        value = _wire.loads(_wire.dumps_within(config, _wire.WireLimits()))
+    except _wire.WireError:
+        return config
+    return value if isinstance(value, dict) else config
