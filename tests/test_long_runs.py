@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,10 @@ def test_a_large_history_file_is_rewritten_within_a_share_of_the_runs_time(
 
     def slow_write(path: Any, data: Any) -> None:
         clock[0] += 1.0  # every write takes a second here
-        Path(path).write_bytes(data)
+        if callable(data):
+            data(path)
+        else:
+            Path(path).write_bytes(data)
 
     monkeypatch.setattr(historyfile_module.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(historyfile_module, "atomic_write", slow_write)
@@ -202,3 +206,49 @@ def test_saving_a_round_reads_no_more_of_the_store_in_a_long_run(tmp_path: Path)
     early = sum(cost[r] for r in range(40, 50))
     late = sum(cost[r] for r in range(390, 400))
     assert late < 1.3 * early, (early, late)
+
+
+def test_the_history_writer_holds_no_more_for_a_longer_run(tmp_path: Path) -> None:
+    # It kept the JSON text of every record it wrote, as much again as the file: a
+    # served run's memory grew with every round for that alone.
+    path = tmp_path / History.FILE_NAME
+    writer = HistoryFile(path)
+    history = History(config={"rounds": 600}, clients={0: "site-a"})
+    held = {}
+    for r in range(600):
+        history.rounds.append(RoundRecord(r, fit_participants=[0], central_loss=1.0 / (r + 1)))
+        assert writer.write(history)
+        if r in (0, 1, 2, 57):
+            assert path.read_text() == history.to_json()
+        if r in (50, 599):
+            held[r] = len(pickle.dumps(vars(writer)))
+    assert held[599] < 1.2 * held[50], held  # what 50 rounds hold, not 12 times that
+    assert path.read_text() == history.to_json()
+
+
+def test_the_history_writer_rewrites_a_file_another_program_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / History.FILE_NAME
+    writer = HistoryFile(path)
+    history = History(config={"rounds": 9})
+    for r in range(9):
+        history.rounds.append(RoundRecord(r, fit_participants=[0], central_loss=float(r)))
+        if r == 4:
+            path.write_text("{}")  # its records are no longer in the file
+        elif r == 6:
+            path.unlink()
+        writer.write(history)
+        assert path.read_text() == history.to_json()
+    history.rounds[0] = RoundRecord(0, central_loss=5.0)  # another first record: made anew
+    history.rounds.append(RoundRecord(9))
+    writer.write(history)
+    assert path.read_text() == history.to_json()
+    # changed between the check and the copy: the records are made anew all the same
+    settled = historyfile_module._Written.reusable
+    monkeypatch.setattr(historyfile_module._Written, "reusable", lambda w, rounds, p: w.settled)
+    path.write_text(path.read_text() + " ")
+    history.rounds.append(RoundRecord(10))
+    writer.write(history)
+    assert path.read_text() == history.to_json()
+    monkeypatch.setattr(historyfile_module._Written, "reusable", settled)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from covey.core._files import atomic_write
 from covey.core._history import History, RoundRecord, _head
@@ -27,12 +28,15 @@ class HistoryFile:
 
     :meth:`History.save` turns every record into JSON each time, so a run that
     saves its history after every round spends time growing with the round
-    number (quadratic over the run). This writer keeps the JSON text of each
-    record it wrote and turns a record into JSON again only while it is new:
-    the newest record at every write, and once more when the next round
-    follows it (a round callback may still add to it). The file holds the same
-    text :meth:`History.save` writes; a full :meth:`History.save` at the end of
-    the run writes whatever changed in older records since.
+    number (quadratic over the run). This writer turns a record into JSON only
+    while it is new: the newest record at every write, and once more at the
+    next write (a round callback may still add to it). The older records' text
+    is copied from the file it wrote last, not kept in memory, so what the
+    writer holds does not grow with the run. The file holds the same text
+    :meth:`History.save` writes; a full :meth:`History.save` at the end of the
+    run writes whatever changed in older records since. A file that is no
+    longer the one it wrote (replaced or changed by another program) is written
+    from the records again.
 
     Writing the whole file still takes time growing with its size, and atomic
     writes cannot append. Up to :data:`SMALL_FILE` the file is written after
@@ -53,10 +57,7 @@ class HistoryFile:
         """A writer of ``path``; nothing is written yet."""
         self.path = Path(path)
         self.share = share
-        self._records: list[RoundRecord] = []
-        self._texts: list[bytes] = []
-        self._settled = 0  # how many cached texts are final (all but the newest)
-        self._size = 0  # bytes of the cached texts
+        self._written: _Written | None = None  # the file as last written
         self._due = 0.0  # time.monotonic() from which a large file is written again
         self._said = ""  # the file's settings and stop reason, as last written
 
@@ -72,41 +73,118 @@ class HistoryFile:
             OSError: The file could not be written (a full disk, a read-only folder),
                 naming the run's newest round and the file; the old file is kept.
         """
-        self._cache(history.rounds)
         start = time.monotonic()
         # The run's settings (a resume's new round count) and why it stopped are written
         # as they change; clients' names (many, in a fleet) with the next round's write.
         said = json.dumps([jsonable(history.config), history.stopped_reason])
-        if self._size > SMALL_FILE and start < self._due and said == self._said:
+        size = 0 if self._written is None else self._written.size
+        if size > SMALL_FILE and start < self._due and said == self._said:
             return False
         self._said = said
         head = json.dumps({**_head(history), "rounds": []}, indent=2).encode("utf-8")
-        if self._texts:
-            body = b",\n".join(self._texts)
-            head = head.removesuffix(b"[]\n}") + b"[\n" + body + b"\n  ]\n}"
+        rounds = history.rounds
+        before = self._written
+        kept = 0 if before is None else before.reusable(rounds, self.path)
+        written = _Written(rounds)
+        texts = [_text(record) for record in rounds[kept:]]
+
+        def fill(tmp: str | Path) -> None:
+            with open(tmp, "wb") as out:
+                if not rounds:
+                    out.write(head)
+                    return
+                out.write(head.removesuffix(b"[]\n}") + b"[\n")
+                body = out.tell()
+                if kept and not (before is not None and before.copy_to(out, self.path)):
+                    out.seek(body)  # the file changed meanwhile: its records are made anew
+                    out.truncate()
+                    out.write(b",\n".join(_text(record) for record in rounds[:kept]))
+                for i, text in enumerate(texts):
+                    if i == len(texts) - 1:  # the newest record's text may change: not settled
+                        written.span = (body, out.tell())
+                    out.write(b",\n" + text if kept or i else text)
+                out.write(b"\n  ]\n}")
+
         try:
-            atomic_write(self.path, head)
+            atomic_write(self.path, fill)
+            written.stamp, written.size = _stamp(self.path)
         except OSError as exc:  # a full disk, a folder turned read-only: the round is named
+            self._written = None
             raise _unwritten(self.path, history, exc) from exc
+        self._written = written
         self._due = start + (time.monotonic() - start) / self.share
         return True
 
-    def _cache(self, rounds: list[RoundRecord]) -> None:
-        """Keep the JSON text of each record that is settled; make the newest ones again."""
-        keep = min(self._settled, len(self._records), max(len(rounds) - 1, 0))
-        if keep and not (
-            rounds[0] is self._records[0] and rounds[keep - 1] is self._records[keep - 1]
+
+def _text(record: RoundRecord) -> bytes:
+    """A record's text in ``history.json``, as :meth:`History.save` writes it."""
+    text = json.dumps(jsonable(asdict(record)), indent=2)
+    return textwrap.indent(text, "    ").encode("utf-8")
+
+
+def _stamp(path: Path, fd: int | None = None) -> tuple[tuple[int, ...], int]:
+    """What tells a file from another or changed one (device, inode, size, time), and its size."""
+    st = os.stat(path) if fd is None else os.fstat(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), st.st_size
+
+
+class _Written:
+    """A ``history.json`` as last written: which records it holds, where their text is.
+
+    It holds two records of the run (the first and the last settled one), not
+    every record's text: a long run's writer stays the same size.
+    """
+
+    def __init__(self, rounds: list[RoundRecord]) -> None:
+        self.settled = max(len(rounds) - 1, 0)  # records whose text is final (all but the newest)
+        self.first = rounds[0] if rounds else None
+        self.last = rounds[self.settled - 1] if self.settled else None  # the last settled one
+        self.span = (0, 0)  # the bytes of the settled records' text in the file
+        self.stamp: tuple[int, ...] = ()
+        self.size = 0
+
+    def reusable(self, rounds: list[RoundRecord], path: Path) -> int:
+        """How many of ``rounds`` have their final text in the file: its first records.
+
+        None if the file was changed or replaced since, or the history is another
+        (a history read again) or has fewer records.
+        """
+        n = self.settled
+        if (
+            not n
+            or len(rounds) <= n
+            or rounds[0] is not self.first
+            or rounds[n - 1] is not self.last
         ):
-            keep = 0  # other records (a history read again): every text is made anew
-        for old in self._texts[keep:]:
-            self._size -= len(old) + 2
-        del self._records[keep:], self._texts[keep:]
-        for record in rounds[keep:]:
-            self._records.append(record)
-            text = json.dumps(jsonable(asdict(record)), indent=2)
-            self._texts.append(textwrap.indent(text, "    ").encode("utf-8"))
-            self._size += len(self._texts[-1]) + 2
-        self._settled = max(len(rounds) - 1, 0)
+            return 0
+        try:
+            return n if _stamp(path)[0] == self.stamp else 0
+        except OSError:
+            return 0
+
+    def copy_to(self, out: BinaryIO, path: Path) -> bool:
+        """Copy the settled records' text from the file at ``path`` into ``out``.
+
+        Returns:
+            Whether it was copied whole: not if the file changed since :meth:`reusable`
+            found it unchanged (``out`` then holds part of it).
+        """
+        start, end = self.span
+        try:
+            with open(path, "rb") as old:
+                if _stamp(path, old.fileno())[0] != self.stamp:
+                    return False
+                old.seek(start)
+                left = end - start
+                while left:
+                    chunk = old.read(min(left, 1 << 20))
+                    if not chunk:
+                        return False
+                    out.write(chunk)
+                    left -= len(chunk)
+        except OSError:
+            return False
+        return True
 
 
 def _unwritten(path: Path, history: History, exc: OSError) -> OSError:
