@@ -313,3 +313,69 @@ def test_a_quantile_among_the_extreme_records_is_withheld_like_max() -> None:
     assert np.isnan(row["bottom"])
     assert np.isnan(row["p90"])
     assert row["mid"] == pytest.approx(frame["age"].median(), abs=1e-3)
+
+
+@pytest.mark.parametrize("groups", [3, 70_000])
+def test_the_sorted_memo_sorts_each_group_as_lexsort_does(groups: int) -> None:
+    from covey.analytics._sorted import SortedValues
+
+    rng = np.random.default_rng(groups)
+    g = rng.integers(0, groups, 200_000)
+    values = rng.choice([-0.0, 0.0, 1.5, -2.25, 1e300, -1e300], g.size)
+    values[::7] = rng.normal(0, 10, values[::7].size).round(1)
+    order = np.lexsort((values, g))
+    kept = SortedValues(g, values, groups)
+    np.testing.assert_array_equal(kept.values, values[order])
+    np.testing.assert_array_equal(kept.offsets, np.searchsorted(g[order], np.arange(groups + 1)))
+    low, width = np.full(groups, -3.0), np.full(groups, 0.5)
+    counts = kept.bins(low.tolist(), width.tolist(), 8)
+    assert counts.sum() == g.size
+
+
+class _Counting:
+    """A DuckDB connection that counts the queries run on it."""
+
+    def __init__(self, con: Any) -> None:
+        self.con, self.sql = con, list[str]()
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        self.sql.append(sql)
+        return self.con.execute(sql, params)
+
+
+def test_the_memo_keeps_a_stage_s_counts_for_that_query_alone() -> None:
+    from covey.analytics._compute import Computed, compute
+    from covey.analytics._sorted import Memo
+    from covey.analytics._tables import load_tables
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"g": rng.choice(list("abc"), 500), "x": rng.uniform(-50, 50, 500)})
+    frame.loc[::9, "x"] = np.nan
+    con: Any = _Counting(load_tables({"t": frame}))
+    memo = Memo()
+    bins = {"op": "bins", "col": "x", "low": [-50.0] * 2, "width": [10.0] * 2, "bins": 10}
+    stats = [{"op": "count"}, {"op": "count_col", "col": "x"}, bins]
+
+    def run(where: str | None, domain: list[str], stats: Any, memo: Memo | None) -> Computed:
+        return compute(con, "t", where, ["g"], {"g": domain}, {"x": (-20, 20)}, stats, memo)
+
+    for where in ("x > 0", "x > 10", None):
+        for domain in (["a", "b"], ["c", "a"]):
+            fresh = run(where, domain, stats, None)
+            for _ in range(2):  # the second time from the memo
+                kept = run(where, domain, stats, memo)
+                np.testing.assert_array_equal(kept.group_counts, fresh.group_counts)
+                assert kept.outside_domain == fresh.outside_domain
+                for got, want in zip(kept.vectors, fresh.vectors, strict=True):
+                    np.testing.assert_array_equal(got, want)
+                for got, want in zip(kept.support, fresh.support, strict=True):
+                    np.testing.assert_array_equal(got, want)
+                assert kept.clipped.keys() == fresh.clipped.keys()
+                for col, parts in fresh.clipped.items():
+                    for readers, n in parts.items():
+                        np.testing.assert_array_equal(kept.clipped[col][readers], n)
+    # a later stage of one query counts from the memo: no query scans the table again
+    run("x > 5", ["a", "b"], [bins], memo)
+    before = len(con.sql)
+    run("x > 5", ["a", "b"], [bins], memo)
+    assert not [q for q in con.sql[before:] if "GROUP BY" in q or "__v" in q]

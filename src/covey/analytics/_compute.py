@@ -112,6 +112,7 @@ class _Stage:
         groups: int,
         bounds: Mapping[str, Sequence[float]],
         kinds: Mapping[str, str],
+        memo: Memo | None = None,
     ) -> None:
         self.con, self.base, self.params, self.groups, self.bounds = (
             con,
@@ -121,17 +122,34 @@ class _Stage:
             bounds,
         )
         self.kinds = {fold(c): k for c, k in kinds.items()}  # SQL names ignore ASCII case
+        self.memo = memo
 
     def text(self, col: str) -> str:
         """The column's values as text, one text per number whatever its type here."""
         return text_of(col, self.kinds.get(fold(col), ""), numbers=True)
 
     def rows(
-        self, select: str, extra: Sequence[Any] = (), group: str = "__g", *, outside: bool = False
-    ) -> list[tuple[Any, ...]]:
+        self,
+        select: str,
+        extra: Sequence[Any] = (),
+        group: str = "__g",
+        *,
+        outside: bool = False,
+        keep: bool = False,
+    ) -> Sequence[tuple[Any, ...]]:
+        """The query's rows; with ``keep``, kept in the memo for the query's later stages.
+
+        The site's tables do not change, so the same SQL with the same parameters
+        has the same rows (``keep`` is for results of a row per group).
+        """
         where = "" if outside else "WHERE __g IS NOT NULL"
         sql = f"SELECT {group}, {select} FROM ({self.base}) {where} GROUP BY ALL"  # noqa: S608
-        return self.con.execute(sql, [*self.params, *extra]).fetchall()
+        params = [*self.params, *extra]
+        if not keep or self.memo is None:
+            return self.con.execute(sql, params).fetchall()
+        return self.memo.rows(
+            repr((sql, params)), lambda: tuple(self.con.execute(sql, params).fetchall())
+        )
 
     def simple(
         self,
@@ -167,7 +185,7 @@ class _Stage:
         table = np.zeros((self.groups, len(exprs)))
         table[:, 1:] = np.nan if any(s["op"] in ("min", "max") for s in stats) else 0.0
         outside = 0
-        for row in self.rows(", ".join(exprs), outside=True):
+        for row in self.rows(", ".join(exprs), outside=True, keep=True):
             if row[0] is None:
                 outside = int(row[1])
                 continue
@@ -414,7 +432,7 @@ def compute(
     # an error would tell the analyst what that one row holds
     cond = f"WHERE TRY({where})" if where else ""
     base = f"SELECT ({gexpr}) AS __g, * FROM {table_name(table)} {cond}"  # noqa: S608
-    stage = _Stage(con, base, params, groups, bounds, kinds)
+    stage = _Stage(con, base, params, groups, bounds, kinds, memo)
     clip_cols = clip_columns(stats)
     support = sorted({support_expr(s) for s in stats})
     counts, simple, per_col, outside, reads = stage.simple(stats, clip_cols, support)

@@ -2,17 +2,23 @@
 
 A quantile's bisection asks for histogram counts over a shrinking interval at
 every stage; a site fetches the column's clipped values once, sorts them, and
-counts each stage's bins by bisection.
+counts each stage's bins by bisection. The per-group counts every stage asks
+for as well (rows, non-null values, values outside the bounds) are the same
+query at each of the later stages, so its rows are kept too.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 MEMO_COLUMNS = 4
+MEMO_ROWS = 16  # small results: a row per group (and per value outside the domain)
+
+_T = TypeVar("_T")
 
 
 class Memo:
@@ -24,19 +30,27 @@ class Memo:
 
     def __init__(self, store: dict[str, SortedValues] | None = None) -> None:
         self.store: dict[str, SortedValues] = {} if store is None else store
+        self.results: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str, build: Callable[[], SortedValues]) -> SortedValues:
         """The column kept under ``key``, built (outside the lock) if it is not kept."""
+        return self._kept(self.store, MEMO_COLUMNS, key, build)
+
+    def rows(self, key: str, build: Callable[[], _T]) -> _T:
+        """A query's small result kept under ``key`` (the query and its parameters)."""
+        return self._kept(self.results, MEMO_ROWS, key, build)
+
+    def _kept(self, store: dict[str, Any], limit: int, key: str, build: Callable[[], _T]) -> _T:
         with self._lock:
-            found = self.store.get(key)
+            found = store.get(key)
         if found is not None:
-            return found
+            return cast(_T, found)
         built = build()
         with self._lock:
-            while len(self.store) >= MEMO_COLUMNS:
-                self.store.pop(next(iter(self.store)))
-            self.store[key] = built
+            while len(store) >= limit:
+                store.pop(next(iter(store)))
+            store[key] = built
         return built
 
 
@@ -44,7 +58,14 @@ class SortedValues:
     """One column's clipped, non-null values sorted within each group (for bisection)."""
 
     def __init__(self, groups: np.ndarray, values: np.ndarray, n_groups: int) -> None:
-        order = np.lexsort((values, groups))
+        # the values sorted, then a stable sort by group (a radix sort while the group
+        # indices fit 16 bits) keeps each group's values in order: the values of
+        # np.lexsort((values, groups)) at a fraction of its time
+        order = np.argsort(values)
+        key = groups[order]
+        if 0 <= n_groups <= 1 << 16:
+            key = key.astype(np.uint16)
+        order = order[np.argsort(key, kind="stable")]
         self.values = values[order]
         self.offsets = np.searchsorted(groups[order], np.arange(n_groups + 1))
 
