@@ -291,21 +291,27 @@ def _run_bounded(args: list[str], pipe: Path) -> Any:
     return done[0]
 
 
+def _no_regular_file(path: Path, how: str) -> None:
+    """Make ``path`` a named pipe or a folder, as ``how`` says."""
+    import os
+
+    if how == "a named pipe":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
 @pytest.mark.parametrize("how", ["a named pipe", "a folder"])
 def test_runs_show_refuses_a_run_json_that_is_no_regular_file_without_its_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     # `covey runs show` printed the rounds of such a run below one line, as a sound run's.
-    import os
 
     monkeypatch.setenv("COLUMNS", "400")
     folder = tmp_path / "runs" / "odd"
     _good(folder)
     path = folder / "run.json"
-    if how == "a named pipe":
-        os.mkfifo(path)
-    else:
-        path.mkdir()
+    _no_regular_file(path, how)
     result = _run_bounded(["runs", "show", str(folder)], path)
     out = "".join(result.output.split("\n"))
     assert result.exit_code == 2, result.output
@@ -318,7 +324,6 @@ def test_a_set_up_run_whose_history_is_no_regular_file_names_the_history(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     # A run.lock beside it made the run read as one killed as it set up, its history unnamed.
-    import os
 
     from covey.dashboard._runs import RunReadError, read_run
 
@@ -327,10 +332,7 @@ def test_a_set_up_run_whose_history_is_no_regular_file_names_the_history(
     folder.mkdir(parents=True)
     (folder / "run.lock").write_text("")
     history = folder / History.FILE_NAME
-    if how == "a named pipe":
-        os.mkfifo(history)
-    else:
-        history.mkdir()
+    _no_regular_file(history, how)
     why = f"{history} is not a regular file (a folder, a named pipe, a device)"
     shown = _run_bounded(["runs", "show", str(folder)], history)
     assert shown.exit_code == 2, shown.output
@@ -514,7 +516,6 @@ def test_a_history_that_is_no_regular_file_is_listed_as_unreadable_saying_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     # `covey runs list` and the dashboard left such a run out, without a word of why.
-    import os
 
     from covey.dashboard._runs import RunReadError, discover_runs, read_run
 
@@ -522,10 +523,7 @@ def test_a_history_that_is_no_regular_file_is_listed_as_unreadable_saying_why(
     _good(tmp_path / "runs" / "ok")
     history = tmp_path / "runs" / "odd" / History.FILE_NAME
     history.parent.mkdir()
-    if how == "a named pipe":
-        os.mkfifo(history)
-    else:
-        history.mkdir()
+    _no_regular_file(history, how)
     why = f"{history} is not a regular file (a folder, a named pipe, a device)"
     listed = CliRunner().invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
     assert listed.exit_code == 0, listed.output

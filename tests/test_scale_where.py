@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,14 +78,21 @@ def test_kept_judgement_samples_the_clients_a_round_judging_all_samples() -> Non
     assert (kept.weights["w"] == judged_each_round.weights["w"]).all()
 
 
-def test_a_where_dict_changed_between_rounds_applies_from_the_next_round() -> None:
-    where: dict[str, Any] = {"group": 1}
+def _switching(where: dict[str, Any]) -> Callable[[RoundRecord], None]:
+    """An ``on_round`` turning ``where`` to group 3 after round 1 and to group 0 after round 2."""
 
     def switch(record: RoundRecord) -> None:
         if record.round == 1:
             where["group"] = 3
         if record.round == 2:
             where["group"] = 0
+
+    return switch
+
+
+def test_a_where_dict_changed_between_rounds_applies_from_the_next_round() -> None:
+    where: dict[str, Any] = {"group": 1}
+    switch = _switching(where)
 
     result = covey.simulate(Grouped, 400, 3, strategy(where), init(), on_round=switch)
     groups = [{cid % 4 for cid in fit} for fit, _ in participants(result.history)[1:]]
@@ -160,12 +167,7 @@ def test_a_where_dict_changed_between_fedbuff_updates_applies_from_the_next_upda
     # FedBuff judged each client once, when it reported: a where dict changed
     # between updates went on picking the clients the first entries passed.
     where: dict[str, Any] = {"group": 1}
-
-    def switch(record: RoundRecord) -> None:
-        if record.round == 1:
-            where["group"] = 3
-        if record.round == 2:
-            where["group"] = 0
+    switch = _switching(where)
 
     Sent.groups = {}
     fedbuff = covey.FedBuff(buffer_size=5, concurrency=5, where=where)

@@ -53,35 +53,45 @@ def _errors(replies: Any) -> dict[str, str | None]:
     return {names[r.cid]: r.error for r in replies}
 
 
-@pytest.mark.parametrize("backend", ["inline", "process"])
-def test_simulation_refuses_unsendable_arrays_of_a_task_kind_as_deployed(
-    backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(_HANDLERS, "answer", _answer)
-    n = len(RESULTS)
+def _simulated(backend: str, tasks: dict[int, Task]) -> list[Reply]:
+    """The replies of ``tasks`` run by plain clients on ``backend`` (inline or process)."""
     if backend == "inline":
-        replies = list(inline_transport(lambda cid: covey.Client(), n).exchange(_tasks()))
-    else:
-        with ProcessTransport(lambda cid: covey.Client(), n, num_workers=1) as processes:
-            replies = list(processes.exchange(_tasks()))
-    assert _errors(replies) == ERRORS
+        return list(inline_transport(lambda cid: covey.Client(), len(tasks)).exchange(tasks))
+    with ProcessTransport(lambda cid: covey.Client(), len(tasks), num_workers=1) as processes:
+        return list(processes.exchange(tasks))
 
 
-def test_a_deployed_client_refuses_the_same_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(_HANDLERS, "answer", _answer)
+def _deployed(tasks: dict[int, Task]) -> list[Reply]:
+    """The replies of ``tasks``, one at a time, from a plain client joined over gRPC.
+
+    Each reply carries the number of its task, as a simulated one its client's.
+    """
     transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
     client = Joined(transport.port, covey.Client(), name="site", max_attempts=1)
     try:
         assert transport.wait_for_clients(1, 20)
         (cid,) = transport.clients()
         replies: list[Reply] = []
-        for task in _tasks().values():
+        for task in tasks.values():
             (reply,) = transport.exchange({cid: task})
             replies.append(Reply(len(replies), reply.kind, reply.result, reply.error))
     finally:
         transport.close()
         client.join(30)
-    assert _errors(replies) == ERRORS
+    return replies
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_simulation_refuses_unsendable_arrays_of_a_task_kind_as_deployed(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(_HANDLERS, "answer", _answer)
+    assert _errors(_simulated(backend, _tasks())) == ERRORS
+
+
+def test_a_deployed_client_refuses_the_same_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_HANDLERS, "answer", _answer)
+    assert _errors(_deployed(_tasks())) == ERRORS
 
 
 #: What a task kind of one's own answers, and what a deployed server reads of it.
@@ -136,27 +146,9 @@ def test_every_backend_hands_over_a_task_kinds_payload_and_result_as_deployed(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(_HANDLERS, "value", _value)
-    n = len(VALUES)
-    if backend == "inline":
-        replies = list(inline_transport(lambda cid: covey.Client(), n).exchange(_value_tasks()))
-    else:
-        with ProcessTransport(lambda cid: covey.Client(), n, num_workers=1) as processes:
-            replies = list(processes.exchange(_value_tasks()))
-    _check_received(_received(replies))
+    _check_received(_received(_simulated(backend, _value_tasks())))
 
 
 def test_a_deployed_server_reads_a_task_kinds_values_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(_HANDLERS, "value", _value)
-    transport = GrpcServerTransport("127.0.0.1:0", heartbeat=5.0)
-    client = Joined(transport.port, covey.Client(), name="site", max_attempts=1)
-    try:
-        assert transport.wait_for_clients(1, 20)
-        (cid,) = transport.clients()
-        replies: list[Reply] = []
-        for task in _value_tasks().values():
-            (reply,) = transport.exchange({cid: task})
-            replies.append(Reply(len(replies), reply.kind, reply.result, reply.error))
-    finally:
-        transport.close()
-        client.join(30)
-    _check_received(_received(replies))
+    _check_received(_received(_deployed(_value_tasks())))
