@@ -254,7 +254,6 @@ def test_a_run_json_that_is_a_named_pipe_is_not_waited_on(
 ) -> None:
     # `covey runs list` and `covey runs show` opened it and waited for a writer for ever.
     import os
-    import threading
 
     monkeypatch.setenv("COLUMNS", "250")
     _good(tmp_path / "runs" / "piped")
@@ -262,15 +261,7 @@ def test_a_run_json_that_is_a_named_pipe_is_not_waited_on(
     os.mkfifo(pipe)
     listing = ["runs", "list", "--dir", str(tmp_path / "runs")]
     for args in (listing, ["runs", "show", str(pipe.parent)]):
-        done: list[Any] = []
-        thread = threading.Thread(target=_invoke, args=(args, done), daemon=True)
-        thread.start()
-        thread.join(20)
-        if thread.is_alive():  # let the blocked reader go before failing
-            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
-            thread.join(20)
-            pytest.fail(f"covey {' '.join(args[:2])} waited on the named pipe {pipe}")
-        result = done[0]
+        result = _run_bounded(args, pipe)
         assert result.exit_code == (0 if args is listing else 2), result.output
         assert "piped" in result.output
 
