@@ -116,8 +116,10 @@ class RevokedInFit(covey.Client):
 
     def __init__(self, fed: Path, name: str, done: threading.Event) -> None:
         self.fed, self.name, self.done = fed, name, done
+        self.fitting = threading.Event()
 
     def fit(self, weights: Any, config: Any) -> covey.FitResult:
+        self.fitting.set()
         revoke(self.fed, self.name)  # the operator shuts the site out mid-round
         self.done.wait(60)  # the server drops it at its next heartbeat
         raise RuntimeError("the server should have dropped this client")
@@ -135,16 +137,16 @@ def test_a_round_cut_short_by_a_revoked_client_is_run_again_without_it(tmp_path:
     )
     served = Served(strategy, 2, certs=fed, round_retries=1)
     done = threading.Event()
-    sites = [
-        Joined(
-            served.port,
-            RevokedInFit(fed, name, done) if name == "a" else None,
-            tls=tls_from_certs(fed, name),
-            retry_for=1.0,  # "a", shut out, gives up soon after the run is over
-        )
-        for name in names
-    ]
+    revoked = RevokedInFit(fed, "a", done)
+    sites: list[Joined] = []
     try:
+        for name in names:
+            if name == "c":  # only once round 1 runs on "a" and "b": it falls short
+                assert revoked.fitting.wait(30), "round 1 did not start"
+            client = revoked if name == "a" else None
+            tls = tls_from_certs(fed, name)
+            # "a", shut out, gives up soon after the run is over
+            sites.append(Joined(served.port, client, tls=tls, retry_for=1.0))
         result = served.join()
     finally:
         done.set()
