@@ -79,8 +79,10 @@ class ControlVariate:
     names that reply's round (its task's ``"round"``): until the next task it
     is :attr:`pending` (and, given a ``path``, in ``PATH.pending``), and
     dropped if the server never applied it,
-    so ``c`` stays the mean of the clients' ``c_i``. Without that entry the new
-    ``c_i`` is kept as the reply is built.
+    so ``c`` stays the mean of the clients' ``c_i``. A change kept of a round
+    later than the one a task names is dropped too (up to two rounds back): a
+    server resumed from a checkpoint before the update that took it no longer
+    has it in ``c``. Without that entry the new ``c_i`` is kept as the reply is built.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -126,6 +128,8 @@ class ControlVariate:
         rnd = _round_of(config.get("round"))
         told = _round_of(config.get(APPLIED_ROUND))
         self._settle(told, APPLIED_ROUND in config)
+        if told is not None:  # a change kept of a later round: a resumed server lost its update
+            self._kept.at(told + 1)
         self._kept.at(rnd)  # a round sent again starts from the c_i it had the first time
         if self.value is None:
             self.value = {k: np.zeros(v.shape, v.dtype) for k, v in weights.items()}
