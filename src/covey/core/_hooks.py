@@ -57,7 +57,14 @@ class RunHook(Protocol):
         ...
 
     def after_round(self, record: RoundRecord, state: Any) -> None:
-        """Add to the record of a finished round (``state`` is the state after it)."""
+        """Add to the record of a finished round (``state`` is the state after it).
+
+        ``record`` is the round's own: a round that ``evaluate_every`` does not
+        evaluate holds no evaluation (``evaluate_loss`` and ``central_loss`` None),
+        never an earlier round's, so a hook that stops the run on an evaluated
+        metric decides on the rounds that hold one. The history given to
+        :meth:`start` holds ``record`` from the next :meth:`before_round` on.
+        """
         ...
 
     def finish(self, history: History, state: Any) -> None:
