@@ -252,3 +252,34 @@ def test_the_history_writer_rewrites_a_file_another_program_changed(
     writer.write(history)
     assert path.read_text() == history.to_json()
     monkeypatch.setattr(historyfile_module._Written, "reusable", settled)
+
+
+def test_the_plot_of_a_longer_run_draws_no_more_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each plot.png drew every round's point (and its marker): what a drawing took
+    # grew with the run, and a served run with plot on grew by kilobytes a round.
+    import matplotlib.pyplot as plt
+
+    from covey.server import _outputs
+
+    drawn: list[int] = []
+    figure = _outputs._figure
+
+    def counted(history: History, title: str) -> Any:
+        fig = figure(history, title)
+        drawn.append(sum(np.size(line.get_xdata()) for ax in fig.axes for line in ax.get_lines()))
+        return fig
+
+    monkeypatch.setattr(_outputs, "_figure", counted)
+    outputs = RunOutputs(tmp_path, plot_every=0.0)
+    history = History(config={"rounds": 12_000})
+    for size in (1_500, 12_000):
+        history.rounds.extend(
+            RoundRecord(r, central_loss=1.0 / (r + 1), central_metrics={"accuracy": r % 7 / 7})
+            for r in range(len(history.rounds), size)
+        )
+        outputs.round_done(history)
+    assert drawn[1] <= drawn[0], drawn  # 8 times the rounds, no more points
+    assert plt.get_fignums() == []  # nothing kept by pyplot between drawings
+    assert (tmp_path / _outputs.PLOT_NAME).read_bytes()[:4] == b"\x89PNG"
