@@ -279,6 +279,70 @@ def test_deployed_run_is_read_read_only_with_its_clients(tmp_path: Path) -> None
     assert not any(c["connected"] for c in done["clients"])
 
 
+def test_a_live_runs_unchanged_history_file_is_parsed_once_across_its_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long deployed run rewrites history.json now and then, its store every round:
+    # the page read the whole file again at every round, a cost growing with the run.
+    run = tmp_path / "fed"
+    store = RunStore.create(run, config={"rounds": 9, "strategy": "FedAvg"})
+    read: list[str] = []
+    reader = runjson_module.read_regular
+
+    def counted(path: Any, limit: int | None = None) -> bytes:
+        read.append(Path(path).name)
+        return reader(path, limit)
+
+    try:
+        history = covey.History(config={"rounds": 9, "strategy": "FedAvg"})
+        for r in range(3):
+            record = RoundRecord(round=r, central_loss=1.0 / (r + 1))
+            store.save_round(r, {"w": np.ones(2)}, record)
+            history.rounds.append(record)
+        write_outputs(run, history, plot=False)
+        monkeypatch.setattr(runjson_module, "read_regular", counted)
+        with DashboardServer(tmp_path) as server:
+            for r in range(3, 8):
+                shown = _get(server.url + "api/run?id=fed&view=first")
+                assert shown["rounds_done"] == r - 1
+                record = RoundRecord(round=r, central_loss=1.0 / (r + 1))
+                store.save_round(r, {"w": np.ones(2)}, record)
+            assert _get(server.url + "api/run?id=fed")["rounds_done"] == 7
+            assert read.count("history.json") == 1, read
+            history.rounds.append(RoundRecord(round=3, central_loss=0.5))
+            write_outputs(run, history, plot=False)  # changed: read again, once
+            shown = _get(server.url + "api/run?id=fed")
+            assert [r["central_loss"] for r in shown["rounds"]][3] == 0.5
+            _get(server.url + "api/runs")
+            assert read.count("history.json") == 2, read
+    finally:
+        store.close()
+
+
+def test_the_list_of_runs_polled_again_walks_no_rounds_of_an_unchanged_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page asks for the list every 5 s: each time every round of every run was
+    # walked again for its best value, though no file had changed.
+    from covey.dashboard import _runs as runs_module
+
+    _simulate(tmp_path / "a", rounds=2)
+    _simulate(tmp_path / "b", rounds=1)
+    walked: list[int] = []
+    best = runs_module.best_metric
+
+    def counted(rounds: list[dict[str, Any]]) -> Any:
+        walked.append(len(rounds))
+        return best(rounds)
+
+    monkeypatch.setattr(runs_module, "best_metric", counted)
+    with DashboardServer(tmp_path) as server:
+        lists = [_get(server.url + "api/runs")["runs"] for _ in range(6)]
+    assert all(rows == lists[0] for rows in lists), lists
+    assert [r["rounds_done"] for r in lists[0]] == [2, 1]
+    assert len(walked) == 2, walked  # once a run
+
+
 def test_tls_with_the_federation_certificates(tmp_path: Path) -> None:
     from covey.deploy.certs import init_federation, issue_client
 

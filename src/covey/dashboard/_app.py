@@ -41,6 +41,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from covey.core._extras import missing_extra
+from covey.dashboard._historycache import HistoryCache
 from covey.dashboard._page import first_view, page_clients, rounds_page
 from covey.dashboard._runjson import tagged_float
 from covey.dashboard._runs import (
@@ -128,13 +129,20 @@ def _static_dir() -> Path:
 
 
 class RunCache:
-    """Runs read from disk, kept until their files change (so many open pages cost one read)."""
+    """Runs read from disk, kept until their files change (so many open pages cost one read).
+
+    A run's row in the list (:func:`~covey.dashboard._runs.summary`) is kept with
+    it: the page asks for the list every few seconds, which then costs no walk
+    through every round of every run.
+    """
 
     def __init__(self, root: Path | None = None) -> None:
         """An empty cache of runs in ``root``: their files that resolve outside it are refused."""
         self.root = root
         self._lock = threading.Lock()
         self._runs: dict[Path, tuple[Signature, Run]] = {}
+        self._summaries: dict[Path, tuple[Run, dict[str, Any]]] = {}
+        self._histories = HistoryCache()  # a live run's history.json, parsed once a change
 
     def read(self, run_id: str, path: Path) -> Run:
         """The run in ``path``, read again only if its files changed since the last read."""
@@ -143,10 +151,25 @@ class RunCache:
             hit = self._runs.get(path)
         if hit is not None and hit[0] == sig and hit[1].id == run_id:
             return hit[1]
-        run = read_run(run_id, path, root=self.root)
+        run = read_run(run_id, path, root=self.root, histories=self._histories)
         with self._lock:
             self._runs[path] = (sig, run)
         return run
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        """:func:`~covey.dashboard._runs.summary` of ``run``, made once for each run read.
+
+        The row is shared between callers: they must not change it.
+        """
+        with self._lock:
+            hit = self._summaries.get(run.path)
+        if hit is not None and hit[0] is run:
+            return hit[1]
+        row = summary(run)
+        with self._lock:
+            if self._runs.get(run.path, (None, None))[1] is run:  # the run this cache holds
+                self._summaries[run.path] = (run, row)
+        return row
 
 
 def _find(root: Path, request: Request) -> tuple[str, Path]:
@@ -182,8 +205,10 @@ def _index(request: Request, name: str) -> int:
     return int(text)
 
 
-def _delta(old: Run, new: Run) -> dict[str, Any] | None:
+def _delta(old: Run, new: Run, row: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What changed from ``old`` to ``new``, or None if the page must be redrawn whole.
+
+    ``row``: :func:`~covey.dashboard._runs.summary` of ``new`` if made already.
 
     Rounds the page holds that changed (a round that a resumed run redid after
     a crash, with other numbers) redraw it whole, as do rounds that went away.
@@ -192,7 +217,7 @@ def _delta(old: Run, new: Run) -> dict[str, Any] | None:
     if new.rounds[: len(known)] != known:
         return None
     return {
-        "summary": summary(new),
+        "summary": summary(new) if row is None else row,
         "meta": new.meta,
         "new_rounds": new.rounds[len(known) :],
         "client_names": {str(k): v for k, v in new.clients.items()},
@@ -210,6 +235,7 @@ async def _events(
     """
     last_sig = None
     last: Run | None = None
+    last_row: dict[str, Any] = {}
     failed = False
     idle = 0.0
     while not closing.is_set():
@@ -223,7 +249,8 @@ async def _events(
                     last = None
                     raise RunReadError(f"the run folder {path} is gone (deleted or moved)")
                 run = await run_in_threadpool(cache.read, run_id, path)
-                message = _message(last, run)
+                row = await run_in_threadpool(cache.summary, run)
+                message = _message(last, run, None if last is None else (last_row, row))
             except (RunReadError, RecursionError) as exc:
                 failed = True
                 said = _too_deep(path) if isinstance(exc, RecursionError) else str(exc)
@@ -234,7 +261,7 @@ async def _events(
                 elif failed:
                     yield "event: ok\ndata: {}\n\n"
                 failed = False
-                last = run
+                last, last_row = run, row
             idle = 0.0
         elif idle >= KEEPALIVE:
             yield ": keep-alive\n\n"
@@ -243,11 +270,18 @@ async def _events(
         idle += poll
 
 
-def _message(old: Run | None, new: Run) -> str:
-    """The event telling the page how ``old`` became ``new`` ("" if nothing it shows changed)."""
-    if old is None or (change := _delta(old, new)) is None:
+def _message(
+    old: Run | None, new: Run, rows: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> str:
+    """The event telling the page how ``old`` became ``new`` ("" if nothing it shows changed).
+
+    ``rows``: :func:`~covey.dashboard._runs.summary` of ``old`` and ``new`` if made already.
+    """
+    old_row, new_row = (None, None) if rows is None else rows
+    if old is None or (change := _delta(old, new, new_row)) is None:
         return f"event: run\ndata: {_json(first_view(new))}\n\n"
-    if change["new_rounds"] or change["summary"] != summary(old) or new.events != old.events:
+    old_row = summary(old) if old_row is None else old_row
+    if change["new_rounds"] or change["summary"] != old_row or new.events != old.events:
         return f"event: update\ndata: {_json(change)}\n\n"
     return ""
 
@@ -291,7 +325,7 @@ def create_app(
             rows = []
             for run_id, path in discover_runs(root):
                 try:
-                    rows.append(summary(cache.read(run_id, path)))
+                    rows.append(cache.summary(cache.read(run_id, path)))
                 except RunReadError as exc:
                     rows.append({"id": run_id, "status": "unreadable", "error": str(exc)})
             return rows

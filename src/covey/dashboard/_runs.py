@@ -31,15 +31,14 @@ from covey.core._interrupt import shown_status
 from covey.core._jsonvalues import as_float
 from covey.core._metricnames import stored_name
 from covey.core._runstep import last_finished_step, step_of_settings
+from covey.dashboard._historycache import HistoryCache, parse_history
 from covey.dashboard._runid import run_id as run_id
 from covey.dashboard._runid import run_name as run_name
 from covey.dashboard._runjson import (
     RunReadError as RunReadError,
 )
 from covey.dashboard._runjson import (
-    check_rounds,
     read_from_store,
-    read_json,
     read_run_json,
     tagged_float,
     within,
@@ -187,6 +186,7 @@ def read_run(
     *,
     root: str | Path | None = None,
     damaged: str | None = None,
+    histories: HistoryCache | None = None,
 ) -> Run:
     """Read one run folder: its settings, rounds and (deployed) clients and events.
 
@@ -201,6 +201,9 @@ def read_run(
             symbolic link to a file elsewhere) is refused. None: not checked.
         damaged: Why ``history.json`` is damaged, as a stricter reader
             (:meth:`covey.History.load`) found: it is not read. None: it is read.
+        histories: Keeps ``history.json`` parsed while it does not change (a
+            dashboard reading a live run again at each round); its rounds are then
+            shared with other reads. None: the file is parsed.
 
     Raises:
         RunReadError: if ``path`` is no run folder, or a file is too big, not JSON,
@@ -218,7 +221,7 @@ def read_run(
     run = Run(run_id, path, "simulated" if simulated else "deployed")
     history = path / HISTORY
     if has_history(path) and damaged is None:  # no regular file: unreadable
-        damaged = _read_history(run, within(history, top), db)  # a link outside: refused
+        damaged = _read_history(run, within(history, top), db, histories)  # a link outside: refused
     if damaged is not None:
         if not db.is_file():
             raise RunReadError(damaged)
@@ -283,8 +286,12 @@ def _set_up_run(run_id: str, path: Path) -> Run:
     return run
 
 
-def _read_history(run: Run, history: Path, db: Path) -> str | None:
+def _read_history(
+    run: Run, history: Path, db: Path, histories: HistoryCache | None = None
+) -> str | None:
     """Fill ``run``'s rounds, settings and stop reason from its ``history.json``.
+
+    ``histories``: where the file is kept parsed while it does not change (None: parsed).
 
     Returns:
         None; or why the file cannot be read, if the store ``db`` is there to read
@@ -294,10 +301,7 @@ def _read_history(run: Run, history: Path, db: Path) -> str | None:
         RunReadError: if the file cannot be read and there is no store.
     """
     try:
-        data = read_json(history)
-        if not isinstance(data, dict):
-            raise RunReadError(f"{history} must hold a JSON object")
-        rounds = check_rounds(data.get("rounds"), str(history))
+        data, rounds = parse_history(history) if histories is None else histories.read(history)
     except RunReadError as exc:
         if not db.is_file():
             raise
