@@ -350,6 +350,12 @@ def run_command(
             f"server-app {settings.run['server_app']}(config) returned "
             f"{type(server_app).__name__}, not a covey.deploy.ServerApp"
         )
+    if server_app.main is not None:  # a loop of its own: no rounds to simulate or serve here
+        fail(
+            f"server-app {settings.run['server_app']}(config) returned a ServerApp with main=, "
+            "a server loop of its own, which `covey run` does not run: serve it with "
+            "`covey server --app MODULE:OBJECT`"
+        )
     if isinstance(server_app.compression, str):
         from covey.compress import scheme_named
 

@@ -101,10 +101,10 @@ def _server_app(spec: str | None, resume: Path | None = None, flag: str = "--app
         )
     if spec is None:
         fail("give --app MODULE:OBJECT naming a covey.deploy.ServerApp (or app = ... in --config)")
+    from covey.deploy._app import main_problem
+
     obj = load_object(spec, flag)
-    if isinstance(obj, ServerApp):
-        return obj
-    if callable(obj) and not isinstance(obj, type):
+    if callable(obj) and not isinstance(obj, type | ServerApp):
         if required_params(obj) > 0:
             fail(_taking_arguments(spec, obj, flag))
         obj = obj()
@@ -113,6 +113,9 @@ def _server_app(spec: str | None, resume: Path | None = None, flag: str = "--app
             f"{flag} {spec} is of type {type(obj).__name__}; `covey server --app` needs a "
             "covey.deploy.ServerApp or a function of no arguments returning one"
         )
+    problem = main_problem(obj)  # set after it was made, its fields are not checked yet
+    if problem is not None:
+        fail(f"{flag} {spec}: ServerApp: {problem}")
     try:
         check_evaluate_fn(obj.evaluate_fn)
     except TypeError as exc:
@@ -315,7 +318,13 @@ def _forget(run: Path, flags: dict[str, Any]) -> None:
 
 
 def server_command(
-    app: Annotated[str | None, typer.Option(help="The ServerApp to run, as MODULE:OBJECT.")] = None,
+    app: Annotated[
+        str | None,
+        typer.Option(
+            help="The ServerApp to run, as MODULE:OBJECT; one with main= runs that loop of "
+            "its own instead of rounds (the round and run-folder flags do not apply)."
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these settings.")] = None,
     address: Annotated[
         str | None,
@@ -436,6 +445,15 @@ def server_command(
             _pick(data_port, s, "data_port", None), s.name(data_port, "data_port", "--data-port")
         ),
     }
+    if server_app.main is not None:  # the app's own loop: no rounds, no run folder
+        from covey.deploy._cli_own import refuse_round_flags, serve_own
+
+        own: dict[str, Any] = {"rounds": rounds, "resume": resume, "run_dir": run_dir}
+        own |= {"plot": plot}
+        own |= {"round_timeout": round_timeout, "round_retries": round_retries}
+        own |= {"wait_timeout": wait_timeout, "compression": compression, "keep_last": keep_last}
+        refuse_round_flags(_pick(app, s, "app", None), own, s)
+        return serve_own(server_app, flags, console)
     # Only once every flag is checked: a fresh run folder is made here.
     # Those of --config are read again from it; the command line's are repeated.
     typed = {"round_timeout": round_timeout, "round_retries": round_retries}

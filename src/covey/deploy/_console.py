@@ -59,7 +59,8 @@ class ServerConsole:
 
     Args:
         write: Prints one line (e.g. a rich console's ``print``).
-        needed: How many clients the run waits for (``min_available_clients``).
+        needed: How many clients the run waits for (``min_available_clients``); 0 if
+            not known (a loop of the app's own waits for those it needs itself).
         names: The name of each client id, kept up to date by :func:`covey.serve`.
         step: What one step of the run is called: ``"round"``, or ``"update"`` for the
             global updates of an asynchronous (FedBuff) run.
@@ -110,7 +111,9 @@ class ServerConsole:
         why = f": {escape(detail)}" if detail and event not in ("join", "rejoin") else ""
         # "9 of 2 connected" would read as a miscount once more clients come than the run needs.
         tally = (
-            f"{count} of {self.needed} connected"
+            f"{count} connected"  # 0 needed: not known (an app's own loop waits for its own)
+            if self.needed <= 0
+            else f"{count} of {self.needed} connected"
             if count <= self.needed
             else f"{count} connected, {self.needed} needed"
         )
