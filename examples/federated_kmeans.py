@@ -13,11 +13,14 @@ It then compares the inertia of the result on the pooled data with scikit-learn'
 ``KMeans`` trained on that pooled data. Run it simulated (a few seconds) with
 ``python examples/federated_kmeans.py``.
 
-The same runs deployed: the server is :func:`serve` (a ``GrpcServerTransport``)
-and each site is ``covey client`` loading ``client_fn`` from this file, which
-registers both kinds when it is imported. From ``examples/``, each in a terminal::
+The same runs deployed: the server is ``covey server`` loading :func:`server`, a
+``ServerApp`` whose ``main`` runs :func:`kmeans` over the listening server's
+transport, and each site is ``covey client`` loading ``client_fn`` from this file,
+which registers both kinds when it is imported. From ``examples/``, each in a
+terminal (``python federated_kmeans.py --serve 127.0.0.1:9093`` serves the same
+from Python)::
 
-    python federated_kmeans.py --serve 127.0.0.1:9093
+    covey server --app federated_kmeans:server --insecure --address 127.0.0.1:9093
     covey client --app federated_kmeans:client_fn --cid 0 --server 127.0.0.1:9093 --insecure
     covey client --app federated_kmeans:client_fn --cid 1 --server 127.0.0.1:9093 --insecure
     covey client --app federated_kmeans:client_fn --cid 2 --server 127.0.0.1:9093 --insecure
@@ -40,6 +43,7 @@ import covey
 from covey.clients import register_task
 from covey.core import Task
 from covey.data import dirichlet
+from covey.deploy import ServerApp
 
 NUM_CLIENTS = 3
 K = 10
@@ -162,6 +166,13 @@ def simulate(num_clients: int = NUM_CLIENTS, **kwargs: Any) -> KMeansResult:
     return kmeans(inline_transport(client_fn, num_clients), **kwargs)
 
 
+def deployed(transport: Any, num_clients: int = NUM_CLIENTS, **kwargs: Any) -> KMeansResult:
+    """:func:`kmeans` over a listening server's ``transport`` once ``num_clients`` sites joined."""
+    if not transport.wait_for_clients(num_clients, timeout=600):
+        raise RuntimeError(f"{num_clients} clients did not join within 600 s")
+    return kmeans(transport, **kwargs)
+
+
 def serve(address: str, num_clients: int = NUM_CLIENTS, **kwargs: Any) -> KMeansResult:
     """:func:`kmeans` served on ``address`` (without TLS) once ``num_clients`` sites joined."""
     from covey.transport.grpc import GrpcServerTransport
@@ -170,11 +181,21 @@ def serve(address: str, num_clients: int = NUM_CLIENTS, **kwargs: Any) -> KMeans
     try:
         host = address.rsplit(":", 1)[0]
         print(f"listening on {host}:{transport.port}", flush=True)  # port 0: the one picked
-        if not transport.wait_for_clients(num_clients, timeout=600):
-            raise RuntimeError(f"{num_clients} clients did not join within 600 s")
-        return kmeans(transport, **kwargs)
+        return deployed(transport, num_clients, **kwargs)
     finally:
         transport.close()
+
+
+def main(transport: Any) -> KMeansResult:
+    """The server's loop under ``covey server``: federated k-means, then its :func:`report`."""
+    result = deployed(transport)
+    report(result)
+    return result
+
+
+def server() -> ServerApp:  # `covey server --app federated_kmeans:server`
+    """The server side for ``covey server``: no strategy, a loop of its own."""
+    return ServerApp(main=main)
 
 
 def report(result: KMeansResult) -> Mapping[str, float]:

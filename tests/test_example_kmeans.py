@@ -8,10 +8,12 @@ any order, so every route gives the simulated centroids bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -150,10 +152,75 @@ def test_the_example_served_and_its_clients_print_the_simulated_inertia(
         port = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", first)
         assert port is not None, first
         procs += _clients(int(port.group(1)), kmeans.NUM_CLIENTS)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then killed, its log shown
+            server.wait(timeout=180)  # its report fits scikit-learn's k-means too
     finally:
         logs = _ended(procs)
     assert [p.returncode for p in procs] == [0] * len(procs), logs
     assert logs[0].splitlines()[-2:] == simulated.splitlines()
+
+
+_SAVING_APP = """
+import numpy as np
+
+import federated_kmeans
+from covey.deploy import ServerApp
+
+
+def main(transport):
+    result = federated_kmeans.server().main(transport)  # the example's own loop
+    np.save("centroids.npy", result.centroids)
+    return result
+
+
+def server():
+    return ServerApp(main=main)
+"""
+
+
+@pytest.mark.slow
+def test_covey_server_running_the_example_s_app_gives_the_simulated_centroids(
+    kmeans: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "covey server --app federated_kmeans:server --insecure" in (kmeans.__doc__ or "")
+    assert kmeans.server().main is kmeans.main
+    want = kmeans.simulate()
+    kmeans.report(want)
+    simulated = capsys.readouterr().out
+    # The example's app, whose centroids a module beside it saves for this test to compare.
+    (tmp_path / "saving_kmeans.py").write_text(_SAVING_APP)
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES), env["PYTHONPATH"]])
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "covey", "server", "--app", "saving_kmeans:server"),
+            *("--insecure", "--address", "127.0.0.1:0", "--port-file", str(port_file)),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    procs = [server]
+    try:
+        for _ in range(600):  # 60 s at most
+            if port_file.is_file() and port_file.read_text().strip():
+                break
+            assert server.poll() is None, server.communicate(timeout=10)[0]
+            time.sleep(0.1)
+        procs += _clients(int(port_file.read_text()), kmeans.NUM_CLIENTS)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then killed, its log shown
+            server.wait(timeout=180)
+    finally:
+        logs = _ended(procs)
+    assert [p.returncode for p in procs] == [0] * len(procs), logs
+    np.testing.assert_array_equal(np.load(tmp_path / "centroids.npy"), want.centroids)
+    lines = logs[0].splitlines()
+    assert [line for line in lines if "inertia" in line] == simulated.splitlines(), logs[0]
+    assert "the app's loop returned" in lines[-1], logs[0]
+    assert not (tmp_path / "runs").exists()  # a loop of its own keeps no run folder
+    assert all("server said: the run is over" in log for log in logs[1:]), logs
 
 
 @pytest.mark.parametrize("method", ["spawn"])
