@@ -401,3 +401,36 @@ def test_a_base_score_that_is_not_finite_is_refused_naming_it(base_score: str) -
         model = _edited(model, _model_param("num_target", "2"))
     with pytest.raises(covey.core.WeightsError, match=r"'base_score' is .*not finite"):
         booster_from_weights(to_weights(model, 1 << 20))
+
+
+def test_the_client_builds_its_data_and_predicts_on_the_params_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``nthread`` in the params bounds the client's DMatrix and predictions, not training alone.
+
+    XGBoost builds a DMatrix on every core unless told otherwise; on a machine
+    running many simulated clients that oversubscribes the cores many times over.
+    """
+    made: list[object] = []
+    real = xgb.DMatrix
+
+    def recording(*args: object, **kwargs: object) -> object:
+        made.append(kwargs.get("nthread"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xgb, "DMatrix", recording)
+    x, y = _data(0)
+    client = XGBoostClient(x, y, BINARY)
+    start = initial_model(BINARY, 4, capacity=1 << 16)
+    fitted = client.fit(start, {"round": 1}).weights
+    assert fitted is not None
+    client.evaluate(fitted, {})
+    assert made
+    assert made == [1] * len(made)
+    made.clear()
+    evaluate_booster(fitted, x, y, nthread=2)
+    assert made == [2]
+    made.clear()
+    XGBoostClient(x, y, {**BINARY, "nthread": "3"})
+    XGBoostClient(x, y, {k: v for k, v in BINARY.items() if k != "nthread"})
+    assert made == [3, None]

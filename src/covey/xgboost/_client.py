@@ -17,6 +17,7 @@ from covey.xgboost._model import (
     booster_from_bytes,
     booster_from_weights,
     empty_booster,
+    threads,
     to_weights,
     xgboost_module,
 )
@@ -42,7 +43,9 @@ def initial_model(
     return to_weights(empty_booster(params, num_features), capacity)
 
 
-def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, Metrics]:
+def evaluate_booster(
+    booster: Any, x: npt.ArrayLike, y: npt.ArrayLike, *, nthread: int | None = None
+) -> tuple[float, Metrics]:
     """The loss of a booster on ``x, y``, and its accuracy for classifiers.
 
     Binary objectives give the log loss and the accuracy at probability 0.5:
@@ -58,6 +61,7 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
             bytes (:func:`covey.xgboost.from_weights`).
         x: Features.
         y: Labels or targets.
+        nthread: The threads XGBoost predicts with (None: XGBoost's default, every core).
 
     Returns:
         ``(loss, metrics)``.
@@ -80,7 +84,10 @@ def evaluate_booster(booster: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[
     y_arr, x_arr = np.asarray(y), np.asarray(x)
     _check_features(booster, x_arr.shape[-1] if x_arr.ndim == 2 else -1, "x")
     _check_rows(x_arr, y_arr, "x", "y")
-    pred = np.asarray(booster.predict(xgb.DMatrix(x_arr)), dtype=np.float64)
+    if nthread is not None:
+        booster.set_param({"nthread": nthread})
+    data = xgb.DMatrix(x_arr, nthread=nthread)
+    pred = np.asarray(booster.predict(data), dtype=np.float64)
     objective = _objective(booster)
     _check_labels(y_arr, objective, _classes(booster, pred))
     eps = 1e-12
@@ -215,7 +222,8 @@ class XGBoostClient(Client):
         labels, features = np.asarray(y_train), np.asarray(x_train)
         _check_rows(features, labels, "x_train", "y_train")
         self.targets = int(labels.shape[1]) if labels.ndim == 2 else 1
-        self.train = xgb.DMatrix(features, label=labels)
+        self.nthread = threads(self.params)
+        self.train = xgb.DMatrix(features, label=labels, nthread=self.nthread)
         self.num_examples = int(self.train.num_row())
         if self.num_examples == 0:
             raise ValueError("x_train holds no examples")
@@ -263,5 +271,6 @@ class XGBoostClient(Client):
         Returns:
             The loss, the number of examples and the metrics of :func:`evaluate_booster`.
         """
-        loss, metrics = evaluate_booster(booster_from_weights(weights), self.x_test, self.y_test)
+        booster = booster_from_weights(weights)
+        loss, metrics = evaluate_booster(booster, self.x_test, self.y_test, nthread=self.nthread)
         return EvaluateResult(loss=loss, num_examples=len(self.y_test), metrics=metrics)

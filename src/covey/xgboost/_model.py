@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,21 @@ def booster_from_bytes(model: bytes | bytearray | memoryview) -> Any:
     return load_booster(model)
 
 
+def threads(params: Mapping[str, Any]) -> int | None:
+    """The ``nthread`` of XGBoost parameters, for the data and predictions as for training.
+
+    Without it XGBoost builds a ``DMatrix`` and predicts on every core, whatever
+    ``nthread`` the training was given; None when the parameters set none (or
+    one XGBoost's training will judge, as it does any other parameter).
+    """
+    value = params.get("nthread")
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        return None
+    return int(value)
+
+
 def _check_supported(params: dict[str, Any]) -> None:
     """Refuse training parameters whose trees the federated bagging cannot combine.
 
@@ -222,7 +238,11 @@ def empty_booster(params: dict[str, Any], num_features: int) -> bytes:
     xgb = xgboost_module()
     x = np.zeros((1, int(num_features)), dtype=np.float32)
     try:
-        booster = xgb.train(dict(params), xgb.DMatrix(x, label=np.zeros(1)), num_boost_round=0)
+        booster = xgb.train(
+            dict(params),
+            xgb.DMatrix(x, label=np.zeros(1), nthread=threads(params)),
+            num_boost_round=0,
+        )
     except xgb.core.XGBoostError as exc:
         raise ValueError(f"XGBoost refuses params: {_first_line(exc)}") from None
     return bytes(booster.save_raw("json"))
