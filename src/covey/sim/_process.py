@@ -39,7 +39,7 @@ from covey.sim._pool import Worker as _Worker
 from covey.sim._pool import cleanup as _cleanup
 from covey.sim._pool import never_started as _never_started
 from covey.sim._pool import too_many_files as _too_many_files
-from covey.sim._sendable import MAX_MESSAGE_BYTES
+from covey.sim._sendable import MAX_MESSAGE_BYTES, Unsent
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
@@ -335,8 +335,13 @@ class ProcessTransport:
         batches: dict[tuple[int, str | None], list[_shm.TaskItem]] = {}
         sizes: dict[str | None, dict[str, int]] = {}
         unsendable: list[Reply] = []
+        refused = Unsent()  # a config a deployed client refuses (NaN) fails its client
         for cid in sorted(tasks):
             task = tasks[cid]
+            failed = refused(cid, task)
+            if failed is not None:
+                unsendable.append(failed)
+                continue
             path, sizes[path] = self._publish(task)
             try:
                 item = _shm.task_item(

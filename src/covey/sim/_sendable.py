@@ -17,6 +17,10 @@ sends a task within (4 MiB of JSON, strings of at most 1 MiB; see
 :func:`~covey.transport.grpc._frames.task_header`): a task a deployed server
 could not send fails that client alone, with the deployed error, on every
 backend (the process backend's own check is :func:`~covey.sim._shm.task_item`).
+A config a deployed client would refuse, one holding NaN anywhere, fails that
+client with the deployed client's error (``refusing the task: the server's
+config holds NaN at lr``; see :func:`~covey.transport.grpc._checks.check_config`),
+on every backend; an infinity is kept, as deployed.
 Only what a deployed server would encode is checked: a compression scheme of
 one's own, which the inline backend hands its clients as the object (a
 deployed server names a scheme by its spec), stands as its name; a payload of
@@ -32,6 +36,7 @@ from covey.compress._runtime import CONFIG_KEY as COMPRESSION
 from covey.compress._runtime import KIND as COMPRESSED_FIT
 from covey.core._messages import EvaluateResult, FitResult, Reply, Task
 from covey.core._weights import Weights
+from covey.transport.grpc._checks import check_no_nan
 from covey.transport.grpc._wire import (
     WireError,
     WireLimits,
@@ -147,8 +152,9 @@ def unsent(cid: int, task: Task) -> Reply | None:
 
     The error is the deployed server's: ``cannot send the fit task to client 0: its
     config:`` (or ``its payload:``) then the size, the limit and the entry (or the
-    type no JSON value has). The common empty config and missing payload are not
-    measured.
+    type no JSON value has); or the deployed client's, for a config it refuses
+    (``refusing the task: the server's config holds NaN at lr``). The common empty
+    config and missing payload are not measured.
     """
     return _config_unsent(cid, task) or _payload_unsent(cid, task)
 
@@ -160,6 +166,10 @@ def _config_unsent(cid: int, task: Task) -> Reply | None:
         check_config(_as_sent(task), _SENT)
     except WireError as exc:
         return _failed(cid, task, "config", exc)
+    try:  # sendable, but a deployed client refuses it (see _checks.check_config)
+        check_no_nan(task.config)
+    except WireError as exc:
+        return Reply(cid, task.kind, error=f"refusing the task: {exc}")
     return None
 
 

@@ -16,7 +16,7 @@ import math
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,9 @@ __all__ = [
     "check_address",
     "check_config",
     "check_heartbeat",
+    "check_no_nan",
     "kinds_problem",
+    "nan_at",
     "own_name",
     "stated_properties",
     "welcome_heartbeat",
@@ -157,25 +159,43 @@ def check_config(config: Any) -> dict[str, Any]:
         return {}
     if not isinstance(config, dict):
         raise _wire.WireError(f"the server's config is a {type(config).__name__}, not an object")
-    where = _nan_at(config, "")
-    if where is not None:
-        raise _wire.WireError(f"the server's config holds NaN at {where or 'its top'}")
+    check_no_nan(config)
     return config
 
 
-def _nan_at(value: Any, path: str) -> str | None:
-    """The path of the first NaN in ``value`` (JSON as decoded, depth already capped)."""
-    if isinstance(value, float):
+def check_no_nan(config: Any) -> None:
+    """Refuse a config holding NaN anywhere, naming the entry (as :func:`check_config`).
+
+    Raises:
+        covey.transport.grpc._wire.WireError: ``the server's config holds NaN at lr``.
+    """
+    where = nan_at(config)
+    if where is not None:
+        raise _wire.WireError(f"the server's config holds NaN at {where or 'its top'}")
+
+
+def nan_at(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN in ``value`` (``lr``, ``opt.betas[1]``), else None.
+
+    ``value`` is JSON as decoded (depth already capped), or a config as a server
+    builds it, which may also hold tuples and NumPy scalars: a simulated client
+    is refused its task as a deployed one is (see :mod:`covey.sim._sendable`).
+
+    Example:
+        >>> nan_at({"opt": {"betas": (0.9, float("nan"))}})
+        'opt.betas[1]'
+    """
+    if isinstance(value, float | np.floating):
         return path if value != value else None
     if isinstance(value, np.ndarray):
         return path if value.dtype.kind == "f" and bool(np.isnan(value).any()) else None
     items: Any = ()
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):
         items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
     for where, item in items:
-        found = _nan_at(item, where)
+        found = nan_at(item, where)
         if found is not None:
             return found
     return None
