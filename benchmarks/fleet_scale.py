@@ -51,6 +51,8 @@ def serve_child(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, filename=args.log, format="%(asctime)s %(message)s")
     idle = args.rounds == 0
     needed = args.clients + 1 if idle else args.clients
+    # The server refuses at start to wait for more clients than it admits: the idle
+    # phase's one client more may pass the default cap of 1000 (``--clients 1000``).
     strategy = covey.FedAvg(
         fraction_fit=args.fraction,
         min_fit_clients=max(1, int(args.fraction * args.clients)),
@@ -69,6 +71,7 @@ def serve_child(args: argparse.Namespace) -> None:
             run_dir=args.run_dir,
             on_listen=lambda port: Path(args.port_file).write_text(str(port)),
             wait_timeout=args.deadline,
+            max_clients=max(1000, needed),
             round_timeout=30.0,
             heartbeat=args.heartbeat,
             plot=False,
@@ -141,6 +144,21 @@ def finished(
         raise SystemExit(f"rounds phase: the server ran {done} of {rounds} rounds; log: {log}")
 
 
+def listening(
+    server: subprocess.Popen[bytes], port_file: Path, log: Path, end: float, name: str
+) -> None:
+    """Return once the server has written its port; exit naming why if it ends first."""
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if server.poll() is not None:  # its error (a setting serve() refuses) is above
+            raise SystemExit(
+                f"{name} phase: the server exited (exit status {server.returncode}) "
+                f"before it listened; server log: {log}"
+            )
+        if time.monotonic() > end:
+            raise SystemExit(f"{name} phase: the server did not listen before --deadline")
+        time.sleep(0.05)
+
+
 def phase(args: argparse.Namespace, folder: Path, rounds: int) -> dict[str, Any]:
     """Start the server and the client processes; measure; kill every child by its pid."""
     log, port_file, run_dir = folder / "server.log", folder / "port", folder / "run"
@@ -165,8 +183,7 @@ def phase(args: argparse.Namespace, folder: Path, rounds: int) -> dict[str, Any]
     out: dict[str, Any] = {}
     try:
         end = time.monotonic() + args.deadline
-        while not port_file.exists() and time.monotonic() < end:
-            time.sleep(0.05)
+        listening(server, port_file, log, end, "idle" if rounds == 0 else "rounds")
         start = time.monotonic()
         share = -(-args.clients // args.procs)
         for k in range(args.procs):

@@ -447,3 +447,43 @@ def test_hostile_peers_stops_when_its_server_ends_before_listening(
     up = subprocess.Popen([sys.executable, "-c", "pass"])
     up.wait()
     assert listening(up, port_file, log) == 4321
+
+
+@pytest.mark.parametrize("rounds", [0, 5])
+def test_fleet_scale_serves_a_fleet_of_1000_within_the_server_cap(
+    more_bench: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rounds: int
+) -> None:
+    # The idle phase waits for one client more than --clients: 1001 passed the default
+    # max_clients=1000, and the server refused to start.
+    import covey.deploy
+    from covey.deploy._servechecks import check_capacity
+
+    served: list[int] = []
+
+    def serve(strategy: Any, *args: Any, max_clients: int = 1000, **kwargs: Any) -> None:
+        check_capacity(strategy, max_clients)  # as covey.deploy.serve does first
+        served.append(strategy.min_available_clients)
+
+    monkeypatch.setattr(covey.deploy, "serve", serve)
+    fleet = more_bench["fleet_scale"]
+    args = fleet.parse_args(["--child", "server", "--clients", "1000", "--rounds", str(rounds)])
+    args.log, args.run_dir = str(tmp_path / "server.log"), str(tmp_path / "run")
+    fleet.serve_child(args)
+    assert served == [1001 if rounds == 0 else 1000]
+
+
+@pytest.mark.timeout(120)
+def test_fleet_scale_stops_at_once_when_its_server_cannot_start(tmp_path: Path) -> None:
+    # A heartbeat over a day passes the script's flags but not serve(): the server
+    # exits at once, and the script used to wait for its port until --deadline.
+    flags = ["--clients", "2", "--procs", "1", "--heartbeat", "1e6", "--deadline", "600"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "fleet_scale.py"), *flags, "--idle", "1", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "heartbeat must be between" in done.stderr
+    assert "idle phase: the server exited (exit status 1) before it listened" in done.stderr
