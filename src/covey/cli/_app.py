@@ -22,6 +22,7 @@ import covey
 from covey.core._extras import MissingExtraError, extra_for
 from covey.core._interrupt import interrupt_in, interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_errors import folder_flag
+from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import output_console
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def _root(
     """covey: federated learning and federated analytics."""
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def demo(
     clients: Annotated[int, typer.Option(min=2, help="Simulated clients.")] = 100,
     rounds: Annotated[int, typer.Option(min=0, help="Rounds of FedAvg.")] = 30,
@@ -239,15 +240,15 @@ def _mount() -> None:
     from covey.deploy._cli_certs import certs_app
     from covey.deploy._cli_client import client_command
 
-    app.command("server")(server_command)
-    app.command("client")(client_command)
-    app.command("new")(new_command)
-    app.command("run")(run_command)
-    app.command("site")(site_command)
-    app.command("query")(query_command)
+    app.command("server", cls=HelpCommand)(server_command)
+    app.command("client", cls=HelpCommand)(client_command)
+    app.command("new", cls=HelpCommand)(new_command)
+    app.command("run", cls=HelpCommand)(run_command)
+    app.command("site", cls=HelpCommand)(site_command)
+    app.command("query", cls=HelpCommand)(query_command)
     app.add_typer(certs_app, name="certs", help="Make and manage the federation's certificates.")
-    app.command("dashboard")(dashboard_command)
-    runs_app.command("report")(report_command)
+    app.command("dashboard", cls=HelpCommand)(dashboard_command)
+    runs_app.command("report", cls=HelpCommand)(report_command)
     app.add_typer(runs_app, name="runs")
 
 

@@ -41,6 +41,7 @@ from covey.cli._runstatus import (
 from covey.dashboard._runjson import run_files_within
 from covey.dashboard._runs import discover_runs, has_history, later_rounds, run_id
 from covey.deploy._cli_errors import fail, folder_flag
+from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import TEXT_FLOOR, output_console, print_table
 from covey.deploy._shown import escape
 from covey.server._rundb import is_held
@@ -194,7 +195,7 @@ def _runs_in(runs_dir: Path, notices: list[str]) -> list[tuple[str, Path, Histor
     return found
 
 
-@runs_app.command("list")
+@runs_app.command("list", cls=HelpCommand)
 def list_runs(
     folder: Annotated[
         Path | None,
@@ -347,7 +348,7 @@ def _failures_table(history: History, failures: list[tuple[int, Any]]) -> Table:
     return table
 
 
-@runs_app.command("show")
+@runs_app.command("show", cls=HelpCommand)
 def show_run(
     run: Annotated[str, typer.Argument(help="A run folder, or a run's name under --dir.")],
     runs_dir: RunsDir = Path("runs"),

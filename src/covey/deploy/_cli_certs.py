@@ -16,6 +16,7 @@ from rich.table import Table
 
 from covey.deploy import certs as _certs
 from covey.deploy._cli_errors import fail
+from covey.deploy._cli_help import HelpCommand
 from covey.deploy._cli_tables import output_console, print_table
 
 __all__ = ["certs_app"]
@@ -99,7 +100,7 @@ _DirOption = Annotated[
 ]
 
 
-@certs_app.command("init")
+@certs_app.command("init", cls=HelpCommand)
 def init(
     directory: _DirOption,
     host: Annotated[
@@ -170,7 +171,7 @@ def init(
     )
 
 
-@certs_app.command("renew-server")
+@certs_app.command("renew-server", cls=HelpCommand)
 def renew_server(
     directory: _DirOption,
     host: Annotated[
@@ -198,7 +199,7 @@ def renew_server(
     out.print("Restart the server to use it (covey server --resume RUN_DIR ... continues a run).")
 
 
-@certs_app.command("issue")
+@certs_app.command("issue", cls=HelpCommand)
 def issue(
     client_id: Annotated[
         str,
@@ -231,7 +232,7 @@ def issue(
     )
 
 
-@certs_app.command("revoke")
+@certs_app.command("revoke", cls=HelpCommand)
 def revoke(
     client_id: Annotated[
         str,
@@ -260,7 +261,7 @@ def revoke(
     )
 
 
-@certs_app.command("list")
+@certs_app.command("list", cls=HelpCommand)
 def list_(directory: _DirOption) -> None:
     """List the issued client certificates."""
     root = _federation_dir(directory)
