@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import covey
+from covey.cli._stdout import StdoutError, checked_stdout, stop_writing
 from covey.core._extras import MissingExtraError, extra_for
 from covey.core._interrupt import interrupt_in, interrupts_as_such, stopping_on_sigterm
 from covey.deploy._cli_errors import folder_flag
@@ -315,12 +316,14 @@ def main() -> None:
     """
     verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
     _tolerant_output()
+    checked_stdout()  # output that cannot be written ends the command with an error
     try:
         code = app(
             args=_without_traceback_flag(sys.argv[1:]) if verbose else None,
             prog_name="covey",  # as the help and errors name commands (not `python -m ...`)
             standalone_mode=False,  # click's mistakes come here, to end in one line
         )
+        sys.stdout.flush()  # here, not as Python exits, where its failure would be ignored
     except KeyboardInterrupt:  # outside a command (a command's own ends in typer's Exit(130))
         if verbose:
             raise
@@ -328,6 +331,8 @@ def main() -> None:
     except Exception as exc:
         if _from_click(exc):  # the command line itself: a misspelled option, a wrong value
             _usage_error(exc)
+        if isinstance(exc, StdoutError):  # `covey runs list > /dev/full`, or with it closed
+            _unwritable(exc)
         if verbose:
             raise
         if interrupt_in(exc) is not None:  # Ctrl-C that an import made an ImportError, say
@@ -353,6 +358,17 @@ def main() -> None:
         raise SystemExit(1) from None
     # A command's own typer.Exit(code) comes back as its code; a finished command's None is 0.
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _unwritable(exc: StdoutError) -> NoReturn:
+    """End a command whose output could not be written: one line on standard error, exit 1."""
+    stop_writing()
+    err = Console(stderr=True, highlight=False, emoji=False)
+    err.print(
+        f"[bold red]error:[/] cannot write to standard output: {escape(str(exc.strerror))}",
+        soft_wrap=True,
+    )
+    raise SystemExit(1)
 
 
 def _from_click(exc: BaseException) -> bool:
