@@ -183,7 +183,10 @@ def load_weights(module: Any, weights: Weights) -> None:
             is an expanded view that cannot be
             written (``torch.arange(3).expand(4, 3)``); the module is then left
             unchanged. Other dtypes are cast to the module's (float64 weights
-            into a float32 model, say).
+            into a float32 model, say). A float with a fraction going into an
+            integer tensor is cut toward zero, as torch casts it, silently
+            (2.7 becomes 2, -2.7 becomes -2: a mean of BatchNorm's
+            ``num_batches_tracked`` counters, say).
 
     A tensor the module lists under several names (tied weights,
     ``out.weight = inp.weight``) takes the names' common value, or their mean
