@@ -367,16 +367,18 @@ def shape(stat: Mapping[str, Any], groups: int) -> tuple[int, ...]:
     return dims
 
 
-def check_where(con: Any, table: str, where: str) -> None:
+def check_where(con: Any, table: str, where: str, kinds: Mapping[str, str] | None = None) -> None:
     """Bind and run ``where`` on one made-up row shaped like ``table``.
 
     The row holds ``''`` in each text column and NULL in the others. A literal of
     another type than its column (``age = 'old'``, or ``name = 1``, which casts
     each name to a number) fails here, as it could on some row; what the table's
     rows hold cannot make this fail, so a refusal tells nothing about them.
+    ``kinds`` is the table's ``{column: type}`` if known (None: DESCRIBE it).
     """
     name = table_name(table)
-    texts = [quote(c) for c, kind in columns(con, table).items() if kind == "VARCHAR"]
+    kinds = columns(con, table) if kinds is None else kinds
+    texts = [quote(c) for c, kind in kinds.items() if kind == "VARCHAR"]
     empties = ", ".join("'' AS " + c for c in texts)
     replace = f" REPLACE ({empties})" if texts else ""
     row = (
@@ -395,6 +397,7 @@ def compute(
     bounds: Mapping[str, Sequence[float]],
     stats: Sequence[Mapping[str, Any]],
     memo: Memo | dict[str, SortedValues] | None = None,
+    kinds: Mapping[str, str] | None = None,
 ) -> Computed:
     """Compute ``stats`` over the rows of ``table`` that satisfy ``where``, per group.
 
@@ -410,6 +413,8 @@ def compute(
         memo: Where a query's sorted column is kept between its stages, so the
             bisection rounds of a quantile scan the table once (None: no memo; a
             dict is kept in a :class:`Memo`, for one thread only).
+        kinds: The table's ``{column: DuckDB type}``, as the site described it
+            when it loaded the table (None: DESCRIBE the table now).
 
     Returns:
         The count of rows per group, a vector per statistic, clipped counts per
@@ -422,7 +427,7 @@ def compute(
         memo = Memo(memo)
     # an event column is read as 0 or 1 (a site's policy declares those bounds for it)
     bounds = {**{str(s["event"]): (0.0, 1.0) for s in stats if s["op"] == "km"}, **bounds}
-    kinds = columns(con, table)
+    kinds = columns(con, table) if kinds is None else kinds
     gexpr, params, groups = _group_index(group_by, domains, kinds)
     if groups > MAX_GROUPS:
         raise ValueError(f"the query has {groups} groups; the cap is {MAX_GROUPS}")

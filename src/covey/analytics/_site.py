@@ -30,7 +30,7 @@ from covey.analytics._requests import check_stats
 from covey.analytics._sorted import Memo
 from covey.analytics._sql import Plan, plan
 from covey.analytics._sqltext import QueryError, fold
-from covey.analytics._tables import columns, load_tables
+from covey.analytics._tables import open_tables
 from covey.analytics._withholding import noise_request, noise_suffices, withhold
 from covey.clients import Client
 from covey.clients._client import register_builtin
@@ -234,9 +234,9 @@ class Site(Client):
             raise TypeError(f"policy must be a covey.analytics.Policy, got {type(policy).__name__}")
         self.name = name
         self.policy = policy
-        self._con = load_tables(tables)
+        # described once, as loaded: the tables never change afterwards
+        self._con, self._columns = open_tables(tables)
         self._tables = set(tables)
-        self._columns = {t: columns(self._con, t) for t in tables}
         self.ledger_file = None if ledger is None else Path(ledger)
         limit, delta = (policy.epsilon, policy.delta) if policy else (None, 1e-6)
         if self.ledger_file is None:
@@ -288,7 +288,8 @@ class Site(Client):
         """
         policy, p = self._check(request)
         if p.where is not None:
-            self._duckdb(lambda con: check_where(con, p.table, p.where), p)
+            kinds = self._kinds(p)
+            self._duckdb(lambda con: check_where(con, p.table, p.where, kinds), p)
         reply = {"site": self.name, **policy.describe(), "spent": self.budget.spent}
         first = request.get("first")
         if isinstance(first, Mapping):  # would the whole query fit in the budget?
@@ -396,13 +397,20 @@ class Site(Client):
         at once (a federation's stages in threads, two analysts' queries) then
         neither fail nor read each other's results.
         """
+        kinds = self._kinds(p)
 
         def run(con: Any) -> Computed:
             if p.where is not None:  # types first, on no row (see check_where)
-                check_where(con, p.table, p.where)
-            return compute(con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted)
+                check_where(con, p.table, p.where, kinds)
+            return compute(
+                con, p.table, p.where, p.group_by, domains, bounds, stats, self._sorted, kinds
+            )
 
         return self._duckdb(run, p)
+
+    def _kinds(self, p: Plan) -> dict[str, str]:
+        """``{column: DuckDB type}`` of the table ``p`` queries, as described when loaded."""
+        return next(kinds for t, kinds in self._columns.items() if fold(t) == fold(p.table))
 
     def _duckdb(self, run: Callable[[Any], _T], p: Plan) -> _T:
         """``run(cursor)`` on a cursor of its own; a DuckDB error: a refusal that quotes no row."""

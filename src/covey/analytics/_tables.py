@@ -150,17 +150,21 @@ def _file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     return [str(v) for v in (row or ()) if v is not None]
 
 
-def _nan_to_null(con: duckdb.DuckDBPyConnection, name: str) -> None:
+def _nan_to_null(con: duckdb.DuckDBPyConnection, name: str, kinds: Mapping[str, str]) -> None:
     """Read NaN as NULL in a table's floating-point columns, as pandas does.
 
     A DataFrame's NaN reaches DuckDB as NULL, but Parquet and CSV keep it a value,
     which DuckDB orders above every number: it would be clipped to the top of the
     bounds and summed, so the same data would answer otherwise from another source.
+    One statement for all the columns (``kinds``, the table's ``{column: type}``),
+    so the table is scanned once; a row without a NaN is left as it is.
     """
-    for col, kind in columns(con, name).items():
-        if kind.upper() in ("FLOAT", "DOUBLE", "REAL"):
-            column = quote(col)
-            con.execute(f"UPDATE {table_name(name)} SET {column} = NULL WHERE isnan({column})")  # noqa: S608
+    floats = [quote(c) for c, kind in kinds.items() if kind.upper() in ("FLOAT", "DOUBLE", "REAL")]
+    if not floats:
+        return
+    sets = ", ".join(f"{c} = CASE WHEN isnan({c}) THEN NULL ELSE {c} END" for c in floats)
+    anywhere = " OR ".join(f"isnan({c})" for c in floats)
+    con.execute(f"UPDATE {table_name(name)} SET {sets} WHERE {anywhere}")  # noqa: S608
 
 
 def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
@@ -173,6 +177,18 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
 
     Returns:
         The connection; each table is queryable by its name.
+    """
+    return open_tables(tables)[0]
+
+
+def open_tables(
+    tables: Mapping[str, Any],
+) -> tuple[duckdb.DuckDBPyConnection, dict[str, dict[str, str]]]:
+    """:func:`load_tables`, and each table's ``{column: DuckDB type}`` (see :func:`columns`).
+
+    Each table is described once, as loaded: no statement run on the connection
+    afterwards can change a table (external access and the configuration are
+    locked, and a site runs only the SELECTs it writes itself).
     """
     if not isinstance(tables, Mapping) or not tables:
         raise ValueError("a site needs at least one table: tables={name: source}")
@@ -212,13 +228,14 @@ def load_tables(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
                 f"table {name!r}: expected a DataFrame, a .parquet/.csv path or "
                 f"'sqlite:///path', got {type(source).__name__}"
             )
+    schemas = {name: columns(con, name) for name in tables}
     for name in tables:
-        _nan_to_null(con, name)
+        _nan_to_null(con, name, schemas[name])
     # the tables are in memory now: whatever a query says, DuckDB reads no file
     # (read_csv('/etc/passwd'), ATTACH, COPY) and no setting can turn that back on
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    return con
+    return con, schemas
 
 
 def columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
