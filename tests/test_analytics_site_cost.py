@@ -1,7 +1,8 @@
 """What building a site and answering a query cost in DuckDB statements and SQL parses.
 
 Many sites simulated in one process each pay these, so they are counted here
-(not timed): a site describes each of its tables once, when it loads them.
+(not timed): a site describes each of its tables once, when it loads them, and
+the sites of one process parse one query's text once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covey.analytics import Policy, Site, query
+from covey.analytics import Policy, QueryError, Site, query
 
 
 class _Counting:
@@ -84,6 +85,42 @@ def test_a_site_describes_each_table_once_whatever_it_answers(
         assert len(df) >= 1
     assert len(seen) > 10  # the queries ran on the counted connection
     assert described() == ['"patients"', '"visits"']
+
+
+def test_the_sites_of_one_process_parse_a_query_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every site parsed the SQL again for its check and for every stage it answered
+    from covey.analytics import _sql
+
+    parsed: list[str] = []
+    parse = _sql._plan
+
+    def counting(sql: str) -> Any:
+        parsed.append(sql)
+        return parse(sql)
+
+    monkeypatch.setattr(_sql, "_plan", counting)
+    kept = getattr(_sql, "_kept_plan", None)
+    if kept is not None:  # a text kept before this test would not be parsed in it
+        kept.cache_clear()
+    frames = [_frame(seed) for seed in range(4)]
+    sites = [Site({"patients": f}, POLICY, name=f"site-{i}") for i, f in enumerate(frames)]
+    sql = (
+        "SELECT sex, AVG(age), VAR_SAMP(age), COUNT(*) FROM patients WHERE bmi > 18.25 GROUP BY sex"
+    )
+    for secure in (False, True):
+        df = query(sites, sql, secure=secure).set_index("sex")
+        assert parsed == [sql]
+        # the answers are those of the pooled rows
+        pooled = pd.concat(frames)
+        pooled = pooled[pooled["bmi"] > 18.25].groupby("sex")["age"]
+        np.testing.assert_allclose(df["AVG(age)"], pooled.mean(), rtol=1e-9)
+        np.testing.assert_allclose(df["VAR_SAMP(age)"], pooled.var(), rtol=1e-9)
+        np.testing.assert_array_equal(df["COUNT(*)"], pooled.size())
+    # a refused text is refused each time, never kept
+    for _ in range(2):
+        with pytest.raises(QueryError, match="row-level"):
+            query(sites, "SELECT sex FROM patients GROUP BY sex", secure=False)
+    assert parsed.count("SELECT sex FROM patients GROUP BY sex") == 2
 
 
 def test_nan_in_several_float_columns_of_a_file_is_null_in_each(tmp_path: Path) -> None:

@@ -5,11 +5,13 @@ columns and a list of :class:`Aggregate` items, each of which the server later
 rewrites into sums the sites compute. Anything else is refused with a
 :class:`QueryError` naming the clause and where it starts in the SQL text.
 Sites parse the same SQL themselves with :func:`plan`, so they never run a
-condition they have not checked.
+condition they have not checked. A process keeps the plans of the texts it
+parsed last (many sites simulated in one process parse a query once).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -24,6 +26,8 @@ from covey.analytics import _sqlclauses
 from covey.analytics._sqltext import DIALECT, QueryError, SqlText, fold
 
 MAX_WHERE_DEPTH = 500  # how deep a WHERE may nest: DuckDB at the sites reads at most 1000
+KEPT_PLANS = 128  # the plans a process keeps, of the texts it parsed last
+MAX_KEPT_TEXT = 32_768  # a longer text is parsed again each time (the memo stays small)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +358,23 @@ def plan(sql: str) -> Plan:
         >>> p = plan("SELECT sex, AVG(age) FROM patients WHERE age > 18 GROUP BY sex")
         >>> p.table, p.group_by, p.aggregates[0].func
         ('patients', ('sex',), 'avg')
+
+    A text parsed lately is answered with the same (immutable) plan, parsed and
+    checked once; a refused text is parsed and refused each time.
     """
+    if type(sql) is str and len(sql) <= MAX_KEPT_TEXT:
+        return _kept_plan(sql)
+    return _plan_on_thread(sql)
+
+
+@functools.lru_cache(maxsize=KEPT_PLANS)
+def _kept_plan(sql: str) -> Plan:
+    """:func:`plan` of a text, kept (an error is raised, not kept)."""
+    return _plan_on_thread(sql)
+
+
+def _plan_on_thread(sql: Any) -> Plan:
+    """Parse and check ``sql`` (see :func:`plan`) on a thread of its own."""
     # On a thread of its own: the parser's frames, not the caller's (a notebook, a
     # site's task handler), decide how deep a query may nest, the same everywhere.
     box: dict[str, Any] = {}
