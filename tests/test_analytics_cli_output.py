@@ -160,3 +160,22 @@ def test_a_second_site_process_on_one_ledger_is_refused(tmp_path: Path) -> None:
 
 def test_a_ledger_in_a_missing_folder_is_left_to_the_site_to_name(tmp_path: Path) -> None:
     assert hold_ledger(tmp_path / "no-such-folder" / "a.json") is None
+
+
+def test_without_tls_the_site_and_the_query_warn_of_queries_not_a_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # `covey site --insecure` and `covey query --insecure` warned that anyone could "see the
+    # model": analytics sends no model, but queries and the sites' answers.
+    from covey.analytics._cli import _query_tls, _site_tls
+
+    with caplog.at_level("WARNING", logger="covey"):
+        assert _site_tls(None, None, None, True, "127.0.0.1:1") is None
+        assert _query_tls(None, "127.0.0.1:2") is None
+    site, server = (r.getMessage() for r in caplog.records)
+    assert site.startswith("connecting WITHOUT TLS: anyone on the way to 127.0.0.1:1")
+    assert "see the queries and the site's answers and pose as the server" in site
+    assert server == (
+        "serving WITHOUT TLS: anyone who can reach 127.0.0.1:2 can join and see the query "
+        "and the sites' answers"
+    )

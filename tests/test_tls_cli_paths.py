@@ -109,8 +109,8 @@ def test_covey_site_insecure_warns_once(
     assert "no query server in this test" in out
     said = [r.getMessage() for r in caplog.records if "WITHOUT TLS" in r.getMessage()]
     assert said == [
-        "connecting WITHOUT TLS: anyone on the way to 127.0.0.1:1 can see the model "
-        "and pose as the server"
+        "connecting WITHOUT TLS: anyone on the way to 127.0.0.1:1 can see the queries "
+        "and the site's answers and pose as the server"
     ]
 
 
@@ -135,7 +135,8 @@ def test_covey_query_insecure_warns_as_covey_server_does(
     assert code == 1, out
     said = [r.getMessage() for r in caplog.records if "WITHOUT TLS" in r.getMessage()]
     assert said == [
-        "serving WITHOUT TLS: anyone who can reach 127.0.0.1:9 can join and see the model"
+        "serving WITHOUT TLS: anyone who can reach 127.0.0.1:9 can join and see the query "
+        "and the sites' answers"
     ]
 
 

@@ -240,7 +240,8 @@ def _site_tls(
         raise typer.BadParameter("--server-name needs --certs (--insecure checks none)")
     if not insecure:
         raise typer.BadParameter("give --certs DIR --name ID, or --insecure")
-    warn_without_tls(server)  # said once, not at every query server the site joins
+    # said once, not at every query server the site joins
+    warn_without_tls(server, "the queries and the site's answers")
     return None
 
 
@@ -357,7 +358,7 @@ def _query_tls(certs: Path | None, server: str) -> Any:
 
     if certs is not None:
         return tls_from_dir(certs)
-    warn_serving_without_tls(server)  # as `covey server --insecure` says
+    warn_serving_without_tls(server, "the query and the sites' answers")  # as `covey server` does
     return None
 
 

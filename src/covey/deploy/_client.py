@@ -26,15 +26,14 @@ logger = logging.getLogger("covey")
 connect = flower_keywords(FLOWER_CONNECT)(_connect)
 
 
-def warn_without_tls(address: str) -> None:
+def warn_without_tls(address: str, what: str = "the model") -> None:
     """Warn that a client connects to ``address`` without TLS, as a server serving without it does.
 
+    ``what`` names what travels in the clear (an analytics site sends answers, not a model).
     Logged (to standard error under ``covey client``), never printed on standard output.
     """
-    said = (
-        "connecting WITHOUT TLS: anyone on the way to %s can see the model and pose as the server"
-    )
-    logger.warning(said, address)
+    said = "connecting WITHOUT TLS: anyone on the way to %s can see %s and pose as the server"
+    logger.warning(said, address, what)
 
 
 def client_tls(

@@ -94,7 +94,10 @@ def server_tls(
     return tls
 
 
-def warn_serving_without_tls(address: str) -> None:
-    """Warn that a server listens at ``address`` without TLS (a port 0 is logged once chosen)."""
-    said = "serving WITHOUT TLS: anyone who can reach %s can join and see the model"
-    logger.warning(said, address.removesuffix(":0"))
+def warn_serving_without_tls(address: str, what: str = "the model") -> None:
+    """Warn that a server listens at ``address`` without TLS (a port 0 is logged once chosen).
+
+    ``what`` names what a stranger who joins sees (a query server sends queries, not a model).
+    """
+    said = "serving WITHOUT TLS: anyone who can reach %s can join and see %s"
+    logger.warning(said, address.removesuffix(":0"), what)
