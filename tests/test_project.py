@@ -171,6 +171,32 @@ def test_the_generated_projects_own_tests_pass(project: Path) -> None:
     assert "2 passed" in out.stdout
 
 
+def test_the_generated_readme_starts_as_many_clients_as_the_server_waits_for(
+    project: Path,
+) -> None:
+    # The README served the project and started one client, `--cid 0`: the server waits
+    # for two before round 1, so following it as written waited until the timeout.
+    wanted = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from clinic_fed.server_app import server_app; "
+            "print(server_app().strategy.describe()['options']['min_available_clients'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(project), *sys.path])},
+    )
+    assert wanted.returncode == 0, wanted.stderr
+    readme = (project / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    clients = [line for line in readme.splitlines() if line.strip().startswith("covey client")]
+    cids = {re.search(r"--cid (\d+)", line).group(1) for line in clients}  # type: ignore[union-attr]
+    names = {re.search(r"--name (\S+)", line).group(1) for line in clients}  # type: ignore[union-attr]
+    assert len(cids) == len(names) == len(clients) >= int(wanted.stdout)
+
+
 def test_run_rejects_unknown_settings(project: Path) -> None:
     out = covey_cli("run", "--federation", "nowhere", cwd=project)
     assert out.returncode == 2

@@ -70,10 +70,15 @@ The trained model is in the run's folder: `model.safetensors` after a
 simulation, `weights/round-NNNNN.safetensors` (one per round, the newest is
 the final model) after a served run; `safetensors.numpy.load_file` reads it.
 
-Serve it for real clients (see `[tool.covey.federations.local]`):
+Serve it for real clients (see `[tool.covey.federations.local]`). Its rounds
+start once two clients have joined, so start two or more, each in its own
+terminal with its own `--cid` (the site whose data it holds, from 0 to
+`clients` - 1) and name:
 
     covey run --federation local
     covey client --app $pkg.client_app:client_fn --cid 0 --name site-0 \\
+        --server 127.0.0.1:9092 --insecure
+    covey client --app $pkg.client_app:client_fn --cid 1 --name site-1 \\
         --server 127.0.0.1:9092 --insecure
 
 Test it (pytest is not installed with covey: `pip install pytest`):
