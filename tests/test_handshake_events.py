@@ -7,18 +7,21 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import covey
+from covey.deploy import tls_from_dir
 from covey.deploy._client import tls_from_certs
 from covey.deploy.certs import init_federation, issue_client
 from covey.server._store import RunStore
-from covey.transport.grpc._handshakes import FDS, _Sockets, parse_peer
+from covey.transport.grpc._handshakes import FDS, HandshakeWatch, _Sockets, parse_peer
+from covey.transport.grpc._server import GrpcServerTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _live import Fit, Joined, Served
+from _live import Events, Fit, Joined, Served
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -241,3 +244,102 @@ def test_a_client_turned_away_by_a_full_server_is_not_reported_as_a_failed_hands
     refusals = _refusals(run)
     assert any("the server is full" in detail for _, detail in refusals), refusals
     assert not [d for _, d in refusals if "TLS handshake failed" in d], refusals
+
+
+class _Listings:
+    """A stand-in for the watch's socket table: each listing's peers, and what happens during it."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[set[tuple[str, int]], Callable[[], object] | None]] = []
+
+    def peers(self, port: int) -> set[tuple[str, int]]:
+        peers, meanwhile = self.script.pop(0)
+        if meanwhile is not None:
+            meanwhile()
+        return peers
+
+
+def _scripted_watch(
+    monkeypatch: pytest.MonkeyPatch, seen: list[tuple[str, str, str]]
+) -> tuple[HandshakeWatch, _Listings]:
+    """A watch without its thread (the test settles), reading a scripted socket table."""
+    from covey.transport.grpc import _handshakes
+
+    monkeypatch.setattr(_handshakes, "FDS", Path("/nonexistent/fd"))  # no thread started
+    monkeypatch.setattr(_handshakes, "_channelz_peers", set)
+    watch = HandshakeWatch(lambda *event: seen.append(event))
+    listings = _Listings()
+    watch.enabled, watch.port, watch._sockets = True, 1, listings  # type: ignore[assignment]
+    return watch, listings
+
+
+def test_a_connection_made_while_the_watch_lists_the_sockets_is_not_taken_for_a_failed_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The settling listing was taken before it connected; it was judged by it, as gone.
+    seen: list[tuple[str, str, str]] = []
+    watch, listings = _scripted_watch(monkeypatch, seen)
+    old, new = ("127.0.0.1", 5000), ("127.0.0.1", 5001)
+    listings.script.append(({old}, None))
+    watch._note_new()
+    listings.script += [({old}, watch._note_new), ({old, new}, None)]  # it connects meanwhile
+    assert watch._settle()
+    listings.script.append(({old, new}, None))
+    watch.saw("ipv4:127.0.0.1:5001")
+    watch._settle()
+    assert seen == []
+
+
+def test_a_connection_that_closes_while_a_listing_runs_is_not_taken_for_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A listing begun while it was open noted it again once it had gone: a failure.
+    seen: list[tuple[str, str, str]] = []
+    watch, listings = _scripted_watch(monkeypatch, seen)
+    done, waiting, new = ("127.0.0.1", 5000), ("127.0.0.1", 5001), ("127.0.0.1", 5002)
+    listings.script += [({done, waiting}, None), ({done, waiting}, None)]
+    watch._note_new()
+    watch.saw("ipv4:127.0.0.1:5000")
+    watch._settle()  # its call came: passed
+    # A new connection's listing sees it still open; it closes, and the watch settles.
+    listings.script += [({done, waiting, new}, watch._settle), ({waiting}, None)]
+    watch._note_new()
+    listings.script.append(({waiting, new}, None))
+    watch.saw("ipv4:127.0.0.1:5002")
+    watch._settle()
+    assert seen == []
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs /proc/self/fd")
+def test_a_connection_the_stopping_server_cuts_is_not_reported_as_a_failed_handshake(
+    tmp_path: Path,
+) -> None:
+    init_federation(tmp_path / "fed")
+    events = Events()
+    transport = GrpcServerTransport(
+        "127.0.0.1:0", tls=tls_from_dir(tmp_path / "fed"), on_event=events
+    )
+    watch = transport._service.handshakes
+    assert watch is not None
+    assert watch._thread is not None
+    thread = watch._thread
+    with socket.create_connection(("127.0.0.1", transport.port), timeout=30) as raw:
+        peer = ("127.0.0.1", raw.getsockname()[1])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and peer not in watch._pending:  # in its handshake
+            time.sleep(0.01)
+        assert peer in watch._pending
+        stop = transport._server.stop
+
+        def stopping(grace: float | None) -> threading.Event:
+            # The server cuts the connection; the watch, if still on, has it settled.
+            stopped = stop(grace)
+            assert raw.recv(1) == b""
+            end = time.monotonic() + 30
+            while time.monotonic() < end and watch._pending and thread.is_alive():
+                time.sleep(0.01)
+            return stopped
+
+        transport._server.stop = stopping
+        transport.close()
+    assert events.of("refused") == []

@@ -52,6 +52,9 @@ BUDGET = 0.05
 """Most CPU seconds a second :meth:`HandshakeWatch.fetch` spends listing this process's
 sockets (past it, new connections are counted, not traced), and the most CPU time per
 second of waiting the background thread spends settling."""
+GONE_KEPT = 60.0
+"""Seconds a settled connection found gone is remembered, so that a listing that saw it
+open before it closed does not take it for a new connection."""
 FIRST_REPORTED = 8
 """Failures of one host reported each; after them, only the 16th, 32nd, 64th..."""
 MAX_HOSTS = 10_000
@@ -185,6 +188,9 @@ class HandshakeWatch:
         self._lock = threading.Lock()
         self._pending: dict[Peer, float] = {}
         self._settled: set[Peer] = set()
+        # Settled peers since found gone, with when: a listing begun before then may have
+        # seen their connection still open, and must not take it for a new one.
+        self._gone: dict[Peer, float] = {}
         self._streams: set[Peer] = set()
         self._failures: dict[str, int] = {}
         self._reads: list[tuple[float, float]] = []  # (when, seconds) of recent reads
@@ -218,7 +224,11 @@ class HandshakeWatch:
                 self._streams.add(found)
 
     def close(self) -> None:
-        """Stop the background thread (connections still pending are not reported)."""
+        """Stop the background thread (connections still pending are not reported).
+
+        Called before the server stops: connections it cuts as it stops did not fail
+        their handshakes.
+        """
         self._closed.set()
         self._wake.set()
         if self._thread is not None:
@@ -246,10 +256,12 @@ class HandshakeWatch:
         took = time.thread_time() - cpu
         if peers is None:
             return
+        listed = time.monotonic()  # each peer was connected before this
         with self._lock:
             self._reads.append((now, took))
             for peer in peers - self._settled:
-                self._pending.setdefault(peer, now)
+                if self._gone.get(peer, -1.0) < now:  # not an old connection, gone since
+                    self._pending.setdefault(peer, listed)
         self._wake.set()
 
     def _run(self) -> None:
@@ -269,21 +281,28 @@ class HandshakeWatch:
             if not self._pending:
                 self._streams.clear()
                 return False
+        began = time.monotonic()
         current = self._sockets.peers(self.port) or set()
         live = _channelz_peers()
         failed: list[Peer] = []
         with self._lock:
+            now = time.monotonic()
             passed = live | self._streams
             self._streams.clear()
-            for peer in list(self._pending):
+            for peer, noted in list(self._pending.items()):
                 if peer in passed:
                     del self._pending[peer]
                     self._settled.add(peer)
-                elif peer not in current:
+                elif peer not in current and noted < began:  # gone, not yet listed
                     del self._pending[peer]
                     failed.append(peer)
-            self._settled &= current  # a closed connection's address may come back
+            # A closed connection's address may come back: forgotten, and noted as gone.
+            self._gone = {p: t for p, t in self._gone.items() if now - t < GONE_KEPT}
+            self._gone.update(dict.fromkeys(self._settled - current, now))
+            self._settled &= current
             remaining = bool(self._pending)
+        if self._closed.is_set():  # the server is stopping: it cut them
+            return False
         for peer in failed:
             self._report(peer)
         return remaining

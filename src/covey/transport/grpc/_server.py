@@ -130,6 +130,8 @@ class GrpcServerTransport:
         try:
             self._service.data = DataPort(host, port, pems, quiet, self._data_refused)
         except OSError as exc:  # ssl.SSLError too: a certificate or key it cannot load
+            if self._service.handshakes is not None:
+                self._service.handshakes.close()
             self._server.stop(None)
             raise DataPortError(
                 f"cannot listen for data connections on {host}:{port}: {exc}"
@@ -385,14 +387,14 @@ class GrpcServerTransport:
         for conn in conns:
             conn.outbound.put(("goodbye", reason))
             conn.outbound.put(CLOSE)
+        if self._service.handshakes is not None:  # before the stop: what it cuts did not fail
+            self._service.handshakes.close()
         self._server.stop(grace=5.0).wait(10.0)
         if self._service.data is not None:
             self._service.data.close()
             for conn in conns:  # the streams are over: so are their data connections
                 for lane in conn.lanes:
                     cut(lane)
-        if self._service.handshakes is not None:
-            self._service.handshakes.close()
         self._service.spill_files.close()
         self._registry.on_event = None  # whoever records events may be gone after close
 
