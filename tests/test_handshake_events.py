@@ -112,6 +112,11 @@ def _garbage(port: int) -> int:
     return local
 
 
+def _joined(run: Path, name: str) -> bool:
+    with RunStore.open(run) as store:
+        return any(client == name and event == "join" for _, client, event, _ in store.events())
+
+
 def _refusals(run: Path) -> list[tuple[str, str]]:
     with RunStore.open(run) as store:
         return [
@@ -233,7 +238,9 @@ def test_a_client_turned_away_by_a_full_server_is_not_reported_as_a_failed_hands
     served = Served(strategy, 1, certs=fed, run_dir=run, round_timeout=20, max_clients=1)
     first = Joined(served.port, Fit(delay=1.0), tls=tls_from_certs(fed, "c0"))
     stop = threading.Event()
-    time.sleep(0.5)  # the first client takes the one slot
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _joined(run, "c0"):  # it takes the one slot
+        time.sleep(0.05)
     second = Joined(
         served.port, Fit(), tls=tls_from_certs(fed, "c1"), backoff=0.05, max_backoff=0.1, stop=stop
     )
