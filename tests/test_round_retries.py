@@ -39,6 +39,11 @@ def _strategy() -> covey.Strategy:
     )
 
 
+# A Raw client sends no heartbeats: a server missing three of them drops it, which on
+# a loaded machine could happen before round 1 sends it a task.
+RAW_HEARTBEAT = 10.0
+
+
 def _drop_a_raw_client_in_round_1(port: int) -> None:
     """A client that takes round 1's task and loses its connection (the call cancelled)."""
     raw = Raw(port)
@@ -48,7 +53,9 @@ def _drop_a_raw_client_in_round_1(port: int) -> None:
 
 
 def test_a_round_whose_clients_all_lost_their_connections_is_run_again(tmp_path: Path) -> None:
-    served = Served(_strategy(), 2, round_retries=1, run_dir=tmp_path / "run")
+    served = Served(
+        _strategy(), 2, round_retries=1, run_dir=tmp_path / "run", heartbeat=RAW_HEARTBEAT
+    )
     _drop_a_raw_client_in_round_1(served.port)
     site = Joined(served.port, name="site")  # back, as a client reconnecting would be
     result = served.join()
@@ -74,7 +81,7 @@ def test_a_round_whose_clients_all_lost_their_connections_is_run_again(tmp_path:
 
 
 def test_without_retries_such_a_round_stops_the_run_as_before() -> None:
-    served = Served(_strategy(), 2)
+    served = Served(_strategy(), 2, heartbeat=RAW_HEARTBEAT)
     _drop_a_raw_client_in_round_1(served.port)
     with pytest.raises(covey.FederationError, match="raw: client disconnected") as caught:
         served.join()
@@ -99,7 +106,7 @@ def test_a_round_that_fell_short_for_a_clients_error_is_not_run_again() -> None:
 
 
 def test_a_round_lost_more_often_than_allowed_stops_the_run() -> None:
-    served = Served(_strategy(), 2, round_retries=1)
+    served = Served(_strategy(), 2, round_retries=1, heartbeat=RAW_HEARTBEAT)
     _drop_a_raw_client_in_round_1(served.port)
     _drop_a_raw_client_in_round_1(served.port)  # the retry is lost too
     with pytest.raises(covey.FederationError, match="raw: client disconnected") as caught:
@@ -190,7 +197,7 @@ def test_an_asynchronous_run_waits_for_clients_gone_to_come_back() -> None:
     Before: the run stopped at once, "no client can be given a task: 0 eligible".
     """
     strategy = covey.FedBuff(buffer_size=1, min_available_clients=1, fraction_evaluate=0.0)
-    served = Served(strategy, 2)
+    served = Served(strategy, 2, heartbeat=RAW_HEARTBEAT)
     _drop_a_raw_client_in_round_1(served.port)
     site = Joined(served.port, name="site")
     result = served.join()
@@ -202,7 +209,7 @@ def test_an_asynchronous_run_waits_for_clients_gone_to_come_back() -> None:
 
 def test_an_asynchronous_run_whose_clients_do_not_come_back_stops_saying_so() -> None:
     strategy = covey.FedBuff(buffer_size=1, min_available_clients=1, fraction_evaluate=0.0)
-    served = Served(strategy, 2, wait_timeout=1.0)
+    served = Served(strategy, 2, wait_timeout=1.0, heartbeat=RAW_HEARTBEAT)
     _drop_a_raw_client_in_round_1(served.port)
     with pytest.raises(covey.FederationError) as caught:
         served.join()
