@@ -32,6 +32,7 @@ from covey.deploy._shown import escape
 
 console = output_console()
 errors = output_console(stderr=True)
+_NAME_MAX = 255  # the longest file name (in bytes) most file systems take
 
 
 def load_policy(path: Path | None) -> Any:
@@ -102,10 +103,28 @@ def _tables(specs: list[str]) -> dict[str, str]:
 
 
 def default_ledger(tables: dict[str, str], name: str) -> Path:
-    """Where a site keeps its DP budget by default: next to its first table's file."""
+    """Where a site keeps its DP budget by default: next to its first table's file.
+
+    Raises:
+        ValueError: ``name`` cannot name a file there: it holds a folder separator
+            (``../x`` would keep the budget outside the table's folder), or the file's
+            name would be longer than a file system takes; ``--ledger`` is asked for.
+    """
     first = next(iter(tables.values()))
     source = Path(first.removeprefix("sqlite:///"))
-    return source.parent / f"{name}.covey-budget.json"
+    file = f"{name}.covey-budget.json"
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(s in name for s in separators):
+        raise ValueError(
+            f"--name {name!r} holds a folder separator, so it cannot name the ledger file "
+            f"next to the first table ({source.parent}); give the file with --ledger FILE"
+        )
+    if len(f"{file}.lock".encode()) > _NAME_MAX:  # the lock file beside it is longer still
+        raise ValueError(
+            f"--name of {len(name)} characters is too long to name the ledger file "
+            f"{file!r} next to the first table; give the file with --ledger FILE"
+        )
+    return source.parent / file
 
 
 def hold_ledger(path: Path) -> int | None:
