@@ -287,8 +287,8 @@ class ProjectSettings:
         return config
 
     def path(self, value: Any) -> Path | None:
-        """A path setting, relative to the project folder."""
-        return None if value is None else self.project / str(value)
+        """A path setting, relative to the project folder (``~`` is the home folder)."""
+        return None if value is None else self.project / Path(str(value)).expanduser()
 
 
 def run_command(

@@ -29,7 +29,7 @@ def project_runs(runs_dir: Path) -> Path:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return runs_dir  # no project here (or one `covey run` would refuse): runs/
     given = table.get("runs-dir", table.get("runs_dir")) if isinstance(table, dict) else None
-    return Path(given) if isinstance(given, str) and given else runs_dir
+    return Path(given).expanduser() if isinstance(given, str) and given else runs_dir
 
 
 def find_run(run: str, runs_dir: Path) -> Path:

@@ -262,6 +262,8 @@ def read_settings(config: Path | None, section: str, known: set[str]) -> Setting
                 f"--config {config}: {key} = {_toml_value(value)} in [{section}]: must be text "
                 f'in quotes, e.g. {key} = "{value}"'
             )
+    for key in _PATHS & settings.keys():  # no shell reads the file: ~ is the home folder
+        settings[key] = os.path.expanduser(settings[key])
     spelled = {k.replace("-", "_"): k for k in table}
     nested = section if table is not data else None
     return Settings(settings, config=config, section=nested, spelled=spelled)
@@ -336,6 +338,9 @@ _SWITCHES = {"insecure", "plot", "verbose"}
 _TEXTS = {"app", "address", "certs", "run_dir", "resume", "port_file", "server", "name"}
 _TEXTS |= {"ca", "cert", "key", "server_name"}
 """The ``--config`` keys of flags taking text (a path, an address, a name): a TOML string."""
+
+_PATHS = {"certs", "run_dir", "resume", "port_file", "ca", "cert", "key"}
+"""The ``--config`` keys of paths: a leading ``~`` is the home folder, as in a shell."""
 
 
 def _quoted_number(value: Any) -> bool:

@@ -1,0 +1,65 @@
+"""Paths as users write them: ``~`` in settings files, folders starting with a dash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from covey.cli._project import ProjectSettings
+from covey.cli._runsdir import project_runs
+from covey.deploy._cli import SERVER_KEYS
+from covey.deploy._cli_client import CLIENT_KEYS
+from covey.deploy._cli_errors import read_settings
+
+PYPROJECT = """\
+[tool.covey]
+server-app = "app.server:make_server"
+client-app = "app.client:make_client"
+runs-dir = "~/experiments"
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("HOME", str(folder))
+    monkeypatch.setenv("USERPROFILE", str(folder))  # Windows
+    return folder
+
+
+def test_a_projects_runs_dir_under_the_home_folder_is_not_a_folder_named_tilde(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # runs-dir = "~/experiments" (or --set runs-dir=~/x, which no shell expands) made a
+    # folder named "~" in the project, which `rm -rf ~` then cleans up.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PYPROJECT)
+    settings = ProjectSettings(project, [], None)
+    assert settings.path(settings.run["runs_dir"]) == home / "experiments"
+    assert settings.path("runs") == project / "runs"  # relative: the project's
+    again = ProjectSettings(project, ["runs-dir=~/other"], None)
+    assert again.path(again.run["runs_dir"]) == home / "other"
+    monkeypatch.chdir(project)
+    assert project_runs(Path("runs")) == home / "experiments"  # covey runs list looks there
+
+
+@pytest.mark.parametrize("section", ["server", "client"])
+def test_config_file_paths_under_the_home_folder_are_read_as_a_shell_would(
+    tmp_path: Path, home: Path, section: str
+) -> None:
+    config = tmp_path / "fed.toml"
+    keys = ["certs"] + (["run_dir", "port_file"] if section == "server" else ["ca", "key"])
+    config.write_text(f"[{section}]\n" + "".join(f'{k} = "~/{k}"\n' for k in keys))
+    settings = read_settings(config, section, SERVER_KEYS if section == "server" else CLIENT_KEYS)
+    for key in keys:
+        assert Path(settings[key]) == home / key
+
+
+def test_config_file_names_without_a_tilde_are_kept_as_written(tmp_path: Path) -> None:
+    config = tmp_path / "fed.toml"
+    config.write_text('[server]\ncerts = "fed ~x/é 中文"\n')
+    settings = read_settings(config, "server", SERVER_KEYS)
+    assert settings["certs"] == "fed ~x/é 中文"
