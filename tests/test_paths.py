@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from _clirun import covey, in_tmp  # noqa: F401 - in_tmp is a fixture
 from covey.cli._project import ProjectSettings
 from covey.cli._runsdir import project_runs
 from covey.deploy._cli import SERVER_KEYS
@@ -63,3 +64,15 @@ def test_config_file_names_without_a_tilde_are_kept_as_written(tmp_path: Path) -
     config.write_text('[server]\ncerts = "fed ~x/é 中文"\n')
     settings = read_settings(config, "server", SERVER_KEYS)
     assert settings["certs"] == "fed ~x/é 中文"
+
+
+@pytest.mark.usefixtures("in_tmp")
+def test_new_prints_a_cd_that_a_folder_starting_with_a_dash_does_not_break() -> None:
+    # `covey new proj --dir -x` printed `cd -x/proj`, which cd reads as its option -x.
+    code, out = covey("new", "proj", "--dir", "-x y")
+    assert code == 0, out
+    assert "next: cd './-x y/proj' && covey run" in out
+    assert (Path("-x y") / "proj" / "pyproject.toml").is_file()
+    code, out = covey("new", "other", "--dir", "x")
+    assert code == 0, out
+    assert "next: cd x/other && covey run" in out

@@ -104,10 +104,10 @@ def new_command(
         atomic_write(target, string.Template(text).substitute(name=name, pkg=pkg))
     # The folder is the user's text: printed as is (``[x]`` is no markup), on one line.
     console.print(f"[green]created[/] {escape(str(root))}: {len(FILES)} files", soft_wrap=True)
-    # A command to paste: the folder quoted for the shell when it holds a space or the like.
-    console.print(
-        escape(f"next: cd {shlex.quote(str(root))} && covey run && pytest"), soft_wrap=True
-    )
+    # A command to paste: the folder quoted for the shell when it holds a space or the like,
+    # and not read by cd as its options when it starts with a dash (--dir -x: ./-x).
+    shown = str(root) if root.is_absolute() or not str(root).startswith("-") else f"./{root}"
+    console.print(escape(f"next: cd {shlex.quote(shown)} && covey run && pytest"), soft_wrap=True)
 
 
 def _installed(pkg: str) -> bool:
