@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from covey.cli._runsdir import project_runs
 from covey.deploy._cli import SERVER_KEYS
 from covey.deploy._cli_client import CLIENT_KEYS
 from covey.deploy._cli_errors import read_settings
+from covey.server._rundb import DB_NAME, RunDB
 
 PYPROJECT = """\
 [tool.covey]
@@ -76,3 +78,25 @@ def test_new_prints_a_cd_that_a_folder_starting_with_a_dash_does_not_break() -> 
     code, out = covey("new", "other", "--dir", "x")
     assert code == 0, out
     assert "next: cd x/other && covey run" in out
+
+
+def _deep(root: Path, length: int) -> Path:
+    """A folder under ``root`` whose absolute path is ``length`` bytes long."""
+    folder = root.absolute()
+    while len(str(folder)) < length:
+        folder /= "d" * min(200, length - len(str(folder)) - 1)
+    folder.mkdir(parents=True)
+    assert len(os.fsencode(folder)) == length
+    return folder
+
+
+def test_a_run_folder_too_deep_for_sqlite_is_refused_saying_so(tmp_path: Path) -> None:
+    # SQLite said only "unable to open database file" of a run folder ~480 bytes deep,
+    # though every folder on the way was there and writable.
+    deep = _deep(tmp_path / "a", 500)
+    with pytest.raises(OSError, match=r"512 bytes or more.*500 bytes.*choose a shorter one"):
+        RunDB.create(deep, "{}", "0.0.0")
+    assert list(deep.iterdir()) == []  # no temporary file left
+    near = _deep(tmp_path / "b", 400)
+    RunDB.create(near, "{}", "0.0.0")
+    assert (near / DB_NAME).is_file()

@@ -129,6 +129,14 @@ class RunDB:
         fd, tmp_name = tempfile.mkstemp(dir=path, prefix=f".{DB_NAME}.", suffix=TMP_SUFFIX)
         os.close(fd)
         tmp = Path(tmp_name)
+        if len(os.fsencode(tmp.absolute())) + len("-journal") >= _SQLITE_MAX_PATH:
+            tmp.unlink()  # SQLite said only "unable to open database file"
+            raise OSError(
+                f"cannot create {db_path}: SQLite opens no file whose full path is "
+                f"{_SQLITE_MAX_PATH} bytes or more, and this run folder's path of "
+                f"{len(os.fsencode(path.absolute()))} bytes leaves its files too little: "
+                "choose a shorter one"
+            )
         try:
             try:
                 _fill_new(tmp, config_text, version)
@@ -459,6 +467,9 @@ def _claim(conn: sqlite3.Connection, path: Path) -> None:
         )
     if ours is not None and last != this:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_SERVED_BY, this))
+
+
+_SQLITE_MAX_PATH = 512  # the longest full path (in bytes, with its end) SQLite opens on Unix
 
 
 def _fill_new(tmp: Path, config_text: str, version: str) -> None:
