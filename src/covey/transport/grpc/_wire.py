@@ -165,23 +165,16 @@ def dumps_within(value: Any, limits: WireLimits) -> bytes:
     except RecursionError:
         raise WireError(f"nested deeper than {limits.max_depth} levels, the limit") from None
     _check_depth(tree, limits.max_depth)
-    if not isinstance(tree, dict):
-        text = json.dumps(tree, separators=(",", ":"), allow_nan=False)
-        if len(text) > limits.max_bytes:
-            raise WireError(f"{len(text)} bytes of JSON exceed the limit of {limits.max_bytes}")
+    text = json.dumps(tree, separators=(",", ":"), allow_nan=False)
+    if len(text) <= limits.max_bytes:
         return text.encode()
-    # Entry by entry (the same text as ``json.dumps`` of the whole), to name the largest.
-    parts = {
-        key: json.dumps(item, separators=(",", ":"), allow_nan=False) for key, item in tree.items()
-    }
-    size = 1 + sum(len(json.dumps(k)) + 2 + len(v) for k, v in parts.items()) + (not parts)
-    if size > limits.max_bytes:
-        message = f"{size} bytes of JSON exceed the limit of {limits.max_bytes}"
-        if parts:
-            largest = max(parts, key=lambda k: len(parts[k]))
-            message += f"; the largest entry takes {len(parts[largest])} bytes (at {largest!r})"
-        raise WireError(message)
-    return ("{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in parts.items()) + "}").encode()
+    message = f"{len(text)} bytes of JSON exceed the limit of {limits.max_bytes}"
+    if isinstance(tree, dict) and tree:
+        # Each entry's share of the text, to name the largest.
+        sizes = {key: len(json.dumps(item, separators=(",", ":"))) for key, item in tree.items()}
+        largest = max(sizes, key=sizes.__getitem__)
+        message += f"; the largest entry takes {sizes[largest]} bytes (at {largest!r})"
+    raise WireError(message)
 
 
 def _check_depth(tree: Any, max_depth: int) -> None:

@@ -1,0 +1,72 @@
+"""The process backend's work per client: what is done once per round stays once per round.
+
+Counts, never times: the JSON of a config all of a round's clients share, the
+codec's layout of a small reply, the JSON calls of a result's head.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import covey
+from covey import FitResult
+from covey.transport.grpc import _wire
+
+
+class Echo(covey.Client):
+    """Returns the weights plus its round and cid, and says which config it was given."""
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def fit(self, weights: Any, config: Any) -> FitResult:
+        new = {k: v + config["round"] + self.cid for k, v in weights.items()}
+        return FitResult(weights=new, num_examples=1, metrics={"lr": config.get("lr", -1.0)})
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Any]:
+    calls: list[Any] = []
+    real = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_json_within_limits_is_dumped_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = {"type": "fit", "form": "weights", "num_examples": 3, "metrics": {"a": 1.5, "b": "x"}}
+    expected = json.dumps(head, separators=(",", ":")).encode()
+    dumps = _counting(monkeypatch, _wire.json, "dumps")
+    assert _wire.dumps_within(head, _wire.WireLimits()) == expected
+    assert len(dumps) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            {"a": "x" * 9, "b": 2},
+            "23 bytes of JSON exceed the limit of 16; the largest entry takes 11 bytes (at 'a')",
+        ),
+        (
+            {"a": 1, "bb": [1, 2, 3, 4, 5, 6]},
+            "26 bytes of JSON exceed the limit of 16; the largest entry takes 13 bytes (at 'bb')",
+        ),
+        ([1, 2, 3, 4, 5, 6, 7, 8, 9], "19 bytes of JSON exceed the limit of 16"),
+        ({}, None),
+    ],
+)
+def test_json_over_the_limit_names_its_largest_entry(value: Any, message: str | None) -> None:
+    limits = _wire.WireLimits(max_bytes=16)
+    if message is None:
+        assert _wire.dumps_within(value, limits) == b"{}"
+        return
+    with pytest.raises(_wire.WireError) as info:
+        _wire.dumps_within(value, limits)
+    assert str(info.value) == message
