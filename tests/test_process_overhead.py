@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
 import covey
 from covey import FitResult
+from covey.core import Task
+from covey.core._weights import freeze
+from covey.sim import ProcessTransport, _tasktexts
 from covey.transport.grpc import _wire
 
 
@@ -37,6 +41,40 @@ def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[A
 
     monkeypatch.setattr(module, name, counted)
     return calls
+
+
+def test_a_config_shared_by_the_round_is_put_in_json_once(
+    shm_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = freeze({"w": np.arange(4.0)})
+    shared = {"round": 2, "lr": 0.5}
+    own = {"round": 2, "lr": 0.25}
+    tasks = {cid: Task("fit", 2, shared, weights) for cid in range(12)}
+    tasks[5] = Task("fit", 2, own, weights)  # a client with a config of its own
+    with ProcessTransport(Echo, 12, num_workers=2) as transport:
+        calls = _counting(monkeypatch, _tasktexts, "_within")
+        replies = {r.cid: r for r in transport.exchange(tasks)}
+    configs = [args for args in calls if args[0] == "config"]
+    # The shared config, client 5's own, then the shared one again for client 6.
+    assert [args[1] for args in configs] == [shared, own, shared]
+    assert len([args for args in calls if args[0] == "payload"]) == 1
+    for cid, reply in replies.items():
+        assert reply.ok, reply.error
+        assert reply.result.metrics == {"lr": 0.25 if cid == 5 else 0.5}
+        assert reply.result.weights["w"].tolist() == (np.arange(4.0) + 2 + cid).tolist()
+
+
+def test_an_unsendable_shared_config_fails_every_client_alike(shm_files: list[str]) -> None:
+    weights = freeze({"w": np.arange(4.0)})
+    bad = {"round": 1, "blob": "x" * (5 * 1024 * 1024)}
+    tasks = {cid: Task("fit", 1, bad, weights) for cid in range(3)}
+    with ProcessTransport(Echo, 3, num_workers=2) as transport:
+        replies = sorted(transport.exchange(tasks), key=lambda r: r.cid)
+    assert [r.cid for r in replies] == [0, 1, 2]
+    for reply in replies:
+        assert reply.error is not None
+        assert reply.error.startswith(f"cannot send the fit task to client {reply.cid}: its config")
+        assert "(at 'blob')" in reply.error
 
 
 def test_json_within_limits_is_dumped_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,7 @@ from covey.sim._pool import cleanup as _cleanup
 from covey.sim._pool import never_started as _never_started
 from covey.sim._pool import too_many_files as _too_many_files
 from covey.sim._sendable import MAX_MESSAGE_BYTES, Unsent
+from covey.sim._tasktexts import TaskTexts
 from covey.transport._base import LONGEST_WAIT
 from covey.transport.grpc import _wire
 from covey.transport.grpc._wire import WireError
@@ -336,6 +337,7 @@ class ProcessTransport:
         sizes: dict[str | None, dict[str, int]] = {}
         unsendable: list[Reply] = []
         refused = Unsent()  # a config a deployed client refuses (NaN) fails its client
+        texts = TaskTexts()  # the round's shared config goes into JSON once
         for cid in sorted(tasks):
             task = tasks[cid]
             failed = refused(cid, task)
@@ -344,7 +346,7 @@ class ProcessTransport:
                 continue
             path, sizes[path] = self._publish(task)
             try:
-                item = _shm.task_item(
+                item = texts(
                     cid, task.kind, task.round, task.config, task.payload, "extras" in sizes[path]
                 )
             except WireError as exc:

@@ -16,7 +16,7 @@ own) are checked likewise (:func:`unsent`), against the caps a deployed server
 sends a task within (4 MiB of JSON, strings of at most 1 MiB; see
 :func:`~covey.transport.grpc._frames.task_header`): a task a deployed server
 could not send fails that client alone, with the deployed error, on every
-backend (the process backend's own check is :func:`~covey.sim._shm.task_item`).
+backend (the process backend's own check is :class:`~covey.sim._tasktexts.TaskTexts`).
 A config a deployed client would refuse, one holding NaN anywhere, fails that
 client with the deployed client's error (``refusing the task: the server's
 config holds NaN at lr``; see :func:`~covey.transport.grpc._checks.check_config`),

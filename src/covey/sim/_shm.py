@@ -421,38 +421,6 @@ def broadcast_extras(kind: str, payload: Any) -> Any:
     return None
 
 
-def task_item(cid: int, kind: str, rnd: int, config: Any, payload: Any, extras: bool) -> TaskItem:
-    """A task as JSON texts, checked against the limits the worker reads them with.
-
-    ``extras``: the payload is in the broadcast file (see :func:`broadcast_extras`).
-
-    Raises:
-        WireError: for a config or payload JSON cannot carry, or one larger than a
-            worker accepts (as the gRPC transport's ``task_header``): ``its config:``
-            then the size, the limit and the entry. A config is held to the caps a
-            deployed server sends it within (4 MiB of JSON), not the pipe's looser
-            :data:`~covey.sim._sendable.LIMITS`: a client's config a deployed server
-            could not send fails that client here too. So is a payload, unless it is
-            named arrays (:func:`~covey.transport.grpc._wire.is_extras`), which a
-            deployed server sends as arrays, not JSON, and the pipe carries within its
-            own limits.
-    """
-    config_text = _within("config", config, _wire.WireLimits())
-    payload_text = None
-    if not extras:
-        limits = _LIMITS if _wire.is_extras(payload) else _wire.WireLimits()
-        payload_text = _within("payload", payload, limits)
-    return (cid, kind, rnd, config_text, payload_text)
-
-
-def _within(part: str, value: Any, limits: _wire.WireLimits) -> str:
-    """``value`` as JSON within ``limits``; a ``WireError`` names ``part`` first."""
-    try:
-        return _wire.dumps_within(value, limits).decode()
-    except _wire.WireError as exc:
-        raise _wire.WireError(f"its {part}: {exc}") from None
-
-
 def send_tasks(
     conn: Connection, seq: int, path: str | None, sizes: Mapping[str, int], items: list[TaskItem]
 ) -> None:
