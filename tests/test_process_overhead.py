@@ -14,9 +14,10 @@ import pytest
 
 import covey
 from covey import FitResult
-from covey.core import Task
+from covey.core import Task, _codec
+from covey.core._messages import Reply
 from covey.core._weights import freeze
-from covey.sim import ProcessTransport, _tasktexts
+from covey.sim import ProcessTransport, _shm, _tasktexts
 from covey.transport.grpc import _wire
 
 
@@ -75,6 +76,30 @@ def test_an_unsendable_shared_config_fails_every_client_alike(shm_files: list[st
         assert reply.error is not None
         assert reply.error.startswith(f"cannot send the fit task to client {reply.cid}: its config")
         assert "(at 'blob')" in reply.error
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    def send_bytes(self, data: bytes) -> None:
+        self.messages.append(data)
+
+
+def test_a_small_reply_is_laid_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = {"W": np.arange(640.0).reshape(64, 10), "b": np.arange(10, dtype=np.float32)}
+    reply = Reply(7, "fit", result=FitResult(weights=arrays, num_examples=3))
+    plans = _counting(monkeypatch, _codec, "_Plan")
+    sink = _Sink()
+    assert _shm.send_reply(sink, 4, reply, "covey-0-00-r1-") == 0  # in the message itself
+    assert len(plans) == 1
+    seq, message, blob = _shm.parse_reply(sink.messages[0])
+    back = _shm.build_reply(message, "covey-0-00-r1-", blob)
+    assert seq == 4
+    assert back.cid == 7
+    for name, array in arrays.items():
+        assert back.result.weights[name].dtype == array.dtype
+        assert back.result.weights[name].tobytes() == array.tobytes()
 
 
 def test_json_within_limits_is_dumped_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,12 +76,22 @@ def encoded_size(weights: Weights) -> int:
     return _Plan(weights).total
 
 
+def layout(weights: Weights) -> _Plan:
+    """Where :func:`encode_into` puts each array of ``weights``; ``.total`` is the size.
+
+    For a caller that needs the size first and then encodes the same, unchanged
+    weights (``encode_into(weights, buffer, plan=...)``): the layout is worked out once.
+    """
+    return _Plan(weights)
+
+
 def encode_into(
     weights: Weights,
     buffer: memoryview | bytearray | Any,
     *,
     claim: Callable[[int, int], None] | None = None,
     copied: Callable[[Array, int, int], None] | None = None,
+    plan: _Plan | None = None,
 ) -> int:
     """Encode ``weights`` into ``buffer`` (at least :func:`encoded_size` bytes).
 
@@ -98,11 +108,13 @@ def encode_into(
             ``copied(array, start, stop)`` called once bytes ``start:stop`` of an
             array (C-contiguous, native byte order, the caller's own) are in
             ``buffer``: the caller may give those source bytes' pages back.
+        plan: :func:`layout` of these same weights, unchanged since (None: worked out here).
 
     Returns:
         The number of bytes written.
     """
-    plan = _Plan(weights)
+    if plan is None:
+        plan = _Plan(weights)
     out = memoryview(buffer).cast("B")
     if len(out) < plan.total:
         raise ValueError(f"buffer holds {len(out)} bytes, encoding needs {plan.total}")

@@ -242,11 +242,12 @@ def send_reply(
             elif present:
                 if room is not None:  # another result: the room goes before the copy is made
                     room.release()
-                sizes = [_codec.encoded_size(part) for part in present]
+                plans = [_codec.layout(part) for part in present]
+                sizes = [plan.total for plan in plans]
                 total = sum(aligned(size) for size in sizes)
                 if total <= INLINE_BYTES:
                     blob = bytearray(total)
-                    _encode_parts(present, sizes, blob)
+                    _encode_parts(present, sizes, blob, plans)
                 elif moving and len(present) == 1:
                     from covey.sim._move import write_moving
 
@@ -280,13 +281,17 @@ def send_reply(
     return file_size
 
 
-def _encode_parts(parts: list[Weights], sizes: list[int], out: Any) -> None:
-    """Encode ``parts`` one after another into ``out``, each starting 64-byte aligned."""
+def _encode_parts(parts: list[Weights], sizes: list[int], out: Any, plans: Any = None) -> None:
+    """Encode ``parts`` one after another into ``out``, each starting 64-byte aligned.
+
+    ``plans``: each part's :func:`covey.core._codec.layout`, if the caller has them.
+    """
     view = memoryview(out)
     offset = 0
     try:
-        for part, size in zip(parts, sizes, strict=True):
-            _codec.encode_into(part, view[offset : offset + size])
+        for i, (part, size) in enumerate(zip(parts, sizes, strict=True)):
+            plan = None if plans is None else plans[i]
+            _codec.encode_into(part, view[offset : offset + size], plan=plan)
             offset += aligned(size)
     finally:
         view.release()
